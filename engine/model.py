@@ -1,0 +1,345 @@
+"""Flax (NNX) Whisper with OpenAI Whisper's numerics, returning every encoder layer.
+
+Encoder layer indexing, used everywhere in babelgrid (stores, jobs, analyses):
+
+- ``0``: the input to the first block: conv stem (conv1, GELU, conv2, GELU) plus positions.
+- ``1..L``: the output of block ``i`` (the residual stream, before any final norm), ``L = n_audio_layer``.
+- ``L+1``: the encoder output, ``ln_post`` applied: what the decoder consumes.
+
+Hugging Face's ``output_hidden_states`` gives ``0..L-1`` and then ``L+1`` (it replaces the
+last block's raw output by the normed one); OpenAI's model returns only ``L+1``.
+
+Glossary of array names: ``mel: f32[batch, n_mels, 2 * n_audio_ctx]`` log-mel windows,
+``states: f[layer, batch, frame, embed]`` encoder layers, ``xa: f[batch, frame, embed]``
+the audio features the decoder attends to, ``tokens: i32[batch, position]``.
+
+The modules are built from a state dict with OpenAI's names and PyTorch layouts (see
+``engine.checkpoints``); linear kernels are stored transposed, ``[in, out]``. Layer norms and
+softmaxes run in float32 whatever the weight dtype, as OpenAI's ``LayerNorm`` and
+``qkv_attention`` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from engine.dims import ModelDimensions
+from engine.errors import ShapeError
+
+LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which OpenAI Whisper uses
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """OpenAI's encoder positions: ``f32[length, channels]``, sin then cos halves."""
+    if channels % 2:
+        raise ValueError(f"channels must be even, got {channels}")
+    log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2, dtype=np.float32))
+    scaled_time = np.arange(length, dtype=np.float32)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
+
+
+def _param(array, dtype) -> nnx.Param:
+    return nnx.Param(jnp.asarray(np.asarray(array), dtype=dtype))
+
+
+class Linear(nnx.Module):
+    def __init__(self, weight, bias, dtype):
+        # weight: [out, in] (PyTorch); stored as kernel [in, out].
+        self.kernel = _param(np.asarray(weight).T, dtype)
+        self.bias = None if bias is None else _param(bias, dtype)
+
+    def __call__(self, x):
+        y = jnp.dot(x.astype(self.kernel.dtype), self.kernel[...])
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, weight, bias, dtype):
+        self.scale = _param(weight, dtype)
+        self.bias = _param(bias, dtype)
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + LN_EPS)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+class Conv1d(nnx.Module):
+    """PyTorch ``Conv1d`` with padding 1, on channels-last input ``[batch, time, channels]``."""
+
+    def __init__(self, weight, bias, stride: int, dtype):
+        # weight: [out, in, width] (PyTorch) -> [width, in, out] (WIO).
+        self.kernel = _param(np.transpose(np.asarray(weight), (2, 1, 0)), dtype)
+        self.bias = _param(bias, dtype)
+        self.stride = stride
+
+    def __call__(self, x):
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.kernel.dtype),
+            self.kernel[...],
+            window_strides=(self.stride,),
+            padding=((1, 1),),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        return y + self.bias[...]
+
+
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU() default: exact erf form
+
+
+class MultiHeadAttention(nnx.Module):
+    def __init__(self, sd: Mapping[str, np.ndarray], prefix: str, n_head: int, dtype):
+        self.n_head = n_head
+        self.query = Linear(sd[f"{prefix}.query.weight"], sd[f"{prefix}.query.bias"], dtype)
+        self.key = Linear(sd[f"{prefix}.key.weight"], None, dtype)
+        self.value = Linear(sd[f"{prefix}.value.weight"], sd[f"{prefix}.value.bias"], dtype)
+        self.out = Linear(sd[f"{prefix}.out.weight"], sd[f"{prefix}.out.bias"], dtype)
+
+    def split_heads(self, x):
+        b, t, d = x.shape
+        return x.reshape(b, t, self.n_head, d // self.n_head)
+
+    def attend(self, q, k, v, mask=None):
+        """q: [b, tq, h, dh], k/v: [b, tk, h, dh], mask: bool[b or 1, 1, tq, tk] (True = keep).
+
+        Returns (out f[b, tq, h*dh], weights f32[b, h, tq, tk]).
+        """
+        dh = q.shape[-1]
+        # OpenAI scales q and k by dh**-0.25 each; one dh**-0.5 on the product is the same up to rounding.
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * (dh**-0.5)
+        if mask is not None:
+            logits = jnp.where(mask, logits, -jnp.inf)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        b, tq, h, _ = out.shape
+        return out.reshape(b, tq, h * dh), weights
+
+
+class ResidualBlock(nnx.Module):
+    def __init__(self, sd, prefix: str, n_head: int, cross: bool, dtype):
+        self.attn = MultiHeadAttention(sd, f"{prefix}.attn", n_head, dtype)
+        self.attn_ln = LayerNorm(sd[f"{prefix}.attn_ln.weight"], sd[f"{prefix}.attn_ln.bias"], dtype)
+        if cross:
+            self.cross_attn = MultiHeadAttention(sd, f"{prefix}.cross_attn", n_head, dtype)
+            self.cross_attn_ln = LayerNorm(
+                sd[f"{prefix}.cross_attn_ln.weight"], sd[f"{prefix}.cross_attn_ln.bias"], dtype
+            )
+        else:
+            self.cross_attn = None
+            self.cross_attn_ln = None
+        self.mlp_in = Linear(sd[f"{prefix}.mlp.0.weight"], sd[f"{prefix}.mlp.0.bias"], dtype)
+        self.mlp_out = Linear(sd[f"{prefix}.mlp.2.weight"], sd[f"{prefix}.mlp.2.bias"], dtype)
+        self.mlp_ln = LayerNorm(sd[f"{prefix}.mlp_ln.weight"], sd[f"{prefix}.mlp_ln.bias"], dtype)
+
+    def mlp(self, x):
+        return self.mlp_out(_gelu(self.mlp_in(self.mlp_ln(x))))
+
+    def encoder_block(self, x):
+        h = self.attn_ln(x)
+        a = self.attn
+        out, _ = a.attend(a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h)))
+        x = x + a.out(out)
+        return x + self.mlp(x)
+
+
+class AudioEncoder(nnx.Module):
+    def __init__(self, dims: ModelDimensions, sd: Mapping[str, np.ndarray], dtype):
+        self.dims = dims
+        self.conv1 = Conv1d(sd["encoder.conv1.weight"], sd["encoder.conv1.bias"], 1, dtype)
+        self.conv2 = Conv1d(sd["encoder.conv2.weight"], sd["encoder.conv2.bias"], 2, dtype)
+        pos = sd.get("encoder.positional_embedding")
+        if pos is None:
+            pos = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
+        self.positional_embedding = nnx.Variable(jnp.asarray(np.asarray(pos), dtype=dtype))
+        self.blocks = nnx.List(
+            [ResidualBlock(sd, f"encoder.blocks.{i}", dims.n_audio_head, False, dtype) for i in range(dims.n_audio_layer)]
+        )
+        self.ln_post = LayerNorm(sd["encoder.ln_post.weight"], sd["encoder.ln_post.bias"], dtype)
+
+    def __call__(self, mel, layers: Sequence[int] | None = None, out_dtype=None):
+        """mel: f32[batch, n_mels, 2*n_audio_ctx] -> states f[len(layers), batch, n_audio_ctx, embed].
+
+        ``layers`` (default: all, ``0..L+1``) are returned in the order given. Blocks past the
+        deepest requested layer are not computed, and layers not requested are not kept.
+        """
+        dims = self.dims
+        n_out = dims.n_audio_layer + 2
+        layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
+        for i in layers:
+            if not 0 <= i < n_out:
+                raise ValueError(f"encoder layer {i} out of range 0..{n_out - 1} (0 = stem, L+1 = ln_post)")
+        expect = (dims.n_mels, 2 * dims.n_audio_ctx)
+        if mel.ndim != 3 or tuple(mel.shape[1:]) != expect:
+            raise ShapeError(f"mel must be f32[batch, {expect[0]}, {expect[1]}] for this model, got {tuple(mel.shape)}")
+        out_dtype = out_dtype or self.positional_embedding.dtype
+        wanted = set(layers)
+        kept: dict[int, jax.Array] = {}
+        x = jnp.transpose(mel, (0, 2, 1))
+        x = _gelu(self.conv1(x))
+        x = _gelu(self.conv2(x))
+        x = x + self.positional_embedding[...]
+        deepest = max(layers)
+        if 0 in wanted:
+            kept[0] = x.astype(out_dtype)
+        for i, block in enumerate(self.blocks, start=1):
+            if i > deepest:
+                break
+            x = block.encoder_block(x)
+            if i in wanted:
+                kept[i] = x.astype(out_dtype)
+        if n_out - 1 in wanted:
+            kept[n_out - 1] = self.ln_post(x).astype(out_dtype)
+        return jnp.stack([kept[i] for i in layers])
+
+
+class TextDecoder(nnx.Module):
+    def __init__(self, dims: ModelDimensions, sd: Mapping[str, np.ndarray], dtype):
+        self.dims = dims
+        self.token_embedding = _param(sd["decoder.token_embedding.weight"], dtype)
+        self.positional_embedding = _param(sd["decoder.positional_embedding"], dtype)
+        self.blocks = nnx.List(
+            [ResidualBlock(sd, f"decoder.blocks.{i}", dims.n_text_head, True, dtype) for i in range(dims.n_text_layer)]
+        )
+        self.ln = LayerNorm(sd["decoder.ln.weight"], sd["decoder.ln.bias"], dtype)
+
+    def cross_kv(self, xa):
+        """xa: f[batch, frame, embed] -> per block (k, v), each f[batch, frame, heads, head_dim]."""
+        out = []
+        for block in self.blocks:
+            a = block.cross_attn
+            out.append((a.split_heads(a.key(xa)), a.split_heads(a.value(xa))))
+        return out
+
+    def __call__(self, tokens, cross_kv, cache=None, offset=0, xa_mask=None, return_cross_attention=False):
+        """Run the decoder on ``tokens: i32[batch, t]`` at positions ``offset..offset+t-1``.
+
+        ``cache``: None (no cache; tokens start at position 0 and attend causally among
+        themselves) or a tuple of per-block (k, v) arrays ``f[batch, n_text_ctx, heads, head_dim]``
+        that are updated at ``offset`` and returned. ``xa_mask``: bool[batch, frame] of audio
+        frames to attend to (None = all).
+
+        Returns ``(logits f32[batch, t, n_vocab], new_cache, cross_weights)`` where
+        ``cross_weights`` is ``f32[layer, batch, heads, t, frame]`` when requested, else None.
+        """
+        b, t = tokens.shape
+        emb = self.token_embedding[...]
+        pos = jax.lax.dynamic_slice_in_dim(self.positional_embedding[...], offset, t, axis=0)
+        x = jnp.take(emb, tokens, axis=0) + pos
+        q_pos = offset + jnp.arange(t)
+        if cache is None:
+            self_mask = (jnp.arange(t)[None, :] <= jnp.arange(t)[:, None])[None, None]
+        else:
+            k_pos = jnp.arange(cache[0][0].shape[1])
+            self_mask = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        cross_mask = None if xa_mask is None else xa_mask[:, None, None, :]
+        new_cache = []
+        cross_weights = []
+        for i, block in enumerate(self.blocks):
+            a = block.attn
+            h = block.attn_ln(x)
+            q, k, v = a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h))
+            if cache is not None:
+                ck, cv = cache[i]
+                k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), offset, axis=1)
+                v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), offset, axis=1)
+                new_cache.append((k, v))
+            out, _ = a.attend(q, k, v, self_mask)
+            x = x + a.out(out)
+            c = block.cross_attn
+            h = block.cross_attn_ln(x)
+            xk, xv = cross_kv[i]
+            out, w = c.attend(c.split_heads(c.query(h)), xk, xv, cross_mask)
+            if return_cross_attention:
+                cross_weights.append(w)
+            x = x + c.out(out)
+            x = x + block.mlp(x)
+        x = self.ln(x)
+        logits = jnp.einsum("btd,vd->btv", x, emb, preferred_element_type=jnp.float32)
+        return (
+            logits,
+            tuple(new_cache) if cache is not None else None,
+            jnp.stack(cross_weights) if return_cross_attention else None,
+        )
+
+    def init_cache(self, batch: int, dtype=None):
+        dims = self.dims
+        dtype = dtype or self.token_embedding.dtype
+        shape = (batch, dims.n_text_ctx, dims.n_text_head, dims.n_text_state // dims.n_text_head)
+        return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(dims.n_text_layer))
+
+
+class Whisper(nnx.Module):
+    """Whisper encoder + decoder. Build with ``Whisper(dims, state_dict, dtype)``."""
+
+    def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], dtype=jnp.float32):
+        self.dims = dims
+        self.encoder = AudioEncoder(dims, state_dict, dtype)
+        self.decoder = TextDecoder(dims, state_dict, dtype)
+
+    def audio_features(self, mel, layer: int | None = None, apply_ln_post: bool = True):
+        """The decoder's input from encoder layer ``layer`` (default ``L+1``): early exit.
+
+        With ``apply_ln_post`` an intermediate layer ``1..L`` gets the encoder's final norm, so
+        its scale matches what the decoder was trained on; layer ``L+1`` already has it.
+        """
+        top = self.dims.n_audio_layer + 1
+        layer = top if layer is None else int(layer)
+        if layer == top or not apply_ln_post:
+            return self.encoder(mel, (layer,))[0]
+        return self.encoder.ln_post(self.encoder(mel, (layer,))[0])
+
+
+def random_state_dict(dims: ModelDimensions, seed: int = 0, scale: float = 0.05) -> dict[str, np.ndarray]:
+    """A random OpenAI-named state dict of the given dims, for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def ln(prefix, d):
+        return {f"{prefix}.weight": (1 + w(d)).astype(np.float32), f"{prefix}.bias": w(d)}
+
+    def attn(prefix, d):
+        out = {f"{prefix}.key.weight": w(d, d)}
+        for name in ("query", "value", "out"):
+            out[f"{prefix}.{name}.weight"] = w(d, d)
+            out[f"{prefix}.{name}.bias"] = w(d)
+        return out
+
+    def block(prefix, d, cross):
+        out = {**attn(f"{prefix}.attn", d), **ln(f"{prefix}.attn_ln", d), **ln(f"{prefix}.mlp_ln", d)}
+        out |= {f"{prefix}.mlp.0.weight": w(4 * d, d), f"{prefix}.mlp.0.bias": w(4 * d)}
+        out |= {f"{prefix}.mlp.2.weight": w(d, 4 * d), f"{prefix}.mlp.2.bias": w(d)}
+        if cross:
+            out |= attn(f"{prefix}.cross_attn", d) | ln(f"{prefix}.cross_attn_ln", d)
+        return out
+
+    da, dt = dims.n_audio_state, dims.n_text_state
+    sd = {
+        "encoder.conv1.weight": w(da, dims.n_mels, 3),
+        "encoder.conv1.bias": w(da),
+        "encoder.conv2.weight": w(da, da, 3),
+        "encoder.conv2.bias": w(da),
+        "encoder.positional_embedding": sinusoids(dims.n_audio_ctx, da),
+        **ln("encoder.ln_post", da),
+        "decoder.token_embedding.weight": w(dims.n_vocab, dt),
+        "decoder.positional_embedding": w(dims.n_text_ctx, dt),
+        **ln("decoder.ln", dt),
+    }
+    for i in range(dims.n_audio_layer):
+        sd |= block(f"encoder.blocks.{i}", da, False)
+    for i in range(dims.n_text_layer):
+        sd |= block(f"decoder.blocks.{i}", dt, True)
+    return sd
