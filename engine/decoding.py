@@ -140,8 +140,9 @@ def greedy_decode(
     begin = np.zeros(vocab, bool)
     begin[[t for t in suppress_begin if 0 <= t < vocab]] = True
     graphdef, state = _split(model)
-    out, avg = _greedy(graphdef, state, xa, jnp.asarray(prompt), jnp.asarray(suppress), jnp.asarray(begin), eot,
-                       max_new_tokens)
+    out, avg = _greedy(
+        graphdef, state, xa, jnp.asarray(prompt), jnp.asarray(suppress), jnp.asarray(begin), eot, max_new_tokens
+    )
     out = np.asarray(out)
     tokens = []
     for row in out:
@@ -171,7 +172,9 @@ def teacher_forced(model: Whisper, xa, tokens: np.ndarray, heads: np.ndarray):
     dims = model.dims
     bad = [tuple(h) for h in heads if not (0 <= h[0] < dims.n_text_layer and 0 <= h[1] < dims.n_text_head)]
     if bad:
-        raise ValueError(f"alignment heads {bad} out of range for {dims.n_text_layer} layers x {dims.n_text_head} heads")
+        raise ValueError(
+            f"alignment heads {bad} out of range for {dims.n_text_layer} layers x {dims.n_text_head} heads"
+        )
     graphdef, state = _split(model)
     logits, weights = _teacher_forced(graphdef, state, xa, jnp.asarray(tokens, jnp.int32), jnp.asarray(heads))
     return logits, weights

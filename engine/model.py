@@ -164,7 +164,10 @@ class AudioEncoder(nnx.Module):
             pos = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
         self.positional_embedding = nnx.Variable(jnp.asarray(np.asarray(pos), dtype=dtype))
         self.blocks = nnx.List(
-            [ResidualBlock(sd, f"encoder.blocks.{i}", dims.n_audio_head, False, dtype) for i in range(dims.n_audio_layer)]
+            [
+                ResidualBlock(sd, f"encoder.blocks.{i}", dims.n_audio_head, False, dtype)
+                for i in range(dims.n_audio_layer)
+            ]
         )
         self.ln_post = LayerNorm(sd["encoder.ln_post.weight"], sd["encoder.ln_post.bias"], dtype)
 

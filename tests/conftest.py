@@ -11,7 +11,7 @@ FLEURS_SAMPLE = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.pare
 
 @pytest.fixture(scope="session")
 def fleurs_dir() -> pathlib.Path:
-    """The 50 real FLEURS clips (``fleurs-<lang>-<nnn>.opus`` + ``.txt``) beside the checkout."""
+    """The 50 real FLEURS clips (``fleurs-<lang>-<nnn>.ogg`` + ``.txt``) beside the checkout."""
     if not FLEURS_SAMPLE.is_dir():
         pytest.skip(f"real FLEURS clips not found at {FLEURS_SAMPLE} (set BABELGRID_FLEURS_SAMPLE)")
     return FLEURS_SAMPLE

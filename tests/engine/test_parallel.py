@@ -23,8 +23,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 def test_sharded_encoder_equals_single_device(n_devices):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(n_devices)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(n_devices)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     # Batches that are not a multiple of the device count are included (1, 3, n+3). Different

@@ -1,0 +1,275 @@
+"""Audio in: decode, downmix, resample, check, and cut into Whisper's 30 s windows.
+
+Constants keep OpenAI Whisper's names (``whisper/audio.py``) so that code ported from there reads the same.
+
+Glossary of the units used below:
+
+- sample: one mono PCM value at ``SAMPLE_RATE`` (16 kHz).
+- window: ``N_SAMPLES`` samples (30 s), the encoder's fixed input; shorter audio is zero-padded.
+- mel frame: one STFT column, ``HOP_LENGTH`` samples apart (100 per second, ``N_FRAMES`` per window).
+- encoder frame: one encoder position, two mel frames (50 per second, ``N_ENCODER_FRAMES`` per window).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import os
+import pathlib
+import struct
+from typing import BinaryIO
+
+import numpy as np
+import soundfile
+import soxr
+
+from engine.errors import AudioError, ShapeError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000  # Hz, the rate every Whisper model was trained on
+N_FFT = 400  # samples per STFT frame (25 ms)
+HOP_LENGTH = 160  # samples between STFT frames (10 ms)
+CHUNK_LENGTH = 30  # seconds per encoder window
+N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples per window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
+ENCODER_FRAMES_PER_SECOND = 50  # conv2 halves the mel rate: 20 ms per encoder frame
+SAMPLES_PER_ENCODER_FRAME = SAMPLE_RATE // ENCODER_FRAMES_PER_SECOND  # 320 samples
+N_ENCODER_FRAMES = N_SAMPLES // SAMPLES_PER_ENCODER_FRAME  # 1500 encoder frames per window
+
+# Peak level below which audio counts as digital silence. -90 dBFS is just under one 16-bit LSB
+# (-90.3 dBFS), so a file holding nothing but 1-LSB dither is silent too.
+SILENCE_PEAK_DBFS = -90.0  # dB relative to full scale (|sample| = 1.0)
+SILENCE_PEAK = 10.0 ** (SILENCE_PEAK_DBFS / 20.0)  # linear amplitude, about 3.2e-5
+
+LONG_AUDIO_MODES = ("window", "truncate")
+
+# A path, the encoded bytes themselves (Hugging Face datasets hand audio over as bytes), or an open binary file.
+AudioSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+
+
+class AudioNotFoundError(AudioError, FileNotFoundError):
+    """The audio path does not exist or is not a file."""
+
+
+class AudioDecodeError(AudioError):
+    """The bytes are not audio libsndfile can decode, or the stream is truncated."""
+
+
+class EmptyAudioError(AudioError):
+    """The audio holds no samples (0-byte file, or a valid header with 0 frames)."""
+
+
+class SilentAudioError(AudioError):
+    """The audio is digital silence: its peak is below ``SILENCE_PEAK_DBFS``."""
+
+
+class NonFiniteAudioError(AudioError):
+    """The audio holds NaN or infinite samples."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    """What an audio file holds, as stored (before downmixing and resampling)."""
+
+    source: str  # the path, or "<bytes>" / "<file object>" for in-memory audio
+    sample_rate: int  # Hz
+    channels: int
+    frames: int  # samples per channel, as the container announces them
+    format: str  # libsndfile's container name: "WAV", "FLAC", "OGG", ...
+    subtype: str  # libsndfile's codec name: "PCM_16", "FLOAT", "VORBIS", "OPUS", ...
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate
+
+
+def probe_audio(source: AudioSource) -> AudioInfo:
+    """Reads the header of ``source`` (path, bytes or binary file) without decoding the samples."""
+    name, data = _read_source(source)
+    try:
+        info = soundfile.info(io.BytesIO(data))
+    except soundfile.SoundFileError as e:
+        raise _decode_error(name, e) from None
+    return AudioInfo(
+        source=name,
+        sample_rate=int(info.samplerate),
+        channels=int(info.channels),
+        frames=int(info.frames),
+        format=str(info.format),
+        subtype=str(info.subtype),
+    )
+
+
+def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, allow_silent: bool = False) -> np.ndarray:
+    """Decodes ``source`` to mono float samples at ``sample_rate``.
+
+    Args:
+      source: a path, the encoded bytes, or a binary file object; WAV, FLAC, Ogg Vorbis and Opus (anything the
+        installed libsndfile decodes).
+      sample_rate: output rate in Hz; other rates are resampled with soxr's "HQ" filter.
+      allow_silent: return digital silence instead of raising ``SilentAudioError``.
+
+    Returns:
+      audio: f32[samples], channels averaged, full scale = 1.0.
+
+    Raises:
+      AudioNotFoundError, AudioDecodeError, EmptyAudioError, SilentAudioError, NonFiniteAudioError (all AudioError).
+    """
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive int in Hz, got {sample_rate!r}")
+    name, data = _read_source(source)
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            source_rate = int(f.samplerate)
+            # always_2d: a mono file reads as [frames, 1], so downmixing below needs no special case.
+            samples = f.read(dtype="float32", always_2d=True)
+    except soundfile.SoundFileError as e:
+        raise _decode_error(name, e) from None
+    if data[:4] == b"OggS":
+        # libsndfile decodes a truncated Ogg stream up to the cut without complaint; a shorter clip than the
+        # dataset claims would go unnoticed, so check the page structure ourselves.
+        _check_ogg_complete(name, data)
+    if samples.shape[0] == 0:
+        raise EmptyAudioError(f"audio {name!r} has a valid header but 0 samples; drop it from the dataset")
+
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        first = int(np.argmax(bad.any(axis=1)))
+        raise NonFiniteAudioError(
+            f"audio {name!r} has {int(bad.sum())} non-finite samples (NaN or inf), the first at sample {first} "
+            f"({first / source_rate:.3f} s); the file was written from a failed computation, regenerate or drop it"
+        )
+
+    audio = samples.mean(axis=1, dtype=np.float32)
+    peak = float(np.max(np.abs(audio)))
+    if peak < SILENCE_PEAK and not allow_silent:
+        peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
+        raise SilentAudioError(
+            f"audio {name!r} is digital silence (peak {peak_dbfs:.1f} dBFS, below {SILENCE_PEAK_DBFS} dBFS); "
+            "its encoder states carry no speech: drop the clip, or pass allow_silent=True to keep it"
+        )
+    if source_rate != sample_rate:
+        audio = soxr.resample(audio, source_rate, sample_rate, quality="HQ")
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _read_source(source: AudioSource) -> tuple[str, bytes]:
+    """Returns (a name for error messages, the encoded bytes) of a path, bytes or binary file."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, data = "<bytes>", bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = pathlib.Path(source)
+        name = str(path)
+        if not path.exists():
+            raise AudioNotFoundError(f"audio file {name!r} does not exist; check the path (cwd is {os.getcwd()!r})")
+        if not path.is_file():
+            raise AudioNotFoundError(f"audio path {name!r} is not a file; pass one audio file per call")
+        data = path.read_bytes()
+    elif hasattr(source, "read"):
+        name = str(getattr(source, "name", "<file object>"))
+        data = source.read()
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"audio file object {name!r} returned {type(data).__name__}; open it in binary mode 'rb'")
+        data = bytes(data)
+    else:
+        raise TypeError(f"audio source must be a path, bytes or a binary file object, got {type(source).__name__}")
+    if not data:
+        raise EmptyAudioError(f"audio {name!r} is empty (0 bytes); the download or copy failed, fetch it again")
+    return name, data
+
+
+def _decode_error(name: str, error: soundfile.SoundFileError) -> AudioDecodeError:
+    # soundfile's own message names an anonymous BytesIO; keep only libsndfile's reason.
+    reason = getattr(error, "error_string", None) or str(error)
+    return AudioDecodeError(
+        f"cannot decode audio {name!r}: {reason.strip()} (libsndfile {soundfile.__libsndfile_version__} reads WAV, "
+        "FLAC, Ogg Vorbis and Opus); the file is corrupt or in another format: re-encode it, "
+        "e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.flac`"
+    )
+
+
+_OGG_PAGE_HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, sequence, crc, segments
+_OGG_END_OF_STREAM = 0x04  # header flag of the last page of a logical stream
+
+
+def _check_ogg_complete(name: str, data: bytes) -> None:
+    """Raises AudioDecodeError unless ``data`` is whole Ogg pages ending each logical stream with an EOS page."""
+    offset = 0
+    last_flags: dict[int, int] = {}  # serial number -> header flags of its latest page
+    while offset + _OGG_PAGE_HEADER.size <= len(data):
+        capture, _, flags, _, serial, _, _, n_segments = _OGG_PAGE_HEADER.unpack_from(data, offset)
+        if capture != b"OggS":
+            raise AudioDecodeError(
+                f"audio {name!r} is a corrupt Ogg stream: no page starts at byte {offset} of {len(data)}; "
+                "fetch or re-encode the file"
+            )
+        table_start = offset + _OGG_PAGE_HEADER.size
+        page_end = table_start + n_segments + sum(data[table_start : table_start + n_segments])
+        if page_end > len(data):
+            break
+        last_flags[serial] = flags
+        offset = page_end
+    if offset != len(data) or not all(flags & _OGG_END_OF_STREAM for flags in last_flags.values()):
+        raise AudioDecodeError(
+            f"audio {name!r} is a truncated Ogg stream (it stops at byte {len(data)} without an end-of-stream "
+            "page); the download or copy was cut short: fetch the file again"
+        )
+
+
+def split_windows(audio: np.ndarray, long_audio: str = "window") -> tuple[np.ndarray, np.ndarray]:
+    """Cuts audio into zero-padded 30 s encoder windows.
+
+    Args:
+      audio: f32[samples] at ``SAMPLE_RATE``, at least one sample.
+      long_audio: "window" keeps everything as consecutive windows (the last one partly padded); "truncate" keeps
+        the first ``CHUNK_LENGTH`` seconds only.
+
+    Returns:
+      windows: f32[n_windows, N_SAMPLES]; ``windows.reshape(-1)[:samples]`` is the (kept) audio, the rest zeros.
+      valid_samples: i32[n_windows], real samples in each window (``N_SAMPLES`` for all but the last).
+    """
+    if long_audio not in LONG_AUDIO_MODES:
+        raise ValueError(f"long_audio={long_audio!r} is not one of {', '.join(map(repr, LONG_AUDIO_MODES))}")
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ShapeError(f"audio must be f32[samples] (mono), got shape {audio.shape}; load it with load_audio")
+    if audio.size == 0:
+        raise EmptyAudioError("audio has 0 samples; there is nothing to cut into windows")
+    if long_audio == "truncate" and audio.size > N_SAMPLES:
+        logger.info(
+            "long_audio='truncate': keeping the first %d s of %.2f s of audio", CHUNK_LENGTH, audio.size / SAMPLE_RATE
+        )
+        audio = audio[:N_SAMPLES]
+    n_windows = -(-audio.size // N_SAMPLES)
+    windows = np.zeros((n_windows, N_SAMPLES), np.float32)
+    windows.reshape(-1)[: audio.size] = audio
+    valid_samples = np.minimum(N_SAMPLES, audio.size - N_SAMPLES * np.arange(n_windows)).astype(np.int32)
+    return windows, valid_samples
+
+
+def encoder_frames(valid_samples):
+    """Number of encoder frames that see real audio in a window holding ``valid_samples`` real samples.
+
+    Convention (the same as Hugging Face's ``attention_mask[:, ::HOP_LENGTH]``): mel frame i is centred on sample
+    ``i * HOP_LENGTH``, so a window with s real samples has ``ceil(s / HOP_LENGTH)`` valid mel frames (at most
+    ``N_FRAMES``). conv2 (kernel 3, stride 2, padding 1) maps m mel frames to ``ceil(m / 2)`` encoder frames (at most
+    ``N_ENCODER_FRAMES``); a full window gives 1500. The valid frames of a long utterance are the concatenation of
+    each of its windows' valid frames.
+
+    Args:
+      valid_samples: int, or i32[...] (e.g. ``split_windows``' second result); non-negative.
+
+    Returns:
+      int for an int, i32[...] for an array.
+    """
+    samples = np.asarray(valid_samples)
+    if not np.issubdtype(samples.dtype, np.integer):
+        raise TypeError(f"valid_samples must be integer sample counts, got dtype {samples.dtype}")
+    if np.any(samples < 0):
+        raise ValueError(f"valid_samples must be >= 0, got minimum {samples.min()}")
+    mel_frames = np.minimum(-(-samples // HOP_LENGTH), N_FRAMES)
+    frames = np.minimum(-(-mel_frames // 2), N_ENCODER_FRAMES).astype(np.int32)
+    return int(frames) if frames.ndim == 0 else frames
