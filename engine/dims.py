@@ -50,7 +50,7 @@ class ModelDimensions:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelDimensions":
+    def from_dict(cls, d: dict) -> ModelDimensions:
         names = {f.name for f in dataclasses.fields(cls)}
         missing = names - set(d)
         if missing:

@@ -45,7 +45,7 @@ def error_rate(refs: Sequence[str], hyps: Sequence[str], unit: str = "word", nor
     if unit not in ("word", "char"):
         raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
     edits = total = 0
-    for ref, hyp in zip(refs, hyps):
+    for ref, hyp in zip(refs, hyps, strict=True):
         if normalize:
             ref, hyp = normalize_text(ref), normalize_text(hyp)
         r, h = (

@@ -43,7 +43,8 @@ def test_transformers_and_our_kernels_coexist(ours_first):
         assert not is_kernels_available(), "transformers thinks babelgrid's kernels is the hub 'kernels' package"
         # ... and `kernels` must still be ours, with our modules importable.
         import kernels
-        assert pathlib.Path(kernels.__file__).resolve().parent == pathlib.Path("{REPO}/kernels").resolve(), kernels.__file__
+        here = pathlib.Path(kernels.__file__).resolve().parent
+        assert here == pathlib.Path("{REPO}/kernels").resolve(), kernels.__file__
         # A Whisper forward pass through transformers still works.
         cfg = transformers.WhisperConfig(vocab_size=100, num_mel_bins=8, encoder_layers=1, decoder_layers=1, d_model=16,
             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,

@@ -26,7 +26,7 @@ for layers in (None, (2, 0)):
     for batch in (1, 3, expected_devices, expected_devices + 3):
         mel = rng.standard_normal((batch, 80, 64)).astype(np.float32)
         sharded = np.asarray(enc(mel))
-        single = np.asarray(jax.jit(lambda m: model.encoder(m, layers))(jnp.asarray(mel)))
+        single = np.asarray(jax.jit(lambda m, lay=layers: model.encoder(m, lay))(jnp.asarray(mel)))
         assert sharded.shape == single.shape, (sharded.shape, single.shape)
         report[f"{layers}-{batch}"] = float(np.abs(sharded - single).max())
 print(json.dumps(report))
