@@ -103,7 +103,7 @@ def decoded(whisper, ct2_model, clips):
 
 
 def test_detected_language_matches_ctranslate2(decoded):
-    for name, lang, _, ours, theirs, *_ in decoded:
+    for name, _lang, _, ours, theirs, *_ in decoded:
         assert ours == theirs, f"{name}: we detect {ours}, CTranslate2 {theirs}"
     # And both are right about the first window's language on every clip.
     wrong = [(name, ours[0]) for name, lang, _, ours, *_ in decoded if ours[0] != lang]
