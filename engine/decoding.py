@@ -170,7 +170,9 @@ def teacher_forced(model: Whisper, xa, tokens: np.ndarray, heads: np.ndarray):
     """
     heads = np.asarray(heads, np.int32).reshape(-1, 2)
     dims = model.dims
-    bad = [tuple(h) for h in heads if not (0 <= h[0] < dims.n_text_layer and 0 <= h[1] < dims.n_text_head)]
+    bad = [
+        (int(h[0]), int(h[1])) for h in heads if not (0 <= h[0] < dims.n_text_layer and 0 <= h[1] < dims.n_text_head)
+    ]
     if bad:
         raise ValueError(
             f"alignment heads {bad} out of range for {dims.n_text_layer} layers x {dims.n_text_head} heads"

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
+import logging
+import pathlib
 from collections.abc import Sequence
 
 import jax
@@ -22,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from engine import decoding
-from engine.checkpoints import Checkpoint, load_checkpoint
+from engine.checkpoints import DEFAULT_PACKAGES, Checkpoint, load_checkpoint
 from engine.decoding import DecodingOptions, DecodingResult
 from engine.errors import CheckpointError, LanguageError
 from engine.model import Whisper
@@ -137,19 +140,45 @@ class LoadedWhisper:
         )
 
 
-def load_whisper(source=None, *, dtype=jnp.float32) -> LoadedWhisper:
+def _packaged_tokenizer_file() -> pathlib.Path | None:
+    """The packaged whisper-base tokenizer.json, if the default model is installed."""
+    try:
+        path = importlib.resources.files(DEFAULT_PACKAGES[1]) / "data" / "tokenizer.json"
+    except ModuleNotFoundError:
+        return None
+    return path if isinstance(path, pathlib.Path) and path.is_file() else None
+
+
+def _tokenizer_for(ckpt: Checkpoint, tokenizer) -> WhisperTokenizer:
+    dims = ckpt.dims
+    kw = dict(multilingual=dims.is_multilingual, num_languages=dims.num_languages)
+    if tokenizer is not None:
+        path = pathlib.Path(tokenizer)
+        if path.suffix == ".tiktoken":
+            return WhisperTokenizer.from_tiktoken(path, **kw)
+        return WhisperTokenizer.from_file(path, **kw)
+    if ckpt.tokenizer_file is not None:
+        return WhisperTokenizer.from_file(ckpt.tokenizer_file, **kw)
+    # OpenAI .pt files carry no tokenizer. Every multilingual model up to large-v2 shares one
+    # vocabulary (51865 ids), so the packaged whisper-base tokenizer is the right one for them.
+    packaged = _packaged_tokenizer_file()
+    if dims.n_vocab == 51865 and packaged is not None:
+        logging.info("checkpoint %s has no tokenizer; using the packaged multilingual tokenizer.json", ckpt.name)
+        return WhisperTokenizer.from_file(packaged, **kw)
+    raise CheckpointError(
+        f"checkpoint {ckpt.name!r} has no tokenizer.json and its vocabulary ({dims.n_vocab} ids) needs its own: "
+        "put the model's tokenizer.json beside it, or pass tokenizer='path/to/tokenizer.json' (or a .tiktoken file)"
+    )
+
+
+def load_whisper(source=None, *, dtype=jnp.float32, tokenizer=None) -> LoadedWhisper:
     """Load a checkpoint (see ``engine.checkpoints.load_checkpoint``) as a Flax model + tokenizer.
 
-    ``dtype`` is the compute and weight dtype (float32, bfloat16 or float16).
+    ``dtype`` is the compute and weight dtype (float32, bfloat16 or float16). ``tokenizer``
+    overrides the checkpoint's tokenizer (a ``tokenizer.json`` or OpenAI ``.tiktoken`` file).
     """
     ckpt = load_checkpoint(source)
-    if ckpt.tokenizer_file is None:
-        raise CheckpointError(
-            f"checkpoint {ckpt.name!r} has no tokenizer.json; put Whisper's tokenizer.json beside the weights"
-        )
-    tokenizer = WhisperTokenizer.from_file(
-        ckpt.tokenizer_file, multilingual=ckpt.dims.is_multilingual, num_languages=ckpt.dims.num_languages
-    )
+    tok = _tokenizer_for(ckpt, tokenizer)
     model = Whisper(ckpt.dims, ckpt.state_dict, dtype=dtype)
     # The model now owns device copies of the weights: keep the config, drop the host arrays.
-    return LoadedWhisper(model, tokenizer, dataclasses.replace(ckpt, state_dict={}))
+    return LoadedWhisper(model, tok, dataclasses.replace(ckpt, state_dict={}))
