@@ -8,6 +8,8 @@ JAX_EXTRA ?= cpu
 
 VPY := $(VENV)/bin/python
 
+OUT ?= out/demo
+
 .PHONY: setup setup-test test lint demo clean
 
 $(VPY):
@@ -28,6 +30,11 @@ test: setup-test
 lint: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench
 	$(VPY) -m ruff format --check engine kernels jobs tests bench
+
+# The main job on the embedded default: the packaged whisper-base over the bundled demo set
+# (synthesised with espeak-ng on first use).
+demo: setup
+	$(VPY) -m jobs.encode --out $(OUT)/store
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
