@@ -1,0 +1,370 @@
+"""The encode pipeline: every encoder layer of every utterance into a layer store, resumably.
+
+Stages, overlapped so that the accelerator never waits on the host:
+
+1. host threads decode audio and compute log-mel windows ahead of the device (``prefetch``);
+2. the encoder step runs on every local device (``engine.parallel.ShardedEncoder``) over
+   fixed-size batches of 30 s windows (the last one padded, so one program is compiled and every
+   window's result is bitwise independent of what shares its batch);
+3. while batch ``i+1`` computes, batch ``i``'s states are copied to the host and handed to the
+   store, whose writes stay in flight (``LanguageArrays.write_utterance``); an utterance is marked
+   done only after its states are committed.
+
+Multi-host: with ``jax.distributed`` initialised, process ``p`` of ``P`` takes its own contiguous
+share of each language's utterances (``engine.store.utterance_range``, aligned to the store's
+``LENGTHS_CHUNK`` so that no two processes ever write the same chunk); every process uses only its
+local devices, so processes wait on each other only at the barriers after the store and each
+language's arrays are created.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine import audio as audio_lib
+from engine.errors import AudioError
+from engine.features import log_mel_spectrogram
+from engine.parallel import ShardedEncoder, data_mesh
+from engine.sources import Utterance, get_source
+from engine.store import LayerStore, StoreInfo, UtteranceRow, utterance_range
+from engine.whisper import LoadedWhisper, load_whisper
+
+log = logging.getLogger(__name__)
+
+STORAGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeConfig:
+    out: str  # store URL: a local path or any TensorStore kvstore URL (gs://, s3://, memory://)
+    model: str | None = None  # checkpoint source; None = the packaged whisper-base
+    dataset: str = "demo"  # see engine.sources.get_source
+    langs: tuple[str, ...] | None = None  # None = every language of the dataset
+    split: str = "test"
+    layers: tuple[int, ...] | None = None  # None = every layer 0..L+1
+    dtype: str = "float32"  # storage dtype
+    compute_dtype: str = "float32"  # weights and activations on the device
+    batch_size: int = 8  # 30 s windows per encoder step (all devices together)
+    long_audio: str = "window"  # or "truncate"
+    prefetch: int = 4  # host threads decoding audio and computing log-mel ahead of the device
+    max_in_flight: int = 16  # utterance writes in flight before the host waits
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.dtype not in STORAGE_DTYPES:
+            raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {self.dtype!r}")
+        if self.compute_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {STORAGE_DTYPES}, got {self.compute_dtype!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.long_audio not in audio_lib.LONG_AUDIO_MODES:
+            raise ValueError(f"long_audio must be one of {audio_lib.LONG_AUDIO_MODES}, got {self.long_audio!r}")
+
+
+@dataclasses.dataclass
+class EncodeSummary:
+    done: int = 0  # utterances written in this run
+    already_done: int = 0  # found complete in the store and skipped
+    skipped: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)  # reason -> [(lang, id)]
+    audio_seconds: float = 0.0
+    windows: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def skip(self, reason: str, lang: str, utt_id: str) -> None:
+        self.skipped.setdefault(reason, []).append((lang, utt_id))
+
+    def report(self) -> str:
+        lines = [
+            f"encoded {self.done} utterances ({self.audio_seconds:.1f} s of audio, {self.windows} windows) "
+            f"in {self.seconds:.1f} s: {self.done / max(self.seconds, 1e-9):.2f} utt/s, "
+            f"{self.audio_seconds / max(self.seconds, 1e-9):.1f} audio-s/s, "
+            f"{self.bytes_written / max(self.seconds, 1e-9) / 1e6:.1f} MB/s written",
+            f"already complete: {self.already_done}; skipped: {self.n_skipped}",
+        ]
+        for reason, items in sorted(self.skipped.items()):
+            shown = ", ".join(f"{lang}/{i}" for lang, i in items[:5]) + (" ..." if len(items) > 5 else "")
+            lines.append(f"  skipped {len(items)} ({reason}): {shown}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """One utterance, decoded and turned into log-mel windows on a host thread."""
+
+    index: int
+    utt: Utterance
+    mel: np.ndarray | None  # f32[window, n_mels, 3000]
+    frames: np.ndarray | None  # i32[window] valid encoder frames per window
+    seconds: float = 0.0
+    error: str | None = None  # reason for skipping
+
+
+def expected_frames(n_samples: int, sample_rate: int | None, long_audio: str) -> int:
+    """Valid encoder frames of an utterance of ``n_samples`` at ``sample_rate`` (None = 16 kHz), before decoding."""
+    # soxr's output length is the input length times the rate ratio, rounded to nearest.
+    n = int(n_samples) if sample_rate is None else int(n_samples * 16000 / sample_rate + 0.5)
+    if long_audio == "truncate":
+        n = min(n, audio_lib.N_SAMPLES)
+    full, rest = divmod(n, audio_lib.N_SAMPLES)
+    return full * audio_lib.N_ENCODER_FRAMES + (int(audio_lib.encoder_frames(rest)) if rest else 0)
+
+
+def _prepare(index: int, utt: Utterance, n_mels: int, long_audio: str) -> _Prepared:
+    try:
+        samples = utt.load()
+        windows, valid = audio_lib.split_windows(samples, long_audio)
+        mel = np.asarray(log_mel_spectrogram(windows, n_mels))
+        frames = np.asarray(audio_lib.encoder_frames(valid), np.int32)
+        return _Prepared(index, utt, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
+    except AudioError as e:
+        return _Prepared(index, utt, None, None, error=f"{type(e).__name__}: {e}")
+
+
+def _probe_rows(utts: Sequence[Utterance], long_audio: str, summary: EncodeSummary, lang: str) -> list[UtteranceRow]:
+    """The store's utterance table, from headers only (no decoding): frames known before encoding."""
+    rows = []
+    for utt in utts:
+        n_frames, n_windows, duration = 0, 0, 0.0
+        try:
+            info = utt.probe()
+            duration = info.duration_s
+            n_frames = expected_frames(info.frames, info.sample_rate, long_audio)
+            n_windows = max(1, math.ceil(min(duration, 30.0 if long_audio == "truncate" else duration) / 30.0))
+        except AudioError:
+            pass  # reported (and counted once) when the encoder stage tries to decode it
+        rows.append(
+            UtteranceRow(
+                id=utt.id,
+                lang=utt.lang,
+                path=utt.path,
+                transcription=utt.transcription,
+                duration_s=duration,
+                n_frames=n_frames,
+                n_windows=n_windows,
+                recording=utt.recording,
+                speaker=utt.speaker,
+                gender=utt.gender,
+            )
+        )
+    return rows
+
+
+def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSummary, lang: str):
+    """Group prepared utterances into batches of at most ``batch_size`` windows.
+
+    Yields (mel f32[batch_size, n_mels, 3000] padded with silence, [(prepared, first window row)]).
+    An utterance with more windows than a batch holds is split over several batches.
+    """
+    pending: list[tuple[_Prepared, int, int]] = []  # (prepared, first window, n windows) in this batch
+    rows = 0
+    for p in prepared:
+        if p.error is not None:
+            summary.skip(p.error.split(":", 1)[0], lang, p.utt.id)
+            log.warning("skipping %s/%s (%s): %s", lang, p.utt.id, p.utt.path, p.error)
+            continue
+        start = 0
+        while start < len(p.mel):
+            take = min(len(p.mel) - start, batch_size - rows)
+            pending.append((p, start, take))
+            rows += take
+            start += take
+            if rows == batch_size:
+                yield _assemble(pending, batch_size)
+                pending, rows = [], 0
+    if pending:
+        yield _assemble(pending, batch_size)
+
+
+def _assemble(pending, batch_size):
+    first = pending[0][0].mel
+    mel = np.zeros((batch_size, *first.shape[1:]), np.float32)
+    # Padding rows hold log-mel of silence rather than zeros, so they look like real (empty) input.
+    mel[:] = first.min()
+    parts, row = [], 0
+    for p, start, take in pending:
+        mel[row : row + take] = p.mel[start : start + take]
+        parts.append((p, start, take, row))
+        row += take
+    return mel, parts
+
+
+class _Assembler:
+    """Collects the windows of each utterance (possibly over several batches) and emits whole utterances."""
+
+    def __init__(self):
+        self.partial: dict[int, list[np.ndarray]] = collections.defaultdict(list)
+
+    def add(self, states: np.ndarray, parts) -> Iterator[tuple[_Prepared, np.ndarray]]:
+        # states: [layer, batch, 1500, embed]
+        for p, start, take, row in parts:
+            for w in range(take):
+                n = int(p.frames[start + w])
+                self.partial[p.index].append(states[:, row + w, :n])
+            if start + take == len(p.mel):
+                yield p, np.concatenate(self.partial.pop(p.index), axis=1)
+
+
+def run_encode(
+    config: EncodeConfig, *, whisper: LoadedWhisper | None = None, on_progress: Callable | None = None
+) -> EncodeSummary:
+    """Encode ``config.dataset`` into the layer store at ``config.out``; returns the summary."""
+    t0 = time.perf_counter()
+    compute_dtype = jnp.dtype(config.compute_dtype)
+    whisper = whisper or load_whisper(config.model, dtype=compute_dtype)
+    dims = whisper.dims
+    layers = tuple(range(dims.n_audio_layer + 2)) if config.layers is None else tuple(config.layers)
+    for i in layers:
+        if not 0 <= i <= dims.n_audio_layer + 1:
+            raise ValueError(f"layer {i} out of range 0..{dims.n_audio_layer + 1} for {whisper.checkpoint.name}")
+    info = StoreInfo(
+        model_name=whisper.checkpoint.name,
+        checkpoint_sha256=whisper.checkpoint.sha256,
+        dims=dims,
+        layers=layers,
+        dtype=config.dtype,
+    )
+    source = get_source(config.dataset)
+    langs = list(config.langs) if config.langs else source.languages()
+    pid, n_proc = jax.process_index(), jax.process_count()
+    # Writing the manifest is process 0's; the others open the store once it exists.
+    if pid == 0:
+        store = LayerStore.create_or_open(config.out, info, creation={"dataset": config.dataset, "split": config.split})
+    _barrier("babelgrid-store-created")
+    if pid != 0:
+        store = LayerStore.create_or_open(config.out, info)
+
+    encoder = ShardedEncoder(
+        whisper.model, data_mesh(jax.local_devices()), layers=layers, out_dtype=jnp.dtype(config.dtype)
+    )
+    local_batch = math.ceil(config.batch_size / encoder.local_multiple) * encoder.local_multiple
+    summary = EncodeSummary()
+    bytes_per_frame = len(layers) * dims.n_audio_state * jnp.dtype(config.dtype).itemsize
+    progress = _Progress(enabled=config.progress and pid == 0)
+
+    for lang in langs:
+        utts = source.utterances(lang, config.split)
+        if not utts:
+            log.warning("no utterances for language %s in split %s", lang, config.split)
+            continue
+        # Every process builds the same table from the same headers (deterministic), and only
+        # process 0 creates the arrays; the others open them after the barrier.
+        rows = _probe_rows(utts, config.long_audio, summary, lang)
+        max_frames = max(1, max(r.n_frames for r in rows))
+        if pid == 0:
+            arrays = store.language(lang, rows, max_frames)
+        _barrier(f"babelgrid-lang-{lang}")
+        if pid != 0:
+            arrays = store.language(lang, rows, max_frames)
+        mine = utterance_range(len(utts), pid, n_proc)
+        done = arrays.done()
+        todo = [i for i in mine if not done[i]]
+        summary.already_done += len(mine) - len(todo)
+        # Few-window utterances together, many-window ones together: fewer split utterances.
+        todo.sort(key=lambda i: (rows[i].n_windows, i))
+        progress.start(lang, len(todo))
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
+            prepared = _prefetched(pool, utts, todo, dims.n_mels, config.long_audio, config.prefetch * 4)
+            assembler = _Assembler()
+            in_flight = None  # (device result, parts) of the batch dispatched last
+            for mel, parts in _batches(prepared, local_batch, summary, lang):
+                result = encoder(mel)  # dispatched asynchronously
+                if in_flight is not None:
+                    _drain(in_flight, assembler, arrays, summary, progress, bytes_per_frame, max_frames, lang)
+                in_flight = (result, parts)
+            if in_flight is not None:
+                _drain(in_flight, assembler, arrays, summary, progress, bytes_per_frame, max_frames, lang)
+        arrays.flush()
+        progress.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _drain(in_flight, assembler, arrays, summary, progress, bytes_per_frame, max_frames, lang):
+    result, parts = in_flight
+    states = np.asarray(result)  # waits for this batch only; the next one is already running
+    summary.windows += sum(take for _, _, take, _ in parts)
+    for p, utt_states in assembler.add(states, parts):
+        if utt_states.shape[1] > max_frames:
+            # The header promised fewer frames than the audio holds: refuse rather than truncate.
+            summary.skip("FrameCountMismatch", lang, p.utt.id)
+            log.warning(
+                "skipping %s/%s: %d frames decoded, header said at most %d",
+                lang,
+                p.utt.id,
+                utt_states.shape[1],
+                max_frames,
+            )
+            continue
+        arrays.write_utterance(p.index, utt_states)
+        summary.done += 1
+        summary.audio_seconds += p.seconds
+        summary.bytes_written += utt_states.shape[1] * bytes_per_frame
+        progress.update(1, p.seconds)
+
+
+def _prefetched(pool, utts, todo, n_mels, long_audio, depth) -> Iterator[_Prepared]:
+    """Prepared utterances in ``todo`` order, at most ``depth`` ahead of the consumer."""
+    queue: collections.deque = collections.deque()
+    it = iter(todo)
+    for i in it:
+        queue.append(pool.submit(_prepare, i, utts[i], n_mels, long_audio))
+        if len(queue) >= depth:
+            break
+    while queue:
+        yield queue.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append(pool.submit(_prepare, nxt, utts[nxt], n_mels, long_audio))
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+class _Progress:
+    """A tqdm bar with utterances/s and audio-seconds/s; silent when disabled or tqdm is missing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.audio = 0.0
+        self.t0 = time.perf_counter()
+
+    def start(self, lang: str, total: int):
+        if not self.enabled:
+            return
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=f"encode {lang}", unit="utt", dynamic_ncols=True)
+        self.audio, self.t0 = 0.0, time.perf_counter()
+
+    def update(self, n: int, seconds: float):
+        if self.bar is None:
+            return
+        self.audio += seconds
+        self.bar.update(n)
+        self.bar.set_postfix(audio_s_per_s=f"{self.audio / max(time.perf_counter() - self.t0, 1e-9):.1f}")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,161 @@
+"""Reading a layer store, for analysts::
+
+    from engine.reader import open_store
+    s = open_store("gs://bucket/run1")            # a local path, file://, gs://, s3://, memory://
+    s.info                                        # StoreInfo: model, checkpoint sha256, dims, stored layers, dtype
+    s.languages()                                 # ['de', 'en', ...]
+    df = s.utterances("de")                       # pandas DataFrame, one row per utterance index
+    s.lookup("de", "1234")                        # utterance indices whose id is "1234" (one per recording)
+    x = s.states("de", 17, layer=4)               # f[frames, embed] of utterance 17, valid frames only
+    x = s.states("de", "1234", layer=4)           # the same by id, when the id names one utterance
+    X, n = s.language_layer("de", layer=4)        # f[utterance, max_frames, embed] zero-padded, i32[utterance]
+
+``layer`` is babelgrid's encoder layer index (0 = conv stem + positions, 1..L = block outputs, L+1 = ``ln_post``
+output), not a position in the array; asking for a layer the store does not hold is an error that lists the ones it
+does. Arrays come back in the storage dtype (``ml_dtypes.bfloat16`` for bfloat16 stores) unless ``dtype`` is given,
+e.g. ``dtype=np.float32``. An utterance is readable once its encoding committed (``done``); ``lengths`` is -1 before.
+
+``utterances`` needs pandas (not a babelgrid dependency); ``utterances_table`` returns the same as a pyarrow Table.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from engine.store import LanguageArrays, LayerStore, StoreError, StoreInfo
+
+
+def open_store(url: str) -> StoreReader:
+    """Opens the layer store at ``url`` to read (StoreError if there is none, or of another format version)."""
+    return StoreReader(LayerStore.open(url))
+
+
+class StoreReader:
+    """Read access to one layer store; see the module docstring."""
+
+    def __init__(self, store: LayerStore):
+        self._store = store
+        self._ids: dict[str, dict[str, list[int]]] = {}
+
+    def __repr__(self):
+        return f"StoreReader({self.url!r}, {self.info.model_name}, layers {list(self.info.layers)}, {self.info.dtype})"
+
+    @property
+    def url(self) -> str:
+        return self._store.url
+
+    @property
+    def info(self) -> StoreInfo:
+        return self._store.info
+
+    @property
+    def manifest(self) -> dict:
+        """``manifest.json`` as a dict (StoreInfo fields, creation info, layout)."""
+        return self._store.manifest
+
+    def languages(self) -> list[str]:
+        return self._store.languages()
+
+    def arrays(self, lang: str) -> LanguageArrays:
+        """The language's arrays (``states_store``, ``lengths_store`` TensorStores) and utterance rows."""
+        return self._store.language(lang)
+
+    def utterances_table(self, lang: str) -> pa.Table:
+        """The utterance table of ``lang``: row u = utterance u (columns in docs/store.md)."""
+        return self.arrays(lang).table()
+
+    def utterances(self, lang: str):
+        """The utterance table of ``lang`` as a pandas DataFrame indexed by utterance."""
+        try:
+            import pandas  # noqa: F401  (pyarrow's to_pandas needs it)
+        except ImportError:
+            raise StoreError("utterances() needs pandas: pip install pandas, or use utterances_table()") from None
+        return self.utterances_table(lang).to_pandas().set_index("utterance")
+
+    def lookup(self, lang: str, id: str | int) -> list[int]:
+        """Utterance indices of ``lang`` whose id is ``id`` (several when a sentence has several recordings)."""
+        if lang not in self._ids:
+            ids: dict[str, list[int]] = {}
+            for u, row in enumerate(self.arrays(lang).rows):
+                ids.setdefault(row.id, []).append(u)
+            self._ids[lang] = ids
+        return list(self._ids[lang].get(str(id), []))
+
+    def lengths(self, lang: str) -> np.ndarray:
+        """``i32[utterance]``: valid frames per utterance, -1 where not done."""
+        return self.arrays(lang).lengths()
+
+    def done(self, lang: str) -> np.ndarray:
+        """``bool[utterance]``: utterances whose states are committed."""
+        return self.arrays(lang).done()
+
+    def layer_position(self, layer: int) -> int:
+        """Position on the ``layer`` axis of babelgrid layer index ``layer``."""
+        layers = self.info.layers
+        if isinstance(layer, bool) or layer not in layers:
+            top = self.info.dims.n_encoder_layers_out - 1
+            raise StoreError(
+                f"layer {layer!r} is not in store {self.url!r}; it holds layers {list(layers)} (babelgrid indexing: "
+                f"0 = stem, 1..{top - 1} = blocks, {top} = ln_post)"
+            )
+        return layers.index(layer)
+
+    def utterance_index(self, lang: str, utterance: int | str) -> int:
+        """Index of ``utterance``: an int is an index, a str an id that must name exactly one utterance."""
+        arrays = self.arrays(lang)
+        if isinstance(utterance, str):
+            found = self.lookup(lang, utterance)
+            if len(found) != 1:
+                raise StoreError(
+                    f"id {utterance!r} names {len(found)} utterances of {lang!r} ({found[:10]}): pass one index"
+                    if found
+                    else f"{lang!r} has no utterance with id {utterance!r}; see utterances({lang!r})"
+                )
+            return found[0]
+        u = operator.index(utterance)
+        if not 0 <= u < arrays.n_utterances:
+            raise StoreError(f"utterance index {u} is outside 0..{arrays.n_utterances - 1} of {lang!r}")
+        return u
+
+    def states(self, lang: str, utterance: int | str, layer: int, dtype=None) -> np.ndarray:
+        """``f[frames, embed]``: layer ``layer`` of one utterance, its valid frames only."""
+        arrays = self.arrays(lang)
+        u = self.utterance_index(lang, utterance)
+        position = self.layer_position(layer)
+        n_frames = int(arrays.lengths_store[u].read().result())
+        if n_frames < 0:
+            raise StoreError(
+                f"utterance {u} (id {arrays.rows[u].id!r}) of {lang!r} is not done: its states were never committed; "
+                "rerun the encode job on this store to finish it"
+            )
+        out = arrays.states_store[position, u, :n_frames].read().result()
+        return out if dtype is None else out.astype(dtype)
+
+    def language_layer(
+        self, lang: str, layer: int, utterances: Sequence[int] | None = None, dtype=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One layer of a whole language (or of ``utterances``, indices), as one padded array.
+
+        Returns:
+          states: ``f[utterance, max_frames, embed]``, zero past each utterance's length and for utterances not done.
+          lengths: ``i32[utterance]``, valid frames, -1 for utterances not done.
+        """
+        arrays = self.arrays(lang)
+        position = self.layer_position(layer)
+        if utterances is None:
+            states = arrays.states_store[position].read().result()
+            lengths = arrays.lengths()
+        else:
+            index = np.asarray(utterances, np.int64).reshape(-1)
+            if index.size and (index.min() < 0 or index.max() >= arrays.n_utterances):
+                raise StoreError(f"utterances must be indices in 0..{arrays.n_utterances - 1} of {lang!r}")
+            states = arrays.states_store[position, index].read().result()
+            lengths = arrays.lengths_store[index].read().result()
+        # Frames past a length are zeros as written, but an utterance killed between its shard and its marker has
+        # states on disk and length -1: zero it, so that padding is always zero.
+        states[np.arange(arrays.max_frames) >= np.maximum(lengths, 0)[:, None]] = 0
+        return (states if dtype is None else states.astype(dtype)), lengths

@@ -1,0 +1,467 @@
+"""The layer store's format, version ``FORMAT_VERSION``: names, array specs, manifest and utterance table.
+
+``engine.store`` writes and opens stores with these pieces; ``docs/store.md`` describes the format for analysts::
+
+    OUT/manifest.json               StoreInfo + creation info; written once, never rewritten
+    OUT/languages/<lang>.json       per-language index: one small key per language, written once
+    OUT/<lang>/utterances.parquet   one row per utterance index (UtteranceRow)
+    OUT/<lang>/states/              zarr3 f[layer, utterance, frame, embed]: one shard per utterance,
+                                    inside it one inner chunk per layer
+    OUT/<lang>/lengths/             zarr3 i32[utterance]: valid frames of each utterance, -1 = not done
+
+``OUT`` is any TensorStore kvstore location: a local path, ``file://``, ``gs://``, ``s3://``, ``memory://``. Keys
+are written with ``ts.KvStore`` so that one code path serves every backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import io
+import json
+import os
+import re
+import socket
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorstore as ts
+
+from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
+from engine.dims import ModelDimensions
+from engine.errors import BabelgridError
+
+FORMAT_VERSION = 1
+FORMAT_NAME = "babelgrid-layer-store"
+FRAME_RATE = 50.0  # encoder frames per second of audio (20 ms each)
+LENGTHS_CHUNK = 256  # utterances per `lengths` chunk: processes write ranges aligned to it
+NOT_DONE = -1  # `lengths` fill value: the utterance has no committed states yet
+DTYPES = ("float32", "bfloat16", "float16")
+
+MANIFEST = "manifest.json"
+LANGUAGES_DIR = "languages/"
+STATES = "states/"
+LENGTHS = "lengths/"
+UTTERANCES = "utterances.parquet"
+
+# Inner-chunk codecs of `states`: zstd level 1 writes 2.7x (float32) to 3.3x (bfloat16) fewer bytes than raw
+# chunks padded to max_frames (padding frames vanish, hidden states shrink a little) and was the fastest layout
+# measured, for writes and for layer reads; docs/store.md has the table.
+STATES_CODECS = (
+    {"name": "bytes", "configuration": {"endian": "little"}},
+    {"name": "zstd", "configuration": {"level": 1}},
+)
+
+LANG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_RESERVED_LANGS = ("languages",)
+# One context for every store this process opens, so that a `memory://` store outlives its handle (tests, notebooks).
+CONTEXT = ts.Context()
+
+
+class StoreError(BabelgridError, ValueError):
+    """A layer store cannot be opened, created or written as asked."""
+
+
+class StoreMismatchError(StoreError):
+    """An existing store (or language) was written with other settings than the ones given."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreInfo:
+    """What must match to append to a store: the model, its dimensions, the stored layers and their dtype.
+
+    ``layers`` uses babelgrid's encoder layer indexing: 0 = conv stem + positions, 1..L = block outputs,
+    L+1 = ``ln_post`` output. States are stored in ``layers`` order.
+    """
+
+    model_name: str
+    checkpoint_sha256: str
+    dims: ModelDimensions
+    layers: tuple[int, ...]
+    dtype: str  # "float32" | "bfloat16" | "float16"
+    frame_rate: float = FRAME_RATE  # frames per second
+
+    def __post_init__(self):
+        for name in ("model_name", "checkpoint_sha256"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise StoreError(f"StoreInfo.{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.dims, ModelDimensions):
+            raise StoreError(f"StoreInfo.dims must be a ModelDimensions, got {type(self.dims).__name__}")
+        layers = tuple(int(i) for i in self.layers)
+        top = self.dims.n_encoder_layers_out - 1
+        if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] > top:
+            raise StoreError(
+                f"StoreInfo.layers must be increasing, distinct layer indices in 0..{top} (0 = stem, "
+                f"{top} = ln_post), got {self.layers!r}"
+            )
+        object.__setattr__(self, "layers", layers)
+        if self.dtype not in DTYPES:
+            raise StoreError(f"StoreInfo.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not self.frame_rate > 0:
+            raise StoreError(f"StoreInfo.frame_rate must be positive (frames per second), got {self.frame_rate!r}")
+        object.__setattr__(self, "frame_rate", float(self.frame_rate))
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        return ts.dtype(self.dtype).numpy_dtype
+
+    def to_dict(self) -> dict:
+        return {
+            "model_name": self.model_name,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "dims": self.dims.to_dict(),
+            "layers": list(self.layers),
+            "dtype": self.dtype,
+            "frame_rate": self.frame_rate,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StoreInfo:
+        return cls(
+            model_name=d["model_name"],
+            checkpoint_sha256=d["checkpoint_sha256"],
+            dims=ModelDimensions.from_dict(d["dims"]),
+            layers=tuple(d["layers"]),
+            dtype=d["dtype"],
+            frame_rate=d.get("frame_rate", FRAME_RATE),
+        )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UtteranceRow:
+    """One row of ``utterances.parquet``; its position in the table is the utterance index."""
+
+    id: str  # dataset id; several recordings of one sentence may share it
+    lang: str
+    path: str  # audio file as the job read it
+    transcription: str | None = None
+    duration_s: float  # seconds of audio
+    # Encoder frames of the whole utterance (all its 30 s windows), = lengths[u] once done; 0 when the audio could not
+    # be read when the table was made (such an utterance is listed, so indices follow the source, but never done).
+    n_frames: int
+    n_windows: int  # 30 s windows it is encoded in (0 if unreadable)
+    recording: int = 0  # 0 for the first recording of (lang, id), 1, 2, ... for further ones (FLEURS)
+    speaker: str | None = None
+    gender: str | None = None
+
+    def __post_init__(self):
+        for name in ("id", "lang", "path"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise StoreError(f"UtteranceRow.{name} must be a non-empty str, got {getattr(self, name)!r}")
+        if isinstance(self.recording, bool) or not isinstance(self.recording, (int, np.integer)) or self.recording < 0:
+            raise StoreError(
+                f"UtteranceRow.recording must be an int >= 0, got {self.recording!r} (utterance {self.id!r})"
+            )
+        object.__setattr__(self, "recording", int(self.recording))
+        for name in ("transcription", "speaker", "gender"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise StoreError(f"UtteranceRow.{name} must be a str or None, got {getattr(self, name)!r}")
+        for name in ("n_frames", "n_windows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise StoreError(f"UtteranceRow.{name} must be an int >= 0, got {value!r} (utterance {self.id!r})")
+            object.__setattr__(self, name, int(value))
+        if isinstance(self.duration_s, bool) or not isinstance(self.duration_s, (int, float)) or self.duration_s < 0:
+            raise StoreError(f"UtteranceRow.duration_s must be seconds >= 0, got {self.duration_s!r}")
+        object.__setattr__(self, "duration_s", float(self.duration_s))
+
+
+ROW_FIELDS = tuple(f.name for f in dataclasses.fields(UtteranceRow))
+_PARQUET_SCHEMA = pa.schema(
+    [
+        pa.field("utterance", pa.int32(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("lang", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("transcription", pa.string()),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("n_frames", pa.int32(), nullable=False),
+        pa.field("n_windows", pa.int32(), nullable=False),
+        pa.field("recording", pa.int32(), nullable=False),
+        pa.field("speaker", pa.string()),
+        pa.field("gender", pa.string()),
+    ]
+)
+
+
+def states_spec(kvstore: dict, *, n_layers: int, n_utterances: int, max_frames: int, embed: int, dtype: str) -> dict:
+    """TensorStore spec of ``states``: f[layer, utterance, frame, embed], one shard per utterance.
+
+    A shard holds all layers of one utterance, so writing an utterance writes one whole key and reads nothing back;
+    inside it each layer is one inner chunk, so reading a layer fetches one byte range per utterance via the shard
+    index. Chunk keys use "." separators: one flat folder per language, no folder per utterance.
+    """
+    return {
+        "driver": "zarr3",
+        "kvstore": kvstore,
+        "metadata": {
+            "shape": [n_layers, n_utterances, max_frames, embed],
+            "data_type": dtype,
+            "fill_value": 0,
+            "dimension_names": [LAYER, UTTERANCE, FRAME, EMBED],
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [n_layers, 1, max_frames, embed]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
+            "codecs": [
+                {
+                    "name": "sharding_indexed",
+                    "configuration": {
+                        "chunk_shape": [1, 1, max_frames, embed],
+                        "codecs": [dict(c) for c in STATES_CODECS],
+                        "index_codecs": [
+                            {"name": "bytes", "configuration": {"endian": "little"}},
+                            {"name": "crc32c"},
+                        ],
+                        "index_location": "end",
+                    },
+                }
+            ],
+        },
+    }
+
+
+def lengths_spec(kvstore: dict, *, n_utterances: int) -> dict:
+    """TensorStore spec of ``lengths``: i32[utterance], valid frames per utterance, ``NOT_DONE`` (-1) until done."""
+    return {
+        "driver": "zarr3",
+        "kvstore": kvstore,
+        "metadata": {
+            "shape": [n_utterances],
+            "data_type": "int32",
+            "fill_value": NOT_DONE,
+            "dimension_names": [UTTERANCE],
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [LENGTHS_CHUNK]}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+        },
+    }
+
+
+def check_language_code(lang: str) -> str:
+    """``lang`` if it is a safe folder name (letters, digits, ``_``, ``-``), else a StoreError."""
+    if not isinstance(lang, str) or not LANG.fullmatch(lang) or lang in _RESERVED_LANGS:
+        raise StoreError(
+            f"language code {lang!r} cannot name a store folder: use 1-64 letters, digits, '_' or '-', starting with "
+            f"a letter or digit (no '/', '.', spaces), and not {', '.join(map(repr, _RESERVED_LANGS))}"
+        )
+    return lang
+
+
+def open_kvstore(url: str) -> tuple[dict, ts.KvStore]:
+    """The kvstore spec of the store's root folder (path ending in '/') and the opened KvStore."""
+    if not isinstance(url, (str, os.PathLike)) or not str(url):
+        raise StoreError(f"store location must be a non-empty path or URL, got {url!r}")
+    url = os.fspath(url)
+    if "://" not in url:
+        spec = {"driver": "file", "path": os.path.abspath(os.path.expanduser(url))}
+    else:
+        try:
+            spec = ts.KvStore.Spec(url).to_json()
+        except ValueError as e:
+            raise StoreError(
+                f"cannot use {url!r} as a store location ({e}); give a local path or a TensorStore kvstore URL "
+                "such as file:///data/out, gs://bucket/out, s3://bucket/out or memory://out"
+            ) from None
+    path = spec.get("path", "")
+    if path and not path.endswith("/"):
+        spec["path"] = path + "/"
+    try:
+        kv = ts.KvStore.open(spec, context=CONTEXT).result()
+    except ValueError as e:
+        raise StoreError(f"cannot open store location {url!r}: {e}") from None
+    return spec, kv
+
+
+def json_bytes(value: dict) -> bytes:
+    return (json.dumps(value, indent=1) + "\n").encode()
+
+
+def read_json(kv: ts.KvStore, key: str, url: str) -> dict | None:
+    result = kv.read(key).result()
+    if result.state == "missing":
+        return None
+    try:
+        value = json.loads(result.value)
+    except ValueError as e:
+        raise StoreError(
+            f"{key} in store {url!r} is not valid JSON ({e}); it was damaged or not written by babelgrid"
+        ) from None
+    if not isinstance(value, dict):
+        raise StoreError(f"{key} in store {url!r} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def create_key(kv: ts.KvStore, key: str, value: bytes) -> bool:
+    """Writes ``key`` only if it does not exist yet; False if another writer created it first."""
+    missing = kv.read(key).result()
+    if missing.state != "missing":
+        return False
+    try:
+        stamp = kv.write(key, value, if_equal=missing.stamp.generation).result()
+    except ValueError:
+        # A kvstore without conditional writes: the keys written this way are the same for every writer but for
+        # the creation info, so the last writer winning loses nothing.
+        kv.write(key, value).result()
+        return True
+    return bool(stamp.generation)  # an unknown (empty) generation: the condition failed
+
+
+def new_manifest(info: StoreInfo, creation: dict | None) -> dict:
+    created = {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "babelgrid_version": _version("babelgrid"),
+        "jax_version": _version("jax"),
+        "tensorstore_version": _version("tensorstore"),
+        "python_version": sys.version.split()[0],
+    }
+    created.update(creation or {})
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **info.to_dict(),
+        "created": created,
+        "layout": {
+            "languages": f"{LANGUAGES_DIR}<lang>.json",
+            "utterances": f"<lang>/{UTTERANCES}",
+            "states": f"<lang>/{STATES}",
+            "lengths": f"<lang>/{LENGTHS}",
+            "axes": {"states": [LAYER, UTTERANCE, FRAME, EMBED], "lengths": [UTTERANCE]},
+            "lengths_chunk": LENGTHS_CHUNK,
+            "not_done": NOT_DONE,
+        },
+    }
+    try:
+        json.dumps(manifest)
+    except TypeError as e:
+        raise StoreError(f"creation info must be JSON values (str, numbers, lists, dicts): {e}") from None
+    return manifest
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def info_from_manifest(manifest: dict, url: str) -> StoreInfo:
+    if manifest.get("format") != FORMAT_NAME:
+        raise StoreError(
+            f"{MANIFEST} in {url!r} is not a babelgrid layer store manifest (format {manifest.get('format')!r})"
+        )
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreError(
+            f"store {url!r} has format version {version!r}; this babelgrid reads version {FORMAT_VERSION}. Use the "
+            "babelgrid version that wrote it, or encode again"
+        )
+    try:
+        return StoreInfo.from_dict(manifest)
+    except (KeyError, TypeError, ValueError) as e:
+        raise StoreError(f"{MANIFEST} in {url!r} is incomplete or damaged ({e!r}); encode again") from None
+
+
+def info_diffs(stored: StoreInfo, given: StoreInfo) -> list[str]:
+    diffs = []
+    for name in ("model_name", "checkpoint_sha256", "layers", "dtype", "frame_rate"):
+        a, b = getattr(stored, name), getattr(given, name)
+        if a != b:
+            diffs.append(f"{name}: store has {a!r}, this run {b!r}")
+    for name, a in stored.dims.to_dict().items():
+        b = getattr(given.dims, name)
+        if a != b:
+            diffs.append(f"dims.{name}: store has {a}, this run {b}")
+    return diffs
+
+
+def check_rows(utterances, lang: str) -> tuple[UtteranceRow, ...]:
+    rows = tuple(utterances)
+    if not rows:
+        raise StoreError(f"language {lang!r} needs at least one utterance")
+    for u, row in enumerate(rows):
+        if not isinstance(row, UtteranceRow):
+            raise StoreError(f"utterances[{u}] of {lang!r} must be an UtteranceRow, got {type(row).__name__}")
+    return rows
+
+
+def check_same_rows(stored, given, lang: str, url: str) -> None:
+    if len(stored) != len(given):
+        raise StoreMismatchError(
+            f"language {lang!r} in {url!r} was created with {len(stored)} utterances, this run has {len(given)}. "
+            "Never mix two utterance tables in one language: restore the original list or use a new output folder"
+        )
+    for u, (a, b) in enumerate(zip(stored, given, strict=True)):
+        if a != b:
+            name = next(n for n in ROW_FIELDS if getattr(a, n) != getattr(b, n))
+            raise StoreMismatchError(
+                f"utterance {u} of language {lang!r} in {url!r} differs from this run's: {name} is "
+                f"{getattr(a, name)!r} in the store, {getattr(b, name)!r} now. Never mix two utterance tables in one "
+                "language: restore the original list or use a new output folder"
+            )
+
+
+def rows_to_table(rows: Sequence[UtteranceRow]) -> pa.Table:
+    """The utterance table as stored in ``utterances.parquet``: an ``utterance`` index column, then UtteranceRow's."""
+    columns = {"utterance": list(range(len(rows)))}
+    columns.update({name: [getattr(r, name) for r in rows] for name in ROW_FIELDS})
+    return pa.table(columns, schema=_PARQUET_SCHEMA)
+
+
+def rows_to_parquet(rows: Sequence[UtteranceRow]) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(rows_to_table(rows), sink)
+    return sink.getvalue()
+
+
+def _read_table(kv: ts.KvStore, key: str, url: str, *, missing_ok: bool = False) -> pa.Table | None:
+    """The utterance table stored at ``key`` as a pyarrow Table (None if missing and ``missing_ok``)."""
+    result = kv.read(key).result()
+    if result.state == "missing":
+        if missing_ok:
+            return None
+        raise StoreError(f"store {url!r} has no {key}; the language was not created completely: encode it again")
+    table = pq.read_table(pa.BufferReader(result.value))
+    if table.column_names != _PARQUET_SCHEMA.names or not np.array_equal(
+        table.column("utterance").to_numpy(), np.arange(table.num_rows)
+    ):
+        raise StoreError(f"{key} in {url!r} does not have the utterance table's columns and order: encode it again")
+    return table
+
+
+def read_rows(kv: ts.KvStore, key: str, url: str, *, missing_ok: bool = False) -> tuple[UtteranceRow, ...] | None:
+    table = _read_table(kv, key, url, missing_ok=missing_ok)
+    if table is None:
+        return None
+    return tuple(UtteranceRow(**{n: d[n] for n in ROW_FIELDS}) for d in table.to_pylist())
+
+
+def open_array(kvstore: dict, url: str, writable: bool) -> ts.TensorStore:
+    """Opens an existing zarr3 array with its own metadata."""
+    mode = {"read": True, "write": True} if writable else {"read": True}
+    try:
+        return ts.open({"driver": "zarr3", "kvstore": kvstore}, open=True, context=CONTEXT, **mode).result()
+    except ValueError as e:
+        if "NOT_FOUND" in str(e):
+            raise StoreError(
+                f"store {url!r} has no array at {kvstore.get('path', '')!r}: encode the language again"
+            ) from None
+        raise StoreError(f"cannot open array {kvstore.get('path', '')!r} of store {url!r}: {e}") from None
+
+
+def create_or_open_array(spec: dict, url: str) -> ts.TensorStore:
+    """Opens the array at ``spec``'s kvstore with its own metadata if it exists (the caller checks that its shape
+    fits), else creates it with ``spec``'s."""
+    try:
+        return open_array(spec["kvstore"], url, writable=True)
+    except StoreError as e:
+        if "has no array" not in str(e):
+            raise
+    try:
+        # create + open: if another process creates it meanwhile, this opens theirs (metadata must match).
+        return ts.open(spec, create=True, open=True, context=CONTEXT).result()
+    except ValueError as e:
+        raise StoreError(f"cannot create array {spec['kvstore'].get('path', '')!r} of store {url!r}: {e}") from None

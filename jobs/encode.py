@@ -1,0 +1,67 @@
+"""Encode every encoder layer of every utterance into a TensorStore layer store.
+
+    python -m jobs.encode --out /tmp/demo-store          # demo set, packaged whisper-base
+    python -m jobs.encode --model openai/whisper-large-v3 --dataset fleurs --langs en_us,de_de \
+        --split test --out gs://bucket/fleurs-large-v3 --dtype bfloat16
+
+Re-running with the same --out resumes: complete utterances are skipped. See BUILD.md for the
+store layout and engine/encode.py for the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+
+from engine.encode import EncodeConfig, run_encode
+from jobs.common import define_distributed_flags, init_distributed, parse_layers, parse_list
+
+flags.DEFINE_string("out", None, "output store: local path or TensorStore kvstore URL (gs://, s3://, file://)")
+flags.DEFINE_string("model", None, "hub id, HF folder, CTranslate2 folder or OpenAI .pt (default: packaged base)")
+flags.DEFINE_string("dataset", "demo", "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl | folder:/dir")
+flags.DEFINE_string("langs", "all", "comma-separated language codes of the dataset, or 'all'")
+flags.DEFINE_string("split", "test", "dataset split (FLEURS: train, validation, test)")
+flags.DEFINE_string("layers", "all", "encoder layers to store: 'all', a list '0,3,7' or ranges '1-4' (0 = stem)")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "storage dtype")
+flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16", "float16"], "model dtype on the device")
+flags.DEFINE_integer("batch_size", 8, "30 s windows per encoder step over all local devices")
+flags.DEFINE_enum("long_audio", "window", ["window", "truncate"], "audio over 30 s: consecutive windows, or cut")
+flags.DEFINE_integer("prefetch", 4, "host threads decoding audio ahead of the device")
+flags.DEFINE_bool("strict", False, "exit non-zero if any utterance was skipped")
+flags.DEFINE_bool("progress", True, "show a progress bar")
+flags.mark_flag_as_required("out")
+define_distributed_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    init_distributed()
+    config = EncodeConfig(
+        out=FLAGS.out,
+        model=FLAGS.model,
+        dataset=FLAGS.dataset,
+        langs=parse_list(FLAGS.langs),
+        split=FLAGS.split,
+        layers=parse_layers(FLAGS.layers),
+        dtype=FLAGS.dtype,
+        compute_dtype=FLAGS.compute_dtype,
+        batch_size=FLAGS.batch_size,
+        long_audio=FLAGS.long_audio,
+        prefetch=FLAGS.prefetch,
+        progress=FLAGS.progress,
+    )
+    summary = run_encode(config)
+    print(summary.report())
+    print(f"store: {FLAGS.out}")
+    if FLAGS.strict and summary.n_skipped:
+        print(f"--strict: {summary.n_skipped} utterances were skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    app.run(main)

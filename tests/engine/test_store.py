@@ -1,0 +1,455 @@
+"""Layer store: round trips, the commit protocol under kills, concurrent writers, refusals, reader."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from engine import store
+from engine.dims import ModelDimensions
+from engine.errors import BabelgridError, ShapeError
+from engine.reader import open_store
+from engine.store import (
+    LENGTHS_CHUNK,
+    LayerStore,
+    StoreError,
+    StoreInfo,
+    StoreMismatchError,
+    UtteranceRow,
+    utterance_range,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+WRITER = REPO / "tests" / "engine" / "scripts" / "store_writer.py"
+_spec = importlib.util.spec_from_file_location("store_writer", WRITER)
+writer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(writer)
+
+DIMS = writer.DIMS  # L = 2 blocks: layers 0..3, embed 32
+INFO = writer.INFO  # layers (0, 2, 3), float32
+
+
+def make_rows(frames, lang="de", ids=None):
+    return [
+        UtteranceRow(
+            id=ids[u] if ids else f"id{u}",
+            lang=lang,
+            path=f"/data/{lang}/{u}.ogg",
+            transcription=f"sentence {u}" if u % 2 else None,
+            duration_s=n / 50,
+            n_frames=n,
+            n_windows=1 + n // 1500,
+            speaker=f"spk{u % 3}",
+            gender="female" if u % 2 else None,
+        )
+        for u, n in enumerate(frames)
+    ]
+
+
+def random_states(rng, info, n_frames):
+    return (rng.standard_normal((len(info.layers), n_frames, info.dims.n_audio_state)) * 3).astype(np.float32)
+
+
+def fill(tmp_url, info=INFO, frames=(5, 17, 1, 40, 23), lang="de"):
+    """A store with one language, every utterance written; returns (store, arrays, rows, float32 states)."""
+    s = LayerStore.create_or_open(tmp_url, info, creation={"command": "pytest"})
+    rows = make_rows(frames, lang)
+    arrays = s.language(lang, rows)
+    rng = np.random.default_rng(0)
+    data = [random_states(rng, info, n) for n in frames]
+    handles = [arrays.write_utterance(u, x) for u, x in enumerate(data)]
+    arrays.flush()
+    assert all(h.done() for h in handles)
+    return s, arrays, rows, data
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"file://{tmp_path}/out"
+
+
+def test_round_trip_float32_is_bitwise(url):
+    _, arrays, rows, data = fill(url)
+    reader = open_store(url)
+    assert reader.info == INFO and reader.languages() == ["de"]
+    for u, x in enumerate(data):
+        for position, layer in enumerate(INFO.layers):
+            got = reader.states("de", u, layer)
+            assert got.dtype == np.float32 and got.shape == (rows[u].n_frames, DIMS.n_audio_state)
+            np.testing.assert_array_equal(got, x[position])
+    np.testing.assert_array_equal(reader.lengths("de"), [r.n_frames for r in rows])
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_round_trip_low_precision_is_the_cast(tmp_path, dtype):
+    info = dataclasses.replace(INFO, dtype=dtype)
+    _, _, _, data = fill(str(tmp_path / "out"), info)  # a plain local path
+    reader = open_store(str(tmp_path / "out"))
+    storage = ts.dtype(dtype).numpy_dtype
+    eps = {"bfloat16": 2.0**-8, "float16": 2.0**-11}[dtype]
+    for u, x in enumerate(data):
+        got = reader.states("de", u, 2)
+        assert got.dtype == storage
+        np.testing.assert_array_equal(got, x[1].astype(storage))
+        np.testing.assert_allclose(reader.states("de", u, 2, dtype=np.float32), x[1], rtol=eps, atol=1e-6)
+
+
+def test_memory_store_outlives_its_handle():
+    url = "memory://test_store/mem"
+    _, _, _, data = fill(url)
+    reader = open_store(url)
+    np.testing.assert_array_equal(reader.states("de", 3, 0), data[3][0])
+
+
+def test_lengths_and_done(url):
+    s = LayerStore.create_or_open(url, INFO)
+    rows = make_rows([4, 9, 2, 7])
+    arrays = s.language("de", rows)
+    np.testing.assert_array_equal(arrays.lengths(), [-1, -1, -1, -1])
+    assert not arrays.done().any()
+    rng = np.random.default_rng(1)
+    arrays.write_utterance(1, random_states(rng, INFO, 9)).result()
+    arrays.write_utterance(3, random_states(rng, INFO, 7))
+    arrays.flush()
+    np.testing.assert_array_equal(arrays.lengths(), [-1, 9, -1, 7])
+    np.testing.assert_array_equal(LayerStore.open(url).language("de").done(), [False, True, False, True])
+
+
+def test_manifest_and_layout(url, tmp_path):
+    fill(url)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["format_version"] == store.FORMAT_VERSION == 1
+    assert manifest["layers"] == [0, 2, 3] and manifest["dtype"] == "float32" and manifest["frame_rate"] == 50.0
+    assert manifest["dims"] == DIMS.to_dict() and manifest["checkpoint_sha256"] == "0" * 64
+    assert manifest["created"]["command"] == "pytest" and manifest["created"]["jax_version"]
+    states = json.loads((tmp_path / "out" / "de" / "states" / "zarr.json").read_text())
+    assert states["dimension_names"] == ["layer", "utterance", "frame", "embed"]
+    assert states["shape"] == [3, 5, 40, 32]
+    lengths = json.loads((tmp_path / "out" / "de" / "lengths" / "zarr.json").read_text())
+    assert lengths["fill_value"] == -1 and lengths["chunk_grid"]["configuration"]["chunk_shape"] == [LENGTHS_CHUNK]
+    table = open_store(url).utterances_table("de")
+    assert table.column_names == ["utterance", *(f.name for f in dataclasses.fields(UtteranceRow))]
+    assert json.loads((tmp_path / "out" / "languages" / "de.json").read_text())["n_utterances"] == 5
+
+
+@pytest.mark.parametrize(
+    "field, change",
+    [
+        ("model_name", {"model_name": "other"}),
+        ("checkpoint_sha256", {"checkpoint_sha256": "f" * 64}),
+        ("dims.n_audio_state", {"dims": dataclasses.replace(DIMS, n_audio_state=64)}),
+        ("layers", {"layers": (0, 1, 2, 3)}),
+        ("dtype", {"dtype": "bfloat16"}),
+    ],
+)
+def test_create_or_open_refuses_another_configuration(url, field, change):
+    LayerStore.create_or_open(url, INFO)
+    other = dataclasses.replace(INFO, **change)
+    with pytest.raises(StoreMismatchError, match=field) as e:
+        LayerStore.create_or_open(url, other)
+    assert isinstance(e.value, BabelgridError)
+    stored, given = str(getattr(INFO, field.split(".")[0])), str(getattr(other, field.split(".")[0]))
+    if "." not in field:
+        assert stored in str(e.value) and given in str(e.value)
+    LayerStore.create_or_open(url, INFO)  # the same settings still open
+
+
+def test_reopen_with_another_utterance_table_is_refused(url):
+    s, arrays, rows, _ = fill(url)
+    assert s.language("de", rows) is arrays
+    assert LayerStore.create_or_open(url, INFO).language("de", rows).n_utterances == 5
+    renamed = [*rows[:2], dataclasses.replace(rows[2], id="other"), *rows[3:]]
+    for other, match in [(rows[:4], "5 utterances"), (renamed, "utterance 2 .* id"), (rows[::-1], "utterance 0")]:
+        with pytest.raises(StoreMismatchError, match=match):
+            LayerStore.create_or_open(url, INFO).language("de", other)
+    with pytest.raises(StoreMismatchError, match="never resized"):
+        LayerStore.create_or_open(url, INFO).language("de", rows, max_frames=41)
+
+
+@pytest.mark.parametrize("lang", ["../x", "a/b", ".", "..", "", "a b", "x.json", "/abs", "languages", "-x", 3])
+def test_language_names_that_could_escape_are_refused(url, lang):
+    s = LayerStore.create_or_open(url, INFO)
+    with pytest.raises(StoreError, match="cannot name a store folder"):
+        s.language(lang, make_rows([3]))
+
+
+def test_language_layer_equals_slicing_and_zeroes_padding(url):
+    _, arrays, rows, data = fill(url)
+    reader = open_store(url)
+    for position, layer in enumerate(INFO.layers):
+        states, lengths = reader.language_layer("de", layer)
+        assert states.shape == (5, 40, 32)
+        np.testing.assert_array_equal(states, arrays.states_store[position].read().result())
+        for u, x in enumerate(data):
+            np.testing.assert_array_equal(states[u, : rows[u].n_frames], x[position])
+            assert not states[u, rows[u].n_frames :].any()
+        sub, sub_lengths = reader.language_layer("de", layer, utterances=[3, 0])
+        np.testing.assert_array_equal(sub, states[[3, 0]])
+        np.testing.assert_array_equal(sub_lengths, lengths[[3, 0]])
+    with pytest.raises(StoreError, match=r"layer 1 is not in .* \[0, 2, 3\]"):
+        reader.states("de", 0, 1)
+
+
+def test_shard_killed_before_its_marker_is_not_done(url):
+    s = LayerStore.create_or_open(url, INFO)
+    rows = make_rows([6, 8])
+    arrays = s.language("de", rows)
+    rng = np.random.default_rng(2)
+    shard = np.zeros((3, 8, 32), np.float32)
+    shard[:, :8] = random_states(rng, INFO, 8)
+    arrays._write_states(1, shard)  # what a kill between the shard commit and the marker leaves
+    arrays.write_utterance(0, random_states(rng, INFO, 6)).result()
+    reader = open_store(url)
+    np.testing.assert_array_equal(reader.done("de"), [True, False])
+    with pytest.raises(StoreError, match="not done"):
+        reader.states("de", 1, 0)
+    states, lengths = reader.language_layer("de", 0)
+    assert lengths[1] == -1 and not states[1].any()
+    arrays.write_utterance(1, shard).result()  # the resume redoes it
+    np.testing.assert_array_equal(open_store(url).states("de", 1, 3), shard[2])
+
+
+def _run_writer(url, start, stop, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, str(WRITER), url, str(start), str(stop), *extra],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _check_done_utterances(url, expect_all=False):
+    reader = open_store(url)
+    lengths = reader.lengths(writer.LANG)
+    done = np.flatnonzero(lengths >= 0)
+    for u in done:
+        assert lengths[u] == writer.n_frames(u)
+        expected = writer.utterance_states(u)
+        for position, layer in enumerate(INFO.layers):
+            np.testing.assert_array_equal(reader.states(writer.LANG, int(u), layer), expected[position])
+    if expect_all:
+        assert done.size == lengths.size
+    return done.size
+
+
+@pytest.mark.slow
+def test_sigkill_while_writing_leaves_only_complete_utterances(tmp_path):
+    url = f"file://{tmp_path}/out"
+    n = writer.N_UTTERANCES
+    for threshold in (60, 350):  # killed in the first pass, then again while overwriting done utterances
+        proc = _run_writer(url, 0, n, "--forever")
+        arrays = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if arrays is None and (tmp_path / "out" / "languages" / "xx.json").exists():
+                arrays = LayerStore.open(url).language(writer.LANG)
+            if arrays is not None and arrays.done().sum() >= threshold:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        assert 0 < _check_done_utterances(url) < n or threshold == 350
+    resume = _run_writer(url, 0, n)  # redoes everything; a real resume would skip the done ones
+    assert resume.wait(timeout=120) == 0, resume.communicate()
+    _check_done_utterances(url, expect_all=True)
+
+
+@pytest.mark.slow
+def test_two_processes_write_disjoint_aligned_ranges(tmp_path):
+    url = f"file://{tmp_path}/out"
+    n = writer.N_UTTERANCES
+    ranges = [utterance_range(n, i, 2) for i in range(2)]
+    assert ranges == [range(0, 256), range(256, 600)]
+    procs = [_run_writer(url, r.start, r.stop) for r in ranges]  # both create the store and the language at once
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.communicate()
+    _check_done_utterances(url, expect_all=True)
+
+
+def test_utterance_range_is_aligned_disjoint_and_complete():
+    for n, count in [(1, 1), (600, 2), (1000, 3), (5000, 7), (300, 4)]:
+        ranges = [utterance_range(n, i, count) for i in range(count)]
+        assert [u for r in ranges for u in r] == list(range(n))
+        assert all(r.start % LENGTHS_CHUNK == 0 for r in ranges if r)
+    with pytest.raises(StoreError):
+        utterance_range(10, 2, 2)
+
+
+def test_file_count_grows_with_utterances_not_layers(tmp_path):
+    info = dataclasses.replace(INFO, layers=(0, 1, 2, 3))
+    frames = [3 + u % 5 for u in range(300)]
+    s = LayerStore.create_or_open(str(tmp_path / "out"), info)
+    arrays = s.language("de", make_rows(frames))
+    for u, n in enumerate(frames):
+        arrays.write_utterance(u, np.full((4, n, 32), u + 1, np.float32))  # all zeros: no shard
+    arrays.flush()
+    files = [p for p in (tmp_path / "out" / "de").rglob("*") if p.is_file()]
+    # one shard per utterance, two lengths chunks, two zarr.json, the table
+    assert len(files) == 300 + 2 + 2 + 1, sorted(p.name for p in files)[:10]
+    assert not any(p.is_dir() for p in (tmp_path / "out" / "de" / "states").iterdir())
+
+
+def _file_bytes_read():
+    metrics = ts.experimental_collect_matching_metrics("/tensorstore/kvstore/file/bytes_read")
+    return sum(m["values"][0].get("value", 0) for m in metrics)
+
+
+def test_writes_read_nothing_back_and_a_layer_read_reads_one_layer(tmp_path):
+    info = dataclasses.replace(INFO, layers=(0, 1, 2, 3))
+    s = LayerStore.create_or_open(str(tmp_path / "out"), info)
+    frames = [50] * 20
+    arrays = s.language("de", make_rows(frames))
+    rng = np.random.default_rng(3)
+    before = _file_bytes_read()
+    for u in range(20):
+        arrays.write_utterance(u, random_states(rng, info, 50))
+    arrays.flush()
+    # only the lengths chunk is read (to set one element), never a states shard
+    assert _file_bytes_read() - before <= 20 * LENGTHS_CHUNK * 4
+    shard_bytes = sum(p.stat().st_size for p in (tmp_path / "out" / "de" / "states").glob("c.*"))
+    before = _file_bytes_read()
+    open_store(str(tmp_path / "out")).language_layer("de", 2)
+    read = _file_bytes_read() - before
+    assert read < shard_bytes / 4 * 1.2, (read, shard_bytes)
+
+
+def test_write_utterance_checks_its_input(url):
+    info = dataclasses.replace(INFO, dtype="float16")
+    s = LayerStore.create_or_open(url, info)
+    arrays = s.language("de", make_rows([4, 6]))
+    good = np.ones((3, 4, 32), np.float32)
+    with pytest.raises(ShapeError, match="n_frames=4"):
+        arrays.write_utterance(0, np.ones((3, 5, 32), np.float32))
+    with pytest.raises(ShapeError, match="layer=3"):
+        arrays.write_utterance(0, np.ones((2, 4, 32), np.float32))
+    with pytest.raises(ShapeError, match="floating point"):
+        arrays.write_utterance(0, good.astype(np.int32))
+    with pytest.raises(StoreError, match="outside 0..1"):
+        arrays.write_utterance(2, good)
+    with pytest.raises(StoreError, match="read-only"):
+        LayerStore.open(url).language("de").write_utterance(0, good)
+    with pytest.raises(StoreError, match="reach 1e\\+06, past the float16 maximum 6.55e\\+04"):
+        arrays.write_utterance(0, good * -1e6)
+    with pytest.raises(StoreError, match="NaN or inf"):
+        arrays.write_utterance(0, np.where(np.arange(32) == 5, np.nan, good).astype(np.float32))
+    with pytest.raises(StoreError, match="NaN or inf"):
+        arrays.write_utterance(1, np.full((3, 6, 32), -np.inf, np.float32))
+    assert not arrays.done().any()
+
+
+def test_a_failed_write_is_raised_by_flush_and_the_next_write(url, monkeypatch):
+    s = LayerStore.create_or_open(url, INFO)
+    arrays = s.language("de", make_rows([4, 4, 4]), max_in_flight_bytes=1)  # one write in flight at a time
+    real = arrays._write_states
+
+    def failing(u, shard):
+        if u == 1:
+            raise OSError("disk full")
+        real(u, shard)
+
+    monkeypatch.setattr(arrays, "_write_states", failing)
+    x = np.ones((3, 4, 32), np.float32)
+    arrays.write_utterance(0, x)
+    handle = arrays.write_utterance(1, x)
+    with pytest.raises(OSError, match="disk full"):
+        handle.result()
+    with pytest.raises(StoreError, match="utterance 1 .* disk full"):
+        arrays.flush()
+    with pytest.raises(StoreError, match="utterance 1"):
+        arrays.write_utterance(2, x)
+    np.testing.assert_array_equal(arrays.lengths(), [4, -1, -1])
+
+
+def test_unreadable_utterances_are_listed_but_never_written(url):
+    s = LayerStore.create_or_open(url, INFO)
+    rows = make_rows([5, 7])
+    rows[1] = dataclasses.replace(rows[1], n_frames=0, n_windows=0, duration_s=0.0)  # audio that could not be read
+    arrays = s.language("de", rows)
+    assert arrays.max_frames == 5
+    with pytest.raises(StoreError, match="n_frames=0"):
+        arrays.write_utterance(1, np.zeros((3, 0, 32), np.float32))
+    only_unreadable = s.language("fr", [dataclasses.replace(rows[1], lang="fr")])
+    assert only_unreadable.max_frames == 1 and not only_unreadable.done().any()
+
+
+def test_create_language_checks_max_frames(url):
+    s = LayerStore.create_or_open(url, INFO)
+    with pytest.raises(StoreError, match="max_frames=10 is shorter than utterance 1"):
+        s.language("de", make_rows([4, 12]), max_frames=10)
+    arrays = s.language("de", make_rows([4, 12]), max_frames=2000)  # long utterances: several windows
+    assert arrays.max_frames == 2000
+    assert LayerStore.create_or_open(url, INFO).language("de", make_rows([4, 12])).max_frames == 2000
+
+
+def test_open_errors(tmp_path):
+    with pytest.raises(StoreError, match="no babelgrid store .* manifest.json"):
+        open_store(str(tmp_path / "nothing"))
+    url = str(tmp_path / "out")
+    fill(url)
+    with pytest.raises(StoreError, match="no language 'fr'; it has \\['de'\\]"):
+        open_store(url).utterances_table("fr")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    manifest["format_version"] = 2
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="format version 2; this babelgrid reads version 1"):
+        open_store(url)
+    with pytest.raises(StoreError, match="store location"):
+        LayerStore.open("nonsense://x")
+
+
+def test_reader_table_lookup_and_ids(url):
+    ids = ["a", "b", "a", "c", "d"]  # "a": two recordings of one sentence
+    s = LayerStore.create_or_open(url, INFO)
+    rows = make_rows([5, 6, 7, 8, 9], ids=ids)
+    arrays = s.language("de", rows)
+    rng = np.random.default_rng(4)
+    data = [random_states(rng, INFO, r.n_frames) for r in rows]
+    for u, x in enumerate(data):
+        arrays.write_utterance(u, x)
+    arrays.flush()
+    reader = open_store(url)
+    assert reader.lookup("de", "a") == [0, 2] and reader.lookup("de", "zz") == []
+    np.testing.assert_array_equal(reader.states("de", "c", 3), data[3][2])
+    with pytest.raises(StoreError, match=r"names 2 utterances .*\[0, 2\]"):
+        reader.states("de", "a", 0)
+    df = reader.utterances("de")
+    assert list(df.index) == [0, 1, 2, 3, 4] and list(df["id"]) == ids
+    assert df.loc[1, "transcription"] == "sentence 1" and df["transcription"].isna().tolist() == [1, 0, 1, 0, 1]
+    assert [r.n_frames for r in rows] == list(df["n_frames"])
+
+
+def test_languages_are_listed_once_created(url):
+    s = LayerStore.create_or_open(url, INFO)
+    assert s.languages() == []
+    s.language("fr", make_rows([3], "fr"))
+    s.language("de", make_rows([3]))
+    assert s.languages() == ["de", "fr"] == open_store(url).languages()
+
+
+def test_store_info_validates():
+    with pytest.raises(StoreError, match="layers"):
+        StoreInfo("m", "x", DIMS, (0, 4), "float32")  # L = 2: layers 0..3
+    with pytest.raises(StoreError, match="dtype"):
+        StoreInfo("m", "x", DIMS, (0,), "int8")
+    with pytest.raises(StoreError, match="n_frames"):
+        UtteranceRow(id="a", lang="de", path="p", duration_s=1.0, n_frames=-1, n_windows=1)
+    with pytest.raises(StoreError, match="recording"):
+        UtteranceRow(id="a", lang="de", path="p", duration_s=1.0, n_frames=1, n_windows=1, recording="1")
+    with pytest.raises(StoreError, match="id"):
+        UtteranceRow(id=7, lang="de", path="p", duration_s=1.0, n_frames=1, n_windows=1)
+    assert StoreInfo.from_dict(INFO.to_dict()) == INFO
+    assert isinstance(INFO.dims, ModelDimensions)

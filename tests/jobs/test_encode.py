@@ -1,0 +1,361 @@
+"""The encode job end to end: round trip, kill and resume, two processes, bad input, flags.
+
+Stored states are compared bitwise with the model's own output: at a fixed batch shape the
+encoder's result for one window does not depend on its row or on the other rows (checked in
+``test_window_result_independent_of_batch_neighbours``), so recomputing each utterance alone in a
+batch of the job's size must give exactly the stored values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import ml_dtypes
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.audio import SAMPLE_RATE, load_audio
+from engine.dims import ModelDimensions
+from engine.encode import EncodeConfig, run_encode
+from engine.features import features_for_audio
+from engine.model import random_state_dict
+from engine.parallel import ShardedEncoder, data_mesh
+from engine.reader import open_store
+from engine.whisper import load_whisper
+
+torch = pytest.importorskip("torch")
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+TINY = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
+BATCH = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_pt(tmp_path_factory) -> pathlib.Path:
+    """A small random Whisper as an OpenAI .pt file: fast to encode, real code paths."""
+    path = tmp_path_factory.mktemp("model") / "tiny-random.pt"
+    sd = {k: torch.from_numpy(v) for k, v in random_state_dict(TINY, seed=3).items()}
+    torch.save({"dims": TINY.to_dict(), "model_state_dict": sd}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_pt):
+    return load_whisper(tiny_pt)
+
+
+def write_clips(root: pathlib.Path, langs=("en", "de"), n=12, seed=0) -> pathlib.Path:
+    """Short synthetic clips (tones + noise, 0.3 to 3 s) in <root>/<lang>/<id>.wav, ids shared across languages."""
+    rng = np.random.default_rng(seed)
+    for lang in langs:
+        (root / lang).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            seconds = rng.uniform(0.3, 3.0)
+            t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(root / lang / f"utt{i:04d}.wav", x.astype(np.float32), SAMPLE_RATE)
+    return root
+
+
+def expected_states(whisper, audio: np.ndarray, layers, batch_size: int = BATCH) -> np.ndarray:
+    """The utterance encoded alone, windows concatenated: f32[layer, frames, embed]."""
+    mel, frames = features_for_audio(audio, whisper.dims.n_mels)
+    mel = np.asarray(mel)
+    enc = ShardedEncoder(whisper.model, data_mesh(jax.local_devices()), layers=layers)
+    parts = []
+    for start in range(0, len(mel), batch_size):
+        chunk = mel[start : start + batch_size]
+        batch = np.concatenate([chunk, np.full((batch_size - len(chunk), *chunk.shape[1:]), chunk.min(), np.float32)])
+        out = np.asarray(enc(batch))
+        parts += [out[:, i, : int(frames[start + i])] for i in range(len(chunk))]
+    return np.concatenate(parts, axis=1)
+
+
+def check_store_against_model(out, whisper, dtype=np.float32):
+    store = open_store(str(out))
+    layers = store.info.layers
+    checked = 0
+    for lang in store.languages():
+        table = store.utterances_table(lang).to_pylist()
+        assert store.done(lang).all(), f"{lang}: not every utterance is done"
+        for u, row in enumerate(table):
+            audio = load_audio(row["path"])
+            want = expected_states(whisper, audio, layers)
+            assert store.lengths(lang)[u] == want.shape[1] == row["n_frames"], (lang, u)
+            for pos, layer in enumerate(layers):
+                got = store.states(lang, u, layer)
+                np.testing.assert_array_equal(got, want[pos].astype(dtype), err_msg=f"{lang}/{row['id']} layer {layer}")
+            checked += 1
+    return checked
+
+
+def test_window_result_independent_of_batch_neighbours(tiny):
+    enc = ShardedEncoder(tiny.model, data_mesh(jax.local_devices()))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((BATCH, 80, 3000)).astype(np.float32)
+    y = rng.standard_normal((BATCH, 80, 3000)).astype(np.float32)
+    y[BATCH - 1] = x[0]
+    np.testing.assert_array_equal(np.asarray(enc(x))[:, 0], np.asarray(enc(y))[:, BATCH - 1])
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_round_trip_real_fleurs_layout(tmp_path, fleurs_clips):
+    """Real FLEURS clips through a local copy of FLEURS's original layout, packaged whisper-base, every layer."""
+    root = tmp_path / "fleurs"
+    for lang, fleurs_lang in (("de", "de_de"), ("pt", "pt_br")):
+        audio_dir = root / fleurs_lang / "audio" / "test"
+        audio_dir.mkdir(parents=True)
+        lines = []
+        for clip in [c for c in fleurs_clips if c.stem.split("-")[1] == lang][:5] + [root / "missing.wav"]:
+            if clip.exists():
+                audio = load_audio(clip)
+                sf.write(audio_dir / f"{clip.stem}.wav", audio, SAMPLE_RATE)
+                text = clip.with_suffix(".txt").read_text(encoding="utf-8").strip()
+            else:
+                audio, text = np.zeros(1), "a file listed but absent"
+            lines.append(f"{clip.stem[-3:]}\t{clip.stem}.wav\t{text}\t{text}\tx\t{len(audio)}\tFEMALE")
+        (root / fleurs_lang / "test.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    whisper = load_whisper()
+    out = tmp_path / "store"
+    config = EncodeConfig(out=str(out), dataset=f"fleurs:{root}", batch_size=BATCH, progress=False)
+    summary = run_encode(config, whisper=whisper)
+    assert summary.done == 10 and summary.n_skipped == 2, summary.report()
+    # The missing files are reported, not stored as done.
+    assert sum(len(v) for v in summary.skipped.values()) == 2
+    store = open_store(str(out))
+    assert store.info.layers == tuple(range(whisper.dims.n_audio_layer + 2))
+    for lang in ("de_de", "pt_br"):
+        done = store.done(lang)
+        assert done.sum() == 5 and not done[-1]
+    # Check only done utterances bitwise (every layer).
+    checked = 0
+    for lang in store.languages():
+        table = store.utterances_table(lang).to_pylist()
+        for u in np.flatnonzero(store.done(lang)):
+            want = expected_states(whisper, load_audio(table[u]["path"]), store.info.layers)
+            for pos, layer in enumerate(store.info.layers):
+                np.testing.assert_array_equal(store.states(lang, int(u), layer), want[pos])
+            checked += 1
+    assert checked == 10
+    # fleurs-de-009 is 43 s: two windows, 1500 + 669 frames, concatenated.
+    de = store.utterances_table("de_de").to_pylist()
+    long = [r for r in de if "009" in r["path"]]
+    if long:
+        assert long[0]["n_windows"] == 2 and long[0]["n_frames"] == 2169
+
+
+@pytest.mark.slow
+def test_round_trip_demo_set_bfloat16(tmp_path, tiny):
+    cache = tmp_path / "cache"
+    os.environ["BABELGRID_CACHE"] = str(cache)
+    try:
+        out = tmp_path / "store"
+        config = EncodeConfig(
+            out=str(out),
+            dataset="demo",
+            langs=("en", "de"),
+            dtype="bfloat16",
+            batch_size=BATCH,
+            progress=False,
+            layers=(0, 1, 3),
+        )
+        summary = run_encode(config, whisper=tiny)
+    finally:
+        os.environ.pop("BABELGRID_CACHE", None)
+    assert summary.n_skipped == 0 and summary.done >= 60
+    store = open_store(str(out))
+    assert store.info.dtype == "bfloat16" and store.info.layers == (0, 1, 3)
+    ids = {lang: [r["id"] for r in store.utterances_table(lang).to_pylist()] for lang in store.languages()}
+    assert ids["en"] == ids["de"], "demo ids must be shared across languages (they are translations)"
+    assert check_store_against_model(out, tiny, dtype=ml_dtypes.bfloat16) == summary.done
+
+
+def run_job(args, env_extra=None, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    env.update(env_extra or {})
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.encode", "--progress=false", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
+
+
+def done_count(out: pathlib.Path) -> int:
+    try:
+        store = open_store(str(out))
+        return int(sum(store.done(lang).sum() for lang in store.languages()))
+    except Exception:  # noqa: BLE001 - the store may not exist yet
+        return 0
+
+
+def stores_identical(a: pathlib.Path, b: pathlib.Path):
+    sa, sb = open_store(str(a)), open_store(str(b))
+    assert sa.languages() == sb.languages()
+    assert sa.info == sb.info
+    for lang in sa.languages():
+        assert sa.utterances_table(lang).equals(sb.utterances_table(lang)), lang
+        np.testing.assert_array_equal(sa.lengths(lang), sb.lengths(lang))
+        for layer in sa.info.layers:
+            xa, na = sa.language_layer(lang, layer)
+            xb, nb = sb.language_layer(lang, layer)
+            np.testing.assert_array_equal(na, nb)
+            np.testing.assert_array_equal(xa, xb, err_msg=f"{lang} layer {layer}")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, tiny_pt):
+    data = write_clips(tmp_path / "clips", n=40)
+    common = ["--model", str(tiny_pt), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
+    ref = tmp_path / "ref"
+    proc = run_job([*common, "--out", str(ref)])
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    total = done_count(ref)
+    assert total == 80
+
+    out = tmp_path / "killed"
+    rng = np.random.default_rng(7)
+    kills = 0
+    for target in sorted(rng.uniform(0.1, 0.9, size=3)):
+        proc = run_job([*common, "--out", str(out)])
+        deadline = time.time() + 300
+        # Kill once the run has made some progress past `target` of the work (or at once if it is past it).
+        while proc.poll() is None and time.time() < deadline and done_count(out) < target * total:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+    assert kills >= 2, "the job finished before it could be killed: make the data larger"
+    assert done_count(out) < total
+    proc = run_job([*common, "--out", str(out)])
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    assert "already complete" in output
+    stores_identical(ref, out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_store_as_one(tmp_path, tiny_pt):
+    # More than LENGTHS_CHUNK utterances, so that the second process has a share of its own.
+    data = write_clips(tmp_path / "clips", langs=("en",), n=300, seed=1)
+    common = ["--model", str(tiny_pt), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
+    fake = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    one = tmp_path / "one"
+    proc = run_job([*common, "--out", str(one)], fake)
+    assert proc.wait(timeout=900) == 0, proc.stdout.read()
+
+    two = tmp_path / "two"
+    port = free_port()
+    procs = [
+        run_job(
+            [
+                *common,
+                "--out",
+                str(two),
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            fake,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, o in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, o
+    # Each process encoded its own share.
+    counts = [int(o.split("encoded ", 1)[1].split()[0]) for o in outputs]
+    assert sorted(counts) == [300 - 256, 256], outputs
+    stores_identical(one, two)
+
+
+def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    tone = lambda s, sr: (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(s * sr)) / sr)).astype(np.float32)  # noqa: E731
+    sf.write(d / "good.wav", tone(2.0, 16000), 16000)
+    sf.write(d / "long45.wav", tone(45.0, 16000) + 0.01 * rng.standard_normal(45 * 16000).astype(np.float32), 16000)
+    sf.write(d / "stereo44k.wav", np.stack([tone(3.0, 44100), tone(3.0, 44100)], axis=1), 44100)
+    (d / "corrupt.wav").write_bytes(b"RIFF" + os.urandom(2000))
+    (d / "empty.wav").write_bytes(b"")
+    manifest = tmp_path / "m.jsonl"
+    names = ["good", "long45", "stereo44k", "corrupt", "empty", "missing"]
+    with open(manifest, "w") as f:
+        for name in names:
+            f.write(json.dumps({"id": name, "lang": "en", "path": f"in/{name}.wav", "transcription": name}) + "\n")
+    out = tmp_path / "store"
+    summary = run_encode(
+        EncodeConfig(out=str(out), dataset=f"manifest:{manifest}", batch_size=BATCH, progress=False), whisper=tiny
+    )
+    assert summary.done == 3, summary.report()
+    skipped = {i: reason for reason, items in summary.skipped.items() for _, i in items}
+    assert set(skipped) == {"corrupt", "empty", "missing"}, summary.report()
+    assert "NotFound" in skipped["missing"] and "Empty" in skipped["empty"] and "Decode" in skipped["corrupt"]
+    report = summary.report()
+    for name in ("corrupt", "empty", "missing"):
+        assert name in report
+    store = open_store(str(out))
+    rows = {r["id"]: (u, r) for u, r in enumerate(store.utterances_table("en").to_pylist())}
+    done = store.done("en")
+    assert [rows[n][0] for n in names if done[rows[n][0]]] == [rows[n][0] for n in ("good", "long45", "stereo44k")]
+    u, row = rows["long45"]
+    assert row["n_windows"] == 2 and store.lengths("en")[u] == 1500 + 750  # windowed, not dropped or truncated
+    assert store.lengths("en")[rows["stereo44k"][0]] == 150  # 3 s at 50 frames/s after resampling to 16 kHz mono
+    check_store_against_model_for(store, tiny, rows, ("good", "long45", "stereo44k"))
+
+
+def check_store_against_model_for(store, whisper, rows, names):
+    for name in names:
+        u, row = rows[name]
+        want = expected_states(whisper, load_audio(row["path"]), store.info.layers)
+        for pos, layer in enumerate(store.info.layers):
+            np.testing.assert_array_equal(store.states("en", u, layer), want[pos])
+
+
+def test_store_from_another_model_is_refused(tmp_path, tiny, tiny_pt):
+    data = write_clips(tmp_path / "clips", langs=("en",), n=2)
+    out = str(tmp_path / "store")
+    run_encode(EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False), whisper=tiny)
+    from engine.store import StoreMismatchError
+
+    with pytest.raises(StoreMismatchError, match="layers"):
+        run_encode(
+            EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False, layers=(0, 1)),
+            whisper=tiny,
+        )
+
+
+def test_flag_defaults_run_the_demo_with_the_packaged_model():
+    """`python -m jobs.encode --out X` means: demo set, packaged whisper-base, every layer, float32."""
+    from absl import flags
+
+    import jobs.encode as job
+
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["encode", "--out", "/tmp/x"])
+    try:
+        assert flags.FLAGS.dataset == "demo" and flags.FLAGS.model is None
+        assert job.parse_layers(flags.FLAGS.layers) is None and flags.FLAGS.dtype == "float32"
+    finally:
+        flags.FLAGS.unparse_flags()
