@@ -102,12 +102,22 @@ class EncodeSummary:
         return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    """One utterance to encode: where it comes from and where its states go."""
+
+    lang: str
+    index: int  # utterance index in the language's store arrays
+    utt: Utterance
+    row: UtteranceRow
+    arrays: object  # engine.store.LanguageArrays of ``lang``
+
+
 @dataclasses.dataclass
 class _Prepared:
     """One utterance, decoded and turned into log-mel windows on a host thread."""
 
-    index: int
-    utt: Utterance
+    task: _Task
     mel: np.ndarray | None  # f32[window, n_mels, 3000]
     frames: np.ndarray | None  # i32[window] valid encoder frames per window
     seconds: float = 0.0
@@ -124,15 +134,15 @@ def expected_frames(n_samples: int, sample_rate: int | None, long_audio: str) ->
     return full * audio_lib.N_ENCODER_FRAMES + (int(audio_lib.encoder_frames(rest)) if rest else 0)
 
 
-def _prepare(index: int, utt: Utterance, n_mels: int, long_audio: str) -> _Prepared:
+def _prepare(task: _Task, n_mels: int, long_audio: str) -> _Prepared:
     try:
-        samples = utt.load()
+        samples = task.utt.load()
         windows, valid = audio_lib.split_windows(samples, long_audio)
         mel = np.asarray(log_mel_spectrogram(windows, n_mels))
         frames = np.asarray(audio_lib.encoder_frames(valid), np.int32)
-        return _Prepared(index, utt, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
+        return _Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
     except AudioError as e:
-        return _Prepared(index, utt, None, None, error=f"{type(e).__name__}: {e}")
+        return _Prepared(task, None, None, error=f"{type(e).__name__}: {e}")
 
 
 def _probe_rows(utts: Sequence[Utterance], long_audio: str, summary: EncodeSummary, lang: str) -> list[UtteranceRow]:
@@ -164,7 +174,7 @@ def _probe_rows(utts: Sequence[Utterance], long_audio: str, summary: EncodeSumma
     return rows
 
 
-def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSummary, lang: str):
+def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSummary):
     """Group prepared utterances into batches of at most ``batch_size`` windows.
 
     Yields (mel f32[batch_size, n_mels, 3000] padded with silence, [(prepared, first window row)]).
@@ -174,8 +184,9 @@ def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSumm
     rows = 0
     for p in prepared:
         if p.error is not None:
-            summary.skip(p.error.split(":", 1)[0], lang, p.utt.id)
-            log.warning("skipping %s/%s (%s): %s", lang, p.utt.id, p.utt.path, p.error)
+            t = p.task
+            summary.skip(p.error.split(":", 1)[0], t.lang, t.utt.id)
+            log.warning("skipping %s/%s (%s): %s", t.lang, t.utt.id, t.utt.path, p.error)
             continue
         start = 0
         while start < len(p.mel):
@@ -207,16 +218,16 @@ class _Assembler:
     """Collects the windows of each utterance (possibly over several batches) and emits whole utterances."""
 
     def __init__(self):
-        self.partial: dict[int, list[np.ndarray]] = collections.defaultdict(list)
+        self.partial: dict[tuple[str, int], list[np.ndarray]] = collections.defaultdict(list)
 
     def add(self, states: np.ndarray, parts) -> Iterator[tuple[_Prepared, np.ndarray]]:
         # states: [layer, batch, 1500, embed]
         for p, start, take, row in parts:
             for w in range(take):
                 n = int(p.frames[start + w])
-                self.partial[p.index].append(states[:, row + w, :n])
+                self.partial[p.task.lang, p.task.index].append(states[:, row + w, :n])
             if start + take == len(p.mel):
-                yield p, np.concatenate(self.partial.pop(p.index), axis=1)
+                yield p, np.concatenate(self.partial.pop((p.task.lang, p.task.index)), axis=1)
 
 
 def run_encode(
@@ -256,6 +267,10 @@ def run_encode(
     bytes_per_frame = len(layers) * dims.n_audio_state * jnp.dtype(config.dtype).itemsize
     progress = _Progress(enabled=config.progress and pid == 0)
 
+    # Tables and arrays for every language first, then one stream of batches across languages, so
+    # that only the very last batch of the run is padded.
+    tasks: list[_Task] = []
+    opened = []
     for lang in langs:
         utts = source.utterances(lang, config.split)
         if not utts:
@@ -270,67 +285,71 @@ def run_encode(
         _barrier(f"babelgrid-lang-{lang}")
         if pid != 0:
             arrays = store.language(lang, rows, max_frames)
+        opened.append(arrays)
         mine = utterance_range(len(utts), pid, n_proc)
         done = arrays.done()
         todo = [i for i in mine if not done[i]]
         summary.already_done += len(mine) - len(todo)
-        # Few-window utterances together, many-window ones together: fewer split utterances.
-        todo.sort(key=lambda i: (rows[i].n_windows, i))
-        progress.start(lang, len(todo))
+        tasks += [_Task(lang, i, utts[i], rows[i], arrays) for i in todo]
+    # Few-window utterances together, many-window ones together: fewer utterances split over batches.
+    tasks.sort(key=lambda t: t.row.n_windows)
+    progress.start(len(tasks))
 
-        with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
-            prepared = _prefetched(pool, utts, todo, dims.n_mels, config.long_audio, config.prefetch * 4)
-            assembler = _Assembler()
-            in_flight = None  # (device result, parts) of the batch dispatched last
-            for mel, parts in _batches(prepared, local_batch, summary, lang):
-                result = encoder(mel)  # dispatched asynchronously
-                if in_flight is not None:
-                    _drain(in_flight, assembler, arrays, summary, progress, bytes_per_frame, max_frames, lang)
-                in_flight = (result, parts)
+    with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
+        prepared = _prefetched(pool, tasks, dims.n_mels, config.long_audio, config.prefetch * 4)
+        assembler = _Assembler()
+        in_flight = None  # (device result, parts) of the batch dispatched last
+        for mel, parts in _batches(prepared, local_batch, summary):
+            result = encoder(mel)  # dispatched asynchronously
             if in_flight is not None:
-                _drain(in_flight, assembler, arrays, summary, progress, bytes_per_frame, max_frames, lang)
+                _drain(in_flight, assembler, summary, progress, bytes_per_frame)
+            in_flight = (result, parts)
+        if in_flight is not None:
+            _drain(in_flight, assembler, summary, progress, bytes_per_frame)
+    for arrays in opened:
         arrays.flush()
-        progress.close()
+    progress.close()
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _drain(in_flight, assembler, arrays, summary, progress, bytes_per_frame, max_frames, lang):
+def _drain(in_flight, assembler, summary, progress, bytes_per_frame):
     result, parts = in_flight
     states = np.asarray(result)  # waits for this batch only; the next one is already running
     summary.windows += sum(take for _, _, take, _ in parts)
     for p, utt_states in assembler.add(states, parts):
-        if utt_states.shape[1] > max_frames:
-            # The header promised fewer frames than the audio holds: refuse rather than truncate.
-            summary.skip("FrameCountMismatch", lang, p.utt.id)
+        t = p.task
+        if utt_states.shape[1] != t.row.n_frames:
+            # The audio decoded to another length than its header announced: the table would lie.
+            summary.skip("FrameCountMismatch", t.lang, t.utt.id)
             log.warning(
-                "skipping %s/%s: %d frames decoded, header said at most %d",
-                lang,
-                p.utt.id,
+                "skipping %s/%s: %d frames decoded, the header announced %d",
+                t.lang,
+                t.utt.id,
                 utt_states.shape[1],
-                max_frames,
+                t.row.n_frames,
             )
             continue
-        arrays.write_utterance(p.index, utt_states)
+        t.arrays.write_utterance(t.index, utt_states)
         summary.done += 1
         summary.audio_seconds += p.seconds
         summary.bytes_written += utt_states.shape[1] * bytes_per_frame
         progress.update(1, p.seconds)
 
 
-def _prefetched(pool, utts, todo, n_mels, long_audio, depth) -> Iterator[_Prepared]:
-    """Prepared utterances in ``todo`` order, at most ``depth`` ahead of the consumer."""
+def _prefetched(pool, tasks: Sequence[_Task], n_mels, long_audio, depth) -> Iterator[_Prepared]:
+    """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer."""
     queue: collections.deque = collections.deque()
-    it = iter(todo)
-    for i in it:
-        queue.append(pool.submit(_prepare, i, utts[i], n_mels, long_audio))
+    it = iter(tasks)
+    for task in it:
+        queue.append(pool.submit(_prepare, task, n_mels, long_audio))
         if len(queue) >= depth:
             break
     while queue:
         yield queue.popleft().result()
         nxt = next(it, None)
         if nxt is not None:
-            queue.append(pool.submit(_prepare, nxt, utts[nxt], n_mels, long_audio))
+            queue.append(pool.submit(_prepare, nxt, n_mels, long_audio))
 
 
 def _barrier(name: str) -> None:
@@ -349,12 +368,12 @@ class _Progress:
         self.audio = 0.0
         self.t0 = time.perf_counter()
 
-    def start(self, lang: str, total: int):
+    def start(self, total: int):
         if not self.enabled:
             return
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, desc=f"encode {lang}", unit="utt", dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc="encode", unit="utt", dynamic_ncols=True)
         self.audio, self.t0 = 0.0, time.perf_counter()
 
     def update(self, n: int, seconds: float):

@@ -52,15 +52,10 @@ class ShardedEncoder:
         self.layers = None if layers is None else tuple(int(i) for i in layers)
         self.out_dtype = out_dtype
         graphdef, state = nnx.split(model)
-        self._graphdef = graphdef
-        replicated = NamedSharding(self.mesh, P())
-        self._state = jax.device_put(state, replicated)
+        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
         self._in_sharding = NamedSharding(self.mesh, P(DATA))
-        self._out_sharding = NamedSharding(self.mesh, P(None, DATA))
-        self._step = jax.jit(
-            functools.partial(_encode_step, graphdef, layers=self.layers, out_dtype=out_dtype),
-            in_shardings=(replicated, self._in_sharding),
-            out_shardings=self._out_sharding,
+        self._step = _sharded_step(
+            graphdef, self.layers, None if out_dtype is None else jnp.dtype(out_dtype), self.mesh
         )
 
     @property
@@ -84,6 +79,16 @@ class ShardedEncoder:
         if jax.process_count() > 1:
             out = _local_rows(out)
         return out[:, :n]
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_step(graphdef, layers, out_dtype, mesh):
+    """One jitted step per (model structure, layers, dtype, mesh): encoders built again reuse its compilations."""
+    return jax.jit(
+        functools.partial(_encode_step, graphdef, layers=layers, out_dtype=out_dtype),
+        in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA))),
+        out_shardings=NamedSharding(mesh, P(None, DATA)),
+    )
 
 
 def _encode_step(graphdef, state, mel, *, layers, out_dtype):

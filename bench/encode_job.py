@@ -1,0 +1,174 @@
+"""Benchmark: the encode job end to end against its two halves, measured in one run.
+
+  (a) the encoder alone on the same fixed-size batches (device step + copy to host),
+  (b) the store writes alone (the same states, written and committed),
+  (c) the whole job (`engine.encode.run_encode`: audio decoding, log-mel, encoder, writes).
+
+Goal: (c) within 1.15x of max(a, b), i.e. decoding and writing hide behind the encoder. Prints
+MB/s written and audio seconds per second. Inputs: the real FLEURS clips when
+../shared/data/fleurs-sample exists (else the demo set), the packaged whisper-base, every layer.
+
+Usage: python bench/encode_job.py [--dtype float32] [--batch 8] [--repeats 3] [--record bench/RESULTS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from bench.encoder import machine, record  # noqa: E402
+from engine import audio as audio_lib  # noqa: E402
+from engine.encode import EncodeConfig, run_encode  # noqa: E402
+from engine.features import features_for_audio  # noqa: E402
+from engine.parallel import ShardedEncoder, data_mesh  # noqa: E402
+from engine.sources import get_source  # noqa: E402
+from engine.store import LayerStore, StoreInfo, UtteranceRow  # noqa: E402
+from engine.whisper import load_whisper  # noqa: E402
+
+SAMPLE = REPO.parent / "shared" / "data" / "fleurs-sample"
+
+
+def dataset_spec(tmp: pathlib.Path) -> str:
+    if SAMPLE.is_dir():
+        root = tmp / "clips"
+        for clip in sorted(SAMPLE.glob("*.ogg")):
+            lang = clip.stem.split("-")[1]
+            (root / lang).mkdir(parents=True, exist_ok=True)
+            shutil.copy(clip, root / lang / clip.name)
+        return f"folder:{root}"
+    return "demo"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--record", type=pathlib.Path, default=None)
+    args = parser.parse_args()
+
+    whisper = load_whisper()
+    dims = whisper.dims
+    layers = tuple(range(dims.n_audio_layer + 2))
+    out_dtype = jnp.dtype(args.dtype)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-encode-job-"))
+    try:
+        spec = dataset_spec(tmp)
+        source = get_source(spec)
+        utts = [(lang, u) for lang in source.languages() for u in source.utterances(lang)]
+        audio_s = 0.0
+        prepared = []
+        for lang, utt in utts:
+            audio = utt.load()
+            audio_s += len(audio) / audio_lib.SAMPLE_RATE
+            mel, frames = features_for_audio(audio, dims.n_mels)
+            prepared.append((lang, utt, np.asarray(mel), np.asarray(frames)))
+        windows = np.concatenate([m for _, _, m, _ in prepared])
+        n_batches = -(-len(windows) // args.batch)
+        padded = np.concatenate(
+            [windows, np.full((n_batches * args.batch - len(windows), *windows.shape[1:]), windows.min(), np.float32)]
+        )
+        encoder = ShardedEncoder(whisper.model, data_mesh(jax.local_devices()), layers=layers, out_dtype=out_dtype)
+
+        def encode_all():
+            outs, pending = [], None
+            for b in range(n_batches):
+                result = encoder(padded[b * args.batch : (b + 1) * args.batch])
+                if pending is not None:
+                    outs.append(np.asarray(pending))
+                pending = result
+            outs.append(np.asarray(pending))
+            return np.concatenate(outs, axis=1)
+
+        encode_all()  # compile
+        t_enc = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            states = encode_all()
+            t_enc.append(time.perf_counter() - t)
+
+        # Per-utterance states, exactly what the job writes.
+        per_utt, row = [], 0
+        for lang, utt, mel, frames in prepared:
+            parts = [states[:, row + w, : int(frames[w])] for w in range(len(mel))]
+            per_utt.append((lang, utt, np.concatenate(parts, axis=1)))
+            row += len(mel)
+        nbytes = sum(s.nbytes for _, _, s in per_utt)
+        info = StoreInfo(whisper.checkpoint.name, whisper.checkpoint.sha256, dims, layers, args.dtype)
+
+        def write_all(out: pathlib.Path):
+            store = LayerStore.create_or_open(str(out), info)
+            by_lang: dict[str, list] = {}
+            for lang, utt, s in per_utt:
+                by_lang.setdefault(lang, []).append((utt, s))
+            for lang, items in by_lang.items():
+                rows = [
+                    UtteranceRow(id=u.id, lang=lang, path=u.path, duration_s=s.shape[1] / 50, n_frames=s.shape[1],
+                                 n_windows=-(-s.shape[1] // 1500), recording=u.recording)
+                    for u, s in items
+                ]
+                arrays = store.language(lang, rows, max(r.n_frames for r in rows))
+                for i, (_, s) in enumerate(items):
+                    arrays.write_utterance(i, s)
+                arrays.flush()
+
+        t_write = []
+        for r in range(args.repeats):
+            out = tmp / f"writes-{r}"
+            t = time.perf_counter()
+            write_all(out)
+            t_write.append(time.perf_counter() - t)
+            shutil.rmtree(out)
+
+        config = dict(dataset=spec, dtype=args.dtype, batch_size=args.batch, progress=False)
+        run_encode(EncodeConfig(out=str(tmp / "warm"), langs=(source.languages()[0],), **config), whisper=whisper)
+        t_job = []
+        for r in range(args.repeats):
+            out = tmp / f"job-{r}"
+            t = time.perf_counter()
+            summary = run_encode(EncodeConfig(out=str(out), **config), whisper=whisper)
+            t_job.append(time.perf_counter() - t)
+            assert summary.done == len(utts) and summary.n_skipped == 0, summary.report()
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    enc, wr, job = (statistics.median(t) for t in (t_enc, t_write, t_job))
+    lines = [
+        f"machine: {machine()}",
+        f"date: {datetime.date.today().isoformat()}   command: python bench/encode_job.py --dtype {args.dtype} "
+        f"--batch {args.batch} --repeats {args.repeats}",
+        f"{len(utts)} utterances ({audio_s:.0f} s of audio, {len(windows)} windows) from {spec.split(':')[0]}, "
+        f"whisper-base, all {len(layers)} layers stored as {args.dtype} ({nbytes / 1e6:.0f} MB of valid states); "
+        f"median of {args.repeats}",
+        "",
+        "| stage | s | audio s/s | MB/s written |",
+        "| --- | ---: | ---: | ---: |",
+        f"| (a) encoder alone, same batches, to host | {enc:.2f} | {audio_s / enc:.1f} | |",
+        f"| (b) store writes alone | {wr:.2f} | | {nbytes / wr / 1e6:.0f} |",
+        f"| (c) whole job | {job:.2f} | {audio_s / job:.1f} | {nbytes / job / 1e6:.0f} |",
+        "",
+        f"- job / max(encoder, writes) = **{job / max(enc, wr):.2f}** (goal <= 1.15)",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.record:
+        record(args.record, f"encode job ({args.dtype})", text)
+
+
+if __name__ == "__main__":
+    main()
