@@ -1,0 +1,97 @@
+"""Pooled baselines that SeqSim is compared against, as all-pairs similarity matrices.
+
+- mean-pooled cosine: cosine of the utterances' mean valid frames;
+- centre-frame cosine: cosine of the frames at index ``length // 2``;
+- duration similarity: ``1 - |len_a - len_b| / max(len_a, len_b)``, which knows nothing but the lengths.
+
+Conventions as in ``kernels.seqsim``: padding frames (index >= length) may hold anything, NaN included, and are
+removed with ``where``; lengths are >= 1; cosines divide by ``max(|x|, COS_EPS)``; sums accumulate in float32.
+Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kernels.seqsim import COS_EPS, frame_mask
+
+
+def mean_pool(x: jax.Array, length) -> jax.Array:
+    """f32[embed]: mean of the valid frames of x: [frame, embed] (float32 accumulation)."""
+    valid = frame_mask(x.shape[0], length)[:, None]
+    return jnp.sum(jnp.where(valid, x.astype(jnp.float32), 0.0), axis=0) / length
+
+
+def center_frame(x: jax.Array, length) -> jax.Array:
+    """f32[embed]: the frame at index ``length // 2`` of x: [frame, embed] (the later one of two middle frames)."""
+    return jax.lax.dynamic_index_in_dim(x, length // 2, axis=0, keepdims=False).astype(jnp.float32)
+
+
+def cosine_matrix(p: jax.Array, q: jax.Array) -> jax.Array:
+    """f32[N, M] cosines between the rows of p: f32[N, embed] and q: f32[M, embed]."""
+
+    def unit(x):
+        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
+
+    return jnp.matmul(unit(p), unit(q).T, precision=jax.lax.Precision.HIGHEST)
+
+
+@jax.jit
+def mean_pooled_cosine_matrix(A, len_A, B, len_B) -> jax.Array:
+    """f32[N, M]: cosine of mean-pooled valid frames for every pair (see module docstring for shapes)."""
+    return cosine_matrix(jax.vmap(mean_pool)(A, len_A), jax.vmap(mean_pool)(B, len_B))
+
+
+@jax.jit
+def center_frame_cosine_matrix(A, len_A, B, len_B) -> jax.Array:
+    """f32[N, M]: cosine of the centre frames (index ``length // 2``) for every pair."""
+    return cosine_matrix(jax.vmap(center_frame)(A, len_A), jax.vmap(center_frame)(B, len_B))
+
+
+def duration_similarity(len_a, len_b) -> jax.Array:
+    """f32[]: ``1 - |len_a - len_b| / max(len_a, len_b)``, 1 for equal lengths, towards 0 for very unequal ones."""
+    len_a = jnp.asarray(len_a, jnp.float32)
+    len_b = jnp.asarray(len_b, jnp.float32)
+    return 1.0 - jnp.abs(len_a - len_b) / jnp.maximum(len_a, len_b)
+
+
+@jax.jit
+def duration_similarity_matrix(len_A, len_B) -> jax.Array:
+    """f32[N, M]: ``duration_similarity`` of every pair of lengths len_A: i32[N], len_B: i32[M]."""
+    return jax.vmap(jax.vmap(duration_similarity, (None, 0)), (0, None))(len_A, len_B)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# References: slow, obvious, float64.
+
+
+def _reference_cosine(u: np.ndarray, v: np.ndarray) -> float:
+    return float(np.dot(u, v) / (max(np.linalg.norm(u), COS_EPS) * max(np.linalg.norm(v), COS_EPS)))
+
+
+def reference_mean_pooled_cosine_matrix(A, len_A, B, len_B) -> np.ndarray:
+    A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
+    out = np.zeros((len(A), len(B)))
+    for i in range(len(A)):
+        for j in range(len(B)):
+            out[i, j] = _reference_cosine(A[i, : len_A[i]].mean(axis=0), B[j, : len_B[j]].mean(axis=0))
+    return out
+
+
+def reference_center_frame_cosine_matrix(A, len_A, B, len_B) -> np.ndarray:
+    A, B = np.asarray(A, np.float64), np.asarray(B, np.float64)
+    out = np.zeros((len(A), len(B)))
+    for i in range(len(A)):
+        for j in range(len(B)):
+            out[i, j] = _reference_cosine(A[i, len_A[i] // 2], B[j, len_B[j] // 2])
+    return out
+
+
+def reference_duration_similarity_matrix(len_A, len_B) -> np.ndarray:
+    out = np.zeros((len(len_A), len(len_B)))
+    for i, la in enumerate(len_A):
+        for j, lb in enumerate(len_B):
+            out[i, j] = 1.0 - abs(int(la) - int(lb)) / max(int(la), int(lb))
+    return out
