@@ -1,0 +1,96 @@
+"""Retrieval figures as PNG bytes: a language x language heatmap and R@k against layer.
+
+Plain data in, PNG bytes out, so that callers write them to any kvstore. Uses matplotlib's object API with the Agg
+canvas (no pyplot, no global figure state, no display needed).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"babelgrid's figures need matplotlib ({e}); install it: pip install matplotlib") from None
+
+LAYER_LABEL = "layer (0 = conv stem, L+1 = ln_post)"
+ANNOTATE_MAX_LANGS = 16  # beyond this, numbers in the cells are unreadable
+LEGEND_MAX_LINES = 12
+DPI = 120
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def heatmap_png(grids: dict[str, np.ndarray], langs: list[str], *, title: str, metric: str = "R@1") -> bytes:
+    """One panel per measure: grids[measure]: f[lang, lang], row = query language, column = searched language.
+
+    NaN cells (pairs not stored, the diagonal) are left blank. Values are in [0, 1].
+    """
+    n = len(langs)
+    side = max(3.0, 0.45 * n + 1.5)
+    fig = Figure(figsize=(side * len(grids) + 1.0, side + 0.6), layout="constrained")
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    image = None
+    for ax, (measure, grid) in zip(axes, grids.items(), strict=True):
+        image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="viridis")
+        ax.set_title(measure)
+        ax.set_xticks(range(n), langs, rotation=90 if n > 6 else 0)
+        ax.set_yticks(range(n), langs)
+        ax.set_xlabel("searched language")
+        ax.set_ylabel("query language")
+        if n <= ANNOTATE_MAX_LANGS:
+            for i, j in zip(*np.nonzero(np.isfinite(grid)), strict=True):
+                value = grid[i, j]
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="k" if value > 0.6 else "w")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label=metric)
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def by_layer_png(curves: dict[str, dict[str, tuple[list, list, list]]], *, metric: str = "R@1") -> bytes:
+    """One panel per measure: curves[measure][pair label] = (layers, values, random baselines).
+
+    One line per directed pair (labelled up to LEGEND_MAX_LINES pairs, else a faint unlabelled band); a thick line
+    for their mean; the mean random baseline dashed.
+    """
+    cols = min(len(curves), 2)
+    rows = math.ceil(len(curves) / cols)
+    fig = Figure(figsize=(6.0 * cols, 4.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (measure, pairs) in zip(axes, curves.items(), strict=False):
+        layers = sorted({layer for ls, _, _ in pairs.values() for layer in ls})
+        mean, random = ({layer: [] for layer in layers} for _ in range(2))
+        crowded = len(pairs) > LEGEND_MAX_LINES  # then pairs are a grey band behind the mean, unlabelled
+        for label, (ls, values, randoms) in sorted(pairs.items()):
+            order = np.argsort(ls)
+            style = dict(color="tab:blue", lw=0.6, alpha=0.3) if crowded else dict(marker=".", lw=1, alpha=0.8)
+            ax.plot(np.asarray(ls)[order], np.asarray(values)[order], label=None if crowded else label, **style)
+            for layer, v, r in zip(ls, values, randoms, strict=True):
+                if np.isfinite(v):
+                    mean[layer].append(v)
+                    random[layer].append(r)
+        if len(pairs) > 1:
+            ax.plot(layers, [np.mean(mean[la]) if mean[la] else np.nan for la in layers], "k-", lw=2.5, label="mean")
+        rand = [np.mean(random[la]) if random[la] else np.nan for la in layers]
+        ax.plot(layers, rand, color="0.4", ls="--", lw=1.5, label="random")
+        ax.set_title(f"{measure} ({len(pairs)} directed pairs)" if crowded else measure)
+        ax.set_xlabel(LAYER_LABEL)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncols=2 if 6 < len(pairs) <= LEGEND_MAX_LINES else 1)
+    for ax in axes[len(curves) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{metric} by layer (query \u2192 searched language)")
+    return _png(fig)

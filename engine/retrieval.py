@@ -1,0 +1,335 @@
+"""Cross-lingual retrieval on a similarity-matrix store: R@k and MRR per directed pair, layer and measure.
+
+A similarity store (``engine.simstore``) holds, per measure and stored language pair (a, b), scores
+``f32[layer, utterance_a, utterance_b]``. Retrieval runs both ways: a -> b ranks b's utterances for each of a's
+(``matrix(measure, a, b, layer)``), b -> a ranks a's for each of b's (``matrix(measure, b, a, layer)``). In every
+table and figure ``lang_a`` is the query language and ``lang_b`` the searched one.
+
+Before scoring, utterances that were not encoded (all-NaN rows or columns) are dropped and counted
+(``dropped_a``, ``dropped_b``); queries whose id has no partner among the remaining columns are excluded and counted
+by ``kernels.metrics.retrieval_metrics`` (``excluded``). Writes::
+
+    OUT/retrieval.csv                    one row per (lang_a, lang_b, layer, measure, metric)
+    OUT/figures/retrieval_heatmap.png    R@1, query language x searched language, at one layer, a panel per measure
+    OUT/figures/retrieval_by_layer.png   R@1 against layer per directed pair, a panel per measure, random dashed
+
+``OUT`` is any TensorStore kvstore location; it defaults to the similarity store itself when that is local.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.errors import BabelgridError, ShapeError
+from engine.simstore import SimilarityError, open_similarity
+from engine.store_format import open_kvstore
+from kernels.metrics import DEFAULT_KS, TIE_RULES, RetrievalMetrics, retrieval_metrics
+
+log = logging.getLogger(__name__)
+
+CSV_NAME = "retrieval.csv"
+FIGURES_DIR = "figures/"
+HEATMAP_NAME = "retrieval_heatmap.png"
+BY_LAYER_NAME = "retrieval_by_layer.png"
+CSV_COLUMNS = (
+    "lang_a",  # query language
+    "lang_b",  # searched language
+    "layer",  # babelgrid layer index: 0 = conv stem, 1..L = blocks, L+1 = ln_post
+    "measure",
+    "metric",  # R@k or MRR
+    "value",
+    "random",  # expectation of the metric under uniformly random rankings
+    "queries",  # query utterances scored
+    "excluded",  # encoded query utterances whose id has no partner among lang_b's encoded utterances
+    "dropped_a",  # query utterances not encoded (all-NaN row)
+    "dropped_b",  # searched utterances not encoded (all-NaN column)
+)
+FIGURE_MEASURE = "seqsim"  # measure whose best mean R@1 picks the figure layer
+
+
+class RetrievalError(BabelgridError, ValueError):
+    """Retrieval cannot run as asked: unknown measure, layer or language, no output folder, bad scores."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalConfig:
+    """What to score and where to write it. ``None`` means everything the similarity store holds.
+
+    similarity: similarity store URL (local path or TensorStore kvstore URL).
+    out: output folder; None = the similarity store itself when it is local.
+    figure_layer: the heatmap's layer; None = the layer with the best mean R@1 of ``seqsim`` (else the first
+      measure) over directed pairs.
+    ties: ``kernels.metrics`` tie rule; scores with many ties (``duration``) deserve a second run with the other.
+    """
+
+    similarity: str
+    out: str | None = None
+    measures: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    langs: tuple[str, ...] | None = None
+    figure_layer: int | None = None
+    ks: tuple[int, ...] = DEFAULT_KS
+    ties: str = "optimistic"
+
+    def __post_init__(self):
+        if not self.ks or any(int(k) < 1 for k in self.ks):
+            raise RetrievalError(f"ks must be positive integers such as (1, 5, 10), got {self.ks!r}")
+        if self.ties not in TIE_RULES:
+            raise RetrievalError(f"ties must be one of {TIE_RULES}, got {self.ties!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectedScore:
+    """Retrieval from ``lang_a`` (queries) into ``lang_b`` at one layer under one measure."""
+
+    lang_a: str
+    lang_b: str
+    layer: int
+    measure: str
+    metrics: RetrievalMetrics
+    dropped_a: int  # rows of utterances not encoded
+    dropped_b: int  # columns of utterances not encoded
+
+    def values(self) -> list[tuple[str, float, float]]:
+        """(metric name, value, random baseline) for R@k in ks order, then MRR."""
+        m = self.metrics
+        return [(f"R@{k}", m.recall[k], m.random_recall[k]) for k in m.recall] + [("MRR", m.mrr, m.random_mrr)]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievalResult:
+    """Every directed score, where they were written, and the layers that were not in the store yet."""
+
+    scores: tuple[DirectedScore, ...]
+    out: str
+    csv_path: str
+    figure_paths: tuple[str, ...]
+    figure_layer: int | None
+    missing: tuple[tuple[str, str, str, int], ...]  # (measure, lang_a, lang_b, layer) asked for but not done
+
+    def mean_over_pairs(self, measure: str, metric: str = "R@1") -> dict[int, tuple[float, float]]:
+        """layer -> (mean value, mean random baseline) over directed pairs that have queries."""
+        by_layer: dict[int, list[tuple[float, float]]] = {}
+        for s in self.scores:
+            if s.measure == measure and s.metrics.queries:
+                value, random = next((v, r) for name, v, r in s.values() if name == metric)
+                by_layer.setdefault(s.layer, []).append((value, random))
+        return {layer: tuple(np.mean(v, axis=0)) for layer, v in sorted(by_layer.items())}
+
+    def report(self) -> str:
+        """Per measure: one line per layer with mean R@k and MRR over directed pairs, then their random baselines."""
+        if not self.scores:
+            return "no scores: the similarity store has no finished layer for the pairs, measures and layers asked"
+        metrics = [name for name, _, _ in self.scores[0].values()]
+        header = " ".join(f"{m:>6}" for m in metrics)
+        lines = ["retrieval: mean over directed pairs (query -> searched language); * = figure layer"]
+        for measure in dict.fromkeys(s.measure for s in self.scores):
+            pairs = len({(s.lang_a, s.lang_b) for s in self.scores if s.measure == measure})
+            lines += [f"\n{measure} ({pairs} directed pairs)", f"{'layer':>6} {header}  | random {header}"]
+            means = {m: self.mean_over_pairs(measure, m) for m in metrics}
+            for layer in means[metrics[0]]:
+                mark = "*" if layer == self.figure_layer else " "
+                values = " ".join(f"{means[m][layer][0]:6.3f}" for m in metrics)
+                randoms = " ".join(f"{means[m][layer][1]:6.3f}" for m in metrics)
+                lines.append(f"{layer:>5}{mark} {values}  |        {randoms}")
+        lines.append(f"\nlayers: 0 = conv stem, L+1 = ln_post. csv: {self.csv_path}")
+        lines += [f"figure: {p}" for p in self.figure_paths]
+        if self.missing:
+            lines.append(
+                f"{len(self.missing)} (measure, directed pair, layer) not in the similarity store yet, skipped"
+            )
+        return "\n".join(lines)
+
+
+def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence):
+    """Drops all-NaN rows and columns (utterances that were not encoded).
+
+    scores: f32[N, M]. Returns (scores f32[n, m], row_ids, col_ids, dropped rows, dropped columns). A column is
+    dropped when it is NaN on every row; a row when it is NaN on every remaining column (so that one missing column
+    does not hide the rows). NaN left after that is an error: the store is damaged or was written with NaN scores.
+    """
+    scores = np.asarray(scores, np.float32)
+    if scores.ndim != 2 or scores.shape != (len(row_ids), len(col_ids)):
+        expected = [len(row_ids), len(col_ids)]
+        raise ShapeError(f"scores must be f32[len(row_ids), len(col_ids)] = {expected}, got {list(scores.shape)}")
+    nan = np.isnan(scores)
+    keep_cols = ~nan.all(axis=0)
+    keep_rows = ~nan[:, keep_cols].all(axis=1) if keep_cols.any() else np.zeros(len(row_ids), bool)
+    kept = scores[np.ix_(keep_rows, keep_cols)]
+    if not np.isfinite(kept).all():
+        raise RetrievalError(
+            f"{int((~np.isfinite(kept)).sum())} scores are NaN or inf in rows and columns of encoded utterances; "
+            "the similarity store is damaged or incomplete: recompute the pair (python -m jobs.seqsim)"
+        )
+    rows = [r for r, k in zip(row_ids, keep_rows, strict=True) if k]
+    cols = [c for c, k in zip(col_ids, keep_cols, strict=True) if k]
+    return kept, rows, cols, int((~keep_rows).sum()), int((~keep_cols).sum())
+
+
+def score_matrix(scores, row_ids, col_ids, *, ks=DEFAULT_KS, ties="optimistic") -> tuple[RetrievalMetrics, int, int]:
+    """RetrievalMetrics of one f32[N, M] matrix after dropping not-encoded utterances, with the drop counts."""
+    kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids)
+    if not rows or not cols:
+        nan = {k: math.nan for k in ks}
+        empty = RetrievalMetrics(dict(nan), math.nan, dict(nan), math.nan, queries=0, excluded=len(rows))
+        return empty, dropped_rows, dropped_cols
+    return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties), dropped_rows, dropped_cols
+
+
+def resolve_out(similarity: str, out: str | None) -> str:
+    """The output folder: ``out``, else the similarity store itself when it is a local folder."""
+    if out:
+        return out
+    if "://" not in similarity or similarity.startswith("file://"):
+        return similarity
+    raise RetrievalError(
+        f"similarity store {similarity!r} is not a local folder, so the results need an output folder: "
+        "give one (--out / RetrievalConfig.out), a local path or a TensorStore kvstore URL"
+    )
+
+
+def _select(name: str, asked, available) -> list:
+    available = list(available)
+    if asked is None:
+        return available
+    unknown = [a for a in asked if a not in available]
+    if unknown:
+        raise RetrievalError(f"the similarity store has no {name} {unknown}; it has {available}")
+    return [a for a in available if a in asked]
+
+
+def _done(reader, measure: str, query: str, searched: str) -> set[int]:
+    """Layers whose (query, searched) matrix is complete; none when that direction is not stored at all (a directional
+    measure such as ``seqsim_a2b`` answers the reverse direction only if ``seqsim_b2a`` was computed too)."""
+    try:
+        return set(reader.done(measure, query, searched))
+    except SimilarityError:
+        return set()
+
+
+def compute_scores(reader, config: RetrievalConfig):
+    """Scores every stored pair of ``reader`` (an ``engine.simstore.SimilarityReader``) in both directions.
+
+    Returns (tuple of DirectedScore, tuple of missing (measure, lang_a, lang_b, layer)).
+    """
+    measures = _select("measure", config.measures, reader.measures())
+    layers = _select("layer", config.layers, reader.layers)
+    scores, missing = [], []
+    for measure in measures:
+        pairs = [
+            (a, b)
+            for a, b in reader.pairs(measure)
+            if config.langs is None or (a in config.langs and b in config.langs)
+        ]
+        if config.langs is not None and not pairs:
+            raise RetrievalError(f"measure {measure!r} has no stored pair within languages {list(config.langs)}")
+        for a, b in pairs:
+            for query, searched in ((a, b), (b, a)):
+                done = _done(reader, measure, query, searched)
+                for layer in layers:
+                    if layer not in done:
+                        missing.append((measure, query, searched, layer))
+                        continue
+                    matrix, row_ids, col_ids = reader.matrix(measure, query, searched, layer)
+                    metrics, dropped_a, dropped_b = score_matrix(
+                        matrix, row_ids, col_ids, ks=tuple(config.ks), ties=config.ties
+                    )
+                    scores.append(DirectedScore(query, searched, layer, measure, metrics, dropped_a, dropped_b))
+    if missing:
+        log.warning("%d (measure, directed pair, layer) are not in the similarity store yet; skipped", len(missing))
+    return tuple(scores), tuple(missing)
+
+
+def csv_bytes(scores: Sequence[DirectedScore]) -> bytes:
+    """The ``retrieval.csv`` table: CSV_COLUMNS, one row per directed pair, layer, measure and metric."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for s in scores:
+        for metric, value, random in s.values():
+            m = s.metrics
+            writer.writerow(
+                [s.lang_a, s.lang_b, s.layer, s.measure, metric, value, random, m.queries, m.excluded]
+                + [s.dropped_a, s.dropped_b]
+            )
+    return buf.getvalue().encode()
+
+
+def pick_figure_layer(scores: Sequence[DirectedScore], asked: int | None) -> int | None:
+    """``asked`` if scored, else the layer with the best mean R@1 of seqsim (or of the first measure)."""
+    layers = sorted({s.layer for s in scores})
+    if asked is not None:
+        if asked not in layers:
+            raise RetrievalError(f"figure layer {asked} was not scored; choose one of {layers}")
+        return asked
+    if not scores:
+        return None
+    measures = list(dict.fromkeys(s.measure for s in scores))
+    measure = FIGURE_MEASURE if FIGURE_MEASURE in measures else measures[0]
+    first_k = next(iter(scores[0].metrics.recall))
+    means = {}
+    for layer in layers:
+        values = [
+            s.metrics.recall[first_k] for s in scores if s.measure == measure and s.layer == layer and s.metrics.queries
+        ]
+        means[layer] = np.mean(values) if values else -1.0
+    return max(layers, key=lambda layer: (means[layer], -layer))  # ties: the earlier layer
+
+
+def _figures(scores: Sequence[DirectedScore], figure_layer: int) -> dict[str, bytes]:
+    from engine import figures  # matplotlib is only needed here
+
+    measures = list(dict.fromkeys(s.measure for s in scores))
+    langs = sorted({s.lang_a for s in scores} | {s.lang_b for s in scores})
+    index = {lang: i for i, lang in enumerate(langs)}
+    first_k = next(iter(scores[0].metrics.recall))
+    metric = f"R@{first_k}"
+    grids = {m: np.full((len(langs), len(langs)), np.nan) for m in measures}
+    curves: dict[str, dict[str, tuple[list[int], list[float], list[float]]]] = {m: {} for m in measures}
+    for s in scores:
+        recall, random = s.metrics.recall[first_k], s.metrics.random_recall[first_k]
+        if s.layer == figure_layer:
+            grids[s.measure][index[s.lang_a], index[s.lang_b]] = recall
+        layers, values, randoms = curves[s.measure].setdefault(f"{s.lang_a}\u2192{s.lang_b}", ([], [], []))
+        layers.append(s.layer)
+        values.append(recall)
+        randoms.append(random)
+    return {
+        HEATMAP_NAME: figures.heatmap_png(grids, langs, title=f"{metric} at layer {figure_layer}", metric=metric),
+        BY_LAYER_NAME: figures.by_layer_png(curves, metric=metric),
+    }
+
+
+def write_results(out: str, scores: Sequence[DirectedScore], figure_layer: int | None) -> tuple[str, list[str]]:
+    """Writes the CSV and the figures under ``out``; returns their locations."""
+    _, kv = open_kvstore(out)
+    root = out.rstrip("/") + "/"
+    writes = {CSV_NAME: csv_bytes(scores)}
+    if scores and figure_layer is not None:
+        writes |= {FIGURES_DIR + name: png for name, png in _figures(scores, figure_layer).items()}
+    futures = [kv.write(key, value) for key, value in writes.items()]
+    for f in futures:
+        f.result()
+    paths = [root + key for key in writes]
+    return paths[0], paths[1:]
+
+
+def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
+    """Scores, writes ``retrieval.csv`` and the figures, and returns everything (see the module docstring).
+
+    ``reader``: an already open similarity store (notebooks, tests); default ``open_similarity(config.similarity)``.
+    """
+    out = resolve_out(config.similarity, config.out)
+    if reader is None:
+        reader = open_similarity(config.similarity)
+    scores, missing = compute_scores(reader, config)
+    figure_layer = pick_figure_layer(scores, config.figure_layer)
+    csv_path, figure_paths = write_results(out, scores, figure_layer)
+    return RetrievalResult(scores, out, csv_path, tuple(figure_paths), figure_layer, missing)

@@ -1,0 +1,260 @@
+"""All-pairs similarity matrices from a layer store into a similarity store (``engine.simstore``).
+
+For every layer, language pair and measure, every utterance of language ``a`` is scored against every utterance of
+language ``b``: SeqSim (``kernels.seqsim``, with its two directional terms on request) and the pooled baselines of
+``kernels.pooling``. The loop is layer-outer, pair-inner: each language is read from the layer store once per
+layer and dropped before the next layer, so memory holds one layer of the languages in play, not every layer.
+
+Resume: a (measure, pair, layer) matrix is skipped when its done marker exists and was computed from as many done
+utterances as the layer store now has (a language whose encoding went on since is recomputed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+from engine.parallel import data_mesh
+from engine.reader import StoreReader, open_store
+from engine.simstore import MEASURES, SimilarityError, SimilarityStore, check_measure, check_name, new_manifest
+from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
+from kernels.seqsim import seqsim_matrix, seqsim_matrix_sharded
+
+DEFAULT_MEASURES = ("seqsim", "mean", "centre", "duration")
+COMPUTE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+PAIR_MODES = ("unordered", "ordered")
+SEQSIM_MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimilarityConfig:
+    store: str  # layer store URL (written by the encode job)
+    out: str  # similarity store URL
+    langs: tuple[str, ...] | None = None  # None = every language of the layer store
+    layers: tuple[int, ...] | None = None  # babelgrid layer indices; None = every stored layer
+    pairs: str = "unordered"  # see resolve_pairs
+    measures: tuple[str, ...] = DEFAULT_MEASURES
+    dtype: str = "float32"  # compute dtype of the states fed to the kernels (scores are always float32)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {self.dtype!r}")
+        if not self.measures:
+            raise ValueError(f"measures must name at least one of {MEASURES}")
+        for m in self.measures:
+            check_measure(m)
+
+
+@dataclasses.dataclass
+class SimilaritySummary:
+    pair_layers: int = 0  # (pair, layer) computed in this run
+    already_done: int = 0  # (pair, layer) whose every measure was complete and skipped
+    matrices: int = 0  # (measure, pair, layer) matrices written
+    seqsim_flops: float = 0.0  # 2 * sum(len_a) * sum(len_b) * embed per pair-layer
+    seqsim_seconds: float = 0.0  # kernel time, device synchronised, compilation included
+    seconds: float = 0.0
+
+    @property
+    def gflops(self) -> float:
+        return self.seqsim_flops / max(self.seqsim_seconds, 1e-9) / 1e9
+
+    def report(self) -> str:
+        line = (
+            f"computed {self.pair_layers} pair-layers ({self.matrices} matrices) in {self.seconds:.1f} s; "
+            f"{self.already_done} pair-layers already complete"
+        )
+        if self.seqsim_flops:
+            line += f"; seqsim {self.seqsim_flops / 1e9:.2f} GFLOP at {self.gflops:.2f} GFLOP/s"
+        return line
+
+
+def resolve_pairs(spec: str, langs, available=None) -> list[tuple[str, str]]:
+    """Language pairs (a, b), a != b, from ``spec``:
+
+    - ``unordered``: every {a, b} once, as (a, b) with a < b;
+    - ``ordered``: (a, b) and (b, a);
+    - a comma list of ``a:b`` items, where either side may be ``*`` (every other language of ``langs``):
+      ``en:*``, ``en:de,es:fr``.
+
+    ``langs`` are the languages the run covers; named languages must be in ``available`` (default ``langs``).
+    """
+    langs = sorted(langs)
+    available = set(langs if available is None else available)
+    spec = spec.strip()
+    if spec == "unordered":
+        return [(a, b) for i, a in enumerate(langs) for b in langs[i + 1 :]]
+    if spec == "ordered":
+        return [(a, b) for a in langs for b in langs if a != b]
+    pairs: list[tuple[str, str]] = []
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        if item.count(":") != 1:
+            raise SimilarityError(
+                f"pairs item {item!r} is not 'a:b': give {' or '.join(PAIR_MODES)}, or a list like en:de,es:* "
+                "('*' = every other language)"
+            )
+        left, right = (s.strip() for s in item.split(":"))
+        for side in (left, right):
+            if side != "*":
+                check_name("language", side)
+                if side not in available:
+                    raise SimilarityError(f"pairs item {item!r}: language {side!r} is not in {sorted(available)}")
+        for a in langs if left == "*" else [left]:
+            for b in langs if right == "*" else [right]:
+                if a != b:
+                    pairs.append((a, b))
+                elif left != "*" and right != "*":
+                    raise SimilarityError(f"pairs item {item!r} pairs a language with itself; name two languages")
+    if not pairs:
+        raise SimilarityError(f"pairs {spec!r} gives no pair of two different languages among {langs}")
+    return list(dict.fromkeys(pairs))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Language:
+    """One language at one layer, done utterances only: states f[done, frames, embed] on the device."""
+
+    index: np.ndarray  # i64[done]: utterance indices in the layer store
+    lengths: np.ndarray  # i32[done]
+    states: jax.Array | None  # None when only lengths are needed (duration)
+
+
+def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = None) -> SimilaritySummary:
+    """Computes ``config.measures`` for every pair and layer into ``config.out``; returns the summary."""
+    t0 = time.perf_counter()
+    reader = reader or open_store(config.store)
+    info = reader.info
+    available = reader.languages()
+    langs = available if config.langs is None else list(dict.fromkeys(config.langs))
+    for lang in langs:
+        check_name("language", lang)
+        if lang not in available:
+            raise SimilarityError(f"language {lang!r} is not in layer store {reader.url!r}; it has {available}")
+    layers = info.layers if config.layers is None else tuple(config.layers)
+    for layer in layers:
+        reader.layer_position(layer)  # StoreError listing the stored layers
+    pairs = resolve_pairs(config.pairs, langs, available)
+    measures = tuple(dict.fromkeys(config.measures))
+    out = SimilarityStore.create_or_open(
+        config.out,
+        new_manifest(
+            layer_store=config.store,
+            model_name=info.model_name,
+            checkpoint_sha256=info.checkpoint_sha256,
+            layers=info.layers,  # every stored layer gets a position, so later runs can add layers
+        ),
+    )
+
+    # A snapshot of which utterances are done: the rows computed now, and what a done marker is checked against.
+    in_play = sorted({lang for pair in pairs for lang in pair})
+    lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
+    done_index = {lang: np.flatnonzero(lengths[lang] > 0) for lang in in_play}
+    tables = {lang: reader.utterances_table(lang) for lang in in_play}
+    arrays, todo = {}, {}
+    for a, b in pairs:
+        ids = {
+            "row_ids": [str(x) for x in tables[a].column("id").to_pylist()],
+            "col_ids": [str(x) for x in tables[b].column("id").to_pylist()],
+            "row_recording": [int(x) for x in tables[a].column("recording").to_pylist()],
+            "col_recording": [int(x) for x in tables[b].column("recording").to_pylist()],
+        }
+        expect = {"rows_done": len(done_index[a]), "cols_done": len(done_index[b])}
+        for m in measures:
+            arrays[m, a, b] = out.create_pair(m, a, b, ids)
+            markers = out.done_markers(m, a, b)
+            for layer in layers:
+                marker = markers.get(layer)
+                if marker is None or any(marker.get(k) != v for k, v in expect.items()):
+                    todo.setdefault((layer, a, b), []).append(m)
+
+    summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
+    mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
+    progress = _Progress(config.progress, len(todo))
+    try:
+        for layer in layers:
+            cache: dict[str, _Language] = {}
+            for a, b in pairs:
+                todo_measures = todo.get((layer, a, b))
+                if not todo_measures:
+                    continue
+                need_states = any(m != "duration" for m in todo_measures)
+                for lang in (a, b):
+                    if lang not in cache or (need_states and cache[lang].states is None):
+                        cache[lang] = _load(reader, lang, layer, done_index[lang], need_states, config.dtype)
+                scores = _compute(cache[a], cache[b], todo_measures, mesh, summary)
+                marker = {"rows_done": len(cache[a].index), "cols_done": len(cache[b].index), "dtype": config.dtype}
+                for m in todo_measures:
+                    full = np.full((len(lengths[a]), len(lengths[b])), np.nan, np.float32)
+                    full[np.ix_(cache[a].index, cache[b].index)] = scores[m]
+                    out.write_layer(arrays[m, a, b], m, a, b, layer, full, marker)
+                    summary.matrices += 1
+                summary.pair_layers += 1
+                progress.update(summary)
+            del cache  # one layer of the languages at a time
+    finally:
+        progress.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _load(reader: StoreReader, lang: str, layer: int, index: np.ndarray, need_states: bool, dtype: str) -> _Language:
+    lengths = np.asarray(reader.lengths(lang))[index].astype(np.int32)
+    if not need_states or not len(index):
+        return _Language(index, lengths, None)
+    states, _ = reader.language_layer(lang, layer, utterances=index, dtype=COMPUTE_DTYPES[dtype])
+    # Whisper pads every window to 30 s; drop frames that no done utterance uses before moving to the device.
+    return _Language(index, lengths, jnp.asarray(states[:, : int(lengths.max())]))
+
+
+def _compute(A: _Language, B: _Language, measures, mesh, summary: SimilaritySummary) -> dict[str, np.ndarray]:
+    """f32[done_a, done_b] per measure."""
+    if not len(A.index) or not len(B.index):
+        return {m: np.zeros((len(A.index), len(B.index)), np.float32) for m in measures}
+    out = {}
+    if any(m in SEQSIM_MEASURES for m in measures):
+        directional = any(m in ("seqsim_a2b", "seqsim_b2a") for m in measures)
+        t = time.perf_counter()
+        if mesh is None:
+            result = seqsim_matrix(A.states, A.lengths, B.states, B.lengths, directional=directional)
+        else:
+            result = seqsim_matrix_sharded(A.states, A.lengths, B.states, B.lengths, mesh, directional=directional)
+        result = jax.block_until_ready(result)
+        summary.seqsim_seconds += time.perf_counter() - t
+        summary.seqsim_flops += 2.0 * float(A.lengths.sum()) * float(B.lengths.sum()) * A.states.shape[-1]
+        if directional:
+            out["seqsim"], out["seqsim_a2b"], out["seqsim_b2a"] = (np.asarray(x) for x in result)
+        else:
+            out["seqsim"] = np.asarray(result)
+    if "mean" in measures:
+        out["mean"] = np.asarray(mean_pooled_cosine_matrix(A.states, A.lengths, B.states, B.lengths))
+    if "centre" in measures:
+        out["centre"] = np.asarray(center_frame_cosine_matrix(A.states, A.lengths, B.states, B.lengths))
+    if "duration" in measures:
+        out["duration"] = np.asarray(duration_similarity_matrix(A.lengths, B.lengths))
+    return {m: out[m] for m in measures}
+
+
+class _Progress:
+    """A tqdm bar over pair-layers with pair-layers/s and SeqSim GFLOP/s; silent when disabled."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.bar = None
+        if enabled and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="similarity", unit="pair-layer", dynamic_ncols=True)
+
+    def update(self, summary: SimilaritySummary) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            if summary.seqsim_flops:
+                self.bar.set_postfix(gflops=f"{summary.gflops:.1f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,355 @@
+"""The similarity store: all-pairs similarity matrices per measure, language pair and layer (format version 1).
+
+Written by ``engine.similarity.run_similarity`` (the ``seqsim`` job), read with ``open_similarity``::
+
+    OUT/manifest.json                        layer store URL, model, checkpoint, layers; written once
+    OUT/<measure>/<a>__<b>/zarr.json         zarr3 f32[layer, utterance_a, utterance_b], NaN = not computed,
+    OUT/<measure>/<a>__<b>/c.<l>.0.0         one zstd chunk per layer position l
+    OUT/<measure>/<a>__<b>/ids.json          row_ids, col_ids (str), row_recording, col_recording (int)
+    OUT/<measure>/<a>__<b>/done/<layer>.json completion marker of one babelgrid layer, written after its chunk
+
+Rows and columns are the layer store's utterance indices of languages ``a`` and ``b``; utterances not done in the
+layer store are NaN rows/columns. ``docs/similarity.md`` describes the format for analysts::
+
+    from engine.simstore import open_similarity
+    sim = open_similarity("/data/sim")
+    scores, row_ids, col_ids = sim.matrix("seqsim", "de", "en", layer=4)   # transposes en__de if only it is stored
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import socket
+
+import numpy as np
+import tensorstore as ts
+
+from engine.axes import LAYER, UTTERANCE
+from engine.errors import BabelgridError
+from engine.store_format import CONTEXT, create_key, json_bytes, open_kvstore, read_json
+
+FORMAT_NAME = "babelgrid-similarity"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+IDS = "ids.json"
+DONE_DIR = "done/"
+PAIR_SEPARATOR = "__"
+ROW_AXIS = f"{UTTERANCE}_a"  # rows: utterances of the first language of the pair
+COL_AXIS = f"{UTTERANCE}_b"
+AXES = (LAYER, ROW_AXIS, COL_AXIS)
+MANIFEST_FIELDS = ("layer_store", "model_name", "checkpoint_sha256", "layers")  # must agree between runs
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
+MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a", "mean", "centre", "duration")
+REVERSED_MEASURE = {"seqsim_a2b": "seqsim_b2a", "seqsim_b2a": "seqsim_a2b"}
+# zstd level 1 costs far less than the kernel that produced a chunk and shrinks what is very redundant: float32
+# scores in [-1, 1] share exponent bytes, NaN rows of undone utterances and the duration baseline's few values.
+MATRIX_CODECS = (
+    {"name": "bytes", "configuration": {"endian": "little"}},
+    {"name": "zstd", "configuration": {"level": 1}},
+)
+
+
+class SimilarityError(BabelgridError, ValueError):
+    """A similarity store cannot be opened, created, written or read as asked."""
+
+
+class SimilarityMismatchError(SimilarityError):
+    """An existing similarity store was computed from another layer store, model or layer set."""
+
+
+def check_name(kind: str, value: str) -> str:
+    """``value`` if it can name a folder (letters, digits, '_', '-', no '__'), else a SimilarityError."""
+    if not isinstance(value, str) or not NAME.fullmatch(value) or PAIR_SEPARATOR in value:
+        raise SimilarityError(
+            f"{kind} {value!r} cannot name a similarity store folder: use 1-64 letters, digits, '_' or '-', starting "
+            f"with a letter or digit, without {PAIR_SEPARATOR!r} (it separates the two languages of a pair)"
+        )
+    return value
+
+
+def check_measure(measure: str) -> str:
+    check_name("measure", measure)
+    if measure not in MEASURES:
+        raise SimilarityError(f"unknown measure {measure!r}; choose from {', '.join(MEASURES)}")
+    return measure
+
+
+def pair_key(measure: str, lang_a: str, lang_b: str) -> str:
+    """``<measure>/<a>__<b>/``: the folder of one pair's array, ids and markers."""
+    check_measure(measure)
+    return f"{measure}/{check_name('language', lang_a)}{PAIR_SEPARATOR}{check_name('language', lang_b)}/"
+
+
+def normalize_url(url: str) -> str:
+    """Local paths as absolute paths, so that one layer store has one name in the manifest."""
+    url = os.fspath(url)
+    return url if "://" in url else os.path.abspath(os.path.expanduser(url))
+
+
+def matrix_spec(kvstore: dict, *, n_layers: int, n_rows: int, n_cols: int) -> dict:
+    """TensorStore spec of one pair's f32[layer, utterance_a, utterance_b], one chunk [1, N, M] per layer."""
+    return {
+        "driver": "zarr3",
+        "kvstore": kvstore,
+        "metadata": {
+            "shape": [n_layers, n_rows, n_cols],
+            "data_type": "float32",
+            "fill_value": "NaN",
+            "dimension_names": list(AXES),
+            "chunk_grid": {
+                "name": "regular",
+                "configuration": {"chunk_shape": [1, max(n_rows, 1), max(n_cols, 1)]},
+            },
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
+            "codecs": [dict(c) for c in MATRIX_CODECS],
+        },
+    }
+
+
+def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "layer_store": normalize_url(layer_store),
+        "model_name": model_name,
+        "checkpoint_sha256": checkpoint_sha256,
+        "layers": [int(x) for x in layers],
+        "axes": list(AXES),
+        "created": {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+        },
+    }
+
+
+def _check_manifest(manifest: dict, url: str) -> dict:
+    if manifest.get("format") != FORMAT_NAME:
+        raise SimilarityError(f"{MANIFEST} in {url!r} is not a babelgrid similarity store manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise SimilarityError(
+            f"similarity store {url!r} has format version {manifest.get('format_version')!r}; this babelgrid reads "
+            f"version {FORMAT_VERSION}. Use the babelgrid version that wrote it, or compute into a new folder"
+        )
+    missing = [f for f in MANIFEST_FIELDS if f not in manifest]
+    if missing:
+        raise SimilarityError(f"{MANIFEST} in {url!r} lacks {missing}: it is damaged; compute into a new folder")
+    return manifest
+
+
+class _Store:
+    """Shared by writer and reader: the kvstore, manifest and per-pair keys."""
+
+    def __init__(self, url: str, kvstore: dict, kv: ts.KvStore, manifest: dict):
+        self.url = url
+        self.manifest = manifest
+        self._kvstore = kvstore
+        self._kv = kv
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """Babelgrid layer indices in the order of the arrays' ``layer`` axis."""
+        return tuple(self.manifest["layers"])
+
+    def layer_position(self, layer: int) -> int:
+        if isinstance(layer, bool) or layer not in self.layers:
+            raise SimilarityError(
+                f"layer {layer!r} is not in similarity store {self.url!r}; its arrays hold layers {list(self.layers)}"
+            )
+        return self.layers.index(layer)
+
+    def _child(self, key: str) -> dict:
+        return {**self._kvstore, "path": self._kvstore.get("path", "") + key}
+
+    def _ids(self, key: str) -> dict | None:
+        return read_json(self._kv, key + IDS, self.url)
+
+    def _open_array(self, key: str, writable: bool) -> ts.TensorStore:
+        mode = {"read": True, "write": True} if writable else {"read": True}
+        try:
+            return ts.open(
+                {"driver": "zarr3", "kvstore": self._child(key)}, open=True, context=CONTEXT, **mode
+            ).result()
+        except ValueError as e:
+            raise SimilarityError(f"cannot open the matrix {key!r} of similarity store {self.url!r}: {e}") from None
+
+    def _done_markers(self, key: str) -> dict[int, dict]:
+        """Layer -> marker of every ``done/<layer>.json`` of one pair."""
+        prefix = key + DONE_DIR
+        keys = self._kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0"), len(prefix)).result()
+        out = {}
+        for k in keys:
+            name = k.decode()
+            if name.endswith(".json") and name[: -len(".json")].isdigit():
+                marker = read_json(self._kv, prefix + name, self.url)
+                if marker is not None:
+                    out[int(name[: -len(".json")])] = marker
+        return out
+
+    def _stored_pairs(self, measure: str) -> list[tuple[str, str]]:
+        """Pairs of ``measure`` whose ids.json exists (the pair was created completely)."""
+        check_measure(measure)
+        prefix = f"{measure}/"
+        keys = self._kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0"), len(prefix)).result()
+        pairs = []
+        for k in keys:
+            folder, _, name = k.decode().partition("/")
+            if name == IDS and folder.count(PAIR_SEPARATOR) == 1:
+                a, b = folder.split(PAIR_SEPARATOR)
+                if NAME.fullmatch(a) and NAME.fullmatch(b):
+                    pairs.append((a, b))
+        return sorted(pairs)
+
+
+class SimilarityStore(_Store):
+    """Write access to a similarity store; get it from ``create_or_open``."""
+
+    @classmethod
+    def create_or_open(cls, url: str, manifest: dict) -> SimilarityStore:
+        """Opens the store at ``url`` to write, creating its manifest from ``manifest`` (see ``new_manifest``).
+
+        Raises SimilarityMismatchError when the store was computed from another layer store, model, checkpoint or
+        layer list, naming each differing field with both values.
+        """
+        kvstore, kv = _open(url)
+        stored = read_json(kv, MANIFEST, url)
+        if stored is None:
+            if not create_key(kv, MANIFEST, json_bytes(manifest)):
+                stored = read_json(kv, MANIFEST, url)  # another process created it first
+            else:
+                stored = manifest
+        _check_manifest(stored, url)
+        diffs = [
+            f"{f}: store has {stored[f]!r}, this run {manifest[f]!r}"
+            for f in MANIFEST_FIELDS
+            if stored[f] != manifest[f]
+        ]
+        if diffs:
+            raise SimilarityMismatchError(
+                f"similarity store {url!r} was computed from another layer store or model: {'; '.join(diffs)}. "
+                "Write to a new output folder, or rerun against the layer store it names"
+            )
+        return cls(url, kvstore, kv, stored)
+
+    def create_pair(self, measure: str, lang_a: str, lang_b: str, ids: dict) -> ts.TensorStore:
+        """Opens (creating if needed) the array of one pair; ``ids`` has row_ids, col_ids, row_recording,
+        col_recording. An existing pair must have the same ids (else SimilarityMismatchError)."""
+        key = pair_key(measure, lang_a, lang_b)
+        n_rows, n_cols = len(ids["row_ids"]), len(ids["col_ids"])
+        spec = matrix_spec(self._child(key), n_layers=len(self.layers), n_rows=n_rows, n_cols=n_cols)
+        try:
+            array = ts.open(spec, create=True, open=True, context=CONTEXT).result()
+        except ValueError as e:
+            raise SimilarityMismatchError(
+                f"pair {key!r} of similarity store {self.url!r} exists with another shape or format ({e}); "
+                "compute into a new output folder"
+            ) from None
+        stored = self._ids(key)
+        if stored is None:
+            self._kv.write(key + IDS, json_bytes(ids)).result()  # written after the array: it marks the pair listed
+        elif stored != ids:
+            raise SimilarityMismatchError(
+                f"pair {key!r} of similarity store {self.url!r} was computed for other utterances (its {IDS} "
+                "differs from the layer store's tables); compute into a new output folder"
+            )
+        return array
+
+    def done_markers(self, measure: str, lang_a: str, lang_b: str) -> dict[int, dict]:
+        return self._done_markers(pair_key(measure, lang_a, lang_b))
+
+    def write_layer(self, array: ts.TensorStore, measure, lang_a, lang_b, layer: int, scores, marker: dict) -> None:
+        """Writes f32[N, M] ``scores`` of ``layer``, then (only once committed) its done marker."""
+        key = pair_key(measure, lang_a, lang_b)
+        position = self.layer_position(layer)
+        scores = np.asarray(scores, np.float32)
+        if scores.shape != tuple(array.shape[1:]):
+            raise SimilarityError(f"scores of {key!r} must be f32{list(array.shape[1:])}, got {scores.shape}")
+        array[position].write(scores).result()
+        self._kv.write(f"{key}{DONE_DIR}{layer}.json", json_bytes({"layer": int(layer), **marker})).result()
+
+    def remove_marker(self, measure: str, lang_a: str, lang_b: str, layer: int) -> None:
+        self._kv.delete(f"{pair_key(measure, lang_a, lang_b)}{DONE_DIR}{int(layer)}.json").result()
+
+
+class SimilarityReader(_Store):
+    """Read access to a similarity store; see the module docstring."""
+
+    def __init__(self, url: str, kvstore: dict, kv: ts.KvStore, manifest: dict):
+        super().__init__(url, kvstore, kv, manifest)
+        self._arrays: dict[str, ts.TensorStore] = {}  # opened once: a pair's metadata does not change
+
+    def __repr__(self):
+        return f"SimilarityReader({self.url!r}, {self.manifest['model_name']}, layers {list(self.layers)})"
+
+    def measures(self) -> list[str]:
+        """Measures with at least one stored pair."""
+        return [m for m in MEASURES if self._stored_pairs(m)]
+
+    def pairs(self, measure: str) -> list[tuple[str, str]]:
+        """Stored (lang_a, lang_b) pairs of ``measure``; ``matrix`` also serves each reversed."""
+        return self._stored_pairs(measure)
+
+    def done(self, measure: str, lang_a: str, lang_b: str) -> list[int]:
+        """Layers (babelgrid indices) whose matrix for (a, b), or for the reverse pair, is complete."""
+        key = self._locate(measure, lang_a, lang_b)[0]
+        return sorted(self._done_markers(key))
+
+    def matrix(self, measure: str, lang_a: str, lang_b: str, layer: int) -> tuple[np.ndarray, list[str], list[str]]:
+        """(scores f32[N_a, N_b], row_ids, col_ids) of one layer; rows are utterances of ``lang_a``.
+
+        Returns the stored array of (a, b), or the transpose of (b, a) when only that is stored (for the directional
+        measures, the transpose of the other direction). NaN marks utterances not done and layers not computed.
+        """
+        key, transposed = self._locate(measure, lang_a, lang_b)
+        position = self.layer_position(layer)
+        ids = self._ids(key)
+        if key not in self._arrays:
+            self._arrays[key] = self._open_array(key, writable=False)
+        scores = np.asarray(self._arrays[key][position].read().result())
+        if transposed:
+            return np.ascontiguousarray(scores.T), list(ids["col_ids"]), list(ids["row_ids"])
+        return scores, list(ids["row_ids"]), list(ids["col_ids"])
+
+    def ids(self, measure: str, lang_a: str, lang_b: str) -> dict:
+        """The pair's ids.json, oriented so that rows are ``lang_a``."""
+        key, transposed = self._locate(measure, lang_a, lang_b)
+        ids = self._ids(key)
+        if not transposed:
+            return ids
+        swap = {"row_ids": "col_ids", "col_ids": "row_ids", "row_recording": "col_recording"}
+        swap["col_recording"] = "row_recording"
+        return {name: ids[source] for name, source in swap.items()}
+
+    def _locate(self, measure: str, lang_a: str, lang_b: str) -> tuple[str, bool]:
+        """(pair key, whether it must be transposed) of the stored matrix that answers (measure, a, b)."""
+        key = pair_key(measure, lang_a, lang_b)
+        if self._ids(key) is not None:
+            return key, False
+        reverse = pair_key(REVERSED_MEASURE.get(measure, measure), lang_b, lang_a)
+        if self._ids(reverse) is not None:
+            return reverse, True
+        stored = self.pairs(measure)
+        raise SimilarityError(
+            f"similarity store {self.url!r} has no {measure!r} matrix for {lang_a}/{lang_b} in either order; it has "
+            f"{[f'{a}{PAIR_SEPARATOR}{b}' for a, b in stored][:20]}. Run the seqsim job with --pairs {lang_a}:{lang_b}"
+        )
+
+
+def _open(url: str) -> tuple[dict, ts.KvStore]:
+    try:
+        return open_kvstore(url)
+    except BabelgridError as e:
+        raise SimilarityError(str(e)) from None
+
+
+def open_similarity(url: str) -> SimilarityReader:
+    """Opens the similarity store at ``url`` to read (SimilarityError if there is none)."""
+    kvstore, kv = _open(url)
+    manifest = read_json(kv, MANIFEST, url)
+    if manifest is None:
+        raise SimilarityError(
+            f"no similarity store at {url!r}: it has no {MANIFEST}. Check the path (the seqsim job writes them)"
+        )
+    return SimilarityReader(url, kvstore, kv, _check_manifest(manifest, url))

@@ -1,0 +1,56 @@
+"""Cross-lingual retrieval from a similarity store: R@k and MRR per directed pair, layer and measure, and figures.
+
+    python -m jobs.retrieval --similarity /data/sim                 # writes /data/sim/retrieval.csv + figures/
+    python -m jobs.retrieval --similarity gs://b/sim --out /tmp/ret --measure seqsim,mean --layers 4-8 --ks 1,10
+
+See engine/retrieval.py for the CSV columns and the figures.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+
+from engine.retrieval import RetrievalConfig, run_retrieval
+from jobs.common import parse_layers, parse_list
+from kernels.metrics import TIE_RULES
+
+flags.DEFINE_string("similarity", None, "similarity store written by the seqsim job: local path or kvstore URL")
+flags.DEFINE_string("out", None, "output folder (default: the similarity store itself when it is local)")
+flags.DEFINE_string("measure", "all", "comma-separated measures (seqsim, mean, centre, duration, ...) or 'all'")
+flags.DEFINE_string("layers", "all", "layers: 'all', a list '0,3,7' or ranges '1-4' (0 = conv stem, L+1 = ln_post)")
+flags.DEFINE_string("langs", "all", "comma-separated languages (a pair is scored when both are listed) or 'all'")
+flags.DEFINE_integer("figure_layer", None, "heatmap layer (default: the best mean R@1 of seqsim)")
+flags.DEFINE_string("ks", "1,5,10", "comma-separated k of recall at k")
+flags.DEFINE_enum("ties", "optimistic", list(TIE_RULES), "rank of a correct partner tied with incorrect ones")
+flags.mark_flag_as_required("similarity")
+FLAGS = flags.FLAGS
+
+
+@flags.validator("ks", message="--ks must be positive integers such as 1,5,10")
+def _check_ks(value):
+    items = parse_list(value)
+    return bool(items) and all(k.isdigit() and int(k) >= 1 for k in items)
+
+
+def main(argv):
+    del argv
+    config = RetrievalConfig(
+        similarity=FLAGS.similarity,
+        out=FLAGS.out,
+        measures=parse_list(FLAGS.measure),
+        layers=parse_layers(FLAGS.layers),
+        langs=parse_list(FLAGS.langs),
+        figure_layer=FLAGS.figure_layer,
+        ks=tuple(int(k) for k in parse_list(FLAGS.ks)),
+        ties=FLAGS.ties,
+    )
+    print(run_retrieval(config).report())
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    app.run(main)

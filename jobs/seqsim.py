@@ -1,0 +1,54 @@
+"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer store.
+
+    python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-sim
+    python -m jobs.seqsim --store gs://bucket/fleurs --out gs://bucket/fleurs-sim --pairs en_us:* \
+        --layers 4-8 --measure seqsim,seqsim_a2b,seqsim_b2a,mean --dtype bfloat16
+
+--out is required: similarity stores live beside layer stores, not inside them (a language folder of the layer
+store could collide with any name chosen inside it). Re-running with the same --out resumes: complete matrices are
+skipped. Layout: docs/similarity.md; library: engine/similarity.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+
+from engine.similarity import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
+from jobs.common import parse_layers, parse_list
+
+flags.DEFINE_string("store", None, "layer store written by the encode job: local path or TensorStore kvstore URL")
+flags.DEFINE_string("out", None, "similarity store to write (created if missing, resumed if present)")
+flags.DEFINE_string("langs", "all", "comma-separated language codes of the layer store, or 'all'")
+flags.DEFINE_string("layers", "all", "layers to compare: 'all' stored, a list '0,3,7' or ranges '1-4'")
+flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b with '*' for every other language")
+flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), "comma list of seqsim, seqsim_a2b, seqsim_b2a, mean, ...")
+flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "dtype the states are compared in")
+flags.DEFINE_bool("progress", True, "show a progress bar")
+flags.mark_flags_as_required(["store", "out"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    config = SimilarityConfig(
+        store=FLAGS.store,
+        out=FLAGS.out,
+        langs=parse_list(FLAGS.langs),
+        layers=parse_layers(FLAGS.layers),
+        pairs=FLAGS.pairs,
+        measures=parse_list(FLAGS.measure) or DEFAULT_MEASURES,
+        dtype=FLAGS.dtype,
+        progress=FLAGS.progress,
+    )
+    summary = run_similarity(config)
+    print(summary.report())
+    print(f"similarity store: {FLAGS.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    app.run(main)

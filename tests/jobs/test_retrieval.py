@@ -1,0 +1,188 @@
+"""The retrieval job end to end on a tiny similarity store written with ``engine.simstore``.
+
+Every CSV value is checked against ``kernels.metrics.reference_retrieval_metrics`` on the matrices the test planted
+(both directions, not-encoded utterances removed by index, not by the code under test).
+"""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.retrieval import (
+    BY_LAYER_NAME,
+    CSV_COLUMNS,
+    HEATMAP_NAME,
+    RetrievalConfig,
+    RetrievalError,
+    drop_not_encoded,
+    resolve_out,
+    run_retrieval,
+)
+from engine.simstore import SimilarityStore, new_manifest
+from kernels.metrics import reference_retrieval_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+LAYERS = (0, 1, 2, 3)
+SIGNAL = {0: 0.0, 1: 0.7, 2: 3.0, 3: 1.5}  # score bonus of a correct partner: layer 2 retrieves best
+KS = (1, 5, 10)
+# FLEURS-like ids: repeated sentence ids (several recordings), ids without partner (x*), one of them per language.
+IDS = {
+    "de": ["s0", "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "xd"],
+    "en": ["s0", "s1", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "xe"],
+    "fr": ["s1", "s2", "s3", "s4", "s5", "s6", "s8", "s9", "xf"],
+}
+NOT_ENCODED = {"de": [3], "en": [0, 7], "fr": []}  # utterance indices with NaN rows/columns
+STORED = {"seqsim": [("de", "en"), ("de", "fr"), ("en", "fr")], "mean": [("de", "en")]}
+NOT_DONE = {("seqsim", "de", "fr"): [3]}  # layer left without its done marker
+
+
+def planted(measure: str, a: str, b: str, seed: int) -> np.ndarray:
+    """f32[layer, N_a, N_b]: noise plus SIGNAL[layer] where ids match; NaN rows/columns of not-encoded utterances."""
+    rng = np.random.default_rng(seed)
+    match = np.equal.outer(np.array(IDS[a]), np.array(IDS[b]))
+    scores = np.stack([rng.standard_normal(match.shape) + SIGNAL[layer] * match for layer in LAYERS])
+    scores = scores.astype(np.float32)
+    scores[:, NOT_ENCODED[a], :] = np.nan
+    scores[:, :, NOT_ENCODED[b]] = np.nan
+    return scores
+
+
+@pytest.fixture(scope="module")
+def sim_store(tmp_path_factory):
+    """(store path, {(measure, a, b): f32[layer, N_a, N_b]} as planted)."""
+    root = tmp_path_factory.mktemp("sim")
+    manifest = new_manifest(layer_store=str(root / "layers"), model_name="tiny", checkpoint_sha256="0" * 64,
+                            layers=LAYERS)  # fmt: skip
+    store = SimilarityStore.create_or_open(str(root), manifest)
+    matrices = {}
+    for seed, (measure, pairs) in enumerate(STORED.items()):
+        for i, (a, b) in enumerate(pairs):
+            scores = planted(measure, a, b, seed=10 * seed + i)
+            ids = {"row_ids": IDS[a], "col_ids": IDS[b], "row_recording": list(range(len(IDS[a]))),
+                   "col_recording": list(range(len(IDS[b])))}  # fmt: skip
+            array = store.create_pair(measure, a, b, ids)
+            for position, layer in enumerate(LAYERS):
+                if layer not in NOT_DONE.get((measure, a, b), []):
+                    store.write_layer(array, measure, a, b, layer, scores[position], {})
+            matrices[measure, a, b] = scores
+    return root, matrices
+
+
+def expected(matrices, measure, query, searched, layer):
+    """Reference metrics of one direction, not-encoded utterances removed by their planted indices."""
+    if (measure, query, searched) in matrices:
+        scores = matrices[measure, query, searched][LAYERS.index(layer)]
+    else:
+        scores = matrices[measure, searched, query][LAYERS.index(layer)].T
+    rows = [i for i in range(len(IDS[query])) if i not in NOT_ENCODED[query]]
+    cols = [j for j in range(len(IDS[searched])) if j not in NOT_ENCODED[searched]]
+    return reference_retrieval_metrics(
+        scores[np.ix_(rows, cols)], [IDS[query][i] for i in rows], [IDS[searched][j] for j in cols], ks=KS
+    )
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        return list(reader)
+
+
+def test_csv_matches_reference_both_directions(sim_store, tmp_path):
+    root, matrices = sim_store
+    result = run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), ks=KS))
+    rows = read_csv(tmp_path / "retrieval.csv")
+    done = [
+        (measure, q, s, layer)
+        for measure, pairs in STORED.items()
+        for a, b in pairs
+        for q, s in ((a, b), (b, a))
+        for layer in LAYERS
+        if layer not in NOT_DONE.get((measure, a, b), [])
+    ]
+    assert len(rows) == len(done) * (len(KS) + 1)
+    assert sorted(result.missing) == [("seqsim", "de", "fr", 3), ("seqsim", "fr", "de", 3)]
+    by_key = {(r["measure"], r["lang_a"], r["lang_b"], int(r["layer"]), r["metric"]): r for r in rows}
+    for measure, q, s, layer in done:
+        ref = expected(matrices, measure, q, s, layer)
+        for metric, value, random in [(f"R@{k}", ref.recall[k], ref.random_recall[k]) for k in KS] + [
+            ("MRR", ref.mrr, ref.random_mrr)
+        ]:
+            row = by_key[measure, q, s, layer, metric]
+            np.testing.assert_allclose(float(row["value"]), value, atol=1e-6, err_msg=f"{row}")
+            np.testing.assert_allclose(float(row["random"]), random, atol=1e-6, err_msg=f"{row}")
+            assert int(row["queries"]) == ref.queries and int(row["excluded"]) == ref.excluded, row
+            assert int(row["dropped_a"]) == len(NOT_ENCODED[q]) and int(row["dropped_b"]) == len(NOT_ENCODED[s]), row
+    # The planted signal is strongest at layer 2, so the heatmap uses it; layer 0 is at chance.
+    assert result.figure_layer == 2
+    assert result.mean_over_pairs("seqsim")[2][0] > 0.9
+
+
+def test_excluded_and_dropped_counts(sim_store, tmp_path):
+    root, _ = sim_store
+    run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), measures=("mean",), layers=(1,)))
+    rows = {(r["lang_a"], r["metric"]): r for r in read_csv(tmp_path / "retrieval.csv")}
+    de_en, en_de = rows["de", "R@1"], rows["en", "R@1"]
+    # de -> en: 10 rows, de #3 (s2) not encoded; of the 9 left, s0 s0 s6 lost their partner (en #0 s0 and #7 s6
+    # not encoded) and xd never had one.
+    assert (de_en["queries"], de_en["excluded"], de_en["dropped_a"], de_en["dropped_b"]) == ("5", "4", "1", "2")
+    # en -> de: 12 rows, en #0 and #7 not encoded; of the 10 left, s2 lost its partner, s8 s9 xe never had one.
+    assert (en_de["queries"], en_de["excluded"], en_de["dropped_a"], en_de["dropped_b"]) == ("6", "4", "2", "1")
+
+
+def test_figures_are_pngs(sim_store, tmp_path):
+    root, _ = sim_store
+    result = run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), figure_layer=1))
+    assert result.figure_layer == 1
+    assert sorted(result.figure_paths) == sorted(str(tmp_path / "figures" / n) for n in (BY_LAYER_NAME, HEATMAP_NAME))
+    for path in result.figure_paths:
+        data = pathlib.Path(path).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, path
+    assert "* " in result.report() and "seqsim" in result.report()
+
+
+def test_drop_not_encoded():
+    scores = np.arange(12, dtype=np.float32).reshape(3, 4)
+    scores[1] = np.nan
+    scores[:, 2] = np.nan
+    kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, list("abc"), list("wxyz"))
+    assert (rows, cols, dropped_rows, dropped_cols) == (["a", "c"], ["w", "x", "z"], 1, 1)
+    np.testing.assert_array_equal(kept, [[0, 1, 3], [8, 9, 11]])
+    scores[0, 0] = np.nan  # a NaN inside an encoded row and column: a damaged store, not a missing utterance
+    with pytest.raises(RetrievalError, match="damaged"):
+        drop_not_encoded(scores, list("abc"), list("wxyz"))
+
+
+def test_bad_requests_name_the_fix(sim_store, tmp_path):
+    root, _ = sim_store
+    with pytest.raises(RetrievalError, match=r"no measure \['cosine'\]"):
+        run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), measures=("cosine",)))
+    with pytest.raises(RetrievalError, match="figure layer 7"):
+        run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), figure_layer=7))
+    with pytest.raises(RetrievalError, match="output folder"):
+        resolve_out("gs://bucket/sim", None)
+    assert resolve_out("/data/sim", None) == "/data/sim"
+
+
+def test_job_through_flags(sim_store, tmp_path):
+    root, matrices = sim_store
+    out = tmp_path / "out"
+    argv = ["--similarity", str(root), "--out", str(out), "--measure", "seqsim", "--layers", "1-2"]
+    argv += ["--langs", "de,en", "--ks", "1,5"]
+    proc = subprocess.run([sys.executable, "-m", "jobs.retrieval", *argv], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "seqsim" in proc.stdout and str(out / "figures" / HEATMAP_NAME) in proc.stdout
+    rows = read_csv(out / "retrieval.csv")
+    assert {(r["lang_a"], r["lang_b"]) for r in rows} == {("de", "en"), ("en", "de")}
+    assert {int(r["layer"]) for r in rows} == {1, 2} and {r["metric"] for r in rows} == {"R@1", "R@5", "MRR"}
+    r = next(r for r in rows if (r["lang_a"], r["layer"], r["metric"]) == ("en", "2", "R@1"))
+    np.testing.assert_allclose(float(r["value"]), expected(matrices, "seqsim", "en", "de", 2).recall[1], atol=1e-6)
+    bad = subprocess.run([sys.executable, "-m", "jobs.retrieval", "--similarity", str(root), "--ks", "0"], cwd=REPO,
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "--ks must be positive" in bad.stderr

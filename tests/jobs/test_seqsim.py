@@ -1,0 +1,236 @@
+"""The seqsim job end to end: a tiny layer store in, matrices checked against the NumPy references, resume.
+
+The store holds 3 languages of 5 short synthetic clips (shared ids) from a tiny random Whisper; one clip of ``de``
+is corrupt, so that utterance is not done and must come back as NaN rows/columns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from absl import flags
+
+import jobs.seqsim as job
+from engine.audio import SAMPLE_RATE
+from engine.dims import ModelDimensions
+from engine.encode import EncodeConfig, run_encode
+from engine.model import random_state_dict
+from engine.reader import open_store
+from engine.similarity import SimilarityConfig, resolve_pairs, run_similarity
+from engine.simstore import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
+from engine.whisper import load_whisper
+from kernels.pooling import (
+    reference_center_frame_cosine_matrix,
+    reference_duration_similarity_matrix,
+    reference_mean_pooled_cosine_matrix,
+)
+from kernels.seqsim import reference_seqsim_matrix
+
+torch = pytest.importorskip("torch")
+
+TINY = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
+LANGS = ("de", "en", "es")
+ALL_MEASURES = "seqsim,seqsim_a2b,seqsim_b2a,mean,centre,duration"
+CORRUPT = ("de", "utt2")
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def layer_store(tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("seqsim")
+    sd = {k: torch.from_numpy(v) for k, v in random_state_dict(TINY, seed=3).items()}
+    torch.save({"dims": TINY.to_dict(), "model_state_dict": sd}, root / "tiny.pt")
+    rng = np.random.default_rng(0)
+    for lang in LANGS:
+        (root / "clips" / lang).mkdir(parents=True)
+        for i in range(5):  # 0.2 to 0.6 s: 10 to 30 frames, so the float64 references stay quick
+            t = np.arange(int(rng.uniform(0.2, 0.6) * SAMPLE_RATE)) / SAMPLE_RATE
+            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(root / "clips" / lang / f"utt{i}.wav", x.astype(np.float32), SAMPLE_RATE)
+    (root / "clips" / CORRUPT[0] / f"{CORRUPT[1]}.wav").write_bytes(b"RIFF" + bytes(200))
+    out = root / "store"
+    config = EncodeConfig(out=str(out), dataset=f"folder:{root / 'clips'}", batch_size=4, progress=False)
+    summary = run_encode(config, whisper=load_whisper(root / "tiny.pt"))
+    assert summary.done == 14 and summary.n_skipped == 1, summary.report()
+    return out
+
+
+def run_job(*args: str) -> None:
+    flags.FLAGS.unparse_flags()
+    try:
+        flags.FLAGS(["seqsim", "--progress=false", *args])
+        assert job.main([]) == 0
+    finally:
+        flags.FLAGS.unparse_flags()
+
+
+@pytest.fixture(scope="module")
+def sim(layer_store, tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("sim") / "sim"
+    run_job("--store", str(layer_store), "--out", str(out), "--measure", ALL_MEASURES)
+    return out
+
+
+def test_matrices_equal_the_references(layer_store, sim):
+    store, reader = open_store(str(layer_store)), open_similarity(str(sim))
+    assert reader.layers == store.info.layers == (0, 1, 2, 3)
+    assert reader.measures() == ALL_MEASURES.split(",")
+    assert reader.pairs("seqsim") == [("de", "en"), ("de", "es"), ("en", "es")]
+    checked = 0
+    for a, b in reader.pairs("seqsim"):
+        for layer in reader.layers:
+            A, len_A = store.language_layer(a, layer, dtype=np.float32)
+            B, len_B = store.language_layer(b, layer, dtype=np.float32)
+            ia, ib = np.flatnonzero(len_A > 0), np.flatnonzero(len_B > 0)
+            args = (A[ia], len_A[ia], B[ib], len_B[ib])
+            score, a2b, b2a = reference_seqsim_matrix(*args)
+            want = {
+                "seqsim": score,
+                "seqsim_a2b": a2b,
+                "seqsim_b2a": b2a,
+                "mean": reference_mean_pooled_cosine_matrix(*args),
+                "centre": reference_center_frame_cosine_matrix(*args),
+                "duration": reference_duration_similarity_matrix(len_A[ia], len_B[ib]),
+            }
+            for measure, expected in want.items():
+                got, row_ids, col_ids = reader.matrix(measure, a, b, layer)
+                assert got.dtype == np.float32 and got.shape == (len(len_A), len(len_B))
+                assert row_ids == store.utterances_table(a).column("id").to_pylist()
+                assert col_ids == store.utterances_table(b).column("id").to_pylist()
+                # Not-done utterances are NaN rows / columns, everything else is computed.
+                assert np.isnan(got[len_A <= 0]).all() and np.isnan(got[:, len_B <= 0]).all()
+                np.testing.assert_allclose(
+                    got[np.ix_(ia, ib)], expected, rtol=1e-5, atol=1e-6, err_msg=f"{measure} {a}__{b} {layer}"
+                )
+                checked += 1
+            assert reader.done("seqsim", a, b) == [0, 1, 2, 3]
+    assert checked == 3 * 4 * 6
+
+
+def test_not_done_utterance_is_a_nan_row(layer_store, sim):
+    store, reader = open_store(str(layer_store)), open_similarity(str(sim))
+    u = store.lookup(*CORRUPT)[0]
+    assert not store.done("de")[u]
+    scores, row_ids, _ = reader.matrix("seqsim", "de", "en", 1)
+    assert row_ids[u] == CORRUPT[1] and np.isnan(scores[u]).all()
+    assert np.isfinite(np.delete(scores, u, axis=0)).all()
+    scores, _, col_ids = reader.matrix("seqsim", "en", "de", 1)  # reversed: a NaN column
+    assert col_ids[u] == CORRUPT[1] and np.isnan(scores[:, u]).all()
+
+
+def test_reverse_pair_is_the_transpose(sim):
+    reader = open_similarity(str(sim))
+    assert ("es", "en") not in reader.pairs("seqsim")
+    forward, rows, cols = reader.matrix("seqsim", "en", "es", 2)
+    backward, rows_t, cols_t = reader.matrix("seqsim", "es", "en", 2)
+    np.testing.assert_array_equal(backward, forward.T)
+    assert (rows_t, cols_t) == (cols, rows)
+    # Directional terms swap: es->en of (es, en) is en__es's b2a, transposed.
+    np.testing.assert_array_equal(
+        reader.matrix("seqsim_a2b", "es", "en", 2)[0], reader.matrix("seqsim_b2a", "en", "es", 2)[0].T
+    )
+    assert reader.done("seqsim", "es", "en") == list(reader.layers)
+    assert reader.ids("seqsim", "es", "en")["row_ids"] == rows_t
+    with pytest.raises(SimilarityError, match="no 'seqsim' matrix"):
+        reader.matrix("seqsim", "en", "xx", 2)
+
+
+def test_layout_on_disk(sim):
+    manifest = json.loads((sim / "manifest.json").read_text())
+    assert manifest["format"] == "babelgrid-similarity" and manifest["format_version"] == 1
+    assert manifest["layers"] == [0, 1, 2, 3] and manifest["layer_store"].endswith("store")
+    meta = json.loads((sim / "seqsim" / "de__en" / "zarr.json").read_text())
+    assert meta["dimension_names"] == list(AXES) == ["layer", "utterance_a", "utterance_b"]
+    assert meta["shape"] == [4, 5, 5] and meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, 5, 5]
+    ids = json.loads((sim / "seqsim" / "de__en" / "ids.json").read_text())
+    assert set(ids) == {"row_ids", "col_ids", "row_recording", "col_recording"}
+    assert sorted(p.name for p in (sim / "duration" / "de__en" / "done").iterdir()) == [f"{i}.json" for i in range(4)]
+
+
+def test_resume_computes_only_what_is_missing(layer_store, tmp_path):
+    out = tmp_path / "sim"
+    config = SimilarityConfig(store=str(layer_store), out=str(out), measures=("seqsim", "duration"), progress=False)
+    first = run_similarity(config)
+    assert first.pair_layers == 12 and first.matrices == 24 and first.seqsim_flops > 0
+    reader = open_similarity(str(out))
+    before = reader.matrix("seqsim", "de", "es", 2)[0]
+    again = run_similarity(config)
+    assert again.pair_layers == 0 and again.already_done == 12 and again.matrices == 0
+    (out / "seqsim" / "de__es" / "done" / "2.json").unlink()
+    assert reader.done("seqsim", "de", "es") == [0, 1, 3]
+    third = run_similarity(config)
+    assert third.pair_layers == 1 and third.matrices == 1 and third.already_done == 11
+    np.testing.assert_array_equal(reader.matrix("seqsim", "de", "es", 2)[0], before)
+    # A run for one more measure computes only that one.
+    more = run_similarity(dataclasses.replace(config, measures=("seqsim", "mean"), layers=(1,)))
+    assert more.pair_layers == 3 and more.matrices == 3
+
+
+def test_other_layer_store_into_same_out_is_refused(layer_store, sim, tmp_path):
+    other = tmp_path / "other-store"
+    shutil.copytree(layer_store, other)
+    with pytest.raises(SimilarityMismatchError, match="layer_store"):
+        run_similarity(SimilarityConfig(store=str(other), out=str(sim), progress=False))
+
+
+def test_bad_names_are_refused(layer_store, tmp_path):
+    for bad in ("../x", "a/b", "", ".hidden", "en__us", "a b"):
+        with pytest.raises(SimilarityError, match="cannot name"):
+            check_name("language", bad)
+    with pytest.raises(SimilarityError, match="cannot name"):
+        SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), measures=("../seqsim",))
+    with pytest.raises(SimilarityError, match="unknown measure"):
+        SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), measures=("dtw",))
+    with pytest.raises(SimilarityError, match="not in"):
+        run_similarity(SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), pairs="en:fr", progress=False))
+
+
+def test_resolve_pairs():
+    langs = ["es", "en", "de"]
+    assert resolve_pairs("unordered", langs) == [("de", "en"), ("de", "es"), ("en", "es")]
+    assert len(resolve_pairs("ordered", langs)) == 6
+    assert resolve_pairs("en:*", langs) == [("en", "de"), ("en", "es")]
+    assert resolve_pairs("*:en", langs) == [("de", "en"), ("es", "en")]
+    assert resolve_pairs("en:de, es:de,en:de", langs) == [("en", "de"), ("es", "de")]
+    for bad, match in (("en-de", "not 'a:b'"), ("en:en", "itself"), ("fr:*", "not in"), ("en:../x", "cannot name")):
+        with pytest.raises(SimilarityError, match=match):
+            resolve_pairs(bad, langs)
+
+
+def test_pairs_pattern_through_the_job(layer_store, tmp_path):
+    out = tmp_path / "sim"
+    run_job("--store", str(layer_store), "--out", str(out), "--pairs", "en:*", "--layers", "1,3", "--measure", "mean")
+    reader = open_similarity(str(out))
+    assert reader.measures() == ["mean"]
+    assert reader.pairs("mean") == [("en", "de"), ("en", "es")]
+    assert reader.done("mean", "de", "en") == [1, 3]  # served by en__de
+    assert np.isnan(reader.matrix("mean", "en", "de", 2)[0]).all()  # layer 2 not asked for: not computed
+
+
+def test_two_fake_devices_give_the_same_matrices(layer_store, sim, tmp_path):
+    """The sharded kernel path (rows over 2 CPU devices, 5 rows: uneven) through the job in a subprocess."""
+    out = tmp_path / "sim2"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    args = ["--store", str(layer_store), "--out", str(out), "--measure", "seqsim,seqsim_a2b", "--progress=false"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.seqsim", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "computed 12 pair-layers" in proc.stdout
+    one, two = open_similarity(str(sim)), open_similarity(str(out))
+    for measure in ("seqsim", "seqsim_a2b"):
+        for a, b in one.pairs(measure):
+            for layer in one.layers:
+                np.testing.assert_allclose(
+                    two.matrix(measure, a, b, layer)[0], one.matrix(measure, a, b, layer)[0], rtol=1e-6, atol=1e-7
+                )
