@@ -42,9 +42,12 @@ lint: setup-test
 	$(VPY) -m ruff format --check engine kernels jobs tests bench
 
 # The main job on the embedded default: the packaged whisper-base over the bundled demo set
-# (synthesised with espeak-ng on first use).
+# (synthesised with espeak-ng on first use): every layer into a store, all-pairs similarity
+# matrices, then retrieval metrics, a table and figures in $(OUT)/similarity.
 demo: setup
 	$(VPY) -m jobs.encode --out $(OUT)/store
+	$(VPY) -m jobs.seqsim --store $(OUT)/store --out $(OUT)/similarity
+	$(VPY) -m jobs.retrieval --similarity $(OUT)/similarity
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
