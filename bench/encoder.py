@@ -56,6 +56,23 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def interleaved(contenders: dict, repeats: int) -> dict:
+    """Median seconds per contender, timed in rounds that run every contender once.
+
+    On a shared machine a slow spell then hits every contender of that round alike, instead of
+    all the repeats of whichever contender happened to be running.
+    """
+    for fn in contenders.values():
+        fn()  # warm-up (compilation, allocator)
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def matmul_gflops(repeats: int, n: int = 2048) -> float:
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
     f = jax.jit(lambda x: x @ x)
@@ -114,25 +131,26 @@ def main() -> None:
     rows = []
 
     mel_dev = jnp.asarray(mel)
-    t_all = timed(lambda: whisper.encode(mel_dev).block_until_ready(), args.repeats)
-    rows.append(("babelgrid Flax, all layers 0..L+1", t_all))
-    t_last = timed(lambda: whisper.encode(mel_dev, (dims.n_audio_layer + 1,)).block_until_ready(), args.repeats)
-    rows.append(("babelgrid Flax, final layer only", t_last))
-
-    peers = {}
+    top = (dims.n_audio_layer + 1,)
+    contenders = {
+        "babelgrid Flax, all layers 0..L+1": lambda: whisper.encode(mel_dev).block_until_ready(),
+        "babelgrid Flax, final layer only": lambda: whisper.encode(mel_dev, top).block_until_ready(),
+    }
+    keep = []  # peers' objects must outlive the timing
     try:
         import ctranslate2
 
-        with tempfile.TemporaryDirectory() as tmp:
-            model = ctranslate2.models.Whisper(
-                str(packaged_ct2_dir(pathlib.Path(tmp))),
-                device="cpu",
-                compute_type="float32",
-                intra_threads=args.threads,
-            )
-            feats = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel))
-            peers["ct2"] = timed(lambda: model.encode(feats, to_cpu=True), args.repeats)
-            rows.append(("CTranslate2 encode(), final layer only", peers["ct2"]))
+        tmp = tempfile.TemporaryDirectory()
+        keep.append(tmp)
+        model = ctranslate2.models.Whisper(
+            str(packaged_ct2_dir(pathlib.Path(tmp.name))),
+            device="cpu",
+            compute_type="float32",
+            intra_threads=args.threads,
+        )
+        feats = ctranslate2.StorageView.from_array(np.ascontiguousarray(mel))
+        keep.append(model)
+        contenders["CTranslate2 encode(), final layer only"] = lambda: model.encode(feats, to_cpu=True)
     except ImportError:
         print("(ctranslate2 not installed: pip install ctranslate2)")
     try:
@@ -159,10 +177,21 @@ def main() -> None:
             with torch.inference_mode():
                 hf(x, output_hidden_states=True)
 
-        peers["hf"] = timed(run_hf, args.repeats)
-        rows.append(("transformers PyTorch, output_hidden_states", peers["hf"]))
+        contenders["transformers PyTorch, output_hidden_states"] = run_hf
     except ImportError:
         print("(torch/transformers not installed)")
+
+    medians = interleaved(contenders, args.repeats)
+    rows = list(medians.items())
+    t_all = medians["babelgrid Flax, all layers 0..L+1"]
+    peers = {
+        key: medians[name]
+        for key, name in (
+            ("ct2", "CTranslate2 encode(), final layer only"),
+            ("hf", "transformers PyTorch, output_hidden_states"),
+        )
+        if name in medians
+    }
 
     mm = matmul_gflops(args.repeats)
     lines = [
@@ -170,7 +199,7 @@ def main() -> None:
         f"date: {datetime.date.today().isoformat()}   command: python bench/encoder.py --batch {args.batch} "
         f"--repeats {args.repeats}",
         f"whisper-base, fp32, batch of {args.batch} x 30 s windows, {encoder_flops(dims) / 1e9:.1f} GFLOP/window; "
-        f"median of {args.repeats}",
+        f"median of {args.repeats} interleaved rounds",
         "",
         "| engine | s/batch | audio s/s | GFLOP/s |",
         "| --- | ---: | ---: | ---: |",

@@ -127,6 +127,31 @@ class MultiHeadAttention(nnx.Module):
         return out.reshape(b, tq, h * dh), weights
 
 
+    def attend_unmasked(self, q, k, v):
+        """``attend`` without a mask or weights, for the encoder: ``f[b, tq, h*dh]``.
+
+        On CPU the batched form writes all ``b*h`` logit matrices (576 MB for whisper-base at batch
+        8) before the softmax reads them back, so it runs at memory speed; one (utterance, head)
+        slice at a time keeps each 1500x1500 block in cache and was 3.9x faster on a 2-core EPYC.
+        Accelerators prefer the batched form.
+        """
+        if jax.default_backend() != "cpu":
+            return self.attend(q, k, v)[0]
+        b, tq, h, dh = q.shape
+        tk = k.shape[1]
+
+        def heads_first(x, t):
+            return jnp.transpose(x, (0, 2, 1, 3)).reshape(b * h, t, dh)
+
+        def one(args):
+            qi, ki, vi = args
+            logits = jnp.dot(qi, ki.T, preferred_element_type=jnp.float32) * (dh**-0.5)
+            return jnp.dot(jax.nn.softmax(logits, axis=-1).astype(vi.dtype), vi)
+
+        out = jax.lax.map(one, (heads_first(q, tq), heads_first(k, tk), heads_first(v, tk)))
+        return jnp.transpose(out.reshape(b, h, tq, dh), (0, 2, 1, 3)).reshape(b, tq, h * dh)
+
+
 class ResidualBlock(nnx.Module):
     def __init__(self, sd, prefix: str, n_head: int, cross: bool, dtype):
         self.attn = MultiHeadAttention(sd, f"{prefix}.attn", n_head, dtype)
@@ -149,7 +174,7 @@ class ResidualBlock(nnx.Module):
     def encoder_block(self, x):
         h = self.attn_ln(x)
         a = self.attn
-        out, _ = a.attend(a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h)))
+        out = a.attend_unmasked(a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h)))
         x = x + a.out(out)
         return x + self.mlp(x)
 
