@@ -347,15 +347,15 @@ def test_store_from_another_model_is_refused(tmp_path, tiny, tiny_pt):
 
 
 def test_flag_defaults_run_the_demo_with_the_packaged_model():
-    """`python -m jobs.encode --out X` means: demo set, packaged whisper-base, every layer, float32."""
-    from absl import flags
+    """`python -m jobs.encode --out X` means: demo set, packaged whisper-base, every layer, float32.
 
-    import jobs.encode as job
-
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["encode", "--out", "/tmp/x"])
-    try:
-        assert flags.FLAGS.dataset == "demo" and flags.FLAGS.model is None
-        assert job.parse_layers(flags.FLAGS.layers) is None and flags.FLAGS.dtype == "float32"
-    finally:
-        flags.FLAGS.unparse_flags()
+    In a fresh interpreter: absl's flags are global, and other job modules define --out too.
+    """
+    code = (
+        "from absl import flags; import jobs.encode as job; flags.FLAGS(['encode', '--out', '/tmp/x']); "
+        "F = flags.FLAGS; print(F.dataset, F.model, job.parse_layers(F.layers), F.dtype)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["demo", "None", "None", "float32"]
