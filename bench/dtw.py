@@ -23,9 +23,7 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -36,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import jax  # noqa: E402
 
+from bench.common import machine, record  # noqa: E402
 from kernels.dtw import dtw_batch  # noqa: E402
 
 WORKLOADS = [(256, 50, 550), (16, 448, 1500)]  # (batch, tokens, frames)
@@ -53,26 +52,6 @@ NOTES = (
     " of diagonals, an in-place int8 trace, and a scalar backtrace per item on CPU (~15 ns a step against ~2 us"
     " for a batch-wide step)."
 )
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001 - informational only
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}; jax {jax.__version__} on {jax.devices()[0].platform}"
-
-
-def record(path: pathlib.Path, section: str, text: str) -> None:
-    """Replace (or add) the ``## <section>`` part of a markdown results file, leaving the other sections alone."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    head, sep, rest = old.partition(f"\n## {section}\n")
-    tail = ""
-    if sep:
-        nxt = rest.find("\n## ")
-        tail = rest[nxt:] if nxt >= 0 else ""
-    path.write_text(f"{head.rstrip()}\n\n## {section}\n\n{text}\n{tail}")
 
 
 def contenders(cost: np.ndarray, default_threads: int):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench.encoder import machine, record  # noqa: E402
+from bench.common import machine, record  # noqa: E402
 from engine import audio as audio_lib  # noqa: E402
 from engine.encode import EncodeConfig, run_encode  # noqa: E402
 from engine.features import features_for_audio  # noqa: E402

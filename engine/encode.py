@@ -145,7 +145,7 @@ def _prepare(task: _Task, n_mels: int, long_audio: str) -> _Prepared:
         return _Prepared(task, None, None, error=f"{type(e).__name__}: {e}")
 
 
-def _probe_rows(utts: Sequence[Utterance], long_audio: str, summary: EncodeSummary, lang: str) -> list[UtteranceRow]:
+def _probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow]:
     """The store's utterance table, from headers only (no decoding): frames known before encoding."""
     rows = []
     for utt in utts:
@@ -278,7 +278,7 @@ def run_encode(
             continue
         # Every process builds the same table from the same headers (deterministic), and only
         # process 0 creates the arrays; the others open them after the barrier.
-        rows = _probe_rows(utts, config.long_audio, summary, lang)
+        rows = _probe_rows(utts, config.long_audio)
         max_frames = max(1, max(r.n_frames for r in rows))
         if pid == 0:
             arrays = store.language(lang, rows, max_frames)

