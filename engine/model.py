@@ -104,10 +104,11 @@ class MultiHeadAttention(nnx.Module):
         b, t, d = x.shape
         return x.reshape(b, t, self.n_head, d // self.n_head)
 
-    def attend(self, q, k, v, mask=None):
+    def attend(self, q, k, v, mask=None, return_logits=False):
         """q: [b, tq, h, dh], k/v: [b, tk, h, dh], mask: bool[b or 1, 1, tq, tk] (True = keep).
 
-        Returns (out f[b, tq, h*dh], weights f32[b, h, tq, tk]).
+        Returns (out f[b, tq, h*dh], weights f32[b, h, tq, tk]): the softmax, or with ``return_logits``
+        the scaled pre-softmax logits (masked keys at -inf).
         """
         dh = q.shape[-1]
         # OpenAI scales q and k by dh**-0.25 each; one dh**-0.5 on the product is the same up to rounding.
@@ -117,7 +118,7 @@ class MultiHeadAttention(nnx.Module):
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
         b, tq, h, _ = out.shape
-        return out.reshape(b, tq, h * dh), weights
+        return out.reshape(b, tq, h * dh), (logits if return_logits else weights)
 
     def attend_unmasked(self, q, k, v):
         """``attend`` without a mask or weights, for the encoder: ``f[b, tq, h*dh]``.
@@ -257,7 +258,9 @@ class TextDecoder(nnx.Module):
         frames to attend to (None = all).
 
         Returns ``(logits f32[batch, t, n_vocab], new_cache, cross_weights)`` where
-        ``cross_weights`` is ``f32[layer, batch, heads, t, frame]`` when requested, else None.
+        ``cross_weights`` is ``f32[layer, batch, heads, t, frame]`` when requested, else None: the
+        attention weights for ``return_cross_attention=True``, the pre-softmax logits for ``"logits"``
+        (word timestamps crop frames *before* the softmax, as OpenAI's ``timing.py`` does).
         """
         b, t = tokens.shape
         emb = self.token_embedding[...]
@@ -286,7 +289,9 @@ class TextDecoder(nnx.Module):
             c = block.cross_attn
             h = block.cross_attn_ln(x)
             xk, xv = cross_kv[i]
-            out, w = c.attend(c.split_heads(c.query(h)), xk, xv, cross_mask)
+            out, w = c.attend(
+                c.split_heads(c.query(h)), xk, xv, cross_mask, return_logits=return_cross_attention == "logits"
+            )
             if return_cross_attention:
                 cross_weights.append(w)
             x = x + c.out(out)
