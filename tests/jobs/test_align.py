@@ -1,0 +1,184 @@
+"""The align job end to end, through its flags, on a layer store of real FLEURS clips with the packaged whisper-base.
+
+The job runs in subprocesses (absl flags are process-global and other job modules define the same names). What it
+wrote is read back and compared with ``engine.timing.align_words`` run directly on the stored states.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.encode import EncodeConfig, run_encode
+from engine.reader import open_store
+from engine.timing import AlignmentConfig, align_words
+from engine.whisper import load_whisper
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CLIPS = ("de-009", "de-000", "en-000", "en-001", "es-001")  # de-009 is 43 s: two windows
+NO_TEXT = "fleurs-en-001"  # listed without a transcription
+MISSING = "fleurs-es-404"  # listed, but its file does not exist: never encoded
+
+
+@pytest.fixture(scope="module")
+def whisper():
+    return load_whisper()
+
+
+@pytest.fixture(scope="module")
+def layer_store(fleurs_dir, whisper, tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("align")
+    lines = []
+    for name in CLIPS:
+        path = fleurs_dir / f"fleurs-{name}.ogg"
+        row = dict(id=path.stem, lang=name.split("-")[0], path=str(path))
+        if path.stem != NO_TEXT:
+            row["transcription"] = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
+        lines.append(json.dumps(row))
+    lines.append(json.dumps(dict(id=MISSING, lang="es", path=str(root / "missing.ogg"), transcription="hola")))
+    (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    top = whisper.dims.n_audio_layer + 1
+    out = root / "store"
+    config = EncodeConfig(out=str(out), dataset=f"manifest:{root / 'clips.jsonl'}", layers=(top,), progress=False)
+    summary = run_encode(config, whisper=whisper)
+    assert summary.done == len(CLIPS) and summary.n_skipped == 1, summary.report()
+    return out
+
+
+def run_job(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.align", "--progress=false", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def words_out(layer_store, tmp_path_factory) -> tuple[pathlib.Path, str]:
+    out = tmp_path_factory.mktemp("words") / "words"
+    proc = run_job("--store", str(layer_store), "--out", str(out), "--chunk", "2")
+    return out, proc.stdout
+
+
+def read_words(out: pathlib.Path, lang: str) -> pd.DataFrame:
+    return pd.read_parquet(out / lang / "words.parquet")
+
+
+def test_words_equal_the_library_on_the_stored_states(layer_store, words_out, whisper):
+    out, _ = words_out
+    reader = open_store(str(layer_store))
+    top = whisper.dims.n_audio_layer + 1
+    checked = 0
+    for lang in ("de", "en", "es"):
+        words = read_words(out, lang)
+        assert list(words.columns) == [
+            "utterance",
+            "id",
+            "recording",
+            "word_index",
+            "word",
+            "start",
+            "end",
+            "probability",
+        ]
+        for u, row in enumerate(reader.arrays(lang).rows):
+            if reader.lengths(lang)[u] < 0 or row.transcription is None:
+                assert u not in set(words.utterance)
+                continue
+            states = reader.states(lang, u, top)
+            frames = -(-len(states) // 1500) * 1500
+            xa = np.zeros((1, frames, states.shape[1]), np.float32)
+            xa[0, : len(states)] = states
+            tokens = whisper.tokenizer.encode(" " + row.transcription)
+            expected = align_words(whisper, xa, [len(states)], [tokens], [lang], AlignmentConfig(mask_padding=True))[0]
+            got = words[words.utterance == u].sort_values("word_index")
+            assert list(got.word) == [w.text for w in expected]
+            np.testing.assert_allclose(got.start, [w.start for w in expected], atol=1e-6)
+            np.testing.assert_allclose(got.end, [w.end for w in expected], atol=1e-6)
+            np.testing.assert_allclose(got.probability, [w.probability for w in expected], rtol=1e-4, atol=1e-6)
+            assert (got.id == row.id).all() and list(got.word_index) == list(range(len(got)))
+            checked += 1
+    assert checked == len(CLIPS) - 1
+    long = read_words(out, "de").query("id == 'fleurs-de-009'")
+    assert long.end.max() > 30.0 and (np.diff(long.start) >= 0).all()  # words past the first window, in order
+
+
+def test_skips_are_listed_and_counted(words_out, layer_store, tmp_path):
+    out, stdout = words_out
+    skipped = {lang: pd.read_csv(out / lang / "skipped.csv") for lang in ("en", "es")}
+    assert skipped["en"].to_dict("records") == [dict(utterance=1, id=NO_TEXT, reason="no_transcription")]
+    assert skipped["es"].to_dict("records") == [dict(utterance=1, id=MISSING, reason="not_encoded")]
+    assert "skipped 1 (no_transcription)" in stdout and "skipped 1 (not_encoded)" in stdout
+    strict = run_job(
+        "--store", str(layer_store), "--out", str(tmp_path / "w"), "--langs", "es", "--strict", check=False
+    )
+    assert strict.returncode == 1
+
+
+def test_resume_redoes_only_missing_parts(layer_store, words_out, tmp_path):
+    out, _ = words_out
+    again = run_job("--store", str(layer_store), "--out", str(out), "--chunk", "2")
+    assert "aligned 0 utterances" in again.stdout and f"{len(CLIPS)} already done" in again.stdout
+    before = read_words(out, "de")
+    (out / "de" / "parts" / "00000000.parquet").unlink()  # de-009 and de-000
+    (out / "de" / "words.parquet").unlink()
+    redo = run_job("--store", str(layer_store), "--out", str(out), "--chunk", "2")
+    assert "aligned 2 utterances" in redo.stdout, redo.stdout
+    pd.testing.assert_frame_equal(read_words(out, "de"), before)
+
+
+def test_decoded_transcripts(layer_store, tmp_path):
+    out = tmp_path / "decoded"
+    run_job("--store", str(layer_store), "--out", str(out), "--langs", "de", "--transcripts", "decode")
+    words = read_words(out, "de")
+    for uid in ("fleurs-de-000", "fleurs-de-009"):
+        w = words[words.id == uid]
+        assert len(w) > 10 and (np.diff(w.start) >= 0).all()
+    assert words[words.id == "fleurs-de-009"].end.max() > 30.0
+
+
+def test_refusals(layer_store, words_out, whisper, tmp_path):
+    out, _ = words_out
+    other = run_job("--store", str(layer_store), "--out", str(out), "--median_filter_width", "5", check=False)
+    assert other.returncode != 0 and "median_filter_width" in other.stderr
+    unknown = run_job("--store", str(layer_store), "--out", str(tmp_path / "x"), "--langs", "xx", check=False)
+    assert unknown.returncode != 0 and "not in the layer store" in unknown.stderr
+    # A store written by another model.
+    torch = pytest.importorskip("torch")
+    from engine.dims import ModelDimensions
+    from engine.model import random_state_dict
+
+    dims = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
+    sd = {k: torch.from_numpy(v) for k, v in random_state_dict(dims, seed=1).items()}
+    torch.save({"dims": dims.to_dict(), "model_state_dict": sd}, tmp_path / "tiny.pt")
+    wrong = run_job(
+        "--store", str(layer_store), "--out", str(tmp_path / "z"), "--model", str(tmp_path / "tiny.pt"), check=False
+    )
+    assert wrong.returncode != 0 and "pass the store's model with --model" in wrong.stderr
+    # A store without the final layer cannot feed the decoder.
+    lower = tmp_path / "lower"
+    clip = json.loads(io.StringIO((layer_store.parent / "clips.jsonl").read_text()).readline())
+    (tmp_path / "one.jsonl").write_text(json.dumps(clip) + "\n")
+    run_encode(
+        EncodeConfig(out=str(lower), dataset=f"manifest:{tmp_path / 'one.jsonl'}", layers=(3,), progress=False),
+        whisper=whisper,
+    )
+    no_top = run_job("--store", str(lower), "--out", str(tmp_path / "y"), check=False)
+    assert no_top.returncode != 0 and "--layers all" in no_top.stderr
