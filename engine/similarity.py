@@ -140,29 +140,31 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
         reader.layer_position(layer)  # StoreError listing the stored layers
     pairs = resolve_pairs(config.pairs, langs, available)
     measures = tuple(dict.fromkeys(config.measures))
-    out = SimilarityStore.create_or_open(
-        config.out,
-        new_manifest(
-            layer_store=config.store,
-            model_name=info.model_name,
-            checkpoint_sha256=info.checkpoint_sha256,
-            layers=info.layers,  # every stored layer gets a position, so later runs can add layers
-        ),
+    in_play = sorted({lang for pair in pairs for lang in pair})
+    tables = {lang: reader.utterances_table(lang) for lang in in_play}
+    manifest = new_manifest(
+        layer_store=config.store,
+        model_name=info.model_name,
+        checkpoint_sha256=info.checkpoint_sha256,
+        layers=info.layers,  # every stored layer gets a position, so later runs can add layers
     )
+    # Multi-host (jax.distributed): process 0 creates the store and the pair arrays, the others open them after.
+    pid, n_proc = jax.process_index(), jax.process_count()
+    if pid == 0:
+        out = SimilarityStore.create_or_open(config.out, manifest)
+        for a, b in pairs if n_proc > 1 else ():
+            for m in measures:
+                out.create_pair(m, a, b, _pair_ids(tables, a, b))
+    _sync("babelgrid-similarity-created")
+    if pid != 0:
+        out = SimilarityStore.create_or_open(config.out, manifest)
 
     # A snapshot of which utterances are done: the rows computed now, and what a done marker is checked against.
-    in_play = sorted({lang for pair in pairs for lang in pair})
     lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
     done_index = {lang: np.flatnonzero(lengths[lang] > 0) for lang in in_play}
-    tables = {lang: reader.utterances_table(lang) for lang in in_play}
     arrays, todo = {}, {}
     for a, b in pairs:
-        ids = {
-            "row_ids": [str(x) for x in tables[a].column("id").to_pylist()],
-            "col_ids": [str(x) for x in tables[b].column("id").to_pylist()],
-            "row_recording": [int(x) for x in tables[a].column("recording").to_pylist()],
-            "col_recording": [int(x) for x in tables[b].column("recording").to_pylist()],
-        }
+        ids = _pair_ids(tables, a, b)
         expect = {"rows_done": len(done_index[a]), "cols_done": len(done_index[b])}
         for m in measures:
             arrays[m, a, b] = out.create_pair(m, a, b, ids)
@@ -173,6 +175,10 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
                     todo.setdefault((layer, a, b), []).append(m)
 
     summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
+    # Every process has read the same markers before any writes; each then takes every n_proc-th (layer, pair):
+    # whole matrices, one chunk each, so processes share nothing but the inputs they read.
+    _sync("babelgrid-similarity-planned")
+    todo = {key: todo[key] for i, key in enumerate(sorted(todo)) if i % n_proc == pid}
     mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
     progress = _Progress(config.progress, len(todo))
     try:
@@ -198,8 +204,26 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
             del cache  # one layer of the languages at a time
     finally:
         progress.close()
+    _sync("babelgrid-similarity-done")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _pair_ids(tables: dict, a: str, b: str) -> dict:
+    ta, tb = tables[a], tables[b]
+    return {
+        "row_ids": [str(x) for x in ta.column("id").to_pylist()],
+        "col_ids": [str(x) for x in tb.column("id").to_pylist()],
+        "row_recording": [int(x) for x in ta.column("recording").to_pylist()],
+        "col_recording": [int(x) for x in tb.column("recording").to_pylist()],
+    }
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _load(reader: StoreReader, lang: str, layer: int, index: np.ndarray, need_states: bool, dtype: str) -> _Language:

@@ -7,6 +7,9 @@
 --out is required: similarity stores live beside layer stores, not inside them (a language folder of the layer
 store could collide with any name chosen inside it). Re-running with the same --out resumes: complete matrices are
 skipped. Layout: docs/similarity.md; library: engine/similarity.py.
+
+Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
+--process_id); each computes every n-th (layer, pair) matrix on its local devices into the same --out.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 from absl import app, flags
 
 from engine.similarity import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
-from jobs.common import parse_layers, parse_list
+from jobs.common import define_distributed_flags, init_distributed, parse_layers, parse_list
 
 flags.DEFINE_string("store", None, "layer store written by the encode job: local path or TensorStore kvstore URL")
 flags.DEFINE_string("out", None, "similarity store to write (created if missing, resumed if present)")
@@ -27,12 +30,14 @@ flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b wit
 flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), "comma list of seqsim, seqsim_a2b, seqsim_b2a, mean, ...")
 flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "dtype the states are compared in")
 flags.DEFINE_bool("progress", True, "show a progress bar")
+define_distributed_flags()
 flags.mark_flags_as_required(["store", "out"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
+    init_distributed()
     config = SimilarityConfig(
         store=FLAGS.store,
         out=FLAGS.out,

@@ -211,9 +211,7 @@ def boundary_differences(ours, theirs, real):
 @pytest.mark.slow
 def test_word_timestamps_match_faster_whisper(ours, theirs, real):
     d = boundary_differences(ours[False], theirs, real)
-    print(
-        f"\n{len(d) // 2} words: median {np.median(d):.3f} s, p95 {np.percentile(d, 95):.3f} s, max {d.max():.2f}"
-    )
+    print(f"\n{len(d) // 2} words: median {np.median(d):.3f} s, p95 {np.percentile(d, 95):.3f} s, max {d.max():.2f}")
     assert np.median(d) <= 0.02 and np.percentile(d, 95) <= 0.1
     # Word probabilities: mean token probability; the encoders differ by ~1e-3, so probabilities by ~1e-4.
     p = np.array([w.probability for ws in ours[False] for w in ws])
