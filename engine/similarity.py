@@ -22,6 +22,7 @@ import numpy as np
 from engine.parallel import data_mesh
 from engine.reader import StoreReader, open_store
 from engine.simstore import MEASURES, SimilarityError, SimilarityStore, check_measure, check_name, new_manifest
+from kernels.dtw import dtw_similarity_matrix
 from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import seqsim_matrix, seqsim_matrix_sharded
 
@@ -260,6 +261,8 @@ def _compute(A: _Language, B: _Language, measures, mesh, summary: SimilaritySumm
         out["centre"] = np.asarray(center_frame_cosine_matrix(A.states, A.lengths, B.states, B.lengths))
     if "duration" in measures:
         out["duration"] = np.asarray(duration_similarity_matrix(A.lengths, B.lengths))
+    if "dtw" in measures:
+        out["dtw"] = np.asarray(dtw_similarity_matrix(A.states, A.lengths, B.states, B.lengths))
     return {m: out[m] for m in measures}
 
 

@@ -20,6 +20,7 @@ import sys
 from absl import app, flags
 
 from engine.similarity import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
+from engine.simstore import MEASURES
 from jobs.common import define_distributed_flags, init_distributed, parse_layers, parse_list
 
 flags.DEFINE_string("store", None, "layer store written by the encode job: local path or TensorStore kvstore URL")
@@ -27,7 +28,7 @@ flags.DEFINE_string("out", None, "similarity store to write (created if missing,
 flags.DEFINE_string("langs", "all", "comma-separated language codes of the layer store, or 'all'")
 flags.DEFINE_string("layers", "all", "layers to compare: 'all' stored, a list '0,3,7' or ranges '1-4'")
 flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b with '*' for every other language")
-flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), "comma list of seqsim, seqsim_a2b, seqsim_b2a, mean, ...")
+flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), f"comma list of {', '.join(MEASURES)}")
 flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "dtype the states are compared in")
 flags.DEFINE_bool("progress", True, "show a progress bar")
 define_distributed_flags()

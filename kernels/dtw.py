@@ -304,6 +304,52 @@ def dtw_distance_pairs(
     return _dtw_distance_pairs_jit(a, b, len_a, len_b, accumulator=accumulator, chunk=chunk)
 
 
+PAIR_BLOCK_CELLS = 2**24  # cells of the cosine matrices of one block of pairs (64 MiB of float32)
+
+
+@functools.partial(jax.jit, static_argnames=("block", "accumulator", "chunk"))
+def _dtw_similarity_block(A, len_A, B, len_B, rows, cols, *, block: int, accumulator: str, chunk: int):
+    del block
+    dist = jax.vmap(functools.partial(dtw_distance, accumulator=accumulator, chunk=chunk))
+    return 1.0 - dist(A[rows], B[cols], len_A[rows], len_B[cols])
+
+
+def dtw_similarity_matrix(
+    A: jax.Array, len_A: jax.Array, B: jax.Array, len_B: jax.Array, *, accumulator: str = "float32"
+) -> jax.Array:
+    """``1 - dtw_distance`` of every utterance of A against every utterance of B: f32[N, M], in [-1, 1].
+
+    A: f[N, m, embed], len_A: i32[N]; B: f[M, n, embed], len_B: i32[M]; lengths in 1..frames. The score is the
+    mean cosine similarity of the frame pairs on the DTW path, a similarity measure for the SeqSim job beside
+    SeqSim's max-matching. Symmetric up to ties between equal-cost paths of different lengths. Pairs run in blocks
+    of about ``PAIR_BLOCK_CELLS`` cosine cells (one jitted call each, the last padded by repeating pair 0); frames
+    past the longest length are cropped first. Cost: N * M * m * n cells, the wavefront's ~1 ns a cell on CPU.
+    """
+    A, B = jnp.asarray(A), jnp.asarray(B)
+    if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
+        raise ShapeError(f"A, B must be [utterance, frame, embed] with one embed size, got {A.shape}, {B.shape}")
+    n_a, n_b = A.shape[0], B.shape[0]
+    _check_lengths("len_A", len_A, n_a, A.shape[1], "utterance")
+    _check_lengths("len_B", len_B, n_b, B.shape[1], "utterance")
+    if not n_a or not n_b:
+        return jnp.zeros((n_a, n_b), jnp.float32)
+    len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
+    A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]
+    block = int(np.clip(PAIR_BLOCK_CELLS // (A.shape[1] * B.shape[1]), 1, n_a * n_b))
+    rows, cols = (x.ravel().astype(np.int32) for x in np.meshgrid(np.arange(n_a), np.arange(n_b), indexing="ij"))
+    total = -(-rows.size // block) * block
+    rows, cols = np.pad(rows, (0, total - rows.size)), np.pad(cols, (0, total - cols.size))
+    chunk = choose_chunk(block, A.shape[1])
+    args = (A, jnp.asarray(len_A), B, jnp.asarray(len_B))
+    parts = [
+        _dtw_similarity_block(
+            *args, rows[s : s + block], cols[s : s + block], block=block, accumulator=accumulator, chunk=chunk
+        )
+        for s in range(0, total, block)
+    ]
+    return jnp.concatenate(parts)[: n_a * n_b].reshape(n_a, n_b)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reference: plain loops, as in whisper.timing.dtw_cpu and backtrace.
 
@@ -338,6 +384,16 @@ def reference_dtw(cost: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, float
         t = trace[i, j]
         i, j = i - (t != LEFT), j - (t != UP)
     return np.array(path[::-1]).T, float(acc[n, m])
+
+
+def reference_dtw_similarity_matrix(A, len_A, B, len_B) -> np.ndarray:
+    """dtw_similarity_matrix by a double loop over pairs of reference_dtw_distance."""
+    return np.array(
+        [
+            [1.0 - reference_dtw_distance(a[:la], b[:lb]) for b, lb in zip(B, len_B, strict=True)]
+            for a, la in zip(A, len_A, strict=True)
+        ]
+    )
 
 
 def reference_dtw_distance(a: np.ndarray, b: np.ndarray) -> float:

@@ -28,6 +28,7 @@ from engine.reader import open_store
 from engine.similarity import SimilarityConfig, resolve_pairs, run_similarity
 from engine.simstore import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
 from engine.whisper import load_whisper
+from kernels.dtw import reference_dtw_similarity_matrix
 from kernels.pooling import (
     reference_center_frame_cosine_matrix,
     reference_duration_similarity_matrix,
@@ -39,7 +40,7 @@ torch = pytest.importorskip("torch")
 
 TINY = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
 LANGS = ("de", "en", "es")
-ALL_MEASURES = "seqsim,seqsim_a2b,seqsim_b2a,mean,centre,duration"
+ALL_MEASURES = "seqsim,seqsim_a2b,seqsim_b2a,mean,centre,duration,dtw"
 CORRUPT = ("de", "utt2")
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -100,6 +101,7 @@ def test_matrices_equal_the_references(layer_store, sim):
                 "mean": reference_mean_pooled_cosine_matrix(*args),
                 "centre": reference_center_frame_cosine_matrix(*args),
                 "duration": reference_duration_similarity_matrix(len_A[ia], len_B[ib]),
+                "dtw": reference_dtw_similarity_matrix(*args),
             }
             for measure, expected in want.items():
                 got, row_ids, col_ids = reader.matrix(measure, a, b, layer)
@@ -113,7 +115,7 @@ def test_matrices_equal_the_references(layer_store, sim):
                 )
                 checked += 1
             assert reader.done("seqsim", a, b) == [0, 1, 2, 3]
-    assert checked == 3 * 4 * 6
+    assert checked == 3 * 4 * 7
 
 
 def test_not_done_utterance_is_a_nan_row(layer_store, sim):
@@ -189,7 +191,7 @@ def test_bad_names_are_refused(layer_store, tmp_path):
     with pytest.raises(SimilarityError, match="cannot name"):
         SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), measures=("../seqsim",))
     with pytest.raises(SimilarityError, match="unknown measure"):
-        SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), measures=("dtw",))
+        SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), measures=("softdtw",))
     with pytest.raises(SimilarityError, match="not in"):
         run_similarity(SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), pairs="en:fr", progress=False))
 

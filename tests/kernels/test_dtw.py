@@ -13,8 +13,10 @@ from kernels.dtw import (
     dtw_batch,
     dtw_distance,
     dtw_distance_pairs,
+    dtw_similarity_matrix,
     reference_dtw,
     reference_dtw_distance,
+    reference_dtw_similarity_matrix,
 )
 
 
@@ -289,3 +291,22 @@ def test_dtw_distance_properties():
     assert float(dist(a, slow, 40, 80)) == pytest.approx(0.0, abs=1e-6)
     assert float(dist(a[:1], -a[:1], 1, 1)) == pytest.approx(2.0, abs=1e-6)  # opposite frames
     assert float(dist(a, 3.0 * a, 40, 40)) == pytest.approx(0.0, abs=1e-6)  # cosine: scale-free
+
+
+@pytest.mark.parametrize("block_cells", [10**9, 700])  # one block; many blocks with a padded last one
+def test_dtw_similarity_matrix_vs_reference(monkeypatch, block_cells):
+    import kernels.dtw as kd
+
+    monkeypatch.setattr(kd, "PAIR_BLOCK_CELLS", block_cells)
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((5, 20, 8), dtype=np.float32)
+    B = rng.standard_normal((3, 17, 8), dtype=np.float32)
+    len_A = np.array([20, 1, 9, 14, 3], np.int32)
+    len_B = np.array([2, 17, 11], np.int32)
+    for x, n in ((A, len_A), (B, len_B)):
+        for i, k in enumerate(n):
+            x[i, k:] = 1e6  # poisoned padding frames
+    got = np.asarray(dtw_similarity_matrix(A, len_A, B, len_B))
+    np.testing.assert_allclose(got, reference_dtw_similarity_matrix(A, len_A, B, len_B), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.diag(np.asarray(dtw_similarity_matrix(A, len_A, A, len_A))), 1.0, atol=1e-6)
+    assert dtw_similarity_matrix(A[:0], len_A[:0], B, len_B).shape == (0, 3)
