@@ -29,6 +29,10 @@ import time
 
 import numpy as np
 
+# numba starts its OpenMP workers when asked for its thread count; left at the default ACTIVE policy they spin on
+# both cores between parallel regions (dtw_cpu has none) and slowed the XLA contender by 1.3-1.5x in this process.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -50,7 +54,12 @@ NOTES = (
     " (3x slower), splitting the batch in two for the 2 cores (XLA ran the halves one after the other, each at the"
     " full per-step cost). Kept: contiguous-window gathers per chunk"
     " of diagonals, an in-place int8 trace, and a scalar backtrace per item on CPU (~15 ns a step against ~2 us"
-    " for a batch-wide step)."
+    " for a batch-wide step). Where the time goes (256 x 50 x 550, quiet): forward wavefront with trace 8.8 ms,"
+    " backtrace ~2 ms, the rest dispatch and copies; the bare dynamic-programming step alone (no gather, trace"
+    " or C[N, M] pick) takes ~7 ms for the 599 diagonals in either memory layout (batch-major or batch-minor),"
+    " so 5x over a 37 ms single-thread dtw_cpu loop (7.4 ms) is out of reach of one core; dispatching two halves"
+    " of the batch from two host threads gained 1.2-1.3x and was left out. Run-to-run spread on this shared VM"
+    " is large: the default kernel measured 12-18 ms (small) and 16-25 ms (large) in five runs of one hour."
 )
 
 
@@ -116,6 +125,7 @@ def time_workload(cost: np.ndarray, repeats: int, default_threads: int) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--rounds", type=int, default=3, help="times every block runs; medians and ranges over them")
     parser.add_argument("--record", type=pathlib.Path, default=None, help="markdown file to write a ## dtw section to")
     args = parser.parse_args()
 
@@ -127,18 +137,26 @@ def main() -> None:
     rows, ratios = [], []
     for batch, tokens, frames in WORKLOADS:
         cost = rng.random((batch, tokens, frames), dtype=np.float32)
-        medians = time_workload(cost, args.repeats, default_threads)
-        ours, ours_cpu = next(iter(medians.values()))
-        ratios.append([seconds / ours for seconds, _ in list(medians.values())[2:]])
+        rounds = [time_workload(cost, args.repeats, default_threads) for _ in range(args.rounds)]
+        names = list(rounds[0])
+        medians = {n: tuple(statistics.median(r[n][k] for r in rounds) for k in (0, 1)) for n in names}
+        # Speed-up within each round (the contenders of one round share its machine state), then median and range.
+        per_round = {n: [r[n][0] / r[names[0]][0] for r in rounds] for n in names}
+        ours, ours_cpu = medians[names[0]]
+        ratios.append([statistics.median(per_round[n]) for n in names[2:]])
         for name, (seconds, cpu) in medians.items():
             cells = batch * tokens * frames
+            lo, hi = min(per_round[name]), max(per_round[name])
             rows.append(
                 f"| {batch} x {tokens} x {frames} | {name} | {seconds * 1e3:.1f} | {cells / seconds / 1e6:.0f} "
-                f"| {seconds / ours:.1f}x | {cpu * 1e3:.1f} | {cpu / ours_cpu:.1f}x |"
+                f"| {statistics.median(per_round[name]):.1f}x ({lo:.1f}-{hi:.1f}) | {cpu * 1e3:.1f} "
+                f"| {cpu / ours_cpu:.1f}x |"
             )
     load_after = os.getloadavg()[0]
 
-    command = f"python bench/dtw.py --repeats {args.repeats}" + (f" --record {args.record}" if args.record else "")
+    command = f"python bench/dtw.py --repeats {args.repeats} --rounds {args.rounds}" + (
+        f" --record {args.record}" if args.record else ""
+    )
     lines = [
         f"Machine: {machine()}",
         f"Date: {datetime.date.today().isoformat()}; 1-minute load average {load_before:.1f} before, "
@@ -150,7 +168,9 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        f"Medians of {args.repeats} runs after a warm-up, one block per contender; paths checked equal to dtw_cpu's."
+        f"{args.rounds} rounds; in each, every contender runs {args.repeats} times after a warm-up in a block of its"
+        " own. ms: median over rounds of each round's median; faster by: median (and range) over rounds of the"
+        " ratio within a round. Paths checked equal to dtw_cpu's."
         " babelgrid: one jitted call per batch (forward wavefront, int8 trace, on-device backtrace, results fetched"
         " to host). whisper: a Python loop over numba `dtw_cpu`, warm. Cells = batch x tokens x frames. CPU ms:"
         " process time, all threads of the benchmark and none of the machine's other load.",
