@@ -182,3 +182,36 @@ def test_refusals(layer_store, words_out, whisper, tmp_path):
     )
     no_top = run_job("--store", str(lower), "--out", str(tmp_path / "y"), check=False)
     assert no_top.returncode != 0 and "--layers all" in no_top.stderr
+
+
+def test_two_processes_give_the_same_words(layer_store, words_out, tmp_path):
+    """jax.distributed with 2 local processes: parts shared round-robin, process 0 merges after both finish."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "two"
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    args = ["--store", str(layer_store), "--out", str(out), "--chunk", "2", "--progress=false"]
+    dist = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jobs.align", *args, *dist, f"--process_id={i}"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, o in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, o
+    aligned = [int(o.split("aligned ", 1)[1].split()[0]) for o in outputs]
+    assert sum(aligned) == len(CLIPS) - 1 and min(aligned) > 0, outputs  # both had work
+    one, _ = words_out
+    for lang in ("de", "en", "es"):
+        pd.testing.assert_frame_equal(read_words(out, lang), read_words(one, lang))
+        assert (out / lang / "skipped.csv").read_text() == (one / lang / "skipped.csv").read_text()
