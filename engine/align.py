@@ -362,6 +362,22 @@ def _merge(kv, lang: str, n_utterances: int, config: AlignConfig, reader) -> lis
     return [root + f"{lang}/{WORDS}", root + f"{lang}/{SKIPPED}"]
 
 
+def read_words(out: str, lang: str, *, skipped: bool = False):
+    """An align job's ``<lang>/words.parquet`` as a pyarrow Table (``.to_pandas()`` for a DataFrame), from a local
+    path or kvstore URL; with ``skipped=True`` also its ``skipped.csv`` rows as ``[(utterance, id, reason)]``."""
+    check_name("language", lang)
+    _, kv = open_kvstore(out)
+    found = kv.read(f"{lang}/{WORDS}").result()
+    if found.state != "value":
+        raise AlignError(f"no {lang}/{WORDS} under {out!r}: run jobs.align there (it writes it when a run completes)")
+    table = pq.read_table(io.BytesIO(bytes(found.value)))
+    if not skipped:
+        return table
+    text = bytes(kv.read(f"{lang}/{SKIPPED}").result().value).decode()
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    return table, [(int(u), uid, reason) for u, uid, reason in rows]
+
+
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

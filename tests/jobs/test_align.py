@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.align import read_words
 from engine.encode import EncodeConfig, run_encode
 from engine.reader import open_store
 from engine.timing import AlignmentConfig, align_words
@@ -77,7 +78,7 @@ def words_out(layer_store, tmp_path_factory) -> tuple[pathlib.Path, str]:
     return out, proc.stdout
 
 
-def read_words(out: pathlib.Path, lang: str) -> pd.DataFrame:
+def read_words_pd(out: pathlib.Path, lang: str) -> pd.DataFrame:
     return pd.read_parquet(out / lang / "words.parquet")
 
 
@@ -87,7 +88,7 @@ def test_words_equal_the_library_on_the_stored_states(layer_store, words_out, wh
     top = whisper.dims.n_audio_layer + 1
     checked = 0
     for lang in ("de", "en", "es"):
-        words = read_words(out, lang)
+        words = read_words_pd(out, lang)
         assert list(words.columns) == [
             "utterance",
             "id",
@@ -116,12 +117,15 @@ def test_words_equal_the_library_on_the_stored_states(layer_store, words_out, wh
             assert (got.id == row.id).all() and list(got.word_index) == list(range(len(got)))
             checked += 1
     assert checked == len(CLIPS) - 1
-    long = read_words(out, "de").query("id == 'fleurs-de-009'")
+    long = read_words_pd(out, "de").query("id == 'fleurs-de-009'")
     assert long.end.max() > 30.0 and (np.diff(long.start) >= 0).all()  # words past the first window, in order
 
 
 def test_skips_are_listed_and_counted(words_out, layer_store, tmp_path):
     out, stdout = words_out
+    table, skipped_en = read_words(str(out), "en", skipped=True)
+    pd.testing.assert_frame_equal(table.to_pandas(), read_words_pd(out, "en"))
+    assert skipped_en == [(1, NO_TEXT, "no_transcription")]
     skipped = {lang: pd.read_csv(out / lang / "skipped.csv") for lang in ("en", "es")}
     assert skipped["en"].to_dict("records") == [dict(utterance=1, id=NO_TEXT, reason="no_transcription")]
     assert skipped["es"].to_dict("records") == [dict(utterance=1, id=MISSING, reason="not_encoded")]
@@ -136,18 +140,18 @@ def test_resume_redoes_only_missing_parts(layer_store, words_out, tmp_path):
     out, _ = words_out
     again = run_job("--store", str(layer_store), "--out", str(out), "--chunk", "2")
     assert "aligned 0 utterances" in again.stdout and f"{len(CLIPS)} already done" in again.stdout
-    before = read_words(out, "de")
+    before = read_words_pd(out, "de")
     (out / "de" / "parts" / "00000000.parquet").unlink()  # de-009 and de-000
     (out / "de" / "words.parquet").unlink()
     redo = run_job("--store", str(layer_store), "--out", str(out), "--chunk", "2")
     assert "aligned 2 utterances" in redo.stdout, redo.stdout
-    pd.testing.assert_frame_equal(read_words(out, "de"), before)
+    pd.testing.assert_frame_equal(read_words_pd(out, "de"), before)
 
 
 def test_decoded_transcripts(layer_store, tmp_path):
     out = tmp_path / "decoded"
     run_job("--store", str(layer_store), "--out", str(out), "--langs", "de", "--transcripts", "decode")
-    words = read_words(out, "de")
+    words = read_words_pd(out, "de")
     for uid in ("fleurs-de-000", "fleurs-de-009"):
         w = words[words.id == uid]
         assert len(w) > 10 and (np.diff(w.start) >= 0).all()
@@ -213,5 +217,5 @@ def test_two_processes_give_the_same_words(layer_store, words_out, tmp_path):
     assert sum(aligned) == len(CLIPS) - 1 and min(aligned) > 0, outputs  # both had work
     one, _ = words_out
     for lang in ("de", "en", "es"):
-        pd.testing.assert_frame_equal(read_words(out, lang), read_words(one, lang))
+        pd.testing.assert_frame_equal(read_words_pd(out, lang), read_words_pd(one, lang))
         assert (out / lang / "skipped.csv").read_text() == (one / lang / "skipped.csv").read_text()
