@@ -74,13 +74,13 @@ def language_probs(model: Whisper, xa, sot: int, lang_ids: Sequence[int]) -> np.
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _greedy(graphdef, state, xa, xa_mask, prompt, suppress, suppress_begin, eot, max_new_tokens):
+def _greedy(graphdef, state, xa, prompt, suppress, suppress_begin, eot, max_new_tokens):
     model = nnx.merge(graphdef, state)
     dec = model.decoder
     batch, n_prompt = prompt.shape
     kv = dec.cross_kv(xa)
     cache = dec.init_cache(batch, xa.dtype)
-    logits, cache, _ = dec(prompt, kv, cache=cache, offset=0, xa_mask=xa_mask)
+    logits, cache, _ = dec(prompt, kv, cache=cache, offset=0)
     neg_inf = jnp.float32(-jnp.inf)
 
     def pick(last_logits, first):
@@ -104,7 +104,7 @@ def _greedy(graphdef, state, xa, xa_mask, prompt, suppress, suppress_begin, eot,
         total = total + jnp.where(done, 0.0, logprob)
         count = count + (~done).astype(jnp.int32)
         done = done | (token == eot)
-        logits, cache, _ = dec(token[:, None], kv, cache=cache, offset=n_prompt + step, xa_mask=xa_mask)
+        logits, cache, _ = dec(token[:, None], kv, cache=cache, offset=n_prompt + step)
         token, logprob = pick(logits[:, -1], False)
         return step + 1, token, done, out, cache, total, count, logprob
 
@@ -124,13 +124,8 @@ def greedy_decode(
     suppress_tokens: Sequence[int] = (),
     suppress_begin: Sequence[int] = (),
     max_new_tokens: int = 224,
-    n_frames=None,
 ) -> tuple[list[list[int]], np.ndarray]:
     """Greedy decoding of ``xa: f[batch, frame, embed]`` after ``prompt: i32[batch, p]``.
-
-    ``n_frames: i32[batch]``, when given, restricts cross-attention to each utterance's first ``n_frames``
-    frames (for states read from a layer store, which keeps valid frames only; Whisper itself attends to the
-    whole 30 s window, padding included, which is the default).
 
     Returns the sampled tokens per utterance (up to, not including, end-of-text) and the
     average log-probability of the sampled tokens (end-of-text included, as CTranslate2 scores).
@@ -144,23 +139,9 @@ def greedy_decode(
     suppress[[t for t in suppress_tokens if 0 <= t < vocab]] = True
     begin = np.zeros(vocab, bool)
     begin[[t for t in suppress_begin if 0 <= t < vocab]] = True
-    xa_mask = None
-    if n_frames is not None:
-        n_frames = np.asarray(n_frames, np.int32).reshape(-1)
-        if n_frames.shape != (xa.shape[0],):
-            raise ValueError(f"n_frames must be i32[batch={xa.shape[0]}], got shape {n_frames.shape}")
-        xa_mask = jnp.asarray(np.arange(xa.shape[1])[None, :] < n_frames[:, None])
     graphdef, state = _split(model)
     out, avg = _greedy(
-        graphdef,
-        state,
-        xa,
-        xa_mask,
-        jnp.asarray(prompt),
-        jnp.asarray(suppress),
-        jnp.asarray(begin),
-        eot,
-        max_new_tokens,
+        graphdef, state, xa, jnp.asarray(prompt), jnp.asarray(suppress), jnp.asarray(begin), eot, max_new_tokens
     )
     out = np.asarray(out)
     tokens = []

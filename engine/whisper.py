@@ -96,12 +96,8 @@ class LoadedWhisper:
         options = options or DecodingOptions()
         return decoding.audio_features(self.model, mel, options.encoder_layer, options.apply_ln_post)
 
-    def transcribe(self, mel, options: DecodingOptions | None = None, xa=None, n_frames=None) -> DecodingResult:
-        """Greedy decoding of 30 s windows ``mel f32[batch, n_mels, 3000]`` (or given ``xa``).
-
-        ``n_frames: i32[batch]`` masks cross-attention past each utterance's valid frames (for ``xa`` read from a
-        layer store, which keeps valid frames only); language detection, one step, is not masked.
-        """
+    def transcribe(self, mel, options: DecodingOptions | None = None, xa=None) -> DecodingResult:
+        """Greedy decoding of 30 s windows ``mel f32[batch, n_mels, 3000]`` (or given ``xa``)."""
         options = options or DecodingOptions()
         if xa is None:
             xa = self.audio_features(mel, options)
@@ -126,7 +122,6 @@ class LoadedWhisper:
             suppress_tokens=self.suppress_tokens(options),
             suppress_begin=self.suppress_begin(options),
             max_new_tokens=options.max_new_tokens,
-            n_frames=n_frames,
         )
         texts = [tok.decode(t) for t in tokens]
         return DecodingResult(tokens, texts, languages, probs, avg)

@@ -19,12 +19,13 @@ from engine.features import features_for_audio
 from engine.timing import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,
-    AlignmentConfig,
     TranscriptTooLongError,
     Word,
     align_words,
     concatenate_windows,
+    fill_padding,
     merge_punctuations,
+    silence_states,
 )
 
 BATCH = 8
@@ -97,22 +98,30 @@ def test_words_cover_the_transcript_in_order(tiny):
         assert all(0 <= w.probability <= 1 for w in ws)
 
 
-def test_padding_frames_and_batch_neighbours_change_nothing(tiny):
-    """With mask_padding, what lies past n_frames is never read; each row is aligned as if alone."""
+def test_batch_neighbours_change_nothing_and_filled_padding_hides_poison(tiny):
     rng = np.random.default_rng(1)
     xa = rng.standard_normal((3, 1500, 64)).astype(np.float32)
     n = [1500, 700, 333]
     tokens = [tiny.tokenizer.encode(t) for t in (" one two three four", " five six", " seven")]
-    config = AlignmentConfig(mask_padding=True)
-    batched = align_words(tiny, xa, n, tokens, ["en"] * 3, config)
+    batched = align_words(tiny, xa, n, tokens, ["en"] * 3)
+    for i in range(3):
+        alone = align_words(tiny, xa[i : i + 1], n[i : i + 1], tokens[i : i + 1], ["en"])[0]
+        assert [(w.text, w.start, w.end) for w in alone] == [(w.text, w.start, w.end) for w in batched[i]]
+        np.testing.assert_allclose([w.probability for w in alone], [w.probability for w in batched[i]], rtol=1e-5)
+    # A layer store has nothing past n_frames: fill_padding puts the silent window's states there, whatever it held.
+    silence = silence_states(tiny)
+    assert silence.shape == (1500, 64)
     poisoned = xa.copy()
     for i, k in enumerate(n):
         poisoned[i, k:] = 1e4
-    assert align_words(tiny, poisoned, n, tokens, ["en"] * 3, config) == batched
-    for i in range(3):
-        alone = align_words(tiny, xa[i : i + 1], n[i : i + 1], tokens[i : i + 1], ["en"], config)[0]
-        assert [(w.text, w.start, w.end) for w in alone] == [(w.text, w.start, w.end) for w in batched[i]]
-        np.testing.assert_allclose([w.probability for w in alone], [w.probability for w in batched[i]], rtol=1e-5)
+    filled = fill_padding(poisoned, n, silence)
+    np.testing.assert_array_equal(filled, fill_padding(xa, n, silence))
+    np.testing.assert_array_equal(filled[1, :700], xa[1, :700])
+    np.testing.assert_array_equal(filled[2, 333:], silence[333:])
+    two = fill_padding(np.zeros((1, 3000, 64), np.float32), [1700], silence)
+    np.testing.assert_array_equal(two[0, 1700:], silence[200:])  # the last window's own positions
+    with pytest.raises(ShapeError, match="whole 30 s windows"):
+        fill_padding(np.zeros((1, 1000, 64), np.float32), [10], silence)
 
 
 def test_empty_transcript_gives_no_words(tiny):
@@ -159,21 +168,19 @@ def real(fleurs_clips, whisper):
 
 @pytest.fixture(scope="module")
 def ours(real, whisper):
-    """Our words for every clip, full windows (as Whisper) and with padding masked (as the align job), batched."""
+    """Our words for every clip, batched: from full windows (as Whisper), and as the align job does from a layer
+    store (nothing past the valid frames, so the padding is filled with the silent window's states)."""
     out = {False: [], True: []}
+    silence = silence_states(whisper)
     for start in range(0, len(real), BATCH):
         chunk = real[start : start + BATCH]
         mel = np.concatenate([c[3] for c in chunk])
         xa = np.asarray(whisper.audio_features(mel))
         n = [c[4] for c in chunk]
-        for mask in (False, True):
-            x = xa.copy()
-            if mask:  # what a layer store holds: nothing past the valid frames
-                for i, k in enumerate(n):
-                    x[i, k:] = 0
-            out[mask] += align_words(
-                whisper, x, n, [c[2] for c in chunk], [c[1] for c in chunk], AlignmentConfig(mask_padding=mask)
-            )
+        texts, langs = [c[2] for c in chunk], [c[1] for c in chunk]
+        out[False] += align_words(whisper, xa, n, texts, langs)
+        stored = np.where(np.arange(xa.shape[1])[None, :, None] < np.array(n)[:, None, None], xa, 0)
+        out[True] += align_words(whisper, fill_padding(stored, n, silence), n, texts, langs)
     return out
 
 
@@ -221,10 +228,10 @@ def test_word_timestamps_match_faster_whisper(ours, theirs, real):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_store_alignment_with_masked_padding_is_close_to_faster_whisper(ours, theirs, real):
-    """The align job's path: the decoder sees valid frames only (a layer store keeps nothing else)."""
+def test_store_alignment_with_silence_padding_is_close_to_faster_whisper(ours, theirs, real):
+    """The align job's path: the padding's encoder states come from a silent window (a layer store has none)."""
     d = boundary_differences(ours[True], theirs, real)
-    print(f"\nmasked: |diff| median {np.median(d):.3f} s, p95 {np.percentile(d, 95):.3f} s, max {d.max():.2f}")
+    print(f"\nstore path: |diff| median {np.median(d):.3f} s, p95 {np.percentile(d, 95):.3f} s, max {d.max():.2f}")
     assert np.median(d) <= 0.02 and np.percentile(d, 95) <= 0.1
 
 

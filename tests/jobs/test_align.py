@@ -20,7 +20,7 @@ import pytest
 from engine.align import read_words
 from engine.encode import EncodeConfig, run_encode
 from engine.reader import open_store
-from engine.timing import AlignmentConfig, align_words
+from engine.timing import align_words, fill_padding, silence_states
 from engine.whisper import load_whisper
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -107,8 +107,9 @@ def test_words_equal_the_library_on_the_stored_states(layer_store, words_out, wh
             frames = -(-len(states) // 1500) * 1500
             xa = np.zeros((1, frames, states.shape[1]), np.float32)
             xa[0, : len(states)] = states
+            xa = fill_padding(xa, [len(states)], silence_states(whisper))
             tokens = whisper.tokenizer.encode(" " + row.transcription)
-            expected = align_words(whisper, xa, [len(states)], [tokens], [lang], AlignmentConfig(mask_padding=True))[0]
+            expected = align_words(whisper, xa, [len(states)], [tokens], [lang])[0]
             got = words[words.utterance == u].sort_values("word_index")
             assert list(got.word) == [w.text for w in expected]
             np.testing.assert_allclose(got.start, [w.start for w in expected], atol=1e-6)
