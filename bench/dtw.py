@@ -54,12 +54,12 @@ NOTES = (
     " (3x slower), splitting the batch in two for the 2 cores (XLA ran the halves one after the other, each at the"
     " full per-step cost). Kept: contiguous-window gathers per chunk"
     " of diagonals, an in-place int8 trace, and a scalar backtrace per item on CPU (~15 ns a step against ~2 us"
-    " for a batch-wide step). Where the time goes (256 x 50 x 550, quiet): forward wavefront with trace 8.8 ms,"
-    " backtrace ~2 ms, the rest dispatch and copies; the bare dynamic-programming step alone (no gather, trace"
-    " or C[N, M] pick) takes ~7 ms for the 599 diagonals in either memory layout (batch-major or batch-minor),"
-    " so 5x over a 37 ms single-thread dtw_cpu loop (7.4 ms) is out of reach of one core; dispatching two halves"
-    " of the batch from two host threads gained 1.2-1.3x and was left out. Run-to-run spread on this shared VM"
-    " is large: the default kernel measured 12-18 ms (small) and 16-25 ms (large) in five runs of one hour."
+    " for a batch-wide step). One-off experiments, not kept in the repository (256 x 50 x 550, quiet machine):"
+    " the forward wavefront with trace took 8.8 ms and the backtrace ~2 ms; a bare dynamic-programming step (no"
+    " gather, trace or C[N, M] pick) took ~7 ms for the 599 diagonals in either memory layout (batch-major or"
+    " batch-minor), against the 7.4 ms that 5x over a 37 ms single-thread dtw_cpu loop needs; dispatching two"
+    " halves of the batch from two host threads gained 1.2-1.3x and was left out. Run-to-run spread on this shared"
+    " VM is large: the default kernel measured 12-18 ms (small) and 16-25 ms (large) in five runs within an hour."
 )
 
 

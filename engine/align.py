@@ -39,6 +39,7 @@ from engine.audio import N_ENCODER_FRAMES
 from engine.decoding import DecodingOptions
 from engine.errors import BabelgridError, LanguageError
 from engine.languages import fleurs_to_whisper
+from engine.parallel import barrier
 from engine.reader import open_store
 from engine.simstore import check_name
 from engine.store_format import json_bytes, open_kvstore
@@ -165,7 +166,7 @@ def _whisper_language(lang: str, whisper) -> str | None:
     try:
         code = fleurs_to_whisper(lang)
         whisper.tokenizer.language_token(code)
-    except (LanguageError, KeyError, ValueError):
+    except LanguageError:
         raise AlignError(f"store language {lang!r} has no Whisper language code; align the other languages") from None
     return code
 
@@ -292,7 +293,7 @@ def run_align(config: AlignConfig) -> AlignSummary:
     pid, n_proc = jax.process_index(), jax.process_count()
     if pid == 0:
         _check_manifest(kv, _manifest(config, reader.url, whisper), config.out)
-    _sync("babelgrid-align-manifest")
+    barrier("babelgrid-align-manifest")
     plan = []
     for lang in langs:
         n = reader.arrays(lang).n_utterances
@@ -320,7 +321,7 @@ def run_align(config: AlignConfig) -> AlignSummary:
         _count_skips(summary, lang, rows, first, last, done_now, skipped)
         bar.update(last - first)
     bar.close()
-    _sync("babelgrid-align-parts")
+    barrier("babelgrid-align-parts")
     if pid == 0:
         for lang in langs:
             summary.outputs += _merge(kv, lang, reader.arrays(lang).n_utterances, config, reader)
@@ -377,13 +378,6 @@ def read_words(out: str, lang: str, *, skipped: bool = False):
     text = bytes(kv.read(f"{lang}/{SKIPPED}").result().value).decode()
     rows = list(csv.reader(io.StringIO(text)))[1:]
     return table, [(int(u), uid, reason) for u, uid, reason in rows]
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 class _NoBar:

@@ -34,7 +34,7 @@ import numpy as np
 from engine import audio as audio_lib
 from engine.errors import AudioError
 from engine.features import log_mel_spectrogram
-from engine.parallel import ShardedEncoder, data_mesh
+from engine.parallel import ShardedEncoder, barrier, data_mesh
 from engine.sources import Utterance, get_source
 from engine.store import LayerStore, StoreInfo, UtteranceRow, utterance_range
 from engine.whisper import LoadedWhisper, load_whisper
@@ -255,7 +255,7 @@ def run_encode(
     # Writing the manifest is process 0's; the others open the store once it exists.
     if pid == 0:
         store = LayerStore.create_or_open(config.out, info, creation={"dataset": config.dataset, "split": config.split})
-    _barrier("babelgrid-store-created")
+    barrier("babelgrid-store-created")
     if pid != 0:
         store = LayerStore.create_or_open(config.out, info)
 
@@ -282,7 +282,7 @@ def run_encode(
         max_frames = max(1, max(r.n_frames for r in rows))
         if pid == 0:
             arrays = store.language(lang, rows, max_frames)
-        _barrier(f"babelgrid-lang-{lang}")
+        barrier(f"babelgrid-lang-{lang}")
         if pid != 0:
             arrays = store.language(lang, rows, max_frames)
         opened.append(arrays)
@@ -350,13 +350,6 @@ def _prefetched(pool, tasks: Sequence[_Task], n_mels, long_audio, depth) -> Iter
         nxt = next(it, None)
         if nxt is not None:
             queue.append(pool.submit(_prepare, nxt, n_mels, long_audio))
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 class _Progress:

@@ -31,6 +31,14 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.array(devices), (DATA,))
 
 
+def barrier(name: str) -> None:
+    """Wait for every process of a ``jax.distributed`` run (a no-op in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
     """Pad axis 0 of ``x`` with zeros up to a multiple of ``multiple``; returns (padded, original size)."""
     n = x.shape[0]

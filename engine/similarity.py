@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from engine.parallel import data_mesh
+from engine.parallel import barrier, data_mesh
 from engine.reader import StoreReader, open_store
 from engine.simstore import MEASURES, SimilarityError, SimilarityStore, check_measure, check_name, new_manifest
 from kernels.dtw import dtw_similarity_matrix
@@ -156,7 +156,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
         for a, b in pairs if n_proc > 1 else ():
             for m in measures:
                 out.create_pair(m, a, b, _pair_ids(tables, a, b))
-    _sync("babelgrid-similarity-created")
+    barrier("babelgrid-similarity-created")
     if pid != 0:
         out = SimilarityStore.create_or_open(config.out, manifest)
 
@@ -178,7 +178,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
     # Every process has read the same markers before any writes; each then takes every n_proc-th (layer, pair):
     # whole matrices, one chunk each, so processes share nothing but the inputs they read.
-    _sync("babelgrid-similarity-planned")
+    barrier("babelgrid-similarity-planned")
     todo = {key: todo[key] for i, key in enumerate(sorted(todo)) if i % n_proc == pid}
     mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
     progress = _Progress(config.progress, len(todo))
@@ -205,7 +205,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
             del cache  # one layer of the languages at a time
     finally:
         progress.close()
-    _sync("babelgrid-similarity-done")
+    barrier("babelgrid-similarity-done")
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -218,13 +218,6 @@ def _pair_ids(tables: dict, a: str, b: str) -> dict:
         "row_recording": [int(x) for x in ta.column("recording").to_pylist()],
         "col_recording": [int(x) for x in tb.column("recording").to_pylist()],
     }
-
-
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def _load(reader: StoreReader, lang: str, layer: int, index: np.ndarray, need_states: bool, dtype: str) -> _Language:

@@ -307,9 +307,8 @@ def dtw_distance_pairs(
 PAIR_BLOCK_CELLS = 2**24  # cells of the cosine matrices of one block of pairs (64 MiB of float32)
 
 
-@functools.partial(jax.jit, static_argnames=("block", "accumulator", "chunk"))
-def _dtw_similarity_block(A, len_A, B, len_B, rows, cols, *, block: int, accumulator: str, chunk: int):
-    del block
+@functools.partial(jax.jit, static_argnames=("accumulator", "chunk"))
+def _dtw_similarity_block(A, len_A, B, len_B, rows, cols, *, accumulator: str, chunk: int):
     dist = jax.vmap(functools.partial(dtw_distance, accumulator=accumulator, chunk=chunk))
     return 1.0 - dist(A[rows], B[cols], len_A[rows], len_B[cols])
 
@@ -342,9 +341,7 @@ def dtw_similarity_matrix(
     chunk = choose_chunk(block, A.shape[1])
     args = (A, jnp.asarray(len_A), B, jnp.asarray(len_B))
     parts = [
-        _dtw_similarity_block(
-            *args, rows[s : s + block], cols[s : s + block], block=block, accumulator=accumulator, chunk=chunk
-        )
+        _dtw_similarity_block(*args, rows[s : s + block], cols[s : s + block], accumulator=accumulator, chunk=chunk)
         for s in range(0, total, block)
     ]
     return jnp.concatenate(parts)[: n_a * n_b].reshape(n_a, n_b)

@@ -205,21 +205,25 @@ def theirs(real, tmp_path_factory):
     return out
 
 
-def boundary_differences(ours, theirs, real):
+def check_boundaries(ours, theirs, real, label: str) -> None:
+    """Same words on every clip; |start/end difference| median <= 0.02 s and 95th percentile <= 0.1 s."""
     diffs = []
     for name, a, b in zip([r[0] for r in real], ours, theirs, strict=True):
         assert [w.text for w in a] == [w["word"] for w in b], name
         diffs += [w.start - v["start"] for w, v in zip(a, b, strict=True)]
         diffs += [w.end - v["end"] for w, v in zip(a, b, strict=True)]
-    return np.abs(diffs)
+    d = np.abs(diffs)
+    print(
+        f"\n{label}, {len(d) // 2} words: |diff| median {np.median(d):.3f} s, p95 {np.percentile(d, 95):.3f} s, "
+        f"max {d.max():.2f}"
+    )
+    assert np.median(d) <= 0.02 and np.percentile(d, 95) <= 0.1
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_word_timestamps_match_faster_whisper(ours, theirs, real):
-    d = boundary_differences(ours[False], theirs, real)
-    print(f"\n{len(d) // 2} words: median {np.median(d):.3f} s, p95 {np.percentile(d, 95):.3f} s, max {d.max():.2f}")
-    assert np.median(d) <= 0.02 and np.percentile(d, 95) <= 0.1
+    check_boundaries(ours[False], theirs, real, "full windows")
     # Word probabilities: mean token probability; the encoders differ by ~1e-3, so probabilities by ~1e-4.
     p = np.array([w.probability for ws in ours[False] for w in ws])
     q = np.array([w["probability"] for ws in theirs for w in ws])
@@ -230,9 +234,7 @@ def test_word_timestamps_match_faster_whisper(ours, theirs, real):
 @pytest.mark.slow
 def test_store_alignment_with_silence_padding_is_close_to_faster_whisper(ours, theirs, real):
     """The align job's path: the padding's encoder states come from a silent window (a layer store has none)."""
-    d = boundary_differences(ours[True], theirs, real)
-    print(f"\nstore path: |diff| median {np.median(d):.3f} s, p95 {np.percentile(d, 95):.3f} s, max {d.max():.2f}")
-    assert np.median(d) <= 0.02 and np.percentile(d, 95) <= 0.1
+    check_boundaries(ours[True], theirs, real, "store path")
 
 
 @pytest.mark.realdata

@@ -22,6 +22,7 @@ from engine.encode import EncodeConfig, run_encode
 from engine.reader import open_store
 from engine.timing import align_words, fill_padding, silence_states
 from engine.whisper import load_whisper
+from tests.jobs.multiprocess import run_processes
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
@@ -191,29 +192,9 @@ def test_refusals(layer_store, words_out, whisper, tmp_path):
 
 def test_two_processes_give_the_same_words(layer_store, words_out, tmp_path):
     """jax.distributed with 2 local processes: parts shared round-robin, process 0 merges after both finish."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "two"
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     args = ["--store", str(layer_store), "--out", str(out), "--chunk", "2", "--progress=false"]
-    dist = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "jobs.align", *args, *dist, f"--process_id={i}"],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, o in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, o
+    outputs = run_processes("jobs.align", args)
     aligned = [int(o.split("aligned ", 1)[1].split()[0]) for o in outputs]
     assert sum(aligned) == len(CLIPS) - 1 and min(aligned) > 0, outputs  # both had work
     one, _ = words_out

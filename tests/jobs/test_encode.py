@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from engine.model import random_state_dict
 from engine.parallel import ShardedEncoder, data_mesh
 from engine.reader import open_store
 from engine.whisper import load_whisper
+from tests.jobs.multiprocess import run_processes
 
 torch = pytest.importorskip("torch")
 
@@ -248,12 +248,6 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, tin
     stores_identical(ref, out)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_give_the_same_store_as_one(tmp_path, tiny_pt):
     # More than LENGTHS_CHUNK utterances, so that the second process has a share of its own.
@@ -265,24 +259,9 @@ def test_two_processes_give_the_same_store_as_one(tmp_path, tiny_pt):
     assert proc.wait(timeout=900) == 0, proc.stdout.read()
 
     two = tmp_path / "two"
-    port = free_port()
-    procs = [
-        run_job(
-            [
-                *common,
-                "--out",
-                str(two),
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ],
-            fake,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=900)[0] for p in procs]
-    for p, o in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, o
+    outputs = run_processes(
+        "jobs.encode", [*common, "--out", str(two), "--progress=false"], env_extra=fake, timeout=900
+    )
     # Each process encoded its own share.
     counts = [int(o.split("encoded ", 1)[1].split()[0]) for o in outputs]
     assert sorted(counts) == [300 - 256, 256], outputs

@@ -35,6 +35,7 @@ from kernels.pooling import (
     reference_mean_pooled_cosine_matrix,
 )
 from kernels.seqsim import reference_seqsim_matrix
+from tests.jobs.multiprocess import run_processes
 
 torch = pytest.importorskip("torch")
 
@@ -240,30 +241,9 @@ def test_two_fake_devices_give_the_same_matrices(layer_store, sim, tmp_path):
 
 def test_two_processes_share_the_grid(layer_store, sim, tmp_path):
     """jax.distributed with 2 local processes: each computes its share of (layer, pair) matrices into one store."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "sim-2proc"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     args = ["--store", str(layer_store), "--out", str(out), "--measure", ALL_MEASURES, "--progress=false"]
-    dist = [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "jobs.seqsim", *args, *dist, f"--process_id={i}"],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, o in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, o
+    outputs = run_processes("jobs.seqsim", args)
     counts = [int(o.split("computed ", 1)[1].split()[0]) for o in outputs]
     assert sorted(counts) == [6, 6], outputs  # 3 pairs x 4 layers, half each
     one, two = open_similarity(str(sim)), open_similarity(str(out))
