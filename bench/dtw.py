@@ -5,14 +5,17 @@ Usage:  python bench/dtw.py [--repeats 7] [--record bench/RESULTS.md]
 Two workloads: 256 cost matrices of 50 x 550 (a batch of short utterances) and 16 of 448 x 1500 (whisper's largest
 token x frame matrix). Contenders, each timed in its own block in the same process:
 
-- babelgrid ``kernels.dtw.dtw_batch``: one jitted call per batch (wavefront, int8 trace, on-device backtrace,
-  results fetched to host), with the default ``float64`` accumulator (dtw_cpu's paths) and with ``float32``;
+- babelgrid ``kernels.dtw.dtw_batch`` (wavefront, int8 trace, on-device backtrace, results fetched to host): as it
+  runs by default, the batch split into one piece per core, each a jitted call from a thread pool, with the
+  default ``float64`` accumulator (dtw_cpu's paths) and with ``float32``; and ``workers=1``, one call on one core;
 - whisper ``dtw_cpu`` item by item, as ``find_alignment`` calls it, after a numba warm-up compile: with numba's
   default thread count, and with one numba thread (dtw_cpu is ``parallel=True`` but has no ``prange``; on a small
   machine one thread is its fastest setting).
 
 All get float32 matrices already in memory (babelgrid's on its device). Times are medians over ``--repeats`` runs
-after a warm-up run; paths are checked equal to dtw_cpu's.
+after ``WARMUP_RUNS`` warm-up runs (a batch job calls its DTW thousands of times: the first calls compile, and in each
+of babelgrid's CPU worker threads the allocator maps its first large buffers afresh, 2-5x slower for a couple of
+calls); paths are checked equal to dtw_cpu's.
 
 Needs openai-whisper and numba: ``pip install --no-deps openai-whisper && pip install numba tiktoken``.
 """
@@ -42,6 +45,7 @@ from bench.common import machine, record  # noqa: E402
 from kernels.dtw import dtw_batch  # noqa: E402
 
 WORKLOADS = [(256, 50, 550), (16, 448, 1500)]  # (batch, tokens, frames)
+WARMUP_RUNS = 3  # per contender and round, untimed
 PAUSE_S = 0.5  # between timing blocks, for the previous contender's idle threads to stop spinning
 NOTES = (
     "What bounds it on CPU: a wavefront step updates a whole diagonal at ~1 ns a cell on one core (dtw_cpu: ~5 ns,"
@@ -73,8 +77,10 @@ def contenders(cost: np.ndarray, default_threads: int):
     n_frames = np.full(batch, frames, np.int32)
     on_device = jax.device_put(cost)
 
-    def babelgrid(accumulator):
-        return lambda: jax.device_get(dtw_batch(on_device, n_tokens, n_frames, accumulator=accumulator))
+    def babelgrid(accumulator, workers=None):
+        return lambda: jax.device_get(
+            dtw_batch(on_device, n_tokens, n_frames, accumulator=accumulator, workers=workers)
+        )
 
     def whisper(threads):
         def run():
@@ -86,6 +92,7 @@ def contenders(cost: np.ndarray, default_threads: int):
     return {
         "babelgrid dtw_batch (float64, default)": babelgrid("float64"),
         'babelgrid dtw_batch (accumulator="float32")': babelgrid("float32"),
+        "babelgrid dtw_batch (float64, workers=1: one core)": babelgrid("float64", workers=1),
         f"whisper dtw_cpu loop (numba, {default_threads} threads)": whisper(default_threads),
         "whisper dtw_cpu loop (numba, 1 thread)": whisper(1),
     }
@@ -99,7 +106,7 @@ def check_paths(got, want: list[np.ndarray]) -> None:
 
 
 def time_workload(cost: np.ndarray, repeats: int, default_threads: int) -> dict[str, tuple[float, float]]:
-    """Median (wall, process CPU) seconds per contender, each timed in its own block after a warm-up run; then
+    """Median (wall, process CPU) seconds per contender, each timed in its own block after warm-up runs; then
     checks the paths. CPU time counts every thread of this process and none of the machine's other load.
 
     Blocks, not turns: numba's OpenMP workers spin for a while after a parallel region and would slow down
@@ -109,6 +116,8 @@ def time_workload(cost: np.ndarray, repeats: int, default_threads: int) -> dict[
     medians, first = {}, {}
     for name, run in runs.items():
         first[name] = run()  # warm-up: compilation, allocator
+        for _ in range(WARMUP_RUNS - 1):
+            run()
         time.sleep(PAUSE_S)
         wall, cpu = [], []
         for _ in range(repeats):
@@ -118,7 +127,7 @@ def time_workload(cost: np.ndarray, repeats: int, default_threads: int) -> dict[
             cpu.append(time.process_time() - start_cpu)
         medians[name] = statistics.median(wall), statistics.median(cpu)
     names = list(runs)
-    check_paths(first[names[0]], first[names[2]])
+    check_paths(first[names[0]], first[next(n for n in names if n.startswith("whisper"))])
     return medians
 
 
@@ -143,7 +152,7 @@ def main() -> None:
         # Speed-up within each round (the contenders of one round share its machine state), then median and range.
         per_round = {n: [r[n][0] / r[names[0]][0] for r in rounds] for n in names}
         ours, ours_cpu = medians[names[0]]
-        ratios.append([statistics.median(per_round[n]) for n in names[2:]])
+        ratios.append([statistics.median(per_round[n]) for n in names if n.startswith("whisper")])
         for name, (seconds, cpu) in medians.items():
             cells = batch * tokens * frames
             lo, hi = min(per_round[name]), max(per_round[name])
@@ -168,11 +177,12 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        f"{args.rounds} rounds; in each, every contender runs {args.repeats} times after a warm-up in a block of its"
-        " own. ms: median over rounds of each round's median; faster by: median (and range) over rounds of the"
-        " ratio within a round. Paths checked equal to dtw_cpu's."
-        " babelgrid: one jitted call per batch (forward wavefront, int8 trace, on-device backtrace, results fetched"
-        " to host). whisper: a Python loop over numba `dtw_cpu`, warm. Cells = batch x tokens x frames. CPU ms:"
+        f"{args.rounds} rounds; in each, every contender runs {args.repeats} times after {WARMUP_RUNS} warm-up runs in"
+        " a block of its own. ms: median over rounds of each round's median; faster by: median (and range) over"
+        " rounds of the ratio within a round. Paths checked equal to dtw_cpu's."
+        " babelgrid: on CPU the batch is split into one piece per core, each one jitted call (forward wavefront,"
+        " int8 trace, on-device backtrace) from a thread pool, results fetched to host; workers=1 is one call on one"
+        " core. whisper: a Python loop over numba `dtw_cpu`, warm. Cells = batch x tokens x frames. CPU ms:"
         " process time, all threads of the benchmark and none of the machine's other load.",
         "",
         f"Goal >= 5x: against dtw_cpu as whisper runs it (numba's default threads) "

@@ -29,16 +29,20 @@ the backtrace starts at ``C[N, M]`` and on the boundary moves left along row 0 a
 (``trace[0, :] = 2; trace[:, 0] = 1`` in whisper), which finite costs never reach before ``(0, 0)``.
 
 How the kernel runs: anti-diagonal wavefront. Diagonal ``k`` holds the cells with ``i + j == k``; each depends only
-on diagonals ``k-1`` and ``k-2``, so one ``lax.scan`` step updates a whole diagonal (vectorised over tokens, and
-over the batch by ``vmap``). Only cells with ``i < N`` and ``j < M`` feed ``C[N, M]`` and the path, so padding
-may hold anything (huge values, inf, NaN) and changes nothing. The backtrace is a second ``lax.scan`` per item on
-device over the int8 trace, so a whole batch is one jitted call.
+on diagonals ``k-1`` and ``k-2``, so one ``lax.scan`` step updates a whole diagonal of every matrix of the batch at
+once (one fused loop over f[batch, tokens]). Only cells with ``i < N`` and ``j < M`` feed ``C[N, M]`` and the path,
+so padding may hold anything (huge values, inf, NaN) and changes nothing. The backtrace is a second ``lax.scan``
+per item on device over the int8 trace, so a batch is one jitted call. A scan runs on one core of XLA's CPU
+backend, so on CPU ``dtw_batch`` splits the batch into one piece per core and runs the pieces' calls from a thread
+pool; each reads its matrices in place from the batch's one buffer.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -54,10 +58,12 @@ COS_EPS = 1e-12  # smallest L2 norm a frame is divided by in dtw_distance (torch
 # Diagonals per outer scan step. The cost values of a chunk of diagonals are fetched with one gather of contiguous
 # windows (a per-cell gather costs ~3 ns a cell on CPU, more than the DP step itself), into a chunk buffer
 # f32[batch, chunk, tokens] kept small: on CPU, XLA's temp buffers above glibc's 32 MiB mmap threshold are mapped
-# afresh on every call, and their page faults cost more than the work (measured: ~0.35 ms per MiB).
-CHUNK_DIAGONALS = 256
-CHUNK_BYTES = 8 * 2**20  # target size of the chunk buffer; dtw_batch picks the chunk from it
+# afresh on every call, and their page faults cost more than the work (measured: ~0.35 ms per MiB). With two CPU
+# pieces running at once, 2 MiB and at most 128 diagonals measured best (64-256 diagonals, 2-8 MiB tried).
+CHUNK_DIAGONALS = 128
+CHUNK_BYTES = 2 * 2**20  # target size of the chunk buffer; dtw_batch picks the chunk from it
 BACKTRACE_BY_ITEM_MAX_BATCH = 128  # on CPU, dtw_batch backtracks up to this many matrices one by one
+MIN_CELLS_PER_WORKER = 2**18  # dtw_batch's CPU split gives each thread at least this many cells (~0.2 ms of work)
 
 ACCUMULATORS = ("float64", "float32")  # dtype of the cumulative cost C
 
@@ -81,86 +87,112 @@ class DtwResult(NamedTuple):
 # One matrix.
 
 
-def _chunk_of_diagonals(cost: jax.Array, k0, size: int) -> jax.Array:
-    """f32[size, tokens]: cost[i, k - i] for the diagonals k in [k0, k0 + size), garbage where k - i is outside.
+def _chunk_of_diagonals(flat: jax.Array, last_row: jax.Array, items: jax.Array, k0, size: int, shape) -> jax.Array:
+    """f32[items, size, tokens]: cost[b, i, k - i] for the diagonals k in [k0, k0 + size) of the matrices ``items``,
+    garbage where k - i is outside the matrix.
 
-    Cell (i, k - i) sits at flat index k + i * (frames - 1), so row i of the chunk is one contiguous window: one
-    gather of windows instead of one gather per cell. A row's window may start in row i - 1 or run into row i + 1
-    (cells outside the matrix, never read); only the last row could run past the end of the array, so it is cut
-    from its own padded copy. Needs size <= frames (then rows < tokens - 1 stay in bounds) and k0 + size <=
-    tokens + frames - 1 + size.
+    flat: the whole cost array f32[batch, tokens, frames] flattened (read in place: a batch's pieces share it);
+    last_row: f32[items, tokens - 1 + frames + size], row tokens - 1 of each of these matrices, padded front and
+    back. Cell (i, k - i) of matrix b sits at flat index b * tokens * frames + k + i * (frames - 1), so row i of the
+    chunk is one contiguous window: one gather of windows instead of one gather per cell. A row's window may start
+    in row i - 1 or run into row i + 1 (cells outside the matrix, never read); only the last row could run past the
+    end of the array, so it comes from its own padded copy. Needs size <= frames (then rows < tokens - 1 stay in
+    bounds) and k0 + size <= tokens + frames - 1 + size.
     """
-    tokens, frames = cost.shape
-    starts = jnp.arange(tokens - 1, dtype=jnp.int32) * (frames - 1) + k0
-    dims = lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(), start_index_map=(0,))
-    rows = lax.gather(cost.reshape(-1), starts[:, None], dims, slice_sizes=(size,), mode=lax.GatherScatterMode.CLIP)
-    last = jnp.pad(cost[-1], (tokens - 1, size))  # last[k + ...]: cost[tokens - 1, k - (tokens - 1)] at index k
-    return jnp.concatenate([rows, lax.dynamic_slice(last, (k0,), (size,))[None]]).T
+    tokens, frames = shape
+    rows = jnp.arange(tokens - 1, dtype=jnp.int32) * (frames - 1)
+    starts = items[:, None] * (tokens * frames) + rows + k0  # i32[items, tokens - 1]
+    dims = lax.GatherDimensionNumbers(offset_dims=(2,), collapsed_slice_dims=(), start_index_map=(0,))
+    windows = lax.gather(flat, starts[..., None], dims, slice_sizes=(size,), mode=lax.GatherScatterMode.CLIP)
+    last = lax.dynamic_slice_in_dim(last_row, k0, size, axis=1)  # cost[b, tokens - 1, k - (tokens - 1)]
+    return jnp.swapaxes(jnp.concatenate([windows, last[:, None]], axis=1), 1, 2)
 
 
-def _diagonal_step(carry, inputs, *, last, want_length: bool):
-    """One anti-diagonal k of the wavefront.
+def _at_row(a: jax.Array, rows: jax.Array) -> jax.Array:
+    """a[b, rows[b]] for every b: a: [batch, n], rows: i32[batch]."""
+    return jnp.take_along_axis(a, rows[:, None], axis=1)[:, 0]
 
-    carry: (prev2, prev1, final, trace). prev2/prev1: (C, lengths) on diagonals k-2/k-1, C: f[tokens + 1] in the
-    accumulator's dtype, lengths: i32[tokens + 1] path lengths or None; entry 0 is the boundary row i = 0 of C,
-    entry i its row i. final: the same for the diagonal holding C[N, M], kept when it goes by. trace:
-    i8[diagonals, tokens] filled row by row, or None.
-    inputs: (k: i32[], x: f32[tokens] = cost[i, k - i]); last: i32[] = N + M - 2, the diagonal of C[N, M].
+
+def _diagonal_step(carry, inputs, *, last, n_tokens, want_length: bool):
+    """One anti-diagonal k of the wavefront, for every matrix of the batch.
+
+    carry: (prev2, prev1, final, trace). prev2/prev1: (C, lengths) on diagonals k-2/k-1, C: f[batch, tokens + 1] in
+    the accumulator's dtype, lengths: i32[batch, tokens + 1] path lengths or None; column 0 is the boundary row
+    i = 0 of C, column i its row i. final: (C[N, M]: f[batch], its path length: i32[batch] or None), taken when
+    diagonal k is the item's last. trace: i8[batch, diagonals, tokens] filled diagonal by diagonal, or None.
+    inputs: (k: i32[], x: f32[batch, tokens] = cost[b, i, k - i]); last: i32[batch] = N + M - 2, the diagonal of
+    C[N, M]; n_tokens: i32[batch] = N.
     """
     k, x = inputs
-    (acc2, len2), (acc1, len1), final, trace = carry
-    c0, c1, c2 = acc2[:-1], acc1[:-1], acc1[1:]  # C[i-1, j-1], C[i-1, j], C[i, j-1] for the rows i = 1..T
+    (acc2, len2), (acc1, len1), (final, final_len), trace = carry
+    c0, c1, c2 = acc2[:, :-1], acc1[:, :-1], acc1[:, 1:]  # C[i-1, j-1], C[i-1, j], C[i, j-1] for rows i = 1..T
     diag = (c0 < c1) & (c0 < c2)
     up = (c1 < c0) & (c1 < c2)  # excludes diag: c1 < c0 contradicts c0 < c1
     best = jnp.where(diag, c0, jnp.where(up, c1, c2))
     # Cells with j < 0 lie before the matrix: inf, so that C[i, 0] reads as the inf boundary column.
-    inside = jnp.arange(x.shape[0], dtype=jnp.int32) <= k
+    inside = jnp.arange(x.shape[1], dtype=jnp.int32) <= k
     new = jnp.where(inside, x.astype(best.dtype) + best, jnp.inf)  # as dtw_cpu: float64(x) + C
-    new = (lax.pad(new, jnp.asarray(jnp.inf, new.dtype), ((1, 0, 0),)), None)
+    new = lax.pad(new, jnp.asarray(jnp.inf, new.dtype), ((0, 0, 0), (1, 0, 0)))
+    here = k == last
+    # One value per matrix, not the whole diagonal: a select over [batch, tokens] on every step costs ~5%.
+    final = jnp.where(here, _at_row(new, n_tokens), final)
+    new_len = None
     if want_length:
-        steps = jnp.where(diag, len2[:-1], jnp.where(up, len1[:-1], len1[1:])) + 1
-        new = (new[0], lax.pad(jnp.where(inside, steps, 0), jnp.int32(0), ((1, 0, 0),)))
-    final = jax.tree.map(lambda a, b: jnp.where(k == last, a, b), new, final)
+        steps = jnp.where(diag, len2[:, :-1], jnp.where(up, len1[:, :-1], len1[:, 1:])) + 1
+        new_len = lax.pad(jnp.where(inside, steps, 0), jnp.int32(0), ((0, 0, 0), (1, 0, 0)))
+        final_len = jnp.where(here, _at_row(new_len, n_tokens), final_len)
     if trace is not None:
-        # Written in place into the carried buffer: no per-chunk stacking, and under vmap it stays batch-major
-        # for the backtrace.
+        # Written in place into the carried buffer, batch-major for the backtrace.
         codes = jnp.where(diag, DIAG, jnp.where(up, UP, LEFT)).astype(jnp.int8)
-        trace = lax.dynamic_update_index_in_dim(trace, codes, k, 0)
-    return ((acc1, len1), new, final, trace), None
+        trace = lax.dynamic_update_index_in_dim(trace, codes, k, 1)
+    return ((acc1, len1), (new, new_len), (final, final_len), trace), None
 
 
-def _wavefront(cost: jax.Array, n_tokens, n_frames, *, chunk: int, accumulator: str, want_trace: bool):
-    """Forward pass over all T + F - 1 diagonals of one padded matrix.
+def _wavefront(
+    cost: jax.Array, n_tokens, n_frames, *, chunk: int, accumulator: str, want_trace: bool, first=0, count=None
+):
+    """Forward pass over all T + F - 1 diagonals of the matrices first..first + count - 1 of a padded batch.
 
-    cost: f32[tokens, frames]. Returns (C[N, M]: f32[], rounded from the accumulator; path length: i32[], only
-    without trace, else None; trace: i8[diagonals, tokens] or None, trace[k, i] the code of cell (i, k - i),
-    rows past the last diagonal T + F - 2 unused).
+    cost: f32[batch, tokens, frames], read in place (not sliced: pieces of one batch share its buffer); first: i32[]
+    (0), count: static (batch); n_tokens, n_frames: i32[count], of these matrices. The step is written for the
+    batch (not vmapped from one matrix), so that each diagonal is one fused loop over f[count, tokens] and C[N, M]
+    is picked per matrix. Returns (C[N, M]: f32[count], rounded from the accumulator; path length: i32[count],
+    only without trace, else None; trace: i8[count, diagonals, tokens] or None, trace[b, k, i] the code of cell
+    (i, k - i), rows past the last diagonal T + F - 2 unused).
     """
     if accumulator not in ACCUMULATORS:
         raise ValueError(f"accumulator must be one of {ACCUMULATORS}, got {accumulator!r}")
-    tokens, frames = cost.shape
+    batch, tokens, frames = cost.shape
+    count = batch if count is None else count
     n_diag = tokens + frames - 1
     n_chunks = -(-n_diag // max(1, min(chunk, frames)))
     chunk = -(-n_diag // n_chunks)  # evened out: the last chunk overshoots the last diagonal by < n_chunks
     want_length = not want_trace  # dtw_distance needs the path length but no path: it rides along
-    last = jnp.asarray(n_tokens + n_frames - 2, jnp.int32)
-    step = functools.partial(_diagonal_step, last=last, want_length=want_length)
+    n_tokens = jnp.asarray(n_tokens, jnp.int32)
+    last = n_tokens + jnp.asarray(n_frames, jnp.int32) - 2
+    step = functools.partial(_diagonal_step, last=last, n_tokens=n_tokens, want_length=want_length)
+    items = jnp.asarray(first, jnp.int32) + jnp.arange(count, dtype=jnp.int32)
+    flat = cost.reshape(-1)
+    # Row tokens - 1 of each matrix, padded so that last_row[:, k]: cost[b, tokens - 1, k - (tokens - 1)].
+    last_row = jnp.pad(lax.dynamic_slice_in_dim(cost[:, -1], first, count), ((0, 0), (tokens - 1, chunk)))
 
     def run_chunk(carry, c):
         k0 = c * chunk
         ks = k0 + jnp.arange(chunk, dtype=jnp.int32)
-        return lax.scan(step, carry, (ks, _chunk_of_diagonals(cost, k0, chunk)))[0], None
+        xs = _chunk_of_diagonals(flat, last_row, items, k0, chunk, (tokens, frames))
+        return lax.scan(step, carry, (ks, jnp.swapaxes(xs, 0, 1)))[0], None  # xs: f32[chunk, count, tokens]
 
     # float64 only inside: the x64 flag stays as the caller set it (this works under an outer jit and vmap).
     with jax.enable_x64(True) if accumulator == "float64" else contextlib.nullcontext():
-        inf = jnp.full(tokens + 1, jnp.inf, accumulator)
-        lengths = jnp.zeros(tokens + 1, jnp.int32) if want_length else None
-        trace = jnp.zeros((n_chunks * chunk, tokens), jnp.int8) if want_trace else None
-        # Diagonals -2 (holding C[0, 0] = 0) and -1, the diagonal of C[N, M], the trace.
-        carry = ((inf.at[0].set(0.0), lengths), (inf, lengths), (inf, lengths), trace)
+        inf = jnp.full((count, tokens + 1), jnp.inf, accumulator)
+        lengths = jnp.zeros((count, tokens + 1), jnp.int32) if want_length else None
+        trace = jnp.zeros((count, n_chunks * chunk, tokens), jnp.int8) if want_trace else None
+        final = (jnp.full(count, jnp.inf, accumulator), jnp.zeros(count, jnp.int32) if want_length else None)
+        # Diagonals -2 (holding C[0, 0] = 0) and -1, C[N, M] of each matrix, the trace.
+        carry = ((inf.at[:, 0].set(0.0), lengths), (inf, lengths), final, trace)
         (_, _, (final, final_len), trace), _ = lax.scan(run_chunk, carry, jnp.arange(n_chunks, dtype=jnp.int32))
-        total = final[n_tokens].astype(jnp.float32)
-    return total, (final_len[n_tokens] if want_length else None), trace
+        total = final.astype(jnp.float32)
+    return total, final_len, trace
 
 
 def _backtrace(trace: jax.Array, n_tokens, n_frames, frames: int):
@@ -198,26 +230,35 @@ def dtw(
     cost: f32[tokens, frames] (other dtypes are cast to float32, the dtype whisper computes its matrix in);
     n_tokens, n_frames: i32[] valid rows/columns, 1 <= N <= tokens, 1 <= M <= frames. Padding may hold anything.
     accumulator: "float64" (whisper's dtw_cpu, bit for bit) or "float32" (faster, TPU, whisper's dtw_cuda), see
-    the module docstring. chunk: diagonals per outer scan step, speed and memory only (under your own vmap of B
-    items, ``choose_chunk(B, tokens)`` keeps its buffer small).
-    Pure and vmappable: ``jax.vmap(dtw)`` is the batched kernel; ``dtw_batch`` wraps it with checks and jit.
+    the module docstring. chunk: diagonals per outer scan step, speed and memory only.
+    Pure and vmappable; for many matrices ``dtw_batch`` is faster (the same kernel, batched without vmap).
     """
     total, _, trace = _wavefront(
-        cost.astype(jnp.float32), n_tokens, n_frames, chunk=chunk, accumulator=accumulator, want_trace=True
+        cost.astype(jnp.float32)[None],
+        jnp.reshape(n_tokens, (1,)),
+        jnp.reshape(n_frames, (1,)),
+        chunk=chunk,
+        accumulator=accumulator,
+        want_trace=True,
     )
-    token_idx, frame_idx, length = _backtrace(trace, n_tokens, n_frames, cost.shape[1])
-    return DtwResult(token_idx, frame_idx, length, total)
+    token_idx, frame_idx, length = _backtrace(trace[0], n_tokens, n_frames, cost.shape[1])
+    return DtwResult(token_idx, frame_idx, length, total[0])
 
 
-@functools.partial(jax.jit, static_argnames=("accumulator", "chunk", "backtrace_by_item"))
-def _dtw_batch_jit(cost, n_tokens, n_frames, *, accumulator: str, chunk: int, backtrace_by_item: bool) -> DtwResult:
-    if not backtrace_by_item:
-        return jax.vmap(functools.partial(dtw, accumulator=accumulator, chunk=chunk))(cost, n_tokens, n_frames)
-    # jax.vmap(dtw) split in two: the same wavefront, then the backtrace item by item (see dtw_batch).
-    forward = functools.partial(_wavefront, chunk=chunk, accumulator=accumulator, want_trace=True)
-    total, _, trace = jax.vmap(forward)(cost.astype(jnp.float32), n_tokens, n_frames)
+@functools.partial(jax.jit, static_argnames=("size", "accumulator", "chunk", "backtrace_by_item"))
+def _dtw_batch_jit(
+    cost, n_tokens, n_frames, first, *, size: int, accumulator: str, chunk: int, backtrace_by_item: bool
+) -> DtwResult:
+    """DTW of the matrices first..first + size - 1 of the batch (one piece of dtw_batch's split, or all of it)."""
+    n_tokens, n_frames = (lax.dynamic_slice_in_dim(n, first, size) for n in (n_tokens, n_frames))
+    total, _, trace = _wavefront(
+        cost, n_tokens, n_frames, chunk=chunk, accumulator=accumulator, want_trace=True, first=first, count=size
+    )
     backtrace = functools.partial(_backtrace, frames=cost.shape[2])
-    token_idx, frame_idx, length = lax.map(lambda args: backtrace(*args), (trace, n_tokens, n_frames))
+    if backtrace_by_item:  # see dtw_batch
+        token_idx, frame_idx, length = lax.map(lambda args: backtrace(*args), (trace, n_tokens, n_frames))
+    else:
+        token_idx, frame_idx, length = jax.vmap(backtrace)(trace, n_tokens, n_frames)
     return DtwResult(token_idx, frame_idx, length, total)
 
 
@@ -236,26 +277,71 @@ def choose_chunk(batch: int, tokens: int) -> int:
     return int(np.clip(CHUNK_BYTES // (4 * batch * tokens), 16, CHUNK_DIAGONALS))
 
 
-def dtw_batch(cost: jax.Array, n_tokens: jax.Array, n_frames: jax.Array, *, accumulator: str = "float64") -> DtwResult:
-    """DTW of a batch of ragged cost matrices in one jitted call.
+def cpu_workers() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a batch scheduler's allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@functools.cache
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="babelgrid-dtw")
+
+
+def dtw_batch(
+    cost: jax.Array, n_tokens: jax.Array, n_frames: jax.Array, *, accumulator: str = "float64", workers=None
+) -> DtwResult:
+    """DTW of a batch of ragged cost matrices.
 
     cost: f32[batch, tokens, frames]; n_tokens, n_frames: i32[batch], valid rows/columns of each matrix (>= 1).
     Returns DtwResult with token_idx, frame_idx: i32[batch, tokens + frames], length: i32[batch], cost: f32[batch].
     Item b's path is ``np.stack([token_idx[b, :length[b]], frame_idx[b, :length[b]]])``, equal to
     ``whisper.timing.dtw_cpu(cost[b, :N, :M])`` (with the default accumulator).
-    Memory: the trace is i8[batch, tokens + frames, tokens] (16 x 448 x 1500 matrices: 14 MiB). On CPU, calls
-    whose trace stays under ~32 MiB avoid fresh page faults on every call (see ``CHUNK_DIAGONALS``).
+
+    workers: on CPU the batch is split into this many pieces, one jitted call each, run from a thread pool: XLA's
+    CPU backend runs the wavefront's sequential scan on one core, so the pieces are what puts every core to work.
+    None (default): the cores this process may use on the CPU backend (``cpu_workers()``), at most one per
+    ``MIN_CELLS_PER_WORKER`` cells; 1 on accelerators, where one call fills the device. Results do not depend on it.
+    Memory: the trace is i8[batch, tokens + frames, tokens] (16 x 448 x 1500 matrices: 14 MiB).
     """
     if cost.ndim != 3:
         raise ShapeError(f"cost must be f32[batch, tokens, frames], got shape {cost.shape}")
     batch, tokens, frames = cost.shape
     _check_lengths("n_tokens", n_tokens, batch, tokens, "matrix")
     _check_lengths("n_frames", n_frames, batch, frames, "matrix")
-    chunk = choose_chunk(batch, tokens)
-    # XLA's CPU backend runs a scalar loop at ~15 ns a step but a batch-wide one at ~2 us a step (it hands the
-    # gather of each step to its thread pool): on CPU, up to ~128 matrices, backtracking them one by one is faster.
-    by_item = batch <= BACKTRACE_BY_ITEM_MAX_BATCH and jax.default_backend() == "cpu"
-    return _dtw_batch_jit(cost, n_tokens, n_frames, accumulator=accumulator, chunk=chunk, backtrace_by_item=by_item)
+    on_cpu = jax.default_backend() == "cpu"
+    if isinstance(cost, jax.core.Tracer):  # under the caller's jit: one piece, in the caller's computation
+        workers = 1
+    elif workers is None:
+        workers = min(cpu_workers(), -(-batch * tokens * frames // MIN_CELLS_PER_WORKER)) if on_cpu else 1
+    workers = max(1, min(int(workers), batch))
+    if cost.size >= 2**31:  # the kernel indexes the flattened batch with int32
+        raise ShapeError(f"cost has {cost.size} cells, more than 2**31 - 1: pass the batch in parts")
+    # One buffer for all pieces; each call reads its piece in place.
+    cost = jnp.asarray(cost, jnp.float32)
+    n_tokens, n_frames = jnp.asarray(n_tokens, jnp.int32), jnp.asarray(n_frames, jnp.int32)
+    bounds = np.linspace(0, batch, workers + 1).round().astype(int)
+
+    def run(b: int) -> DtwResult:
+        size = int(bounds[b + 1] - bounds[b])
+        # XLA's CPU backend runs a scalar loop at ~15 ns a step but a batch-wide one at ~2 us a step (it hands the
+        # gather of each step to its thread pool): on CPU, up to ~128 matrices, backtracking one by one is faster.
+        by_item = size <= BACKTRACE_BY_ITEM_MAX_BATCH and on_cpu
+        result = _dtw_batch_jit(
+            cost,
+            n_tokens,
+            n_frames,
+            np.int32(bounds[b]),
+            size=size,
+            accumulator=accumulator,
+            chunk=choose_chunk(size, tokens),
+            backtrace_by_item=by_item,
+        )
+        return jax.block_until_ready(result) if workers > 1 else result
+
+    if workers == 1:
+        return run(0)
+    parts = list(_pool(workers).map(run, range(workers)))
+    return DtwResult(*(jnp.concatenate(fields) for fields in zip(*parts, strict=True)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -268,6 +354,15 @@ def _unit_frames(x: jax.Array, length) -> jax.Array:
     return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
 
 
+def _dtw_distances(a, b, len_a, len_b, *, accumulator: str, chunk: int) -> jax.Array:
+    """dtw_distance of pairs: a: f[pair, m, embed], b: f[pair, n, embed], len_a, len_b: i32[pair] -> f32[pair]."""
+    unit = jax.vmap(_unit_frames)
+    cos = jnp.einsum("pme,pne->pmn", unit(a, len_a), unit(b, len_b))  # f32[pair, m, n]
+    # The path length rides along the forward pass: no trace or backtrace needed.
+    total, length, _ = _wavefront(1.0 - cos, len_a, len_b, chunk=chunk, accumulator=accumulator, want_trace=False)
+    return total / length
+
+
 def dtw_distance(
     a: jax.Array, b: jax.Array, len_a, len_b, *, accumulator: str = "float32", chunk: int = CHUNK_DIAGONALS
 ) -> jax.Array:
@@ -278,17 +373,15 @@ def dtw_distance(
     tie-breaking) divided by the number L of cells on that path, i.e. the mean cosine distance of the aligned
     frame pairs, in [0, 2]. The path minimises the total, not the mean; L lies in max(len_a, len_b)..len_a+len_b-1.
     accumulator: "float32" by default (a similarity needs no bit-exact ties, and TPUs have no float64).
-    Vmappable: ``jax.vmap(dtw_distance)`` over utterance pairs, like ``seqsim``.
+    Vmappable; ``dtw_distance_pairs`` runs many pairs batched.
     """
-    cos = _unit_frames(a, len_a) @ _unit_frames(b, len_b).T  # f32[m, n]
-    # The path length rides along the forward pass: no trace or backtrace needed.
-    total, length, _ = _wavefront(1.0 - cos, len_a, len_b, chunk=chunk, accumulator=accumulator, want_trace=False)
-    return total / length
+    one = functools.partial(jnp.reshape, shape=(1,))
+    return _dtw_distances(a[None], b[None], one(len_a), one(len_b), accumulator=accumulator, chunk=chunk)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("accumulator", "chunk"))
 def _dtw_distance_pairs_jit(a, b, len_a, len_b, *, accumulator: str, chunk: int) -> jax.Array:
-    return jax.vmap(functools.partial(dtw_distance, accumulator=accumulator, chunk=chunk))(a, b, len_a, len_b)
+    return _dtw_distances(a, b, len_a, len_b, accumulator=accumulator, chunk=chunk)
 
 
 def dtw_distance_pairs(
@@ -309,8 +402,7 @@ PAIR_BLOCK_CELLS = 2**24  # cells of the cosine matrices of one block of pairs (
 
 @functools.partial(jax.jit, static_argnames=("accumulator", "chunk"))
 def _dtw_similarity_block(A, len_A, B, len_B, rows, cols, *, accumulator: str, chunk: int):
-    dist = jax.vmap(functools.partial(dtw_distance, accumulator=accumulator, chunk=chunk))
-    return 1.0 - dist(A[rows], B[cols], len_A[rows], len_B[cols])
+    return 1.0 - _dtw_distances(A[rows], B[cols], len_A[rows], len_B[cols], accumulator=accumulator, chunk=chunk)
 
 
 def dtw_similarity_matrix(
@@ -322,7 +414,8 @@ def dtw_similarity_matrix(
     mean cosine similarity of the frame pairs on the DTW path, a similarity measure for the SeqSim job beside
     SeqSim's max-matching. Symmetric up to ties between equal-cost paths of different lengths. Pairs run in blocks
     of about ``PAIR_BLOCK_CELLS`` cosine cells (one jitted call each, the last padded by repeating pair 0); frames
-    past the longest length are cropped first. Cost: N * M * m * n cells, the wavefront's ~1 ns a cell on CPU.
+    past the longest length are cropped first; on CPU, blocks run on every core. Cost: N * M * m * n cells, the
+    wavefront's ~1 ns a cell on one CPU core.
     """
     A, B = jnp.asarray(A), jnp.asarray(B)
     if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
@@ -340,10 +433,17 @@ def dtw_similarity_matrix(
     rows, cols = np.pad(rows, (0, total - rows.size)), np.pad(cols, (0, total - cols.size))
     chunk = choose_chunk(block, A.shape[1])
     args = (A, jnp.asarray(len_A), B, jnp.asarray(len_B))
-    parts = [
-        _dtw_similarity_block(*args, rows[s : s + block], cols[s : s + block], accumulator=accumulator, chunk=chunk)
-        for s in range(0, total, block)
-    ]
+    starts = range(0, total, block)
+    workers = min(cpu_workers(), len(starts)) if jax.default_backend() == "cpu" else 1
+
+    def run(s: int) -> jax.Array:
+        part = _dtw_similarity_block(
+            *args, rows[s : s + block], cols[s : s + block], accumulator=accumulator, chunk=chunk
+        )
+        return jax.block_until_ready(part) if workers > 1 else part
+
+    # On CPU the blocks run from a thread pool, one core each (see dtw_batch).
+    parts = list(_pool(workers).map(run, starts)) if workers > 1 else [run(s) for s in starts]
     return jnp.concatenate(parts)[: n_a * n_b].reshape(n_a, n_b)
 
 

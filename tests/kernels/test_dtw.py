@@ -7,6 +7,7 @@ import pytest
 
 from engine.errors import ShapeError
 from kernels.dtw import (
+    ACCUMULATORS,
     BACKTRACE_BY_ITEM_MAX_BATCH,
     PAD,
     dtw,
@@ -247,6 +248,33 @@ def test_poisoned_padding_changes_nothing(poison):
         np.testing.assert_array_equal(g, w, err_msg=name)
 
 
+@pytest.mark.parametrize("accumulator", ACCUMULATORS)
+def test_cpu_split_changes_nothing(accumulator):
+    """dtw_batch's pieces (one jitted call per worker, each reading its matrices in place from the batch's buffer)
+    give what one call gives, for even and uneven splits. The last matrix fills the whole padded shape, so the last
+    piece reads up to the end of the buffer. Paths still match dtw_cpu."""
+    rng = np.random.default_rng(17)
+    sizes = [(int(rng.integers(1, 24)), int(rng.integers(1, 61))) for _ in range(10)] + [(23, 60)]
+    cost, n_tokens, n_frames, mats = ragged_batch(rng, sizes, 23, 60, "ties")
+    one = jax.tree.map(np.asarray, dtw_batch(cost, n_tokens, n_frames, accumulator=accumulator, workers=1))
+    for workers in (2, 3, 5, 11, 40):  # 40 is cut to the batch: one matrix a piece
+        got = dtw_batch(cost, n_tokens, n_frames, accumulator=accumulator, workers=workers)
+        for name, g, w in zip(one._fields, got, one, strict=True):
+            np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"{name}, {workers} workers")
+    if accumulator == "float64":
+        assert_matches_whisper(one, mats)
+
+
+def test_dtw_batch_under_jit():
+    """Inside the caller's jit the batch is not split (no threads on tracers): the same result."""
+    rng = np.random.default_rng(19)
+    cost, n_tokens, n_frames, _ = ragged_batch(rng, [(5, 9), (7, 3), (2, 12)], 7, 12, "uniform")
+    got = jax.jit(lambda c, n, m: dtw_batch(c, n, m, workers=3))(cost, n_tokens, n_frames)
+    want = dtw_batch(cost, n_tokens, n_frames, workers=1)
+    for name, g, w in zip(want._fields, got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
+
+
 def test_result_shapes_and_input_checks():
     cost = np.zeros((2, 3, 4), np.float32)
     result = dtw_batch(cost, np.array([3, 1]), np.array([4, 2]))
@@ -262,6 +290,9 @@ def test_result_shapes_and_input_checks():
         dtw_batch(cost, np.array([4, 1]), np.array([4, 2]))
     with pytest.raises(ShapeError, match="n_frames must lie in 1..4"):
         dtw_batch(cost, np.array([3, 1]), np.array([0, 2]))
+    huge = np.broadcast_to(np.float32(0), (2**16, 2**8, 2**7))  # 2**31 cells, no memory
+    with pytest.raises(ShapeError, match="pass the batch in parts"):
+        dtw_batch(huge, np.ones(2**16, np.int32), np.ones(2**16, np.int32))
 
 
 def test_dtw_distance_vs_reference():
@@ -298,6 +329,7 @@ def test_dtw_similarity_matrix_vs_reference(monkeypatch, block_cells):
     import kernels.dtw as kd
 
     monkeypatch.setattr(kd, "PAIR_BLOCK_CELLS", block_cells)
+    monkeypatch.setattr(kd, "cpu_workers", lambda: 3)  # blocks run from the thread pool on CPU
     rng = np.random.default_rng(7)
     A = rng.standard_normal((5, 20, 8), dtype=np.float32)
     B = rng.standard_normal((3, 17, 8), dtype=np.float32)
