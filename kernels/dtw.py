@@ -397,12 +397,28 @@ def dtw_distance_pairs(
     return _dtw_distance_pairs_jit(a, b, len_a, len_b, accumulator=accumulator, chunk=chunk)
 
 
-PAIR_BLOCK_CELLS = 2**24  # cells of the cosine matrices of one block of pairs (64 MiB of float32)
+TILE_CELLS = 2**22  # cosine cells of one tile of utterance pairs (16 MiB of float32; XLA:CPU maps >32 MiB afresh)
 
 
 @functools.partial(jax.jit, static_argnames=("accumulator", "chunk"))
-def _dtw_similarity_block(A, len_A, B, len_B, rows, cols, *, accumulator: str, chunk: int):
-    return 1.0 - _dtw_distances(A[rows], B[cols], len_A[rows], len_B[cols], accumulator=accumulator, chunk=chunk)
+def _dtw_similarity_tile(A, len_A, B, len_B, *, accumulator: str, chunk: int) -> jax.Array:
+    """1 - dtw_distance of every pair of a tile: A f[r, m, embed], B f[c, n, embed] -> f32[r, c].
+
+    The cosine matrices of all r x c pairs come from one matrix product [r * m, embed] x [embed, c * n] (GEMM
+    speed; a batched product per pair ran ~10x slower on CPU), then one wavefront over the r * c matrices."""
+    r, c = A.shape[0], B.shape[0]
+    cos = jnp.einsum("ame,bne->abmn", jax.vmap(_unit_frames)(A, len_A), jax.vmap(_unit_frames)(B, len_B))
+    cost = (1.0 - cos).reshape(r * c, A.shape[1], B.shape[1])
+    total, length, _ = _wavefront(
+        cost, jnp.repeat(len_A, c), jnp.tile(len_B, r), chunk=chunk, accumulator=accumulator, want_trace=False
+    )
+    return 1.0 - (total / length).reshape(r, c)
+
+
+def _tiles(count: int, most: int) -> tuple[int, int]:
+    """(tile size, number of tiles) covering count items with tiles of at most ``most``, evened out."""
+    n = -(-count // max(1, min(most, count)))
+    return -(-count // n), n
 
 
 def dtw_similarity_matrix(
@@ -412,10 +428,10 @@ def dtw_similarity_matrix(
 
     A: f[N, m, embed], len_A: i32[N]; B: f[M, n, embed], len_B: i32[M]; lengths in 1..frames. The score is the
     mean cosine similarity of the frame pairs on the DTW path, a similarity measure for the SeqSim job beside
-    SeqSim's max-matching. Symmetric up to ties between equal-cost paths of different lengths. Pairs run in blocks
-    of about ``PAIR_BLOCK_CELLS`` cosine cells (one jitted call each, the last padded by repeating pair 0); frames
-    past the longest length are cropped first; on CPU, blocks run on every core. Cost: N * M * m * n cells, the
-    wavefront's ~1 ns a cell on one CPU core.
+    SeqSim's max-matching. Symmetric up to ties between equal-cost paths of different lengths. Frames past the
+    longest length are cropped first; pairs run in tiles of rows x columns of about ``TILE_CELLS`` cosine cells (one
+    jitted call each; the last row and column of tiles padded by repeating utterance 0); on CPU, tiles run on every
+    core. Cost: N * M * m * n cells, the wavefront's ~1 ns a cell on one CPU core, plus one matrix product.
     """
     A, B = jnp.asarray(A), jnp.asarray(B)
     if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
@@ -427,24 +443,32 @@ def dtw_similarity_matrix(
         return jnp.zeros((n_a, n_b), jnp.float32)
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
     A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]
-    block = int(np.clip(PAIR_BLOCK_CELLS // (A.shape[1] * B.shape[1]), 1, n_a * n_b))
-    rows, cols = (x.ravel().astype(np.int32) for x in np.meshgrid(np.arange(n_a), np.arange(n_b), indexing="ij"))
-    total = -(-rows.size // block) * block
-    rows, cols = np.pad(rows, (0, total - rows.size)), np.pad(cols, (0, total - cols.size))
-    chunk = choose_chunk(block, A.shape[1])
-    args = (A, jnp.asarray(len_A), B, jnp.asarray(len_B))
-    starts = range(0, total, block)
-    workers = min(cpu_workers(), len(starts)) if jax.default_backend() == "cpu" else 1
+    workers = cpu_workers() if jax.default_backend() == "cpu" else 1
+    # Pairs per tile: TILE_CELLS cosine cells, and at least one tile per worker where there are enough pairs.
+    pairs = max(1, min(TILE_CELLS // (A.shape[1] * B.shape[1]), -(-n_a * n_b // workers)))
+    r, n_row_tiles = _tiles(n_a, int(np.sqrt(pairs)))  # square-ish: the product's rows and columns
+    c, n_col_tiles = _tiles(n_b, pairs // r)
+    chunk = choose_chunk(r * c, A.shape[1])
+    tiles = [(i, j) for i in range(n_row_tiles) for j in range(n_col_tiles)]
+    workers = min(workers, len(tiles))
 
-    def run(s: int) -> jax.Array:
-        part = _dtw_similarity_block(
-            *args, rows[s : s + block], cols[s : s + block], accumulator=accumulator, chunk=chunk
+    def members(t: int, size: int, count: int) -> np.ndarray:
+        idx = np.arange(t * size, (t + 1) * size)
+        return np.where(idx < count, idx, 0)  # the last tile is padded by repeating utterance 0
+
+    def run(tile: tuple[int, int]) -> jax.Array:
+        ra, cb = members(tile[0], r, n_a), members(tile[1], c, n_b)
+        part = _dtw_similarity_tile(
+            A[ra], jnp.asarray(len_A[ra]), B[cb], jnp.asarray(len_B[cb]), accumulator=accumulator, chunk=chunk
         )
         return jax.block_until_ready(part) if workers > 1 else part
 
-    # On CPU the blocks run from a thread pool, one core each (see dtw_batch).
-    parts = list(_pool(workers).map(run, starts)) if workers > 1 else [run(s) for s in starts]
-    return jnp.concatenate(parts)[: n_a * n_b].reshape(n_a, n_b)
+    # On CPU the tiles run from a thread pool, one core each (see dtw_batch).
+    parts = list(_pool(workers).map(run, tiles)) if workers > 1 else [run(t) for t in tiles]
+    grid = jnp.concatenate(
+        [jnp.concatenate(parts[i * n_col_tiles : (i + 1) * n_col_tiles], axis=1) for i in range(n_row_tiles)]
+    )
+    return grid[:n_a, :n_b]
 
 
 # ----------------------------------------------------------------------------------------------------------------

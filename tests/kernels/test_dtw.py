@@ -324,12 +324,12 @@ def test_dtw_distance_properties():
     assert float(dist(a, 3.0 * a, 40, 40)) == pytest.approx(0.0, abs=1e-6)  # cosine: scale-free
 
 
-@pytest.mark.parametrize("block_cells", [10**9, 700])  # one block; many blocks with a padded last one
-def test_dtw_similarity_matrix_vs_reference(monkeypatch, block_cells):
+@pytest.mark.parametrize("tile_cells", [10**9, 700])  # one tile; many tiles, the last column of tiles padded
+def test_dtw_similarity_matrix_vs_reference(monkeypatch, tile_cells):
     import kernels.dtw as kd
 
-    monkeypatch.setattr(kd, "PAIR_BLOCK_CELLS", block_cells)
-    monkeypatch.setattr(kd, "cpu_workers", lambda: 3)  # blocks run from the thread pool on CPU
+    monkeypatch.setattr(kd, "TILE_CELLS", tile_cells)
+    monkeypatch.setattr(kd, "cpu_workers", lambda: 3)  # tiles run from the thread pool on CPU
     rng = np.random.default_rng(7)
     A = rng.standard_normal((5, 20, 8), dtype=np.float32)
     B = rng.standard_normal((3, 17, 8), dtype=np.float32)
