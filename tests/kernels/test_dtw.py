@@ -266,13 +266,19 @@ def test_cpu_split_changes_nothing(accumulator):
 
 
 def test_dtw_batch_under_jit():
-    """Inside the caller's jit the batch is not split (no threads on tracers): the same result."""
+    """Inside the caller's jit the batch is not split (no threads on tracers), and the kernels compile as part of the
+    caller's computation (without their own compiler options): the same results."""
     rng = np.random.default_rng(19)
     cost, n_tokens, n_frames, _ = ragged_batch(rng, [(5, 9), (7, 3), (2, 12)], 7, 12, "uniform")
     got = jax.jit(lambda c, n, m: dtw_batch(c, n, m, workers=3))(cost, n_tokens, n_frames)
     want = dtw_batch(cost, n_tokens, n_frames, workers=1)
     for name, g, w in zip(want._fields, got, want, strict=True):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(w), err_msg=name)
+    a, b = rng.standard_normal((3, 6, 4), dtype=np.float32), rng.standard_normal((3, 5, 4), dtype=np.float32)
+    lengths = np.array([6, 2, 4], np.int32), np.array([5, 5, 1], np.int32)
+    np.testing.assert_allclose(  # the products may round differently inside another jit
+        np.asarray(jax.jit(dtw_distance_pairs)(a, b, *lengths)), np.asarray(dtw_distance_pairs(a, b, *lengths)), 1e-6
+    )
 
 
 def test_result_shapes_and_input_checks():
