@@ -13,9 +13,9 @@ token x frame matrix). Contenders, each timed in its own block in the same proce
   machine one thread is its fastest setting).
 
 All get float32 matrices already in memory (babelgrid's on its device). Times are medians over ``--repeats`` runs
-after ``WARMUP_RUNS`` warm-up runs (a batch job calls its DTW thousands of times: the first calls compile, and in each
-of babelgrid's CPU worker threads the allocator maps its first large buffers afresh, 2-5x slower for a couple of
-calls); paths are checked equal to dtw_cpu's.
+after ``WARMUP_RUNS`` warm-up runs (a batch job calls its DTW thousands of times: the first call compiles, and the
+next one or two ran 2-5x slower in babelgrid's new CPU worker threads, probably their first large buffers being
+mapped; not investigated further); paths are checked equal to dtw_cpu's.
 
 Needs openai-whisper and numba: ``pip install --no-deps openai-whisper && pip install numba tiktoken``.
 """
