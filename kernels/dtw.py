@@ -19,10 +19,11 @@ does not), so whisper's CPU DTW accumulates in float64; its GPU ``dtw_cuda`` acc
 in float32, paths differ from dtw_cpu's on 1 to 5% of random 448 x 1500 matrices (uniform, normal) and on all of
 them when many costs are tiny (uniform**4: they vanish in float64 sums and make exact ties). So
 ``accumulator="float64"`` (default) runs the wavefront in float64, switching JAX's x64 flag on inside this kernel
-only, and reproduces dtw_cpu bit for bit (0 differences in 192 such matrices); ``"float32"`` is ~1.3x faster on
-CPU, is what TPUs can run, and equals ``reference_dtw(cost, dtype=np.float32)`` (dtw_cuda's precision; not
-checked against dtw_cuda itself, which needs a GPU). A double-float float32 pair was tried and dropped: more
-precise than float64 where a tiny cost vanishes in a float64 sum, it broke whisper's ties the other way.
+only, and reproduces dtw_cpu bit for bit (0 differences in 192 such matrices); ``"float32"`` is up to ~1.3x
+faster on CPU (``bench/dtw.py``), is what TPUs can run, and equals ``reference_dtw(cost, dtype=np.float32)``
+(dtw_cuda's precision; not checked against dtw_cuda itself, which needs a GPU). A double-float float32 pair was
+tried and dropped: more precise than float64 where a tiny cost vanishes in a float64 sum, it broke whisper's ties
+the other way.
 
 The path runs from ``(0, 0)`` to ``(N-1, M-1)`` as index arrays padded with ``PAD`` (-1) to length ``T + F``;
 the backtrace starts at ``C[N, M]`` and on the boundary moves left along row 0 and up along column 0
@@ -59,15 +60,17 @@ COS_EPS = 1e-12  # smallest L2 norm a frame is divided by in dtw_distance (torch
 # windows (a per-cell gather costs ~3 ns a cell on CPU, more than the DP step itself), into a chunk buffer
 # f32[batch, chunk, tokens] kept small: on CPU, XLA's temp buffers above glibc's 32 MiB mmap threshold are mapped
 # afresh on every call, and their page faults cost more than the work (measured: ~0.35 ms per MiB). With two CPU
-# pieces running at once, 2 MiB and at most 128 diagonals measured best (64-256 diagonals, 2-8 MiB tried).
+# pieces running at once, 2 MiB and at most 128 diagonals measured best in a one-off sweep (64-256 diagonals,
+# 2-8 MiB; differences of 10-20%, near this VM's run-to-run noise).
 CHUNK_DIAGONALS = 128
 CHUNK_BYTES = 2 * 2**20  # target size of the chunk buffer; dtw_batch picks the chunk from it
 BACKTRACE_BY_ITEM_MAX_BATCH = 128  # on CPU, dtw_batch backtracks up to this many matrices one by one
 MIN_CELLS_PER_WORKER = 2**18  # dtw_batch's CPU split gives each thread at least this many cells (~0.2 ms of work)
 
 ACCUMULATORS = ("float64", "float32")  # dtype of the cumulative cost C
-# XLA:CPU emits 256-bit vectors by default; with 512 the wavefront runs 10-15% faster where the CPU has AVX-512
-# (measured on AMD Zen 5). Without AVX-512 LLVM cannot emit 512-bit vectors, and other backends ignore XLA:CPU's
+# XLA:CPU emits 256-bit vectors by default; with 512 the wavefront ran 10-15% faster where the CPU has AVX-512
+# (a one-off measurement on AMD Zen 5: one piece of 128 x 50 x 550 matrices 5.4 -> 4.6 ms, of 8 x 448 x 1500
+# 7.5 -> 6.5 ms). Without AVX-512 LLVM cannot emit 512-bit vectors, and other backends ignore XLA:CPU's
 # options. Comparisons and additions are exact, so paths and costs are the same bit for bit.
 _JIT_OPTIONS = {"compiler_options": {"xla_cpu_prefer_vector_width": "512"}}
 
@@ -88,7 +91,7 @@ class DtwResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One matrix.
+# The wavefront and the backtrace.
 
 
 def _chunk_of_diagonals(flat: jax.Array, last_row: jax.Array, items: jax.Array, k0, size: int, shape) -> jax.Array:
@@ -138,7 +141,7 @@ def _diagonal_step(carry, inputs, *, last, n_tokens, want_length: bool):
     new = jnp.where(inside, x.astype(best.dtype) + best, jnp.inf)  # as dtw_cpu: float64(x) + C
     new = lax.pad(new, jnp.asarray(jnp.inf, new.dtype), ((0, 0, 0), (1, 0, 0)))
     here = k == last
-    # One value per matrix, not the whole diagonal: a select over [batch, tokens] on every step costs ~5%.
+    # One value per matrix, not a select of the whole diagonal on every step.
     final = jnp.where(here, _at_row(new, n_tokens), final)
     new_len = None
     if want_length:
@@ -235,7 +238,7 @@ def dtw(
     n_tokens, n_frames: i32[] valid rows/columns, 1 <= N <= tokens, 1 <= M <= frames. Padding may hold anything.
     accumulator: "float64" (whisper's dtw_cpu, bit for bit) or "float32" (faster, TPU, whisper's dtw_cuda), see
     the module docstring. chunk: diagonals per outer scan step, speed and memory only.
-    Pure and vmappable; for many matrices ``dtw_batch`` is faster (the same kernel, batched without vmap).
+    Pure and vmappable; ``dtw_batch`` runs many matrices as one batch (and on every CPU core).
     """
     total, _, trace = _wavefront(
         cost.astype(jnp.float32)[None],
@@ -265,10 +268,17 @@ def _dtw_batch_piece(
     return DtwResult(token_idx, frame_idx, length, total)
 
 
-_BATCH_STATIC = ("size", "accumulator", "chunk", "backtrace_by_item")
-_dtw_batch_jit = jax.jit(_dtw_batch_piece, static_argnames=_BATCH_STATIC, **_JIT_OPTIONS)
-# Inside a caller's jit: compiler options belong to the top-level jit only.
-_dtw_batch_nested = jax.jit(_dtw_batch_piece, static_argnames=_BATCH_STATIC)
+def _jits(fn, static_argnames) -> tuple:
+    """(jit with ``_JIT_OPTIONS``, plain jit): JAX takes compiler options on top-level jits only, so calls under the
+    caller's jit take the plain one (``_traced``)."""
+    return jax.jit(fn, static_argnames=static_argnames, **_JIT_OPTIONS), jax.jit(fn, static_argnames=static_argnames)
+
+
+def _traced(*args) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in args)
+
+
+_dtw_batch_jits = _jits(_dtw_batch_piece, ("size", "accumulator", "chunk", "backtrace_by_item"))
 
 
 def _check_lengths(name: str, lengths, count: int, most: int, item: str) -> None:
@@ -296,6 +306,14 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="babelgrid-dtw")
 
 
+def _on_cores(run, items, workers: int) -> list:
+    """[run(item) for item in items], from the thread pool when workers > 1: each jitted call is waited for in its
+    own thread, so on CPU the calls run on as many cores at once."""
+    if workers <= 1:
+        return [run(item) for item in items]
+    return list(_pool(workers).map(lambda item: jax.block_until_ready(run(item)), items))
+
+
 def dtw_batch(
     cost: jax.Array, n_tokens: jax.Array, n_frames: jax.Array, *, accumulator: str = "float64", workers=None
 ) -> DtwResult:
@@ -318,7 +336,7 @@ def dtw_batch(
     _check_lengths("n_tokens", n_tokens, batch, tokens, "matrix")
     _check_lengths("n_frames", n_frames, batch, frames, "matrix")
     on_cpu = jax.default_backend() == "cpu"
-    traced = any(isinstance(x, jax.core.Tracer) for x in (cost, n_tokens, n_frames))
+    traced = _traced(cost, n_tokens, n_frames)
     if traced:  # under the caller's jit: one piece, in the caller's computation
         workers = 1
     elif workers is None:
@@ -336,7 +354,7 @@ def dtw_batch(
         # XLA's CPU backend runs a scalar loop at ~15 ns a step but a batch-wide one at ~2 us a step (it hands the
         # gather of each step to its thread pool): on CPU, up to ~128 matrices, backtracking one by one is faster.
         by_item = size <= BACKTRACE_BY_ITEM_MAX_BATCH and on_cpu
-        result = (_dtw_batch_nested if traced else _dtw_batch_jit)(
+        return _dtw_batch_jits[traced](
             cost,
             n_tokens,
             n_frames,
@@ -346,12 +364,9 @@ def dtw_batch(
             chunk=choose_chunk(size, tokens),
             backtrace_by_item=by_item,
         )
-        return jax.block_until_ready(result) if workers > 1 else result
 
-    if workers == 1:
-        return run(0)
-    parts = list(_pool(workers).map(run, range(workers)))
-    return DtwResult(*(jnp.concatenate(fields) for fields in zip(*parts, strict=True)))
+    parts = _on_cores(run, range(workers), workers)
+    return parts[0] if workers == 1 else DtwResult(*(jnp.concatenate(fields) for fields in zip(*parts, strict=True)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -389,8 +404,7 @@ def dtw_distance(
     return _dtw_distances(a[None], b[None], one(len_a), one(len_b), accumulator=accumulator, chunk=chunk)[0]
 
 
-_dtw_distance_pairs_jit = jax.jit(_dtw_distances, static_argnames=("accumulator", "chunk"), **_JIT_OPTIONS)
-_dtw_distance_pairs_nested = jax.jit(_dtw_distances, static_argnames=("accumulator", "chunk"))
+_dtw_distance_pairs_jits = _jits(_dtw_distances, ("accumulator", "chunk"))
 
 
 def dtw_distance_pairs(
@@ -403,8 +417,7 @@ def dtw_distance_pairs(
     _check_lengths("len_a", len_a, a.shape[0], a.shape[1], "pair")
     _check_lengths("len_b", len_b, a.shape[0], b.shape[1], "pair")
     chunk = choose_chunk(a.shape[0], a.shape[1])
-    traced = any(isinstance(x, jax.core.Tracer) for x in (a, b, len_a, len_b))
-    run = _dtw_distance_pairs_nested if traced else _dtw_distance_pairs_jit
+    run = _dtw_distance_pairs_jits[_traced(a, b, len_a, len_b)]
     return run(a, b, len_a, len_b, accumulator=accumulator, chunk=chunk)
 
 
@@ -415,8 +428,9 @@ TILE_CELLS = 2**22  # cosine cells of one tile of utterance pairs (16 MiB of flo
 def _dtw_similarity_tile(A, len_A, B, len_B, *, accumulator: str, chunk: int) -> jax.Array:
     """1 - dtw_distance of every pair of a tile: A f[r, m, embed], B f[c, n, embed] -> f32[r, c].
 
-    The cosine matrices of all r x c pairs come from one matrix product [r * m, embed] x [embed, c * n] (GEMM
-    speed; a batched product per pair ran ~10x slower on CPU), then one wavefront over the r * c matrices."""
+    The cosine matrices of all r x c pairs come from one matrix product [r * m, embed] x [embed, c * n] at GEMM
+    speed (a batched product per pair took ~90% of the time: in a one-off measurement, 30 x 30 utterances of 200
+    frames took 1.13 s that way and 0.19 s this way), then one wavefront over the r * c matrices."""
     r, c = A.shape[0], B.shape[0]
     cos = jnp.einsum("ame,bne->abmn", jax.vmap(_unit_frames)(A, len_A), jax.vmap(_unit_frames)(B, len_B))
     cost = (1.0 - cos).reshape(r * c, A.shape[1], B.shape[1])
@@ -469,13 +483,11 @@ def dtw_similarity_matrix(
 
     def run(tile: tuple[int, int]) -> jax.Array:
         ra, cb = members(tile[0], r, n_a), members(tile[1], c, n_b)
-        part = _dtw_similarity_tile(
+        return _dtw_similarity_tile(
             A[ra], jnp.asarray(len_A[ra]), B[cb], jnp.asarray(len_B[cb]), accumulator=accumulator, chunk=chunk
         )
-        return jax.block_until_ready(part) if workers > 1 else part
 
-    # On CPU the tiles run from a thread pool, one core each (see dtw_batch).
-    parts = list(_pool(workers).map(run, tiles)) if workers > 1 else [run(t) for t in tiles]
+    parts = _on_cores(run, tiles, workers)  # on CPU one core a tile (see dtw_batch)
     grid = jnp.concatenate(
         [jnp.concatenate(parts[i * n_col_tiles : (i + 1) * n_col_tiles], axis=1) for i in range(n_row_tiles)]
     )
