@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,15 +33,14 @@ import numpy as np
 
 from engine import audio as audio_lib
 from engine.errors import AudioError
-from engine.features import log_mel_spectrogram
+from engine.features import features_for_audio
 from engine.parallel import ShardedEncoder, barrier, data_mesh
 from engine.sources import Utterance, get_source
 from engine.store import LayerStore, StoreInfo, UtteranceRow, utterance_range
+from engine.store_format import DTYPES as STORAGE_DTYPES
 from engine.whisper import LoadedWhisper, load_whisper
 
 log = logging.getLogger(__name__)
-
-STORAGE_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +56,6 @@ class EncodeConfig:
     batch_size: int = 8  # 30 s windows per encoder step (all devices together)
     long_audio: str = "window"  # or "truncate"
     prefetch: int = 4  # host threads decoding audio and computing log-mel ahead of the device
-    max_in_flight: int = 16  # utterance writes in flight before the host waits
     progress: bool = True
 
     def __post_init__(self):
@@ -121,13 +119,14 @@ class _Prepared:
     mel: np.ndarray | None  # f32[window, n_mels, 3000]
     frames: np.ndarray | None  # i32[window] valid encoder frames per window
     seconds: float = 0.0
-    error: str | None = None  # reason for skipping
+    error: str | None = None  # why it is skipped
+    reason: str | None = None  # the error's class name: the skip count's key
 
 
-def expected_frames(n_samples: int, sample_rate: int | None, long_audio: str) -> int:
-    """Valid encoder frames of an utterance of ``n_samples`` at ``sample_rate`` (None = 16 kHz), before decoding."""
+def expected_frames(n_samples: int, sample_rate: int, long_audio: str) -> int:
+    """Valid encoder frames of an utterance of ``n_samples`` at ``sample_rate``, before decoding."""
     # soxr's output length is the input length times the rate ratio, rounded to nearest.
-    n = int(n_samples) if sample_rate is None else int(n_samples * 16000 / sample_rate + 0.5)
+    n = int(n_samples * audio_lib.SAMPLE_RATE / sample_rate + 0.5)
     if long_audio == "truncate":
         n = min(n, audio_lib.N_SAMPLES)
     full, rest = divmod(n, audio_lib.N_SAMPLES)
@@ -137,12 +136,10 @@ def expected_frames(n_samples: int, sample_rate: int | None, long_audio: str) ->
 def _prepare(task: _Task, n_mels: int, long_audio: str) -> _Prepared:
     try:
         samples = task.utt.load()
-        windows, valid = audio_lib.split_windows(samples, long_audio)
-        mel = np.asarray(log_mel_spectrogram(windows, n_mels))
-        frames = np.asarray(audio_lib.encoder_frames(valid), np.int32)
+        mel, frames = features_for_audio(samples, n_mels, long_audio)
         return _Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
     except AudioError as e:
-        return _Prepared(task, None, None, error=f"{type(e).__name__}: {e}")
+        return _Prepared(task, None, None, error=str(e), reason=type(e).__name__)
 
 
 def _probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow]:
@@ -154,7 +151,7 @@ def _probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow
             info = utt.probe()
             duration = info.duration_s
             n_frames = expected_frames(info.frames, info.sample_rate, long_audio)
-            n_windows = max(1, math.ceil(min(duration, 30.0 if long_audio == "truncate" else duration) / 30.0))
+            n_windows = max(1, -(-n_frames // audio_lib.N_ENCODER_FRAMES))  # as split_windows will cut it
         except AudioError:
             pass  # reported (and counted once) when the encoder stage tries to decode it
         rows.append(
@@ -185,8 +182,8 @@ def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSumm
     for p in prepared:
         if p.error is not None:
             t = p.task
-            summary.skip(p.error.split(":", 1)[0], t.lang, t.utt.id)
-            log.warning("skipping %s/%s (%s): %s", t.lang, t.utt.id, t.utt.path, p.error)
+            summary.skip(p.reason, t.lang, t.utt.id)
+            log.warning("skipping %s/%s (%s): %s: %s", t.lang, t.utt.id, t.utt.path, p.reason, p.error)
             continue
         start = 0
         while start < len(p.mel):
@@ -230,18 +227,13 @@ class _Assembler:
                 yield p, np.concatenate(self.partial.pop((p.task.lang, p.task.index)), axis=1)
 
 
-def run_encode(
-    config: EncodeConfig, *, whisper: LoadedWhisper | None = None, on_progress: Callable | None = None
-) -> EncodeSummary:
+def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) -> EncodeSummary:
     """Encode ``config.dataset`` into the layer store at ``config.out``; returns the summary."""
     t0 = time.perf_counter()
     compute_dtype = jnp.dtype(config.compute_dtype)
     whisper = whisper or load_whisper(config.model, dtype=compute_dtype)
     dims = whisper.dims
     layers = tuple(range(dims.n_audio_layer + 2)) if config.layers is None else tuple(config.layers)
-    for i in layers:
-        if not 0 <= i <= dims.n_audio_layer + 1:
-            raise ValueError(f"layer {i} out of range 0..{dims.n_audio_layer + 1} for {whisper.checkpoint.name}")
     info = StoreInfo(
         model_name=whisper.checkpoint.name,
         checkpoint_sha256=whisper.checkpoint.sha256,
@@ -279,12 +271,11 @@ def run_encode(
         # Every process builds the same table from the same headers (deterministic), and only
         # process 0 creates the arrays; the others open them after the barrier.
         rows = _probe_rows(utts, config.long_audio)
-        max_frames = max(1, max(r.n_frames for r in rows))
         if pid == 0:
-            arrays = store.language(lang, rows, max_frames)
+            arrays = store.language(lang, rows)
         barrier(f"babelgrid-lang-{lang}")
         if pid != 0:
-            arrays = store.language(lang, rows, max_frames)
+            arrays = store.language(lang, rows)
         opened.append(arrays)
         mine = utterance_range(len(utts), pid, n_proc)
         done = arrays.done()
@@ -353,13 +344,11 @@ def _prefetched(pool, tasks: Sequence[_Task], n_mels, long_audio, depth) -> Iter
 
 
 class _Progress:
-    """A tqdm bar with utterances/s and audio-seconds/s; silent when disabled or tqdm is missing."""
+    """A tqdm bar with utterances/s and audio-seconds/s; silent when disabled."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
         self.bar = None
-        self.audio = 0.0
-        self.t0 = time.perf_counter()
 
     def start(self, total: int):
         if not self.enabled:
