@@ -116,9 +116,9 @@ def main() -> None:
                         id=u.id,
                         lang=lang,
                         path=u.path,
-                        duration_s=s.shape[1] / 50,
+                        duration_s=s.shape[1] / audio_lib.ENCODER_FRAMES_PER_SECOND,
                         n_frames=s.shape[1],
-                        n_windows=-(-s.shape[1] // 1500),
+                        n_windows=-(-s.shape[1] // audio_lib.N_ENCODER_FRAMES),
                         recording=u.recording,
                     )
                     for u, s in items

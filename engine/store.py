@@ -219,15 +219,12 @@ class LanguageArrays:
         try:
             if shard is None:
                 shard = np.zeros((self.n_layers, self.max_frames, self.embed), self.dtype)
-            # The cast into the padded shard is also the copy that frees the caller's array. Same-dtype copies and
-            # the zeroing go through unsigned views: ml_dtypes copies and fills bfloat16 4-20x slower.
-            bits = shard.view(f"u{self.dtype.itemsize}")
-            if states.dtype == self.dtype:
-                bits[:, :n_frames] = states.view(bits.dtype)
-            else:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    shard[:, :n_frames] = states
-            bits[:, n_frames:dirty] = 0
+            # The cast into the padded shard is also the copy that frees the caller's array. The zeroing goes
+            # through an unsigned view: ml_dtypes fills bfloat16 with zeros 5-14x slower than uint16 (copies run at
+            # the same speed; measured once, 8 x 1000 x 512 and 34 x 1200 x 1280 shards).
+            with np.errstate(over="ignore", invalid="ignore"):
+                shard[:, :n_frames] = states
+            shard.view(f"u{self.dtype.itemsize}")[:, n_frames:dirty] = 0
             self._pool.submit(self._commit, u, shard, n_frames, nbytes, future)
         except BaseException:
             with self._cond:

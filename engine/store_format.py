@@ -31,13 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorstore as ts
 
+from engine.audio import ENCODER_FRAMES_PER_SECOND
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.dims import ModelDimensions
 from engine.errors import BabelgridError
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "babelgrid-layer-store"
-FRAME_RATE = 50.0  # encoder frames per second of audio (20 ms each)
+FRAME_RATE = float(ENCODER_FRAMES_PER_SECOND)  # encoder frames per second of audio (20 ms each)
 LENGTHS_CHUNK = 256  # utterances per `lengths` chunk: processes write ranges aligned to it
 NOT_DONE = -1  # `lengths` fill value: the utterance has no committed states yet
 DTYPES = ("float32", "bfloat16", "float16")
@@ -49,8 +50,8 @@ LENGTHS = "lengths/"
 UTTERANCES = "utterances.parquet"
 
 # Inner-chunk codecs of `states`: zstd level 1 writes 2.7x (float32) to 3.3x (bfloat16) fewer bytes than raw
-# chunks padded to max_frames (padding frames vanish, hidden states shrink a little) and was the fastest layout
-# measured, for writes and for layer reads; docs/store.md has the table.
+# chunks padded to max_frames (padding frames vanish, hidden states shrink a little), wrote fastest or tied, and read
+# layers within ~2x of the fastest layout measured; docs/store.md has the table.
 STATES_CODECS = (
     {"name": "bytes", "configuration": {"endian": "little"}},
     {"name": "zstd", "configuration": {"level": 1}},

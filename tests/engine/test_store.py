@@ -295,7 +295,7 @@ def test_file_count_grows_with_utterances_not_layers(tmp_path):
     s = LayerStore.create_or_open(str(tmp_path / "out"), info)
     arrays = s.language("de", make_rows(frames))
     for u, n in enumerate(frames):
-        arrays.write_utterance(u, np.full((4, n, 32), u + 1, np.float32))  # all zeros: no shard
+        arrays.write_utterance(u, np.full((4, n, 32), u + 1, np.float32))
     arrays.flush()
     files = [p for p in (tmp_path / "out" / "de").rglob("*") if p.is_file()]
     # one shard per utterance, two lengths chunks, two zarr.json, the table
