@@ -22,9 +22,6 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
-import re
-import subprocess
 import sys
 import time
 
@@ -34,24 +31,24 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from bench.common import machine, record  # noqa: E402
 from kernels import seqsim  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
-SECTION = "## seqsim"
 TILE_SIDE = 2048  # side of the repeated square products of the second matmul baseline
 
 
 NOTES = """\
 Reading the table:
-- "matmul" is the baseline the goal names: one square product of the same FLOPs. At these sizes (s = 7000-13000)
+- "matmul" is the baseline the goal names: one square product of the same FLOPs. At these sizes (its side s in brackets)
   it runs below this CPU's best matmul rate, so the table adds repeated 2048-cube products of the same FLOPs, the
   stricter baseline, and the kernel's own block GEMMs without the reductions (ratio < 1: time spent reducing).
 - The NumPy loop multiplies the same ~450 x 450 x d matrices per pair with multithreaded OpenBLAS, so it is
   matmul-bound too: the kernel gains only GEMM efficiency, bf16 and no per-pair Python overhead (best rounds). Its
   median is inflated whenever other processes share the cores (OpenBLAS threads wait for descheduled peers), hence
   the larger median speed-ups. A 50x speed-up is only possible against a loop that does not use BLAS.
-- Other sessions' benchmarks and tests shared this 2-core machine during the run (load average above): single
-  rounds vary by up to 2x, which is why every contender is timed in the same interleaved rounds.
+- The machine may be shared with other jobs (load average above): single rounds have varied by up to 2x, which is
+  why every contender is timed in the same interleaved rounds.
 """
 
 
@@ -204,25 +201,6 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def machine_line():
-    model = platform.processor() or "unknown"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        model = re.search(r"Model name:\s*(.+)", lscpu).group(1).strip()
-    except (OSError, subprocess.CalledProcessError, AttributeError):
-        pass
-    return f"{model}, {os.cpu_count()} cores, JAX {jax.__version__} on {jax.devices()[0].platform}"
-
-
-def write_section(path: pathlib.Path, body: str) -> None:
-    """Replace (or append) the ``## seqsim`` section of path, keeping every other section as it is."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{SECTION}\n\n{body.strip()}\n\n"
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dims", default="384,512,1280", help="embed widths")
@@ -267,7 +245,7 @@ def main():
         command = "python bench/seqsim.py " + " ".join(sys.argv[1:])
         body = "\n".join(
             [
-                f"Machine: {machine_line()}. Date: {started:%Y-%m-%d %H:%M %Z}. Command: `{command.strip()}`.",
+                f"Machine: {machine()}. Date: {started:%Y-%m-%d %H:%M %Z}. Command: `{command.strip()}`.",
                 f"Load average (1 min) before/after: {load_before[0]:.1f} / {load_after[0]:.1f}.",
                 f"m = n = {args.frames} padded frames, valid lengths uniform in [{int(0.8 * args.frames)}, "
                 f"{args.frames}]; FLOPs = 2*N*m*M*n*d; medians of {args.repeats} interleaved rounds "
@@ -279,8 +257,8 @@ def main():
                 NOTES,
             ]
         )
-        write_section(pathlib.Path(args.write), body)
-        print(f"wrote {SECTION} in {args.write}")
+        record(pathlib.Path(args.write), "seqsim", body)
+        print(f"wrote ## seqsim in {args.write}")
 
 
 if __name__ == "__main__":

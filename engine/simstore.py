@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import re
 import socket
 
 import numpy as np
@@ -28,7 +27,7 @@ import tensorstore as ts
 
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
-from engine.store_format import CONTEXT, create_key, json_bytes, open_kvstore, read_json
+from engine.store_format import CONTEXT, LANG, create_key, json_bytes, open_kvstore, read_json
 
 FORMAT_NAME = "babelgrid-similarity"
 FORMAT_VERSION = 1
@@ -40,7 +39,7 @@ ROW_AXIS = f"{UTTERANCE}_a"  # rows: utterances of the first language of the pai
 COL_AXIS = f"{UTTERANCE}_b"
 AXES = (LAYER, ROW_AXIS, COL_AXIS)
 MANIFEST_FIELDS = ("layer_store", "model_name", "checkpoint_sha256", "layers")  # must agree between runs
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+NAME = LANG  # language codes and measure names: the layer store's language-code rule
 # Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
 MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a", "mean", "centre", "duration", "dtw")
 REVERSED_MEASURE = {"seqsim_a2b": "seqsim_b2a", "seqsim_b2a": "seqsim_a2b"}
@@ -268,9 +267,6 @@ class SimilarityStore(_Store):
             raise SimilarityError(f"scores of {key!r} must be f32{list(array.shape[1:])}, got {scores.shape}")
         array[position].write(scores).result()
         self._kv.write(f"{key}{DONE_DIR}{layer}.json", json_bytes({"layer": int(layer), **marker})).result()
-
-    def remove_marker(self, measure: str, lang_a: str, lang_b: str, layer: int) -> None:
-        self._kv.delete(f"{pair_key(measure, lang_a, lang_b)}{DONE_DIR}{int(layer)}.json").result()
 
 
 class SimilarityReader(_Store):

@@ -52,10 +52,10 @@ import numpy as np
 from jax import lax
 
 from engine.errors import ShapeError
+from kernels.seqsim import COS_EPS, check_lengths, even_split, normalize_frames
 
 DIAG, UP, LEFT = 0, 1, 2  # trace codes of whisper's dtw_cpu: came from C[i-1, j-1], C[i-1, j], C[i, j-1]
 PAD = -1  # fills the path arrays past the path length
-COS_EPS = 1e-12  # smallest L2 norm a frame is divided by in dtw_distance (torch's F.normalize default)
 # Diagonals per outer scan step. The cost values of a chunk of diagonals are fetched with one gather of contiguous
 # windows (a per-cell gather costs ~3 ns a cell on CPU, more than the DP step itself), into a chunk buffer
 # f32[batch, chunk, tokens] kept small: on CPU, XLA's temp buffers above glibc's 32 MiB mmap threshold are mapped
@@ -281,16 +281,6 @@ def _traced(*args) -> bool:
 _dtw_batch_jits = _jits(_dtw_batch_piece, ("size", "accumulator", "chunk", "backtrace_by_item"))
 
 
-def _check_lengths(name: str, lengths, count: int, most: int, item: str) -> None:
-    """Shape check where data enters; values are checked when concrete (not traced)."""
-    if jnp.shape(lengths) != (count,):
-        raise ShapeError(f"{name} must be i32[{count}] (one length per {item}), got shape {jnp.shape(lengths)}")
-    if not isinstance(lengths, jax.core.Tracer):
-        lv = np.asarray(lengths)
-        if lv.size and (lv.min() < 1 or lv.max() > most):
-            raise ShapeError(f"{name} must lie in 1..{most}, got {lv.min()}..{lv.max()}")
-
-
 def choose_chunk(batch: int, tokens: int) -> int:
     """Diagonals per outer step so that the chunk buffer f32[batch, chunk, tokens] is about ``CHUNK_BYTES``."""
     return int(np.clip(CHUNK_BYTES // (4 * batch * tokens), 16, CHUNK_DIAGONALS))
@@ -333,8 +323,8 @@ def dtw_batch(
     if cost.ndim != 3:
         raise ShapeError(f"cost must be f32[batch, tokens, frames], got shape {cost.shape}")
     batch, tokens, frames = cost.shape
-    _check_lengths("n_tokens", n_tokens, batch, tokens, "matrix")
-    _check_lengths("n_frames", n_frames, batch, frames, "matrix")
+    check_lengths("n_tokens", n_tokens, batch, tokens, "matrix")
+    check_lengths("n_frames", n_frames, batch, frames, "matrix")
     on_cpu = jax.default_backend() == "cpu"
     traced = _traced(cost, n_tokens, n_frames)
     if traced:  # under the caller's jit: one piece, in the caller's computation
@@ -373,16 +363,14 @@ def dtw_batch(
 # DTW distance between two embedding sequences.
 
 
-def _unit_frames(x: jax.Array, length) -> jax.Array:
-    """f32[frame, embed]: valid frames divided by max(|x|, COS_EPS), padding frames zero."""
-    x = jnp.where((jnp.arange(x.shape[0]) < length)[:, None], x.astype(jnp.float32), 0.0)
-    return x * lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
+def _unit_frames(x: jax.Array, lengths) -> jax.Array:
+    """f32[utterance, frame, embed]: valid frames divided by max(|x|, COS_EPS), padding frames zero."""
+    return jax.vmap(normalize_frames)(x.astype(jnp.float32), lengths)
 
 
 def _dtw_distances(a, b, len_a, len_b, *, accumulator: str, chunk: int) -> jax.Array:
     """dtw_distance of pairs: a: f[pair, m, embed], b: f[pair, n, embed], len_a, len_b: i32[pair] -> f32[pair]."""
-    unit = jax.vmap(_unit_frames)
-    cos = jnp.einsum("pme,pne->pmn", unit(a, len_a), unit(b, len_b))  # f32[pair, m, n]
+    cos = jnp.einsum("pme,pne->pmn", _unit_frames(a, len_a), _unit_frames(b, len_b))  # f32[pair, m, n]
     # The path length rides along the forward pass: no trace or backtrace needed.
     total, length, _ = _wavefront(1.0 - cos, len_a, len_b, chunk=chunk, accumulator=accumulator, want_trace=False)
     return total / length
@@ -414,8 +402,8 @@ def dtw_distance_pairs(
     i32[pair]. Returns f32[pair]. Memory: a cosine matrix f32[m, n] per pair, so pass pairs in blocks."""
     if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[2]:
         raise ShapeError(f"a, b must be [pair, frame, embed] with equal pair and embed axes, got {a.shape}, {b.shape}")
-    _check_lengths("len_a", len_a, a.shape[0], a.shape[1], "pair")
-    _check_lengths("len_b", len_b, a.shape[0], b.shape[1], "pair")
+    check_lengths("len_a", len_a, a.shape[0], a.shape[1], "pair")
+    check_lengths("len_b", len_b, a.shape[0], b.shape[1], "pair")
     chunk = choose_chunk(a.shape[0], a.shape[1])
     run = _dtw_distance_pairs_jits[_traced(a, b, len_a, len_b)]
     return run(a, b, len_a, len_b, accumulator=accumulator, chunk=chunk)
@@ -432,18 +420,12 @@ def _dtw_similarity_tile(A, len_A, B, len_B, *, accumulator: str, chunk: int) ->
     speed (a batched product per pair took ~90% of the time: in a one-off measurement, 30 x 30 utterances of 200
     frames took 1.13 s that way and 0.19 s this way), then one wavefront over the r * c matrices."""
     r, c = A.shape[0], B.shape[0]
-    cos = jnp.einsum("ame,bne->abmn", jax.vmap(_unit_frames)(A, len_A), jax.vmap(_unit_frames)(B, len_B))
+    cos = jnp.einsum("ame,bne->abmn", _unit_frames(A, len_A), _unit_frames(B, len_B))
     cost = (1.0 - cos).reshape(r * c, A.shape[1], B.shape[1])
     total, length, _ = _wavefront(
         cost, jnp.repeat(len_A, c), jnp.tile(len_B, r), chunk=chunk, accumulator=accumulator, want_trace=False
     )
     return 1.0 - (total / length).reshape(r, c)
-
-
-def _tiles(count: int, most: int) -> tuple[int, int]:
-    """(tile size, number of tiles) covering count items with tiles of at most ``most``, evened out."""
-    n = -(-count // max(1, min(most, count)))
-    return -(-count // n), n
 
 
 def dtw_similarity_matrix(
@@ -462,8 +444,8 @@ def dtw_similarity_matrix(
     if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
         raise ShapeError(f"A, B must be [utterance, frame, embed] with one embed size, got {A.shape}, {B.shape}")
     n_a, n_b = A.shape[0], B.shape[0]
-    _check_lengths("len_A", len_A, n_a, A.shape[1], "utterance")
-    _check_lengths("len_B", len_B, n_b, B.shape[1], "utterance")
+    check_lengths("len_A", len_A, n_a, A.shape[1], "utterance")
+    check_lengths("len_B", len_B, n_b, B.shape[1], "utterance")
     if not n_a or not n_b:
         return jnp.zeros((n_a, n_b), jnp.float32)
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
@@ -471,8 +453,9 @@ def dtw_similarity_matrix(
     workers = cpu_workers() if jax.default_backend() == "cpu" else 1
     # Pairs per tile: TILE_CELLS cosine cells, and at least one tile per worker where there are enough pairs.
     pairs = max(1, min(TILE_CELLS // (A.shape[1] * B.shape[1]), -(-n_a * n_b // workers)))
-    r, n_row_tiles = _tiles(n_a, int(np.sqrt(pairs)))  # square-ish: the product's rows and columns
-    c, n_col_tiles = _tiles(n_b, pairs // r)
+    r = even_split(n_a, int(np.sqrt(pairs)))  # square-ish: the product's rows and columns
+    c = even_split(n_b, pairs // r)
+    n_row_tiles, n_col_tiles = -(-n_a // r), -(-n_b // c)
     chunk = choose_chunk(r * c, A.shape[1])
     tiles = [(i, j) for i in range(n_row_tiles) for j in range(n_col_tiles)]
     workers = min(workers, len(tiles))

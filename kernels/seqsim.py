@@ -40,12 +40,13 @@ COS_EPS = 1e-12  # smallest L2 norm a frame is divided by (torch's F.normalize d
 PAD_SIMILARITY = -4.0  # what the block matmul gives a product touching padding: below every cosine, exact in bf16
 CPU_BLOCK_BUDGET_BYTES = 256 * 2**20  # per-block working set on CPU: leaves room for the inputs in a few GiB
 ACCELERATOR_BUDGET_FRACTION = 0.25  # share of free accelerator memory one block may use
-# Similarities per block (see choose_blocks). On a 2-core AMD EPYC (1 MiB L2 per core, 32 MiB L3), with m = n = 500
-# and d = 512: 4 MiB blocks (2x2 or 4x1 utterances) ran at 0.9-1.0x the machine's 2048-cube matmul rate in f32 and
-# bf16; 1 MiB blocks as fast in f32 but 10% slower in bf16 (smaller matmuls); 16-64 MiB blocks 10-50% slower in
-# f32 because the max reductions then read the block from memory instead of cache.
+# Similarities per block (see choose_blocks). In a one-off sweep (not kept in the repository) on a 2-core AMD EPYC
+# (1 MiB L2 per core, 32 MiB L3), with m = n = 500 and d = 512: 4 MiB blocks (2x2 or 4x1 utterances) ran at
+# 0.9-1.0x the machine's 2048-cube matmul rate in f32 and bf16; 1 MiB blocks as fast in f32 but 10% slower in bf16
+# (smaller matmuls); 16-64 MiB blocks 10-50% slower in f32, the max reductions reading the block from memory instead
+# of cache. bench/seqsim.py measures the default blocks only.
 CPU_TARGET_BLOCK_ELEMENTS = 2**20
-ACCELERATOR_TARGET_BLOCK_ELEMENTS = 2**28  # 1 GiB of f32: few loop steps, matmuls large enough to fill a GPU
+ACCELERATOR_TARGET_BLOCK_ELEMENTS = 2**28  # 1 GiB of f32: few loop steps (not measured on a GPU yet)
 FRAME_QUANTUM = 16  # frame axes are cropped to a multiple of this above the longest utterance (fewer recompiles)
 
 
@@ -77,6 +78,17 @@ def normalize_frames(x: jax.Array, length) -> jax.Array:
     sumsq = jnp.sum(x32 * x32, axis=-1, keepdims=True)
     unit = x32 * jax.lax.rsqrt(jnp.maximum(sumsq, COS_EPS * COS_EPS))
     return unit.astype(x.dtype)
+
+
+def check_lengths(name: str, lengths, count: int, most: int, item: str) -> None:
+    """Shape check where data enters: ``lengths`` must be [count] (one per ``item``) and, when concrete (not
+    traced), lie in 1..most."""
+    if jnp.shape(lengths) != (count,):
+        raise ShapeError(f"{name} must be i32[{count}] (one length per {item}), got shape {jnp.shape(lengths)}")
+    if not isinstance(lengths, jax.core.Tracer):
+        lv = np.asarray(lengths)
+        if lv.size and (lv.min() < 1 or lv.max() > most):
+            raise ShapeError(f"{name} must lie in 1..{most}, got {lv.min()}..{lv.max()}")
 
 
 def _matmul_f32(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -127,9 +139,9 @@ def _block_seqsim(a: jax.Array, len_a: jax.Array, b: jax.Array, len_b: jax.Array
     Returns (a_to_b, b_to_a), each f32[Ba, Bb].
 
     This is ``vmap(vmap(seqsim))`` written as one (Ba*m) x embed @ embed x (Bb*n) matmul: the nested vmap would
-    become Ba*Bb small matmuls. Masking padding with ``where`` on the [Ba, m, Bb, n] similarities would cost XLA's
-    CPU backend two extra passes over them (the selects are not fused into its reductions), so the padding is
-    masked inside the matmul by ``_augment`` and only the small reduced arrays see a ``where``.
+    become Ba*Bb small matmuls. Masking padding with ``where`` on the [Ba, m, Bb, n] similarities would add selects
+    over all of them (on XLA's CPU backend, in the one-off version tried, not fused into its reductions), so the
+    padding is masked inside the matmul by ``_augment`` and only the small reduced arrays see a ``where``.
     """
     ba, m, k = a.shape
     bb, n, _ = b.shape
@@ -203,7 +215,7 @@ def default_memory_budget(device: jax.Device | None = None) -> int:
     return max(int(free * ACCELERATOR_BUDGET_FRACTION), 16 * 2**20)
 
 
-def _even_split(total: int, most: int) -> int:
+def even_split(total: int, most: int) -> int:
     """Largest block size <= most that splits ``total`` into the fewest blocks with the least padding."""
     most = max(1, min(most, total))
     blocks = -(-total // most)
@@ -230,13 +242,13 @@ def choose_blocks(
     target = CPU_TARGET_BLOCK_ELEMENTS if platform == "cpu" else ACCELERATOR_TARGET_BLOCK_ELEMENTS
     target = min(target, max(memory_bytes // 8, 1))
     side = max(1, math.isqrt(max(target // (m * n), 1)))
-    ba = _even_split(n_a, side)
-    bb = _even_split(n_b, max(1, target // (m * n * ba)))
+    ba = even_split(n_a, side)
+    bb = even_split(n_b, max(1, target // (m * n * ba)))
     while working_set(ba, bb) > memory_bytes and (ba > 1 or bb > 1):
         if ba >= bb:
-            ba = _even_split(n_a, ba - 1)
+            ba = even_split(n_a, ba - 1)
         else:
-            bb = _even_split(n_b, bb - 1)
+            bb = even_split(n_b, bb - 1)
     return ba, bb
 
 
@@ -245,12 +257,7 @@ def _check_inputs(A, len_A, B, len_B) -> None:
     for name, x, lengths, lname in (("A", A, len_A, "len_A"), ("B", B, len_B, "len_B")):
         if x.ndim != 3:
             raise ShapeError(f"{name} must be [utterance, frame, embed], got shape {x.shape}")
-        if lengths.shape != (x.shape[0],):
-            raise ShapeError(f"{lname} must be i32[{x.shape[0]}] (a length per utterance), got {lengths.shape}")
-        if not isinstance(lengths, jax.core.Tracer):
-            lv = np.asarray(lengths)
-            if lv.size and (lv.min() < 1 or lv.max() > x.shape[1]):
-                raise ShapeError(f"{lname} must lie in 1..{x.shape[1]} (frames of {name}), got {lv.min()}..{lv.max()}")
+        check_lengths(lname, lengths, x.shape[0], x.shape[1], "utterance")
     if A.shape[2] != B.shape[2]:
         raise ShapeError(f"A and B must share the embed axis, got {A.shape[2]} and {B.shape[2]}")
     if A.dtype != B.dtype or A.dtype not in (jnp.float32, jnp.bfloat16):
