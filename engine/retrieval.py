@@ -103,6 +103,16 @@ class DirectedScore:
         return [(f"R@{k}", m.recall[k], m.random_recall[k]) for k in m.recall] + [("MRR", m.mrr, m.random_mrr)]
 
 
+def mean_over_pairs(scores: Sequence[DirectedScore], measure: str, metric: str) -> dict[int, tuple[float, float]]:
+    """layer -> (mean value, mean random baseline) of ``metric`` over the directed pairs that have queries."""
+    by_layer: dict[int, list[tuple[float, float]]] = {}
+    for s in scores:
+        if s.measure == measure and s.metrics.queries:
+            value, random = next((v, r) for name, v, r in s.values() if name == metric)
+            by_layer.setdefault(s.layer, []).append((value, random))
+    return {layer: tuple(np.mean(v, axis=0)) for layer, v in sorted(by_layer.items())}
+
+
 @dataclasses.dataclass(frozen=True)
 class RetrievalResult:
     """Every directed score, where they were written, and the layers that were not in the store yet."""
@@ -116,12 +126,7 @@ class RetrievalResult:
 
     def mean_over_pairs(self, measure: str, metric: str = "R@1") -> dict[int, tuple[float, float]]:
         """layer -> (mean value, mean random baseline) over directed pairs that have queries."""
-        by_layer: dict[int, list[tuple[float, float]]] = {}
-        for s in self.scores:
-            if s.measure == measure and s.metrics.queries:
-                value, random = next((v, r) for name, v, r in s.values() if name == metric)
-                by_layer.setdefault(s.layer, []).append((value, random))
-        return {layer: tuple(np.mean(v, axis=0)) for layer, v in sorted(by_layer.items())}
+        return mean_over_pairs(self.scores, measure, metric)
 
     def report(self) -> str:
         """Per measure: one line per layer with mean R@k and MRR over directed pairs, then their random baselines."""
@@ -231,17 +236,24 @@ def compute_scores(reader, config: RetrievalConfig):
         if config.langs is not None and not pairs:
             raise RetrievalError(f"measure {measure!r} has no stored pair within languages {list(config.langs)}")
         for a, b in pairs:
-            for query, searched in ((a, b), (b, a)):
-                done = _done(reader, measure, query, searched)
-                for layer in layers:
-                    if layer not in done:
+            directions = ((a, b), (b, a))
+            done = {d: _done(reader, measure, *d) for d in directions}
+            found = {d: [] for d in directions}
+            # Both directions of a layer one after the other: where they share a stored matrix (symmetric measures),
+            # the reader reads it once.
+            for layer in layers:
+                for query, searched in directions:
+                    if layer not in done[query, searched]:
                         missing.append((measure, query, searched, layer))
                         continue
                     matrix, row_ids, col_ids = reader.matrix(measure, query, searched, layer)
                     metrics, dropped_a, dropped_b = score_matrix(
                         matrix, row_ids, col_ids, ks=tuple(config.ks), ties=config.ties
                     )
-                    scores.append(DirectedScore(query, searched, layer, measure, metrics, dropped_a, dropped_b))
+                    score = DirectedScore(query, searched, layer, measure, metrics, dropped_a, dropped_b)
+                    found[query, searched].append(score)
+            for d in directions:
+                scores += found[d]
     if missing:
         log.warning("%d (measure, directed pair, layer) are not in the similarity store yet; skipped", len(missing))
     return tuple(scores), tuple(missing)
@@ -263,7 +275,8 @@ def csv_bytes(scores: Sequence[DirectedScore]) -> bytes:
 
 
 def pick_figure_layer(scores: Sequence[DirectedScore], asked: int | None) -> int | None:
-    """``asked`` if scored, else the layer with the best mean R@1 of seqsim (or of the first measure)."""
+    """``asked`` if scored, else the layer with the best mean R@k (the first k asked) of seqsim (or of the first
+    measure)."""
     layers = sorted({s.layer for s in scores})
     if asked is not None:
         if asked not in layers:
@@ -273,14 +286,9 @@ def pick_figure_layer(scores: Sequence[DirectedScore], asked: int | None) -> int
         return None
     measures = list(dict.fromkeys(s.measure for s in scores))
     measure = FIGURE_MEASURE if FIGURE_MEASURE in measures else measures[0]
-    first_k = next(iter(scores[0].metrics.recall))
-    means = {}
-    for layer in layers:
-        values = [
-            s.metrics.recall[first_k] for s in scores if s.measure == measure and s.layer == layer and s.metrics.queries
-        ]
-        means[layer] = np.mean(values) if values else -1.0
-    return max(layers, key=lambda layer: (means[layer], -layer))  # ties: the earlier layer
+    first_recall = scores[0].values()[0][0]
+    means = {layer: value for layer, (value, _) in mean_over_pairs(scores, measure, first_recall).items()}
+    return max(layers, key=lambda layer: (means.get(layer, -1.0), -layer))  # ties: the earlier layer
 
 
 def _figures(scores: Sequence[DirectedScore], figure_layer: int) -> dict[str, bytes]:

@@ -192,7 +192,8 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
                 need_states = any(m != "duration" for m in todo_measures)
                 for lang in (a, b):
                     if lang not in cache or (need_states and cache[lang].states is None):
-                        cache[lang] = _load(reader, lang, layer, done_index[lang], need_states, config.dtype)
+                        index = done_index[lang]
+                        cache[lang] = _load(reader, lang, layer, index, lengths[lang][index], need_states, config.dtype)
                 scores = _compute(cache[a], cache[b], todo_measures, mesh, summary)
                 marker = {"rows_done": len(cache[a].index), "cols_done": len(cache[b].index), "dtype": config.dtype}
                 for m in todo_measures:
@@ -220,8 +221,11 @@ def _pair_ids(tables: dict, a: str, b: str) -> dict:
     }
 
 
-def _load(reader: StoreReader, lang: str, layer: int, index: np.ndarray, need_states: bool, dtype: str) -> _Language:
-    lengths = np.asarray(reader.lengths(lang))[index].astype(np.int32)
+def _load(
+    reader: StoreReader, lang: str, layer: int, index: np.ndarray, lengths: np.ndarray, need_states: bool, dtype: str
+) -> _Language:
+    """The done utterances ``index`` of one language at one layer; ``lengths``: their frames (the run's snapshot)."""
+    lengths = lengths.astype(np.int32)
     if not need_states or not len(index):
         return _Language(index, lengths, None)
     states, _ = reader.language_layer(lang, layer, utterances=index, dtype=COMPUTE_DTYPES[dtype])

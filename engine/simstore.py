@@ -275,6 +275,8 @@ class SimilarityReader(_Store):
     def __init__(self, url: str, kvstore: dict, kv: ts.KvStore, manifest: dict):
         super().__init__(url, kvstore, kv, manifest)
         self._arrays: dict[str, ts.TensorStore] = {}  # opened once: a pair's metadata does not change
+        self._ids_read: dict[str, dict] = {}  # ids.json of each pair found: written once, at the pair's creation
+        self._last_read: tuple[str, int, np.ndarray] | None = None  # (key, layer position, scores)
 
     def __repr__(self):
         return f"SimilarityReader({self.url!r}, {self.manifest['model_name']}, layers {list(self.layers)})"
@@ -301,9 +303,13 @@ class SimilarityReader(_Store):
         key, transposed = self._locate(measure, lang_a, lang_b)
         position = self.layer_position(layer)
         ids = self._ids(key)
-        if key not in self._arrays:
-            self._arrays[key] = self._open_array(key, writable=False)
-        scores = np.asarray(self._arrays[key][position].read().result())
+        if self._last_read is not None and self._last_read[:2] == (key, position):
+            scores = self._last_read[2]  # the other direction of the same stored matrix: read once
+        else:
+            if key not in self._arrays:
+                self._arrays[key] = self._open_array(key, writable=False)
+            scores = np.asarray(self._arrays[key][position].read().result())
+            self._last_read = (key, position, scores)
         if transposed:
             return np.ascontiguousarray(scores.T), list(ids["col_ids"]), list(ids["row_ids"])
         return scores, list(ids["row_ids"]), list(ids["col_ids"])
@@ -317,6 +323,14 @@ class SimilarityReader(_Store):
         swap = {"row_ids": "col_ids", "col_ids": "row_ids", "row_recording": "col_recording"}
         swap["col_recording"] = "row_recording"
         return {name: ids[source] for name, source in swap.items()}
+
+    def _ids(self, key: str) -> dict | None:
+        if key not in self._ids_read:
+            ids = super()._ids(key)
+            if ids is None:
+                return None  # not (yet) stored: asked again next time
+            self._ids_read[key] = ids
+        return self._ids_read[key]
 
     def _locate(self, measure: str, lang_a: str, lang_b: str) -> tuple[str, bool]:
         """(pair key, whether it must be transposed) of the stored matrix that answers (measure, a, b)."""
