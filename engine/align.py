@@ -42,8 +42,8 @@ from engine.languages import fleurs_to_whisper
 from engine.parallel import barrier
 from engine.reader import open_store
 from engine.simstore import check_name
-from engine.store_format import json_bytes, open_kvstore
-from engine.timing import AlignmentConfig, align_words, fill_padding, silence_states
+from engine.store_format import create_key, json_bytes, open_kvstore, read_json
+from engine.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
 from engine.whisper import load_whisper
 
 TRANSCRIPT_SOURCES = ("store", "decode")
@@ -131,11 +131,11 @@ def _manifest(config: AlignConfig, store_url: str, whisper) -> dict:
 
 
 def _check_manifest(kv, manifest: dict, out: str) -> None:
-    found = kv.read(MANIFEST).result()
-    if found.state != "value":
-        kv.write(MANIFEST, json_bytes(manifest)).result()
-        return
-    old = json.loads(bytes(found.value))
+    old = read_json(kv, MANIFEST, out)
+    if old is None:
+        if create_key(kv, MANIFEST, json_bytes(manifest)):
+            return
+        old = read_json(kv, MANIFEST, out)  # another process created it first
     differ = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in manifest.items() if k != "store" and old.get(k) != v]
     if differ:
         raise AlignError(
@@ -205,8 +205,7 @@ def _decode(whisper, states: np.ndarray, n_frames: np.ndarray, language, dtype) 
     starts = np.arange(n_windows) * N_ENCODER_FRAMES
     valid = np.clip(n_frames[:, None] - starts[None, :], 0, N_ENCODER_FRAMES).reshape(-1)
     keep = np.flatnonzero(valid > 0)
-    options = DecodingOptions(language=language) if language else DecodingOptions()
-    result = whisper.transcribe(None, options, xa=jnp.asarray(windows[keep], dtype))
+    result = whisper.transcribe(None, DecodingOptions(language=language), xa=jnp.asarray(windows[keep], dtype))
     tokens: list[list[int]] = [[] for _ in range(b)]
     for k, toks in zip(keep, result.tokens, strict=True):
         tokens[k // n_windows].extend(toks)
@@ -217,7 +216,6 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
     """Aligns utterances ``todo`` (done in the store) of one part, appending to ``rows_out`` / ``skipped``."""
     tok = whisper.tokenizer
     dtype = COMPUTE_DTYPES[config.compute_dtype]
-    prompt = len(tok.sot_sequence(language) if language else tok.sot_sequence())
     by_windows: dict[int, list[int]] = {}
     for u in todo:
         by_windows.setdefault(-(-int(lengths[u]) // N_ENCODER_FRAMES), []).append(u)
@@ -228,10 +226,7 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
         for i in range(0, len(group), config.batch_size):
             batch = group[i : i + config.batch_size]
             stored, n = reader.language_layer(lang, top, utterances=batch)
-            states = np.zeros((len(batch), frames, stored.shape[2]), stored.dtype)
-            keep = min(frames, stored.shape[1])
-            states[:, :keep] = stored[:, :keep]
-            states = fill_padding(states, n, silence)
+            states = fill_padding(stored, n, silence, frames)
             if config.transcripts == "decode":
                 texts = _decode(whisper, states, n, language, dtype)
             else:
@@ -243,13 +238,14 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
             for u, t in zip(batch, texts, strict=True):
                 if t is None:
                     skipped.append((u, rows[u].id, "no_transcription"))
-                elif prompt + len(t) + 1 > whisper.dims.n_text_ctx:  # + end-of-text
+                elif not fits_text_context(whisper, t, language, align_config.task):
                     skipped.append((u, rows[u].id, "transcript_too_long"))
                 else:
                     ok.append((u, t))
             if not ok:
                 continue
-            # Pad the batch to a fixed size with copies of its first item, so one program serves every call.
+            # Pad the batch to a fixed size with copies of its first item: the batch size is then not one more
+            # shape to compile for (the token bucket and the window count still are).
             pad = config.batch_size - len(ok) if len(group) >= config.batch_size else 0
             index = [batch.index(u) for u, _ in ok] + [batch.index(ok[0][0])] * pad
             words = align_words(

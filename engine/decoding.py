@@ -151,14 +151,19 @@ def greedy_decode(
     return tokens, np.asarray(avg)
 
 
+def heads_cross_attention(model: Whisper, xa, tokens, heads, cross=True):
+    """Teacher-forced decoder on ``tokens: i32[batch, t]``: (logits f32[batch, t, vocab], the cross-attention of
+    ``heads: i32[n, 2]`` as f32[batch, n, t, frame]): softmax weights (``cross=True``) or the logits before the
+    softmax (``cross="logits"``). Traceable; ``teacher_forced`` is the checked, jitted entry point."""
+    dec = model.decoder
+    logits, _, attention = dec(tokens, dec.cross_kv(xa), return_cross_attention=cross)
+    # attention: f32[layer, batch, head, t, frame] -> chosen heads f32[batch, n_heads, t, frame]
+    return logits, jnp.transpose(attention[heads[:, 0], :, heads[:, 1]], (1, 0, 2, 3))
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _teacher_forced(graphdef, state, xa, tokens, heads):
-    model = nnx.merge(graphdef, state)
-    dec = model.decoder
-    logits, _, cross = dec(tokens, dec.cross_kv(xa), return_cross_attention=True)
-    # cross: f32[layer, batch, head, t, frame] -> chosen heads f32[batch, n_heads, t, frame]
-    picked = cross[heads[:, 0], :, heads[:, 1]]
-    return logits, jnp.transpose(picked, (1, 0, 2, 3))
+    return heads_cross_attention(nnx.merge(graphdef, state), xa, tokens, heads)
 
 
 def teacher_forced(model: Whisper, xa, tokens: np.ndarray, heads: np.ndarray):

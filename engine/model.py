@@ -129,7 +129,7 @@ class MultiHeadAttention(nnx.Module):
         times both forms in one run. Pairs rather than single heads: a single-head dot took
         another XLA kernel whose summation order moved the real-speech encoder output past the
         2e-3 CTranslate2 tolerance (``tests/engine/test_parity_ct2.py``); head pairs keep the
-        batched form's numerics. Accelerators prefer the batched form.
+        batched form's numerics. Accelerators use the batched form (the pairs are not measured there).
         """
         if jax.default_backend() != "cpu" or not CPU_BLOCKED_ATTENTION:
             return self.attend(q, k, v)[0]

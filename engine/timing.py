@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from engine.audio import ENCODER_FRAMES_PER_SECOND, N_ENCODER_FRAMES, N_SAMPLES
+from engine.decoding import heads_cross_attention
 from engine.errors import ShapeError
 from kernels.dtw import dtw_batch
 from kernels.filters import median_filter
@@ -72,20 +73,17 @@ def _alignment_cost(graphdef, state, xa, tokens, n_tokens, n_frames, heads, *, e
     positions; n_frames: i32[b] valid frames. Row r of the cost is position ``offset + r``, the one
     that predicts text token r (the last valid row predicts eot).
     """
-    model = nnx.merge(graphdef, state)
-    dec = model.decoder
     b, t = tokens.shape
     frames = xa.shape[1]
     valid_frame = jnp.arange(frames)[None, :] < n_frames[:, None]  # [b, frame]
     # The decoder attends to the whole window, padding included, as Whisper's does; only the weights are cropped.
-    logits, _, cross = dec(tokens, dec.cross_kv(xa), return_cross_attention="logits")
+    # w: the alignment heads' pre-softmax cross-attention f32[b, head, t, frame].
+    logits, w = heads_cross_attention(nnx.merge(graphdef, state), xa, tokens, heads, cross="logits")
     # Probability of each next token, the softmax over text tokens only (ids below eot), as Whisper.
     text_logits = logits[:, :, :eot]
     nxt = jnp.concatenate([tokens[:, 1:], jnp.zeros((b, 1), tokens.dtype)], axis=1)
     logp = jnp.take_along_axis(jax.nn.log_softmax(text_logits, axis=-1), jnp.minimum(nxt, eot - 1)[..., None], -1)
     probs = jnp.exp(logp[..., 0])
-    # cross: f32[layer, b, head, t, frame] -> f32[b, head, t, frame] of the alignment heads.
-    w = jnp.transpose(cross[heads[:, 0], :, heads[:, 1]], (1, 0, 2, 3))
     valid_token = jnp.arange(t)[None, :] < n_tokens[:, None]  # [b, t]
     w = jnp.where(valid_frame[:, None, None, :], w, -jnp.inf)
     w = jax.nn.softmax(w, axis=-1)  # over the valid frames only: the same as cropping first
@@ -141,9 +139,7 @@ def align_words(
     if batch and (n_frames.min() < 1 or n_frames.max() > frames):
         raise ShapeError(f"n_frames must lie in 1..{frames} (frames of xa), got {n_frames.min()}..{n_frames.max()}")
     texts = [[int(x) for x in t if int(x) < tok.eot] for t in text_tokens]
-    prompts = [  # sot[, language, task], notimestamps
-        list(tok.sot_sequence(lang, config.task) if dims.is_multilingual else tok.sot_sequence()) for lang in languages
-    ]
+    prompts = [prompt_tokens(whisper, lang, config.task) for lang in languages]
     offset = len(prompts[0]) - 1 if prompts else 0  # the row of notimestamps predicts the first text token
     if any(len(p) != offset + 1 for p in prompts):
         raise ShapeError("every prompt in a batch must have the same length")
@@ -188,6 +184,17 @@ def align_words(
         )
         results[i] = merge_punctuations(words, config.prepend_punctuations, config.append_punctuations)
     return results
+
+
+def prompt_tokens(whisper, language: str | None, task: str = "transcribe") -> list[int]:
+    """What ``align_words`` puts before a transcript: sot[, language, task], notimestamps."""
+    tok = whisper.tokenizer
+    return list(tok.sot_sequence(language, task) if whisper.dims.is_multilingual else tok.sot_sequence())
+
+
+def fits_text_context(whisper, text_tokens: Sequence[int], language: str | None, task: str = "transcribe") -> bool:
+    """Whether prompt + transcript + end-of-text fit the decoder's text context (else TranscriptTooLongError)."""
+    return len(prompt_tokens(whisper, language, task)) + len(text_tokens) + 1 <= whisper.dims.n_text_ctx
 
 
 def _words_from_path(tok, text: list[int], token_idx, frame_idx, probs, language) -> list[Word]:
@@ -245,23 +252,28 @@ def silence_states(whisper) -> np.ndarray:
     return np.asarray(whisper.audio_features(np.asarray(mel)), np.float32)[0]
 
 
-def fill_padding(xa: np.ndarray, n_frames, silence: np.ndarray) -> np.ndarray:
-    """Frames past each utterance's ``n_frames`` replaced by the silent window's, at the same window positions.
+def fill_padding(xa: np.ndarray, n_frames, silence: np.ndarray, frames: int | None = None) -> np.ndarray:
+    """f[batch, frames, embed]: each utterance's first ``n_frames`` from xa, the frames past them the silent
+    window's, at the same window positions.
 
-    xa: f[batch, frame, embed] with frame a multiple of 1500; n_frames: i32[batch]; silence: ``silence_states``.
+    xa: f[batch, frame, embed] (only the valid frames are read, e.g. a layer store's); n_frames: i32[batch];
+    silence: ``silence_states``; frames: the length to return, whole 1500-frame windows (default: xa's).
     A layer store keeps valid frames only, but Whisper's decoder also attends to the encoder's output over the
     padding of the last window, and depends on it, so leaving those frames out (or zero) changes its output. The
     silent window's states are a stand-in; how close the words come to full-window alignment is checked in
     ``tests/engine/test_timing.py::test_store_alignment_with_silence_padding_is_close_to_faster_whisper``.
     """
-    xa = np.array(xa, copy=True)
-    frames = xa.shape[1]
+    frames = xa.shape[1] if frames is None else int(frames)
     if frames % N_ENCODER_FRAMES:
         raise ShapeError(f"xa must hold whole 30 s windows ({N_ENCODER_FRAMES} frames each), got {frames} frames")
-    tiled = np.tile(silence, (frames // N_ENCODER_FRAMES, 1)).astype(xa.dtype)
-    for i, n in enumerate(np.asarray(n_frames).reshape(-1)):
-        xa[i, int(n) :] = tiled[int(n) :]
-    return xa
+    n_frames = np.asarray(n_frames).reshape(-1)
+    if n_frames.size and n_frames.max() > min(frames, xa.shape[1]):
+        raise ShapeError(f"n_frames must be at most {min(frames, xa.shape[1])}, got {n_frames.max()}")
+    out = np.empty((xa.shape[0], frames, xa.shape[2]), xa.dtype)
+    out[:] = np.tile(silence, (frames // N_ENCODER_FRAMES, 1)).astype(xa.dtype)
+    for i, n in enumerate(n_frames):
+        out[i, : int(n)] = xa[i, : int(n)]
+    return out
 
 
 def concatenate_windows(states: np.ndarray, valid: Sequence[int]) -> tuple[np.ndarray, int]:

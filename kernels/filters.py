@@ -6,7 +6,7 @@ from the edges this is ``scipy.signal.medfilt``. With ``n_valid`` each row is fi
 the whole signal (reflection at the valid edge), which is what cropped, ragged attention weights need.
 
 The median is the middle output of a sorting network of compare-exchanges over the ``width`` shifted views, all
-elementwise: XLA fuses it into one pass, where ``sort`` over a window axis costs a comparator call per element.
+elementwise, so XLA can fuse it into one loop (``sort`` over a window axis was not timed against it).
 NaN sorts last, as in ``torch.sort``.
 """
 
@@ -39,7 +39,7 @@ def _median(views: list[jax.Array]) -> jax.Array:
     for rnd in range(len(v)):
         for i in range(rnd % 2, len(v) - 1, 2):
             v[i], v[i + 1] = _compare_exchange(v[i], v[i + 1])
-    return v[len(v) // 2]  # XLA drops the compare-exchanges that do not feed the middle element
+    return v[len(v) // 2]  # compare-exchanges that do not feed the middle element are dead code to XLA
 
 
 @functools.partial(jax.jit, static_argnames=("width",))

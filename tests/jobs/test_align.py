@@ -105,10 +105,7 @@ def test_words_equal_the_library_on_the_stored_states(layer_store, words_out, wh
                 assert u not in set(words.utterance)
                 continue
             states = reader.states(lang, u, top)
-            frames = -(-len(states) // 1500) * 1500
-            xa = np.zeros((1, frames, states.shape[1]), np.float32)
-            xa[0, : len(states)] = states
-            xa = fill_padding(xa, [len(states)], silence_states(whisper))
+            xa = fill_padding(states[None], [len(states)], silence_states(whisper), -(-len(states) // 1500) * 1500)
             tokens = whisper.tokenizer.encode(" " + row.transcription)
             expected = align_words(whisper, xa, [len(states)], [tokens], [lang])[0]
             got = words[words.utterance == u].sort_values("word_index")
