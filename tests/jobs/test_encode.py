@@ -80,20 +80,22 @@ def expected_states(whisper, audio: np.ndarray, layers, batch_size: int = BATCH)
     return np.concatenate(parts, axis=1)
 
 
+def check_utterance(store, whisper, lang, u, row, dtype=np.float32):
+    """Every stored layer of utterance u equals the model's states for its audio, cast to the storage dtype."""
+    want = expected_states(whisper, load_audio(row["path"]), store.info.layers)
+    assert store.lengths(lang)[u] == want.shape[1] == row["n_frames"], (lang, u)
+    for pos, layer in enumerate(store.info.layers):
+        got = store.states(lang, u, layer)
+        np.testing.assert_array_equal(got, want[pos].astype(dtype), err_msg=f"{lang}/{row['id']} layer {layer}")
+
+
 def check_store_against_model(out, whisper, dtype=np.float32):
     store = open_store(str(out))
-    layers = store.info.layers
     checked = 0
     for lang in store.languages():
-        table = store.utterances_table(lang).to_pylist()
         assert store.done(lang).all(), f"{lang}: not every utterance is done"
-        for u, row in enumerate(table):
-            audio = load_audio(row["path"])
-            want = expected_states(whisper, audio, layers)
-            assert store.lengths(lang)[u] == want.shape[1] == row["n_frames"], (lang, u)
-            for pos, layer in enumerate(layers):
-                got = store.states(lang, u, layer)
-                np.testing.assert_array_equal(got, want[pos].astype(dtype), err_msg=f"{lang}/{row['id']} layer {layer}")
+        for u, row in enumerate(store.utterances_table(lang).to_pylist()):
+            check_utterance(store, whisper, lang, u, row, dtype)
             checked += 1
     return checked
 
@@ -142,9 +144,7 @@ def test_round_trip_real_fleurs_layout(tmp_path, fleurs_clips):
     for lang in store.languages():
         table = store.utterances_table(lang).to_pylist()
         for u in np.flatnonzero(store.done(lang)):
-            want = expected_states(whisper, load_audio(table[u]["path"]), store.info.layers)
-            for pos, layer in enumerate(store.info.layers):
-                np.testing.assert_array_equal(store.states(lang, int(u), layer), want[pos])
+            check_utterance(store, whisper, lang, int(u), table[u])
             checked += 1
     assert checked == 10
     # fleurs-de-009 is 43 s: two windows, 1500 + 669 frames, concatenated.
@@ -301,15 +301,8 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny):
     u, row = rows["long45"]
     assert row["n_windows"] == 2 and store.lengths("en")[u] == 1500 + 750  # windowed, not dropped or truncated
     assert store.lengths("en")[rows["stereo44k"][0]] == 150  # 3 s at 50 frames/s after resampling to 16 kHz mono
-    check_store_against_model_for(store, tiny, rows, ("good", "long45", "stereo44k"))
-
-
-def check_store_against_model_for(store, whisper, rows, names):
-    for name in names:
-        u, row = rows[name]
-        want = expected_states(whisper, load_audio(row["path"]), store.info.layers)
-        for pos, layer in enumerate(store.info.layers):
-            np.testing.assert_array_equal(store.states("en", u, layer), want[pos])
+    for name in ("good", "long45", "stereo44k"):
+        check_utterance(store, tiny, "en", *rows[name])
 
 
 def test_store_from_another_model_is_refused(tmp_path, tiny, tiny_pt):
