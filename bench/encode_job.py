@@ -31,13 +31,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench.common import machine, record  # noqa: E402
-from engine import audio as audio_lib  # noqa: E402
+from engine.data import audio as audio_lib  # noqa: E402
+from engine.data.features import features_for_audio  # noqa: E402
+from engine.data.sources import get_source  # noqa: E402
 from engine.encode import EncodeConfig, run_encode  # noqa: E402
-from engine.features import features_for_audio  # noqa: E402
 from engine.parallel import ShardedEncoder, data_mesh  # noqa: E402
-from engine.sources import get_source  # noqa: E402
-from engine.store import LayerStore, StoreInfo, UtteranceRow  # noqa: E402
-from engine.whisper import load_whisper  # noqa: E402
+from engine.stores.layers import LayerStore, StoreInfo, UtteranceRow  # noqa: E402
+from engine.whisper.loaded import load_whisper  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "fleurs-sample"
 

@@ -32,8 +32,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench.common import interleaved, machine, record  # noqa: E402
-from engine.checkpoints import write_packaged_ct2_folder  # noqa: E402
-from engine.dims import ModelDimensions  # noqa: E402
+from engine.whisper.checkpoints.load import write_packaged_ct2_folder  # noqa: E402
+from engine.whisper.dims import ModelDimensions  # noqa: E402
 
 
 def encoder_flops(dims: ModelDimensions) -> float:
@@ -61,8 +61,8 @@ def matmul_gflops(repeats: int, n: int = 2048) -> float:
 
 
 def load_mel(batch: int, n_mels: int) -> np.ndarray:
-    from engine.audio import load_audio
-    from engine.features import features_for_audio
+    from engine.data.audio import load_audio
+    from engine.data.features import features_for_audio
 
     sample = REPO.parent / "shared" / "data" / "fleurs-sample"
     clips = sorted(sample.glob("*.ogg"))[:batch] if sample.is_dir() else []
@@ -83,7 +83,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from engine.whisper import load_whisper
+    from engine.whisper.loaded import load_whisper
 
     whisper = load_whisper()
     dims = whisper.dims
@@ -101,7 +101,7 @@ def main() -> None:
     if args.attention:
         from flax import nnx
 
-        from engine import model as model_lib
+        from engine.whisper import model as model_lib
 
         graphdef, state = nnx.split(whisper.model)
         batched = jax.jit(lambda s, m: nnx.merge(graphdef, s).encoder(m))

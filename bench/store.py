@@ -34,8 +34,8 @@ import tensorstore as ts
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine import store  # noqa: E402
-from engine.dims import preset  # noqa: E402
+from engine.stores import layers as store  # noqa: E402
+from engine.whisper.dims import preset  # noqa: E402
 
 RAW = [{"name": "bytes", "configuration": {"endian": "little"}}]
 
@@ -94,8 +94,8 @@ def real_states(n_clips: int) -> list[np.ndarray]:
             x[:, :, :4] *= 50  # whisper's few large channels
             out.append(x)
         return out
-    from engine.audio import load_audio
-    from engine.whisper import load_whisper
+    from engine.data.audio import load_audio
+    from engine.whisper.loaded import load_whisper
 
     w = load_whisper()
     out = []

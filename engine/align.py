@@ -3,7 +3,7 @@
 The store's final layer (L+1, after ``ln_post``) is the decoder's input, so no audio is decoded or re-encoded.
 Transcripts come from the store's utterance table (``transcripts="store"``: the dataset's text) or are decoded
 greedily from the same states (``"decode"``: window by window, as Whisper transcribes long audio). Each
-utterance's windows are aligned together (``engine.timing``), so the times run over the whole utterance.
+utterance's windows are aligned together (``engine.whisper.timing``), so the times run over the whole utterance.
 
 The store keeps valid frames only, but Whisper's decoder also attends to the encoder's output over the padding of
 the last window; those frames are filled with the encoder's output for a silent window (``timing.fill_padding``).
@@ -35,16 +35,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.audio import N_ENCODER_FRAMES
-from engine.decoding import DecodingOptions
+from engine.data.audio import N_ENCODER_FRAMES
 from engine.errors import BabelgridError, LanguageError
-from engine.languages import fleurs_to_whisper
 from engine.parallel import barrier
-from engine.reader import open_store
-from engine.simstore import check_name
-from engine.store_format import create_key, json_bytes, open_kvstore, read_json
-from engine.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
-from engine.whisper import load_whisper
+from engine.stores.kv import create_key, json_bytes, open_kvstore, read_json
+from engine.stores.reader import open_store
+from engine.stores.similarity import check_name
+from engine.whisper.decoding import DecodingOptions
+from engine.whisper.languages import fleurs_to_whisper
+from engine.whisper.loaded import load_whisper
+from engine.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
 
 TRANSCRIPT_SOURCES = ("store", "decode")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

@@ -11,7 +11,7 @@ Stages, overlapped so that the accelerator never waits on the host:
    done only after its states are committed.
 
 Multi-host: with ``jax.distributed`` initialised, process ``p`` of ``P`` takes its own contiguous
-share of each language's utterances (``engine.store.utterance_range``, aligned to the store's
+share of each language's utterances (``engine.stores.layers.utterance_range``, aligned to the store's
 ``LENGTHS_CHUNK`` so that no two processes ever write the same chunk); every process uses only its
 local devices, so processes wait on each other only at the barriers after the store and each
 language's arrays are created.
@@ -31,14 +31,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import audio as audio_lib
+from engine.data import audio as audio_lib
+from engine.data.features import features_for_audio
+from engine.data.sources import get_source
+from engine.data.utterance import Utterance
 from engine.errors import AudioError
-from engine.features import features_for_audio
 from engine.parallel import ShardedEncoder, barrier, data_mesh
-from engine.sources import Utterance, get_source
-from engine.store import LayerStore, StoreInfo, UtteranceRow, utterance_range
-from engine.store_format import DTYPES as STORAGE_DTYPES
-from engine.whisper import LoadedWhisper, load_whisper
+from engine.stores.layers import LayerStore, StoreInfo, UtteranceRow, utterance_range
+from engine.stores.schema import DTYPES as STORAGE_DTYPES
+from engine.whisper.loaded import LoadedWhisper, load_whisper
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 class EncodeConfig:
     out: str  # store URL: a local path or any TensorStore kvstore URL (gs://, s3://, memory://)
     model: str | None = None  # checkpoint source; None = the packaged whisper-base
-    dataset: str = "demo"  # see engine.sources.get_source
+    dataset: str = "demo"  # see engine.data.sources.get_source
     langs: tuple[str, ...] | None = None  # None = every language of the dataset
     split: str = "test"
     layers: tuple[int, ...] | None = None  # None = every layer 0..L+1
@@ -108,7 +109,7 @@ class _Task:
     index: int  # utterance index in the language's store arrays
     utt: Utterance
     row: UtteranceRow
-    arrays: object  # engine.store.LanguageArrays of ``lang``
+    arrays: object  # engine.stores.layers.LanguageArrays of ``lang``
 
 
 @dataclasses.dataclass

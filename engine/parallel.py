@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from engine.axes import DATA
-from engine.model import Whisper
+from engine.whisper.model import Whisper
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

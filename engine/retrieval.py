@@ -1,6 +1,6 @@
 """Cross-lingual retrieval on a similarity-matrix store: R@k and MRR per directed pair, layer and measure.
 
-A similarity store (``engine.simstore``) holds, per measure and stored language pair (a, b), scores
+A similarity store (``engine.stores.similarity``) holds, per measure and stored language pair (a, b), scores
 ``f32[layer, utterance_a, utterance_b]``. Retrieval runs both ways: a -> b ranks b's utterances for each of a's
 (``matrix(measure, a, b, layer)``), b -> a ranks a's for each of b's (``matrix(measure, b, a, layer)``). In every
 table and figure ``lang_a`` is the query language and ``lang_b`` the searched one.
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import BabelgridError, ShapeError
-from engine.simstore import SimilarityError, open_similarity
-from engine.store_format import open_kvstore
+from engine.stores.kv import open_kvstore
+from engine.stores.similarity import SimilarityError, open_similarity
 from kernels.metrics import DEFAULT_KS, TIE_RULES, RetrievalMetrics, retrieval_metrics
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def _done(reader, measure: str, query: str, searched: str) -> set[int]:
 
 
 def compute_scores(reader, config: RetrievalConfig):
-    """Scores every stored pair of ``reader`` (an ``engine.simstore.SimilarityReader``) in both directions.
+    """Scores every stored pair of ``reader`` (an ``engine.stores.similarity.SimilarityReader``) in both directions.
 
     Returns (tuple of DirectedScore, tuple of missing (measure, lang_a, lang_b, layer)).
     """

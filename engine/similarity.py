@@ -1,4 +1,4 @@
-"""All-pairs similarity matrices from a layer store into a similarity store (``engine.simstore``).
+"""All-pairs similarity matrices from a layer store into a similarity store (``engine.stores.similarity``).
 
 For every layer, language pair and measure, every utterance of language ``a`` is scored against every utterance of
 language ``b``: SeqSim (``kernels.seqsim``, with its two directional terms on request) and the pooled baselines of
@@ -20,8 +20,8 @@ import ml_dtypes
 import numpy as np
 
 from engine.parallel import barrier, data_mesh
-from engine.reader import StoreReader, open_store
-from engine.simstore import MEASURES, SimilarityError, SimilarityStore, check_measure, check_name, new_manifest
+from engine.stores.reader import StoreReader, open_store
+from engine.stores.similarity import MEASURES, SimilarityError, SimilarityStore, check_measure, check_name, new_manifest
 from kernels.dtw import dtw_similarity_matrix
 from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import seqsim_matrix, seqsim_matrix_sharded

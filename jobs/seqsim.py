@@ -20,7 +20,7 @@ import sys
 from absl import app, flags
 
 from engine.similarity import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
-from engine.simstore import MEASURES
+from engine.stores.similarity import MEASURES
 from jobs.common import define_distributed_flags, init_distributed, parse_layers, parse_list
 
 flags.DEFINE_string("store", None, "layer store written by the encode job: local path or TensorStore kvstore URL")

@@ -15,10 +15,13 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from engine import checkpoints, ct2
-from engine.checkpoints import expected_shapes, load_checkpoint, openai_alignment_heads, state_dict_from_hf
-from engine.dims import PRESETS, ModelDimensions
 from engine.errors import CheckpointError
+from engine.whisper.checkpoints import ct2
+from engine.whisper.checkpoints import load as checkpoints
+from engine.whisper.checkpoints.alignment_heads import openai_alignment_heads
+from engine.whisper.checkpoints.hf import read_safetensors, state_dict_from_hf
+from engine.whisper.checkpoints.load import expected_shapes, load_checkpoint
+from engine.whisper.dims import PRESETS, ModelDimensions, sinusoids
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -161,7 +164,7 @@ def test_hf_folder(hf_dir, expected):
 
 def test_read_safetensors_matches_library(hf_dir):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    ours = checkpoints.read_safetensors(hf_dir / "model.safetensors")
+    ours = read_safetensors(hf_dir / "model.safetensors")
     assert_same(ours, safetensors_numpy.load_file(hf_dir / "model.safetensors"))
 
 
@@ -370,9 +373,7 @@ def test_packaged_default():
     ]
     assert ckpt.sha256 == sha256_of(*parts) == load_checkpoint("default").sha256
     # The converter's stored encoder positions are OpenAI's sinusoids, to float16 rounding.
-    np.testing.assert_allclose(
-        ckpt.state_dict["encoder.positional_embedding"], checkpoints.sinusoids(1500, 512), atol=5e-4
-    )
+    np.testing.assert_allclose(ckpt.state_dict["encoder.positional_embedding"], sinusoids(1500, 512), atol=5e-4)
 
 
 def test_packaged_default_not_installed(monkeypatch):

@@ -1,4 +1,4 @@
-"""engine.demo: the sentence table, espeak-ng synthesis into a cache, reuse, atomic writes, missing espeak-ng."""
+"""engine.data.demo: the sentence table, espeak-ng synthesis into a cache, reuse, atomic writes, missing espeak-ng."""
 
 import os
 import shutil
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from engine import demo as D
-from engine.audio import SAMPLE_RATE
+from engine.data import demo as D
+from engine.data.audio import SAMPLE_RATE
+from engine.data.utterance import DatasetError, Source
 from engine.errors import LanguageError
-from engine.sources import DatasetError, Source
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 

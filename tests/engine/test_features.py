@@ -1,4 +1,4 @@
-"""engine.features against references we did not write (librosa, Hugging Face) and our own float64 twin.
+"""engine.data.features against references we did not write (librosa, Hugging Face) and our own float64 twin.
 
 Observed max abs error of ``log_mel_spectrogram`` against ``transformers.WhisperFeatureExtractor`` (5.23, its float32
 torch path) on the real FLEURS sample: 3.15e-5 over all 51 windows of the 50 clips with 80 bins, 3.19e-5 with 128
@@ -9,8 +9,8 @@ is float32 noise on both sides; the contract is 1e-4.
 import numpy as np
 import pytest
 
-from engine import audio as A
-from engine import features as F
+from engine.data import audio as A
+from engine.data import features as F
 from engine.errors import ShapeError
 
 HF_TOLERANCE = 1e-4  # max abs, in the (log10 + 4) / 4 units of the features
@@ -108,7 +108,7 @@ def test_log_mel_windows_are_independent():
 def test_log_mel_shape_errors():
     with pytest.raises(ShapeError, match=r"windows must be f32\[batch, 480000\] .* got shape \(480000,\)"):
         F.log_mel_spectrogram(np.zeros(A.N_SAMPLES, np.float32), 80)
-    with pytest.raises(ShapeError, match=r"got shape \(2, 16000\); cut audio with engine.audio.split_windows"):
+    with pytest.raises(ShapeError, match=r"got shape \(2, 16000\); cut audio with engine.data.audio.split_windows"):
         F.log_mel_spectrogram(np.zeros((2, 16000), np.float32), 80)
 
 

@@ -16,12 +16,12 @@ import pytest
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
-from engine.audio import load_audio  # noqa: E402
-from engine.checkpoints import write_packaged_ct2_folder  # noqa: E402
-from engine.decoding import DecodingOptions  # noqa: E402
-from engine.features import features_for_audio  # noqa: E402
-from engine.text_metrics import wer  # noqa: E402
-from engine.whisper import load_whisper  # noqa: E402
+from engine.analysis.text_metrics import wer  # noqa: E402
+from engine.data.audio import load_audio  # noqa: E402
+from engine.data.features import features_for_audio  # noqa: E402
+from engine.whisper.checkpoints.load import write_packaged_ct2_folder  # noqa: E402
+from engine.whisper.decoding import DecodingOptions  # noqa: E402
+from engine.whisper.loaded import load_whisper  # noqa: E402
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 

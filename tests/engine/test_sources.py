@@ -1,4 +1,4 @@
-"""engine.sources: FLEURS (original layout and Parquet), manifests, folders, get_source; built from the real clips."""
+"""engine.data.sources: FLEURS (original layout and Parquet), manifests, folders, get_source; from the real clips."""
 
 import csv
 import io
@@ -11,8 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile
 
-from engine import sources as S
-from engine.audio import AudioDecodeError, AudioNotFoundError, load_audio
+from engine.data import sources as S
+from engine.data.audio import AudioDecodeError, AudioNotFoundError, load_audio
+from engine.data.utterance import DatasetError, Source, Utterance
 from engine.errors import AudioError, LanguageError
 
 # Three pairs of sample clips are the same FLEURS sentence read in two languages (see the sample's README); the other
@@ -75,7 +76,7 @@ def fleurs_original(tmp_path, fleurs_dir):
 
 def test_fleurs_original_layout(fleurs_original, fleurs_dir):
     src = S.get_source(f"fleurs:{fleurs_original}")
-    assert isinstance(src, S.FleursSource) and isinstance(src, S.Source)
+    assert isinstance(src, S.FleursSource) and isinstance(src, Source)
     assert src.name == f"fleurs:{fleurs_original.resolve()}"
     assert src.languages() == ["fr_fr", "pt_br"]
     assert src.splits() == ["validation", "test"]
@@ -99,20 +100,20 @@ def test_fleurs_original_errors(fleurs_original, tmp_path):
     src = S.FleursSource(fleurs_original)
     with pytest.raises(LanguageError, match=r"no language 'de_de'; available: fr_fr, pt_br"):
         src.utterances("de_de", "test")
-    with pytest.raises(S.DatasetError, match=r"no split 'tests'; use one of train, validation, test"):
+    with pytest.raises(DatasetError, match=r"no split 'tests'; use one of train, validation, test"):
         src.utterances("fr_fr", "tests")
-    with pytest.raises(S.DatasetError, match=r"no train.tsv"):
+    with pytest.raises(DatasetError, match=r"no train.tsv"):
         src.utterances("fr_fr", "train")
     # Audio still in its archive: say how to extract it.
     audio = fleurs_original / "pt_br" / "audio"
     (audio / "test").rename(audio / "moved")
     (audio / "test.tar.gz").write_bytes(b"")
-    with pytest.raises(S.DatasetError, match=r"no audio/test/ folder; extract it first: tar -xzf"):
+    with pytest.raises(DatasetError, match=r"no audio/test/ folder; extract it first: tar -xzf"):
         src.utterances("pt_br", "test")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(S.DatasetError, match=r"is not a FLEURS copy: found neither"):
+    with pytest.raises(DatasetError, match=r"is not a FLEURS copy: found neither"):
         S.FleursSource(tmp_path / "empty")
-    with pytest.raises(S.DatasetError, match=r"does not exist"):
+    with pytest.raises(DatasetError, match=r"does not exist"):
         S.FleursSource(tmp_path / "nope")
 
 
@@ -120,7 +121,7 @@ def test_fleurs_tsv_short_line(tmp_path):
     lang_dir = tmp_path / "en_us"
     (lang_dir / "audio" / "test").mkdir(parents=True)
     (lang_dir / "test.tsv").write_text("1\ta.wav\tHello\thello\n", encoding="utf-8")
-    with pytest.raises(S.DatasetError, match=r"test.tsv:1 has 4 tab-separated fields, expected at least 6"):
+    with pytest.raises(DatasetError, match=r"test.tsv:1 has 4 tab-separated fields, expected at least 6"):
         S.FleursSource(tmp_path).utterances("en_us", "test")
 
 
@@ -198,7 +199,7 @@ def test_fleurs_parquet(fleurs_parquet, fleurs_dir, tmp_path):
     with pytest.raises(AudioDecodeError, match=r"'10101404\.wav'"):
         de[1].load()
     assert de[0].probe().frames == soundfile.info(_clip(fleurs_dir, "de", 9)).frames
-    with pytest.raises(S.DatasetError, match=r"no en_us/validation Parquet files"):
+    with pytest.raises(DatasetError, match=r"no en_us/validation Parquet files"):
         src.utterances("en_us", "validation")
 
 
@@ -233,13 +234,13 @@ def test_fleurs_parquet_bad_layout(tmp_path, fleurs_dir):
     file = tmp_path / "loose" / "fleurs.parquet"
     file.parent.mkdir()
     pq.write_table(_fleurs_table(fleurs_dir, "en", (0,)), file)
-    with pytest.raises(S.DatasetError, match=r"cannot tell the FLEURS language and split .* <root>/<lang>/<split>/"):
+    with pytest.raises(DatasetError, match=r"cannot tell the FLEURS language and split .* <root>/<lang>/<split>/"):
         S.FleursSource(file)
     pytest.importorskip("datasets", reason="FLEURS Parquet is read through the datasets package")
     bad = tmp_path / "en_us" / "test" / "0000.parquet"
     bad.parent.mkdir(parents=True)
     pq.write_table(pa.table({"id": [1], "text": ["x"]}), bad)
-    with pytest.raises(S.DatasetError, match=r"has columns \['id', 'text'\]; expected FLEURS's id"):
+    with pytest.raises(DatasetError, match=r"has columns \['id', 'text'\]; expected FLEURS's id"):
         S.FleursSource(tmp_path).utterances("en_us", "test")
 
 
@@ -255,7 +256,7 @@ def test_fleurs_hub_unreachable(monkeypatch):
     src = S.get_source("fleurs")
     assert src.name == "fleurs" and "cmn_hans_cn" in src.languages() and src.splits() == list(S.FLEURS_SPLITS)
     with pytest.raises(
-        S.DatasetError,
+        DatasetError,
         match=r"cannot load FLEURS de_de/validation from the Hugging Face Hub .*local copy.*'de_de/validation/\*'",
     ):
         src.utterances("de_de", "validation")
@@ -266,10 +267,10 @@ def test_fleurs_hub_unreachable(monkeypatch):
 
 
 def test_whisper_lang_unmappable():
-    u = S.Utterance(id="1", lang="zu_za", audio=b"", path="a.wav")
-    assert u.whisper_lang is None and S.Utterance(id="1", lang="cmn_hans_cn", audio="x", path="x").whisper_lang == "zh"
+    u = Utterance(id="1", lang="zu_za", audio=b"", path="a.wav")
+    assert u.whisper_lang is None and Utterance(id="1", lang="cmn_hans_cn", audio="x", path="x").whisper_lang == "zh"
     with pytest.raises(ValueError, match=r"non-empty str"):
-        S.Utterance(id="", lang="en", audio="x", path="x")
+        Utterance(id="", lang="en", audio="x", path="x")
 
 
 # --- manifests ------------------------------------------------------------------------------------------------------
@@ -333,26 +334,26 @@ def test_manifest_splits(tmp_path):
     assert src.splits() == ["test", "train"]
     train = src.utterances("en", "train")
     assert [u.id for u in train] == ["1"] and train[0].duration_s == 1.5
-    with pytest.raises(S.DatasetError, match=r"no split 'dev'; it has \['test', 'train'\]"):
+    with pytest.raises(DatasetError, match=r"no split 'dev'; it has \['test', 'train'\]"):
         src.utterances("en", "dev")
 
 
 def test_manifest_errors(tmp_path):
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("id,path,transcription\n1,a.wav,hi\n", encoding="utf-8")
-    with pytest.raises(S.DatasetError, match=r"m\.csv' has no column 'lang' in its header"):
+    with pytest.raises(DatasetError, match=r"m\.csv' has no column 'lang' in its header"):
         S.ManifestSource(csv_path)
     jsonl = tmp_path / "m.jsonl"
     jsonl.write_text('{"id": 1, "lang": "en", "path": "a.wav"}\n{"id": 2, "path": "b.wav"}\n', encoding="utf-8")
-    with pytest.raises(S.DatasetError, match=r"m\.jsonl:2 has no 'lang'"):
+    with pytest.raises(DatasetError, match=r"m\.jsonl:2 has no 'lang'"):
         S.ManifestSource(jsonl)
     jsonl.write_text('{"id": 1, "lang": "en", "path": "a.wav"}\nnot json\n', encoding="utf-8")
-    with pytest.raises(S.DatasetError, match=r"m\.jsonl:2 is not valid JSON"):
+    with pytest.raises(DatasetError, match=r"m\.jsonl:2 is not valid JSON"):
         S.ManifestSource(jsonl)
     (tmp_path / "m.txt").write_text("x", encoding="utf-8")
-    with pytest.raises(S.DatasetError, match=r"unknown format '\.txt'; use \.jsonl, \.csv or \.tsv"):
+    with pytest.raises(DatasetError, match=r"unknown format '\.txt'; use \.jsonl, \.csv or \.tsv"):
         S.ManifestSource(tmp_path / "m.txt")
-    with pytest.raises(S.DatasetError, match=r"does not exist"):
+    with pytest.raises(DatasetError, match=r"does not exist"):
         S.ManifestSource(tmp_path / "nope.jsonl")
 
 
@@ -377,7 +378,7 @@ def test_folder_with_language_subfolders(tmp_path, fleurs_dir):
     assert pt[0].transcription is None and pt[1].transcription == "text 2" and pt[1].recording == 0
     assert {u.id for u in src.utterances("fr")} == {"sent-1501", "sent-1502"}
     np.testing.assert_array_equal(pt[2].load(), load_audio(_clip(fleurs_dir, "pt", 7)))
-    with pytest.raises(S.DatasetError, match=r"has language subfolders \['fr', 'pt'\]; drop lang='fr'"):
+    with pytest.raises(DatasetError, match=r"has language subfolders \['fr', 'pt'\]; drop lang='fr'"):
         S.FolderSource(tmp_path, lang="fr")
 
 
@@ -386,7 +387,7 @@ def test_folder_flat(tmp_path, fleurs_dir):
     soundfile.write(tmp_path / "b.flac", samples, 16000)
     soundfile.write(tmp_path / "a.wav", samples, 16000, subtype="PCM_16")
     soundfile.write(tmp_path / "a.flac", samples, 16000)  # same stem twice: two recordings of one id
-    with pytest.raises(S.DatasetError, match=r"no <lang>/ subfolders; pass its language, e.g. lang='en'"):
+    with pytest.raises(DatasetError, match=r"no <lang>/ subfolders; pass its language, e.g. lang='en'"):
         S.get_source(f"folder:{tmp_path}")
     src = S.get_source(f"folder:{tmp_path}", lang="en_us")
     utts = src.utterances("en_us")
@@ -398,7 +399,7 @@ def test_folder_flat(tmp_path, fleurs_dir):
     assert utts[0].whisper_lang == "en"
     (tmp_path / "de").mkdir()
     (tmp_path / "de" / "x.wav").write_bytes((tmp_path / "a.wav").read_bytes())
-    with pytest.raises(S.DatasetError, match=r"mixes audio files with language subfolders"):
+    with pytest.raises(DatasetError, match=r"mixes audio files with language subfolders"):
         S.FolderSource(tmp_path)
 
 
@@ -407,33 +408,33 @@ def test_folder_flat(tmp_path, fleurs_dir):
 
 def test_get_source_errors(tmp_path):
     for spec in ("", "librispeech", "fleur:/x", "hf://google/fleurs"):
-        with pytest.raises(S.DatasetError, match=r"unknown dataset spec .*accepted forms: demo; fleurs; fleurs:/path"):
+        with pytest.raises(DatasetError, match=r"unknown dataset spec .*accepted forms: demo; fleurs; fleurs:/path"):
             S.get_source(spec)
     for spec in ("manifest", "folder:", "manifest:"):
-        with pytest.raises(S.DatasetError, match=r"names no path; write (manifest|folder):/path"):
+        with pytest.raises(DatasetError, match=r"names no path; write (manifest|folder):/path"):
             S.get_source(spec)
-    with pytest.raises(S.DatasetError, match=r"does not exist"):
+    with pytest.raises(DatasetError, match=r"does not exist"):
         S.get_source(f"folder:{tmp_path / 'nope'}", lang="en")
     with pytest.raises(TypeError):
         S.get_source("fleurs", bogus=1)
 
 
 def test_get_source_demo(tmp_path):
-    from engine.demo import DemoSource
+    from engine.data.demo import DemoSource
 
     src = S.get_source("demo", cache_dir=tmp_path)
-    assert isinstance(src, DemoSource) and isinstance(src, S.Source) and src.name == "demo"
+    assert isinstance(src, DemoSource) and isinstance(src, Source) and src.name == "demo"
     assert str(S.get_source(f"demo:{tmp_path}").dir).startswith(str(tmp_path))
 
 
 def test_bytes_audio_named_in_errors():
-    u = S.Utterance(id="7", lang="en_us", audio=b"RIFF not really", path="12345.wav")
+    u = Utterance(id="7", lang="en_us", audio=b"RIFF not really", path="12345.wav")
     with pytest.raises(AudioDecodeError, match=r"cannot decode audio '12345\.wav'"):
         u.load()
     with pytest.raises(AudioDecodeError, match=r"cannot decode audio '12345\.wav'"):
         u.probe()
     buf = io.BytesIO()
     soundfile.write(buf, np.zeros(1600, np.float32), 16000, format="WAV")
-    silent = S.Utterance(id="7", lang="en_us", audio=buf.getvalue(), path="quiet.wav")
+    silent = Utterance(id="7", lang="en_us", audio=buf.getvalue(), path="quiet.wav")
     assert "quiet.wav" in str(silent.validate())
     assert silent.validate(allow_silent=True) is None

@@ -14,11 +14,9 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from engine import store
-from engine.dims import ModelDimensions
 from engine.errors import BabelgridError, ShapeError
-from engine.reader import open_store
-from engine.store import (
+from engine.stores import layers as store
+from engine.stores.layers import (
     LENGTHS_CHUNK,
     LayerStore,
     StoreError,
@@ -27,6 +25,8 @@ from engine.store import (
     UtteranceRow,
     utterance_range,
 )
+from engine.stores.reader import open_store
+from engine.whisper.dims import ModelDimensions
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WRITER = REPO / "tests" / "engine" / "scripts" / "store_writer.py"

@@ -1,6 +1,6 @@
 import pytest
 
-from engine.text_metrics import cer, edit_distance, normalize_text, wer
+from engine.analysis.text_metrics import cer, edit_distance, normalize_text, wer
 
 
 def test_normalize():

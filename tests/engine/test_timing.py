@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.audio import SAMPLE_RATE, load_audio
+from engine.data.audio import SAMPLE_RATE, load_audio
+from engine.data.features import features_for_audio
 from engine.errors import ShapeError
-from engine.features import features_for_audio
-from engine.timing import (
+from engine.whisper.timing import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,
     TranscriptTooLongError,
@@ -71,9 +71,9 @@ def test_concatenate_windows_checks_partial_windows():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from engine.dims import ModelDimensions
-    from engine.model import random_state_dict
-    from engine.whisper import load_whisper
+    from engine.whisper.dims import ModelDimensions
+    from engine.whisper.loaded import load_whisper
+    from engine.whisper.model import random_state_dict
 
     dims = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
     path = tmp_path_factory.mktemp("model") / "tiny-random.pt"
@@ -153,7 +153,7 @@ def test_bad_inputs_are_refused(tiny):
 
 @pytest.fixture(scope="module")
 def whisper():
-    from engine.whisper import load_whisper
+    from engine.whisper.loaded import load_whisper
 
     return load_whisper()
 
@@ -196,7 +196,7 @@ def theirs(real, tmp_path_factory):
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import merge_punctuations as fw_merge
 
-    from engine.checkpoints import write_packaged_ct2_folder
+    from engine.whisper.checkpoints.load import write_packaged_ct2_folder
 
     folder = write_packaged_ct2_folder(tmp_path_factory.mktemp("ct2-base"))
     model = fw.WhisperModel(str(folder), device="cpu", compute_type="float32", cpu_threads=2)

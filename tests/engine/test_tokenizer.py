@@ -1,4 +1,4 @@
-"""engine.tokenizer against tokenizers we did not write: OpenAI's (tiktoken), faster-whisper's, transformers'.
+"""engine.whisper.tokenizer against tokenizers we did not write: OpenAI's (tiktoken), faster-whisper's, transformers'.
 
 Real vocabularies: the packaged whisper-base ``tokenizer.json`` (multilingual, 99 languages), an English-only
 tiny.en ``tokenizer.json`` (``<|nocaptions|>``, ``<|iw|>``, no timestamp tokens) and OpenAI's ``*.tiktoken``
@@ -18,7 +18,8 @@ import pytest
 import tokenizers
 
 from engine.errors import CheckpointError, LanguageError
-from engine.tokenizer import FLEURS_LANGUAGES, LANGUAGES, N_TIMESTAMPS, WhisperTokenizer, fleurs_to_whisper
+from engine.whisper.languages import FLEURS_LANGUAGES, LANGUAGES, fleurs_to_whisper
+from engine.whisper.tokenizer import N_TIMESTAMPS, WhisperTokenizer
 
 
 def _package_dir(name: str) -> pathlib.Path | None:

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine.decoding import DecodingOptions, teacher_forced
-from engine.dims import ModelDimensions
 from engine.errors import CheckpointError, LanguageError, ShapeError
-from engine.model import Whisper, random_state_dict
-from engine.whisper import load_whisper
+from engine.whisper.decoding import DecodingOptions, teacher_forced
+from engine.whisper.dims import ModelDimensions
+from engine.whisper.loaded import load_whisper
+from engine.whisper.model import Whisper, random_state_dict
 
 torch = pytest.importorskip("torch")
 

@@ -1,7 +1,7 @@
 """The align job end to end, through its flags, on a layer store of real FLEURS clips with the packaged whisper-base.
 
 The job runs in subprocesses (absl flags are process-global and other job modules define the same names). What it
-wrote is read back and compared with ``engine.timing.align_words`` run directly on the stored states.
+wrote is read back and compared with ``engine.whisper.timing.align_words`` run directly on the stored states.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 
 from engine.align import read_words
 from engine.encode import EncodeConfig, run_encode
-from engine.reader import open_store
-from engine.timing import align_words, fill_padding, silence_states
-from engine.whisper import load_whisper
+from engine.stores.reader import open_store
+from engine.whisper.loaded import load_whisper
+from engine.whisper.timing import align_words, fill_padding, silence_states
 from tests.jobs.multiprocess import run_processes
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -165,8 +165,8 @@ def test_refusals(layer_store, words_out, whisper, tmp_path):
     assert unknown.returncode != 0 and "not in the layer store" in unknown.stderr
     # A store written by another model.
     torch = pytest.importorskip("torch")
-    from engine.dims import ModelDimensions
-    from engine.model import random_state_dict
+    from engine.whisper.dims import ModelDimensions
+    from engine.whisper.model import random_state_dict
 
     dims = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
     sd = {k: torch.from_numpy(v) for k, v in random_state_dict(dims, seed=1).items()}

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio import SAMPLE_RATE, load_audio
-from engine.dims import ModelDimensions
+from engine.data.audio import SAMPLE_RATE, load_audio
+from engine.data.features import features_for_audio
 from engine.encode import EncodeConfig, run_encode
-from engine.features import features_for_audio
-from engine.model import random_state_dict
 from engine.parallel import ShardedEncoder, data_mesh
-from engine.reader import open_store
-from engine.whisper import load_whisper
+from engine.stores.reader import open_store
+from engine.whisper.dims import ModelDimensions
+from engine.whisper.loaded import load_whisper
+from engine.whisper.model import random_state_dict
 from tests.jobs.multiprocess import run_processes
 
 torch = pytest.importorskip("torch")
@@ -309,7 +309,7 @@ def test_store_from_another_model_is_refused(tmp_path, tiny, tiny_pt):
     data = write_clips(tmp_path / "clips", langs=("en",), n=2)
     out = str(tmp_path / "store")
     run_encode(EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False), whisper=tiny)
-    from engine.store import StoreMismatchError
+    from engine.stores.layers import StoreMismatchError
 
     with pytest.raises(StoreMismatchError, match="layers"):
         run_encode(

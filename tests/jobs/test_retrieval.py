@@ -1,4 +1,4 @@
-"""The retrieval job end to end on a tiny similarity store written with ``engine.simstore``.
+"""The retrieval job end to end on a tiny similarity store written with ``engine.stores.similarity``.
 
 Every CSV value is checked against ``kernels.metrics.reference_retrieval_metrics`` on the matrices the test planted
 (both directions, not-encoded utterances removed by index, not by the code under test).
@@ -24,7 +24,7 @@ from engine.retrieval import (
     resolve_out,
     run_retrieval,
 )
-from engine.simstore import SimilarityStore, new_manifest
+from engine.stores.similarity import SimilarityStore, new_manifest
 from kernels.metrics import reference_retrieval_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -20,14 +20,14 @@ import soundfile as sf
 from absl import flags
 
 import jobs.seqsim as job
-from engine.audio import SAMPLE_RATE
-from engine.dims import ModelDimensions
+from engine.data.audio import SAMPLE_RATE
 from engine.encode import EncodeConfig, run_encode
-from engine.model import random_state_dict
-from engine.reader import open_store
 from engine.similarity import SimilarityConfig, resolve_pairs, run_similarity
-from engine.simstore import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
-from engine.whisper import load_whisper
+from engine.stores.reader import open_store
+from engine.stores.similarity import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
+from engine.whisper.dims import ModelDimensions
+from engine.whisper.loaded import load_whisper
+from engine.whisper.model import random_state_dict
 from kernels.dtw import reference_dtw_similarity_matrix
 from kernels.pooling import (
     reference_center_frame_cosine_matrix,

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.dims import ModelDimensions
-from engine.model import Whisper, random_state_dict
 from engine.parallel import ShardedEncoder, data_mesh
+from engine.whisper.dims import ModelDimensions
+from engine.whisper.model import Whisper, random_state_dict
 
 expected_devices = int(sys.argv[1])
 assert jax.device_count() == expected_devices, (jax.device_count(), expected_devices)

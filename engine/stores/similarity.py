@@ -11,7 +11,7 @@ Written by ``engine.similarity.run_similarity`` (the ``seqsim`` job), read with 
 Rows and columns are the layer store's utterance indices of languages ``a`` and ``b``; utterances not done in the
 layer store are NaN rows/columns. ``docs/similarity.md`` describes the format for analysts::
 
-    from engine.simstore import open_similarity
+    from engine.stores.similarity import open_similarity
     sim = open_similarity("/data/sim")
     scores, row_ids, col_ids = sim.matrix("seqsim", "de", "en", layer=4)   # transposes en__de if only it is stored
 """
@@ -27,7 +27,8 @@ import tensorstore as ts
 
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
-from engine.store_format import CONTEXT, LANG, create_key, json_bytes, open_kvstore, read_json
+from engine.stores.kv import CONTEXT, create_key, json_bytes, open_kvstore, read_json
+from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
 FORMAT_VERSION = 1

@@ -1,7 +1,7 @@
 """Whisper's languages: OpenAI's language table and order, and the FLEURS codes that map onto it.
 
 ``LANGUAGES`` order is token order: the i-th entry is the language token ``sot + 1 + i``
-(see ``engine.tokenizer``). FLEURS (google/fleurs) names its configurations
+(see ``engine.whisper.tokenizer``). FLEURS (google/fleurs) names its configurations
 ``<ISO 639 code>_<region or script>``; ``fleurs_to_whisper`` maps them to Whisper codes.
 """
 

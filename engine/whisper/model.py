@@ -14,7 +14,7 @@ Glossary of array names: ``mel: f32[batch, n_mels, 2 * n_audio_ctx]`` log-mel wi
 the audio features the decoder attends to, ``tokens: i32[batch, position]``.
 
 The modules are built from a state dict with OpenAI's names and PyTorch layouts (see
-``engine.checkpoints``); linear kernels are stored transposed, ``[in, out]``. Layer norms and
+``engine.whisper.checkpoints.load``); linear kernels are stored transposed, ``[in, out]``. Layer norms and
 softmaxes run in float32 whatever the weight dtype, as OpenAI's ``LayerNorm`` and
 ``qkv_attention`` do.
 """
@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.checkpoints import sinusoids
-from engine.dims import ModelDimensions
 from engine.errors import ShapeError
+from engine.whisper.dims import ModelDimensions, sinusoids
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which OpenAI Whisper uses
 # Encoder self-attention on CPU in cache-sized head pairs (see attend_unmasked); read at trace time.

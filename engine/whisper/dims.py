@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelDimensions:
@@ -95,3 +97,17 @@ def preset(name: str) -> ModelDimensions:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown Whisper size {name!r}; known: {', '.join(sorted(PRESETS))}") from None
+
+
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
+    """f32[length, channels]: OpenAI's encoder positional embedding (``whisper.model.sinusoids``).
+
+    Fixed by the dims alone, so it lives here: the model builds it and checkpoint readers fill it in where a
+    format does not store it, without either importing the other.
+    """
+    if channels % 2:
+        raise ValueError(f"sinusoids needs an even number of channels, got {channels}")
+    increment = np.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = np.exp(-increment * np.arange(channels // 2))
+    scaled = np.arange(length)[:, None] * inv_timescales[None, :]
+    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)

@@ -1,7 +1,7 @@
 """Writing and opening layer stores: every stored encoder layer of every utterance, one folder per language.
 
-``engine.store_format`` defines the format (keys, array specs, manifest, utterance table); ``engine.reader`` is the
-analysts' read API. A job writes a store like this::
+``engine.stores.schema`` defines the format (keys, array specs, manifest, utterance table); ``engine.stores.kv`` the
+keys and arrays underneath; ``engine.stores.reader`` is the analysts' read API. A job writes a store like this::
 
     store = LayerStore.create_or_open(out, StoreInfo(model_name, sha256, dims, layers, "bfloat16"))
     arrays = store.language("de", rows)            # rows: UtteranceRow per utterance, n_frames known up front
@@ -41,7 +41,16 @@ import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.errors import ShapeError
-from engine.store_format import (
+from engine.stores.kv import (
+    StoreError,
+    create_key,
+    create_or_open_array,
+    json_bytes,
+    open_array,
+    open_kvstore,
+    read_json,
+)
+from engine.stores.schema import (
     DTYPES,
     FORMAT_VERSION,
     FRAME_RATE,
@@ -53,23 +62,16 @@ from engine.store_format import (
     NOT_DONE,
     STATES,
     UTTERANCES,
-    StoreError,
     StoreInfo,
     StoreMismatchError,
     UtteranceRow,
     check_language_code,
     check_rows,
     check_same_rows,
-    create_key,
-    create_or_open_array,
     info_diffs,
     info_from_manifest,
-    json_bytes,
     lengths_spec,
     new_manifest,
-    open_array,
-    open_kvstore,
-    read_json,
     read_rows,
     rows_to_parquet,
     rows_to_table,

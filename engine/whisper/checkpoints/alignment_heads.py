@@ -7,7 +7,7 @@ import gzip
 
 import numpy as np
 
-from engine.dims import PRESETS, ModelDimensions
+from engine.whisper.dims import PRESETS, ModelDimensions
 
 # From openai/whisper whisper/__init__.py (MIT License, Copyright (c) 2022 OpenAI): base85-encoded,
 # gzipped bool arrays [n_text_layer, n_text_head] marking the cross-attention heads that follow the

@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 import ml_dtypes
 import numpy as np
 
-from engine.dims import ModelDimensions
 from engine.errors import CheckpointError
+from engine.whisper.dims import ModelDimensions
 
 MAX_BINARY_VERSION = 6
 # Index = dtype id written by CTranslate2 (include/ctranslate2/types.h DataType).

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.audio import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE, encoder_frames, split_windows
+from engine.data.audio import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE, encoder_frames, split_windows
 from engine.errors import ShapeError
 
 N_FREQS = N_FFT // 2 + 1  # 201 one-sided DFT bins, 0 Hz to SAMPLE_RATE / 2 in 40 Hz steps
@@ -120,7 +120,7 @@ def log_mel_spectrogram(windows, n_mels: int) -> jax.Array:
     if len(shape) != 2 or shape[1] != N_SAMPLES:
         raise ShapeError(
             f"windows must be f32[batch, {N_SAMPLES}] (30 s at {SAMPLE_RATE} Hz), got shape {shape}; "
-            "cut audio with engine.audio.split_windows"
+            "cut audio with engine.data.audio.split_windows"
         )
     filters = mel_filters(n_mels)  # validates n_mels
     return _jitted_log_mel(filters.shape[0])(jnp.asarray(windows, jnp.float32))

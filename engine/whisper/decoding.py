@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.model import Whisper
+from engine.whisper.model import Whisper
 
 TASKS = ("transcribe", "translate")
 

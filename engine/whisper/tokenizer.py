@@ -1,4 +1,4 @@
-"""Whisper's tokenizer: special tokens and byte-level BPE (languages and FLEURS codes: ``engine.languages``).
+"""Whisper's tokenizer: special tokens and byte-level BPE (languages and FLEURS codes: ``engine.whisper.languages``).
 
 Token id layout (OpenAI's; ``WhisperTokenizer`` checks it when built and fails loudly otherwise):
 
@@ -25,11 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import tokenizers
 
 from engine.errors import CheckpointError, LanguageError
-
-# FLEURS_LANGUAGES and fleurs_to_whisper are re-exported: callers import them from here.
-from engine.languages import FLEURS_LANGUAGES as FLEURS_LANGUAGES
-from engine.languages import LANGUAGES, NO_SPACE_LANGUAGES
-from engine.languages import fleurs_to_whisper as fleurs_to_whisper
+from engine.whisper.languages import LANGUAGES, NO_SPACE_LANGUAGES
 
 TIMESTAMP_STEP = 0.02  # seconds between two timestamp tokens
 N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>

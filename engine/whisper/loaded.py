@@ -2,7 +2,7 @@
 
 This is the entry point a notebook uses::
 
-    from engine.whisper import load_whisper
+    from engine.whisper.loaded import load_whisper
     w = load_whisper()                           # the packaged whisper-base
     mel, valid = w.features(audio)               # f32[window, n_mels, 3000], valid encoder frames
     states = w.encode(mel)                       # f32[L+2, window, 1500, embed], every layer
@@ -24,12 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine import decoding
-from engine.checkpoints import DEFAULT_PACKAGES, Checkpoint, load_checkpoint
-from engine.decoding import DecodingOptions, DecodingResult
 from engine.errors import CheckpointError, LanguageError
-from engine.model import Whisper
-from engine.tokenizer import WhisperTokenizer
+from engine.whisper import decoding
+from engine.whisper.checkpoints.load import DEFAULT_PACKAGES, Checkpoint, load_checkpoint
+from engine.whisper.decoding import DecodingOptions, DecodingResult
+from engine.whisper.model import Whisper
+from engine.whisper.tokenizer import WhisperTokenizer
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layers", "out_dtype"))
@@ -53,7 +53,7 @@ class LoadedWhisper:
 
     def features(self, audio: np.ndarray, long_audio: str = "window"):
         """Host audio ``f32[samples]`` at 16 kHz -> ``(mel f32[window, n_mels, 3000], valid_frames i32[window])``."""
-        from engine.features import features_for_audio
+        from engine.data.features import features_for_audio
 
         return features_for_audio(audio, self.dims.n_mels, long_audio=long_audio)
 
@@ -172,7 +172,7 @@ def _tokenizer_for(ckpt: Checkpoint, tokenizer) -> WhisperTokenizer:
 
 
 def load_whisper(source=None, *, dtype=jnp.float32, tokenizer=None) -> LoadedWhisper:
-    """Load a checkpoint (see ``engine.checkpoints.load_checkpoint``) as a Flax model + tokenizer.
+    """Load a checkpoint (see ``engine.whisper.checkpoints.load.load_checkpoint``) as a Flax model + tokenizer.
 
     ``dtype`` is the compute and weight dtype (float32, bfloat16 or float16). ``tokenizer``
     overrides the checkpoint's tokenizer (a ``tokenizer.json`` or OpenAI ``.tiktoken`` file).

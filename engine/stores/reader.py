@@ -1,6 +1,6 @@
 """Reading a layer store, for analysts::
 
-    from engine.reader import open_store
+    from engine.stores.reader import open_store
     s = open_store("gs://bucket/run1")            # a local path, file://, gs://, s3://, memory://
     s.info                                        # StoreInfo: model, checkpoint sha256, dims, stored layers, dtype
     s.languages()                                 # ['de', 'en', ...]
@@ -26,7 +26,9 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-from engine.store import LanguageArrays, LayerStore, StoreError, StoreInfo
+from engine.stores.kv import StoreError
+from engine.stores.layers import LanguageArrays, LayerStore
+from engine.stores.schema import StoreInfo
 
 
 def open_store(url: str) -> StoreReader:

@@ -1,0 +1,106 @@
+"""One utterance of a speech dataset, the ``Source`` protocol every dataset follows, and their errors.
+
+Kept apart from ``engine.data.sources`` so that the demo set (a source itself) and the other sources can share
+them without importing each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from engine.data.audio import SAMPLE_RATE, AudioInfo, load_audio, probe_audio
+from engine.errors import AudioError, BabelgridError, LanguageError
+from engine.whisper.languages import fleurs_to_whisper
+
+
+class DatasetError(BabelgridError, ValueError):
+    """A dataset cannot be listed: unknown spec, bad layout, missing columns, unreachable Hub."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Utterance:
+    """One recording of one sentence in one language. The audio is decoded only by ``load``."""
+
+    id: str
+    lang: str
+    # A path, or the encoded bytes (FLEURS Parquet: a read-only view into the memory-mapped Arrow cache, so that
+    # listing a split copies no audio). Left out of ==, hash and repr: identity is (lang, id, recording, path).
+    audio: str | bytes | memoryview = dataclasses.field(repr=False, compare=False)
+    path: str  # for the record: the file path, or the original file name when ``audio`` is bytes
+    recording: int = 0
+    transcription: str | None = None
+    raw_transcription: str | None = None  # FLEURS only: the text as read, cased and punctuated
+    speaker: str | None = None
+    gender: str | None = None
+    duration_s: float | None = None  # seconds, when the dataset states it; None rather than decoding to find out
+
+    def __post_init__(self):
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"utterance id must be a non-empty str, got {self.id!r}")
+        if not isinstance(self.recording, int) or self.recording < 0:
+            raise ValueError(f"utterance {self.lang}/{self.id}: recording must be an int >= 0, got {self.recording!r}")
+
+    @property
+    def whisper_lang(self) -> str | None:
+        """Whisper's code for ``lang`` (``en_us`` -> ``en``), or None when Whisper has no such language."""
+        try:
+            return fleurs_to_whisper(self.lang)
+        except LanguageError:
+            return None
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """(lang, id, recording): unique within one split of one source."""
+        return (self.lang, self.id, self.recording)
+
+    def load(self, sample_rate: int = SAMPLE_RATE, *, allow_silent: bool = False) -> np.ndarray:
+        """Decodes the audio: f32[samples] mono at ``sample_rate``. Raises ``AudioError`` subclasses naming ``path``."""
+        return load_audio(self._named_audio(), sample_rate=sample_rate, allow_silent=allow_silent)
+
+    def probe(self) -> AudioInfo:
+        """The audio's header (rate, channels, frames) without decoding; ``AudioError`` subclasses name ``path``."""
+        return probe_audio(self._named_audio())
+
+    def _named_audio(self) -> str | io.BytesIO:
+        if isinstance(self.audio, str):
+            return self.audio
+        # engine.data.audio names bytes "<bytes>"; a named file object makes its errors name the clip instead.
+        stream = io.BytesIO(self.audio)
+        stream.name = self.path
+        return stream
+
+    def validate(self, *, allow_silent: bool = False) -> AudioError | None:
+        """The ``AudioError`` that ``load`` would raise (missing, corrupt, empty, silent, ...), or None if it loads."""
+        try:
+            self.load(allow_silent=allow_silent)
+        except AudioError as e:
+            return e
+        return None
+
+
+@runtime_checkable
+class Source(Protocol):
+    """A dataset: languages, splits, and per (language, split) a deterministic list of utterances.
+
+    The order of ``utterances`` is the store's utterance index: the same files give the same order on every call.
+    """
+
+    name: str
+
+    def languages(self) -> list[str]: ...
+
+    def splits(self) -> list[str]:
+        """Split names; empty for sources without splits, whose ``utterances`` ignore ``split``."""
+        ...
+
+    def utterances(self, lang: str, split: str | None = None) -> list[Utterance]: ...
+
+
+def check_language(lang: str, available: Sequence[str], where: str) -> None:
+    if lang not in available:
+        raise LanguageError(f"{where} has no language {lang!r}; available: {', '.join(available) or '(none)'}")

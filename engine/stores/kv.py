@@ -1,0 +1,109 @@
+"""Keys and arrays in any TensorStore kvstore: the storage layer every babelgrid store is built on.
+
+A store location is a local path or a kvstore URL (``file://``, ``gs://``, ``s3://``, ``memory://``); every key is
+read and written through ``ts.KvStore`` so that one code path serves every backend. Write-once keys (manifests,
+tables) are created with a conditional write, so that two writers racing to create one never both win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorstore as ts
+
+from engine.errors import BabelgridError
+
+# One context for every store this process opens, so that a `memory://` store outlives its handle (tests, notebooks).
+CONTEXT = ts.Context()
+
+
+class StoreError(BabelgridError, ValueError):
+    """A layer store cannot be opened, created or written as asked."""
+
+
+def open_kvstore(url: str) -> tuple[dict, ts.KvStore]:
+    """The kvstore spec of the store's root folder (path ending in '/') and the opened KvStore."""
+    if not isinstance(url, (str, os.PathLike)) or not str(url):
+        raise StoreError(f"store location must be a non-empty path or URL, got {url!r}")
+    url = os.fspath(url)
+    if "://" not in url:
+        spec = {"driver": "file", "path": os.path.abspath(os.path.expanduser(url))}
+    else:
+        try:
+            spec = ts.KvStore.Spec(url).to_json()
+        except ValueError as e:
+            raise StoreError(
+                f"cannot use {url!r} as a store location ({e}); give a local path or a TensorStore kvstore URL "
+                "such as file:///data/out, gs://bucket/out, s3://bucket/out or memory://out"
+            ) from None
+    path = spec.get("path", "")
+    if path and not path.endswith("/"):
+        spec["path"] = path + "/"
+    try:
+        kv = ts.KvStore.open(spec, context=CONTEXT).result()
+    except ValueError as e:
+        raise StoreError(f"cannot open store location {url!r}: {e}") from None
+    return spec, kv
+
+
+def json_bytes(value: dict) -> bytes:
+    return (json.dumps(value, indent=1) + "\n").encode()
+
+
+def read_json(kv: ts.KvStore, key: str, url: str) -> dict | None:
+    result = kv.read(key).result()
+    if result.state == "missing":
+        return None
+    try:
+        value = json.loads(result.value)
+    except ValueError as e:
+        raise StoreError(
+            f"{key} in store {url!r} is not valid JSON ({e}); it was damaged or not written by babelgrid"
+        ) from None
+    if not isinstance(value, dict):
+        raise StoreError(f"{key} in store {url!r} holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def create_key(kv: ts.KvStore, key: str, value: bytes) -> bool:
+    """Writes ``key`` only if it does not exist yet; False if another writer created it first."""
+    missing = kv.read(key).result()
+    if missing.state != "missing":
+        return False
+    try:
+        stamp = kv.write(key, value, if_equal=missing.stamp.generation).result()
+    except ValueError:
+        # A kvstore without conditional writes: the keys written this way are the same for every writer but for
+        # the creation info, so the last writer winning loses nothing.
+        kv.write(key, value).result()
+        return True
+    return bool(stamp.generation)  # an unknown (empty) generation: the condition failed
+
+
+def open_array(kvstore: dict, url: str, writable: bool) -> ts.TensorStore:
+    """Opens an existing zarr3 array with its own metadata."""
+    mode = {"read": True, "write": True} if writable else {"read": True}
+    try:
+        return ts.open({"driver": "zarr3", "kvstore": kvstore}, open=True, context=CONTEXT, **mode).result()
+    except ValueError as e:
+        if "NOT_FOUND" in str(e):
+            raise StoreError(
+                f"store {url!r} has no array at {kvstore.get('path', '')!r}: encode the language again"
+            ) from None
+        raise StoreError(f"cannot open array {kvstore.get('path', '')!r} of store {url!r}: {e}") from None
+
+
+def create_or_open_array(spec: dict, url: str) -> ts.TensorStore:
+    """Opens the array at ``spec``'s kvstore with its own metadata if it exists (the caller checks that its shape
+    fits), else creates it with ``spec``'s."""
+    try:
+        return open_array(spec["kvstore"], url, writable=True)
+    except StoreError as e:
+        if "has no array" not in str(e):
+            raise
+    try:
+        # create + open: if another process creates it meanwhile, this opens theirs (metadata must match).
+        return ts.open(spec, create=True, open=True, context=CONTEXT).result()
+    except ValueError as e:
+        raise StoreError(f"cannot create array {spec['kvstore'].get('path', '')!r} of store {url!r}: {e}") from None
