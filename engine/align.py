@@ -22,47 +22,41 @@ Multi-process runs (``jax.distributed``) share the parts round-robin; process 0 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import time
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.data.audio import N_ENCODER_FRAMES
 from engine.errors import BabelgridError, LanguageError
-from engine.parallel import barrier
-from engine.stores.kv import create_key, json_bytes, open_kvstore, read_json
+from engine.parallel import barrier, is_process_zero
+from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar
+from engine.stores.kv import create_or_compare, open_kvstore
 from engine.stores.reader import open_store
+from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
+from engine.stores.words import MANIFEST, WORD_SCHEMA, part_bytes, part_key, read_part, write_language
 from engine.whisper.decoding import DecodingOptions
 from engine.whisper.languages import fleurs_to_whisper
 from engine.whisper.loaded import load_whisper
 from engine.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
 
 TRANSCRIPT_SOURCES = ("store", "decode")
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-MANIFEST = "align.json"
-WORDS = "words.parquet"
-SKIPPED = "skipped.csv"
+COMPUTE_DTYPES = ("float32", "bfloat16")
+FORMAT_NAME = "babelgrid-words"
 FORMAT_VERSION = 1
-WORD_SCHEMA = pa.schema(
-    [
-        pa.field("utterance", pa.int32(), nullable=False),
-        pa.field("id", pa.string(), nullable=False),
-        pa.field("recording", pa.int32(), nullable=False),
-        pa.field("word_index", pa.int32(), nullable=False),
-        pa.field("word", pa.string(), nullable=False),
-        pa.field("start", pa.float32(), nullable=False),  # seconds from the start of the utterance
-        pa.field("end", pa.float32(), nullable=False),
-        pa.field("probability", pa.float32(), nullable=False),
-    ]
+# Manifest fields a resumed run must share (the layer store's URL may be spelled differently between runs).
+MANIFEST_FIELDS = (
+    "format",
+    "version",
+    "model_name",
+    "checkpoint_sha256",
+    "transcripts",
+    "median_filter_width",
+    "chunk",
+    "compute_dtype",
 )
 
 
@@ -84,41 +78,31 @@ class AlignConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.transcripts not in TRANSCRIPT_SOURCES:
-            raise ValueError(f"transcripts must be one of {TRANSCRIPT_SOURCES}, got {self.transcripts!r}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {self.compute_dtype!r}")
+        check_choice("transcripts", self.transcripts, TRANSCRIPT_SOURCES)
+        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         if self.batch_size < 1 or self.chunk < 1:
             raise ValueError(f"batch_size and chunk must be >= 1, got {self.batch_size} and {self.chunk}")
 
 
 @dataclasses.dataclass
-class AlignSummary:
+class AlignSummary(RunSummary):
     aligned: int = 0  # utterances aligned in this run
     words: int = 0
     already_done: int = 0  # utterances in parts kept from an earlier run
     audio_seconds: float = 0.0
-    skipped: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)  # reason -> [(lang, id)]
     outputs: list[str] = dataclasses.field(default_factory=list)
-    seconds: float = 0.0
-
-    def skip(self, reason: str, lang: str, uid: str) -> None:
-        self.skipped.setdefault(reason, []).append((lang, uid))
 
     def report(self) -> str:
         lines = [
             f"aligned {self.aligned} utterances ({self.words} words, {self.audio_seconds:.0f} s of audio) in "
-            f"{self.seconds:.1f} s; {self.already_done} already done"
+            f"{self.seconds:.1f} s; {self.already_done} already done; skipped: {self.n_skipped}"
         ]
-        for reason, items in sorted(self.skipped.items()):
-            shown = ", ".join(f"{lang}/{uid}" for lang, uid in items[:5])
-            lines.append(f"skipped {len(items)} ({reason}): {shown}{' ...' if len(items) > 5 else ''}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.skip_lines())
 
 
 def _manifest(config: AlignConfig, store_url: str, whisper) -> dict:
     return {
-        "format": "babelgrid-words",
+        "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "store": store_url,
         "model_name": whisper.checkpoint.name,
@@ -128,19 +112,6 @@ def _manifest(config: AlignConfig, store_url: str, whisper) -> dict:
         "chunk": config.chunk,
         "compute_dtype": config.compute_dtype,
     }
-
-
-def _check_manifest(kv, manifest: dict, out: str) -> None:
-    old = read_json(kv, MANIFEST, out)
-    if old is None:
-        if create_key(kv, MANIFEST, json_bytes(manifest)):
-            return
-        old = read_json(kv, MANIFEST, out)  # another process created it first
-    differ = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in manifest.items() if k != "store" and old.get(k) != v]
-    if differ:
-        raise AlignError(
-            f"{out!r} holds words from another run ({'; '.join(differ)}); use a new --out, or the same settings"
-        )
 
 
 def _check_store(reader, whisper) -> int:
@@ -171,28 +142,6 @@ def _whisper_language(lang: str, whisper) -> str | None:
     return code
 
 
-def _part_key(lang: str, first: int) -> str:
-    return f"{lang}/parts/{first:08d}.parquet"
-
-
-def _part_bytes(rows: dict, done: Sequence[int], skipped: Sequence[tuple[int, str, str]]) -> bytes:
-    table = pa.Table.from_pydict(rows, schema=WORD_SCHEMA)
-    meta = {"done": [int(u) for u in done], "skipped": [list(s) for s in skipped]}
-    table = table.replace_schema_metadata({b"babelgrid": json.dumps(meta).encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def _read_part(kv, key: str):
-    found = kv.read(key).result()
-    if found.state != "value":
-        return None
-    table = pq.read_table(io.BytesIO(bytes(found.value)))
-    meta = json.loads(table.schema.metadata[b"babelgrid"])
-    return table, meta
-
-
 def _new_rows() -> dict:
     return {name: [] for name in WORD_SCHEMA.names}
 
@@ -215,7 +164,7 @@ def _decode(whisper, states: np.ndarray, n_frames: np.ndarray, language, dtype) 
 def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, config, summary, rows_out, skipped):
     """Aligns utterances ``todo`` (done in the store) of one part, appending to ``rows_out`` / ``skipped``."""
     tok = whisper.tokenizer
-    dtype = COMPUTE_DTYPES[config.compute_dtype]
+    dtype = DTYPES[config.compute_dtype]
     by_windows: dict[int, list[int]] = {}
     for u in todo:
         by_windows.setdefault(-(-int(lengths[u]) // N_ENCODER_FRAMES), []).append(u)
@@ -225,7 +174,8 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
         frames = n_windows * N_ENCODER_FRAMES
         for i in range(0, len(group), config.batch_size):
             batch = group[i : i + config.batch_size]
-            stored, n = reader.language_layer(lang, top, utterances=batch)
+            # fill_padding overwrites every frame past a length, so the reader need not zero them first.
+            stored, n = reader.language_layer(lang, top, utterances=batch, zero_padding=False)
             states = fill_padding(stored, n, silence, frames)
             if config.transcripts == "decode":
                 texts = _decode(whisper, states, n, language, dtype)
@@ -276,7 +226,7 @@ def run_align(config: AlignConfig) -> AlignSummary:
     t0 = time.perf_counter()
     summary = AlignSummary()
     reader = open_store(config.store)
-    whisper = load_whisper(config.model, dtype=COMPUTE_DTYPES[config.compute_dtype])
+    whisper = load_whisper(config.model, dtype=DTYPES[config.compute_dtype])
     top = _check_store(reader, whisper)
     langs = list(config.langs) if config.langs else reader.languages()
     missing = sorted(set(langs) - set(reader.languages()))
@@ -287,23 +237,33 @@ def run_align(config: AlignConfig) -> AlignSummary:
     languages = {lang: _whisper_language(lang, whisper) for lang in langs}
     _, kv = open_kvstore(config.out)
     pid, n_proc = jax.process_index(), jax.process_count()
-    if pid == 0:
-        _check_manifest(kv, _manifest(config, reader.url, whisper), config.out)
-    barrier("babelgrid-align-manifest")
+    process_zero_first(
+        "babelgrid-align-manifest",
+        lambda: create_or_compare(
+            kv,
+            MANIFEST,
+            _manifest(config, reader.url, whisper),
+            config.out,
+            fields=MANIFEST_FIELDS,
+            error=AlignError,
+            what="word timestamps folder",
+        ),
+    )
     plan = []
     for lang in langs:
         n = reader.arrays(lang).n_utterances
         plan += [(lang, first) for first in range(0, n, config.chunk)]
     mine = plan[pid::n_proc]
-    bar = _bar(config.progress, sum(min(config.chunk, reader.arrays(lang).n_utterances - f) for lang, f in mine))
+    total = sum(min(config.chunk, reader.arrays(lang).n_utterances - f) for lang, f in mine)
+    bar = progress_bar(total, "align", "utt", config.progress)
     tables: dict[str, tuple] = {}
     for lang, first in mine:
         if lang not in tables:
             tables = {lang: (reader.arrays(lang).rows, reader.lengths(lang))}  # one language in memory at a time
         rows, lengths = tables[lang]
         last = min(first + config.chunk, len(rows))
-        done_now = [u for u in range(first, last) if lengths[u] >= 0]
-        old = _read_part(kv, _part_key(lang, first))
+        done_now = [u for u in range(first, last) if is_done(lengths[u])]
+        old = read_part(kv, part_key(lang, first))
         if old is not None and old[1]["done"] == done_now:
             summary.already_done += len(done_now)
             _count_skips(summary, lang, rows, first, last, done_now, old[1]["skipped"])
@@ -313,12 +273,12 @@ def run_align(config: AlignConfig) -> AlignSummary:
         _align_chunk(
             whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary, rows_out, skipped
         )
-        kv.write(_part_key(lang, first), _part_bytes(rows_out, done_now, skipped)).result()
+        kv.write(part_key(lang, first), part_bytes(rows_out, done_now, skipped)).result()
         _count_skips(summary, lang, rows, first, last, done_now, skipped)
         bar.update(last - first)
     bar.close()
     barrier("babelgrid-align-parts")
-    if pid == 0:
+    if is_process_zero():
         for lang in langs:
             summary.outputs += _merge(kv, lang, reader.arrays(lang).n_utterances, config, reader)
     summary.seconds = time.perf_counter() - t0
@@ -337,56 +297,13 @@ def _count_skips(summary, lang, rows, first, last, done_now, skipped) -> None:
 def _merge(kv, lang: str, n_utterances: int, config: AlignConfig, reader) -> list[str]:
     """words.parquet and skipped.csv of one language from its parts."""
     tables, skipped = [], []
-    lengths = reader.lengths(lang)
+    done = is_done(reader.lengths(lang))
     rows = reader.arrays(lang).rows
     for first in range(0, n_utterances, config.chunk):
-        part = _read_part(kv, _part_key(lang, first))
+        part = read_part(kv, part_key(lang, first))
         if part is None:
-            raise AlignError(f"part {_part_key(lang, first)} is missing after every process finished")
+            raise AlignError(f"part {part_key(lang, first)} is missing after every process finished")
         tables.append(part[0])
         skipped += [tuple(s) for s in part[1]["skipped"]]
-    skipped += [(u, rows[u].id, "not_encoded") for u in range(n_utterances) if lengths[u] < 0]
-    words = pa.concat_tables(tables).replace_schema_metadata(None) if tables else WORD_SCHEMA.empty_table()
-    buf = io.BytesIO()
-    pq.write_table(words, buf)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["utterance", "id", "reason"])
-    writer.writerows(sorted(skipped))
-    futures = [kv.write(f"{lang}/{WORDS}", buf.getvalue()), kv.write(f"{lang}/{SKIPPED}", text.getvalue().encode())]
-    for f in futures:
-        f.result()
-    root = config.out.rstrip("/") + "/"
-    return [root + f"{lang}/{WORDS}", root + f"{lang}/{SKIPPED}"]
-
-
-def read_words(out: str, lang: str, *, skipped: bool = False):
-    """An align job's ``<lang>/words.parquet`` as a pyarrow Table (``.to_pandas()`` for a DataFrame), from a local
-    path or kvstore URL; with ``skipped=True`` also its ``skipped.csv`` rows as ``[(utterance, id, reason)]``."""
-    check_name("language", lang)
-    _, kv = open_kvstore(out)
-    found = kv.read(f"{lang}/{WORDS}").result()
-    if found.state != "value":
-        raise AlignError(f"no {lang}/{WORDS} under {out!r}: run jobs.align there (it writes it when a run completes)")
-    table = pq.read_table(io.BytesIO(bytes(found.value)))
-    if not skipped:
-        return table
-    text = bytes(kv.read(f"{lang}/{SKIPPED}").result().value).decode()
-    rows = list(csv.reader(io.StringIO(text)))[1:]
-    return table, [(int(u), uid, reason) for u, uid, reason in rows]
-
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(enabled: bool, total: int):
-    if not enabled or not total:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="align", unit="utt", dynamic_ncols=True)
+    skipped += [(u, rows[u].id, "not_encoded") for u in range(n_utterances) if not done[u]]
+    return write_language(kv, config.out, lang, tables, skipped)

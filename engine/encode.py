@@ -36,7 +36,8 @@ from engine.data.features import features_for_audio
 from engine.data.sources import get_source
 from engine.data.utterance import Utterance
 from engine.errors import AudioError
-from engine.parallel import ShardedEncoder, barrier, data_mesh
+from engine.parallel import ShardedEncoder, data_mesh
+from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar
 from engine.stores.layers import LayerStore, StoreInfo, UtteranceRow, utterance_range
 from engine.stores.schema import DTYPES as STORAGE_DTYPES
 from engine.whisper.loaded import LoadedWhisper, load_whisper
@@ -60,32 +61,20 @@ class EncodeConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.dtype not in STORAGE_DTYPES:
-            raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {self.dtype!r}")
-        if self.compute_dtype not in STORAGE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {STORAGE_DTYPES}, got {self.compute_dtype!r}")
+        check_choice("dtype", self.dtype, STORAGE_DTYPES)
+        check_choice("compute_dtype", self.compute_dtype, DTYPES)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.long_audio not in audio_lib.LONG_AUDIO_MODES:
-            raise ValueError(f"long_audio must be one of {audio_lib.LONG_AUDIO_MODES}, got {self.long_audio!r}")
+        check_choice("long_audio", self.long_audio, audio_lib.LONG_AUDIO_MODES)
 
 
 @dataclasses.dataclass
-class EncodeSummary:
+class EncodeSummary(RunSummary):
     done: int = 0  # utterances written in this run
     already_done: int = 0  # found complete in the store and skipped
-    skipped: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)  # reason -> [(lang, id)]
     audio_seconds: float = 0.0
     windows: int = 0
     bytes_written: int = 0
-    seconds: float = 0.0
-
-    @property
-    def n_skipped(self) -> int:
-        return sum(len(v) for v in self.skipped.values())
-
-    def skip(self, reason: str, lang: str, utt_id: str) -> None:
-        self.skipped.setdefault(reason, []).append((lang, utt_id))
 
     def report(self) -> str:
         lines = [
@@ -95,10 +84,7 @@ class EncodeSummary:
             f"{self.bytes_written / max(self.seconds, 1e-9) / 1e6:.1f} MB/s written",
             f"already complete: {self.already_done}; skipped: {self.n_skipped}",
         ]
-        for reason, items in sorted(self.skipped.items()):
-            shown = ", ".join(f"{lang}/{i}" for lang, i in items[:5]) + (" ..." if len(items) > 5 else "")
-            lines.append(f"  skipped {len(items)} ({reason}): {shown}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.skip_lines())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,12 +231,10 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     source = get_source(config.dataset)
     langs = list(config.langs) if config.langs else source.languages()
     pid, n_proc = jax.process_index(), jax.process_count()
-    # Writing the manifest is process 0's; the others open the store once it exists.
-    if pid == 0:
-        store = LayerStore.create_or_open(config.out, info, creation={"dataset": config.dataset, "split": config.split})
-    barrier("babelgrid-store-created")
-    if pid != 0:
-        store = LayerStore.create_or_open(config.out, info)
+    creation = {"dataset": config.dataset, "split": config.split}
+    store = process_zero_first(
+        "babelgrid-store-created", lambda: LayerStore.create_or_open(config.out, info, creation=creation)
+    )
 
     encoder = ShardedEncoder(
         whisper.model, data_mesh(jax.local_devices()), layers=layers, out_dtype=jnp.dtype(config.dtype)
@@ -258,7 +242,7 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     local_batch = math.ceil(config.batch_size / encoder.local_multiple) * encoder.local_multiple
     summary = EncodeSummary()
     bytes_per_frame = len(layers) * dims.n_audio_state * jnp.dtype(config.dtype).itemsize
-    progress = _Progress(enabled=config.progress and pid == 0)
+    progress = _Progress(config.progress)
 
     # Tables and arrays for every language first, then one stream of batches across languages, so
     # that only the very last batch of the run is padded.
@@ -272,11 +256,7 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
         # Every process builds the same table from the same headers (deterministic), and only
         # process 0 creates the arrays; the others open them after the barrier.
         rows = _probe_rows(utts, config.long_audio)
-        if pid == 0:
-            arrays = store.language(lang, rows)
-        barrier(f"babelgrid-lang-{lang}")
-        if pid != 0:
-            arrays = store.language(lang, rows)
+        arrays = process_zero_first(f"babelgrid-lang-{lang}", lambda rows=rows, lang=lang: store.language(lang, rows))
         opened.append(arrays)
         mine = utterance_range(len(utts), pid, n_proc)
         done = arrays.done()
@@ -345,28 +325,21 @@ def _prefetched(pool, tasks: Sequence[_Task], n_mels, long_audio, depth) -> Iter
 
 
 class _Progress:
-    """A tqdm bar with utterances/s and audio-seconds/s; silent when disabled."""
+    """The run's progress bar (``engine.runs.progress_bar``), started once the work is known, with audio-s/s."""
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool | None):
         self.enabled = enabled
-        self.bar = None
+        self.bar = progress_bar(0, "encode", "utt", False)
 
     def start(self, total: int):
-        if not self.enabled:
-            return
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc="encode", unit="utt", dynamic_ncols=True)
+        self.bar = progress_bar(total, "encode", "utt", self.enabled)
         self.audio, self.t0 = 0.0, time.perf_counter()
 
     def update(self, n: int, seconds: float):
-        if self.bar is None:
-            return
         self.audio += seconds
         self.bar.update(n)
-        self.bar.set_postfix(audio_s_per_s=f"{self.audio / max(time.perf_counter() - self.t0, 1e-9):.1f}")
+        if not self.bar.disable:
+            self.bar.set_postfix(audio_s_per_s=f"{self.audio / max(time.perf_counter() - self.t0, 1e-9):.1f}")
 
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.bar.close()

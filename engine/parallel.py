@@ -39,6 +39,11 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def is_process_zero() -> bool:
+    """True on the process that creates shared outputs (manifests, arrays) and merges results."""
+    return jax.process_index() == 0
+
+
 def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
     """Pad axis 0 of ``x`` with zeros up to a multiple of ``multiple``; returns (padded, original size)."""
     n = x.shape[0]

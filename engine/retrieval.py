@@ -5,9 +5,10 @@ A similarity store (``engine.stores.similarity``) holds, per measure and stored 
 (``matrix(measure, a, b, layer)``), b -> a ranks a's for each of b's (``matrix(measure, b, a, layer)``). In every
 table and figure ``lang_a`` is the query language and ``lang_b`` the searched one.
 
-Before scoring, utterances that were not encoded (all-NaN rows or columns) are dropped and counted
-(``dropped_a``, ``dropped_b``); queries whose id has no partner among the remaining columns are excluded and counted
-by ``kernels.metrics.retrieval_metrics`` (``excluded``). Writes::
+Before scoring, utterances that were not encoded when a matrix was computed are dropped and counted (``dropped_a``,
+``dropped_b``): the similarity store's done marker records which rows and columns each matrix scored. Queries whose
+id has no partner among the remaining columns are excluded and counted by ``kernels.metrics.retrieval_metrics``
+(``excluded``). Writes::
 
     OUT/retrieval.csv                    one row per (lang_a, lang_b, layer, measure, metric)
     OUT/figures/retrieval_heatmap.png    R@1, query language x searched language, at one layer, a panel per measure
@@ -153,20 +154,27 @@ class RetrievalResult:
         return "\n".join(lines)
 
 
-def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence):
-    """Drops all-NaN rows and columns (utterances that were not encoded).
+def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence, scored=None):
+    """Keeps the rows and columns of utterances that were scored (done in the layer store when the matrix was made).
 
-    scores: f32[N, M]. Returns (scores f32[n, m], row_ids, col_ids, dropped rows, dropped columns). A column is
-    dropped when it is NaN on every row; a row when it is NaN on every remaining column (so that one missing column
-    does not hide the rows). NaN left after that is an error: the store is damaged or was written with NaN scores.
+    scores: f32[N, M]. ``scored``: ``(bool[N], bool[M])`` as the similarity store's done marker records them
+    (``SimilarityReader.scored``). Only for matrices written before markers recorded them (``scored=None``) are
+    they inferred: a column is dropped when it is NaN on every row, a row when it is NaN on every remaining column.
+    Returns (scores f32[n, m], row_ids, col_ids, dropped rows, dropped columns). NaN or inf left among scored
+    utterances is an error: the store is damaged.
     """
     scores = np.asarray(scores, np.float32)
     if scores.ndim != 2 or scores.shape != (len(row_ids), len(col_ids)):
         expected = [len(row_ids), len(col_ids)]
         raise ShapeError(f"scores must be f32[len(row_ids), len(col_ids)] = {expected}, got {list(scores.shape)}")
-    nan = np.isnan(scores)
-    keep_cols = ~nan.all(axis=0)
-    keep_rows = ~nan[:, keep_cols].all(axis=1) if keep_cols.any() else np.zeros(len(row_ids), bool)
+    if scored is None:
+        nan = np.isnan(scores)
+        keep_cols = ~nan.all(axis=0)
+        keep_rows = ~nan[:, keep_cols].all(axis=1) if keep_cols.any() else np.zeros(len(row_ids), bool)
+    else:
+        keep_rows, keep_cols = (np.asarray(m, bool) for m in scored)
+        if keep_rows.shape != (len(row_ids),) or keep_cols.shape != (len(col_ids),):
+            raise ShapeError(f"scored masks must be bool[{len(row_ids)}] and bool[{len(col_ids)}]")
     kept = scores[np.ix_(keep_rows, keep_cols)]
     if not np.isfinite(kept).all():
         raise RetrievalError(
@@ -178,9 +186,12 @@ def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence):
     return kept, rows, cols, int((~keep_rows).sum()), int((~keep_cols).sum())
 
 
-def score_matrix(scores, row_ids, col_ids, *, ks=DEFAULT_KS, ties="optimistic") -> tuple[RetrievalMetrics, int, int]:
-    """RetrievalMetrics of one f32[N, M] matrix after dropping not-encoded utterances, with the drop counts."""
-    kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids)
+def score_matrix(
+    scores, row_ids, col_ids, *, scored=None, ks=DEFAULT_KS, ties="optimistic"
+) -> tuple[RetrievalMetrics, int, int]:
+    """RetrievalMetrics of one f32[N, M] matrix over its scored utterances (``drop_not_encoded``), with the counts
+    of rows and columns left out."""
+    kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids, scored)
     if not rows or not cols:
         nan = {k: math.nan for k in ks}
         empty = RetrievalMetrics(dict(nan), math.nan, dict(nan), math.nan, queries=0, excluded=len(rows))
@@ -247,8 +258,9 @@ def compute_scores(reader, config: RetrievalConfig):
                         missing.append((measure, query, searched, layer))
                         continue
                     matrix, row_ids, col_ids = reader.matrix(measure, query, searched, layer)
+                    scored = reader.scored(measure, query, searched, layer)
                     metrics, dropped_a, dropped_b = score_matrix(
-                        matrix, row_ids, col_ids, ks=tuple(config.ks), ties=config.ties
+                        matrix, row_ids, col_ids, scored=scored, ks=tuple(config.ks), ties=config.ties
                     )
                     score = DirectedScore(query, searched, layer, measure, metrics, dropped_a, dropped_b)
                     found[query, searched].append(score)

@@ -16,18 +16,27 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
-from engine.parallel import barrier, data_mesh
+from engine.parallel import barrier, data_mesh, is_process_zero
+from engine.runs import DTYPES, check_choice, process_zero_first, progress_bar
 from engine.stores.reader import StoreReader, open_store
-from engine.stores.similarity import MEASURES, SimilarityError, SimilarityStore, check_measure, check_name, new_manifest
+from engine.stores.schema import is_done
+from engine.stores.similarity import (
+    MEASURES,
+    SimilarityError,
+    SimilarityStore,
+    check_measure,
+    check_name,
+    done_marker,
+    new_manifest,
+)
 from kernels.dtw import dtw_similarity_matrix
 from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import seqsim_matrix, seqsim_matrix_sharded
 
 DEFAULT_MEASURES = ("seqsim", "mean", "centre", "duration")
-COMPUTE_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
+COMPUTE_DTYPES = ("float32", "bfloat16")
 PAIR_MODES = ("unordered", "ordered")
 SEQSIM_MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a")
 
@@ -44,8 +53,7 @@ class SimilarityConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(COMPUTE_DTYPES)}, got {self.dtype!r}")
+        check_choice("dtype", self.dtype, COMPUTE_DTYPES)
         if not self.measures:
             raise ValueError(f"measures must name at least one of {MEASURES}")
         for m in self.measures:
@@ -149,24 +157,26 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
         checkpoint_sha256=info.checkpoint_sha256,
         layers=info.layers,  # every stored layer gets a position, so later runs can add layers
     )
-    # Multi-host (jax.distributed): process 0 creates the store and the pair arrays, the others open them after.
-    pid, n_proc = jax.process_index(), jax.process_count()
-    if pid == 0:
-        out = SimilarityStore.create_or_open(config.out, manifest)
-        for a, b in pairs if n_proc > 1 else ():
-            for m in measures:
-                out.create_pair(m, a, b, _pair_ids(tables, a, b))
-    barrier("babelgrid-similarity-created")
-    if pid != 0:
-        out = SimilarityStore.create_or_open(config.out, manifest)
 
-    # A snapshot of which utterances are done: the rows computed now, and what a done marker is checked against.
+    # Multi-host (jax.distributed): process 0 creates the store and the pair arrays, the others open them after.
+    def create() -> SimilarityStore:
+        store = SimilarityStore.create_or_open(config.out, manifest)
+        for a, b in pairs if is_process_zero() and jax.process_count() > 1 else ():
+            for m in measures:
+                store.create_pair(m, a, b, _pair_ids(tables, a, b))
+        return store
+
+    out = process_zero_first("babelgrid-similarity-created", create)
+    pid, n_proc = jax.process_index(), jax.process_count()
+
+    # A snapshot of which utterances are done: the rows computed now, recorded in each done marker, and what a
+    # done marker is checked against on resume.
     lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
-    done_index = {lang: np.flatnonzero(lengths[lang] > 0) for lang in in_play}
+    done_index = {lang: np.flatnonzero(is_done(lengths[lang])) for lang in in_play}
     arrays, todo = {}, {}
     for a, b in pairs:
         ids = _pair_ids(tables, a, b)
-        expect = {"rows_done": len(done_index[a]), "cols_done": len(done_index[b])}
+        expect = done_marker(done_index[a], done_index[b])
         for m in measures:
             arrays[m, a, b] = out.create_pair(m, a, b, ids)
             markers = out.done_markers(m, a, b)
@@ -181,7 +191,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     barrier("babelgrid-similarity-planned")
     todo = {key: todo[key] for i, key in enumerate(sorted(todo)) if i % n_proc == pid}
     mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
-    progress = _Progress(config.progress, len(todo))
+    progress = progress_bar(len(todo), "similarity", "pair-layer", config.progress)
     try:
         for layer in layers:
             cache: dict[str, _Language] = {}
@@ -195,14 +205,16 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
                         index = done_index[lang]
                         cache[lang] = _load(reader, lang, layer, index, lengths[lang][index], need_states, config.dtype)
                 scores = _compute(cache[a], cache[b], todo_measures, mesh, summary)
-                marker = {"rows_done": len(cache[a].index), "cols_done": len(cache[b].index), "dtype": config.dtype}
+                marker = {**done_marker(cache[a].index, cache[b].index), "dtype": config.dtype}
                 for m in todo_measures:
                     full = np.full((len(lengths[a]), len(lengths[b])), np.nan, np.float32)
                     full[np.ix_(cache[a].index, cache[b].index)] = scores[m]
                     out.write_layer(arrays[m, a, b], m, a, b, layer, full, marker)
                     summary.matrices += 1
                 summary.pair_layers += 1
-                progress.update(summary)
+                progress.update(1)
+                if summary.seqsim_flops:
+                    progress.set_postfix(gflops=f"{summary.gflops:.1f}")
             del cache  # one layer of the languages at a time
     finally:
         progress.close()
@@ -228,9 +240,11 @@ def _load(
     lengths = lengths.astype(np.int32)
     if not need_states or not len(index):
         return _Language(index, lengths, None)
-    states, _ = reader.language_layer(lang, layer, utterances=index, dtype=COMPUTE_DTYPES[dtype])
-    # Whisper pads every window to 30 s; drop frames that no done utterance uses before moving to the device.
-    return _Language(index, lengths, jnp.asarray(states[:, : int(lengths.max())]))
+    # Only the frames some done utterance uses, in the compute dtype, in one read; the kernels mask past each length.
+    states, _ = reader.language_layer(
+        lang, layer, utterances=index, dtype=DTYPES[dtype], frames=int(lengths.max()), zero_padding=False
+    )
+    return _Language(index, lengths, jnp.asarray(states))
 
 
 def _compute(A: _Language, B: _Language, measures, mesh, summary: SimilaritySummary) -> dict[str, np.ndarray]:
@@ -261,24 +275,3 @@ def _compute(A: _Language, B: _Language, measures, mesh, summary: SimilaritySumm
     if "dtw" in measures:
         out["dtw"] = np.asarray(dtw_similarity_matrix(A.states, A.lengths, B.states, B.lengths))
     return {m: out[m] for m in measures}
-
-
-class _Progress:
-    """A tqdm bar over pair-layers with pair-layers/s and SeqSim GFLOP/s; silent when disabled."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.bar = None
-        if enabled and total:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="similarity", unit="pair-layer", dynamic_ncols=True)
-
-    def update(self, summary: SimilaritySummary) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            if summary.seqsim_flops:
-                self.bar.set_postfix(gflops=f"{summary.gflops:.1f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping
 
 import tensorstore as ts
 
@@ -107,3 +108,55 @@ def create_or_open_array(spec: dict, url: str) -> ts.TensorStore:
         return ts.open(spec, create=True, open=True, context=CONTEXT).result()
     except ValueError as e:
         raise StoreError(f"cannot create array {spec['kvstore'].get('path', '')!r} of store {url!r}: {e}") from None
+
+
+def manifest_diffs(stored: Mapping, given: Mapping, fields: Iterable[str]) -> list[str]:
+    """``"field: store has X, this run Y"`` for each of ``fields`` that differs; dict fields compare key by key
+    (``dims.n_mels``), so that a message names the one setting that differs."""
+    diffs = []
+    for name in fields:
+        a, b = stored.get(name), given.get(name)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += [f"{name}.{d}" for d in manifest_diffs(a, b, sorted(set(a) | set(b), key=str))]
+        elif _plain(a) != _plain(b):
+            diffs.append(f"{name}: store has {a!r}, this run {b!r}")
+    return diffs
+
+
+def _plain(value):
+    """Tuples and lists compare equal after a JSON round trip."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def create_or_compare(
+    kv: ts.KvStore,
+    key: str,
+    manifest: dict,
+    url: str,
+    *,
+    fields: Iterable[str],
+    error: type[BabelgridError],
+    what: str,
+    check: Callable[[dict], dict] | None = None,
+) -> dict:
+    """The manifest at ``key``, created from ``manifest`` if absent (a conditional write: of racing writers, one wins
+    and the others read its manifest), else compared with it on ``fields``.
+
+    ``check`` validates a stored manifest (format name and version) and returns it as it is to be compared (with
+    defaults for fields older versions lacked). A difference raises ``error`` naming every differing field with
+    both values and the two ways out.
+    """
+    stored = read_json(kv, key, url)
+    if stored is None:
+        if create_key(kv, key, json_bytes(manifest)):
+            stored = manifest
+        else:
+            stored = read_json(kv, key, url)  # another process created it first
+    compared = stored if check is None else check(stored)
+    diffs = manifest_diffs(compared, manifest, fields)
+    if diffs:
+        raise error(
+            f"{what} {url!r} was written with other settings: {'; '.join(diffs)}. Write to a new output folder, "
+            "or rerun with the stored settings"
+        )
+    return stored

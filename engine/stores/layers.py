@@ -32,6 +32,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import operator
+import os
+import signal
 import threading
 from collections.abc import Sequence
 
@@ -44,6 +46,7 @@ from engine.errors import ShapeError
 from engine.stores.kv import (
     StoreError,
     create_key,
+    create_or_compare,
     create_or_open_array,
     json_bytes,
     open_array,
@@ -54,6 +57,7 @@ from engine.stores.schema import (
     DTYPES,
     FORMAT_VERSION,
     FRAME_RATE,
+    INFO_FIELDS,
     LANG,
     LANGUAGES_DIR,
     LENGTHS,
@@ -68,8 +72,8 @@ from engine.stores.schema import (
     check_language_code,
     check_rows,
     check_same_rows,
-    info_diffs,
     info_from_manifest,
+    is_done,
     lengths_spec,
     new_manifest,
     read_rows,
@@ -184,8 +188,8 @@ class LanguageArrays:
         return self._lengths.read().result()
 
     def done(self) -> np.ndarray:
-        """``bool[utterance]``: the utterances whose states are committed (``lengths >= 0``)."""
-        return self.lengths() >= 0
+        """``bool[utterance]``: the utterances whose states are committed (``schema.is_done``)."""
+        return is_done(self.lengths())
 
     def write_utterance(self, u: int, states) -> WriteHandle:
         """Queues the write of utterance ``u``; returns at once unless ``max_in_flight_bytes`` are already queued.
@@ -307,6 +311,8 @@ class LanguageArrays:
         except BaseException as error:
             self._finish([(u, future)], error)
             return
+        else:
+            self._fault_point("states")
         finally:
             with self._cond:
                 self._in_flight_bytes -= nbytes
@@ -337,9 +343,30 @@ class LanguageArrays:
             try:
                 self._lengths[ts.d[UTTERANCE][index]].write(values).commit.result()
                 error = None
+                self._fault_point("marker", len(index))
             except BaseException as e:
                 error = e
             self._finish([(u, f) for u, (_, futures) in marks.items() for f in futures], error)
+
+    # Test-only fault injection, for the kill-and-resume test of tests/jobs/test_encode.py; never set it otherwise.
+    # BABELGRID_FAULT_KILL_AFTER_COMMITS="states:N": the process SIGKILLs itself right after the N-th states shard it
+    # wrote has committed, before that utterance's marker is queued (states on disk, utterance not done);
+    # "marker:N": right after the marker write that brings the markers this process committed to N or more.
+    # Read once, at import; unset, a commit pays one comparison.
+    _FAULT_KILL = os.environ.get("BABELGRID_FAULT_KILL_AFTER_COMMITS", "")
+    _fault_counts = {"states": 0, "marker": 0}  # per process, over every language
+    _fault_lock = threading.Lock()
+
+    @classmethod
+    def _fault_point(cls, point: str, commits: int = 1) -> None:
+        if not cls._FAULT_KILL:
+            return
+        kill_point, _, after = cls._FAULT_KILL.partition(":")
+        if kill_point == point:
+            with cls._fault_lock:
+                cls._fault_counts[point] += commits
+                if cls._fault_counts[point] >= int(after):
+                    os.kill(os.getpid(), signal.SIGKILL)
 
     def _write_states(self, u: int, shard: np.ndarray) -> None:
         """Writes utterance u's whole shard and waits for it to commit; marks nothing."""
@@ -391,18 +418,17 @@ class LayerStore:
         dtype or frame rate, naming each differing field with both values.
         """
         kvstore, kv = open_kvstore(url)
-        manifest = read_json(kv, MANIFEST, url)
-        if manifest is None:
-            manifest = new_manifest(info, creation)
-            if not create_key(kv, MANIFEST, json_bytes(manifest)):
-                manifest = read_json(kv, MANIFEST, url)  # another process created it first
+        manifest = create_or_compare(
+            kv,
+            MANIFEST,
+            new_manifest(info, creation),
+            url,
+            fields=INFO_FIELDS,
+            error=StoreMismatchError,
+            what="layer store",
+            check=lambda m: info_from_manifest(m, url).to_dict(),
+        )
         stored = info_from_manifest(manifest, url)
-        diffs = info_diffs(stored, info)
-        if diffs:
-            raise StoreMismatchError(
-                f"store {url!r} holds states of another configuration: {'; '.join(diffs)}. Write to a new output "
-                "folder, or rerun with the store's settings"
-            )
         return cls(url=url, info=stored, manifest=manifest, kvstore=kvstore, kv=kv, writable=True)
 
     @classmethod

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import tensorstore as ts
 
 from engine.stores.kv import StoreError
 from engine.stores.layers import LanguageArrays, LayerStore
@@ -138,26 +139,46 @@ class StoreReader:
         return out if dtype is None else out.astype(dtype)
 
     def language_layer(
-        self, lang: str, layer: int, utterances: Sequence[int] | None = None, dtype=None
+        self,
+        lang: str,
+        layer: int,
+        utterances: Sequence[int] | None = None,
+        dtype=None,
+        *,
+        frames: int | None = None,
+        zero_padding: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One layer of a whole language (or of ``utterances``, indices), as one padded array.
+        """One layer of a whole language (or of ``utterances``, indices), as one padded array, read in one pass.
+
+        Args:
+          dtype: the dtype to read into (TensorStore casts while reading: no second copy); default the stored one.
+          frames: read only the first ``frames`` frames of each utterance (default ``max_frames``): a caller that
+            knows the longest length it needs skips the 30 s windows' padding.
+          zero_padding: zero every frame past an utterance's length, and every frame of an utterance not done. A
+            kernel that masks by length itself passes False and gets the frames as stored: zeros, except for an
+            utterance killed between its shard and its marker (length -1, states on disk).
 
         Returns:
-          states: ``f[utterance, max_frames, embed]``, zero past each utterance's length and for utterances not done.
+          states: ``f[utterance, frames, embed]``.
           lengths: ``i32[utterance]``, valid frames, -1 for utterances not done.
         """
         arrays = self.arrays(lang)
         position = self.layer_position(layer)
+        frames = arrays.max_frames if frames is None else int(frames)
+        if not 0 <= frames <= arrays.max_frames:
+            raise StoreError(f"frames must be in 0..{arrays.max_frames} for {lang!r}, got {frames}")
+        view = arrays.states_store[position, :, :frames]
+        if dtype is not None:
+            view = ts.cast(view, ts.dtype(np.dtype(dtype).name))
         if utterances is None:
-            states = arrays.states_store[position].read().result()
+            states = view.read().result()
             lengths = arrays.lengths()
         else:
             index = np.asarray(utterances, np.int64).reshape(-1)
             if index.size and (index.min() < 0 or index.max() >= arrays.n_utterances):
                 raise StoreError(f"utterances must be indices in 0..{arrays.n_utterances - 1} of {lang!r}")
-            states = arrays.states_store[position, index].read().result()
+            states = view[index].read().result()
             lengths = arrays.lengths_store[index].read().result()
-        # Frames past a length are zeros as written, but an utterance killed between its shard and its marker has
-        # states on disk and length -1: zero it, so that padding is always zero.
-        states[np.arange(arrays.max_frames) >= np.maximum(lengths, 0)[:, None]] = 0
-        return (states if dtype is None else states.astype(dtype)), lengths
+        if zero_padding:
+            states[np.arange(frames) >= np.maximum(lengths, 0)[:, None]] = 0
+        return states, lengths

@@ -42,6 +42,8 @@ FRAME_RATE = float(ENCODER_FRAMES_PER_SECOND)  # encoder frames per second of au
 LENGTHS_CHUNK = 256  # utterances per `lengths` chunk: processes write ranges aligned to it
 NOT_DONE = -1  # `lengths` fill value: the utterance has no committed states yet
 DTYPES = ("float32", "bfloat16", "float16")
+# StoreInfo fields that a run appending to a store must share with it.
+INFO_FIELDS = ("model_name", "checkpoint_sha256", "dims", "layers", "dtype", "frame_rate")
 
 MANIFEST = "manifest.json"
 LANGUAGES_DIR = "languages/"
@@ -235,6 +237,13 @@ def lengths_spec(kvstore: dict, *, n_utterances: int) -> dict:
     }
 
 
+def is_done(lengths) -> np.ndarray:
+    """``bool[utterance]`` from ``i32[utterance]`` lengths: the one definition of an utterance being done (its states
+    committed). Not done is ``NOT_DONE`` (-1); a done utterance has at least one frame (``write_utterance`` refuses 0).
+    """
+    return np.asarray(lengths) >= 0
+
+
 def check_language_code(lang: str) -> str:
     """``lang`` if it is a safe folder name (letters, digits, ``_``, ``-``), else a StoreError."""
     if not isinstance(lang, str) or not LANG.fullmatch(lang) or lang in _RESERVED_LANGS:
@@ -299,19 +308,6 @@ def info_from_manifest(manifest: dict, url: str) -> StoreInfo:
         return StoreInfo.from_dict(manifest)
     except (KeyError, TypeError, ValueError) as e:
         raise StoreError(f"{MANIFEST} in {url!r} is incomplete or damaged ({e!r}); encode again") from None
-
-
-def info_diffs(stored: StoreInfo, given: StoreInfo) -> list[str]:
-    diffs = []
-    for name in ("model_name", "checkpoint_sha256", "layers", "dtype", "frame_rate"):
-        a, b = getattr(stored, name), getattr(given, name)
-        if a != b:
-            diffs.append(f"{name}: store has {a!r}, this run {b!r}")
-    for name, a in stored.dims.to_dict().items():
-        b = getattr(given.dims, name)
-        if a != b:
-            diffs.append(f"dims.{name}: store has {a}, this run {b}")
-    return diffs
 
 
 def check_rows(utterances, lang: str) -> tuple[UtteranceRow, ...]:

@@ -27,7 +27,7 @@ import tensorstore as ts
 
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
-from engine.stores.kv import CONTEXT, create_key, json_bytes, open_kvstore, read_json
+from engine.stores.kv import CONTEXT, create_or_compare, json_bytes, open_kvstore, read_json
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
@@ -107,6 +107,14 @@ def matrix_spec(kvstore: dict, *, n_layers: int, n_rows: int, n_cols: int) -> di
             "codecs": [dict(c) for c in MATRIX_CODECS],
         },
     }
+
+
+def done_marker(rows, cols) -> dict:
+    """The part of a layer's done marker that says which utterances its matrix scored: ``rows`` and ``cols`` are
+    the utterance indices (of the pair's first and second language) that were done in the layer store. Readers take
+    what was scored from here, never from the NaN that fills the other rows and columns."""
+    rows, cols = [int(u) for u in rows], [int(u) for u in cols]
+    return {"rows_done": len(rows), "cols_done": len(cols), "rows": rows, "cols": cols}
 
 
 def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers) -> dict:
@@ -214,23 +222,16 @@ class SimilarityStore(_Store):
         layer list, naming each differing field with both values.
         """
         kvstore, kv = _open(url)
-        stored = read_json(kv, MANIFEST, url)
-        if stored is None:
-            if not create_key(kv, MANIFEST, json_bytes(manifest)):
-                stored = read_json(kv, MANIFEST, url)  # another process created it first
-            else:
-                stored = manifest
-        _check_manifest(stored, url)
-        diffs = [
-            f"{f}: store has {stored[f]!r}, this run {manifest[f]!r}"
-            for f in MANIFEST_FIELDS
-            if stored[f] != manifest[f]
-        ]
-        if diffs:
-            raise SimilarityMismatchError(
-                f"similarity store {url!r} was computed from another layer store or model: {'; '.join(diffs)}. "
-                "Write to a new output folder, or rerun against the layer store it names"
-            )
+        stored = create_or_compare(
+            kv,
+            MANIFEST,
+            manifest,
+            url,
+            fields=MANIFEST_FIELDS,
+            error=SimilarityMismatchError,
+            what="similarity store",
+            check=lambda m: _check_manifest(m, url),
+        )
         return cls(url, kvstore, kv, stored)
 
     def create_pair(self, measure: str, lang_a: str, lang_b: str, ids: dict) -> ts.TensorStore:
@@ -278,6 +279,7 @@ class SimilarityReader(_Store):
         self._arrays: dict[str, ts.TensorStore] = {}  # opened once: a pair's metadata does not change
         self._ids_read: dict[str, dict] = {}  # ids.json of each pair found: written once, at the pair's creation
         self._last_read: tuple[str, int, np.ndarray] | None = None  # (key, layer position, scores)
+        self._markers: dict[str, dict[int, dict]] = {}  # done markers of each pair, read once by ``scored``
 
     def __repr__(self):
         return f"SimilarityReader({self.url!r}, {self.manifest['model_name']}, layers {list(self.layers)})"
@@ -294,6 +296,25 @@ class SimilarityReader(_Store):
         """Layers (babelgrid indices) whose matrix for (a, b), or for the reverse pair, is complete."""
         key = self._locate(measure, lang_a, lang_b)[0]
         return sorted(self._done_markers(key))
+
+    def scored(self, measure: str, lang_a: str, lang_b: str, layer: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(bool[N_a], bool[N_b])``: the rows and columns that ``matrix`` scored at ``layer`` (utterances done in
+        the layer store then), oriented like ``matrix``; None for a marker written before babelgrid recorded them."""
+        key, transposed = self._locate(measure, lang_a, lang_b)
+        if key not in self._markers:
+            self._markers[key] = self._done_markers(key)
+        marker = self._markers[key].get(int(layer))
+        if marker is None:
+            raise SimilarityError(f"layer {layer} of {measure!r} {lang_a}/{lang_b} is not done in {self.url!r}")
+        if "rows" not in marker:
+            return None
+        ids = self._ids(key)
+        masks = []
+        for name, n in (("rows", len(ids["row_ids"])), ("cols", len(ids["col_ids"]))):
+            mask = np.zeros(n, bool)
+            mask[np.asarray(marker[name], np.int64)] = True
+            masks.append(mask)
+        return (masks[1], masks[0]) if transposed else (masks[0], masks[1])
 
     def matrix(self, measure: str, lang_a: str, lang_b: str, layer: int) -> tuple[np.ndarray, list[str], list[str]]:
         """(scores f32[N_a, N_b], row_ids, col_ids) of one layer; rows are utterances of ``lang_a``.

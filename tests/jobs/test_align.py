@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.align import read_words
+from engine.stores.words import read_words
 from engine.encode import EncodeConfig, run_encode
 from engine.stores.reader import open_store
 from engine.whisper.loaded import load_whisper

@@ -24,7 +24,7 @@ from engine.retrieval import (
     resolve_out,
     run_retrieval,
 )
-from engine.stores.similarity import SimilarityStore, new_manifest
+from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
 from kernels.metrics import reference_retrieval_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -37,19 +37,20 @@ IDS = {
     "en": ["s0", "s1", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "xe"],
     "fr": ["s1", "s2", "s3", "s4", "s5", "s6", "s8", "s9", "xf"],
 }
-NOT_ENCODED = {"de": [3], "en": [0, 7], "fr": []}  # utterance indices with NaN rows/columns
+NOT_ENCODED = {"de": [3], "en": [0, 7], "fr": []}  # utterance indices left out of the done markers
 STORED = {"seqsim": [("de", "en"), ("de", "fr"), ("en", "fr")], "mean": [("de", "en")]}
 NOT_DONE = {("seqsim", "de", "fr"): [3]}  # layer left without its done marker
 
 
 def planted(measure: str, a: str, b: str, seed: int) -> np.ndarray:
-    """f32[layer, N_a, N_b]: noise plus SIGNAL[layer] where ids match; NaN rows/columns of not-encoded utterances."""
+    """f32[layer, N_a, N_b]: noise plus SIGNAL[layer] where ids match. Rows and columns of not-encoded utterances
+    hold a score that would win every ranking, not NaN: only the done marker may tell retrieval to leave them out."""
     rng = np.random.default_rng(seed)
     match = np.equal.outer(np.array(IDS[a]), np.array(IDS[b]))
     scores = np.stack([rng.standard_normal(match.shape) + SIGNAL[layer] * match for layer in LAYERS])
     scores = scores.astype(np.float32)
-    scores[:, NOT_ENCODED[a], :] = np.nan
-    scores[:, :, NOT_ENCODED[b]] = np.nan
+    scores[:, NOT_ENCODED[a], :] = 100.0
+    scores[:, :, NOT_ENCODED[b]] = 100.0
     return scores
 
 
@@ -67,9 +68,11 @@ def sim_store(tmp_path_factory):
             ids = {"row_ids": IDS[a], "col_ids": IDS[b], "row_recording": list(range(len(IDS[a]))),
                    "col_recording": list(range(len(IDS[b])))}  # fmt: skip
             array = store.create_pair(measure, a, b, ids)
+            # The marker records which utterances were scored, as the seqsim job writes it.
+            marker = done_marker(*(np.setdiff1d(np.arange(len(IDS[x])), NOT_ENCODED[x]) for x in (a, b)))
             for position, layer in enumerate(LAYERS):
                 if layer not in NOT_DONE.get((measure, a, b), []):
-                    store.write_layer(array, measure, a, b, layer, scores[position], {})
+                    store.write_layer(array, measure, a, b, layer, scores[position], marker)
             matrices[measure, a, b] = scores
     return root, matrices
 
@@ -154,6 +157,11 @@ def test_drop_not_encoded():
     kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, list("abc"), list("wxyz"))
     assert (rows, cols, dropped_rows, dropped_cols) == (["a", "c"], ["w", "x", "z"], 1, 1)
     np.testing.assert_array_equal(kept, [[0, 1, 3], [8, 9, 11]])
+    # The masks a done marker records decide, not the NaN: a scored row of NaN is damage, not a missing utterance.
+    scored = (np.array([True, False, True]), np.array([True, True, False, True]))
+    assert drop_not_encoded(scores, list("abc"), list("wxyz"), scored)[1:] == (["a", "c"], ["w", "x", "z"], 1, 1)
+    with pytest.raises(RetrievalError, match="damaged"):
+        drop_not_encoded(scores, list("abc"), list("wxyz"), (np.ones(3, bool), np.ones(4, bool)))
     scores[0, 0] = np.nan  # a NaN inside an encoded row and column: a damaged store, not a missing utterance
     with pytest.raises(RetrievalError, match="damaged"):
         drop_not_encoded(scores, list("abc"), list("wxyz"))

@@ -1,0 +1,99 @@
+"""An align job's output, for the job and for analysts: word rows per language, their parts, and the reader.
+
+Layout (``OUT`` a local path or a TensorStore kvstore URL; ``engine.align`` writes it)::
+
+    OUT/align.json                      settings and model of the run; a resumed run must match them
+    OUT/<lang>/words.parquet            utterance, id, recording, word_index, word, start, end, probability
+    OUT/<lang>/skipped.csv              utterance, id, reason: what has no words and why
+    OUT/<lang>/parts/<first>.parquet    the same rows for utterances first..first+chunk-1 (the unit of resume);
+                                        its Parquet metadata lists the utterances it was made from and its skips
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.errors import BabelgridError
+from engine.stores.kv import open_kvstore
+from engine.stores.similarity import check_name
+
+MANIFEST = "align.json"
+WORDS = "words.parquet"
+SKIPPED = "skipped.csv"
+WORD_SCHEMA = pa.schema(
+    [
+        pa.field("utterance", pa.int32(), nullable=False),
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("recording", pa.int32(), nullable=False),
+        pa.field("word_index", pa.int32(), nullable=False),
+        pa.field("word", pa.string(), nullable=False),
+        pa.field("start", pa.float32(), nullable=False),  # seconds from the start of the utterance
+        pa.field("end", pa.float32(), nullable=False),
+        pa.field("probability", pa.float32(), nullable=False),
+    ]
+)
+
+
+class WordsError(BabelgridError, ValueError):
+    """An align job's output is missing or incomplete."""
+
+
+def part_key(lang: str, first: int) -> str:
+    return f"{lang}/parts/{first:08d}.parquet"
+
+
+def part_bytes(rows: dict, done: Sequence[int], skipped: Sequence[tuple[int, str, str]]) -> bytes:
+    table = pa.Table.from_pydict(rows, schema=WORD_SCHEMA)
+    meta = {"done": [int(u) for u in done], "skipped": [list(s) for s in skipped]}
+    table = table.replace_schema_metadata({b"babelgrid": json.dumps(meta).encode()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def read_part(kv, key: str):
+    found = kv.read(key).result()
+    if found.state != "value":
+        return None
+    table = pq.read_table(io.BytesIO(bytes(found.value)))
+    meta = json.loads(table.schema.metadata[b"babelgrid"])
+    return table, meta
+
+
+def write_language(kv, out: str, lang: str, parts: Sequence[pa.Table], skipped: Sequence[tuple]) -> list[str]:
+    """Writes ``<lang>/words.parquet`` (the parts' rows, in part order) and ``<lang>/skipped.csv`` (sorted); returns
+    their URLs."""
+    words = pa.concat_tables(parts).replace_schema_metadata(None) if parts else WORD_SCHEMA.empty_table()
+    buf = io.BytesIO()
+    pq.write_table(words, buf)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["utterance", "id", "reason"])
+    writer.writerows(sorted(skipped))
+    futures = [kv.write(f"{lang}/{WORDS}", buf.getvalue()), kv.write(f"{lang}/{SKIPPED}", text.getvalue().encode())]
+    for f in futures:
+        f.result()
+    root = out.rstrip("/") + "/"
+    return [root + f"{lang}/{WORDS}", root + f"{lang}/{SKIPPED}"]
+
+
+def read_words(out: str, lang: str, *, skipped: bool = False):
+    """An align job's ``<lang>/words.parquet`` as a pyarrow Table (``.to_pandas()`` for a DataFrame), from a local
+    path or kvstore URL; with ``skipped=True`` also its ``skipped.csv`` rows as ``[(utterance, id, reason)]``."""
+    check_name("language", lang)
+    _, kv = open_kvstore(out)
+    found = kv.read(f"{lang}/{WORDS}").result()
+    if found.state != "value":
+        raise WordsError(f"no {lang}/{WORDS} under {out!r}: run jobs.align there (it writes it when a run completes)")
+    table = pq.read_table(io.BytesIO(bytes(found.value)))
+    if not skipped:
+        return table
+    text = bytes(kv.read(f"{lang}/{SKIPPED}").result().value).decode()
+    rows = list(csv.reader(io.StringIO(text)))[1:]
+    return table, [(int(u), uid, reason) for u, uid, reason in rows]
