@@ -11,27 +11,31 @@ layout: engine/align.py and BUILD.md; library: engine/timing.py.
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from engine.align import COMPUTE_DTYPES, TRANSCRIPT_SOURCES, AlignConfig, run_align
-from jobs.common import define_distributed_flags, init_distributed, parse_list
+from jobs.common import (
+    define_distributed_flags,
+    define_langs_flag,
+    define_out_flag,
+    define_run_flags,
+    define_store_flag,
+    init_distributed,
+    parse_list,
+    run,
+)
 
-flags.DEFINE_string("store", None, "layer store written by the encode job (must hold the final layer)")
-flags.DEFINE_string("out", None, "output folder or TensorStore kvstore URL (created if missing, resumed if present)")
+define_store_flag("layer store written by the encode job (must hold the final layer)")
+define_out_flag("output folder or TensorStore kvstore URL (created if missing, resumed if present)")
 flags.DEFINE_string("model", None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
-flags.DEFINE_string("langs", "all", "comma-separated language codes of the store, or 'all'")
+define_langs_flag()
 flags.DEFINE_enum("transcripts", "store", list(TRANSCRIPT_SOURCES), "store: the dataset's text; decode: greedy")
 flags.DEFINE_integer("batch_size", 8, "utterances per decoder call")
 flags.DEFINE_integer("chunk", 64, "utterances per part file (the unit of resume)")
 flags.DEFINE_integer("median_filter_width", 7, "odd width of the median filter over frames (Whisper: 7)")
 flags.DEFINE_enum("compute_dtype", "float32", list(COMPUTE_DTYPES), "model dtype on the device")
-flags.DEFINE_bool("strict", False, "exit non-zero if any utterance was skipped")
-flags.DEFINE_bool("progress", True, "show a progress bar")
+define_run_flags(strict=True)
 define_distributed_flags()
-flags.mark_flags_as_required(["store", "out"])
 FLAGS = flags.FLAGS
 
 
@@ -58,5 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    app.run(main)
+    run(main)

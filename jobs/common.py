@@ -1,21 +1,76 @@
-"""Flags and start-up shared by every job: logging, list parsing, jax.distributed."""
+"""Flags and start-up shared by every job: the flags every job has, logging, list parsing, jax.distributed.
+
+A job defines its own flags, then the shared ones it takes, and starts through ``run``::
+
+    flags.DEFINE_string("chunk", ...)
+    define_store_flag("layer store written by the encode job")
+    define_out_flag("similarity store to write (created if missing, resumed if present)")
+    define_langs_flag("of the layer store")
+    define_run_flags(strict=True)
+    define_distributed_flags()
+
+    if __name__ == "__main__":
+        run(main)
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import jax
-from absl import flags
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 
 
+def _job_module() -> str:
+    """The module name absl files a flag under, so that a shared flag shows in the calling job's --helpshort."""
+    frame = sys._getframe(2)  # the job module calling a define_* helper
+    name = frame.f_globals.get("__name__", "")
+    return sys.argv[0] if name == "__main__" else name
+
+
+def define_store_flag(help: str = "layer store written by the encode job: local path or TensorStore kvstore URL"):
+    flags.DEFINE_string("store", None, help, module_name=_job_module())
+    flags.mark_flag_as_required("store")
+
+
+def define_out_flag(help: str, required: bool = True) -> None:
+    flags.DEFINE_string("out", None, help, module_name=_job_module())
+    if required:
+        flags.mark_flag_as_required("out")
+
+
+def define_langs_flag(of: str = "of the layer store") -> None:
+    flags.DEFINE_string("langs", "all", f"comma-separated language codes {of}, or 'all'", module_name=_job_module())
+
+
+def define_run_flags(strict: bool = False) -> None:
+    """--progress, and --strict for jobs that skip items."""
+    flags.DEFINE_bool("progress", True, "show a progress bar", module_name=_job_module())
+    if strict:
+        flags.DEFINE_bool("strict", False, "exit non-zero if anything was skipped", module_name=_job_module())
+
+
+def run(main) -> None:
+    """Starts a job: logging to stderr at INFO, then absl's flag parsing and ``main``."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    app.run(main)
+
+
 def define_distributed_flags() -> None:
-    flags.DEFINE_string("coordinator_address", None, "jax.distributed coordinator host:port (multi-host runs)")
-    flags.DEFINE_integer("num_processes", None, "number of processes in a multi-host run")
-    flags.DEFINE_integer("process_id", None, "this process's index in a multi-host run")
+    module = _job_module()
+    flags.DEFINE_string(
+        "coordinator_address", None, "jax.distributed coordinator host:port (multi-host runs)", module_name=module
+    )
+    flags.DEFINE_integer("num_processes", None, "number of processes in a multi-host run", module_name=module)
+    flags.DEFINE_integer("process_id", None, "this process's index in a multi-host run", module_name=module)
     flags.DEFINE_bool(
-        "distributed", False, "initialise jax.distributed from the cluster's environment (SLURM, TPU pods, ...)"
+        "distributed",
+        False,
+        "initialise jax.distributed from the cluster's environment (SLURM, TPU pods, ...)",
+        module_name=module,
     )
 
 

@@ -10,18 +10,26 @@ store layout and engine/encode.py for the pipeline.
 
 from __future__ import annotations
 
-import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from engine.encode import EncodeConfig, run_encode
-from jobs.common import define_distributed_flags, init_distributed, parse_layers, parse_list
+from jobs.common import (
+    define_distributed_flags,
+    define_langs_flag,
+    define_out_flag,
+    define_run_flags,
+    init_distributed,
+    parse_layers,
+    parse_list,
+    run,
+)
 
-flags.DEFINE_string("out", None, "output store: local path or TensorStore kvstore URL (gs://, s3://, file://)")
+define_out_flag("output store: local path or TensorStore kvstore URL (gs://, s3://, file://)")
 flags.DEFINE_string("model", None, "hub id, HF folder, CTranslate2 folder or OpenAI .pt (default: packaged base)")
 flags.DEFINE_string("dataset", "demo", "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl | folder:/dir")
-flags.DEFINE_string("langs", "all", "comma-separated language codes of the dataset, or 'all'")
+define_langs_flag("of the dataset")
 flags.DEFINE_string("split", "test", "dataset split (FLEURS: train, validation, test)")
 flags.DEFINE_string("layers", "all", "encoder layers to store: 'all', a list '0,3,7' or ranges '1-4' (0 = stem)")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "storage dtype")
@@ -29,9 +37,7 @@ flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16", "float16"]
 flags.DEFINE_integer("batch_size", 8, "30 s windows per encoder step over all local devices")
 flags.DEFINE_enum("long_audio", "window", ["window", "truncate"], "audio over 30 s: consecutive windows, or cut")
 flags.DEFINE_integer("prefetch", 4, "host threads decoding audio ahead of the device")
-flags.DEFINE_bool("strict", False, "exit non-zero if any utterance was skipped")
-flags.DEFINE_bool("progress", True, "show a progress bar")
-flags.mark_flag_as_required("out")
+define_run_flags(strict=True)
 define_distributed_flags()
 FLAGS = flags.FLAGS
 
@@ -63,5 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    app.run(main)
+    run(main)

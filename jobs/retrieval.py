@@ -8,20 +8,17 @@ See engine/retrieval.py for the CSV columns and the figures.
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from engine.retrieval import RetrievalConfig, run_retrieval
-from jobs.common import parse_layers, parse_list
+from jobs.common import define_langs_flag, define_out_flag, parse_layers, parse_list, run
 from kernels.metrics import TIE_RULES
 
 flags.DEFINE_string("similarity", None, "similarity store written by the seqsim job: local path or kvstore URL")
-flags.DEFINE_string("out", None, "output folder (default: the similarity store itself when it is local)")
+define_out_flag("output folder (default: the similarity store itself when it is local)", required=False)
 flags.DEFINE_string("measure", "all", "comma-separated measures (seqsim, mean, centre, duration, ...) or 'all'")
 flags.DEFINE_string("layers", "all", "layers: 'all', a list '0,3,7' or ranges '1-4' (0 = conv stem, L+1 = ln_post)")
-flags.DEFINE_string("langs", "all", "comma-separated languages (a pair is scored when both are listed) or 'all'")
+define_langs_flag("(a pair is scored when both are listed)")
 flags.DEFINE_integer("figure_layer", None, "heatmap layer (default: the best mean R@1 of seqsim)")
 flags.DEFINE_string("ks", "1,5,10", "comma-separated k of recall at k")
 flags.DEFINE_enum("ties", "optimistic", list(TIE_RULES), "rank of a correct partner tied with incorrect ones")
@@ -52,5 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    app.run(main)
+    run(main)

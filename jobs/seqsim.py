@@ -14,25 +14,31 @@ Several hosts: start one process per host with --distributed (or --coordinator_a
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from engine.similarity import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
 from engine.stores.similarity import MEASURES
-from jobs.common import define_distributed_flags, init_distributed, parse_layers, parse_list
+from jobs.common import (
+    define_distributed_flags,
+    define_langs_flag,
+    define_out_flag,
+    define_run_flags,
+    define_store_flag,
+    init_distributed,
+    parse_layers,
+    parse_list,
+    run,
+)
 
-flags.DEFINE_string("store", None, "layer store written by the encode job: local path or TensorStore kvstore URL")
-flags.DEFINE_string("out", None, "similarity store to write (created if missing, resumed if present)")
-flags.DEFINE_string("langs", "all", "comma-separated language codes of the layer store, or 'all'")
+define_store_flag()
+define_out_flag("similarity store to write (created if missing, resumed if present)")
+define_langs_flag()
 flags.DEFINE_string("layers", "all", "layers to compare: 'all' stored, a list '0,3,7' or ranges '1-4'")
 flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b with '*' for every other language")
 flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), f"comma list of {', '.join(MEASURES)}")
 flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "dtype the states are compared in")
-flags.DEFINE_bool("progress", True, "show a progress bar")
+define_run_flags()
 define_distributed_flags()
-flags.mark_flags_as_required(["store", "out"])
 FLAGS = flags.FLAGS
 
 
@@ -56,5 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    app.run(main)
+    run(main)
