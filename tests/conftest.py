@@ -1,14 +1,31 @@
-"""Shared test fixtures: paths to real data that live outside the repository."""
+"""Shared test fixtures: real data beside the checkout, and one tiny random Whisper for every test that needs a model.
 
+The tiny model is a Hugging Face folder (``config.json``, ``model.safetensors``, ``tokenizer.json``) written with NumPy
+and the ``safetensors`` library, so that tests and job subprocesses load it the way they load a hub checkpoint,
+without torch and without the packaged whisper-base (an optional extra). Fixtures are session-scoped: tests only read
+the folder and the loaded model, so the weights are written, loaded and compiled once per session.
+"""
+
+import itertools
+import json
 import os
 import pathlib
 
+import numpy as np
 import pytest
+
+from engine.whisper.dims import ModelDimensions
+from engine.whisper.languages import LANGUAGES
+from engine.whisper.model import random_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLEURS_SAMPLE = pathlib.Path(
     os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample")
 )
+
+# Multilingual vocabulary (51865 ids, as whisper-base), 2 + 2 blocks of width 64: encoder layers 0..3.
+TINY_DIMS = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
+TINY_SEED = 3
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +41,107 @@ def fleurs_clips(fleurs_dir) -> list[pathlib.Path]:
     clips = sorted(p for p in fleurs_dir.iterdir() if p.suffix in (".opus", ".ogg", ".wav", ".flac"))
     assert len(clips) == 50, f"expected 50 clips in {fleurs_dir}, found {len(clips)}"
     return clips
+
+
+# -- the tiny random model -------------------------------------------------------------------------------------------
+
+
+def hf_state_dict(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """OpenAI names -> ``WhisperForConditionalGeneration`` names, written out here rather than taken from
+    ``engine.whisper.checkpoints.hf`` so that loading the folder also checks the library's mapping."""
+    top = {
+        "encoder.ln_post": "encoder.layer_norm",
+        "decoder.ln": "decoder.layer_norm",
+        "encoder.positional_embedding": "encoder.embed_positions.weight",
+        "decoder.positional_embedding": "decoder.embed_positions.weight",
+        "decoder.token_embedding.weight": "decoder.embed_tokens.weight",
+    }
+    parts = {
+        "attn": "self_attn",
+        "cross_attn": "encoder_attn",
+        "attn_ln": "self_attn_layer_norm",
+        "cross_attn_ln": "encoder_attn_layer_norm",
+        "mlp_ln": "final_layer_norm",
+        "mlp.0": "fc1",
+        "mlp.2": "fc2",
+    }
+    projections = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "out_proj"}
+    out = {}
+    for name, value in sd.items():
+        side, rest = name.split(".", 1)
+        if rest.startswith("blocks."):
+            _, i, rest = rest.split(".", 2)
+            module, param = rest.rsplit(".", 1)
+            if module.endswith(tuple(f".{p}" for p in projections)):
+                attn, proj = module.rsplit(".", 1)
+                module = f"{parts[attn]}.{projections[proj]}"
+            else:
+                module = parts[module]
+            hf = f"{side}.layers.{i}.{module}.{param}"
+        else:
+            hf = next((hf + name[len(ours) :] for ours, hf in top.items() if name.startswith(ours)), name)
+        out[f"model.{hf}"] = np.ascontiguousarray(value)
+    return out
+
+
+def write_byte_level_tokenizer(path: pathlib.Path, n_text: int = 50257, num_languages: int = 99) -> None:
+    """A planted ``tokenizer.json`` with OpenAI's multilingual id layout: a byte-level BPE of ``n_text`` tokens (the
+    256 bytes, then pairs of them), then ``<|endoftext|>`` and the other special tokens in OpenAI's order."""
+    import tokenizers
+
+    alphabet = sorted(tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    pairs = list(itertools.islice(itertools.product(alphabet, repeat=2), n_text - len(alphabet)))
+    vocab = {text: i for i, text in enumerate(alphabet + [a + b for a, b in pairs])}
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, pairs))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    tasks = ("translate", "transcribe", "startoflm", "startofprev", "nospeech", "notimestamps")
+    specials = ["endoftext", "startoftranscript", *list(LANGUAGES)[:num_languages], *tasks]
+    specials += [f"{i * 0.02:.2f}" for i in range(1501)]
+    tok.add_special_tokens([tokenizers.AddedToken(f"<|{s}|>", normalized=False, special=True) for s in specials])
+    tok.save(str(path))
+
+
+def write_tiny_hf_folder(
+    folder: pathlib.Path, dims: ModelDimensions = TINY_DIMS, seed: int = TINY_SEED
+) -> pathlib.Path:
+    """A random Whisper of ``dims`` as a Hugging Face folder in ``folder`` (created)."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(hf_state_dict(random_state_dict(dims, seed=seed)), str(folder / "model.safetensors"))
+    config = {
+        "model_type": "whisper",
+        "architectures": ["WhisperForConditionalGeneration"],
+        "num_mel_bins": dims.n_mels,
+        "max_source_positions": dims.n_audio_ctx,
+        "d_model": dims.n_audio_state,
+        "encoder_attention_heads": dims.n_audio_head,
+        "encoder_layers": dims.n_audio_layer,
+        "encoder_ffn_dim": 4 * dims.n_audio_state,
+        "vocab_size": dims.n_vocab,
+        "max_target_positions": dims.n_text_ctx,
+        "decoder_attention_heads": dims.n_text_head,
+        "decoder_layers": dims.n_text_layer,
+        "decoder_ffn_dim": 4 * dims.n_text_state,
+        "activation_function": "gelu",
+        "scale_embedding": False,
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if dims.n_vocab == 51865:
+        write_byte_level_tokenizer(folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
+    """``TINY_DIMS`` with seed ``TINY_SEED`` as a Hugging Face folder: pass it to ``load_whisper`` or ``--model``."""
+    return write_tiny_hf_folder(tmp_path_factory.mktemp("tiny-model") / "tiny-random")
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tiny_model_dir):
+    """The tiny model loaded once (``LoadedWhisper``), float32: read it, do not change it."""
+    from engine.whisper.loaded import load_whisper
+
+    return load_whisper(tiny_model_dir)
