@@ -14,7 +14,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import ml_dtypes
@@ -26,6 +25,7 @@ from engine.data.audio import SAMPLE_RATE, load_audio
 from engine.data.features import features_for_audio
 from engine.encode import EncodeConfig, run_encode
 from engine.parallel import ShardedEncoder, data_mesh
+from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from engine.whisper.loaded import load_whisper
 from tests.jobs.multiprocess import run_processes
@@ -197,30 +197,47 @@ def stores_identical(a: pathlib.Path, b: pathlib.Path):
             np.testing.assert_array_equal(xa, xb, err_msg=f"{lang} layer {layer}")
 
 
+def states_without_marker(out: pathlib.Path) -> int:
+    """Utterances whose states shard is on disk but which are not marked done: what a kill between the two leaves."""
+    store = LayerStore.open(str(out))
+    found = 0
+    for lang in store.languages():
+        arrays = store.language(lang)
+        for u in np.flatnonzero(~arrays.done()):
+            found += bool(arrays.states_store[0, int(u), :1].read().result().any())  # missing shards read as 0
+    return found
+
+
+# Where each run is killed (engine/stores/layers.py, BABELGRID_FAULT_KILL_AFTER_COMMITS): "states" right after the
+# N-th states shard of the run commits, before its marker; "marker" right after the marker write that makes N
+# utterances of the run done. N is this fraction of what is left, so every run is killed before it can finish.
+KILLS = (("states", 0.1), ("marker", 0.2), ("states", 0.3), ("marker", 0.05), ("states", 0.02), ("marker", 0.3))
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
+def test_sigkill_mid_commit_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
     data = write_clips(tmp_path / "clips", n=40)
     common = ["--model", str(tiny_model_dir), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
     ref = tmp_path / "ref"
     proc = run_job([*common, "--out", str(ref)])
-    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
     total = done_count(ref)
     assert total == 80
 
     out = tmp_path / "killed"
-    rng = np.random.default_rng(7)
-    kills = 0
-    for target in sorted(rng.uniform(0.1, 0.9, size=3)):
-        proc = run_job([*common, "--out", str(out)])
-        deadline = time.time() + 300
-        # Kill once the run has made some progress past `target` of the work (or at once if it is past it).
-        while proc.poll() is None and time.time() < deadline and done_count(out) < target * total:
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=60)
-    assert kills >= 2, "the job finished before it could be killed: make the data larger"
+    for point, fraction in KILLS:
+        before = done_count(out)
+        assert before < total, f"nothing left to kill before {point}: too few clips for KILLS"
+        n = max(1, int(fraction * (total - before)))
+        proc = run_job([*common, "--out", str(out)], {"BABELGRID_FAULT_KILL_AFTER_COMMITS": f"{point}:{n}"})
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == -signal.SIGKILL, f"{point}:{n} did not kill the job:\n{output}"
+        after = done_count(out)
+        if point == "marker":
+            assert after >= before + n, (point, n, before, after)
+        else:  # the n-th shard is on disk, its utterance is not done; at most the n - 1 before it were marked
+            assert before <= after <= before + n - 1 and states_without_marker(out) >= 1, (point, n, before, after)
     assert done_count(out) < total
     proc = run_job([*common, "--out", str(out)])
     output = proc.communicate(timeout=600)[0]
