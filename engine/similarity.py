@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.parallel import barrier, data_mesh, is_process_zero
-from engine.runs import DTYPES, check_choice, process_zero_first, progress_bar
+from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import (
@@ -61,13 +61,12 @@ class SimilarityConfig:
 
 
 @dataclasses.dataclass
-class SimilaritySummary:
+class SimilaritySummary(RunSummary):
     pair_layers: int = 0  # (pair, layer) computed in this run
     already_done: int = 0  # (pair, layer) whose every measure was complete and skipped
     matrices: int = 0  # (measure, pair, layer) matrices written
     seqsim_flops: float = 0.0  # 2 * sum(len_a) * sum(len_b) * embed per pair-layer
     seqsim_seconds: float = 0.0  # kernel time, device synchronised, compilation included
-    seconds: float = 0.0
 
     @property
     def gflops(self) -> float:

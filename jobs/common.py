@@ -6,8 +6,7 @@ A job defines its own flags, then the shared ones it takes, and starts through `
     define_store_flag("layer store written by the encode job")
     define_out_flag("similarity store to write (created if missing, resumed if present)")
     define_langs_flag("of the layer store")
-    define_run_flags(strict=True)
-    define_distributed_flags()
+    define_run_flags(strict=True, distributed=True)
 
     if __name__ == "__main__":
         run(main)
@@ -15,6 +14,7 @@ A job defines its own flags, then the shared ones it takes, and starts through `
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -46,21 +46,52 @@ def define_langs_flag(of: str = "of the layer store") -> None:
     flags.DEFINE_string("langs", "all", f"comma-separated language codes {of}, or 'all'", module_name=_job_module())
 
 
-def define_run_flags(strict: bool = False) -> None:
-    """--progress, and --strict for jobs that skip items."""
+def define_run_flags(strict: bool = False, distributed: bool = False) -> None:
+    """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts."""
     flags.DEFINE_bool("progress", True, "show a progress bar", module_name=_job_module())
     if strict:
         flags.DEFINE_bool("strict", False, "exit non-zero if anything was skipped", module_name=_job_module())
+    if distributed:
+        define_distributed_flags(_job_module())
+
+
+def config_from_flags(cls, **given):
+    """A job's frozen config: each field of dataclass ``cls`` from the flag of the same name, unless ``given``
+    (values parsed from a flag's text: lists, layer ranges)."""
+    values = {
+        f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(cls) if f.name not in given and f.name in FLAGS
+    }
+    return cls(**values, **given)
+
+
+def finish(summary, lines=()) -> int:
+    """Prints a run's summary and ``lines`` (paths written); the exit code: 1 when --strict and anything was
+    skipped."""
+    print(summary.report())
+    for line in lines:
+        print(line)
+    if "strict" in FLAGS and FLAGS.strict and summary.n_skipped:
+        print(f"--strict: {summary.n_skipped} items were skipped", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run(main) -> None:
-    """Starts a job: logging to stderr at INFO, then absl's flag parsing and ``main``."""
+    """Starts a job: logging to stderr at INFO, absl's flag parsing, jax.distributed when its flags ask for it, then
+    ``main()``, whose return value is the exit code."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    app.run(main)
+
+    def start(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
+        if "distributed" in FLAGS:
+            init_distributed()
+        return main()
+
+    app.run(start)
 
 
-def define_distributed_flags() -> None:
-    module = _job_module()
+def define_distributed_flags(module: str) -> None:
     flags.DEFINE_string(
         "coordinator_address", None, "jax.distributed coordinator host:port (multi-host runs)", module_name=module
     )

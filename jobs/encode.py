@@ -10,26 +10,15 @@ store layout and engine/encode.py for the pipeline.
 
 from __future__ import annotations
 
-import sys
-
 from absl import flags
 
 from engine.encode import EncodeConfig, run_encode
-from jobs.common import (
-    define_distributed_flags,
-    define_langs_flag,
-    define_out_flag,
-    define_run_flags,
-    init_distributed,
-    parse_layers,
-    parse_list,
-    run,
-)
+from jobs import common
 
-define_out_flag("output store: local path or TensorStore kvstore URL (gs://, s3://, file://)")
+common.define_out_flag("output store: local path or TensorStore kvstore URL (gs://, s3://, file://)")
 flags.DEFINE_string("model", None, "hub id, HF folder, CTranslate2 folder or OpenAI .pt (default: packaged base)")
 flags.DEFINE_string("dataset", "demo", "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl | folder:/dir")
-define_langs_flag("of the dataset")
+common.define_langs_flag("of the dataset")
 flags.DEFINE_string("split", "test", "dataset split (FLEURS: train, validation, test)")
 flags.DEFINE_string("layers", "all", "encoder layers to store: 'all', a list '0,3,7' or ranges '1-4' (0 = stem)")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "storage dtype")
@@ -37,36 +26,16 @@ flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16", "float16"]
 flags.DEFINE_integer("batch_size", 8, "30 s windows per encoder step over all local devices")
 flags.DEFINE_enum("long_audio", "window", ["window", "truncate"], "audio over 30 s: consecutive windows, or cut")
 flags.DEFINE_integer("prefetch", 4, "host threads decoding audio ahead of the device")
-define_run_flags(strict=True)
-define_distributed_flags()
+common.define_run_flags(strict=True, distributed=True)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
-    init_distributed()
-    config = EncodeConfig(
-        out=FLAGS.out,
-        model=FLAGS.model,
-        dataset=FLAGS.dataset,
-        langs=parse_list(FLAGS.langs),
-        split=FLAGS.split,
-        layers=parse_layers(FLAGS.layers),
-        dtype=FLAGS.dtype,
-        compute_dtype=FLAGS.compute_dtype,
-        batch_size=FLAGS.batch_size,
-        long_audio=FLAGS.long_audio,
-        prefetch=FLAGS.prefetch,
-        progress=FLAGS.progress,
+def main() -> int:
+    config = common.config_from_flags(
+        EncodeConfig, langs=common.parse_list(FLAGS.langs), layers=common.parse_layers(FLAGS.layers)
     )
-    summary = run_encode(config)
-    print(summary.report())
-    print(f"store: {FLAGS.out}")
-    if FLAGS.strict and summary.n_skipped:
-        print(f"--strict: {summary.n_skipped} utterances were skipped", file=sys.stderr)
-        return 1
-    return 0
+    return common.finish(run_encode(config), [f"store: {FLAGS.out}"])
 
 
 if __name__ == "__main__":
-    run(main)
+    common.run(main)

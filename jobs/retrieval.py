@@ -11,14 +11,14 @@ from __future__ import annotations
 from absl import flags
 
 from engine.retrieval import RetrievalConfig, run_retrieval
-from jobs.common import define_langs_flag, define_out_flag, parse_layers, parse_list, run
+from jobs import common
 from kernels.metrics import TIE_RULES
 
 flags.DEFINE_string("similarity", None, "similarity store written by the seqsim job: local path or kvstore URL")
-define_out_flag("output folder (default: the similarity store itself when it is local)", required=False)
+common.define_out_flag("output folder (default: the similarity store itself when it is local)", required=False)
 flags.DEFINE_string("measure", "all", "comma-separated measures (seqsim, mean, centre, duration, ...) or 'all'")
 flags.DEFINE_string("layers", "all", "layers: 'all', a list '0,3,7' or ranges '1-4' (0 = conv stem, L+1 = ln_post)")
-define_langs_flag("(a pair is scored when both are listed)")
+common.define_langs_flag("(a pair is scored when both are listed)")
 flags.DEFINE_integer("figure_layer", None, "heatmap layer (default: the best mean R@1 of seqsim)")
 flags.DEFINE_string("ks", "1,5,10", "comma-separated k of recall at k")
 flags.DEFINE_enum("ties", "optimistic", list(TIE_RULES), "rank of a correct partner tied with incorrect ones")
@@ -28,25 +28,21 @@ FLAGS = flags.FLAGS
 
 @flags.validator("ks", message="--ks must be positive integers such as 1,5,10")
 def _check_ks(value):
-    items = parse_list(value)
+    items = common.parse_list(value)
     return bool(items) and all(k.isdigit() and int(k) >= 1 for k in items)
 
 
-def main(argv):
-    del argv
-    config = RetrievalConfig(
-        similarity=FLAGS.similarity,
-        out=FLAGS.out,
-        measures=parse_list(FLAGS.measure),
-        layers=parse_layers(FLAGS.layers),
-        langs=parse_list(FLAGS.langs),
-        figure_layer=FLAGS.figure_layer,
-        ks=tuple(int(k) for k in parse_list(FLAGS.ks)),
-        ties=FLAGS.ties,
+def main() -> int:
+    config = common.config_from_flags(
+        RetrievalConfig,
+        measures=common.parse_list(FLAGS.measure),
+        layers=common.parse_layers(FLAGS.layers),
+        langs=common.parse_list(FLAGS.langs),
+        ks=tuple(int(k) for k in common.parse_list(FLAGS.ks)),
     )
     print(run_retrieval(config).report())
     return 0
 
 
 if __name__ == "__main__":
-    run(main)
+    common.run(main)

@@ -18,48 +18,28 @@ from absl import flags
 
 from engine.similarity import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
 from engine.stores.similarity import MEASURES
-from jobs.common import (
-    define_distributed_flags,
-    define_langs_flag,
-    define_out_flag,
-    define_run_flags,
-    define_store_flag,
-    init_distributed,
-    parse_layers,
-    parse_list,
-    run,
-)
+from jobs import common
 
-define_store_flag()
-define_out_flag("similarity store to write (created if missing, resumed if present)")
-define_langs_flag()
+common.define_store_flag()
+common.define_out_flag("similarity store to write (created if missing, resumed if present)")
+common.define_langs_flag()
 flags.DEFINE_string("layers", "all", "layers to compare: 'all' stored, a list '0,3,7' or ranges '1-4'")
 flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b with '*' for every other language")
 flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), f"comma list of {', '.join(MEASURES)}")
 flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "dtype the states are compared in")
-define_run_flags()
-define_distributed_flags()
+common.define_run_flags(distributed=True)
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    del argv
-    init_distributed()
-    config = SimilarityConfig(
-        store=FLAGS.store,
-        out=FLAGS.out,
-        langs=parse_list(FLAGS.langs),
-        layers=parse_layers(FLAGS.layers),
-        pairs=FLAGS.pairs,
-        measures=parse_list(FLAGS.measure) or DEFAULT_MEASURES,
-        dtype=FLAGS.dtype,
-        progress=FLAGS.progress,
+def main() -> int:
+    config = common.config_from_flags(
+        SimilarityConfig,
+        langs=common.parse_list(FLAGS.langs),
+        layers=common.parse_layers(FLAGS.layers),
+        measures=common.parse_list(FLAGS.measure) or DEFAULT_MEASURES,
     )
-    summary = run_similarity(config)
-    print(summary.report())
-    print(f"similarity store: {FLAGS.out}")
-    return 0
+    return common.finish(run_similarity(config), [f"similarity store: {FLAGS.out}"])
 
 
 if __name__ == "__main__":
-    run(main)
+    common.run(main)

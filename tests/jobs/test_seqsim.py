@@ -62,7 +62,7 @@ def run_job(*args: str) -> None:
     flags.FLAGS.unparse_flags()
     try:
         flags.FLAGS(["seqsim", "--progress=false", *args])
-        assert job.main([]) == 0
+        assert job.main() == 0
     finally:
         flags.FLAGS.unparse_flags()
 
