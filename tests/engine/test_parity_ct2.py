@@ -150,10 +150,44 @@ def test_greedy_transcripts_match_ctranslate2(decoded):
 
 
 def test_early_exit_and_translate_run(whisper, clips):
-    """Early exit from an intermediate layer and translation give text through the same path."""
+    """Early exit decodes from the layer asked for: the same as that layer's states taken from ``encode``, normalised
+    here with ln_post's weights (or not), and handed to the decoder as ``xa``; and not what layer L+1 gives."""
+    import jax.numpy as jnp
+
+    from engine.whisper.decoding import teacher_forced
+
     _, _, _, mel = clips[0]
-    top = whisper.dims.n_audio_layer
-    res = whisper.transcribe(mel[:1], DecodingOptions(language="de", encoder_layer=top, apply_ln_post=True))
-    assert res.languages == ["de"] and isinstance(res.texts[0], str)
-    res = whisper.translate(mel[:1], DecodingOptions(language="de"))
+    mel = mel[:1]
+    top = whisper.dims.n_audio_layer + 1
+    layer = top - 3  # an intermediate block: ln_post of block L would be layer L+1 itself
+    n_tokens = 40  # enough to tell the layers apart, cheap on CPU
+    ln = whisper.model.encoder.ln_post
+    scale, bias = (np.asarray(p[...], np.float64) for p in (ln.scale, ln.bias))
+
+    def ln_post(x):  # float64, eps of torch.nn.LayerNorm as OpenAI's model uses it
+        x = np.asarray(x, np.float64)
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        return (x * scale + bias).astype(np.float32)
+
+    def logits(xa, tokens):
+        return np.asarray(teacher_forced(whisper.model, jnp.asarray(xa), tokens, whisper.alignment_heads())[0])
+
+    plain = DecodingOptions(language="de", max_new_tokens=n_tokens)
+    top_xa = np.asarray(whisper.encode(mel, (top,))[0])
+    from_top = whisper.transcribe(mel, plain)
+    states = np.asarray(whisper.encode(mel, (layer,))[0])
+    for apply_ln_post, by_hand in ((True, ln_post(states)), (False, states)):
+        options = DecodingOptions(
+            language="de", encoder_layer=layer, apply_ln_post=apply_ln_post, max_new_tokens=n_tokens
+        )
+        early = whisper.transcribe(mel, options)
+        assert early.languages == ["de"] and isinstance(early.texts[0], str)
+        assert early.tokens == whisper.transcribe(None, plain, xa=jnp.asarray(by_hand)).tokens, apply_ln_post
+        assert early.tokens != from_top.tokens, f"layer {layer} decodes like layer {top} (ln_post {apply_ln_post})"
+        # Teacher-forced on the early-exit tokens: the same logits as from the hand-made input, not those of L+1.
+        tokens = np.array([[*whisper.tokenizer.sot_sequence("de"), *early.tokens[0]]])
+        want = logits(by_hand, tokens)
+        np.testing.assert_allclose(logits(whisper.audio_features(mel, options), tokens), want, atol=1e-3)
+        assert np.abs(want - logits(top_xa, tokens)).max() > 1.0
+    res = whisper.translate(mel, DecodingOptions(language="de"))
     assert res.texts[0].strip(), "translation to English produced no text"
