@@ -36,7 +36,8 @@ from engine.data.features import features_for_audio  # noqa: E402
 from engine.data.sources import get_source  # noqa: E402
 from engine.encode import EncodeConfig, run_encode  # noqa: E402
 from engine.parallel import ShardedEncoder, data_mesh  # noqa: E402
-from engine.stores.layers import LayerStore, StoreInfo, UtteranceRow  # noqa: E402
+from engine.stores.layers import LayerStore  # noqa: E402
+from engine.stores.schema import StoreInfo, UtteranceRow  # noqa: E402
 from engine.whisper.loaded import load_whisper  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "fleurs-sample"

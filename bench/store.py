@@ -34,7 +34,8 @@ import tensorstore as ts
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.stores import layers as store  # noqa: E402
+from engine.stores.layers import LayerStore  # noqa: E402
+from engine.stores.schema import StoreInfo, UtteranceRow  # noqa: E402
 from engine.whisper.dims import preset  # noqa: E402
 
 RAW = [{"name": "bytes", "configuration": {"endian": "little"}}]
@@ -158,10 +159,10 @@ def run_babelgrid(root, states, dims, shape, dtype, layer) -> dict:
     path = f"{root}/babelgrid"
     shutil.rmtree(path, ignore_errors=True)
     n_layers, n_utt, max_frames, _ = shape
-    info = store.StoreInfo("whisper-base", "0" * 64, dims, tuple(range(n_layers)), dtype)
-    s = store.LayerStore.create_or_open(path, info)
+    info = StoreInfo("whisper-base", "0" * 64, dims, tuple(range(n_layers)), dtype)
+    s = LayerStore.create_or_open(path, info)
     rows = [
-        store.UtteranceRow(id=str(u), lang="xx", path=f"{u}.ogg", duration_s=1.0, n_frames=x.shape[1], n_windows=1)
+        UtteranceRow(id=str(u), lang="xx", path=f"{u}.ogg", duration_s=1.0, n_frames=x.shape[1], n_windows=1)
         for u, x in enumerate(states[u % len(states)] for u in range(n_utt))
     ]
     arrays = s.language("xx", rows, max_frames)

@@ -38,8 +38,10 @@ from engine.data.utterance import Utterance
 from engine.errors import AudioError
 from engine.parallel import ShardedEncoder, data_mesh
 from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar
-from engine.stores.layers import LayerStore, StoreInfo, UtteranceRow, utterance_range
+from engine.stores.language import utterance_range
+from engine.stores.layers import LayerStore
 from engine.stores.schema import DTYPES as STORAGE_DTYPES
+from engine.stores.schema import StoreInfo, UtteranceRow
 from engine.whisper.loaded import LoadedWhisper, load_whisper
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ import pyarrow as pa
 import tensorstore as ts
 
 from engine.stores.kv import StoreError
-from engine.stores.layers import LanguageArrays, LayerStore
+from engine.stores.language import LanguageArrays
+from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo
 
 

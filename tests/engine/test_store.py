@@ -15,17 +15,11 @@ import pytest
 import tensorstore as ts
 
 from engine.errors import BabelgridError, ShapeError
-from engine.stores import layers as store
-from engine.stores.layers import (
-    LENGTHS_CHUNK,
-    LayerStore,
-    StoreError,
-    StoreInfo,
-    StoreMismatchError,
-    UtteranceRow,
-    utterance_range,
-)
+from engine.stores.kv import StoreError
+from engine.stores.language import utterance_range
+from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
+from engine.stores.schema import FORMAT_VERSION, LENGTHS_CHUNK, StoreInfo, StoreMismatchError, UtteranceRow
 from engine.whisper.dims import ModelDimensions
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -127,7 +121,7 @@ def test_lengths_and_done(url):
 def test_manifest_and_layout(url, tmp_path):
     fill(url)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["format_version"] == store.FORMAT_VERSION == 1
+    assert manifest["format_version"] == FORMAT_VERSION == 1
     assert manifest["layers"] == [0, 2, 3] and manifest["dtype"] == "float32" and manifest["frame_rate"] == 50.0
     assert manifest["dims"] == DIMS.to_dict() and manifest["checkpoint_sha256"] == "0" * 64
     assert manifest["created"]["command"] == "pytest" and manifest["created"]["jax_version"]

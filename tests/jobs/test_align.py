@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.stores.words import read_words
 from engine.encode import EncodeConfig, run_encode
 from engine.stores.reader import open_store
+from engine.stores.words import read_words
 from engine.whisper.loaded import load_whisper
 from engine.whisper.timing import align_words, fill_padding, silence_states
 from tests.jobs.multiprocess import run_processes

@@ -312,7 +312,7 @@ def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):
     data = write_clips(tmp_path / "clips", langs=("en",), n=2)
     out = str(tmp_path / "store")
     run_encode(EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False), whisper=tiny_whisper)
-    from engine.stores.layers import StoreMismatchError
+    from engine.stores.schema import StoreMismatchError
 
     with pytest.raises(StoreMismatchError, match="layers"):
         run_encode(

@@ -11,7 +11,8 @@ import sys
 
 import numpy as np
 
-from engine.stores.layers import LayerStore, StoreInfo, UtteranceRow
+from engine.stores.layers import LayerStore
+from engine.stores.schema import StoreInfo, UtteranceRow
 from engine.whisper.dims import ModelDimensions
 
 DIMS = ModelDimensions(80, 64, 32, 4, 2, 51865, 16, 32, 4, 1)
