@@ -6,16 +6,20 @@ them without importing each other.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+import pathlib
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from engine.data.audio import SAMPLE_RATE, AudioInfo, load_audio, probe_audio
 from engine.errors import AudioError, BabelgridError, LanguageError
 from engine.whisper.languages import fleurs_to_whisper
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 
 
 class DatasetError(BabelgridError, ValueError):
@@ -104,3 +108,25 @@ class Source(Protocol):
 def check_language(lang: str, available: Sequence[str], where: str) -> None:
     if lang not in available:
         raise LanguageError(f"{where} has no language {lang!r}; available: {', '.join(available) or '(none)'}")
+
+
+def number_recordings(rows: Iterable[dict[str, Any]]) -> list[Utterance]:
+    """Utterances from keyword dicts in file order, with ``recording`` counting earlier rows of the same (lang, id)."""
+    seen: collections.Counter[tuple[str, str]] = collections.Counter()
+    out = []
+    for row in rows:
+        key = (row["lang"], row["id"])
+        out.append(Utterance(recording=seen[key], **row))
+        seen[key] += 1
+    return out
+
+
+def text_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def is_audio(path: pathlib.Path) -> bool:
+    return path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS and not path.name.startswith(".")

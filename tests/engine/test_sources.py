@@ -13,6 +13,7 @@ import soundfile
 
 from engine.data import sources as S
 from engine.data.audio import AudioDecodeError, AudioNotFoundError, load_audio
+from engine.data.fleurs import FLEURS_SPLITS, FleursSource
 from engine.data.utterance import DatasetError, Source, Utterance
 from engine.errors import AudioError, LanguageError
 
@@ -76,7 +77,7 @@ def fleurs_original(tmp_path, fleurs_dir):
 
 def test_fleurs_original_layout(fleurs_original, fleurs_dir):
     src = S.get_source(f"fleurs:{fleurs_original}")
-    assert isinstance(src, S.FleursSource) and isinstance(src, Source)
+    assert isinstance(src, FleursSource) and isinstance(src, Source)
     assert src.name == f"fleurs:{fleurs_original.resolve()}"
     assert src.languages() == ["fr_fr", "pt_br"]
     assert src.splits() == ["validation", "test"]
@@ -97,7 +98,7 @@ def test_fleurs_original_layout(fleurs_original, fleurs_dir):
 
 
 def test_fleurs_original_errors(fleurs_original, tmp_path):
-    src = S.FleursSource(fleurs_original)
+    src = FleursSource(fleurs_original)
     with pytest.raises(LanguageError, match=r"no language 'de_de'; available: fr_fr, pt_br"):
         src.utterances("de_de", "test")
     with pytest.raises(DatasetError, match=r"no split 'tests'; use one of train, validation, test"):
@@ -112,9 +113,9 @@ def test_fleurs_original_errors(fleurs_original, tmp_path):
         src.utterances("pt_br", "test")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=r"is not a FLEURS copy: found neither"):
-        S.FleursSource(tmp_path / "empty")
+        FleursSource(tmp_path / "empty")
     with pytest.raises(DatasetError, match=r"does not exist"):
-        S.FleursSource(tmp_path / "nope")
+        FleursSource(tmp_path / "nope")
 
 
 def test_fleurs_tsv_short_line(tmp_path):
@@ -122,12 +123,12 @@ def test_fleurs_tsv_short_line(tmp_path):
     (lang_dir / "audio" / "test").mkdir(parents=True)
     (lang_dir / "test.tsv").write_text("1\ta.wav\tHello\thello\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"test.tsv:1 has 4 tab-separated fields, expected at least 6"):
-        S.FleursSource(tmp_path).utterances("en_us", "test")
+        FleursSource(tmp_path).utterances("en_us", "test")
 
 
 def test_fleurs_corrupt_clip_is_named(fleurs_original):
     """A broken clip fails only its own load, with an AudioError naming the file; validate() returns it."""
-    src = S.FleursSource(fleurs_original)
+    src = FleursSource(fleurs_original)
     utts = src.utterances("fr_fr", "test")
     broken = pathlib.Path(utts[2].path)
     broken.write_bytes(broken.read_bytes()[:30])
@@ -223,7 +224,7 @@ def test_fleurs_parquet_single_file_and_hf_features(fleurs_dir, tmp_path):
     file = tmp_path / "pt_br" / "test" / "0000.parquet"
     file.parent.mkdir(parents=True)
     pq.write_table(_fleurs_table(fleurs_dir, "pt", (2, 7)).cast(features.arrow_schema), file)
-    src = S.FleursSource(file, cache_dir=tmp_path / "hf-cache")
+    src = FleursSource(file, cache_dir=tmp_path / "hf-cache")
     assert src.languages() == ["pt_br"] and src.splits() == ["test"]
     utts = src.utterances("pt_br")
     assert [u.id for u in utts] == ["1501", "1502"]
@@ -235,13 +236,13 @@ def test_fleurs_parquet_bad_layout(tmp_path, fleurs_dir):
     file.parent.mkdir()
     pq.write_table(_fleurs_table(fleurs_dir, "en", (0,)), file)
     with pytest.raises(DatasetError, match=r"cannot tell the FLEURS language and split .* <root>/<lang>/<split>/"):
-        S.FleursSource(file)
+        FleursSource(file)
     pytest.importorskip("datasets", reason="FLEURS Parquet is read through the datasets package")
     bad = tmp_path / "en_us" / "test" / "0000.parquet"
     bad.parent.mkdir(parents=True)
     pq.write_table(pa.table({"id": [1], "text": ["x"]}), bad)
     with pytest.raises(DatasetError, match=r"has columns \['id', 'text'\]; expected FLEURS's id"):
-        S.FleursSource(tmp_path).utterances("en_us", "test")
+        FleursSource(tmp_path).utterances("en_us", "test")
 
 
 def test_fleurs_hub_unreachable(monkeypatch):
@@ -254,7 +255,7 @@ def test_fleurs_hub_unreachable(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     src = S.get_source("fleurs")
-    assert src.name == "fleurs" and "cmn_hans_cn" in src.languages() and src.splits() == list(S.FLEURS_SPLITS)
+    assert src.name == "fleurs" and "cmn_hans_cn" in src.languages() and src.splits() == list(FLEURS_SPLITS)
     with pytest.raises(
         DatasetError,
         match=r"cannot load FLEURS de_de/validation from the Hugging Face Hub .*local copy.*'de_de/validation/\*'",
