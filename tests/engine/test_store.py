@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tensorstore as ts
@@ -212,6 +213,14 @@ def test_shard_killed_before_its_marker_is_not_done(url):
         reader.states("de", 1, 0)
     states, lengths = reader.language_layer("de", 0)
     assert lengths[1] == -1 and not states[1].any()
+    # The one-pass read for kernels that mask by length: the frames asked for, cast while reading, padding as stored.
+    raw, raw_lengths = reader.language_layer("de", 0, dtype=ml_dtypes.bfloat16, frames=7, zero_padding=False)
+    assert raw.shape == (2, 7, 32) and raw.dtype == ml_dtypes.bfloat16
+    np.testing.assert_array_equal(raw_lengths, lengths)
+    np.testing.assert_array_equal(raw[1], shard[0, :7].astype(ml_dtypes.bfloat16))  # the killed shard, unmasked
+    np.testing.assert_array_equal(raw[0, :6], states[0, :6].astype(ml_dtypes.bfloat16))
+    with pytest.raises(StoreError, match="frames must be in 0..8"):
+        reader.language_layer("de", 0, frames=9)
     arrays.write_utterance(1, shard).result()  # the resume redoes it
     np.testing.assert_array_equal(open_store(url).states("de", 1, 3), shard[2])
 
