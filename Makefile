@@ -35,7 +35,7 @@ setup-test: $(VPY) espeak
 
 test: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench
-	$(VPY) -m pytest -q -ra
+	$(VPY) -m pytest -q -ra --durations=25
 
 lint: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench

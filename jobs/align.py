@@ -6,7 +6,7 @@
 
 The store's final encoder layer is the decoder's input: no audio is read. --model must be the store's model (the
 default is the packaged whisper-base, the encode job's default). Re-running with the same --out resumes. Output
-layout: engine/align.py and BUILD.md; library: engine/timing.py.
+layout: engine/stores/words.py and BUILD.md; library: engine/align.py and engine/whisper/timing.py.
 """
 
 from __future__ import annotations
