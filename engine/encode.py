@@ -38,7 +38,7 @@ from engine.data.utterance import Utterance
 from engine.errors import AudioError
 from engine.parallel import ShardedEncoder, data_mesh
 from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar
-from engine.stores.language import utterance_range
+from engine.stores.language import StatesRejectedError, utterance_range
 from engine.stores.layers import LayerStore
 from engine.stores.schema import DTYPES as STORAGE_DTYPES
 from engine.stores.schema import StoreInfo, UtteranceRow
@@ -129,6 +129,9 @@ def _prepare(task: _Task, n_mels: int, long_audio: str) -> _Prepared:
         return _Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
     except AudioError as e:
         return _Prepared(task, None, None, error=str(e), reason=type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - one clip's unforeseen failure is that clip's skip, not the batch's end
+        log.exception("unexpected error preparing %s/%s (%s)", task.lang, task.utt.id, task.utt.path)
+        return _Prepared(task, None, None, error=f"{type(e).__name__}: {e}", reason=type(e).__name__)
 
 
 def _probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow]:
@@ -229,6 +232,8 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
         dims=dims,
         layers=layers,
         dtype=config.dtype,
+        compute_dtype=config.compute_dtype,
+        long_audio=config.long_audio,
     )
     source = get_source(config.dataset)
     langs = list(config.langs) if config.langs else source.languages()
@@ -304,7 +309,13 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame):
                 t.row.n_frames,
             )
             continue
-        t.arrays.write_utterance(t.index, utt_states)
+        try:
+            t.arrays.write_utterance(t.index, utt_states)
+        except StatesRejectedError as e:
+            # One utterance's states (NaN from a diverged encoder, or beyond float16): skip it, keep the batch going.
+            summary.skip(type(e).__name__, t.lang, t.utt.id)
+            log.warning("skipping %s/%s (%s): %s", t.lang, t.utt.id, t.utt.path, e)
+            continue
         summary.done += 1
         summary.audio_seconds += p.seconds
         summary.bytes_written += utt_states.shape[1] * bytes_per_frame

@@ -44,6 +44,12 @@ N_ENCODER_FRAMES = N_SAMPLES // SAMPLES_PER_ENCODER_FRAME  # 1500 encoder frames
 SILENCE_PEAK_DBFS = -90.0  # dB relative to full scale (|sample| = 1.0)
 SILENCE_PEAK = 10.0 ** (SILENCE_PEAK_DBFS / 20.0)  # linear amplitude, about 3.2e-5
 
+# Peak level above which float audio is refused: +40 dBFS (100x full scale). Float files may overshoot 1.0 a little
+# (mastering headroom), but a peak this far out is a scaling mistake (int16 values stored as float peak near 32768),
+# and the log-mel of huge samples overflows float32 (a 1e20 peak gives inf power, then NaN states).
+MAX_PEAK_DBFS = 40.0
+MAX_PEAK = 10.0 ** (MAX_PEAK_DBFS / 20.0)  # linear amplitude, 100
+
 LONG_AUDIO_MODES = ("window", "truncate")
 
 # A path, the encoded bytes themselves (Hugging Face datasets hand audio over as bytes), or an open binary file.
@@ -68,6 +74,10 @@ class SilentAudioError(AudioError):
 
 class NonFiniteAudioError(AudioError):
     """The audio holds NaN or infinite samples."""
+
+
+class AudioRangeError(AudioError):
+    """Float audio whose peak is far outside [-1, 1] (above ``MAX_PEAK_DBFS``): wrongly scaled samples."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +126,8 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, allow_sil
       audio: f32[samples], channels averaged, full scale = 1.0.
 
     Raises:
-      AudioNotFoundError, AudioDecodeError, EmptyAudioError, SilentAudioError, NonFiniteAudioError (all AudioError).
+      AudioNotFoundError, AudioDecodeError, EmptyAudioError, SilentAudioError, NonFiniteAudioError,
+      AudioRangeError (all AudioError).
     """
     if not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive int in Hz, got {sample_rate!r}")
@@ -145,6 +156,13 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, allow_sil
 
     audio = samples.mean(axis=1, dtype=np.float32)
     peak = float(np.max(np.abs(audio)))
+    if peak > MAX_PEAK:
+        hint = "int16 samples stored as float? divide by 32768" if 1e3 < peak <= 32768 * 1.01 else "rescale them"
+        raise AudioRangeError(
+            f"audio {name!r} peaks at {peak:.4g} ({20.0 * math.log10(peak):+.0f} dBFS), far outside the float range "
+            f"[-1, 1] (refused above {MAX_PEAK_DBFS:+.0f} dBFS): the samples are wrongly scaled; {hint} so that full "
+            "scale is 1.0, or drop the clip"
+        )
     if peak < SILENCE_PEAK and not allow_silent:
         peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
         raise SilentAudioError(

@@ -33,6 +33,20 @@ from engine.errors import ShapeError
 from engine.stores.kv import StoreError
 from engine.stores.schema import LENGTHS_CHUNK, UtteranceRow, is_done, rows_to_table
 
+
+class StatesRejectedError(StoreError):
+    """One utterance's states cannot be stored as they are; nothing was written, the utterance stays not done, and
+    a batch job skips it and goes on."""
+
+
+class NonFiniteStatesError(StatesRejectedError):
+    """The states hold NaN or inf."""
+
+
+class StatesOverflowError(StatesRejectedError):
+    """The states exceed the storage dtype's range (float16's 65504)."""
+
+
 MAX_IN_FLIGHT_BYTES = 1 << 30  # host bytes of shards queued or being written, per LanguageArrays
 WRITE_THREADS = 8  # shard writes committing at once, per LanguageArrays
 
@@ -228,11 +242,11 @@ class LanguageArrays:
                 "the encoder's"
             )
         largest, top = _max_abs(states), float(ml_dtypes.finfo(self.dtype).max)
-        if not largest <= top:
-            raise StoreError(
-                f"states of utterance {u} hold NaN or inf values: the encoder diverged"
-                if not np.isfinite(largest)
-                else f"states of utterance {u} reach {largest:.4g}, past the {self.dtype.name} maximum {top:.4g}: "
+        if not np.isfinite(largest):
+            raise NonFiniteStatesError(f"states of utterance {u} hold NaN or inf values: the encoder diverged")
+        if largest > top:
+            raise StatesOverflowError(
+                f"states of utterance {u} reach {largest:.4g}, past the {self.dtype.name} maximum {top:.4g}: "
                 "store bfloat16 or float32"
             )
         return u, states

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
-from engine.data.audio import ENCODER_FRAMES_PER_SECOND
+from engine.data.audio import ENCODER_FRAMES_PER_SECOND, HOP_LENGTH, LONG_AUDIO_MODES, N_FFT, N_SAMPLES, SAMPLE_RATE
 from engine.stores.kv import StoreError
 from engine.whisper.dims import ModelDimensions
 
@@ -42,8 +42,27 @@ FRAME_RATE = float(ENCODER_FRAMES_PER_SECOND)  # encoder frames per second of au
 LENGTHS_CHUNK = 256  # utterances per `lengths` chunk: processes write ranges aligned to it
 NOT_DONE = -1  # `lengths` fill value: the utterance has no committed states yet
 DTYPES = ("float32", "bfloat16", "float16")
-# StoreInfo fields that a run appending to a store must share with it.
-INFO_FIELDS = ("model_name", "checkpoint_sha256", "dims", "layers", "dtype", "frame_rate")
+# The front end every babelgrid version so far computes (engine.data.features): what turns audio into the encoder's
+# input. Recorded so that a store made with another front end is never resumed with this one.
+FEATURES = {
+    "sample_rate": SAMPLE_RATE,
+    "n_fft": N_FFT,
+    "hop_length": HOP_LENGTH,
+    "window_samples": N_SAMPLES,
+    "padding": "audio to 30 s, then log-mel (OpenAI / Hugging Face)",
+}
+# StoreInfo fields that a run appending to a store must share with it: everything that changes the stored numbers.
+INFO_FIELDS = (
+    "model_name",
+    "checkpoint_sha256",
+    "dims",
+    "layers",
+    "dtype",
+    "frame_rate",
+    "compute_dtype",
+    "long_audio",
+    "features",
+)
 
 MANIFEST = "manifest.json"
 LANGUAGES_DIR = "languages/"
@@ -81,6 +100,10 @@ class StoreInfo:
     layers: tuple[int, ...]
     dtype: str  # "float32" | "bfloat16" | "float16"
     frame_rate: float = FRAME_RATE  # frames per second
+    # Manifests written before these were recorded read as the only defaults those versions' jobs had.
+    compute_dtype: str = "float32"  # the model's dtype on the device
+    long_audio: str = "window"  # audio over 30 s: "window" (consecutive windows) or "truncate"
+    features: dict = dataclasses.field(default_factory=lambda: dict(FEATURES))  # the front end's settings
 
     def __post_init__(self):
         for name in ("model_name", "checkpoint_sha256"):
@@ -96,8 +119,11 @@ class StoreInfo:
                 f"{top} = ln_post), got {self.layers!r}"
             )
         object.__setattr__(self, "layers", layers)
-        if self.dtype not in DTYPES:
-            raise StoreError(f"StoreInfo.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        for name in ("dtype", "compute_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise StoreError(f"StoreInfo.{name} must be one of {', '.join(DTYPES)}, got {getattr(self, name)!r}")
+        if self.long_audio not in LONG_AUDIO_MODES:
+            raise StoreError(f"StoreInfo.long_audio must be one of {LONG_AUDIO_MODES}, got {self.long_audio!r}")
         if not self.frame_rate > 0:
             raise StoreError(f"StoreInfo.frame_rate must be positive (frames per second), got {self.frame_rate!r}")
         object.__setattr__(self, "frame_rate", float(self.frame_rate))
@@ -114,6 +140,9 @@ class StoreInfo:
             "layers": list(self.layers),
             "dtype": self.dtype,
             "frame_rate": self.frame_rate,
+            "compute_dtype": self.compute_dtype,
+            "long_audio": self.long_audio,
+            "features": dict(self.features),
         }
 
     @classmethod
@@ -125,6 +154,9 @@ class StoreInfo:
             layers=tuple(d["layers"]),
             dtype=d["dtype"],
             frame_rate=d.get("frame_rate", FRAME_RATE),
+            compute_dtype=d.get("compute_dtype", "float32"),
+            long_audio=d.get("long_audio", "window"),
+            features=d.get("features", FEATURES),
         )
 
 

@@ -119,6 +119,20 @@ def test_nan_samples(tmp_path):
         A.load_audio(_wav_bytes(samples, subtype="FLOAT"))
 
 
+def test_huge_float_amplitude_is_refused_not_turned_into_nan(tmp_path):
+    samples = _speechlike(1000)
+    path = tmp_path / "loud.wav"
+    path.write_bytes(_wav_bytes(samples * 1e20, subtype="FLOAT"))
+    with pytest.raises(A.AudioRangeError, match=r"'.*loud\.wav' peaks at .*e\+\d\d .* far outside .*rescale them"):
+        A.load_audio(path)
+    # int16 values written as float: named as such.
+    with pytest.raises(A.AudioRangeError, match=r"int16 samples stored as float\? divide by 32768"):
+        A.load_audio(_wav_bytes(np.round(samples / np.abs(samples).max() * 32767), subtype="FLOAT"))
+    # Overshoot within +40 dBFS is float headroom, not an error, and is passed on unchanged.
+    louder = A.load_audio(_wav_bytes(samples / np.abs(samples).max() * 90.0, subtype="FLOAT"))
+    assert np.abs(louder).max() == pytest.approx(90.0, rel=1e-6)
+
+
 def test_44k1_stereo_is_resampled_to_16k_mono(tmp_path):
     rate, seconds, hz = 44100, 2.0, 440.0
     t = np.arange(int(rate * seconds)) / rate

@@ -72,6 +72,22 @@ def url(tmp_path):
     return f"file://{tmp_path}/out"
 
 
+def test_manifest_from_before_compute_settings_were_recorded(tmp_path):
+    """A manifest without compute_dtype, long_audio and features (written by earlier babelgrid) reads as the only
+    settings those versions' jobs had, resumes with them, and refuses others."""
+    url = str(tmp_path / "out")
+    LayerStore.create_or_open(url, INFO)
+    path = tmp_path / "out" / "manifest.json"
+    old = json.loads(path.read_text())
+    for field in ("compute_dtype", "long_audio", "features"):
+        del old[field]
+    path.write_text(json.dumps(old))
+    assert open_store(url).info == INFO
+    LayerStore.create_or_open(url, INFO)
+    with pytest.raises(StoreMismatchError, match="compute_dtype: store has 'float32', this run 'bfloat16'"):
+        LayerStore.create_or_open(url, dataclasses.replace(INFO, compute_dtype="bfloat16"))
+
+
 def test_round_trip_float32_is_bitwise(url):
     _, arrays, rows, data = fill(url)
     reader = open_store(url)
@@ -144,6 +160,9 @@ def test_manifest_and_layout(url, tmp_path):
         ("dims.n_audio_state", {"dims": dataclasses.replace(DIMS, n_audio_state=64)}),
         ("layers", {"layers": (0, 1, 2, 3)}),
         ("dtype", {"dtype": "bfloat16"}),
+        ("compute_dtype", {"compute_dtype": "bfloat16"}),
+        ("long_audio", {"long_audio": "truncate"}),
+        ("features.hop_length", {"features": {**INFO.features, "hop_length": 320}}),
     ],
 )
 def test_create_or_open_refuses_another_configuration(url, field, change):
