@@ -31,7 +31,7 @@ import numpy as np
 from engine.errors import BabelgridError, ShapeError
 from engine.stores.kv import open_kvstore
 from engine.stores.similarity import SimilarityError, open_similarity
-from kernels.metrics import DEFAULT_KS, TIE_RULES, RetrievalMetrics, retrieval_metrics
+from kernels.metrics import DEFAULT_KS, TIE_RULES, RetrievalMetrics, retrieval_metrics, unmeasured
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +137,30 @@ class RetrievalResult:
         header = " ".join(f"{m:>6}" for m in metrics)
         lines = ["retrieval: mean over directed pairs (query -> searched language); * = figure layer"]
         for measure in dict.fromkeys(s.measure for s in self.scores):
-            pairs = len({(s.lang_a, s.lang_b) for s in self.scores if s.measure == measure})
-            lines += [f"\n{measure} ({pairs} directed pairs)", f"{'layer':>6} {header}  | random {header}"]
+            own = [s for s in self.scores if s.measure == measure]
+            pairs = len({(s.lang_a, s.lang_b) for s in own if s.metrics.queries})
+            lines += [
+                f"\n{measure} ({pairs} directed pairs measured)",
+                f"{'layer':>6} {header}  | random {header}  | queries excluded",
+            ]
             means = {m: self.mean_over_pairs(measure, m) for m in metrics}
             for layer in means[metrics[0]]:
                 mark = "*" if layer == self.figure_layer else " "
                 values = " ".join(f"{means[m][layer][0]:6.3f}" for m in metrics)
                 randoms = " ".join(f"{means[m][layer][1]:6.3f}" for m in metrics)
-                lines.append(f"{layer:>5}{mark} {values}  |        {randoms}")
+                at = [s for s in own if s.layer == layer]
+                counts = f"{sum(s.metrics.queries for s in at):>7} {sum(s.metrics.excluded for s in at):>8}"
+                lines.append(f"{layer:>5}{mark} {values}  |        {randoms}  | {counts}")
         lines.append(f"\nlayers: 0 = conv stem, L+1 = ln_post. csv: {self.csv_path}")
         lines += [f"figure: {p}" for p in self.figure_paths]
         if self.missing:
             lines.append(
                 f"{len(self.missing)} (measure, directed pair, layer) not in the similarity store yet, skipped"
             )
+        unmeasured = unmeasured_pairs(self.scores)
+        if unmeasured:
+            named = ", ".join(f"{m} {a}->{b}" for m, a, b in unmeasured)
+            lines.append(f"not measured (no shared ids; NA in the CSV): {named}")
         return "\n".join(lines)
 
 
@@ -193,9 +203,7 @@ def score_matrix(
     of rows and columns left out."""
     kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids, scored)
     if not rows or not cols:
-        nan = {k: math.nan for k in ks}
-        empty = RetrievalMetrics(dict(nan), math.nan, dict(nan), math.nan, queries=0, excluded=len(rows))
-        return empty, dropped_rows, dropped_cols
+        return unmeasured(ks, excluded=len(rows)), dropped_rows, dropped_cols
     return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties), dropped_rows, dropped_cols
 
 
@@ -268,6 +276,14 @@ def compute_scores(reader, config: RetrievalConfig):
                 scores += found[d]
     if missing:
         log.warning("%d (measure, directed pair, layer) are not in the similarity store yet; skipped", len(missing))
+    unmeasured = unmeasured_pairs(scores)
+    if unmeasured:
+        log.warning(
+            "%d directed pairs share no utterance id, so nothing was measured for them (NA in the CSV, blank in the "
+            "figures): %s",
+            len(unmeasured),
+            ", ".join(f"{m} {a}->{b}" for m, a, b in unmeasured),
+        )
     return tuple(scores), tuple(missing)
 
 
@@ -280,10 +296,21 @@ def csv_bytes(scores: Sequence[DirectedScore]) -> bytes:
         for metric, value, random in s.values():
             m = s.metrics
             writer.writerow(
-                [s.lang_a, s.lang_b, s.layer, s.measure, metric, value, random, m.queries, m.excluded]
+                [s.lang_a, s.lang_b, s.layer, s.measure, metric, _na(value), _na(random), m.queries, m.excluded]
                 + [s.dropped_a, s.dropped_b]
             )
     return buf.getvalue().encode()
+
+
+def _na(value: float):
+    """NA for a metric that was not measured (no query with a partner), so that no reader takes it for 0."""
+    return "NA" if math.isnan(value) else value
+
+
+def unmeasured_pairs(scores: Sequence[DirectedScore]) -> list[tuple[str, str, str]]:
+    """(measure, query language, searched language) with no query that has a partner at any layer: no shared ids."""
+    measured = {(s.measure, s.lang_a, s.lang_b) for s in scores if s.metrics.queries}
+    return sorted({(s.measure, s.lang_a, s.lang_b) for s in scores} - measured)
 
 
 def pick_figure_layer(scores: Sequence[DirectedScore], asked: int | None) -> int | None:
@@ -314,6 +341,8 @@ def _figures(scores: Sequence[DirectedScore], figure_layer: int) -> dict[str, by
     grids = {m: np.full((len(langs), len(langs)), np.nan) for m in measures}
     curves: dict[str, dict[str, tuple[list[int], list[float], list[float]]]] = {m: {} for m in measures}
     for s in scores:
+        if not s.metrics.queries:
+            continue  # nothing measured: an empty heatmap cell and no curve, never a 0
         recall, random = s.metrics.recall[first_k], s.metrics.random_recall[first_k]
         if s.layer == figure_layer:
             grids[s.measure][index[s.lang_a], index[s.lang_b]] = recall

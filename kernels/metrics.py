@@ -98,6 +98,12 @@ def random_reciprocal_rank(columns: int, partners: int) -> float:
     return sum(math.comb(columns - r, partners - 1) / total / r for r in range(1, columns - partners + 2))
 
 
+def unmeasured(ks: Sequence[int], excluded: int) -> RetrievalMetrics:
+    """The metrics of a matrix with no query that has a partner: NaN (not measured), never 0."""
+    nan = {int(k): math.nan for k in ks}
+    return RetrievalMetrics(dict(nan), math.nan, dict(nan), math.nan, queries=0, excluded=excluded)
+
+
 def retrieval_metrics(
     scores,
     row_ids: Sequence[Hashable],
@@ -125,6 +131,8 @@ def retrieval_metrics(
     row_codes, col_codes = _codes(row_ids, col_ids)
     recall, mrr, queries, partners = _metrics_jit(scores, row_codes, col_codes, ks, ties == "pessimistic")
     queries = int(queries)
+    if not queries:
+        return unmeasured(ks, excluded=len(row_ids))
     m = len(col_ids)
     # Rows share few distinct partner counts: weight each count's expectation by how many rows have it.
     counts, rows = np.unique(np.asarray(partners)[np.asarray(partners) > 0], return_counts=True)
@@ -164,13 +172,15 @@ def reference_retrieval_metrics(scores, row_ids, col_ids, *, ks=DEFAULT_KS, ties
             order = sorted(range(len(col_ids)), key=lambda j: (-scores[i, j], correct[j]))
         ranks.append(next(pos + 1 for pos, j in enumerate(order) if correct[j]))
         counts.append(sum(correct))
-    n = max(len(ranks), 1)
+    if not ranks:
+        return unmeasured(ks, excluded=len(row_ids))
+    n = len(ranks)
     randoms = [_enumerated_random(len(col_ids), c, tuple(ks)) for c in counts]
     return RetrievalMetrics(
         recall={k: sum(r <= k for r in ranks) / n for k in ks},
         mrr=sum(1.0 / r for r in ranks) / n,
-        random_recall={k: float(np.mean([r[0][k] for r in randoms])) if randoms else 0.0 for k in ks},
-        random_mrr=float(np.mean([r[1] for r in randoms])) if randoms else 0.0,
+        random_recall={k: float(np.mean([r[0][k] for r in randoms])) for k in ks},
+        random_mrr=float(np.mean([r[1] for r in randoms])),
         queries=len(ranks),
         excluded=len(row_ids) - len(ranks),
     )

@@ -194,3 +194,31 @@ def test_job_through_flags(sim_store, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "jobs.retrieval", "--similarity", str(root), "--ks", "0"], cwd=REPO,
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode != 0 and "--ks must be positive" in bad.stderr
+
+
+def test_pairs_without_shared_ids_are_not_measured_not_zero(tmp_path):
+    """A pair whose languages share no utterance id has nothing to measure: NA in the CSV, named in the report,
+    left out of the means and the figures, never R@1 = 0."""
+    root = tmp_path / "sim"
+    manifest = new_manifest(layer_store=str(tmp_path / "layers"), model_name="tiny", checkpoint_sha256="0" * 64,
+                            layers=(0, 1))  # fmt: skip
+    store = SimilarityStore.create_or_open(str(root), manifest)
+    rng = np.random.default_rng(0)
+    ids = {"a": ["s1", "s2", "s3"], "b": ["s3", "s1", "s2"], "c": ["t1", "t2"]}
+    for a, b in (("a", "b"), ("a", "c")):
+        pair = {"row_ids": ids[a], "col_ids": ids[b], "row_recording": [0] * len(ids[a]),
+                "col_recording": [0] * len(ids[b])}  # fmt: skip
+        array = store.create_pair("seqsim", a, b, pair)
+        for layer in (0, 1):
+            scores = rng.standard_normal((len(ids[a]), len(ids[b]))).astype(np.float32)
+            store.write_layer(array, "seqsim", a, b, layer, scores, done_marker(range(len(ids[a])), range(len(ids[b]))))
+    result = run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path / "out")))
+    rows = list(csv.DictReader(open(result.csv_path)))
+    unmeasured = [r for r in rows if {r["lang_a"], r["lang_b"]} == {"a", "c"}]
+    assert unmeasured and all(r["value"] == "NA" and r["random"] == "NA" and r["queries"] == "0" for r in unmeasured)
+    assert all(r["value"] != "NA" for r in rows if {r["lang_a"], r["lang_b"]} == {"a", "b"})
+    report = result.report()
+    assert "seqsim (2 directed pairs measured)" in report
+    assert "not measured (no shared ids; NA in the CSV): seqsim a->c, seqsim c->a" in report
+    measured = [s.metrics.recall[1] for s in result.scores if {s.lang_a, s.lang_b} == {"a", "b"} and s.layer == 0]
+    assert result.mean_over_pairs("seqsim")[0][0] == pytest.approx(np.mean(measured))

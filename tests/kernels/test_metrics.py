@@ -90,5 +90,8 @@ def test_bad_inputs():
         metrics.retrieval_metrics(np.array([[np.nan]]), [1], [1])
     with pytest.raises(ValueError, match="ties"):
         metrics.retrieval_metrics(np.zeros((1, 1)), [1], [1], ties="random")
-    empty = metrics.retrieval_metrics(np.zeros((2, 2)), [1, 2], [3, 4])
-    assert empty.queries == 0 and empty.excluded == 2 and empty.mrr == 0.0
+    # No query has a partner: nothing is measured, so every metric is NaN (never 0), as in the reference.
+    for score in (metrics.retrieval_metrics, metrics.reference_retrieval_metrics):
+        empty = score(np.zeros((2, 2)), [1, 2], [3, 4])
+        assert empty.queries == 0 and empty.excluded == 2
+        assert np.isnan([empty.mrr, empty.random_mrr, *empty.recall.values(), *empty.random_recall.values()]).all()
