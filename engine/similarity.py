@@ -12,6 +12,8 @@ utterances as the layer store now has (a language whose encoding went on since i
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 import time
 
 import jax
@@ -40,6 +42,8 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 PAIR_MODES = ("unordered", "ordered")
 SEQSIM_MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a")
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass(frozen=True)
 class SimilarityConfig:
@@ -50,6 +54,7 @@ class SimilarityConfig:
     pairs: str = "unordered"  # see resolve_pairs
     measures: tuple[str, ...] = DEFAULT_MEASURES
     dtype: str = "float32"  # compute dtype of the states fed to the kernels (scores are always float32)
+    allow_partial: bool = False  # score a layer store whose encoding is not finished (the missing rows stay NaN)
     progress: bool = True
 
     def __post_init__(self):
@@ -150,6 +155,11 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     measures = tuple(dict.fromkeys(config.measures))
     in_play = sorted({lang for pair in pairs for lang in pair})
     tables = {lang: reader.utterances_table(lang) for lang in in_play}
+    # A snapshot of which utterances are done: the rows computed now, recorded in each done marker, and what a
+    # done marker is checked against on resume.
+    lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
+    done_index = {lang: np.flatnonzero(is_done(lengths[lang])) for lang in in_play}
+    _check_complete(reader.url, lengths, done_index, config.allow_partial)
     manifest = new_manifest(
         layer_store=config.store,
         model_name=info.model_name,
@@ -168,10 +178,6 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     out = process_zero_first("babelgrid-similarity-created", create)
     pid, n_proc = jax.process_index(), jax.process_count()
 
-    # A snapshot of which utterances are done: the rows computed now, recorded in each done marker, and what a
-    # done marker is checked against on resume.
-    lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
-    done_index = {lang: np.flatnonzero(is_done(lengths[lang])) for lang in in_play}
     arrays, todo = {}, {}
     for a, b in pairs:
         ids = _pair_ids(tables, a, b)
@@ -220,6 +226,22 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     barrier("babelgrid-similarity-done")
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _check_complete(url: str, lengths: dict, done_index: dict, allow_partial: bool) -> None:
+    """Refuses a layer store whose encoding is unfinished, unless ``allow_partial``; then says what is missing."""
+    missing = {lang: len(lengths[lang]) - len(done_index[lang]) for lang in lengths}
+    missing = {lang: n for lang, n in missing.items() if n}
+    if not missing:
+        return
+    counts = ", ".join(f"{lang}: {n} of {len(lengths[lang])}" for lang, n in sorted(missing.items()))
+    if not allow_partial:
+        raise SimilarityError(
+            f"layer store {url!r} is not completely encoded (utterances not done: {counts}); finish it by rerunning "
+            "the encode job on it, or pass --allow_partial (SimilarityConfig.allow_partial) to score the done ones"
+        )
+    log.warning("scoring a partly encoded layer store (allow_partial): utterances not done: %s", counts)
+    print(f"allow_partial: utterances not done, left out of every matrix: {counts}", file=sys.stderr)
 
 
 def _pair_ids(tables: dict, a: str, b: str) -> dict:

@@ -27,6 +27,7 @@ flags.DEFINE_string("layers", "all", "layers to compare: 'all' stored, a list '0
 flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b with '*' for every other language")
 flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), f"comma list of {', '.join(MEASURES)}")
 flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "dtype the states are compared in")
+flags.DEFINE_bool("allow_partial", False, "score a partly encoded layer store (done utterances only)")
 common.define_run_flags(distributed=True)
 FLAGS = flags.FLAGS
 

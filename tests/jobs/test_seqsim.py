@@ -59,9 +59,10 @@ def layer_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
 
 
 def run_job(*args: str) -> None:
+    """The job in this process; the store has one corrupt clip, so it is partial on purpose: --allow_partial."""
     flags.FLAGS.unparse_flags()
     try:
-        flags.FLAGS(["seqsim", "--progress=false", *args])
+        flags.FLAGS(["seqsim", "--progress=false", "--allow_partial", *args])
         assert job.main() == 0
     finally:
         flags.FLAGS.unparse_flags()
@@ -153,7 +154,9 @@ def test_layout_on_disk(sim):
 
 def test_resume_computes_only_what_is_missing(layer_store, tmp_path):
     out = tmp_path / "sim"
-    config = SimilarityConfig(store=str(layer_store), out=str(out), measures=("seqsim", "duration"), progress=False)
+    config = SimilarityConfig(
+        allow_partial=True, store=str(layer_store), out=str(out), measures=("seqsim", "duration"), progress=False
+    )
     first = run_similarity(config)
     assert first.pair_layers == 12 and first.matrices == 24 and first.seqsim_flops > 0
     reader = open_similarity(str(out))
@@ -174,7 +177,7 @@ def test_other_layer_store_into_same_out_is_refused(layer_store, sim, tmp_path):
     other = tmp_path / "other-store"
     shutil.copytree(layer_store, other)
     with pytest.raises(SimilarityMismatchError, match="layer_store"):
-        run_similarity(SimilarityConfig(store=str(other), out=str(sim), progress=False))
+        run_similarity(SimilarityConfig(allow_partial=True, store=str(other), out=str(sim), progress=False))
 
 
 def test_bad_names_are_refused(layer_store, tmp_path):
@@ -182,11 +185,15 @@ def test_bad_names_are_refused(layer_store, tmp_path):
         with pytest.raises(SimilarityError, match="cannot name"):
             check_name("language", bad)
     with pytest.raises(SimilarityError, match="cannot name"):
-        SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), measures=("../seqsim",))
+        SimilarityConfig(allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), measures=("../seqsim",))
     with pytest.raises(SimilarityError, match="unknown measure"):
-        SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), measures=("softdtw",))
+        SimilarityConfig(allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), measures=("softdtw",))
     with pytest.raises(SimilarityError, match="not in"):
-        run_similarity(SimilarityConfig(store=str(layer_store), out=str(tmp_path / "o"), pairs="en:fr", progress=False))
+        run_similarity(
+            SimilarityConfig(
+                allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), pairs="en:fr", progress=False
+            )
+        )
 
 
 def test_resolve_pairs():
@@ -217,6 +224,7 @@ def test_two_fake_devices_give_the_same_matrices(layer_store, sim, tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     args = ["--store", str(layer_store), "--out", str(out), "--measure", "seqsim,seqsim_a2b", "--progress=false"]
+    args.append("--allow_partial")
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.seqsim", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )
@@ -235,7 +243,7 @@ def test_two_processes_share_the_grid(layer_store, sim, tmp_path):
     """jax.distributed with 2 local processes: each computes its share of (layer, pair) matrices into one store."""
     out = tmp_path / "sim-2proc"
     args = ["--store", str(layer_store), "--out", str(out), "--measure", ALL_MEASURES, "--progress=false"]
-    outputs = run_processes("jobs.seqsim", args)
+    outputs = run_processes("jobs.seqsim", [*args, "--allow_partial"])
     counts = [int(o.split("computed ", 1)[1].split()[0]) for o in outputs]
     assert sorted(counts) == [6, 6], outputs  # 3 pairs x 4 layers, half each
     one, two = open_similarity(str(sim)), open_similarity(str(out))
@@ -245,3 +253,16 @@ def test_two_processes_share_the_grid(layer_store, sim, tmp_path):
             assert two.done(measure, a, b) == one.done(measure, a, b)
             for layer in one.layers:
                 np.testing.assert_array_equal(two.matrix(measure, a, b, layer)[0], one.matrix(measure, a, b, layer)[0])
+
+
+def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path, capsys):
+    """The fixture's store has one corrupt German clip, never done: refused with the counts per language, unless
+    allow_partial, which says what is missing and leaves it out."""
+    config = SimilarityConfig(store=str(layer_store), out=str(tmp_path / "sim"), measures=("duration",), progress=False)
+    with pytest.raises(
+        SimilarityError, match=r"not completely encoded \(utterances not done: de: 1 of 5\).*--allow_partial"
+    ):
+        run_similarity(config)
+    assert not (tmp_path / "sim").exists(), "nothing is created before the refusal"
+    run_similarity(dataclasses.replace(config, allow_partial=True))
+    assert "utterances not done, left out of every matrix: de: 1 of 5" in capsys.readouterr().err
