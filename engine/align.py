@@ -23,6 +23,7 @@ Multi-process runs (``jax.distributed``) share the parts round-robin; process 0 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import jax
@@ -32,8 +33,8 @@ import numpy as np
 from engine.data.audio import N_ENCODER_FRAMES
 from engine.errors import BabelgridError, LanguageError
 from engine.parallel import barrier, is_process_zero
-from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar
-from engine.stores.kv import create_or_compare, open_kvstore
+from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
@@ -47,6 +48,7 @@ TRANSCRIPT_SOURCES = ("store", "decode")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 FORMAT_NAME = "babelgrid-words"
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 # Manifest fields a resumed run must share (the layer store's URL may be spelled differently between runs).
 MANIFEST_FIELDS = (
     "format",
@@ -75,6 +77,7 @@ class AlignConfig:
     chunk: int = 64  # utterances per part file (resume unit)
     median_filter_width: int = 7
     compute_dtype: str = "float32"
+    break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
     progress: bool = True
 
     def __post_init__(self):
@@ -131,14 +134,21 @@ def _check_store(reader, whisper) -> int:
     return top
 
 
+NO_LANGUAGE = "no_whisper_language"  # the skip reason, and the stand-in code, of a language Whisper lacks
+
+
 def _whisper_language(lang: str, whisper) -> str | None:
+    """Whisper's code for the prompt (None for an English-only model), or NO_LANGUAGE."""
     if not whisper.dims.is_multilingual:
         return None
     try:
         code = fleurs_to_whisper(lang)
         whisper.tokenizer.language_token(code)
     except LanguageError:
-        raise AlignError(f"store language {lang!r} has no Whisper language code; align the other languages") from None
+        log.warning(
+            "store language %r has no Whisper language code: its utterances are skipped (%s)", lang, NO_LANGUAGE
+        )
+        return NO_LANGUAGE
     return code
 
 
@@ -222,7 +232,13 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
 
 
 def run_align(config: AlignConfig) -> AlignSummary:
-    """Aligns every done utterance of the store's languages and writes the layout of the module docstring."""
+    """Aligns every done utterance of the store's languages and writes the layout of the module docstring. The run
+    holds the output folder's writer lease (``engine.stores.lease``)."""
+    with writer_lease(config.out, "align", config.break_lease) as lease:
+        return _align(config, lease)
+
+
+def _align(config: AlignConfig, lease) -> AlignSummary:
     t0 = time.perf_counter()
     summary = AlignSummary()
     reader = open_store(config.store)
@@ -269,11 +285,15 @@ def run_align(config: AlignConfig) -> AlignSummary:
             _count_skips(summary, lang, rows, first, last, done_now, old[1]["skipped"])
             bar.update(last - first)
             continue
+        lease.check()
         rows_out, skipped = _new_rows(), []
-        _align_chunk(
-            whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary, rows_out, skipped
-        )
-        kv.write(part_key(lang, first), part_bytes(rows_out, done_now, skipped)).result()
+        if languages[lang] == NO_LANGUAGE:
+            skipped = [(u, rows[u].id, NO_LANGUAGE) for u in done_now]
+        else:
+            _align_chunk(
+                whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary, rows_out, skipped
+            )
+        write_value(kv, part_key(lang, first), part_bytes(rows_out, done_now, skipped), config.out)
         _count_skips(summary, lang, rows, first, last, done_now, skipped)
         bar.update(last - first)
     bar.close()

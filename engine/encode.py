@@ -35,13 +35,15 @@ from engine.data import audio as audio_lib
 from engine.data.features import features_for_audio
 from engine.data.sources import get_source
 from engine.data.utterance import Utterance
-from engine.errors import AudioError
+from engine.errors import AudioError, LanguageError
 from engine.parallel import ShardedEncoder, data_mesh
-from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar
+from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.stores.kv import StoreError
 from engine.stores.language import StatesRejectedError, utterance_range
 from engine.stores.layers import LayerStore
 from engine.stores.schema import DTYPES as STORAGE_DTYPES
-from engine.stores.schema import StoreInfo, UtteranceRow
+from engine.stores.schema import StoreInfo, UtteranceRow, check_language_code
+from engine.whisper.languages import fleurs_to_whisper
 from engine.whisper.loaded import LoadedWhisper, load_whisper
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class EncodeConfig:
     batch_size: int = 8  # 30 s windows per encoder step (all devices together)
     long_audio: str = "window"  # or "truncate"
     prefetch: int = 4  # host threads decoding audio and computing log-mel ahead of the device
+    break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
     progress: bool = True
 
     def __post_init__(self):
@@ -220,7 +223,15 @@ class _Assembler:
 
 
 def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) -> EncodeSummary:
-    """Encode ``config.dataset`` into the layer store at ``config.out``; returns the summary."""
+    """Encode ``config.dataset`` into the layer store at ``config.out``; returns the summary.
+
+    The run holds the store's writer lease (``engine.stores.lease``): a second run on the same store is refused.
+    """
+    with writer_lease(config.out, "encode", config.break_lease) as lease:
+        return _encode(config, whisper, lease)
+
+
+def _encode(config: EncodeConfig, whisper: LoadedWhisper | None, lease) -> EncodeSummary:
     t0 = time.perf_counter()
     compute_dtype = jnp.dtype(config.compute_dtype)
     whisper = whisper or load_whisper(config.model, dtype=compute_dtype)
@@ -237,6 +248,7 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     )
     source = get_source(config.dataset)
     langs = list(config.langs) if config.langs else source.languages()
+    _check_languages(langs, whisper)  # before anything is created
     pid, n_proc = jax.process_index(), jax.process_count()
     creation = {"dataset": config.dataset, "split": config.split}
     store = process_zero_first(
@@ -279,6 +291,7 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
         assembler = _Assembler()
         in_flight = None  # (device result, parts) of the batch dispatched last
         for mel, parts in _batches(prepared, local_batch, summary):
+            lease.check()  # another run broke the lease: stop before writing more
             result = encoder(mel)  # dispatched asynchronously
             if in_flight is not None:
                 _drain(in_flight, assembler, summary, progress, bytes_per_frame)
@@ -290,6 +303,39 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     progress.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _check_languages(langs: Sequence[str], whisper: LoadedWhisper) -> None:
+    """Every language code must be able to name a store folder: all the bad ones in one error, before the store is
+    touched. A well-formed code Whisper does not know is encoded (the encoder is language-agnostic) with a warning:
+    the decoder-based jobs (align, decode) skip it unless told which language token to use."""
+    bad = []
+    for lang in langs:
+        try:
+            check_language_code(lang)
+        except StoreError:
+            bad.append(lang)
+    if bad:
+        raise StoreError(
+            f"language codes {bad} cannot name store folders: use 1-64 letters, digits, '_' or '-', starting with a "
+            "letter or digit (no '/', '.' or spaces). Rename them in the dataset (manifest 'lang' column or folder "
+            "names); nothing was written"
+        )
+    if whisper.dims.is_multilingual:
+        unknown = [lang for lang in langs if _whisper_code(lang) is None]
+        if unknown:
+            log.warning(
+                "languages %s have no Whisper language code: they are encoded, but align and decode skip them unless "
+                "given a language token to use",
+                unknown,
+            )
+
+
+def _whisper_code(lang: str) -> str | None:
+    try:
+        return fleurs_to_whisper(lang)
+    except LanguageError:
+        return None
 
 
 def _drain(in_flight, assembler, summary, progress, bytes_per_frame):

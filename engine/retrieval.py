@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import BabelgridError, ShapeError
-from engine.stores.kv import open_kvstore
+from engine.stores.kv import open_kvstore, write_all
 from engine.stores.similarity import SimilarityError, open_similarity
 from kernels.metrics import DEFAULT_KS, TIE_RULES, RetrievalMetrics, retrieval_metrics, unmeasured
 
@@ -363,9 +363,7 @@ def write_results(out: str, scores: Sequence[DirectedScore], figure_layer: int |
     writes = {CSV_NAME: csv_bytes(scores)}
     if scores and figure_layer is not None:
         writes |= {FIGURES_DIR + name: png for name, png in _figures(scores, figure_layer).items()}
-    futures = [kv.write(key, value) for key, value in writes.items()]
-    for f in futures:
-        f.result()
+    write_all(kv, writes, out)
     paths = [root + key for key in writes]
     return paths[0], paths[1:]
 

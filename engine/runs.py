@@ -13,6 +13,7 @@ A job's library function (``run_encode``, ``run_similarity``, ``run_align``, ...
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable, Iterable
@@ -23,6 +24,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from engine.parallel import barrier, is_process_zero
+from engine.stores.kv import open_kvstore
+from engine.stores.lease import DEFAULT_TTL, WriterLease
 
 T = TypeVar("T")
 
@@ -98,3 +101,22 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool | None = True) 
         dynamic_ncols=True,
         disable=not (enabled and total and is_process_zero()),
     )
+
+
+class _NoLease:
+    """What processes other than 0 hold: they write under process 0's lease."""
+
+    def check(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEFAULT_TTL):
+    """The writer lease of the store at ``url`` (``engine.stores.lease``) for the run's duration, taken by process 0;
+    yields an object whose ``check()`` raises once the lease is lost. A second run on the same store is refused."""
+    if not is_process_zero():
+        yield _NoLease()
+        return
+    _, kv = open_kvstore(url)
+    with WriterLease(kv, url, job, ttl=ttl, break_lease=break_lease) as lease:
+        yield lease

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.parallel import barrier, data_mesh, is_process_zero
-from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar
+from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import (
@@ -55,6 +55,7 @@ class SimilarityConfig:
     measures: tuple[str, ...] = DEFAULT_MEASURES
     dtype: str = "float32"  # compute dtype of the states fed to the kernels (scores are always float32)
     allow_partial: bool = False  # score a layer store whose encoding is not finished (the missing rows stay NaN)
+    break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
     progress: bool = True
 
     def __post_init__(self):
@@ -138,19 +139,37 @@ class _Language:
 
 
 def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = None) -> SimilaritySummary:
-    """Computes ``config.measures`` for every pair and layer into ``config.out``; returns the summary."""
-    t0 = time.perf_counter()
+    """Computes ``config.measures`` for every pair and layer into ``config.out``; returns the summary. The run holds
+    the similarity store's writer lease (``engine.stores.lease``)."""
     reader = reader or open_store(config.store)
-    info = reader.info
+    _check_request(config, reader)  # before the lease: a wrong request creates nothing
+    with writer_lease(config.out, "seqsim", config.break_lease) as lease:
+        return _similarity(config, reader, lease)
+
+
+def _check_request(config: SimilarityConfig, reader: StoreReader) -> None:
+    """Languages, layers and pairs the store has, and a complete store unless allow_partial."""
     available = reader.languages()
     langs = available if config.langs is None else list(dict.fromkeys(config.langs))
     for lang in langs:
         check_name("language", lang)
         if lang not in available:
             raise SimilarityError(f"language {lang!r} is not in layer store {reader.url!r}; it has {available}")
-    layers = info.layers if config.layers is None else tuple(config.layers)
-    for layer in layers:
+    for layer in reader.info.layers if config.layers is None else config.layers:
         reader.layer_position(layer)  # StoreError listing the stored layers
+    in_play = sorted({lang for pair in resolve_pairs(config.pairs, langs, available) for lang in pair})
+    lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
+    _check_complete(
+        reader.url, lengths, {lang: np.flatnonzero(is_done(n)) for lang, n in lengths.items()}, config.allow_partial
+    )
+
+
+def _similarity(config: SimilarityConfig, reader: StoreReader, lease) -> SimilaritySummary:
+    t0 = time.perf_counter()
+    info = reader.info
+    available = reader.languages()
+    langs = available if config.langs is None else list(dict.fromkeys(config.langs))
+    layers = info.layers if config.layers is None else tuple(config.layers)
     pairs = resolve_pairs(config.pairs, langs, available)
     measures = tuple(dict.fromkeys(config.measures))
     in_play = sorted({lang for pair in pairs for lang in pair})
@@ -159,7 +178,6 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     # done marker is checked against on resume.
     lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
     done_index = {lang: np.flatnonzero(is_done(lengths[lang])) for lang in in_play}
-    _check_complete(reader.url, lengths, done_index, config.allow_partial)
     manifest = new_manifest(
         layer_store=config.store,
         model_name=info.model_name,
@@ -204,6 +222,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
                 todo_measures = todo.get((layer, a, b))
                 if not todo_measures:
                     continue
+                lease.check()
                 need_states = any(m != "duration" for m in todo_measures)
                 for lang in (a, b):
                     if lang not in cache or (need_states and cache[lang].states is None):

@@ -46,9 +46,17 @@ def define_langs_flag(of: str = "of the layer store") -> None:
     flags.DEFINE_string("langs", "all", f"comma-separated language codes {of}, or 'all'", module_name=_job_module())
 
 
-def define_run_flags(strict: bool = False, distributed: bool = False) -> None:
-    """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts."""
+def define_run_flags(strict: bool = False, distributed: bool = False, lease: bool = True) -> None:
+    """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts;
+    --break_lease for jobs that hold their output store's writer lease."""
     flags.DEFINE_bool("progress", True, "show a progress bar", module_name=_job_module())
+    if lease:
+        flags.DEFINE_bool(
+            "break_lease",
+            False,
+            "take over another run's unexpired writer lease on --out (only when that run is known to be dead)",
+            module_name=_job_module(),
+        )
     if strict:
         flags.DEFINE_bool("strict", False, "exit non-zero if anything was skipped", module_name=_job_module())
     if distributed:

@@ -52,8 +52,47 @@ def json_bytes(value: dict) -> bytes:
     return (json.dumps(value, indent=1) + "\n").encode()
 
 
+def storage_error(operation: str, key: str, url: str, error: Exception) -> StoreError:
+    """A TensorStore I/O failure as a StoreError naming the operation, the key and the store, with the likely fix."""
+    text = str(error)
+    hint = ""
+    if "PERMISSION_DENIED" in text or "Read-only" in text:
+        hint = ": the location is not writable by this user; choose another output folder or fix its permissions"
+    elif "RESOURCE_EXHAUSTED" in text or "No space left" in text:
+        hint = ": the disk is full; free space or choose another output folder, then rerun to resume"
+    elif "Not a directory" in text:
+        hint = ": a part of the path is a file, not a folder; choose another output folder"
+    return StoreError(f"cannot {operation} {key!r} in store {url!r} ({text}){hint}")
+
+
+def read_value(kv: ts.KvStore, key: str, url: str):
+    """``kv.read(key)``'s result, with failures as StoreError naming the key and the store."""
+    try:
+        return kv.read(key).result()
+    except ValueError as e:
+        raise storage_error("read", key, url, e) from None
+
+
+def write_value(kv: ts.KvStore, key: str, value: bytes | None, url: str, **condition):
+    """``kv.write(key, value, **condition)``'s result, with failures as StoreError naming the key and the store."""
+    try:
+        return kv.write(key, value, **condition).result()
+    except ValueError as e:
+        raise storage_error("write", key, url, e) from None
+
+
+def write_all(kv: ts.KvStore, values: dict[str, bytes], url: str) -> None:
+    """Writes every key of ``values`` concurrently and waits for all; the first failure as a StoreError."""
+    futures = {key: kv.write(key, value) for key, value in values.items()}
+    for key, future in futures.items():
+        try:
+            future.result()
+        except ValueError as e:
+            raise storage_error("write", key, url, e) from None
+
+
 def read_json(kv: ts.KvStore, key: str, url: str) -> dict | None:
-    result = kv.read(key).result()
+    result = read_value(kv, key, url)
     if result.state == "missing":
         return None
     try:
@@ -67,19 +106,31 @@ def read_json(kv: ts.KvStore, key: str, url: str) -> dict | None:
     return value
 
 
-def create_key(kv: ts.KvStore, key: str, value: bytes) -> bool:
-    """Writes ``key`` only if it does not exist yet; False if another writer created it first."""
-    missing = kv.read(key).result()
+def create_key(kv: ts.KvStore, key: str, value: bytes, url: str = "") -> bool:
+    """Writes ``key`` only if it does not exist yet; False if another writer created it first.
+
+    Only a kvstore that does not implement conditional writes falls back to a plain write (the keys written this way
+    are the same for every writer but for the creation info, so the last writer winning loses nothing). Any other
+    failure (permissions, a full disk, a network error) is a StoreError: it never turns into an unconditional
+    overwrite of a write-once key.
+    """
+    missing = read_value(kv, key, url)
     if missing.state != "missing":
         return False
     try:
         stamp = kv.write(key, value, if_equal=missing.stamp.generation).result()
-    except ValueError:
-        # A kvstore without conditional writes: the keys written this way are the same for every writer but for
-        # the creation info, so the last writer winning loses nothing.
-        kv.write(key, value).result()
+    except ValueError as e:
+        if not _conditions_unsupported(e):
+            raise storage_error("create", key, url, e) from None
+        write_value(kv, key, value, url)
         return True
     return bool(stamp.generation)  # an unknown (empty) generation: the condition failed
+
+
+def _conditions_unsupported(error: Exception) -> bool:
+    """TensorStore's answer when a kvstore cannot do conditional writes: UNIMPLEMENTED, or a message saying so."""
+    text = str(error)
+    return text.startswith("UNIMPLEMENTED") or "not supported" in text.lower() and "condition" in text.lower()
 
 
 def open_array(kvstore: dict, url: str, writable: bool) -> ts.TensorStore:
@@ -148,7 +199,7 @@ def create_or_compare(
     """
     stored = read_json(kv, key, url)
     if stored is None:
-        if create_key(kv, key, json_bytes(manifest)):
+        if create_key(kv, key, json_bytes(manifest), url):
             stored = manifest
         else:
             stored = read_json(kv, key, url)  # another process created it first

@@ -202,7 +202,7 @@ class LayerStore:
         arrays = self._arrays(lang, rows, states, lengths, max_in_flight_bytes)
         _check_fits(arrays, max_frames)
         # The table, then the index key: a language is listed only once all its parts exist.
-        if stored_rows is None and not create_key(self._kv, table_key, rows_to_parquet(rows)):
+        if stored_rows is None and not create_key(self._kv, table_key, rows_to_parquet(rows), self.url):
             check_same_rows(read_rows(self._kv, table_key, self.url), rows, lang, self.url)
         index = {
             "lang": lang,
@@ -212,7 +212,7 @@ class LayerStore:
             "lengths": f"{lang}/{LENGTHS}",
             "utterances": table_key,
         }
-        create_key(self._kv, f"{LANGUAGES_DIR}{lang}.json", json_bytes(index))
+        create_key(self._kv, f"{LANGUAGES_DIR}{lang}.json", json_bytes(index), self.url)
         return arrays
 
     def _arrays(self, lang, rows, states, lengths, max_in_flight_bytes) -> LanguageArrays:

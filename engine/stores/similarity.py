@@ -27,7 +27,7 @@ import tensorstore as ts
 
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
-from engine.stores.kv import CONTEXT, create_or_compare, json_bytes, open_kvstore, read_json
+from engine.stores.kv import CONTEXT, create_or_compare, json_bytes, open_kvstore, read_json, write_value
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
@@ -249,7 +249,7 @@ class SimilarityStore(_Store):
             ) from None
         stored = self._ids(key)
         if stored is None:
-            self._kv.write(key + IDS, json_bytes(ids)).result()  # written after the array: it marks the pair listed
+            write_value(self._kv, key + IDS, json_bytes(ids), self.url)  # after the array: it marks the pair listed
         elif stored != ids:
             raise SimilarityMismatchError(
                 f"pair {key!r} of similarity store {self.url!r} was computed for other utterances (its {IDS} "
@@ -268,7 +268,7 @@ class SimilarityStore(_Store):
         if scores.shape != tuple(array.shape[1:]):
             raise SimilarityError(f"scores of {key!r} must be f32{list(array.shape[1:])}, got {scores.shape}")
         array[position].write(scores).result()
-        self._kv.write(f"{key}{DONE_DIR}{layer}.json", json_bytes({"layer": int(layer), **marker})).result()
+        write_value(self._kv, f"{key}{DONE_DIR}{layer}.json", json_bytes({"layer": int(layer), **marker}), self.url)
 
 
 class SimilarityReader(_Store):

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import BabelgridError
-from engine.stores.kv import open_kvstore
+from engine.stores.kv import open_kvstore, write_all
 from engine.stores.similarity import check_name
 
 MANIFEST = "align.json"
@@ -76,9 +76,7 @@ def write_language(kv, out: str, lang: str, parts: Sequence[pa.Table], skipped: 
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["utterance", "id", "reason"])
     writer.writerows(sorted(skipped))
-    futures = [kv.write(f"{lang}/{WORDS}", buf.getvalue()), kv.write(f"{lang}/{SKIPPED}", text.getvalue().encode())]
-    for f in futures:
-        f.result()
+    write_all(kv, {f"{lang}/{WORDS}": buf.getvalue(), f"{lang}/{SKIPPED}": text.getvalue().encode()}, out)
     root = out.rstrip("/") + "/"
     return [root + f"{lang}/{WORDS}", root + f"{lang}/{SKIPPED}"]
 

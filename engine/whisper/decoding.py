@@ -1,4 +1,4 @@
-"""Greedy decoding with a key/value cache, language detection, teacher forcing, early exit.
+"""Greedy decoding and beam search with a key/value cache, language detection, teacher forcing, early exit.
 
 All functions are batched over utterances and jitted; the model travels as NNX
 ``(graphdef, state)`` so that one compiled program serves every call of the same shapes.
@@ -6,6 +6,15 @@ All functions are batched over utterances and jitted; the model travels as NNX
 Suppression follows CTranslate2's ``Whisper.generate`` (and OpenAI's ``SuppressTokens`` /
 ``SuppressBlank``): ``suppress_ids`` are masked at every step, ``suppress_ids_begin`` (blank and
 end-of-text) at the first sampled step only; without timestamps no timestamp rules apply.
+
+Beam search follows CTranslate2's ``BeamSearch`` (what faster-whisper runs), so that its output is comparable token
+for token: each step keeps the ``2 * beam_size`` best (beam, token) continuations by cumulative log-probability; a
+continuation among the first ``beam_size`` that ends in end-of-text becomes a finished hypothesis and its place goes
+to the next unfinished one among the second ``beam_size``; the search stops when ``round(beam_size * patience)``
+hypotheses are finished (or, with ``length_penalty == 0``, as soon as the best beam ends), and the hypothesis with the
+best ``sum_logprob / n_tokens ** length_penalty`` wins (``n_tokens`` without end-of-text). ``length_penalty=1`` is
+OpenAI Whisper's default ranking (``length_penalty=None``: the log-probability divided by the length); OpenAI's
+Google-NMT penalty ``((5 + n) / 6) ** alpha`` is not offered. ``patience`` has Whisper's meaning (arXiv 2204.05424).
 """
 
 from __future__ import annotations
@@ -33,12 +42,21 @@ class DecodingOptions:
     suppress_tokens: tuple[int, ...] | None = None  # None = the checkpoint's (or OpenAI's) default set
     encoder_layer: int | None = None  # early exit: decode from this encoder layer (None = L+1)
     apply_ln_post: bool = True  # normalise an intermediate layer with ln_post before decoding
+    beam_size: int = 1  # 1 = greedy; > 1 = beam search (CTranslate2's algorithm, module docstring)
+    patience: float = 1.0  # beam search stops after round(beam_size * patience) finished hypotheses
+    length_penalty: float = 1.0  # rank by sum_logprob / n_tokens ** length_penalty; 0 = no normalisation
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1 (1 = greedy), got {self.beam_size}")
+        if self.patience <= 0 or round(self.beam_size * self.patience) < 1:
+            raise ValueError(f"patience must be > 0 with round(beam_size * patience) >= 1, got {self.patience}")
+        if self.length_penalty < 0:
+            raise ValueError(f"length_penalty must be >= 0, got {self.length_penalty}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,21 +152,191 @@ def greedy_decode(
     if prompt.ndim != 2 or prompt.shape[0] != xa.shape[0]:
         raise ValueError(f"prompt must be i32[batch={xa.shape[0]}, p], got {prompt.shape}")
     max_new_tokens = min(max_new_tokens, model.dims.n_text_ctx - prompt.shape[1])
-    vocab = model.dims.n_vocab
-    suppress = np.zeros(vocab, bool)
-    suppress[[t for t in suppress_tokens if 0 <= t < vocab]] = True
-    begin = np.zeros(vocab, bool)
-    begin[[t for t in suppress_begin if 0 <= t < vocab]] = True
+    suppress, begin = _suppress_masks(model.dims.n_vocab, suppress_tokens, suppress_begin)
     graphdef, state = _split(model)
-    out, avg = _greedy(
-        graphdef, state, xa, jnp.asarray(prompt), jnp.asarray(suppress), jnp.asarray(begin), eot, max_new_tokens
-    )
+    out, avg = _greedy(graphdef, state, xa, jnp.asarray(prompt), suppress, begin, eot, max_new_tokens)
     out = np.asarray(out)
     tokens = []
     for row in out:
         ends = np.flatnonzero(row == eot)
         tokens.append(row[: ends[0] if len(ends) else len(row)].tolist())
     return tokens, np.asarray(avg)
+
+
+def _suppress_masks(vocab: int, suppress_tokens: Sequence[int], suppress_begin: Sequence[int]):
+    suppress = np.zeros(vocab, bool)
+    suppress[[t for t in suppress_tokens if 0 <= t < vocab]] = True
+    begin = np.zeros(vocab, bool)
+    begin[[t for t in suppress_begin if 0 <= t < vocab]] = True
+    return jnp.asarray(suppress), jnp.asarray(begin)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "beam_size", "max_candidates", "max_new_tokens", "early_exit"))
+def _beam(
+    graphdef,
+    state,
+    xa,
+    prompt,
+    suppress,
+    suppress_begin,
+    eot,
+    length_penalty,
+    beam_size,
+    max_candidates,
+    max_new_tokens,
+    early_exit,
+):
+    """CTranslate2's beam search (module docstring) on a fixed-shape batch: finished utterances keep stepping but
+    register nothing, so one compiled program serves every batch of the same shapes.
+
+    Returns ``(tokens i32[batch, max_new_tokens], n_tokens i32[batch], sum_logprob f32[batch], ended bool[batch])``
+    for the best hypothesis of each utterance (``ended``: it finished with end-of-text, whose log-probability the
+    sum includes).
+    """
+    model = nnx.merge(graphdef, state)
+    dec = model.decoder
+    batch, n_prompt = prompt.shape
+    k_beam, n_cand, n_hyp = beam_size, 2 * beam_size, max_candidates + beam_size
+    rows = batch * k_beam
+    # One cross-attention key/value per beam, as CTranslate2 replicates its memory: the decoder call stays batched.
+    kv = [(jnp.repeat(k, k_beam, axis=0), jnp.repeat(v, k_beam, axis=0)) for k, v in dec.cross_kv(xa)]
+    cache = dec.init_cache(rows, xa.dtype)
+    logits, cache, _ = dec(jnp.repeat(prompt, k_beam, axis=0), kv, cache=cache, offset=0)
+    neg_inf = jnp.float32(-jnp.inf)
+    b_idx = jnp.arange(batch)[:, None]
+    # Only beam 0 is live at the first step (CTranslate2's initialize_beam_scores): the others start at -inf.
+    scores = jnp.where(jnp.arange(k_beam)[None, :] == 0, 0.0, neg_inf) * jnp.ones((batch, 1), jnp.float32)
+    carry = dict(
+        step=jnp.int32(0),
+        logits=logits[:, -1],
+        scores=scores,
+        seqs=jnp.full((batch, k_beam, max_new_tokens), eot, jnp.int32),
+        cache=cache,
+        hyp_seqs=jnp.full((batch, n_hyp, max_new_tokens), eot, jnp.int32),
+        hyp_len=jnp.zeros((batch, n_hyp), jnp.int32),
+        hyp_sum=jnp.full((batch, n_hyp), neg_inf, jnp.float32),
+        hyp_ended=jnp.zeros((batch, n_hyp), bool),
+        n_found=jnp.zeros((batch,), jnp.int32),
+        top_finished=jnp.zeros((batch,), bool),
+        done=jnp.zeros((batch,), bool),
+    )
+
+    def cond(c):
+        return (c["step"] < max_new_tokens) & ~jnp.all(c["done"])
+
+    def body(c):
+        step = c["step"]
+        vocab = c["logits"].shape[-1]
+        logprobs = jax.nn.log_softmax(c["logits"].astype(jnp.float32), axis=-1)
+        mask = suppress | ((step == 0) & suppress_begin)
+        logprobs = jnp.where(mask[None, :], neg_inf, logprobs).reshape(batch, k_beam, vocab)
+        total = (logprobs + c["scores"][:, :, None]).reshape(batch, k_beam * vocab)
+        cand_score, flat = jax.lax.top_k(total, n_cand)  # f32[batch, 2K], sorted best first
+        origin, token = flat // vocab, (flat % vocab).astype(jnp.int32)
+        cand_seqs = c["seqs"][b_idx, origin].at[:, :, step].set(token)  # i32[batch, 2K, T]
+        is_eot = token == eot
+        last = step + 1 == max_new_tokens
+        live = ~c["done"][:, None]
+        finished = (is_eot[:, :k_beam] | last) & live  # bool[batch, K]: registered this step
+        # Register finished continuations in the next free hypothesis slots (out-of-range slots are dropped).
+        slot = jnp.where(finished, c["n_found"][:, None] + jnp.cumsum(finished, axis=1) - 1, n_hyp)
+        ended = is_eot[:, :k_beam]
+        hyp_seqs = c["hyp_seqs"].at[b_idx, slot].set(cand_seqs[:, :k_beam], mode="drop")
+        hyp_len = c["hyp_len"].at[b_idx, slot].set(jnp.where(ended, step, step + 1), mode="drop")
+        hyp_sum = c["hyp_sum"].at[b_idx, slot].set(cand_score[:, :k_beam], mode="drop")
+        hyp_ended = c["hyp_ended"].at[b_idx, slot].set(ended, mode="drop")
+        n_found = c["n_found"] + finished.sum(axis=1)
+        top_finished = c["top_finished"] | finished[:, 0]
+        if early_exit:
+            now_done = top_finished & (n_found >= 1)
+        else:
+            now_done = n_found >= max_candidates
+        done = c["done"] | (now_done | last)
+        # The r-th finished beam takes the r-th unfinished continuation among the second K (CTranslate2's
+        # secondary candidates); with none left it keeps its own place.
+        spare = k_beam + jnp.argsort(is_eot[:, k_beam:], axis=1, stable=True)  # unfinished first, in order
+        n_spare = (~is_eot[:, k_beam:]).sum(axis=1, keepdims=True)
+        rank = jnp.cumsum(is_eot[:, :k_beam], axis=1) - 1
+        take = is_eot[:, :k_beam] & (rank < n_spare)
+        pick = jnp.where(take, jnp.take_along_axis(spare, jnp.clip(rank, 0, k_beam - 1), axis=1), jnp.arange(k_beam))
+        token = jnp.take_along_axis(token, pick, axis=1)
+        scores = jnp.take_along_axis(cand_score, pick, axis=1)
+        seqs = jnp.take_along_axis(cand_seqs, pick[:, :, None], axis=1)
+        rows_from = (b_idx * k_beam + jnp.take_along_axis(origin, pick, axis=1)).reshape(rows)
+        cache = jax.tree.map(lambda a: a[rows_from], c["cache"])
+        logits, cache, _ = dec(token.reshape(rows, 1), kv, cache=cache, offset=n_prompt + step)
+        return dict(
+            step=step + 1,
+            logits=logits[:, -1],
+            scores=scores,
+            seqs=seqs,
+            cache=cache,
+            hyp_seqs=hyp_seqs,
+            hyp_len=hyp_len,
+            hyp_sum=hyp_sum,
+            hyp_ended=hyp_ended,
+            n_found=n_found,
+            top_finished=top_finished,
+            done=done,
+        )
+
+    c = jax.lax.while_loop(cond, body, carry)
+    length = c["hyp_len"].astype(jnp.float32)
+    ranked = c["hyp_sum"] / jnp.power(length, length_penalty)
+    ranked = jnp.where(jnp.arange(n_hyp)[None, :] < c["n_found"][:, None], ranked, neg_inf)
+    best = jnp.argmax(ranked, axis=1)[:, None]
+    pick = lambda a: jnp.take_along_axis(a, best, axis=1)[:, 0]  # noqa: E731
+    tokens = jnp.take_along_axis(c["hyp_seqs"], best[:, :, None], axis=1)[:, 0]
+    return tokens, pick(c["hyp_len"]), pick(c["hyp_sum"]), pick(c["hyp_ended"])
+
+
+def beam_decode(
+    model: Whisper,
+    xa,
+    prompt: np.ndarray,
+    *,
+    eot: int,
+    beam_size: int = 5,
+    patience: float = 1.0,
+    length_penalty: float = 1.0,
+    suppress_tokens: Sequence[int] = (),
+    suppress_begin: Sequence[int] = (),
+    max_new_tokens: int = 224,
+) -> tuple[list[list[int]], np.ndarray]:
+    """Beam search of ``xa: f[batch, frame, embed]`` after ``prompt: i32[batch, p]`` (module docstring).
+
+    Returns the best hypothesis per utterance (without end-of-text) and its average log-probability per sampled
+    token, end-of-text included when it was sampled (as ``greedy_decode``).
+    """
+    prompt = np.asarray(prompt, np.int32)
+    if prompt.ndim != 2 or prompt.shape[0] != xa.shape[0]:
+        raise ValueError(f"prompt must be i32[batch={xa.shape[0]}, p], got {prompt.shape}")
+    max_new_tokens = min(max_new_tokens, model.dims.n_text_ctx - prompt.shape[1])
+    max_candidates = int(round(beam_size * patience))
+    if 2 * beam_size > model.dims.n_vocab or max_candidates < 1:
+        raise ValueError(
+            f"beam_size {beam_size} with patience {patience} needs 2 * beam_size <= {model.dims.n_vocab} (the "
+            "vocabulary) and round(beam_size * patience) >= 1"
+        )
+    suppress, begin = _suppress_masks(model.dims.n_vocab, suppress_tokens, suppress_begin)
+    graphdef, state = _split(model)
+    out, n, total, ended = _beam(
+        graphdef,
+        state,
+        xa,
+        jnp.asarray(prompt),
+        suppress,
+        begin,
+        eot,
+        jnp.float32(length_penalty),
+        beam_size,
+        max_candidates,
+        max_new_tokens,
+        length_penalty == 0,
+    )
+    out, n, total, ended = (np.asarray(a) for a in (out, n, total, ended))
+    tokens = [row[:k].tolist() for row, k in zip(out, n, strict=True)]
+    return tokens, total / np.maximum(n + ended, 1)
 
 
 def heads_cross_attention(model: Whisper, xa, tokens, heads, cross=True):

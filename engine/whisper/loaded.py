@@ -97,7 +97,8 @@ class LoadedWhisper:
         return decoding.audio_features(self.model, mel, options.encoder_layer, options.apply_ln_post)
 
     def transcribe(self, mel, options: DecodingOptions | None = None, xa=None) -> DecodingResult:
-        """Greedy decoding of 30 s windows ``mel f32[batch, n_mels, 3000]`` (or given ``xa``)."""
+        """Greedy decoding or beam search (``options.beam_size``) of 30 s windows ``mel f32[batch, n_mels, 3000]``
+        (or of a given decoder input ``xa: f[batch, frame, embed]``)."""
         options = options or DecodingOptions()
         if xa is None:
             xa = self.audio_features(mel, options)
@@ -114,15 +115,24 @@ class LoadedWhisper:
         if options.task == "translate" and not self.dims.is_multilingual:
             raise LanguageError("task 'translate' needs a multilingual model")
         prompt = np.array([tok.sot_sequence(lang, options.task) for lang in languages], np.int32)
-        tokens, avg = decoding.greedy_decode(
-            self.model,
-            xa,
-            prompt,
+        common = dict(
             eot=tok.eot,
             suppress_tokens=self.suppress_tokens(options),
             suppress_begin=self.suppress_begin(options),
             max_new_tokens=options.max_new_tokens,
         )
+        if options.beam_size == 1:
+            tokens, avg = decoding.greedy_decode(self.model, xa, prompt, **common)
+        else:
+            tokens, avg = decoding.beam_decode(
+                self.model,
+                xa,
+                prompt,
+                beam_size=options.beam_size,
+                patience=options.patience,
+                length_penalty=options.length_penalty,
+                **common,
+            )
         texts = [tok.decode(t) for t in tokens]
         return DecodingResult(tokens, texts, languages, probs, avg)
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 import pathlib
 import pickle
+import re
 from collections.abc import Iterable, Mapping
 
 import ml_dtypes
@@ -41,15 +42,23 @@ def torch_load(path: pathlib.Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = _plain_text(str(e))
+        reason = text.splitlines()[0] if text else type(e).__name__
         raise CheckpointError(
             f"'{path}' holds objects other than tensors and plain containers, which torch.load(weights_only=True) "
             f"refuses to unpickle for safety ({reason}); save only tensors, dicts and numbers in it"
         ) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, zipfile errors ... for damaged files
         raise CheckpointError(
-            f"'{path}' is not a readable PyTorch file ({type(e).__name__}: {e}); download it again"
+            f"'{path}' is not a readable PyTorch file ({type(e).__name__}: {_plain_text(str(e))}); download it again"
         ) from None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal colour codes, which torch puts in some messages
+
+
+def _plain_text(message: str) -> str:
+    return _ANSI.sub("", message).strip()
 
 
 def read_torch_state_dict(path: pathlib.Path) -> dict[str, np.ndarray]:

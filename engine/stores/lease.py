@@ -1,0 +1,159 @@
+"""A writer lease per output store: one run writes into a store at a time.
+
+Protocol (``lease.json`` at the store's root, any kvstore with conditional writes):
+
+- **take**: create the key with a conditional write (``if_equal`` the missing generation), holding the owner (a
+  random id), host, pid, job and an expiry time ``ttl`` seconds ahead. Of two runs racing, one write succeeds.
+- **renew**: a thread rewrites the key every ``ttl / 3`` seconds with a new expiry, conditional on the generation it
+  wrote last; if that fails, someone broke the lease, and the holder stops at its next check (``check``).
+- **refuse**: a second run finding an unexpired lease of another owner is refused with ``StoreBusyError`` naming
+  the holder, its expiry and how to break it.
+- **stale**: a lease whose expiry has passed (its holder was killed, or its host died) is taken over by the next
+  run, again conditionally on the generation read, so that two runs taking over a stale lease do not both win.
+- **break**: ``break_lease=True`` (``--break_lease``) takes over an unexpired lease too: for a holder known to be
+  dead before its expiry. Its writes, if it is in fact alive, are safe (the store's commit protocol makes every
+  utterance all-or-nothing), but it will stop at its next renewal.
+- **release**: the holder deletes the key at the end, conditionally on its own generation.
+
+Multi-host runs share one lease: process 0 takes, renews and releases it; the others only write.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import tensorstore as ts
+
+from engine.stores.kv import StoreError, read_value, storage_error, write_value
+
+LEASE = "lease.json"
+DEFAULT_TTL = 120.0  # seconds; renewed every ttl / 3, so a run survives two missed renewals
+
+log = logging.getLogger(__name__)
+
+
+class StoreBusyError(StoreError):
+    """Another run holds the store's writer lease, or took it over from this one."""
+
+
+class WriterLease:
+    """The writer lease of the store at ``url`` (see the module docstring); a context manager that takes, renews and
+    releases it."""
+
+    def __init__(self, kv: ts.KvStore, url: str, job: str, *, ttl: float = DEFAULT_TTL, break_lease: bool = False):
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive seconds, got {ttl}")
+        self.kv, self.url, self.job, self.ttl, self.break_lease = kv, url, job, float(ttl), break_lease
+        self.owner = uuid.uuid4().hex
+        self._generation: bytes | None = None
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> WriterLease:
+        self.take()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _record(self) -> bytes:
+        now = time.time()
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "job": self.job,
+                "renewed": _iso(now),
+                "expires": _iso(now + self.ttl),
+                "expires_unix": now + self.ttl,
+            },
+            indent=1,
+        ).encode()
+
+    def take(self) -> None:
+        """Takes the lease or raises StoreBusyError; starts renewing it."""
+        found = read_value(self.kv, LEASE, self.url)
+        if found.state != "missing":
+            holder = _parse(found.value)
+            expires = holder.get("expires_unix", 0.0)
+            if expires > time.time() and not self.break_lease:
+                raise StoreBusyError(
+                    f"store {self.url!r} is being written by another run: {holder.get('job')} on host "
+                    f"{holder.get('host')!r}, pid {holder.get('pid')}, lease renewed {holder.get('renewed')} and "
+                    f"valid until {holder.get('expires')}. Wait for it to finish; if that process is dead, wait "
+                    f"until its lease expires, or rerun with --break_lease (the commit protocol keeps the store "
+                    f"consistent either way)"
+                )
+            if expires > time.time():
+                log.warning("breaking the unexpired writer lease of %s on %r (--break_lease)", holder, self.url)
+            else:
+                log.info("taking over the stale writer lease of %s on %r", holder, self.url)
+        stamp = self._write(found.stamp.generation)
+        if not stamp:
+            raise StoreBusyError(
+                f"store {self.url!r}: another run took the writer lease at the same moment; only one may write"
+            )
+        self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-lease", daemon=True)
+        self._thread.start()
+
+    def check(self) -> None:
+        """Raises StoreBusyError if the lease was broken or could not be renewed: stop writing."""
+        if self._lost is not None:
+            raise StoreBusyError(self._lost)
+
+    def release(self) -> None:
+        """Stops renewing and deletes the lease if it is still this run's."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._lock:
+            if self._generation is not None and self._lost is None:
+                try:
+                    write_value(self.kv, LEASE, None, self.url, if_equal=self._generation)
+                except StoreError as e:  # the run's work is done; an undeleted lease only expires later
+                    log.warning("could not release the writer lease of %r: %s", self.url, e)
+            self._generation = None
+
+    def _write(self, generation: bytes) -> bool:
+        with self._lock:
+            try:
+                stamp = self.kv.write(LEASE, self._record(), if_equal=generation).result()
+            except ValueError as e:
+                raise storage_error("write the writer lease", LEASE, self.url, e) from None
+            self._generation = stamp.generation or None
+            return bool(stamp.generation)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                renewed = self._write(self._generation)
+            except StoreError as e:
+                self._lost = f"the writer lease of {self.url!r} could not be renewed ({e}); stopping"
+                return
+            if not renewed:
+                self._lost = f"the writer lease of {self.url!r} was broken by another run (--break_lease); stopping"
+                log.error(self._lost)
+                return
+
+
+def _parse(value: bytes) -> dict:
+    try:
+        holder = json.loads(bytes(value))
+    except ValueError:
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
