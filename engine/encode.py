@@ -227,14 +227,18 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
 
     The run holds the store's writer lease (``engine.stores.lease``): a second run on the same store is refused.
     """
-    with writer_lease(config.out, "encode", config.break_lease) as lease:
-        return _encode(config, whisper, lease)
-
-
-def _encode(config: EncodeConfig, whisper: LoadedWhisper | None, lease) -> EncodeSummary:
     t0 = time.perf_counter()
-    compute_dtype = jnp.dtype(config.compute_dtype)
-    whisper = whisper or load_whisper(config.model, dtype=compute_dtype)
+    whisper = whisper or load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
+    source = get_source(config.dataset)
+    langs = list(config.langs) if config.langs else source.languages()
+    _check_languages(langs, whisper)  # before anything is created, the lease included
+    with writer_lease(config.out, "encode", config.break_lease) as lease:
+        summary = _encode(config, whisper, source, langs, lease)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[str], lease) -> EncodeSummary:
     dims = whisper.dims
     layers = tuple(range(dims.n_audio_layer + 2)) if config.layers is None else tuple(config.layers)
     info = StoreInfo(
@@ -246,9 +250,6 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper | None, lease) -> Encod
         compute_dtype=config.compute_dtype,
         long_audio=config.long_audio,
     )
-    source = get_source(config.dataset)
-    langs = list(config.langs) if config.langs else source.languages()
-    _check_languages(langs, whisper)  # before anything is created
     pid, n_proc = jax.process_index(), jax.process_count()
     creation = {"dataset": config.dataset, "split": config.split}
     store = process_zero_first(
@@ -301,7 +302,6 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper | None, lease) -> Encod
     for arrays in opened:
         arrays.flush()
     progress.close()
-    summary.seconds = time.perf_counter() - t0
     return summary
 
 

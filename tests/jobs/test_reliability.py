@@ -1,0 +1,166 @@
+"""Bad input, concurrent runs and unwritable outputs, through the jobs' flags in subprocesses: no single bad input
+stops a batch, no resume mixes settings, no second writer, nothing created before a refusal.
+
+The kill-and-resume fault injection (SIGKILL at chosen commits, resume, bitwise equal) is in test_encode.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.data.audio import SAMPLE_RATE
+from engine.stores.kv import open_kvstore
+from engine.stores.lease import LEASE, WriterLease
+from engine.stores.reader import open_store
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run_job(job: str, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", f"jobs.{job}", "--progress=false", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == expect, f"exit {proc.returncode}, expected {expect}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def tone(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    return (0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> pathlib.Path:
+    """<root>/en/a.wav, b.wav (1e20 amplitude, float WAV), c.wav; <root>/xx/a.wav (a language Whisper lacks)."""
+    root = tmp_path_factory.mktemp("clips")
+    for lang, names in (("en", "abc"), ("xx", "a")):
+        (root / lang).mkdir()
+        for i, name in enumerate(names):
+            x = tone(0.5 + 0.3 * i, seed=i)
+            if (lang, name) == ("en", "b"):
+                x = x * 1e20
+            sf.write(root / lang / f"{name}.wav", x, SAMPLE_RATE, subtype="FLOAT")
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(clips, tiny_model_dir, tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("store") / "store"
+    proc = run_job("encode", "--out", str(out), "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}")
+    assert "skipped 1 (AudioRangeError): en/b" in proc.stdout, proc.stdout
+    assert "have no Whisper language code" in proc.stderr and "'xx'" in proc.stderr
+    return out
+
+
+def test_a_huge_amplitude_clip_is_counted_and_the_rest_encoded(store):
+    reader = open_store(str(store))
+    assert reader.done("en").tolist() == [True, False, True]  # a, b, c: b skipped, c after it still encoded
+    assert reader.done("xx").tolist() == [True]
+
+
+def test_strict_makes_the_skip_an_exit_code(clips, tiny_model_dir, tmp_path):
+    args = [
+        "--out",
+        str(tmp_path / "s"),
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        f"folder:{clips}",
+        "--langs",
+        "en",
+    ]
+    proc = run_job("encode", *args, "--strict", expect=1)
+    assert "--strict: 1 items were skipped" in proc.stderr
+
+
+def test_a_resume_with_another_compute_dtype_is_refused(clips, tiny_model_dir, tmp_path):
+    args = [
+        "--out",
+        str(tmp_path / "s"),
+        "--model",
+        str(tiny_model_dir),
+        "--dataset",
+        f"folder:{clips}",
+        "--langs",
+        "xx",
+    ]
+    run_job("encode", *args)
+    proc = run_job("encode", *args, "--compute_dtype", "bfloat16", expect=1)
+    assert "compute_dtype: store has 'float32', this run 'bfloat16'" in proc.stderr
+    assert json.loads((tmp_path / "s" / "manifest.json").read_text())["compute_dtype"] == "float32"
+
+
+def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(clips, tiny_model_dir, tmp_path):
+    out = tmp_path / "s"
+    args = ["--out", str(out), "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--langs", "xx"]
+    _, kv = open_kvstore(str(out))
+    holder = WriterLease(kv, str(out), "encode (another run)", ttl=600)
+    holder.take()  # a run in progress: its lease is renewed and unexpired
+    try:
+        proc = run_job("encode", *args, expect=1)
+        assert "is being written by another run: encode (another run)" in proc.stderr
+        assert f"pid {os.getpid()}" in proc.stderr and "--break_lease" in proc.stderr
+        assert not (out / "manifest.json").exists(), "the refused run wrote nothing"
+    finally:
+        holder.release()
+    assert not (out / LEASE).exists(), "a finished run releases its lease"
+    # A run killed while holding the lease leaves it behind; once it has expired the next run takes it over.
+    stale = {"owner": "dead", "host": "h", "pid": 1, "job": "encode", "expires_unix": time.time() - 1}
+    (out).mkdir(parents=True, exist_ok=True)
+    (out / LEASE).write_text(json.dumps(stale))
+    run_job("encode", *args)
+    assert open_store(str(out)).done("xx").all() and not (out / LEASE).exists()
+    # An unexpired lease of a run known to be dead: --break_lease.
+    (out / LEASE).write_text(json.dumps({**stale, "expires_unix": time.time() + 600}))
+    run_job("encode", *args, expect=1)
+    run_job("encode", *args, "--break_lease")
+
+
+def test_bad_language_codes_are_listed_before_anything_is_created(tiny_model_dir, tmp_path):
+    manifest = tmp_path / "list.csv"
+    wav = tmp_path / "a.wav"
+    sf.write(wav, tone(0.5, 0), SAMPLE_RATE)
+    with open(manifest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "lang", "path", "transcription"])
+        for lang in ("en", "../../etc", "en/../x", "bad.lang"):
+            writer.writerow(["a", lang, str(wav), "hello"])
+    out = tmp_path / "out"
+    proc = run_job("encode", "--out", str(out), "--model", str(tiny_model_dir), "--dataset", f"manifest:{manifest}",
+                   expect=1)  # fmt: skip
+    assert "['../../etc', 'bad.lang', 'en/../x'] cannot name store folders" in proc.stderr, proc.stderr
+    assert "nothing was written" in proc.stderr
+    assert not out.exists() and not (tmp_path / "etc").exists()
+
+
+def test_align_skips_a_language_whisper_lacks(store, tiny_model_dir, tmp_path):
+    out = tmp_path / "words"
+    proc = run_job("align", "--store", str(store), "--out", str(out), "--model", str(tiny_model_dir))
+    assert "(no_whisper_language): xx/a" in proc.stdout, proc.stdout
+    skipped = (out / "xx" / "skipped.csv").read_text().splitlines()
+    assert skipped == ["utterance,id,reason", "0,a,no_whisper_language"]
+
+
+def test_an_unwritable_output_is_a_clear_error_not_a_traceback(tiny_model_dir, clips, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_job("encode", "--out", str(blocker / "store"), "--model", str(tiny_model_dir),
+                   "--dataset", f"folder:{clips}", "--langs", "xx", expect=1)  # fmt: skip
+    assert "StoreError: cannot " in proc.stderr and "a part of the path is a file, not a folder" in proc.stderr
