@@ -1,0 +1,493 @@
+"""Early exit and zero-shot ASR / speech translation over a layer store's languages (``jobs/decode.py``).
+
+For every (language, layer, ln_post, task, decoding) part, each utterance is decoded from encoder layer ``layer``
+(``DecodingOptions(encoder_layer=layer, apply_ln_post=ln_post)``), window by window for audio over 30 s, the windows'
+texts joined; then scored against the store's transcription (transcribe) or the English transcription of the same id
+(translate) with ``engine.analysis.text_metrics`` (jiwer, Whisper's normalisers, sacrebleu).
+
+Exactness (``source="audio"``, the only source): a layer store keeps each utterance's valid frames only, but
+Whisper's decoder attends to the whole 30 s window, padding frames included. So the encoder is recomputed up to the
+layer from the audio the store's utterance table points to (column ``path``), with the store's front end, model and
+compute dtype: its valid frames are the store's states (``tests/jobs/test_decode.py`` checks both, and the tokens).
+The store supplies the utterance list, the done flags, the transcriptions and the layers on offer.
+
+Output: the layout in ``engine/stores/hypotheses.py`` and BUILD.md. Resume: a part is kept when the utterances done
+in the store are the ones it was made from; the merged files are rebuilt from the parts at the end. Multi-process runs
+(``jax.distributed``) share the parts round-robin; process 0 writes the merged files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import pathlib
+import time
+import zlib
+
+import jax
+import numpy as np
+import pyarrow as pa
+
+from engine.analysis import text_metrics
+from engine.data.audio import EmptyAudioError, SilentAudioError, load_audio
+from engine.errors import AudioError, BabelgridError, LanguageError
+from engine.parallel import barrier, is_process_zero
+from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.stores import hypotheses as hyp
+from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.reader import open_store
+from engine.stores.schema import is_done
+from engine.whisper.decoding import TASKS, DecodingOptions
+from engine.whisper.languages import fleurs_to_whisper
+from engine.whisper.loaded import load_whisper
+
+SOURCES = ("audio",)
+LN_POST = ("on", "off", "both")
+LANGUAGE_MODES = ("forced", "detect")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+METRICS = ("wer", "cer", "bleu", "chrf")
+FORMAT_NAME = "babelgrid-hypotheses"
+FORMAT_VERSION = 1
+MANIFEST_FIELDS = (
+    "format",
+    "version",
+    "model_name",
+    "checkpoint_sha256",
+    "source",
+    "language",
+    "decode_as",
+    "patience",
+    "length_penalty",
+    "max_new_tokens",
+    "compute_dtype",
+)
+log = logging.getLogger(__name__)
+
+
+class DecodeError(BabelgridError, ValueError):
+    """The store, model, settings or output folder cannot be used for decoding."""
+
+
+def parse_decoding(decoding: str) -> int:
+    """'greedy' -> 1, 'beam:5' -> 5 (the beam size)."""
+    if decoding == "greedy":
+        return 1
+    head, _, n = decoding.partition(":")
+    if head == "beam" and n.isdigit() and int(n) >= 2:
+        return int(n)
+    raise DecodeError(f"decoding must be 'greedy' or 'beam:N' with N >= 2 (e.g. beam:5), got {decoding!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    store: str  # layer store URL written by the encode job
+    out: str  # output folder or kvstore URL
+    model: str | None = None  # checkpoint source; None = the packaged whisper-base. Must be the store's model.
+    langs: tuple[str, ...] | None = None  # None = every language of the store
+    layers: tuple[int, ...] | None = None  # None = every layer of the store
+    tasks: tuple[str, ...] = ("transcribe",)
+    ln_post: str = "both"  # apply ln_post to intermediate layers: on, off or both (layer L+1 has it already)
+    decodings: tuple[str, ...] = ("greedy",)  # greedy and/or beam:N
+    patience: float = 1.0  # beam search (Whisper / CTranslate2 semantics)
+    length_penalty: float = 1.0
+    language: str = "forced"  # forced: the store language's Whisper code; detect: per window
+    decode_as: tuple[tuple[str, str], ...] = ()  # (store language, Whisper code) for languages Whisper lacks
+    max_new_tokens: int = 224
+    source: str = "audio"
+    references: str | None = None  # TSV (id, text) of English references for translate; else the store's English
+    batch_size: int = 8  # windows per decoder call
+    compute_dtype: str = "float32"
+    report_samples: int = 3  # utterances per language shown in report.md
+    break_lease: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        check_choice("source", self.source, SOURCES)
+        check_choice("ln_post", self.ln_post, LN_POST)
+        check_choice("language", self.language, LANGUAGE_MODES)
+        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        for task in self.tasks:
+            check_choice("task", task, TASKS)
+        for decoding in self.decodings:
+            parse_decoding(decoding)
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError(
+                f"batch_size and max_new_tokens must be >= 1, got {self.batch_size}, {self.max_new_tokens}"
+            )
+
+
+@dataclasses.dataclass
+class DecodeSummary(RunSummary):
+    decoded: int = 0  # utterance x part decodings in this run
+    windows: int = 0
+    tokens: int = 0
+    parts_kept: int = 0  # parts kept from an earlier run
+    outputs: list[str] = dataclasses.field(default_factory=list)
+    table: str = ""
+
+    def report(self) -> str:
+        lines = [
+            f"decoded {self.decoded} utterance-parts ({self.windows} windows, {self.tokens} tokens) in "
+            f"{self.seconds:.1f} s; {self.parts_kept} parts kept from an earlier run; skipped: {self.n_skipped}"
+        ]
+        return "\n".join([*lines, *self.skip_lines(), self.table])
+
+
+def compression_ratio(text: str) -> float:
+    """Whisper's ``compression_ratio``: UTF-8 bytes over their zlib-compressed size (its gzip ratio)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+def _manifest(config: DecodeConfig, reader, whisper) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "store": reader.url,
+        "model_name": whisper.checkpoint.name,
+        "checkpoint_sha256": whisper.checkpoint.sha256,
+        "source": config.source,
+        "exact": True,  # source audio: the decoder sees the window's padding frames as Whisper computes them
+        "language": config.language,
+        "decode_as": {a: b for a, b in config.decode_as},
+        "patience": config.patience,
+        "length_penalty": config.length_penalty,
+        "max_new_tokens": config.max_new_tokens,
+        "compute_dtype": config.compute_dtype,
+    }
+
+
+def _check(config: DecodeConfig, reader, whisper) -> tuple[list[str], list[int]]:
+    info = reader.info
+    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims != whisper.dims:
+        raise DecodeError(
+            f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
+            f"model given is {whisper.checkpoint.name!r}; pass the store's model with --model"
+        )
+    langs = list(config.langs) if config.langs else reader.languages()
+    missing = sorted(set(langs) - set(reader.languages()))
+    if missing:
+        raise DecodeError(f"languages {missing} are not in the layer store, which has {reader.languages()}")
+    layers = list(config.layers) if config.layers is not None else list(info.layers)
+    lacking = [la for la in layers if la not in info.layers]
+    if lacking:
+        raise DecodeError(
+            f"layers {lacking} are not in the layer store, which holds {list(info.layers)}; pass --layers from those "
+            "(or encode the store with them)"
+        )
+    for lang, code in config.decode_as:
+        try:
+            whisper.tokenizer.language_token(code)
+        except LanguageError:
+            raise DecodeError(
+                f"--decode_as {lang}={code}: {code!r} is not a language of this model's tokenizer; use a Whisper code "
+                "such as kk or en"
+            ) from None
+    if "translate" in config.tasks and config.references is None and _english_language(reader) is None:
+        raise DecodeError(
+            "task translate needs English references: the store has no English language; pass --references with a "
+            "TSV file of id<TAB>English text"
+        )
+    return langs, layers
+
+
+def _english_language(reader) -> str | None:
+    for lang in reader.languages():
+        try:
+            if fleurs_to_whisper(lang) == "en":
+                return lang
+        except LanguageError:
+            continue
+    return None
+
+
+def _english_references(config: DecodeConfig, reader) -> dict[str, str]:
+    if config.references is not None:
+        refs = {}
+        with open(config.references, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                uid, sep, text = line.rstrip("\n").partition("\t")
+                if not sep:
+                    raise DecodeError(f"{config.references}:{line_no}: expected 'id<TAB>text', got {line[:60]!r}")
+                refs[uid] = text
+        return refs
+    english = _english_language(reader)
+    rows = reader.arrays(english).rows
+    return {r.id: r.transcription for r in reversed(rows) if r.transcription}  # the first recording wins
+
+
+def _whisper_code(lang: str, config: DecodeConfig, whisper) -> str | None:
+    mapping = dict(config.decode_as)
+    if lang in mapping:
+        return mapping[lang]
+    try:
+        code = fleurs_to_whisper(lang)
+        whisper.tokenizer.language_token(code)
+        return code
+    except LanguageError:
+        return None
+
+
+def _variants(layers, ln_post: str, top: int) -> list[tuple[int, bool]]:
+    """(layer, ln_post) pairs: layer L+1 is ln_post's output already, so it is decoded once, marked on."""
+    wanted = {"on": (True,), "off": (False,), "both": (True, False)}[ln_post]
+    out = []
+    for layer in layers:
+        out += [(layer, True)] if layer == top else [(layer, ln) for ln in wanted]
+    return out
+
+
+def _decode_windows(whisper, mel, options: DecodingOptions, batch_size: int, dtype):
+    """Tokens, texts, languages and avg_logprob of every window of ``mel f32[window, n_mels, 3000]``, in batches of
+    ``batch_size`` (the last padded with copies of its first window, so that one program serves every batch)."""
+    tokens, languages, avg = [], [], []
+    for start in range(0, len(mel), batch_size):
+        chunk = mel[start : start + batch_size]
+        n = len(chunk)
+        if n < batch_size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, axis=0)])
+        xa = whisper.audio_features(chunk, options).astype(dtype)
+        res = whisper.transcribe(None, options, xa=xa)
+        tokens += res.tokens[:n]
+        languages += res.languages[:n]
+        avg += list(np.asarray(res.avg_logprob)[:n])
+    return tokens, languages, avg
+
+
+def _load_mels(whisper, reader, lang, rows, todo, summary, skipped):
+    """Log-mel windows of the utterances ``todo`` from their audio; unreadable or empty audio is skipped."""
+    mels = {}
+    for u in todo:
+        try:
+            audio = load_audio(rows[u].path)
+        except (EmptyAudioError, SilentAudioError):
+            skipped.append((lang, rows[u].id, "*", "empty_audio"))
+        except AudioError:
+            skipped.append((lang, rows[u].id, "*", "audio_unreadable"))
+        else:
+            mel, _ = whisper.features(audio, long_audio=reader.info.long_audio)
+            mels[u] = np.asarray(mel)
+    return mels
+
+
+def run_decode(config: DecodeConfig) -> DecodeSummary:
+    """Decodes and scores every part of the config; writes the layout of ``engine.stores.hypotheses``. The run holds
+    the output folder's writer lease (``engine.stores.lease``)."""
+    with writer_lease(config.out, "decode", config.break_lease) as lease:
+        return _decode(config, lease)
+
+
+def _decode(config: DecodeConfig, lease) -> DecodeSummary:
+    t0 = time.perf_counter()
+    summary = DecodeSummary()
+    reader = open_store(config.store)
+    whisper = load_whisper(config.model, dtype=DTYPES[config.compute_dtype])
+    langs, layers = _check(config, reader, whisper)
+    dtype = DTYPES[config.compute_dtype]
+    top = whisper.dims.n_audio_layer + 1
+    english = _english_references(config, reader) if "translate" in config.tasks else {}
+    _, kv = open_kvstore(config.out)
+    process_zero_first(
+        "babelgrid-decode-manifest",
+        lambda: create_or_compare(
+            kv,
+            hyp.MANIFEST,
+            _manifest(config, reader, whisper),
+            config.out,
+            fields=MANIFEST_FIELDS,
+            error=DecodeError,
+            what="decode folder",
+        ),
+    )
+    variants = _variants(layers, config.ln_post, top)
+    plan = [(lang, v) for lang in langs for v in variants]
+    mine = plan[jax.process_index() :: jax.process_count()]
+    bar = progress_bar(len(mine) * len(config.tasks) * len(config.decodings), "decode", "part", config.progress)
+    loaded: dict[str, tuple] = {}
+    for lang, (layer, ln_post) in mine:
+        rows = reader.arrays(lang).rows
+        done_now = [u for u in range(len(rows)) if is_done(reader.lengths(lang)[u])]
+        keys = {
+            (task, decoding): hyp.part_key(lang, task, decoding, layer, ln_post)
+            for task in config.tasks
+            for decoding in config.decodings
+        }
+        pending = {}
+        for part, key in keys.items():
+            old = hyp.read_part(kv, key)
+            if old is not None and old[1]["done"] == done_now:
+                summary.parts_kept += 1
+                bar.update(1)
+            else:
+                pending[part] = key
+        if not pending:
+            continue
+        lease.check()
+        code = _whisper_code(lang, config, whisper)
+        if lang not in loaded:
+            skipped_audio: list[tuple] = []
+            mels = {} if code is None else _load_mels(whisper, reader, lang, rows, done_now, summary, skipped_audio)
+            loaded = {lang: (mels, skipped_audio)}  # one language's audio in memory at a time
+        mels, skipped_audio = loaded[lang]
+        for (task, decoding), key in pending.items():
+            out_rows = {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}
+            skipped = list(skipped_audio)
+            if code is None:
+                skipped += [(lang, rows[u].id, task, "no_whisper_language") for u in done_now]
+            else:
+                _decode_part(
+                    whisper, lang, code, rows, mels, layer, ln_post, task, decoding, english, config, dtype, summary,
+                    out_rows, skipped,
+                )  # fmt: skip
+            write_value(kv, key, hyp.part_bytes(out_rows, done_now, skipped), config.out)
+            bar.update(1)
+    bar.close()
+    barrier("babelgrid-decode-parts")
+    if is_process_zero():
+        _merge(kv, config, reader, langs, variants, summary)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _decode_part(
+    whisper, lang, code, rows, mels, layer, ln_post, task, decoding, english, config, dtype, summary, out, skipped
+):
+    """Decodes every utterance of ``mels`` for one part, appending rows to ``out`` and skips to ``skipped``."""
+    options = DecodingOptions(
+        task=task,
+        language=code if config.language == "forced" else None,
+        max_new_tokens=config.max_new_tokens,
+        encoder_layer=layer,
+        apply_ln_post=ln_post,
+        beam_size=parse_decoding(decoding),
+        patience=config.patience,
+        length_penalty=config.length_penalty,
+    )
+    order = sorted(mels)
+    if not order:
+        return
+    owner = np.concatenate([[u] * len(mels[u]) for u in order])
+    all_mel = np.concatenate([mels[u] for u in order])
+    tokens, languages, avg = _decode_windows(whisper, all_mel, options, config.batch_size, dtype)
+    summary.windows += len(all_mel)
+    tok = whisper.tokenizer
+    for u in order:
+        mine = np.flatnonzero(owner == u)
+        ids = sum((tokens[i] for i in mine), [])
+        text = tok.decode(ids).strip()
+        row = rows[u]
+        ref = row.transcription if task == "transcribe" else english.get(row.id)
+        if not ref:
+            skipped.append((lang, row.id, task, "no_reference"))
+            ref = None
+        out["language"].append(lang)
+        out["id"].append(row.id)
+        out["recording"].append(row.recording)
+        out["utterance"].append(u)
+        out["layer"].append(layer)
+        out["ln_post"].append(ln_post)
+        out["task"].append(task)
+        out["decoding"].append(decoding)
+        out["language_token"].append(languages[mine[0]])
+        out["hypothesis"].append(text)
+        out["reference"].append(ref)
+        out["avg_logprob"].append(float(np.mean([avg[i] for i in mine])))
+        out["compression_ratio"].append(compression_ratio(text))
+        out["n_tokens"].append(len(ids))
+        summary.decoded += 1
+        summary.tokens += len(ids)
+
+
+def score_rows(table: pa.Table) -> list[dict]:
+    """Corpus scores per (language, layer, ln_post, task, decoding) of hypothesis rows with a reference: WER and CER
+    (jiwer, Whisper's normaliser of the reference's language), BLEU and chrF (sacrebleu, on the same normalised text).
+    Empty hypotheses are scored (as all deletions), not dropped."""
+    df = table.to_pandas()
+    df = df[df["reference"].notna()]
+    out = []
+    for (lang, layer, ln_post, task, decoding), g in df.groupby(
+        ["language", "layer", "ln_post", "task", "decoding"], sort=True
+    ):
+        target = "en" if task == "translate" else _target_code(g)
+        norm = text_metrics.normalizer_for(target)
+        refs = [norm(r) for r in g["reference"]]
+        hyps = [norm(h) for h in g["hypothesis"]]
+        if not any(r.split() for r in refs):
+            continue
+        values = {
+            "wer": text_metrics.error_rate(refs, hyps, "word", normalize=False),
+            "cer": text_metrics.error_rate(refs, hyps, "char", normalize=False),
+            "bleu": text_metrics.bleu(refs, hyps, target),
+            "chrf": text_metrics.chrf(refs, hyps),
+        }
+        for metric in METRICS:
+            out.append(
+                dict(
+                    language=lang,
+                    layer=int(layer),
+                    ln_post=bool(ln_post),
+                    task=task,
+                    decoding=decoding,
+                    metric=metric,
+                    value=values[metric],
+                    n=len(g),
+                )  # fmt: skip
+            )
+    return out
+
+
+def _target_code(group) -> str:
+    """The Whisper code a transcription is written in: the language token of a forced prompt."""
+    return str(group["language_token"].iloc[0])
+
+
+def _merge(kv, config, reader, langs, variants, summary) -> None:
+    tables, skipped = [], set()
+    for lang in langs:
+        for layer, ln_post in variants:
+            for task in config.tasks:
+                for decoding in config.decodings:
+                    key = hyp.part_key(lang, task, decoding, layer, ln_post)
+                    part = hyp.read_part(kv, key)
+                    if part is None:
+                        raise DecodeError(f"part {key} is missing after every process finished")
+                    tables.append(part[0].replace_schema_metadata(None))
+                    skipped |= {tuple(s) for s in part[1]["skipped"]}
+        done = is_done(reader.lengths(lang))
+        skipped |= {(lang, r.id, "*", "not_encoded") for u, r in enumerate(reader.arrays(lang).rows) if not done[u]}
+    for lang, uid, _, reason in sorted(skipped):
+        summary.skip(reason, lang, uid)
+    table = pa.concat_tables(tables) if tables else hyp.HYPOTHESIS_SCHEMA.empty_table()
+    scores = score_rows(table)
+    from engine.analysis.decode_report import figures, report_markdown, scores_table
+
+    files = {
+        hyp.HYPOTHESES: hyp.table_bytes(table),
+        hyp.SCORES: _csv(hyp.SCORE_COLUMNS, [[s[c] for c in hyp.SCORE_COLUMNS] for s in scores]),
+        hyp.SKIPPED: _csv(("language", "id", "task", "reason"), sorted(skipped)),
+        hyp.REPORT: report_markdown(table, scores, summary, config.report_samples).encode(),
+        **figures(scores),
+    }
+    for name, data in files.items():
+        write_value(kv, name, data, config.out)
+    root = config.out.rstrip("/") + "/"
+    summary.outputs += [root + name for name in files]
+    summary.table = scores_table(scores)
+
+
+def _csv(header, rows) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue().encode()
+
+
+def references_path(path: str | None) -> str | None:
+    if path is not None and not pathlib.Path(path).is_file():
+        raise DecodeError(f"--references {path!r} is not a file; pass a TSV of id<TAB>English text")
+    return path
