@@ -78,7 +78,7 @@ class AlignConfig:
     median_filter_width: int = 7
     compute_dtype: str = "float32"
     break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
-    progress: bool = True
+    progress: bool | None = True  # None: only when stderr is a terminal
 
     def __post_init__(self):
         check_choice("transcripts", self.transcripts, TRANSCRIPT_SOURCES)

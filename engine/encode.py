@@ -63,7 +63,7 @@ class EncodeConfig:
     long_audio: str = "window"  # or "truncate"
     prefetch: int = 4  # host threads decoding audio and computing log-mel ahead of the device
     break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
-    progress: bool = True
+    progress: bool | None = True  # None: only when stderr is a terminal
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, STORAGE_DTYPES)

@@ -56,7 +56,7 @@ class SimilarityConfig:
     dtype: str = "float32"  # compute dtype of the states fed to the kernels (scores are always float32)
     allow_partial: bool = False  # score a layer store whose encoding is not finished (the missing rows stay NaN)
     break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
-    progress: bool = True
+    progress: bool | None = True  # None: only when stderr is a terminal
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, COMPUTE_DTYPES)

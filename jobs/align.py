@@ -1,4 +1,4 @@
-"""Word timestamps (start, end, probability of every word) for the utterances of a layer store.
+r"""Word timestamps (start, end, probability of every word) for the utterances of a layer store.
 
     python -m jobs.align --store /tmp/demo-store --out /tmp/demo-words
     python -m jobs.align --store gs://bucket/fleurs --out gs://bucket/fleurs-words --langs en_us,de_de \

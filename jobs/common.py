@@ -32,12 +32,12 @@ def _job_module() -> str:
 
 
 def define_store_flag(help: str = "layer store written by the encode job: local path or TensorStore kvstore URL"):
-    flags.DEFINE_string("store", None, help, module_name=_job_module())
+    flags.DEFINE_string("store", None, f"(required) {help}", module_name=_job_module())
     flags.mark_flag_as_required("store")
 
 
 def define_out_flag(help: str, required: bool = True) -> None:
-    flags.DEFINE_string("out", None, help, module_name=_job_module())
+    flags.DEFINE_string("out", None, f"(required) {help}" if required else help, module_name=_job_module())
     if required:
         flags.mark_flag_as_required("out")
 
@@ -49,7 +49,12 @@ def define_langs_flag(of: str = "of the layer store") -> None:
 def define_run_flags(strict: bool = False, distributed: bool = False, lease: bool = True) -> None:
     """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts;
     --break_lease for jobs that hold their output store's writer lease."""
-    flags.DEFINE_bool("progress", True, "show a progress bar", module_name=_job_module())
+    flags.DEFINE_bool(
+        "progress",
+        None,
+        "show a progress bar (default: only when stderr is a terminal, so batch logs stay readable)",
+        module_name=_job_module(),
+    )
     if lease:
         flags.DEFINE_bool(
             "break_lease",
@@ -84,10 +89,31 @@ def finish(summary, lines=()) -> int:
     return 0
 
 
+HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
+
+
+def usage() -> str:
+    """The job's docstring as written (examples keep their line breaks), then its flags, required ones marked."""
+    main = sys.modules["__main__"]
+    flags_text = FLAGS.module_help(sys.argv[0] if main.__name__ == "__main__" else main.__name__)
+    return (
+        (main.__doc__ or "").strip()
+        + "\n\n"
+        + flags_text.replace(sys.argv[0] + ":", "flags:", 1)
+        + ("\n\nFlags marked (required) must be given. --helpfull lists every flag of every library.")
+    )
+
+
 def run(main) -> None:
     """Starts a job: logging to stderr at INFO, absl's flag parsing, jax.distributed when its flags ask for it, then
-    ``main()``, whose return value is the exit code."""
+    ``main()``, whose return value is the exit code. ``--help`` prints ``usage()`` and exits 0."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # JAX logs every accelerator plugin it looks for and does not find ("Unable to initialize backend 'tpu'") at
+    # INFO: noise on every CPU run. Its warnings still show.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+        print(usage())
+        sys.exit(0)
 
     def start(argv):
         if len(argv) > 1:

@@ -1,4 +1,4 @@
-"""Encode every encoder layer of every utterance into a TensorStore layer store.
+r"""Encode every encoder layer of every utterance into a TensorStore layer store.
 
     python -m jobs.encode --out /tmp/demo-store          # demo set, packaged whisper-base
     python -m jobs.encode --model openai/whisper-large-v3 --dataset fleurs --langs en_us,de_de \

@@ -14,7 +14,9 @@ from engine.retrieval import RetrievalConfig, run_retrieval
 from jobs import common
 from kernels.metrics import TIE_RULES
 
-flags.DEFINE_string("similarity", None, "similarity store written by the seqsim job: local path or kvstore URL")
+flags.DEFINE_string(
+    "similarity", None, "(required) similarity store written by the seqsim job: local path or kvstore URL"
+)
 common.define_out_flag("output folder (default: the similarity store itself when it is local)", required=False)
 flags.DEFINE_string("measure", "all", "comma-separated measures (seqsim, mean, centre, duration, ...) or 'all'")
 flags.DEFINE_string("layers", "all", "layers: 'all', a list '0,3,7' or ranges '1-4' (0 = conv stem, L+1 = ln_post)")

@@ -1,4 +1,4 @@
-"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer store.
+r"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer store.
 
     python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-sim
     python -m jobs.seqsim --store gs://bucket/fleurs --out gs://bucket/fleurs-sim --pairs en_us:* \
