@@ -1,0 +1,192 @@
+"""Word alignment between two utterances from encoder states (SeqSimInterp, arXiv 2505.19606).
+
+Each word of an utterance is a span of encoder frames ``[start, end)``; it is embedded at every given layer by
+pooling its frames, the words of two utterances are compared by cosine, and mutual best matches (a's best in b is
+j and j's best in a is a) are the word pairs.
+
+Glossary (axis names as in ``engine.axes`` where they exist): ``layer`` an encoder layer, ``frame`` an encoder frame
+(50 per second), ``embed`` the model width, ``word`` a word of one utterance, ``pair`` a pair of utterances of two
+languages, ``width`` the frames of the longest word of a block (static, the window every word is read through).
+
+Poolings (``POOLINGS``):
+
+- ``centre``: the frame at ``start + (end - start) // 2`` (the paper's choice; the later of two middle frames, as
+  ``kernels.pooling.center_frame``);
+- ``mean``: mean of the word's frames (float32 accumulation);
+- ``max``: per-dimension maximum over the word's frames.
+
+Conventions (as in ``kernels.seqsim``):
+
+- Frames at index ``>= n_frames`` and words at index ``>= n_words`` are padding and may hold anything, NaN and inf
+  included (spans of padding words too): they are removed with ``where`` before arithmetic touches them.
+- A valid word has ``0 <= start < end <= n_frames`` and ``end - start <= width``; ``check_spans`` checks concrete
+  spans. Under an outer ``jit`` a word longer than ``width`` is silently cut to its first ``width`` frames, which is
+  why the library picks ``width`` from the spans (``span_width``).
+- Cosines divide by ``max(|x|, COS_EPS)``. Entries touching a padding word are ``-inf`` (below every cosine) and
+  never mutual.
+- Mutual best: ``j = argmax_j c[i, j]`` and ``i = argmax_i c[i, j]``, ties to the lower index (``argmax``), and
+  ``c[i, j] >= threshold``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.errors import ShapeError
+from kernels.seqsim import COS_EPS
+
+POOLINGS = ("centre", "mean", "max")
+WIDTH_QUANTUM = 8  # word windows are rounded up to a multiple of this (fewer recompiles over blocks)
+
+
+class WordAlignment(NamedTuple):
+    """Word cosines and mutual-best mask: ``f32|bool[layer, word_a, word_b]`` for one pair, ``[pair, ...]`` batched."""
+
+    cosine: jax.Array
+    mutual: jax.Array
+
+
+def span_width(spans: np.ndarray, n_words: np.ndarray) -> int:
+    """Static window for ``spans: i32[..., word, 2]``: the longest valid word, rounded up to ``WIDTH_QUANTUM``."""
+    spans = np.asarray(spans)
+    valid = np.arange(spans.shape[-2]) < np.asarray(n_words)[..., None]
+    longest = int(np.max(np.where(valid, spans[..., 1] - spans[..., 0], 1), initial=1))
+    return -(-longest // WIDTH_QUANTUM) * WIDTH_QUANTUM
+
+
+def check_spans(name: str, spans, n_words, n_frames, width: int) -> None:
+    """Concrete spans ``i32[pair, word, 2]`` of valid words must satisfy ``0 <= start < end <= n_frames`` and
+    ``end - start <= width``; padding words are not looked at."""
+    spans, n_words, n_frames = np.asarray(spans), np.asarray(n_words), np.asarray(n_frames)
+    if spans.ndim != 3 or spans.shape[-1] != 2:
+        raise ShapeError(f"{name} must be i32[pair, word, 2] (start, end frame of each word), got {spans.shape}")
+    valid = np.arange(spans.shape[1])[None, :] < n_words[:, None]
+    start, end = spans[..., 0], spans[..., 1]
+    bad = valid & ((start < 0) | (end <= start) | (end > n_frames[:, None]) | (end - start > width))
+    if bad.any():
+        p, w = np.argwhere(bad)[0]
+        raise ShapeError(
+            f"{name}[{p}, {w}] = {spans[p, w].tolist()} is not a span 0 <= start < end <= {n_frames[p]} frames of "
+            f"width <= {width}: clip word times to the utterance and pass width=span_width(spans, n_words)"
+        )
+
+
+def word_embeddings(states: jax.Array, n_frames, spans: jax.Array, pooling: str, width: int) -> jax.Array:
+    """Pool each word's frames at every layer.
+
+    states: f32|bf16[layer, frame, embed]; n_frames: i32[] valid frames; spans: i32[word, 2] frame [start, end).
+    Returns f32[layer, word, embed]. Words are read through a window of ``width`` frames from their start, so the
+    work is layer x word x width x embed whatever the utterance's length.
+    """
+    frames = states.shape[1]
+    start, end = spans[:, 0], spans[:, 1]
+    if pooling == "centre":
+        index = jnp.clip(start + (end - start) // 2, 0, frames - 1)
+        centre = jnp.take(states, index, axis=1).astype(jnp.float32)  # [layer, word, embed]
+        ok = (index < n_frames)[None, :, None]
+        return jnp.where(ok, centre, 0.0)
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    index = start[:, None] + jnp.arange(width)[None, :]  # [word, width]
+    inside = (index < end[:, None]) & (index < n_frames)
+    window = jnp.take(states, jnp.clip(index, 0, frames - 1), axis=1).astype(jnp.float32)  # [layer, word, width, embed]
+    inside = inside[None, :, :, None]
+    if pooling == "mean":
+        count = jnp.maximum(jnp.sum(inside, axis=2), 1)  # padding words may have empty spans: no 0/0
+        return jnp.sum(jnp.where(inside, window, 0.0), axis=2) / count
+    best = jnp.max(jnp.where(inside, window, -jnp.inf), axis=2)
+    return jnp.where(jnp.isfinite(best), best, 0.0)  # empty spans (padding words only) give -inf: zero them
+
+
+def _unit(x: jax.Array) -> jax.Array:
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
+
+
+def mutual_best(c: jax.Array) -> jax.Array:
+    """bool[..., word_a, word_b]: c[i, j] is the maximum of its row and of its column (first index on ties)."""
+    best_b = jnp.argmax(c, axis=-1)  # [..., word_a]
+    best_a = jnp.argmax(c, axis=-2)  # [..., word_b]
+    rows = best_b[..., :, None] == jnp.arange(c.shape[-1])
+    cols = best_a[..., None, :] == jnp.arange(c.shape[-2])[:, None]
+    return rows & cols
+
+
+def wordalign(
+    states_a: jax.Array,
+    n_frames_a,
+    spans_a: jax.Array,
+    n_words_a,
+    states_b: jax.Array,
+    n_frames_b,
+    spans_b: jax.Array,
+    n_words_b,
+    threshold=-jnp.inf,
+    *,
+    pooling: str = "centre",
+    width: int = WIDTH_QUANTUM,
+) -> WordAlignment:
+    """Word cosines and mutual best matches of one pair of utterances at every layer.
+
+    states_a: f32|bf16[layer, frame_a, embed]; n_frames_a: i32[]; spans_a: i32[word_a, 2] frame [start, end) per
+    word; n_words_a: i32[] valid words (>= 1); the same for b with the same layers and embed. threshold: f32[],
+    the lowest cosine a mutual pair may have. Returns WordAlignment of f32 and bool ``[layer, word_a, word_b]``.
+    """
+    emb_a = _unit(word_embeddings(states_a, n_frames_a, spans_a, pooling, width))
+    emb_b = _unit(word_embeddings(states_b, n_frames_b, spans_b, pooling, width))
+    c = jnp.einsum("lie,lje->lij", emb_a, emb_b, precision=jax.lax.Precision.HIGHEST)
+    valid = (jnp.arange(spans_a.shape[0]) < n_words_a)[:, None] & (jnp.arange(spans_b.shape[0]) < n_words_b)[None, :]
+    c = jnp.where(valid[None], c, -jnp.inf)
+    return WordAlignment(c, mutual_best(c) & valid[None] & (c >= threshold))
+
+
+@functools.partial(jax.jit, static_argnames=("pooling", "width"))
+def wordalign_pairs(
+    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold, *, pooling, width
+) -> WordAlignment:
+    """``wordalign`` over a block of pairs: states f32|bf16[pair, layer, frame, embed], n_frames i32[pair], spans
+    i32[pair, word, 2], n_words i32[pair]; threshold f32[] shared. Returns ``[pair, layer, word_a, word_b]``."""
+    one = functools.partial(wordalign, pooling=pooling, width=width)
+    return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None))(
+        states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference: slow, obvious, float64, one word at a time.
+
+
+def reference_word_embedding(states: np.ndarray, start: int, end: int, pooling: str) -> np.ndarray:
+    """f64[layer, embed] for the word spanning frames [start, end) of states: [layer, frame, embed]."""
+    frames = np.asarray(states, np.float64)[:, start:end]
+    if pooling == "centre":
+        return frames[:, (end - start) // 2]
+    if pooling == "mean":
+        return frames.mean(axis=1)
+    return frames.max(axis=1)
+
+
+def reference_wordalign(
+    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold=-np.inf, *, pooling
+) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of ``wordalign`` for one pair: (f64[layer, word_a, word_b] with -inf on padding, bool mask)."""
+    layers, wa, wb = states_a.shape[0], spans_a.shape[0], spans_b.shape[0]
+    c = np.full((layers, wa, wb), -np.inf)
+    for i in range(int(n_words_a)):
+        u = reference_word_embedding(states_a[:, : int(n_frames_a)], *spans_a[i], pooling)
+        for j in range(int(n_words_b)):
+            v = reference_word_embedding(states_b[:, : int(n_frames_b)], *spans_b[j], pooling)
+            for layer in range(layers):
+                norm = max(np.linalg.norm(u[layer]), COS_EPS) * max(np.linalg.norm(v[layer]), COS_EPS)
+                c[layer, i, j] = np.dot(u[layer], v[layer]) / norm
+    mutual = np.zeros(c.shape, bool)
+    for layer in range(layers):
+        for i in range(int(n_words_a)):
+            j = int(np.argmax(c[layer, i]))
+            if int(np.argmax(c[layer, :, j])) == i and c[layer, i, j] >= threshold:
+                mutual[layer, i, j] = True
+    return c, mutual
