@@ -18,7 +18,24 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(f"babelgrid's figures need matplotlib ({e}); install it: pip install matplotlib") from None
 
-LAYER_LABEL = "layer (0 = conv stem, L+1 = ln_post)"
+LAYER_LABEL = "layer (0 = conv stem, 1..L = blocks, L+1 = ln_post)"
+# What each similarity measure is, in a panel title a reader understands without the docs (docs/similarity.md).
+MEASURE_MEANINGS = {
+    "seqsim": "best-matching frame cosine, averaged both ways (SeqSim)",
+    "seqsim_a2b": "query frames to their best searched frame (SeqSim, one way)",
+    "seqsim_b2a": "searched frames to their best query frame (SeqSim, one way)",
+    "mean": "cosine of mean-pooled frames",
+    "centre": "cosine of the centre frames",
+    "duration": "utterance lengths only, no states (a baseline)",
+    "dtw": "mean cosine along the DTW path",
+}
+
+
+def measure_title(measure: str) -> str:
+    meaning = MEASURE_MEANINGS.get(measure)
+    return f"{measure}: {meaning}" if meaning else measure
+
+
 ANNOTATE_MAX_LANGS = 16  # beyond this, numbers in the cells are unreadable
 LEGEND_MAX_LINES = 12
 DPI = 120
@@ -31,10 +48,13 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def heatmap_png(grids: dict[str, np.ndarray], langs: list[str], *, title: str, metric: str = "R@1") -> bytes:
+def heatmap_png(
+    grids: dict[str, np.ndarray], langs: list[str], *, title: str, metric: str = "R@1", subtitle: str = ""
+) -> bytes:
     """One panel per measure: grids[measure]: f[lang, lang], row = query language, column = searched language.
 
-    NaN cells (pairs not stored, the diagonal) are left blank. Values are in [0, 1].
+    NaN cells (pairs not stored or not measured, the diagonal) are left blank. Values are in [0, 1]. ``subtitle``:
+    what the figure rests on (model, store, n), under the title.
     """
     n = len(langs)
     side = max(3.0, 0.45 * n + 1.5)
@@ -43,7 +63,7 @@ def heatmap_png(grids: dict[str, np.ndarray], langs: list[str], *, title: str, m
     image = None
     for ax, (measure, grid) in zip(axes, grids.items(), strict=True):
         image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_title(measure)
+        ax.set_title(measure_title(measure), fontsize=9)
         ax.set_xticks(range(n), langs, rotation=90 if n > 6 else 0)
         ax.set_yticks(range(n), langs)
         ax.set_xlabel("searched language")
@@ -53,11 +73,13 @@ def heatmap_png(grids: dict[str, np.ndarray], langs: list[str], *, title: str, m
                 value = grid[i, j]
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="k" if value > 0.6 else "w")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label=metric)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
     return _png(fig)
 
 
-def by_layer_png(curves: dict[str, dict[str, tuple[list, list, list]]], *, metric: str = "R@1") -> bytes:
+def by_layer_png(
+    curves: dict[str, dict[str, tuple[list, list, list]]], *, metric: str = "R@1", subtitle: str = ""
+) -> bytes:
     """One panel per measure: curves[measure][pair label] = (layers, values, random baselines).
 
     One line per directed pair (labelled up to LEGEND_MAX_LINES pairs, else a faint unlabelled band); a thick line
@@ -79,11 +101,13 @@ def by_layer_png(curves: dict[str, dict[str, tuple[list, list, list]]], *, metri
                 if np.isfinite(v):
                     mean[layer].append(v)
                     random[layer].append(r)
+        if crowded:  # one legend entry for the band of thin lines
+            ax.plot([], [], color="tab:blue", lw=0.6, alpha=0.5, label=f"one directed pair ({len(pairs)} in all)")
         if len(pairs) > 1:
             ax.plot(layers, [np.mean(mean[la]) if mean[la] else np.nan for la in layers], "k-", lw=2.5, label="mean")
         rand = [np.mean(random[la]) if random[la] else np.nan for la in layers]
-        ax.plot(layers, rand, color="0.4", ls="--", lw=1.5, label="random")
-        ax.set_title(f"{measure} ({len(pairs)} directed pairs)" if crowded else measure)
+        ax.plot(layers, rand, color="0.4", ls="--", lw=1.5, label="random ranking (expected)")
+        ax.set_title(f"{measure_title(measure)} ({len(pairs)} directed pairs)", fontsize=9)
         ax.set_xlabel(LAYER_LABEL)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric)
@@ -92,5 +116,6 @@ def by_layer_png(curves: dict[str, dict[str, tuple[list, list, list]]], *, metri
         ax.legend(fontsize=7, ncols=2 if 6 < len(pairs) <= LEGEND_MAX_LINES else 1)
     for ax in axes[len(curves) :]:
         ax.set_visible(False)
-    fig.suptitle(f"{metric} by layer (query \u2192 searched language)")
+    title = f"{metric} by layer (query \u2192 searched language)"
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
     return _png(fig)

@@ -157,6 +157,14 @@ class RetrievalResult:
             lines.append(
                 f"{len(self.missing)} (measure, directed pair, layer) not in the similarity store yet, skipped"
             )
+        tiny = tiny_scores(self.scores)
+        if tiny:
+            least = min(tiny, key=lambda s: s.metrics.queries)
+            fewest = f"{least.metrics.queries}, {least.measure} {least.lang_a}->{least.lang_b}"
+            lines.append(
+                f"WARNING: {len(tiny)} scores rest on fewer than {TINY_SET} queries (the fewest: {fewest}); each "
+                "query moves R@k by 1/n, so read them as anecdotes"
+            )
         unmeasured = unmeasured_pairs(self.scores)
         if unmeasured:
             named = ", ".join(f"{m} {a}->{b}" for m, a, b in unmeasured)
@@ -330,7 +338,25 @@ def pick_figure_layer(scores: Sequence[DirectedScore], asked: int | None) -> int
     return max(layers, key=lambda layer: (means.get(layer, -1.0), -layer))  # ties: the earlier layer
 
 
-def _figures(scores: Sequence[DirectedScore], figure_layer: int) -> dict[str, bytes]:
+TINY_SET = 20  # a score resting on fewer queries than this is flagged: a few hits swing it by 0.05 or more
+
+
+def rests_on(scores: Sequence[DirectedScore]) -> str:
+    """What the scores rest on, for subtitles and reports: pairs and queries per directed pair."""
+    measured = [s.metrics.queries for s in scores if s.metrics.queries]
+    if not measured:
+        return "no directed pair measured"
+    pairs = len({(s.lang_a, s.lang_b) for s in scores if s.metrics.queries})
+    low, high = min(measured), max(measured)
+    return f"{pairs} directed pairs, n = {low if low == high else f'{low}-{high}'} queries each"
+
+
+def tiny_scores(scores: Sequence[DirectedScore]) -> list[DirectedScore]:
+    """Measured scores that rest on fewer than TINY_SET queries."""
+    return [s for s in scores if 0 < s.metrics.queries < TINY_SET]
+
+
+def _figures(scores: Sequence[DirectedScore], figure_layer: int, subtitle: str, top_layer: int) -> dict[str, bytes]:
     from engine import figures  # matplotlib is only needed here
 
     measures = list(dict.fromkeys(s.measure for s in scores))
@@ -350,19 +376,26 @@ def _figures(scores: Sequence[DirectedScore], figure_layer: int) -> dict[str, by
         layers.append(s.layer)
         values.append(recall)
         randoms.append(random)
+    at = f"{metric} at layer {figure_layer}" + (" = L+1, the ln_post output" if figure_layer == top_layer else "")
+    heatmap_scores = [s for s in scores if s.layer == figure_layer]
     return {
-        HEATMAP_NAME: figures.heatmap_png(grids, langs, title=f"{metric} at layer {figure_layer}", metric=metric),
-        BY_LAYER_NAME: figures.by_layer_png(curves, metric=metric),
+        HEATMAP_NAME: figures.heatmap_png(
+            grids, langs, title=at, metric=metric, subtitle=f"{subtitle}\n{rests_on(heatmap_scores)}"
+        ),
+        BY_LAYER_NAME: figures.by_layer_png(curves, metric=metric, subtitle=f"{subtitle}\n{rests_on(scores)}"),
     }
 
 
-def write_results(out: str, scores: Sequence[DirectedScore], figure_layer: int | None) -> tuple[str, list[str]]:
-    """Writes the CSV and the figures under ``out``; returns their locations."""
+def write_results(
+    out: str, scores: Sequence[DirectedScore], figure_layer: int | None, subtitle: str = "", top_layer: int = -1
+) -> tuple[str, list[str]]:
+    """Writes the CSV and the figures under ``out``; returns their locations. ``subtitle``: the model and stores
+    the figures name; ``top_layer``: L+1, named as the ln_post output."""
     _, kv = open_kvstore(out)
     root = out.rstrip("/") + "/"
     writes = {CSV_NAME: csv_bytes(scores)}
     if scores and figure_layer is not None:
-        writes |= {FIGURES_DIR + name: png for name, png in _figures(scores, figure_layer).items()}
+        writes |= {FIGURES_DIR + name: png for name, png in _figures(scores, figure_layer, subtitle, top_layer).items()}
     write_all(kv, writes, out)
     paths = [root + key for key in writes]
     return paths[0], paths[1:]
@@ -378,5 +411,7 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
         reader = open_similarity(config.similarity)
     scores, missing = compute_scores(reader, config)
     figure_layer = pick_figure_layer(scores, config.figure_layer)
-    csv_path, figure_paths = write_results(out, scores, figure_layer)
+    manifest = reader.manifest
+    subtitle = f"{manifest['model_name']}; layer store {manifest['layer_store']}"
+    csv_path, figure_paths = write_results(out, scores, figure_layer, subtitle, max(reader.layers))
     return RetrievalResult(scores, out, csv_path, tuple(figure_paths), figure_layer, missing)

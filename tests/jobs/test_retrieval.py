@@ -220,5 +220,8 @@ def test_pairs_without_shared_ids_are_not_measured_not_zero(tmp_path):
     report = result.report()
     assert "seqsim (2 directed pairs measured)" in report
     assert "not measured (no shared ids; NA in the CSV): seqsim a->c, seqsim c->a" in report
+    # Three queries per pair: printed next to the scores, and flagged.
+    assert "|       6        5" in report  # queries and excluded per layer: a<->b 3 + 3 measured, a->c 3 + c->a 2 not
+    assert "WARNING: 4 scores rest on fewer than 20 queries (the fewest: 3, seqsim a->b)" in report
     measured = [s.metrics.recall[1] for s in result.scores if {s.lang_a, s.lang_b} == {"a", "b"} and s.layer == 0]
     assert result.mean_over_pairs("seqsim")[0][0] == pytest.approx(np.mean(measured))
