@@ -100,7 +100,15 @@ class AlignSummary(RunSummary):
             f"aligned {self.aligned} utterances ({self.words} words, {self.audio_seconds:.0f} s of audio) in "
             f"{self.seconds:.1f} s; {self.already_done} already done; skipped: {self.n_skipped}"
         ]
-        return "\n".join(lines + self.skip_lines())
+        lines += self.skip_lines()
+        if self.skipped.get("no_transcription"):
+            lines.append(
+                f"{len(self.skipped['no_transcription'])} utterances have no transcription in the layer store: align "
+                "them with --transcripts decode (greedy transcripts from the same states), or give the dataset "
+                "transcripts (a manifest's transcription column, or <id>.txt beside each clip of a folder) and encode "
+                "again into a new store"
+            )
+        return "\n".join(lines)
 
 
 def _manifest(config: AlignConfig, store_url: str, whisper) -> dict:

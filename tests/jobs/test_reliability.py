@@ -22,6 +22,7 @@ from engine.data.audio import SAMPLE_RATE
 from engine.stores.kv import open_kvstore
 from engine.stores.lease import LEASE, WriterLease
 from engine.stores.reader import open_store
+from engine.stores.words import read_words
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -48,7 +49,8 @@ def tone(seconds: float, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> pathlib.Path:
-    """<root>/en/a.wav, b.wav (1e20 amplitude, float WAV), c.wav; <root>/xx/a.wav (a language Whisper lacks)."""
+    """<root>/en/a.wav (+ a.txt), b.wav (1e20 amplitude, float WAV), c.wav; <root>/xx/a.wav (a language Whisper
+    lacks)."""
     root = tmp_path_factory.mktemp("clips")
     for lang, names in (("en", "abc"), ("xx", "a")):
         (root / lang).mkdir()
@@ -57,6 +59,7 @@ def clips(tmp_path_factory) -> pathlib.Path:
             if (lang, name) == ("en", "b"):
                 x = x * 1e20
             sf.write(root / lang / f"{name}.wav", x, SAMPLE_RATE, subtype="FLOAT")
+    (root / "en" / "a.txt").write_text("Hello there, world.\n")  # a sidecar transcript; c has none
     return root
 
 
@@ -72,6 +75,7 @@ def store(clips, tiny_model_dir, tmp_path_factory) -> pathlib.Path:
 def test_a_huge_amplitude_clip_is_counted_and_the_rest_encoded(store):
     reader = open_store(str(store))
     assert reader.done("en").tolist() == [True, False, True]  # a, b, c: b skipped, c after it still encoded
+    assert reader.utterances_table("en").column("transcription").to_pylist() == ["Hello there, world.", None, None]
     assert reader.done("xx").tolist() == [True]
 
 
@@ -156,6 +160,10 @@ def test_align_skips_a_language_whisper_lacks(store, tiny_model_dir, tmp_path):
     assert "(no_whisper_language): xx/a" in proc.stdout, proc.stdout
     skipped = (out / "xx" / "skipped.csv").read_text().splitlines()
     assert skipped == ["utterance,id,reason", "0,a,no_whisper_language"]
+    # The folder's sidecar transcript reached the words; the clip without one is skipped with the way out named.
+    words = read_words(str(out), "en").to_pylist()
+    assert [w["word"] for w in words] == [" Hello", " there,", " world."] and {w["id"] for w in words} == {"a"}
+    assert "(no_transcription): en/c" in proc.stdout and "--transcripts decode" in proc.stdout
 
 
 def test_an_unwritable_output_is_a_clear_error_not_a_traceback(tiny_model_dir, clips, tmp_path):
