@@ -1,0 +1,125 @@
+"""Early exit against an independent reference: greedy tokens from an intermediate encoder layer equal Hugging Face
+transformers' PyTorch ``generate`` handed the same layer as ``encoder_outputs``.
+
+The layer's states come from HF's own encoder (``hidden_states[k]``; the raw output of the last block, which HF
+reports only after its final norm, from a forward hook), with HF's ``encoder.layer_norm`` (Whisper's ln_post) applied
+or not. Ours decodes from the mel with ``DecodingOptions(encoder_layer=k, apply_ln_post=...)``, so the encoder up to k,
+the optional ln_post and the cached decoder are all ours. Suppression is off on both sides (plain argmax), and HF
+runs ``GenerationMixin.generate`` (the generic greedy search), not Whisper's wrapper with its own prompt handling.
+
+- tiny random model (``tiny_model_dir``): layers 1 and 2 (= L) of 2 blocks, ln_post on and off, 3 random windows;
+- real weights (the packaged whisper-base converted to HF names): layers 2 and 4, ln_post on and off, 2 FLEURS clips.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
+
+from engine.data.audio import load_audio  # noqa: E402
+from engine.data.features import features_for_audio  # noqa: E402
+from engine.whisper.decoding import DecodingOptions  # noqa: E402
+from engine.whisper.loaded import load_whisper  # noqa: E402
+
+N_NEW = 12
+
+
+def hf_layer(hf, mel: np.ndarray, layer: int, ln_post: bool) -> torch.Tensor:
+    """Encoder layer ``layer`` (babelgrid indexing, 1..L) of HF's own encoder, with HF's final norm or not."""
+    captured = {}
+    hook = hf.model.encoder.layers[-1].register_forward_hook(
+        lambda mod, inp, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        with torch.no_grad():
+            out = hf.model.encoder(torch.from_numpy(mel), output_hidden_states=True)
+    finally:
+        hook.remove()
+    states = captured["last"] if layer == len(hf.model.encoder.layers) else out.hidden_states[layer]
+    with torch.no_grad():
+        return hf.model.encoder.layer_norm(states) if ln_post else states
+
+
+def hf_generate(hf, enc: torch.Tensor, prompt: np.ndarray, eot: int) -> list[list[int]]:
+    with torch.no_grad():
+        out = transformers.GenerationMixin.generate(
+            hf,
+            encoder_outputs=BaseModelOutput(last_hidden_state=enc),
+            decoder_input_ids=torch.from_numpy(prompt),
+            max_new_tokens=N_NEW,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=eot,
+            pad_token_id=eot,
+            decoder_start_token_id=int(prompt[0, 0]),
+            suppress_tokens=None,
+            begin_suppress_tokens=None,
+            forced_decoder_ids=None,
+        )
+    tokens = []
+    for row in out[:, prompt.shape[1] :].tolist():
+        tokens.append(row[: row.index(eot)] if eot in row else row)
+    return tokens
+
+
+def check_early_exit(whisper, hf, mel, layers, language):
+    tok = whisper.tokenizer
+    prompt = np.array([tok.sot_sequence(language, "transcribe")] * len(mel), np.int64)
+    compared = 0
+    for layer in layers:
+        for ln_post in (True, False):
+            options = DecodingOptions(
+                language=language,
+                encoder_layer=layer,
+                apply_ln_post=ln_post,
+                suppress_tokens=(),
+                suppress_blank=False,
+                max_new_tokens=N_NEW,
+            )
+            ours = whisper.transcribe(mel, options).tokens
+            ref = hf_generate(hf, hf_layer(hf, mel, layer, ln_post), prompt, tok.eot)
+            assert ours == ref, (layer, ln_post)
+            compared += sum(len(t) for t in ref)
+    assert compared > len(layers) * len(mel) * 4, "the references stopped at once: the comparison would prove little"
+
+
+def test_early_exit_matches_hf_generate_tiny(tiny_model_dir, tiny_whisper):
+    hf = transformers.WhisperForConditionalGeneration.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    mel = np.random.default_rng(1).standard_normal((3, 80, 3000)).astype(np.float32)
+    check_early_exit(tiny_whisper, hf.eval(), mel, (1, 2), "de")
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_early_exit_matches_hf_generate_real_weights(fleurs_clips):
+    from engine.whisper.checkpoints.load import load_checkpoint
+    from tests.conftest import hf_state_dict
+
+    ckpt = load_checkpoint(None)
+    d = ckpt.dims
+    cfg = transformers.WhisperConfig(
+        vocab_size=d.n_vocab,
+        num_mel_bins=d.n_mels,
+        encoder_layers=d.n_audio_layer,
+        decoder_layers=d.n_text_layer,
+        d_model=d.n_audio_state,
+        encoder_attention_heads=d.n_audio_head,
+        decoder_attention_heads=d.n_text_head,
+        encoder_ffn_dim=4 * d.n_audio_state,
+        decoder_ffn_dim=4 * d.n_text_state,
+        max_source_positions=d.n_audio_ctx,
+        max_target_positions=d.n_text_ctx,
+        attn_implementation="eager",
+    )
+    hf = transformers.WhisperForConditionalGeneration(cfg).eval()
+    sd = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in hf_state_dict(ckpt.state_dict).items()}
+    sd["proj_out.weight"] = sd["model.decoder.embed_tokens.weight"]
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"proj_out.weight"}, (missing, unexpected)
+    whisper = load_whisper()
+    clips = [p for p in fleurs_clips if p.stem in ("fleurs-de-000", "fleurs-de-001")]
+    mel = np.concatenate([features_for_audio(load_audio(p), d.n_mels)[0][:1] for p in clips])
+    check_early_exit(whisper, hf, mel, (2, 4), "de")
