@@ -17,6 +17,7 @@ the measure is for.
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 
 from engine.errors import BabelgridError, LanguageError
@@ -71,7 +72,13 @@ def _backend(voice: str):
     if voice not in EspeakBackend.supported_languages():
         raise LanguageError(f"espeak-ng has no voice {voice!r}; add the language's voice to ESPEAK_VOICES")
     # remove-flags: a foreign word gets espeak's other-language pronunciation without the "(en)" markers in the text.
-    return EspeakBackend(voice, preserve_punctuation=False, with_stress=False, language_switch="remove-flags")
+    # The quiet logger: phonemizer warns when espeak splits a word in two ("o'clock"), which one word a line
+    # makes harmless.
+    quiet = logging.getLogger("babelgrid.phonemizer")
+    quiet.setLevel(logging.ERROR)
+    return EspeakBackend(
+        voice, preserve_punctuation=False, with_stress=False, language_switch="remove-flags", logger=quiet
+    )
 
 
 def covers(lang: str) -> bool:

@@ -1,0 +1,215 @@
+"""The interp job (SeqSimInterp) end to end through its flags, its statistics against scipy and numpy, and a
+known-answer test on real speech with the packaged whisper-base.
+
+The job test encodes espeak-ng clips with the tiny random Whisper (the numbers mean nothing; the plumbing is what is
+checked) and writes the align job's words.parquet by hand, so that every skip reason can be planted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy.stats import ttest_rel
+
+from engine.data.audio import SAMPLE_RATE, load_audio
+from engine.encode import EncodeConfig, run_encode
+from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.stores.reader import open_store
+from engine.stores.words import WORD_SCHEMA
+from kernels.wordalign import wordalign
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SENTENCES = {
+    "en": ["the dog sees a house", "my cat is small", "good morning"],
+    "de": ["der Hund sieht ein Haus", "meine Katze ist klein", "guten Morgen"],
+    "sv": ["hunden ser ett hus", "min katt är liten", "god morgon"],  # Swedish: not a usem3 language
+}
+VOICES = {"en": "en-us", "de": "de", "sv": "sv"}
+
+
+def espeak(text: str, voice: str) -> bytes:
+    """WAV bytes of ``text`` spoken by espeak-ng."""
+    return subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], capture_output=True, check=True
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tiny_whisper, tiny_model_dir, tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    """(layer store of 3 utterances x 3 languages, words folder as the align job writes it)."""
+    root = tmp_path_factory.mktemp("interp")
+    lines = []
+    for lang, texts in SENTENCES.items():
+        for n, text in enumerate(texts):
+            path = root / f"{lang}-{n}.wav"
+            path.write_bytes(espeak(text, VOICES[lang]))
+            lines.append(json.dumps(dict(id=f"u{n}", lang=lang, path=str(path), transcription=text)))
+    (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    store = root / "store"
+    config = EncodeConfig(
+        out=str(store), model=str(tiny_model_dir), dataset=f"manifest:{root / 'clips.jsonl'}", progress=False
+    )
+    run_encode(config, whisper=tiny_whisper)
+    reader = open_store(str(store))
+    words = root / "words"
+    for lang, texts in SENTENCES.items():
+        table = reader.utterances_table(lang).to_pydict()
+        rows = {f.name: [] for f in WORD_SCHEMA}
+        for u, uid, n_frames in zip(table["utterance"], table["id"], table["n_frames"], strict=True):
+            if lang == "de" and uid == "u2":
+                continue  # no words: a skip
+            tokens = texts[int(uid[1:])].split()
+            step = n_frames / 50 / len(tokens)
+            for w, token in enumerate(tokens):
+                start = np.nan if (lang == "en" and uid == "u0" and w == 1) else w * step  # a missing time
+                for key, value in dict(
+                    utterance=u, id=uid, recording=0, word_index=w, word=f" {token},", start=start,
+                    end=(w + 1) * step, probability=0.9,
+                ).items():  # fmt: skip
+                    rows[key].append(value)
+        (words / lang).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pydict(rows, schema=WORD_SCHEMA), words / lang / "words.parquet")
+    return store, words
+
+
+def run_job(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.interp", "--progress=false", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_interp_job_through_flags(tiny_inputs, tmp_path):
+    store, words = tiny_inputs
+    out = tmp_path / "interp"
+    args = ("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de,en:sv")
+    proc = run_job(*args, "--layers", "1-2", "--pooling", "centre,max")
+    assert "4 (pair, layer) units computed, 0 kept" in proc.stdout
+    assert "skipped 1 (missing_timestamps): en/u0/1" in proc.stdout
+    assert "skipped 1 (no_words): de/u2" in proc.stdout
+    assert "(language_not_covered_by_usem3): sv/u0/0" in proc.stdout
+    assert (out / "en__de" / "text_similarity.png").stat().st_size > 1000
+    assert (out / "en__sv" / "phone_distance.png").stat().st_size > 1000
+
+    pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
+    assert tuple(pairs.columns) == PAIR_COLUMNS
+    assert set(pairs["id_a"]) == {"u0", "u1"} and (pairs["id_a"] == pairs["id_b"]).all()  # u2 has no German words
+    assert set(pairs["layer"]) == {1, 2} and set(pairs["pooling"]) == {"centre", "max"}
+    assert not ((pairs["id_a"] == "u0") & (pairs["word_index_a"] == 1)).any()  # the untimed word is left out
+    # Mutual best: a word is in at most one pair per (utterance pair, layer, pooling), on both sides.
+    for side in ("word_index_a", "word_index_b"):
+        assert not pairs.duplicated(["id_a", "layer", "pooling", side]).any()
+    # Random baseline: another word of the same utterance pair.
+    assert (pairs["word_index_random"] != pairs["word_index_b"]).all()
+    assert pairs["word_a"].str.endswith(",").all()  # words as the align job wrote them, stripped of space only
+    assert pairs["text_similarity"].notna().all() and pairs["phone_distance"].notna().all()
+    sv = pd.read_parquet(out / "en__sv" / "pairs.parquet")
+    assert len(sv) and sv["text_similarity"].isna().all() and sv["phone_distance"].notna().all()
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert tuple(summary.columns) == SUMMARY_COLUMNS and len(summary) == 2 * 2 * 2
+    check_summary_against_scipy(summary[summary["lang_b"] == "de"], pairs)
+
+    # Resume: every unit is kept and the outputs are the same.
+    again = run_job(*args, "--layers", "1-2", "--pooling", "centre,max")
+    assert "0 (pair, layer) units computed, 4 kept" in again.stdout
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "en__de" / "pairs.parquet"), pairs)
+    # Another pooling list is another run: refused, naming the field.
+    refused = run_job(*args, "--layers", "1-2", "--pooling", "mean", check=False)
+    assert refused.returncode != 0 and "poolings" in refused.stderr
+
+
+def check_summary_against_scipy(summary: pd.DataFrame, pairs: pd.DataFrame) -> None:
+    """summary.csv's means, t and p equal numpy and scipy.stats.ttest_rel run here on pairs.parquet."""
+    assert len(summary)
+    for _, row in summary.iterrows():
+        g = pairs[(pairs["layer"] == row["layer"]) & (pairs["pooling"] == row["pooling"]) & (pairs["rank"] == 0)]
+        assert row["n_word_pairs"] == len(g) and row["n_utterance_pairs"] == g["id_a"].nunique()
+        text_names = ("text_sim_matched", "text_sim_random", "t", "p")
+        phone_names = ("phone_dist_matched", "phone_dist_random", "t_phone", "p_phone")
+        for matched, random, names in (
+            ("text_similarity", "text_similarity_random", text_names),
+            ("phone_distance", "phone_distance_random", phone_names),
+        ):
+            both = g[[matched, random]].dropna().to_numpy(np.float64)
+            test = ttest_rel(both[:, 0], both[:, 1])
+            want = (both[:, 0].mean(), both[:, 1].mean(), test.statistic, test.pvalue)
+            np.testing.assert_allclose([row[n] for n in names], want, rtol=1e-5)  # summary.csv keeps 6 digits
+
+
+def test_summary_of_the_demo_run_against_scipy():
+    """The same check on a real run when one is lying around (the closing-note run on the demo store)."""
+    out = pathlib.Path(os.environ.get("BABELGRID_INTERP_OUT", "/tmp/demo_interp"))
+    if not (out / "summary.csv").exists():
+        pytest.skip(f"no interp run at {out}")
+    summary = pd.read_csv(out / "summary.csv")
+    for (a, b), rows in summary.groupby(["lang_a", "lang_b"]):
+        check_summary_against_scipy(rows, pd.read_parquet(out / f"{a}__{b}" / "pairs.parquet"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Known answer on real speech.
+
+KNOWN_WORDS = ("Hund", "Katze", "Haus")
+SILENCE_S = 0.4
+
+
+def spoken_word(word: str) -> np.ndarray:
+    """f32[samples] of one German word by espeak-ng, its leading and trailing silence cut."""
+    audio = load_audio(espeak(word, "de"))
+    loud = np.nonzero(np.abs(audio) > 1e-3)[0]
+    return audio[loud[0] : loud[-1] + 1]
+
+
+def concatenated(order, recorded) -> tuple[np.ndarray, np.ndarray]:
+    """The recorded words in ``order`` with silence around each; (audio, i32[word, 2] encoder-frame spans)."""
+    silence = np.zeros(int(SILENCE_S * SAMPLE_RATE), np.float32)
+    parts, spans, n = [silence], [], len(silence)
+    for word in order:
+        spans.append((n * 50 // SAMPLE_RATE, -(-(n + len(recorded[word])) * 50 // SAMPLE_RATE)))
+        parts += [recorded[word], silence]
+        n += len(recorded[word]) + len(silence)
+    return np.concatenate(parts), np.array(spans, np.int32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order_b", [("Haus", "Hund", "Katze"), ("Katze", "Haus", "Hund")])
+def test_known_permutation_of_spoken_words(order_b):
+    from engine.whisper.loaded import load_whisper
+
+    whisper = load_whisper()  # the packaged whisper-base
+    recorded = {w: spoken_word(w) for w in KNOWN_WORDS}
+    states = []
+    for order in (KNOWN_WORDS, order_b):
+        audio, spans = concatenated(order, recorded)
+        mel, _ = whisper.features(audio)
+        states.append((np.asarray(whisper.encode(mel))[:, 0], spans))  # [layer, 1500, embed]
+    (xa, sa), (xb, sb) = states
+    last_block = whisper.dims.n_audio_layer  # L: the last block's output (L+1 is ln_post, see the docs)
+    want = [order_b.index(w) for w in KNOWN_WORDS]
+    for pooling in ("centre", "mean", "max"):
+        got = wordalign(xa[last_block, None], 1500, sa, 3, xb[last_block, None], 1500, sb, 3, pooling=pooling, width=64)
+        i, j = np.nonzero(np.asarray(got.mutual[0]))
+        assert list(i) == [0, 1, 2] and list(j) == want, (pooling, i, j)
+    # Layer 0 (convolutions and positions) pairs words by position, not identity: the control that says the test
+    # can fail.
+    got = wordalign(xa[:1], 1500, sa, 3, xb[:1], 1500, sb, 3, pooling="centre", width=64)
+    i, j = np.nonzero(np.asarray(got.mutual[0]))
+    assert list(j) == [0, 1, 2]
