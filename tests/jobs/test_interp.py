@@ -23,6 +23,7 @@ from scipy.stats import ttest_rel
 from engine.data.audio import SAMPLE_RATE, load_audio
 from engine.encode import EncodeConfig, run_encode
 from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.stores.interp import read_pairs, read_summary
 from engine.stores.reader import open_store
 from engine.stores.words import WORD_SCHEMA
 from kernels.wordalign import wordalign
@@ -125,6 +126,10 @@ def test_interp_job_through_flags(tiny_inputs, tmp_path):
 
     summary = pd.read_csv(out / "summary.csv")
     assert tuple(summary.columns) == SUMMARY_COLUMNS and len(summary) == 2 * 2 * 2
+    # The analyst reader: one layer of one language pair.
+    one = read_pairs(str(out), "en", "de", 2, pooling="max")
+    pd.testing.assert_frame_equal(one, pairs[(pairs.layer == 2) & (pairs.pooling == "max")].reset_index(drop=True))
+    assert read_summary(str(out)).shape == summary.shape
     check_summary_against_scipy(summary[summary["lang_b"] == "de"], pairs)
 
     # Resume: every unit is kept and the outputs are the same.
