@@ -43,11 +43,10 @@ lint: setup-test
 
 # The main job on the embedded default: the packaged whisper-base over the bundled demo set
 # (synthesised with espeak-ng on first use): every layer into a store, all-pairs similarity
-# matrices, then retrieval metrics, a table and figures in $(OUT)/similarity.
+# matrices, then retrieval metrics, a table and figures in $(OUT)/similarity: the study jobs/configs/demo.yaml.
+# A second `make demo` skips the stages that completed.
 demo: setup
-	$(VPY) -m jobs.encode --out $(OUT)/store
-	$(VPY) -m jobs.seqsim --store $(OUT)/store --out $(OUT)/similarity
-	$(VPY) -m jobs.retrieval --similarity $(OUT)/similarity
+	$(VENV)/bin/babelgrid run demo --set out=$(OUT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
