@@ -38,7 +38,15 @@ from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
-from engine.stores.words import MANIFEST, WORD_SCHEMA, part_bytes, part_key, read_part, write_language
+from engine.stores.words import (
+    MANIFEST,
+    SUBTITLE_FORMATS,
+    WORD_SCHEMA,
+    part_bytes,
+    part_key,
+    read_part,
+    write_language,
+)
 from engine.whisper.decoding import DecodingOptions
 from engine.whisper.languages import fleurs_to_whisper
 from engine.whisper.loaded import load_whisper
@@ -77,12 +85,15 @@ class AlignConfig:
     chunk: int = 64  # utterances per part file (resume unit)
     median_filter_width: int = 7
     compute_dtype: str = "float32"
+    subtitles: tuple[str, ...] = ()  # also write per-utterance "srt" and/or "vtt" files of the words
     break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
     progress: bool | None = True  # None: only when stderr is a terminal
 
     def __post_init__(self):
         check_choice("transcripts", self.transcripts, TRANSCRIPT_SOURCES)
         check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        for fmt in self.subtitles:
+            check_choice("subtitles", fmt, SUBTITLE_FORMATS)
         if self.batch_size < 1 or self.chunk < 1:
             raise ValueError(f"batch_size and chunk must be >= 1, got {self.batch_size} and {self.chunk}")
 
@@ -334,4 +345,4 @@ def _merge(kv, lang: str, n_utterances: int, config: AlignConfig, reader) -> lis
         tables.append(part[0])
         skipped += [tuple(s) for s in part[1]["skipped"]]
     skipped += [(u, rows[u].id, "not_encoded") for u in range(n_utterances) if not done[u]]
-    return write_language(kv, config.out, lang, tables, skipped)
+    return write_language(kv, config.out, lang, tables, skipped, config.subtitles)

@@ -25,12 +25,15 @@ flags.DEFINE_integer("batch_size", 8, "utterances per decoder call")
 flags.DEFINE_integer("chunk", 64, "utterances per part file (the unit of resume)")
 flags.DEFINE_integer("median_filter_width", 7, "odd width of the median filter over frames (Whisper: 7)")
 flags.DEFINE_enum("compute_dtype", "float32", list(COMPUTE_DTYPES), "model dtype on the device")
+flags.DEFINE_list("subtitles", [], "also write per-utterance subtitle files: srt, vtt or both")
 common.define_run_flags(strict=True, distributed=True)
 FLAGS = flags.FLAGS
 
 
 def main() -> int:
-    summary = run_align(common.config_from_flags(AlignConfig, langs=common.parse_list(FLAGS.langs)))
+    summary = run_align(
+        common.config_from_flags(AlignConfig, langs=common.parse_list(FLAGS.langs), subtitles=tuple(FLAGS.subtitles))
+    )
     return common.finish(summary, summary.outputs)
 
 

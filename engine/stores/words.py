@@ -66,9 +66,12 @@ def read_part(kv, key: str):
     return table, meta
 
 
-def write_language(kv, out: str, lang: str, parts: Sequence[pa.Table], skipped: Sequence[tuple]) -> list[str]:
-    """Writes ``<lang>/words.parquet`` (the parts' rows, in part order) and ``<lang>/skipped.csv`` (sorted); returns
-    their URLs."""
+def write_language(
+    kv, out: str, lang: str, parts: Sequence[pa.Table], skipped: Sequence[tuple], subtitles: Sequence[str] = ()
+) -> list[str]:
+    """Writes ``<lang>/words.parquet`` (the parts' rows, in part order), ``<lang>/skipped.csv`` (sorted), one JSON per
+    aligned utterance and, for each of ``subtitles`` (``srt``, ``vtt``), one subtitle file per utterance; returns
+    the URLs of the first two."""
     words = pa.concat_tables(parts).replace_schema_metadata(None) if parts else WORD_SCHEMA.empty_table()
     buf = io.BytesIO()
     pq.write_table(words, buf)
@@ -76,9 +79,74 @@ def write_language(kv, out: str, lang: str, parts: Sequence[pa.Table], skipped: 
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["utterance", "id", "reason"])
     writer.writerows(sorted(skipped))
-    write_all(kv, {f"{lang}/{WORDS}": buf.getvalue(), f"{lang}/{SKIPPED}": text.getvalue().encode()}, out)
+    files = {f"{lang}/{WORDS}": buf.getvalue(), f"{lang}/{SKIPPED}": text.getvalue().encode()}
+    files |= per_utterance_files(lang, words, subtitles)
+    write_all(kv, files, out)
     root = out.rstrip("/") + "/"
     return [root + f"{lang}/{WORDS}", root + f"{lang}/{SKIPPED}"]
+
+
+SUBTITLE_FORMATS = ("srt", "vtt")
+CUE_MAX_CHARS = 42  # a subtitle line's usual limit
+CUE_MAX_SECONDS = 5.0
+
+
+def per_utterance_files(lang: str, words: pa.Table, subtitles: Sequence[str] = ()) -> dict[str, bytes]:
+    """``<lang>/json/<utterance>.json`` per aligned utterance: ``{"id", "recording", "language", "words": [{"word",
+    "start", "end", "probability"}]}``, each word in faster-whisper's word-dict shape; and ``<lang>/<fmt>/<utterance>
+    .<fmt>`` for each subtitle format, words grouped into cues of at most CUE_MAX_CHARS characters and
+    CUE_MAX_SECONDS. Files are named by utterance index, never by id: ids come from datasets and may hold '/'."""
+    for fmt in subtitles:
+        if fmt not in SUBTITLE_FORMATS:
+            raise ValueError(f"subtitle format must be one of {SUBTITLE_FORMATS}, got {fmt!r}")
+    by_utterance: dict[int, list[dict]] = {}
+    for row in words.to_pylist():
+        by_utterance.setdefault(row["utterance"], []).append(row)
+    files = {}
+    for u, rows in by_utterance.items():
+        listed = [
+            {
+                "word": r["word"],
+                "start": round(r["start"], 3),
+                "end": round(r["end"], 3),
+                "probability": r["probability"],
+            }
+            for r in rows
+        ]
+        record = {"id": rows[0]["id"], "recording": rows[0]["recording"], "language": lang, "words": listed}
+        files[f"{lang}/json/{u:08d}.json"] = (json.dumps(record, ensure_ascii=False, indent=1) + "\n").encode()
+        for fmt in subtitles:
+            files[f"{lang}/{fmt}/{u:08d}.{fmt}"] = _subtitles(listed, fmt).encode()
+    return files
+
+
+def _cues(words: list[dict]) -> list[tuple[float, float, str]]:
+    cues, current = [], []
+    for w in words:
+        text = "".join(x["word"] for x in [*current, w]).strip()
+        if current and (len(text) > CUE_MAX_CHARS or w["end"] - current[0]["start"] > CUE_MAX_SECONDS):
+            cues.append((current[0]["start"], current[-1]["end"], "".join(x["word"] for x in current).strip()))
+            current = []
+        current.append(w)
+    if current:
+        cues.append((current[0]["start"], current[-1]["end"], "".join(x["word"] for x in current).strip()))
+    return cues
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    ms = int(round(seconds * 1000))
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{separator}{ms % 1000:03d}"
+
+
+def _subtitles(words: list[dict], fmt: str) -> str:
+    """SubRip (``srt``: numbered cues, comma before milliseconds) or WebVTT (``vtt``: header, full stop)."""
+    lines = ["WEBVTT", ""] if fmt == "vtt" else []
+    separator = "." if fmt == "vtt" else ","
+    for i, (start, end, text) in enumerate(_cues(words), 1):
+        if fmt == "srt":
+            lines.append(str(i))
+        lines += [f"{_timestamp(start, separator)} --> {_timestamp(end, separator)}", text, ""]
+    return "\n".join(lines)
 
 
 def read_words(out: str, lang: str, *, skipped: bool = False):

@@ -156,7 +156,9 @@ def test_bad_language_codes_are_listed_before_anything_is_created(tiny_model_dir
 
 def test_align_skips_a_language_whisper_lacks(store, tiny_model_dir, tmp_path):
     out = tmp_path / "words"
-    proc = run_job("align", "--store", str(store), "--out", str(out), "--model", str(tiny_model_dir))
+    proc = run_job(
+        "align", "--store", str(store), "--out", str(out), "--model", str(tiny_model_dir), "--subtitles=srt,vtt"
+    )
     assert "(no_whisper_language): xx/a" in proc.stdout, proc.stdout
     skipped = (out / "xx" / "skipped.csv").read_text().splitlines()
     assert skipped == ["utterance,id,reason", "0,a,no_whisper_language"]
@@ -164,6 +166,14 @@ def test_align_skips_a_language_whisper_lacks(store, tiny_model_dir, tmp_path):
     words = read_words(str(out), "en").to_pylist()
     assert [w["word"] for w in words] == [" Hello", " there,", " world."] and {w["id"] for w in words} == {"a"}
     assert "(no_transcription): en/c" in proc.stdout and "--transcripts decode" in proc.stdout
+    # The same words per utterance as faster-whisper's word dicts, and as subtitles.
+    record = json.loads((out / "en" / "json" / "00000000.json").read_text())
+    assert record["id"] == "a" and record["language"] == "en"
+    assert [w["word"] for w in record["words"]] == [" Hello", " there,", " world."]
+    assert set(record["words"][0]) == {"word", "start", "end", "probability"}
+    srt = (out / "en" / "srt" / "00000000.srt").read_text().splitlines()
+    assert srt[0] == "1" and " --> " in srt[1] and "," in srt[1] and srt[2] == "Hello there, world."
+    assert (out / "en" / "vtt" / "00000000.vtt").read_text().startswith("WEBVTT\n\n00:00:")
 
 
 def test_an_unwritable_output_is_a_clear_error_not_a_traceback(tiny_model_dir, clips, tmp_path):
