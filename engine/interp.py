@@ -50,7 +50,7 @@ from engine.similarity import resolve_pairs
 from engine.stores.kv import create_or_compare, open_kvstore, read_value, write_value
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
-from kernels.wordalign import POOLINGS, span_width, wordalign_pairs
+from kernels.wordalign import POOLINGS, check_spans, wordalign_pairs
 
 FORMAT_NAME = "babelgrid-interp"
 FORMAT_VERSION = 1
@@ -153,8 +153,9 @@ def word_frames(start: float, end: float, n_frames: int) -> tuple[int, int] | No
     missing or reversed times."""
     if not (math.isfinite(start) and math.isfinite(end)) or end < start or start < 0:
         return None
-    s = min(int(math.floor(start * ENCODER_FRAMES_PER_SECOND)), n_frames - 1)
-    # A small tolerance: 0.3 s is 15 frames, not 16 after float32 rounding up.
+    # A small tolerance both ways: the align job's times lie on the 20 ms frame grid, and after float32 rounding
+    # 0.3 s may read 14.99999 or 15.00001 frames; without it neighbouring words would share a frame.
+    s = min(int(math.floor(start * ENCODER_FRAMES_PER_SECOND + 1e-3)), n_frames - 1)
     e = min(max(s + 1, int(math.ceil(end * ENCODER_FRAMES_PER_SECOND - 1e-3))), n_frames)
     return s, e
 
@@ -180,6 +181,14 @@ def _load_language(reader, words_url: str, lang: str, encoder, summary: InterpSu
         if span is None:
             summary.skip("missing_timestamps", lang, f"{uid}/{wi}")
             continue
+        earlier = words.get(uid)
+        if earlier and span[0] < earlier[-1][4]:
+            # Words may not share frames (mean and max pool disjoint segments): the later word starts where the
+            # earlier one ends, and is dropped when nothing is left of it.
+            span = (earlier[-1][4], span[1])
+            if span[0] >= span[1]:
+                summary.skip("overlapping_timestamps", lang, f"{uid}/{wi}")
+                continue
         words.setdefault(uid, []).append((int(wi), word.strip(), key, *span))
     for uid in index:
         if uid not in words:
@@ -243,9 +252,10 @@ def _unit_rows(A, B, layer, pairs, states, config, phone_cache) -> dict[str, lis
         frames = -(-int(max(fa.max(), fb.max())) // FRAME_QUANTUM) * FRAME_QUANTUM
         xa = _crop(Xa[[idx_a[u] for u in ids_a]], frames)[:, None]  # [pair, layer=1, frame, embed]
         xb = _crop(Xb[[idx_b[u] for u in ids_b]], frames)[:, None]
-        width = span_width(np.concatenate([sa, sb]), np.concatenate([na, nb]))
+        check_spans("spans_a", sa, na, fa)
+        check_spans("spans_b", sb, nb, fb)
         for pooling in config.poolings:
-            got = wordalign_pairs(xa, fa, sa, na, xb, fb, sb, nb, threshold, pooling=pooling, width=width)
+            got = wordalign_pairs(xa, fa, sa, na, xb, fb, sb, nb, threshold, pooling=pooling)
             cosine, mutual = np.asarray(got.cosine[:, 0]), np.asarray(got.mutual[:, 0])
             for p, (id_a, id_b, rank) in enumerate(block):
                 rng = _rng(config.seed, A.lang, B.lang, layer, pooling, id_a, id_b)

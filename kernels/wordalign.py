@@ -6,7 +6,7 @@ j and j's best in a is a) are the word pairs.
 
 Glossary (axis names as in ``engine.axes`` where they exist): ``layer`` an encoder layer, ``frame`` an encoder frame
 (50 per second), ``embed`` the model width, ``word`` a word of one utterance, ``pair`` a pair of utterances of two
-languages, ``width`` the frames of the longest word of a block (static, the window every word is read through).
+languages.
 
 Poolings (``POOLINGS``):
 
@@ -19,9 +19,9 @@ Conventions (as in ``kernels.seqsim``):
 
 - Frames at index ``>= n_frames`` and words at index ``>= n_words`` are padding and may hold anything, NaN and inf
   included (spans of padding words too): they are removed with ``where`` before arithmetic touches them.
-- A valid word has ``0 <= start < end <= n_frames`` and ``end - start <= width``; ``check_spans`` checks concrete
-  spans. Under an outer ``jit`` a word longer than ``width`` is silently cut to its first ``width`` frames, which is
-  why the library picks ``width`` from the spans (``span_width``).
+- A valid word has ``0 <= start < end <= n_frames`` and starts at or after the end of the words before it (words
+  do not overlap); ``check_spans`` checks concrete spans. Under an outer ``jit`` a frame inside two words counts
+  for the earlier one only (mean and max).
 - Cosines divide by ``max(|x|, COS_EPS)``. Entries touching a padding word are ``-inf`` (below every cosine) and
   never mutual.
 - Mutual best: ``j = argmax_j c[i, j]`` and ``i = argmax_i c[i, j]``, ties to the lower index (``argmax``), and
@@ -41,7 +41,6 @@ from engine.errors import ShapeError
 from kernels.seqsim import COS_EPS
 
 POOLINGS = ("centre", "mean", "max")
-WIDTH_QUANTUM = 8  # word windows are rounded up to a multiple of this (fewer recompiles over blocks)
 
 
 class WordAlignment(NamedTuple):
@@ -51,56 +50,62 @@ class WordAlignment(NamedTuple):
     mutual: jax.Array
 
 
-def span_width(spans: np.ndarray, n_words: np.ndarray) -> int:
-    """Static window for ``spans: i32[..., word, 2]``: the longest valid word, rounded up to ``WIDTH_QUANTUM``."""
-    spans = np.asarray(spans)
-    valid = np.arange(spans.shape[-2]) < np.asarray(n_words)[..., None]
-    longest = int(np.max(np.where(valid, spans[..., 1] - spans[..., 0], 1), initial=1))
-    return -(-longest // WIDTH_QUANTUM) * WIDTH_QUANTUM
-
-
-def check_spans(name: str, spans, n_words, n_frames, width: int) -> None:
-    """Concrete spans ``i32[pair, word, 2]`` of valid words must satisfy ``0 <= start < end <= n_frames`` and
-    ``end - start <= width``; padding words are not looked at."""
+def check_spans(name: str, spans, n_words, n_frames) -> None:
+    """Concrete spans ``i32[pair, word, 2]`` of valid words must satisfy ``0 <= start < end <= n_frames`` and not
+    overlap (``start`` of a word >= ``end`` of every earlier one); padding words are not looked at."""
     spans, n_words, n_frames = np.asarray(spans), np.asarray(n_words), np.asarray(n_frames)
     if spans.ndim != 3 or spans.shape[-1] != 2:
         raise ShapeError(f"{name} must be i32[pair, word, 2] (start, end frame of each word), got {spans.shape}")
     valid = np.arange(spans.shape[1])[None, :] < n_words[:, None]
     start, end = spans[..., 0], spans[..., 1]
-    bad = valid & ((start < 0) | (end <= start) | (end > n_frames[:, None]) | (end - start > width))
+    earlier_end = np.maximum.accumulate(np.where(valid, end, 0), axis=1)
+    overlap = np.zeros_like(valid)
+    overlap[:, 1:] = start[:, 1:] < earlier_end[:, :-1]
+    bad = valid & ((start < 0) | (end <= start) | (end > n_frames[:, None]) | overlap)
     if bad.any():
         p, w = np.argwhere(bad)[0]
         raise ShapeError(
-            f"{name}[{p}, {w}] = {spans[p, w].tolist()} is not a span 0 <= start < end <= {n_frames[p]} frames of "
-            f"width <= {width}: clip word times to the utterance and pass width=span_width(spans, n_words)"
+            f"{name}[{p}, {w}] = {spans[p, w].tolist()} is not a span 0 <= start < end <= {n_frames[p]} frames "
+            "after the previous word's end: clip word times to the utterance and trim overlapping words "
+            "(engine.interp.word_frames does both)"
         )
 
 
-def word_embeddings(states: jax.Array, n_frames, spans: jax.Array, pooling: str, width: int) -> jax.Array:
+def word_embeddings(states: jax.Array, n_frames, spans: jax.Array, n_words, pooling: str) -> jax.Array:
     """Pool each word's frames at every layer.
 
-    states: f32|bf16[layer, frame, embed]; n_frames: i32[] valid frames; spans: i32[word, 2] frame [start, end).
-    Returns f32[layer, word, embed]. Words are read through a window of ``width`` frames from their start, so the
-    work is layer x word x width x embed whatever the utterance's length.
+    states: f32|bf16[layer, frame, embed]; n_frames: i32[] valid frames; spans: i32[word, 2] frame [start, end),
+    not overlapping; n_words: i32[] valid words. Returns f32[layer, word, embed] (zeros for padding words).
+
+    mean and max are segment reductions over the frames (each frame belongs to at most one word): work is
+    frame x embed whatever the words' lengths, and sums run within a word only (no cancellation, as a difference
+    of prefix sums would have). Tried and slower on XLA's CPU backend (bench/wordalign.py): a window of the longest
+    word's width for every word (word x width x embed, 8x slower) and a segmented associative scan (3x slower).
     """
-    frames = states.shape[1]
+    layers, frames, _ = states.shape
+    words = spans.shape[0]
     start, end = spans[:, 0], spans[:, 1]
+    real = jnp.arange(words) < n_words
     if pooling == "centre":
         index = jnp.clip(start + (end - start) // 2, 0, frames - 1)
         centre = jnp.take(states, index, axis=1).astype(jnp.float32)  # [layer, word, embed]
-        ok = (index < n_frames)[None, :, None]
+        ok = (real & (index < n_frames))[None, :, None]
         return jnp.where(ok, centre, 0.0)
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    index = start[:, None] + jnp.arange(width)[None, :]  # [word, width]
-    inside = (index < end[:, None]) & (index < n_frames)
-    window = jnp.take(states, jnp.clip(index, 0, frames - 1), axis=1).astype(jnp.float32)  # [layer, word, width, embed]
-    inside = inside[None, :, :, None]
+    f = jnp.arange(frames)
+    inside = real[:, None] & (f >= start[:, None]) & (f < end[:, None]) & (f < n_frames)  # [word, frame]
+    in_word = jnp.any(inside, axis=0)
+    # The word of each frame; frames of no word go to an extra segment that is dropped.
+    segment = jnp.where(in_word, jnp.argmax(inside, axis=0), words)
+    x = jnp.where(in_word[None, :, None], states.astype(jnp.float32), 0.0)
+    x = jnp.swapaxes(x, 0, 1)  # [frame, layer, embed]: segment ops reduce the leading axis
     if pooling == "mean":
-        count = jnp.maximum(jnp.sum(inside, axis=2), 1)  # padding words may have empty spans: no 0/0
-        return jnp.sum(jnp.where(inside, window, 0.0), axis=2) / count
-    best = jnp.max(jnp.where(inside, window, -jnp.inf), axis=2)
-    return jnp.where(jnp.isfinite(best), best, 0.0)  # empty spans (padding words only) give -inf: zero them
+        total = jax.ops.segment_sum(x, segment, num_segments=words + 1)[:words]
+        pooled = total / jnp.maximum(jnp.sum(inside, axis=1), 1)[:, None, None]  # padding words: no 0/0
+    else:
+        pooled = jax.ops.segment_max(x, segment, num_segments=words + 1)[:words]  # empty segments: -inf
+    return jnp.where(real[None, :, None], jnp.swapaxes(pooled, 0, 1), 0.0)
 
 
 def _unit(x: jax.Array) -> jax.Array:
@@ -128,7 +133,6 @@ def wordalign(
     threshold=-jnp.inf,
     *,
     pooling: str = "centre",
-    width: int = WIDTH_QUANTUM,
 ) -> WordAlignment:
     """Word cosines and mutual best matches of one pair of utterances at every layer.
 
@@ -136,21 +140,21 @@ def wordalign(
     word; n_words_a: i32[] valid words (>= 1); the same for b with the same layers and embed. threshold: f32[],
     the lowest cosine a mutual pair may have. Returns WordAlignment of f32 and bool ``[layer, word_a, word_b]``.
     """
-    emb_a = _unit(word_embeddings(states_a, n_frames_a, spans_a, pooling, width))
-    emb_b = _unit(word_embeddings(states_b, n_frames_b, spans_b, pooling, width))
+    emb_a = _unit(word_embeddings(states_a, n_frames_a, spans_a, n_words_a, pooling))
+    emb_b = _unit(word_embeddings(states_b, n_frames_b, spans_b, n_words_b, pooling))
     c = jnp.einsum("lie,lje->lij", emb_a, emb_b, precision=jax.lax.Precision.HIGHEST)
     valid = (jnp.arange(spans_a.shape[0]) < n_words_a)[:, None] & (jnp.arange(spans_b.shape[0]) < n_words_b)[None, :]
     c = jnp.where(valid[None], c, -jnp.inf)
     return WordAlignment(c, mutual_best(c) & valid[None] & (c >= threshold))
 
 
-@functools.partial(jax.jit, static_argnames=("pooling", "width"))
+@functools.partial(jax.jit, static_argnames=("pooling",))
 def wordalign_pairs(
-    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold, *, pooling, width
+    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold, *, pooling
 ) -> WordAlignment:
     """``wordalign`` over a block of pairs: states f32|bf16[pair, layer, frame, embed], n_frames i32[pair], spans
     i32[pair, word, 2], n_words i32[pair]; threshold f32[] shared. Returns ``[pair, layer, word_a, word_b]``."""
-    one = functools.partial(wordalign, pooling=pooling, width=width)
+    one = functools.partial(wordalign, pooling=pooling)
     return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None))(
         states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold
     )

@@ -210,11 +210,11 @@ def test_known_permutation_of_spoken_words(order_b):
     last_block = whisper.dims.n_audio_layer  # L: the last block's output (L+1 is ln_post, see the docs)
     want = [order_b.index(w) for w in KNOWN_WORDS]
     for pooling in ("centre", "mean", "max"):
-        got = wordalign(xa[last_block, None], 1500, sa, 3, xb[last_block, None], 1500, sb, 3, pooling=pooling, width=64)
+        got = wordalign(xa[last_block, None], 1500, sa, 3, xb[last_block, None], 1500, sb, 3, pooling=pooling)
         i, j = np.nonzero(np.asarray(got.mutual[0]))
         assert list(i) == [0, 1, 2] and list(j) == want, (pooling, i, j)
     # Layer 0 (convolutions and positions) pairs words by position, not identity: the control that says the test
     # can fail.
-    got = wordalign(xa[:1], 1500, sa, 3, xb[:1], 1500, sb, 3, pooling="centre", width=64)
+    got = wordalign(xa[:1], 1500, sa, 3, xb[:1], 1500, sb, 3, pooling="centre")
     i, j = np.nonzero(np.asarray(got.mutual[0]))
     assert list(j) == [0, 1, 2]

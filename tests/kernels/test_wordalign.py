@@ -37,11 +37,10 @@ def ragged_pairs(rng, pairs, layers, frames, words, embed, poison):
 def test_wordalign_vs_reference(pooling, poison):
     rng = np.random.default_rng(zlib.crc32(f"{pooling}{poison}".encode()))  # fixed per case, not per process
     (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=5, layers=3, frames=40, words=7, embed=16, poison=poison)
-    width = wa.span_width(np.concatenate([sa, sb]), np.concatenate([na, nb]))
-    wa.check_spans("spans_a", sa, na, fa, width)
-    wa.check_spans("spans_b", sb, nb, fb, width)
+    wa.check_spans("spans_a", sa, na, fa)
+    wa.check_spans("spans_b", sb, nb, fb)
     for threshold in (-np.inf, 0.1):
-        got = wa.wordalign_pairs(A, fa, sa, na, B, fb, sb, nb, np.float32(threshold), pooling=pooling, width=width)
+        got = wa.wordalign_pairs(A, fa, sa, na, B, fb, sb, nb, np.float32(threshold), pooling=pooling)
         assert got.cosine.shape == got.mutual.shape == (5, 3, 7, 7) and got.cosine.dtype == jnp.float32
         for p in range(5):
             c, m = wa.reference_wordalign(
@@ -62,16 +61,15 @@ def test_mutual_best_is_a_permutation_for_shuffled_words():
     b = np.repeat(vec[perm], 4, axis=0)[None] + 0.01 * rng.standard_normal((1, words * 4, embed)).astype(np.float32)
     spans = np.stack([np.arange(words) * 4, np.arange(words) * 4 + 4], axis=1).astype(np.int32)
     for pooling in wa.POOLINGS:
-        out = wa.wordalign(a, 24, spans, words, b, 24, spans, words, pooling=pooling, width=8)
+        out = wa.wordalign(a, 24, spans, words, b, 24, spans, words, pooling=pooling)
         i, j = np.nonzero(np.asarray(out.mutual[0]))
         np.testing.assert_array_equal(perm[j], i)
 
 
 def test_check_spans_names_the_fix():
-    spans = np.array([[[0, 3], [3, 12]]], np.int32)
-    with pytest.raises(ShapeError, match="span_width"):
-        wa.check_spans("spans_a", spans, np.array([2]), np.array([12]), width=8)
-    with pytest.raises(ShapeError, match=r"spans_a\[0, 1\]"):
-        wa.check_spans("spans_a", spans, np.array([2]), np.array([10]), width=16)
-    assert wa.span_width(spans, np.array([2])) == 16
-    wa.check_spans("spans_a", spans, np.array([1]), np.array([3]), width=8)  # the long word is padding here
+    spans = np.array([[[0, 3], [2, 12]]], np.int32)
+    with pytest.raises(ShapeError, match=r"spans_a\[0, 1\].*overlapping"):
+        wa.check_spans("spans_a", spans, np.array([2]), np.array([12]))
+    with pytest.raises(ShapeError, match=r"spans_a\[0, 0\]"):
+        wa.check_spans("spans_a", spans, np.array([1]), np.array([2]))
+    wa.check_spans("spans_a", spans, np.array([1]), np.array([3]))  # the overlapping word is padding here
