@@ -1,0 +1,27 @@
+"""docs/outputs.md names every column every job writes: the schemas are read from the code that writes them."""
+
+import pathlib
+import re
+
+from engine.retrieval import CSV_COLUMNS
+from engine.stores.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
+from engine.stores.schema import _PARQUET_SCHEMA, INFO_FIELDS
+from engine.stores.similarity import done_marker
+from engine.stores.words import WORD_SCHEMA
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "outputs.md"
+
+
+def test_every_written_column_is_documented():
+    named = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_]*)`", DOC.read_text()))
+    written = {
+        "layer store utterances.parquet": _PARQUET_SCHEMA.names,
+        "layer store manifest": INFO_FIELDS,
+        "similarity done marker": [*done_marker([0], [1]), "layer", "dtype"],
+        "retrieval.csv": CSV_COLUMNS,
+        "words.parquet": WORD_SCHEMA.names,
+        "hypotheses.parquet": HYPOTHESIS_SCHEMA.names,
+        "scores.csv": SCORE_COLUMNS,
+    }
+    missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
+    assert not missing, f"columns written but not described in docs/outputs.md: {missing}"
