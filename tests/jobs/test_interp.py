@@ -82,10 +82,10 @@ def tiny_inputs(tiny_whisper, tiny_model_dir, tmp_path_factory) -> tuple[pathlib
     return store, words
 
 
-def run_job(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_job(*args: str, check: bool = True, job: str = "jobs.interp") -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.interp", "--progress=false", *args],
+        [sys.executable, "-m", job, "--progress=false", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -139,6 +139,29 @@ def test_interp_job_through_flags(tiny_inputs, tmp_path):
     # Another pooling list is another run: refused, naming the field.
     refused = run_job(*args, "--layers", "1-2", "--pooling", "mean", check=False)
     assert refused.returncode != 0 and "poolings" in refused.stderr
+
+
+def test_retrieved_candidates(tiny_inputs, tmp_path):
+    """--retrieved 1 adds each English query's best non-parallel German candidate under SeqSim at the same layer."""
+    store, words = tiny_inputs
+    sim = tmp_path / "sim"
+    run_job("--store", str(store), "--out", str(sim), "--pairs", "en:de", "--layers", "2", "--measure", "seqsim",
+            job="jobs.seqsim")  # fmt: skip
+    out = tmp_path / "interp"
+    run_job("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de", "--layers", "2",
+            "--retrieved", "1", "--similarity", str(sim))  # fmt: skip
+    pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
+    retrieved = pairs[pairs["rank"] == 1]
+    assert len(retrieved) and (retrieved["id_a"] != retrieved["id_b"]).all()
+    assert set(retrieved["id_b"]) <= {"u0", "u1"}  # de/u2 has no words: never a candidate
+    from engine.stores.similarity import open_similarity
+
+    scores, rows, cols = open_similarity(str(sim)).matrix("seqsim", "en", "de", 2)
+    for id_a, g in retrieved.groupby("id_a"):
+        ranked = [cols[c] for c in np.argsort(-scores[rows.index(id_a)]) if cols[c] not in (id_a, "u2")]
+        assert set(g["id_b"]) == {ranked[0]}
+    summary = pd.read_csv(out / "summary.csv")  # parallel pairs only
+    assert summary["n_word_pairs"].iloc[0] == (pairs["rank"] == 0).sum()
 
 
 def check_summary_against_scipy(summary: pd.DataFrame, pairs: pd.DataFrame) -> None:
