@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.data.audio import N_ENCODER_FRAMES
+from engine.dtypes import DTYPES
 from engine.errors import BabelgridError, LanguageError
 from engine.parallel import barrier, is_process_zero
-from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done

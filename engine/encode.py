@@ -35,9 +35,10 @@ from engine.data import audio as audio_lib
 from engine.data.features import features_for_audio
 from engine.data.sources import get_source
 from engine.data.utterance import Utterance
+from engine.dtypes import DTYPES
 from engine.errors import AudioError, LanguageError
 from engine.parallel import ShardedEncoder, data_mesh
-from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
 from engine.stores.kv import StoreError
 from engine.stores.language import StatesRejectedError, utterance_range
 from engine.stores.layers import LayerStore

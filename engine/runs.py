@@ -1,5 +1,6 @@
 """Run plumbing shared by every job's library side: one way to create or check a run's manifest, to let process 0
-create what every process then opens, to count what a run skipped, to show progress and to name dtypes.
+create what every process then opens, to count what a run skipped, to show progress, to hold the output's writer
+lease; and the dtype table (``engine.dtypes``).
 
 A job's library function (``run_encode``, ``run_similarity``, ``run_align``, ...) follows one pattern, with
 ``engine.stores.kv.create_or_compare`` for its manifest::
@@ -19,8 +20,6 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-import ml_dtypes
-import numpy as np
 from tqdm.auto import tqdm
 
 from engine.parallel import barrier, is_process_zero
@@ -28,21 +27,6 @@ from engine.stores.kv import open_kvstore
 from engine.stores.lease import DEFAULT_TTL, WriterLease
 
 T = TypeVar("T")
-
-# Every dtype a run may name, for storage or compute. jax.numpy takes these NumPy dtypes as they are.
-DTYPES: dict[str, np.dtype] = {
-    "float32": np.dtype(np.float32),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float16": np.dtype(np.float16),
-}
-
-
-def dtype(name: str, allowed: Iterable[str] = tuple(DTYPES), what: str = "dtype") -> np.dtype:
-    """The NumPy dtype called ``name``; a ValueError naming ``what`` and the choices when it is not allowed."""
-    allowed = tuple(allowed)
-    if name not in allowed:
-        raise ValueError(f"{what} must be one of {allowed}, got {name!r}")
-    return DTYPES[name]
 
 
 def check_choice(what: str, value, choices: Iterable) -> None:

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.dtypes import DTYPES
 from engine.parallel import barrier, data_mesh, is_process_zero
-from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import (

@@ -33,6 +33,7 @@ import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.data.audio import ENCODER_FRAMES_PER_SECOND, HOP_LENGTH, LONG_AUDIO_MODES, N_FFT, N_SAMPLES, SAMPLE_RATE
+from engine.dtypes import DTYPES as ALL_DTYPES
 from engine.stores.kv import StoreError
 from engine.whisper.dims import ModelDimensions
 
@@ -41,7 +42,7 @@ FORMAT_NAME = "babelgrid-layer-store"
 FRAME_RATE = float(ENCODER_FRAMES_PER_SECOND)  # encoder frames per second of audio (20 ms each)
 LENGTHS_CHUNK = 256  # utterances per `lengths` chunk: processes write ranges aligned to it
 NOT_DONE = -1  # `lengths` fill value: the utterance has no committed states yet
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = tuple(ALL_DTYPES)  # storage dtypes: every dtype babelgrid names
 # The front end every babelgrid version so far computes (engine.data.features): what turns audio into the encoder's
 # input. Recorded so that a store made with another front end is never resumed with this one.
 FEATURES = {
