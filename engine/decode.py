@@ -32,9 +32,10 @@ import pyarrow as pa
 
 from engine.analysis import text_metrics
 from engine.data.audio import EmptyAudioError, SilentAudioError, load_audio
+from engine.dtypes import DTYPES
 from engine.errors import AudioError, BabelgridError, LanguageError
 from engine.parallel import barrier, is_process_zero
-from engine.runs import DTYPES, RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
 from engine.stores import hypotheses as hyp
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.reader import open_store
