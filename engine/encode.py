@@ -156,6 +156,7 @@ def _probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow
                 lang=utt.lang,
                 path=utt.path,
                 transcription=utt.transcription,
+                raw_transcription=utt.raw_transcription,
                 duration_s=duration,
                 n_frames=n_frames,
                 n_windows=n_windows,

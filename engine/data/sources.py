@@ -73,13 +73,14 @@ def get_source(spec: str, **kwargs: Any) -> Source:
 # --- manifests ------------------------------------------------------------------------------------------------------
 
 MANIFEST_REQUIRED = ("id", "lang", "path")
-MANIFEST_OPTIONAL = ("transcription", "speaker", "gender", "split", "duration_s")
+MANIFEST_OPTIONAL = ("transcription", "raw_transcription", "speaker", "gender", "split", "duration_s")
 
 
 class ManifestSource:
     """A JSONL (one object per line) or CSV/TSV (with a header) list of utterances.
 
-    Columns: ``id``, ``lang``, ``path`` (required); ``transcription``, ``speaker``, ``gender``, ``split``,
+    Columns: ``id``, ``lang``, ``path`` (required); ``transcription``, ``raw_transcription`` (the text as read,
+    cased and punctuated), ``speaker``, ``gender``, ``split``,
     ``duration_s`` (optional; other columns are ignored). Relative paths resolve against the manifest's folder.
     Audio files are not checked here: a missing one fails that utterance's ``load`` alone.
     """
@@ -154,6 +155,7 @@ class ManifestSource:
             audio=str(audio),
             path=str(audio),
             transcription=text_or_none(record.get("transcription")),
+            raw_transcription=text_or_none(record.get("raw_transcription")),
             speaker=text_or_none(record.get("speaker")),
             gender=text_or_none(record.get("gender")),
             duration_s=duration,

@@ -177,6 +177,8 @@ class UtteranceRow:
     recording: int = 0  # 0 for the first recording of (lang, id), 1, 2, ... for further ones (FLEURS)
     speaker: str | None = None
     gender: str | None = None
+    # The text as read (FLEURS: cased and punctuated); None where the source has none or the store predates it.
+    raw_transcription: str | None = None
 
     def __post_init__(self):
         for name in ("id", "lang", "path"):
@@ -187,7 +189,7 @@ class UtteranceRow:
                 f"UtteranceRow.recording must be an int >= 0, got {self.recording!r} (utterance {self.id!r})"
             )
         object.__setattr__(self, "recording", int(self.recording))
-        for name in ("transcription", "speaker", "gender"):
+        for name in ("transcription", "speaker", "gender", "raw_transcription"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 raise StoreError(f"UtteranceRow.{name} must be a str or None, got {getattr(self, name)!r}")
         for name in ("n_frames", "n_windows"):
@@ -214,8 +216,11 @@ _PARQUET_SCHEMA = pa.schema(
         pa.field("recording", pa.int32(), nullable=False),
         pa.field("speaker", pa.string()),
         pa.field("gender", pa.string()),
+        pa.field("raw_transcription", pa.string()),
     ]
 )
+# Columns added after the first stores were written: a table without them still reads, as nulls.
+_ADDED_COLUMNS = ("raw_transcription",)
 
 
 def states_spec(kvstore: dict, *, n_layers: int, n_utterances: int, max_frames: int, embed: int, dtype: str) -> dict:
@@ -360,6 +365,9 @@ def check_same_rows(stored, given, lang: str, url: str) -> None:
             "Never mix two utterance tables in one language: restore the original list or use a new output folder"
         )
     for u, (a, b) in enumerate(zip(stored, given, strict=True)):
+        # A table written before a column was added reads it as null: resuming such a store with a source that now
+        # fills the column is the same table, not a different one.
+        a = dataclasses.replace(a, **{n: getattr(b, n) for n in _ADDED_COLUMNS if getattr(a, n) is None})
         if a != b:
             name = next(n for n in ROW_FIELDS if getattr(a, n) != getattr(b, n))
             raise StoreMismatchError(
@@ -390,6 +398,9 @@ def _read_table(kv: ts.KvStore, key: str, url: str, *, missing_ok: bool = False)
             return None
         raise StoreError(f"store {url!r} has no {key}; the language was not created completely: encode it again")
     table = pq.read_table(pa.BufferReader(result.value))
+    for name in _ADDED_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(_PARQUET_SCHEMA.field(name), pa.nulls(table.num_rows, pa.string()))
     if table.column_names != _PARQUET_SCHEMA.names or not np.array_equal(
         table.column("utterance").to_numpy(), np.arange(table.num_rows)
     ):

@@ -479,3 +479,21 @@ def test_store_info_validates():
         UtteranceRow(id=7, lang="de", path="p", duration_s=1.0, n_frames=1, n_windows=1)
     assert StoreInfo.from_dict(INFO.to_dict()) == INFO
     assert isinstance(INFO.dims, ModelDimensions)
+
+
+def test_a_table_from_before_raw_transcription_reads_as_nulls_and_resumes(tmp_path):
+    """Stores written before the ``raw_transcription`` column read it as null, and a source that now fills it
+    resumes them instead of being refused as another table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    url = f"file://{tmp_path}/out"
+    _, _, rows, _ = fill(url)
+    table_path = tmp_path / "out" / "de" / "utterances.parquet"
+    table = pq.read_table(table_path)
+    pq.write_table(table.drop_columns(["raw_transcription"]), table_path)  # as an old store wrote it
+    reread = open_store(url).utterances_table("de")
+    assert reread.column("raw_transcription").to_pylist() == [None] * len(rows)
+    assert reread.schema.field("raw_transcription").type == pa.string()
+    filled = [dataclasses.replace(r, raw_transcription=f"Sentence {u}.") for u, r in enumerate(rows)]
+    assert LayerStore.create_or_open(url, INFO).language("de", filled).n_utterances == len(rows)
