@@ -1,0 +1,61 @@
+"""The challenge-set filter on hand-made sentence pairs (espeak-ng phonemises a few words; no store)."""
+
+import pytest
+
+from engine.analysis import challenge
+from engine.analysis.phones import PhonesError
+
+BOOK = challenge.PhoneBook()  # shared: each word is phonemised once for the whole module
+
+
+def flag(a, text_a, b, text_b, **config):
+    return challenge.flag_pair(a, text_a, b, text_b, challenge.FilterConfig(**config), BOOK)
+
+
+def test_a_shared_name_or_number_is_removed_and_named():
+    paris = flag("en", "We flew to Paris on Monday.", "de", "Wir flogen am Montag nach Paris.")
+    assert not paris.kept and challenge.NAMES_NUMBERS in paris.reasons
+    assert any("Paris" in e for e in paris.evidence)
+    year = flag("en", "It opened in 2019.", "es", "Se abrió en 2019.")
+    assert not year.kept and year.reason == challenge.NAMES_NUMBERS and "number 2019" in year.evidence
+    # Accents folded for a capitalised name; separators dropped in numbers.
+    assert not flag("en", "The train to Berlin is late.", "es", "El tren a Berlín llega tarde.").kept
+    assert challenge.numbers("1,000 and 7:30") == {"1000", "730"}
+
+
+def test_translations_without_a_shortcut_are_kept():
+    dog = flag("de", "Der Hund bellt.", "en", "The dog barks.")
+    assert dog.kept and dog.reason == "" and dog.evidence == ()
+    assert dog.min_distance >= challenge.DEFAULT_PHONE_THRESHOLD
+    # Germanic cognates are what the sound rule is for: de "schläft" / en "sleeps" is 0.07 apart.
+    assert not flag("de", "Der Hund schläft.", "en", "The dog sleeps.").kept
+
+
+def test_a_cognate_is_removed_at_the_default_threshold_with_its_distance():
+    phone = flag("de", "Wo ist mein Telefon?", "en", "Where is my telephone?")
+    assert not phone.kept and phone.reasons == (challenge.SOUND_ALIKE,)
+    (evidence,) = phone.evidence
+    assert evidence.startswith("telefon~telephone ") and float(evidence.split()[-1]) < 0.25
+    # Above the threshold it stays: the verdict follows the threshold, not a word list.
+    assert flag("de", "Wo ist mein Telefon?", "en", "Where is my telephone?", phone_threshold=0.1).kept
+
+
+def test_short_words_are_not_compared():
+    # en "the" / de "der" are 0.33 apart and would flag every pair at a loose threshold; 2-3 phones are too few.
+    assert flag("en", "the", "de", "der", phone_threshold=0.5).kept
+
+
+def test_summary_counts_the_chosen_threshold_as_the_flags_do():
+    flags = {
+        "a": flag("de", "Wo ist mein Telefon?", "en", "Where is my telephone?"),
+        "b": flag("de", "Der Hund bellt.", "en", "The dog barks."),
+        "c": flag("en", "It opened in 2019.", "es", "Se abrió en 2019."),
+    }
+    rows = {r[2]: r for r in challenge.summary_rows("de", "en", flags, 0.25)}
+    assert rows[0.25][3:] == (3, sum(f.kept for f in flags.values()), 1, 1)
+    assert rows[0.1][4] == 2  # the cognate is kept when the threshold is below its distance
+
+
+def test_a_language_without_a_voice_names_the_voices_espeak_has():
+    with pytest.raises(PhonesError, match=r"no voice for \['xx'\].*espeak-ng has.*\ben\b"):
+        challenge.require_voices(["en", "xx"])
