@@ -21,6 +21,8 @@ import sys
 import jax
 from absl import app, flags
 
+from engine.stores.kv import parse_spec_overrides, set_spec_overrides
+
 FLAGS = flags.FLAGS
 
 
@@ -34,12 +36,30 @@ def _job_module() -> str:
 def define_store_flag(help: str = "layer store written by the encode job: local path or TensorStore kvstore URL"):
     flags.DEFINE_string("store", None, f"(required) {help}", module_name=_job_module())
     flags.mark_flag_as_required("store")
+    define_kvstore_spec_flag(_job_module())
 
 
 def define_out_flag(help: str, required: bool = True) -> None:
     flags.DEFINE_string("out", None, f"(required) {help}" if required else help, module_name=_job_module())
     if required:
         flags.mark_flag_as_required("out")
+    define_kvstore_spec_flag(_job_module())
+
+
+def define_kvstore_spec_flag(module: str | None = None) -> None:
+    """--kvstore_spec, once per job (every store flag brings it): JSON merged into every s3:// and gs:// store's
+    TensorStore kvstore spec (``engine.stores.kv.set_spec_overrides``)."""
+    if "kvstore_spec" in FLAGS:
+        return
+    flags.DEFINE_string(
+        "kvstore_spec",
+        None,
+        "JSON object merged into the TensorStore kvstore spec of every s3:// and gs:// location, for what the "
+        'environment does not set: \'{"endpoint": "http://127.0.0.1:9000", "aws_region": "us-east-1"}\' '
+        "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and TENSORSTORE_GCS_HTTP_URL are "
+        "read without it; see BUILD.md)",
+        module_name=module or _job_module(),
+    )
 
 
 def define_langs_flag(of: str = "of the layer store") -> None:
@@ -118,6 +138,11 @@ def run(main) -> None:
     def start(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
+        if "kvstore_spec" in FLAGS and FLAGS.kvstore_spec:
+            try:
+                set_spec_overrides(parse_spec_overrides(FLAGS.kvstore_spec))
+            except ValueError as e:
+                raise app.UsageError(str(e)) from None
         if "distributed" in FLAGS:
             init_distributed()
         return main()

@@ -3,6 +3,13 @@
 A store location is a local path or a kvstore URL (``file://``, ``gs://``, ``s3://``, ``memory://``); every key is
 read and written through ``ts.KvStore`` so that one code path serves every backend. Write-once keys (manifests,
 tables) are created with a conditional write, so that two writers racing to create one never both win.
+
+Object stores: an ``s3://`` location takes its endpoint, region and credentials from the standard AWS variables
+(``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_REGION`` or ``AWS_DEFAULT_REGION``, ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY``), which TensorStore's s3 driver does not read for the endpoint itself; a ``gs://`` location
+is left to TensorStore, which honours ``TENSORSTORE_GCS_HTTP_URL`` and Google's application default credentials.
+Anything else (a request retry policy, a host header, another credentials source) goes into ``set_spec_overrides``,
+which the jobs' ``--kvstore_spec`` JSON sets.
 """
 
 from __future__ import annotations
@@ -23,6 +30,55 @@ class StoreError(BabelgridError, ValueError):
     """A layer store cannot be opened, created or written as asked."""
 
 
+REMOTE_DRIVERS = ("s3", "gcs")
+_overrides: dict = {}
+
+
+def set_spec_overrides(overrides: Mapping | None) -> None:
+    """Merges ``overrides`` into the kvstore spec of every ``s3://`` and ``gs://`` location opened from now on (local
+    paths, ``file://`` and ``memory://`` are untouched); with a ``"driver"`` key, only into that driver's. ``None``
+    or ``{}`` clears them."""
+    global _overrides
+    overrides = dict(overrides or {})
+    driver = overrides.get("driver")
+    if driver is not None and driver not in REMOTE_DRIVERS:
+        raise StoreError(f"kvstore spec overrides apply to the drivers {REMOTE_DRIVERS}, got driver {driver!r}")
+    _overrides = overrides
+
+
+def parse_spec_overrides(text: str) -> dict:
+    """``--kvstore_spec``'s JSON object, or a StoreError saying what it must look like."""
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        value = e
+    if not isinstance(value, dict):
+        raise StoreError(
+            f"--kvstore_spec must be a JSON object of TensorStore kvstore spec fields, such as "
+            f'\'{{"endpoint": "http://127.0.0.1:9000", "aws_region": "us-east-1"}}\', got {text!r} ({value})'
+        )
+    return value
+
+
+def remote_spec(spec: dict, environ: Mapping[str, str] = os.environ) -> dict:
+    """``spec`` (a kvstore spec from a URL) with the endpoint settings of the environment and of
+    ``set_spec_overrides``; fields the spec already has win over the environment, overrides win over both."""
+    spec = dict(spec)
+    if spec.get("driver") == "s3":
+        endpoint = environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+        region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+        if endpoint:
+            spec.setdefault("endpoint", endpoint)
+        if region:
+            spec.setdefault("aws_region", region)
+        if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
+            # Straight to the variables: the default chain first looks for ~/.aws files and logs their absence.
+            spec.setdefault("aws_credentials", {"type": "environment"})
+    if spec.get("driver") in REMOTE_DRIVERS and _overrides.get("driver", spec["driver"]) == spec["driver"]:
+        spec.update(_overrides)
+    return spec
+
+
 def open_kvstore(url: str) -> tuple[dict, ts.KvStore]:
     """The kvstore spec of the store's root folder (path ending in '/') and the opened KvStore."""
     if not isinstance(url, (str, os.PathLike)) or not str(url):
@@ -38,14 +94,26 @@ def open_kvstore(url: str) -> tuple[dict, ts.KvStore]:
                 f"cannot use {url!r} as a store location ({e}); give a local path or a TensorStore kvstore URL "
                 "such as file:///data/out, gs://bucket/out, s3://bucket/out or memory://out"
             ) from None
+        spec = remote_spec(spec)
     path = spec.get("path", "")
     if path and not path.endswith("/"):
         spec["path"] = path + "/"
     try:
         kv = ts.KvStore.open(spec, context=CONTEXT).result()
     except ValueError as e:
-        raise StoreError(f"cannot open store location {url!r}: {e}") from None
+        raise StoreError(f"cannot open store location {url!r}: {e}{_endpoint_hint(spec)}") from None
     return spec, kv
+
+
+def _endpoint_hint(spec: dict) -> str:
+    if spec.get("driver") == "s3":
+        return (
+            "; for an S3-compatible server set AWS_ENDPOINT_URL (and AWS_REGION, AWS_ACCESS_KEY_ID, "
+            'AWS_SECRET_ACCESS_KEY) or pass --kvstore_spec \'{"endpoint": "http://host:port"}\''
+        )
+    if spec.get("driver") == "gcs":
+        return "; for a GCS emulator set TENSORSTORE_GCS_HTTP_URL=http://host:port"
+    return ""
 
 
 def json_bytes(value: dict) -> bytes:

@@ -16,6 +16,15 @@ Protocol (``lease.json`` at the store's root, any kvstore with conditional write
 - **release**: the holder deletes the key at the end, conditionally on its own generation.
 
 Multi-host runs share one lease: process 0 takes, renews and releases it; the others only write.
+
+Object stores: TensorStore sends the conditions as the servers' own preconditions (S3 ``If-None-Match: *`` and
+``If-Match: <etag>`` on PUT, GCS ``ifGenerationMatch``), which AWS S3, GCS and moto honour, so the protocol above holds
+there as on a local disk. A server that ignores them (gcp-storage-emulator does; some S3-compatible stores do) is
+found out when the lease is taken: a second conditional write on the generation the taker replaced must fail, and
+there it succeeds. The lease then falls back to **write, settle, read back**: after writing, the taker waits
+``SETTLE`` seconds and reads the key again, and holds the lease only if the owner read back is its own; a renewal
+first reads the key and stops if another owner is there. This closes the race unless two takers' writes land more
+than ``SETTLE`` seconds apart after both read the key as free; a warning says the store is in this mode.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from engine.stores.kv import StoreError, read_value, storage_error, write_value
 
 LEASE = "lease.json"
 DEFAULT_TTL = 120.0  # seconds; renewed every ttl / 3, so a run survives two missed renewals
+SETTLE = 1.0  # seconds between writing and reading back the lease on a store that ignores conditional writes
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +67,7 @@ class WriterLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.conditional = True  # False: the store ignores conditional writes (write, settle, read back)
 
     def __enter__(self) -> WriterLease:
         self.take()
@@ -103,6 +114,23 @@ class WriterLease:
             raise StoreBusyError(
                 f"store {self.url!r}: another run took the writer lease at the same moment; only one may write"
             )
+        # The generation just replaced is stale now: a server that honours conditions must refuse this write.
+        if self._write(found.stamp.generation):
+            self.conditional = False
+            log.warning(
+                "store %r ignores conditional writes (an emulator or an S3-compatible server without If-Match): "
+                "the writer lease falls back to write, settle %.1f s, read back",
+                self.url,
+                SETTLE,
+            )
+            time.sleep(SETTLE)
+            holder = self._read_holder()
+            if holder.get("owner") != self.owner:
+                self._generation = None
+                raise StoreBusyError(
+                    f"store {self.url!r}: another run ({holder.get('job')} on host {holder.get('host')!r}, pid "
+                    f"{holder.get('pid')}) took the writer lease at the same moment; only one may write"
+                )
         self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-lease", daemon=True)
         self._thread.start()
 
@@ -131,13 +159,21 @@ class WriterLease:
                 stamp = self.kv.write(LEASE, self._record(), if_equal=generation).result()
             except ValueError as e:
                 raise storage_error("write the writer lease", LEASE, self.url, e) from None
-            self._generation = stamp.generation or None
+            if stamp.generation:  # a failed condition leaves the generation this run wrote last
+                self._generation = stamp.generation
             return bool(stamp.generation)
+
+    def _read_holder(self) -> dict:
+        found = read_value(self.kv, LEASE, self.url)
+        return {} if found.state == "missing" else _parse(found.value)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             try:
-                renewed = self._write(self._generation)
+                if not self.conditional and self._read_holder().get("owner") != self.owner:
+                    renewed = False
+                else:
+                    renewed = self._write(self._generation)
             except StoreError as e:
                 self._lost = f"the writer lease of {self.url!r} could not be renewed ({e}); stopping"
                 return
