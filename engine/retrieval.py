@@ -15,6 +15,12 @@ id has no partner among the remaining columns are excluded and counted by ``kern
     OUT/figures/retrieval_by_layer.png   R@1 against layer per directed pair, a panel per measure, random dashed
 
 ``OUT`` is any TensorStore kvstore location; it defaults to the similarity store itself when that is local.
+
+With ``subset`` (a challenge-set folder from ``jobs.challenge``), queries and candidates of each pair are restricted
+to the pair's kept ids, so ``retrieval.csv`` scores the challenge set (its ``random`` is 1/N_kept for R@1). As a
+smaller pool alone raises R@1, it also writes ``OUT/subset_comparison.csv`` (``engine.analysis.challenge``
+SUBSET_COLUMNS): the full set, the challenge set and ``subset_draws`` seeded random subsets of the full set with as
+many ids as were kept (mean and 95% interval), and ``OUT/figures/subset_by_layer.png``.
 """
 
 from __future__ import annotations
@@ -78,8 +84,13 @@ class RetrievalConfig:
     figure_layer: int | None = None
     ks: tuple[int, ...] = DEFAULT_KS
     ties: str = "optimistic"
+    subset: str | None = None  # challenge-set folder (jobs.challenge --out): score only each pair's kept ids
+    subset_draws: int = 20  # size-matched random subsets of the full set drawn per directed pair
+    subset_seed: int = 0
 
     def __post_init__(self):
+        if self.subset_draws < 1:
+            raise RetrievalError(f"subset_draws must be >= 1, got {self.subset_draws!r}")
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise RetrievalError(f"ks must be positive integers such as (1, 5, 10), got {self.ks!r}")
         if self.ties not in TIE_RULES:
@@ -124,6 +135,7 @@ class RetrievalResult:
     figure_paths: tuple[str, ...]
     figure_layer: int | None
     missing: tuple[tuple[str, str, str, int], ...]  # (measure, lang_a, lang_b, layer) asked for but not done
+    comparison: tuple[tuple, ...] = ()  # with a subset: SUBSET_COLUMNS rows (full, challenge, size-matched)
 
     def mean_over_pairs(self, measure: str, metric: str = "R@1") -> dict[int, tuple[float, float]]:
         """layer -> (mean value, mean random baseline) over directed pairs that have queries."""
@@ -246,11 +258,36 @@ def _done(reader, measure: str, query: str, searched: str) -> set[int]:
         return set()
 
 
-def compute_scores(reader, config: RetrievalConfig):
+def score_subset(matrix, row_ids, col_ids, scored, kept_ids: set, draws: dict, key, config, where, comparison: list):
+    """Like ``score_matrix``, on the ids of ``kept_ids`` only; appends the full / challenge / size-matched rows of
+    ``where`` = (lang_a, lang_b, layer, measure) to ``comparison``. ``draws[key]``: the random subsets of the pair,
+    drawn at its first scored matrix from the ids shared by its rows and columns, then reused for every layer."""
+    from engine.analysis import challenge
+
+    full, rows, cols, dropped_a, dropped_b = drop_not_encoded(matrix, row_ids, col_ids, scored)
+    pool = set(rows) & set(cols)
+    if not pool:
+        return unmeasured(tuple(config.ks), excluded=len(rows)), dropped_a, dropped_b
+    kept = kept_ids & pool
+    if key not in draws:
+        draws[key] = challenge.size_matched_draws(pool, len(kept), config.subset_draws, config.subset_seed, *key)
+    compared = challenge.compare_subsets(full, rows, cols, kept, draws[key], ks=tuple(config.ks), ties=config.ties)
+    n_ids = {"full": len(pool), "challenge": len(kept), "size_matched": len(kept)}
+    comparison += challenge.comparison_rows(*where, compared, n_ids)
+    return compared["challenge"], dropped_a, dropped_b
+
+
+def compute_scores(reader, config: RetrievalConfig, comparison: list | None = None):
     """Scores every stored pair of ``reader`` (an ``engine.stores.similarity.SimilarityReader``) in both directions.
 
-    Returns (tuple of DirectedScore, tuple of missing (measure, lang_a, lang_b, layer)).
+    Returns (tuple of DirectedScore, tuple of missing (measure, lang_a, lang_b, layer)). With ``config.subset``,
+    scores the challenge set and appends SUBSET_COLUMNS rows to ``comparison``.
     """
+    if config.subset is not None:
+        from engine.analysis.challenge import read_kept
+
+        comparison = [] if comparison is None else comparison
+        kept_by_pair, draws = {}, {}
     measures = _select("measure", config.measures, reader.measures())
     layers = _select("layer", config.layers, reader.layers)
     scores, missing = [], []
@@ -262,6 +299,20 @@ def compute_scores(reader, config: RetrievalConfig):
         ]
         if config.langs is not None and not pairs:
             raise RetrievalError(f"measure {measure!r} has no stored pair within languages {list(config.langs)}")
+        if config.subset is not None:
+            # Only the pairs the challenge set was built for: the others have no kept ids to score.
+            for a, b in pairs:
+                if (a, b) not in kept_by_pair:
+                    kept_by_pair[a, b] = read_kept(config.subset, a, b, missing_ok=True)
+            without = [f"{a}-{b}" for a, b in pairs if kept_by_pair[a, b] is None]
+            pairs = [(a, b) for a, b in pairs if kept_by_pair[a, b] is not None]
+            if not pairs:
+                raise RetrievalError(
+                    f"challenge set {config.subset!r} has no file for any pair of measure {measure!r} "
+                    f"({', '.join(without)}); build them with python -m jobs.challenge --pairs ..."
+                )
+            if without:
+                log.info("--subset: %d pairs have no challenge file and are not scored: %s", len(without), without)
         for a, b in pairs:
             directions = ((a, b), (b, a))
             done = {d: _done(reader, measure, *d) for d in directions}
@@ -275,9 +326,24 @@ def compute_scores(reader, config: RetrievalConfig):
                         continue
                     matrix, row_ids, col_ids = reader.matrix(measure, query, searched, layer)
                     scored = reader.scored(measure, query, searched, layer)
-                    metrics, dropped_a, dropped_b = score_matrix(
-                        matrix, row_ids, col_ids, scored=scored, ks=tuple(config.ks), ties=config.ties
-                    )
+                    if config.subset is None:
+                        metrics, dropped_a, dropped_b = score_matrix(
+                            matrix, row_ids, col_ids, scored=scored, ks=tuple(config.ks), ties=config.ties
+                        )
+                    else:
+                        where = (query, searched, layer, measure)
+                        metrics, dropped_a, dropped_b = score_subset(
+                            matrix,
+                            row_ids,
+                            col_ids,
+                            scored,
+                            kept_by_pair[a, b],
+                            draws,
+                            (a, b),
+                            config,
+                            where,
+                            comparison,
+                        )
                     score = DirectedScore(query, searched, layer, measure, metrics, dropped_a, dropped_b)
                     found[query, searched].append(score)
             for d in directions:
@@ -409,9 +475,21 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
     out = resolve_out(config.similarity, config.out)
     if reader is None:
         reader = open_similarity(config.similarity)
-    scores, missing = compute_scores(reader, config)
+    comparison: list = []
+    scores, missing = compute_scores(reader, config, comparison)
     figure_layer = pick_figure_layer(scores, config.figure_layer)
     manifest = reader.manifest
     subtitle = f"{manifest['model_name']}; layer store {manifest['layer_store']}"
     csv_path, figure_paths = write_results(out, scores, figure_layer, subtitle, max(reader.layers))
-    return RetrievalResult(scores, out, csv_path, tuple(figure_paths), figure_layer, missing)
+    if config.subset is not None and comparison:
+        from engine.analysis import challenge
+
+        _, kv = open_kvstore(out)
+        metric = f"R@{config.ks[0]}"
+        writes = {
+            challenge.SUBSET_CSV: challenge.subset_csv_bytes(comparison),
+            challenge.SUBSET_FIGURE: challenge.subset_figure(comparison, metric, f"{subtitle}; subset {config.subset}"),
+        }
+        write_all(kv, writes, out)
+        figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes)]
+    return RetrievalResult(scores, out, csv_path, tuple(figure_paths), figure_layer, missing, tuple(comparison))

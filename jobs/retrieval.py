@@ -2,6 +2,7 @@
 
     python -m jobs.retrieval --similarity /data/sim                 # writes /data/sim/retrieval.csv + figures/
     python -m jobs.retrieval --similarity gs://b/sim --out /tmp/ret --measure seqsim,mean --layers 4-8 --ks 1,10
+    python -m jobs.retrieval --similarity /data/sim --out /tmp/ret-challenge --subset /tmp/challenge   # + subset_*
 
 See engine/retrieval.py for the CSV columns and the figures.
 """
@@ -24,6 +25,9 @@ common.define_langs_flag("(a pair is scored when both are listed)")
 flags.DEFINE_integer("figure_layer", None, "heatmap layer (default: the best mean R@1 of seqsim)")
 flags.DEFINE_string("ks", "1,5,10", "comma-separated k of recall at k")
 flags.DEFINE_enum("ties", "optimistic", list(TIE_RULES), "rank of a correct partner tied with incorrect ones")
+flags.DEFINE_string("subset", None, "challenge-set folder (jobs.challenge --out): score each pair's kept ids only")
+flags.DEFINE_integer("subset_draws", 20, "with --subset: size-matched random subsets of the full set per pair")
+flags.DEFINE_integer("subset_seed", 0, "with --subset: seed of the size-matched random subsets")
 flags.mark_flag_as_required("similarity")
 FLAGS = flags.FLAGS
 

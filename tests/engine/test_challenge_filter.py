@@ -35,7 +35,7 @@ def test_a_cognate_is_removed_at_the_default_threshold_with_its_distance():
     phone = flag("de", "Wo ist mein Telefon?", "en", "Where is my telephone?")
     assert not phone.kept and phone.reasons == (challenge.SOUND_ALIKE,)
     (evidence,) = phone.evidence
-    assert evidence.startswith("telefon~telephone ") and float(evidence.split()[-1]) < 0.25
+    assert evidence.startswith("telefon~telephone ") and float(evidence.split()[-1]) < challenge.DEFAULT_PHONE_THRESHOLD
     # Above the threshold it stays: the verdict follows the threshold, not a word list.
     assert flag("de", "Wo ist mein Telefon?", "en", "Where is my telephone?", phone_threshold=0.1).kept
 
@@ -51,8 +51,8 @@ def test_summary_counts_the_chosen_threshold_as_the_flags_do():
         "b": flag("de", "Der Hund bellt.", "en", "The dog barks."),
         "c": flag("en", "It opened in 2019.", "es", "Se abrió en 2019."),
     }
-    rows = {r[2]: r for r in challenge.summary_rows("de", "en", flags, 0.25)}
-    assert rows[0.25][3:] == (3, sum(f.kept for f in flags.values()), 1, 1)
+    rows = {r[2]: r for r in challenge.summary_rows("de", "en", flags, 0.16)}
+    assert rows[0.16][3:] == (3, sum(f.kept for f in flags.values()), 1, 1)
     assert rows[0.1][4] == 2  # the cognate is kept when the threshold is below its distance
 
 

@@ -1,0 +1,147 @@
+"""jobs.challenge on a tiny layer store (utterance tables only: the filter reads texts, never states), and
+retrieval restricted to a challenge set checked against a direct computation on the restricted matrices."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.analysis import challenge
+from engine.retrieval import RetrievalConfig, run_retrieval
+from engine.stores.layers import LayerStore
+from engine.stores.schema import UtteranceRow
+from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
+from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "store_writer", REPO / "tests" / "engine" / "scripts" / "store_writer.py"
+)
+writer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(writer)
+
+TEXTS = {  # id -> (en, de); s0 shares a name, s1 a number, s2 a cognate, s3 and s4 nothing
+    "s0": ("We flew to Paris.", "Wir flogen nach Paris."),
+    "s1": ("It opened in 2019.", "Es öffnete 2019."),
+    "s2": ("Where is my telephone?", "Wo ist mein Telefon?"),
+    "s3": ("The dog barks.", "Der Hund bellt."),
+    "s4": ("I see a cow.", "Ich sehe eine Kuh."),
+}
+
+
+def rows(lang: str, column: int) -> list[UtteranceRow]:
+    return [
+        UtteranceRow(
+            id=uid,
+            lang=lang,
+            path=f"/{lang}/{uid}.wav",
+            transcription=t[column].lower(),
+            duration_s=1.0,
+            n_frames=5,
+            n_windows=1,
+            raw_transcription=t[column],
+        )  # fmt: skip
+        for uid, t in TEXTS.items()
+    ]
+
+
+def read(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
+    store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
+    store.language("en", rows("en", 0))
+    store.language("de", rows("de", 1))
+    out = tmp_path / "challenge"
+    argv = ["--store", str(tmp_path / "store"), "--out", str(out), "--pairs", "en:de"]
+    proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    table = {r["id"]: r for r in read(out / "en__de.csv")}
+    assert list(table["s0"]) == list(challenge.PAIR_COLUMNS)
+    assert {uid for uid, r in table.items() if r["kept"] == "1"} == {"s3", "s4"}
+    assert "Paris" in table["s0"]["evidence"] and "2019" in table["s1"]["evidence"]
+    assert table["s2"]["reason"] == "sound_alike" and "telephone~telefon" in table["s2"]["evidence"]
+    summary = read(out / "summary.csv")
+    chosen = next(r for r in summary if float(r["phone_threshold"]) == challenge.DEFAULT_PHONE_THRESHOLD)
+    assert (chosen["pairs"], chosen["kept"], chosen["names_numbers"]) == ("5", "2", "2")
+    assert challenge.read_kept(str(out), "de", "en") == {"s3", "s4"}  # either file order
+
+    bad = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv[:-1], "en:xx"], cwd=REPO,
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "xx" in bad.stderr
+
+
+IDS = {"de": [f"s{i}" for i in range(12)] + ["s3"], "en": [f"s{i}" for i in range(12)] + ["xe"]}
+KEPT = {"s1", "s2", "s4", "s5", "s7", "s8", "s10"}
+LAYERS = (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def sim_and_subset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim")
+    manifest = new_manifest(layer_store=str(root / "layers"), model_name="tiny", checkpoint_sha256="0" * 64,
+                            layers=LAYERS)  # fmt: skip
+    store = SimilarityStore.create_or_open(str(root / "sim"), manifest)
+    rng = np.random.default_rng(3)
+    match = np.equal.outer(np.array(IDS["de"]), np.array(IDS["en"]))
+    scores = np.stack([rng.standard_normal(match.shape) + s * match for s in (0.0, 1.0, 2.5)]).astype(np.float32)
+    ids = {"row_ids": IDS["de"], "col_ids": IDS["en"], "row_recording": list(range(13)),
+           "col_recording": list(range(13))}  # fmt: skip
+    array = store.create_pair("seqsim", "de", "en", ids)
+    for position, layer in enumerate(LAYERS):
+        store.write_layer(
+            array, "seqsim", "de", "en", layer, scores[position], done_marker(np.arange(13), np.arange(13))
+        )
+    subset = root / "challenge"
+    subset.mkdir()
+    flags = {uid: challenge.PairFlag(uid in KEPT, () if uid in KEPT else ("x",), (), False, 1.0) for uid in IDS["en"]}
+    (subset / "de__en.csv").write_bytes(challenge.pair_csv_bytes(flags))
+    return root, scores, subset
+
+
+def test_subset_retrieval_equals_the_restricted_matrices(sim_and_subset, tmp_path):
+    root, scores, subset = sim_and_subset
+    config = RetrievalConfig(str(root / "sim"), out=str(tmp_path / "a"), subset=str(subset), ks=(1, 5), subset_draws=7)
+    result = run_retrieval(config)
+    for s in result.scores:
+        matrix = scores[LAYERS.index(s.layer)]
+        matrix = matrix if (s.lang_a, s.lang_b) == ("de", "en") else matrix.T
+        rows = [i for i, uid in enumerate(IDS[s.lang_a]) if uid in KEPT]
+        cols = [j for j, uid in enumerate(IDS[s.lang_b]) if uid in KEPT]
+        want = reference_retrieval_metrics(
+            matrix[np.ix_(rows, cols)], [IDS[s.lang_a][i] for i in rows], [IDS[s.lang_b][j] for j in cols], ks=(1, 5)
+        )
+        np.testing.assert_allclose(s.metrics.recall[1], want.recall[1], atol=1e-6)
+        np.testing.assert_allclose(s.metrics.mrr, want.mrr, atol=1e-6)
+        assert s.metrics.random_recall[1] == pytest.approx(want.random_recall[1])
+    assert {(r[4], r[10]) for r in result.comparison} == {("full", 12), ("challenge", len(KEPT)), ("size_matched", 7)}
+
+    # Size-matched draws: the seeded subsets, scored directly, give the CSV's mean and percentile interval.
+    shared = sorted(set(IDS["de"]) & set(IDS["en"]))
+    draws = challenge.size_matched_draws(shared, len(KEPT), 7, 0, "de", "en")
+    values = []
+    for d in draws:
+        r = [i for i, uid in enumerate(IDS["de"]) if uid in d]
+        c = [j for j, uid in enumerate(IDS["en"]) if uid in d]
+        values.append(
+            retrieval_metrics(scores[2][np.ix_(r, c)], [IDS["de"][i] for i in r], [IDS["en"][j] for j in c]).recall[1]
+        )
+    row = next(r for r in read(tmp_path / "a" / challenge.SUBSET_CSV)
+               if (r["lang_a"], r["layer"], r["set"], r["metric"]) == ("de", "2", "size_matched", "R@1"))  # fmt: skip
+    assert float(row["value"]) == pytest.approx(np.mean(values))
+    assert (float(row["low"]), float(row["high"])) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
+    assert (tmp_path / "a" / challenge.SUBSET_FIGURE).read_bytes()[:4] == b"\x89PNG"
+
+    # Reproducible with the seed, different with another.
+    again = run_retrieval(RetrievalConfig(**{**config.__dict__, "out": str(tmp_path / "b")}))
+    assert again.comparison == result.comparison
+    other = run_retrieval(RetrievalConfig(**{**config.__dict__, "out": str(tmp_path / "c"), "subset_seed": 1}))
+    assert other.comparison != result.comparison
