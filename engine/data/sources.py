@@ -39,9 +39,11 @@ from engine.data.utterance import (
     number_recordings,
     text_or_none,
 )
+from engine.data.words import WordsDemoSource
 
 SPEC_FORMS = (
     "demo",
+    "words-demo (the bundled word set of the probe)",
     "fleurs",
     "fleurs:/path/to/fleurs (original layout or Parquet export)",
     "manifest:/path/to/list.jsonl (or .csv / .tsv)",
@@ -61,6 +63,10 @@ def get_source(spec: str, **kwargs: Any) -> Source:
         if arg:
             kwargs.setdefault("cache_dir", arg)
         return DemoSource(**kwargs)
+    if kind == "words-demo":
+        if arg:
+            kwargs.setdefault("cache_dir", arg)
+        return WordsDemoSource(**kwargs)
     if kind == "fleurs":
         return FleursSource(arg or None, **kwargs)
     if kind in ("manifest", "folder"):

@@ -1,0 +1,127 @@
+"""The word probe on a tiny layer store with planted states (no model), checked against NumPy and scikit-learn;
+near-homophone generation on the bundled false friends (espeak-ng)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from engine.analysis import probe
+from engine.analysis.phones import PhonesError
+from engine.stores.layers import LayerStore
+from engine.stores.schema import UtteranceRow
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "store_writer", REPO / "tests" / "engine" / "scripts" / "store_writer.py"
+)
+writer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(writer)
+
+WORDS = {"en": ["dog", "gift", "kind", "rat", "cat"], "de": ["Hund", "Geschenk", "freundlich", "Ratte", "Katze"]}
+CONCEPTS = ["dog", "gift", "kind", "rat", "cat"]
+FRAMES = {"en": [3, 5, 4, 6, 2], "de": [4, 2, 5, 3, 6]}
+RELATIONS = [
+    ("en", "dog", "de", "Hund", "synonym"),
+    ("en", "gift", "de", "Geschenk", "synonym"),
+    ("de", "Katze", "en", "cat", "synonym"),  # reversed order: read as en cat / de Katze
+    ("en", "kind", "de", "Katze", "near_homophone"),
+    ("en", "rat", "de", "Hund", "near_homophone"),
+    ("en", "cat", "de", "freundlich", "unrelated"),
+    ("en", "unicorn", "de", "Einhorn", "synonym"),  # absent from the store: two counted skips
+]
+
+
+@pytest.fixture(scope="module")
+def word_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("words")
+    store = LayerStore.create_or_open(f"file://{root}/store", writer.INFO)
+    rng = np.random.default_rng(0)
+    states = {}
+    shared = rng.standard_normal((len(CONCEPTS), writer.DIMS.n_audio_state))  # concept signal: retrieval works
+    for lang in WORDS:
+        listed = zip(CONCEPTS, WORDS[lang], FRAMES[lang], strict=True)
+        rows = [UtteranceRow(id=c, lang=lang, path=f"/{lang}/{c}.wav", transcription=w, duration_s=0.1,
+                             n_frames=n, n_windows=1) for c, w, n in listed]  # fmt: skip
+        arrays = store.language(lang, rows)
+        states[lang] = []
+        for u, n in enumerate(FRAMES[lang]):
+            x = rng.standard_normal((len(writer.INFO.layers), n, writer.DIMS.n_audio_state)).astype(np.float32)
+            x += (np.arange(len(writer.INFO.layers))[:, None, None] * shared[u]).astype(np.float32)
+            arrays.write_utterance(u, x)
+            states[lang].append(x)
+        arrays.flush()
+    relations = root / "relations.csv"
+    relations.write_bytes(probe.relations_csv_bytes(RELATIONS))
+    return root, states, relations
+
+
+def cos(u, v):
+    return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
+
+
+def test_job_values_equal_numpy_and_sklearn(word_store, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    root, states, relations = word_store
+    out = tmp_path / "probe"
+    argv = ["--store", str(root / "store"), "--out", str(out), "--relations", str(relations), "--seeds", "3"]
+    proc = subprocess.run([sys.executable, "-m", "jobs.probe", *argv], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 2 (word_not_in_store)" in proc.stdout
+    with open(out / "probe.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == probe.PROBE_COLUMNS
+    got = {(r["lang_a"], r["lang_b"], int(r["layer"]), r["measure"], r["pooling"], r["metric"]): r for r in rows}
+    # the store's languages are sorted, so the pair is (de, en): de words are rows
+    de, en = ({w: i for i, w in enumerate(WORDS[lang])} for lang in ("de", "en"))
+    pairs = {rel: [(de[d], en[e]) for e, d in ((r[1], r[3]) if r[0] == "en" else (r[3], r[1]) for r in RELATIONS[:-1]
+                                               if r[4] == rel)] for rel in probe.RELATIONS}  # fmt: skip
+    for position, layer in enumerate(writer.INFO.layers):
+        mean = {lang: [x[position].mean(axis=0) for x in states[lang]] for lang in states}
+        sims = np.array([[cos(a, b) for b in mean["en"]] for a in mean["de"]])
+        for rel, idx in pairs.items():
+            expect = np.mean([sims[i, j] for i, j in idx])
+            row = got["de", "en", layer, "cosine", "mean", f"mean_sim_{rel}"]
+            assert float(row["value"]) == pytest.approx(expect, abs=1e-5) and int(row["n"]) == len(idx)
+        scores = [sims[i, j] for i, j in pairs["synonym"] + pairs["near_homophone"]]
+        labels = [1] * len(pairs["synonym"]) + [0] * len(pairs["near_homophone"])
+        assert float(got["de", "en", layer, "cosine", "mean", "auc"]["value"]) == pytest.approx(
+            roc_auc_score(labels, scores)
+        )
+        # r@1 both ways: the same concept id is the only correct column (one word per concept here)
+        for q, s, matrix in (("de", "en", sims), ("en", "de", sims.T)):
+            r1 = np.mean(np.argmax(matrix, axis=1) == np.arange(len(CONCEPTS)))
+            assert float(got[q, s, layer, "cosine", "mean", "r@1"]["value"]) == pytest.approx(r1)
+        centre = {lang: [x[position][len(x[position]) // 2] for x in states[lang]] for lang in states}
+        expect = np.mean([cos(centre["de"][i], centre["en"][j]) for i, j in pairs["synonym"]])
+        value = float(got["de", "en", layer, "cosine", "centre", "mean_sim_synonym"]["value"])
+        assert value == pytest.approx(expect, abs=1e-5)
+    assert {r["measure"] for r in rows} == {"cosine", "seqsim"}
+    assert all(float(r["low"]) <= float(r["high"]) for r in rows if r["low"] != "NA")
+    assert (out / probe.PROBE_FIGURE).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_auc_equals_sklearn_on_ties():
+    from sklearn.metrics import roc_auc_score
+
+    pos, neg = np.array([0.5, 0.7, 0.7, 0.2]), np.array([0.7, 0.1, 0.5])
+    assert probe.auc(pos, neg) == pytest.approx(roc_auc_score([1] * 4 + [0] * 3, np.r_[pos, neg]))
+
+
+def test_generated_near_homophones_find_the_false_friends():
+    words = {"en": [("gift", "gift"), ("kind", "kind"), ("dog", "dog")],
+             "de": [("poison", "Gift"), ("child", "Kind"), ("dog", "Hund")]}  # fmt: skip
+    rows = probe.generate_relations(words, [("en", "de")])
+    near = {(r[1], r[3]) for r in rows if r[4] == "near_homophone"}
+    assert {("gift", "Gift"), ("kind", "Kind")} <= near
+    assert {(r[1], r[3]) for r in rows if r[4] == "synonym"} == {("dog", "Hund")}
+    assert all(r[4] != "unrelated" or (r[1], r[3]) not in near for r in rows)
+    with pytest.raises(PhonesError, match="espeak-ng has"):
+        probe.generate_relations({"en": words["en"], "xx": words["de"]}, [("en", "xx")])
