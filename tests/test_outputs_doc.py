@@ -3,6 +3,7 @@
 import pathlib
 import re
 
+from engine.analysis import challenge, probe
 from engine.retrieval import CSV_COLUMNS
 from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.stores.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
@@ -23,6 +24,11 @@ def test_every_written_column_is_documented():
         "words.parquet": WORD_SCHEMA.names,
         "hypotheses.parquet": HYPOTHESIS_SCHEMA.names,
         "scores.csv": SCORE_COLUMNS,
+        "challenge <a>__<b>.csv": challenge.PAIR_COLUMNS,
+        "challenge summary.csv": challenge.SUMMARY_COLUMNS,
+        "subset_comparison.csv": challenge.SUBSET_COLUMNS,
+        "probe.csv": probe.PROBE_COLUMNS,
+        "probe relations.csv": probe.RELATION_COLUMNS,
         "interp pairs.parquet": PAIR_COLUMNS,
         "interp summary.csv": SUMMARY_COLUMNS,
     }
