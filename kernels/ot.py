@@ -1,0 +1,291 @@
+"""Entropic optimal transport (OT) between the frames of two utterances: a soft alignment and a similarity.
+
+For utterances ``a`` (valid frames a_1..a_m) and ``b`` (valid frames b_1..b_n), with uniform weights ``1/m`` and
+``1/n`` on the valid frames and the cosine cost ``C_ij = 1 - cos(a_i, b_j)`` (in [0, 2])::
+
+    P      = argmin_{P 1 = 1/m, P^T 1 = 1/n}  <P, C> - epsilon H(P)      (Sinkhorn, ott-jax, log domain)
+    W(a,b) = <P, C>                                                     (transport cost of the entropic plan)
+    score  = 1 - W(a, b)                                                (in [-1, 1], like SeqSim)
+    debiased score = 1 - (W(a,b) - W(a,a)/2 - W(b,b)/2)                 (Sinkhorn divergence, 1 for a == b)
+
+``W`` is the bare transport cost of the entropic plan, what POT's ``ot.sinkhorn2`` returns and what its
+``empirical_sinkhorn_divergence`` debiases (Genevay et al. 2018), not ott's ``reg_ot_cost``, which adds the
+entropy term (Feydy et al. 2019): scores stay on the cosine scale of SeqSim and the pooled baselines.
+
+``epsilon`` is absolute, in the units of the cost ``1 - cos``: not relative to the mean cost, so one epsilon
+means the same blur at every layer. On whisper-base frames of the demo store, costs between utterances of two
+languages sit around 0.1 (layer 0) to 0.4 (layer 7); ``OT_EPSILON = 0.05`` gives a plan that still picks a few
+partners per frame and converges in 40 to 130 iterations (median; at most ~700) there; 0.01 is sharper and
+needs ~4x the iterations.
+
+Glossary (axis names as in ``engine.axes``): ``frame`` is an encoder frame, ``embed`` the model width,
+``utterance`` one utterance of one language; ``N``/``M`` count the utterances of the two languages, ``m``/``n``
+their padded frame counts.
+
+Conventions, as in ``kernels.seqsim``: frames at index ``>= length`` are padding and may hold anything (NaN, inf):
+they are zeroed by ``normalize_frames`` and get zero weight, so their rows and columns of the plan are exactly 0.
+Lengths must be ``>= 1``.
+
+Convergence: Sinkhorn stops when the L1 error of the row marginal, ``sum_i |(P 1)_i - 1/m|``, falls below
+``threshold`` (checked every ``INNER_ITERATIONS``), or after ``max_iterations``; ``converged`` is ott's flag
+(False at the iteration limit or on NaN) and false also for a non-finite cost. Callers must not use the score of a
+non-converged pair (``engine.similarity`` writes NaN and lists the pair in the done marker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ott.geometry import costs, pointcloud
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import sinkhorn
+
+from engine.errors import ShapeError
+from kernels.dtw import _on_cores, cpu_workers
+from kernels.seqsim import COS_EPS, check_lengths, even_split, frame_mask, normalize_frames
+
+OT_EPSILON = 0.05  # entropic blur, in cost units (1 - cos, range [0, 2]); see the module docstring
+# Default stopping threshold on the L1 row-marginal error. float32 sums of a plan of up to 1500 x 1500 entries
+# carry rounding of ~1e-7 relative (~1e-6 in L1 at worst), so 1e-5 is reachable in float32 and keeps every
+# marginal within 1e-5 of its weights; the similarity then moves by at most 2 * 1e-5 (costs are <= 2).
+OT_THRESHOLD = 1e-5
+OT_MAX_ITERATIONS = 2000  # the demo store's slowest pair at OT_EPSILON took ~700
+INNER_ITERATIONS = 10  # Sinkhorn iterations between two convergence checks (ott's default)
+TILE_CELLS = 2**22  # cost-matrix cells of one tile of utterance pairs: 16 MiB of float32 (~2 pairs of 1500 frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class OtConfig:
+    """Sinkhorn options: ``epsilon`` (absolute, cost units), the debiased divergence, the stopping rule."""
+
+    epsilon: float = OT_EPSILON
+    debiased: bool = False
+    max_iterations: int = OT_MAX_ITERATIONS
+    threshold: float = OT_THRESHOLD
+
+    def __post_init__(self):
+        if not self.epsilon > 0:
+            raise ValueError(f"OT epsilon must be > 0 (in units of the cost 1 - cos), got {self.epsilon}")
+        if not self.threshold > 0:
+            raise ValueError(f"OT threshold must be > 0 (L1 marginal error), got {self.threshold}")
+        if self.max_iterations < INNER_ITERATIONS:
+            raise ValueError(
+                f"OT max_iterations must be >= {INNER_ITERATIONS} (convergence is checked every "
+                f"{INNER_ITERATIONS}), got {self.max_iterations}"
+            )
+
+
+class OtResult(NamedTuple):
+    """OT similarity: f32[] scalars for one pair, f32[N, M] / bool[N, M] for matrices.
+
+    score: 1 - W (or 1 - the debiased divergence); cost: W(a, b); converged: every Sinkhorn solve behind the score
+    met the threshold within max_iterations and gave a finite cost.
+    """
+
+    score: jax.Array
+    cost: jax.Array
+    converged: jax.Array
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One pair.
+
+
+def _solve(a_unit, b_unit, len_a, len_b, config: OtConfig):
+    """ott's Sinkhorn on unit frames (zero padding) with uniform weights on the valid frames."""
+    weight_a = frame_mask(a_unit.shape[0], len_a) / len_a
+    weight_b = frame_mask(b_unit.shape[0], len_b) / len_b
+    # Frames are already unit: Cosine's norms are 1 (its ridge, 1e-8, moves a cost by 1e-8) and 0 on padding,
+    # whose cost 1 is finite and carries no weight.
+    geom = pointcloud.PointCloud(a_unit, b_unit, cost_fn=costs.Cosine(), epsilon=config.epsilon)
+    solver = sinkhorn.Sinkhorn(
+        threshold=config.threshold, max_iterations=config.max_iterations, inner_iterations=INNER_ITERATIONS
+    )
+    return solver(linear_problem.LinearProblem(geom, weight_a, weight_b))
+
+
+def _transport_cost(a_unit, b_unit, len_a, len_b, config: OtConfig) -> tuple[jax.Array, jax.Array]:
+    """(W = <P, C>: f32[], converged: bool[]) for unit frames."""
+    out = _solve(a_unit, b_unit, len_a, len_b, config)
+    cost = out.primal_cost
+    return cost, out.converged & jnp.isfinite(cost)
+
+
+def ot_plan(a: jax.Array, b: jax.Array, len_a, len_b, config: OtConfig = OtConfig()) -> tuple[jax.Array, jax.Array]:
+    """The entropic transport plan of one pair of padded utterances.
+
+    a: f32[frames_a, embed]; b: f32[frames_b, embed]; len_a, len_b: i32[] valid frames, >= 1.
+    Returns (plan f32[frames_a, frames_b]: rows sum to 1/len_a, columns to 1/len_b on valid frames, exactly 0 on
+    padding; converged bool[]).
+    """
+    out = _solve(normalize_frames(a, len_a), normalize_frames(b, len_b), len_a, len_b, config)
+    return out.matrix, out.converged
+
+
+def ot_similarity(a: jax.Array, b: jax.Array, len_a, len_b, config: OtConfig = OtConfig()) -> OtResult:
+    """OT similarity of one pair of padded utterances (shapes as ``ot_plan``); OtResult of scalars. With
+    ``config.debiased`` it solves three problems (a-b, a-a, b-b)."""
+    a_unit, b_unit = normalize_frames(a, len_a), normalize_frames(b, len_b)
+    cost, converged = _transport_cost(a_unit, b_unit, len_a, len_b, config)
+    score = 1.0 - cost
+    if config.debiased:
+        cost_aa, conv_aa = _transport_cost(a_unit, a_unit, len_a, len_a, config)
+        cost_bb, conv_bb = _transport_cost(b_unit, b_unit, len_b, len_b, config)
+        score = 1.0 - (cost - 0.5 * (cost_aa + cost_bb))
+        converged = converged & conv_aa & conv_bb
+    return OtResult(score, cost, converged)
+
+
+# OT similarity of aligned pairs: a: [pair, frames_a, embed], b: [pair, frames_b, embed], lengths i32[pair].
+ot_similarity_pairs = jax.jit(jax.vmap(ot_similarity, in_axes=(0, 0, 0, 0, None)), static_argnums=4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# All pairs, by tiles.
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _cross_tile(A, len_A, B, len_B, *, config: OtConfig) -> tuple[jax.Array, jax.Array]:
+    """W and converged of every pair of a tile: A f32[r, m, embed] unit frames, B f32[c, n, embed] -> [r, c]."""
+    row = jax.vmap(_transport_cost, in_axes=(None, 0, None, 0, None))  # one a against every b
+    return jax.vmap(row, in_axes=(0, None, 0, None, None))(A, B, len_A, len_B, config)
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _self_costs(X, len_X, *, config: OtConfig) -> tuple[jax.Array, jax.Array]:
+    """W(x, x) and converged of each utterance: X f32[u, frames, embed] unit frames -> [u]."""
+    return jax.vmap(_transport_cost, in_axes=(0, 0, 0, 0, None))(X, X, len_X, len_X, config)
+
+
+_unit_frames = jax.jit(jax.vmap(normalize_frames))
+
+
+def ot_similarity_matrix(
+    A: jax.Array, len_A: jax.Array, B: jax.Array, len_B: jax.Array, config: OtConfig = OtConfig(), *, workers=None
+) -> OtResult:
+    """OT similarity of every utterance of A against every utterance of B: OtResult of f32[N, M] (bool converged).
+
+    A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; lengths in 1..frames. Frames past the
+    longest length are cropped; pairs run in tiles of rows x columns of about ``TILE_CELLS`` cost cells (one jitted
+    vmap each, so memory is bounded for 1500-frame utterances; the last tiles padded by repeating utterance 0); on
+    CPU, tiles run on every core (``workers``, default the process's cores). A vmapped Sinkhorn loop runs until the
+    slowest pair of its tile stops, but each pair keeps the iterate at which it stopped. With ``debiased``, the
+    self terms W(a, a), W(b, b) are solved once per utterance, not once per pair.
+    """
+    A, B = jnp.asarray(A), jnp.asarray(B)
+    if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
+        raise ShapeError(f"A, B must be [utterance, frame, embed] with one embed size, got {A.shape}, {B.shape}")
+    n_a, n_b = A.shape[0], B.shape[0]
+    check_lengths("len_A", len_A, n_a, A.shape[1], "utterance")
+    check_lengths("len_B", len_B, n_b, B.shape[1], "utterance")
+    if not n_a or not n_b:
+        empty = jnp.zeros((n_a, n_b), jnp.float32)
+        return OtResult(empty, empty, jnp.ones((n_a, n_b), bool))
+    len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
+    # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
+    A = _unit_frames(A[:, : int(len_A.max())], jnp.asarray(len_A)).astype(jnp.float32)
+    B = _unit_frames(B[:, : int(len_B.max())], jnp.asarray(len_B)).astype(jnp.float32)
+    if workers is None:
+        workers = cpu_workers() if jax.default_backend() == "cpu" else 1
+    pairs = max(1, min(TILE_CELLS // (A.shape[1] * B.shape[1]), -(-n_a * n_b // workers)))
+    r = even_split(n_a, int(np.sqrt(pairs)))
+    c = even_split(n_b, pairs // r)
+    n_row_tiles, n_col_tiles = -(-n_a // r), -(-n_b // c)
+    tiles = [(i, j) for i in range(n_row_tiles) for j in range(n_col_tiles)]
+
+    def members(t: int, size: int, count: int) -> np.ndarray:
+        idx = np.arange(t * size, (t + 1) * size)
+        return np.where(idx < count, idx, 0)
+
+    def run(tile: tuple[int, int]):
+        ra, cb = members(tile[0], r, n_a), members(tile[1], c, n_b)
+        return _cross_tile(A[ra], jnp.asarray(len_A[ra]), B[cb], jnp.asarray(len_B[cb]), config=config)
+
+    parts = _on_cores(run, tiles, min(workers, len(tiles)))
+
+    def grid(k: int) -> jax.Array:
+        rows = [
+            jnp.concatenate([p[k] for p in parts[i * n_col_tiles : (i + 1) * n_col_tiles]], axis=1)
+            for i in range(n_row_tiles)
+        ]
+        return jnp.concatenate(rows)[:n_a, :n_b]
+
+    cost, converged = grid(0), grid(1)
+    score = 1.0 - cost
+    if config.debiased:
+        cost_aa, conv_aa = _self_costs(A, jnp.asarray(len_A), config=config)
+        cost_bb, conv_bb = _self_costs(B, jnp.asarray(len_B), config=config)
+        score = 1.0 - (cost - 0.5 * (cost_aa[:, None] + cost_bb[None, :]))
+        converged = converged & conv_aa[:, None] & conv_bb[None, :]
+    return OtResult(score, cost, converged)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference: plain log-domain Sinkhorn in float64 NumPy, on the valid frames only.
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    top = np.max(x, axis=axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.sum(np.exp(x - top), axis=axis))
+
+
+def reference_sinkhorn(
+    weight_a: np.ndarray,
+    weight_b: np.ndarray,
+    cost: np.ndarray,
+    epsilon: float,
+    max_iterations=1_000_000,
+    threshold=1e-8,
+) -> tuple[np.ndarray, bool]:
+    """Log-domain Sinkhorn, the textbook alternating updates of the dual potentials f, g.
+
+    weight_a: [m] > 0, weight_b: [n] > 0 (each summing to 1), cost: [m, n]. Returns (plan f64[m, n], converged):
+    stops when the L1 error of the row marginal is below ``threshold`` (columns are exact after each g update).
+    The default 1e-8 moves W by at most 2e-8; tighter would take very long on self problems W(a, a), where plain
+    Sinkhorn converges slowly (the potentials oscillate: 1e-8 after 10^4 iterations on some 9-frame utterances).
+    """
+    f, g = np.zeros(len(weight_a)), np.zeros(len(weight_b))
+    log_a, log_b = np.log(weight_a), np.log(weight_b)
+    for _ in range(max_iterations):
+        f = epsilon * (log_a - _logsumexp((g[None, :] - cost) / epsilon, axis=1))
+        g = epsilon * (log_b - _logsumexp((f[:, None] - cost) / epsilon, axis=0))
+        plan = np.exp((f[:, None] + g[None, :] - cost) / epsilon)
+        if np.abs(plan.sum(axis=1) - weight_a).sum() < threshold:
+            return plan, True
+    return plan, False
+
+
+def _reference_unit(x: np.ndarray, length: int) -> np.ndarray:
+    x = np.asarray(x[:length], np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), COS_EPS)
+
+
+def reference_ot_plan(a, b, len_a: int, len_b: int, epsilon: float = OT_EPSILON) -> np.ndarray:
+    """f64[len_a, len_b]: the entropic plan of the valid frames with uniform weights and cost 1 - cos."""
+    cost = 1.0 - _reference_unit(a, len_a) @ _reference_unit(b, len_b).T
+    plan, converged = reference_sinkhorn(np.full(len_a, 1 / len_a), np.full(len_b, 1 / len_b), cost, epsilon)
+    assert converged, "reference Sinkhorn did not converge: raise max_iterations or epsilon"
+    return plan
+
+
+def reference_ot_cost(a, b, len_a: int, len_b: int, epsilon: float = OT_EPSILON) -> float:
+    """W(a, b) = <P, C> in float64."""
+    cost = 1.0 - _reference_unit(a, len_a) @ _reference_unit(b, len_b).T
+    return float(np.sum(reference_ot_plan(a, b, len_a, len_b, epsilon) * cost))
+
+
+def reference_ot_similarity_matrix(A, len_A, B, len_B, config: OtConfig = OtConfig()) -> np.ndarray:
+    """ot_similarity_matrix's score by a double loop over pairs, f64[N, M]."""
+    eps = config.epsilon
+    self_a = [reference_ot_cost(a, a, la, la, eps) if config.debiased else 0.0 for a, la in zip(A, len_A, strict=True)]
+    self_b = [reference_ot_cost(b, b, lb, lb, eps) if config.debiased else 0.0 for b, lb in zip(B, len_B, strict=True)]
+    out = np.zeros((len(A), len(B)))
+    for i, (a, la) in enumerate(zip(A, len_A, strict=True)):
+        for j, (b, lb) in enumerate(zip(B, len_B, strict=True)):
+            out[i, j] = 1.0 - (reference_ot_cost(a, b, la, lb, eps) - 0.5 * (self_a[i] + self_b[j]))
+    return out

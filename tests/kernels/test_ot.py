@@ -1,0 +1,145 @@
+"""OT kernels against POT (ot.sinkhorn / ot.sinkhorn2, float64) and the float64 NumPy reference, on random ragged
+inputs with poisoned padding; a planted one-to-many alignment; the convergence flag."""
+
+import jax
+import numpy as np
+import pytest
+
+from engine.errors import ShapeError
+from kernels import ot as kot
+from tests.kernels.test_seqsim import ragged
+
+ot = pytest.importorskip("ot")  # POT, in the test extra
+
+# Parity bounds of issue 17. The kernel stops at an L1 marginal error of OT_THRESHOLD = 1e-5 in float32; POT and
+# the reference run to 1e-8 / 1e-9 in float64. A marginal error e moves <P, C> by at most 2e (costs <= 2).
+SCORE_ATOL = 1e-4
+MARGINAL_ATOL = 1e-5
+
+SHAPES = [  # (N, M, m, n, embed)
+    (1, 1, 1, 1, 4),
+    (4, 3, 9, 7, 8),
+    (5, 6, 23, 30, 32),
+]
+
+
+def correlated(rng, count, frames, embed, shared, **kw):
+    """ragged frames plus a shared direction, so cosines spread like encoder states' (not all near 0)."""
+    x, lengths = ragged(rng, count, frames, embed, **kw)
+    valid = np.arange(frames)[None, :, None] < lengths[:, None, None]
+    return np.where(valid, x + shared, x).astype(np.float32), lengths
+
+
+def unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def pot_cost(a, b, epsilon):
+    """POT's sinkhorn2 (log domain) with the same weights, cost and epsilon: W = <P, C>."""
+    cost = 1.0 - unit(a) @ unit(b).T
+    wa, wb = np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b))
+    return float(ot.sinkhorn2(wa, wb, cost, epsilon, method="sinkhorn_log", stopThr=1e-9, numItermax=100_000))
+
+
+@pytest.mark.parametrize("debiased", [False, True], ids=["plain", "debiased"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_ot_similarity_matrix_vs_reference(shape, debiased):
+    n_a, n_b, m, n, d = shape
+    rng = np.random.default_rng(sum(shape))
+    shared = 1.5 * rng.standard_normal(d).astype(np.float32)
+    A, len_A = correlated(rng, n_a, m, d, shared)
+    B, len_B = correlated(rng, n_b, n, d, shared, poison=np.inf)
+    config = kot.OtConfig(debiased=debiased)
+    got = kot.ot_similarity_matrix(A, len_A, B, len_B, config)
+    assert got.score.shape == (n_a, n_b) and bool(np.all(got.converged))
+    want = kot.reference_ot_similarity_matrix(A, len_A, B, len_B, config)
+    np.testing.assert_allclose(np.asarray(got.score), want, atol=SCORE_ATOL, rtol=0)
+    eps = config.epsilon
+    a_s, b_s = [A[i, : len_A[i]] for i in range(n_a)], [B[j, : len_B[j]] for j in range(n_b)]
+    self_a = [pot_cost(a, a, eps) if debiased else 0.0 for a in a_s]
+    self_b = [pot_cost(b, b, eps) if debiased else 0.0 for b in b_s]
+    for i, a in enumerate(a_s):
+        for j, b in enumerate(b_s):
+            w = pot_cost(a, b, eps) - 0.5 * (self_a[i] + self_b[j])
+            assert abs(float(got.score[i, j]) - (1 - w)) < SCORE_ATOL, (i, j)
+    # One jitted vmap over aligned pairs gives the same scores as the tiled grid.
+    ia, ib = np.repeat(np.arange(n_a), n_b), np.tile(np.arange(n_b), n_a)
+    pairs = kot.ot_similarity_pairs(A[ia], B[ib], len_A[ia], len_B[ib], config)
+    np.testing.assert_allclose(np.asarray(pairs.score).reshape(n_a, n_b), np.asarray(got.score), atol=1e-6)
+
+
+def test_tiles_and_workers_do_not_change_the_scores(monkeypatch):
+    rng = np.random.default_rng(7)
+    A, len_A = ragged(rng, 7, 12, 16)
+    B, len_B = ragged(rng, 5, 10, 16)
+    whole = kot.ot_similarity_matrix(A, len_A, B, len_B, workers=1)
+    monkeypatch.setattr(kot, "TILE_CELLS", 12 * 10 * 2)  # 2 pairs a tile: ragged last tiles
+    tiled = kot.ot_similarity_matrix(A, len_A, B, len_B, workers=2)
+    np.testing.assert_allclose(np.asarray(tiled.score), np.asarray(whole.score), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_plan_vs_pot_and_reference(seed):
+    rng = np.random.default_rng(seed)
+    m, n, d = 17, 25, 24
+    shared = rng.standard_normal(d).astype(np.float32)
+    (a,), (la,) = correlated(rng, 1, m, d, shared, lengths=[rng.integers(2, m + 1)])
+    (b,), (lb,) = correlated(rng, 1, n, d, shared, poison=np.inf, lengths=[rng.integers(2, n + 1)])
+    plan, converged = jax.jit(kot.ot_plan)(a, b, la, lb)
+    plan = np.asarray(plan, np.float64)
+    assert bool(converged)
+    assert np.all(plan[la:] == 0) and np.all(plan[:, lb:] == 0)  # padding: zero weight, no mass
+    plan = plan[:la, :lb]
+    cost = 1.0 - unit(a[:la]) @ unit(b[:lb]).T
+    wa, wb = np.full(la, 1 / la), np.full(lb, 1 / lb)
+    want = ot.sinkhorn(wa, wb, cost, kot.OT_EPSILON, method="sinkhorn_log", stopThr=1e-9, numItermax=100_000)
+    np.testing.assert_allclose(want, kot.reference_ot_plan(a, b, la, lb), atol=1e-10)
+    np.testing.assert_allclose(plan.sum(axis=1), wa, atol=MARGINAL_ATOL)
+    np.testing.assert_allclose(plan.sum(axis=0), wb, atol=MARGINAL_ATOL)
+    np.testing.assert_allclose(plan.sum(axis=1), want.sum(axis=1), atol=MARGINAL_ATOL)
+    np.testing.assert_allclose(plan.sum(axis=0), want.sum(axis=0), atol=MARGINAL_ATOL)
+    np.testing.assert_allclose(plan, want, atol=MARGINAL_ATOL)
+
+
+def test_planted_one_to_many_splits_the_mass():
+    """b is a with a 3-frame word said twice and each other frame held for 2 frames (every frame of a appears
+    twice in b, so uniform weights balance): a frame of a sends half its mass to each of its two copies."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((6, 64)).astype(np.float32)
+    word = a[1:4]
+    b = np.concatenate([a[:1], a[:1], word, word, a[4:5], a[4:5], a[5:], a[5:], np.full((3, 64), np.nan)])
+    copies = {0: [0, 1], 1: [2, 5], 2: [3, 6], 3: [4, 7], 4: [8, 9], 5: [10, 11]}
+    plan, converged = jax.jit(kot.ot_plan, static_argnums=4)(a, b, 6, 12, kot.OtConfig(epsilon=0.02))
+    plan = np.asarray(plan)
+    assert bool(converged)
+    for i, (j, k) in copies.items():
+        assert plan[i, j] + plan[i, k] > 0.999 * (1 / 6), i  # the mass of frame i lands on its copies
+        np.testing.assert_allclose(plan[i, j], plan[i, k], rtol=1e-3)  # split evenly between them
+    assert np.all(plan[:, 12:] == 0)
+
+
+def test_non_convergence_is_flagged():
+    rng = np.random.default_rng(4)
+    A, len_A = ragged(rng, 3, 30, 16, lengths=[20, 25, 30])
+    B, len_B = ragged(rng, 2, 30, 16, lengths=[22, 30])
+    slow = kot.OtConfig(epsilon=1e-3, max_iterations=10)
+    assert not np.any(np.asarray(kot.ot_similarity_matrix(A, len_A, B, len_B, slow).converged))
+    debiased = kot.ot_similarity_matrix(A, len_A, B, len_B, kot.OtConfig(debiased=True))
+    assert np.all(np.asarray(debiased.converged))
+
+
+def test_identical_utterances_have_debiased_score_one():
+    rng = np.random.default_rng(5)
+    A, len_A = ragged(rng, 3, 11, 8)
+    got = kot.ot_similarity_matrix(A, len_A, A, len_A, kot.OtConfig(debiased=True))
+    np.testing.assert_allclose(np.diag(np.asarray(got.score)), 1.0, atol=1e-5)
+
+
+def test_bad_inputs_name_the_fix():
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        kot.OtConfig(epsilon=0)
+    with pytest.raises(ValueError, match="max_iterations must be >= 10"):
+        kot.OtConfig(max_iterations=5)
+    with pytest.raises(ShapeError, match="len_A must lie in 1..4"):
+        kot.ot_similarity_matrix(np.zeros((2, 4, 3)), np.array([0, 2]), np.zeros((1, 4, 3)), np.array([1]))
