@@ -225,6 +225,13 @@ def word_index(store, lang: str, summary: RunSummary) -> tuple[list[int], list[s
     return utterances, ids, position
 
 
+def _spelled(store, lang: str, index) -> list[tuple[str, str]]:
+    """[(concept id, word as transcribed)] of the first encoded utterance of each word of ``lang``."""
+    utterances, ids, position = index
+    texts = store.utterances_table(lang).column("transcription").to_pylist()
+    return [(ids[p], texts[utterances[p]]) for p in position.values()]
+
+
 def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     """Scores every language pair and layer, writes probe.csv, relations.csv and the figure (module docstring)."""
     from engine.stores.kv import open_kvstore, write_all
@@ -244,7 +251,8 @@ def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     index = {lang: word_index(store, lang, summary) for lang in langs}
     pairs = list(itertools.combinations(langs, 2))
     if config.relations is None:
-        words = {lang: [(uid, w) for w, p in index[lang][2].items() for uid in [index[lang][1][p]]] for lang in langs}
+        # The store's spelling (de "Gift", not "gift"), as relations.csv and readers expect it.
+        words = {lang: _spelled(store, lang, index[lang]) for lang in langs}
         relations = generate_relations(words, pairs, config.seed)
     else:
         with open(config.relations, encoding="utf-8") as f:
