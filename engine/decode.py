@@ -311,7 +311,7 @@ def _decode(config: DecodeConfig, lease) -> DecodeSummary:
     loaded: dict[str, tuple] = {}
     for lang, (layer, ln_post) in mine:
         rows = reader.arrays(lang).rows
-        done_now = [u for u in range(len(rows)) if is_done(reader.lengths(lang)[u])]
+        done_now = np.flatnonzero(is_done(reader.lengths(lang))).tolist()
         keys = {
             (task, decoding): hyp.part_key(lang, task, decoding, layer, ln_post)
             for task in config.tasks

@@ -13,6 +13,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -166,3 +167,61 @@ def test_translate_without_english_references_is_refused(fleurs_dir, tiny_whispe
     args = ("--store", str(store), "--out", str(tmp_path / "o"), "--model", str(tiny_model_dir))
     proc = run_job(*args, "--tasks", "translate", check=False)
     assert proc.returncode != 0 and "task translate needs English references" in proc.stderr, proc.stderr[-2000:]
+
+
+# -- real clips, packaged whisper-base -------------------------------------------------------------------------------
+
+REAL_CLIPS = ("de-009", "en-000", "es-001")  # de-009 is 43 s: two windows
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, tmp_path):
+    """For k in {2, L+1}: the encoder recomputed from the audio gives the store's states on the valid frames, and
+    decoding the window with the store's states on the valid frames (the audio's on the padding) gives the job's
+    tokens, which are the library's; scores.csv is jiwer's and sacrebleu's on hypotheses.parquet."""
+    import jax.numpy as jnp
+
+    from engine.data.audio import load_audio
+    from engine.stores.reader import open_store
+    from engine.whisper.decoding import DecodingOptions
+    from engine.whisper.loaded import load_whisper
+
+    whisper = load_whisper()
+    top = whisper.dims.n_audio_layer + 1
+    store = write_store(tmp_path, fleurs_dir, whisper, None, REAL_CLIPS, (2, top))
+    out = tmp_path / "out"
+    run_job(
+        "--store", str(store), "--out", str(out), "--layers", f"2,{top}", "--ln_post", "on", "--max_new_tokens", "96"
+    )
+    check_scores_are_the_libraries(out)
+    hyps = read_hypotheses(str(out)).to_pandas()
+    reader = open_store(str(store))
+    tok = whisper.tokenizer
+    for name in REAL_CLIPS:
+        lang, uid = name.split("-")[0], f"fleurs-{name}"
+        mel, valid = whisper.features(load_audio(fleurs_dir / f"{uid}.ogg"))
+        assert name != "de-009" or len(mel) == 2
+        for layer in (2, top):
+            options = DecodingOptions(language=lang, encoder_layer=layer, max_new_tokens=96)
+            xa = np.asarray(whisper.audio_features(mel, options))
+            stored = reader.states(lang, uid, layer)
+            raw = np.asarray(whisper.encode(mel, (layer,))[0])  # before ln_post, as the store keeps layer 2
+            recomputed = np.concatenate([raw[w, : valid[w]] for w in range(len(mel))])
+            # Equal up to float32 summation order (the encode job batched other windows with these): measured
+            # 1e-4 of the peak at most; 2^-11 is one float16 rounding (test_parity_ct2.py's bar).
+            assert np.abs(recomputed - stored).max() / np.abs(stored).max() < 2.0**-11, (name, layer)
+            # The store's states on the valid frames, the window's own padding frames after them.
+            from_store = np.array(raw)
+            start = 0
+            for w in range(len(mel)):
+                from_store[w, : valid[w]] = stored[start : start + valid[w]]
+                start += valid[w]
+            if layer != top:
+                from_store = np.asarray(whisper.model.encoder.ln_post(jnp.asarray(from_store)))
+            store_tokens = sum(whisper.transcribe(None, options, xa=jnp.asarray(from_store)).tokens, [])
+            audio_tokens = sum(whisper.transcribe(None, options, xa=jnp.asarray(xa)).tokens, [])
+            assert store_tokens == audio_tokens, (name, layer)
+            row = hyps[(hyps["id"] == uid) & (hyps["layer"] == layer)]
+            assert len(row) == 1 and row["hypothesis"].iloc[0] == tok.decode(audio_tokens).strip(), (name, layer)
+            assert row["n_tokens"].iloc[0] == len(audio_tokens)
