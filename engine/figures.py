@@ -28,6 +28,7 @@ MEASURE_MEANINGS = {
     "centre": "cosine of the centre frames",
     "duration": "utterance lengths only, no states (a baseline)",
     "dtw": "mean cosine along the DTW path",
+    "ot": "1 - cost of the entropic optimal transport of frames (cosine cost)",
 }
 
 

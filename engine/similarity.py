@@ -1,8 +1,10 @@
 """All-pairs similarity matrices from a layer store into a similarity store (``engine.stores.similarity``).
 
 For every layer, language pair and measure, every utterance of language ``a`` is scored against every utterance of
-language ``b``: SeqSim (``kernels.seqsim``, with its two directional terms on request) and the pooled baselines of
-``kernels.pooling``. The loop is layer-outer, pair-inner: each language is read from the layer store once per
+language ``b``: SeqSim (``kernels.seqsim``, with its two directional terms on request), the pooled baselines of
+``kernels.pooling``, DTW (``kernels.dtw``) and entropic OT (``kernels.ot``). OT pairs whose Sinkhorn did not
+converge are written as NaN and listed in the layer's done marker (``nonconverged``), never used as scores.
+The loop is layer-outer, pair-inner: each language is read from the layer store once per
 layer and dropped before the next layer, so memory holds one layer of the languages in play, not every layer.
 
 Resume: a (measure, pair, layer) matrix is skipped when its done marker exists and was computed from as many done
@@ -35,6 +37,7 @@ from engine.stores.similarity import (
     new_manifest,
 )
 from kernels.dtw import dtw_similarity_matrix
+from kernels.ot import OtConfig, ot_similarity_matrix
 from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import seqsim_matrix, seqsim_matrix_sharded
 
@@ -58,6 +61,7 @@ class SimilarityConfig:
     allow_partial: bool = False  # score a layer store whose encoding is not finished (the missing rows stay NaN)
     break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
     progress: bool | None = True  # None: only when stderr is a terminal
+    ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos)
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, COMPUTE_DTYPES)
@@ -74,6 +78,8 @@ class SimilaritySummary(RunSummary):
     matrices: int = 0  # (measure, pair, layer) matrices written
     seqsim_flops: float = 0.0  # 2 * sum(len_a) * sum(len_b) * embed per pair-layer
     seqsim_seconds: float = 0.0  # kernel time, device synchronised, compilation included
+    ot_pairs: int = 0  # utterance pairs scored by the ot measure
+    ot_nonconverged: int = 0  # of those, pairs whose Sinkhorn did not converge (NaN in the store)
 
     @property
     def gflops(self) -> float:
@@ -86,6 +92,11 @@ class SimilaritySummary(RunSummary):
         )
         if self.seqsim_flops:
             line += f"; seqsim {self.seqsim_flops / 1e9:.2f} GFLOP at {self.gflops:.2f} GFLOP/s"
+        if self.ot_nonconverged:
+            line += (
+                f"; ot: {self.ot_nonconverged} of {self.ot_pairs} pairs did not converge (NaN in the store, listed "
+                "as 'nonconverged' in the done markers): raise --ot_iterations or --ot_epsilon, or --ot_threshold"
+            )
         return line
 
 
@@ -204,9 +215,11 @@ def _similarity(config: SimilarityConfig, reader: StoreReader, lease) -> Similar
         for m in measures:
             arrays[m, a, b] = out.create_pair(m, a, b, ids)
             markers = out.done_markers(m, a, b)
+            # Other Sinkhorn options make another measure: an ot matrix is recomputed when they change.
+            want = {**expect, "ot": dataclasses.asdict(config.ot)} if m == "ot" else expect
             for layer in layers:
                 marker = markers.get(layer)
-                if marker is None or any(marker.get(k) != v for k, v in expect.items()):
+                if marker is None or any(marker.get(k) != v for k, v in want.items()):
                     todo.setdefault((layer, a, b), []).append(m)
 
     summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
@@ -229,12 +242,12 @@ def _similarity(config: SimilarityConfig, reader: StoreReader, lease) -> Similar
                     if lang not in cache or (need_states and cache[lang].states is None):
                         index = done_index[lang]
                         cache[lang] = _load(reader, lang, layer, index, lengths[lang][index], need_states, config.dtype)
-                scores = _compute(cache[a], cache[b], todo_measures, mesh, summary)
+                scores, extra = _compute(cache[a], cache[b], todo_measures, mesh, summary, config.ot)
                 marker = {**done_marker(cache[a].index, cache[b].index), "dtype": config.dtype}
                 for m in todo_measures:
                     full = np.full((len(lengths[a]), len(lengths[b])), np.nan, np.float32)
                     full[np.ix_(cache[a].index, cache[b].index)] = scores[m]
-                    out.write_layer(arrays[m, a, b], m, a, b, layer, full, marker)
+                    out.write_layer(arrays[m, a, b], m, a, b, layer, full, {**marker, **extra.get(m, {})})
                     summary.matrices += 1
                 summary.pair_layers += 1
                 progress.update(1)
@@ -288,10 +301,15 @@ def _load(
     return _Language(index, lengths, jnp.asarray(states))
 
 
-def _compute(A: _Language, B: _Language, measures, mesh, summary: SimilaritySummary) -> dict[str, np.ndarray]:
-    """f32[done_a, done_b] per measure."""
+def _compute(
+    A: _Language, B: _Language, measures, mesh, summary: SimilaritySummary, ot_config: OtConfig
+) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    """(f32[done_a, done_b] per measure, extra done-marker fields per measure)."""
+    extra: dict[str, dict] = {}
     if not len(A.index) or not len(B.index):
-        return {m: np.zeros((len(A.index), len(B.index)), np.float32) for m in measures}
+        if "ot" in measures:
+            extra["ot"] = ot_marker(ot_config, np.zeros((len(A.index), len(B.index)), bool), A.index, B.index)
+        return {m: np.zeros((len(A.index), len(B.index)), np.float32) for m in measures}, extra
     out = {}
     if any(m in SEQSIM_MEASURES for m in measures):
         directional = any(m in ("seqsim_a2b", "seqsim_b2a") for m in measures)
@@ -315,4 +333,24 @@ def _compute(A: _Language, B: _Language, measures, mesh, summary: SimilaritySumm
         out["duration"] = np.asarray(duration_similarity_matrix(A.lengths, B.lengths))
     if "dtw" in measures:
         out["dtw"] = np.asarray(dtw_similarity_matrix(A.states, A.lengths, B.states, B.lengths))
-    return {m: out[m] for m in measures}
+    if "ot" in measures:
+        result = ot_similarity_matrix(A.states, A.lengths, B.states, B.lengths, ot_config)
+        failed = ~np.asarray(result.converged)
+        # A non-converged score is not an approximation of the measure: NaN, so retrieval cannot use it silently.
+        out["ot"] = np.where(failed, np.nan, np.asarray(result.score)).astype(np.float32)
+        extra["ot"] = ot_marker(ot_config, failed, A.index, B.index)
+        summary.ot_pairs += failed.size
+        summary.ot_nonconverged += int(failed.sum())
+        if failed.any():
+            log.warning("ot: %d of %d pairs did not converge (written as NaN)", int(failed.sum()), failed.size)
+    return {m: out[m] for m in measures}, extra
+
+
+def ot_marker(config: OtConfig, failed: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> dict:
+    """Done-marker fields of an ``ot`` matrix: its Sinkhorn options and ``nonconverged``, the [row, col] layer-store
+    utterance indices of the pairs that did not converge (NaN in the matrix). failed: bool[done_a, done_b]."""
+    i, j = np.nonzero(failed)
+    return {
+        "ot": dataclasses.asdict(config),
+        "nonconverged": [[int(rows[a]), int(cols[b])] for a, b in zip(i, j, strict=True)],
+    }

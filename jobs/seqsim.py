@@ -3,6 +3,7 @@ r"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer sto
     python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-sim
     python -m jobs.seqsim --store gs://bucket/fleurs --out gs://bucket/fleurs-sim --pairs en_us:* \
         --layers 4-8 --measure seqsim,seqsim_a2b,seqsim_b2a,mean --dtype bfloat16
+    python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-ot --measure ot --ot_epsilon 0.05
 
 --out is required: similarity stores live beside layer stores, not inside them (a language folder of the layer
 store could collide with any name chosen inside it). Re-running with the same --out resumes: complete matrices are
@@ -19,6 +20,7 @@ from absl import flags
 from engine.similarity import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
 from engine.stores.similarity import MEASURES
 from jobs import common
+from kernels.ot import OT_EPSILON, OT_MAX_ITERATIONS, OT_THRESHOLD, OtConfig
 
 common.define_store_flag()
 common.define_out_flag("similarity store to write (created if missing, resumed if present)")
@@ -28,6 +30,10 @@ flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b wit
 flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), f"comma list of {', '.join(MEASURES)}")
 flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "dtype the states are compared in")
 flags.DEFINE_bool("allow_partial", False, "score a partly encoded layer store (done utterances only)")
+flags.DEFINE_float("ot_epsilon", OT_EPSILON, "ot measure: entropic blur, absolute, in units of the cost 1 - cos")
+flags.DEFINE_bool("ot_debiased", False, "ot measure: debiased Sinkhorn divergence (W(a,b) - W(a,a)/2 - W(b,b)/2)")
+flags.DEFINE_integer("ot_iterations", OT_MAX_ITERATIONS, "ot measure: most Sinkhorn iterations per pair")
+flags.DEFINE_float("ot_threshold", OT_THRESHOLD, "ot measure: stop at this L1 error of the plan's row marginal")
 common.define_run_flags(distributed=True)
 FLAGS = flags.FLAGS
 
@@ -38,6 +44,12 @@ def main() -> int:
         langs=common.parse_list(FLAGS.langs),
         layers=common.parse_layers(FLAGS.layers),
         measures=common.parse_list(FLAGS.measure) or DEFAULT_MEASURES,
+        ot=OtConfig(
+            epsilon=FLAGS.ot_epsilon,
+            debiased=FLAGS.ot_debiased,
+            max_iterations=FLAGS.ot_iterations,
+            threshold=FLAGS.ot_threshold,
+        ),
     )
     return common.finish(run_similarity(config), [f"similarity store: {FLAGS.out}"])
 

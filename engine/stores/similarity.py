@@ -42,7 +42,7 @@ AXES = (LAYER, ROW_AXIS, COL_AXIS)
 MANIFEST_FIELDS = ("layer_store", "model_name", "checkpoint_sha256", "layers")  # must agree between runs
 NAME = LANG  # language codes and measure names: the layer store's language-code rule
 # Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
-MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a", "mean", "centre", "duration", "dtw")
+MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a", "mean", "centre", "duration", "dtw", "ot")
 REVERSED_MEASURE = {"seqsim_a2b": "seqsim_b2a", "seqsim_b2a": "seqsim_a2b"}
 # zstd level 1 costs far less than the kernel that produced a chunk and shrinks what is very redundant: float32
 # scores in [-1, 1] share exponent bytes, NaN rows of undone utterances and the duration baseline's few values.

@@ -266,3 +266,46 @@ def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path,
     assert not (tmp_path / "sim").exists(), "nothing is created before the refusal"
     run_similarity(dataclasses.replace(config, allow_partial=True))
     assert "utterances not done, left out of every matrix: de: 1 of 5" in capsys.readouterr().err
+
+
+def test_ot_measure_through_the_job(layer_store, tmp_path):
+    """--measure ot with its flags: scores equal the float64 reference; a pair that cannot converge in the allowed
+    iterations is NaN and listed in the done marker, never a score."""
+    from kernels.ot import OtConfig, reference_ot_similarity_matrix
+
+    out = tmp_path / "ot"
+    run_job("--store", str(layer_store), "--out", str(out), "--measure", "ot", "--layers", "1", "--pairs", "de:en")
+    store, reader = open_store(str(layer_store)), open_similarity(str(out))
+    A, len_A = store.language_layer("de", 1, dtype=np.float32)
+    B, len_B = store.language_layer("en", 1, dtype=np.float32)
+    ia, ib = np.flatnonzero(len_A > 0), np.flatnonzero(len_B > 0)
+    got, _, _ = reader.matrix("ot", "de", "en", 1)
+    want = reference_ot_similarity_matrix(A[ia], len_A[ia], B[ib], len_B[ib], OtConfig())
+    np.testing.assert_allclose(got[np.ix_(ia, ib)], want, atol=1e-4)
+    marker = json.loads((out / "ot" / "de__en" / "done" / "1.json").read_text())
+    assert marker["nonconverged"] == [] and marker["ot"]["epsilon"] == 0.05
+
+    # 10 iterations at a tiny epsilon: nothing converges; other options recompute the layer (resume).
+    run_job(
+        "--store",
+        str(layer_store),
+        "--out",
+        str(out),
+        "--measure",
+        "ot",
+        "--layers",
+        "1",
+        "--pairs",
+        "de:en",
+        "--ot_epsilon",
+        "0.001",
+        "--ot_iterations",
+        "10",
+    )
+    got, _, _ = open_similarity(str(out)).matrix("ot", "de", "en", 1)
+    marker = json.loads((out / "ot" / "de__en" / "done" / "1.json").read_text())
+    flagged = {tuple(pair) for pair in marker["nonconverged"]}
+    assert len(flagged) > len(ia) * len(ib) // 2  # (near-identical utterances may still converge)
+    for i in ia:
+        for j in ib:
+            assert np.isnan(got[i, j]) == ((i, j) in flagged), (i, j)
