@@ -4,8 +4,8 @@ import pathlib
 import re
 
 from engine.analysis import challenge, probe
-from engine.retrieval import CSV_COLUMNS
 from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.retrieval import CSV_COLUMNS
 from engine.stores.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.stores.schema import _PARQUET_SCHEMA, INFO_FIELDS
 from engine.stores.similarity import done_marker
