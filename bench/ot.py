@@ -1,0 +1,137 @@
+"""Benchmark: the batched OT measure (``kernels.ot.ot_similarity_matrix``) against POT's per-pair loop, and its cost
+relative to SeqSim on the same grid, in one run.
+
+Usage:  python bench/ot.py [--store /tmp/demo_new/store --layer 4 --a en --b de] [--repeats 5] [--pot_pairs 24]
+                           [--record bench/RESULTS.md]
+
+Inputs: one layer of two languages of a layer store (all utterance pairs: the grid the seqsim job scores), or,
+without --store, random utterances of 80-150 frames x 512 with a shared direction. Contenders, interleaved rounds
+(``bench.common.interleaved``), medians:
+
+- babelgrid ``ot_similarity_matrix`` at the default options (epsilon 0.05, threshold 1e-5, 2000 iterations), tiles
+  on every core;
+- POT ``ot.sinkhorn2(method="sinkhorn_log")`` pair by pair on the first ``--pot_pairs`` pairs of the grid, same
+  weights, cost (1 - cos, computed per pair in NumPy), epsilon and stopping threshold; pairs/s scaled from those;
+- babelgrid ``seqsim_matrix`` on the whole grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import sys
+
+import jax
+import numpy as np
+
+HERE = pathlib.Path(__file__).resolve().parent
+# This file is bench/ot.py: with bench/ on the path, ``import ot`` (POT) would import it.
+sys.path = [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
+from bench.common import interleaved, machine, record  # noqa: E402
+from kernels.ot import OtConfig, ot_similarity_matrix  # noqa: E402
+from kernels.seqsim import seqsim_matrix  # noqa: E402
+
+
+def inputs(args):
+    if args.store:
+        from engine.stores.reader import open_store
+
+        reader = open_store(args.store)
+        out = []
+        for lang in (args.a, args.b):
+            lengths = np.asarray(reader.lengths(lang))
+            x, _ = reader.language_layer(lang, args.layer, dtype=np.float32, frames=int(lengths.max()))
+            out += [x, lengths.astype(np.int32)]
+        return out, f"{args.store} layer {args.layer}, {args.a} x {args.b}"
+    rng = np.random.default_rng(0)
+    shared = rng.standard_normal(512).astype(np.float32)
+    out = []
+    for _ in range(2):
+        lengths = rng.integers(80, 151, 12).astype(np.int32)
+        out += [(rng.standard_normal((12, 150, 512)) + shared).astype(np.float32), lengths]
+    return out, "random 12 x 12 utterances, 80-150 frames x 512"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", default="")
+    parser.add_argument("--layer", type=int, default=4)
+    parser.add_argument("--a", default="en")
+    parser.add_argument("--b", default="de")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--pot_pairs", type=int, default=24)
+    parser.add_argument("--record", default="")
+    args = parser.parse_args()
+    import ot
+
+    (A, len_A, B, len_B), what = inputs(args)
+    config = OtConfig()
+    grid = len(A) * len(B)
+    Aj, Bj = jax.device_put(A), jax.device_put(B)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    pot_items = [(i, j) for i in range(len(A)) for j in range(len(B))][: args.pot_pairs]
+
+    def pot_loop():
+        for i, j in pot_items:
+            a, b = unit(A[i, : len_A[i]]), unit(B[j, : len_B[j]])
+            cost = 1.0 - a @ b.T
+            wa, wb = np.full(len(a), 1 / len(a)), np.full(len(b), 1 / len(b))
+            ot.sinkhorn2(
+                wa,
+                wb,
+                cost,
+                config.epsilon,
+                method="sinkhorn_log",
+                stopThr=config.threshold,
+                numItermax=config.max_iterations,
+            )
+
+    result = {}
+
+    def ours():
+        result["ot"] = jax.block_until_ready(ot_similarity_matrix(Aj, len_A, Bj, len_B, config))
+
+    contenders = {
+        "ot_similarity_matrix": ours,
+        "POT sinkhorn2 loop": pot_loop,
+        "seqsim_matrix": lambda: jax.block_until_ready(seqsim_matrix(Aj, len_A, Bj, len_B)),
+    }
+    seconds = interleaved(contenders, args.repeats)
+    rate = {
+        "ot_similarity_matrix": grid / seconds["ot_similarity_matrix"],
+        "POT sinkhorn2 loop": len(pot_items) / seconds["POT sinkhorn2 loop"],
+        "seqsim_matrix": grid / seconds["seqsim_matrix"],
+    }
+    converged = float(np.mean(np.asarray(result["ot"].converged)))
+    load = os.getloadavg()[0]
+    lines = [
+        f"machine: {machine()}; load average {load:.1f} (2-core VM shared with other engineers' tests and a CI "
+        "rehearsal)",
+        f"date: {datetime.date.today()}   command: python bench/ot.py {' '.join(sys.argv[1:])}",
+        f"inputs: {what} ({grid} pairs; POT on the first {len(pot_items)}); OT at epsilon {config.epsilon}, "
+        f"threshold {config.threshold}, {config.max_iterations} iterations; {converged:.1%} of pairs converged; "
+        f"median of {args.repeats} interleaved rounds",
+        "",
+        "| contender | median s | pairs/s | vs POT loop |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in contenders:
+        lines.append(
+            f"| {name} | {seconds[name]:.3f} | {rate[name]:,.0f} | {rate[name] / rate['POT sinkhorn2 loop']:.1f}x |"
+        )
+    lines.append("")
+    lines.append(f"OT costs {rate['seqsim_matrix'] / rate['ot_similarity_matrix']:.0f}x SeqSim's time on this grid.")
+    text = "\n".join(lines)
+    print(text)
+    if args.record:
+        record(pathlib.Path(args.record), "OT measure (kernels/ot.py) against POT", text)
+
+
+if __name__ == "__main__":
+    main()
