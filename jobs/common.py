@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 
 import jax
 from absl import app, flags
 
+from engine.plan import DEVICES, plan_for
 from engine.stores.kv import parse_spec_overrides, set_spec_overrides
 
 FLAGS = flags.FLAGS
@@ -84,17 +86,52 @@ def define_run_flags(strict: bool = False, distributed: bool = False, lease: boo
         )
     if strict:
         flags.DEFINE_bool("strict", False, "exit non-zero if anything was skipped", module_name=_job_module())
+    if _job_name() in PLANNED_JOBS:
+        define_plan_flags(_job_module())
     if distributed:
         define_distributed_flags(_job_module())
 
 
 def config_from_flags(cls, **given):
     """A job's frozen config: each field of dataclass ``cls`` from the flag of the same name, unless ``given``
-    (values parsed from a flag's text: lists, layer ranges)."""
+    (values parsed from a flag's text: lists, layer ranges).
+
+    With ``--plan``, the run this config describes is planned instead (``engine.plan``): the plan is printed and
+    the job exits 0 here, before it opens its output.
+    """
     values = {
         f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(cls) if f.name not in given and f.name in FLAGS
     }
-    return cls(**values, **given)
+    config = cls(**values, **given)
+    if "plan" in FLAGS and FLAGS.plan:
+        try:
+            plan = plan_for(config, FLAGS.plan_device)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+        print(plan.render())
+        sys.exit(0)
+    return config
+
+
+PLANNED_JOBS = ("encode", "seqsim", "decode")
+
+
+def _job_name() -> str:
+    """The calling job's short name ('encode'), from the file of the module calling a define_* helper."""
+    return os.path.splitext(os.path.basename(sys._getframe(2).f_globals.get("__file__") or ""))[0]
+
+
+def define_plan_flags(module: str) -> None:
+    flags.DEFINE_bool(
+        "plan",
+        False,
+        "dry run: print utterances, windows, frames, FLOPs and bytes per stage, peak memory, block sizes and the "
+        "estimated time (here, from a few-second calibration, and on --plan_device); reads only headers",
+        module_name=module,
+    )
+    flags.DEFINE_enum(
+        "plan_device", None, list(DEVICES), "with --plan: also estimate the time on this device", module_name=module
+    )
 
 
 def finish(summary, lines=()) -> int:

@@ -1,0 +1,113 @@
+"""--plan: a dry run of encode, seqsim and decode that counts the work and estimates its time, writing nothing.
+
+Counts are checked against what the runs then write (utterances, windows, frames); the time estimate's accuracy is
+a measurement, not a test (BUILD.md has it).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine import plan as plan_lib
+from engine.data.audio import SAMPLE_RATE
+from engine.decode import DecodeConfig
+from engine.encode import EncodeConfig, run_encode
+from engine.similarity import SimilarityConfig
+from engine.stores.reader import open_store
+from engine.whisper.dims import ModelDimensions
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SECONDS = {"a": 0.5, "b": 31.0, "c": 1.0}  # b needs two 30 s windows
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("clips")
+    for lang in ("en", "de"):
+        (root / lang).mkdir()
+        for i, (name, seconds) in enumerate(SECONDS.items()):
+            t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+            sf.write(
+                root / lang / f"{name}.wav",
+                (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32),
+                SAMPLE_RATE,
+            )
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(clips, tiny_model_dir, tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("store") / "store")
+    run_encode(EncodeConfig(out=out, model=str(tiny_model_dir), dataset=f"folder:{clips}", progress=False))
+    return out
+
+
+def test_encode_plan_through_the_flags_counts_and_writes_nothing(clips, tiny_model_dir, store, tmp_path):
+    out = tmp_path / "never"
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    args = ["--out", str(out), "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--plan"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.encode", *args, "--plan_device", "tpu-v5e"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert not out.exists()
+    reader = open_store(store)
+    frames = sum(int(reader.lengths(lang).sum()) for lang in reader.languages())
+    assert "utterances: 6\n" in text and "windows: 8 x 30 s" in text, text
+    assert f"frames: {frames} valid encoder frames" in text, text
+    for needed in (
+        "audio -> log-mel",
+        "encoder",
+        "peak memory per device",
+        "TPU v5e",
+        "fits on",
+        "GFLOP/s",
+        "windows per encoder step",
+    ):
+        assert needed in text, (needed, text)
+    assert re.search(r"total\s+\S+ [KMGT]?\s", text), text
+
+
+def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir):
+    sim = plan_lib.plan_for(SimilarityConfig(store=store, out=str(tmp_path / "s")), "h100")
+    reader = open_store(store)
+    lengths = {lang: reader.lengths(lang) for lang in reader.languages()}
+    d = reader.info.dims.n_audio_state
+    useful = 2.0 * lengths["en"].sum() * lengths["de"].sum() * d * len(reader.info.layers)
+    assert f"{plan_lib.flops(useful)} on valid frames" in sim.render()
+    assert "blocks of" in sim.render() and sim.seconds_here > 0 and sim.seconds_device > 0
+    assert not (tmp_path / "s").exists()
+
+    dec = plan_lib.plan_for(
+        DecodeConfig(store=store, out=str(tmp_path / "d"), model=str(tiny_model_dir), decodings=("greedy", "beam:2")),
+        None,
+    )
+    assert "8 windows" in dec.render() and dec.stages[0].flops > 0 and dec.seconds_device is None
+    assert not (tmp_path / "d").exists()
+
+
+def test_encoder_flops_by_hand():
+    dims = ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)  # whisper-base
+    stem, block = plan_lib.encoder_flops_per_window(dims)
+    assert stem == 2 * 3 * (3000 * 80 * 512 + 1500 * 512 * 512)
+    # q, k, v, out (4 d^2) and MLP (8 d^2) per position, 2 FLOPs each; scores and weighted sum 2 * 2 * T^2 * d.
+    assert block == 2 * 12 * 1500 * 512**2 + 4 * 1500**2 * 512
+
+
+def test_unknown_device_is_refused():
+    with pytest.raises(ValueError, match="must be one of h100"):
+        plan_lib.get_device("k80")
