@@ -1,0 +1,283 @@
+"""Every job against object stores: an S3 server (moto) and a GCS emulator (gcp-storage-emulator), each started here
+on a free 127.0.0.1 port. The chain encode -> seqsim -> retrieval -> align -> decode runs through the jobs' flags
+with --out s3://... and gs://..., and everything it writes is compared byte for byte with the same chain on a local
+folder. The writer lease and write-once keys are checked on both servers.
+
+Endpoints reach the jobs as a user's would: S3 through AWS_ENDPOINT_URL / AWS_REGION / AWS_ACCESS_KEY_ID (and once
+through --kvstore_spec), GCS through TENSORSTORE_GCS_HTTP_URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine.data.audio import SAMPLE_RATE
+from engine.stores.kv import create_key, open_kvstore
+from engine.stores.lease import LEASE, StoreBusyError, WriterLease
+from engine.stores.reader import open_store
+from engine.stores.similarity import open_similarity
+
+moto_server = pytest.importorskip("moto.server", reason="pip install -e '.[test]' (moto[server])")
+gcs_emulator = pytest.importorskip("gcp_storage_emulator.server", reason="pip install -e '.[test]'")
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BUCKET = "babelgrid-test"
+LANGS = ("en", "de")
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+}
+
+
+def run_job(job: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = dict(
+        os.environ,
+        **(env or {}),
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        JAX_PLATFORMS="cpu",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", f"jobs.{job}", *(() if job == "retrieval" else ("--progress=false",)), *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{job} exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server with one bucket; the test process reaches it through the same variables as the jobs."""
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = dict(S3_ENV, AWS_ENDPOINT_URL=f"http://{host}:{port}")
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", **_keys()).create_bucket(
+        Bucket=BUCKET
+    )
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    _restore(saved)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    """A gcp-storage-emulator server (in memory) with one bucket, through TENSORSTORE_GCS_HTTP_URL."""
+    port = free_port()
+    restore = _emulator_fixes()
+    server = gcs_emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
+    server.start()
+    # TensorStore's own GCS tests use this token: it skips the metadata-server lookup of application default
+    # credentials, which would wait for a network this machine does not have.
+    env = {"TENSORSTORE_GCS_HTTP_URL": f"http://127.0.0.1:{port}", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    _restore(saved)
+    server.stop()
+    restore()
+
+
+def _emulator_fixes():
+    """Makes gcp-storage-emulator (2026.7.19) answer two requests as GCS does; returns the undo.
+
+    - downloads carry ``x-goog-generation``: TensorStore's gcs driver makes every partial chunk write conditional
+      on the generation read (read-modify-write); without it the emulator reports generation 0 and every second write
+      to a chunk fails with "Malformed StorageGeneration";
+    - suffix ranges (``bytes=-N``) are served: sharded zarr arrays read their shard index from a shard's end;
+    - listings honour ``startOffset`` / ``endOffset``: TensorStore lists a key range that way (a store's
+      ``languages/`` folder), and the emulator returned every key under the prefix.
+
+    The emulator also ignores ``ifGenerationMatch``, which the writer lease detects (``WriterLease.conditional``).
+    """
+    from gcp_storage_emulator.handlers import objects
+
+    original_download, original_ls = objects.download, objects.ls
+
+    def download(request, response, storage, *args, **kwargs):
+        try:
+            obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+            response["x-goog-generation"] = str(obj["generation"])
+            headers = request._request_handler.headers
+            suffix = re.fullmatch(r"\s*bytes=-(\d+)\s*", headers.get("range") or "")
+            if suffix:  # the last N bytes, as a start-end range the emulator understands
+                n_bytes = int(obj["size"])
+                del headers["range"]
+                headers["Range"] = f"bytes={max(n_bytes - int(suffix.group(1)), 0)}-"
+        except Exception:  # noqa: BLE001 - a missing object: the original handler answers 404
+            pass
+        return original_download(request, response, storage, *args, **kwargs)
+
+    def ls(request, response, storage, *args, **kwargs):
+        start = (request.query.get("startOffset") or [""])[0]
+        end = (request.query.get("endOffset") or [None])[0]
+        send = response.json
+
+        def in_range(data):
+            items = data.get("items") or []
+            data["items"] = [f for f in items if f["name"] >= start and (end is None or f["name"] < end)]
+            send(data)
+
+        response.json = in_range
+        return original_ls(request, response, storage, *args, **kwargs)
+
+    def swap(pairs):
+        for old, new in pairs:
+            if old is original_download or new is original_download:
+                objects.download = new  # objects.get calls it for ?alt=media, TensorStore's reads
+            for _, handlers in gcs_emulator.HANDLERS:
+                for method, fn in handlers.items():
+                    if fn is old:
+                        handlers[method] = new
+
+    swap([(original_download, download), (original_ls, ls)])
+    return lambda: swap([(download, original_download), (ls, original_ls)])
+
+
+def _keys() -> dict:
+    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def _restore(saved: dict) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> pathlib.Path:
+    """<root>/{en,de}/{a,b,c}.wav: short tones, with a transcript for each (align and decode score them)."""
+    root = tmp_path_factory.mktemp("clips")
+    for li, lang in enumerate(LANGS):
+        (root / lang).mkdir()
+        for i, name in enumerate("abc"):
+            rng = np.random.default_rng(10 * li + i)
+            t = np.arange(int((0.4 + 0.2 * i) * SAMPLE_RATE)) / SAMPLE_RATE
+            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(root / lang / f"{name}.wav", x.astype(np.float32), SAMPLE_RATE)
+            (root / lang / f"{name}.txt").write_text(f"word {name} {lang}\n")
+    return root
+
+
+def run_chain(root: str, clips: pathlib.Path, model: pathlib.Path, env: dict | None = None, extra=()) -> dict:
+    """encode -> seqsim -> retrieval -> align -> decode, every output under ``root``; the outputs' URLs by job."""
+    out = {job: f"{root}/{job}" for job in ("store", "similarity", "retrieval", "align", "decode")}
+    model_flag = ("--model", str(model))
+    run_job("encode", "--out", out["store"], *model_flag, "--dataset", f"folder:{clips}", *extra, env=env)
+    run_job("seqsim", "--store", out["store"], "--out", out["similarity"], *extra, env=env)
+    run_job("retrieval", "--similarity", out["similarity"], "--out", out["retrieval"], *extra, env=env)
+    run_job("align", "--store", out["store"], "--out", out["align"], *model_flag, *extra, env=env)
+    decode = ("--layers", "2", "--tasks", "transcribe", "--decoding", "greedy", "--max_new_tokens", "4")
+    run_job("decode", "--store", out["store"], "--out", out["decode"], *model_flag, *decode, *extra, env=env)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local(clips, tiny_model_dir, tmp_path_factory) -> dict:
+    return run_chain(str(tmp_path_factory.mktemp("local")), clips, tiny_model_dir)
+
+
+def all_values(url: str, root: str) -> dict[str, bytes]:
+    """Every key under ``url`` and its bytes, with the run's ``root`` written as ``<root>`` (manifests name the
+    stores they read), the creation records of JSON manifests (time, host) and the figures left out."""
+    _, kv = open_kvstore(url)
+    values = {}
+    for key in kv.list().result():
+        if key.endswith(b".png"):  # figures print the store's location in their subtitles, as pixels
+            continue
+        value = bytes(kv.read(key).result().value).replace(root.encode(), b"<root>")
+        if key.endswith(b".json"):
+            value = json.dumps(_without_created(json.loads(value)), sort_keys=True).encode()
+        values[key.decode()] = value
+    return values
+
+
+def _without_created(value):
+    if isinstance(value, dict):
+        return {k: _without_created(v) for k, v in value.items() if k != "created"}
+    if isinstance(value, list):
+        return [_without_created(v) for v in value]
+    return value
+
+
+def assert_same_outputs(local: dict, remote: dict) -> None:
+    """Arrays through the readers, then every key of every output byte for byte (but the lease, which is gone)."""
+    a, b = open_store(local["store"]), open_store(remote["store"])
+    assert sorted(a.languages()) == sorted(b.languages()) == sorted(LANGS)
+    assert a.info.layers == b.info.layers
+    for lang in a.languages():
+        np.testing.assert_array_equal(a.lengths(lang), b.lengths(lang))
+        for layer in a.info.layers:
+            np.testing.assert_array_equal(a.language_layer(lang, layer)[0], b.language_layer(lang, layer)[0])
+        assert a.utterances_table(lang).equals(b.utterances_table(lang))
+    sa, sb = open_similarity(local["similarity"]), open_similarity(remote["similarity"])
+    assert sa.layers == sb.layers
+    for measure in ("seqsim",):
+        assert sa.pairs(measure) == sb.pairs(measure)
+        for x, y in sa.pairs(measure):
+            for layer in sa.layers:
+                (ma, *ids_a), (mb, *ids_b) = sa.matrix(measure, x, y, layer), sb.matrix(measure, x, y, layer)
+                np.testing.assert_array_equal(ma, mb)
+                assert ids_a == ids_b
+    local_root, remote_root = (out["store"].rsplit("/", 1)[0] for out in (local, remote))
+    for job in local:
+        mine, theirs = all_values(local[job], local_root), all_values(remote[job], remote_root)
+        assert sorted(mine) == sorted(theirs), job
+        differ = [key for key in mine if mine[key] != theirs[key]]
+        assert not differ, f"{job}: {differ} differ between the local and the remote run"
+
+
+def test_s3_chain_equals_local(local, s3, clips, tiny_model_dir):
+    # The jobs get the endpoint through --kvstore_spec (region and keys from the variables); this process reads the
+    # outputs back through AWS_ENDPOINT_URL.
+    spec = ("--kvstore_spec", f'{{"endpoint": "{s3["AWS_ENDPOINT_URL"]}"}}')
+    env = dict(s3, AWS_ENDPOINT_URL="")
+    assert_same_outputs(local, run_chain(f"s3://{BUCKET}/run", clips, tiny_model_dir, env=env, extra=spec))
+
+
+def test_gcs_chain_equals_local(local, gcs, clips, tiny_model_dir):
+    assert_same_outputs(local, run_chain(f"gs://{BUCKET}/run", clips, tiny_model_dir, env=gcs))
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_lease_and_write_once_keys(scheme, request):
+    request.getfixturevalue({"s3": "s3", "gs": "gcs"}[scheme])
+    url = f"{scheme}://{BUCKET}/lease-{time.time_ns()}"
+    _, kv = open_kvstore(url)
+    assert create_key(kv, "once.json", b"1", url)
+    with WriterLease(kv, url, "first", ttl=30) as first:
+        # moto honours S3's If-None-Match / If-Match; gcp-storage-emulator ignores ifGenerationMatch.
+        assert first.conditional == (scheme == "s3")
+        with pytest.raises(StoreBusyError, match="being written by another run: first"):
+            WriterLease(kv, url, "second", ttl=30).take()
+        assert kv.read(LEASE).result().state == "value"
+    assert kv.read(LEASE).result().state == "missing"
+    assert not create_key(kv, "once.json", b"2", url)
+    assert bytes(kv.read("once.json").result().value) == b"1"
