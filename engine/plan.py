@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 
@@ -127,7 +128,10 @@ class Plan:
         lines += [f"  {line}" for line in self.memory_lines]
         lines += ["", f"  here: {self.calibration}"]
         if self.device:
-            lines.append(f"  device: {self.device.describe()}; {EFFICIENCY:.0%} of peak assumed for the encoder")
+            lines.append(
+                f"  device: {self.device.describe()}; {EFFICIENCY:.0%} of peak FLOP/s assumed for encoder and seqsim, "
+                f"{DECODE_EFFICIENCY:.0%} for decoder steps"
+            )
         lines += [f"  assumes: {a}" for a in self.assumptions]
         return "\n".join(lines)
 
@@ -408,25 +412,35 @@ def plan_seqsim(
     stages = [Stage("seqsim", work, float(read), float(written), work / rate, dev)]
 
     platform = jax.devices()[0].platform
-    budget = default_memory_budget()
     largest = max(pairs, key=lambda p: len(done[p[0]]) * len(done[p[1]]) * padded[p[0]] * padded[p[1]])
     a, b = largest
-    ba, bb = choose_blocks(
-        len(done[a]), len(done[b]), padded[a], padded[b], d, jnp.dtype(dtype), budget, platform=platform
-    )
-    block_set = 2 * 4 * ba * padded[a] * bb * padded[b] + itemsize * (d + 2) * (ba * padded[a] + bb * padded[b])
-    pair_states = (len(done[a]) * padded[a] + len(done[b]) * padded[b]) * d * itemsize
+    n_a, n_b, m, n = len(done[a]), len(done[b]), padded[a], padded[b]
+
+    def blocks(budget: int, on: str) -> str:
+        ba, bb = choose_blocks(n_a, n_b, m, n, d, jnp.dtype(dtype), budget, platform=on)
+        working = 2 * 4 * ba * m * bb * n + itemsize * (d + 2) * (ba * m + bb * n)
+        return f"blocks of {ba} x {bb} utterances ({size(working)} working set, budget {size(budget)})", working
+
+    here_blocks, working = blocks(default_memory_budget(), platform)
+    # The job keeps every language of the layer it is scoring loaded (on the device) until the layer is done.
     layer_states = sum(len(done[lang]) * padded[lang] * d * itemsize for lang in langs)
-    peak = pair_states + block_set + len(done[a]) * len(done[b]) * 4 * 3
+    peak = layer_states + working + n_a * n_b * 4 * 3
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     memory_lines = [
-        f"largest pair {a}:{b}: {len(done[a])} x {len(done[b])} utterances of <= {padded[a]} x {padded[b]} frames; "
-        f"blocks of {ba} x {bb} utterances ({size(block_set)} working set, budget {size(budget)} on {platform})",
-        f"one layer of every language in {dtype}: {size(layer_states)}; "
-        f"fits in this machine's block budget per layer: {'yes' if layer_states < budget else 'no (read per pair)'}",
+        f"largest pair {a}:{b}: {n_a} x {n_b} utterances of <= {m} x {n} frames",
+        f"here ({platform}): {here_blocks}",
+        f"one layer of every language in {dtype}, held while that layer's pairs are scored: {size(layer_states)}; "
+        f"fits here ({size(host)} RAM): {'yes' if layer_states < 0.8 * host else 'NO'}",
     ]
     if device is not None:
+        on = "tpu" if device.name.startswith("TPU") else "gpu"
+        device_blocks, _ = blocks(int(device.memory // 4), on)  # kernels.seqsim uses a quarter of free memory
         fits = layer_states < 0.9 * device.memory
-        memory_lines.append(f"one layer of every language fits on {device.name}: {'yes' if fits else 'NO'}")
+        memory_lines += [
+            f"on {device.name}: {device_blocks}",
+            f"one layer of every language fits on {device.name}: "
+            + ("yes" if fits else "NO: split the languages over runs (--pairs, --langs)"),
+        ]
     counts = [
         ("store", store),
         ("languages", f"{len(langs)}, {len(pairs)} pairs, {n_layers} layers, d={d}"),
