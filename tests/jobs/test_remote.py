@@ -281,3 +281,22 @@ def test_lease_and_write_once_keys(scheme, request):
     assert kv.read(LEASE).result().state == "missing"
     assert not create_key(kv, "once.json", b"2", url)
     assert bytes(kv.read("once.json").result().value) == b"1"
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_broken_lease_stops_its_holder(scheme, request):
+    request.getfixturevalue({"s3": "s3", "gs": "gcs"}[scheme])
+    url = f"{scheme}://{BUCKET}/broken-{time.time_ns()}"
+    _, kv = open_kvstore(url)
+    first = WriterLease(kv, url, "first", ttl=0.6)
+    first.take()
+    try:
+        WriterLease(kv, url, "second", ttl=30, break_lease=True).take()  # a run sure that "first" is dead
+        deadline = time.time() + 10
+        while first._lost is None and time.time() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(StoreBusyError, match="broken by another run"):
+            first.check()
+    finally:
+        first.release()
+    assert b"second" in bytes(kv.read(LEASE).result().value)  # the holder that lost it does not delete it
