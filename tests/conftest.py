@@ -11,9 +11,9 @@ import json
 import os
 import pathlib
 
-import numpy as np
 import pytest
 
+from engine.whisper.checkpoints.export import hf_state_dict  # noqa: F401 (tests import it from here)
 from engine.whisper.dims import ModelDimensions
 from engine.whisper.languages import LANGUAGES
 from engine.whisper.model import random_state_dict
@@ -44,44 +44,6 @@ def fleurs_clips(fleurs_dir) -> list[pathlib.Path]:
 
 
 # -- the tiny random model -------------------------------------------------------------------------------------------
-
-
-def hf_state_dict(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """OpenAI names -> ``WhisperForConditionalGeneration`` names, written out here rather than taken from
-    ``engine.whisper.checkpoints.hf`` so that loading the folder also checks the library's mapping."""
-    top = {
-        "encoder.ln_post": "encoder.layer_norm",
-        "decoder.ln": "decoder.layer_norm",
-        "encoder.positional_embedding": "encoder.embed_positions.weight",
-        "decoder.positional_embedding": "decoder.embed_positions.weight",
-        "decoder.token_embedding.weight": "decoder.embed_tokens.weight",
-    }
-    parts = {
-        "attn": "self_attn",
-        "cross_attn": "encoder_attn",
-        "attn_ln": "self_attn_layer_norm",
-        "cross_attn_ln": "encoder_attn_layer_norm",
-        "mlp_ln": "final_layer_norm",
-        "mlp.0": "fc1",
-        "mlp.2": "fc2",
-    }
-    projections = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "out": "out_proj"}
-    out = {}
-    for name, value in sd.items():
-        side, rest = name.split(".", 1)
-        if rest.startswith("blocks."):
-            _, i, rest = rest.split(".", 2)
-            module, param = rest.rsplit(".", 1)
-            if module.endswith(tuple(f".{p}" for p in projections)):
-                attn, proj = module.rsplit(".", 1)
-                module = f"{parts[attn]}.{projections[proj]}"
-            else:
-                module = parts[module]
-            hf = f"{side}.layers.{i}.{module}.{param}"
-        else:
-            hf = next((hf + name[len(ours) :] for ours, hf in top.items() if name.startswith(ours)), name)
-        out[f"model.{hf}"] = np.ascontiguousarray(value)
-    return out
 
 
 def write_byte_level_tokenizer(path: pathlib.Path, n_text: int = 50257, num_languages: int = 99) -> None:
