@@ -370,7 +370,10 @@ def _unit_frames(x: jax.Array, lengths) -> jax.Array:
 
 def _dtw_distances(a, b, len_a, len_b, *, accumulator: str, chunk: int) -> jax.Array:
     """dtw_distance of pairs: a: f[pair, m, embed], b: f[pair, n, embed], len_a, len_b: i32[pair] -> f32[pair]."""
-    cos = jnp.einsum("pme,pne->pmn", _unit_frames(a, len_a), _unit_frames(b, len_b))  # f32[pair, m, n]
+    # HIGHEST: float32, not TF32, on GPUs (as in kernels.seqsim).
+    cos = jnp.einsum(
+        "pme,pne->pmn", _unit_frames(a, len_a), _unit_frames(b, len_b), precision=jax.lax.Precision.HIGHEST
+    )  # f32[pair, m, n]
     # The path length rides along the forward pass: no trace or backtrace needed.
     total, length, _ = _wavefront(1.0 - cos, len_a, len_b, chunk=chunk, accumulator=accumulator, want_trace=False)
     return total / length
@@ -420,7 +423,9 @@ def _dtw_similarity_tile(A, len_A, B, len_B, *, accumulator: str, chunk: int) ->
     speed (a batched product per pair took ~90% of the time: in a one-off measurement, 30 x 30 utterances of 200
     frames took 1.13 s that way and 0.19 s this way), then one wavefront over the r * c matrices."""
     r, c = A.shape[0], B.shape[0]
-    cos = jnp.einsum("ame,bne->abmn", _unit_frames(A, len_A), _unit_frames(B, len_B))
+    cos = jnp.einsum(
+        "ame,bne->abmn", _unit_frames(A, len_A), _unit_frames(B, len_B), precision=jax.lax.Precision.HIGHEST
+    )
     cost = (1.0 - cos).reshape(r * c, A.shape[1], B.shape[1])
     total, length, _ = _wavefront(
         cost, jnp.repeat(len_A, c), jnp.tile(len_B, r), chunk=chunk, accumulator=accumulator, want_trace=False
