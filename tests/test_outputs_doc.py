@@ -4,6 +4,7 @@ import pathlib
 import re
 
 from engine.analysis import challenge, probe
+from engine.finetune.run import METRIC_FIELDS
 from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.retrieval import CSV_COLUMNS
 from engine.stores.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
@@ -31,6 +32,7 @@ def test_every_written_column_is_documented():
         "probe relations.csv": probe.RELATION_COLUMNS,
         "interp pairs.parquet": PAIR_COLUMNS,
         "interp summary.csv": SUMMARY_COLUMNS,
+        "finetune metrics.csv": METRIC_FIELDS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"
