@@ -9,7 +9,9 @@ Protocol (``lease.json`` at the store's root, any kvstore with conditional write
 - **refuse**: a second run finding an unexpired lease of another owner is refused with ``StoreBusyError`` naming
   the holder, its expiry and how to break it.
 - **stale**: a lease whose expiry has passed (its holder was killed, or its host died) is taken over by the next
-  run, again conditionally on the generation read, so that two runs taking over a stale lease do not both win.
+  run, again conditionally on the generation read, so that two runs taking over a stale lease do not both win. A
+  lease whose holder ran on this host and whose process is gone (killed) is stale at once: a rerun right after a
+  kill needs no wait.
 - **break**: ``break_lease=True`` (``--break_lease``) takes over an unexpired lease too: for a holder known to be
   dead before its expiry. Its writes, if it is in fact alive, are safe (the store's commit protocol makes every
   utterance all-or-nothing), but it will stop at its next renewal.
@@ -97,6 +99,10 @@ class WriterLease:
         if found.state != "missing":
             holder = _parse(found.value)
             expires = holder.get("expires_unix", 0.0)
+            if expires > time.time() and _dead_here(holder):
+                # Killed on this very host (a SIGKILL, an out-of-memory kill): no need to wait for the expiry.
+                log.info("taking over the writer lease of %s on %r: that process no longer runs", holder, self.url)
+                expires = 0.0
             if expires > time.time() and not self.break_lease:
                 raise StoreBusyError(
                     f"store {self.url!r} is being written by another run: {holder.get('job')} on host "
@@ -181,6 +187,22 @@ class WriterLease:
                 self._lost = f"the writer lease of {self.url!r} was broken by another run (--break_lease); stopping"
                 log.error(self._lost)
                 return
+
+
+def _dead_here(holder: dict) -> bool:
+    """Whether the lease's holder ran on this host and its process is gone. Holders on other hosts (or in another
+    process namespace under the same host name, where the pid may belong to someone else) are never judged dead
+    here: their leases expire."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: an existence check, nothing is sent
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's process
+        return False
+    return False
 
 
 def _parse(value: bytes) -> dict:

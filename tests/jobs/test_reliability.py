@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -131,7 +132,12 @@ def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(clips, tiny_mod
     (out / LEASE).write_text(json.dumps(stale))
     run_job("encode", *args)
     assert open_store(str(out)).done("xx").all() and not (out / LEASE).exists()
-    # An unexpired lease of a run known to be dead: --break_lease.
+    # A run killed on this host leaves an unexpired lease whose pid no longer runs: taken over at once.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = {**stale, "host": socket.gethostname(), "pid": int(gone.stdout), "expires_unix": time.time() + 600}
+    (out / LEASE).write_text(json.dumps(here))
+    run_job("encode", *args)
+    # An unexpired lease of a run on another host, known to be dead: --break_lease.
     (out / LEASE).write_text(json.dumps({**stale, "expires_unix": time.time() + 600}))
     run_job("encode", *args, expect=1)
     run_job("encode", *args, "--break_lease")
