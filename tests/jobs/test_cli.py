@@ -97,3 +97,9 @@ def test_babelgrid_run_equals_the_separate_jobs_and_skips_completed_stages(tiny_
     assert second.stdout.count("complete (since") == 3, second.stdout
     help_ = subprocess.run([*command, "encode", "--help"], capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "--out: (required)" in help_.stdout
+
+
+def test_the_console_script_knows_every_job():
+    from jobs.cli import JOBS as CLI_JOBS
+
+    assert sorted(CLI_JOBS) == sorted(set(JOBS) - {"cli"})
