@@ -97,7 +97,7 @@ def _greedy(graphdef, state, xa, prompt, suppress, suppress_begin, eot, max_new_
     dec = model.decoder
     batch, n_prompt = prompt.shape
     kv = dec.cross_kv(xa)
-    cache = dec.init_cache(batch, xa.dtype)
+    cache = dec.init_cache(batch, xa.dtype, length=n_prompt + max_new_tokens)
     logits, cache, _ = dec(prompt, kv, cache=cache, offset=0)
     neg_inf = jnp.float32(-jnp.inf)
 
@@ -200,7 +200,7 @@ def _beam(
     rows = batch * k_beam
     # One cross-attention key/value per beam, as CTranslate2 replicates its memory: the decoder call stays batched.
     kv = [(jnp.repeat(k, k_beam, axis=0), jnp.repeat(v, k_beam, axis=0)) for k, v in dec.cross_kv(xa)]
-    cache = dec.init_cache(rows, xa.dtype)
+    cache = dec.init_cache(rows, xa.dtype, length=n_prompt + max_new_tokens)
     logits, cache, _ = dec(jnp.repeat(prompt, k_beam, axis=0), kv, cache=cache, offset=0)
     neg_inf = jnp.float32(-jnp.inf)
     b_idx = jnp.arange(batch)[:, None]

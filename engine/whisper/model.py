@@ -303,10 +303,15 @@ class TextDecoder(nnx.Module):
             jnp.stack(cross_weights) if return_cross_attention else None,
         )
 
-    def init_cache(self, batch: int, dtype=None):
+    def init_cache(self, batch: int, dtype=None, length: int | None = None):
+        """Per-block (k, v) of ``f[batch, length, heads, head_dim]``, zero. ``length``: the positions a decode can
+        reach (prompt + new tokens; default ``n_text_ctx``). Decoding attends over the whole cache with the positions
+        not yet written masked, and beam search reorders it every step: a cache sized to the decode, not to 448
+        positions, saves both."""
         dims = self.dims
         dtype = dtype or self.token_embedding.dtype
-        shape = (batch, dims.n_text_ctx, dims.n_text_head, dims.n_text_state // dims.n_text_head)
+        length = dims.n_text_ctx if length is None else min(int(length), dims.n_text_ctx)
+        shape = (batch, length, dims.n_text_head, dims.n_text_state // dims.n_text_head)
         return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(dims.n_text_layer))
 
 
