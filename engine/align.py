@@ -36,6 +36,7 @@ from engine.errors import BabelgridError, LanguageError
 from engine.parallel import barrier, is_process_zero
 from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.parts import read_part
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
@@ -45,7 +46,6 @@ from engine.stores.words import (
     WORD_SCHEMA,
     part_bytes,
     part_key,
-    read_part,
     write_language,
 )
 from engine.whisper.decoding import DecodingOptions
@@ -299,7 +299,7 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
         rows, lengths = tables[lang]
         last = min(first + config.chunk, len(rows))
         done_now = [u for u in range(first, last) if is_done(lengths[u])]
-        old = read_part(kv, part_key(lang, first))
+        old = read_part(kv, part_key(lang, first), config.out)
         if old is not None and old[1]["done"] == done_now:
             summary.already_done += len(done_now)
             _count_skips(summary, lang, rows, first, last, done_now, old[1]["skipped"])
@@ -340,7 +340,7 @@ def _merge(kv, lang: str, n_utterances: int, config: AlignConfig, reader) -> lis
     done = is_done(reader.lengths(lang))
     rows = reader.arrays(lang).rows
     for first in range(0, n_utterances, config.chunk):
-        part = read_part(kv, part_key(lang, first))
+        part = read_part(kv, part_key(lang, first), config.out)
         if part is None:
             raise AlignError(f"part {part_key(lang, first)} is missing after every process finished")
         tables.append(part[0])

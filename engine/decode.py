@@ -38,6 +38,7 @@ from engine.parallel import barrier, is_process_zero
 from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
 from engine.stores import hypotheses as hyp
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.parts import read_part, table_bytes
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.whisper.decoding import TASKS, DecodingOptions
@@ -319,7 +320,7 @@ def _decode(config: DecodeConfig, lease) -> DecodeSummary:
         }
         pending = {}
         for part, key in keys.items():
-            old = hyp.read_part(kv, key)
+            old = read_part(kv, key, config.out)
             if old is not None and old[1]["done"] == done_now:
                 summary.parts_kept += 1
                 bar.update(1)
@@ -453,7 +454,7 @@ def _merge(kv, config, reader, langs, variants, summary) -> None:
             for task in config.tasks:
                 for decoding in config.decodings:
                     key = hyp.part_key(lang, task, decoding, layer, ln_post)
-                    part = hyp.read_part(kv, key)
+                    part = read_part(kv, key, config.out)
                     if part is None:
                         raise DecodeError(f"part {key} is missing after every process finished")
                     tables.append(part[0].replace_schema_metadata(None))
@@ -467,7 +468,7 @@ def _merge(kv, config, reader, langs, variants, summary) -> None:
     from engine.analysis.decode_report import figures, report_markdown, scores_table
 
     files = {
-        hyp.HYPOTHESES: hyp.table_bytes(table),
+        hyp.HYPOTHESES: table_bytes(table),
         hyp.SCORES: _csv(hyp.SCORE_COLUMNS, [[s[c] for c in hyp.SCORE_COLUMNS] for s in scores]),
         hyp.SKIPPED: _csv(("language", "id", "task", "reason"), sorted(skipped)),
         hyp.REPORT: report_markdown(table, scores, summary, config.report_samples).encode(),

@@ -7,13 +7,12 @@ the folder and the loaded model, so the weights are written, loaded and compiled
 """
 
 import itertools
-import json
 import os
 import pathlib
 
 import pytest
 
-from engine.whisper.checkpoints.export import hf_state_dict  # noqa: F401 (tests import it from here)
+from engine.whisper.checkpoints.export import write_hf_folder
 from engine.whisper.dims import ModelDimensions
 from engine.whisper.languages import LANGUAGES
 from engine.whisper.model import random_state_dict
@@ -67,29 +66,9 @@ def write_byte_level_tokenizer(path: pathlib.Path, n_text: int = 50257, num_lang
 def write_tiny_hf_folder(
     folder: pathlib.Path, dims: ModelDimensions = TINY_DIMS, seed: int = TINY_SEED
 ) -> pathlib.Path:
-    """A random Whisper of ``dims`` as a Hugging Face folder in ``folder`` (created)."""
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(hf_state_dict(random_state_dict(dims, seed=seed)), str(folder / "model.safetensors"))
-    config = {
-        "model_type": "whisper",
-        "architectures": ["WhisperForConditionalGeneration"],
-        "num_mel_bins": dims.n_mels,
-        "max_source_positions": dims.n_audio_ctx,
-        "d_model": dims.n_audio_state,
-        "encoder_attention_heads": dims.n_audio_head,
-        "encoder_layers": dims.n_audio_layer,
-        "encoder_ffn_dim": 4 * dims.n_audio_state,
-        "vocab_size": dims.n_vocab,
-        "max_target_positions": dims.n_text_ctx,
-        "decoder_attention_heads": dims.n_text_head,
-        "decoder_layers": dims.n_text_layer,
-        "decoder_ffn_dim": 4 * dims.n_text_state,
-        "activation_function": "gelu",
-        "scale_embedding": False,
-    }
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    """A random Whisper of ``dims`` as a Hugging Face folder in ``folder`` (created), written by the library's own
+    exporter (``engine.whisper.checkpoints.export``), plus a byte-level tokenizer for the multilingual vocabulary."""
+    write_hf_folder(folder, random_state_dict(dims, seed=seed), dims)
     if dims.n_vocab == 51865:
         write_byte_level_tokenizer(folder / "tokenizer.json")
     return folder

@@ -16,13 +16,13 @@ Layout (``OUT`` a local path or a TensorStore kvstore URL; ``engine.decode`` wri
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import BabelgridError
+from engine.stores import parts
 from engine.stores.kv import open_kvstore
 
 MANIFEST = "decode.json"
@@ -60,24 +60,8 @@ def part_key(lang: str, task: str, decoding: str, layer: int, ln_post: bool) -> 
 
 
 def part_bytes(rows: dict, done: Sequence[int], skipped: Sequence[tuple[str, str, str]]) -> bytes:
-    table = pa.Table.from_pydict(rows, schema=HYPOTHESIS_SCHEMA)
-    meta = {"done": [int(u) for u in done], "skipped": [list(s) for s in skipped]}
-    return table_bytes(table.replace_schema_metadata({b"babelgrid": json.dumps(meta).encode()}))
-
-
-def table_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def read_part(kv, key: str):
-    """``(table, {"done": [...], "skipped": [...]})`` of a part, or None if it is not there."""
-    found = kv.read(key).result()
-    if found.state != "value":
-        return None
-    table = pq.read_table(io.BytesIO(bytes(found.value)))
-    return table, json.loads(table.schema.metadata[b"babelgrid"])
+    """One part of the hypotheses (``engine.stores.parts``)."""
+    return parts.part_bytes(rows, HYPOTHESIS_SCHEMA, done, skipped)
 
 
 def read_hypotheses(out: str) -> pa.Table:

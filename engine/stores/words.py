@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import BabelgridError
+from engine.stores import parts
 from engine.stores.kv import open_kvstore, write_all
 from engine.stores.similarity import check_name
 
@@ -49,21 +50,8 @@ def part_key(lang: str, first: int) -> str:
 
 
 def part_bytes(rows: dict, done: Sequence[int], skipped: Sequence[tuple[int, str, str]]) -> bytes:
-    table = pa.Table.from_pydict(rows, schema=WORD_SCHEMA)
-    meta = {"done": [int(u) for u in done], "skipped": [list(s) for s in skipped]}
-    table = table.replace_schema_metadata({b"babelgrid": json.dumps(meta).encode()})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def read_part(kv, key: str):
-    found = kv.read(key).result()
-    if found.state != "value":
-        return None
-    table = pq.read_table(io.BytesIO(bytes(found.value)))
-    meta = json.loads(table.schema.metadata[b"babelgrid"])
-    return table, meta
+    """One part of a language's words (``engine.stores.parts``)."""
+    return parts.part_bytes(rows, WORD_SCHEMA, done, skipped)
 
 
 def write_language(

@@ -95,8 +95,8 @@ def test_early_exit_matches_hf_generate_tiny(tiny_model_dir, tiny_whisper):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_early_exit_matches_hf_generate_real_weights(fleurs_clips):
+    from engine.whisper.checkpoints.export import hf_state_dict
     from engine.whisper.checkpoints.load import load_checkpoint
-    from tests.conftest import hf_state_dict
 
     ckpt = load_checkpoint(None)
     d = ckpt.dims
