@@ -182,16 +182,6 @@ def check_summary_against_scipy(summary: pd.DataFrame, pairs: pd.DataFrame) -> N
             np.testing.assert_allclose([row[n] for n in names], want, rtol=1e-5)  # summary.csv keeps 6 digits
 
 
-def test_summary_of_the_demo_run_against_scipy():
-    """The same check on a real run when one is lying around (the closing-note run on the demo store)."""
-    out = pathlib.Path(os.environ.get("BABELGRID_INTERP_OUT", "/tmp/demo_interp"))
-    if not (out / "summary.csv").exists():
-        pytest.skip(f"no interp run at {out}")
-    summary = pd.read_csv(out / "summary.csv")
-    for (a, b), rows in summary.groupby(["lang_a", "lang_b"]):
-        check_summary_against_scipy(rows, pd.read_parquet(out / f"{a}__{b}" / "pairs.parquet"))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Known answer on real speech.
 
