@@ -79,6 +79,37 @@ def find_espeak() -> str:
     return path
 
 
+def speak(espeak: str, lang: str, text: str, speed: int, pitch: int, target: pathlib.Path, what: str) -> None:
+    """espeak-ng's voice ``lang`` saying ``text`` into the WAV ``target``, atomically; ``what`` names the clip in
+    errors."""
+    # espeak-ng writes as it speaks: into a temp file in the same folder, renamed only once complete, so that an
+    # interrupted run never leaves a half clip under the final name (os.replace is atomic on one filesystem).
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".wav.tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        # -b 1: the text is UTF-8 whatever the locale says.
+        cmd = [espeak, "-b", "1", "-v", lang, "-s", str(speed), "-p", str(pitch), "-w", tmp, text]
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60)
+        except subprocess.TimeoutExpired:
+            raise DatasetError(f"espeak-ng hung on {what} (over 60 s); retry") from None
+        if result.returncode != 0 or os.path.getsize(tmp) <= 44:  # 44 bytes: a WAV header with no samples
+            raise DatasetError(
+                f"espeak-ng failed to synthesise {what} (exit {result.returncode}): "
+                f"{result.stderr.strip() or 'no audio written'}; check that `espeak-ng -v {lang} hello` works"
+            )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run_jobs(fn, jobs: list, workers: int) -> None:
+    """``fn`` over ``jobs`` on up to ``workers`` threads (espeak-ng is single-threaded); the first failure raises."""
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(jobs))) as pool:
+        list(pool.map(fn, jobs))  # list() re-raises the first failure here
+
+
 class DemoSource:
     """The demo set as a ``Source``: ``languages()`` are ``DEMO_LANGUAGES``, ids ``demo-000`` ..., no splits.
 
@@ -112,34 +143,20 @@ class DemoSource:
         espeak = find_espeak()
         for lang in languages:
             (self.dir / lang).mkdir(parents=True, exist_ok=True)
-        with concurrent.futures.ThreadPoolExecutor(min(self.workers, len(todo))) as pool:
-            # list() re-raises the first failure here.
-            list(pool.map(lambda job: self._synthesize_one(espeak, *job), todo))
+        run_jobs(lambda job: self._synthesize_one(espeak, *job), todo, self.workers)
         return len(todo)
 
     def _synthesize_one(self, espeak: str, lang: str, index: int) -> None:
-        target = self.clip_path(lang, index)
         speed, pitch = voice_settings(index)
-        # espeak-ng writes as it speaks: into a temp file in the same folder, renamed only once complete, so that
-        # an interrupted run never leaves a half clip under the final name (os.replace is atomic on one filesystem).
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".wav.tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            # -b 1: the text is UTF-8 whatever the locale says.
-            cmd = [espeak, "-b", "1", "-v", lang, "-s", str(speed), "-p", str(pitch), "-w", tmp, SENTENCES[index][lang]]
-            try:
-                result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60)
-            except subprocess.TimeoutExpired:
-                raise DatasetError(f"espeak-ng hung on demo clip {lang}/{DEMO_IDS[index]} (over 60 s); retry") from None
-            if result.returncode != 0 or os.path.getsize(tmp) <= 44:  # 44 bytes: a WAV header with no samples
-                raise DatasetError(
-                    f"espeak-ng failed to synthesise demo clip {lang}/{DEMO_IDS[index]} (exit {result.returncode}): "
-                    f"{result.stderr.strip() or 'no audio written'}; check that `espeak-ng -v {lang} hello` works"
-                )
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        speak(
+            espeak,
+            lang,
+            SENTENCES[index][lang],
+            speed,
+            pitch,
+            self.clip_path(lang, index),
+            f"demo clip {lang}/{DEMO_IDS[index]}",
+        )
 
     def utterances(self, lang: str, split: str | None = None) -> list[Utterance]:
         check_language(lang, self.languages(), "the demo set")

@@ -15,19 +15,16 @@ probe, not a benchmark.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import importlib.resources
 import json
 import os
 import pathlib
-import subprocess
-import tempfile
 
 import soundfile
 
-from engine.data.demo import BASE_PITCH, SYNTH_WORKERS, default_cache_dir, find_espeak
-from engine.data.utterance import DatasetError, Utterance, check_language
+from engine.data.demo import BASE_PITCH, SYNTH_WORKERS, default_cache_dir, find_espeak, run_jobs, speak
+from engine.data.utterance import Utterance, check_language
 
 WORD_LANGUAGES = ("en", "de", "es", "it")
 WORD_SPEED = 140  # words per minute: a word spoken alone, a little slower than the demo sentences
@@ -74,28 +71,12 @@ class WordsDemoSource:
         espeak = find_espeak()
         for lang in languages:
             (self.dir / lang).mkdir(parents=True, exist_ok=True)
-        with concurrent.futures.ThreadPoolExecutor(min(self.workers, len(todo))) as pool:
-            list(pool.map(lambda job: self._synthesize_one(espeak, *job), todo))
+        run_jobs(lambda job: self._synthesize_one(espeak, *job), todo, self.workers)
         return len(todo)
 
     def _synthesize_one(self, espeak: str, lang: str, concept: dict) -> None:
         target = self.clip_path(lang, concept["id"])
-        # Temp file then rename, as the demo set does: an interrupted run never leaves half a clip under its name.
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".wav.tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            cmd = [espeak, "-b", "1", "-v", lang, "-s", str(WORD_SPEED), "-p", str(BASE_PITCH), "-w", tmp]
-            cmd.append(concept[lang])
-            result = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=60)
-            if result.returncode != 0 or os.path.getsize(tmp) <= 44:  # a WAV header with no samples
-                raise DatasetError(
-                    f"espeak-ng failed on word clip {lang}/{concept['id']} (exit {result.returncode}): "
-                    f"{result.stderr.strip() or 'no audio written'}; check that `espeak-ng -v {lang} hello` works"
-                )
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        speak(espeak, lang, concept[lang], WORD_SPEED, BASE_PITCH, target, f"word clip {lang}/{concept['id']}")
 
     def utterances(self, lang: str, split: str | None = None) -> list[Utterance]:
         check_language(lang, self.languages(), "the bundled word set")
