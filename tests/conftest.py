@@ -3,13 +3,16 @@
 The tiny model is a Hugging Face folder (``config.json``, ``model.safetensors``, ``tokenizer.json``) written with NumPy
 and the ``safetensors`` library, so that tests and job subprocesses load it the way they load a hub checkpoint,
 without torch and without the packaged whisper-base (an optional extra). Fixtures are session-scoped: tests only read
-the folder and the loaded model, so the weights are written, loaded and compiled once per session.
+the folder and the loaded model, so the weights are written, loaded and compiled once per session. The same holds for
+the packaged whisper-base, its CTranslate2 twin and both encoders' output on the real clips (the parity modules).
 """
 
+import dataclasses
 import itertools
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 from engine.whisper.checkpoints.export import write_hf_folder
@@ -86,3 +89,99 @@ def tiny_whisper(tiny_model_dir):
     from engine.whisper.loaded import load_whisper
 
     return load_whisper(tiny_model_dir)
+
+
+# -- the packaged whisper-base on the real clips, shared by the parity modules ----------------------------------------
+#
+# Loading whisper-base, writing its CTranslate2 folder, taking the log-mel of the 50 clips and running both encoders
+# over their 51 windows cost about a minute each time; the parity modules (encoder, decoding, word timestamps) share
+# one copy per session. Read them, do not change them.
+
+PARITY_BATCH = 8  # windows per encoder call on both sides
+
+
+@dataclasses.dataclass(frozen=True)
+class FleursWindows:
+    """Every 30 s window of the 50 real clips (OpenAI's padding: the audio padded, then the log-mel taken)."""
+
+    names: list[str]  # per clip: file stem, fleurs-<whisper code>-<nnn>
+    langs: list[str]  # per clip: Whisper code from the file name
+    refs: list[str]  # per clip: the FLEURS transcript
+    mel: np.ndarray  # f32[window, n_mels, 3000]
+    owner: np.ndarray  # i32[window]: index of the window's clip
+    valid: np.ndarray  # i32[window]: encoder frames holding audio
+
+    def windows_of(self, clip: int) -> np.ndarray:
+        return np.flatnonzero(self.owner == clip)
+
+
+@pytest.fixture(scope="session")
+def base_whisper():
+    """The packaged whisper-base (``load_whisper()``), float32."""
+    from engine.whisper.loaded import load_whisper
+
+    return load_whisper()
+
+
+@pytest.fixture(scope="session")
+def ct2_base_dir(tmp_path_factory) -> pathlib.Path:
+    """The packaged model as a plain CTranslate2 folder (parts concatenated), for CTranslate2 and faster-whisper."""
+    from engine.whisper.checkpoints.load import write_packaged_ct2_folder
+
+    return write_packaged_ct2_folder(tmp_path_factory.mktemp("ct2-base"))
+
+
+@pytest.fixture(scope="session")
+def ct2_base(ct2_base_dir):
+    """CTranslate2's ``Whisper`` on the packaged model, float32, two threads."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    return ctranslate2.models.Whisper(str(ct2_base_dir), device="cpu", compute_type="float32", intra_threads=2)
+
+
+@pytest.fixture(scope="session")
+def fleurs_windows(fleurs_clips, base_whisper) -> FleursWindows:
+    from engine.data.audio import load_audio
+    from engine.data.features import features_for_audio
+
+    mels, owner, valid, refs = [], [], [], []
+    for i, path in enumerate(fleurs_clips):
+        mel, frames = features_for_audio(load_audio(path), base_whisper.dims.n_mels)
+        mels.append(np.asarray(mel))
+        owner += [i] * len(mel)
+        valid += [int(f) for f in frames]
+        refs.append(path.with_suffix(".txt").read_text(encoding="utf-8").strip())
+    return FleursWindows(
+        names=[p.stem for p in fleurs_clips],
+        langs=[p.stem.split("-")[1] for p in fleurs_clips],
+        refs=refs,
+        mel=np.concatenate(mels),
+        owner=np.asarray(owner, np.int32),
+        valid=np.asarray(valid, np.int32),
+    )
+
+
+def ct2_view(array):
+    """A CTranslate2 ``StorageView`` of a float32 copy of ``array``."""
+    import ctranslate2
+
+    return ctranslate2.StorageView.from_array(np.array(array, np.float32, copy=True))
+
+
+@pytest.fixture(scope="session")
+def base_encoded(base_whisper, ct2_base, fleurs_windows) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder output (layer L+1) of every window, ours and CTranslate2's: f32[window, 1500, 512] each.
+
+    Ours runs at full float32 matmul precision: on a GPU JAX's default is TF32, which on an H100 put the encoder at
+    1.3e-2 to 2.9e-2 of the peak from CTranslate2 (4 windows; 3.4e-5 to 8.8e-5 with "highest").
+    """
+    import jax
+
+    mel = fleurs_windows.mel
+    top = base_whisper.dims.n_audio_layer + 1
+    ours, theirs = [], []
+    for start in range(0, len(mel), PARITY_BATCH):
+        chunk = mel[start : start + PARITY_BATCH]
+        with jax.default_matmul_precision("highest"):
+            ours.append(np.asarray(base_whisper.encode(chunk, (top,))[0]))
+        theirs.append(np.asarray(ct2_base.encode(ct2_view(chunk), to_cpu=True)))
+    return np.concatenate(ours), np.concatenate(theirs)

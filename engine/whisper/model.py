@@ -87,6 +87,11 @@ class Conv1d(nnx.Module):
         return y + self.bias[...]
 
 
+def _head_major(x):
+    """f[b, t, h, dh] -> f[b, h, t, dh]."""
+    return jnp.transpose(x, (0, 2, 1, 3))
+
+
 def _gelu(x):
     return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU() default: exact erf form
 
@@ -118,6 +123,35 @@ class MultiHeadAttention(nnx.Module):
         out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
         b, tq, h, _ = out.shape
         return out.reshape(b, tq, h * dh), (logits if return_logits else weights)
+
+    def attend_head_major(self, q, k, v, mask=None, return_logits=False):
+        """``attend`` for the decoder, whose keys and values are stored head-major: ``k/v: f[bk, h, tk, dh]``.
+
+        Stored that way (the cross-attention keys once per decode, the self-attention cache as it grows), a decoding
+        step reads them as they lie. In the ``[b, tk, h, dh]`` layout XLA on CPU transposed the cross-attention keys
+        and values of every block at every step (1.5 GB per step for a beam of 5 x 8 windows of whisper-base).
+        ``q: f[b, tq, h, dh]`` with ``b = bk * g``: ``g`` consecutive query rows (the beams of one utterance) share
+        one key/value row, so beam search does not copy the encoder states per beam. ``mask: bool[bk or 1, 1, tq,
+        tk]``. Returns ``(out f[b, tq, h*dh], weights f32[b, h, tq, tk])`` as ``attend``.
+        """
+        b, tq, h, dh = q.shape
+        bk, tk = k.shape[0], k.shape[2]
+        if b % bk:
+            raise ValueError(f"{b} query rows cannot share {bk} key/value rows")
+        g = b // bk
+        # Every product in head-major form ("bhqd,bhkd", "bhqk,bhkd->bhqd"): with the output "bqhd" instead, XLA on
+        # CPU took a 5x slower kernel for the weights x values product of a beam (bench/decode.py).
+        q = _head_major(q.reshape(bk, g * tq, h, dh))
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * (dh**-0.5)
+        if mask is not None:
+            logits = jnp.where(jnp.tile(mask, (1, 1, g, 1)) if g > 1 else mask, logits, -jnp.inf)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
+        out = _head_major(out).reshape(b, tq, h * dh)
+        kept = logits if return_logits else weights
+        if g > 1:
+            kept = jnp.transpose(kept.reshape(bk, h, g, tq, tk), (0, 2, 1, 3, 4)).reshape(b, h, tq, tk)
+        return out, kept
 
     def attend_unmasked(self, q, k, v):
         """``attend`` without a mask or weights, for the encoder: ``f[b, tq, h*dh]``.
@@ -241,20 +275,22 @@ class TextDecoder(nnx.Module):
         self.ln = LayerNorm(sd["decoder.ln.weight"], sd["decoder.ln.bias"], dtype)
 
     def cross_kv(self, xa):
-        """xa: f[batch, frame, embed] -> per block (k, v), each f[batch, frame, heads, head_dim]."""
+        """xa: f[batch, frame, embed] -> per block (k, v), each head-major f[batch, heads, frame, head_dim]
+        (``MultiHeadAttention.attend_head_major``). A decoder call with ``g * batch`` token rows lets each group of
+        ``g`` consecutive rows (the beams of one utterance) attend to one row of these."""
         out = []
         for block in self.blocks:
             a = block.cross_attn
-            out.append((a.split_heads(a.key(xa)), a.split_heads(a.value(xa))))
+            out.append((_head_major(a.split_heads(a.key(xa))), _head_major(a.split_heads(a.value(xa)))))
         return out
 
     def __call__(self, tokens, cross_kv, cache=None, offset=0, xa_mask=None, return_cross_attention=False):
         """Run the decoder on ``tokens: i32[batch, t]`` at positions ``offset..offset+t-1``.
 
-        ``cache``: None (no cache; tokens start at position 0 and attend causally among
-        themselves) or a tuple of per-block (k, v) arrays ``f[batch, n_text_ctx, heads, head_dim]``
-        that are updated at ``offset`` and returned. ``xa_mask``: bool[batch, frame] of audio
-        frames to attend to (None = all).
+        ``cross_kv``: ``cross_kv(xa)`` of ``batch / g`` utterances (``g`` consecutive token rows share one). ``cache``:
+        None (no cache; tokens start at position 0 and attend causally among themselves) or a tuple of per-block
+        (k, v) arrays ``f[batch, heads, length, head_dim]`` (``init_cache``) that are updated at ``offset`` and
+        returned. ``xa_mask``: bool[batch / g, frame] of audio frames to attend to (None = all).
 
         Returns ``(logits f32[batch, t, n_vocab], new_cache, cross_weights)`` where
         ``cross_weights`` is ``f32[layer, batch, heads, t, frame]`` when requested, else None: the
@@ -269,7 +305,7 @@ class TextDecoder(nnx.Module):
         if cache is None:
             self_mask = (jnp.arange(t)[None, :] <= jnp.arange(t)[:, None])[None, None]
         else:
-            k_pos = jnp.arange(cache[0][0].shape[1])
+            k_pos = jnp.arange(cache[0][0].shape[2])
             self_mask = (k_pos[None, :] <= q_pos[:, None])[None, None]
         cross_mask = None if xa_mask is None else xa_mask[:, None, None, :]
         new_cache = []
@@ -277,18 +313,19 @@ class TextDecoder(nnx.Module):
         for i, block in enumerate(self.blocks):
             a = block.attn
             h = block.attn_ln(x)
-            q, k, v = a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h))
+            q = a.split_heads(a.query(h))
+            k, v = _head_major(a.split_heads(a.key(h))), _head_major(a.split_heads(a.value(h)))
             if cache is not None:
                 ck, cv = cache[i]
-                k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), offset, axis=1)
-                v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), offset, axis=1)
+                k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), offset, axis=2)
+                v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), offset, axis=2)
                 new_cache.append((k, v))
-            out, _ = a.attend(q, k, v, self_mask)
+            out, _ = a.attend_head_major(q, k, v, self_mask)
             x = x + a.out(out)
             c = block.cross_attn
             h = block.cross_attn_ln(x)
             xk, xv = cross_kv[i]
-            out, w = c.attend(
+            out, w = c.attend_head_major(
                 c.split_heads(c.query(h)), xk, xv, cross_mask, return_logits=return_cross_attention == "logits"
             )
             if return_cross_attention:
@@ -304,14 +341,14 @@ class TextDecoder(nnx.Module):
         )
 
     def init_cache(self, batch: int, dtype=None, length: int | None = None):
-        """Per-block (k, v) of ``f[batch, length, heads, head_dim]``, zero. ``length``: the positions a decode can
-        reach (prompt + new tokens; default ``n_text_ctx``). Decoding attends over the whole cache with the positions
-        not yet written masked, and beam search reorders it every step: a cache sized to the decode, not to 448
-        positions, saves both."""
+        """Per-block (k, v) of ``f[batch, heads, length, head_dim]`` (head-major), zero. ``length``: the positions a
+        decode can reach (prompt + new tokens; default ``n_text_ctx``). Decoding attends over the whole cache with the
+        positions not yet written masked, and beam search reorders it every step: a cache sized to the decode, not to
+        448 positions, saves both."""
         dims = self.dims
         dtype = dtype or self.token_embedding.dtype
         length = dims.n_text_ctx if length is None else min(int(length), dims.n_text_ctx)
-        shape = (batch, length, dims.n_text_head, dims.n_text_state // dims.n_text_head)
+        shape = (batch, dims.n_text_head, length, dims.n_text_state // dims.n_text_head)
         return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(dims.n_text_layer))
 
 

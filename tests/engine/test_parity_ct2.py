@@ -18,82 +18,26 @@ features of the 50 real FLEURS clips (every 30 s window of the long ones).
   least 48 of 50 clips; near-tied logits may legitimately flip a token on a couple of clips.
 """
 
-import jax
 import numpy as np
 import pytest
 
-ctranslate2 = pytest.importorskip("ctranslate2")
+pytest.importorskip("ctranslate2")
 
 from engine.analysis.text_metrics import wer  # noqa: E402
-from engine.data.audio import load_audio  # noqa: E402
-from engine.data.features import features_for_audio  # noqa: E402
-from engine.whisper.checkpoints.load import write_packaged_ct2_folder  # noqa: E402
 from engine.whisper.decoding import DecodingOptions  # noqa: E402
-from engine.whisper.loaded import load_whisper  # noqa: E402
+from tests.conftest import PARITY_BATCH as BATCH  # noqa: E402
+from tests.conftest import ct2_view  # noqa: E402
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-
-@pytest.fixture(scope="module")
-def ct2_dir(tmp_path_factory):
-    """The packaged model as a plain CTranslate2 folder (parts concatenated) for CTranslate2 itself."""
-    return write_packaged_ct2_folder(tmp_path_factory.mktemp("ct2-base"))
+# The packaged whisper-base, its CTranslate2 twin, the windows of the 50 clips and both encoders' output on them
+# (layer L+1, ours at float32 matmul precision) are the session fixtures base_whisper, ct2_base, fleurs_windows and
+# base_encoded (tests/conftest.py), shared with the decoding and word-timestamp parity modules.
 
 
 @pytest.fixture(scope="module")
-def whisper():
-    return load_whisper()
-
-
-@pytest.fixture(scope="module")
-def ct2_model(ct2_dir):
-    return ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32", intra_threads=2)
-
-
-@pytest.fixture(scope="module")
-def clips(fleurs_clips, whisper):
-    """(name, language from file name, reference text, mel windows) for every clip."""
-    out = []
-    for path in fleurs_clips:
-        audio = load_audio(path)
-        mel, _ = features_for_audio(audio, whisper.dims.n_mels)
-        ref = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        out.append((path.stem, path.stem.split("-")[1], ref, np.asarray(mel)))
-    return out
-
-
-BATCH = 8  # windows per call: one compiled program per side, few padded decoding steps
-
-
-def ct2_view(array):
-    return ctranslate2.StorageView.from_array(np.array(array, np.float32, copy=True))
-
-
-@pytest.fixture(scope="module")
-def windows(clips):
-    """Every window of every clip, with the index of its clip."""
-    mel = np.concatenate([c[3] for c in clips])
-    owner = np.concatenate([[i] * len(c[3]) for i, c in enumerate(clips)])
-    return mel, owner
-
-
-@pytest.fixture(scope="module")
-def encoded(whisper, ct2_model, windows):
-    """Encoder output (layer L+1) of every window from both implementations, computed once.
-
-    Each side's decoding then starts from its own encoder output, as it would in one call. Ours runs
-    at full float32 matmul precision: on a GPU JAX's default is TF32, which on an H100 put the encoder
-    at 1.3e-2 to 2.9e-2 of the peak from CTranslate2 (4 windows; 3.4e-5 to 8.8e-5 with "highest").
-    """
-    mel, _ = windows
-    top = whisper.dims.n_audio_layer + 1
-    ours, theirs = [], []
-    for start in range(0, len(mel), BATCH):
-        chunk = mel[start : start + BATCH]
-        with jax.default_matmul_precision("highest"):
-            ours.append(np.asarray(whisper.encode(chunk, (top,))[0]))
-        theirs.append(np.asarray(ct2_model.encode(ct2_view(chunk), to_cpu=True)))
-    return np.concatenate(ours), np.concatenate(theirs)
+def whisper(base_whisper):
+    return base_whisper
 
 
 # Encoder tolerance, relative to each window's peak |activation| (22 to 25 on every FLEURS window, rms
@@ -110,27 +54,27 @@ def peak_relative_error(ours, ref):
     return np.abs(ours - ref).max(axis=(1, 2)) / np.abs(ref).max(axis=(1, 2)).astype(np.float64)
 
 
-def test_encoder_output_matches_ctranslate2(encoded, windows, clips, whisper, fleurs_clips):
-    ours, ref = encoded
-    mel, owner = windows
+def test_encoder_output_matches_ctranslate2(base_encoded, fleurs_windows, whisper):
+    ours, ref = base_encoded
+    mel, owner, names = fleurs_windows.mel, fleurs_windows.owner, fleurs_windows.names
     assert ours.shape == ref.shape == (len(mel), 1500, 512)
     rel = peak_relative_error(ours, ref)
     worst = int(rel.argmax())
     print(
         f"\nencoder vs CTranslate2 over {len(rel)} windows, max|diff|/max|ref|: median {np.median(rel):.2e}, "
-        f"max {rel.max():.2e} ({clips[owner[worst]][0]}); tolerance {ENCODER_REL_TOL:.2e}"
+        f"max {rel.max():.2e} ({names[owner[worst]]}); tolerance {ENCODER_REL_TOL:.2e}"
     )
-    bad = [(clips[owner[i]][0], float(f"{e:.2e}")) for i, e in enumerate(rel) if e >= ENCODER_REL_TOL]
+    bad = [(names[owner[i]], float(f"{e:.2e}")) for i, e in enumerate(rel) if e >= ENCODER_REL_TOL]
     assert not bad, f"encoder output differs from CTranslate2 by >= {ENCODER_REL_TOL:.2e} of the peak on {bad}"
 
     # Controls: the tolerance must reject the mistakes it is there for. Clip 0's first window is
     # padded (its audio is < 30 s); zeroing the log-mel after the audio is faster-whisper's padding,
     # while both sides here were fed OpenAI's (audio padded with zeros, then the log-mel taken).
     top = whisper.dims.n_audio_layer + 1
-    _, valid_frames = features_for_audio(load_audio(fleurs_clips[0]), whisper.dims.n_mels)
-    assert owner[0] == 0 and valid_frames[0] < 1500
+    valid_frames = fleurs_windows.valid[0]
+    assert owner[0] == 0 and valid_frames < 1500
     zero_padded = mel[0].copy()
-    zero_padded[:, 2 * valid_frames[0] :] = 0.0  # two mel frames per encoder frame
+    zero_padded[:, 2 * valid_frames :] = 0.0  # two mel frames per encoder frame
     states = np.asarray(whisper.encode(np.concatenate([mel[:BATCH], zero_padded[None]]), (top - 2, top - 1, top)))
     controls = {
         "one block short (ln_post of layer L-1)": np.asarray(whisper.model.encoder.ln_post(states[0, :BATCH])),
@@ -144,25 +88,25 @@ def test_encoder_output_matches_ctranslate2(encoded, windows, clips, whisper, fl
 
 
 @pytest.fixture(scope="module")
-def decoded(whisper, ct2_model, encoded, windows, clips):
+def decoded(whisper, ct2_base, base_encoded, fleurs_windows):
     """Our and CTranslate2's language and greedy transcript per clip (windows concatenated)."""
     tok = whisper.tokenizer
-    ours_xa, ct2_xa = encoded
+    ours_xa, ct2_xa = base_encoded
     langs, texts, ct2_langs, ct2_texts = [], [], [], []
     for start in range(0, len(ours_xa), BATCH):
         res = whisper.transcribe(None, xa=ours_xa[start : start + BATCH])
         langs += res.languages
         texts += res.texts
         view = ct2_view(ct2_xa[start : start + BATCH])
-        detected = [r[0][0].strip("<|>") for r in ct2_model.detect_language(view)]
+        detected = [r[0][0].strip("<|>") for r in ct2_base.detect_language(view)]
         prompts = [list(tok.sot_sequence(code, "transcribe")) for code in detected]
-        out = ct2_model.generate(view, prompts, beam_size=1, suppress_blank=True, suppress_tokens=[-1], max_length=448)
+        out = ct2_base.generate(view, prompts, beam_size=1, suppress_blank=True, suppress_tokens=[-1], max_length=448)
         ct2_langs += detected
         ct2_texts += [tok.decode(r.sequences_ids[0]) for r in out]
-    owner = windows[1]
+    fw = fleurs_windows
     rows = []
-    for i, (name, lang, ref, _) in enumerate(clips):
-        mine = np.flatnonzero(owner == i)
+    for i, (name, lang, ref) in enumerate(zip(fw.names, fw.langs, fw.refs, strict=True)):
+        mine = fw.windows_of(i)
         rows.append(
             (
                 name,
@@ -198,15 +142,14 @@ def test_greedy_transcripts_match_ctranslate2(decoded):
     assert same >= 48, diffs
 
 
-def test_early_exit_and_translate_run(whisper, clips):
+def test_early_exit_and_translate_run(whisper, fleurs_windows):
     """Early exit decodes from the layer asked for: the same as that layer's states taken from ``encode``, normalised
     here with ln_post's weights (or not), and handed to the decoder as ``xa``; and not what layer L+1 gives."""
     import jax.numpy as jnp
 
     from engine.whisper.decoding import teacher_forced
 
-    _, _, _, mel = clips[0]
-    mel = mel[:1]
+    mel = fleurs_windows.mel[fleurs_windows.windows_of(0)[:1]]
     top = whisper.dims.n_audio_layer + 1
     layer = top - 3  # an intermediate block: ln_post of block L would be layer L+1 itself
     n_tokens = 40  # enough to tell the layers apart, cheap on CPU

@@ -20,68 +20,27 @@ import jax
 import numpy as np
 import pytest
 
-ctranslate2 = pytest.importorskip("ctranslate2")
+pytest.importorskip("ctranslate2")
 
-from engine.data.audio import load_audio  # noqa: E402
-from engine.data.features import features_for_audio  # noqa: E402
-from engine.whisper.checkpoints.load import write_packaged_ct2_folder  # noqa: E402
 from engine.whisper.decoding import DecodingOptions  # noqa: E402
-from engine.whisper.loaded import load_whisper  # noqa: E402
+from tests.conftest import PARITY_BATCH as BATCH  # noqa: E402
+from tests.conftest import ct2_view  # noqa: E402
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-BATCH = 8  # windows per call on both sides
 # Our decode's cap, well above any FLEURS window's transcript (asserted below, so it never binds): the key/value
 # cache is sized prompt + cap, and beam search reorders it every step, so a cap of 128 instead of the default 224
-# makes the beam test about 1.7x cheaper without changing a token.
+# makes the beam test cheaper without changing a token.
 MAX_NEW_TOKENS = 128
 
 
-def ct2_view(array):
-    return ctranslate2.StorageView.from_array(np.array(array, np.float32, copy=True))
-
-
-@pytest.fixture(scope="module")
-def whisper():
-    return load_whisper()
-
-
-@pytest.fixture(scope="module")
-def ct2_model(tmp_path_factory):
-    folder = write_packaged_ct2_folder(tmp_path_factory.mktemp("ct2-base"))
-    return ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32", intra_threads=2)
-
-
-@pytest.fixture(scope="module")
-def windows(fleurs_clips, whisper):
-    """(mel f32[window, 80, 3000], owner i32[window] clip index, language per window, clip names)."""
-    mels, owner, langs = [], [], []
-    for i, path in enumerate(fleurs_clips):
-        mel, _ = features_for_audio(load_audio(path), whisper.dims.n_mels)
-        mels.append(np.asarray(mel))
-        owner += [i] * len(mel)
-        langs += [path.stem.split("-")[1]] * len(mel)  # fleurs-<whisper code>-<nnn>
-    return np.concatenate(mels), np.asarray(owner), langs, [p.stem for p in fleurs_clips]
-
-
-@pytest.fixture(scope="module")
-def encoded(whisper, ct2_model, windows):
-    mel = windows[0]
-    top = whisper.dims.n_audio_layer + 1
-    ours, theirs = [], []
-    for start in range(0, len(mel), BATCH):
-        chunk = mel[start : start + BATCH]
-        with jax.default_matmul_precision("highest"):  # TF32 on a GPU would flip tokens (test_parity_ct2.py)
-            ours.append(np.asarray(whisper.encode(chunk, (top,))[0]))
-        theirs.append(np.asarray(ct2_model.encode(ct2_view(chunk), to_cpu=True)))
-    return np.concatenate(ours), np.concatenate(theirs)
-
-
 def decode_both(whisper, ct2_model, encoded, windows, task, beam_size):
-    """Per clip: (name, our tokens, CTranslate2's tokens), windows joined."""
+    """Per clip: (name, our tokens, CTranslate2's tokens), windows joined. Each side decodes from its own encoder
+    output (the session fixture base_encoded), as it would in one call."""
     tok = whisper.tokenizer
     ours_xa, ct2_xa = encoded
-    _, owner, langs, names = windows
+    owner, names = windows.owner, windows.names
+    langs = [windows.langs[i] for i in owner]  # per window
     ours, theirs = [], []
     for start in range(0, len(ours_xa), BATCH):
         stop = min(start + BATCH, len(ours_xa))
@@ -119,8 +78,9 @@ def decode_both(whisper, ct2_model, encoded, windows, task, beam_size):
     [("transcribe", 1, 48), ("transcribe", 5, 45), ("translate", 1, 48)],
     ids=["transcribe-greedy", "transcribe-beam5", "translate-greedy"],
 )
-def test_decoding_matches_ctranslate2(whisper, ct2_model, encoded, windows, task, beam_size, at_least):
-    rows = decode_both(whisper, ct2_model, encoded, windows, task, beam_size)
+def test_decoding_matches_ctranslate2(base_whisper, ct2_base, base_encoded, fleurs_windows, task, beam_size, at_least):
+    whisper = base_whisper
+    rows = decode_both(whisper, ct2_base, base_encoded, fleurs_windows, task, beam_size)
     tok = whisper.tokenizer
     same = sum(a == b for _, a, b in rows)
     diffs = [(name, tok.decode(a), tok.decode(b)) for name, a, b in rows if a != b]

@@ -152,35 +152,34 @@ def test_bad_inputs_are_refused(tiny):
 
 
 @pytest.fixture(scope="module")
-def whisper():
-    from engine.whisper.loaded import load_whisper
-
-    return load_whisper()
+def whisper(base_whisper):
+    return base_whisper
 
 
 @pytest.fixture(scope="module")
-def real(fleurs_clips, whisper):
-    """(name, language, transcript tokens, mel f32[1, n_mels, 3000], valid frames) of every single-window clip."""
+def real(fleurs_windows, whisper):
+    """(name, language, transcript tokens, window index, valid frames) of every single-window clip: the session's
+    shared windows (tests/conftest.py), whose encoder outputs both sides already computed (base_encoded)."""
+    fw = fleurs_windows
     out = []
-    for path in fleurs_clips:
-        mel, valid = features_for_audio(load_audio(path), whisper.dims.n_mels)
-        if len(mel) == 1:
-            text = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-            out.append((path.stem, path.stem.split("-")[1], whisper.tokenizer.encode(" " + text), mel, int(valid[0])))
+    for i, (name, lang, text) in enumerate(zip(fw.names, fw.langs, fw.refs, strict=True)):
+        windows = fw.windows_of(i)
+        if len(windows) == 1:
+            w = int(windows[0])
+            out.append((name, lang, whisper.tokenizer.encode(" " + text), w, int(fw.valid[w])))
     assert len(out) == 49
     return out
 
 
 @pytest.fixture(scope="module")
-def ours(real, whisper):
+def ours(real, whisper, base_encoded):
     """Our words for every clip, batched: from full windows (as Whisper), and as the align job does from a layer
     store (nothing past the valid frames, so the padding is filled with the silent window's states)."""
     out = {False: [], True: []}
     silence = silence_states(whisper)
     for start in range(0, len(real), BATCH):
         chunk = real[start : start + BATCH]
-        mel = np.concatenate([c[3] for c in chunk])
-        xa = np.asarray(whisper.audio_features(mel))
+        xa = base_encoded[0][[c[3] for c in chunk]]
         n = [c[4] for c in chunk]
         texts, langs = [c[2] for c in chunk], [c[1] for c in chunk]
         out[False] += align_words(whisper, xa, n, texts, langs)
@@ -190,19 +189,17 @@ def ours(real, whisper):
 
 
 @pytest.fixture(scope="module")
-def theirs(real, tmp_path_factory):
+def theirs(real, ct2_base_dir, base_encoded):
+    """faster-whisper's words from CTranslate2's encoder output of the same windows."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     fw = pytest.importorskip("faster_whisper")
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import merge_punctuations as fw_merge
 
-    from engine.whisper.checkpoints.load import write_packaged_ct2_folder
-
-    folder = write_packaged_ct2_folder(tmp_path_factory.mktemp("ct2-base"))
-    model = fw.WhisperModel(str(folder), device="cpu", compute_type="float32", cpu_threads=2)
+    model = fw.WhisperModel(str(ct2_base_dir), device="cpu", compute_type="float32", cpu_threads=2)
     out = []
-    for _, lang, tokens, mel, valid in real:
-        enc = model.model.encode(ctranslate2.StorageView.from_array(np.array(mel, np.float32, copy=True)), to_cpu=True)
+    for _, lang, tokens, window, valid in real:
+        enc = ctranslate2.StorageView.from_array(np.array(base_encoded[1][window : window + 1], copy=True))
         tok = Tokenizer(model.hf_tokenizer, True, task="transcribe", language=lang)
         words = model.find_alignment(tok, [tokens], enc, 2 * valid)[0]
         fw_merge(words, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS)
@@ -244,8 +241,9 @@ def test_store_alignment_with_silence_padding_is_close_to_faster_whisper(ours, t
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_batched_equals_one_by_one(real, ours, whisper):
-    for name, lang, tokens, mel, valid in real[:BATCH]:
+def test_batched_equals_one_by_one(real, ours, whisper, fleurs_windows):
+    for name, lang, tokens, window, valid in real[:BATCH]:
+        mel = fleurs_windows.mel[window : window + 1]
         alone = align_words(whisper, whisper.audio_features(mel), [valid], [tokens], [lang])[0]
         batched = ours[False][[r[0] for r in real].index(name)]
         assert [(w.text, w.start, w.end) for w in alone] == [(w.text, w.start, w.end) for w in batched], name
