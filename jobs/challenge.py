@@ -3,7 +3,8 @@ r"""Pronunciation-controlled challenge sets: which translation pairs share a nam
     python -m jobs.challenge --store /tmp/demo-store --out /tmp/challenge --pairs en:es,en:de,de:sv
     python -m jobs.retrieval --similarity /tmp/demo-sim --out /tmp/ret-challenge --subset /tmp/challenge
 
-Writes OUT/<a>__<b>.csv (id, kept, reason, evidence) and OUT/summary.csv (pairs kept per pair and threshold).
+Writes OUT/<a>__<b>.csv (id, kept, reason, evidence), OUT/summary.csv (pairs kept per pair and threshold) and
+OUT/challenge.json (the settings); a rerun into OUT with other settings is refused, naming them.
 Library and the rules: engine/analysis/challenge.py; the threshold's justification: docs/challenge.md.
 """
 
@@ -11,7 +12,13 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.analysis.challenge import DEFAULT_MIN_PHONES, DEFAULT_PHONE_THRESHOLD, ChallengeConfig, run_challenge
+from engine.analysis.challenge import (
+    DEFAULT_MIN_PHONES,
+    DEFAULT_PHONE_THRESHOLD,
+    ChallengeConfig,
+    ChallengeError,
+    run_challenge,
+)
 from jobs import common
 
 common.define_store_flag("layer store written by the encode job (its utterance tables give the texts)")
@@ -20,12 +27,24 @@ flags.DEFINE_string("pairs", "unordered", "'unordered' (every pair once) or a li
 common.define_langs_flag()
 flags.DEFINE_float("phone_threshold", DEFAULT_PHONE_THRESHOLD, "phone distance below which two words sound alike")
 flags.DEFINE_integer("min_phones", DEFAULT_MIN_PHONES, "shortest word (IPA segments) the sound rule compares")
-flags.DEFINE_bool("ner", False, "also count spaCy's named entities as proper nouns (needs a spaCy pipeline)")
+flags.DEFINE_bool("ner", False, "also count spaCy's named entities as proper nouns (needs spaCy and a pipeline)")
+flags.DEFINE_string("ner_models", "", "with --ner: spaCy pipeline per language where the <lang>_* package is not "
+                    "the one, e.g. en=en_core_web_trf,de=/models/de_ner")  # fmt: skip
 FLAGS = flags.FLAGS
 
 
+def parse_models(text: str) -> tuple[tuple[str, str], ...]:
+    """'en=a,de=/b' -> (('de', '/b'), ('en', 'a'))."""
+    pairs = [item.split("=", 1) for item in common.parse_list(text) or ()]
+    bad = [item for item in pairs if len(item) != 2 or not all(x.strip() for x in item)]
+    if bad:
+        raise ChallengeError(f"--ner_models must be a list of lang=pipeline, got {text!r}")
+    return tuple(sorted((lang.strip(), model.strip()) for lang, model in pairs))
+
+
 def main() -> int:
-    result = run_challenge(common.config_from_flags(ChallengeConfig, langs=common.parse_list(FLAGS.langs)))
+    given = {"langs": common.parse_list(FLAGS.langs), "ner_models": parse_models(FLAGS.ner_models)}
+    result = run_challenge(common.config_from_flags(ChallengeConfig, **given))
     print(result.report())
     for path in result.outputs:
         print(path)

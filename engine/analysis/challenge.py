@@ -5,8 +5,10 @@ A sentence pair (the same id in languages a and b) is *flagged*, and left out of
 - names_numbers: the two texts share a number (the same digits, separators dropped: ``1,000`` = ``1.000``), a
   proper noun (a token capitalised inside one sentence, not as its first word, found in the other with case and
   accents folded: ``Berlín`` = ``Berlin``), or a token of ``MIN_SHARED_LETTERS``+ letters spelled the same in
-  both (case folded). Where spaCy and a pipeline for the language are installed (``ner=True``), its entities
-  count as proper nouns too; none is on the package index, so the heuristic is the default.
+  both (case folded). With ``ner=True`` spaCy's entities count as proper nouns too (``spacy_pipeline``: the
+  language's installed pipeline, a multi-language ``xx_*`` one, or one named in ``ner_models``); a missing spaCy,
+  pipeline or entity component is an error, never a silent fall-back. No pipeline is on the package index (they
+  install with ``python -m spacy download``), so the heuristic alone is the default.
 - sound_alike: a word of one sentence and a word of the other are pronounced alike: normalised phone edit distance
   (``engine.analysis.phones.phone_distance``, on espeak-ng IPA) below ``phone_threshold``, both words at least
   ``min_phones`` segments long.
@@ -29,6 +31,10 @@ Outputs of ``run_challenge`` (``OUT`` any TensorStore kvstore location)::
 
     OUT/<a>__<b>.csv    id, kept, reason, evidence: one row per shared id
     OUT/summary.csv     lang_a, lang_b, phone_threshold, pairs, kept, names_numbers, sound_alike
+    OUT/challenge.json  the settings (store, phone_threshold, min_phones, ner, ner_models) every CSV was made with
+
+A rerun into ``OUT`` with the same settings may add pairs; with other settings (or into a folder of CSVs without
+``challenge.json``) it is refused before any work, naming each differing setting: one folder, one filter.
 """
 
 from __future__ import annotations
@@ -67,17 +73,27 @@ class ChallengeError(BabelgridError, ValueError):
 class FilterConfig:
     """How a sentence pair is judged. phone_threshold: normalised phone distance (0 same, 1 nothing shared) below
     which two words sound alike; min_phones: shortest word (IPA segments) the sound rule looks at; ner: also use
-    spaCy's entities (needs spaCy and a pipeline per language)."""
+    spaCy's entities (needs spaCy and a pipeline per language, ``spacy_pipeline``); ner_models: (language, spaCy
+    pipeline name or folder) pairs for languages whose pipeline is not found by its name prefix."""
 
     phone_threshold: float = DEFAULT_PHONE_THRESHOLD
     min_phones: int = DEFAULT_MIN_PHONES
     ner: bool = False
+    ner_models: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
         if not 0 < self.phone_threshold <= 1:
             raise ChallengeError(f"phone_threshold must be in (0, 1], got {self.phone_threshold!r}")
         if self.min_phones < 1:
             raise ChallengeError(f"min_phones must be >= 1, got {self.min_phones!r}")
+        if self.ner_models and not self.ner:
+            raise ChallengeError(
+                f"ner_models {dict(self.ner_models)} given without ner: turn ner on (--ner) or drop them"
+            )
+
+    def entities(self):
+        """The entity finder of this config for ``flag_pair``: None without ner."""
+        return SpacyEntities(dict(self.ner_models)) if self.ner else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,34 +138,70 @@ def capitalised_inside(text: str) -> list[str]:
     return found
 
 
+NER_LABEL_COMPONENTS = ("ner", "entity_ruler")  # spaCy factories that set ``doc.ents``
+MULTILINGUAL_PREFIX = "xx_"  # spaCy's multi-language pipelines (xx_ent_wiki_sm): the fallback for any language
+
+
 @functools.cache
-def _spacy_pipeline(lang: str):
+def spacy_pipeline(lang: str, model: str | None = None):
+    """The spaCy pipeline that finds ``lang``'s entities: ``model`` (an installed package name or a pipeline folder),
+    else the first installed ``<code>_*`` package in name order, else an installed multi-language ``xx_*`` one.
+    Raises ChallengeError naming the fix when spaCy, the pipeline or its entity component is missing: ``ner=True``
+    never falls back to the heuristic silently."""
     try:
         import spacy
     except ImportError:
-        raise ChallengeError("ner=True needs spaCy (pip install spacy) and a pipeline per language") from None
-    code = espeak_voice(lang).split("-")[0]
-    installed = [name for name in spacy.util.get_installed_models() if name.startswith(f"{code}_")]
-    if not installed:
         raise ChallengeError(
-            f"ner=True but spaCy has no pipeline for {lang!r} installed (looked for {code}_*); install one "
-            f"(python -m spacy download {code}_core_news_sm) or leave ner off for the capitalisation heuristic"
+            "ner=True (--ner) needs spaCy, which is not installed: pip install spacy, then a pipeline per language "
+            "(python -m spacy download en_core_web_sm); or leave ner off for the capitalisation heuristic"
+        ) from None
+    code = espeak_voice(lang).split("-")[0]
+    if model is None:
+        installed = sorted(spacy.util.get_installed_models())
+        own = [name for name in installed if name.startswith(f"{code}_")]
+        multi = [name for name in installed if name.startswith(MULTILINGUAL_PREFIX)]
+        if not own + multi:
+            raise ChallengeError(
+                f"ner=True but spaCy has no pipeline for {lang!r} installed (looked for {code}_* and "
+                f"{MULTILINGUAL_PREFIX}*; installed: {installed or 'none'}): python -m spacy download "
+                f"{code}_core_news_sm (en_core_web_sm for English), or name one with ner_models "
+                f"(--ner_models {lang}=NAME_OR_FOLDER), or leave ner off for the capitalisation heuristic"
+            )
+        model = (own + multi)[0]
+    try:
+        nlp = spacy.load(model)
+    except (OSError, ValueError) as e:
+        raise ChallengeError(f"spaCy cannot load pipeline {model!r} for {lang!r}: {e}") from None
+    factories = dict(nlp.pipe_factories)
+    if not set(factories.values()) & set(NER_LABEL_COMPONENTS):
+        raise ChallengeError(
+            f"spaCy pipeline {model!r} for {lang!r} has no entity component ({' or '.join(NER_LABEL_COMPONENTS)}); "
+            f"its components: {list(factories) or 'none'}. Give a pipeline that recognises entities"
         )
-    return spacy.load(installed[0])
+    return nlp
 
 
-def entities(lang: str, text: str) -> list[str]:
-    """Tokens of spaCy's named entities in ``text``."""
-    return [t for ent in _spacy_pipeline(lang)(text or "").ents for t in words(ent.text)]
+class SpacyEntities:
+    """``(lang, text) -> entity tokens`` from spaCy pipelines (``spacy_pipeline``), each loaded at its first use.
+    ``models``: language -> pipeline name or folder, for languages whose pipeline is not found by its prefix."""
+
+    def __init__(self, models: dict[str, str] | None = None):
+        self.models = dict(models or {})
+
+    def __call__(self, lang: str, text: str) -> list[str]:
+        doc = spacy_pipeline(lang, self.models.get(lang))(text or "")
+        return [t for ent in doc.ents for t in words(ent.text)]
 
 
-def shared_names_numbers(lang_a: str, text_a: str, lang_b: str, text_b: str, ner: bool = False) -> list[str]:
-    """Evidence strings for the names_numbers rule: shared numbers, proper nouns and 3+ letter spellings."""
+def shared_names_numbers(lang_a: str, text_a: str, lang_b: str, text_b: str, entities=None) -> list[str]:
+    """Evidence strings for the names_numbers rule: shared numbers, proper nouns and 3+ letter spellings.
+    ``entities``: None (the heuristic alone) or ``(lang, text) -> tokens`` whose tokens count as proper nouns too
+    (``SpacyEntities``)."""
     evidence = [f"number {n}" for n in sorted(numbers(text_a) & numbers(text_b))]
     words_a, words_b = words(text_a), words(text_b)
     folded_a, folded_b = {fold(w): w for w in words_a}, {fold(w): w for w in words_b}
     names_a, names_b = capitalised_inside(text_a), capitalised_inside(text_b)
-    if ner:
+    if entities is not None:
         names_a, names_b = names_a + entities(lang_a, text_a), names_b + entities(lang_b, text_b)
     seen = set()
     for name, other in [*((n, folded_b) for n in names_a), *((n, folded_a) for n in names_b)]:
@@ -226,11 +278,19 @@ def sound_alike(
 
 
 def flag_pair(
-    lang_a: str, text_a: str, lang_b: str, text_b: str, config: FilterConfig = FilterConfig(), book=None
+    lang_a: str,
+    text_a: str,
+    lang_b: str,
+    text_b: str,
+    config: FilterConfig = FilterConfig(),
+    book=None,
+    entities=None,
 ) -> PairFlag:
-    """The verdict on one translation pair (see the module docstring for the two rules)."""
+    """The verdict on one translation pair (see the module docstring for the two rules). ``entities``: the entity
+    finder (``shared_names_numbers``); None = ``config.entities()``."""
     book = PhoneBook() if book is None else book
-    names = shared_names_numbers(lang_a, text_a, lang_b, text_b, ner=config.ner)
+    entities = config.entities() if entities is None else entities
+    names = shared_names_numbers(lang_a, text_a, lang_b, text_b, entities)
     sounds, smallest = sound_alike(lang_a, text_a, lang_b, text_b, book, config)
     reasons = tuple(r for r, hit in ((NAMES_NUMBERS, names), (SOUND_ALIKE, sounds)) if hit)
     return PairFlag(not reasons, reasons, tuple(names + sounds), bool(names), smallest)
@@ -257,10 +317,12 @@ def pair_csv_name(lang_a: str, lang_b: str) -> str:
     return f"{lang_a}__{lang_b}.csv"
 
 
-def flag_store_pair(texts_a: dict[str, str], texts_b: dict[str, str], lang_a, lang_b, config, book) -> dict:
+def flag_store_pair(
+    texts_a: dict[str, str], texts_b: dict[str, str], lang_a, lang_b, config, book, entities=None
+) -> dict:
     """id -> PairFlag for every id with a text in both languages, in sorted id order."""
     return {
-        uid: flag_pair(lang_a, texts_a[uid], lang_b, texts_b[uid], config, book)
+        uid: flag_pair(lang_a, texts_a[uid], lang_b, texts_b[uid], config, book, entities)
         for uid in sorted(texts_a.keys() & texts_b.keys())
     }
 
@@ -327,10 +389,11 @@ class ChallengeConfig:
     phone_threshold: float = DEFAULT_PHONE_THRESHOLD
     min_phones: int = DEFAULT_MIN_PHONES
     ner: bool = False
+    ner_models: tuple[tuple[str, str], ...] = ()
 
     @property
     def filter(self) -> FilterConfig:
-        return FilterConfig(self.phone_threshold, self.min_phones, self.ner)
+        return FilterConfig(self.phone_threshold, self.min_phones, self.ner, tuple(sorted(self.ner_models)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,12 +413,94 @@ class ChallengeResult:
         return "\n".join(lines)
 
 
-def run_challenge(config: ChallengeConfig, store=None) -> ChallengeResult:
-    """Flags every shared id of every asked pair and writes ``OUT/<a>__<b>.csv`` and ``OUT/summary.csv``."""
+SETTINGS_JSON = "challenge.json"
+SETTINGS_FORMAT, SETTINGS_VERSION = "babelgrid-challenge", 1
+# Settings every file of one output folder shares: a rerun into the folder with others is refused (the pairs are not
+# among them: a rerun may add pairs, whose rows replace theirs in summary.csv).
+SETTINGS_FIELDS = ("store", "phone_threshold", "min_phones", "ner", "ner_models", "min_shared_letters")
+
+
+def settings_manifest(config: ChallengeConfig) -> dict:
+    """``OUT/challenge.json``: the settings the folder's CSVs were made with. The store is its canonical kvstore
+    location (driver, bucket, absolute path), so that ``/x/store`` and ``file:///x/store/`` are one store."""
+    from engine.stores.kv import open_kvstore
+
+    spec, _ = open_kvstore(config.store)
+    store = {k: spec[k] for k in ("driver", "bucket", "path") if k in spec}
+    f = config.filter
+    return {
+        "format": SETTINGS_FORMAT,
+        "version": SETTINGS_VERSION,
+        "store": store,
+        "phone_threshold": f.phone_threshold,
+        "min_phones": f.min_phones,
+        "ner": f.ner,
+        "ner_models": {lang: model for lang, model in f.ner_models},
+        "min_shared_letters": MIN_SHARED_LETTERS,
+    }
+
+
+def _is_challenge_output(key: str) -> bool:
+    return key == "summary.csv" or re.fullmatch(r"[^/]+__[^/]+\.csv", key) is not None
+
+
+def check_out(kv, out: str, manifest: dict) -> None:
+    """Refuses an output folder whose CSVs were made with other settings (``SETTINGS_FIELDS``), or with unknown
+    ones (CSVs without ``challenge.json``: written before the settings were recorded), naming what differs."""
+    from engine.stores.kv import manifest_diffs, read_json
+
+    stored = read_json(kv, SETTINGS_JSON, out)
+    if stored is None:
+        try:
+            keys = [k.decode() for k in kv.list().result()]
+        except ValueError as e:
+            raise ChallengeError(f"cannot list challenge folder {out!r}: {e}") from None
+        old = sorted(k for k in keys if _is_challenge_output(k))
+        if old:
+            raise ChallengeError(
+                f"challenge folder {out!r} holds {old[:4]}{' ...' if len(old) > 4 else ''} but no {SETTINGS_JSON}: "
+                "they were made with settings not recorded (an older babelgrid), so they cannot be mixed with this "
+                "run's. Write to a new output folder, or delete the old CSVs"
+            )
+        return
+    if stored.get("format") != SETTINGS_FORMAT:
+        raise ChallengeError(f"{SETTINGS_JSON} in {out!r} is not a challenge-set settings file (format "
+                             f"{stored.get('format')!r}); write to a new output folder")  # fmt: skip
+    diffs = manifest_diffs(stored, manifest, SETTINGS_FIELDS)
+    if diffs:
+        named = "; ".join(diffs).replace(": store has ", ": folder has ")
+        raise ChallengeError(
+            f"challenge folder {out!r} was made with other settings: {named}. Its CSVs would mix two filters: write "
+            "to a new output folder, or rerun with the folder's settings"
+        )
+
+
+def merged_summary(kv, out: str, rows: Sequence[tuple], pairs) -> list[tuple]:
+    """``rows`` after the rows of the folder's existing summary.csv for pairs this run did not compute."""
+    from engine.stores.kv import read_value
+
+    result = read_value(kv, "summary.csv", out)
+    if result.state == "missing":
+        return list(rows)
+    done = {tuple(p) for p in pairs}
+    old = csv.reader(io.StringIO(bytes(result.value).decode()))
+    next(old, None)
+    return [tuple(r) for r in old if r and (r[0], r[1]) not in done] + list(rows)
+
+
+def run_challenge(config: ChallengeConfig, store=None, entities=None) -> ChallengeResult:
+    """Flags every shared id of every asked pair and writes ``OUT/<a>__<b>.csv``, ``OUT/summary.csv`` (rows of
+    pairs from earlier runs into the folder kept) and ``OUT/challenge.json`` (the settings). A folder made with other
+    settings is refused before any work (``check_out``). ``entities``: the entity finder (None =
+    ``config.filter.entities()``: spaCy with ``ner``, else none)."""
     from engine.similarity import resolve_pairs
-    from engine.stores.kv import open_kvstore, write_all
+    from engine.stores.kv import create_or_compare, open_kvstore, write_all
     from engine.stores.reader import open_store
 
+    manifest = settings_manifest(config)
+    _, kv = open_kvstore(config.out)
+    check_out(kv, config.out, manifest)
+    entities = config.filter.entities() if entities is None else entities
     store = open_store(config.store) if store is None else store
     available = list(store.languages())
     unknown = sorted(set(config.langs or ()) - set(available))
@@ -367,14 +512,18 @@ def run_challenge(config: ChallengeConfig, store=None) -> ChallengeResult:
     texts = {lang: texts_by_id(store.utterances_table(lang)) for lang in sorted({x for p in pairs for x in p})}
     book, all_flags, summary = PhoneBook(), {}, []
     for a, b in pairs:
-        all_flags[a, b] = flag_store_pair(texts[a], texts[b], a, b, config.filter, book)
+        all_flags[a, b] = flag_store_pair(texts[a], texts[b], a, b, config.filter, book, entities)
         summary += summary_rows(a, b, all_flags[a, b], config.phone_threshold)
+    # Settings first (a conditional create: of two runs racing into one new folder, one wins, the other is refused),
+    # then the CSVs, which a crash can only leave incomplete, never made with other settings.
+    create_or_compare(kv, SETTINGS_JSON, manifest, config.out, fields=SETTINGS_FIELDS, error=ChallengeError,
+                      what="challenge folder")  # fmt: skip
     writes = {pair_csv_name(a, b): pair_csv_bytes(f) for (a, b), f in all_flags.items()}
-    writes["summary.csv"] = summary_csv_bytes(summary)
-    _, kv = open_kvstore(config.out)
+    writes["summary.csv"] = summary_csv_bytes(merged_summary(kv, config.out, summary, pairs))
     write_all(kv, writes, config.out)
     root = config.out.rstrip("/") + "/"
-    return ChallengeResult(all_flags, tuple(summary), tuple(root + k for k in writes), config.phone_threshold)
+    outputs = tuple(root + k for k in (*writes, SETTINGS_JSON))
+    return ChallengeResult(all_flags, tuple(summary), outputs, config.phone_threshold)
 
 
 # --- retrieval on the challenge set and on size-matched random subsets -----------------------------------------------

@@ -1,5 +1,8 @@
 """The challenge-set filter on hand-made sentence pairs (espeak-ng phonemises a few words; no store)."""
 
+import sys
+import types
+
 import pytest
 
 from engine.analysis import challenge
@@ -59,3 +62,79 @@ def test_summary_counts_the_chosen_threshold_as_the_flags_do():
 def test_a_language_without_a_voice_names_the_voices_espeak_has():
     with pytest.raises(PhonesError, match=r"no voice for \['xx'\].*espeak-ng has.*\ben\b"):
         challenge.require_voices(["en", "xx"])
+
+
+# --- spaCy entities: no spaCy pipeline is installable here, so a stand-in module exposes the API the filter uses
+# (spacy.util.get_installed_models, spacy.load, nlp.pipe_factories, doc.ents[i].text) ---------------------------------
+
+
+class FakeSpan:
+    def __init__(self, text):
+        self.text = text
+
+
+class FakeNlp:
+    """An entity ruler: marks the given phrases wherever they occur, as spaCy's EntityRuler does."""
+
+    def __init__(self, phrases, factories=(("entity_ruler", "entity_ruler"),)):
+        self.phrases, self.pipe_factories = phrases, dict(factories)
+
+    def __call__(self, text):
+        return types.SimpleNamespace(ents=[FakeSpan(p) for p in self.phrases if p in text])
+
+
+@pytest.fixture
+def fake_spacy(monkeypatch):
+    """A stand-in ``spacy`` module with installed pipelines ``de_fake`` and ``en_fake`` (both marking Zürich /
+    Zurich) and ``de_blank`` (no entity component); the pipeline cache is cleared around the test."""
+    pipelines = {
+        "de_fake": FakeNlp(["Zürich"]),
+        "en_fake": FakeNlp(["Zurich"]),
+        "de_blank": FakeNlp([], factories=(("tok2vec", "tok2vec"),)),
+    }
+    installed = ["en_fake", "de_fake"]
+
+    def load(name):
+        if name not in pipelines:
+            raise OSError(f"[E050] Can't find model '{name}'")
+        return pipelines[name]
+
+    module = types.SimpleNamespace(load=load, util=types.SimpleNamespace(get_installed_models=lambda: installed))
+    monkeypatch.setitem(sys.modules, "spacy", module)
+    challenge.spacy_pipeline.cache_clear()
+    yield installed
+    challenge.spacy_pipeline.cache_clear()
+
+
+# Both sentences open with the name, spelled differently: neither capitalised-inside nor verbatim-spelling sees it.
+ZURICH = ("de", "Zürich liegt an einem See.", "en", "Zurich lies on a lake.")
+
+
+def test_spacy_entities_count_as_names_where_the_heuristic_misses(fake_spacy):
+    assert not flag(*ZURICH).names_numbers  # the heuristic alone misses it (the sound rule may still flag it)
+    found = flag(*ZURICH, ner=True)
+    assert found.names_numbers and not found.kept and challenge.NAMES_NUMBERS in found.reasons
+    assert "name Zürich=Zurich" in found.evidence
+    # An explicit pipeline per language wins over the installed one found by prefix.
+    blank = challenge.FilterConfig(ner=True, ner_models=(("de", "de_blank"),))
+    with pytest.raises(challenge.ChallengeError, match=r"'de_blank'.*no entity component.*\['tok2vec'\]"):
+        challenge.flag_pair(*ZURICH, blank, BOOK)
+
+
+def test_spacy_without_a_pipeline_for_the_language_is_an_error_naming_the_fix(fake_spacy):
+    fake_spacy.remove("de_fake")
+    with pytest.raises(challenge.ChallengeError, match=r"no pipeline for 'de'.*de_\*.*spacy download de_core_news_sm"):
+        flag(*ZURICH, ner=True)
+    fake_spacy.append("xx_fake")  # a multi-language pipeline serves every language without its own
+    with pytest.raises(challenge.ChallengeError, match=r"cannot load pipeline 'xx_fake' for 'de'"):
+        flag(*ZURICH, ner=True)
+    with pytest.raises(challenge.ChallengeError, match=r"ner_models .* without ner"):
+        challenge.FilterConfig(ner_models=(("de", "x"),))
+
+
+def test_ner_without_spacy_is_an_error_not_a_silent_fallback(monkeypatch):
+    monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy raises ImportError, installed or not
+    challenge.spacy_pipeline.cache_clear()
+    with pytest.raises(challenge.ChallengeError, match=r"needs spaCy, which is not installed: pip install spacy"):
+        flag(*ZURICH, ner=True)
+    challenge.spacy_pipeline.cache_clear()

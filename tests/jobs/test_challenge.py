@@ -4,7 +4,9 @@ retrieval restricted to a challenge set checked against a direct computation on 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
+import json
 import pathlib
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from engine.analysis import challenge
+from engine.analysis.phones import PhonesError
 from engine.retrieval import RetrievalConfig, run_retrieval
 from engine.stores.layers import LayerStore
 from engine.stores.schema import UtteranceRow
@@ -60,6 +63,7 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
     store.language("en", rows("en", 0))
     store.language("de", rows("de", 1))
+    store.language("xx", rows("xx", 1))  # a language espeak-ng has no voice for
     out = tmp_path / "challenge"
     argv = ["--store", str(tmp_path / "store"), "--out", str(out), "--pairs", "en:de"]
     proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
@@ -73,10 +77,45 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     chosen = next(r for r in summary if float(r["phone_threshold"]) == challenge.DEFAULT_PHONE_THRESHOLD)
     assert (chosen["pairs"], chosen["kept"], chosen["names_numbers"]) == ("5", "2", "2")
     assert challenge.read_kept(str(out), "de", "en") == {"s3", "s4"}  # either file order
+    settings = json.loads((out / challenge.SETTINGS_JSON).read_text())
+    assert (settings["phone_threshold"], settings["min_phones"], settings["ner"]) == (0.16, 4, False)
+    assert settings["store"]["path"] == f"{tmp_path}/store/"
 
-    bad = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv[:-1], "en:xx"], cwd=REPO,
+    bad = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv[:-1], "en:fr"], cwd=REPO,
                          capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode != 0 and "xx" in bad.stderr
+    assert bad.returncode != 0 and "'fr'" in bad.stderr
+    # A language in the store without an espeak-ng voice: refused, naming the languages espeak-ng has.
+    with pytest.raises(PhonesError, match=r"no voice for \['xx'\].*espeak-ng has.*\bde\b.*\ben\b"):
+        challenge.run_challenge(challenge.ChallengeConfig(str(tmp_path / "store"), str(tmp_path / "x"), "en:xx"))
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp_path):
+    store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
+    for lang, column in (("en", 0), ("de", 1), ("es", 1)):
+        store.language(lang, rows(lang, column))
+    out = tmp_path / "challenge"
+    config = challenge.ChallengeConfig(str(tmp_path / "store"), str(out), "en:de")
+    challenge.run_challenge(config)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    argv = ["--store", f"file://{tmp_path}/store/", "--out", str(out), "--pairs", "en:de", "--phone_threshold", "0.1",
+            "--min_phones", "3"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "phone_threshold: folder has 0.16, this run 0.1" in proc.stderr and "min_phones: folder has 4" in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused before any write
+    with pytest.raises(challenge.ChallengeError, match=r"store.path: folder has .*/store/', this run .*/other/'"):
+        challenge.run_challenge(dataclasses.replace(config, store=str(tmp_path / "other")))
+
+    # The same settings (the store spelled another way) may add a pair: its rows join summary.csv.
+    challenge.run_challenge(dataclasses.replace(config, store=f"file://{tmp_path}/store", pairs="en:es"))
+    assert {(r["lang_a"], r["lang_b"]) for r in read(out / "summary.csv")} == {("en", "de"), ("en", "es")}
+    assert (out / "en__de.csv").read_bytes() == before["en__de.csv"]
+
+    # CSVs without the settings file (an older run): their settings are unknown, so they are refused too.
+    (out / challenge.SETTINGS_JSON).unlink()
+    with pytest.raises(challenge.ChallengeError, match=r"holds \['en__de.csv', 'en__es.csv', 'summary.csv'\] but no"):
+        challenge.run_challenge(config)
 
 
 IDS = {"de": [f"s{i}" for i in range(12)] + ["s3"], "en": [f"s{i}" for i in range(12)] + ["xe"]}
