@@ -106,3 +106,94 @@ def test_trainable_group_errors(tiny_whisper):
     with pytest.raises(ValueError, match="cross_attention"):
         S.trainable_names(params, ["cross"])
     assert jax.tree.leaves(params)
+
+
+def test_ewc_fisher_equals_torch_per_example_squares(tiny_whisper, tiny_model_dir):
+    """The diagonal Fisher is the mean over examples of each example's squared gradient (X -> en translate, the
+    English text as label), checked against transformers + torch autograd one example at a time."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from engine.finetune import ewc as E
+    from engine.finetune.data import Pairs
+
+    rng = np.random.default_rng(7)
+    ids = ("a", "b", "c", "d")
+    en = {"a": "the dog barks", "b": "a cat sleeps on the mat", "c": "rain", "d": "not picked: held out"}
+    pairs = [
+        Pairs(lang, ids, rng.standard_normal((4, 1500, 64)).astype(np.float32), ("x",) * 4) for lang in ("de", "fr")
+    ]
+    graphdef, params = S.split_decoder(tiny_whisper.model.decoder)
+    trainable, frozen = S.partition(params, S.trainable_names(params, ["decoder"]))
+    ewc = E.fisher_from_pairs(tiny_whisper, graphdef, trainable, frozen, pairs, en, held_out={"d"}, n_examples=2)
+    assert E.n_fisher(ewc["fisher"]) == sum(v.size for v in trainable.values())
+    for k, v in trainable.items():
+        assert np.array_equal(np.asarray(ewc["anchor"][k]), np.asarray(v)), k
+
+    hf = transformers.WhisperForConditionalGeneration.from_pretrained(tiny_model_dir, torch_dtype=torch.float32)
+    hf.eval()  # no dropout in Whisper's config; eval only makes it explicit
+    dec = hf.model.decoder
+    tok = tiny_whisper.tokenizer
+    squares = {k: torch.zeros_like(v) for k, v in dec.named_parameters()}
+    count = 0
+    for p in pairs:
+        prompt = tok.sot_sequence(p.lang, "translate")
+        for i, uid in enumerate(p.ids[:2]):  # n_examples=2 per language; "d" (held out) is the 4th
+            seq = [*prompt, *tok.encode(" " + en[uid]), tok.eot]
+            labels = [-100] * (len(prompt) - 1) + seq[len(prompt) :]
+            hf.zero_grad()
+            out = hf(
+                encoder_outputs=(torch.from_numpy(p.xa[i : i + 1]),),
+                decoder_input_ids=torch.tensor([seq[:-1]]),
+                labels=torch.tensor([labels]),
+            )
+            out.loss.backward()
+            for k, v in dec.named_parameters():
+                squares[k] += v.grad.detach() ** 2
+            count += 1
+    assert count == 4
+    ours = hf_state_dict(openai_state_dict(S.with_decoder(tiny_whisper.model, ewc["fisher"])))
+    for k, v in squares.items():
+        ref = (v / count).numpy()
+        got = ours[f"model.decoder.{k}"]
+        # squares of gradients that agree to ~1e-6 (test_one_step_equals_pytorch), so tolerances relative to scale
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5 * ref.max(), err_msg=k)
+        assert ref.max() > 0, k
+
+
+def test_ewc_penalty_holds_parameters_at_the_anchor(tiny_whisper):
+    """A large EWC weight keeps the trained parameters near the anchor, while the same steps without EWC move them;
+    the reported penalty is ``sum F (theta - theta0)^2 / 2``."""
+    config = S.OptimConfig(learning_rate=1e-3, total_steps=30, decay="constant", weight_decay=0.0)
+    batch = {k: jnp.asarray(v) for k, v in _batch(tiny_whisper, TEXTS, frames=300).items()}
+    graphdef, params = S.split_decoder(tiny_whisper.model.decoder)
+    trainable, frozen = S.partition(params, S.trainable_names(params, ["cross_attention"]))
+    rng = np.random.default_rng(3)
+    fisher = {k: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32) for k, v in trainable.items()}
+    ewc = {"fisher": fisher, "anchor": {k: jnp.array(v) for k, v in trainable.items()}}
+
+    def run(ewc_lambda):
+        fn = S.jit_train_step(graphdef, config, jnp.float32, ewc_lambda)
+        state = S.init_state(trainable, config)
+        for _ in range(30):
+            state, m = fn(state, frozen, batch, ewc if ewc_lambda else None)
+        return {k: np.asarray(v) for k, v in state["params"].items()}, m
+
+    free, _ = run(0.0)
+    held, m = run(1e4)
+
+    def drift(p):
+        return max(float(np.abs(p[k] - np.asarray(trainable[k])).max()) for k in p)
+
+    # Adam moves each weight by about lr = 1e-3 a step: 30 steps in one direction without EWC; with it the pull
+    # back to the anchor dominates after the first step, so weights stay within a few steps of it.
+    assert drift(free) > 1e-2
+    assert drift(held) < 3e-3
+    # the penalty reported by the step (for the parameters before its update) against NumPy
+    fn = S.jit_train_step(graphdef, config, jnp.float32, 1e4)
+    state = S.init_state(trainable, config)
+    state["params"] = {k: jnp.array(v) for k, v in free.items()}  # copies: the step donates its state
+    _, m = fn(state, frozen, batch, ewc)
+    ref = sum(0.5 * np.sum(np.asarray(fisher[k], np.float64) * (np.asarray(free[k], np.float64)
+                                                               - np.asarray(trainable[k], np.float64)) ** 2)
+              for k in free)  # fmt: skip
+    np.testing.assert_allclose(float(m["ewc"]), ref, rtol=1e-4)
