@@ -49,7 +49,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from engine.analysis.phones import PhonesError, covers, espeak_voice, phone_distance, phonemize_words
+from engine.analysis.phones import PhonesError, covers, phone_distance, phonemize_words
 from engine.errors import BabelgridError
 
 MIN_SHARED_LETTERS = 3  # a shared spelling of 1-2 letters ("a", "de", "in") is a function word, not a shortcut
@@ -155,7 +155,7 @@ def spacy_pipeline(lang: str, model: str | None = None):
             "ner=True (--ner) needs spaCy, which is not installed: pip install spacy, then a pipeline per language "
             "(python -m spacy download en_core_web_sm); or leave ner off for the capitalisation heuristic"
         ) from None
-    code = espeak_voice(lang).split("-")[0]
+    code = lang.strip().lower().replace("-", "_").split("_")[0]  # spaCy's packages: ISO 639-1 prefix (zh_core_web_sm)
     if model is None:
         installed = sorted(spacy.util.get_installed_models())
         own = [name for name in installed if name.startswith(f"{code}_")]

@@ -33,10 +33,29 @@ class PhonesError(BabelgridError, RuntimeError):
 
 
 def espeak_voice(lang: str) -> str:
-    """The espeak-ng voice for a language code (``en`` -> ``en-us``, ``en_us`` -> ``en-us``, ``de_de`` -> ``de``)."""
+    """The espeak-ng voice for a language code: the regional voice where espeak-ng has it (FLEURS ``pt_br`` ->
+    ``pt-br``, ``es_419`` -> ``es-419``), else ``ESPEAK_VOICES`` or the code itself (``de_de`` -> ``de``), else the
+    language's own-country voice (``fr`` -> ``fr-fr``: espeak-ng has no plain ``fr``). Without espeak-ng, the
+    ``ESPEAK_VOICES`` / code guess (``_backend`` then says espeak-ng is missing)."""
     code = lang.strip().lower().replace("-", "_")
     first = code.split("_", 1)[0]
-    return ESPEAK_VOICES.get(first, first)
+    guess = ESPEAK_VOICES.get(first, first)
+    voices = _voices()
+    regional = code.replace("_", "-")
+    for voice in (ESPEAK_VOICES.get(regional), regional if "_" in code else None, guess, f"{first}-{first}"):
+        if voice is not None and voice in voices:
+            return voice
+    return guess
+
+
+@functools.cache
+def _voices() -> frozenset[str]:
+    """espeak-ng's voices as phonemizer names them; empty without espeak-ng."""
+    if shutil.which("espeak-ng") is None and shutil.which("espeak") is None:
+        return frozenset()
+    from phonemizer.backend import EspeakBackend
+
+    return frozenset(EspeakBackend.supported_languages())
 
 
 @functools.cache
@@ -69,7 +88,7 @@ def _backend(voice: str):
         )
     from phonemizer.backend import EspeakBackend
 
-    if voice not in EspeakBackend.supported_languages():
+    if voice not in _voices():
         raise LanguageError(f"espeak-ng has no voice {voice!r}; add the language's voice to ESPEAK_VOICES")
     # remove-flags: a foreign word gets espeak's other-language pronunciation without the "(en)" markers in the text.
     # The quiet logger: phonemizer warns when espeak splits a word in two ("o'clock"), which one word a line

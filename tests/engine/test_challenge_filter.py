@@ -6,7 +6,7 @@ import types
 import pytest
 
 from engine.analysis import challenge
-from engine.analysis.phones import PhonesError
+from engine.analysis.phones import PhonesError, espeak_voice
 
 BOOK = challenge.PhoneBook()  # shared: each word is phonemised once for the whole module
 
@@ -57,6 +57,13 @@ def test_summary_counts_the_chosen_threshold_as_the_flags_do():
     rows = {r[2]: r for r in challenge.summary_rows("de", "en", flags, 0.16)}
     assert rows[0.16][3:] == (3, sum(f.kept for f in flags.values()), 1, 1)
     assert rows[0.1][4] == 2  # the cognate is kept when the threshold is below its distance
+
+
+def test_codes_find_espeak_voices_regional_first():
+    # espeak-ng has no plain "fr" voice, only fr-fr / fr-be / fr-ch; FLEURS's codes name the region.
+    got = [espeak_voice(c) for c in ("fr", "fr_fr", "pt_br", "pt", "es_419", "en", "de_de", "zh")]
+    assert got == ["fr-fr", "fr-fr", "pt-br", "pt", "es-419", "en-us", "de", "cmn"]
+    assert not flag("fr", "Où est mon téléphone ?", "en", "Where is my telephone?").kept
 
 
 def test_a_language_without_a_voice_names_the_voices_espeak_has():
