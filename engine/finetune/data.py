@@ -7,6 +7,8 @@ zeros), for training and for the job's own evaluation alike, so that training se
 the encoder never runs on speech. The decode job instead recomputes the encoder from audio (exact padding);
 a model fine-tuned here and scored there sees real padding frames, which the silence stand-in approximates.
 Utterances longer than one window (over 30 s) are skipped and counted: one window is what the decoder reads.
+The approximation is named ``PADDING`` in the run's ``config.json`` and its printed report; there is no exact mode
+here (it would run the encoder on every utterance's audio, what the decode job does).
 
 Split: the ids shared by source and targets are shuffled with ``seed`` and the first ``held_out`` fraction (at
 least one) held out; every recording of a held-out id is held out (FLEURS has several per sentence).
@@ -22,6 +24,9 @@ import numpy as np
 
 from engine.errors import BabelgridError
 from engine.whisper.timing import N_ENCODER_FRAMES, fill_padding
+
+# How the frames past an utterance's valid frames are filled: recorded in config.json and printed by the job.
+PADDING = "silence_fill_approximate"
 
 
 class FinetuneError(BabelgridError, ValueError):

@@ -2,7 +2,8 @@
 
 Output folder ``OUT`` (local):
 
-- ``config.json``: the run's hyperparameters; a resume with different ones is refused, naming them.
+- ``config.json``: the run's hyperparameters and ``padding`` (``engine.finetune.data.PADDING``, the silence-fill
+  approximation); a resume with different ones is refused, naming them.
 - ``split.csv``: ``id, split`` (train | held_out) of every id used, from the seeded split.
 - ``checkpoints/<step>/``: orbax checkpoints of ``{"step", "params", "opt_state"}`` (trainable parameters only),
   written to a temporary folder and renamed when complete, so a SIGKILL leaves the last complete one; a rerun
@@ -100,8 +101,10 @@ class FinetuneConfig:
                              clip_norm=self.clip_norm, label_smoothing=self.label_smoothing)  # fmt: skip
 
     def hyperparameters(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-                if k in HYPERPARAMETERS}  # fmt: skip
+        """The fields a resume must match, and the padding approximation (``engine.finetune.data.PADDING``)."""
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                  if k in HYPERPARAMETERS}  # fmt: skip
+        return {**fields, "padding": D.PADDING}
 
 
 @dataclasses.dataclass
@@ -114,7 +117,9 @@ class FinetuneSummary(RunSummary):
 
     def report(self) -> str:
         lines = [f"finetune: {self.steps_done} steps (resumed from {self.resumed_from}), {self.n_train} train / "
-                 f"{self.n_held_out} held-out recordings, {self.seconds:.0f} s"]  # fmt: skip
+                 f"{self.n_held_out} held-out recordings, {self.seconds:.0f} s",
+                 f"padding: {D.PADDING} (frames past each utterance are a silent window's states, for training and "
+                 "evaluation alike; jobs.decode recomputes them from audio)"]  # fmt: skip
         return "\n".join(lines + self.table + self.skip_lines())
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.finetune.data import FinetuneError
+from engine.finetune.data import PADDING, FinetuneError
 from engine.finetune.run import METRIC_FIELDS, FinetuneConfig, run_finetune
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo, UtteranceRow
@@ -75,6 +75,9 @@ def test_outputs(run_out):
     assert sorted(r["split"] for r in split) == ["held_out"] * 2 + ["train"] * 8
     assert summary.n_train == 8 and summary.n_held_out == 2
     assert (out / "loss.png").stat().st_size > 0 and (out / "bleu.png").stat().st_size > 0
+    # the padding approximation is named where a reader of the run looks
+    assert json.loads((out / "config.json").read_text())["padding"] == PADDING == "silence_fill_approximate"
+    assert f"padding: {PADDING}" in summary.report()
 
 
 def test_export_round_trip(run_out):
