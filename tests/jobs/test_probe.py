@@ -35,7 +35,9 @@ RELATIONS = [
     ("en", "rat", "de", "Hund", "near_homophone"),
     ("en", "cat", "de", "freundlich", "unrelated"),
     ("en", "unicorn", "de", "Einhorn", "synonym"),  # absent from the store: two counted skips
+    ("en", "dog", "fr", "chien", "synonym"),  # a language the store lacks: one counted skip
 ]
+USED = RELATIONS[:-2]
 
 
 @pytest.fixture(scope="module")
@@ -74,14 +76,17 @@ def test_job_values_equal_numpy_and_sklearn(word_store, tmp_path):
     argv = ["--store", str(root / "store"), "--out", str(out), "--relations", str(relations), "--seeds", "3"]
     proc = subprocess.run([sys.executable, "-m", "jobs.probe", *argv], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "skipped 2 (word_not_in_store)" in proc.stdout
+    assert "skipped 2 (word_not_in_store): de/Einhorn, en/unicorn" in proc.stdout  # in the store's pair order
+    assert "skipped 1 (language_not_in_store): fr/dog/chien" in proc.stdout
+    with open(out / probe.RELATIONS_CSV, newline="") as f:
+        assert len(list(csv.DictReader(f))) == len(USED)  # the relations used: the skipped rows are not
     with open(out / "probe.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == probe.PROBE_COLUMNS
     got = {(r["lang_a"], r["lang_b"], int(r["layer"]), r["measure"], r["pooling"], r["metric"]): r for r in rows}
     # the store's languages are sorted, so the pair is (de, en): de words are rows
     de, en = ({w: i for i, w in enumerate(WORDS[lang])} for lang in ("de", "en"))
-    pairs = {rel: [(de[d], en[e]) for e, d in ((r[1], r[3]) if r[0] == "en" else (r[3], r[1]) for r in RELATIONS[:-1]
+    pairs = {rel: [(de[d], en[e]) for e, d in ((r[1], r[3]) if r[0] == "en" else (r[3], r[1]) for r in USED
                                                if r[4] == rel)] for rel in probe.RELATIONS}  # fmt: skip
     for position, layer in enumerate(writer.INFO.layers):
         mean = {lang: [x[position].mean(axis=0) for x in states[lang]] for lang in states}
