@@ -188,6 +188,11 @@ class SpacyEntities:
     def __init__(self, models: dict[str, str] | None = None):
         self.models = dict(models or {})
 
+    def load(self, langs: Iterable[str]) -> None:
+        """Loads every language's pipeline now: a missing one fails the run before any work, not midway."""
+        for lang in langs:
+            spacy_pipeline(lang, self.models.get(lang))
+
     def __call__(self, lang: str, text: str) -> list[str]:
         doc = spacy_pipeline(lang, self.models.get(lang))(text or "")
         return [t for ent in doc.ents for t in words(ent.text)]
@@ -509,6 +514,8 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     langs = [lang for lang in available if config.langs is None or lang in config.langs]
     pairs = resolve_pairs(config.pairs, langs, available)
     require_voices(sorted({lang for pair in pairs for lang in pair}))
+    if isinstance(entities, SpacyEntities):
+        entities.load(sorted({lang for pair in pairs for lang in pair}))
     texts = {lang: texts_by_id(store.utterances_table(lang)) for lang in sorted({x for p in pairs for x in p})}
     book, all_flags, summary = PhoneBook(), {}, []
     for a, b in pairs:

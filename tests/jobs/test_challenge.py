@@ -89,7 +89,7 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
         challenge.run_challenge(challenge.ChallengeConfig(str(tmp_path / "store"), str(tmp_path / "x"), "en:xx"))
 
 
-def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp_path):
+def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp_path, monkeypatch):
     store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
     for lang, column in (("en", 0), ("de", 1), ("es", 1)):
         store.language(lang, rows(lang, column))
@@ -116,6 +116,13 @@ def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp
     (out / challenge.SETTINGS_JSON).unlink()
     with pytest.raises(challenge.ChallengeError, match=r"holds \['en__de.csv', 'en__es.csv', 'summary.csv'\] but no"):
         challenge.run_challenge(config)
+
+    # --ner without spaCy: refused before anything is written, never a silent fall-back to the heuristic.
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    challenge.spacy_pipeline.cache_clear()
+    with pytest.raises(challenge.ChallengeError, match="needs spaCy, which is not installed"):
+        challenge.run_challenge(dataclasses.replace(config, out=str(tmp_path / "ner"), ner=True))
+    assert not list((tmp_path / "ner").glob("*"))
 
 
 IDS = {"de": [f"s{i}" for i in range(12)] + ["s3"], "en": [f"s{i}" for i in range(12)] + ["xe"]}
