@@ -19,10 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 
-from engine.data.audio import load_audio  # noqa: E402
-from engine.data.features import features_for_audio  # noqa: E402
 from engine.whisper.decoding import DecodingOptions  # noqa: E402
-from engine.whisper.loaded import load_whisper  # noqa: E402
 
 N_NEW = 12
 
@@ -94,7 +91,7 @@ def test_early_exit_matches_hf_generate_tiny(tiny_model_dir, tiny_whisper):
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_early_exit_matches_hf_generate_real_weights(fleurs_clips):
+def test_early_exit_matches_hf_generate_real_weights(base_whisper, fleurs_windows):
     from engine.whisper.checkpoints.export import hf_state_dict
     from engine.whisper.checkpoints.load import load_checkpoint
 
@@ -119,7 +116,6 @@ def test_early_exit_matches_hf_generate_real_weights(fleurs_clips):
     sd["proj_out.weight"] = sd["model.decoder.embed_tokens.weight"]
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     assert not unexpected and set(missing) <= {"proj_out.weight"}, (missing, unexpected)
-    whisper = load_whisper()
-    clips = [p for p in fleurs_clips if p.stem in ("fleurs-de-000", "fleurs-de-001")]
-    mel = np.concatenate([features_for_audio(load_audio(p), d.n_mels)[0][:1] for p in clips])
-    check_early_exit(whisper, hf, mel, (2, 4), "de")
+    fw = fleurs_windows
+    first = [fw.windows_of(fw.names.index(name))[0] for name in ("fleurs-de-000", "fleurs-de-001")]
+    check_early_exit(base_whisper, hf, fw.mel[first], (2, 4), "de")

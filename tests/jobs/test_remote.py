@@ -9,6 +9,7 @@ through --kvstore_spec), GCS through TENSORSTORE_GCS_HTTP_URL.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -200,8 +201,24 @@ def run_chain(root: str, clips: pathlib.Path, model: pathlib.Path, env: dict | N
 
 
 @pytest.fixture(scope="module")
-def local(clips, tiny_model_dir, tmp_path_factory) -> dict:
-    return run_chain(str(tmp_path_factory.mktemp("local")), clips, tiny_model_dir)
+def chains(s3, gcs, clips, tiny_model_dir, tmp_path_factory) -> dict:
+    """The chain on a local folder, on S3 and on GCS, run side by side (each job is a process that mostly imports
+    and compiles on one core): ``{"local" | "s3" | "gs": Future of run_chain's outputs}``."""
+    # The S3 jobs get the endpoint through --kvstore_spec (region and keys from the variables); this process reads
+    # the outputs back through AWS_ENDPOINT_URL.
+    spec = ("--kvstore_spec", f'{{"endpoint": "{s3["AWS_ENDPOINT_URL"]}"}}')
+    runs = {
+        "local": (str(tmp_path_factory.mktemp("local")), {}, ()),
+        "s3": (f"s3://{BUCKET}/run", dict(s3, AWS_ENDPOINT_URL=""), spec),
+        "gs": (f"gs://{BUCKET}/run", gcs, ()),
+    }
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        futures = {
+            name: pool.submit(run_chain, root, clips, tiny_model_dir, env=env, extra=extra)
+            for name, (root, env, extra) in runs.items()
+        }
+        concurrent.futures.wait(futures.values())
+    return futures
 
 
 def all_values(url: str, root: str) -> dict[str, bytes]:
@@ -254,16 +271,12 @@ def assert_same_outputs(local: dict, remote: dict) -> None:
         assert not differ, f"{job}: {differ} differ between the local and the remote run"
 
 
-def test_s3_chain_equals_local(local, s3, clips, tiny_model_dir):
-    # The jobs get the endpoint through --kvstore_spec (region and keys from the variables); this process reads the
-    # outputs back through AWS_ENDPOINT_URL.
-    spec = ("--kvstore_spec", f'{{"endpoint": "{s3["AWS_ENDPOINT_URL"]}"}}')
-    env = dict(s3, AWS_ENDPOINT_URL="")
-    assert_same_outputs(local, run_chain(f"s3://{BUCKET}/run", clips, tiny_model_dir, env=env, extra=spec))
+def test_s3_chain_equals_local(chains):
+    assert_same_outputs(chains["local"].result(), chains["s3"].result())
 
 
-def test_gcs_chain_equals_local(local, gcs, clips, tiny_model_dir):
-    assert_same_outputs(local, run_chain(f"gs://{BUCKET}/run", clips, tiny_model_dir, env=gcs))
+def test_gcs_chain_equals_local(chains):
+    assert_same_outputs(chains["local"].result(), chains["gs"].result())
 
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
