@@ -353,9 +353,10 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
     unmeasured = unmeasured_pairs(scores)
     if unmeasured:
         log.warning(
-            "%d directed pairs share no utterance id, so nothing was measured for them (NA in the CSV, blank in the "
-            "figures): %s",
+            "%d directed pairs have no utterance id in common%s, so nothing was measured for them (NA in the CSV, "
+            "blank in the figures): %s",
             len(unmeasured),
+            "" if config.subset is None else " among the challenge set's kept ids",
             ", ".join(f"{m} {a}->{b}" for m, a, b in unmeasured),
         )
     return tuple(scores), tuple(missing)
