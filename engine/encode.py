@@ -10,11 +10,13 @@ Stages, overlapped so that the accelerator never waits on the host:
    store, whose writes stay in flight (``LanguageArrays.write_utterance``); an utterance is marked
    done only after its states are committed.
 
-Multi-host: with ``jax.distributed`` initialised, process ``p`` of ``P`` takes its own contiguous
-share of each language's utterances (``engine.stores.layers.utterance_range``, aligned to the store's
-``LENGTHS_CHUNK`` so that no two processes ever write the same chunk); every process uses only its
-local devices, so processes wait on each other only at the barriers after the store and each
-language's arrays are created.
+Multi-host: with ``jax.distributed`` initialised, the processes share the work through claim keys in the store
+(``engine.stores.claims``): a work unit is a block of ``claim_utterances`` utterances of one language, and each
+process takes the next block nobody holds, so faster hosts take more and a dead host's blocks are taken by the
+others once its claims expire. Every process uses only its local devices; processes wait on each other only at the
+barriers after the store and each language's arrays are created, never after the work starts. Two processes may
+mark utterances of one ``lengths`` chunk: TensorStore rewrites a chunk as a conditional read-modify-write, retried
+on a conflict, on every kvstore that honours conditional writes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +39,11 @@ from engine.data.sources import get_source
 from engine.data.utterance import Utterance
 from engine.dtypes import DTYPES
 from engine.errors import AudioError, LanguageError
-from engine.parallel import ShardedEncoder, data_mesh
+from engine.parallel import ShardedEncoder, data_mesh, is_process_zero
 from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
-from engine.stores.kv import StoreError
-from engine.stores.language import StatesRejectedError, utterance_range
+from engine.stores.claims import DEFAULT_CLAIM_TTL, WorkClaims, rounds
+from engine.stores.kv import StoreError, open_kvstore
+from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
 from engine.stores.schema import DTYPES as STORAGE_DTYPES
 from engine.stores.schema import StoreInfo, UtteranceRow, check_language_code
@@ -65,9 +68,15 @@ class EncodeConfig:
     prefetch: int = 4  # host threads decoding audio and computing log-mel ahead of the device
     break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
     progress: bool | None = True  # None: only when stderr is a terminal
+    claim_utterances: int = 16  # utterances per work unit that processes claim (engine.stores.claims)
+    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's claims may be taken over
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, STORAGE_DTYPES)
+        if self.claim_utterances < 1:
+            raise ValueError(f"claim_utterances must be >= 1, got {self.claim_utterances}")
+        if self.claim_ttl <= 0:
+            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
         check_choice("compute_dtype", self.compute_dtype, DTYPES)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -81,6 +90,9 @@ class EncodeSummary(RunSummary):
     audio_seconds: float = 0.0
     windows: int = 0
     bytes_written: int = 0
+    units: int = 0  # work units this process claimed and did
+    taken_over: int = 0  # of them, units whose claim had expired (a dead process's)
+    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
 
     def report(self) -> str:
         lines = [
@@ -89,6 +101,8 @@ class EncodeSummary(RunSummary):
             f"{self.audio_seconds / max(self.seconds, 1e-9):.1f} audio-s/s, "
             f"{self.bytes_written / max(self.seconds, 1e-9) / 1e6:.1f} MB/s written",
             f"already complete: {self.already_done}; skipped: {self.n_skipped}",
+            f"work units: {self.units} claimed ({self.taken_over} taken over from expired claims), busy "
+            f"{self.busy_seconds:.1f} s",
         ]
         return "\n".join(lines + self.skip_lines())
 
@@ -99,6 +113,7 @@ class _Task:
 
     lang: str
     index: int  # utterance index in the language's store arrays
+    unit: str  # the work unit (claim) it belongs to
     utt: Utterance
     row: UtteranceRow
     arrays: object  # engine.stores.layers.LanguageArrays of ``lang``
@@ -168,7 +183,7 @@ def _probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow
     return rows
 
 
-def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSummary):
+def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSummary, tracker: _UnitTracker):
     """Group prepared utterances into batches of at most ``batch_size`` windows.
 
     Yields (mel f32[batch_size, n_mels, 3000] padded with silence, [(prepared, first window row)]).
@@ -180,6 +195,7 @@ def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSumm
         if p.error is not None:
             t = p.task
             summary.skip(p.reason, t.lang, t.utt.id)
+            tracker.skipped(t)
             log.warning("skipping %s/%s (%s): %s: %s", t.lang, t.utt.id, t.utt.path, p.reason, p.error)
             continue
         start = 0
@@ -252,8 +268,10 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
         compute_dtype=config.compute_dtype,
         long_audio=config.long_audio,
     )
-    pid, n_proc = jax.process_index(), jax.process_count()
     creation = {"dataset": config.dataset, "split": config.split}
+    claims = WorkClaims(open_kvstore(config.out)[1], config.out, "encode", ttl=config.claim_ttl)
+    if is_process_zero():
+        claims.clear()  # under the writer lease, before the barrier below: no process claims anything yet
     store = process_zero_first(
         "babelgrid-store-created", lambda: LayerStore.create_or_open(config.out, info, creation=creation)
     )
@@ -266,9 +284,8 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
     bytes_per_frame = len(layers) * dims.n_audio_state * jnp.dtype(config.dtype).itemsize
     progress = _Progress(config.progress)
 
-    # Tables and arrays for every language first, then one stream of batches across languages, so
-    # that only the very last batch of the run is padded.
-    tasks: list[_Task] = []
+    # Tables and arrays for every language first, then the work units: blocks of claim_utterances utterances.
+    units: dict[str, tuple] = {}  # name -> (arrays, utts, rows, utterance indices)
     opened = []
     for lang in langs:
         utts = source.utterances(lang, config.split)
@@ -280,31 +297,100 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
         rows = _probe_rows(utts, config.long_audio)
         arrays = process_zero_first(f"babelgrid-lang-{lang}", lambda rows=rows, lang=lang: store.language(lang, rows))
         opened.append(arrays)
-        mine = utterance_range(len(utts), pid, n_proc)
         done = arrays.done()
-        todo = [i for i in mine if not done[i]]
-        summary.already_done += len(mine) - len(todo)
-        tasks += [_Task(lang, i, utts[i], rows[i], arrays) for i in todo]
-    # Few-window utterances together, many-window ones together: fewer utterances split over batches.
-    tasks.sort(key=lambda t: t.row.n_windows)
-    progress.start(len(tasks))
+        for start in range(0, len(utts), config.claim_utterances):
+            block = range(start, min(start + config.claim_utterances, len(utts)))
+            if done[block.start : block.stop].all():
+                summary.already_done += len(block) if is_process_zero() else 0
+            else:
+                units[f"{lang}/{start:09d}"] = (arrays, utts, rows, block)
+    progress.start(sum(len(u[3]) for u in units.values()))
 
+    def is_done(name: str) -> bool:
+        arrays, _, _, block = units[name]
+        return bool(arrays.done()[block.start : block.stop].all())
+
+    t0 = time.perf_counter()
+    with claims:
+        for claimed in rounds(claims, list(units), is_done):
+            tracker = _UnitTracker(claims, summary, t0)
+            tasks = tracker.tasks(claimed, units)
+            _run_pipeline(config, encoder, tasks, local_batch, dims, tracker, summary, progress, bytes_per_frame, lease)
+            for arrays in opened:
+                arrays.flush()
+            tracker.close()
+    summary.taken_over = claims.taken_over
+    progress.close()
+    return summary
+
+
+def _run_pipeline(config, encoder, tasks, local_batch, dims, tracker, summary, progress, bytes_per_frame, lease):
+    """Encodes ``tasks`` (an iterator: claims are taken as the prefetching threads need more)."""
     with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
         prepared = _prefetched(pool, tasks, dims.n_mels, config.long_audio, config.prefetch * 4)
         assembler = _Assembler()
         in_flight = None  # (device result, parts) of the batch dispatched last
-        for mel, parts in _batches(prepared, local_batch, summary):
+        for mel, parts in _batches(prepared, local_batch, summary, tracker):
             lease.check()  # another run broke the lease: stop before writing more
             result = encoder(mel)  # dispatched asynchronously
             if in_flight is not None:
-                _drain(in_flight, assembler, summary, progress, bytes_per_frame)
+                _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker)
+                tracker.release_finished()
             in_flight = (result, parts)
         if in_flight is not None:
-            _drain(in_flight, assembler, summary, progress, bytes_per_frame)
-    for arrays in opened:
-        arrays.flush()
-    progress.close()
-    return summary
+            _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker)
+
+
+class _UnitTracker:
+    """The claimed units of one round: which of their utterances are resolved (written or skipped), so that a unit's
+    claim is released as soon as its writes are committed, or finished with the utterances it had to skip."""
+
+    def __init__(self, claims: WorkClaims, summary: EncodeSummary, t0: float):
+        self.claims, self.summary, self.t0 = claims, summary, t0
+        self.open: dict[str, dict] = {}  # unit -> {"claim", "left", "handles", "skipped"}
+
+    def tasks(self, claimed, units) -> Iterator[_Task]:
+        for claim in claimed:
+            arrays, utts, rows, block = units[claim.unit]
+            done = arrays.done()
+            todo = [i for i in block if not done[i]]
+            self.summary.already_done += len(block) - len(todo)
+            self.summary.units += 1
+            self.open[claim.unit] = {"claim": claim, "left": len(todo), "handles": [], "skipped": []}
+            # Few-window utterances together, many-window ones together: fewer utterances split over batches.
+            todo.sort(key=lambda i: rows[i].n_windows)
+            yield from (_Task(arrays.lang, i, claim.unit, utts[i], rows[i], arrays) for i in todo)
+
+    def written(self, task: _Task, handle) -> None:
+        unit = self.open[task.unit]
+        unit["left"] -= 1
+        unit["handles"].append(handle)
+
+    def skipped(self, task: _Task) -> None:
+        unit = self.open[task.unit]
+        unit["left"] -= 1
+        unit["skipped"].append(str(task.utt.id))
+
+    def release_finished(self) -> None:
+        """Releases every unit whose utterances are all resolved and committed (it never waits)."""
+        for name, unit in list(self.open.items()):
+            if unit["left"] == 0 and all(h.done() for h in unit["handles"]):
+                self._close(name)
+
+    def close(self) -> None:
+        """The end of a round, after every language's flush: releases (or finishes) every unit left."""
+        for name in list(self.open):
+            self._close(name)
+
+    def _close(self, name: str) -> None:
+        unit = self.open.pop(name)
+        for handle in unit["handles"]:
+            handle.result()  # a failed write raises here: the claim stays, and expires, for another try
+        if unit["skipped"]:
+            self.claims.finish(unit["claim"], skipped=unit["skipped"])
+        else:
+            self.claims.release(unit["claim"])
+        self.summary.busy_seconds = time.perf_counter() - self.t0
 
 
 def _check_languages(langs: Sequence[str], whisper: LoadedWhisper) -> None:
@@ -340,7 +426,7 @@ def _whisper_code(lang: str) -> str | None:
         return None
 
 
-def _drain(in_flight, assembler, summary, progress, bytes_per_frame):
+def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
     result, parts = in_flight
     states = np.asarray(result)  # waits for this batch only; the next one is already running
     summary.windows += sum(take for _, _, take, _ in parts)
@@ -349,6 +435,7 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame):
         if utt_states.shape[1] != t.row.n_frames:
             # The audio decoded to another length than its header announced: the table would lie.
             summary.skip("FrameCountMismatch", t.lang, t.utt.id)
+            tracker.skipped(t)
             log.warning(
                 "skipping %s/%s: %d frames decoded, the header announced %d",
                 t.lang,
@@ -358,10 +445,11 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame):
             )
             continue
         try:
-            t.arrays.write_utterance(t.index, utt_states)
+            tracker.written(t, t.arrays.write_utterance(t.index, utt_states))
         except StatesRejectedError as e:
             # One utterance's states (NaN from a diverged encoder, or beyond float16): skip it, keep the batch going.
             summary.skip(type(e).__name__, t.lang, t.utt.id)
+            tracker.skipped(t)
             log.warning("skipping %s/%s (%s): %s", t.lang, t.utt.id, t.utt.path, e)
             continue
         summary.done += 1
@@ -370,7 +458,7 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame):
         progress.update(1, p.seconds)
 
 
-def _prefetched(pool, tasks: Sequence[_Task], n_mels, long_audio, depth) -> Iterator[_Prepared]:
+def _prefetched(pool, tasks: Iterable[_Task], n_mels, long_audio, depth) -> Iterator[_Prepared]:
     """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer."""
     queue: collections.deque = collections.deque()
     it = iter(tasks)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
 import sys
 import time
 
@@ -23,12 +25,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.dtypes import DTYPES
-from engine.parallel import barrier, data_mesh, is_process_zero
+from engine.parallel import data_mesh, is_process_zero
 from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.stores.claims import DEFAULT_CLAIM_TTL, WorkClaims, rounds
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import (
     MEASURES,
+    PAIR_SEPARATOR,
     SimilarityError,
     SimilarityStore,
     check_measure,
@@ -62,9 +67,12 @@ class SimilarityConfig:
     break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
     progress: bool | None = True  # None: only when stderr is a terminal
     ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos)
+    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's (layer, pair) claims may be taken over
 
     def __post_init__(self):
         check_choice("dtype", self.dtype, COMPUTE_DTYPES)
+        if self.claim_ttl <= 0:
+            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
         if not self.measures:
             raise ValueError(f"measures must name at least one of {MEASURES}")
         for m in self.measures:
@@ -80,6 +88,8 @@ class SimilaritySummary(RunSummary):
     seqsim_seconds: float = 0.0  # kernel time, device synchronised, compilation included
     ot_pairs: int = 0  # utterance pairs scored by the ot measure
     ot_nonconverged: int = 0  # of those, pairs whose Sinkhorn did not converge (NaN in the store)
+    taken_over: int = 0  # (pair, layer) units whose claim had expired (a dead process's)
+    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
 
     @property
     def gflops(self) -> float:
@@ -90,6 +100,7 @@ class SimilaritySummary(RunSummary):
             f"computed {self.pair_layers} pair-layers ({self.matrices} matrices) in {self.seconds:.1f} s; "
             f"{self.already_done} pair-layers already complete"
         )
+        line += f"; busy {self.busy_seconds:.1f} s, {self.taken_over} taken over from expired claims"
         if self.seqsim_flops:
             line += f"; seqsim {self.seqsim_flops / 1e9:.2f} GFLOP at {self.gflops:.2f} GFLOP/s"
         if self.ot_nonconverged:
@@ -198,17 +209,20 @@ def _similarity(config: SimilarityConfig, reader: StoreReader, lease) -> Similar
     )
 
     # Multi-host (jax.distributed): process 0 creates the store and the pair arrays, the others open them after.
+    claims = WorkClaims(open_kvstore(config.out)[1], config.out, "seqsim", ttl=config.claim_ttl)
+
     def create() -> SimilarityStore:
         store = SimilarityStore.create_or_open(config.out, manifest)
+        if is_process_zero():
+            claims.clear()  # under the writer lease, before any process claims
         for a, b in pairs if is_process_zero() and jax.process_count() > 1 else ():
             for m in measures:
                 store.create_pair(m, a, b, _pair_ids(tables, a, b))
         return store
 
     out = process_zero_first("babelgrid-similarity-created", create)
-    pid, n_proc = jax.process_index(), jax.process_count()
 
-    arrays, todo = {}, {}
+    arrays, todo, wanted = {}, {}, {}
     for a, b in pairs:
         ids = _pair_ids(tables, a, b)
         expect = done_marker(done_index[a], done_index[b])
@@ -216,49 +230,80 @@ def _similarity(config: SimilarityConfig, reader: StoreReader, lease) -> Similar
             arrays[m, a, b] = out.create_pair(m, a, b, ids)
             markers = out.done_markers(m, a, b)
             # Other Sinkhorn options make another measure: an ot matrix is recomputed when they change.
-            want = {**expect, "ot": dataclasses.asdict(config.ot)} if m == "ot" else expect
+            wanted[m, a, b] = {**expect, "ot": dataclasses.asdict(config.ot)} if m == "ot" else expect
             for layer in layers:
-                marker = markers.get(layer)
-                if marker is None or any(marker.get(k) != v for k, v in want.items()):
+                if not _marker_matches(markers.get(layer), wanted[m, a, b]):
                     todo.setdefault((layer, a, b), []).append(m)
 
     summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
-    # Every process has read the same markers before any writes; each then takes every n_proc-th (layer, pair):
-    # whole matrices, one chunk each, so processes share nothing but the inputs they read.
-    barrier("babelgrid-similarity-planned")
-    todo = {key: todo[key] for i, key in enumerate(sorted(todo)) if i % n_proc == pid}
+    # Work units are (layer, pair) matrices, claimed by the processes (engine.stores.claims): layer by layer (one
+    # layer of the languages in memory), the largest pairs of a layer first, so the last units are the smallest.
+    cost = {lang: float(lengths[lang][done_index[lang]].sum()) for lang in in_play}
+    order = sorted(todo, key=lambda k: (layers.index(k[0]), -cost[k[1]] * cost[k[2]], k))
+    names = {f"{layer}/{a}{PAIR_SEPARATOR}{b}": (layer, a, b) for layer, a, b in order}
+
+    def unit_done(name: str) -> bool:
+        layer, a, b = names[name]
+        return all(_marker_matches(out.done_markers(m, a, b).get(layer), wanted[m, a, b]) for m in todo[layer, a, b])
+
     mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
     progress = progress_bar(len(todo), "similarity", "pair-layer", config.progress)
+    work_t0 = time.perf_counter()
     try:
-        for layer in layers:
-            cache: dict[str, _Language] = {}
-            for a, b in pairs:
-                todo_measures = todo.get((layer, a, b))
-                if not todo_measures:
-                    continue
-                lease.check()
-                need_states = any(m != "duration" for m in todo_measures)
-                for lang in (a, b):
-                    if lang not in cache or (need_states and cache[lang].states is None):
-                        index = done_index[lang]
-                        cache[lang] = _load(reader, lang, layer, index, lengths[lang][index], need_states, config.dtype)
-                scores, extra = _compute(cache[a], cache[b], todo_measures, mesh, summary, config.ot)
-                marker = {**done_marker(cache[a].index, cache[b].index), "dtype": config.dtype}
-                for m in todo_measures:
-                    full = np.full((len(lengths[a]), len(lengths[b])), np.nan, np.float32)
-                    full[np.ix_(cache[a].index, cache[b].index)] = scores[m]
-                    out.write_layer(arrays[m, a, b], m, a, b, layer, full, {**marker, **extra.get(m, {})})
-                    summary.matrices += 1
-                summary.pair_layers += 1
-                progress.update(1)
-                if summary.seqsim_flops:
-                    progress.set_postfix(gflops=f"{summary.gflops:.1f}")
-            del cache  # one layer of the languages at a time
+        with claims:
+            for claimed in rounds(claims, list(names), unit_done):
+                cache: dict[str, _Language] = {}  # the languages of one layer at a time
+                cache_layer = None
+                for claim in claimed:
+                    layer, a, b = names[claim.unit]
+                    if layer != cache_layer:
+                        cache, cache_layer = {}, layer
+                    lease.check()
+                    unit = (layer, a, b)
+                    _pair_layer(
+                        config, reader, out, arrays, cache, unit, todo[unit], done_index, lengths, mesh, summary
+                    )
+                    claims.release(claim)
+                    summary.pair_layers += 1
+                    summary.matrices += len(todo[layer, a, b])
+                    summary.busy_seconds = time.perf_counter() - work_t0
+                    progress.update(1)
     finally:
         progress.close()
-    barrier("babelgrid-similarity-done")
+    summary.taken_over = claims.taken_over
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _marker_matches(marker: dict | None, want: dict) -> bool:
+    return marker is not None and all(marker.get(k) == v for k, v in want.items())
+
+
+_FAULT_KILL_AFTER_MATRICES = int(os.environ.get("BABELGRID_FAULT_KILL_AFTER_MATRICES", "0") or 0)
+_fault_matrices = 0
+
+
+def _pair_layer(config, reader, out, arrays, cache, unit, measures, done_index, lengths, mesh, summary):
+    """Computes and writes ``measures`` of one ``unit`` (layer, a, b); ``cache`` holds the languages loaded at its
+    layer."""
+    global _fault_matrices
+    layer, a, b = unit
+    need_states = any(m != "duration" for m in measures)
+    for lang in (a, b):
+        if lang not in cache or (need_states and cache[lang].states is None):
+            index = done_index[lang]
+            cache[lang] = _load(reader, lang, layer, index, lengths[lang][index], need_states, config.dtype)
+    scores, extra = _compute(cache[a], cache[b], measures, mesh, summary, config.ot)
+    marker = {**done_marker(cache[a].index, cache[b].index), "dtype": config.dtype}
+    for m in measures:
+        full = np.full((len(lengths[a]), len(lengths[b])), np.nan, np.float32)
+        full[np.ix_(cache[a].index, cache[b].index)] = scores[m]
+        out.write_layer(arrays[m, a, b], m, a, b, layer, full, {**marker, **extra.get(m, {})})
+        # Test-only fault injection (tests/jobs/test_scaleout.py): SIGKILL right after the N-th matrix this process
+        # wrote, while it still holds that unit's claim. Never set it otherwise.
+        _fault_matrices += 1
+        if _FAULT_KILL_AFTER_MATRICES and _fault_matrices >= _FAULT_KILL_AFTER_MATRICES:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _check_complete(url: str, lengths: dict, done_index: dict, allow_partial: bool) -> None:

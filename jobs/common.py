@@ -18,11 +18,13 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 
 import jax
 from absl import app, flags
 
 from engine.plan import DEVICES, plan_for
+from engine.stores.claims import DEFAULT_CLAIM_TTL
 from engine.stores.kv import parse_spec_overrides, set_spec_overrides
 
 FLAGS = flags.FLAGS
@@ -189,14 +191,18 @@ def run(main) -> None:
                 set_spec_overrides(parse_spec_overrides(FLAGS.kvstore_spec))
             except ValueError as e:
                 raise app.UsageError(str(e)) from None
-        if "distributed" in FLAGS:
-            init_distributed()
         if "matmul_precision" in FLAGS:
             # JAX's default on GPUs is TF32 for float32 products, which put the encoder 1.3e-2 to 2.9e-2 of the peak
             # activation away from CTranslate2 on an H100 (3.4e-5 to 8.8e-5 with "highest"; test_parity_ct2.py):
             # a store written on a GPU would not match one written on a CPU. Measurements ask for float32.
             jax.config.update("jax_default_matmul_precision", FLAGS.matmul_precision)
-        return main()
+        if "distributed" not in FLAGS:
+            return main()
+        init_distributed()
+        try:
+            return main()
+        finally:
+            leave_distributed()
 
     app.run(start)
 
@@ -213,22 +219,59 @@ def define_distributed_flags(module: str) -> None:
         "initialise jax.distributed from the cluster's environment (SLURM, TPU pods, ...)",
         module_name=module,
     )
+    flags.DEFINE_integer(
+        "heartbeat_timeout",
+        100,
+        "seconds after which jax.distributed declares a silent process dead (JAX's default: 100)",
+        module_name=module,
+    )
+    flags.DEFINE_float(
+        "claim_ttl",
+        DEFAULT_CLAIM_TTL,
+        "seconds a work claim lives unrenewed: the other processes take a dead process's work this long after it died",
+        module_name=module,
+    )
 
 
 def init_distributed() -> None:
     """Start JAX's multi-host runtime when asked to (explicit flags, or --distributed for auto-detection)."""
+    if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
+        # A process that dies must not take the others down with it: they finish its work once its claims expire
+        # (engine.stores.claims). JAX's coordination service lives in process 0, so its death still ends the run.
+        jax.config.update("jax_enable_recoverability", True)
     if FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
         )
     elif FLAGS.distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
     if jax.process_count() > 1:
         logging.info(
             "process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count()
         )
+
+
+def leave_distributed() -> None:
+    """The end of a multi-process run, without a barrier (a dead peer would hang it): every process but 0 disconnects
+    from the coordination service; process 0, which runs that service, waits until every other process has
+    disconnected or been declared dead (``--heartbeat_timeout``), since its exit would abort those still connected."""
+    if jax.process_count() <= 1:
+        return
+    from jax._src import distributed  # the runtime client: jax.distributed exposes no live-process query
+
+    if jax.process_index() != 0:
+        jax.distributed.shutdown()
+        return
+    client = distributed.global_state.client
+    others = list(range(1, jax.process_count()))
+    deadline = time.monotonic() + FLAGS.heartbeat_timeout + 10
+    while client is not None and time.monotonic() < deadline:
+        if not set(client.get_live_nodes([0, *others])) & set(others):
+            break
+        time.sleep(0.5)
 
 
 def parse_list(value: str | None) -> tuple[str, ...] | None:

@@ -26,6 +26,7 @@ flags.DEFINE_enum("compute_dtype", "float32", ["float32", "bfloat16", "float16"]
 flags.DEFINE_integer("batch_size", 8, "30 s windows per encoder step over all local devices")
 flags.DEFINE_enum("long_audio", "window", ["window", "truncate"], "audio over 30 s: consecutive windows, or cut")
 flags.DEFINE_integer("prefetch", 4, "host threads decoding audio ahead of the device")
+flags.DEFINE_integer("claim_utterances", 16, "utterances per work unit the processes of a multi-host run claim")
 common.define_run_flags(strict=True, distributed=True)
 FLAGS = flags.FLAGS
 

@@ -10,7 +10,8 @@ store could collide with any name chosen inside it). Re-running with the same --
 skipped. Layout: docs/similarity.md; library: engine/similarity.py.
 
 Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
---process_id); each computes every n-th (layer, pair) matrix on its local devices into the same --out.
+--process_id); the processes claim (layer, pair) matrices one at a time through claim keys in --out and compute them
+on their local devices; a dead process's claims expire after --claim_ttl seconds and the others take them.
 """
 
 from __future__ import annotations

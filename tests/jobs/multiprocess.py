@@ -17,15 +17,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_processes(module: str, args, *, n: int = 2, env_extra=None, timeout: float = 600) -> list[str]:
-    """``python -m module *args`` as ``n`` processes of one run on CPU; asserts each exits 0, returns their output."""
+def start_processes(module: str, args, *, n: int = 2, env_extra=None, env_per_process=None) -> list[subprocess.Popen]:
+    """``python -m module *args`` as ``n`` processes of one run on CPU (stdout and stderr together, as text);
+    ``env_per_process[i]``: variables for process i only."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
     env.update(env_extra or {})
     dist = [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={n}"]
-    procs = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", module, *args, *dist, f"--process_id={i}"],
-            env=env,
+            env={**env, **((env_per_process or {}).get(i) or {})},
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -33,6 +34,11 @@ def run_processes(module: str, args, *, n: int = 2, env_extra=None, timeout: flo
         )
         for i in range(n)
     ]
+
+
+def run_processes(module: str, args, *, n: int = 2, env_extra=None, timeout: float = 600) -> list[str]:
+    """``python -m module *args`` as ``n`` processes of one run on CPU; asserts each exits 0, returns their output."""
+    procs = start_processes(module, args, n=n, env_extra=env_extra)
     outputs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, o in zip(procs, outputs, strict=True):
         assert p.returncode == 0, o

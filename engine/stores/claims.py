@@ -1,0 +1,229 @@
+"""Work claims: the hosts of one run share its work units through claim keys in the output store, with expiry.
+
+A multi-host run (``jax.distributed``) no longer splits its work into fixed shares. Every process walks the same list
+of work units (utterance blocks for encode, (layer, pair) matrices for seqsim) and takes the next one nobody holds:
+
+- **claim**: create ``claims/<job>/<unit>.json`` with a conditional write (create-if-absent, as the write-once keys
+  and the writer lease do), holding the owner (a random id per process), host, pid and an expiry ``ttl`` seconds
+  ahead. Of two processes racing for a unit, one write succeeds; the other moves on to the next unit.
+- **renew**: one thread per process rewrites every claim it holds every ``ttl / 3`` seconds, conditional on the
+  generation it wrote last.
+- **release**: once a unit's results are committed, its claim is deleted (conditionally on its own generation).
+  Whether a unit is done is judged from the store's own completion markers (``lengths`` for encode, done markers for
+  seqsim), never from a claim, so a store holds no claims after a run that finished everything.
+- **finish**: a unit that ended with items that cannot be done (an unreadable clip) is rewritten as ``finished``
+  with those items, so that no other process retries them in this run. The next run clears ``claims/<job>/`` first
+  (under the writer lease, before any work), so that it retries them.
+- **take over**: a claim whose expiry has passed (its process was killed, or its host died) is taken by the next
+  process that wants the unit, conditionally on the generation read, so that two takers do not both win. The taker
+  checks the store's markers again, then does what is still missing.
+
+A process that finds every unit it has not done held by others waits (polling every ``poll`` seconds) until each is
+done or its claim expires: the survivors of a dead host finish its work after its claims expire. No step of this
+needs the other processes to answer, so no collective is used after the work starts (``docs/store.md``).
+
+A process whose claim was taken over while it still worked on the unit (it stalled past the expiry) finishes anyway:
+every write of a unit is idempotent (the same bytes for the same inputs), so the two results are one.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+
+import tensorstore as ts
+
+from engine.stores.kv import StoreError, read_value, storage_error, write_value
+
+CLAIMS_DIR = "claims/"
+DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives two missed renewals
+WORKING, FINISHED = "working", "finished"
+
+log = logging.getLogger(__name__)
+
+
+class Claim:
+    """One held claim: the unit's key and the generation this process wrote last."""
+
+    def __init__(self, unit: str, generation: bytes):
+        self.unit = unit
+        self.generation = generation
+        self.lost = False  # another process took it over (this one stalled past the expiry)
+
+
+class WorkClaims:
+    """This process's claims on the work units of ``job`` in the store at ``url`` (see the module docstring); a
+    context manager that stops renewing and releases what it still holds on exit."""
+
+    def __init__(
+        self, kv: ts.KvStore, url: str, job: str, *, ttl: float = DEFAULT_CLAIM_TTL, poll: float | None = None
+    ):
+        if ttl <= 0:
+            raise ValueError(f"claim ttl must be positive seconds, got {ttl}")
+        self.kv, self.url, self.job, self.ttl = kv, url, job, float(ttl)
+        self.poll = min(self.ttl / 4, 5.0) if poll is None else float(poll)
+        self.owner = uuid.uuid4().hex
+        self.prefix = f"{CLAIMS_DIR}{job}/"
+        self._held: dict[str, Claim] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.taken_over = 0  # expired claims of other processes this one took
+
+    def __enter__(self) -> WorkClaims:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def key(self, unit: str) -> str:
+        return self.prefix + unit + ".json"
+
+    def clear(self) -> None:
+        """Deletes every claim of this job: the start of a run, under the writer lease, before any process works."""
+        try:
+            self.kv.delete_range(ts.KvStore.KeyRange(self.prefix, self.prefix[:-1] + "0")).result()
+        except ValueError as e:
+            raise storage_error("clear the work claims", self.prefix, self.url, e) from None
+
+    def _record(self, unit: str, state: str = WORKING, **extra) -> bytes:
+        now = time.time()
+        record = {
+            "owner": self.owner,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job": self.job,
+            "unit": unit,
+            "state": state,
+            "renewed": _iso(now),
+            "expires_unix": now + self.ttl,
+            **extra,
+        }
+        return json.dumps(record, indent=1).encode()
+
+    def claim(self, unit: str) -> Claim | dict | None:
+        """Takes ``unit``: a Claim when this process holds it now; the claim's record (a dict) when another process
+        finished it in this run; None when another live process holds it."""
+        key = self.key(unit)
+        found = read_value(self.kv, key, self.url)
+        holder = {} if found.state == "missing" else _parse(found.value)
+        if holder.get("state") == FINISHED:
+            return holder
+        if holder and holder.get("expires_unix", 0.0) > time.time():
+            return None
+        # Create-if-absent, or take over the expired claim: conditional on the generation read either way.
+        try:
+            stamp = self.kv.write(key, self._record(unit), if_equal=found.stamp.generation).result()
+        except ValueError as e:
+            raise storage_error("write the work claim", key, self.url, e) from None
+        if not stamp.generation:  # another process created it or took it over first
+            return None
+        if holder:
+            log.info("took over the expired claim of %s on %s (%r)", holder.get("host"), unit, self.url)
+            self.taken_over += 1
+        return self._hold(unit, stamp.generation)
+
+    def _hold(self, unit: str, generation: bytes) -> Claim:
+        claim = Claim(unit, generation)
+        with self._lock:
+            self._held[unit] = claim
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-claims", daemon=True)
+                self._thread.start()
+        return claim
+
+    def release(self, claim: Claim) -> None:
+        """The unit is done (its markers are committed): deletes the claim if it is still this process's."""
+        self._drop(claim, None)
+
+    def finish(self, claim: Claim, **record) -> None:
+        """The unit ended with items that cannot be done: rewrites its claim as finished, with ``record``."""
+        self._drop(claim, self._record(claim.unit, FINISHED, **record))
+
+    def _drop(self, claim: Claim, value: bytes | None) -> None:
+        with self._lock:
+            self._held.pop(claim.unit, None)
+            if not claim.lost:
+                write_value(self.kv, self.key(claim.unit), value, self.url, if_equal=claim.generation)
+
+    def close(self) -> None:
+        """Stops renewing; releases the claims still held (an error ended the work: others may take them at once)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        for claim in list(self._held.values()):
+            try:
+                self.release(claim)
+            except StoreError as e:  # they expire instead
+                log.warning("could not release the work claim on %s: %s", claim.unit, e)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            with self._lock:
+                for claim in [c for c in self._held.values() if not c.lost]:
+                    try:
+                        stamp = self.kv.write(
+                            self.key(claim.unit), self._record(claim.unit), if_equal=claim.generation
+                        ).result()
+                    except ValueError as e:
+                        log.warning("could not renew the work claim on %s (%s); it may expire", claim.unit, e)
+                        continue
+                    if stamp.generation:
+                        claim.generation = stamp.generation
+                    else:
+                        # This process stalled past the expiry and another took the unit: both finish it, and
+                        # the writes are the same bytes. Only the taker releases the claim.
+                        claim.lost = True
+                        log.warning("the work claim on %s was taken over by another process", claim.unit)
+
+
+def rounds(claims: WorkClaims, units: Sequence[str], is_done: Callable[[str], bool]) -> Iterator[Iterator[Claim]]:
+    """The work loop of one process over ``units`` (the same list, in the same order, on every process).
+
+    Yields rounds; a round yields a Claim for each unit this process takes, in order, skipping units that are done
+    (``is_done``, the store's own markers, checked again once claimed), finished or held by another process. The
+    caller works on each claimed unit and releases (or finishes) its claim; it must consume a round to its end
+    before the next starts. Rounds go on, ``claims.poll`` seconds apart when one claimed nothing, until no unit is
+    held by another process: after a peer's death, its claims expire and a later round takes them.
+    """
+    remaining = list(units)
+    while remaining:
+        state = {"held_by_others": [], "claimed": 0}
+        yield _round(claims, remaining, is_done, state)
+        if state["held_by_others"] and not state["claimed"]:
+            log.info("waiting for %d work units held by other processes", len(state["held_by_others"]))
+            time.sleep(claims.poll)
+        remaining = state["held_by_others"]
+
+
+def _round(claims: WorkClaims, units: Sequence[str], is_done: Callable[[str], bool], state: dict) -> Iterator[Claim]:
+    for unit in units:
+        got = claims.claim(unit)
+        if got is None:
+            state["held_by_others"].append(unit)
+        elif isinstance(got, Claim):
+            if is_done(unit):  # another process did it and released its claim meanwhile
+                claims.release(got)
+                continue
+            state["claimed"] += 1
+            yield got
+
+
+def _parse(value: bytes) -> dict:
+    try:
+        record = json.loads(bytes(value))
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")

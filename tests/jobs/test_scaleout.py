@@ -1,0 +1,107 @@
+"""A host that dies: two ``jax.distributed`` processes share encode and seqsim through work claims
+(``engine.stores.claims``); one is SIGKILLed mid-run, the other finishes its own work and, once the dead one's claims
+expire, the dead one's. The stores must then equal, key for key and byte for byte, the stores of one-process runs.
+
+Kept cheap: the tiny random model, 2 languages of 10 clips of 0.2 to 0.6 s, claims of 2 utterances, a 3 s claim
+expiry and a 10 s heartbeat timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import signal
+
+import numpy as np
+import pytest
+import soundfile as sf
+import tensorstore as ts
+
+from engine.data.audio import SAMPLE_RATE
+from engine.encode import EncodeConfig, run_encode
+from engine.similarity import SimilarityConfig, run_similarity
+from engine.stores.claims import CLAIMS_DIR
+from tests.jobs.multiprocess import start_processes
+
+LANGS = ("de", "en")
+N_CLIPS = 10
+CLAIM = ["--claim_ttl", "3", "--heartbeat_timeout", "10", "--progress=false"]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("scaleout-clips")
+    rng = np.random.default_rng(3)
+    for lang in LANGS:
+        (root / lang).mkdir()
+        for i in range(N_CLIPS):
+            t = np.arange(int(rng.uniform(0.2, 0.6) * SAMPLE_RATE)) / SAMPLE_RATE
+            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(root / lang / f"utt{i}.wav", x.astype(np.float32), SAMPLE_RATE)
+    return root
+
+
+def all_keys(path: pathlib.Path) -> dict[str, bytes]:
+    """Every key of a store and its bytes; the manifests' ``created`` (time, host) left out."""
+    kv = ts.KvStore.open({"driver": "file", "path": str(path) + "/"}).result()
+    out = {}
+    for key in kv.list().result():
+        value = bytes(kv.read(key).result().value)
+        if key.decode().endswith("manifest.json"):
+            manifest = json.loads(value)
+            manifest.pop("created", None)
+            value = json.dumps(manifest, sort_keys=True).encode()
+        out[key.decode()] = value
+    return out
+
+
+def assert_same_store(got: pathlib.Path, want: pathlib.Path) -> None:
+    a, b = all_keys(got), all_keys(want)
+    assert not [k for k in a if k.startswith(CLAIMS_DIR)], "claims left behind"
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if a[k] != b[k]]
+    assert not different, different
+
+
+def taken_over(output: str) -> int:
+    """The count of expired claims a run's summary says it took over."""
+    return int(re.search(r"(\d+) taken over from expired claims", output).group(1))
+
+
+def run_with_a_death(module: str, args: list[str], kill_env: dict) -> tuple[str, str]:
+    """The job as 2 processes, process 1 killing itself as ``kill_env`` says; returns the two outputs."""
+    procs = start_processes(module, [*args, *CLAIM], env_per_process={1: kill_env})
+    survivor, dead = (p.communicate(timeout=600)[0] for p in procs)
+    assert procs[1].returncode == -signal.SIGKILL, f"process 1 was not killed:\n{dead}"
+    assert procs[0].returncode == 0, survivor
+    return survivor, dead
+
+
+@pytest.mark.slow
+def test_a_host_dies_and_the_other_finishes_its_work(clips, tiny_model_dir, tiny_whisper, tmp_path):
+    encode_args = ["--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--batch_size", "4"]
+    encode_args += ["--claim_utterances", "2", "--prefetch", "1"]
+    two = tmp_path / "two"
+    # Process 1 dies right after its 3rd states shard commits, before that utterance is marked done: its claim on
+    # that unit is held and not released.
+    survivor, dead = run_with_a_death(
+        "jobs.encode", [*encode_args, "--out", str(two)], {"BABELGRID_FAULT_KILL_AFTER_COMMITS": "states:3"}
+    )
+    assert taken_over(survivor) >= 1, survivor  # the unit the dead process held
+    one = tmp_path / "one"
+    config = EncodeConfig(out=str(one), dataset=f"folder:{clips}", batch_size=4, claim_utterances=2, progress=False)
+    run_encode(config, whisper=tiny_whisper)
+    assert_same_store(two, one)
+
+    sim_two = tmp_path / "sim-two"
+    # Process 1 dies right after its 2nd matrix, in the middle of a (layer, pair) unit of 4 measures.
+    survivor, dead = run_with_a_death(
+        "jobs.seqsim",
+        ["--store", str(two), "--out", str(sim_two)],
+        {"BABELGRID_FAULT_KILL_AFTER_MATRICES": "2"},
+    )
+    assert taken_over(survivor) >= 1, survivor
+    sim_one = tmp_path / "sim-one"
+    run_similarity(SimilarityConfig(store=str(two), out=str(sim_one), progress=False))
+    assert_same_store(sim_two, sim_one)
