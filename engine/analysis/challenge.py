@@ -10,28 +10,32 @@ A sentence pair (the same id in languages a and b) is *flagged*, and left out of
   pipeline or entity component is an error, never a silent fall-back. No pipeline is on the package index (they
   install with ``python -m spacy download``), so the heuristic alone is the default.
 - sound_alike: a word of one sentence and a word of the other are pronounced alike: normalised phone edit distance
-  (``engine.analysis.phones.phone_distance``, on espeak-ng IPA) below ``phone_threshold``, both words at least
-  ``min_phones`` segments long.
+  (``engine.analysis.phones.phone_distance``, on espeak-ng IPA) below the pair's threshold, both words at least
+  ``min_phones`` segments long (``engine.analysis.soundalike``). The threshold is per language pair: by default
+  (``AUTO``) the largest at which at most ``chance_flag_rate`` (5%) of mismatched sentence pairs (different ids,
+  up to ``chance_pairs`` drawn with ``chance_seed``) would be flagged, capped at 0.16; with fewer than 20 mismatched
+  pairs, the cap. A number instead is used for every pair.
 
 The texts are the store's ``raw_transcription`` (FLEURS's cased text, which the capitalisation rule needs), else its
 ``transcription`` (stores written before the column existed, and the demo set, whose text is already cased).
 
 Why ``min_phones``: on segment strings of 2-3 phones one substitution is a third of the word, so function words
 (en "the" / de "der": 0.33, en "to" / de "zu": 0.31) and unrelated short words (en "dog" / de "Rat": 0.12) would
-flag almost every pair. Why ``phone_threshold`` 0.16: feature edit distance is lenient (a substitution costs the
-fraction of features that differ), so unrelated words of equal length land near 0.2-0.3 (en "morning" / es "buenos"
-0.18, pl "bilet" / sv "mycket" 0.12). On the demo sentences (28 language pairs, 30 ids), the share of translation
-pairs flagged minus the share of mismatched pairs (id i against id i+7: chance) is 0.14 at 0.15, 0.15 at 0.16, 0.16
-at 0.18, 0.15 at 0.20 and 0.04 at 0.25: the cognate signal plateaus from 0.16 while chance alarms keep growing (29%
-of mismatched pairs at 0.16, 53% at 0.20). 0.16 is the smallest threshold on the plateau, and catches de "Telefon" /
-en "telephone" (0.15); de "Hund" / en "dog" is 0.42. A chance alarm removes a random pair, which shrinks the set but
-does not bias it; the size-matched random subsets of ``jobs.retrieval --subset`` control for the shrinking.
+flag almost every pair. Why the cap 0.16: on the demo's cognates the excess of translations over mismatched pairs
+flagged plateaus from 0.16 (docs/challenge.md); it catches de "Telefon" / en "telephone" (0.15), not de "Hund" /
+en "dog" (0.42). Why calibrate below it: the rule compares every word pair of two sentences, so its false alarms
+grow with sentence length (29% of the demo's mismatched pairs at 0.16, 62-94% of FLEURS-length ones); a threshold
+held to a chance flag rate means the same thing for short and long sentences. A chance alarm removes a random pair,
+which shrinks the set but does not bias it; the size-matched random subsets of ``jobs.retrieval --subset`` control
+for the shrinking.
 
 Outputs of ``run_challenge`` (``OUT`` any TensorStore kvstore location)::
 
     OUT/<a>__<b>.csv    id, kept, reason, evidence: one row per shared id
-    OUT/summary.csv     lang_a, lang_b, phone_threshold, pairs, kept, names_numbers, sound_alike
-    OUT/challenge.json  the settings (store, phone_threshold, min_phones, ner, ner_models) every CSV was made with
+    OUT/summary.csv     SUMMARY_COLUMNS: per pair and threshold (the chosen one and a ladder) pairs kept and the
+                        share of mismatched pairs flagged
+    OUT/challenge.json  the settings (SETTINGS_FIELDS) every CSV was made with, and per pair the threshold used,
+                        its rule and the mismatched pairs' flag rate (``thresholds``)
 
 A rerun into ``OUT`` with the same settings may add pairs; with other settings (or into a folder of CSVs without
 ``challenge.json``) it is refused before any work, naming each differing setting: one folder, one filter.
@@ -43,22 +47,45 @@ import csv
 import dataclasses
 import functools
 import io
-import itertools
 import math
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from engine.analysis.phones import PhonesError, covers, phone_distance, phonemize_words
+from engine.analysis.soundalike import (  # noqa: F401  (PhoneBook, _distance, require_voices: engine.analysis.probe)
+    AUTO,
+    DEFAULT_CHANCE_FLAG_RATE,
+    DEFAULT_CHANCE_PAIRS,
+    DEFAULT_MIN_PHONES,
+    DEFAULT_PHONE_THRESHOLD,
+    MIN_CHANCE_PAIRS,
+    Calibration,
+    PhoneBook,
+    ThresholdChoice,
+    _distance,
+    choose_threshold,
+    require_voices,
+    sound_alike,
+)
 from engine.errors import BabelgridError
 
 MIN_SHARED_LETTERS = 3  # a shared spelling of 1-2 letters ("a", "de", "in") is a function word, not a shortcut
-DEFAULT_PHONE_THRESHOLD = 0.16
-DEFAULT_MIN_PHONES = 4
 # Thresholds the summary also counts kept pairs at, so that one run shows how the set shrinks with the threshold.
 SUMMARY_THRESHOLDS = (0.1, 0.12, 0.14, 0.16, 0.18, 0.2, 0.25)
 PAIR_COLUMNS = ("id", "kept", "reason", "evidence")
-SUMMARY_COLUMNS = ("lang_a", "lang_b", "phone_threshold", "pairs", "kept", "names_numbers", "sound_alike")
+SUMMARY_COLUMNS = (
+    "lang_a",
+    "lang_b",
+    "phone_threshold",
+    "chosen",  # 1: the threshold this run used for the pair; 0: another rung of the ladder (SUMMARY_THRESHOLDS)
+    "threshold_rule",  # chosen row: fixed, chance, cap or cap_too_few_mismatched (engine.analysis.soundalike)
+    "pairs",
+    "kept",
+    "names_numbers",
+    "sound_alike",
+    "mismatched_pairs",  # mismatched (different-id) sentence pairs drawn for the chance rate
+    "mismatched_flagged",  # share of them the sound rule flags at this threshold (NaN: none drawn)
+)
 NAMES_NUMBERS, SOUND_ALIKE = "names_numbers", "sound_alike"
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*")  # letters, with inner apostrophes (o'clock, l'acqua)
@@ -72,7 +99,8 @@ class ChallengeError(BabelgridError, ValueError):
 @dataclasses.dataclass(frozen=True)
 class FilterConfig:
     """How a sentence pair is judged. phone_threshold: normalised phone distance (0 same, 1 nothing shared) below
-    which two words sound alike; min_phones: shortest word (IPA segments) the sound rule looks at; ner: also use
+    which two words sound alike (0: never; ``run_challenge`` calibrates one per language pair,
+    ``engine.analysis.soundalike``); min_phones: shortest word (IPA segments) the sound rule looks at; ner: also use
     spaCy's entities (needs spaCy and a pipeline per language, ``spacy_pipeline``); ner_models: (language, spaCy
     pipeline name or folder) pairs for languages whose pipeline is not found by its name prefix."""
 
@@ -82,8 +110,10 @@ class FilterConfig:
     ner_models: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self):
-        if not 0 < self.phone_threshold <= 1:
-            raise ChallengeError(f"phone_threshold must be in (0, 1], got {self.phone_threshold!r}")
+        if isinstance(self.phone_threshold, bool) or not 0 <= self.phone_threshold <= 1:
+            raise ChallengeError(
+                f"phone_threshold must be in [0, 1] (0: the sound rule off), got {self.phone_threshold!r}"
+            )
         if self.min_phones < 1:
             raise ChallengeError(f"min_phones must be >= 1, got {self.min_phones!r}")
         if self.ner_models and not self.ner:
@@ -221,67 +251,6 @@ def shared_names_numbers(lang_a: str, text_a: str, lang_b: str, text_b: str, ent
     return evidence
 
 
-def require_voices(langs: Iterable[str]) -> None:
-    """Raises ``PhonesError`` naming the languages espeak-ng speaks when one of ``langs`` has no voice."""
-    missing = [lang for lang in langs if not covers(lang)]
-    if missing:
-        from phonemizer.backend import EspeakBackend
-
-        have = sorted(EspeakBackend.supported_languages())
-        raise PhonesError(
-            f"espeak-ng has no voice for {missing}, so their words cannot be phonemised. Languages espeak-ng has "
-            f"(`espeak-ng --voices`): {', '.join(have)}. Leave these languages out (--pairs / --langs), or map "
-            "their codes to a voice in engine.analysis.phones.ESPEAK_VOICES"
-        )
-
-
-class PhoneBook:
-    """Phones of every word met so far, per language: each (language, word) is phonemised once."""
-
-    def __init__(self):
-        self._phones: dict[str, dict[str, tuple[str, ...]]] = {}
-
-    def add(self, lang: str, tokens: Iterable[str]) -> None:
-        """Phonemises the tokens of ``lang`` not seen yet, in one espeak-ng call."""
-        known = self._phones.setdefault(lang, {})
-        todo = sorted({fold_case(t) for t in tokens} - known.keys())
-        if todo:
-            require_voices([lang])
-            known.update(zip(todo, phonemize_words(lang, todo), strict=True))
-
-    def phones(self, lang: str, token: str) -> tuple[str, ...]:
-        self.add(lang, [token])
-        return self._phones[lang][fold_case(token)]
-
-
-def fold_case(token: str) -> str:
-    # Case only: accents change the sound (es "si" / "sí" do not, it "pero" / "però" do), so espeak keeps them.
-    return token.casefold()
-
-
-@functools.lru_cache(maxsize=1 << 18)
-def _distance(a: tuple[str, ...], b: tuple[str, ...]) -> float:
-    return phone_distance(a, b)
-
-
-def sound_alike(
-    lang_a: str, text_a: str, lang_b: str, text_b: str, book: PhoneBook, config: FilterConfig
-) -> tuple[list[str], float]:
-    """(evidence for the words below the threshold, smallest distance over eligible word pairs or NaN)."""
-    words_a, words_b = sorted(set(map(fold_case, words(text_a)))), sorted(set(map(fold_case, words(text_b))))
-    book.add(lang_a, words_a)
-    book.add(lang_b, words_b)
-    eligible_a = [(w, book.phones(lang_a, w)) for w in words_a if len(book.phones(lang_a, w)) >= config.min_phones]
-    eligible_b = [(w, book.phones(lang_b, w)) for w in words_b if len(book.phones(lang_b, w)) >= config.min_phones]
-    found, smallest = [], math.nan
-    for (wa, pa), (wb, pb) in itertools.product(eligible_a, eligible_b):
-        d = _distance(pa, pb)
-        smallest = d if math.isnan(smallest) else min(smallest, d)
-        if d < config.phone_threshold:
-            found.append((d, f"{wa}~{wb} {d:.2f}"))
-    return [e for _, e in sorted(found)], smallest
-
-
 def flag_pair(
     lang_a: str,
     text_a: str,
@@ -296,7 +265,9 @@ def flag_pair(
     book = PhoneBook() if book is None else book
     entities = config.entities() if entities is None else entities
     names = shared_names_numbers(lang_a, text_a, lang_b, text_b, entities)
-    sounds, smallest = sound_alike(lang_a, text_a, lang_b, text_b, book, config)
+    sounds, smallest = sound_alike(
+        lang_a, words(text_a), lang_b, words(text_b), book, config.phone_threshold, config.min_phones
+    )
     reasons = tuple(r for r, hit in ((NAMES_NUMBERS, names), (SOUND_ALIKE, sounds)) if hit)
     return PairFlag(not reasons, reasons, tuple(names + sounds), bool(names), smallest)
 
@@ -341,14 +312,19 @@ def pair_csv_bytes(flags: dict) -> bytes:
     return buf.getvalue().encode()
 
 
-def summary_rows(lang_a: str, lang_b: str, flags: dict, threshold: float) -> list[tuple]:
-    """One row per threshold (the chosen one and SUMMARY_THRESHOLDS): pairs kept if that were the threshold."""
+def summary_rows(lang_a: str, lang_b: str, flags: dict, choice: ThresholdChoice) -> list[tuple]:
+    """One row per threshold (the chosen one, ``chosen`` 1, and SUMMARY_THRESHOLDS): pairs kept if that were the
+    threshold, and the share of the pair's mismatched pairs (``choice``) the sound rule flags at it."""
     rows = []
-    for t in sorted({*SUMMARY_THRESHOLDS, threshold}):
+    for t in sorted({*SUMMARY_THRESHOLDS, choice.threshold}):
         sound = sum(1 for f in flags.values() if f.min_distance < t)  # NaN < t is False: no eligible word pair
         kept = sum(1 for f in flags.values() if not f.names_numbers and not f.min_distance < t)
         names = sum(1 for f in flags.values() if f.names_numbers)
-        rows.append((lang_a, lang_b, t, len(flags), kept, names, sound))
+        chosen = t == choice.threshold
+        rows.append(
+            (lang_a, lang_b, t, int(chosen), choice.rule if chosen else "", len(flags), kept, names, sound)
+            + (choice.mismatched_pairs, choice.mismatched_flagged(t))
+        )
     return rows
 
 
@@ -385,20 +361,53 @@ def read_kept(out: str, lang_a: str, lang_b: str, *, missing_ok: bool = False) -
 @dataclasses.dataclass(frozen=True)
 class ChallengeConfig:
     """store: layer store URL; out: output folder or kvstore URL; pairs: ``resolve_pairs`` spec (``unordered`` =
-    every pair of the store's languages once, or ``en:es,de:*``); langs: restrict to these (None = all)."""
+    every pair of the store's languages once, or ``en:es,de:*``); langs: restrict to these (None = all).
+    phone_threshold: ``AUTO`` (per language pair, the largest threshold, at most DEFAULT_PHONE_THRESHOLD, at which
+    at most ``chance_flag_rate`` of up to ``chance_pairs`` mismatched sentence pairs drawn with ``chance_seed`` are
+    flagged: ``engine.analysis.soundalike``) or a number used for every pair."""
 
     store: str
     out: str
     pairs: str = "unordered"
     langs: tuple[str, ...] | None = None
-    phone_threshold: float = DEFAULT_PHONE_THRESHOLD
+    phone_threshold: float | str = AUTO
     min_phones: int = DEFAULT_MIN_PHONES
     ner: bool = False
     ner_models: tuple[tuple[str, str], ...] = ()
+    chance_flag_rate: float = DEFAULT_CHANCE_FLAG_RATE
+    chance_pairs: int = DEFAULT_CHANCE_PAIRS
+    chance_seed: int = 0
+
+    def __post_init__(self):
+        self.calibration  # noqa: B018  (validates the threshold settings now, not after the store is read)
+        self.filter  # noqa: B018
+
+    @property
+    def calibration(self) -> Calibration:
+        try:
+            return Calibration(self.phone_threshold, DEFAULT_PHONE_THRESHOLD, self.chance_flag_rate,
+                               self.chance_pairs, self.chance_seed, MIN_CHANCE_PAIRS)  # fmt: skip
+        except ValueError as e:
+            raise ChallengeError(str(e)) from None
 
     @property
     def filter(self) -> FilterConfig:
-        return FilterConfig(self.phone_threshold, self.min_phones, self.ner, tuple(sorted(self.ner_models)))
+        """The filter with the cap as threshold: ``run_challenge`` replaces it by each pair's ``ThresholdChoice``."""
+        threshold = DEFAULT_PHONE_THRESHOLD if self.phone_threshold == AUTO else self.phone_threshold
+        return FilterConfig(threshold, self.min_phones, self.ner, tuple(sorted(self.ner_models)))
+
+
+def parse_threshold(text: str | float) -> float | str:
+    """``--phone_threshold``: ``"auto"`` or a number in [0, 1]."""
+    if isinstance(text, str) and text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        value = float(text)
+    except ValueError:
+        raise ChallengeError(f"--phone_threshold must be {AUTO!r} or a number in [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise ChallengeError(f"--phone_threshold must be {AUTO!r} or a number in [0, 1], got {text!r}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,23 +415,30 @@ class ChallengeResult:
     flags: dict  # (lang_a, lang_b) -> {id: PairFlag}
     summary: tuple[tuple, ...]  # SUMMARY_COLUMNS rows
     outputs: tuple[str, ...]
-    threshold: float
+    thresholds: dict  # (lang_a, lang_b) -> ThresholdChoice
 
     def report(self) -> str:
-        lines = [f"challenge sets (phone_threshold {self.threshold}): pairs kept of shared ids"]
+        lines = ["challenge sets: pairs kept of shared ids"]
         for (a, b), flags in self.flags.items():
             kept = sum(f.kept for f in flags.values())
             names = sum(f.names_numbers for f in flags.values())
             sound = sum(SOUND_ALIKE in f.reasons for f in flags.values())
-            lines.append(f"  {a}-{b}: {kept}/{len(flags)} kept ({names} names/numbers, {sound} sound-alike)")
+            choice = self.thresholds[a, b]
+            lines.append(
+                f"  {a}-{b}: {kept}/{len(flags)} kept ({names} names/numbers, {sound} sound-alike); phone_threshold "
+                f"{choice.threshold:.4g}: {choice.describe()}"
+            )
         return "\n".join(lines)
 
 
 SETTINGS_JSON = "challenge.json"
-SETTINGS_FORMAT, SETTINGS_VERSION = "babelgrid-challenge", 1
+SETTINGS_FORMAT, SETTINGS_VERSION = "babelgrid-challenge", 2
 # Settings every file of one output folder shares: a rerun into the folder with others is refused (the pairs are not
 # among them: a rerun may add pairs, whose rows replace theirs in summary.csv).
-SETTINGS_FIELDS = ("store", "phone_threshold", "min_phones", "ner", "ner_models", "min_shared_letters")
+SETTINGS_FIELDS = ("store", "phone_threshold", "phone_threshold_cap", "chance_flag_rate", "chance_pairs", "chance_seed",
+                   "min_chance_pairs", "min_phones", "ner", "ner_models", "min_shared_letters")  # fmt: skip
+# Not a setting: per pair, the threshold used, its rule and the mismatched pairs' flag rate (merged on reruns).
+THRESHOLDS_KEY = "thresholds"
 
 
 def settings_manifest(config: ChallengeConfig) -> dict:
@@ -432,12 +448,17 @@ def settings_manifest(config: ChallengeConfig) -> dict:
 
     spec, _ = open_kvstore(config.store)
     store = {k: spec[k] for k in ("driver", "bucket", "path") if k in spec}
-    f = config.filter
+    f, c = config.filter, config.calibration
     return {
         "format": SETTINGS_FORMAT,
         "version": SETTINGS_VERSION,
         "store": store,
-        "phone_threshold": f.phone_threshold,
+        "phone_threshold": c.threshold,
+        "phone_threshold_cap": c.cap,
+        "chance_flag_rate": c.flag_rate,
+        "chance_pairs": c.max_pairs,
+        "chance_seed": c.seed,
+        "min_chance_pairs": c.min_pairs,
         "min_phones": f.min_phones,
         "ner": f.ner,
         "ner_models": {lang: model for lang, model in f.ner_models},
@@ -493,13 +514,24 @@ def merged_summary(kv, out: str, rows: Sequence[tuple], pairs) -> list[tuple]:
     return [tuple(r) for r in old if r and (r[0], r[1]) not in done] + list(rows)
 
 
+def threshold_record(choice: ThresholdChoice) -> dict:
+    """``challenge.json``'s record of one pair's threshold: the value, its rule and the mismatched pairs' flag rate."""
+    rate = choice.mismatched_flagged()
+    return {
+        "phone_threshold": choice.threshold,
+        "threshold_rule": choice.rule,
+        "mismatched_pairs": choice.mismatched_pairs,
+        "mismatched_flagged": None if math.isnan(rate) else rate,
+    }
+
+
 def run_challenge(config: ChallengeConfig, store=None, entities=None) -> ChallengeResult:
     """Flags every shared id of every asked pair and writes ``OUT/<a>__<b>.csv``, ``OUT/summary.csv`` (rows of
     pairs from earlier runs into the folder kept) and ``OUT/challenge.json`` (the settings). A folder made with other
     settings is refused before any work (``check_out``). ``entities``: the entity finder (None =
     ``config.filter.entities()``: spaCy with ``ner``, else none)."""
     from engine.similarity import resolve_pairs
-    from engine.stores.kv import create_or_compare, open_kvstore, write_all
+    from engine.stores.kv import create_or_compare, json_bytes, open_kvstore, write_all
     from engine.stores.reader import open_store
 
     manifest = settings_manifest(config)
@@ -517,20 +549,28 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     if isinstance(entities, SpacyEntities):
         entities.load(sorted({lang for pair in pairs for lang in pair}))
     texts = {lang: texts_by_id(store.utterances_table(lang)) for lang in sorted({x for p in pairs for x in p})}
-    book, all_flags, summary = PhoneBook(), {}, []
+    book, all_flags, summary, choices = PhoneBook(), {}, [], {}
     for a, b in pairs:
-        all_flags[a, b] = flag_store_pair(texts[a], texts[b], a, b, config.filter, book, entities)
-        summary += summary_rows(a, b, all_flags[a, b], config.phone_threshold)
+        tokens_a, tokens_b = ({uid: words(t) for uid, t in texts[x].items()} for x in (a, b))
+        choices[a, b] = choose_threshold(tokens_a, tokens_b, a, b, book, config.calibration, config.min_phones)
+        pair_filter = dataclasses.replace(config.filter, phone_threshold=choices[a, b].threshold)
+        all_flags[a, b] = flag_store_pair(texts[a], texts[b], a, b, pair_filter, book, entities)
+        summary += summary_rows(a, b, all_flags[a, b], choices[a, b])
     # Settings first (a conditional create: of two runs racing into one new folder, one wins, the other is refused),
     # then the CSVs, which a crash can only leave incomplete, never made with other settings.
-    create_or_compare(kv, SETTINGS_JSON, manifest, config.out, fields=SETTINGS_FIELDS, error=ChallengeError,
-                      what="challenge folder")  # fmt: skip
+    stored = create_or_compare(kv, SETTINGS_JSON, manifest, config.out, fields=SETTINGS_FIELDS,
+                               error=ChallengeError, what="challenge folder")  # fmt: skip
+    thresholds = {
+        **stored.get(THRESHOLDS_KEY, {}),
+        **{f"{a}__{b}": threshold_record(c) for (a, b), c in choices.items()},
+    }
     writes = {pair_csv_name(a, b): pair_csv_bytes(f) for (a, b), f in all_flags.items()}
     writes["summary.csv"] = summary_csv_bytes(merged_summary(kv, config.out, summary, pairs))
+    writes[SETTINGS_JSON] = json_bytes({**stored, THRESHOLDS_KEY: dict(sorted(thresholds.items()))})
     write_all(kv, writes, config.out)
     root = config.out.rstrip("/") + "/"
-    outputs = tuple(root + k for k in (*writes, SETTINGS_JSON))
-    return ChallengeResult(all_flags, tuple(summary), outputs, config.phone_threshold)
+    outputs = tuple(root + k for k in writes)
+    return ChallengeResult(all_flags, tuple(summary), outputs, choices)
 
 
 # --- retrieval on the challenge set and on size-matched random subsets -----------------------------------------------

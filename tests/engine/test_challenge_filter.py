@@ -1,11 +1,13 @@
 """The challenge-set filter on hand-made sentence pairs (espeak-ng phonemises a few words; no store)."""
 
+import math
 import sys
 import types
 
+import numpy as np
 import pytest
 
-from engine.analysis import challenge
+from engine.analysis import challenge, soundalike
 from engine.analysis.phones import PhonesError, espeak_voice
 
 BOOK = challenge.PhoneBook()  # shared: each word is phonemised once for the whole module
@@ -54,9 +56,99 @@ def test_summary_counts_the_chosen_threshold_as_the_flags_do():
         "b": flag("de", "Der Hund bellt.", "en", "The dog barks."),
         "c": flag("en", "It opened in 2019.", "es", "Se abrió en 2019."),
     }
-    rows = {r[2]: r for r in challenge.summary_rows("de", "en", flags, 0.16)}
-    assert rows[0.16][3:] == (3, sum(f.kept for f in flags.values()), 1, 1)
-    assert rows[0.1][4] == 2  # the cognate is kept when the threshold is below its distance
+    choice = soundalike.ThresholdChoice(0.16, soundalike.FIXED, (0.05, 0.15, 0.3, math.nan))
+    rows = {r[2]: r for r in challenge.summary_rows("de", "en", flags, choice)}
+    assert rows[0.16][3:] == (1, "fixed", 3, sum(f.kept for f in flags.values()), 1, 1, 4, 0.5)
+    assert rows[0.1][3:5] == (0, "") and rows[0.1][6] == 2  # the cognate is kept below its distance
+    assert rows[0.1][-1] == 0.25 and rows[0.25][-1] == 0.5  # the mismatched pairs' flag rate per rung; NaN never
+
+
+# --- the threshold calibrated against chance: known distance distributions in, the answer known ---------------------
+
+
+def allowed_threshold(distances, rate, cap):
+    """Brute force: the largest t <= cap whose share of flagged pairs (d < t) is at most ``rate``. The share is a step
+    function rising just after each distance, so the largest allowed t is a distance or the cap."""
+    d = np.array([np.inf if math.isnan(x) else x for x in distances])
+    candidates = [t for t in [*d[np.isfinite(d)], cap] if t <= cap]
+    return max(t for t in candidates if np.mean(d < t) <= rate)
+
+
+def test_the_chance_threshold_is_the_largest_that_flags_at_most_the_rate():
+    calibration = soundalike.Calibration(flag_rate=0.05, cap=0.16)
+    steps = [i / 100 for i in range(1, 101)]  # 100 mismatched pairs, 0.01 ... 1.00
+    choice = soundalike.chance_threshold(steps[::-1], calibration)
+    assert (choice.threshold, choice.rule, choice.mismatched_pairs) == (0.06, soundalike.CHANCE, 100)
+    assert choice.mismatched_flagged() == 0.05 and choice.mismatched_flagged(np.nextafter(0.06, 1)) == 0.06
+    # Ties: 10% of pairs at 0.05, the rest far: any threshold above 0.05 flags 10%, so 0.05 (flags none) is the most.
+    assert soundalike.chance_threshold([0.05] * 10 + [0.5] * 90, calibration).threshold == 0.05
+    # Chance allows more than the cap: the cap. NaN (no word long enough) is never flagged.
+    far = soundalike.chance_threshold([0.3] * 50 + [math.nan] * 50, calibration)
+    assert (far.threshold, far.rule, far.mismatched_flagged()) == (0.16, soundalike.CAP, 0.0)
+    mostly_nan = soundalike.chance_threshold([0.01] * 3 + [math.nan] * 97, calibration)
+    assert (mostly_nan.rule, mostly_nan.mismatched_flagged()) == (soundalike.CAP, 0.03)
+    # Too few mismatched pairs to estimate a 5% rate: the cap, and the rule says why.
+    assert soundalike.chance_threshold(steps[:19], calibration).rule == soundalike.CAP_TOO_FEW
+    assert soundalike.chance_threshold(steps[:20], calibration).rule == soundalike.CHANCE
+    # A fixed threshold is used as given; its chance rate is still measured.
+    fixed = soundalike.chance_threshold(steps, soundalike.Calibration(threshold=0.1))
+    assert (fixed.threshold, fixed.rule, fixed.mismatched_flagged()) == (0.1, soundalike.FIXED, 0.09)
+    # Random distributions against the brute force, at several rates.
+    rng = np.random.default_rng(0)
+    for rate in (0.0, 0.01, 0.05, 0.2):
+        for n in (20, 37, 200):
+            d = rng.beta(4, 12, n).round(3).tolist()  # rounded: ties happen
+            got = soundalike.chance_threshold(d, soundalike.Calibration(flag_rate=rate))
+            assert got.threshold == allowed_threshold(d, rate, 0.16) and got.mismatched_flagged() <= rate
+    with pytest.raises(ValueError, match="chance_flag_rate must be in"):
+        soundalike.Calibration(flag_rate=1.0)
+    with pytest.raises(ValueError, match="number in \\[0, 1\\] or 'auto'"):
+        soundalike.Calibration(threshold="0.1")
+
+
+def test_mismatched_pairs_are_seeded_draws_of_different_ids():
+    ids = [f"s{i}" for i in range(10)]
+    every = soundalike.mismatched_pairs(ids, ids + ["t"], 500, 0, "en", "de")
+    assert len(every) == 100 and all(a != b for a, b in every)  # 10 x 11 cells less the 10 translations
+    drawn = soundalike.mismatched_pairs(ids, ids, 30, 0, "en", "de")
+    assert len(set(drawn)) == 30 and all(a != b and a in ids and b in ids for a, b in drawn)
+    assert drawn == soundalike.mismatched_pairs(ids[::-1], ids, 30, 0, "en", "de")  # id order does not matter
+    assert drawn != soundalike.mismatched_pairs(ids, ids, 30, 1, "en", "de")
+
+
+class LettersBook:
+    """A phone book whose phones are the word's letters: no espeak-ng."""
+
+    def add(self, lang, tokens):
+        pass
+
+    def phones(self, lang, token):
+        return tuple(token)
+
+
+def test_calibration_on_a_fake_phone_distance_finds_the_known_threshold():
+    # Sentence i is one word of 4 + i letters in both languages; the fake distance is the length difference / 100,
+    # so mismatched pair (i, j) has min distance |i - j| / 100: of the 380 mismatched pairs of 20 ids, 38 are 0.01
+    # apart. At most 5% (19) may be flagged: 0.01 (flags none); at most 10% (38): 0.02 (flags exactly the 38).
+    def by_length(a, b):
+        return abs(len(a) - len(b)) / 100
+
+    words_a = {f"s{i:02d}": ["x" * (4 + i)] for i in range(20)}
+    words_b = {f"s{i:02d}": ["y" * (4 + i)] for i in range(20)}
+
+    def choose(**calibration):
+        cal = soundalike.Calibration(max_pairs=1000, **calibration)
+        return soundalike.choose_threshold(words_a, words_b, "en", "de", LettersBook(), cal, 4, by_length)
+
+    five, ten = choose(flag_rate=0.05), choose(flag_rate=0.1)
+    assert (five.threshold, five.rule, five.mismatched_pairs, five.mismatched_flagged()) == (0.01, "chance", 380, 0)
+    assert (ten.threshold, ten.mismatched_flagged()) == (0.02, 0.1)
+    assert (choose(flag_rate=0.1, cap=0.015).threshold, choose(flag_rate=0.1, cap=0.015).rule) == (0.015, "cap")
+    # Words shorter than min_phones are never compared: the pair's min distance is NaN, never flagged.
+    evidence, smallest = soundalike.sound_alike("en", ["abc"], "de", ["abd"], LettersBook(), 0.5, 4, by_length)
+    assert evidence == [] and math.isnan(smallest)
+    assert soundalike.sound_alike("en", ["abcd"], "de", ["abcde"], LettersBook(), 0.5, 4, by_length) == (
+        ["abcd~abcde 0.01"], 0.01)  # fmt: skip
 
 
 def test_codes_find_espeak_voices_regional_first():

@@ -38,7 +38,7 @@ TEXTS = {  # id -> (en, de); s0 shares a name, s1 a number, s2 a cognate, s3 and
 }
 
 
-def rows(lang: str, column: int) -> list[UtteranceRow]:
+def rows(lang: str, column: int, texts: dict = TEXTS) -> list[UtteranceRow]:
     return [
         UtteranceRow(
             id=uid,
@@ -50,7 +50,7 @@ def rows(lang: str, column: int) -> list[UtteranceRow]:
             n_windows=1,
             raw_transcription=t[column],
         )  # fmt: skip
-        for uid, t in TEXTS.items()
+        for uid, t in texts.items()
     ]
 
 
@@ -65,7 +65,8 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     store.language("de", rows("de", 1))
     store.language("xx", rows("xx", 1))  # a language espeak-ng has no voice for
     out = tmp_path / "challenge"
-    argv = ["--store", str(tmp_path / "store"), "--out", str(out), "--pairs", "en:de"]
+    # The library's fixed threshold (the job's default is calibrated per pair: the next test).
+    argv = ["--store", str(tmp_path / "store"), "--out", str(out), "--phone_threshold", "0.16", "--pairs", "en:de"]
     proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     table = {r["id"]: r for r in read(out / "en__de.csv")}
@@ -74,11 +75,18 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     assert "Paris" in table["s0"]["evidence"] and "2019" in table["s1"]["evidence"]
     assert table["s2"]["reason"] == "sound_alike" and "telephone~telefon" in table["s2"]["evidence"]
     summary = read(out / "summary.csv")
-    chosen = next(r for r in summary if float(r["phone_threshold"]) == challenge.DEFAULT_PHONE_THRESHOLD)
-    assert (chosen["pairs"], chosen["kept"], chosen["names_numbers"]) == ("5", "2", "2")
+    (chosen,) = [r for r in summary if r["chosen"] == "1"]
+    assert float(chosen["phone_threshold"]) == challenge.DEFAULT_PHONE_THRESHOLD and chosen["threshold_rule"] == "fixed"
+    assert (chosen["pairs"], chosen["kept"], chosen["names_numbers"], chosen["mismatched_pairs"]) == (
+        "5",
+        "2",
+        "2",
+        "20",
+    )
     assert challenge.read_kept(str(out), "de", "en") == {"s3", "s4"}  # either file order
     settings = json.loads((out / challenge.SETTINGS_JSON).read_text())
     assert (settings["phone_threshold"], settings["min_phones"], settings["ner"]) == (0.16, 4, False)
+    assert settings["thresholds"]["en__de"]["threshold_rule"] == "fixed"
     assert settings["store"]["path"] == f"{tmp_path}/store/"
 
     bad = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv[:-1], "en:fr"], cwd=REPO,
@@ -87,6 +95,64 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     # A language in the store without an espeak-ng voice: refused, naming the languages espeak-ng has.
     with pytest.raises(PhonesError, match=r"no voice for \['xx'\].*espeak-ng has.*\bde\b.*\ben\b"):
         challenge.run_challenge(challenge.ChallengeConfig(str(tmp_path / "store"), str(tmp_path / "x"), "en:xx"))
+
+
+def allowed_threshold(distances, rate, cap):
+    """Brute force: the largest t <= cap at which at most ``rate`` of the pairs are flagged (distance < t)."""
+    finite = [d for d in distances if not np.isnan(d)]
+    return max(t for t in [*finite, cap] if t <= cap and np.mean([d < t for d in distances]) <= rate)
+
+
+MORE = {  # id -> (en, de): five more sentence pairs, some with cognates (garden / Garten, guitar / Gitarre)
+    "m0": ("The doctor reads a book.", "Die Ärztin liest ein Buch."),
+    "m1": ("My brother drinks water.", "Mein Bruder trinkt Wasser."),
+    "m2": ("Our garden is green.", "Unser Garten ist grün."),
+    "m3": ("The winter was cold.", "Der Winter war kalt."),
+    "m4": ("She plays the guitar.", "Sie spielt Gitarre."),
+}
+
+
+def test_auto_calibrates_each_pair_on_mismatched_pairs(tmp_path):
+    store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
+    texts = {**TEXTS, **MORE}
+    for lang, column in (("en", 0), ("de", 1)):
+        store.language(lang, rows(lang, column, texts))
+    out = tmp_path / "auto"
+    argv = ["--store", str(tmp_path / "store"), "--out", str(out), "--pairs", "en:de", "--chance_flag_rate", "0.1"]
+    proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+    # The reference: every mismatched pair (10 x 10 ids less the 10 translations: under --chance_pairs 200, so all)
+    # judged one by one by the library filter, and the largest threshold flagging at most 10% of them.
+    book = challenge.PhoneBook()
+    loose = challenge.FilterConfig(phone_threshold=1.0)
+    distances = [challenge.flag_pair("en", texts[i][0], "de", texts[j][1], loose, book).min_distance
+                 for i in texts for j in texts if i != j]  # fmt: skip
+    want = allowed_threshold(distances, 0.1, challenge.DEFAULT_PHONE_THRESHOLD)
+    (chosen,) = [r for r in read(out / "summary.csv") if r["chosen"] == "1"]
+    assert float(chosen["phone_threshold"]) == want and chosen["mismatched_pairs"] == "90"
+    assert chosen["threshold_rule"] == ("chance" if want < challenge.DEFAULT_PHONE_THRESHOLD else "cap")
+    assert float(chosen["mismatched_flagged"]) == np.mean([d < want for d in distances]) <= 0.1
+    recorded = json.loads((out / challenge.SETTINGS_JSON).read_text())
+    assert recorded["phone_threshold"] == "auto" and recorded["chance_flag_rate"] == 0.1
+    assert recorded["thresholds"]["en__de"]["phone_threshold"] == want
+    # The verdicts follow the pair's threshold: kept = no shared name or number and nothing closer than it.
+    at_want = challenge.FilterConfig(phone_threshold=want)
+    kept = {uid for uid, (en, de) in texts.items() if challenge.flag_pair("en", en, "de", de, at_want, book).kept}
+    assert challenge.read_kept(str(out), "en", "de") == kept
+    assert f"phone_threshold {want:.4g}: " in proc.stdout and "of 90 mismatched pairs flagged" in proc.stdout
+
+    # Fewer mismatched pairs than the calibration needs: the cap, and the summary says so.
+    few = challenge.run_challenge(challenge.ChallengeConfig(str(tmp_path / "store"), str(tmp_path / "few"), "en:de",
+                                                            chance_pairs=10))  # fmt: skip
+    assert (few.thresholds["en", "de"].threshold, few.thresholds["en", "de"].rule) == (0.16, "cap_too_few_mismatched")
+    (chosen,) = [r for r in read(tmp_path / "few" / "summary.csv") if r["chosen"] == "1"]
+    assert (chosen["threshold_rule"], chosen["mismatched_pairs"]) == ("cap_too_few_mismatched", "10")
+    assert "too few mismatched pairs" in few.report()
+    with pytest.raises(challenge.ChallengeError, match="--phone_threshold must be 'auto' or a number"):
+        challenge.parse_threshold("high")
+    with pytest.raises(challenge.ChallengeError, match="chance_flag_rate must be in"):
+        challenge.ChallengeConfig("s", "o", chance_flag_rate=2.0)
 
 
 def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp_path, monkeypatch):
@@ -99,10 +165,13 @@ def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     argv = ["--store", f"file://{tmp_path}/store/", "--out", str(out), "--pairs", "en:de", "--phone_threshold", "0.1",
-            "--min_phones", "3"]  # fmt: skip
+            "--min_phones", "3", "--chance_seed", "1", "--chance_flag_rate", "0.1"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "phone_threshold: folder has 0.16, this run 0.1" in proc.stderr and "min_phones: folder has 4" in proc.stderr
+    assert (
+        "phone_threshold: folder has 'auto', this run 0.1" in proc.stderr and "min_phones: folder has 4" in proc.stderr
+    )
+    assert "chance_seed: folder has 0, this run 1" in proc.stderr and "chance_flag_rate: folder has 0.05" in proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused before any write
     with pytest.raises(challenge.ChallengeError, match=r"store.path: folder has .*/store/', this run .*/other/'"):
         challenge.run_challenge(dataclasses.replace(config, store=str(tmp_path / "other")))
@@ -110,6 +179,7 @@ def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp
     # The same settings (the store spelled another way) may add a pair: its rows join summary.csv.
     challenge.run_challenge(dataclasses.replace(config, store=f"file://{tmp_path}/store", pairs="en:es"))
     assert {(r["lang_a"], r["lang_b"]) for r in read(out / "summary.csv")} == {("en", "de"), ("en", "es")}
+    assert set(json.loads((out / challenge.SETTINGS_JSON).read_text())["thresholds"]) == {"en__de", "en__es"}
     assert (out / "en__de.csv").read_bytes() == before["en__de.csv"]
 
     # CSVs without the settings file (an older run): their settings are unknown, so they are refused too.
