@@ -25,13 +25,14 @@ import logging
 import pathlib
 import time
 import zlib
+from collections.abc import Mapping
 
 import jax
 import numpy as np
 import pyarrow as pa
 
 from engine.analysis import text_metrics
-from engine.data.audio import EmptyAudioError, SilentAudioError, load_audio
+from engine.data.audio import AudioNotFoundError, EmptyAudioError, SilentAudioError, load_audio
 from engine.dtypes import DTYPES
 from engine.errors import AudioError, BabelgridError, LanguageError
 from engine.parallel import barrier, is_process_zero
@@ -43,7 +44,7 @@ from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.whisper.decoding import TASKS, DecodingOptions
 from engine.whisper.languages import fleurs_to_whisper
-from engine.whisper.loaded import load_whisper
+from engine.whisper.loaded import LoadedWhisper, load_whisper
 
 SOURCES = ("audio",)
 LN_POST = ("on", "off", "both")
@@ -243,51 +244,79 @@ def _variants(layers, ln_post: str, top: int) -> list[tuple[int, bool]]:
     return out
 
 
-def _decode_windows(whisper, mel, options: DecodingOptions, batch_size: int, dtype):
-    """Tokens, texts, languages and avg_logprob of every window of ``mel f32[window, n_mels, 3000]``, in batches of
-    ``batch_size`` (the last padded with copies of its first window, so that one program serves every batch)."""
-    tokens, languages, avg = [], [], []
+def _decode_windows(whisper, mel, options: list[DecodingOptions], batch_size: int, dtype):
+    """Per entry of ``options`` (one encoder layer and ln_post for all): tokens, languages and avg_logprob of every
+    window of ``mel f32[window, n_mels, 3000]``, in batches of ``batch_size`` (the last padded with copies of its
+    first window, so that one program serves every batch). Each batch's decoder input is computed once and decoded
+    for every entry (tasks, decodings): the encoder is the costly half of early exit on CPU."""
+    results = [([], [], []) for _ in options]
     for start in range(0, len(mel), batch_size):
         chunk = mel[start : start + batch_size]
         n = len(chunk)
         if n < batch_size:
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch_size - n, axis=0)])
-        xa = whisper.audio_features(chunk, options).astype(dtype)
-        res = whisper.transcribe(None, options, xa=xa)
-        tokens += res.tokens[:n]
-        languages += res.languages[:n]
-        avg += list(np.asarray(res.avg_logprob)[:n])
-    return tokens, languages, avg
+        xa = whisper.audio_features(chunk, options[0]).astype(dtype)
+        for (tokens, languages, avg), opts in zip(results, options, strict=True):
+            res = whisper.transcribe(None, opts, xa=xa)
+            tokens += res.tokens[:n]
+            languages += res.languages[:n]
+            avg += list(np.asarray(res.avg_logprob)[:n])
+    return results
 
 
-def _load_mels(whisper, reader, lang, rows, todo, summary, skipped):
-    """Log-mel windows of the utterances ``todo`` from their audio; unreadable or empty audio is skipped."""
+def audio_skip_reason(error: AudioError) -> str:
+    """The skip reason of audio that cannot be decoded: ``audio_missing``, ``empty_audio`` (0 bytes or 0 samples),
+    ``silent_audio`` (digital silence, which the encode job refuses) or ``audio_unreadable`` (anything else)."""
+    if isinstance(error, AudioNotFoundError):
+        return "audio_missing"
+    if isinstance(error, EmptyAudioError):
+        return "empty_audio"
+    if isinstance(error, SilentAudioError):
+        return "silent_audio"
+    return "audio_unreadable"
+
+
+def _load_mels(whisper, reader, lang, rows, todo, skipped):
+    """Log-mel windows of the utterances ``todo`` from their audio; audio that cannot be decoded is skipped."""
     mels = {}
     for u in todo:
         try:
             audio = load_audio(rows[u].path)
-        except (EmptyAudioError, SilentAudioError):
-            skipped.append((lang, rows[u].id, "*", "empty_audio"))
-        except AudioError:
-            skipped.append((lang, rows[u].id, "*", "audio_unreadable"))
+        except AudioError as e:
+            skipped.append((lang, rows[u].id, "*", audio_skip_reason(e)))
         else:
             mel, _ = whisper.features(audio, long_audio=reader.info.long_audio)
             mels[u] = np.asarray(mel)
     return mels
 
 
-def run_decode(config: DecodeConfig) -> DecodeSummary:
+def _not_encoded_reason(path: str) -> str:
+    """Why the store has no states for an utterance: the encode job refuses audio that is missing, empty, silent or
+    unreadable and does not record why, so its audio is read again to name the reason; ``not_encoded`` when the audio
+    is fine (the encode job has not reached it, or refused its states)."""
+    try:
+        load_audio(path)
+    except AudioError as e:
+        return audio_skip_reason(e)
+    return "not_encoded"
+
+
+def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) -> DecodeSummary:
     """Decodes and scores every part of the config; writes the layout of ``engine.stores.hypotheses``. The run holds
-    the output folder's writer lease (``engine.stores.lease``)."""
+    the output folder's writer lease (``engine.stores.lease``).
+
+    ``whisper``: the store's model already loaded in ``config.compute_dtype`` (a notebook or test that holds one);
+    by default ``config.model`` is loaded.
+    """
     with writer_lease(config.out, "decode", config.break_lease) as lease:
-        return _decode(config, lease)
+        return _decode(config, lease, whisper)
 
 
-def _decode(config: DecodeConfig, lease) -> DecodeSummary:
+def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> DecodeSummary:
     t0 = time.perf_counter()
     summary = DecodeSummary()
     reader = open_store(config.store)
-    whisper = load_whisper(config.model, dtype=DTYPES[config.compute_dtype])
+    whisper = whisper or load_whisper(config.model, dtype=DTYPES[config.compute_dtype])
     langs, layers = _check(config, reader, whisper)
     dtype = DTYPES[config.compute_dtype]
     top = whisper.dims.n_audio_layer + 1
@@ -332,89 +361,104 @@ def _decode(config: DecodeConfig, lease) -> DecodeSummary:
         code = _whisper_code(lang, config, whisper)
         if lang not in loaded:
             skipped_audio: list[tuple] = []
-            mels = {} if code is None else _load_mels(whisper, reader, lang, rows, done_now, summary, skipped_audio)
+            mels = {} if code is None else _load_mels(whisper, reader, lang, rows, done_now, skipped_audio)
             loaded = {lang: (mels, skipped_audio)}  # one language's audio in memory at a time
         mels, skipped_audio = loaded[lang]
-        for (task, decoding), key in pending.items():
-            out_rows = {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}
-            skipped = list(skipped_audio)
-            if code is None:
+        if code is None:
+            parts = {part: ({name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}, []) for part in pending}
+            for (task, _), (_, skipped) in parts.items():
                 skipped += [(lang, rows[u].id, task, "no_whisper_language") for u in done_now]
-            else:
-                _decode_part(
-                    whisper, lang, code, rows, mels, layer, ln_post, task, decoding, english, config, dtype, summary,
-                    out_rows, skipped,
-                )  # fmt: skip
-            write_value(kv, key, hyp.part_bytes(out_rows, done_now, skipped), config.out)
+        else:
+            parts = _decode_parts(
+                whisper, lang, code, rows, mels, layer, ln_post, list(pending), english, config, dtype, summary
+            )
+        for part, key in pending.items():
+            out_rows, skipped = parts[part]
+            write_value(kv, key, hyp.part_bytes(out_rows, done_now, skipped_audio + skipped), config.out)
             bar.update(1)
     bar.close()
     barrier("babelgrid-decode-parts")
     if is_process_zero():
-        _merge(kv, config, reader, langs, variants, summary)
+        codes = {lang: _whisper_code(lang, config, whisper) for lang in langs}
+        _merge(kv, config, reader, langs, codes, variants, summary)
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _decode_part(
-    whisper, lang, code, rows, mels, layer, ln_post, task, decoding, english, config, dtype, summary, out, skipped
-):
-    """Decodes every utterance of ``mels`` for one part, appending rows to ``out`` and skips to ``skipped``."""
-    options = DecodingOptions(
-        task=task,
-        language=code if config.language == "forced" else None,
-        max_new_tokens=config.max_new_tokens,
-        encoder_layer=layer,
-        apply_ln_post=ln_post,
-        beam_size=parse_decoding(decoding),
-        patience=config.patience,
-        length_penalty=config.length_penalty,
-    )
+def _decode_parts(whisper, lang, code, rows, mels, layer, ln_post, parts, english, config, dtype, summary):
+    """Decodes every utterance of ``mels`` from one (layer, ln_post) for each ``(task, decoding)`` of ``parts``:
+    ``{part: (hypothesis columns, skips)}``."""
+    options = [
+        DecodingOptions(
+            task=task,
+            language=code if config.language == "forced" else None,
+            max_new_tokens=config.max_new_tokens,
+            encoder_layer=layer,
+            apply_ln_post=ln_post,
+            beam_size=parse_decoding(decoding),
+            patience=config.patience,
+            length_penalty=config.length_penalty,
+        )
+        for task, decoding in parts
+    ]
+    out = {part: ({name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}, []) for part in parts}
     order = sorted(mels)
     if not order:
-        return
+        return out
     owner = np.concatenate([[u] * len(mels[u]) for u in order])
     all_mel = np.concatenate([mels[u] for u in order])
-    tokens, languages, avg = _decode_windows(whisper, all_mel, options, config.batch_size, dtype)
-    summary.windows += len(all_mel)
+    results = _decode_windows(whisper, all_mel, options, config.batch_size, dtype)
     tok = whisper.tokenizer
-    for u in order:
-        mine = np.flatnonzero(owner == u)
-        ids = sum((tokens[i] for i in mine), [])
-        text = tok.decode(ids).strip()
-        row = rows[u]
-        ref = row.transcription if task == "transcribe" else english.get(row.id)
-        if not ref:
-            skipped.append((lang, row.id, task, "no_reference"))
-            ref = None
-        out["language"].append(lang)
-        out["id"].append(row.id)
-        out["recording"].append(row.recording)
-        out["utterance"].append(u)
-        out["layer"].append(layer)
-        out["ln_post"].append(ln_post)
-        out["task"].append(task)
-        out["decoding"].append(decoding)
-        out["language_token"].append(languages[mine[0]])
-        out["hypothesis"].append(text)
-        out["reference"].append(ref)
-        out["avg_logprob"].append(float(np.mean([avg[i] for i in mine])))
-        out["compression_ratio"].append(compression_ratio(text))
-        out["n_tokens"].append(len(ids))
-        summary.decoded += 1
-        summary.tokens += len(ids)
+    for (task, decoding), (tokens, languages, avg) in zip(parts, results, strict=True):
+        summary.windows += len(all_mel)
+        columns, skipped = out[(task, decoding)]
+        for u in order:
+            mine = np.flatnonzero(owner == u)
+            ids = sum((tokens[i] for i in mine), [])
+            text = tok.decode(ids).strip()
+            row = rows[u]
+            ref = row.transcription if task == "transcribe" else english.get(row.id)
+            if not ref:
+                skipped.append((lang, row.id, task, "no_reference"))
+                ref = None
+            values = dict(
+                language=lang,
+                id=row.id,
+                recording=row.recording,
+                utterance=u,
+                layer=layer,
+                ln_post=ln_post,
+                task=task,
+                decoding=decoding,
+                language_token=languages[mine[0]],
+                hypothesis=text,
+                reference=ref,
+                avg_logprob=float(np.mean([avg[i] for i in mine])),
+                compression_ratio=compression_ratio(text),
+                n_tokens=len(ids),
+            )
+            for name, value in values.items():
+                columns[name].append(value)
+            summary.decoded += 1
+            summary.tokens += len(ids)
+    return out
 
 
-def score_rows(table: pa.Table) -> list[dict]:
+def score_rows(table: pa.Table, codes: Mapping[str, str]) -> list[dict]:
     """Corpus scores per (language, layer, ln_post, task, decoding) of hypothesis rows with a reference: WER and CER
     (jiwer, Whisper's normaliser of the reference's language), BLEU and chrF (sacrebleu, on the same normalised text).
-    Empty hypotheses are scored (as all deletions), not dropped."""
+    Empty hypotheses are scored (as all deletions), not dropped.
+
+    ``codes``: the Whisper code each store language's transcription is written in (``--decode_as`` applied). It picks
+    the normaliser and tokeniser for transcribe, not the hypothesis' language token, which ``--language detect`` may
+    set to another language per utterance; translate is scored as English."""
     df = table.to_pandas()
     df = df[df["reference"].notna()]
     out = []
     for (lang, layer, ln_post, task, decoding), g in df.groupby(
         ["language", "layer", "ln_post", "task", "decoding"], sort=True
     ):
-        target = "en" if task == "translate" else _target_code(g)
+        target = "en" if task == "translate" else codes[lang]
         norm = text_metrics.normalizer_for(target)
         refs = [norm(r) for r in g["reference"]]
         hyps = [norm(h) for h in g["hypothesis"]]
@@ -442,12 +486,7 @@ def score_rows(table: pa.Table) -> list[dict]:
     return out
 
 
-def _target_code(group) -> str:
-    """The Whisper code a transcription is written in: the language token of a forced prompt."""
-    return str(group["language_token"].iloc[0])
-
-
-def _merge(kv, config, reader, langs, variants, summary) -> None:
+def _merge(kv, config, reader, langs, codes, variants, summary) -> None:
     tables, skipped = [], set()
     for lang in langs:
         for layer, ln_post in variants:
@@ -460,11 +499,14 @@ def _merge(kv, config, reader, langs, variants, summary) -> None:
                     tables.append(part[0].replace_schema_metadata(None))
                     skipped |= {tuple(s) for s in part[1]["skipped"]}
         done = is_done(reader.lengths(lang))
-        skipped |= {(lang, r.id, "*", "not_encoded") for u, r in enumerate(reader.arrays(lang).rows) if not done[u]}
+        named = {(s[0], s[1]) for s in skipped if s[2] == "*"}  # audio the decoder could not read: named already
+        for u, r in enumerate(reader.arrays(lang).rows):
+            if not done[u] and (lang, r.id) not in named:
+                skipped.add((lang, r.id, "*", _not_encoded_reason(r.path)))
     for lang, uid, _, reason in sorted(skipped):
         summary.skip(reason, lang, uid)
     table = pa.concat_tables(tables) if tables else hyp.HYPOTHESIS_SCHEMA.empty_table()
-    scores = score_rows(table)
+    scores = score_rows(table, {lang: code for lang, code in codes.items() if code is not None})
     from engine.analysis.decode_report import figures, report_markdown, scores_table
 
     files = {
