@@ -48,3 +48,78 @@ def record(path: pathlib.Path, section: str, text: str) -> None:
         nxt = rest.find("\n## ")
         tail = rest[nxt:] if nxt >= 0 else ""
     path.write_text(f"{head.rstrip()}\n\n## {section}\n\n{text}\n{tail}")
+
+
+# Environment that caps each CPU library at one instruction set, so that one AVX-512 machine can also time the AVX2
+# code paths (emulated: same cores, caches and clocks, only the instructions are capped). "native" sets nothing.
+ISA_ENV = {
+    "native": {},
+    "avx2": {
+        "XLA_FLAGS": "--xla_cpu_max_isa=AVX2",  # XLA's generated code and its dot/conv runtime
+        "CT2_FORCE_CPU_ISA": "AVX2",  # CTranslate2's own kernels
+        "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN: CTranslate2's SGEMM, PyTorch's convolutions
+        "ATEN_CPU_CAPABILITY": "avx2",  # PyTorch's vectorised ATen kernels
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL: PyTorch's SGEMM
+    },
+    "avx512": {
+        "XLA_FLAGS": "--xla_cpu_max_isa=AVX512",
+        "CT2_FORCE_CPU_ISA": "AVX512",
+        "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+        "ATEN_CPU_CAPABILITY": "avx512",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+    },
+}
+
+
+def isa_env(isa: str) -> dict[str, str]:
+    """``os.environ`` with the ``ISA_ENV[isa]`` caps added (XLA_FLAGS appended to any already set)."""
+    if isa not in ISA_ENV:
+        raise ValueError(f"unknown ISA {isa!r}: choose one of {', '.join(ISA_ENV)}")
+    env = dict(os.environ)
+    for key, value in ISA_ENV[isa].items():
+        env[key] = f"{env[key]} {value}" if key == "XLA_FLAGS" and env.get(key) else value
+    return env
+
+
+class Worker:
+    """A contender living in its own Python subprocess (its own environment), timed one call at a time.
+
+    The child runs ``argv``; it must print ``@@ready <info>`` once set up and warmed up, then answer each ``<name>``
+    line read from stdin with ``@@<seconds>`` after running that contender once. Other output is kept in ``log``.
+    """
+
+    def __init__(self, argv: list[str], env: dict[str, str]):
+        self.log: list[str] = []
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.info = self._reply("ready")
+
+    def _reply(self, what: str) -> str:
+        for line in self.proc.stdout:
+            if line.startswith("@@"):
+                return line[2:].strip().removeprefix(what).strip()
+            self.log.append(line.rstrip())
+        raise RuntimeError(f"benchmark worker exited while waiting for {what!r}:\n" + "\n".join(self.log[-30:]))
+
+    def ask(self, name: str) -> str:
+        self.proc.stdin.write(name + "\n")
+        self.proc.stdin.flush()
+        return self._reply("")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+def interleaved_workers(contenders: dict[str, tuple[Worker, str]], repeats: int) -> dict[str, float]:
+    """``interleaved`` for contenders in ``Worker`` subprocesses: ``{label: (worker, name)}`` -> median seconds.
+
+    Each round runs every contender once, one at a time (the others wait on stdin, idle).
+    """
+    times = {label: [] for label in contenders}
+    for _ in range(repeats):
+        for label, (worker, name) in contenders.items():
+            times[label].append(float(worker.ask(name)))
+    return {label: statistics.median(t) for label, t in times.items()}
