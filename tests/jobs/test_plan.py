@@ -100,6 +100,24 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
     assert not (tmp_path / "d").exists()
 
 
+def test_seqsim_plan_counts_dtw_and_ot(store, tmp_path):
+    """dtw and ot are stages of their own, timed on the store's states; their cells are N*M*m*n per pair and layer,
+    frames cropped to each language's longest."""
+    config = SimilarityConfig(store=store, out=str(tmp_path / "s"), measures=("seqsim", "dtw", "ot", "mean"))
+    plan = plan_lib.plan_for(config, None)
+    reader = open_store(store)
+    en, de = (np.asarray(reader.lengths(lang)) for lang in ("en", "de"))
+    d, layers = reader.info.dims.n_audio_state, len(reader.info.layers)
+    cells = len(en) * len(de) * en.max() * de.max() * layers
+    stages = {s.name: s for s in plan.stages}
+    assert list(stages) == ["seqsim", "dtw", "ot", "mean"]
+    for name in ("dtw", "ot"):
+        assert stages[name].flops == 2.0 * d * cells and stages[name].seconds_here > 0, name
+        assert f"{name} at" in plan.render()
+    assert "4 matrices per pair and layer" in plan.render()
+    assert not (tmp_path / "s").exists()
+
+
 def test_encoder_flops_by_hand():
     dims = ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)  # whisper-base
     stem, block = plan_lib.encoder_flops_per_window(dims)
