@@ -26,6 +26,12 @@ Conventions (as in ``kernels.seqsim``):
   never mutual.
 - Mutual best: ``j = argmax_j c[i, j]`` and ``i = argmax_i c[i, j]``, ties to the lower index (``argmax``), and
   ``c[i, j] >= threshold``.
+
+Soft alignment (issue 17, ``word_plan``): the entropic optimal-transport plan between the pooled words of the two
+utterances, cost ``1 - cos`` (the same cosines), word weights uniform (``1 / n_words``) or proportional to the
+word's frame count (``WORD_WEIGHTS``), solved by ott-jax's Sinkhorn with ``kernels.ot.OtConfig``'s epsilon and
+stopping rule. ``plan_links`` turns a plan into links: ``share[i, j] = P[i, j] / min(w_a[i], w_b[j])``, the part of
+the smaller word's mass that the link carries, at least ``mass``; one word may have several links.
 """
 
 from __future__ import annotations
@@ -38,9 +44,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import ShapeError
+from kernels.ot import INNER_ITERATIONS, OtConfig, reference_sinkhorn
 from kernels.seqsim import COS_EPS
 
 POOLINGS = ("centre", "mean", "max")
+WORD_WEIGHTS = ("uniform", "duration")
+# Default lowest share of a link (plan_links): a quarter of the smaller word's mass. A word split evenly between two
+# partners gives each link 1/2; a half kept in that case leaves room for a third partner and for the blur of
+# entropic OT (epsilon), while a spread of noise over 10-20 words (1/10-1/20 each) stays below it.
+OT_MASS = 0.25
+DEFAULT_OT = OtConfig()  # kernels.ot's epsilon and stopping rule
 
 
 class WordAlignment(NamedTuple):
@@ -160,6 +173,93 @@ def wordalign_pairs(
     )
 
 
+class WordPlan(NamedTuple):
+    """Soft word alignment: plan f32[layer, word_a, word_b] (sums to 1 over valid words, exactly 0 on padding),
+    weights f32[word_a] / f32[word_b] (the marginals asked for), converged bool[layer]; ``[pair, ...]`` batched."""
+
+    plan: jax.Array
+    weight_a: jax.Array
+    weight_b: jax.Array
+    converged: jax.Array
+
+
+def word_weights(spans: jax.Array, n_words, weights: str) -> jax.Array:
+    """f32[word] summing to 1 over the valid words, 0 on padding: ``uniform`` or by ``duration`` (frames)."""
+    real = jnp.arange(spans.shape[0]) < n_words
+    if weights == "uniform":
+        w = real.astype(jnp.float32)
+    elif weights == "duration":
+        w = jnp.where(real, jnp.maximum(spans[:, 1] - spans[:, 0], 0), 0).astype(jnp.float32)
+    else:
+        raise ValueError(f"word weights must be one of {WORD_WEIGHTS}, got {weights!r}")
+    return w / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def word_plan(
+    states_a: jax.Array,
+    n_frames_a,
+    spans_a: jax.Array,
+    n_words_a,
+    states_b: jax.Array,
+    n_frames_b,
+    spans_b: jax.Array,
+    n_words_b,
+    *,
+    pooling: str = "centre",
+    weights: str = "uniform",
+    config: OtConfig = DEFAULT_OT,
+) -> WordPlan:
+    """The entropic OT plan between the words of one pair of utterances at every layer (inputs as ``wordalign``).
+
+    Cost ``1 - cos`` of the pooled words, Sinkhorn of ott-jax (``kernels.ot``'s solver settings: absolute
+    ``epsilon`` in cost units, L1 row-marginal ``threshold``, ``max_iterations``). Padding words get zero weight,
+    so their rows and columns of the plan are 0.
+    """
+    from ott.geometry import costs, pointcloud
+    from ott.problems.linear import linear_problem
+    from ott.solvers.linear import sinkhorn
+
+    weight_a = word_weights(spans_a, n_words_a, weights)
+    weight_b = word_weights(spans_b, n_words_b, weights)
+    emb_a = _unit(word_embeddings(states_a, n_frames_a, spans_a, n_words_a, pooling))
+    emb_b = _unit(word_embeddings(states_b, n_frames_b, spans_b, n_words_b, pooling))
+    solver = sinkhorn.Sinkhorn(
+        threshold=config.threshold, max_iterations=config.max_iterations, inner_iterations=INNER_ITERATIONS
+    )
+
+    def one_layer(ea, eb):
+        # Unit rows: Cosine's norms are 1 (0 on padding words, whose finite cost 1 carries no weight).
+        geom = pointcloud.PointCloud(ea, eb, cost_fn=costs.Cosine(), epsilon=config.epsilon)
+        out = solver(linear_problem.LinearProblem(geom, weight_a, weight_b))
+        plan = out.matrix
+        return plan, out.converged & jnp.all(jnp.isfinite(plan))
+
+    plan, converged = jax.vmap(one_layer)(emb_a, emb_b)
+    return WordPlan(plan, weight_a, weight_b, converged)
+
+
+@functools.partial(jax.jit, static_argnames=("pooling", "weights", "config"))
+def word_plan_pairs(
+    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, *, pooling, weights, config
+) -> WordPlan:
+    """``word_plan`` over a block of pairs (shapes as ``wordalign_pairs``): WordPlan of ``[pair, layer, word_a,
+    word_b]`` plans, ``[pair, word]`` weights and ``[pair, layer]`` flags."""
+    one = functools.partial(word_plan, pooling=pooling, weights=weights, config=config)
+    return jax.vmap(one)(states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b)
+
+
+def plan_links(plan, weight_a, weight_b, mass: float = OT_MASS) -> tuple[np.ndarray, np.ndarray]:
+    """(share f64[..., word_a, word_b] = P / min(w_a, w_b), 0 where a weight is 0; links bool: share >= mass).
+
+    plan: [..., word_a, word_b]; weight_a: [..., word_a]; weight_b: [..., word_b] (host arrays)."""
+    if not 0 < mass <= 1:
+        raise ValueError(f"OT link mass must be in (0, 1] (a share of the smaller word's mass), got {mass}")
+    plan = np.asarray(plan, np.float64)
+    smaller = np.minimum(np.asarray(weight_a, np.float64)[..., :, None], np.asarray(weight_b, np.float64)[..., None, :])
+    share = np.divide(plan, smaller, out=np.zeros_like(plan), where=smaller > 0)
+    return share, share >= mass
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reference: slow, obvious, float64, one word at a time.
 
@@ -194,3 +294,28 @@ def reference_wordalign(
             if int(np.argmax(c[layer, :, j])) == i and c[layer, i, j] >= threshold:
                 mutual[layer, i, j] = True
     return c, mutual
+
+
+def reference_word_plan(
+    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, *, pooling, weights, epsilon
+) -> np.ndarray:
+    """NumPy twin of ``word_plan`` for one pair: f64[layer, word_a, word_b], the float64 log-domain Sinkhorn of
+    ``kernels.ot`` on the valid words (padding rows and columns 0)."""
+    layers, wa, wb = states_a.shape[0], spans_a.shape[0], spans_b.shape[0]
+    na, nb = int(n_words_a), int(n_words_b)
+
+    def side(states, n_frames, spans, n):
+        emb = np.stack([reference_word_embedding(states[:, : int(n_frames)], *spans[i], pooling) for i in range(n)])
+        emb = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), COS_EPS)  # [word, layer, embed]
+        w = np.ones(n) if weights == "uniform" else np.array([spans[i][1] - spans[i][0] for i in range(n)], float)
+        return emb, w / w.sum()
+
+    ea, weight_a = side(states_a, n_frames_a, spans_a, na)
+    eb, weight_b = side(states_b, n_frames_b, spans_b, nb)
+    out = np.zeros((layers, wa, wb))
+    for layer in range(layers):
+        cost = 1.0 - ea[:, layer] @ eb[:, layer].T
+        plan, converged = reference_sinkhorn(weight_a, weight_b, cost, epsilon)
+        assert converged, "reference Sinkhorn did not converge: raise epsilon"
+        out[layer, :na, :nb] = plan
+    return out

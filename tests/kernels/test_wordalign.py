@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ShapeError
+from kernels import ot as kot
 from kernels import wordalign as wa
 
 
@@ -73,3 +74,68 @@ def test_check_spans_names_the_fix():
     with pytest.raises(ShapeError, match=r"spans_a\[0, 0\]"):
         wa.check_spans("spans_a", spans, np.array([1]), np.array([2]))
     wa.check_spans("spans_a", spans, np.array([1]), np.array([3]))  # the overlapping word is padding here
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Soft alignment: the OT plan between words (issue 17, part 3).
+
+
+@pytest.mark.parametrize("pooling, weights", [("centre", "uniform"), ("mean", "duration")])
+def test_word_plan_vs_reference_and_pot(pooling, weights):
+    ot = pytest.importorskip("ot")  # POT, in the test extra
+    rng = np.random.default_rng(zlib.crc32(f"plan{pooling}{weights}".encode()))
+    (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=4, layers=2, frames=30, words=6, embed=16, poison=np.nan)
+    config = kot.OtConfig()
+    got = wa.word_plan_pairs(A, fa, sa, na, B, fb, sb, nb, pooling=pooling, weights=weights, config=config)
+    assert got.plan.shape == (4, 2, 6, 6) and bool(np.all(got.converged))
+    for p in range(4):
+        want = wa.reference_word_plan(
+            A[p], fa[p], sa[p], na[p], B[p], fb[p], sb[p], nb[p], pooling=pooling, weights=weights,
+            epsilon=config.epsilon,
+        )  # fmt: skip
+        plan = np.asarray(got.plan[p], np.float64)
+        assert not plan[:, na[p] :].any() and not plan[:, :, nb[p] :].any()  # padding words carry nothing
+        wa_, wb_ = np.asarray(got.weight_a[p]), np.asarray(got.weight_b[p])
+        np.testing.assert_allclose(wa_.sum(), 1, atol=1e-6)
+        for layer in range(2):
+            np.testing.assert_allclose(plan[layer].sum(1), wa_, atol=1e-5, rtol=0)  # marginals (issue 17: 1e-5)
+            np.testing.assert_allclose(plan[layer].sum(0), wb_, atol=1e-5, rtol=0)
+            np.testing.assert_allclose(plan[layer], want[layer], atol=1e-5, rtol=0)
+            ea = np.stack(
+                [wa.reference_word_embedding(A[p][:, : fa[p]], *sa[p, i], pooling)[layer] for i in range(na[p])]
+            )
+            eb = np.stack(
+                [wa.reference_word_embedding(B[p][:, : fb[p]], *sb[p, j], pooling)[layer] for j in range(nb[p])]
+            )
+            cost = (
+                1
+                - (ea / np.linalg.norm(ea, axis=1, keepdims=True)) @ (eb / np.linalg.norm(eb, axis=1, keepdims=True)).T
+            )
+            pot = ot.sinkhorn(wa_[: na[p]].astype(np.float64), wb_[: nb[p]].astype(np.float64), cost, config.epsilon,
+                              method="sinkhorn_log", stopThr=1e-8, numItermax=20_000)  # fmt: skip
+            np.testing.assert_allclose(plan[layer, : na[p], : nb[p]], pot, atol=1e-5, rtol=0)
+
+
+def test_planted_one_to_many_word_splits_its_mass():
+    # b says a's middle word twice: the plan splits that word's mass between the two copies, and plan_links keeps
+    # both links (a mutual-best match keeps one), every other word linked to its own copy only.
+    rng = np.random.default_rng(5)
+    vec = rng.standard_normal((3, 32)).astype(np.float32)
+    a = np.repeat(vec, 4, axis=0)[None]
+    b = np.repeat(vec[[0, 1, 1, 2]], 4, axis=0)[None] + 0.01 * rng.standard_normal((1, 16, 32)).astype(np.float32)
+    sa = np.array([[0, 4], [4, 8], [8, 12], [0, 0]], np.int32)  # 4th word: padding
+    sb = np.array([[0, 4], [4, 8], [8, 12], [12, 16]], np.int32)
+    for weights in wa.WORD_WEIGHTS:
+        got = wa.word_plan(a, 12, sa, 3, b, 16, sb, 4, pooling="mean", weights=weights)
+        plan = np.asarray(got.plan[0])
+        np.testing.assert_allclose(plan[1, 1], plan[1, 2], rtol=0.05)  # split evenly between the copies
+        share, links = wa.plan_links(got.plan, got.weight_a, got.weight_b)
+        i, j = np.nonzero(links[0])
+        assert list(zip(i, j, strict=True)) == [(0, 0), (1, 1), (1, 2), (2, 3)], (weights, share[0].round(2))
+        mutual = wa.wordalign(a, 12, sa, 3, b, 16, sb, 4, pooling="mean").mutual
+        assert int(np.asarray(mutual).sum()) == 3  # one of the copies only
+
+
+def test_plan_links_refuses_a_bad_mass():
+    with pytest.raises(ValueError, match="share of the smaller word"):
+        wa.plan_links(np.zeros((2, 2)), np.ones(2) / 2, np.ones(2) / 2, mass=0)
