@@ -70,9 +70,10 @@ def define_langs_flag(of: str = "of the layer store") -> None:
     flags.DEFINE_string("langs", "all", f"comma-separated language codes {of}, or 'all'", module_name=_job_module())
 
 
-def define_run_flags(strict: bool = False, distributed: bool = False, lease: bool = True) -> None:
+def define_run_flags(strict: bool = False, distributed: bool = False, lease: bool = True, claims: bool = False) -> None:
     """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts;
-    --break_lease for jobs that hold their output store's writer lease."""
+    --break_lease for jobs that hold their output store's writer lease; --claim_ttl for jobs whose processes share
+    their work through claims (``engine.stores.claims``), which then survive a dead process."""
     flags.DEFINE_enum(
         "matmul_precision",
         "highest",
@@ -101,6 +102,14 @@ def define_run_flags(strict: bool = False, distributed: bool = False, lease: boo
         define_plan_flags(_job_module())
     if distributed:
         define_distributed_flags(_job_module())
+    if claims:
+        flags.DEFINE_float(
+            "claim_ttl",
+            DEFAULT_CLAIM_TTL,
+            "seconds a work claim lives unrenewed: the other processes take a dead process's work this long after it "
+            "died",
+            module_name=_job_module(),
+        )
 
 
 def config_from_flags(cls, **given):
@@ -225,19 +234,14 @@ def define_distributed_flags(module: str) -> None:
         "seconds after which jax.distributed declares a silent process dead (JAX's default: 100)",
         module_name=module,
     )
-    flags.DEFINE_float(
-        "claim_ttl",
-        DEFAULT_CLAIM_TTL,
-        "seconds a work claim lives unrenewed: the other processes take a dead process's work this long after it died",
-        module_name=module,
-    )
 
 
 def init_distributed() -> None:
     """Start JAX's multi-host runtime when asked to (explicit flags, or --distributed for auto-detection)."""
-    if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
+    if "claim_ttl" in FLAGS:
         # A process that dies must not take the others down with it: they finish its work once its claims expire
         # (engine.stores.claims). JAX's coordination service lives in process 0, so its death still ends the run.
+        # Jobs that split statically and meet at barriers (align, decode) keep JAX's default: all stop together.
         jax.config.update("jax_enable_recoverability", True)
     if FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(
@@ -258,8 +262,8 @@ def leave_distributed() -> None:
     """The end of a multi-process run, without a barrier (a dead peer would hang it): every process but 0 disconnects
     from the coordination service; process 0, which runs that service, waits until every other process has
     disconnected or been declared dead (``--heartbeat_timeout``), since its exit would abort those still connected."""
-    if jax.process_count() <= 1:
-        return
+    if jax.process_count() <= 1 or "claim_ttl" not in FLAGS:
+        return  # without recoverability, JAX's own shutdown barrier ends the processes together
     from jax._src import distributed  # the runtime client: jax.distributed exposes no live-process query
 
     if jax.process_index() != 0:

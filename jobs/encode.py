@@ -27,7 +27,7 @@ flags.DEFINE_integer("batch_size", 8, "30 s windows per encoder step over all lo
 flags.DEFINE_enum("long_audio", "window", ["window", "truncate"], "audio over 30 s: consecutive windows, or cut")
 flags.DEFINE_integer("prefetch", 4, "host threads decoding audio ahead of the device")
 flags.DEFINE_integer("claim_utterances", 16, "utterances per work unit the processes of a multi-host run claim")
-common.define_run_flags(strict=True, distributed=True)
+common.define_run_flags(strict=True, distributed=True, claims=True)
 FLAGS = flags.FLAGS
 
 

@@ -35,7 +35,7 @@ flags.DEFINE_float("ot_epsilon", OT_EPSILON, "ot measure: entropic blur, absolut
 flags.DEFINE_bool("ot_debiased", False, "ot measure: debiased Sinkhorn divergence (W(a,b) - W(a,a)/2 - W(b,b)/2)")
 flags.DEFINE_integer("ot_iterations", OT_MAX_ITERATIONS, "ot measure: most Sinkhorn iterations per pair")
 flags.DEFINE_float("ot_threshold", OT_THRESHOLD, "ot measure: stop at this L1 error of the plan's row marginal")
-common.define_run_flags(distributed=True)
+common.define_run_flags(distributed=True, claims=True)
 FLAGS = flags.FLAGS
 
 
