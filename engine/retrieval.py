@@ -208,8 +208,11 @@ def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence, s
     kept = scores[np.ix_(keep_rows, keep_cols)]
     if not np.isfinite(kept).all():
         raise RetrievalError(
-            f"{int((~np.isfinite(kept)).sum())} scores are NaN or inf in rows and columns of encoded utterances; "
-            "the similarity store is damaged or incomplete: recompute the pair (python -m jobs.seqsim)"
+            f"{int((~np.isfinite(kept)).sum())} scores are NaN or inf in rows and columns of encoded utterances. For "
+            "the ot measure these are pairs whose Sinkhorn did not converge (listed as 'nonconverged' in the pair's "
+            "done marker): run python -m jobs.seqsim into the same --out with a larger --ot_iterations or "
+            "--ot_epsilon, which recomputes them. Otherwise the similarity store is damaged or incomplete: recompute "
+            "the pair (python -m jobs.seqsim)"
         )
     rows = [r for r, k in zip(row_ids, keep_rows, strict=True) if k]
     cols = [c for c, k in zip(col_ids, keep_cols, strict=True) if k]

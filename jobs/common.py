@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import pathlib
 import sys
 import time
 
 import jax
 from absl import app, flags
 
+from engine.errors import BabelgridError
 from engine.plan import DEVICES, plan_for
 from engine.stores.claims import DEFAULT_CLAIM_TTL
 from engine.stores.kv import parse_spec_overrides, set_spec_overrides
@@ -213,7 +215,21 @@ def run(main) -> None:
         finally:
             leave_distributed()
 
-    app.run(start)
+    app.run(lambda argv: _without_traceback(start, argv))
+
+
+def _without_traceback(start, argv):
+    """Runs ``start(argv)``; an error babelgrid raises on purpose (``BabelgridError``: its message names the problem
+    and the fix) ends the job with that message and exit code 1, not a traceback. ``BABELGRID_TRACEBACK=1`` shows the
+    traceback too; any other exception keeps its traceback."""
+    try:
+        return start(argv)
+    except BabelgridError as e:
+        if os.environ.get("BABELGRID_TRACEBACK"):
+            raise
+        job = pathlib.Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "job"
+        print(f"{job}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def define_distributed_flags(module: str) -> None:
