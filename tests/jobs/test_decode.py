@@ -277,10 +277,13 @@ def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, base_whisper, tm
                 start += valid[w]
             if layer != top:
                 from_store = np.asarray(whisper.model.encoder.ln_post(jnp.asarray(from_store)))
-            audio_tokens, _ = library_decode(whisper, mel, options)
-            # The store's windows, then the audio's, in one batch of 8 (rows are decoded independently).
-            xa = np.concatenate([from_store, np.asarray(whisper.audio_features(batch, options))])[:8]
-            store_tokens = whisper.transcribe(None, options, xa=jnp.asarray(xa)).tokens[:n]
+            # One batch of 8: the store's windows, then the job's decoder input (the audio's windows, then its
+            # padding copies). Rows are decoded independently, so one call gives both sides' tokens.
+            xa_audio = np.asarray(whisper.audio_features(batch, options))
+            tokens = whisper.transcribe(
+                None, options, xa=jnp.asarray(np.concatenate([from_store, xa_audio])[:8])
+            ).tokens
+            store_tokens, audio_tokens = tokens[:n], tokens[n : 2 * n]
             assert store_tokens == audio_tokens, (name, layer)
             joined = sum(audio_tokens, [])
             row = hyps[(hyps["id"] == uid) & (hyps["layer"] == layer)]
