@@ -162,21 +162,12 @@ def hf_contenders(args, mel: np.ndarray) -> tuple[dict, str]:
     import torch
     import transformers
 
+    from engine.whisper.checkpoints.export import hf_config
     from engine.whisper.loaded import load_whisper
 
     dims = load_whisper().dims
     torch.set_num_threads(args.threads)
-    cfg = transformers.WhisperConfig(
-        vocab_size=dims.n_vocab,
-        num_mel_bins=dims.n_mels,
-        d_model=dims.n_audio_state,
-        encoder_layers=dims.n_audio_layer,
-        encoder_attention_heads=dims.n_audio_head,
-        decoder_layers=dims.n_text_layer,
-        decoder_attention_heads=dims.n_text_head,
-        encoder_ffn_dim=4 * dims.n_audio_state,
-        decoder_ffn_dim=4 * dims.n_text_state,
-    )
+    cfg = transformers.WhisperConfig(**hf_config(dims))
     # Speed does not depend on the weights' values, so a randomly initialised encoder will do.
     hf = transformers.WhisperModel(cfg).get_encoder().eval()
     x = torch.from_numpy(mel)

@@ -92,25 +92,12 @@ def test_early_exit_matches_hf_generate_tiny(tiny_model_dir, tiny_whisper):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_early_exit_matches_hf_generate_real_weights(base_whisper, fleurs_windows):
-    from engine.whisper.checkpoints.export import hf_state_dict
+    from engine.whisper.checkpoints.export import hf_config, hf_state_dict
     from engine.whisper.checkpoints.load import load_checkpoint
 
     ckpt = load_checkpoint(None)
     d = ckpt.dims
-    cfg = transformers.WhisperConfig(
-        vocab_size=d.n_vocab,
-        num_mel_bins=d.n_mels,
-        encoder_layers=d.n_audio_layer,
-        decoder_layers=d.n_text_layer,
-        d_model=d.n_audio_state,
-        encoder_attention_heads=d.n_audio_head,
-        decoder_attention_heads=d.n_text_head,
-        encoder_ffn_dim=4 * d.n_audio_state,
-        decoder_ffn_dim=4 * d.n_text_state,
-        max_source_positions=d.n_audio_ctx,
-        max_target_positions=d.n_text_ctx,
-        attn_implementation="eager",
-    )
+    cfg = transformers.WhisperConfig(**hf_config(d), attn_implementation="eager")
     hf = transformers.WhisperForConditionalGeneration(cfg).eval()
     sd = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in hf_state_dict(ckpt.state_dict).items()}
     sd["proj_out.weight"] = sd["model.decoder.embed_tokens.weight"]
