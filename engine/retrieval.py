@@ -18,7 +18,7 @@ id has no partner among the remaining columns are excluded and counted by ``kern
 
 With ``subset`` (a challenge-set folder from ``jobs.challenge``), queries and candidates of each pair are restricted
 to the pair's kept ids, so ``retrieval.csv`` scores the challenge set (its ``random`` is 1/N_kept for R@1). As a
-smaller pool alone raises R@1, it also writes ``OUT/subset_comparison.csv`` (``engine.analysis.challenge``
+smaller pool alone raises R@1, it also writes ``OUT/subset_comparison.csv`` (``engine.analysis.subset``
 SUBSET_COLUMNS): the full set, the challenge set and ``subset_draws`` seeded random subsets of the full set with as
 many ids as were kept (mean and 95% interval), and ``OUT/figures/subset_by_layer.png``.
 """
@@ -265,7 +265,7 @@ def score_subset(matrix, row_ids, col_ids, scored, kept_ids: set, draws: dict, k
     """Like ``score_matrix``, on the ids of ``kept_ids`` only; appends the full / challenge / size-matched rows of
     ``where`` = (lang_a, lang_b, layer, measure) to ``comparison``. ``draws[key]``: the random subsets of the pair,
     drawn at its first scored matrix from the ids shared by its rows and columns, then reused for every layer."""
-    from engine.analysis import challenge
+    from engine.analysis import subset
 
     full, rows, cols, dropped_a, dropped_b = drop_not_encoded(matrix, row_ids, col_ids, scored)
     pool = set(rows) & set(cols)
@@ -273,10 +273,10 @@ def score_subset(matrix, row_ids, col_ids, scored, kept_ids: set, draws: dict, k
         return unmeasured(tuple(config.ks), excluded=len(rows)), dropped_a, dropped_b
     kept = kept_ids & pool
     if key not in draws:
-        draws[key] = challenge.size_matched_draws(pool, len(kept), config.subset_draws, config.subset_seed, *key)
-    compared = challenge.compare_subsets(full, rows, cols, kept, draws[key], ks=tuple(config.ks), ties=config.ties)
+        draws[key] = subset.size_matched_draws(pool, len(kept), config.subset_draws, config.subset_seed, *key)
+    compared = subset.compare_subsets(full, rows, cols, kept, draws[key], ks=tuple(config.ks), ties=config.ties)
     n_ids = {"full": len(pool), "challenge": len(kept), "size_matched": len(kept)}
-    comparison += challenge.comparison_rows(*where, compared, n_ids)
+    comparison += subset.comparison_rows(*where, compared, n_ids)
     return compared["challenge"], dropped_a, dropped_b
 
 
@@ -486,13 +486,13 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
     subtitle = f"{manifest['model_name']}; layer store {manifest['layer_store']}"
     csv_path, figure_paths = write_results(out, scores, figure_layer, subtitle, max(reader.layers))
     if config.subset is not None and comparison:
-        from engine.analysis import challenge
+        from engine.analysis import subset
 
         _, kv = open_kvstore(out)
         metric = f"R@{config.ks[0]}"
         writes = {
-            challenge.SUBSET_CSV: challenge.subset_csv_bytes(comparison),
-            challenge.SUBSET_FIGURE: challenge.subset_figure(comparison, metric, f"{subtitle}; subset {config.subset}"),
+            subset.SUBSET_CSV: subset.subset_csv_bytes(comparison),
+            subset.SUBSET_FIGURE: subset.subset_figure(comparison, metric, f"{subtitle}; subset {config.subset}"),
         }
         write_all(kv, writes, out)
         figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes)]

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.analysis.challenge import (
+from engine.analysis.challenge import ChallengeConfig, ChallengeError, parse_threshold, run_challenge
+from engine.analysis.soundalike import (
     AUTO,
     DEFAULT_CHANCE_FLAG_RATE,
     DEFAULT_CHANCE_PAIRS,
     DEFAULT_MIN_PHONES,
     DEFAULT_PHONE_THRESHOLD,
     MIN_CHANCE_PAIRS,
-    ChallengeConfig,
-    ChallengeError,
-    parse_threshold,
-    run_challenge,
 )
 from jobs import common
 

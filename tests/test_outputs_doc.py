@@ -3,7 +3,7 @@
 import pathlib
 import re
 
-from engine.analysis import challenge, probe
+from engine.analysis import challenge, probe, subset
 from engine.finetune.run import METRIC_FIELDS
 from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.retrieval import CSV_COLUMNS
@@ -27,7 +27,7 @@ def test_every_written_column_is_documented():
         "scores.csv": SCORE_COLUMNS,
         "challenge <a>__<b>.csv": challenge.PAIR_COLUMNS,
         "challenge summary.csv": challenge.SUMMARY_COLUMNS,
-        "subset_comparison.csv": challenge.SUBSET_COLUMNS,
+        "subset_comparison.csv": subset.SUBSET_COLUMNS,
         "probe.csv": probe.PROBE_COLUMNS,
         "probe relations.csv": probe.RELATION_COLUMNS,
         "interp pairs.parquet": PAIR_COLUMNS,

@@ -52,7 +52,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
-from engine.analysis.soundalike import (  # noqa: F401  (PhoneBook, _distance, require_voices: engine.analysis.probe)
+from engine.analysis.soundalike import (
     AUTO,
     DEFAULT_CHANCE_FLAG_RATE,
     DEFAULT_CHANCE_PAIRS,
@@ -62,22 +62,9 @@ from engine.analysis.soundalike import (  # noqa: F401  (PhoneBook, _distance, r
     Calibration,
     PhoneBook,
     ThresholdChoice,
-    _distance,
     choose_threshold,
     require_voices,
     sound_alike,
-)
-from engine.analysis.subset import (  # noqa: F401  (re-exported: engine.retrieval reads them from here)
-    SUBSET_COLUMNS,
-    SUBSET_CSV,
-    SUBSET_FIGURE,
-    SUBSET_SETS,
-    compare_subsets,
-    comparison_rows,
-    restrict,
-    size_matched_draws,
-    subset_csv_bytes,
-    subset_figure,
 )
 from engine.errors import BabelgridError
 

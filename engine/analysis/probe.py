@@ -140,7 +140,7 @@ def bootstrap(fn, sizes: dict[str, int], seeds: int, seed: int) -> list[dict]:
 
 def generate_relations(words: dict[str, list[tuple[str, str]]], pairs, seed: int = 0) -> list[tuple]:
     """RELATION_COLUMNS rows for ``pairs`` of languages; ``words[lang]``: [(concept id, word)]."""
-    from engine.analysis.challenge import PhoneBook, _distance, require_voices
+    from engine.analysis.soundalike import PhoneBook, _distance, require_voices
 
     require_voices(sorted({lang for p in pairs for lang in p}))
     book = PhoneBook()

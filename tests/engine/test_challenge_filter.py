@@ -10,7 +10,7 @@ import pytest
 from engine.analysis import challenge, soundalike
 from engine.analysis.phones import PhonesError, espeak_voice
 
-BOOK = challenge.PhoneBook()  # shared: each word is phonemised once for the whole module
+BOOK = soundalike.PhoneBook()  # shared: each word is phonemised once for the whole module
 
 
 def flag(a, text_a, b, text_b, **config):
@@ -160,7 +160,7 @@ def test_codes_find_espeak_voices_regional_first():
 
 def test_a_language_without_a_voice_names_the_voices_espeak_has():
     with pytest.raises(PhonesError, match=r"no voice for \['xx'\].*espeak-ng has.*\ben\b"):
-        challenge.require_voices(["en", "xx"])
+        soundalike.require_voices(["en", "xx"])
 
 
 # --- spaCy entities: no spaCy pipeline is installable here, so a stand-in module exposes the API the filter uses

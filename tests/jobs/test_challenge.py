@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from engine.analysis import challenge
+from engine.analysis import challenge, soundalike
+from engine.analysis import subset as subset_lib
 from engine.analysis.phones import PhonesError
 from engine.retrieval import RetrievalConfig, run_retrieval
 from engine.stores.layers import LayerStore
@@ -124,7 +125,7 @@ def test_auto_calibrates_each_pair_on_mismatched_pairs(tmp_path):
 
     # The reference: every mismatched pair (10 x 10 ids less the 10 translations: under --chance_pairs 200, so all)
     # judged one by one by the library filter, and the largest threshold flagging at most 10% of them.
-    book = challenge.PhoneBook()
+    book = soundalike.PhoneBook()
     loose = challenge.FilterConfig(phone_threshold=1.0)
     distances = [challenge.flag_pair("en", texts[i][0], "de", texts[j][1], loose, book).min_distance
                  for i in texts for j in texts if i != j]  # fmt: skip
@@ -242,7 +243,7 @@ def test_subset_retrieval_equals_the_restricted_matrices(sim_and_subset, tmp_pat
 
     # Size-matched draws: the seeded subsets, scored directly, give the CSV's mean and percentile interval.
     shared = sorted(set(IDS["de"]) & set(IDS["en"]))
-    draws = challenge.size_matched_draws(shared, len(KEPT), 7, 0, "de", "en")
+    draws = subset_lib.size_matched_draws(shared, len(KEPT), 7, 0, "de", "en")
     values = []
     for d in draws:
         r = [i for i, uid in enumerate(IDS["de"]) if uid in d]
@@ -250,11 +251,11 @@ def test_subset_retrieval_equals_the_restricted_matrices(sim_and_subset, tmp_pat
         values.append(
             retrieval_metrics(scores[2][np.ix_(r, c)], [IDS["de"][i] for i in r], [IDS["en"][j] for j in c]).recall[1]
         )
-    row = next(r for r in read(tmp_path / "a" / challenge.SUBSET_CSV)
+    row = next(r for r in read(tmp_path / "a" / subset_lib.SUBSET_CSV)
                if (r["lang_a"], r["layer"], r["set"], r["metric"]) == ("de", "2", "size_matched", "R@1"))  # fmt: skip
     assert float(row["value"]) == pytest.approx(np.mean(values))
     assert (float(row["low"]), float(row["high"])) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
-    assert (tmp_path / "a" / challenge.SUBSET_FIGURE).read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "a" / subset_lib.SUBSET_FIGURE).read_bytes()[:4] == b"\x89PNG"
 
     # Reproducible with the seed, different with another.
     again = run_retrieval(RetrievalConfig(**{**config.__dict__, "out": str(tmp_path / "b")}))
