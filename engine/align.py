@@ -17,7 +17,10 @@ Output (``OUT`` a local path or a TensorStore kvstore URL)::
 
 Resume: a part is kept when the utterances done in the layer store over its range are the ones it was made from
 (its Parquet metadata lists them); ``words.parquet`` and ``skipped.csv`` are rebuilt from the parts at the end.
-Multi-process runs (``jax.distributed``) share the parts round-robin; process 0 writes the merged files.
+Multi-process runs (``jax.distributed``) share the parts through claim keys in the output store
+(``engine.stores.claims``): a part is the work unit. A process that dies leaves its claims to expire, and the others
+take its parts; process 0 writes the merged files once every part is done, without a barrier (a dead peer would hang
+it). A part is one write (its Parquet metadata is its done marker), so a killed process leaves a part whole or absent.
 """
 
 from __future__ import annotations
@@ -26,15 +29,15 @@ import dataclasses
 import logging
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from engine.data.audio import N_ENCODER_FRAMES
 from engine.dtypes import DTYPES
 from engine.errors import BabelgridError, LanguageError
-from engine.parallel import barrier, is_process_zero
+from engine.parallel import is_process_zero
 from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.stores.claims import DEFAULT_CLAIM_TTL, FaultKill, WorkClaims, rounds
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.parts import read_part
 from engine.stores.reader import open_store
@@ -87,6 +90,7 @@ class AlignConfig:
     median_filter_width: int = 7
     compute_dtype: str = "float32"
     subtitles: tuple[str, ...] = ()  # also write per-utterance "srt" and/or "vtt" files of the words
+    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's part claims may be taken over
     break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
     progress: bool | None = True  # None: only when stderr is a terminal
 
@@ -97,6 +101,8 @@ class AlignConfig:
             check_choice("subtitles", fmt, SUBTITLE_FORMATS)
         if self.batch_size < 1 or self.chunk < 1:
             raise ValueError(f"batch_size and chunk must be >= 1, got {self.batch_size} and {self.chunk}")
+        if self.claim_ttl <= 0:
+            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
 
 
 @dataclasses.dataclass
@@ -105,12 +111,17 @@ class AlignSummary(RunSummary):
     words: int = 0
     already_done: int = 0  # utterances in parts kept from an earlier run
     audio_seconds: float = 0.0
+    units: int = 0  # parts this process claimed and did
+    taken_over: int = 0  # of them, parts whose claim had expired (a dead process's)
+    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last part
     outputs: list[str] = dataclasses.field(default_factory=list)
 
     def report(self) -> str:
         lines = [
             f"aligned {self.aligned} utterances ({self.words} words, {self.audio_seconds:.0f} s of audio) in "
-            f"{self.seconds:.1f} s; {self.already_done} already done; skipped: {self.n_skipped}"
+            f"{self.seconds:.1f} s; {self.already_done} already done; skipped: {self.n_skipped}",
+            f"work units: {self.units} parts claimed, busy {self.busy_seconds:.1f} s, {self.taken_over} taken over "
+            "from expired claims",
         ]
         lines += self.skip_lines()
         if self.skipped.get("no_transcription"):
@@ -272,10 +283,10 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
         check_name("language", lang)
     languages = {lang: _whisper_language(lang, whisper) for lang in langs}
     _, kv = open_kvstore(config.out)
-    pid, n_proc = jax.process_index(), jax.process_count()
-    process_zero_first(
-        "babelgrid-align-manifest",
-        lambda: create_or_compare(
+    claims = WorkClaims(kv, config.out, "align", ttl=config.claim_ttl)
+
+    def create() -> None:
+        create_or_compare(
             kv,
             MANIFEST,
             _manifest(config, reader.url, whisper),
@@ -283,46 +294,76 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
             fields=MANIFEST_FIELDS,
             error=AlignError,
             what="word timestamps folder",
-        ),
-    )
-    plan = []
+        )
+        if is_process_zero():
+            claims.clear()  # under the writer lease, before the barrier: no process claims anything yet
+
+    process_zero_first("babelgrid-align-manifest", create)
+    # Work units (engine.stores.claims): the parts, language by language. A snapshot of the utterances done in the
+    # store: what each part is made from, and what a kept part must list.
+    units, done = {}, {}
     for lang in langs:
         n = reader.arrays(lang).n_utterances
-        plan += [(lang, first) for first in range(0, n, config.chunk)]
-    mine = plan[pid::n_proc]
-    total = sum(min(config.chunk, reader.arrays(lang).n_utterances - f) for lang, f in mine)
+        done[lang] = is_done(reader.lengths(lang))
+        for first in range(0, n, config.chunk):
+            last = min(first + config.chunk, n)
+            units[part_key(lang, first)] = (lang, first, last, [u for u in range(first, last) if done[lang][u]])
+
+    def kept(unit: str) -> dict | None:
+        """The metadata of the part ``unit`` if it was made from the utterances done now."""
+        old = read_part(kv, unit, config.out)
+        return old[1] if old is not None and old[1]["done"] == units[unit][3] else None
+
+    total = sum(last - first for _, first, last, _ in units.values())
     bar = progress_bar(total, "align", "utt", config.progress)
-    tables: dict[str, tuple] = {}
-    for lang, first in mine:
-        if lang not in tables:
-            tables = {lang: (reader.arrays(lang).rows, reader.lengths(lang))}  # one language in memory at a time
-        rows, lengths = tables[lang]
-        last = min(first + config.chunk, len(rows))
-        done_now = [u for u in range(first, last) if is_done(lengths[u])]
-        old = read_part(kv, part_key(lang, first), config.out)
-        if old is not None and old[1]["done"] == done_now:
+    todo = []
+    for unit, (lang, first, last, done_now) in units.items():
+        old = kept(unit)
+        if old is None:
+            todo.append(unit)
+        elif is_process_zero():  # every process sees the parts kept from an earlier run; one counts them
             summary.already_done += len(done_now)
-            _count_skips(summary, lang, rows, first, last, done_now, old[1]["skipped"])
+            _count_skips(summary, lang, reader.arrays(lang).rows, first, last, done_now, old["skipped"])
             bar.update(last - first)
-            continue
-        lease.check()
-        rows_out, skipped = _new_rows(), []
-        if languages[lang] == NO_LANGUAGE:
-            skipped = [(u, rows[u].id, NO_LANGUAGE) for u in done_now]
-        else:
-            _align_chunk(
-                whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary, rows_out, skipped
-            )
-        write_value(kv, part_key(lang, first), part_bytes(rows_out, done_now, skipped), config.out)
-        _count_skips(summary, lang, rows, first, last, done_now, skipped)
-        bar.update(last - first)
-    bar.close()
-    barrier("babelgrid-align-parts")
-    if is_process_zero():
+    tables: dict[str, tuple] = {}
+    work_t0 = time.perf_counter()
+    try:
+        with claims:
+            for claimed in rounds(claims, todo, lambda unit: kept(unit) is not None):
+                for claim in claimed:
+                    lang, first, last, done_now = units[claim.unit]
+                    if lang not in tables:
+                        tables = {lang: (reader.arrays(lang).rows, reader.lengths(lang))}  # one language at a time
+                    rows, lengths = tables[lang]
+                    lease.check()
+                    rows_out, skipped = _new_rows(), []
+                    if languages[lang] == NO_LANGUAGE:
+                        skipped = [(u, rows[u].id, NO_LANGUAGE) for u in done_now]
+                    else:
+                        _align_chunk(
+                            whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary,
+                            rows_out, skipped,
+                        )  # fmt: skip
+                    _FAULT.point()
+                    # One write per part: its metadata (the utterances it was made from) is its done marker.
+                    write_value(kv, claim.unit, part_bytes(rows_out, done_now, skipped), config.out)
+                    _count_skips(summary, lang, rows, first, last, done_now, skipped)
+                    claims.release(claim)
+                    summary.units += 1
+                    summary.busy_seconds = time.perf_counter() - work_t0
+                    bar.update(last - first)
+    finally:
+        bar.close()
+    summary.taken_over = claims.taken_over
+    if is_process_zero():  # every part is done: rounds() ends only when no other process holds one
         for lang in langs:
             summary.outputs += _merge(kv, lang, reader.arrays(lang).n_utterances, config, reader)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+# Test-only fault injection (tests/jobs/test_scaleout.py): SIGKILL right before the N-th part this process writes.
+_FAULT = FaultKill("BABELGRID_FAULT_KILL_BEFORE_PART")
 
 
 def _count_skips(summary, lang, rows, first, last, done_now, skipped) -> None:

@@ -12,8 +12,13 @@ compute dtype: its valid frames are the store's states (``tests/jobs/test_decode
 The store supplies the utterance list, the done flags, the transcriptions and the layers on offer.
 
 Output: the layout in ``engine/stores/hypotheses.py`` and BUILD.md. Resume: a part is kept when the utterances done
-in the store are the ones it was made from; the merged files are rebuilt from the parts at the end. Multi-process runs
-(``jax.distributed``) share the parts round-robin; process 0 writes the merged files.
+in the store are the ones it was made from; the merged files are rebuilt from the parts at the end.
+
+Multi-process runs (``jax.distributed``) share the work through claim keys in the output store
+(``engine.stores.claims``): a work unit is one (language, layer, ln_post), the parts of every task and decoding from
+that layer's encoder output. A process that dies leaves its claims to expire, and the others take its units; process 0
+writes the merged files once every unit is done, without a barrier (a dead peer would hang it). A part is one write
+(its Parquet metadata is its done marker), so a killed process leaves a part whole or absent.
 """
 
 from __future__ import annotations
@@ -27,7 +32,6 @@ import time
 import zlib
 from collections.abc import Mapping
 
-import jax
 import numpy as np
 import pyarrow as pa
 
@@ -35,9 +39,10 @@ from engine.analysis import text_metrics
 from engine.data.audio import AudioNotFoundError, EmptyAudioError, SilentAudioError, load_audio
 from engine.dtypes import DTYPES
 from engine.errors import AudioError, BabelgridError, LanguageError
-from engine.parallel import barrier, is_process_zero
+from engine.parallel import is_process_zero
 from engine.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
 from engine.stores import hypotheses as hyp
+from engine.stores.claims import DEFAULT_CLAIM_TTL, FaultKill, WorkClaims, rounds
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.parts import read_part, table_bytes
 from engine.stores.reader import open_store
@@ -103,6 +108,7 @@ class DecodeConfig:
     batch_size: int = 8  # windows per decoder call
     compute_dtype: str = "float32"
     report_samples: int = 3  # utterances per language shown in report.md
+    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's (language, layer) claims may be taken over
     break_lease: bool = False
     progress: bool = True
 
@@ -119,6 +125,8 @@ class DecodeConfig:
             raise ValueError(
                 f"batch_size and max_new_tokens must be >= 1, got {self.batch_size}, {self.max_new_tokens}"
             )
+        if self.claim_ttl <= 0:
+            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
 
 
 @dataclasses.dataclass
@@ -127,13 +135,18 @@ class DecodeSummary(RunSummary):
     windows: int = 0
     tokens: int = 0
     parts_kept: int = 0  # parts kept from an earlier run
+    units: int = 0  # (language, layer, ln_post) work units this process claimed and did
+    taken_over: int = 0  # of them, units whose claim had expired (a dead process's)
+    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
     outputs: list[str] = dataclasses.field(default_factory=list)
     table: str = ""
 
     def report(self) -> str:
         lines = [
             f"decoded {self.decoded} utterance-parts ({self.windows} windows, {self.tokens} tokens) in "
-            f"{self.seconds:.1f} s; {self.parts_kept} parts kept from an earlier run; skipped: {self.n_skipped}"
+            f"{self.seconds:.1f} s; {self.parts_kept} parts kept from an earlier run; skipped: {self.n_skipped}",
+            f"work units: {self.units} claimed, busy {self.busy_seconds:.1f} s, {self.taken_over} taken over from "
+            "expired claims",
         ]
         return "\n".join([*lines, *self.skip_lines(), self.table])
 
@@ -322,9 +335,10 @@ def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> Decod
     top = whisper.dims.n_audio_layer + 1
     english = _english_references(config, reader) if "translate" in config.tasks else {}
     _, kv = open_kvstore(config.out)
-    process_zero_first(
-        "babelgrid-decode-manifest",
-        lambda: create_or_compare(
+    claims = WorkClaims(kv, config.out, "decode", ttl=config.claim_ttl)
+
+    def create() -> None:
+        create_or_compare(
             kv,
             hyp.MANIFEST,
             _manifest(config, reader, whisper),
@@ -332,57 +346,101 @@ def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> Decod
             fields=MANIFEST_FIELDS,
             error=DecodeError,
             what="decode folder",
-        ),
-    )
+        )
+        if is_process_zero():
+            claims.clear()  # under the writer lease, before the barrier: no process claims anything yet
+
+    process_zero_first("babelgrid-decode-manifest", create)
     variants = _variants(layers, config.ln_post, top)
-    plan = [(lang, v) for lang in langs for v in variants]
-    mine = plan[jax.process_index() :: jax.process_count()]
-    bar = progress_bar(len(mine) * len(config.tasks) * len(config.decodings), "decode", "part", config.progress)
-    loaded: dict[str, tuple] = {}
-    for lang, (layer, ln_post) in mine:
-        rows = reader.arrays(lang).rows
-        done_now = np.flatnonzero(is_done(reader.lengths(lang))).tolist()
-        keys = {
+    # A snapshot of the utterances done in the store: what each part is made from, and what a kept part must list.
+    done = {lang: np.flatnonzero(is_done(reader.lengths(lang))).tolist() for lang in langs}
+    # Work units (engine.stores.claims): one (language, layer, ln_post) each, language by language, so that the
+    # processes mostly share one language's audio at a time.
+    units = {
+        f"{lang}/L{layer:02d}-ln_{'on' if ln_post else 'off'}": (lang, layer, ln_post)
+        for lang in langs
+        for layer, ln_post in variants
+    }
+
+    def part_keys(unit: str) -> dict[tuple[str, str], str]:
+        lang, layer, ln_post = units[unit]
+        return {
             (task, decoding): hyp.part_key(lang, task, decoding, layer, ln_post)
             for task in config.tasks
             for decoding in config.decodings
         }
-        pending = {}
-        for part, key in keys.items():
-            old = read_part(kv, key, config.out)
-            if old is not None and old[1]["done"] == done_now:
-                summary.parts_kept += 1
-                bar.update(1)
-            else:
-                pending[part] = key
-        if not pending:
-            continue
-        lease.check()
-        code = _whisper_code(lang, config, whisper)
-        if lang not in loaded:
-            skipped_audio: list[tuple] = []
-            mels = {} if code is None else _load_mels(whisper, reader, lang, rows, done_now, skipped_audio)
-            loaded = {lang: (mels, skipped_audio)}  # one language's audio in memory at a time
-        mels, skipped_audio = loaded[lang]
-        if code is None:
-            parts = {part: ({name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}, []) for part in pending}
-            for (task, _), (_, skipped) in parts.items():
-                skipped += [(lang, rows[u].id, task, "no_whisper_language") for u in done_now]
-        else:
-            parts = _decode_parts(
-                whisper, lang, code, rows, mels, layer, ln_post, list(pending), english, config, dtype, summary
-            )
-        for part, key in pending.items():
-            out_rows, skipped = parts[part]
-            write_value(kv, key, hyp.part_bytes(out_rows, done_now, skipped_audio + skipped), config.out)
-            bar.update(1)
-    bar.close()
-    barrier("babelgrid-decode-parts")
-    if is_process_zero():
+
+    def kept(key: str, lang: str) -> bool:
+        old = read_part(kv, key, config.out)
+        return old is not None and old[1]["done"] == done[lang]
+
+    def unit_done(unit: str) -> bool:
+        return all(kept(key, units[unit][0]) for key in part_keys(unit).values())
+
+    bar = progress_bar(len(units) * len(config.tasks) * len(config.decodings), "decode", "part", config.progress)
+    pending = {}  # unit -> {(task, decoding): key} of the parts not kept from an earlier run
+    for unit in units:
+        lang = units[unit][0]
+        pending[unit] = {part: key for part, key in part_keys(unit).items() if not kept(key, lang)}
+        if is_process_zero():  # every process sees the parts kept from an earlier run; one counts them
+            summary.parts_kept += len(part_keys(unit)) - len(pending[unit])
+            bar.update(len(part_keys(unit)) - len(pending[unit]))
+    loaded: dict[str, tuple] = {}
+    work_t0 = time.perf_counter()
+    try:
+        with claims:
+            for claimed in rounds(claims, [u for u in units if pending[u]], unit_done):
+                for claim in claimed:
+                    lang, layer, ln_post = units[claim.unit]
+                    lease.check()
+                    loaded = _decode_unit(
+                        config, whisper, reader, kv, english, dtype, lang, layer, ln_post, done[lang],
+                        pending[claim.unit], loaded, summary,
+                    )  # fmt: skip
+                    claims.release(claim)
+                    summary.units += 1
+                    summary.busy_seconds = time.perf_counter() - work_t0
+                    bar.update(len(pending[claim.unit]))
+    finally:
+        bar.close()
+    summary.taken_over = claims.taken_over
+    if is_process_zero():  # every unit is done: rounds() ends only when no other process holds one
         codes = {lang: _whisper_code(lang, config, whisper) for lang in langs}
         _merge(kv, config, reader, langs, codes, variants, summary)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+# Test-only fault injection (tests/jobs/test_scaleout.py): SIGKILL right before the N-th part this process writes.
+_FAULT = FaultKill("BABELGRID_FAULT_KILL_BEFORE_PART")
+
+
+def _decode_unit(
+    config, whisper, reader, kv, english, dtype, lang, layer, ln_post, done_now, pending, loaded, summary
+) -> dict:
+    """Decodes one claimed (lang, layer, ln_post) for the parts ``pending`` ``{(task, decoding): key}`` and writes
+    them; returns the audio cache ``loaded`` (one language's log-mels at a time)."""
+    rows = reader.arrays(lang).rows
+    code = _whisper_code(lang, config, whisper)
+    if lang not in loaded:
+        skipped_audio: list[tuple] = []
+        mels = {} if code is None else _load_mels(whisper, reader, lang, rows, done_now, skipped_audio)
+        loaded = {lang: (mels, skipped_audio)}  # one language's audio in memory at a time
+    mels, skipped_audio = loaded[lang]
+    if code is None:
+        parts = {part: ({name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}, []) for part in pending}
+        for (task, _), (_, skipped) in parts.items():
+            skipped += [(lang, rows[u].id, task, "no_whisper_language") for u in done_now]
+    else:
+        parts = _decode_parts(
+            whisper, lang, code, rows, mels, layer, ln_post, list(pending), english, config, dtype, summary
+        )
+    for part, key in pending.items():
+        out_rows, skipped = parts[part]
+        _FAULT.point()
+        # One write per part: its metadata (the utterances it was made from) is its done marker.
+        write_value(kv, key, hyp.part_bytes(out_rows, done_now, skipped_audio + skipped), config.out)
+    return loaded
 
 
 def _decode_parts(whisper, lang, code, rows, mels, layer, ln_post, parts, english, config, dtype, summary):

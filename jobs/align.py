@@ -26,7 +26,7 @@ flags.DEFINE_integer("chunk", 64, "utterances per part file (the unit of resume)
 flags.DEFINE_integer("median_filter_width", 7, "odd width of the median filter over frames (Whisper: 7)")
 flags.DEFINE_enum("compute_dtype", "float32", list(COMPUTE_DTYPES), "model dtype on the device")
 flags.DEFINE_list("subtitles", [], "also write per-utterance subtitle files: srt, vtt or both")
-common.define_run_flags(strict=True, distributed=True)
+common.define_run_flags(strict=True, distributed=True, claims=True)
 FLAGS = flags.FLAGS
 
 

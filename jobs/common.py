@@ -257,7 +257,6 @@ def init_distributed() -> None:
     if "claim_ttl" in FLAGS:
         # A process that dies must not take the others down with it: they finish its work once its claims expire
         # (engine.stores.claims). JAX's coordination service lives in process 0, so its death still ends the run.
-        # Jobs that split statically and meet at barriers (align, decode) keep JAX's default: all stop together.
         jax.config.update("jax_enable_recoverability", True)
     if FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(

@@ -36,7 +36,7 @@ flags.DEFINE_string("references", None, "TSV id<TAB>English text for translate (
 flags.DEFINE_integer("batch_size", 8, "30 s windows per decoder call")
 flags.DEFINE_enum("compute_dtype", "float32", list(COMPUTE_DTYPES), "model dtype on the device")
 flags.DEFINE_integer("report_samples", 3, "utterances per language shown layer by layer in report.md")
-common.define_run_flags(strict=True, distributed=True)
+common.define_run_flags(strict=True, distributed=True, claims=True)
 FLAGS = flags.FLAGS
 
 

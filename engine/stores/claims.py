@@ -1,7 +1,8 @@
 """Work claims: the hosts of one run share its work units through claim keys in the output store, with expiry.
 
 A multi-host run (``jax.distributed``) no longer splits its work into fixed shares. Every process walks the same list
-of work units (utterance blocks for encode, (layer, pair) matrices for seqsim) and takes the next one nobody holds:
+of work units (utterance blocks for encode, (layer, pair) matrices for seqsim, parts for align and decode) and takes the
+next one nobody holds:
 
 - **claim**: create ``claims/<job>/<unit>.json`` with a conditional write (create-if-absent, as the write-once keys
   and the writer lease do), holding the owner (a random id per process), host, pid and an expiry ``ttl`` seconds
@@ -32,6 +33,7 @@ import datetime
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -215,6 +217,21 @@ def _round(claims: WorkClaims, units: Sequence[str], is_done: Callable[[str], bo
                 continue
             state["claimed"] += 1
             yield got
+
+
+class FaultKill:
+    """Test-only fault injection (``tests/jobs/test_scaleout.py``): ``point()`` SIGKILLs this process at its N-th
+    call, N read from the environment variable ``name`` when the job's module is imported (unset or 0: never). A job
+    calls it where a real death matters, e.g. right before it writes a part, while it holds that unit's claim."""
+
+    def __init__(self, name: str):
+        self.after = int(os.environ.get(name, "0") or 0)
+        self.calls = 0
+
+    def point(self) -> None:
+        self.calls += 1
+        if self.after and self.calls >= self.after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _parse(value: bytes) -> dict:

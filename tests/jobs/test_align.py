@@ -181,12 +181,12 @@ def test_refusals(layer_store, words_out, whisper, tiny_model_dir, tmp_path):
 
 
 def test_two_processes_give_the_same_words(layer_store, words_out, tmp_path):
-    """jax.distributed with 2 local processes: parts shared round-robin, process 0 merges after both finish."""
+    """jax.distributed with 2 local processes: parts shared through work claims, process 0 merges once all are done."""
     out = tmp_path / "two"
     args = ["--store", str(layer_store), "--out", str(out), "--chunk", "2", "--progress=false"]
     outputs = run_processes("jobs.align", args)
     aligned = [int(o.split("aligned ", 1)[1].split()[0]) for o in outputs]
-    assert sum(aligned) == len(CLIPS) - 1 and min(aligned) > 0, outputs  # both had work
+    assert sum(aligned) == len(CLIPS) - 1, outputs  # each part aligned once (who takes which: claims)
     one, _ = words_out
     for lang in ("de", "en", "es"):
         pd.testing.assert_frame_equal(read_words_pd(out, lang), read_words_pd(one, lang))

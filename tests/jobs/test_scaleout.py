@@ -1,9 +1,9 @@
-"""A host that dies: two ``jax.distributed`` processes share encode and seqsim through work claims
+"""A host that dies: two ``jax.distributed`` processes share encode, seqsim, decode and align through work claims
 (``engine.stores.claims``); one is SIGKILLed mid-run, the other finishes its own work and, once the dead one's claims
 expire, the dead one's. The stores must then equal, key for key and byte for byte, the stores of one-process runs.
 
-Kept cheap: the tiny random model, 2 languages of 10 clips of 0.2 to 0.6 s, claims of 2 utterances, a 3 s claim
-expiry and a 10 s heartbeat timeout.
+Kept cheap: the tiny random model, 2 languages of 10 clips of 0.2 to 0.6 s (4 with transcripts for decode and align),
+claims of 2 utterances, a 3 s claim expiry and a 10 s heartbeat timeout.
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ import pytest
 import soundfile as sf
 import tensorstore as ts
 
+from engine.align import AlignConfig, run_align
 from engine.data.audio import SAMPLE_RATE
+from engine.decode import DecodeConfig, run_decode
 from engine.encode import EncodeConfig, run_encode
 from engine.similarity import SimilarityConfig, run_similarity
 from engine.stores.claims import CLAIMS_DIR
+from engine.stores.hypotheses import read_hypotheses
+from engine.stores.words import read_words
 from tests.jobs.multiprocess import start_processes
 
 LANGS = ("de", "en")
@@ -105,3 +109,67 @@ def test_a_host_dies_and_the_other_finishes_its_work(clips, tiny_model_dir, tiny
     sim_one = tmp_path / "sim-one"
     run_similarity(SimilarityConfig(store=str(two), out=str(sim_one), progress=False))
     assert_same_store(sim_two, sim_one)
+
+
+# -- decode and align: parts are the work units ---------------------------------------------------------------------
+
+PART_CLIPS = 4  # per language
+TEXTS = {"de": "guten tag", "en": "good morning"}
+
+
+@pytest.fixture(scope="module")
+def part_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
+    """A layer store of 2 x 4 clips with transcripts (layers 1 and 3, the final one), encoded in this process."""
+    root = tmp_path_factory.mktemp("scaleout-parts")
+    rng = np.random.default_rng(5)
+    for lang in LANGS:
+        (root / lang).mkdir()
+        for i in range(PART_CLIPS):
+            t = np.arange(int(rng.uniform(0.3, 0.6) * SAMPLE_RATE)) / SAMPLE_RATE
+            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(root / lang / f"utt{i}.wav", x.astype(np.float32), SAMPLE_RATE)
+            (root / lang / f"utt{i}.txt").write_text(f"{TEXTS[lang]} {i}\n")
+    store = root / "store"
+    run_encode(
+        EncodeConfig(out=str(store), dataset=f"folder:{root}", layers=(1, 3), progress=False), whisper=tiny_whisper
+    )
+    return store
+
+
+def units_claimed(output: str) -> int:
+    return int(re.search(r"work units: (\d+)", output).group(1))
+
+
+@pytest.mark.slow
+def test_decode_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir, tiny_whisper, tmp_path):
+    """6 units (2 languages x layers 1 on/off, 3), 2 parts each (transcribe, translate). Process 1 dies right before
+    its 2nd part, i.e. between the two parts of its first unit: one part of that unit written, its claim held."""
+    settings = dict(layers=(1, 3), tasks=("transcribe", "translate"), max_new_tokens=4)
+    args = ["--store", str(part_store), "--model", str(tiny_model_dir), "--layers", "1,3"]
+    args += ["--tasks", "transcribe,translate", "--max_new_tokens", "4"]
+    two = tmp_path / "two"
+    survivor, dead = run_with_a_death(
+        "jobs.decode", [*args, "--out", str(two)], {"BABELGRID_FAULT_KILL_BEFORE_PART": "2"}
+    )
+    assert taken_over(survivor) >= 1, survivor
+    one = tmp_path / "one"
+    run_decode(DecodeConfig(store=str(part_store), out=str(one), progress=False, **settings), whisper=tiny_whisper)
+    assert read_hypotheses(str(one)).num_rows == len(LANGS) * PART_CLIPS * 3 * 2  # utterances x units x parts
+    assert_same_store(two, one)
+
+
+@pytest.mark.slow
+def test_align_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir, tmp_path):
+    """4 parts of 2 utterances. Process 1 dies right before it writes its first part, holding that part's claim;
+    process 0 aligns the others and, after the claim expires, that one."""
+    args = ["--store", str(part_store), "--model", str(tiny_model_dir), "--chunk", "2"]
+    two = tmp_path / "two"
+    survivor, dead = run_with_a_death(
+        "jobs.align", [*args, "--out", str(two)], {"BABELGRID_FAULT_KILL_BEFORE_PART": "1"}
+    )
+    assert taken_over(survivor) == 1 and units_claimed(survivor) == 2 * PART_CLIPS // 2, survivor
+    one = tmp_path / "one"
+    run_align(AlignConfig(store=str(part_store), out=str(one), model=str(tiny_model_dir), chunk=2, progress=False))
+    for lang in LANGS:
+        assert set(read_words(str(one), lang).column("utterance").to_pylist()) == set(range(PART_CLIPS))
+    assert_same_store(two, one)
