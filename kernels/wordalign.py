@@ -27,6 +27,14 @@ Conventions (as in ``kernels.seqsim``):
 - Mutual best: ``j = argmax_j c[i, j]`` and ``i = argmax_i c[i, j]``, ties to the lower index (``argmax``), and
   ``c[i, j] >= threshold``.
 
+Standardisation (optional, ``Standardisation``): before the cosine, every state is z-scored per embedding dimension,
+``(x - mean) * scale`` with ``scale = 1 / std``, so that a few high-variance ("rogue") dimensions do not dominate the
+cosine (Timkey & van Schijndel 2021, "All bark and no bite"). ``layer_standardisation`` computes mean and std over a
+set of valid frames (the caller says which: ``engine.interp`` takes every valid frame of the utterances a
+(language pair, layer) unit reads). Pooling commutes with it (centre and mean are affine, max is monotone for
+``scale >= 0``), so the kernel applies it to the pooled words (word x embed, not frame x embed); the reference
+applies it to the frames, as written, which checks that equivalence.
+
 Soft alignment (issue 17, ``word_plan``): the entropic optimal-transport plan between the pooled words of the two
 utterances, cost ``1 - cos`` (the same cosines), word weights uniform (``1 / n_words``) or proportional to the
 word's frame count (``WORD_WEIGHTS``), solved by ott-jax's Sinkhorn with ``kernels.ot.OtConfig``'s epsilon and
@@ -54,6 +62,47 @@ WORD_WEIGHTS = ("uniform", "duration")
 # entropic OT (epsilon), while a spread of noise over 10-20 words (1/10-1/20 each) stays below it.
 OT_MASS = 0.25
 DEFAULT_OT = OtConfig()  # kernels.ot's epsilon and stopping rule
+# A dimension whose std over the frames is at most this carries nothing to compare: its scale is 0 (dropped) rather
+# than 1 / ~0, which would blow up the rounding of the pooled word minus the mean.
+STD_EPS = 1e-6
+
+
+class Standardisation(NamedTuple):
+    """Per-dimension z-scoring ``(x - mean) * scale`` of states: mean, scale f32[layer, embed], scale >= 0."""
+
+    mean: jax.Array
+    scale: jax.Array
+
+
+def layer_standardisation(states, n_frames) -> Standardisation:
+    """Mean and 1 / std per (layer, dimension) over the valid frames of a set of utterances (float64, host).
+
+    states: a sequence of f32|bf16[layer, frame, embed] (one per utterance, any frame count); n_frames: the valid
+    frames of each (frames ``[0, n)`` count, the rest is padding and never read). std is the population std
+    (``ddof=0``); a dimension with std <= ``STD_EPS`` gets scale 0. Returns float32 arrays [layer, embed].
+    """
+    states, n_frames = list(states), [int(n) for n in n_frames]
+    if not states or len(states) != len(n_frames):
+        raise ShapeError(f"states and n_frames must be non-empty and of one length, got {len(states)}, {len(n_frames)}")
+    shapes = {(x.shape[0], x.shape[-1]) for x in states}
+    if len(shapes) != 1 or any(x.ndim != 3 for x in states):
+        raise ShapeError(f"states must all be [layer, frame, embed] with one layer count and width, got {shapes}")
+    for k, (x, n) in enumerate(zip(states, n_frames, strict=True)):
+        if not 0 < n <= x.shape[1]:
+            raise ShapeError(f"n_frames[{k}] = {n} is not in 1..{x.shape[1]} (the frames of states[{k}])")
+    total = sum(n_frames)
+    mean = sum(np.asarray(x[:, :n], np.float64).sum(axis=1) for x, n in zip(states, n_frames, strict=True)) / total
+    # Two passes (deviations from the mean), not E[x^2] - E[x]^2: dimensions with a large mean keep their digits.
+    var = (
+        sum(
+            np.square(np.asarray(x[:, :n], np.float64) - mean[:, None]).sum(axis=1)
+            for x, n in zip(states, n_frames, strict=True)
+        )
+        / total
+    )
+    std = np.sqrt(var)
+    scale = np.where(std > STD_EPS, 1.0 / np.maximum(std, STD_EPS), 0.0)
+    return Standardisation(mean.astype(np.float32), scale.astype(np.float32))
 
 
 class WordAlignment(NamedTuple):
@@ -121,6 +170,20 @@ def word_embeddings(states: jax.Array, n_frames, spans: jax.Array, n_words, pool
     return jnp.where(real[None, :, None], jnp.swapaxes(pooled, 0, 1), 0.0)
 
 
+def _standardised(emb: jax.Array, standardise: Standardisation | None, real: jax.Array) -> jax.Array:
+    """emb f32[layer, word, embed] z-scored per dimension (valid words; padding words stay 0)."""
+    if standardise is None:
+        return emb
+    z = (emb - standardise.mean[:, None, :]) * standardise.scale[:, None, :]
+    return jnp.where(real[None, :, None], z, 0.0)
+
+
+def _words(states, n_frames, spans, n_words, pooling, standardise) -> jax.Array:
+    """f32[layer, word, embed]: pooled, standardised when asked, unit length (zeros for padding words)."""
+    emb = word_embeddings(states, n_frames, spans, n_words, pooling)
+    return _unit(_standardised(emb, standardise, jnp.arange(spans.shape[0]) < n_words))
+
+
 def _unit(x: jax.Array) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
 
@@ -144,6 +207,7 @@ def wordalign(
     spans_b: jax.Array,
     n_words_b,
     threshold=-jnp.inf,
+    standardise: Standardisation | None = None,
     *,
     pooling: str = "centre",
 ) -> WordAlignment:
@@ -151,10 +215,12 @@ def wordalign(
 
     states_a: f32|bf16[layer, frame_a, embed]; n_frames_a: i32[]; spans_a: i32[word_a, 2] frame [start, end) per
     word; n_words_a: i32[] valid words (>= 1); the same for b with the same layers and embed. threshold: f32[],
-    the lowest cosine a mutual pair may have. Returns WordAlignment of f32 and bool ``[layer, word_a, word_b]``.
+    the lowest cosine a mutual pair may have. standardise: per-dimension z-scoring of the states of both sides
+    (one ``Standardisation`` for the pair), or None for the plain cosine. Returns WordAlignment of f32 and bool
+    ``[layer, word_a, word_b]``.
     """
-    emb_a = _unit(word_embeddings(states_a, n_frames_a, spans_a, n_words_a, pooling))
-    emb_b = _unit(word_embeddings(states_b, n_frames_b, spans_b, n_words_b, pooling))
+    emb_a = _words(states_a, n_frames_a, spans_a, n_words_a, pooling, standardise)
+    emb_b = _words(states_b, n_frames_b, spans_b, n_words_b, pooling, standardise)
     c = jnp.einsum("lie,lje->lij", emb_a, emb_b, precision=jax.lax.Precision.HIGHEST)
     valid = (jnp.arange(spans_a.shape[0]) < n_words_a)[:, None] & (jnp.arange(spans_b.shape[0]) < n_words_b)[None, :]
     c = jnp.where(valid[None], c, -jnp.inf)
@@ -163,13 +229,25 @@ def wordalign(
 
 @functools.partial(jax.jit, static_argnames=("pooling",))
 def wordalign_pairs(
-    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold, *, pooling
+    states_a,
+    n_frames_a,
+    spans_a,
+    n_words_a,
+    states_b,
+    n_frames_b,
+    spans_b,
+    n_words_b,
+    threshold,
+    standardise: Standardisation | None = None,
+    *,
+    pooling,
 ) -> WordAlignment:
     """``wordalign`` over a block of pairs: states f32|bf16[pair, layer, frame, embed], n_frames i32[pair], spans
-    i32[pair, word, 2], n_words i32[pair]; threshold f32[] shared. Returns ``[pair, layer, word_a, word_b]``."""
+    i32[pair, word, 2], n_words i32[pair]; threshold f32[] and standardise (f32[layer, embed] pair) shared by the
+    block. Returns ``[pair, layer, word_a, word_b]``."""
     one = functools.partial(wordalign, pooling=pooling)
-    return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None))(
-        states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold
+    return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None, None))(
+        states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold, standardise
     )
 
 
@@ -204,6 +282,7 @@ def word_plan(
     n_frames_b,
     spans_b: jax.Array,
     n_words_b,
+    standardise: Standardisation | None = None,
     *,
     pooling: str = "centre",
     weights: str = "uniform",
@@ -221,8 +300,8 @@ def word_plan(
 
     weight_a = word_weights(spans_a, n_words_a, weights)
     weight_b = word_weights(spans_b, n_words_b, weights)
-    emb_a = _unit(word_embeddings(states_a, n_frames_a, spans_a, n_words_a, pooling))
-    emb_b = _unit(word_embeddings(states_b, n_frames_b, spans_b, n_words_b, pooling))
+    emb_a = _words(states_a, n_frames_a, spans_a, n_words_a, pooling, standardise)
+    emb_b = _words(states_b, n_frames_b, spans_b, n_words_b, pooling, standardise)
     solver = sinkhorn.Sinkhorn(
         threshold=config.threshold, max_iterations=config.max_iterations, inner_iterations=INNER_ITERATIONS
     )
@@ -240,12 +319,26 @@ def word_plan(
 
 @functools.partial(jax.jit, static_argnames=("pooling", "weights", "config"))
 def word_plan_pairs(
-    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, *, pooling, weights, config
+    states_a,
+    n_frames_a,
+    spans_a,
+    n_words_a,
+    states_b,
+    n_frames_b,
+    spans_b,
+    n_words_b,
+    standardise: Standardisation | None = None,
+    *,
+    pooling,
+    weights,
+    config,
 ) -> WordPlan:
-    """``word_plan`` over a block of pairs (shapes as ``wordalign_pairs``): WordPlan of ``[pair, layer, word_a,
-    word_b]`` plans, ``[pair, word]`` weights and ``[pair, layer]`` flags."""
+    """``word_plan`` over a block of pairs (shapes as ``wordalign_pairs``, standardise shared): WordPlan of
+    ``[pair, layer, word_a, word_b]`` plans, ``[pair, word]`` weights and ``[pair, layer]`` flags."""
     one = functools.partial(word_plan, pooling=pooling, weights=weights, config=config)
-    return jax.vmap(one)(states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b)
+    return jax.vmap(one, in_axes=(0,) * 8 + (None,))(
+        states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, standardise
+    )
 
 
 def plan_links(plan, weight_a, weight_b, mass: float = OT_MASS) -> tuple[np.ndarray, np.ndarray]:
@@ -274,16 +367,39 @@ def reference_word_embedding(states: np.ndarray, start: int, end: int, pooling: 
     return frames.max(axis=1)
 
 
+def reference_standardised(states, standardise) -> np.ndarray:
+    """f64 states [layer, frame, embed] z-scored frame by frame (``standardise`` None: unchanged)."""
+    states = np.asarray(states, np.float64)
+    if standardise is None:
+        return states
+    mean, scale = (np.asarray(v, np.float64)[:, None, :] for v in standardise)
+    return (states - mean) * scale
+
+
 def reference_wordalign(
-    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold=-np.inf, *, pooling
+    states_a,
+    n_frames_a,
+    spans_a,
+    n_words_a,
+    states_b,
+    n_frames_b,
+    spans_b,
+    n_words_b,
+    threshold=-np.inf,
+    standardise=None,
+    *,
+    pooling,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """NumPy twin of ``wordalign`` for one pair: (f64[layer, word_a, word_b] with -inf on padding, bool mask)."""
+    """NumPy twin of ``wordalign`` for one pair: (f64[layer, word_a, word_b] with -inf on padding, bool mask).
+    With ``standardise`` the valid frames are z-scored before pooling (the kernel pools first)."""
     layers, wa, wb = states_a.shape[0], spans_a.shape[0], spans_b.shape[0]
+    states_a = reference_standardised(states_a[:, : int(n_frames_a)], standardise)
+    states_b = reference_standardised(states_b[:, : int(n_frames_b)], standardise)
     c = np.full((layers, wa, wb), -np.inf)
     for i in range(int(n_words_a)):
-        u = reference_word_embedding(states_a[:, : int(n_frames_a)], *spans_a[i], pooling)
+        u = reference_word_embedding(states_a, *spans_a[i], pooling)
         for j in range(int(n_words_b)):
-            v = reference_word_embedding(states_b[:, : int(n_frames_b)], *spans_b[j], pooling)
+            v = reference_word_embedding(states_b, *spans_b[j], pooling)
             for layer in range(layers):
                 norm = max(np.linalg.norm(u[layer]), COS_EPS) * max(np.linalg.norm(v[layer]), COS_EPS)
                 c[layer, i, j] = np.dot(u[layer], v[layer]) / norm
@@ -297,7 +413,19 @@ def reference_wordalign(
 
 
 def reference_word_plan(
-    states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, *, pooling, weights, epsilon
+    states_a,
+    n_frames_a,
+    spans_a,
+    n_words_a,
+    states_b,
+    n_frames_b,
+    spans_b,
+    n_words_b,
+    standardise=None,
+    *,
+    pooling,
+    weights,
+    epsilon,
 ) -> np.ndarray:
     """NumPy twin of ``word_plan`` for one pair: f64[layer, word_a, word_b], the float64 log-domain Sinkhorn of
     ``kernels.ot`` on the valid words (padding rows and columns 0)."""
@@ -305,7 +433,8 @@ def reference_word_plan(
     na, nb = int(n_words_a), int(n_words_b)
 
     def side(states, n_frames, spans, n):
-        emb = np.stack([reference_word_embedding(states[:, : int(n_frames)], *spans[i], pooling) for i in range(n)])
+        states = reference_standardised(states[:, : int(n_frames)], standardise)
+        emb = np.stack([reference_word_embedding(states, *spans[i], pooling) for i in range(n)])
         emb = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), COS_EPS)  # [word, layer, embed]
         w = np.ones(n) if weights == "uniform" else np.array([spans[i][1] - spans[i][0] for i in range(n)], float)
         return emb, w / w.sum()

@@ -40,16 +40,39 @@ def test_wordalign_vs_reference(pooling, poison):
     (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=5, layers=3, frames=40, words=7, embed=16, poison=poison)
     wa.check_spans("spans_a", sa, na, fa)
     wa.check_spans("spans_b", sb, nb, fb)
-    for threshold in (-np.inf, 0.1):
-        got = wa.wordalign_pairs(A, fa, sa, na, B, fb, sb, nb, np.float32(threshold), pooling=pooling)
+    # A rogue dimension (large mean and spread) that the standardised cosine must divide out.
+    A[..., 3] = A[..., 3] * 8 + 30
+    B[..., 3] = B[..., 3] * 8 + 30
+    standardise = wa.layer_standardisation([*A, *B], [*fa, *fb])
+    for threshold, std in ((-np.inf, None), (0.1, None), (-np.inf, standardise), (0.1, standardise)):
+        got = wa.wordalign_pairs(A, fa, sa, na, B, fb, sb, nb, np.float32(threshold), std, pooling=pooling)
         assert got.cosine.shape == got.mutual.shape == (5, 3, 7, 7) and got.cosine.dtype == jnp.float32
         for p in range(5):
             c, m = wa.reference_wordalign(
-                A[p], fa[p], sa[p], na[p], B[p], fb[p], sb[p], nb[p], threshold, pooling=pooling
+                A[p], fa[p], sa[p], na[p], B[p], fb[p], sb[p], nb[p], threshold, std, pooling=pooling
             )
             np.testing.assert_allclose(got.cosine[p], c, atol=1e-5, rtol=0)  # -inf on padding words, equal too
             np.testing.assert_array_equal(got.mutual[p], m)
             assert np.asarray(got.mutual[p]).sum(axis=-1).max() <= 1  # a word is in at most one pair
+
+
+def test_layer_standardisation_is_numpy_over_the_valid_frames():
+    rng = np.random.default_rng(8)
+    states = [rng.standard_normal((2, f, 5)).astype(np.float32) * 3 + 7 for f in (9, 12, 4)]
+    n_frames = [9, 5, 4]
+    states[1][:, 5:] = np.nan  # padding: never read
+    for x in states:
+        x[1, :, 2] = 0.25  # a dimension that does not vary at layer 1: dropped, not divided by ~0
+    got = wa.layer_standardisation(states, n_frames)
+    valid = np.concatenate([x[:, :n] for x, n in zip(states, n_frames, strict=True)], axis=1).astype(np.float64)
+    np.testing.assert_allclose(got.mean, valid.mean(axis=1), rtol=1e-6)
+    std = valid.std(axis=1)
+    assert std[1, 2] == 0
+    want = np.divide(1, std, out=np.zeros_like(std), where=std > 0)
+    np.testing.assert_allclose(got.scale, want, rtol=1e-6)
+    assert got.mean.dtype == got.scale.dtype == np.float32
+    with pytest.raises(ShapeError, match=r"n_frames\[1\] = 13"):
+        wa.layer_standardisation(states, [9, 13, 4])
 
 
 def test_mutual_best_is_a_permutation_for_shuffled_words():
@@ -80,17 +103,18 @@ def test_check_spans_names_the_fix():
 # Soft alignment: the OT plan between words (issue 17, part 3).
 
 
-@pytest.mark.parametrize("pooling, weights", [("centre", "uniform"), ("mean", "duration")])
-def test_word_plan_vs_reference_and_pot(pooling, weights):
+@pytest.mark.parametrize("pooling, weights, standardised", [("centre", "uniform", False), ("mean", "duration", True)])
+def test_word_plan_vs_reference_and_pot(pooling, weights, standardised):
     ot = pytest.importorskip("ot")  # POT, in the test extra
     rng = np.random.default_rng(zlib.crc32(f"plan{pooling}{weights}".encode()))
     (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=4, layers=2, frames=30, words=6, embed=16, poison=np.nan)
     config = kot.OtConfig()
-    got = wa.word_plan_pairs(A, fa, sa, na, B, fb, sb, nb, pooling=pooling, weights=weights, config=config)
+    std = wa.layer_standardisation([*A, *B], [*fa, *fb]) if standardised else None
+    got = wa.word_plan_pairs(A, fa, sa, na, B, fb, sb, nb, std, pooling=pooling, weights=weights, config=config)
     assert got.plan.shape == (4, 2, 6, 6) and bool(np.all(got.converged))
     for p in range(4):
         want = wa.reference_word_plan(
-            A[p], fa[p], sa[p], na[p], B[p], fb[p], sb[p], nb[p], pooling=pooling, weights=weights,
+            A[p], fa[p], sa[p], na[p], B[p], fb[p], sb[p], nb[p], std, pooling=pooling, weights=weights,
             epsilon=config.epsilon,
         )  # fmt: skip
         plan = np.asarray(got.plan[p], np.float64)
@@ -101,12 +125,10 @@ def test_word_plan_vs_reference_and_pot(pooling, weights):
             np.testing.assert_allclose(plan[layer].sum(1), wa_, atol=1e-5, rtol=0)  # marginals (issue 17: 1e-5)
             np.testing.assert_allclose(plan[layer].sum(0), wb_, atol=1e-5, rtol=0)
             np.testing.assert_allclose(plan[layer], want[layer], atol=1e-5, rtol=0)
-            ea = np.stack(
-                [wa.reference_word_embedding(A[p][:, : fa[p]], *sa[p, i], pooling)[layer] for i in range(na[p])]
-            )
-            eb = np.stack(
-                [wa.reference_word_embedding(B[p][:, : fb[p]], *sb[p, j], pooling)[layer] for j in range(nb[p])]
-            )
+            xa = wa.reference_standardised(A[p][:, : fa[p]], std)
+            xb = wa.reference_standardised(B[p][:, : fb[p]], std)
+            ea = np.stack([wa.reference_word_embedding(xa, *sa[p, i], pooling)[layer] for i in range(na[p])])
+            eb = np.stack([wa.reference_word_embedding(xb, *sb[p, j], pooling)[layer] for j in range(nb[p])])
             cost = (
                 1
                 - (ea / np.linalg.norm(ea, axis=1, keepdims=True)) @ (eb / np.linalg.norm(eb, axis=1, keepdims=True)).T
