@@ -15,6 +15,11 @@ them (column ``mutual``) for the comparison in the summary. Each pair gets
 - a paired random baseline: for the pair (a_i, b_j), a random word b_k of the same utterance pair, k != j, drawn
   with a seeded RNG per (languages, layer, pooling, utterance pair), with the same two measures.
 
+With ``standardise="layer"`` the cosines (and OT costs) are those of z-scored states: per (language pair, layer),
+the mean and std of each embedding dimension over every valid frame (``[0, n_frames)``) of every utterance the unit
+reads, both languages, each utterance once (``kernels.wordalign.layer_standardisation``); the default ``"none"`` is
+the paper's plain cosine.
+
 The summary compares matched (mutual best pairs, or OT links with ``alignment="ot"``) with random by
 ``scipy.stats.ttest_rel`` over the parallel pairs (rank 0) whose two values are both defined; with OT it also counts
 one-to-many links and gives the means of OT-only links beside those of mutual best pairs.
@@ -55,10 +60,19 @@ from engine.stores.kv import create_or_compare, open_kvstore, read_value, write_
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
 from kernels.ot import OtConfig
-from kernels.wordalign import OT_MASS, POOLINGS, WORD_WEIGHTS, check_spans, plan_links, word_plan_pairs, wordalign_pairs
+from kernels.wordalign import (
+    OT_MASS,
+    POOLINGS,
+    WORD_WEIGHTS,
+    check_spans,
+    layer_standardisation,
+    plan_links,
+    word_plan_pairs,
+    wordalign_pairs,
+)
 
 FORMAT_NAME = "babelgrid-interp"
-FORMAT_VERSION = 2  # 2: alignment (mutual | ot) and the columns mutual, ot_link, mass, share
+FORMAT_VERSION = 3  # 2: alignment (mutual | ot) and the columns mutual, ot_link, mass, share; 3: standardise
 MANIFEST = "interp.json"
 SUMMARY = "summary.csv"
 PAIRS = "pairs.parquet"
@@ -75,8 +89,10 @@ MANIFEST_FIELDS = (
     "seed",
     "alignment",
     "ot",
+    "standardise",
 )
 ALIGNMENTS = ("mutual", "ot")
+STANDARDISATIONS = ("none", "layer")  # cosine of the states as they are | z-scored per (language pair, layer)
 PAIR_COLUMNS = (
     "id_a", "id_b", "rank", "layer", "pooling", "word_index_a", "word_a", "word_index_b", "word_b", "cosine",
     "text_similarity", "phone_distance", "word_index_random", "word_random", "cosine_random",
@@ -118,12 +134,14 @@ class InterpConfig:
     ot: OtConfig = OtConfig()  # Sinkhorn options of alignment="ot" (epsilon in units of 1 - cos)
     ot_weights: str = "uniform"  # word weights of the plan: uniform | duration (frames)
     ot_mass: float = OT_MASS  # lowest share of the smaller word's mass that an OT link carries
+    standardise: str = "none"  # none (plain cosine, the paper's) | layer (z-score per language pair and layer)
     progress: bool | None = None
     break_lease: bool = False
 
     def __post_init__(self):
         check_choice("alignment", self.alignment, ALIGNMENTS)
         check_choice("ot_weights", self.ot_weights, WORD_WEIGHTS)
+        check_choice("standardise", self.standardise, STANDARDISATIONS)
         if not 0 < self.ot_mass <= 1:
             raise InterpError(f"ot_mass must be in (0, 1] (a share of the smaller word's mass), got {self.ot_mass}")
         for p in self.poolings:
@@ -255,11 +273,24 @@ def _rng(seed: int, *parts) -> np.random.Generator:
     return np.random.default_rng([seed, *(zlib.crc32(str(p).encode()) for p in parts)])
 
 
+def _standardisation(A, B, states, standardise: str):
+    """None, or the z-scoring of one unit: every valid frame of every utterance it reads, both languages."""
+    if standardise == "none":
+        return None
+    xs, lengths = [], []
+    for L, (X, index) in ((A, states[0]), (B, states[1])):
+        for uid, n in index.items():
+            xs.append(X[n][None])  # [layer=1, frame, embed]
+            lengths.append(min(L.n_frames[uid], X.shape[1]))
+    return layer_standardisation(xs, lengths)
+
+
 def _unit_rows(A, B, layer, pairs, states, config, phone_cache, summary) -> dict[str, list]:
     """The rows of one (language pair, layer) unit: mutual best pairs, and with alignment="ot" the OT links too."""
     (Xa, idx_a), (Xb, idx_b) = states
     out = {c: [] for c in PAIR_COLUMNS}
     threshold = np.float32(-np.inf if config.threshold is None else config.threshold)
+    standardise = _standardisation(A, B, states, config.standardise)
     for first in range(0, len(pairs), PAIR_BLOCK):
         block = pairs[first : first + PAIR_BLOCK]
         ids_a, ids_b = [p[0] for p in block], [p[1] for p in block]
@@ -273,13 +304,14 @@ def _unit_rows(A, B, layer, pairs, states, config, phone_cache, summary) -> dict
         check_spans("spans_a", sa, na, fa)
         check_spans("spans_b", sb, nb, fb)
         for pooling in config.poolings:
-            got = wordalign_pairs(xa, fa, sa, na, xb, fb, sb, nb, threshold, pooling=pooling)
+            got = wordalign_pairs(xa, fa, sa, na, xb, fb, sb, nb, threshold, standardise, pooling=pooling)
             cosine, mutual = np.asarray(got.cosine[:, 0]), np.asarray(got.mutual[:, 0])
             ot = None
             if config.alignment == "ot":
                 plan = word_plan_pairs(
-                    xa, fa, sa, na, xb, fb, sb, nb, pooling=pooling, weights=config.ot_weights, config=config.ot
-                )
+                    xa, fa, sa, na, xb, fb, sb, nb, standardise, pooling=pooling, weights=config.ot_weights,
+                    config=config.ot,
+                )  # fmt: skip
                 share, links = plan_links(plan.plan[:, 0], plan.weight_a, plan.weight_b, config.ot_mass)
                 ot = (np.asarray(plan.plan[:, 0]), share, links, np.asarray(plan.converged[:, 0]))
             for p, (id_a, id_b, rank) in enumerate(block):
@@ -498,6 +530,7 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
         ot=dict(dataclasses.asdict(config.ot), weights=config.ot_weights, mass=config.ot_mass)
         if config.alignment == "ot"
         else None,
+        standardise=config.standardise,
     )
     create_or_compare(kv, MANIFEST, manifest, config.out, fields=MANIFEST_FIELDS, error=InterpError, what="interp run")
     summary = InterpSummary()

@@ -5,6 +5,7 @@
     python -m jobs.interp --store S --words W --out O --pairs en:* --layers 4-6 --pooling centre,mean \
         --retrieved 5 --similarity /tmp/demo-sim
     python -m jobs.interp --store S --words W --out O --pairs en:de --alignment ot --ot_weights duration
+    python -m jobs.interp --store S --words W --out O --pairs en:de --standardise layer
 
 --words is the align job's --out. Re-running with the same --out resumes per (language pair, layer). Output
 layout and method: engine/interp.py and docs/interp.md; analyst reader: engine/stores/interp.py.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.interp import ALIGNMENTS, InterpConfig, run_interp
+from engine.interp import ALIGNMENTS, STANDARDISATIONS, InterpConfig, run_interp
 from jobs import common
 from kernels.ot import OT_EPSILON, OT_MAX_ITERATIONS, OT_THRESHOLD, OtConfig
 from kernels.wordalign import OT_MASS, WORD_WEIGHTS
@@ -41,6 +42,10 @@ flags.DEFINE_integer("ot_iterations", OT_MAX_ITERATIONS, "ot alignment: most Sin
 flags.DEFINE_float("ot_threshold", OT_THRESHOLD, "ot alignment: stop at this L1 error of the plan's row marginal")
 flags.DEFINE_enum("ot_weights", "uniform", WORD_WEIGHTS, "ot alignment: word weights, uniform or by duration (frames)")
 flags.DEFINE_float("ot_mass", OT_MASS, "ot alignment: lowest share of the smaller word's mass a link carries")
+flags.DEFINE_enum("standardise", "none", STANDARDISATIONS, "none: cosine of the states as they are (the paper's); "
+                  "layer: z-score each embedding dimension over the valid frames of the utterances of each "
+                  "(language pair, layer) first, so that a few high-variance dimensions do not dominate "
+                  "(docs/interp.md)")  # fmt: skip
 common.define_run_flags(strict=True)
 FLAGS = flags.FLAGS
 

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import ttest_rel
 
-from engine.data.audio import SAMPLE_RATE, load_audio
+from engine.data.audio import SAMPLE_RATE, encoder_frames, load_audio
 from engine.encode import EncodeConfig, run_encode
 from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.stores.interp import read_pairs, read_summary
@@ -28,7 +28,7 @@ from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from engine.stores.schema import StoreInfo, UtteranceRow
 from engine.stores.words import WORD_SCHEMA
-from kernels.wordalign import wordalign
+from kernels.wordalign import layer_standardisation, wordalign
 from tests.conftest import TINY_DIMS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -269,6 +269,42 @@ def test_ot_alignment_through_flags_on_planted_words(tmp_path):
     assert refused.returncode != 0 and "alignment" in refused.stderr
 
 
+def test_standardised_cosines_through_flags(tmp_path):
+    """--standardise layer: each row's cosine is that of the words z-scored with the mean and std of every valid
+    frame of the unit's utterances, both languages (computed here with NumPy); a plain rerun is refused."""
+    store, words, expected = planted_store(tmp_path)
+    out = tmp_path / "interp"
+    args = ("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de", "--pooling", "mean")
+    run_job(*args, "--standardise", "layer")
+    pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
+    reader = open_store(str(store))
+    frames, spans = {}, {}
+    for lang in ("en", "de"):
+        x, lengths = reader.language_layer(lang, 1, dtype=np.float32)
+        ids = reader.utterances_table(lang).to_pydict()["id"]
+        frames[lang] = {uid: x[u, : lengths[u]].astype(np.float64) for u, uid in enumerate(ids)}
+        table = pd.read_parquet(words / lang / "words.parquet")
+        spans[lang] = {
+            (r.id, r.word_index): (round(r.start * 50), round(r.end * 50)) for r in table.itertuples(index=False)
+        }
+    every = np.concatenate([x for lang in frames for x in frames[lang].values()])
+    mean, std = every.mean(axis=0), every.std(axis=0)
+
+    def word(lang, uid, index):
+        s, e = spans[lang][uid, index]
+        return ((frames[lang][uid][s:e] - mean) / std).mean(axis=0)
+
+    for r in pairs.itertuples(index=False):
+        u, v = word("en", r.id_a, r.word_index_a), word("de", r.id_b, r.word_index_b)
+        np.testing.assert_allclose(r.cosine, u @ v / np.linalg.norm(u) / np.linalg.norm(v), atol=1e-5)
+    for uid, g in pairs.groupby("id_a"):
+        # Mutual best keeps one German copy of the concept said twice: a subset of the planted links.
+        assert set(zip(g["word_index_a"], g["word_index_b"], strict=True)) <= set(expected[uid])
+        assert len(g) == 3
+    refused = run_job(*args, check=False)  # the plain cosine into the same folder: another run
+    assert refused.returncode != 0 and "standardise" in refused.stderr
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Known answer on real speech.
 
@@ -305,25 +341,29 @@ def test_known_permutation_of_spoken_words(order_b):
     for order in (KNOWN_WORDS, order_b):
         audio, spans = concatenated(order, recorded)
         mel, _ = whisper.features(audio)
-        states.append((np.asarray(whisper.encode(mel))[:, 0], spans))  # [layer, 1500, embed]
-    (xa, sa), (xb, sb) = states
-    last_block = whisper.dims.n_audio_layer  # L: the last block's output (L+1 is ln_post, see the docs)
+        # [layer, 1500, embed] and the valid frames as the encode job stores them (the audio, not the 30 s window)
+        states.append((np.asarray(whisper.encode(mel))[:, 0], spans, int(encoder_frames(len(audio)))))
+    (xa, sa, fa), (xb, sb, fb) = states
     want = [order_b.index(w) for w in KNOWN_WORDS]
-    # L+1 = ln_post(L) = gamma * standardised(L) + beta. Its gain gamma (0.0-4.0 across dimensions in whisper-base)
-    # weights up dimensions that carry position: at L+1 some words pair with the word in their own slot (measured
-    # over the 5 permutations: 13/15, 5/15, 11/15 words right for centre, mean, max; every error a same-slot
-    # match), see docs/interp.md. With the affine map divided out, L+1 recovers the permutation like L: this
-    # checks that diagnosis, not a tuned fix.
-    ln = whisper.model.encoder.ln_post
-    gain, bias = np.asarray(ln.scale[...]), np.asarray(ln.bias[...])
-    final = [(x[last_block + 1] - bias) / gain for x in (xa, xb)]
+
+    def pairs(layer, pooling, standardised):
+        a, b = xa[layer][None], xb[layer][None]
+        # The job's --standardise layer: mean and std per dimension over both utterances' valid frames.
+        std = layer_standardisation([a, b], [fa, fb]) if standardised else None
+        got = wordalign(a, fa, sa, 3, b, fb, sb, 3, -np.inf, std, pooling=pooling)
+        return np.nonzero(np.asarray(got.mutual[0]))
+
+    final = whisper.dims.n_audio_layer + 1  # L+1: the encoder's output, after ln_post
     for pooling in ("centre", "mean", "max"):
-        for a, b in ((xa[last_block], xb[last_block]), final):
-            got = wordalign(a[None], 1500, sa, 3, b[None], 1500, sb, 3, pooling=pooling)
-            i, j = np.nonzero(np.asarray(got.mutual[0]))
-            assert list(i) == [0, 1, 2] and list(j) == want, (pooling, i, j)
+        # At the final layer the plain cosine is dominated by a few dimensions that ln_post's gain (0-4 in
+        # whisper-base) weights up and that carry position (measured in docs/interp.md: 13, 5, 11 of 15 words right
+        # over the 5 permutations); z-scored per dimension, every pooling recovers the permutation.
+        i, j = pairs(final, pooling, standardised=True)
+        assert list(i) == [0, 1, 2] and list(j) == want, ("L+1 standardised", pooling, i, j)
+        # L (the last block's output, before ln_post) recovers it with the plain cosine as well.
+        i, j = pairs(final - 1, pooling, standardised=False)
+        assert list(i) == [0, 1, 2] and list(j) == want, ("L plain", pooling, i, j)
     # Layer 0 (convolutions and positions) pairs words by position, not identity: the control that says the test
     # can fail.
-    got = wordalign(xa[:1], 1500, sa, 3, xb[:1], 1500, sb, 3, pooling="centre")
-    i, j = np.nonzero(np.asarray(got.mutual[0]))
+    i, j = pairs(0, "centre", standardised=False)
     assert list(j) == [0, 1, 2]
