@@ -7,6 +7,10 @@ r"""Word timestamps (start, end, probability of every word) for the utterances o
 The store's final encoder layer is the decoder's input: no audio is read. --model must be the store's model (the
 default is the packaged whisper-base, the encode job's default). Re-running with the same --out resumes. Output
 layout: engine/stores/words.py and BUILD.md; library: engine/align.py and engine/whisper/timing.py.
+
+Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
+--process_id); the processes claim part files one at a time through claim keys in --out; a dead process's claims
+expire after --claim_ttl seconds and the others take them. Process 0 merges the parts at the end.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Early exit and zero-shot ASR / speech translation: decode every utterance of a layer store from chosen encoder
+r"""Early exit and zero-shot ASR / speech translation: decode every utterance of a layer store from chosen encoder
 layers, and score it (WER, CER, BLEU, chrF).
 
     python -m jobs.decode --store /tmp/demo-store --out /tmp/demo-decode --layers 2-7 --tasks transcribe,translate
@@ -9,6 +9,10 @@ The encoder is recomputed up to each layer from the audio the store's utterance 
 only source: exact, since the decoder also attends to the window's padding frames, which the store does not keep).
 --model must be the store's model. Re-running with the same --out resumes per (language, layer, ln_post, task,
 decoding) part. Output layout: engine/stores/hypotheses.py and BUILD.md; library: engine/decode.py.
+
+Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
+--process_id); the processes claim (language, layer, ln_post) units one at a time through claim keys in --out; a dead
+process's claims expire after --claim_ttl seconds and the others take them. Process 0 merges the parts at the end.
 """
 
 from __future__ import annotations
