@@ -259,6 +259,8 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
         return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
     cc = min(len(vs), most)  # a tile: rr rows x cc columns of the grid us x vs
     rr = max(1, min(len(us), most // cc, -(-len(us) * len(vs) // (workers * cc))))
+    # A divisor of the rows, if one is at least half as large, leaves no padded tile (and no gather below).
+    rr = max([d for d in range(-(-rr // 2), rr + 1) if len(us) % d == 0] or [rr])
     tiles = [(r, c) for r in range(0, len(us), rr) for c in range(0, len(vs), cc)]
 
     def tile(rc):
@@ -269,6 +271,8 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
     flat = jnp.concatenate(_on_cores(tile, tiles, min(workers, len(tiles))))
     col_tiles = -(-len(vs) // cc)
     position = ((at_u // rr) * col_tiles + at_v // cc) * (rr * cc) + (at_u % rr) * cc + at_v % cc
+    if len(position) == flat.shape[0] and np.array_equal(position, np.arange(len(position))):
+        return flat  # the pairs are the grid in row-major order (ot_similarity_matrix), tiles without padding
     return flat[position]
 
 
