@@ -16,6 +16,11 @@ Two floors, timed in the same rounds, bound what any kernel of this design can r
 jitted pass over the states of the block (``jnp.sum``: the bytes that mean and max must read), and ``cosine``, the
 batched word cosine product alone on pooled words (what centre must compute). ``loop / floor`` is the most a
 kernel could gain over the NumPy loop.
+
+A third contender, ``primitive``, times the one XLA operation each pooling cannot do without, alone, on both sides
+of the block: for mean and max the segment reduction of the states (``jax.ops.segment_sum`` / ``segment_max`` with
+the word of each frame computed on the host), for centre the gather of the centre frames plus the cosine product.
+``kernel / primitive`` near 1 says the kernel costs what that primitive costs on this backend.
 """
 
 from __future__ import annotations
@@ -39,17 +44,28 @@ RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
 FRAMES, EMBED = 750, 512
 NOTES = """\
 Reading the table (goal >= 20x over the NumPy loop: **not met on this CPU, and out of reach of any kernel here**):
-- The last column bounds it, measured in the same rounds: a kernel that only read the states once (mean, max) or
-  only computed the batched word cosines (centre) would gain 3-8x over the NumPy loop, not 20x. The loop is
-  already within that factor of the machine: it reads the same bytes with the same BLAS, and its Python
-  overhead per pair is of the order of that memory time.
-- Where the kernel loses to the loop: XLA's CPU scatter. Mean and max pooling are segment reductions
-  (``jax.ops.segment_sum`` / ``segment_max``) that take ~14x one read of the states. Tried, on 64 pairs in
-  interleaved rounds (load ~22 on 2 cores): sorted segment ids (``indices_are_sorted``, gap frames folded into
-  the previous word with a neutral value) 650 -> 631 ms (mean), 906 -> 782 ms (max), bitwise equal, not kept (within
-  the noise of a loaded machine; the code reads less plainly); pooling as a word x frame matrix product 1476 ms
-  (slower); earlier (see the kernel's docstring) a window of the longest word (8x slower) and a segmented
-  associative scan (3x slower).
+- What bounds it, from this run: the floor column. A kernel that only computed the batched word cosines (centre)
+  or only read the states once (mean, max) would gain at most 1.8x, 5.8x and 6.9x over the NumPy loop, not 20x:
+  the loop reads the same bytes with BLAS and NumPy's memcpy-speed indexing.
+- Where the kernel is: at the speed of the one XLA operation each pooling needs (last column, 1.3x for every
+  pooling). Mean and max are segment reductions, and XLA's CPU scatter runs at ~1 GB/s, 12-14x one read of the
+  states (segment 677-747 ms against read 55-56 ms above); centre is a gather of the centre frames (XLA CPU
+  gathers rows at 0.4-1.8 us per 2 KB row, measured for 6,400 and 147,000 rows) plus the cosine product.
+- Tried this session to replace the scatter (scripts outside the repo, 128-pair blocks of one side, minimum of
+  5-7 interleaved rounds, load 8-12): pooling as a [word, frame] 0/1 matrix product 570 ms vs 226 ms segment_sum;
+  prefix sums in 8-32-frame blocks (a triangular matrix product inside each block plus block offsets, the
+  difference taken at word boundaries) 623-712 vs 313 ms; jnp.cumsum difference 956 vs 252 ms (XLA CPU lowers
+  cumsum to an associative scan); a sequential lax.scan over frames with a reset at each word start 391 vs 252 ms
+  (mean), 423 vs 211 ms (max); word-aligned 16-frame windows (gather, masked reduce, combine) 271-314 vs 178 ms
+  (mean), 758-827 vs 222 ms (max); scatter variants (sorted indices, promise_in_bounds or clip mode, scattering
+  straight into [layer, word, embed] without the masked copy of the states): all within the noise. A scatter
+  whose updates are 90% out of range (dropped) costs the same as a full one: the cost is per update element.
+- Centre's fused kernel is the sum of its jitted parts on this machine (minimum of 15 interleaved rounds at 256
+  pairs: 13.5 ms fused, 12.8 ms as two jitted calls, embeddings 5.3 ms for both sides + cosines and mutual mask
+  6.0 ms); the earlier 3-5x gap between the fused kernel and its parts was not reproduced. Under load its ~8
+  intra-op-parallel fusions each wait for a second thread: at 64 pairs, kernel / primitive 3.4x with XLA's default
+  threads against 1.8x with XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" (kernel /
+  loop 0.5x -> 0.9x); a setting of the machine, not of the kernel, so not kept.
 - On a GPU the goal is met (section below: 21-288x).
 - The machine was shared with other engineers' tests (load average above, 2 cores): medians of interleaved
   rounds, so load hits every contender alike; absolute rates are low, ratios are the result.
@@ -75,6 +91,16 @@ def make_side(rng, pairs, max_words):
         bounds = np.concatenate([[0], cuts, [n_frames[p]]])
         spans[p, : n_words[p]] = np.stack([bounds[:-1], bounds[1:]], axis=1)
     return states, n_frames, spans, n_words
+
+
+def frame_words(side) -> np.ndarray:
+    """i32[pair, frame]: the word of each frame, ``words`` (a segment that is dropped) for frames of no word."""
+    states, _, spans, n_words = side
+    words = np.full(states.shape[0::2], spans.shape[1], np.int32)
+    for p in range(states.shape[0]):
+        for w, (s, e) in enumerate(spans[p, : n_words[p]]):
+            words[p, s:e] = w
+    return words
 
 
 def numpy_pair(xa, sa, xb, sb, pooling):
@@ -112,12 +138,36 @@ def main() -> None:
     pooled = [jax.device_put(rng.standard_normal((args.pairs, 1, args.words, EMBED), dtype=np.float32)) for _ in "ab"]
     sum_states = jax.jit(lambda a, b: jnp.sum(a) + jnp.sum(b))
     products = jax.jit(lambda a, b: jnp.einsum("plie,plje->plij", a, b, precision=jax.lax.Precision.HIGHEST))
+    segments = [jax.device_put(frame_words(side)) for side in (A, B)]
+    reductions = {
+        pooling: jax.jit(
+            lambda a, b, sa, sb, op=op: (
+                jax.vmap(lambda x, s: op(x[0], s, num_segments=args.words + 1))(a, sa),
+                jax.vmap(lambda x, s: op(x[0], s, num_segments=args.words + 1))(b, sb),
+            )
+        )
+        for pooling, op in (("mean", jax.ops.segment_sum), ("max", jax.ops.segment_max))
+    }
+    centres = [jax.device_put(((s[..., 0] + s[..., 1]) // 2).astype(np.int32)) for s in (A[2], B[2])]
+    gather_cosine = jax.jit(
+        lambda a, b, ca, cb: jnp.einsum(
+            "pie,pje->pij",
+            jax.vmap(lambda x, c: jnp.take(x[0], c, axis=0))(a, ca),
+            jax.vmap(lambda x, c: jnp.take(x[0], c, axis=0))(b, cb),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+    )
 
     def read():
         jax.block_until_ready(sum_states(device[0], device[4]))
 
     def cosine():
         jax.block_until_ready(products(*pooled))
+
+    def primitive_of(pooling):
+        if pooling == "centre":
+            return lambda: jax.block_until_ready(gather_cosine(device[0], device[4], *centres))
+        return lambda: jax.block_until_ready(reductions[pooling](device[0], device[4], *segments))
 
     for pooling in wa.POOLINGS:
 
@@ -135,7 +185,8 @@ def main() -> None:
             _, m = numpy_pair(A[0][p], spans_a[p], B[0][p], spans_b[p], pooling)
             assert (np.asarray(got.mutual[p, 0, : A[3][p], : B[3][p]]) == m).all(), (pooling, p)
         floor = read if pooling != "centre" else cosine
-        med = interleaved({"kernel": kernel, "loop": loop, "floor": floor}, args.repeats)
+        contenders = {"kernel": kernel, "loop": loop, "floor": floor, "primitive": primitive_of(pooling)}
+        med = interleaved(contenders, args.repeats)
         n = args.reference_pairs
         start = time.perf_counter()
         for p in range(n):
@@ -146,7 +197,8 @@ def main() -> None:
             f"| {pooling} | {rate['kernel']:,.0f} | {rate['loop']:,.0f} | {rate['reference']:,.0f} | "
             f"**{rate['kernel'] / rate['loop']:.1f}x** | {rate['kernel'] / rate['reference']:.0f}x | "
             f"{'read' if pooling != 'centre' else 'cosine'} {med['floor'] * 1e3:.1f} ms: "
-            f"{med['loop'] / med['floor']:.1f}x |"
+            f"{med['loop'] / med['floor']:.1f}x | {'gather + cosine' if pooling == 'centre' else 'segment ' + pooling} "
+            f"{med['primitive'] * 1e3:.1f} ms: {med['kernel'] / med['primitive']:.1f}x |"
         )
         print(lines[-1], flush=True)
     load = (
@@ -163,8 +215,9 @@ def main() -> None:
             f"({word_pairs:,} word pairs), one layer; median of {args.repeats} interleaved rounds",
             "",
             "| pooling | kernel word pairs/s | NumPy loop word pairs/s | reference word pairs/s | kernel / loop "
-            "(goal >= 20x) | kernel / reference | floor: loop / floor (most a kernel could gain) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+            "(goal >= 20x) | kernel / reference | floor: loop / floor (most a kernel could gain) | XLA primitive: "
+            "kernel / primitive |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
             *lines,
             "",
             NOTES,

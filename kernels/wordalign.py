@@ -141,8 +141,10 @@ def word_embeddings(states: jax.Array, n_frames, spans: jax.Array, n_words, pool
 
     mean and max are segment reductions over the frames (each frame belongs to at most one word): work is
     frame x embed whatever the words' lengths, and sums run within a word only (no cancellation, as a difference
-    of prefix sums would have). Tried and slower on XLA's CPU backend (bench/wordalign.py): a window of the longest
-    word's width for every word (word x width x embed, 8x slower) and a segmented associative scan (3x slower).
+    of prefix sums would have). On XLA's CPU backend the scatter behind them costs ~12x one read of the states;
+    every replacement tried was slower or no faster (bench/wordalign.py's notes: a word x frame 0/1 matrix
+    product, blocked prefix sums, cumsum, a sequential scan with resets, word-aligned windows, a segmented
+    associative scan, sorted or in-bounds scatter modes).
     """
     layers, frames, _ = states.shape
     words = spans.shape[0]
