@@ -120,7 +120,8 @@ class Plan:
             row = f"  {s.name:<22}{flops(s.flops):>11}{size(s.bytes_read):>11}{size(s.bytes_written):>11}"
             row += f"{duration(s.seconds_here):>11}"
             if self.device:
-                row += f"{duration(s.seconds_device or 0.0):>11}"
+                # A stage the device model cannot estimate (dtw, ot) says so instead of showing 0.
+                row += f"{'n/a' if s.seconds_device is None else duration(s.seconds_device):>11}"
             lines.append(row)
         total = Stage("total", *(sum(getattr(s, f) for s in self.stages) for f in ("flops", "bytes_read")), 0, 0)
         row = f"  {'total':<22}{flops(total.flops):>11}{size(total.bytes_read):>11}"
@@ -161,7 +162,9 @@ def duration(seconds: float) -> str:
         return f"{seconds:.1f} s"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 10_000 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / (365.25 * 86400):,.1f} y"  # CPU estimates of a whole-FLEURS grid: hours overflow the column
 
 
 def _timed(fn, *args, repeats: int = 2) -> float:
@@ -458,7 +461,9 @@ def plan_seqsim(
         # The run compiles as the calibration did (once per tile shape; counted once).
         stages.append(Stage(m, 2.0 * d * cells, read_here, float(written), cells / cell_rates[m] + compile_s, None))
     if pooled:
-        stages.append(Stage(",".join(pooled), 0.0, 0.0 if stages else float(read), float(written) * len(pooled), 0.0))
+        pooled_read = 0.0 if stages else float(read)
+        no_time = None if device is None else 0.0
+        stages.append(Stage(",".join(pooled), 0.0, pooled_read, float(written) * len(pooled), 0.0, no_time))
     calib_s = time.perf_counter() - t0
 
     platform = jax.devices()[0].platform
@@ -504,8 +509,8 @@ def plan_seqsim(
         f"of 256 frames"
     )
     calibration += "".join(
-        f"; {m} at {r / 1e6:.1f} M cells/s on {CALIBRATION_UTTERANCES} x {CALIBRATION_UTTERANCES} utterances of the "
-        "store"
+        f"; {m} at {r / 1e6:.1f} M cells/s on a sample of {CALIBRATION_UTTERANCES} x {CALIBRATION_UTTERANCES} "
+        "utterances"
         for m, r in cell_rates.items()
     )
     calibration += f" (calibration took {calib_s:.1f} s)"

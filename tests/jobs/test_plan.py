@@ -104,7 +104,7 @@ def test_seqsim_plan_counts_dtw_and_ot(store, tmp_path):
     """dtw and ot are stages of their own, timed on the store's states; their cells are N*M*m*n per pair and layer,
     frames cropped to each language's longest."""
     config = SimilarityConfig(store=store, out=str(tmp_path / "s"), measures=("seqsim", "dtw", "ot", "mean"))
-    plan = plan_lib.plan_for(config, None)
+    plan = plan_lib.plan_for(config, "h100")
     reader = open_store(store)
     en, de = (np.asarray(reader.lengths(lang)) for lang in ("en", "de"))
     d, layers = reader.info.dims.n_audio_state, len(reader.info.layers)
@@ -114,6 +114,9 @@ def test_seqsim_plan_counts_dtw_and_ot(store, tmp_path):
     for name in ("dtw", "ot"):
         assert stages[name].flops == 2.0 * d * cells and stages[name].seconds_here > 0, name
         assert f"{name} at" in plan.render()
+        # Not estimated on --plan_device: the device column says so rather than 0.
+        row = next(line for line in plan.render().splitlines() if line.strip().startswith(f"{name} "))
+        assert stages[name].seconds_device is None and row.endswith("n/a"), row
     assert "4 matrices per pair and layer" in plan.render()
     assert not (tmp_path / "s").exists()
 
