@@ -8,7 +8,15 @@ table and figure ``lang_a`` is the query language and ``lang_b`` the searched on
 Before scoring, utterances that were not encoded when a matrix was computed are dropped and counted (``dropped_a``,
 ``dropped_b``): the similarity store's done marker records which rows and columns each matrix scored. Queries whose
 id has no partner among the remaining columns are excluded and counted by ``kernels.metrics.retrieval_metrics``
-(``excluded``). Writes::
+(``excluded``).
+
+A measure of ``NAN_MEASURES`` (``ot``) writes NaN for a score it could not measure (a pair whose Sinkhorn did not
+converge, listed as ``nonconverged`` in the done marker). A query holding such a score among the scored columns
+cannot be ranked (where its unknown candidate would land is unknown), so it is left out of that (direction, layer,
+measure) and counted (``unranked``), with a warning naming the remedy; the same pair leaves out the other query in
+the other direction. Every query is then counted once: ``queries + excluded + unranked + dropped_a`` = the query
+language's utterances. NaN or inf among scored utterances of any other measure, or inf in ``ot``, is a damaged
+store: ``RetrievalError``. Writes::
 
     OUT/retrieval.csv                    one row per (lang_a, lang_b, layer, measure, metric)
     OUT/figures/retrieval_heatmap.png    R@1, query language x searched language, at one layer, a panel per measure
@@ -57,6 +65,13 @@ CSV_COLUMNS = (
     "excluded",  # encoded query utterances whose id has no partner among lang_b's encoded utterances
     "dropped_a",  # query utterances not encoded (all-NaN row)
     "dropped_b",  # searched utterances not encoded (all-NaN column)
+    "unranked",  # scored query utterances left out because a score of theirs was not measured (ot: not converged)
+)
+# Measures that write NaN for a score they could not measure (ot: Sinkhorn did not converge within its iterations).
+NAN_MEASURES = frozenset({"ot"})
+NAN_REMEDY = (
+    "rerun python -m jobs.seqsim into the same --out with a larger --ot_iterations or --ot_epsilon: it recomputes "
+    "those layers (their markers' options differ)"
 )
 FIGURE_MEASURE = "seqsim"  # measure whose best mean R@1 picks the figure layer
 
@@ -108,6 +123,7 @@ class DirectedScore:
     metrics: RetrievalMetrics
     dropped_a: int  # rows of utterances not encoded
     dropped_b: int  # columns of utterances not encoded
+    unranked: int = 0  # scored queries left out: a score of theirs was not measured (NaN, ot not converged)
 
     def values(self) -> list[tuple[str, float, float]]:
         """(metric name, value, random baseline) for R@k in ks order, then MRR."""
@@ -177,6 +193,9 @@ class RetrievalResult:
                 f"WARNING: {len(tiny)} scores rest on fewer than {TINY_SET} queries (the fewest: {fewest}); each "
                 "query moves R@k by 1/n, so read them as anecdotes"
             )
+        unranked = unranked_summary(self.scores)
+        if unranked:
+            lines.append(f"WARNING: {unranked}")
         unmeasured = unmeasured_pairs(self.scores)
         if unmeasured:
             named = ", ".join(f"{m} {a}->{b}" for m, a, b in unmeasured)
@@ -184,14 +203,15 @@ class RetrievalResult:
         return "\n".join(lines)
 
 
-def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence, scored=None):
+def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence, scored=None, *, measure=None):
     """Keeps the rows and columns of utterances that were scored (done in the layer store when the matrix was made).
 
     scores: f32[N, M]. ``scored``: ``(bool[N], bool[M])`` as the similarity store's done marker records them
     (``SimilarityReader.scored``). Only for matrices written before markers recorded them (``scored=None``) are
     they inferred: a column is dropped when it is NaN on every row, a row when it is NaN on every remaining column.
     Returns (scores f32[n, m], row_ids, col_ids, dropped rows, dropped columns). NaN or inf left among scored
-    utterances is an error: the store is damaged.
+    utterances is an error (the store is damaged), except NaN where ``measure`` is one of ``NAN_MEASURES``: those
+    scores were not measured and are kept as NaN for ``drop_unranked``.
     """
     scores = np.asarray(scores, np.float32)
     if scores.ndim != 2 or scores.shape != (len(row_ids), len(col_ids)):
@@ -206,28 +226,38 @@ def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence, s
         if keep_rows.shape != (len(row_ids),) or keep_cols.shape != (len(col_ids),):
             raise ShapeError(f"scored masks must be bool[{len(row_ids)}] and bool[{len(col_ids)}]")
     kept = scores[np.ix_(keep_rows, keep_cols)]
-    if not np.isfinite(kept).all():
+    bad = np.isinf(kept) if measure in NAN_MEASURES else ~np.isfinite(kept)
+    if bad.any():
+        which = "inf" if measure in NAN_MEASURES else "NaN or inf"
         raise RetrievalError(
-            f"{int((~np.isfinite(kept)).sum())} scores are NaN or inf in rows and columns of encoded utterances. For "
-            "the ot measure these are pairs whose Sinkhorn did not converge (listed as 'nonconverged' in the pair's "
-            "done marker): run python -m jobs.seqsim into the same --out with a larger --ot_iterations or "
-            "--ot_epsilon, which recomputes them. Otherwise the similarity store is damaged or incomplete: recompute "
-            "the pair (python -m jobs.seqsim)"
+            f"{int(bad.sum())} scores{'' if measure is None else f' of measure {measure!r}'} are {which} in rows and "
+            "columns of encoded utterances: the similarity store is damaged or incomplete (only "
+            f"{sorted(NAN_MEASURES)} write NaN, for scores they could not measure): recompute the pair "
+            "(python -m jobs.seqsim; delete its done markers to force it)"
         )
     rows = [r for r, k in zip(row_ids, keep_rows, strict=True) if k]
     cols = [c for c, k in zip(col_ids, keep_cols, strict=True) if k]
     return kept, rows, cols, int((~keep_rows).sum()), int((~keep_cols).sum())
 
 
+def drop_unranked(scores: np.ndarray, row_ids: Sequence) -> tuple[np.ndarray, list, int]:
+    """Leaves out the queries (rows) that hold a NaN score: a candidate whose score is unknown makes the query's
+    ranking unknown. Returns (scores f32[n', m], row_ids, rows left out)."""
+    ranked = ~np.isnan(scores).any(axis=1)
+    rows = [r for r, k in zip(row_ids, ranked, strict=True) if k]
+    return scores[ranked], rows, int((~ranked).sum())
+
+
 def score_matrix(
-    scores, row_ids, col_ids, *, scored=None, ks=DEFAULT_KS, ties="optimistic"
-) -> tuple[RetrievalMetrics, int, int]:
-    """RetrievalMetrics of one f32[N, M] matrix over its scored utterances (``drop_not_encoded``), with the counts
-    of rows and columns left out."""
-    kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids, scored)
+    scores, row_ids, col_ids, *, scored=None, ks=DEFAULT_KS, ties="optimistic", measure=None
+) -> tuple[RetrievalMetrics, int, int, int]:
+    """RetrievalMetrics of one f32[N, M] matrix over its scored utterances (``drop_not_encoded``) and ranked
+    queries (``drop_unranked``), with the counts of rows and columns not encoded and of queries unranked."""
+    kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids, scored, measure=measure)
+    kept, rows, unranked = drop_unranked(kept, rows)
     if not rows or not cols:
-        return unmeasured(ks, excluded=len(rows)), dropped_rows, dropped_cols
-    return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties), dropped_rows, dropped_cols
+        return unmeasured(ks, excluded=len(rows)), dropped_rows, dropped_cols, unranked
+    return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties), dropped_rows, dropped_cols, unranked
 
 
 def resolve_out(similarity: str, out: str | None) -> str:
@@ -264,20 +294,24 @@ def _done(reader, measure: str, query: str, searched: str) -> set[int]:
 def score_subset(matrix, row_ids, col_ids, scored, kept_ids: set, draws: dict, key, config, where, comparison: list):
     """Like ``score_matrix``, on the ids of ``kept_ids`` only; appends the full / challenge / size-matched rows of
     ``where`` = (lang_a, lang_b, layer, measure) to ``comparison``. ``draws[key]``: the random subsets of the pair,
-    drawn at its first scored matrix from the ids shared by its rows and columns, then reused for every layer."""
+    drawn at its first scored matrix from the ids shared by its rows and columns, then reused for every layer. The
+    sets are taken before unranked queries are left out (``drop_unranked``, over all scored columns, as in
+    ``score_matrix``), so that non-converged pairs remove those queries only, never candidates or draws."""
     from engine.analysis import subset
 
-    full, rows, cols, dropped_a, dropped_b = drop_not_encoded(matrix, row_ids, col_ids, scored)
+    measure = where[3]
+    full, rows, cols, dropped_a, dropped_b = drop_not_encoded(matrix, row_ids, col_ids, scored, measure=measure)
     pool = set(rows) & set(cols)
-    if not pool:
-        return unmeasured(tuple(config.ks), excluded=len(rows)), dropped_a, dropped_b
+    full, rows, unranked = drop_unranked(full, rows)
+    if not pool or not rows:
+        return unmeasured(tuple(config.ks), excluded=len(rows)), dropped_a, dropped_b, unranked
     kept = kept_ids & pool
     if key not in draws:
         draws[key] = subset.size_matched_draws(pool, len(kept), config.subset_draws, config.subset_seed, *key)
     compared = subset.compare_subsets(full, rows, cols, kept, draws[key], ks=tuple(config.ks), ties=config.ties)
     n_ids = {"full": len(pool), "challenge": len(kept), "size_matched": len(kept)}
     comparison += subset.comparison_rows(*where, compared, n_ids)
-    return compared["challenge"], dropped_a, dropped_b
+    return compared["challenge"], dropped_a, dropped_b, unranked
 
 
 def compute_scores(reader, config: RetrievalConfig, comparison: list | None = None):
@@ -330,12 +364,18 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
                     matrix, row_ids, col_ids = reader.matrix(measure, query, searched, layer)
                     scored = reader.scored(measure, query, searched, layer)
                     if config.subset is None:
-                        metrics, dropped_a, dropped_b = score_matrix(
-                            matrix, row_ids, col_ids, scored=scored, ks=tuple(config.ks), ties=config.ties
+                        metrics, dropped_a, dropped_b, unranked = score_matrix(
+                            matrix,
+                            row_ids,
+                            col_ids,
+                            scored=scored,
+                            ks=tuple(config.ks),
+                            ties=config.ties,
+                            measure=measure,
                         )
                     else:
                         where = (query, searched, layer, measure)
-                        metrics, dropped_a, dropped_b = score_subset(
+                        metrics, dropped_a, dropped_b, unranked = score_subset(
                             matrix,
                             row_ids,
                             col_ids,
@@ -347,12 +387,15 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
                             where,
                             comparison,
                         )
-                    score = DirectedScore(query, searched, layer, measure, metrics, dropped_a, dropped_b)
+                    score = DirectedScore(query, searched, layer, measure, metrics, dropped_a, dropped_b, unranked)
                     found[query, searched].append(score)
             for d in directions:
                 scores += found[d]
     if missing:
         log.warning("%d (measure, directed pair, layer) are not in the similarity store yet; skipped", len(missing))
+    unranked = unranked_summary(scores)
+    if unranked:
+        log.warning("%s", unranked)
     unmeasured = unmeasured_pairs(scores)
     if unmeasured:
         log.warning(
@@ -375,7 +418,7 @@ def csv_bytes(scores: Sequence[DirectedScore]) -> bytes:
             m = s.metrics
             writer.writerow(
                 [s.lang_a, s.lang_b, s.layer, s.measure, metric, _na(value), _na(random), m.queries, m.excluded]
-                + [s.dropped_a, s.dropped_b]
+                + [s.dropped_a, s.dropped_b, s.unranked]
             )
     return buf.getvalue().encode()
 
@@ -383,6 +426,24 @@ def csv_bytes(scores: Sequence[DirectedScore]) -> bytes:
 def _na(value: float):
     """NA for a metric that was not measured (no query with a partner), so that no reader takes it for 0."""
     return "NA" if math.isnan(value) else value
+
+
+def unranked_summary(scores: Sequence[DirectedScore]) -> str:
+    """A warning line on the queries left out because a score of theirs was not measured, per measure; "" if none."""
+    by_measure: dict[str, list[int]] = {}
+    for s in scores:
+        if s.unranked:
+            count = by_measure.setdefault(s.measure, [0, 0])
+            count[0] += s.unranked
+            count[1] += 1
+    if not by_measure:
+        return ""
+    named = ", ".join(f"{m}: {n} in {d} (directed pair, layer)" for m, (n, d) in by_measure.items())
+    return (
+        f"queries left out because a score of theirs was not measured (NaN: Sinkhorn did not converge, listed as "
+        f"'nonconverged' in the done markers), counted as 'unranked' in {CSV_NAME}: {named}. To measure them, "
+        + NAN_REMEDY
+    )
 
 
 def unmeasured_pairs(scores: Sequence[DirectedScore]) -> list[tuple[str, str, str]]:

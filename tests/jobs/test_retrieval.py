@@ -21,11 +21,12 @@ from engine.retrieval import (
     RetrievalConfig,
     RetrievalError,
     drop_not_encoded,
+    drop_unranked,
     resolve_out,
     run_retrieval,
 )
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
-from kernels.metrics import reference_retrieval_metrics
+from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LAYERS = (0, 1, 2, 3)
@@ -225,3 +226,109 @@ def test_pairs_without_shared_ids_are_not_measured_not_zero(tmp_path):
     assert "WARNING: 4 scores rest on fewer than 20 queries (the fewest: 3, seqsim a->b)" in report
     measured = [s.metrics.recall[1] for s in result.scores if {s.lang_a, s.lang_b} == {"a", "b"} and s.layer == 0]
     assert result.mean_over_pairs("seqsim")[0][0] == pytest.approx(np.mean(measured))
+
+
+# Non-converged ot pairs: NaN at scored (de row, en column) per layer. De #3 and en #0 are not encoded, so the NaN
+# planted there is never read. Layer 2 has a NaN in every encoded de row, so de -> en has no ranked query there.
+OT_NAN = {1: [(1, 2), (1, 5), (4, 3), (3, 4), (5, 0)], 2: [(i, 1) for i in range(10)]}
+OT_KEPT = {"s1", "s2", "s3", "s4", "s5", "s6"}  # challenge-set ids for the --subset run
+
+
+@pytest.fixture(scope="module")
+def ot_store(tmp_path_factory):
+    """(store path, f32[layer, N_de, N_en] with NaN planted) of measure ot for (de, en), plus a mean pair (de, fr)
+    whose matrix holds one NaN among scored utterances (a damaged store), and a challenge folder for (de, en)."""
+    root = tmp_path_factory.mktemp("ot")
+    manifest = new_manifest(layer_store=str(root / "layers"), model_name="tiny", checkpoint_sha256="0" * 64,
+                            layers=LAYERS)  # fmt: skip
+    store = SimilarityStore.create_or_open(str(root / "sim"), manifest)
+    scores = planted("ot", "de", "en", seed=7)
+    for layer, cells in OT_NAN.items():
+        for i, j in cells:
+            scores[LAYERS.index(layer), i, j] = np.nan
+    for measure, (a, b), matrices in (
+        ("ot", ("de", "en"), scores),
+        ("mean", ("de", "fr"), planted("mean", "de", "fr", 8)),
+    ):
+        ids = {"row_ids": IDS[a], "col_ids": IDS[b], "row_recording": list(range(len(IDS[a]))),
+               "col_recording": list(range(len(IDS[b])))}  # fmt: skip
+        array = store.create_pair(measure, a, b, ids)
+        marker = done_marker(*(np.setdiff1d(np.arange(len(IDS[x])), NOT_ENCODED[x]) for x in (a, b)))
+        if measure == "mean":
+            matrices[LAYERS.index(1), 0, 0] = np.nan
+        for position, layer in enumerate(LAYERS):
+            store.write_layer(array, measure, a, b, layer, matrices[position], marker)
+    challenge = root / "challenge"
+    challenge.mkdir()
+    ids = sorted(set(IDS["de"]) | set(IDS["en"]))
+    (challenge / "de__en.csv").write_text("id,kept\n" + "".join(f"{i},{int(i in OT_KEPT)}\n" for i in ids))
+    return root, scores
+
+
+def ot_expected(scores, query, layer, kept_ids=None):
+    """(retrieval_metrics of the ranked queries, unranked count) of one direction of the planted ot matrix: rows and
+    columns of not-encoded utterances and the queries holding a planted NaN removed by index."""
+    matrix = scores[LAYERS.index(layer)]
+    matrix = matrix if query == "de" else matrix.T
+    searched = "en" if query == "de" else "de"
+    cols = [j for j in range(len(IDS[searched])) if j not in NOT_ENCODED[searched]]
+    nan = {i if query == "de" else j for i, j in OT_NAN.get(layer, [])
+           if i not in NOT_ENCODED["de"] and j not in NOT_ENCODED["en"]}  # fmt: skip
+    rows = [i for i in range(len(IDS[query])) if i not in NOT_ENCODED[query] and i not in nan]
+    if kept_ids is not None:  # the challenge set: kept ids among those scored on both sides
+        encoded = ({IDS[x][i] for i in range(len(IDS[x])) if i not in NOT_ENCODED[x]} for x in ("de", "en"))
+        kept_ids = kept_ids & set.intersection(*encoded)
+        rows = [i for i in rows if IDS[query][i] in kept_ids]
+        cols = [j for j in cols if IDS[searched][j] in kept_ids]
+    row_ids, col_ids = [IDS[query][i] for i in rows], [IDS[searched][j] for j in cols]
+    if not rows:
+        return None, len(nan)
+    return retrieval_metrics(matrix[np.ix_(rows, cols)], row_ids, col_ids, ks=KS), len(nan)
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_ot_nonconverged_queries_are_unranked_not_fatal(ot_store, tmp_path, caplog, subset):
+    root, scores = ot_store
+    config = RetrievalConfig(similarity=str(root / "sim"), out=str(tmp_path), ks=KS, measures=("ot",),
+                             subset=str(root / "challenge") if subset else None)  # fmt: skip
+    with caplog.at_level("WARNING", logger="engine.retrieval"):
+        result = run_retrieval(config)
+    rows = read_csv(tmp_path / "retrieval.csv")
+    by_key = {(r["lang_a"], int(r["layer"]), r["metric"]): r for r in rows}
+    assert len(rows) == 2 * len(LAYERS) * (len(KS) + 1)
+    unranked = {}
+    for query in ("de", "en"):
+        for layer in LAYERS:
+            ref, n_nan = ot_expected(scores, query, layer, OT_KEPT if subset else None)
+            unranked[query, layer] = n_nan
+            for metric in [f"R@{k}" for k in KS] + ["MRR"]:
+                row = by_key[query, layer, metric]
+                assert int(row["unranked"]) == n_nan and int(row["dropped_a"]) == len(NOT_ENCODED[query]), row
+                if ref is None:  # every query unranked: not measured, never 0
+                    assert (row["value"], row["random"], row["queries"], row["excluded"]) == ("NA", "NA", "0", "0")
+                    continue
+                value = ref.mrr if metric == "MRR" else ref.recall[int(metric[2:])]
+                np.testing.assert_allclose(float(row["value"]), value, atol=1e-6, err_msg=f"{row}")
+                assert int(row["queries"]) == ref.queries and int(row["excluded"]) == ref.excluded, row
+                if not subset:  # every query utterance counted once
+                    counts = [int(row[c]) for c in ("queries", "excluded", "unranked", "dropped_a")]
+                    assert sum(counts) == len(IDS[query]), row
+    # de rows 1 and 4 at layer 1; en columns 2, 3, 5 there; every de row and en column 1 at layer 2.
+    assert unranked == {("de", 0): 0, ("de", 1): 2, ("de", 2): 9, ("de", 3): 0,
+                        ("en", 0): 0, ("en", 1): 3, ("en", 2): 1, ("en", 3): 0}  # fmt: skip
+    warning = "ot: 15 in 4 (directed pair, layer)"
+    assert any(warning in r.getMessage() and "--ot_iterations" in r.getMessage() for r in caplog.records)
+    assert warning in result.report()
+
+
+def test_nan_in_a_measure_that_cannot_fail_to_converge_is_a_damaged_store(ot_store, tmp_path):
+    root, _ = ot_store
+    with pytest.raises(RetrievalError, match="'mean' are NaN or inf .* damaged"):
+        run_retrieval(RetrievalConfig(similarity=str(root / "sim"), out=str(tmp_path), measures=("mean",)))
+    scores = np.zeros((2, 3), np.float32)
+    scores[0, 1] = np.inf  # ot writes NaN for what it could not measure, never inf
+    with pytest.raises(RetrievalError, match="'ot' are inf"):
+        drop_not_encoded(scores, list("ab"), list("xyz"), measure="ot")
+    scores[0, 1] = np.nan
+    kept, rows, unranked = drop_unranked(drop_not_encoded(scores, list("ab"), list("xyz"), measure="ot")[0], list("ab"))
+    assert rows == ["b"] and unranked == 1 and kept.shape == (1, 3)
