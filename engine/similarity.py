@@ -88,6 +88,7 @@ class SimilaritySummary(RunSummary):
     seqsim_seconds: float = 0.0  # kernel time, device synchronised, compilation included
     ot_pairs: int = 0  # utterance pairs scored by the ot measure
     ot_nonconverged: int = 0  # of those, pairs whose Sinkhorn did not converge (NaN in the store)
+    ot_fallback: int = 0  # of those, pairs finished in the log domain after kernel mode left float32 range
     taken_over: int = 0  # (pair, layer) units whose claim had expired (a dead process's)
     busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
 
@@ -107,6 +108,11 @@ class SimilaritySummary(RunSummary):
             line += (
                 f"; ot: {self.ot_nonconverged} of {self.ot_pairs} pairs did not converge (NaN in the store, listed "
                 "as 'nonconverged' in the done markers): raise --ot_iterations or --ot_epsilon, or --ot_threshold"
+            )
+        if self.ot_fallback:
+            line += (
+                f"; ot: {self.ot_fallback} of {self.ot_pairs} pairs left float32 range in kernel mode and were "
+                "finished in the log domain (counted as 'fallback' in the done markers; their scores are valid)"
             )
         return line
 
@@ -383,19 +389,24 @@ def _compute(
         failed = ~np.asarray(result.converged)
         # A non-converged score is not an approximation of the measure: NaN, so retrieval cannot use it silently.
         out["ot"] = np.where(failed, np.nan, np.asarray(result.score)).astype(np.float32)
-        extra["ot"] = ot_marker(ot_config, failed, A.index, B.index)
+        fallback = 0 if result.fallback is None else int(np.asarray(result.fallback).sum())
+        extra["ot"] = ot_marker(ot_config, failed, A.index, B.index, fallback)
         summary.ot_pairs += failed.size
         summary.ot_nonconverged += int(failed.sum())
+        summary.ot_fallback += fallback
         if failed.any():
             log.warning("ot: %d of %d pairs did not converge (written as NaN)", int(failed.sum()), failed.size)
     return {m: out[m] for m in measures}, extra
 
 
-def ot_marker(config: OtConfig, failed: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> dict:
-    """Done-marker fields of an ``ot`` matrix: its Sinkhorn options and ``nonconverged``, the [row, col] layer-store
-    utterance indices of the pairs that did not converge (NaN in the matrix). failed: bool[done_a, done_b]."""
+def ot_marker(config: OtConfig, failed: np.ndarray, rows: np.ndarray, cols: np.ndarray, fallback: int = 0) -> dict:
+    """Done-marker fields of an ``ot`` matrix: its Sinkhorn options, ``nonconverged``, the [row, col] layer-store
+    utterance indices of the pairs that did not converge (NaN in the matrix), and ``fallback``, how many pairs left
+    float32 range in kernel mode and were finished in the log domain (``OtResult.fallback``; valid scores).
+    failed: bool[done_a, done_b]."""
     i, j = np.nonzero(failed)
     return {
         "ot": dataclasses.asdict(config),
         "nonconverged": [[int(rows[a]), int(cols[b])] for a, b in zip(i, j, strict=True)],
+        "fallback": int(fallback),
     }

@@ -268,6 +268,28 @@ def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path,
     assert "utterances not done, left out of every matrix: de: 1 of 5" in capsys.readouterr().err
 
 
+def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(layer_store, tmp_path, monkeypatch, capsys):
+    """Pairs that kernels.ot finished in the log domain (OtResult.fallback) are counted in the done marker and the
+    job's summary. A fallback is forced by flagging two pairs of the kernel's own result."""
+    import engine.similarity as similarity
+
+    real = similarity.ot_similarity_matrix
+
+    def flagged(*args, **kwargs):
+        result = real(*args, **kwargs)
+        fallback = np.zeros(result.score.shape, bool)
+        fallback[0, :2] = True
+        return result._replace(fallback=fallback)
+
+    monkeypatch.setattr(similarity, "ot_similarity_matrix", flagged)
+    out = tmp_path / "ot"
+    run_job("--store", str(layer_store), "--out", str(out), "--measure", "ot", "--layers", "1", "--pairs", "de:en")
+    marker = json.loads((out / "ot" / "de__en" / "done" / "1.json").read_text())
+    assert marker["fallback"] == 2 and marker["nonconverged"] == []
+    out_text = capsys.readouterr().out
+    assert "ot: 2 of 20 pairs left float32 range in kernel mode" in out_text, out_text
+
+
 def test_ot_measure_through_the_job(layer_store, tmp_path):
     """--measure ot with its flags: scores equal the float64 reference; a pair that cannot converge in the allowed
     iterations is NaN and listed in the done marker, never a score."""
@@ -283,7 +305,7 @@ def test_ot_measure_through_the_job(layer_store, tmp_path):
     want = reference_ot_similarity_matrix(A[ia], len_A[ia], B[ib], len_B[ib], OtConfig())
     np.testing.assert_allclose(got[np.ix_(ia, ib)], want, atol=1e-4)
     marker = json.loads((out / "ot" / "de__en" / "done" / "1.json").read_text())
-    assert marker["nonconverged"] == [] and marker["ot"]["epsilon"] == 0.05
+    assert marker["nonconverged"] == [] and marker["fallback"] == 0 and marker["ot"]["epsilon"] == 0.05
 
     # 10 iterations at a tiny epsilon: nothing converges; other options recompute the layer (resume).
     run_job(
