@@ -439,16 +439,21 @@ def unranked_summary(scores: Sequence[DirectedScore]) -> str:
     if not by_measure:
         return ""
     named = ", ".join(f"{m}: {n} in {d} (directed pair, layer)" for m, (n, d) in by_measure.items())
+    empty = [
+        f"{s.measure} {s.lang_a}->{s.lang_b} layer {s.layer}" for s in scores if s.unranked and not s.metrics.queries
+    ]
+    every = f"; every query unranked, so NA in the CSV: {', '.join(empty)}" if empty else ""
     return (
         f"queries left out because a score of theirs was not measured (NaN: Sinkhorn did not converge, listed as "
-        f"'nonconverged' in the done markers), counted as 'unranked' in {CSV_NAME}: {named}. To measure them, "
-        + NAN_REMEDY
+        f"'nonconverged' in the done markers), counted as 'unranked' in {CSV_NAME}: {named}{every}. To measure "
+        "them, " + NAN_REMEDY
     )
 
 
 def unmeasured_pairs(scores: Sequence[DirectedScore]) -> list[tuple[str, str, str]]:
-    """(measure, query language, searched language) with no query that has a partner at any layer: no shared ids."""
-    measured = {(s.measure, s.lang_a, s.lang_b) for s in scores if s.metrics.queries}
+    """(measure, query language, searched language) with no query that has a partner at any layer: no shared ids.
+    Pairs with unranked queries are left to ``unranked_summary``, which names where every query was unranked."""
+    measured = {(s.measure, s.lang_a, s.lang_b) for s in scores if s.metrics.queries or s.unranked}
     return sorted({(s.measure, s.lang_a, s.lang_b) for s in scores} - measured)
 
 

@@ -318,7 +318,9 @@ def test_ot_nonconverged_queries_are_unranked_not_fatal(ot_store, tmp_path, capl
                         ("en", 0): 0, ("en", 1): 3, ("en", 2): 1, ("en", 3): 0}  # fmt: skip
     warning = "ot: 15 in 4 (directed pair, layer)"
     assert any(warning in r.getMessage() and "--ot_iterations" in r.getMessage() for r in caplog.records)
-    assert warning in result.report()
+    report = result.report()
+    assert warning in report and "every query unranked, so NA in the CSV: ot de->en layer 2" in report
+    assert "no shared ids" not in report  # an all-unranked layer is not a pair without shared ids
 
 
 def test_nan_in_a_measure_that_cannot_fail_to_converge_is_a_damaged_store(ot_store, tmp_path):
