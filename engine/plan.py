@@ -427,10 +427,12 @@ def plan_seqsim(
     """The plan of a seqsim run of ``measures`` over ``pairs`` of languages at ``n_layers`` layers; ``lengths[lang]``:
     each utterance's frames (0 = not encoded). ``sample``: real states ``(A, len_A, B, len_B)`` to time dtw and ot
     on (``calibrate_pair_measure``); needed when ``measures`` has either."""
-    from kernels.seqsim import FRAME_QUANTUM, choose_blocks, default_memory_budget
+    from kernels.seqsim import choose_blocks, default_memory_budget
 
     done = {lang: np.asarray(v)[np.asarray(v) > 0] for lang, v in lengths.items()}
-    padded = {lang: -(-int(v.max(initial=1)) // FRAME_QUANTUM) * FRAME_QUANTUM for lang, v in done.items()}
+    # The job reads each language up to its longest utterance, so seqsim_matrix's crop to a FRAME_QUANTUM multiple
+    # never pads further: a language's frames as computed are its longest length.
+    padded = {lang: int(v.max(initial=1)) for lang, v in done.items()}
     itemsize, sbytes = jnp.dtype(dtype).itemsize, jnp.dtype(storage_dtype).itemsize
     useful = sum(2.0 * done[a].sum() * done[b].sum() * d for a, b in pairs) * n_layers
     work = sum(2.0 * len(done[a]) * len(done[b]) * padded[a] * padded[b] * d for a, b in pairs) * n_layers
@@ -449,7 +451,7 @@ def plan_seqsim(
     stages = []
     if seqsim_measures:
         stages.append(Stage("seqsim", work, float(read), float(written) * len(seqsim_measures), work / rate, dev))
-    # dtw and ot crop to each language's longest utterance, without seqsim's frame quantum.
+    # dtw and ot crop to each language's longest utterance too.
     longest = {lang: int(v.max(initial=1)) for lang, v in done.items()}
     cells = sum(float(len(done[a]) * len(done[b]) * longest[a] * longest[b]) for a, b in pairs) * n_layers
     cell_rates = {}
