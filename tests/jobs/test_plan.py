@@ -97,6 +97,14 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
         None,
     )
     assert "8 windows" in dec.render() and dec.stages[0].flops > 0 and dec.seconds_device is None
+    # The job recomputes the encoder from the audio up to each (layer, ln_post) variant's layer, in batches of 8
+    # windows per language (4 windows each here, the batch padded to 8).
+    dims, top = reader.info.dims, reader.info.dims.n_encoder_layers_out - 1
+    depths = [min(layer, dims.n_audio_layer) for layer in reader.info.layers for _ in range(1 if layer == top else 2)]
+    stem, block = plan_lib.encoder_flops_per_window(dims)
+    encoder = dec.stages[0]
+    assert encoder.name == "encoder (from audio)" and encoder.seconds_here > 0
+    assert encoder.flops == 2 * 8 * sum(stem + depth * block for depth in depths)
     assert not (tmp_path / "d").exists()
 
 
