@@ -36,14 +36,22 @@ CLAIM = ["--claim_ttl", "3", "--heartbeat_timeout", "10", "--progress=false"]
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("scaleout-clips")
-    rng = np.random.default_rng(3)
+    write_tones(root, N_CLIPS, seed=3, shortest_s=0.2)
+    return root
+
+
+def write_tones(root: pathlib.Path, n: int, *, seed: int, shortest_s: float, texts: dict | None = None) -> None:
+    """``n`` noisy tones of shortest_s..0.6 s per language in ``root/<lang>/utt<i>.wav``, with ``texts[lang] i`` as
+    transcripts when given."""
+    rng = np.random.default_rng(seed)
     for lang in LANGS:
         (root / lang).mkdir()
-        for i in range(N_CLIPS):
-            t = np.arange(int(rng.uniform(0.2, 0.6) * SAMPLE_RATE)) / SAMPLE_RATE
+        for i in range(n):
+            t = np.arange(int(rng.uniform(shortest_s, 0.6) * SAMPLE_RATE)) / SAMPLE_RATE
             x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.05 * rng.standard_normal(t.size)
             sf.write(root / lang / f"utt{i}.wav", x.astype(np.float32), SAMPLE_RATE)
-    return root
+            if texts:
+                (root / lang / f"utt{i}.txt").write_text(f"{texts[lang]} {i}\n")
 
 
 def all_keys(path: pathlib.Path) -> dict[str, bytes]:
@@ -121,14 +129,7 @@ TEXTS = {"de": "guten tag", "en": "good morning"}
 def part_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
     """A layer store of 2 x 4 clips with transcripts (layers 1 and 3, the final one), encoded in this process."""
     root = tmp_path_factory.mktemp("scaleout-parts")
-    rng = np.random.default_rng(5)
-    for lang in LANGS:
-        (root / lang).mkdir()
-        for i in range(PART_CLIPS):
-            t = np.arange(int(rng.uniform(0.3, 0.6) * SAMPLE_RATE)) / SAMPLE_RATE
-            x = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 800) * t) + 0.05 * rng.standard_normal(t.size)
-            sf.write(root / lang / f"utt{i}.wav", x.astype(np.float32), SAMPLE_RATE)
-            (root / lang / f"utt{i}.txt").write_text(f"{TEXTS[lang]} {i}\n")
+    write_tones(root, PART_CLIPS, seed=5, shortest_s=0.3, texts=TEXTS)
     store = root / "store"
     run_encode(
         EncodeConfig(out=str(store), dataset=f"folder:{root}", layers=(1, 3), progress=False), whisper=tiny_whisper
