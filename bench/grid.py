@@ -50,19 +50,15 @@ BASE_LAYERS = 6  # whisper-base's encoder blocks: stored layers 0 (stem) .. 7 (l
 
 def grid_dims(d: int, n_layers: int):
     """Whisper-base's dimensions at width ``d``, with enough blocks for ``n_layers`` stored layers."""
-    from engine.whisper.dims import ModelDimensions
+    import dataclasses
 
-    return ModelDimensions(
-        n_mels=80,
-        n_audio_ctx=1500,
+    from engine.whisper.dims import preset
+
+    return dataclasses.replace(
+        preset("base"),
         n_audio_state=d,
         n_audio_head=8 if d % 8 == 0 else 1,
         n_audio_layer=max(BASE_LAYERS, n_layers - 2),
-        n_vocab=51865,
-        n_text_ctx=448,
-        n_text_state=512,
-        n_text_head=8,
-        n_text_layer=BASE_LAYERS,
     )
 
 

@@ -19,20 +19,9 @@ import numpy as np
 from engine import plan as plan_lib
 from engine.similarity import DEFAULT_MEASURES
 from engine.stores.similarity import check_measure
-from engine.whisper.dims import ModelDimensions
+from engine.whisper.dims import preset
 
-LARGE_V3 = ModelDimensions(
-    n_mels=128,
-    n_audio_ctx=1500,
-    n_audio_state=1280,
-    n_audio_head=20,
-    n_audio_layer=32,
-    n_vocab=51866,
-    n_text_ctx=448,
-    n_text_state=1280,
-    n_text_head=20,
-    n_text_layer=32,
-)
+LARGE_V3 = preset("large-v3")
 FRAMES_PER_SECOND = 50  # encoder frames
 
 
