@@ -42,9 +42,9 @@ are not bit for bit its loop state: 3e-6 apart in the test). A batch then costs 
 its slowest pair's. The cost matrices of a block of pairs are computed once, as tiles of the grid (one matrix
 product per tile), and kept across rounds. At ``epsilon >= 2 / KERNEL_MAX_EXPONENT`` (the default 0.05) Sinkhorn
 runs in kernel (scaling) mode on the kernel exp(-C / epsilon), computed once per round: an iteration is three
-mat-vecs (two updates and the marginal check) instead of log-sum-exps over every cell, 1/7 of the time (demo store,
-layer 7); the same iterates in exact arithmetic, scores within 1.5e-6 of the log domain there. Pairs whose scalings
-leave float32 range are finished in the log domain and flagged (``OtResult.fallback``; none on the demo store).
+mat-vecs (two updates and the marginal check) instead of log-sum-exps over every cell, about 1/5 of the time (demo
+store, layer 7); the same iterates in exact arithmetic, scores within 1.5e-6 of the log domain there. Pairs whose
+scalings leave float32 range are finished in the log domain and flagged (``OtResult.fallback``; none on the demo store).
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class _KernelGeometry(geometry.Geometry):
     ott's ``Geometry.apply_kernel`` raises the kernel to the power ``epsilon / eps`` at every application (for
     epsilon schedules): an exp and a log per cell per mat-vec, which made kernel mode 3x slower than the log domain
     (demo store, layer 7). Here epsilon is fixed, the power is 1, and an application is a plain mat-vec: a Sinkhorn
-    iteration costs 1/7 of a log-domain one (0.40 vs 2.8 ns per cell, same pairs).
+    iteration costs about 1/5 of a log-domain one (0.40 vs 2.2 ns per cell, same 16 pairs, bench/RESULTS.md).
     """
 
     @property
