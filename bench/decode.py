@@ -34,9 +34,9 @@ def main() -> None:
 
     from engine.data.audio import load_audio
     from engine.data.features import features_for_audio
-    from engine.whisper.checkpoints.load import write_packaged_ct2_folder
-    from engine.whisper.decoding import DecodingOptions
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.checkpoints.load import write_packaged_ct2_folder
+    from engine.models.whisper.decoding import DecodingOptions
+    from engine.models.whisper.loaded import load_whisper
 
     fleurs = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "fleurs-sample"
     clips = sorted(fleurs.glob("fleurs-de-*.ogg"))[: args.windows]

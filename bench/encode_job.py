@@ -2,7 +2,7 @@
 
   (a) the encoder alone on the same fixed-size batches (device step + copy to host),
   (b) the store writes alone (the same states, written and committed),
-  (c) the whole job (`engine.encode.run_encode`: audio decoding, log-mel, encoder, writes).
+  (c) the whole job (`engine.pipelines.encode.run.run_encode`: audio decoding, log-mel, encoder, writes).
 
 Goal: (c) within 1.15x of max(a, b), i.e. decoding and writing hide behind the encoder. Prints
 MB/s written and audio seconds per second. Inputs: the real FLEURS clips when
@@ -34,11 +34,11 @@ from bench.common import machine, record  # noqa: E402
 from engine.data import audio as audio_lib  # noqa: E402
 from engine.data.features import features_for_audio  # noqa: E402
 from engine.data.sources import get_source  # noqa: E402
-from engine.encode import EncodeConfig, run_encode  # noqa: E402
-from engine.parallel import ShardedEncoder, data_mesh  # noqa: E402
+from engine.models.whisper.loaded import load_whisper  # noqa: E402
+from engine.pipelines.encode.run import EncodeConfig, run_encode  # noqa: E402
+from engine.runtime.parallel import ShardedEncoder, data_mesh  # noqa: E402
 from engine.stores.layers import LayerStore  # noqa: E402
 from engine.stores.schema import StoreInfo, UtteranceRow  # noqa: E402
-from engine.whisper.loaded import load_whisper  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "fleurs-sample"
 

@@ -34,8 +34,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import Worker, interleaved_workers, isa_env, machine, record  # noqa: E402
-from engine.whisper.checkpoints.load import write_packaged_ct2_folder  # noqa: E402
-from engine.whisper.dims import ModelDimensions  # noqa: E402
+from engine.models.whisper.checkpoints.load import write_packaged_ct2_folder  # noqa: E402
+from engine.models.whisper.dims import ModelDimensions  # noqa: E402
 
 
 def encoder_flops(dims: ModelDimensions) -> float:
@@ -111,7 +111,7 @@ def jax_contenders(args, mel: np.ndarray) -> tuple[dict, str]:
     import jax
     import jax.numpy as jnp
 
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.loaded import load_whisper
 
     whisper = load_whisper()
     mel_dev = jnp.asarray(mel)
@@ -124,7 +124,7 @@ def jax_contenders(args, mel: np.ndarray) -> tuple[dict, str]:
     if args.attention:
         from flax import nnx
 
-        from engine.whisper import model as model_lib
+        from engine.models.whisper import model as model_lib
 
         graphdef, state = nnx.split(whisper.model)
         batched = jax.jit(lambda s, m: nnx.merge(graphdef, s).encoder(m))
@@ -162,8 +162,8 @@ def hf_contenders(args, mel: np.ndarray) -> tuple[dict, str]:
     import torch
     import transformers
 
-    from engine.whisper.checkpoints.export import hf_config
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.checkpoints.export import hf_config
+    from engine.models.whisper.loaded import load_whisper
 
     dims = load_whisper().dims
     torch.set_num_threads(args.threads)
@@ -192,7 +192,7 @@ ENGINES = {"jax": jax_contenders, "ct2": ct2_contenders, "hf": hf_contenders}
 
 def serve(args) -> None:
     """Worker side: set up one engine's contenders, warm them up, then time each one named on stdin."""
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.loaded import load_whisper
 
     mel = load_mel(args.batch, load_whisper().dims.n_mels)
     fns, info = ENGINES[args.worker](args, mel)
@@ -278,7 +278,7 @@ def main() -> None:
     for isa in isas:
         isa_env(isa)  # unknown names fail here, before any worker starts
 
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.loaded import load_whisper
 
     dims = load_whisper().dims
     flops = encoder_flops(dims) * args.batch

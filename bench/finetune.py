@@ -7,7 +7,8 @@ same batch of ``--batch_size`` encoder outputs (layer L+1 of real FLEURS English
 encoder and given to both) with German FLEURS sentences as targets, prompt ``<|de|><|transcribe|><|notimestamps|>``.
 One step is what each side does per batch when fine-tuning:
 
-- ours: ``engine.finetune.step.jit_train_step`` (teacher-forced cross-entropy, global-norm clip 1.0, optax AdamW);
+- ours: ``engine.pipelines.finetune.step.jit_train_step`` (teacher-forced cross-entropy, global-norm clip 1.0, optax
+  AdamW);
 - theirs: ``WhisperForConditionalGeneration(encoder_outputs=..., labels=...)``, ``loss.backward()``,
   ``clip_grad_norm_(1.0)``, ``torch.optim.AdamW.step()`` over the decoder's parameters, ``torch.set_num_threads``.
 
@@ -50,9 +51,9 @@ def main() -> None:
 
     from engine.data.audio import load_audio
     from engine.data.features import features_for_audio
-    from engine.finetune import step as S
-    from engine.whisper.checkpoints.export import export_hf
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.checkpoints.export import export_hf
+    from engine.models.whisper.loaded import load_whisper
+    from engine.pipelines.finetune import step as S
 
     torch.set_num_threads(args.threads)
     whisper = load_whisper()

@@ -2,7 +2,8 @@
 
     python bench/grid.py                     # the issue's grid: 20 languages x 400 utterances x 500 frames, d=512,
                                              # 8 layers (whisper-base's 0-7); ~6e16 FLOP, for accelerators
-    python bench/grid.py --plan              # its counts, memory and time estimate (engine.plan); writes nothing
+    python bench/grid.py --plan              # its counts, memory and time estimate (engine.runtime.plan); writes
+    nothing
     python bench/grid.py --langs 4 --utterances 40 --rounds 3 --record bench/RESULTS.md    # what a 2-core CPU runs
 
 The store is written through ``LayerStore`` as the encode job writes one (manifest, language index, utterance
@@ -10,7 +11,8 @@ tables, lengths markers; ``--dtype`` is the storage dtype, the encode job's defa
 uniform in [0.8, 1] x ``--frames`` with the first utterance of each language exactly ``--frames``. Two worker
 processes then take turns, round by round (a slow spell of the shared machine hits both alike):
 
-- job: ``engine.similarity.run_similarity``, the seqsim job's library entry (``jobs/seqsim.py`` only parses flags),
+- job: ``engine.pipelines.similarity.run.run_similarity``, the seqsim job's library entry (``jobs/seqsim.py`` only
+  parses flags),
   into a fresh similarity store each round: store reads, the measures (``--measure``, the job's default list),
   similarity-store writes, done markers, work claims and the writer lease included;
 - kernel: ``kernels.seqsim.seqsim_matrix``, the function the job calls, with the job's arguments (so the same
@@ -52,7 +54,7 @@ def grid_dims(d: int, n_layers: int):
     """Whisper-base's dimensions at width ``d``, with enough blocks for ``n_layers`` stored layers."""
     import dataclasses
 
-    from engine.whisper.dims import preset
+    from engine.models.whisper.dims import preset
 
     return dataclasses.replace(
         preset("base"),
@@ -115,7 +117,7 @@ def _memory() -> dict:
 
 
 def _job_worker(args) -> None:
-    from engine.similarity import SimilarityConfig, resolve_pairs, run_similarity
+    from engine.pipelines.similarity.run import SimilarityConfig, resolve_pairs, run_similarity
     from engine.stores.reader import open_store
 
     reader = open_store(args.store)
@@ -148,7 +150,7 @@ def _kernel_worker(args) -> None:
     import jax.numpy as jnp
 
     from engine.dtypes import DTYPES
-    from engine.similarity import SEQSIM_MEASURES, resolve_pairs
+    from engine.pipelines.similarity.run import SEQSIM_MEASURES, resolve_pairs
     from engine.stores.reader import open_store
     from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
 
@@ -159,7 +161,8 @@ def _kernel_worker(args) -> None:
     lengths = {lang: np.asarray(reader.lengths(lang)).astype(np.int32) for lang in langs}
 
     def load(lang: str, layer: int):
-        # As engine.similarity._load reads a language: done utterances, frames up to the longest, compute dtype.
+        # As engine.pipelines.similarity.run._load reads a language: done utterances, frames up to the longest,
+        # compute dtype.
         n = lengths[lang]
         states, _ = reader.language_layer(
             lang,
@@ -216,9 +219,9 @@ def gib(x) -> str:
 
 
 def plan_text(args) -> str:
-    """``engine.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
-    from engine import plan as plan_lib
-    from engine.similarity import resolve_pairs
+    """``engine.runtime.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
+    from engine.pipelines.similarity.run import resolve_pairs
+    from engine.runtime import plan as plan_lib
 
     lengths = grid_lengths(args.langs, args.utterances, args.frames)
     return plan_lib.plan_seqsim(
@@ -246,13 +249,13 @@ def main() -> None:
     parser.add_argument("--measure", default=None, help="job measures (default: the job's default list)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the layer and similarity stores")
-    parser.add_argument("--plan", action="store_true", help="print engine.plan's plan of the grid, run nothing")
+    parser.add_argument("--plan", action="store_true", help="print engine.runtime.plan's plan of the grid, run nothing")
     parser.add_argument("--plan_device", default=None, help="with --plan: an accelerator to estimate, e.g. h100")
     parser.add_argument("--record", default="", help="write the results section into this file")
     parser.add_argument("--worker", choices=["job", "kernel"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from engine.similarity import DEFAULT_MEASURES
+    from engine.pipelines.similarity.run import DEFAULT_MEASURES
     from engine.stores.similarity import check_measure
 
     args.measure = args.measure or ",".join(DEFAULT_MEASURES)
@@ -281,8 +284,8 @@ def main() -> None:
     try:
         write_s = write_store(store, args)
         print(f"store: {size / 2**30:.2f} GiB written in {write_s:.1f} s ({store})", flush=True)
-        from engine.plan import plan_seqsim_run
-        from engine.similarity import SimilarityConfig
+        from engine.pipelines.similarity.run import SimilarityConfig
+        from engine.runtime.plan import plan_seqsim_run
 
         plan = plan_seqsim_run(
             SimilarityConfig(store=store, out=str(root / "never"), measures=tuple(args.measure.split(","))), None

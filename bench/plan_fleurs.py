@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine import plan as plan_lib
-from engine.similarity import DEFAULT_MEASURES
+from engine.models.whisper.dims import preset
+from engine.pipelines.similarity.run import DEFAULT_MEASURES
+from engine.runtime import plan as plan_lib
 from engine.stores.similarity import check_measure
-from engine.whisper.dims import preset
 
 LARGE_V3 = preset("large-v3")
 FRAMES_PER_SECOND = 50  # encoder frames

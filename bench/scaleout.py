@@ -2,7 +2,7 @@
 
     python bench/scaleout.py [--model PATH] [--small 10] [--big 200] [--record bench/RESULTS.md]
 
-Two local ``jax.distributed`` processes (CPU) share the work through claim keys (``engine.stores.claims``); each
+Two local ``jax.distributed`` processes (CPU) share the work through claim keys (``engine.runtime.claims``); each
 prints the seconds from the start of its work to the end of its last unit ("busy"). The table gives both and their
 ratio. The static split this replaced gave each process a contiguous share of each language aligned to 256
 utterances: with 10 and 200 utterances, process 0 got all of both languages and process 1 nothing.

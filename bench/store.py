@@ -34,9 +34,9 @@ import tensorstore as ts
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from engine.models.whisper.dims import preset  # noqa: E402
 from engine.stores.layers import LayerStore  # noqa: E402
 from engine.stores.schema import StoreInfo, UtteranceRow  # noqa: E402
-from engine.whisper.dims import preset  # noqa: E402
 
 RAW = [{"name": "bytes", "configuration": {"endian": "little"}}]
 
@@ -96,7 +96,7 @@ def real_states(n_clips: int) -> list[np.ndarray]:
             out.append(x)
         return out
     from engine.data.audio import load_audio
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.loaded import load_whisper
 
     w = load_whisper()
     out = []

@@ -2,7 +2,7 @@
 
 The same strings label TensorStore dimensions, sharding specs and docstrings:
 
-- ``LAYER``: encoder layer index, see ``engine.whisper.model`` for the indexing
+- ``LAYER``: encoder layer index, see ``engine.models.whisper.model`` for the indexing
   (0 = conv stem + positions, 1..L = block outputs, L+1 = ``ln_post`` output).
 - ``UTTERANCE``: one utterance of one language.
 - ``FRAME``: encoder frame, 50 per second of audio (20 ms).

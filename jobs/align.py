@@ -6,7 +6,7 @@ r"""Word timestamps (start, end, probability of every word) for the utterances o
 
 The store's final encoder layer is the decoder's input: no audio is read. --model must be the store's model (the
 default is the packaged whisper-base, the encode job's default). Re-running with the same --out resumes. Output
-layout: engine/stores/words.py and BUILD.md; library: engine/align.py and engine/whisper/timing.py.
+layout: engine/stores/words.py and BUILD.md; library: engine/pipelines/align/run.py and engine/models/whisper/timing.py.
 
 Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
 --process_id); the processes claim part files one at a time through claim keys in --out; a dead process's claims
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.align import COMPUTE_DTYPES, TRANSCRIPT_SOURCES, AlignConfig, run_align
+from engine.pipelines.align.run import COMPUTE_DTYPES, TRANSCRIPT_SOURCES, AlignConfig, run_align
 from jobs import common
 
 common.define_store_flag("layer store written by the encode job (must hold the final layer)")

@@ -7,15 +7,15 @@ Writes OUT/<a>__<b>.csv (id, kept, reason, evidence), OUT/summary.csv (pairs kep
 share of mismatched sentence pairs flagged) and OUT/challenge.json (the settings, and per pair the threshold used);
 a rerun into OUT with other settings is refused, naming them. The sound rule's threshold is by default calibrated
 per language pair against chance (--phone_threshold auto, --chance_flag_rate, --chance_pairs, --chance_seed).
-Library and the rules: engine/analysis/challenge.py, engine/analysis/soundalike.py; why: docs/challenge.md.
+Library and the rules: engine/pipelines/challenge/run.py, engine/text/soundalike.py; why: docs/challenge.md.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from engine.analysis.challenge import ChallengeConfig, ChallengeError, parse_threshold, run_challenge
-from engine.analysis.soundalike import (
+from engine.pipelines.challenge.run import ChallengeConfig, ChallengeError, parse_threshold, run_challenge
+from engine.text.soundalike import (
     AUTO,
     DEFAULT_CHANCE_FLAG_RATE,
     DEFAULT_CHANCE_PAIRS,

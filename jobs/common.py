@@ -25,8 +25,8 @@ import jax
 from absl import app, flags
 
 from engine.errors import BabelgridError
-from engine.plan import DEVICES, plan_for
-from engine.stores.claims import DEFAULT_CLAIM_TTL
+from engine.runtime.claims import DEFAULT_CLAIM_TTL
+from engine.runtime.plan import DEVICES, plan_for
 from engine.stores.kv import parse_spec_overrides, set_spec_overrides
 
 FLAGS = flags.FLAGS
@@ -75,7 +75,7 @@ def define_langs_flag(of: str = "of the layer store") -> None:
 def define_run_flags(strict: bool = False, distributed: bool = False, lease: bool = True, claims: bool = False) -> None:
     """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts;
     --break_lease for jobs that hold their output store's writer lease; --claim_ttl for jobs whose processes share
-    their work through claims (``engine.stores.claims``), which then survive a dead process."""
+    their work through claims (``engine.runtime.claims``), which then survive a dead process."""
     flags.DEFINE_enum(
         "matmul_precision",
         "highest",
@@ -118,7 +118,7 @@ def config_from_flags(cls, **given):
     """A job's frozen config: each field of dataclass ``cls`` from the flag of the same name, unless ``given``
     (values parsed from a flag's text: lists, layer ranges).
 
-    With ``--plan``, the run this config describes is planned instead (``engine.plan``): the plan is printed and
+    With ``--plan``, the run this config describes is planned instead (``engine.runtime.plan``): the plan is printed and
     the job exits 0 here, before it opens its output.
     """
     values = {
@@ -256,7 +256,7 @@ def init_distributed() -> None:
     """Start JAX's multi-host runtime when asked to (explicit flags, or --distributed for auto-detection)."""
     if "claim_ttl" in FLAGS:
         # A process that dies must not take the others down with it: they finish its work once its claims expire
-        # (engine.stores.claims). JAX's coordination service lives in process 0, so its death still ends the run.
+        # (engine.runtime.claims). JAX's coordination service lives in process 0, so its death still ends the run.
         jax.config.update("jax_enable_recoverability", True)
     if FLAGS.coordinator_address or FLAGS.num_processes:
         jax.distributed.initialize(

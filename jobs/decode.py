@@ -8,7 +8,8 @@ layers, and score it (WER, CER, BLEU, chrF).
 The encoder is recomputed up to each layer from the audio the store's utterance table points to (--source audio, the
 only source: exact, since the decoder also attends to the window's padding frames, which the store does not keep).
 --model must be the store's model. Re-running with the same --out resumes per (language, layer, ln_post, task,
-decoding) part. Output layout: engine/stores/hypotheses.py and BUILD.md; library: engine/decode.py.
+decoding) part. Output layout: engine/pipelines/decode/hypotheses.py and BUILD.md; library:
+engine/pipelines/decode/run.py.
 
 Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
 --process_id); the processes claim (language, layer, ln_post) units one at a time through claim keys in --out; a dead
@@ -19,7 +20,15 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.decode import COMPUTE_DTYPES, LANGUAGE_MODES, LN_POST, SOURCES, DecodeConfig, references_path, run_decode
+from engine.pipelines.decode.run import (
+    COMPUTE_DTYPES,
+    LANGUAGE_MODES,
+    LN_POST,
+    SOURCES,
+    DecodeConfig,
+    references_path,
+    run_decode,
+)
 from jobs import common
 
 common.define_store_flag("layer store written by the encode job; its utterance table points to the audio")

@@ -5,14 +5,14 @@ r"""Encode every encoder layer of every utterance into a TensorStore layer store
         --split test --out gs://bucket/fleurs-large-v3 --dtype bfloat16
 
 Re-running with the same --out resumes: complete utterances are skipped. See BUILD.md for the
-store layout and engine/encode.py for the pipeline.
+store layout and engine/pipelines/encode/run.py for the pipeline.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from engine.encode import EncodeConfig, run_encode
+from engine.pipelines.encode.run import EncodeConfig, run_encode
 from jobs import common
 
 common.define_out_flag("output store: local path or TensorStore kvstore URL (gs://, s3://, file://)")

@@ -7,15 +7,15 @@ r"""Fine-tune Whisper's decoder on a frozen encoder from a layer store's final-l
 Pairs: the source languages' stored layer L+1 with the target language's transcriptions of the same ids (or
 --targets id<TAB>text). Held-out ids by a seeded split (OUT/split.csv). Evaluation before and after: X -> target
 (transfer) and X -> en translate (forgetting), BLEU and chrF. Re-running with the same --out resumes from the last
-checkpoint; other hyperparameters are refused. Output layout and padding: engine/finetune/run.py and data.py.
+checkpoint; other hyperparameters are refused. Output layout and padding: engine/pipelines/finetune/run.py and data.py.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from engine.finetune.run import TASK_TOKENS, FinetuneConfig, run_finetune
-from engine.finetune.step import DECAYS, TRAINABLE
+from engine.pipelines.finetune.run import TASK_TOKENS, FinetuneConfig, run_finetune
+from engine.pipelines.finetune.step import DECAYS, TRAINABLE
 from jobs import common
 
 common.define_store_flag("layer store written by the encode job (must hold layer L+1)")

@@ -8,14 +8,14 @@
     python -m jobs.interp --store S --words W --out O --pairs en:de --standardise layer
 
 --words is the align job's --out. Re-running with the same --out resumes per (language pair, layer). Output
-layout and method: engine/interp.py and docs/interp.md; analyst reader: engine/stores/interp.py.
+layout and method: engine/pipelines/interp/run.py and docs/interp.md; analyst reader: engine/pipelines/interp/reader.py.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from engine.interp import ALIGNMENTS, STANDARDISATIONS, InterpConfig, run_interp
+from engine.pipelines.interp.run import ALIGNMENTS, STANDARDISATIONS, InterpConfig, run_interp
 from jobs import common
 from kernels.ot import OT_EPSILON, OT_MAX_ITERATIONS, OT_THRESHOLD, OtConfig
 from kernels.wordalign import OT_MASS, WORD_WEIGHTS

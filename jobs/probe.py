@@ -4,14 +4,14 @@ r"""The word-level probe: similarity of cross-lingual synonyms vs near-homophone
     python -m jobs.probe --store /tmp/words-store --out /tmp/probe            # relations generated
     python -m jobs.probe --store /tmp/words-store --out /tmp/probe --relations relations.csv
 
-Writes OUT/probe.csv, OUT/relations.csv and OUT/figures/probe_by_layer.png; library: engine/analysis/probe.py.
+Writes OUT/probe.csv, OUT/relations.csv and OUT/figures/probe_by_layer.png; library: engine/pipelines/probe/run.py.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from engine.analysis.probe import ProbeConfig, run_probe
+from engine.pipelines.probe.run import ProbeConfig, run_probe
 from jobs import common
 
 common.define_store_flag("layer store of single-word clips, id = concept (e.g. encoded from --dataset words-demo)")

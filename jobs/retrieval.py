@@ -4,14 +4,14 @@
     python -m jobs.retrieval --similarity gs://b/sim --out /tmp/ret --measure seqsim,mean --layers 4-8 --ks 1,10
     python -m jobs.retrieval --similarity /data/sim --out /tmp/ret-challenge --subset /tmp/challenge   # + subset_*
 
-See engine/retrieval.py for the CSV columns and the figures.
+See engine/pipelines/retrieval/run.py for the CSV columns and the figures.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
-from engine.retrieval import RetrievalConfig, run_retrieval
+from engine.pipelines.retrieval.run import RetrievalConfig, run_retrieval
 from jobs import common
 from kernels.metrics import TIE_RULES
 

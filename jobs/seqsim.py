@@ -7,7 +7,7 @@ r"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer sto
 
 --out is required: similarity stores live beside layer stores, not inside them (a language folder of the layer
 store could collide with any name chosen inside it). Re-running with the same --out resumes: complete matrices are
-skipped. Layout: docs/similarity.md; library: engine/similarity.py.
+skipped. Layout: docs/similarity.md; library: engine/pipelines/similarity/run.py.
 
 Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
 --process_id); the processes claim (layer, pair) matrices one at a time through claim keys in --out and compute them
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.similarity import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
+from engine.pipelines.similarity.run import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
 from engine.stores.similarity import MEASURES
 from jobs import common
 from kernels.ot import OT_EPSILON, OT_MAX_ITERATIONS, OT_THRESHOLD, OtConfig

@@ -29,7 +29,8 @@ Lengths must be ``>= 1``.
 Convergence: Sinkhorn stops when the L1 error of the row marginal, ``sum_i |(P 1)_i - 1/m|``, falls below
 ``threshold`` (checked every ``INNER_ITERATIONS``), or after ``max_iterations``; ``converged`` is ott's flag
 (False at the iteration limit or on NaN) and false also for a non-finite cost. Callers must not use the score of a
-non-converged pair (``engine.similarity`` writes NaN and lists the pair in the done marker). The updates are
+non-converged pair (``engine.pipelines.similarity.run`` writes NaN and lists the pair in the done marker). The
+updates are
 over-relaxed (ott's constant ``Momentum``, ``OVER_RELAXATION``): the same fixed point, reached in about half the
 iterations on encoder states (demo store, layer 7: mean 104 -> 45 iterations at epsilon 0.05).
 

@@ -30,7 +30,7 @@ Conventions (as in ``kernels.seqsim``):
 Standardisation (optional, ``Standardisation``): before the cosine, every state is z-scored per embedding dimension,
 ``(x - mean) * scale`` with ``scale = 1 / std``, so that a few high-variance ("rogue") dimensions do not dominate the
 cosine (Timkey & van Schijndel 2021, "All bark and no bite"). ``layer_standardisation`` computes mean and std over a
-set of valid frames (the caller says which: ``engine.interp`` takes every valid frame of the utterances a
+set of valid frames (the caller says which: ``engine.pipelines.interp.run`` takes every valid frame of the utterances a
 (language pair, layer) unit reads). Pooling commutes with it (centre and mean are affine, max is monotone for
 ``scale >= 0``), so the kernel applies it to the pooled words (word x embed, not frame x embed); the reference
 applies it to the frames, as written, which checks that equivalence.
@@ -129,7 +129,7 @@ def check_spans(name: str, spans, n_words, n_frames) -> None:
         raise ShapeError(
             f"{name}[{p}, {w}] = {spans[p, w].tolist()} is not a span 0 <= start < end <= {n_frames[p]} frames "
             "after the previous word's end: clip word times to the utterance and trim overlapping words "
-            "(engine.interp.word_frames does both)"
+            "(engine.pipelines.interp.run.word_frames does both)"
         )
 
 

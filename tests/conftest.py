@@ -15,10 +15,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from engine.whisper.checkpoints.export import write_hf_folder
-from engine.whisper.dims import ModelDimensions
-from engine.whisper.languages import LANGUAGES
-from engine.whisper.model import random_state_dict
+from engine.languages import LANGUAGES
+from engine.models.whisper.checkpoints.export import write_hf_folder
+from engine.models.whisper.dims import ModelDimensions
+from engine.models.whisper.model import random_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FLEURS_SAMPLE = pathlib.Path(
@@ -70,7 +70,8 @@ def write_tiny_hf_folder(
     folder: pathlib.Path, dims: ModelDimensions = TINY_DIMS, seed: int = TINY_SEED
 ) -> pathlib.Path:
     """A random Whisper of ``dims`` as a Hugging Face folder in ``folder`` (created), written by the library's own
-    exporter (``engine.whisper.checkpoints.export``), plus a byte-level tokenizer for the multilingual vocabulary."""
+    exporter (``engine.models.whisper.checkpoints.export``), plus a byte-level tokenizer for the multilingual
+    vocabulary."""
     write_hf_folder(folder, random_state_dict(dims, seed=seed), dims)
     if dims.n_vocab == 51865:
         write_byte_level_tokenizer(folder / "tokenizer.json")
@@ -86,7 +87,7 @@ def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def tiny_whisper(tiny_model_dir):
     """The tiny model loaded once (``LoadedWhisper``), float32: read it, do not change it."""
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.loaded import load_whisper
 
     return load_whisper(tiny_model_dir)
 
@@ -118,7 +119,7 @@ class FleursWindows:
 @pytest.fixture(scope="session")
 def base_whisper():
     """The packaged whisper-base (``load_whisper()``), float32."""
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.loaded import load_whisper
 
     return load_whisper()
 
@@ -126,7 +127,7 @@ def base_whisper():
 @pytest.fixture(scope="session")
 def ct2_base_dir(tmp_path_factory) -> pathlib.Path:
     """The packaged model as a plain CTranslate2 folder (parts concatenated), for CTranslate2 and faster-whisper."""
-    from engine.whisper.checkpoints.load import write_packaged_ct2_folder
+    from engine.models.whisper.checkpoints.load import write_packaged_ct2_folder
 
     return write_packaged_ct2_folder(tmp_path_factory.mktemp("ct2-base"))
 

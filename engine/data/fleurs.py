@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine.data.utterance import DatasetError, Utterance, check_language, number_recordings, text_or_none
-from engine.whisper.languages import FLEURS_LANGUAGES
+from engine.languages import FLEURS_LANGUAGES
 
 FLEURS_SPLITS = ("train", "validation", "test")  # the Hub's split names; the original archives call validation "dev"
 FLEURS_SAMPLE_RATE = 16000  # Hz: FLEURS's num_samples count samples at this rate

@@ -1,5 +1,5 @@
 """Speech datasets as lists of utterances: manifests and plain folders here, FLEURS in ``engine.data.fleurs``, the
-demo set in ``engine.data.demo``, and ``get_source``, which picks one from a job's ``--dataset`` spec.
+demo set in ``engine.data.synth.sentences``, and ``get_source``, which picks one from a job's ``--dataset`` spec.
 
 Every source lists ``Utterance`` records; none decodes audio while listing. ``Utterance.load`` decodes one clip
 with ``engine.data.audio.load_audio`` and raises its ``AudioError`` subclasses with the clip named, so that a job can
@@ -28,8 +28,9 @@ import os
 import pathlib
 from typing import Any
 
-from engine.data.demo import DemoSource
 from engine.data.fleurs import FleursSource
+from engine.data.synth.sentences import DemoSource
+from engine.data.synth.words import WordsDemoSource
 from engine.data.utterance import (
     DatasetError,
     Source,
@@ -39,7 +40,6 @@ from engine.data.utterance import (
     number_recordings,
     text_or_none,
 )
-from engine.data.words import WordsDemoSource
 
 SPEC_FORMS = (
     "demo",

@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.data.audio import SAMPLE_RATE, AudioInfo, load_audio, probe_audio
 from engine.errors import AudioError, BabelgridError, LanguageError
-from engine.whisper.languages import fleurs_to_whisper
+from engine.languages import fleurs_to_whisper
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 

@@ -34,8 +34,8 @@ import tensorstore as ts
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.data.audio import ENCODER_FRAMES_PER_SECOND, HOP_LENGTH, LONG_AUDIO_MODES, N_FFT, N_SAMPLES, SAMPLE_RATE
 from engine.dtypes import DTYPES as ALL_DTYPES
+from engine.models.whisper.dims import ModelDimensions
 from engine.stores.kv import StoreError
-from engine.whisper.dims import ModelDimensions
 
 FORMAT_VERSION = 1
 FORMAT_NAME = "babelgrid-layer-store"

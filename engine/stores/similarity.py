@@ -1,6 +1,6 @@
 """The similarity store: all-pairs similarity matrices per measure, language pair and layer (format version 1).
 
-Written by ``engine.similarity.run_similarity`` (the ``seqsim`` job), read with ``open_similarity``::
+Written by ``engine.pipelines.similarity.run.run_similarity`` (the ``seqsim`` job), read with ``open_similarity``::
 
     OUT/manifest.json                        layer store URL, model, checkpoint, layers; written once
     OUT/<measure>/<a>__<b>/zarr.json         zarr3 f32[layer, utterance_a, utterance_b], NaN = not computed,

@@ -1,6 +1,6 @@
 """An align job's output, for the job and for analysts: word rows per language, their parts, and the reader.
 
-Layout (``OUT`` a local path or a TensorStore kvstore URL; ``engine.align`` writes it)::
+Layout (``OUT`` a local path or a TensorStore kvstore URL; ``engine.pipelines.align.run`` writes it)::
 
     OUT/align.json                      settings and model of the run; a resumed run must match them
     OUT/<lang>/words.parquet            utterance, id, recording, word_index, word, start, end, probability
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.errors import BabelgridError
-from engine.stores import parts
+from engine.runtime import parts
 from engine.stores.kv import open_kvstore, write_all
 from engine.stores.similarity import check_name
 
@@ -50,7 +50,7 @@ def part_key(lang: str, first: int) -> str:
 
 
 def part_bytes(rows: dict, done: Sequence[int], skipped: Sequence[tuple[int, str, str]]) -> bytes:
-    """One part of a language's words (``engine.stores.parts``)."""
+    """One part of a language's words (``engine.runtime.parts``)."""
     return parts.part_bytes(rows, WORD_SCHEMA, done, skipped)
 
 

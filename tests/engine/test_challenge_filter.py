@@ -7,8 +7,9 @@ import types
 import numpy as np
 import pytest
 
-from engine.analysis import challenge, soundalike
-from engine.analysis.phones import PhonesError, espeak_voice
+from engine.pipelines.challenge import run as challenge
+from engine.text import soundalike
+from engine.text.phones import PhonesError, espeak_voice
 
 BOOK = soundalike.PhoneBook()  # shared: each word is phonemised once for the whole module
 

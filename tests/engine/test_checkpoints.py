@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from engine.errors import CheckpointError
-from engine.whisper.checkpoints import ct2
-from engine.whisper.checkpoints import load as checkpoints
-from engine.whisper.checkpoints.alignment_heads import openai_alignment_heads
-from engine.whisper.checkpoints.hf import read_safetensors, state_dict_from_hf
-from engine.whisper.checkpoints.load import expected_shapes, load_checkpoint
-from engine.whisper.dims import PRESETS, ModelDimensions, sinusoids
+from engine.models.whisper.checkpoints import ct2
+from engine.models.whisper.checkpoints import load as checkpoints
+from engine.models.whisper.checkpoints.alignment_heads import openai_alignment_heads
+from engine.models.whisper.checkpoints.hf import read_safetensors, state_dict_from_hf
+from engine.models.whisper.checkpoints.load import expected_shapes, load_checkpoint
+from engine.models.whisper.dims import PRESETS, ModelDimensions, sinusoids
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -1,4 +1,5 @@
-"""engine.data.demo: the sentence table, espeak-ng synthesis into a cache, reuse, atomic writes, missing espeak-ng."""
+"""engine.data.synth.sentences: the sentence table, espeak-ng synthesis into a cache, reuse, atomic writes, missing
+espeak-ng."""
 
 import os
 import shutil
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from engine.data import demo as D
 from engine.data.audio import SAMPLE_RATE
+from engine.data.synth import sentences as D
 from engine.data.utterance import DatasetError, Source
 from engine.errors import LanguageError
 

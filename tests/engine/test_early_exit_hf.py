@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 
-from engine.whisper.decoding import DecodingOptions  # noqa: E402
+from engine.models.whisper.decoding import DecodingOptions  # noqa: E402
 
 N_NEW = 12
 
@@ -92,8 +92,8 @@ def test_early_exit_matches_hf_generate_tiny(tiny_model_dir, tiny_whisper):
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_early_exit_matches_hf_generate_real_weights(base_whisper, fleurs_windows):
-    from engine.whisper.checkpoints.export import hf_config, hf_state_dict
-    from engine.whisper.checkpoints.load import load_checkpoint
+    from engine.models.whisper.checkpoints.export import hf_config, hf_state_dict
+    from engine.models.whisper.checkpoints.load import load_checkpoint
 
     ckpt = load_checkpoint(None)
     d = ckpt.dims

@@ -1,7 +1,7 @@
 """Per-layer parity against Hugging Face transformers' PyTorch Whisper (an implementation we did not write).
 
 A small random ``WhisperConfig`` (no downloads) is built in PyTorch, its weights are mapped to
-OpenAI names by ``engine.whisper.checkpoints.load.state_dict_from_hf`` and loaded into our Flax model.
+OpenAI names by ``engine.models.whisper.checkpoints.load.state_dict_from_hf`` and loaded into our Flax model.
 
 Tolerance: 1e-5 relative to the layer's largest magnitude, in float32. Both sides compute in
 float32 with different summation orders (XLA vs. oneDNN GEMMs, fused vs. unfused softmax);
@@ -16,10 +16,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from engine.whisper.checkpoints.hf import state_dict_from_hf  # noqa: E402
-from engine.whisper.decoding import greedy_decode, teacher_forced  # noqa: E402
-from engine.whisper.dims import ModelDimensions  # noqa: E402
-from engine.whisper.model import Whisper  # noqa: E402
+from engine.models.whisper.checkpoints.hf import state_dict_from_hf  # noqa: E402
+from engine.models.whisper.decoding import greedy_decode, teacher_forced  # noqa: E402
+from engine.models.whisper.dims import ModelDimensions  # noqa: E402
+from engine.models.whisper.model import Whisper  # noqa: E402
 
 RTOL = 1e-5
 N_MELS, N_CTX, WIDTH, HEADS, ENC_LAYERS, DEC_LAYERS, TEXT_CTX = 80, 50, 64, 4, 3, 2, 40

@@ -23,8 +23,8 @@ import pytest
 
 pytest.importorskip("ctranslate2")
 
-from engine.analysis.text_metrics import wer  # noqa: E402
-from engine.whisper.decoding import DecodingOptions  # noqa: E402
+from engine.models.whisper.decoding import DecodingOptions  # noqa: E402
+from engine.text.metrics import wer  # noqa: E402
 from tests.conftest import PARITY_BATCH as BATCH  # noqa: E402
 from tests.conftest import ct2_view  # noqa: E402
 
@@ -147,7 +147,7 @@ def test_early_exit_and_translate_run(whisper, fleurs_windows):
     here with ln_post's weights (or not), and handed to the decoder as ``xa``; and not what layer L+1 gives."""
     import jax.numpy as jnp
 
-    from engine.whisper.decoding import teacher_forced
+    from engine.models.whisper.decoding import teacher_forced
 
     mel = fleurs_windows.mel[fleurs_windows.windows_of(0)[:1]]
     top = whisper.dims.n_audio_layer + 1

@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("ctranslate2")
 
-from engine.whisper.decoding import DecodingOptions  # noqa: E402
+from engine.models.whisper.decoding import DecodingOptions  # noqa: E402
 from tests.conftest import PARITY_BATCH as BATCH  # noqa: E402
 from tests.conftest import ct2_view  # noqa: E402
 

@@ -422,7 +422,7 @@ def test_get_source_errors(tmp_path):
 
 
 def test_get_source_demo(tmp_path):
-    from engine.data.demo import DemoSource
+    from engine.data.synth.sentences import DemoSource
 
     src = S.get_source("demo", cache_dir=tmp_path)
     assert isinstance(src, DemoSource) and isinstance(src, Source) and src.name == "demo"

@@ -16,12 +16,12 @@ import pytest
 import tensorstore as ts
 
 from engine.errors import BabelgridError, ShapeError
+from engine.models.whisper.dims import ModelDimensions
 from engine.stores.kv import StoreError
 from engine.stores.language import utterance_range
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from engine.stores.schema import FORMAT_VERSION, LENGTHS_CHUNK, StoreInfo, StoreMismatchError, UtteranceRow
-from engine.whisper.dims import ModelDimensions
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WRITER = REPO / "tests" / "engine" / "scripts" / "store_writer.py"

@@ -1,6 +1,6 @@
 import pytest
 
-from engine.analysis.text_metrics import cer, error_rate, normalize_text, wer
+from engine.text.metrics import cer, error_rate, normalize_text, wer
 
 
 def test_normalize():

@@ -16,7 +16,7 @@ import pytest
 from engine.data.audio import SAMPLE_RATE, load_audio
 from engine.data.features import features_for_audio
 from engine.errors import ShapeError
-from engine.whisper.timing import (
+from engine.models.whisper.timing import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,
     TranscriptTooLongError,
@@ -71,9 +71,9 @@ def test_concatenate_windows_checks_partial_windows():
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch = pytest.importorskip("torch")
-    from engine.whisper.dims import ModelDimensions
-    from engine.whisper.loaded import load_whisper
-    from engine.whisper.model import random_state_dict
+    from engine.models.whisper.dims import ModelDimensions
+    from engine.models.whisper.loaded import load_whisper
+    from engine.models.whisper.model import random_state_dict
 
     dims = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
     path = tmp_path_factory.mktemp("model") / "tiny-random.pt"

@@ -1,4 +1,5 @@
-"""engine.whisper.tokenizer against tokenizers we did not write: OpenAI's (tiktoken), faster-whisper's, transformers'.
+"""engine.models.whisper.tokenizer against tokenizers we did not write: OpenAI's (tiktoken), faster-whisper's,
+transformers'.
 
 Real vocabularies: the packaged whisper-base ``tokenizer.json`` (multilingual, 99 languages), OpenAI's ``*.tiktoken``
 files from the installed ``whisper`` package (openai-whisper, installed with --no-deps by ``make setup-test``), and an
@@ -19,8 +20,8 @@ import pytest
 import tokenizers
 
 from engine.errors import CheckpointError, LanguageError
-from engine.whisper.languages import FLEURS_LANGUAGES, LANGUAGES, fleurs_to_whisper
-from engine.whisper.tokenizer import N_TIMESTAMPS, WhisperTokenizer
+from engine.languages import FLEURS_LANGUAGES, LANGUAGES, fleurs_to_whisper
+from engine.models.whisper.tokenizer import N_TIMESTAMPS, WhisperTokenizer
 
 
 def _package_dir(name: str) -> pathlib.Path | None:

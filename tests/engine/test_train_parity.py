@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from engine.finetune import step as S
-from engine.whisper.checkpoints.export import hf_state_dict, openai_state_dict
+from engine.models.whisper.checkpoints.export import hf_state_dict, openai_state_dict
+from engine.pipelines.finetune import step as S
 
 TEXTS = [[400, 1200, 77, 3000, 12], [5000, 6, 7, 8, 9, 10, 11, 12, 13], [42, 43]]
 
@@ -113,8 +113,8 @@ def test_ewc_fisher_equals_torch_per_example_squares(tiny_whisper, tiny_model_di
     English text as label), checked against transformers + torch autograd one example at a time."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from engine.finetune import ewc as E
-    from engine.finetune.data import Pairs
+    from engine.pipelines.finetune import ewc as E
+    from engine.pipelines.finetune.data import Pairs
 
     rng = np.random.default_rng(7)
     ids = ("a", "b", "c", "d")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from engine.errors import CheckpointError, LanguageError, ShapeError
-from engine.whisper.decoding import DecodingOptions, teacher_forced
-from engine.whisper.loaded import load_whisper
-from engine.whisper.model import Whisper, random_state_dict
+from engine.models.whisper.decoding import DecodingOptions, teacher_forced
+from engine.models.whisper.loaded import load_whisper
+from engine.models.whisper.model import Whisper, random_state_dict
 from tests.conftest import TINY_DIMS as DIMS
 
 

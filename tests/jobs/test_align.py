@@ -1,7 +1,7 @@
 """The align job end to end, through its flags, on a layer store of real FLEURS clips with the packaged whisper-base.
 
 The job runs in subprocesses (absl flags are process-global and other job modules define the same names). What it
-wrote is read back and compared with ``engine.whisper.timing.align_words`` run directly on the stored states.
+wrote is read back and compared with ``engine.models.whisper.timing.align_words`` run directly on the stored states.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.encode import EncodeConfig, run_encode
+from engine.models.whisper.loaded import load_whisper
+from engine.models.whisper.timing import align_words, fill_padding, silence_states
+from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
-from engine.whisper.loaded import load_whisper
-from engine.whisper.timing import align_words, fill_padding, silence_states
 from tests.jobs.multiprocess import run_processes
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]

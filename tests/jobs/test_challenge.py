@@ -14,13 +14,14 @@ import sys
 import numpy as np
 import pytest
 
-from engine.analysis import challenge, soundalike
-from engine.analysis import subset as subset_lib
-from engine.analysis.phones import PhonesError
-from engine.retrieval import RetrievalConfig, run_retrieval
+from engine.pipelines.challenge import run as challenge
+from engine.pipelines.retrieval import subset as subset_lib
+from engine.pipelines.retrieval.run import RetrievalConfig, run_retrieval
 from engine.stores.layers import LayerStore
 from engine.stores.schema import UtteranceRow
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
+from engine.text import soundalike
+from engine.text.phones import PhonesError
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

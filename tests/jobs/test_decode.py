@@ -23,10 +23,10 @@ import pyarrow as pa
 import pytest
 import soundfile
 
-from engine.analysis import text_metrics
-from engine.decode import DecodeConfig, DecodeError, references_path, run_decode, score_rows
-from engine.encode import EncodeConfig, run_encode
-from engine.stores.hypotheses import read_hypotheses, read_scores
+from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
+from engine.pipelines.decode.run import DecodeConfig, DecodeError, references_path, run_decode, score_rows
+from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.text import metrics as text_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_CLIPS = ("en-000", "en-001", "de-009", "de-000")  # de-009 is 43 s: two windows
@@ -113,7 +113,8 @@ def skipped_rows(out) -> set[tuple[str, ...]]:
 
 def library_decode(whisper, mel, options) -> list[list[int]]:
     """Tokens per window of ``mel f32[window, n_mels, 3000]`` decoded by the library as the job calls it: one batch of
-    8 windows, padded with copies of the first (``engine.decode._decode_windows``), so the inputs are the job's."""
+    8 windows, padded with copies of the first (``engine.pipelines.decode.run._decode_windows``), so the inputs are
+    the job's."""
     n = len(mel)
     chunk = np.concatenate([mel, np.repeat(mel[:1], 8 - n, axis=0)])
     res = whisper.transcribe(None, options, xa=whisper.audio_features(chunk, options))
@@ -243,8 +244,8 @@ def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, base_whisper, tm
     import jax.numpy as jnp
 
     from engine.data.audio import load_audio
+    from engine.models.whisper.decoding import DecodingOptions
     from engine.stores.reader import open_store
-    from engine.whisper.decoding import DecodingOptions
 
     whisper = base_whisper
     top = whisper.dims.n_audio_layer + 1
@@ -334,7 +335,7 @@ def test_empty_and_silent_audio_are_counted_skips_with_reasons(odd_store, tiny_w
 
 def test_language_whisper_lacks_is_skipped_or_decoded_as(odd_store, fleurs_dir, tiny_whisper, tmp_path):
     from engine.data.audio import load_audio
-    from engine.whisper.decoding import DecodingOptions
+    from engine.models.whisper.decoding import DecodingOptions
 
     bare = decode_here(tiny_whisper, odd_store, tmp_path / "bare", langs=("ky",))
     assert skipped_rows(tmp_path / "bare") == {("ky", "fleurs-ky-001", "transcribe", "no_whisper_language")}
@@ -362,7 +363,7 @@ def test_language_detect_and_decode_as_through_flags(odd_store, fleurs_dir, tiny
     """--language detect: each window's language is the library's detection, and the prompt carries it; references
     are still scored in the store language's (or --decode_as) normaliser."""
     from engine.data.audio import load_audio
-    from engine.whisper.decoding import DecodingOptions
+    from engine.models.whisper.decoding import DecodingOptions
 
     out = tmp_path / "o"
     args = ("--store", str(odd_store), "--out", str(out), "--model", str(tiny_model_dir), "--max_new_tokens", "5")

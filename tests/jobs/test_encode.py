@@ -23,14 +23,14 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE, load_audio
-from engine.data.demo import DEMO_IDS
 from engine.data.features import features_for_audio
-from engine.encode import EncodeConfig, run_encode
-from engine.parallel import ShardedEncoder, data_mesh
+from engine.data.synth.sentences import DEMO_IDS
+from engine.models.whisper.checkpoints.load import DEFAULT_NAME
+from engine.models.whisper.dims import preset
+from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.runtime.parallel import ShardedEncoder, data_mesh
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
-from engine.whisper.checkpoints.load import DEFAULT_NAME
-from engine.whisper.dims import preset
 from tests.jobs.multiprocess import run_processes
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -263,7 +263,7 @@ def test_two_processes_give_the_same_store_as_one(tmp_path, tiny_model_dir):
     outputs = run_processes(
         "jobs.encode", [*common, "--out", str(two), "--progress=false"], env_extra=fake, timeout=900
     )
-    # The processes claimed the work between them (engine.stores.claims): each utterance encoded once.
+    # The processes claimed the work between them (engine.runtime.claims): each utterance encoded once.
     counts = [int(o.split("encoded ", 1)[1].split()[0]) for o in outputs]
     assert sum(counts) == 300, outputs
     stores_identical(one, two)

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from engine.finetune.data import PADDING, FinetuneError
-from engine.finetune.run import METRIC_FIELDS, FinetuneConfig, run_finetune
+from engine.pipelines.finetune.data import PADDING, FinetuneError
+from engine.pipelines.finetune.run import METRIC_FIELDS, FinetuneConfig, run_finetune
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo, UtteranceRow
 from tests.conftest import TINY_DIMS
@@ -83,7 +83,7 @@ def test_outputs(run_out):
 def test_export_round_trip(run_out):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.loaded import load_whisper
 
     out, _ = run_out
     gen = json.loads((out / "model" / "generation_config.json").read_text())

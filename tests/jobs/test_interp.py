@@ -21,9 +21,9 @@ import pytest
 from scipy.stats import ttest_rel
 
 from engine.data.audio import SAMPLE_RATE, encoder_frames, load_audio
-from engine.encode import EncodeConfig, run_encode
-from engine.interp import PAIR_COLUMNS, SUMMARY_COLUMNS
-from engine.stores.interp import read_pairs, read_summary
+from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.interp.reader import read_pairs, read_summary
+from engine.pipelines.interp.run import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from engine.stores.schema import StoreInfo, UtteranceRow
@@ -333,7 +333,7 @@ def concatenated(order, recorded) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.slow
 @pytest.mark.parametrize("order_b", [("Haus", "Hund", "Katze"), ("Katze", "Haus", "Hund")])
 def test_known_permutation_of_spoken_words(order_b):
-    from engine.whisper.loaded import load_whisper
+    from engine.models.whisper.loaded import load_whisper
 
     whisper = load_whisper()  # the packaged whisper-base
     recorded = {w: spoken_word(w) for w in KNOWN_WORDS}

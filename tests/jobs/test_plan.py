@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import plan as plan_lib
 from engine.data.audio import SAMPLE_RATE
-from engine.decode import DecodeConfig
-from engine.encode import EncodeConfig, run_encode
-from engine.similarity import SimilarityConfig
+from engine.models.whisper.dims import ModelDimensions
+from engine.pipelines.decode.run import DecodeConfig
+from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.similarity.run import SimilarityConfig
+from engine.runtime import plan as plan_lib
 from engine.stores.reader import open_store
-from engine.whisper.dims import ModelDimensions
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SECONDS = {"a": 0.5, "b": 31.0, "c": 1.0}  # b needs two 30 s windows

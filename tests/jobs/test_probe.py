@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-from engine.analysis import probe
-from engine.analysis.phones import PhonesError
+from engine.pipelines.probe import run as probe
 from engine.stores.layers import LayerStore
 from engine.stores.schema import UtteranceRow
+from engine.text.phones import PhonesError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(

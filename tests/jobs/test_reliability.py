@@ -20,8 +20,8 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from engine.runtime.lease import LEASE, WriterLease
 from engine.stores.kv import open_kvstore
-from engine.stores.lease import LEASE, WriterLease
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
 

@@ -24,8 +24,8 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from engine.runtime.lease import LEASE, StoreBusyError, WriterLease
 from engine.stores.kv import create_key, open_kvstore
-from engine.stores.lease import LEASE, StoreBusyError, WriterLease
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
 

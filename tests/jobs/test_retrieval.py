@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.retrieval import (
+from engine.pipelines.retrieval.run import (
     BY_LAYER_NAME,
     CSV_COLUMNS,
     HEATMAP_NAME,
@@ -291,7 +291,7 @@ def test_ot_nonconverged_queries_are_unranked_not_fatal(ot_store, tmp_path, capl
     root, scores = ot_store
     config = RetrievalConfig(similarity=str(root / "sim"), out=str(tmp_path), ks=KS, measures=("ot",),
                              subset=str(root / "challenge") if subset else None)  # fmt: skip
-    with caplog.at_level("WARNING", logger="engine.retrieval"):
+    with caplog.at_level("WARNING", logger="engine.pipelines.retrieval.run"):
         result = run_retrieval(config)
     rows = read_csv(tmp_path / "retrieval.csv")
     by_key = {(r["lang_a"], int(r["layer"]), r["metric"]): r for r in rows}

@@ -1,5 +1,5 @@
 """A host that dies: two ``jax.distributed`` processes share encode, seqsim, decode and align through work claims
-(``engine.stores.claims``); one is SIGKILLed mid-run, the other finishes its own work and, once the dead one's claims
+(``engine.runtime.claims``); one is SIGKILLed mid-run, the other finishes its own work and, once the dead one's claims
 expire, the dead one's. The stores must then equal, key for key and byte for byte, the stores of one-process runs.
 
 Kept cheap: the tiny random model, 2 languages of 10 clips of 0.2 to 0.6 s (4 with transcripts for decode and align),
@@ -18,13 +18,13 @@ import pytest
 import soundfile as sf
 import tensorstore as ts
 
-from engine.align import AlignConfig, run_align
 from engine.data.audio import SAMPLE_RATE
-from engine.decode import DecodeConfig, run_decode
-from engine.encode import EncodeConfig, run_encode
-from engine.similarity import SimilarityConfig, run_similarity
-from engine.stores.claims import CLAIMS_DIR
-from engine.stores.hypotheses import read_hypotheses
+from engine.pipelines.align.run import AlignConfig, run_align
+from engine.pipelines.decode.hypotheses import read_hypotheses
+from engine.pipelines.decode.run import DecodeConfig, run_decode
+from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
+from engine.runtime.claims import CLAIMS_DIR
 from engine.stores.words import read_words
 from tests.jobs.multiprocess import start_processes
 

@@ -21,8 +21,8 @@ from absl import flags
 
 import jobs.seqsim as job
 from engine.data.audio import SAMPLE_RATE
-from engine.encode import EncodeConfig, run_encode
-from engine.similarity import SimilarityConfig, resolve_pairs, run_similarity
+from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.similarity.run import SimilarityConfig, resolve_pairs, run_similarity
 from engine.stores.reader import open_store
 from engine.stores.similarity import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
 from kernels.dtw import reference_dtw_similarity_matrix
@@ -245,7 +245,7 @@ def test_two_processes_share_the_grid(layer_store, sim, tmp_path):
     args = ["--store", str(layer_store), "--out", str(out), "--measure", ALL_MEASURES, "--progress=false"]
     outputs = run_processes("jobs.seqsim", [*args, "--allow_partial"])
     counts = [int(o.split("computed ", 1)[1].split()[0]) for o in outputs]
-    assert sum(counts) == 12, outputs  # 3 pairs x 4 layers, claimed one at a time (engine.stores.claims)
+    assert sum(counts) == 12, outputs  # 3 pairs x 4 layers, claimed one at a time (engine.runtime.claims)
     one, two = open_similarity(str(sim)), open_similarity(str(out))
     for measure in one.measures():
         assert two.pairs(measure) == one.pairs(measure)
@@ -271,7 +271,7 @@ def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path,
 def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(layer_store, tmp_path, monkeypatch, capsys):
     """Pairs that kernels.ot finished in the log domain (OtResult.fallback) are counted in the done marker and the
     job's summary. A fallback is forced by flagging two pairs of the kernel's own result."""
-    import engine.similarity as similarity
+    import engine.pipelines.similarity.run as similarity
 
     real = similarity.ot_similarity_matrix
 

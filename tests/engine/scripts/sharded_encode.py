@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.parallel import ShardedEncoder, data_mesh
-from engine.whisper.dims import ModelDimensions
-from engine.whisper.model import Whisper, random_state_dict
+from engine.models.whisper.dims import ModelDimensions
+from engine.models.whisper.model import Whisper, random_state_dict
+from engine.runtime.parallel import ShardedEncoder, data_mesh
 
 expected_devices = int(sys.argv[1])
 assert jax.device_count() == expected_devices, (jax.device_count(), expected_devices)

@@ -1,0 +1,421 @@
+"""Flax (NNX) Whisper with OpenAI Whisper's numerics, returning every encoder layer.
+
+Encoder layer indexing, used everywhere in babelgrid (stores, jobs, analyses):
+
+- ``0``: the input to the first block: conv stem (conv1, GELU, conv2, GELU) plus positions.
+- ``1..L``: the output of block ``i`` (the residual stream, before any final norm), ``L = n_audio_layer``.
+- ``L+1``: the encoder output, ``ln_post`` applied: what the decoder consumes.
+
+Hugging Face's ``output_hidden_states`` gives ``0..L-1`` and then ``L+1`` (it replaces the
+last block's raw output by the normed one); OpenAI's model returns only ``L+1``.
+
+Glossary of array names: ``mel: f32[batch, n_mels, 2 * n_audio_ctx]`` log-mel windows,
+``states: f[layer, batch, frame, embed]`` encoder layers, ``xa: f[batch, frame, embed]``
+the audio features the decoder attends to, ``tokens: i32[batch, position]``.
+
+The modules are built from a state dict with OpenAI's names and PyTorch layouts (see
+``engine.models.whisper.checkpoints.load``); linear kernels are stored transposed, ``[in, out]``. Layer norms and
+softmaxes run in float32 whatever the weight dtype, as OpenAI's ``LayerNorm`` and
+``qkv_attention`` do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from engine.errors import ShapeError
+from engine.models.whisper.dims import ModelDimensions, sinusoids
+
+LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which OpenAI Whisper uses
+# Encoder self-attention on CPU in cache-sized head pairs (see attend_unmasked); read at trace time.
+CPU_BLOCKED_ATTENTION = True
+
+
+def _param(array, dtype) -> nnx.Param:
+    return nnx.Param(jnp.asarray(np.asarray(array), dtype=dtype))
+
+
+class Linear(nnx.Module):
+    def __init__(self, weight, bias, dtype):
+        # weight: [out, in] (PyTorch); stored as kernel [in, out].
+        self.kernel = _param(np.asarray(weight).T, dtype)
+        self.bias = None if bias is None else _param(bias, dtype)
+
+    def __call__(self, x):
+        y = jnp.dot(x.astype(self.kernel.dtype), self.kernel[...])
+        if self.bias is not None:
+            y = y + self.bias[...]
+        return y
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, weight, bias, dtype):
+        self.scale = _param(weight, dtype)
+        self.bias = _param(bias, dtype)
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + LN_EPS)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+class Conv1d(nnx.Module):
+    """PyTorch ``Conv1d`` with padding 1, on channels-last input ``[batch, time, channels]``."""
+
+    def __init__(self, weight, bias, stride: int, dtype):
+        # weight: [out, in, width] (PyTorch) -> [width, in, out] (WIO).
+        self.kernel = _param(np.transpose(np.asarray(weight), (2, 1, 0)), dtype)
+        self.bias = _param(bias, dtype)
+        self.stride = stride
+
+    def __call__(self, x):
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.kernel.dtype),
+            self.kernel[...],
+            window_strides=(self.stride,),
+            padding=((1, 1),),
+            dimension_numbers=("NWC", "WIO", "NWC"),
+        )
+        return y + self.bias[...]
+
+
+def _head_major(x):
+    """f[b, t, h, dh] -> f[b, h, t, dh]."""
+    return jnp.transpose(x, (0, 2, 1, 3))
+
+
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU() default: exact erf form
+
+
+class MultiHeadAttention(nnx.Module):
+    def __init__(self, sd: Mapping[str, np.ndarray], prefix: str, n_head: int, dtype):
+        self.n_head = n_head
+        self.query = Linear(sd[f"{prefix}.query.weight"], sd[f"{prefix}.query.bias"], dtype)
+        self.key = Linear(sd[f"{prefix}.key.weight"], None, dtype)
+        self.value = Linear(sd[f"{prefix}.value.weight"], sd[f"{prefix}.value.bias"], dtype)
+        self.out = Linear(sd[f"{prefix}.out.weight"], sd[f"{prefix}.out.bias"], dtype)
+
+    def split_heads(self, x):
+        b, t, d = x.shape
+        return x.reshape(b, t, self.n_head, d // self.n_head)
+
+    def attend(self, q, k, v, mask=None, return_logits=False):
+        """q: [b, tq, h, dh], k/v: [b, tk, h, dh], mask: bool[b or 1, 1, tq, tk] (True = keep).
+
+        Returns (out f[b, tq, h*dh], weights f32[b, h, tq, tk]): the softmax, or with ``return_logits``
+        the scaled pre-softmax logits (masked keys at -inf).
+        """
+        dh = q.shape[-1]
+        # OpenAI scales q and k by dh**-0.25 each; one dh**-0.5 on the product is the same up to rounding.
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * (dh**-0.5)
+        if mask is not None:
+            logits = jnp.where(mask, logits, -jnp.inf)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+        b, tq, h, _ = out.shape
+        return out.reshape(b, tq, h * dh), (logits if return_logits else weights)
+
+    def attend_head_major(self, q, k, v, mask=None, return_logits=False):
+        """``attend`` for the decoder, whose keys and values are stored head-major: ``k/v: f[bk, h, tk, dh]``.
+
+        Stored that way (the cross-attention keys once per decode, the self-attention cache as it grows), a decoding
+        step reads them as they lie. In the ``[b, tk, h, dh]`` layout XLA on CPU transposed the cross-attention keys
+        and values of every block at every step (1.5 GB per step for a beam of 5 x 8 windows of whisper-base).
+        ``q: f[b, tq, h, dh]`` with ``b = bk * g``: ``g`` consecutive query rows (the beams of one utterance) share
+        one key/value row, so beam search does not copy the encoder states per beam. ``mask: bool[bk or 1, 1, tq,
+        tk]``. Returns ``(out f[b, tq, h*dh], weights f32[b, h, tq, tk])`` as ``attend``.
+        """
+        b, tq, h, dh = q.shape
+        bk, tk = k.shape[0], k.shape[2]
+        if b % bk:
+            raise ValueError(f"{b} query rows cannot share {bk} key/value rows")
+        g = b // bk
+        # Every product in head-major form ("bhqd,bhkd", "bhqk,bhkd->bhqd"): with the output "bqhd" instead, XLA on
+        # CPU took a slower kernel for the weights x values product of a beam: 7.2 ms against 1.3 ms for 8 utterances
+        # x 8 heads x 5 beams over 1500 frames (one-off timing on the 2-core AVX-512 CPU, 2026-11-22).
+        q = _head_major(q.reshape(bk, g * tq, h, dh))
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * (dh**-0.5)
+        if mask is not None:
+            logits = jnp.where(jnp.tile(mask, (1, 1, g, 1)) if g > 1 else mask, logits, -jnp.inf)
+        weights = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
+        out = _head_major(out).reshape(b, tq, h * dh)
+        kept = logits if return_logits else weights
+        if g > 1:
+            kept = jnp.transpose(kept.reshape(bk, h, g, tq, tk), (0, 2, 1, 3, 4)).reshape(b, h, tq, tk)
+        return out, kept
+
+    def attend_unmasked(self, q, k, v):
+        """``attend`` without a mask or weights, for the encoder: ``f[b, tq, h*dh]``.
+
+        On CPU the batched form writes all ``b*h`` logit matrices (576 MB for whisper-base at batch
+        8) before the softmax reads them back, so it runs at memory speed; one head of one utterance
+        at a time keeps its 1500x1500 block in cache. ``bench/encoder.py --attention`` times both
+        forms in one run. The heads are made head-major once per layer, so that each head's two
+        products are plain matrix products on contiguous rows (with the heads in the middle, XLA
+        copied each head's strided rows first). The softmax's division comes after the product
+        with the values: ``t x dh`` divisions instead of ``t x t``, and one pass less over the
+        logits. With the scale on ``q`` (``dh**-0.5`` is a power of two for Whisper's ``dh = 64``,
+        so exact) whisper-base's outputs on four FLEURS windows stay within 2e-5 of their peak of the
+        batched form's (block 1: 1e-6); the CTranslate2 parity tolerance is 2^-11 of the peak.
+        Accelerators use the batched form (the blocked one is not measured there).
+        """
+        if jax.default_backend() != "cpu" or not CPU_BLOCKED_ATTENTION:
+            return self.attend(q, k, v)[0]
+        b, tq, h, dh = q.shape
+        tk = k.shape[1]
+
+        def heads(x, t):  # f[b, t, h, dh] -> f[b*h, t, dh]
+            return _head_major(x).reshape(b * h, t, dh)
+
+        def one(args):
+            qi, ki, vi = args  # f[t, dh]: one head of one utterance
+            logits = jnp.einsum("qd,kd->qk", qi, ki, preferred_element_type=jnp.float32)
+            e = jnp.exp(logits - logits.max(-1, keepdims=True))
+            out = jnp.einsum("qk,kd->qd", e.astype(vi.dtype), vi, preferred_element_type=jnp.float32)
+            return (out / e.sum(-1, keepdims=True)).astype(vi.dtype)
+
+        out = jax.lax.map(one, (heads(q * jnp.asarray(dh**-0.5, q.dtype), tq), heads(k, tk), heads(v, tk)))
+        return _head_major(out.reshape(b, h, tq, dh)).reshape(b, tq, h * dh)
+
+
+class ResidualBlock(nnx.Module):
+    def __init__(self, sd, prefix: str, n_head: int, cross: bool, dtype):
+        self.attn = MultiHeadAttention(sd, f"{prefix}.attn", n_head, dtype)
+        self.attn_ln = LayerNorm(sd[f"{prefix}.attn_ln.weight"], sd[f"{prefix}.attn_ln.bias"], dtype)
+        if cross:
+            self.cross_attn = MultiHeadAttention(sd, f"{prefix}.cross_attn", n_head, dtype)
+            self.cross_attn_ln = LayerNorm(
+                sd[f"{prefix}.cross_attn_ln.weight"], sd[f"{prefix}.cross_attn_ln.bias"], dtype
+            )
+        else:
+            self.cross_attn = None
+            self.cross_attn_ln = None
+        self.mlp_in = Linear(sd[f"{prefix}.mlp.0.weight"], sd[f"{prefix}.mlp.0.bias"], dtype)
+        self.mlp_out = Linear(sd[f"{prefix}.mlp.2.weight"], sd[f"{prefix}.mlp.2.bias"], dtype)
+        self.mlp_ln = LayerNorm(sd[f"{prefix}.mlp_ln.weight"], sd[f"{prefix}.mlp_ln.bias"], dtype)
+
+    def mlp(self, x):
+        return self.mlp_out(_gelu(self.mlp_in(self.mlp_ln(x))))
+
+    def encoder_block(self, x):
+        h = self.attn_ln(x)
+        a = self.attn
+        out = a.attend_unmasked(a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h)))
+        x = x + a.out(out)
+        return x + self.mlp(x)
+
+
+class AudioEncoder(nnx.Module):
+    def __init__(self, dims: ModelDimensions, sd: Mapping[str, np.ndarray], dtype):
+        self.dims = dims
+        self.conv1 = Conv1d(sd["encoder.conv1.weight"], sd["encoder.conv1.bias"], 1, dtype)
+        self.conv2 = Conv1d(sd["encoder.conv2.weight"], sd["encoder.conv2.bias"], 2, dtype)
+        pos = sd.get("encoder.positional_embedding")
+        if pos is None:
+            pos = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
+        self.positional_embedding = nnx.Variable(jnp.asarray(np.asarray(pos), dtype=dtype))
+        self.blocks = nnx.List(
+            [
+                ResidualBlock(sd, f"encoder.blocks.{i}", dims.n_audio_head, False, dtype)
+                for i in range(dims.n_audio_layer)
+            ]
+        )
+        self.ln_post = LayerNorm(sd["encoder.ln_post.weight"], sd["encoder.ln_post.bias"], dtype)
+
+    def __call__(self, mel, layers: Sequence[int] | None = None, out_dtype=None):
+        """mel: f32[batch, n_mels, 2*n_audio_ctx] -> states f[len(layers), batch, n_audio_ctx, embed].
+
+        ``layers`` (default: all, ``0..L+1``) are returned in the order given. Blocks past the
+        deepest requested layer are not computed, and layers not requested are not kept.
+        """
+        dims = self.dims
+        n_out = dims.n_audio_layer + 2
+        layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
+        for i in layers:
+            if not 0 <= i < n_out:
+                raise ValueError(f"encoder layer {i} out of range 0..{n_out - 1} (0 = stem, L+1 = ln_post)")
+        expect = (dims.n_mels, 2 * dims.n_audio_ctx)
+        if mel.ndim != 3 or tuple(mel.shape[1:]) != expect:
+            raise ShapeError(f"mel must be f32[batch, {expect[0]}, {expect[1]}] for this model, got {tuple(mel.shape)}")
+        out_dtype = out_dtype or self.positional_embedding.dtype
+        wanted = set(layers)
+        kept: dict[int, jax.Array] = {}
+        x = jnp.transpose(mel, (0, 2, 1))
+        x = _gelu(self.conv1(x))
+        x = _gelu(self.conv2(x))
+        x = x + self.positional_embedding[...]
+        deepest = max(layers)
+        if 0 in wanted:
+            kept[0] = x.astype(out_dtype)
+        for i, block in enumerate(self.blocks, start=1):
+            if i > deepest:
+                break
+            x = block.encoder_block(x)
+            if i in wanted:
+                kept[i] = x.astype(out_dtype)
+        if n_out - 1 in wanted:
+            kept[n_out - 1] = self.ln_post(x).astype(out_dtype)
+        return jnp.stack([kept[i] for i in layers])
+
+
+class TextDecoder(nnx.Module):
+    def __init__(self, dims: ModelDimensions, sd: Mapping[str, np.ndarray], dtype):
+        self.dims = dims
+        self.token_embedding = _param(sd["decoder.token_embedding.weight"], dtype)
+        self.positional_embedding = _param(sd["decoder.positional_embedding"], dtype)
+        self.blocks = nnx.List(
+            [ResidualBlock(sd, f"decoder.blocks.{i}", dims.n_text_head, True, dtype) for i in range(dims.n_text_layer)]
+        )
+        self.ln = LayerNorm(sd["decoder.ln.weight"], sd["decoder.ln.bias"], dtype)
+
+    def cross_kv(self, xa):
+        """xa: f[batch, frame, embed] -> per block (k, v), each head-major f[batch, heads, frame, head_dim]
+        (``MultiHeadAttention.attend_head_major``). A decoder call with ``g * batch`` token rows lets each group of
+        ``g`` consecutive rows (the beams of one utterance) attend to one row of these."""
+        out = []
+        for block in self.blocks:
+            a = block.cross_attn
+            out.append((_head_major(a.split_heads(a.key(xa))), _head_major(a.split_heads(a.value(xa)))))
+        return out
+
+    def __call__(self, tokens, cross_kv, cache=None, offset=0, xa_mask=None, return_cross_attention=False):
+        """Run the decoder on ``tokens: i32[batch, t]`` at positions ``offset..offset+t-1``.
+
+        ``cross_kv``: ``cross_kv(xa)`` of ``batch / g`` utterances (``g`` consecutive token rows share one). ``cache``:
+        None (no cache; tokens start at position 0 and attend causally among themselves) or a tuple of per-block
+        (k, v) arrays ``f[batch, heads, length, head_dim]`` (``init_cache``) that are updated at ``offset`` and
+        returned. ``xa_mask``: bool[batch / g, frame] of audio frames to attend to (None = all).
+
+        Returns ``(logits f32[batch, t, n_vocab], new_cache, cross_weights)`` where
+        ``cross_weights`` is ``f32[layer, batch, heads, t, frame]`` when requested, else None: the
+        attention weights for ``return_cross_attention=True``, the pre-softmax logits for ``"logits"``
+        (word timestamps crop frames *before* the softmax, as OpenAI's ``timing.py`` does).
+        """
+        b, t = tokens.shape
+        emb = self.token_embedding[...]
+        pos = jax.lax.dynamic_slice_in_dim(self.positional_embedding[...], offset, t, axis=0)
+        x = jnp.take(emb, tokens, axis=0) + pos
+        q_pos = offset + jnp.arange(t)
+        if cache is None:
+            self_mask = (jnp.arange(t)[None, :] <= jnp.arange(t)[:, None])[None, None]
+        else:
+            k_pos = jnp.arange(cache[0][0].shape[2])
+            self_mask = (k_pos[None, :] <= q_pos[:, None])[None, None]
+        cross_mask = None if xa_mask is None else xa_mask[:, None, None, :]
+        new_cache = []
+        cross_weights = []
+        for i, block in enumerate(self.blocks):
+            a = block.attn
+            h = block.attn_ln(x)
+            q = a.split_heads(a.query(h))
+            k, v = _head_major(a.split_heads(a.key(h))), _head_major(a.split_heads(a.value(h)))
+            if cache is not None:
+                ck, cv = cache[i]
+                k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), offset, axis=2)
+                v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), offset, axis=2)
+                new_cache.append((k, v))
+            out, _ = a.attend_head_major(q, k, v, self_mask)
+            x = x + a.out(out)
+            c = block.cross_attn
+            h = block.cross_attn_ln(x)
+            xk, xv = cross_kv[i]
+            out, w = c.attend_head_major(
+                c.split_heads(c.query(h)), xk, xv, cross_mask, return_logits=return_cross_attention == "logits"
+            )
+            if return_cross_attention:
+                cross_weights.append(w)
+            x = x + c.out(out)
+            x = x + block.mlp(x)
+        x = self.ln(x)
+        logits = jnp.einsum("btd,vd->btv", x, emb, preferred_element_type=jnp.float32)
+        return (
+            logits,
+            tuple(new_cache) if cache is not None else None,
+            jnp.stack(cross_weights) if return_cross_attention else None,
+        )
+
+    def init_cache(self, batch: int, dtype=None, length: int | None = None):
+        """Per-block (k, v) of ``f[batch, heads, length, head_dim]`` (head-major), zero. ``length``: the positions a
+        decode can reach (prompt + new tokens; default ``n_text_ctx``). Decoding attends over the whole cache with the
+        positions not yet written masked, and beam search reorders it every step: a cache sized to the decode, not to
+        448 positions, saves both."""
+        dims = self.dims
+        dtype = dtype or self.token_embedding.dtype
+        length = dims.n_text_ctx if length is None else min(int(length), dims.n_text_ctx)
+        shape = (batch, dims.n_text_head, length, dims.n_text_state // dims.n_text_head)
+        return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(dims.n_text_layer))
+
+
+class Whisper(nnx.Module):
+    """Whisper encoder + decoder. Build with ``Whisper(dims, state_dict, dtype)``."""
+
+    def __init__(self, dims: ModelDimensions, state_dict: Mapping[str, np.ndarray], dtype=jnp.float32):
+        self.dims = dims
+        self.encoder = AudioEncoder(dims, state_dict, dtype)
+        self.decoder = TextDecoder(dims, state_dict, dtype)
+
+    def audio_features(self, mel, layer: int | None = None, apply_ln_post: bool = True):
+        """The decoder's input from encoder layer ``layer`` (default ``L+1``): early exit.
+
+        With ``apply_ln_post`` an intermediate layer ``1..L`` gets the encoder's final norm, so
+        its scale matches what the decoder was trained on; layer ``L+1`` already has it.
+        """
+        top = self.dims.n_audio_layer + 1
+        layer = top if layer is None else int(layer)
+        if layer == top or not apply_ln_post:
+            return self.encoder(mel, (layer,))[0]
+        return self.encoder.ln_post(self.encoder(mel, (layer,))[0])
+
+
+def random_state_dict(dims: ModelDimensions, seed: int = 0, scale: float = 0.05) -> dict[str, np.ndarray]:
+    """A random OpenAI-named state dict of the given dims, for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def ln(prefix, d):
+        return {f"{prefix}.weight": (1 + w(d)).astype(np.float32), f"{prefix}.bias": w(d)}
+
+    def attn(prefix, d):
+        out = {f"{prefix}.key.weight": w(d, d)}
+        for name in ("query", "value", "out"):
+            out[f"{prefix}.{name}.weight"] = w(d, d)
+            out[f"{prefix}.{name}.bias"] = w(d)
+        return out
+
+    def block(prefix, d, cross):
+        out = {**attn(f"{prefix}.attn", d), **ln(f"{prefix}.attn_ln", d), **ln(f"{prefix}.mlp_ln", d)}
+        out |= {f"{prefix}.mlp.0.weight": w(4 * d, d), f"{prefix}.mlp.0.bias": w(4 * d)}
+        out |= {f"{prefix}.mlp.2.weight": w(d, 4 * d), f"{prefix}.mlp.2.bias": w(d)}
+        if cross:
+            out |= attn(f"{prefix}.cross_attn", d) | ln(f"{prefix}.cross_attn_ln", d)
+        return out
+
+    da, dt = dims.n_audio_state, dims.n_text_state
+    sd = {
+        "encoder.conv1.weight": w(da, dims.n_mels, 3),
+        "encoder.conv1.bias": w(da),
+        "encoder.conv2.weight": w(da, da, 3),
+        "encoder.conv2.bias": w(da),
+        "encoder.positional_embedding": sinusoids(dims.n_audio_ctx, da),
+        **ln("encoder.ln_post", da),
+        "decoder.token_embedding.weight": w(dims.n_vocab, dt),
+        "decoder.positional_embedding": w(dims.n_text_ctx, dt),
+        **ln("decoder.ln", dt),
+    }
+    for i in range(dims.n_audio_layer):
+        sd |= block(f"encoder.blocks.{i}", da, False)
+    for i in range(dims.n_text_layer):
+        sd |= block(f"decoder.blocks.{i}", dt, True)
+    return sd

@@ -1,0 +1,383 @@
+"""Word timestamps for every utterance of a layer store (``jobs/align.py``).
+
+The store's final layer (L+1, after ``ln_post``) is the decoder's input, so no audio is decoded or re-encoded.
+Transcripts come from the store's utterance table (``transcripts="store"``: the dataset's text) or are decoded
+greedily from the same states (``"decode"``: window by window, as Whisper transcribes long audio). Each
+utterance's windows are aligned together (``engine.models.whisper.timing``), so the times run over the whole utterance.
+
+The store keeps valid frames only, but Whisper's decoder also attends to the encoder's output over the padding of
+the last window; those frames are filled with the encoder's output for a silent window (``timing.fill_padding``).
+
+Output (``OUT`` a local path or a TensorStore kvstore URL)::
+
+    OUT/align.json                      settings and model of the run; a resumed run must match them
+    OUT/<lang>/words.parquet            utterance, id, recording, word_index, word, start, end, probability
+    OUT/<lang>/skipped.csv              utterance, id, reason: what has no words and why
+    OUT/<lang>/parts/<first>.parquet    the same rows for utterances first..first+chunk-1 (the unit of resume)
+
+Resume: a part is kept when the utterances done in the layer store over its range are the ones it was made from
+(its Parquet metadata lists them); ``words.parquet`` and ``skipped.csv`` are rebuilt from the parts at the end.
+Multi-process runs (``jax.distributed``) share the parts through claim keys in the output store
+(``engine.runtime.claims``): a part is the work unit. A process that dies leaves its claims to expire, and the others
+take its parts; process 0 writes the merged files once every part is done, without a barrier (a dead peer would hang
+it). A part is one write (its Parquet metadata is its done marker), so a killed process leaves a part whole or absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import jax.numpy as jnp
+import numpy as np
+
+from engine.data.audio import N_ENCODER_FRAMES
+from engine.dtypes import DTYPES
+from engine.errors import BabelgridError, LanguageError
+from engine.languages import fleurs_to_whisper
+from engine.models.whisper.decoding import DecodingOptions
+from engine.models.whisper.loaded import load_whisper
+from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
+from engine.runtime.claims import DEFAULT_CLAIM_TTL, FaultKill, WorkClaims, rounds
+from engine.runtime.parallel import is_process_zero
+from engine.runtime.parts import read_part
+from engine.runtime.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.reader import open_store
+from engine.stores.schema import is_done
+from engine.stores.similarity import check_name
+from engine.stores.words import MANIFEST, SUBTITLE_FORMATS, WORD_SCHEMA, part_bytes, part_key, write_language
+
+TRANSCRIPT_SOURCES = ("store", "decode")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+FORMAT_NAME = "babelgrid-words"
+FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
+# Manifest fields a resumed run must share (the layer store's URL may be spelled differently between runs).
+MANIFEST_FIELDS = (
+    "format",
+    "version",
+    "model_name",
+    "checkpoint_sha256",
+    "transcripts",
+    "median_filter_width",
+    "chunk",
+    "compute_dtype",
+)
+
+
+class AlignError(BabelgridError, ValueError):
+    """The store, model or output folder cannot be used for alignment."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AlignConfig:
+    store: str  # layer store URL written by the encode job; must hold the final layer (L+1)
+    out: str  # output folder or kvstore URL
+    model: str | None = None  # checkpoint source; None = the packaged whisper-base. Must be the store's model.
+    langs: tuple[str, ...] | None = None  # None = every language of the store
+    transcripts: str = "store"  # "store": the utterance table's transcription; "decode": greedy from the states
+    batch_size: int = 8  # utterances per decoder call
+    chunk: int = 64  # utterances per part file (resume unit)
+    median_filter_width: int = 7
+    compute_dtype: str = "float32"
+    subtitles: tuple[str, ...] = ()  # also write per-utterance "srt" and/or "vtt" files of the words
+    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's part claims may be taken over
+    break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
+    progress: bool | None = True  # None: only when stderr is a terminal
+
+    def __post_init__(self):
+        check_choice("transcripts", self.transcripts, TRANSCRIPT_SOURCES)
+        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        for fmt in self.subtitles:
+            check_choice("subtitles", fmt, SUBTITLE_FORMATS)
+        if self.batch_size < 1 or self.chunk < 1:
+            raise ValueError(f"batch_size and chunk must be >= 1, got {self.batch_size} and {self.chunk}")
+        if self.claim_ttl <= 0:
+            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
+
+
+@dataclasses.dataclass
+class AlignSummary(RunSummary):
+    aligned: int = 0  # utterances aligned in this run
+    words: int = 0
+    already_done: int = 0  # utterances in parts kept from an earlier run
+    audio_seconds: float = 0.0
+    units: int = 0  # parts this process claimed and did
+    taken_over: int = 0  # of them, parts whose claim had expired (a dead process's)
+    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last part
+    outputs: list[str] = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [
+            f"aligned {self.aligned} utterances ({self.words} words, {self.audio_seconds:.0f} s of audio) in "
+            f"{self.seconds:.1f} s; {self.already_done} already done; skipped: {self.n_skipped}",
+            f"work units: {self.units} parts claimed, busy {self.busy_seconds:.1f} s, {self.taken_over} taken over "
+            "from expired claims",
+        ]
+        lines += self.skip_lines()
+        if self.skipped.get("no_transcription"):
+            lines.append(
+                f"{len(self.skipped['no_transcription'])} utterances have no transcription in the layer store: align "
+                "them with --transcripts decode (greedy transcripts from the same states), or give the dataset "
+                "transcripts (a manifest's transcription column, or <id>.txt beside each clip of a folder) and encode "
+                "again into a new store"
+            )
+        return "\n".join(lines)
+
+
+def _manifest(config: AlignConfig, store_url: str, whisper) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "store": store_url,
+        "model_name": whisper.checkpoint.name,
+        "checkpoint_sha256": whisper.checkpoint.sha256,
+        "transcripts": config.transcripts,
+        "median_filter_width": config.median_filter_width,
+        "chunk": config.chunk,
+        "compute_dtype": config.compute_dtype,
+    }
+
+
+def _check_store(reader, whisper) -> int:
+    info = reader.info
+    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims != whisper.dims:
+        raise AlignError(
+            f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), "
+            f"but the model given is {whisper.checkpoint.name!r} (sha256 {whisper.checkpoint.sha256[:12]}); "
+            "pass the store's model with --model"
+        )
+    top = whisper.dims.n_audio_layer + 1
+    if top not in info.layers:
+        raise AlignError(
+            f"the layer store holds layers {list(info.layers)} but not {top} (the encoder output the decoder reads); "
+            f"encode with --layers all or a list that includes {top}"
+        )
+    return top
+
+
+NO_LANGUAGE = "no_whisper_language"  # the skip reason, and the stand-in code, of a language Whisper lacks
+
+
+def _whisper_language(lang: str, whisper) -> str | None:
+    """Whisper's code for the prompt (None for an English-only model), or NO_LANGUAGE."""
+    if not whisper.dims.is_multilingual:
+        return None
+    try:
+        code = fleurs_to_whisper(lang)
+        whisper.tokenizer.language_token(code)
+    except LanguageError:
+        log.warning(
+            "store language %r has no Whisper language code: its utterances are skipped (%s)", lang, NO_LANGUAGE
+        )
+        return NO_LANGUAGE
+    return code
+
+
+def _new_rows() -> dict:
+    return {name: [] for name in WORD_SCHEMA.names}
+
+
+def _decode(whisper, states: np.ndarray, n_frames: np.ndarray, language, dtype) -> list[list[int]]:
+    """Greedy transcripts of utterances ``f[b, windows * 1500, embed]``, window by window, joined."""
+    b, frames, _ = states.shape
+    n_windows = frames // N_ENCODER_FRAMES
+    windows = states.reshape(b * n_windows, N_ENCODER_FRAMES, -1)
+    starts = np.arange(n_windows) * N_ENCODER_FRAMES
+    valid = np.clip(n_frames[:, None] - starts[None, :], 0, N_ENCODER_FRAMES).reshape(-1)
+    keep = np.flatnonzero(valid > 0)
+    result = whisper.transcribe(None, DecodingOptions(language=language), xa=jnp.asarray(windows[keep], dtype))
+    tokens: list[list[int]] = [[] for _ in range(b)]
+    for k, toks in zip(keep, result.tokens, strict=True):
+        tokens[k // n_windows].extend(toks)
+    return tokens
+
+
+def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, config, summary, rows_out, skipped):
+    """Aligns utterances ``todo`` (done in the store) of one part, appending to ``rows_out`` / ``skipped``."""
+    tok = whisper.tokenizer
+    dtype = DTYPES[config.compute_dtype]
+    by_windows: dict[int, list[int]] = {}
+    for u in todo:
+        by_windows.setdefault(-(-int(lengths[u]) // N_ENCODER_FRAMES), []).append(u)
+    align_config = AlignmentConfig(median_filter_width=config.median_filter_width)
+    silence = silence_states(whisper)
+    for n_windows, group in sorted(by_windows.items()):
+        frames = n_windows * N_ENCODER_FRAMES
+        for i in range(0, len(group), config.batch_size):
+            batch = group[i : i + config.batch_size]
+            # fill_padding overwrites every frame past a length, so the reader need not zero them first.
+            stored, n = reader.language_layer(lang, top, utterances=batch, zero_padding=False)
+            states = fill_padding(stored, n, silence, frames)
+            if config.transcripts == "decode":
+                texts = _decode(whisper, states, n, language, dtype)
+            else:
+                texts = []
+                for u in batch:
+                    text = rows[u].transcription
+                    texts.append(tok.encode(" " + text.strip()) if text else None)
+            ok = []
+            for u, t in zip(batch, texts, strict=True):
+                if t is None:
+                    skipped.append((u, rows[u].id, "no_transcription"))
+                elif not fits_text_context(whisper, t, language, align_config.task):
+                    skipped.append((u, rows[u].id, "transcript_too_long"))
+                else:
+                    ok.append((u, t))
+            if not ok:
+                continue
+            # Pad the batch to a fixed size with copies of its first item: the batch size is then not one more
+            # shape to compile for (the token bucket and the window count still are).
+            pad = config.batch_size - len(ok) if len(group) >= config.batch_size else 0
+            index = [batch.index(u) for u, _ in ok] + [batch.index(ok[0][0])] * pad
+            words = align_words(
+                whisper,
+                jnp.asarray(states[index], dtype),
+                n[index],
+                [t for _, t in ok] + [ok[0][1]] * pad,
+                [language] * len(index),
+                align_config,
+            )
+            for (u, _), ws in zip(ok, words, strict=False):
+                for k, w in enumerate(ws):
+                    rows_out["utterance"].append(u)
+                    rows_out["id"].append(rows[u].id)
+                    rows_out["recording"].append(rows[u].recording)
+                    rows_out["word_index"].append(k)
+                    rows_out["word"].append(w.text)
+                    rows_out["start"].append(w.start)
+                    rows_out["end"].append(w.end)
+                    rows_out["probability"].append(w.probability)
+                summary.aligned += 1
+                summary.words += len(ws)
+                summary.audio_seconds += rows[u].duration_s
+
+
+def run_align(config: AlignConfig) -> AlignSummary:
+    """Aligns every done utterance of the store's languages and writes the layout of the module docstring. The run
+    holds the output folder's writer lease (``engine.runtime.lease``)."""
+    with writer_lease(config.out, "align", config.break_lease) as lease:
+        return _align(config, lease)
+
+
+def _align(config: AlignConfig, lease) -> AlignSummary:
+    t0 = time.perf_counter()
+    summary = AlignSummary()
+    reader = open_store(config.store)
+    whisper = load_whisper(config.model, dtype=DTYPES[config.compute_dtype])
+    top = _check_store(reader, whisper)
+    langs = list(config.langs) if config.langs else reader.languages()
+    missing = sorted(set(langs) - set(reader.languages()))
+    if missing:
+        raise AlignError(f"languages {missing} are not in the layer store, which has {reader.languages()}")
+    for lang in langs:
+        check_name("language", lang)
+    languages = {lang: _whisper_language(lang, whisper) for lang in langs}
+    _, kv = open_kvstore(config.out)
+    claims = WorkClaims(kv, config.out, "align", ttl=config.claim_ttl)
+
+    def create() -> None:
+        create_or_compare(
+            kv,
+            MANIFEST,
+            _manifest(config, reader.url, whisper),
+            config.out,
+            fields=MANIFEST_FIELDS,
+            error=AlignError,
+            what="word timestamps folder",
+        )
+        if is_process_zero():
+            claims.clear()  # under the writer lease, before the barrier: no process claims anything yet
+
+    process_zero_first("babelgrid-align-manifest", create)
+    # Work units (engine.runtime.claims): the parts, language by language. A snapshot of the utterances done in the
+    # store: what each part is made from, and what a kept part must list.
+    units, done = {}, {}
+    for lang in langs:
+        n = reader.arrays(lang).n_utterances
+        done[lang] = is_done(reader.lengths(lang))
+        for first in range(0, n, config.chunk):
+            last = min(first + config.chunk, n)
+            units[part_key(lang, first)] = (lang, first, last, [u for u in range(first, last) if done[lang][u]])
+
+    def kept(unit: str) -> dict | None:
+        """The metadata of the part ``unit`` if it was made from the utterances done now."""
+        old = read_part(kv, unit, config.out)
+        return old[1] if old is not None and old[1]["done"] == units[unit][3] else None
+
+    total = sum(last - first for _, first, last, _ in units.values())
+    bar = progress_bar(total, "align", "utt", config.progress)
+    todo = []
+    for unit, (lang, first, last, done_now) in units.items():
+        old = kept(unit)
+        if old is None:
+            todo.append(unit)
+        elif is_process_zero():  # every process sees the parts kept from an earlier run; one counts them
+            summary.already_done += len(done_now)
+            _count_skips(summary, lang, reader.arrays(lang).rows, first, last, done_now, old["skipped"])
+            bar.update(last - first)
+    tables: dict[str, tuple] = {}
+    work_t0 = time.perf_counter()
+    try:
+        with claims:
+            for claimed in rounds(claims, todo, lambda unit: kept(unit) is not None):
+                for claim in claimed:
+                    lang, first, last, done_now = units[claim.unit]
+                    if lang not in tables:
+                        tables = {lang: (reader.arrays(lang).rows, reader.lengths(lang))}  # one language at a time
+                    rows, lengths = tables[lang]
+                    lease.check()
+                    rows_out, skipped = _new_rows(), []
+                    if languages[lang] == NO_LANGUAGE:
+                        skipped = [(u, rows[u].id, NO_LANGUAGE) for u in done_now]
+                    else:
+                        _align_chunk(
+                            whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary,
+                            rows_out, skipped,
+                        )  # fmt: skip
+                    _FAULT.point()
+                    # One write per part: its metadata (the utterances it was made from) is its done marker.
+                    write_value(kv, claim.unit, part_bytes(rows_out, done_now, skipped), config.out)
+                    _count_skips(summary, lang, rows, first, last, done_now, skipped)
+                    claims.release(claim)
+                    summary.units += 1
+                    summary.busy_seconds = time.perf_counter() - work_t0
+                    bar.update(last - first)
+    finally:
+        bar.close()
+    summary.taken_over = claims.taken_over
+    if is_process_zero():  # every part is done: rounds() ends only when no other process holds one
+        for lang in langs:
+            summary.outputs += _merge(kv, lang, reader.arrays(lang).n_utterances, config, reader)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+# Test-only fault injection (tests/jobs/test_scaleout.py): SIGKILL right before the N-th part this process writes.
+_FAULT = FaultKill("BABELGRID_FAULT_KILL_BEFORE_PART")
+
+
+def _count_skips(summary, lang, rows, first, last, done_now, skipped) -> None:
+    done = set(done_now)
+    for u in range(first, last):
+        if u not in done:
+            summary.skip("not_encoded", lang, rows[u].id)
+    for _, uid, reason in skipped:
+        summary.skip(reason, lang, uid)
+
+
+def _merge(kv, lang: str, n_utterances: int, config: AlignConfig, reader) -> list[str]:
+    """words.parquet and skipped.csv of one language from its parts."""
+    tables, skipped = [], []
+    done = is_done(reader.lengths(lang))
+    rows = reader.arrays(lang).rows
+    for first in range(0, n_utterances, config.chunk):
+        part = read_part(kv, part_key(lang, first), config.out)
+        if part is None:
+            raise AlignError(f"part {part_key(lang, first)} is missing after every process finished")
+        tables.append(part[0])
+        skipped += [tuple(s) for s in part[1]["skipped"]]
+    skipped += [(u, rows[u].id, "not_encoded") for u in range(n_utterances) if not done[u]]
+    return write_language(kv, config.out, lang, tables, skipped, config.subtitles)

@@ -1,0 +1,494 @@
+"""The encode pipeline: every encoder layer of every utterance into a layer store, resumably.
+
+Stages, overlapped so that the accelerator never waits on the host:
+
+1. host threads decode audio and compute log-mel windows ahead of the device (``prefetch``);
+2. the encoder step runs on every local device (``engine.runtime.parallel.ShardedEncoder``) over
+   fixed-size batches of 30 s windows (the last one padded, so one program is compiled and every
+   window's result is bitwise independent of what shares its batch);
+3. while batch ``i+1`` computes, batch ``i``'s states are copied to the host and handed to the
+   store, whose writes stay in flight (``LanguageArrays.write_utterance``); an utterance is marked
+   done only after its states are committed.
+
+Multi-host: with ``jax.distributed`` initialised, the processes share the work through claim keys in the store
+(``engine.runtime.claims``): a work unit is a block of ``claim_utterances`` utterances of one language, and each
+process takes the next block nobody holds, so faster hosts take more and a dead host's blocks are taken by the
+others once its claims expire. Every process uses only its local devices; processes wait on each other only at the
+barriers after the store and each language's arrays are created, never after the work starts. Two processes may
+mark utterances of one ``lengths`` chunk: TensorStore rewrites a chunk as a conditional read-modify-write, retried
+on a conflict, on every kvstore that honours conditional writes.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.data import audio as audio_lib
+from engine.data.features import features_for_audio
+from engine.data.sources import get_source
+from engine.data.utterance import Utterance
+from engine.dtypes import DTYPES
+from engine.errors import AudioError, LanguageError
+from engine.languages import fleurs_to_whisper
+from engine.models.whisper.loaded import LoadedWhisper, load_whisper
+from engine.runtime.claims import DEFAULT_CLAIM_TTL, WorkClaims, rounds
+from engine.runtime.parallel import ShardedEncoder, data_mesh, is_process_zero
+from engine.runtime.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.stores.kv import StoreError, open_kvstore
+from engine.stores.language import StatesRejectedError
+from engine.stores.layers import LayerStore
+from engine.stores.schema import DTYPES as STORAGE_DTYPES
+from engine.stores.schema import StoreInfo, UtteranceRow, check_language_code
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeConfig:
+    out: str  # store URL: a local path or any TensorStore kvstore URL (gs://, s3://, memory://)
+    model: str | None = None  # checkpoint source; None = the packaged whisper-base
+    dataset: str = "demo"  # see engine.data.sources.get_source
+    langs: tuple[str, ...] | None = None  # None = every language of the dataset
+    split: str = "test"
+    layers: tuple[int, ...] | None = None  # None = every layer 0..L+1
+    dtype: str = "float32"  # storage dtype
+    compute_dtype: str = "float32"  # weights and activations on the device
+    batch_size: int = 8  # 30 s windows per encoder step (all devices together)
+    long_audio: str = "window"  # or "truncate"
+    prefetch: int = 4  # host threads decoding audio and computing log-mel ahead of the device
+    break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
+    progress: bool | None = True  # None: only when stderr is a terminal
+    claim_utterances: int = 16  # utterances per work unit that processes claim (engine.runtime.claims)
+    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's claims may be taken over
+
+    def __post_init__(self):
+        check_choice("dtype", self.dtype, STORAGE_DTYPES)
+        if self.claim_utterances < 1:
+            raise ValueError(f"claim_utterances must be >= 1, got {self.claim_utterances}")
+        if self.claim_ttl <= 0:
+            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
+        check_choice("compute_dtype", self.compute_dtype, DTYPES)
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_choice("long_audio", self.long_audio, audio_lib.LONG_AUDIO_MODES)
+
+
+@dataclasses.dataclass
+class EncodeSummary(RunSummary):
+    done: int = 0  # utterances written in this run
+    already_done: int = 0  # found complete in the store and skipped
+    audio_seconds: float = 0.0
+    windows: int = 0
+    bytes_written: int = 0
+    units: int = 0  # work units this process claimed and did
+    taken_over: int = 0  # of them, units whose claim had expired (a dead process's)
+    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
+
+    def report(self) -> str:
+        lines = [
+            f"encoded {self.done} utterances ({self.audio_seconds:.1f} s of audio, {self.windows} windows) "
+            f"in {self.seconds:.1f} s: {self.done / max(self.seconds, 1e-9):.2f} utt/s, "
+            f"{self.audio_seconds / max(self.seconds, 1e-9):.1f} audio-s/s, "
+            f"{self.bytes_written / max(self.seconds, 1e-9) / 1e6:.1f} MB/s written",
+            f"already complete: {self.already_done}; skipped: {self.n_skipped}",
+            f"work units: {self.units} claimed ({self.taken_over} taken over from expired claims), busy "
+            f"{self.busy_seconds:.1f} s",
+        ]
+        return "\n".join(lines + self.skip_lines())
+
+
+@dataclasses.dataclass(frozen=True)
+class _Task:
+    """One utterance to encode: where it comes from and where its states go."""
+
+    lang: str
+    index: int  # utterance index in the language's store arrays
+    unit: str  # the work unit (claim) it belongs to
+    utt: Utterance
+    row: UtteranceRow
+    arrays: object  # engine.stores.layers.LanguageArrays of ``lang``
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """One utterance, decoded and turned into log-mel windows on a host thread."""
+
+    task: _Task
+    mel: np.ndarray | None  # f32[window, n_mels, 3000]
+    frames: np.ndarray | None  # i32[window] valid encoder frames per window
+    seconds: float = 0.0
+    error: str | None = None  # why it is skipped
+    reason: str | None = None  # the error's class name: the skip count's key
+
+
+def expected_frames(n_samples: int, sample_rate: int, long_audio: str) -> int:
+    """Valid encoder frames of an utterance of ``n_samples`` at ``sample_rate``, before decoding."""
+    # soxr's output length is the input length times the rate ratio, rounded to nearest.
+    n = int(n_samples * audio_lib.SAMPLE_RATE / sample_rate + 0.5)
+    if long_audio == "truncate":
+        n = min(n, audio_lib.N_SAMPLES)
+    full, rest = divmod(n, audio_lib.N_SAMPLES)
+    return full * audio_lib.N_ENCODER_FRAMES + (int(audio_lib.encoder_frames(rest)) if rest else 0)
+
+
+def _prepare(task: _Task, n_mels: int, long_audio: str) -> _Prepared:
+    try:
+        samples = task.utt.load()
+        mel, frames = features_for_audio(samples, n_mels, long_audio)
+        return _Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
+    except AudioError as e:
+        return _Prepared(task, None, None, error=str(e), reason=type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - one clip's unforeseen failure is that clip's skip, not the batch's end
+        log.exception("unexpected error preparing %s/%s (%s)", task.lang, task.utt.id, task.utt.path)
+        return _Prepared(task, None, None, error=f"{type(e).__name__}: {e}", reason=type(e).__name__)
+
+
+def _probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow]:
+    """The store's utterance table, from headers only (no decoding): frames known before encoding."""
+    rows = []
+    for utt in utts:
+        n_frames, n_windows, duration = 0, 0, 0.0
+        try:
+            info = utt.probe()
+            duration = info.duration_s
+            n_frames = expected_frames(info.frames, info.sample_rate, long_audio)
+            n_windows = max(1, -(-n_frames // audio_lib.N_ENCODER_FRAMES))  # as split_windows will cut it
+        except AudioError:
+            pass  # reported (and counted once) when the encoder stage tries to decode it
+        rows.append(
+            UtteranceRow(
+                id=utt.id,
+                lang=utt.lang,
+                path=utt.path,
+                transcription=utt.transcription,
+                raw_transcription=utt.raw_transcription,
+                duration_s=duration,
+                n_frames=n_frames,
+                n_windows=n_windows,
+                recording=utt.recording,
+                speaker=utt.speaker,
+                gender=utt.gender,
+            )
+        )
+    return rows
+
+
+def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSummary, tracker: _UnitTracker):
+    """Group prepared utterances into batches of at most ``batch_size`` windows.
+
+    Yields (mel f32[batch_size, n_mels, 3000] padded with silence, [(prepared, first window row)]).
+    An utterance with more windows than a batch holds is split over several batches.
+    """
+    pending: list[tuple[_Prepared, int, int]] = []  # (prepared, first window, n windows) in this batch
+    rows = 0
+    for p in prepared:
+        if p.error is not None:
+            t = p.task
+            summary.skip(p.reason, t.lang, t.utt.id)
+            tracker.skipped(t)
+            log.warning("skipping %s/%s (%s): %s: %s", t.lang, t.utt.id, t.utt.path, p.reason, p.error)
+            continue
+        start = 0
+        while start < len(p.mel):
+            take = min(len(p.mel) - start, batch_size - rows)
+            pending.append((p, start, take))
+            rows += take
+            start += take
+            if rows == batch_size:
+                yield _assemble(pending, batch_size)
+                pending, rows = [], 0
+    if pending:
+        yield _assemble(pending, batch_size)
+
+
+def _assemble(pending, batch_size):
+    first = pending[0][0].mel
+    mel = np.zeros((batch_size, *first.shape[1:]), np.float32)
+    # Padding rows hold log-mel of silence rather than zeros, so they look like real (empty) input.
+    mel[:] = first.min()
+    parts, row = [], 0
+    for p, start, take in pending:
+        mel[row : row + take] = p.mel[start : start + take]
+        parts.append((p, start, take, row))
+        row += take
+    return mel, parts
+
+
+class _Assembler:
+    """Collects the windows of each utterance (possibly over several batches) and emits whole utterances."""
+
+    def __init__(self):
+        self.partial: dict[tuple[str, int], list[np.ndarray]] = collections.defaultdict(list)
+
+    def add(self, states: np.ndarray, parts) -> Iterator[tuple[_Prepared, np.ndarray]]:
+        # states: [layer, batch, 1500, embed]
+        for p, start, take, row in parts:
+            for w in range(take):
+                n = int(p.frames[start + w])
+                self.partial[p.task.lang, p.task.index].append(states[:, row + w, :n])
+            if start + take == len(p.mel):
+                yield p, np.concatenate(self.partial.pop((p.task.lang, p.task.index)), axis=1)
+
+
+def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) -> EncodeSummary:
+    """Encode ``config.dataset`` into the layer store at ``config.out``; returns the summary.
+
+    The run holds the store's writer lease (``engine.runtime.lease``): a second run on the same store is refused.
+    """
+    t0 = time.perf_counter()
+    whisper = whisper or load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
+    source = get_source(config.dataset)
+    langs = list(config.langs) if config.langs else source.languages()
+    _check_languages(langs, whisper)  # before anything is created, the lease included
+    with writer_lease(config.out, "encode", config.break_lease) as lease:
+        summary = _encode(config, whisper, source, langs, lease)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[str], lease) -> EncodeSummary:
+    dims = whisper.dims
+    layers = tuple(range(dims.n_audio_layer + 2)) if config.layers is None else tuple(config.layers)
+    info = StoreInfo(
+        model_name=whisper.checkpoint.name,
+        checkpoint_sha256=whisper.checkpoint.sha256,
+        dims=dims,
+        layers=layers,
+        dtype=config.dtype,
+        compute_dtype=config.compute_dtype,
+        long_audio=config.long_audio,
+    )
+    creation = {"dataset": config.dataset, "split": config.split}
+    claims = WorkClaims(open_kvstore(config.out)[1], config.out, "encode", ttl=config.claim_ttl)
+    if is_process_zero():
+        claims.clear()  # under the writer lease, before the barrier below: no process claims anything yet
+    store = process_zero_first(
+        "babelgrid-store-created", lambda: LayerStore.create_or_open(config.out, info, creation=creation)
+    )
+
+    encoder = ShardedEncoder(
+        whisper.model, data_mesh(jax.local_devices()), layers=layers, out_dtype=jnp.dtype(config.dtype)
+    )
+    local_batch = math.ceil(config.batch_size / encoder.local_multiple) * encoder.local_multiple
+    summary = EncodeSummary()
+    bytes_per_frame = len(layers) * dims.n_audio_state * jnp.dtype(config.dtype).itemsize
+    progress = _Progress(config.progress)
+
+    # Tables and arrays for every language first, then the work units: blocks of claim_utterances utterances.
+    units: dict[str, tuple] = {}  # name -> (arrays, utts, rows, utterance indices)
+    opened = []
+    for lang in langs:
+        utts = source.utterances(lang, config.split)
+        if not utts:
+            log.warning("no utterances for language %s in split %s", lang, config.split)
+            continue
+        # Every process builds the same table from the same headers (deterministic), and only
+        # process 0 creates the arrays; the others open them after the barrier.
+        rows = _probe_rows(utts, config.long_audio)
+        arrays = process_zero_first(f"babelgrid-lang-{lang}", lambda rows=rows, lang=lang: store.language(lang, rows))
+        opened.append(arrays)
+        done = arrays.done()
+        for start in range(0, len(utts), config.claim_utterances):
+            block = range(start, min(start + config.claim_utterances, len(utts)))
+            if done[block.start : block.stop].all():
+                summary.already_done += len(block) if is_process_zero() else 0
+            else:
+                units[f"{lang}/{start:09d}"] = (arrays, utts, rows, block)
+    progress.start(sum(len(u[3]) for u in units.values()))
+
+    def is_done(name: str) -> bool:
+        arrays, _, _, block = units[name]
+        return bool(arrays.done()[block.start : block.stop].all())
+
+    t0 = time.perf_counter()
+    with claims:
+        for claimed in rounds(claims, list(units), is_done):
+            tracker = _UnitTracker(claims, summary, t0)
+            tasks = tracker.tasks(claimed, units)
+            _run_pipeline(config, encoder, tasks, local_batch, dims, tracker, summary, progress, bytes_per_frame, lease)
+            for arrays in opened:
+                arrays.flush()
+            tracker.close()
+    summary.taken_over = claims.taken_over
+    progress.close()
+    return summary
+
+
+def _run_pipeline(config, encoder, tasks, local_batch, dims, tracker, summary, progress, bytes_per_frame, lease):
+    """Encodes ``tasks`` (an iterator: claims are taken as the prefetching threads need more)."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
+        prepared = _prefetched(pool, tasks, dims.n_mels, config.long_audio, config.prefetch * 4)
+        assembler = _Assembler()
+        in_flight = None  # (device result, parts) of the batch dispatched last
+        for mel, parts in _batches(prepared, local_batch, summary, tracker):
+            lease.check()  # another run broke the lease: stop before writing more
+            result = encoder(mel)  # dispatched asynchronously
+            if in_flight is not None:
+                _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker)
+                tracker.release_finished()
+            in_flight = (result, parts)
+        if in_flight is not None:
+            _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker)
+
+
+class _UnitTracker:
+    """The claimed units of one round: which of their utterances are resolved (written or skipped), so that a unit's
+    claim is released as soon as its writes are committed, or finished with the utterances it had to skip."""
+
+    def __init__(self, claims: WorkClaims, summary: EncodeSummary, t0: float):
+        self.claims, self.summary, self.t0 = claims, summary, t0
+        self.open: dict[str, dict] = {}  # unit -> {"claim", "left", "handles", "skipped"}
+
+    def tasks(self, claimed, units) -> Iterator[_Task]:
+        for claim in claimed:
+            arrays, utts, rows, block = units[claim.unit]
+            done = arrays.done()
+            todo = [i for i in block if not done[i]]
+            self.summary.already_done += len(block) - len(todo)
+            self.summary.units += 1
+            self.open[claim.unit] = {"claim": claim, "left": len(todo), "handles": [], "skipped": []}
+            # Few-window utterances together, many-window ones together: fewer utterances split over batches.
+            todo.sort(key=lambda i: rows[i].n_windows)
+            yield from (_Task(arrays.lang, i, claim.unit, utts[i], rows[i], arrays) for i in todo)
+
+    def written(self, task: _Task, handle) -> None:
+        unit = self.open[task.unit]
+        unit["left"] -= 1
+        unit["handles"].append(handle)
+
+    def skipped(self, task: _Task) -> None:
+        unit = self.open[task.unit]
+        unit["left"] -= 1
+        unit["skipped"].append(str(task.utt.id))
+
+    def release_finished(self) -> None:
+        """Releases every unit whose utterances are all resolved and committed (it never waits)."""
+        for name, unit in list(self.open.items()):
+            if unit["left"] == 0 and all(h.done() for h in unit["handles"]):
+                self._close(name)
+
+    def close(self) -> None:
+        """The end of a round, after every language's flush: releases (or finishes) every unit left."""
+        for name in list(self.open):
+            self._close(name)
+
+    def _close(self, name: str) -> None:
+        unit = self.open.pop(name)
+        for handle in unit["handles"]:
+            handle.result()  # a failed write raises here: the claim stays, and expires, for another try
+        if unit["skipped"]:
+            self.claims.finish(unit["claim"], skipped=unit["skipped"])
+        else:
+            self.claims.release(unit["claim"])
+        self.summary.busy_seconds = time.perf_counter() - self.t0
+
+
+def _check_languages(langs: Sequence[str], whisper: LoadedWhisper) -> None:
+    """Every language code must be able to name a store folder: all the bad ones in one error, before the store is
+    touched. A well-formed code Whisper does not know is encoded (the encoder is language-agnostic) with a warning:
+    the decoder-based jobs (align, decode) skip it unless told which language token to use."""
+    bad = []
+    for lang in langs:
+        try:
+            check_language_code(lang)
+        except StoreError:
+            bad.append(lang)
+    if bad:
+        raise StoreError(
+            f"language codes {bad} cannot name store folders: use 1-64 letters, digits, '_' or '-', starting with a "
+            "letter or digit (no '/', '.' or spaces). Rename them in the dataset (manifest 'lang' column or folder "
+            "names); nothing was written"
+        )
+    if whisper.dims.is_multilingual:
+        unknown = [lang for lang in langs if _whisper_code(lang) is None]
+        if unknown:
+            log.warning(
+                "languages %s have no Whisper language code: they are encoded, but align and decode skip them unless "
+                "given a language token to use",
+                unknown,
+            )
+
+
+def _whisper_code(lang: str) -> str | None:
+    try:
+        return fleurs_to_whisper(lang)
+    except LanguageError:
+        return None
+
+
+def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
+    result, parts = in_flight
+    states = np.asarray(result)  # waits for this batch only; the next one is already running
+    summary.windows += sum(take for _, _, take, _ in parts)
+    for p, utt_states in assembler.add(states, parts):
+        t = p.task
+        if utt_states.shape[1] != t.row.n_frames:
+            # The audio decoded to another length than its header announced: the table would lie.
+            summary.skip("FrameCountMismatch", t.lang, t.utt.id)
+            tracker.skipped(t)
+            log.warning(
+                "skipping %s/%s: %d frames decoded, the header announced %d",
+                t.lang,
+                t.utt.id,
+                utt_states.shape[1],
+                t.row.n_frames,
+            )
+            continue
+        try:
+            tracker.written(t, t.arrays.write_utterance(t.index, utt_states))
+        except StatesRejectedError as e:
+            # One utterance's states (NaN from a diverged encoder, or beyond float16): skip it, keep the batch going.
+            summary.skip(type(e).__name__, t.lang, t.utt.id)
+            tracker.skipped(t)
+            log.warning("skipping %s/%s (%s): %s", t.lang, t.utt.id, t.utt.path, e)
+            continue
+        summary.done += 1
+        summary.audio_seconds += p.seconds
+        summary.bytes_written += utt_states.shape[1] * bytes_per_frame
+        progress.update(1, p.seconds)
+
+
+def _prefetched(pool, tasks: Iterable[_Task], n_mels, long_audio, depth) -> Iterator[_Prepared]:
+    """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer."""
+    queue: collections.deque = collections.deque()
+    it = iter(tasks)
+    for task in it:
+        queue.append(pool.submit(_prepare, task, n_mels, long_audio))
+        if len(queue) >= depth:
+            break
+    while queue:
+        yield queue.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append(pool.submit(_prepare, nxt, n_mels, long_audio))
+
+
+class _Progress:
+    """The run's progress bar (``engine.runtime.runs.progress_bar``), started once the work is known, with audio-s/s."""
+
+    def __init__(self, enabled: bool | None):
+        self.enabled = enabled
+        self.bar = progress_bar(0, "encode", "utt", False)
+
+    def start(self, total: int):
+        self.bar = progress_bar(total, "encode", "utt", self.enabled)
+        self.audio, self.t0 = 0.0, time.perf_counter()
+
+    def update(self, n: int, seconds: float):
+        self.audio += seconds
+        self.bar.update(n)
+        if not self.bar.disable:
+            self.bar.set_postfix(audio_s_per_s=f"{self.audio / max(time.perf_counter() - self.t0, 1e-9):.1f}")
+
+    def close(self):
+        self.bar.close()

@@ -1,0 +1,333 @@
+"""The finetune job's library side (``jobs/finetune.py``): data, split, loop, evaluation, checkpoints, export.
+
+Output folder ``OUT`` (local):
+
+- ``config.json``: the run's hyperparameters and ``padding`` (``engine.pipelines.finetune.data.PADDING``, the
+  silence-fill
+  approximation); a resume with different ones is refused, naming them.
+- ``split.csv``: ``id, split`` (train | held_out) of every id used, from the seeded split.
+- ``checkpoints/<step>/``: orbax checkpoints of ``{"step", "params", "opt_state"}`` (trainable parameters only),
+  written to a temporary folder and renamed when complete, so a SIGKILL leaves the last complete one; a rerun
+  resumes from it and, with the seeded batch order, ends bitwise where an uninterrupted run ends.
+- ``metrics.csv``: ``step, split, source_lang, target_lang, task, metric, value, n`` (training loss: split=train,
+  metric=loss, n = target tokens; evaluation: split=held_out, metric bleu|chrf, n = utterances).
+- ``model/``: the fine-tuned Whisper in Hugging Face layout (``engine.models.whisper.checkpoints.export``).
+- ``loss.png``, ``bleu.png`` and the before/after table printed.
+
+Evaluation: greedy decoding of the held-out ids of every evaluation language ``X`` (silence-filled as in
+``engine.pipelines.finetune.data``) with the training prompt (``X -> Y``, transfer) and with ``<|en|><|translate|>``
+(``X -> en``, forgetting), scored with ``engine.text.metrics`` (sacrebleu BLEU, chrF) against the target
+texts and the store's English transcriptions; before training (step 0) and after (the last step).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from engine.axes import DATA
+from engine.dtypes import DTYPES
+from engine.languages import fleurs_to_whisper
+from engine.models.whisper.decoding import greedy_decode
+from engine.models.whisper.loaded import load_whisper
+from engine.models.whisper.timing import silence_states
+from engine.pipelines.finetune import data as D
+from engine.pipelines.finetune import ewc as E
+from engine.pipelines.finetune import step as S
+from engine.runtime.parallel import data_mesh
+from engine.runtime.runs import RunSummary, check_choice
+from engine.stores.reader import open_store
+from engine.text import metrics as text_metrics
+
+log = logging.getLogger(__name__)
+METRIC_FIELDS = ("step", "split", "source_lang", "target_lang", "task", "metric", "value", "n")
+TASK_TOKENS = ("transcribe", "translate")
+# Fields that change what is trained: a resume must match them all.
+HYPERPARAMETERS = ("store", "model", "source_langs", "target_lang", "targets", "task_token", "steps", "batch_size",
+                   "learning_rate", "warmup_steps", "decay", "weight_decay", "clip_norm", "label_smoothing",
+                   "trainable", "compute_dtype", "seed", "held_out", "ewc_lambda", "ewc_examples")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    store: str
+    out: str
+    source_langs: tuple[str, ...] = ("en",)
+    target_lang: str = "de"  # a store language (its transcriptions are the targets) or a Whisper code with targets
+    model: str | None = None  # the store's model (default: the packaged whisper-base)
+    targets: str | None = None  # TSV id<TAB>text instead of the store's target-language transcriptions
+    task_token: str = "transcribe"  # the prompt's task: <|sot|><|Y|><|task|><|notimestamps|>
+    eval_langs: tuple[str, ...] | None = None  # default: every store language with held-out ids
+    steps: int = 100
+    batch_size: int = 8
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0
+    decay: str = "linear"
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    label_smoothing: float = 0.0
+    trainable: tuple[str, ...] = ("decoder",)
+    compute_dtype: str = "float32"
+    seed: int = 0
+    held_out: float = 0.2
+    ewc_lambda: float = 0.0
+    ewc_examples: int = 64  # X -> en examples per source language for the Fisher
+    checkpoint_every: int = 50
+    log_every: int = 10
+    max_eval: int = 0  # held-out utterances per evaluation language (0 = all)
+    export: bool = True
+    progress: bool | None = None
+
+    def __post_init__(self):
+        check_choice("task_token", self.task_token, TASK_TOKENS)
+        check_choice("compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        if not 0 < self.held_out < 1:
+            raise ValueError(f"held_out must be a fraction in (0, 1), got {self.held_out}")
+        self.optim()  # checks the optimiser fields
+
+    def optim(self) -> S.OptimConfig:
+        return S.OptimConfig(self.learning_rate, self.steps, self.warmup_steps, self.decay, self.weight_decay,
+                             clip_norm=self.clip_norm, label_smoothing=self.label_smoothing)  # fmt: skip
+
+    def hyperparameters(self) -> dict:
+        """The fields a resume must match, and the padding approximation
+        (``engine.pipelines.finetune.data.PADDING``)."""
+        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                  if k in HYPERPARAMETERS}  # fmt: skip
+        return {**fields, "padding": D.PADDING}
+
+
+@dataclasses.dataclass
+class FinetuneSummary(RunSummary):
+    steps_done: int = 0
+    resumed_from: int = 0
+    n_train: int = 0
+    n_held_out: int = 0
+    table: list = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"finetune: {self.steps_done} steps (resumed from {self.resumed_from}), {self.n_train} train / "
+                 f"{self.n_held_out} held-out recordings, {self.seconds:.0f} s",
+                 f"padding: {D.PADDING} (frames past each utterance are a silent window's states, for training and "
+                 "evaluation alike; jobs.decode recomputes them from audio)"]  # fmt: skip
+        return "\n".join(lines + self.table + self.skip_lines())
+
+
+def _check_resume(out: pathlib.Path, config: FinetuneConfig) -> None:
+    path = out / "config.json"
+    mine = config.hyperparameters()
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        if differ:
+            what = ", ".join(f"{k} (was {stored.get(k)!r}, now {mine.get(k)!r})" for k in differ)
+            raise D.FinetuneError(f"'{out}' holds a run with other hyperparameters: {what}; use another --out "
+                                  "or the same flags to resume")  # fmt: skip
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(mine, indent=2))
+
+
+def _targets(config, reader) -> dict[str, str]:
+    if config.targets:
+        targets = D.read_targets_tsv(pathlib.Path(config.targets).read_bytes(), config.targets)
+    else:
+        targets = D.store_texts(reader, config.target_lang)
+    if not targets:
+        raise D.FinetuneError(f"target language {config.target_lang!r} has no texts"
+                              + ("" if config.targets else " in the store; pass --targets id<TAB>text"))  # fmt: skip
+    return targets
+
+
+def _english(reader) -> str | None:
+    return next((lang for lang in reader.languages() if fleurs_to_whisper(lang) == "en"), None)
+
+
+def _read_metrics(path: pathlib.Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+
+
+def _write_metrics(path: pathlib.Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, METRIC_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def evaluate(whisper, pairs: D.Pairs, refs: list[str], lang: str, task: str, batch_size: int) -> tuple[float, float]:
+    """(BLEU, chrF) of greedy decoding ``pairs.xa`` with prompt ``<|lang|><|task|>`` against ``refs``."""
+    tok = whisper.tokenizer
+    prompt = np.asarray(tok.sot_sequence(lang, task), np.int32)
+    hyps = []
+    for i in range(0, len(pairs.ids), batch_size):
+        xa = jnp.asarray(pairs.xa[i : i + batch_size])
+        tokens, _ = greedy_decode(whisper.model, xa, np.tile(prompt, (xa.shape[0], 1)), eot=tok.eot,
+                                  suppress_tokens=tok.suppress_tokens,
+                                  suppress_begin=(*tok.encode(" "), tok.eot), max_new_tokens=128)  # fmt: skip
+        hyps += [tok.decode(t) for t in tokens]
+    norm = text_metrics.normalizer_for(lang)
+    r, h = [norm(x) for x in refs], [norm(x) for x in hyps]
+    return text_metrics.bleu(r, h, lang), text_metrics.chrf(r, h)
+
+
+def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
+    t0 = time.time()
+    summary = FinetuneSummary()
+    out = pathlib.Path(config.out)
+    reader = open_store(config.store)
+    D.top_layer(reader)
+    _check_resume(out, config)
+    whisper = whisper or load_whisper(config.model)
+    if whisper.dims != reader.info.dims:
+        raise D.FinetuneError(f"--model has dims {whisper.dims}, the store's model {reader.info.dims}; pass the "
+                              "store's model with --model")  # fmt: skip
+    tok = whisper.tokenizer
+    y = fleurs_to_whisper(config.target_lang)
+    targets = _targets(config, reader)
+    english = _english(reader)
+    en_texts = D.store_texts(reader, english) if english else {}
+    silence = silence_states(whisper)
+
+    sources = {lang: D.load_pairs(reader, lang, targets, silence, summary) for lang in config.source_langs}
+    held = D.split_ids([u for p in sources.values() for u in p.ids], config.held_out, config.seed)
+    with open(out / "split.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "split"])
+        w.writerows((u, "held_out" if u in held else "train") for u in sorted({u for p in sources.values()
+                                                                               for u in p.ids}))  # fmt: skip
+    train = [p.take(np.array([u not in held for u in p.ids])) for p in sources.values()]
+    xa = np.concatenate([p.xa for p in train])
+    ids = [u for p in train for u in p.ids]
+    max_text = dims_max = whisper.dims.n_text_ctx - len(tok.sot_sequence(y, config.task_token)) - 1
+    texts = []
+    for p in train:
+        for uid, t in zip(p.ids, p.texts, strict=True):
+            enc = tok.encode(" " + t)
+            if len(enc) > max_text:
+                summary.skip("target_truncated", p.lang, uid)
+            texts.append(enc[:dims_max])
+    summary.n_train = len(ids)
+    summary.n_held_out = sum(len(p.ids) - len(t.ids) for p, t in zip(sources.values(), train, strict=True))
+
+    # evaluation sets: held-out ids of each evaluation language that has them
+    eval_langs = config.eval_langs or tuple(reader.languages())
+    evals = {}
+    for lang in eval_langs:
+        try:
+            pairs = D.load_pairs(reader, lang, {u: targets[u] for u in held if u in targets}, silence, RunSummary())
+        except D.FinetuneError:
+            continue
+        if config.max_eval:
+            pairs = pairs.take(np.arange(len(pairs.ids)) < config.max_eval)
+        evals[lang] = pairs
+
+    def eval_rows(model_whisper, step):
+        rows = []
+        for lang, pairs in evals.items():
+            for task, target, refs in (
+                (config.task_token, y, list(pairs.texts)),
+                ("translate", "en", [en_texts.get(u) for u in pairs.ids]),
+            ):
+                keep = np.array([r is not None for r in refs])
+                if not keep.any():
+                    continue
+                sub = pairs.take(keep)
+                b, c = evaluate(model_whisper, sub, [r for r in refs if r is not None], target, task, config.batch_size)
+                for metric, value in (("bleu", b), ("chrf", c)):
+                    rows.append(dict(step=step, split="held_out", source_lang=lang, target_lang=target, task=task,
+                                     metric=metric, value=f"{value:.4f}", n=len(sub.ids)))  # fmt: skip
+        return rows
+
+    # model, state, sharding
+    mesh = data_mesh()
+    n_dev = mesh.devices.size
+    if config.batch_size % n_dev:
+        raise D.FinetuneError(f"--batch_size {config.batch_size} must be a multiple of the {n_dev} devices")
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA))
+    graphdef, params = S.split_decoder(whisper.model.decoder)
+    names = S.trainable_names(params, config.trainable)
+    trainable, frozen = S.partition(params, names)
+    optim = config.optim()
+    compute = jnp.dtype(DTYPES[config.compute_dtype])
+    frozen = jax.device_put(frozen, replicated)
+    ewc = None
+    if config.ewc_lambda > 0:
+        ewc = jax.device_put(E.fisher_from_pairs(whisper, graphdef, trainable, frozen, list(sources.values()),
+                                                 en_texts, held, config.ewc_examples), replicated)  # fmt: skip
+
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(
+        (out / "checkpoints").resolve(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1, create=True),
+    )
+    state = S.init_state(trainable, optim)
+    start = manager.latest_step() or 0
+    if start:
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+        state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    summary.resumed_from = start
+    state = jax.device_put(state, replicated)
+    metrics_path = out / "metrics.csv"
+    rows = _read_metrics(metrics_path, start)
+    if not any(r["split"] == "held_out" and int(r["step"]) == 0 for r in rows):
+        rows = eval_rows(whisper, 0) + rows
+        _write_metrics(metrics_path, rows)
+
+    step_fn = S.jit_train_step(graphdef, optim, compute, config.ewc_lambda)
+    prompt = tok.sot_sequence(y, config.task_token)
+    order = D.batch_order(np.array([len(t) for t in texts]), config.batch_size, config.steps, config.seed)
+    source_label = "+".join(config.source_langs)
+    for s in range(start, config.steps):
+        idx = order[s]
+        longest = max(len(texts[i]) for i in idx) + len(prompt)
+        length = -(-longest // 8) * 8  # a few padded shapes, not one compile per length
+        batch = S.make_batch(prompt, [texts[i] for i in idx], tok.eot, min(length, whisper.dims.n_text_ctx))
+        batch["xa"] = xa[idx]
+        batch = jax.device_put(batch, sharded)
+        state, m = step_fn(state, frozen, batch, ewc)
+        step = s + 1
+        if step % config.log_every == 0 or step == config.steps:
+            rows.append(dict(step=step, split="train", source_lang=source_label, target_lang=y, task=config.task_token,
+                             metric="loss", value=f"{float(m['loss']):.6f}", n=int(m["tokens"])))  # fmt: skip
+            if config.ewc_lambda > 0:
+                rows.append({**rows[-1], "metric": "ewc_penalty", "value": f"{float(m['ewc']):.6g}"})
+            log.info("step %d loss %.4f", step, float(m["loss"]))
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _write_metrics(metrics_path, rows)  # the metrics up to a step are on disk before its checkpoint
+            manager.save(step, args=ocp.args.StandardSave(state))
+            manager.wait_until_finished()
+    manager.close()
+    summary.steps_done = config.steps - start
+
+    tuned = dataclasses.replace(whisper, model=S.with_decoder(whisper.model, state["params"]))
+    if not any(r["split"] == "held_out" and int(r["step"]) == config.steps for r in rows):
+        rows += eval_rows(tuned, config.steps)
+        _write_metrics(metrics_path, rows)
+    if config.export:
+        from engine.models.whisper.checkpoints.export import export_hf
+
+        export_hf(tuned, out / "model")
+    from engine.pipelines.finetune.report import before_after_table, figures
+
+    summary.table = before_after_table(rows, config.steps)
+    figures(rows, out, config.steps)
+    summary.seconds = time.time() - t0
+    return summary

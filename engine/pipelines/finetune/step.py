@@ -1,0 +1,233 @@
+"""The teacher-forced train step of Whisper's decoder, as a module-level pure function.
+
+The encoder never runs: ``xa f[batch, 1500, embed]`` is the final encoder layer (``L+1``) read from a store, its
+padding frames filled as ``engine.pipelines.finetune.data`` says. The decoder's parameters travel as two flat dicts,
+``trainable`` (differentiated, updated by the optimiser) and ``frozen`` (closed over as constants), so that
+parameters outside ``--trainable`` cannot change: they get no gradient, no optimiser state and no weight decay.
+
+Batch (``make_batch``): ``tokens i32[batch, t]`` the decoder input ``sot lang task notimestamps text...``,
+``labels i32[batch, t]`` the next token at each position, ``weights f32[batch, t]`` 1 where the label is a text
+token or end-of-text, 0 on the prompt and on padding. The loss is the mean cross-entropy over weighted positions,
+Hugging Face's ``labels=-100`` convention (``tests/engine/test_train_parity.py`` checks it and one AdamW step
+against ``WhisperForConditionalGeneration`` + ``torch.optim.AdamW``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from engine.models.whisper.model import TextDecoder
+
+# --trainable groups: a regex on flat parameter names. Layer norms go with the sublayer they normalise.
+TRAINABLE = {
+    "decoder": r".*",
+    "cross_attention": r"blocks\.\d+\.cross_attn(_ln)?\..*",
+    "self_attention": r"blocks\.\d+\.attn(_ln)?\..*",
+    "mlp": r"blocks\.\d+\.mlp_(in|out|ln)\..*",
+    "embeddings": r"(token|positional)_embedding",
+    "final_ln": r"ln\..*",
+}
+DECAYS = ("linear", "cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW (decoupled weight decay, torch's form) after global-norm clipping, on a warmup + decay schedule."""
+
+    learning_rate: float = 1e-5  # peak, reached after warmup_steps
+    total_steps: int = 1000  # the schedule decays to 0 here (linear, cosine)
+    warmup_steps: int = 0  # linear from 0; the first step has learning rate 0 when > 0 (as Hugging Face's)
+    decay: str = "linear"
+    weight_decay: float = 0.01  # torch.optim.AdamW's default, on every trainable tensor
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
+    label_smoothing: float = 0.0
+
+    def __post_init__(self):
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
+        if self.total_steps < 1 or not 0 <= self.warmup_steps <= self.total_steps:
+            raise ValueError(
+                f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {self.total_steps}, "
+                f"{self.warmup_steps}"
+            )
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+def schedule(config: OptimConfig) -> optax.Schedule:
+    lr, warm, total = config.learning_rate, config.warmup_steps, config.total_steps
+    if config.decay == "constant":
+        decay = optax.constant_schedule(lr)
+    elif config.decay == "linear":
+        decay = optax.linear_schedule(lr, 0.0, max(total - warm, 1))
+    else:
+        decay = optax.cosine_decay_schedule(lr, max(total - warm, 1))
+    if warm == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
+
+
+def optimizer(config: OptimConfig) -> optax.GradientTransformation:
+    adamw = optax.adamw(schedule(config), config.b1, config.b2, config.eps, weight_decay=config.weight_decay)
+    if config.clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.clip_norm), adamw)
+    return adamw
+
+
+# -- parameters as flat dicts ----------------------------------------------------------------------------------------
+
+
+def _key(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _path(key: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
+def split_decoder(decoder: TextDecoder) -> tuple[nnx.GraphDef, dict[str, jax.Array]]:
+    """The decoder's graph and its parameters as a flat ``{name: array}`` dict (every decoder variable is a Param)."""
+    graphdef, state = nnx.split(decoder)
+    return graphdef, {_key(path): var[...] for path, var in nnx.to_flat_state(state)}
+
+
+def merge_decoder(graphdef: nnx.GraphDef, params: Mapping[str, jax.Array]) -> TextDecoder:
+    return nnx.merge(graphdef, nnx.State.from_flat_path({_path(k): nnx.Param(v) for k, v in params.items()}))
+
+
+def trainable_names(names: Iterable[str], groups: Sequence[str]) -> tuple[str, ...]:
+    """The parameter names that ``--trainable`` groups (``TRAINABLE`` keys, a union) select, sorted."""
+    for g in groups:
+        if g not in TRAINABLE:
+            raise ValueError(f"--trainable group {g!r} is unknown; choose from {', '.join(TRAINABLE)}")
+    pattern = re.compile("|".join(f"(?:{TRAINABLE[g]})" for g in groups))
+    picked = tuple(sorted(n for n in names if pattern.fullmatch(n)))
+    if not picked:
+        raise ValueError(f"--trainable {','.join(groups)} selects no decoder parameter")
+    return picked
+
+
+def partition(params: Mapping, names: Sequence[str]) -> tuple[dict, dict]:
+    """``(trainable, frozen)``: ``params`` split by ``names``."""
+    chosen = set(names)
+    return {k: v for k, v in params.items() if k in chosen}, {k: v for k, v in params.items() if k not in chosen}
+
+
+# -- batches ---------------------------------------------------------------------------------------------------------
+
+
+def make_batch(prompt: Sequence[int], texts: Sequence[Sequence[int]], eot: int, length: int) -> dict[str, np.ndarray]:
+    """Teacher-forcing arrays for token lists ``texts`` (without prompt or end-of-text), padded to ``length``.
+
+    Returns ``tokens, labels: i32[batch, length]`` and ``weights: f32[batch, length]`` (module docstring).
+    ``length`` must be at least ``len(prompt) + max(len(text))``: the input drops the final end-of-text.
+    """
+    n = len(prompt)
+    tokens = np.full((len(texts), length), eot, np.int32)
+    labels = np.full((len(texts), length), eot, np.int32)
+    weights = np.zeros((len(texts), length), np.float32)
+    for i, text in enumerate(texts):
+        seq = [*prompt, *text, eot]
+        if len(seq) - 1 > length:
+            raise ValueError(f"text {i} needs {len(seq) - 1} positions, more than length={length}")
+        tokens[i, : len(seq) - 1] = seq[:-1]
+        labels[i, : len(seq) - 1] = seq[1:]
+        weights[i, n - 1 : len(seq) - 1] = 1.0  # labels from the first text token to end-of-text
+    return {"tokens": tokens, "labels": labels, "weights": weights}
+
+
+# -- loss and step ---------------------------------------------------------------------------------------------------
+
+
+def token_losses(logits, labels, label_smoothing: float):
+    """logits f32[batch, t, vocab], labels i32[batch, t] -> f32[batch, t]; torch's CrossEntropyLoss smoothing."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    if label_smoothing == 0:
+        return nll
+    return (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
+
+
+def loss_fn(trainable, frozen, batch, *, graphdef, compute_dtype, label_smoothing):
+    """Mean cross-entropy over weighted positions (f32 scalar) and the weight total."""
+    params = {k: v.astype(compute_dtype) for k, v in {**frozen, **trainable}.items()}
+    dec = merge_decoder(graphdef, params)
+    logits, _, _ = dec(batch["tokens"], dec.cross_kv(batch["xa"].astype(compute_dtype)))
+    w = batch["weights"]
+    n = jnp.maximum(w.sum(), 1.0)
+    return (token_losses(logits, batch["labels"], label_smoothing) * w).sum() / n, w.sum()
+
+
+def ewc_penalty(trainable, ewc):
+    """``sum F (theta - theta0)^2 / 2`` over trainable tensors; ``ewc = {"fisher": ..., "anchor": ...}``."""
+    total = jnp.float32(0)
+    for k, v in trainable.items():
+        d = v.astype(jnp.float32) - ewc["anchor"][k].astype(jnp.float32)
+        total = total + 0.5 * jnp.sum(ewc["fisher"][k] * d * d)
+    return total
+
+
+def train_step(state, frozen, batch, ewc, *, graphdef, tx, compute_dtype, label_smoothing, ewc_lambda):
+    """One AdamW step: ``state = {"step", "params", "opt_state"}`` -> (new state, {"loss", "ewc", "tokens"}).
+
+    ``ewc`` is None or ``{"fisher", "anchor"}`` over the trainable names; its penalty ``ewc_lambda * ewc_penalty``
+    is added to the loss that is differentiated, while ``loss`` reports the cross-entropy alone.
+    """
+
+    def objective(trainable):
+        ce, n = loss_fn(
+            trainable, frozen, batch, graphdef=graphdef, compute_dtype=compute_dtype, label_smoothing=label_smoothing
+        )
+        pen = ewc_penalty(trainable, ewc) if ewc is not None else jnp.float32(0)
+        return ce + ewc_lambda * pen, (ce, pen, n)
+
+    grads, (ce, pen, n) = jax.grad(objective, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, {"loss": ce, "ewc": pen, "tokens": n}
+
+
+def jit_train_step(graphdef, config: OptimConfig, compute_dtype, ewc_lambda: float = 0.0):
+    """``train_step`` bound to its static parts and jitted; the caller shards ``batch`` over the mesh's data axis
+    and replicates the rest (``jit`` partitions by the inputs' ``NamedSharding``). ``state`` is donated."""
+    step = functools.partial(
+        train_step,
+        graphdef=graphdef,
+        tx=optimizer(config),
+        compute_dtype=compute_dtype,
+        label_smoothing=config.label_smoothing,
+        ewc_lambda=float(ewc_lambda),
+    )
+    return jax.jit(step, donate_argnums=(0,))
+
+
+def init_state(trainable: Mapping[str, jax.Array], config: OptimConfig) -> dict:
+    """The train state at step 0 (parameters in float32: the master copy whatever the compute dtype).
+
+    The parameters are copies: the step donates its state, which must not delete the model's own arrays.
+    """
+    params = {k: jnp.array(v, jnp.float32, copy=True) for k, v in trainable.items()}
+    return {"step": jnp.int32(0), "params": params, "opt_state": optimizer(config).init(params)}
+
+
+def with_decoder(model, params: Mapping[str, jax.Array]):
+    """A new ``Whisper`` sharing ``model``'s encoder arrays, its decoder's parameters replaced by the flat ``params``
+    (a subset is fine: the rest keep ``model``'s values). ``model`` itself is not changed."""
+    # nnx.merge reuses the state's Variable objects: updating its result would write through to ``model``.
+    out = nnx.clone(model)
+    dec_graph, dec_params = split_decoder(out.decoder)
+    merged = {**dec_params, **{k: jnp.asarray(v, dec_params[k].dtype) for k, v in params.items()}}
+    nnx.update(out.decoder, nnx.split(merge_decoder(dec_graph, merged))[1])
+    return out

@@ -1,0 +1,357 @@
+"""The word-level probe: do layers pair cross-lingual synonyms (same meaning, other sound) above near-homophones
+(similar sound, other meaning)? After Choi et al. 2024, as 2505.19606 uses it.
+
+Data: a layer store of single-word clips whose id is the word's concept (``words-demo``:
+``engine.data.synth.words``), and
+relations between words: rows ``lang_a, word_a, lang_b, word_b, relation`` with relation one of ``RELATIONS``.
+Without a relations file they are generated for every language pair of the store: synonym = the same concept id;
+near_homophone = for each word, the word of another concept in the other language nearest by phone distance
+(``engine.text.phones``, both directions, duplicates once); unrelated = for each word, a seeded random word of
+another concept that is not its near-homophone. A word is found in the store by its transcription (case folded).
+
+Per language pair, layer and measure (``MEASURES``: cosine of mean-pooled or centre frames, and SeqSim):
+
+- ``mean_sim_<relation>``: mean similarity over that relation's word pairs;
+- ``auc``: P(similarity of a synonym pair > that of a near-homophone pair), ties 1/2 (ROC AUC with synonyms positive);
+- ``r@1``, ``mrr``: retrieval of the same concept id among all words of the other language, both directions
+  (``kernels.metrics.retrieval_metrics``).
+
+``value`` is the estimate on all pairs; ``low`` / ``high`` the 2.5 / 97.5 percentiles over ``seeds`` bootstrap
+resamples (relation pairs with replacement; queries with replacement for r@1 and mrr). With the default 5 seeds
+they are close to the min and max: a rough spread, not a calibrated interval.
+
+Writes ``OUT/probe.csv`` (``PROBE_COLUMNS``), ``OUT/relations.csv`` (the relations used, generated or read) and
+``OUT/figures/probe_by_layer.png`` (mean similarity per relation by layer, averaged over language pairs, a panel per
+measure, bands from the bootstrap percentiles).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.errors import BabelgridError
+from engine.runtime.runs import RunSummary
+
+RELATIONS = ("synonym", "near_homophone", "unrelated")
+RELATION_COLUMNS = ("lang_a", "word_a", "lang_b", "word_b", "relation")
+PROBE_COLUMNS = ("lang_a", "lang_b", "layer", "measure", "pooling", "metric", "value", "low", "high", "n", "seeds")
+MEASURES = (("cosine", "mean"), ("cosine", "centre"), ("seqsim", "frames"))  # (measure, pooling)
+PROBE_CSV, RELATIONS_CSV, PROBE_FIGURE = "probe.csv", "relations.csv", "figures/probe_by_layer.png"
+
+
+class ProbeError(BabelgridError, ValueError):
+    """The probe cannot run as asked: bad relations file, unknown language or layer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+    """store: layer store of single-word clips (id = concept); out: output folder or kvstore URL; relations: CSV of
+    RELATION_COLUMNS (None = generate them); langs / layers: None = all of the store; seeds: bootstrap resamples."""
+
+    store: str
+    out: str
+    relations: str | None = None
+    langs: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    seeds: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.seeds < 1:
+            raise ProbeError(f"seeds must be >= 1, got {self.seeds!r}")
+
+
+@dataclasses.dataclass
+class ProbeSummary(RunSummary):
+    rows: list = dataclasses.field(default_factory=list)  # PROBE_COLUMNS tuples
+    relations: list = dataclasses.field(default_factory=list)  # RELATION_COLUMNS tuples used
+    outputs: list = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"probe: {len(self.relations)} word pairs, {len(self.rows)} rows; skipped: {self.n_skipped}"]
+        lines += self.skip_lines()
+        for measure, pooling in MEASURES:
+            own = [r for r in self.rows if (r[3], r[4]) == (measure, pooling)]
+            if not own:
+                continue
+            lines.append(f"{measure}/{pooling}: mean over language pairs")
+            lines.append("  layer " + " ".join(f"{m:>22}" for m in _report_metrics()))
+            for layer in sorted({r[2] for r in own}):
+                cells = []
+                for metric in _report_metrics():
+                    values = [r[6] for r in own if r[2] == layer and r[5] == metric and np.isfinite(r[6])]
+                    cells.append(f"{np.mean(values):22.3f}" if values else f"{'NA':>22}")
+                lines.append(f"  {layer:>5} " + " ".join(cells))
+        return "\n".join(lines)
+
+
+def _report_metrics():
+    return [f"mean_sim_{r}" for r in RELATIONS] + ["auc", "r@1"]
+
+
+# --- metrics (plain NumPy, so that tests can check them against scikit-learn) ----------------------------------------
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(a positive score > a negative score) + 1/2 P(equal): the ROC AUC with positives as class 1. NaN if either
+    side is empty."""
+    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
+    if not len(positive) or not len(negative):
+        return float("nan")
+    greater = (positive[:, None] > negative[None, :]).sum()
+    equal = (positive[:, None] == negative[None, :]).sum()
+    return float((greater + 0.5 * equal) / (len(positive) * len(negative)))
+
+
+def relation_metrics(sims: np.ndarray, pairs: dict[str, np.ndarray]) -> dict[str, tuple[float, int]]:
+    """metric -> (value, n) from ``sims: f32[N_a, N_b]`` and ``pairs[relation]: i32[n, 2]`` (row, column) indices."""
+    out = {}
+    for relation in RELATIONS:
+        idx = pairs.get(relation, np.zeros((0, 2), int))
+        values = sims[idx[:, 0], idx[:, 1]] if len(idx) else np.zeros(0)
+        out[f"mean_sim_{relation}"] = (float(values.mean()) if len(values) else float("nan"), len(values))
+    syn, near = (pairs.get(r, np.zeros((0, 2), int)) for r in ("synonym", "near_homophone"))
+    out["auc"] = (auc(sims[syn[:, 0], syn[:, 1]], sims[near[:, 0], near[:, 1]]), len(syn) + len(near))
+    return out
+
+
+def retrieval(sims: np.ndarray, ids_a: Sequence[str], ids_b: Sequence[str]) -> dict[str, tuple[float, int]]:
+    """r@1 and mrr of rows retrieving columns of the same id."""
+    from kernels.metrics import retrieval_metrics
+
+    m = retrieval_metrics(sims, list(ids_a), list(ids_b), ks=(1,))
+    return {"r@1": (m.recall[1], m.queries), "mrr": (m.mrr, m.queries)}
+
+
+def bootstrap(fn, sizes: dict[str, int], seeds: int, seed: int) -> list[dict]:
+    """``fn(resample)`` for ``seeds`` resamples; ``resample[name]``: indices drawn with replacement from
+    ``range(sizes[name])``."""
+    rng = np.random.default_rng(seed)
+    return [fn({k: rng.integers(0, n, n) if n else np.zeros(0, int) for k, n in sizes.items()}) for _ in range(seeds)]
+
+
+# --- relations -------------------------------------------------------------------------------------------------------
+
+
+def generate_relations(words: dict[str, list[tuple[str, str]]], pairs, seed: int = 0) -> list[tuple]:
+    """RELATION_COLUMNS rows for ``pairs`` of languages; ``words[lang]``: [(concept id, word)]."""
+    from engine.text.soundalike import PhoneBook, _distance, require_voices
+
+    require_voices(sorted({lang for p in pairs for lang in p}))
+    book = PhoneBook()
+    for lang in sorted({lang for p in pairs for lang in p}):
+        book.add(lang, [w for _, w in words[lang]])
+    rng = np.random.default_rng(seed)
+    rows = []
+    for a, b in pairs:
+        by_id_b = dict(words[b])
+        rows += [(a, w, b, by_id_b[i], "synonym") for i, w in words[a] if i in by_id_b]
+        near = set()
+        for (x, wx_list), (y, wy_list) in (((a, words[a]), (b, words[b])), ((b, words[b]), (a, words[a]))):
+            for cid, w in wx_list:
+                others = [(oid, o) for oid, o in wy_list if oid != cid]
+                if not others:
+                    continue
+                dist = [_distance(book.phones(x, w), book.phones(y, o)) for _, o in others]
+                nearest = others[int(np.nanargmin(dist))][1] if not np.all(np.isnan(dist)) else None
+                if nearest is not None:
+                    near.add((w, nearest) if x == a else (nearest, w))
+        rows += [(a, wa, b, wb, "near_homophone") for wa, wb in sorted(near)]
+        for cid, w in words[a]:
+            others = [o for oid, o in words[b] if oid != cid and (w, o) not in near]
+            if others:
+                rows.append((a, w, b, others[int(rng.integers(len(others)))], "unrelated"))
+    return rows
+
+
+def read_relations(text: str, where: str) -> list[tuple]:
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [c for c in RELATION_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ProbeError(f"relations file {where!r} has no column {missing}; its header must name {RELATION_COLUMNS}")
+    rows = []
+    for line, r in enumerate(reader, start=2):
+        if r["relation"] not in RELATIONS:
+            raise ProbeError(f"{where}:{line}: relation {r['relation']!r} is not one of {RELATIONS}")
+        rows.append(tuple(r[c].strip() for c in RELATION_COLUMNS))
+    return rows
+
+
+def relations_csv_bytes(rows: Sequence[tuple]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(RELATION_COLUMNS)
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+# --- the store -------------------------------------------------------------------------------------------------------
+
+
+def similarity_matrices(store, a: str, b: str, layer: int, ua: Sequence[int], ub: Sequence[int]) -> dict:
+    """(measure, pooling) -> f32[len(ua), len(ub)] between utterances ``ua`` of ``a`` and ``ub`` of ``b``."""
+    from kernels.pooling import center_frame_cosine_matrix, mean_pooled_cosine_matrix
+    from kernels.seqsim import seqsim_matrix
+
+    la, lb = store.lengths(a)[list(ua)], store.lengths(b)[list(ub)]
+    sa, la = store.language_layer(a, layer, utterances=list(ua), frames=int(la.max()), dtype=np.float32)
+    sb, lb = store.language_layer(b, layer, utterances=list(ub), frames=int(lb.max()), dtype=np.float32)
+    return {
+        ("cosine", "mean"): np.asarray(mean_pooled_cosine_matrix(sa, la, sb, lb)),
+        ("cosine", "centre"): np.asarray(center_frame_cosine_matrix(sa, la, sb, lb)),
+        ("seqsim", "frames"): np.asarray(seqsim_matrix(sa, la, sb, lb)),
+    }
+
+
+def word_index(store, lang: str, summary: RunSummary) -> tuple[list[int], list[str], dict[str, int]]:
+    """(encoded utterances, their ids, case-folded word -> position among them) of ``lang``."""
+    table = store.utterances_table(lang)
+    done = store.lengths(lang) >= 1
+    utterances, ids, position = [], [], {}
+    for u, (uid, text) in enumerate(zip(table.column("id").to_pylist(), table.column("transcription").to_pylist(),
+                                        strict=True)):  # fmt: skip
+        if not done[u]:
+            summary.skip("not_encoded", lang, uid)
+            continue
+        if text and text.casefold() not in position:
+            position[text.casefold()] = len(utterances)
+        utterances.append(u)
+        ids.append(uid)
+    return utterances, ids, position
+
+
+def _spelled(store, lang: str, index) -> list[tuple[str, str]]:
+    """[(concept id, word as transcribed)] of the first encoded utterance of each word of ``lang``."""
+    utterances, ids, position = index
+    texts = store.utterances_table(lang).column("transcription").to_pylist()
+    return [(ids[p], texts[utterances[p]]) for p in position.values()]
+
+
+def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
+    """Scores every language pair and layer, writes probe.csv, relations.csv and the figure (module docstring)."""
+    from engine.stores.kv import open_kvstore, write_all
+    from engine.stores.reader import open_store
+
+    store = open_store(config.store) if store is None else store
+    summary = ProbeSummary()
+    available = list(store.languages())
+    unknown = sorted(set(config.langs or ()) - set(available))
+    if unknown:
+        raise ProbeError(f"the store has no language {unknown}; it has {available}")
+    langs = [lang for lang in available if config.langs is None or lang in config.langs]
+    layers = list(store.info.layers) if config.layers is None else list(config.layers)
+    bad = sorted(set(layers) - set(store.info.layers))
+    if bad:
+        raise ProbeError(f"the store has no layer {bad}; it holds {list(store.info.layers)}")
+    index = {lang: word_index(store, lang, summary) for lang in langs}
+    pairs = list(itertools.combinations(langs, 2))
+    if config.relations is None:
+        # The store's spelling (de "Gift", not "gift"), as relations.csv and readers expect it.
+        words = {lang: _spelled(store, lang, index[lang]) for lang in langs}
+        relations = generate_relations(words, pairs, config.seed)
+    else:
+        with open(config.relations, encoding="utf-8") as f:
+            relations = read_relations(f.read(), config.relations)
+    used, by_pair = [], {}
+    for row in relations:
+        la, wa, lb, wb, relation = row
+        if (la, lb) not in pairs and (lb, la) in pairs:
+            la, wa, lb, wb = lb, wb, la, wa
+        if (la, lb) not in pairs:
+            summary.skip("language_not_in_store", la if la not in langs else lb, f"{wa}/{wb}")
+            continue
+        missing = [(lang, w) for lang, w in ((la, wa), (lb, wb)) if w.casefold() not in index[lang][2]]
+        for lang, w in missing:
+            summary.skip("word_not_in_store", lang, w)
+        if missing:
+            continue
+        used.append((la, wa, lb, wb, relation))
+        by_pair.setdefault((la, lb), {}).setdefault(relation, []).append(
+            (index[la][2][wa.casefold()], index[lb][2][wb.casefold()])
+        )
+    summary.relations = used
+    for a, b in pairs:
+        rel = {r: np.array(v, int).reshape(-1, 2) for r, v in by_pair.get((a, b), {}).items()}
+        (ua, ids_a, _), (ub, ids_b, _) = index[a], index[b]
+        if not ua or not ub:
+            continue
+        for layer in layers:
+            for (measure, pooling), sims in similarity_matrices(store, a, b, layer, ua, ub).items():
+                summary.rows += _pair_rows(a, b, layer, measure, pooling, sims, rel, ids_a, ids_b, config)
+    _, kv = open_kvstore(config.out)
+    writes = {PROBE_CSV: probe_csv_bytes(summary.rows), RELATIONS_CSV: relations_csv_bytes(used)}
+    if summary.rows:
+        writes[PROBE_FIGURE] = probe_figure(summary.rows, f"{store.info.model_name}; {config.store}")
+    write_all(kv, writes, config.out)
+    summary.outputs = [config.out.rstrip("/") + "/" + k for k in writes]
+    return summary
+
+
+def _pair_rows(a, b, layer, measure, pooling, sims, rel, ids_a, ids_b, config) -> list[tuple]:
+    rows = []
+    sizes = {r: len(v) for r, v in rel.items()}
+    point = relation_metrics(sims, rel)
+    boot = bootstrap(lambda s: relation_metrics(sims, {r: rel[r][s[r]] for r in rel}), sizes, config.seeds, config.seed)
+    for metric, (value, n) in point.items():
+        rows.append(_row(a, b, layer, measure, pooling, metric, value, [d[metric][0] for d in boot], n, config.seeds))
+    for q, s, matrix, ids_q, ids_s in ((a, b, sims, ids_a, ids_b), (b, a, sims.T, ids_b, ids_a)):
+        point = retrieval(matrix, ids_q, ids_s)
+
+        def resampled(s, matrix=matrix, ids_q=ids_q, ids_s=ids_s):
+            return retrieval(matrix[s["q"]], [ids_q[i] for i in s["q"]], ids_s)
+
+        boot = bootstrap(resampled, {"q": len(ids_q)}, config.seeds, config.seed)
+        for metric, (value, n) in point.items():
+            rows.append(
+                _row(q, s, layer, measure, pooling, metric, value, [d[metric][0] for d in boot], n, config.seeds)
+            )
+    return rows
+
+
+def _row(a, b, layer, measure, pooling, metric, value, draws, n, seeds) -> tuple:
+    draws = np.array(draws, float)
+    finite = draws[np.isfinite(draws)]
+    low, high = np.percentile(finite, [2.5, 97.5]) if len(finite) else (np.nan, np.nan)
+    return (a, b, layer, measure, pooling, metric, float(value), float(low), float(high), int(n), seeds)
+
+
+def probe_csv_bytes(rows: Sequence[tuple]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(PROBE_COLUMNS)
+    writer.writerows(("NA" if isinstance(x, float) and not np.isfinite(x) else x for x in r) for r in rows)
+    return buf.getvalue().encode()
+
+
+def probe_figure(rows: Sequence[tuple], subtitle: str = "") -> bytes:
+    """PNG: mean similarity per relation against layer, a panel per (measure, pooling), averaged over language
+    pairs, with a band between the averaged bootstrap percentiles."""
+    from engine import figures
+
+    fig = figures.Figure(figsize=(4.3 * len(MEASURES), 3.4))
+    axes = fig.subplots(1, len(MEASURES), squeeze=False)[0]
+    for ax, (measure, pooling) in zip(axes, MEASURES, strict=True):
+        for relation in RELATIONS:
+            own = [r for r in rows if (r[3], r[4], r[5]) == (measure, pooling, f"mean_sim_{relation}") and r[9]]
+            layers = sorted({r[2] for r in own})
+            if not layers:
+                continue
+            mean = [np.nanmean([r[6] for r in own if r[2] == layer]) for layer in layers]
+            low = [np.nanmean([r[7] for r in own if r[2] == layer]) for layer in layers]
+            high = [np.nanmean([r[8] for r in own if r[2] == layer]) for layer in layers]
+            line = ax.plot(layers, mean, "-o", markersize=3, label=relation.replace("_", "-"))
+            ax.fill_between(layers, low, high, alpha=0.2, color=line[0].get_color())
+        ax.set_title(f"{measure} ({pooling})", fontsize=9)
+        ax.set_xlabel(figures.LAYER_LABEL, fontsize=7)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean similarity")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"word probe: similarity per relation by layer (bands: bootstrap 2.5-97.5%)\n{subtitle}", fontsize=9)
+    fig.tight_layout()
+    return figures._png(fig)

@@ -1,0 +1,154 @@
+"""Retrieval on a challenge set, read against size-matched random subsets of the full set.
+
+A challenge set (``engine.pipelines.challenge.run``) keeps fewer ids than the full set, and a smaller pool alone raises
+R@1 (chance is 1/N). So ``jobs.retrieval --subset`` scores three things per directed pair, layer and measure: the
+full set, the challenge set (its kept ids only) and ``draws`` seeded random subsets of the full set with as many ids
+as kept (mean and 2.5-97.5% interval). ``engine.pipelines.retrieval.run`` calls these; they are pure functions of the
+matrices.
+
+    OUT/subset_comparison.csv        SUBSET_COLUMNS
+    OUT/figures/subset_by_layer.png  R@1 by layer: full, challenge, size-matched band
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+
+SUBSET_CSV = "subset_comparison.csv"
+SUBSET_FIGURE = "figures/subset_by_layer.png"
+SUBSET_SETS = ("full", "challenge", "size_matched")
+SUBSET_COLUMNS = (
+    "lang_a",  # query language
+    "lang_b",  # searched language
+    "layer",
+    "measure",
+    "set",  # full, challenge (kept ids only), size_matched (random subsets of the full set, as many ids as kept)
+    "metric",  # R@k or MRR
+    "value",  # size_matched: the mean over draws
+    "low",  # size_matched: 2.5th percentile over draws (= value for the other sets)
+    "high",  # size_matched: 97.5th percentile over draws
+    "random",  # the metric under random rankings (1/N for R@1 with one partner each)
+    "ids",  # distinct ids in queries and candidates
+    "draws",  # random subsets drawn (1 for full and challenge)
+)
+
+
+def restrict(scores, row_ids: Sequence, col_ids: Sequence, ids: set):
+    """The rows and columns of f32[N, M] ``scores`` whose id is in ``ids``: (f32[n, m], row ids, col ids)."""
+    import numpy as np
+
+    rows = np.array([r in ids for r in row_ids], bool)
+    cols = np.array([c in ids for c in col_ids], bool)
+    kept = np.asarray(scores)[np.ix_(rows, cols)]
+    return (
+        kept,
+        [r for r, k in zip(row_ids, rows, strict=True) if k],
+        [c for c, k in zip(col_ids, cols, strict=True) if k],
+    )
+
+
+def size_matched_draws(pool: Sequence[str], size: int, draws: int, seed: int, lang_a: str, lang_b: str) -> list:
+    """``draws`` random subsets of ``size`` ids of ``pool`` (sorted first), reproducible from ``seed`` and the pair,
+    and the same for every layer and measure of the pair, so that curves over layers compare like with like."""
+    import zlib
+
+    import numpy as np
+
+    rng = np.random.default_rng([seed, zlib.crc32(f"{lang_a}|{lang_b}".encode())])
+    pool = sorted(pool)
+    return [set(rng.choice(pool, size=min(size, len(pool)), replace=False).tolist()) for _ in range(draws)]
+
+
+def compare_subsets(scores, row_ids, col_ids, kept_ids: set, draws: list, *, ks, ties) -> dict:
+    """Metrics of one finite matrix on the full set, the challenge set and each random subset.
+
+    scores: f32[N, M] with every row and column scored (``engine.pipelines.retrieval.run.drop_not_encoded`` applied).
+    Returns {"full": RetrievalMetrics, "challenge": RetrievalMetrics, "size_matched": [RetrievalMetrics, ...]}.
+    """
+    from kernels.metrics import retrieval_metrics, unmeasured
+
+    def metrics(ids):
+        kept, rows, cols = restrict(scores, row_ids, col_ids, ids)
+        if not rows or not cols:
+            return unmeasured(ks, excluded=len(rows))
+        return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties)
+
+    return {
+        "full": retrieval_metrics(scores, row_ids, col_ids, ks=ks, ties=ties),
+        "challenge": metrics(kept_ids),
+        "size_matched": [metrics(d) for d in draws],
+    }
+
+
+def _values(m) -> list[tuple[str, float, float]]:
+    return [(f"R@{k}", m.recall[k], m.random_recall[k]) for k in m.recall] + [("MRR", m.mrr, m.random_mrr)]
+
+
+def comparison_rows(lang_a: str, lang_b: str, layer: int, measure: str, compared: dict, n_ids: dict) -> list[tuple]:
+    """SUBSET_COLUMNS rows of one ``compare_subsets`` result; ``n_ids``: set name -> distinct ids."""
+    import numpy as np
+
+    rows = []
+    for name in ("full", "challenge"):
+        for metric, value, random in _values(compared[name]):
+            rows.append((lang_a, lang_b, layer, measure, name, metric, value, value, value, random, n_ids[name], 1))
+    draws = compared["size_matched"]
+    if draws:
+        per_draw = [_values(m) for m in draws]
+        for i, (metric, _, _) in enumerate(per_draw[0]):
+            values = np.array([d[i][1] for d in per_draw], float)
+            randoms = np.array([d[i][2] for d in per_draw], float)
+            low, high = np.percentile(values, [2.5, 97.5])
+            rows.append(
+                (lang_a, lang_b, layer, measure, "size_matched", metric, float(values.mean()), float(low))
+                + (float(high), float(randoms.mean()), n_ids["size_matched"], len(draws))
+            )
+    return rows
+
+
+def subset_csv_bytes(rows: Sequence[tuple]) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SUBSET_COLUMNS)
+    writer.writerows(rows)
+    return buf.getvalue().encode()
+
+
+def subset_figure(rows: Sequence[tuple], metric: str = "R@1", subtitle: str = "") -> bytes:
+    """PNG: ``metric`` by layer for the full set, the challenge set and the size-matched random subsets (a band:
+    the 95% interval over draws), one panel per directed pair of the first measure."""
+    from engine import figures
+
+    measure = rows[0][3]
+    own = [r for r in rows if r[3] == measure and r[5] == metric]
+    pairs = list(dict.fromkeys((r[0], r[1]) for r in own))
+    cols = min(3, len(pairs))
+    n_rows = -(-len(pairs) // cols)
+    fig = figures.Figure(figsize=(4.2 * cols, 3.2 * n_rows))
+    axes = fig.subplots(n_rows, cols, squeeze=False, sharey=True)
+    for ax, (a, b) in zip(axes.flat, pairs, strict=False):
+        for name, style in zip(SUBSET_SETS, ("-o", "-s", "--"), strict=True):
+            line = sorted((r[2], r[6], r[7], r[8], r[10]) for r in own if (r[0], r[1]) == (a, b) and r[4] == name)
+            if not line:
+                continue
+            layers = [x[0] for x in line]
+            label = f"{name} (n={line[0][4]})"
+            drawn = ax.plot(layers, [x[1] for x in line], style, label=label, markersize=3)
+            if name == "size_matched":
+                ax.fill_between(
+                    layers, [x[2] for x in line], [x[3] for x in line], alpha=0.2, color=drawn[0].get_color()
+                )
+        ax.set_title(f"{a}\u2192{b}", fontsize=9)
+        ax.set_xlabel(figures.LAYER_LABEL, fontsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(pairs) :]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel(f"{metric} ({measure})")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(
+        f"{metric}: full set vs challenge set vs size-matched random subsets (95% band)\n{subtitle}", fontsize=9
+    )
+    fig.tight_layout()
+    return figures._png(fig)

@@ -1,0 +1,106 @@
+"""Run plumbing shared by every job's library side: one way to create or check a run's manifest, to let process 0
+create what every process then opens, to count what a run skipped, to show progress, to hold the output's writer
+lease; and the dtype table (``engine.dtypes``).
+
+A job's library function (``run_encode``, ``run_similarity``, ``run_align``, ...) follows one pattern, with
+``engine.stores.kv.create_or_compare`` for its manifest::
+
+    stored = process_zero_first("babelgrid-x-created", lambda: create_or_compare(kv, "x.json", manifest, url, ...))
+    summary = MySummary()                     # a RunSummary: skips counted by reason
+    bar = progress_bar(total, "x", "utt", config.progress)
+    ... summary.skip("no_transcription", lang, uid) ...
+    print(summary.report())
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from tqdm.auto import tqdm
+
+from engine.runtime.lease import DEFAULT_TTL, WriterLease
+from engine.runtime.parallel import barrier, is_process_zero
+from engine.stores.kv import open_kvstore
+
+T = TypeVar("T")
+
+
+def check_choice(what: str, value, choices: Iterable) -> None:
+    """A config field's value against its choices, with an error that lists them."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+
+
+def process_zero_first(name: str, create: Callable[[], T]) -> T:
+    """``create()`` on process 0, a barrier named ``name``, then ``create()`` on every other process.
+
+    For anything process 0 must create and the others must then open (a manifest, arrays): run alone, it is just
+    ``create()``.
+    """
+    if is_process_zero():
+        result = create()
+    barrier(name)
+    if not is_process_zero():
+        result = create()
+    return result
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What a run skipped, by reason: ``skipped[reason] = [(lang, id), ...]``. Jobs extend it with their counts."""
+
+    skipped: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def skip(self, reason: str, lang: str, uid: str) -> None:
+        self.skipped.setdefault(reason, []).append((lang, str(uid)))
+
+    def skip_lines(self, shown: int = 5) -> list[str]:
+        """One line per reason, with the count and the first ``shown`` items."""
+        lines = []
+        for reason, items in sorted(self.skipped.items()):
+            names = ", ".join(f"{lang}/{uid}" for lang, uid in items[:shown])
+            lines.append(f"  skipped {len(items)} ({reason}): {names}{' ...' if len(items) > shown else ''}")
+        return lines
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool | None = True) -> tqdm:
+    """A tqdm bar over ``total`` items; disabled (a no-op) when ``enabled`` is False, when there is nothing to do,
+    off process 0, and, for ``enabled=None`` (auto), when stderr is not a terminal (batch logs)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=True,
+        disable=not (enabled and total and is_process_zero()),
+    )
+
+
+class _NoLease:
+    """What processes other than 0 hold: they write under process 0's lease."""
+
+    def check(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEFAULT_TTL):
+    """The writer lease of the store at ``url`` (``engine.runtime.lease``) for the run's duration, taken by process 0;
+    yields an object whose ``check()`` raises once the lease is lost. A second run on the same store is refused."""
+    if not is_process_zero():
+        yield _NoLease()
+        return
+    _, kv = open_kvstore(url)
+    with WriterLease(kv, url, job, ttl=ttl, break_lease=break_lease) as lease:
+        yield lease
