@@ -29,11 +29,9 @@ every write of a unit is idempotent (the same bytes for the same inputs), so the
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -42,10 +40,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import tensorstore as ts
 
-from engine.stores.kv import StoreError, read_value, storage_error, write_value
+from engine.runtime.options import DEFAULT_CLAIM_TTL
+from engine.stores.kv import StoreError, iso_utc, parse_record, read_value, storage_error, write_value
 
 CLAIMS_DIR = "claims/"
-DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives two missed renewals
+
 WORKING, FINISHED = "working", "finished"
 
 log = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ class WorkClaims:
             "job": self.job,
             "unit": unit,
             "state": state,
-            "renewed": _iso(now),
+            "renewed": iso_utc(now),
             "expires_unix": now + self.ttl,
             **extra,
         }
@@ -115,7 +114,7 @@ class WorkClaims:
         finished it in this run; None when another live process holds it."""
         key = self.key(unit)
         found = read_value(self.kv, key, self.url)
-        holder = {} if found.state == "missing" else _parse(found.value)
+        holder = {} if found.state == "missing" else parse_record(found.value)
         if holder.get("state") == FINISHED:
             return holder
         if holder and holder.get("expires_unix", 0.0) > time.time():
@@ -217,30 +216,3 @@ def _round(claims: WorkClaims, units: Sequence[str], is_done: Callable[[str], bo
                 continue
             state["claimed"] += 1
             yield got
-
-
-class FaultKill:
-    """Test-only fault injection (``tests/jobs/test_scaleout.py``): ``point()`` SIGKILLs this process at its N-th
-    call, N read from the environment variable ``name`` when the job's module is imported (unset or 0: never). A job
-    calls it where a real death matters, e.g. right before it writes a part, while it holds that unit's claim."""
-
-    def __init__(self, name: str):
-        self.after = int(os.environ.get(name, "0") or 0)
-        self.calls = 0
-
-    def point(self) -> None:
-        self.calls += 1
-        if self.after and self.calls >= self.after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _parse(value: bytes) -> dict:
-    try:
-        record = json.loads(bytes(value))
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def _iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")

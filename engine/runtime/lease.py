@@ -31,7 +31,6 @@ than ``SETTLE`` seconds apart after both read the key as free; a warning says th
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ import uuid
 
 import tensorstore as ts
 
-from engine.stores.kv import StoreError, read_value, storage_error, write_value
+from engine.stores.kv import StoreError, iso_utc, parse_record, read_value, storage_error, write_value
 
 LEASE = "lease.json"
 DEFAULT_TTL = 120.0  # seconds; renewed every ttl / 3, so a run survives two missed renewals
@@ -86,8 +85,8 @@ class WriterLease:
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
                 "job": self.job,
-                "renewed": _iso(now),
-                "expires": _iso(now + self.ttl),
+                "renewed": iso_utc(now),
+                "expires": iso_utc(now + self.ttl),
                 "expires_unix": now + self.ttl,
             },
             indent=1,
@@ -97,7 +96,7 @@ class WriterLease:
         """Takes the lease or raises StoreBusyError; starts renewing it."""
         found = read_value(self.kv, LEASE, self.url)
         if found.state != "missing":
-            holder = _parse(found.value)
+            holder = parse_record(found.value)
             expires = holder.get("expires_unix", 0.0)
             if expires > time.time() and _dead_here(holder):
                 # Killed on this very host (a SIGKILL, an out-of-memory kill): no need to wait for the expiry.
@@ -171,7 +170,7 @@ class WriterLease:
 
     def _read_holder(self) -> dict:
         found = read_value(self.kv, LEASE, self.url)
-        return {} if found.state == "missing" else _parse(found.value)
+        return {} if found.state == "missing" else parse_record(found.value)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -203,15 +202,3 @@ def _dead_here(holder: dict) -> bool:
     except PermissionError:  # it exists, as another user's process
         return False
     return False
-
-
-def _parse(value: bytes) -> dict:
-    try:
-        holder = json.loads(bytes(value))
-    except ValueError:
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")

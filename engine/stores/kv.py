@@ -14,6 +14,7 @@ which the jobs' ``--kvstore_spec`` JSON sets.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -118,6 +119,21 @@ def _endpoint_hint(spec: dict) -> str:
 
 def json_bytes(value: dict) -> bytes:
     return (json.dumps(value, indent=1) + "\n").encode()
+
+
+def parse_record(value: bytes) -> dict:
+    """A JSON object written by another process (a lease or a claim): {} when it is not one (a torn or foreign
+    value reads as no record, never as an error)."""
+    try:
+        record = json.loads(bytes(value))
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def iso_utc(t: float) -> str:
+    """Unix seconds as an ISO 8601 UTC timestamp, to the second (what leases and claims record for people)."""
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def storage_error(operation: str, key: str, url: str, error: Exception) -> StoreError:

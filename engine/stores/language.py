@@ -20,8 +20,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import operator
-import os
-import signal
 import threading
 
 import ml_dtypes
@@ -30,6 +28,7 @@ import tensorstore as ts
 
 from engine.axes import UTTERANCE
 from engine.errors import ShapeError
+from engine.runtime.faults import fault_point
 from engine.stores.kv import StoreError
 from engine.stores.schema import LENGTHS_CHUNK, UtteranceRow, is_done, rows_to_table
 
@@ -259,7 +258,7 @@ class LanguageArrays:
             self._finish([(u, future)], error)
             return
         else:
-            self._fault_point("states")
+            fault_point("after_states")
         finally:
             with self._cond:
                 self._in_flight_bytes -= nbytes
@@ -290,30 +289,10 @@ class LanguageArrays:
             try:
                 self._lengths[ts.d[UTTERANCE][index]].write(values).commit.result()
                 error = None
-                self._fault_point("marker", len(index))
+                fault_point("after_marker", len(index))
             except BaseException as e:
                 error = e
             self._finish([(u, f) for u, (_, futures) in marks.items() for f in futures], error)
-
-    # Test-only fault injection, for the kill-and-resume test of tests/jobs/test_encode.py; never set it otherwise.
-    # BABELGRID_FAULT_KILL_AFTER_COMMITS="states:N": the process SIGKILLs itself right after the N-th states shard it
-    # wrote has committed, before that utterance's marker is queued (states on disk, utterance not done);
-    # "marker:N": right after the marker write that brings the markers this process committed to N or more.
-    # Read once, at import; unset, a commit pays one comparison.
-    _FAULT_KILL = os.environ.get("BABELGRID_FAULT_KILL_AFTER_COMMITS", "")
-    _fault_counts = {"states": 0, "marker": 0}  # per process, over every language
-    _fault_lock = threading.Lock()
-
-    @classmethod
-    def _fault_point(cls, point: str, commits: int = 1) -> None:
-        if not cls._FAULT_KILL:
-            return
-        kill_point, _, after = cls._FAULT_KILL.partition(":")
-        if kill_point == point:
-            with cls._fault_lock:
-                cls._fault_counts[point] += commits
-                if cls._fault_counts[point] >= int(after):
-                    os.kill(os.getpid(), signal.SIGKILL)
 
     def _write_states(self, u: int, shard: np.ndarray) -> None:
         """Writes utterance u's whole shard and waits for it to commit; marks nothing."""

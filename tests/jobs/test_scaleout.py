@@ -25,6 +25,7 @@ from engine.pipelines.decode.run import DecodeConfig, run_decode
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
 from engine.runtime.claims import CLAIMS_DIR
+from engine.runtime.options import configure
 from engine.stores.words import read_words
 from tests.jobs.multiprocess import start_processes
 
@@ -98,11 +99,13 @@ def test_a_host_dies_and_the_other_finishes_its_work(clips, tiny_model_dir, tiny
     # Process 1 dies right after its 3rd states shard commits, before that utterance is marked done: its claim on
     # that unit is held and not released.
     survivor, dead = run_with_a_death(
-        "jobs.encode", [*encode_args, "--out", str(two)], {"BABELGRID_FAULT_KILL_AFTER_COMMITS": "states:3"}
+        "jobs.encode", [*encode_args, "--out", str(two)], {"BABELGRID_FAULT_KILL": "after_states:3"}
     )
     assert taken_over(survivor) >= 1, survivor  # the unit the dead process held
     one = tmp_path / "one"
-    config = EncodeConfig(out=str(one), dataset=f"folder:{clips}", batch_size=4, claim_utterances=2, progress=False)
+    config = configure(
+        EncodeConfig, out=str(one), dataset=f"folder:{clips}", batch_size=4, claim_utterances=2, progress=False
+    )
     run_encode(config, whisper=tiny_whisper)
     assert_same_store(two, one)
 
@@ -111,7 +114,7 @@ def test_a_host_dies_and_the_other_finishes_its_work(clips, tiny_model_dir, tiny
     survivor, dead = run_with_a_death(
         "jobs.seqsim",
         ["--store", str(two), "--out", str(sim_two)],
-        {"BABELGRID_FAULT_KILL_AFTER_MATRICES": "2"},
+        {"BABELGRID_FAULT_KILL": "after_matrix:2"},
     )
     assert taken_over(survivor) >= 1, survivor
     sim_one = tmp_path / "sim-one"
@@ -132,7 +135,8 @@ def part_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
     write_tones(root, PART_CLIPS, seed=5, shortest_s=0.3, texts=TEXTS)
     store = root / "store"
     run_encode(
-        EncodeConfig(out=str(store), dataset=f"folder:{root}", layers=(1, 3), progress=False), whisper=tiny_whisper
+        configure(EncodeConfig, out=str(store), dataset=f"folder:{root}", layers=(1, 3), progress=False),
+        whisper=tiny_whisper,
     )
     return store
 
@@ -150,7 +154,7 @@ def test_decode_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir
     args += ["--tasks", "transcribe,translate", "--max_new_tokens", "4"]
     two = tmp_path / "two"
     survivor, dead = run_with_a_death(
-        "jobs.decode", [*args, "--out", str(two)], {"BABELGRID_FAULT_KILL_BEFORE_PART": "2"}
+        "jobs.decode", [*args, "--out", str(two)], {"BABELGRID_FAULT_KILL": "before_part:2"}
     )
     assert taken_over(survivor) >= 1, survivor
     one = tmp_path / "one"
@@ -166,7 +170,7 @@ def test_align_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir,
     args = ["--store", str(part_store), "--model", str(tiny_model_dir), "--chunk", "2"]
     two = tmp_path / "two"
     survivor, dead = run_with_a_death(
-        "jobs.align", [*args, "--out", str(two)], {"BABELGRID_FAULT_KILL_BEFORE_PART": "1"}
+        "jobs.align", [*args, "--out", str(two)], {"BABELGRID_FAULT_KILL": "before_part:1"}
     )
     assert taken_over(survivor) == 1 and units_claimed(survivor) == 2 * PART_CLIPS // 2, survivor
     one = tmp_path / "one"

@@ -39,10 +39,12 @@ from engine.languages import fleurs_to_whisper
 from engine.models.whisper.decoding import DecodingOptions
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
-from engine.runtime.claims import DEFAULT_CLAIM_TTL, FaultKill, WorkClaims, rounds
+from engine.runtime.claims import DEFAULT_CLAIM_TTL, WorkClaims, rounds
+from engine.runtime.faults import fault_point
+from engine.runtime.options import check_choice
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import read_part
-from engine.runtime.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
@@ -337,7 +339,7 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
                             whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary,
                             rows_out, skipped,
                         )  # fmt: skip
-                    _FAULT.point()
+                    fault_point("before_part")
                     # One write per part: its metadata (the utterances it was made from) is its done marker.
                     write_value(kv, claim.unit, part_bytes(rows_out, done_now, skipped), config.out)
                     _count_skips(summary, lang, rows, first, last, done_now, skipped)
@@ -354,9 +356,6 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
     summary.seconds = time.perf_counter() - t0
     return summary
 
-
-# Test-only fault injection (tests/jobs/test_scaleout.py): SIGKILL right before the N-th part this process writes.
-_FAULT = FaultKill("BABELGRID_FAULT_KILL_BEFORE_PART")
 
 
 def _count_skips(summary, lang, rows, first, last, done_now, skipped) -> None:

@@ -43,10 +43,12 @@ from engine.languages import fleurs_to_whisper
 from engine.models.whisper.decoding import TASKS, DecodingOptions
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.pipelines.decode import hypotheses as hyp
-from engine.runtime.claims import DEFAULT_CLAIM_TTL, FaultKill, WorkClaims, rounds
+from engine.runtime.claims import DEFAULT_CLAIM_TTL, WorkClaims, rounds
+from engine.runtime.faults import fault_point
+from engine.runtime.options import check_choice
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import read_part, table_bytes
-from engine.runtime.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
@@ -413,9 +415,6 @@ def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> Decod
     return summary
 
 
-# Test-only fault injection (tests/jobs/test_scaleout.py): SIGKILL right before the N-th part this process writes.
-_FAULT = FaultKill("BABELGRID_FAULT_KILL_BEFORE_PART")
-
 
 def _decode_unit(
     config, whisper, reader, kv, english, dtype, lang, layer, ln_post, done_now, pending, loaded, summary
@@ -439,7 +438,7 @@ def _decode_unit(
         )
     for part, key in pending.items():
         out_rows, skipped = parts[part]
-        _FAULT.point()
+        fault_point("before_part")
         # One write per part: its metadata (the utterances it was made from) is its done marker.
         write_value(kv, key, hyp.part_bytes(out_rows, done_now, skipped_audio + skipped), config.out)
     return loaded

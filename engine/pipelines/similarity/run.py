@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import signal
 import sys
 import time
 
@@ -26,8 +24,10 @@ import numpy as np
 
 from engine.dtypes import DTYPES
 from engine.runtime.claims import DEFAULT_CLAIM_TTL, WorkClaims, rounds
+from engine.runtime.faults import fault_point
+from engine.runtime.options import check_choice
 from engine.runtime.parallel import data_mesh, is_process_zero
-from engine.runtime.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
@@ -285,14 +285,9 @@ def _marker_matches(marker: dict | None, want: dict) -> bool:
     return marker is not None and all(marker.get(k) == v for k, v in want.items())
 
 
-_FAULT_KILL_AFTER_MATRICES = int(os.environ.get("BABELGRID_FAULT_KILL_AFTER_MATRICES", "0") or 0)
-_fault_matrices = 0
-
-
 def _pair_layer(config, reader, out, arrays, cache, unit, measures, done_index, lengths, mesh, summary):
     """Computes and writes ``measures`` of one ``unit`` (layer, a, b); ``cache`` holds the languages loaded at its
     layer."""
-    global _fault_matrices
     layer, a, b = unit
     need_states = any(m != "duration" for m in measures)
     for lang in (a, b):
@@ -305,11 +300,7 @@ def _pair_layer(config, reader, out, arrays, cache, unit, measures, done_index, 
         full = np.full((len(lengths[a]), len(lengths[b])), np.nan, np.float32)
         full[np.ix_(cache[a].index, cache[b].index)] = scores[m]
         out.write_layer(arrays[m, a, b], m, a, b, layer, full, {**marker, **extra.get(m, {})})
-        # Test-only fault injection (tests/jobs/test_scaleout.py): SIGKILL right after the N-th matrix this process
-        # wrote, while it still holds that unit's claim. Never set it otherwise.
-        _fault_matrices += 1
-        if _FAULT_KILL_AFTER_MATRICES and _fault_matrices >= _FAULT_KILL_AFTER_MATRICES:
-            os.kill(os.getpid(), signal.SIGKILL)
+        fault_point("after_matrix")  # test-only (engine.runtime.faults): the unit's claim is still held
 
 
 def _check_complete(url: str, lengths: dict, done_index: dict, allow_partial: bool) -> None:

@@ -1,0 +1,37 @@
+"""Test-only fault injection: the one hook the kill-and-resume tests use to SIGKILL a job at a chosen point.
+
+``BABELGRID_FAULT_KILL="<point>:<N>"`` makes the process SIGKILL itself when ``fault_point(point)`` has been reached
+N times in this process (``count`` adds several at once). The points a job offers:
+
+- ``before_part``: align and decode, right before a part is written (the unit's claim is held, nothing written);
+- ``after_matrix``: seqsim, right after a matrix of a (layer, pair) unit is written, before the unit's claim is
+  released;
+- ``after_states``: encode, right after an utterance's states shard committed, before its length marker is queued
+  (states on disk, utterance not done);
+- ``after_marker``: encode, right after a length-marker write that brings this process's committed markers to N.
+
+Read once, at import. Unset (every real run), a point costs one comparison. Never set it outside tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+ENV = "BABELGRID_FAULT_KILL"
+_point, _, _after = os.environ.get(ENV, "").partition(":")
+_AFTER = int(_after or 0)
+_count = 0
+_lock = threading.Lock()
+
+
+def fault_point(point: str, count: int = 1) -> None:
+    """Counts ``count`` passes of ``point``; SIGKILLs this process when the configured point reaches its N."""
+    global _count
+    if not _AFTER or point != _point:
+        return
+    with _lock:
+        _count += count
+        if _count >= _AFTER:
+            os.kill(os.getpid(), signal.SIGKILL)
