@@ -36,6 +36,7 @@ from engine.data.features import features_for_audio  # noqa: E402
 from engine.data.sources import get_source  # noqa: E402
 from engine.models.whisper.loaded import load_whisper  # noqa: E402
 from engine.pipelines.encode.run import EncodeConfig, run_encode  # noqa: E402
+from engine.runtime.options import configure  # noqa: E402
 from engine.runtime.parallel import ShardedEncoder, data_mesh  # noqa: E402
 from engine.stores.layers import LayerStore  # noqa: E402
 from engine.stores.schema import StoreInfo, UtteranceRow  # noqa: E402
@@ -130,7 +131,9 @@ def main() -> None:
                 arrays.flush()
 
         config = dict(dataset=spec, dtype=args.dtype, batch_size=args.batch, progress=False)
-        run_encode(EncodeConfig(out=str(tmp / "warm"), langs=(source.languages()[0],), **config), whisper=whisper)
+        run_encode(
+            configure(EncodeConfig, out=str(tmp / "warm"), langs=(source.languages()[0],), **config), whisper=whisper
+        )
         # Interleaved rounds: a slow spell of a shared machine hits all three stages of that round alike.
         t_enc, t_write, t_job = [], [], []
         for r in range(args.repeats):
@@ -144,7 +147,7 @@ def main() -> None:
             shutil.rmtree(out)
             out = tmp / f"job-{r}"
             t = time.perf_counter()
-            summary = run_encode(EncodeConfig(out=str(out), **config), whisper=whisper)
+            summary = run_encode(configure(EncodeConfig, out=str(out), **config), whisper=whisper)
             t_job.append(time.perf_counter() - t)
             assert summary.done == len(utts) and summary.n_skipped == 0, summary.report()
             shutil.rmtree(out)

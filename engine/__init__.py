@@ -1,0 +1,50 @@
+"""babelgrid's library: the handful of entry points a notebook needs.
+
+    import engine
+    whisper = engine.load_model()                      # the packaged whisper-base, or a hub id / folder / .pt
+    store = engine.open_store("out/demo/store")        # every encoder layer of every utterance
+    sim = engine.open_similarity("out/demo/similarity")
+    scores, rows, cols = sim.matrix("seqsim", "en", "de", layer=7)
+    engine.run_retrieval(engine.configure(RetrievalConfig, similarity=..., ...))
+
+Each job's library side is ``engine.pipelines.<job>.run``; its config is a frozen dataclass there, and
+``configure(Config, out=..., progress=False, ...)`` fills its run options. The names load on first use, so that
+``import engine`` stays cheap (the jobs' ``--help`` never imports JAX through it).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# public name -> module that defines it
+_FACE = {
+    "load_model": "engine.models.whisper.loaded",
+    "open_store": "engine.stores.reader",
+    "open_similarity": "engine.stores.similarity",
+    "configure": "engine.runtime.options",
+    "RunOptions": "engine.runtime.options",
+    "run_encode": "engine.pipelines.encode.run",
+    "run_similarity": "engine.pipelines.similarity.run",
+    "run_retrieval": "engine.pipelines.retrieval.run",
+    "run_align": "engine.pipelines.align.run",
+    "run_decode": "engine.pipelines.decode.run",
+    "run_interp": "engine.pipelines.interp.run",
+    "run_challenge": "engine.pipelines.challenge.run",
+    "run_probe": "engine.pipelines.probe.run",
+    "run_finetune": "engine.pipelines.finetune.run",
+}
+_RENAMED = {"load_model": "load_whisper"}  # the face's name -> the defining module's name
+
+__all__ = sorted(_FACE)
+
+
+def __getattr__(name: str):
+    if name not in _FACE:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}; the public names are {', '.join(__all__)}")
+    value = getattr(importlib.import_module(_FACE[name]), _RENAMED.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,15 +1,17 @@
-"""Flags and start-up shared by every job: the flags every job has, logging, list parsing, jax.distributed.
+"""Start-up shared by every job: flags generated from the job's config dataclass, logging, jax.distributed.
 
-A job defines its own flags, then the shared ones it takes, and starts through ``run``::
+A job's flags are its config's fields (``engine.runtime.options.option``: defaults written once, in the dataclass),
+plus the run options it takes; it builds its config from them and starts through ``run``::
 
-    flags.DEFINE_string("chunk", ...)
-    define_store_flag("layer store written by the encode job")
-    define_out_flag("similarity store to write (created if missing, resumed if present)")
-    define_langs_flag("of the layer store")
-    define_run_flags(strict=True, distributed=True)
+    common.define_config_flags(SimilarityConfig, __name__, run=("out", "progress", "claim_ttl", ...),
+                               required=("store", "out"), distributed=True)
+
+    def main() -> int:
+        config = common.config_from_flags(SimilarityConfig)
+        return common.finish(run_similarity(config), [f"similarity store: {config.run.out}"])
 
     if __name__ == "__main__":
-        run(main)
+        common.run(main)
 """
 
 from __future__ import annotations
@@ -25,106 +27,84 @@ import jax
 from absl import app, flags
 
 from engine.errors import BabelgridError
-from engine.runtime.claims import DEFAULT_CLAIM_TTL
+from engine.runtime import options
+from engine.runtime.options import PARSERS, RunOptions, format_value
 from engine.runtime.plan import DEVICES, plan_for
 from engine.stores.kv import parse_spec_overrides, set_spec_overrides
 
 FLAGS = flags.FLAGS
 
-
-def _job_module() -> str:
-    """The module name absl files a flag under, so that a shared flag shows in the calling job's --helpshort."""
-    frame = sys._getframe(2)  # the job module calling a define_* helper
-    name = frame.f_globals.get("__name__", "")
-    return sys.argv[0] if name == "__main__" else name
+# Every run option (engine.runtime.options.RunOptions): what a job that writes a store with claims takes.
+RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
 
 
-def define_store_flag(help: str = "layer store written by the encode job: local path or TensorStore kvstore URL"):
-    flags.DEFINE_string("store", None, f"(required) {help}", module_name=_job_module())
-    flags.mark_flag_as_required("store")
-    define_kvstore_spec_flag(_job_module())
+def _flag_module(module: str) -> str:
+    """The name absl files a job's flags under: the job module's ``__name__``, or ``sys.argv[0]`` when it runs as
+    ``__main__`` (so that they show in the job's --helpshort and ``usage``)."""
+    return sys.argv[0] if module == "__main__" else module
 
 
-def define_out_flag(help: str, required: bool = True) -> None:
-    flags.DEFINE_string("out", None, f"(required) {help}" if required else help, module_name=_job_module())
-    if required:
-        flags.mark_flag_as_required("out")
-    define_kvstore_spec_flag(_job_module())
-
-
-def define_kvstore_spec_flag(module: str | None = None) -> None:
-    """--kvstore_spec, once per job (every store flag brings it): JSON merged into every s3:// and gs:// store's
-    TensorStore kvstore spec (``engine.stores.kv.set_spec_overrides``)."""
-    if "kvstore_spec" in FLAGS:
-        return
-    flags.DEFINE_string(
-        "kvstore_spec",
-        None,
-        "JSON object merged into the TensorStore kvstore spec of every s3:// and gs:// location, for what the "
-        'environment does not set: \'{"endpoint": "http://127.0.0.1:9000", "aws_region": "us-east-1"}\' '
-        "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and TENSORSTORE_GCS_HTTP_URL are "
-        "read without it; see BUILD.md)",
-        module_name=module or _job_module(),
-    )
-
-
-def define_langs_flag(of: str = "of the layer store") -> None:
-    flags.DEFINE_string("langs", "all", f"comma-separated language codes {of}, or 'all'", module_name=_job_module())
-
-
-def define_run_flags(strict: bool = False, distributed: bool = False, lease: bool = True, claims: bool = False) -> None:
-    """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts;
-    --break_lease for jobs that hold their output store's writer lease; --claim_ttl for jobs whose processes share
-    their work through claims (``engine.runtime.claims``), which then survive a dead process."""
-    flags.DEFINE_enum(
-        "matmul_precision",
-        "highest",
-        ["highest", "default"],
-        "float32 matrix products: highest = full float32 everywhere; default = the accelerator's fastest (TF32 on "
-        "NVIDIA GPUs, bfloat16 passes on TPUs: 1 to 3 percent of the peak activation away from float32). No effect on "
-        "CPUs",
-        module_name=_job_module(),
-    )
-    flags.DEFINE_bool(
-        "progress",
-        None,
-        "show a progress bar (default: only when stderr is a terminal, so batch logs stay readable)",
-        module_name=_job_module(),
-    )
-    if lease:
-        flags.DEFINE_bool(
-            "break_lease",
-            False,
-            "take over another run's unexpired writer lease on --out (only when that run is known to be dead)",
-            module_name=_job_module(),
-        )
-    if strict:
-        flags.DEFINE_bool("strict", False, "exit non-zero if anything was skipped", module_name=_job_module())
-    if _job_name() in PLANNED_JOBS:
-        define_plan_flags(_job_module())
+def define_config_flags(
+    cls,
+    module: str,
+    *,
+    run: tuple[str, ...] = (),
+    required: tuple[str, ...] = (),
+    help: dict[str, str] | None = None,
+    skip: tuple[str, ...] = (),
+    plan: bool = False,
+    distributed: bool = False,
+) -> None:
+    """Defines a flag for every field of the config dataclass ``cls`` that carries help text
+    (``engine.runtime.options.option``), with the field's name, default, choices and help: defaults are written once,
+    in the dataclass. ``run`` names the ``RunOptions`` fields the job takes (``config.run``); ``required`` the fields
+    whose flag must be given; ``help`` replaces a field's help text for this job; ``skip`` leaves fields out (the job
+    builds them itself). ``plan`` adds --plan/--plan_device, ``distributed`` jax.distributed's flags.
+    ``module`` is the calling job's ``__name__``."""
+    module = _flag_module(module)
+    help = help or {}
+    fields = [f for f in dataclasses.fields(cls) if f.name != "run" and f.name not in skip and f.metadata.get("help")]
+    fields += [f for f in dataclasses.fields(RunOptions) if f.name in run]
+    for field in fields:
+        _define_field_flag(field, module, help.get(field.name), field.name in required)
+    if plan:
+        define_plan_flags(module)
     if distributed:
-        define_distributed_flags(_job_module())
-    if claims:
-        flags.DEFINE_float(
-            "claim_ttl",
-            DEFAULT_CLAIM_TTL,
-            "seconds a work claim lives unrenewed: the other processes take a dead process's work this long after it "
-            "died",
-            module_name=_job_module(),
-        )
+        define_distributed_flags(module)
+
+
+def _define_field_flag(field, module: str, help_text: str | None, required: bool) -> None:
+    meta = field.metadata
+    text = help_text or meta["help"]
+    default = None if field.default is dataclasses.MISSING else field.default
+    required = required or meta.get("required")
+    if required:
+        text = f"(required) {text}"
+    name, choices, parse = field.name, meta.get("choices"), meta.get("parse")
+    if parse is not None:
+        flags.DEFINE_string(name, format_value(default, parse), text, module_name=module)
+    elif choices is not None and not isinstance(default, bool):
+        flags.DEFINE_enum(name, default, [str(c) for c in choices], text, module_name=module)
+    elif field.type in ("bool", "bool | None") or isinstance(default, bool):
+        flags.DEFINE_bool(name, default, text, module_name=module)
+    elif field.type in ("int", "int | None") or (isinstance(default, int) and not isinstance(default, bool)):
+        flags.DEFINE_integer(name, default, text, module_name=module)
+    elif field.type in ("float", "float | None") or isinstance(default, float):
+        flags.DEFINE_float(name, default, text, module_name=module)
+    else:
+        flags.DEFINE_string(name, default, text, module_name=module)
+    if required:
+        flags.mark_flag_as_required(name)
 
 
 def config_from_flags(cls, **given):
-    """A job's frozen config: each field of dataclass ``cls`` from the flag of the same name, unless ``given``
-    (values parsed from a flag's text: lists, layer ranges).
+    """A job's frozen config: each field of dataclass ``cls`` from the flag of the same name (a list field's text
+    parsed by its ``parse`` rule), unless ``given``; ``config.run`` from the ``RunOptions`` flags the job defined.
 
-    With ``--plan``, the run this config describes is planned instead (``engine.runtime.plan``): the plan is printed and
-    the job exits 0 here, before it opens its output.
+    With ``--plan``, the run this config describes is planned instead (``engine.runtime.plan``): the plan is printed
+    and the job exits 0 here, before it opens its output.
     """
-    values = {
-        f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(cls) if f.name not in given and f.name in FLAGS
-    }
-    config = cls(**values, **given)
+    config = cls(**_values(cls, given), **({"run": RunOptions(**_values(RunOptions, {}))} if _has_run(cls) else {}))
     if "plan" in FLAGS and FLAGS.plan:
         try:
             plan = plan_for(config, FLAGS.plan_device)
@@ -135,12 +115,19 @@ def config_from_flags(cls, **given):
     return config
 
 
-PLANNED_JOBS = ("encode", "seqsim", "decode")
+def _has_run(cls) -> bool:
+    return any(f.name == "run" for f in dataclasses.fields(cls))
 
 
-def _job_name() -> str:
-    """The calling job's short name ('encode'), from the file of the module calling a define_* helper."""
-    return os.path.splitext(os.path.basename(sys._getframe(2).f_globals.get("__file__") or ""))[0]
+def _values(cls, given: dict) -> dict:
+    values = dict(given)
+    for field in dataclasses.fields(cls):
+        if field.name in values or field.name == "run" or field.name not in FLAGS:
+            continue
+        value = getattr(FLAGS, field.name)
+        parse = field.metadata.get("parse") if field.metadata else None
+        values[field.name] = PARSERS[parse](value) if parse is not None else value
+    return values
 
 
 def define_plan_flags(module: str) -> None:
@@ -156,13 +143,15 @@ def define_plan_flags(module: str) -> None:
     )
 
 
-def finish(summary, lines=()) -> int:
-    """Prints a run's summary and ``lines`` (paths written); the exit code: 1 when --strict and anything was
-    skipped."""
+def finish(summary, lines=(), strict: bool | None = None) -> int:
+    """Prints a run's summary and ``lines`` (paths written); the exit code: 1 when ``strict`` (the run's
+    ``--strict``) and anything was skipped."""
     print(summary.report())
     for line in lines:
         print(line)
-    if "strict" in FLAGS and FLAGS.strict and summary.n_skipped:
+    if strict is None:  # transitional: jobs not yet generated from their config
+        strict = "strict" in FLAGS and FLAGS.strict
+    if strict and summary.n_skipped:
         print(f"--strict: {summary.n_skipped} items were skipped", file=sys.stderr)
         return 1
     return 0
@@ -291,6 +280,99 @@ def leave_distributed() -> None:
         if not set(client.get_live_nodes([0, *others])) & set(others):
             break
         time.sleep(0.5)
+
+
+# --- transitional: the flag helpers of the jobs not yet generated from their config (removed once all are) ---
+
+
+def _job_module() -> str:
+    """The module name absl files a flag under, so that a shared flag shows in the calling job's --helpshort."""
+    frame = sys._getframe(2)  # the job module calling a define_* helper
+    name = frame.f_globals.get("__name__", "")
+    return sys.argv[0] if name == "__main__" else name
+
+
+def define_store_flag(help: str = "layer store written by the encode job: local path or TensorStore kvstore URL"):
+    flags.DEFINE_string("store", None, f"(required) {help}", module_name=_job_module())
+    flags.mark_flag_as_required("store")
+    define_kvstore_spec_flag(_job_module())
+
+
+def define_out_flag(help: str, required: bool = True) -> None:
+    flags.DEFINE_string("out", None, f"(required) {help}" if required else help, module_name=_job_module())
+    if required:
+        flags.mark_flag_as_required("out")
+    define_kvstore_spec_flag(_job_module())
+
+
+def define_kvstore_spec_flag(module: str | None = None) -> None:
+    """--kvstore_spec, once per job (every store flag brings it): JSON merged into every s3:// and gs:// store's
+    TensorStore kvstore spec (``engine.stores.kv.set_spec_overrides``)."""
+    if "kvstore_spec" in FLAGS:
+        return
+    flags.DEFINE_string(
+        "kvstore_spec",
+        None,
+        "JSON object merged into the TensorStore kvstore spec of every s3:// and gs:// location, for what the "
+        'environment does not set: \'{"endpoint": "http://127.0.0.1:9000", "aws_region": "us-east-1"}\' '
+        "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and TENSORSTORE_GCS_HTTP_URL are "
+        "read without it; see BUILD.md)",
+        module_name=module or _job_module(),
+    )
+
+
+def define_langs_flag(of: str = "of the layer store") -> None:
+    flags.DEFINE_string("langs", "all", f"comma-separated language codes {of}, or 'all'", module_name=_job_module())
+
+
+def define_run_flags(strict: bool = False, distributed: bool = False, lease: bool = True, claims: bool = False) -> None:
+    """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts;
+    --break_lease for jobs that hold their output store's writer lease; --claim_ttl for jobs whose processes share
+    their work through claims (``engine.runtime.claims``), which then survive a dead process."""
+    flags.DEFINE_enum(
+        "matmul_precision",
+        "highest",
+        ["highest", "default"],
+        "float32 matrix products: highest = full float32 everywhere; default = the accelerator's fastest (TF32 on "
+        "NVIDIA GPUs, bfloat16 passes on TPUs: 1 to 3 percent of the peak activation away from float32). No effect on "
+        "CPUs",
+        module_name=_job_module(),
+    )
+    flags.DEFINE_bool(
+        "progress",
+        None,
+        "show a progress bar (default: only when stderr is a terminal, so batch logs stay readable)",
+        module_name=_job_module(),
+    )
+    if lease:
+        flags.DEFINE_bool(
+            "break_lease",
+            False,
+            "take over another run's unexpired writer lease on --out (only when that run is known to be dead)",
+            module_name=_job_module(),
+        )
+    if strict:
+        flags.DEFINE_bool("strict", False, "exit non-zero if anything was skipped", module_name=_job_module())
+    if _job_name() in PLANNED_JOBS:
+        define_plan_flags(_job_module())
+    if distributed:
+        define_distributed_flags(_job_module())
+    if claims:
+        flags.DEFINE_float(
+            "claim_ttl",
+            options.DEFAULT_CLAIM_TTL,
+            "seconds a work claim lives unrenewed: the other processes take a dead process's work this long after it "
+            "died",
+            module_name=_job_module(),
+        )
+
+
+PLANNED_JOBS = ("encode", "seqsim", "decode")
+
+
+def _job_name() -> str:
+    """The calling job's short name ('encode'), from the file of the module calling a define_* helper."""
+    return os.path.splitext(os.path.basename(sys._getframe(2).f_globals.get("__file__") or ""))[0]
 
 
 def parse_list(value: str | None) -> tuple[str, ...] | None:

@@ -60,7 +60,9 @@ def _imported_packages(path: pathlib.Path) -> set[str]:
 
 
 def test_engine_rooms_import():
-    for room in ("engine.models.whisper", "engine.data", "engine.stores", "engine.runtime", "engine.pipelines", "engine.text"):
+    rooms = ("engine.models.whisper", "engine.data", "engine.stores", "engine.runtime", "engine.pipelines")
+    rooms += ("engine.text",)
+    for room in rooms:
         importlib.import_module(room)
 
 

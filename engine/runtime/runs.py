@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TypeVar
 
 from tqdm.auto import tqdm
@@ -27,13 +27,6 @@ from engine.runtime.parallel import barrier, is_process_zero
 from engine.stores.kv import open_kvstore
 
 T = TypeVar("T")
-
-
-def check_choice(what: str, value, choices: Iterable) -> None:
-    """A config field's value against its choices, with an error that lists them."""
-    choices = tuple(choices)
-    if value not in choices:
-        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
 
 
 def process_zero_first(name: str, create: Callable[[], T]) -> T:
@@ -56,6 +49,9 @@ class RunSummary:
 
     skipped: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
+    units: int = 0  # work units this process claimed and did (engine.runtime.units)
+    taken_over: int = 0  # of them, units whose claim had expired (a dead process's)
+    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
 
     @property
     def n_skipped(self) -> int:
@@ -63,6 +59,13 @@ class RunSummary:
 
     def skip(self, reason: str, lang: str, uid: str) -> None:
         self.skipped.setdefault(reason, []).append((lang, str(uid)))
+
+    def work_line(self, what: str = "units") -> str:
+        """The claimed-unit loop's counts, one line."""
+        return (
+            f"work units: {self.units} {what} claimed, busy {self.busy_seconds:.1f} s, {self.taken_over} taken over "
+            "from expired claims"
+        )
 
     def skip_lines(self, shown: int = 5) -> list[str]:
         """One line per reason, with the count and the first ``shown`` items."""

@@ -20,6 +20,7 @@ import pytest
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import align_words, fill_padding, silence_states
 from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
 from tests.jobs.multiprocess import run_processes
@@ -51,7 +52,9 @@ def layer_store(fleurs_dir, whisper, tmp_path_factory) -> pathlib.Path:
     (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
     top = whisper.dims.n_audio_layer + 1
     out = root / "store"
-    config = EncodeConfig(out=str(out), dataset=f"manifest:{root / 'clips.jsonl'}", layers=(top,), progress=False)
+    config = configure(
+        EncodeConfig, out=str(out), dataset=f"manifest:{root / 'clips.jsonl'}", layers=(top,), progress=False
+    )
     summary = run_encode(config, whisper=whisper)
     assert summary.done == len(CLIPS) and summary.n_skipped == 1, summary.report()
     return out
@@ -173,7 +176,9 @@ def test_refusals(layer_store, words_out, whisper, tiny_model_dir, tmp_path):
     clip = json.loads(io.StringIO((layer_store.parent / "clips.jsonl").read_text()).readline())
     (tmp_path / "one.jsonl").write_text(json.dumps(clip) + "\n")
     run_encode(
-        EncodeConfig(out=str(lower), dataset=f"manifest:{tmp_path / 'one.jsonl'}", layers=(3,), progress=False),
+        configure(
+            EncodeConfig, out=str(lower), dataset=f"manifest:{tmp_path / 'one.jsonl'}", layers=(3,), progress=False
+        ),
         whisper=whisper,
     )
     no_top = run_job("--store", str(lower), "--out", str(tmp_path / "y"), check=False)

@@ -26,6 +26,7 @@ import soundfile
 from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
 from engine.pipelines.decode.run import DecodeConfig, DecodeError, references_path, run_decode, score_rows
 from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.runtime.options import configure
 from engine.text import metrics as text_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -45,8 +46,13 @@ def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=()) 
     lines += [json.dumps(r) for r in extra_rows]
     (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
     out = root / "store"
-    config = EncodeConfig(
-        out=str(out), model=model, dataset=f"manifest:{root / 'clips.jsonl'}", layers=layers, progress=False
+    config = configure(
+        EncodeConfig,
+        out=str(out),
+        model=model,
+        dataset=f"manifest:{root / 'clips.jsonl'}",
+        layers=layers,
+        progress=False,
     )
     run_encode(config, whisper=whisper)
     return out

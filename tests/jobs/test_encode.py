@@ -28,6 +28,7 @@ from engine.data.synth.sentences import DEMO_IDS
 from engine.models.whisper.checkpoints.load import DEFAULT_NAME
 from engine.models.whisper.dims import preset
 from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.runtime.options import configure
 from engine.runtime.parallel import ShardedEncoder, data_mesh
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
@@ -115,7 +116,7 @@ def test_round_trip_real_fleurs_layout(tmp_path, fleurs_dir, base_whisper):
         (root / fleurs_lang / "test.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     whisper = base_whisper
     out = tmp_path / "store"
-    config = EncodeConfig(out=str(out), dataset=f"fleurs:{root}", batch_size=BATCH, progress=False)
+    config = configure(EncodeConfig, out=str(out), dataset=f"fleurs:{root}", batch_size=BATCH, progress=False)
     summary = run_encode(config, whisper=whisper)
     assert summary.done == 5 and summary.n_skipped == 2, summary.report()
     # The missing files are reported, not stored as done.
@@ -144,7 +145,8 @@ def test_round_trip_demo_set_bfloat16(tmp_path, tiny_whisper):
     os.environ["BABELGRID_CACHE"] = str(cache)
     try:
         out = tmp_path / "store"
-        config = EncodeConfig(
+        config = configure(
+            EncodeConfig,
             out=str(out),
             dataset="demo",
             langs=("en", "de"),
@@ -211,7 +213,7 @@ def states_without_marker(out: pathlib.Path) -> int:
     return found
 
 
-# Where each run is killed (engine/stores/layers.py, BABELGRID_FAULT_KILL_AFTER_COMMITS): "states" right after the
+# Where each run is killed (engine.runtime.faults, BABELGRID_FAULT_KILL): "states" right after the
 # N-th states shard of the run commits, before its marker; "marker" right after the marker write that makes N
 # utterances of the run done. N is this fraction of what is left, so every run is killed before it can finish.
 KILLS = (("states", 0.1), ("marker", 0.2), ("states", 0.3), ("marker", 0.05), ("states", 0.02), ("marker", 0.3))
@@ -233,7 +235,7 @@ def test_sigkill_mid_commit_then_resume_equals_uninterrupted(tmp_path, tiny_mode
         before = done_count(out)
         assert before < total, f"nothing left to kill before {point}: too few clips for KILLS"
         n = max(1, int(fraction * (total - before)))
-        proc = run_job([*common, "--out", str(out)], {"BABELGRID_FAULT_KILL_AFTER_COMMITS": f"{point}:{n}"})
+        proc = run_job([*common, "--out", str(out)], {"BABELGRID_FAULT_KILL": f"after_{point}:{n}"})
         output = proc.communicate(timeout=600)[0]
         assert proc.returncode == -signal.SIGKILL, f"{point}:{n} did not kill the job:\n{output}"
         after = done_count(out)
@@ -286,7 +288,7 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny_whisper):
             f.write(json.dumps({"id": name, "lang": "en", "path": f"in/{name}.wav", "transcription": name}) + "\n")
     out = tmp_path / "store"
     summary = run_encode(
-        EncodeConfig(out=str(out), dataset=f"manifest:{manifest}", batch_size=BATCH, progress=False),
+        configure(EncodeConfig, out=str(out), dataset=f"manifest:{manifest}", batch_size=BATCH, progress=False),
         whisper=tiny_whisper,
     )
     assert summary.done == 3, summary.report()
@@ -310,12 +312,15 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny_whisper):
 def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):
     data = write_clips(tmp_path / "clips", langs=("en",), n=2)
     out = str(tmp_path / "store")
-    run_encode(EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False), whisper=tiny_whisper)
+    run_encode(
+        configure(EncodeConfig, out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False),
+        whisper=tiny_whisper,
+    )
     from engine.stores.schema import StoreMismatchError
 
     with pytest.raises(StoreMismatchError, match="layers"):
         run_encode(
-            EncodeConfig(out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False, layers=(0, 1)),
+            configure(EncodeConfig, out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False, layers=(0, 1)),
             whisper=tiny_whisper,
         )
 

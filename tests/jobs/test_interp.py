@@ -24,6 +24,7 @@ from engine.data.audio import SAMPLE_RATE, encoder_frames, load_audio
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.interp.reader import read_pairs, read_summary
 from engine.pipelines.interp.run import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from engine.stores.schema import StoreInfo, UtteranceRow
@@ -59,8 +60,12 @@ def tiny_inputs(tiny_whisper, tiny_model_dir, tmp_path_factory) -> tuple[pathlib
             lines.append(json.dumps(dict(id=f"u{n}", lang=lang, path=str(path), transcription=text)))
     (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
     store = root / "store"
-    config = EncodeConfig(
-        out=str(store), model=str(tiny_model_dir), dataset=f"manifest:{root / 'clips.jsonl'}", progress=False
+    config = configure(
+        EncodeConfig,
+        out=str(store),
+        model=str(tiny_model_dir),
+        dataset=f"manifest:{root / 'clips.jsonl'}",
+        progress=False,
     )
     run_encode(config, whisper=tiny_whisper)
     reader = open_store(str(store))

@@ -22,6 +22,7 @@ from engine.pipelines.decode.run import DecodeConfig
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.similarity.run import SimilarityConfig
 from engine.runtime import plan as plan_lib
+from engine.runtime.options import configure
 from engine.stores.reader import open_store
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -46,7 +47,7 @@ def clips(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def store(clips, tiny_model_dir, tmp_path_factory) -> str:
     out = str(tmp_path_factory.mktemp("store") / "store")
-    run_encode(EncodeConfig(out=out, model=str(tiny_model_dir), dataset=f"folder:{clips}", progress=False))
+    run_encode(configure(EncodeConfig, out=out, model=str(tiny_model_dir), dataset=f"folder:{clips}", progress=False))
     return out
 
 

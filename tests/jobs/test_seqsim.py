@@ -23,6 +23,7 @@ import jobs.seqsim as job
 from engine.data.audio import SAMPLE_RATE
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.similarity.run import SimilarityConfig, resolve_pairs, run_similarity
+from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.similarity import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
 from kernels.dtw import reference_dtw_similarity_matrix
@@ -52,7 +53,7 @@ def layer_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
             sf.write(root / "clips" / lang / f"utt{i}.wav", x.astype(np.float32), SAMPLE_RATE)
     (root / "clips" / CORRUPT[0] / f"{CORRUPT[1]}.wav").write_bytes(b"RIFF" + bytes(200))
     out = root / "store"
-    config = EncodeConfig(out=str(out), dataset=f"folder:{root / 'clips'}", batch_size=4, progress=False)
+    config = configure(EncodeConfig, out=str(out), dataset=f"folder:{root / 'clips'}", batch_size=4, progress=False)
     summary = run_encode(config, whisper=tiny_whisper)
     assert summary.done == 14 and summary.n_skipped == 1, summary.report()
     return out

@@ -41,9 +41,11 @@ from engine.dtypes import DTYPES
 from engine.errors import AudioError, LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
-from engine.runtime.claims import DEFAULT_CLAIM_TTL, WorkClaims, rounds
+from engine.runtime.claims import WorkClaims
+from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.parallel import ShardedEncoder, data_mesh, is_process_zero
-from engine.runtime.runs import RunSummary, check_choice, process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
+from engine.runtime.units import UnitLoop
 from engine.stores.kv import StoreError, open_kvstore
 from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
@@ -55,32 +57,31 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class EncodeConfig:
-    out: str  # store URL: a local path or any TensorStore kvstore URL (gs://, s3://, memory://)
-    model: str | None = None  # checkpoint source; None = the packaged whisper-base
-    dataset: str = "demo"  # see engine.data.sources.get_source
-    langs: tuple[str, ...] | None = None  # None = every language of the dataset
-    split: str = "test"
-    layers: tuple[int, ...] | None = None  # None = every layer 0..L+1
-    dtype: str = "float32"  # storage dtype
-    compute_dtype: str = "float32"  # weights and activations on the device
-    batch_size: int = 8  # 30 s windows per encoder step (all devices together)
-    long_audio: str = "window"  # or "truncate"
-    prefetch: int = 4  # host threads decoding audio and computing log-mel ahead of the device
-    break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
-    progress: bool | None = True  # None: only when stderr is a terminal
-    claim_utterances: int = 16  # utterances per work unit that processes claim (engine.runtime.claims)
-    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's claims may be taken over
+    """What to encode and how; ``run.out`` is the layer store (local path or TensorStore kvstore URL)."""
+
+    run: RunOptions = RunOptions()
+    model: str | None = option(None, "hub id, HF folder, CTranslate2 folder or OpenAI .pt (default: packaged base)")
+    dataset: str = option("demo", "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl | folder:/dir")
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes of the dataset, or 'all'", parse="list"
+    )
+    split: str = option("test", "dataset split (FLEURS: train, validation, test)")
+    layers: tuple[int, ...] | None = option(
+        None, "encoder layers to store: 'all', a list '0,3,7' or ranges '1-4' (0 = stem)", parse="layers"
+    )
+    dtype: str = option("float32", "storage dtype", choices=STORAGE_DTYPES)
+    compute_dtype: str = option("float32", "model dtype on the device", choices=DTYPES)
+    batch_size: int = option(8, "30 s windows per encoder step over all local devices", minimum=1)
+    long_audio: str = option(
+        "window", "audio over 30 s: consecutive windows, or cut", choices=audio_lib.LONG_AUDIO_MODES
+    )
+    prefetch: int = option(4, "host threads decoding audio and computing log-mel ahead of the device", minimum=1)
+    claim_utterances: int = option(16, "utterances per work unit the processes of a multi-host run claim", minimum=1)
 
     def __post_init__(self):
-        check_choice("dtype", self.dtype, STORAGE_DTYPES)
-        if self.claim_utterances < 1:
-            raise ValueError(f"claim_utterances must be >= 1, got {self.claim_utterances}")
-        if self.claim_ttl <= 0:
-            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
-        check_choice("compute_dtype", self.compute_dtype, DTYPES)
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        check_choice("long_audio", self.long_audio, audio_lib.LONG_AUDIO_MODES)
+        validate(self)
+        if not self.run.out:
+            raise ConfigError("encode needs an output store: run.out (--out)")
 
 
 @dataclasses.dataclass
@@ -90,9 +91,6 @@ class EncodeSummary(RunSummary):
     audio_seconds: float = 0.0
     windows: int = 0
     bytes_written: int = 0
-    units: int = 0  # work units this process claimed and did
-    taken_over: int = 0  # of them, units whose claim had expired (a dead process's)
-    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
 
     def report(self) -> str:
         lines = [
@@ -101,8 +99,7 @@ class EncodeSummary(RunSummary):
             f"{self.audio_seconds / max(self.seconds, 1e-9):.1f} audio-s/s, "
             f"{self.bytes_written / max(self.seconds, 1e-9) / 1e6:.1f} MB/s written",
             f"already complete: {self.already_done}; skipped: {self.n_skipped}",
-            f"work units: {self.units} claimed ({self.taken_over} taken over from expired claims), busy "
-            f"{self.busy_seconds:.1f} s",
+            self.work_line("utterance blocks"),
         ]
         return "\n".join(lines + self.skip_lines())
 
@@ -241,7 +238,7 @@ class _Assembler:
 
 
 def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) -> EncodeSummary:
-    """Encode ``config.dataset`` into the layer store at ``config.out``; returns the summary.
+    """Encode ``config.dataset`` into the layer store at ``config.run.out``; returns the summary.
 
     The run holds the store's writer lease (``engine.runtime.lease``): a second run on the same store is refused.
     """
@@ -250,7 +247,7 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     source = get_source(config.dataset)
     langs = list(config.langs) if config.langs else source.languages()
     _check_languages(langs, whisper)  # before anything is created, the lease included
-    with writer_lease(config.out, "encode", config.break_lease) as lease:
+    with writer_lease(config.run.out, "encode", config.run.break_lease) as lease:
         summary = _encode(config, whisper, source, langs, lease)
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -269,11 +266,11 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
         long_audio=config.long_audio,
     )
     creation = {"dataset": config.dataset, "split": config.split}
-    claims = WorkClaims(open_kvstore(config.out)[1], config.out, "encode", ttl=config.claim_ttl)
+    claims = WorkClaims(open_kvstore(config.run.out)[1], config.run.out, "encode", ttl=config.run.claim_ttl)
     if is_process_zero():
         claims.clear()  # under the writer lease, before the barrier below: no process claims anything yet
     store = process_zero_first(
-        "babelgrid-store-created", lambda: LayerStore.create_or_open(config.out, info, creation=creation)
+        "babelgrid-store-created", lambda: LayerStore.create_or_open(config.run.out, info, creation=creation)
     )
 
     encoder = ShardedEncoder(
@@ -282,7 +279,7 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
     local_batch = math.ceil(config.batch_size / encoder.local_multiple) * encoder.local_multiple
     summary = EncodeSummary()
     bytes_per_frame = len(layers) * dims.n_audio_state * jnp.dtype(config.dtype).itemsize
-    progress = _Progress(config.progress)
+    progress = _Progress(config.run.progress)
 
     # Tables and arrays for every language first, then the work units: blocks of claim_utterances utterances.
     units: dict[str, tuple] = {}  # name -> (arrays, utts, rows, utterance indices)
@@ -310,17 +307,14 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
         arrays, _, _, block = units[name]
         return bool(arrays.done()[block.start : block.stop].all())
 
-    t0 = time.perf_counter()
-    with claims:
-        for claimed in rounds(claims, list(units), is_done):
-            tracker = _UnitTracker(claims, summary, t0)
+    with UnitLoop(claims, lease, summary, progress) as loop:
+        for claimed in loop.rounds(list(units), is_done):
+            tracker = _UnitTracker(loop, summary)
             tasks = tracker.tasks(claimed, units)
             _run_pipeline(config, encoder, tasks, local_batch, dims, tracker, summary, progress, bytes_per_frame, lease)
             for arrays in opened:
                 arrays.flush()
             tracker.close()
-    summary.taken_over = claims.taken_over
-    progress.close()
     return summary
 
 
@@ -345,8 +339,8 @@ class _UnitTracker:
     """The claimed units of one round: which of their utterances are resolved (written or skipped), so that a unit's
     claim is released as soon as its writes are committed, or finished with the utterances it had to skip."""
 
-    def __init__(self, claims: WorkClaims, summary: EncodeSummary, t0: float):
-        self.claims, self.summary, self.t0 = claims, summary, t0
+    def __init__(self, loop: UnitLoop, summary: EncodeSummary):
+        self.loop, self.summary = loop, summary
         self.open: dict[str, dict] = {}  # unit -> {"claim", "left", "handles", "skipped"}
 
     def tasks(self, claimed, units) -> Iterator[_Task]:
@@ -355,7 +349,6 @@ class _UnitTracker:
             done = arrays.done()
             todo = [i for i in block if not done[i]]
             self.summary.already_done += len(block) - len(todo)
-            self.summary.units += 1
             self.open[claim.unit] = {"claim": claim, "left": len(todo), "handles": [], "skipped": []}
             # Few-window utterances together, many-window ones together: fewer utterances split over batches.
             todo.sort(key=lambda i: rows[i].n_windows)
@@ -386,11 +379,7 @@ class _UnitTracker:
         unit = self.open.pop(name)
         for handle in unit["handles"]:
             handle.result()  # a failed write raises here: the claim stays, and expires, for another try
-        if unit["skipped"]:
-            self.claims.finish(unit["claim"], skipped=unit["skipped"])
-        else:
-            self.claims.release(unit["claim"])
-        self.summary.busy_seconds = time.perf_counter() - self.t0
+        self.loop.done(unit["claim"], progress=0, finished={"skipped": unit["skipped"]} if unit["skipped"] else None)
 
 
 def _check_languages(langs: Sequence[str], whisper: LoadedWhisper) -> None:

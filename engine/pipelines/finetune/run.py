@@ -44,8 +44,9 @@ from engine.models.whisper.timing import silence_states
 from engine.pipelines.finetune import data as D
 from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
+from engine.runtime.options import check_choice
 from engine.runtime.parallel import data_mesh
-from engine.runtime.runs import RunSummary, check_choice
+from engine.runtime.runs import RunSummary
 from engine.stores.reader import open_store
 from engine.text import metrics as text_metrics
 

@@ -55,7 +55,8 @@ import pyarrow.parquet as pq
 from engine.data.audio import ENCODER_FRAMES_PER_SECOND
 from engine.errors import BabelgridError
 from engine.pipelines.similarity.run import resolve_pairs
-from engine.runtime.runs import RunSummary, check_choice, progress_bar, writer_lease
+from engine.runtime.options import check_choice
+from engine.runtime.runs import RunSummary, progress_bar, writer_lease
 from engine.stores.kv import create_or_compare, open_kvstore, read_value, write_value
 from engine.stores.reader import open_store
 from engine.stores.words import read_words

@@ -1,0 +1,175 @@
+"""Job configs: defaults written once, in the dataclass; the run options every job shares; one-line config errors.
+
+A job's config is a frozen dataclass whose fields carry their help text (``option``). The job's command line is
+generated from those fields (``jobs.common.define_config_flags``): a flag's name, type, default, choices and help are
+the field's, so a default is never written twice, and a notebook calling ``run_encode(EncodeConfig(...))`` gets the
+same defaults as ``python -m jobs.encode``. Fields whose values are lists (languages, layers) carry a ``parse`` rule
+that turns the flag's text into the field's tuple.
+
+The dataclass is the source rather than the flags because the library is used without flags (notebooks, tests,
+``babelgrid run`` studies that build configs), and ``engine/`` never imports absl.
+
+``RunOptions`` is what every job shares (output, progress, claims, lease, kvstore spec, strict, matmul precision);
+each job's config nests one as ``config.run``. Every invalid value raises ``ConfigError``, a babelgrid error whose
+message is one line naming the field, the value and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+from engine.errors import BabelgridError
+
+DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives two missed renewals
+MATMUL_PRECISIONS = ("highest", "default")
+
+
+class ConfigError(BabelgridError, ValueError):
+    """A config value a job cannot run with."""
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, choices: Iterable | None = None, parse: str | None = None,
+           minimum: float | None = None, positive: bool = False, required: bool = False):  # fmt: skip
+    """A config field with its flag's help text.
+
+    choices: the values allowed (an enum flag); parse: how a flag's text becomes the value (``PARSERS``: ``list``,
+    ``layers``, ``ints``, ``floats``); minimum / positive: a number's lower bound; required: no default (the flag is
+    required).
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "parse": parse,
+                "minimum": minimum, "positive": positive, "required": required}  # fmt: skip
+    if required:
+        return dataclasses.field(metadata=metadata)
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("option defaults must be immutable (use a tuple)")
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def validate(config) -> None:
+    """Checks every field of the dataclass ``config`` against its ``option`` metadata; ``ConfigError`` on the first
+    bad one. Configs call it first in ``__post_init__``, then check what spans fields."""
+    for field in dataclasses.fields(config):
+        meta, value = field.metadata, getattr(config, field.name)
+        if not meta or value is None:
+            continue
+        choices = meta.get("choices")
+        if choices is not None:
+            values = value if isinstance(value, tuple) else (value,)
+            bad = [v for v in values if v not in choices]
+            if bad:
+                raise ConfigError(f"{field.name}: {bad[0]!r} is not one of {', '.join(map(str, choices))}")
+        if meta.get("positive") and not value > 0:
+            raise ConfigError(f"{field.name} must be positive, got {value!r}")
+        if meta.get("minimum") is not None and value < meta["minimum"]:
+            raise ConfigError(f"{field.name} must be >= {meta['minimum']}, got {value!r}")
+
+
+def check_choice(what: str, value, choices: Iterable) -> None:
+    """A value against its choices, with a one-line error that lists them."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{what} must be one of {choices}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """What every job shares. ``out`` is the job's output (a store or folder: local path or kvstore URL)."""
+
+    out: str | None = option(None, "output: local path or TensorStore kvstore URL (gs://, s3://, file://)")
+    progress: bool | None = option(
+        None, "show a progress bar (default: only when stderr is a terminal, so batch logs stay readable)"
+    )
+    claim_ttl: float = option(
+        DEFAULT_CLAIM_TTL,
+        "seconds a work claim lives unrenewed: the other processes take a dead process's work this long after it died",
+        positive=True,
+    )
+    break_lease: bool = option(
+        False, "take over another run's unexpired writer lease on --out (only when that run is known to be dead)"
+    )
+    kvstore_spec: str | None = option(
+        None,
+        "JSON object merged into the TensorStore kvstore spec of every s3:// and gs:// location, for what the "
+        'environment does not set: \'{"endpoint": "http://127.0.0.1:9000", "aws_region": "us-east-1"}\' '
+        "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and TENSORSTORE_GCS_HTTP_URL are "
+        "read without it; see BUILD.md)",
+    )
+    strict: bool = option(False, "exit non-zero if anything was skipped")
+    matmul_precision: str = option(
+        "highest",
+        "float32 matrix products: highest = full float32 everywhere; default = the accelerator's fastest (TF32 on "
+        "NVIDIA GPUs, bfloat16 passes on TPUs: 1 to 3 percent of the peak activation away from float32). No effect "
+        "on CPUs",
+        choices=MATMUL_PRECISIONS,
+    )
+
+    def __post_init__(self):
+        validate(self)
+
+
+# --- flag text -> field value ---------------------------------------------------------------------------------------
+
+
+def parse_list(value: str | None) -> tuple[str, ...] | None:
+    """'a,b, c' -> ('a', 'b', 'c'); '' / 'all' / None -> None (meaning everything)."""
+    if value is None or value.strip().lower() in ("", "all"):
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def parse_layers(value: str | None) -> tuple[int, ...] | None:
+    """'all' -> None; '0,3,7' -> (0, 3, 7); '2-5' -> (2, 3, 4, 5)."""
+    items = parse_list(value)
+    if items is None:
+        return None
+    out: list[int] = []
+    for item in items:
+        try:
+            if "-" in item:
+                lo, hi = (int(x) for x in item.split("-", 1))
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(item))
+        except ValueError:
+            raise ConfigError(f"layers: {item!r} is not a layer index or a range like 2-5") from None
+    return tuple(dict.fromkeys(out))
+
+
+def _parse_numbers(kind, name):
+    def parse(value: str | None):
+        items = parse_list(value)
+        if items is None:
+            return None
+        try:
+            return tuple(kind(v) for v in items)
+        except ValueError:
+            raise ConfigError(f"{value!r} is not a comma-separated list of {name}") from None
+
+    return parse
+
+
+PARSERS = {
+    "list": parse_list,
+    "layers": parse_layers,
+    "ints": _parse_numbers(int, "integers"),
+    "floats": _parse_numbers(float, "numbers"),
+}
+
+
+def format_value(value, parse: str | None) -> str | None:
+    """A field's default as its flag's text: None -> 'all' for lists, tuples joined with commas."""
+    if parse is None:
+        return value
+    if value is None:
+        return "all"
+    return ",".join(str(v) for v in value)
+
+
+def configure(cls, **values):
+    """``cls(run=RunOptions(...), ...)`` from one flat set of keyword arguments: the ``RunOptions`` fields (``out``,
+    ``progress``, ...) go to ``run``, the others to ``cls``. For notebooks and tests:
+    ``run_encode(configure(EncodeConfig, out="/tmp/store", dataset="demo", progress=False))``."""
+    names = {f.name for f in dataclasses.fields(RunOptions)}
+    run = {k: values.pop(k) for k in list(values) if k in names}
+    return cls(run=RunOptions(**run), **values)

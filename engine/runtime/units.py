@@ -1,0 +1,68 @@
+"""The claimed-unit loop: how every job that shares its work between processes walks its work units.
+
+encode (utterance blocks), seqsim ((layer, pair) matrices), align and decode (parts) and interp ((pair, layer) units)
+run the same loop over ``engine.runtime.claims``::
+
+    with UnitLoop(claims, lease, summary, bar) as loop:
+        for claimed in loop.rounds(units, is_done):      # rounds until no unit is held by another process
+            for claim in claimed:                        # the writer lease is checked before each unit
+                ... compute and commit the unit's results ...
+                loop.done(claim, progress=n)             # release the claim, count the unit, advance the bar
+
+A unit is done when its results are committed; ``done`` releases its claim (or, with ``finished=...``, rewrites it as
+finished with the items that could not be done, so that no other process of this run retries them). An error leaves
+the claims held by this process to be released on exit (``WorkClaims.close``), so others may take them at once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from engine.runtime.claims import Claim, WorkClaims, rounds
+
+
+class UnitLoop:
+    """One process's walk over a job's claimed units (see the module docstring). ``summary`` is a
+    ``RunSummary``: its ``units``, ``busy_seconds`` and ``taken_over`` are kept here; ``bar`` a progress bar
+    (``engine.runtime.runs.progress_bar``), closed on exit; ``lease`` has ``check()``, raising once the run's writer
+    lease is lost."""
+
+    def __init__(self, claims: WorkClaims, lease, summary, bar):
+        self.claims, self.lease, self.summary, self.bar = claims, lease, summary, bar
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> UnitLoop:
+        self.claims.__enter__()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.claims.__exit__(*exc)
+        finally:
+            self.bar.close()
+            self.summary.taken_over = self.claims.taken_over
+
+    def rounds(self, units: Sequence[str], is_done: Callable[[str], bool]) -> Iterator[Iterator[Claim]]:
+        """``engine.runtime.claims.rounds`` over ``units``, with the writer lease checked before each claimed unit
+        is handed out (another run that broke the lease stops this one before it writes more)."""
+        for claimed in rounds(self.claims, units, is_done):
+            yield self._checked(claimed)
+
+    def _checked(self, claimed: Iterator[Claim]) -> Iterator[Claim]:
+        for claim in claimed:
+            self.lease.check()
+            yield claim
+
+    def done(self, claim: Claim, *, progress: float = 1, finished: dict | None = None) -> None:
+        """The unit's results are committed: releases its claim (or marks it finished with ``finished``, the record
+        of what could not be done), counts it and advances the bar by ``progress``."""
+        if finished:
+            self.claims.finish(claim, **finished)
+        else:
+            self.claims.release(claim)
+        self.summary.units += 1
+        self.summary.busy_seconds = time.perf_counter() - self.t0
+        if progress:
+            self.bar.update(progress)
