@@ -14,10 +14,12 @@ which the jobs' ``--kvstore_spec`` JSON sets.
 
 from __future__ import annotations
 
+import csv
 import datetime
+import io
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import tensorstore as ts
 
@@ -119,6 +121,16 @@ def _endpoint_hint(spec: dict) -> str:
 
 def json_bytes(value: dict) -> bytes:
     return (json.dumps(value, indent=1) + "\n").encode()
+
+
+def csv_bytes(header: Sequence[str], rows: Iterable[Sequence]) -> bytes:
+    """A CSV file's bytes: ``header``, then ``rows``, with ``\\n`` line ends (the same bytes on every platform, so
+    that reruns of a job write identical files)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return text.getvalue().encode()
 
 
 def parse_record(value: bytes) -> dict:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from engine.errors import BabelgridError
 from engine.runtime import parts
-from engine.stores.kv import open_kvstore, write_all
+from engine.stores.kv import csv_bytes, open_kvstore, write_all
 from engine.stores.similarity import check_name
 
 MANIFEST = "align.json"
@@ -63,11 +63,10 @@ def write_language(
     words = pa.concat_tables(parts).replace_schema_metadata(None) if parts else WORD_SCHEMA.empty_table()
     buf = io.BytesIO()
     pq.write_table(words, buf)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["utterance", "id", "reason"])
-    writer.writerows(sorted(skipped))
-    files = {f"{lang}/{WORDS}": buf.getvalue(), f"{lang}/{SKIPPED}": text.getvalue().encode()}
+    files = {
+        f"{lang}/{WORDS}": buf.getvalue(),
+        f"{lang}/{SKIPPED}": csv_bytes(["utterance", "id", "reason"], sorted(skipped)),
+    }
     files |= per_utterance_files(lang, words, subtitles)
     write_all(kv, files, out)
     root = out.rstrip("/") + "/"
