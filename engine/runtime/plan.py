@@ -331,7 +331,7 @@ def plan_encode_run(config, device: Device | None) -> Plan:
     from engine.data.sources import get_source
     from engine.errors import AudioError
     from engine.models.whisper.loaded import load_whisper
-    from engine.pipelines.encode.run import expected_frames
+    from engine.pipelines.encode.windows import expected_frames
 
     whisper = load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
     dims = whisper.dims

@@ -21,26 +21,24 @@ on a conflict, on every kvstore that honours conditional writes.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from engine.data import audio as audio_lib
-from engine.data.features import features_for_audio
 from engine.data.sources import get_source
-from engine.data.utterance import Utterance
 from engine.dtypes import DTYPES
-from engine.errors import AudioError, LanguageError
+from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
+from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
 from engine.runtime.claims import WorkClaims
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.parallel import ShardedEncoder, data_mesh, is_process_zero
@@ -50,7 +48,7 @@ from engine.stores.kv import StoreError, open_kvstore
 from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
 from engine.stores.schema import DTYPES as STORAGE_DTYPES
-from engine.stores.schema import StoreInfo, UtteranceRow, check_language_code
+from engine.stores.schema import StoreInfo, check_language_code
 
 log = logging.getLogger(__name__)
 
@@ -102,139 +100,6 @@ class EncodeSummary(RunSummary):
             self.work_line("utterance blocks"),
         ]
         return "\n".join(lines + self.skip_lines())
-
-
-@dataclasses.dataclass(frozen=True)
-class _Task:
-    """One utterance to encode: where it comes from and where its states go."""
-
-    lang: str
-    index: int  # utterance index in the language's store arrays
-    unit: str  # the work unit (claim) it belongs to
-    utt: Utterance
-    row: UtteranceRow
-    arrays: object  # engine.stores.layers.LanguageArrays of ``lang``
-
-
-@dataclasses.dataclass
-class _Prepared:
-    """One utterance, decoded and turned into log-mel windows on a host thread."""
-
-    task: _Task
-    mel: np.ndarray | None  # f32[window, n_mels, 3000]
-    frames: np.ndarray | None  # i32[window] valid encoder frames per window
-    seconds: float = 0.0
-    error: str | None = None  # why it is skipped
-    reason: str | None = None  # the error's class name: the skip count's key
-
-
-def expected_frames(n_samples: int, sample_rate: int, long_audio: str) -> int:
-    """Valid encoder frames of an utterance of ``n_samples`` at ``sample_rate``, before decoding."""
-    # soxr's output length is the input length times the rate ratio, rounded to nearest.
-    n = int(n_samples * audio_lib.SAMPLE_RATE / sample_rate + 0.5)
-    if long_audio == "truncate":
-        n = min(n, audio_lib.N_SAMPLES)
-    full, rest = divmod(n, audio_lib.N_SAMPLES)
-    return full * audio_lib.N_ENCODER_FRAMES + (int(audio_lib.encoder_frames(rest)) if rest else 0)
-
-
-def _prepare(task: _Task, n_mels: int, long_audio: str) -> _Prepared:
-    try:
-        samples = task.utt.load()
-        mel, frames = features_for_audio(samples, n_mels, long_audio)
-        return _Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
-    except AudioError as e:
-        return _Prepared(task, None, None, error=str(e), reason=type(e).__name__)
-    except Exception as e:  # noqa: BLE001 - one clip's unforeseen failure is that clip's skip, not the batch's end
-        log.exception("unexpected error preparing %s/%s (%s)", task.lang, task.utt.id, task.utt.path)
-        return _Prepared(task, None, None, error=f"{type(e).__name__}: {e}", reason=type(e).__name__)
-
-
-def _probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow]:
-    """The store's utterance table, from headers only (no decoding): frames known before encoding."""
-    rows = []
-    for utt in utts:
-        n_frames, n_windows, duration = 0, 0, 0.0
-        try:
-            info = utt.probe()
-            duration = info.duration_s
-            n_frames = expected_frames(info.frames, info.sample_rate, long_audio)
-            n_windows = max(1, -(-n_frames // audio_lib.N_ENCODER_FRAMES))  # as split_windows will cut it
-        except AudioError:
-            pass  # reported (and counted once) when the encoder stage tries to decode it
-        rows.append(
-            UtteranceRow(
-                id=utt.id,
-                lang=utt.lang,
-                path=utt.path,
-                transcription=utt.transcription,
-                raw_transcription=utt.raw_transcription,
-                duration_s=duration,
-                n_frames=n_frames,
-                n_windows=n_windows,
-                recording=utt.recording,
-                speaker=utt.speaker,
-                gender=utt.gender,
-            )
-        )
-    return rows
-
-
-def _batches(prepared: Iterator[_Prepared], batch_size: int, summary: EncodeSummary, tracker: _UnitTracker):
-    """Group prepared utterances into batches of at most ``batch_size`` windows.
-
-    Yields (mel f32[batch_size, n_mels, 3000] padded with silence, [(prepared, first window row)]).
-    An utterance with more windows than a batch holds is split over several batches.
-    """
-    pending: list[tuple[_Prepared, int, int]] = []  # (prepared, first window, n windows) in this batch
-    rows = 0
-    for p in prepared:
-        if p.error is not None:
-            t = p.task
-            summary.skip(p.reason, t.lang, t.utt.id)
-            tracker.skipped(t)
-            log.warning("skipping %s/%s (%s): %s: %s", t.lang, t.utt.id, t.utt.path, p.reason, p.error)
-            continue
-        start = 0
-        while start < len(p.mel):
-            take = min(len(p.mel) - start, batch_size - rows)
-            pending.append((p, start, take))
-            rows += take
-            start += take
-            if rows == batch_size:
-                yield _assemble(pending, batch_size)
-                pending, rows = [], 0
-    if pending:
-        yield _assemble(pending, batch_size)
-
-
-def _assemble(pending, batch_size):
-    first = pending[0][0].mel
-    mel = np.zeros((batch_size, *first.shape[1:]), np.float32)
-    # Padding rows hold log-mel of silence rather than zeros, so they look like real (empty) input.
-    mel[:] = first.min()
-    parts, row = [], 0
-    for p, start, take in pending:
-        mel[row : row + take] = p.mel[start : start + take]
-        parts.append((p, start, take, row))
-        row += take
-    return mel, parts
-
-
-class _Assembler:
-    """Collects the windows of each utterance (possibly over several batches) and emits whole utterances."""
-
-    def __init__(self):
-        self.partial: dict[tuple[str, int], list[np.ndarray]] = collections.defaultdict(list)
-
-    def add(self, states: np.ndarray, parts) -> Iterator[tuple[_Prepared, np.ndarray]]:
-        # states: [layer, batch, 1500, embed]
-        for p, start, take, row in parts:
-            for w in range(take):
-                n = int(p.frames[start + w])
-                self.partial[p.task.lang, p.task.index].append(states[:, row + w, :n])
-            if start + take == len(p.mel):
-                yield p, np.concatenate(self.partial.pop((p.task.lang, p.task.index)), axis=1)
 
 
 def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) -> EncodeSummary:
@@ -291,7 +156,7 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
             continue
         # Every process builds the same table from the same headers (deterministic), and only
         # process 0 creates the arrays; the others open them after the barrier.
-        rows = _probe_rows(utts, config.long_audio)
+        rows = probe_rows(utts, config.long_audio)
         arrays = process_zero_first(f"babelgrid-lang-{lang}", lambda rows=rows, lang=lang: store.language(lang, rows))
         opened.append(arrays)
         done = arrays.done()
@@ -321,10 +186,10 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
 def _run_pipeline(config, encoder, tasks, local_batch, dims, tracker, summary, progress, bytes_per_frame, lease):
     """Encodes ``tasks`` (an iterator: claims are taken as the prefetching threads need more)."""
     with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
-        prepared = _prefetched(pool, tasks, dims.n_mels, config.long_audio, config.prefetch * 4)
-        assembler = _Assembler()
+        prepared = prefetched(pool, tasks, dims.n_mels, config.long_audio, config.prefetch * 4)
+        assembler = Assembler()
         in_flight = None  # (device result, parts) of the batch dispatched last
-        for mel, parts in _batches(prepared, local_batch, summary, tracker):
+        for mel, parts in batches(prepared, local_batch, summary, tracker):
             lease.check()  # another run broke the lease: stop before writing more
             result = encoder(mel)  # dispatched asynchronously
             if in_flight is not None:
@@ -343,7 +208,7 @@ class _UnitTracker:
         self.loop, self.summary = loop, summary
         self.open: dict[str, dict] = {}  # unit -> {"claim", "left", "handles", "skipped"}
 
-    def tasks(self, claimed, units) -> Iterator[_Task]:
+    def tasks(self, claimed, units) -> Iterator[Task]:
         for claim in claimed:
             arrays, utts, rows, block = units[claim.unit]
             done = arrays.done()
@@ -352,14 +217,14 @@ class _UnitTracker:
             self.open[claim.unit] = {"claim": claim, "left": len(todo), "handles": [], "skipped": []}
             # Few-window utterances together, many-window ones together: fewer utterances split over batches.
             todo.sort(key=lambda i: rows[i].n_windows)
-            yield from (_Task(arrays.lang, i, claim.unit, utts[i], rows[i], arrays) for i in todo)
+            yield from (Task(arrays.lang, i, claim.unit, utts[i], rows[i], arrays) for i in todo)
 
-    def written(self, task: _Task, handle) -> None:
+    def written(self, task: Task, handle) -> None:
         unit = self.open[task.unit]
         unit["left"] -= 1
         unit["handles"].append(handle)
 
-    def skipped(self, task: _Task) -> None:
+    def skipped(self, task: Task) -> None:
         unit = self.open[task.unit]
         unit["left"] -= 1
         unit["skipped"].append(str(task.utt.id))
@@ -445,21 +310,6 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
         summary.audio_seconds += p.seconds
         summary.bytes_written += utt_states.shape[1] * bytes_per_frame
         progress.update(1, p.seconds)
-
-
-def _prefetched(pool, tasks: Iterable[_Task], n_mels, long_audio, depth) -> Iterator[_Prepared]:
-    """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer."""
-    queue: collections.deque = collections.deque()
-    it = iter(tasks)
-    for task in it:
-        queue.append(pool.submit(_prepare, task, n_mels, long_audio))
-        if len(queue) >= depth:
-            break
-    while queue:
-        yield queue.popleft().result()
-        nxt = next(it, None)
-        if nxt is not None:
-            queue.append(pool.submit(_prepare, nxt, n_mels, long_audio))
 
 
 class _Progress:

@@ -1,0 +1,172 @@
+"""The encode job's host stage: utterances -> log-mel windows -> fixed-size batches, and states -> utterances.
+
+Host threads decode audio and compute log-mel windows ahead of the device (``prefetched``); ``batches`` packs them
+into batches of exactly ``batch_size`` 30 s windows (the last padded with silence, so that one program is compiled and
+every window's result is independent of what shares its batch); ``Assembler`` joins each utterance's windows again
+from the batches' states. ``probe_rows`` builds the store's utterance table from audio headers before any decoding.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from engine.data import audio as audio_lib
+from engine.data.features import features_for_audio
+from engine.data.utterance import Utterance
+from engine.errors import AudioError
+from engine.stores.schema import UtteranceRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One utterance to encode: where it comes from and where its states go."""
+
+    lang: str
+    index: int  # utterance index in the language's store arrays
+    unit: str  # the work unit (claim) it belongs to
+    utt: Utterance
+    row: UtteranceRow
+    arrays: object  # engine.stores.layers.LanguageArrays of ``lang``
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One utterance, decoded and turned into log-mel windows on a host thread."""
+
+    task: Task
+    mel: np.ndarray | None  # f32[window, n_mels, 3000]
+    frames: np.ndarray | None  # i32[window] valid encoder frames per window
+    seconds: float = 0.0
+    error: str | None = None  # why it is skipped
+    reason: str | None = None  # the error's class name: the skip count's key
+
+
+def expected_frames(n_samples: int, sample_rate: int, long_audio: str) -> int:
+    """Valid encoder frames of an utterance of ``n_samples`` at ``sample_rate``, before decoding."""
+    # soxr's output length is the input length times the rate ratio, rounded to nearest.
+    n = int(n_samples * audio_lib.SAMPLE_RATE / sample_rate + 0.5)
+    if long_audio == "truncate":
+        n = min(n, audio_lib.N_SAMPLES)
+    full, rest = divmod(n, audio_lib.N_SAMPLES)
+    return full * audio_lib.N_ENCODER_FRAMES + (int(audio_lib.encoder_frames(rest)) if rest else 0)
+
+
+def prepare(task: Task, n_mels: int, long_audio: str) -> Prepared:
+    try:
+        samples = task.utt.load()
+        mel, frames = features_for_audio(samples, n_mels, long_audio)
+        return Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
+    except AudioError as e:
+        return Prepared(task, None, None, error=str(e), reason=type(e).__name__)
+    except Exception as e:  # noqa: BLE001 - one clip's unforeseen failure is that clip's skip, not the batch's end
+        log.exception("unexpected error preparing %s/%s (%s)", task.lang, task.utt.id, task.utt.path)
+        return Prepared(task, None, None, error=f"{type(e).__name__}: {e}", reason=type(e).__name__)
+
+
+def probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow]:
+    """The store's utterance table, from headers only (no decoding): frames known before encoding."""
+    rows = []
+    for utt in utts:
+        n_frames, n_windows, duration = 0, 0, 0.0
+        try:
+            info = utt.probe()
+            duration = info.duration_s
+            n_frames = expected_frames(info.frames, info.sample_rate, long_audio)
+            n_windows = max(1, -(-n_frames // audio_lib.N_ENCODER_FRAMES))  # as split_windows will cut it
+        except AudioError:
+            pass  # reported (and counted once) when the encoder stage tries to decode it
+        rows.append(
+            UtteranceRow(
+                id=utt.id,
+                lang=utt.lang,
+                path=utt.path,
+                transcription=utt.transcription,
+                raw_transcription=utt.raw_transcription,
+                duration_s=duration,
+                n_frames=n_frames,
+                n_windows=n_windows,
+                recording=utt.recording,
+                speaker=utt.speaker,
+                gender=utt.gender,
+            )
+        )
+    return rows
+
+
+def batches(prepared: Iterator[Prepared], batch_size: int, summary, tracker):
+    """Group prepared utterances into batches of at most ``batch_size`` windows.
+
+    Yields (mel f32[batch_size, n_mels, 3000] padded with silence, [(prepared, first window row)]).
+    An utterance with more windows than a batch holds is split over several batches.
+    """
+    pending: list[tuple[Prepared, int, int]] = []  # (prepared, first window, n windows) in this batch
+    rows = 0
+    for p in prepared:
+        if p.error is not None:
+            t = p.task
+            summary.skip(p.reason, t.lang, t.utt.id)
+            tracker.skipped(t)
+            log.warning("skipping %s/%s (%s): %s: %s", t.lang, t.utt.id, t.utt.path, p.reason, p.error)
+            continue
+        start = 0
+        while start < len(p.mel):
+            take = min(len(p.mel) - start, batch_size - rows)
+            pending.append((p, start, take))
+            rows += take
+            start += take
+            if rows == batch_size:
+                yield assemble(pending, batch_size)
+                pending, rows = [], 0
+    if pending:
+        yield assemble(pending, batch_size)
+
+
+def assemble(pending, batch_size):
+    first = pending[0][0].mel
+    mel = np.zeros((batch_size, *first.shape[1:]), np.float32)
+    # Padding rows hold log-mel of silence rather than zeros, so they look like real (empty) input.
+    mel[:] = first.min()
+    parts, row = [], 0
+    for p, start, take in pending:
+        mel[row : row + take] = p.mel[start : start + take]
+        parts.append((p, start, take, row))
+        row += take
+    return mel, parts
+
+
+class Assembler:
+    """Collects the windows of each utterance (possibly over several batches) and emits whole utterances."""
+
+    def __init__(self):
+        self.partial: dict[tuple[str, int], list[np.ndarray]] = collections.defaultdict(list)
+
+    def add(self, states: np.ndarray, parts) -> Iterator[tuple[Prepared, np.ndarray]]:
+        # states: [layer, batch, 1500, embed]
+        for p, start, take, row in parts:
+            for w in range(take):
+                n = int(p.frames[start + w])
+                self.partial[p.task.lang, p.task.index].append(states[:, row + w, :n])
+            if start + take == len(p.mel):
+                yield p, np.concatenate(self.partial.pop((p.task.lang, p.task.index)), axis=1)
+
+
+def prefetched(pool, tasks: Iterable[Task], n_mels, long_audio, depth) -> Iterator[Prepared]:
+    """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer."""
+    queue: collections.deque = collections.deque()
+    it = iter(tasks)
+    for task in it:
+        queue.append(pool.submit(prepare, task, n_mels, long_audio))
+        if len(queue) >= depth:
+            break
+    while queue:
+        yield queue.popleft().result()
+        nxt = next(it, None)
+        if nxt is not None:
+            queue.append(pool.submit(prepare, nxt, n_mels, long_audio))
