@@ -21,7 +21,8 @@ import tokenizers
 
 from engine.errors import CheckpointError, LanguageError
 from engine.languages import FLEURS_LANGUAGES, LANGUAGES, fleurs_to_whisper
-from engine.models.whisper.tokenizer import N_TIMESTAMPS, WhisperTokenizer
+from engine.models.whisper.tokenizer import WhisperTokenizer
+from engine.models.whisper.vocab import N_TIMESTAMPS
 
 
 def _package_dir(name: str) -> pathlib.Path | None:

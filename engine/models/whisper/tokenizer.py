@@ -20,137 +20,20 @@ import os
 import re
 import string
 import types
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import tokenizers
 
 from engine.errors import CheckpointError, LanguageError
 from engine.languages import LANGUAGES, NO_SPACE_LANGUAGES
-
-TIMESTAMP_STEP = 0.02  # seconds between two timestamp tokens
-N_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>
-TASKS = ("transcribe", "translate")
-
-# Older Hugging Face tokenizer.json files (e.g. tiny.en) spell Hebrew with its withdrawn ISO code.
-_TOKEN_ALIASES = {"he": ("he", "iw")}
-
-
-@functools.lru_cache(maxsize=1)
-def _byte_to_char() -> tuple[str, ...]:
-    """GPT-2's byte-level alphabet: byte b is written as this printable character in vocab strings."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {b: chr(b) for b in printable}
-    for n, b in enumerate(b for b in range(256) if b not in table):
-        table[b] = chr(256 + n)
-    return tuple(table[b] for b in range(256))
-
-
-@functools.lru_cache(maxsize=1)
-def _char_to_byte() -> Mapping[str, int]:
-    return types.MappingProxyType({c: b for b, c in enumerate(_byte_to_char())})
-
-
-def _bytes_to_token_text(data: bytes) -> str:
-    alphabet = _byte_to_char()
-    return "".join(alphabet[b] for b in data)
-
-
-def _timestamp_text(index: int) -> str:
-    return f"<|{index * TIMESTAMP_STEP:.2f}|>"
-
-
-def _special_texts(num_languages: int) -> list[str]:
-    """OpenAI's special tokens in id order, starting at eot."""
-    return [
-        "<|endoftext|>",
-        "<|startoftranscript|>",
-        *(f"<|{code}|>" for code in list(LANGUAGES)[:num_languages]),
-        "<|translate|>",
-        "<|transcribe|>",
-        "<|startoflm|>",
-        "<|startofprev|>",
-        "<|nospeech|>",
-        "<|notimestamps|>",
-        *(_timestamp_text(i) for i in range(N_TIMESTAMPS)),
-    ]
-
-
-def _check_num_languages(num_languages: int) -> int:
-    if not isinstance(num_languages, int) or not 1 <= num_languages <= len(LANGUAGES):
-        raise ValueError(
-            f"num_languages must be an int in 1..{len(LANGUAGES)} (99, or 100 from large-v3), got {num_languages!r}"
-        )
-    return num_languages
-
-
-def _special_ids(vocab: Mapping[str, int], num_languages: int, source: str) -> tuple[dict[str, int], tuple[int, ...]]:
-    """Special ids looked up by text, checked against OpenAI's layout; and the language ids in LANGUAGES order."""
-
-    def lookup(*texts: str) -> int:
-        for text in texts:
-            if text in vocab:
-                return vocab[text]
-        raise CheckpointError(f"{source} has no {' or '.join(texts)} token; is it a Whisper tokenizer?")
-
-    ids = {
-        "eot": lookup("<|endoftext|>"),
-        "sot": lookup("<|startoftranscript|>"),
-        "translate": lookup("<|translate|>"),
-        "transcribe": lookup("<|transcribe|>"),
-        "sot_lm": lookup("<|startoflm|>"),
-        "sot_prev": lookup("<|startofprev|>"),
-        "no_speech": lookup("<|nospeech|>", "<|nocaptions|>"),  # renamed in 2023
-        "no_timestamps": lookup("<|notimestamps|>"),
-    }
-    codes = tuple(LANGUAGES)[:num_languages]
-    language_ids = tuple(lookup(*(f"<|{t}|>" for t in _TOKEN_ALIASES.get(c, (c,)))) for c in codes)
-    # Older tokenizer.json files (tiny.en) stop at <|notimestamps|>; the model's timestamps follow it.
-    ids["timestamp_begin"] = vocab.get(_timestamp_text(0), ids["no_timestamps"] + 1)
-
-    # The decoder relies on this layout ("id >= eot is special"), so a vocabulary that breaks it is refused.
-    expected = {"sot": ids["eot"] + 1, "translate": ids["sot"] + 1 + num_languages}
-    for offset, name in enumerate(("transcribe", "sot_lm", "sot_prev", "no_speech", "no_timestamps"), 1):
-        expected[name] = ids["translate"] + offset
-    expected["timestamp_begin"] = ids["no_timestamps"] + 1
-    for name, want in expected.items():
-        if ids[name] != want:
-            raise CheckpointError(
-                f"{source}: {name} has id {ids[name]}, but OpenAI's layout for a {num_languages}-language "
-                f"model puts it at {want}; does num_languages={num_languages} match the checkpoint?"
-            )
-    if language_ids != tuple(range(ids["sot"] + 1, ids["sot"] + 1 + num_languages)):
-        raise CheckpointError(f"{source}: language tokens are not sot+1 .. sot+{num_languages} in LANGUAGES order")
-    return ids, language_ids
-
-
-def _token_bytes(vocab: Mapping[str, int], added: Mapping[int, str], timestamp_begin: int, source: str):
-    """``bytes[n_vocab]``: what each id decodes to. Specials are their text; missing timestamps are made up."""
-    n_vocab = timestamp_begin + N_TIMESTAMPS
-    table: list[bytes | None] = [None] * n_vocab
-    char_to_byte = _char_to_byte()
-    for text, i in vocab.items():
-        if i >= n_vocab:
-            raise CheckpointError(f"{source}: token {text!r} has id {i}, past the last timestamp ({n_vocab - 1})")
-        if i in added:
-            table[i] = added[i].encode()
-            continue
-        try:
-            table[i] = bytes(char_to_byte[c] for c in text)
-        except KeyError:
-            raise CheckpointError(
-                f"{source}: token {text!r} is not byte-level BPE; is it a Whisper tokenizer?"
-            ) from None
-    for k in range(N_TIMESTAMPS):
-        i = timestamp_begin + k
-        if table[i] is None:
-            table[i] = _timestamp_text(k).encode()
-        elif table[i] != _timestamp_text(k).encode():
-            raise CheckpointError(f"{source}: id {i} is {table[i]!r}, expected timestamp {_timestamp_text(k)}")
-    missing = [i for i, b in enumerate(table) if b is None]
-    if missing:
-        raise CheckpointError(f"{source}: no token for ids {missing[:10]}{'...' if len(missing) > 10 else ''}")
-    return tuple(table)
-
+from engine.models.whisper.vocab import (
+    TASKS,
+    bytes_to_token_text,
+    check_num_languages,
+    special_ids,
+    special_texts,
+    token_bytes,
+)
 
 _SPECIAL_PATTERN = re.compile(r"<\|[^|<>]*\|>")
 
@@ -229,14 +112,14 @@ class WhisperTokenizer:
                     merges.append((rank, ranks[left], ranks[right], left, right))
         merges.sort()
         model = tokenizers.models.BPE(
-            vocab={_bytes_to_token_text(token): rank for token, rank in ranks.items()},
-            merges=[(_bytes_to_token_text(left), _bytes_to_token_text(right)) for *_, left, right in merges],
+            vocab={bytes_to_token_text(token): rank for token, rank in ranks.items()},
+            merges=[(bytes_to_token_text(left), bytes_to_token_text(right)) for *_, left, right in merges],
         )
         encoder = tokenizers.Tokenizer(model)
         # GPT-2's split pattern, which is also OpenAI's pat_str for both Whisper encodings.
         encoder.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         encoder.decoder = tokenizers.decoders.ByteLevel()
-        specials = _special_texts(_check_num_languages(num_languages))
+        specials = special_texts(check_num_languages(num_languages))
         encoder.add_special_tokens([tokenizers.AddedToken(text, normalized=False) for text in specials])
         return cls._from_owned(encoder, multilingual, num_languages, repr(path))
 
@@ -247,14 +130,14 @@ class WhisperTokenizer:
         return self
 
     def _setup(self, encoder: tokenizers.Tokenizer, multilingual: bool, num_languages: int, source: str) -> None:
-        _check_num_languages(num_languages)
+        check_num_languages(num_languages)
         # encode() passes add_special_tokens=False, which skips the file's sot/notimestamps/eot template.
         encoder.no_padding()
         encoder.no_truncation()
         vocab = encoder.get_vocab(with_added_tokens=True)
-        ids, language_ids = _special_ids(vocab, num_languages, source)
+        ids, language_ids = special_ids(vocab, num_languages, source)
         added = {i: t.content for i, t in encoder.get_added_tokens_decoder().items()}
-        table = _token_bytes(vocab, added, ids["timestamp_begin"], source)
+        table = token_bytes(vocab, added, ids["timestamp_begin"], source)
         codes = tuple(LANGUAGES)[:num_languages]
 
         set_ = functools.partial(object.__setattr__, self)
