@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from engine.runtime.lease import DEFAULT_TTL, WriterLease
 from engine.runtime.parallel import barrier, is_process_zero
+from engine.runtime.progress import StatusLines
 from engine.stores.kv import open_kvstore
 
 T = TypeVar("T")
@@ -76,18 +77,14 @@ class RunSummary:
         return lines
 
 
-def progress_bar(total: int, desc: str, unit: str, enabled: bool | None = True) -> tqdm:
-    """A tqdm bar over ``total`` items; disabled (a no-op) when ``enabled`` is False, when there is nothing to do,
-    off process 0, and, for ``enabled=None`` (auto), when stderr is not a terminal (batch logs)."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        dynamic_ncols=True,
-        disable=not (enabled and total and is_process_zero()),
-    )
+def progress_bar(total: int, desc: str, unit: str, enabled: bool | None = True) -> tqdm | StatusLines:
+    """A tqdm bar over ``total`` items; a no-op when ``enabled`` is False, when there is nothing to do, or off process
+    0. For ``enabled=None`` (auto) and stderr not a terminal (a batch log), a ``StatusLines`` instead: one status line
+    every 30 s (``engine.runtime.progress``)."""
+    active = bool(enabled is not False and total and is_process_zero())
+    if active and enabled is None and not sys.stderr.isatty():
+        return StatusLines(total, desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not active)
 
 
 class _NoLease:
