@@ -23,6 +23,7 @@ no stage before it ran again: ``babelgrid run`` records each completed stage und
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.resources
 import pathlib
 import runpy
@@ -95,47 +96,172 @@ def load_study(spec: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tup
     return variables, stages
 
 
-def run_study(args: Sequence[str]) -> int:
-    """Runs a study's stages in order, each as its own process, skipping those complete with the same flags."""
-    if not args or args[0].startswith("-"):
-        print("usage: babelgrid run STUDY.yaml|demo [--set NAME=VALUE ...]", file=sys.stderr)
-        return 2
-    spec, rest, overrides = args[0], list(args[1:]), []
+RUN_USAGE = """usage: babelgrid run STUDY.yaml|demo [--set NAME=VALUE ...] [--dry-run] [--rerun changed|all]
+
+Runs a study's stages in order, each as its own process. A stage is skipped when it completed before with the same
+flags, the same inputs and no stage before it ran again. Inputs are the local files and folders its flags name
+(--dataset folder:/manifest:/fleurs: paths, --model folders, upstream stores), compared by their files' names, sizes
+and modification times; remote URLs (gs://, s3://) are not fingerprinted.
+
+  --set NAME=VALUE   override a variable of the study's vars
+  --dry-run          list what would run and why, run nothing
+  --rerun changed    a stage whose inputs changed since it completed: move its old output aside (OUT.stale-TIME,
+                     local paths only) and redo it and every stage after it; without it, such a stage is run on its
+                     existing output, where the job refuses what it cannot resume (its own message says why)
+  --rerun all        redo every stage, old outputs moved aside likewise
+
+The study file's format: BUILD.md#studies."""
+
+RERUN_MODES = ("changed", "all")
+OUTPUT_FLAGS = ("out",)  # the flags that name what a stage writes (moved aside before a rerun)
+# Files that change while a store is read or written without changing what it holds.
+VOLATILE = ("claims/", "lease.json", "runs/")
+
+
+def _parse_run_args(args: Sequence[str]) -> tuple[str, list[str], bool, str | None]:
+    spec, rest, overrides, dry_run, rerun = None, list(args), [], False, None
     while rest:
         flag = rest.pop(0)
         if flag == "--set" and rest:
             overrides.append(rest.pop(0))
         elif flag.startswith("--set="):
             overrides.append(flag[len("--set=") :])
+        elif flag in ("--dry-run", "--dry_run"):
+            dry_run = True
+        elif flag == "--rerun" and rest or flag.startswith("--rerun="):
+            rerun = rest.pop(0) if flag == "--rerun" else flag.partition("=")[2]
+            if rerun not in RERUN_MODES:
+                raise StudyError(f"--rerun takes {' or '.join(RERUN_MODES)}, got {rerun!r}")
+        elif spec is None and not flag.startswith("-"):
+            spec = flag
         else:
-            print(f"babelgrid run: unexpected argument {flag!r}", file=sys.stderr)
-            return 2
+            raise StudyError(f"unexpected argument {flag!r}\n{RUN_USAGE}")
+    if spec is None:
+        raise StudyError(f"no study named\n{RUN_USAGE}")
+    return spec, overrides, dry_run, rerun
+
+
+def _local_path(value: str) -> pathlib.Path | None:
+    """The local file or folder a flag value names (``folder:/x`` and the like included), if it exists."""
+    if "://" in value and not value.startswith("file://"):
+        return None
+    _, sep, rest = value.partition(":")
+    for candidate in ((rest,) if sep and rest else ()) + (value.removeprefix("file://"),):
+        path = pathlib.Path(candidate).expanduser()
+        if candidate and path.exists():
+            return path
+    return None
+
+
+def fingerprint(path: pathlib.Path) -> str:
+    """sha256 of every file under ``path`` (or of the file): relative name, size and modification time."""
+    digest = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        rel = f.relative_to(path).as_posix() if f != path else f.name
+        if any(rel.startswith(v) or f"/{v}" in f"/{rel}" for v in VOLATILE):
+            continue
+        st = f.stat()
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def stage_inputs(flags: dict[str, str]) -> dict[str, str]:
+    """flag -> fingerprint of every local input a stage's flags name (its outputs excluded)."""
+    return {
+        k: fingerprint(path)
+        for k, v in sorted(flags.items())
+        if k not in OUTPUT_FLAGS and (path := _local_path(v)) is not None
+    }
+
+
+def _why_run(record: dict, done: dict | None, upstream: str | None, rerun: str | None) -> str | None:
+    """Why a stage must run (None: it may be skipped)."""
+    if rerun == "all":
+        return "--rerun all"
+    if upstream:
+        return f"stage {upstream} before it runs"
+    if done is None:
+        return "never completed"
+    changed = sorted(k for k in set(record["flags"]) | set(done.get("flags", {})) if record["flags"].get(k) !=
+                     done.get("flags", {}).get(k))  # fmt: skip
+    if changed:
+        return "flags changed: " + ", ".join(f"--{k}" for k in changed)
+    inputs = sorted(k for k in record["inputs"] if record["inputs"][k] != done.get("inputs", {}).get(k))
+    if inputs:
+        return "inputs changed since it completed: " + ", ".join(f"--{k}={record['flags'][k]}" for k in inputs)
+    return None
+
+
+def _move_aside(flags: dict[str, str]) -> list[str]:
+    """Renames the stage's existing local outputs to ``OUT.stale-TIME``; remote outputs cannot be moved here."""
+    moved = []
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for k in OUTPUT_FLAGS:
+        if k not in flags:
+            continue
+        path = _local_path(flags[k])
+        if path is None and "://" in flags[k] and not flags[k].startswith("file://"):
+            raise StudyError(f"--rerun cannot move the remote output --{k}={flags[k]} aside: delete it, then rerun")
+        if path is not None:
+            target = path.with_name(f"{path.name}.stale-{stamp}")
+            path.rename(target)
+            moved.append(f"{path} -> {target}")
+    return moved
+
+
+def run_study(args: Sequence[str]) -> int:
+    """Runs a study's stages in order, each as its own process (``RUN_USAGE``)."""
+    if args and args[0] in ("-h", "--help", "help"):
+        print(RUN_USAGE)
+        return 0
     try:
+        spec, overrides, dry_run, rerun = _parse_run_args(args)
         variables, stages = load_study(spec, overrides)
     except StudyError as e:
         print(f"babelgrid run: {e}", file=sys.stderr)
         return 2
-    from engine.stores.kv import json_bytes, open_kvstore, read_json, write_value
+    from engine.stores.kv import json_bytes, open_kvstore, read_json, write_value  # lazy: `run --help` stays light
 
     runs = variables["runs"]
     _, kv = open_kvstore(runs)
-    upstream_ran = False
+    upstream = None  # the first stage that ran (or would run) in this call
     for i, (job, flags) in enumerate(stages, 1):
         key = f"{i:02d}-{job}.json"
-        record = {"job": job, "flags": flags}
+        record = {"job": job, "flags": flags, "inputs": stage_inputs(flags)}
         done = read_json(kv, key, runs)
-        if not upstream_ran and done is not None and {k: done.get(k) for k in record} == record:
-            print(f"[{i}/{len(stages)}] {job}: complete (since {done.get('finished')}), skipped", flush=True)
+        why = _why_run(record, done, upstream, rerun)
+        head = f"[{i}/{len(stages)}] {job}"
+        if why is None:
+            print(f"{head}: complete (since {done.get('finished')}), inputs unchanged: skipped", flush=True)
             continue
         command = [sys.executable, "-m", f"jobs.{job}", *(f"--{k}={v}" for k, v in flags.items())]
-        print(f"[{i}/{len(stages)}] {job}: {' '.join(command[2:])}", flush=True)
+        if dry_run:
+            print(f"{head}: would run ({why}): {' '.join(command[2:])}", flush=True)
+            upstream = upstream or f"{i} ({job})"
+            continue
+        print(f"{head}: runs ({why}): {' '.join(command[2:])}", flush=True)
+        if rerun and done is not None:  # it completed before on what changed: redo it from scratch
+            try:
+                for line in _move_aside(flags):
+                    print(f"{head}: old output moved aside: {line}", flush=True)
+            except (StudyError, OSError) as e:
+                print(f"babelgrid run: stage {i} ({job}): {e}", file=sys.stderr)
+                return 2
+        upstream = upstream or f"{i} ({job})"
         code = subprocess.call(command)
         if code != 0:
-            print(f"babelgrid run: stage {i} ({job}) exited {code}; fix it and run again to resume", file=sys.stderr)
+            hint = (
+                "; its inputs changed since it completed: `babelgrid run ... --rerun changed` moves its old output "
+                "aside and redoes it and the stages after it"
+                if why.startswith("inputs changed") and rerun is None
+                else "; fix it and run again to resume"
+            )
+            print(f"babelgrid run: stage {i} ({job}) exited {code}{hint}", file=sys.stderr)
             return code
         finished = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        record["inputs"] = stage_inputs(flags)  # as this stage leaves them (retrieval writes beside its input)
         write_value(kv, key, json_bytes({**record, "finished": finished}), runs)
-        upstream_ran = True
     return 0
 
 

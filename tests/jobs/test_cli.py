@@ -94,7 +94,7 @@ def test_babelgrid_run_equals_the_separate_jobs_and_skips_completed_stages(tiny_
             np.testing.assert_array_equal(sa.language_layer(lang, layer)[0], sb.language_layer(lang, layer)[0])
     second = subprocess.run([*command, "run", str(study), *settings], capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
-    assert second.stdout.count("complete (since") == 3, second.stdout
+    assert second.stdout.count("inputs unchanged: skipped") == 3, second.stdout
     help_ = subprocess.run([*command, "encode", "--help"], capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "--out: (required)" in help_.stdout
 
@@ -103,3 +103,47 @@ def test_the_console_script_knows_every_job():
     from jobs.cli import JOBS as CLI_JOBS
 
     assert sorted(CLI_JOBS) == sorted(set(JOBS) - {"cli"})
+
+
+def test_a_study_notices_changed_data_and_reruns_it_on_request(tiny_model_dir, tmp_path):
+    """Adding a clip after a study completed: the encode stage is not reported as skipped; the job refuses its
+    old store with its own message; --dry-run says why; --rerun changed redoes the stages on the new data."""
+    data = tmp_path / "clips"
+    for lang in ("en", "de"):
+        (data / lang).mkdir(parents=True)
+        for i in range(2):
+            x = 0.3 * np.sin(np.arange(int(SAMPLE_RATE * (0.5 + 0.2 * i))) * (0.1 + 0.05 * i))
+            sf.write(data / lang / f"s{i}.wav", x.astype(np.float32), SAMPLE_RATE)
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    out = tmp_path / "study"
+    settings = ["--set", f"out={out}", "--set", f"model={tiny_model_dir}", "--set", f"data={data}"]
+    first = run("-m", "jobs.cli", "run", str(study), *settings)
+    assert first.returncode == 0, first.stdout + first.stderr
+    x = 0.3 * np.sin(np.arange(int(SAMPLE_RATE * 0.8)) * 0.2)
+    for lang in ("en", "de"):
+        sf.write(data / lang / "s9.wav", x.astype(np.float32), SAMPLE_RATE)
+    dry = run("-m", "jobs.cli", "run", str(study), *settings, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "[1/3] encode: would run (inputs changed since it completed: --dataset=folder:" in dry.stdout, dry.stdout
+    assert "[2/3] seqsim: would run (stage 1 (encode) before it runs)" in dry.stdout
+    assert "skipped" not in dry.stdout
+    again = run("-m", "jobs.cli", "run", str(study), *settings)
+    assert again.returncode != 0 and "skipped" not in again.stdout, again.stdout
+    assert "StoreMismatchError" in again.stderr and "--rerun changed" in again.stderr, again.stderr
+    redo = run("-m", "jobs.cli", "run", str(study), *settings, "--rerun", "changed")
+    assert redo.returncode == 0, redo.stdout + redo.stderr
+    assert redo.stdout.count("old output moved aside") == 2, redo.stdout  # the store and the similarity store
+    assert sorted(open_store(str(out / "store")).utterances_table("en").column("id").to_pylist()) == [
+        "s0", "s1", "s9"
+    ]  # fmt: skip
+    last = run("-m", "jobs.cli", "run", str(study), *settings, "--dry-run")
+    assert last.stdout.count("inputs unchanged: skipped") == 3, last.stdout
+
+
+def test_run_help_is_on_stdout_and_exits_0():
+    proc = run("-m", "jobs.cli", "run", "--help")
+    assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--rerun changed" in proc.stdout
+    assert "JAX" not in proc.stderr
+    bad = run("-m", "jobs.cli", "run", "demo", "--rerun", "sometimes")
+    assert bad.returncode == 2 and "--rerun takes changed or all" in bad.stderr
