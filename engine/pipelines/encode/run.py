@@ -33,7 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.data import audio as audio_lib
+from engine.data.pairing import check_listing, pairing_lines
 from engine.data.sources import get_source
+from engine.data.utterance import Utterance
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
@@ -75,6 +77,10 @@ class EncodeConfig:
     )
     prefetch: int = option(4, "host threads decoding audio and computing log-mel ahead of the device", minimum=1)
     claim_utterances: int = option(16, "utterances per work unit the processes of a multi-host run claim", minimum=1)
+    allow_unpaired: bool = option(
+        False, "encode a multi-language dataset whose languages share no utterance id (nothing cross-lingual to pair)"
+    )
+    allow_empty: bool = option(False, "run on a dataset that lists no utterance (an empty store) instead of refusing")
 
     def __post_init__(self):
         validate(self)
@@ -89,6 +95,7 @@ class EncodeSummary(RunSummary):
     audio_seconds: float = 0.0
     windows: int = 0
     bytes_written: int = 0
+    shared_ids: dict = dataclasses.field(default_factory=dict)  # (a, b) -> ids the two languages share
 
     def report(self) -> str:
         lines = [
@@ -98,6 +105,7 @@ class EncodeSummary(RunSummary):
             f"{self.bytes_written / max(self.seconds, 1e-9) / 1e6:.1f} MB/s written",
             f"already complete: {self.already_done}; skipped: {self.n_skipped}",
             self.work_line("utterance blocks"),
+            *pairing_lines(self.shared_ids),
         ]
         return "\n".join(lines + self.skip_lines())
 
@@ -112,13 +120,22 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     source = get_source(config.dataset)
     langs = list(config.langs) if config.langs else source.languages()
     _check_languages(langs, whisper)  # before anything is created, the lease included
+    listing = {lang: source.utterances(lang, config.split) for lang in langs}
+    shared = check_listing(
+        listing, f"dataset {config.dataset!r} split {config.split!r}", allow_empty=config.allow_empty,
+        allow_unpaired=config.allow_unpaired,
+    )  # fmt: skip
+    if is_process_zero():
+        for line in pairing_lines(shared):
+            log.info("%s", line)
     with writer_lease(config.run.out, "encode", config.run.break_lease) as lease:
-        summary = _encode(config, whisper, source, langs, lease)
+        summary = _encode(config, whisper, listing, lease)
+    summary.shared_ids = shared
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[str], lease) -> EncodeSummary:
+def _encode(config: EncodeConfig, whisper: LoadedWhisper, listing: dict[str, list[Utterance]], lease) -> EncodeSummary:
     dims = whisper.dims
     layers = tuple(range(dims.n_audio_layer + 2)) if config.layers is None else tuple(config.layers)
     info = StoreInfo(
@@ -149,8 +166,7 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, source, langs: list[st
     # Tables and arrays for every language first, then the work units: blocks of claim_utterances utterances.
     units: dict[str, tuple] = {}  # name -> (arrays, utts, rows, utterance indices)
     opened = []
-    for lang in langs:
-        utts = source.utterances(lang, config.split)
+    for lang, utts in listing.items():
         if not utts:
             log.warning("no utterances for language %s in split %s", lang, config.split)
             continue
