@@ -59,6 +59,9 @@ def get_source(spec: str, **kwargs: Any) -> Source:
     kind, _, arg = str(spec).strip().partition(":")
     kind = kind.lower()
     forms = "; ".join(SPEC_FORMS)
+    if kwargs.get("lang") is not None and kind != "folder":
+        raise DatasetError(f"a language (--lang {kwargs['lang']}) is given only to a flat folder dataset, not {spec!r}")
+    kwargs = {k: v for k, v in kwargs.items() if not (k == "lang" and v is None)}
     if kind == "demo":
         if arg:
             kwargs.setdefault("cache_dir", arg)
@@ -209,14 +212,14 @@ class FolderSource:
         if subdirs:
             if lang is not None:
                 raise DatasetError(
-                    f"audio folder {str(self.root)!r} has language subfolders {subdirs}; drop lang={lang!r} (each "
+                    f"audio folder {str(self.root)!r} has language subfolders {subdirs}; drop --lang {lang} (each "
                     "subfolder's name is its language)"
                 )
             self._dirs = {name: self.root / name for name in subdirs}
         elif lang is None:
             raise DatasetError(
-                f"audio folder {str(self.root)!r} has no <lang>/ subfolders; pass its language, e.g. lang='en', or "
-                "sort the files into <lang>/ subfolders"
+                f"audio folder {str(self.root)!r} has no <lang>/ subfolders; give its language (--lang en; "
+                "lang='en' in Python), or sort the files into <lang>/ subfolders"
             )
         else:
             self._dirs = {lang: self.root}

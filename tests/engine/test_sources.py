@@ -379,7 +379,7 @@ def test_folder_with_language_subfolders(tmp_path, fleurs_dir):
     assert pt[0].transcription is None and pt[1].transcription == "text 2" and pt[1].recording == 0
     assert {u.id for u in src.utterances("fr")} == {"sent-1501", "sent-1502"}
     np.testing.assert_array_equal(pt[2].load(), load_audio(_clip(fleurs_dir, "pt", 7)))
-    with pytest.raises(DatasetError, match=r"has language subfolders \['fr', 'pt'\]; drop lang='fr'"):
+    with pytest.raises(DatasetError, match=r"has language subfolders \['fr', 'pt'\]; drop --lang fr"):
         S.FolderSource(tmp_path, lang="fr")
 
 
@@ -388,8 +388,10 @@ def test_folder_flat(tmp_path, fleurs_dir):
     soundfile.write(tmp_path / "b.flac", samples, 16000)
     soundfile.write(tmp_path / "a.wav", samples, 16000, subtype="PCM_16")
     soundfile.write(tmp_path / "a.flac", samples, 16000)  # same stem twice: two recordings of one id
-    with pytest.raises(DatasetError, match=r"no <lang>/ subfolders; pass its language, e.g. lang='en'"):
+    with pytest.raises(DatasetError, match=r"no <lang>/ subfolders; give its language \(--lang en"):
         S.get_source(f"folder:{tmp_path}")
+    with pytest.raises(DatasetError, match=r"only to a flat folder dataset, not 'demo'"):
+        S.get_source("demo", lang="en")
     src = S.get_source(f"folder:{tmp_path}", lang="en_us")
     utts = src.utterances("en_us")
     assert [(u.id, u.recording, pathlib.Path(u.path).name) for u in utts] == [

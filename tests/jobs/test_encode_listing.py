@@ -47,3 +47,12 @@ def test_shared_ids_are_printed_per_pair(tmp_path, tiny_model_dir):
     proc = encode(tmp_path, tiny_model_dir, data)
     assert proc.returncode == 0, proc.stderr
     assert "shared ids per language pair: de-en 2, de-sv 1, en-sv 1" in proc.stdout
+
+
+def test_a_flat_folder_takes_its_language_from_the_flag(tmp_path, tiny_model_dir):
+    data = clips(tmp_path / "flat", {"": ["a", "b"]})
+    refused = encode(tmp_path, tiny_model_dir, data)
+    assert refused.returncode == 1 and "give its language (--lang en" in refused.stderr, refused.stderr
+    proc = encode(tmp_path, tiny_model_dir, data, "--lang", "sv")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "store" / "sv").is_dir()

@@ -61,7 +61,12 @@ class EncodeConfig:
 
     run: RunOptions = RunOptions()
     model: str | None = option(None, "hub id, HF folder, CTranslate2 folder or OpenAI .pt (default: packaged base)")
-    dataset: str = option("demo", "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl | folder:/dir")
+    dataset: str = option(
+        "demo",
+        "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl|csv | folder:/dir (<dir>/<lang>/<id>.<ext>, any "
+        "format libsndfile reads; or a flat folder with --lang)",
+    )
+    lang: str | None = option(None, "the language of a flat folder dataset (folder:/dir with the audio files in it)")
     langs: tuple[str, ...] | None = option(
         None, "comma-separated language codes of the dataset, or 'all'", parse="list"
     )
@@ -117,7 +122,7 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     """
     t0 = time.perf_counter()
     whisper = whisper or load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
-    source = get_source(config.dataset)
+    source = get_source(config.dataset, lang=config.lang)
     langs = list(config.langs) if config.langs else source.languages()
     _check_languages(langs, whisper)  # before anything is created, the lease included
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
