@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pathlib
 import socket
 import threading
 import time
@@ -93,6 +94,20 @@ class WorkClaims:
             self.kv.delete_range(ts.KvStore.KeyRange(self.prefix, self.prefix[:-1] + "0")).result()
         except ValueError as e:
             raise storage_error("clear the work claims", self.prefix, self.url, e) from None
+
+    def tidy(self) -> None:
+        """The end of a run whose every unit is done: deletes this job's claims (finished ones included: the next run
+        would clear them first anyway) and, in a local folder, the empty ``claims/`` folders the file kvstore leaves
+        behind."""
+        self.clear()
+        if "://" in self.url and not self.url.startswith("file://"):
+            return  # object stores have no folders
+        root = pathlib.Path(self.url.removeprefix("file://"))
+        for folder in (root / self.prefix, root / CLAIMS_DIR):
+            try:
+                folder.rmdir()  # only when empty: another job's claims stay
+            except OSError:
+                return
 
     def _record(self, unit: str, state: str = WORKING, **extra) -> bytes:
         now = time.time()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from engine.runtime.claims import Claim, WorkClaims, rounds
+from engine.runtime.parallel import is_process_zero
 
 
 class UnitLoop:
@@ -40,6 +41,9 @@ class UnitLoop:
     def __exit__(self, *exc) -> None:
         try:
             self.claims.__exit__(*exc)
+            if exc[0] is None and is_process_zero():
+                # Every unit is done (the rounds end only when no other process holds one): no claims/ left behind.
+                self.claims.tidy()
         finally:
             self.bar.close()
             self.summary.taken_over = self.claims.taken_over

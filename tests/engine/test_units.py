@@ -1,0 +1,52 @@
+"""The claimed-unit loop every sharing job runs (engine.runtime.units): counts, lease checks, release or finish, and
+no claims/ folder left behind by a run that completed."""
+
+import pytest
+
+from engine.runtime.claims import CLAIMS_DIR, WorkClaims
+from engine.runtime.runs import RunSummary, progress_bar
+from engine.runtime.units import UnitLoop
+from engine.stores.kv import open_kvstore
+
+
+class Lease:
+    def __init__(self, lost_after: int | None = None):
+        self.checks, self.lost_after = 0, lost_after
+
+    def check(self):
+        self.checks += 1
+        if self.lost_after is not None and self.checks > self.lost_after:
+            raise RuntimeError("lease lost")
+
+
+def test_units_are_claimed_checked_counted_and_tidied(tmp_path):
+    url = str(tmp_path / "out")
+    _, kv = open_kvstore(url)
+    done: set[str] = set()
+    summary, lease = RunSummary(), Lease()
+    units = ["a", "b", "c"]
+    with UnitLoop(WorkClaims(kv, url, "job", ttl=30), lease, summary, progress_bar(3, "t", "u", False)) as loop:
+        for claimed in loop.rounds(units, lambda u: u in done):
+            for claim in claimed:
+                assert (tmp_path / "out" / CLAIMS_DIR / "job" / f"{claim.unit}.json").is_file()  # held while worked
+                done.add(claim.unit)
+                loop.done(claim, finished={"skipped": ["x"]} if claim.unit == "b" else None)
+    assert done == set(units) and summary.units == 3 and lease.checks == 3 and summary.taken_over == 0
+    assert summary.busy_seconds > 0 and "work units: 3 units claimed" in summary.work_line()
+    assert not (tmp_path / "out" / CLAIMS_DIR).exists()  # finished claims too: the next run would clear them
+
+
+def test_a_lost_lease_stops_before_the_next_unit_and_keeps_nothing_claimed(tmp_path):
+    url = str(tmp_path / "out")
+    _, kv = open_kvstore(url)
+    worked = []
+    with pytest.raises(RuntimeError, match="lease lost"):
+        with UnitLoop(
+            WorkClaims(kv, url, "job", ttl=30), Lease(lost_after=1), RunSummary(), progress_bar(2, "t", "u", False)
+        ) as loop:  # noqa: E501
+            for claimed in loop.rounds(["a", "b"], lambda u: False):
+                for claim in claimed:
+                    worked.append(claim.unit)
+                    loop.done(claim)
+    assert worked == ["a"]
+    assert not list((tmp_path / "out" / CLAIMS_DIR / "job").glob("*.json"))  # released on the way out
