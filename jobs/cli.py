@@ -27,6 +27,7 @@ import hashlib
 import importlib.resources
 import pathlib
 import runpy
+import string
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -70,7 +71,13 @@ def load_study(spec: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tup
         if not path.is_file():
             raise StudyError(f"no study file {spec!r}: give a YAML file or one of {sorted(BUNDLED)}")
         text = path.read_text("utf-8")
-    study = yaml.safe_load(text) or {}
+    try:
+        study = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise StudyError(f"study {spec!r} is not valid YAML{where}: {problem}") from None
     if not isinstance(study, dict) or not isinstance(study.get("stages"), list) or not study["stages"]:
         raise StudyError(f"study {spec!r} needs a 'stages' list, e.g. stages: [{{encode: {{out: out/store}}}}]")
     variables = {k: str(v) for k, v in (study.get("vars") or {}).items()}
@@ -87,11 +94,17 @@ def load_study(spec: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tup
         ((job, flags),) = stage.items()
         if job not in JOBS:
             raise StudyError(f"stage {i + 1} of {spec!r} names job {job!r}; jobs: {', '.join(JOBS)}")
-        try:
-            flags = {k: str(v).format(**variables) for k, v in (flags or {}).items()}
-        except KeyError as e:
-            missing, known = e.args[0], sorted(variables)
-            raise StudyError(f"stage {i + 1} ({job}) uses {{{missing}}}, which is not among vars {known}") from None
+        if not isinstance(flags or {}, dict):
+            raise StudyError(f"stage {i + 1} ({job}) of {spec!r} must map flag names to values, got {flags!r}")
+        flags = {
+            str(k): _substitute(str(v), variables, f"stage {i + 1} ({job}) --{k}") for k, v in (flags or {}).items()
+        }
+        refused = sorted(set(flags) & absl_flags())
+        if refused:
+            raise StudyError(
+                f"stage {i + 1} ({job}) sets {', '.join(refused)}: absl's own flags are not study settings; a stage "
+                f"sets the flags `babelgrid {job} --help` lists"
+            )
         stages.append((job, flags))
     return variables, stages
 
@@ -208,6 +221,34 @@ def _move_aside(flags: dict[str, str]) -> list[str]:
             path.rename(target)
             moved.append(f"{path} -> {target}")
     return moved
+
+
+def _substitute(text: str, variables: dict[str, str], where: str) -> str:
+    """``{name}`` replaced by the variable; nothing else (no attribute or index access, no format specs)."""
+    out = []
+    for literal, field, spec, conversion in string.Formatter().parse(text):
+        out.append(literal)
+        if field is None:
+            continue
+        if not field.isidentifier() or spec or conversion:
+            shown = field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+            raise StudyError(f"{where}: {{{shown}}} is not a variable name; templates substitute {{name}} only")
+        if field not in variables:
+            raise StudyError(f"{where} uses {{{field}}}, which is not among vars {sorted(variables)}")
+        out.append(variables[field])
+    return "".join(out)
+
+
+def absl_flags() -> set[str]:
+    """The flags absl itself defines (flagfile, profile_file, run_with_pdb, logging's, help): never study settings."""
+    from absl import app, flags  # noqa: F401  (lazy: importing absl.app defines its flags)
+    from absl import logging as absl_logging  # noqa: F401
+
+    names = {"flagfile", "undefok", "help", "helpfull", "helpshort", "helpxml", "h", "?", "v"}
+    for module, defined in flags.FLAGS.flags_by_module_dict().items():
+        if module.startswith("absl."):
+            names |= {f.name for f in defined}
+    return names
 
 
 def run_study(args: Sequence[str]) -> int:

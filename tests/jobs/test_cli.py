@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -147,3 +148,25 @@ def test_run_help_is_on_stdout_and_exits_0():
     assert "JAX" not in proc.stderr
     bad = run("-m", "jobs.cli", "run", "demo", "--rerun", "sometimes")
     assert bad.returncode == 2 and "--rerun takes changed or all" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('vars:\n  out: x\nstages:\n  - encode: {out: "{out}"\n', "is not valid YAML at line 5, column 1"),
+        ('vars: {out: x}\nstages:\n  - encode: {out: "{out.__class__.__mro__}"}\n', "templates substitute {name} only"),
+        ('vars: {out: x}\nstages:\n  - encode: {out: "{out[0]}"}\n', "templates substitute {name} only"),
+        ('vars: {out: x}\nstages:\n  - encode: {out: "{out!r}"}\n', "templates substitute {name} only"),
+        ("stages:\n  - encode: {flagfile: /etc/hostname}\n", "sets flagfile: absl's own flags"),
+        ("stages:\n  - seqsim: {run_with_pdb: true, profile_file: /tmp/p}\n", "sets profile_file, run_with_pdb"),
+        ('stages:\n  - encode: {out: "{nope}"}\n', "uses {nope}, which is not among vars"),
+        ("stages:\n  - encode: [out, x]\n", "must map flag names to values"),
+    ],
+)
+def test_a_bad_study_file_is_a_named_error(tmp_path, text, message):
+    from jobs.cli import StudyError, load_study
+
+    study = tmp_path / "study.yaml"
+    study.write_text(text)
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(str(study))
