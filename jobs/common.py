@@ -30,7 +30,7 @@ from engine.errors import BabelgridError
 from engine.runtime import options
 from engine.runtime.options import PARSERS, RunOptions, format_value
 from engine.runtime.plan import DEVICES, plan_for
-from engine.stores.kv import parse_spec_overrides, set_spec_overrides
+from engine.stores.kv import parse_spec_overrides, set_spec_overrides, set_store_timeout
 
 FLAGS = flags.FLAGS
 
@@ -186,6 +186,8 @@ def run(main) -> None:
     def start(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
+        if "store_timeout" in FLAGS:
+            set_store_timeout(FLAGS.store_timeout)
         if "kvstore_spec" in FLAGS and FLAGS.kvstore_spec:
             try:
                 set_spec_overrides(parse_spec_overrides(FLAGS.kvstore_spec))

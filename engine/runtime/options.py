@@ -23,6 +23,7 @@ from engine.errors import BabelgridError
 
 DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives two missed renewals
 MATMUL_PRECISIONS = ("highest", "default")
+DEFAULT_STORE_TIMEOUT = 60.0  # seconds an unreachable object store is retried before the job stops
 
 
 class ConfigError(BabelgridError, ValueError):
@@ -94,6 +95,12 @@ class RunOptions:
         'environment does not set: \'{"endpoint": "http://127.0.0.1:9000", "aws_region": "us-east-1"}\' '
         "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and TENSORSTORE_GCS_HTTP_URL are "
         "read without it; see BUILD.md)",
+    )
+    store_timeout: float = option(
+        DEFAULT_STORE_TIMEOUT,
+        "seconds an unreachable or failing s3:// or gs:// location is retried before the job stops with an error "
+        "naming it (slow, flaky servers are retried within this bound)",
+        positive=True,
     )
     strict: bool = option(False, "exit non-zero if anything was skipped")
     matmul_precision: str = option(

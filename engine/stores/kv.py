@@ -24,9 +24,42 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import tensorstore as ts
 
 from engine.errors import BabelgridError
+from engine.runtime.options import DEFAULT_STORE_TIMEOUT
 
-# One context for every store this process opens, so that a `memory://` store outlives its handle (tests, notebooks).
-CONTEXT = ts.Context()
+# One base context for every store this process opens, so that a `memory://` store outlives its handle (tests,
+# notebooks); stores are opened in a child of it that bounds the retries of object stores (``set_store_timeout``).
+_BASE_CONTEXT = ts.Context()
+
+
+def _retries(seconds: float) -> dict:
+    """TensorStore's request-retry settings whose backoff adds up to about ``seconds``: 1 s doubling, each delay at
+    most a quarter of the bound, so that a flaky server is retried several times and a dead one gives up in time."""
+    cap = max(1.0, seconds / 4)
+    delays, total = [], 0.0
+    while total < seconds:
+        delays.append(min(cap, 2.0 ** len(delays)))
+        total += delays[-1]
+    settings = {"max_retries": max(1, len(delays)), "initial_delay": "1s", "max_delay": f"{cap:g}s"}
+    return {"s3_request_retries": settings, "gcs_request_retries": settings}
+
+
+_store_timeout = DEFAULT_STORE_TIMEOUT
+_context = ts.Context(_retries(DEFAULT_STORE_TIMEOUT), _BASE_CONTEXT)
+
+
+def set_store_timeout(seconds: float) -> None:
+    """Bounds how long an unreachable or failing ``s3://`` / ``gs://`` location is retried (``--store_timeout``):
+    stores opened from now on give up after about ``seconds`` with a ``StoreError`` naming the location."""
+    global _store_timeout, _context
+    if not seconds > 0:
+        raise StoreError(f"the object-store timeout must be positive seconds, got {seconds!r}")
+    _store_timeout = float(seconds)
+    _context = ts.Context(_retries(_store_timeout), _BASE_CONTEXT)
+
+
+def context() -> ts.Context:
+    """The TensorStore context every store is opened in (``memory://`` stores live as long as the process)."""
+    return _context
 
 
 class StoreError(BabelgridError, ValueError):
@@ -102,10 +135,26 @@ def open_kvstore(url: str) -> tuple[dict, ts.KvStore]:
     if path and not path.endswith("/"):
         spec["path"] = path + "/"
     try:
-        kv = ts.KvStore.open(spec, context=CONTEXT).result()
+        kv = ts.KvStore.open(spec, context=_context).result()
     except ValueError as e:
         raise StoreError(f"cannot open store location {url!r}: {e}{_endpoint_hint(spec)}") from None
+    if spec.get("driver") in REMOTE_DRIVERS:
+        _probe(kv, url, spec)
     return spec, kv
+
+
+def _probe(kv: ts.KvStore, url: str, spec: dict) -> None:
+    """One read before any work, so that an unreachable endpoint stops the job within the timeout, named, instead
+    of hanging in TensorStore's retries (a read of a missing key costs one request on a live server)."""
+    try:
+        kv.read(".babelgrid-probe").result(timeout=_store_timeout + 5)
+    except (TimeoutError, ValueError) as e:
+        where = spec.get("endpoint") or ("the GCS endpoint" if spec.get("driver") == "gcs" else "AWS's endpoint")
+        detail = str(e).splitlines()[0][:300] if str(e) else f"no answer within {_store_timeout:g} s"
+        raise StoreError(
+            f"cannot reach store location {url!r} at {where} (gave up after about {_store_timeout:g} s, "
+            f"--store_timeout): {detail}{_endpoint_hint(spec)}"
+        ) from None
 
 
 def _endpoint_hint(spec: dict) -> str:
@@ -233,7 +282,7 @@ def open_array(kvstore: dict, url: str, writable: bool) -> ts.TensorStore:
     """Opens an existing zarr3 array with its own metadata."""
     mode = {"read": True, "write": True} if writable else {"read": True}
     try:
-        return ts.open({"driver": "zarr3", "kvstore": kvstore}, open=True, context=CONTEXT, **mode).result()
+        return ts.open({"driver": "zarr3", "kvstore": kvstore}, open=True, context=_context, **mode).result()
     except ValueError as e:
         if "NOT_FOUND" in str(e):
             raise StoreError(
@@ -252,7 +301,7 @@ def create_or_open_array(spec: dict, url: str) -> ts.TensorStore:
             raise
     try:
         # create + open: if another process creates it meanwhile, this opens theirs (metadata must match).
-        return ts.open(spec, create=True, open=True, context=CONTEXT).result()
+        return ts.open(spec, create=True, open=True, context=_context).result()
     except ValueError as e:
         raise StoreError(f"cannot create array {spec['kvstore'].get('path', '')!r} of store {url!r}: {e}") from None
 

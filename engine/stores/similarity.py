@@ -27,7 +27,7 @@ import tensorstore as ts
 
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
-from engine.stores.kv import CONTEXT, create_or_compare, json_bytes, open_kvstore, read_json, write_value
+from engine.stores.kv import context, create_or_compare, json_bytes, open_kvstore, read_json, write_value
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
@@ -178,7 +178,7 @@ class _Store:
         mode = {"read": True, "write": True} if writable else {"read": True}
         try:
             return ts.open(
-                {"driver": "zarr3", "kvstore": self._child(key)}, open=True, context=CONTEXT, **mode
+                {"driver": "zarr3", "kvstore": self._child(key)}, open=True, context=context(), **mode
             ).result()
         except ValueError as e:
             raise SimilarityError(f"cannot open the matrix {key!r} of similarity store {self.url!r}: {e}") from None
@@ -241,7 +241,7 @@ class SimilarityStore(_Store):
         n_rows, n_cols = len(ids["row_ids"]), len(ids["col_ids"])
         spec = matrix_spec(self._child(key), n_layers=len(self.layers), n_rows=n_rows, n_cols=n_cols)
         try:
-            array = ts.open(spec, create=True, open=True, context=CONTEXT).result()
+            array = ts.open(spec, create=True, open=True, context=context()).result()
         except ValueError as e:
             raise SimilarityMismatchError(
                 f"pair {key!r} of similarity store {self.url!r} exists with another shape or format ({e}); "

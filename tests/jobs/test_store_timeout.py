@@ -1,0 +1,73 @@
+"""Bounded waits on object stores (issue 25): an unreachable endpoint ends a job with a named error instead of a hang,
+and a server that stops mid-run fails the next write within the bound."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from engine.stores import kv as kv_lib
+from engine.stores.kv import StoreError, open_kvstore, read_value, set_store_timeout, write_value
+
+moto_server = pytest.importorskip("moto.server", reason="pip install -e '.[test]' (moto[server])")
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_retry_schedule_adds_up_to_the_bound():
+    for seconds in (3, 60, 600):
+        settings = kv_lib._retries(seconds)["s3_request_retries"]
+        cap = float(settings["max_delay"].rstrip("s"))
+        delays = [min(cap, 2.0**i) for i in range(settings["max_retries"])]
+        assert seconds <= sum(delays) < seconds + cap, (seconds, settings)
+    with pytest.raises(StoreError, match="positive"):
+        set_store_timeout(0)
+
+
+def test_encode_against_a_closed_port_fails_naming_the_endpoint(tmp_path, tiny_model_dir):
+    port = free_port()  # nothing listens there
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+               **KEYS)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.encode", "--model", str(tiny_model_dir), "--out", "s3://babelgrid-test/run",
+         "--store_timeout", "3", "--progress=false"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,  # a hang fails here
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "cannot reach store location 's3://babelgrid-test/run'" in proc.stderr, proc.stderr
+    assert f"http://127.0.0.1:{port}" in proc.stderr and "AWS_ENDPOINT_URL" in proc.stderr
+    assert "gave up after about 3 s" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_server_stopped_mid_run_fails_the_next_write_within_the_bound(monkeypatch):
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for k, v in {**KEYS, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="babelgrid-test")  # fmt: skip
+    set_store_timeout(3)
+    try:
+        url = "s3://babelgrid-test/mid-run"
+        _, kv = open_kvstore(url)
+        write_value(kv, "a.json", b"{}", url)
+        assert read_value(kv, "a.json", url).value == b"{}"
+        server.stop()
+        with pytest.raises(StoreError, match="a.json|b.json"):
+            write_value(kv, "b.json", b"{}", url)
+    finally:
+        set_store_timeout(kv_lib.DEFAULT_STORE_TIMEOUT)
