@@ -117,8 +117,9 @@ def _memory() -> dict:
 
 
 def _job_worker(args) -> None:
-    from engine.pipelines.similarity.run import SimilarityConfig, resolve_pairs, run_similarity
+    from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
     from engine.stores.reader import open_store
+    from engine.stores.similarity import resolve_pairs
 
     reader = open_store(args.store)
     first_pair = ":".join(resolve_pairs("unordered", reader.languages())[0])
@@ -150,8 +151,9 @@ def _kernel_worker(args) -> None:
     import jax.numpy as jnp
 
     from engine.dtypes import DTYPES
-    from engine.pipelines.similarity.run import SEQSIM_MEASURES, resolve_pairs
+    from engine.pipelines.similarity.run import SEQSIM_MEASURES
     from engine.stores.reader import open_store
+    from engine.stores.similarity import resolve_pairs
     from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
 
     reader = open_store(args.store)
@@ -220,8 +222,8 @@ def gib(x) -> str:
 
 def plan_text(args) -> str:
     """``engine.runtime.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
-    from engine.pipelines.similarity.run import resolve_pairs
     from engine.runtime import plan as plan_lib
+    from engine.stores.similarity import resolve_pairs
 
     lengths = grid_lengths(args.langs, args.utterances, args.frames)
     return plan_lib.plan_seqsim(

@@ -526,8 +526,8 @@ def plan_seqsim(
 
 
 def plan_seqsim_run(config, device: Device | None) -> Plan:
-    from engine.pipelines.similarity.run import resolve_pairs
     from engine.stores.reader import open_store
+    from engine.stores.similarity import resolve_pairs
 
     reader = open_store(config.store)
     info = reader.info

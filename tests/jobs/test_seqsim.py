@@ -22,10 +22,17 @@ from absl import flags
 import jobs.seqsim as job
 from engine.data.audio import SAMPLE_RATE
 from engine.pipelines.encode.run import EncodeConfig, run_encode
-from engine.pipelines.similarity.run import SimilarityConfig, resolve_pairs, run_similarity
+from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
-from engine.stores.similarity import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
+from engine.stores.similarity import (
+    AXES,
+    SimilarityError,
+    SimilarityMismatchError,
+    check_name,
+    open_similarity,
+    resolve_pairs,
+)
 from kernels.dtw import reference_dtw_similarity_matrix
 from kernels.pooling import (
     reference_center_frame_cosine_matrix,

@@ -40,6 +40,7 @@ from engine.stores.similarity import (
     check_name,
     done_marker,
     new_manifest,
+    resolve_pairs,
 )
 from kernels.dtw import dtw_similarity_matrix
 from kernels.ot import OtConfig, ot_similarity_matrix
@@ -48,7 +49,6 @@ from kernels.seqsim import seqsim_matrix, seqsim_matrix_sharded
 
 DEFAULT_MEASURES = ("seqsim", "mean", "centre", "duration")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-PAIR_MODES = ("unordered", "ordered")
 SEQSIM_MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a")
 
 log = logging.getLogger(__name__)
@@ -115,47 +115,6 @@ class SimilaritySummary(RunSummary):
                 "finished in the log domain (counted as 'fallback' in the done markers; their scores are valid)"
             )
         return line
-
-
-def resolve_pairs(spec: str, langs, available=None) -> list[tuple[str, str]]:
-    """Language pairs (a, b), a != b, from ``spec``:
-
-    - ``unordered``: every {a, b} once, as (a, b) with a < b;
-    - ``ordered``: (a, b) and (b, a);
-    - a comma list of ``a:b`` items, where either side may be ``*`` (every other language of ``langs``):
-      ``en:*``, ``en:de,es:fr``.
-
-    ``langs`` are the languages the run covers; named languages must be in ``available`` (default ``langs``).
-    """
-    langs = sorted(langs)
-    available = set(langs if available is None else available)
-    spec = spec.strip()
-    if spec == "unordered":
-        return [(a, b) for i, a in enumerate(langs) for b in langs[i + 1 :]]
-    if spec == "ordered":
-        return [(a, b) for a in langs for b in langs if a != b]
-    pairs: list[tuple[str, str]] = []
-    for item in (s.strip() for s in spec.split(",") if s.strip()):
-        if item.count(":") != 1:
-            raise SimilarityError(
-                f"pairs item {item!r} is not 'a:b': give {' or '.join(PAIR_MODES)}, or a list like en:de,es:* "
-                "('*' = every other language)"
-            )
-        left, right = (s.strip() for s in item.split(":"))
-        for side in (left, right):
-            if side != "*":
-                check_name("language", side)
-                if side not in available:
-                    raise SimilarityError(f"pairs item {item!r}: language {side!r} is not in {sorted(available)}")
-        for a in langs if left == "*" else [left]:
-            for b in langs if right == "*" else [right]:
-                if a != b:
-                    pairs.append((a, b))
-                elif left != "*" and right != "*":
-                    raise SimilarityError(f"pairs item {item!r} pairs a language with itself; name two languages")
-    if not pairs:
-        raise SimilarityError(f"pairs {spec!r} gives no pair of two different languages among {langs}")
-    return list(dict.fromkeys(pairs))
 
 
 @dataclasses.dataclass(frozen=True)
