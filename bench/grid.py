@@ -221,12 +221,13 @@ def gib(x) -> str:
 
 
 def plan_text(args) -> str:
-    """``engine.runtime.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
+    """``engine.pipelines.similarity.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
+    from engine.pipelines.similarity.plan import plan_seqsim
     from engine.runtime import plan as plan_lib
     from engine.stores.similarity import resolve_pairs
 
     lengths = grid_lengths(args.langs, args.utterances, args.frames)
-    return plan_lib.plan_seqsim(
+    return plan_seqsim(
         lengths,
         resolve_pairs("unordered", list(lengths)),
         d=args.d,
@@ -286,8 +287,8 @@ def main() -> None:
     try:
         write_s = write_store(store, args)
         print(f"store: {size / 2**30:.2f} GiB written in {write_s:.1f} s ({store})", flush=True)
+        from engine.pipelines.similarity.plan import plan_seqsim_run
         from engine.pipelines.similarity.run import SimilarityConfig
-        from engine.runtime.plan import plan_seqsim_run
 
         plan = plan_seqsim_run(
             SimilarityConfig(store=store, out=str(root / "never"), measures=tuple(args.measure.split(","))), None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from engine.pipelines.similarity.plan import plan_seqsim_run
 from engine.pipelines.similarity.run import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
 from engine.stores.similarity import MEASURES
 from jobs import common
@@ -36,6 +37,7 @@ flags.DEFINE_bool("ot_debiased", False, "ot measure: debiased Sinkhorn divergenc
 flags.DEFINE_integer("ot_iterations", OT_MAX_ITERATIONS, "ot measure: most Sinkhorn iterations per pair")
 flags.DEFINE_float("ot_threshold", OT_THRESHOLD, "ot measure: stop at this L1 error of the plan's row marginal")
 common.define_run_flags(distributed=True, claims=True)
+common.define_plan(SimilarityConfig, plan_seqsim_run, __name__)
 FLAGS = flags.FLAGS
 
 
