@@ -86,7 +86,7 @@ def _define_field_flag(field, module: str, help_text: str | None, required: bool
     required = required or meta.get("required")
     if required:
         text = f"(required) {text}"
-    name, choices, parse = field.name, meta.get("choices"), meta.get("parse")
+    name, choices, parse = flag_name(field), meta.get("choices"), meta.get("parse")
     if parse is not None:
         flags.DEFINE_string(name, format_value(default, parse), text, module_name=module)
     elif choices is not None and not isinstance(default, bool):
@@ -127,6 +127,11 @@ def plan_if_asked(config) -> None:
     sys.exit(0)
 
 
+def flag_name(field) -> str:
+    """The flag of a config field: its own name unless its ``option`` names another."""
+    return (field.metadata.get("flag") if field.metadata else None) or field.name
+
+
 def _has_run(cls) -> bool:
     return any(f.name == "run" for f in dataclasses.fields(cls))
 
@@ -134,9 +139,9 @@ def _has_run(cls) -> bool:
 def _values(cls, given: dict) -> dict:
     values = dict(given)
     for field in dataclasses.fields(cls):
-        if field.name in values or field.name == "run" or field.name not in FLAGS:
+        if field.name in values or field.name == "run" or flag_name(field) not in FLAGS:
             continue
-        value = getattr(FLAGS, field.name)
+        value = getattr(FLAGS, flag_name(field))
         parse = field.metadata.get("parse") if field.metadata else None
         values[field.name] = PARSERS[parse](value) if parse is not None else value
     return values
