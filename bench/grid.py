@@ -118,6 +118,7 @@ def _memory() -> dict:
 
 def _job_worker(args) -> None:
     from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
+    from engine.runtime.options import configure
     from engine.stores.reader import open_store
     from engine.stores.similarity import resolve_pairs
 
@@ -132,7 +133,7 @@ def _job_worker(args) -> None:
         shutil.rmtree(out, ignore_errors=True)
         extra = dict(layers=(reader.info.layers[0],), pairs=first_pair) if name == "warm" else {}
         t0 = time.perf_counter()
-        summary = run_similarity(SimilarityConfig(out=str(out), **base, **extra))
+        summary = run_similarity(configure(SimilarityConfig, out=str(out), **base, **extra))
         seconds = time.perf_counter() - t0
         shutil.rmtree(out, ignore_errors=True)
         return {
@@ -151,7 +152,7 @@ def _kernel_worker(args) -> None:
     import jax.numpy as jnp
 
     from engine.dtypes import DTYPES
-    from engine.pipelines.similarity.run import SEQSIM_MEASURES
+    from engine.pipelines.similarity.measures import SEQSIM_MEASURES
     from engine.stores.reader import open_store
     from engine.stores.similarity import resolve_pairs
     from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
@@ -289,9 +290,11 @@ def main() -> None:
         print(f"store: {size / 2**30:.2f} GiB written in {write_s:.1f} s ({store})", flush=True)
         from engine.pipelines.similarity.plan import plan_seqsim_run
         from engine.pipelines.similarity.run import SimilarityConfig
+        from engine.runtime.options import configure
 
         plan = plan_seqsim_run(
-            SimilarityConfig(store=store, out=str(root / "never"), measures=tuple(args.measure.split(","))), None
+            configure(SimilarityConfig, store=store, out=str(root / "never"), measures=tuple(args.measure.split(","))),
+            None,
         )
         print(plan.render(), flush=True)
         argv = [sys.executable, __file__, "--store", store, "--scratch", str(root), "--measure", args.measure]

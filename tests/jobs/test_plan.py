@@ -86,7 +86,9 @@ def test_encode_plan_through_the_flags_counts_and_writes_nothing(clips, tiny_mod
 
 
 def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir):
-    sim = plan_seqsim_run(SimilarityConfig(store=store, out=str(tmp_path / "s")), plan_lib.get_device("h100"))
+    sim = plan_seqsim_run(
+        configure(SimilarityConfig, store=store, out=str(tmp_path / "s")), plan_lib.get_device("h100")
+    )
     reader = open_store(store)
     lengths = {lang: reader.lengths(lang) for lang in reader.languages()}
     d = reader.info.dims.n_audio_state
@@ -114,7 +116,7 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
 def test_seqsim_plan_counts_dtw_and_ot(store, tmp_path):
     """dtw and ot are stages of their own, timed on the store's states; their cells are N*M*m*n per pair and layer,
     frames cropped to each language's longest."""
-    config = SimilarityConfig(store=store, out=str(tmp_path / "s"), measures=("seqsim", "dtw", "ot", "mean"))
+    config = configure(SimilarityConfig, store=store, out=str(tmp_path / "s"), measures=("seqsim", "dtw", "ot", "mean"))
     plan = plan_seqsim_run(config, plan_lib.get_device("h100"))
     reader = open_store(store)
     en, de = (np.asarray(reader.lengths(lang)) for lang in ("en", "de"))

@@ -162,8 +162,13 @@ def test_layout_on_disk(sim):
 
 def test_resume_computes_only_what_is_missing(layer_store, tmp_path):
     out = tmp_path / "sim"
-    config = SimilarityConfig(
-        allow_partial=True, store=str(layer_store), out=str(out), measures=("seqsim", "duration"), progress=False
+    config = configure(
+        SimilarityConfig,
+        allow_partial=True,
+        store=str(layer_store),
+        out=str(out),
+        measures=("seqsim", "duration"),
+        progress=False,
     )
     first = run_similarity(config)
     assert first.pair_layers == 12 and first.matrices == 24 and first.seqsim_flops > 0
@@ -185,7 +190,7 @@ def test_other_layer_store_into_same_out_is_refused(layer_store, sim, tmp_path):
     other = tmp_path / "other-store"
     shutil.copytree(layer_store, other)
     with pytest.raises(SimilarityMismatchError, match="layer_store"):
-        run_similarity(SimilarityConfig(allow_partial=True, store=str(other), out=str(sim), progress=False))
+        run_similarity(configure(SimilarityConfig, allow_partial=True, store=str(other), out=str(sim), progress=False))
 
 
 def test_bad_names_are_refused(layer_store, tmp_path):
@@ -193,13 +198,26 @@ def test_bad_names_are_refused(layer_store, tmp_path):
         with pytest.raises(SimilarityError, match="cannot name"):
             check_name("language", bad)
     with pytest.raises(SimilarityError, match="cannot name"):
-        SimilarityConfig(allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), measures=("../seqsim",))
+        configure(
+            SimilarityConfig,
+            allow_partial=True,
+            store=str(layer_store),
+            out=str(tmp_path / "o"),
+            measures=("../seqsim",),
+        )
     with pytest.raises(SimilarityError, match="unknown measure"):
-        SimilarityConfig(allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), measures=("softdtw",))
+        configure(
+            SimilarityConfig, allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), measures=("softdtw",)
+        )
     with pytest.raises(SimilarityError, match="not in"):
         run_similarity(
-            SimilarityConfig(
-                allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), pairs="en:fr", progress=False
+            configure(
+                SimilarityConfig,
+                allow_partial=True,
+                store=str(layer_store),
+                out=str(tmp_path / "o"),
+                pairs="en:fr",
+                progress=False,
             )
         )
 
@@ -266,7 +284,9 @@ def test_two_processes_share_the_grid(layer_store, sim, tmp_path):
 def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path, capsys):
     """The fixture's store has one corrupt German clip, never done: refused with the counts per language, unless
     allow_partial, which says what is missing and leaves it out."""
-    config = SimilarityConfig(store=str(layer_store), out=str(tmp_path / "sim"), measures=("duration",), progress=False)
+    config = configure(
+        SimilarityConfig, store=str(layer_store), out=str(tmp_path / "sim"), measures=("duration",), progress=False
+    )
     with pytest.raises(
         SimilarityError, match=r"not completely encoded \(utterances not done: de: 1 of 5\).*--allow_partial"
     ):
@@ -279,7 +299,7 @@ def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path,
 def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(layer_store, tmp_path, monkeypatch, capsys):
     """Pairs that kernels.ot finished in the log domain (OtResult.fallback) are counted in the done marker and the
     job's summary. A fallback is forced by flagging two pairs of the kernel's own result."""
-    import engine.pipelines.similarity.run as similarity
+    import engine.pipelines.similarity.measures as similarity
 
     real = similarity.ot_similarity_matrix
 

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.pipelines.similarity.measures import COSTS, MEASURES, SEQSIM, MeasureContext, Side
 from engine.runtime.plan import EFFICIENCY, Device, Plan, Stage, flops, size, timed
 from engine.stores.reader import open_store
 from engine.stores.similarity import resolve_pairs
-from kernels.dtw import dtw_similarity_matrix
-from kernels.ot import OtConfig, ot_similarity_matrix
+from kernels.ot import OtConfig
 from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
 
 
@@ -34,22 +34,26 @@ def calibrate_seqsim(d: int, dtype: str, n: int = 8, frames: int = 256) -> float
     return 2.0 * n * n * frames * frames * d / seconds
 
 
-CELL_MEASURES = ("dtw", "ot")  # timed per cell on the store's own states
+CELL_MEASURES = tuple(m.name for m in MEASURES.values() if m.kernel.cost.kind == "cells")  # timed on real states
 CALIBRATION_UTTERANCES = 16  # per language, spread over its utterances, for the dtw and ot calibration
 
 
 def calibrate_pair_measure(measure: str, sample, ot_config=None) -> tuple[float, float]:
-    """(cells per second, seconds of compilation) of ``measure`` ("dtw" or "ot") on this machine, cells counted as
-    ``N*M*m*n`` with frames cropped to the longest; on ``sample = (A, len_A, B, len_B)``: real states of two
-    languages (``f[N, m, embed]``, ``i32[N]``). Sinkhorn's iterations depend on the states: random ones would not do."""
+    """(cells per second, seconds of compilation) of ``measure`` (one of ``CELL_MEASURES``: dtw, ot) on this machine,
+    through its registry kernel call, cells counted as ``N*M*m*n`` with frames cropped to the longest; on
+    ``sample = (A, len_A, B, len_B)``: real states of two languages (``f[N, m, embed]``, ``i32[N]``). Sinkhorn's
+    iterations depend on the states: random ones would not do."""
+    if measure not in CELL_MEASURES:
+        raise ValueError(f"calibrate_pair_measure times {CELL_MEASURES}, not {measure!r}")
     A, len_A, B, len_B = sample
     A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]
-    if measure == "dtw":
-        fn = lambda: dtw_similarity_matrix(A, len_A, B, len_B)  # noqa: E731
-    elif measure == "ot":
-        fn = lambda: ot_similarity_matrix(A, len_A, B, len_B, ot_config or OtConfig()).score  # noqa: E731
-    else:
-        raise ValueError(f"calibrate_pair_measure times {CELL_MEASURES}, not {measure!r}")
+    sides = [Side(np.arange(len(x)), n, x) for x, n in ((A, len_A), (B, len_B))]
+    context = MeasureContext(str(A.dtype), ot_config or OtConfig())
+    kernel = MEASURES[measure].kernel
+
+    def fn():
+        return kernel.call(*sides, context, frozenset({measure}))[measure].values
+
     t = time.perf_counter()
     jax.block_until_ready(fn())
     first = time.perf_counter() - t
@@ -79,8 +83,12 @@ def plan_seqsim(
     # never pads further: a language's frames as computed are its longest length.
     padded = {lang: int(v.max(initial=1)) for lang, v in done.items()}
     itemsize, sbytes = jnp.dtype(dtype).itemsize, jnp.dtype(storage_dtype).itemsize
-    useful = sum(2.0 * done[a].sum() * done[b].sum() * d for a, b in pairs) * n_layers
-    work = sum(2.0 * len(done[a]) * len(done[b]) * padded[a] * padded[b] * d for a, b in pairs) * n_layers
+    asked = [entry for name, entry in MEASURES.items() if name in measures]  # stages in the registry's order
+    kernels = {kind: list({m.kernel.name: m.kernel for m in asked if m.kernel.cost.kind == kind}.values())
+               for kind in COSTS}  # fmt: skip
+    matmul = SEQSIM.cost  # the seqsim kernel's counts are reported whether or not it is asked
+    useful = sum(matmul.useful_flops(done[a], done[b], d) for a, b in pairs) * n_layers
+    work = sum(matmul.flops(len(done[a]), len(done[b]), padded[a], padded[b], d) for a, b in pairs) * n_layers
     # Per layer, each language of a pair is read once (the job caches a layer's languages), padded to its longest.
     langs = sorted({lang for pair in pairs for lang in pair})
     read = sum(len(done[lang]) * padded[lang] * d * sbytes for lang in langs) * n_layers
@@ -91,22 +99,26 @@ def plan_seqsim(
     dev = None
     if device is not None:
         dev = max(work / (device.flops(dtype) * EFFICIENCY), work / (2 * d) * 4 * 2 / device.bandwidth)
-    seqsim_measures = [m for m in measures if m.startswith("seqsim")]
-    pooled = [m for m in measures if m not in seqsim_measures and m not in CELL_MEASURES]
+
+    def produced(kernel) -> list[str]:
+        return [m.name for m in asked if m.kernel is kernel]
+
     stages = []
-    if seqsim_measures:
-        stages.append(Stage("seqsim", work, float(read), float(written) * len(seqsim_measures), work / rate, dev))
+    for kernel in kernels["matmul"]:  # seqsim: one call writes each of its measures asked
+        stages.append(Stage(kernel.name, work, float(read), float(written) * len(produced(kernel)), work / rate, dev))
     # dtw and ot crop to each language's longest utterance too.
-    longest = {lang: int(v.max(initial=1)) for lang, v in done.items()}
-    cells = sum(float(len(done[a]) * len(done[b]) * longest[a] * longest[b]) for a, b in pairs) * n_layers
+    cells = sum(float(len(done[a]) * len(done[b]) * padded[a] * padded[b]) for a, b in pairs) * n_layers
     cell_rates = {}
-    for m in (m for m in CELL_MEASURES if m in measures):
+    for kernel in kernels["cells"]:
         if sample is None:
-            raise ValueError(f"planning the {m} measure needs a sample of real states to time it on")
-        cell_rates[m], compile_s = calibrate_pair_measure(m, sample, ot_config)
+            raise ValueError(f"planning the {kernel.name} measure needs a sample of real states to time it on")
+        cell_rates[kernel.name], compile_s = calibrate_pair_measure(kernel.name, sample, ot_config)
         read_here = 0.0 if stages else float(read)  # one read of a layer's states serves every measure
         # The run compiles as the calibration did (once per tile shape; counted once).
-        stages.append(Stage(m, 2.0 * d * cells, read_here, float(written), cells / cell_rates[m] + compile_s, None))
+        seconds = cells / cell_rates[kernel.name] + compile_s
+        flops_ = sum(kernel.cost.flops(len(done[a]), len(done[b]), padded[a], padded[b], d) for a, b in pairs)
+        stages.append(Stage(kernel.name, flops_ * n_layers, read_here, float(written), seconds, None))
+    pooled = [m for m in measures if MEASURES[m].kernel.cost.kind == "negligible"]
     if pooled:
         pooled_read = 0.0 if stages else float(read)
         no_time = None if device is None else 0.0
