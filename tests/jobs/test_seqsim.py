@@ -359,3 +359,17 @@ def test_ot_measure_through_the_job(layer_store, tmp_path):
     for i in ia:
         for j in ib:
             assert np.isnan(got[i, j]) == ((i, j) in flagged), (i, j)
+
+
+def test_measure_registry_calls_each_kernel_once():
+    """The three SeqSim measures come from one kernel call; the registry and the store name the same measures."""
+    from engine.pipelines.similarity import measures
+    from engine.stores import similarity as store
+
+    calls = measures.kernel_calls(["seqsim_b2a", "mean", "seqsim"])
+    assert [(kernel.name, sorted(names)) for kernel, names in calls] == [
+        ("seqsim", ["seqsim", "seqsim_b2a"]),
+        ("mean", ["mean"]),
+    ]
+    assert tuple(measures.MEASURES) == store.MEASURES
+    assert measures.NAN_MEASURES == {"ot"} and not measures.MEASURES["duration"].needs_states
