@@ -117,8 +117,10 @@ def _memory() -> dict:
 
 
 def _job_worker(args) -> None:
-    from engine.pipelines.similarity.run import SimilarityConfig, resolve_pairs, run_similarity
+    from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
+    from engine.runtime.options import configure
     from engine.stores.reader import open_store
+    from engine.stores.similarity import resolve_pairs
 
     reader = open_store(args.store)
     first_pair = ":".join(resolve_pairs("unordered", reader.languages())[0])
@@ -131,7 +133,7 @@ def _job_worker(args) -> None:
         shutil.rmtree(out, ignore_errors=True)
         extra = dict(layers=(reader.info.layers[0],), pairs=first_pair) if name == "warm" else {}
         t0 = time.perf_counter()
-        summary = run_similarity(SimilarityConfig(out=str(out), **base, **extra))
+        summary = run_similarity(configure(SimilarityConfig, out=str(out), **base, **extra))
         seconds = time.perf_counter() - t0
         shutil.rmtree(out, ignore_errors=True)
         return {
@@ -150,8 +152,9 @@ def _kernel_worker(args) -> None:
     import jax.numpy as jnp
 
     from engine.dtypes import DTYPES
-    from engine.pipelines.similarity.run import SEQSIM_MEASURES, resolve_pairs
+    from engine.pipelines.similarity.measures import SEQSIM_MEASURES
     from engine.stores.reader import open_store
+    from engine.stores.similarity import resolve_pairs
     from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
 
     reader = open_store(args.store)
@@ -219,12 +222,13 @@ def gib(x) -> str:
 
 
 def plan_text(args) -> str:
-    """``engine.runtime.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
-    from engine.pipelines.similarity.run import resolve_pairs
+    """``engine.pipelines.similarity.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
+    from engine.pipelines.similarity.plan import plan_seqsim
     from engine.runtime import plan as plan_lib
+    from engine.stores.similarity import resolve_pairs
 
     lengths = grid_lengths(args.langs, args.utterances, args.frames)
-    return plan_lib.plan_seqsim(
+    return plan_seqsim(
         lengths,
         resolve_pairs("unordered", list(lengths)),
         d=args.d,
@@ -284,11 +288,13 @@ def main() -> None:
     try:
         write_s = write_store(store, args)
         print(f"store: {size / 2**30:.2f} GiB written in {write_s:.1f} s ({store})", flush=True)
+        from engine.pipelines.similarity.plan import plan_seqsim_run
         from engine.pipelines.similarity.run import SimilarityConfig
-        from engine.runtime.plan import plan_seqsim_run
+        from engine.runtime.options import configure
 
         plan = plan_seqsim_run(
-            SimilarityConfig(store=store, out=str(root / "never"), measures=tuple(args.measure.split(","))), None
+            configure(SimilarityConfig, store=store, out=str(root / "never"), measures=tuple(args.measure.split(","))),
+            None,
         )
         print(plan.render(), flush=True)
         argv = [sys.executable, __file__, "--store", store, "--scratch", str(root), "--measure", args.measure]

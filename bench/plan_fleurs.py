@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.whisper.dims import preset
+from engine.pipelines.encode.plan import plan_encode
+from engine.pipelines.similarity.plan import CALIBRATION_UTTERANCES, plan_seqsim
 from engine.pipelines.similarity.run import DEFAULT_MEASURES
 from engine.runtime import plan as plan_lib
 from engine.stores.similarity import check_measure
@@ -26,12 +28,13 @@ FRAMES_PER_SECOND = 50  # encoder frames
 
 
 def random_sample(frames: dict, pair: tuple[str, str], dtype: str):
-    """``(A, len_A, B, len_B)`` for ``plan.calibrate_pair_measure``: random states of the pair's evenly spread
-    utterances at large-v3's width. DTW's cost is the same whatever the values (a fixed wavefront and one product)."""
+    """``(A, len_A, B, len_B)`` for ``engine.pipelines.similarity.plan.calibrate_pair_measure``: random states of
+    the pair's evenly spread utterances at large-v3's width. DTW's cost is the same whatever the values (a fixed
+    wavefront and one product)."""
     out = []
     for i, lang in enumerate(pair):
         n = frames[lang]
-        index = np.unique(np.linspace(0, len(n) - 1, plan_lib.CALIBRATION_UTTERANCES).astype(int))
+        index = np.unique(np.linspace(0, len(n) - 1, CALIBRATION_UTTERANCES).astype(int))
         lengths = n[index].astype(np.int32)
         x = jax.random.normal(jax.random.key(i), (len(index), int(lengths.max()), LARGE_V3.n_audio_state))
         out += [x.astype(jnp.dtype(dtype)), jnp.asarray(lengths)]
@@ -65,7 +68,7 @@ def main() -> None:
     windows = {lang: np.ones(args.per_lang, int) for lang in langs}
     layers = tuple(range(LARGE_V3.n_encoder_layers_out))
     total_seconds = float(sum(s.sum() for s in seconds.values()))
-    encode = plan_lib.plan_encode(
+    encode = plan_encode(
         LARGE_V3,
         windows,
         frames,
@@ -81,7 +84,7 @@ def main() -> None:
     print(encode.render())
     print()
     pairs = [(a, b) for i, a in enumerate(langs) for b in langs[i + 1 :]]
-    seqsim = plan_lib.plan_seqsim(
+    seqsim = plan_seqsim(
         frames,
         pairs,
         d=LARGE_V3.n_audio_state,

@@ -4,7 +4,7 @@ A job's flags are its config's fields (``engine.runtime.options.option``: defaul
 plus the run options it takes; it builds its config from them and starts through ``run``::
 
     common.define_config_flags(SimilarityConfig, __name__, run=("out", "progress", "claim_ttl", ...),
-                               required=("store", "out"), distributed=True)
+                               required=("store", "out"), plan=plan_seqsim_run, distributed=True)
 
     def main() -> int:
         config = common.config_from_flags(SimilarityConfig)
@@ -22,6 +22,7 @@ import os
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 from absl import app, flags
@@ -29,13 +30,17 @@ from absl import app, flags
 from engine.errors import BabelgridError
 from engine.runtime import options
 from engine.runtime.options import PARSERS, RunOptions, format_value
-from engine.runtime.plan import DEVICES, plan_for
+from engine.runtime.plan import DEVICES, Device, Plan, get_device
 from engine.stores.kv import parse_spec_overrides, set_spec_overrides, set_store_timeout
 
 FLAGS = flags.FLAGS
 
 # Every run option (engine.runtime.options.RunOptions): what a job that writes a store with claims takes.
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
+
+# A job's plan (--plan): its config and the target device (None: only here) -> the plan (engine.runtime.plan.Plan).
+PlanFunction = Callable[[object, Device | None], Plan]
+_PLANS: dict[type, PlanFunction] = {}  # config class -> its job's plan function (define_plan)
 
 
 def _flag_module(module: str) -> str:
@@ -52,14 +57,15 @@ def define_config_flags(
     required: tuple[str, ...] = (),
     help: dict[str, str] | None = None,
     skip: tuple[str, ...] = (),
-    plan: bool = False,
+    plan: PlanFunction | None = None,
     distributed: bool = False,
 ) -> None:
     """Defines a flag for every field of the config dataclass ``cls`` that carries help text
     (``engine.runtime.options.option``), with the field's name, default, choices and help: defaults are written once,
     in the dataclass. ``run`` names the ``RunOptions`` fields the job takes (``config.run``); ``required`` the fields
     whose flag must be given; ``help`` replaces a field's help text for this job; ``skip`` leaves fields out (the job
-    builds them itself). ``plan`` adds --plan/--plan_device, ``distributed`` jax.distributed's flags.
+    builds them itself). ``plan``: the job's plan function (``define_plan``: --plan/--plan_device); ``distributed``:
+    jax.distributed's flags.
     ``module`` is the calling job's ``__name__``."""
     module = _flag_module(module)
     help = help or {}
@@ -67,8 +73,8 @@ def define_config_flags(
     fields += [f for f in dataclasses.fields(RunOptions) if f.name in run]
     for field in fields:
         _define_field_flag(field, module, help.get(field.name), field.name in required)
-    if plan:
-        define_plan_flags(module)
+    if plan is not None:
+        define_plan(cls, plan, module)
     if distributed:
         define_distributed_flags(module)
 
@@ -80,7 +86,7 @@ def _define_field_flag(field, module: str, help_text: str | None, required: bool
     required = required or meta.get("required")
     if required:
         text = f"(required) {text}"
-    name, choices, parse = field.name, meta.get("choices"), meta.get("parse")
+    name, choices, parse = flag_name(field), meta.get("choices"), meta.get("parse")
     if parse is not None:
         flags.DEFINE_string(name, format_value(default, parse), text, module_name=module)
     elif choices is not None and not isinstance(default, bool):
@@ -101,18 +107,29 @@ def config_from_flags(cls, **given):
     """A job's frozen config: each field of dataclass ``cls`` from the flag of the same name (a list field's text
     parsed by its ``parse`` rule), unless ``given``; ``config.run`` from the ``RunOptions`` flags the job defined.
 
-    With ``--plan``, the run this config describes is planned instead (``engine.runtime.plan``): the plan is printed
-    and the job exits 0 here, before it opens its output.
+    With ``--plan``, the run this config describes is planned instead by the plan function the job gave
+    (``define_plan``): the plan is printed and the job exits 0 here, before it opens its output.
     """
     config = cls(**_values(cls, given), **({"run": RunOptions(**_values(RunOptions, {}))} if _has_run(cls) else {}))
-    if "plan" in FLAGS and FLAGS.plan:
-        try:
-            plan = plan_for(config, FLAGS.plan_device)
-        except ValueError as e:
-            raise app.UsageError(str(e)) from None
-        print(plan.render())
-        sys.exit(0)
+    plan_if_asked(config)
     return config
+
+
+def plan_if_asked(config) -> None:
+    """With --plan: prints the plan of the run ``config`` describes and exits 0, before anything is opened."""
+    if "plan" not in FLAGS or not FLAGS.plan:
+        return
+    try:
+        plan = _PLANS[type(config)](config, get_device(FLAGS.plan_device))
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    print(plan.render())
+    sys.exit(0)
+
+
+def flag_name(field) -> str:
+    """The flag of a config field: its own name unless its ``option`` names another."""
+    return (field.metadata.get("flag") if field.metadata else None) or field.name
 
 
 def _has_run(cls) -> bool:
@@ -122,15 +139,21 @@ def _has_run(cls) -> bool:
 def _values(cls, given: dict) -> dict:
     values = dict(given)
     for field in dataclasses.fields(cls):
-        if field.name in values or field.name == "run" or field.name not in FLAGS:
+        if field.name in values or field.name == "run" or flag_name(field) not in FLAGS:
             continue
-        value = getattr(FLAGS, field.name)
+        value = getattr(FLAGS, flag_name(field))
         parse = field.metadata.get("parse") if field.metadata else None
         values[field.name] = PARSERS[parse](value) if parse is not None else value
     return values
 
 
-def define_plan_flags(module: str) -> None:
+def define_plan(cls, plan: PlanFunction, module: str) -> None:
+    """--plan and --plan_device for the job whose config is ``cls``; ``plan(config, device)`` makes its plan
+    (``engine.pipelines.<job>.plan``). Runtime imports no pipeline, so the job hands its plan function here."""
+    if not callable(plan):
+        raise TypeError(f"plan must be the job's plan function (config, device) -> Plan, got {plan!r}")
+    _PLANS[cls] = plan
+    module = _flag_module(module)
     flags.DEFINE_bool(
         "plan",
         False,
@@ -355,8 +378,6 @@ def define_run_flags(strict: bool = False, distributed: bool = False, lease: boo
         )
     if strict:
         flags.DEFINE_bool("strict", False, "exit non-zero if anything was skipped", module_name=_job_module())
-    if _job_name() in PLANNED_JOBS:
-        define_plan_flags(_job_module())
     if distributed:
         define_distributed_flags(_job_module())
     if claims:
@@ -367,14 +388,6 @@ def define_run_flags(strict: bool = False, distributed: bool = False, lease: boo
             "died",
             module_name=_job_module(),
         )
-
-
-PLANNED_JOBS = ("encode", "seqsim", "decode")
-
-
-def _job_name() -> str:
-    """The calling job's short name ('encode'), from the file of the module calling a define_* helper."""
-    return os.path.splitext(os.path.basename(sys._getframe(2).f_globals.get("__file__") or ""))[0]
 
 
 def parse_list(value: str | None) -> tuple[str, ...] | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from engine.pipelines.decode.plan import plan_decode_run
 from engine.pipelines.decode.run import (
     COMPUTE_DTYPES,
     LANGUAGE_MODES,
@@ -50,6 +51,7 @@ flags.DEFINE_integer("batch_size", 8, "30 s windows per decoder call")
 flags.DEFINE_enum("compute_dtype", "float32", list(COMPUTE_DTYPES), "model dtype on the device")
 flags.DEFINE_integer("report_samples", 3, "utterances per language shown layer by layer in report.md")
 common.define_run_flags(strict=True, distributed=True, claims=True)
+common.define_plan(DecodeConfig, plan_decode_run, __name__)
 FLAGS = flags.FLAGS
 
 

@@ -10,6 +10,7 @@ store layout and engine/pipelines/encode/run.py for the pipeline.
 
 from __future__ import annotations
 
+from engine.pipelines.encode.plan import plan_encode_run
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from jobs import common
 
@@ -19,7 +20,7 @@ common.define_config_flags(
     run=common.RUN_OPTIONS,
     required=("out",),
     help={"out": "output store: local path or TensorStore kvstore URL (gs://, s3://, file://)"},
-    plan=True,
+    plan=plan_encode_run,
     distributed=True,
 )
 

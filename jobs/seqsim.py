@@ -18,33 +18,34 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.pipelines.similarity.run import COMPUTE_DTYPES, DEFAULT_MEASURES, SimilarityConfig, run_similarity
-from engine.stores.similarity import MEASURES
+from engine.pipelines.similarity.plan import plan_seqsim_run
+from engine.pipelines.similarity.run import DEFAULT_MEASURES, SimilarityConfig, run_similarity
+from engine.runtime.options import parse_list
 from jobs import common
-from kernels.ot import OT_EPSILON, OT_MAX_ITERATIONS, OT_THRESHOLD, OtConfig
+from kernels.ot import OtConfig
 
-common.define_store_flag()
-common.define_out_flag("similarity store to write (created if missing, resumed if present)")
-common.define_langs_flag()
-flags.DEFINE_string("layers", "all", "layers to compare: 'all' stored, a list '0,3,7' or ranges '1-4'")
-flags.DEFINE_string("pairs", "unordered", "unordered | ordered | list of a:b with '*' for every other language")
-flags.DEFINE_string("measure", ",".join(DEFAULT_MEASURES), f"comma list of {', '.join(MEASURES)}")
-flags.DEFINE_enum("dtype", "float32", list(COMPUTE_DTYPES), "dtype the states are compared in")
-flags.DEFINE_bool("allow_partial", False, "score a partly encoded layer store (done utterances only)")
-flags.DEFINE_float("ot_epsilon", OT_EPSILON, "ot measure: entropic blur, absolute, in units of the cost 1 - cos")
-flags.DEFINE_bool("ot_debiased", False, "ot measure: debiased Sinkhorn divergence (W(a,b) - W(a,a)/2 - W(b,b)/2)")
-flags.DEFINE_integer("ot_iterations", OT_MAX_ITERATIONS, "ot measure: most Sinkhorn iterations per pair")
-flags.DEFINE_float("ot_threshold", OT_THRESHOLD, "ot measure: stop at this L1 error of the plan's row marginal")
-common.define_run_flags(distributed=True, claims=True)
+common.define_config_flags(
+    SimilarityConfig,
+    __name__,
+    run=("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "matmul_precision"),
+    required=("store", "out"),
+    help={"out": "similarity store to write (created if missing, resumed if present)"},
+    plan=plan_seqsim_run,
+    distributed=True,
+)
+# The ot measure's Sinkhorn options (SimilarityConfig.ot, a kernels.ot.OtConfig): its defaults are the flags'.
+OT = OtConfig()
+flags.DEFINE_float("ot_epsilon", OT.epsilon, "ot measure: entropic blur, absolute, in units of the cost 1 - cos")
+flags.DEFINE_bool("ot_debiased", OT.debiased, "ot measure: debiased Sinkhorn divergence (W(a,b) - W(a,a)/2 - W(b,b)/2)")
+flags.DEFINE_integer("ot_iterations", OT.max_iterations, "ot measure: most Sinkhorn iterations per pair")
+flags.DEFINE_float("ot_threshold", OT.threshold, "ot measure: stop at this L1 error of the plan's row marginal")
 FLAGS = flags.FLAGS
 
 
 def main() -> int:
     config = common.config_from_flags(
         SimilarityConfig,
-        langs=common.parse_list(FLAGS.langs),
-        layers=common.parse_layers(FLAGS.layers),
-        measures=common.parse_list(FLAGS.measure) or DEFAULT_MEASURES,
+        measures=parse_list(FLAGS.measure) or DEFAULT_MEASURES,  # '' and 'all' ask for the default measures
         ot=OtConfig(
             epsilon=FLAGS.ot_epsilon,
             debiased=FLAGS.ot_debiased,
@@ -52,7 +53,7 @@ def main() -> int:
             threshold=FLAGS.ot_threshold,
         ),
     )
-    return common.finish(run_similarity(config), [f"similarity store: {FLAGS.out}"])
+    return common.finish(run_similarity(config), [f"similarity store: {config.run.out}"], strict=config.run.strict)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from engine.pipelines.finetune.run import METRIC_FIELDS
 from engine.pipelines.interp.run import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.probe import run as probe
 from engine.pipelines.retrieval import subset
-from engine.pipelines.retrieval.run import CSV_COLUMNS
+from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.stores.schema import _PARQUET_SCHEMA, INFO_FIELDS
 from engine.stores.similarity import done_marker
 from engine.stores.words import WORD_SCHEMA

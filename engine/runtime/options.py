@@ -31,15 +31,16 @@ class ConfigError(BabelgridError, ValueError):
 
 
 def option(default=dataclasses.MISSING, help: str = "", *, choices: Iterable | None = None, parse: str | None = None,
-           minimum: float | None = None, positive: bool = False, required: bool = False):  # fmt: skip
+           minimum: float | None = None, positive: bool = False, required: bool = False,
+           flag: str | None = None):  # fmt: skip
     """A config field with its flag's help text.
 
     choices: the values allowed (an enum flag); parse: how a flag's text becomes the value (``PARSERS``: ``list``,
     ``layers``, ``ints``, ``floats``); minimum / positive: a number's lower bound; required: no default (the flag is
-    required).
+    required); flag: the flag's name when it is not the field's (``--measure`` for ``measures``).
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "parse": parse,
-                "minimum": minimum, "positive": positive, "required": required}  # fmt: skip
+                "minimum": minimum, "positive": positive, "required": required, "flag": flag}  # fmt: skip
     if required:
         return dataclasses.field(metadata=metadata)
     if isinstance(default, (list, dict, set)):

@@ -17,6 +17,7 @@ import pytest
 from engine.pipelines.challenge import run as challenge
 from engine.pipelines.retrieval import subset as subset_lib
 from engine.pipelines.retrieval.run import RetrievalConfig, run_retrieval
+from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
 from engine.stores.schema import UtteranceRow
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
@@ -227,7 +228,14 @@ def sim_and_subset(tmp_path_factory):
 
 def test_subset_retrieval_equals_the_restricted_matrices(sim_and_subset, tmp_path):
     root, scores, subset = sim_and_subset
-    config = RetrievalConfig(str(root / "sim"), out=str(tmp_path / "a"), subset=str(subset), ks=(1, 5), subset_draws=7)
+    config = configure(
+        RetrievalConfig,
+        similarity=str(root / "sim"),
+        out=str(tmp_path / "a"),
+        subset=str(subset),
+        ks=(1, 5),
+        subset_draws=7,
+    )
     result = run_retrieval(config)
     for s in result.scores:
         matrix = scores[LAYERS.index(s.layer)]
@@ -259,7 +267,8 @@ def test_subset_retrieval_equals_the_restricted_matrices(sim_and_subset, tmp_pat
     assert (tmp_path / "a" / subset_lib.SUBSET_FIGURE).read_bytes()[:4] == b"\x89PNG"
 
     # Reproducible with the seed, different with another.
-    again = run_retrieval(RetrievalConfig(**{**config.__dict__, "out": str(tmp_path / "b")}))
+    again = run_retrieval(dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(tmp_path / "b"))))
     assert again.comparison == result.comparison
-    other = run_retrieval(RetrievalConfig(**{**config.__dict__, "out": str(tmp_path / "c"), "subset_seed": 1}))
+    other_run = dataclasses.replace(config.run, out=str(tmp_path / "c"))
+    other = run_retrieval(dataclasses.replace(config, run=other_run, subset_seed=1))
     assert other.comparison != result.comparison

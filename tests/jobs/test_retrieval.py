@@ -14,17 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-from engine.pipelines.retrieval.run import (
-    BY_LAYER_NAME,
-    CSV_COLUMNS,
-    HEATMAP_NAME,
-    RetrievalConfig,
-    RetrievalError,
-    drop_not_encoded,
-    drop_unranked,
-    resolve_out,
-    run_retrieval,
-)
+from engine.pipelines.retrieval.output import BY_LAYER_NAME, CSV_COLUMNS, HEATMAP_NAME
+from engine.pipelines.retrieval.run import RetrievalConfig, resolve_out, run_retrieval
+from engine.pipelines.retrieval.scores import RetrievalError, drop_not_encoded, drop_unranked
+from engine.runtime.options import configure
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
 
@@ -100,7 +93,7 @@ def read_csv(path) -> list[dict]:
 
 def test_csv_matches_reference_both_directions(sim_store, tmp_path):
     root, matrices = sim_store
-    result = run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), ks=KS))
+    result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), ks=KS))
     rows = read_csv(tmp_path / "retrieval.csv")
     done = [
         (measure, q, s, layer)
@@ -130,7 +123,7 @@ def test_csv_matches_reference_both_directions(sim_store, tmp_path):
 
 def test_excluded_and_dropped_counts(sim_store, tmp_path):
     root, _ = sim_store
-    run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), measures=("mean",), layers=(1,)))
+    run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), measures=("mean",), layers=(1,)))
     rows = {(r["lang_a"], r["metric"]): r for r in read_csv(tmp_path / "retrieval.csv")}
     de_en, en_de = rows["de", "R@1"], rows["en", "R@1"]
     # de -> en: 10 rows, de #3 (s2) not encoded; of the 9 left, s0 s0 s6 lost their partner (en #0 s0 and #7 s6
@@ -142,7 +135,7 @@ def test_excluded_and_dropped_counts(sim_store, tmp_path):
 
 def test_figures_are_pngs(sim_store, tmp_path):
     root, _ = sim_store
-    result = run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), figure_layer=1))
+    result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), figure_layer=1))
     assert result.figure_layer == 1
     assert sorted(result.figure_paths) == sorted(str(tmp_path / "figures" / n) for n in (BY_LAYER_NAME, HEATMAP_NAME))
     for path in result.figure_paths:
@@ -171,9 +164,9 @@ def test_drop_not_encoded():
 def test_bad_requests_name_the_fix(sim_store, tmp_path):
     root, _ = sim_store
     with pytest.raises(RetrievalError, match=r"no measure \['cosine'\]"):
-        run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), measures=("cosine",)))
+        run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), measures=("cosine",)))
     with pytest.raises(RetrievalError, match="figure layer 7"):
-        run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path), figure_layer=7))
+        run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), figure_layer=7))
     with pytest.raises(RetrievalError, match="output folder"):
         resolve_out("gs://bucket/sim", None)
     assert resolve_out("/data/sim", None) == "/data/sim"
@@ -213,7 +206,7 @@ def test_pairs_without_shared_ids_are_not_measured_not_zero(tmp_path):
         for layer in (0, 1):
             scores = rng.standard_normal((len(ids[a]), len(ids[b]))).astype(np.float32)
             store.write_layer(array, "seqsim", a, b, layer, scores, done_marker(range(len(ids[a])), range(len(ids[b]))))
-    result = run_retrieval(RetrievalConfig(similarity=str(root), out=str(tmp_path / "out")))
+    result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path / "out")))
     rows = list(csv.DictReader(open(result.csv_path)))
     unmeasured = [r for r in rows if {r["lang_a"], r["lang_b"]} == {"a", "c"}]
     assert unmeasured and all(r["value"] == "NA" and r["random"] == "NA" and r["queries"] == "0" for r in unmeasured)
@@ -289,8 +282,8 @@ def ot_expected(scores, query, layer, kept_ids=None):
 @pytest.mark.parametrize("subset", [False, True])
 def test_ot_nonconverged_queries_are_unranked_not_fatal(ot_store, tmp_path, caplog, subset):
     root, scores = ot_store
-    config = RetrievalConfig(similarity=str(root / "sim"), out=str(tmp_path), ks=KS, measures=("ot",),
-                             subset=str(root / "challenge") if subset else None)  # fmt: skip
+    config = configure(RetrievalConfig, similarity=str(root / "sim"), out=str(tmp_path), ks=KS, measures=("ot",),
+                       subset=str(root / "challenge") if subset else None)  # fmt: skip
     with caplog.at_level("WARNING", logger="engine.pipelines.retrieval.run"):
         result = run_retrieval(config)
     rows = read_csv(tmp_path / "retrieval.csv")
@@ -326,7 +319,7 @@ def test_ot_nonconverged_queries_are_unranked_not_fatal(ot_store, tmp_path, capl
 def test_nan_in_a_measure_that_cannot_fail_to_converge_is_a_damaged_store(ot_store, tmp_path):
     root, _ = ot_store
     with pytest.raises(RetrievalError, match="'mean' are NaN or inf .* damaged"):
-        run_retrieval(RetrievalConfig(similarity=str(root / "sim"), out=str(tmp_path), measures=("mean",)))
+        run_retrieval(configure(RetrievalConfig, similarity=str(root / "sim"), out=str(tmp_path), measures=("mean",)))
     scores = np.zeros((2, 3), np.float32)
     scores[0, 1] = np.inf  # ot writes NaN for what it could not measure, never inf
     with pytest.raises(RetrievalError, match="'ot' are inf"):

@@ -118,7 +118,7 @@ def test_a_host_dies_and_the_other_finishes_its_work(clips, tiny_model_dir, tiny
     )
     assert taken_over(survivor) >= 1, survivor
     sim_one = tmp_path / "sim-one"
-    run_similarity(SimilarityConfig(store=str(two), out=str(sim_one), progress=False))
+    run_similarity(configure(SimilarityConfig, store=str(two), out=str(sim_one), progress=False))
     assert_same_store(sim_two, sim_one)
 
 

@@ -22,10 +22,17 @@ from absl import flags
 import jobs.seqsim as job
 from engine.data.audio import SAMPLE_RATE
 from engine.pipelines.encode.run import EncodeConfig, run_encode
-from engine.pipelines.similarity.run import SimilarityConfig, resolve_pairs, run_similarity
+from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
-from engine.stores.similarity import AXES, SimilarityError, SimilarityMismatchError, check_name, open_similarity
+from engine.stores.similarity import (
+    AXES,
+    SimilarityError,
+    SimilarityMismatchError,
+    check_name,
+    open_similarity,
+    resolve_pairs,
+)
 from kernels.dtw import reference_dtw_similarity_matrix
 from kernels.pooling import (
     reference_center_frame_cosine_matrix,
@@ -155,8 +162,13 @@ def test_layout_on_disk(sim):
 
 def test_resume_computes_only_what_is_missing(layer_store, tmp_path):
     out = tmp_path / "sim"
-    config = SimilarityConfig(
-        allow_partial=True, store=str(layer_store), out=str(out), measures=("seqsim", "duration"), progress=False
+    config = configure(
+        SimilarityConfig,
+        allow_partial=True,
+        store=str(layer_store),
+        out=str(out),
+        measures=("seqsim", "duration"),
+        progress=False,
     )
     first = run_similarity(config)
     assert first.pair_layers == 12 and first.matrices == 24 and first.seqsim_flops > 0
@@ -178,7 +190,7 @@ def test_other_layer_store_into_same_out_is_refused(layer_store, sim, tmp_path):
     other = tmp_path / "other-store"
     shutil.copytree(layer_store, other)
     with pytest.raises(SimilarityMismatchError, match="layer_store"):
-        run_similarity(SimilarityConfig(allow_partial=True, store=str(other), out=str(sim), progress=False))
+        run_similarity(configure(SimilarityConfig, allow_partial=True, store=str(other), out=str(sim), progress=False))
 
 
 def test_bad_names_are_refused(layer_store, tmp_path):
@@ -186,13 +198,26 @@ def test_bad_names_are_refused(layer_store, tmp_path):
         with pytest.raises(SimilarityError, match="cannot name"):
             check_name("language", bad)
     with pytest.raises(SimilarityError, match="cannot name"):
-        SimilarityConfig(allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), measures=("../seqsim",))
+        configure(
+            SimilarityConfig,
+            allow_partial=True,
+            store=str(layer_store),
+            out=str(tmp_path / "o"),
+            measures=("../seqsim",),
+        )
     with pytest.raises(SimilarityError, match="unknown measure"):
-        SimilarityConfig(allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), measures=("softdtw",))
+        configure(
+            SimilarityConfig, allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), measures=("softdtw",)
+        )
     with pytest.raises(SimilarityError, match="not in"):
         run_similarity(
-            SimilarityConfig(
-                allow_partial=True, store=str(layer_store), out=str(tmp_path / "o"), pairs="en:fr", progress=False
+            configure(
+                SimilarityConfig,
+                allow_partial=True,
+                store=str(layer_store),
+                out=str(tmp_path / "o"),
+                pairs="en:fr",
+                progress=False,
             )
         )
 
@@ -259,7 +284,9 @@ def test_two_processes_share_the_grid(layer_store, sim, tmp_path):
 def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path, capsys):
     """The fixture's store has one corrupt German clip, never done: refused with the counts per language, unless
     allow_partial, which says what is missing and leaves it out."""
-    config = SimilarityConfig(store=str(layer_store), out=str(tmp_path / "sim"), measures=("duration",), progress=False)
+    config = configure(
+        SimilarityConfig, store=str(layer_store), out=str(tmp_path / "sim"), measures=("duration",), progress=False
+    )
     with pytest.raises(
         SimilarityError, match=r"not completely encoded \(utterances not done: de: 1 of 5\).*--allow_partial"
     ):
@@ -272,7 +299,7 @@ def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path,
 def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(layer_store, tmp_path, monkeypatch, capsys):
     """Pairs that kernels.ot finished in the log domain (OtResult.fallback) are counted in the done marker and the
     job's summary. A fallback is forced by flagging two pairs of the kernel's own result."""
-    import engine.pipelines.similarity.run as similarity
+    import engine.pipelines.similarity.measures as similarity
 
     real = similarity.ot_similarity_matrix
 
@@ -332,3 +359,17 @@ def test_ot_measure_through_the_job(layer_store, tmp_path):
     for i in ia:
         for j in ib:
             assert np.isnan(got[i, j]) == ((i, j) in flagged), (i, j)
+
+
+def test_measure_registry_calls_each_kernel_once():
+    """The three SeqSim measures come from one kernel call; the registry and the store name the same measures."""
+    from engine.pipelines.similarity import measures
+    from engine.stores import similarity as store
+
+    calls = measures.kernel_calls(["seqsim_b2a", "mean", "seqsim"])
+    assert [(kernel.name, sorted(names)) for kernel, names in calls] == [
+        ("seqsim", ["seqsim", "seqsim_b2a"]),
+        ("mean", ["mean"]),
+    ]
+    assert tuple(measures.MEASURES) == store.MEASURES
+    assert measures.NAN_MEASURES == {"ot"} and not measures.MEASURES["duration"].needs_states

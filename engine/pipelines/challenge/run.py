@@ -529,9 +529,9 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     pairs from earlier runs into the folder kept) and ``OUT/challenge.json`` (the settings). A folder made with other
     settings is refused before any work (``check_out``). ``entities``: the entity finder (None =
     ``config.filter.entities()``: spaCy with ``ner``, else none)."""
-    from engine.pipelines.similarity.run import resolve_pairs
     from engine.stores.kv import create_or_compare, json_bytes, open_kvstore, write_all
     from engine.stores.reader import open_store
+    from engine.stores.similarity import resolve_pairs
 
     manifest = settings_manifest(config)
     _, kv = open_kvstore(config.out)

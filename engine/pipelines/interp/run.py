@@ -54,11 +54,11 @@ import pyarrow.parquet as pq
 
 from engine.data.audio import ENCODER_FRAMES_PER_SECOND
 from engine.errors import BabelgridError
-from engine.pipelines.similarity.run import resolve_pairs
 from engine.runtime.options import check_choice
 from engine.runtime.runs import RunSummary, progress_bar, writer_lease
 from engine.stores.kv import create_or_compare, open_kvstore, read_value, write_value
 from engine.stores.reader import open_store
+from engine.stores.similarity import resolve_pairs
 from engine.stores.words import read_words
 from kernels.ot import OtConfig
 from kernels.wordalign import (

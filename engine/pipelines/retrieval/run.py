@@ -29,116 +29,71 @@ to the pair's kept ids, so ``retrieval.csv`` scores the challenge set (its ``ran
 smaller pool alone raises R@1, it also writes ``OUT/subset_comparison.csv`` (``engine.pipelines.retrieval.subset``
 SUBSET_COLUMNS): the full set, the challenge set and ``subset_draws`` seeded random subsets of the full set with as
 many ids as were kept (mean and 95% interval), and ``OUT/figures/subset_by_layer.png``.
+
+The room: ``scores`` scores one matrix (dropped, unranked, R@k and MRR), ``output`` writes the CSV and the figures,
+``subset`` is the challenge-set path; this module walks the store and reports.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
-import math
 from collections.abc import Sequence
 
-import numpy as np
-
-from engine.errors import BabelgridError, ShapeError
+from engine.pipelines.retrieval import subset
+from engine.pipelines.retrieval.output import CSV_NAME, TINY_SET, pick_figure_layer, tiny_scores, write_results
+from engine.pipelines.retrieval.scores import (
+    DirectedScore,
+    RetrievalError,
+    mean_over_pairs,
+    score_matrix,
+)
+from engine.runtime.options import RunOptions, option, validate
 from engine.stores.kv import open_kvstore, write_all
 from engine.stores.similarity import SimilarityError, open_similarity
-from kernels.metrics import DEFAULT_KS, TIE_RULES, RetrievalMetrics, retrieval_metrics, unmeasured
+from kernels.metrics import DEFAULT_KS, TIE_RULES
 
 log = logging.getLogger(__name__)
 
-CSV_NAME = "retrieval.csv"
-FIGURES_DIR = "figures/"
-HEATMAP_NAME = "retrieval_heatmap.png"
-BY_LAYER_NAME = "retrieval_by_layer.png"
-CSV_COLUMNS = (
-    "lang_a",  # query language
-    "lang_b",  # searched language
-    "layer",  # babelgrid layer index: 0 = conv stem, 1..L = blocks, L+1 = ln_post
-    "measure",
-    "metric",  # R@k or MRR
-    "value",
-    "random",  # expectation of the metric under uniformly random rankings
-    "queries",  # query utterances scored
-    "excluded",  # encoded query utterances whose id has no partner among lang_b's encoded utterances
-    "dropped_a",  # query utterances not encoded (all-NaN row)
-    "dropped_b",  # searched utterances not encoded (all-NaN column)
-    "unranked",  # scored query utterances left out because a score of theirs was not measured (ot: not converged)
-)
-# Measures that write NaN for a score they could not measure (ot: Sinkhorn did not converge within its iterations).
-NAN_MEASURES = frozenset({"ot"})
 NAN_REMEDY = (
     "rerun python -m jobs.seqsim into the same --out with a larger --ot_iterations or --ot_epsilon: it recomputes "
     "those layers (their markers' options differ)"
 )
-FIGURE_MEASURE = "seqsim"  # measure whose best mean R@1 picks the figure layer
-
-
-class RetrievalError(BabelgridError, ValueError):
-    """Retrieval cannot run as asked: unknown measure, layer or language, no output folder, bad scores."""
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrievalConfig:
     """What to score and where to write it. ``None`` means everything the similarity store holds.
 
-    similarity: similarity store URL (local path or TensorStore kvstore URL).
-    out: output folder; None = the similarity store itself when it is local.
+    run.out: output folder; None = the similarity store itself when it is local.
     figure_layer: the heatmap's layer; None = the layer with the best mean R@1 of ``seqsim`` (else the first
       measure) over directed pairs.
     ties: ``kernels.metrics`` tie rule; scores with many ties (``duration``) deserve a second run with the other.
     """
 
-    similarity: str
-    out: str | None = None
-    measures: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None
-    langs: tuple[str, ...] | None = None
-    figure_layer: int | None = None
-    ks: tuple[int, ...] = DEFAULT_KS
-    ties: str = "optimistic"
-    subset: str | None = None  # challenge-set folder (jobs.challenge --out): score only each pair's kept ids
-    subset_draws: int = 20  # size-matched random subsets of the full set drawn per directed pair
-    subset_seed: int = 0
+    similarity: str = option(help="similarity store written by the seqsim job: local path or kvstore URL",
+                             required=True)  # fmt: skip
+    measures: tuple[str, ...] | None = option(
+        None, "comma-separated measures (seqsim, mean, centre, duration, ...) or 'all'", parse="list", flag="measure"
+    )
+    layers: tuple[int, ...] | None = option(
+        None, "layers: 'all', a list '0,3,7' or ranges '1-4' (0 = conv stem, L+1 = ln_post)", parse="layers"
+    )
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes (a pair is scored when both are listed), or 'all'", parse="list"
+    )
+    figure_layer: int | None = option(None, "heatmap layer (default: the best mean R@1 of seqsim)")
+    ks: tuple[int, ...] = option(DEFAULT_KS, "comma-separated k of recall at k", parse="ints")
+    ties: str = option("optimistic", "rank of a correct partner tied with incorrect ones", choices=TIE_RULES)
+    subset: str | None = option(None, "challenge-set folder (jobs.challenge --out): score each pair's kept ids only")
+    subset_draws: int = option(20, "with --subset: size-matched random subsets of the full set per pair", minimum=1)
+    subset_seed: int = option(0, "with --subset: seed of the size-matched random subsets")
+    run: RunOptions = RunOptions()
 
     def __post_init__(self):
-        if self.subset_draws < 1:
-            raise RetrievalError(f"subset_draws must be >= 1, got {self.subset_draws!r}")
+        validate(self)
         if not self.ks or any(int(k) < 1 for k in self.ks):
             raise RetrievalError(f"ks must be positive integers such as (1, 5, 10), got {self.ks!r}")
-        if self.ties not in TIE_RULES:
-            raise RetrievalError(f"ties must be one of {TIE_RULES}, got {self.ties!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class DirectedScore:
-    """Retrieval from ``lang_a`` (queries) into ``lang_b`` at one layer under one measure."""
-
-    lang_a: str
-    lang_b: str
-    layer: int
-    measure: str
-    metrics: RetrievalMetrics
-    dropped_a: int  # rows of utterances not encoded
-    dropped_b: int  # columns of utterances not encoded
-    unranked: int = 0  # scored queries left out: a score of theirs was not measured (NaN, ot not converged)
-
-    def values(self) -> list[tuple[str, float, float]]:
-        """(metric name, value, random baseline) for R@k in ks order, then MRR."""
-        m = self.metrics
-        return [(f"R@{k}", m.recall[k], m.random_recall[k]) for k in m.recall] + [("MRR", m.mrr, m.random_mrr)]
-
-
-def mean_over_pairs(scores: Sequence[DirectedScore], measure: str, metric: str) -> dict[int, tuple[float, float]]:
-    """layer -> (mean value, mean random baseline) of ``metric`` over the directed pairs that have queries."""
-    by_layer: dict[int, list[tuple[float, float]]] = {}
-    for s in scores:
-        if s.measure == measure and s.metrics.queries:
-            value, random = next((v, r) for name, v, r in s.values() if name == metric)
-            by_layer.setdefault(s.layer, []).append((value, random))
-    return {layer: tuple(np.mean(v, axis=0)) for layer, v in sorted(by_layer.items())}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,63 +158,6 @@ class RetrievalResult:
         return "\n".join(lines)
 
 
-def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence, scored=None, *, measure=None):
-    """Keeps the rows and columns of utterances that were scored (done in the layer store when the matrix was made).
-
-    scores: f32[N, M]. ``scored``: ``(bool[N], bool[M])`` as the similarity store's done marker records them
-    (``SimilarityReader.scored``). Only for matrices written before markers recorded them (``scored=None``) are
-    they inferred: a column is dropped when it is NaN on every row, a row when it is NaN on every remaining column.
-    Returns (scores f32[n, m], row_ids, col_ids, dropped rows, dropped columns). NaN or inf left among scored
-    utterances is an error (the store is damaged), except NaN where ``measure`` is one of ``NAN_MEASURES``: those
-    scores were not measured and are kept as NaN for ``drop_unranked``.
-    """
-    scores = np.asarray(scores, np.float32)
-    if scores.ndim != 2 or scores.shape != (len(row_ids), len(col_ids)):
-        expected = [len(row_ids), len(col_ids)]
-        raise ShapeError(f"scores must be f32[len(row_ids), len(col_ids)] = {expected}, got {list(scores.shape)}")
-    if scored is None:
-        nan = np.isnan(scores)
-        keep_cols = ~nan.all(axis=0)
-        keep_rows = ~nan[:, keep_cols].all(axis=1) if keep_cols.any() else np.zeros(len(row_ids), bool)
-    else:
-        keep_rows, keep_cols = (np.asarray(m, bool) for m in scored)
-        if keep_rows.shape != (len(row_ids),) or keep_cols.shape != (len(col_ids),):
-            raise ShapeError(f"scored masks must be bool[{len(row_ids)}] and bool[{len(col_ids)}]")
-    kept = scores[np.ix_(keep_rows, keep_cols)]
-    bad = np.isinf(kept) if measure in NAN_MEASURES else ~np.isfinite(kept)
-    if bad.any():
-        which = "inf" if measure in NAN_MEASURES else "NaN or inf"
-        raise RetrievalError(
-            f"{int(bad.sum())} scores{'' if measure is None else f' of measure {measure!r}'} are {which} in rows and "
-            "columns of encoded utterances: the similarity store is damaged or incomplete (only "
-            f"{sorted(NAN_MEASURES)} write NaN, for scores they could not measure): recompute the pair "
-            "(python -m jobs.seqsim; delete its done markers to force it)"
-        )
-    rows = [r for r, k in zip(row_ids, keep_rows, strict=True) if k]
-    cols = [c for c, k in zip(col_ids, keep_cols, strict=True) if k]
-    return kept, rows, cols, int((~keep_rows).sum()), int((~keep_cols).sum())
-
-
-def drop_unranked(scores: np.ndarray, row_ids: Sequence) -> tuple[np.ndarray, list, int]:
-    """Leaves out the queries (rows) that hold a NaN score: a candidate whose score is unknown makes the query's
-    ranking unknown. Returns (scores f32[n', m], row_ids, rows left out)."""
-    ranked = ~np.isnan(scores).any(axis=1)
-    rows = [r for r, k in zip(row_ids, ranked, strict=True) if k]
-    return scores[ranked], rows, int((~ranked).sum())
-
-
-def score_matrix(
-    scores, row_ids, col_ids, *, scored=None, ks=DEFAULT_KS, ties="optimistic", measure=None
-) -> tuple[RetrievalMetrics, int, int, int]:
-    """RetrievalMetrics of one f32[N, M] matrix over its scored utterances (``drop_not_encoded``) and ranked
-    queries (``drop_unranked``), with the counts of rows and columns not encoded and of queries unranked."""
-    kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids, scored, measure=measure)
-    kept, rows, unranked = drop_unranked(kept, rows)
-    if not rows or not cols:
-        return unmeasured(ks, excluded=len(rows)), dropped_rows, dropped_cols, unranked
-    return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties), dropped_rows, dropped_cols, unranked
-
-
 def resolve_out(similarity: str, out: str | None) -> str:
     """The output folder: ``out``, else the similarity store itself when it is a local folder."""
     if out:
@@ -289,28 +187,6 @@ def _done(reader, measure: str, query: str, searched: str) -> set[int]:
         return set(reader.done(measure, query, searched))
     except SimilarityError:
         return set()
-
-
-def score_subset(matrix, row_ids, col_ids, scored, kept_ids: set, draws: dict, key, config, where, comparison: list):
-    """Like ``score_matrix``, on the ids of ``kept_ids`` only; appends the full / challenge / size-matched rows of
-    ``where`` = (lang_a, lang_b, layer, measure) to ``comparison``. ``draws[key]``: the random subsets of the pair,
-    drawn at its first scored matrix from the ids shared by its rows and columns, then reused for every layer. The
-    sets are taken before unranked queries are left out (``drop_unranked``, over all scored columns, as in
-    ``score_matrix``), so that non-converged pairs remove those queries only, never candidates or draws."""
-    from engine.pipelines.retrieval import subset
-    measure = where[3]
-    full, rows, cols, dropped_a, dropped_b = drop_not_encoded(matrix, row_ids, col_ids, scored, measure=measure)
-    pool = set(rows) & set(cols)
-    full, rows, unranked = drop_unranked(full, rows)
-    if not pool or not rows:
-        return unmeasured(tuple(config.ks), excluded=len(rows)), dropped_a, dropped_b, unranked
-    kept = kept_ids & pool
-    if key not in draws:
-        draws[key] = subset.size_matched_draws(pool, len(kept), config.subset_draws, config.subset_seed, *key)
-    compared = subset.compare_subsets(full, rows, cols, kept, draws[key], ks=tuple(config.ks), ties=config.ties)
-    n_ids = {"full": len(pool), "challenge": len(kept), "size_matched": len(kept)}
-    comparison += subset.comparison_rows(*where, compared, n_ids)
-    return compared["challenge"], dropped_a, dropped_b, unranked
 
 
 def compute_scores(reader, config: RetrievalConfig, comparison: list | None = None):
@@ -374,7 +250,7 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
                         )
                     else:
                         where = (query, searched, layer, measure)
-                        metrics, dropped_a, dropped_b, unranked = score_subset(
+                        metrics, dropped_a, dropped_b, unranked = subset.score_subset(
                             matrix,
                             row_ids,
                             col_ids,
@@ -407,26 +283,6 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
     return tuple(scores), tuple(missing)
 
 
-def csv_bytes(scores: Sequence[DirectedScore]) -> bytes:
-    """The ``retrieval.csv`` table: CSV_COLUMNS, one row per directed pair, layer, measure and metric."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for s in scores:
-        for metric, value, random in s.values():
-            m = s.metrics
-            writer.writerow(
-                [s.lang_a, s.lang_b, s.layer, s.measure, metric, _na(value), _na(random), m.queries, m.excluded]
-                + [s.dropped_a, s.dropped_b, s.unranked]
-            )
-    return buf.getvalue().encode()
-
-
-def _na(value: float):
-    """NA for a metric that was not measured (no query with a partner), so that no reader takes it for 0."""
-    return "NA" if math.isnan(value) else value
-
-
 def unranked_summary(scores: Sequence[DirectedScore]) -> str:
     """A warning line on the queries left out because a score of theirs was not measured, per measure; "" if none."""
     by_measure: dict[str, list[int]] = {}
@@ -456,92 +312,12 @@ def unmeasured_pairs(scores: Sequence[DirectedScore]) -> list[tuple[str, str, st
     return sorted({(s.measure, s.lang_a, s.lang_b) for s in scores} - measured)
 
 
-def pick_figure_layer(scores: Sequence[DirectedScore], asked: int | None) -> int | None:
-    """``asked`` if scored, else the layer with the best mean R@k (the first k asked) of seqsim (or of the first
-    measure)."""
-    layers = sorted({s.layer for s in scores})
-    if asked is not None:
-        if asked not in layers:
-            raise RetrievalError(f"figure layer {asked} was not scored; choose one of {layers}")
-        return asked
-    if not scores:
-        return None
-    measures = list(dict.fromkeys(s.measure for s in scores))
-    measure = FIGURE_MEASURE if FIGURE_MEASURE in measures else measures[0]
-    first_recall = scores[0].values()[0][0]
-    means = {layer: value for layer, (value, _) in mean_over_pairs(scores, measure, first_recall).items()}
-    return max(layers, key=lambda layer: (means.get(layer, -1.0), -layer))  # ties: the earlier layer
-
-
-TINY_SET = 20  # a score resting on fewer queries than this is flagged: a few hits swing it by 0.05 or more
-
-
-def rests_on(scores: Sequence[DirectedScore]) -> str:
-    """What the scores rest on, for subtitles and reports: pairs and queries per directed pair."""
-    measured = [s.metrics.queries for s in scores if s.metrics.queries]
-    if not measured:
-        return "no directed pair measured"
-    pairs = len({(s.lang_a, s.lang_b) for s in scores if s.metrics.queries})
-    low, high = min(measured), max(measured)
-    return f"{pairs} directed pairs, n = {low if low == high else f'{low}-{high}'} queries each"
-
-
-def tiny_scores(scores: Sequence[DirectedScore]) -> list[DirectedScore]:
-    """Measured scores that rest on fewer than TINY_SET queries."""
-    return [s for s in scores if 0 < s.metrics.queries < TINY_SET]
-
-
-def _figures(scores: Sequence[DirectedScore], figure_layer: int, subtitle: str, top_layer: int) -> dict[str, bytes]:
-    from engine import figures  # matplotlib is only needed here
-
-    measures = list(dict.fromkeys(s.measure for s in scores))
-    langs = sorted({s.lang_a for s in scores} | {s.lang_b for s in scores})
-    index = {lang: i for i, lang in enumerate(langs)}
-    first_k = next(iter(scores[0].metrics.recall))
-    metric = f"R@{first_k}"
-    grids = {m: np.full((len(langs), len(langs)), np.nan) for m in measures}
-    curves: dict[str, dict[str, tuple[list[int], list[float], list[float]]]] = {m: {} for m in measures}
-    for s in scores:
-        if not s.metrics.queries:
-            continue  # nothing measured: an empty heatmap cell and no curve, never a 0
-        recall, random = s.metrics.recall[first_k], s.metrics.random_recall[first_k]
-        if s.layer == figure_layer:
-            grids[s.measure][index[s.lang_a], index[s.lang_b]] = recall
-        layers, values, randoms = curves[s.measure].setdefault(f"{s.lang_a}\u2192{s.lang_b}", ([], [], []))
-        layers.append(s.layer)
-        values.append(recall)
-        randoms.append(random)
-    at = f"{metric} at layer {figure_layer}" + (" = L+1, the ln_post output" if figure_layer == top_layer else "")
-    heatmap_scores = [s for s in scores if s.layer == figure_layer]
-    return {
-        HEATMAP_NAME: figures.heatmap_png(
-            grids, langs, title=at, metric=metric, subtitle=f"{subtitle}\n{rests_on(heatmap_scores)}"
-        ),
-        BY_LAYER_NAME: figures.by_layer_png(curves, metric=metric, subtitle=f"{subtitle}\n{rests_on(scores)}"),
-    }
-
-
-def write_results(
-    out: str, scores: Sequence[DirectedScore], figure_layer: int | None, subtitle: str = "", top_layer: int = -1
-) -> tuple[str, list[str]]:
-    """Writes the CSV and the figures under ``out``; returns their locations. ``subtitle``: the model and stores
-    the figures name; ``top_layer``: L+1, named as the ln_post output."""
-    _, kv = open_kvstore(out)
-    root = out.rstrip("/") + "/"
-    writes = {CSV_NAME: csv_bytes(scores)}
-    if scores and figure_layer is not None:
-        writes |= {FIGURES_DIR + name: png for name, png in _figures(scores, figure_layer, subtitle, top_layer).items()}
-    write_all(kv, writes, out)
-    paths = [root + key for key in writes]
-    return paths[0], paths[1:]
-
-
 def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
     """Scores, writes ``retrieval.csv`` and the figures, and returns everything (see the module docstring).
 
     ``reader``: an already open similarity store (notebooks, tests); default ``open_similarity(config.similarity)``.
     """
-    out = resolve_out(config.similarity, config.out)
+    out = resolve_out(config.similarity, config.run.out)
     if reader is None:
         reader = open_similarity(config.similarity)
     comparison: list = []
@@ -551,7 +327,6 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
     subtitle = f"{manifest['model_name']}; layer store {manifest['layer_store']}"
     csv_path, figure_paths = write_results(out, scores, figure_layer, subtitle, max(reader.layers))
     if config.subset is not None and comparison:
-        from engine.pipelines.retrieval import subset
         _, kv = open_kvstore(out)
         metric = f"R@{config.ks[0]}"
         writes = {

@@ -3,8 +3,8 @@
 A challenge set (``engine.pipelines.challenge.run``) keeps fewer ids than the full set, and a smaller pool alone raises
 R@1 (chance is 1/N). So ``jobs.retrieval --subset`` scores three things per directed pair, layer and measure: the
 full set, the challenge set (its kept ids only) and ``draws`` seeded random subsets of the full set with as many ids
-as kept (mean and 2.5-97.5% interval). ``engine.pipelines.retrieval.run`` calls these; they are pure functions of the
-matrices.
+as kept (mean and 2.5-97.5% interval). ``engine.pipelines.retrieval.run`` calls ``score_subset``; the others are pure
+functions of the matrices.
 
     OUT/subset_comparison.csv        SUBSET_COLUMNS
     OUT/figures/subset_by_layer.png  R@1 by layer: full, challenge, size-matched band
@@ -12,9 +12,14 @@ matrices.
 
 from __future__ import annotations
 
-import csv
-import io
+import zlib
 from collections.abc import Sequence
+
+import numpy as np
+
+from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked
+from engine.stores.kv import csv_bytes
+from kernels.metrics import retrieval_metrics, unmeasured
 
 SUBSET_CSV = "subset_comparison.csv"
 SUBSET_FIGURE = "figures/subset_by_layer.png"
@@ -37,8 +42,6 @@ SUBSET_COLUMNS = (
 
 def restrict(scores, row_ids: Sequence, col_ids: Sequence, ids: set):
     """The rows and columns of f32[N, M] ``scores`` whose id is in ``ids``: (f32[n, m], row ids, col ids)."""
-    import numpy as np
-
     rows = np.array([r in ids for r in row_ids], bool)
     cols = np.array([c in ids for c in col_ids], bool)
     kept = np.asarray(scores)[np.ix_(rows, cols)]
@@ -52,10 +55,6 @@ def restrict(scores, row_ids: Sequence, col_ids: Sequence, ids: set):
 def size_matched_draws(pool: Sequence[str], size: int, draws: int, seed: int, lang_a: str, lang_b: str) -> list:
     """``draws`` random subsets of ``size`` ids of ``pool`` (sorted first), reproducible from ``seed`` and the pair,
     and the same for every layer and measure of the pair, so that curves over layers compare like with like."""
-    import zlib
-
-    import numpy as np
-
     rng = np.random.default_rng([seed, zlib.crc32(f"{lang_a}|{lang_b}".encode())])
     pool = sorted(pool)
     return [set(rng.choice(pool, size=min(size, len(pool)), replace=False).tolist()) for _ in range(draws)]
@@ -64,10 +63,9 @@ def size_matched_draws(pool: Sequence[str], size: int, draws: int, seed: int, la
 def compare_subsets(scores, row_ids, col_ids, kept_ids: set, draws: list, *, ks, ties) -> dict:
     """Metrics of one finite matrix on the full set, the challenge set and each random subset.
 
-    scores: f32[N, M] with every row and column scored (``engine.pipelines.retrieval.run.drop_not_encoded`` applied).
+    scores: f32[N, M] with every row and column scored (``engine.pipelines.retrieval.scores.drop_not_encoded`` applied).
     Returns {"full": RetrievalMetrics, "challenge": RetrievalMetrics, "size_matched": [RetrievalMetrics, ...]}.
     """
-    from kernels.metrics import retrieval_metrics, unmeasured
 
     def metrics(ids):
         kept, rows, cols = restrict(scores, row_ids, col_ids, ids)
@@ -88,8 +86,6 @@ def _values(m) -> list[tuple[str, float, float]]:
 
 def comparison_rows(lang_a: str, lang_b: str, layer: int, measure: str, compared: dict, n_ids: dict) -> list[tuple]:
     """SUBSET_COLUMNS rows of one ``compare_subsets`` result; ``n_ids``: set name -> distinct ids."""
-    import numpy as np
-
     rows = []
     for name in ("full", "challenge"):
         for metric, value, random in _values(compared[name]):
@@ -108,18 +104,35 @@ def comparison_rows(lang_a: str, lang_b: str, layer: int, measure: str, compared
     return rows
 
 
+def score_subset(matrix, row_ids, col_ids, scored, kept_ids: set, draws: dict, key, config, where, comparison: list):
+    """Like ``score_matrix``, on the ids of ``kept_ids`` only; appends the full / challenge / size-matched rows of
+    ``where`` = (lang_a, lang_b, layer, measure) to ``comparison``. ``draws[key]``: the random subsets of the pair,
+    drawn at its first scored matrix from the ids shared by its rows and columns, then reused for every layer. The
+    sets are taken before unranked queries are left out (``drop_unranked``, over all scored columns, as in
+    ``score_matrix``), so that non-converged pairs remove those queries only, never candidates or draws."""
+    measure = where[3]
+    full, rows, cols, dropped_a, dropped_b = drop_not_encoded(matrix, row_ids, col_ids, scored, measure=measure)
+    pool = set(rows) & set(cols)
+    full, rows, unranked = drop_unranked(full, rows)
+    if not pool or not rows:
+        return unmeasured(tuple(config.ks), excluded=len(rows)), dropped_a, dropped_b, unranked
+    kept = kept_ids & pool
+    if key not in draws:
+        draws[key] = size_matched_draws(pool, len(kept), config.subset_draws, config.subset_seed, *key)
+    compared = compare_subsets(full, rows, cols, kept, draws[key], ks=tuple(config.ks), ties=config.ties)
+    n_ids = {"full": len(pool), "challenge": len(kept), "size_matched": len(kept)}
+    comparison += comparison_rows(*where, compared, n_ids)
+    return compared["challenge"], dropped_a, dropped_b, unranked
+
+
 def subset_csv_bytes(rows: Sequence[tuple]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SUBSET_COLUMNS)
-    writer.writerows(rows)
-    return buf.getvalue().encode()
+    return csv_bytes(SUBSET_COLUMNS, rows)
 
 
 def subset_figure(rows: Sequence[tuple], metric: str = "R@1", subtitle: str = "") -> bytes:
     """PNG: ``metric`` by layer for the full set, the challenge set and the size-matched random subsets (a band:
     the 95% interval over draws), one panel per directed pair of the first measure."""
-    from engine import figures
+    from engine import figures  # lazy: matplotlib, an optional dependency, only when figures are drawn
 
     measure = rows[0][3]
     own = [r for r in rows if r[3] == measure and r[5] == metric]

@@ -1,0 +1,109 @@
+"""Retrieval on one similarity matrix: the utterances it scored, the queries it can rank, and their R@k and MRR.
+
+A matrix's rows and columns of utterances that were not encoded when it was computed are dropped and counted
+(``drop_not_encoded``: the similarity store's done marker records which rows and columns it scored). A measure of
+``NAN_MEASURES`` (``ot``, ``engine.pipelines.similarity.measures``) writes NaN for a score it could not measure; a
+query holding such a score cannot be ranked and is left out and counted (``drop_unranked``). NaN or inf among the
+scored utterances of any other measure, or inf in ``ot``, is a damaged store: ``RetrievalError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.errors import BabelgridError, ShapeError
+from engine.pipelines.similarity.measures import NAN_MEASURES
+from kernels.metrics import DEFAULT_KS, RetrievalMetrics, retrieval_metrics, unmeasured
+
+
+class RetrievalError(BabelgridError, ValueError):
+    """Retrieval cannot run as asked: unknown measure, layer or language, no output folder, bad scores."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DirectedScore:
+    """Retrieval from ``lang_a`` (queries) into ``lang_b`` at one layer under one measure."""
+
+    lang_a: str
+    lang_b: str
+    layer: int
+    measure: str
+    metrics: RetrievalMetrics
+    dropped_a: int  # rows of utterances not encoded
+    dropped_b: int  # columns of utterances not encoded
+    unranked: int = 0  # scored queries left out: a score of theirs was not measured (NaN, ot not converged)
+
+    def values(self) -> list[tuple[str, float, float]]:
+        """(metric name, value, random baseline) for R@k in ks order, then MRR."""
+        m = self.metrics
+        return [(f"R@{k}", m.recall[k], m.random_recall[k]) for k in m.recall] + [("MRR", m.mrr, m.random_mrr)]
+
+
+def mean_over_pairs(scores: Sequence[DirectedScore], measure: str, metric: str) -> dict[int, tuple[float, float]]:
+    """layer -> (mean value, mean random baseline) of ``metric`` over the directed pairs that have queries."""
+    by_layer: dict[int, list[tuple[float, float]]] = {}
+    for s in scores:
+        if s.measure == measure and s.metrics.queries:
+            value, random = next((v, r) for name, v, r in s.values() if name == metric)
+            by_layer.setdefault(s.layer, []).append((value, random))
+    return {layer: tuple(np.mean(v, axis=0)) for layer, v in sorted(by_layer.items())}
+
+
+def drop_not_encoded(scores: np.ndarray, row_ids: Sequence, col_ids: Sequence, scored=None, *, measure=None):
+    """Keeps the rows and columns of utterances that were scored (done in the layer store when the matrix was made).
+
+    scores: f32[N, M]. ``scored``: ``(bool[N], bool[M])`` as the similarity store's done marker records them
+    (``SimilarityReader.scored``). Only for matrices written before markers recorded them (``scored=None``) are
+    they inferred: a column is dropped when it is NaN on every row, a row when it is NaN on every remaining column.
+    Returns (scores f32[n, m], row_ids, col_ids, dropped rows, dropped columns). NaN or inf left among scored
+    utterances is an error (the store is damaged), except NaN where ``measure`` is one of ``NAN_MEASURES``: those
+    scores were not measured and are kept as NaN for ``drop_unranked``.
+    """
+    scores = np.asarray(scores, np.float32)
+    if scores.ndim != 2 or scores.shape != (len(row_ids), len(col_ids)):
+        expected = [len(row_ids), len(col_ids)]
+        raise ShapeError(f"scores must be f32[len(row_ids), len(col_ids)] = {expected}, got {list(scores.shape)}")
+    if scored is None:
+        nan = np.isnan(scores)
+        keep_cols = ~nan.all(axis=0)
+        keep_rows = ~nan[:, keep_cols].all(axis=1) if keep_cols.any() else np.zeros(len(row_ids), bool)
+    else:
+        keep_rows, keep_cols = (np.asarray(m, bool) for m in scored)
+        if keep_rows.shape != (len(row_ids),) or keep_cols.shape != (len(col_ids),):
+            raise ShapeError(f"scored masks must be bool[{len(row_ids)}] and bool[{len(col_ids)}]")
+    kept = scores[np.ix_(keep_rows, keep_cols)]
+    bad = np.isinf(kept) if measure in NAN_MEASURES else ~np.isfinite(kept)
+    if bad.any():
+        which = "inf" if measure in NAN_MEASURES else "NaN or inf"
+        raise RetrievalError(
+            f"{int(bad.sum())} scores{'' if measure is None else f' of measure {measure!r}'} are {which} in rows and "
+            "columns of encoded utterances: the similarity store is damaged or incomplete (only "
+            f"{sorted(NAN_MEASURES)} write NaN, for scores they could not measure): recompute the pair "
+            "(python -m jobs.seqsim; delete its done markers to force it)"
+        )
+    rows = [r for r, k in zip(row_ids, keep_rows, strict=True) if k]
+    cols = [c for c, k in zip(col_ids, keep_cols, strict=True) if k]
+    return kept, rows, cols, int((~keep_rows).sum()), int((~keep_cols).sum())
+
+
+def drop_unranked(scores: np.ndarray, row_ids: Sequence) -> tuple[np.ndarray, list, int]:
+    """Leaves out the queries (rows) that hold a NaN score: a candidate whose score is unknown makes the query's
+    ranking unknown. Returns (scores f32[n', m], row_ids, rows left out)."""
+    ranked = ~np.isnan(scores).any(axis=1)
+    rows = [r for r, k in zip(row_ids, ranked, strict=True) if k]
+    return scores[ranked], rows, int((~ranked).sum())
+
+
+def score_matrix(
+    scores, row_ids, col_ids, *, scored=None, ks=DEFAULT_KS, ties="optimistic", measure=None
+) -> tuple[RetrievalMetrics, int, int, int]:
+    """RetrievalMetrics of one f32[N, M] matrix over its scored utterances (``drop_not_encoded``) and ranked
+    queries (``drop_unranked``), with the counts of rows and columns not encoded and of queries unranked."""
+    kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids, scored, measure=measure)
+    kept, rows, unranked = drop_unranked(kept, rows)
+    if not rows or not cols:
+        return unmeasured(ks, excluded=len(rows)), dropped_rows, dropped_cols, unranked
+    return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties), dropped_rows, dropped_cols, unranked

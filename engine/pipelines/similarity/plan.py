@@ -1,0 +1,223 @@
+"""The plan of a seqsim run (``--plan``): the pairs, layers and frames from the layer store's lengths, each
+measure's FLOPs and time.
+
+SeqSim, per language pair and layer: ``2*N*M*m*n*d`` FLOPs for N x M utterances cropped to m and n frames
+(``kernels.seqsim`` crops to the longest utterance). DTW and OT cost ``N*M*m*n`` cells per pair and layer as well,
+but their time is set by the wavefront and by the Sinkhorn iterations, which depend on the states: both are timed
+here on a sample of the store's own utterances (``calibrate_pair_measure``) and scaled by cells; their FLOPs count
+the cosine cost matrix only (``2*d`` a cell).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.pipelines.similarity.measures import COSTS, MEASURES, SEQSIM, MeasureContext, Side
+from engine.runtime.plan import EFFICIENCY, Device, Plan, Stage, flops, size, timed
+from engine.stores.reader import open_store
+from engine.stores.similarity import resolve_pairs
+from kernels.ot import OtConfig
+from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
+
+
+def calibrate_seqsim(d: int, dtype: str, n: int = 8, frames: int = 256) -> float:
+    """FLOP/s of ``kernels.seqsim.seqsim_matrix`` on this machine, on n x n random utterances of ``frames``."""
+    x = jax.random.normal(jax.random.key(0), (2, n, frames, d), jnp.dtype(dtype))
+    lengths = jnp.full((n,), frames, jnp.int32)
+    seconds = timed(lambda a, b: seqsim_matrix(a, lengths, b, lengths), x[0], x[1])
+    return 2.0 * n * n * frames * frames * d / seconds
+
+
+CELL_MEASURES = tuple(m.name for m in MEASURES.values() if m.kernel.cost.kind == "cells")  # timed on real states
+CALIBRATION_UTTERANCES = 16  # per language, spread over its utterances, for the dtw and ot calibration
+
+
+def calibrate_pair_measure(measure: str, sample, ot_config=None) -> tuple[float, float]:
+    """(cells per second, seconds of compilation) of ``measure`` (one of ``CELL_MEASURES``: dtw, ot) on this machine,
+    through its registry kernel call, cells counted as ``N*M*m*n`` with frames cropped to the longest; on
+    ``sample = (A, len_A, B, len_B)``: real states of two languages (``f[N, m, embed]``, ``i32[N]``). Sinkhorn's
+    iterations depend on the states: random ones would not do."""
+    if measure not in CELL_MEASURES:
+        raise ValueError(f"calibrate_pair_measure times {CELL_MEASURES}, not {measure!r}")
+    A, len_A, B, len_B = sample
+    A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]
+    sides = [Side(np.arange(len(x)), n, x) for x, n in ((A, len_A), (B, len_B))]
+    context = MeasureContext(str(A.dtype), ot_config or OtConfig())
+    kernel = MEASURES[measure].kernel
+
+    def fn():
+        return kernel.call(*sides, context, frozenset({measure}))[measure].values
+
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t
+    seconds = timed(fn, repeats=1)
+    return float(A.shape[0] * B.shape[0] * A.shape[1] * B.shape[1]) / seconds, max(first - seconds, 0.0)
+
+
+def plan_seqsim(
+    lengths: Mapping[str, np.ndarray],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    d: int,
+    n_layers: int,
+    storage_dtype: str,
+    dtype: str,
+    device: Device | None,
+    store: str,
+    measures: Sequence[str] = ("seqsim",),
+    sample=None,
+    ot_config=None,
+) -> Plan:
+    """The plan of a seqsim run of ``measures`` over ``pairs`` of languages at ``n_layers`` layers; ``lengths[lang]``:
+    each utterance's frames (0 = not encoded). ``sample``: real states ``(A, len_A, B, len_B)`` to time dtw and ot
+    on (``calibrate_pair_measure``); needed when ``measures`` has either."""
+    done = {lang: np.asarray(v)[np.asarray(v) > 0] for lang, v in lengths.items()}
+    # The job reads each language up to its longest utterance, so seqsim_matrix's crop to a FRAME_QUANTUM multiple
+    # never pads further: a language's frames as computed are its longest length.
+    padded = {lang: int(v.max(initial=1)) for lang, v in done.items()}
+    itemsize, sbytes = jnp.dtype(dtype).itemsize, jnp.dtype(storage_dtype).itemsize
+    asked = [entry for name, entry in MEASURES.items() if name in measures]  # stages in the registry's order
+    kernels = {kind: list({m.kernel.name: m.kernel for m in asked if m.kernel.cost.kind == kind}.values())
+               for kind in COSTS}  # fmt: skip
+    matmul = SEQSIM.cost  # the seqsim kernel's counts are reported whether or not it is asked
+    useful = sum(matmul.useful_flops(done[a], done[b], d) for a, b in pairs) * n_layers
+    work = sum(matmul.flops(len(done[a]), len(done[b]), padded[a], padded[b], d) for a, b in pairs) * n_layers
+    # Per layer, each language of a pair is read once (the job caches a layer's languages), padded to its longest.
+    langs = sorted({lang for pair in pairs for lang in pair})
+    read = sum(len(done[lang]) * padded[lang] * d * sbytes for lang in langs) * n_layers
+    written = sum(len(lengths[a]) * len(lengths[b]) * 4 for a, b in pairs) * n_layers
+
+    t0 = time.perf_counter()
+    rate = calibrate_seqsim(d, dtype)
+    dev = None
+    if device is not None:
+        dev = max(work / (device.flops(dtype) * EFFICIENCY), work / (2 * d) * 4 * 2 / device.bandwidth)
+
+    def produced(kernel) -> list[str]:
+        return [m.name for m in asked if m.kernel is kernel]
+
+    stages = []
+    for kernel in kernels["matmul"]:  # seqsim: one call writes each of its measures asked
+        stages.append(Stage(kernel.name, work, float(read), float(written) * len(produced(kernel)), work / rate, dev))
+    # dtw and ot crop to each language's longest utterance too.
+    cells = sum(float(len(done[a]) * len(done[b]) * padded[a] * padded[b]) for a, b in pairs) * n_layers
+    cell_rates = {}
+    for kernel in kernels["cells"]:
+        if sample is None:
+            raise ValueError(f"planning the {kernel.name} measure needs a sample of real states to time it on")
+        cell_rates[kernel.name], compile_s = calibrate_pair_measure(kernel.name, sample, ot_config)
+        read_here = 0.0 if stages else float(read)  # one read of a layer's states serves every measure
+        # The run compiles as the calibration did (once per tile shape; counted once).
+        seconds = cells / cell_rates[kernel.name] + compile_s
+        flops_ = sum(kernel.cost.flops(len(done[a]), len(done[b]), padded[a], padded[b], d) for a, b in pairs)
+        stages.append(Stage(kernel.name, flops_ * n_layers, read_here, float(written), seconds, None))
+    pooled = [m for m in measures if MEASURES[m].kernel.cost.kind == "negligible"]
+    if pooled:
+        pooled_read = 0.0 if stages else float(read)
+        no_time = None if device is None else 0.0
+        stages.append(Stage(",".join(pooled), 0.0, pooled_read, float(written) * len(pooled), 0.0, no_time))
+    calib_s = time.perf_counter() - t0
+
+    platform = jax.devices()[0].platform
+    largest = max(pairs, key=lambda p: len(done[p[0]]) * len(done[p[1]]) * padded[p[0]] * padded[p[1]])
+    a, b = largest
+    n_a, n_b, m, n = len(done[a]), len(done[b]), padded[a], padded[b]
+
+    def blocks(budget: int, on: str) -> str:
+        ba, bb = choose_blocks(n_a, n_b, m, n, d, jnp.dtype(dtype), budget, platform=on)
+        working = 2 * 4 * ba * m * bb * n + itemsize * (d + 2) * (ba * m + bb * n)
+        return f"blocks of {ba} x {bb} utterances ({size(working)} working set, budget {size(budget)})", working
+
+    here_blocks, working = blocks(default_memory_budget(), platform)
+    # The job keeps every language of the layer it is scoring loaded (on the device) until the layer is done.
+    layer_states = sum(len(done[lang]) * padded[lang] * d * itemsize for lang in langs)
+    peak = layer_states + working + n_a * n_b * 4 * 3
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory_lines = [
+        f"largest pair {a}:{b}: {n_a} x {n_b} utterances of <= {m} x {n} frames",
+        f"here ({platform}): {here_blocks}",
+        f"one layer of every language in {dtype}, held while that layer's pairs are scored: {size(layer_states)}; "
+        f"fits here ({size(host)} RAM): {'yes' if layer_states < 0.8 * host else 'NO'}",
+    ]
+    if device is not None:
+        on = "tpu" if device.name.startswith("TPU") else "gpu"
+        device_blocks, _ = blocks(int(device.memory // 4), on)  # kernels.seqsim uses a quarter of free memory
+        fits = layer_states < 0.9 * device.memory
+        memory_lines += [
+            f"on {device.name}: {device_blocks}",
+            f"one layer of every language fits on {device.name}: "
+            + ("yes" if fits else "NO: split the languages over runs (--pairs, --langs)"),
+        ]
+    counts = [
+        ("store", store),
+        ("languages", f"{len(langs)}, {len(pairs)} pairs, {n_layers} layers, d={d}"),
+        ("utterances", str(sum(len(done[lang]) for lang in langs))),
+        ("frames", str(int(sum(done[lang].sum() for lang in langs)))),
+        ("measures", f"{', '.join(measures)}: {len(measures)} matrices per pair and layer"),
+        ("seqsim FLOPs", f"{flops(useful)} on valid frames, {flops(work)} as computed (frames padded per pair)"),
+    ]
+    calibration = (
+        f"{platform} x {jax.local_device_count()}: seqsim kernel at {rate / 1e9:.1f} GFLOP/s on 8 x 8 utterances "
+        f"of 256 frames"
+    )
+    calibration += "".join(
+        f"; {m} at {r / 1e6:.1f} M cells/s on a sample of {CALIBRATION_UTTERANCES} x {CALIBRATION_UTTERANCES} "
+        "utterances"
+        for m, r in cell_rates.items()
+    )
+    calibration += f" (calibration took {calib_s:.1f} s)"
+    assumptions = ["mean, centre and duration are negligible beside the others"]
+    if cell_rates:
+        assumptions.append(
+            "dtw and ot take as long per cell as on the calibration sample (ot: as many Sinkhorn iterations); their "
+            "FLOPs are the cosine cost matrix only, and they are not estimated on --plan_device"
+        )
+    return Plan("seqsim", counts, stages, peak, memory_lines, device, calibration, assumptions)
+
+
+def plan_seqsim_run(config, device: Device | None) -> Plan:
+    reader = open_store(config.store)
+    info = reader.info
+    langs = list(config.langs) if config.langs else reader.languages()
+    pairs = resolve_pairs(config.pairs, langs, reader.languages())
+    layers = config.layers if config.layers is not None else info.layers
+    lengths = {lang: np.asarray(reader.lengths(lang)) for lang in langs}
+    sample = None
+    if any(m in CELL_MEASURES for m in config.measures):
+        a, b = max(pairs, key=lambda p: int((lengths[p[0]] > 0).sum()) * int((lengths[p[1]] > 0).sum()))
+        sample = _sample_states(reader, (a, b), lengths, layers[len(layers) // 2], config.dtype)
+    return plan_seqsim(
+        lengths,
+        pairs,
+        d=info.dims.n_audio_state,
+        n_layers=len(layers),
+        storage_dtype=info.dtype,
+        dtype=config.dtype,
+        device=device,
+        store=config.store,
+        measures=tuple(dict.fromkeys(config.measures)),
+        sample=sample,
+        ot_config=config.ot,
+    )
+
+
+def _sample_states(reader, pair: tuple[str, str], lengths: Mapping[str, np.ndarray], layer: int, dtype: str):
+    """``(A, len_A, B, len_B)``: ``CALIBRATION_UTTERANCES`` done utterances of each language of ``pair``, evenly
+    spread, at ``layer`` (the middle one planned), read from the store as the job reads them."""
+    out = []
+    for lang in pair:
+        done = np.flatnonzero(lengths[lang] > 0)
+        index = done[np.unique(np.linspace(0, len(done) - 1, CALIBRATION_UTTERANCES).astype(int))]
+        n = lengths[lang][index].astype(np.int32)
+        states, _ = reader.language_layer(
+            lang, layer, utterances=index, dtype=jnp.dtype(dtype), frames=int(n.max()), zero_padding=False
+        )
+        out += [jnp.asarray(states), jnp.asarray(n)]
+    return tuple(out)
