@@ -22,8 +22,8 @@ from scipy.stats import ttest_rel
 
 from engine.data.audio import SAMPLE_RATE, encoder_frames, load_audio
 from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.interp.reader import read_pairs, read_summary
-from engine.pipelines.interp.run import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
