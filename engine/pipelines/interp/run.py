@@ -65,6 +65,7 @@ from engine.pipelines.interp.report import summarize, summary_csv_bytes, write_f
 from engine.pipelines.interp.unit import unit_part
 from engine.pipelines.similarity.run import resolve_pairs
 from engine.runtime.claims import WorkClaims
+from engine.runtime.faults import fault_point
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import table_bytes
 from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
@@ -141,6 +142,7 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
                 a, b, layer, upairs = units[claim.unit]
                 data, n_rows = unit_part(reader, language[a], language[b], layer, upairs, config, phone_cache,
                                          summary)  # fmt: skip
+                fault_point("before_part")
                 write_value(kv, claim.unit, data, out)  # one write: the part's metadata is its done marker
                 summary.word_pairs += n_rows
                 loop.done(claim)
