@@ -9,28 +9,22 @@ Writes OUT/probe.csv, OUT/relations.csv and OUT/figures/probe_by_layer.png; libr
 
 from __future__ import annotations
 
-from absl import flags
-
 from engine.pipelines.probe.run import ProbeConfig, run_probe
 from jobs import common
 
-common.define_store_flag("layer store of single-word clips, id = concept (e.g. encoded from --dataset words-demo)")
-common.define_out_flag("output folder or TensorStore kvstore URL")
-flags.DEFINE_string("relations", None, "CSV lang_a,word_a,lang_b,word_b,relation (default: generate them)")
-common.define_langs_flag()
-flags.DEFINE_string("layers", "all", "layers: 'all', a list '0,3,7' or ranges '1-4'")
-flags.DEFINE_integer("seeds", 5, "bootstrap resamples per estimate")
-flags.DEFINE_integer("seed", 0, "seed of the bootstrap and of the generated unrelated pairs")
-common.define_run_flags(strict=True, lease=False)
-FLAGS = flags.FLAGS
+common.define_config_flags(
+    ProbeConfig,
+    __name__,
+    run=("out", "progress", "kvstore_spec", "strict", "matmul_precision"),
+    required=("out",),
+    help={"out": "output folder or TensorStore kvstore URL"},
+)
 
 
 def main() -> int:
-    config = common.config_from_flags(
-        ProbeConfig, langs=common.parse_list(FLAGS.langs), layers=common.parse_layers(FLAGS.layers)
-    )
+    config = common.config_from_flags(ProbeConfig)
     summary = run_probe(config)
-    return common.finish(summary, summary.outputs)
+    return common.finish(summary, summary.outputs, strict=config.run.strict)
 
 
 if __name__ == "__main__":

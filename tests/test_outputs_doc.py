@@ -3,13 +3,13 @@
 import pathlib
 import re
 
-from engine.pipelines.challenge import run as challenge
 from engine.pipelines.decode.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.pipelines.finetune.run import METRIC_FIELDS
-from engine.pipelines.interp.run import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.probe import run as probe
 from engine.pipelines.retrieval import subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
+from engine.stores import challenge
 from engine.stores.schema import _PARQUET_SCHEMA, INFO_FIELDS
 from engine.stores.similarity import done_marker
 from engine.stores.words import WORD_SCHEMA

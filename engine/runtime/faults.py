@@ -3,7 +3,8 @@
 ``BABELGRID_FAULT_KILL="<point>:<N>"`` makes the process SIGKILL itself when ``fault_point(point)`` has been reached
 N times in this process (``count`` adds several at once). The points a job offers:
 
-- ``before_part``: align and decode, right before a part is written (the unit's claim is held, nothing written);
+- ``before_part``: align, decode and interp, right before a part is written (the unit's claim is held, nothing
+  written);
 - ``after_matrix``: seqsim, right after a matrix of a (layer, pair) unit is written, before the unit's claim is
   released;
 - ``after_states``: encode, right after an utterance's states shard committed, before its length marker is queued

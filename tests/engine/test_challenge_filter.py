@@ -7,7 +7,9 @@ import types
 import numpy as np
 import pytest
 
-from engine.pipelines.challenge import run as challenge
+from engine.pipelines.challenge import rules as challenge
+from engine.pipelines.challenge.run import summary_rows
+from engine.stores.challenge import ChallengeError
 from engine.text import soundalike
 from engine.text.phones import PhonesError, espeak_voice
 
@@ -32,7 +34,7 @@ def test_a_shared_name_or_number_is_removed_and_named():
 def test_translations_without_a_shortcut_are_kept():
     dog = flag("de", "Der Hund bellt.", "en", "The dog barks.")
     assert dog.kept and dog.reason == "" and dog.evidence == ()
-    assert dog.min_distance >= challenge.DEFAULT_PHONE_THRESHOLD
+    assert dog.min_distance >= soundalike.DEFAULT_PHONE_THRESHOLD
     # Germanic cognates are what the sound rule is for: de "schläft" / en "sleeps" is 0.07 apart.
     assert not flag("de", "Der Hund schläft.", "en", "The dog sleeps.").kept
 
@@ -41,7 +43,9 @@ def test_a_cognate_is_removed_at_the_default_threshold_with_its_distance():
     phone = flag("de", "Wo ist mein Telefon?", "en", "Where is my telephone?")
     assert not phone.kept and phone.reasons == (challenge.SOUND_ALIKE,)
     (evidence,) = phone.evidence
-    assert evidence.startswith("telefon~telephone ") and float(evidence.split()[-1]) < challenge.DEFAULT_PHONE_THRESHOLD
+    assert (
+        evidence.startswith("telefon~telephone ") and float(evidence.split()[-1]) < soundalike.DEFAULT_PHONE_THRESHOLD
+    )
     # Above the threshold it stays: the verdict follows the threshold, not a word list.
     assert flag("de", "Wo ist mein Telefon?", "en", "Where is my telephone?", phone_threshold=0.1).kept
 
@@ -58,7 +62,7 @@ def test_summary_counts_the_chosen_threshold_as_the_flags_do():
         "c": flag("en", "It opened in 2019.", "es", "Se abrió en 2019."),
     }
     choice = soundalike.ThresholdChoice(0.16, soundalike.FIXED, (0.05, 0.15, 0.3, math.nan))
-    rows = {r[2]: r for r in challenge.summary_rows("de", "en", flags, choice)}
+    rows = {r[2]: r for r in summary_rows("de", "en", flags, choice)}
     assert rows[0.16][3:] == (1, "fixed", 3, sum(f.kept for f in flags.values()), 1, 1, 4, 0.5)
     assert rows[0.1][3:5] == (0, "") and rows[0.1][6] == 2  # the cognate is kept below its distance
     assert rows[0.1][-1] == 0.25 and rows[0.25][-1] == 0.5  # the mismatched pairs' flag rate per rung; NaN never
@@ -217,24 +221,24 @@ def test_spacy_entities_count_as_names_where_the_heuristic_misses(fake_spacy):
     assert "name Zürich=Zurich" in found.evidence
     # An explicit pipeline per language wins over the installed one found by prefix.
     blank = challenge.FilterConfig(ner=True, ner_models=(("de", "de_blank"),))
-    with pytest.raises(challenge.ChallengeError, match=r"'de_blank'.*no entity component.*\['tok2vec'\]"):
+    with pytest.raises(ChallengeError, match=r"'de_blank'.*no entity component.*\['tok2vec'\]"):
         challenge.flag_pair(*ZURICH, blank, BOOK)
 
 
 def test_spacy_without_a_pipeline_for_the_language_is_an_error_naming_the_fix(fake_spacy):
     fake_spacy.remove("de_fake")
-    with pytest.raises(challenge.ChallengeError, match=r"no pipeline for 'de'.*de_\*.*spacy download de_core_news_sm"):
+    with pytest.raises(ChallengeError, match=r"no pipeline for 'de'.*de_\*.*spacy download de_core_news_sm"):
         flag(*ZURICH, ner=True)
     fake_spacy.append("xx_fake")  # a multi-language pipeline serves every language without its own
-    with pytest.raises(challenge.ChallengeError, match=r"cannot load pipeline 'xx_fake' for 'de'"):
+    with pytest.raises(ChallengeError, match=r"cannot load pipeline 'xx_fake' for 'de'"):
         flag(*ZURICH, ner=True)
-    with pytest.raises(challenge.ChallengeError, match=r"ner_models .* without ner"):
+    with pytest.raises(ChallengeError, match=r"ner_models .* without ner"):
         challenge.FilterConfig(ner_models=(("de", "x"),))
 
 
 def test_ner_without_spacy_is_an_error_not_a_silent_fallback(monkeypatch):
     monkeypatch.setitem(sys.modules, "spacy", None)  # import spacy raises ImportError, installed or not
     challenge.spacy_pipeline.cache_clear()
-    with pytest.raises(challenge.ChallengeError, match=r"needs spaCy, which is not installed: pip install spacy"):
+    with pytest.raises(ChallengeError, match=r"needs spaCy, which is not installed: pip install spacy"):
         flag(*ZURICH, ner=True)
     challenge.spacy_pipeline.cache_clear()

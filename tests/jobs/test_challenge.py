@@ -14,10 +14,12 @@ import sys
 import numpy as np
 import pytest
 
+from engine.pipelines.challenge import rules
 from engine.pipelines.challenge import run as challenge
 from engine.pipelines.retrieval import subset as subset_lib
 from engine.pipelines.retrieval.run import RetrievalConfig, run_retrieval
 from engine.runtime.options import configure
+from engine.stores import challenge as files
 from engine.stores.layers import LayerStore
 from engine.stores.schema import UtteranceRow
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
@@ -73,21 +75,23 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     table = {r["id"]: r for r in read(out / "en__de.csv")}
-    assert list(table["s0"]) == list(challenge.PAIR_COLUMNS)
+    assert list(table["s0"]) == list(files.PAIR_COLUMNS)
     assert {uid for uid, r in table.items() if r["kept"] == "1"} == {"s3", "s4"}
     assert "Paris" in table["s0"]["evidence"] and "2019" in table["s1"]["evidence"]
     assert table["s2"]["reason"] == "sound_alike" and "telephone~telefon" in table["s2"]["evidence"]
     summary = read(out / "summary.csv")
     (chosen,) = [r for r in summary if r["chosen"] == "1"]
-    assert float(chosen["phone_threshold"]) == challenge.DEFAULT_PHONE_THRESHOLD and chosen["threshold_rule"] == "fixed"
+    assert (
+        float(chosen["phone_threshold"]) == soundalike.DEFAULT_PHONE_THRESHOLD and chosen["threshold_rule"] == "fixed"
+    )
     assert (chosen["pairs"], chosen["kept"], chosen["names_numbers"], chosen["mismatched_pairs"]) == (
         "5",
         "2",
         "2",
         "20",
     )
-    assert challenge.read_kept(str(out), "de", "en") == {"s3", "s4"}  # either file order
-    settings = json.loads((out / challenge.SETTINGS_JSON).read_text())
+    assert files.read_kept(str(out), "de", "en") == {"s3", "s4"}  # either file order
+    settings = json.loads((out / files.SETTINGS_JSON).read_text())
     assert (settings["phone_threshold"], settings["min_phones"], settings["ner"]) == (0.16, 4, False)
     assert settings["thresholds"]["en__de"]["threshold_rule"] == "fixed"
     assert settings["store"]["path"] == f"{tmp_path}/store/"
@@ -97,7 +101,9 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     assert bad.returncode != 0 and "'fr'" in bad.stderr
     # A language in the store without an espeak-ng voice: refused, naming the languages espeak-ng has.
     with pytest.raises(PhonesError, match=r"no voice for \['xx'\].*espeak-ng has.*\bde\b.*\ben\b"):
-        challenge.run_challenge(challenge.ChallengeConfig(str(tmp_path / "store"), str(tmp_path / "x"), "en:xx"))
+        challenge.run_challenge(
+            configure(challenge.ChallengeConfig, store=str(tmp_path / "store"), out=str(tmp_path / "x"), pairs="en:xx")
+        )
 
 
 def allowed_threshold(distances, rate, cap):
@@ -128,34 +134,34 @@ def test_auto_calibrates_each_pair_on_mismatched_pairs(tmp_path):
     # The reference: every mismatched pair (10 x 10 ids less the 10 translations: under --chance_pairs 200, so all)
     # judged one by one by the library filter, and the largest threshold flagging at most 10% of them.
     book = soundalike.PhoneBook()
-    loose = challenge.FilterConfig(phone_threshold=1.0)
-    distances = [challenge.flag_pair("en", texts[i][0], "de", texts[j][1], loose, book).min_distance
+    loose = rules.FilterConfig(phone_threshold=1.0)
+    distances = [rules.flag_pair("en", texts[i][0], "de", texts[j][1], loose, book).min_distance
                  for i in texts for j in texts if i != j]  # fmt: skip
-    want = allowed_threshold(distances, 0.1, challenge.DEFAULT_PHONE_THRESHOLD)
+    want = allowed_threshold(distances, 0.1, soundalike.DEFAULT_PHONE_THRESHOLD)
     (chosen,) = [r for r in read(out / "summary.csv") if r["chosen"] == "1"]
     assert float(chosen["phone_threshold"]) == want and chosen["mismatched_pairs"] == "90"
-    assert chosen["threshold_rule"] == ("chance" if want < challenge.DEFAULT_PHONE_THRESHOLD else "cap")
+    assert chosen["threshold_rule"] == ("chance" if want < soundalike.DEFAULT_PHONE_THRESHOLD else "cap")
     assert float(chosen["mismatched_flagged"]) == np.mean([d < want for d in distances]) <= 0.1
-    recorded = json.loads((out / challenge.SETTINGS_JSON).read_text())
+    recorded = json.loads((out / files.SETTINGS_JSON).read_text())
     assert recorded["phone_threshold"] == "auto" and recorded["chance_flag_rate"] == 0.1
     assert recorded["thresholds"]["en__de"]["phone_threshold"] == want
     # The verdicts follow the pair's threshold: kept = no shared name or number and nothing closer than it.
-    at_want = challenge.FilterConfig(phone_threshold=want)
-    kept = {uid for uid, (en, de) in texts.items() if challenge.flag_pair("en", en, "de", de, at_want, book).kept}
-    assert challenge.read_kept(str(out), "en", "de") == kept
+    at_want = rules.FilterConfig(phone_threshold=want)
+    kept = {uid for uid, (en, de) in texts.items() if rules.flag_pair("en", en, "de", de, at_want, book).kept}
+    assert files.read_kept(str(out), "en", "de") == kept
     assert f"phone_threshold {want:.4g}: " in proc.stdout and "of 90 mismatched pairs flagged" in proc.stdout
 
     # Fewer mismatched pairs than the calibration needs: the cap, and the summary says so.
-    few = challenge.run_challenge(challenge.ChallengeConfig(str(tmp_path / "store"), str(tmp_path / "few"), "en:de",
-                                                            chance_pairs=10))  # fmt: skip
+    few = challenge.run_challenge(configure(challenge.ChallengeConfig, store=str(tmp_path / "store"),
+                                            out=str(tmp_path / "few"), pairs="en:de", chance_pairs=10))  # fmt: skip
     assert (few.thresholds["en", "de"].threshold, few.thresholds["en", "de"].rule) == (0.16, "cap_too_few_mismatched")
     (chosen,) = [r for r in read(tmp_path / "few" / "summary.csv") if r["chosen"] == "1"]
     assert (chosen["threshold_rule"], chosen["mismatched_pairs"]) == ("cap_too_few_mismatched", "10")
     assert "too few mismatched pairs" in few.report()
-    with pytest.raises(challenge.ChallengeError, match="--phone_threshold must be 'auto' or a number"):
+    with pytest.raises(files.ChallengeError, match="--phone_threshold must be 'auto' or a number"):
         challenge.parse_threshold("high")
-    with pytest.raises(challenge.ChallengeError, match="chance_flag_rate must be in"):
-        challenge.ChallengeConfig("s", "o", chance_flag_rate=2.0)
+    with pytest.raises(files.ChallengeError, match="chance_flag_rate must be in"):
+        configure(challenge.ChallengeConfig, store="s", out="o", chance_flag_rate=2.0)
 
 
 def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp_path, monkeypatch):
@@ -163,7 +169,7 @@ def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp
     for lang, column in (("en", 0), ("de", 1), ("es", 1)):
         store.language(lang, rows(lang, column))
     out = tmp_path / "challenge"
-    config = challenge.ChallengeConfig(str(tmp_path / "store"), str(out), "en:de")
+    config = configure(challenge.ChallengeConfig, store=str(tmp_path / "store"), out=str(out), pairs="en:de")
     challenge.run_challenge(config)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
@@ -176,25 +182,27 @@ def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp
     )
     assert "chance_seed: folder has 0, this run 1" in proc.stderr and "chance_flag_rate: folder has 0.05" in proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # refused before any write
-    with pytest.raises(challenge.ChallengeError, match=r"store.path: folder has .*/store/', this run .*/other/'"):
+    with pytest.raises(files.ChallengeError, match=r"store.path: folder has .*/store/', this run .*/other/'"):
         challenge.run_challenge(dataclasses.replace(config, store=str(tmp_path / "other")))
 
     # The same settings (the store spelled another way) may add a pair: its rows join summary.csv.
     challenge.run_challenge(dataclasses.replace(config, store=f"file://{tmp_path}/store", pairs="en:es"))
     assert {(r["lang_a"], r["lang_b"]) for r in read(out / "summary.csv")} == {("en", "de"), ("en", "es")}
-    assert set(json.loads((out / challenge.SETTINGS_JSON).read_text())["thresholds"]) == {"en__de", "en__es"}
+    assert set(json.loads((out / files.SETTINGS_JSON).read_text())["thresholds"]) == {"en__de", "en__es"}
     assert (out / "en__de.csv").read_bytes() == before["en__de.csv"]
 
     # CSVs without the settings file (an older run): their settings are unknown, so they are refused too.
-    (out / challenge.SETTINGS_JSON).unlink()
-    with pytest.raises(challenge.ChallengeError, match=r"holds \['en__de.csv', 'en__es.csv', 'summary.csv'\] but no"):
+    (out / files.SETTINGS_JSON).unlink()
+    with pytest.raises(files.ChallengeError, match=r"holds \['en__de.csv', 'en__es.csv', 'summary.csv'\] but no"):
         challenge.run_challenge(config)
 
     # --ner without spaCy: refused before anything is written, never a silent fall-back to the heuristic.
     monkeypatch.setitem(sys.modules, "spacy", None)
-    challenge.spacy_pipeline.cache_clear()
-    with pytest.raises(challenge.ChallengeError, match="needs spaCy, which is not installed"):
-        challenge.run_challenge(dataclasses.replace(config, out=str(tmp_path / "ner"), ner=True))
+    rules.spacy_pipeline.cache_clear()
+    with pytest.raises(files.ChallengeError, match="needs spaCy, which is not installed"):
+        challenge.run_challenge(
+            dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(tmp_path / "ner")), ner=True)
+        )
     assert not list((tmp_path / "ner").glob("*"))
 
 
@@ -221,8 +229,8 @@ def sim_and_subset(tmp_path_factory):
         )
     subset = root / "challenge"
     subset.mkdir()
-    flags = {uid: challenge.PairFlag(uid in KEPT, () if uid in KEPT else ("x",), (), False, 1.0) for uid in IDS["en"]}
-    (subset / "de__en.csv").write_bytes(challenge.pair_csv_bytes(flags))
+    flags = {uid: rules.PairFlag(uid in KEPT, () if uid in KEPT else ("x",), (), False, 1.0) for uid in IDS["en"]}
+    (subset / "de__en.csv").write_bytes(files.pair_csv_bytes(flags))
     return root, scores, subset
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from engine.pipelines.finetune.data import PADDING, FinetuneError
 from engine.pipelines.finetune.run import METRIC_FIELDS, FinetuneConfig, run_finetune
+from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo, UtteranceRow
 from tests.conftest import TINY_DIMS
@@ -47,7 +48,7 @@ def config(store, out, model, **kw):
     base = dict(store=store, out=str(out), model=str(model), source_langs=("en",), target_lang="de", steps=6,
                 batch_size=4, learning_rate=1e-3, checkpoint_every=2, log_every=2, eval_langs=("en",), max_eval=2,
                 held_out=0.2)  # fmt: skip
-    return FinetuneConfig(**{**base, **kw})
+    return configure(FinetuneConfig, **{**base, **kw})
 
 
 @pytest.fixture(scope="module")

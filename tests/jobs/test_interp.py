@@ -22,8 +22,10 @@ from scipy.stats import ttest_rel
 
 from engine.data.audio import SAMPLE_RATE, encoder_frames, load_audio
 from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.interp.config import InterpConfig
+from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.interp.reader import read_pairs, read_summary
-from engine.pipelines.interp.run import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.pipelines.interp.run import run_interp
 from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
@@ -308,6 +310,24 @@ def test_standardised_cosines_through_flags(tmp_path):
         assert len(g) == 3
     refused = run_job(*args, check=False)  # the plain cosine into the same folder: another run
     assert refused.returncode != 0 and "standardise" in refused.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_units_and_survive_a_death(tmp_path):
+    """2 (pair, layer) units (en-de and de-en at layer 1) over 2 jax.distributed processes; process 1 dies right before
+    it writes its first part, holding that unit's claim; process 0 does its own unit and, after the claim expires, the
+    dead one's. The folder then equals, key for key and byte for byte, a one-process run's."""
+    from tests.jobs.test_scaleout import assert_same_store, run_with_a_death, taken_over
+
+    store, words, _ = planted_store(tmp_path)
+    settings = dict(store=str(store), words=str(words), pairs="ordered", poolings=("mean",))
+    args = ["--store", str(store), "--words", str(words), "--pairs", "ordered", "--pooling", "mean"]
+    two = tmp_path / "two"
+    survivor, _ = run_with_a_death("jobs.interp", [*args, "--out", str(two)], {"BABELGRID_FAULT_KILL": "before_part:1"})
+    assert taken_over(survivor) == 1 and "2 (pair, layer) units computed" in survivor, survivor
+    one = tmp_path / "one"
+    run_interp(configure(InterpConfig, out=str(one), progress=False, **settings))
+    assert_same_store(two, one)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -38,13 +38,15 @@ from jax.sharding import PartitionSpec as P
 from engine.axes import DATA
 from engine.dtypes import DTYPES
 from engine.languages import fleurs_to_whisper
+from engine.models.whisper.checkpoints.export import export_hf
 from engine.models.whisper.decoding import greedy_decode
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import silence_states
 from engine.pipelines.finetune import data as D
 from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
-from engine.runtime.options import check_choice
+from engine.pipelines.finetune.report import before_after_table, figures
+from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.parallel import data_mesh
 from engine.runtime.runs import RunSummary
 from engine.stores.reader import open_store
@@ -53,6 +55,7 @@ from engine.text import metrics as text_metrics
 log = logging.getLogger(__name__)
 METRIC_FIELDS = ("step", "split", "source_lang", "target_lang", "task", "metric", "value", "n")
 TASK_TOKENS = ("transcribe", "translate")
+COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters stay float32
 # Fields that change what is trained: a resume must match them all.
 HYPERPARAMETERS = ("store", "model", "source_langs", "target_lang", "targets", "task_token", "steps", "batch_size",
                    "learning_rate", "warmup_steps", "decay", "weight_decay", "clip_norm", "label_smoothing",
@@ -61,42 +64,53 @@ HYPERPARAMETERS = ("store", "model", "source_langs", "target_lang", "targets", "
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    store: str
-    out: str
-    source_langs: tuple[str, ...] = ("en",)
-    target_lang: str = "de"  # a store language (its transcriptions are the targets) or a Whisper code with targets
-    model: str | None = None  # the store's model (default: the packaged whisper-base)
-    targets: str | None = None  # TSV id<TAB>text instead of the store's target-language transcriptions
-    task_token: str = "transcribe"  # the prompt's task: <|sot|><|Y|><|task|><|notimestamps|>
-    eval_langs: tuple[str, ...] | None = None  # default: every store language with held-out ids
-    steps: int = 100
-    batch_size: int = 8
-    learning_rate: float = 1e-5
-    warmup_steps: int = 0
-    decay: str = "linear"
-    weight_decay: float = 0.01
-    clip_norm: float = 1.0
-    label_smoothing: float = 0.0
-    trainable: tuple[str, ...] = ("decoder",)
-    compute_dtype: str = "float32"
-    seed: int = 0
-    held_out: float = 0.2
-    ewc_lambda: float = 0.0
-    ewc_examples: int = 64  # X -> en examples per source language for the Fisher
-    checkpoint_every: int = 50
-    log_every: int = 10
-    max_eval: int = 0  # held-out utterances per evaluation language (0 = all)
-    export: bool = True
-    progress: bool | None = None
+    """What to train on and how; ``run.out`` is the output folder (local)."""
+
+    store: str = option(help="layer store written by the encode job (must hold layer L+1)", required=True)
+    run: RunOptions = RunOptions()
+    model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
+    source_langs: tuple[str, ...] = option(("en",), "store languages whose states are the inputs", parse="list")
+    # A store language (its transcriptions are the targets) or a Whisper code with targets.
+    target_lang: str = option("de", "target language: a store language (its transcriptions) or with --targets")
+    targets: str | None = option(None, "TSV of id<TAB>text target texts, instead of the store's --target_lang texts")
+    # The prompt's task: <|sot|><|Y|><|task|><|notimestamps|>.
+    task_token: str = option("transcribe", "task token of the prompt", choices=TASK_TOKENS)
+    eval_langs: tuple[str, ...] | None = option(
+        None, "languages evaluated on held-out ids (default: all of the store's)", parse="list"
+    )
+    steps: int = option(100, "optimiser steps", minimum=1)
+    batch_size: int = option(8, "pairs per step (a multiple of the device count)", minimum=1)
+    learning_rate: float = option(1e-5, "peak AdamW learning rate")
+    warmup_steps: int = option(0, "linear warmup steps")
+    decay: str = option("linear", "learning-rate decay after warmup (to 0 at --steps)", choices=S.DECAYS)
+    weight_decay: float = option(0.01, "AdamW decoupled weight decay")
+    clip_norm: float = option(1.0, "global gradient-norm clip (0 = none)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
+    trainable: tuple[str, ...] = option(
+        ("decoder",), f"parameter groups to train: {', '.join(S.TRAINABLE)}", choices=S.TRAINABLE, parse="list"
+    )
+    compute_dtype: str = option("float32", "compute dtype (parameters stay float32)", choices=COMPUTE_DTYPES)
+    seed: int = option(0, "seed of the split and the batch order")
+    held_out: float = option(0.2, "fraction of ids held out for evaluation")
+    ewc_lambda: float = option(0.0, "EWC penalty weight (0 = off)")
+    ewc_examples: int = option(64, "X -> en examples per source language for the diagonal Fisher")
+    checkpoint_every: int = option(50, "steps between orbax checkpoints")
+    log_every: int = option(10, "steps between training-loss rows of metrics.csv")
+    max_eval: int = option(0, "held-out utterances per evaluation language (0 = all)")
+    export: bool = option(True, "write OUT/model in Hugging Face layout at the end")
 
     def __post_init__(self):
-        check_choice("task_token", self.task_token, TASK_TOKENS)
-        check_choice("compute_dtype", self.compute_dtype, ("float32", "bfloat16"))
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps}, {self.batch_size}")
+        validate(self)
+        if not self.run.out:
+            raise ConfigError("finetune needs an output folder: run.out (--out)")
+        if not self.source_langs:
+            raise ConfigError("source_langs is empty: name the store languages whose states are the inputs")
         if not 0 < self.held_out < 1:
-            raise ValueError(f"held_out must be a fraction in (0, 1), got {self.held_out}")
-        self.optim()  # checks the optimiser fields
+            raise ConfigError(f"held_out must be a fraction in (0, 1), got {self.held_out}")
+        try:
+            self.optim()  # checks the optimiser fields
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def optim(self) -> S.OptimConfig:
         return S.OptimConfig(self.learning_rate, self.steps, self.warmup_steps, self.decay, self.weight_decay,
@@ -191,7 +205,7 @@ def evaluate(whisper, pairs: D.Pairs, refs: list[str], lang: str, task: str, bat
 def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
     t0 = time.time()
     summary = FinetuneSummary()
-    out = pathlib.Path(config.out)
+    out = pathlib.Path(config.run.out)
     reader = open_store(config.store)
     D.top_layer(reader)
     _check_resume(out, config)
@@ -273,7 +287,7 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
         ewc = jax.device_put(E.fisher_from_pairs(whisper, graphdef, trainable, frozen, list(sources.values()),
                                                  en_texts, held, config.ewc_examples), replicated)  # fmt: skip
 
-    import orbax.checkpoint as ocp
+    import orbax.checkpoint as ocp  # lazy: orbax (checkpoints) is slow to import and only this job needs it
 
     manager = ocp.CheckpointManager(
         (out / "checkpoints").resolve(),
@@ -323,11 +337,7 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
         rows += eval_rows(tuned, config.steps)
         _write_metrics(metrics_path, rows)
     if config.export:
-        from engine.models.whisper.checkpoints.export import export_hf
-
         export_hf(tuned, out / "model")
-    from engine.pipelines.finetune.report import before_after_table, figures
-
     summary.table = before_after_table(rows, config.steps)
     figures(rows, out, config.steps)
     summary.seconds = time.time() - t0

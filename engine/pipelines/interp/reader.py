@@ -1,4 +1,4 @@
-"""Analyst reader of an interp run's output (``engine.pipelines.interp.run``): one call per question.
+"""Analyst reader of an interp run's output (``engine.pipelines.interp.output``): one call per question.
 
 from engine.pipelines.interp.reader import read_pairs, read_summary
 df = read_pairs("/tmp/demo-interp", "en", "de", layer=6)          # word pairs of en-de at layer 6
@@ -14,7 +14,8 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from engine.pipelines.interp.run import PAIR_SEPARATOR, PAIRS, SUMMARY, InterpError
+from engine.pipelines.interp.config import InterpError
+from engine.pipelines.interp.output import PAIR_SEPARATOR, PAIRS, SUMMARY
 from engine.stores.kv import open_kvstore, read_value
 from engine.stores.similarity import check_name
 
@@ -30,9 +31,8 @@ def _read(url: str, key: str) -> bytes:
 def read_pairs(url: str, lang_a: str, lang_b: str, layer: int | None = None, *, pooling: str | None = None,
                parallel_only: bool = False):  # fmt: skip
     """The word pairs of (lang_a, lang_b), of one ``layer`` (None = all) and ``pooling`` (None = all), as a pandas
-    DataFrame with the columns of ``engine.pipelines.interp.run.PAIR_COLUMNS``; ``parallel_only`` drops retrieved
-    pairs (rank >
-    0)."""
+    DataFrame with the columns of ``engine.pipelines.interp.output.PAIR_COLUMNS``; ``parallel_only`` drops retrieved
+    pairs (rank > 0)."""
     check_name("language", lang_a)
     check_name("language", lang_b)
     table = pq.read_table(io.BytesIO(_read(url, f"{lang_a}{PAIR_SEPARATOR}{lang_b}/{PAIRS}")))
@@ -47,5 +47,5 @@ def read_pairs(url: str, lang_a: str, lang_b: str, layer: int | None = None, *, 
 
 
 def read_summary(url: str):
-    """``OUT/summary.csv`` as a pandas DataFrame (``engine.pipelines.interp.run.SUMMARY_COLUMNS``)."""
+    """``OUT/summary.csv`` as a pandas DataFrame (``engine.pipelines.interp.output.SUMMARY_COLUMNS``)."""
     return pacsv.read_csv(io.BytesIO(_read(url, SUMMARY))).to_pandas()

@@ -35,8 +35,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine import figures
 from engine.errors import BabelgridError
+from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.runs import RunSummary
+from engine.stores.kv import csv_bytes, open_kvstore, write_all
+from engine.stores.reader import open_store
+from engine.text.soundalike import PhoneBook, _distance, require_voices
+from kernels.metrics import retrieval_metrics
+from kernels.pooling import center_frame_cosine_matrix, mean_pooled_cosine_matrix
+from kernels.seqsim import seqsim_matrix
 
 RELATIONS = ("synonym", "near_homophone", "unrelated")
 RELATION_COLUMNS = ("lang_a", "word_a", "lang_b", "word_b", "relation")
@@ -51,20 +59,24 @@ class ProbeError(BabelgridError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
-    """store: layer store of single-word clips (id = concept); out: output folder or kvstore URL; relations: CSV of
-    RELATION_COLUMNS (None = generate them); langs / layers: None = all of the store; seeds: bootstrap resamples."""
+    """store: layer store of single-word clips (id = concept); run.out: output folder or kvstore URL; relations: CSV
+    of RELATION_COLUMNS (None = generate them); langs / layers: None = all of the store; seeds: bootstrap resamples."""
 
-    store: str
-    out: str
-    relations: str | None = None
-    langs: tuple[str, ...] | None = None
-    layers: tuple[int, ...] | None = None
-    seeds: int = 5
-    seed: int = 0
+    store: str = option(help="layer store of single-word clips, id = concept (e.g. encoded from --dataset words-demo)",
+                        required=True)  # fmt: skip
+    run: RunOptions = RunOptions()
+    relations: str | None = option(None, "CSV lang_a,word_a,lang_b,word_b,relation (default: generate them)")
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
+    )
+    layers: tuple[int, ...] | None = option(None, "layers: 'all', a list '0,3,7' or ranges '1-4'", parse="layers")
+    seeds: int = option(5, "bootstrap resamples per estimate", minimum=1)
+    seed: int = option(0, "seed of the bootstrap and of the generated unrelated pairs")
 
     def __post_init__(self):
-        if self.seeds < 1:
-            raise ProbeError(f"seeds must be >= 1, got {self.seeds!r}")
+        validate(self)
+        if not self.run.out:
+            raise ConfigError("probe needs an output folder: run.out (--out)")
 
 
 @dataclasses.dataclass
@@ -123,8 +135,6 @@ def relation_metrics(sims: np.ndarray, pairs: dict[str, np.ndarray]) -> dict[str
 
 def retrieval(sims: np.ndarray, ids_a: Sequence[str], ids_b: Sequence[str]) -> dict[str, tuple[float, int]]:
     """r@1 and mrr of rows retrieving columns of the same id."""
-    from kernels.metrics import retrieval_metrics
-
     m = retrieval_metrics(sims, list(ids_a), list(ids_b), ks=(1,))
     return {"r@1": (m.recall[1], m.queries), "mrr": (m.mrr, m.queries)}
 
@@ -141,8 +151,6 @@ def bootstrap(fn, sizes: dict[str, int], seeds: int, seed: int) -> list[dict]:
 
 def generate_relations(words: dict[str, list[tuple[str, str]]], pairs, seed: int = 0) -> list[tuple]:
     """RELATION_COLUMNS rows for ``pairs`` of languages; ``words[lang]``: [(concept id, word)]."""
-    from engine.text.soundalike import PhoneBook, _distance, require_voices
-
     require_voices(sorted({lang for p in pairs for lang in p}))
     book = PhoneBook()
     for lang in sorted({lang for p in pairs for lang in p}):
@@ -184,11 +192,7 @@ def read_relations(text: str, where: str) -> list[tuple]:
 
 
 def relations_csv_bytes(rows: Sequence[tuple]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(RELATION_COLUMNS)
-    writer.writerows(rows)
-    return buf.getvalue().encode()
+    return csv_bytes(RELATION_COLUMNS, rows)
 
 
 # --- the store -------------------------------------------------------------------------------------------------------
@@ -196,9 +200,6 @@ def relations_csv_bytes(rows: Sequence[tuple]) -> bytes:
 
 def similarity_matrices(store, a: str, b: str, layer: int, ua: Sequence[int], ub: Sequence[int]) -> dict:
     """(measure, pooling) -> f32[len(ua), len(ub)] between utterances ``ua`` of ``a`` and ``ub`` of ``b``."""
-    from kernels.pooling import center_frame_cosine_matrix, mean_pooled_cosine_matrix
-    from kernels.seqsim import seqsim_matrix
-
     la, lb = store.lengths(a)[list(ua)], store.lengths(b)[list(ub)]
     sa, la = store.language_layer(a, layer, utterances=list(ua), frames=int(la.max()), dtype=np.float32)
     sb, lb = store.language_layer(b, layer, utterances=list(ub), frames=int(lb.max()), dtype=np.float32)
@@ -235,9 +236,6 @@ def _spelled(store, lang: str, index) -> list[tuple[str, str]]:
 
 def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     """Scores every language pair and layer, writes probe.csv, relations.csv and the figure (module docstring)."""
-    from engine.stores.kv import open_kvstore, write_all
-    from engine.stores.reader import open_store
-
     store = open_store(config.store) if store is None else store
     summary = ProbeSummary()
     available = list(store.languages())
@@ -284,12 +282,13 @@ def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
         for layer in layers:
             for (measure, pooling), sims in similarity_matrices(store, a, b, layer, ua, ub).items():
                 summary.rows += _pair_rows(a, b, layer, measure, pooling, sims, rel, ids_a, ids_b, config)
-    _, kv = open_kvstore(config.out)
+    out = config.run.out
+    _, kv = open_kvstore(out)
     writes = {PROBE_CSV: probe_csv_bytes(summary.rows), RELATIONS_CSV: relations_csv_bytes(used)}
     if summary.rows:
         writes[PROBE_FIGURE] = probe_figure(summary.rows, f"{store.info.model_name}; {config.store}")
-    write_all(kv, writes, config.out)
-    summary.outputs = [config.out.rstrip("/") + "/" + k for k in writes]
+    write_all(kv, writes, out)
+    summary.outputs = [out.rstrip("/") + "/" + k for k in writes]
     return summary
 
 
@@ -322,18 +321,15 @@ def _row(a, b, layer, measure, pooling, metric, value, draws, n, seeds) -> tuple
 
 
 def probe_csv_bytes(rows: Sequence[tuple]) -> bytes:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(PROBE_COLUMNS)
-    writer.writerows(("NA" if isinstance(x, float) and not np.isfinite(x) else x for x in r) for r in rows)
-    return buf.getvalue().encode()
+    """``probe.csv``: PROBE_COLUMNS, NA for a value that is not finite."""
+    return csv_bytes(
+        PROBE_COLUMNS, (("NA" if isinstance(x, float) and not np.isfinite(x) else x for x in r) for r in rows)
+    )
 
 
 def probe_figure(rows: Sequence[tuple], subtitle: str = "") -> bytes:
     """PNG: mean similarity per relation against layer, a panel per (measure, pooling), averaged over language
     pairs, with a band between the averaged bootstrap percentiles."""
-    from engine import figures
-
     fig = figures.Figure(figsize=(4.3 * len(MEASURES), 3.4))
     axes = fig.subplots(1, len(MEASURES), squeeze=False)[0]
     for ax, (measure, pooling) in zip(axes, MEASURES, strict=True):

@@ -49,6 +49,7 @@ from engine.pipelines.retrieval.scores import (
     score_matrix,
 )
 from engine.runtime.options import RunOptions, option, validate
+from engine.stores.challenge import read_kept
 from engine.stores.kv import open_kvstore, write_all
 from engine.stores.similarity import SimilarityError, open_similarity
 from kernels.metrics import DEFAULT_KS, TIE_RULES
@@ -196,8 +197,6 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
     scores the challenge set and appends SUBSET_COLUMNS rows to ``comparison``.
     """
     if config.subset is not None:
-        from engine.pipelines.challenge.run import read_kept
-
         comparison = [] if comparison is None else comparison
         kept_by_pair, draws = {}, {}
     measures = _select("measure", config.measures, reader.measures())

@@ -1,0 +1,111 @@
+"""What an interp unit reads besides the states: each language's words (times from the align job, as encoder-frame
+spans), their text embeddings and phones, and the utterance pairs of a (language pair, layer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import numpy as np
+
+from engine.data.audio import ENCODER_FRAMES_PER_SECOND
+from engine.pipelines.interp.config import InterpConfig
+from engine.runtime.runs import RunSummary
+from engine.stores.words import read_words
+from engine.text import phones as ph
+
+# Punctuation and symbols around a word (Whisper's words keep their leading space and trailing punctuation).
+_EDGES = re.compile(r"^[\W_]+|[\W_]+$", re.UNICODE)
+
+
+@dataclasses.dataclass
+class Language:
+    """The words of one language, by utterance id, with what the two sides need."""
+
+    lang: str
+    index: dict[str, int]  # id -> store utterance index
+    n_frames: dict[str, int]
+    words: dict[str, list[tuple[int, str, str, int, int]]]  # id -> [(word_index, word, key, start, end frame)]
+    text: dict[str, np.ndarray]  # key (clean lower-case word) -> unit embedding; absent where not covered
+    phones: dict[str, tuple[str, ...]]
+
+
+def clean_word(word: str) -> str:
+    """The word without surrounding space and punctuation, lower-case ('' for pure punctuation)."""
+    return _EDGES.sub("", word.strip()).lower()
+
+
+def word_frames(start: float, end: float, n_frames: int) -> tuple[int, int] | None:
+    """Frame span [s, e) of a word timed start..end seconds, at least one frame, inside 0..n_frames; None for
+    missing or reversed times."""
+    if not (math.isfinite(start) and math.isfinite(end)) or end < start or start < 0:
+        return None
+    # A small tolerance both ways: the align job's times lie on the 20 ms frame grid, and after float32 rounding
+    # 0.3 s may read 14.99999 or 15.00001 frames; without it neighbouring words would share a frame.
+    s = min(int(math.floor(start * ENCODER_FRAMES_PER_SECOND + 1e-3)), n_frames - 1)
+    e = min(max(s + 1, int(math.ceil(end * ENCODER_FRAMES_PER_SECOND - 1e-3))), n_frames)
+    return s, e
+
+
+def load_language(reader, words_url: str, lang: str, encoder, summary: RunSummary) -> Language:
+    """The words of ``lang`` that have a frame span in an encoded utterance, their text embeddings (``encoder``, an
+    ``engine.text.encoders`` encoder) and phones; what is left out is counted in ``summary``."""
+    table = reader.utterances_table(lang).to_pydict()
+    lengths = reader.lengths(lang)
+    index = {uid: int(u) for u, uid in zip(table["utterance"], table["id"], strict=True) if lengths[u] > 0}
+    n_frames = {uid: int(lengths[u]) for uid, u in index.items()}
+    rows = read_words(words_url, lang).to_pydict()
+    words: dict[str, list] = {}
+    for uid, wi, word, start, end in zip(
+        rows["id"], rows["word_index"], rows["word"], rows["start"], rows["end"], strict=True
+    ):
+        if uid not in index:
+            continue
+        key = clean_word(word)
+        if not key:
+            continue  # punctuation on its own: not a word
+        span = word_frames(float(start), float(end), n_frames[uid])
+        if span is None:
+            summary.skip("missing_timestamps", lang, f"{uid}/{wi}")
+            continue
+        earlier = words.get(uid)
+        if earlier and span[0] < earlier[-1][4]:
+            # Words may not share frames (mean and max pool disjoint segments): the later word starts where the
+            # earlier one ends, and is dropped when nothing is left of it.
+            span = (earlier[-1][4], span[1])
+            if span[0] >= span[1]:
+                summary.skip("overlapping_timestamps", lang, f"{uid}/{wi}")
+                continue
+        words.setdefault(uid, []).append((int(wi), word.strip(), key, *span))
+    for uid in index:
+        if uid not in words:
+            summary.skip("no_words", lang, uid)
+    keys = sorted({w[2] for ws in words.values() for w in ws})
+    text = {}
+    if encoder.covers(lang):
+        text = dict(zip(keys, encoder.encode(keys), strict=True))
+    else:
+        for uid, ws in words.items():
+            for w in ws:
+                summary.skip(f"language_not_covered_by_{encoder.name.replace('/', '_')}", lang, f"{uid}/{w[0]}")
+    phones = dict(zip(keys, ph.phonemize_words(lang, keys), strict=True)) if ph.covers(lang) else {}
+    if not phones:
+        summary.skip("language_not_covered_by_espeak", lang, "*")
+    return Language(lang, index, n_frames, words, text, phones)
+
+
+def utterance_pairs(A: Language, B: Language, layer: int, config: InterpConfig, sim) -> list[tuple[str, str, int]]:
+    """(id_a, id_b, rank): rank 0 the parallel pair, 1..k the query's retrieved candidates (the parallel one left
+    out, it is rank 0 already). ``sim``: the similarity store ranking the candidates (with ``config.retrieved``)."""
+    pairs = [(uid, uid, 0) for uid in sorted(A.words) if uid in B.words]
+    if config.retrieved:
+        scores, rows, cols = sim.matrix(config.measure, A.lang, B.lang, layer)
+        rows, cols = [str(r) for r in rows], [str(c) for c in cols]
+        order = np.argsort(-np.nan_to_num(np.asarray(scores, np.float64), nan=-np.inf), axis=1, kind="stable")
+        for r, uid in enumerate(rows):
+            if uid not in A.words:
+                continue
+            found = [cols[c] for c in order[r, : config.retrieved + 1] if cols[c] != uid and cols[c] in B.words]
+            pairs += [(uid, cid, rank) for rank, cid in enumerate(found[: config.retrieved], start=1)]
+    return pairs
