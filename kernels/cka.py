@@ -15,6 +15,9 @@ statistics) to shifting it. ``linear_cka`` takes the cheaper route for the shape
 route costs ``n (d1 d2 + d1^2 + d2^2)`` multiply-adds and holds d x d matrices; the Gram route ``n^2 (d1 + d2)`` and
 holds two n x n ones. Views are scaled to unit Frobenius norm first, so float32 sums cannot overflow.
 
+``cka_matrix`` scores every layer of one model against every layer of another at once from their centred Grams
+(n x n per layer: for n up to a few thousand examples).
+
 For sets too large to hold:
 - ``cka_moments`` / ``cka_from_moments``: exact CKA (both kinds) from sums accumulated block by block; memory
   ``d1 d2 + d1^2 + d2^2`` floats whatever n. Shift the blocks by one fixed vector per view (the first block's mean)
@@ -103,6 +106,40 @@ def linear_cka(x: jax.Array, y: jax.Array, *, unbiased: bool = False) -> jax.Arr
     """f32[]: linear CKA of x: f32[n, d1] and y: f32[n, d2], biased (n >= 2) or unbiased (n >= 4)."""
     _check(x, y, 4 if unbiased else 2)
     return _cka(x, y, unbiased)
+
+
+@jax.jit
+def centred_gram(x: jax.Array) -> jax.Array:
+    """f32[n, n]: the linear Gram of x: f32[n, d] centred and scaled to unit Frobenius norm (``cka_matrix``'s input)."""
+    x = _unit(x)
+    return _mm(x, x.T)
+
+
+@functools.partial(jax.jit, static_argnames=("unbiased",))
+def cka_matrix(grams_a: jax.Array, grams_b: jax.Array, *, unbiased: bool = False) -> jax.Array:
+    """f32[La, Lb]: CKA of every view of ``grams_a: f32[La, n, n]`` with every view of ``grams_b: f32[Lb, n, n]``
+    (``centred_gram`` of each layer, same n examples): every HSIC is an inner product of per-view terms, so the
+    whole layer x layer matrix is a few matrix products, O((La + Lb) n^2) memory and ``La Lb n^2`` multiply-adds."""
+    n = grams_a.shape[-1]
+    if grams_b.shape[-1] != n or grams_a.shape[-2] != n or grams_b.shape[-2] != n:
+        raise ShapeError(f"cka_matrix needs grams f32[L, n, n] of one n; got {grams_a.shape} and {grams_b.shape}")
+
+    def terms(grams):
+        if not unbiased:
+            return grams.reshape(len(grams), -1), None, None
+        grams = grams * (1.0 - jnp.eye(n, dtype=grams.dtype))
+        return grams.reshape(len(grams), -1), jnp.sum(grams, axis=(1, 2)), jnp.sum(grams, axis=2)
+
+    def hsic(p, q):
+        cross = _mm(p[0], q[0].T)
+        if not unbiased:
+            return cross
+        return _unbiased(n, cross, p[1][:, None], q[1][None, :], _mm(p[2], q[2].T))
+
+    a, b = terms(grams_a), terms(grams_b)
+    norm_a = jnp.sqrt(jnp.diagonal(hsic(a, a)))
+    norm_b = jnp.sqrt(jnp.diagonal(hsic(b, b)))
+    return hsic(a, b) / (norm_a[:, None] * norm_b[None, :])
 
 
 @jax.tree_util.register_dataclass

@@ -77,6 +77,19 @@ def test_minibatch_cka_vs_reference():
         cka.minibatch_cka(x, y, 70)
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_cka_matrix_is_pairwise_cka(unbiased):
+    rng = np.random.default_rng(5)
+    a = [views(rng, 40, 8, 8)[i] for i in (0, 1)] + [rng.standard_normal((40, 5)).astype(np.float32)]
+    b = [views(rng, 40, 6, 12)[1], a[0]]
+    got = cka.cka_matrix(
+        np.stack([cka.centred_gram(x) for x in a]), np.stack([cka.centred_gram(y) for y in b]), unbiased=unbiased
+    )
+    want = [[cka.reference_linear_cka(x, y, unbiased) for y in b] for x in a]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert float(got[0, 1]) == pytest.approx(1.0, abs=1e-6)  # a view with itself
+
+
 def test_shapes_are_checked():
     with pytest.raises(ShapeError, match="same rows"):
         cka.linear_cka(np.zeros((5, 3), np.float32), np.zeros((6, 3), np.float32))
