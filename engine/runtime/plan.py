@@ -675,6 +675,8 @@ def plan_decode_run(config, device: Device | None) -> Plan:
 def plan_for(config, device_name: str | None) -> Plan:
     """The plan of the run ``config`` (an EncodeConfig, SimilarityConfig or DecodeConfig) would make."""
     device = get_device(device_name)
+    if hasattr(config, "make_plan"):  # a config that plans itself (compare): no entry to add here
+        return config.make_plan(device)
     name = type(config).__name__
     planners = {"EncodeConfig": plan_encode_run, "SimilarityConfig": plan_seqsim_run, "DecodeConfig": plan_decode_run}
     if name not in planners:
