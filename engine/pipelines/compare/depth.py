@@ -49,7 +49,7 @@ CHALLENGE_COLUMNS = (
     "set",  # full (every shared id) or challenge (the challenge job's kept ids)
     "value",  # R@1
     "random",
-    "n",  # queries scored
+    "n",  # queries scored (read from a retrieval folder's subset_comparison.csv: its distinct ids)
 )
 METRICS = ("R@1", "MRR")
 
