@@ -5,7 +5,8 @@ does not exist yet (33 layers x 2 models x 102 languages) is one call; ``plan_co
 headers and lengths (no states) and calls it. Multiply-adds count 2 FLOPs. Per model pair (a, b) and set of n
 examples (each language, then ``all``), with La, Lb layers of width da, db:
 
-- Grams: ``2 n^2 d`` per layer and side; CKA matrix: ``2 La Lb n^2`` per kind (biased, unbiased);
+- Grams: ``2 n^2 d`` per layer and side; CKA matrix: ``2 La Lb n^2`` per kind (biased, unbiased); beyond
+  ``layers.GRAM_MAX`` examples one feature-route CKA per layer pair and kind, ``2 n (da db + da^2 + db^2)``;
 - mutual k-NN: ``2 n^2 d`` per layer and side (blocked products), then ``n k^2`` compares per layer pair;
 - SVCCA and PWCCA: per layer pair two thin SVDs (``~ 8 n r^2`` each, ``r = min(n, d)``), ``U^T U`` (``2 n r^2``)
   and the ``r x r`` SVD (``~ 22 r^3``); an estimate, as SVD cost depends on the LAPACK path.
@@ -35,13 +36,14 @@ class ModelShape:
     dtype_bytes: int = FLOAT  # storage bytes per value
 
 
-def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int) -> dict[str, float]:
+def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int) -> dict[str, float]:
     flops = {}
     cka_kinds = sum(m in measures for m in ("cka", "cka_unbiased"))
-    if cka_kinds:
-        flops["cka"] = (
-            2 * n * n * (a.layers * a.width + b.layers * b.width) + cka_kinds * 2 * a.layers * b.layers * n * n
-        )
+    if cka_kinds and n <= gram_max:
+        grams = 2 * n * n * (a.layers * a.width + b.layers * b.width)
+        flops["cka"] = grams + cka_kinds * 2 * a.layers * b.layers * n * n
+    elif cka_kinds:  # one feature-route linear_cka per layer pair and kind
+        flops["cka"] = cka_kinds * a.layers * b.layers * 2 * n * (a.width * b.width + a.width**2 + b.width**2)
     if "mknn" in measures:
         flops["mknn"] = 2 * n * n * (a.layers * a.width + b.layers * b.width) + a.layers * b.layers * n * k * k
     cca_kinds = sum(m in measures for m in ("svcca", "pwcca"))
@@ -80,21 +82,15 @@ def plan_compare(
         for a, b in pairs:
             ma, mb = models[a], models[b]
             for n in sets:
-                for stage, f in _set_flops(ma, mb, n, asked, knn_k).items():
+                for stage, f in _set_flops(ma, mb, n, asked, knn_k, gram_max).items():
                     stage_flops[f"{level} {stage}"] = stage_flops.get(f"{level} {stage}", 0.0) + f
                 held = (ma.layers * ma.width + mb.layers * mb.width) * n * FLOAT
                 grams = (ma.layers + mb.layers) * n * n * FLOAT if n <= gram_max else 0
                 peak = max(peak, held + grams)
-        if level == "frame":  # every frame of every layer is read once per model pair
-            read += sum(
-                frames[lang]
-                * (
-                    models[a].layers * models[a].width * models[a].dtype_bytes
-                    + models[b].layers * models[b].width * models[b].dtype_bytes
-                )
-                for a, b in pairs
-                for lang in frames
-            )
+        if level == "frame":  # every frame of every layer is read once per model pair (once for a model with itself)
+            for a, b in pairs:
+                per_frame = sum(models[m].layers * models[m].width * models[m].dtype_bytes for m in {a, b})
+                read += sum(frames.values()) * per_frame
     # Pooling reads every frame of every layer of every store once.
     read += sum(m.layers * m.width * m.dtype_bytes * sum(frames.values()) for m in models.values())
     rate = matmul_rate or _matmul_rate()
