@@ -61,7 +61,11 @@ def heatmaps_png(
     image = None
     for ax, (measure, grid) in zip(axes, grids.items(), strict=False):
         image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
-        ax.set_title(MEASURE_TITLES.get(measure, measure), fontsize=9)
+        blank = "" if np.isfinite(grid).all() else " (blank: not measured)"
+        ax.set_title(MEASURE_TITLES.get(measure, measure) + blank, fontsize=9)
+        if not np.isfinite(grid).any():
+            ax.text(0.5, 0.5, "not measured:\ntoo few examples\nfor these directions", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8, color="0.3")  # fmt: skip
         ax.set_xticks(range(len(layers_b)), layers_b, fontsize=7)
         ax.set_yticks(range(len(layers_a)), layers_a, fontsize=7)
         ax.set_xlabel(f"{model_b} layer", fontsize=8)
