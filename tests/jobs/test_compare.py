@@ -198,3 +198,34 @@ def test_job_plan_through_flags(run):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "plan: compare" in proc.stdout and "utterance cka" in proc.stdout and "peak memory" in proc.stdout
+
+
+def test_rows_read_from_a_retrieval_folder(tmp_path):
+    """The other source of retrieval: jobs.retrieval's CSVs, written here with its own column lists."""
+    from engine.pipelines.retrieval.run import CSV_COLUMNS
+    from engine.pipelines.retrieval.subset import SUBSET_COLUMNS
+
+    with open(tmp_path / "retrieval.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for a, b, value in (("de", "en", 0.5), ("en", "de", 0.25)):
+            w.writerow([a, b, 4, "seqsim", "R@1", value, 0.1, 10, 0, 0, 0, 0])
+            w.writerow([a, b, 4, "seqsim", "MRR", value + 0.1, 0.2, 10, 0, 0, 0, 0])
+            w.writerow([a, b, 4, "mean", "R@1", 0.9, 0.1, 10, 0, 0, 0, 0])
+        w.writerow(["de", "fr", 4, "seqsim", "R@1", "NA", "NA", 0, 10, 0, 0, 0])  # no shared ids: left out
+    with open(tmp_path / "subset_comparison.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SUBSET_COLUMNS)
+        for name in ("full", "challenge", "size_matched"):
+            w.writerow(["de", "en", 4, "seqsim", name, "R@1", 0.5, 0.4, 0.6, 0.1, 6, 1])
+    rows, challenge = depth.read_rows("m", 4, str(tmp_path), "seqsim")
+    assert sorted((r[3], r[6], r[7]) for r in rows) == [("de", "MRR", 0.6), ("de", "R@1", 0.5), ("en", "MRR", 0.35),
+                                                        ("en", "R@1", 0.25)]  # fmt: skip
+    assert all(r[2] == pytest.approx(0.8) and r[9] == 10 for r in rows)  # layer 4 of L = 4: depth 4 / 5
+    pooled = {r[6]: r for r in depth.pooled_rows(rows)}
+    assert pooled["R@1"][7] == pytest.approx(0.375) and pooled["R@1"][9] == 20
+    assert sorted(r[5] for r in challenge) == ["challenge", "full"]
+    with pytest.raises(CompareError, match="no measure 'dtw'"):
+        depth.read_rows("m", 4, str(tmp_path), "dtw")
+    with pytest.raises(CompareError, match="no retrieval.csv"):
+        depth.read_rows("m", 4, str(tmp_path / "missing"), "seqsim")

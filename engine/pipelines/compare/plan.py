@@ -24,7 +24,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from engine.runtime.plan import EFFICIENCY, Device, Plan, Stage, get_device  # noqa: F401  (get_device: callers)
+from engine.runtime.plan import EFFICIENCY, Device, Plan, Stage
 
 FLOAT = 4  # bytes per float32
 
