@@ -62,7 +62,7 @@ def measure(n: int, d: int, layers: int, repeats: int, twin: bool) -> list[str]:
     for name, s in seconds.items():
         rate = f"{flops[name] / s / 1e9:.1f}" if name in flops else "-"
         ratio = f"{flops[name] / s / (flops['matmul'] / seconds['matmul']):.2f}" if name in flops else "-"
-        vs = f"{seconds['numpy twin'] / s:.0f}x" if twin and name != "numpy twin" else ""
+        vs = f"{seconds['numpy twin'] / s:.0f}x" if twin and name not in ("numpy twin", "matmul") else ""
         rows.append(f"| {n} x {d} | {name} | {s * 1e3:.1f} | {rate} | {ratio} | {vs} |")
     return rows
 
