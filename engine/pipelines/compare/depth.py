@@ -24,6 +24,7 @@ import numpy as np
 
 from engine.pipelines.compare.layers import ALL
 from engine.pipelines.compare.states import CompareError
+from engine.pipelines.retrieval.subset import restrict
 from engine.stores.kv import open_kvstore, read_value
 from kernels.metrics import retrieval_metrics
 from kernels.pooling import cosine_matrix
@@ -73,8 +74,6 @@ def computed_rows(
 ) -> tuple[list[tuple], list[tuple]]:
     """(DEPTH_COLUMNS rows, CHALLENGE_COLUMNS rows) from ``pooled(lang, layer) -> (f32[n, embed], ids)``.
     ``kept(a, b)``: the challenge set's kept ids of a pair (None: no challenge set for it)."""
-    from engine.pipelines.retrieval.subset import restrict  # lazy: only the challenge table needs it
-
     depth_rows, challenge_rows = [], []
     for layer in layers:
         depth = depth_of(layer, n_audio_layer)

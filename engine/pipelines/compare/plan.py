@@ -22,9 +22,13 @@ import dataclasses
 import time
 from collections.abc import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from engine.pipelines.compare.states import pair_utterances
 from engine.runtime.plan import EFFICIENCY, Device, Plan, Stage
+from engine.stores.reader import open_store
 
 FLOAT = 4  # bytes per float32
 
@@ -121,9 +125,6 @@ def plan_compare(
 
 
 def _matmul_rate() -> float:
-    import jax  # lazy: only the calibration runs JAX here
-    import jax.numpy as jnp
-
     x = jnp.asarray(np.random.default_rng(0).standard_normal((1024, 512)), jnp.float32)
     f = jax.jit(lambda a: jnp.matmul(a.T, a, precision=jax.lax.Precision.HIGHEST))
     jax.block_until_ready(f(x))
@@ -135,9 +136,6 @@ def _matmul_rate() -> float:
 
 def plan_compare_run(config, device: Device | None) -> Plan:
     """``plan_compare`` for a CompareConfig: store headers and lengths only."""
-    from engine.pipelines.compare.states import pair_utterances  # lazy: the states module imports kernels
-    from engine.stores.reader import open_store
-
     readers = [open_store(url) for url in config.stores]
     names = config.names or tuple(r.info.model_name for r in readers)
     langs = config.langs or sorted(set.intersection(*(set(r.languages()) for r in readers)))

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.pipelines.challenge.run import read_kept
 from engine.pipelines.compare import depth, layers, plan, states
 from engine.pipelines.compare.layers import ALL, LEVELS, MEASURES, MeasureOptions, View
 from engine.pipelines.compare.states import CompareError
@@ -271,7 +272,6 @@ def _retrieval(config, readers, names, langs, cache) -> tuple[list[tuple], list[
 
             kept = None
             if config.challenge:
-                from engine.pipelines.challenge.run import read_kept  # lazy: phonemizer-side module, only here
 
                 def kept(a, b):
                     return read_kept(config.challenge, a, b, missing_ok=True)
