@@ -25,7 +25,7 @@ from jobs import common
 common.define_config_flags(
     ChallengeConfig,
     __name__,
-    run=("out", "kvstore_spec"),
+    run=("out", "kvstore_spec", "store_timeout"),
     required=("out",),
     help={"out": "output folder or TensorStore kvstore URL for the per-pair CSVs and summary.csv"},
     skip=("ner_models",),

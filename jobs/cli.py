@@ -32,7 +32,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-JOBS = ("encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "finetune")
+JOBS = ("encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "finetune", "compare")
 BUNDLED = {"demo": "demo.yaml"}
 
 

@@ -88,7 +88,7 @@ def _define_field_flag(field, module: str, help_text: str | None, required: bool
         text = f"(required) {text}"
     name, choices, parse = flag_name(field), meta.get("choices"), meta.get("parse")
     if parse is not None:
-        flags.DEFINE_string(name, format_value(default, parse), text, module_name=module)
+        flags.DEFINE_string(name, format_value(default, parse, meta["help"]), text, module_name=module)
     elif choices is not None and not isinstance(default, bool):
         flags.DEFINE_enum(name, default, [str(c) for c in choices], text, module_name=module)
     elif field.type in ("bool", "bool | None") or isinstance(default, bool):

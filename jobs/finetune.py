@@ -18,7 +18,7 @@ from jobs import common
 common.define_config_flags(
     FinetuneConfig,
     __name__,
-    run=("out", "progress", "kvstore_spec", "strict", "matmul_precision"),
+    run=("out", "progress", "kvstore_spec", "store_timeout", "strict", "matmul_precision"),
     required=("out",),
     help={"out": "output folder (created if missing, resumed if present)"},
 )

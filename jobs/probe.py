@@ -15,7 +15,7 @@ from jobs import common
 common.define_config_flags(
     ProbeConfig,
     __name__,
-    run=("out", "progress", "kvstore_spec", "strict", "matmul_precision"),
+    run=("out", "progress", "kvstore_spec", "store_timeout", "strict", "matmul_precision"),
     required=("out",),
     help={"out": "output folder or TensorStore kvstore URL"},
 )

@@ -19,7 +19,7 @@ from jobs import common
 common.define_config_flags(
     RetrievalConfig,
     __name__,
-    run=("out", "kvstore_spec"),
+    run=("out", "kvstore_spec", "store_timeout"),
     required=("similarity",),
     help={"out": "output folder (default: the similarity store itself when it is local)"},
 )

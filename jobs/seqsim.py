@@ -27,7 +27,7 @@ from kernels.ot import OtConfig
 common.define_config_flags(
     SimilarityConfig,
     __name__,
-    run=("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "matmul_precision"),
+    run=("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "store_timeout", "matmul_precision"),
     required=("store", "out"),
     help={"out": "similarity store to write (created if missing, resumed if present)"},
     plan=plan_seqsim_run,

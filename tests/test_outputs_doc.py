@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+from engine.pipelines.compare import depth as compare_depth
+from engine.pipelines.compare.layers import ROW_COLUMNS as COMPARE_ROW_COLUMNS
 from engine.pipelines.decode.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.pipelines.finetune.run import METRIC_FIELDS
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
@@ -35,6 +37,9 @@ def test_every_written_column_is_documented():
         "interp pairs.parquet": PAIR_COLUMNS,
         "interp summary.csv": SUMMARY_COLUMNS,
         "finetune metrics.csv": METRIC_FIELDS,
+        "compare by_depth.csv": compare_depth.DEPTH_COLUMNS,
+        "compare challenge_table.csv": compare_depth.CHALLENGE_COLUMNS,
+        "compare layer_similarity.parquet": COMPARE_ROW_COLUMNS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"

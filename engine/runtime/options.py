@@ -36,12 +36,13 @@ def option(default=dataclasses.MISSING, help: str = "", *, choices: Iterable | N
     """A config field with its flag's help text.
 
     choices: the values allowed (an enum flag); parse: how a flag's text becomes the value (``PARSERS``: ``list``,
-    ``layers``, ``ints``, ``floats``); minimum / positive: a number's lower bound; required: no default (the flag is
-    required); flag: the flag's name when it is not the field's (``--measure`` for ``measures``).
+    ``layers``, ``ints``, ``floats``, ``cells``); minimum / positive: a number's lower bound; required: the flag is
+    required (and without a default, so is the field); flag: the flag's name when it is not the field's
+    (``--measure`` for ``measures``).
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "parse": parse,
                 "minimum": minimum, "positive": positive, "required": required, "flag": flag}  # fmt: skip
-    if required:
+    if default is dataclasses.MISSING:
         return dataclasses.field(metadata=metadata)
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable (use a tuple)")
@@ -157,20 +158,29 @@ def _parse_numbers(kind, name):
     return parse
 
 
+def parse_cells(value: str | None) -> tuple[str, ...] | None:
+    """'a,,b' -> ('a', '', 'b'): one cell per comma, empty cells kept (they mean 'none for this one'); None -> None."""
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(","))
+
+
 PARSERS = {
     "list": parse_list,
+    "cells": parse_cells,
     "layers": parse_layers,
     "ints": _parse_numbers(int, "integers"),
     "floats": _parse_numbers(float, "numbers"),
 }
 
 
-def format_value(value, parse: str | None) -> str | None:
-    """A field's default as its flag's text: None -> 'all' for lists, tuples joined with commas."""
+def format_value(value, parse: str | None, help: str = "") -> str | None:
+    """A field's default as its flag's text: tuples joined with commas; None -> 'all' for a list whose None means
+    everything (layers, or a help text offering 'all'), else no default."""
     if parse is None:
         return value
     if value is None:
-        return "all"
+        return "all" if parse == "layers" or (parse == "list" and "'all'" in help) else None
     return ",".join(str(v) for v in value)
 
 

@@ -1,0 +1,81 @@
+"""The compare job's figures as PNG bytes: retrieval against normalised depth, and layer x layer heatmaps.
+
+Plain data in, PNG bytes out, with ``engine.figures``' conventions (matplotlib object API, Agg canvas, its DPI).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.figures import Figure, _png  # the same canvas, resolution and PNG writer as every babelgrid figure
+
+MEASURE_TITLES = {
+    "cka": "linear CKA",
+    "cka_unbiased": "linear CKA, unbiased",
+    "svcca": "SVCCA (99% variance)",
+    "pwcca": "PWCCA (weights: row model)",
+    "mknn": "mutual k-NN",
+}
+DEPTH_LABEL = "depth = layer / (L + 1): 0 = conv stem, 1 = ln_post"
+
+
+def by_depth_png(curves: dict[str, dict[str, tuple[list, list, list, int]]], *, subtitle: str = "") -> bytes:
+    """One panel per metric: curves[metric][model] = (depths, values, randoms, n per layer), pooled over pairs."""
+    fig = Figure(figsize=(6.0 * len(curves), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (metric, models) in zip(axes, curves.items(), strict=True):
+        for i, (model, (depths, values, randoms, n)) in enumerate(sorted(models.items())):
+            order = np.argsort(depths)
+            color = f"C{i}"
+            ax.plot(np.asarray(depths)[order], np.asarray(values)[order], "o-", color=color, label=f"{model} (n={n})")
+            ax.plot(np.asarray(depths)[order], np.asarray(randoms)[order], "--", color=color, lw=1, alpha=0.6)
+        ax.plot([], [], "k--", lw=1, alpha=0.6, label="random ranking (expected)")
+        ax.set_xlabel(DEPTH_LABEL)
+        ax.set_ylabel(metric)
+        ax.set_xlim(-0.03, 1.03)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        ax.set_title(f"{metric}, mean over directed language pairs", fontsize=9)
+    title = "cross-lingual retrieval by depth"
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
+    return _png(fig)
+
+
+def heatmaps_png(
+    grids: dict[str, np.ndarray],
+    layers_a: list[int],
+    layers_b: list[int],
+    *,
+    model_a: str,
+    model_b: str,
+    title: str,
+    subtitle: str = "",
+) -> bytes:
+    """One panel per measure: grids[measure]: f[La, Lb], rows = model a's layers, columns = model b's."""
+    side_w, side_h = max(3.0, 0.32 * len(layers_b) + 1.4), max(2.6, 0.32 * len(layers_a) + 1.2)
+    cols = min(len(grids), 3)
+    rows = -(-len(grids) // cols)
+    fig = Figure(figsize=(side_w * cols + 0.8, side_h * rows + 0.9), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    image = None
+    for ax, (measure, grid) in zip(axes, grids.items(), strict=False):
+        image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
+        blank = "" if np.isfinite(grid).all() else " (blank: not measured)"
+        ax.set_title(MEASURE_TITLES.get(measure, measure) + blank, fontsize=9)
+        if not np.isfinite(grid).any():
+            ax.text(0.5, 0.5, "not measured:\ntoo few examples\nfor these directions", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8, color="0.3")  # fmt: skip
+        ax.set_xticks(range(len(layers_b)), layers_b, fontsize=7)
+        ax.set_yticks(range(len(layers_a)), layers_a, fontsize=7)
+        ax.set_xlabel(f"{model_b} layer", fontsize=8)
+        ax.set_ylabel(f"{model_a} layer", fontsize=8)
+        if len(layers_a) * len(layers_b) <= 100:
+            for i, j in zip(*np.nonzero(np.isfinite(grid)), strict=True):
+                value = grid[i, j]
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="k" if value > 0.6 else "w")
+    for ax in axes[len(grids) :]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=list(axes[: len(grids)]), shrink=0.8, label="similarity")
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
+    return _png(fig)

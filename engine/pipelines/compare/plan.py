@@ -1,0 +1,167 @@
+"""The compare job's --plan: FLOPs, bytes read and peak memory of the layer x layer measures, from counts alone.
+
+``plan_compare`` is a pure function of the models' shapes and the per-language counts, so the plan of a grid that
+does not exist yet (33 layers x 2 models x 102 languages) is one call; ``plan_compare_run`` reads the stores'
+headers and lengths (no states) and calls it. Multiply-adds count 2 FLOPs. Per model pair (a, b) and set of n
+examples (each language, then ``all``), with La, Lb layers of width da, db:
+
+- Grams: ``2 n^2 d`` per layer and side; CKA matrix: ``2 La Lb n^2`` per kind (biased, unbiased); beyond
+  ``layers.GRAM_MAX`` examples one feature-route CKA per layer pair and kind, ``2 n (da db + da^2 + db^2)``;
+- mutual k-NN: ``2 n^2 d`` per layer and side (blocked products), then ``n k^2`` compares per layer pair;
+- SVCCA and PWCCA: per layer pair two thin SVDs (``~ 8 n r^2`` each, ``r = min(n, d)``), ``U^T U`` (``2 n r^2``)
+  and the ``r x r`` SVD (``~ 22 r^3``); an estimate, as SVD cost depends on the LAPACK path.
+
+Peak memory: the held states of one model pair and set (``(La da + Lb db) n`` floats) plus its Grams
+(``(La + Lb) n^2`` floats, only up to ``layers.GRAM_MAX`` examples). "here" divides FLOPs by this machine's float32
+matmul rate measured in the plan (an optimistic bound: SVDs run far below it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.pipelines.compare.states import pair_utterances
+from engine.runtime.plan import EFFICIENCY, Device, Plan, Stage
+from engine.stores.reader import open_store
+
+FLOAT = 4  # bytes per float32
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelShape:
+    layers: int  # stored layers
+    width: int  # n_audio_state
+    dtype_bytes: int = FLOAT  # storage bytes per value
+
+
+def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int) -> dict[str, float]:
+    flops = {}
+    cka_kinds = sum(m in measures for m in ("cka", "cka_unbiased"))
+    if cka_kinds and n <= gram_max:
+        grams = 2 * n * n * (a.layers * a.width + b.layers * b.width)
+        flops["cka"] = grams + cka_kinds * 2 * a.layers * b.layers * n * n
+    elif cka_kinds:  # one feature-route linear_cka per layer pair and kind
+        flops["cka"] = cka_kinds * a.layers * b.layers * 2 * n * (a.width * b.width + a.width**2 + b.width**2)
+    if "mknn" in measures:
+        flops["mknn"] = 2 * n * n * (a.layers * a.width + b.layers * b.width) + a.layers * b.layers * n * k * k
+    cca_kinds = sum(m in measures for m in ("svcca", "pwcca"))
+    if cca_kinds:
+        ra, rb = min(n, a.width), min(n, b.width)
+        per_pair = 8 * n * (ra * ra + rb * rb) + 2 * n * ra * rb + 22 * min(ra, rb) ** 3
+        flops["cca"] = cca_kinds * a.layers * b.layers * per_pair
+    return flops
+
+
+def plan_compare(
+    models: Mapping[str, ModelShape],
+    utterances: Mapping[str, int],
+    frames: Mapping[str, int],
+    *,
+    measures=("cka", "cka_unbiased", "svcca", "pwcca", "mknn"),
+    frame_measures=("cka", "cka_unbiased", "mknn"),
+    levels=("utterance", "frame"),
+    frame_sample: int = 2048,
+    knn_k: int = 10,
+    device: Device | None = None,
+    matmul_rate: float | None = None,
+    gram_max: int = 4096,
+) -> Plan:
+    """The plan for ``models`` compared pairwise (each with itself too) on languages with ``utterances[lang]``
+    paired utterances and ``frames[lang]`` paired frames."""
+    names = list(models)
+    pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i, len(names))]
+    stage_flops: dict[str, float] = {}
+    peak = 0.0
+    read = 0.0
+    for level in levels:
+        sizes = utterances if level == "utterance" else {lang: min(f, frame_sample) for lang, f in frames.items()}
+        sets = list(sizes.values()) + [sum(sizes.values()) if level == "utterance" else frame_sample]
+        asked = measures if level == "utterance" else frame_measures
+        for a, b in pairs:
+            ma, mb = models[a], models[b]
+            for n in sets:
+                for stage, f in _set_flops(ma, mb, n, asked, knn_k, gram_max).items():
+                    stage_flops[f"{level} {stage}"] = stage_flops.get(f"{level} {stage}", 0.0) + f
+                held = (ma.layers * ma.width + mb.layers * mb.width) * n * FLOAT
+                grams = (ma.layers + mb.layers) * n * n * FLOAT if n <= gram_max else 0
+                peak = max(peak, held + grams)
+        if level == "frame":  # every frame of every layer is read once per model pair (once for a model with itself)
+            for a, b in pairs:
+                per_frame = sum(models[m].layers * models[m].width * models[m].dtype_bytes for m in {a, b})
+                read += sum(frames.values()) * per_frame
+    # Pooling reads every frame of every layer of every store once.
+    read += sum(m.layers * m.width * m.dtype_bytes * sum(frames.values()) for m in models.values())
+    rate = matmul_rate or _matmul_rate()
+    stages = [Stage("read + pool states", 0.0, read, 0.0, read / 200e6)]  # ~200 MB/s local zarr + zstd, measured order
+    for name, f in stage_flops.items():
+        on_device = None if device is None else f / (device.flops("float32") * EFFICIENCY)
+        stages.append(Stage(name, f, 0.0, 0.0, f / rate, on_device))
+    counts = [
+        ("models", ", ".join(f"{n} ({m.layers} layers x {m.width})" for n, m in models.items())),
+        ("model pairs", f"{len(pairs)} (each with itself included)"),
+        ("languages", f"{len(utterances)} (+ all)"),
+        (
+            "utterances",
+            f"{sum(utterances.values()):,}; frames {sum(frames.values()):,} "
+            f"(at most {frame_sample} per language at the frame level)",
+        ),
+    ]
+    return Plan(
+        job="compare",
+        counts=counts,
+        stages=stages,
+        peak_memory=peak,
+        memory_lines=[f"held states of one model pair and set + their Grams (up to {gram_max} examples)"],
+        device=device,
+        calibration=f"float32 matmul rate measured now: {rate / 1e9:.1f} GFLOP/s (SVD stages run far below it)",
+        assumptions=["FLOP counts of SVDs are LAPACK-path estimates", "reads at ~200 MB/s from a local store"],
+    )
+
+
+def _matmul_rate() -> float:
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1024, 512)), jnp.float32)
+    f = jax.jit(lambda a: jnp.matmul(a.T, a, precision=jax.lax.Precision.HIGHEST))
+    jax.block_until_ready(f(x))
+    start = time.perf_counter()
+    for _ in range(5):
+        jax.block_until_ready(f(x))
+    return 5 * 2 * 1024 * 512 * 512 / (time.perf_counter() - start)
+
+
+def plan_compare_run(config, device: Device | None) -> Plan:
+    """``plan_compare`` for a CompareConfig: store headers and lengths only."""
+    readers = [open_store(url) for url in config.stores]
+    names = config.names or tuple(r.info.model_name for r in readers)
+    langs = config.langs or sorted(set.intersection(*(set(r.languages()) for r in readers)))
+    utterances, frames = {}, {}
+    for lang in langs:
+        pairing = pair_utterances(readers[0], readers[-1], lang)
+        utterances[lang] = len(pairing.keys)
+        frames[lang] = int(
+            np.minimum(readers[0].lengths(lang)[pairing.index_a], readers[-1].lengths(lang)[pairing.index_b]).sum()
+        )
+    models = {
+        name: ModelShape(
+            len(r.info.layers),
+            r.info.dims.n_audio_state,
+            np.dtype(r.info.dtype).itemsize if r.info.dtype != "bfloat16" else 2,
+        )
+        for name, r in zip(names, readers, strict=True)
+    }
+    return plan_compare(
+        models,
+        utterances,
+        frames,
+        measures=config.measures,
+        frame_measures=config.frame_measures,
+        levels=config.levels,
+        frame_sample=config.frame_sample,
+        knn_k=config.knn_k,
+        device=device,
+    )

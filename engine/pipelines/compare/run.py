@@ -1,0 +1,365 @@
+"""Compare models and layers: retrieval on a common depth axis, and layer x layer similarity across layer stores.
+
+Takes several layer stores of the same audio (different models, or one model at two settings; a store may be
+compared with itself) and writes::
+
+    OUT/by_depth.csv                           depth.DEPTH_COLUMNS: R@1 and MRR per model, layer, directed pair, all
+    OUT/challenge_table.csv                    depth.CHALLENGE_COLUMNS (with a challenge set): full vs challenge R@1
+    OUT/layer_similarity.parquet               layers.ROW_COLUMNS: one row per (model_a, layer_a, model_b, layer_b,
+                                               language, level, measure) with value (null = not computable) and n
+    OUT/figures/by_depth.png                   R@1 and MRR against depth, one line per model, random dashed
+    OUT/figures/layers_<a>__<b>_<level>.png    heatmaps of the pooled (`all`) similarity, a panel per measure
+
+Model pairs are every unordered pair of stores, each store with itself included, in the order given (a before b).
+Levels (``engine.pipelines.compare.states``): ``utterance`` = mean-pooled states of the utterances both stores
+hold; ``frame`` = frames paired by time, at most ``frame_sample`` of them per language drawn at random (seeded, the
+same draw for every layer), and for ``all`` an equal share of each language's draw. The seed and the pairing make
+every number reproducible from the stores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import math
+import re
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.pipelines.compare import depth, layers, states
+from engine.pipelines.compare.layers import ALL, LEVELS, MEASURES, MeasureOptions, View
+from engine.pipelines.compare.states import CompareError
+from engine.runtime.options import RunOptions, option, validate
+from engine.stores.challenge import read_kept
+from engine.stores.kv import open_kvstore, write_all
+from engine.stores.reader import StoreReader, open_store
+
+log = logging.getLogger(__name__)
+
+BY_DEPTH = "by_depth.csv"
+CHALLENGE_TABLE = "challenge_table.csv"
+LAYER_SIMILARITY = "layer_similarity.parquet"
+FIGURES = "figures/"
+SCHEMA = pa.schema(
+    [("model_a", pa.string()), ("layer_a", pa.int32()), ("model_b", pa.string()), ("layer_b", pa.int32())]
+    + [("language", pa.string()), ("level", pa.string()), ("measure", pa.string()), ("value", pa.float64())]
+    + [("n", pa.int64())]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """What to compare and where to write it. ``None`` means everything the stores share.
+
+    stores: layer store URLs (one per model or setting), compared pairwise and each with itself.
+    names: a name per store for the outputs (default: each store's model name; must be distinct per store).
+    retrieval: a jobs.retrieval output folder per store ('' = compute mean-pooled retrieval from the store).
+    retrieval_measure: the measure read from those folders (computed retrieval is always ``mean``).
+    challenge: a jobs.challenge output folder: adds the full- vs challenge-set R@1 table (computed retrieval).
+    frame_sample: frames per language at the frame level (module docstring).
+    """
+
+    run: RunOptions = RunOptions()
+    stores: tuple[str, ...] = option(
+        (), "comma-separated layer stores of the same audio, one per model", parse="list", required=True
+    )
+    names: tuple[str, ...] | None = option(
+        None, "a name per store for the outputs (default: each store's model name)", parse="list"
+    )
+    retrieval: tuple[str, ...] | None = option(
+        None, "a jobs.retrieval --out folder per store ('' for one = compute mean-pooled)", parse="cells"
+    )
+    retrieval_measure: str = option("mean", "measure read from the --retrieval folders")
+    challenge: str | None = option(None, "jobs.challenge --out folder: also write full vs challenge-set R@1")
+    langs: tuple[str, ...] | None = option(None, "comma-separated language codes shared by the stores, or 'all'",
+                                           parse="list")  # fmt: skip
+    measures: tuple[str, ...] = option(MEASURES, "utterance-level measures", choices=MEASURES, parse="list")
+    frame_measures: tuple[str, ...] = option(
+        ("cka", "cka_unbiased", "mknn"), "frame-level measures (CCA on frames: one SVD pair per layer pair)",
+        choices=MEASURES, parse="list",
+    )  # fmt: skip
+    levels: tuple[str, ...] = option(
+        LEVELS, "utterance (mean-pooled), frame (paired by time), or both", choices=LEVELS, parse="list"
+    )
+    frame_sample: int = option(2048, "frames per language at the frame level (seeded)", minimum=4)
+    knn_k: int = option(10, "neighbours of mutual k-NN", minimum=1)
+    svcca_keep: float = option(0.99, "share of each view's variance SVCCA keeps", positive=True)
+    cca_epsilon: float = option(0.0, "PWCCA's ridge, relative to the largest variance", minimum=0.0)
+    seed: int = option(0, "seed of the frame sample")
+
+    def __post_init__(self):
+        validate(self)
+        if not self.stores:
+            raise CompareError("give at least one layer store to compare")
+        if not self.run.out:
+            raise CompareError("compare needs an output folder: run.out (--out)")
+        for what, given in (("names", self.names), ("retrieval", self.retrieval)):
+            if given is not None and len(given) != len(self.stores):
+                raise CompareError(f"{what} needs one entry per store ({len(self.stores)}), got {len(given)}")
+        if self.svcca_keep > 1.0:
+            raise CompareError(f"svcca_keep is a share of variance in (0, 1], got {self.svcca_keep}")
+
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareResult:
+    out: str
+    names: tuple[str, ...]
+    depth_rows: tuple[tuple, ...]
+    challenge_rows: tuple[tuple, ...]  # the paper's table (pooled over pairs)
+    similarity: pa.Table
+    paths: tuple[str, ...]
+    seconds: float
+
+    def report(self) -> str:
+        lines = [
+            f"compare: {', '.join(self.names)} ({self.seconds:.1f} s)",
+            "retrieval R@1 by depth (mean over pairs):",
+        ]
+        for r in sorted((r for r in self.depth_rows if r[3] == ALL and r[6] == "R@1"), key=lambda r: (r[0], r[2])):
+            lines.append(f"  {r[0]:<20} layer {r[1]:>2}  depth {r[2]:.2f}  R@1 {r[7]:.3f}  random {r[8]:.3f}  n {r[9]}")
+        if self.challenge_rows:
+            lines.append("full vs challenge set R@1 (mean over pairs with a challenge set):")
+            lines += [
+                f"  {r[0]:<20} layer {r[1]:>2}  {r[5]:<9} {r[6]:.3f}  random {r[7]:.3f}  n {r[8]}"
+                for r in self.challenge_rows
+            ]
+        table = self.similarity.to_pylist()
+        self_cka = [
+            r["value"]
+            for r in table
+            if r["measure"] == "cka"
+            and r["model_a"] == r["model_b"]
+            and r["layer_a"] == r["layer_b"]
+            and r["value"] is not None
+        ]
+        if self_cka:
+            lines.append(f"CKA of a layer with itself: min {min(self_cka):.6f}, max {max(self_cka):.6f}")
+        lines.append(f"{len(table)} layer-similarity rows")
+        lines += [f"wrote {p}" for p in self.paths]
+        return "\n".join(lines)
+
+
+class _Cache:
+    """Mean-pooled states per (store, language, layer), read once."""
+
+    def __init__(self):
+        self._pooled: dict[tuple, np.ndarray] = {}
+
+    def pooled(self, reader: StoreReader, lang: str, layer: int, index: np.ndarray) -> np.ndarray:
+        key = (reader.url, lang, layer)
+        if key not in self._pooled:
+            every = np.arange(len(reader.lengths(lang)))
+            done = reader.done(lang)
+            table = np.zeros((len(every), reader.info.dims.n_audio_state), np.float32)
+            table[done] = states.pooled(reader, lang, layer, every[done])
+            self._pooled[key] = table
+        return self._pooled[key][index]
+
+
+def _names(config: CompareConfig, readers: list[StoreReader]) -> tuple[str, ...]:
+    names = tuple(config.names or (r.info.model_name for r in readers))
+    by_name: dict[str, str] = {}
+    for name, reader in zip(names, readers, strict=True):
+        if by_name.setdefault(name, reader.url) != reader.url:
+            raise CompareError(
+                f"stores {by_name[name]!r} and {reader.url!r} are both named {name!r}: pass --names, one per store"
+            )
+    return names
+
+
+def _langs(config: CompareConfig, readers: list[StoreReader]) -> list[str]:
+    shared = sorted(set.intersection(*(set(r.languages()) for r in readers)))
+    if config.langs is None:
+        return shared
+    missing = sorted(set(config.langs) - set(shared))
+    if missing:
+        raise CompareError(f"languages {missing} are not in every store; the stores share {shared}")
+    return sorted(config.langs)
+
+
+def _frame_views(a, b, name_a, name_b, lang, pairing, config) -> tuple[View, View]:
+    len_a, len_b = a.lengths(lang)[pairing.index_a], b.lengths(lang)[pairing.index_b]
+    rate_a, rate_b = a.info.frame_rate, b.info.frame_rate
+    pairs = [states.frame_pairs(int(x), int(y), rate_a, rate_b) for x, y in zip(len_a, len_b, strict=True)]
+    owner = np.concatenate([np.full(len(p[0]), u) for u, p in enumerate(pairs)])
+    fa, fb = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    rng = np.random.default_rng([config.seed, *lang.encode()])
+    pick = rng.permutation(len(owner))[: config.frame_sample]
+
+    def gather(reader, index, frames, name):
+        stack = []
+        for layer in reader.info.layers:
+            padded, _ = states.read_layer(reader, lang, layer, index)
+            stack.append(padded[owner[pick], frames[pick]])
+        return View(name, reader.info.layers, tuple(stack))
+
+    view_a = gather(a, pairing.index_a, fa, name_a)
+    return view_a, (view_a if b is a else gather(b, pairing.index_b, fb, name_b))
+
+
+def _similarity(config, readers, names, langs, cache) -> list[tuple]:
+    options = MeasureOptions(config.knn_k, config.svcca_keep, config.cca_epsilon)
+    rows: list[tuple] = []
+    for i in range(len(readers)):
+        for j in range(i, len(readers)):
+            a, b = readers[i], readers[j]
+            pooled_views: dict[str, list[View]] = {level: [] for level in config.levels}
+            for lang in langs:
+                pairing = states.pair_utterances(a, b, lang)
+                if len(pairing.keys) < 2:
+                    log.warning("%s: fewer than 2 utterances done in both %s and %s; skipped", lang, names[i], names[j])
+                    continue
+                views = {}
+                if "utterance" in config.levels:
+                    va = View(
+                        names[i],
+                        a.info.layers,
+                        tuple(cache.pooled(a, lang, la, pairing.index_a) for la in a.info.layers),
+                    )
+                    vb = (
+                        va
+                        if j == i
+                        else View(
+                            names[j],
+                            b.info.layers,
+                            tuple(cache.pooled(b, lang, lb, pairing.index_b) for lb in b.info.layers),
+                        )
+                    )
+                    views["utterance"] = (va, vb)
+                if "frame" in config.levels:
+                    views["frame"] = _frame_views(a, b, names[i], names[j], lang, pairing, config)
+                for level, (va, vb) in views.items():
+                    measures = config.measures if level == "utterance" else config.frame_measures
+                    rows += layers.similarity_rows(va, vb, lang, level, measures, options)
+                    pooled_views[level].append((va, vb))
+                log.info("compared %s x %s on %s", names[i], names[j], lang)
+            for level, per_lang in pooled_views.items():
+                if not per_lang:
+                    continue
+                measures = config.measures if level == "utterance" else config.frame_measures
+                share = math.ceil(config.frame_sample / len(per_lang)) if level == "frame" else None
+                va, vb = (_concat([v[side] for v in per_lang], share) for side in (0, 1))
+                vb = va if j == i else vb
+                rows += layers.similarity_rows(va, vb, ALL, level, measures, options)
+    return rows
+
+
+def _concat(views: list[View], share: int | None) -> View:
+    first = views[0]
+    return View(
+        first.model,
+        first.layers,
+        tuple(np.concatenate([v.states[k][:share] for v in views]) for k in range(len(first.layers))),
+    )
+
+
+def _retrieval(config, readers, names, langs, cache) -> tuple[list[tuple], list[tuple]]:
+    depth_rows, challenge_rows = [], []
+    for k, (reader, name) in enumerate(zip(readers, names, strict=True)):
+        n_layer = reader.info.dims.n_audio_layer
+        folder = config.retrieval[k] if config.retrieval else ""
+        if folder:
+            got = depth.read_rows(name, n_layer, folder, config.retrieval_measure)
+        else:
+
+            def pooled(lang, layer, reader=reader):
+                done = np.flatnonzero(reader.done(lang))
+                ids = [reader.arrays(lang).rows[u].id for u in done]
+                return cache.pooled(reader, lang, layer, done), ids
+
+            kept = None
+            if config.challenge:
+
+                def kept(a, b):
+                    return read_kept(config.challenge, a, b, missing_ok=True)
+
+            got = depth.computed_rows(name, n_layer, reader.info.layers, langs, pooled, kept)
+        depth_rows += got[0]
+        challenge_rows += got[1]
+    return depth_rows + depth.pooled_rows(depth_rows), depth.challenge_table(challenge_rows)
+
+
+def _figures(result_rows, table: pa.Table, names, subtitle: str) -> dict[str, bytes]:
+    from engine.pipelines.compare import figures  # lazy: matplotlib is only needed here
+
+    writes = {}
+    curves: dict[str, dict] = {metric: {} for metric in depth.METRICS}
+    pairs = {(r[0], r[1], r[6]): 0 for r in result_rows}
+    for r in result_rows:
+        if r[3] != ALL:
+            pairs[r[0], r[1], r[6]] += 1
+    for r in sorted((r for r in result_rows if r[3] == ALL), key=lambda r: r[2]):
+        d, v, rnd, _ = curves[r[6]].setdefault(r[0], ([], [], [], 0))
+        d.append(r[2])
+        v.append(r[7])
+        rnd.append(r[8])
+        curves[r[6]][r[0]] = (d, v, rnd, r[9] // max(1, pairs[r[0], r[1], r[6]]))
+    if any(curves.values()):
+        writes[FIGURES + "by_depth.png"] = figures.by_depth_png(curves, subtitle=subtitle + "; n = queries per pair")
+    rows = [r for r in table.to_pylist() if r["language"] == ALL]
+    for level in dict.fromkeys(r["level"] for r in rows):
+        for a in names:
+            for b in names[names.index(a) :]:
+                sel = [r for r in rows if r["level"] == level and r["model_a"] == a and r["model_b"] == b]
+                if not sel:
+                    continue
+                la, lb = sorted({r["layer_a"] for r in sel}), sorted({r["layer_b"] for r in sel})
+                grids = {}
+                for r in sel:
+                    grid = grids.setdefault(r["measure"], np.full((len(la), len(lb)), np.nan))
+                    grid[la.index(r["layer_a"]), lb.index(r["layer_b"])] = np.nan if r["value"] is None else r["value"]
+                n = sel[0]["n"]
+                what = "utterances (mean-pooled)" if level == "utterance" else "frames paired by time"
+                writes[FIGURES + f"layers_{_file_name(a)}__{_file_name(b)}_{level}.png"] = figures.heatmaps_png(
+                    grids,
+                    la,
+                    lb,
+                    model_a=a,
+                    model_b=b,
+                    title=f"{a} x {b}: layer similarity, all languages",
+                    subtitle=f"{subtitle}; n = {n} {what}",
+                )
+    return writes
+
+
+def _file_name(model: str) -> str:
+    """A model name as a file-name part: 'whisper-base (packaged)' -> 'whisper-base_packaged'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_") or "model"
+
+
+def run_compare(config: CompareConfig) -> CompareResult:
+    """Reads the stores, computes, writes the outputs of the module docstring and returns them."""
+    start = time.perf_counter()
+    readers = [open_store(url) for url in config.stores]
+    names = _names(config, readers)
+    langs = _langs(config, readers)
+    if not langs:
+        raise CompareError(f"the stores share no language: {[r.languages() for r in readers]}")
+    cache = _Cache()
+    depth_rows, challenge_rows = _retrieval(config, readers, names, langs, cache)
+    rows = _similarity(config, readers, names, langs, cache)
+    table = pa.Table.from_pylist([dict(zip(layers.ROW_COLUMNS, r, strict=True)) for r in rows], schema=SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    writes = {BY_DEPTH: depth.csv_bytes(depth.DEPTH_COLUMNS, depth_rows), LAYER_SIMILARITY: buf.getvalue()}
+    if challenge_rows:
+        writes[CHALLENGE_TABLE] = depth.csv_bytes(depth.CHALLENGE_COLUMNS, challenge_rows)
+    subtitle = f"{', '.join(names)}; {len(langs)} languages"
+    writes |= _figures(depth_rows, table, names, subtitle)
+    _, kv = open_kvstore(config.run.out)
+    write_all(kv, writes, config.run.out)
+    root = config.run.out.rstrip("/") + "/"
+    return CompareResult(
+        config.run.out,
+        names,
+        tuple(depth_rows),
+        tuple(challenge_rows),
+        table,
+        tuple(root + k for k in writes),
+        time.perf_counter() - start,
+    )

@@ -1,0 +1,118 @@
+"""The states two layer stores hold for the same audio, paired: utterance by utterance, and frame by frame in time.
+
+Utterances are paired by ``(id, recording)`` within a language: two stores of the same audio list the same ones,
+in any order, and only utterances done in both are used. Utterance-level states are the mean over an utterance's
+valid frames (``kernels.pooling.mean_pool``, float32).
+
+Frames are paired by their time in seconds. Frame i of a store with ``r`` frames per second covers
+``[i / r, (i + 1) / r)``. Walking the frames of the store with the lower rate (the first store when equal), frame i
+is paired with the other store's frame containing its centre time ``(i + 1/2) / r_slow``, i.e.
+``floor((i + 1/2) r_fast / r_slow)``, when that frame is valid. Each frame of the slower store is used once; the
+faster store's frames between two centres are not used. With equal rates (every Whisper) frame i pairs with
+frame i, up to the shorter of the two lengths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from engine.errors import BabelgridError
+from engine.stores.reader import StoreReader
+from kernels.pooling import mean_pool
+
+
+class CompareError(BabelgridError, ValueError):
+    """The stores cannot be compared as asked: different audio, unknown language or layer, bad options."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """The utterances two stores share in one language: index lists of equal length, in the same order."""
+
+    lang: str
+    index_a: np.ndarray  # i64[n] utterance indices in store a
+    index_b: np.ndarray  # i64[n] utterance indices in store b
+    keys: tuple[tuple[str, int], ...]  # (id, recording) of each pair
+
+
+def _done_keys(reader: StoreReader, lang: str) -> dict[tuple[str, int], int]:
+    done = reader.done(lang)
+    return {(row.id, int(row.recording)): u for u, row in enumerate(reader.arrays(lang).rows) if done[u]}
+
+
+def pair_utterances(a: StoreReader, b: StoreReader, lang: str) -> Pairing:
+    """The utterances of ``lang`` done in both stores, paired by (id, recording), sorted by it."""
+    for reader in (a, b):
+        if lang not in reader.languages():
+            raise CompareError(f"store {reader.url!r} has no language {lang!r}; it has {reader.languages()}")
+    keys_a, keys_b = _done_keys(a, lang), _done_keys(b, lang)
+    shared = sorted(set(keys_a) & set(keys_b))
+    if len(shared) < 2 and (keys_a or keys_b):
+        raise CompareError(
+            f"stores {a.url!r} and {b.url!r} share {len(shared)} done utterances of {lang!r} (by id and recording): "
+            "they must hold the same audio; encode the same dataset and split into both"
+        )
+    return Pairing(
+        lang,
+        np.array([keys_a[k] for k in shared], np.int64),
+        np.array([keys_b[k] for k in shared], np.int64),
+        tuple(shared),
+    )
+
+
+_mean_pool = jax.jit(jax.vmap(mean_pool))
+
+
+def read_layer(reader: StoreReader, lang: str, layer: int, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(f32[n, frames, embed] zero-padded, i32[n] lengths) of utterances ``index``, trimmed to the longest."""
+    lengths = reader.lengths(lang)[index]
+    states, lengths = reader.language_layer(lang, layer, index, np.float32, frames=int(lengths.max()))
+    return states, lengths
+
+
+def pooled(reader: StoreReader, lang: str, layer: int, index: np.ndarray) -> np.ndarray:
+    """f32[n, embed]: mean over valid frames of each utterance in ``index``."""
+    states, lengths = read_layer(reader, lang, layer, index)
+    return np.asarray(_mean_pool(states, lengths))
+
+
+def frame_pairs(len_a: int, len_b: int, rate_a: float, rate_b: float) -> tuple[np.ndarray, np.ndarray]:
+    """(i64[m], i64[m]): frame indices of a and b paired by time (module docstring)."""
+    if rate_a <= rate_b:
+        slow = np.arange(len_a)
+        fast = np.floor((slow + 0.5) * rate_b / rate_a).astype(np.int64)
+        keep = fast < len_b
+        return slow[keep], fast[keep]
+    fb, fa = frame_pairs(len_b, len_a, rate_b, rate_a)
+    return fa, fb
+
+
+def paired_frames(
+    states_a: np.ndarray, len_a: np.ndarray, states_b: np.ndarray, len_b: np.ndarray, rate_a: float, rate_b: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frames of paired utterances matched by time: (f32[m, embed_a], f32[m, embed_b], i64[m] utterance position)."""
+    rows_a, rows_b, owner = [], [], []
+    for u in range(len(len_a)):
+        ia, ib = frame_pairs(int(len_a[u]), int(len_b[u]), rate_a, rate_b)
+        rows_a.append(states_a[u, ia])
+        rows_b.append(states_b[u, ib])
+        owner.append(np.full(len(ia), u))
+    return np.concatenate(rows_a), np.concatenate(rows_b), np.concatenate(owner)
+
+
+def reference_frame_pairs(len_a: int, len_b: int, rate_a: float, rate_b: float) -> list[tuple[int, int]]:
+    """The same pairs by brute force over times: for each frame of the slower store, the faster store's frame whose
+    interval holds its centre."""
+    slow_is_a = rate_a <= rate_b
+    slow, fast = (len_a, rate_a), (len_b, rate_b)
+    (n_slow, r_slow), (n_fast, r_fast) = (slow, fast) if slow_is_a else (fast, slow)
+    pairs = []
+    for i in range(n_slow):
+        centre = (i + 0.5) / r_slow
+        for j in range(n_fast):
+            if j / r_fast <= centre < (j + 1) / r_fast:
+                pairs.append((i, j) if slow_is_a else (j, i))
+    return pairs

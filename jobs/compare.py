@@ -1,0 +1,34 @@
+r"""Compare models and layers: retrieval by depth, and CKA / SVCCA / PWCCA / mutual k-NN of every layer pair.
+
+    python -m jobs.compare --stores /data/base,/data/tiny.en --out /tmp/compare     # the demo's two models
+    python -m jobs.compare --stores /data/base,/data/tiny.en --out /tmp/c --retrieval /data/sim-base,/data/sim-tiny \
+        --retrieval_measure seqsim --challenge /tmp/challenge                       # + the full vs challenge table
+    python -m jobs.compare --stores /data/base,/data/large --out /tmp/c --plan --plan_device h100
+
+See engine/pipelines/compare/run.py for the outputs and docs/compare.md for what they show.
+"""
+
+from __future__ import annotations
+
+from engine.pipelines.compare.plan import plan_compare_run
+from engine.pipelines.compare.run import CompareConfig, run_compare
+from jobs import common
+
+common.define_config_flags(
+    CompareConfig,
+    __name__,
+    run=("out", "progress", "kvstore_spec", "store_timeout", "matmul_precision"),
+    required=("out",),
+    help={"out": "output folder: local path or TensorStore kvstore URL"},
+    plan=plan_compare_run,
+)
+
+
+def main() -> int:
+    config = common.config_from_flags(CompareConfig)
+    print(run_compare(config).report())
+    return 0
+
+
+if __name__ == "__main__":
+    common.run(main)

@@ -1,0 +1,231 @@
+"""The compare job end to end on two small planted layer stores of "the same audio": one at 50 frames/s, one at 25
+with its utterances in another order and one utterance not done. Every number is recomputed here in float64 NumPy
+from the stores (pooling, frame pairing by brute force over times, retrieval by sorting), not by the code under
+test. Tolerance 1e-4, the acceptance bound (float32 states, float32 kernels)."""
+
+from __future__ import annotations
+
+import csv
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from engine.pipelines.compare import depth, states
+from engine.pipelines.compare.layers import ROW_COLUMNS
+from engine.pipelines.compare.run import CompareConfig, CompareError, run_compare
+from engine.stores.layers import LayerStore
+from engine.stores.reader import open_store
+from engine.stores.schema import StoreInfo, UtteranceRow
+from kernels.cka import reference_linear_cka
+from kernels.metrics import reference_retrieval_metrics
+from tests.conftest import TINY_DIMS
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+LANGS = ("de", "en")
+N = 12
+LAYERS = (0, 1, 2)
+
+
+def make_store(root, name, rate, order, skip=None, seed=0, width=64):
+    """Utterance s<i> of every language: a per-id latent (shared across languages and stores) mixed into every
+    frame, plus per-store noise; stored in ``order``; ``skip`` = (lang, index) left not done."""
+    store = LayerStore.create_or_open(
+        f"file://{root}", StoreInfo(name, "0" * 64, TINY_DIMS, LAYERS, "float32", frame_rate=rate)
+    )
+    latent = np.random.default_rng(99).standard_normal((N, 8))
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((len(LAYERS), 8, width))
+    seconds = np.random.default_rng(7).uniform(0.4, 1.2, N)  # the same audio durations in both stores
+    for lang in LANGS:
+        frames = [max(1, int(seconds[i] * rate)) for i in order]
+        rows = [UtteranceRow(id=f"s{i}", lang=lang, path=f"/{lang}/{i}.wav", duration_s=float(seconds[i]),
+                             n_frames=f, n_windows=1) for i, f in zip(order, frames, strict=True)]  # fmt: skip
+        arrays = store.language(lang, rows)
+        for u, (i, f) in enumerate(zip(order, frames, strict=True)):
+            if skip == (lang, u):
+                continue
+            t = np.linspace(0, 1, f)[None, :, None]
+            x = np.einsum("k,lkd->ld", latent[i], mix)[:, None, :] * (1 + t) + 20.0 * rng.standard_normal((3, f, width))
+            arrays.write_utterance(u, x.astype(np.float32))
+        arrays.flush()
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    a = make_store(root / "a", "model-a", 50.0, list(range(N)))
+    b = make_store(root / "b", "model-b", 25.0, list(reversed(range(N))), skip=("en", 2), seed=1)
+    challenge = root / "challenge"
+    challenge.mkdir()
+    with open(challenge / "de__en.csv", "w") as f:
+        f.write("id,kept,reason,evidence\n" + "".join(f"s{i},{int(i % 3 != 0)},,\n" for i in range(N)))
+    out = root / "out"
+    config = CompareConfig(stores=(a, b), out=str(out), challenge=str(challenge), frame_sample=10_000, knn_k=3)
+    return a, b, out, run_compare(config)
+
+
+def pooled_np(url, lang, layer):
+    """{(id, recording): f64[embed]} of the done utterances, pooled here."""
+    reader = open_store(url)
+    x, lengths = reader.language_layer(lang, layer, dtype=np.float64)
+    rows = reader.arrays(lang).rows
+    return {(rows[u].id, rows[u].recording): x[u, : lengths[u]].mean(0) for u in range(len(rows)) if lengths[u] > 0}
+
+
+def test_layer_similarity_recomputed_in_numpy(run):
+    a, b, out, result = run
+    table = pq.read_table(out / "layer_similarity.parquet")
+    assert tuple(table.column_names) == ROW_COLUMNS
+    rows = table.to_pylist()
+    assert {r["measure"] for r in rows} == {"cka", "cka_unbiased", "svcca", "pwcca", "mknn"}
+    assert {r["language"] for r in rows} == {*LANGS, "all"} and {r["level"] for r in rows} == {"utterance", "frame"}
+    checked = 0
+    for r in rows:
+        if r["measure"] != "cka" or r["level"] != "utterance":
+            continue
+        url = {"model-a": a, "model-b": b}
+        langs = LANGS if r["language"] == "all" else (r["language"],)
+        xs, ys = [], []
+        for lang in langs:
+            pa_ = pooled_np(url[r["model_a"]], lang, r["layer_a"])
+            pb_ = pooled_np(url[r["model_b"]], lang, r["layer_b"])
+            shared = sorted(set(pa_) & set(pb_))
+            xs += [pa_[k] for k in shared]
+            ys += [pb_[k] for k in shared]
+        assert r["n"] == len(xs)
+        assert r["value"] == pytest.approx(reference_linear_cka(np.array(xs), np.array(ys)), abs=1e-4)
+        if r["model_a"] == r["model_b"] and r["layer_a"] == r["layer_b"]:
+            assert r["value"] == pytest.approx(1.0, abs=1e-6)
+        checked += 1
+    assert checked == 3 * 3 * 3 * 3  # (a,a), (a,b), (b,b) x 3 x 3 layers x (de, en, all)
+    en_ab = [r for r in rows if r["language"] == "en" and r["model_a"] == "model-a" and r["model_b"] == "model-b"]
+    assert {r["n"] for r in en_ab if r["level"] == "utterance"} == {N - 1}  # the utterance not done in b
+
+
+def test_frames_paired_by_time(run):
+    a, b, out, result = run
+    # b's frame j (25/s) has its centre in a's frame 2j + 1 (50/s); b's frame 3 would need a's frame 7: absent.
+    assert [x.tolist() for x in states.frame_pairs(7, 4, 50.0, 25.0)] == [[1, 3, 5], [0, 1, 2]]
+    for la, lb, ra, rb in [(7, 4, 50.0, 25.0), (4, 7, 25.0, 50.0), (10, 10, 50.0, 50.0), (9, 5, 50.0, 30.0)]:
+        got = list(zip(*(x.tolist() for x in states.frame_pairs(la, lb, ra, rb)), strict=True))
+        assert got == states.reference_frame_pairs(la, lb, ra, rb)
+    rows = pq.read_table(out / "layer_similarity.parquet").to_pylist()
+    row = next(r for r in rows if (r["model_a"], r["model_b"], r["layer_a"], r["layer_b"], r["language"],
+               r["level"], r["measure"]) == ("model-a", "model-b", 2, 1, "de", "frame", "cka"))  # fmt: skip
+    ra, rb = open_store(a), open_store(b)
+    xa, na = ra.language_layer("de", 2, dtype=np.float64)
+    xb, nb = rb.language_layer("de", 1, dtype=np.float64)
+    ids_b = {row_.id: u for u, row_ in enumerate(rb.arrays("de").rows)}
+    fa, fb = [], []
+    for u, row_ in enumerate(ra.arrays("de").rows):
+        v = ids_b[row_.id]
+        for i, j in states.reference_frame_pairs(int(na[u]), int(nb[v]), 50.0, 25.0):
+            fa.append(xa[u, i])
+            fb.append(xb[v, j])
+    assert row["n"] == len(fa)  # frame_sample exceeds the frames: every pair is used
+    assert row["value"] == pytest.approx(reference_linear_cka(np.array(fa), np.array(fb)), abs=1e-4)
+
+
+def test_retrieval_by_depth_and_challenge_table(run):
+    a, b, out, result = run
+    rows = list(csv.DictReader(open(out / "by_depth.csv")))
+    assert tuple(rows[0]) == depth.DEPTH_COLUMNS
+    pa_de, pa_en = pooled_np(a, "de", 1), pooled_np(a, "en", 1)
+
+    def cosines(p, q):
+        p, q = np.array(list(p.values())), np.array(list(q.values()))
+        p, q = p / np.linalg.norm(p, axis=1, keepdims=True), q / np.linalg.norm(q, axis=1, keepdims=True)
+        return p @ q.T
+
+    ids_de, ids_en = [k[0] for k in pa_de], [k[0] for k in pa_en]
+    want = reference_retrieval_metrics(cosines(pa_de, pa_en), ids_de, ids_en, ks=(1,))
+    got = {
+        r["metric"]: r
+        for r in rows
+        if (r["model"], r["layer"], r["lang_a"], r["lang_b"]) == ("model-a", "1", "de", "en")
+    }
+    assert float(got["R@1"]["value"]) == pytest.approx(want.recall[1]) and int(got["R@1"]["n"]) == N
+    assert float(got["MRR"]["value"]) == pytest.approx(want.mrr) and float(got["R@1"]["depth"]) == pytest.approx(1 / 3)
+    pooled = next(
+        r for r in rows if (r["model"], r["layer"], r["lang_a"], r["metric"]) == ("model-a", "1", "all", "R@1")
+    )
+    pairs = [float(r["value"]) for r in rows if (r["model"], r["layer"], r["metric"]) == ("model-a", "1", "R@1")
+             and r["lang_a"] != "all"]  # fmt: skip
+    assert float(pooled["value"]) == pytest.approx(np.mean(pairs)) and len(pairs) == 2
+    # The challenge table: the folder's de__en.csv serves both directions; kept ids = i % 3 != 0 (8 of 12).
+    table = list(csv.DictReader(open(out / "challenge_table.csv")))
+    assert tuple(table[0]) == depth.CHALLENGE_COLUMNS
+    scores = cosines(pa_de, pa_en)
+    kept_de = [i for i, k in enumerate(ids_de) if int(k[1:]) % 3]
+    kept_en = [j for j, k in enumerate(ids_en) if int(k[1:]) % 3]
+    sub = [
+        reference_retrieval_metrics(scores[np.ix_(kept_de, kept_en)], [ids_de[i] for i in kept_de],
+                                    [ids_en[j] for j in kept_en], ks=(1,)).recall[1],
+        reference_retrieval_metrics(scores.T[np.ix_(kept_en, kept_de)], [ids_en[j] for j in kept_en],
+                                    [ids_de[i] for i in kept_de], ks=(1,)).recall[1],
+    ]  # fmt: skip
+    full = [want.recall[1], reference_retrieval_metrics(scores.T, ids_en, ids_de, ks=(1,)).recall[1]]
+    at = {r["set"]: r for r in table if (r["model"], r["layer"]) == ("model-a", "1")}
+    assert float(at["challenge"]["value"]) == pytest.approx(np.mean(sub)) and int(at["challenge"]["n"]) == 16
+    assert float(at["full"]["value"]) == pytest.approx(np.mean(full)) and int(at["full"]["n"]) == 24
+    assert np.mean(full) < 1.0  # the planted noise leaves something to rank
+    for name in ("by_depth.png", "layers_model-a__model-b_utterance.png", "layers_model-a__model-a_frame.png"):
+        assert (out / "figures" / name).stat().st_size > 10_000
+    assert "CKA of a layer with itself: min 1.0000" in result.report()
+
+
+def test_refusals(run, tmp_path):
+    a, b, _, _ = run
+    with pytest.raises(CompareError, match="both named"):
+        run_compare(CompareConfig(stores=(a, b), out=str(tmp_path / "x"), names=("m", "m")))
+    with pytest.raises(CompareError, match="unknown measures"):
+        CompareConfig(stores=(a,), out=str(tmp_path), measures=("cka", "rsa"))
+    with pytest.raises(CompareError, match="one entry per store"):
+        CompareConfig(stores=(a, b), out=str(tmp_path), retrieval=("x",))
+
+
+def test_job_plan_through_flags(run):
+    a, b, _, _ = run
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.compare", f"--stores={a},{b}", "--out=/tmp/unused", "--plan",
+         "--plan_device=h100"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "plan: compare" in proc.stdout and "utterance cka" in proc.stdout and "peak memory" in proc.stdout
+
+
+def test_rows_read_from_a_retrieval_folder(tmp_path):
+    """The other source of retrieval: jobs.retrieval's CSVs, written here with its own column lists."""
+    from engine.pipelines.retrieval.run import CSV_COLUMNS
+    from engine.pipelines.retrieval.subset import SUBSET_COLUMNS
+
+    with open(tmp_path / "retrieval.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for a, b, value in (("de", "en", 0.5), ("en", "de", 0.25)):
+            w.writerow([a, b, 4, "seqsim", "R@1", value, 0.1, 10, 0, 0, 0, 0])
+            w.writerow([a, b, 4, "seqsim", "MRR", value + 0.1, 0.2, 10, 0, 0, 0, 0])
+            w.writerow([a, b, 4, "mean", "R@1", 0.9, 0.1, 10, 0, 0, 0, 0])
+        w.writerow(["de", "fr", 4, "seqsim", "R@1", "NA", "NA", 0, 10, 0, 0, 0])  # no shared ids: left out
+    with open(tmp_path / "subset_comparison.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SUBSET_COLUMNS)
+        for name in ("full", "challenge", "size_matched"):
+            w.writerow(["de", "en", 4, "seqsim", name, "R@1", 0.5, 0.4, 0.6, 0.1, 6, 1])
+    rows, challenge = depth.read_rows("m", 4, str(tmp_path), "seqsim")
+    assert sorted((r[3], r[6], r[7]) for r in rows) == [("de", "MRR", 0.6), ("de", "R@1", 0.5), ("en", "MRR", 0.35),
+                                                        ("en", "R@1", 0.25)]  # fmt: skip
+    assert all(r[2] == pytest.approx(0.8) and r[9] == 10 for r in rows)  # layer 4 of L = 4: depth 4 / 5
+    pooled = {r[6]: r for r in depth.pooled_rows(rows)}
+    assert pooled["R@1"][7] == pytest.approx(0.375) and pooled["R@1"][9] == 20
+    assert sorted(r[5] for r in challenge) == ["challenge", "full"]
+    with pytest.raises(CompareError, match="no measure 'dtw'"):
+        depth.read_rows("m", 4, str(tmp_path), "dtw")
+    with pytest.raises(CompareError, match="no retrieval.csv"):
+        depth.read_rows("m", 4, str(tmp_path / "missing"), "seqsim")
