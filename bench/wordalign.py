@@ -39,6 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.common import interleaved, machine, record  # noqa: E402
 from kernels import wordalign as wa  # noqa: E402
+from kernels.frames import COS_EPS  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
 FRAMES, EMBED = 750, 512
@@ -115,8 +116,8 @@ def numpy_pair(xa, sa, xb, sb, pooling):
         return np.stack([f(x[0, s:e], axis=0) for s, e in spans])
 
     ea, eb = pool(xa, sa), pool(xb, sb)
-    ea /= np.maximum(np.linalg.norm(ea, axis=1, keepdims=True), wa.COS_EPS)
-    eb /= np.maximum(np.linalg.norm(eb, axis=1, keepdims=True), wa.COS_EPS)
+    ea /= np.maximum(np.linalg.norm(ea, axis=1, keepdims=True), COS_EPS)
+    eb /= np.maximum(np.linalg.norm(eb, axis=1, keepdims=True), COS_EPS)
     c = ea @ eb.T
     rows, cols = c.argmax(1), c.argmax(0)
     return c, (rows[:, None] == np.arange(c.shape[1])) & (cols[None, :] == np.arange(c.shape[0])[:, None])

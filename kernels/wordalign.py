@@ -15,7 +15,7 @@ Poolings (``POOLINGS``):
 - ``mean``: mean of the word's frames (float32 accumulation);
 - ``max``: per-dimension maximum over the word's frames.
 
-Conventions (as in ``kernels.seqsim``):
+Conventions (as in ``kernels.frames``):
 
 - Frames at index ``>= n_frames`` and words at index ``>= n_words`` are padding and may hold anything, NaN and inf
   included (spans of padding words too): they are removed with ``where`` before arithmetic touches them.
@@ -52,8 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import ShapeError
+from kernels.frames import COS_EPS
 from kernels.ot import INNER_ITERATIONS, OtConfig, reference_sinkhorn
-from kernels.seqsim import COS_EPS
 
 POOLINGS = ("centre", "mean", "max")
 WORD_WEIGHTS = ("uniform", "duration")

@@ -393,7 +393,8 @@ def calibrate_pair_measure(measure: str, sample, ot_config=None) -> tuple[float,
     ``N*M*m*n`` with frames cropped to the longest; on ``sample = (A, len_A, B, len_B)``: real states of two
     languages (``f[N, m, embed]``, ``i32[N]``). Sinkhorn's iterations depend on the states: random ones would not do."""
     from kernels.dtw import dtw_similarity_matrix
-    from kernels.ot import OtConfig, ot_similarity_matrix
+    from kernels.ot import OtConfig
+    from kernels.ot_matrix import ot_similarity_matrix
 
     A, len_A, B, len_B = sample
     A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]

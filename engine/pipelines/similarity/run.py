@@ -42,7 +42,8 @@ from engine.stores.similarity import (
     new_manifest,
 )
 from kernels.dtw import dtw_similarity_matrix
-from kernels.ot import OtConfig, ot_similarity_matrix
+from kernels.ot import OtConfig
+from kernels.ot_matrix import ot_similarity_matrix
 from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import seqsim_matrix, seqsim_matrix_sharded
 
