@@ -135,6 +135,7 @@ def main() -> None:
     A, B = make_side(rng, args.pairs, args.words), make_side(rng, args.pairs, args.words)
     word_pairs = int(np.sum(A[3].astype(np.int64) * B[3]))
     device = [jax.device_put(x) for x in (*A, *B)]
+    block = wa.WordPair(wa.Words(*device[:4]), wa.Words(*device[4:]))
     spans_a = [[tuple(s) for s in A[2][p, : A[3][p]]] for p in range(args.pairs)]
     spans_b = [[tuple(s) for s in B[2][p, : B[3][p]]] for p in range(args.pairs)]
     lines = []
@@ -175,7 +176,7 @@ def main() -> None:
     for pooling in wa.POOLINGS:
 
         def kernel(pooling=pooling):
-            out = wa.wordalign_pairs(*device, jnp.float32(-jnp.inf), pooling=pooling)
+            out = wa.wordalign_pairs(block, jnp.float32(-jnp.inf), pooling=pooling)
             jax.block_until_ready(out)
 
         def loop(pooling=pooling):
@@ -183,7 +184,7 @@ def main() -> None:
                 numpy_pair(A[0][p], spans_a[p], B[0][p], spans_b[p], pooling)
 
         # Parity of the two contenders on this block (the masks must be the same pairs).
-        got = wa.wordalign_pairs(*device, jnp.float32(-jnp.inf), pooling=pooling)
+        got = wa.wordalign_pairs(block, jnp.float32(-jnp.inf), pooling=pooling)
         for p in range(0, args.pairs, max(1, args.pairs // 8)):
             _, m = numpy_pair(A[0][p], spans_a[p], B[0][p], spans_b[p], pooling)
             assert (np.asarray(got.mutual[p, 0, : A[3][p], : B[3][p]]) == m).all(), (pooling, p)
@@ -193,7 +194,8 @@ def main() -> None:
         n = args.reference_pairs
         start = time.perf_counter()
         for p in range(n):
-            wa.reference_wordalign(*(x[p] for x in A), *(x[p] for x in B), pooling=pooling)
+            one = wa.WordPair(wa.Words(*(x[p] for x in A)), wa.Words(*(x[p] for x in B)))
+            wa.reference_wordalign(one, pooling=pooling)
         ref = (time.perf_counter() - start) / n * args.pairs
         rate = {k: word_pairs / v for k, v in (*med.items(), ("reference", ref))}
         lines.append(
