@@ -1,5 +1,5 @@
-"""Benchmark: the batched OT measure (``kernels.ot.ot_similarity_matrix``) against POT's per-pair loop, and its cost
-relative to SeqSim on the same grid, in one run.
+"""Benchmark: the batched OT measure (``kernels.ot_matrix.ot_similarity_matrix``) against POT's per-pair loop, and
+its cost relative to SeqSim on the same grid, in one run.
 
 Usage:  python bench/ot.py [--store /tmp/demo_new/store --layer 7 --a en --b de] [--repeats 5] [--pot_pairs 24]
                            [--record bench/RESULTS.md]
@@ -32,7 +32,8 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path = [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 from bench.common import interleaved, machine, record  # noqa: E402
-from kernels.ot import OtConfig, kernel_mode, ot_similarity_matrix  # noqa: E402
+from kernels.ot import OtConfig, kernel_mode  # noqa: E402
+from kernels.ot_matrix import ot_similarity_matrix  # noqa: E402
 from kernels.seqsim import seqsim_matrix  # noqa: E402
 
 

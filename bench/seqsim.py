@@ -33,6 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, record  # noqa: E402
 from kernels import seqsim  # noqa: E402
+from kernels.frames import normalize_frames  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
 TILE_SIDE = 2048  # side of the repeated square products of the second matmul baseline
@@ -83,7 +84,7 @@ def numpy_pair_times(A, len_A, B, len_B, pairs, offset):
 def block_gemms(A, len_A, B, len_B, block_a, block_b):
     """The kernel's matmuls alone: same augmented inputs and block shapes, reductions replaced by one element."""
     prepare = jax.jit(
-        lambda x, lengths, pad_a: seqsim._augment(jax.vmap(seqsim.normalize_frames)(x, lengths), lengths, pad_a),
+        lambda x, lengths, pad_a: seqsim._augment(jax.vmap(normalize_frames)(x, lengths), lengths, pad_a),
         static_argnums=2,
     )
     a, b = prepare(A, len_A, True), prepare(B, len_B, False)

@@ -39,6 +39,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.common import interleaved, machine, record  # noqa: E402
 from kernels import wordalign as wa  # noqa: E402
+from kernels.frames import COS_EPS  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).with_name("RESULTS.md")
 FRAMES, EMBED = 750, 512
@@ -115,8 +116,8 @@ def numpy_pair(xa, sa, xb, sb, pooling):
         return np.stack([f(x[0, s:e], axis=0) for s, e in spans])
 
     ea, eb = pool(xa, sa), pool(xb, sb)
-    ea /= np.maximum(np.linalg.norm(ea, axis=1, keepdims=True), wa.COS_EPS)
-    eb /= np.maximum(np.linalg.norm(eb, axis=1, keepdims=True), wa.COS_EPS)
+    ea /= np.maximum(np.linalg.norm(ea, axis=1, keepdims=True), COS_EPS)
+    eb /= np.maximum(np.linalg.norm(eb, axis=1, keepdims=True), COS_EPS)
     c = ea @ eb.T
     rows, cols = c.argmax(1), c.argmax(0)
     return c, (rows[:, None] == np.arange(c.shape[1])) & (cols[None, :] == np.arange(c.shape[0])[:, None])
@@ -134,6 +135,7 @@ def main() -> None:
     A, B = make_side(rng, args.pairs, args.words), make_side(rng, args.pairs, args.words)
     word_pairs = int(np.sum(A[3].astype(np.int64) * B[3]))
     device = [jax.device_put(x) for x in (*A, *B)]
+    block = wa.WordPair(wa.Words(*device[:4]), wa.Words(*device[4:]))
     spans_a = [[tuple(s) for s in A[2][p, : A[3][p]]] for p in range(args.pairs)]
     spans_b = [[tuple(s) for s in B[2][p, : B[3][p]]] for p in range(args.pairs)]
     lines = []
@@ -174,7 +176,7 @@ def main() -> None:
     for pooling in wa.POOLINGS:
 
         def kernel(pooling=pooling):
-            out = wa.wordalign_pairs(*device, jnp.float32(-jnp.inf), pooling=pooling)
+            out = wa.wordalign_pairs(block, jnp.float32(-jnp.inf), pooling=pooling)
             jax.block_until_ready(out)
 
         def loop(pooling=pooling):
@@ -182,7 +184,7 @@ def main() -> None:
                 numpy_pair(A[0][p], spans_a[p], B[0][p], spans_b[p], pooling)
 
         # Parity of the two contenders on this block (the masks must be the same pairs).
-        got = wa.wordalign_pairs(*device, jnp.float32(-jnp.inf), pooling=pooling)
+        got = wa.wordalign_pairs(block, jnp.float32(-jnp.inf), pooling=pooling)
         for p in range(0, args.pairs, max(1, args.pairs // 8)):
             _, m = numpy_pair(A[0][p], spans_a[p], B[0][p], spans_b[p], pooling)
             assert (np.asarray(got.mutual[p, 0, : A[3][p], : B[3][p]]) == m).all(), (pooling, p)
@@ -192,7 +194,8 @@ def main() -> None:
         n = args.reference_pairs
         start = time.perf_counter()
         for p in range(n):
-            wa.reference_wordalign(*(x[p] for x in A), *(x[p] for x in B), pooling=pooling)
+            one = wa.WordPair(wa.Words(*(x[p] for x in A)), wa.Words(*(x[p] for x in B)))
+            wa.reference_wordalign(one, pooling=pooling)
         ref = (time.perf_counter() - start) / n * args.pairs
         rate = {k: word_pairs / v for k, v in (*med.items(), ("reference", ref))}
         lines.append(

@@ -4,7 +4,7 @@
 - centre-frame cosine: cosine of the frames at index ``length // 2``;
 - duration similarity: ``1 - |len_a - len_b| / max(len_a, len_b)``, which knows nothing but the lengths.
 
-Conventions as in ``kernels.seqsim``: padding frames (index >= length) may hold anything, NaN included, and are
+Conventions as in ``kernels.frames``: padding frames (index >= length) may hold anything, NaN included, and are
 removed with ``where``; lengths are >= 1; cosines divide by ``max(|x|, COS_EPS)``; sums accumulate in float32.
 Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
 """
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.seqsim import COS_EPS, frame_mask
+from kernels.frames import COS_EPS, frame_mask, unit_rows
 
 
 def mean_pool(x: jax.Array, length) -> jax.Array:
@@ -31,11 +31,7 @@ def center_frame(x: jax.Array, length) -> jax.Array:
 
 def cosine_matrix(p: jax.Array, q: jax.Array) -> jax.Array:
     """f32[N, M] cosines between the rows of p: f32[N, embed] and q: f32[M, embed]."""
-
-    def unit(x):
-        return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
-
-    return jnp.matmul(unit(p), unit(q).T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.matmul(unit_rows(p), unit_rows(q).T, precision=jax.lax.Precision.HIGHEST)
 
 
 @jax.jit

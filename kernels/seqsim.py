@@ -10,16 +10,12 @@ Glossary (axis names as in ``engine.axes``): ``frame`` is an encoder frame, ``em
 ``utterance`` one utterance of one language; ``N``/``M`` count the utterances of the two languages and
 ``m``/``n`` their padded frame counts.
 
-Conventions shared by every function here and by the references:
+Conventions: those of ``kernels.frames`` (padding may hold anything, NaN and inf included; lengths ``>= 1``;
+cosines divide by ``max(|x|, COS_EPS)``), checked where data enters. bfloat16 inputs are normalised in float32,
+rounded back to bfloat16 for the matmul and accumulated in float32 (``preferred_element_type``).
 
-- Frames at index ``>= length`` are padding and may hold anything, NaN and inf included: they are replaced by
-  zeros with ``where`` before any arithmetic touches them, so nothing leaks from them.
-- Lengths must be ``>= 1``. ``seqsim_matrix`` checks concrete lengths; under an outer ``jit`` a length of 0 gives
-  NaN (a mean over no frames), never a silent number.
-- Cosines follow ``torch.nn.functional.normalize``: a frame is divided by ``max(|x|, COS_EPS)``, so an all-zero
-  valid frame has cosine 0 with everything. NaN or inf inside *valid* frames propagates to the result, on purpose.
-- Normalisation accumulates in float32 whatever the input dtype; bfloat16 inputs are normalised in float32,
-  rounded back to bfloat16 for the matmul and accumulated in float32 (``preferred_element_type``).
+Measurements: ``bench/RESULTS.md``, sections "seqsim" (rates against the machine's matmul and a NumPy loop) and
+"seqsim block sizes (one-off sweep)".
 """
 
 from __future__ import annotations
@@ -35,16 +31,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from engine import axes
 from engine.errors import ShapeError
+from kernels.frames import COS_EPS, check_lengths, even_split, frame_mask, normalize_frames, traced
 
-COS_EPS = 1e-12  # smallest L2 norm a frame is divided by (torch's F.normalize default)
 PAD_SIMILARITY = -4.0  # what the block matmul gives a product touching padding: below every cosine, exact in bf16
 CPU_BLOCK_BUDGET_BYTES = 256 * 2**20  # per-block working set on CPU: leaves room for the inputs in a few GiB
 ACCELERATOR_BUDGET_FRACTION = 0.25  # share of free accelerator memory one block may use
-# Similarities per block (see choose_blocks). In a one-off sweep (not kept in the repository) on a 2-core AMD EPYC
-# (1 MiB L2 per core, 32 MiB L3), with m = n = 500 and d = 512: 4 MiB blocks (2x2 or 4x1 utterances) ran at
-# 0.9-1.0x the machine's 2048-cube matmul rate in f32 and bf16; 1 MiB blocks as fast in f32 but 10% slower in bf16
-# (smaller matmuls); 16-64 MiB blocks 10-50% slower in f32, the max reductions reading the block from memory instead
-# of cache. bench/seqsim.py measures the default blocks only.
+# Similarities per block (see choose_blocks), from a sweep: bench/RESULTS.md, "seqsim block sizes (one-off sweep)".
 CPU_TARGET_BLOCK_ELEMENTS = 2**20
 ACCELERATOR_TARGET_BLOCK_ELEMENTS = 2**28  # 1 GiB of f32: few loop steps (not measured on a GPU yet)
 FRAME_QUANTUM = 16  # frame axes are cropped to a multiple of this above the longest utterance (fewer recompiles)
@@ -60,35 +52,6 @@ class SeqSim(NamedTuple):
 
 # ----------------------------------------------------------------------------------------------------------------
 # One pair.
-
-
-def frame_mask(frames: int, length) -> jax.Array:
-    """bool[frames]: True on valid frames (index < length)."""
-    return jnp.arange(frames) < length
-
-
-def normalize_frames(x: jax.Array, length) -> jax.Array:
-    """Unit-normalise the valid frames of one utterance and zero its padding.
-
-    x: f32|bf16[frame, embed]; length: i32[] valid frames. Returns x's dtype ``[frame, embed]``: valid frames divided
-    by ``max(|x_i|, COS_EPS)`` (norm accumulated in float32), padding frames exactly zero.
-    """
-    valid = frame_mask(x.shape[0], length)[:, None]
-    x32 = jnp.where(valid, x.astype(jnp.float32), 0.0)
-    sumsq = jnp.sum(x32 * x32, axis=-1, keepdims=True)
-    unit = x32 * jax.lax.rsqrt(jnp.maximum(sumsq, COS_EPS * COS_EPS))
-    return unit.astype(x.dtype)
-
-
-def check_lengths(name: str, lengths, count: int, most: int, item: str) -> None:
-    """Shape check where data enters: ``lengths`` must be [count] (one per ``item``) and, when concrete (not
-    traced), lie in 1..most."""
-    if jnp.shape(lengths) != (count,):
-        raise ShapeError(f"{name} must be i32[{count}] (one length per {item}), got shape {jnp.shape(lengths)}")
-    if not isinstance(lengths, jax.core.Tracer):
-        lv = np.asarray(lengths)
-        if lv.size and (lv.min() < 1 or lv.max() > most):
-            raise ShapeError(f"{name} must lie in 1..{most}, got {lv.min()}..{lv.max()}")
 
 
 def _matmul_f32(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -221,13 +184,6 @@ def default_memory_budget(device: jax.Device | None = None) -> int:
     return max(int(free * ACCELERATOR_BUDGET_FRACTION), 16 * 2**20)
 
 
-def even_split(total: int, most: int) -> int:
-    """Largest block size <= most that splits ``total`` into the fewest blocks with the least padding."""
-    most = max(1, min(most, total))
-    blocks = -(-total // most)
-    return -(-total // blocks)
-
-
 def choose_blocks(
     n_a: int, n_b: int, m: int, n: int, d: int, dtype, memory_bytes: int, *, platform: str = "cpu"
 ) -> tuple[int, int]:
@@ -316,7 +272,7 @@ def _crop_frames(x: jax.Array, lengths: jax.Array) -> jax.Array:
     Only when lengths are concrete; the kept frame count is rounded up to FRAME_QUANTUM. Results are unchanged:
     the dropped frames are padding of every utterance.
     """
-    if isinstance(lengths, jax.core.Tracer) or lengths.size == 0:
+    if traced(lengths) or lengths.size == 0:
         return x
     frames = min(x.shape[1], -(-int(jnp.max(lengths)) // FRAME_QUANTUM) * FRAME_QUANTUM)
     return x if frames == x.shape[1] else x[:, :frames]

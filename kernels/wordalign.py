@@ -15,7 +15,11 @@ Poolings (``POOLINGS``):
 - ``mean``: mean of the word's frames (float32 accumulation);
 - ``max``: per-dimension maximum over the word's frames.
 
-Conventions (as in ``kernels.seqsim``):
+Inputs: one utterance's side is a ``Words`` (states, valid frames, word spans, valid words), a pair of
+utterances a ``WordPair`` of two; the ``*_pairs`` functions take the same structures with a leading ``pair`` axis
+on every array.
+
+Conventions (as in ``kernels.frames``):
 
 - Frames at index ``>= n_frames`` and words at index ``>= n_words`` are padding and may hold anything, NaN and inf
   included (spans of padding words too): they are removed with ``where`` before arithmetic touches them.
@@ -40,6 +44,9 @@ utterances, cost ``1 - cos`` (the same cosines), word weights uniform (``1 / n_w
 word's frame count (``WORD_WEIGHTS``), solved by ott-jax's Sinkhorn with ``kernels.ot.OtConfig``'s epsilon and
 stopping rule. ``plan_links`` turns a plan into links: ``share[i, j] = P[i, j] / min(w_a[i], w_b[j])``, the part of
 the smaller word's mass that the link carries, at least ``mass``; one word may have several links.
+
+Measurements (against a NumPy loop, and the pooling variants tried): ``bench/RESULTS.md``, sections "word alignment
+kernel (SeqSimInterp)" (CPU) and "word alignment kernel (SeqSimInterp) on an H100".
 """
 
 from __future__ import annotations
@@ -50,10 +57,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ott.geometry import costs, pointcloud
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import sinkhorn
 
 from engine.errors import ShapeError
-from kernels.ot import INNER_ITERATIONS, OtConfig, reference_sinkhorn
-from kernels.seqsim import COS_EPS
+from kernels.frames import COS_EPS, reference_unit_rows, unit_rows
+from kernels.ot import DEFAULT_OT, INNER_ITERATIONS, OtConfig, reference_sinkhorn
 
 POOLINGS = ("centre", "mean", "max")
 WORD_WEIGHTS = ("uniform", "duration")
@@ -61,10 +71,29 @@ WORD_WEIGHTS = ("uniform", "duration")
 # partners gives each link 1/2; a half kept in that case leaves room for a third partner and for the blur of
 # entropic OT (epsilon), while a spread of noise over 10-20 words (1/10-1/20 each) stays below it.
 OT_MASS = 0.25
-DEFAULT_OT = OtConfig()  # kernels.ot's epsilon and stopping rule
 # A dimension whose std over the frames is at most this carries nothing to compare: its scale is 0 (dropped) rather
 # than 1 / ~0, which would blow up the rounding of the pooled word minus the mean.
 STD_EPS = 1e-6
+
+
+class Words(NamedTuple):
+    """The words of one utterance (a leading ``pair`` axis on every field in the ``*_pairs`` functions).
+
+    states: f32|bf16[layer, frame, embed]; n_frames: i32[] valid frames; spans: i32[word, 2] frame [start, end) of
+    each word, not overlapping; n_words: i32[] valid words (>= 1).
+    """
+
+    states: jax.Array
+    n_frames: jax.Array
+    spans: jax.Array
+    n_words: jax.Array
+
+
+class WordPair(NamedTuple):
+    """Two utterances whose words are aligned: ``a`` and ``b`` share the layer and embed axes."""
+
+    a: Words
+    b: Words
 
 
 class Standardisation(NamedTuple):
@@ -133,19 +162,15 @@ def check_spans(name: str, spans, n_words, n_frames) -> None:
         )
 
 
-def word_embeddings(states: jax.Array, n_frames, spans: jax.Array, n_words, pooling: str) -> jax.Array:
-    """Pool each word's frames at every layer.
-
-    states: f32|bf16[layer, frame, embed]; n_frames: i32[] valid frames; spans: i32[word, 2] frame [start, end),
-    not overlapping; n_words: i32[] valid words. Returns f32[layer, word, embed] (zeros for padding words).
+def word_embeddings(words: Words, pooling: str) -> jax.Array:
+    """Pool each word's frames at every layer: f32[layer, word, embed] (zeros for padding words).
 
     mean and max are segment reductions over the frames (each frame belongs to at most one word): work is
     frame x embed whatever the words' lengths, and sums run within a word only (no cancellation, as a difference
-    of prefix sums would have). On XLA's CPU backend the scatter behind them costs ~12x one read of the states;
-    every replacement tried was slower or no faster (bench/wordalign.py's notes: a word x frame 0/1 matrix
-    product, blocked prefix sums, cumsum, a sequential scan with resets, word-aligned windows, a segmented
-    associative scan, sorted or in-bounds scatter modes).
+    of prefix sums would have). On XLA's CPU backend the scatter behind them costs several reads of the states;
+    every replacement tried was slower or no faster (bench/RESULTS.md, "word alignment kernel (SeqSimInterp)").
     """
+    states, n_frames, spans, n_words = words
     layers, frames, _ = states.shape
     words = spans.shape[0]
     start, end = spans[:, 0], spans[:, 1]
@@ -180,14 +205,10 @@ def _standardised(emb: jax.Array, standardise: Standardisation | None, real: jax
     return jnp.where(real[None, :, None], z, 0.0)
 
 
-def _words(states, n_frames, spans, n_words, pooling, standardise) -> jax.Array:
+def _unit_words(words: Words, pooling, standardise) -> jax.Array:
     """f32[layer, word, embed]: pooled, standardised when asked, unit length (zeros for padding words)."""
-    emb = word_embeddings(states, n_frames, spans, n_words, pooling)
-    return _unit(_standardised(emb, standardise, jnp.arange(spans.shape[0]) < n_words))
-
-
-def _unit(x: jax.Array) -> jax.Array:
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
+    emb = word_embeddings(words, pooling)
+    return unit_rows(_standardised(emb, standardise, jnp.arange(words.spans.shape[0]) < words.n_words))
 
 
 def mutual_best(c: jax.Array) -> jax.Array:
@@ -200,57 +221,34 @@ def mutual_best(c: jax.Array) -> jax.Array:
 
 
 def wordalign(
-    states_a: jax.Array,
-    n_frames_a,
-    spans_a: jax.Array,
-    n_words_a,
-    states_b: jax.Array,
-    n_frames_b,
-    spans_b: jax.Array,
-    n_words_b,
-    threshold=-jnp.inf,
-    standardise: Standardisation | None = None,
-    *,
-    pooling: str = "centre",
+    pair: WordPair, threshold=-jnp.inf, standardise: Standardisation | None = None, *, pooling: str = "centre"
 ) -> WordAlignment:
     """Word cosines and mutual best matches of one pair of utterances at every layer.
 
-    states_a: f32|bf16[layer, frame_a, embed]; n_frames_a: i32[]; spans_a: i32[word_a, 2] frame [start, end) per
-    word; n_words_a: i32[] valid words (>= 1); the same for b with the same layers and embed. threshold: f32[],
-    the lowest cosine a mutual pair may have. standardise: per-dimension z-scoring of the states of both sides
-    (one ``Standardisation`` for the pair), or None for the plain cosine. Returns WordAlignment of f32 and bool
+    pair: the words of both utterances (``Words``: same layers and embed). threshold: f32[], the lowest cosine a
+    mutual pair may have. standardise: per-dimension z-scoring of the states of both sides (one
+    ``Standardisation`` for the pair), or None for the plain cosine. Returns WordAlignment of f32 and bool
     ``[layer, word_a, word_b]``.
     """
-    emb_a = _words(states_a, n_frames_a, spans_a, n_words_a, pooling, standardise)
-    emb_b = _words(states_b, n_frames_b, spans_b, n_words_b, pooling, standardise)
+    a, b = pair
+    emb_a = _unit_words(a, pooling, standardise)
+    emb_b = _unit_words(b, pooling, standardise)
     c = jnp.einsum("lie,lje->lij", emb_a, emb_b, precision=jax.lax.Precision.HIGHEST)
-    valid = (jnp.arange(spans_a.shape[0]) < n_words_a)[:, None] & (jnp.arange(spans_b.shape[0]) < n_words_b)[None, :]
+    valid = (jnp.arange(a.spans.shape[0]) < a.n_words)[:, None] & (jnp.arange(b.spans.shape[0]) < b.n_words)[None, :]
     c = jnp.where(valid[None], c, -jnp.inf)
     return WordAlignment(c, mutual_best(c) & valid[None] & (c >= threshold))
 
 
 @functools.partial(jax.jit, static_argnames=("pooling",))
 def wordalign_pairs(
-    states_a,
-    n_frames_a,
-    spans_a,
-    n_words_a,
-    states_b,
-    n_frames_b,
-    spans_b,
-    n_words_b,
-    threshold,
-    standardise: Standardisation | None = None,
-    *,
-    pooling,
+    pairs: WordPair, threshold, standardise: Standardisation | None = None, *, pooling
 ) -> WordAlignment:
-    """``wordalign`` over a block of pairs: states f32|bf16[pair, layer, frame, embed], n_frames i32[pair], spans
-    i32[pair, word, 2], n_words i32[pair]; threshold f32[] and standardise (f32[layer, embed] pair) shared by the
-    block. Returns ``[pair, layer, word_a, word_b]``."""
+    """``wordalign`` over a block of pairs: every array of ``pairs`` with a leading ``pair`` axis (states
+    f32|bf16[pair, layer, frame, embed], n_frames i32[pair], spans i32[pair, word, 2], n_words i32[pair]);
+    threshold f32[] and standardise (f32[layer, embed] pair) shared by the block. Returns
+    ``[pair, layer, word_a, word_b]``."""
     one = functools.partial(wordalign, pooling=pooling)
-    return jax.vmap(one, in_axes=(0, 0, 0, 0, 0, 0, 0, 0, None, None))(
-        states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, threshold, standardise
-    )
+    return jax.vmap(one, in_axes=(0, None, None))(pairs, threshold, standardise)
 
 
 class WordPlan(NamedTuple):
@@ -276,14 +274,7 @@ def word_weights(spans: jax.Array, n_words, weights: str) -> jax.Array:
 
 
 def word_plan(
-    states_a: jax.Array,
-    n_frames_a,
-    spans_a: jax.Array,
-    n_words_a,
-    states_b: jax.Array,
-    n_frames_b,
-    spans_b: jax.Array,
-    n_words_b,
+    pair: WordPair,
     standardise: Standardisation | None = None,
     *,
     pooling: str = "centre",
@@ -296,14 +287,11 @@ def word_plan(
     ``epsilon`` in cost units, L1 row-marginal ``threshold``, ``max_iterations``). Padding words get zero weight,
     so their rows and columns of the plan are 0.
     """
-    from ott.geometry import costs, pointcloud
-    from ott.problems.linear import linear_problem
-    from ott.solvers.linear import sinkhorn
-
-    weight_a = word_weights(spans_a, n_words_a, weights)
-    weight_b = word_weights(spans_b, n_words_b, weights)
-    emb_a = _words(states_a, n_frames_a, spans_a, n_words_a, pooling, standardise)
-    emb_b = _words(states_b, n_frames_b, spans_b, n_words_b, pooling, standardise)
+    a, b = pair
+    weight_a = word_weights(a.spans, a.n_words, weights)
+    weight_b = word_weights(b.spans, b.n_words, weights)
+    emb_a = _unit_words(a, pooling, standardise)
+    emb_b = _unit_words(b, pooling, standardise)
     solver = sinkhorn.Sinkhorn(
         threshold=config.threshold, max_iterations=config.max_iterations, inner_iterations=INNER_ITERATIONS
     )
@@ -321,26 +309,12 @@ def word_plan(
 
 @functools.partial(jax.jit, static_argnames=("pooling", "weights", "config"))
 def word_plan_pairs(
-    states_a,
-    n_frames_a,
-    spans_a,
-    n_words_a,
-    states_b,
-    n_frames_b,
-    spans_b,
-    n_words_b,
-    standardise: Standardisation | None = None,
-    *,
-    pooling,
-    weights,
-    config,
+    pairs: WordPair, standardise: Standardisation | None = None, *, pooling, weights, config
 ) -> WordPlan:
     """``word_plan`` over a block of pairs (shapes as ``wordalign_pairs``, standardise shared): WordPlan of
     ``[pair, layer, word_a, word_b]`` plans, ``[pair, word]`` weights and ``[pair, layer]`` flags."""
     one = functools.partial(word_plan, pooling=pooling, weights=weights, config=config)
-    return jax.vmap(one, in_axes=(0,) * 8 + (None,))(
-        states_a, n_frames_a, spans_a, n_words_a, states_b, n_frames_b, spans_b, n_words_b, standardise
-    )
+    return jax.vmap(one, in_axes=(0, None))(pairs, standardise)
 
 
 def plan_links(plan, weight_a, weight_b, mass: float = OT_MASS) -> tuple[np.ndarray, np.ndarray]:
@@ -379,70 +353,48 @@ def reference_standardised(states, standardise) -> np.ndarray:
 
 
 def reference_wordalign(
-    states_a,
-    n_frames_a,
-    spans_a,
-    n_words_a,
-    states_b,
-    n_frames_b,
-    spans_b,
-    n_words_b,
-    threshold=-np.inf,
-    standardise=None,
-    *,
-    pooling,
+    pair: WordPair, threshold=-np.inf, standardise=None, *, pooling
 ) -> tuple[np.ndarray, np.ndarray]:
     """NumPy twin of ``wordalign`` for one pair: (f64[layer, word_a, word_b] with -inf on padding, bool mask).
     With ``standardise`` the valid frames are z-scored before pooling (the kernel pools first)."""
-    layers, wa, wb = states_a.shape[0], spans_a.shape[0], spans_b.shape[0]
-    states_a = reference_standardised(states_a[:, : int(n_frames_a)], standardise)
-    states_b = reference_standardised(states_b[:, : int(n_frames_b)], standardise)
+    a, b = pair
+    n_words_a, n_words_b = int(a.n_words), int(b.n_words)
+    layers, wa, wb = a.states.shape[0], a.spans.shape[0], b.spans.shape[0]
+    states_a = reference_standardised(a.states[:, : int(a.n_frames)], standardise)
+    states_b = reference_standardised(b.states[:, : int(b.n_frames)], standardise)
     c = np.full((layers, wa, wb), -np.inf)
-    for i in range(int(n_words_a)):
-        u = reference_word_embedding(states_a, *spans_a[i], pooling)
-        for j in range(int(n_words_b)):
-            v = reference_word_embedding(states_b, *spans_b[j], pooling)
+    for i in range(n_words_a):
+        u = reference_word_embedding(states_a, *a.spans[i], pooling)
+        for j in range(n_words_b):
+            v = reference_word_embedding(states_b, *b.spans[j], pooling)
             for layer in range(layers):
                 norm = max(np.linalg.norm(u[layer]), COS_EPS) * max(np.linalg.norm(v[layer]), COS_EPS)
                 c[layer, i, j] = np.dot(u[layer], v[layer]) / norm
     mutual = np.zeros(c.shape, bool)
     for layer in range(layers):
-        for i in range(int(n_words_a)):
+        for i in range(n_words_a):
             j = int(np.argmax(c[layer, i]))
             if int(np.argmax(c[layer, :, j])) == i and c[layer, i, j] >= threshold:
                 mutual[layer, i, j] = True
     return c, mutual
 
 
-def reference_word_plan(
-    states_a,
-    n_frames_a,
-    spans_a,
-    n_words_a,
-    states_b,
-    n_frames_b,
-    spans_b,
-    n_words_b,
-    standardise=None,
-    *,
-    pooling,
-    weights,
-    epsilon,
-) -> np.ndarray:
+def reference_word_plan(pair: WordPair, standardise=None, *, pooling, weights, epsilon) -> np.ndarray:
     """NumPy twin of ``word_plan`` for one pair: f64[layer, word_a, word_b], the float64 log-domain Sinkhorn of
     ``kernels.ot`` on the valid words (padding rows and columns 0)."""
-    layers, wa, wb = states_a.shape[0], spans_a.shape[0], spans_b.shape[0]
-    na, nb = int(n_words_a), int(n_words_b)
+    a, b = pair
+    layers, wa, wb = a.states.shape[0], a.spans.shape[0], b.spans.shape[0]
+    na, nb = int(a.n_words), int(b.n_words)
 
     def side(states, n_frames, spans, n):
         states = reference_standardised(states[:, : int(n_frames)], standardise)
         emb = np.stack([reference_word_embedding(states, *spans[i], pooling) for i in range(n)])
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), COS_EPS)  # [word, layer, embed]
+        emb = reference_unit_rows(emb)  # [word, layer, embed]
         w = np.ones(n) if weights == "uniform" else np.array([spans[i][1] - spans[i][0] for i in range(n)], float)
         return emb, w / w.sum()
 
-    ea, weight_a = side(states_a, n_frames_a, spans_a, na)
-    eb, weight_b = side(states_b, n_frames_b, spans_b, nb)
+    ea, weight_a = side(a.states, a.n_frames, a.spans, na)
+    eb, weight_b = side(b.states, b.n_frames, b.spans, nb)
     out = np.zeros((layers, wa, wb))
     for layer in range(layers):
         cost = 1.0 - ea[:, layer] @ eb[:, layer].T

@@ -17,6 +17,7 @@ import pytest
 from engine.pipelines.compare import depth, states
 from engine.pipelines.compare.layers import ROW_COLUMNS
 from engine.pipelines.compare.run import CompareConfig, CompareError, run_compare
+from engine.runtime.options import ConfigError, configure
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from engine.stores.schema import StoreInfo, UtteranceRow
@@ -65,7 +66,9 @@ def run(tmp_path_factory):
     with open(challenge / "de__en.csv", "w") as f:
         f.write("id,kept,reason,evidence\n" + "".join(f"s{i},{int(i % 3 != 0)},,\n" for i in range(N)))
     out = root / "out"
-    config = CompareConfig(stores=(a, b), out=str(out), challenge=str(challenge), frame_sample=10_000, knn_k=3)
+    config = configure(
+        CompareConfig, stores=(a, b), out=str(out), challenge=str(challenge), frame_sample=10_000, knn_k=3
+    )
     return a, b, out, run_compare(config)
 
 
@@ -182,11 +185,11 @@ def test_retrieval_by_depth_and_challenge_table(run):
 def test_refusals(run, tmp_path):
     a, b, _, _ = run
     with pytest.raises(CompareError, match="both named"):
-        run_compare(CompareConfig(stores=(a, b), out=str(tmp_path / "x"), names=("m", "m")))
-    with pytest.raises(CompareError, match="unknown measures"):
-        CompareConfig(stores=(a,), out=str(tmp_path), measures=("cka", "rsa"))
+        run_compare(configure(CompareConfig, stores=(a, b), out=str(tmp_path / "x"), names=("m", "m")))
+    with pytest.raises(ConfigError, match="measures: 'rsa' is not one of"):
+        configure(CompareConfig, stores=(a,), out=str(tmp_path), measures=("cka", "rsa"))
     with pytest.raises(CompareError, match="one entry per store"):
-        CompareConfig(stores=(a, b), out=str(tmp_path), retrieval=("x",))
+        configure(CompareConfig, stores=(a, b), out=str(tmp_path), retrieval=("x",))
 
 
 def test_job_plan_through_flags(run):

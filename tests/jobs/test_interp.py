@@ -31,7 +31,7 @@ from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from engine.stores.schema import StoreInfo, UtteranceRow
 from engine.stores.words import WORD_SCHEMA
-from kernels.wordalign import layer_standardisation, wordalign
+from kernels.wordalign import WordPair, Words, layer_standardisation, wordalign
 from tests.conftest import TINY_DIMS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -375,7 +375,7 @@ def test_known_permutation_of_spoken_words(order_b):
         a, b = xa[layer][None], xb[layer][None]
         # The job's --standardise layer: mean and std per dimension over both utterances' valid frames.
         std = layer_standardisation([a, b], [fa, fb]) if standardised else None
-        got = wordalign(a, fa, sa, 3, b, fb, sb, 3, -np.inf, std, pooling=pooling)
+        got = wordalign(WordPair(Words(a, fa, sa, 3), Words(b, fb, sb, 3)), -np.inf, std, pooling=pooling)
         return np.nonzero(np.asarray(got.mutual[0]))
 
     final = whisper.dims.n_audio_layer + 1  # L+1: the encoder's output, after ln_post

@@ -321,7 +321,8 @@ def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(layer_store, tmp_pat
 def test_ot_measure_through_the_job(layer_store, tmp_path):
     """--measure ot with its flags: scores equal the float64 reference; a pair that cannot converge in the allowed
     iterations is NaN and listed in the done marker, never a score."""
-    from kernels.ot import OtConfig, reference_ot_similarity_matrix
+    from kernels.ot import OtConfig
+    from kernels.ot_matrix import reference_ot_similarity_matrix
 
     out = tmp_path / "ot"
     run_job("--store", str(layer_store), "--out", str(out), "--measure", "ot", "--layers", "1", "--pairs", "de:en")

@@ -7,9 +7,7 @@ import pytest
 
 from engine.errors import ShapeError
 from kernels.dtw import (
-    ACCUMULATORS,
     BACKTRACE_BY_ITEM_MAX_BATCH,
-    PAD,
     dtw,
     dtw_batch,
     dtw_distance,
@@ -19,6 +17,7 @@ from kernels.dtw import (
     reference_dtw_distance,
     reference_dtw_similarity_matrix,
 )
+from kernels.dtw_wavefront import ACCUMULATORS, PAD
 
 
 def whisper_timing():

@@ -8,6 +8,7 @@ import pytest
 
 from engine.errors import ShapeError
 from kernels import ot as kot
+from kernels import ot_matrix as kom
 from tests.kernels.test_seqsim import ragged
 
 ot = pytest.importorskip("ot")  # POT, in the test extra
@@ -56,9 +57,9 @@ def test_ot_similarity_matrix_vs_reference(shape, debiased):
     A, len_A = correlated(rng, n_a, m, d, shared)
     B, len_B = correlated(rng, n_b, n, d, shared, poison=np.inf)
     config = kot.OtConfig(debiased=debiased)
-    got = kot.ot_similarity_matrix(A, len_A, B, len_B, config)
+    got = kom.ot_similarity_matrix(A, len_A, B, len_B, config)
     assert got.score.shape == (n_a, n_b) and bool(np.all(got.converged))
-    want = kot.reference_ot_similarity_matrix(A, len_A, B, len_B, config)
+    want = kom.reference_ot_similarity_matrix(A, len_A, B, len_B, config)
     np.testing.assert_allclose(np.asarray(got.score), want, atol=SCORE_ATOL, rtol=0)
     eps = config.epsilon
     a_s, b_s = [A[i, : len_A[i]] for i in range(n_a)], [B[j, : len_B[j]] for j in range(n_b)]
@@ -90,9 +91,9 @@ def test_rounds_chunks_and_workers_do_not_change_the_scores(monkeypatch, epsilon
     assert kot.kernel_mode(config) == (epsilon == kot.OT_EPSILON)
     ia, ib = np.repeat(np.arange(7), 5), np.tile(np.arange(5), 7)
     whole = kot.ot_similarity_pairs(A[ia], B[ib], len_A[ia], len_B[ib], config)
-    monkeypatch.setattr(kot, "ROUND_ITERATIONS", 10)
-    monkeypatch.setattr(kot, "TILE_CELLS", 12 * 10 * 2)  # 2 pairs a chunk: ragged last chunks
-    tiled = kot.ot_similarity_matrix(A, len_A, B, len_B, config, workers=2)
+    monkeypatch.setattr(kom, "ROUND_ITERATIONS", 10)
+    monkeypatch.setattr(kom, "TILE_CELLS", 12 * 10 * 2)  # 2 pairs a chunk: ragged last chunks
+    tiled = kom.ot_similarity_matrix(A, len_A, B, len_B, config, workers=2)
     np.testing.assert_array_equal(np.asarray(tiled.converged), np.asarray(whole.converged).reshape(7, 5))
     np.testing.assert_allclose(
         np.asarray(tiled.score), np.asarray(whole.score).reshape(7, 5), atol=2 * kot.OT_THRESHOLD
@@ -113,7 +114,7 @@ def test_kernel_mode_failures_fall_back_to_the_log_domain(monkeypatch):
         "apply_kernel",
         lambda self, vec, eps=None, axis=0: jnp.full(self._kernel_matrix.shape[1 - axis], jnp.inf),
     )
-    got = kot.ot_similarity_matrix(A, len_A, B, len_B, config)
+    got = kom.ot_similarity_matrix(A, len_A, B, len_B, config)
     assert np.all(np.asarray(got.fallback)) and np.all(np.asarray(got.converged))
     ia, ib = np.repeat(np.arange(3), 2), np.tile(np.arange(2), 3)
     plain = kot.ot_similarity_pairs(A[ia], B[ib], len_A[ia], len_B[ib], config)  # log domain
@@ -165,15 +166,15 @@ def test_non_convergence_is_flagged():
     A, len_A = ragged(rng, 3, 30, 16, lengths=[20, 25, 30])
     B, len_B = ragged(rng, 2, 30, 16, lengths=[22, 30])
     slow = kot.OtConfig(epsilon=1e-3, max_iterations=10)
-    assert not np.any(np.asarray(kot.ot_similarity_matrix(A, len_A, B, len_B, slow).converged))
-    debiased = kot.ot_similarity_matrix(A, len_A, B, len_B, kot.OtConfig(debiased=True))
+    assert not np.any(np.asarray(kom.ot_similarity_matrix(A, len_A, B, len_B, slow).converged))
+    debiased = kom.ot_similarity_matrix(A, len_A, B, len_B, kot.OtConfig(debiased=True))
     assert np.all(np.asarray(debiased.converged))
 
 
 def test_identical_utterances_have_debiased_score_one():
     rng = np.random.default_rng(5)
     A, len_A = ragged(rng, 3, 11, 8)
-    got = kot.ot_similarity_matrix(A, len_A, A, len_A, kot.OtConfig(debiased=True))
+    got = kom.ot_similarity_matrix(A, len_A, A, len_A, kot.OtConfig(debiased=True))
     np.testing.assert_allclose(np.diag(np.asarray(got.score)), 1.0, atol=1e-5)
 
 
@@ -183,4 +184,4 @@ def test_bad_inputs_name_the_fix():
     with pytest.raises(ValueError, match="max_iterations must be >= 10"):
         kot.OtConfig(max_iterations=5)
     with pytest.raises(ShapeError, match="len_A must lie in 1..4"):
-        kot.ot_similarity_matrix(np.zeros((2, 4, 3)), np.array([0, 2]), np.zeros((1, 4, 3)), np.array([1]))
+        kom.ot_similarity_matrix(np.zeros((2, 4, 3)), np.array([0, 2]), np.zeros((1, 4, 3)), np.array([1]))

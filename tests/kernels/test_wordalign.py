@@ -29,8 +29,13 @@ def ragged_pairs(rng, pairs, layers, frames, words, embed, poison):
             for w in range(n_words[p]):
                 start, end = bounds[w], bounds[w + 1]
                 spans[p, w] = start + rng.integers(0, max(1, (end - start) // 3)), end
-        side.append((states, n_frames, spans, n_words))
+        side.append(wa.Words(states, n_frames, spans, n_words))
     return side
+
+
+def pair_of(A, B, p) -> wa.WordPair:
+    """Pair p of two batched sides."""
+    return wa.WordPair(wa.Words(*(x[p] for x in A)), wa.Words(*(x[p] for x in B)))
 
 
 @pytest.mark.parametrize("pooling", wa.POOLINGS)
@@ -38,6 +43,7 @@ def ragged_pairs(rng, pairs, layers, frames, words, embed, poison):
 def test_wordalign_vs_reference(pooling, poison):
     rng = np.random.default_rng(zlib.crc32(f"{pooling}{poison}".encode()))  # fixed per case, not per process
     (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=5, layers=3, frames=40, words=7, embed=16, poison=poison)
+    block = wa.WordPair(wa.Words(A, fa, sa, na), wa.Words(B, fb, sb, nb))
     wa.check_spans("spans_a", sa, na, fa)
     wa.check_spans("spans_b", sb, nb, fb)
     # A rogue dimension (large mean and spread) that the standardised cosine must divide out.
@@ -45,12 +51,10 @@ def test_wordalign_vs_reference(pooling, poison):
     B[..., 3] = B[..., 3] * 8 + 30
     standardise = wa.layer_standardisation([*A, *B], [*fa, *fb])
     for threshold, std in ((-np.inf, None), (0.1, None), (-np.inf, standardise), (0.1, standardise)):
-        got = wa.wordalign_pairs(A, fa, sa, na, B, fb, sb, nb, np.float32(threshold), std, pooling=pooling)
+        got = wa.wordalign_pairs(block, np.float32(threshold), std, pooling=pooling)
         assert got.cosine.shape == got.mutual.shape == (5, 3, 7, 7) and got.cosine.dtype == jnp.float32
         for p in range(5):
-            c, m = wa.reference_wordalign(
-                A[p], fa[p], sa[p], na[p], B[p], fb[p], sb[p], nb[p], threshold, std, pooling=pooling
-            )
+            c, m = wa.reference_wordalign(pair_of(block.a, block.b, p), threshold, std, pooling=pooling)
             np.testing.assert_allclose(got.cosine[p], c, atol=1e-5, rtol=0)  # -inf on padding words, equal too
             np.testing.assert_array_equal(got.mutual[p], m)
             assert np.asarray(got.mutual[p]).sum(axis=-1).max() <= 1  # a word is in at most one pair
@@ -85,7 +89,7 @@ def test_mutual_best_is_a_permutation_for_shuffled_words():
     b = np.repeat(vec[perm], 4, axis=0)[None] + 0.01 * rng.standard_normal((1, words * 4, embed)).astype(np.float32)
     spans = np.stack([np.arange(words) * 4, np.arange(words) * 4 + 4], axis=1).astype(np.int32)
     for pooling in wa.POOLINGS:
-        out = wa.wordalign(a, 24, spans, words, b, 24, spans, words, pooling=pooling)
+        out = wa.wordalign(wa.WordPair(wa.Words(a, 24, spans, words), wa.Words(b, 24, spans, words)), pooling=pooling)
         i, j = np.nonzero(np.asarray(out.mutual[0]))
         np.testing.assert_array_equal(perm[j], i)
 
@@ -108,15 +112,15 @@ def test_word_plan_vs_reference_and_pot(pooling, weights, standardised):
     ot = pytest.importorskip("ot")  # POT, in the test extra
     rng = np.random.default_rng(zlib.crc32(f"plan{pooling}{weights}".encode()))
     (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=4, layers=2, frames=30, words=6, embed=16, poison=np.nan)
+    block = wa.WordPair(wa.Words(A, fa, sa, na), wa.Words(B, fb, sb, nb))
     config = kot.OtConfig()
     std = wa.layer_standardisation([*A, *B], [*fa, *fb]) if standardised else None
-    got = wa.word_plan_pairs(A, fa, sa, na, B, fb, sb, nb, std, pooling=pooling, weights=weights, config=config)
+    got = wa.word_plan_pairs(block, std, pooling=pooling, weights=weights, config=config)
     assert got.plan.shape == (4, 2, 6, 6) and bool(np.all(got.converged))
     for p in range(4):
         want = wa.reference_word_plan(
-            A[p], fa[p], sa[p], na[p], B[p], fb[p], sb[p], nb[p], std, pooling=pooling, weights=weights,
-            epsilon=config.epsilon,
-        )  # fmt: skip
+            pair_of(block.a, block.b, p), std, pooling=pooling, weights=weights, epsilon=config.epsilon
+        )
         plan = np.asarray(got.plan[p], np.float64)
         assert not plan[:, na[p] :].any() and not plan[:, :, nb[p] :].any()  # padding words carry nothing
         wa_, wb_ = np.asarray(got.weight_a[p]), np.asarray(got.weight_b[p])
@@ -147,14 +151,15 @@ def test_planted_one_to_many_word_splits_its_mass():
     b = np.repeat(vec[[0, 1, 1, 2]], 4, axis=0)[None] + 0.01 * rng.standard_normal((1, 16, 32)).astype(np.float32)
     sa = np.array([[0, 4], [4, 8], [8, 12], [0, 0]], np.int32)  # 4th word: padding
     sb = np.array([[0, 4], [4, 8], [8, 12], [12, 16]], np.int32)
+    pair = wa.WordPair(wa.Words(a, 12, sa, 3), wa.Words(b, 16, sb, 4))
     for weights in wa.WORD_WEIGHTS:
-        got = wa.word_plan(a, 12, sa, 3, b, 16, sb, 4, pooling="mean", weights=weights)
+        got = wa.word_plan(pair, pooling="mean", weights=weights)
         plan = np.asarray(got.plan[0])
         np.testing.assert_allclose(plan[1, 1], plan[1, 2], rtol=0.05)  # split evenly between the copies
         share, links = wa.plan_links(got.plan, got.weight_a, got.weight_b)
         i, j = np.nonzero(links[0])
         assert list(zip(i, j, strict=True)) == [(0, 0), (1, 1), (1, 2), (2, 3)], (weights, share[0].round(2))
-        mutual = wa.wordalign(a, 12, sa, 3, b, 16, sb, 4, pooling="mean").mutual
+        mutual = wa.wordalign(pair, pooling="mean").mutual
         assert int(np.asarray(mutual).sum()) == 3  # one of the copies only
 
 

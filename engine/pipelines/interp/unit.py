@@ -18,6 +18,8 @@ from engine.pipelines.interp.output import empty_rows, part_bytes
 from engine.runtime.runs import RunSummary
 from engine.text.phones import phone_distance
 from kernels.wordalign import (
+    WordPair,
+    Words,
     check_spans,
     layer_standardisation,
     plan_links,
@@ -88,15 +90,15 @@ def _unit_rows(A, B, layer, pairs, states, config, phone_cache, summary) -> dict
         xb = _crop(Xb[[idx_b[u] for u in ids_b]], frames)[:, None]
         check_spans("spans_a", sa, na, fa)
         check_spans("spans_b", sb, nb, fb)
+        block_words = WordPair(Words(xa, fa, sa, na), Words(xb, fb, sb, nb))
         for pooling in config.poolings:
-            got = wordalign_pairs(xa, fa, sa, na, xb, fb, sb, nb, threshold, standardise, pooling=pooling)
+            got = wordalign_pairs(block_words, threshold, standardise, pooling=pooling)
             cosine, mutual = np.asarray(got.cosine[:, 0]), np.asarray(got.mutual[:, 0])
             ot = None
             if config.alignment == "ot":
                 plan = word_plan_pairs(
-                    xa, fa, sa, na, xb, fb, sb, nb, standardise, pooling=pooling, weights=config.ot_weights,
-                    config=config.ot,
-                )  # fmt: skip
+                    block_words, standardise, pooling=pooling, weights=config.ot_weights, config=config.ot
+                )
                 share, links = plan_links(plan.plan[:, 0], plan.weight_a, plan.weight_b, config.ot_mass)
                 ot = (np.asarray(plan.plan[:, 0]), share, links, np.asarray(plan.converged[:, 0]))
             for p, (id_a, id_b, rank) in enumerate(block):

@@ -1,0 +1,74 @@
+"""Frame helpers that every kernel shares: the padding mask, unit normalisation, and the checks where data enters.
+
+Glossary (axis names as in ``engine.axes``): ``frame`` an encoder frame, ``embed`` the model width, ``utterance``
+one utterance of one language.
+
+Conventions every kernel follows:
+
+- Frames at index ``>= length`` are padding and may hold anything, NaN and inf included: they are replaced by
+  zeros with ``where`` before any arithmetic touches them, so nothing leaks from them.
+- Lengths are ``>= 1``. ``check_lengths`` checks concrete lengths; under an outer ``jit`` a length of 0 gives NaN
+  (a mean over no frames), never a silent number.
+- Cosines follow ``torch.nn.functional.normalize``: a vector is divided by ``max(|x|, COS_EPS)``, so an all-zero
+  valid frame has cosine 0 with everything. NaN or inf inside *valid* frames propagates to the result, on purpose.
+- Norms accumulate in float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.errors import ShapeError
+
+COS_EPS = 1e-12  # smallest L2 norm a vector is divided by (torch's F.normalize default)
+
+
+def frame_mask(frames: int, length) -> jax.Array:
+    """bool[frames]: True on valid frames (index < length); ``length`` may carry leading axes (``[..., 1]``)."""
+    return jnp.arange(frames) < length
+
+
+def unit_rows(x: jax.Array) -> jax.Array:
+    """x: f32[..., embed] divided by ``max(|x|, COS_EPS)`` along the last axis (all-zero rows stay zero)."""
+    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), COS_EPS * COS_EPS))
+
+
+def normalize_frames(x: jax.Array, length) -> jax.Array:
+    """Unit-normalise the valid frames of one utterance and zero its padding.
+
+    x: f32|bf16[frame, embed]; length: i32[] valid frames. Returns x's dtype ``[frame, embed]``: valid frames divided
+    by ``max(|x_i|, COS_EPS)`` (norm accumulated in float32), padding frames exactly zero.
+    """
+    valid = frame_mask(x.shape[0], length)[:, None]
+    x32 = jnp.where(valid, x.astype(jnp.float32), 0.0)
+    return unit_rows(x32).astype(x.dtype)
+
+
+def traced(*arrays) -> bool:
+    """Whether any argument is a tracer (under the caller's jit or vmap): its values cannot be checked or used."""
+    return any(isinstance(x, jax.core.Tracer) for x in arrays)
+
+
+def check_lengths(name: str, lengths, count: int, most: int, item: str) -> None:
+    """Shape check where data enters: ``lengths`` must be [count] (one per ``item``) and, when concrete (not
+    traced), lie in 1..most."""
+    if jnp.shape(lengths) != (count,):
+        raise ShapeError(f"{name} must be i32[{count}] (one length per {item}), got shape {jnp.shape(lengths)}")
+    if not traced(lengths):
+        lv = np.asarray(lengths)
+        if lv.size and (lv.min() < 1 or lv.max() > most):
+            raise ShapeError(f"{name} must lie in 1..{most}, got {lv.min()}..{lv.max()}")
+
+
+def even_split(total: int, most: int) -> int:
+    """Largest block size <= most that splits ``total`` into the fewest blocks with the least padding."""
+    most = max(1, min(most, total))
+    blocks = -(-total // most)
+    return -(-total // blocks)
+
+
+def reference_unit_rows(x: np.ndarray) -> np.ndarray:
+    """NumPy twin of ``unit_rows`` (in x's dtype; references pass float64)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), COS_EPS)

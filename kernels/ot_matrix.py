@@ -1,0 +1,247 @@
+"""Entropic OT similarity of every utterance of one language against every utterance of another (``kernels.ot``).
+
+A vmapped Sinkhorn ``while_loop`` runs every pair of a batch until the slowest pair stops, and iteration counts of
+real pairs are heavy-tailed. So pairs are solved in rounds of at most ``ROUND_ITERATIONS``: each round is one jitted
+vmap per chunk of the pairs still running, warm-started from the potentials where the last round left them, and
+converged pairs leave. The fixed point is that of an uninterrupted run; scores agree with one within
+2 x threshold (ott's returned potentials are not bit for bit its loop state). A batch then costs about its pairs'
+own iterations, not its slowest pair's. The cost matrices of a block of pairs are computed once, as tiles of the
+grid (one matrix product per tile), and kept across rounds. Where ``kernel_mode(config)`` Sinkhorn runs in kernel
+(scaling) mode on the kernel exp(-C / epsilon), computed once per round: an iteration is three mat-vecs (two
+updates and the marginal check) instead of log-sum-exps over every cell; the same iterates in exact arithmetic.
+Pairs whose scalings leave float32 range are finished in the log domain and flagged (``OtResult.fallback``). On
+CPU, chunks run on every core (``kernels._cpu``).
+
+Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
+Measurements: ``bench/RESULTS.md``, sections "OT measure (kernels/ot.py) against POT" and "OT measure: design notes
+(one-off measurements)" (rounds, cost tiles, kernel mode).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.errors import ShapeError
+from kernels._cpu import cpu_workers, on_cores
+from kernels.frames import check_lengths, frame_mask, normalize_frames
+from kernels.ot import DEFAULT_OT, OtConfig, OtResult, kernel_mode, reference_ot_cost, solve_cost
+
+# Iterations per round of ot_similarity_matrix: a round wastes at most this many iterations on a pair of a chunk
+# whose partners stopped earlier; shorter rounds mean more jitted calls (and cost matrices recomputed per round).
+ROUND_ITERATIONS = 50
+TILE_CELLS = 2**22  # cost-matrix cells of one chunk of utterance pairs: 16 MiB of float32 (~2 pairs of 1500 frames)
+COST_CELLS = 2**25  # cost matrices kept between rounds, float32 (128 MiB): pairs per block of rounds
+
+log = logging.getLogger(__name__)
+
+
+@jax.jit
+def _pair_costs(X, Y, ix, iy):
+    """f32[p, m, n]: the costs 1 - cos of the pairs (X[ix[p]], Y[iy[p]]) of unit frames (1 on padding)."""
+    return 1.0 - jnp.einsum("pme,pne->pmn", X[ix], Y[iy])
+
+
+@jax.jit
+def _grid_costs(X, Y, rows, cols):
+    """f32[r * c, m, n]: the costs of every pair of X[rows] x Y[cols] (r, c indices), row-major: one matrix
+    product, faster per pair than a batch of per-pair products (bench/RESULTS.md, OT design notes)."""
+    cost = 1.0 - jnp.einsum("ume,vne->uvmn", X[rows], Y[cols])
+    return cost.reshape(-1, X.shape[1], Y.shape[1])
+
+
+def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Array:
+    """f32[p, m, n]: the cost matrices of the pairs (X[ix[p]], Y[iy[p]]), by chunks of at most TILE_CELLS cells on
+    the workers. Where the pairs fill most of a grid (ot_similarity_matrix), tiles of that grid, else pair by pair
+    (the self terms of the debiased divergence)."""
+    m, n = X.shape[1], Y.shape[1]
+    most = max(1, TILE_CELLS // (m * n))
+    us, at_u = np.unique(ix, return_inverse=True)
+    vs, at_v = np.unique(iy, return_inverse=True)
+    if len(us) * len(vs) > 2 * len(ix):
+        size = _chunk_size(len(ix), most, workers)
+
+        def pairs(chunk):
+            full = _padded(chunk, size)
+            return _pair_costs(X, Y, ix[full], iy[full])[: len(chunk)]
+
+        parts = on_cores(pairs, _chunks(np.arange(len(ix)), size), workers)
+        return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+    cc = min(len(vs), most)  # a tile: rr rows x cc columns of the grid us x vs
+    rr = max(1, min(len(us), most // cc, -(-len(us) * len(vs) // (workers * cc))))
+    # A divisor of the rows, if one is at least half as large, leaves no padded tile (and no gather below).
+    rr = max([d for d in range(-(-rr // 2), rr + 1) if len(us) % d == 0] or [rr])
+    tiles = [(r, c) for r in range(0, len(us), rr) for c in range(0, len(vs), cc)]
+
+    def tile(rc):
+        r, c = rc
+        return _grid_costs(X, Y, us[_padded(np.arange(r, min(r + rr, len(us))), rr)],
+                           vs[_padded(np.arange(c, min(c + cc, len(vs))), cc)])  # fmt: skip
+
+    flat = jnp.concatenate(on_cores(tile, tiles, min(workers, len(tiles))))
+    col_tiles = -(-len(vs) // cc)
+    position = ((at_u // rr) * col_tiles + at_v // cc) * (rr * cc) + (at_u % rr) * cc + at_v % cc
+    if len(position) == flat.shape[0] and np.array_equal(position, np.arange(len(position))):
+        return flat  # the pairs are the grid in row-major order (ot_similarity_matrix), tiles without padding
+    return flat[position]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "iterations", "kernel"))
+def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int, kernel: bool):
+    """At most ``iterations`` Sinkhorn iterations (in kernel mode if ``kernel``) of the pairs ``rows`` of the cost
+    matrices ``cost`` f32[q, m, n], with valid frames len_x, len_y: i32[p], from potentials f: f32[p, m],
+    g: f32[p, n]. Returns (W, converged, failed, f, g), [p] each but the potentials; ``failed``: a non-finite cost or
+    potential on a valid frame, which more iterations will not mend (in kernel mode: scalings out of float32 range)."""
+
+    def one(c, len_x, len_y, f, g):
+        out = solve_cost(c, len_x, len_y, config, iterations, (f, g), kernel)
+        w = out.primal_cost
+        valid_f, valid_g = frame_mask(c.shape[0], len_x), frame_mask(c.shape[1], len_y)
+        finite = jnp.isfinite(w) & jnp.all(jnp.isfinite(out.f) | ~valid_f) & jnp.all(jnp.isfinite(out.g) | ~valid_g)
+        return w, out.converged & finite, ~finite, out.f, out.g
+
+    return jax.vmap(one)(cost[rows], len_x, len_y, f, g)
+
+
+def _initial_potentials(lengths: np.ndarray, frames: int) -> np.ndarray:
+    """ott's default start in the log domain: 0 on valid frames, -inf on the zero-weight padding."""
+    return np.where(np.arange(frames)[None, :] < lengths[:, None], 0.0, -np.inf).astype(np.float32)
+
+
+def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    return [rows[k : k + size] for k in range(0, len(rows), size)]
+
+
+def _padded(rows: np.ndarray, size: int) -> np.ndarray:
+    """rows padded to ``size`` with a repeat of the first: one compiled shape per chunk size."""
+    return np.concatenate([rows, np.full(size - len(rows), rows[0])])
+
+
+def _chunk_size(pairs: int, most: int, workers: int) -> int:
+    """The largest power of 4 <= most that gives every worker a chunk (powers of 4: few compilations)."""
+    return 4 ** int(np.log(min(most, -(-pairs // workers))) / np.log(4) + 1e-9)
+
+
+def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtConfig, workers: int):
+    """(W f32[p], converged bool[p], fallback bool[p]) of the pairs (X[ix[p]], Y[iy[p]]), in rounds (module
+    docstring); in kernel mode where ``kernel_mode(config)``, pairs that fail there go on in the log domain."""
+    m, n = X.shape[1], Y.shape[1]
+    len_X_np, len_Y_np = np.asarray(len_X), np.asarray(len_Y)
+    cost, converged = np.full(len(ix), np.nan, np.float32), np.zeros(len(ix), bool)
+    fallback = np.zeros(len(ix), bool)
+    most = max(1, TILE_CELLS // (m * n))
+    block = max(most * workers, COST_CELLS // (m * n))
+    for start in range(0, len(ix), block):
+        pairs = np.arange(start, min(start + block, len(ix)))
+        len_x, len_y = len_X_np[ix[pairs]], len_Y_np[iy[pairs]]
+        # The block's cost matrices, once: a round then starts from them (an exp per cell in kernel mode).
+        costs = _block_costs(X, Y, ix[pairs], iy[pairs], workers)
+        todo = np.arange(len(pairs))  # rows of the block still running
+        f, g = _initial_potentials(len_x, m), _initial_potentials(len_y, n)
+        used = 0
+        while len(todo) and used < config.max_iterations:
+            iterations = min(ROUND_ITERATIONS, config.max_iterations - used)
+            kernel = kernel_mode(config) & ~fallback[pairs[todo]]
+            size = _chunk_size(len(todo), most, workers)
+            # A chunk holds pairs of one mode; ``at`` indexes todo, f and g.
+            chunks = [(at, mode) for mode in (True, False) for at in _chunks(np.flatnonzero(kernel == mode), size)]
+
+            def run(
+                chunk, todo=todo, f=f, g=g, iterations=iterations, size=size, costs=costs, len_x=len_x, len_y=len_y
+            ):
+                at, mode = chunk
+                full = _padded(at, size)
+                rows = todo[full]
+                return _round(
+                    costs, rows, len_x[rows], len_y[rows], f[full], g[full],
+                    config=config, iterations=iterations, kernel=mode,
+                )  # fmt: skip
+
+            parts = on_cores(run, chunks, min(workers, len(chunks)))
+            order = np.concatenate([at for at, _ in chunks])
+            out = [
+                np.concatenate([np.asarray(p[k])[: len(at)] for p, (at, _) in zip(parts, chunks, strict=True)])
+                for k in range(5)
+            ]
+            round_cost, round_converged, failed, round_f, round_g = out
+            # Pairs that fail in kernel mode go on in the log domain from where this round started.
+            retry = failed & kernel[order]
+            round_f[retry], round_g[retry] = f[order[retry]], g[order[retry]]
+            todo, f, g = todo[order], round_f, round_g
+            fallback[pairs[todo[retry]]] = True
+            cost[pairs[todo]], converged[pairs[todo]] = round_cost, round_converged
+            used += iterations
+            keep = ~(round_converged | (failed & ~retry))
+            todo, f, g = todo[keep], f[keep], g[keep]
+    if fallback.any():
+        log.warning(
+            "ot: %d of %d pairs left float32 range in kernel mode and were solved in the log domain",
+            fallback.sum(),
+            len(ix),
+        )
+    return cost, converged, fallback
+
+
+_unit_frames = jax.jit(jax.vmap(normalize_frames))
+
+
+def ot_similarity_matrix(
+    A: jax.Array, len_A: jax.Array, B: jax.Array, len_B: jax.Array, config: OtConfig = DEFAULT_OT, *, workers=None
+) -> OtResult:
+    """OT similarity of every utterance of A against every utterance of B: OtResult of f32[N, M] (bool converged,
+    fallback).
+
+    A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; lengths in 1..frames. Frames past the
+    longest length are cropped. Pairs run in rounds of at most ``ROUND_ITERATIONS`` iterations (module docstring),
+    each a jitted vmap over chunks of at most ``TILE_CELLS`` cost cells, on blocks of at most ``COST_CELLS`` cost
+    cells computed once (memory stays bounded for 1500-frame utterances), in kernel mode where
+    ``kernel_mode(config)``; on CPU, chunks run on every core (``workers``, default the process's cores). Results do
+    not depend on the chunking or the workers; the rounds move them by less than 2 x threshold. With ``debiased``,
+    the self terms W(a, a), W(b, b) are solved once per utterance, not once per pair.
+    """
+    A, B = jnp.asarray(A), jnp.asarray(B)
+    if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
+        raise ShapeError(f"A, B must be [utterance, frame, embed] with one embed size, got {A.shape}, {B.shape}")
+    n_a, n_b = A.shape[0], B.shape[0]
+    check_lengths("len_A", len_A, n_a, A.shape[1], "utterance")
+    check_lengths("len_B", len_B, n_b, B.shape[1], "utterance")
+    if not n_a or not n_b:
+        empty = jnp.zeros((n_a, n_b), jnp.float32)
+        return OtResult(empty, empty, jnp.ones((n_a, n_b), bool), jnp.zeros((n_a, n_b), bool))
+    len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
+    # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
+    A = _unit_frames(A[:, : int(len_A.max())], jnp.asarray(len_A)).astype(jnp.float32)
+    B = _unit_frames(B[:, : int(len_B.max())], jnp.asarray(len_B)).astype(jnp.float32)
+    if workers is None:
+        workers = cpu_workers() if jax.default_backend() == "cpu" else 1
+    ia, ib = np.repeat(np.arange(n_a), n_b), np.tile(np.arange(n_b), n_a)
+    cost, converged, fallback = _solve_pairs(A, len_A, B, len_B, ia, ib, config, workers)
+    cost, converged, fallback = cost.reshape(n_a, n_b), converged.reshape(n_a, n_b), fallback.reshape(n_a, n_b)
+    score = 1.0 - cost
+    if config.debiased:
+        cost_aa, conv_aa, back_aa = _solve_pairs(A, len_A, A, len_A, np.arange(n_a), np.arange(n_a), config, workers)
+        cost_bb, conv_bb, back_bb = _solve_pairs(B, len_B, B, len_B, np.arange(n_b), np.arange(n_b), config, workers)
+        score = 1.0 - (cost - 0.5 * (cost_aa[:, None] + cost_bb[None, :]))
+        converged = converged & conv_aa[:, None] & conv_bb[None, :]
+        fallback = fallback | back_aa[:, None] | back_bb[None, :]
+    return OtResult(jnp.asarray(score), jnp.asarray(cost), jnp.asarray(converged), jnp.asarray(fallback))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reference: a double loop over pairs of kernels.ot's float64 NumPy Sinkhorn.
+
+
+def reference_ot_similarity_matrix(A, len_A, B, len_B, config: OtConfig = DEFAULT_OT) -> np.ndarray:
+    """ot_similarity_matrix's score by a double loop over pairs, f64[N, M]."""
+    eps = config.epsilon
+    self_a = [reference_ot_cost(a, a, la, la, eps) if config.debiased else 0.0 for a, la in zip(A, len_A, strict=True)]
+    self_b = [reference_ot_cost(b, b, lb, lb, eps) if config.debiased else 0.0 for b, lb in zip(B, len_B, strict=True)]
+    out = np.zeros((len(A), len(B)))
+    for i, (a, la) in enumerate(zip(A, len_A, strict=True)):
+        for j, (b, lb) in enumerate(zip(B, len_B, strict=True)):
+            out[i, j] = 1.0 - (reference_ot_cost(a, b, la, lb, eps) - 0.5 * (self_a[i] + self_b[j]))
+    return out
