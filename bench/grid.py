@@ -284,8 +284,8 @@ def main() -> None:
     try:
         write_s = write_store(store, args)
         print(f"store: {size / 2**30:.2f} GiB written in {write_s:.1f} s ({store})", flush=True)
+        from engine.pipelines.plan import plan_seqsim_run
         from engine.pipelines.similarity.run import SimilarityConfig
-        from engine.runtime.plan import plan_seqsim_run
 
         plan = plan_seqsim_run(
             SimilarityConfig(store=store, out=str(root / "never"), measures=tuple(args.measure.split(","))), None

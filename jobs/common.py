@@ -25,8 +25,9 @@ import jax
 from absl import app, flags
 
 from engine.errors import BabelgridError
+from engine.pipelines.plan import plan_for
 from engine.runtime.claims import DEFAULT_CLAIM_TTL
-from engine.runtime.plan import DEVICES, plan_for
+from engine.runtime.plan import DEVICES
 from engine.stores.kv import parse_spec_overrides, set_spec_overrides
 
 FLAGS = flags.FLAGS

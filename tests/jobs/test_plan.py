@@ -20,6 +20,7 @@ from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper.dims import ModelDimensions
 from engine.pipelines.decode.run import DecodeConfig
 from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.plan import plan_for
 from engine.pipelines.similarity.run import SimilarityConfig
 from engine.runtime import plan as plan_lib
 from engine.stores.reader import open_store
@@ -83,7 +84,7 @@ def test_encode_plan_through_the_flags_counts_and_writes_nothing(clips, tiny_mod
 
 
 def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir):
-    sim = plan_lib.plan_for(SimilarityConfig(store=store, out=str(tmp_path / "s")), "h100")
+    sim = plan_for(SimilarityConfig(store=store, out=str(tmp_path / "s")), "h100")
     reader = open_store(store)
     lengths = {lang: reader.lengths(lang) for lang in reader.languages()}
     d = reader.info.dims.n_audio_state
@@ -92,7 +93,7 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
     assert "blocks of" in sim.render() and sim.seconds_here > 0 and sim.seconds_device > 0
     assert not (tmp_path / "s").exists()
 
-    dec = plan_lib.plan_for(
+    dec = plan_for(
         DecodeConfig(store=store, out=str(tmp_path / "d"), model=str(tiny_model_dir), decodings=("greedy", "beam:2")),
         None,
     )
@@ -112,7 +113,7 @@ def test_seqsim_plan_counts_dtw_and_ot(store, tmp_path):
     """dtw and ot are stages of their own, timed on the store's states; their cells are N*M*m*n per pair and layer,
     frames cropped to each language's longest."""
     config = SimilarityConfig(store=store, out=str(tmp_path / "s"), measures=("seqsim", "dtw", "ot", "mean"))
-    plan = plan_lib.plan_for(config, "h100")
+    plan = plan_for(config, "h100")
     reader = open_store(store)
     en, de = (np.asarray(reader.lengths(lang)) for lang in ("en", "de"))
     d, layers = reader.info.dims.n_audio_state, len(reader.info.layers)
