@@ -19,6 +19,7 @@ from engine.models.whisper.timing import align_words, fill_padding, silence_stat
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
+from tests.jobs.manifests import write_fleurs_manifest
 from tests.jobs.multiprocess import run_processes
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -36,15 +37,8 @@ def whisper():
 @pytest.fixture(scope="module")
 def layer_store(fleurs_dir, whisper, tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("align")
-    lines = []
-    for name in CLIPS:
-        path = fleurs_dir / f"fleurs-{name}.ogg"
-        row = dict(id=path.stem, lang=name.split("-")[0], path=str(path))
-        if path.stem != NO_TEXT:
-            row["transcription"] = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        lines.append(json.dumps(row))
-    lines.append(json.dumps(dict(id=MISSING, lang="es", path=str(root / "missing.ogg"), transcription="hola")))
-    (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    missing = dict(id=MISSING, lang="es", path=str(root / "missing.ogg"), transcription="hola")
+    write_fleurs_manifest(root / "clips.jsonl", fleurs_dir, CLIPS, no_text=NO_TEXT, extra_rows=[missing])
     top = whisper.dims.n_audio_layer + 1
     out = root / "store"
     config = EncodeConfig(out=str(out), dataset=f"manifest:{root / 'clips.jsonl'}", layers=(top,), progress=False)

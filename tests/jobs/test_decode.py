@@ -24,6 +24,7 @@ from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
 from engine.pipelines.decode.run import DecodeConfig, DecodeError, references_path, run_decode, score_rows
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.text import metrics as text_metrics
+from tests.jobs.manifests import write_fleurs_manifest
 
 TINY_CLIPS = ("en-000", "en-001", "de-009", "de-000")  # de-009 is 43 s: two windows
 NO_TEXT = "fleurs-de-000"  # listed without a transcription: decoded, not scored (no_reference)
@@ -31,15 +32,7 @@ MISSING = "fleurs-de-404"  # listed, but its file does not exist: never encoded
 
 
 def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=()) -> pathlib.Path:
-    lines = []
-    for name in clips:
-        path = fleurs_dir / f"fleurs-{name}.ogg"
-        row = dict(id=path.stem, lang=name.split("-")[0], path=str(path))
-        if path.stem != NO_TEXT:
-            row["transcription"] = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        lines.append(json.dumps(row))
-    lines += [json.dumps(r) for r in extra_rows]
-    (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    write_fleurs_manifest(root / "clips.jsonl", fleurs_dir, clips, no_text=NO_TEXT, extra_rows=extra_rows)
     out = root / "store"
     config = EncodeConfig(
         out=str(out), model=model, dataset=f"manifest:{root / 'clips.jsonl'}", layers=layers, progress=False

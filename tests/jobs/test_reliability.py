@@ -48,10 +48,17 @@ def clips(tmp_path_factory) -> pathlib.Path:
     return root
 
 
+def encode_flags(out: pathlib.Path, model: pathlib.Path, clips: pathlib.Path, langs: str | None = None) -> list[str]:
+    """The encode job's flags for the ``langs`` folders of ``clips`` (every one by default) into ``out`` with
+    ``model``."""
+    flags = ["--out", str(out), "--model", str(model), "--dataset", f"folder:{clips}"]
+    return flags + (["--langs", langs] if langs else [])
+
+
 @pytest.fixture(scope="module")
 def store(run_job, clips, tiny_model_dir, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("store") / "store"
-    proc = run_job("encode", "--out", str(out), "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}")
+    proc = run_job("encode", *encode_flags(out, tiny_model_dir, clips))
     assert "skipped 1 (AudioRangeError): en/b" in proc.stdout, proc.stdout
     assert "have no Whisper language code" in proc.stderr and "'xx'" in proc.stderr
     return out
@@ -65,31 +72,12 @@ def test_a_huge_amplitude_clip_is_counted_and_the_rest_encoded(store):
 
 
 def test_strict_makes_the_skip_an_exit_code(run_job, clips, tiny_model_dir, tmp_path):
-    args = [
-        "--out",
-        str(tmp_path / "s"),
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        f"folder:{clips}",
-        "--langs",
-        "en",
-    ]
-    proc = run_job("encode", *args, "--strict", expect=1)
+    proc = run_job("encode", *encode_flags(tmp_path / "s", tiny_model_dir, clips, "en"), "--strict", expect=1)
     assert "--strict: 1 items were skipped" in proc.stderr
 
 
 def test_a_resume_with_another_compute_dtype_is_refused(run_job, clips, tiny_model_dir, tmp_path):
-    args = [
-        "--out",
-        str(tmp_path / "s"),
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        f"folder:{clips}",
-        "--langs",
-        "xx",
-    ]
+    args = encode_flags(tmp_path / "s", tiny_model_dir, clips, "xx")
     run_job("encode", *args)
     proc = run_job("encode", *args, "--compute_dtype", "bfloat16", expect=1)
     assert "compute_dtype: store has 'float32', this run 'bfloat16'" in proc.stderr
@@ -98,7 +86,7 @@ def test_a_resume_with_another_compute_dtype_is_refused(run_job, clips, tiny_mod
 
 def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(run_job, clips, tiny_model_dir, tmp_path):
     out = tmp_path / "s"
-    args = ["--out", str(out), "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--langs", "xx"]
+    args = encode_flags(out, tiny_model_dir, clips, "xx")
     _, kv = open_kvstore(str(out))
     holder = WriterLease(kv, str(out), "encode (another run)", ttl=600)
     holder.take()  # a run in progress: its lease is renewed and unexpired
@@ -169,6 +157,5 @@ def test_align_skips_a_language_whisper_lacks(run_job, store, tiny_model_dir, tm
 def test_an_unwritable_output_is_a_clear_error_not_a_traceback(run_job, tiny_model_dir, clips, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    proc = run_job("encode", "--out", str(blocker / "store"), "--model", str(tiny_model_dir),
-                   "--dataset", f"folder:{clips}", "--langs", "xx", expect=1)  # fmt: skip
+    proc = run_job("encode", *encode_flags(blocker / "store", tiny_model_dir, clips, "xx"), expect=1)
     assert "StoreError: cannot " in proc.stderr and "a part of the path is a file, not a folder" in proc.stderr
