@@ -71,13 +71,18 @@ def scan(root: pathlib.Path = REPO) -> dict[str, list[Import]]:
         source = str(path.relative_to(root))
         found[name] = []
 
-        def visit(node, lazy, name=name, lines=lines, source=source):
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+        def visit(node, lazy, name=name, lines=lines, source=source, package=package):
             for child in ast.iter_child_nodes(node):
                 targets = []
-                if isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                if isinstance(child, ast.ImportFrom):
+                    # `from . import x` in engine/data/audio.py imports from engine.data, `from .. import x` from engine
+                    base = ".".join(package.split(".")[: len(package.split(".")) - child.level + 1])
+                    module = ".".join(filter(None, [base if child.level else "", child.module or ""]))
                     # `from engine.data import audio` imports the module engine.data.audio, not a name of engine.data
-                    targets = [f"{child.module}.{a.name}" for a in child.names]
-                    targets = [t if t in paths else child.module for t in targets]
+                    targets = [f"{module}.{a.name}" for a in child.names]
+                    targets = [t if t in paths else module for t in targets]
                 elif isinstance(child, ast.Import):
                     targets = [a.name for a in child.names]
                 for target in dict.fromkeys(targets):
@@ -199,17 +204,22 @@ def test_scan_reads_top_level_and_function_level_imports(tmp_path):
             "engine/stores/kv.py": """
                 from engine.data import audio
                 import engine.errors as errors
+                from ..data.audio import y
+                from . import schema
 
                 def f():
                     # lazy: the reason
                     from engine.data.audio import x
                 """,
+            "engine/stores/schema.py": "",
         },
     )
     assert scan(root)["engine.stores.kv"] == [
         Import("engine.data.audio", "engine/stores/kv.py", 2, lazy=False, commented=False),
         Import("engine.errors", "engine/stores/kv.py", 3, lazy=False, commented=False),
-        Import("engine.data.audio", "engine/stores/kv.py", 7, lazy=True, commented=True),
+        Import("engine.data.audio", "engine/stores/kv.py", 4, lazy=False, commented=False),
+        Import("engine.stores.schema", "engine/stores/kv.py", 5, lazy=False, commented=False),
+        Import("engine.data.audio", "engine/stores/kv.py", 9, lazy=True, commented=True),
     ]
     assert scan(root)["engine.data.audio"] == []
 
