@@ -23,6 +23,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def job_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the checkout importable and JAX on the CPU, then ``env`` over it."""
     path = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu", **(env or {})}
 
