@@ -47,9 +47,12 @@ $(TEST_STAMP): pyproject.toml Makefile | $(VPY)
 	$(VPY) -m pip install -q --no-deps openai-whisper==20250625
 	touch $@ $(SETUP_STAMP)
 
+# pytest's junit report (git-ignored under build/); .ci/check_skips.py reads it to fail CI on an unexpected skip.
+JUNIT ?= build/junit.xml
+
 test: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench
-	$(VPY) -m pytest -q -ra --durations=25
+	$(VPY) -m pytest -q -ra --durations=25 -o junit_family=xunit1 --junitxml=$(JUNIT)
 
 lint: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench

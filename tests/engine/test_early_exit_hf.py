@@ -20,22 +20,14 @@ transformers = pytest.importorskip("transformers")
 from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 
 from engine.models.whisper.decoding import DecodingOptions  # noqa: E402
+from tests.engine.hf_reference import hf_encoder_layers  # noqa: E402
 
 N_NEW = 12
 
 
 def hf_layer(hf, mel: np.ndarray, layer: int, ln_post: bool) -> torch.Tensor:
     """Encoder layer ``layer`` (babelgrid indexing, 1..L) of HF's own encoder, with HF's final norm or not."""
-    captured = {}
-    hook = hf.model.encoder.layers[-1].register_forward_hook(
-        lambda mod, inp, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out)
-    )
-    try:
-        with torch.no_grad():
-            out = hf.model.encoder(torch.from_numpy(mel), output_hidden_states=True)
-    finally:
-        hook.remove()
-    states = captured["last"] if layer == len(hf.model.encoder.layers) else out.hidden_states[layer]
+    states = torch.from_numpy(hf_encoder_layers(hf, mel)[layer])
     with torch.no_grad():
         return hf.model.encoder.layer_norm(states) if ln_post else states
 

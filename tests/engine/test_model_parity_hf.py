@@ -20,6 +20,7 @@ from engine.models.whisper.checkpoints.hf import state_dict_from_hf  # noqa: E40
 from engine.models.whisper.decoding import greedy_decode, teacher_forced  # noqa: E402
 from engine.models.whisper.dims import ModelDimensions  # noqa: E402
 from engine.models.whisper.model import Whisper  # noqa: E402
+from tests.engine.hf_reference import hf_encoder_layers  # noqa: E402
 
 RTOL = 1e-5
 N_MELS, N_CTX, WIDTH, HEADS, ENC_LAYERS, DEC_LAYERS, TEXT_CTX = 80, 50, 64, 4, 3, 2, 40
@@ -63,25 +64,10 @@ def mel():
     return np.random.default_rng(0).standard_normal((3, N_MELS, 2 * N_CTX)).astype(np.float32)
 
 
-def hf_encoder_layers(hf, mel):
-    """HF hidden states rearranged to babelgrid's indexing 0..L+1 (HF lacks the raw layer L)."""
-    captured = {}
-    hook = hf.model.encoder.layers[-1].register_forward_hook(
-        lambda mod, inp, out: captured.__setitem__("last", out[0] if isinstance(out, tuple) else out)
-    )
-    try:
-        with torch.no_grad():
-            out = hf.model.encoder(torch.from_numpy(mel), output_hidden_states=True)
-    finally:
-        hook.remove()
-    hidden = [h.numpy() for h in out.hidden_states]
-    assert len(hidden) == ENC_LAYERS + 1
-    return hidden[:-1] + [captured["last"].numpy(), out.last_hidden_state.numpy()]
-
-
 def test_every_encoder_layer_matches_hf(pair, mel):
     hf, ours = pair
     ref = hf_encoder_layers(hf, mel)
+    assert len(ref) == ENC_LAYERS + 2
     states = np.asarray(ours.encoder(jnp.asarray(mel)))
     assert states.shape == (ENC_LAYERS + 2, 3, N_CTX, WIDTH)
     for i in range(ENC_LAYERS + 2):

@@ -1,7 +1,6 @@
 """Layer store: round trips, the commit protocol under kills, concurrent writers, refusals, reader."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -22,12 +21,10 @@ from engine.stores.language import utterance_range
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from engine.stores.schema import FORMAT_VERSION, LENGTHS_CHUNK, StoreInfo, StoreMismatchError, UtteranceRow
+from tests.engine.scripts import store_writer as writer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WRITER = REPO / "tests" / "engine" / "scripts" / "store_writer.py"
-_spec = importlib.util.spec_from_file_location("store_writer", WRITER)
-writer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(writer)
 
 DIMS = writer.DIMS  # L = 2 blocks: layers 0..3, embed 32
 INFO = writer.INFO  # layers (0, 2, 3), float32

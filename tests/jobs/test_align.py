@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -23,11 +20,11 @@ from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
+from tests.jobs.manifests import write_fleurs_manifest
 from tests.jobs.multiprocess import run_processes
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 CLIPS = ("de-009", "de-000", "en-000", "en-001", "es-001")  # de-009 is 43 s: two windows
 NO_TEXT = "fleurs-en-001"  # listed without a transcription
 MISSING = "fleurs-es-404"  # listed, but its file does not exist: never encoded
@@ -41,15 +38,8 @@ def whisper():
 @pytest.fixture(scope="module")
 def layer_store(fleurs_dir, whisper, tmp_path_factory) -> pathlib.Path:
     root = tmp_path_factory.mktemp("align")
-    lines = []
-    for name in CLIPS:
-        path = fleurs_dir / f"fleurs-{name}.ogg"
-        row = dict(id=path.stem, lang=name.split("-")[0], path=str(path))
-        if path.stem != NO_TEXT:
-            row["transcription"] = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        lines.append(json.dumps(row))
-    lines.append(json.dumps(dict(id=MISSING, lang="es", path=str(root / "missing.ogg"), transcription="hola")))
-    (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    missing = dict(id=MISSING, lang="es", path=str(root / "missing.ogg"), transcription="hola")
+    write_fleurs_manifest(root / "clips.jsonl", fleurs_dir, CLIPS, no_text=NO_TEXT, extra_rows=[missing])
     top = whisper.dims.n_audio_layer + 1
     out = root / "store"
     config = configure(
@@ -60,25 +50,10 @@ def layer_store(fleurs_dir, whisper, tmp_path_factory) -> pathlib.Path:
     return out
 
 
-def run_job(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.align", "--progress=false", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
 @pytest.fixture(scope="module")
-def words_out(layer_store, tmp_path_factory) -> tuple[pathlib.Path, str]:
+def words_out(run_job, layer_store, tmp_path_factory) -> tuple[pathlib.Path, str]:
     out = tmp_path_factory.mktemp("words") / "words"
-    proc = run_job("--store", str(layer_store), "--out", str(out), "--chunk", "2")
+    proc = run_job("align", "--store", str(layer_store), "--out", str(out), "--chunk", "2")
     return out, proc.stdout
 
 
@@ -123,7 +98,7 @@ def test_words_equal_the_library_on_the_stored_states(layer_store, words_out, wh
     assert long.end.max() > 30.0 and (np.diff(long.start) >= 0).all()  # words past the first window, in order
 
 
-def test_skips_are_listed_and_counted(words_out, layer_store, tmp_path):
+def test_skips_are_listed_and_counted(run_job, words_out, layer_store, tmp_path):
     out, stdout = words_out
     table, skipped_en = read_words(str(out), "en", skipped=True)
     pd.testing.assert_frame_equal(table.to_pandas(), read_words_pd(out, "en"))
@@ -132,27 +107,24 @@ def test_skips_are_listed_and_counted(words_out, layer_store, tmp_path):
     assert skipped["en"].to_dict("records") == [dict(utterance=1, id=NO_TEXT, reason="no_transcription")]
     assert skipped["es"].to_dict("records") == [dict(utterance=1, id=MISSING, reason="not_encoded")]
     assert "skipped 1 (no_transcription)" in stdout and "skipped 1 (not_encoded)" in stdout
-    strict = run_job(
-        "--store", str(layer_store), "--out", str(tmp_path / "w"), "--langs", "es", "--strict", check=False
-    )
-    assert strict.returncode == 1
+    run_job("align", "--store", str(layer_store), "--out", str(tmp_path / "w"), "--langs", "es", "--strict", expect=1)
 
 
-def test_resume_redoes_only_missing_parts(layer_store, words_out, tmp_path):
+def test_resume_redoes_only_missing_parts(run_job, layer_store, words_out, tmp_path):
     out, _ = words_out
-    again = run_job("--store", str(layer_store), "--out", str(out), "--chunk", "2")
+    again = run_job("align", "--store", str(layer_store), "--out", str(out), "--chunk", "2")
     assert "aligned 0 utterances" in again.stdout and f"{len(CLIPS)} already done" in again.stdout
     before = read_words_pd(out, "de")
     (out / "de" / "parts" / "00000000.parquet").unlink()  # de-009 and de-000
     (out / "de" / "words.parquet").unlink()
-    redo = run_job("--store", str(layer_store), "--out", str(out), "--chunk", "2")
+    redo = run_job("align", "--store", str(layer_store), "--out", str(out), "--chunk", "2")
     assert "aligned 2 utterances" in redo.stdout, redo.stdout
     pd.testing.assert_frame_equal(read_words_pd(out, "de"), before)
 
 
-def test_decoded_transcripts(layer_store, tmp_path):
+def test_decoded_transcripts(run_job, layer_store, tmp_path):
     out = tmp_path / "decoded"
-    run_job("--store", str(layer_store), "--out", str(out), "--langs", "de", "--transcripts", "decode")
+    run_job("align", "--store", str(layer_store), "--out", str(out), "--langs", "de", "--transcripts", "decode")
     words = read_words_pd(out, "de")
     for uid in ("fleurs-de-000", "fleurs-de-009"):
         w = words[words.id == uid]
@@ -160,15 +132,15 @@ def test_decoded_transcripts(layer_store, tmp_path):
     assert words[words.id == "fleurs-de-009"].end.max() > 30.0
 
 
-def test_refusals(layer_store, words_out, whisper, tiny_model_dir, tmp_path):
+def test_refusals(run_job, layer_store, words_out, whisper, tiny_model_dir, tmp_path):
     out, _ = words_out
-    other = run_job("--store", str(layer_store), "--out", str(out), "--median_filter_width", "5", check=False)
+    other = run_job("align", "--store", str(layer_store), "--out", str(out), "--median_filter_width", "5", expect=None)
     assert other.returncode != 0 and "median_filter_width" in other.stderr
-    unknown = run_job("--store", str(layer_store), "--out", str(tmp_path / "x"), "--langs", "xx", check=False)
+    unknown = run_job("align", "--store", str(layer_store), "--out", str(tmp_path / "x"), "--langs", "xx", expect=None)
     assert unknown.returncode != 0 and "not in the layer store" in unknown.stderr
     # A store written by another model.
     wrong = run_job(
-        "--store", str(layer_store), "--out", str(tmp_path / "z"), "--model", str(tiny_model_dir), check=False
+        "align", "--store", str(layer_store), "--out", str(tmp_path / "z"), "--model", str(tiny_model_dir), expect=None
     )
     assert wrong.returncode != 0 and "pass the store's model with --model" in wrong.stderr
     # A store without the final layer cannot feed the decoder.
@@ -181,7 +153,7 @@ def test_refusals(layer_store, words_out, whisper, tiny_model_dir, tmp_path):
         ),
         whisper=whisper,
     )
-    no_top = run_job("--store", str(lower), "--out", str(tmp_path / "y"), check=False)
+    no_top = run_job("align", "--store", str(lower), "--out", str(tmp_path / "y"), expect=None)
     assert no_top.returncode != 0 and "--layers all" in no_top.stderr
 
 

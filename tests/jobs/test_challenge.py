@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
-import pathlib
-import subprocess
 import sys
 
 import numpy as np
@@ -26,13 +23,7 @@ from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
 from engine.text import soundalike
 from engine.text.phones import PhonesError
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "store_writer", REPO / "tests" / "engine" / "scripts" / "store_writer.py"
-)
-writer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(writer)
+from tests.engine.scripts import store_writer as writer
 
 TEXTS = {  # id -> (en, de); s0 shares a name, s1 a number, s2 a cognate, s3 and s4 nothing
     "s0": ("We flew to Paris.", "Wir flogen nach Paris."),
@@ -64,7 +55,7 @@ def read(path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
+def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(run_job, tmp_path):
     store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
     store.language("en", rows("en", 0))
     store.language("de", rows("de", 1))
@@ -72,8 +63,7 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     out = tmp_path / "challenge"
     # The library's fixed threshold (the job's default is calibrated per pair: the next test).
     argv = ["--store", str(tmp_path / "store"), "--out", str(out), "--phone_threshold", "0.16", "--pairs", "en:de"]
-    proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    run_job("challenge", *argv)
     table = {r["id"]: r for r in read(out / "en__de.csv")}
     assert list(table["s0"]) == list(files.PAIR_COLUMNS)
     assert {uid for uid, r in table.items() if r["kept"] == "1"} == {"s3", "s4"}
@@ -96,8 +86,7 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(tmp_path):
     assert settings["thresholds"]["en__de"]["threshold_rule"] == "fixed"
     assert settings["store"]["path"] == f"{tmp_path}/store/"
 
-    bad = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv[:-1], "en:fr"], cwd=REPO,
-                         capture_output=True, text=True)  # fmt: skip
+    bad = run_job("challenge", *argv[:-1], "en:fr", expect=None)
     assert bad.returncode != 0 and "'fr'" in bad.stderr
     # A language in the store without an espeak-ng voice: refused, naming the languages espeak-ng has.
     with pytest.raises(PhonesError, match=r"no voice for \['xx'\].*espeak-ng has.*\bde\b.*\ben\b"):
@@ -121,15 +110,14 @@ MORE = {  # id -> (en, de): five more sentence pairs, some with cognates (garden
 }
 
 
-def test_auto_calibrates_each_pair_on_mismatched_pairs(tmp_path):
+def test_auto_calibrates_each_pair_on_mismatched_pairs(run_job, tmp_path):
     store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
     texts = {**TEXTS, **MORE}
     for lang, column in (("en", 0), ("de", 1)):
         store.language(lang, rows(lang, column, texts))
     out = tmp_path / "auto"
     argv = ["--store", str(tmp_path / "store"), "--out", str(out), "--pairs", "en:de", "--chance_flag_rate", "0.1"]
-    proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_job("challenge", *argv)
 
     # The reference: every mismatched pair (10 x 10 ids less the 10 translations: under --chance_pairs 200, so all)
     # judged one by one by the library filter, and the largest threshold flagging at most 10% of them.
@@ -164,7 +152,7 @@ def test_auto_calibrates_each_pair_on_mismatched_pairs(tmp_path):
         configure(challenge.ChallengeConfig, store="s", out="o", chance_flag_rate=2.0)
 
 
-def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp_path, monkeypatch):
+def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(run_job, tmp_path, monkeypatch):
     store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
     for lang, column in (("en", 0), ("de", 1), ("es", 1)):
         store.language(lang, rows(lang, column))
@@ -175,7 +163,7 @@ def test_a_rerun_with_other_settings_is_refused_and_the_folder_keeps_its_own(tmp
 
     argv = ["--store", f"file://{tmp_path}/store/", "--out", str(out), "--pairs", "en:de", "--phone_threshold", "0.1",
             "--min_phones", "3", "--chance_seed", "1", "--chance_flag_rate", "0.1"]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-m", "jobs.challenge", *argv], cwd=REPO, capture_output=True, text=True)
+    proc = run_job("challenge", *argv, expect=None)
     assert proc.returncode != 0
     assert (
         "phone_threshold: folder has 'auto', this run 0.1" in proc.stderr and "min_phones: folder has 4" in proc.stderr

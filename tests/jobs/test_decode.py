@@ -11,11 +11,8 @@ process-global and other job modules define the same names. The others call the 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -28,23 +25,15 @@ from engine.pipelines.decode.run import DecodeConfig, DecodeError, references_pa
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.runtime.options import configure
 from engine.text import metrics as text_metrics
+from tests.jobs.manifests import write_fleurs_manifest
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_CLIPS = ("en-000", "en-001", "de-009", "de-000")  # de-009 is 43 s: two windows
 NO_TEXT = "fleurs-de-000"  # listed without a transcription: decoded, not scored (no_reference)
 MISSING = "fleurs-de-404"  # listed, but its file does not exist: never encoded
 
 
 def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=()) -> pathlib.Path:
-    lines = []
-    for name in clips:
-        path = fleurs_dir / f"fleurs-{name}.ogg"
-        row = dict(id=path.stem, lang=name.split("-")[0], path=str(path))
-        if path.stem != NO_TEXT:
-            row["transcription"] = path.with_suffix(".txt").read_text(encoding="utf-8").strip()
-        lines.append(json.dumps(row))
-    lines += [json.dumps(r) for r in extra_rows]
-    (root / "clips.jsonl").write_text("\n".join(lines) + "\n")
+    write_fleurs_manifest(root / "clips.jsonl", fleurs_dir, clips, no_text=NO_TEXT, extra_rows=extra_rows)
     out = root / "store"
     config = configure(
         EncodeConfig,
@@ -56,22 +45,6 @@ def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=()) 
     )
     run_encode(config, whisper=whisper)
     return out
-
-
-def run_job(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m jobs.decode ARGS`` in a subprocess: the command line itself."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.decode", "--progress=false", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
 
 
 def decode_here(whisper, store, out, **settings):
@@ -144,11 +117,11 @@ TINY_SETTINGS = dict(layers=(1, 3), tasks=("transcribe", "translate"), decodings
 
 
 @pytest.fixture(scope="module")
-def tiny_out(tiny_store, tiny_model_dir, tiny_whisper, tmp_path_factory):
+def tiny_out(run_job, tiny_store, tiny_model_dir, tiny_whisper, tmp_path_factory):
     """The job through its flags, then the same settings again in this process (a resume: every part kept)."""
     out = tmp_path_factory.mktemp("decode-tiny-out") / "out"
     args = ("--store", str(tiny_store), "--out", str(out), "--model", str(tiny_model_dir), "--max_new_tokens", "5")
-    first = run_job(*args, *TINY_FLAGS)
+    first = run_job("decode", *args, *TINY_FLAGS)
     again = decode_here(tiny_whisper, tiny_store, out, model=str(tiny_model_dir), max_new_tokens=5, **TINY_SETTINGS)
     return out, first.stdout, again.report()
 
@@ -207,9 +180,9 @@ def test_tiny_bad_settings_are_named_errors():
         references_path("/nonexistent.tsv")
 
 
-def test_tiny_bad_flag_is_a_named_error_on_the_command_line(tiny_store, tiny_model_dir, tmp_path):
+def test_tiny_bad_flag_is_a_named_error_on_the_command_line(run_job, tiny_store, tiny_model_dir, tmp_path):
     args = ("--store", str(tiny_store), "--out", str(tmp_path / "o"), "--model", str(tiny_model_dir))
-    proc = run_job(*args, "--decode_as", "de=xx", check=False)
+    proc = run_job("decode", *args, "--decode_as", "de=xx", expect=None)
     assert proc.returncode != 0 and "'xx' is not a language of this model" in proc.stderr, proc.stderr[-2000:]
 
 
@@ -365,7 +338,9 @@ def test_translate_without_english_references_is_refused(odd_store, tiny_whisper
         decode_here(tiny_whisper, odd_store, tmp_path / "o", tasks=("translate",))
 
 
-def test_language_detect_and_decode_as_through_flags(odd_store, fleurs_dir, tiny_model_dir, tiny_whisper, tmp_path):
+def test_language_detect_and_decode_as_through_flags(
+    run_job, odd_store, fleurs_dir, tiny_model_dir, tiny_whisper, tmp_path
+):
     """--language detect: each window's language is the library's detection, and the prompt carries it; references
     are still scored in the store language's (or --decode_as) normaliser."""
     from engine.data.audio import load_audio
@@ -373,7 +348,7 @@ def test_language_detect_and_decode_as_through_flags(odd_store, fleurs_dir, tiny
 
     out = tmp_path / "o"
     args = ("--store", str(odd_store), "--out", str(out), "--model", str(tiny_model_dir), "--max_new_tokens", "5")
-    proc = run_job(*args, "--language", "detect", "--decode_as", "ky=kk")
+    proc = run_job("decode", *args, "--language", "detect", "--decode_as", "ky=kk")
     manifest = json.loads((out / "decode.json").read_text())
     assert manifest["language"] == "detect" and manifest["decode_as"] == {"ky": "kk"}
     hyps = read_hypotheses(str(out)).to_pandas().set_index("id")

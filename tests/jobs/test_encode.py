@@ -13,8 +13,6 @@ import os
 import pathlib
 import shutil
 import signal
-import subprocess
-import sys
 
 import jax
 import ml_dtypes
@@ -34,7 +32,6 @@ from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from tests.jobs.multiprocess import run_processes
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 BATCH = 4
 
 
@@ -166,20 +163,6 @@ def test_round_trip_demo_set_bfloat16(tmp_path, tiny_whisper):
     assert check_store_against_model(out, tiny_whisper, dtype=ml_dtypes.bfloat16) == summary.done
 
 
-def run_job(args, env_extra=None, **kw) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
-    env.update(env_extra or {})
-    return subprocess.Popen(
-        [sys.executable, "-m", "jobs.encode", "--progress=false", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kw,
-    )
-
-
 def done_count(out: pathlib.Path) -> int:
     try:
         store = open_store(str(out))
@@ -220,13 +203,11 @@ KILLS = (("states", 0.1), ("marker", 0.2), ("states", 0.3), ("marker", 0.05), ("
 
 
 @pytest.mark.slow
-def test_sigkill_mid_commit_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
+def test_sigkill_mid_commit_then_resume_equals_uninterrupted(run_job, tmp_path, tiny_model_dir):
     data = write_clips(tmp_path / "clips", n=40)
     common = ["--model", str(tiny_model_dir), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
     ref = tmp_path / "ref"
-    proc = run_job([*common, "--out", str(ref)])
-    output = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, output
+    run_job("encode", *common, "--out", str(ref))
     total = done_count(ref)
     assert total == 80
 
@@ -235,31 +216,28 @@ def test_sigkill_mid_commit_then_resume_equals_uninterrupted(tmp_path, tiny_mode
         before = done_count(out)
         assert before < total, f"nothing left to kill before {point}: too few clips for KILLS"
         n = max(1, int(fraction * (total - before)))
-        proc = run_job([*common, "--out", str(out)], {"BABELGRID_FAULT_KILL": f"after_{point}:{n}"})
-        output = proc.communicate(timeout=600)[0]
-        assert proc.returncode == -signal.SIGKILL, f"{point}:{n} did not kill the job:\n{output}"
+        kill = {"BABELGRID_FAULT_KILL": f"after_{point}:{n}"}
+        proc = run_job("encode", *common, "--out", str(out), env=kill, expect=None)
+        assert proc.returncode == -signal.SIGKILL, f"{point}:{n} did not kill the job:\n{proc.stdout}{proc.stderr}"
         after = done_count(out)
         if point == "marker":
             assert after >= before + n, (point, n, before, after)
         else:  # the n-th shard is on disk, its utterance is not done; at most the n - 1 before it were marked
             assert before <= after <= before + n - 1 and states_without_marker(out) >= 1, (point, n, before, after)
     assert done_count(out) < total
-    proc = run_job([*common, "--out", str(out)])
-    output = proc.communicate(timeout=600)[0]
-    assert proc.returncode == 0, output
-    assert "already complete" in output
+    proc = run_job("encode", *common, "--out", str(out))
+    assert "already complete" in proc.stdout + proc.stderr
     stores_identical(ref, out)
 
 
 @pytest.mark.slow
-def test_two_processes_give_the_same_store_as_one(tmp_path, tiny_model_dir):
+def test_two_processes_give_the_same_store_as_one(run_job, tmp_path, tiny_model_dir):
     # More than LENGTHS_CHUNK utterances, so that the second process has a share of its own.
     data = write_clips(tmp_path / "clips", langs=("en",), n=300, seed=1)
     common = ["--model", str(tiny_model_dir), "--dataset", f"folder:{data}", "--batch_size", str(BATCH)]
     fake = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     one = tmp_path / "one"
-    proc = run_job([*common, "--out", str(one)], fake)
-    assert proc.wait(timeout=900) == 0, proc.stdout.read()
+    run_job("encode", *common, "--out", str(one), env=fake)
 
     two = tmp_path / "two"
     outputs = run_processes(
@@ -326,7 +304,7 @@ def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):
 
 
 @pytest.mark.slow
-def test_flag_defaults_run_the_demo_with_the_packaged_model(tmp_path):
+def test_flag_defaults_run_the_demo_with_the_packaged_model(run_job, tmp_path):
     """`python -m jobs.encode --out X` means: demo set, packaged whisper-base, every layer, float32.
 
     Run through the flags with only --langs narrowed (the demo's 30 English sentences), then read back what the
@@ -336,9 +314,7 @@ def test_flag_defaults_run_the_demo_with_the_packaged_model(tmp_path):
     if shutil.which("espeak-ng") is None:
         pytest.skip("the demo set is synthesised with espeak-ng: apt-get install espeak-ng")
     out = tmp_path / "store"
-    proc = run_job(["--out", str(out), "--langs", "en"], {"BABELGRID_CACHE": str(tmp_path / "cache")})
-    output = proc.communicate(timeout=900)[0]
-    assert proc.returncode == 0, output
+    run_job("encode", "--out", str(out), "--langs", "en", env={"BABELGRID_CACHE": str(tmp_path / "cache")})
     store = open_store(str(out))
     assert store.info.model_name == DEFAULT_NAME and store.info.dims == preset("base")
     assert store.info.layers == tuple(range(preset("base").n_audio_layer + 2)) and store.info.dtype == "float32"

@@ -8,10 +8,8 @@ checked) and writes the align job's words.parquet by hand, so that every skip re
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -34,7 +32,6 @@ from engine.stores.words import WORD_SCHEMA
 from kernels.wordalign import WordPair, Words, layer_standardisation, wordalign
 from tests.conftest import TINY_DIMS
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 SENTENCES = {
     "en": ["the dog sees a house", "my cat is small", "good morning"],
     "de": ["der Hund sieht ein Haus", "meine Katze ist klein", "guten Morgen"],
@@ -92,26 +89,11 @@ def tiny_inputs(tiny_whisper, tiny_model_dir, tmp_path_factory) -> tuple[pathlib
     return store, words
 
 
-def run_job(*args: str, check: bool = True, job: str = "jobs.interp") -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-m", job, "--progress=false", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
-
-
-def test_interp_job_through_flags(tiny_inputs, tmp_path):
+def test_interp_job_through_flags(run_job, tiny_inputs, tmp_path):
     store, words = tiny_inputs
     out = tmp_path / "interp"
     args = ("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de,en:sv")
-    proc = run_job(*args, "--layers", "1-2", "--pooling", "centre,max")
+    proc = run_job("interp", *args, "--layers", "1-2", "--pooling", "centre,max")
     assert "4 (pair, layer) units computed, 0 kept" in proc.stdout
     assert "skipped 1 (missing_timestamps): en/u0/1" in proc.stdout
     assert "skipped 1 (no_words): de/u2" in proc.stdout
@@ -143,23 +125,23 @@ def test_interp_job_through_flags(tiny_inputs, tmp_path):
     check_summary_against_scipy(summary[summary["lang_b"] == "de"], pairs)
 
     # Resume: every unit is kept and the outputs are the same.
-    again = run_job(*args, "--layers", "1-2", "--pooling", "centre,max")
+    again = run_job("interp", *args, "--layers", "1-2", "--pooling", "centre,max")
     assert "0 (pair, layer) units computed, 4 kept" in again.stdout
     pd.testing.assert_frame_equal(pd.read_parquet(out / "en__de" / "pairs.parquet"), pairs)
     # Another pooling list is another run: refused, naming the field.
-    refused = run_job(*args, "--layers", "1-2", "--pooling", "mean", check=False)
+    refused = run_job("interp", *args, "--layers", "1-2", "--pooling", "mean", expect=None)
     assert refused.returncode != 0 and "poolings" in refused.stderr
 
 
-def test_retrieved_candidates(tiny_inputs, tmp_path):
+def test_retrieved_candidates(run_job, tiny_inputs, tmp_path):
     """--retrieved 1 adds each English query's best non-parallel German candidate under SeqSim at the same layer."""
     store, words = tiny_inputs
     sim = tmp_path / "sim"
-    run_job("--store", str(store), "--out", str(sim), "--pairs", "en:de", "--layers", "2", "--measure", "seqsim",
-            job="jobs.seqsim")  # fmt: skip
+    run_job("seqsim", "--store", str(store), "--out", str(sim), "--pairs", "en:de", "--layers", "2", "--measure",
+            "seqsim")  # fmt: skip
     out = tmp_path / "interp"
-    run_job("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de", "--layers", "2",
-            "--retrieved", "1", "--similarity", str(sim))  # fmt: skip
+    run_job("interp", "--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de",
+            "--layers", "2", "--retrieved", "1", "--similarity", str(sim))  # fmt: skip
     pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
     retrieved = pairs[pairs["rank"] == 1]
     assert len(retrieved) and (retrieved["id_a"] != retrieved["id_b"]).all()
@@ -242,11 +224,11 @@ def planted_store(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, dict]
     return root / "store", root / "words", expected
 
 
-def test_ot_alignment_through_flags_on_planted_words(tmp_path):
+def test_ot_alignment_through_flags_on_planted_words(run_job, tmp_path):
     store, words, expected = planted_store(tmp_path)
     out = tmp_path / "interp"
-    run_job("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de", "--alignment", "ot",
-            "--ot_weights", "duration", "--pooling", "mean,centre")  # fmt: skip
+    run_job("interp", "--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de",
+            "--alignment", "ot", "--ot_weights", "duration", "--pooling", "mean,centre")  # fmt: skip
     pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
     assert tuple(pairs.columns) == PAIR_COLUMNS
     for (uid, pooling), g in pairs.groupby(["id_a", "pooling"]):
@@ -271,18 +253,18 @@ def test_ot_alignment_through_flags_on_planted_words(tmp_path):
         np.testing.assert_allclose(row["text_sim_mutual"], g[g["mutual"]]["text_similarity"].mean(), rtol=1e-5)
     check_summary_against_scipy(summary, pairs[pairs["ot_link"]])
     # Another alignment into the same folder is another run: refused, naming the field.
-    refused = run_job("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de",
-                      "--ot_weights", "duration", "--pooling", "mean,centre", check=False)  # fmt: skip
+    refused = run_job("interp", "--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de",
+                      "--ot_weights", "duration", "--pooling", "mean,centre", expect=None)  # fmt: skip
     assert refused.returncode != 0 and "alignment" in refused.stderr
 
 
-def test_standardised_cosines_through_flags(tmp_path):
+def test_standardised_cosines_through_flags(run_job, tmp_path):
     """--standardise layer: each row's cosine is that of the words z-scored with the mean and std of every valid
     frame of the unit's utterances, both languages (computed here with NumPy); a plain rerun is refused."""
     store, words, expected = planted_store(tmp_path)
     out = tmp_path / "interp"
     args = ("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de", "--pooling", "mean")
-    run_job(*args, "--standardise", "layer")
+    run_job("interp", *args, "--standardise", "layer")
     pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
     reader = open_store(str(store))
     frames, spans = {}, {}
@@ -308,7 +290,7 @@ def test_standardised_cosines_through_flags(tmp_path):
         # Mutual best keeps one German copy of the concept said twice: a subset of the planted links.
         assert set(zip(g["word_index_a"], g["word_index_b"], strict=True)) <= set(expected[uid])
         assert len(g) == 3
-    refused = run_job(*args, check=False)  # the plain cosine into the same folder: another run
+    refused = run_job("interp", *args, expect=None)  # the plain cosine into the same folder: another run
     assert refused.returncode != 0 and "standardise" in refused.stderr
 
 

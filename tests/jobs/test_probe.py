@@ -4,10 +4,6 @@ near-homophone generation on the bundled false friends (espeak-ng)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,13 +12,7 @@ from engine.pipelines.probe import run as probe
 from engine.stores.layers import LayerStore
 from engine.stores.schema import UtteranceRow
 from engine.text.phones import PhonesError
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location(
-    "store_writer", REPO / "tests" / "engine" / "scripts" / "store_writer.py"
-)
-writer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(writer)
+from tests.engine.scripts import store_writer as writer
 
 WORDS = {"en": ["dog", "gift", "kind", "rat", "cat"], "de": ["Hund", "Geschenk", "freundlich", "Ratte", "Katze"]}
 CONCEPTS = ["dog", "gift", "kind", "rat", "cat"]
@@ -68,14 +58,13 @@ def cos(u, v):
     return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
 
 
-def test_job_values_equal_numpy_and_sklearn(word_store, tmp_path):
+def test_job_values_equal_numpy_and_sklearn(run_job, word_store, tmp_path):
     from sklearn.metrics import roc_auc_score
 
     root, states, relations = word_store
     out = tmp_path / "probe"
     argv = ["--store", str(root / "store"), "--out", str(out), "--relations", str(relations), "--seeds", "3"]
-    proc = subprocess.run([sys.executable, "-m", "jobs.probe", *argv], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_job("probe", *argv)
     assert "skipped 2 (word_not_in_store): de/Einhorn, en/unicorn" in proc.stdout  # in the store's pair order
     assert "skipped 1 (language_not_in_store): fr/dog/chien" in proc.stdout
     with open(out / probe.RELATIONS_CSV, newline="") as f:

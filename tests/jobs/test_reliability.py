@@ -25,22 +25,6 @@ from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def run_job(job: str, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-m", f"jobs.{job}", "--progress=false", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == expect, f"exit {proc.returncode}, expected {expect}\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
 
 def tone(seconds: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -64,10 +48,17 @@ def clips(tmp_path_factory) -> pathlib.Path:
     return root
 
 
+def encode_flags(out: pathlib.Path, model: pathlib.Path, clips: pathlib.Path, langs: str | None = None) -> list[str]:
+    """The encode job's flags for the ``langs`` folders of ``clips`` (every one by default) into ``out`` with
+    ``model``."""
+    flags = ["--out", str(out), "--model", str(model), "--dataset", f"folder:{clips}"]
+    return flags + (["--langs", langs] if langs else [])
+
+
 @pytest.fixture(scope="module")
-def store(clips, tiny_model_dir, tmp_path_factory) -> pathlib.Path:
+def store(run_job, clips, tiny_model_dir, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("store") / "store"
-    proc = run_job("encode", "--out", str(out), "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}")
+    proc = run_job("encode", *encode_flags(out, tiny_model_dir, clips))
     assert "skipped 1 (AudioRangeError): en/b" in proc.stdout, proc.stdout
     assert "have no Whisper language code" in proc.stderr and "'xx'" in proc.stderr
     return out
@@ -80,41 +71,22 @@ def test_a_huge_amplitude_clip_is_counted_and_the_rest_encoded(store):
     assert reader.done("xx").tolist() == [True]
 
 
-def test_strict_makes_the_skip_an_exit_code(clips, tiny_model_dir, tmp_path):
-    args = [
-        "--out",
-        str(tmp_path / "s"),
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        f"folder:{clips}",
-        "--langs",
-        "en",
-    ]
-    proc = run_job("encode", *args, "--strict", expect=1)
+def test_strict_makes_the_skip_an_exit_code(run_job, clips, tiny_model_dir, tmp_path):
+    proc = run_job("encode", *encode_flags(tmp_path / "s", tiny_model_dir, clips, "en"), "--strict", expect=1)
     assert "--strict: 1 items were skipped" in proc.stderr
 
 
-def test_a_resume_with_another_compute_dtype_is_refused(clips, tiny_model_dir, tmp_path):
-    args = [
-        "--out",
-        str(tmp_path / "s"),
-        "--model",
-        str(tiny_model_dir),
-        "--dataset",
-        f"folder:{clips}",
-        "--langs",
-        "xx",
-    ]
+def test_a_resume_with_another_compute_dtype_is_refused(run_job, clips, tiny_model_dir, tmp_path):
+    args = encode_flags(tmp_path / "s", tiny_model_dir, clips, "xx")
     run_job("encode", *args)
     proc = run_job("encode", *args, "--compute_dtype", "bfloat16", expect=1)
     assert "compute_dtype: store has 'float32', this run 'bfloat16'" in proc.stderr
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["compute_dtype"] == "float32"
 
 
-def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(clips, tiny_model_dir, tmp_path):
+def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(run_job, clips, tiny_model_dir, tmp_path):
     out = tmp_path / "s"
-    args = ["--out", str(out), "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--langs", "xx"]
+    args = encode_flags(out, tiny_model_dir, clips, "xx")
     _, kv = open_kvstore(str(out))
     holder = WriterLease(kv, str(out), "encode (another run)", ttl=600)
     holder.take()  # a run in progress: its lease is renewed and unexpired
@@ -143,7 +115,7 @@ def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(clips, tiny_mod
     run_job("encode", *args, "--break_lease")
 
 
-def test_bad_language_codes_are_listed_before_anything_is_created(tiny_model_dir, tmp_path):
+def test_bad_language_codes_are_listed_before_anything_is_created(run_job, tiny_model_dir, tmp_path):
     manifest = tmp_path / "list.csv"
     wav = tmp_path / "a.wav"
     sf.write(wav, tone(0.5, 0), SAMPLE_RATE)
@@ -160,7 +132,7 @@ def test_bad_language_codes_are_listed_before_anything_is_created(tiny_model_dir
     assert not out.exists() and not (tmp_path / "etc").exists()
 
 
-def test_align_skips_a_language_whisper_lacks(store, tiny_model_dir, tmp_path):
+def test_align_skips_a_language_whisper_lacks(run_job, store, tiny_model_dir, tmp_path):
     out = tmp_path / "words"
     proc = run_job(
         "align", "--store", str(store), "--out", str(out), "--model", str(tiny_model_dir), "--subtitles=srt,vtt"
@@ -182,9 +154,8 @@ def test_align_skips_a_language_whisper_lacks(store, tiny_model_dir, tmp_path):
     assert (out / "en" / "vtt" / "00000000.vtt").read_text().startswith("WEBVTT\n\n00:00:")
 
 
-def test_an_unwritable_output_is_a_clear_error_not_a_traceback(tiny_model_dir, clips, tmp_path):
+def test_an_unwritable_output_is_a_clear_error_not_a_traceback(run_job, tiny_model_dir, clips, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    proc = run_job("encode", "--out", str(blocker / "store"), "--model", str(tiny_model_dir),
-                   "--dataset", f"folder:{clips}", "--langs", "xx", expect=1)  # fmt: skip
+    proc = run_job("encode", *encode_flags(blocker / "store", tiny_model_dir, clips, "xx"), expect=1)
     assert "StoreError: cannot " in proc.stderr and "a part of the path is a file, not a folder" in proc.stderr

@@ -15,8 +15,6 @@ import os
 import pathlib
 import re
 import socket
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -32,7 +30,6 @@ from engine.stores.similarity import open_similarity
 moto_server = pytest.importorskip("moto.server", reason="pip install -e '.[test]' (moto[server])")
 gcs_emulator = pytest.importorskip("gcp_storage_emulator.server", reason="pip install -e '.[test]'")
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 BUCKET = "babelgrid-test"
 LANGS = ("en", "de")
 S3_ENV = {
@@ -40,25 +37,6 @@ S3_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_REGION": "us-east-1",
 }
-
-
-def run_job(job: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = dict(
-        os.environ,
-        **(env or {}),
-        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        JAX_PLATFORMS="cpu",
-    )
-    proc = subprocess.run(
-        [sys.executable, "-m", f"jobs.{job}", *(() if job == "retrieval" else ("--progress=false",)), *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, f"{job} exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
-    return proc
 
 
 def free_port() -> int:
@@ -187,7 +165,7 @@ def clips(tmp_path_factory) -> pathlib.Path:
     return root
 
 
-def run_chain(root: str, clips: pathlib.Path, model: pathlib.Path, env: dict | None = None, extra=()) -> dict:
+def run_chain(run_job, root: str, clips: pathlib.Path, model: pathlib.Path, env: dict | None = None, extra=()) -> dict:
     """encode -> seqsim -> retrieval -> align -> decode, every output under ``root``; the outputs' URLs by job."""
     out = {job: f"{root}/{job}" for job in ("store", "similarity", "retrieval", "align", "decode")}
     model_flag = ("--model", str(model))
@@ -201,7 +179,7 @@ def run_chain(root: str, clips: pathlib.Path, model: pathlib.Path, env: dict | N
 
 
 @pytest.fixture(scope="module")
-def chains(s3, gcs, clips, tiny_model_dir, tmp_path_factory) -> dict:
+def chains(run_job, s3, gcs, clips, tiny_model_dir, tmp_path_factory) -> dict:
     """The chain on a local folder, on S3 and on GCS, run side by side (each job is a process that mostly imports
     and compiles on one core): ``{"local" | "s3" | "gs": Future of run_chain's outputs}``."""
     # The S3 jobs get the endpoint through --kvstore_spec (region and keys from the variables); this process reads
@@ -214,7 +192,7 @@ def chains(s3, gcs, clips, tiny_model_dir, tmp_path_factory) -> dict:
     }
     with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
         futures = {
-            name: pool.submit(run_chain, root, clips, tiny_model_dir, env=env, extra=extra)
+            name: pool.submit(run_chain, run_job, root, clips, tiny_model_dir, env=env, extra=extra)
             for name, (root, env, extra) in runs.items()
         }
         concurrent.futures.wait(futures.values())

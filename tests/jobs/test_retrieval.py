@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,7 +19,6 @@ from engine.runtime.options import configure
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 LAYERS = (0, 1, 2, 3)
 SIGNAL = {0: 0.0, 1: 0.7, 2: 3.0, 3: 1.5}  # score bonus of a correct partner: layer 2 retrieves best
 KS = (1, 5, 10)
@@ -172,21 +169,19 @@ def test_bad_requests_name_the_fix(sim_store, tmp_path):
     assert resolve_out("/data/sim", None) == "/data/sim"
 
 
-def test_job_through_flags(sim_store, tmp_path):
+def test_job_through_flags(run_job, sim_store, tmp_path):
     root, matrices = sim_store
     out = tmp_path / "out"
     argv = ["--similarity", str(root), "--out", str(out), "--measure", "seqsim", "--layers", "1-2"]
     argv += ["--langs", "de,en", "--ks", "1,5"]
-    proc = subprocess.run([sys.executable, "-m", "jobs.retrieval", *argv], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_job("retrieval", *argv)
     assert "seqsim" in proc.stdout and str(out / "figures" / HEATMAP_NAME) in proc.stdout
     rows = read_csv(out / "retrieval.csv")
     assert {(r["lang_a"], r["lang_b"]) for r in rows} == {("de", "en"), ("en", "de")}
     assert {int(r["layer"]) for r in rows} == {1, 2} and {r["metric"] for r in rows} == {"R@1", "R@5", "MRR"}
     r = next(r for r in rows if (r["lang_a"], r["layer"], r["metric"]) == ("en", "2", "R@1"))
     np.testing.assert_allclose(float(r["value"]), expected(matrices, "seqsim", "en", "de", 2).recall[1], atol=1e-6)
-    bad = subprocess.run([sys.executable, "-m", "jobs.retrieval", "--similarity", str(root), "--ks", "0"], cwd=REPO,
-                         capture_output=True, text=True)  # fmt: skip
+    bad = run_job("retrieval", "--similarity", str(root), "--ks", "0", expect=None)
     assert bad.returncode != 0 and "--ks must be positive" in bad.stderr
 
 

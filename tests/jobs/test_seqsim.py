@@ -7,19 +7,15 @@ is corrupt, so that utterance is not done and must come back as NaN rows/columns
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import soundfile as sf
-from absl import flags
 
-import jobs.seqsim as job
 from engine.data.audio import SAMPLE_RATE
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
@@ -45,7 +41,6 @@ from tests.jobs.multiprocess import run_processes
 LANGS = ("de", "en", "es")
 ALL_MEASURES = "seqsim,seqsim_a2b,seqsim_b2a,mean,centre,duration,dtw"
 CORRUPT = ("de", "utt2")
-REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -66,20 +61,17 @@ def layer_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
     return out
 
 
-def run_job(*args: str) -> None:
-    """The job in this process; the store has one corrupt clip, so it is partial on purpose: --allow_partial."""
-    flags.FLAGS.unparse_flags()
-    try:
-        flags.FLAGS(["seqsim", "--progress=false", "--allow_partial", *args])
-        assert job.main() == 0
-    finally:
-        flags.FLAGS.unparse_flags()
+@pytest.fixture(scope="module")
+def seqsim(run_job):
+    """The job in this process (its kernels compile once and monkeypatch reaches them); the store has one corrupt
+    clip, so it is partial on purpose: --allow_partial."""
+    return functools.partial(run_job, "seqsim", "--allow_partial", in_process=True)
 
 
 @pytest.fixture(scope="module")
-def sim(layer_store, tmp_path_factory) -> pathlib.Path:
+def sim(seqsim, layer_store, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("sim") / "sim"
-    run_job("--store", str(layer_store), "--out", str(out), "--measure", ALL_MEASURES)
+    seqsim("--store", str(layer_store), "--out", str(out), "--measure", ALL_MEASURES)
     return out
 
 
@@ -234,9 +226,9 @@ def test_resolve_pairs():
             resolve_pairs(bad, langs)
 
 
-def test_pairs_pattern_through_the_job(layer_store, tmp_path):
+def test_pairs_pattern_through_the_job(seqsim, layer_store, tmp_path):
     out = tmp_path / "sim"
-    run_job("--store", str(layer_store), "--out", str(out), "--pairs", "en:*", "--layers", "1,3", "--measure", "mean")
+    seqsim("--store", str(layer_store), "--out", str(out), "--pairs", "en:*", "--layers", "1,3", "--measure", "mean")
     reader = open_similarity(str(out))
     assert reader.measures() == ["mean"]
     assert reader.pairs("mean") == [("en", "de"), ("en", "es")]
@@ -244,17 +236,11 @@ def test_pairs_pattern_through_the_job(layer_store, tmp_path):
     assert np.isnan(reader.matrix("mean", "en", "de", 2)[0]).all()  # layer 2 not asked for: not computed
 
 
-def test_two_fake_devices_give_the_same_matrices(layer_store, sim, tmp_path):
+def test_two_fake_devices_give_the_same_matrices(run_job, layer_store, sim, tmp_path):
     """The sharded kernel path (rows over 2 CPU devices, 5 rows: uneven) through the job in a subprocess."""
     out = tmp_path / "sim2"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    args = ["--store", str(layer_store), "--out", str(out), "--measure", "seqsim,seqsim_a2b", "--progress=false"]
-    args.append("--allow_partial")
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs.seqsim", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    args = ["--store", str(layer_store), "--out", str(out), "--measure", "seqsim,seqsim_a2b", "--allow_partial"]
+    proc = run_job("seqsim", *args, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, timeout=300)
     assert "computed 12 pair-layers" in proc.stdout
     one, two = open_similarity(str(sim)), open_similarity(str(out))
     for measure in ("seqsim", "seqsim_a2b"):
@@ -296,7 +282,7 @@ def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path,
     assert "utterances not done, left out of every matrix: de: 1 of 5" in capsys.readouterr().err
 
 
-def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(layer_store, tmp_path, monkeypatch, capsys):
+def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(seqsim, layer_store, tmp_path, monkeypatch, capsys):
     """Pairs that kernels.ot finished in the log domain (OtResult.fallback) are counted in the done marker and the
     job's summary. A fallback is forced by flagging two pairs of the kernel's own result."""
     import engine.pipelines.similarity.measures as similarity
@@ -311,21 +297,21 @@ def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(layer_store, tmp_pat
 
     monkeypatch.setattr(similarity, "ot_similarity_matrix", flagged)
     out = tmp_path / "ot"
-    run_job("--store", str(layer_store), "--out", str(out), "--measure", "ot", "--layers", "1", "--pairs", "de:en")
+    seqsim("--store", str(layer_store), "--out", str(out), "--measure", "ot", "--layers", "1", "--pairs", "de:en")
     marker = json.loads((out / "ot" / "de__en" / "done" / "1.json").read_text())
     assert marker["fallback"] == 2 and marker["nonconverged"] == []
     out_text = capsys.readouterr().out
     assert "ot: 2 of 20 pairs left float32 range in kernel mode" in out_text, out_text
 
 
-def test_ot_measure_through_the_job(layer_store, tmp_path):
+def test_ot_measure_through_the_job(seqsim, layer_store, tmp_path):
     """--measure ot with its flags: scores equal the float64 reference; a pair that cannot converge in the allowed
     iterations is NaN and listed in the done marker, never a score."""
     from kernels.ot import OtConfig
     from kernels.ot_matrix import reference_ot_similarity_matrix
 
     out = tmp_path / "ot"
-    run_job("--store", str(layer_store), "--out", str(out), "--measure", "ot", "--layers", "1", "--pairs", "de:en")
+    seqsim("--store", str(layer_store), "--out", str(out), "--measure", "ot", "--layers", "1", "--pairs", "de:en")
     store, reader = open_store(str(layer_store)), open_similarity(str(out))
     A, len_A = store.language_layer("de", 1, dtype=np.float32)
     B, len_B = store.language_layer("en", 1, dtype=np.float32)
@@ -337,7 +323,7 @@ def test_ot_measure_through_the_job(layer_store, tmp_path):
     assert marker["nonconverged"] == [] and marker["fallback"] == 0 and marker["ot"]["epsilon"] == 0.05
 
     # 10 iterations at a tiny epsilon: nothing converges; other options recompute the layer (resume).
-    run_job(
+    seqsim(
         "--store",
         str(layer_store),
         "--out",

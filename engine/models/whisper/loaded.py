@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engine.data.features import features_for_audio
 from engine.errors import CheckpointError, LanguageError
 from engine.models.whisper import decoding
 from engine.models.whisper.checkpoints.load import DEFAULT_PACKAGES, Checkpoint, load_checkpoint
@@ -53,8 +54,6 @@ class LoadedWhisper:
 
     def features(self, audio: np.ndarray, long_audio: str = "window"):
         """Host audio ``f32[samples]`` at 16 kHz -> ``(mel f32[window, n_mels, 3000], valid_frames i32[window])``."""
-        from engine.data.features import features_for_audio
-
         return features_for_audio(audio, self.dims.n_mels, long_audio=long_audio)
 
     def encode(self, mel, layers: Sequence[int] | None = None, out_dtype=None):

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from engine.data.audio import ENCODER_FRAMES_PER_SECOND, N_ENCODER_FRAMES, N_SAMPLES
+from engine.data.features import log_mel_spectrogram
 from engine.errors import ShapeError
 from engine.models.whisper.decoding import heads_cross_attention
 from kernels.dtw import dtw_batch
@@ -246,8 +247,6 @@ def merge_punctuations(words: list[Word], prepended: str, appended: str) -> list
 @functools.lru_cache(maxsize=4)
 def silence_states(whisper) -> np.ndarray:
     """``f32[1500, embed]``: the decoder's input for a window of pure padding (30 s of zero samples)."""
-    from engine.data.features import log_mel_spectrogram
-
     mel = log_mel_spectrogram(np.zeros((1, N_SAMPLES), np.float32), whisper.dims.n_mels)
     return np.asarray(whisper.audio_features(np.asarray(mel)), np.float32)[0]
 

@@ -1,0 +1,65 @@
+"""``run_job``: a job run the way a user runs it, through its flags, for every test of a job.
+
+A job runs as ``python -m jobs.<job> ARGS`` from the checkout, with the checkout on ``PYTHONPATH`` and
+``JAX_PLATFORMS=cpu``: a test's job never competes with the pytest process for an accelerator (JAX preallocates
+most of a GPU's memory per process); ``env`` overrides either. Its output is captured, so stderr is no terminal and
+the job draws no progress bar (``--progress`` defaults to off then): no ``--progress=false`` needed, which the jobs
+without a progress bar (retrieval, challenge) would refuse.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Mapping
+
+import pytest
+from absl import flags
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def job_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the checkout importable and JAX on the CPU, then ``env`` over it."""
+    path = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu", **(env or {})}
+
+
+def _run_job(
+    job: str,
+    *args: str,
+    expect: int | None = 0,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 900,
+    in_process: bool = False,
+) -> subprocess.CompletedProcess:
+    """``python -m jobs.<job> ARGS`` to its end; asserts the exit status is ``expect`` (``None``: any, the caller
+    looks). ``in_process``: parse the flags and call the job's ``main()`` in this process instead, sharing its compiled
+    kernels and ``monkeypatch``; stdout and stderr are then left to ``capsys`` (``None`` here), ``env`` cannot apply,
+    and only one job module can live in a pytest process (the jobs define flags of the same names)."""
+    command = [sys.executable, "-m", f"jobs.{job}", *args]
+    if in_process:
+        if env:
+            raise ValueError(f"run_job({job!r}, in_process=True) cannot set env {sorted(env)}: run it in a subprocess")
+        module = importlib.import_module(f"jobs.{job}")
+        flags.FLAGS.unparse_flags()
+        try:
+            flags.FLAGS([job, *args])
+            proc = subprocess.CompletedProcess(command, module.main(), None, None)
+        finally:
+            flags.FLAGS.unparse_flags()
+    else:
+        proc = subprocess.run(command, cwd=REPO, env=job_env(env), capture_output=True, text=True, timeout=timeout)
+    if expect is not None:
+        assert proc.returncode == expect, (
+            f"jobs.{job} exited {proc.returncode}, expected {expect}\n{proc.stdout}\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def run_job():
+    return _run_job
