@@ -30,7 +30,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-JOBS = ("encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "finetune")
+JOBS = ("encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "probes", "finetune")
 BUNDLED = {"demo": "demo.yaml"}
 
 
