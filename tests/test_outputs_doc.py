@@ -35,6 +35,7 @@ def test_every_written_column_is_documented():
         "probe relations.csv": probe.RELATION_COLUMNS,
         "probes lid.csv": probes.LID_COLUMNS,
         "probes samediff.csv": probes.SAMEDIFF_COLUMNS,
+        "probes cca.csv": probes.CCA_COLUMNS,
         "interp pairs.parquet": PAIR_COLUMNS,
         "interp summary.csv": SUMMARY_COLUMNS,
         "finetune metrics.csv": METRIC_FIELDS,

@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.pipelines.probes import lid, samediff
-from engine.pipelines.probes.run import LID_COLUMNS, SAMEDIFF_COLUMNS, ProbesConfig, ProbesError
+from engine.pipelines.probes import cca, lid, samediff
+from engine.pipelines.probes.run import CCA_COLUMNS, LID_COLUMNS, SAMEDIFF_COLUMNS, ProbesConfig, ProbesError
 from engine.stores.layers import LayerStore
 from engine.stores.schema import UtteranceRow
+from kernels.cca import pwcca, reference_pwcca
 from kernels.dtw import reference_dtw_distance
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -163,6 +164,59 @@ def test_samediff_layer_equals_numpy_twins():
     assert scores["dtw"].n_pairs == 21 and scores["dtw"].n_same == 4 and scores["dtw"].chance == pytest.approx(4 / 21)
 
 
+def test_heldout_pwcca_on_its_own_data_is_pwcca():
+    """Tested on the examples it was fitted on, without ridge, the held-out score is the kernel's PWCCA and its
+    float64 NumPy twin's (tolerance 1e-4: float32 SVDs of well-conditioned 300 x 12 and 300 x 5 views)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((300, 12))
+    y = x[:, :5] @ rng.standard_normal((5, 5)) + rng.standard_normal((300, 5))
+    score = cca.heldout_pwcca(x, y, x, y, epsilon=0.0)
+    assert score == pytest.approx(float(pwcca(x.astype(np.float32), y.astype(np.float32))), abs=1e-4)
+    assert score == pytest.approx(reference_pwcca(x, y), abs=1e-4)
+
+
+def test_heldout_pwcca_generalises_signal_not_noise():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((400, 20))
+    y = x[:, :3] + 0.3 * rng.standard_normal((400, 3))
+    groups = [f"s{i // 2}" for i in range(400)]
+    score = cca.split_score(1, "t", x, y, groups)
+    assert score.pwcca > 0.8 and abs(score.chance) < 0.25 and score.n_train + score.n_test == 400
+    assert score.dims == 3
+
+
+class FakeEncoder:
+    def covers(self, lang):
+        return lang != "xx"
+
+    def encode(self, texts):
+        return np.array([[len(t), 1.0] for t in texts], np.float32)
+
+
+def test_targets_spread_phones_uniformly_and_count_words():
+    def tokens(lang, types, lengths):
+        n = len(types)
+        return samediff.Tokens(lang, np.arange(n, dtype=np.int32), np.zeros(n, np.int32),
+                               np.array(lengths, np.int32), tuple(types), ("",) * n)  # fmt: skip
+
+    def phonemize(lang, words):
+        if lang == "xx":
+            raise cca.LanguageError("no voice")
+        return [tuple(w) for w in words]  # one phone per letter
+
+    listed = [tokens("en", ["abc", "abc", "de", "abc", "abc"], [6, 3, 5, 2, 4]), tokens("xx", ["abc"], [3])]
+    ids = {"en": ["s0", "s1", "s2", "s3", "s4"], "xx": ["s0"]}
+    targets = cca.build_targets(listed, ids, phonemize, FakeEncoder())
+    assert targets.phones == ("a", "b", "c", "d", "e")
+    labels = [targets.phones[i] for i in targets.phone_labels]
+    # frame j of L gets phone floor(j P / L): abc over 6 frames aabbcc, over 3 abc, over 2 ab, over 4 aabc; de over
+    # 5 frames dddee
+    assert "".join(labels) == "aabbcc" + "abc" + "dddee" + "ab" + "aabc"
+    assert targets.phone_groups[:6] == ("s0",) * 6 and targets.left_out["phone"] == {"xx": 1}
+    assert targets.word_tokens.tolist() == [0, 1, 3, 4] and targets.left_out["word"] == {"en": 1, "xx": 1}
+    assert targets.semantic_tokens.tolist() == [0, 1, 2, 3, 4] and targets.left_out["semantic"] == {"xx": 1}
+
+
 def test_config_names_the_missing_words():
     with pytest.raises(ProbesError, match="--words"):
         ProbesConfig(store="s", out="o", probes=("lid", "samediff"))
@@ -171,7 +225,7 @@ def test_config_names_the_missing_words():
     assert ProbesConfig(store="s", out="o").chosen == ("lid",)
 
 
-LANGS = ("aa", "bb", "cc")
+LANGS = ("de", "en", "es")  # espeak-ng voices and USE languages: the cca targets exist
 N_SENTENCES = 15
 VOCAB = ("apple", "river", "stone", "cloud")
 
@@ -218,7 +272,7 @@ def planted_store(tmp_path_factory):
 def test_job_end_to_end(planted_store, tmp_path):
     out = tmp_path / "probes"
     argv = ["--store", str(planted_store / "store"), "--words", str(planted_store / "words"), "--out", str(out)]
-    argv += ["--probes", "lid,samediff", "--folds", "3"]
+    argv += ["--folds", "3"]  # with --words: every probe
     proc = subprocess.run([sys.executable, "-m", "jobs.probes", *argv], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     with open(out / "lid.csv") as f:
@@ -238,5 +292,13 @@ def test_job_end_to_end(planted_store, tmp_path):
             assert float(at[lang, 3, measure]["ap"]) > 0.95  # the planted word patterns
             assert float(at[lang, 0, measure]["ap"]) < 0.6
             assert int(at[lang, 3, measure]["n_tokens"]) == 30
-    for name in ("lid_by_layer.png", "samediff_by_layer.png"):
+    with open(out / "cca.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == CCA_COLUMNS
+    at = {(r["target"], int(r["layer"])): r for r in rows}
+    assert sorted({t for t, _ in at}) == ["phone", "semantic", "word"]
+    # word identity is planted in layer 3 only: 4 types x 3 languages, every token a target
+    assert float(at["word", 3]["pwcca"]) > 0.5 > float(at["word", 0]["pwcca"])
+    assert int(at["word", 3]["n_train"]) + int(at["word", 3]["n_test"]) == 90 and int(at["word", 3]["dims"]) == 12
+    for name in ("lid_by_layer.png", "samediff_by_layer.png", "cca_by_layer.png"):
         assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"

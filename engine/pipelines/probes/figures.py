@@ -67,3 +67,22 @@ def samediff_png(scores: Sequence, subtitle: str = "") -> bytes:
     title = "same-different word discrimination (AP of same-type pairs over different-type pairs)"
     fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=9)
     return figures._png(fig)
+
+
+def cca_png(scores: Sequence, subtitle: str = "") -> bytes:
+    """Held-out PWCCA against layer (``cca.CcaScore``), a line per target with its n, shuffled-target chance dashed in
+    the same colour."""
+    fig = figures.Figure(figsize=(6.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for target in dict.fromkeys(s.target for s in scores):
+        own = sorted((s for s in scores if s.target == target), key=lambda s: s.layer)
+        label = f"{target} (n = {own[0].n_train} + {own[0].n_test}, {own[0].dims} dims)"
+        line = ax.plot([s.layer for s in own], [s.pwcca for s in own], "-o", ms=4, label=label)
+        ax.plot([s.layer for s in own], [s.chance for s in own], ls="--", lw=1, color=line[0].get_color())
+    ax.plot([], [], color="0.4", ls="--", lw=1, label="chance: targets shuffled")
+    _axes(ax, "held-out PWCCA")
+    ax.set_ylim(-0.1, 1.02)
+    ax.legend(fontsize=7)
+    title = "CCA against phone (frames), word identity and text-embedding targets (fit on half the ids, test on half)"
+    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=9)
+    return figures._png(fig)

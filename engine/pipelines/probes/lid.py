@@ -35,7 +35,7 @@ import optax
 
 from engine.errors import BabelgridError, ShapeError
 
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate l2 (per-utterance scale, features standardised)
+L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate l2 (per-utterance scale, features standardised)
 FOLDS = 5
 MAX_ITER = 500  # L-BFGS iterations; the logistic loss of a few thousand utterances converges in 50-200
 GRAD_TOL = 1e-5  # stop when |gradient| (all parameters) falls below this

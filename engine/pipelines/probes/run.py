@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import BabelgridError
-from engine.pipelines.probes import lid, samediff
+from engine.pipelines.probes import cca, lid, samediff
 from engine.runtime.runs import RunSummary
 from engine.stores.kv import open_kvstore, write_all
 from engine.stores.reader import open_store
@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 
 PROBES = ("lid", "samediff", "cca")
 WORD_PROBES = ("samediff", "cca")  # the probes that need --words
-LID_CSV, SAMEDIFF_CSV = "lid.csv", "samediff.csv"
+LID_CSV, SAMEDIFF_CSV, CCA_CSV = "lid.csv", "samediff.csv", "cca.csv"
 LID_COLUMNS = ("layer", "accuracy", "macro_f1", "n", "chance")
 SAMEDIFF_COLUMNS = ("lang", "layer", "measure", "ap", "chance", "n_pairs", "n_same", "n_tokens", "n_types", "speakers")
-FIGURES = {"lid": "figures/lid_by_layer.png", "samediff": "figures/samediff_by_layer.png"}
+CCA_COLUMNS = ("layer", "target", "pwcca", "chance", "n_train", "n_test", "dims")
+FIGURES = {name: f"figures/{name}_by_layer.png" for name in PROBES}
 
 
 class ProbesError(BabelgridError, ValueError):
@@ -92,7 +93,7 @@ class ProbesConfig:
 class ProbesSummary(RunSummary):
     lid: list = dataclasses.field(default_factory=list)  # lid.LidScore per layer
     samediff: list = dataclasses.field(default_factory=list)  # samediff.SameDiffScore
-    cca: list = dataclasses.field(default_factory=list)
+    cca: list = dataclasses.field(default_factory=list)  # cca.CcaScore
     outputs: list = dataclasses.field(default_factory=list)
     dropped: dict = dataclasses.field(default_factory=dict)  # samediff: lang -> {reason: tokens}
 
@@ -112,6 +113,13 @@ class ProbesSummary(RunSummary):
                     ap, chance = np.mean([s.ap for s in at]), np.mean([s.chance for s in at])
                     same = sum(s.n_same for s in at)
                     lines.append(f"  {measure:>6} {layer:>3}  AP {ap:.3f}  chance {chance:.3f}  same pairs {same}")
+        if self.cca:
+            lines.append("cca: held-out PWCCA (chance: targets shuffled)")
+            for s in self.cca:
+                lines.append(
+                    f"  {s.target:>8} {s.layer:>3}  {s.pwcca:.3f}  chance {s.chance:.3f}  n {s.n_train}+{s.n_test}"
+                    f"  dims {s.dims}"
+                )
         for lang, counts in sorted(self.dropped.items()):
             lines.append(f"  words left out of {lang}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         return "\n".join(lines)
@@ -151,7 +159,7 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
             summary.skip("not_encoded", lang, ids[lang][u])
         utterances[lang] = np.flatnonzero(lengths[lang] > 0)
     tokens = {}
-    if "samediff" in chosen:
+    if set(chosen) & set(WORD_PROBES):
         for lang in langs:
             table = store.utterances_table(lang)
             tokens[lang], summary.dropped[lang] = samediff.select_tokens(
@@ -165,19 +173,32 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
                 max_tokens=config.max_tokens,
                 seed=config.seed,
             )
+    targets = None
+    if "cca" in chosen:
+        from engine.text import encoders, phones  # lazy: espeak-ng and the text encoder's weights, for cca only
+
+        listed = [tokens[lang] for lang in langs]
+        targets = cca.build_targets(listed, ids, phones.phonemize_words, encoders.load_text_encoder(), config.seed)
     if "lid" in chosen and len(langs) < 2:
         raise ProbesError(f"language ID needs two or more languages; the run has {langs}")
     for layer in layers:
-        pooled = []
+        pooled, word_frames, word_pooled = [], [], []
         for lang in langs:
             needed = utterances[lang] if "lid" in chosen else np.unique(tokens[lang].utterance)
             blocks = list(read_blocks(store, lang, layer, needed, lengths[lang], config.block))
             if "lid" in chosen:
                 pooled += [s.sum(axis=1) / lengths[lang][i, None] for i, s in blocks]
-            if "samediff" in chosen and len(tokens[lang]) >= 2:
+            if lang in tokens and len(tokens[lang]):
                 frames, word_lengths = samediff.word_frames(tokens[lang], blocks)
-                summary.samediff += samediff.samediff_layer(layer, tokens[lang], frames, word_lengths)
+                if "samediff" in chosen and len(tokens[lang]) >= 2:
+                    summary.samediff += samediff.samediff_layer(layer, tokens[lang], frames, word_lengths)
+                if targets is not None:
+                    word_frames += [f[:n] for f, n in zip(frames, word_lengths, strict=True)]
+                    word_pooled.append(frames.sum(axis=1) / word_lengths[:, None])
             del blocks
+        if targets is not None and word_pooled:
+            all_frames = np.concatenate(word_frames)
+            summary.cca += cca.cca_layer(layer, targets, all_frames, np.concatenate(word_pooled), config.seed)
         if "lid" in chosen:
             labels = np.concatenate([np.full(len(utterances[lang]), k) for k, lang in enumerate(langs)])
             groups = [ids[lang][u] for lang in langs for u in utterances[lang]]
@@ -214,4 +235,7 @@ def outputs(summary: ProbesSummary, chosen: Sequence[str], subtitle: str) -> dic
         rows = [[getattr(s, c) for c in SAMEDIFF_COLUMNS] for s in summary.samediff]
         writes[SAMEDIFF_CSV] = csv_bytes(SAMEDIFF_COLUMNS, rows)
         writes[FIGURES["samediff"]] = figures.samediff_png(summary.samediff, subtitle)
+    if "cca" in chosen:
+        writes[CCA_CSV] = csv_bytes(CCA_COLUMNS, [[getattr(s, c) for c in CCA_COLUMNS] for s in summary.cca])
+        writes[FIGURES["cca"]] = figures.cca_png(summary.cca, subtitle)
     return writes
