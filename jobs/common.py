@@ -135,7 +135,7 @@ def config_from_flags(cls, **given):
     return config
 
 
-PLANNED_JOBS = ("encode", "seqsim", "decode")
+PLANNED_JOBS = ("encode", "seqsim", "decode", "probes")
 
 
 def _job_name() -> str:

@@ -673,10 +673,14 @@ def plan_decode_run(config, device: Device | None) -> Plan:
 
 
 def plan_for(config, device_name: str | None) -> Plan:
-    """The plan of the run ``config`` (an EncodeConfig, SimilarityConfig or DecodeConfig) would make."""
+    """The plan of the run ``config`` (an EncodeConfig, SimilarityConfig, DecodeConfig or ProbesConfig) would make."""
     device = get_device(device_name)
     name = type(config).__name__
     planners = {"EncodeConfig": plan_encode_run, "SimilarityConfig": plan_seqsim_run, "DecodeConfig": plan_decode_run}
+    if name == "ProbesConfig":
+        from engine.pipelines.probes.plan import plan_probes_run  # lazy: the pipelines import this module
+
+        planners[name] = plan_probes_run
     if name not in planners:
-        raise ValueError(f"--plan is for encode, seqsim and decode runs, not {name}")
+        raise ValueError(f"--plan is for encode, seqsim, decode and probes runs, not {name}")
     return planners[name](config, device)

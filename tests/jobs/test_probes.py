@@ -302,3 +302,17 @@ def test_job_end_to_end(planted_store, tmp_path):
     assert int(at["word", 3]["n_train"]) + int(at["word", 3]["n_test"]) == 90 and int(at["word", 3]["dims"]) == 12
     for name in ("lid_by_layer.png", "samediff_by_layer.png", "cca_by_layer.png"):
         assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plan_reads_no_states_and_writes_nothing(planted_store, tmp_path):
+    out = tmp_path / "planned"
+    argv = ["--store", str(planted_store / "store"), "--words", str(planted_store / "words"), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.probes", *argv, "--plan"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "plan: probes" in proc.stdout and "utterances: 45" in proc.stdout
+    for stage in ("read states", "lid fits", "samediff dtw", "cca fits"):
+        assert stage in proc.stdout
+    assert "word tokens: 90" in proc.stdout
+    assert not out.exists()
