@@ -33,7 +33,7 @@ def lid_png(scores: Sequence, subtitle: str = "") -> bytes:
     _axes(ax, "out-of-fold score")
     ax.legend(fontsize=8)
     n = scores[0].n if scores else 0
-    title = f"language ID from mean-pooled states, linear probe (n = {n} utterances, folds by sentence id)"
+    title = f"language ID from mean-pooled states, linear probe\n(n = {n} utterances, folds by sentence id)"
     fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=9)
     return figures._png(fig)
 
@@ -83,6 +83,7 @@ def cca_png(scores: Sequence, subtitle: str = "") -> bytes:
     _axes(ax, "held-out PWCCA")
     ax.set_ylim(-0.1, 1.02)
     ax.legend(fontsize=7)
-    title = "CCA against phone (frames), word identity and text-embedding targets (fit on half the ids, test on half)"
+    title = "CCA against phone (frames), word-identity and text-embedding targets\n"
+    title += "(fitted on half the ids, measured on the other half)"
     fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=9)
     return figures._png(fig)
