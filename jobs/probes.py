@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from absl import flags
 
+from engine.pipelines.probes.plan import plan_probes_run
 from engine.pipelines.probes.run import PROBES, ProbesConfig, run_probes
+from engine.runtime.plan import register_planner
 from jobs import common
+
+register_planner(ProbesConfig.__name__, plan_probes_run)
 
 C = ProbesConfig  # the defaults below are the config's, written once there
 common.define_store_flag()

@@ -672,15 +672,20 @@ def plan_decode_run(config, device: Device | None) -> Plan:
     return Plan("decode", counts, stages, peak, memory_lines, device, calibration, assumptions)
 
 
+PLANNERS = {"EncodeConfig": plan_encode_run, "SimilarityConfig": plan_seqsim_run, "DecodeConfig": plan_decode_run}
+
+
+def register_planner(config_name: str, planner) -> None:
+    """Adds the planner of a job's config class (by class name): ``planner(config, device) -> Plan``. A job whose
+    library lives above ``engine.runtime`` registers its own from its entry point, so that this module imports no
+    pipeline."""
+    PLANNERS[config_name] = planner
+
+
 def plan_for(config, device_name: str | None) -> Plan:
-    """The plan of the run ``config`` (an EncodeConfig, SimilarityConfig, DecodeConfig or ProbesConfig) would make."""
+    """The plan of the run ``config`` would make (a config class of ``PLANNERS``)."""
     device = get_device(device_name)
     name = type(config).__name__
-    planners = {"EncodeConfig": plan_encode_run, "SimilarityConfig": plan_seqsim_run, "DecodeConfig": plan_decode_run}
-    if name == "ProbesConfig":
-        from engine.pipelines.probes.plan import plan_probes_run  # lazy: the pipelines import this module
-
-        planners[name] = plan_probes_run
-    if name not in planners:
-        raise ValueError(f"--plan is for encode, seqsim, decode and probes runs, not {name}")
-    return planners[name](config, device)
+    if name not in PLANNERS:
+        raise ValueError(f"--plan has no planner for {name}; it plans {', '.join(PLANNERS)} runs")
+    return PLANNERS[name](config, device)
