@@ -134,6 +134,15 @@ def read_blocks(store, lang: str, layer: int, utterances: np.ndarray, lengths: n
         yield index, states
 
 
+def _pooling(blocks, lengths: np.ndarray, pooled: list):
+    """Passes ``read_blocks``'s blocks on, one at a time, after appending each utterance's mean frame
+    (f32[b, embed]) to ``pooled``: one pass over the store serves LID and the word probes, and only one block is
+    held at a time."""
+    for index, states in blocks:
+        pooled.append(states.sum(axis=1) / lengths[index, None])
+        yield index, states
+
+
 def _select(what: str, asked, available) -> list:
     available = list(available)
     unknown = [a for a in (asked or ()) if a not in available]
@@ -185,9 +194,9 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
         pooled, word_frames, word_pooled = [], [], []
         for lang in langs:
             needed = utterances[lang] if "lid" in chosen else np.unique(tokens[lang].utterance)
-            blocks = list(read_blocks(store, lang, layer, needed, lengths[lang], config.block))
+            blocks = read_blocks(store, lang, layer, needed, lengths[lang], config.block)
             if "lid" in chosen:
-                pooled += [s.sum(axis=1) / lengths[lang][i, None] for i, s in blocks]
+                blocks = _pooling(blocks, lengths[lang], pooled)
             if lang in tokens and len(tokens[lang]):
                 frames, word_lengths = samediff.word_frames(tokens[lang], blocks)
                 if "samediff" in chosen and len(tokens[lang]) >= 2:
@@ -195,7 +204,8 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
                 if targets is not None:
                     word_frames += [f[:n] for f, n in zip(frames, word_lengths, strict=True)]
                     word_pooled.append(frames.sum(axis=1) / word_lengths[:, None])
-            del blocks
+            for _ in blocks:  # blocks not consumed yet (LID reads every utterance, the words need only some)
+                pass
         if targets is not None and word_pooled:
             all_frames = np.concatenate(word_frames)
             summary.cca += cca.cca_layer(layer, targets, all_frames, np.concatenate(word_pooled), config.seed)
