@@ -32,7 +32,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-JOBS = ("encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "finetune", "compare")
+JOBS = (
+    "encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "probes", "finetune", "compare",
+)  # fmt: skip
 BUNDLED = {"demo": "demo.yaml"}
 
 

@@ -9,6 +9,7 @@ from engine.pipelines.decode.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.pipelines.finetune.run import METRIC_FIELDS
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.probe import run as probe
+from engine.pipelines.probes import run as probes
 from engine.pipelines.retrieval import subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.stores import challenge
@@ -34,6 +35,9 @@ def test_every_written_column_is_documented():
         "subset_comparison.csv": subset.SUBSET_COLUMNS,
         "probe.csv": probe.PROBE_COLUMNS,
         "probe relations.csv": probe.RELATION_COLUMNS,
+        "probes lid.csv": probes.LID_COLUMNS,
+        "probes samediff.csv": probes.SAMEDIFF_COLUMNS,
+        "probes cca.csv": probes.CCA_COLUMNS,
         "interp pairs.parquet": PAIR_COLUMNS,
         "interp summary.csv": SUMMARY_COLUMNS,
         "finetune metrics.csv": METRIC_FIELDS,

@@ -1,0 +1,125 @@
+"""``--plan`` for the probes job: what a run reads and computes per layer, and its time here from a calibration.
+
+Reads the store's lengths and the word tables (no states). Calibration, a few seconds: one LID fit on random
+features of the run's shape, one DTW similarity matrix of 48 random tokens of the run's mean word length, one CCA
+fit of the phone target's and one of the word targets' shapes; each timed after a first call that compiles it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from engine.pipelines.probes import cca, lid, samediff
+from engine.pipelines.probes.run import WORD_PROBES, ProbesConfig, _select
+from engine.runtime.plan import Plan, Stage
+from engine.stores.reader import open_store
+from engine.stores.words import read_words
+
+LBFGS_ITERATIONS = 100  # assumed per fit: 40-120 measured on the demo's layers
+DTW_SAMPLE = 48  # tokens of the DTW calibration
+
+
+def _timed(fn, *args) -> float:
+    fn(*args)  # compiles
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
+def plan_probes_run(config: ProbesConfig, device=None) -> Plan:
+    """The plan of ``run_probes(config)``; ``device`` is not modelled (the probes are small dense work)."""
+    store = open_store(config.store)
+    langs = _select("language", config.langs, store.languages())
+    layers = _select("layer", config.layers, store.info.layers)
+    chosen = config.chosen
+    d = store.info.dims.n_audio_state
+    item = np.dtype(store.info.dtype if store.info.dtype != "bfloat16" else "float16").itemsize
+    lengths = {lang: store.lengths(lang) for lang in langs}
+    done = {lang: lengths[lang][lengths[lang] > 0] for lang in langs}
+    n_utt = sum(len(v) for v in done.values())
+    # read_blocks cuts each block at its longest utterance
+    frames_read = sum(
+        int(v[i : i + config.block].max()) * len(v[i : i + config.block])
+        for v in done.values()
+        for i in range(0, len(v), config.block)
+    )
+    tokens = {}
+    if set(chosen) & set(WORD_PROBES):
+        for lang in langs:
+            table = store.utterances_table(lang)
+            tokens[lang], _ = samediff.select_tokens(
+                lang,
+                read_words(config.words, lang),
+                table.column("id").to_pylist(),
+                lengths[lang],
+                table.column("speaker").to_pylist(),
+                store.info.frame_rate,
+                min_chars=config.min_chars,
+                max_tokens=config.max_tokens,
+                seed=config.seed,
+            )
+    counts = [("languages", str(len(langs))), ("layers", str(len(layers))), ("utterances", str(n_utt))]
+    stages = [Stage("read states", 0.0, frames_read * d * item * len(layers), 0.0, 0.0)]
+    rng = np.random.default_rng(0)
+    calibration = []
+    if "lid" in chosen:
+        fits = config.folds * (len(lid.L2_GRID) + 1)
+        classes = len(langs)
+        x, y = rng.standard_normal((n_utt, d)).astype(np.float32), rng.integers(0, classes, n_utt).astype(np.int32)
+        one = _timed(lambda: np.asarray(lid.fit_predict(x, y, np.ones(n_utt, np.float32), 1e-2, classes=classes)[0]))
+        flops = 6.0 * n_utt * d * classes * LBFGS_ITERATIONS * fits
+        stages.append(Stage("lid fits", flops * len(layers), 0.0, 0.0, one * fits * len(layers)))
+        counts.append(("lid fits per layer", f"{fits} ({config.folds} folds x {len(lid.L2_GRID)} l2 + refits)"))
+        calibration.append(f"one LID fit {one * 1e3:.0f} ms")
+    if tokens:
+        n_tok = {lang: len(t) for lang, t in tokens.items()}
+        mean_len = float(np.mean(np.concatenate([t.length for t in tokens.values()]))) if any(n_tok.values()) else 1
+        counts.append(("word tokens", f"{sum(n_tok.values())} (mean {mean_len:.1f} frames)"))
+    if "samediff" in chosen and tokens:
+        width = max(1, round(mean_len))
+        sample = rng.standard_normal((DTW_SAMPLE, width, d)).astype(np.float32)
+        lens = np.full(DTW_SAMPLE, width, np.int32)
+        per_cell = _timed(lambda: np.asarray(samediff.dtw_similarity_matrix(sample, lens, sample, lens)))
+        per_cell /= DTW_SAMPLE**2 * width**2
+        cells = sum(n * n for n in n_tok.values()) * mean_len**2
+        stages.append(Stage("samediff dtw", 2.0 * d * cells * len(layers), 0.0, 0.0, per_cell * cells * len(layers)))
+        counts.append(("samediff pairs per layer", str(sum(n * (n - 1) // 2 for n in n_tok.values()))))
+        calibration.append(f"DTW {per_cell * 1e9:.2f} ns a cell")
+    if "cca" in chosen and tokens:
+        n_frames = min(cca.MAX_FRAMES, int(sum(t.length.sum() for t in tokens.values())))
+        n_words = sum(n_tok.values())
+        fit_seconds = {}
+        for name, rows, width in (("phone", n_frames // 2, 64), ("word", n_words // 2, d)):  # 64: about the phones
+            x = rng.standard_normal((max(rows, 2), d)).astype(np.float32)
+            target = rng.standard_normal((max(rows, 2), width)).astype(np.float32)
+            fit_seconds[name] = _timed(lambda x=x, t=target: np.asarray(cca.cca(x, t, epsilon=cca.EPSILON).rho))
+        # each target fitted twice (score, shuffled chance): phone on frames; word and semantic on tokens (the
+        # semantic target's width, the text encoder's, taken for both)
+        seconds = 2 * fit_seconds["phone"] + 4 * fit_seconds["word"]
+        flops = 2 * 4.0 * (n_frames // 2) * d * d + 4 * 4.0 * (n_words // 2) * d * d
+        stages.append(Stage("cca fits", flops * len(layers), 0.0, 0.0, seconds * len(layers)))
+        counts.append(("cca examples", f"{n_frames} phone frames, {n_words} word tokens"))
+        calibration.append(
+            f"CCA fits of {n_frames // 2} frames {fit_seconds['phone']:.2f} s, {n_words // 2} words "
+            f"{fit_seconds['word']:.2f} s"
+        )
+    block_bytes = config.block * max((int(v.max()) for v in done.values() if len(v)), default=0) * d * 4
+    lang_bytes = max((len(v) for v in done.values()), default=0) * d * 4 + block_bytes * 2
+    peak = lang_bytes + (cca.MAX_FRAMES * d * 4 * 3 if "cca" in chosen else 0)
+    memory = [f"one block of {config.block} utterances read as float32, the pooled vectors and the word frames"]
+    return Plan(
+        "probes",
+        counts,
+        stages,
+        float(peak),
+        memory,
+        None,
+        "; ".join(calibration) or "nothing to calibrate",
+        [
+            f"L-BFGS runs {LBFGS_ITERATIONS} iterations a fit (the FLOP count; the time is the calibrated fit's)",
+            "the word-identity target is as wide as the semantic one (it has fewer columns: errs long)",
+            "reading states at local-disk speed is not timed",
+        ],
+    )

@@ -1,0 +1,254 @@
+"""The probes job: what each layer of a layer store encodes, measured directly, one layer at a time.
+
+Probes (``PROBES``; each writes a CSV and a figure against layer, with its n and its chance level):
+
+- ``lid``: language identification from mean-pooled states (``engine.pipelines.probes.lid``), ``OUT/lid.csv``;
+- ``samediff``: same-different word discrimination (``engine.pipelines.probes.samediff``), ``OUT/samediff.csv``;
+- ``cca``: projection-weighted CCA against phone, word and semantic targets (``engine.pipelines.probes.cca``),
+  ``OUT/cca.csv``.
+
+``samediff`` and ``cca`` need word tokens: a folder with ``<lang>/words.parquet`` (``jobs.align --out``).
+
+Memory: one layer is read at a time, a language at a time, in blocks of ``block`` utterances cut to their longest
+length; what a layer keeps is one pooled vector per utterance, the frames of the sampled word tokens and the CCA
+frame sample, never the layer itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from engine.errors import BabelgridError
+from engine.pipelines.probes import cca, lid, samediff
+from engine.runtime.options import RunOptions, option, validate
+from engine.runtime.runs import RunSummary
+from engine.stores.kv import open_kvstore, write_all
+from engine.stores.reader import open_store
+from engine.stores.words import read_words
+
+log = logging.getLogger(__name__)
+
+PROBES = ("lid", "samediff", "cca")
+WORD_PROBES = ("samediff", "cca")  # the probes that need --words
+LID_CSV, SAMEDIFF_CSV, CCA_CSV = "lid.csv", "samediff.csv", "cca.csv"
+LID_COLUMNS = ("layer", "accuracy", "macro_f1", "n", "chance")
+SAMEDIFF_COLUMNS = ("lang", "layer", "measure", "ap", "chance", "n_pairs", "n_same", "n_tokens", "n_types", "speakers")
+CCA_COLUMNS = ("layer", "target", "pwcca", "chance", "n_train", "n_test", "dims")
+FIGURES = {name: f"figures/{name}_by_layer.png" for name in PROBES}
+
+
+class ProbesError(BabelgridError, ValueError):
+    """The probes cannot run as asked: unknown probe, language or layer, word probes without words."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbesConfig:
+    """store: layer store; out: output folder or kvstore URL; probes: names of ``PROBES`` (None = lid, and the word
+    probes when ``words`` is given); words: align job output (``<lang>/words.parquet``); langs / layers: None = all
+    of the store; folds: LID's outer folds; min_chars / max_tokens: samediff's word filter and sample per language;
+    block: utterances per store read; seed: folds and token samples."""
+
+    store: str = option(required=True, help="layer store written by the encode job: local path or kvstore URL")
+    probes: tuple[str, ...] | None = option(
+        None, f"probes among {','.join(PROBES)} (default: lid, + samediff,cca with --words)", choices=PROBES,
+        parse="list",
+    )  # fmt: skip
+    words: str | None = option(None, "word tokens: the output folder of jobs.align (<lang>/words.parquet)")
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
+    )
+    layers: tuple[int, ...] | None = option(
+        None, "layers: 'all', a list '0,3,7' or ranges '1-4' (0 = conv stem, L+1 = ln_post)", parse="layers"
+    )
+    folds: int = option(lid.FOLDS, "lid: outer folds, split by utterance id", minimum=3)
+    min_chars: int = option(samediff.MIN_CHARS, "samediff, cca: shortest word type kept, in letters", minimum=1)
+    max_tokens: int = option(samediff.MAX_TOKENS, "samediff, cca: word tokens sampled per language at most", minimum=2)
+    block: int = option(32, "utterances per store read", minimum=1)
+    seed: int = option(0, "seed of the folds and of the token samples")
+    run: RunOptions = RunOptions()
+
+    def __post_init__(self):
+        validate(self)
+        if not self.run.out:
+            raise ProbesError("probes needs an output folder: run.out (--out)")
+        needs = sorted(set(self.probes or ()) & set(WORD_PROBES))
+        if needs and not self.words:
+            raise ProbesError(
+                f"probes {needs} need word tokens: give words (--words, the output folder of python -m jobs.align "
+                "--store STORE --out WORDS), or run --probes lid"
+            )
+
+    @property
+    def chosen(self) -> tuple[str, ...]:
+        if self.probes is not None:
+            return tuple(p for p in PROBES if p in self.probes)
+        return PROBES if self.words else ("lid",)
+
+
+@dataclasses.dataclass
+class ProbesSummary(RunSummary):
+    lid: list = dataclasses.field(default_factory=list)  # lid.LidScore per layer
+    samediff: list = dataclasses.field(default_factory=list)  # samediff.SameDiffScore
+    cca: list = dataclasses.field(default_factory=list)  # cca.CcaScore
+    outputs: list = dataclasses.field(default_factory=list)
+    dropped: dict = dataclasses.field(default_factory=dict)  # samediff: lang -> {reason: tokens}
+
+    def report(self) -> str:
+        lines = [f"probes: {self.seconds:.1f} s; skipped utterances: {self.n_skipped}", *self.skip_lines()]
+        if self.lid:
+            lines.append(f"lid: n = {self.lid[0].n} utterances, chance {self.lid[0].chance:.3f}")
+            lines.append("  layer accuracy macro_f1  l2 per fold")
+            for s in self.lid:
+                lines.append(f"  {s.layer:>5} {s.accuracy:8.3f} {s.macro_f1:8.3f}  {','.join(f'{x:g}' for x in s.l2)}")
+        if self.samediff:
+            lines.append("samediff: mean AP over languages (chance: share of same pairs)")
+            for measure in samediff.MEASURES:
+                own = [s for s in self.samediff if s.measure == measure and np.isfinite(s.ap)]
+                for layer in sorted({s.layer for s in own}):
+                    at = [s for s in own if s.layer == layer]
+                    ap, chance = np.mean([s.ap for s in at]), np.mean([s.chance for s in at])
+                    same = sum(s.n_same for s in at)
+                    lines.append(f"  {measure:>6} {layer:>3}  AP {ap:.3f}  chance {chance:.3f}  same pairs {same}")
+        if self.cca:
+            lines.append("cca: held-out PWCCA (chance: targets shuffled)")
+            for s in self.cca:
+                lines.append(
+                    f"  {s.target:>8} {s.layer:>3}  {s.pwcca:.3f}  chance {s.chance:.3f}  n {s.n_train}+{s.n_test}"
+                    f"  dims {s.dims}"
+                )
+        for lang, counts in sorted(self.dropped.items()):
+            lines.append(f"  words left out of {lang}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+        return "\n".join(lines)
+
+
+def read_blocks(store, lang: str, layer: int, utterances: np.ndarray, lengths: np.ndarray, block: int):
+    """Yields (utterance indices i64[b], states f32[b, frames, embed] zero-padded) for ``utterances`` (done ones), in
+    blocks of ``block``, each read only up to its longest utterance."""
+    for i in range(0, len(utterances), block):
+        index = utterances[i : i + block]
+        states, _ = store.language_layer(lang, layer, index, np.float32, frames=int(lengths[index].max()))
+        yield index, states
+
+
+def _pooling(blocks, lengths: np.ndarray, pooled: list):
+    """Passes ``read_blocks``'s blocks on, one at a time, after appending each utterance's mean frame
+    (f32[b, embed]) to ``pooled``: one pass over the store serves LID and the word probes, and only one block is
+    held at a time."""
+    for index, states in blocks:
+        pooled.append(states.sum(axis=1) / lengths[index, None])
+        yield index, states
+
+
+def _select(what: str, asked, available) -> list:
+    available = list(available)
+    unknown = [a for a in (asked or ()) if a not in available]
+    if unknown:
+        raise ProbesError(f"the store has no {what} {unknown}; it has {available}")
+    return [a for a in available if asked is None or a in asked]
+
+
+def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
+    """Runs the chosen probes over every chosen layer and writes their CSVs and figures (module docstring)."""
+    started = time.monotonic()
+    store = open_store(config.store) if store is None else store
+    summary = ProbesSummary()
+    langs = _select("language", config.langs, store.languages())
+    layers = _select("layer", config.layers, store.info.layers)
+    chosen = config.chosen
+    lengths, utterances, ids = {}, {}, {}
+    for lang in langs:
+        table = store.utterances_table(lang)
+        lengths[lang] = store.lengths(lang)
+        ids[lang] = table.column("id").to_pylist()
+        for u in np.flatnonzero(lengths[lang] < 0):
+            summary.skip("not_encoded", lang, ids[lang][u])
+        utterances[lang] = np.flatnonzero(lengths[lang] > 0)
+    tokens = {}
+    if set(chosen) & set(WORD_PROBES):
+        for lang in langs:
+            table = store.utterances_table(lang)
+            tokens[lang], summary.dropped[lang] = samediff.select_tokens(
+                lang,
+                read_words(config.words, lang),
+                ids[lang],
+                lengths[lang],
+                table.column("speaker").to_pylist(),
+                store.info.frame_rate,
+                min_chars=config.min_chars,
+                max_tokens=config.max_tokens,
+                seed=config.seed,
+            )
+    targets = None
+    if "cca" in chosen:
+        from engine.text import encoders, phones  # lazy: espeak-ng and the text encoder's weights, for cca only
+
+        listed = [tokens[lang] for lang in langs]
+        targets = cca.build_targets(listed, ids, phones.phonemize_words, encoders.load_text_encoder(), config.seed)
+    if "lid" in chosen and len(langs) < 2:
+        raise ProbesError(f"language ID needs two or more languages; the run has {langs}")
+    for layer in layers:
+        pooled, word_frames, word_pooled = [], [], []
+        for lang in langs:
+            needed = utterances[lang] if "lid" in chosen else np.unique(tokens[lang].utterance)
+            blocks = read_blocks(store, lang, layer, needed, lengths[lang], config.block)
+            if "lid" in chosen:
+                blocks = _pooling(blocks, lengths[lang], pooled)
+            if lang in tokens and len(tokens[lang]):
+                frames, word_lengths = samediff.word_frames(tokens[lang], blocks)
+                if "samediff" in chosen and len(tokens[lang]) >= 2:
+                    summary.samediff += samediff.samediff_layer(layer, tokens[lang], frames, word_lengths)
+                if targets is not None:
+                    word_frames += [f[:n] for f, n in zip(frames, word_lengths, strict=True)]
+                    word_pooled.append(frames.sum(axis=1) / word_lengths[:, None])
+            for _ in blocks:  # blocks not consumed yet (LID reads every utterance, the words need only some)
+                pass
+        if targets is not None and word_pooled:
+            all_frames = np.concatenate(word_frames)
+            summary.cca += cca.cca_layer(layer, targets, all_frames, np.concatenate(word_pooled), config.seed)
+        if "lid" in chosen:
+            labels = np.concatenate([np.full(len(utterances[lang]), k) for k, lang in enumerate(langs)])
+            groups = [ids[lang][u] for lang in langs for u in utterances[lang]]
+            score = lid.lid_layer(layer, np.concatenate(pooled), labels, groups, folds=config.folds, seed=config.seed)
+            summary.lid.append(score)
+        log.info("layer %d done (%.1f s)", layer, time.monotonic() - started)
+    writes = outputs(summary, chosen, f"{store.info.model_name}, {len(langs)} languages")
+    _, kv = open_kvstore(config.run.out)
+    write_all(kv, writes, config.run.out)
+    summary.outputs = [config.run.out.rstrip("/") + "/" + k for k in writes]
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def csv_bytes(columns: Sequence[str], rows: Sequence[Sequence]) -> bytes:
+    """CSV with a header; NaN written as NA (a number not measured)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["NA" if isinstance(x, float) and not np.isfinite(x) else x for x in row])
+    return buf.getvalue().encode()
+
+
+def outputs(summary: ProbesSummary, chosen: Sequence[str], subtitle: str) -> dict[str, bytes]:
+    """The files of the chosen probes, by key under OUT."""
+    from engine.pipelines.probes import figures  # lazy: matplotlib, only needed to write figures
+
+    writes = {}
+    if "lid" in chosen:
+        writes[LID_CSV] = csv_bytes(LID_COLUMNS, [[getattr(s, c) for c in LID_COLUMNS] for s in summary.lid])
+        writes[FIGURES["lid"]] = figures.lid_png(summary.lid, subtitle)
+    if "samediff" in chosen:
+        rows = [[getattr(s, c) for c in SAMEDIFF_COLUMNS] for s in summary.samediff]
+        writes[SAMEDIFF_CSV] = csv_bytes(SAMEDIFF_COLUMNS, rows)
+        writes[FIGURES["samediff"]] = figures.samediff_png(summary.samediff, subtitle)
+    if "cca" in chosen:
+        writes[CCA_CSV] = csv_bytes(CCA_COLUMNS, [[getattr(s, c) for c in CCA_COLUMNS] for s in summary.cca])
+        writes[FIGURES["cca"]] = figures.cca_png(summary.cca, subtitle)
+    return writes
