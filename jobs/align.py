@@ -1,8 +1,8 @@
 r"""Word timestamps (start, end, probability of every word) for the utterances of a layer store.
 
     python -m jobs.align --store /tmp/demo-store --out /tmp/demo-words
-    python -m jobs.align --store gs://bucket/fleurs --out gs://bucket/fleurs-words --langs en_us,de_de \
-        --transcripts decode --model openai/whisper-large-v2
+    python -m jobs.align --store /tmp/demo-store --out /tmp/demo-words-decoded --langs en,de \
+        --transcripts decode --subtitles srt,vtt
 
 The store's final encoder layer is the decoder's input: no audio is read. --model must be the store's model (the
 default is the packaged whisper-base, the encode job's default). Re-running with the same --out resumes. Output

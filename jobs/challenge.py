@@ -1,7 +1,7 @@
 r"""Pronunciation-controlled challenge sets: which translation pairs share a name, a number or a sound-alike word.
 
-    python -m jobs.challenge --store /tmp/demo-store --out /tmp/challenge --pairs en:es,en:de,de:sv
-    python -m jobs.retrieval --similarity /tmp/demo-sim --out /tmp/ret-challenge --subset /tmp/challenge
+    python -m jobs.challenge --store /tmp/demo-store --out /tmp/demo-challenge --pairs en:es,en:de,de:sv
+    python -m jobs.retrieval --similarity /tmp/demo-sim --out /tmp/demo-ret-challenge --subset /tmp/demo-challenge
 
 Writes OUT/<a>__<b>.csv (id, kept, reason, evidence), OUT/summary.csv (pairs kept per pair and threshold, and the
 share of mismatched sentence pairs flagged) and OUT/challenge.json (the settings, and per pair the threshold used);

@@ -86,6 +86,7 @@ def _define_field_flag(field, module: str, help_text: str | None, required: bool
     required = required or meta.get("required")
     if required:
         text = f"(required) {text}"
+        default = None  # a required flag has no default, whatever the library's field holds
     name, choices, parse = flag_name(field), meta.get("choices"), meta.get("parse")
     if parse is not None:
         flags.DEFINE_string(name, format_value(default, parse, meta["help"]), text, module_name=module)

@@ -1,9 +1,12 @@
 r"""Compare models and layers: retrieval by depth, and CKA / SVCCA / PWCCA / mutual k-NN of every layer pair.
 
-    python -m jobs.compare --stores /data/base,/data/tiny.en --out /tmp/compare     # the demo's two models
-    python -m jobs.compare --stores /data/base,/data/tiny.en --out /tmp/c --retrieval /data/sim-base,/data/sim-tiny \
-        --retrieval_measure seqsim --challenge /tmp/challenge                       # + the full vs challenge table
-    python -m jobs.compare --stores /data/base,/data/large --out /tmp/c --plan --plan_device h100
+    python -m jobs.compare --stores /tmp/demo-store --out /tmp/demo-compare-self     # one model with itself
+    python -m jobs.compare --stores /tmp/demo-store,/tmp/demo-store-tiny-en --out /tmp/demo-compare \
+        --retrieval /tmp/demo-sim, --retrieval_measure seqsim --challenge /tmp/demo-challenge
+    python -m jobs.compare --stores /tmp/demo-store,/tmp/demo-store-tiny-en --out /tmp/demo-compare --plan \
+        --plan_device h100
+
+/tmp/demo-store-tiny-en is the demo set encoded with Whisper tiny.en (how to get it: docs/compare.md).
 
 See engine/pipelines/compare/run.py for the outputs and docs/compare.md for what they show.
 """

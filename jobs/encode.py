@@ -1,11 +1,14 @@
 r"""Encode every encoder layer of every utterance into a TensorStore layer store.
 
-    python -m jobs.encode --out /tmp/demo-store          # demo set, packaged whisper-base
-    python -m jobs.encode --model openai/whisper-large-v3 --dataset fleurs --langs en_us,de_de \
-        --split test --out gs://bucket/fleurs-large-v3 --dtype bfloat16
+    python -m jobs.encode --out /tmp/demo-store                           # demo set, packaged whisper-base
+    python -m jobs.encode --out /tmp/demo-store-de --langs de,en --layers 0,4-7 --dtype bfloat16 --plan
+    python -m jobs.encode --out /tmp/words-store --dataset words-demo     # the bundled word set (jobs.probe)
 
-Re-running with the same --out resumes: complete utterances are skipped. See BUILD.md for the
-store layout and engine/pipelines/encode/run.py for the pipeline.
+Datasets (--dataset): demo (30 sentences x 8 languages, espeak-ng), words-demo (42 concepts x 4 languages),
+fleurs (the hub's Parquet export; --langs en_us,de_de --split test), fleurs:/local/copy, manifest:/file.csv|jsonl,
+folder:/dir (<dir>/<lang>/<id>.<ext>, or a flat folder with --lang); translations share an id (BUILD.md#jobs).
+Output on an object store: --out gs://bucket/run or s3://bucket/run (BUILD.md). Re-running with the same --out
+resumes: complete utterances are skipped. The store's layout: BUILD.md and docs/outputs.md.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 r"""Fine-tune Whisper's decoder on a frozen encoder from a layer store's final-layer states (arXiv 2407.01130).
 
-    python -m jobs.finetune --store /tmp/demo_new/store --out /tmp/ft-en-de --source_langs en --target_lang de \
-        --steps 200 --model openai/whisper-base
-    python -m jobs.finetune ... --ewc_lambda 1e6   # elastic weight consolidation on X -> en (docs/finetune.md)
+    python -m jobs.finetune --store /tmp/demo-store --out /tmp/demo-ft-en-de --source_langs en --target_lang de \
+        --steps 200
+    python -m jobs.finetune --store /tmp/demo-store --out /tmp/demo-ft-ewc --source_langs en --target_lang de \
+        --steps 200 --ewc_lambda 1e6    # elastic weight consolidation on X -> en (docs/finetune.md)
 
 Pairs: the source languages' stored layer L+1 with the target language's transcriptions of the same ids (or
 --targets id<TAB>text). Held-out ids by a seeded split (OUT/split.csv). Evaluation before and after: X -> target

@@ -1,11 +1,13 @@
-"""SeqSimInterp: word pairs that the encoder aligns across languages, and whether they match by meaning or by sound.
+r"""SeqSimInterp: word pairs that the encoder aligns across languages, and whether they match by meaning or by sound.
 
     python -m jobs.interp --store /tmp/demo-store --words /tmp/demo-words --out /tmp/demo-interp \
         --pairs es:it,en:de,en:ru
-    python -m jobs.interp --store S --words W --out O --pairs en:* --layers 4-6 --pooling centre,mean \
-        --retrieved 5 --similarity /tmp/demo-sim
-    python -m jobs.interp --store S --words W --out O --pairs en:de --alignment ot --ot_weights duration
-    python -m jobs.interp --store S --words W --out O --pairs en:de --standardise layer
+    python -m jobs.interp --store /tmp/demo-store --words /tmp/demo-words --out /tmp/demo-interp-retrieved \
+        --pairs en:* --layers 4-6 --pooling centre,mean --retrieved 5 --similarity /tmp/demo-sim
+    python -m jobs.interp --store /tmp/demo-store --words /tmp/demo-words --out /tmp/demo-interp-ot \
+        --pairs en:de --alignment ot --ot_weights duration
+    python -m jobs.interp --store /tmp/demo-store --words /tmp/demo-words --out /tmp/demo-interp-z \
+        --pairs en:de --standardise layer
 
 --words is the align job's --out. Re-running with the same --out resumes per (language pair, layer). Output
 layout and method: engine/pipelines/interp/run.py and docs/interp.md; analyst reader: engine/pipelines/interp/reader.py.

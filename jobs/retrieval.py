@@ -1,11 +1,11 @@
 """Cross-lingual retrieval from a similarity store: R@k and MRR per directed pair, layer and measure, and figures.
 
-    python -m jobs.retrieval --similarity /data/sim                 # writes /data/sim/retrieval.csv + figures/
-    python -m jobs.retrieval --similarity gs://b/sim --out /tmp/ret --measure seqsim,mean --layers 4-8 --ks 1,10
-    python -m jobs.retrieval --similarity /data/sim --out /tmp/ret-challenge --subset /tmp/challenge   # + subset_*
+    python -m jobs.retrieval --similarity /tmp/demo-sim        # writes /tmp/demo-sim/retrieval.csv + figures/
+    python -m jobs.retrieval --similarity /tmp/demo-sim --out /tmp/demo-ret --measure seqsim,mean --layers 4-7 --ks 1,10
+    python -m jobs.retrieval --similarity /tmp/demo-sim --out /tmp/demo-ret-challenge --subset /tmp/demo-challenge
 
-See engine/pipelines/retrieval/output.py for the CSV columns and the figures, engine/pipelines/retrieval/run.py for
-the run.
+The CSV's columns and the figures: docs/outputs.md; the subset comparison (--subset, a jobs.challenge --out):
+docs/challenge.md.
 """
 
 from __future__ import annotations

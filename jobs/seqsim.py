@@ -1,9 +1,9 @@
 r"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer store.
 
     python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-sim
-    python -m jobs.seqsim --store gs://bucket/fleurs --out gs://bucket/fleurs-sim --pairs en_us:* \
-        --layers 4-8 --measure seqsim,seqsim_a2b,seqsim_b2a,mean --dtype bfloat16
-    python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-ot --measure ot --ot_epsilon 0.05
+    python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-sim-en --pairs en:* \
+        --layers 4-7 --measure seqsim,seqsim_a2b,seqsim_b2a,mean --dtype bfloat16
+    python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-ot --measure ot --ot_epsilon 0.05 --layers 7
 
 --out is required: similarity stores live beside layer stores, not inside them (a language folder of the layer
 store could collide with any name chosen inside it). Re-running with the same --out resumes: complete matrices are

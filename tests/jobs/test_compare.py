@@ -205,7 +205,7 @@ def test_job_plan_through_flags(run):
 
 def test_rows_read_from_a_retrieval_folder(tmp_path):
     """The other source of retrieval: jobs.retrieval's CSVs, written here with its own column lists."""
-    from engine.pipelines.retrieval.run import CSV_COLUMNS
+    from engine.pipelines.retrieval.output import CSV_COLUMNS
     from engine.pipelines.retrieval.subset import SUBSET_COLUMNS
 
     with open(tmp_path / "retrieval.csv", "w", newline="") as f:
