@@ -17,21 +17,19 @@ plus the run options it takes; it builds its config from them and starts through
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import pathlib
 import sys
 import time
-from collections.abc import Callable
 
-import jax
 from absl import app, flags
 
 from engine.errors import BabelgridError
 from engine.runtime import options
+from engine.runtime.devices import DEVICES, get_device
 from engine.runtime.options import PARSERS, RunOptions, format_value
-from engine.runtime.plan import DEVICES, Device, Plan, get_device
-from engine.stores.kv import parse_spec_overrides, set_spec_overrides, set_store_timeout
 
 FLAGS = flags.FLAGS
 
@@ -39,7 +37,8 @@ FLAGS = flags.FLAGS
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
 
 # A job's plan (--plan): its config and the target device (None: only here) -> the plan (engine.runtime.plan.Plan).
-PlanFunction = Callable[[object, Device | None], Plan]
+# Given as "module:function", imported only when --plan is asked, so that --help loads no JAX.
+PlanFunction = str
 _PLANS: dict[type, PlanFunction] = {}  # config class -> its job's plan function (define_plan)
 
 
@@ -120,8 +119,10 @@ def plan_if_asked(config) -> None:
     """With --plan: prints the plan of the run ``config`` describes and exits 0, before anything is opened."""
     if "plan" not in FLAGS or not FLAGS.plan:
         return
+    module, _, name = _PLANS[type(config)].partition(":")
+    make_plan = getattr(importlib.import_module(module), name)
     try:
-        plan = _PLANS[type(config)](config, get_device(FLAGS.plan_device))
+        plan = make_plan(config, get_device(FLAGS.plan_device))
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     print(plan.render())
@@ -150,9 +151,10 @@ def _values(cls, given: dict) -> dict:
 
 def define_plan(cls, plan: PlanFunction, module: str) -> None:
     """--plan and --plan_device for the job whose config is ``cls``; ``plan(config, device)`` makes its plan
-    (``engine.pipelines.<job>.plan``). Runtime imports no pipeline, so the job hands its plan function here."""
-    if not callable(plan):
-        raise TypeError(f"plan must be the job's plan function (config, device) -> Plan, got {plan!r}")
+    (``engine.pipelines.<job>.plan``), named ``"module:function"`` and imported only for --plan (``--help`` then
+    loads no JAX). Runtime imports no pipeline, so the job hands its plan function here."""
+    if not isinstance(plan, str) or plan.count(":") != 1:
+        raise TypeError(f"plan must name the job's plan function as 'module:function', got {plan!r}")
     _PLANS[cls] = plan
     module = _flag_module(module)
     flags.DEFINE_bool(
@@ -210,6 +212,9 @@ def run(main) -> None:
     def start(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
+        import jax  # the job starts here: --help returned before this, without loading JAX or TensorStore
+
+        from engine.stores.kv import parse_spec_overrides, set_spec_overrides, set_store_timeout
         if "store_timeout" in FLAGS:
             set_store_timeout(FLAGS.store_timeout)
         if "kvstore_spec" in FLAGS and FLAGS.kvstore_spec:
@@ -269,6 +274,8 @@ def define_distributed_flags(module: str) -> None:
 
 def init_distributed() -> None:
     """Start JAX's multi-host runtime when asked to (explicit flags, or --distributed for auto-detection)."""
+    import jax
+
     if "claim_ttl" in FLAGS:
         # A process that dies must not take the others down with it: they finish its work once its claims expire
         # (engine.runtime.claims). JAX's coordination service lives in process 0, so its death still ends the run.
@@ -292,6 +299,8 @@ def leave_distributed() -> None:
     """The end of a multi-process run, without a barrier (a dead peer would hang it): every process but 0 disconnects
     from the coordination service; process 0, which runs that service, waits until every other process has
     disconnected or been declared dead (``--heartbeat_timeout``), since its exit would abort those still connected."""
+    import jax
+
     if jax.process_count() <= 1 or "claim_ttl" not in FLAGS:
         return  # without recoverability, JAX's own shutdown barrier ends the processes together
     from jax._src import distributed  # the runtime client: jax.distributed exposes no live-process query

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.pipelines.compare.states import pair_utterances
-from engine.runtime.plan import EFFICIENCY, Device, Plan, Stage
+from engine.runtime.devices import Device
+from engine.runtime.plan import EFFICIENCY, Plan, Stage
 from engine.stores.reader import open_store
 
 FLOAT = 4  # bytes per float32

@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.whisper.dims import ModelDimensions
+from engine.runtime.devices import Device
 from engine.runtime.plan import (
     DECODE_EFFICIENCY,
     EFFICIENCY,
     N_CTX,
-    Device,
     Plan,
     Stage,
     calibrate_encoder_block,

@@ -20,11 +20,11 @@ from engine.errors import AudioError
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.loaded import load_whisper
 from engine.pipelines.encode.windows import expected_frames
+from engine.runtime.devices import Device
 from engine.runtime.plan import (
     EFFICIENCY,
     N_CTX,
     N_FEATURE_FRAMES,
-    Device,
     Plan,
     Stage,
     calibrate_encoder_block,

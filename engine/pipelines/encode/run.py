@@ -32,65 +32,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.data import audio as audio_lib
 from engine.data.pairing import check_listing, pairing_lines
 from engine.data.sources import get_source
 from engine.data.utterance import Utterance
-from engine.dtypes import DTYPES
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
+from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
 from engine.runtime.claims import WorkClaims
-from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.parallel import ShardedEncoder, data_mesh, is_process_zero
 from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import StoreError, open_kvstore
 from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
-from engine.stores.schema import DTYPES as STORAGE_DTYPES
 from engine.stores.schema import StoreInfo, check_language_code
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class EncodeConfig:
-    """What to encode and how; ``run.out`` is the layer store (local path or TensorStore kvstore URL)."""
-
-    run: RunOptions = RunOptions()
-    model: str | None = option(None, "hub id, HF folder, CTranslate2 folder or OpenAI .pt (default: packaged base)")
-    dataset: str = option(
-        "demo",
-        "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl|csv | folder:/dir (<dir>/<lang>/<id>.<ext>, any "
-        "format libsndfile reads; or a flat folder with --lang)",
-    )
-    lang: str | None = option(None, "the language of a flat folder dataset (folder:/dir with the audio files in it)")
-    langs: tuple[str, ...] | None = option(
-        None, "comma-separated language codes of the dataset, or 'all'", parse="list"
-    )
-    split: str = option("test", "dataset split (FLEURS: train, validation, test)")
-    layers: tuple[int, ...] | None = option(
-        None, "encoder layers to store: 'all', a list '0,3,7' or ranges '1-4' (0 = stem)", parse="layers"
-    )
-    dtype: str = option("float32", "storage dtype", choices=STORAGE_DTYPES)
-    compute_dtype: str = option("float32", "model dtype on the device", choices=DTYPES)
-    batch_size: int = option(8, "30 s windows per encoder step over all local devices", minimum=1)
-    long_audio: str = option(
-        "window", "audio over 30 s: consecutive windows, or cut", choices=audio_lib.LONG_AUDIO_MODES
-    )
-    prefetch: int = option(4, "host threads decoding audio and computing log-mel ahead of the device", minimum=1)
-    claim_utterances: int = option(16, "utterances per work unit the processes of a multi-host run claim", minimum=1)
-    allow_unpaired: bool = option(
-        False, "encode a multi-language dataset whose languages share no utterance id (nothing cross-lingual to pair)"
-    )
-    allow_empty: bool = option(False, "run on a dataset that lists no utterance (an empty store) instead of refusing")
-
-    def __post_init__(self):
-        validate(self)
-        if not self.run.out:
-            raise ConfigError("encode needs an output store: run.out (--out)")
 
 
 @dataclasses.dataclass

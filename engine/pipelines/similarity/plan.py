@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.pipelines.similarity.measures import COSTS, MEASURES, SEQSIM, MeasureContext, Side
-from engine.runtime.plan import EFFICIENCY, Device, Plan, Stage, flops, size, timed
+from engine.runtime.devices import Device
+from engine.runtime.plan import EFFICIENCY, Plan, Stage, flops, size, timed
 from engine.stores.reader import open_store
 from engine.stores.similarity import resolve_pairs
 from kernels.ot import OtConfig

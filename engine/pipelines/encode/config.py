@@ -1,0 +1,49 @@
+"""The encode job's config: what to encode and how (light: ``--help`` builds its flags without loading JAX)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from engine.data.audio import LONG_AUDIO_MODES
+from engine.dtypes import DTYPES
+from engine.runtime.options import ConfigError, RunOptions, option, validate
+
+STORAGE_DTYPES = tuple(DTYPES)  # as engine.stores.schema.DTYPES: every dtype babelgrid names
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeConfig:
+    """What to encode and how; ``run.out`` is the layer store (local path or TensorStore kvstore URL)."""
+
+    run: RunOptions = RunOptions()
+    model: str | None = option(None, "hub id, HF folder, CTranslate2 folder or OpenAI .pt (default: packaged base)")
+    dataset: str = option(
+        "demo",
+        "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl|csv | folder:/dir (<dir>/<lang>/<id>.<ext>, any "
+        "format libsndfile reads; or a flat folder with --lang)",
+    )
+    lang: str | None = option(None, "the language of a flat folder dataset (folder:/dir with the audio files in it)")
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes of the dataset, or 'all'", parse="list"
+    )
+    split: str = option("test", "dataset split (FLEURS: train, validation, test)")
+    layers: tuple[int, ...] | None = option(
+        None, "encoder layers to store: 'all', a list '0,3,7' or ranges '1-4' (0 = stem)", parse="layers"
+    )
+    dtype: str = option("float32", "storage dtype", choices=STORAGE_DTYPES)
+    compute_dtype: str = option("float32", "model dtype on the device", choices=DTYPES)
+    batch_size: int = option(8, "30 s windows per encoder step over all local devices", minimum=1)
+    long_audio: str = option(
+        "window", "audio over 30 s: consecutive windows, or cut", choices=LONG_AUDIO_MODES
+    )
+    prefetch: int = option(4, "host threads decoding audio and computing log-mel ahead of the device", minimum=1)
+    claim_utterances: int = option(16, "utterances per work unit the processes of a multi-host run claim", minimum=1)
+    allow_unpaired: bool = option(
+        False, "encode a multi-language dataset whose languages share no utterance id (nothing cross-lingual to pair)"
+    )
+    allow_empty: bool = option(False, "run on a dataset that lists no utterance (an empty store) instead of refusing")
+
+    def __post_init__(self):
+        validate(self)
+        if not self.run.out:
+            raise ConfigError("encode needs an output store: run.out (--out)")
