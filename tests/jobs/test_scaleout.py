@@ -174,7 +174,9 @@ def test_align_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir,
     )
     assert taken_over(survivor) == 1 and units_claimed(survivor) == 2 * PART_CLIPS // 2, survivor
     one = tmp_path / "one"
-    run_align(AlignConfig(store=str(part_store), out=str(one), model=str(tiny_model_dir), chunk=2, progress=False))
+    run_align(
+        configure(AlignConfig, store=str(part_store), out=str(one), model=str(tiny_model_dir), chunk=2, progress=False)
+    )
     for lang in LANGS:
         assert set(read_words(str(one), lang).column("utterance").to_pylist()) == set(range(PART_CLIPS))
     assert_same_store(two, one)
