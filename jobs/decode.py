@@ -20,15 +20,15 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.pipelines.decode.run import (
+from engine.pipelines.decode.config import (
     COMPUTE_DTYPES,
     LANGUAGE_MODES,
     LN_POST,
     SOURCES,
     DecodeConfig,
     references_path,
-    run_decode,
 )
+from engine.pipelines.decode.run import run_decode
 from jobs import common
 
 common.define_store_flag("layer store written by the encode job; its utterance table points to the audio")

@@ -23,8 +23,10 @@ import pyarrow as pa
 import pytest
 import soundfile
 
+from engine.pipelines.decode.config import DecodeConfig, DecodeError, references_path
 from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
-from engine.pipelines.decode.run import DecodeConfig, DecodeError, references_path, run_decode, score_rows
+from engine.pipelines.decode.merge import score_rows
+from engine.pipelines.decode.run import run_decode
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.runtime.options import configure
 from engine.text import metrics as text_metrics
@@ -119,7 +121,7 @@ def skipped_rows(out) -> set[tuple[str, ...]]:
 
 def library_decode(whisper, mel, options) -> list[list[int]]:
     """Tokens per window of ``mel f32[window, n_mels, 3000]`` decoded by the library as the job calls it: one batch of
-    8 windows, padded with copies of the first (``engine.pipelines.decode.run._decode_windows``), so the inputs are
+    8 windows, padded with copies of the first (``engine.pipelines.decode.unit.decode_windows``), so the inputs are
     the job's."""
     n = len(mel)
     chunk = np.concatenate([mel, np.repeat(mel[:1], 8 - n, axis=0)])

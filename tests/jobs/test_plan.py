@@ -18,7 +18,7 @@ import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper.dims import ModelDimensions
-from engine.pipelines.decode.run import DecodeConfig
+from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.similarity.run import SimilarityConfig
 from engine.runtime import plan as plan_lib

@@ -20,8 +20,9 @@ import tensorstore as ts
 
 from engine.data.audio import SAMPLE_RATE
 from engine.pipelines.align.run import AlignConfig, run_align
+from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.hypotheses import read_hypotheses
-from engine.pipelines.decode.run import DecodeConfig, run_decode
+from engine.pipelines.decode.run import run_decode
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
 from engine.runtime.claims import CLAIMS_DIR
