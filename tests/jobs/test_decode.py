@@ -78,7 +78,8 @@ def run_job(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def decode_here(whisper, store, out, **settings):
     """The job's library function in this process, on the loaded ``whisper`` (the store's model)."""
-    return run_decode(DecodeConfig(store=str(store), out=str(out), progress=False, **settings), whisper=whisper)
+    config = configure(DecodeConfig, store=str(store), out=str(out), progress=False, **settings)
+    return run_decode(config, whisper=whisper)
 
 
 def recomputed_scores(hyps: pd.DataFrame, codes: dict) -> dict:
@@ -204,7 +205,7 @@ def test_tiny_bad_input_is_a_named_error(tiny_store, tiny_whisper, tmp_path, set
 
 def test_tiny_bad_settings_are_named_errors():
     with pytest.raises(DecodeError, match=re.escape("beam:N")):
-        DecodeConfig(store="s", out="o", decodings=("beam:1",))
+        configure(DecodeConfig, store="s", out="o", decodings=("beam:1",))
     with pytest.raises(DecodeError, match="is not a file"):
         references_path("/nonexistent.tsv")
 

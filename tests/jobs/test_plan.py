@@ -94,7 +94,13 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
     assert not (tmp_path / "s").exists()
 
     dec = plan_lib.plan_for(
-        DecodeConfig(store=store, out=str(tmp_path / "d"), model=str(tiny_model_dir), decodings=("greedy", "beam:2")),
+        configure(
+            DecodeConfig,
+            store=store,
+            out=str(tmp_path / "d"),
+            model=str(tiny_model_dir),
+            decodings=("greedy", "beam:2"),
+        ),
         None,
     )
     assert "8 windows" in dec.render() and dec.stages[0].flops > 0 and dec.seconds_device is None

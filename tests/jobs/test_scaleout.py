@@ -159,7 +159,8 @@ def test_decode_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir
     )
     assert taken_over(survivor) >= 1, survivor
     one = tmp_path / "one"
-    run_decode(DecodeConfig(store=str(part_store), out=str(one), progress=False, **settings), whisper=tiny_whisper)
+    config = configure(DecodeConfig, store=str(part_store), out=str(one), progress=False, **settings)
+    run_decode(config, whisper=tiny_whisper)
     assert read_hypotheses(str(one)).num_rows == len(LANGS) * PART_CLIPS * 3 * 2  # utterances x units x parts
     assert_same_store(two, one)
 

@@ -7,8 +7,7 @@ import pathlib
 
 from engine.errors import BabelgridError
 from engine.models.whisper.decoding import TASKS
-from engine.runtime.claims import DEFAULT_CLAIM_TTL
-from engine.runtime.options import check_choice
+from engine.runtime.options import ConfigError, RunOptions, option, validate
 
 SOURCES = ("audio",)
 LN_POST = ("on", "off", "both")
@@ -32,46 +31,68 @@ def parse_decoding(decoding: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-    store: str  # layer store URL written by the encode job
-    out: str  # output folder or kvstore URL
-    model: str | None = None  # checkpoint source; None = the packaged whisper-base. Must be the store's model.
-    langs: tuple[str, ...] | None = None  # None = every language of the store
-    layers: tuple[int, ...] | None = None  # None = every layer of the store
-    tasks: tuple[str, ...] = ("transcribe",)
-    ln_post: str = "both"  # apply ln_post to intermediate layers: on, off or both (layer L+1 has it already)
-    decodings: tuple[str, ...] = ("greedy",)  # greedy and/or beam:N
-    patience: float = 1.0  # beam search (Whisper / CTranslate2 semantics)
-    length_penalty: float = 1.0
-    language: str = "forced"  # forced: the store language's Whisper code; detect: per window
-    decode_as: tuple[tuple[str, str], ...] = ()  # (store language, Whisper code) for languages Whisper lacks
-    max_new_tokens: int = 224
-    source: str = "audio"
-    references: str | None = None  # TSV (id, text) of English references for translate; else the store's English
-    batch_size: int = 8  # windows per decoder call
-    compute_dtype: str = "float32"
-    report_samples: int = 3  # utterances per language shown in report.md
-    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's (language, layer) claims may be taken over
-    break_lease: bool = False
-    progress: bool = True
+    """What to decode, from which layers and how; ``run.out`` is the output folder (local path or TensorStore kvstore
+    URL)."""
+
+    store: str = option(
+        help="layer store written by the encode job; its utterance table points to the audio", required=True
+    )
+    run: RunOptions = RunOptions()
+    model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
+    )
+    layers: tuple[int, ...] | None = option(
+        None, "encoder layers of the store to decode from: a list (2,4), a range (2-7) or all", parse="layers"
+    )
+    tasks: tuple[str, ...] = option(
+        ("transcribe",), "comma-separated: transcribe, translate (to English)", choices=TASKS, parse="list"
+    )
+    ln_post: str = option("both", "apply ln_post to intermediate layers (L+1 has it already)", choices=LN_POST)
+    # The job's flag is --decoding (jobs/decode.py).
+    decodings: tuple[str, ...] = option(
+        ("greedy",), "comma-separated: greedy, beam:N (CTranslate2's / Whisper's beam search)", parse="list"
+    )
+    patience: float = option(1.0, "beam search: stop after round(N * patience) finished hypotheses")
+    length_penalty: float = option(1.0, "beam search: rank by logprob / length ** length_penalty (0: no penalty)")
+    language: str = option("forced", "forced: the store language's code; detect: per window", choices=LANGUAGE_MODES)
+    # (store language, Whisper code) pairs; "lang=code" items are read as pairs.
+    decode_as: tuple[tuple[str, str], ...] = option(
+        (), "language tokens for languages Whisper lacks, e.g. ky=kk,ga=en (recorded)", parse="list"
+    )
+    max_new_tokens: int = option(224, "tokens per 30 s window at most (CTranslate2's default)", minimum=1)
+    source: str = option("audio", "audio: recompute the encoder from the store's audio (exact)", choices=SOURCES)
+    references: str | None = option(None, "TSV id<TAB>English text for translate (default: the store's English)")
+    batch_size: int = option(8, "30 s windows per decoder call", minimum=1)
+    compute_dtype: str = option("float32", "model dtype on the device", choices=COMPUTE_DTYPES)
+    report_samples: int = option(3, "utterances per language shown layer by layer in report.md")
 
     def __post_init__(self):
-        check_choice("source", self.source, SOURCES)
-        check_choice("ln_post", self.ln_post, LN_POST)
-        check_choice("language", self.language, LANGUAGE_MODES)
-        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
-        for task in self.tasks:
-            check_choice("task", task, TASKS)
+        validate(self)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in ("tasks", "decodings"):  # a list flag given as '' or 'all' parses to None: the default
+            if not getattr(self, name):
+                object.__setattr__(self, name, defaults[name])
+        object.__setattr__(self, "decode_as", tuple(_language_pair(item) for item in self.decode_as or ()))
         for decoding in self.decodings:
             parse_decoding(decoding)
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise ValueError(
-                f"batch_size and max_new_tokens must be >= 1, got {self.batch_size}, {self.max_new_tokens}"
-            )
-        if self.claim_ttl <= 0:
-            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
+        references_path(self.references)
+        if not self.run.out:
+            raise ConfigError("decode needs an output folder: run.out (--out)")
+
+
+def _language_pair(item) -> tuple[str, str]:
+    """("ky", "kk") from itself or from "ky=kk" (the flag's form)."""
+    if not isinstance(item, str):
+        return tuple(item)
+    lang, sep, code = item.partition("=")
+    if not sep or not lang.strip() or not code.strip():
+        raise ConfigError(f"decode_as: {item!r} is not lang=code, e.g. ky=kk")
+    return lang.strip(), code.strip()
 
 
 def references_path(path: str | None) -> str | None:
+    """``path`` if it is None or a file, else a DecodeError naming it."""
     if path is not None and not pathlib.Path(path).is_file():
         raise DecodeError(f"--references {path!r} is not a file; pass a TSV of id<TAB>English text")
     return path

@@ -84,7 +84,7 @@ def merge(kv, config, reader, langs, codes, variants, summary) -> None:
             for task in config.tasks:
                 for decoding in config.decodings:
                     key = hyp.part_key(lang, task, decoding, layer, ln_post)
-                    part = read_part(kv, key, config.out)
+                    part = read_part(kv, key, config.run.out)
                     if part is None:
                         raise DecodeError(f"part {key} is missing after every process finished")
                     tables.append(part[0].replace_schema_metadata(None))
@@ -106,7 +106,7 @@ def merge(kv, config, reader, langs, codes, variants, summary) -> None:
         **figures(scores),
     }
     for name, data in files.items():
-        write_value(kv, name, data, config.out)
-    root = config.out.rstrip("/") + "/"
+        write_value(kv, name, data, config.run.out)
+    root = config.run.out.rstrip("/") + "/"
     summary.outputs += [root + name for name in files]
     summary.table = scores_table(scores)

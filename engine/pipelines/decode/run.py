@@ -36,10 +36,11 @@ from engine.pipelines.decode.config import DecodeConfig, DecodeError
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references, whisper_code
 from engine.pipelines.decode.unit import decode_unit
-from engine.runtime.claims import WorkClaims, rounds
+from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import read_part
 from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
+from engine.runtime.units import UnitLoop
 from engine.stores.kv import create_or_compare, open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
@@ -67,9 +68,6 @@ class DecodeSummary(RunSummary):
     windows: int = 0
     tokens: int = 0
     parts_kept: int = 0  # parts kept from an earlier run
-    units: int = 0  # (language, layer, ln_post) work units this process claimed and did
-    taken_over: int = 0  # of them, units whose claim had expired (a dead process's)
-    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
     outputs: list[str] = dataclasses.field(default_factory=list)
     table: str = ""
 
@@ -77,8 +75,7 @@ class DecodeSummary(RunSummary):
         lines = [
             f"decoded {self.decoded} utterance-parts ({self.windows} windows, {self.tokens} tokens) in "
             f"{self.seconds:.1f} s; {self.parts_kept} parts kept from an earlier run; skipped: {self.n_skipped}",
-            f"work units: {self.units} claimed, busy {self.busy_seconds:.1f} s, {self.taken_over} taken over from "
-            "expired claims",
+            self.work_line("(language, layer, ln_post)"),
         ]
         return "\n".join([*lines, *self.skip_lines(), self.table])
 
@@ -151,7 +148,7 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     ``whisper``: the store's model already loaded in ``config.compute_dtype`` (a notebook or test that holds one);
     by default ``config.model`` is loaded.
     """
-    with writer_lease(config.out, "decode", config.break_lease) as lease:
+    with writer_lease(config.run.out, "decode", config.run.break_lease) as lease:
         return _decode(config, lease, whisper)
 
 
@@ -164,15 +161,15 @@ def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> Decod
     dtype = DTYPES[config.compute_dtype]
     top = whisper.dims.n_audio_layer + 1
     english = english_references(config, reader) if "translate" in config.tasks else {}
-    _, kv = open_kvstore(config.out)
-    claims = WorkClaims(kv, config.out, "decode", ttl=config.claim_ttl)
+    _, kv = open_kvstore(config.run.out)
+    claims = WorkClaims(kv, config.run.out, "decode", ttl=config.run.claim_ttl)
 
     def create() -> None:
         create_or_compare(
             kv,
             hyp.MANIFEST,
             _manifest(config, reader, whisper),
-            config.out,
+            config.run.out,
             fields=MANIFEST_FIELDS,
             error=DecodeError,
             what="decode folder",
@@ -201,13 +198,13 @@ def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> Decod
         }
 
     def kept(key: str, lang: str) -> bool:
-        old = read_part(kv, key, config.out)
+        old = read_part(kv, key, config.run.out)
         return old is not None and old[1]["done"] == done[lang]
 
     def unit_done(unit: str) -> bool:
         return all(kept(key, units[unit][0]) for key in part_keys(unit).values())
 
-    bar = progress_bar(len(units) * len(config.tasks) * len(config.decodings), "decode", "part", config.progress)
+    bar = progress_bar(len(units) * len(config.tasks) * len(config.decodings), "decode", "part", config.run.progress)
     pending = {}  # unit -> {(task, decoding): key} of the parts not kept from an earlier run
     for unit in units:
         lang = units[unit][0]
@@ -216,24 +213,15 @@ def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> Decod
             summary.parts_kept += len(part_keys(unit)) - len(pending[unit])
             bar.update(len(part_keys(unit)) - len(pending[unit]))
     loaded: dict[str, tuple] = {}
-    work_t0 = time.perf_counter()
-    try:
-        with claims:
-            for claimed in rounds(claims, [u for u in units if pending[u]], unit_done):
-                for claim in claimed:
-                    lang, layer, ln_post = units[claim.unit]
-                    lease.check()
-                    loaded = decode_unit(
-                        config, whisper, reader, kv, english, dtype, lang, layer, ln_post, done[lang],
-                        pending[claim.unit], loaded, summary,
-                    )  # fmt: skip
-                    claims.release(claim)
-                    summary.units += 1
-                    summary.busy_seconds = time.perf_counter() - work_t0
-                    bar.update(len(pending[claim.unit]))
-    finally:
-        bar.close()
-    summary.taken_over = claims.taken_over
+    with UnitLoop(claims, lease, summary, bar) as loop:
+        for claimed in loop.rounds([u for u in units if pending[u]], unit_done):
+            for claim in claimed:
+                lang, layer, ln_post = units[claim.unit]
+                loaded = decode_unit(
+                    config, whisper, reader, kv, english, dtype, lang, layer, ln_post, done[lang],
+                    pending[claim.unit], loaded, summary,
+                )  # fmt: skip
+                loop.done(claim, progress=len(pending[claim.unit]))
     if is_process_zero():  # every unit is done: rounds() ends only when no other process holds one
         codes = {lang: whisper_code(lang, config, whisper) for lang in langs}
         merge(kv, config, reader, langs, codes, variants, summary)

@@ -93,7 +93,7 @@ def decode_unit(
         out_rows, skipped = parts[part]
         fault_point("before_part")
         # One write per part: its metadata (the utterances it was made from) is its done marker.
-        write_value(kv, key, hyp.part_bytes(out_rows, done_now, skipped_audio + skipped), config.out)
+        write_value(kv, key, hyp.part_bytes(out_rows, done_now, skipped_audio + skipped), config.run.out)
     return loaded
 
 
