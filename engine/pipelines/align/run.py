@@ -44,9 +44,9 @@ from engine.runtime.faults import fault_point
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import read_part
-from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
-from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.kv import open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
@@ -277,20 +277,10 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
     _, kv = open_kvstore(config.run.out)
     claims = WorkClaims(kv, config.run.out, "align", ttl=config.run.claim_ttl)
 
-    def create() -> None:
-        create_or_compare(
-            kv,
-            MANIFEST,
-            _manifest(config, reader.url, whisper),
-            config.run.out,
-            fields=MANIFEST_FIELDS,
-            error=AlignError,
-            what="word timestamps folder",
-        )
-        if is_process_zero():
-            claims.clear()  # under the writer lease, before the barrier: no process claims anything yet
-
-    process_zero_first("babelgrid-align-manifest", create)
+    open_claimed_run(
+        "babelgrid-align-manifest", claims, kv, MANIFEST, _manifest(config, reader.url, whisper), config.run.out,
+        fields=MANIFEST_FIELDS, error=AlignError, what="word timestamps folder",
+    )  # fmt: skip
     # Work units (engine.runtime.claims): the parts, language by language. A snapshot of the utterances done in the
     # store: what each part is made from, and what a kept part must list.
     units, done = {}, {}

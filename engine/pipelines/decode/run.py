@@ -39,9 +39,9 @@ from engine.pipelines.decode.unit import decode_unit
 from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import read_part
-from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
-from engine.stores.kv import create_or_compare, open_kvstore
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 
@@ -164,20 +164,10 @@ def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> Decod
     _, kv = open_kvstore(config.run.out)
     claims = WorkClaims(kv, config.run.out, "decode", ttl=config.run.claim_ttl)
 
-    def create() -> None:
-        create_or_compare(
-            kv,
-            hyp.MANIFEST,
-            _manifest(config, reader, whisper),
-            config.run.out,
-            fields=MANIFEST_FIELDS,
-            error=DecodeError,
-            what="decode folder",
-        )
-        if is_process_zero():
-            claims.clear()  # under the writer lease, before the barrier: no process claims anything yet
-
-    process_zero_first("babelgrid-decode-manifest", create)
+    open_claimed_run(
+        "babelgrid-decode-manifest", claims, kv, hyp.MANIFEST, _manifest(config, reader, whisper), config.run.out,
+        fields=MANIFEST_FIELDS, error=DecodeError, what="decode folder",
+    )  # fmt: skip
     variants = _variants(layers, config.ln_post, top)
     # A snapshot of the utterances done in the store: what each part is made from, and what a kept part must list.
     done = {lang: np.flatnonzero(is_done(reader.lengths(lang))).tolist() for lang in langs}
