@@ -15,30 +15,23 @@ expire after --claim_ttl seconds and the others take them. Process 0 merges the 
 
 from __future__ import annotations
 
-from absl import flags
-
-from engine.pipelines.align.run import COMPUTE_DTYPES, TRANSCRIPT_SOURCES, AlignConfig, run_align
+from engine.pipelines.align.run import AlignConfig, run_align
 from jobs import common
 
-common.define_store_flag("layer store written by the encode job (must hold the final layer)")
-common.define_out_flag("output folder or TensorStore kvstore URL (created if missing, resumed if present)")
-flags.DEFINE_string("model", None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
-common.define_langs_flag()
-flags.DEFINE_enum("transcripts", "store", list(TRANSCRIPT_SOURCES), "store: the dataset's text; decode: greedy")
-flags.DEFINE_integer("batch_size", 8, "utterances per decoder call")
-flags.DEFINE_integer("chunk", 64, "utterances per part file (the unit of resume)")
-flags.DEFINE_integer("median_filter_width", 7, "odd width of the median filter over frames (Whisper: 7)")
-flags.DEFINE_enum("compute_dtype", "float32", list(COMPUTE_DTYPES), "model dtype on the device")
-flags.DEFINE_list("subtitles", [], "also write per-utterance subtitle files: srt, vtt or both")
-common.define_run_flags(strict=True, distributed=True, claims=True)
-FLAGS = flags.FLAGS
+common.define_config_flags(
+    AlignConfig,
+    __name__,
+    run=common.RUN_OPTIONS,
+    required=("out",),
+    help={"out": "output folder or TensorStore kvstore URL (created if missing, resumed if present)"},
+    distributed=True,
+)
 
 
 def main() -> int:
-    summary = run_align(
-        common.config_from_flags(AlignConfig, langs=common.parse_list(FLAGS.langs), subtitles=tuple(FLAGS.subtitles))
-    )
-    return common.finish(summary, summary.outputs)
+    config = common.config_from_flags(AlignConfig)
+    summary = run_align(config)
+    return common.finish(summary, summary.outputs, strict=config.run.strict)
 
 
 if __name__ == "__main__":

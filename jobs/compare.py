@@ -13,7 +13,6 @@ See engine/pipelines/compare/run.py for the outputs and docs/compare.md for what
 
 from __future__ import annotations
 
-from engine.pipelines.compare.plan import plan_compare_run
 from engine.pipelines.compare.run import CompareConfig, run_compare
 from jobs import common
 
@@ -23,7 +22,7 @@ common.define_config_flags(
     run=("out", "progress", "kvstore_spec", "store_timeout", "matmul_precision"),
     required=("out",),
     help={"out": "output folder: local path or TensorStore kvstore URL"},
-    plan=plan_compare_run,
+    plan="engine.pipelines.compare.plan:plan_compare_run",
 )
 
 

@@ -13,7 +13,6 @@ resumes: complete utterances are skipped. The store's layout: BUILD.md and docs/
 
 from __future__ import annotations
 
-from engine.pipelines.encode.plan import plan_encode_run
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from jobs import common
 
@@ -23,7 +22,7 @@ common.define_config_flags(
     run=common.RUN_OPTIONS,
     required=("out",),
     help={"out": "output store: local path or TensorStore kvstore URL (gs://, s3://, file://)"},
-    plan=plan_encode_run,
+    plan="engine.pipelines.encode.plan:plan_encode_run",
     distributed=True,
 )
 

@@ -9,7 +9,6 @@ reading in docs/probes.md, library in engine/pipelines/probes/.
 
 from __future__ import annotations
 
-from engine.pipelines.probes.plan import plan_probes_run
 from engine.pipelines.probes.run import ProbesConfig, run_probes
 from jobs import common
 
@@ -19,7 +18,7 @@ common.define_config_flags(
     run=("out", "progress", "kvstore_spec", "store_timeout", "strict", "matmul_precision"),
     required=("store", "out"),
     help={"out": "output folder or TensorStore kvstore URL"},
-    plan=plan_probes_run,
+    plan="engine.pipelines.probes.plan:plan_probes_run",
 )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.pipelines.similarity.plan import plan_seqsim_run
 from engine.pipelines.similarity.run import DEFAULT_MEASURES, SimilarityConfig, run_similarity
 from engine.runtime.options import parse_list
 from jobs import common
@@ -30,7 +29,7 @@ common.define_config_flags(
     run=("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "store_timeout", "matmul_precision"),
     required=("store", "out"),
     help={"out": "similarity store to write (created if missing, resumed if present)"},
-    plan=plan_seqsim_run,
+    plan="engine.pipelines.similarity.plan:plan_seqsim_run",
     distributed=True,
 )
 # The ot measure's Sinkhorn options (SimilarityConfig.ot, a kernels.ot.OtConfig): its defaults are the flags'.

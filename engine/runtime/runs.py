@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from engine.runtime.lease import DEFAULT_TTL, WriterLease
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.progress import StatusLines
-from engine.stores.kv import open_kvstore
+from engine.stores.kv import create_or_compare, open_kvstore
 
 T = TypeVar("T")
 
@@ -42,6 +42,22 @@ def process_zero_first(name: str, create: Callable[[], T]) -> T:
     if not is_process_zero():
         result = create()
     return result
+
+
+def open_claimed_run(name: str, claims, kv, key: str, manifest: dict, url: str, **compare) -> dict:
+    """The start of a run whose processes share parts through ``claims`` (``engine.runtime.claims.WorkClaims``),
+    process 0 first (``process_zero_first``, barrier ``name``): the run's manifest at ``key`` created or compared
+    with ``manifest`` (``create_or_compare``; ``compare``: its ``fields``, ``error``, ``what``), and on process 0 the
+    claims of an earlier run cleared, under the writer lease and before the barrier: no process claims anything yet.
+    Returns the stored manifest."""
+
+    def create() -> dict:
+        stored = create_or_compare(kv, key, manifest, url, **compare)
+        if is_process_zero():
+            claims.clear()
+        return stored
+
+    return process_zero_first(name, create)
 
 
 @dataclasses.dataclass

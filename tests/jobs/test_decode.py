@@ -20,8 +20,10 @@ import pyarrow as pa
 import pytest
 import soundfile
 
+from engine.pipelines.decode.config import DecodeConfig, DecodeError, references_path
 from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
-from engine.pipelines.decode.run import DecodeConfig, DecodeError, references_path, run_decode, score_rows
+from engine.pipelines.decode.merge import score_rows
+from engine.pipelines.decode.run import run_decode
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.runtime.options import configure
 from engine.text import metrics as text_metrics
@@ -49,7 +51,8 @@ def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=()) 
 
 def decode_here(whisper, store, out, **settings):
     """The job's library function in this process, on the loaded ``whisper`` (the store's model)."""
-    return run_decode(DecodeConfig(store=str(store), out=str(out), progress=False, **settings), whisper=whisper)
+    config = configure(DecodeConfig, store=str(store), out=str(out), progress=False, **settings)
+    return run_decode(config, whisper=whisper)
 
 
 def recomputed_scores(hyps: pd.DataFrame, codes: dict) -> dict:
@@ -92,7 +95,7 @@ def skipped_rows(out) -> set[tuple[str, ...]]:
 
 def library_decode(whisper, mel, options) -> list[list[int]]:
     """Tokens per window of ``mel f32[window, n_mels, 3000]`` decoded by the library as the job calls it: one batch of
-    8 windows, padded with copies of the first (``engine.pipelines.decode.run._decode_windows``), so the inputs are
+    8 windows, padded with copies of the first (``engine.pipelines.decode.unit.decode_windows``), so the inputs are
     the job's."""
     n = len(mel)
     chunk = np.concatenate([mel, np.repeat(mel[:1], 8 - n, axis=0)])
@@ -175,7 +178,7 @@ def test_tiny_bad_input_is_a_named_error(tiny_store, tiny_whisper, tmp_path, set
 
 def test_tiny_bad_settings_are_named_errors():
     with pytest.raises(DecodeError, match=re.escape("beam:N")):
-        DecodeConfig(store="s", out="o", decodings=("beam:1",))
+        configure(DecodeConfig, store="s", out="o", decodings=("beam:1",))
     with pytest.raises(DecodeError, match="is not a file"):
         references_path("/nonexistent.tsv")
 

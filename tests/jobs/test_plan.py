@@ -18,12 +18,13 @@ import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper.dims import ModelDimensions
+from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.plan import plan_decode_run
-from engine.pipelines.decode.run import DecodeConfig
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.similarity.plan import plan_seqsim_run
 from engine.pipelines.similarity.run import SimilarityConfig
 from engine.runtime import plan as plan_lib
+from engine.runtime.devices import get_device
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 
@@ -87,7 +88,7 @@ def test_encode_plan_through_the_flags_counts_and_writes_nothing(clips, tiny_mod
 
 def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir):
     sim = plan_seqsim_run(
-        configure(SimilarityConfig, store=store, out=str(tmp_path / "s")), plan_lib.get_device("h100")
+        configure(SimilarityConfig, store=store, out=str(tmp_path / "s")), get_device("h100")
     )
     reader = open_store(store)
     lengths = {lang: reader.lengths(lang) for lang in reader.languages()}
@@ -98,7 +99,13 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
     assert not (tmp_path / "s").exists()
 
     dec = plan_decode_run(
-        DecodeConfig(store=store, out=str(tmp_path / "d"), model=str(tiny_model_dir), decodings=("greedy", "beam:2")),
+        configure(
+            DecodeConfig,
+            store=store,
+            out=str(tmp_path / "d"),
+            model=str(tiny_model_dir),
+            decodings=("greedy", "beam:2"),
+        ),
         None,
     )
     assert "8 windows" in dec.render() and dec.stages[0].flops > 0 and dec.seconds_device is None
@@ -117,7 +124,7 @@ def test_seqsim_plan_counts_dtw_and_ot(store, tmp_path):
     """dtw and ot are stages of their own, timed on the store's states; their cells are N*M*m*n per pair and layer,
     frames cropped to each language's longest."""
     config = configure(SimilarityConfig, store=store, out=str(tmp_path / "s"), measures=("seqsim", "dtw", "ot", "mean"))
-    plan = plan_seqsim_run(config, plan_lib.get_device("h100"))
+    plan = plan_seqsim_run(config, get_device("h100"))
     reader = open_store(store)
     en, de = (np.asarray(reader.lengths(lang)) for lang in ("en", "de"))
     d, layers = reader.info.dims.n_audio_state, len(reader.info.layers)
@@ -144,4 +151,4 @@ def test_encoder_flops_by_hand():
 
 def test_unknown_device_is_refused():
     with pytest.raises(ValueError, match="must be one of h100"):
-        plan_lib.get_device("k80")
+        get_device("k80")

@@ -20,8 +20,9 @@ import tensorstore as ts
 
 from engine.data.audio import SAMPLE_RATE
 from engine.pipelines.align.run import AlignConfig, run_align
+from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.hypotheses import read_hypotheses
-from engine.pipelines.decode.run import DecodeConfig, run_decode
+from engine.pipelines.decode.run import run_decode
 from engine.pipelines.encode.run import EncodeConfig, run_encode
 from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
 from engine.runtime.claims import CLAIMS_DIR
@@ -158,7 +159,8 @@ def test_decode_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir
     )
     assert taken_over(survivor) >= 1, survivor
     one = tmp_path / "one"
-    run_decode(DecodeConfig(store=str(part_store), out=str(one), progress=False, **settings), whisper=tiny_whisper)
+    config = configure(DecodeConfig, store=str(part_store), out=str(one), progress=False, **settings)
+    run_decode(config, whisper=tiny_whisper)
     assert read_hypotheses(str(one)).num_rows == len(LANGS) * PART_CLIPS * 3 * 2  # utterances x units x parts
     assert_same_store(two, one)
 
@@ -174,7 +176,9 @@ def test_align_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir,
     )
     assert taken_over(survivor) == 1 and units_claimed(survivor) == 2 * PART_CLIPS // 2, survivor
     one = tmp_path / "one"
-    run_align(AlignConfig(store=str(part_store), out=str(one), model=str(tiny_model_dir), chunk=2, progress=False))
+    run_align(
+        configure(AlignConfig, store=str(part_store), out=str(one), model=str(tiny_model_dir), chunk=2, progress=False)
+    )
     for lang in LANGS:
         assert set(read_words(str(one), lang).column("utterance").to_pylist()) == set(range(PART_CLIPS))
     assert_same_store(two, one)

@@ -39,13 +39,14 @@ from engine.languages import fleurs_to_whisper
 from engine.models.whisper.decoding import DecodingOptions
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
-from engine.runtime.claims import DEFAULT_CLAIM_TTL, WorkClaims, rounds
+from engine.runtime.claims import WorkClaims
 from engine.runtime.faults import fault_point
-from engine.runtime.options import check_choice
+from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import read_part
-from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
-from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
+from engine.runtime.units import UnitLoop
+from engine.stores.kv import open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
@@ -75,29 +76,29 @@ class AlignError(BabelgridError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class AlignConfig:
-    store: str  # layer store URL written by the encode job; must hold the final layer (L+1)
-    out: str  # output folder or kvstore URL
-    model: str | None = None  # checkpoint source; None = the packaged whisper-base. Must be the store's model.
-    langs: tuple[str, ...] | None = None  # None = every language of the store
-    transcripts: str = "store"  # "store": the utterance table's transcription; "decode": greedy from the states
-    batch_size: int = 8  # utterances per decoder call
-    chunk: int = 64  # utterances per part file (resume unit)
-    median_filter_width: int = 7
-    compute_dtype: str = "float32"
-    subtitles: tuple[str, ...] = ()  # also write per-utterance "srt" and/or "vtt" files of the words
-    claim_ttl: float = DEFAULT_CLAIM_TTL  # seconds until a dead process's part claims may be taken over
-    break_lease: bool = False  # take over another run's unexpired writer lease (its holder is known to be dead)
-    progress: bool | None = True  # None: only when stderr is a terminal
+    """What to align and how; ``run.out`` is the output folder (local path or TensorStore kvstore URL)."""
+
+    store: str = option(help="layer store written by the encode job (must hold the final layer)", required=True)
+    run: RunOptions = RunOptions()
+    model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
+    )
+    transcripts: str = option("store", "store: the dataset's text; decode: greedy", choices=TRANSCRIPT_SOURCES)
+    batch_size: int = option(8, "utterances per decoder call", minimum=1)
+    chunk: int = option(64, "utterances per part file (the unit of resume)", minimum=1)
+    median_filter_width: int = option(7, "odd width of the median filter over frames (Whisper: 7)")
+    compute_dtype: str = option("float32", "model dtype on the device", choices=COMPUTE_DTYPES)
+    subtitles: tuple[str, ...] = option(
+        (), "also write per-utterance subtitle files: srt, vtt or both", choices=SUBTITLE_FORMATS, parse="list"
+    )
 
     def __post_init__(self):
-        check_choice("transcripts", self.transcripts, TRANSCRIPT_SOURCES)
-        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
-        for fmt in self.subtitles:
-            check_choice("subtitles", fmt, SUBTITLE_FORMATS)
-        if self.batch_size < 1 or self.chunk < 1:
-            raise ValueError(f"batch_size and chunk must be >= 1, got {self.batch_size} and {self.chunk}")
-        if self.claim_ttl <= 0:
-            raise ValueError(f"claim_ttl must be positive seconds, got {self.claim_ttl}")
+        validate(self)
+        if self.subtitles is None:  # the flag's '' (none) parses to None
+            object.__setattr__(self, "subtitles", ())
+        if not self.run.out:
+            raise ConfigError("align needs an output folder: run.out (--out)")
 
 
 @dataclasses.dataclass
@@ -106,17 +107,13 @@ class AlignSummary(RunSummary):
     words: int = 0
     already_done: int = 0  # utterances in parts kept from an earlier run
     audio_seconds: float = 0.0
-    units: int = 0  # parts this process claimed and did
-    taken_over: int = 0  # of them, parts whose claim had expired (a dead process's)
-    busy_seconds: float = 0.0  # from the start of the work to the end of this process's last part
     outputs: list[str] = dataclasses.field(default_factory=list)
 
     def report(self) -> str:
         lines = [
             f"aligned {self.aligned} utterances ({self.words} words, {self.audio_seconds:.0f} s of audio) in "
             f"{self.seconds:.1f} s; {self.already_done} already done; skipped: {self.n_skipped}",
-            f"work units: {self.units} parts claimed, busy {self.busy_seconds:.1f} s, {self.taken_over} taken over "
-            "from expired claims",
+            self.work_line("parts"),
         ]
         lines += self.skip_lines()
         if self.skipped.get("no_transcription"):
@@ -260,7 +257,7 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
 def run_align(config: AlignConfig) -> AlignSummary:
     """Aligns every done utterance of the store's languages and writes the layout of the module docstring. The run
     holds the output folder's writer lease (``engine.runtime.lease``)."""
-    with writer_lease(config.out, "align", config.break_lease) as lease:
+    with writer_lease(config.run.out, "align", config.run.break_lease) as lease:
         return _align(config, lease)
 
 
@@ -277,23 +274,13 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
     for lang in langs:
         check_name("language", lang)
     languages = {lang: _whisper_language(lang, whisper) for lang in langs}
-    _, kv = open_kvstore(config.out)
-    claims = WorkClaims(kv, config.out, "align", ttl=config.claim_ttl)
+    _, kv = open_kvstore(config.run.out)
+    claims = WorkClaims(kv, config.run.out, "align", ttl=config.run.claim_ttl)
 
-    def create() -> None:
-        create_or_compare(
-            kv,
-            MANIFEST,
-            _manifest(config, reader.url, whisper),
-            config.out,
-            fields=MANIFEST_FIELDS,
-            error=AlignError,
-            what="word timestamps folder",
-        )
-        if is_process_zero():
-            claims.clear()  # under the writer lease, before the barrier: no process claims anything yet
-
-    process_zero_first("babelgrid-align-manifest", create)
+    open_claimed_run(
+        "babelgrid-align-manifest", claims, kv, MANIFEST, _manifest(config, reader.url, whisper), config.run.out,
+        fields=MANIFEST_FIELDS, error=AlignError, what="word timestamps folder",
+    )  # fmt: skip
     # Work units (engine.runtime.claims): the parts, language by language. A snapshot of the utterances done in the
     # store: what each part is made from, and what a kept part must list.
     units, done = {}, {}
@@ -306,11 +293,11 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
 
     def kept(unit: str) -> dict | None:
         """The metadata of the part ``unit`` if it was made from the utterances done now."""
-        old = read_part(kv, unit, config.out)
+        old = read_part(kv, unit, config.run.out)
         return old[1] if old is not None and old[1]["done"] == units[unit][3] else None
 
     total = sum(last - first for _, first, last, _ in units.values())
-    bar = progress_bar(total, "align", "utt", config.progress)
+    bar = progress_bar(total, "align", "utt", config.run.progress)
     todo = []
     for unit, (lang, first, last, done_now) in units.items():
         old = kept(unit)
@@ -321,41 +308,31 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
             _count_skips(summary, lang, reader.arrays(lang).rows, first, last, done_now, old["skipped"])
             bar.update(last - first)
     tables: dict[str, tuple] = {}
-    work_t0 = time.perf_counter()
-    try:
-        with claims:
-            for claimed in rounds(claims, todo, lambda unit: kept(unit) is not None):
-                for claim in claimed:
-                    lang, first, last, done_now = units[claim.unit]
-                    if lang not in tables:
-                        tables = {lang: (reader.arrays(lang).rows, reader.lengths(lang))}  # one language at a time
-                    rows, lengths = tables[lang]
-                    lease.check()
-                    rows_out, skipped = _new_rows(), []
-                    if languages[lang] == NO_LANGUAGE:
-                        skipped = [(u, rows[u].id, NO_LANGUAGE) for u in done_now]
-                    else:
-                        _align_chunk(
-                            whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary,
-                            rows_out, skipped,
-                        )  # fmt: skip
-                    fault_point("before_part")
-                    # One write per part: its metadata (the utterances it was made from) is its done marker.
-                    write_value(kv, claim.unit, part_bytes(rows_out, done_now, skipped), config.out)
-                    _count_skips(summary, lang, rows, first, last, done_now, skipped)
-                    claims.release(claim)
-                    summary.units += 1
-                    summary.busy_seconds = time.perf_counter() - work_t0
-                    bar.update(last - first)
-    finally:
-        bar.close()
-    summary.taken_over = claims.taken_over
+    with UnitLoop(claims, lease, summary, bar) as loop:
+        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None):
+            for claim in claimed:
+                lang, first, last, done_now = units[claim.unit]
+                if lang not in tables:
+                    tables = {lang: (reader.arrays(lang).rows, reader.lengths(lang))}  # one language at a time
+                rows, lengths = tables[lang]
+                rows_out, skipped = _new_rows(), []
+                if languages[lang] == NO_LANGUAGE:
+                    skipped = [(u, rows[u].id, NO_LANGUAGE) for u in done_now]
+                else:
+                    _align_chunk(
+                        whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary,
+                        rows_out, skipped,
+                    )  # fmt: skip
+                fault_point("before_part")
+                # One write per part: its metadata (the utterances it was made from) is its done marker.
+                write_value(kv, claim.unit, part_bytes(rows_out, done_now, skipped), config.run.out)
+                _count_skips(summary, lang, rows, first, last, done_now, skipped)
+                loop.done(claim, progress=last - first)
     if is_process_zero():  # every part is done: rounds() ends only when no other process holds one
         for lang in langs:
             summary.outputs += _merge(kv, lang, reader.arrays(lang).n_utterances, config, reader)
     summary.seconds = time.perf_counter() - t0
     return summary
-
 
 
 def _count_skips(summary, lang, rows, first, last, done_now, skipped) -> None:
@@ -373,10 +350,10 @@ def _merge(kv, lang: str, n_utterances: int, config: AlignConfig, reader) -> lis
     done = is_done(reader.lengths(lang))
     rows = reader.arrays(lang).rows
     for first in range(0, n_utterances, config.chunk):
-        part = read_part(kv, part_key(lang, first), config.out)
+        part = read_part(kv, part_key(lang, first), config.run.out)
         if part is None:
             raise AlignError(f"part {part_key(lang, first)} is missing after every process finished")
         tables.append(part[0])
         skipped += [tuple(s) for s in part[1]["skipped"]]
     skipped += [(u, rows[u].id, "not_encoded") for u in range(n_utterances) if not done[u]]
-    return write_language(kv, config.out, lang, tables, skipped, config.subtitles)
+    return write_language(kv, config.run.out, lang, tables, skipped, config.subtitles)

@@ -15,6 +15,7 @@ Layout (``OUT`` a local path or a TensorStore kvstore URL; ``engine.pipelines.de
 
 from __future__ import annotations
 
+import csv
 import io
 from collections.abc import Sequence
 
@@ -77,8 +78,6 @@ def read_hypotheses(out: str) -> pa.Table:
 
 def read_scores(out: str) -> list[dict]:
     """A decode job's ``scores.csv`` rows as dicts (value a float, n an int)."""
-    import csv
-
     _, kv = open_kvstore(out)
     found = kv.read(SCORES).result()
     if found.state != "value":

@@ -42,10 +42,11 @@ def scores_table(scores: list[dict]) -> str:
 def figures(scores: list[dict]) -> dict[str, bytes]:
     """``scores-<decoding>.png`` per decoding: one panel per (task, metric, ln_post), metric against layer, one line
     per language."""
+    # lazy: matplotlib (here and through engine.figures) takes about a second to import; only process 0 draws, once
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from engine.figures import _png
+    from engine.figures import _png  # lazy: loads matplotlib, as above
 
     out = {}
     for decoding in sorted({s["decoding"] for s in scores}):
