@@ -4,7 +4,8 @@ A job's flags are its config's fields (``engine.runtime.options.option``: defaul
 plus the run options it takes; it builds its config from them and starts through ``run``::
 
     common.define_config_flags(SimilarityConfig, __name__, run=("out", "progress", "claim_ttl", ...),
-                               required=("store", "out"), plan=plan_seqsim_run, distributed=True)
+                               required=("store", "out"), plan="engine.pipelines.similarity.plan:plan_seqsim_run",
+                               distributed=True)
 
     def main() -> int:
         config = common.config_from_flags(SimilarityConfig)
@@ -27,7 +28,6 @@ import time
 from absl import app, flags
 
 from engine.errors import BabelgridError
-from engine.runtime import options
 from engine.runtime.devices import DEVICES, get_device
 from engine.runtime.options import PARSERS, RunOptions, format_value
 
@@ -169,14 +169,12 @@ def define_plan(cls, plan: PlanFunction, module: str) -> None:
     )
 
 
-def finish(summary, lines=(), strict: bool | None = None) -> int:
+def finish(summary, lines=(), strict: bool = False) -> int:
     """Prints a run's summary and ``lines`` (paths written); the exit code: 1 when ``strict`` (the run's
     ``--strict``) and anything was skipped."""
     print(summary.report())
     for line in lines:
         print(line)
-    if strict is None:  # transitional: jobs not yet generated from their config
-        strict = "strict" in FLAGS and FLAGS.strict
     if strict and summary.n_skipped:
         print(f"--strict: {summary.n_skipped} items were skipped", file=sys.stderr)
         return 1
@@ -315,111 +313,3 @@ def leave_distributed() -> None:
         if not set(client.get_live_nodes([0, *others])) & set(others):
             break
         time.sleep(0.5)
-
-
-# --- transitional: the flag helpers of the jobs not yet generated from their config (removed once all are) ---
-
-
-def _job_module() -> str:
-    """The module name absl files a flag under, so that a shared flag shows in the calling job's --helpshort."""
-    frame = sys._getframe(2)  # the job module calling a define_* helper
-    name = frame.f_globals.get("__name__", "")
-    return sys.argv[0] if name == "__main__" else name
-
-
-def define_store_flag(help: str = "layer store written by the encode job: local path or TensorStore kvstore URL"):
-    flags.DEFINE_string("store", None, f"(required) {help}", module_name=_job_module())
-    flags.mark_flag_as_required("store")
-    define_kvstore_spec_flag(_job_module())
-
-
-def define_out_flag(help: str, required: bool = True) -> None:
-    flags.DEFINE_string("out", None, f"(required) {help}" if required else help, module_name=_job_module())
-    if required:
-        flags.mark_flag_as_required("out")
-    define_kvstore_spec_flag(_job_module())
-
-
-def define_kvstore_spec_flag(module: str | None = None) -> None:
-    """--kvstore_spec, once per job (every store flag brings it): JSON merged into every s3:// and gs:// store's
-    TensorStore kvstore spec (``engine.stores.kv.set_spec_overrides``)."""
-    if "kvstore_spec" in FLAGS:
-        return
-    flags.DEFINE_string(
-        "kvstore_spec",
-        None,
-        "JSON object merged into the TensorStore kvstore spec of every s3:// and gs:// location, for what the "
-        'environment does not set: \'{"endpoint": "http://127.0.0.1:9000", "aws_region": "us-east-1"}\' '
-        "(AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and TENSORSTORE_GCS_HTTP_URL are "
-        "read without it; see BUILD.md)",
-        module_name=module or _job_module(),
-    )
-
-
-def define_langs_flag(of: str = "of the layer store") -> None:
-    flags.DEFINE_string("langs", "all", f"comma-separated language codes {of}, or 'all'", module_name=_job_module())
-
-
-def define_run_flags(strict: bool = False, distributed: bool = False, lease: bool = True, claims: bool = False) -> None:
-    """--progress; --strict for jobs that skip items; jax.distributed's flags for jobs that run on several hosts;
-    --break_lease for jobs that hold their output store's writer lease; --claim_ttl for jobs whose processes share
-    their work through claims (``engine.runtime.claims``), which then survive a dead process."""
-    flags.DEFINE_enum(
-        "matmul_precision",
-        "highest",
-        ["highest", "default"],
-        "float32 matrix products: highest = full float32 everywhere; default = the accelerator's fastest (TF32 on "
-        "NVIDIA GPUs, bfloat16 passes on TPUs: 1 to 3 percent of the peak activation away from float32). No effect on "
-        "CPUs",
-        module_name=_job_module(),
-    )
-    flags.DEFINE_bool(
-        "progress",
-        None,
-        "show a progress bar (default: only when stderr is a terminal, so batch logs stay readable)",
-        module_name=_job_module(),
-    )
-    if lease:
-        flags.DEFINE_bool(
-            "break_lease",
-            False,
-            "take over another run's unexpired writer lease on --out (only when that run is known to be dead)",
-            module_name=_job_module(),
-        )
-    if strict:
-        flags.DEFINE_bool("strict", False, "exit non-zero if anything was skipped", module_name=_job_module())
-    if distributed:
-        define_distributed_flags(_job_module())
-    if claims:
-        flags.DEFINE_float(
-            "claim_ttl",
-            options.DEFAULT_CLAIM_TTL,
-            "seconds a work claim lives unrenewed: the other processes take a dead process's work this long after it "
-            "died",
-            module_name=_job_module(),
-        )
-
-
-def parse_list(value: str | None) -> tuple[str, ...] | None:
-    """'a,b, c' -> ('a', 'b', 'c'); '' / 'all' / None -> None (meaning everything)."""
-    if value is None or value.strip().lower() in ("", "all"):
-        return None
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def parse_layers(value: str | None) -> tuple[int, ...] | None:
-    """'all' -> None; '0,3,7' -> (0, 3, 7); '2-5' -> (2, 3, 4, 5)."""
-    items = parse_list(value)
-    if items is None:
-        return None
-    out: list[int] = []
-    for item in items:
-        try:
-            if "-" in item:
-                lo, hi = (int(x) for x in item.split("-", 1))
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(item))
-        except ValueError:
-            raise flags.ValidationError(f"--layers: {item!r} is not a layer index or range like 2-5") from None
-    return tuple(dict.fromkeys(out))
