@@ -13,7 +13,7 @@ resumes: complete utterances are skipped. The store's layout: BUILD.md and docs/
 
 from __future__ import annotations
 
-from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.encode.config import EncodeConfig
 from jobs import common
 
 common.define_config_flags(
@@ -28,6 +28,8 @@ common.define_config_flags(
 
 
 def main() -> int:
+    from engine.pipelines.encode.run import run_encode  # loads JAX: after the flags, so that --help stays quick
+
     config = common.config_from_flags(EncodeConfig)
     return common.finish(run_encode(config), [f"store: {config.run.out}"], strict=config.run.strict)
 

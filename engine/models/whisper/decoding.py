@@ -29,8 +29,7 @@ import numpy as np
 from flax import nnx
 
 from engine.models.whisper.model import Whisper
-
-TASKS = ("transcribe", "translate")
+from engine.models.whisper.vocab import TASKS
 
 
 @dataclasses.dataclass(frozen=True)
