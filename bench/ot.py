@@ -32,9 +32,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path = [p for p in sys.path if pathlib.Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 from bench.common import interleaved, machine, record  # noqa: E402
-from kernels.ot import OtConfig, kernel_mode  # noqa: E402
+from kernels.ot import kernel_mode  # noqa: E402
 from kernels.ot_matrix import ot_similarity_matrix  # noqa: E402
 from kernels.seqsim import seqsim_matrix  # noqa: E402
+from kernels.settings import OtConfig  # noqa: E402
 
 
 def inputs(args):

@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.common import interleaved, machine, record  # noqa: E402
+from kernels import settings
 from kernels import wordalign as wa  # noqa: E402
 from kernels.frames import COS_EPS  # noqa: E402
 
@@ -173,7 +174,7 @@ def main() -> None:
             return lambda: jax.block_until_ready(gather_cosine(device[0], device[4], *centres))
         return lambda: jax.block_until_ready(reductions[pooling](device[0], device[4], *segments))
 
-    for pooling in wa.POOLINGS:
+    for pooling in settings.POOLINGS:
 
         def kernel(pooling=pooling):
             out = wa.wordalign_pairs(block, jnp.float32(-jnp.inf), pooling=pooling)

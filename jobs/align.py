@@ -15,7 +15,7 @@ expire after --claim_ttl seconds and the others take them. Process 0 merges the 
 
 from __future__ import annotations
 
-from engine.pipelines.align.run import AlignConfig, run_align
+from engine.pipelines.align.config import AlignConfig
 from jobs import common
 
 common.define_config_flags(
@@ -29,6 +29,8 @@ common.define_config_flags(
 
 
 def main() -> int:
+    from engine.pipelines.align.run import run_align  # loads JAX: after the flags, so that --help stays quick
+
     config = common.config_from_flags(AlignConfig)
     summary = run_align(config)
     return common.finish(summary, summary.outputs, strict=config.run.strict)

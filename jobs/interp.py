@@ -24,10 +24,9 @@ import dataclasses
 from absl import flags
 
 from engine.pipelines.interp.config import InterpConfig
-from engine.pipelines.interp.run import run_interp
 from engine.runtime.options import PARSERS, ConfigError, format_value
 from jobs import common
-from kernels.ot import OtConfig
+from kernels.settings import OtConfig
 
 common.define_config_flags(
     InterpConfig,
@@ -50,6 +49,8 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
+    from engine.pipelines.interp.run import run_interp  # loads JAX: after the flags, so that --help stays quick
+
     try:
         ot = OtConfig(epsilon=FLAGS.ot_epsilon, max_iterations=FLAGS.ot_iterations, threshold=FLAGS.ot_threshold)
     except ValueError as e:

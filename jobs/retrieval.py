@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.pipelines.retrieval.run import RetrievalConfig, run_retrieval
+from engine.pipelines.retrieval.config import RetrievalConfig
 from engine.runtime.options import parse_list
 from jobs import common
 
@@ -32,6 +32,8 @@ def _check_ks(value):
 
 
 def main() -> int:
+    from engine.pipelines.retrieval.run import run_retrieval  # loads JAX: after the flags, so that --help stays quick
+
     print(run_retrieval(common.config_from_flags(RetrievalConfig)).report())
     return 0
 

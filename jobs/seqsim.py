@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.pipelines.similarity.run import DEFAULT_MEASURES, SimilarityConfig, run_similarity
+from engine.pipelines.similarity.config import DEFAULT_MEASURES, SimilarityConfig
 from engine.runtime.options import parse_list
 from jobs import common
-from kernels.ot import OtConfig
+from kernels.settings import OtConfig
 
 common.define_config_flags(
     SimilarityConfig,
@@ -32,7 +32,7 @@ common.define_config_flags(
     plan="engine.pipelines.similarity.plan:plan_seqsim_run",
     distributed=True,
 )
-# The ot measure's Sinkhorn options (SimilarityConfig.ot, a kernels.ot.OtConfig): its defaults are the flags'.
+# The ot measure's Sinkhorn options (SimilarityConfig.ot, a kernels.settings.OtConfig): its defaults are the flags'.
 OT = OtConfig()
 flags.DEFINE_float("ot_epsilon", OT.epsilon, "ot measure: entropic blur, absolute, in units of the cost 1 - cos")
 flags.DEFINE_bool("ot_debiased", OT.debiased, "ot measure: debiased Sinkhorn divergence (W(a,b) - W(a,a)/2 - W(b,b)/2)")
@@ -42,6 +42,8 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
+    from engine.pipelines.similarity.run import run_similarity  # loads JAX: after the flags, so that --help stays quick
+
     config = common.config_from_flags(
         SimilarityConfig,
         measures=parse_list(FLAGS.measure) or DEFAULT_MEASURES,  # '' and 'all' ask for the default measures

@@ -34,9 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import ShapeError
-
-DEFAULT_KS = (1, 5, 10)
-TIE_RULES = ("optimistic", "pessimistic")
+from kernels.settings import DEFAULT_KS, TIE_RULES
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,7 +38,6 @@ Measurements: ``bench/RESULTS.md``, sections "OT measure (kernels/ot.py) against
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -49,14 +48,8 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import acceleration, sinkhorn
 
 from kernels.frames import frame_mask, normalize_frames, reference_unit_rows
+from kernels.settings import DEFAULT_OT, INNER_ITERATIONS, OT_EPSILON, OtConfig
 
-OT_EPSILON = 0.05  # entropic blur, in cost units (1 - cos, range [0, 2]); see the module docstring
-# Default stopping threshold on the L1 row-marginal error. float32 sums of a plan of up to 1500 x 1500 entries
-# carry rounding of ~1e-7 relative (~1e-6 in L1 at worst), so 1e-5 is reachable in float32 and keeps every
-# marginal within 1e-5 of its weights; the similarity then moves by at most 2 * 1e-5 (costs are <= 2).
-OT_THRESHOLD = 1e-5
-OT_MAX_ITERATIONS = 2000  # well above the demo store's slowest pair at OT_EPSILON (bench/RESULTS.md, OT notes)
-INNER_ITERATIONS = 10  # Sinkhorn iterations between two convergence checks (ott's default)
 # Over-relaxation weight of the potential updates (ott's constant Momentum; 1 is plain Sinkhorn, < 2 converges).
 # Larger weights cut the iterations on encoder states (bench/RESULTS.md, OT notes); 1.5 keeps a margin below 2.
 OVER_RELAXATION = 1.5
@@ -66,30 +59,6 @@ OVER_RELAXATION = 1.5
 # a smaller epsilon runs in the log domain. A pair whose scalings still leave float32 range falls back to the log
 # domain (counted in OtResult.fallback).
 KERNEL_MAX_EXPONENT = 40.0
-
-
-@dataclasses.dataclass(frozen=True)
-class OtConfig:
-    """Sinkhorn options: ``epsilon`` (absolute, cost units), the debiased divergence, the stopping rule."""
-
-    epsilon: float = OT_EPSILON
-    debiased: bool = False
-    max_iterations: int = OT_MAX_ITERATIONS
-    threshold: float = OT_THRESHOLD
-
-    def __post_init__(self):
-        if not self.epsilon > 0:
-            raise ValueError(f"OT epsilon must be > 0 (in units of the cost 1 - cos), got {self.epsilon}")
-        if not self.threshold > 0:
-            raise ValueError(f"OT threshold must be > 0 (L1 marginal error), got {self.threshold}")
-        if self.max_iterations < INNER_ITERATIONS:
-            raise ValueError(
-                f"OT max_iterations must be >= {INNER_ITERATIONS} (convergence is checked every "
-                f"{INNER_ITERATIONS}), got {self.max_iterations}"
-            )
-
-
-DEFAULT_OT = OtConfig()  # the defaults above, for argument defaults in other modules
 
 
 def kernel_mode(config: OtConfig) -> bool:
@@ -173,7 +142,7 @@ def _transport_cost(a_unit, b_unit, len_a, len_b, config: OtConfig) -> tuple[jax
     return cost, out.converged & jnp.isfinite(cost)
 
 
-def ot_plan(a: jax.Array, b: jax.Array, len_a, len_b, config: OtConfig = OtConfig()) -> tuple[jax.Array, jax.Array]:
+def ot_plan(a: jax.Array, b: jax.Array, len_a, len_b, config: OtConfig = DEFAULT_OT) -> tuple[jax.Array, jax.Array]:
     """The entropic transport plan of one pair of padded utterances.
 
     a: f32[frames_a, embed]; b: f32[frames_b, embed]; len_a, len_b: i32[] valid frames, >= 1.
@@ -184,7 +153,7 @@ def ot_plan(a: jax.Array, b: jax.Array, len_a, len_b, config: OtConfig = OtConfi
     return out.matrix, out.converged
 
 
-def ot_similarity(a: jax.Array, b: jax.Array, len_a, len_b, config: OtConfig = OtConfig()) -> OtResult:
+def ot_similarity(a: jax.Array, b: jax.Array, len_a, len_b, config: OtConfig = DEFAULT_OT) -> OtResult:
     """OT similarity of one pair of padded utterances (shapes as ``ot_plan``); OtResult of scalars. With
     ``config.debiased`` it solves three problems (a-b, a-a, b-b)."""
     a_unit, b_unit = normalize_frames(a, len_a), normalize_frames(b, len_b)

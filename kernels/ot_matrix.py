@@ -29,9 +29,11 @@ import numpy as np
 from engine.errors import ShapeError
 from kernels._cpu import cpu_workers, on_cores
 from kernels.frames import check_lengths, frame_mask, normalize_frames
-from kernels.ot import DEFAULT_OT, OtConfig, OtResult, kernel_mode, reference_ot_cost, solve_cost
+from kernels.ot import OtResult, kernel_mode, reference_ot_cost, solve_cost
 
 # Iterations per round of ot_similarity_matrix: a round wastes at most this many iterations on a pair of a chunk
+from kernels.settings import DEFAULT_OT, OtConfig
+
 # whose partners stopped earlier; shorter rounds mean more jitted calls (and cost matrices recomputed per round).
 ROUND_ITERATIONS = 50
 TILE_CELLS = 2**22  # cost-matrix cells of one chunk of utterance pairs: 16 MiB of float32 (~2 pairs of 1500 frames)

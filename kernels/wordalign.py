@@ -63,14 +63,9 @@ from ott.solvers.linear import sinkhorn
 
 from engine.errors import ShapeError
 from kernels.frames import COS_EPS, reference_unit_rows, unit_rows
-from kernels.ot import DEFAULT_OT, INNER_ITERATIONS, OtConfig, reference_sinkhorn
+from kernels.ot import reference_sinkhorn
+from kernels.settings import DEFAULT_OT, INNER_ITERATIONS, OT_MASS, POOLINGS, WORD_WEIGHTS, OtConfig
 
-POOLINGS = ("centre", "mean", "max")
-WORD_WEIGHTS = ("uniform", "duration")
-# Default lowest share of a link (plan_links): a quarter of the smaller word's mass. A word split evenly between two
-# partners gives each link 1/2; a half kept in that case leaves room for a third partner and for the blur of
-# entropic OT (epsilon), while a spread of noise over 10-20 words (1/10-1/20 each) stays below it.
-OT_MASS = 0.25
 # A dimension whose std over the frames is at most this carries nothing to compare: its scale is 0 (dropped) rather
 # than 1 / ~0, which would blow up the rounding of the pooled word minus the mean.
 STD_EPS = 1e-6

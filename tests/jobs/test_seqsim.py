@@ -307,8 +307,8 @@ def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(seqsim, layer_store,
 def test_ot_measure_through_the_job(seqsim, layer_store, tmp_path):
     """--measure ot with its flags: scores equal the float64 reference; a pair that cannot converge in the allowed
     iterations is NaN and listed in the done marker, never a score."""
-    from kernels.ot import OtConfig
     from kernels.ot_matrix import reference_ot_similarity_matrix
+    from kernels.settings import OtConfig
 
     out = tmp_path / "ot"
     seqsim("--store", str(layer_store), "--out", str(out), "--measure", "ot", "--layers", "1", "--pairs", "de:en")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ShapeError
-from kernels import metrics
+from kernels import metrics, settings
 
 
 def assert_metrics_equal(got, want):
@@ -20,7 +20,7 @@ def assert_metrics_equal(got, want):
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("ties", metrics.TIE_RULES)
+@pytest.mark.parametrize("ties", settings.TIE_RULES)
 def test_metrics_vs_reference(seed, ties):
     rng = np.random.default_rng(seed)
     n, m = rng.integers(1, 25), rng.integers(1, 14)
@@ -66,7 +66,7 @@ def test_integer_ids_of_mixed_types():
 def test_random_baseline_single_partner(columns):
     ids = list(range(columns))
     got = metrics.retrieval_metrics(np.zeros((columns, columns)), ids, ids)
-    for k in metrics.DEFAULT_KS:
+    for k in settings.DEFAULT_KS:
         assert got.random_recall[k] == pytest.approx(min(k, columns) / columns)
     harmonic = sum(1 / r for r in range(1, columns + 1))
     assert got.random_mrr == pytest.approx(harmonic / columns)

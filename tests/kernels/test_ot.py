@@ -9,6 +9,7 @@ import pytest
 from engine.errors import ShapeError
 from kernels import ot as kot
 from kernels import ot_matrix as kom
+from kernels import settings
 from tests.kernels.test_seqsim import ragged
 
 ot = pytest.importorskip("ot")  # POT, in the test extra
@@ -56,7 +57,7 @@ def test_ot_similarity_matrix_vs_reference(shape, debiased):
     shared = 1.5 * rng.standard_normal(d).astype(np.float32)
     A, len_A = correlated(rng, n_a, m, d, shared)
     B, len_B = correlated(rng, n_b, n, d, shared, poison=np.inf)
-    config = kot.OtConfig(debiased=debiased)
+    config = settings.OtConfig(debiased=debiased)
     got = kom.ot_similarity_matrix(A, len_A, B, len_B, config)
     assert got.score.shape == (n_a, n_b) and bool(np.all(got.converged))
     want = kom.reference_ot_similarity_matrix(A, len_A, B, len_B, config)
@@ -73,11 +74,11 @@ def test_ot_similarity_matrix_vs_reference(shape, debiased):
     ia, ib = np.repeat(np.arange(n_a), n_b), np.tile(np.arange(n_b), n_a)
     pairs = kot.ot_similarity_pairs(A[ia], B[ib], len_A[ia], len_B[ib], config)
     np.testing.assert_allclose(
-        np.asarray(pairs.score).reshape(n_a, n_b), np.asarray(got.score), atol=2 * kot.OT_THRESHOLD
+        np.asarray(pairs.score).reshape(n_a, n_b), np.asarray(got.score), atol=2 * settings.OT_THRESHOLD
     )
 
 
-@pytest.mark.parametrize("epsilon", [0.03, kot.OT_EPSILON], ids=["log", "kernel"])
+@pytest.mark.parametrize("epsilon", [0.03, settings.OT_EPSILON], ids=["log", "kernel"])
 def test_rounds_chunks_and_workers_do_not_change_the_scores(monkeypatch, epsilon):
     """Rounds resume each pair from the potentials ott returned, so 10-iteration rounds in 2-pair chunks on two
     threads reach the fixed point of one uninterrupted vmapped log-domain solve per pair (ot_similarity_pairs), in
@@ -87,8 +88,8 @@ def test_rounds_chunks_and_workers_do_not_change_the_scores(monkeypatch, epsilon
     rng = np.random.default_rng(7)
     A, len_A = ragged(rng, 7, 12, 16)
     B, len_B = ragged(rng, 5, 10, 16)
-    config = kot.OtConfig(epsilon=epsilon)  # tens to hundreds of iterations here: many 10-iteration rounds
-    assert kot.kernel_mode(config) == (epsilon == kot.OT_EPSILON)
+    config = settings.OtConfig(epsilon=epsilon)  # tens to hundreds of iterations here: many 10-iteration rounds
+    assert kot.kernel_mode(config) == (epsilon == settings.OT_EPSILON)
     ia, ib = np.repeat(np.arange(7), 5), np.tile(np.arange(5), 7)
     whole = kot.ot_similarity_pairs(A[ia], B[ib], len_A[ia], len_B[ib], config)
     monkeypatch.setattr(kom, "ROUND_ITERATIONS", 10)
@@ -96,7 +97,7 @@ def test_rounds_chunks_and_workers_do_not_change_the_scores(monkeypatch, epsilon
     tiled = kom.ot_similarity_matrix(A, len_A, B, len_B, config, workers=2)
     np.testing.assert_array_equal(np.asarray(tiled.converged), np.asarray(whole.converged).reshape(7, 5))
     np.testing.assert_allclose(
-        np.asarray(tiled.score), np.asarray(whole.score).reshape(7, 5), atol=2 * kot.OT_THRESHOLD
+        np.asarray(tiled.score), np.asarray(whole.score).reshape(7, 5), atol=2 * settings.OT_THRESHOLD
     )
     assert not np.any(np.asarray(tiled.fallback))
 
@@ -108,7 +109,7 @@ def test_kernel_mode_failures_fall_back_to_the_log_domain(monkeypatch):
     A, len_A = ragged(rng, 3, 9, 8)
     B, len_B = ragged(rng, 2, 7, 8)
     # A threshold of its own: _round's compiled kernel-mode programs from other tests are not reused here.
-    config = kot.OtConfig(threshold=0.9e-5)
+    config = settings.OtConfig(threshold=0.9e-5)
     monkeypatch.setattr(
         kot._KernelGeometry,
         "apply_kernel",
@@ -118,7 +119,9 @@ def test_kernel_mode_failures_fall_back_to_the_log_domain(monkeypatch):
     assert np.all(np.asarray(got.fallback)) and np.all(np.asarray(got.converged))
     ia, ib = np.repeat(np.arange(3), 2), np.tile(np.arange(2), 3)
     plain = kot.ot_similarity_pairs(A[ia], B[ib], len_A[ia], len_B[ib], config)  # log domain
-    np.testing.assert_allclose(np.asarray(got.score), np.asarray(plain.score).reshape(3, 2), atol=2 * kot.OT_THRESHOLD)
+    np.testing.assert_allclose(
+        np.asarray(got.score), np.asarray(plain.score).reshape(3, 2), atol=2 * settings.OT_THRESHOLD
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -135,7 +138,7 @@ def test_plan_vs_pot_and_reference(seed):
     plan = plan[:la, :lb]
     cost = 1.0 - unit(a[:la]) @ unit(b[:lb]).T
     wa, wb = np.full(la, 1 / la), np.full(lb, 1 / lb)
-    want = ot.sinkhorn(wa, wb, cost, kot.OT_EPSILON, method="sinkhorn_log", stopThr=1e-9, numItermax=100_000)
+    want = ot.sinkhorn(wa, wb, cost, settings.OT_EPSILON, method="sinkhorn_log", stopThr=1e-9, numItermax=100_000)
     np.testing.assert_allclose(want, kot.reference_ot_plan(a, b, la, lb), atol=1e-10)
     np.testing.assert_allclose(plan.sum(axis=1), wa, atol=MARGINAL_ATOL)
     np.testing.assert_allclose(plan.sum(axis=0), wb, atol=MARGINAL_ATOL)
@@ -152,7 +155,7 @@ def test_planted_one_to_many_splits_the_mass():
     word = a[1:4]
     b = np.concatenate([a[:1], a[:1], word, word, a[4:5], a[4:5], a[5:], a[5:], np.full((3, 64), np.nan)])
     copies = {0: [0, 1], 1: [2, 5], 2: [3, 6], 3: [4, 7], 4: [8, 9], 5: [10, 11]}
-    plan, converged = jax.jit(kot.ot_plan, static_argnums=4)(a, b, 6, 12, kot.OtConfig(epsilon=0.02))
+    plan, converged = jax.jit(kot.ot_plan, static_argnums=4)(a, b, 6, 12, settings.OtConfig(epsilon=0.02))
     plan = np.asarray(plan)
     assert bool(converged)
     for i, (j, k) in copies.items():
@@ -165,23 +168,23 @@ def test_non_convergence_is_flagged():
     rng = np.random.default_rng(4)
     A, len_A = ragged(rng, 3, 30, 16, lengths=[20, 25, 30])
     B, len_B = ragged(rng, 2, 30, 16, lengths=[22, 30])
-    slow = kot.OtConfig(epsilon=1e-3, max_iterations=10)
+    slow = settings.OtConfig(epsilon=1e-3, max_iterations=10)
     assert not np.any(np.asarray(kom.ot_similarity_matrix(A, len_A, B, len_B, slow).converged))
-    debiased = kom.ot_similarity_matrix(A, len_A, B, len_B, kot.OtConfig(debiased=True))
+    debiased = kom.ot_similarity_matrix(A, len_A, B, len_B, settings.OtConfig(debiased=True))
     assert np.all(np.asarray(debiased.converged))
 
 
 def test_identical_utterances_have_debiased_score_one():
     rng = np.random.default_rng(5)
     A, len_A = ragged(rng, 3, 11, 8)
-    got = kom.ot_similarity_matrix(A, len_A, A, len_A, kot.OtConfig(debiased=True))
+    got = kom.ot_similarity_matrix(A, len_A, A, len_A, settings.OtConfig(debiased=True))
     np.testing.assert_allclose(np.diag(np.asarray(got.score)), 1.0, atol=1e-5)
 
 
 def test_bad_inputs_name_the_fix():
     with pytest.raises(ValueError, match="epsilon must be > 0"):
-        kot.OtConfig(epsilon=0)
+        settings.OtConfig(epsilon=0)
     with pytest.raises(ValueError, match="max_iterations must be >= 10"):
-        kot.OtConfig(max_iterations=5)
+        settings.OtConfig(max_iterations=5)
     with pytest.raises(ShapeError, match="len_A must lie in 1..4"):
         kom.ot_similarity_matrix(np.zeros((2, 4, 3)), np.array([0, 2]), np.zeros((1, 4, 3)), np.array([1]))

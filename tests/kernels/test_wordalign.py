@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ShapeError
-from kernels import ot as kot
+from kernels import settings
 from kernels import wordalign as wa
 
 
@@ -38,7 +38,7 @@ def pair_of(A, B, p) -> wa.WordPair:
     return wa.WordPair(wa.Words(*(x[p] for x in A)), wa.Words(*(x[p] for x in B)))
 
 
-@pytest.mark.parametrize("pooling", wa.POOLINGS)
+@pytest.mark.parametrize("pooling", settings.POOLINGS)
 @pytest.mark.parametrize("poison", [np.nan, 1e30, -np.inf])
 def test_wordalign_vs_reference(pooling, poison):
     rng = np.random.default_rng(zlib.crc32(f"{pooling}{poison}".encode()))  # fixed per case, not per process
@@ -88,7 +88,7 @@ def test_mutual_best_is_a_permutation_for_shuffled_words():
     a = np.repeat(vec, 4, axis=0)[None]  # [layer, frame, embed], each word 4 frames
     b = np.repeat(vec[perm], 4, axis=0)[None] + 0.01 * rng.standard_normal((1, words * 4, embed)).astype(np.float32)
     spans = np.stack([np.arange(words) * 4, np.arange(words) * 4 + 4], axis=1).astype(np.int32)
-    for pooling in wa.POOLINGS:
+    for pooling in settings.POOLINGS:
         out = wa.wordalign(wa.WordPair(wa.Words(a, 24, spans, words), wa.Words(b, 24, spans, words)), pooling=pooling)
         i, j = np.nonzero(np.asarray(out.mutual[0]))
         np.testing.assert_array_equal(perm[j], i)
@@ -113,7 +113,7 @@ def test_word_plan_vs_reference_and_pot(pooling, weights, standardised):
     rng = np.random.default_rng(zlib.crc32(f"plan{pooling}{weights}".encode()))
     (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=4, layers=2, frames=30, words=6, embed=16, poison=np.nan)
     block = wa.WordPair(wa.Words(A, fa, sa, na), wa.Words(B, fb, sb, nb))
-    config = kot.OtConfig()
+    config = settings.OtConfig()
     std = wa.layer_standardisation([*A, *B], [*fa, *fb]) if standardised else None
     got = wa.word_plan_pairs(block, std, pooling=pooling, weights=weights, config=config)
     assert got.plan.shape == (4, 2, 6, 6) and bool(np.all(got.converged))
@@ -152,7 +152,7 @@ def test_planted_one_to_many_word_splits_its_mass():
     sa = np.array([[0, 4], [4, 8], [8, 12], [0, 0]], np.int32)  # 4th word: padding
     sb = np.array([[0, 4], [4, 8], [8, 12], [12, 16]], np.int32)
     pair = wa.WordPair(wa.Words(a, 12, sa, 3), wa.Words(b, 16, sb, 4))
-    for weights in wa.WORD_WEIGHTS:
+    for weights in settings.WORD_WEIGHTS:
         got = wa.word_plan(pair, pooling="mean", weights=weights)
         plan = np.asarray(got.plan[0])
         np.testing.assert_allclose(plan[1, 1], plan[1, 2], rtol=0.05)  # split evenly between the copies

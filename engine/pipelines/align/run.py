@@ -34,14 +34,14 @@ import numpy as np
 
 from engine.data.audio import N_ENCODER_FRAMES
 from engine.dtypes import DTYPES
-from engine.errors import BabelgridError, LanguageError
+from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.models.whisper.decoding import DecodingOptions
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
+from engine.pipelines.align.config import AlignConfig, AlignError
 from engine.runtime.claims import WorkClaims
 from engine.runtime.faults import fault_point
-from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import read_part
 from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
@@ -50,10 +50,8 @@ from engine.stores.kv import open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
-from engine.stores.words import MANIFEST, SUBTITLE_FORMATS, WORD_SCHEMA, part_bytes, part_key, write_language
+from engine.stores.words import MANIFEST, WORD_SCHEMA, part_bytes, part_key, write_language
 
-TRANSCRIPT_SOURCES = ("store", "decode")
-COMPUTE_DTYPES = ("float32", "bfloat16")
 FORMAT_NAME = "babelgrid-words"
 FORMAT_VERSION = 1
 log = logging.getLogger(__name__)
@@ -68,37 +66,6 @@ MANIFEST_FIELDS = (
     "chunk",
     "compute_dtype",
 )
-
-
-class AlignError(BabelgridError, ValueError):
-    """The store, model or output folder cannot be used for alignment."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AlignConfig:
-    """What to align and how; ``run.out`` is the output folder (local path or TensorStore kvstore URL)."""
-
-    store: str = option(help="layer store written by the encode job (must hold the final layer)", required=True)
-    run: RunOptions = RunOptions()
-    model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
-    langs: tuple[str, ...] | None = option(
-        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
-    )
-    transcripts: str = option("store", "store: the dataset's text; decode: greedy", choices=TRANSCRIPT_SOURCES)
-    batch_size: int = option(8, "utterances per decoder call", minimum=1)
-    chunk: int = option(64, "utterances per part file (the unit of resume)", minimum=1)
-    median_filter_width: int = option(7, "odd width of the median filter over frames (Whisper: 7)")
-    compute_dtype: str = option("float32", "model dtype on the device", choices=COMPUTE_DTYPES)
-    subtitles: tuple[str, ...] = option(
-        (), "also write per-utterance subtitle files: srt, vtt or both", choices=SUBTITLE_FORMATS, parse="list"
-    )
-
-    def __post_init__(self):
-        validate(self)
-        if self.subtitles is None:  # the flag's '' (none) parses to None
-            object.__setattr__(self, "subtitles", ())
-        if not self.run.out:
-            raise ConfigError("align needs an output folder: run.out (--out)")
 
 
 @dataclasses.dataclass

@@ -8,8 +8,7 @@ import dataclasses
 from engine.errors import BabelgridError
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.runs import RunSummary
-from kernels.ot import OtConfig
-from kernels.wordalign import OT_MASS, POOLINGS, WORD_WEIGHTS
+from kernels.settings import OT_MASS, POOLINGS, WORD_WEIGHTS, OtConfig
 
 ALIGNMENTS = ("mutual", "ot")
 STANDARDISATIONS = ("none", "layer")  # cosine of the states as they are | z-scored per (language pair, layer)

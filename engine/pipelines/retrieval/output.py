@@ -13,7 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.pipelines.retrieval.scores import DirectedScore, RetrievalError, mean_over_pairs
+from engine.pipelines.retrieval.config import RetrievalError
+from engine.pipelines.retrieval.scores import DirectedScore, mean_over_pairs
 from engine.stores import kv
 
 CSV_NAME = "retrieval.csv"

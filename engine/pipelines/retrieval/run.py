@@ -41,18 +41,16 @@ import logging
 from collections.abc import Sequence
 
 from engine.pipelines.retrieval import subset
+from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import CSV_NAME, TINY_SET, pick_figure_layer, tiny_scores, write_results
 from engine.pipelines.retrieval.scores import (
     DirectedScore,
-    RetrievalError,
     mean_over_pairs,
     score_matrix,
 )
-from engine.runtime.options import RunOptions, option, validate
 from engine.stores.challenge import read_kept
 from engine.stores.kv import open_kvstore, write_all
 from engine.stores.similarity import SimilarityError, open_similarity
-from kernels.metrics import DEFAULT_KS, TIE_RULES
 
 log = logging.getLogger(__name__)
 
@@ -60,41 +58,6 @@ NAN_REMEDY = (
     "rerun python -m jobs.seqsim into the same --out with a larger --ot_iterations or --ot_epsilon: it recomputes "
     "those layers (their markers' options differ)"
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class RetrievalConfig:
-    """What to score and where to write it. ``None`` means everything the similarity store holds.
-
-    run.out: output folder; None = the similarity store itself when it is local.
-    figure_layer: the heatmap's layer; None = the layer with the best mean R@1 of ``seqsim`` (else the first
-      measure) over directed pairs.
-    ties: ``kernels.metrics`` tie rule; scores with many ties (``duration``) deserve a second run with the other.
-    """
-
-    similarity: str = option(help="similarity store written by the seqsim job: local path or kvstore URL",
-                             required=True)  # fmt: skip
-    measures: tuple[str, ...] | None = option(
-        None, "comma-separated measures (seqsim, mean, centre, duration, ...) or 'all'", parse="list", flag="measure"
-    )
-    layers: tuple[int, ...] | None = option(
-        None, "layers: 'all', a list '0,3,7' or ranges '1-4' (0 = conv stem, L+1 = ln_post)", parse="layers"
-    )
-    langs: tuple[str, ...] | None = option(
-        None, "comma-separated language codes (a pair is scored when both are listed), or 'all'", parse="list"
-    )
-    figure_layer: int | None = option(None, "heatmap layer (default: the best mean R@1 of seqsim)")
-    ks: tuple[int, ...] = option(DEFAULT_KS, "comma-separated k of recall at k", parse="ints")
-    ties: str = option("optimistic", "rank of a correct partner tied with incorrect ones", choices=TIE_RULES)
-    subset: str | None = option(None, "challenge-set folder (jobs.challenge --out): score each pair's kept ids only")
-    subset_draws: int = option(20, "with --subset: size-matched random subsets of the full set per pair", minimum=1)
-    subset_seed: int = option(0, "with --subset: seed of the size-matched random subsets")
-    run: RunOptions = RunOptions()
-
-    def __post_init__(self):
-        validate(self)
-        if not self.ks or any(int(k) < 1 for k in self.ks):
-            raise RetrievalError(f"ks must be positive integers such as (1, 5, 10), got {self.ks!r}")
 
 
 @dataclasses.dataclass(frozen=True)

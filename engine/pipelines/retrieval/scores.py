@@ -14,13 +14,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.errors import BabelgridError, ShapeError
+from engine.errors import ShapeError
+from engine.pipelines.retrieval.config import RetrievalError
 from engine.pipelines.similarity.measures import NAN_MEASURES
-from kernels.metrics import DEFAULT_KS, RetrievalMetrics, retrieval_metrics, unmeasured
-
-
-class RetrievalError(BabelgridError, ValueError):
-    """Retrieval cannot run as asked: unknown measure, layer or language, no output folder, bad scores."""
+from kernels.metrics import RetrievalMetrics, retrieval_metrics, unmeasured
+from kernels.settings import DEFAULT_KS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,10 +21,10 @@ import numpy as np
 
 from engine.stores import similarity as similarity_store
 from kernels.dtw import dtw_similarity_matrix
-from kernels.ot import OtConfig
 from kernels.ot_matrix import ot_similarity_matrix
 from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import seqsim_matrix, seqsim_matrix_sharded
+from kernels.settings import OtConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,8 @@ from engine.runtime.devices import Device
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, flops, size, timed
 from engine.stores.reader import open_store
 from engine.stores.similarity import resolve_pairs
-from kernels.ot import OtConfig
 from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
+from kernels.settings import OtConfig
 
 
 def calibrate_seqsim(d: int, dtype: str, n: int = 8, frames: int = 256) -> float:

@@ -24,19 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.dtypes import DTYPES
+from engine.pipelines.similarity.config import SimilarityConfig
 from engine.pipelines.similarity.measures import (
     MEASURES,
     MeasureContext,
     Scores,
     Side,
-    check_measure,
     kernel_calls,
     nan_marker,
     unscored,
 )
 from engine.runtime.claims import WorkClaims
 from engine.runtime.faults import fault_point
-from engine.runtime.options import RunOptions, option, validate
 from engine.runtime.parallel import data_mesh, is_process_zero
 from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
@@ -52,43 +51,8 @@ from engine.stores.similarity import (
     new_manifest,
     resolve_pairs,
 )
-from kernels.ot import OtConfig
-
-DEFAULT_MEASURES = ("seqsim", "mean", "centre", "duration")
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class SimilarityConfig:
-    """``run.out``: the similarity store to write (``engine.runtime.options.RunOptions``)."""
-
-    store: str = option(help="layer store written by the encode job: local path or TensorStore kvstore URL",
-                        required=True)  # fmt: skip
-    langs: tuple[str, ...] | None = option(
-        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
-    )
-    layers: tuple[int, ...] | None = option(
-        None, "layers to compare: 'all' stored, a list '0,3,7' or ranges '1-4'", parse="layers"
-    )
-    pairs: str = option("unordered", "unordered | ordered | list of a:b with '*' for every other language")
-    measures: tuple[str, ...] = option(
-        DEFAULT_MEASURES, f"comma list of {', '.join(MEASURES)}", parse="list", flag="measure"
-    )
-    dtype: str = option("float32", "dtype the states are compared in", choices=COMPUTE_DTYPES)
-    allow_partial: bool = option(False, "score a partly encoded layer store (done utterances only)")
-    ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos): --ot_* flags
-    run: RunOptions = RunOptions()
-
-    def __post_init__(self):
-        validate(self)
-        if not self.measures:
-            raise SimilarityError(f"measures must name at least one of {', '.join(MEASURES)}")
-        for m in self.measures:
-            check_measure(m)
-        if not self.run.out:
-            raise SimilarityError("seqsim needs a similarity store to write: run.out (--out)")
 
 
 @dataclasses.dataclass

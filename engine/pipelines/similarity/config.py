@@ -1,0 +1,43 @@
+"""The seqsim job's config (light: ``--help`` builds its flags without loading JAX)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from engine.runtime.options import RunOptions, option, validate
+from engine.stores.similarity import MEASURES, SimilarityError, check_measure
+from kernels.settings import OtConfig
+
+DEFAULT_MEASURES = ("seqsim", "mean", "centre", "duration")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimilarityConfig:
+    """``run.out``: the similarity store to write (``engine.runtime.options.RunOptions``)."""
+
+    store: str = option(help="layer store written by the encode job: local path or TensorStore kvstore URL",
+                        required=True)  # fmt: skip
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
+    )
+    layers: tuple[int, ...] | None = option(
+        None, "layers to compare: 'all' stored, a list '0,3,7' or ranges '1-4'", parse="layers"
+    )
+    pairs: str = option("unordered", "unordered | ordered | list of a:b with '*' for every other language")
+    measures: tuple[str, ...] = option(
+        DEFAULT_MEASURES, f"comma list of {', '.join(MEASURES)}", parse="list", flag="measure"
+    )
+    dtype: str = option("float32", "dtype the states are compared in", choices=COMPUTE_DTYPES)
+    allow_partial: bool = option(False, "score a partly encoded layer store (done utterances only)")
+    ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos): --ot_* flags
+    run: RunOptions = RunOptions()
+
+    def __post_init__(self):
+        validate(self)
+        if not self.measures:
+            raise SimilarityError(f"measures must name at least one of {', '.join(MEASURES)}")
+        for m in self.measures:
+            check_measure(m)
+        if not self.run.out:
+            raise SimilarityError("seqsim needs a similarity store to write: run.out (--out)")
