@@ -35,7 +35,8 @@ from engine.data import audio as audio_lib  # noqa: E402
 from engine.data.features import features_for_audio  # noqa: E402
 from engine.data.sources import get_source  # noqa: E402
 from engine.models.whisper.loaded import load_whisper  # noqa: E402
-from engine.pipelines.encode.run import EncodeConfig, run_encode  # noqa: E402
+from engine.pipelines.encode.config import EncodeConfig  # noqa: E402
+from engine.pipelines.encode.run import run_encode  # noqa: E402
 from engine.runtime.options import configure  # noqa: E402
 from engine.runtime.parallel import ShardedEncoder, data_mesh  # noqa: E402
 from engine.stores.layers import LayerStore  # noqa: E402

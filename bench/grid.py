@@ -117,7 +117,8 @@ def _memory() -> dict:
 
 
 def _job_worker(args) -> None:
-    from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
+    from engine.pipelines.similarity.config import SimilarityConfig
+    from engine.pipelines.similarity.run import run_similarity
     from engine.runtime.options import configure
     from engine.stores.reader import open_store
     from engine.stores.similarity import resolve_pairs
@@ -259,7 +260,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["job", "kernel"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from engine.pipelines.similarity.run import DEFAULT_MEASURES
+    from engine.pipelines.similarity.config import DEFAULT_MEASURES
     from engine.stores.similarity import check_measure
 
     args.measure = args.measure or ",".join(DEFAULT_MEASURES)
@@ -288,8 +289,8 @@ def main() -> None:
     try:
         write_s = write_store(store, args)
         print(f"store: {size / 2**30:.2f} GiB written in {write_s:.1f} s ({store})", flush=True)
+        from engine.pipelines.similarity.config import SimilarityConfig
         from engine.pipelines.similarity.plan import plan_seqsim_run
-        from engine.pipelines.similarity.run import SimilarityConfig
         from engine.runtime.options import configure
 
         plan = plan_seqsim_run(

@@ -13,7 +13,7 @@ See engine/pipelines/compare/run.py for the outputs and docs/compare.md for what
 
 from __future__ import annotations
 
-from engine.pipelines.compare.run import CompareConfig, run_compare
+from engine.pipelines.compare.config import CompareConfig
 from jobs import common
 
 common.define_config_flags(
@@ -27,6 +27,8 @@ common.define_config_flags(
 
 
 def main() -> int:
+    from engine.pipelines.compare.run import run_compare  # loads JAX: after the flags, so that --help stays quick
+
     config = common.config_from_flags(CompareConfig)
     print(run_compare(config).report())
     return 0

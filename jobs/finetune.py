@@ -13,7 +13,7 @@ checkpoint; other hyperparameters are refused. Output layout and padding: engine
 
 from __future__ import annotations
 
-from engine.pipelines.finetune.run import FinetuneConfig, run_finetune
+from engine.pipelines.finetune.config import FinetuneConfig
 from jobs import common
 
 common.define_config_flags(
@@ -26,6 +26,8 @@ common.define_config_flags(
 
 
 def main() -> int:
+    from engine.pipelines.finetune.run import run_finetune  # loads JAX: after the flags, so that --help stays quick
+
     config = common.config_from_flags(FinetuneConfig)
     summary = run_finetune(config)
     return common.finish(

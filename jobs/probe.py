@@ -9,7 +9,7 @@ Writes OUT/probe.csv, OUT/relations.csv and OUT/figures/probe_by_layer.png; libr
 
 from __future__ import annotations
 
-from engine.pipelines.probe.run import ProbeConfig, run_probe
+from engine.pipelines.probe.config import ProbeConfig
 from jobs import common
 
 common.define_config_flags(
@@ -22,6 +22,8 @@ common.define_config_flags(
 
 
 def main() -> int:
+    from engine.pipelines.probe.run import run_probe  # loads JAX: after the flags, so that --help stays quick
+
     config = common.config_from_flags(ProbeConfig)
     summary = run_probe(config)
     return common.finish(summary, summary.outputs, strict=config.run.strict)

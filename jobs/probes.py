@@ -9,7 +9,7 @@ reading in docs/probes.md, library in engine/pipelines/probes/.
 
 from __future__ import annotations
 
-from engine.pipelines.probes.run import ProbesConfig, run_probes
+from engine.pipelines.probes.config import ProbesConfig
 from jobs import common
 
 common.define_config_flags(
@@ -23,6 +23,8 @@ common.define_config_flags(
 
 
 def main() -> int:
+    from engine.pipelines.probes.run import run_probes  # loads JAX: after the flags, so that --help stays quick
+
     config = common.config_from_flags(ProbesConfig)
     summary = run_probes(config)
     return common.finish(summary, summary.outputs, strict=config.run.strict)

@@ -8,6 +8,7 @@ import pytest
 
 from engine.models.whisper.checkpoints.export import hf_state_dict, openai_state_dict
 from engine.pipelines.finetune import step as S
+from engine.pipelines.finetune.config import OptimConfig
 
 TEXTS = [[400, 1200, 77, 3000, 12], [5000, 6, 7, 8, 9, 10, 11, 12, 13], [42, 43]]
 
@@ -36,7 +37,7 @@ def _train(whisper, groups, config, batch, steps=1):
 def test_one_step_equals_pytorch(tiny_whisper, tiny_model_dir):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    config = S.OptimConfig(learning_rate=1e-3, total_steps=10, decay="constant", weight_decay=0.01, clip_norm=1.0)
+    config = OptimConfig(learning_rate=1e-3, total_steps=10, decay="constant", weight_decay=0.01, clip_norm=1.0)
     batch = _batch(tiny_whisper, TEXTS)
     _, state, (loss,) = _train(tiny_whisper, ["decoder"], config, batch)
 
@@ -81,7 +82,7 @@ def test_one_step_equals_pytorch(tiny_whisper, tiny_model_dir):
 
 
 def test_frozen_means_frozen(tiny_whisper):
-    config = S.OptimConfig(learning_rate=1e-3, total_steps=10, decay="constant")
+    config = OptimConfig(learning_rate=1e-3, total_steps=10, decay="constant")
     params, state, _ = _train(tiny_whisper, ["cross_attention"], config, _batch(tiny_whisper, TEXTS), steps=2)
     assert set(state["params"]) == {k for k in params if ".cross_attn." in k or ".cross_attn_ln." in k}
     before = openai_state_dict(tiny_whisper.model)
@@ -96,7 +97,7 @@ def test_frozen_means_frozen(tiny_whisper):
 def test_overfits_eight_pairs(tiny_whisper):
     rng = np.random.default_rng(1)
     texts = [list(rng.integers(300, 40000, size=int(n))) for n in rng.integers(3, 8, size=8)]
-    config = S.OptimConfig(learning_rate=3e-3, total_steps=200, decay="constant", weight_decay=0.0)
+    config = OptimConfig(learning_rate=3e-3, total_steps=200, decay="constant", weight_decay=0.0)
     _, _, losses = _train(tiny_whisper, ["decoder"], config, _batch(tiny_whisper, texts, frames=300), steps=120)
     assert losses[-1] < 0.1, losses[::10]
 
@@ -163,7 +164,7 @@ def test_ewc_fisher_equals_torch_per_example_squares(tiny_whisper, tiny_model_di
 def test_ewc_penalty_holds_parameters_at_the_anchor(tiny_whisper):
     """A large EWC weight keeps the trained parameters near the anchor, while the same steps without EWC move them;
     the reported penalty is ``sum F (theta - theta0)^2 / 2``."""
-    config = S.OptimConfig(learning_rate=1e-3, total_steps=30, decay="constant", weight_decay=0.0)
+    config = OptimConfig(learning_rate=1e-3, total_steps=30, decay="constant", weight_decay=0.0)
     batch = {k: jnp.asarray(v) for k, v in _batch(tiny_whisper, TEXTS, frames=300).items()}
     graphdef, params = S.split_decoder(tiny_whisper.model.decoder)
     trainable, frozen = S.partition(params, S.trainable_names(params, ["cross_attention"]))

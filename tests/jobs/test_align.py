@@ -16,7 +16,8 @@ import pytest
 
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import align_words, fill_padding, silence_states
-from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.words import read_words

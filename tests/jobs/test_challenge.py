@@ -14,7 +14,8 @@ import pytest
 from engine.pipelines.challenge import rules
 from engine.pipelines.challenge import run as challenge
 from engine.pipelines.retrieval import subset as subset_lib
-from engine.pipelines.retrieval.run import RetrievalConfig, run_retrieval
+from engine.pipelines.retrieval.config import RetrievalConfig
+from engine.pipelines.retrieval.run import run_retrieval
 from engine.runtime.options import configure
 from engine.stores import challenge as files
 from engine.stores.layers import LayerStore

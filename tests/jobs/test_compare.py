@@ -15,8 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.pipelines.compare import depth, states
+from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.layers import ROW_COLUMNS
-from engine.pipelines.compare.run import CompareConfig, CompareError, run_compare
+from engine.pipelines.compare.run import run_compare
 from engine.runtime.options import ConfigError, configure
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store

@@ -24,7 +24,8 @@ from engine.pipelines.decode.config import DecodeConfig, DecodeError, references
 from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
 from engine.pipelines.decode.merge import score_rows
 from engine.pipelines.decode.run import run_decode
-from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.runtime.options import configure
 from engine.text import metrics as text_metrics
 from tests.jobs.manifests import write_fleurs_manifest

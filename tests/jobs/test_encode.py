@@ -25,7 +25,8 @@ from engine.data.features import features_for_audio
 from engine.data.synth.sentences import DEMO_IDS
 from engine.models.whisper.checkpoints.load import DEFAULT_NAME
 from engine.models.whisper.dims import preset
-from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.runtime.options import configure
 from engine.runtime.parallel import ShardedEncoder, data_mesh
 from engine.stores.layers import LayerStore

@@ -12,8 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from engine.pipelines.finetune.data import PADDING, FinetuneError
-from engine.pipelines.finetune.run import METRIC_FIELDS, FinetuneConfig, run_finetune
+from engine.pipelines.finetune.config import PADDING, FinetuneConfig
+from engine.pipelines.finetune.data import FinetuneError
+from engine.pipelines.finetune.run import METRIC_FIELDS, run_finetune
 from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo, UtteranceRow

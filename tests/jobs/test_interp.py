@@ -19,7 +19,8 @@ import pytest
 from scipy.stats import ttest_rel
 
 from engine.data.audio import SAMPLE_RATE, encoder_frames, load_audio
-from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.pipelines.interp.config import InterpConfig
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.interp.reader import read_pairs, read_summary

@@ -20,9 +20,10 @@ from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper.dims import ModelDimensions
 from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.plan import plan_decode_run
-from engine.pipelines.encode.run import EncodeConfig, run_encode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.pipelines.similarity.config import SimilarityConfig
 from engine.pipelines.similarity.plan import plan_seqsim_run
-from engine.pipelines.similarity.run import SimilarityConfig
 from engine.runtime import plan as plan_lib
 from engine.runtime.devices import get_device
 from engine.runtime.options import configure
@@ -87,9 +88,7 @@ def test_encode_plan_through_the_flags_counts_and_writes_nothing(clips, tiny_mod
 
 
 def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir):
-    sim = plan_seqsim_run(
-        configure(SimilarityConfig, store=store, out=str(tmp_path / "s")), get_device("h100")
-    )
+    sim = plan_seqsim_run(configure(SimilarityConfig, store=store, out=str(tmp_path / "s")), get_device("h100"))
     reader = open_store(store)
     lengths = {lang: reader.lengths(lang) for lang in reader.languages()}
     d = reader.info.dims.n_audio_state

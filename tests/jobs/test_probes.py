@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.pipelines.probes import cca, lid, samediff
-from engine.pipelines.probes.run import CCA_COLUMNS, LID_COLUMNS, SAMEDIFF_COLUMNS, ProbesConfig, ProbesError
+from engine.pipelines.probes.config import ProbesConfig, ProbesError
+from engine.pipelines.probes.run import CCA_COLUMNS, LID_COLUMNS, SAMEDIFF_COLUMNS
 from engine.runtime.options import ConfigError, configure
 from engine.stores.layers import LayerStore
 from engine.stores.schema import UtteranceRow

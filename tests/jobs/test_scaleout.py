@@ -19,12 +19,15 @@ import soundfile as sf
 import tensorstore as ts
 
 from engine.data.audio import SAMPLE_RATE
-from engine.pipelines.align.run import AlignConfig, run_align
+from engine.pipelines.align.config import AlignConfig
+from engine.pipelines.align.run import run_align
 from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.hypotheses import read_hypotheses
 from engine.pipelines.decode.run import run_decode
-from engine.pipelines.encode.run import EncodeConfig, run_encode
-from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.pipelines.similarity.config import SimilarityConfig
+from engine.pipelines.similarity.run import run_similarity
 from engine.runtime.claims import CLAIMS_DIR
 from engine.runtime.options import configure
 from engine.stores.words import read_words

@@ -17,8 +17,10 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
-from engine.pipelines.encode.run import EncodeConfig, run_encode
-from engine.pipelines.similarity.run import SimilarityConfig, run_similarity
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.pipelines.similarity.config import SimilarityConfig
+from engine.pipelines.similarity.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.similarity import (

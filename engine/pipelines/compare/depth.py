@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from engine.pipelines.compare.config import CompareError
 from engine.pipelines.compare.layers import ALL
-from engine.pipelines.compare.states import CompareError
 from engine.pipelines.retrieval.subset import restrict
 from engine.stores.kv import open_kvstore, read_value
 from kernels.metrics import retrieval_metrics

@@ -25,10 +25,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from engine.pipelines.compare.config import MEASURES
 from kernels import cca, cka, knn
 
-MEASURES = ("cka", "cka_unbiased", "svcca", "pwcca", "mknn")
-LEVELS = ("utterance", "frame")
 ALL = "all"  # the `language` of rows pooled over every language
 GRAM_MAX = 4096  # examples up to which CKA uses n x n Grams: (La + Lb) n^2 floats, 1.7 GiB for 2 x 14 layers at 4096
 ROW_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "language", "level", "measure", "value", "n")

@@ -31,9 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.pipelines.compare import depth, layers, states
-from engine.pipelines.compare.layers import ALL, LEVELS, MEASURES, MeasureOptions, View
-from engine.pipelines.compare.states import CompareError
-from engine.runtime.options import RunOptions, option, validate
+from engine.pipelines.compare.config import CompareConfig, CompareError
+from engine.pipelines.compare.layers import ALL, MeasureOptions, View
 from engine.stores.challenge import read_kept
 from engine.stores.kv import open_kvstore, write_all
 from engine.stores.reader import StoreReader, open_store
@@ -49,60 +48,6 @@ SCHEMA = pa.schema(
     + [("language", pa.string()), ("level", pa.string()), ("measure", pa.string()), ("value", pa.float64())]
     + [("n", pa.int64())]
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class CompareConfig:
-    """What to compare and where to write it. ``None`` means everything the stores share.
-
-    stores: layer store URLs (one per model or setting), compared pairwise and each with itself.
-    names: a name per store for the outputs (default: each store's model name; must be distinct per store).
-    retrieval: a jobs.retrieval output folder per store ('' = compute mean-pooled retrieval from the store).
-    retrieval_measure: the measure read from those folders (computed retrieval is always ``mean``).
-    challenge: a jobs.challenge output folder: adds the full- vs challenge-set R@1 table (computed retrieval).
-    frame_sample: frames per language at the frame level (module docstring).
-    """
-
-    run: RunOptions = RunOptions()
-    stores: tuple[str, ...] = option(
-        (), "comma-separated layer stores of the same audio, one per model", parse="list", required=True
-    )
-    names: tuple[str, ...] | None = option(
-        None, "a name per store for the outputs (default: each store's model name)", parse="list"
-    )
-    retrieval: tuple[str, ...] | None = option(
-        None, "a jobs.retrieval --out folder per store ('' for one = compute mean-pooled)", parse="cells"
-    )
-    retrieval_measure: str = option("mean", "measure read from the --retrieval folders")
-    challenge: str | None = option(None, "jobs.challenge --out folder: also write full vs challenge-set R@1")
-    langs: tuple[str, ...] | None = option(None, "comma-separated language codes shared by the stores, or 'all'",
-                                           parse="list")  # fmt: skip
-    measures: tuple[str, ...] = option(MEASURES, "utterance-level measures", choices=MEASURES, parse="list")
-    frame_measures: tuple[str, ...] = option(
-        ("cka", "cka_unbiased", "mknn"), "frame-level measures (CCA on frames: one SVD pair per layer pair)",
-        choices=MEASURES, parse="list",
-    )  # fmt: skip
-    levels: tuple[str, ...] = option(
-        LEVELS, "utterance (mean-pooled), frame (paired by time), or both", choices=LEVELS, parse="list"
-    )
-    frame_sample: int = option(2048, "frames per language at the frame level (seeded)", minimum=4)
-    knn_k: int = option(10, "neighbours of mutual k-NN", minimum=1)
-    svcca_keep: float = option(0.99, "share of each view's variance SVCCA keeps", positive=True)
-    cca_epsilon: float = option(0.0, "PWCCA's ridge, relative to the largest variance", minimum=0.0)
-    seed: int = option(0, "seed of the frame sample")
-
-    def __post_init__(self):
-        validate(self)
-        if not self.stores:
-            raise CompareError("give at least one layer store to compare")
-        if not self.run.out:
-            raise CompareError("compare needs an output folder: run.out (--out)")
-        for what, given in (("names", self.names), ("retrieval", self.retrieval)):
-            if given is not None and len(given) != len(self.stores):
-                raise CompareError(f"{what} needs one entry per store ({len(self.stores)}), got {len(given)}")
-        if self.svcca_keep > 1.0:
-            raise CompareError(f"svcca_keep is a share of variance in (0, 1], got {self.svcca_keep}")
-
 
 
 @dataclasses.dataclass(frozen=True)

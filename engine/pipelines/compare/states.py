@@ -19,13 +19,9 @@ import dataclasses
 import jax
 import numpy as np
 
-from engine.errors import BabelgridError
+from engine.pipelines.compare.config import CompareError
 from engine.stores.reader import StoreReader
 from kernels.pooling import mean_pool
-
-
-class CompareError(BabelgridError, ValueError):
-    """The stores cannot be compared as asked: different audio, unknown language or layer, bad options."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,7 +26,6 @@ from engine.errors import BabelgridError
 from engine.models.whisper.timing import N_ENCODER_FRAMES, fill_padding
 
 # How the frames past an utterance's valid frames are filled: recorded in config.json and printed by the job.
-PADDING = "silence_fill_approximate"
 
 
 class FinetuneError(BabelgridError, ValueError):

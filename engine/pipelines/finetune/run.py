@@ -2,7 +2,7 @@
 
 Output folder ``OUT`` (local):
 
-- ``config.json``: the run's hyperparameters and ``padding`` (``engine.pipelines.finetune.data.PADDING``, the
+- ``config.json``: the run's hyperparameters and ``padding`` (``engine.pipelines.finetune.config.PADDING``, the
   silence-fill
   approximation); a resume with different ones is refused, naming them.
 - ``split.csv``: ``id, split`` (train | held_out) of every id used, from the seeded split.
@@ -45,8 +45,8 @@ from engine.models.whisper.timing import silence_states
 from engine.pipelines.finetune import data as D
 from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
+from engine.pipelines.finetune.config import PADDING, FinetuneConfig
 from engine.pipelines.finetune.report import before_after_table, figures
-from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.runtime.parallel import data_mesh
 from engine.runtime.runs import RunSummary
 from engine.stores.reader import open_store
@@ -54,74 +54,6 @@ from engine.text import metrics as text_metrics
 
 log = logging.getLogger(__name__)
 METRIC_FIELDS = ("step", "split", "source_lang", "target_lang", "task", "metric", "value", "n")
-TASK_TOKENS = ("transcribe", "translate")
-COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters stay float32
-# Fields that change what is trained: a resume must match them all.
-HYPERPARAMETERS = ("store", "model", "source_langs", "target_lang", "targets", "task_token", "steps", "batch_size",
-                   "learning_rate", "warmup_steps", "decay", "weight_decay", "clip_norm", "label_smoothing",
-                   "trainable", "compute_dtype", "seed", "held_out", "ewc_lambda", "ewc_examples")  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig:
-    """What to train on and how; ``run.out`` is the output folder (local)."""
-
-    store: str = option(help="layer store written by the encode job (must hold layer L+1)", required=True)
-    run: RunOptions = RunOptions()
-    model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
-    source_langs: tuple[str, ...] = option(("en",), "store languages whose states are the inputs", parse="list")
-    # A store language (its transcriptions are the targets) or a Whisper code with targets.
-    target_lang: str = option("de", "target language: a store language (its transcriptions) or with --targets")
-    targets: str | None = option(None, "TSV of id<TAB>text target texts, instead of the store's --target_lang texts")
-    # The prompt's task: <|sot|><|Y|><|task|><|notimestamps|>.
-    task_token: str = option("transcribe", "task token of the prompt", choices=TASK_TOKENS)
-    eval_langs: tuple[str, ...] | None = option(
-        None, "languages evaluated on held-out ids (default: all of the store's)", parse="list"
-    )
-    steps: int = option(100, "optimiser steps", minimum=1)
-    batch_size: int = option(8, "pairs per step (a multiple of the device count)", minimum=1)
-    learning_rate: float = option(1e-5, "peak AdamW learning rate")
-    warmup_steps: int = option(0, "linear warmup steps")
-    decay: str = option("linear", "learning-rate decay after warmup (to 0 at --steps)", choices=S.DECAYS)
-    weight_decay: float = option(0.01, "AdamW decoupled weight decay")
-    clip_norm: float = option(1.0, "global gradient-norm clip (0 = none)")
-    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy")
-    trainable: tuple[str, ...] = option(
-        ("decoder",), f"parameter groups to train: {', '.join(S.TRAINABLE)}", choices=S.TRAINABLE, parse="list"
-    )
-    compute_dtype: str = option("float32", "compute dtype (parameters stay float32)", choices=COMPUTE_DTYPES)
-    seed: int = option(0, "seed of the split and the batch order")
-    held_out: float = option(0.2, "fraction of ids held out for evaluation")
-    ewc_lambda: float = option(0.0, "EWC penalty weight (0 = off)")
-    ewc_examples: int = option(64, "X -> en examples per source language for the diagonal Fisher")
-    checkpoint_every: int = option(50, "steps between orbax checkpoints")
-    log_every: int = option(10, "steps between training-loss rows of metrics.csv")
-    max_eval: int = option(0, "held-out utterances per evaluation language (0 = all)")
-    export: bool = option(True, "write OUT/model in Hugging Face layout at the end")
-
-    def __post_init__(self):
-        validate(self)
-        if not self.run.out:
-            raise ConfigError("finetune needs an output folder: run.out (--out)")
-        if not self.source_langs:
-            raise ConfigError("source_langs is empty: name the store languages whose states are the inputs")
-        if not 0 < self.held_out < 1:
-            raise ConfigError(f"held_out must be a fraction in (0, 1), got {self.held_out}")
-        try:
-            self.optim()  # checks the optimiser fields
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
-    def optim(self) -> S.OptimConfig:
-        return S.OptimConfig(self.learning_rate, self.steps, self.warmup_steps, self.decay, self.weight_decay,
-                             clip_norm=self.clip_norm, label_smoothing=self.label_smoothing)  # fmt: skip
-
-    def hyperparameters(self) -> dict:
-        """The fields a resume must match, and the padding approximation
-        (``engine.pipelines.finetune.data.PADDING``)."""
-        fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-                  if k in HYPERPARAMETERS}  # fmt: skip
-        return {**fields, "padding": D.PADDING}
 
 
 @dataclasses.dataclass
@@ -135,7 +67,7 @@ class FinetuneSummary(RunSummary):
     def report(self) -> str:
         lines = [f"finetune: {self.steps_done} steps (resumed from {self.resumed_from}), {self.n_train} train / "
                  f"{self.n_held_out} held-out recordings, {self.seconds:.0f} s",
-                 f"padding: {D.PADDING} (frames past each utterance are a silent window's states, for training and "
+                 f"padding: {PADDING} (frames past each utterance are a silent window's states, for training and "
                  "evaluation alike; jobs.decode recomputes them from audio)"]  # fmt: skip
         return "\n".join(lines + self.table + self.skip_lines())
 

@@ -14,7 +14,6 @@ against ``WhisperForConditionalGeneration`` + ``torch.optim.AdamW``).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,46 +25,10 @@ import optax
 from flax import nnx
 
 from engine.models.whisper.model import TextDecoder
+from engine.pipelines.finetune.config import TRAINABLE, OptimConfig
+
 
 # --trainable groups: a regex on flat parameter names. Layer norms go with the sublayer they normalise.
-TRAINABLE = {
-    "decoder": r".*",
-    "cross_attention": r"blocks\.\d+\.cross_attn(_ln)?\..*",
-    "self_attention": r"blocks\.\d+\.attn(_ln)?\..*",
-    "mlp": r"blocks\.\d+\.mlp_(in|out|ln)\..*",
-    "embeddings": r"(token|positional)_embedding",
-    "final_ln": r"ln\..*",
-}
-DECAYS = ("linear", "cosine", "constant")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """AdamW (decoupled weight decay, torch's form) after global-norm clipping, on a warmup + decay schedule."""
-
-    learning_rate: float = 1e-5  # peak, reached after warmup_steps
-    total_steps: int = 1000  # the schedule decays to 0 here (linear, cosine)
-    warmup_steps: int = 0  # linear from 0; the first step has learning rate 0 when > 0 (as Hugging Face's)
-    decay: str = "linear"
-    weight_decay: float = 0.01  # torch.optim.AdamW's default, on every trainable tensor
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    clip_norm: float = 1.0  # max global gradient norm; 0 = no clipping
-    label_smoothing: float = 0.0
-
-    def __post_init__(self):
-        if self.decay not in DECAYS:
-            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
-        if self.total_steps < 1 or not 0 <= self.warmup_steps <= self.total_steps:
-            raise ValueError(
-                f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {self.total_steps}, "
-                f"{self.warmup_steps}"
-            )
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
 def schedule(config: OptimConfig) -> optax.Schedule:
     lr, warm, total = config.learning_rate, config.warmup_steps, config.total_steps
     if config.decay == "constant":

@@ -7,7 +7,6 @@ import dataclasses
 
 from engine.errors import BabelgridError
 from engine.runtime.options import ConfigError, RunOptions, option, validate
-from engine.runtime.runs import RunSummary
 from kernels.settings import OT_MASS, POOLINGS, WORD_WEIGHTS, OtConfig
 
 ALIGNMENTS = ("mutual", "ot")
@@ -69,20 +68,3 @@ class InterpConfig:
             raise InterpError(f"ot_mass must be in (0, 1] (a share of the smaller word's mass), got {self.ot_mass}")
         if self.retrieved < 0 or (self.retrieved and not self.similarity):
             raise InterpError("retrieved=k > 0 needs similarity=<the seqsim job's --out>; k must be >= 0")
-
-
-@dataclasses.dataclass
-class InterpSummary(RunSummary):
-    """``units`` (RunSummary): the (pair, layer) units this process computed."""
-
-    word_pairs: int = 0  # in the units this process computed, and (process 0) those kept
-    units_kept: int = 0  # units kept from an earlier run (counted by process 0)
-    outputs: list[str] = dataclasses.field(default_factory=list)
-
-    def report(self) -> str:
-        lines = [
-            f"interp: {self.word_pairs} word pairs in {self.units} (pair, layer) units computed, "
-            f"{self.units_kept} kept from an earlier run, {self.seconds:.1f} s",
-            self.work_line("(pair, layer) units"),
-        ]
-        return "\n".join(lines + self.skip_lines())

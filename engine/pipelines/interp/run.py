@@ -45,11 +45,12 @@ unit's work), ``output`` (the layout, manifest and parts), ``report`` (the stati
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pyarrow as pa
 
-from engine.pipelines.interp.config import InterpConfig, InterpError, InterpSummary
+from engine.pipelines.interp.config import InterpConfig, InterpError
 from engine.pipelines.interp.inputs import load_language, utterance_pairs
 from engine.pipelines.interp.output import (
     MANIFEST,
@@ -73,6 +74,23 @@ from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity, resolve_pairs
 from engine.text.encoders import load_text_encoder
+
+
+@dataclasses.dataclass
+class InterpSummary(RunSummary):
+    """``units`` (RunSummary): the (pair, layer) units this process computed."""
+
+    word_pairs: int = 0  # in the units this process computed, and (process 0) those kept
+    units_kept: int = 0  # units kept from an earlier run (counted by process 0)
+    outputs: list[str] = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [
+            f"interp: {self.word_pairs} word pairs in {self.units} (pair, layer) units computed, "
+            f"{self.units_kept} kept from an earlier run, {self.seconds:.1f} s",
+            self.work_line("(pair, layer) units"),
+        ]
+        return "\n".join(lines + self.skip_lines())
 
 
 def run_interp(config: InterpConfig) -> InterpSummary:

@@ -36,8 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine import figures
-from engine.errors import BabelgridError
-from engine.runtime.options import ConfigError, RunOptions, option, validate
+from engine.pipelines.probe.config import ProbeConfig, ProbeError
 from engine.runtime.runs import RunSummary
 from engine.stores.kv import csv_bytes, open_kvstore, write_all
 from engine.stores.reader import open_store
@@ -51,32 +50,6 @@ RELATION_COLUMNS = ("lang_a", "word_a", "lang_b", "word_b", "relation")
 PROBE_COLUMNS = ("lang_a", "lang_b", "layer", "measure", "pooling", "metric", "value", "low", "high", "n", "seeds")
 MEASURES = (("cosine", "mean"), ("cosine", "centre"), ("seqsim", "frames"))  # (measure, pooling)
 PROBE_CSV, RELATIONS_CSV, PROBE_FIGURE = "probe.csv", "relations.csv", "figures/probe_by_layer.png"
-
-
-class ProbeError(BabelgridError, ValueError):
-    """The probe cannot run as asked: bad relations file, unknown language or layer."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ProbeConfig:
-    """store: layer store of single-word clips (id = concept); run.out: output folder or kvstore URL; relations: CSV
-    of RELATION_COLUMNS (None = generate them); langs / layers: None = all of the store; seeds: bootstrap resamples."""
-
-    store: str = option(help="layer store of single-word clips, id = concept (e.g. encoded from --dataset words-demo)",
-                        required=True)  # fmt: skip
-    run: RunOptions = RunOptions()
-    relations: str | None = option(None, "CSV lang_a,word_a,lang_b,word_b,relation (default: generate them)")
-    langs: tuple[str, ...] | None = option(
-        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
-    )
-    layers: tuple[int, ...] | None = option(None, "layers: 'all', a list '0,3,7' or ranges '1-4'", parse="layers")
-    seeds: int = option(5, "bootstrap resamples per estimate", minimum=1)
-    seed: int = option(0, "seed of the bootstrap and of the generated unrelated pairs")
-
-    def __post_init__(self):
-        validate(self)
-        if not self.run.out:
-            raise ConfigError("probe needs an output folder: run.out (--out)")
 
 
 @dataclasses.dataclass

@@ -34,9 +34,9 @@ import numpy as np
 import optax
 
 from engine.errors import BabelgridError, ShapeError
+from engine.pipelines.probes.config import FOLDS
 
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate l2 (per-utterance scale, features standardised)
-FOLDS = 5
 MAX_ITER = 500  # L-BFGS iterations; the logistic loss of a few thousand utterances converges in 50-200
 GRAD_TOL = 1e-5  # stop when |gradient| (all parameters) falls below this
 STD_FLOOR = 1e-6  # a feature constant over the training set is centred, not blown up

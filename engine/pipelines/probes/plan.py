@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 from engine.pipelines.probes import cca, lid, samediff
-from engine.pipelines.probes.run import WORD_PROBES, ProbesConfig, _select
+from engine.pipelines.probes.config import WORD_PROBES, ProbesConfig
+from engine.pipelines.probes.run import _select
 from engine.runtime.plan import Plan, Stage
 from engine.stores.reader import open_store
 from engine.stores.words import read_words

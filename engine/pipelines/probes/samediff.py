@@ -29,13 +29,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import BabelgridError, ShapeError
+from engine.pipelines.probes.config import MAX_TOKENS, MIN_CHARS
 from kernels.dtw import dtw_similarity_matrix
 from kernels.pooling import mean_pooled_cosine_matrix
 
 MEASURES = ("cosine", "dtw")
-MIN_CHARS = 3  # kamperh's Buckeye lists use 5 and 0.5 s; the demo's repeated words are short function words
 MIN_FRAMES = 3  # 60 ms at 50 frames/s
-MAX_TOKENS = 2000  # per language: N^2 / 2 pairs, and N x word frames x embed floats held per layer
 
 
 class SameDiffError(BabelgridError, ValueError):
