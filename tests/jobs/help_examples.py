@@ -2,7 +2,7 @@
 
 Every ``python -m jobs.JOB ...`` line of the job's docstring (with its backslash continuations) is parsed by the job's
 own flags and, unless it asks for --plan, turned into the job's config, so a misspelt flag, a bad value or a missing
-required flag fails here. Prints one line per example; exits 1 if any failed.
+required flag fails here. Prints one line per example, then whether JAX was loaded; exits 1 if any failed.
 """
 
 import importlib
@@ -45,6 +45,8 @@ def main(job: str) -> int:
         except Exception as e:  # noqa: BLE001 - every failure is reported
             bad += 1
             print("FAIL", " ".join(args), f"-> {type(e).__name__}: {e}")
+    # --help and the config need no JAX, TensorStore-backed kernels or model: the job loads them after its flags.
+    print("jax loaded:", "jax" in sys.modules)
     return 1 if bad else 0
 
 
