@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import numpy as np
 
@@ -58,13 +59,21 @@ def heatmap_png(
     what the figure rests on (model, store, n), under the title.
     """
     n = len(langs)
-    side = max(3.0, 0.45 * n + 1.5)
-    fig = Figure(figsize=(side * len(grids) + 1.0, side + 0.6), layout="constrained")
-    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    # Panels on a grid of at most two columns: four measures at 8 languages make a figure about 1300 px wide (at
+    # 100 dpi) whose cell numbers stay legible; small panels get a floor so that titles and ticks fit.
+    side = max(4.0, 0.55 * n + 1.5)
+    cols = min(len(grids), 2)
+    rows = math.ceil(len(grids) / cols)
+    fig = Figure(figsize=(side * cols + 1.2, side * rows + 0.9), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(grids) :]:
+        ax.set_axis_off()
+    axes = axes[: len(grids)]
+    fig.get_layout_engine().set(hspace=0.12)  # room between a panel's x label and the next row's wrapped title
     image = None
     for ax, (measure, grid) in zip(axes, grids.items(), strict=True):
         image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="viridis")
-        ax.set_title(measure_title(measure), fontsize=9)
+        ax.set_title(textwrap.fill(measure_title(measure), width=int(side * 9)), fontsize=9)
         ax.set_xticks(range(n), langs, rotation=90 if n > 6 else 0)
         ax.set_yticks(range(n), langs)
         ax.set_xlabel("searched language")
@@ -72,7 +81,7 @@ def heatmap_png(
         if n <= ANNOTATE_MAX_LANGS:
             for i, j in zip(*np.nonzero(np.isfinite(grid)), strict=True):
                 value = grid[i, j]
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8, color="k" if value > 0.6 else "w")
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9, color="k" if value > 0.6 else "w")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label=metric)
     fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
     return _png(fig)

@@ -40,6 +40,8 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from engine.data.pairing import HOW_IDS_ARE_MADE
+from engine.errors import BabelgridError
 from engine.pipelines.retrieval import subset
 from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import CSV_NAME, TINY_SET, pick_figure_layer, tiny_scores, write_results
@@ -50,8 +52,10 @@ from engine.pipelines.retrieval.scores import (
 )
 from engine.stores.challenge import read_kept
 from engine.stores.kv import open_kvstore, write_all
+from engine.stores.reader import open_store
 from engine.stores.similarity import SimilarityError, open_similarity
 
+SYNTHETIC_DATASETS = ("demo", "words-demo")  # the bundled sets, spoken by espeak-ng
 log = logging.getLogger(__name__)
 
 NAN_REMEDY = (
@@ -274,6 +278,22 @@ def unmeasured_pairs(scores: Sequence[DirectedScore]) -> list[tuple[str, str, st
     return sorted({(s.measure, s.lang_a, s.lang_b) for s in scores} - measured)
 
 
+def figure_subtitle(manifest: dict) -> str:
+    """What a figure names: the model and the dataset the layer store was encoded from (never a machine's path)."""
+    dataset = "dataset unknown"
+    try:
+        created = open_store(manifest["layer_store"]).manifest.get("created", {})
+    except BabelgridError:  # the layer store moved or is unreachable: the similarity store alone is enough here
+        created = {}
+    if created.get("dataset"):
+        dataset = f"dataset {created['dataset']}"
+        if created.get("split") and created["dataset"] not in SYNTHETIC_DATASETS:
+            dataset += f" ({created['split']})"
+        if created["dataset"] in SYNTHETIC_DATASETS:
+            dataset += ": synthetic espeak-ng speech"
+    return f"{manifest['model_name']}; {dataset}"
+
+
 def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
     """Scores, writes ``retrieval.csv`` and the figures, and returns everything (see the module docstring).
 
@@ -284,9 +304,13 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
         reader = open_similarity(config.similarity)
     comparison: list = []
     scores, missing = compute_scores(reader, config, comparison)
+    if scores and not any(s.metrics.queries for s in scores):
+        raise RetrievalError(
+            f"no directed pair of {config.similarity!r} has an utterance id in common, so there is nothing to "
+            f"retrieve: {HOW_IDS_ARE_MADE}. Nothing was written"
+        )
     figure_layer = pick_figure_layer(scores, config.figure_layer)
-    manifest = reader.manifest
-    subtitle = f"{manifest['model_name']}; layer store {manifest['layer_store']}"
+    subtitle = figure_subtitle(reader.manifest)
     csv_path, figure_paths = write_results(out, scores, figure_layer, subtitle, max(reader.layers))
     if config.subset is not None and comparison:
         _, kv = open_kvstore(out)
