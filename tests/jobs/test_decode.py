@@ -45,6 +45,7 @@ def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=()) 
         dataset=f"manifest:{root / 'clips.jsonl'}",
         layers=layers,
         progress=False,
+        allow_unpaired=True,  # FLEURS clips of different sentences: nothing cross-lingual is measured here
     )
     run_encode(config, whisper=whisper)
     return out
