@@ -21,6 +21,14 @@ from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.model import random_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# CTranslate2 (the parity modules' reference decoder) and torch run their threads on OpenMP (libgomp), whose idle
+# threads spin-wait by default: on a loaded machine the spinning takes the CPU the working thread needs. CTranslate2's
+# greedy decode of 4 FLEURS windows (intra_threads=2, load ~16 on the 2-core machine): 19.1 s CPU and 80 s wall
+# spinning, 1.5 s and 9 s waiting passively (one thread: 1.3 s and 9.8 s). libgomp reads this when it loads, so it is
+# set here, before any test module imports either library; it changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 FLEURS_SAMPLE = pathlib.Path(
     os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample")
 )
