@@ -1,16 +1,19 @@
 """Decoding parity with CTranslate2 ``Whisper.generate`` on real weights and real speech: greedy and beam search.
 
-The packaged whisper-base runs in our Flax model and in CTranslate2, both in float32, on every 30 s window of the
-50 real FLEURS clips, with the language forced to the clip's (no detection: a detection slip would hide a decoding
+The packaged whisper-base runs in our Flax model and in CTranslate2, both in float32, on the 30 s windows of the real
+FLEURS clips, with the language forced to the clip's (no detection: a detection slip would hide a decoding
 difference). Each side decodes from its own encoder output (layer L+1), as it would in one call; a clip's windows are
 joined. Counted: clips whose token sequences are identical.
 
-- transcribe, greedy (beam 1): >= 48/50
-- transcribe, beam 5 (patience 1, length_penalty 1: CTranslate2's and Whisper's defaults): >= 45/50
-- translate, greedy: >= 48/50
+- transcribe, greedy (beam 1), all 50 clips: >= 48/50 (96%)
+- transcribe, beam 5 (patience 1, length_penalty 1: CTranslate2's and Whisper's defaults), the 11 clips of
+  ``BEAM_CLIPS``: >= 90% of them, the rate of the 45/50 it asked of all 50 clips (10 of 11)
+- translate, greedy, all 50 clips: >= 48/50
 
-Measured on this project's 2-core AVX-512 CPU (2026-11-22, ``pytest -s``): 50/50, 50/50 and 50/50; the whole module
-took 49 minutes on the shared machine (beam search is the slow part, on both sides).
+Measured on this project's 2-core AVX-512 CPU (2026-11-22, ``pytest -s``): 50/50, 50/50 and 50/50 (beam on all 50
+clips), the module 49 minutes on the shared machine, beam search the slow part on both sides; 2026-11-23, with
+CTranslate2's OpenMP threads waiting passively (tests/conftest.py) and beam on ``BEAM_CLIPS``: 50/50, 11/11, 50/50,
+the three calls 38 s, 27 s and 32 s at load ~16 (the session fixtures they share are timed elsewhere).
 
 Near-tied logits can flip a token on a clip or two (float32 summation order differs between the implementations,
 ``test_parity_ct2.py`` measures it); beam search compares more near-ties per step, hence its lower bar.
@@ -32,11 +35,20 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 # makes the beam test cheaper without changing a token.
 MAX_NEW_TOKENS = 128
 
+# Beam search is the module's cost (both sides, per window several times greedy), so it runs on a subset that keeps
+# every case the full set gives it: all five languages, two clips each, and the one clip longer than 30 s (de-009,
+# 43 s: two windows, joined, the second one partly padding); 12 windows instead of 51. No decoding here emits
+# timestamps, so there is no timestamp case to keep. Greedy transcription and translation still run on all 50 clips.
+BEAM_CLIPS = (
+    "de-000", "de-001", "de-009", "en-000", "en-001", "es-000", "es-001", "fr-000", "fr-001", "pt-000", "pt-001",
+)  # fmt: skip
+
 # Our calls take language-uniform batches (one DecodingOptions per call) of one size, the last batch of a language
 # padded with copies of its last window: one compiled program per decoding instead of one per batch size (the
 # position-ordered batches of 8 split by language gave sizes 1, 3, 5, 7 and 8: five compiles of each decoder loop).
-# 5 windows a call: 55 rows for the 51 windows (de has 11, the other languages 10).
-OUR_BATCH = {1: 5, 5: 5}  # beam size -> windows per call
+# Greedy, all clips: 5 windows a call, 55 rows for the 51 windows (de has 11, the other languages 10). Beam, the
+# subset: 2 a call, no padding (de has 4 windows, the others 2).
+OUR_BATCH = {1: 5, 5: 2}  # beam size -> windows per call
 
 
 def our_tokens(whisper, xa, langs, task, beam_size) -> list[list[int]]:
@@ -83,7 +95,7 @@ def decode_both(whisper, ct2_generate, encoded, windows, task, beam_size, clips=
 
 @pytest.mark.parametrize(
     "task, beam_size, clips, at_least",
-    [("transcribe", 1, None, 48 / 50), ("transcribe", 5, None, 45 / 50), ("translate", 1, None, 48 / 50)],
+    [("transcribe", 1, None, 48 / 50), ("transcribe", 5, BEAM_CLIPS, 45 / 50), ("translate", 1, None, 48 / 50)],
     ids=["transcribe-greedy", "transcribe-beam5", "translate-greedy"],
 )
 def test_decoding_matches_ctranslate2(
