@@ -21,6 +21,14 @@ from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.model import random_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# CTranslate2 (the parity modules' reference decoder) and torch run their threads on OpenMP (libgomp), whose idle
+# threads spin-wait by default: on a loaded machine the spinning takes the CPU the working thread needs. CTranslate2's
+# greedy decode of 4 FLEURS windows (intra_threads=2, load ~16 on the 2-core machine): 19.1 s CPU and 80 s wall
+# spinning, 1.5 s and 9 s waiting passively (one thread: 1.3 s and 9.8 s). libgomp reads this when it loads, so it is
+# set here, before any test module imports either library; it changes no result.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 FLEURS_SAMPLE = pathlib.Path(
     os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample")
 )
@@ -186,3 +194,34 @@ def base_encoded(base_whisper, ct2_base, fleurs_windows) -> tuple[np.ndarray, np
             ours.append(np.asarray(base_whisper.encode(chunk, (top,))[0]))
         theirs.append(np.asarray(ct2_base.encode(ct2_view(chunk), to_cpu=True)))
     return np.concatenate(ours), np.concatenate(theirs)
+
+
+@pytest.fixture(scope="session")
+def ct2_generate(ct2_base, base_encoded):
+    """``generate(windows, prompts, beam_size) -> list[list[int]]``: CTranslate2's tokens for ``windows`` (indices, one
+    call) of its own encoder output (``base_encoded[1]``), one prompt per window, with the options both parity modules
+    use (patience 1, length_penalty 1, the checkpoint's suppression, max_length 448), memoised.
+
+    ``test_parity_ct2.py`` (prompts from the detected languages) and ``test_parity_ct2_decode.py`` (from the clips'
+    languages) both decode the same batches greedily; where their prompts agree, the second reads the first's result
+    instead of running CTranslate2 over the 51 windows again.
+    """
+    cache = {}
+
+    def generate(windows, prompts, beam_size: int) -> list[list[int]]:
+        key = (tuple(int(i) for i in windows), tuple(tuple(p) for p in prompts), beam_size)
+        if key not in cache:
+            out = ct2_base.generate(
+                ct2_view(base_encoded[1][list(key[0])]),
+                [list(p) for p in prompts],
+                beam_size=beam_size,
+                patience=1.0,
+                length_penalty=1.0,
+                suppress_blank=True,
+                suppress_tokens=[-1],
+                max_length=448,
+            )
+            cache[key] = [tuple(r.sequences_ids[0]) for r in out]
+        return [list(t) for t in cache[key]]
+
+    return generate

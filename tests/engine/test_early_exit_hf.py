@@ -25,9 +25,10 @@ from tests.engine.hf_reference import hf_encoder_layers  # noqa: E402
 N_NEW = 12
 
 
-def hf_layer(hf, mel: np.ndarray, layer: int, ln_post: bool) -> torch.Tensor:
-    """Encoder layer ``layer`` (babelgrid indexing, 1..L) of HF's own encoder, with HF's final norm or not."""
-    states = torch.from_numpy(hf_encoder_layers(hf, mel)[layer])
+def hf_layer(hf, hf_layers: list[np.ndarray], layer: int, ln_post: bool) -> torch.Tensor:
+    """Encoder layer ``layer`` (babelgrid indexing, 1..L) of HF's own encoder (``hf_layers``, from
+    ``hf_encoder_layers``), with HF's final norm or not."""
+    states = torch.from_numpy(hf_layers[layer])
     with torch.no_grad():
         return hf.model.encoder.layer_norm(states) if ln_post else states
 
@@ -58,6 +59,7 @@ def check_early_exit(whisper, hf, mel, layers, language):
     tok = whisper.tokenizer
     prompt = np.array([tok.sot_sequence(language, "transcribe")] * len(mel), np.int64)
     compared = 0
+    hf_layers = hf_encoder_layers(hf, mel)  # one HF encoder pass serves every (layer, ln_post)
     for layer in layers:
         for ln_post in (True, False):
             options = DecodingOptions(
@@ -69,7 +71,7 @@ def check_early_exit(whisper, hf, mel, layers, language):
                 max_new_tokens=N_NEW,
             )
             ours = whisper.transcribe(mel, options).tokens
-            ref = hf_generate(hf, hf_layer(hf, mel, layer, ln_post), prompt, tok.eot)
+            ref = hf_generate(hf, hf_layer(hf, hf_layers, layer, ln_post), prompt, tok.eot)
             assert ours == ref, (layer, ln_post)
             compared += sum(len(t) for t in ref)
     assert compared > len(layers) * len(mel) * 4, "the references stopped at once: the comparison would prove little"

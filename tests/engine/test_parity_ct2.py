@@ -88,21 +88,21 @@ def test_encoder_output_matches_ctranslate2(base_encoded, fleurs_windows, whispe
 
 
 @pytest.fixture(scope="module")
-def decoded(whisper, ct2_base, base_encoded, fleurs_windows):
-    """Our and CTranslate2's language and greedy transcript per clip (windows concatenated)."""
+def decoded(whisper, ct2_base, ct2_generate, base_encoded, fleurs_windows):
+    """Our and CTranslate2's language and greedy transcript per clip (windows concatenated). CTranslate2 decodes
+    through the session's memoised ``ct2_generate``, which ``test_parity_ct2_decode.py`` reads back."""
     tok = whisper.tokenizer
     ours_xa, ct2_xa = base_encoded
     langs, texts, ct2_langs, ct2_texts = [], [], [], []
     for start in range(0, len(ours_xa), BATCH):
-        res = whisper.transcribe(None, xa=ours_xa[start : start + BATCH])
+        stop = min(start + BATCH, len(ours_xa))
+        res = whisper.transcribe(None, xa=ours_xa[start:stop])
         langs += res.languages
         texts += res.texts
-        view = ct2_view(ct2_xa[start : start + BATCH])
-        detected = [r[0][0].strip("<|>") for r in ct2_base.detect_language(view)]
-        prompts = [list(tok.sot_sequence(code, "transcribe")) for code in detected]
-        out = ct2_base.generate(view, prompts, beam_size=1, suppress_blank=True, suppress_tokens=[-1], max_length=448)
+        detected = [r[0][0].strip("<|>") for r in ct2_base.detect_language(ct2_view(ct2_xa[start:stop]))]
+        prompts = [tok.sot_sequence(code, "transcribe") for code in detected]
         ct2_langs += detected
-        ct2_texts += [tok.decode(r.sequences_ids[0]) for r in out]
+        ct2_texts += [tok.decode(ids) for ids in ct2_generate(range(start, stop), prompts, 1)]
     fw = fleurs_windows
     rows = []
     for i, (name, lang, ref) in enumerate(zip(fw.names, fw.langs, fw.refs, strict=True)):

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import align_words, fill_padding, silence_states
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
@@ -32,8 +31,8 @@ MISSING = "fleurs-es-404"  # listed, but its file does not exist: never encoded
 
 
 @pytest.fixture(scope="module")
-def whisper():
-    return load_whisper()
+def whisper(base_whisper):
+    return base_whisper  # the packaged whisper-base, loaded once per session (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
