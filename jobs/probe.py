@@ -1,8 +1,8 @@
 r"""The word-level probe: similarity of cross-lingual synonyms vs near-homophones by layer, and word retrieval.
 
     python -m jobs.encode --out /tmp/words-store --dataset words-demo        # the bundled word set
-    python -m jobs.probe --store /tmp/words-store --out /tmp/probe            # relations generated
-    python -m jobs.probe --store /tmp/words-store --out /tmp/probe-again --relations /tmp/probe/relations.csv
+    python -m jobs.probe --store /tmp/words-store --out /tmp/out              # relations generated
+    python -m jobs.probe --store /tmp/words-store --out /tmp/probe-again --relations /tmp/out/relations.csv
 
 Writes OUT/probe.csv, OUT/relations.csv and OUT/figures/probe_by_layer.png; library: engine/pipelines/probe/run.py.
 """
