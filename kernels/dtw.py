@@ -53,7 +53,7 @@ from kernels.dtw_wavefront import (
     choose_chunk,
     wavefront,
 )
-from kernels.frames import check_lengths, even_split, normalize_frames, reference_unit_rows, traced
+from kernels.frames import check_grid, check_lengths, even_split, normalize_frames, reference_unit_rows, traced
 
 BACKTRACE_BY_ITEM_MAX_BATCH = 128  # on CPU, dtw_batch backtracks up to this many matrices one by one
 MIN_CELLS_PER_WORKER = 2**18  # dtw_batch's CPU split gives each thread at least this many cells
@@ -267,12 +267,7 @@ def dtw_similarity_matrix(
     jitted call each; the last row and column of tiles padded by repeating utterance 0); on CPU, tiles run on every
     core. Cost: N * M * m * n wavefront cells plus one matrix product.
     """
-    A, B = jnp.asarray(A), jnp.asarray(B)
-    if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
-        raise ShapeError(f"A, B must be [utterance, frame, embed] with one embed size, got {A.shape}, {B.shape}")
-    n_a, n_b = A.shape[0], B.shape[0]
-    check_lengths("len_A", len_A, n_a, A.shape[1], "utterance")
-    check_lengths("len_B", len_B, n_b, B.shape[1], "utterance")
+    A, B, n_a, n_b = check_grid(A, B, len_A, len_B)
     if not n_a or not n_b:
         return jnp.zeros((n_a, n_b), jnp.float32)
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)

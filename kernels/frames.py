@@ -62,6 +62,17 @@ def check_lengths(name: str, lengths, count: int, most: int, item: str) -> None:
             raise ShapeError(f"{name} must lie in 1..{most}, got {lv.min()}..{lv.max()}")
 
 
+def check_grid(A, B, len_A, len_B) -> tuple[jax.Array, jax.Array, int, int]:
+    """The inputs of an all-pairs kernel, checked where they enter: A: [N, m, embed] and B: [M, n, embed] with one
+    embed size, lengths one per utterance in 1..frames. Returns (A, B, N, M) as JAX arrays."""
+    A, B = jnp.asarray(A), jnp.asarray(B)
+    if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
+        raise ShapeError(f"A, B must be [utterance, frame, embed] with one embed size, got {A.shape}, {B.shape}")
+    check_lengths("len_A", len_A, A.shape[0], A.shape[1], "utterance")
+    check_lengths("len_B", len_B, B.shape[0], B.shape[1], "utterance")
+    return A, B, A.shape[0], B.shape[0]
+
+
 def even_split(total: int, most: int) -> int:
     """Largest block size <= most that splits ``total`` into the fewest blocks with the least padding."""
     most = max(1, min(most, total))

@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.errors import ShapeError
 from kernels._cpu import cpu_workers, on_cores
-from kernels.frames import check_lengths, frame_mask, normalize_frames
+from kernels.frames import check_grid, frame_mask, normalize_frames
 from kernels.ot import OtResult, kernel_mode, reference_ot_cost, solve_cost
 
 # Iterations per round of ot_similarity_matrix: a round wastes at most this many iterations on a pair of a chunk
@@ -205,12 +204,7 @@ def ot_similarity_matrix(
     not depend on the chunking or the workers; the rounds move them by less than 2 x threshold. With ``debiased``,
     the self terms W(a, a), W(b, b) are solved once per utterance, not once per pair.
     """
-    A, B = jnp.asarray(A), jnp.asarray(B)
-    if A.ndim != 3 or B.ndim != 3 or A.shape[2] != B.shape[2]:
-        raise ShapeError(f"A, B must be [utterance, frame, embed] with one embed size, got {A.shape}, {B.shape}")
-    n_a, n_b = A.shape[0], B.shape[0]
-    check_lengths("len_A", len_A, n_a, A.shape[1], "utterance")
-    check_lengths("len_B", len_B, n_b, B.shape[1], "utterance")
+    A, B, n_a, n_b = check_grid(A, B, len_A, len_B)
     if not n_a or not n_b:
         empty = jnp.zeros((n_a, n_b), jnp.float32)
         return OtResult(empty, empty, jnp.ones((n_a, n_b), bool), jnp.zeros((n_a, n_b), bool))

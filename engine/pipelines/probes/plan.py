@@ -13,10 +13,9 @@ import numpy as np
 
 from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import WORD_PROBES, ProbesConfig
-from engine.pipelines.probes.run import _select
+from engine.pipelines.probes.run import _select, word_tokens
 from engine.runtime.plan import Plan, Stage
 from engine.stores.reader import open_store
-from engine.stores.words import read_words
 
 LBFGS_ITERATIONS = 100  # assumed per fit: 40-120 measured on the demo's layers
 DTW_SAMPLE = 48  # tokens of the DTW calibration
@@ -49,18 +48,8 @@ def plan_probes_run(config: ProbesConfig, device=None) -> Plan:
     tokens = {}
     if set(chosen) & set(WORD_PROBES):
         for lang in langs:
-            table = store.utterances_table(lang)
-            tokens[lang], _ = samediff.select_tokens(
-                lang,
-                read_words(config.words, lang),
-                table.column("id").to_pylist(),
-                lengths[lang],
-                table.column("speaker").to_pylist(),
-                store.info.frame_rate,
-                min_chars=config.min_chars,
-                max_tokens=config.max_tokens,
-                seed=config.seed,
-            )
+            ids = store.utterances_table(lang).column("id").to_pylist()
+            tokens[lang], _ = word_tokens(config, store, lang, ids, lengths[lang])
     counts = [("languages", str(len(langs))), ("layers", str(len(layers))), ("utterances", str(n_utt))]
     stages = [Stage("read states", 0.0, frames_read * d * item * len(layers), 0.0, 0.0)]
     rng = np.random.default_rng(0)

@@ -103,6 +103,17 @@ def _select(what: str, asked, available) -> list:
     return [a for a in available if asked is None or a in asked]
 
 
+def word_tokens(config: ProbesConfig, store, lang: str, ids, lengths):
+    """The word tokens of ``lang`` the word probes use (``samediff.select_tokens`` on the align job's words, the
+    store's speakers and frame rate), and what was dropped: one selection for the run and its plan."""
+    speakers = store.utterances_table(lang).column("speaker").to_pylist()
+    words = read_words(config.words, lang)
+    return samediff.select_tokens(
+        lang, words, ids, lengths, speakers, store.info.frame_rate,
+        min_chars=config.min_chars, max_tokens=config.max_tokens, seed=config.seed,
+    )  # fmt: skip
+
+
 def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
     """Runs the chosen probes over every chosen layer and writes their CSVs and figures (module docstring)."""
     started = time.monotonic()
@@ -122,18 +133,7 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
     tokens = {}
     if set(chosen) & set(WORD_PROBES):
         for lang in langs:
-            table = store.utterances_table(lang)
-            tokens[lang], summary.dropped[lang] = samediff.select_tokens(
-                lang,
-                read_words(config.words, lang),
-                ids[lang],
-                lengths[lang],
-                table.column("speaker").to_pylist(),
-                store.info.frame_rate,
-                min_chars=config.min_chars,
-                max_tokens=config.max_tokens,
-                seed=config.seed,
-            )
+            tokens[lang], summary.dropped[lang] = word_tokens(config, store, lang, ids[lang], lengths[lang])
     targets = None
     if "cca" in chosen:
         from engine.text import encoders, phones  # lazy: espeak-ng and the text encoder's weights, for cca only
