@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 JOBS = (
     "encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "probes", "finetune", "compare",
+    "verify",
 )  # fmt: skip
 BUNDLED = {"demo": "demo.yaml"}
 

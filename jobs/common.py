@@ -213,6 +213,7 @@ def run(main) -> None:
         import jax  # the job starts here: --help returned before this, without loading JAX or TensorStore
 
         from engine.stores.kv import parse_spec_overrides, set_spec_overrides, set_store_timeout
+
         if "store_timeout" in FLAGS:
             set_store_timeout(FLAGS.store_timeout)
         if "kvstore_spec" in FLAGS and FLAGS.kvstore_spec:

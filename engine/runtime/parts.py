@@ -4,23 +4,25 @@ changed. The align, decode and interp jobs write their outputs as parts and merg
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from engine.stores.integrity import parquet_bytes, read_parquet, repair_hint
 from engine.stores.kv import read_value
 
 META_KEY = b"babelgrid"
 
 
 def table_bytes(table: pa.Table) -> bytes:
-    """A pyarrow Table as Parquet file bytes."""
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
+    """A pyarrow Table as Parquet file bytes, with page CRCs (``engine.stores.integrity``)."""
+    return parquet_bytes(table)
+
+
+def read_table(value, key: str, url: str, job: str) -> pa.Table:
+    """A Parquet file a ``job`` wrote at ``key``, its page CRCs verified (a DamageError names it and the fix)."""
+    return read_parquet(value, key, url, fix=repair_hint(url, job))
 
 
 def part_bytes(rows: dict, schema: pa.Schema, done: Sequence[int], skipped: Sequence[Sequence]) -> bytes:
@@ -31,10 +33,11 @@ def part_bytes(rows: dict, schema: pa.Schema, done: Sequence[int], skipped: Sequ
     return table_bytes(table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()}))
 
 
-def read_part(kv, key: str, url: str = ""):
-    """``(table, {"done": [...], "skipped": [...]})`` of the part at ``key``, or None if it is not there."""
+def read_part(kv, key: str, url: str = "", job: str = "same"):
+    """``(table, {"done": [...], "skipped": [...]})`` of the part at ``key``, or None if it is not there; a damaged
+    part is a DamageError (``babelgrid verify --repair`` deletes it, and rerunning ``job`` redoes it)."""
     found = read_value(kv, key, url)
     if found.state != "value":
         return None
-    table = pq.read_table(io.BytesIO(bytes(found.value)))
+    table = read_table(found.value, key, url, job)
     return table, json.loads(table.schema.metadata[META_KEY])

@@ -278,11 +278,13 @@ def _conditions_unsupported(error: Exception) -> bool:
     return text.startswith("UNIMPLEMENTED") or "not supported" in text.lower() and "condition" in text.lower()
 
 
-def open_array(kvstore: dict, url: str, writable: bool) -> ts.TensorStore:
-    """Opens an existing zarr3 array with its own metadata."""
+def open_array(kvstore: dict, url: str, writable: bool, options: Mapping | None = None) -> ts.TensorStore:
+    """Opens an existing zarr3 array with its own metadata; ``options``: TensorStore open options such as
+    ``fill_missing_data_reads`` (they are not part of the stored metadata)."""
     mode = {"read": True, "write": True} if writable else {"read": True}
+    spec = {"driver": "zarr3", "kvstore": kvstore, **(options or {})}
     try:
-        return ts.open({"driver": "zarr3", "kvstore": kvstore}, open=True, context=_context, **mode).result()
+        return ts.open(spec, open=True, context=_context, **mode).result()
     except ValueError as e:
         if "NOT_FOUND" in str(e):
             raise StoreError(
@@ -294,8 +296,9 @@ def open_array(kvstore: dict, url: str, writable: bool) -> ts.TensorStore:
 def create_or_open_array(spec: dict, url: str) -> ts.TensorStore:
     """Opens the array at ``spec``'s kvstore with its own metadata if it exists (the caller checks that its shape
     fits), else creates it with ``spec``'s."""
+    options = {k: v for k, v in spec.items() if k not in ("driver", "kvstore", "metadata")}
     try:
-        return open_array(spec["kvstore"], url, writable=True)
+        return open_array(spec["kvstore"], url, writable=True, options=options)
     except StoreError as e:
         if "has no array" not in str(e):
             raise

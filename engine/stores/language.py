@@ -29,7 +29,8 @@ import tensorstore as ts
 from engine.axes import UTTERANCE
 from engine.errors import ShapeError
 from engine.runtime.faults import fault_point
-from engine.stores.kv import StoreError
+from engine.stores.integrity import damage_error, is_damage, repair_hint
+from engine.stores.kv import StoreError, storage_error
 from engine.stores.schema import LENGTHS_CHUNK, UtteranceRow, is_done, rows_to_table
 
 
@@ -129,9 +130,17 @@ class LanguageArrays:
         """The utterance table as a ``pyarrow.Table`` (``utterance`` index column, then UtteranceRow's fields)."""
         return rows_to_table(self.rows)
 
-    def lengths(self) -> np.ndarray:
-        """``i32[utterance]``: committed valid frames per utterance, ``NOT_DONE`` (-1) where not done."""
-        return self._lengths.read().result()
+    def lengths(self, index=None) -> np.ndarray:
+        """``i32[utterance]``: committed valid frames per utterance (of ``index``, utterance indices, if given),
+        ``NOT_DONE`` (-1) where not done. A corrupt ``lengths`` chunk is a DamageError."""
+        view = self._lengths if index is None else self._lengths[np.asarray(index, np.int64)]
+        try:
+            return view.read().result()
+        except ValueError as e:
+            if not is_damage(e):
+                raise storage_error("read", f"{self.lang}/lengths", self.url, e) from None
+            what = f"the done markers (lengths) of language {self.lang!r}"
+            raise damage_error(e, self.url, what, repair_hint(self.url, "encode")) from None
 
     def done(self) -> np.ndarray:
         """``bool[utterance]``: the utterances whose states are committed (``schema.is_done``)."""

@@ -25,6 +25,7 @@ import numpy as np
 import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
+from engine.stores.integrity import CHECKED_READS
 from engine.stores.kv import (
     StoreError,
     create_key,
@@ -173,7 +174,7 @@ class LayerStore:
         if read_json(self._kv, f"{LANGUAGES_DIR}{lang}.json", self.url) is None:
             raise StoreError(f"store {self.url!r} has no language {lang!r}; it has {self.languages()}")
         rows = read_rows(self._kv, f"{lang}/{UTTERANCES}", self.url)
-        states = open_array(self._child(f"{lang}/{STATES}"), self.url, self._writable)
+        states = open_array(self._child(f"{lang}/{STATES}"), self.url, self._writable, CHECKED_READS)
         lengths = open_array(self._child(f"{lang}/{LENGTHS}"), self.url, self._writable)
         arrays = self._arrays(lang, rows, states, lengths, max_in_flight_bytes)
         _check_fits(arrays, max(r.n_frames for r in rows))

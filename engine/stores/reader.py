@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 import tensorstore as ts
 
-from engine.stores.kv import StoreError
+from engine.stores.integrity import chunk_key, damage_error, is_damage, repair_hint
+from engine.stores.kv import StoreError, storage_error
 from engine.stores.language import LanguageArrays
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo
@@ -130,13 +131,13 @@ class StoreReader:
         arrays = self.arrays(lang)
         u = self.utterance_index(lang, utterance)
         position = self.layer_position(layer)
-        n_frames = int(arrays.lengths_store[u].read().result())
+        n_frames = int(arrays.lengths([u])[0])
         if n_frames < 0:
             raise StoreError(
                 f"utterance {u} (id {arrays.rows[u].id!r}) of {lang!r} is not done: its states were never committed; "
                 "rerun the encode job on this store to finish it"
             )
-        out = arrays.states_store[position, u, :n_frames].read().result()
+        out = _read(arrays.states_store[position, u, :n_frames], arrays, layer)
         return out if dtype is None else out.astype(dtype)
 
     def language_layer(
@@ -155,13 +156,15 @@ class StoreReader:
           dtype: the dtype to read into (TensorStore casts while reading: no second copy); default the stored one.
           frames: read only the first ``frames`` frames of each utterance (default ``max_frames``): a caller that
             knows the longest length it needs skips the 30 s windows' padding.
-          zero_padding: zero every frame past an utterance's length, and every frame of an utterance not done. A
-            kernel that masks by length itself passes False and gets the frames as stored: zeros, except for an
-            utterance killed between its shard and its marker (length -1, states on disk).
+          zero_padding: zero every frame past an utterance's length. A kernel that masks by length itself passes
+            False and gets the frames as stored (zeros there too, unless written otherwise). Utterances not done read
+            as zeros either way: their chunks are never read.
 
         Returns:
           states: ``f[utterance, frames, embed]``.
           lengths: ``i32[utterance]``, valid frames, -1 for utterances not done.
+
+        A done utterance whose chunk is missing or fails its checksum raises a DamageError naming it.
         """
         arrays = self.arrays(lang)
         position = self.layer_position(layer)
@@ -172,14 +175,38 @@ class StoreReader:
         if dtype is not None:
             view = ts.cast(view, ts.dtype(np.dtype(dtype).name))
         if utterances is None:
-            states = view.read().result()
             lengths = arrays.lengths()
+            index = None
         else:
             index = np.asarray(utterances, np.int64).reshape(-1)
             if index.size and (index.min() < 0 or index.max() >= arrays.n_utterances):
                 raise StoreError(f"utterances must be indices in 0..{arrays.n_utterances - 1} of {lang!r}")
-            states = view[index].read().result()
-            lengths = arrays.lengths_store[index].read().result()
+            lengths = arrays.lengths(index)
+        done = lengths >= 0
+        if done.all():  # one read of everything asked for: the common case
+            states = _read(view if index is None else view[index], arrays, layer)
+        else:
+            # Chunks of utterances not done do not exist (the arrays are opened with fill_missing_data_reads off).
+            states = np.zeros((len(lengths), frames, arrays.embed), view.dtype.numpy_dtype)
+            wanted = np.flatnonzero(done) if index is None else index[done]
+            if wanted.size:
+                states[done] = _read(view[wanted], arrays, layer)
         if zero_padding:
             states[np.arange(frames) >= np.maximum(lengths, 0)[:, None]] = 0
         return states, lengths
+
+
+def _read(view: ts.TensorStore, arrays: LanguageArrays, layer: int) -> np.ndarray:
+    """``view.read()``, a missing or corrupt chunk as a DamageError naming the language, layer and utterance."""
+    try:
+        return view.read().result()
+    except ValueError as e:
+        if not is_damage(e):
+            raise storage_error("read", f"{arrays.lang}/states", arrays.url, e) from None
+        key = chunk_key(e)
+        what = f"layer {layer} of language {arrays.lang!r}"
+        if key is not None:
+            u = int(key.rsplit("/", 1)[-1].split(".")[2])  # c.<layer chunk>.<utterance>.<frame chunk>.<embed chunk>
+            if 0 <= u < arrays.n_utterances:
+                what += f", utterance {u} (id {arrays.rows[u].id!r}, {arrays.rows[u].path!r})"
+        raise damage_error(e, arrays.url, what, repair_hint(arrays.url, "encode")) from None

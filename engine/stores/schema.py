@@ -10,6 +10,8 @@ analysts::
                                     inside it one inner chunk per layer
     OUT/<lang>/lengths/             zarr3 i32[utterance]: valid frames of each utterance, -1 = not done
 
+Every chunk carries a crc32c digest and every Parquet page a CRC (version 2; ``engine.stores.integrity``).
+
 ``OUT`` is any TensorStore kvstore location: a local path, ``file://``, ``gs://``, ``s3://``, ``memory://``. Keys
 are written with ``ts.KvStore`` so that one code path serves every backend.
 """
@@ -19,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import io
 import json
 import re
 import socket
@@ -28,16 +29,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.data.audio import ENCODER_FRAMES_PER_SECOND, HOP_LENGTH, LONG_AUDIO_MODES, N_FFT, N_SAMPLES, SAMPLE_RATE
 from engine.dtypes import DTYPES as ALL_DTYPES
 from engine.models.whisper.dims import ModelDimensions
+from engine.stores.integrity import CHECKED_READS, CRC32C, parquet_bytes, read_parquet, warn_unchecked
 from engine.stores.kv import StoreError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: crc32c on every chunk, page CRCs in utterances.parquet
+READABLE_VERSIONS = (1, 2)  # 1 reads, with one warning that its chunks carry no checksums
 FORMAT_NAME = "babelgrid-layer-store"
 FRAME_RATE = float(ENCODER_FRAMES_PER_SECOND)  # encoder frames per second of audio (20 ms each)
 LENGTHS_CHUNK = 256  # utterances per `lengths` chunk: processes write ranges aligned to it
@@ -73,10 +75,12 @@ UTTERANCES = "utterances.parquet"
 
 # Inner-chunk codecs of `states`: zstd level 1 writes 2.7x (float32) to 3.3x (bfloat16) fewer bytes than raw
 # chunks padded to max_frames (padding frames vanish, hidden states shrink a little), wrote fastest or tied, and read
-# layers within ~2x of the fastest layout measured; docs/store.md has the table.
+# layers within ~2x of the fastest layout measured; docs/store.md has the table. crc32c last: the digest of the
+# bytes as stored, checked before zstd sees them.
 STATES_CODECS = (
     {"name": "bytes", "configuration": {"endian": "little"}},
     {"name": "zstd", "configuration": {"level": 1}},
+    CRC32C,
 )
 
 LANG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -233,6 +237,7 @@ def states_spec(kvstore: dict, *, n_layers: int, n_utterances: int, max_frames: 
     return {
         "driver": "zarr3",
         "kvstore": kvstore,
+        **CHECKED_READS,
         "metadata": {
             "shape": [n_layers, n_utterances, max_frames, embed],
             "data_type": dtype,
@@ -248,7 +253,7 @@ def states_spec(kvstore: dict, *, n_layers: int, n_utterances: int, max_frames: 
                         "codecs": [dict(c) for c in STATES_CODECS],
                         "index_codecs": [
                             {"name": "bytes", "configuration": {"endian": "little"}},
-                            {"name": "crc32c"},
+                            dict(CRC32C),
                         ],
                         "index_location": "end",
                     },
@@ -270,7 +275,7 @@ def lengths_spec(kvstore: dict, *, n_utterances: int) -> dict:
             "dimension_names": [UTTERANCE],
             "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [LENGTHS_CHUNK]}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
-            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, dict(CRC32C)],
         },
     }
 
@@ -337,11 +342,13 @@ def info_from_manifest(manifest: dict, url: str) -> StoreInfo:
             f"{MANIFEST} in {url!r} is not a babelgrid layer store manifest (format {manifest.get('format')!r})"
         )
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise StoreError(
-            f"store {url!r} has format version {version!r}; this babelgrid reads version {FORMAT_VERSION}. Use the "
-            "babelgrid version that wrote it, or encode again"
+            f"store {url!r} has format version {version!r}; this babelgrid reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Use the babelgrid version that wrote it, or encode again"
         )
+    if version < FORMAT_VERSION:
+        warn_unchecked(url, "layer store")
     try:
         return StoreInfo.from_dict(manifest)
     except (KeyError, TypeError, ValueError) as e:
@@ -385,9 +392,7 @@ def rows_to_table(rows: Sequence[UtteranceRow]) -> pa.Table:
 
 
 def rows_to_parquet(rows: Sequence[UtteranceRow]) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(rows_to_table(rows), sink)
-    return sink.getvalue()
+    return parquet_bytes(rows_to_table(rows))
 
 
 def _read_table(kv: ts.KvStore, key: str, url: str, *, missing_ok: bool = False) -> pa.Table | None:
@@ -397,7 +402,8 @@ def _read_table(kv: ts.KvStore, key: str, url: str, *, missing_ok: bool = False)
         if missing_ok:
             return None
         raise StoreError(f"store {url!r} has no {key}; the language was not created completely: encode it again")
-    table = pq.read_table(pa.BufferReader(result.value))
+    fix = "Restore it from a copy, or encode into a new folder (without its table a language's states cannot be read)"
+    table = read_parquet(result.value, key, url, fix=fix)
     for name in _ADDED_COLUMNS:
         if name not in table.column_names:
             table = table.append_column(_PARQUET_SCHEMA.field(name), pa.nulls(table.num_rows, pa.string()))

@@ -4,7 +4,7 @@ Written by ``engine.pipelines.similarity.run.run_similarity`` (the ``seqsim`` jo
 
     OUT/manifest.json                        layer store URL, model, checkpoint, layers; written once
     OUT/<measure>/<a>__<b>/zarr.json         zarr3 f32[layer, utterance_a, utterance_b], NaN = not computed,
-    OUT/<measure>/<a>__<b>/c.<l>.0.0         one zstd chunk per layer position l
+    OUT/<measure>/<a>__<b>/c.<l>.0.0         one zstd chunk per layer position l, with a crc32c digest (version 2)
     OUT/<measure>/<a>__<b>/ids.json          row_ids, col_ids (str), row_recording, col_recording (int)
     OUT/<measure>/<a>__<b>/done/<layer>.json completion marker of one babelgrid layer, written after its chunk
 
@@ -27,11 +27,13 @@ import tensorstore as ts
 
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
+from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
 from engine.stores.kv import context, create_or_compare, json_bytes, open_kvstore, read_json, write_value
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: crc32c on every chunk (engine.stores.integrity)
+READABLE_VERSIONS = (1, 2)  # 1 reads, with one warning that its chunks carry no checksums
 MANIFEST = "manifest.json"
 IDS = "ids.json"
 DONE_DIR = "done/"
@@ -50,6 +52,7 @@ REVERSED_MEASURE = {"seqsim_a2b": "seqsim_b2a", "seqsim_b2a": "seqsim_a2b"}
 MATRIX_CODECS = (
     {"name": "bytes", "configuration": {"endian": "little"}},
     {"name": "zstd", "configuration": {"level": 1}},
+    CRC32C,
 )
 
 
@@ -136,6 +139,7 @@ def matrix_spec(kvstore: dict, *, n_layers: int, n_rows: int, n_cols: int) -> di
     return {
         "driver": "zarr3",
         "kvstore": kvstore,
+        **CHECKED_READS,
         "metadata": {
             "shape": [n_layers, n_rows, n_cols],
             "data_type": "float32",
@@ -178,11 +182,15 @@ def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, l
 def _check_manifest(manifest: dict, url: str) -> dict:
     if manifest.get("format") != FORMAT_NAME:
         raise SimilarityError(f"{MANIFEST} in {url!r} is not a babelgrid similarity store manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if version not in READABLE_VERSIONS:
         raise SimilarityError(
-            f"similarity store {url!r} has format version {manifest.get('format_version')!r}; this babelgrid reads "
-            f"version {FORMAT_VERSION}. Use the babelgrid version that wrote it, or compute into a new folder"
+            f"similarity store {url!r} has format version {version!r}; this babelgrid reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Use the babelgrid version that wrote it, or compute into a "
+            "new folder"
         )
+    if version < FORMAT_VERSION:
+        warn_unchecked(url, "similarity store")
     missing = [f for f in MANIFEST_FIELDS if f not in manifest]
     if missing:
         raise SimilarityError(f"{MANIFEST} in {url!r} lacks {missing}: it is damaged; compute into a new folder")
@@ -219,9 +227,8 @@ class _Store:
     def _open_array(self, key: str, writable: bool) -> ts.TensorStore:
         mode = {"read": True, "write": True} if writable else {"read": True}
         try:
-            return ts.open(
-                {"driver": "zarr3", "kvstore": self._child(key)}, open=True, context=context(), **mode
-            ).result()
+            spec = {"driver": "zarr3", "kvstore": self._child(key), **CHECKED_READS}
+            return ts.open(spec, open=True, context=context(), **mode).result()
         except ValueError as e:
             raise SimilarityError(f"cannot open the matrix {key!r} of similarity store {self.url!r}: {e}") from None
 
@@ -343,9 +350,7 @@ class SimilarityReader(_Store):
         """``(bool[N_a], bool[N_b])``: the rows and columns that ``matrix`` scored at ``layer`` (utterances done in
         the layer store then), oriented like ``matrix``; None for a marker written before babelgrid recorded them."""
         key, transposed = self._locate(measure, lang_a, lang_b)
-        if key not in self._markers:
-            self._markers[key] = self._done_markers(key)
-        marker = self._markers[key].get(int(layer))
+        marker = self._markers[key].get(layer) if key in self._markers else self._refresh_markers(key).get(layer)
         if marker is None:
             raise SimilarityError(f"layer {layer} of {measure!r} {lang_a}/{lang_b} is not done in {self.url!r}")
         if "rows" not in marker:
@@ -362,21 +367,35 @@ class SimilarityReader(_Store):
         """(scores f32[N_a, N_b], row_ids, col_ids) of one layer; rows are utterances of ``lang_a``.
 
         Returns the stored array of (a, b), or the transpose of (b, a) when only that is stored (for the directional
-        measures, the transpose of the other direction). NaN marks utterances not done and layers not computed.
+        measures, the transpose of the other direction). NaN marks utterances not done and layers not computed. A
+        computed layer whose chunk is missing or fails its checksum raises a DamageError naming it.
         """
         key, transposed = self._locate(measure, lang_a, lang_b)
         position = self.layer_position(layer)
         ids = self._ids(key)
         if self._last_read is not None and self._last_read[:2] == (key, position):
             scores = self._last_read[2]  # the other direction of the same stored matrix: read once
+        elif layer not in self._markers.get(key, {}) and layer not in self._refresh_markers(key):
+            # Not computed: no chunk to read (the arrays are opened with fill_missing_data_reads off).
+            scores = np.full((len(ids["row_ids"]), len(ids["col_ids"])), np.nan, np.float32)
         else:
             if key not in self._arrays:
                 self._arrays[key] = self._open_array(key, writable=False)
-            scores = np.asarray(self._arrays[key][position].read().result())
+            try:
+                scores = np.asarray(self._arrays[key][position].read().result())
+            except ValueError as e:
+                if not is_damage(e):
+                    raise
+                what = f"the {measure!r} matrix of {key.rstrip('/')} at layer {layer}"
+                raise damage_error(e, self.url, what, repair_hint(self.url, "seqsim")) from None
             self._last_read = (key, position, scores)
         if transposed:
             return np.ascontiguousarray(scores.T), list(ids["col_ids"]), list(ids["row_ids"])
         return scores, list(ids["row_ids"]), list(ids["col_ids"])
+
+    def _refresh_markers(self, key: str) -> dict[int, dict]:
+        self._markers[key] = self._done_markers(key)
+        return self._markers[key]
 
     def ids(self, measure: str, lang_a: str, lang_b: str) -> dict:
         """The pair's ids.json, oriented so that rows are ``lang_a``."""

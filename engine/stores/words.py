@@ -17,10 +17,10 @@ import json
 from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.errors import BabelgridError
 from engine.runtime import parts
+from engine.runtime.parts import read_table, table_bytes
 from engine.stores.kv import csv_bytes, open_kvstore, write_all
 from engine.stores.similarity import check_name
 
@@ -61,10 +61,8 @@ def write_language(
     aligned utterance and, for each of ``subtitles`` (``srt``, ``vtt``), one subtitle file per utterance; returns
     the URLs of the first two."""
     words = pa.concat_tables(parts).replace_schema_metadata(None) if parts else WORD_SCHEMA.empty_table()
-    buf = io.BytesIO()
-    pq.write_table(words, buf)
     files = {
-        f"{lang}/{WORDS}": buf.getvalue(),
+        f"{lang}/{WORDS}": table_bytes(words),
         f"{lang}/{SKIPPED}": csv_bytes(["utterance", "id", "reason"], sorted(skipped)),
     }
     files |= per_utterance_files(lang, words, subtitles)
@@ -144,7 +142,7 @@ def read_words(out: str, lang: str, *, skipped: bool = False):
     found = kv.read(f"{lang}/{WORDS}").result()
     if found.state != "value":
         raise WordsError(f"no {lang}/{WORDS} under {out!r}: run jobs.align there (it writes it when a run completes)")
-    table = pq.read_table(io.BytesIO(bytes(found.value)))
+    table = read_table(found.value, f"{lang}/{WORDS}", out, "align")
     if not skipped:
         return table
     text = bytes(kv.read(f"{lang}/{SKIPPED}").result().value).decode()

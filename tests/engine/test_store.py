@@ -135,7 +135,7 @@ def test_lengths_and_done(url):
 def test_manifest_and_layout(url, tmp_path):
     fill(url)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["format_version"] == FORMAT_VERSION == 1
+    assert manifest["format_version"] == FORMAT_VERSION == 2
     assert manifest["layers"] == [0, 2, 3] and manifest["dtype"] == "float32" and manifest["frame_rate"] == 50.0
     assert manifest["dims"] == DIMS.to_dict() and manifest["checkpoint_sha256"] == "0" * 64
     assert manifest["created"]["command"] == "pytest" and manifest["created"]["jax_version"]
@@ -229,11 +229,12 @@ def test_shard_killed_before_its_marker_is_not_done(url):
         reader.states("de", 1, 0)
     states, lengths = reader.language_layer("de", 0)
     assert lengths[1] == -1 and not states[1].any()
-    # The one-pass read for kernels that mask by length: the frames asked for, cast while reading, padding as stored.
+    # The one-pass read for kernels that mask by length: the frames asked for, cast while reading, padding as stored;
+    # an utterance not done is never read (its shard, if any, is not trusted), so it reads as zeros.
     raw, raw_lengths = reader.language_layer("de", 0, dtype=ml_dtypes.bfloat16, frames=7, zero_padding=False)
     assert raw.shape == (2, 7, 32) and raw.dtype == ml_dtypes.bfloat16
     np.testing.assert_array_equal(raw_lengths, lengths)
-    np.testing.assert_array_equal(raw[1], shard[0, :7].astype(ml_dtypes.bfloat16))  # the killed shard, unmasked
+    assert not raw[1].any()
     np.testing.assert_array_equal(raw[0, :6], states[0, :6].astype(ml_dtypes.bfloat16))
     with pytest.raises(StoreError, match="frames must be in 0..8"):
         reader.language_layer("de", 0, frames=9)
@@ -426,9 +427,9 @@ def test_open_errors(tmp_path):
     with pytest.raises(StoreError, match="no language 'fr'; it has \\['de'\\]"):
         open_store(url).utterances_table("fr")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    manifest["format_version"] = 2
+    manifest["format_version"] = 3
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(StoreError, match="format version 2; this babelgrid reads version 1"):
+    with pytest.raises(StoreError, match="format version 3; this babelgrid reads versions 1, 2"):
         open_store(url)
     with pytest.raises(StoreError, match="store location"):
         LayerStore.open("nonsense://x")

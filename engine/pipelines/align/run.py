@@ -260,7 +260,7 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
 
     def kept(unit: str) -> dict | None:
         """The metadata of the part ``unit`` if it was made from the utterances done now."""
-        old = read_part(kv, unit, config.run.out)
+        old = read_part(kv, unit, config.run.out, "align")
         return old[1] if old is not None and old[1]["done"] == units[unit][3] else None
 
     total = sum(last - first for _, first, last, _ in units.values())
@@ -317,7 +317,7 @@ def _merge(kv, lang: str, n_utterances: int, config: AlignConfig, reader) -> lis
     done = is_done(reader.lengths(lang))
     rows = reader.arrays(lang).rows
     for first in range(0, n_utterances, config.chunk):
-        part = read_part(kv, part_key(lang, first), config.run.out)
+        part = read_part(kv, part_key(lang, first), config.run.out, "align")
         if part is None:
             raise AlignError(f"part {part_key(lang, first)} is missing after every process finished")
         tables.append(part[0])

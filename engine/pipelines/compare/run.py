@@ -20,7 +20,6 @@ every number reproducible from the stores.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 import re
@@ -28,12 +27,12 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.pipelines.compare import depth, layers, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
 from engine.stores.challenge import read_kept
+from engine.stores.integrity import parquet_bytes
 from engine.stores.kv import open_kvstore, write_all
 from engine.stores.reader import StoreReader, open_store
 
@@ -289,9 +288,7 @@ def run_compare(config: CompareConfig) -> CompareResult:
     depth_rows, challenge_rows = _retrieval(config, readers, names, langs, cache)
     rows = _similarity(config, readers, names, langs, cache)
     table = pa.Table.from_pylist([dict(zip(layers.ROW_COLUMNS, r, strict=True)) for r in rows], schema=SCHEMA)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    writes = {BY_DEPTH: depth.csv_bytes(depth.DEPTH_COLUMNS, depth_rows), LAYER_SIMILARITY: buf.getvalue()}
+    writes = {BY_DEPTH: depth.csv_bytes(depth.DEPTH_COLUMNS, depth_rows), LAYER_SIMILARITY: parquet_bytes(table)}
     if challenge_rows:
         writes[CHALLENGE_TABLE] = depth.csv_bytes(depth.CHALLENGE_COLUMNS, challenge_rows)
     subtitle = f"{', '.join(names)}; {len(langs)} languages"

@@ -20,7 +20,6 @@ import io
 from collections.abc import Sequence
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.errors import BabelgridError
 from engine.runtime import parts
@@ -73,7 +72,7 @@ def read_hypotheses(out: str) -> pa.Table:
         raise HypothesesError(
             f"no {HYPOTHESES} under {out!r}: run jobs.decode there (it writes it when a run completes)"
         )
-    return pq.read_table(io.BytesIO(bytes(found.value)))
+    return parts.read_table(found.value, HYPOTHESES, out, "decode")
 
 
 def read_scores(out: str) -> list[dict]:

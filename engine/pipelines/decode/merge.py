@@ -84,7 +84,7 @@ def merge(kv, config, reader, langs, codes, variants, summary) -> None:
             for task in config.tasks:
                 for decoding in config.decodings:
                     key = hyp.part_key(lang, task, decoding, layer, ln_post)
-                    part = read_part(kv, key, config.run.out)
+                    part = read_part(kv, key, config.run.out, "decode")
                     if part is None:
                         raise DecodeError(f"part {key} is missing after every process finished")
                     tables.append(part[0].replace_schema_metadata(None))

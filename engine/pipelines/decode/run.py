@@ -188,7 +188,7 @@ def _decode(config: DecodeConfig, lease, whisper: LoadedWhisper | None) -> Decod
         }
 
     def kept(key: str, lang: str) -> bool:
-        old = read_part(kv, key, config.run.out)
+        old = read_part(kv, key, config.run.out, "decode")
         return old is not None and old[1]["done"] == done[lang]
 
     def unit_done(unit: str) -> bool:

@@ -33,9 +33,7 @@ class EncodeConfig:
     dtype: str = option("float32", "storage dtype", choices=STORAGE_DTYPES)
     compute_dtype: str = option("float32", "model dtype on the device", choices=DTYPES)
     batch_size: int = option(8, "30 s windows per encoder step over all local devices", minimum=1)
-    long_audio: str = option(
-        "window", "audio over 30 s: consecutive windows, or cut", choices=LONG_AUDIO_MODES
-    )
+    long_audio: str = option("window", "audio over 30 s: consecutive windows, or cut", choices=LONG_AUDIO_MODES)
     prefetch: int = option(4, "host threads decoding audio and computing log-mel ahead of the device", minimum=1)
     claim_utterances: int = option(16, "utterances per work unit the processes of a multi-host run claim", minimum=1)
     allow_unpaired: bool = option(

@@ -4,14 +4,12 @@ the (language pair, layer) part files (``engine.pipelines.interp.run`` writes th
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.pipelines.interp.config import InterpConfig
-from engine.runtime.parts import table_bytes
+from engine.runtime.parts import read_table, table_bytes
 from engine.stores.kv import read_value
 
 FORMAT_NAME = "babelgrid-interp"
@@ -106,7 +104,7 @@ def read_part(kv, key: str, url: str, pairs: list) -> pa.Table | None:
     found = read_value(kv, key, url)
     if found.state != "value":
         return None
-    table = pq.read_table(io.BytesIO(bytes(found.value)))
+    table = read_table(found.value, key, url, "interp")
     meta = (table.schema.metadata or {}).get(PAIRS_META)
     if meta is None or json.loads(meta) != [list(p) for p in pairs]:
         return None

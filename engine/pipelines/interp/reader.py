@@ -12,10 +12,10 @@ import io
 
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from engine.pipelines.interp.config import InterpError
 from engine.pipelines.interp.output import PAIR_SEPARATOR, PAIRS, SUMMARY
+from engine.runtime.parts import read_table
 from engine.stores.kv import open_kvstore, read_value
 from engine.stores.similarity import check_name
 
@@ -35,7 +35,8 @@ def read_pairs(url: str, lang_a: str, lang_b: str, layer: int | None = None, *, 
     pairs (rank > 0)."""
     check_name("language", lang_a)
     check_name("language", lang_b)
-    table = pq.read_table(io.BytesIO(_read(url, f"{lang_a}{PAIR_SEPARATOR}{lang_b}/{PAIRS}")))
+    key = f"{lang_a}{PAIR_SEPARATOR}{lang_b}/{PAIRS}"
+    table = read_table(_read(url, key), key, url, "interp")
     expr = None
     for on, value in (("layer", layer), ("pooling", pooling), ("rank", 0 if parallel_only else None)):
         if value is not None:

@@ -1,0 +1,108 @@
+"""``babelgrid verify``: a scrub of a layer store, a similarity store or a job's output, with an optional repair.
+
+Reads every chunk and file under the location and checks it (``engine.pipelines.verify.checks`` lists what, per
+kind), prints a table of what is damaged, and with ``repair`` marks it not done so that rerunning the job that wrote
+it redoes exactly that. A repair takes the location's writer lease, so it never runs beside a job writing there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import tensorstore as ts
+
+from engine.pipelines.verify import checks
+from engine.pipelines.verify.config import VerifyConfig, VerifyError
+from engine.runtime.runs import RunSummary, progress_bar, writer_lease
+from engine.stores import kv as store_kv
+from engine.stores.kv import StoreError, open_kvstore, read_json
+from engine.stores.schema import FORMAT_NAME as LAYER_STORE
+from engine.stores.similarity import FORMAT_NAME as SIMILARITY_STORE
+
+log = logging.getLogger(__name__)
+KINDS = {LAYER_STORE: "layer store", SIMILARITY_STORE: "similarity store"}
+
+
+@dataclasses.dataclass
+class VerifySummary(RunSummary):
+    location: str = ""
+    kind: str = ""
+    damage: list[checks.Damage] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    checked: dict[str, int] = dataclasses.field(default_factory=dict)
+    repaired: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing is damaged, or every damage was repaired; 1 otherwise."""
+        if not self.damage:
+            return 0
+        return 0 if self.repaired and all(d.fix is not None for d in self.damage) else 1
+
+    def report(self) -> str:
+        counts = ", ".join(f"{n} {name}" for name, n in self.checked.items()) or "nothing"
+        lines = [f"verified {self.kind} {self.location}: {counts} read in {self.seconds:.1f} s"]
+        lines += [f"note: {n}" for n in self.notes]
+        if not self.damage:
+            lines.append("no damage found")
+            return "\n".join(lines)
+        lines.append(f"DAMAGED: {len(self.damage)}")
+        lines.append(table(self.damage, self.repaired))
+        if self.repaired:
+            jobs = sorted({d.job for d in self.damage if d.fix is not None})
+            lines.append(f"repaired: now rerun {' and '.join(jobs)} with the same flags, to redo what was damaged")
+        else:
+            lines.append(f"to repair: babelgrid verify {self.location} --repair, then rerun the jobs named above")
+        return "\n".join(lines)
+
+
+def table(damage: list[checks.Damage], repaired: bool) -> str:
+    """A plain-text table: what, key, problem, repair."""
+    head = ("damaged", "key", "problem", "repair (done)" if repaired else "repair (with --repair)")
+    rows = [head] + [(d.what, d.key, d.problem, d.repair) for d in damage]
+    widths = [min(60, max(len(r[i]) for r in rows)) for i in range(3)]
+    return "\n".join(
+        "  " + "  ".join(c[:w].ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows
+    )
+
+
+def run_verify(config: VerifyConfig) -> VerifySummary:
+    start = time.perf_counter()
+    if config.run.store_timeout:
+        store_kv.set_store_timeout(config.run.store_timeout)
+    if config.run.kvstore_spec:
+        store_kv.set_spec_overrides(store_kv.parse_spec_overrides(config.run.kvstore_spec))
+    url = config.location
+    _, kv = open_kvstore(url)
+    keys = sorted(k.decode() for k in kv.list(ts.KvStore.KeyRange()).result())
+    if not keys:
+        raise VerifyError(f"nothing to verify at {url!r}: it holds no files. Check the path")
+    try:
+        manifest = read_json(kv, "manifest.json", url) or {}
+    except StoreError as e:
+        raise VerifyError(f"{e}: the manifest cannot be rebuilt; restore it from a copy") from None
+    kind = KINDS.get(manifest.get("format"), "output folder")
+    summary = VerifySummary(location=url, kind=kind)
+    findings = checks.Findings()
+    bar = progress_bar(len(keys), "verify", "key", config.run.progress)
+    try:
+        if kind == "layer store":
+            checks.layer_store(url, keys, config.repair, findings, bar)
+        elif kind == "similarity store":
+            checks.similarity_store(url, keys, kv, findings, bar)
+        findings.keys_done.add("manifest.json")
+        checks.files(url, keys, kv, findings, bar)
+    finally:
+        bar.close()
+    summary.damage, summary.notes, summary.checked = findings.damage, findings.notes, findings.checked
+    if config.repair and summary.damage:
+        with writer_lease(url, "verify", config.run.break_lease):
+            for damage in summary.damage:
+                if damage.fix is not None:
+                    damage.fix()
+                    log.info("repaired %s (%s): %s", damage.what, damage.key, damage.repair)
+        summary.repaired = True
+    summary.seconds = time.perf_counter() - start
+    return summary
