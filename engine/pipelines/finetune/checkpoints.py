@@ -29,6 +29,7 @@ import shutil
 
 import jax
 
+from engine.errors import CheckpointError
 from engine.pipelines.finetune.data import FinetuneError
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ FORMAT = 1
 _BLOCK = 1 << 20  # bytes read at a time while hashing
 
 
-class CorruptCheckpointError(FinetuneError):
+class CorruptCheckpointError(FinetuneError, CheckpointError):
     """Every checkpoint of a run failed verification, so there is nothing trustworthy to resume from."""
 
 
