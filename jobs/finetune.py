@@ -7,8 +7,10 @@ r"""Fine-tune Whisper's decoder on a frozen encoder from a layer store's final-l
 
 Pairs: the source languages' stored layer L+1 with the target language's transcriptions of the same ids (or
 --targets id<TAB>text). Held-out ids by a seeded split (OUT/split.csv). Evaluation before and after: X -> target
-(transfer) and X -> en translate (forgetting), BLEU and chrF. Re-running with the same --out resumes from the last
-checkpoint; other hyperparameters are refused. Output layout and padding: engine/pipelines/finetune/run.py and data.py.
+(transfer) and X -> en translate (forgetting), BLEU and chrF. Re-running with the same --out resumes from the newest
+checkpoint that matches its checksums (falling back past a damaged one, with a warning); other hyperparameters are
+refused. Whether the model can be exported is checked before training (--noexport: no OUT/model). Output layout and
+padding: engine/pipelines/finetune/run.py and data.py.
 """
 
 from __future__ import annotations
@@ -30,9 +32,7 @@ def main() -> int:
 
     config = common.config_from_flags(FinetuneConfig)
     summary = run_finetune(config)
-    return common.finish(
-        summary, [f"wrote {config.run.out}/metrics.csv, model/, loss.png, bleu.png"], strict=config.run.strict
-    )
+    return common.finish(summary, [summary.wrote(config.run.out)], strict=config.run.strict)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """The finetune job end to end on a tiny random model and a synthetic store: outputs, export round trip, resume after
-SIGKILL, refusals."""
+SIGKILL, fallback past a damaged checkpoint, the export check before training, the closing line, refusals."""
 
 import csv
+import dataclasses
 import json
+import logging
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from engine.pipelines.finetune import checkpoints as C
 from engine.pipelines.finetune.config import PADDING, FinetuneConfig
 from engine.pipelines.finetune.data import FinetuneError
 from engine.pipelines.finetune.run import METRIC_FIELDS, run_finetune
@@ -122,6 +126,7 @@ def test_resume_after_sigkill_is_bitwise(store, tiny_model_dir, run_out, tmp_pat
     assert again.returncode == 0, again.stderr
     resumed = int(again.stdout.split("resumed from ")[1].split(")")[0])
     assert 0 < resumed < 6, again.stdout
+    assert "model" in wrote_paths(again.stdout, out)
     a = load_file(str(run_out[0] / "model" / "model.safetensors"))
     b = load_file(str(out / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -145,3 +150,85 @@ def test_refusals(store, tiny_model_dir, tiny_whisper, run_out, tmp_path):
     low = make_store(tmp_path / "low", layers=(0, 2))
     with pytest.raises(FinetuneError, match="L\\+1"):
         run_finetune(config(low, tmp_path / "d", tiny_model_dir), whisper=tiny_whisper)
+
+
+def wrote_paths(stdout: str, out: pathlib.Path) -> set[str]:
+    """The names of the closing ``wrote OUT/a, b/, c`` line, each checked to exist under ``out``."""
+    (line,) = [x for x in stdout.splitlines() if x.startswith("wrote ")]
+    first, *rest = line.removeprefix(f"wrote {out}/").split(", ")
+    names = [first, *rest]
+    missing = [n for n in names if not (out / n).exists()]
+    assert not missing, f"{line!r} names {missing}, which do not exist"
+    return {n.rstrip("/") for n in names}
+
+
+def damage(path: pathlib.Path, n: int = 64) -> None:
+    """XOR ``n`` bytes in the middle of ``path`` (issue 25, reproduction 4)."""
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, min(len(data) // 2 + n, len(data))):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def largest_file(folder: pathlib.Path) -> pathlib.Path:
+    return max((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def finished_copy(run_out, tmp_path) -> pathlib.Path:
+    """The finished run's folder without its model: a rerun resumes from its checkpoints."""
+    out = tmp_path / "copy"
+    shutil.copytree(run_out[0], out)
+    shutil.rmtree(out / "model")
+    return out
+
+
+def test_damaged_checkpoint_falls_back_to_the_previous_bitwise(store, tiny_model_dir, tiny_whisper, run_out, tmp_path,
+                                                               caplog):  # fmt: skip
+    from safetensors.numpy import load_file
+
+    out = finished_copy(run_out, tmp_path)
+    data = largest_file(out / "checkpoints" / "6" / C.STATE)
+    damage(data)
+    with caplog.at_level(logging.WARNING, logger=C.__name__):
+        summary = run_finetune(config(store, out, tiny_model_dir), whisper=tiny_whisper)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == C.__name__]
+    assert str(out / "checkpoints" / "6") in warning and data.name in warning and "Resuming from step 4" in warning
+    assert summary.resumed_from == 4 and summary.steps_done == 2
+    assert (out / "checkpoints" / "6.damaged").is_dir() and C.verify(out / "checkpoints" / "6") is None
+    a = load_file(str(run_out[0] / "model" / "model.safetensors"))
+    b = load_file(str(out / "model" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    assert (out / "metrics.csv").read_bytes() == (run_out[0] / "metrics.csv").read_bytes()
+
+
+def test_damaged_checkpoint_without_an_earlier_one_stops(store, tiny_model_dir, tiny_whisper, run_out, tmp_path):
+    out = finished_copy(run_out, tmp_path)
+    shutil.rmtree(out / "checkpoints" / "4")
+    damage(largest_file(out / "checkpoints" / "6" / C.STATE))
+    with pytest.raises(C.CorruptCheckpointError, match="rm -r") as e:
+        run_finetune(config(store, out, tiny_model_dir), whisper=tiny_whisper)
+    assert str(out / "checkpoints" / "6") in str(e.value) and not (out / "model").exists()
+
+
+def test_noexport_writes_and_lists_no_model(store, tiny_model_dir, tiny_whisper, tmp_path):
+    out = tmp_path / "noexport"
+    summary = run_finetune(config(store, out, tiny_model_dir, steps=2, export=False), whisper=tiny_whisper)
+    names = wrote_paths(summary.wrote(out), out)
+    assert "model" not in names and not (out / "model").exists()
+    assert {"metrics.csv", "checkpoints", "loss.png", "bleu.png"} <= names
+
+
+def test_export_is_checked_before_training(store, tiny_model_dir, tiny_whisper, tmp_path, monkeypatch):
+    def refused(out, match, whisper=tiny_whisper):
+        with pytest.raises(FinetuneError, match=match) as e:
+            run_finetune(config(store, out, tiny_model_dir), whisper=whisper)
+        assert "--noexport" in str(e.value)
+        assert not (out / "checkpoints").exists() and not (out / "metrics.csv").exists()  # nothing trained
+
+    (tmp_path / "file").mkdir()
+    (tmp_path / "file" / "model").write_text("not a folder")
+    refused(tmp_path / "file", "is a file")
+    ckpt = dataclasses.replace(tiny_whisper.checkpoint, tokenizer_file=tmp_path / "gone" / "tokenizer.json")
+    refused(tmp_path / "tok", "tokenizer file", dataclasses.replace(tiny_whisper, checkpoint=ckpt))
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)  # as on an install without safetensors
+    refused(tmp_path / "nosafetensors", "pip install safetensors")

@@ -6,12 +6,15 @@ Output folder ``OUT`` (local):
   silence-fill
   approximation); a resume with different ones is refused, naming them.
 - ``split.csv``: ``id, split`` (train | held_out) of every id used, from the seeded split.
-- ``checkpoints/<step>/``: orbax checkpoints of ``{"step", "params", "opt_state"}`` (trainable parameters only),
-  written to a temporary folder and renamed when complete, so a SIGKILL leaves the last complete one; a rerun
-  resumes from it and, with the seeded batch order, ends bitwise where an uninterrupted run ends.
+- ``checkpoints/<step>/``: orbax checkpoints of ``{"step", "params", "opt_state"}`` (trainable parameters only)
+  with a sha256 manifest, written to a temporary folder and renamed when complete, so a SIGKILL leaves the last
+  complete one; a rerun verifies it, resumes from the newest good one (falling back past a damaged one, with a
+  warning) and, with the seeded batch order, ends bitwise where an uninterrupted run ends
+  (``engine.pipelines.finetune.checkpoints``).
 - ``metrics.csv``: ``step, split, source_lang, target_lang, task, metric, value, n`` (training loss: split=train,
   metric=loss, n = target tokens; evaluation: split=held_out, metric bleu|chrf, n = utterances).
-- ``model/``: the fine-tuned Whisper in Hugging Face layout (``engine.models.whisper.checkpoints.export``).
+- ``model/``: the fine-tuned Whisper in Hugging Face layout (``engine.models.whisper.checkpoints.export``), unless
+  ``export`` is off; whether it can be written is checked before training (``engine.pipelines.finetune.export``).
 - ``loss.png``, ``bleu.png`` and the before/after table printed.
 
 Evaluation: greedy decoding of the held-out ids of every evaluation language ``X`` (silence-filled as in
@@ -42,10 +45,12 @@ from engine.models.whisper.checkpoints.export import export_hf
 from engine.models.whisper.decoding import greedy_decode
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import silence_states
+from engine.pipelines.finetune import checkpoints as C
 from engine.pipelines.finetune import data as D
 from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
 from engine.pipelines.finetune.config import PADDING, FinetuneConfig
+from engine.pipelines.finetune.export import MODEL, check_export
 from engine.pipelines.finetune.report import before_after_table, figures
 from engine.runtime.parallel import data_mesh
 from engine.runtime.runs import RunSummary
@@ -63,6 +68,7 @@ class FinetuneSummary(RunSummary):
     n_train: int = 0
     n_held_out: int = 0
     table: list = dataclasses.field(default_factory=list)
+    written: list = dataclasses.field(default_factory=list)  # names under OUT that this run wrote, in order
 
     def report(self) -> str:
         lines = [f"finetune: {self.steps_done} steps (resumed from {self.resumed_from}), {self.n_train} train / "
@@ -70,6 +76,10 @@ class FinetuneSummary(RunSummary):
                  f"padding: {PADDING} (frames past each utterance are a silent window's states, for training and "
                  "evaluation alike; jobs.decode recomputes them from audio)"]  # fmt: skip
         return "\n".join(lines + self.table + self.skip_lines())
+
+    def wrote(self, out) -> str:
+        """The job's closing line: what this run wrote under ``out``, and only that (``--noexport``: no model/)."""
+        return f"wrote {out}/{', '.join(self.written)}"
 
 
 def _check_resume(out: pathlib.Path, config: FinetuneConfig) -> None:
@@ -145,6 +155,8 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
     if whisper.dims != reader.info.dims:
         raise D.FinetuneError(f"--model has dims {whisper.dims}, the store's model {reader.info.dims}; pass the "
                               "store's model with --model")  # fmt: skip
+    if config.export:
+        check_export(whisper, out)
     tok = whisper.tokenizer
     y = fleurs_to_whisper(config.target_lang)
     targets = _targets(config, reader)
@@ -219,17 +231,10 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
         ewc = jax.device_put(E.fisher_from_pairs(whisper, graphdef, trainable, frozen, list(sources.values()),
                                                  en_texts, held, config.ewc_examples), replicated)  # fmt: skip
 
-    import orbax.checkpoint as ocp  # lazy: orbax (checkpoints) is slow to import and only this job needs it
-
-    manager = ocp.CheckpointManager(
-        (out / "checkpoints").resolve(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, save_interval_steps=1, create=True),
-    )
+    checkpoints = out / "checkpoints"
     state = S.init_state(trainable, optim)
-    start = manager.latest_step() or 0
-    if start:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(start, args=ocp.args.StandardRestore(abstract))
+    start, restored = C.restore(checkpoints, state)
+    state = state if restored is None else restored
     summary.resumed_from = start
     state = jax.device_put(state, replicated)
     metrics_path = out / "metrics.csv"
@@ -259,18 +264,19 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
             log.info("step %d loss %.4f", step, float(m["loss"]))
         if step % config.checkpoint_every == 0 or step == config.steps:
             _write_metrics(metrics_path, rows)  # the metrics up to a step are on disk before its checkpoint
-            manager.save(step, args=ocp.args.StandardSave(state))
-            manager.wait_until_finished()
-    manager.close()
+            C.save(checkpoints, step, state)
     summary.steps_done = config.steps - start
 
     tuned = dataclasses.replace(whisper, model=S.with_decoder(whisper.model, state["params"]))
     if not any(r["split"] == "held_out" and int(r["step"]) == config.steps for r in rows):
         rows += eval_rows(tuned, config.steps)
         _write_metrics(metrics_path, rows)
+    summary.written += ["config.json", "split.csv", "metrics.csv", "checkpoints/"]
     if config.export:
-        export_hf(tuned, out / "model")
+        export_hf(tuned, out / MODEL)
+        summary.written.append(f"{MODEL}/")
     summary.table = before_after_table(rows, config.steps)
     figures(rows, out, config.steps)
+    summary.written += ["loss.png", "bleu.png"]
     summary.seconds = time.time() - t0
     return summary

@@ -116,15 +116,13 @@ def write_hf_folder(folder, sd: dict[str, np.ndarray], dims: ModelDimensions, ge
     return folder
 
 
-def export_hf(whisper, folder) -> pathlib.Path:
-    """Write a ``LoadedWhisper`` (model, tokenizer, checkpoint config) as a Hugging Face folder.
-
-    ``generation_config.json`` carries what ``load_whisper`` and transformers' ``generate`` read: alignment heads
-    (the checkpoint's, else the last half of decoder layers), language and task ids, suppressed tokens.
-    """
+def generation_config(whisper) -> dict:
+    """``generation_config.json`` of a ``LoadedWhisper``: what ``load_whisper`` and transformers' ``generate`` read,
+    alignment heads (the checkpoint's, else the last half of decoder layers), language and task ids, suppressed
+    tokens. Cheap: no weights are read (the finetune job builds it before training to know that export will work)."""
     tok, ckpt = whisper.tokenizer, whisper.checkpoint
     lang_ids = whisper.lang_ids
-    generation = {
+    return {
         "alignment_heads": np.asarray(whisper.alignment_heads()).tolist(),
         "decoder_start_token_id": tok.sot,
         "eos_token_id": tok.eot,
@@ -137,4 +135,10 @@ def export_hf(whisper, folder) -> pathlib.Path:
         "begin_suppress_tokens": [int(i) for i in (ckpt.suppress_ids_begin or (*tok.encode(" "), tok.eot))],
         "max_length": whisper.dims.n_text_ctx,
     }
-    return write_hf_folder(folder, openai_state_dict(whisper.model), whisper.dims, generation, ckpt.tokenizer_file)
+
+
+def export_hf(whisper, folder) -> pathlib.Path:
+    """Write a ``LoadedWhisper`` (model, tokenizer, checkpoint config) as a Hugging Face folder, with its
+    ``generation_config``."""
+    return write_hf_folder(folder, openai_state_dict(whisper.model), whisper.dims, generation_config(whisper),
+                           whisper.checkpoint.tokenizer_file)  # fmt: skip
