@@ -263,7 +263,7 @@ class HFSource:
     def _saved(self, root: pathlib.Path) -> dict[str | None, Callable[[], Any]]:
         """A ``save_to_disk`` folder: one Dataset, or a DatasetDict's splits."""
         datasets = _datasets()
-        self._files += [str(p) for p in sorted(root.rglob("*")) if p.is_file()]
+        self._files += _saved_files(root)
 
         def load(split: str | None):
             try:
@@ -390,6 +390,13 @@ class HFSource:
         ids = table.column(mapping["id"]) if mapping["id"] else list(range(n))
         texts = table.column(mapping["text"]) if mapping["text"] else [None] * n
         audio, names = table.audio(mapping["audio"])
+        first = next((a for a in audio if a is not None), None)
+        if isinstance(first, str) and not os.path.isfile(first):
+            raise DatasetError(
+                f"{table.where}: column {mapping['audio']!r} holds strings that name no audio file here (first: "
+                f"{first[:80]!r}); pass the audio column with --audio_column (its columns: "
+                f"{', '.join(table.column_names)})"
+            )
         rows = []
         for i in keep:
             if audio[i] is None:
@@ -417,6 +424,21 @@ def parse_hf_spec(arg: str) -> tuple[str, tuple[str, ...]]:
     if not sep or "/" in configs:
         return arg, ()
     return target, tuple(c.strip() for c in configs.split(",") if c.strip())
+
+
+def _saved_files(root: pathlib.Path) -> list[str]:
+    """The files of a ``save_to_disk`` folder: its JSON and the Arrow files its ``state.json`` lists (not the
+    ``cache-*.arrow`` that ``map`` or ``filter`` on the loaded dataset leave beside them)."""
+    if (root / "dataset_dict.json").is_file():
+        splits = json.loads((root / "dataset_dict.json").read_text())["splits"]
+        return [str(root / "dataset_dict.json"), *(f for split in splits for f in _saved_files(root / split))]
+    state = json.loads((root / "state.json").read_text())
+    data = [str(root / f["filename"]) for f in state.get("_data_files", [])]
+    return [
+        str(root / "state.json"),
+        *([str(root / "dataset_info.json")] if (root / "dataset_info.json").exists() else []),
+        *data,
+    ]
 
 
 def _where(name: str, split: str | None) -> str:
