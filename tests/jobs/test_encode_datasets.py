@@ -19,7 +19,7 @@ from engine.pipelines.encode.run import run_encode
 from engine.pipelines.finetune.config import FinetuneConfig
 from engine.pipelines.finetune.data import FinetuneError
 from engine.pipelines.finetune.run import run_finetune
-from engine.runtime.options import configure
+from engine.runtime.options import ConfigError, configure
 from engine.stores.reader import open_store
 from engine.stores.schema import StoreMismatchError
 from tests.engine.test_sources_corpora import write_covost, write_mass
@@ -121,6 +121,8 @@ def test_finetune_one_step_en_zh_from_covost(fleurs_dir, tiny_model_dir, tiny_wh
     assert {r["target_lang"] for r in rows if r["task"] == "transcribe" and r["metric"] == "bleu"} == {"zh"}
     with open(ft / "split.csv", newline="") as f:
         assert {r["id"] for r in csv.DictReader(f)} == {"common_voice_en_1000", "common_voice_en_1001"}
+    with pytest.raises(ConfigError, match=r"targets and target_dataset both give target texts: pass one"):
+        dataclasses.replace(config, targets=str(tmp_path / "targets.tsv"))
     wrong = dataclasses.replace(config, target_lang="de", run=dataclasses.replace(config.run, out=str(tmp_path / "x")))
     with pytest.raises(FinetuneError, match=r"translates into 'zh-CN' \(Whisper 'zh'\), not --target_lang 'de'"):
         run_finetune(wrong, whisper=tiny_whisper)
