@@ -116,8 +116,8 @@ RUN_USAGE = """usage: babelgrid run STUDY.yaml|demo [--set NAME=VALUE ...] [--dr
 
 Runs a study's stages in order, each as its own process. A stage is skipped when it completed before with the same
 flags, the same inputs and no stage before it ran again. Inputs are the local files and folders its flags name
-(--dataset folder:/manifest:/fleurs: paths, --model folders, upstream stores), compared by their files' names, sizes
-and modification times; remote URLs (gs://, s3://) are not fingerprinted.
+(--dataset folder:/manifest:/fleurs:/hf:/covost2:/mass: paths, --model folders, upstream stores), compared by their
+files' names, sizes and modification times; remote URLs (gs://, s3://) are not fingerprinted.
 
   --set NAME=VALUE   override a variable of the study's vars
   --dry-run          list what would run and why, run nothing
@@ -162,7 +162,9 @@ def _local_path(value: str) -> pathlib.Path | None:
     if "://" in value and not value.startswith("file://"):
         return None
     _, sep, rest = value.partition(":")
-    for candidate in ((rest,) if sep and rest else ()) + (value.removeprefix("file://"),):
+    # covost2:/dir:en_zh-CN and hf:/dir:config name a folder before their last ':'
+    candidates = (rest, rest.rpartition(":")[0]) if sep and rest else ()
+    for candidate in candidates + (value.removeprefix("file://"),):
         path = pathlib.Path(candidate).expanduser()
         if candidate and path.exists():
             return path

@@ -6,7 +6,9 @@ r"""Encode every encoder layer of every utterance into a TensorStore layer store
 
 Datasets (--dataset): demo (30 sentences x 8 languages, espeak-ng), words-demo (42 concepts x 4 languages),
 fleurs (the hub's Parquet export; --langs en_us,de_de --split test), fleurs:/local/copy, manifest:/file.csv|jsonl,
-folder:/dir (<dir>/<lang>/<id>.<ext>, or a flat folder with --lang); translations share an id (BUILD.md#jobs).
+folder:/dir (<dir>/<lang>/<id>.<ext>, or a flat folder with --lang), hf:<hub id or path>[:config] (any datasets
+dataset: --audio_column, --text_column, --id_column, --lang_column), covost2:/dir[:en_zh-CN], mass:/dir;
+translations share an id (BUILD.md#datasets). --plan lists the dataset (revision, columns, ids) without encoding.
 Output on an object store: --out gs://bucket/run or s3://bucket/run (BUILD.md). Re-running with the same --out
 resumes: complete utterances are skipped. The store's layout: BUILD.md and docs/outputs.md.
 """

@@ -6,11 +6,12 @@ r"""Fine-tune Whisper's decoder on a frozen encoder from a layer store's final-l
         --steps 200 --ewc_lambda 1e6    # elastic weight consolidation on X -> en (docs/finetune.md)
 
 Pairs: the source languages' stored layer L+1 with the target language's transcriptions of the same ids (or
---targets id<TAB>text). Held-out ids by a seeded split (OUT/split.csv). Evaluation before and after: X -> target
-(transfer) and X -> en translate (forgetting), BLEU and chrF. Re-running with the same --out resumes from the newest
-checkpoint that matches its checksums (falling back past a damaged one, with a warning); other hyperparameters are
-refused. Whether the model can be exported is checked before training (--noexport: no OUT/model). Output layout and
-padding: engine/pipelines/finetune/run.py and data.py.
+--targets id<TAB>text, or --target_dataset covost2:/dir:en_zh-CN: a dataset's translations; BUILD.md#datasets).
+Held-out ids by a seeded split (OUT/split.csv). Evaluation before and after: X -> target (transfer) and X -> en
+translate (forgetting), BLEU and chrF. Re-running with the same --out resumes from the newest checkpoint that matches
+its checksums (falling back past a damaged one, with a warning); other hyperparameters are refused. Whether the model
+can be exported is checked before training (--noexport: no OUT/model). Output layout and padding:
+engine/pipelines/finetune/run.py and data.py.
 """
 
 from __future__ import annotations

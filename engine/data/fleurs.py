@@ -10,9 +10,9 @@ import os
 import pathlib
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
+from engine.data.tables import binary_views, struct_fields
 from engine.data.utterance import DatasetError, Utterance, check_language, number_recordings, text_or_none
 from engine.languages import FLEURS_LANGUAGES
 
@@ -226,10 +226,8 @@ def _read_fleurs_parquet(
     texts, raws = column("transcription"), column("raw_transcription")
     audio_bytes, audio_paths = [], []
     for chunk in table.column("audio").chunks:
-        # flatten() (not .field()) honours the chunk's slice offset.
-        names = [chunk.type.field(k).name for k in range(chunk.type.num_fields)]
-        fields = dict(zip(names, chunk.flatten(), strict=True))
-        audio_bytes += _binary_views(fields["bytes"])
+        fields = struct_fields(chunk)
+        audio_bytes += binary_views(fields["bytes"])
         audio_paths += fields["path"].to_pylist() if "path" in fields else [None] * len(chunk)
     rows = []
     for i in range(table.num_rows):
@@ -250,18 +248,3 @@ def _read_fleurs_parquet(
             )
         )
     return number_recordings(rows)
-
-
-def _binary_views(array: pa.Array) -> list[memoryview | None]:
-    """Zero-copy views of a (large) binary array's values; ``array[i].as_buffer()`` would copy each one."""
-    if not (pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type)):
-        raise DatasetError(f"FLEURS Parquet audio.bytes has type {array.type}, expected binary")
-    _, offsets, values = array.buffers()
-    values = values if values is not None else pa.py_buffer(b"")  # arrow may omit the buffer when all are empty
-    dtype = np.int64 if pa.types.is_large_binary(array.type) else np.int32
-    offsets = np.frombuffer(offsets, dtype)[array.offset : array.offset + len(array) + 1]
-    valid = array.is_valid().to_numpy(zero_copy_only=False)
-    return [
-        memoryview(values.slice(int(offsets[i]), int(offsets[i + 1] - offsets[i]))) if valid[i] else None
-        for i in range(len(array))
-    ]

@@ -1,5 +1,7 @@
-"""Speech datasets as lists of utterances: manifests and plain folders here, FLEURS in ``engine.data.fleurs``, the
-demo set in ``engine.data.synth.sentences``, and ``get_source``, which picks one from a job's ``--dataset`` spec.
+"""Speech datasets as lists of utterances: manifests and plain folders here, FLEURS in ``engine.data.fleurs``, any
+``datasets`` dataset by column mapping in ``engine.data.hf``, CoVoST 2 in ``engine.data.covost``, MaSS in
+``engine.data.mass``, the demo set in ``engine.data.synth.sentences``; and ``get_source``, which picks one from a
+job's ``--dataset`` spec through the registry ``SOURCES`` (a new form is one entry there).
 
 Every source lists ``Utterance`` records; none decodes audio while listing. ``Utterance.load`` decodes one clip
 with ``engine.data.audio.load_audio`` and raises its ``AudioError`` subclasses with the clip named, so that a job can
@@ -7,8 +9,8 @@ skip and count broken clips (FLEURS has a few) instead of failing.
 
 Glossary:
 
-- id: the utterance's sentence id. Translations share it (FLEURS's sentence id, the demo set's ``demo-NNN``), so
-  the same id across languages is a parallel pair.
+- id: the utterance's sentence id. Translations share it (FLEURS's sentence id, the demo set's ``demo-NNN``, MaSS's
+  verse id, an hf: dataset's ``--id_column``), so the same id across languages is a parallel pair.
 - recording: FLEURS has several readings of one sentence id in one language; all are kept, numbered 0, 1, ... in
   file order, so ``(lang, id, recording)`` is unique within a split.
 - lang: the dataset's own language code (FLEURS ``en_us``, a manifest's ``en``); ``Utterance.whisper_lang`` maps it
@@ -17,18 +19,26 @@ Glossary:
   ``split`` column) ignore the argument: the whole set is one split.
 
 ``get_source(spec)`` turns the string a job's ``--dataset`` flag holds into a source; ``source.name`` is that spec
-with absolute paths, so a store can record it and reopen the same source.
+with absolute paths, so a store can record it and reopen the same source. A source that can say which version of
+its data it lists has ``revision()`` (``engine.data.revision``): the store records it and a resume against another
+is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
+from engine.data.covost import CovostSource
 from engine.data.fleurs import FleursSource
+from engine.data.hf import Columns, HFSource, parse_hf_spec
+from engine.data.mass import MassSource
+from engine.data.revision import files_revision
 from engine.data.synth.sentences import DemoSource
 from engine.data.synth.words import WordsDemoSource
 from engine.data.utterance import (
@@ -41,42 +51,106 @@ from engine.data.utterance import (
     text_or_none,
 )
 
-SPEC_FORMS = (
-    "demo",
-    "words-demo (the bundled word set of the probe)",
-    "fleurs",
-    "fleurs:/path/to/fleurs (original layout or Parquet export)",
-    "manifest:/path/to/list.jsonl (or .csv / .tsv)",
-    "folder:/path/to/audio",
-)
+
+@dataclasses.dataclass(frozen=True)
+class SourceKind:
+    """One form of ``--dataset``: ``make(arg, **options)`` builds the source from the text after ``kind:``."""
+
+    form: str  # as a user writes it, for help and errors
+    make: Callable[..., Source]
+    path: bool = False  # the text after ``kind:`` is required (a path)
+    options: tuple[str, ...] = ()  # the keyword options of get_source it takes (``OPTION_FLAGS``)
 
 
-def get_source(spec: str, **kwargs: Any) -> Source:
-    """The source a dataset spec names: ``demo``, ``fleurs``, ``fleurs:PATH``, ``manifest:PATH``, ``folder:PATH``.
+def _hf(arg: str, *, audio_column=None, text_column=None, id_column=None, lang_column=None, **kwargs) -> Source:
+    target, configs = parse_hf_spec(arg)
+    columns = Columns(audio=audio_column, text=text_column, id=id_column, lang=lang_column)
+    return HFSource(target, configs, columns=columns, **kwargs)
 
-    ``kwargs`` go to the source's constructor (``cache_dir=`` for demo and fleurs, ``lang=`` for a flat folder).
+
+def _covost(arg: str) -> Source:
+    root, _, pair = arg.rpartition(":") if not pathlib.Path(arg).expanduser().exists() else (arg, "", "")
+    return CovostSource(root or arg, pair or None)
+
+
+def _with_cache(cls):
+    return lambda arg, **kwargs: cls(**({"cache_dir": arg} if arg else {}), **kwargs)
+
+
+SOURCES: dict[str, SourceKind] = {
+    "demo": SourceKind("demo", _with_cache(DemoSource), options=("cache_dir",)),
+    "words-demo": SourceKind(
+        "words-demo (the bundled word set of the probe)", _with_cache(WordsDemoSource), options=("cache_dir",)
+    ),  # fmt: skip
+    "fleurs": SourceKind(
+        "fleurs; fleurs:/path/to/fleurs (original layout or Parquet export)",
+        lambda arg, **kw: FleursSource(arg or None, **kw),
+        options=("cache_dir",),
+    ),
+    "manifest": SourceKind("manifest:/path/to/list.jsonl (or .csv / .tsv)", lambda arg: ManifestSource(arg), path=True),
+    "folder": SourceKind(
+        "folder:/path/to/audio", lambda arg, **kw: FolderSource(arg, **kw), path=True, options=("lang",)
+    ),  # fmt: skip
+    "hf": SourceKind(
+        "hf:<hub id or local path>[:config[,config]] (a datasets dataset: save_to_disk folder, Parquet, Hub; "
+        "--audio_column, --text_column, --id_column, --lang_column)",
+        _hf,
+        path=True,
+        options=("lang", "cache_dir", "audio_column", "text_column", "id_column", "lang_column"),
+    ),
+    "covost2": SourceKind(
+        "covost2:/path/to/covost[:<src>_<tgt>] (CoVoST 2 TSVs + Common Voice clips)", _covost, path=True
+    ),  # fmt: skip
+    "mass": SourceKind(
+        "mass:/path/to/mass (<language>/wav/ verse clips, <language>/txt/)", lambda arg: MassSource(arg), path=True
+    ),  # fmt: skip
+}
+SPEC_FORMS = tuple(kind.form for kind in SOURCES.values())
+# How each option reads on a job's command line, for the errors that name one.
+OPTION_FLAGS = {"lang": "--lang", "audio_column": "--audio_column", "text_column": "--text_column",
+                "id_column": "--id_column", "lang_column": "--lang_column", "cache_dir": "cache_dir="}  # fmt: skip
+
+
+def get_source(spec: str, **options: Any) -> Source:
+    """The source a dataset spec names (``SOURCES``: ``demo``, ``fleurs[:PATH]``, ``manifest:PATH``,
+    ``folder:PATH``, ``hf:ID_OR_PATH[:CONFIG]``, ``covost2:PATH[:PAIR]``, ``mass:PATH``, ...).
+
+    ``options`` go to the source (``cache_dir=`` for demo and fleurs, ``lang=`` for a flat folder or a one-language
+    hf: dataset, the ``*_column`` mapping for hf:); None means not given. One a source does not take is refused.
     """
     kind, _, arg = str(spec).strip().partition(":")
-    kind = kind.lower()
+    entry = SOURCES.get(kind.lower())
     forms = "; ".join(SPEC_FORMS)
-    if kwargs.get("lang") is not None and kind != "folder":
-        raise DatasetError(f"a language (--lang {kwargs['lang']}) is given only to a flat folder dataset, not {spec!r}")
-    kwargs = {k: v for k, v in kwargs.items() if not (k == "lang" and v is None)}
-    if kind == "demo":
-        if arg:
-            kwargs.setdefault("cache_dir", arg)
-        return DemoSource(**kwargs)
-    if kind == "words-demo":
-        if arg:
-            kwargs.setdefault("cache_dir", arg)
-        return WordsDemoSource(**kwargs)
-    if kind == "fleurs":
-        return FleursSource(arg or None, **kwargs)
-    if kind in ("manifest", "folder"):
-        if not arg:
-            raise DatasetError(f"dataset spec {spec!r} names no path; write {kind}:/path (accepted: {forms})")
-        return ManifestSource(arg, **kwargs) if kind == "manifest" else FolderSource(arg, **kwargs)
-    raise DatasetError(f"unknown dataset spec {spec!r}; accepted forms: {forms}")
+    if entry is None:
+        raise DatasetError(f"unknown dataset spec {spec!r}; accepted forms: {forms}")
+    if entry.path and not arg:
+        raise DatasetError(f"dataset spec {spec!r} names no path; write {kind.lower()}:/path (accepted: {forms})")
+    given = {k: v for k, v in options.items() if v is not None}
+    refused = [k for k in given if k in OPTION_FLAGS and k not in entry.options]
+    if refused:
+        takers = {k: [n for n, e in SOURCES.items() if k in e.options] for k in refused}
+        said = "; ".join(f"{OPTION_FLAGS[k]} {given[k]} is given only to {' and '.join(takers[k])} datasets"
+                         for k in refused)  # fmt: skip
+        if refused == ["lang"]:
+            said += " (a flat folder dataset, or an hf: dataset of one language)"
+        raise DatasetError(f"{said}, not {spec!r}")
+    return entry.make(arg, **given)
+
+
+def dataset_translations(spec: str, **options: Any) -> tuple[str, dict[str, str]]:
+    """(target language, id -> translation) over every language and split of a dataset whose utterances carry a
+    translation (CoVoST 2): the targets of X -> Y fine-tuning. The first text of an id is kept."""
+    source = get_source(spec, **options)
+    target = getattr(source, "translation_lang", None)
+    if target is None:
+        raise DatasetError(f"dataset {spec!r} holds no translations (CoVoST 2 does: covost2:/path[:<src>_<tgt>])")
+    out: dict[str, str] = {}
+    for lang in source.languages():
+        for split in source.splits() or [None]:
+            for utt in source.utterances(lang, split):
+                if utt.translation:
+                    out.setdefault(utt.id, utt.translation)
+    return target, out
 
 
 # --- manifests ------------------------------------------------------------------------------------------------------
@@ -174,6 +248,11 @@ class ManifestSource:
     def languages(self) -> list[str]:
         return sorted({r["lang"] for r in self._rows})
 
+    def revision(self) -> str:
+        """A digest of the manifest and the names and sizes of the clips it lists that exist."""
+        clips = {r["audio"] for r in self._rows if os.path.isfile(r["audio"])}
+        return files_revision(self.path.parent, [self.path], clips)
+
     def splits(self) -> list[str]:
         return sorted({r["split"] for r in self._rows if r["split"]}) if self._has_splits else []
 
@@ -226,6 +305,13 @@ class FolderSource:
 
     def languages(self) -> list[str]:
         return list(self._dirs)
+
+    def revision(self) -> str:
+        """A digest of the transcripts and the clips' names and sizes."""
+        clips = [f for d in self._dirs.values() for f in d.iterdir() if is_audio(f)]
+        return files_revision(
+            self.root, [f.with_suffix(".txt") for f in clips if f.with_suffix(".txt").is_file()], clips
+        )
 
     def splits(self) -> list[str]:
         return []

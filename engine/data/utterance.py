@@ -26,6 +26,17 @@ class DatasetError(BabelgridError, ValueError):
     """A dataset cannot be listed: unknown spec, bad layout, missing columns, unreachable Hub."""
 
 
+@runtime_checkable
+class LazyAudio(Protocol):
+    """Encoded audio fetched only when an utterance is loaded (one row of a Parquet file on the Hub, read by range
+    requests), so that listing a large corpus downloads no audio."""
+
+    def read(self) -> bytes: ...
+
+
+AudioRef = str | bytes | memoryview | LazyAudio  # a path, the encoded bytes, or bytes fetched on ``load``
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Utterance:
     """One recording of one sentence in one language. The audio is decoded only by ``load``."""
@@ -33,12 +44,15 @@ class Utterance:
     id: str
     lang: str
     # A path, or the encoded bytes (FLEURS Parquet: a read-only view into the memory-mapped Arrow cache, so that
-    # listing a split copies no audio). Left out of ==, hash and repr: identity is (lang, id, recording, path).
-    audio: str | bytes | memoryview = dataclasses.field(repr=False, compare=False)
+    # listing a split copies no audio), or a ``LazyAudio`` read on ``load``. Left out of ==, hash and repr: identity
+    # is (lang, id, recording, path).
+    audio: AudioRef = dataclasses.field(repr=False, compare=False)
     path: str  # for the record: the file path, or the original file name when ``audio`` is bytes
     recording: int = 0
     transcription: str | None = None
     raw_transcription: str | None = None  # FLEURS only: the text as read, cased and punctuated
+    # The text in another language, where the dataset pairs the speech with one (CoVoST 2: the target translation).
+    translation: str | None = None
     speaker: str | None = None
     gender: str | None = None
     duration_s: float | None = None  # seconds, when the dataset states it; None rather than decoding to find out
@@ -74,7 +88,7 @@ class Utterance:
         if isinstance(self.audio, str):
             return self.audio
         # engine.data.audio names bytes "<bytes>"; a named file object makes its errors name the clip instead.
-        stream = io.BytesIO(self.audio)
+        stream = io.BytesIO(self.audio.read() if isinstance(self.audio, LazyAudio) else self.audio)
         stream.name = self.path
         return stream
 

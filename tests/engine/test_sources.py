@@ -390,7 +390,9 @@ def test_folder_flat(tmp_path, fleurs_dir):
     soundfile.write(tmp_path / "a.flac", samples, 16000)  # same stem twice: two recordings of one id
     with pytest.raises(DatasetError, match=r"no <lang>/ subfolders; give its language \(--lang en"):
         S.get_source(f"folder:{tmp_path}")
-    with pytest.raises(DatasetError, match=r"only to a flat folder dataset, not 'demo'"):
+    with pytest.raises(
+        DatasetError, match=r"only to folder and hf datasets \(a flat folder dataset, or an hf: .*not 'demo'"
+    ):
         S.get_source("demo", lang="en")
     src = S.get_source(f"folder:{tmp_path}", lang="en_us")
     utts = src.utterances("en_us")
@@ -410,7 +412,7 @@ def test_folder_flat(tmp_path, fleurs_dir):
 
 
 def test_get_source_errors(tmp_path):
-    for spec in ("", "librispeech", "fleur:/x", "hf://google/fleurs"):
+    for spec in ("", "librispeech", "fleur:/x", "huggingface:google/fleurs"):
         forms = r"accepted forms: demo; words-demo .*; fleurs; fleurs:/path"
         with pytest.raises(DatasetError, match=r"unknown dataset spec .*" + forms):
             S.get_source(spec)

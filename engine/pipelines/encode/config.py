@@ -20,9 +20,23 @@ class EncodeConfig:
     dataset: str = option(
         "demo",
         "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl|csv | folder:/dir (<dir>/<lang>/<id>.<ext>, any "
-        "format libsndfile reads; or a flat folder with --lang)",
+        "format libsndfile reads; or a flat folder with --lang) | hf:<hub id or local path>[:config[,config]] (a "
+        "datasets dataset: save_to_disk folder, Parquet, Hub; --*_column) | covost2:/dir[:<src>_<tgt>] | mass:/dir "
+        "(BUILD.md#datasets)",
     )
-    lang: str | None = option(None, "the language of a flat folder dataset (folder:/dir with the audio files in it)")
+    lang: str | None = option(
+        None, "the language of a flat folder dataset (folder:/dir with the audio files in it) or a one-language hf:"
+    )
+    audio_column: str | None = option(None, "hf: the audio column (an Audio feature, bytes or paths; default audio)")
+    text_column: str | None = option(
+        None, "hf: the transcription column (default: the first of transcription, sentence, text, normalized_text)"
+    )
+    id_column: str | None = option(
+        None, "hf: the parallel id column: equal ids across languages are translations (default: id, else row number)"
+    )
+    lang_column: str | None = option(
+        None, "hf: the language column (default: each config is one language, hf:ID:en,de; or --lang)"
+    )
     langs: tuple[str, ...] | None = option(
         None, "comma-separated language codes of the dataset, or 'all'", parse="list"
     )

@@ -15,10 +15,11 @@ from engine.data import audio as audio_lib
 from engine.data.audio import SAMPLE_RATE
 from engine.data.features import features_for_audio
 from engine.data.pairing import pairing_lines, shared_ids
-from engine.data.sources import get_source
+from engine.data.revision import source_revision
 from engine.errors import AudioError
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.loaded import load_whisper
+from engine.pipelines.encode.run import dataset_source
 from engine.pipelines.encode.windows import expected_frames
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
@@ -142,7 +143,7 @@ def plan_encode_run(config, device: Device | None) -> Plan:
     """``plan_encode`` for an ``EncodeConfig``: the dataset's headers (no audio decoded) and the model's dimensions."""
     whisper = load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
     dims = whisper.dims
-    source = get_source(config.dataset, lang=config.lang)
+    source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
     shared = shared_ids(listing)
@@ -177,7 +178,24 @@ def plan_encode_run(config, device: Device | None) -> Plan:
         window_seconds=window_seconds,
         calibrated_for=time.perf_counter() - t0,
     )
+    plan.counts[1:1] = dataset_lines(source, listing, config.split)
     for line in pairing_lines(shared):  # what the run would refuse (no id shared) is visible in the plan too
         name, _, value = line.partition(": ")
         plan.counts.append((name, value))
     return plan
+
+
+def dataset_lines(source, listing: Mapping[str, Sequence], split: str) -> list[tuple[str, str]]:
+    """The plan's dry listing of the dataset: what it is, its revision, how its columns map (hf:), and per language
+    the utterances, the transcribed ones and the first ids."""
+    lines = [("dataset", f"{source.name} split {split if source.splits() else '(none: all of it)'}")]
+    lines.append(("revision", source_revision(source) or "(none stated)"))
+    mapping = getattr(source, "column_mapping", None)
+    if callable(mapping):
+        named = {k: v or ("(row number)" if k == "id" else "(none)") for k, v in mapping().items()}
+        lines.append(("columns", ", ".join(f"{k}={v}" for k, v in named.items())))
+    for lang, utts in listing.items():
+        texts = sum(1 for u in utts if u.transcription)
+        first = ", ".join(u.id for u in utts[:3]) + (" ..." if len(utts) > 3 else "")
+        lines.append((f"  {lang}", f"{len(utts)} utterances, {texts} transcribed; ids {first or '(none)'}"))
+    return lines

@@ -33,8 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.data.pairing import check_listing, pairing_lines
+from engine.data.revision import source_revision
 from engine.data.sources import get_source
-from engine.data.utterance import Utterance
+from engine.data.utterance import Source, Utterance
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
@@ -47,7 +48,7 @@ from engine.runtime.units import UnitLoop
 from engine.stores.kv import StoreError, open_kvstore
 from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
-from engine.stores.schema import StoreInfo, check_language_code
+from engine.stores.schema import StoreInfo, StoreMismatchError, check_language_code
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     """
     t0 = time.perf_counter()
     whisper = whisper or load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
-    source = get_source(config.dataset, lang=config.lang)
+    source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     _check_languages(langs, whisper)  # before anything is created, the lease included
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
@@ -92,14 +93,36 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
     if is_process_zero():
         for line in pairing_lines(shared):
             log.info("%s", line)
+    revision = source_revision(source)
     with writer_lease(config.run.out, "encode", config.run.break_lease) as lease:
-        summary = _encode(config, whisper, listing, lease)
+        summary = _encode(config, whisper, listing, lease, revision)
     summary.shared_ids = shared
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _encode(config: EncodeConfig, whisper: LoadedWhisper, listing: dict[str, list[Utterance]], lease) -> EncodeSummary:
+def dataset_source(config: EncodeConfig) -> Source:
+    """The dataset an encode config names, with its options (flat folder language, hf: column mapping)."""
+    return get_source(config.dataset, lang=config.lang, audio_column=config.audio_column,
+                      text_column=config.text_column, id_column=config.id_column,
+                      lang_column=config.lang_column)  # fmt: skip
+
+
+def _check_revision(store: LayerStore, revision: str | None, url: str) -> None:
+    """A resume must list the same data: the revision the store recorded (hub commit or file digest) against this
+    run's. Stores written before revisions were recorded, and sources that state none, are not compared."""
+    stored = store.manifest.get("created", {}).get("dataset_revision")
+    if stored is not None and revision is not None and stored != revision:
+        raise StoreMismatchError(
+            f"layer store {url!r} was written from another revision of its dataset: dataset_revision (stored "
+            f"{stored!r}, now {revision!r}). The dataset changed since: write to a new output folder, or restore the "
+            "dataset the store was written from"
+        )
+
+
+def _encode(
+    config: EncodeConfig, whisper: LoadedWhisper, listing: dict[str, list[Utterance]], lease, revision: str | None
+) -> EncodeSummary:
     dims = whisper.dims
     layers = tuple(range(dims.n_audio_layer + 2)) if config.layers is None else tuple(config.layers)
     info = StoreInfo(
@@ -111,13 +134,14 @@ def _encode(config: EncodeConfig, whisper: LoadedWhisper, listing: dict[str, lis
         compute_dtype=config.compute_dtype,
         long_audio=config.long_audio,
     )
-    creation = {"dataset": config.dataset, "split": config.split}
+    creation = {"dataset": config.dataset, "split": config.split, "dataset_revision": revision}
     claims = WorkClaims(open_kvstore(config.run.out)[1], config.run.out, "encode", ttl=config.run.claim_ttl)
     if is_process_zero():
         claims.clear()  # under the writer lease, before the barrier below: no process claims anything yet
     store = process_zero_first(
         "babelgrid-store-created", lambda: LayerStore.create_or_open(config.run.out, info, creation=creation)
     )
+    _check_revision(store, revision, config.run.out)
 
     encoder = ShardedEncoder(
         whisper.model, data_mesh(jax.local_devices()), layers=layers, out_dtype=jnp.dtype(config.dtype)

@@ -12,7 +12,8 @@ PADDING = "silence_fill_approximate"
 TASK_TOKENS = ("transcribe", "translate")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters stay float32
 # Fields that change what is trained: a resume must match them all.
-HYPERPARAMETERS = ("store", "model", "source_langs", "target_lang", "targets", "task_token", "steps", "batch_size",
+HYPERPARAMETERS = ("store", "model", "source_langs", "target_lang", "targets", "target_dataset", "task_token", "steps",
+                   "batch_size",
                    "learning_rate", "warmup_steps", "decay", "weight_decay", "clip_norm", "label_smoothing",
                    "trainable", "compute_dtype", "seed", "held_out", "ewc_lambda", "ewc_examples")  # fmt: skip
 TRAINABLE = {
@@ -64,6 +65,11 @@ class FinetuneConfig:
     # A store language (its transcriptions are the targets) or a Whisper code with targets.
     target_lang: str = option("de", "target language: a store language (its transcriptions) or with --targets")
     targets: str | None = option(None, "TSV of id<TAB>text target texts, instead of the store's --target_lang texts")
+    target_dataset: str | None = option(
+        None,
+        "a dataset whose utterances carry translations (covost2:/dir[:en_zh-CN]): its target texts by id, instead of "
+        "the store's --target_lang texts (the store encoded from its source language)",
+    )
     # The prompt's task: <|sot|><|Y|><|task|><|notimestamps|>.
     task_token: str = option("transcribe", "task token of the prompt", choices=TASK_TOKENS)
     eval_langs: tuple[str, ...] | None = option(
@@ -96,6 +102,8 @@ class FinetuneConfig:
             raise ConfigError("finetune needs an output folder: run.out (--out)")
         if not self.source_langs:
             raise ConfigError("source_langs is empty: name the store languages whose states are the inputs")
+        if self.targets and self.target_dataset:
+            raise ConfigError("targets and target_dataset both give target texts: pass one")
         if not 0 < self.held_out < 1:
             raise ConfigError(f"held_out must be a fraction in (0, 1), got {self.held_out}")
         try:

@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from engine.axes import DATA
+from engine.data.sources import dataset_translations
 from engine.dtypes import DTYPES
 from engine.languages import fleurs_to_whisper
 from engine.models.whisper.checkpoints.export import export_hf
@@ -98,6 +99,8 @@ def _check_resume(out: pathlib.Path, config: FinetuneConfig) -> None:
 
 
 def _targets(config, reader) -> dict[str, str]:
+    if config.target_dataset:
+        return _dataset_targets(config)
     if config.targets:
         targets = D.read_targets_tsv(pathlib.Path(config.targets).read_bytes(), config.targets)
     else:
@@ -105,6 +108,18 @@ def _targets(config, reader) -> dict[str, str]:
     if not targets:
         raise D.FinetuneError(f"target language {config.target_lang!r} has no texts"
                               + ("" if config.targets else " in the store; pass --targets id<TAB>text"))  # fmt: skip
+    return targets
+
+
+def _dataset_targets(config) -> dict[str, str]:
+    """The translations of ``--target_dataset`` by id, checked to be in ``--target_lang`` (CoVoST's zh-CN is zh)."""
+    lang, targets = dataset_translations(config.target_dataset)
+    if fleurs_to_whisper(lang) != fleurs_to_whisper(config.target_lang):
+        raise D.FinetuneError(f"--target_dataset {config.target_dataset!r} translates into {lang!r} (Whisper "
+                              f"{fleurs_to_whisper(lang)!r}), not --target_lang {config.target_lang!r}: pass "
+                              f"--target_lang {fleurs_to_whisper(lang)}")  # fmt: skip
+    if not targets:
+        raise D.FinetuneError(f"--target_dataset {config.target_dataset!r} has no translations")
     return targets
 
 
