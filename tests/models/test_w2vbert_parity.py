@@ -1,0 +1,158 @@
+"""w2v-BERT 2.0 and the SeamlessM4T v2 speech encoder against transformers' PyTorch models, every layer.
+
+Each family is built once (module-scoped) at real width (hidden 1024, 16 heads, FFN 4096, depthwise kernel 31,
+relative_key clipped at -64/+8) with 2 conformer layers for CI time, its random weights perturbed so that norms and
+biases differ from their initial 1 and 0 (a miswired norm or bias would otherwise hide), and written by
+``save_pretrained``: ``Wav2Vec2BertModel``, and ``SeamlessM4Tv2Model`` with a small text, speech-unit and vocoder
+config (those share ``hidden_size`` with the speech encoder, so only their depths, widths of their own and
+vocabularies shrink) written in shards. babelgrid loads each folder with ``load_w2vbert`` and encodes a ragged batch
+of three real FLEURS clips (2.0, 3.3 and 4.1 s, three languages) from its own features; transformers encodes the same
+clips from ``SeamlessM4TFeatureExtractor``'s features and attention mask with ``output_hidden_states=True``.
+
+Bound: at every layer and every valid frame, ``|ours - theirs| <= 1e-5 x`` the layer's largest magnitude, in float32.
+Both sides compute the same float32 arithmetic in a different order (matrix products over 1024 and 4096 terms, layer
+norm statistics over 1024, softmax over up to 205 keys); that rounding gives about 1e-6 of the peak after two blocks
+(4e-7 to 1.2e-6 measured, both families), and the bound leaves 10x of it. A logic error is far above it: with the perturbed weights a norm's
+scale or a bias in the wrong place moves a layer by 1e-2 of its peak or more, a mask leaking padding by more still.
+
+transformers' ``SeamlessM4Tv2SpeechEncoder`` ties its last ``hidden_states`` entry to its output, the adapter's
+(8x fewer frames); the last conformer block's output is read with a forward hook instead (see ``model``).
+"""
+
+import numpy as np
+import pytest
+
+from engine.data.audio import load_audio
+from engine.models.w2vbert import features
+from engine.models.w2vbert.loaded import load_w2vbert
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+N_LAYER = 2
+RTOL_PEAK = 1e-5
+CLIPS = ((3, 32_000), (17, 52_800), (33, 65_600))  # (clip index, samples kept): 2.0, 3.3, 4.1 s
+# A SeamlessM4Tv2Model whose parts other than the speech encoder are as small as the config allows.
+SEAMLESS_SMALL_REST = dict(
+    vocab_size=64,
+    t2u_vocab_size=32,
+    char_vocab_size=32,
+    encoder_layers=1,
+    decoder_layers=1,
+    encoder_ffn_dim=32,
+    decoder_ffn_dim=32,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+    max_position_embeddings=64,
+    t2u_encoder_layers=1,
+    t2u_decoder_layers=1,
+    t2u_encoder_ffn_dim=32,
+    t2u_decoder_ffn_dim=32,
+    t2u_encoder_attention_heads=2,
+    t2u_decoder_attention_heads=2,
+    t2u_max_position_embeddings=64,
+    t2u_variance_predictor_embed_dim=16,
+    t2u_variance_predictor_hidden_dim=16,
+    upsample_initial_channel=16,
+    upsample_rates=(2,),
+    upsample_kernel_sizes=(4,),
+    resblock_kernel_sizes=(3,),
+    resblock_dilation_sizes=((1,),),
+    unit_hifi_gan_vocab_size=16,
+    unit_embed_dim=16,
+    lang_embed_dim=4,
+    spkr_embed_dim=4,
+    vocoder_num_langs=2,
+    vocoder_num_spkrs=2,
+)
+
+
+def perturb(module, seed: int) -> None:
+    """Add seeded noise to every parameter: 0.1 on norms (initially 1 and 0), 0.02 elsewhere."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * (0.1 if "norm" in name else 0.02))
+
+
+@pytest.fixture(scope="module")
+def clips(fleurs_clips):
+    waveforms = [load_audio(fleurs_clips[i])[:n] for i, n in CLIPS]
+    assert [len(w) for w in waveforms] == [n for _, n in CLIPS], "a FLEURS clip is shorter than the test expects"
+    assert len({p.name.split("-")[1] for p in (fleurs_clips[i] for i, _ in CLIPS)}) == 3
+    extractor = transformers.SeamlessM4TFeatureExtractor()
+    theirs = extractor(waveforms, sampling_rate=16000, return_tensors="pt")
+    return waveforms, theirs["input_features"], theirs["attention_mask"]
+
+
+@pytest.fixture(scope="module")
+def w2v_bert(tmp_path_factory):
+    """(torch Wav2Vec2BertModel, its save_pretrained folder)."""
+    config = transformers.Wav2Vec2BertConfig(num_hidden_layers=N_LAYER)
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2BertModel(config).eval()
+    perturb(model, seed=1)
+    folder = tmp_path_factory.mktemp("w2v-bert")
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def seamless(tmp_path_factory):
+    """(torch SeamlessM4Tv2Model, its save_pretrained folder, sharded)."""
+    config = transformers.SeamlessM4Tv2Config(speech_encoder_layers=N_LAYER, **SEAMLESS_SMALL_REST)
+    torch.manual_seed(0)
+    model = transformers.SeamlessM4Tv2Model(config).eval()
+    perturb(model.speech_encoder, seed=2)
+    folder = tmp_path_factory.mktemp("seamless-m4t-v2")
+    model.save_pretrained(folder, max_shard_size="200MB")
+    return model, folder
+
+
+def assert_layers_match(ours: np.ndarray, theirs: list[np.ndarray], valid: np.ndarray) -> None:
+    assert ours.shape[0] == len(theirs) == N_LAYER + 1
+    for layer, ref in enumerate(theirs):
+        assert ours[layer].shape == ref.shape, (layer, ours[layer].shape, ref.shape)
+        peak = np.abs(ref).max()
+        for row, n in enumerate(valid):
+            err = np.abs(ours[layer, row, :n] - ref[row, :n]).max()
+            assert err <= RTOL_PEAK * peak, f"layer {layer}, utterance {row}: {err / peak:.2e} of the peak {peak:.3g}"
+        assert np.isfinite(ours[layer]).all(), f"layer {layer} has non-finite padding frames"
+
+
+def test_w2v_bert_every_layer(w2v_bert, clips):
+    model, folder = w2v_bert
+    waveforms, their_features, mask = clips
+    with torch.no_grad():
+        out = model(their_features, attention_mask=mask, output_hidden_states=True)
+    theirs = [h.numpy() for h in out.hidden_states]
+    np.testing.assert_array_equal(theirs[-1], out.last_hidden_state.numpy())  # layer L is the model's output
+
+    loaded = load_w2vbert(folder)
+    assert (loaded.n_layers_out, loaded.seconds_per_frame, loaded.config.width) == (N_LAYER + 1, 0.02, 1024)
+    states, valid = loaded.encode_batch(waveforms)
+    np.testing.assert_array_equal(valid, mask.sum(1).numpy())
+    assert_layers_match(np.asarray(states), theirs, valid)
+
+
+def test_seamless_speech_encoder_every_layer(seamless, clips):
+    model, folder = seamless
+    waveforms, their_features, mask = clips
+    encoder = model.speech_encoder
+    last = []
+    hook = encoder.encoder.layers[-1].register_forward_hook(lambda module, args, output: last.append(output))
+    try:
+        with torch.no_grad():
+            out = encoder(their_features, attention_mask=mask, output_hidden_states=True)
+    finally:
+        hook.remove()
+    # transformers' last entry is the adapter's output, 8x fewer frames: not a conformer layer.
+    frames = their_features.shape[1]
+    assert out.hidden_states[-1].shape[1] == -(-frames // 8) != frames
+    theirs = [h.numpy() for h in out.hidden_states[:-1]] + [last[0].numpy()]
+
+    loaded = load_w2vbert(folder)
+    assert loaded.config.family == "seamless_m4t_v2" and loaded.n_layers_out == N_LAYER + 1
+    ours, valid = features.batch_features(waveforms)
+    np.testing.assert_array_equal(valid, mask.sum(1).numpy())
+    assert_layers_match(np.asarray(loaded.encode(ours, valid)), theirs, valid)
