@@ -12,8 +12,9 @@ clips from ``SeamlessM4TFeatureExtractor``'s features and attention mask with ``
 Bound: at every layer and every valid frame, ``|ours - theirs| <= 1e-5 x`` the layer's largest magnitude, in float32.
 Both sides compute the same float32 arithmetic in a different order (matrix products over 1024 and 4096 terms, layer
 norm statistics over 1024, softmax over up to 205 keys); that rounding gives about 1e-6 of the peak after two blocks
-(4e-7 to 1.2e-6 measured, both families), and the bound leaves 10x of it. A logic error is far above it: with the perturbed weights a norm's
-scale or a bias in the wrong place moves a layer by 1e-2 of its peak or more, a mask leaking padding by more still.
+(4e-7 to 1.2e-6 measured, both families), and the bound leaves 10x of it. A logic error is far above it: with the
+perturbed weights a norm's scale or a bias in the wrong place moves a layer by 1e-2 of its peak or more, a mask
+leaking padding by more still.
 
 transformers' ``SeamlessM4Tv2SpeechEncoder`` ties its last ``hidden_states`` entry to its output, the adapter's
 (8x fewer frames); the last conformer block's output is read with a forward hook instead (see ``model``).
