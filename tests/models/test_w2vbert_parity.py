@@ -12,20 +12,28 @@ clips from ``SeamlessM4TFeatureExtractor``'s features and attention mask with ``
 Bound: at every layer and every valid frame, ``|ours - theirs| <= 1e-5 x`` the layer's largest magnitude, in float32.
 Both sides compute the same float32 arithmetic in a different order (matrix products over 1024 and 4096 terms, layer
 norm statistics over 1024, softmax over up to 205 keys); that rounding gives about 1e-6 of the peak after two blocks
-(4e-7 to 1.2e-6 measured, both families), and the bound leaves 10x of it. A logic error is far above it: with the
-perturbed weights a norm's scale or a bias in the wrong place moves a layer by 1e-2 of its peak or more, a mask
-leaking padding by more still.
+(4e-7 to 1.2e-6 measured, both families), and the bound leaves 10x of it. Ours runs at full float32 matmul
+precision ("highest"): JAX's default on a GPU is TF32, far coarser than this bound. A logic error is far above it:
+with the perturbed weights a norm's scale or a bias in the wrong place moves a layer by 1e-2 of its peak or more, a
+mask leaking padding by more still (a missing chunk mask: 2e-2).
 
 transformers' ``SeamlessM4Tv2SpeechEncoder`` ties its last ``hidden_states`` entry to its output, the adapter's
 (8x fewer frames); the last conformer block's output is read with a forward hook instead (see ``model``).
+
+Seamless's chunked attention (20000-frame chunks in the real config, 400 s) is checked at width 64 with 16-frame
+chunks against transformers' ``SeamlessM4Tv2SpeechEncoder`` alone, with the same bound.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from engine.data.audio import load_audio
 from engine.models.w2vbert import features
+from engine.models.w2vbert.config import config_from_hf
 from engine.models.w2vbert.loaded import load_w2vbert
+from engine.models.w2vbert.model import W2vBertEncoder, state_shapes
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -131,7 +139,8 @@ def test_w2v_bert_every_layer(w2v_bert, clips):
 
     loaded = load_w2vbert(folder)
     assert (loaded.n_layers_out, loaded.seconds_per_frame, loaded.config.width) == (N_LAYER + 1, 0.02, 1024)
-    states, valid = loaded.encode_batch(waveforms)
+    with jax.default_matmul_precision("highest"):
+        states, valid = loaded.encode_batch(waveforms)
     np.testing.assert_array_equal(valid, mask.sum(1).numpy())
     assert_layers_match(np.asarray(states), theirs, valid)
 
@@ -156,4 +165,46 @@ def test_seamless_speech_encoder_every_layer(seamless, clips):
     assert loaded.config.family == "seamless_m4t_v2" and loaded.n_layers_out == N_LAYER + 1
     ours, valid = features.batch_features(waveforms)
     np.testing.assert_array_equal(valid, mask.sum(1).numpy())
-    assert_layers_match(np.asarray(loaded.encode(ours, valid)), theirs, valid)
+    with jax.default_matmul_precision("highest"):
+        states = loaded.encode(ours, valid)
+    assert_layers_match(np.asarray(states), theirs, valid)
+
+
+@pytest.mark.parametrize("left_chunks", [1, -1])
+def test_seamless_chunked_attention(left_chunks):
+    """Seamless attends within chunks of ``speech_encoder_chunk_size`` frames and the ``left_chunks`` before (all of
+    them when negative). The real 20000-frame chunks need 400 s of audio; 16-frame chunks at width 64 show it on 50
+    random frames, against transformers' speech encoder alone."""
+    # Not exported at the top of transformers.
+    from transformers.models.seamless_m4t_v2.modeling_seamless_m4t_v2 import SeamlessM4Tv2SpeechEncoder
+
+    config = transformers.SeamlessM4Tv2Config(
+        hidden_size=64,
+        speech_encoder_layers=N_LAYER,
+        speech_encoder_attention_heads=4,
+        speech_encoder_intermediate_size=128,
+        speech_encoder_chunk_size=16,
+        speech_encoder_left_chunk_num=left_chunks,
+        conv_depthwise_kernel_size=7,
+        left_max_position_embeddings=8,
+        right_max_position_embeddings=4,
+        add_adapter=False,
+    )
+    torch.manual_seed(0)
+    encoder = SeamlessM4Tv2SpeechEncoder(config).eval()
+    perturb(encoder, seed=3)
+    valid = np.array([50, 37], np.int32)
+    x = np.random.default_rng(0).standard_normal((2, 50, 160)).astype(np.float32)
+    mask = torch.from_numpy((np.arange(50)[None] < valid[:, None]).astype(np.int64))
+    last = []
+    encoder.encoder.layers[-1].register_forward_hook(lambda module, args, output: last.append(output))
+    with torch.no_grad():
+        out = encoder(torch.from_numpy(x), attention_mask=mask, output_hidden_states=True)
+    theirs = [h.numpy() for h in out.hidden_states[:-1]] + [last[0].numpy()]
+
+    ours_config = config_from_hf(config.to_dict())
+    assert (ours_config.chunk_size, ours_config.left_chunks) == (16, left_chunks)
+    sd = {k: v.numpy() for k, v in encoder.state_dict().items() if k in state_shapes(ours_config)}
+    with jax.default_matmul_precision("highest"):
+        ours = W2vBertEncoder(ours_config, sd)(jnp.asarray(x), jnp.asarray(valid))
+    assert_layers_match(np.asarray(ours), theirs, valid)
