@@ -25,6 +25,7 @@ import pathlib
 import re
 from collections.abc import Mapping
 
+import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
@@ -44,7 +45,7 @@ _UNREAD = {
     W2V_BERT: re.compile(r"masked_spec_embed|adapter\..*|intermediate_ffn\..*"),
     SEAMLESS_M4T_V2: re.compile(r"encoder\.layer_norm\..*|intermediate_ffn\..*|adapter\..*|inner_layer_norm\..*"),
 }
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype("bfloat16"))
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 
 
@@ -90,11 +91,18 @@ def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
 def read_encoder_weights(folder: pathlib.Path, config: EncoderConfig) -> tuple[list[pathlib.Path], dict]:
     """The weight files read and the encoder's state dict (``model.state_shapes`` names), checked."""
     prefix = _PREFIX[config.family]
-    for single, index, reader in _WEIGHTS:
-        read = reader
+    files, read = _weight_files(folder, prefix)
+    stored = {}
+    for f in files:
+        stored.update({k: v for k, v in read(f).items() if k.startswith(prefix)})
+    return files, _check(stored, config, str(folder))
+
+
+def _weight_files(folder: pathlib.Path, prefix: str):
+    """The files holding tensors named ``prefix*`` in the preferred format, and that format's reader."""
+    for single, index, read in _WEIGHTS:
         if (folder / single).is_file():
-            files = [folder / single]
-            break
+            return [folder / single], read
         if (folder / index).is_file():
             weight_map = read_json(folder / index).get("weight_map")
             if not isinstance(weight_map, dict):
@@ -104,16 +112,11 @@ def read_encoder_weights(folder: pathlib.Path, config: EncoderConfig) -> tuple[l
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise CheckpointError(f"checkpoint dir '{folder}' lacks shards {some(missing)} listed in {index}")
-            break
-    else:
-        raise CheckpointError(
-            f"checkpoint dir '{folder}' has config.json but none of "
-            f"{', '.join(name for pair in _WEIGHTS for name in pair[:2])}; copy the weights too"
-        )
-    stored = {}
-    for f in files:
-        stored.update({k: v for k, v in read(f).items() if k.startswith(prefix)})
-    return files, _check(stored, config, str(folder))
+            return files, read
+    raise CheckpointError(
+        f"checkpoint dir '{folder}' has config.json but none of "
+        f"{', '.join(name for pair in _WEIGHTS for name in pair[:2])}; copy the weights too"
+    )
 
 
 def _check(stored: Mapping[str, np.ndarray], config: EncoderConfig, source: str) -> dict[str, np.ndarray]:
