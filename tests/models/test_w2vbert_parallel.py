@@ -11,11 +11,14 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "w2vbert_sharded.py"
 REPO = pathlib.Path(__file__).resolve().parents[2]
 N_DEVICES = 4
 
 
+@pytest.mark.slow
 def test_sharded_encoder_equals_single_device():
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={N_DEVICES}", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

@@ -35,6 +35,7 @@ from engine.models.w2vbert.config import config_from_hf
 from engine.models.w2vbert.loaded import load_w2vbert
 from engine.models.w2vbert.model import W2vBertEncoder, state_shapes
 
+pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
