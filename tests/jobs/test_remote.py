@@ -22,7 +22,10 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from engine.pipelines.verify.config import VerifyConfig
+from engine.pipelines.verify.run import run_verify
 from engine.runtime.lease import LEASE, StoreBusyError, WriterLease
+from engine.runtime.options import configure
 from engine.stores.kv import create_key, open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
@@ -255,6 +258,28 @@ def test_s3_chain_equals_local(chains):
 
 def test_gcs_chain_equals_local(chains):
     assert_same_outputs(chains["local"].result(), chains["gs"].result())
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_verify_finds_and_repair_redoes_a_deleted_shard_on_an_object_store(scheme, chains, run_job, clips,
+                                                                           tiny_model_dir, s3, gcs):  # fmt: skip
+    remote = chains[scheme].result()
+    for job in ("store", "similarity", "align", "decode"):
+        report = run_verify(configure(VerifyConfig, location=remote[job], progress=False))
+        assert report.damage == [] and report.checked, report.report()
+    _, kv = open_kvstore(remote["store"])
+    kv.write("de/states/c.0.1.0.0", None).result()  # deleted
+    report = run_verify(configure(VerifyConfig, location=remote["store"], progress=False))
+    assert [(d.what, d.key) for d in report.damage] == [("de utterance 1 (id 'b')", "de/states/c.0.1.0.0")]
+    assert run_verify(configure(VerifyConfig, location=remote["store"], repair=True, progress=False)).exit_code == 0
+    if scheme == "s3":
+        env, extra = dict(s3, AWS_ENDPOINT_URL=""), ("--kvstore_spec", f'{{"endpoint": "{s3["AWS_ENDPOINT_URL"]}"}}')
+    else:
+        env, extra = gcs, ()
+    proc = run_job("encode", "--out", remote["store"], "--model", str(tiny_model_dir), "--dataset",
+                   f"folder:{clips}", *extra, env=env)  # fmt: skip
+    assert "encoded 1 utterances" in proc.stdout, proc.stdout  # exactly the repaired one
+    assert_same_outputs(chains["local"].result(), remote)
 
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])

@@ -214,6 +214,10 @@ def test_bad_names_are_refused(layer_store, tmp_path):
                 progress=False,
             )
         )
+    one = configure(SimilarityConfig, store=str(layer_store), out=str(tmp_path / "o1"), langs=("en",), progress=False)
+    with pytest.raises(SimilarityError, match=r"compares languages.*--langs \['en'\].*second language"):
+        run_similarity(one)
+    assert not (tmp_path / "o1").exists()  # refused before anything is written
 
 
 def test_resolve_pairs():

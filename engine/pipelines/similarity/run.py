@@ -154,6 +154,11 @@ def _request(config: SimilarityConfig, reader: StoreReader) -> Request:
     layers = reader.info.layers if config.layers is None else tuple(config.layers)
     for layer in layers:
         reader.layer_position(layer)  # StoreError listing the stored layers
+    if len(langs) < 2:
+        raise SimilarityError(
+            f"seqsim compares languages, and layer store {reader.url!r} has {len(available)} ({available}"
+            f"{'' if config.langs is None else f', --langs {list(langs)}'}): encode a second language into it first"
+        )
     pairs = resolve_pairs(config.pairs, langs, available)
     in_play = sorted({lang for pair in pairs for lang in pair})
     lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
