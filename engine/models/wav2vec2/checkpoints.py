@@ -109,7 +109,8 @@ def _load_folder(folder: pathlib.Path, name: str, adapter: str | None) -> Wav2Ve
         for k, v in adapter_sd.items():
             sd[k], origin[k] = v, f"{adapter_file.name}: {k}"
     head = sd.get("lm_head.weight")
-    check_state_dict(sd, dims, None if head is None else head.shape[0], f"checkpoint '{folder}'", origin)
+    prefix = dims.model_type + "." if any(k.startswith(dims.model_type + ".") for k in raw) else ""
+    check_state_dict(sd, dims, None if head is None else head.shape[0], f"checkpoint '{folder}'", origin, prefix)
     if ignored:
         logging.info("checkpoint %s: ignored %d tensors that do not change the encoder: %s", name, len(ignored),
                      some(ignored))  # fmt: skip
@@ -219,25 +220,29 @@ def fold_weight_norm(g: np.ndarray, v: np.ndarray, source: str) -> np.ndarray:
 
 
 def check_state_dict(
-    sd: Mapping[str, np.ndarray], dims: Wav2Vec2Dims, vocab_size: int | None, source: str, origin: Mapping[str, str]
+    sd: Mapping[str, np.ndarray],
+    dims: Wav2Vec2Dims,
+    vocab_size: int | None,
+    source: str,
+    origin: Mapping[str, str],
+    prefix: str = "",
 ) -> None:
-    """Every tensor ``dims`` imply present with its shape and a float dtype, and none it does not."""
+    """Every tensor ``dims`` imply present with its shape and a float dtype, and none it does not. Missing tensors
+    are named as the files would name them, with the base model's key ``prefix`` (``"wav2vec2."``) if they use it."""
     shapes = expected_shapes(dims, vocab_size)
 
     def named(k):
         return f"'{k}'" + (f" (from '{origin[k]}')" if origin.get(k, k) != k else "")
 
-    missing = [k for k in shapes if k not in sd]
-    if missing:
-        raise CheckpointError(
-            f"{source} lacks {len(missing)} tensors its config.json implies: {some(missing)}; the file is incomplete "
-            "or its tensors are misnamed"
-        )
+    missing = [f"'{k}'" if k.startswith("lm_head.") else f"'{prefix}{k}'" for k in shapes if k not in sd]
     unexpected = [named(k) for k in sd if k not in shapes]
-    if unexpected:
+    if missing or unexpected:
+        # Both in one message: a misnamed tensor is one of each.
+        lacks = f"lacks {len(missing)} tensors its config.json implies: {some(missing)}" if missing else ""
+        extra = f"has encoder tensors its config.json does not imply: {some(unexpected)}" if unexpected else ""
         raise CheckpointError(
-            f"{source} has encoder tensors its config.json does not imply: {some(unexpected)}; is config.json the "
-            "one saved with these weights?"
+            f"{source} {'; and '.join(filter(None, [lacks, extra]))}; the file is incomplete or its tensors are "
+            "misnamed, or config.json is not the one saved with these weights"
         )
     for k, want in shapes.items():
         if tuple(sd[k].shape) != want:
@@ -271,7 +276,9 @@ def read_adapter(folder: pathlib.Path, lang: str, dims: Wav2Vec2Dims) -> tuple[p
     got = {k.removeprefix(prefix): v for k, v in raw.items()}
     want = {k for i in range(dims.num_hidden_layers) if dims.has_adapter_layers for k in adapter_shapes(dims, i)}
     want |= {"lm_head.weight", "lm_head.bias"}
-    missing, unexpected = sorted(want - set(got)), sorted(set(got) - want)
+    # named as transformers' adapter files name them: the base model's prefix, lm_head without
+    missing = [f"'{k}'" if k.startswith("lm_head.") else f"'{prefix}{k}'" for k in want - set(got)]
+    unexpected = [f"'{k}'" for k in raw if k.removeprefix(prefix) not in want]
     if missing or unexpected:
         raise CheckpointError(
             f"adapter file '{path}' should hold the attention adapters of {dims.num_hidden_layers} layers and lm_head "
