@@ -249,3 +249,16 @@ def test_sharded_encoder_equals_single_device(folders):
     assert report.pop("devices") == 4 and len(report) == 2
     # Different per-device batch sizes pick different GEMM blockings: float32 rounding, not misplaced rows (O(1)).
     assert all(err < 1e-5 for err in report.values()), report
+
+
+def test_layer_selection_stops_early_and_keeps_order(folders):
+    """``layers`` picks ``hidden_states`` entries in the order given; the scan stops at the deepest one asked for."""
+    model = load_wav2vec2(folders["mms"], adapter="xyz")
+    waves = [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate((3000, 1900))]
+    wave, lengths = model.features(waves)
+    every, frames = model.encode(wave, lengths)
+    picked, picked_frames = model.encode(wave, lengths, layers=(1, 0))
+    np.testing.assert_array_equal(np.asarray(picked_frames), np.asarray(frames))
+    np.testing.assert_allclose(np.asarray(picked), np.asarray(every)[[1, 0]], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match=r"layers \[3\] out of range 0..2"):
+        model.encode(wave, lengths, layers=(3,))
