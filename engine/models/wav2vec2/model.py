@@ -190,7 +190,9 @@ class EncoderLayers(nnx.Module):
     """The ``L`` transformer layers, weights stacked ``[layer, ...]`` and run by one ``jax.lax.scan``.
 
     A scan compiles one layer instead of ``L`` (24 for large models, 48 for XLS-R 1B/2B), and its per-step outputs
-    are the stacked ``hidden_states`` directly. The query, key and value projections are one ``[embed, 3 * embed]``
+    are the stacked ``hidden_states`` directly. ``jax.lax.scan`` over plain arrays stacked once at load time rather
+    than ``nnx.scan`` over ``L`` layer modules: the layer is a pure function of its weights, and nothing in it is
+    state. The query, key and value projections are one ``[embed, 3 * embed]``
     matrix product.
     """
 
@@ -218,10 +220,9 @@ class EncoderLayers(nnx.Module):
         weights = {
             name: w[...] if depth == self.dims.num_hidden_layers else w[:depth] for name, w in self.weights.items()
         }
-        key_valid = keep
 
         def step(x, w):
-            x = self._layer(x, w, key_valid)
+            x = self._layer(x, w, keep)
             return x, jnp.where(keep[..., None], x, 0)
 
         return jax.lax.scan(step, x, weights)[1]
