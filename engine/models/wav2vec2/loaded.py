@@ -1,0 +1,178 @@
+"""A loaded wav2vec2-family model: Flax model, checkpoint record, feature options and CTC vocabulary in one object.
+
+The entry point a notebook uses::
+
+    from engine.models.wav2vec2.loaded import load_wav2vec2
+    m = load_wav2vec2("path/to/folder")                   # or "facebook/mms-1b-all", adapter="fra"
+    states, frames = m.encode_batch([audio_1, audio_2])   # f32[L+1, 2, frame, embed], i32[2] valid frames
+    texts = m.transcribe([audio_1, audio_2])              # greedy CTC (models with a CTC head)
+    texts = m.transcribe([audio_1], layer=6)              # the CTC head on layer 6 (logit lens)
+
+``ShardedWav2Vec2`` runs the encoder data-parallel: the batch split over a 1-D ``DATA`` mesh of every device with
+``jax.jit`` + ``NamedSharding`` (as ``engine.runtime.parallel.ShardedEncoder`` does for Whisper), the weights
+replicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from engine.axes import DATA
+from engine.errors import CheckpointError
+from engine.models.wav2vec2.checkpoints import Wav2Vec2Checkpoint, load_checkpoint
+from engine.models.wav2vec2.ctc import VOCAB_FILE, CTCVocab
+from engine.models.wav2vec2.features import batch_waveforms
+from engine.models.wav2vec2.model import Wav2Vec2
+from engine.runtime.parallel import data_mesh, pad_to_multiple
+
+# Batches are padded to a multiple of this many samples (1 s), so that a run over utterances of every length compiles
+# one program per (batch size, whole seconds) instead of one per length.
+PAD_MULTIPLE = 16000
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "out_dtype"))
+def _encode(graphdef, state, wave, lengths, layers, out_dtype):
+    return nnx.merge(graphdef, state)(wave, lengths, layers, out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "final_norm"))
+def _ctc_logits(graphdef, state, x, final_norm):
+    return nnx.merge(graphdef, state).ctc_logits(x, final_norm)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedWav2Vec2:
+    model: Wav2Vec2
+    checkpoint: Wav2Vec2Checkpoint  # dims, name, sha256, adapter, feature options (weights dropped)
+    vocab: CTCVocab | None  # None without a CTC head or without vocab.json
+
+    @property
+    def dims(self):
+        return self.checkpoint.dims
+
+    @property
+    def frame_rate(self) -> float:
+        """Seconds per encoder frame (0.02)."""
+        return self.dims.frame_rate
+
+    @property
+    def n_layers_out(self) -> int:
+        """Layers ``encode`` returns: ``hidden_states``' ``L + 1`` (see ``engine.models.wav2vec2.model``)."""
+        return self.dims.n_layers_out
+
+    @property
+    def has_ctc_head(self) -> bool:
+        return self.model.lm_head is not None
+
+    @functools.cached_property
+    def _split(self):
+        return nnx.split(self.model)
+
+    def features(self, waveforms: Sequence[np.ndarray], pad_multiple: int = PAD_MULTIPLE):
+        """16 kHz utterances ``f32[samples_i]`` -> ``(wave f32[batch, samples], lengths i32[batch])``
+        (``engine.models.wav2vec2.features.batch_waveforms`` with the checkpoint's options)."""
+        return batch_waveforms(
+            waveforms, self.checkpoint.features, min_samples=self.dims.receptive_field, pad_multiple=pad_multiple
+        )
+
+    def encode(self, wave, lengths, layers: Sequence[int] | None = None, out_dtype=None):
+        """``wave f32[batch, samples]``, ``lengths i32[batch]`` -> ``(states f[len(layers), batch, frame, embed],
+        frames i32[batch])`` on the default device (default: every layer, ``0..L``)."""
+        graphdef, state = self._split
+        layers = None if layers is None else tuple(int(i) for i in layers)
+        return _encode(graphdef, state, jnp.asarray(wave), jnp.asarray(lengths, jnp.int32), layers, out_dtype)
+
+    def encode_batch(self, waveforms: Sequence[np.ndarray], layers: Sequence[int] | None = None, out_dtype=None):
+        """``features`` then ``encode``."""
+        return self.encode(*self.features(waveforms), layers, out_dtype)
+
+    def ctc_logits(self, states_at_layer, final_norm: bool = True):
+        """CTC logits ``f32[..., frame, vocab]`` of one layer's states ``f[..., frame, embed]``
+        (``Wav2Vec2.ctc_logits``: layer ``L`` with ``final_norm`` gives ``Wav2Vec2ForCTC``'s logits)."""
+        if not self.has_ctc_head:
+            raise CheckpointError(
+                f"model {self.checkpoint.name!r} has no CTC head (lm_head); load a *ForCTC checkpoint"
+            )
+        graphdef, state = self._split
+        return _ctc_logits(graphdef, state, jnp.asarray(states_at_layer), final_norm)
+
+    def transcribe(self, waveforms: Sequence[np.ndarray], layer: int | None = None) -> list[str]:
+        """Greedy CTC text of each utterance from layer ``layer`` (default the last, ``L``)."""
+        if self.vocab is None:
+            raise CheckpointError(
+                f"model {self.checkpoint.name!r} has no {VOCAB_FILE} beside its weights (or no CTC head): cannot "
+                "turn CTC ids into text"
+            )
+        layer = self.dims.num_hidden_layers if layer is None else int(layer)
+        states, frames = self.encode_batch(waveforms, (layer,))
+        return self.vocab.decode_logits(np.asarray(self.ctc_logits(states[0])), np.asarray(frames))
+
+
+def load_wav2vec2(source, *, adapter: str | None = None, dtype=jnp.float32) -> LoadedWav2Vec2:
+    """Load a checkpoint (``engine.models.wav2vec2.checkpoints.load_checkpoint``: folder or hub id, optional MMS
+    ``adapter`` language) as a Flax model. ``dtype``: weight and compute dtype (norms and softmax in float32)."""
+    ckpt = load_checkpoint(source, adapter=adapter)
+    model = Wav2Vec2(ckpt.dims, ckpt.state_dict, dtype=dtype)
+    vocab = None
+    if ckpt.vocab_size is not None and (ckpt.path / VOCAB_FILE).is_file():
+        vocab = CTCVocab.from_folder(ckpt.path, adapter)
+    # The model now owns device copies of the weights: keep the record, drop the host arrays.
+    return LoadedWav2Vec2(model, dataclasses.replace(ckpt, state_dict={}), vocab)
+
+
+class ShardedWav2Vec2:
+    """Encode ``(wave f32[batch, samples], lengths i32[batch])`` on all devices -> ``(states f[len(layers), batch,
+    frame, embed], frames i32[batch])``, the batch split over the mesh axis ``DATA``.
+
+    Batches are padded to a multiple of the device count with empty rows (length 0: no frame, no NaN) and the padding
+    is dropped from the result. ``layers`` (default all) and ``out_dtype`` are fixed per instance, so one compiled
+    program serves every batch of the same shape. With ``jax.distributed`` each process passes its own batch (equal
+    shapes on every process) and gets its own rows back.
+    """
+
+    def __init__(self, model: Wav2Vec2, mesh: Mesh | None = None, layers: Sequence[int] | None = None, out_dtype=None):
+        self.mesh = data_mesh() if mesh is None else mesh
+        layers = None if layers is None else tuple(int(i) for i in layers)
+        graphdef, state = nnx.split(model)
+        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
+        self._in_sharding = NamedSharding(self.mesh, P(DATA))
+        self._step = _sharded_step(graphdef, layers, None if out_dtype is None else jnp.dtype(out_dtype), self.mesh)
+
+    @property
+    def local_multiple(self) -> int:
+        return max(1, self.mesh.size // jax.process_count())
+
+    def __call__(self, wave: np.ndarray, lengths: np.ndarray):
+        wave, n = pad_to_multiple(np.asarray(wave, np.float32), self.local_multiple)
+        lengths, _ = pad_to_multiple(np.asarray(lengths, np.int32), self.local_multiple)
+        if jax.process_count() == 1:
+            args = [jax.device_put(a, self._in_sharding) for a in (wave, lengths)]
+        else:
+            args = [jax.make_array_from_process_local_data(self._in_sharding, a) for a in (wave, lengths)]
+        states, frames = self._step(self._state, *args)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            states = multihost_utils.global_array_to_host_local_array(states, self.mesh, P(None, DATA))
+            frames = multihost_utils.global_array_to_host_local_array(frames, self.mesh, P(DATA))
+        return states[:, :n], frames[:n]
+
+
+@functools.lru_cache(maxsize=32)
+def _sharded_step(graphdef, layers, out_dtype, mesh):
+    """One jitted step per (model structure, layers, dtype, mesh)."""
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA))
+    return jax.jit(
+        lambda state, wave, lengths: nnx.merge(graphdef, state)(wave, lengths, layers, out_dtype),
+        in_shardings=(replicated, rows, rows),
+        out_shardings=(NamedSharding(mesh, P(None, DATA)), rows),
+    )

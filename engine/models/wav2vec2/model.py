@@ -1,0 +1,344 @@
+"""Flax (NNX) wav2vec2 / HuBERT with transformers' numerics, returning every layer of ragged batches.
+
+Layer indexing: transformers' ``hidden_states`` (transformers 5), ``L + 1`` entries, ``L = num_hidden_layers``:
+
+- ``0``: the input to the first transformer layer: conv feature encoder, feature projection, plus the convolutional
+  positional embedding; with post-LN layers (``do_stable_layer_norm`` off: base models) the encoder's layer norm is
+  applied, with pre-LN layers (on: large, XLS-R, MMS) it is not.
+- ``1..L``: the output of layer ``i``, the residual stream. Post-LN layers end in a layer norm, so these are normed;
+  pre-LN outputs are raw, and the last one is *not* the encoder output: that is ``final_norm(states[L])``
+  (transformers' ``last_hidden_state``, what the CTC head reads). transformers 4 replaced ``hidden_states[-1]`` by
+  the normed output for pre-LN models; transformers 5 records every layer's raw output instead (its
+  ``capture_outputs(tie_last_hidden_states=False)``), and this is what is returned here.
+
+Ragged batches: ``wave f32[batch, samples]`` holds each utterance's normalised samples from 0 (``features.py``),
+``lengths i32[batch]`` counts them, and every frame an utterance has (``Wav2Vec2Dims.frames``, the conv length
+formula) equals what the model computes on that utterance alone, unpadded:
+
+- the conv feature encoder is local: a valid frame's receptive field (400 samples) lies in valid samples. The one
+  statistic over time, the group norm of base models' first conv layer (one group per channel, normalised over every
+  frame), is taken over the valid frames only;
+- frames past an utterance's end are zeroed before the positional convolution, as zero padding is in the unpadded
+  run, and masked as attention keys.
+
+So no model sees padding, whatever its ``feat_extract_norm``. transformers gets the same for "layer" models by its
+attention mask; base models (group norm) were trained without one, and transformers' padded batch of them differs
+from its unpadded runs. The alternatives, grouping equal lengths or running every utterance unpadded, would compile
+once per distinct length (or leave batches nearly empty) for no gain in exactness. Frames past an utterance's end are
+returned as zeros.
+
+Glossary: ``wave: f32[batch, samples]``, ``lengths: i32[batch]`` samples, ``frames: i32[batch]`` valid frames,
+``states: f[layer, batch, frame, embed]``. Weights come as a state dict in transformers' ``Wav2Vec2Model`` /
+``HubertModel`` names (prefix stripped, weight norm folded: ``engine.models.wav2vec2.checkpoints``), plus
+``lm_head.*`` for the CTC head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from engine.errors import ShapeError
+from engine.models.wav2vec2.config import Wav2Vec2Dims
+from engine.models.wav2vec2.layers import (
+    Conv1d,
+    LayerNorm,
+    Linear,
+    activation,
+    attend,
+    layer_norm,
+    linear_kernel,
+    param,
+)
+
+CONV_NORM_EPS = 1e-5  # nn.GroupNorm's and nn.LayerNorm's default: the conv layers' norms ignore layer_norm_eps
+ADAPTER_NORM_EPS = 1e-5  # the MMS adapter's nn.LayerNorm is built without layer_norm_eps too
+BATCH_NORM_EPS = 1e-5  # nn.BatchNorm1d's default (HuBERT's conv_pos_batch_norm)
+
+
+def conv_frames(lengths, dims: Wav2Vec2Dims, n_layers: int | None = None):
+    """Valid frames after the first ``n_layers`` conv layers (default all): ``(n - kernel) // stride + 1`` each,
+    floored at 0. Works on ints, NumPy and JAX arrays."""
+    n = lengths
+    for kernel, stride in list(zip(dims.conv_kernel, dims.conv_stride, strict=True))[:n_layers]:
+        n = (n - kernel) // stride + 1
+    return jnp.maximum(n, 0) if isinstance(n, jax.Array) else np.maximum(n, 0)
+
+
+class FeatureEncoder(nnx.Module):
+    """The conv stack: ``wave f[batch, samples]`` -> ``f[batch, frame, conv_dim[-1]]``."""
+
+    def __init__(self, dims: Wav2Vec2Dims, sd: Mapping[str, np.ndarray], dtype):
+        self.dims = dims
+        self.act = activation(dims.feat_extract_activation)
+        self.convs = nnx.List(
+            [
+                Conv1d(
+                    sd[f"feature_extractor.conv_layers.{i}.conv.weight"],
+                    sd.get(f"feature_extractor.conv_layers.{i}.conv.bias"),
+                    stride,
+                    dtype,
+                )
+                for i, stride in enumerate(dims.conv_stride)
+            ]
+        )
+        normed = range(len(dims.conv_dim)) if dims.feat_extract_norm == "layer" else [0]
+        self.norms = nnx.List(
+            [
+                LayerNorm(
+                    sd[f"feature_extractor.conv_layers.{i}.layer_norm.weight"],
+                    sd[f"feature_extractor.conv_layers.{i}.layer_norm.bias"],
+                    CONV_NORM_EPS,
+                    dtype,
+                )
+                for i in normed
+            ]
+        )
+
+    def __call__(self, wave, lengths):
+        x = wave[..., None]
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.dims.feat_extract_norm == "layer":
+                x = self.norms[i](x)
+            elif i == 0:
+                x = self._group_norm(x, conv_frames(lengths, self.dims, 1))
+            x = self.act(x)
+        return x
+
+    def _group_norm(self, x, valid):
+        """``nn.GroupNorm(C, C)``: each channel normalised over time, over the ``valid: i32[batch]`` frames only."""
+        norm = self.norms[0]
+        x32 = x.astype(jnp.float32)
+        keep = (jnp.arange(x.shape[1])[None, :] < valid[:, None])[..., None]  # bool[b, t, 1]
+        count = jnp.maximum(valid, 1).astype(jnp.float32)[:, None, None]
+        mean = jnp.where(keep, x32, 0.0).sum(1, keepdims=True) / count
+        var = jnp.square(jnp.where(keep, x32 - mean, 0.0)).sum(1, keepdims=True) / count
+        y = (x32 - mean) * jax.lax.rsqrt(var + CONV_NORM_EPS)
+        return (y * norm.scale[...].astype(jnp.float32) + norm.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class PositionalConv(nnx.Module):
+    """The convolutional positional embedding: ``x f[batch, frame, embed]`` (padding frames zero) -> the same shape.
+
+    A grouped conv over ``num_conv_pos_embeddings`` frames, "same" padded (one trailing frame dropped for an even
+    kernel), then the activation. The weight is the weight-norm fold ``g * v / |v|`` made at load time.
+    """
+
+    def __init__(self, dims: Wav2Vec2Dims, sd: Mapping[str, np.ndarray], dtype):
+        k = dims.num_conv_pos_embeddings
+        self.act = activation(dims.feat_extract_activation)
+        self.conv = Conv1d(
+            sd["encoder.pos_conv_embed.conv.weight"],
+            sd["encoder.pos_conv_embed.conv.bias"],
+            1,
+            dtype,
+            padding=k // 2,
+            groups=dims.num_conv_pos_embedding_groups,
+        )
+        # HuBERT's conv_pos_batch_norm, eval mode: one affine map per channel, before the conv
+        self.batch_norm = (
+            _batch_norm_affine(sd, "encoder.pos_conv_embed.batch_norm", dtype) if dims.conv_pos_batch_norm else None
+        )
+
+    def __call__(self, x, keep):
+        """``keep: bool[batch, frame, 1]``: the frames to use; the others count as the conv's zero padding."""
+        if self.batch_norm is not None:
+            scale, shift = self.batch_norm
+            x = jnp.where(keep, x * scale[...] + shift[...], 0)
+        return self.act(self.conv(x)[:, : x.shape[1]])
+
+
+def _batch_norm_affine(sd, prefix: str, dtype) -> nnx.List:
+    """An eval-mode ``BatchNorm1d`` as ``[scale, shift]``: ``weight / sqrt(running_var + eps)`` and
+    ``bias - running_mean * scale``."""
+    scale = np.asarray(sd[f"{prefix}.weight"], np.float32) / np.sqrt(
+        np.asarray(sd[f"{prefix}.running_var"], np.float32) + BATCH_NORM_EPS
+    )
+    shift = np.asarray(sd[f"{prefix}.bias"], np.float32) - np.asarray(sd[f"{prefix}.running_mean"], np.float32) * scale
+    return nnx.List([param(scale, dtype), param(shift, dtype)])
+
+
+# Per-layer weights, stacked along a leading layer axis: name -> (state-dict suffix, is a linear weight).
+_LAYER_PARAMS = {
+    "ln1_scale": ("layer_norm.weight", False),
+    "ln1_bias": ("layer_norm.bias", False),
+    "out_kernel": ("attention.out_proj.weight", True),
+    "out_bias": ("attention.out_proj.bias", False),
+    "ff_in_kernel": ("feed_forward.intermediate_dense.weight", True),
+    "ff_in_bias": ("feed_forward.intermediate_dense.bias", False),
+    "ff_out_kernel": ("feed_forward.output_dense.weight", True),
+    "ff_out_bias": ("feed_forward.output_dense.bias", False),
+    "ln2_scale": ("final_layer_norm.weight", False),
+    "ln2_bias": ("final_layer_norm.bias", False),
+}
+_ADAPTER_PARAMS = {
+    "ad_ln_scale": ("adapter_layer.norm.weight", False),
+    "ad_ln_bias": ("adapter_layer.norm.bias", False),
+    "ad_in_kernel": ("adapter_layer.linear_1.weight", True),
+    "ad_in_bias": ("adapter_layer.linear_1.bias", False),
+    "ad_out_kernel": ("adapter_layer.linear_2.weight", True),
+    "ad_out_bias": ("adapter_layer.linear_2.bias", False),
+}
+
+
+class EncoderLayers(nnx.Module):
+    """The ``L`` transformer layers, weights stacked ``[layer, ...]`` and run by one ``jax.lax.scan``.
+
+    A scan compiles one layer instead of ``L`` (24 for large models, 48 for XLS-R 1B/2B), and its per-step outputs
+    are the stacked ``hidden_states`` directly. ``jax.lax.scan`` over plain arrays stacked once at load time rather
+    than ``nnx.scan`` over ``L`` layer modules: the layer is a pure function of its weights, and nothing in it is
+    state. The query, key and value projections are one ``[embed, 3 * embed]``
+    matrix product.
+    """
+
+    def __init__(self, dims: Wav2Vec2Dims, sd: Mapping[str, np.ndarray], dtype):
+        self.dims = dims
+        self.act = activation(dims.hidden_act)
+        n = dims.num_hidden_layers
+
+        def stack(suffix, linear):
+            arrays = [np.asarray(sd[f"encoder.layers.{i}.{suffix}"]) for i in range(n)]
+            return param(np.stack([linear_kernel(a) if linear else a for a in arrays]), dtype)
+
+        names = {**_LAYER_PARAMS, **(_ADAPTER_PARAMS if dims.has_adapter_layers else {})}
+        self.weights = nnx.Dict({name: stack(*spec) for name, spec in names.items()})
+
+        def qkv(i, param_name):
+            return [np.asarray(sd[f"encoder.layers.{i}.attention.{p}_proj.{param_name}"]) for p in "qkv"]
+
+        self.weights["qkv_kernel"] = param(np.stack([np.concatenate(qkv(i, "weight")).T for i in range(n)]), dtype)
+        self.weights["qkv_bias"] = param(np.stack([np.concatenate(qkv(i, "bias")) for i in range(n)]), dtype)
+
+    def __call__(self, x, keep, depth: int):
+        """``x: f[batch, frame, embed]``, ``keep: bool[batch, frame]`` -> the outputs of layers ``1..depth``,
+        ``f[depth, batch, frame, embed]``, frames past each utterance's end zero."""
+        weights = {
+            name: w[...] if depth == self.dims.num_hidden_layers else w[:depth] for name, w in self.weights.items()
+        }
+
+        def step(x, w):
+            x = self._layer(x, w, keep)
+            return x, jnp.where(keep[..., None], x, 0)
+
+        return jax.lax.scan(step, x, weights)[1]
+
+    def _layer(self, x, w, key_valid):
+        dims = self.dims
+        eps = dims.layer_norm_eps
+
+        def attention(h):
+            b, t, d = h.shape
+            heads = dims.num_attention_heads
+            qkv = jnp.dot(h, w["qkv_kernel"]) + w["qkv_bias"]
+            q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, heads, d // heads) for i in range(3))
+            q = q * jnp.asarray((d // heads) ** -0.5, q.dtype)
+            return jnp.dot(attend(q, k, v, key_valid), w["out_kernel"]) + w["out_bias"]
+
+        def feed_forward(h):
+            return (
+                jnp.dot(self.act(jnp.dot(h, w["ff_in_kernel"]) + w["ff_in_bias"]), w["ff_out_kernel"])
+                + w["ff_out_bias"]
+            )
+
+        if not dims.do_stable_layer_norm:  # post-LN (base models)
+            x = layer_norm(x + attention(x), w["ln1_scale"], w["ln1_bias"], eps)
+            return layer_norm(x + feed_forward(x), w["ln2_scale"], w["ln2_bias"], eps)
+        x = x + attention(layer_norm(x, w["ln1_scale"], w["ln1_bias"], eps))
+        x = x + feed_forward(layer_norm(x, w["ln2_scale"], w["ln2_bias"], eps))
+        if dims.has_adapter_layers:  # MMS: a residual bottleneck after each pre-LN layer
+            h = layer_norm(x, w["ad_ln_scale"], w["ad_ln_bias"], ADAPTER_NORM_EPS)
+            h = jax.nn.relu(jnp.dot(h, w["ad_in_kernel"]) + w["ad_in_bias"])
+            x = x + jnp.dot(h, w["ad_out_kernel"]) + w["ad_out_bias"]
+        return x
+
+
+class Wav2Vec2(nnx.Module):
+    """wav2vec2 or HuBERT encoder, with the CTC head when the state dict has ``lm_head.*``.
+
+    Build with ``Wav2Vec2(dims, state_dict, dtype)``; ``state_dict`` as checked by
+    ``engine.models.wav2vec2.checkpoints``.
+    """
+
+    def __init__(self, dims: Wav2Vec2Dims, state_dict: Mapping[str, np.ndarray], dtype=jnp.float32):
+        sd = state_dict
+        self.dims = dims
+        self.feature_encoder = FeatureEncoder(dims, sd, dtype)
+        self.projection_norm = (
+            LayerNorm(
+                sd["feature_projection.layer_norm.weight"],
+                sd["feature_projection.layer_norm.bias"],
+                dims.layer_norm_eps,
+                dtype,
+            )
+            if dims.feat_proj_layer_norm
+            else None
+        )
+        self.projection = Linear(
+            sd["feature_projection.projection.weight"], sd["feature_projection.projection.bias"], dtype
+        )
+        self.pos_conv = PositionalConv(dims, sd, dtype)
+        self.encoder_norm = LayerNorm(
+            sd["encoder.layer_norm.weight"], sd["encoder.layer_norm.bias"], dims.layer_norm_eps, dtype
+        )
+        self.layers = EncoderLayers(dims, sd, dtype)
+        head = "lm_head.weight" in sd
+        self.lm_head = Linear(sd["lm_head.weight"], sd["lm_head.bias"], dtype) if head else None
+
+    def __call__(self, wave, lengths, layers: Sequence[int] | None = None, out_dtype=None):
+        """``wave f32[batch, samples]``, ``lengths i32[batch]`` -> ``(states f[len(layers), batch, frame, embed],
+        frames i32[batch])``.
+
+        ``layers`` (default all, ``0..L``) are returned in the order given; layers past the deepest requested one are
+        not computed. ``frame`` is ``Wav2Vec2Dims.frames(samples)``; frames past ``frames[i]`` are zero.
+        """
+        dims = self.dims
+        n_out = dims.n_layers_out
+        layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
+        bad = [i for i in layers if not 0 <= i < n_out]
+        if bad or not layers:
+            raise ValueError(f"layers {bad or '()'} out of range 0..{n_out - 1} (0 = input to layer 1, L = last layer)")
+        if wave.ndim != 2 or lengths.shape != wave.shape[:1]:
+            raise ShapeError(
+                f"wave must be f32[batch, samples] and lengths i32[batch], got {tuple(wave.shape)} and "
+                f"{tuple(lengths.shape)}"
+            )
+        if wave.shape[1] < dims.receptive_field:
+            raise ShapeError(f"wave has {wave.shape[1]} samples; the model needs at least {dims.receptive_field}")
+        out_dtype = out_dtype or self.projection.kernel.dtype
+        lengths = jnp.minimum(jnp.asarray(lengths, jnp.int32), wave.shape[1])
+        frames = conv_frames(lengths, dims)
+
+        x = self.feature_encoder(wave.astype(self.projection.kernel.dtype), lengths)
+        if self.projection_norm is not None:
+            x = self.projection_norm(x)
+        x = self.projection(x)
+        keep = jnp.arange(x.shape[1])[None, :] < frames[:, None]  # bool[batch, frame]
+        x = jnp.where(keep[..., None], x, 0)  # what zero padding is in the unpadded run
+        x = x + self.pos_conv(x, keep[..., None])
+        if not dims.do_stable_layer_norm:
+            x = self.encoder_norm(x)
+        first = jnp.where(keep[..., None], x, 0).astype(out_dtype)[None]
+        depth = max(layers)
+        states = first if depth == 0 else jnp.concatenate([first, self.layers(x, keep, depth).astype(out_dtype)])
+        return states[jnp.asarray(layers)] if layers != tuple(range(depth + 1)) else states, frames
+
+    def final_norm(self, x):
+        """transformers' ``last_hidden_state`` from the last layer's output: the encoder's final layer norm for
+        pre-LN models, nothing for post-LN ones (their layers end normed)."""
+        return self.encoder_norm(x) if self.dims.do_stable_layer_norm else x
+
+    def ctc_logits(self, x, final_norm: bool = True):
+        """``x: f[..., frame, embed]`` -> CTC logits ``f32[..., frame, vocab]``, as ``Wav2Vec2ForCTC`` computes them
+        from ``last_hidden_state``. ``x`` is a layer's output; with ``final_norm`` the pre-LN models' final layer norm
+        is applied first, so that layer ``L`` gives transformers' logits and an earlier layer is read at the scale the
+        head was trained on (the logit lens)."""
+        if self.lm_head is None:
+            raise ValueError("this checkpoint has no CTC head (lm_head); load a *ForCTC checkpoint")
+        if final_norm:
+            x = self.final_norm(x)
+        return self.lm_head(x).astype(jnp.float32)
