@@ -14,6 +14,8 @@ import shutil
 import ml_dtypes
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from engine.errors import CheckpointError
 from engine.models.whisper.checkpoints import ct2
@@ -22,9 +24,6 @@ from engine.models.whisper.checkpoints.alignment_heads import openai_alignment_h
 from engine.models.whisper.checkpoints.hf import read_safetensors, state_dict_from_hf
 from engine.models.whisper.checkpoints.load import expected_shapes, load_checkpoint
 from engine.models.whisper.dims import PRESETS, ModelDimensions, sinusoids
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
 
 TINY = ModelDimensions(
     n_mels=80,
@@ -107,7 +106,8 @@ def tokenizer_json():
 @pytest.fixture(scope="module")
 def convert(hf_dir, tokenizer_json, tmp_path_factory):
     """CTranslate2 conversion of the tiny model, as ``ct2-transformers-converter`` does it."""
-    ctranslate2 = pytest.importorskip("ctranslate2")
+    import ctranslate2
+
     src = tmp_path_factory.mktemp("hf_tok")
     shutil.copytree(hf_dir, src, dirs_exist_ok=True)
     # The converter reads the vocabulary through AutoTokenizer.
@@ -163,7 +163,8 @@ def test_hf_folder(hf_dir, expected):
 
 
 def test_read_safetensors_matches_library(hf_dir):
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    import safetensors.numpy as safetensors_numpy
+
     ours = read_safetensors(hf_dir / "model.safetensors")
     assert_same(ours, safetensors_numpy.load_file(hf_dir / "model.safetensors"))
 
@@ -186,7 +187,8 @@ def test_hf_pytorch_bin(hf_model, hf_dir, expected, tmp_path):
 
 
 def test_hf_bfloat16(hf_model, hf_dir, expected, tmp_path):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as safetensors_torch
+
     bf16 = {k: v.to(torch.bfloat16).clone() for k, v in hf_model.state_dict().items() if k != "proj_out.weight"}
     shutil.copy(hf_dir / "config.json", tmp_path)
     safetensors_torch.save_file(bf16, tmp_path / "model.safetensors")
@@ -414,7 +416,8 @@ def test_unusable_sources(tmp_path):
 
 @pytest.fixture
 def fake_hub(monkeypatch):
-    huggingface_hub = pytest.importorskip("huggingface_hub")
+    import huggingface_hub
+
     calls = []
 
     def install(result):

@@ -12,9 +12,8 @@ a transposed kernel or a missing norm gives errors of order 1.
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 
 from engine.models.whisper.checkpoints.hf import state_dict_from_hf  # noqa: E402
 from engine.models.whisper.decoding import greedy_decode, teacher_forced  # noqa: E402

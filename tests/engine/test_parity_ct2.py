@@ -18,10 +18,9 @@ features of the 50 real FLEURS clips (every 30 s window of the long ones).
   least 48 of 50 clips; near-tied logits may legitimately flip a token on a couple of clips.
 """
 
+import ctranslate2  # noqa: F401  (a dependency of the test extra: missing is a failure, not a skip)
 import numpy as np
 import pytest
-
-pytest.importorskip("ctranslate2")
 
 from engine.models.whisper.decoding import DecodingOptions  # noqa: E402
 from engine.text.metrics import wer  # noqa: E402

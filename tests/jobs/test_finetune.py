@@ -87,8 +87,9 @@ def test_outputs(run_out):
 
 
 def test_export_round_trip(run_out):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
+
     from engine.models.whisper.loaded import load_whisper
 
     out, _ = run_out

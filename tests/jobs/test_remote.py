@@ -17,6 +17,8 @@ import re
 import socket
 import time
 
+import gcp_storage_emulator.server as gcs_emulator
+import moto.server as moto_server
 import numpy as np
 import pytest
 import soundfile as sf
@@ -29,9 +31,6 @@ from engine.runtime.options import configure
 from engine.stores.kv import create_key, open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
-
-moto_server = pytest.importorskip("moto.server", reason="pip install -e '.[test]' (moto[server])")
-gcs_emulator = pytest.importorskip("gcp_storage_emulator.server", reason="pip install -e '.[test]'")
 
 BUCKET = "babelgrid-test"
 LANGS = ("en", "de")

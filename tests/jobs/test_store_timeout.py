@@ -7,12 +7,11 @@ import socket
 import subprocess
 import sys
 
+import moto.server as moto_server
 import pytest
 
 from engine.stores import kv as kv_lib
 from engine.stores.kv import StoreError, open_kvstore, read_value, set_store_timeout, write_value
-
-moto_server = pytest.importorskip("moto.server", reason="pip install -e '.[test]' (moto[server])")
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
