@@ -16,6 +16,7 @@ import tensorstore as ts
 
 from engine.errors import BabelgridError, ShapeError
 from engine.models.whisper.dims import ModelDimensions
+from engine.stores.integrity import DamageError
 from engine.stores.kv import StoreError
 from engine.stores.language import utterance_range
 from engine.stores.layers import LayerStore
@@ -495,3 +496,22 @@ def test_a_table_from_before_raw_transcription_reads_as_nulls_and_resumes(tmp_pa
     assert reread.schema.field("raw_transcription").type == pa.string()
     filled = [dataclasses.replace(r, raw_transcription=f"Sentence {u}.") for u, r in enumerate(rows)]
     assert LayerStore.create_or_open(url, INFO).language("de", filled).n_utterances == len(rows)
+
+
+def test_a_version_1_store_reads_with_one_warning_and_still_refuses_a_missing_shard(tmp_path, caplog):
+    """Stores written before checksums (format version 1) read as before, with one warning per store; a deleted
+    shard of a done utterance is still an error, not zeros (the arrays are opened with fill_missing_data_reads off)."""
+    url = str(tmp_path / "old")
+    _, _, _, states = fill(url)
+    manifest_path = tmp_path / "old" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 1}))
+    with caplog.at_level("WARNING", logger="engine.stores.integrity"):
+        reader = open_store(url)
+        open_store(url)
+        np.testing.assert_array_equal(reader.states("de", 1, 2), states[1][1])
+    warnings = [r for r in caplog.records if "without chunk checksums (format version 1)" in r.getMessage()]
+    assert len(warnings) == 1
+    (tmp_path / "old" / "de" / "states" / "c.0.3.0.0").unlink()
+    with pytest.raises(DamageError, match=r"utterance 3 \(id 'id3'.*missing"):
+        open_store(url).language_layer("de", 0)
