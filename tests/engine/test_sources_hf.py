@@ -10,8 +10,10 @@ import pyarrow as pa
 import pytest
 
 from engine.data import hf as H
+from engine.data import parquet_audio
 from engine.data import sources as S
 from engine.data.audio import load_audio
+from engine.data.parquet_audio import ParquetAudio
 from engine.data.revision import source_revision
 from engine.data.tables import audio_kind
 from engine.data.utterance import DatasetError
@@ -87,7 +89,7 @@ def test_parquet_export_layout_one_language_per_config(saved, fleurs_dir):
     assert src.splits() == ["test"]
     check_listing(src, fleurs_dir)
     audio = src.utterances("fr", "test")[0].audio
-    assert isinstance(audio, H.ParquetAudio)  # listing read no audio: each clip is read when loaded
+    assert isinstance(audio, ParquetAudio)  # listing read no audio: each clip is read when loaded
     one = S.get_source(f"hf:{saved / 'export/en/test/0.parquet'}", lang="en", id_column="sentence_id")
     assert one.languages() == ["en"] and one.splits() == []
     assert [u.id for u in one.utterances("en")] == ["s0", "s1"]
@@ -155,15 +157,15 @@ def test_hub_parquet_listed_without_audio(saved, fleurs_dir, tmp_path, monkeypat
         return Builder(name)
 
     monkeypatch.setattr(datasets, "load_dataset_builder", fake_builder)
-    H._GROUPS.clear()
+    parquet_audio._GROUPS.clear()
     src = S.get_source("hf:google/tiny:de,en,fr", id_column="sentence_id")
     assert asked == [("google/tiny", "de"), ("google/tiny", "en"), ("google/tiny", "fr")]
     assert src.name == "hf:google/tiny:de,en,fr" and source_revision(src) == f"hub:{COMMIT}"
     utts = src.utterances("en", "test")
     assert [u.transcription for u in utts] == [text(fleurs_dir, "en", n) for n in (0, 1)]
-    assert not H._GROUPS  # no audio read to list
+    assert not parquet_audio._GROUPS  # no audio read to list
     np.testing.assert_array_equal(utts[0].load(), load_audio(clip(fleurs_dir, "en", 0)))
-    assert len(H._GROUPS) == 1
+    assert len(parquet_audio._GROUPS) == 1
 
 
 def test_hub_unreachable_names_the_fix(monkeypatch):
