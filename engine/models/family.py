@@ -203,6 +203,18 @@ def require_head(source, head: str, job: str, hint: str = "") -> Family:
     )
 
 
+def refuse_without_head(job: str, head: str, source, store_info=None, hint: str = "") -> None:
+    """Refuses ``job`` at once, before any weight is read or output written, when the store's model (``store_info``:
+    a layer store's ``StoreInfo``) or the model given (``source``) lacks ``head``, naming the model and what it
+    lacks; ``hint`` says what to do instead."""
+    if store_info is not None and head not in FAMILIES[store_info.family].heads:
+        raise CheckpointError(
+            f"{job} needs a model with a {head} head; the layer store was written by {store_info.model_name!r}, a "
+            f"{store_info.family} model without one. {hint}".rstrip()
+        )
+    require_head(source, head, job, hint)
+
+
 def _has_ctc_head(source) -> bool:
     """Whether a wav2vec2-family config names a *ForCTC architecture (the CTC head's weights come with it)."""
     config = _config_json(source) or {}

@@ -105,13 +105,25 @@ def _reference(name: str, model, audio: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(h[0]) for h in out]
 
 
+_ENCODED: dict[str, tuple] = {}
+
+
+def encoded(name, clips, run_job, tmp_path_factory) -> tuple:
+    """(torch model, its folder, the run's folder, the layer store) of family ``name``, encoded once per session
+    through the encode job's flags."""
+    if name not in _ENCODED:
+        model, folder = _folder(name, tmp_path_factory)
+        root = tmp_path_factory.mktemp(f"{name}-run")
+        store = str(root / "store")
+        proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store)
+        assert "encoded 4 utterances" in proc.stdout, proc.stdout
+        _ENCODED[name] = model, folder, root, store
+    return _ENCODED[name]
+
+
 @pytest.mark.parametrize("name", ["wav2vec2", "hubert", "w2v-bert", "seamless"])
 def test_encode_seqsim_retrieval(name, clips, fleurs_dir, run_job, tmp_path_factory):
-    model, folder = _folder(name, tmp_path_factory)
-    root = tmp_path_factory.mktemp(f"{name}-run")
-    store = str(root / "store")
-    proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store)
-    assert "encoded 4 utterances" in proc.stdout, proc.stdout
+    model, folder, root, store = encoded(name, clips, run_job, tmp_path_factory)
 
     reader = open_store(store)
     family = {"wav2vec2": "wav2vec2", "hubert": "wav2vec2"}.get(name, "w2vbert")
@@ -145,3 +157,57 @@ def test_encode_seqsim_retrieval(name, clips, fleurs_dir, run_job, tmp_path_fact
     assert result is not None
     rows = (root / "retrieval" / "retrieval.csv").read_text().splitlines()
     assert len(rows) > 1 and {r.split(",")[0] for r in rows[1:]} <= {"fr", "pt"}
+
+
+def test_interp_on_a_wav2vec2_store_with_words_in_seconds(clips, fleurs_dir, run_job, tmp_path_factory):
+    """The cross-model use: words timed in seconds (as Whisper's align job writes them for the same clips) mapped onto
+    a wav2vec2 store's frames by its frame rate. The times here are planted: each transcript word gets an equal share
+    of its clip."""
+    _, _, root, store = encoded("wav2vec2", clips, run_job, tmp_path_factory)
+    reader = open_store(store)
+    words = root / "words"
+    for lang in LANGS:
+        table = reader.utterances_table(lang).to_pydict()
+        rows = {f.name: [] for f in WORD_SCHEMA}
+        for u, uid, seconds in zip(table["utterance"], table["id"], table["duration_s"], strict=True):
+            stem = PAIRS[uid][LANGS.index(lang)]
+            tokens = (fleurs_dir / f"{stem}.txt").read_text(encoding="utf-8").split()[:12]
+            step = seconds / len(tokens)
+            for w, token in enumerate(tokens):
+                for key, value in dict(
+                    utterance=u, id=uid, recording=0, word_index=w, word=f" {token}", start=w * step,
+                    end=(w + 1) * step, probability=0.9,
+                ).items():  # fmt: skip
+                    rows[key].append(value)
+        (words / lang).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pydict(rows, schema=WORD_SCHEMA), words / lang / "words.parquet")
+    out = root / "interp"
+    summary = run_interp(
+        configure(InterpConfig, store=store, words=str(words), out=str(out), layers=(1, 2), progress=False)
+    )
+    assert summary is not None
+    pairs = pq.read_table(out / "fr__pt" / "pairs.parquet").to_pandas()
+    assert len(pairs) and set(pairs["layer"]) == {1, 2} and set(pairs["id_a"]) <= {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("job", "lacks"), [("decode", "decoder"), ("align", "cross-attention"), ("finetune", "decoder")]
+)
+def test_decoder_jobs_refuse_other_families_at_once(job, lacks, clips, run_job, tmp_path_factory, tmp_path):
+    _, folder, _, store = encoded("wav2vec2", clips, run_job, tmp_path_factory)
+    out = tmp_path / "out"
+    proc = run_job(job, "--store", store, "--model", str(folder), "--out", str(out), expect=None)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"a {lacks} head" in text and "wav2vec2 model without one" in text, text
+    assert not out.exists()  # refused before any work: not even the lease
+    if job == "align":
+        assert "interp's --words" in text
+
+
+def test_family_detection(tmp_path, tiny_model_dir):
+    assert fam.detect_family(None).name == "whisper" and fam.detect_family(tiny_model_dir).name == "whisper"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(CheckpointError, match="model_type 'bert'.*supported model types"):
+        fam.detect_family(tmp_path)
+    with pytest.raises(CheckpointError, match="adapters exist only for wav2vec2"):
+        fam.load_encoder(tiny_model_dir, adapter="fra")
