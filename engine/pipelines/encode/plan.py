@@ -17,11 +17,13 @@ from engine.data.features import features_for_audio
 from engine.data.pairing import pairing_lines, shared_ids
 from engine.data.revision import source_revision
 from engine.errors import AudioError
+from engine.models.family import detect_family
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.loaded import load_whisper
 from engine.pipelines.encode.run import dataset_source
 from engine.pipelines.encode.windows import expected_frames
 from engine.runtime.devices import Device
+from engine.runtime.options import ConfigError
 from engine.runtime.plan import (
     EFFICIENCY,
     N_CTX,
@@ -141,6 +143,13 @@ def plan_encode(
 
 def plan_encode_run(config, device: Device | None) -> Plan:
     """``plan_encode`` for an ``EncodeConfig``: the dataset's headers (no audio decoded) and the model's dimensions."""
+    family = detect_family(config.model)
+    if family.name != "whisper":
+        raise ConfigError(
+            f"encode --plan counts FLOPs and bytes with Whisper's encoder model; model {config.model!r} is a "
+            f"{family.name} model, whose plan is not built yet. Run without --plan (seqsim, retrieval and probe --plan "
+            "work on its store)"
+        )
     whisper = load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
     dims = whisper.dims
     source = dataset_source(config)
