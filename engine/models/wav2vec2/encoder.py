@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from engine.errors import AudioError
 from engine.models.family import CTC, WAV2VEC2_LAYERS, FamilyDims, split_windows, window_frames
 from engine.models.wav2vec2.features import normalize
 from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, ShardedWav2Vec2, load_wav2vec2
@@ -78,8 +79,6 @@ class Wav2Vec2Encoder:
         dims, opts = self.loaded.dims, self.loaded.checkpoint.features
         parts = split_windows(np.asarray(samples, np.float32), long_audio, dims.receptive_field)
         if len(parts[0]) < dims.receptive_field:
-            from engine.errors import AudioError
-
             raise AudioError(f"{len(parts[0])} samples: the model needs at least {dims.receptive_field} for one frame")
         inputs = [normalize(p) if opts.do_normalize else p for p in parts]
         return inputs, np.array([dims.frames(len(p)) for p in parts], np.int32)

@@ -17,6 +17,8 @@ from engine.data import audio as audio_lib
 from engine.data.features import features_for_audio
 from engine.models.family import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
+from engine.runtime.parallel import ShardedEncoder
+from engine.stores.schema import FEATURES, FRAME_RATE
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -42,8 +44,6 @@ class WhisperEncoder:
 
     @property
     def frame_rate(self) -> float:
-        from engine.stores.schema import FRAME_RATE
-
         return FRAME_RATE
 
     @property
@@ -56,8 +56,6 @@ class WhisperEncoder:
 
     @property
     def features(self) -> dict:
-        from engine.stores.schema import FEATURES
-
         return dict(FEATURES)
 
     def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
@@ -82,8 +80,6 @@ class WhisperEncoder:
         return (mel,)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        from engine.runtime.parallel import ShardedEncoder
-
         return ShardedEncoder(self.loaded.model, mesh, layers=tuple(layers), out_dtype=out_dtype)
 
 
