@@ -194,7 +194,7 @@ class LayerStore:
                 n_layers=len(info.layers),
                 n_utterances=len(rows),
                 max_frames=max_frames,
-                embed=info.dims.n_audio_state,
+                embed=info.embed,
                 dtype=info.dtype,
             ),
             self.url,
@@ -218,7 +218,7 @@ class LayerStore:
 
     def _arrays(self, lang, rows, states, lengths, max_in_flight_bytes) -> LanguageArrays:
         info = self.info
-        expected = [len(info.layers), len(rows), None, info.dims.n_audio_state]
+        expected = [len(info.layers), len(rows), None, info.embed]
         shape = list(states.shape)
         if (
             len(shape) != 4
@@ -231,7 +231,7 @@ class LayerStore:
             raise StoreMismatchError(
                 f"arrays of {lang!r} in {self.url!r} do not fit the manifest and utterance table: states "
                 f"{states.dtype.name}{shape} labelled {list(states.domain.labels)}, lengths {list(lengths.shape)}; "
-                f"expected {info.dtype}[{len(info.layers)}, {len(rows)}, frames, {info.dims.n_audio_state}] and "
+                f"expected {info.dtype}[{len(info.layers)}, {len(rows)}, frames, {info.embed}] and "
                 f"[{len(rows)}]. An interrupted creation with another table? Delete the folder {lang}/ and rerun"
             )
         return LanguageArrays(

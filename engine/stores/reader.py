@@ -102,10 +102,9 @@ class StoreReader:
         """Position on the ``layer`` axis of babelgrid layer index ``layer``."""
         layers = self.info.layers
         if isinstance(layer, bool) or layer not in layers:
-            top = self.info.dims.n_encoder_layers_out - 1
             raise StoreError(
-                f"layer {layer!r} is not in store {self.url!r}; it holds layers {list(layers)} (babelgrid indexing: "
-                f"0 = stem, 1..{top - 1} = blocks, {top} = ln_post)"
+                f"layer {layer!r} is not in store {self.url!r}; it holds layers {list(layers)} of its "
+                f"{self.info.family} model ({self.info.layer_meaning})"
             )
         return layers.index(layer)
 

@@ -34,6 +34,7 @@ import tensorstore as ts
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.data.audio import ENCODER_FRAMES_PER_SECOND, HOP_LENGTH, LONG_AUDIO_MODES, N_FFT, N_SAMPLES, SAMPLE_RATE
 from engine.dtypes import DTYPES as ALL_DTYPES
+from engine.models.family import DEFAULT_FAMILY, FAMILIES, WHISPER_LAYERS, FamilyDims
 from engine.models.whisper.dims import ModelDimensions
 from engine.stores.integrity import CHECKED_READS, CRC32C, parquet_bytes, read_parquet, warn_unchecked
 from engine.stores.kv import StoreError
@@ -56,6 +57,7 @@ FEATURES = {
 }
 # StoreInfo fields that a run appending to a store must share with it: everything that changes the stored numbers.
 INFO_FIELDS = (
+    "family",
     "model_name",
     "checkpoint_sha256",
     "dims",
@@ -65,6 +67,7 @@ INFO_FIELDS = (
     "compute_dtype",
     "long_audio",
     "features",
+    "layer_meaning",
 )
 
 MANIFEST = "manifest.json"
@@ -95,13 +98,15 @@ class StoreMismatchError(StoreError):
 class StoreInfo:
     """What must match to append to a store: the model, its dimensions, the stored layers and their dtype.
 
-    ``layers`` uses babelgrid's encoder layer indexing: 0 = conv stem + positions, 1..L = block outputs,
-    L+1 = ``ln_post`` output. States are stored in ``layers`` order.
+    ``family`` names the model family (``engine.models.family.FAMILIES``); ``dims`` is Whisper's ``ModelDimensions``
+    for Whisper and ``FamilyDims`` for the others. ``layers`` indexes the family's layers as ``layer_meaning`` says
+    (Whisper: 0 = conv stem + positions, 1..L = block outputs, L+1 = ``ln_post`` output). States are stored in
+    ``layers`` order; ``frame_rate`` is the family's encoder frames per second.
     """
 
     model_name: str
     checkpoint_sha256: str
-    dims: ModelDimensions
+    dims: ModelDimensions | FamilyDims
     layers: tuple[int, ...]
     dtype: str  # "float32" | "bfloat16" | "float16"
     frame_rate: float = FRAME_RATE  # frames per second
@@ -109,19 +114,26 @@ class StoreInfo:
     compute_dtype: str = "float32"  # the model's dtype on the device
     long_audio: str = "window"  # audio over 30 s: "window" (consecutive windows) or "truncate"
     features: dict = dataclasses.field(default_factory=lambda: dict(FEATURES))  # the front end's settings
+    family: str = DEFAULT_FAMILY  # manifests before families were recorded are Whisper's
+    layer_meaning: str = WHISPER_LAYERS  # what layer 0, 1..L and the last layer are, in words
 
     def __post_init__(self):
         for name in ("model_name", "checkpoint_sha256"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise StoreError(f"StoreInfo.{name} must be a non-empty string, got {getattr(self, name)!r}")
-        if not isinstance(self.dims, ModelDimensions):
-            raise StoreError(f"StoreInfo.dims must be a ModelDimensions, got {type(self.dims).__name__}")
+        if self.family not in FAMILIES:
+            raise StoreError(f"StoreInfo.family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        want = ModelDimensions if self.family == DEFAULT_FAMILY else FamilyDims
+        if not isinstance(self.dims, want):
+            raise StoreError(
+                f"StoreInfo.dims of a {self.family} store must be a {want.__name__}, got {type(self.dims).__name__}"
+            )
         layers = tuple(int(i) for i in self.layers)
-        top = self.dims.n_encoder_layers_out - 1
+        top = self.n_layers_out - 1
         if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] > top:
             raise StoreError(
-                f"StoreInfo.layers must be increasing, distinct layer indices in 0..{top} (0 = stem, "
-                f"{top} = ln_post), got {self.layers!r}"
+                f"StoreInfo.layers must be increasing, distinct layer indices in 0..{top} ({self.layer_meaning}), "
+                f"got {self.layers!r}"
             )
         object.__setattr__(self, "layers", layers)
         for name in ("dtype", "compute_dtype"):
@@ -137,6 +149,22 @@ class StoreInfo:
     def numpy_dtype(self) -> np.dtype:
         return ts.dtype(self.dtype).numpy_dtype
 
+    @property
+    def n_layers_out(self) -> int:
+        """Layer indices the model has: 0..n_layers_out-1 (a store may hold a subset, ``layers``)."""
+        d = self.dims
+        return d.n_encoder_layers_out if isinstance(d, ModelDimensions) else d.n_layers_out
+
+    @property
+    def embed(self) -> int:
+        """Width of the stored states."""
+        return self.dims.n_audio_state if isinstance(self.dims, ModelDimensions) else self.dims.embed
+
+    @property
+    def n_blocks(self) -> int:
+        """The model's encoder blocks, L (Whisper's layers 1..L; the others' last layer is L)."""
+        return self.dims.n_audio_layer if isinstance(self.dims, ModelDimensions) else self.n_layers_out - 1
+
     def to_dict(self) -> dict:
         return {
             "model_name": self.model_name,
@@ -148,20 +176,25 @@ class StoreInfo:
             "compute_dtype": self.compute_dtype,
             "long_audio": self.long_audio,
             "features": dict(self.features),
+            "family": self.family,
+            "layer_meaning": self.layer_meaning,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> StoreInfo:
+        family = d.get("family", DEFAULT_FAMILY)
         return cls(
             model_name=d["model_name"],
             checkpoint_sha256=d["checkpoint_sha256"],
-            dims=ModelDimensions.from_dict(d["dims"]),
+            dims=(ModelDimensions if family == DEFAULT_FAMILY else FamilyDims).from_dict(d["dims"]),
             layers=tuple(d["layers"]),
             dtype=d["dtype"],
             frame_rate=d.get("frame_rate", FRAME_RATE),
             compute_dtype=d.get("compute_dtype", "float32"),
             long_audio=d.get("long_audio", "window"),
             features=d.get("features", FEATURES),
+            family=family,
+            layer_meaning=d.get("layer_meaning", WHISPER_LAYERS),
         )
 
 

@@ -36,6 +36,7 @@ from engine.data.audio import N_ENCODER_FRAMES
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
+from engine.models.family import CROSS_ATTENTION, refuse_without_head
 from engine.models.whisper.decoding import DecodingOptions
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
@@ -224,6 +225,11 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
 def run_align(config: AlignConfig) -> AlignSummary:
     """Aligns every done utterance of the store's languages and writes the layout of the module docstring. The run
     holds the output folder's writer lease (``engine.runtime.lease``)."""
+    refuse_without_head(
+        "align", CROSS_ATTENTION, config.model, open_store(config.store).info,
+        "Word times are seconds, so a Whisper align run on the same audio serves any store: encode the clips with "
+        "Whisper, run align on that store, and pass its --out as interp's --words on this one (BUILD.md#models)",
+    )  # fmt: skip
     with writer_lease(config.run.out, "align", config.run.break_lease) as lease:
         return _align(config, lease)
 

@@ -150,7 +150,7 @@ def plan_compare_run(config, device: Device | None) -> Plan:
     models = {
         name: ModelShape(
             len(r.info.layers),
-            r.info.dims.n_audio_state,
+            r.info.embed,
             np.dtype(r.info.dtype).itemsize if r.info.dtype != "bfloat16" else 2,
         )
         for name, r in zip(names, readers, strict=True)

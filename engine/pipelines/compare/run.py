@@ -99,7 +99,7 @@ class _Cache:
         if key not in self._pooled:
             every = np.arange(len(reader.lengths(lang)))
             done = reader.done(lang)
-            table = np.zeros((len(every), reader.info.dims.n_audio_state), np.float32)
+            table = np.zeros((len(every), reader.info.embed), np.float32)
             table[done] = states.pooled(reader, lang, layer, every[done])
             self._pooled[key] = table
         return self._pooled[key][index]
@@ -205,7 +205,7 @@ def _concat(views: list[View], share: int | None) -> View:
 def _retrieval(config, readers, names, langs, cache) -> tuple[list[tuple], list[tuple]]:
     depth_rows, challenge_rows = [], []
     for k, (reader, name) in enumerate(zip(readers, names, strict=True)):
-        n_layer = reader.info.dims.n_audio_layer
+        n_layer = reader.info.n_blocks
         folder = config.retrieval[k] if config.retrieval else ""
         if folder:
             got = depth.read_rows(name, n_layer, folder, config.retrieval_measure)

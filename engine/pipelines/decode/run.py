@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
+from engine.models.family import DECODER, refuse_without_head
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
@@ -148,6 +149,10 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     ``whisper``: the store's model already loaded in ``config.compute_dtype`` (a notebook or test that holds one);
     by default ``config.model`` is loaded.
     """
+    refuse_without_head(
+        "decode", DECODER, None if whisper is not None else config.model, open_store(config.store).info,
+        "decode transcribes with a Whisper decoder; the CTC logit lens of wav2vec2 *ForCTC models is not built yet",
+    )  # fmt: skip
     with writer_lease(config.run.out, "decode", config.run.break_lease) as lease:
         return _decode(config, lease, whisper)
 

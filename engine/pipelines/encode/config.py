@@ -16,7 +16,14 @@ class EncodeConfig:
     """What to encode and how; ``run.out`` is the layer store (local path or TensorStore kvstore URL)."""
 
     run: RunOptions = RunOptions()
-    model: str | None = option(None, "hub id, HF folder, CTranslate2 folder or OpenAI .pt (default: packaged base)")
+    model: str | None = option(
+        None,
+        "hub id or folder of any family (BUILD.md#models: Whisper HF, CTranslate2 or OpenAI .pt; wav2vec2, HuBERT, "
+        "MMS; w2v-BERT 2.0, SeamlessM4T v2), default the packaged whisper-base",
+    )
+    adapter: str | None = option(
+        None, "MMS language adapter to load beside a wav2vec2 model (its adapter.<lang>.safetensors)"
+    )
     dataset: str = option(
         "demo",
         "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl|csv | folder:/dir (<dir>/<lang>/<id>.<ext>, any "
@@ -46,7 +53,7 @@ class EncodeConfig:
     )
     dtype: str = option("float32", "storage dtype", choices=STORAGE_DTYPES)
     compute_dtype: str = option("float32", "model dtype on the device", choices=DTYPES)
-    batch_size: int = option(8, "30 s windows per encoder step over all local devices", minimum=1)
+    batch_size: int = option(8, "windows (of at most 30 s) per encoder step over all local devices", minimum=1)
     long_audio: str = option("window", "audio over 30 s: consecutive windows, or cut", choices=LONG_AUDIO_MODES)
     prefetch: int = option(4, "host threads decoding audio and computing log-mel ahead of the device", minimum=1)
     claim_utterances: int = option(16, "utterances per work unit the processes of a multi-host run claim", minimum=1)

@@ -11,17 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.data import audio as audio_lib
 from engine.data.audio import SAMPLE_RATE
 from engine.data.features import features_for_audio
 from engine.data.pairing import pairing_lines, shared_ids
 from engine.data.revision import source_revision
 from engine.errors import AudioError
+from engine.models.family import detect_family
 from engine.models.whisper.dims import ModelDimensions
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.loaded import load_whisper
 from engine.pipelines.encode.run import dataset_source
-from engine.pipelines.encode.windows import expected_frames
+from engine.pipelines.encode.windows import resampled_samples
 from engine.runtime.devices import Device
+from engine.runtime.options import ConfigError
 from engine.runtime.plan import (
     EFFICIENCY,
     N_CTX,
@@ -141,8 +143,15 @@ def plan_encode(
 
 def plan_encode_run(config, device: Device | None) -> Plan:
     """``plan_encode`` for an ``EncodeConfig``: the dataset's headers (no audio decoded) and the model's dimensions."""
+    family = detect_family(config.model)
+    if family.name != "whisper":
+        raise ConfigError(
+            f"encode --plan counts FLOPs and bytes with Whisper's encoder model; model {config.model!r} is a "
+            f"{family.name} model, whose plan is not built yet. Run without --plan (seqsim, retrieval and probe --plan "
+            "work on its store)"
+        )
     whisper = load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
-    dims = whisper.dims
+    dims, model = whisper.dims, WhisperEncoder(whisper)
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
@@ -155,8 +164,8 @@ def plan_encode_run(config, device: Device | None) -> Plan:
                 info = utt.probe()
             except AudioError:
                 continue
-            n = expected_frames(info.frames, info.sample_rate, config.long_audio)
-            w.append(max(1, -(-n // audio_lib.N_ENCODER_FRAMES)))
+            n, n_windows = model.expected_frames(resampled_samples(info.frames, info.sample_rate), config.long_audio)
+            w.append(n_windows)
             f.append(n)
             seconds += info.duration_s
         windows[lang], frames[lang] = w, f

@@ -2,10 +2,10 @@
 
 Stages, overlapped so that the accelerator never waits on the host:
 
-1. host threads decode audio and compute log-mel windows ahead of the device (``prefetch``);
-2. the encoder step runs on every local device (``engine.runtime.parallel.ShardedEncoder``) over
-   fixed-size batches of 30 s windows (the last one padded, so one program is compiled and every
-   window's result is bitwise independent of what shares its batch);
+1. host threads decode audio and compute the model's input windows ahead of the device (``prefetch``);
+2. the encoder step runs on every local device (the family's ``Encoder.sharded``: for Whisper
+   ``engine.runtime.parallel.ShardedEncoder``) over fixed-size batches of windows of at most 30 s (the last one
+   padded, so every window's result is independent of what shares its batch);
 3. while batch ``i+1`` computes, batch ``i``'s states are copied to the host and handed to the
    store, whose writes stay in flight (``LanguageArrays.write_utterance``); an utterance is marked
    done only after its states are committed.
@@ -38,11 +38,13 @@ from engine.data.sources import get_source
 from engine.data.utterance import Source, Utterance
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
-from engine.models.whisper.loaded import LoadedWhisper, load_whisper
+from engine.models.family import Encoder, load_encoder
+from engine.models.whisper.encoder import WhisperEncoder
+from engine.models.whisper.loaded import LoadedWhisper
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
 from engine.runtime.claims import WorkClaims
-from engine.runtime.parallel import ShardedEncoder, data_mesh, is_process_zero
+from engine.runtime.parallel import data_mesh, is_process_zero
 from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import StoreError, open_kvstore
@@ -75,16 +77,23 @@ class EncodeSummary(RunSummary):
         return "\n".join(lines + self.skip_lines())
 
 
-def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) -> EncodeSummary:
+def run_encode(
+    config: EncodeConfig, *, whisper: LoadedWhisper | None = None, encoder: Encoder | None = None
+) -> EncodeSummary:
     """Encode ``config.dataset`` into the layer store at ``config.run.out``; returns the summary.
 
-    The run holds the store's writer lease (``engine.runtime.lease``): a second run on the same store is refused.
+    The model is ``config.model`` of any family (``engine.models.family``), or one already loaded: ``encoder`` (any
+    family) or ``whisper``. The run holds the store's writer lease (``engine.runtime.lease``): a second run on the same
+    store is refused.
     """
     t0 = time.perf_counter()
-    whisper = whisper or load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
+    if encoder is None:
+        encoder = WhisperEncoder(whisper) if whisper is not None else load_encoder(
+            config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype)
+        )  # fmt: skip
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
-    _check_languages(langs, whisper)  # before anything is created, the lease included
+    _check_languages(langs, encoder)  # before anything is created, the lease included
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
     shared = check_listing(
         listing, f"dataset {config.dataset!r} split {config.split!r}", allow_empty=config.allow_empty,
@@ -95,7 +104,7 @@ def run_encode(config: EncodeConfig, *, whisper: LoadedWhisper | None = None) ->
             log.info("%s", line)
     revision = source_revision(source)
     with writer_lease(config.run.out, "encode", config.run.break_lease) as lease:
-        summary = _encode(config, whisper, listing, lease, revision)
+        summary = _encode(config, encoder, listing, lease, revision)
     summary.shared_ids = shared
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -121,18 +130,21 @@ def _check_revision(store: LayerStore, revision: str | None, url: str) -> None:
 
 
 def _encode(
-    config: EncodeConfig, whisper: LoadedWhisper, listing: dict[str, list[Utterance]], lease, revision: str | None
+    config: EncodeConfig, model: Encoder, listing: dict[str, list[Utterance]], lease, revision: str | None
 ) -> EncodeSummary:
-    dims = whisper.dims
-    layers = tuple(range(dims.n_audio_layer + 2)) if config.layers is None else tuple(config.layers)
+    layers = tuple(range(model.n_layers_out)) if config.layers is None else tuple(config.layers)
     info = StoreInfo(
-        model_name=whisper.checkpoint.name,
-        checkpoint_sha256=whisper.checkpoint.sha256,
-        dims=dims,
+        model_name=model.name,
+        checkpoint_sha256=model.sha256,
+        dims=model.store_dims,
         layers=layers,
         dtype=config.dtype,
+        frame_rate=model.frame_rate,
         compute_dtype=config.compute_dtype,
         long_audio=config.long_audio,
+        features=model.features,
+        family=model.family,
+        layer_meaning=model.layer_meaning,
     )
     creation = {"dataset": config.dataset, "split": config.split, "dataset_revision": revision}
     claims = WorkClaims(open_kvstore(config.run.out)[1], config.run.out, "encode", ttl=config.run.claim_ttl)
@@ -143,12 +155,10 @@ def _encode(
     )
     _check_revision(store, revision, config.run.out)
 
-    encoder = ShardedEncoder(
-        whisper.model, data_mesh(jax.local_devices()), layers=layers, out_dtype=jnp.dtype(config.dtype)
-    )
+    encoder = model.sharded(data_mesh(jax.local_devices()), layers, jnp.dtype(config.dtype))
     local_batch = math.ceil(config.batch_size / encoder.local_multiple) * encoder.local_multiple
     summary = EncodeSummary()
-    bytes_per_frame = len(layers) * dims.n_audio_state * jnp.dtype(config.dtype).itemsize
+    bytes_per_frame = len(layers) * model.embed * jnp.dtype(config.dtype).itemsize
     progress = _Progress(config.run.progress)
 
     # Tables and arrays for every language first, then the work units: blocks of claim_utterances utterances.
@@ -160,7 +170,7 @@ def _encode(
             continue
         # Every process builds the same table from the same headers (deterministic), and only
         # process 0 creates the arrays; the others open them after the barrier.
-        rows = probe_rows(utts, config.long_audio)
+        rows = probe_rows(utts, config.long_audio, model)
         arrays = process_zero_first(f"babelgrid-lang-{lang}", lambda rows=rows, lang=lang: store.language(lang, rows))
         opened.append(arrays)
         done = arrays.done()
@@ -180,22 +190,24 @@ def _encode(
         for claimed in loop.rounds(list(units), is_done):
             tracker = _UnitTracker(loop, summary)
             tasks = tracker.tasks(claimed, units)
-            _run_pipeline(config, encoder, tasks, local_batch, dims, tracker, summary, progress, bytes_per_frame, lease)
+            _run_pipeline(
+                config, model, encoder, tasks, local_batch, tracker, summary, progress, bytes_per_frame, lease
+            )
             for arrays in opened:
                 arrays.flush()
             tracker.close()
     return summary
 
 
-def _run_pipeline(config, encoder, tasks, local_batch, dims, tracker, summary, progress, bytes_per_frame, lease):
+def _run_pipeline(config, model, encoder, tasks, local_batch, tracker, summary, progress, bytes_per_frame, lease):
     """Encodes ``tasks`` (an iterator: claims are taken as the prefetching threads need more)."""
     with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
-        prepared = prefetched(pool, tasks, dims.n_mels, config.long_audio, config.prefetch * 4)
+        prepared = prefetched(pool, tasks, model, config.long_audio, config.prefetch * 4)
         assembler = Assembler()
         in_flight = None  # (device result, parts) of the batch dispatched last
-        for mel, parts in batches(prepared, local_batch, summary, tracker):
+        for batch, parts in batches(prepared, local_batch, summary, tracker, model.collate):
             lease.check()  # another run broke the lease: stop before writing more
-            result = encoder(mel)  # dispatched asynchronously
+            result = encoder(*batch)  # dispatched asynchronously
             if in_flight is not None:
                 _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker)
                 tracker.release_finished()
@@ -251,7 +263,7 @@ class _UnitTracker:
         self.loop.done(unit["claim"], progress=0, finished={"skipped": unit["skipped"]} if unit["skipped"] else None)
 
 
-def _check_languages(langs: Sequence[str], whisper: LoadedWhisper) -> None:
+def _check_languages(langs: Sequence[str], model: Encoder) -> None:
     """Every language code must be able to name a store folder: all the bad ones in one error, before the store is
     touched. A well-formed code Whisper does not know is encoded (the encoder is language-agnostic) with a warning:
     the decoder-based jobs (align, decode) skip it unless told which language token to use."""
@@ -267,7 +279,7 @@ def _check_languages(langs: Sequence[str], whisper: LoadedWhisper) -> None:
             "letter or digit (no '/', '.' or spaces). Rename them in the dataset (manifest 'lang' column or folder "
             "names); nothing was written"
         )
-    if whisper.dims.is_multilingual:
+    if isinstance(model, WhisperEncoder) and model.loaded.dims.is_multilingual:
         unknown = [lang for lang in langs if _whisper_code(lang) is None]
         if unknown:
             log.warning(

@@ -1,9 +1,11 @@
-"""The encode job's host stage: utterances -> log-mel windows -> fixed-size batches, and states -> utterances.
+"""The encode job's host stage: utterances -> model input windows -> fixed-size batches, and states -> utterances.
 
-Host threads decode audio and compute log-mel windows ahead of the device (``prefetched``); ``batches`` packs them
-into batches of exactly ``batch_size`` 30 s windows (the last padded with silence, so that one program is compiled and
-every window's result is independent of what shares its batch); ``Assembler`` joins each utterance's windows again
-from the batches' states. ``probe_rows`` builds the store's utterance table from audio headers before any decoding.
+Host threads decode audio and compute each window's model input ahead of the device (``prefetched``, with the
+family's ``Encoder.windows``: Whisper's 30 s log-mel windows, the others' raw or fbank windows of at most 30 s);
+``batches`` packs them into batches of exactly ``batch_size`` windows (the last padded with empty rows by the family's
+``collate``, so that every window's result is independent of what shares its batch); ``Assembler`` joins each
+utterance's windows again from the batches' states. ``probe_rows`` builds the store's utterance table from audio
+headers before any decoding (``Encoder.expected_frames``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from engine.data import audio as audio_lib
-from engine.data.features import features_for_audio
 from engine.data.utterance import Utterance
 from engine.errors import AudioError
 from engine.stores.schema import UtteranceRow
@@ -38,30 +39,26 @@ class Task:
 
 @dataclasses.dataclass
 class Prepared:
-    """One utterance, decoded and turned into log-mel windows on a host thread."""
+    """One utterance, decoded and turned into the model's input windows on a host thread."""
 
     task: Task
-    mel: np.ndarray | None  # f32[window, n_mels, 3000]
+    mel: list | None  # one model input per window (Whisper: f32[n_mels, 3000] log-mel)
     frames: np.ndarray | None  # i32[window] valid encoder frames per window
     seconds: float = 0.0
     error: str | None = None  # why it is skipped
     reason: str | None = None  # the error's class name: the skip count's key
 
 
-def expected_frames(n_samples: int, sample_rate: int, long_audio: str) -> int:
-    """Valid encoder frames of an utterance of ``n_samples`` at ``sample_rate``, before decoding."""
-    # soxr's output length is the input length times the rate ratio, rounded to nearest.
-    n = int(n_samples * audio_lib.SAMPLE_RATE / sample_rate + 0.5)
-    if long_audio == "truncate":
-        n = min(n, audio_lib.N_SAMPLES)
-    full, rest = divmod(n, audio_lib.N_SAMPLES)
-    return full * audio_lib.N_ENCODER_FRAMES + (int(audio_lib.encoder_frames(rest)) if rest else 0)
+def resampled_samples(n_samples: int, sample_rate: int) -> int:
+    """Samples at 16 kHz of ``n_samples`` at ``sample_rate``: soxr's output length, the input's times the rate ratio,
+    rounded to nearest."""
+    return int(n_samples * audio_lib.SAMPLE_RATE / sample_rate + 0.5)
 
 
-def prepare(task: Task, n_mels: int, long_audio: str) -> Prepared:
+def prepare(task: Task, encoder, long_audio: str) -> Prepared:
     try:
         samples = task.utt.load()
-        mel, frames = features_for_audio(samples, n_mels, long_audio)
+        mel, frames = encoder.windows(samples, long_audio)
         return Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
     except AudioError as e:
         return Prepared(task, None, None, error=str(e), reason=type(e).__name__)
@@ -70,16 +67,16 @@ def prepare(task: Task, n_mels: int, long_audio: str) -> Prepared:
         return Prepared(task, None, None, error=f"{type(e).__name__}: {e}", reason=type(e).__name__)
 
 
-def probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow]:
-    """The store's utterance table, from headers only (no decoding): frames known before encoding."""
+def probe_rows(utts: Sequence[Utterance], long_audio: str, encoder) -> list[UtteranceRow]:
+    """The store's utterance table, from headers only (no decoding): frames known before encoding, as ``encoder``
+    (an ``engine.models.family.Encoder``) will cut the audio."""
     rows = []
     for utt in utts:
         n_frames, n_windows, duration = 0, 0, 0.0
         try:
             info = utt.probe()
             duration = info.duration_s
-            n_frames = expected_frames(info.frames, info.sample_rate, long_audio)
-            n_windows = max(1, -(-n_frames // audio_lib.N_ENCODER_FRAMES))  # as split_windows will cut it
+            n_frames, n_windows = encoder.expected_frames(resampled_samples(info.frames, info.sample_rate), long_audio)
         except AudioError:
             pass  # reported (and counted once) when the encoder stage tries to decode it
         rows.append(
@@ -100,10 +97,11 @@ def probe_rows(utts: Sequence[Utterance], long_audio: str) -> list[UtteranceRow]
     return rows
 
 
-def batches(prepared: Iterator[Prepared], batch_size: int, summary, tracker):
+def batches(prepared: Iterator[Prepared], batch_size: int, summary, tracker, collate):
     """Group prepared utterances into batches of at most ``batch_size`` windows.
 
-    Yields (mel f32[batch_size, n_mels, 3000] padded with silence, [(prepared, first window row)]).
+    Yields (the encoder's arguments for ``batch_size`` rows, from ``collate``: Whisper's mel f32[batch_size, n_mels,
+    3000] padded with silence; [(prepared, first window, windows, row)]).
     An utterance with more windows than a batch holds is split over several batches.
     """
     pending: list[tuple[Prepared, int, int]] = []  # (prepared, first window, n windows) in this batch
@@ -122,23 +120,19 @@ def batches(prepared: Iterator[Prepared], batch_size: int, summary, tracker):
             rows += take
             start += take
             if rows == batch_size:
-                yield assemble(pending, batch_size)
+                yield assemble(pending, batch_size, collate)
                 pending, rows = [], 0
     if pending:
-        yield assemble(pending, batch_size)
+        yield assemble(pending, batch_size, collate)
 
 
-def assemble(pending, batch_size):
-    first = pending[0][0].mel
-    mel = np.zeros((batch_size, *first.shape[1:]), np.float32)
-    # Padding rows hold log-mel of silence rather than zeros, so they look like real (empty) input.
-    mel[:] = first.min()
-    parts, row = [], 0
+def assemble(pending, batch_size, collate):
+    inputs, parts, row = [], [], 0
     for p, start, take in pending:
-        mel[row : row + take] = p.mel[start : start + take]
+        inputs.extend(p.mel[start : start + take])
         parts.append((p, start, take, row))
         row += take
-    return mel, parts
+    return collate(inputs, batch_size), parts
 
 
 class Assembler:
@@ -148,7 +142,7 @@ class Assembler:
         self.partial: dict[tuple[str, int], list[np.ndarray]] = collections.defaultdict(list)
 
     def add(self, states: np.ndarray, parts) -> Iterator[tuple[Prepared, np.ndarray]]:
-        # states: [layer, batch, 1500, embed]
+        # states: [layer, batch, frame, embed]
         for p, start, take, row in parts:
             for w in range(take):
                 n = int(p.frames[start + w])
@@ -157,16 +151,16 @@ class Assembler:
                 yield p, np.concatenate(self.partial.pop((p.task.lang, p.task.index)), axis=1)
 
 
-def prefetched(pool, tasks: Iterable[Task], n_mels, long_audio, depth) -> Iterator[Prepared]:
+def prefetched(pool, tasks: Iterable[Task], encoder, long_audio, depth) -> Iterator[Prepared]:
     """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer."""
     queue: collections.deque = collections.deque()
     it = iter(tasks)
     for task in it:
-        queue.append(pool.submit(prepare, task, n_mels, long_audio))
+        queue.append(pool.submit(prepare, task, encoder, long_audio))
         if len(queue) >= depth:
             break
     while queue:
         yield queue.popleft().result()
         nxt = next(it, None)
         if nxt is not None:
-            queue.append(pool.submit(prepare, nxt, n_mels, long_audio))
+            queue.append(pool.submit(prepare, nxt, encoder, long_audio))

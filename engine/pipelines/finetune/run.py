@@ -42,6 +42,7 @@ from engine.axes import DATA
 from engine.data.sources import dataset_translations
 from engine.dtypes import DTYPES
 from engine.languages import fleurs_to_whisper
+from engine.models.family import DECODER, refuse_without_head
 from engine.models.whisper.checkpoints.export import export_hf
 from engine.models.whisper.decoding import greedy_decode
 from engine.models.whisper.loaded import load_whisper
@@ -164,6 +165,10 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
     summary = FinetuneSummary()
     out = pathlib.Path(config.run.out)
     reader = open_store(config.store)
+    refuse_without_head(
+        "finetune", DECODER, None if whisper is not None else config.model, reader.info,
+        "finetune trains a Whisper decoder on a Whisper store",
+    )  # fmt: skip
     D.top_layer(reader)
     _check_resume(out, config)
     whisper = whisper or load_whisper(config.model)

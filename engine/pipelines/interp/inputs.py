@@ -1,5 +1,12 @@
-"""What an interp unit reads besides the states: each language's words (times from the align job, as encoder-frame
-spans), their text embeddings and phones, and the utterance pairs of a (language pair, layer)."""
+"""What an interp unit reads besides the states: each language's words (times in seconds, from the align job or any
+``words.parquet``, as spans of the store's encoder frames at its ``frame_rate``), their text embeddings and phones, and
+the utterance pairs of a (language pair, layer).
+
+Words are timed in seconds, not frames, so the words of one model's align run serve a store of any family over the
+same audio: Whisper's words.parquet of the same clips maps onto a wav2vec2 or w2v-BERT store by that store's frame
+rate (50 frames/s for all of them today). Beyond 30 s a non-Whisper window holds 1499 frames, not 1500, so a word past
+the first window lands up to one frame early per window.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,6 @@ import re
 
 import numpy as np
 
-from engine.data.audio import ENCODER_FRAMES_PER_SECOND
 from engine.pipelines.interp.config import InterpConfig
 from engine.runtime.runs import RunSummary
 from engine.stores.words import read_words
@@ -36,15 +42,15 @@ def clean_word(word: str) -> str:
     return _EDGES.sub("", word.strip()).lower()
 
 
-def word_frames(start: float, end: float, n_frames: int) -> tuple[int, int] | None:
-    """Frame span [s, e) of a word timed start..end seconds, at least one frame, inside 0..n_frames; None for
-    missing or reversed times."""
+def word_frames(start: float, end: float, n_frames: int, frame_rate: float = 50.0) -> tuple[int, int] | None:
+    """Frame span [s, e) of a word timed start..end seconds, at least one frame, inside 0..n_frames, at
+    ``frame_rate`` frames per second (the store's); None for missing or reversed times."""
     if not (math.isfinite(start) and math.isfinite(end)) or end < start or start < 0:
         return None
     # A small tolerance both ways: the align job's times lie on the 20 ms frame grid, and after float32 rounding
     # 0.3 s may read 14.99999 or 15.00001 frames; without it neighbouring words would share a frame.
-    s = min(int(math.floor(start * ENCODER_FRAMES_PER_SECOND + 1e-3)), n_frames - 1)
-    e = min(max(s + 1, int(math.ceil(end * ENCODER_FRAMES_PER_SECOND - 1e-3))), n_frames)
+    s = min(int(math.floor(start * frame_rate + 1e-3)), n_frames - 1)
+    e = min(max(s + 1, int(math.ceil(end * frame_rate - 1e-3))), n_frames)
     return s, e
 
 
@@ -65,7 +71,7 @@ def load_language(reader, words_url: str, lang: str, encoder, summary: RunSummar
         key = clean_word(word)
         if not key:
             continue  # punctuation on its own: not a word
-        span = word_frames(float(start), float(end), n_frames[uid])
+        span = word_frames(float(start), float(end), n_frames[uid], reader.info.frame_rate)
         if span is None:
             summary.skip("missing_timestamps", lang, f"{uid}/{wi}")
             continue

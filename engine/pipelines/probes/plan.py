@@ -34,7 +34,7 @@ def plan_probes_run(config: ProbesConfig, device=None) -> Plan:
     langs = _select("language", config.langs, store.languages())
     layers = _select("layer", config.layers, store.info.layers)
     chosen = config.chosen
-    d = store.info.dims.n_audio_state
+    d = store.info.embed
     item = np.dtype(store.info.dtype if store.info.dtype != "bfloat16" else "float16").itemsize
     lengths = {lang: store.lengths(lang) for lang in langs}
     done = {lang: lengths[lang][lengths[lang] > 0] for lang in langs}

@@ -197,7 +197,7 @@ def plan_seqsim_run(config, device: Device | None) -> Plan:
     return plan_seqsim(
         lengths,
         pairs,
-        d=info.dims.n_audio_state,
+        d=info.embed,
         n_layers=len(layers),
         storage_dtype=info.dtype,
         dtype=config.dtype,

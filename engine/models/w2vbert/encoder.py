@@ -1,0 +1,109 @@
+"""w2v-BERT 2.0 and the SeamlessM4T v2 speech encoder behind the family interface (``engine.models.family``).
+
+Input: each window's log-mel filterbank, normalised over that window and stacked in pairs (``features``: 20 ms
+frames of 160 values). A batch is padded with zero frames to its longest window rounded up to whole seconds (50
+frames, so that a run compiles one program per batch shape and whole second), and the model masks the padding. Audio
+over 30 s is cut into 30 s windows encoded apart, as for every family (``engine.models.family.split_windows``).
+Layers: 0 = projected features, 1..L = conformer blocks; Seamless's 8x-subsampling adapter output is not stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from engine.models.family import W2VBERT_LAYERS, FamilyDims, split_windows, window_frames
+from engine.models.w2vbert import features as feats
+from engine.models.w2vbert.loaded import LoadedW2vBert, load_w2vbert
+
+PAD_FRAMES = 50  # batches are padded to a multiple of this many frames (1 s)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class W2vBertEncoder:
+    """A ``LoadedW2vBert`` as an ``engine.models.family.Encoder``."""
+
+    loaded: LoadedW2vBert
+    family: str = "w2vbert"
+    layer_meaning: str = W2VBERT_LAYERS
+    heads: frozenset = frozenset()
+
+    @property
+    def name(self) -> str:
+        return self.loaded.checkpoint.name
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.checkpoint.sha256
+
+    @property
+    def store_dims(self) -> FamilyDims:
+        c = self.loaded.config
+        return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": c.to_dict()})
+
+    @property
+    def frame_rate(self) -> float:
+        return 1.0 / self.loaded.seconds_per_frame
+
+    @property
+    def n_layers_out(self) -> int:
+        return self.loaded.n_layers_out
+
+    @property
+    def embed(self) -> int:
+        return self.loaded.config.width
+
+    @property
+    def features(self) -> dict:
+        return {
+            "sample_rate": feats.SAMPLE_RATE,
+            "input": "Kaldi log-mel fbank, normalised per window, 2 frames stacked",
+            "n_mels": feats.N_MELS,
+            "hop_length": feats.HOP_LENGTH,
+            "stride": feats.STRIDE,
+            "window_samples": 30 * feats.SAMPLE_RATE,
+            "padding": "none: each window as it is; batch padding masked",
+        }
+
+    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """``f32[samples]`` -> (features ``f32[frame_w, 160]`` per window, valid frames ``i32[window]``)."""
+        parts = split_windows(np.asarray(samples, np.float32), long_audio, feats.MIN_SAMPLES)
+        out = [feats.batch_features([p]) for p in parts]  # checks each window, AudioError for a too-short one
+        # Frames past a window's valid ones (an odd fbank count's half-empty pair) are padding the model masks anyway.
+        return [f[0, : v[0]] for f, v in out], np.array([v[0] for _, v in out], np.int32)
+
+    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
+        return window_frames(samples, long_audio, lambda n: int(feats.frames_for_samples(n)), feats.MIN_SAMPLES)
+
+    def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows -> ``(features f32[batch_size, frame, 160], valid i32[batch_size])``; padding rows: valid 0."""
+        n = max(len(x) for x in inputs)
+        n += -n % PAD_FRAMES
+        out = np.zeros((batch_size, n, feats.N_INPUT), np.float32)
+        valid = np.zeros(batch_size, np.int32)
+        for i, x in enumerate(inputs):
+            out[i, : len(x)], valid[i] = x, len(x)
+        return out, valid
+
+    def sharded(self, mesh, layers: Sequence[int], out_dtype):
+        return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)
+
+
+class _Layers:
+    """The sharded encoder's output cut to the stored ``layers`` (it computes them all anyway)."""
+
+    def __init__(self, sharded, layers: tuple[int, ...], n_layers_out: int):
+        self.sharded, self.local_multiple = sharded, sharded.local_multiple
+        self.index = None if layers == tuple(range(n_layers_out)) else jnp.asarray(layers)
+
+    def __call__(self, features, valid):
+        out = self.sharded(features, valid)
+        return out if self.index is None else out[self.index]
+
+
+def load(source, *, adapter=None, dtype=None) -> W2vBertEncoder:
+    del adapter  # refused by engine.models.family.load_encoder
+    return W2vBertEncoder(load_w2vbert(source, dtype=jnp.float32 if dtype is None else dtype))

@@ -1,0 +1,116 @@
+"""wav2vec2, HuBERT, XLS-R and MMS behind the family interface (``engine.models.family``).
+
+Input: each window's raw waveform, normalised on its own samples (``features.batch_waveforms``), no fixed length:
+a batch is right-padded to its longest window rounded up to whole seconds (``loaded.PAD_MULTIPLE``) and the model
+masks the padding, so a window's states do not depend on its batch mates. Audio over 30 s is cut into 30 s windows
+encoded apart, as Whisper's is (``engine.models.family.split_windows``): transformer attention over longer inputs
+grows quadratically, and equal windows keep stores of different families comparable utterance by utterance.
+Layers are transformers' ``hidden_states``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from engine.errors import AudioError
+from engine.models.family import CTC, WAV2VEC2_LAYERS, FamilyDims, split_windows, window_frames
+from engine.models.wav2vec2.features import normalize
+from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, ShardedWav2Vec2, load_wav2vec2
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Wav2Vec2Encoder:
+    """A ``LoadedWav2Vec2`` as an ``engine.models.family.Encoder``."""
+
+    loaded: LoadedWav2Vec2
+    family: str = "wav2vec2"
+    layer_meaning: str = WAV2VEC2_LAYERS
+
+    @property
+    def name(self) -> str:
+        adapter = self.loaded.checkpoint.adapter
+        return self.loaded.checkpoint.name + (f"+adapter.{adapter}" if adapter else "")
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.checkpoint.sha256  # of the weights, then the adapter file's
+
+    @property
+    def heads(self) -> frozenset:
+        return frozenset({CTC}) if self.loaded.has_ctc_head else frozenset()
+
+    @property
+    def store_dims(self) -> FamilyDims:
+        dims = self.loaded.dims
+        return FamilyDims.from_dict(
+            {"n_layers_out": dims.n_layers_out, "embed": dims.hidden_size, "config": dims.to_dict()}
+        )
+
+    @property
+    def frame_rate(self) -> float:
+        return 1.0 / self.loaded.dims.frame_rate  # Wav2Vec2Dims.frame_rate is seconds per frame
+
+    @property
+    def n_layers_out(self) -> int:
+        return self.loaded.dims.n_layers_out
+
+    @property
+    def embed(self) -> int:
+        return self.loaded.dims.hidden_size
+
+    @property
+    def features(self) -> dict:
+        opts = self.loaded.checkpoint.features
+        return {
+            "sample_rate": 16000,
+            "input": "raw waveform",
+            "do_normalize": opts.do_normalize,
+            "padding_value": opts.padding_value,
+            "window_samples": 30 * 16000,
+            "padding": "none: each window as it is, normalised on its own samples; batch padding masked",
+        }
+
+    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """``f32[samples]`` -> (model input ``f32[samples_w]`` per window, valid frames ``i32[window]``)."""
+        dims, opts = self.loaded.dims, self.loaded.checkpoint.features
+        parts = split_windows(np.asarray(samples, np.float32), long_audio, dims.receptive_field)
+        if len(parts[0]) < dims.receptive_field:
+            raise AudioError(f"{len(parts[0])} samples: the model needs at least {dims.receptive_field} for one frame")
+        inputs = [normalize(p) if opts.do_normalize else p for p in parts]
+        return inputs, np.array([dims.frames(len(p)) for p in parts], np.int32)
+
+    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
+        dims = self.loaded.dims
+        return window_frames(samples, long_audio, dims.frames, dims.receptive_field)
+
+    def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows -> ``(wave f32[batch_size, samples], lengths i32[batch_size])``; padding rows have length 0."""
+        n = max(len(x) for x in inputs)
+        n += -n % PAD_MULTIPLE
+        wave = np.full((batch_size, n), self.loaded.checkpoint.features.padding_value, np.float32)
+        lengths = np.zeros(batch_size, np.int32)
+        for i, x in enumerate(inputs):
+            wave[i, : len(x)], lengths[i] = x, len(x)
+        return wave, lengths
+
+    def sharded(self, mesh, layers: Sequence[int], out_dtype):
+        return _StatesOnly(ShardedWav2Vec2(self.loaded.model, mesh, layers, out_dtype))
+
+
+class _StatesOnly:
+    """``ShardedWav2Vec2`` returning the states only: the pipeline knows each window's frames from the host."""
+
+    def __init__(self, sharded: ShardedWav2Vec2):
+        self.sharded = sharded
+        self.local_multiple = sharded.local_multiple
+
+    def __call__(self, wave, lengths):
+        return self.sharded(wave, lengths)[0]
+
+
+def load(source, *, adapter=None, dtype=None) -> Wav2Vec2Encoder:
+    return Wav2Vec2Encoder(load_wav2vec2(source, adapter=adapter, dtype=jnp.float32 if dtype is None else dtype))

@@ -1,0 +1,88 @@
+"""Whisper behind the family interface (``engine.models.family``): 30 s log-mel windows, the encoder's every layer.
+
+Nothing here changes what Whisper computes: ``windows`` is ``engine.data.features.features_for_audio``, the sharded
+encoder is ``engine.runtime.parallel.ShardedEncoder``, and the store records Whisper's ``ModelDimensions`` and front
+end exactly as before, so stores written before the interface existed resume with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from engine.data import audio as audio_lib
+from engine.data.features import features_for_audio
+from engine.models.family import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
+from engine.models.whisper.loaded import LoadedWhisper, load_whisper
+from engine.runtime.parallel import ShardedEncoder
+from engine.stores.schema import FEATURES, FRAME_RATE
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WhisperEncoder:
+    """A ``LoadedWhisper`` as an ``engine.models.family.Encoder``; ``loaded`` is the model for decoder-side jobs."""
+
+    loaded: LoadedWhisper
+    family: str = "whisper"
+    layer_meaning: str = WHISPER_LAYERS
+    heads: frozenset = frozenset({DECODER, CROSS_ATTENTION})
+
+    @property
+    def name(self) -> str:
+        return self.loaded.checkpoint.name
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.checkpoint.sha256
+
+    @property
+    def store_dims(self):
+        return self.loaded.dims  # ModelDimensions, as every Whisper store has recorded them
+
+    @property
+    def frame_rate(self) -> float:
+        return FRAME_RATE
+
+    @property
+    def n_layers_out(self) -> int:
+        return self.loaded.dims.n_encoder_layers_out
+
+    @property
+    def embed(self) -> int:
+        return self.loaded.dims.n_audio_state
+
+    @property
+    def features(self) -> dict:
+        return dict(FEATURES)
+
+    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """``f32[samples]`` -> (log-mel ``f32[n_mels, 3000]`` per 30 s window, valid frames ``i32[window]``)."""
+        mel, frames = features_for_audio(samples, self.loaded.dims.n_mels, long_audio)
+        return list(mel), frames
+
+    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
+        """``(frames, windows)`` of ``samples`` at 16 kHz, as ``features_for_audio`` will cut them."""
+        n = int(samples)
+        if long_audio == "truncate":
+            n = min(n, audio_lib.N_SAMPLES)
+        full, rest = divmod(n, audio_lib.N_SAMPLES)
+        frames = full * audio_lib.N_ENCODER_FRAMES + (int(audio_lib.encoder_frames(rest)) if rest else 0)
+        return frames, max(1, -(-frames // audio_lib.N_ENCODER_FRAMES))
+
+    def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray]:
+        """Windows -> ``mel f32[batch_size, n_mels, 3000]``; padding rows hold log-mel of silence rather than zeros,
+        so they look like real (empty) input. Each window's result is independent of its batch mates."""
+        mel = np.full((batch_size, *inputs[0].shape), inputs[0].min(), np.float32)
+        mel[: len(inputs)] = np.stack(inputs)
+        return (mel,)
+
+    def sharded(self, mesh, layers: Sequence[int], out_dtype):
+        return ShardedEncoder(self.loaded.model, mesh, layers=tuple(layers), out_dtype=out_dtype)
+
+
+def load(source, *, adapter=None, dtype=None) -> WhisperEncoder:
+    del adapter  # refused by engine.models.family.load_encoder
+    return WhisperEncoder(load_whisper(source, dtype=jnp.float32 if dtype is None else jnp.dtype(dtype)))
