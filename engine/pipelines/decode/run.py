@@ -30,10 +30,11 @@ import numpy as np
 
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
-from engine.models.family import DECODER, refuse_without_head
+from engine.models.family import CTC, DECODER, FAMILIES, refuse_without_head
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
+from engine.pipelines.decode.ctc import run_ctc_decode
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references, whisper_code
 from engine.pipelines.decode.unit import decode_unit
@@ -149,9 +150,22 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     ``whisper``: the store's model already loaded in ``config.compute_dtype`` (a notebook or test that holds one);
     by default ``config.model`` is loaded.
     """
+    info = open_store(config.store).info
+    if DECODER not in FAMILIES[info.family].heads:
+        # No decoder: the per-layer CTC logit lens (engine.pipelines.decode.ctc), for the families that can have a
+        # CTC head (wav2vec2 *ForCTC), given that checkpoint.
+        can = CTC in FAMILIES[info.family].heads or info.family == "wav2vec2"
+        refuse_without_head(
+            "decode", CTC, config.model, None if can else info,
+            "decode reads a store through its model's Whisper decoder or CTC head (a wav2vec2 *ForCTC checkpoint)",
+        )  # fmt: skip
+        with writer_lease(config.run.out, "decode", config.run.break_lease):
+            summary = DecodeSummary()
+            run_ctc_decode(config, open_store(config.store), summary)
+            return summary
     refuse_without_head(
-        "decode", DECODER, None if whisper is not None else config.model, open_store(config.store).info,
-        "decode transcribes with a Whisper decoder; the CTC logit lens of wav2vec2 *ForCTC models is not built yet",
+        "decode", DECODER, None if whisper is not None else config.model, info,
+        "decode transcribes with a Whisper decoder or a CTC head (wav2vec2 *ForCTC models)",
     )  # fmt: skip
     with writer_lease(config.run.out, "decode", config.run.break_lease) as lease:
         return _decode(config, lease, whisper)

@@ -1,0 +1,139 @@
+"""The decode job on a model with a CTC head (wav2vec2 / HuBERT ``*ForCTC``, MMS with its adapter): the per-layer
+logit lens, early exit for ASR-only models.
+
+For every stored layer k (``--layers``, default all) the CTC head is applied to the store's states of layer k, with
+the model's final layer norm first where it has one (pre-LN models: ``ln_post`` = on in the outputs; post-LN models
+end every layer normed, ``ln_post`` = off), and greedy CTC decoding (argmax per frame over the utterance's valid
+frames, repeats collapsed, blanks dropped; ``engine.models.wav2vec2.ctc``) gives the hypothesis. At the last layer
+this is ``Wav2Vec2ForCTC``'s own greedy output (``tests/jobs/test_decode_ctc.py``). The store holds each utterance's
+valid frames exactly as the encoder computes them (no window padding reaches a CTC head), so unlike Whisper's
+decoder nothing is recomputed from audio.
+
+Output: the layout of ``engine.pipelines.decode.hypotheses`` (task ``transcribe``, decoding ``ctc``), scored with
+WER/CER (and BLEU/chrF) exactly as Whisper's hypotheses: ``scores.csv``, the figure, ``report.md``. Columns that only
+a decoder has: ``language_token`` is the store's language, ``avg_logprob`` the mean over valid frames of the best
+class's log-probability, ``n_tokens`` the emitted (non-blank, collapsed) ids. Resume: a part per (language, layer) is
+kept when made from the utterances done now. One process does the work (a head over stored states is cheap next to
+the encode that made them).
+"""
+
+from __future__ import annotations
+
+import time
+import types
+
+import jax
+import numpy as np
+
+from engine.languages import fleurs_to_whisper
+from engine.models.wav2vec2.loaded import load_wav2vec2
+from engine.pipelines.decode import hypotheses as hyp
+from engine.pipelines.decode.config import DecodeConfig, DecodeError
+from engine.pipelines.decode.merge import merge
+from engine.pipelines.decode.unit import compression_ratio
+from engine.runtime.parallel import is_process_zero
+from engine.runtime.parts import read_part
+from engine.runtime.runs import progress_bar
+from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.schema import is_done
+
+DECODING = "ctc"
+TASK = "transcribe"
+BATCH = 16  # utterances per head call
+MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "adapter", "store")
+
+
+def run_ctc_decode(config: DecodeConfig, reader, summary) -> None:
+    """Decodes every (language, layer) of the store with the CTC head of ``config.model`` into ``config.run.out``;
+    counts into ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease."""
+    t0 = time.perf_counter()
+    if config.tasks != (TASK,):
+        raise DecodeError(f"a CTC head only transcribes: pass --tasks {TASK} (got {','.join(config.tasks)})")
+    if config.model is None:
+        raise DecodeError("decode needs the store's model: pass --model (the *ForCTC folder or hub id it encoded with)")
+    info = reader.info
+    # The encode job names an MMS model with its adapter "<name>+adapter.<lang>" (engine.models.wav2vec2.encoder).
+    adapter = info.model_name.split("+adapter.", 1)[1] if "+adapter." in info.model_name else None
+    model = load_wav2vec2(config.model, adapter=adapter)
+    if model.checkpoint.sha256 != info.checkpoint_sha256:
+        raise DecodeError(
+            f"the layer store was written by {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the model "
+            f"given is {model.checkpoint.name!r} (sha256 {model.checkpoint.sha256[:12]}); pass the store's model"
+        )
+    if model.vocab is None:
+        raise DecodeError(f"model {model.checkpoint.name!r} has no vocab.json beside its weights: ids cannot be read")
+    langs = list(config.langs) if config.langs else reader.languages()
+    missing = sorted(set(langs) - set(reader.languages()))
+    if missing:
+        raise DecodeError(f"languages {missing} are not in the layer store, which has {reader.languages()}")
+    layers = list(config.layers) if config.layers is not None else list(info.layers)
+    lacking = [la for la in layers if la not in info.layers]
+    if lacking:
+        raise DecodeError(f"layers {lacking} are not in the layer store, which holds {list(info.layers)}")
+    ln_post = bool(model.dims.do_stable_layer_norm)  # the final norm the head is read through (module docstring)
+    _, kv = open_kvstore(config.run.out)
+    manifest = {
+        "format": "babelgrid-hypotheses", "version": 1, "head": "ctc", "model_name": model.checkpoint.name,
+        "checkpoint_sha256": model.checkpoint.sha256, "adapter": model.checkpoint.adapter, "store": reader.url,
+    }  # fmt: skip
+    create_or_compare(kv, hyp.MANIFEST, manifest, config.run.out, fields=MANIFEST_FIELDS, error=DecodeError,
+                      what="decode folder")  # fmt: skip
+    if is_process_zero():
+        bar = progress_bar(len(langs) * len(layers), "decode (ctc)", "part", config.run.progress)
+        for lang in langs:
+            done = np.flatnonzero(is_done(reader.lengths(lang)))
+            for layer in layers:
+                key = hyp.part_key(lang, TASK, DECODING, layer, ln_post)
+                old = read_part(kv, key, config.run.out, "decode")
+                if old is not None and old[1]["done"] == done.tolist():
+                    summary.parts_kept += 1
+                else:
+                    rows = _part_rows(model, reader, lang, layer, ln_post, done, summary)
+                    write_value(kv, key, hyp.part_bytes(rows, done.tolist(), []), config.run.out)
+                bar.update(1)
+        bar.close()
+        options = types.SimpleNamespace(
+            tasks=(TASK,), decodings=(DECODING,), run=config.run, report_samples=config.report_samples
+        )
+        codes = {lang: _text_language(lang) for lang in langs}
+        merge(kv, options, reader, langs, codes, [(layer, ln_post) for layer in layers], summary)
+    summary.seconds = time.perf_counter() - t0
+
+
+def _text_language(lang: str) -> str:
+    """The Whisper code whose normaliser scores ``lang``'s text (English's for English, the basic one otherwise)."""
+    try:
+        return fleurs_to_whisper(lang)
+    except Exception:  # noqa: BLE001 - any code the mapping does not know is scored with the basic normaliser
+        return lang
+
+
+def _part_rows(model, reader, lang: str, layer: int, ln_post: bool, done: np.ndarray, summary) -> dict:
+    """The hypothesis rows of one (language, layer): the head over the stored states of the done utterances."""
+    rows_of = reader.arrays(lang).rows
+    out = {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}
+    for first in range(0, len(done), BATCH):
+        index = done[first : first + BATCH]
+        lengths = reader.lengths(lang)[index]
+        states, _ = reader.language_layer(lang, layer, index, np.float32, frames=int(lengths.max()))
+        logits = np.asarray(model.ctc_logits(states, final_norm=ln_post))  # f32[batch, frame, vocab]
+        logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+        best = logits.argmax(-1)
+        texts = model.vocab.decode_logits(logits, lengths)
+        for i, u in enumerate(index):
+            n = int(lengths[i])
+            ids = best[i, :n]
+            emitted = ids[np.r_[True, ids[1:] != ids[:-1]]]
+            row = rows_of[u]
+            values = dict(
+                language=lang, id=row.id, recording=row.recording, utterance=int(u), layer=int(layer),
+                ln_post=ln_post, task=TASK, decoding=DECODING, language_token=lang, hypothesis=texts[i],
+                reference=row.transcription, avg_logprob=float(logp[i, np.arange(n), ids].mean()),
+                compression_ratio=compression_ratio(texts[i]),
+                n_tokens=int(np.sum(emitted != model.vocab.blank_id)),
+            )  # fmt: skip
+            for name in out:
+                out[name].append(values[name])
+            summary.decoded += 1
+            summary.tokens += values["n_tokens"]
+    return out
