@@ -40,7 +40,8 @@ from engine.pipelines.encode.run import run_encode  # noqa: E402
 from engine.runtime.options import configure  # noqa: E402
 from engine.runtime.parallel import ShardedEncoder, data_mesh  # noqa: E402
 from engine.stores.layers import LayerStore  # noqa: E402
-from engine.stores.schema import StoreInfo, UtteranceRow  # noqa: E402
+from engine.stores.schema import StoreInfo  # noqa: E402
+from engine.stores.utterances import UtteranceRow  # noqa: E402
 
 SAMPLE = REPO.parent / "shared" / "data" / "fleurs-sample"
 

@@ -79,7 +79,8 @@ def grid_lengths(langs: int, utterances: int, frames: int) -> dict[str, np.ndarr
 def write_store(url: str, args) -> float:
     """Writes the synthetic grid through ``LayerStore``; returns its seconds."""
     from engine.stores.layers import LayerStore
-    from engine.stores.schema import StoreInfo, UtteranceRow
+    from engine.stores.schema import StoreInfo
+    from engine.stores.utterances import UtteranceRow
 
     t0 = time.perf_counter()
     layers = tuple(range(args.layers))

@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO))
 
 from engine.models.whisper.dims import preset  # noqa: E402
 from engine.stores.layers import LayerStore  # noqa: E402
-from engine.stores.schema import StoreInfo, UtteranceRow  # noqa: E402
+from engine.stores.schema import StoreInfo  # noqa: E402
+from engine.stores.utterances import UtteranceRow  # noqa: E402
 
 RAW = [{"name": "bytes", "configuration": {"endian": "little"}}]
 

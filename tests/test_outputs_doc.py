@@ -13,8 +13,9 @@ from engine.pipelines.probes import run as probes
 from engine.pipelines.retrieval import subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.stores import challenge
-from engine.stores.schema import _PARQUET_SCHEMA, INFO_FIELDS
+from engine.stores.schema import INFO_FIELDS
 from engine.stores.similarity import done_marker
+from engine.stores.utterances import _PARQUET_SCHEMA
 from engine.stores.words import WORD_SCHEMA
 
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "outputs.md"

@@ -31,7 +31,8 @@ from engine.errors import ShapeError
 from engine.runtime.faults import fault_point
 from engine.stores.integrity import damage_error, is_damage, repair_hint
 from engine.stores.kv import StoreError, storage_error
-from engine.stores.schema import LENGTHS_CHUNK, UtteranceRow, is_done, rows_to_table
+from engine.stores.schema import LENGTHS_CHUNK, is_done
+from engine.stores.utterances import UtteranceRow, rows_to_table
 
 
 class StatesRejectedError(StoreError):

@@ -46,17 +46,19 @@ from engine.stores.schema import (
     STATES,
     UTTERANCES,
     StoreInfo,
-    StoreMismatchError,
-    UtteranceRow,
     check_language_code,
-    check_rows,
-    check_same_rows,
     info_from_manifest,
     lengths_spec,
     new_manifest,
+    states_spec,
+)
+from engine.stores.utterances import (
+    StoreMismatchError,
+    UtteranceRow,
+    check_rows,
+    check_same_rows,
     read_rows,
     rows_to_parquet,
-    states_spec,
 )
 
 

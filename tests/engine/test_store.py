@@ -21,7 +21,8 @@ from engine.stores.kv import StoreError
 from engine.stores.language import utterance_range
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
-from engine.stores.schema import FORMAT_VERSION, LENGTHS_CHUNK, StoreInfo, StoreMismatchError, UtteranceRow
+from engine.stores.schema import FORMAT_VERSION, LENGTHS_CHUNK, StoreInfo
+from engine.stores.utterances import StoreMismatchError, UtteranceRow
 from tests.engine.scripts import store_writer as writer
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

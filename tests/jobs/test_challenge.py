@@ -19,8 +19,8 @@ from engine.pipelines.retrieval.run import run_retrieval
 from engine.runtime.options import configure
 from engine.stores import challenge as files
 from engine.stores.layers import LayerStore
-from engine.stores.schema import UtteranceRow
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
+from engine.stores.utterances import UtteranceRow
 from engine.text import soundalike
 from engine.text.phones import PhonesError
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics

@@ -21,7 +21,8 @@ from engine.pipelines.compare.run import run_compare
 from engine.runtime.options import ConfigError, configure
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
-from engine.stores.schema import StoreInfo, UtteranceRow
+from engine.stores.schema import StoreInfo
+from engine.stores.utterances import UtteranceRow
 from kernels.cka import reference_linear_cka
 from kernels.metrics import reference_retrieval_metrics
 from tests.conftest import TINY_DIMS

@@ -295,7 +295,7 @@ def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):
         configure(EncodeConfig, out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False),
         whisper=tiny_whisper,
     )
-    from engine.stores.schema import StoreMismatchError
+    from engine.stores.utterances import StoreMismatchError
 
     with pytest.raises(StoreMismatchError, match="layers"):
         run_encode(

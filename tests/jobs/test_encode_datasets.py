@@ -21,7 +21,7 @@ from engine.pipelines.finetune.data import FinetuneError
 from engine.pipelines.finetune.run import run_finetune
 from engine.runtime.options import ConfigError, configure
 from engine.stores.reader import open_store
-from engine.stores.schema import StoreMismatchError
+from engine.stores.utterances import StoreMismatchError
 from tests.engine.test_sources_corpora import write_covost, write_mass
 
 LANGS = ("de", "en")

@@ -21,7 +21,8 @@ from engine.pipelines.finetune.data import FinetuneError
 from engine.pipelines.finetune.run import METRIC_FIELDS, run_finetune
 from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
-from engine.stores.schema import StoreInfo, UtteranceRow
+from engine.stores.schema import StoreInfo
+from engine.stores.utterances import UtteranceRow
 from tests.conftest import TINY_DIMS
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

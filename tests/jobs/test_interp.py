@@ -28,7 +28,8 @@ from engine.pipelines.interp.run import run_interp
 from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
-from engine.stores.schema import StoreInfo, UtteranceRow
+from engine.stores.schema import StoreInfo
+from engine.stores.utterances import UtteranceRow
 from engine.stores.words import WORD_SCHEMA
 from kernels.wordalign import WordPair, Words, layer_standardisation, wordalign
 from tests.conftest import TINY_DIMS

@@ -10,7 +10,7 @@ import pytest
 
 from engine.pipelines.probe import run as probe
 from engine.stores.layers import LayerStore
-from engine.stores.schema import UtteranceRow
+from engine.stores.utterances import UtteranceRow
 from engine.text.phones import PhonesError
 from tests.engine.scripts import store_writer as writer
 

@@ -19,7 +19,7 @@ from engine.pipelines.probes.config import ProbesConfig, ProbesError
 from engine.pipelines.probes.run import CCA_COLUMNS, LID_COLUMNS, SAMEDIFF_COLUMNS
 from engine.runtime.options import ConfigError, configure
 from engine.stores.layers import LayerStore
-from engine.stores.schema import UtteranceRow
+from engine.stores.utterances import UtteranceRow
 from kernels.cca import pwcca, reference_pwcca
 from kernels.dtw import reference_dtw_distance
 

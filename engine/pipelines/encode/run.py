@@ -50,7 +50,8 @@ from engine.runtime.units import UnitLoop
 from engine.stores.kv import StoreError, open_kvstore
 from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
-from engine.stores.schema import StoreInfo, StoreMismatchError, check_language_code
+from engine.stores.schema import StoreInfo, check_language_code
+from engine.stores.utterances import StoreMismatchError
 
 log = logging.getLogger(__name__)
 

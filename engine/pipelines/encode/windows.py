@@ -20,7 +20,7 @@ import numpy as np
 from engine.data import audio as audio_lib
 from engine.data.utterance import Utterance
 from engine.errors import AudioError
-from engine.stores.schema import UtteranceRow
+from engine.stores.utterances import UtteranceRow
 
 log = logging.getLogger(__name__)
 

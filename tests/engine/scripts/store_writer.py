@@ -13,7 +13,8 @@ import numpy as np
 
 from engine.models.whisper.dims import ModelDimensions
 from engine.stores.layers import LayerStore
-from engine.stores.schema import StoreInfo, UtteranceRow
+from engine.stores.schema import StoreInfo
+from engine.stores.utterances import UtteranceRow
 
 DIMS = ModelDimensions(80, 64, 32, 4, 2, 51865, 16, 32, 4, 1)
 INFO = StoreInfo("tiny-random", "0" * 64, DIMS, (0, 2, 3), "float32")  # L = 2: layers 0..3
