@@ -1,0 +1,178 @@
+"""OWSM checkpoints in ESPnet's published layout: local folders and hub ids (``espnet/owsm_v3.1_ebf_base``).
+
+A model repository as ESPnet uploads it (``espnet_model_zoo`` / ``run.sh --stage 15``) mirrors the recipe folder::
+
+    meta.yaml                                  yaml_files.s2t_train_config, files.s2t_model_file (paths below)
+    exp/s2t_train_.../config.yaml              the training config: frontend, encoder, decoder, token_list, bpemodel
+    exp/s2t_train_.../valid...ave.pth          the ESPnetS2TModel state dict, read with torch.load(weights_only=True)
+    exp/s2t_stats_.../train/feats_stats.npz    global MVN statistics (config.yaml's normalize_conf.stats_file)
+    data/token_list/bpe_.../bpe.model          SentencePiece model (config.yaml's bpemodel); tokens.txt beside it
+
+Paths inside ``config.yaml`` are relative to the repository root. Without ``meta.yaml``, the folder must hold exactly
+one ``config.yaml`` with one ``.pth`` beside it. ``token_list`` is the list itself (as OWSM's configs hold it) or a
+``tokens.txt`` path. The state dict must hold every tensor ``encoder_shapes`` and ``decoder_shapes`` name, with those
+shapes; the frontend's mel matrix and the normaliser's buffers are recognised and left unread (babelgrid computes both
+from ``feats_stats.npz`` and librosa, as ESPnet builds them); anything else fails naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+from collections.abc import Mapping
+
+import numpy as np
+import yaml
+
+from engine.errors import CheckpointError
+from engine.models.owsm.config import OwsmConfig, config_from_espnet
+from engine.models.owsm.decoder import decoder_shapes
+from engine.models.owsm.encoder import encoder_shapes
+from engine.models.owsm.features import Stats, read_stats
+from engine.models.whisper.checkpoints.io import file_sha256, read_torch_state_dict, some
+
+_UNREAD = re.compile(r"frontend\..*|normalize\.(mean|std)|specaug\..*")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A loaded OWSM checkpoint; equality ignores the arrays (compare ``sha256``)."""
+
+    name: str  # the hub id as given, or the folder's name
+    config: OwsmConfig
+    stats: Stats = dataclasses.field(repr=False, compare=False)
+    state_dict: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)  # ESPnet names
+    sha256: str  # hex, of the .pth
+    path: pathlib.Path  # the repository root
+    bpemodel: pathlib.Path | None  # the SentencePiece model, when config.yaml names one that exists
+
+
+def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
+    """Read an ESPnet OWSM folder or a hub id ``org/name[@revision]``; ``dtype`` casts the weights (None keeps)."""
+    path = pathlib.Path(source).expanduser()
+    if path.exists():
+        name = path.resolve().name
+    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
+        repo_id, _, revision = source.partition("@")
+        path, name = download(repo_id, revision or None), source
+    else:
+        raise CheckpointError(
+            f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id like espnet/owsm_v3.1_ebf_base"
+        )
+    config_path, weights = find_files(path)
+    conf = _read_yaml(config_path)
+    config = config_from_espnet(conf, _token_list(conf, path, config_path), str(config_path))
+    stats_file = (conf.get("normalize_conf") or {}).get("stats_file")
+    if not stats_file:
+        raise CheckpointError(f"{config_path}: normalize_conf.stats_file is not set; OWSM normalises globally")
+    stats = read_stats(_inside(path, stats_file, config_path, "normalize_conf.stats_file"), config.n_mels)
+    sd = _check(read_torch_state_dict(weights), config, str(weights))
+    if dtype is not None:
+        sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}
+    bpe = conf.get("bpemodel")
+    bpemodel = path / bpe if isinstance(bpe, str) and (path / bpe).is_file() else None
+    return Checkpoint(name, config, stats, sd, file_sha256([weights]), path, bpemodel)
+
+
+def find_files(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """``(config.yaml, weights .pth)`` of a repo: from ``meta.yaml``, else the one config with a .pth beside it."""
+    if not root.is_dir():
+        raise CheckpointError(f"checkpoint '{root}' is not a folder; pass the model repository's root")
+    meta = root / "meta.yaml"
+    if meta.is_file():
+        m = _read_yaml(meta)
+        config = (m.get("yaml_files") or {}).get("s2t_train_config")
+        weights = (m.get("files") or {}).get("s2t_model_file")
+        if not config or not weights:
+            raise CheckpointError(
+                f"'{meta}' lacks yaml_files.s2t_train_config or files.s2t_model_file; is it an S2T (OWSM) model?"
+            )
+        return _inside(root, config, meta, "s2t_train_config"), _inside(root, weights, meta, "s2t_model_file")
+    pairs = [(c, sorted(c.parent.glob("*.pth"))) for c in sorted(root.rglob("config.yaml"))]
+    pairs = [(c, w) for c, w in pairs if w]
+    if len(pairs) != 1 or len(pairs[0][1]) != 1:
+        raise CheckpointError(
+            f"checkpoint '{root}' has no meta.yaml and {len(pairs)} folders with config.yaml and a .pth "
+            f"({', '.join(str(c.parent.relative_to(root)) for c, _ in pairs) or 'none'}); it needs exactly one, with "
+            "one .pth, or a meta.yaml naming them"
+        )
+    return pairs[0][0], pairs[0][1][0]
+
+
+def _inside(root: pathlib.Path, relative: str, named_in: pathlib.Path, key: str) -> pathlib.Path:
+    path = root / relative
+    if not path.is_file():
+        raise CheckpointError(f"'{named_in}' names {key} '{relative}', which is not in '{root}'; copy the whole repo")
+    return path
+
+
+def _read_yaml(path: pathlib.Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            out = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"'{path}' is not valid YAML ({str(e).splitlines()[0]}); download it again") from None
+    if not isinstance(out, dict):
+        raise CheckpointError(f"'{path}' holds a YAML {type(out).__name__}, not a mapping")
+    return out
+
+
+def _token_list(conf: Mapping, root: pathlib.Path, config_path: pathlib.Path) -> list[str]:
+    tokens = conf.get("token_list")
+    if isinstance(tokens, str):
+        path = _inside(root, tokens, config_path, "token_list")
+        tokens = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+    if not isinstance(tokens, list) or not tokens:
+        raise CheckpointError(f"'{config_path}': token_list is neither a list of tokens nor a tokens.txt path")
+    return [str(t) for t in tokens]
+
+
+def _check(stored: Mapping[str, np.ndarray], config: OwsmConfig, source: str) -> dict[str, np.ndarray]:
+    shapes = encoder_shapes(config) | decoder_shapes(config)
+    unknown = [k for k in stored if k not in shapes and not _UNREAD.fullmatch(k)]
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint '{source}' has tensors an OWSM model of {config.n_layer} encoder and {config.n_dec_layer} "
+            f"decoder blocks does not: {some(unknown)}; is config.yaml the one saved with these weights?"
+        )
+    missing = [k for k in shapes if k not in stored]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint '{source}' lacks {len(missing)} tensors its config.yaml ({config.n_layer} encoder, "
+            f"{config.n_dec_layer} decoder blocks) requires: {some(missing)}"
+        )
+    sd = {}
+    for k, want in shapes.items():
+        value = np.asarray(stored[k])
+        if value.shape != want:
+            raise CheckpointError(
+                f"checkpoint '{source}': tensor '{k}' has shape {value.shape}, but its config.yaml requires {want}"
+            )
+        if value.dtype not in _FLOATS:
+            raise CheckpointError(f"checkpoint '{source}': tensor '{k}' is {value.dtype}; weights must be float32/16")
+        sd[k] = value
+    return sd
+
+
+# --- hub --------------------------------------------------------------------------------------------
+
+
+def download(repo_id: str, revision: str | None) -> pathlib.Path:
+    """Local copy of a hub repository (``snapshot_download``), from the cache or the hub; a clear error offline."""
+    import huggingface_hub  # lazy: only hub ids need it, and it is slow to import
+
+    source = repo_id + (f"@{revision}" if revision else "")
+    try:
+        return pathlib.Path(huggingface_hub.snapshot_download(repo_id, revision=revision))
+    except Exception as e:  # connection, not-found and validation errors come as several hub and httpx types
+        kind = type(e).__name__
+        if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "HFValidationError"):
+            raise CheckpointError(f"Hugging Face repo '{source}' cannot be used ({kind}); check the name") from None
+        raise CheckpointError(
+            f"the Hugging Face hub is unreachable (or HF_HUB_OFFLINE is set) and '{source}' is not in the local cache "
+            f"({kind}); download it where the hub is reachable (`hf download {repo_id}`) and pass the folder"
+        ) from None

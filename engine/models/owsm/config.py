@@ -1,0 +1,269 @@
+"""What changes the computation of an OWSM v3.1 model, read from ESPnet's ``config.yaml`` (an S2T training config).
+
+OWSM v3.1 (``espnet/owsm_v3.1_ebf_base``, ``_small``, ``owsm_v3.1_ebf``) configures, and babelgrid implements exactly:
+
+- ``frontend: default``: STFT (``n_fft`` 512, a 400-sample periodic Hann window centred in it, hop 160, centred frames
+  with reflect padding), power spectrum, librosa's Slaney mel filters (``n_mels``, 80 by default),
+  ``log(max(mel, 1e-10))``;
+  ``normalize: global_mvn`` with the model's ``feats_stats.npz``;
+- ``encoder: e_branchformer`` with ``input_layer: conv2d`` (4x subsampling), ``pos_enc_layer_type: abs_pos`` with
+  ``attention_layer_type: selfattn``, cgMLP with ``gate_activation: identity`` and no linear after its convolution,
+  ``use_ffn`` and ``macaron_ffn`` (two half-step swish feed-forwards), a depthwise merge convolution;
+- ``decoder: transformer``: pre-norm blocks (self-attention, source attention, ReLU feed-forward), absolute positions.
+
+Anything else that would change those layers (relative positions, another subsampling, a gate activation, a linear
+after the cgMLP convolution, a non-default frontend, an utterance MVN) is refused by name. Options that act only in
+training (dropout, layer drop, SpecAugment, label smoothing, the CTC weight) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from engine.errors import CheckpointError
+
+SAMPLE_RATE = 16000  # Hz; OWSM's frontend is built with fs 16k
+LN_EPS = 1e-12  # ESPnet's LayerNorm (espnet.nets.pytorch_backend.transformer.layer_norm) passes eps=1e-12
+SUBSAMPLING = 4  # conv2d: two 3x3 convolutions of stride 2 over (frame, mel)
+
+# ESPnet's defaults for the fields babelgrid reads (a config.yaml written by ESPnet holds every field it was given;
+# constructor defaults fill the rest): DefaultFrontend, EBranchformerEncoder, TransformerDecoder.
+_FRONTEND = {
+    "fs": 16000,
+    "n_fft": 512,
+    "win_length": None,
+    "hop_length": 128,
+    "window": "hann",
+    "center": True,
+    "normalized": False,
+    "onesided": True,
+    "n_mels": 80,
+    "fmin": None,
+    "fmax": None,
+    "htk": False,
+}
+_ENCODER = {
+    "output_size": 256,
+    "attention_heads": 4,
+    "attention_layer_type": "rel_selfattn",
+    "pos_enc_layer_type": "rel_pos",
+    "rel_pos_type": "latest",
+    "cgmlp_linear_units": 2048,
+    "cgmlp_conv_kernel": 31,
+    "use_linear_after_conv": False,
+    "gate_activation": "identity",
+    "num_blocks": 12,
+    "input_layer": "conv2d",
+    "use_ffn": False,
+    "macaron_ffn": False,
+    "ffn_activation_type": "swish",
+    "linear_units": 2048,
+    "positionwise_layer_type": "linear",
+    "merge_conv_kernel": 3,
+    "qk_norm": False,
+    "interctc_layer_idx": None,
+    "interctc_use_conditioning": False,
+}
+_DECODER = {
+    "attention_heads": 4,
+    "linear_units": 2048,
+    "num_blocks": 6,
+    "input_layer": "embed",
+    "use_output_layer": True,
+    "normalize_before": True,
+    "concat_after": False,
+    "qk_norm": False,
+}
+# What babelgrid implements, field -> required value.
+_REQUIRED_ENCODER = {
+    "attention_layer_type": "selfattn",
+    "pos_enc_layer_type": "abs_pos",
+    "input_layer": "conv2d",
+    "use_linear_after_conv": False,
+    "gate_activation": "identity",
+    "use_ffn": True,
+    "macaron_ffn": True,
+    "ffn_activation_type": "swish",
+    "positionwise_layer_type": "linear",
+    "qk_norm": False,
+    "interctc_use_conditioning": False,
+}
+_REQUIRED_DECODER = {
+    "input_layer": "embed",
+    "use_output_layer": True,
+    "normalize_before": True,
+    "concat_after": False,
+    "qk_norm": False,
+}
+_REQUIRED_FRONTEND = {"window": "hann", "center": True, "normalized": False, "onesided": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontendConfig:
+    n_fft: int  # FFT size (512)
+    win_length: int  # Hann window, samples (400), centred in n_fft
+    hop_length: int  # samples between frames (160: 10 ms)
+    n_mels: int
+    fmin: float  # Hz
+    fmax: float  # Hz
+    htk: bool  # librosa's HTK mel scale instead of Slaney's
+    speech_seconds: float  # every clip is padded or cut to this window (30 s)
+
+    @property
+    def n_samples(self) -> int:
+        """Samples per window (480000 for 30 s)."""
+        return int(SAMPLE_RATE * self.speech_seconds)
+
+    @property
+    def n_frames(self) -> int:
+        """Feature frames per window: centred STFT frames (3001 for 30 s at hop 160)."""
+        return 1 + self.n_samples // self.hop_length
+
+
+@dataclasses.dataclass(frozen=True)
+class OwsmConfig:
+    """The model's dimensions and numerics; encoder layers are indexed ``0..n_layer+1`` (see ``encoder``)."""
+
+    frontend: FrontendConfig
+    width: int  # encoder output_size = decoder attention dim (768 for base), the embed axis
+    n_layer: int  # E-Branchformer blocks, called L (9 for base)
+    n_head: int
+    ffn_width: int  # linear_units of the macaron feed-forwards
+    cgmlp_width: int  # cgmlp_linear_units (split in half by the gating unit)
+    cgmlp_kernel: int  # depthwise kernel of the gating unit
+    merge_kernel: int  # depthwise kernel of the merge
+    n_dec_layer: int
+    n_dec_head: int
+    dec_ffn_width: int
+    token_list: tuple[str, ...] = dataclasses.field(repr=False)
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self.token_list)
+
+    @property
+    def n_layers_out(self) -> int:
+        """Stored layers: 0 (subsampling + positions), 1..L (blocks), L+1 (after_norm)."""
+        return self.n_layer + 2
+
+    @property
+    def n_mels(self) -> int:
+        return self.frontend.n_mels
+
+    @property
+    def n_frames(self) -> int:
+        """Encoder frames of one window (749 for 30 s)."""
+        return subsampled_frames(self.frontend.n_frames)
+
+    @property
+    def seconds_per_frame(self) -> float:
+        """Encoder frame rate: hop x 4 (0.04 s at hop 160)."""
+        return self.frontend.hop_length * SUBSAMPLING / SAMPLE_RATE
+
+    @property
+    def subsampled_mels(self) -> int:
+        """Mel bins left after the two stride-2 convolutions (19 of 80)."""
+        return subsampled_frames(self.n_mels)
+
+    def token_id(self, token: str) -> int:
+        """The id of a special token such as ``<sos>``, ``<eng>``, ``<asr>``, ``<st_eng>``, ``<notimestamps>``."""
+        try:
+            return self.token_list.index(token)
+        except ValueError:
+            raise CheckpointError(
+                f"token '{token}' is not in this model's token list ({self.n_vocab} tokens); languages look like "
+                f"<eng>, tasks like <asr> or <st_eng>: see languages() and tasks()"
+            ) from None
+
+    def languages(self) -> tuple[str, ...]:
+        """Language tokens (``<eng>``, ``<deu>``, ...): the three-letter ones between ``<nospeech>`` and ``<asr>``."""
+        tokens = self.token_list
+        start, stop = tokens.index("<nospeech>") + 1, tokens.index("<asr>")
+        return tuple(tokens[start:stop])
+
+    def tasks(self) -> tuple[str, ...]:
+        """Task tokens: ``<asr>``, then ``<st_xxx>`` for each translation target."""
+        return tuple(t for t in self.token_list if t == "<asr>" or t.startswith("<st_"))
+
+    @property
+    def timestamp_range(self) -> tuple[int, int]:
+        """Ids of the first and last timestamp tokens (``<0.00>``, ``<30.00>``), suppressed with ``<notimestamps>``."""
+        return self.token_id("<0.00>"), self.token_id(f"<{self.frontend.speech_seconds:.2f}>")
+
+
+def subsampled_frames(n: int) -> int:
+    """Length after ESPnet's ``Conv2dSubsampling`` (two valid 3-tap stride-2 convolutions): ((n-1)//2 - 1)//2."""
+    return ((n - 1) // 2 - 1) // 2
+
+
+def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) -> OwsmConfig:
+    """The model of an ESPnet S2T ``config.yaml`` (already parsed) and its token list."""
+
+    def need(key, want):
+        if conf.get(key) != want:
+            raise CheckpointError(
+                f"{source}: {key} is {conf.get(key)!r}; babelgrid implements OWSM v3.1's {key}: {want}"
+            )
+
+    need("frontend", "default")
+    need("normalize", "global_mvn")
+    need("encoder", "e_branchformer")
+    need("decoder", "transformer")
+    if conf.get("preencoder") or conf.get("postencoder"):
+        raise CheckpointError(f"{source}: a preencoder or postencoder is configured; OWSM v3.1 has neither")
+    fe = _with_defaults(_FRONTEND, conf.get("frontend_conf"))
+    enc = _with_defaults(_ENCODER, conf.get("encoder_conf"))
+    dec = _with_defaults(_DECODER, conf.get("decoder_conf"))
+    for part, values, required in (
+        ("frontend_conf", fe, _REQUIRED_FRONTEND),
+        ("encoder_conf", enc, _REQUIRED_ENCODER),
+        ("decoder_conf", dec, _REQUIRED_DECODER),
+    ):
+        for key, want in required.items():
+            if values[key] != want:
+                raise CheckpointError(
+                    f"{source}: {part}.{key} is {values[key]!r}; babelgrid implements OWSM v3.1's {key}: {want!r}"
+                )
+    if str(fe["fs"]).lower() not in ("16000", "16k"):
+        raise CheckpointError(f"{source}: frontend_conf.fs is {fe['fs']!r}; OWSM runs at 16k")
+    pre = conf.get("preprocessor_conf") or {}
+    frontend = FrontendConfig(
+        n_fft=int(fe["n_fft"]),
+        win_length=int(fe["win_length"] or fe["n_fft"]),
+        hop_length=int(fe["hop_length"]),
+        n_mels=int(fe["n_mels"]),
+        fmin=float(fe["fmin"] or 0.0),
+        fmax=float(fe["fmax"] or SAMPLE_RATE / 2),
+        htk=bool(fe["htk"]),
+        speech_seconds=float(pre.get("speech_length", 30)),
+    )
+    width = int(enc["output_size"])
+    for key, n in (
+        ("encoder_conf.attention_heads", enc["attention_heads"]),
+        ("decoder_conf.attention_heads", dec["attention_heads"]),
+    ):
+        if width % int(n):
+            raise CheckpointError(f"{source}: {key} {n} does not divide the width {width}")
+    tokens = tuple(str(t) for t in token_list)
+    for special in ("<blank>", "<sos>", "<eos>", "<na>", "<notimestamps>"):
+        if special not in tokens:
+            raise CheckpointError(f"{source}: the token list lacks {special}; is it OWSM's token list?")
+    return OwsmConfig(
+        frontend=frontend,
+        width=width,
+        n_layer=int(enc["num_blocks"]),
+        n_head=int(enc["attention_heads"]),
+        ffn_width=int(enc["linear_units"]),
+        cgmlp_width=int(enc["cgmlp_linear_units"]),
+        cgmlp_kernel=int(enc["cgmlp_conv_kernel"]),
+        merge_kernel=int(enc["merge_conv_kernel"]),
+        n_dec_layer=int(dec["num_blocks"]),
+        n_dec_head=int(dec["attention_heads"]),
+        dec_ffn_width=int(dec["linear_units"]),
+        token_list=tokens,
+    )
+
+
+def _with_defaults(defaults: Mapping, given) -> dict:
+    return {**defaults, **(given or {})}

@@ -1,0 +1,104 @@
+"""A loaded OWSM v3.1 model: encoder, decoder and CTC head with their checkpoint, in one object.
+
+from engine.models.owsm.loaded import load_owsm
+m = load_owsm("/path/to/owsm_v3.1_ebf_base")         # or the hub id espnet/owsm_v3.1_ebf_base
+features, valid = m.features(waveforms)              # f32[batch, 3001, 80], i32[batch] encoder frames of speech
+states = m.encode(features)                          # f32[L+2, batch, 749, width]: layers 0..L+1 (see encoder)
+tokens, n = m.greedy(states[-1], "eng", "asr")       # i32[batch, max_tokens], i32[batch]
+m.text(tokens[0, :n[0]])                             # the BPE pieces joined
+m.ctc_logits(states, layer=5)                        # f32[batch, 749, vocab]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from engine.errors import ShapeError
+from engine.models.owsm import features as feats
+from engine.models.owsm.checkpoints import Checkpoint, load_checkpoint
+from engine.models.owsm.config import OwsmConfig
+from engine.models.owsm.decoder import OwsmDecoder, greedy_fn, prompt
+from engine.models.owsm.encoder import OwsmEncoder
+from engine.models.owsm.parallel import ShardedEncoder
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "out_dtype"))
+def _encode(graphdef, state, features, out_dtype):
+    return nnx.merge(graphdef, state)(features, out_dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedOwsm:
+    encoder: OwsmEncoder
+    decoder: OwsmDecoder
+    checkpoint: Checkpoint  # name, config, stats, sha256, path (weights dropped: the models hold them)
+
+    @property
+    def config(self) -> OwsmConfig:
+        return self.checkpoint.config
+
+    @property
+    def n_layers_out(self) -> int:
+        return self.config.n_layers_out
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.config.seconds_per_frame
+
+    def features(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """16 kHz clips -> ``(f32[batch, 3001, n_mels], valid i32[batch])`` (``features.batch_features``)."""
+        return feats.batch_features(waveforms, self.config.frontend, self.checkpoint.stats)
+
+    def encode(self, features, out_dtype=None) -> jax.Array:
+        """``f32[batch, 3001, n_mels]`` -> ``f[L+2, batch, 749, width]`` on the default device."""
+        graphdef, state = nnx.split(self.encoder)
+        return _encode(graphdef, state, jnp.asarray(features), out_dtype)
+
+    def sharded(self, mesh=None, out_dtype=None) -> ShardedEncoder:
+        return ShardedEncoder(self.encoder, mesh, out_dtype)
+
+    def memory(self, states, layer: int):
+        """The decoder's input from encoder layer ``layer`` (early exit): ``after_norm`` applied to layers 0..L."""
+        if not 0 <= layer < self.n_layers_out:
+            raise ShapeError(f"layer {layer} is not in 0..{self.n_layers_out - 1}")
+        x = states[layer]
+        return x if layer == self.n_layers_out - 1 else self.encoder.after_norm(x)
+
+    def greedy(self, memory, language: str, task: str = "asr", max_tokens: int = 128):
+        """memory f[batch, frame, width] -> ``(tokens i32[batch, max_tokens], n i32[batch])`` (``decoder``)."""
+        ids = jnp.asarray([prompt(self.config, language, task)] * memory.shape[0], jnp.int32)
+        graphdef, state = nnx.split(self.decoder)
+        return greedy_fn(
+            graphdef,
+            state,
+            ids,
+            jnp.asarray(memory),
+            max_tokens=max_tokens,
+            suppress=self.config.timestamp_range,
+            eos=self.config.token_id("<eos>"),
+        )
+
+    def ctc_logits(self, states, layer: int):
+        """f32[batch, frame, vocab]: the CTC head on ``memory(states, layer)``."""
+        return self.decoder.ctc_logits(self.memory(states, layer))
+
+    def text(self, token_ids) -> str:
+        """BPE pieces joined (``▁`` -> space), special ``<...>`` tokens dropped, as ESPnet's ``text_nospecial``."""
+        pieces = [self.config.token_list[int(i)] for i in token_ids]
+        return "".join(p for p in pieces if not (p.startswith("<") and p.endswith(">"))).replace("▁", " ").strip()
+
+
+def load_owsm(source: str | os.PathLike, *, dtype=jnp.float32) -> LoadedOwsm:
+    """Load an ESPnet OWSM repository (``checkpoints.load_checkpoint``: a folder or a hub id) as Flax modules."""
+    ckpt = load_checkpoint(source)
+    encoder = OwsmEncoder(ckpt.config, ckpt.state_dict, dtype)
+    decoder = OwsmDecoder(ckpt.config, ckpt.state_dict, dtype)
+    return LoadedOwsm(encoder, decoder, dataclasses.replace(ckpt, state_dict={}))

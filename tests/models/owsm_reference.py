@@ -1,0 +1,179 @@
+"""ESPnet's own OWSM as the reference: a random-weight S2T model that ESPnet's code builds, saved in ESPnet's published
+layout, and ESPnet's frontend, encoder, decoder and search run on it.
+
+Real OWSM v3.1 base widths (768 wide, 12 heads, 3072-wide feed-forwards and cgMLP, 31-tap convolutions), depth cut to
+2 encoder and 2 decoder blocks, a 10 s window instead of 30 s (the arithmetic is the same; CI time is 3x less), a token
+list with OWSM's special tokens (languages, tasks, 1501 timestamps) around a small SentencePiece BPE trained on the
+FLEURS transcripts.
+
+ESPnet is installed for tests with --no-deps (Makefile, setup-test). Its ``espnet2.tasks.s2t`` imports torchaudio at
+module level (for enhancement and codec modules OWSM does not use), and no torchaudio build matches this project's
+torch; when torchaudio cannot be imported, a placeholder module stands in for it, and any use of it fails loudly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.machinery
+import pathlib
+import sys
+import types
+
+import numpy as np
+import yaml
+
+from engine.data.audio import load_audio
+
+
+def _torchaudio_placeholder() -> None:
+    try:
+        import torchaudio  # noqa: F401
+    except (ImportError, OSError):
+        stub = types.ModuleType("torchaudio")
+        stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+
+        def missing(name):
+            raise AttributeError(
+                f"torchaudio is a placeholder in babelgrid's tests (torchaudio.{name}); OWSM needs none"
+            )
+
+        stub.__getattr__ = missing
+        sys.modules["torchaudio"] = stub
+
+
+_torchaudio_placeholder()
+
+import torch  # noqa: E402
+from espnet2.bin.s2t_inference import Speech2Text  # noqa: E402
+from espnet2.tasks.s2t import S2TTask  # noqa: E402
+
+SAMPLE_RATE = 16000
+SECONDS = 10  # the test window (OWSM's is 30)
+LANGUAGES = ("<eng>", "<deu>", "<fra>", "<spa>", "<por>")
+TASKS = ("<asr>", "<st_eng>", "<st_deu>")
+# (file stem, OWSM language token): the clips of the parity tests (FLEURS clips are 5-15 s; the window cuts them).
+CLIPS = (("fleurs-en-000", "<eng>"), ("fleurs-de-001", "<deu>"), ("fleurs-fr-002", "<fra>"))
+ENCODER = dict(
+    output_size=768,
+    attention_heads=12,
+    attention_layer_type="selfattn",
+    pos_enc_layer_type="abs_pos",
+    rel_pos_type="latest",
+    cgmlp_linear_units=3072,
+    cgmlp_conv_kernel=31,
+    use_linear_after_conv=False,
+    gate_activation="identity",
+    num_blocks=2,
+    input_layer="conv2d",
+    linear_units=3072,
+    positionwise_layer_type="linear",
+    use_ffn=True,
+    macaron_ffn=True,
+    merge_conv_kernel=31,
+)
+DECODER = dict(attention_heads=12, linear_units=3072, num_blocks=2)
+FRONTEND = dict(n_fft=512, win_length=400, hop_length=160, fs="16k")
+EXP = "exp/s2t_train_s2t_ebf_test_raw_bpe"
+STATS = "exp/s2t_stats_raw_bpe/train/feats_stats.npz"
+BPE = "data/token_list/bpe_unigram/bpe.model"
+
+
+def real_clips(fleurs_dir: pathlib.Path) -> list[np.ndarray]:
+    return [load_audio(fleurs_dir / f"{stem}.ogg") for stem, _ in CLIPS]
+
+
+def token_list(pieces: list[str]) -> list[str]:
+    """OWSM's order: blank, unk, na, nospeech, languages, tasks, notimestamps, timestamps, BPE pieces, sos, eos, sop."""
+    times = [f"<{0.02 * i:.2f}>" for i in range(int(SECONDS / 0.02) + 1)]
+    head = ["<blank>", "<unk>", "<na>", "<nospeech>", *LANGUAGES, *TASKS, "<notimestamps>", *times]
+    return head + [p for p in pieces if p not in head] + ["<sos>", "<eos>", "<sop>"]
+
+
+def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0) -> pathlib.Path:
+    """Build a random OWSM with ``S2TTask.build_model`` and save it under ``root`` as ESPnet publishes models."""
+    import sentencepiece as spm
+
+    (root / BPE).parent.mkdir(parents=True, exist_ok=True)
+    texts = root / "texts.txt"
+    texts.write_text("\n".join(p.read_text().strip() for p in sorted(fleurs_dir.glob("*.txt"))), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(texts),
+        model_prefix=str(root / BPE)[: -len(".model")],
+        vocab_size=120,
+        model_type="unigram",
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(root / BPE))
+    tokens = token_list([sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.id_to_piece(i) != "<unk>"])
+    (root / BPE).with_name("tokens.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
+
+    args = S2TTask.get_parser().parse_args(["--output_dir", str(root / EXP), "--token_list", str(root / "x")])
+    args.token_list = tokens
+    args.token_type, args.bpemodel = "bpe", BPE
+    args.frontend, args.frontend_conf = "default", dict(FRONTEND)
+    args.specaug, args.normalize, args.normalize_conf = None, "global_mvn", {"stats_file": str(root / STATS)}
+    args.encoder, args.encoder_conf = "e_branchformer", dict(ENCODER)
+    args.decoder, args.decoder_conf = "transformer", dict(DECODER)
+    args.model_conf = {"ctc_weight": 0.3, "lsm_weight": 0.1, "length_normalized_loss": False, "sym_na": "<na>"}
+    args.preprocessor_conf = {
+        "fs": SAMPLE_RATE,
+        "speech_length": SECONDS,
+        "speech_resolution": 0.02,
+        "na_symbol": "<na>",
+        "notime_symbol": "<notimestamps>",
+        "first_time_symbol": "<0.00>",
+        "last_time_symbol": f"<{SECONDS:.2f}>",
+    }
+    _write_stats(root / STATS, fleurs_dir)
+    torch.manual_seed(seed)
+    model = S2TTask.build_model(args).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            # Norms start at 1 and 0 and cgMLP biases at constants: noise everywhere, so a misread tensor shows.
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    (root / EXP).mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), root / EXP / "valid.acc.ave.pth")
+    conf = {k: v for k, v in vars(args).items()}
+    conf["normalize_conf"] = {"stats_file": STATS}
+    (root / EXP / "config.yaml").write_text(yaml.safe_dump(conf), encoding="utf-8")
+    meta = {
+        "yaml_files": {"s2t_train_config": f"{EXP}/config.yaml"},
+        "files": {"s2t_model_file": f"{EXP}/valid.acc.ave.pth"},
+    }
+    (root / "meta.yaml").write_text(yaml.safe_dump(meta), encoding="utf-8")
+    return root
+
+
+def _write_stats(path: pathlib.Path, fleurs_dir: pathlib.Path) -> None:
+    """Global MVN statistics of the unnormalised log-mel frames of a few real clips, as collect_stats writes them."""
+    from espnet2.asr.frontend.default import DefaultFrontend
+
+    frontend = DefaultFrontend(n_fft=512, win_length=400, hop_length=160, fs="16k").eval()
+    feats = []
+    with torch.no_grad():
+        for stem in ("fleurs-en-001", "fleurs-pt-001"):
+            wav = torch.from_numpy(load_audio(fleurs_dir / f"{stem}.ogg"))[None]
+            feats.append(frontend(wav, torch.tensor([wav.shape[1]]))[0][0].double().numpy())
+    x = np.concatenate(feats)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, count=np.array(len(x)), sum=x.sum(0), sum_square=(x * x).sum(0))
+
+
+def speech2text(root: pathlib.Path, max_tokens: int) -> Speech2Text:
+    """ESPnet's own inference on the saved model: greedy is beam 1, no CTC, no length penalty, at most ``max_tokens``.
+
+    Built inside ``root``: config.yaml's paths are relative to the repository root, as ESPnet's recipes run them."""
+    with contextlib.chdir(root):
+        return Speech2Text(
+            s2t_train_config=f"{EXP}/config.yaml",
+            s2t_model_file=f"{EXP}/valid.acc.ave.pth",
+            beam_size=1,
+            ctc_weight=0.0,
+            penalty=0.0,
+            maxlenratio=-float(max_tokens),
+            nbest=1,
+            device="cpu",
+            bpemodel=str(root / BPE),
+        )
