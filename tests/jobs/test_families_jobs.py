@@ -101,7 +101,9 @@ def test_challenge_probe_and_seqsim_plan_on_a_wav2vec2_store(clips, fleurs_dir, 
 
     out = tmp_path / "sim"
     proc = run_job("seqsim", "--store", store, "--out", str(out), "--plan")
-    assert not out.exists() and "plan: seqsim" in proc.stdout, proc.stdout
+    frames = sum(int(reader.lengths(lang).sum()) for lang in LANGS)
+    assert not out.exists() and "languages: 2, 1 pairs, 3 layers, d=32" in proc.stdout, proc.stdout
+    assert f"frames: {frames}\n" in proc.stdout, proc.stdout
 
 
 def test_interp_on_a_wav2vec2_store_with_words_aligned_by_whisper(
