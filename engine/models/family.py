@@ -18,7 +18,9 @@ An ``Encoder`` provides, on host arrays:
   device of ``mesh``; each window's valid frames are the first ``windows(...)[1][w]`` of its row;
 - ``frame_rate`` (frames per second), ``layer_meaning``, ``n_layers_out``, ``embed``, ``store_dims`` (what the store
   records and compares), ``features`` (the front end's settings), ``name`` and ``sha256`` of the checkpoint, and
-  ``heads``: the optional heads (``DECODER``, ``CROSS_ATTENTION``, ``CTC``).
+  ``heads``: the optional heads (``DECODER``, ``CROSS_ATTENTION``, ``CTC``);
+- ``cost(samples)``: the ``EncoderCost`` of one window of ``samples`` samples, for ``encode --plan`` (each family
+  counts its own matmuls in its ``cost.py``; Whisper's plan keeps ``engine.runtime.plan``'s 30 s window model).
 """
 
 from __future__ import annotations
@@ -64,6 +66,28 @@ class Encoder(Protocol):
     def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, ...]: ...
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype) -> Callable: ...
+
+    def cost(self, samples: int) -> EncoderCost: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderCost:
+    """What one window of a family's encoder computes, for a plan: FLOPs (a multiply-add counts 2) of the matmuls and
+    convolutions (norms, activations, softmax and masks are left out, as in Whisper's count), and the weights read.
+
+    ``front``: everything before the first stored layer's block (feature encoder, projection, positional conv);
+    ``layer``: one transformer or conformer block; ``frames``: the window's encoder frames the counts are for."""
+
+    front: float
+    layer: float
+    n_layers: int  # blocks (L): the store holds L + 1 layers
+    frames: int
+    n_head: int  # attention heads: each holds a f32[frame, frame] score matrix at its peak
+    params: int  # encoder parameters (weights and biases of every module run, norms included)
+
+    @property
+    def flops(self) -> float:
+        return self.front + self.n_layers * self.layer
 
 
 @dataclasses.dataclass(frozen=True)

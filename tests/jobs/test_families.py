@@ -65,15 +65,20 @@ def _models():
     }  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def clips(fleurs_dir, tmp_path_factory) -> pathlib.Path:
-    """``<root>/<lang>/<id>.ogg``: the two translation pairs, ids shared across languages."""
-    root = tmp_path_factory.mktemp("family-clips")
+def family_clips(fleurs_dir: pathlib.Path, root: pathlib.Path) -> pathlib.Path:
+    """``<root>/<lang>/<id>.ogg`` and its transcript ``<id>.txt``: the two translation pairs, ids shared across
+    languages (the transcripts feed challenge, probe and Whisper's align in tests/jobs/test_families_jobs.py)."""
     for uid, stems in PAIRS.items():
         for lang, stem in zip(LANGS, stems, strict=True):
             (root / lang).mkdir(exist_ok=True)
             (root / lang / f"{uid}.ogg").symlink_to(fleurs_dir / f"{stem}.ogg")
+            (root / lang / f"{uid}.txt").symlink_to(fleurs_dir / f"{stem}.txt")
     return root
+
+
+@pytest.fixture(scope="module")
+def clips(fleurs_dir, tmp_path_factory) -> pathlib.Path:
+    return family_clips(fleurs_dir, tmp_path_factory.mktemp("family-clips"))
 
 
 def _folder(name: str, tmp_path_factory):

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from engine.models.family import W2VBERT_LAYERS, FamilyDims, split_windows, window_frames
+from engine.models.family import W2VBERT_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.w2vbert import features as feats
+from engine.models.w2vbert.cost import encoder_cost
 from engine.models.w2vbert.loaded import LoadedW2vBert, load_w2vbert
 
 PAD_FRAMES = 50  # batches are padded to a multiple of this many frames (1 s)
@@ -87,6 +88,10 @@ class W2vBertEncoder:
         for i, x in enumerate(inputs):
             out[i, : len(x)], valid[i] = x, len(x)
         return out, valid
+
+    def cost(self, samples: int) -> EncoderCost:
+        """FLOPs and parameters of one window of ``samples`` samples (``engine.models.w2vbert.cost``)."""
+        return encoder_cost(self.loaded.config, samples)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError
-from engine.models.family import CTC, WAV2VEC2_LAYERS, FamilyDims, split_windows, window_frames
+from engine.models.family import CTC, WAV2VEC2_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+from engine.models.wav2vec2.cost import encoder_cost
 from engine.models.wav2vec2.features import normalize
 from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, ShardedWav2Vec2, load_wav2vec2
 
@@ -96,6 +97,10 @@ class Wav2Vec2Encoder:
         for i, x in enumerate(inputs):
             wave[i, : len(x)], lengths[i] = x, len(x)
         return wave, lengths
+
+    def cost(self, samples: int) -> EncoderCost:
+        """FLOPs and parameters of one window of ``samples`` samples (``engine.models.wav2vec2.cost``)."""
+        return encoder_cost(self.loaded.dims, samples)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return _StatesOnly(ShardedWav2Vec2(self.loaded.model, mesh, layers, out_dtype))
