@@ -146,6 +146,7 @@ def test_last_layer_greedy_tokens_equal_espnet(owsm, espnet):
         ("decode", ("--decoding", "beam:4"), "decodes OWSM greedily only"),
         ("decode", ("--decode_as", "fr=xyz"), "has no token in this OWSM model"),
         ("align", (), "a cross-attention head"),
+        ("finetune", (), "trains a Whisper decoder on a Whisper store"),
     ],
 )
 def test_refusals_name_the_fix(owsm, run_job, tmp_path, job, args, says):

@@ -34,13 +34,14 @@ from engine.data.audio import load_audio
 from engine.dtypes import DTYPES
 from engine.errors import AudioError, LanguageError
 from engine.models.owsm.decoder import prompt
-from engine.models.owsm.encoder import load
+from engine.models.owsm.encoder import OwsmEncoder, load
 from engine.models.owsm.languages import owsm_language
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
 from engine.pipelines.decode.ctc import _text_language
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references
+from engine.pipelines.decode.run import _variants  # run.py reaches this module by name (FAMILY_DECODERS): no cycle
 from engine.pipelines.decode.unit import audio_skip_reason, compression_ratio
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import read_part
@@ -55,8 +56,6 @@ MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256
 def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
     """Decodes the store's languages and layers with ``config.model``'s decoder into ``config.run.out``; counts into
     ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease."""
-    from engine.pipelines.decode.run import _variants  # run.py dispatches here: imported when called
-
     t0 = time.perf_counter()
     if config.model is None:
         raise DecodeError("decode needs the store's model: pass --model (the OWSM folder or hub id it encoded with)")
@@ -187,8 +186,6 @@ def _language(owsm, reader, lang, lang_token, done, parts, english, config, summ
 
 def _windows(owsm, reader, lang, rows_of, done):
     """(audio skips, utterances decoded, features f32[window, 3001, n_mels] of all their windows, owner i[window])."""
-    from engine.models.owsm.encoder import OwsmEncoder
-
     adapter = OwsmEncoder(owsm)
     skips, order, features, owner = [], [], [], []
     for u in done:
