@@ -6,7 +6,9 @@ retrieval run on its store (their library entry points), and decode through its 
 Checked against ESPnet: every stored layer equals ESPnet's encoder outputs on ESPnet's own frontend, window by window,
 within 5e-5 of each layer's peak (the parity tests' frontend bound: torch's float32 STFT against ours in float64;
 the encoder itself is within 1e-5, tests/models/test_owsm_parity.py); the decode job's greedy tokens at layer L+1 equal
-ESPnet's ``Speech2Text`` at beam 1, window by window, token for token.
+ESPnet's ``Speech2Text`` at beam 1, window by window, token for token; its CTC logit lens (``--decoding ctc``) at
+layer L+1 equals ESPnet's ``CTC.argmax`` on the stored output (which equals ESPnet's encoder output, above), window
+by window, repeats collapsed and blanks dropped.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def owsm(fleurs_dir, run_job, tmp_path_factory):
     decoded = run_job(
         "decode", "--store", str(store), "--model", str(model), "--out", str(decode), "--layers", f"1,{TOP}",
         "--tasks", "transcribe,translate", "--ln_post", "on", "--max_new_tokens", str(MAX_TOKENS),
-        "--references", str(references), "--batch_size", "3",
+        "--references", str(references), "--batch_size", "3", "--decoding", "greedy,ctc",
     )  # fmt: skip
     return dict(root=root, model=model, store=store, decode=decode, stdout=decoded.stdout, fleurs=fleurs_dir)
 
@@ -91,14 +93,8 @@ def test_stored_layers_equal_espnet_encoder(owsm, espnet):
         for lang, stem in zip(LANGS, stems, strict=True):
             per_layer = [[] for _ in range(TOP + 1)]
             for window in _windows(load_audio(owsm["fleurs"] / f"{stem}.ogg")):
-                speech = torch.nn.functional.pad(torch.from_numpy(window), (0, WINDOW - len(window)))[None]
-                lengths = torch.tensor([WINDOW])
-                with torch.no_grad():
-                    feats, flen = model.normalize(*model._extract_feats(speech, lengths))
-                    layer0, _ = model.encoder.embed(feats, torch.ones(1, 1, feats.shape[1], dtype=torch.bool))
-                    (out, hidden), _, _ = model.encoder(feats, flen, return_all_hs=True)
-                valid = ((len(window) // 160 + 1 - 1) // 2 - 1) // 2  # conv2d's frames of the speech
-                for layer, t in enumerate([layer0, *hidden, out]):
+                valid = ((len(window) // 160) // 2 - 1) // 2  # conv2d's frames of the window's 1 + s // 160
+                for layer, t in enumerate(_espnet_window_states(model, window)):
                     per_layer[layer].append(t[0, :valid].numpy())
             for layer, parts in enumerate(per_layer):
                 theirs, ours = np.concatenate(parts), reader.states(lang, uid, layer)
@@ -115,7 +111,12 @@ def test_decode_scores_two_layers_asr_and_st(owsm):
             assert {(lang, layer, "transcribe", "wer"), (lang, layer, "transcribe", "cer")} <= got, sorted(got)
             assert {(lang, layer, "translate", "bleu"), (lang, layer, "translate", "chrf")} <= got, sorted(got)
     assert (owsm["decode"] / "scores-greedy.png").is_file() and (owsm["decode"] / "report.md").is_file()
-    assert "decoded 16 utterance-parts" in owsm["stdout"], owsm["stdout"]
+    assert {(lang, layer, "ctc") for lang in LANGS for layer in (1, TOP)} <= {
+        (r["language"], int(r["layer"]), r["decoding"]) for r in scores if r["task"] == "transcribe"
+    }
+    assert not [r for r in scores if r["decoding"] == "ctc" and r["task"] == "translate"]
+    # 4 utterances x 2 layers x 2 tasks greedy, and x 2 layers for ctc (transcribe only)
+    assert "decoded 24 utterance-parts" in owsm["stdout"], owsm["stdout"]
 
 
 def test_last_layer_greedy_tokens_equal_espnet(owsm, espnet):
@@ -132,7 +133,7 @@ def test_last_layer_greedy_tokens_equal_espnet(owsm, espnet):
                     theirs = espnet(window, lang_sym=TOKENS[lang], task_sym=token)[0][4].yseq.tolist()[4:]
                     ids += theirs[:-1] if theirs[-1] == eos else theirs  # <eos> ends ESPnet's list
                 row = table[(table["id"] == uid) & (table["language"] == lang) & (table["layer"] == TOP)
-                            & (table["task"] == task)]  # fmt: skip
+                            & (table["task"] == task) & (table["decoding"] == "greedy")]  # fmt: skip
                 assert len(row) == 1, (lang, uid, task)
                 assert row["n_tokens"].iloc[0] == len(ids) and row["hypothesis"].iloc[0] == ours.text(ids), (
                     lang, uid, task, row["hypothesis"].iloc[0], ours.text(ids),
@@ -157,3 +158,34 @@ def test_refusals_name_the_fix(owsm, run_job, tmp_path, job, args, says):
     assert proc.returncode != 0 and says in text, text
     if job == "align":
         assert "Whisper" in text and "--words" in text, text
+
+
+def _espnet_window_states(model, window: np.ndarray):
+    """ESPnet's frontend and encoder on one window padded as Speech2Text pads it: (layer 0, block outputs, output)."""
+    speech = torch.nn.functional.pad(torch.from_numpy(window), (0, WINDOW - len(window)))[None]
+    with torch.no_grad():
+        feats, flen = model.normalize(*model._extract_feats(speech, torch.tensor([WINDOW])))
+        layer0, _ = model.encoder.embed(feats, torch.ones(1, 1, feats.shape[1], dtype=torch.bool))
+        (out, hidden), _, _ = model.encoder(feats, flen, return_all_hs=True)
+    return [layer0, *hidden, out]
+
+
+def test_ctc_logit_lens_last_layer_equals_espnet_ctc(owsm, espnet):
+    from engine.models.owsm.loaded import load_owsm
+
+    ours, model, reader = load_owsm(owsm["model"]), espnet.s2t_model, open_store(str(owsm["store"]))
+    table = pq.read_table(owsm["decode"] / "hypotheses.parquet").to_pandas()
+    for uid, stems in PAIRS.items():
+        for lang, stem in zip(LANGS, stems, strict=True):
+            ids, stored, start = [], reader.states(lang, uid, TOP), 0
+            for window in _windows(load_audio(owsm["fleurs"] / f"{stem}.ogg")):
+                valid = ((len(window) // 160) // 2 - 1) // 2
+                with torch.no_grad():
+                    best = model.ctc.argmax(torch.from_numpy(stored[None, start : start + valid]))[0].tolist()
+                start += valid
+                ids += [t for i, t in enumerate(best) if t != model.blank_id and (i == 0 or t != best[i - 1])]
+            assert start == len(stored)
+            row = table[(table["id"] == uid) & (table["language"] == lang) & (table["layer"] == TOP)
+                        & (table["decoding"] == "ctc")]  # fmt: skip
+            assert len(row) == 1 and row["task"].iloc[0] == "transcribe", (lang, uid)
+            assert row["n_tokens"].iloc[0] == len(ids) and row["hypothesis"].iloc[0] == ours.text(ids), (lang, uid)

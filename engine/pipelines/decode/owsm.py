@@ -15,6 +15,13 @@ compute dtype, once per batch of windows for every layer and task. At layer L+1 
 decoded window by window and the windows' tokens joined, as Whisper's. Beam search and language detection are not
 implemented for OWSM: ``--decoding beam:N`` and ``--language detect`` are refused.
 
+``--decoding ctc`` (alone or beside ``greedy``) is the CTC head's per-layer logit lens: the head on each stored
+layer's states (through ``after_norm`` when ``ln_post`` is on), greedy CTC per window (argmax per valid frame, repeats
+collapsed, ``<blank>`` dropped, as ESPnet's ``CTC.argmax``), no prompt and no language. The CTC head is per frame and
+the store holds the valid frames exactly as the encoder computes them over the padded window, so nothing is
+recomputed from audio. It only transcribes: a ``translate``-``ctc`` part is written empty, its utterances skipped as
+``ctc_transcribes_only``.
+
 Columns as Whisper's, except: ``language_token`` is OWSM's language (``fra``), ``avg_logprob`` the mean
 log-probability of the generated tokens and ``<eos>`` under the decoder (the same forward pass, teacher-forced).
 One process does the work; resume per part as for Whisper.
@@ -50,6 +57,7 @@ from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.schema import is_done
 
 TASKS = {"transcribe": "<asr>", "translate": "<st_eng>"}  # the job's task names -> OWSM's task tokens
+GREEDY, CTC = "greedy", "ctc"
 MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "store", "decode_as")
 
 
@@ -59,11 +67,11 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
     t0 = time.perf_counter()
     if config.model is None:
         raise DecodeError("decode needs the store's model: pass --model (the OWSM folder or hub id it encoded with)")
-    beams = [d for d in config.decodings if d != "greedy"]
+    beams = [d for d in config.decodings if d not in (GREEDY, CTC)]
     if beams:
         raise DecodeError(
             f"--decoding {','.join(beams)}: babelgrid decodes OWSM greedily only (beam search is not implemented "
-            "for OWSM); pass --decoding greedy"
+            "for OWSM); pass --decoding greedy (or ctc: the CTC head's logit lens)"
         )
     if config.language != "forced":
         raise DecodeError("--language detect is not implemented for OWSM: pass --language forced (the default)")
@@ -105,17 +113,25 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
                       what="decode folder")  # fmt: skip
     if not is_process_zero():
         return
-    parts = [(task, layer, ln) for layer, ln in variants for task in config.tasks]
+    parts = [(task, d, layer, ln) for layer, ln in variants for task in config.tasks for d in config.decodings]
     bar = progress_bar(len(langs) * len(parts), "decode (owsm)", "part", config.run.progress)
     for lang in langs:
         done = np.flatnonzero(is_done(reader.lengths(lang))).tolist()
-        keys = {p: hyp.part_key(lang, p[0], "greedy", p[1], p[2]) for p in parts}
+        keys = {p: hyp.part_key(lang, *p) for p in parts}
         pending = [p for p in parts if not _kept(kv, keys[p], config, done)]
         summary.parts_kept += len(parts) - len(pending)
-        if pending:
-            rows, skipped = _language(owsm, reader, lang, tokens[lang], done, pending, english, config, summary)
-            for p in pending:
-                write_value(kv, keys[p], hyp.part_bytes(rows[p], done, skipped[p]), config.run.out)
+        greedy = [(task, layer, ln) for task, d, layer, ln in pending if d == GREEDY]
+        written = {}
+        if greedy:
+            rows, skipped = _language(owsm, reader, lang, tokens[lang], done, greedy, english, config, summary)
+            written |= {(task, GREEDY, layer, ln): (rows[(task, layer, ln)], skipped[(task, layer, ln)])
+                        for task, layer, ln in greedy}  # fmt: skip
+        for task, d, layer, ln in pending:
+            if d == CTC:
+                written[(task, d, layer, ln)] = _ctc_part(owsm, reader, lang, task, layer, ln, done, summary)
+        for p in pending:
+            part_rows, part_skips = written[p]
+            write_value(kv, keys[p], hyp.part_bytes(part_rows, done, part_skips), config.run.out)
         bar.update(len(parts))
     bar.close()
     codes = {lang: _text_language(lang) for lang in langs}
@@ -221,3 +237,41 @@ def _avg_logprob(graphdef, state, head, ids, lengths, memory):
     picked = jnp.take_along_axis(logp[:, p - 1 : -1], ids[..., None], axis=-1)[..., 0]
     mask = jnp.arange(ids.shape[1])[None] <= lengths[:, None]
     return (picked * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+
+
+def _ctc_part(owsm, reader, lang, task, layer, ln_post, done, summary, batch: int = 16):
+    """The rows and skips of one ``ctc`` part: the CTC head over the stored states of layer ``layer``."""
+    rows_of = reader.arrays(lang).rows
+    out = {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}
+    if task != "transcribe":
+        return out, [(lang, rows_of[u].id, task, "ctc_transcribes_only") for u in done]
+    blank, per_window = owsm.config.token_id("<blank>"), owsm.config.n_frames
+    skipped = [(lang, rows_of[u].id, task, "no_reference") for u in done if not rows_of[u].transcription]
+    done = np.asarray(done, np.int64)
+    for first in range(0, len(done), batch):
+        index = done[first : first + batch]
+        lengths = reader.lengths(lang)[index]
+        states, _ = reader.language_layer(lang, layer, index, np.float32, frames=int(lengths.max()))
+        x = jnp.asarray(states)
+        if ln_post and layer < owsm.n_layers_out - 1:  # L+1 is after_norm's output already
+            x = owsm.encoder.after_norm(x)
+        logp = np.asarray(jax.nn.log_softmax(owsm.decoder.ctc_logits(x)))
+        for i, u in enumerate(index):
+            n = int(lengths[i])
+            best = logp[i, :n].argmax(-1)
+            ids = []
+            for start in range(0, n, per_window):  # windows are decoded apart, as ESPnet decodes each
+                w = best[start : start + per_window]
+                ids += [int(t) for t in w[np.r_[True, w[1:] != w[:-1]]] if t != blank]
+            text, row = owsm.text(ids), rows_of[u]
+            values = dict(
+                language=lang, id=row.id, recording=row.recording, utterance=int(u), layer=int(layer),
+                ln_post=bool(ln_post), task=task, decoding=CTC, language_token=lang, hypothesis=text,
+                reference=row.transcription or None, avg_logprob=float(logp[i, np.arange(n), best].mean()),
+                compression_ratio=compression_ratio(text), n_tokens=len(ids),
+            )  # fmt: skip
+            for name in out:
+                out[name].append(values[name])
+            summary.decoded += 1
+            summary.tokens += len(ids)
+    return out, skipped

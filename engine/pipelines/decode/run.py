@@ -124,6 +124,10 @@ def _check(config: DecodeConfig, reader, whisper) -> tuple[list[str], list[int]]
             f"layers {lacking} are not in the layer store, which holds {list(info.layers)}; pass --layers from those "
             "(or encode the store with them)"
         )
+    if "ctc" in config.decodings:
+        raise DecodeError(
+            "--decoding ctc reads a CTC head, which Whisper has none of; pass greedy or beam:N (ctc: OWSM stores)"
+        )
     for lang, code in config.decode_as:
         try:
             whisper.tokenizer.language_token(code)
