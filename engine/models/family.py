@@ -1,8 +1,8 @@
 """One interface for every model family: what the encode pipeline and the stores need of a speech encoder.
 
-A family is one registry entry (``FAMILIES``): its name, the ``model_type`` values of the ``config.json`` it reads, the
-heads it offers, and the function that loads a checkpoint as an ``Encoder``. Adding a family (OWSM, say) means
-adding its ``encoder.py`` and one entry here; the jobs never branch on the family's name.
+A family is one registry entry (``FAMILIES``): its name, the ``model_type`` values of the ``config.json`` it reads (or,
+for a layout without one, the function that recognises it: OWSM's ESPnet folders), the heads it offers, and the
+function that loads a checkpoint as an ``Encoder``. Adding a family means adding its ``encoder.py`` and one entry here.
 
 An ``Encoder`` provides, on host arrays:
 
@@ -118,6 +118,7 @@ class Family:
     heads: frozenset[str]  # the heads every checkpoint of the family has (CTC: only *ForCTC ones, see Encoder.heads)
     layer_meaning: str
     hub_ids: tuple[str, ...] = ()  # examples, for the docs and messages
+    layout: str = ""  # "module:function" (source -> bool): recognises a layout with no config.json (ESPnet's)
 
     def load(self, source, *, adapter: str | None = None, dtype=None) -> Encoder:
         module, _, function = self.loader.partition(":")
@@ -127,6 +128,7 @@ class Family:
 WHISPER_LAYERS = "0 = conv stem + positions, 1..L = block outputs, L+1 = ln_post output"
 WAV2VEC2_LAYERS = "transformers' hidden_states: 0 = input to the first layer, k = output of layer k (1..L)"
 W2VBERT_LAYERS = "0 = projected features, k = output of conformer block k (1..L); the adapter output is not stored"
+OWSM_LAYERS = "0 = conv2d subsampling + positions, 1..L = E-Branchformer block outputs, L+1 = after_norm output"
 
 FAMILIES: dict[str, Family] = {
     f.name: f
@@ -143,9 +145,19 @@ FAMILIES: dict[str, Family] = {
             "w2vbert", ("wav2vec2-bert", "seamless_m4t_v2"), "engine.models.w2vbert.encoder:load", frozenset(),
             W2VBERT_LAYERS, ("facebook/w2v-bert-2.0", "facebook/seamless-m4t-v2-large"),
         ),
+        Family(
+            "owsm", (), "engine.models.owsm.encoder:load", frozenset({DECODER, CTC}), OWSM_LAYERS,
+            ("espnet/owsm_v3.1_ebf_base", "espnet/owsm_v3.1_ebf_small", "espnet/owsm_v3.1_ebf"),
+            layout="engine.models.owsm.layout:is_espnet_s2t",
+        ),
     )
 }  # fmt: skip
 DEFAULT_FAMILY = "whisper"  # stores written before families were recorded, and sources without a model_type
+
+
+def _call(target: str, *args):
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)(*args)
 
 
 def family_of_model_type(model_type: str, source) -> Family:
@@ -163,12 +175,18 @@ def detect_family(source: str | os.PathLike | None) -> Family:
     """The family of a checkpoint, from its ``config.json`` ``model_type`` without loading weights.
 
     Whisper's every layout (HF, OpenAI ``.pt``, CTranslate2, the packaged default) reads as Whisper: OpenAI files and
-    CTranslate2 folders carry no ``model_type``. A hub id is looked up in the local hub cache only (a cached
-    ``config.json``); an id not cached there is taken for Whisper, as babelgrid always did.
+    CTranslate2 folders carry no ``model_type``. A source without ``config.json`` is first offered to the families
+    that recognise a layout of their own (``Family.layout``: OWSM's ESPnet repositories). A hub id is looked up in the
+    local hub cache only (a cached ``config.json``); an id not cached there is taken for Whisper, as babelgrid always
+    did, unless a layout claims it.
     """
     if source is None:
         return FAMILIES[DEFAULT_FAMILY]
     config = _config_json(source)
+    if config is None:
+        for family in FAMILIES.values():
+            if family.layout and _call(family.layout, source):
+                return family
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if not model_type:
         return FAMILIES[DEFAULT_FAMILY]
@@ -245,11 +263,14 @@ def _has_ctc_head(source) -> bool:
     return any(str(a).endswith("ForCTC") for a in config.get("architectures") or ())
 
 
-def split_windows(samples: np.ndarray, long_audio: str, min_samples: int) -> list[np.ndarray]:
-    """``f32[samples]`` -> consecutive windows of at most 30 s (``"truncate"``: the first only). A last window shorter
-    than ``min_samples`` (no encoder frame) is dropped; an utterance shorter than that keeps its one window, which the
-    family's features refuse, naming it."""
-    n = WINDOW_SECONDS * 16000
+def split_windows(
+    samples: np.ndarray, long_audio: str, min_samples: int, window: int = WINDOW_SECONDS * 16000
+) -> list[np.ndarray]:
+    """``f32[samples]`` -> consecutive windows of at most ``window`` samples, 30 s (``"truncate"``: the first only). A
+    last window shorter than ``min_samples`` (no encoder frame) is dropped; an utterance shorter than that keeps its one
+    window, which the family's features refuse, naming it. Only a model trained on another window (a test's OWSM of
+    10 s) passes ``window``."""
+    n = window
     if long_audio == "truncate":
         samples = samples[:n]
     parts = [samples[i : i + n] for i in range(0, max(len(samples), 1), n)]
@@ -258,9 +279,11 @@ def split_windows(samples: np.ndarray, long_audio: str, min_samples: int) -> lis
     return parts
 
 
-def window_frames(samples: int, long_audio: str, frames: Callable[[int], int], min_samples: int) -> tuple[int, int]:
+def window_frames(
+    samples: int, long_audio: str, frames: Callable[[int], int], min_samples: int, window: int = WINDOW_SECONDS * 16000
+) -> tuple[int, int]:
     """``(frames, windows)`` of an utterance of ``samples`` 16 kHz samples cut as ``split_windows`` cuts it."""
-    n = WINDOW_SECONDS * 16000
+    n = window
     if long_audio == "truncate":
         samples = min(samples, n)
     full, rest = divmod(int(samples), n)

@@ -29,8 +29,8 @@ import yaml
 from engine.errors import CheckpointError
 from engine.models.owsm.config import OwsmConfig, config_from_espnet
 from engine.models.owsm.decoder import decoder_shapes
-from engine.models.owsm.encoder import encoder_shapes
 from engine.models.owsm.features import Stats, read_stats
+from engine.models.owsm.model import encoder_shapes
 from engine.models.whisper.checkpoints.io import file_sha256, read_torch_state_dict, some
 
 _UNREAD = re.compile(r"frontend\..*|normalize\.(mean|std)|specaug\..*")

@@ -123,7 +123,7 @@ class FrontendConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OwsmConfig:
-    """The model's dimensions and numerics; encoder layers are indexed ``0..n_layer+1`` (see ``encoder``)."""
+    """The model's dimensions and numerics; encoder layers are indexed ``0..n_layer+1`` (see ``model``)."""
 
     frontend: FrontendConfig
     width: int  # encoder output_size = decoder attention dim (768 for base), the embed axis

@@ -33,7 +33,7 @@ from flax import nnx
 
 from engine.errors import ShapeError
 from engine.models.owsm.config import OwsmConfig
-from engine.models.owsm.encoder import Attention, FeedForward, linear, norm, sinusoids
+from engine.models.owsm.model import Attention, FeedForward, linear, norm, sinusoids
 from engine.models.w2vbert.model import _param
 
 MAX_POSITIONS = 5000  # PositionalEncoding's default max_len: the longest token sequence ESPnet's decoder takes

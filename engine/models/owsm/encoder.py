@@ -1,237 +1,130 @@
-"""Flax (NNX) OWSM v3.1 encoder: ESPnet's ``Conv2dSubsampling`` and E-Branchformer blocks, returning every layer.
+"""OWSM v3.1 behind the family interface (``engine.models.family``): ESPnet's 30 s windows, every encoder layer.
 
-Layer indexing (the stored ``layer`` axis, ``L = config.n_layer``: 9 for ``owsm_v3.1_ebf_base``), as babelgrid
-indexes Whisper's:
+Input: each window's normalised log-mel features (``features``), the window zero-padded to the model's full length
+(30 s: 3001 feature frames, 749 encoder frames) exactly as ESPnet's S2T inference pads every clip, so the encoder
+attends over the padded silence as it does in ESPnet. The store keeps each window's valid frames only (those that hold
+speech, ``features.valid_frames``): 25 per second. Audio over the window is cut into consecutive windows encoded
+apart (``long_audio="window"``) or kept to the first (``"truncate"``), as for every family.
 
-- ``0``: the input to the first block: ``Conv2dSubsampling`` (two 3x3 convolutions of stride 2, each with ReLU, over
-  (frame, mel); the channels x remaining mel bins flattened and projected to ``width``) and ``PositionalEncoding``
-  (``x * sqrt(width) + sinusoid``). ESPnet's ``encoder.embed`` output.
-- ``1..L``: the output of block ``i``; each E-Branchformer block ends in its own ``norm_final``. ESPnet's
-  ``return_all_hs`` intermediate outputs.
-- ``L+1``: ``after_norm`` of block ``L``: the encoder output the decoder and the CTC head read.
-
-One block (``EBranchformerEncoderLayer``): ``x += 0.5 * ffn_macaron(norm(x))``; two branches from the same ``x``:
-self-attention (``norm_mha``, no relative positions: OWSM v3.1 adds absolute ones at layer 0) and the cgMLP
-(``norm_mlp``, linear to ``cgmlp_width``, GELU, split in halves ``r, g``; ``r * dwconv(norm(g))``, linear back);
-merge: ``x += merge_proj(c + dwconv(c))`` with ``c = [attn, cgmlp]``; ``x += 0.5 * ffn(norm(x))``; ``norm_final``.
-Feed-forwards use swish; every norm is ESPnet's ``LayerNorm`` (eps 1e-12).
-
-No padding mask: ESPnet's S2T inference gives every clip a full 30 s window marked valid (see ``features``), so every
-frame attends to every frame and the convolutions read the padded silence, as they do in ESPnet.
-
-Glossary: ``features: f32[batch, feature_frame, n_mels]`` (3001 per window), ``states: f[layer, batch, frame, embed]``
-(749 frames of 40 ms per window). Weights come as ESPnet's state dict (``encoder.*`` names, PyTorch layouts).
+Layers (``OWSM_LAYERS``): 0 = conv2d subsampling + positions, 1..L = E-Branchformer blocks, L+1 = ``after_norm``
+(what the decoder and the CTC head read). Heads: the attention decoder (``decode`` with OWSM's language and task
+tokens) and the CTC head; no cross-attention heads are chosen for alignment, so ``align`` refuses OWSM stores and
+points to Whisper's word times, which serve any store of the same audio.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from engine.errors import ShapeError
-from engine.models.owsm.config import LN_EPS, OwsmConfig
-from engine.models.w2vbert.model import LayerNorm, Linear, _param
-
-
-def linear(sd, prefix, dtype) -> Linear:
-    return Linear(sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], dtype)
+from engine.errors import AudioError
+from engine.models.family import CTC, DECODER, OWSM_LAYERS, FamilyDims, split_windows, window_frames
+from engine.models.owsm import features as feats
+from engine.models.owsm.config import SAMPLE_RATE
+from engine.models.owsm.loaded import LoadedOwsm, load_owsm
 
 
-def norm(sd, prefix, dtype) -> LayerNorm:
-    return LayerNorm(sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], LN_EPS, dtype)
+@dataclasses.dataclass(frozen=True, eq=False)
+class OwsmEncoder:
+    """A ``LoadedOwsm`` as an ``engine.models.family.Encoder``; ``loaded`` is the model for decoder-side jobs."""
 
+    loaded: LoadedOwsm
+    family: str = "owsm"
+    layer_meaning: str = OWSM_LAYERS
+    heads: frozenset = frozenset({DECODER, CTC})
 
-def sinusoids(n: int, width: int) -> np.ndarray:
-    """f32[n, width]: ESPnet's ``PositionalEncoding`` table (sin on even, cos on odd channels), in float32 as torch
-    builds it."""
-    position = np.arange(n, dtype=np.float32)[:, None]
-    div = np.exp(np.arange(0, width, 2, dtype=np.float32) * np.float32(-(math.log(10000.0) / width)))
-    pe = np.zeros((n, width), np.float32)
-    pe[:, 0::2] = np.sin(position * div)
-    pe[:, 1::2] = np.cos(position * div)
-    return pe
+    @property
+    def name(self) -> str:
+        return self.loaded.checkpoint.name
 
+    @property
+    def sha256(self) -> str:
+        return self.loaded.checkpoint.sha256
 
-class Attention(nnx.Module):
-    """ESPnet's ``MultiHeadedAttention`` without a mask; ``kv`` defaults to ``x`` (self-attention)."""
+    @property
+    def store_dims(self) -> FamilyDims:
+        c = self.loaded.config
+        # The token list is the checkpoint's (its sha256 covers it); the store records its length.
+        config = {k: v for k, v in dataclasses.asdict(c).items() if k != "token_list"} | {"n_vocab": c.n_vocab}
+        return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": config})
 
-    def __init__(self, sd, prefix: str, n_head: int, dtype):
-        self.n_head = n_head
-        self.q, self.k, self.v, self.out = (linear(sd, f"{prefix}.linear_{n}", dtype) for n in ("q", "k", "v", "out"))
+    @property
+    def frame_rate(self) -> float:
+        return 1.0 / self.loaded.seconds_per_frame
 
-    def heads(self, x):
-        """f[batch, time, width] -> f[batch, head, time, head_width]."""
-        b, t, d = x.shape
-        return x.reshape(b, t, self.n_head, d // self.n_head).transpose(0, 2, 1, 3)
+    @property
+    def n_layers_out(self) -> int:
+        return self.loaded.n_layers_out
 
-    def attend(self, q, k, v, mask=None):
-        """q: f[batch, head, query, hw], k, v: f[batch, head, key, hw], mask: bool[..., query, key] or None."""
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-        if mask is not None:
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)
-        return self.out(out.reshape(*out.shape[:2], -1))
+    @property
+    def embed(self) -> int:
+        return self.loaded.config.width
 
-    def __call__(self, x):
-        return self.attend(self.heads(self.q(x)), self.heads(self.k(x)), self.heads(self.v(x)))
+    @property
+    def window_samples(self) -> int:
+        """Samples per window: 480000 (30 s) for every published OWSM."""
+        return self.loaded.config.frontend.n_samples
 
+    @property
+    def min_samples(self) -> int:
+        """The fewest samples that give one encoder frame (a shorter last window is dropped)."""
+        hop = self.loaded.config.frontend.hop_length
+        return next(n * hop for n in range(1, 64) if feats.valid_frames(n * hop, self.loaded.config.frontend) > 0)
 
-def depthwise(weight, bias, dtype):
-    """PyTorch depthwise Conv1d weight [channels, 1, taps] -> (kernel [taps, 1, channels], bias)."""
-    return _param(np.transpose(np.asarray(weight), (2, 1, 0)), dtype), _param(bias, dtype)
+    @property
+    def features(self) -> dict:
+        f = self.loaded.config.frontend
+        return {
+            "sample_rate": SAMPLE_RATE,
+            "input": "ESPnet DefaultFrontend log-mel, global MVN (feats_stats.npz)",
+            "n_mels": f.n_mels,
+            "n_fft": f.n_fft,
+            "win_length": f.win_length,
+            "hop_length": f.hop_length,
+            "window_samples": f.n_samples,
+            "padding": "zeros to the full window, as ESPnet's S2T inference; the encoder attends over them",
+        }
 
+    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """``f32[samples]`` -> (features ``f32[3001, n_mels]`` per window, valid frames ``i32[window]``)."""
+        parts = split_windows(np.asarray(samples, np.float32), long_audio, self.min_samples, self.window_samples)
+        if len(parts[0]) < self.min_samples:
+            raise AudioError(f"{len(parts[0])} samples: OWSM needs at least {self.min_samples} for one encoder frame")
+        config, stats = self.loaded.config.frontend, self.loaded.checkpoint.stats
+        valid = np.array([feats.valid_frames(len(p), config) for p in parts], np.int32)
+        return [feats.features(p, config, stats) for p in parts], valid
 
-def depthwise_conv(x, kernel, bias):
-    """Same-length depthwise convolution over frames (odd taps, ``(taps - 1) // 2`` zeros each side)."""
-    taps, _, width = kernel.shape
-    pad = (taps - 1) // 2
-    y = jax.lax.conv_general_dilated(
-        x,
-        kernel[...],
-        (1,),
-        ((pad, taps - 1 - pad),),
-        dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=width,
-    )
-    return y + bias[...]
-
-
-class FeedForward(nnx.Module):
-    def __init__(self, sd, prefix: str, dtype, activation):
-        self.w_1, self.w_2 = linear(sd, f"{prefix}.w_1", dtype), linear(sd, f"{prefix}.w_2", dtype)
-        self.activation = activation
-
-    def __call__(self, x):
-        return self.w_2(self.activation(self.w_1(x)))
-
-
-class CgMlp(nnx.Module):
-    """``ConvolutionalGatingMLP`` with an identity gate and no linear after the convolution (OWSM v3.1's)."""
-
-    def __init__(self, sd, prefix: str, dtype):
-        self.proj1 = linear(sd, f"{prefix}.channel_proj1.0", dtype)
-        self.gate_norm = norm(sd, f"{prefix}.csgu.norm", dtype)
-        self.conv, self.conv_bias = depthwise(sd[f"{prefix}.csgu.conv.weight"], sd[f"{prefix}.csgu.conv.bias"], dtype)
-        self.proj2 = linear(sd, f"{prefix}.channel_proj2", dtype)
-
-    def __call__(self, x):
-        # torch.nn.GELU's default is the exact erf form, not the tanh approximation.
-        r, g = jnp.split(jax.nn.gelu(self.proj1(x), approximate=False), 2, axis=-1)
-        return self.proj2(r * depthwise_conv(self.gate_norm(g), self.conv, self.conv_bias))
-
-
-class EBranchformerBlock(nnx.Module):
-    def __init__(self, sd, prefix: str, config: OwsmConfig, dtype):
-        self.norm_ff_macaron = norm(sd, f"{prefix}.norm_ff_macaron", dtype)
-        self.ff_macaron = FeedForward(sd, f"{prefix}.feed_forward_macaron", dtype, jax.nn.silu)
-        self.norm_mha = norm(sd, f"{prefix}.norm_mha", dtype)
-        self.attn = Attention(sd, f"{prefix}.attn", config.n_head, dtype)
-        self.norm_mlp = norm(sd, f"{prefix}.norm_mlp", dtype)
-        self.cgmlp = CgMlp(sd, f"{prefix}.cgmlp", dtype)
-        self.merge_conv, self.merge_bias = depthwise(
-            sd[f"{prefix}.depthwise_conv_fusion.weight"], sd[f"{prefix}.depthwise_conv_fusion.bias"], dtype
+    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
+        frontend = self.loaded.config.frontend
+        return window_frames(
+            samples, long_audio, lambda n: feats.valid_frames(n, frontend), self.min_samples, self.window_samples
         )
-        self.merge_proj = linear(sd, f"{prefix}.merge_proj", dtype)
-        self.norm_ff = norm(sd, f"{prefix}.norm_ff", dtype)
-        self.ff = FeedForward(sd, f"{prefix}.feed_forward", dtype, jax.nn.silu)
-        self.norm_final = norm(sd, f"{prefix}.norm_final", dtype)
 
-    def __call__(self, x):
-        x = x + 0.5 * self.ff_macaron(self.norm_ff_macaron(x))
-        both = jnp.concatenate([self.attn(self.norm_mha(x)), self.cgmlp(self.norm_mlp(x))], axis=-1)
-        x = x + self.merge_proj(both + depthwise_conv(both, self.merge_conv, self.merge_bias))
-        x = x + 0.5 * self.ff(self.norm_ff(x))
-        return self.norm_final(x)
+    def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray]:
+        """Windows -> ``features f32[batch_size, 3001, n_mels]``; padding rows are zeros (dropped by the caller)."""
+        out = np.zeros((batch_size, *inputs[0].shape), np.float32)
+        out[: len(inputs)] = np.stack(inputs)
+        return (out,)
+
+    def sharded(self, mesh, layers: Sequence[int], out_dtype):
+        return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)
 
 
-class OwsmEncoder(nnx.Module):
-    """The encoder. Build with ``OwsmEncoder(config, state_dict, dtype)``; ``state_dict`` holds at least
-    ``encoder_shapes(config)``."""
+class _Layers:
+    """The sharded encoder's output cut to the stored ``layers`` (it computes them all anyway)."""
 
-    def __init__(self, config: OwsmConfig, state_dict: Mapping[str, np.ndarray], dtype=jnp.float32):
-        self.config = config
-        sd = state_dict
-        # Conv2d weights [out, in, 3, 3] (OIHW) -> HWIO, over (frame, mel) as torch's (t, f).
-        self.conv1 = _param(np.transpose(np.asarray(sd["encoder.embed.conv.0.weight"]), (2, 3, 1, 0)), dtype)
-        self.conv1_bias = _param(sd["encoder.embed.conv.0.bias"], dtype)
-        self.conv2 = _param(np.transpose(np.asarray(sd["encoder.embed.conv.2.weight"]), (2, 3, 1, 0)), dtype)
-        self.conv2_bias = _param(sd["encoder.embed.conv.2.bias"], dtype)
-        self.embed_out = linear(sd, "encoder.embed.out.0", dtype)
-        self.positions = nnx.Variable(jnp.asarray(sinusoids(config.n_frames, config.width)))
-        self.blocks = nnx.List(
-            [EBranchformerBlock(sd, f"encoder.encoders.{i}", config, dtype) for i in range(config.n_layer)]
-        )
-        self.after_norm = norm(sd, "encoder.after_norm", dtype)
+    def __init__(self, sharded, layers: tuple[int, ...], n_layers_out: int):
+        self.sharded, self.local_multiple = sharded, sharded.local_multiple
+        self.index = None if layers == tuple(range(n_layers_out)) else jnp.asarray(layers)
 
-    def embed(self, features):
-        """f32[batch, feature_frame, n_mels] -> layer 0, f[batch, frame, width]."""
-        x = features[..., None].astype(self.conv1.dtype)  # NHWC with H = frames, W = mels, one channel
-        for kernel, bias in ((self.conv1, self.conv1_bias), (self.conv2, self.conv2_bias)):
-            x = jax.lax.conv_general_dilated(
-                x, kernel[...], (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            x = jax.nn.relu(x + bias[...])
-        b, t, f, c = x.shape
-        # torch flattens (channel, mel) channel-major: x.transpose(1, 2).view(b, t, c * f).
-        x = self.embed_out(x.transpose(0, 1, 3, 2).reshape(b, t, c * f))
-        if t > self.positions.shape[0]:
-            raise ShapeError(
-                f"features give {t} encoder frames; the model is built for windows of at most "
-                f"{self.positions.shape[0]} (30 s)"
-            )
-        return x * math.sqrt(self.config.width) + self.positions[...][:t].astype(x.dtype)
-
-    def __call__(self, features, out_dtype=None):
-        """features: f32[batch, feature_frame, n_mels] -> states f[L+2, batch, frame, width] (layers 0..L+1)."""
-        if features.ndim != 3 or features.shape[-1] != self.config.n_mels:
-            raise ShapeError(
-                f"features must be f32[batch, feature_frame, {self.config.n_mels}] (features.batch_features), "
-                f"got {tuple(features.shape)}"
-            )
-        out_dtype = out_dtype or self.conv1.dtype
-        x = self.embed(features)
-        kept = [x.astype(out_dtype)]
-        for block in self.blocks:
-            x = block(x)
-            kept.append(x.astype(out_dtype))
-        kept.append(self.after_norm(x).astype(out_dtype))
-        return jnp.stack(kept)
+    def __call__(self, features):
+        out = self.sharded(features)
+        return out if self.index is None else out[self.index]
 
 
-def encoder_shapes(config: OwsmConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor the encoder reads, in ESPnet's names and PyTorch layouts."""
-    w, f, g = config.width, config.ffn_width, config.cgmlp_width
-    shapes = {
-        "encoder.embed.conv.0.weight": (w, 1, 3, 3),
-        "encoder.embed.conv.0.bias": (w,),
-        "encoder.embed.conv.2.weight": (w, w, 3, 3),
-        "encoder.embed.conv.2.bias": (w,),
-        "encoder.embed.out.0.weight": (w, w * config.subsampled_mels),
-        "encoder.embed.out.0.bias": (w,),
-        "encoder.after_norm.weight": (w,),
-        "encoder.after_norm.bias": (w,),
-    }
-    for i in range(config.n_layer):
-        p = f"encoder.encoders.{i}"
-        for n in ("norm_ff_macaron", "norm_mha", "norm_mlp", "norm_ff", "norm_final"):
-            shapes |= {f"{p}.{n}.weight": (w,), f"{p}.{n}.bias": (w,)}
-        for ff in ("feed_forward_macaron", "feed_forward"):
-            shapes |= {f"{p}.{ff}.w_1.weight": (f, w), f"{p}.{ff}.w_1.bias": (f,)}
-            shapes |= {f"{p}.{ff}.w_2.weight": (w, f), f"{p}.{ff}.w_2.bias": (w,)}
-        for n in ("q", "k", "v", "out"):
-            shapes |= {f"{p}.attn.linear_{n}.weight": (w, w), f"{p}.attn.linear_{n}.bias": (w,)}
-        c = f"{p}.cgmlp"
-        shapes |= {f"{c}.channel_proj1.0.weight": (g, w), f"{c}.channel_proj1.0.bias": (g,)}
-        shapes |= {f"{c}.csgu.norm.weight": (g // 2,), f"{c}.csgu.norm.bias": (g // 2,)}
-        shapes |= {f"{c}.csgu.conv.weight": (g // 2, 1, config.cgmlp_kernel), f"{c}.csgu.conv.bias": (g // 2,)}
-        shapes |= {f"{c}.channel_proj2.weight": (w, g // 2), f"{c}.channel_proj2.bias": (w,)}
-        shapes |= {f"{p}.depthwise_conv_fusion.weight": (2 * w, 1, config.merge_kernel)}
-        shapes |= {f"{p}.depthwise_conv_fusion.bias": (2 * w,)}
-        shapes |= {f"{p}.merge_proj.weight": (w, 2 * w), f"{p}.merge_proj.bias": (w,)}
-    return shapes
+def load(source, *, adapter=None, dtype=None) -> OwsmEncoder:
+    del adapter  # refused by engine.models.family.load_encoder
+    return OwsmEncoder(load_owsm(source, dtype=jnp.float32 if dtype is None else dtype))

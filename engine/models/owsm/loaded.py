@@ -3,7 +3,7 @@
 from engine.models.owsm.loaded import load_owsm
 m = load_owsm("/path/to/owsm_v3.1_ebf_base")         # or the hub id espnet/owsm_v3.1_ebf_base
 features, valid = m.features(waveforms)              # f32[batch, 3001, 80], i32[batch] encoder frames of speech
-states = m.encode(features)                          # f32[L+2, batch, 749, width]: layers 0..L+1 (see encoder)
+states = m.encode(features)                          # f32[L+2, batch, 749, width]: layers 0..L+1 (see model)
 tokens, n = m.greedy(states[-1], "eng", "asr")       # i32[batch, max_tokens], i32[batch]
 m.text(tokens[0, :n[0]])                             # the BPE pieces joined
 m.ctc_logits(states, layer=5)                        # f32[batch, 749, vocab]
@@ -26,7 +26,7 @@ from engine.models.owsm import features as feats
 from engine.models.owsm.checkpoints import Checkpoint, load_checkpoint
 from engine.models.owsm.config import OwsmConfig
 from engine.models.owsm.decoder import OwsmDecoder, greedy_fn, prompt
-from engine.models.owsm.encoder import OwsmEncoder
+from engine.models.owsm.model import OwsmEncoder
 from engine.models.owsm.parallel import ShardedEncoder
 
 

@@ -20,13 +20,17 @@ class DecodeError(BabelgridError, ValueError):
 
 
 def parse_decoding(decoding: str) -> int:
-    """'greedy' -> 1, 'beam:5' -> 5 (the beam size)."""
+    """'greedy' -> 1, 'beam:5' -> 5 (the beam size); 'ctc' (a CTC head's logit lens, OWSM stores) -> 0."""
     if decoding == "greedy":
         return 1
+    if decoding == "ctc":
+        return 0
     head, _, n = decoding.partition(":")
     if head == "beam" and n.isdigit() and int(n) >= 2:
         return int(n)
-    raise DecodeError(f"decoding must be 'greedy' or 'beam:N' with N >= 2 (e.g. beam:5), got {decoding!r}")
+    raise DecodeError(
+        f"decoding must be 'greedy', 'beam:N' with N >= 2 (e.g. beam:5) or 'ctc' (OWSM), got {decoding!r}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +54,9 @@ class DecodeConfig:
     )
     ln_post: str = option("both", "apply ln_post to intermediate layers (L+1 has it already)", choices=LN_POST)
     decodings: tuple[str, ...] = option(
-        ("greedy",), "comma-separated: greedy, beam:N (CTranslate2's / Whisper's beam search)", parse="list",
-        flag="decoding",
+        ("greedy",),
+        "comma-separated: greedy, beam:N (Whisper: CTranslate2's beam search), ctc (OWSM: CTC head per layer)",
+        parse="list", flag="decoding",
     )  # fmt: skip
     patience: float = option(1.0, "beam search: stop after round(N * patience) finished hypotheses")
     length_penalty: float = option(1.0, "beam search: rank by logprob / length ** length_penalty (0: no penalty)")

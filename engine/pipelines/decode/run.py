@@ -24,6 +24,7 @@ writes the merged files once every unit is done, without a barrier (a dead peer 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import time
 
 import numpy as np
@@ -62,6 +63,11 @@ MANIFEST_FIELDS = (
     "max_new_tokens",
     "compute_dtype",
 )
+
+
+# Families whose decoder is not Whisper's decode through their own run ("module:function", called as
+# function(config, reader, summary) under the output's writer lease): OWSM's attention decoder.
+FAMILY_DECODERS = {"owsm": "engine.pipelines.decode.owsm:run_owsm_decode"}
 
 
 @dataclasses.dataclass
@@ -118,6 +124,10 @@ def _check(config: DecodeConfig, reader, whisper) -> tuple[list[str], list[int]]
             f"layers {lacking} are not in the layer store, which holds {list(info.layers)}; pass --layers from those "
             "(or encode the store with them)"
         )
+    if "ctc" in config.decodings:
+        raise DecodeError(
+            "--decoding ctc reads a CTC head, which Whisper has none of; pass greedy or beam:N (ctc: OWSM stores)"
+        )
     for lang, code in config.decode_as:
         try:
             whisper.tokenizer.language_token(code)
@@ -151,6 +161,12 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     by default ``config.model`` is loaded.
     """
     info = open_store(config.store).info
+    if info.family in FAMILY_DECODERS:
+        module, _, function = FAMILY_DECODERS[info.family].partition(":")
+        with writer_lease(config.run.out, "decode", config.run.break_lease):
+            summary = DecodeSummary()
+            getattr(importlib.import_module(module), function)(config, open_store(config.store), summary)
+            return summary
     if DECODER not in FAMILIES[info.family].heads:
         # No decoder: the per-layer CTC logit lens (engine.pipelines.decode.ctc), for the families that can have a
         # CTC head (wav2vec2 *ForCTC), given that checkpoint.

@@ -169,6 +169,11 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
         "finetune", DECODER, None if whisper is not None else config.model, reader.info,
         "finetune trains a Whisper decoder on a Whisper store",
     )  # fmt: skip
+    if reader.info.family != "whisper":  # OWSM has a decoder too, but finetune's training step is Whisper's
+        raise D.FinetuneError(
+            f"finetune trains a Whisper decoder on a Whisper store; the layer store was written by "
+            f"{reader.info.model_name!r}, a {reader.info.family} model. Encode the data with a Whisper model first"
+        )
     D.top_layer(reader)
     _check_resume(out, config)
     whisper = whisper or load_whisper(config.model)

@@ -1,0 +1,277 @@
+"""The decode job on an OWSM store: early exit and zero-shot ASR / speech translation with OWSM's attention decoder.
+
+For every (language, layer, ln_post, task) each utterance is decoded greedily from encoder layer ``layer`` with
+OWSM's prompt ``<sos> <lang> <task> <notimestamps>`` (``engine.models.owsm.decoder.prompt``): task ``transcribe`` is
+``<asr>``, ``translate`` is ``<st_eng>``; ``<lang>`` is the store language's ISO 639-3 token
+(``engine.models.owsm.languages``: ``en`` -> ``<eng>``; ``--decode_as de=xxx`` names another), and a language the
+token list lacks is refused before anything is written. ``ln_post`` on passes an intermediate layer through the
+encoder's ``after_norm`` first, as the decoder was trained on it (layer L+1 is its output already); off feeds the
+block's output as it is. Scores: WER/CER and BLEU/chrF exactly as Whisper's (``engine.pipelines.decode.merge``).
+
+Exactness, as for Whisper: OWSM's decoder attends to the whole 30 s window, padding frames included, which a store
+does not keep; so the encoder is recomputed from the store's audio (column ``path``) with the store's model and
+compute dtype, once per batch of windows for every layer and task. At layer L+1 the greedy tokens are ESPnet's own
+(``Speech2Text`` at beam 1, no CTC weight, no length penalty; ``tests/jobs/test_owsm.py``). Audio over the window is
+decoded window by window and the windows' tokens joined, as Whisper's. Beam search and language detection are not
+implemented for OWSM: ``--decoding beam:N`` and ``--language detect`` are refused.
+
+``--decoding ctc`` (alone or beside ``greedy``) is the CTC head's per-layer logit lens: the head on each stored
+layer's states (through ``after_norm`` when ``ln_post`` is on), greedy CTC per window (argmax per valid frame, repeats
+collapsed, ``<blank>`` dropped, as ESPnet's ``CTC.argmax``), no prompt and no language. The CTC head is per frame and
+the store holds the valid frames exactly as the encoder computes them over the padded window, so nothing is
+recomputed from audio. It only transcribes: a ``translate``-``ctc`` part is written empty, its utterances skipped as
+``ctc_transcribes_only``.
+
+Columns as Whisper's, except: ``language_token`` is OWSM's language (``fra``), ``avg_logprob`` the mean
+log-probability of the generated tokens and ``<eos>`` under the decoder (the same forward pass, teacher-forced).
+One process does the work; resume per part as for Whisper.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from engine.data.audio import load_audio
+from engine.dtypes import DTYPES
+from engine.errors import AudioError, LanguageError
+from engine.models.owsm.decoder import prompt
+from engine.models.owsm.encoder import OwsmEncoder, load
+from engine.models.owsm.languages import owsm_language
+from engine.pipelines.decode import hypotheses as hyp
+from engine.pipelines.decode.config import DecodeConfig, DecodeError
+from engine.pipelines.decode.ctc import _text_language
+from engine.pipelines.decode.merge import merge
+from engine.pipelines.decode.references import english_language, english_references
+from engine.pipelines.decode.run import _variants  # run.py reaches this module by name (FAMILY_DECODERS): no cycle
+from engine.pipelines.decode.unit import audio_skip_reason, compression_ratio
+from engine.runtime.parallel import is_process_zero
+from engine.runtime.parts import read_part
+from engine.runtime.runs import progress_bar
+from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.schema import is_done
+
+TASKS = {"transcribe": "<asr>", "translate": "<st_eng>"}  # the job's task names -> OWSM's task tokens
+GREEDY, CTC = "greedy", "ctc"
+MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "store", "decode_as")
+
+
+def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
+    """Decodes the store's languages and layers with ``config.model``'s decoder into ``config.run.out``; counts into
+    ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease."""
+    t0 = time.perf_counter()
+    if config.model is None:
+        raise DecodeError("decode needs the store's model: pass --model (the OWSM folder or hub id it encoded with)")
+    beams = [d for d in config.decodings if d not in (GREEDY, CTC)]
+    if beams:
+        raise DecodeError(
+            f"--decoding {','.join(beams)}: babelgrid decodes OWSM greedily only (beam search is not implemented "
+            "for OWSM); pass --decoding greedy (or ctc: the CTC head's logit lens)"
+        )
+    if config.language != "forced":
+        raise DecodeError("--language detect is not implemented for OWSM: pass --language forced (the default)")
+    info = reader.info
+    model = load(config.model, dtype=DTYPES[config.compute_dtype])
+    if model.sha256 != info.checkpoint_sha256:
+        raise DecodeError(
+            f"the layer store was written by {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the model "
+            f"given is {model.name!r} (sha256 {model.sha256[:12]}); pass the store's model with --model"
+        )
+    owsm = model.loaded
+    langs = list(config.langs) if config.langs else reader.languages()
+    missing = sorted(set(langs) - set(reader.languages()))
+    if missing:
+        raise DecodeError(f"languages {missing} are not in the layer store, which has {reader.languages()}")
+    layers = list(config.layers) if config.layers is not None else list(info.layers)
+    lacking = [la for la in layers if la not in info.layers]
+    if lacking:
+        raise DecodeError(f"layers {lacking} are not in the layer store, which holds {list(info.layers)}")
+    tokens = {lang: _language_token(lang, config, owsm.config.languages()) for lang in langs}
+    for task in config.tasks:
+        if TASKS[task] not in owsm.config.tasks():
+            raise DecodeError(f"task {task}: this OWSM model has no {TASKS[task]} token ({owsm.config.tasks()})")
+    if "translate" in config.tasks and config.references is None and english_language(reader) is None:
+        raise DecodeError(
+            "task translate needs English references: the store has no English language; pass --references with a "
+            "TSV file of id<TAB>English text"
+        )
+    english = english_references(config, reader) if "translate" in config.tasks else {}
+    top = owsm.n_layers_out - 1
+    variants = _variants(layers, config.ln_post, top)
+    _, kv = open_kvstore(config.run.out)
+    manifest = {
+        "format": "babelgrid-hypotheses", "version": 1, "head": "decoder", "model_name": model.name,
+        "checkpoint_sha256": model.sha256, "store": reader.url, "exact": True, "decode_as": dict(config.decode_as),
+        "max_new_tokens": config.max_new_tokens, "compute_dtype": config.compute_dtype,
+    }  # fmt: skip
+    create_or_compare(kv, hyp.MANIFEST, manifest, config.run.out, fields=MANIFEST_FIELDS, error=DecodeError,
+                      what="decode folder")  # fmt: skip
+    if not is_process_zero():
+        return
+    parts = [(task, d, layer, ln) for layer, ln in variants for task in config.tasks for d in config.decodings]
+    bar = progress_bar(len(langs) * len(parts), "decode (owsm)", "part", config.run.progress)
+    for lang in langs:
+        done = np.flatnonzero(is_done(reader.lengths(lang))).tolist()
+        keys = {p: hyp.part_key(lang, *p) for p in parts}
+        pending = [p for p in parts if not _kept(kv, keys[p], config, done)]
+        summary.parts_kept += len(parts) - len(pending)
+        greedy = [(task, layer, ln) for task, d, layer, ln in pending if d == GREEDY]
+        written = {}
+        if greedy:
+            rows, skipped = _language(owsm, reader, lang, tokens[lang], done, greedy, english, config, summary)
+            written |= {(task, GREEDY, layer, ln): (rows[(task, layer, ln)], skipped[(task, layer, ln)])
+                        for task, layer, ln in greedy}  # fmt: skip
+        for task, d, layer, ln in pending:
+            if d == CTC:
+                written[(task, d, layer, ln)] = _ctc_part(owsm, reader, lang, task, layer, ln, done, summary)
+        for p in pending:
+            part_rows, part_skips = written[p]
+            write_value(kv, keys[p], hyp.part_bytes(part_rows, done, part_skips), config.run.out)
+        bar.update(len(parts))
+    bar.close()
+    codes = {lang: _text_language(lang) for lang in langs}
+    merge(kv, config, reader, langs, codes, variants, summary)
+    summary.seconds = time.perf_counter() - t0
+
+
+def _language_token(lang: str, config: DecodeConfig, known) -> str:
+    mapping = dict(config.decode_as)
+    try:
+        return owsm_language(mapping.get(lang, lang), known)
+    except LanguageError as e:
+        raise DecodeError(str(e)) from None
+
+
+def _kept(kv, key: str, config: DecodeConfig, done: list[int]) -> bool:
+    old = read_part(kv, key, config.run.out, "decode")
+    return old is not None and old[1]["done"] == done
+
+
+def _language(owsm, reader, lang, lang_token, done, parts, english, config, summary):
+    """The rows and skips of every part ``(task, layer, ln_post)`` of one language: its audio's windows encoded once
+    per batch, each part's memory decoded from them."""
+    rows_of = reader.arrays(lang).rows
+    encoder_windows = _windows(owsm, reader, lang, rows_of, done)
+    audio_skips, order, features, owner = encoder_windows
+    out = {p: {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names} for p in parts}
+    skipped = {p: list(audio_skips) for p in parts}
+    results = {p: ([], []) for p in parts}  # tokens per window, avg_logprob per window
+    batch = config.batch_size
+    for start in range(0, len(features), batch):
+        chunk = features[start : start + batch]
+        n = len(chunk)
+        if n < batch:  # one program for every batch: the last padded with copies of its first window
+            chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - n, axis=0)])
+        states = owsm.encode(chunk)
+        for task, layer, ln_post in parts:
+            memory = owsm.memory(states, layer) if ln_post else states[layer]
+            ids, lengths, avg = _greedy(owsm, memory, lang_token, TASKS[task], config.max_new_tokens)
+            tokens, logprobs = results[(task, layer, ln_post)]
+            tokens += [ids[i, : lengths[i]].tolist() for i in range(n)]
+            logprobs += avg[:n].tolist()
+    summary.windows += len(features) * len(parts)
+    for p in parts:
+        task, layer, ln_post = p
+        tokens, logprobs = results[p]
+        for u in order:
+            mine = np.flatnonzero(owner == u)
+            ids = sum((tokens[i] for i in mine), [])
+            text = owsm.text(ids)
+            row = rows_of[u]
+            ref = row.transcription if task == "transcribe" else english.get(row.id)
+            if not ref:
+                skipped[p].append((lang, row.id, task, "no_reference"))
+                ref = None
+            values = dict(
+                language=lang, id=row.id, recording=row.recording, utterance=int(u), layer=int(layer),
+                ln_post=bool(ln_post), task=task, decoding="greedy", language_token=lang_token.strip("<>"),
+                hypothesis=text, reference=ref, avg_logprob=float(np.mean([logprobs[i] for i in mine])),
+                compression_ratio=compression_ratio(text), n_tokens=len(ids),
+            )  # fmt: skip
+            for name in out[p]:
+                out[p][name].append(values[name])
+            summary.decoded += 1
+            summary.tokens += len(ids)
+    return out, skipped
+
+
+def _windows(owsm, reader, lang, rows_of, done):
+    """(audio skips, utterances decoded, features f32[window, 3001, n_mels] of all their windows, owner i[window])."""
+    adapter = OwsmEncoder(owsm)
+    skips, order, features, owner = [], [], [], []
+    for u in done:
+        try:
+            inputs, _ = adapter.windows(load_audio(rows_of[u].path), reader.info.long_audio)
+        except AudioError as e:
+            skips.append((lang, rows_of[u].id, "*", audio_skip_reason(e)))
+            continue
+        order.append(u)
+        features += inputs
+        owner += [u] * len(inputs)
+    n_mels = owsm.config.n_mels
+    stacked = np.stack(features) if features else np.zeros((0, owsm.config.frontend.n_frames, n_mels), np.float32)
+    return skips, order, stacked, np.asarray(owner, np.int64)
+
+
+def _greedy(owsm, memory, lang_token: str, task_token: str, max_tokens: int):
+    """Greedy tokens of one batch and the mean log-probability of each row's tokens and ``<eos>`` (teacher-forced)."""
+    ids, lengths = owsm.greedy(memory, lang_token, task_token, max_tokens=max_tokens)
+    head = jnp.asarray([prompt(owsm.config, lang_token, task_token)] * memory.shape[0], jnp.int32)
+    graphdef, state = nnx.split(owsm.decoder)
+    avg = _avg_logprob(graphdef, state, head, ids, lengths, jnp.asarray(memory))
+    return np.asarray(ids), np.asarray(lengths), np.asarray(avg)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _avg_logprob(graphdef, state, head, ids, lengths, memory):
+    """f32[batch]: mean over ``ids[:, :lengths+1]`` (the text and its ``<eos>``, which fills the rest of ``ids``) of
+    their log-probabilities after the prompt ``head``."""
+    decoder = nnx.merge(graphdef, state)
+    p = head.shape[1]
+    logp = jax.nn.log_softmax(decoder.logits(jnp.concatenate([head, ids], axis=1), memory), axis=-1)
+    picked = jnp.take_along_axis(logp[:, p - 1 : -1], ids[..., None], axis=-1)[..., 0]
+    mask = jnp.arange(ids.shape[1])[None] <= lengths[:, None]
+    return (picked * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+
+
+def _ctc_part(owsm, reader, lang, task, layer, ln_post, done, summary, batch: int = 16):
+    """The rows and skips of one ``ctc`` part: the CTC head over the stored states of layer ``layer``."""
+    rows_of = reader.arrays(lang).rows
+    out = {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}
+    if task != "transcribe":
+        return out, [(lang, rows_of[u].id, task, "ctc_transcribes_only") for u in done]
+    blank, per_window = owsm.config.token_id("<blank>"), owsm.config.n_frames
+    skipped = [(lang, rows_of[u].id, task, "no_reference") for u in done if not rows_of[u].transcription]
+    done = np.asarray(done, np.int64)
+    for first in range(0, len(done), batch):
+        index = done[first : first + batch]
+        lengths = reader.lengths(lang)[index]
+        states, _ = reader.language_layer(lang, layer, index, np.float32, frames=int(lengths.max()))
+        x = jnp.asarray(states)
+        if ln_post and layer < owsm.n_layers_out - 1:  # L+1 is after_norm's output already
+            x = owsm.encoder.after_norm(x)
+        logp = np.asarray(jax.nn.log_softmax(owsm.decoder.ctc_logits(x)))
+        for i, u in enumerate(index):
+            n = int(lengths[i])
+            best = logp[i, :n].argmax(-1)
+            ids = []
+            for start in range(0, n, per_window):  # windows are decoded apart, as ESPnet decodes each
+                w = best[start : start + per_window]
+                ids += [int(t) for t in w[np.r_[True, w[1:] != w[:-1]]] if t != blank]
+            text, row = owsm.text(ids), rows_of[u]
+            values = dict(
+                language=lang, id=row.id, recording=row.recording, utterance=int(u), layer=int(layer),
+                ln_post=bool(ln_post), task=task, decoding=CTC, language_token=lang, hypothesis=text,
+                reference=row.transcription or None, avg_logprob=float(logp[i, np.arange(n), best].mean()),
+                compression_ratio=compression_ratio(text), n_tokens=len(ids),
+            )  # fmt: skip
+            for name in out:
+                out[name].append(values[name])
+            summary.decoded += 1
+            summary.tokens += len(ids)
+    return out, skipped

@@ -1,0 +1,191 @@
+"""OWSM through the jobs: a random OWSM that ESPnet's own code builds and saves in its published layout
+(``tests/models/owsm_reference.py``: real base widths, 2 encoder and 2 decoder blocks, a 10 s window) encodes real
+FLEURS clips (two languages, two shared ids, one clip over the window) through the encode job's flags; seqsim and
+retrieval run on its store (their library entry points), and decode through its flags (layers 1 and L+1, ASR and ST).
+
+Checked against ESPnet: every stored layer equals ESPnet's encoder outputs on ESPnet's own frontend, window by window,
+within 5e-5 of each layer's peak (the parity tests' frontend bound: torch's float32 STFT against ours in float64;
+the encoder itself is within 1e-5, tests/models/test_owsm_parity.py); the decode job's greedy tokens at layer L+1 equal
+ESPnet's ``Speech2Text`` at beam 1, window by window, token for token; its CTC logit lens (``--decoding ctc``) at
+layer L+1 equals ESPnet's ``CTC.argmax`` on the stored output (which equals ESPnet's encoder output, above), window
+by window, repeats collapsed and blanks dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from engine.data.audio import load_audio
+from engine.models import family as fam
+from engine.pipelines.retrieval.config import RetrievalConfig
+from engine.pipelines.retrieval.run import run_retrieval
+from engine.pipelines.similarity.config import SimilarityConfig
+from engine.pipelines.similarity.run import run_similarity
+from engine.runtime.options import configure
+from engine.stores.reader import open_store
+from tests.models import owsm_reference as ref
+
+REL = 5e-5  # of each layer's peak: the frontend's bound (module docstring)
+MAX_TOKENS = 12
+# Two translation pairs of the sample (its README); fr "b" (10.2 s) spans two 10 s windows.
+PAIRS = {"a": ("fleurs-fr-005", "fleurs-pt-002"), "b": ("fleurs-fr-000", "fleurs-pt-007")}
+LANGS = ("fr", "pt")
+TOKENS = {"fr": "<fra>", "pt": "<por>"}
+WINDOW = ref.SECONDS * ref.SAMPLE_RATE
+TOP = 3  # L+1 of the 2-block model
+
+
+@pytest.fixture(scope="module")
+def owsm(fleurs_dir, run_job, tmp_path_factory):
+    root = tmp_path_factory.mktemp("owsm-jobs")
+    model = ref.write_model(root / "model", fleurs_dir)
+    clips = root / "clips"
+    for uid, stems in PAIRS.items():
+        for lang, stem in zip(LANGS, stems, strict=True):
+            (clips / lang).mkdir(parents=True, exist_ok=True)
+            for ext in (".ogg", ".txt"):
+                (clips / lang / f"{uid}{ext}").symlink_to(fleurs_dir / f"{stem}{ext}")
+    references = root / "english.tsv"  # any English text serves as the translate references of a random model
+    references.write_text("".join(f"{u}\t{(fleurs_dir / f'fleurs-en-00{i}.txt').read_text().strip()}\n"
+                                  for i, u in enumerate(PAIRS)))  # fmt: skip
+    store, decode = root / "store", root / "decode"
+    encoded = run_job("encode", "--model", str(model), "--dataset", f"folder:{clips}", "--out", str(store))
+    assert "encoded 4 utterances" in encoded.stdout and "5 windows" in encoded.stdout, encoded.stdout
+    # seqsim and retrieval in this process (their library entry points, as tests/jobs/test_families.py runs them):
+    # a job process would spend more starting JAX than on four utterances.
+    run_similarity(configure(SimilarityConfig, store=str(store), out=str(root / "sim"), measures=("seqsim",),
+                             progress=False))  # fmt: skip
+    run_retrieval(configure(RetrievalConfig, similarity=str(root / "sim"), out=str(root / "retrieval")))
+    decoded = run_job(
+        "decode", "--store", str(store), "--model", str(model), "--out", str(decode), "--layers", f"1,{TOP}",
+        "--tasks", "transcribe,translate", "--ln_post", "on", "--max_new_tokens", str(MAX_TOKENS),
+        "--references", str(references), "--batch_size", "3", "--decoding", "greedy,ctc",
+    )  # fmt: skip
+    return dict(root=root, model=model, store=store, decode=decode, stdout=decoded.stdout, fleurs=fleurs_dir)
+
+
+@pytest.fixture(scope="module")
+def espnet(owsm):
+    return ref.speech2text(owsm["model"], MAX_TOKENS)
+
+
+def _windows(audio: np.ndarray) -> list[np.ndarray]:
+    return [audio[i : i + WINDOW] for i in range(0, len(audio), WINDOW)]
+
+
+def test_the_store_is_an_owsm_store(owsm):
+    info = open_store(str(owsm["store"])).info
+    assert info.family == "owsm" and info.frame_rate == 25.0 and info.embed == 768
+    assert info.layers == (0, 1, 2, TOP) and info.layer_meaning == fam.OWSM_LAYERS
+    assert fam.detect_family(owsm["model"]).name == "owsm"
+    rows = (owsm["root"] / "retrieval" / "retrieval.csv").read_text().splitlines()
+    assert len(rows) > 1 and {r.split(",")[0] for r in rows[1:]} <= set(LANGS)
+
+
+def test_stored_layers_equal_espnet_encoder(owsm, espnet):
+    model, reader = espnet.s2t_model, open_store(str(owsm["store"]))
+    for uid, stems in PAIRS.items():
+        for lang, stem in zip(LANGS, stems, strict=True):
+            per_layer = [[] for _ in range(TOP + 1)]
+            for window in _windows(load_audio(owsm["fleurs"] / f"{stem}.ogg")):
+                valid = ((len(window) // 160) // 2 - 1) // 2  # conv2d's frames of the window's 1 + s // 160
+                for layer, t in enumerate(_espnet_window_states(model, window)):
+                    per_layer[layer].append(t[0, :valid].numpy())
+            for layer, parts in enumerate(per_layer):
+                theirs, ours = np.concatenate(parts), reader.states(lang, uid, layer)
+                assert ours.shape == theirs.shape, (lang, uid, layer, ours.shape, theirs.shape)
+                err, peak = np.abs(ours - theirs).max(), np.abs(theirs).max()
+                assert err <= REL * peak, f"{lang}/{uid} layer {layer}: {err / peak:.2e} of the peak"
+
+
+def test_decode_scores_two_layers_asr_and_st(owsm):
+    scores = list(csv.DictReader((owsm["decode"] / "scores.csv").open()))
+    got = {(r["language"], int(r["layer"]), r["task"], r["metric"]) for r in scores}
+    for lang in LANGS:
+        for layer in (1, TOP):
+            assert {(lang, layer, "transcribe", "wer"), (lang, layer, "transcribe", "cer")} <= got, sorted(got)
+            assert {(lang, layer, "translate", "bleu"), (lang, layer, "translate", "chrf")} <= got, sorted(got)
+    assert (owsm["decode"] / "scores-greedy.png").is_file() and (owsm["decode"] / "report.md").is_file()
+    assert {(lang, layer, "ctc") for lang in LANGS for layer in (1, TOP)} <= {
+        (r["language"], int(r["layer"]), r["decoding"]) for r in scores if r["task"] == "transcribe"
+    }
+    assert not [r for r in scores if r["decoding"] == "ctc" and r["task"] == "translate"]
+    # 4 utterances x 2 layers x 2 tasks greedy, and x 2 layers for ctc (transcribe only)
+    assert "decoded 24 utterance-parts" in owsm["stdout"], owsm["stdout"]
+
+
+def test_last_layer_greedy_tokens_equal_espnet(owsm, espnet):
+    from engine.models.owsm.loaded import load_owsm
+
+    ours = load_owsm(owsm["model"])
+    eos = ours.config.token_id("<eos>")
+    table = pq.read_table(owsm["decode"] / "hypotheses.parquet").to_pandas()
+    for uid, stems in PAIRS.items():
+        for lang, stem in zip(LANGS, stems, strict=True):
+            for task, token in (("transcribe", "<asr>"), ("translate", "<st_eng>")):
+                ids = []
+                for window in _windows(load_audio(owsm["fleurs"] / f"{stem}.ogg")):
+                    theirs = espnet(window, lang_sym=TOKENS[lang], task_sym=token)[0][4].yseq.tolist()[4:]
+                    ids += theirs[:-1] if theirs[-1] == eos else theirs  # <eos> ends ESPnet's list
+                row = table[(table["id"] == uid) & (table["language"] == lang) & (table["layer"] == TOP)
+                            & (table["task"] == task) & (table["decoding"] == "greedy")]  # fmt: skip
+                assert len(row) == 1, (lang, uid, task)
+                assert row["n_tokens"].iloc[0] == len(ids) and row["hypothesis"].iloc[0] == ours.text(ids), (
+                    lang, uid, task, row["hypothesis"].iloc[0], ours.text(ids),
+                )  # fmt: skip
+                assert row["language_token"].iloc[0] == TOKENS[lang].strip("<>")
+
+
+@pytest.mark.parametrize(
+    ("job", "args", "says"),
+    [
+        ("decode", ("--decoding", "beam:4"), "decodes OWSM greedily only"),
+        ("decode", ("--decode_as", "fr=xyz"), "has no token in this OWSM model"),
+        ("align", (), "a cross-attention head"),
+        ("finetune", (), "trains a Whisper decoder on a Whisper store"),
+    ],
+)
+def test_refusals_name_the_fix(owsm, run_job, tmp_path, job, args, says):
+    out = tmp_path / "out"
+    proc = run_job(job, "--store", str(owsm["store"]), "--model", str(owsm["model"]), "--out", str(out), *args,
+                   expect=None)  # fmt: skip
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and says in text, text
+    if job == "align":
+        assert "Whisper" in text and "--words" in text, text
+
+
+def _espnet_window_states(model, window: np.ndarray):
+    """ESPnet's frontend and encoder on one window padded as Speech2Text pads it: (layer 0, block outputs, output)."""
+    speech = torch.nn.functional.pad(torch.from_numpy(window), (0, WINDOW - len(window)))[None]
+    with torch.no_grad():
+        feats, flen = model.normalize(*model._extract_feats(speech, torch.tensor([WINDOW])))
+        layer0, _ = model.encoder.embed(feats, torch.ones(1, 1, feats.shape[1], dtype=torch.bool))
+        (out, hidden), _, _ = model.encoder(feats, flen, return_all_hs=True)
+    return [layer0, *hidden, out]
+
+
+def test_ctc_logit_lens_last_layer_equals_espnet_ctc(owsm, espnet):
+    from engine.models.owsm.loaded import load_owsm
+
+    ours, model, reader = load_owsm(owsm["model"]), espnet.s2t_model, open_store(str(owsm["store"]))
+    table = pq.read_table(owsm["decode"] / "hypotheses.parquet").to_pandas()
+    for uid, stems in PAIRS.items():
+        for lang, stem in zip(LANGS, stems, strict=True):
+            ids, stored, start = [], reader.states(lang, uid, TOP), 0
+            for window in _windows(load_audio(owsm["fleurs"] / f"{stem}.ogg")):
+                valid = ((len(window) // 160) // 2 - 1) // 2
+                with torch.no_grad():
+                    best = model.ctc.argmax(torch.from_numpy(stored[None, start : start + valid]))[0].tolist()
+                start += valid
+                ids += [t for i, t in enumerate(best) if t != model.blank_id and (i == 0 or t != best[i - 1])]
+            assert start == len(stored)
+            row = table[(table["id"] == uid) & (table["language"] == lang) & (table["layer"] == TOP)
+                        & (table["decoding"] == "ctc")]  # fmt: skip
+            assert len(row) == 1 and row["task"].iloc[0] == "transcribe", (lang, uid)
+            assert row["n_tokens"].iloc[0] == len(ids) and row["hypothesis"].iloc[0] == ours.text(ids), (lang, uid)
