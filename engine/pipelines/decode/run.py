@@ -31,11 +31,10 @@ import numpy as np
 
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
-from engine.models.family import CTC, DECODER, FAMILIES, refuse_without_head
+from engine.models.family import CTC, DECODER, refuse_without_head
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
-from engine.pipelines.decode.ctc import run_ctc_decode
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references, whisper_code
 from engine.pipelines.decode.unit import decode_unit
@@ -67,7 +66,12 @@ MANIFEST_FIELDS = (
 
 # Families whose decoder is not Whisper's decode through their own run ("module:function", called as
 # function(config, reader, summary) under the output's writer lease): OWSM's attention decoder.
-FAMILY_DECODERS = {"owsm": "engine.pipelines.decode.owsm:run_owsm_decode"}
+# Families decoded by a path of their own: (its "module:function", the head the given model must have, if any).
+# Whisper is this module's own path; a family in neither place has nothing to decode with and is refused.
+FAMILY_DECODERS = {
+    "owsm": ("engine.pipelines.decode.owsm:run_owsm_decode", None),  # its decoder (and --decoding ctc)
+    "wav2vec2": ("engine.pipelines.decode.ctc:run_ctc_decode", CTC),  # the CTC logit lens of *ForCTC models
+}
 
 
 @dataclasses.dataclass
@@ -162,26 +166,20 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     """
     info = open_store(config.store).info
     if info.family in FAMILY_DECODERS:
-        module, _, function = FAMILY_DECODERS[info.family].partition(":")
+        path, head = FAMILY_DECODERS[info.family]
+        if head is not None:  # before the lease: a model without the head writes nothing
+            refuse_without_head(
+                "decode", head, config.model, None,
+                f"decode reads a {info.family} store through its model's {head} head: give that checkpoint",
+            )  # fmt: skip
+        module, _, function = path.partition(":")
         with writer_lease(config.run.out, "decode", config.run.break_lease):
             summary = DecodeSummary()
             getattr(importlib.import_module(module), function)(config, open_store(config.store), summary)
             return summary
-    if DECODER not in FAMILIES[info.family].heads:
-        # No decoder: the per-layer CTC logit lens (engine.pipelines.decode.ctc), for the families that can have a
-        # CTC head (wav2vec2 *ForCTC), given that checkpoint.
-        can = CTC in FAMILIES[info.family].heads or info.family == "wav2vec2"
-        refuse_without_head(
-            "decode", CTC, config.model, None if can else info,
-            "decode reads a store through its model's Whisper decoder or CTC head (a wav2vec2 *ForCTC checkpoint)",
-        )  # fmt: skip
-        with writer_lease(config.run.out, "decode", config.run.break_lease):
-            summary = DecodeSummary()
-            run_ctc_decode(config, open_store(config.store), summary)
-            return summary
     refuse_without_head(
         "decode", DECODER, None if whisper is not None else config.model, info,
-        "decode transcribes with a Whisper decoder or a CTC head (wav2vec2 *ForCTC models)",
+        "decode needs a decoder (Whisper, OWSM) or a CTC head (wav2vec2 *ForCTC models)",
     )  # fmt: skip
     with writer_lease(config.run.out, "decode", config.run.break_lease) as lease:
         return _decode(config, lease, whisper)
