@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 import soundfile
 
+from engine.figures import png_title
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, references_path
 from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
 from engine.pipelines.decode.merge import score_rows
@@ -152,6 +153,10 @@ def test_tiny_outputs_through_flags(tiny_out):
     assert "skipped" in stdout and "(audio_missing)" in stdout and "(no_reference)" in stdout
     for name in ("report.md", "scores-greedy.png", "scores-beam2.png", "decode.json"):
         assert (out / name).is_file(), name
+    title = png_title((out / "scores-beam2.png").read_bytes())  # model, dataset, n
+    assert (
+        "(beam:2) tiny-random; dataset manifest clips.jsonl (test); n = 1-2 utterances per language and layer" in title
+    )
     report = (out / "report.md").read_text()
     assert "| reference |" in report and "L1 (no ln_post)" in report
     assert json.loads((out / "decode.json").read_text())["exact"] is True

@@ -35,6 +35,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from engine import captions
 from engine.axes import DATA
 from engine.dtypes import DTYPES
 from engine.languages import fleurs_to_whisper
@@ -46,7 +47,7 @@ from engine.pipelines.finetune import data as D
 from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
 from engine.pipelines.finetune.config import PADDING, FinetuneConfig
-from engine.pipelines.finetune.report import before_after_table, figures
+from engine.pipelines.finetune.report import before_after_table, write_figures
 from engine.runtime.parallel import data_mesh
 from engine.runtime.runs import RunSummary
 from engine.stores.reader import open_store
@@ -271,6 +272,7 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
     if config.export:
         export_hf(tuned, out / "model")
     summary.table = before_after_table(rows, config.steps)
-    figures(rows, out, config.steps)
+    source = captions.source_line(whisper.checkpoint.name, reader.manifest.get("created"))
+    write_figures(rows, out, config.steps, source)
     summary.seconds = time.time() - t0
     return summary
