@@ -19,10 +19,13 @@ def dataset_label(created: Mapping | None) -> str:
     spec = str((created or {}).get("dataset") or "").strip()
     if not spec:
         return "dataset unknown"
-    if spec in SYNTHETIC_DATASETS:
-        return f"dataset {spec}: synthetic espeak-ng speech"
     kind, sep, path = spec.partition(":")
-    name = f"{kind} {posixpath.basename(path.rstrip('/')) or path}" if sep and path else spec
+    if kind in SYNTHETIC_DATASETS:  # demo or demo:<cache folder>: the same bundled sentences
+        return f"dataset {kind}: synthetic espeak-ng speech"
+    if kind == "fleurs":  # fleurs:<local copy>: FLEURS wherever it was copied to
+        name = kind
+    else:
+        name = f"{kind} {posixpath.basename(path.rstrip('/')) or path}" if sep and path else spec
     split = (created or {}).get("split")
     return f"dataset {name}" + (f" ({split})" if split else "")
 
