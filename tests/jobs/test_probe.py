@@ -8,6 +8,7 @@ import csv
 import numpy as np
 import pytest
 
+from engine.figures import png_title
 from engine.pipelines.probe import run as probe
 from engine.stores.layers import LayerStore
 from engine.stores.utterances import UtteranceRow
@@ -33,7 +34,7 @@ USED = RELATIONS[:-2]
 @pytest.fixture(scope="module")
 def word_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("words")
-    store = LayerStore.create_or_open(f"file://{root}/store", writer.INFO)
+    store = LayerStore.create_or_open(f"file://{root}/store", writer.INFO, creation={"dataset": "planted-words"})
     rng = np.random.default_rng(0)
     states = {}
     shared = rng.standard_normal((len(CONCEPTS), writer.DIMS.n_audio_state))  # concept signal: retrieval works
@@ -99,7 +100,8 @@ def test_job_values_equal_numpy_and_sklearn(run_job, word_store, tmp_path):
         assert value == pytest.approx(expect, abs=1e-5)
     assert {r["measure"] for r in rows} == {"cosine", "seqsim"}
     assert all(float(r["low"]) <= float(r["high"]) for r in rows if r["low"] != "NA")
-    assert (out / probe.PROBE_FIGURE).read_bytes()[:4] == b"\x89PNG"
+    title = png_title((out / probe.PROBE_FIGURE).read_bytes())  # model, dataset, n: the store's, not its path
+    assert f"{writer.INFO.model_name}; dataset planted-words; " in title and " word pairs per relation" in title, title
 
 
 def test_auc_equals_sklearn_on_ties():

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from engine.figures import png_title
 from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import ProbesConfig, ProbesError
 from engine.pipelines.probes.run import CCA_COLUMNS, LID_COLUMNS, SAMEDIFF_COLUMNS
@@ -237,7 +238,7 @@ def planted_store(tmp_path_factory):
     """3 languages x 15 sentences; each language adds its own direction to every frame of layers 2 and 3 (none at 0);
     each sentence holds two words of VOCAB, each word type a fixed frame pattern, in layer 3 only."""
     root = tmp_path_factory.mktemp("probes")
-    store = LayerStore.create_or_open(f"file://{root}/store", writer.INFO)
+    store = LayerStore.create_or_open(f"file://{root}/store", writer.INFO, creation={"dataset": "planted-words"})
     rng = np.random.default_rng(0)
     d, layers = writer.DIMS.n_audio_state, writer.INFO.layers
     lang_dir = {lang: rng.standard_normal(d) * 2 for lang in LANGS}
@@ -303,7 +304,8 @@ def test_job_end_to_end(planted_store, tmp_path):
     assert float(at["word", 3]["pwcca"]) > 0.5 > float(at["word", 0]["pwcca"])
     assert int(at["word", 3]["n_train"]) + int(at["word", 3]["n_test"]) == 90 and int(at["word", 3]["dims"]) == 12
     for name in ("lid_by_layer.png", "samediff_by_layer.png", "cca_by_layer.png"):
-        assert (out / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+        title = png_title((out / "figures" / name).read_bytes())  # model, dataset, n: the store's, not its path
+        assert f"{writer.INFO.model_name}; dataset planted-words; 3 languages" in title, (name, title)
 
 
 def test_plan_reads_no_states_and_writes_nothing(planted_store, tmp_path):

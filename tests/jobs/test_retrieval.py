@@ -12,6 +12,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from engine.figures import png_title
 from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import BY_LAYER_NAME, CSV_COLUMNS, HEATMAP_NAME
 from engine.pipelines.retrieval.run import resolve_out, run_retrieval
@@ -139,6 +140,7 @@ def test_figures_are_pngs(sim_store, tmp_path):
     for path in result.figure_paths:
         data = pathlib.Path(path).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, path
+        assert " queries each" in png_title(data) and "dataset " in png_title(data), path
     assert "* " in result.report() and "seqsim" in result.report()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.figures import Figure, _png  # the same canvas, resolution and PNG writer as every babelgrid figure
+from engine.figures import Figure, _png, set_title  # the canvas, resolution and PNG writer of every babelgrid figure
 
 MEASURE_TITLES = {
     "cka": "linear CKA",
@@ -38,7 +38,7 @@ def by_depth_png(curves: dict[str, dict[str, tuple[list, list, list, int]]], *, 
         ax.legend(fontsize=7)
         ax.set_title(f"{metric}, mean over directed language pairs", fontsize=9)
     title = "cross-lingual retrieval by depth"
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
+    set_title(fig, title, subtitle)
     return _png(fig)
 
 
@@ -77,5 +77,5 @@ def heatmaps_png(
     for ax in axes[len(grids) :]:
         ax.set_visible(False)
     fig.colorbar(image, ax=list(axes[: len(grids)]), shrink=0.8, label="similarity")
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=10)
+    set_title(fig, title, subtitle)
     return _png(fig)

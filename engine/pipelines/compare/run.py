@@ -28,6 +28,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from engine import captions
 from engine.pipelines.compare import depth, layers, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
@@ -243,7 +244,7 @@ def _figures(result_rows, table: pa.Table, names, subtitle: str) -> dict[str, by
         v.append(r[7])
         rnd.append(r[8])
         curves[r[6]][r[0]] = (d, v, rnd, r[9] // max(1, pairs[r[0], r[1], r[6]]))
-    if any(curves.values()):
+    if any(np.isfinite(np.asarray(v, float)).any() for models in curves.values() for _, v, _, _ in models.values()):
         writes[FIGURES + "by_depth.png"] = figures.by_depth_png(curves, subtitle=subtitle + "; n = queries per pair")
     rows = [r for r in table.to_pylist() if r["language"] == ALL]
     for level in dict.fromkeys(r["level"] for r in rows):
@@ -257,6 +258,8 @@ def _figures(result_rows, table: pa.Table, names, subtitle: str) -> dict[str, by
                 for r in sel:
                     grid = grids.setdefault(r["measure"], np.full((len(la), len(lb)), np.nan))
                     grid[la.index(r["layer_a"]), lb.index(r["layer_b"])] = np.nan if r["value"] is None else r["value"]
+                if not any(np.isfinite(grid).any() for grid in grids.values()):
+                    continue  # nothing measured between these models at this level: no blank figure
                 n = sel[0]["n"]
                 what = "utterances (mean-pooled)" if level == "utterance" else "frames paired by time"
                 writes[FIGURES + f"layers_{_file_name(a)}__{_file_name(b)}_{level}.png"] = figures.heatmaps_png(
@@ -291,7 +294,8 @@ def run_compare(config: CompareConfig) -> CompareResult:
     writes = {BY_DEPTH: depth.csv_bytes(depth.DEPTH_COLUMNS, depth_rows), LAYER_SIMILARITY: parquet_bytes(table)}
     if challenge_rows:
         writes[CHALLENGE_TABLE] = depth.csv_bytes(depth.CHALLENGE_COLUMNS, challenge_rows)
-    subtitle = f"{', '.join(names)}; {len(langs)} languages"
+    datasets = ", ".join(dict.fromkeys(captions.dataset_label(r.manifest.get("created")) for r in readers))
+    subtitle = f"{', '.join(names)}; {datasets}; {len(langs)} languages"
     writes |= _figures(depth_rows, table, names, subtitle)
     _, kv = open_kvstore(config.run.out)
     write_all(kv, writes, config.run.out)

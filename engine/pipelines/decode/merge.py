@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import pyarrow as pa
 
+from engine import captions
 from engine.data.audio import load_audio
 from engine.errors import AudioError
 from engine.pipelines.decode import hypotheses as hyp
@@ -103,7 +104,7 @@ def merge(kv, config, reader, langs, codes, variants, summary) -> None:
         hyp.SCORES: csv_bytes(hyp.SCORE_COLUMNS, [[s[c] for c in hyp.SCORE_COLUMNS] for s in scores]),
         hyp.SKIPPED: csv_bytes(("language", "id", "task", "reason"), sorted(skipped)),
         hyp.REPORT: report_markdown(table, scores, summary, config.report_samples).encode(),
-        **figures(scores),
+        **figures(scores, captions.source_line(reader.info.model_name, reader.manifest.get("created"))),
     }
     for name, data in files.items():
         write_value(kv, name, data, config.run.out)

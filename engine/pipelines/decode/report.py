@@ -7,6 +7,8 @@ import math
 import numpy as np
 import pyarrow as pa
 
+from engine import captions
+
 METRIC_NAMES = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "chrf": "chrF"}
 
 
@@ -39,40 +41,47 @@ def scores_table(scores: list[dict]) -> str:
     return "\n".join(["WER/CER (transcribe) and BLEU/chrF (translate) by encoder layer:", "", *lines])
 
 
-def figures(scores: list[dict]) -> dict[str, bytes]:
+def figures(scores: list[dict], subtitle: str = "") -> dict[str, bytes]:
     """``scores-<decoding>.png`` per decoding: one panel per (task, metric, ln_post), metric against layer, one line
-    per language."""
+    per language (one legend for the figure). ``subtitle``: the model and dataset (``engine.captions``); the n the
+    scores rest on is added to it. No scores, no figure."""
     # lazy: matplotlib (here and through engine.figures) takes about a second to import; only process 0 draws, once
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from engine.figures import _png  # lazy: loads matplotlib, as above
+    from engine.figures import _png, set_title  # lazy: loads matplotlib, as above
 
     out = {}
     for decoding in sorted({s["decoding"] for s in scores}):
         mine = [s for s in scores if s["decoding"] == decoding]
         panels = sorted({(s["task"], s["metric"], s["ln_post"]) for s in mine}, key=lambda p: (p[0], p[2], p[1]))
+        langs = sorted({s["language"] for s in mine})
         cols = min(len(panels), 4)
         rows = math.ceil(len(panels) / cols)
-        fig = Figure(figsize=(4.0 * cols, 3.2 * rows), layout="constrained")
+        fig = Figure(figsize=(4.0 * cols, 3.2 * rows + 0.5), layout="constrained")
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, (task, metric, ln_post) in zip(axes, panels, strict=False):
-            for lang in sorted({s["language"] for s in mine}):
+            for i, lang in enumerate(langs):
                 pts = sorted(
                     (s["layer"], s["value"])
                     for s in mine
                     if (s["task"], s["metric"], s["ln_post"], s["language"]) == (task, metric, ln_post, lang)
                 )
-                if pts:
-                    ax.plot(*np.asarray(pts).T, marker=".", label=lang)
+                if pts:  # one colour per language in every panel, for the one legend
+                    ax.plot(*np.asarray(pts).T, marker=".", color=f"C{i % 10}", label=lang)
             ax.set_title(f"{task}: {METRIC_NAMES[metric]} (ln_post {'on' if ln_post else 'off'})", fontsize=9)
             ax.set_xlabel("encoder layer")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
         for ax in axes[len(panels) :]:
             ax.set_visible(False)
-        fig.suptitle(f"decoding from each encoder layer ({decoding})")
+        handles = {h.get_label(): h for ax in axes for h in ax.get_lines()}
+        drawn = [lang for lang in langs if lang in handles]
+        legend = dict(loc="outside lower center", ncols=min(len(drawn), 8), fontsize=8)
+        fig.legend([handles[la] for la in drawn], drawn, **legend)
+        n = "n = " + captions.count_range([s["n"] for s in mine], "utterances per language and layer")
+        title = f"decoding from each encoder layer ({decoding})"
+        set_title(fig, title, "; ".join(p for p in (subtitle, n) if p))
         out[f"scores-{decoding.replace(':', '')}.png"] = _png(fig)
     return out
 

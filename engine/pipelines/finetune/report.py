@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
+
+from engine import captions
+from engine import figures as plots  # matplotlib's object API and the PNG writer of every babelgrid figure
+
 
 def _value(rows, step, lang, task, metric="bleu"):
     for r in rows:
@@ -33,33 +38,46 @@ def before_after_table(rows, last: int) -> list[str]:
     return lines
 
 
-def figures(rows, out: pathlib.Path, last: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figure_pngs(rows, last: int, source: str = "") -> dict[str, bytes]:
+    """``{"loss.png": ..., "bleu.png": ...}`` of the metric rows: the training loss by step, and held-out BLEU before
+    and after per source language and task. ``source``: the model and dataset (``engine.captions``), to which the
+    rows' n is added. A figure with nothing to draw (no training step, no held-out score) is left out."""
+    out = {}
     train = [(int(r["step"]), float(r["value"])) for r in rows if r["split"] == "train" and r["metric"] == "loss"]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
     if train:
+        fig = plots.Figure(figsize=(6.0, 4.0), layout="constrained")
+        ax = fig.subplots()
         ax.plot(*zip(*train, strict=True), marker=".")
-    ax.set(xlabel="step", ylabel="cross-entropy (train)", title="fine-tuning loss")
-    fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=120)
-    plt.close(fig)
+        ax.set(xlabel="step", ylabel="cross-entropy (train)")
+        plots.set_title(fig, "fine-tuning loss", source, fontsize=9)
+        out["loss.png"] = plots._png(fig)
 
-    langs = sorted({r["source_lang"] for r in rows if r["split"] == "held_out"})
-    tasks = sorted({r["task"] for r in rows if r["split"] == "held_out"})
-    fig, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5 * max(len(tasks), 1), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=False):
-        before = [_value(rows, 0, lang, task)[0] or 0 for lang in langs]
-        after = [_value(rows, last, lang, task)[0] or 0 for lang in langs]
-        x = range(len(langs))
-        ax.bar([i - 0.2 for i in x], before, 0.4, label="before")
-        ax.bar([i + 0.2 for i in x], after, 0.4, label=f"after {last} steps")
-        target = _value(rows, 0, langs[0], task)[1] if langs else ""
-        ax.set(xticks=list(x), xticklabels=langs, ylabel="BLEU (held-out)", title=f"X -> {target} ({task})")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "bleu.png", dpi=120)
-    plt.close(fig)
+    held = [r for r in rows if r["split"] == "held_out" and r["metric"] == "bleu"]
+    langs = sorted({r["source_lang"] for r in held})
+    tasks = sorted({r["task"] for r in held})
+    if held:
+        fig = plots.Figure(figsize=(max(5.0, 0.6 * len(langs) + 2.0) * len(tasks), 4.0), layout="constrained")
+        for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False)[0], tasks, strict=True):
+            before = [_value(rows, 0, lang, task)[0] for lang in langs]
+            after = [_value(rows, last, lang, task)[0] for lang in langs]
+            x = np.arange(len(langs))
+            nan = lambda values: [np.nan if v is None else v for v in values]  # not scored: no bar, never a 0
+            ax.bar(x - 0.2, nan(before), 0.4, label="before")
+            ax.bar(x + 0.2, nan(after), 0.4, label=f"after {last} steps")
+            target = next(r["target_lang"] for r in held if r["task"] == task)
+            ax.set(xticks=list(x), ylabel="BLEU (held-out)", title=f"X -> {target} ({task})")
+            ax.set_xticklabels(langs, rotation=90 if len(langs) > 12 else 0)
+            ax.legend(fontsize=8)
+        n = f"n = {captions.count_range([int(r['n']) for r in held], 'held-out utterances per language')}"
+        title = "held-out BLEU before and after fine-tuning, per source language"
+        plots.set_title(fig, title, "; ".join(p for p in (source, n) if p), fontsize=9)
+        out["bleu.png"] = plots._png(fig)
+    return out
+
+
+def write_figures(rows, out: pathlib.Path, last: int, source: str = "") -> list[str]:
+    """Writes ``figure_pngs`` into the folder ``out``; returns the names written."""
+    pngs = figure_pngs(rows, last, source)
+    for name, png in pngs.items():
+        (out / name).write_bytes(png)
+    return list(pngs)

@@ -38,6 +38,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from engine import captions
 from engine.axes import DATA
 from engine.data.sources import dataset_translations
 from engine.dtypes import DTYPES
@@ -53,7 +54,7 @@ from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
 from engine.pipelines.finetune.config import PADDING, FinetuneConfig
 from engine.pipelines.finetune.export import MODEL, check_export
-from engine.pipelines.finetune.report import before_after_table, figures
+from engine.pipelines.finetune.report import before_after_table, write_figures
 from engine.runtime.parallel import data_mesh
 from engine.runtime.runs import RunSummary
 from engine.stores.reader import open_store
@@ -301,7 +302,7 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
         export_hf(tuned, out / MODEL)
         summary.written.append(f"{MODEL}/")
     summary.table = before_after_table(rows, config.steps)
-    figures(rows, out, config.steps)
-    summary.written += ["loss.png", "bleu.png"]
+    source = captions.source_line(whisper.checkpoint.name, reader.manifest.get("created"))
+    summary.written += write_figures(rows, out, config.steps, source)
     summary.seconds = time.time() - t0
     return summary

@@ -3,12 +3,11 @@ comparison) from a language pair's pairs table, and the two figures by layer."""
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from engine import captions, figures
 from engine.pipelines.interp.output import PAIR_SEPARATOR, SUMMARY_COLUMNS
 from engine.stores.kv import csv_bytes, write_value
 
@@ -90,13 +89,23 @@ def summary_csv_bytes(rows: list[dict]) -> bytes:
     )
 
 
-def write_figures(kv, url: str, name: str, rows: list[dict]) -> None:
-    """Matched vs random text similarity and phone distance by layer, one line per pooling."""
-    for key, (matched, random, label) in {
-        "text_similarity": ("text_sim_matched", "text_sim_random", "text similarity (cosine)"),
-        "phone_distance": ("phone_dist_matched", "phone_dist_random", "phone distance (normalised)"),
-    }.items():
-        fig = Figure(figsize=(6, 4), layout="constrained")
+FIGURES = {  # file stem: (matched column, random column, axis label)
+    "text_similarity": ("text_sim_matched", "text_sim_random", "text similarity (cosine)"),
+    "phone_distance": ("phone_dist_matched", "phone_dist_random", "phone distance (normalised)"),
+}
+MATCHED = {"mutual": "mutual-best word pairs", "ot": "OT-linked word pairs"}
+
+
+def figure_pngs(name: str, rows: list[dict], source: str = "", alignment: str = "mutual") -> dict[str, bytes]:
+    """``{file stem: PNG}``: matched vs random text similarity and phone distance by layer, one colour per pooling,
+    for the ``summarize`` rows of one language pair; ``source``: the model and dataset (``engine.captions``), to
+    which the n of the rows is added. A figure whose values are all undefined (no matched pair at any layer) is not
+    drawn."""
+    out = {}
+    for key, (matched, random, label) in FIGURES.items():
+        if not any(np.isfinite(r[matched]) for r in rows):
+            continue
+        fig = figures.Figure(figsize=(6.4, 4.4), layout="constrained")
         ax = fig.subplots()
         for i, pooling in enumerate(sorted({r["pooling"] for r in rows})):
             rs = sorted((r for r in rows if r["pooling"] == pooling), key=lambda r: r["layer"])
@@ -104,11 +113,22 @@ def write_figures(kv, url: str, name: str, rows: list[dict]) -> None:
             color = f"C{i}"
             ax.plot(layers, [r[matched] for r in rs], "o-", color=color, label=f"matched ({pooling})")
             ax.plot(layers, [r[random] for r in rs], "s--", color=color, alpha=0.6, label=f"random ({pooling})")
-        ax.set_xlabel("encoder layer")
+        ax.set_xlabel(figures.LAYER_LABEL, fontsize=8)
+        ax.xaxis.set_major_locator(figures.MaxNLocator(integer=True))
         ax.set_ylabel(label)
-        ax.set_title(f"{name.replace(PAIR_SEPARATOR, ' - ')}: mutual-best word pairs vs random words", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        sink = io.BytesIO()
-        fig.savefig(sink, format="png", dpi=110)
-        write_value(kv, f"{name}/{key}.png", sink.getvalue(), url)
+        n = (
+            f"n = {captions.count_range([r['n_utterance_pairs'] for r in rows], 'utterance pairs')}, "
+            f"{captions.count_range([r['n_word_pairs'] for r in rows], 'word pairs per layer and pooling')}"
+        )
+        title = f"{name.replace(PAIR_SEPARATOR, ' - ')}: {MATCHED.get(alignment, alignment)} vs random words"
+        figures.set_title(fig, title, "; ".join(p for p in (source, n) if p), fontsize=9)
+        out[key] = figures._png(fig)
+    return out
+
+
+def write_figures(kv, url: str, name: str, rows: list[dict], source: str = "", alignment: str = "mutual") -> None:
+    """``<name>/<stem>.png`` of ``figure_pngs``."""
+    for key, png in figure_pngs(name, rows, source, alignment).items():
+        write_value(kv, f"{name}/{key}.png", png, url)

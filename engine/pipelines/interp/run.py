@@ -50,6 +50,7 @@ import time
 
 import pyarrow as pa
 
+from engine import captions
 from engine.pipelines.interp.config import InterpConfig, InterpError
 from engine.pipelines.interp.inputs import load_language, utterance_pairs
 from engine.pipelines.interp.output import (
@@ -164,13 +165,15 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
                 summary.word_pairs += n_rows
                 loop.done(claim)
     if is_process_zero():  # every unit is done: rounds() ends only when no other process holds one
-        _merge(kv, config, pairs, layers, units, summary)
+        source = captions.source_line(reader.info.model_name, reader.manifest.get("created"))
+        _merge(kv, config, pairs, layers, units, summary, source)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _merge(kv, config: InterpConfig, pairs, layers, units: dict, summary: InterpSummary) -> None:
-    """Each language pair's pairs.parquet and figures, and summary.csv, from the parts."""
+def _merge(kv, config: InterpConfig, pairs, layers, units: dict, summary: InterpSummary, source: str) -> None:
+    """Each language pair's pairs.parquet and figures, and summary.csv, from the parts; ``source``: the model and
+    dataset the figures name."""
     out = config.run.out
     summary_rows = []
     for a, b in pairs:
@@ -186,7 +189,7 @@ def _merge(kv, config: InterpConfig, pairs, layers, units: dict, summary: Interp
         write_value(kv, f"{name}/{PAIRS}", table_bytes(merged), out)
         rows = summarize(merged, a, b, config.alignment)
         summary_rows += rows
-        write_figures(kv, out, name, rows)
+        write_figures(kv, out, name, rows, source, config.alignment)
         summary.outputs.append(f"{out}/{name}/{PAIRS}")
     write_value(kv, SUMMARY, summary_csv_bytes(summary_rows), out)
     summary.outputs.append(f"{out}/{SUMMARY}")

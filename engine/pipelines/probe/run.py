@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine import figures
+from engine import captions, figures
 from engine.pipelines.probe.config import ProbeConfig, ProbeError
 from engine.runtime.runs import RunSummary
 from engine.stores.kv import csv_bytes, open_kvstore, write_all
@@ -258,8 +258,9 @@ def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     out = config.run.out
     _, kv = open_kvstore(out)
     writes = {PROBE_CSV: probe_csv_bytes(summary.rows), RELATIONS_CSV: relations_csv_bytes(used)}
-    if summary.rows:
-        writes[PROBE_FIGURE] = probe_figure(summary.rows, f"{store.info.model_name}; {config.store}")
+    figure = probe_figure(summary.rows, captions.source_line(store.info.model_name, store.manifest.get("created")))
+    if figure is not None:
+        writes[PROBE_FIGURE] = figure
     write_all(kv, writes, out)
     summary.outputs = [out.rstrip("/") + "/" + k for k in writes]
     return summary
@@ -300,9 +301,14 @@ def probe_csv_bytes(rows: Sequence[tuple]) -> bytes:
     )
 
 
-def probe_figure(rows: Sequence[tuple], subtitle: str = "") -> bytes:
+def probe_figure(rows: Sequence[tuple], subtitle: str = "") -> bytes | None:
     """PNG: mean similarity per relation against layer, a panel per (measure, pooling), averaged over language
-    pairs, with a band between the averaged bootstrap percentiles."""
+    pairs, with a band between the averaged bootstrap percentiles. ``subtitle``: the model and dataset
+    (``engine.captions``), to which the language pairs and the word pairs per relation are added. None when no word
+    pair was measured: no blank figure."""
+    sims = [r for r in rows if r[5].startswith("mean_sim_") and r[9]]
+    if not sims:
+        return None
     fig = figures.Figure(figsize=(4.3 * len(MEASURES), 3.4))
     axes = fig.subplots(1, len(MEASURES), squeeze=False)[0]
     for ax, (measure, pooling) in zip(axes, MEASURES, strict=True):
@@ -318,9 +324,15 @@ def probe_figure(rows: Sequence[tuple], subtitle: str = "") -> bytes:
             ax.fill_between(layers, low, high, alpha=0.2, color=line[0].get_color())
         ax.set_title(f"{measure} ({pooling})", fontsize=9)
         ax.set_xlabel(figures.LAYER_LABEL, fontsize=7)
+        ax.xaxis.set_major_locator(figures.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("mean similarity")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"word probe: similarity per relation by layer (bands: bootstrap 2.5-97.5%)\n{subtitle}", fontsize=9)
+    n = (
+        f"{len({(r[0], r[1]) for r in sims})} language pairs, "
+        f"n = {captions.count_range([r[9] for r in sims], 'word pairs per relation and pair')}"
+    )
+    title = "word probe: similarity per relation by layer (bands: bootstrap 2.5-97.5%)"
+    figures.set_title(fig, title, "; ".join(p for p in (subtitle, n) if p), fontsize=9)
     fig.tight_layout()
     return figures._png(fig)

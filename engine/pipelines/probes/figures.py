@@ -34,7 +34,7 @@ def lid_png(scores: Sequence, subtitle: str = "") -> bytes:
     ax.legend(fontsize=8)
     n = scores[0].n if scores else 0
     title = f"language ID from mean-pooled states, linear probe\n(n = {n} utterances, folds by sentence id)"
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=9)
+    figures.set_title(fig, *title.split("\n"), subtitle, fontsize=9)
     return figures._png(fig)
 
 
@@ -65,7 +65,7 @@ def samediff_png(scores: Sequence, subtitle: str = "") -> bytes:
         _axes(ax, "average precision")
         ax.legend(fontsize=6, ncols=2 if len(langs) > 6 else 1)
     title = "same-different word discrimination (AP of same-type pairs over different-type pairs)"
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=9)
+    figures.set_title(fig, *title.split("\n"), subtitle, fontsize=9)
     return figures._png(fig)
 
 
@@ -85,5 +85,5 @@ def cca_png(scores: Sequence, subtitle: str = "") -> bytes:
     ax.legend(fontsize=7)
     title = "CCA against phone (frames), word-identity and text-embedding targets\n"
     title += "(fitted on half the ids, measured on the other half)"
-    fig.suptitle(f"{title}\n{subtitle}" if subtitle else title, fontsize=9)
+    figures.set_title(fig, *title.split("\n"), subtitle, fontsize=9)
     return figures._png(fig)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine import captions
 from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import PROBES, WORD_PROBES, ProbesConfig, ProbesError
 from engine.runtime.runs import RunSummary
@@ -167,7 +168,8 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
             score = lid.lid_layer(layer, np.concatenate(pooled), labels, groups, folds=config.folds, seed=config.seed)
             summary.lid.append(score)
         log.info("layer %d done (%.1f s)", layer, time.monotonic() - started)
-    writes = outputs(summary, chosen, f"{store.info.model_name}, {len(langs)} languages")
+    source = captions.source_line(store.info.model_name, store.manifest.get("created"), f"{len(langs)} languages")
+    writes = outputs(summary, chosen, source)
     _, kv = open_kvstore(config.run.out)
     write_all(kv, writes, config.run.out)
     summary.outputs = [config.run.out.rstrip("/") + "/" + k for k in writes]
@@ -186,18 +188,22 @@ def csv_bytes(columns: Sequence[str], rows: Sequence[Sequence]) -> bytes:
 
 
 def outputs(summary: ProbesSummary, chosen: Sequence[str], subtitle: str) -> dict[str, bytes]:
-    """The files of the chosen probes, by key under OUT."""
+    """The files of the chosen probes, by key under OUT: each probe's CSV, and its figure where it measured something
+    (a probe with no score, or none defined, draws no figure)."""
     from engine.pipelines.probes import figures  # lazy: matplotlib, only needed to write figures
 
     writes = {}
     if "lid" in chosen:
         writes[LID_CSV] = csv_bytes(LID_COLUMNS, [[getattr(s, c) for c in LID_COLUMNS] for s in summary.lid])
-        writes[FIGURES["lid"]] = figures.lid_png(summary.lid, subtitle)
+        if any(np.isfinite(s.accuracy) for s in summary.lid):
+            writes[FIGURES["lid"]] = figures.lid_png(summary.lid, subtitle)
     if "samediff" in chosen:
         rows = [[getattr(s, c) for c in SAMEDIFF_COLUMNS] for s in summary.samediff]
         writes[SAMEDIFF_CSV] = csv_bytes(SAMEDIFF_COLUMNS, rows)
-        writes[FIGURES["samediff"]] = figures.samediff_png(summary.samediff, subtitle)
+        if any(np.isfinite(s.ap) for s in summary.samediff):
+            writes[FIGURES["samediff"]] = figures.samediff_png(summary.samediff, subtitle)
     if "cca" in chosen:
         writes[CCA_CSV] = csv_bytes(CCA_COLUMNS, [[getattr(s, c) for c in CCA_COLUMNS] for s in summary.cca])
-        writes[FIGURES["cca"]] = figures.cca_png(summary.cca, subtitle)
+        if any(np.isfinite(s.pwcca) for s in summary.cca):
+            writes[FIGURES["cca"]] = figures.cca_png(summary.cca, subtitle)
     return writes

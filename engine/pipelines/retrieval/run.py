@@ -40,6 +40,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
+from engine import captions
 from engine.data.pairing import HOW_IDS_ARE_MADE
 from engine.errors import BabelgridError
 from engine.pipelines.retrieval import subset
@@ -55,7 +56,6 @@ from engine.stores.kv import open_kvstore, write_all
 from engine.stores.reader import open_store
 from engine.stores.similarity import SimilarityError, open_similarity
 
-SYNTHETIC_DATASETS = ("demo", "words-demo")  # the bundled sets, spoken by espeak-ng
 log = logging.getLogger(__name__)
 
 NAN_REMEDY = (
@@ -280,18 +280,11 @@ def unmeasured_pairs(scores: Sequence[DirectedScore]) -> list[tuple[str, str, st
 
 def figure_subtitle(manifest: dict) -> str:
     """What a figure names: the model and the dataset the layer store was encoded from (never a machine's path)."""
-    dataset = "dataset unknown"
     try:
         created = open_store(manifest["layer_store"]).manifest.get("created", {})
     except BabelgridError:  # the layer store moved or is unreachable: the similarity store alone is enough here
         created = {}
-    if created.get("dataset"):
-        dataset = f"dataset {created['dataset']}"
-        if created.get("split") and created["dataset"] not in SYNTHETIC_DATASETS:
-            dataset += f" ({created['split']})"
-        if created["dataset"] in SYNTHETIC_DATASETS:
-            dataset += ": synthetic espeak-ng speech"
-    return f"{manifest['model_name']}; {dataset}"
+    return captions.source_line(manifest["model_name"], created)
 
 
 def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from engine import captions
 from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked
 from engine.stores.kv import csv_bytes
 from kernels.metrics import retrieval_metrics, unmeasured
@@ -129,39 +130,51 @@ def subset_csv_bytes(rows: Sequence[tuple]) -> bytes:
     return csv_bytes(SUBSET_COLUMNS, rows)
 
 
+PANEL_MAX_PAIRS = 12  # beyond this (4 languages), a panel per query language instead of one per directed pair
+
+
 def subset_figure(rows: Sequence[tuple], metric: str = "R@1", subtitle: str = "") -> bytes:
     """PNG: ``metric`` by layer for the full set, the challenge set and the size-matched random subsets (a band:
-    the 95% interval over draws), one panel per directed pair of the first measure."""
+    the 95% interval over draws) of the first measure: one panel per directed pair, or beyond ``PANEL_MAX_PAIRS`` one
+    per query language with each set averaged over its searched languages (8 languages: 8 panels, not 56).
+    ``subtitle``: the model, dataset and subset; the ids each set rests on are added to it."""
     from engine import figures  # lazy: matplotlib, an optional dependency, only when figures are drawn
 
     measure = rows[0][3]
     own = [r for r in rows if r[3] == measure and r[5] == metric]
     pairs = list(dict.fromkeys((r[0], r[1]) for r in own))
-    cols = min(3, len(pairs))
-    n_rows = -(-len(pairs) // cols)
-    fig = figures.Figure(figsize=(4.2 * cols, 3.2 * n_rows))
+    if len(pairs) > PANEL_MAX_PAIRS:  # panel key: the query language; title: what its lines average
+        panels = {a: f"{a}\u2192* (mean over {sum(p[0] == a for p in pairs)} searched languages)" for a, _ in pairs}
+        key = lambda r: r[0]
+    else:
+        panels = {(a, b): f"{a}\u2192{b}" for a, b in pairs}
+        key = lambda r: (r[0], r[1])
+    cols = min(4 if len(panels) > 6 else 3, len(panels))
+    n_rows = -(-len(panels) // cols)
+    width = 3.6 if cols == 4 else 4.2  # four columns: about 1700 px wide
+    fig = figures.Figure(figsize=(width * cols, 3.2 * n_rows + 0.6), layout="constrained")
     axes = fig.subplots(n_rows, cols, squeeze=False, sharey=True)
-    for ax, (a, b) in zip(axes.flat, pairs, strict=False):
+    for ax, (panel, panel_title) in zip(axes.flat, panels.items(), strict=False):
         for name, style in zip(SUBSET_SETS, ("-o", "-s", "--"), strict=True):
-            line = sorted((r[2], r[6], r[7], r[8], r[10]) for r in own if (r[0], r[1]) == (a, b) and r[4] == name)
-            if not line:
+            mine = [r for r in own if key(r) == panel and r[4] == name]
+            layers = sorted({r[2] for r in mine})
+            if not layers:
                 continue
-            layers = [x[0] for x in line]
-            label = f"{name} (n={line[0][4]})"
-            drawn = ax.plot(layers, [x[1] for x in line], style, label=label, markersize=3)
+            value, low, high = (
+                [float(np.mean([r[col] for r in mine if r[2] == layer])) for layer in layers] for col in (6, 7, 8)
+            )
+            drawn = ax.plot(layers, value, style, label=name, markersize=3)
             if name == "size_matched":
-                ax.fill_between(
-                    layers, [x[2] for x in line], [x[3] for x in line], alpha=0.2, color=drawn[0].get_color()
-                )
-        ax.set_title(f"{a}\u2192{b}", fontsize=9)
+                ax.fill_between(layers, low, high, alpha=0.2, color=drawn[0].get_color())
+        ax.set_title(panel_title, fontsize=9)
         ax.set_xlabel(figures.LAYER_LABEL, fontsize=7)
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(pairs) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     axes[0][0].set_ylabel(f"{metric} ({measure})")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(
-        f"{metric}: full set vs challenge set vs size-matched random subsets (95% band)\n{subtitle}", fontsize=9
-    )
-    fig.tight_layout()
+    ids = {name: [r[10] for r in own if r[4] == name] for name in SUBSET_SETS[:2]}
+    n = "n = " + ", ".join(captions.count_range(ids[name], f"ids ({name})") for name in ids if ids[name])
+    title = f"{metric}: full set vs challenge set vs size-matched random subsets (95% band)"
+    figures.set_title(fig, title, "; ".join(p for p in (subtitle, n) if p), fontsize=9)
     return figures._png(fig)
