@@ -138,6 +138,11 @@ class WorkClaims:
         try:
             stamp = self.kv.write(key, self._record(unit), if_equal=found.stamp.generation).result()
         except ValueError as e:
+            if "No such file or directory" in str(e):
+                # Process 0 ended the run and tidied the claims folder under this write (tidy's delete takes the
+                # write's lock file too): every unit is done, so there is nothing to claim; the caller re-checks.
+                log.info("the claims folder of %r went away under a claim of %s: the run is complete", self.url, unit)
+                return None
             raise storage_error("write the work claim", key, self.url, e) from None
         if not stamp.generation:  # another process created it or took it over first
             return None
