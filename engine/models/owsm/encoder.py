@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError
-from engine.models.family import CTC, DECODER, OWSM_LAYERS, FamilyDims, split_windows, window_frames
+from engine.models.family import CTC, DECODER, OWSM_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.owsm import features as feats
 from engine.models.owsm.config import SAMPLE_RATE
+from engine.models.owsm.cost import encoder_cost
 from engine.models.owsm.loaded import LoadedOwsm, load_owsm
 
 
@@ -35,6 +36,7 @@ class OwsmEncoder:
     family: str = "owsm"
     layer_meaning: str = OWSM_LAYERS
     heads: frozenset = frozenset({DECODER, CTC})
+    pads_windows: bool = True  # every window costs the full window (``cost``); read by encode --plan
 
     @property
     def name(self) -> str:
@@ -108,6 +110,13 @@ class OwsmEncoder:
         out = np.zeros((batch_size, *inputs[0].shape), np.float32)
         out[: len(inputs)] = np.stack(inputs)
         return (out,)
+
+    def cost(self, samples: int) -> EncoderCost:
+        """FLOPs and parameters of one window: the full window's (``engine.models.owsm.cost``) whatever ``samples``
+        (at most ``window_samples``), since every window is padded to it before the encoder runs."""
+        if not 0 <= samples <= self.window_samples:
+            raise ValueError(f"a window holds 0..{self.window_samples} samples, got {samples}")
+        return encoder_cost(self.loaded.config)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)

@@ -1,11 +1,14 @@
 """The plan of an encode run on a family other than Whisper: counted through the family interface alone.
 
-Whisper pads every window to 30 s, so its plan counts whole windows (``engine.pipelines.encode.plan``). The other
-families take each window as it is: a window of S samples costs ``Encoder.cost(S)`` (each family counts its own
+Whisper pads every window to 30 s, so its plan counts whole windows (``engine.pipelines.encode.plan``). wav2vec2 and
+w2v-BERT take each window as it is: a window of S samples costs ``Encoder.cost(S)`` (each family counts its own
 matmuls and convolutions in its ``cost.py``), so the plan sums the cost of every window of every utterance, cut as
-``engine.models.family.split_windows`` cuts it. Time here is the loaded encoder timed on the dataset's longest window
-(rounded up as a batch pads it) and its FLOP rate applied to the whole count; the front end (raw waveform
-normalisation, or w2v-BERT's log-mel) is timed on 30 s of audio.
+``engine.models.family.split_windows`` cuts it. OWSM pads every window to its model's full window
+(``pads_windows``): its ``cost(S)`` is the full window's whatever S, its windows are cut at its own
+``window_samples`` (30 s for published models) and dropped as ``split_windows`` drops them (``min_samples``), and
+the plan says so. Time here is the loaded encoder timed on the dataset's longest window (rounded up as a batch pads
+it; OWSM's full window) and its FLOP rate applied to the whole count; the front end (raw waveform normalisation, or
+the log-mel of w2v-BERT and OWSM) is timed on 30 s of audio.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ from engine.runtime.plan import EFFICIENCY, Plan, Stage, size, timed
 WINDOW_SAMPLES = WINDOW_SECONDS * 16000
 
 
-def window_samples(samples: int, long_audio: str) -> list[int]:
-    """Samples of each window of an utterance of ``samples`` 16 kHz samples, cut as ``split_windows`` cuts it (a
-    last window too short for a frame is counted with its zero frames: ``Encoder.cost`` of it is nearly nothing)."""
-    n = min(int(samples), WINDOW_SAMPLES) if long_audio == "truncate" else int(samples)
-    full, rest = divmod(n, WINDOW_SAMPLES)
-    return [WINDOW_SAMPLES] * full + ([rest] if rest or not full else [])
+def window_samples(samples: int, long_audio: str, window: int = WINDOW_SAMPLES, min_samples: int = 0) -> list[int]:
+    """Samples of each window of an utterance of ``samples`` 16 kHz samples, cut as ``split_windows`` cuts it at
+    ``window`` samples. A last window under ``min_samples`` (the encoder's, where it has one: OWSM) is dropped as
+    ``split_windows`` drops it; with the default 0, a last window too short for a frame is counted with its zero
+    frames (``Encoder.cost`` of it is nearly nothing for the families that do not pad)."""
+    n = min(int(samples), window) if long_audio == "truncate" else int(samples)
+    full, rest = divmod(n, window)
+    if full and rest < min_samples:
+        rest = 0
+    return [window] * full + ([rest] if rest or not full else [])
 
 
 def calibrate(encoder: Encoder, samples: int, layers: Sequence[int], dtype: str) -> tuple[float, int]:
@@ -69,14 +76,18 @@ def plan_family_encode(
     """The plan of an encode run; ``samples[lang][i]``: utterance i's length in 16 kHz samples."""
     n_utt = sum(len(v) for v in samples.values())
     costs: dict[int, EncoderCost] = {}
-    windows = [w for v in samples.values() for s in v for w in window_samples(s, long_audio)]
+    # Optional Encoder attributes, OWSM's only: its own window, the last-window cut, and full-window costs.
+    window = getattr(encoder, "window_samples", WINDOW_SAMPLES)
+    pads = getattr(encoder, "pads_windows", False)
+    cut = getattr(encoder, "min_samples", 0)
+    windows = [w for v in samples.values() for s in v for w in window_samples(s, long_audio, window, cut)]
     for w in windows:
         if w not in costs:
             costs[w] = encoder.cost(w)
     n_win, n_frames = len(windows), sum(encoder.expected_frames(s, long_audio)[0] for v in samples.values() for s in v)
     enc_flops = float(sum(costs[w].flops for w in windows))
     longest = max(windows, default=16000)
-    padded = min(-(-longest // 16000) * 16000, WINDOW_SAMPLES)  # batches pad to whole seconds
+    padded = window if pads else min(-(-longest // 16000) * 16000, window)  # batches pad to whole seconds
     big = encoder.cost(padded)
     d, cbytes, sbytes = encoder.embed, jnp.dtype(compute_dtype).itemsize, jnp.dtype(dtype).itemsize
 
@@ -124,13 +135,16 @@ def plan_family_encode(
         ("audio", f"{seconds_of_audio:.0f} s ({seconds_of_audio / max(n_utt, 1):.1f} s per utterance)"),
         (
             "windows",
-            f"{n_win} of at most {WINDOW_SECONDS} s, each costing its own length (longest {longest / 16000:.1f} s; "
-            f"{encoder.family} is not padded to 30 s)",
+            f"{n_win} of at most {window / 16000:.0f} s, each padded to the model's full {window / 16000:.0f} s "
+            f"window and costing it (longest {longest / 16000:.1f} s; {encoder.family} pads as it was trained)"
+            if pads
+            else f"{n_win} of at most {window / 16000:.0f} s, each costing its own length (longest "
+            f"{longest / 16000:.1f} s; {encoder.family} is not padded to 30 s)",
         ),
         ("frames", f"{n_frames} valid encoder frames stored, layers {list(layers)}"),
         (
             "encoder FLOPs",
-            f"{enc_flops:.6g} ({big.n_layers} layers; one padded {padded // 16000} s window: {big.flops:.4g})",
+            f"{enc_flops:.6g} ({big.n_layers} layers; one padded {padded / 16000:.0f} s window: {big.flops:.4g})",
         ),
     ]
     calibration = (
@@ -138,8 +152,13 @@ def plan_family_encode(
         f"{padded / 16000:.0f} s in {t_step * 1e3:.0f} ms = {rate / 1e9:.1f} GFLOP/s, its input of 30 s in "
         f"{t_front * 1e3:.0f} ms (calibration took {calib_s:.1f} s)"
     )
+    counted = (
+        "on each window padded to the model's full window"
+        if pads
+        else "on each window's own length (batch padding to whole seconds left out)"
+    )
     assumptions = [
         "store writes overlap with compute; audio as 16-bit PCM; FLOPs of matmuls and convolutions only (norms, "
-        "activations, softmax left out) on each window's own length (batch padding to whole seconds left out)"
+        f"activations, softmax left out) {counted}"
     ]
     return Plan("encode", counts, stages, peak, memory_lines, device, calibration, assumptions)
