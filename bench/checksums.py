@@ -32,15 +32,14 @@ def without_checksums():
     """The stores' specs as format version 1 wrote them: no crc32c codec (reads still refuse missing chunks)."""
     from engine.stores import schema, similarity
 
-    saved = schema.STATES_CODECS, schema.CRC32C, similarity.MATRIX_CODECS
+    saved = schema.STATES_CODECS, similarity.MATRIX_CODECS
     schema.STATES_CODECS = tuple(c for c in schema.STATES_CODECS if c["name"] != "crc32c")
     similarity.MATRIX_CODECS = tuple(c for c in similarity.MATRIX_CODECS if c["name"] != "crc32c")
-    schema.CRC32C = {"name": "bytes", "configuration": {"endian": "little"}}  # lengths: bytes only
     original_lengths_spec = schema.lengths_spec
 
     def lengths_spec(kvstore, *, n_utterances):
         spec = original_lengths_spec(kvstore, n_utterances=n_utterances)
-        spec["metadata"]["codecs"] = spec["metadata"]["codecs"][:1]
+        spec["metadata"]["codecs"] = spec["metadata"]["codecs"][:1]  # bytes only
         return spec
 
     schema.lengths_spec = lengths_spec
@@ -50,7 +49,7 @@ def without_checksums():
     try:
         yield
     finally:
-        schema.STATES_CODECS, schema.CRC32C, similarity.MATRIX_CODECS = saved
+        schema.STATES_CODECS, similarity.MATRIX_CODECS = saved
         schema.lengths_spec = layers.lengths_spec = original_lengths_spec
 
 
