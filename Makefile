@@ -56,15 +56,14 @@ $(TEST_STAMP): pyproject.toml Makefile | $(VPY)
 # pytest's junit report (git-ignored under build/); .ci/check_skips.py reads it to fail CI on an unexpected skip.
 JUNIT ?= build/junit.xml
 
-# Test files run on this many pytest-xdist workers, a file's tests together (module fixtures built once; files that
-# share costly session fixtures together too: tests/conftest.py): most of the suite waits on one core at a time (XLA
-# compiles, job subprocesses starting, torch references), so two workers use a 2-core machine's second core.
-# TEST_WORKERS=0 runs them in this process.
+# Test files run on this many pytest-xdist workers, a file's tests together (module fixtures built once): most of the
+# suite waits on one core at a time (XLA compiles, job subprocesses starting, torch references), so two workers use
+# a 2-core machine's second core. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
 test: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench
-	$(VPY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup --durations=25 -o junit_family=xunit1 --junitxml=$(JUNIT)
+	$(VPY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=25 -o junit_family=xunit1 --junitxml=$(JUNIT)
 
 lint: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench

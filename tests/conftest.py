@@ -243,14 +243,3 @@ def ct2_generate(ct2_base, base_encoded):
         return [list(t) for t in cache[key]]
 
     return generate
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist's ``--dist loadgroup`` (``make test``): every test file is one group, run on one worker, so
-    its module fixtures are built once, as ``loadfile`` does; files marked with one ``xdist_group`` share a worker,
-    so that the session fixtures they all use (the whisper-base encodings of the FLEURS clips, above) are built once
-    rather than on every worker."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))

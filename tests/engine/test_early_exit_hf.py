@@ -22,9 +22,6 @@ from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
 from engine.models.whisper.decoding import DecodingOptions  # noqa: E402
 from tests.engine.hf_reference import hf_encoder_layers  # noqa: E402
 
-# On one test worker with the other users of the session's whisper-base FLEURS encodings (tests/conftest.py).
-pytestmark = pytest.mark.xdist_group("whisper-base-fleurs")
-
 N_NEW = 12
 
 

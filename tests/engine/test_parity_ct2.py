@@ -27,7 +27,7 @@ from engine.text.metrics import wer  # noqa: E402
 from tests.conftest import PARITY_BATCH as BATCH  # noqa: E402
 from tests.conftest import ct2_view  # noqa: E402
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.xdist_group("whisper-base-fleurs")]
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 # The packaged whisper-base, its CTranslate2 twin, the windows of the 50 clips and both encoders' output on them
 # (layer L+1, ours at float32 matmul precision) are the session fixtures base_whisper, ct2_base, fleurs_windows and

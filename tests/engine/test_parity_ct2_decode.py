@@ -28,7 +28,7 @@ pytest.importorskip("ctranslate2")
 from engine.models.whisper.decoding import DecodingOptions  # noqa: E402
 from tests.conftest import PARITY_BATCH as BATCH  # noqa: E402
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.xdist_group("whisper-base-fleurs")]
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 # Our decode's cap, well above any FLEURS window's transcript (asserted below, so it never binds): the key/value
 # cache is sized prompt + cap, and beam search reorders it every step, so a cap of 128 instead of the default 224

@@ -28,9 +28,6 @@ from engine.models.whisper.timing import (
     silence_states,
 )
 
-# On one test worker with the other users of the session's whisper-base FLEURS encodings (tests/conftest.py).
-pytestmark = pytest.mark.xdist_group("whisper-base-fleurs")
-
 BATCH = 8
 
 
