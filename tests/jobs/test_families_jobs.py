@@ -106,15 +106,24 @@ def test_challenge_probe_and_seqsim_plan_on_a_wav2vec2_store(clips, fleurs_dir, 
     assert f"frames: {frames}\n" in proc.stdout, proc.stdout
 
 
-def test_interp_on_a_wav2vec2_store_with_words_aligned_by_whisper(
-    clips, run_job, tiny_model_dir, tmp_path_factory, tmp_path
-):
-    """issue 27's acceptance: words.parquet from jobs.align on a Whisper store of the same clips, read by interp on a
-    wav2vec2 store, each word's seconds mapped to the wav2vec2 store's frames by its frame rate."""
-    _, _, _, store = encoded("wav2vec2", clips, run_job, tmp_path_factory)
-    whisper_store, words = str(tmp_path / "whisper-store"), tmp_path / "words"
+@pytest.fixture(scope="module")
+def whisper_words(clips, run_job, tiny_model_dir, tmp_path_factory):
+    """jobs.align's output on a tiny-Whisper store of the same clips."""
+    root = tmp_path_factory.mktemp("whisper-words")
+    whisper_store, words = str(root / "whisper-store"), root / "words"
     run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", whisper_store)
     run_job("align", "--store", whisper_store, "--model", str(tiny_model_dir), "--out", str(words))
+    return words
+
+
+@pytest.mark.parametrize("name", ["wav2vec2", "hubert"])
+def test_interp_on_a_wav2vec2_store_with_words_aligned_by_whisper(
+    name, clips, run_job, whisper_words, tmp_path_factory, tmp_path
+):
+    """issue 27's acceptance: words.parquet from jobs.align on a Whisper store of the same clips, read by interp on a
+    wav2vec2 (and a HuBERT) store, each word's seconds mapped to the store's frames by its frame rate."""
+    _, _, _, store = encoded(name, clips, run_job, tmp_path_factory)
+    words = whisper_words
     out = tmp_path / "interp"
     run_job("interp", "--store", store, "--words", str(words), "--out", str(out), "--pooling", "centre",
             "--layers", "1,2", "--pairs", "fr:pt")  # fmt: skip
