@@ -18,10 +18,11 @@ import torch
 import transformers
 
 from engine.errors import CheckpointError
+from engine.models.weights import read_safetensors
 from engine.models.whisper.checkpoints import ct2
 from engine.models.whisper.checkpoints import load as checkpoints
 from engine.models.whisper.checkpoints.alignment_heads import openai_alignment_heads
-from engine.models.whisper.checkpoints.hf import read_safetensors, state_dict_from_hf
+from engine.models.whisper.checkpoints.hf import state_dict_from_hf
 from engine.models.whisper.checkpoints.load import expected_shapes, load_checkpoint
 from engine.models.whisper.dims import PRESETS, ModelDimensions, sinusoids
 

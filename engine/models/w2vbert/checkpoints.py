@@ -13,7 +13,7 @@ conformer layers (the adapter, the intermediate feed-forward, the Seamless encod
 for pre-training) are recognised and left unread (see ``model`` on why they are not stored); any other tensor, a
 missing one or a wrong shape fails naming it.
 
-Safetensors files are memory-mapped (``engine.models.whisper.checkpoints.hf.read_safetensors``) and the shared file
+Safetensors files are memory-mapped (``engine.models.weights.read_safetensors``) and the shared file
 helpers come from ``engine.models.whisper.checkpoints.io``: format code, not Whisper's, reused rather than copied.
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.models.w2vbert.config import SEAMLESS_M4T_V2, W2V_BERT, EncoderConfig, config_from_hf
 from engine.models.w2vbert.model import state_shapes
-from engine.models.whisper.checkpoints.hf import read_safetensors
+from engine.models.weights import read_safetensors
 from engine.models.whisper.checkpoints.io import file_sha256, read_json, read_torch_state_dict, some
 
 # Weight files of a folder, in order of preference: (single file, index of shards, reader).

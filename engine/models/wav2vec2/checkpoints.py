@@ -25,12 +25,10 @@ and replaces them.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import pathlib
 import re
-import struct
 from collections.abc import Mapping
 
 import ml_dtypes
@@ -39,27 +37,15 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.models.wav2vec2.config import Wav2Vec2Dims, dims_from_hf_config
 from engine.models.wav2vec2.features import PREPROCESSOR_FILE, FeatureOptions
+from engine.models.weights import WEIGHT_FILES, read_safetensors, read_weights
 from engine.models.whisper.checkpoints.io import file_sha256, read_json, read_torch_state_dict, some
 
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 ADAPTER_FILES = ("adapter.{}.safetensors", "adapter.{}.bin")  # transformers' WAV2VEC2_ADAPTER_{SAFE,PT}_FILE
 TEXT_FILES = ("config.json", PREPROCESSOR_FILE, "vocab.json", "tokenizer_config.json", "special_tokens_map.json")
 TRAINING_ONLY = ("masked_spec_embed", "quantizer.", "project_q.", "project_hid.")  # SpecAugment and pretraining
 _BASE = ("feature_extractor.", "feature_projection.", "encoder.", "masked_spec_embed")
 _WEIGHT_NORM = {"weight_g": "weight_v", "parametrizations.weight.original0": "parametrizations.weight.original1"}
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
-_SAFETENSORS_DTYPES = {
-    "F32": np.dtype(np.float32),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F64": np.dtype(np.float64),
-    "I64": np.dtype(np.int64),  # BatchNorm's num_batches_tracked (HuBERT conv_pos_batch_norm), dropped
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,59 +274,6 @@ def read_adapter(folder: pathlib.Path, lang: str, dims: Wav2Vec2Dims) -> tuple[p
 
 
 # --- files --------------------------------------------------------------------------------------------------------
-
-
-def read_weights(folder: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, np.ndarray]]:
-    """The weight files read (in order) and their tensors; safetensors first, PyTorch pickles only without them."""
-    for single, index, read in (
-        ("model.safetensors", "model.safetensors.index.json", read_safetensors),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json", read_torch_state_dict),
-    ):
-        if (folder / single).is_file():
-            return [folder / single], read(folder / single)
-        if (folder / index).is_file():
-            weight_map = read_json(folder / index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"'{folder / index}' has no weight_map; download it again")
-            files = [folder / f for f in sorted(set(weight_map.values()))]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise CheckpointError(f"checkpoint dir '{folder}' lacks shards {some(missing)} listed in {index}")
-            out = {}
-            for f in files:
-                out.update(read(f))
-            return files, out
-    raise CheckpointError(f"checkpoint dir '{folder}' has config.json but none of {', '.join(WEIGHT_FILES)}")
-
-
-def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Tensors of a ``.safetensors`` file as read-only views of a memory map (a 1B model is not read into memory)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"safetensors file '{path}' is truncated ({size} bytes); download it again")
-        (n,) = struct.unpack("<Q", head)
-        if 8 + n > size:
-            raise CheckpointError(f"safetensors file '{path}' is truncated in its header; download it again")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise CheckpointError(f"'{path}' is not a safetensors file (its header is not JSON)") from None
-        data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.empty(0, np.uint8)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"'{path}': tensor '{name}' is {info['dtype']}, not a float (F32, F16, BF16)")
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end > len(data) or end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise CheckpointError(f"safetensors file '{path}' is truncated or corrupt at tensor '{name}'")
-        out[name] = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).reshape(shape)
-    return out
 
 
 def download(repo_id: str, revision: str | None, adapter: str | None = None) -> pathlib.Path:

@@ -9,32 +9,22 @@ optionally ``generation_config.json`` and ``tokenizer.json``. Tensors are rename
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import re
-import struct
 from collections.abc import Mapping
 
-import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
+from engine.models.weights import WEIGHT_FILES, read_weights
 from engine.models.whisper.checkpoints import ct2
-from engine.models.whisper.checkpoints.io import int_tuple, read_json, read_torch_state_dict, some, to_numpy
+from engine.models.whisper.checkpoints.io import int_tuple, read_json, some, to_numpy
 from engine.models.whisper.dims import ModelDimensions
 
-# Weight files of a folder, in order of preference (safetensors first).
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
 _HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "model.bin", "model.bin.part*"]
 _HUB_SAFETENSORS = ["model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"]
 _HUB_TORCH = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"]
-_SAFETENSORS_DTYPES = {"F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16)}
 
 _HF_DIMS = {
     "n_mels": "num_mel_bins",
@@ -140,7 +130,7 @@ def state_dict_from_hf(hf: Mapping[str, object]) -> dict[str, np.ndarray]:
 
 def read_state_dict(folder: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, np.ndarray], dict[str, str]]:
     """The weight files read, the OpenAI-named state dict, and OpenAI name -> Hugging Face name."""
-    files, hf = _read_weights(folder)
+    files, hf = read_weights(folder)
     sd, origin = _map_hf(hf, f"checkpoint '{folder}'")
     return files, sd, origin
 
@@ -199,62 +189,6 @@ def _map_hf(hf: Mapping[str, object], source: str) -> tuple[dict[str, np.ndarray
                 f"{source}: proj_out.weight differs from the token embedding; babelgrid ties them as Whisper does"
             )
     return sd, origin
-
-
-def _read_weights(folder: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, np.ndarray]]:
-    for single, index, read in (
-        ("model.safetensors", "model.safetensors.index.json", read_safetensors),
-        ("pytorch_model.bin", "pytorch_model.bin.index.json", read_torch_state_dict),
-    ):
-        if (folder / single).is_file():
-            return [folder / single], read(folder / single)
-        if (folder / index).is_file():
-            weight_map = read_json(folder / index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"'{folder / index}' has no weight_map; download it again")
-            files = [folder / f for f in sorted(set(weight_map.values()))]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise CheckpointError(f"checkpoint dir '{folder}' lacks shards {some(missing)} listed in {index}")
-            hf = {}
-            for f in files:
-                hf.update(read(f))
-            return files, hf
-    raise CheckpointError(f"checkpoint dir '{folder}' has none of {', '.join(WEIGHT_FILES)}")
-
-
-def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """Tensors of a ``.safetensors`` file as read-only views of a memory map (bfloat16 included).
-
-    Parsed here rather than with ``safetensors.numpy`` because that reads the whole file into
-    memory and has no bfloat16.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"safetensors file '{path}' is truncated ({size} bytes); download it again")
-        (n,) = struct.unpack("<Q", head)
-        if 8 + n > size:
-            raise CheckpointError(f"safetensors file '{path}' is truncated in its header; download it again")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise CheckpointError(f"'{path}' is not a safetensors file (its header is not JSON)") from None
-        data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.empty(0, np.uint8)
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise CheckpointError(f"'{path}': tensor '{name}' is {info['dtype']}; Whisper weights are F32, F16 or BF16")
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end > len(data) or end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise CheckpointError(f"safetensors file '{path}' is truncated or corrupt at tensor '{name}'")
-        out[name] = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).reshape(shape)
-    return out
 
 
 # --- hub --------------------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""Hugging Face weight files, for every model family: a folder's ``model.safetensors`` (or its shards), else its
+``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``, never unpickled freely).
+
+Safetensors files are parsed here rather than with ``safetensors.numpy``, which reads the whole file into memory and
+has no bfloat16: the tensors are read-only views of a memory map, so a 1B-parameter model is not copied.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import struct
+
+import ml_dtypes
+import numpy as np
+
+from engine.errors import CheckpointError
+from engine.models.whisper.checkpoints.io import read_json, read_torch_state_dict, some
+
+# Weight files of a folder, in order of preference (safetensors first).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+SAFETENSORS_DTYPES = {
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F64": np.dtype(np.float64),
+    "I64": np.dtype(np.int64),  # BatchNorm's num_batches_tracked (HuBERT's conv_pos_batch_norm): read, then dropped
+}
+
+
+def read_weights(folder: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, np.ndarray]]:
+    """The weight files read (in order) and their tensors; safetensors first, PyTorch pickles only without them."""
+    for single, index, read in (
+        ("model.safetensors", "model.safetensors.index.json", read_safetensors),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json", read_torch_state_dict),
+    ):
+        if (folder / single).is_file():
+            return [folder / single], read(folder / single)
+        if (folder / index).is_file():
+            weight_map = read_json(folder / index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"'{folder / index}' has no weight_map; download it again")
+            files = [folder / f for f in sorted(set(weight_map.values()))]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointError(f"checkpoint dir '{folder}' lacks shards {some(missing)} listed in {index}")
+            out = {}
+            for f in files:
+                out.update(read(f))
+            return files, out
+    raise CheckpointError(f"checkpoint dir '{folder}' has config.json but none of {', '.join(WEIGHT_FILES)}")
+
+
+def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """Tensors of a ``.safetensors`` file as read-only views of a memory map (bfloat16 included)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"safetensors file '{path}' is truncated ({size} bytes); download it again")
+        (n,) = struct.unpack("<Q", head)
+        if 8 + n > size:
+            raise CheckpointError(f"safetensors file '{path}' is truncated in its header; download it again")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise CheckpointError(f"'{path}' is not a safetensors file (its header is not JSON)") from None
+        data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.empty(0, np.uint8)
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = SAFETENSORS_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise CheckpointError(
+                f"'{path}': tensor '{name}' is {info['dtype']}; babelgrid reads {', '.join(SAFETENSORS_DTYPES)}"
+            )
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if end > len(data) or end - start != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise CheckpointError(f"safetensors file '{path}' is truncated or corrupt at tensor '{name}'")
+        out[name] = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).reshape(shape)
+    return out
