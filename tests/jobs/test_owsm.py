@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -238,3 +239,61 @@ def test_ctc_logit_lens_last_layer_equals_espnet_ctc(owsm, espnet):
                         & (table["decoding"] == "ctc")]  # fmt: skip
             assert len(row) == 1 and row["task"].iloc[0] == "transcribe", (lang, uid)
             assert row["n_tokens"].iloc[0] == len(ids) and row["hypothesis"].iloc[0] == ours.text(ids), (lang, uid)
+
+
+def test_challenge_probe_and_interp_on_an_owsm_store(owsm, whisper_words, tmp_path):
+    """challenge, probe and interp read the OWSM store (their library entry points, in this process, as seqsim's):
+    its four layers and 25 frames per second. interp takes the words the align job timed on a tiny Whisper's store of
+    the same clips (``whisper_words``); its cosines are recomputed from the OWSM states at the centre frames the words'
+    seconds map to at 25/s (``word_frames``, a later word starting where an overlapping earlier one ends)."""
+    from engine.pipelines.challenge.run import ChallengeConfig, run_challenge
+    from engine.pipelines.interp.config import InterpConfig
+    from engine.pipelines.interp.inputs import clean_word, word_frames
+    from engine.pipelines.interp.run import run_interp
+    from engine.pipelines.probe import run as probe
+    from engine.pipelines.probe.config import ProbeConfig
+
+    store, reader = str(owsm["store"]), open_store(str(owsm["store"]))
+    run_challenge(configure(ChallengeConfig, store=store, out=str(tmp_path / "challenge"), pairs="fr:pt",
+                            phone_threshold=0.16))  # fmt: skip
+    with open(tmp_path / "challenge" / "fr__pt.csv", newline="") as f:
+        assert {r["id"] for r in csv.DictReader(f)} == set(PAIRS)
+
+    # As on the wav2vec2 store (tests/jobs/test_families_jobs.py): each sentence is one "word", its id the concept.
+    text = {lang: dict(zip(*(reader.utterances_table(lang).column(c).to_pylist() for c in ("id", "transcription")),
+                           strict=True)) for lang in LANGS}  # fmt: skip
+    rows = [("fr", text["fr"][u], "pt", text["pt"][u], "synonym") for u in PAIRS]
+    rows += [("fr", text["fr"]["a"], "pt", text["pt"]["b"], "unrelated"), ("fr", text["fr"]["b"], "pt", text["pt"]["a"],
+             "unrelated")]  # fmt: skip
+    relations = tmp_path / "relations.csv"
+    relations.write_bytes(probe.relations_csv_bytes(rows))
+    probe.run_probe(configure(ProbeConfig, store=store, out=str(tmp_path / "probe"), relations=str(relations),
+                              seeds=2))  # fmt: skip
+    scores = pd.read_csv(tmp_path / "probe" / "probe.csv")
+    assert set(scores["layer"]) == {0, 1, 2, TOP} and {*scores["lang_a"], *scores["lang_b"]} == set(LANGS), scores
+
+    out = tmp_path / "interp"
+    run_interp(configure(InterpConfig, store=store, words=str(whisper_words), out=str(out), poolings=("centre",),
+                         layers=(1, TOP), pairs="fr:pt"))  # fmt: skip
+    pairs = pd.read_parquet(out / "fr__pt" / "pairs.parquet")
+    assert len(pairs) and set(pairs["layer"]) <= {1, TOP} and set(pairs["id_a"]) <= set(PAIRS)
+
+    def centres(lang: str, uid: str) -> dict[int, int]:
+        n = int(reader.lengths(lang)[reader.utterance_index(lang, uid)])
+        table = pd.read_parquet(whisper_words / lang / "words.parquet").query("id == @uid").sort_values("word_index")
+        spans, end = {}, 0
+        for row in table.itertuples():
+            span = word_frames(row.start, row.end, n, reader.info.frame_rate)
+            if span is None or not clean_word(row.word):
+                continue  # interp's words: timed, and more than punctuation
+            s, e = span
+            s = max(s, end) if spans else s
+            if s < e:
+                spans[row.word_index], end = s + (e - s) // 2, e
+        return spans
+
+    for row in pairs.itertuples():
+        a = reader.states("fr", row.id_a, row.layer)[centres("fr", row.id_a)[row.word_index_a]]
+        b = reader.states("pt", row.id_b, row.layer)[centres("pt", row.id_b)[row.word_index_b]]
+        cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        assert abs(cosine - row.cosine) <= 1e-5, (row, cosine)
