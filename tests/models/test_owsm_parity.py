@@ -140,12 +140,13 @@ def test_beam_search_equals_espnet_beam_search(owsm):
     """ESPnet's BatchBeamSearch at beam 3: the same best hypothesis, token for token, and its score within 1e-5.
 
     The random decoder ends some hypotheses early and runs others to the length limit (asserted, so that both ways
-    out of the search stay covered)."""
+    out of the search stay covered). ASR only: each ESPnet call costs about 2 s of CPU, and tests/jobs/test_owsm.py
+    checks the beam's ASR and ST tokens through the decode job."""
     s2t, ours = ref.speech2text(owsm["root"], MAX_TOKENS, beam_size=BEAM), owsm["ours"]
     memory, eos = owsm["states"][-1], ours.config.token_id("<eos>")
     languages = [lang for _, lang in ref.CLIPS]
     lengths = []
-    for task in ("<asr>", "<st_eng>"):
+    for task in ("<asr>",):
         tokens, n, score = ours.beam(memory, languages, task, beam=BEAM, max_tokens=MAX_TOKENS)
         for i, clip in enumerate(owsm["clips"]):
             hyp = s2t(clip, lang_sym=languages[i], task_sym=task)[0][4]
