@@ -13,7 +13,11 @@ is this one.
 Greedy decoding equals ESPnet's ``BeamSearch`` with ``beam_size=1``, ``ctc_weight=0`` and no length penalty: each step
 takes the argmax of the decoder's log-softmax plus the ``ScoreFilter``'s ``-inf`` on timestamp tokens (``<0.00>`` ..
 ``<30.00>``, suppressed because the prompt holds ``<notimestamps>``). ESPnet's decoder cache holds each layer's
-outputs and recomputes keys and values from them; ours caches the keys and values, the same arithmetic.
+outputs and recomputes keys and values from them; ours caches the keys and values, the same arithmetic. ``step`` (one
+position, every row) and ``suppression`` (the filter) are shared with the beam search (``engine.models.owsm.beam``).
+
+Language identification (``language_probs``): ESPnet's ``Speech2Language``, the softmax over the language tokens of
+the decoder's log-softmax after ``<sos>`` alone.
 
 CTC head: ``ctc.ctc_lo``, a linear map from the encoder width to the vocabulary, on the encoder output (layer ``L+1``)
 as ESPnet applies it; ``ctc_logits`` also takes any other layer, passed through the encoder's ``after_norm`` first (a
