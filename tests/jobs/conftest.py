@@ -63,3 +63,20 @@ def _run_job(
 @pytest.fixture(scope="session")
 def run_job():
     return _run_job
+
+
+@pytest.fixture(scope="session")
+def whisper_words(fleurs_dir, run_job, tiny_model_dir, tmp_path_factory) -> pathlib.Path:
+    """jobs.align's output (``<lang>/words.parquet``) on a tiny-Whisper store of tests/jobs/test_families.py's clips:
+    two translation pairs, fr and pt, ids ``a`` and ``b``. interp reads these Whisper-aligned words on the other
+    families' stores of the same clips (the wav2vec2 and HuBERT stores there, the OWSM store of test_owsm.py), once
+    per session."""
+    from tests.jobs.test_families import family_clips
+
+    root = tmp_path_factory.mktemp("whisper-words")
+    (root / "clips").mkdir()
+    clips = family_clips(fleurs_dir, root / "clips")
+    whisper_store, words = str(root / "whisper-store"), root / "words"
+    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", whisper_store)
+    run_job("align", "--store", whisper_store, "--model", str(tiny_model_dir), "--out", str(words))
+    return words

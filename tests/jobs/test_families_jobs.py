@@ -4,8 +4,8 @@
   transformers model (eager attention) run on each clip, summed; at 1 s the family's ``cost`` equals it exactly;
 - challenge, probe and ``seqsim --plan`` on the wav2vec2 store, through the jobs' flags;
 - interp on the wav2vec2 store with ``--words`` from the align job run on a tiny random Whisper's store of the same
-  clips (the cross-model use of issue 27), its cosines recomputed from the wav2vec2 states at the frames the words'
-  seconds map to.
+  clips (the cross-model use of issue 27; ``whisper_words`` of tests/jobs/conftest.py), its cosines recomputed from
+  the wav2vec2 states at the frames the words' seconds map to.
 """
 
 from __future__ import annotations
@@ -104,16 +104,6 @@ def test_challenge_probe_and_seqsim_plan_on_a_wav2vec2_store(clips, fleurs_dir, 
     frames = sum(int(reader.lengths(lang).sum()) for lang in LANGS)
     assert not out.exists() and "languages: 2, 1 pairs, 3 layers, d=32" in proc.stdout, proc.stdout
     assert f"frames: {frames}\n" in proc.stdout, proc.stdout
-
-
-@pytest.fixture(scope="module")
-def whisper_words(clips, run_job, tiny_model_dir, tmp_path_factory):
-    """jobs.align's output on a tiny-Whisper store of the same clips."""
-    root = tmp_path_factory.mktemp("whisper-words")
-    whisper_store, words = str(root / "whisper-store"), root / "words"
-    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", whisper_store)
-    run_job("align", "--store", whisper_store, "--model", str(tiny_model_dir), "--out", str(words))
-    return words
 
 
 @pytest.mark.parametrize("name", ["wav2vec2", "hubert"])

@@ -1,14 +1,16 @@
 """OWSM through the jobs: a random OWSM that ESPnet's own code builds and saves in its published layout
 (``tests/models/owsm_reference.py``: real base widths, 2 encoder and 2 decoder blocks, a 10 s window) encodes real
 FLEURS clips (two languages, two shared ids, one clip over the window) through the encode job's flags; seqsim and
-retrieval run on its store (their library entry points), and decode through its flags (layers 1 and L+1, ASR and ST).
+retrieval run on its store (their library entry points), and decode through its flags (layers 1 and L+1, ASR and ST,
+greedy, beam:3 and the CTC lens; ``--language detect`` through its library entry point).
 
 Checked against ESPnet: every stored layer equals ESPnet's encoder outputs on ESPnet's own frontend, window by window,
 within 5e-5 of each layer's peak (the parity tests' frontend bound: torch's float32 STFT against ours in float64;
-the encoder itself is within 1e-5, tests/models/test_owsm_parity.py); the decode job's greedy tokens at layer L+1 equal
-ESPnet's ``Speech2Text`` at beam 1, window by window, token for token; its CTC logit lens (``--decoding ctc``) at
-layer L+1 equals ESPnet's ``CTC.argmax`` on the stored output (which equals ESPnet's encoder output, above), window
-by window, repeats collapsed and blanks dropped.
+the encoder itself is within 1e-5, tests/models/test_owsm_parity.py); the decode job's greedy and beam tokens at
+layer L+1 equal ESPnet's ``Speech2Text`` at beam 1 and 3, window by window, token for token; with ``--language
+detect`` each window's language is ESPnet's ``Speech2Language`` choice and its tokens ``Speech2Text``'s with it; its
+CTC logit lens (``--decoding ctc``) at layer L+1 equals ESPnet's ``CTC.argmax`` on the stored output (which equals
+ESPnet's encoder output, above), window by window, repeats collapsed and blanks dropped.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -32,6 +35,7 @@ from tests.models import owsm_reference as ref
 
 REL = 5e-5  # of each layer's peak: the frontend's bound (module docstring)
 MAX_TOKENS = 12
+BEAM = 3
 # Two translation pairs of the sample (its README); fr "b" (10.2 s) spans two 10 s windows.
 PAIRS = {"a": ("fleurs-fr-005", "fleurs-pt-002"), "b": ("fleurs-fr-000", "fleurs-pt-007")}
 LANGS = ("fr", "pt")
@@ -64,7 +68,7 @@ def owsm(fleurs_dir, run_job, tmp_path_factory):
     decoded = run_job(
         "decode", "--store", str(store), "--model", str(model), "--out", str(decode), "--layers", f"1,{TOP}",
         "--tasks", "transcribe,translate", "--ln_post", "on", "--max_new_tokens", str(MAX_TOKENS),
-        "--references", str(references), "--batch_size", "3", "--decoding", "greedy,ctc",
+        "--references", str(references), "--batch_size", "3", "--decoding", f"greedy,ctc,beam:{BEAM}",
     )  # fmt: skip
     return dict(root=root, model=model, store=store, decode=decode, stdout=decoded.stdout, fleurs=fleurs_dir)
 
@@ -72,6 +76,20 @@ def owsm(fleurs_dir, run_job, tmp_path_factory):
 @pytest.fixture(scope="module")
 def espnet(owsm):
     return ref.speech2text(owsm["model"], MAX_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def detected(owsm):
+    """``--language detect`` at layer L+1, greedy, transcribe: the decode job's library entry point in this process
+    (a second job process would spend more starting JAX than decoding five windows)."""
+    from engine.pipelines.decode.config import DecodeConfig
+    from engine.pipelines.decode.run import run_decode
+
+    out = owsm["root"] / "decode-detect"
+    run_decode(configure(DecodeConfig, store=str(owsm["store"]), model=str(owsm["model"]), out=str(out),
+                         layers=(TOP,), tasks=("transcribe",), language="detect", max_new_tokens=MAX_TOKENS,
+                         batch_size=3, progress=False))  # fmt: skip
+    return pq.read_table(out / "hypotheses.parquet").to_pandas()
 
 
 def _windows(audio: np.ndarray) -> list[np.ndarray]:
@@ -115,25 +133,31 @@ def test_decode_scores_two_layers_asr_and_st(owsm):
         (r["language"], int(r["layer"]), r["decoding"]) for r in scores if r["task"] == "transcribe"
     }
     assert not [r for r in scores if r["decoding"] == "ctc" and r["task"] == "translate"]
-    # 4 utterances x 2 layers x 2 tasks greedy, and x 2 layers for ctc (transcribe only)
-    assert "decoded 24 utterance-parts" in owsm["stdout"], owsm["stdout"]
+    assert {(lang, layer, task, f"beam:{BEAM}") for lang in LANGS for layer in (1, TOP)
+            for task in ("transcribe", "translate")} <= {
+        (r["language"], int(r["layer"]), r["task"], r["decoding"]) for r in scores
+    }  # fmt: skip
+    # 4 utterances x 2 layers x 2 tasks for greedy and for beam, and x 2 layers for ctc (transcribe only)
+    assert "decoded 40 utterance-parts" in owsm["stdout"], owsm["stdout"]
 
 
-def test_last_layer_greedy_tokens_equal_espnet(owsm, espnet):
+@pytest.mark.parametrize("beam", [1, BEAM])
+def test_last_layer_greedy_and_beam_tokens_equal_espnet(owsm, espnet, beam):
+    """Greedy (beam 1) and ``beam:3`` at layer L+1 against ESPnet's ``Speech2Text`` at that beam, window by window."""
     from engine.models.owsm.loaded import load_owsm
 
     ours = load_owsm(owsm["model"])
-    eos = ours.config.token_id("<eos>")
+    espnet = espnet if beam == 1 else ref.speech2text(owsm["model"], MAX_TOKENS, beam_size=beam)
     table = pq.read_table(owsm["decode"] / "hypotheses.parquet").to_pandas()
+    decoding = "greedy" if beam == 1 else f"beam:{beam}"
     for uid, stems in PAIRS.items():
         for lang, stem in zip(LANGS, stems, strict=True):
             for task, token in (("transcribe", "<asr>"), ("translate", "<st_eng>")):
                 ids = []
                 for window in _windows(load_audio(owsm["fleurs"] / f"{stem}.ogg")):
-                    theirs = espnet(window, lang_sym=TOKENS[lang], task_sym=token)[0][4].yseq.tolist()[4:]
-                    ids += theirs[:-1] if theirs[-1] == eos else theirs  # <eos> ends ESPnet's list
+                    ids += _espnet_tokens(espnet(window, lang_sym=TOKENS[lang], task_sym=token), ours)
                 row = table[(table["id"] == uid) & (table["language"] == lang) & (table["layer"] == TOP)
-                            & (table["task"] == task) & (table["decoding"] == "greedy")]  # fmt: skip
+                            & (table["task"] == task) & (table["decoding"] == decoding)]  # fmt: skip
                 assert len(row) == 1, (lang, uid, task)
                 assert row["n_tokens"].iloc[0] == len(ids) and row["hypothesis"].iloc[0] == ours.text(ids), (
                     lang, uid, task, row["hypothesis"].iloc[0], ours.text(ids),
@@ -141,10 +165,36 @@ def test_last_layer_greedy_tokens_equal_espnet(owsm, espnet):
                 assert row["language_token"].iloc[0] == TOKENS[lang].strip("<>")
 
 
+def test_detected_language_and_its_tokens_equal_espnet(owsm, espnet, detected):
+    """``--language detect``: each window's language is ESPnet's ``Speech2Language`` choice, and the window decodes
+    as ``Speech2Text`` does with it; the row names its first window's language."""
+    from engine.models.owsm.loaded import load_owsm
+
+    ours, s2l = load_owsm(owsm["model"]), ref.speech2language(owsm["model"])
+    assert len(detected) == 4 and set(detected["decoding"]) == {"greedy"}
+    for uid, stems in PAIRS.items():
+        for lang, stem in zip(LANGS, stems, strict=True):
+            ids, languages = [], []
+            for window in _windows(load_audio(owsm["fleurs"] / f"{stem}.ogg")):
+                languages.append(s2l(window)[0][0])  # ESPnet's n-best, most probable first
+                ids += _espnet_tokens(espnet(window, lang_sym=languages[-1], task_sym="<asr>"), ours)
+            row = detected[(detected["id"] == uid) & (detected["language"] == lang)]
+            assert len(row) == 1, (lang, uid)
+            assert row["language_token"].iloc[0] == languages[0].strip("<>"), (lang, uid, languages)
+            assert row["n_tokens"].iloc[0] == len(ids) and row["hypothesis"].iloc[0] == ours.text(ids), (lang, uid)
+
+
+def _espnet_tokens(results, ours) -> list[int]:
+    """The best hypothesis' tokens of a ``Speech2Text`` call, after the prompt and up to the first ``<eos>`` (ESPnet
+    appends one after ``MAX_TOKENS`` tokens when none came)."""
+    eos, tokens = ours.config.token_id("<eos>"), results[0][4].yseq.tolist()[4:]
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
 @pytest.mark.parametrize(
     ("job", "args", "says"),
     [
-        ("decode", ("--decoding", "beam:4"), "decodes OWSM greedily only"),
+        ("decode", ("--decoding", "beam:4", "--length_penalty", "0.5"), "CTranslate2 options do not apply"),
         ("decode", ("--decode_as", "fr=xyz"), "has no token in this OWSM model"),
         ("align", (), "a cross-attention head"),
         ("finetune", (), "trains a Whisper decoder on a Whisper store"),
@@ -189,3 +239,61 @@ def test_ctc_logit_lens_last_layer_equals_espnet_ctc(owsm, espnet):
                         & (table["decoding"] == "ctc")]  # fmt: skip
             assert len(row) == 1 and row["task"].iloc[0] == "transcribe", (lang, uid)
             assert row["n_tokens"].iloc[0] == len(ids) and row["hypothesis"].iloc[0] == ours.text(ids), (lang, uid)
+
+
+def test_challenge_probe_and_interp_on_an_owsm_store(owsm, whisper_words, tmp_path):
+    """challenge, probe and interp read the OWSM store (their library entry points, in this process, as seqsim's):
+    its four layers and 25 frames per second. interp takes the words the align job timed on a tiny Whisper's store of
+    the same clips (``whisper_words``); its cosines are recomputed from the OWSM states at the centre frames the words'
+    seconds map to at 25/s (``word_frames``, a later word starting where an overlapping earlier one ends)."""
+    from engine.pipelines.challenge.run import ChallengeConfig, run_challenge
+    from engine.pipelines.interp.config import InterpConfig
+    from engine.pipelines.interp.inputs import clean_word, word_frames
+    from engine.pipelines.interp.run import run_interp
+    from engine.pipelines.probe import run as probe
+    from engine.pipelines.probe.config import ProbeConfig
+
+    store, reader = str(owsm["store"]), open_store(str(owsm["store"]))
+    run_challenge(configure(ChallengeConfig, store=store, out=str(tmp_path / "challenge"), pairs="fr:pt",
+                            phone_threshold=0.16))  # fmt: skip
+    with open(tmp_path / "challenge" / "fr__pt.csv", newline="") as f:
+        assert {r["id"] for r in csv.DictReader(f)} == set(PAIRS)
+
+    # As on the wav2vec2 store (tests/jobs/test_families_jobs.py): each sentence is one "word", its id the concept.
+    text = {lang: dict(zip(*(reader.utterances_table(lang).column(c).to_pylist() for c in ("id", "transcription")),
+                           strict=True)) for lang in LANGS}  # fmt: skip
+    rows = [("fr", text["fr"][u], "pt", text["pt"][u], "synonym") for u in PAIRS]
+    rows += [("fr", text["fr"]["a"], "pt", text["pt"]["b"], "unrelated"), ("fr", text["fr"]["b"], "pt", text["pt"]["a"],
+             "unrelated")]  # fmt: skip
+    relations = tmp_path / "relations.csv"
+    relations.write_bytes(probe.relations_csv_bytes(rows))
+    probe.run_probe(configure(ProbeConfig, store=store, out=str(tmp_path / "probe"), relations=str(relations),
+                              seeds=2))  # fmt: skip
+    scores = pd.read_csv(tmp_path / "probe" / "probe.csv")
+    assert set(scores["layer"]) == {0, 1, 2, TOP} and {*scores["lang_a"], *scores["lang_b"]} == set(LANGS), scores
+
+    out = tmp_path / "interp"
+    run_interp(configure(InterpConfig, store=store, words=str(whisper_words), out=str(out), poolings=("centre",),
+                         layers=(1, TOP), pairs="fr:pt"))  # fmt: skip
+    pairs = pd.read_parquet(out / "fr__pt" / "pairs.parquet")
+    assert len(pairs) and set(pairs["layer"]) <= {1, TOP} and set(pairs["id_a"]) <= set(PAIRS)
+
+    def centres(lang: str, uid: str) -> dict[int, int]:
+        n = int(reader.lengths(lang)[reader.utterance_index(lang, uid)])
+        table = pd.read_parquet(whisper_words / lang / "words.parquet").query("id == @uid").sort_values("word_index")
+        spans, end = {}, 0
+        for row in table.itertuples():
+            span = word_frames(row.start, row.end, n, reader.info.frame_rate)
+            if span is None or not clean_word(row.word):
+                continue  # interp's words: timed, and more than punctuation
+            s, e = span
+            s = max(s, end) if spans else s
+            if s < e:
+                spans[row.word_index], end = s + (e - s) // 2, e
+        return spans
+
+    for row in pairs.itertuples():
+        a = reader.states("fr", row.id_a, row.layer)[centres("fr", row.id_a)[row.word_index_a]]
+        b = reader.states("pt", row.id_b, row.layer)[centres("pt", row.id_b)[row.word_index_b]]
+        cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+        assert abs(cosine - row.cosine) <= 1e-5, (row, cosine)

@@ -45,6 +45,7 @@ _torchaudio_placeholder()
 
 import torch  # noqa: E402
 from espnet2.bin.s2t_inference import Speech2Text  # noqa: E402
+from espnet2.bin.s2t_inference_language import Speech2Language  # noqa: E402
 from espnet2.tasks.s2t import S2TTask  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -161,19 +162,33 @@ def _write_stats(path: pathlib.Path, fleurs_dir: pathlib.Path) -> None:
     np.savez(path, count=np.array(len(x)), sum=x.sum(0), sum_square=(x * x).sum(0))
 
 
-def speech2text(root: pathlib.Path, max_tokens: int) -> Speech2Text:
-    """ESPnet's own inference on the saved model: greedy is beam 1, no CTC, no length penalty, at most ``max_tokens``.
+def speech2text(root: pathlib.Path, max_tokens: int, beam_size: int = 1) -> Speech2Text:
+    """ESPnet's own inference on the saved model: beam ``beam_size`` (greedy is 1), no CTC, no length penalty, at most
+    ``max_tokens``.
 
     Built inside ``root``: config.yaml's paths are relative to the repository root, as ESPnet's recipes run them."""
     with contextlib.chdir(root):
         return Speech2Text(
             s2t_train_config=f"{EXP}/config.yaml",
             s2t_model_file=f"{EXP}/valid.acc.ave.pth",
-            beam_size=1,
+            beam_size=beam_size,
             ctc_weight=0.0,
             penalty=0.0,
             maxlenratio=-float(max_tokens),
             nbest=1,
             device="cpu",
             bpemodel=str(root / BPE),
+        )
+
+
+def speech2language(root: pathlib.Path) -> Speech2Language:
+    """ESPnet's language identification on the saved model, over its language tokens (the test list's ends)."""
+    with contextlib.chdir(root):
+        return Speech2Language(
+            s2t_train_config=f"{EXP}/config.yaml",
+            s2t_model_file=f"{EXP}/valid.acc.ave.pth",
+            device="cpu",
+            nbest=len(LANGUAGES),
+            first_lang_sym=LANGUAGES[0],
+            last_lang_sym=LANGUAGES[-1],
         )

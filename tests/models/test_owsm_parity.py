@@ -125,3 +125,46 @@ def test_greedy_tokens_equal_espnet_search(owsm):
             theirs = theirs[:-1] if theirs[-1] == eos else theirs
             tokens, n = ours.greedy(memory[i : i + 1], lang, task, max_tokens=MAX_TOKENS)
             assert np.asarray(tokens)[0, : int(n[0])].tolist() == theirs, (i, task)
+
+
+BEAM = 3
+
+
+def _espnet_tokens(hyp, eos: int) -> list[int]:
+    """A Speech2Text hypothesis' tokens after ``<sos> <lang> <task> <notimestamps>``, up to its first ``<eos>``."""
+    tokens = hyp.yseq.tolist()[4:]
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def test_beam_search_equals_espnet_beam_search(owsm):
+    """ESPnet's BatchBeamSearch at beam 3: the same best hypothesis, token for token, and its score within 1e-5.
+
+    The random decoder ends some hypotheses early and runs others to the length limit (asserted, so that both ways
+    out of the search stay covered). ASR only: each ESPnet call costs about 2 s of CPU, and tests/jobs/test_owsm.py
+    checks the beam's ASR and ST tokens through the decode job."""
+    s2t, ours = ref.speech2text(owsm["root"], MAX_TOKENS, beam_size=BEAM), owsm["ours"]
+    memory, eos = owsm["states"][-1], ours.config.token_id("<eos>")
+    languages = [lang for _, lang in ref.CLIPS]
+    lengths = []
+    for task in ("<asr>",):
+        tokens, n, score = ours.beam(memory, languages, task, beam=BEAM, max_tokens=MAX_TOKENS)
+        for i, clip in enumerate(owsm["clips"]):
+            hyp = s2t(clip, lang_sym=languages[i], task_sym=task)[0][4]
+            theirs = _espnet_tokens(hyp, eos)
+            assert np.asarray(tokens)[i, : int(n[i])].tolist() == theirs, (i, task)
+            _close(score[i], hyp.score.numpy(), f"clip {i} {task} beam score")
+            lengths.append(len(theirs))
+    assert min(lengths) < MAX_TOKENS and max(lengths) == MAX_TOKENS, lengths
+
+
+def test_language_probs_equal_espnet_speech2language(owsm):
+    """ESPnet's Speech2Language: the softmax over the language tokens after ``<sos>``, every language's probability
+    within 1e-5, and so the same detected language."""
+    s2l, ours = ref.speech2language(owsm["root"]), owsm["ours"]
+    probs = np.asarray(ours.language_probs(owsm["states"][-1]))
+    assert probs.shape == (len(owsm["clips"]), len(ref.LANGUAGES))
+    detected = ours.detect_language(owsm["states"][-1])
+    for i, clip in enumerate(owsm["clips"]):
+        theirs = dict(s2l(clip))
+        _close(probs[i], np.array([theirs[lang] for lang in ref.LANGUAGES]), f"clip {i} language probabilities")
+        assert detected[i] == max(theirs, key=theirs.get), (i, detected[i], theirs)

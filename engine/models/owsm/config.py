@@ -187,6 +187,13 @@ class OwsmConfig:
         return tuple(t for t in self.token_list if t == "<asr>" or t.startswith("<st_"))
 
     @property
+    def language_range(self) -> tuple[int, int]:
+        """Ids of the first and last language tokens (``languages()``, contiguous): ``Speech2Language``'s
+        ``first_lang_sym`` and ``last_lang_sym`` (its defaults ``<abk>`` and ``<zul>`` are OWSM v3.1's ends)."""
+        start = self.token_list.index("<nospeech>") + 1
+        return start, self.token_list.index("<asr>") - 1
+
+    @property
     def timestamp_range(self) -> tuple[int, int]:
         """Ids of the first and last timestamp tokens (``<0.00>``, ``<30.00>``), suppressed with ``<notimestamps>``."""
         return self.token_id("<0.00>"), self.token_id(f"<{self.frontend.speech_seconds:.2f}>")

@@ -13,7 +13,11 @@ is this one.
 Greedy decoding equals ESPnet's ``BeamSearch`` with ``beam_size=1``, ``ctc_weight=0`` and no length penalty: each step
 takes the argmax of the decoder's log-softmax plus the ``ScoreFilter``'s ``-inf`` on timestamp tokens (``<0.00>`` ..
 ``<30.00>``, suppressed because the prompt holds ``<notimestamps>``). ESPnet's decoder cache holds each layer's
-outputs and recomputes keys and values from them; ours caches the keys and values, the same arithmetic.
+outputs and recomputes keys and values from them; ours caches the keys and values, the same arithmetic. ``step`` (one
+position, every row) and ``suppression`` (the filter) are shared with the beam search (``engine.models.owsm.beam``).
+
+Language identification (``language_probs``): ESPnet's ``Speech2Language``, the softmax over the language tokens of
+the decoder's log-softmax after ``<sos>`` alone.
 
 CTC head: ``ctc.ctc_lo``, a linear map from the encoder width to the vocabulary, on the encoder output (layer ``L+1``)
 as ESPnet applies it; ``ctc_logits`` also takes any other layer, passed through the encoder's ``after_norm`` first (a
@@ -98,6 +102,37 @@ class OwsmDecoder(nnx.Module):
             x = block(x, k, v, causal, *block.cross_kv(memory))
         return self.output_layer(self.after_norm(x)).astype(jnp.float32)
 
+    def init_cache(self, rows: int, total: int):
+        """Zero keys and values f[layer, 2, rows, head, total, head_width] for ``total`` positions."""
+        if total > MAX_POSITIONS:
+            raise ShapeError(f"{total} token positions exceed the decoder's {MAX_POSITIONS}")
+        h, hw = self.config.n_dec_head, self.config.width // self.config.n_dec_head
+        return jnp.zeros((len(self.blocks), 2, rows, h, total, hw), self.embedding.dtype)
+
+    def step(self, tokens, t, cache, cross):
+        """One position for every row: tokens i32[rows] at position ``t``, ``cache`` (``init_cache``), ``cross`` the
+        blocks' ``cross_kv`` -> (logits f32[rows, vocab] of the token after, the cache with position ``t`` filled)."""
+        x = self.embed(tokens[:, None], t)
+        mask = (jnp.arange(cache.shape[4]) <= t)[None, None, None, :]
+        layers = []
+        for i, block in enumerate(self.blocks):
+            a = block.self_attn
+            y = block.norm1(x)
+            k = jax.lax.dynamic_update_slice_in_dim(cache[i, 0], a.heads(a.k(y)), t, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(cache[i, 1], a.heads(a.v(y)), t, axis=2)
+            layers.append(jnp.stack([k, v]))
+            x = block(x, k, v, mask, *cross[i])
+        return self.output_layer(self.after_norm(x[:, 0])).astype(jnp.float32), jnp.stack(layers)
+
+    def suppression(self, suppress: tuple[int, int] | None):
+        """f32[vocab]: ``-inf`` on ids ``suppress[0]..suppress[1]`` (ESPnet's ``ScoreFilter`` under
+        ``<notimestamps>``), 0 elsewhere."""
+        vocab = jnp.arange(self.config.n_vocab)
+        penalty = jnp.zeros(self.config.n_vocab, jnp.float32)
+        if suppress is None:
+            return penalty
+        return jnp.where((vocab >= suppress[0]) & (vocab <= suppress[1]), -jnp.inf, penalty)
+
     def greedy(self, prompt, memory, max_tokens: int, suppress: tuple[int, int] | None, eos: int):
         """prompt i32[batch, p], memory f[batch, frame, width] -> (tokens i32[batch, max_tokens], n i32[batch]).
 
@@ -106,31 +141,13 @@ class OwsmDecoder(nnx.Module):
         """
         b, p = prompt.shape
         total = p + max_tokens
-        if total > MAX_POSITIONS:
-            raise ShapeError(f"prompt of {p} and max_tokens {max_tokens} exceed the decoder's {MAX_POSITIONS}")
         cross = [block.cross_kv(memory) for block in self.blocks]
-        h, hw = self.config.n_dec_head, self.config.width // self.config.n_dec_head
-        dtype = self.embedding.dtype
-        cache = jnp.zeros((len(self.blocks), 2, b, h, total, hw), dtype)
-        vocab = jnp.arange(self.config.n_vocab)
-        penalty = jnp.zeros(self.config.n_vocab, jnp.float32)
-        if suppress is not None:
-            penalty = jnp.where((vocab >= suppress[0]) & (vocab <= suppress[1]), -jnp.inf, penalty)
+        cache = self.init_cache(b, total)
+        penalty = self.suppression(suppress)
 
         def step(carry):
             t, token, cache, out, done = carry
-            x = self.embed(token[:, None], t)
-            mask = (jnp.arange(total) <= t)[None, None, None, :]
-            layers = []
-            for i, block in enumerate(self.blocks):
-                a = block.self_attn
-                y = block.norm1(x)
-                k = jax.lax.dynamic_update_slice_in_dim(cache[i, 0], a.heads(a.k(y)), t, axis=2)
-                v = jax.lax.dynamic_update_slice_in_dim(cache[i, 1], a.heads(a.v(y)), t, axis=2)
-                layers.append(jnp.stack([k, v]))
-                x = block(x, k, v, mask, *cross[i])
-            cache = jnp.stack(layers)
-            logits = self.output_layer(self.after_norm(x[:, 0])).astype(jnp.float32)
+            logits, cache = self.step(token, t, cache, cross)
             best = jnp.argmax(jax.nn.log_softmax(logits, axis=-1) + penalty, axis=-1).astype(jnp.int32)
             # Positions inside the prompt feed the next prompt token; after it, the argmax (eos once done).
             in_prompt = t + 1 < p
@@ -150,6 +167,13 @@ class OwsmDecoder(nnx.Module):
         n = jnp.argmax(jnp.concatenate([out, jnp.full((b, 1), eos, jnp.int32)], axis=1) == eos, axis=1)
         return out, n.astype(jnp.int32)
 
+    def language_probs(self, memory, sos: int, languages: tuple[int, int]):
+        """memory f[batch, frame, width] -> f32[batch, language]: ESPnet's ``Speech2Language``, the softmax over the
+        language ids ``languages[0]..languages[1]`` of the decoder's log-softmax after ``<sos>`` alone."""
+        tokens = jnp.full((memory.shape[0], 1), sos, jnp.int32)
+        logp = jax.nn.log_softmax(self.logits(tokens, memory)[:, 0], axis=-1)
+        return jax.nn.softmax(logp[:, languages[0] : languages[1] + 1], axis=-1)
+
     def ctc_logits(self, x):
         """Encoder states f[..., frame, width] (already through ``after_norm``) -> f32[..., frame, vocab]."""
         return self.ctc(x).astype(jnp.float32)
@@ -159,6 +183,12 @@ class OwsmDecoder(nnx.Module):
 def greedy_fn(graphdef, state, prompt, memory, *, max_tokens, suppress, eos):
     """Jitted ``OwsmDecoder.greedy`` on a split model (one compilation per shape and length)."""
     return nnx.merge(graphdef, state).greedy(prompt, memory, max_tokens, suppress, eos)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sos", "languages"))
+def language_probs_fn(graphdef, state, memory, *, sos, languages):
+    """Jitted ``OwsmDecoder.language_probs`` on a split model."""
+    return nnx.merge(graphdef, state).language_probs(memory, sos, languages)
 
 
 def decoder_shapes(config: OwsmConfig) -> dict[str, tuple[int, ...]]:

@@ -5,6 +5,8 @@ m = load_owsm("/path/to/owsm_v3.1_ebf_base")         # or the hub id espnet/owsm
 features, valid = m.features(waveforms)              # f32[batch, 3001, 80], i32[batch] encoder frames of speech
 states = m.encode(features)                          # f32[L+2, batch, 749, width]: layers 0..L+1 (see model)
 tokens, n = m.greedy(states[-1], "eng", "asr")       # i32[batch, max_tokens], i32[batch]
+tokens, n, score = m.beam(states[-1], "eng", "asr", beam=5)  # ESPnet's beam search (owsm.beam)
+m.detect_language(states[-1])                        # ["<eng>", ...]: ESPnet's Speech2Language
 m.text(tokens[0, :n[0]])                             # the BPE pieces joined
 m.ctc_logits(states, layer=5)                        # f32[batch, 749, vocab]
 """
@@ -23,9 +25,10 @@ from flax import nnx
 
 from engine.errors import ShapeError
 from engine.models.owsm import features as feats
+from engine.models.owsm.beam import beam_fn
 from engine.models.owsm.checkpoints import Checkpoint, load_checkpoint
 from engine.models.owsm.config import OwsmConfig
-from engine.models.owsm.decoder import OwsmDecoder, greedy_fn, prompt
+from engine.models.owsm.decoder import OwsmDecoder, greedy_fn, language_probs_fn, prompt
 from engine.models.owsm.model import OwsmEncoder
 from engine.models.owsm.parallel import ShardedEncoder
 
@@ -72,19 +75,57 @@ class LoadedOwsm:
         x = states[layer]
         return x if layer == self.n_layers_out - 1 else self.encoder.after_norm(x)
 
-    def greedy(self, memory, language: str, task: str = "asr", max_tokens: int = 128):
+    def prompts(self, rows: int, language: str | Sequence[str], task: str):
+        """i32[rows, 4]: ``decoder.prompt`` of ``language`` (one for every row, or one per row) and ``task``."""
+        languages = [language] * rows if isinstance(language, str) else list(language)
+        if len(languages) != rows:
+            raise ShapeError(f"{len(languages)} languages given for a batch of {rows} rows; give one or one per row")
+        return jnp.asarray([prompt(self.config, lang, task) for lang in languages], jnp.int32)
+
+    def greedy(self, memory, language: str | Sequence[str], task: str = "asr", max_tokens: int = 128):
         """memory f[batch, frame, width] -> ``(tokens i32[batch, max_tokens], n i32[batch])`` (``decoder``)."""
-        ids = jnp.asarray([prompt(self.config, language, task)] * memory.shape[0], jnp.int32)
         graphdef, state = nnx.split(self.decoder)
         return greedy_fn(
             graphdef,
             state,
-            ids,
+            self.prompts(memory.shape[0], language, task),
             jnp.asarray(memory),
             max_tokens=max_tokens,
             suppress=self.config.timestamp_range,
             eos=self.config.token_id("<eos>"),
         )
+
+    def beam(self, memory, language: str | Sequence[str], task: str = "asr", beam: int = 5, max_tokens: int = 128):
+        """memory f[batch, frame, width] -> ``(tokens i32[batch, max_tokens], n i32[batch], score f32[batch])``:
+        ESPnet's beam search (``beam``)."""
+        graphdef, state = nnx.split(self.decoder)
+        return beam_fn(
+            graphdef,
+            state,
+            self.prompts(memory.shape[0], language, task),
+            jnp.asarray(memory),
+            beam=beam,
+            max_tokens=max_tokens,
+            suppress=self.config.timestamp_range,
+            eos=self.config.token_id("<eos>"),
+        )
+
+    def language_probs(self, memory):
+        """memory f[batch, frame, width] -> f32[batch, language], over ``config.languages()`` in order: ESPnet's
+        ``Speech2Language`` scores (``decoder.language_probs``)."""
+        graphdef, state = nnx.split(self.decoder)
+        return language_probs_fn(
+            graphdef,
+            state,
+            jnp.asarray(memory),
+            sos=self.config.token_id("<sos>"),
+            languages=self.config.language_range,
+        )
+
+    def detect_language(self, memory) -> list[str]:
+        """The most probable language token of each row of memory f[batch, frame, width], e.g. ``<fra>``."""
+        best = np.asarray(self.language_probs(memory)).argmax(axis=-1)
+        return [self.config.languages()[int(i)] for i in best]
 
     def ctc_logits(self, states, layer: int):
         """f32[batch, frame, vocab]: the CTC head on ``memory(states, layer)``."""

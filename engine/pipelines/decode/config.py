@@ -55,7 +55,7 @@ class DecodeConfig:
     ln_post: str = option("both", "apply ln_post to intermediate layers (L+1 has it already)", choices=LN_POST)
     decodings: tuple[str, ...] = option(
         ("greedy",),
-        "comma-separated: greedy, beam:N (Whisper: CTranslate2's beam search), ctc (OWSM: CTC head per layer)",
+        "comma-separated: greedy, beam:N (Whisper: CTranslate2's beam search; OWSM: ESPnet's), ctc (OWSM's CTC head)",
         parse="list", flag="decoding",
     )  # fmt: skip
     patience: float = option(1.0, "beam search: stop after round(N * patience) finished hypotheses")

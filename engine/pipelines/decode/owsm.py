@@ -1,6 +1,6 @@
 """The decode job on an OWSM store: early exit and zero-shot ASR / speech translation with OWSM's attention decoder.
 
-For every (language, layer, ln_post, task) each utterance is decoded greedily from encoder layer ``layer`` with
+For every (language, layer, ln_post, task, decoding) each utterance is decoded from encoder layer ``layer`` with
 OWSM's prompt ``<sos> <lang> <task> <notimestamps>`` (``engine.models.owsm.decoder.prompt``): task ``transcribe`` is
 ``<asr>``, ``translate`` is ``<st_eng>``; ``<lang>`` is the store language's ISO 639-3 token
 (``engine.models.owsm.languages``: ``en`` -> ``<eng>``; ``--decode_as de=xxx`` names another), and a language the
@@ -8,12 +8,18 @@ token list lacks is refused before anything is written. ``ln_post`` on passes an
 encoder's ``after_norm`` first, as the decoder was trained on it (layer L+1 is its output already); off feeds the
 block's output as it is. Scores: WER/CER and BLEU/chrF exactly as Whisper's (``engine.pipelines.decode.merge``).
 
+Decodings: ``greedy``; ``beam:N``, ESPnet's beam search (``engine.models.owsm.beam``: ``Speech2Text(beam_size=N,
+ctc_weight=0, penalty=0, maxlenratio=-max_new_tokens)``; ``--patience`` and ``--length_penalty``, CTranslate2's,
+are refused unless left at their defaults). ``--language detect``: each window's language token is ESPnet's
+``Speech2Language`` choice (the most probable language token after ``<sos>``) on the memory being decoded, the
+early-exit layer's as Whisper's decode detects on it; the window then decodes as forced does with that token, and
+``language_token`` holds the first window's.
+
 Exactness, as for Whisper: OWSM's decoder attends to the whole 30 s window, padding frames included, which a store
 does not keep; so the encoder is recomputed from the store's audio (column ``path``) with the store's model and
-compute dtype, once per batch of windows for every layer and task. At layer L+1 the greedy tokens are ESPnet's own
-(``Speech2Text`` at beam 1, no CTC weight, no length penalty; ``tests/jobs/test_owsm.py``). Audio over the window is
-decoded window by window and the windows' tokens joined, as Whisper's. Beam search and language detection are not
-implemented for OWSM: ``--decoding beam:N`` and ``--language detect`` are refused.
+compute dtype, once per batch of windows for every layer, task and decoding. At layer L+1 the greedy and beam tokens
+and the detected languages are ESPnet's own (``tests/jobs/test_owsm.py``). Audio over the window is decoded window
+by window and the windows' tokens joined, as Whisper's.
 
 ``--decoding ctc`` (alone or beside ``greedy``) is the CTC head's per-layer logit lens: the head on each stored
 layer's states (through ``after_norm`` when ``ln_post`` is on), greedy CTC per window (argmax per valid frame, repeats
@@ -29,6 +35,7 @@ One process does the work; resume per part as for Whisper.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 
@@ -40,11 +47,10 @@ from flax import nnx
 from engine.data.audio import load_audio
 from engine.dtypes import DTYPES
 from engine.errors import AudioError, LanguageError
-from engine.models.owsm.decoder import prompt
 from engine.models.owsm.encoder import OwsmEncoder, load
 from engine.models.owsm.languages import owsm_language
 from engine.pipelines.decode import hypotheses as hyp
-from engine.pipelines.decode.config import DecodeConfig, DecodeError
+from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
 from engine.pipelines.decode.ctc import _text_language
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references
@@ -57,8 +63,8 @@ from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.schema import is_done
 
 TASKS = {"transcribe": "<asr>", "translate": "<st_eng>"}  # the job's task names -> OWSM's task tokens
-GREEDY, CTC = "greedy", "ctc"
-MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "store", "decode_as")
+CTC = "ctc"
+MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "store", "decode_as", "language")
 
 
 def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
@@ -67,14 +73,7 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
     t0 = time.perf_counter()
     if config.model is None:
         raise DecodeError("decode needs the store's model: pass --model (the OWSM folder or hub id it encoded with)")
-    beams = [d for d in config.decodings if d not in (GREEDY, CTC)]
-    if beams:
-        raise DecodeError(
-            f"--decoding {','.join(beams)}: babelgrid decodes OWSM greedily only (beam search is not implemented "
-            "for OWSM); pass --decoding greedy (or ctc: the CTC head's logit lens)"
-        )
-    if config.language != "forced":
-        raise DecodeError("--language detect is not implemented for OWSM: pass --language forced (the default)")
+    _refuse_whisper_beam_options(config)
     info = reader.info
     model = load(config.model, dtype=DTYPES[config.compute_dtype])
     if model.sha256 != info.checkpoint_sha256:
@@ -91,7 +90,8 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
     lacking = [la for la in layers if la not in info.layers]
     if lacking:
         raise DecodeError(f"layers {lacking} are not in the layer store, which holds {list(info.layers)}")
-    tokens = {lang: _language_token(lang, config, owsm.config.languages()) for lang in langs}
+    detect = config.language == "detect"
+    tokens = {} if detect else {lang: _language_token(lang, config, owsm.config.languages()) for lang in langs}
     for task in config.tasks:
         if TASKS[task] not in owsm.config.tasks():
             raise DecodeError(f"task {task}: this OWSM model has no {TASKS[task]} token ({owsm.config.tasks()})")
@@ -107,10 +107,11 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
     manifest = {
         "format": "babelgrid-hypotheses", "version": 1, "head": "decoder", "model_name": model.name,
         "checkpoint_sha256": model.sha256, "store": reader.url, "exact": True, "decode_as": dict(config.decode_as),
-        "max_new_tokens": config.max_new_tokens, "compute_dtype": config.compute_dtype,
+        "max_new_tokens": config.max_new_tokens, "compute_dtype": config.compute_dtype, "language": config.language,
     }  # fmt: skip
+    # A folder written before --language detect was built decoded with forced languages.
     create_or_compare(kv, hyp.MANIFEST, manifest, config.run.out, fields=MANIFEST_FIELDS, error=DecodeError,
-                      what="decode folder")  # fmt: skip
+                      what="decode folder", check=lambda stored: {"language": "forced", **stored})  # fmt: skip
     if not is_process_zero():
         return
     parts = [(task, d, layer, ln) for layer, ln in variants for task in config.tasks for d in config.decodings]
@@ -120,12 +121,10 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
         keys = {p: hyp.part_key(lang, *p) for p in parts}
         pending = [p for p in parts if not _kept(kv, keys[p], config, done)]
         summary.parts_kept += len(parts) - len(pending)
-        greedy = [(task, layer, ln) for task, d, layer, ln in pending if d == GREEDY]
+        attention = [p for p in pending if p[1] != CTC]
         written = {}
-        if greedy:
-            rows, skipped = _language(owsm, reader, lang, tokens[lang], done, greedy, english, config, summary)
-            written |= {(task, GREEDY, layer, ln): (rows[(task, layer, ln)], skipped[(task, layer, ln)])
-                        for task, layer, ln in greedy}  # fmt: skip
+        if attention:
+            written |= _language(owsm, reader, lang, tokens.get(lang), done, attention, english, config, summary)
         for task, d, layer, ln in pending:
             if d == CTC:
                 written[(task, d, layer, ln)] = _ctc_part(owsm, reader, lang, task, layer, ln, done, summary)
@@ -137,6 +136,18 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
     codes = {lang: _text_language(lang) for lang in langs}
     merge(kv, config, reader, langs, codes, variants, summary)
     summary.seconds = time.perf_counter() - t0
+
+
+def _refuse_whisper_beam_options(config: DecodeConfig) -> None:
+    """OWSM's beam search is ESPnet's (``engine.models.owsm.beam``): CTranslate2's patience and length penalty have
+    no counterpart there, so a value other than the default is refused rather than ignored."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DecodeConfig)}
+    changed = [name for name in ("patience", "length_penalty") if getattr(config, name) != defaults[name]]
+    if changed:
+        raise DecodeError(
+            f"--{' and --'.join(changed)}: OWSM's beam search is ESPnet's, which ranks by the summed log-probability "
+            "and stops when no hypothesis runs; these CTranslate2 options do not apply: leave them at their defaults"
+        )
 
 
 def _language_token(lang: str, config: DecodeConfig, known) -> str:
@@ -153,14 +164,15 @@ def _kept(kv, key: str, config: DecodeConfig, done: list[int]) -> bool:
 
 
 def _language(owsm, reader, lang, lang_token, done, parts, english, config, summary):
-    """The rows and skips of every part ``(task, layer, ln_post)`` of one language: its audio's windows encoded once
-    per batch, each part's memory decoded from them."""
+    """``{part: (rows, skips)}`` of every part ``(task, decoding, layer, ln_post)`` of one language: its audio's
+    windows encoded once per batch, each (layer, ln_post)'s memory decoded from them. ``lang_token`` is the forced
+    language (``<fra>``), or None with ``--language detect``: each window's own, detected from that memory."""
     rows_of = reader.arrays(lang).rows
-    encoder_windows = _windows(owsm, reader, lang, rows_of, done)
-    audio_skips, order, features, owner = encoder_windows
+    audio_skips, order, features, owner = _windows(owsm, reader, lang, rows_of, done)
     out = {p: {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names} for p in parts}
     skipped = {p: list(audio_skips) for p in parts}
-    results = {p: ([], []) for p in parts}  # tokens per window, avg_logprob per window
+    results = {p: ([], [], []) for p in parts}  # per window: tokens, avg_logprob, language token
+    memories = sorted({(layer, ln_post) for _, _, layer, ln_post in parts})
     batch = config.batch_size
     for start in range(0, len(features), batch):
         chunk = features[start : start + batch]
@@ -168,16 +180,22 @@ def _language(owsm, reader, lang, lang_token, done, parts, english, config, summ
         if n < batch:  # one program for every batch: the last padded with copies of its first window
             chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - n, axis=0)])
         states = owsm.encode(chunk)
-        for task, layer, ln_post in parts:
+        for layer, ln_post in memories:
             memory = owsm.memory(states, layer) if ln_post else states[layer]
-            ids, lengths, avg = _greedy(owsm, memory, lang_token, TASKS[task], config.max_new_tokens)
-            tokens, logprobs = results[(task, layer, ln_post)]
-            tokens += [ids[i, : lengths[i]].tolist() for i in range(n)]
-            logprobs += avg[:n].tolist()
+            # Detected from the memory decoded, as Whisper's decode detects from the early-exit layer.
+            languages = owsm.detect_language(memory) if lang_token is None else [lang_token] * batch
+            for task, decoding, layer_, ln_post_ in parts:
+                if (layer_, ln_post_) != (layer, ln_post):
+                    continue
+                ids, lengths, avg = _decode(owsm, memory, languages, TASKS[task], decoding, config.max_new_tokens)
+                tokens, logprobs, detected = results[(task, decoding, layer, ln_post)]
+                tokens += [ids[i, : lengths[i]].tolist() for i in range(n)]
+                logprobs += avg[:n].tolist()
+                detected += languages[:n]
     summary.windows += len(features) * len(parts)
     for p in parts:
-        task, layer, ln_post = p
-        tokens, logprobs = results[p]
+        task, decoding, layer, ln_post = p
+        tokens, logprobs, detected = results[p]
         for u in order:
             mine = np.flatnonzero(owner == u)
             ids = sum((tokens[i] for i in mine), [])
@@ -189,7 +207,7 @@ def _language(owsm, reader, lang, lang_token, done, parts, english, config, summ
                 ref = None
             values = dict(
                 language=lang, id=row.id, recording=row.recording, utterance=int(u), layer=int(layer),
-                ln_post=bool(ln_post), task=task, decoding="greedy", language_token=lang_token.strip("<>"),
+                ln_post=bool(ln_post), task=task, decoding=decoding, language_token=detected[mine[0]].strip("<>"),
                 hypothesis=text, reference=ref, avg_logprob=float(np.mean([logprobs[i] for i in mine])),
                 compression_ratio=compression_ratio(text), n_tokens=len(ids),
             )  # fmt: skip
@@ -197,7 +215,7 @@ def _language(owsm, reader, lang, lang_token, done, parts, english, config, summ
                 out[p][name].append(values[name])
             summary.decoded += 1
             summary.tokens += len(ids)
-    return out, skipped
+    return {p: (out[p], skipped[p]) for p in parts}
 
 
 def _windows(owsm, reader, lang, rows_of, done):
@@ -218,10 +236,15 @@ def _windows(owsm, reader, lang, rows_of, done):
     return skips, order, stacked, np.asarray(owner, np.int64)
 
 
-def _greedy(owsm, memory, lang_token: str, task_token: str, max_tokens: int):
-    """Greedy tokens of one batch and the mean log-probability of each row's tokens and ``<eos>`` (teacher-forced)."""
-    ids, lengths = owsm.greedy(memory, lang_token, task_token, max_tokens=max_tokens)
-    head = jnp.asarray([prompt(owsm.config, lang_token, task_token)] * memory.shape[0], jnp.int32)
+def _decode(owsm, memory, languages: list[str], task_token: str, decoding: str, max_tokens: int):
+    """Tokens of one batch, greedy or ESPnet's beam search (``decoding``), each row with its language's prompt, and
+    the mean log-probability of each row's tokens and ``<eos>`` (teacher-forced)."""
+    beam = parse_decoding(decoding)
+    if beam == 1:
+        ids, lengths = owsm.greedy(memory, languages, task_token, max_tokens=max_tokens)
+    else:
+        ids, lengths, _ = owsm.beam(memory, languages, task_token, beam=beam, max_tokens=max_tokens)
+    head = owsm.prompts(memory.shape[0], languages, task_token)
     graphdef, state = nnx.split(owsm.decoder)
     avg = _avg_logprob(graphdef, state, head, ids, lengths, jnp.asarray(memory))
     return np.asarray(ids), np.asarray(lengths), np.asarray(avg)
