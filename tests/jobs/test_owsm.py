@@ -196,6 +196,7 @@ def _espnet_tokens(results, ours) -> list[int]:
     [
         ("decode", ("--decoding", "beam:4", "--length_penalty", "0.5"), "CTranslate2 options do not apply"),
         ("decode", ("--decode_as", "fr=xyz"), "has no token in this OWSM model"),
+        ("decode", ("--plan",), "decode --plan models Whisper's decoder only"),
         ("align", (), "a cross-attention head"),
         ("finetune", (), "trains a Whisper decoder on a Whisper store"),
     ],

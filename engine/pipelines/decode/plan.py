@@ -51,6 +51,15 @@ def calibrate_decoder(dims: ModelDimensions, rows: int, dtype: str) -> float:
 def plan_decode_run(config, device: Device | None) -> Plan:
     reader = open_store(config.store)
     info, dims = reader.info, reader.info.dims
+    if info.family != "whisper":
+        from engine.pipelines.decode.config import DecodeError
+
+        # The cost model below is Whisper's decoder over 1500 frames; another family's decoder (OWSM's, its CTC
+        # head) is not modelled, and a plan of the wrong model would be a number nobody measured.
+        raise DecodeError(
+            f"decode --plan models Whisper's decoder only; '{config.store}' is a {info.family} store. Time the "
+            "decode on one language (--langs) and scale it instead"
+        )
     langs = list(config.langs) if config.langs else reader.languages()
     layers = config.layers if config.layers is not None else info.layers
     top = dims.n_encoder_layers_out - 1
