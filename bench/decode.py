@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import pathlib
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import tempfile
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from bench.common import interleaved, machine  # noqa: E402
 
@@ -38,8 +40,11 @@ def main() -> None:
     from engine.models.whisper.decoding import DecodingOptions
     from engine.models.whisper.loaded import load_whisper
 
-    fleurs = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "fleurs-sample"
+    # $BABELGRID_FLEURS_SAMPLE as tests/conftest.py reads it: a git worktree does not sit beside ../shared.
+    fleurs = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
     clips = sorted(fleurs.glob("fleurs-de-*.ogg"))[: args.windows]
+    if not clips:
+        raise SystemExit(f"no fleurs-de-*.ogg clips in {fleurs}: set BABELGRID_FLEURS_SAMPLE to the FLEURS sample")
     mel = np.concatenate([features_for_audio(load_audio(p), 80)[0][:1] for p in clips])
     whisper = load_whisper()
     top = whisper.dims.n_audio_layer + 1

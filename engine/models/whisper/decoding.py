@@ -90,13 +90,49 @@ def language_probs(model: Whisper, xa, sot: int, lang_ids: Sequence[int]) -> np.
     return np.asarray(_language_logits(graphdef, state, xa, sot, jnp.asarray(lang_ids, jnp.int32)))
 
 
+# The key/value cache grows in stages of these many new tokens (doubling, the last one max_new_tokens): each stage is
+# one while_loop whose cache holds the prompt plus the stage's tokens, so a step attends to, and beam search reorders,
+# a cache about as long as the decode so far instead of one sized for 224 tokens. FLEURS windows end after 30-65
+# tokens; with one cache of prompt + 224 a beam-5 step of 8 windows copied 224 MB to reorder it (bench/RESULTS.md).
+FIRST_STAGE = 32  # new tokens in the first stage
+
+
+def cache_stages(max_new_tokens: int) -> tuple[int, ...]:
+    """The new-token counts at which the cache grows: ``(32, 64, ..., max_new_tokens)``, each a stage's limit."""
+    stages = []
+    limit = FIRST_STAGE
+    while limit < max_new_tokens:
+        stages.append(limit)
+        limit *= 2
+    return (*stages, max_new_tokens)
+
+
+def _pad_cache(cache, length: int):
+    """Zero-pad each ``f[rows, heads, positions, head_dim]`` of ``cache`` to ``length`` positions (never written
+    before the decode reaches them, and masked until then, as in ``TextDecoder.init_cache``)."""
+    grow = length - cache[0][0].shape[2]
+    if grow == 0:
+        return cache
+    return jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, grow), (0, 0))), cache)
+
+
+def _staged_while(cond, body, carry: dict, n_prompt: int, stages: tuple[int, ...]) -> dict:
+    """``lax.while_loop(cond, body, carry)`` run stage by stage (``cache_stages``): ``carry["cache"]`` grows to
+    ``n_prompt + limit`` positions before the stage that runs the steps ``carry["step"] < limit``."""
+    for limit in stages:
+        carry = {**carry, "cache": _pad_cache(carry["cache"], n_prompt + limit)}
+        carry = jax.lax.while_loop(lambda c, limit=limit: cond(c) & (c["step"] < limit), body, carry)
+    return carry
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
 def _greedy(graphdef, state, xa, prompt, suppress, suppress_begin, eot, max_new_tokens):
     model = nnx.merge(graphdef, state)
     dec = model.decoder
     batch, n_prompt = prompt.shape
+    stages = cache_stages(max_new_tokens)
     kv = dec.cross_kv(xa)
-    cache = dec.init_cache(batch, xa.dtype, length=n_prompt + max_new_tokens)
+    cache = dec.init_cache(batch, xa.dtype, length=n_prompt + stages[0])
     logits, cache, _ = dec(prompt, kv, cache=cache, offset=0)
     neg_inf = jnp.float32(-jnp.inf)
 
@@ -107,29 +143,39 @@ def _greedy(graphdef, state, xa, prompt, suppress, suppress_begin, eot, max_new_
         token = jnp.argmax(logprobs, axis=-1).astype(jnp.int32)
         return token, jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
-    out = jnp.full((batch, max_new_tokens), eot, jnp.int32)
     token, logprob = pick(logits[:, -1], True)
 
-    def cond(carry):
-        step, _, done, *_ = carry
-        return (step < max_new_tokens) & ~jnp.all(done)
+    def cond(c):
+        return (c["step"] < max_new_tokens) & ~jnp.all(c["done"])
 
-    def body(carry):
-        step, token, done, out, cache, total, count, logprob = carry
-        token = jnp.where(done, eot, token)
-        out = out.at[:, step].set(token)
-        total = total + jnp.where(done, 0.0, logprob)
-        count = count + (~done).astype(jnp.int32)
-        done = done | (token == eot)
-        logits, cache, _ = dec(token[:, None], kv, cache=cache, offset=n_prompt + step)
-        token, logprob = pick(logits[:, -1], False)
-        return step + 1, token, done, out, cache, total, count, logprob
+    def body(c):
+        step, done = c["step"], c["done"]
+        token = jnp.where(done, eot, c["token"])
+        logits, cache, _ = dec(token[:, None], kv, cache=c["cache"], offset=n_prompt + step)
+        next_token, next_logprob = pick(logits[:, -1], False)
+        return dict(
+            step=step + 1,
+            token=next_token,
+            done=done | (token == eot),
+            out=c["out"].at[:, step].set(token),
+            cache=cache,
+            total=c["total"] + jnp.where(done, 0.0, c["logprob"]),
+            count=c["count"] + (~done).astype(jnp.int32),
+            logprob=next_logprob,
+        )
 
-    zeros = jnp.zeros((batch,), jnp.float32)
-    carry = (0, token, jnp.zeros((batch,), bool), out, cache, zeros, jnp.zeros((batch,), jnp.int32), logprob)
-    carry = jax.lax.while_loop(cond, body, carry)
-    _, _, _, out, _, total, count, _ = carry
-    return out, total / jnp.maximum(count, 1)
+    carry = dict(
+        step=jnp.int32(0),
+        token=token,
+        done=jnp.zeros((batch,), bool),
+        out=jnp.full((batch, max_new_tokens), eot, jnp.int32),
+        cache=cache,
+        total=jnp.zeros((batch,), jnp.float32),
+        count=jnp.zeros((batch,), jnp.int32),
+        logprob=logprob,
+    )
+    c = _staged_while(cond, body, carry, n_prompt, stages)
+    return c["out"], c["total"] / jnp.maximum(c["count"], 1)
 
 
 def greedy_decode(
@@ -200,7 +246,8 @@ def _beam(
     # One cross-attention key/value per utterance, shared by its beams (rows b * K .. b * K + K - 1): the decoder
     # groups them (TextDecoder.__call__), where CTranslate2 replicates its memory per beam.
     kv = dec.cross_kv(xa)
-    cache = dec.init_cache(rows, xa.dtype, length=n_prompt + max_new_tokens)
+    stages = cache_stages(max_new_tokens)
+    cache = dec.init_cache(rows, xa.dtype, length=n_prompt + stages[0])
     logits, cache, _ = dec(jnp.repeat(prompt, k_beam, axis=0), kv, cache=cache, offset=0)
     neg_inf = jnp.float32(-jnp.inf)
     b_idx = jnp.arange(batch)[:, None]
@@ -285,7 +332,7 @@ def _beam(
             done=done,
         )
 
-    c = jax.lax.while_loop(cond, body, carry)
+    c = _staged_while(cond, body, carry, n_prompt, stages)
     length = c["hyp_len"].astype(jnp.float32)
     ranked = c["hyp_sum"] / jnp.power(length, length_penalty)
     ranked = jnp.where(jnp.arange(n_hyp)[None, :] < c["n_found"][:, None], ranked, neg_inf)
