@@ -34,6 +34,9 @@ from kernels.frames import matmul_f32, unit_rows
 
 CHUNK = 8  # frames per chunk: utterances are padded to a multiple of this in a bin (a 25-frame word wastes 7)
 CPU_BIN_FRAMES = 1024  # frames per bin on CPU: a [1024, 1024] f32 block (4 MiB) stays in the 32 MiB L3
+# Bin sizes are multiples of this: a side of 4,100 frames takes 5 bins of 896 (fill 0.92), not 5 of 1024 (0.80), and
+# the sides of a grid share a few compiled shapes.
+BIN_QUANTUM = 128
 ACCELERATOR_BIN_FRAMES = 8192  # larger GEMMs where memory is not the limit (not measured on a GPU yet)
 PAD_SIMILARITY = -4.0  # as in kernels.seqsim: below every cosine, exact in bf16
 
@@ -58,12 +61,26 @@ def _pow2(x: int) -> int:
     return 1 << max(int(x) - 1, 0).bit_length()
 
 
-def bin_frames_for(lengths: np.ndarray, most: int) -> int:
-    """Frames per bin for one side: ``most``, or fewer when the whole side fits in less (small grids, tests), and
-    never less than the side's longest utterance rounded up to ``CHUNK``. A multiple of ``CHUNK``."""
+def pack_side(lengths: np.ndarray, frames: int, most: int) -> Packing:
+    """The packing of one side into the fewest bins of at most ``most`` frames, each as small as they allow (a
+    multiple of ``BIN_QUANTUM``), so that the last bin is not mostly padding; one bin of a power of two frames when
+    the whole side fits in one (small grids, tests); bins never smaller than the longest utterance (CHUNK-padded).
+    """
     padded = -(-np.asarray(lengths, np.int64) // CHUNK) * CHUNK
-    total = int(padded.sum())
-    return max(int(padded.max()), min(most, _pow2(max(total, CHUNK))))
+    total, longest = int(padded.sum()), int(padded.max())
+    if total <= most:
+        return pack(lengths, frames, max(longest, _pow2(max(total, CHUNK))))
+    bins = -(-total // most)
+    while True:  # whole utterances may not fill bins exactly: grow the bins, then take one more, until they hold all
+        size = max(longest, min(most, -(-total // (bins * BIN_QUANTUM)) * BIN_QUANTUM))
+        while True:
+            packing = pack(lengths, frames, size)
+            if len(packing.frame) <= bins:
+                return packing
+            if size >= most:
+                break
+            size = min(most, size + BIN_QUANTUM)
+        bins += 1
 
 
 def pack(lengths: np.ndarray, frames: int, bin_frames: int) -> Packing:
@@ -126,11 +143,12 @@ def _by_slot(x: jax.Array, chunks: jax.Array, fill: float, reduce) -> jax.Array:
 def _bin_pair(a, a_valid, a_chunks, a_len, b, b_valid, b_chunks, b_len) -> tuple[jax.Array, jax.Array]:
     """Directional SeqSim terms of the slots of one bin of A against those of one bin of B.
 
-    a: f32|bf16[r_a, embed] packed frames, a_valid: bool[r_a], a_chunks: i32[U_a, K_a], a_len: f32[U_a] (a
-    ``Packing``'s rows for one bin); b likewise. Returns (a_to_b, b_to_a), each f32[U_a, U_b].
+    a: f32|bf16[r_a, embed + 2] packed unit frames from ``_unit_augmented`` (pad_first), a_valid: bool[r_a],
+    a_chunks: i32[U_a, K_a], a_len: f32[U_a] (a ``Packing``'s rows for one bin); b likewise (not pad_first).
+    Returns (a_to_b, b_to_a), each f32[U_a, U_b].
     """
     r_a, r_b = a.shape[0], b.shape[0]
-    c = matmul_f32(_unit_augmented(a, a_valid, True), _unit_augmented(b, b_valid, False))  # f32[r_a, r_b]
+    c = matmul_f32(a, b)  # f32[r_a, r_b]
     # a_to_b: each frame of A's best match in each slot of B, then the mean over the frames of each slot of A.
     best_in_b = _by_slot(jnp.max(c.reshape(r_a, r_b // CHUNK, CHUNK), axis=2).T, b_chunks, -jnp.inf, jnp.max)
     best_in_b = jnp.where(a_valid[None, :], best_in_b, 0.0)  # f32[U_b, r_a]; padding frames of A add nothing
@@ -143,6 +161,8 @@ def _bin_pair(a, a_valid, a_chunks, a_len, b, b_valid, b_chunks, b_len) -> tuple
 
 
 _bin_pair_jit = jax.jit(_bin_pair)
+# Once per bin and side, not per pair of bins: one shape, [bin_frames, embed], whatever the side's bin count.
+_unit_augmented_jit = jax.jit(_unit_augmented, static_argnames=("pad_first",))
 
 
 @functools.partial(jax.jit, static_argnames=("embed",))
@@ -151,24 +171,28 @@ def _gather_frames(x: jax.Array, frame: jax.Array, *, embed: int) -> jax.Array:
     return jnp.take(x.reshape(-1, embed), frame, axis=0)
 
 
-def _bins(x: jax.Array, lengths: np.ndarray, most: int) -> tuple[Packing, list[tuple]]:
+def _bins(x: jax.Array, lengths: np.ndarray, most: int, pad_first: bool) -> tuple[Packing, list[tuple]]:
     """The packing of one side and, per bin, the device arguments of ``_bin_pair`` (placed once, used per pair)."""
-    packing = pack(lengths, x.shape[1], bin_frames_for(lengths, most))
+    packing = pack_side(lengths, x.shape[1], most)
     frames = _gather_frames(x, packing.frame, embed=x.shape[2])
-    per_bin = zip(frames, packing.valid, packing.chunks, packing.lengths, strict=True)
-    return packing, [tuple(jnp.asarray(v) for v in row) for row in per_bin]
+    per_bin = []
+    for frame, valid, chunks, slot_lengths in zip(frames, packing.valid, packing.chunks, packing.lengths, strict=True):
+        valid = jnp.asarray(valid)
+        unit = _unit_augmented_jit(frame, valid, pad_first=pad_first)
+        per_bin.append((unit, valid, jnp.asarray(chunks), jnp.asarray(slot_lengths)))
+    return packing, per_bin
 
 
 def seqsim_matrix_packed(A, len_A, B, len_B, *, bin_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Directional SeqSim terms (a_to_b, b_to_a), each f32[N, M] on the host, by packed bins (module docstring).
 
     A: f32|bf16[N, m, embed]; len_A: concrete i32[N] in 1..m; B: same dtype [M, n, embed], len_B: i32[M].
-    bin_frames: the most frames per bin (``bin_frames_for`` chooses fewer for a small side). Inputs are checked by
+    bin_frames: the most frames per bin (``pack_side`` chooses fewer where they hold the side). Inputs are checked by
     the caller (``kernels.seqsim.seqsim_matrix``).
     """
     len_A, len_B = np.asarray(len_A), np.asarray(len_B)
-    pa, bins_a = _bins(A, len_A, bin_frames)
-    pb, bins_b = _bins(B, len_B, bin_frames)
+    pa, bins_a = _bins(A, len_A, bin_frames, pad_first=True)
+    pb, bins_b = _bins(B, len_B, bin_frames, pad_first=False)
     # One call per pair of bins, all dispatched before any result is read: the device queue never runs dry.
     calls = [[_bin_pair_jit(*a, *b) for b in bins_b] for a in bins_a]
     a_to_b = np.empty((len(len_A), len(len_B)), np.float32)

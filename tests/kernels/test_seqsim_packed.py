@@ -91,10 +91,16 @@ def test_pack_places_every_frame_once_in_chunk_aligned_slots():
         sp.pack(np.array([40, 3]), 40, 32)
 
 
-def test_bin_frames_for_small_and_long_sides():
-    assert sp.bin_frames_for(np.array([3, 5]), 1024) == 16  # two chunks: the whole side in one small bin
-    assert sp.bin_frames_for(np.array([1500, 20]), 1024) == 1504  # never below the longest utterance
-    assert sp.bin_frames_for(np.full(400, 40), 1024) == 1024
+def test_pack_side_takes_the_fewest_and_smallest_bins():
+    def shape(lengths, most=1024):
+        return sp.pack_side(np.asarray(lengths), max(lengths), most).frame.shape
+
+    assert shape([3, 5]) == (1, 16)  # two chunks: the whole side in one small bin
+    assert shape([1500, 20]) == (2, 1504)  # never below the longest utterance
+    assert shape([40] * 400) == (16, 1024)
+    # ~4,100 frames of sentences: 5 bins as in 1024s, but each of 896 frames, the last one not mostly padding.
+    rng = np.random.default_rng(15)
+    assert shape(rng.integers(90, 190, 30)) == (5, 896)
 
 
 def test_packed_needs_concrete_lengths():
