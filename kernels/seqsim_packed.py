@@ -62,25 +62,26 @@ def _pow2(x: int) -> int:
 
 
 def pack_side(lengths: np.ndarray, frames: int, most: int) -> Packing:
-    """The packing of one side into the fewest bins of at most ``most`` frames, each as small as they allow (a
-    multiple of ``BIN_QUANTUM``), so that the last bin is not mostly padding; one bin of a power of two frames when
-    the whole side fits in one (small grids, tests); bins never smaller than the longest utterance (CHUNK-padded).
+    """The packing of one side into bins of at most ``most`` frames (a multiple of ``BIN_QUANTUM``) with the least
+    total area (bins x frames), so that the last bin is not mostly padding: among the fewest bins that hold the side
+    and one or two more, each as small as it can be; one bin of a power of two frames when the whole side fits in
+    one (small grids, tests); bins never smaller than the longest utterance (CHUNK-padded).
     """
     padded = -(-np.asarray(lengths, np.int64) // CHUNK) * CHUNK
     total, longest = int(padded.sum()), int(padded.max())
     if total <= most:
         return pack(lengths, frames, max(longest, _pow2(max(total, CHUNK))))
-    bins = -(-total // most)
-    while True:  # whole utterances may not fill bins exactly: grow the bins, then take one more, until they hold all
+    fewest, best = -(-total // most), None
+    for bins in range(fewest, fewest + 3):
         size = max(longest, min(most, -(-total // (bins * BIN_QUANTUM)) * BIN_QUANTUM))
-        while True:
+        while True:  # whole utterances may not fill the bins exactly: grow them until as many bins hold the side
             packing = pack(lengths, frames, size)
-            if len(packing.frame) <= bins:
-                return packing
-            if size >= most:
+            if len(packing.frame) <= bins or size >= most:
                 break
             size = min(most, size + BIN_QUANTUM)
-        bins += 1
+        if best is None or packing.frame.size < best.frame.size:
+            best = packing
+    return best
 
 
 def pack(lengths: np.ndarray, frames: int, bin_frames: int) -> Packing:

@@ -101,6 +101,8 @@ def test_pack_side_takes_the_fewest_and_smallest_bins():
     # ~4,100 frames of sentences: 5 bins as in 1024s, but each of 896 frames, the last one not mostly padding.
     rng = np.random.default_rng(15)
     assert shape(rng.integers(90, 190, 30)) == (5, 896)
+    # 29 x 152 padded frames: 5 bins need 1024 frames each (6 utterances), 6 bins of 768 (5 each) are less area.
+    assert shape([150] * 29) == (6, 768)
 
 
 def test_packed_needs_concrete_lengths():
