@@ -186,8 +186,13 @@ def main() -> None:
           f"{load0[0]:.1f}, {load0[1]:.1f}, {load0[2]:.1f} before, {load1[0]:.1f}, {load1[1]:.1f}, {load1[2]:.1f} "
           f"after; 1-min load after each round: {', '.join(f'{x:.1f}' for x in loads)}.")  # fmt: skip
     print(
-        f"Command: `python bench/seqsim_lengths.py {' '.join(sys.argv[1:])}`: {args.langs} languages x "
-        f"{args.layers} layers, d={args.d}, float32, job measures {args.measure}; medians of {args.rounds} "
+        f"Command: `python bench/seqsim_lengths.py {' '.join(sys.argv[1:])}`: "
+        + (
+            "the store's languages and layers"
+            if args.store
+            else f"{args.langs} languages x {args.layers} layers, d={args.d}"
+        )  # fmt: skip
+        + f", float32, job measures {args.measure}; medians of {args.rounds} "
         "interleaved rounds. Rates on SeqSim's valid-frame FLOPs; ratios to the same rounds' 2048^3 matmul.\n"
     )
     print(

@@ -32,7 +32,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from engine import axes
 from engine.errors import ShapeError
 from kernels.frames import COS_EPS, check_lengths, even_split, frame_mask, matmul_f32, normalize_frames, traced
-from kernels.seqsim_packed import ACCELERATOR_BIN_FRAMES, CPU_BIN_FRAMES, PAD_SIMILARITY, seqsim_matrix_packed
+from kernels.seqsim_packed import (
+    ACCELERATOR_BIN_FRAMES,
+    CPU_BIN_FRAMES,
+    PAD_SIMILARITY,
+    PackedSide,
+    seqsim_matrix_packed,
+    seqsim_packed_sides,
+)
 
 CPU_BLOCK_BUDGET_BYTES = 256 * 2**20  # per-block working set on CPU: leaves room for the inputs in a few GiB
 ACCELERATOR_BUDGET_FRACTION = 0.25  # share of free accelerator memory one block may use
@@ -248,17 +255,44 @@ def seqsim_matrix(
     _check_inputs(A, len_A, B, len_B)
     device = jax.devices()[0]
     if packed is None:
-        packed = device.platform == "cpu" and block_a is None and block_b is None and not traced(len_A, len_B)
+        packed = packs_by_default(device) and block_a is None and block_b is None and not traced(len_A, len_B)
     if packed:
         if traced(len_A, len_B):
             raise ValueError("seqsim_matrix(packed=True) packs by concrete lengths: call it outside jit")
-        most = CPU_BIN_FRAMES if device.platform == "cpu" else ACCELERATOR_BIN_FRAMES
-        a_to_b, b_to_a = seqsim_matrix_packed(A, len_A, B, len_B, bin_frames=most)
-        score = jnp.asarray(0.5 * (a_to_b + b_to_a))
-        return SeqSim(score, jnp.asarray(a_to_b), jnp.asarray(b_to_a)) if directional else score
+        return _packed_result(*seqsim_matrix_packed(A, len_A, B, len_B, bin_frames=_bin_frames(device)), directional)
     A, B = _crop_frames(A, len_A), _crop_frames(B, len_B)
     block_a, block_b = _resolve_blocks(A.shape, B.shape, A.dtype, block_a, block_b, memory_bytes, device)
     return _seqsim_matrix_jit(A, len_A, B, len_B, block_a=block_a, block_b=block_b, directional=directional)
+
+
+def packs_by_default(device: jax.Device | None = None) -> bool:
+    """Whether ``seqsim_matrix`` scores by packed bins on ``device`` (default: the first JAX device) when asked
+    nothing else: on CPU (packing is not measured on accelerators yet)."""
+    return (device or jax.devices()[0]).platform == "cpu"
+
+
+def pack_states(x: jax.Array, lengths) -> PackedSide:
+    """One side, f32|bf16[N, frames, embed] with concrete lengths i32[N] in 1..frames, packed once for
+    ``seqsim_matrix_of_packed`` (a job that scores each side against many packs it once, not once per pair)."""
+    x, lengths = jnp.asarray(x), np.asarray(lengths, np.int32)
+    if x.ndim != 3:
+        raise ShapeError(f"states must be [utterance, frame, embed], got shape {x.shape}")
+    check_lengths("lengths", lengths, x.shape[0], x.shape[1], "utterance")
+    return PackedSide(x, lengths, _bin_frames(jax.devices()[0]))
+
+
+def seqsim_matrix_of_packed(A: PackedSide, B: PackedSide, *, directional: bool = False) -> jax.Array | SeqSim:
+    """``seqsim_matrix(..., packed=True)`` of two sides from ``pack_states``: the same results."""
+    return _packed_result(*seqsim_packed_sides(A, B), directional)
+
+
+def _bin_frames(device: jax.Device) -> int:
+    return CPU_BIN_FRAMES if device.platform == "cpu" else ACCELERATOR_BIN_FRAMES
+
+
+def _packed_result(a_to_b: np.ndarray, b_to_a: np.ndarray, directional: bool) -> jax.Array | SeqSim:
+    score = jnp.asarray(0.5 * (a_to_b + b_to_a))
+    return SeqSim(score, jnp.asarray(a_to_b), jnp.asarray(b_to_a)) if directional else score
 
 
 def _resolve_blocks(shape_a, shape_b, dtype, block_a, block_b, memory_bytes, device) -> tuple[int, int]:

@@ -172,16 +172,51 @@ def _gather_frames(x: jax.Array, frame: jax.Array, *, embed: int) -> jax.Array:
     return jnp.take(x.reshape(-1, embed), frame, axis=0)
 
 
-def _bins(x: jax.Array, lengths: np.ndarray, most: int, pad_first: bool) -> tuple[Packing, list[tuple]]:
-    """The packing of one side and, per bin, the device arguments of ``_bin_pair`` (placed once, used per pair)."""
-    packing = pack_side(lengths, x.shape[1], most)
-    frames = _gather_frames(x, packing.frame, embed=x.shape[2])
-    per_bin = []
-    for frame, valid, chunks, slot_lengths in zip(frames, packing.valid, packing.chunks, packing.lengths, strict=True):
-        valid = jnp.asarray(valid)
-        unit = _unit_augmented_jit(frame, valid, pad_first=pad_first)
-        per_bin.append((unit, valid, jnp.asarray(chunks), jnp.asarray(slot_lengths)))
-    return packing, per_bin
+class PackedSide:
+    """One side packed once, to be scored against many (the seqsim job packs each language once per layer): its
+    ``Packing`` and each bin's device arguments of ``_bin_pair``, per role (A or B), built on first use.
+
+    x: f32|bf16[N, frames, embed]; lengths: concrete i32[N] in 1..frames; most: the most frames per bin.
+    """
+
+    def __init__(self, x: jax.Array, lengths, most: int):
+        self.lengths = np.asarray(lengths)
+        self.packing = pack_side(self.lengths, x.shape[1], most)
+        frames = _gather_frames(x, self.packing.frame, embed=x.shape[2])
+        self._per_bin = [
+            (frame, jnp.asarray(valid), jnp.asarray(chunks), jnp.asarray(slot_lengths))
+            for frame, valid, chunks, slot_lengths in zip(
+                frames, self.packing.valid, self.packing.chunks, self.packing.lengths, strict=True
+            )
+        ]
+        self._roles: dict[bool, list[tuple]] = {}
+
+    def bins(self, pad_first: bool) -> list[tuple]:
+        """Per bin, (unit augmented frames, valid, chunks, slot lengths) for the A (``pad_first``) or B role."""
+        if pad_first not in self._roles:
+            self._roles[pad_first] = [
+                (_unit_augmented_jit(frame, valid, pad_first=pad_first), valid, chunks, slot_lengths)
+                for frame, valid, chunks, slot_lengths in self._per_bin
+            ]
+            if len(self._roles) == 2:  # both roles built: the raw frames are needed no more
+                self._per_bin = []
+        return self._roles[pad_first]
+
+
+def seqsim_packed_sides(pa: PackedSide, pb: PackedSide) -> tuple[np.ndarray, np.ndarray]:
+    """Directional SeqSim terms (a_to_b, b_to_a), each f32[N, M] on the host, of two packed sides."""
+    bins_a, bins_b = pa.bins(pad_first=True), pb.bins(pad_first=False)
+    # One call per pair of bins, all dispatched before any result is read: the device queue never runs dry.
+    calls = [[_bin_pair_jit(*a, *b) for b in bins_b] for a in bins_a]
+    a_to_b = np.empty((len(pa.lengths), len(pb.lengths)), np.float32)
+    b_to_a = np.empty_like(a_to_b)
+    for rows, row in zip(pa.packing.utterance, calls, strict=True):
+        for cols, (ab, ba) in zip(pb.packing.utterance, row, strict=True):
+            keep = np.ix_(rows >= 0, cols >= 0)
+            at = np.ix_(rows[rows >= 0], cols[cols >= 0])
+            a_to_b[at] = np.asarray(ab)[keep]
+            b_to_a[at] = np.asarray(ba)[keep]
+    return a_to_b, b_to_a
 
 
 def seqsim_matrix_packed(A, len_A, B, len_B, *, bin_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -191,17 +226,4 @@ def seqsim_matrix_packed(A, len_A, B, len_B, *, bin_frames: int) -> tuple[np.nda
     bin_frames: the most frames per bin (``pack_side`` chooses fewer where they hold the side). Inputs are checked by
     the caller (``kernels.seqsim.seqsim_matrix``).
     """
-    len_A, len_B = np.asarray(len_A), np.asarray(len_B)
-    pa, bins_a = _bins(A, len_A, bin_frames, pad_first=True)
-    pb, bins_b = _bins(B, len_B, bin_frames, pad_first=False)
-    # One call per pair of bins, all dispatched before any result is read: the device queue never runs dry.
-    calls = [[_bin_pair_jit(*a, *b) for b in bins_b] for a in bins_a]
-    a_to_b = np.empty((len(len_A), len(len_B)), np.float32)
-    b_to_a = np.empty_like(a_to_b)
-    for rows, row in zip(pa.utterance, calls, strict=True):
-        for cols, (ab, ba) in zip(pb.utterance, row, strict=True):
-            keep = np.ix_(rows >= 0, cols >= 0)
-            at = np.ix_(rows[rows >= 0], cols[cols >= 0])
-            a_to_b[at] = np.asarray(ab)[keep]
-            b_to_a[at] = np.asarray(ba)[keep]
-    return a_to_b, b_to_a
+    return seqsim_packed_sides(PackedSide(A, len_A, bin_frames), PackedSide(B, len_B, bin_frames))

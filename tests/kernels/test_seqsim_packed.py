@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from engine.errors import ShapeError
 from kernels import seqsim as ss
 from kernels import seqsim_packed as sp
 from tests.kernels.test_seqsim import BF16_ATOL, SHAPES, ragged
@@ -42,6 +43,21 @@ def test_packed_equals_blocks_and_is_the_cpu_default():
         np.testing.assert_array_equal(np.asarray(d), np.asarray(f))  # packed is the CPU default
     score = ss.seqsim_matrix(A, len_A, B, len_B, packed=True)
     np.testing.assert_array_equal(np.asarray(score), np.asarray(forced.score))
+
+
+def test_sides_packed_once_score_as_seqsim_matrix_in_either_role():
+    rng = np.random.default_rng(16)
+    A, len_A = ragged(rng, 13, 31, 16)
+    B, len_B = ragged(rng, 9, 22, 16, poison=np.inf)
+    pa, pb = ss.pack_states(A, len_A), ss.pack_states(B, len_B)
+    for (x, y), (lx, ly), (px, py) in (((A, B), (len_A, len_B), (pa, pb)), ((B, A), (len_B, len_A), (pb, pa)),
+                                     ((A, A), (len_A, len_A), (pa, pa))):  # fmt: skip
+        got = ss.seqsim_matrix_of_packed(px, py, directional=True)
+        want = ss.seqsim_matrix(x, lx, y, ly, directional=True, packed=True)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    with pytest.raises(ShapeError, match="lengths must lie in 1..31"):
+        ss.pack_states(A, np.where(np.arange(13) == 3, 0, len_A))
 
 
 def test_bf16_vs_reference():
