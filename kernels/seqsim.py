@@ -31,9 +31,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from engine import axes
 from engine.errors import ShapeError
-from kernels.frames import COS_EPS, check_lengths, even_split, frame_mask, normalize_frames, traced
+from kernels.frames import COS_EPS, check_lengths, even_split, frame_mask, matmul_f32, normalize_frames, traced
+from kernels.seqsim_packed import (
+    ACCELERATOR_BIN_FRAMES,
+    CPU_BIN_FRAMES,
+    PAD_SIMILARITY,
+    PackedSide,
+    seqsim_matrix_packed,
+    seqsim_packed_sides,
+)
 
-PAD_SIMILARITY = -4.0  # what the block matmul gives a product touching padding: below every cosine, exact in bf16
 CPU_BLOCK_BUDGET_BYTES = 256 * 2**20  # per-block working set on CPU: leaves room for the inputs in a few GiB
 ACCELERATOR_BUDGET_FRACTION = 0.25  # share of free accelerator memory one block may use
 # Similarities per block (see choose_blocks), from a sweep: bench/RESULTS.md, "seqsim block sizes (one-off sweep)".
@@ -54,15 +61,7 @@ class SeqSim(NamedTuple):
 # One pair.
 
 
-def _matmul_f32(x: jax.Array, y: jax.Array) -> jax.Array:
-    """f32[p, q] = x[p, k] @ y[q, k].T, accumulated in float32 whatever the input dtype.
-
-    HIGHEST precision: on NVIDIA GPUs JAX's default multiplies float32 in TF32 (10-bit mantissa), which broke the
-    1e-5 parity with the float64 reference on an H100; float32 must mean float32 here. bfloat16 inputs are unaffected.
-    """
-    return jax.lax.dot_general(
-        x, y, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32
-    )
+_matmul_f32 = matmul_f32  # the name bench/seqsim.py times
 
 
 def seqsim(a: jax.Array, b: jax.Array, len_a, len_b) -> SeqSim:
@@ -236,6 +235,7 @@ def seqsim_matrix(
     block_b: int | None = None,
     directional: bool = False,
     memory_bytes: int | None = None,
+    packed: bool | None = None,
 ) -> jax.Array | SeqSim:
     """SeqSim of every utterance of A against every utterance of B.
 
@@ -244,13 +244,55 @@ def seqsim_matrix(
     over the frames of A[i]). Blocks of ``block_a x block_b`` utterances are computed one at a time; unset block
     sizes come from ``choose_blocks`` with ``memory_bytes`` (default ``default_memory_budget()``). Trailing frames
     beyond the longest utterance are cropped first, so FLOPs follow the longest valid length, not the padded one.
+
+    ``packed``: score by ``kernels.seqsim_packed`` instead (valid frames only, packed into bins: no padding to the
+    longest, one compiled shape for most grids); needs concrete lengths and ignores the block arguments. Default
+    (None): packed on CPU when no block size is given and the lengths are concrete, blocks elsewhere (packing is
+    not measured on accelerators yet).
     """
     A, B = jnp.asarray(A), jnp.asarray(B)
     len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
     _check_inputs(A, len_A, B, len_B)
+    device = jax.devices()[0]
+    if packed is None:
+        packed = packs_by_default(device) and block_a is None and block_b is None and not traced(len_A, len_B)
+    if packed:
+        if traced(len_A, len_B):
+            raise ValueError("seqsim_matrix(packed=True) packs by concrete lengths: call it outside jit")
+        return _packed_result(*seqsim_matrix_packed(A, len_A, B, len_B, bin_frames=_bin_frames(device)), directional)
     A, B = _crop_frames(A, len_A), _crop_frames(B, len_B)
-    block_a, block_b = _resolve_blocks(A.shape, B.shape, A.dtype, block_a, block_b, memory_bytes, jax.devices()[0])
+    block_a, block_b = _resolve_blocks(A.shape, B.shape, A.dtype, block_a, block_b, memory_bytes, device)
     return _seqsim_matrix_jit(A, len_A, B, len_B, block_a=block_a, block_b=block_b, directional=directional)
+
+
+def packs_by_default(device: jax.Device | None = None) -> bool:
+    """Whether ``seqsim_matrix`` scores by packed bins on ``device`` (default: the first JAX device) when asked
+    nothing else: on CPU (packing is not measured on accelerators yet)."""
+    return (device or jax.devices()[0]).platform == "cpu"
+
+
+def pack_states(x: jax.Array, lengths) -> PackedSide:
+    """One side, f32|bf16[N, frames, embed] with concrete lengths i32[N] in 1..frames, packed once for
+    ``seqsim_matrix_of_packed`` (a job that scores each side against many packs it once, not once per pair)."""
+    x, lengths = jnp.asarray(x), np.asarray(lengths, np.int32)
+    if x.ndim != 3:
+        raise ShapeError(f"states must be [utterance, frame, embed], got shape {x.shape}")
+    check_lengths("lengths", lengths, x.shape[0], x.shape[1], "utterance")
+    return PackedSide(x, lengths, _bin_frames(jax.devices()[0]))
+
+
+def seqsim_matrix_of_packed(A: PackedSide, B: PackedSide, *, directional: bool = False) -> jax.Array | SeqSim:
+    """``seqsim_matrix(..., packed=True)`` of two sides from ``pack_states``: the same results."""
+    return _packed_result(*seqsim_packed_sides(A, B), directional)
+
+
+def _bin_frames(device: jax.Device) -> int:
+    return CPU_BIN_FRAMES if device.platform == "cpu" else ACCELERATOR_BIN_FRAMES
+
+
+def _packed_result(a_to_b: np.ndarray, b_to_a: np.ndarray, directional: bool) -> jax.Array | SeqSim:
+    score = jnp.asarray(0.5 * (a_to_b + b_to_a))
+    return SeqSim(score, jnp.asarray(a_to_b), jnp.asarray(b_to_a)) if directional else score
 
 
 def _resolve_blocks(shape_a, shape_b, dtype, block_a, block_b, memory_bytes, device) -> tuple[int, int]:
