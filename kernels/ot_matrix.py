@@ -3,14 +3,15 @@
 A vmapped Sinkhorn ``while_loop`` runs every pair of a batch until the slowest pair stops, and iteration counts of
 real pairs are heavy-tailed. So pairs are solved in rounds of at most ``ROUND_ITERATIONS``: each round is one jitted
 vmap per chunk of the pairs still running, warm-started from the potentials where the last round left them, and
-converged pairs leave. The fixed point is that of an uninterrupted run; scores agree with one within
-2 x threshold (ott's returned potentials are not bit for bit its loop state). A batch then costs about its pairs'
-own iterations, not its slowest pair's. The cost matrices of a block of pairs are computed once, as tiles of the
-grid (one matrix product per tile), and kept across rounds. Where ``kernel_mode(config)`` Sinkhorn runs in kernel
-(scaling) mode on the kernel exp(-C / epsilon), computed once per round: an iteration is three mat-vecs (two
-updates and the marginal check) instead of log-sum-exps over every cell; the same iterates in exact arithmetic.
-Pairs whose scalings leave float32 range are finished in the log domain and flagged (``OtResult.fallback``). On
-CPU, chunks run on every core (``kernels._cpu``).
+converged pairs leave; inside a round, a chunk's pairs run in groups of ``GROUP_CELLS`` kernel cells, one after the
+other, so that a group's kernels stay in cache across its iterations. The fixed point is that of an uninterrupted
+run; scores agree with one within 2 x threshold (ott's returned potentials are not bit for bit its loop state). A
+batch then costs about its pairs' own iterations, not its slowest pair's. The cost matrices of a block of pairs are
+computed once, as tiles of the grid (one matrix product per tile), and kept across rounds. Where
+``kernel_mode(config)`` Sinkhorn runs in kernel (scaling) mode on the kernel exp(-C / epsilon), computed once per
+round: an iteration is three mat-vecs (two updates and the marginal check) instead of log-sum-exps over every cell;
+the same iterates in exact arithmetic. Pairs whose scalings leave float32 range are finished in the log domain and
+flagged (``OtResult.fallback``). On CPU, chunks run on every core (``kernels._cpu``).
 
 Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
 Measurements: ``bench/RESULTS.md``, sections "OT measure (kernels/ot.py) against POT" and "OT measure: design notes
@@ -25,6 +26,7 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from kernels._cpu import cpu_workers, on_cores
 from kernels.frames import check_grid, frame_mask, normalize_frames
@@ -35,6 +37,11 @@ from kernels.settings import DEFAULT_OT, OtConfig
 
 # whose partners stopped earlier; shorter rounds mean more jitted calls (and cost matrices recomputed per round).
 ROUND_ITERATIONS = 50
+# Kernel cells of the pairs one round solves together (vmapped), 512 KiB of float32 (4 pairs of 150 x 190 frames):
+# a chunk's groups run one after the other, so a group's kernels stay in a core's L2 (1 MiB here) across its
+# iterations. A whole chunk vmapped (up to TILE_CELLS) streamed every kernel from L3 or memory at each mat-vec;
+# groups also stop as their own pairs converge, not the chunk's slowest (bench/RESULTS.md, OT design notes).
+GROUP_CELLS = 2**17
 TILE_CELLS = 2**22  # cost-matrix cells of one chunk of utterance pairs: 16 MiB of float32 (~2 pairs of 1500 frames)
 COST_CELLS = 2**25  # cost matrices kept between rounds, float32 (128 MiB): pairs per block of rounds
 
@@ -105,7 +112,23 @@ def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int,
         finite = jnp.isfinite(w) & jnp.all(jnp.isfinite(out.f) | ~valid_f) & jnp.all(jnp.isfinite(out.g) | ~valid_g)
         return w, out.converged & finite, ~finite, out.f, out.g
 
-    return jax.vmap(one)(cost[rows], len_x, len_y, f, g)
+    def group(args):
+        rows, *rest = args
+        return jax.vmap(one)(cost[rows], *rest)
+
+    pairs = rows.shape[0]
+    size = _group_size(pairs, cost.shape[1] * cost.shape[2])
+    grouped = [x.reshape(pairs // size, size, *x.shape[1:]) for x in (rows, len_x, len_y, f, g)]
+    return [x.reshape(pairs, *x.shape[2:]) for x in lax.map(group, grouped)]
+
+
+def _group_size(pairs: int, cells: int) -> int:
+    """Pairs solved together inside a round: the largest power of 2 dividing ``pairs`` whose kernels fit in
+    ``GROUP_CELLS``."""
+    size = 1
+    while pairs % (2 * size) == 0 and 2 * size * cells <= GROUP_CELLS:
+        size *= 2
+    return size
 
 
 def _initial_potentials(lengths: np.ndarray, frames: int) -> np.ndarray:
@@ -120,6 +143,22 @@ def _chunks(rows: np.ndarray, size: int) -> list[np.ndarray]:
 def _padded(rows: np.ndarray, size: int) -> np.ndarray:
     """rows padded to ``size`` with a repeat of the first: one compiled shape per chunk size."""
     return np.concatenate([rows, np.full(size - len(rows), rows[0])])
+
+
+def _exact_chunks(rows: np.ndarray, most: int, workers: int) -> list[np.ndarray]:
+    """rows in chunks whose sizes are powers of 4 <= most (few compiled shapes) and add up to len(rows): an equal
+    share per worker, each share cut greedily (72 -> 64 + 4 + 4), largest chunks first so that the pool's workers
+    finish together. Padding every chunk to one size instead wasted up to half the solves of a round, and left one
+    worker alone with the last chunk (144 pairs on 2 workers: 3 chunks of 64)."""
+    share = max(1, -(-len(rows) // workers))
+    out = []
+    for start in range(0, len(rows), share):
+        part = rows[start : start + share]
+        while len(part):
+            size = 4 ** int(np.log(min(most, len(part))) / np.log(4) + 1e-9)
+            out.append(part[:size])
+            part = part[size:]
+    return sorted(out, key=len, reverse=True)
 
 
 def _chunk_size(pairs: int, most: int, workers: int) -> int:
@@ -147,18 +186,18 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
         while len(todo) and used < config.max_iterations:
             iterations = min(ROUND_ITERATIONS, config.max_iterations - used)
             kernel = kernel_mode(config) & ~fallback[pairs[todo]]
-            size = _chunk_size(len(todo), most, workers)
             # A chunk holds pairs of one mode; ``at`` indexes todo, f and g.
-            chunks = [(at, mode) for mode in (True, False) for at in _chunks(np.flatnonzero(kernel == mode), size)]
+            chunks = [
+                (at, mode)
+                for mode in (True, False)
+                for at in _exact_chunks(np.flatnonzero(kernel == mode), most, workers)
+            ]
 
-            def run(
-                chunk, todo=todo, f=f, g=g, iterations=iterations, size=size, costs=costs, len_x=len_x, len_y=len_y
-            ):
+            def run(chunk, todo=todo, f=f, g=g, iterations=iterations, costs=costs, len_x=len_x, len_y=len_y):
                 at, mode = chunk
-                full = _padded(at, size)
-                rows = todo[full]
+                rows = todo[at]
                 return _round(
-                    costs, rows, len_x[rows], len_y[rows], f[full], g[full],
+                    costs, rows, len_x[rows], len_y[rows], f[at], g[at],
                     config=config, iterations=iterations, kernel=mode,
                 )  # fmt: skip
 
