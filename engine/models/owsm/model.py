@@ -88,18 +88,60 @@ def depthwise(weight, bias, dtype):
 
 
 def depthwise_conv(x, kernel, bias):
-    """Same-length depthwise convolution over frames (odd taps, ``(taps - 1) // 2`` zeros each side)."""
-    taps, _, width = kernel.shape
+    """Same-length depthwise convolution over frames (odd taps, ``(taps - 1) // 2`` zeros each side).
+
+    x: f[batch, frame, channel], kernel: f[taps, 1, channel], bias: f[channel] -> f[batch, frame, channel].
+    A sum of ``taps`` shifted products, which XLA fuses into one elementwise pass over ``x``: XLA:CPU runs a grouped
+    convolution (``feature_group_count`` = channels) as a scalar loop an order of magnitude slower (bench/RESULTS.md,
+    "OWSM encoder"). The taps are summed left to right, as a direct convolution does.
+    """
+    taps, frames = kernel.shape[0], x.shape[1]
     pad = (taps - 1) // 2
-    y = jax.lax.conv_general_dilated(
-        x,
-        kernel[...],
-        (1,),
-        ((pad, taps - 1 - pad),),
-        dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=width,
-    )
+    padded = jnp.pad(x, ((0, 0), (pad, taps - 1 - pad), (0, 0)))
+    w = kernel[...][:, 0, :]
+    y = padded[:, :frames] * w[0]
+    for k in range(1, taps):
+        y = y + padded[:, k : k + frames] * w[k]
     return y + bias[...]
+
+
+def reference_depthwise_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """NumPy twin of ``depthwise_conv``: the textbook loop over output frames and taps, zeros outside the clip."""
+    taps, frames = kernel.shape[0], x.shape[1]
+    pad = (taps - 1) // 2
+    y = np.zeros(x.shape, np.float64)
+    for t in range(frames):
+        for k in range(taps):
+            if 0 <= t + k - pad < frames:
+                y[:, t] += x[:, t + k - pad] * kernel[k, 0]
+    return y + bias
+
+
+def _conv_stride2(x, kernel):
+    """3x3 convolution of stride 2, no padding: x f[batch, frame, mel, in], kernel f[3, 3, in, out] (HWIO)."""
+    return jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv_stride2_matmuls(x, kernel):
+    """``_conv_stride2`` as three matmuls, one per frame tap, each over the three mel taps' channels (im2col along
+    mel only, so the gathered operand is 3x, not 9x, the input's size)."""
+    frames, mels = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+    y = 0
+    for i in range(3):
+        rows = x[:, i : i + 2 * frames - 1 : 2]
+        cols = jnp.concatenate([rows[:, :, j : j + 2 * mels - 1 : 2] for j in range(3)], axis=-1)
+        y = y + jnp.dot(cols, kernel[i].reshape(-1, kernel.shape[-1]))
+    return y
+
+
+def subsampling_conv(x, kernel):
+    """The second conv2d of the subsampling (``in`` = ``out`` = width: nearly all of layer 0's FLOPs).
+
+    On CPU as matmuls (``_conv_stride2_matmuls``): XLA:CPU's convolution of 768 channels runs at a fraction of its
+    matmul rate (bench/RESULTS.md, "OWSM encoder"). Elsewhere XLA's convolution (cuDNN on GPU), which needs no
+    gathered copy of the input.
+    """
+    return jax.lax.platform_dependent(x, kernel, cpu=_conv_stride2_matmuls, default=_conv_stride2)
 
 
 class FeedForward(nnx.Module):
@@ -172,11 +214,8 @@ class OwsmEncoder(nnx.Module):
     def embed(self, features):
         """f32[batch, feature_frame, n_mels] -> layer 0, f[batch, frame, width]."""
         x = features[..., None].astype(self.conv1.dtype)  # NHWC with H = frames, W = mels, one channel
-        for kernel, bias in ((self.conv1, self.conv1_bias), (self.conv2, self.conv2_bias)):
-            x = jax.lax.conv_general_dilated(
-                x, kernel[...], (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            x = jax.nn.relu(x + bias[...])
+        x = jax.nn.relu(_conv_stride2(x, self.conv1[...]) + self.conv1_bias[...])
+        x = jax.nn.relu(subsampling_conv(x, self.conv2[...]) + self.conv2_bias[...])
         b, t, f, c = x.shape
         # torch flattens (channel, mel) channel-major: x.transpose(1, 2).view(b, t, c * f).
         x = self.embed_out(x.transpose(0, 1, 3, 2).reshape(b, t, c * f))
