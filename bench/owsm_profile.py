@@ -72,11 +72,20 @@ def parts(encoder, features):
 
     block, cg, width = encoder.blocks[0], encoder.blocks[0].cgmlp, encoder.config.width
     x = jnp.ones((len(features), encoder.config.n_frames, width), jnp.float32)
-    x1 = jax.jit(model._conv_stride2)(features[..., None], encoder.conv1[...])
     g = jnp.ones((*x.shape[:2], encoder.config.cgmlp_width // 2), jnp.float32)
     both = jnp.ones((*x.shape[:2], 2 * width), jnp.float32)
 
-    conv2d, matmuls, shifted = model._conv_stride2, model._conv_stride2_matmuls, model.depthwise_conv
+    shifted = model.depthwise_conv
+
+    def conv1(m, f):
+        return model._conv_stride2(f[..., None], m.conv1[...])
+
+    def xla_convs(m, f):
+        return model._subsample_convs(f, m.conv1[...], m.conv1_bias[...], m.conv2[...])
+
+    def matmuls(m, f):
+        return model._subsample_matmuls(f, m.conv1[...], m.conv1_bias[...], m.conv2[...])
+
     grouped = xla_depthwise_conv
 
     def cgmlp_but_conv(b, y):
@@ -84,9 +93,9 @@ def parts(encoder, features):
         return cg.proj2(r * cg.gate_norm(g))
 
     table = [
-        ("subsampling conv1 (1 -> 768 channels)", encoder, lambda m, f: conv2d(f[..., None], m.conv1[...]), features),
-        ("subsampling conv2 (768 -> 768), XLA conv", encoder, lambda m, y: conv2d(y, m.conv2[...]), x1),
-        ("subsampling conv2, 3 matmuls", encoder, lambda m, y: matmuls(y, m.conv2[...]), x1),
+        ("subsampling: conv1 (1 -> 768 ch), XLA conv", encoder, conv1, features),
+        ("subsampling: conv1 + conv2 (768 ch), XLA convs", encoder, xla_convs, features),
+        ("subsampling: conv1 + conv2, 3 matmuls", encoder, matmuls, features),
         ("subsampling whole (convs, projection, positions)", encoder, lambda m, f: m.embed(f), features),
         ("block: macaron feed-forward (norm, 768-3072-768)", block, lambda b, y: b.ff_macaron(b.norm_ff_macaron(y)), x),
         ("block: self-attention (norm, qkv, softmax, out)", block, lambda b, y: b.attn(b.norm_mha(y)), x),
@@ -107,14 +116,14 @@ def whole(encoder, features):
     from engine.models.owsm import model
 
     ours = jitted(encoder, lambda m, f: m(f))
-    mine = (model.depthwise_conv, model.subsampling_conv)
+    mine = (model.depthwise_conv, model.subsample_convs)
 
     def xla_encoder(m, f):
-        model.depthwise_conv, model.subsampling_conv = xla_depthwise_conv, model._conv_stride2
+        model.depthwise_conv, model.subsample_convs = xla_depthwise_conv, model._subsample_convs
         try:
             return m(f)
         finally:
-            model.depthwise_conv, model.subsampling_conv = mine
+            model.depthwise_conv, model.subsample_convs = mine
 
     before = jitted(encoder, xla_encoder)
     return {

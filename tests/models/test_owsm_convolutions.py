@@ -1,8 +1,8 @@
 """OWSM's convolutions as babelgrid computes them against their references, on random inputs of odd sizes.
 
 ``depthwise_conv`` (shifted sums) against its NumPy twin ``reference_depthwise_conv`` (float64 loops), and against
-XLA's grouped convolution, which it replaced; the subsampling's stride-2 convolution as matmuls against XLA's
-convolution. Whole-model parity with ESPnet is ``test_owsm_parity``; these pin the kernels at sizes the model does not
+XLA's grouped convolution, which it replaced; the subsampling's stride-2 convolutions as matmuls against XLA's
+convolutions. Whole-model parity with ESPnet is ``test_owsm_parity``; these pin the kernels at sizes the model does not
 use (even lengths, one frame, more taps than frames), where an off-by-one in the padding or the stride would show.
 """
 
@@ -38,12 +38,14 @@ def test_depthwise_conv_equals_numpy_twin_and_xla_grouped_conv(frames, channels,
     _close(ours, grouped + bias)
 
 
-@pytest.mark.parametrize(("frames", "mels"), [(3, 3), (4, 4), (21, 80), (30, 9)])
-def test_subsampling_conv_matmuls_equal_xla_conv(frames, mels):
+@pytest.mark.parametrize(("frames", "mels"), [(7, 7), (8, 10), (45, 80), (61, 19)])
+def test_subsampling_matmuls_equal_xla_convolutions(frames, mels):
     rng = np.random.default_rng(frames + mels)
-    x = rng.standard_normal((2, frames, mels, 48)).astype(np.float32)
-    kernel = rng.standard_normal((3, 3, 48, 24)).astype(np.float32)
-    reference = jax.jit(model._conv_stride2)(x, kernel)
-    assert reference.shape == (2, (frames - 3) // 2 + 1, (mels - 3) // 2 + 1, 24)
-    _close(jax.jit(model._conv_stride2_matmuls)(x, kernel), reference)
-    _close(jax.jit(model.subsampling_conv)(x, kernel), reference)  # the CPU branch
+    features = rng.standard_normal((2, frames, mels)).astype(np.float32)
+    kernel1, kernel2 = rng.standard_normal((3, 3, 1, 24)).astype(np.float32), rng.standard_normal((3, 3, 24, 24))
+    bias1 = rng.standard_normal(24).astype(np.float32)
+    args = (features, kernel1, bias1, kernel2.astype(np.float32))
+    reference = jax.jit(model._subsample_convs)(*args)
+    assert reference.shape == (2, ((frames - 1) // 2 - 1) // 2, ((mels - 1) // 2 - 1) // 2, 24)
+    _close(jax.jit(model._subsample_matmuls)(*args), reference)
+    _close(jax.jit(model.subsample_convs)(*args), reference)  # the CPU branch

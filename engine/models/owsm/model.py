@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
-from engine.models.owsm.config import LN_EPS, OwsmConfig
+from engine.models.owsm.config import LN_EPS, OwsmConfig, subsampled_frames
 from engine.models.w2vbert.model import LayerNorm, Linear, _param
 
 
@@ -122,26 +122,47 @@ def _conv_stride2(x, kernel):
     return jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _conv_stride2_matmuls(x, kernel):
-    """``_conv_stride2`` as three matmuls, one per frame tap, each over the three mel taps' channels (im2col along
-    mel only, so the gathered operand is 3x, not 9x, the input's size)."""
-    frames, mels = (x.shape[1] - 3) // 2 + 1, (x.shape[2] - 3) // 2 + 1
+def _subsample_convs(features, kernel1, bias1, kernel2):
+    """features f[batch, feature_frame, mel] -> the second convolution's output f[batch, frame, mel2, width] before its
+    bias: XLA's two convolutions."""
+    x = jax.nn.relu(_conv_stride2(features[..., None], kernel1) + bias1)
+    return _conv_stride2(x, kernel2)
+
+
+def _subsample_matmuls(features, kernel1, bias1, kernel2):
+    """``_subsample_convs`` as three matmuls, one per frame tap ``i`` of the second convolution.
+
+    Each matmul's operand holds, for every output (frame t, mel f), the first convolution's output at the positions
+    (2t + i, 2f + j), j = 0..2, channels concatenated (im2col along mel). It is computed straight from the features by
+    nine shifted products (the first convolution has one input channel; its position (p, q) reads the features at
+    (2p + a, 2q + b)), so the first convolution's whole output, 4x the features' frames x width, is never written and
+    read back.
+    """
+    frames, mels = subsampled_frames(features.shape[1]), subsampled_frames(features.shape[2])
     y = 0
     for i in range(3):
-        rows = x[:, i : i + 2 * frames - 1 : 2]
-        cols = jnp.concatenate([rows[:, :, j : j + 2 * mels - 1 : 2] for j in range(3)], axis=-1)
-        y = y + jnp.dot(cols, kernel[i].reshape(-1, kernel.shape[-1]))
+        cols = []
+        for j in range(3):
+            x = 0
+            for a in range(3):
+                for b in range(3):
+                    r, c = 2 * i + a, 2 * j + b
+                    x = x + features[:, r : r + 4 * frames - 3 : 4, c : c + 4 * mels - 3 : 4, None] * kernel1[a, b, 0]
+            cols.append(jax.nn.relu(x + bias1))
+        y = y + jnp.dot(jnp.concatenate(cols, axis=-1), kernel2[i].reshape(-1, kernel2.shape[-1]))
     return y
 
 
-def subsampling_conv(x, kernel):
-    """The second conv2d of the subsampling (``in`` = ``out`` = width: nearly all of layer 0's FLOPs).
+def subsample_convs(features, kernel1, bias1, kernel2):
+    """The subsampling's two convolutions (the second, width -> width channels, is nearly all of layer 0's FLOPs).
 
-    On CPU as matmuls (``_conv_stride2_matmuls``): XLA:CPU's convolution of 768 channels runs at a fraction of its
-    matmul rate (bench/RESULTS.md, "OWSM encoder"). Elsewhere XLA's convolution (cuDNN on GPU), which needs no
-    gathered copy of the input.
+    On CPU as matmuls (``_subsample_matmuls``): XLA:CPU runs a convolution of 768 channels at a fraction of its matmul
+    rate (bench/RESULTS.md, "OWSM encoder"). Elsewhere XLA's convolutions (cuDNN on GPU), which need no gathered
+    operand (3x the second convolution's input).
     """
-    return jax.lax.platform_dependent(x, kernel, cpu=_conv_stride2_matmuls, default=_conv_stride2)
+    return jax.lax.platform_dependent(
+        features, kernel1, bias1, kernel2, cpu=_subsample_matmuls, default=_subsample_convs
+    )
 
 
 class FeedForward(nnx.Module):
@@ -204,7 +225,11 @@ class OwsmEncoder(nnx.Module):
         self.conv1_bias = _param(sd["encoder.embed.conv.0.bias"], dtype)
         self.conv2 = _param(np.transpose(np.asarray(sd["encoder.embed.conv.2.weight"]), (2, 3, 1, 0)), dtype)
         self.conv2_bias = _param(sd["encoder.embed.conv.2.bias"], dtype)
-        self.embed_out = linear(sd, "encoder.embed.out.0", dtype)
+        # torch flattens (channel, mel) channel-major (x.transpose(1, 2).view(b, t, c * f)); the kernel's rows are
+        # reordered to mel-major once here, so that embed flattens its NHWC output without a transpose.
+        w, f = config.width, config.subsampled_mels
+        out_weight = np.asarray(sd["encoder.embed.out.0.weight"]).reshape(w, w, f).transpose(0, 2, 1).reshape(w, f * w)
+        self.embed_out = Linear(out_weight, sd["encoder.embed.out.0.bias"], dtype)
         self.positions = nnx.Variable(jnp.asarray(sinusoids(config.n_frames, config.width)))
         self.blocks = nnx.List(
             [EBranchformerBlock(sd, f"encoder.encoders.{i}", config, dtype) for i in range(config.n_layer)]
@@ -213,12 +238,11 @@ class OwsmEncoder(nnx.Module):
 
     def embed(self, features):
         """f32[batch, feature_frame, n_mels] -> layer 0, f[batch, frame, width]."""
-        x = features[..., None].astype(self.conv1.dtype)  # NHWC with H = frames, W = mels, one channel
-        x = jax.nn.relu(_conv_stride2(x, self.conv1[...]) + self.conv1_bias[...])
-        x = jax.nn.relu(subsampling_conv(x, self.conv2[...]) + self.conv2_bias[...])
+        x = features.astype(self.conv1.dtype)  # NHWC with H = frames, W = mels, one channel
+        x = subsample_convs(x, self.conv1[...], self.conv1_bias[...], self.conv2[...])
+        x = jax.nn.relu(x + self.conv2_bias[...])
         b, t, f, c = x.shape
-        # torch flattens (channel, mel) channel-major: x.transpose(1, 2).view(b, t, c * f).
-        x = self.embed_out(x.transpose(0, 1, 3, 2).reshape(b, t, c * f))
+        x = self.embed_out(x.reshape(b, t, f * c))  # mel-major, as embed_out's kernel rows are ordered (__init__)
         if t > self.positions.shape[0]:
             raise ShapeError(
                 f"features give {t} encoder frames; the model is built for windows of at most "
