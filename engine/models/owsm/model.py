@@ -79,7 +79,19 @@ class Attention(nnx.Module):
         return self.out(out.reshape(*out.shape[:2], -1))
 
     def __call__(self, x):
-        return self.attend(self.heads(self.q(x)), self.heads(self.k(x)), self.heads(self.v(x)))
+        """Unmasked self-attention (the encoder's): ``attend`` reordered for speed, equal up to float32 rounding.
+
+        The scale goes on q (batch x time x width values, not batch x head x time^2 scores), and the softmax's division
+        after the weighted sum (head width values per query, not one per key): two fewer elementwise passes over the
+        [batch, head, 749, 749] scores, which are, with the 64-wide score matmuls, the attention's cost beyond its
+        projections.
+        """
+        hw = x.shape[-1] // self.n_head
+        q, k, v = self.heads(self.q(x) * (1.0 / math.sqrt(hw))), self.heads(self.k(x)), self.heads(self.v(x))
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+        e = jnp.exp(logits - logits.max(-1, keepdims=True))
+        out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v) / e.sum(-1, keepdims=True).astype(v.dtype)
+        return self.out(out.transpose(0, 2, 1, 3).reshape(*x.shape))
 
 
 def depthwise(weight, bias, dtype):
