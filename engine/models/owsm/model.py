@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
-from engine.models.owsm.config import LN_EPS, OwsmConfig
+from engine.models.owsm.config import LN_EPS, OwsmConfig, subsampled_frames
 from engine.models.w2vbert.model import LayerNorm, Linear, _param
 
 
@@ -79,7 +79,19 @@ class Attention(nnx.Module):
         return self.out(out.reshape(*out.shape[:2], -1))
 
     def __call__(self, x):
-        return self.attend(self.heads(self.q(x)), self.heads(self.k(x)), self.heads(self.v(x)))
+        """Unmasked self-attention (the encoder's): ``attend`` reordered for speed, equal up to float32 rounding.
+
+        The scale goes on q (batch x time x width values, not batch x head x time^2 scores), and the softmax's division
+        after the weighted sum (head width values per query, not one per key): two fewer elementwise passes over the
+        [batch, head, 749, 749] scores, which are, with the 64-wide score matmuls, the attention's cost beyond its
+        projections.
+        """
+        hw = x.shape[-1] // self.n_head
+        q, k, v = self.heads(self.q(x) * (1.0 / math.sqrt(hw))), self.heads(self.k(x)), self.heads(self.v(x))
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+        e = jnp.exp(logits - logits.max(-1, keepdims=True))
+        out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v) / e.sum(-1, keepdims=True).astype(v.dtype)
+        return self.out(out.transpose(0, 2, 1, 3).reshape(*x.shape))
 
 
 def depthwise(weight, bias, dtype):
@@ -88,18 +100,81 @@ def depthwise(weight, bias, dtype):
 
 
 def depthwise_conv(x, kernel, bias):
-    """Same-length depthwise convolution over frames (odd taps, ``(taps - 1) // 2`` zeros each side)."""
-    taps, _, width = kernel.shape
+    """Same-length depthwise convolution over frames (odd taps, ``(taps - 1) // 2`` zeros each side).
+
+    x: f[batch, frame, channel], kernel: f[taps, 1, channel], bias: f[channel] -> f[batch, frame, channel].
+    A sum of ``taps`` shifted products, which XLA fuses into one elementwise pass over ``x``: XLA:CPU runs a grouped
+    convolution (``feature_group_count`` = channels) as a scalar loop an order of magnitude slower (bench/RESULTS.md,
+    "OWSM encoder"). The taps are summed left to right, as a direct convolution does.
+    """
+    taps, frames = kernel.shape[0], x.shape[1]
     pad = (taps - 1) // 2
-    y = jax.lax.conv_general_dilated(
-        x,
-        kernel[...],
-        (1,),
-        ((pad, taps - 1 - pad),),
-        dimension_numbers=("NWC", "WIO", "NWC"),
-        feature_group_count=width,
-    )
+    padded = jnp.pad(x, ((0, 0), (pad, taps - 1 - pad), (0, 0)))
+    w = kernel[...][:, 0, :]
+    y = padded[:, :frames] * w[0]
+    for k in range(1, taps):
+        y = y + padded[:, k : k + frames] * w[k]
     return y + bias[...]
+
+
+def reference_depthwise_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """NumPy twin of ``depthwise_conv``: the textbook loop over output frames and taps, zeros outside the clip."""
+    taps, frames = kernel.shape[0], x.shape[1]
+    pad = (taps - 1) // 2
+    y = np.zeros(x.shape, np.float64)
+    for t in range(frames):
+        for k in range(taps):
+            if 0 <= t + k - pad < frames:
+                y[:, t] += x[:, t + k - pad] * kernel[k, 0]
+    return y + bias
+
+
+def _conv_stride2(x, kernel):
+    """3x3 convolution of stride 2, no padding: x f[batch, frame, mel, in], kernel f[3, 3, in, out] (HWIO)."""
+    return jax.lax.conv_general_dilated(x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _subsample_convs(features, kernel1, bias1, kernel2):
+    """features f[batch, feature_frame, mel] -> the second convolution's output f[batch, frame, mel2, width] before its
+    bias: XLA's two convolutions."""
+    x = jax.nn.relu(_conv_stride2(features[..., None], kernel1) + bias1)
+    return _conv_stride2(x, kernel2)
+
+
+def _subsample_matmuls(features, kernel1, bias1, kernel2):
+    """``_subsample_convs`` as three matmuls, one per frame tap ``i`` of the second convolution.
+
+    Each matmul's operand holds, for every output (frame t, mel f), the first convolution's output at the positions
+    (2t + i, 2f + j), j = 0..2, channels concatenated (im2col along mel). It is computed straight from the features by
+    nine shifted products (the first convolution has one input channel; its position (p, q) reads the features at
+    (2p + a, 2q + b)), so the first convolution's whole output, 4x the features' frames x width, is never written and
+    read back.
+    """
+    frames, mels = subsampled_frames(features.shape[1]), subsampled_frames(features.shape[2])
+    y = 0
+    for i in range(3):
+        cols = []
+        for j in range(3):
+            x = 0
+            for a in range(3):
+                for b in range(3):
+                    r, c = 2 * i + a, 2 * j + b
+                    x = x + features[:, r : r + 4 * frames - 3 : 4, c : c + 4 * mels - 3 : 4, None] * kernel1[a, b, 0]
+            cols.append(jax.nn.relu(x + bias1))
+        y = y + jnp.dot(jnp.concatenate(cols, axis=-1), kernel2[i].reshape(-1, kernel2.shape[-1]))
+    return y
+
+
+def subsample_convs(features, kernel1, bias1, kernel2):
+    """The subsampling's two convolutions (the second, width -> width channels, is nearly all of layer 0's FLOPs).
+
+    On CPU as matmuls (``_subsample_matmuls``): XLA:CPU runs a convolution of 768 channels at a fraction of its matmul
+    rate (bench/RESULTS.md, "OWSM encoder"). Elsewhere XLA's convolutions (cuDNN on GPU), which need no gathered
+    operand (3x the second convolution's input).
+    """
+    return jax.lax.platform_dependent(
+        features, kernel1, bias1, kernel2, cpu=_subsample_matmuls, default=_subsample_convs
+    )
 
 
 class FeedForward(nnx.Module):
@@ -162,7 +237,11 @@ class OwsmEncoder(nnx.Module):
         self.conv1_bias = _param(sd["encoder.embed.conv.0.bias"], dtype)
         self.conv2 = _param(np.transpose(np.asarray(sd["encoder.embed.conv.2.weight"]), (2, 3, 1, 0)), dtype)
         self.conv2_bias = _param(sd["encoder.embed.conv.2.bias"], dtype)
-        self.embed_out = linear(sd, "encoder.embed.out.0", dtype)
+        # torch flattens (channel, mel) channel-major (x.transpose(1, 2).view(b, t, c * f)); the kernel's rows are
+        # reordered to mel-major once here, so that embed flattens its NHWC output without a transpose.
+        w, f = config.width, config.subsampled_mels
+        out_weight = np.asarray(sd["encoder.embed.out.0.weight"]).reshape(w, w, f).transpose(0, 2, 1).reshape(w, f * w)
+        self.embed_out = Linear(out_weight, sd["encoder.embed.out.0.bias"], dtype)
         self.positions = nnx.Variable(jnp.asarray(sinusoids(config.n_frames, config.width)))
         self.blocks = nnx.List(
             [EBranchformerBlock(sd, f"encoder.encoders.{i}", config, dtype) for i in range(config.n_layer)]
@@ -171,15 +250,11 @@ class OwsmEncoder(nnx.Module):
 
     def embed(self, features):
         """f32[batch, feature_frame, n_mels] -> layer 0, f[batch, frame, width]."""
-        x = features[..., None].astype(self.conv1.dtype)  # NHWC with H = frames, W = mels, one channel
-        for kernel, bias in ((self.conv1, self.conv1_bias), (self.conv2, self.conv2_bias)):
-            x = jax.lax.conv_general_dilated(
-                x, kernel[...], (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            x = jax.nn.relu(x + bias[...])
+        x = features.astype(self.conv1.dtype)  # NHWC with H = frames, W = mels, one channel
+        x = subsample_convs(x, self.conv1[...], self.conv1_bias[...], self.conv2[...])
+        x = jax.nn.relu(x + self.conv2_bias[...])
         b, t, f, c = x.shape
-        # torch flattens (channel, mel) channel-major: x.transpose(1, 2).view(b, t, c * f).
-        x = self.embed_out(x.transpose(0, 1, 3, 2).reshape(b, t, c * f))
+        x = self.embed_out(x.reshape(b, t, f * c))  # mel-major, as embed_out's kernel rows are ordered (__init__)
         if t > self.positions.shape[0]:
             raise ShapeError(
                 f"features give {t} encoder frames; the model is built for windows of at most "
