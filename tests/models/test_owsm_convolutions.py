@@ -1,4 +1,4 @@
-"""OWSM's convolutions as babelgrid computes them against their references, on random inputs of odd sizes.
+"""OWSM's and w2v-BERT's convolutions as babelgrid computes them against their references, on random inputs.
 
 ``depthwise_conv`` (shifted sums) against its NumPy twin ``reference_depthwise_conv`` (float64 loops), and against
 XLA's grouped convolution, which it replaced; the subsampling's stride-2 convolutions as matmuls against XLA's
@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from engine.models import layers
 from engine.models.owsm import model
 
 REL = 1e-5  # float32 sums of <= 31 * 3 * 3 * 48 products, against float64 or another summation order
@@ -23,19 +24,20 @@ def _close(ours, reference):
     assert np.abs(ours - reference).max() <= REL * np.abs(reference).max()
 
 
+@pytest.mark.parametrize("causal", [False, True])  # OWSM's centred convolutions, w2v-BERT's causal one
 @pytest.mark.parametrize(("frames", "channels", "taps"), [(1, 4, 3), (2, 3, 5), (37, 16, 31), (12, 6, 31), (64, 8, 1)])
-def test_depthwise_conv_equals_numpy_twin_and_xla_grouped_conv(frames, channels, taps):
+def test_depthwise_conv_equals_numpy_twin_and_xla_grouped_conv(frames, channels, taps, causal):
     rng = np.random.default_rng(frames * 100 + taps)
     x = rng.standard_normal((3, frames, channels)).astype(np.float32)
     kernel = rng.standard_normal((taps, 1, channels)).astype(np.float32)
-    bias = rng.standard_normal(channels).astype(np.float32)
-    ours = jax.jit(model.depthwise_conv)(x, kernel, bias)
-    _close(ours, model.reference_depthwise_conv(x, kernel, bias))
-    pad = (taps - 1) // 2
+    bias = None if causal else rng.standard_normal(channels).astype(np.float32)
+    pad = taps - 1 if causal else (taps - 1) // 2
+    ours = jax.jit(layers.depthwise_conv, static_argnames="left")(x, kernel, bias, left=pad)
+    _close(ours, layers.reference_depthwise_conv(x, kernel, bias, left=pad))
     grouped = jax.lax.conv_general_dilated(
         x, kernel, (1,), ((pad, taps - 1 - pad),), dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=channels
     )
-    _close(ours, grouped + bias)
+    _close(ours, grouped if bias is None else grouped + bias)
 
 
 @pytest.mark.parametrize(("frames", "mels"), [(7, 7), (8, 10), (45, 80), (61, 19)])

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.layers import depthwise_conv
 from engine.models.owsm.config import LN_EPS, OwsmConfig, subsampled_frames
 from engine.models.w2vbert.model import LayerNorm, Linear, _param
 
@@ -97,36 +98,6 @@ class Attention(nnx.Module):
 def depthwise(weight, bias, dtype):
     """PyTorch depthwise Conv1d weight [channels, 1, taps] -> (kernel [taps, 1, channels], bias)."""
     return _param(np.transpose(np.asarray(weight), (2, 1, 0)), dtype), _param(bias, dtype)
-
-
-def depthwise_conv(x, kernel, bias):
-    """Same-length depthwise convolution over frames (odd taps, ``(taps - 1) // 2`` zeros each side).
-
-    x: f[batch, frame, channel], kernel: f[taps, 1, channel], bias: f[channel] -> f[batch, frame, channel].
-    A sum of ``taps`` shifted products, which XLA fuses into one elementwise pass over ``x``: XLA:CPU runs a grouped
-    convolution (``feature_group_count`` = channels) as a scalar loop an order of magnitude slower (bench/RESULTS.md,
-    "OWSM encoder"). The taps are summed left to right, as a direct convolution does.
-    """
-    taps, frames = kernel.shape[0], x.shape[1]
-    pad = (taps - 1) // 2
-    padded = jnp.pad(x, ((0, 0), (pad, taps - 1 - pad), (0, 0)))
-    w = kernel[...][:, 0, :]
-    y = padded[:, :frames] * w[0]
-    for k in range(1, taps):
-        y = y + padded[:, k : k + frames] * w[k]
-    return y + bias[...]
-
-
-def reference_depthwise_conv(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    """NumPy twin of ``depthwise_conv``: the textbook loop over output frames and taps, zeros outside the clip."""
-    taps, frames = kernel.shape[0], x.shape[1]
-    pad = (taps - 1) // 2
-    y = np.zeros(x.shape, np.float64)
-    for t in range(frames):
-        for k in range(taps):
-            if 0 <= t + k - pad < frames:
-                y[:, t] += x[:, t + k - pad] * kernel[k, 0]
-    return y + bias
 
 
 def _conv_stride2(x, kernel):

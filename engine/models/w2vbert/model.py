@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.layers import depthwise_conv
 from engine.models.w2vbert.config import EncoderConfig
 
 
@@ -173,16 +174,9 @@ class ConvolutionModule(nnx.Module):
         y = jnp.where(frame_valid, self.layer_norm(x), 0)
         a, gate = jnp.split(self.pointwise_in(y), 2, axis=-1)
         y = a * jax.nn.sigmoid(gate)
-        taps, _, width = self.depthwise.shape
-        # All padding on the left: frame t sees frames t - taps + 1 .. t (causal, as transformers pads it).
-        y = jax.lax.conv_general_dilated(
-            y,
-            self.depthwise[...],
-            window_strides=(1,),
-            padding=((taps - 1, 0),),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-            feature_group_count=width,
-        )
+        # All padding on the left: frame t sees frames t - taps + 1 .. t (causal, as transformers pads it). Shifted
+        # sums, not XLA's grouped convolution: an order of magnitude faster on CPU (engine.models.owsm.model).
+        y = depthwise_conv(y, self.depthwise, None, left=self.depthwise.shape[0] - 1)
         return self.pointwise_out(jax.nn.silu(self.depthwise_layer_norm(y)))
 
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.whisper.dims import ModelDimensions
+from engine.pipelines.decode.config import DecodeError
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
     DECODE_EFFICIENCY,
@@ -52,8 +53,6 @@ def plan_decode_run(config, device: Device | None) -> Plan:
     reader = open_store(config.store)
     info, dims = reader.info, reader.info.dims
     if info.family != "whisper":
-        from engine.pipelines.decode.config import DecodeError
-
         # The cost model below is Whisper's decoder over 1500 frames; another family's decoder (OWSM's, its CTC
         # head) is not modelled, and a plan of the wrong model would be a number nobody measured.
         raise DecodeError(
