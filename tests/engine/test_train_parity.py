@@ -198,3 +198,22 @@ def test_ewc_penalty_holds_parameters_at_the_anchor(tiny_whisper):
                                                                - np.asarray(trainable[k], np.float64)) ** 2)
               for k in free)  # fmt: skip
     np.testing.assert_allclose(float(m["ewc"]), ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_token_losses_and_gradient_equal_log_softmax(smoothing):
+    """The written-out cross-entropy gradient against autodiff through the plain log-softmax formula."""
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.standard_normal((2, 5, 37)).astype(np.float32) * 4)
+    labels = jnp.asarray(rng.integers(0, 37, size=(2, 5)).astype(np.int32))
+    weights = jnp.asarray(rng.random((2, 5)).astype(np.float32))
+
+    def reference(x):
+        logp = jax.nn.log_softmax(x, axis=-1)
+        nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+        return (1 - smoothing) * nll - smoothing * logp.mean(-1)
+
+    np.testing.assert_allclose(S.token_losses(logits, labels, smoothing), reference(logits), rtol=1e-6, atol=1e-6)
+    ours = jax.grad(lambda x: (S.token_losses(x, labels, smoothing) * weights).sum())(logits)
+    theirs = jax.grad(lambda x: (reference(x) * weights).sum())(logits)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)

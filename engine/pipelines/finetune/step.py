@@ -116,11 +116,33 @@ def make_batch(prompt: Sequence[int], texts: Sequence[Sequence[int]], eot: int, 
 
 def token_losses(logits, labels, label_smoothing: float):
     """logits f32[batch, t, vocab], labels i32[batch, t] -> f32[batch, t]; torch's CrossEntropyLoss smoothing."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-    if label_smoothing == 0:
-        return nll
-    return (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
+    return _token_losses(logits.astype(jnp.float32), labels, float(label_smoothing))
+
+
+# The cross-entropy's gradient written out, ``softmax - (1 - s) onehot - s / vocab``: one elementwise pass over the
+# logits. Differentiating the log-softmax and take_along_axis instead made XLA fill a zero f32[batch, t, vocab], scatter
+# the labels into it and build the gradient twice, once per layout the two products of the tied projection read.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _token_losses(logits, labels, label_smoothing):
+    return _token_losses_fwd(logits, labels, label_smoothing)[0]
+
+
+def _token_losses_fwd(logits, labels, label_smoothing):
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    nll = lse - jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1 - label_smoothing) * nll - label_smoothing * (logits.mean(-1) - lse)
+    return nll, (logits, labels, lse)
+
+
+def _token_losses_bwd(label_smoothing, res, g):
+    logits, labels, lse = res
+    hit = jnp.arange(logits.shape[-1], dtype=labels.dtype) == labels[..., None]
+    d = jnp.exp(logits - lse[..., None]) - jnp.where(hit, 1 - label_smoothing, 0.0) - label_smoothing / logits.shape[-1]
+    return g[..., None] * d, None
+
+
+_token_losses.defvjp(_token_losses_fwd, _token_losses_bwd)
 
 
 def loss_fn(trainable, frozen, batch, *, graphdef, compute_dtype, label_smoothing):
