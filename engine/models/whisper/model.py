@@ -92,6 +92,19 @@ def _head_major(x):
     return jnp.transpose(x, (0, 2, 1, 3))
 
 
+@jax.custom_vjp
+def _gradient_barrier(x):
+    """The identity; its gradient is materialised (``optimization_barrier``) instead of fused onward.
+
+    Without it, XLA on CPU fused the decoder's residual-stream gradient, layer norms' included, across blocks into
+    loop fusions of 100+ operands that recompute the later blocks' part for every earlier one.
+    """
+    return x
+
+
+_gradient_barrier.defvjp(lambda x: (x, None), lambda _, g: (jax.lax.optimization_barrier(g),))
+
+
 def _gelu(x):
     return jax.nn.gelu(x, approximate=False)  # torch.nn.GELU() default: exact erf form
 
@@ -315,6 +328,7 @@ class TextDecoder(nnx.Module):
         new_cache = []
         cross_weights = []
         for i, block in enumerate(self.blocks):
+            x = _gradient_barrier(x)
             a = block.attn
             h = block.attn_ln(x)
             q = a.split_heads(a.query(h))
