@@ -149,7 +149,12 @@ def loss_fn(trainable, frozen, batch, *, graphdef, compute_dtype, label_smoothin
     """Mean cross-entropy over weighted positions (f32 scalar) and the weight total."""
     params = {k: v.astype(compute_dtype) for k, v in {**frozen, **trainable}.items()}
     dec = merge_decoder(graphdef, params)
-    logits, _, _ = dec(batch["tokens"], dec.cross_kv(batch["xa"].astype(compute_dtype)))
+    xa = batch["xa"].astype(compute_dtype)
+    dims = dec.dims
+    # Folded cross-attention (MultiHeadAttention.attend_folded) costs as many FLOPs as projecting the keys and values
+    # when heads * positions == embed (64 positions for every Whisper size) and fewer below; above, it costs more.
+    folded = dims.n_text_head * batch["tokens"].shape[1] <= dims.n_text_state
+    logits, _, _ = dec(batch["tokens"], xa if folded else dec.cross_kv(xa))
     w = batch["weights"]
     n = jnp.maximum(w.sum(), 1.0)
     return (token_losses(logits, batch["labels"], label_smoothing) * w).sum() / n, w.sum()
