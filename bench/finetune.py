@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import pathlib
 import statistics
 import sys
@@ -33,7 +34,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, record  # noqa: E402
 
-FLEURS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "fleurs-sample"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FLEURS = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
 
 
 def main() -> None:
@@ -136,7 +138,7 @@ def main() -> None:
         f"| transformers + torch.optim.AdamW | {med['transformers']:.3f} | {1 / med['transformers']:.2f} | 1.00x |",
         "",
         f"{args.rounds} interleaved rounds, one step of each side per round after one warm-up step each. "
-        f"Goal >= 1.5x: {'met' if speedup >= 1.5 else 'not met'} ({speedup:.2f}x).",
+        f"Goal (issue 34) >= 1.2x: {'met' if speedup >= 1.2 else 'not met'} ({speedup:.2f}x).",
     ]
     print("\n".join(lines))
     if args.record:

@@ -198,3 +198,43 @@ def test_ewc_penalty_holds_parameters_at_the_anchor(tiny_whisper):
                                                                - np.asarray(trainable[k], np.float64)) ** 2)
               for k in free)  # fmt: skip
     np.testing.assert_allclose(float(m["ewc"]), ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_token_losses_and_gradient_equal_log_softmax(smoothing):
+    """The written-out cross-entropy gradient against autodiff through the plain log-softmax formula."""
+    rng = np.random.default_rng(3)
+    logits = jnp.asarray(rng.standard_normal((2, 5, 37)).astype(np.float32) * 4)
+    labels = jnp.asarray(rng.integers(0, 37, size=(2, 5)).astype(np.int32))
+    weights = jnp.asarray(rng.random((2, 5)).astype(np.float32))
+
+    def reference(x):
+        logp = jax.nn.log_softmax(x, axis=-1)
+        nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+        return (1 - smoothing) * nll - smoothing * logp.mean(-1)
+
+    np.testing.assert_allclose(S.token_losses(logits, labels, smoothing), reference(logits), rtol=1e-6, atol=1e-6)
+    ours = jax.grad(lambda x: (S.token_losses(x, labels, smoothing) * weights).sum())(logits)
+    theirs = jax.grad(lambda x: (reference(x) * weights).sum())(logits)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_folded_cross_attention_equals_projected(tiny_whisper):
+    """The decoder given ``xa`` itself (keys and values folded into the products) against ``cross_kv(xa)``: logits
+    and the loss's gradient, at a length where the train step would project (4 heads x 20 positions > 64)."""
+    rng = np.random.default_rng(5)
+    texts = [list(rng.integers(300, 40000, size=17)), [7, 8, 9]]
+    batch = {k: jnp.asarray(v) for k, v in _batch(tiny_whisper, texts).items()}
+    graphdef, params = S.split_decoder(tiny_whisper.model.decoder)
+
+    def loss(p, folded):
+        dec = S.merge_decoder(graphdef, p)
+        kv = batch["xa"] if folded else dec.cross_kv(batch["xa"])
+        logits = dec(batch["tokens"], kv)[0]
+        return (S.token_losses(logits, batch["labels"], 0.0) * batch["weights"]).sum(), logits
+
+    (l1, z1), g1 = jax.value_and_grad(loss, has_aux=True)(params, True)
+    (l0, z0), g0 = jax.value_and_grad(loss, has_aux=True)(params, False)
+    np.testing.assert_allclose(z1, z0, atol=2e-5, rtol=1e-5)
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], atol=1e-6, rtol=1e-4, err_msg=k)

@@ -116,18 +116,45 @@ def make_batch(prompt: Sequence[int], texts: Sequence[Sequence[int]], eot: int, 
 
 def token_losses(logits, labels, label_smoothing: float):
     """logits f32[batch, t, vocab], labels i32[batch, t] -> f32[batch, t]; torch's CrossEntropyLoss smoothing."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-    if label_smoothing == 0:
-        return nll
-    return (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
+    return _token_losses(logits.astype(jnp.float32), labels, float(label_smoothing))
+
+
+# The cross-entropy's gradient written out, ``softmax - (1 - s) onehot - s / vocab``: one elementwise pass over the
+# logits. Differentiating the log-softmax and take_along_axis instead made XLA fill a zero f32[batch, t, vocab], scatter
+# the labels into it and build the gradient twice, once per layout the two products of the tied projection read.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _token_losses(logits, labels, label_smoothing):
+    return _token_losses_fwd(logits, labels, label_smoothing)[0]
+
+
+def _token_losses_fwd(logits, labels, label_smoothing):
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    nll = lse - jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1 - label_smoothing) * nll - label_smoothing * (logits.mean(-1) - lse)
+    return nll, (logits, labels, lse)
+
+
+def _token_losses_bwd(label_smoothing, res, g):
+    logits, labels, lse = res
+    hit = jnp.arange(logits.shape[-1], dtype=labels.dtype) == labels[..., None]
+    d = jnp.exp(logits - lse[..., None]) - jnp.where(hit, 1 - label_smoothing, 0.0) - label_smoothing / logits.shape[-1]
+    return g[..., None] * d, None
+
+
+_token_losses.defvjp(_token_losses_fwd, _token_losses_bwd)
 
 
 def loss_fn(trainable, frozen, batch, *, graphdef, compute_dtype, label_smoothing):
     """Mean cross-entropy over weighted positions (f32 scalar) and the weight total."""
     params = {k: v.astype(compute_dtype) for k, v in {**frozen, **trainable}.items()}
     dec = merge_decoder(graphdef, params)
-    logits, _, _ = dec(batch["tokens"], dec.cross_kv(batch["xa"].astype(compute_dtype)))
+    xa = batch["xa"].astype(compute_dtype)
+    dims = dec.dims
+    # Folded cross-attention (MultiHeadAttention.attend_folded) costs as many FLOPs as projecting the keys and values
+    # when heads * positions == embed (64 positions for every Whisper size) and fewer below; above, it costs more.
+    folded = dims.n_text_head * batch["tokens"].shape[1] <= dims.n_text_state
+    logits, _, _ = dec(batch["tokens"], xa if folded else dec.cross_kv(xa))
     w = batch["weights"]
     n = jnp.maximum(w.sum(), 1.0)
     return (token_losses(logits, batch["labels"], label_smoothing) * w).sum() / n, w.sum()
