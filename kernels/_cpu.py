@@ -2,8 +2,7 @@
 ``while_loop``) on one core, so kernels whose work is such loops split it into pieces and wait for each piece's
 call in its own thread of one shared pool.
 
-Used inside ``kernels/`` only (``dtw``, ``ot_matrix``, and ``wordalign_host`` for NumPy work that releases the GIL);
-results never depend on the number of workers.
+Used inside ``kernels/`` only (``dtw``, ``ot_matrix``); results never depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -31,14 +30,3 @@ def on_cores(run, items, workers: int) -> list:
     if workers <= 1:
         return [run(item) for item in items]
     return list(_pool(workers).map(lambda item: jax.block_until_ready(run(item)), items))
-
-
-def on_threads(run, items) -> None:
-    """run(item) for every item, at once in the shared pool when there are several (host work that releases the GIL,
-    such as NumPy reductions); the first exception raised is raised here."""
-    if len(items) <= 1:
-        for item in items:
-            run(item)
-        return
-    for _ in _pool(len(items)).map(run, items):
-        pass
