@@ -45,6 +45,10 @@ word's frame count (``WORD_WEIGHTS``), solved by ott-jax's Sinkhorn with ``kerne
 stopping rule. ``plan_links`` turns a plan into links: ``share[i, j] = P[i, j] / min(w_a[i], w_b[j])``, the part of
 the smaller word's mass that the link carries, at least ``mass``; one word may have several links.
 
+Two paths behind ``wordalign_pairs``: on the CPU backend with concrete arrays the host one (``kernels.wordalign_host``,
+NumPy reductions over each word's contiguous frames), elsewhere one jitted XLA call (``wordalign_pairs_xla``, whose
+segment reductions are scatters: fast on a GPU, several reads of the states on XLA's CPU backend).
+
 Measurements (against a NumPy loop, and the pooling variants tried): ``bench/RESULTS.md``, sections "word alignment
 kernel (SeqSimInterp)" (CPU) and "word alignment kernel (SeqSimInterp) on an H100".
 """

@@ -51,7 +51,7 @@ def host_word_embeddings(words, pooling: str) -> np.ndarray:
         out[into] = rows[first + (last - first) // 2]  # one gather of the valid words' rows for the block
         return pooled
     reduce = np.add.reduce if pooling == "mean" else np.fmax.reduce
-    # One NumPy call per word and layer, nothing else in the loop: its cost is the call, the read is ~1/3.
+    # One NumPy call per word and layer, nothing else in the loop: half its cost is the call, half the read.
     for o, s, e in zip(into.tolist(), first.tolist(), last.tolist(), strict=True):
         reduce(rows[s:e], 0, None, out[o])
     if pooling == "mean":
