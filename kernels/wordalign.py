@@ -45,6 +45,10 @@ word's frame count (``WORD_WEIGHTS``), solved by ott-jax's Sinkhorn with ``kerne
 stopping rule. ``plan_links`` turns a plan into links: ``share[i, j] = P[i, j] / min(w_a[i], w_b[j])``, the part of
 the smaller word's mass that the link carries, at least ``mass``; one word may have several links.
 
+Two paths behind ``wordalign_pairs``: on the CPU backend with concrete arrays the host one (``kernels.wordalign_host``,
+NumPy reductions over each word's contiguous frames), elsewhere one jitted XLA call (``wordalign_pairs_xla``, whose
+segment reductions are scatters: fast on a GPU, several reads of the states on XLA's CPU backend).
+
 Measurements (against a NumPy loop, and the pooling variants tried): ``bench/RESULTS.md``, sections "word alignment
 kernel (SeqSimInterp)" (CPU) and "word alignment kernel (SeqSimInterp) on an H100".
 """
@@ -65,6 +69,7 @@ from engine.errors import ShapeError
 from kernels.frames import COS_EPS, reference_unit_rows, unit_rows
 from kernels.ot import reference_sinkhorn
 from kernels.settings import DEFAULT_OT, INNER_ITERATIONS, OT_MASS, POOLINGS, WORD_WEIGHTS, OtConfig
+from kernels.wordalign_host import host_wordalign_pairs
 
 # A dimension whose std over the frames is at most this carries nothing to compare: its scale is 0 (dropped) rather
 # than 1 / ~0, which would blow up the rounding of the pooled word minus the mean.
@@ -234,14 +239,39 @@ def wordalign(
     return WordAlignment(c, mutual_best(c) & valid[None] & (c >= threshold))
 
 
-@functools.partial(jax.jit, static_argnames=("pooling",))
 def wordalign_pairs(
     pairs: WordPair, threshold, standardise: Standardisation | None = None, *, pooling
 ) -> WordAlignment:
     """``wordalign`` over a block of pairs: every array of ``pairs`` with a leading ``pair`` axis (states
     f32|bf16[pair, layer, frame, embed], n_frames i32[pair], spans i32[pair, word, 2], n_words i32[pair]);
     threshold f32[] and standardise (f32[layer, embed] pair) shared by the block. Returns
-    ``[pair, layer, word_a, word_b]``."""
+    ``[pair, layer, word_a, word_b]``.
+
+    On the CPU backend with concrete arrays the block runs on the host (``kernels.wordalign_host``: NumPy arrays
+    out, spans checked); on an accelerator, or traced under an outer ``jit``, it is ``wordalign_pairs_xla``.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if _on_host(pairs, threshold, standardise):
+        for name, side in (("spans_a", pairs.a), ("spans_b", pairs.b)):
+            check_spans(name, side.spans, side.n_words, side.n_frames)
+        return WordAlignment(*host_wordalign_pairs(pairs, threshold, standardise, pooling))
+    return wordalign_pairs_xla(pairs, threshold, standardise, pooling=pooling)
+
+
+def _on_host(*args) -> bool:
+    """Whether ``wordalign_pairs`` takes the host path: CPU backend, no array a tracer, none on an accelerator."""
+    leaves = jax.tree_util.tree_leaves(args)
+    if jax.default_backend() != "cpu" or any(isinstance(x, jax.core.Tracer) for x in leaves):
+        return False
+    return all(d.platform == "cpu" for x in leaves if isinstance(x, jax.Array) for d in x.devices())
+
+
+@functools.partial(jax.jit, static_argnames=("pooling",))
+def wordalign_pairs_xla(
+    pairs: WordPair, threshold, standardise: Standardisation | None = None, *, pooling
+) -> WordAlignment:
+    """``wordalign_pairs`` as one jitted XLA call (the accelerator path; arguments and result as there)."""
     one = functools.partial(wordalign, pooling=pooling)
     return jax.vmap(one, in_axes=(0, None, None))(pairs, threshold, standardise)
 

@@ -38,9 +38,14 @@ def pair_of(A, B, p) -> wa.WordPair:
     return wa.WordPair(wa.Words(*(x[p] for x in A)), wa.Words(*(x[p] for x in B)))
 
 
+# Both paths of wordalign_pairs: on this CPU the public one runs on the host, wordalign_pairs_xla is the GPU's.
+PATHS = {"host": wa.wordalign_pairs, "xla": wa.wordalign_pairs_xla}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("pooling", settings.POOLINGS)
 @pytest.mark.parametrize("poison", [np.nan, 1e30, -np.inf])
-def test_wordalign_vs_reference(pooling, poison):
+def test_wordalign_vs_reference(pooling, poison, path):
     rng = np.random.default_rng(zlib.crc32(f"{pooling}{poison}".encode()))  # fixed per case, not per process
     (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=5, layers=3, frames=40, words=7, embed=16, poison=poison)
     block = wa.WordPair(wa.Words(A, fa, sa, na), wa.Words(B, fb, sb, nb))
@@ -51,7 +56,7 @@ def test_wordalign_vs_reference(pooling, poison):
     B[..., 3] = B[..., 3] * 8 + 30
     standardise = wa.layer_standardisation([*A, *B], [*fa, *fb])
     for threshold, std in ((-np.inf, None), (0.1, None), (-np.inf, standardise), (0.1, standardise)):
-        got = wa.wordalign_pairs(block, np.float32(threshold), std, pooling=pooling)
+        got = PATHS[path](block, np.float32(threshold), std, pooling=pooling)
         assert got.cosine.shape == got.mutual.shape == (5, 3, 7, 7) and got.cosine.dtype == jnp.float32
         for p in range(5):
             c, m = wa.reference_wordalign(pair_of(block.a, block.b, p), threshold, std, pooling=pooling)
