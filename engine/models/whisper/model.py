@@ -30,6 +30,7 @@ from flax import nnx
 
 from engine.errors import ShapeError
 from engine.models.whisper.dims import ModelDimensions, sinusoids
+from engine.models.whisper.folded import attend_folded, gradient_barrier
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which OpenAI Whisper uses
 # Encoder self-attention on CPU in cache-sized head pairs (see attend_unmasked); read at trace time.
@@ -90,19 +91,6 @@ class Conv1d(nnx.Module):
 def _head_major(x):
     """f[b, t, h, dh] -> f[b, h, t, dh]."""
     return jnp.transpose(x, (0, 2, 1, 3))
-
-
-@jax.custom_vjp
-def _gradient_barrier(x):
-    """The identity; its gradient is materialised (``optimization_barrier``) instead of fused onward.
-
-    Without it, XLA on CPU fused the decoder's residual-stream gradient, layer norms' included, across blocks into
-    loop fusions of 100+ operands that recompute the later blocks' part for every earlier one.
-    """
-    return x
-
-
-_gradient_barrier.defvjp(lambda x: (x, None), lambda _, g: (jax.lax.optimization_barrier(g),))
 
 
 def _gelu(x):
@@ -166,29 +154,6 @@ class MultiHeadAttention(nnx.Module):
         if g > 1:
             kept = jnp.transpose(kept.reshape(bk, h, g, tq, tk), (0, 2, 1, 3, 4)).reshape(b, h, tq, tk)
         return out, kept
-
-    def attend_folded(self, q, xa):
-        """Cross-attention from the audio features themselves: ``q: f[b, tq, h, dh]``, ``xa: f[b, frame, embed]`` ->
-        ``f[b, tq, h*dh]``, no mask, equal to ``attend`` on ``key(xa)`` and ``value(xa)`` up to rounding.
-
-        The key and value projections are folded into the queries and the weighted sums: ``q k^T = (q Wk^T) xa^T``
-        and ``p (xa Wv + bv) = (p xa) Wv + bv`` (softmax rows sum to 1). Per utterance that is two products of
-        ``f[h*tq, embed]`` with ``xa``, against two of ``f[frame, embed] @ f[embed, embed]`` and ``b*h`` small
-        per-head products unfolded: the same FLOPs when ``h * tq == embed``, fewer below it. In training the
-        weights' gradients then come from ``f[tq, embed]`` products, not from ``xa^T @ f[frame, embed]``.
-        """
-        b, tq, h, dh = q.shape
-        d = xa.shape[-1]
-        dtype = self.key.kernel.dtype
-        wk = self.key.kernel[...].reshape(d, h, dh)
-        wv = self.value.kernel[...].reshape(d, h, dh)
-        qk = jnp.einsum("bqhe,dhe->bhqd", q * jnp.asarray(dh**-0.5, q.dtype), wk)  # f[b, h, tq, embed]
-        xa = xa.astype(dtype)
-        logits = jnp.einsum("bhqd,bkd->bhqk", qk, xa, preferred_element_type=jnp.float32)
-        weights = jax.nn.softmax(logits, axis=-1)
-        px = jnp.einsum("bhqk,bkd->bhqd", weights.astype(dtype), xa)
-        out = jnp.einsum("bhqd,dhe->bqhe", px, wv).reshape(b, tq, h * dh)
-        return out + self.value.bias[...]
 
     def attend_unmasked(self, q, k, v):
         """``attend`` without a mask or weights, for the encoder: ``f[b, tq, h*dh]``.
@@ -328,7 +293,7 @@ class TextDecoder(nnx.Module):
         """Run the decoder on ``tokens: i32[batch, t]`` at positions ``offset..offset+t-1``.
 
         ``cross_kv``: ``cross_kv(xa)`` of ``batch / g`` utterances (``g`` consecutive token rows share one), or
-        ``xa: f[batch, frame, embed]`` itself for ``MultiHeadAttention.attend_folded`` (no mask, no weights). ``cache``:
+        ``xa: f[batch, frame, embed]`` itself for ``folded.attend_folded`` (no mask, no weights). ``cache``:
         None (no cache; tokens start at position 0 and attend causally among themselves) or a tuple of per-block
         (k, v) arrays ``f[batch, heads, length, head_dim]`` (``init_cache``) that are updated at ``offset`` and
         returned. ``xa_mask``: bool[batch / g, frame] of audio frames to attend to (None = all).
@@ -355,7 +320,7 @@ class TextDecoder(nnx.Module):
         new_cache = []
         cross_weights = []
         for i, block in enumerate(self.blocks):
-            x = _gradient_barrier(x)
+            x = gradient_barrier(x)
             a = block.attn
             h = block.attn_ln(x)
             q = a.split_heads(a.query(h))
@@ -370,7 +335,7 @@ class TextDecoder(nnx.Module):
             c = block.cross_attn
             h = block.cross_attn_ln(x)
             if folded:
-                out = c.attend_folded(c.split_heads(c.query(h)), cross_kv)
+                out = attend_folded(c, c.split_heads(c.query(h)), cross_kv)
             else:
                 xk, xv = cross_kv[i]
                 out, w = c.attend_head_major(

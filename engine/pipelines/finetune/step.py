@@ -151,7 +151,7 @@ def loss_fn(trainable, frozen, batch, *, graphdef, compute_dtype, label_smoothin
     dec = merge_decoder(graphdef, params)
     xa = batch["xa"].astype(compute_dtype)
     dims = dec.dims
-    # Folded cross-attention (MultiHeadAttention.attend_folded) costs as many FLOPs as projecting the keys and values
+    # Folded cross-attention (whisper.folded.attend_folded) costs as many FLOPs as projecting the keys and values
     # when heads * positions == embed (64 positions for every Whisper size) and fewer below; above, it costs more.
     folded = dims.n_text_head * batch["tokens"].shape[1] <= dims.n_text_state
     logits, _, _ = dec(batch["tokens"], xa if folded else dec.cross_kv(xa))
