@@ -78,25 +78,31 @@ def grid_lengths(langs: int, utterances: int, frames: int) -> dict[str, np.ndarr
 
 def write_store(url: str, args) -> float:
     """Writes the synthetic grid through ``LayerStore``; returns its seconds."""
+    t0 = time.perf_counter()
+    write_random_store(url, grid_lengths(args.langs, args.utterances, args.frames), args.d, args.layers, args.dtype)
+    return time.perf_counter() - t0
+
+
+def write_random_store(url: str, lengths: dict, d: int, n_layers: int, dtype: str = "float32") -> None:
+    """A layer store of random states with these lengths (language -> frames per utterance), stored as ``dtype``,
+    written through ``LayerStore`` as the encode job writes one."""
     from engine.stores.layers import LayerStore
     from engine.stores.schema import StoreInfo
     from engine.stores.utterances import UtteranceRow
 
-    t0 = time.perf_counter()
-    layers = tuple(range(args.layers))
-    info = StoreInfo("synthetic-base (random states)", "0" * 64, grid_dims(args.d, args.layers), layers, args.dtype)
+    layers = tuple(range(n_layers))
+    info = StoreInfo("synthetic-base (random states)", "0" * 64, grid_dims(d, n_layers), layers, dtype)
     store = LayerStore.create_or_open(url, info)
     rng = np.random.default_rng(1)
-    for lang, lengths in grid_lengths(args.langs, args.utterances, args.frames).items():
+    for lang, lens in lengths.items():
         rows = [
             UtteranceRow(id=f"{lang}-{u:04d}", lang=lang, path=f"synthetic/{lang}/{u:04d}.wav", transcription=None,
                          duration_s=float(n) / info.frame_rate, n_frames=int(n), n_windows=1)
-            for u, n in enumerate(lengths)
+            for u, n in enumerate(lens)
         ]  # fmt: skip
         with store.language(lang, rows) as arrays:
-            for u, n in enumerate(lengths):
-                arrays.write_utterance(u, rng.standard_normal((len(layers), int(n), args.d), dtype=np.float32))
-    return time.perf_counter() - t0
+            for u, n in enumerate(lens):
+                arrays.write_utterance(u, rng.standard_normal((n_layers, int(n), d), dtype=np.float32))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -55,24 +55,9 @@ def grid_lengths(langs: int, utterances: int, low: int, high: int) -> dict[str, 
 
 def write_store(url: str, lengths: dict[str, np.ndarray], d: int, n_layers: int) -> None:
     """A layer store of random float32 states with these lengths, written as the encode job writes one."""
-    from bench.grid import grid_dims
-    from engine.stores.layers import LayerStore
-    from engine.stores.schema import StoreInfo
-    from engine.stores.utterances import UtteranceRow
+    from bench.grid import write_random_store
 
-    layers = tuple(range(n_layers))
-    info = StoreInfo("synthetic-base (random states)", "0" * 64, grid_dims(d, n_layers), layers, "float32")
-    store = LayerStore.create_or_open(url, info)
-    rng = np.random.default_rng(1)
-    for lang, lens in lengths.items():
-        rows = [
-            UtteranceRow(id=f"{lang}-{u:04d}", lang=lang, path=f"synthetic/{lang}/{u:04d}.wav", transcription=None,
-                         duration_s=float(n) / info.frame_rate, n_frames=int(n), n_windows=1)
-            for u, n in enumerate(lens)
-        ]  # fmt: skip
-        with store.language(lang, rows) as arrays:
-            for u, n in enumerate(lens):
-                arrays.write_utterance(u, rng.standard_normal((n_layers, int(n), d), dtype=np.float32))
+    write_random_store(url, lengths, d, n_layers)
 
 
 def contenders(store: str, measures: tuple[str, ...], scratch: pathlib.Path) -> tuple[dict, float]:
