@@ -61,9 +61,6 @@ class SeqSim(NamedTuple):
 # One pair.
 
 
-_matmul_f32 = matmul_f32  # the name bench/seqsim.py times
-
-
 def seqsim(a: jax.Array, b: jax.Array, len_a, len_b) -> SeqSim:
     """SeqSim of one pair of padded utterances.
 
@@ -72,7 +69,7 @@ def seqsim(a: jax.Array, b: jax.Array, len_a, len_b) -> SeqSim:
     """
     mask_a = frame_mask(a.shape[0], len_a)
     mask_b = frame_mask(b.shape[0], len_b)
-    c = _matmul_f32(normalize_frames(a, len_a), normalize_frames(b, len_b))  # f32[frames_a, frames_b]
+    c = matmul_f32(normalize_frames(a, len_a), normalize_frames(b, len_b))  # f32[frames_a, frames_b]
     c = jnp.where(mask_a[:, None] & mask_b[None, :], c, -jnp.inf)
     a_to_b = jnp.sum(jnp.where(mask_a, jnp.max(c, axis=1), 0.0)) / len_a
     b_to_a = jnp.sum(jnp.where(mask_b, jnp.max(c, axis=0), 0.0)) / len_b
@@ -113,7 +110,7 @@ def _block_seqsim(a: jax.Array, len_a: jax.Array, b: jax.Array, len_b: jax.Array
     """
     ba, m, k = a.shape
     bb, n, _ = b.shape
-    c = _matmul_f32(a.reshape(ba * m, k), b.reshape(bb * n, k)).reshape(ba, m, bb, n)
+    c = matmul_f32(a.reshape(ba * m, k), b.reshape(bb * n, k)).reshape(ba, m, bb, n)
     best_in_b = jnp.max(c, axis=3)  # f32[Ba, m, Bb]; garbage on padding frames of a, dropped by the masked mean
     best_in_a = jnp.max(c, axis=1)  # f32[Ba, Bb, n]
     mask_a = frame_mask(m, len_a[:, None])  # bool[Ba, m]
