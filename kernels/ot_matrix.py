@@ -9,9 +9,10 @@ run; scores agree with one within 2 x threshold (ott's returned potentials are n
 batch then costs about its pairs' own iterations, not its slowest pair's. The cost matrices of a block of pairs are
 computed once, as tiles of the grid (one matrix product per tile), and kept across rounds. Where
 ``kernel_mode(config)`` Sinkhorn runs in kernel (scaling) mode on the kernel exp(-C / epsilon), computed once per
-round: an iteration is three mat-vecs (two updates and the marginal check) instead of log-sum-exps over every cell;
-the same iterates in exact arithmetic. Pairs whose scalings leave float32 range are finished in the log domain and
-flagged (``OtResult.fallback``). On CPU, chunks run on every core (``kernels._cpu``).
+round (``kernels.ot_scaling``): an iteration is two batched mat-vecs, whose products also give both marginals'
+errors, instead of log-sum-exps over every cell; the same iterates in exact arithmetic. Pairs whose scalings leave
+float32 range are finished in the log domain and flagged (``OtResult.fallback``). On CPU, chunks run on every core
+(``kernels._cpu``).
 
 Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
 Measurements: ``bench/RESULTS.md``, sections "OT measure (kernels/ot.py) against POT" and "OT measure: design notes
@@ -30,7 +31,8 @@ from jax import lax
 
 from kernels._cpu import cpu_workers, on_cores
 from kernels.frames import check_grid, frame_mask, normalize_frames
-from kernels.ot import OtResult, kernel_mode, reference_ot_cost, solve_cost
+from kernels.ot import OVER_RELAXATION, OtResult, kernel_mode, reference_ot_cost, solve_cost
+from kernels.ot_scaling import scaling_sinkhorn
 
 # Iterations per round of ot_similarity_matrix: a round wastes at most this many iterations on a pair of a chunk
 from kernels.settings import DEFAULT_OT, OtConfig
@@ -106,15 +108,27 @@ def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int,
     potential on a valid frame, which more iterations will not mend (in kernel mode: scalings out of float32 range)."""
 
     def one(c, len_x, len_y, f, g):
-        out = solve_cost(c, len_x, len_y, config, iterations, (f, g), kernel)
-        w = out.primal_cost
-        valid_f, valid_g = frame_mask(c.shape[0], len_x), frame_mask(c.shape[1], len_y)
-        finite = jnp.isfinite(w) & jnp.all(jnp.isfinite(out.f) | ~valid_f) & jnp.all(jnp.isfinite(out.g) | ~valid_g)
-        return w, out.converged & finite, ~finite, out.f, out.g
+        out = solve_cost(c, len_x, len_y, config, iterations, (f, g))
+        return out.primal_cost, out.converged, out.f, out.g
+
+    def scaling(c, len_x, len_y, f, g):
+        eps = config.epsilon
+        a = jax.vmap(frame_mask, (None, 0))(c.shape[1], len_x) / len_x[:, None]
+        b = jax.vmap(frame_mask, (None, 0))(c.shape[2], len_y) / len_y[:, None]
+        u, v = jnp.exp(f / eps), jnp.exp(g / eps)  # 0 on padding's -inf
+        w, converged, u, v, _ = scaling_sinkhorn(
+            jnp.exp(-c / eps), c, a, b, u, v, threshold=config.threshold, iterations=iterations, weight=OVER_RELAXATION
+        )
+        return w, converged, eps * jnp.log(u), eps * jnp.log(v)
 
     def group(args):
-        rows, *rest = args
-        return jax.vmap(one)(cost[rows], *rest)
+        rows, len_x, len_y, f, g = args
+        c = cost[rows]
+        w, converged, f, g = scaling(c, len_x, len_y, f, g) if kernel else jax.vmap(one)(c, len_x, len_y, f, g)
+        valid_f = jnp.arange(c.shape[1])[None, :] < len_x[:, None]
+        valid_g = jnp.arange(c.shape[2])[None, :] < len_y[:, None]
+        finite = jnp.isfinite(w) & jnp.all(jnp.isfinite(f) | ~valid_f, 1) & jnp.all(jnp.isfinite(g) | ~valid_g, 1)
+        return w, converged & finite, ~finite, f, g
 
     pairs = rows.shape[0]
     size = _group_size(pairs, cost.shape[1] * cost.shape[2])
