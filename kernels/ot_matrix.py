@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 
 from kernels._cpu import cpu_workers, on_cores
-from kernels.frames import check_grid, frame_mask, normalize_frames
+from kernels.frames import check_grid, frame_mask, matmul_f32, normalize_frames
 from kernels.ot import OVER_RELAXATION, OtResult, kernel_mode, reference_ot_cost, solve_cost
 from kernels.ot_scaling import scaling_sinkhorn
 
@@ -46,6 +46,7 @@ ROUND_ITERATIONS = 50
 GROUP_CELLS = 2**17
 TILE_CELLS = 2**22  # cost-matrix cells of one chunk of utterance pairs: 16 MiB of float32 (~2 pairs of 1500 frames)
 COST_CELLS = 2**25  # cost matrices kept between rounds, float32 (128 MiB): pairs per block of rounds
+PACK_FRAMES = 128  # _packed_grid pads each side's valid frames to a multiple of this: few compiled shapes
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,42 @@ def _grid_costs(X, Y, rows, cols):
     product, faster per pair than a batch of per-pair products (bench/RESULTS.md, OT design notes)."""
     cost = 1.0 - jnp.einsum("ume,vne->uvmn", X[rows], Y[cols])
     return cost.reshape(-1, X.shape[1], Y.shape[1])
+
+
+@functools.partial(jax.jit, static_argnames="frames")
+def _packed_costs(X, Y, at_x, at_y, *, frames: tuple[int, int]):
+    """f32[r + m, c + n]: the costs 1 - cos of the frames X.reshape(-1, embed)[at_x] against Y's [at_y], r and c
+    indices, in one matrix product; m, n = ``frames`` more rows and columns of cost 1 below and right, so that an
+    m x n window starting at any product row and column is never clamped by ``lax.dynamic_slice``."""
+    embed = X.shape[-1]
+    cost = 1.0 - matmul_f32(X.reshape(-1, embed)[at_x], Y.reshape(-1, embed)[at_y])
+    return jnp.pad(cost, ((0, frames[0]), (0, frames[1])), constant_values=1.0)
+
+
+def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy: np.ndarray):
+    """The cost matrices of the pairs (X[ix[p]], Y[iy[p]]) as windows of one product of the valid frames alone:
+    (costs f32[r + m, c + n], row offsets i32[p], column offsets i32[p]), each pair's window at its offsets; or None
+    where the pairs do not fill most of a grid (the self terms of the debiased divergence) or the product would
+    exceed COST_CELLS. Padded frames, 41-47% of the padded product's FLOPs on random and demo-store grids, are not
+    multiplied, and one large product runs at 2-3x the rate of the per-tile products (bench/RESULTS.md, OT)."""
+    us, vs = np.unique(ix), np.unique(iy)
+    if len(us) * len(vs) > 2 * len(ix):
+        return None
+    rows, cols = _packed_frames(len_X, X.shape[1], us), _packed_frames(len_Y, Y.shape[1], vs)
+    if len(rows[0]) * len(cols[0]) > COST_CELLS:
+        return None
+    cost = _packed_costs(X, Y, rows[0], cols[0], frames=(X.shape[1], Y.shape[1]))
+    return cost, rows[1][ix], cols[1][iy]
+
+
+def _packed_frames(lengths: np.ndarray, frames: int, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices of the valid frames of ``utterances``, padded with 0s to a multiple of PACK_FRAMES: few
+    compiled shapes; offset of each utterance's first frame in them, -1 for utterances not listed)."""
+    at = np.concatenate([u * frames + np.arange(lengths[u]) for u in utterances])
+    at = np.concatenate([at, np.zeros(-len(at) % PACK_FRAMES, at.dtype)]).astype(np.int32)
+    offset = np.full(len(lengths), -1, np.int32)
+    offset[utterances] = np.concatenate([[0], np.cumsum(lengths[utterances])[:-1]])
+    return at, offset
 
 
 def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Array:
@@ -103,9 +140,20 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
 @functools.partial(jax.jit, static_argnames=("config", "iterations", "kernel"))
 def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int, kernel: bool):
     """At most ``iterations`` Sinkhorn iterations (in kernel mode if ``kernel``) of the pairs ``rows`` of the cost
-    matrices ``cost`` f32[q, m, n], with valid frames len_x, len_y: i32[p], from potentials f: f32[p, m],
-    g: f32[p, n]. Returns (W, converged, failed, f, g), [p] each but the potentials; ``failed``: a non-finite cost or
-    potential on a valid frame, which more iterations will not mend (in kernel mode: scalings out of float32 range)."""
+    matrices ``cost``: f32[q, m, n], or ``_packed_grid``'s (costs, row offsets i32[q], column offsets i32[q]); with
+    valid frames len_x, len_y: i32[p], from potentials f: f32[p, m], g: f32[p, n]. Returns (W, converged, failed, f,
+    g), [p] each but the potentials; ``failed``: a non-finite cost or potential on a valid frame, which more
+    iterations will not mend (in kernel mode: scalings out of float32 range)."""
+    m, n = f.shape[1], g.shape[1]
+
+    def matrices(rows, len_x, len_y):
+        if not isinstance(cost, tuple):
+            return cost[rows]
+        packed, at_x, at_y = cost
+        windows = jax.vmap(lambda i, j: lax.dynamic_slice(packed, (i, j), (m, n)))(at_x[rows], at_y[rows])
+        # Past a pair's lengths a window holds the next utterances' frames: cost 1, as zero padding frames have.
+        valid = (jnp.arange(m)[:, None] < len_x[:, None, None]) & (jnp.arange(n) < len_y[:, None, None])
+        return jnp.where(valid, windows, 1.0)
 
     def one(c, len_x, len_y, f, g):
         out = solve_cost(c, len_x, len_y, config, iterations, (f, g))
@@ -123,7 +171,7 @@ def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int,
 
     def group(args):
         rows, len_x, len_y, f, g = args
-        c = cost[rows]
+        c = matrices(rows, len_x, len_y)
         w, converged, f, g = scaling(c, len_x, len_y, f, g) if kernel else jax.vmap(one)(c, len_x, len_y, f, g)
         valid_f = jnp.arange(c.shape[1])[None, :] < len_x[:, None]
         valid_g = jnp.arange(c.shape[2])[None, :] < len_y[:, None]
@@ -131,7 +179,7 @@ def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int,
         return w, converged & finite, ~finite, f, g
 
     pairs = rows.shape[0]
-    size = _group_size(pairs, cost.shape[1] * cost.shape[2])
+    size = _group_size(pairs, m * n)
     grouped = [x.reshape(pairs // size, size, *x.shape[1:]) for x in (rows, len_x, len_y, f, g)]
     return [x.reshape(pairs, *x.shape[2:]) for x in lax.map(group, grouped)]
 
@@ -188,12 +236,13 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
     cost, converged = np.full(len(ix), np.nan, np.float32), np.zeros(len(ix), bool)
     fallback = np.zeros(len(ix), bool)
     most = max(1, TILE_CELLS // (m * n))
-    block = max(most * workers, COST_CELLS // (m * n))
+    packed = _packed_grid(X, len_X_np, Y, len_Y_np, ix, iy)
+    block = len(ix) if packed else max(most * workers, COST_CELLS // (m * n))
     for start in range(0, len(ix), block):
         pairs = np.arange(start, min(start + block, len(ix)))
         len_x, len_y = len_X_np[ix[pairs]], len_Y_np[iy[pairs]]
         # The block's cost matrices, once: a round then starts from them (an exp per cell in kernel mode).
-        costs = _block_costs(X, Y, ix[pairs], iy[pairs], workers)
+        costs = packed or _block_costs(X, Y, ix[pairs], iy[pairs], workers)
         todo = np.arange(len(pairs))  # rows of the block still running
         f, g = _initial_potentials(len_x, m), _initial_potentials(len_y, n)
         used = 0

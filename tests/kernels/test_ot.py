@@ -221,3 +221,17 @@ def test_scaling_sinkhorn_vs_reference(seed):
         valid = np.asarray(cost[p, : len_a[p], : len_b[p]], np.float64)
         plan, _ = kot.reference_sinkhorn(wa[p, : len_a[p]], wb[p, : len_b[p]], valid, eps)
         assert abs(float(w[p]) - np.sum(plan * valid)) < 2 * settings.OT_THRESHOLD, p
+
+
+def test_packed_grid_matches_the_tiled_cost_matrices(monkeypatch):
+    """The product of valid frames alone (``_packed_grid``, windows cut in the rounds) and the padded per-tile
+    products (``_block_costs``, taken where the packed product would exceed COST_CELLS) give the same scores."""
+    rng = np.random.default_rng(9)
+    A, len_A = ragged(rng, 6, 20, 16, poison=np.nan)
+    B, len_B = ragged(rng, 5, 13, 16, poison=np.inf)
+    packed = kom.ot_similarity_matrix(A, len_A, B, len_B)
+    monkeypatch.setattr(kom, "COST_CELLS", 20 * 13 * 4)  # the packed product no longer fits: tiles, blocks
+    tiled = kom.ot_similarity_matrix(A, len_A, B, len_B)
+    assert kom._packed_grid(A, len_A, B, len_B, np.zeros(1, int), np.zeros(1, int)) is None
+    np.testing.assert_array_equal(np.asarray(packed.converged), np.asarray(tiled.converged))
+    np.testing.assert_allclose(np.asarray(packed.score), np.asarray(tiled.score), atol=1e-6)
