@@ -30,7 +30,7 @@ import numpy as np
 from jax import lax
 
 from kernels._cpu import cpu_workers, on_cores
-from kernels.frames import check_grid, frame_mask, matmul_f32, normalize_frames
+from kernels.frames import check_grid, frame_mask, matmul_f32, normalize_frames, unit_rows
 from kernels.ot import OVER_RELAXATION, OtResult, kernel_mode, reference_ot_cost, solve_cost
 from kernels.ot_scaling import scaling_sinkhorn
 
@@ -68,10 +68,15 @@ def _grid_costs(X, Y, rows, cols):
 @functools.partial(jax.jit, static_argnames="frames")
 def _packed_costs(X, Y, at_x, at_y, *, frames: tuple[int, int]):
     """f32[r + m, c + n]: the costs 1 - cos of the frames X.reshape(-1, embed)[at_x] against Y's [at_y], r and c
-    indices, in one matrix product; m, n = ``frames`` more rows and columns of cost 1 below and right, so that an
-    m x n window starting at any product row and column is never clamped by ``lax.dynamic_slice``."""
-    embed = X.shape[-1]
-    cost = 1.0 - matmul_f32(X.reshape(-1, embed)[at_x], Y.reshape(-1, embed)[at_y])
+    indices of valid frames of the states X, Y as given (normalised here: only the frames multiplied), in one matrix
+    product; m, n = ``frames`` more rows and columns of cost 1 below and right, so that an m x n window starting at
+    any product row and column is never clamped by ``lax.dynamic_slice``."""
+
+    def unit(Z, at):
+        # As _unit_frames then float32: unit in float32, rounded to the states' dtype (bf16 stays bf16-exact).
+        return unit_rows(Z.reshape(-1, Z.shape[-1])[at].astype(jnp.float32)).astype(Z.dtype).astype(jnp.float32)
+
+    cost = 1.0 - matmul_f32(unit(X, at_x), unit(Y, at_y))
     return jnp.pad(cost, ((0, frames[0]), (0, frames[1])), constant_values=1.0)
 
 
@@ -92,10 +97,10 @@ def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy:
 
 
 def _packed_frames(lengths: np.ndarray, frames: int, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flat indices of the valid frames of ``utterances``, padded with 0s to a multiple of PACK_FRAMES: few
+    """(flat indices of the valid frames of ``utterances``, padded with the first to a multiple of PACK_FRAMES: few
     compiled shapes; offset of each utterance's first frame in them, -1 for utterances not listed)."""
     at = np.concatenate([u * frames + np.arange(lengths[u]) for u in utterances])
-    at = np.concatenate([at, np.zeros(-len(at) % PACK_FRAMES, at.dtype)]).astype(np.int32)
+    at = np.concatenate([at, np.full(-len(at) % PACK_FRAMES, at[0])]).astype(np.int32)  # a valid frame: finite
     offset = np.full(len(lengths), -1, np.int32)
     offset[utterances] = np.concatenate([[0], np.cumsum(lengths[utterances])[:-1]])
     return at, offset
@@ -229,14 +234,19 @@ def _chunk_size(pairs: int, most: int, workers: int) -> int:
 
 
 def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtConfig, workers: int):
-    """(W f32[p], converged bool[p], fallback bool[p]) of the pairs (X[ix[p]], Y[iy[p]]), in rounds (module
-    docstring); in kernel mode where ``kernel_mode(config)``, pairs that fail there go on in the log domain."""
+    """(W f32[p], converged bool[p], fallback bool[p]) of the pairs (X[ix[p]], Y[iy[p]]) of states X, Y (any float
+    dtype, padding anything), in rounds (module docstring); in kernel mode where ``kernel_mode(config)``, pairs that
+    fail there go on in the log domain."""
     m, n = X.shape[1], Y.shape[1]
     len_X_np, len_Y_np = np.asarray(len_X), np.asarray(len_Y)
     cost, converged = np.full(len(ix), np.nan, np.float32), np.zeros(len(ix), bool)
     fallback = np.zeros(len(ix), bool)
     most = max(1, TILE_CELLS // (m * n))
     packed = _packed_grid(X, len_X_np, Y, len_Y_np, ix, iy)
+    if not packed:
+        # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
+        X = _unit_frames(X, jnp.asarray(len_X_np)).astype(jnp.float32)
+        Y = X if Y is X else _unit_frames(Y, jnp.asarray(len_Y_np)).astype(jnp.float32)
     block = len(ix) if packed else max(most * workers, COST_CELLS // (m * n))
     for start in range(0, len(ix), block):
         pairs = np.arange(start, min(start + block, len(ix)))
@@ -311,9 +321,7 @@ def ot_similarity_matrix(
         empty = jnp.zeros((n_a, n_b), jnp.float32)
         return OtResult(empty, empty, jnp.ones((n_a, n_b), bool), jnp.zeros((n_a, n_b), bool))
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
-    # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
-    A = _unit_frames(A[:, : int(len_A.max())], jnp.asarray(len_A)).astype(jnp.float32)
-    B = _unit_frames(B[:, : int(len_B.max())], jnp.asarray(len_B)).astype(jnp.float32)
+    A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]  # unit frames: _solve_pairs
     if workers is None:
         workers = cpu_workers() if jax.default_backend() == "cpu" else 1
     ia, ib = np.repeat(np.arange(n_a), n_b), np.tile(np.arange(n_b), n_a)
