@@ -8,12 +8,18 @@ Inputs: one layer of two languages of a layer store (all utterance pairs: the gr
 without --store, random utterances of 80-150 frames x 512 with a shared direction. Contenders, interleaved rounds
 (``bench.common.interleaved``), medians:
 
-- babelgrid ``ot_similarity_matrix`` at the default options (epsilon 0.05, threshold 1e-5, 2000 iterations: ott's
-  Sinkhorn in kernel mode), chunks on every core;
+- babelgrid ``ot_similarity_matrix`` at the default options (epsilon 0.05, threshold 1e-5 on both marginals' L1
+  errors, 2000 iterations: kernel-mode Sinkhorn, ``kernels.ot_scaling``), chunks on every core, the scores brought
+  to the host (NumPy) inside the timing;
 - POT ``ot.sinkhorn2(method="sinkhorn_log")`` pair by pair on ``--pot_pairs`` pairs spread evenly over the grid,
   same weights, cost (1 - cos, computed per pair in NumPy), epsilon and stopping threshold; pairs/s scaled from
   those, and the largest score difference to ours on them printed (the acceptance bound is 1e-4);
 - babelgrid ``seqsim_matrix`` on the whole grid.
+
+Then ``ot_similarity_matrix`` alone, ``--repeats`` times, printed beside: in the same rounds as POT's loop it has
+measured slower than alone, even with a pause between contenders (bench/RESULTS.md, OT); the ratio the acceptance
+asks for is the interleaved one. Load: the 1-minute average before, the highest seen after any contender (during),
+and after.
 """
 
 from __future__ import annotations
@@ -104,14 +110,25 @@ def main() -> None:
     result = {}
 
     def ours():
-        result["ot"] = jax.block_until_ready(ot_similarity_matrix(Aj, len_A, Bj, len_B, config))
+        result["ot"] = ot_similarity_matrix(Aj, len_A, Bj, len_B, config)
+        result["score"] = np.asarray(result["ot"].score)  # on the host, as a caller would read it
+
+    during = []
+
+    def sampled(fn):
+        def run():
+            fn()
+            during.append(os.getloadavg()[0])
+
+        return run
 
     contenders = {
         "ot_similarity_matrix": ours,
         "POT sinkhorn2 loop": pot_loop,
         "seqsim_matrix": lambda: jax.block_until_ready(seqsim_matrix(Aj, len_A, Bj, len_B)),
     }
-    seconds = interleaved(contenders, args.repeats)
+    seconds = interleaved({name: sampled(fn) for name, fn in contenders.items()}, args.repeats)
+    alone = interleaved({"ours": sampled(ours)}, args.repeats)["ours"]
     rate = {
         "ot_similarity_matrix": grid / seconds["ot_similarity_matrix"],
         "POT sinkhorn2 loop": len(pot_items) / seconds["POT sinkhorn2 loop"],
@@ -121,7 +138,7 @@ def main() -> None:
     fallback = int(np.sum(np.asarray(result["ot"].fallback)))
     ours_score = np.asarray(result["ot"].score)
     pot_diff = max(abs(float(ours_score[i, j]) - float(pot_scores[i, j])) for i, j in pot_items)
-    load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    load = f"{load_before:.1f} before, {max(during):.1f} during (highest), {os.getloadavg()[0]:.1f} after"
     lines = [
         f"machine: {machine()}; load average {load} (2-core VM shared with other engineers' jobs)",
         f"date: {datetime.date.today()}   command: python bench/ot.py {' '.join(sys.argv[1:])}",
@@ -138,6 +155,10 @@ def main() -> None:
         lines.append(
             f"| {name} | {seconds[name]:.3f} | {rate[name]:,.0f} | {rate[name] / rate['POT sinkhorn2 loop']:.1f}x |"
         )
+    lines.append(
+        f"| ot_similarity_matrix, alone (not in POT's rounds) | {alone:.3f} | {grid / alone:,.0f} | "
+        f"{grid / alone / rate['POT sinkhorn2 loop']:.1f}x |"
+    )
     lines.append("")
     lines.append(f"OT costs {rate['seqsim_matrix'] / rate['ot_similarity_matrix']:.0f}x SeqSim's time on this grid.")
     text = "\n".join(lines)
