@@ -65,24 +65,22 @@ def _grid_costs(X, Y, rows, cols):
     return cost.reshape(-1, X.shape[1], Y.shape[1])
 
 
-@functools.partial(jax.jit, static_argnames="frames")
-def _packed_costs(X, Y, at_x, at_y, *, frames: tuple[int, int]):
-    """f32[r + m, c + n]: the costs 1 - cos of the frames X.reshape(-1, embed)[at_x] against Y's [at_y], r and c
-    indices of valid frames of the states X, Y as given (normalised here: only the frames multiplied), in one matrix
-    product; m, n = ``frames`` more rows and columns of cost 1 below and right, so that an m x n window starting at
-    any product row and column is never clamped by ``lax.dynamic_slice``."""
+@jax.jit
+def _packed_cosines(X, Y, at_x, at_y):
+    """f32[r, c]: the cosines of the frames X.reshape(-1, embed)[at_x] against Y's [at_y], r and c indices of valid
+    frames of the states X, Y as given (normalised here: only the frames multiplied), in one matrix product.
+    Cosines, not costs: 1 - cos is taken in the rounds, fused with cutting the windows, not in a pass of its own."""
 
     def unit(Z, at):
         # As _unit_frames then float32: unit in float32, rounded to the states' dtype (bf16 stays bf16-exact).
         return unit_rows(Z.reshape(-1, Z.shape[-1])[at].astype(jnp.float32)).astype(Z.dtype).astype(jnp.float32)
 
-    cost = 1.0 - matmul_f32(unit(X, at_x), unit(Y, at_y))
-    return jnp.pad(cost, ((0, frames[0]), (0, frames[1])), constant_values=1.0)
+    return matmul_f32(unit(X, at_x), unit(Y, at_y))
 
 
 def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy: np.ndarray):
     """The cost matrices of the pairs (X[ix[p]], Y[iy[p]]) as windows of one product of the valid frames alone:
-    (costs f32[r + m, c + n], row offsets i32[p], column offsets i32[p]), each pair's window at its offsets; or None
+    (cosines f32[r, c], row offsets i32[p], column offsets i32[p]), each pair's m x n window at its offsets; or None
     where the pairs do not fill most of a grid (the self terms of the debiased divergence) or the product would
     exceed COST_CELLS. Padded frames, 41-47% of the padded product's FLOPs on random and demo-store grids, are not
     multiplied, and one large product runs at 2-3x the rate of the per-tile products (bench/RESULTS.md, OT)."""
@@ -92,17 +90,21 @@ def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy:
     rows, cols = _packed_frames(len_X, X.shape[1], us), _packed_frames(len_Y, Y.shape[1], vs)
     if len(rows[0]) * len(cols[0]) > COST_CELLS:
         return None
-    cost = _packed_costs(X, Y, rows[0], cols[0], frames=(X.shape[1], Y.shape[1]))
-    return cost, rows[1][ix], cols[1][iy]
+    return _packed_cosines(X, Y, rows[0], cols[0]), rows[1][ix], cols[1][iy]
 
 
 def _packed_frames(lengths: np.ndarray, frames: int, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flat indices of the valid frames of ``utterances``, padded with the first to a multiple of PACK_FRAMES: few
-    compiled shapes; offset of each utterance's first frame in them, -1 for utterances not listed)."""
-    at = np.concatenate([u * frames + np.arange(lengths[u]) for u in utterances])
-    at = np.concatenate([at, np.full(-len(at) % PACK_FRAMES, at[0])]).astype(np.int32)  # a valid frame: finite
+    """(flat indices of the valid frames of ``utterances``, the longest utterance last, padded with a valid frame to
+    a multiple of PACK_FRAMES (few compiled shapes) and to at least ``frames`` from the last one's start; offset of
+    each utterance's first frame in them, -1 for utterances not listed). So every ``frames``-long window from an
+    utterance's offset lies inside: ``lax.dynamic_slice`` never clamps (shifts) one, and no padded copy is needed."""
+    last = utterances[np.argmax(lengths[utterances])]
+    order = np.append(utterances[utterances != last], last)
+    at = np.concatenate([u * frames + np.arange(lengths[u]) for u in order])
+    total = max(len(at), len(at) - lengths[order[-1]] + frames)
+    at = np.concatenate([at, np.full(total - len(at) + (-total % PACK_FRAMES), at[0])]).astype(np.int32)
     offset = np.full(len(lengths), -1, np.int32)
-    offset[utterances] = np.concatenate([[0], np.cumsum(lengths[utterances])[:-1]])
+    offset[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]])
     return at, offset
 
 
@@ -145,7 +147,7 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
 @functools.partial(jax.jit, static_argnames=("config", "iterations", "kernel"))
 def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int, kernel: bool):
     """At most ``iterations`` Sinkhorn iterations (in kernel mode if ``kernel``) of the pairs ``rows`` of the cost
-    matrices ``cost``: f32[q, m, n], or ``_packed_grid``'s (costs, row offsets i32[q], column offsets i32[q]); with
+    matrices ``cost``: f32[q, m, n], or ``_packed_grid``'s (cosines, row offsets i32[q], column offsets i32[q]); with
     valid frames len_x, len_y: i32[p], from potentials f: f32[p, m], g: f32[p, n]. Returns (W, converged, failed, f,
     g), [p] each but the potentials; ``failed``: a non-finite cost or potential on a valid frame, which more
     iterations will not mend (in kernel mode: scalings out of float32 range)."""
@@ -154,11 +156,11 @@ def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int,
     def matrices(rows, len_x, len_y):
         if not isinstance(cost, tuple):
             return cost[rows]
-        packed, at_x, at_y = cost
-        windows = jax.vmap(lambda i, j: lax.dynamic_slice(packed, (i, j), (m, n)))(at_x[rows], at_y[rows])
+        cosines, at_x, at_y = cost
+        windows = jax.vmap(lambda i, j: lax.dynamic_slice(cosines, (i, j), (m, n)))(at_x[rows], at_y[rows])
         # Past a pair's lengths a window holds the next utterances' frames: cost 1, as zero padding frames have.
         valid = (jnp.arange(m)[:, None] < len_x[:, None, None]) & (jnp.arange(n) < len_y[:, None, None])
-        return jnp.where(valid, windows, 1.0)
+        return jnp.where(valid, 1.0 - windows, 1.0)
 
     def one(c, len_x, len_y, f, g):
         out = solve_cost(c, len_x, len_y, config, iterations, (f, g))
