@@ -6,8 +6,10 @@ vmap per chunk of the pairs still running, warm-started from the potentials wher
 converged pairs leave; inside a round, a chunk's pairs run in groups of ``GROUP_CELLS`` kernel cells, one after the
 other, so that a group's kernels stay in cache across its iterations. The fixed point is that of an uninterrupted
 run; scores agree with one within 2 x threshold (ott's returned potentials are not bit for bit its loop state). A
-batch then costs about its pairs' own iterations, not its slowest pair's. The cost matrices of a block of pairs are
-computed once, as tiles of the grid (one matrix product per tile), and kept across rounds. Where
+batch then costs about its pairs' own iterations, not its slowest pair's. The cost matrices are computed once and
+kept across rounds: where the grid fits in COST_CELLS, as one product of the valid frames alone, from which each
+round cuts its pairs' windows (``_packed_grid``); else by blocks of pairs, as tiles of the grid (one matrix product
+per tile). Where
 ``kernel_mode(config)`` Sinkhorn runs in kernel (scaling) mode on the kernel exp(-C / epsilon), computed once per
 round (``kernels.ot_scaling``): an iteration is two batched mat-vecs, whose products also give both marginals'
 errors, instead of log-sum-exps over every cell; the same iterates in exact arithmetic. Pairs whose scalings leave
