@@ -78,7 +78,7 @@ def scaling_sinkhorn(kernel, cost, a, b, u, v, *, threshold: float, iterations: 
 
     # The start's error is not checked (ott's loop runs at least one iteration): inf marks it as running.
     kt = jnp.einsum("pmn,pm->pn", kernel, u)
-    err = jnp.full(u.shape[0], jnp.inf, u.dtype)
+    err = jnp.full(u.shape[0], jnp.inf, kernel.dtype)
     count = jnp.zeros(u.shape[0], jnp.int32)
     _, u, v, _, err, count = lax.while_loop(cond, body, (0, u, v, kt, err, count))
     w = jnp.sum(kernel * cost * u[:, :, None] * v[:, None, :], axis=(1, 2))  # one fused pass, no exp per cell

@@ -209,7 +209,13 @@ def test_scaling_sinkhorn_vs_reference(seed):
     wb = (np.arange(n)[None, :] < len_b[:, None]) / len_b[:, None]
     eps, rule = settings.OT_EPSILON, dict(threshold=settings.OT_THRESHOLD, iterations=500, weight=kot.OVER_RELAXATION)
     w, converged, u, v, steps = kos.scaling_sinkhorn(
-        jnp.exp(-cost / eps), cost, wa.astype(np.float32), wb.astype(np.float32), (wa > 0) * 1.0, (wb > 0) * 1.0, **rule
+        jnp.exp(-cost / eps),
+        cost,
+        wa.astype(np.float32),
+        wb.astype(np.float32),
+        (wa > 0) * np.float32(1),
+        (wb > 0) * np.float32(1),
+        **rule,
     )
     assert np.all(np.asarray(u)[wa == 0] == 0) and np.all(np.asarray(v)[wb == 0] == 0)
     for p in range(pairs):
