@@ -30,7 +30,7 @@ Convergence: Sinkhorn stops when the L1 error of the row marginal, ``sum_i |(P 1
 non-converged pair (``engine.pipelines.similarity.run`` writes NaN and lists the pair in the done marker). The
 updates are over-relaxed (ott's constant ``Momentum``, ``OVER_RELAXATION``): the same fixed point in fewer
 iterations. All pairs of two languages: ``kernels.ot_matrix``, which also runs Sinkhorn in kernel (scaling) mode
-(``kernel_mode``, ``solve_cost``).
+(``kernel_mode``, ``kernels.ot_scaling``: there both marginals must meet the threshold, checked every iteration).
 
 Measurements: ``bench/RESULTS.md``, sections "OT measure (kernels/ot.py) against POT" and "OT measure: design notes
 (one-off measurements)" (epsilon and iteration counts on the demo store, over-relaxation, kernel mode).
@@ -80,23 +80,6 @@ class OtResult(NamedTuple):
     fallback: jax.Array | None = None
 
 
-@jax.tree_util.register_pytree_node_class
-class _KernelGeometry(geometry.Geometry):
-    """A geometry whose kernel exp(-C / epsilon) is computed once per solve, for kernel (scaling) mode.
-
-    ott's ``Geometry.apply_kernel`` raises the kernel to the power ``epsilon / eps`` at every application (for
-    epsilon schedules): an exp and a log per cell per mat-vec, which made kernel mode slower than the log domain.
-    Here epsilon is fixed, the power is 1, and an application is a plain mat-vec (timings: bench/RESULTS.md, OT).
-    """
-
-    @property
-    def kernel_matrix(self) -> jax.Array:
-        return self._kernel_matrix
-
-    def apply_kernel(self, vec: jax.Array, eps=None, axis: int = 0) -> jax.Array:
-        return jnp.dot(self._kernel_matrix if axis == 1 else self._kernel_matrix.T, vec)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # One pair.
 
@@ -121,18 +104,14 @@ def _solve(a_unit, b_unit, len_a, len_b, config: OtConfig):
     return _solver(config, None, kernel=False)(linear_problem.LinearProblem(geom, weight_a, weight_b))
 
 
-def solve_cost(cost, len_a, len_b, config: OtConfig, iterations: int, init, kernel: bool):
-    """ott's Sinkhorn on a cost matrix f32[m, n] (1 - cos of unit frames, 1 on padding) from potentials ``init``
-    (f, g), for at most ``iterations``; in kernel (scaling) mode if ``kernel`` (only where ``kernel_mode(config)``).
-    The output's potentials are ott's, f = epsilon log u, in either mode."""
+def solve_cost(cost, len_a, len_b, config: OtConfig, iterations: int, init):
+    """ott's Sinkhorn in the log domain on a cost matrix f32[m, n] (1 - cos of unit frames, 1 on padding) from
+    potentials ``init`` (f, g), for at most ``iterations``. Kernel (scaling) mode, where ``kernel_mode(config)``, is
+    ``kernels.ot_scaling``."""
     weight_a = frame_mask(cost.shape[0], len_a) / len_a
     weight_b = frame_mask(cost.shape[1], len_b) / len_b
-    if kernel:
-        geom = _KernelGeometry(cost, kernel_matrix=jnp.exp(-cost / config.epsilon), epsilon=config.epsilon)
-        init = (jnp.exp(init[0] / config.epsilon), jnp.exp(init[1] / config.epsilon))  # u: 0 on padding's -inf
-    else:
-        geom = geometry.Geometry(cost, epsilon=config.epsilon)
-    return _solver(config, iterations, kernel)(linear_problem.LinearProblem(geom, weight_a, weight_b), init=init)
+    geom = geometry.Geometry(cost, epsilon=config.epsilon)
+    return _solver(config, iterations, kernel=False)(linear_problem.LinearProblem(geom, weight_a, weight_b), init=init)
 
 
 def _transport_cost(a_unit, b_unit, len_a, len_b, config: OtConfig) -> tuple[jax.Array, jax.Array]:

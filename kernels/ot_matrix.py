@@ -6,12 +6,15 @@ vmap per chunk of the pairs still running, warm-started from the potentials wher
 converged pairs leave; inside a round, a chunk's pairs run in groups of ``GROUP_CELLS`` kernel cells, one after the
 other, so that a group's kernels stay in cache across its iterations. The fixed point is that of an uninterrupted
 run; scores agree with one within 2 x threshold (ott's returned potentials are not bit for bit its loop state). A
-batch then costs about its pairs' own iterations, not its slowest pair's. The cost matrices of a block of pairs are
-computed once, as tiles of the grid (one matrix product per tile), and kept across rounds. Where
+batch then costs about its pairs' own iterations, not its slowest pair's. The cost matrices are computed once and
+kept across rounds: where the grid fits in COST_CELLS, as one product of the valid frames alone, from which each
+round cuts its pairs' windows (``_packed_grid``); else by blocks of pairs, as tiles of the grid (one matrix product
+per tile). Where
 ``kernel_mode(config)`` Sinkhorn runs in kernel (scaling) mode on the kernel exp(-C / epsilon), computed once per
-round: an iteration is three mat-vecs (two updates and the marginal check) instead of log-sum-exps over every cell;
-the same iterates in exact arithmetic. Pairs whose scalings leave float32 range are finished in the log domain and
-flagged (``OtResult.fallback``). On CPU, chunks run on every core (``kernels._cpu``).
+round (``kernels.ot_scaling``): an iteration is two batched mat-vecs, whose products also give both marginals'
+errors, instead of log-sum-exps over every cell; the same iterates in exact arithmetic. Pairs whose scalings leave
+float32 range are finished in the log domain and flagged (``OtResult.fallback``). On CPU, chunks run on every core
+(``kernels._cpu``).
 
 Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
 Measurements: ``bench/RESULTS.md``, sections "OT measure (kernels/ot.py) against POT" and "OT measure: design notes
@@ -29,8 +32,9 @@ import numpy as np
 from jax import lax
 
 from kernels._cpu import cpu_workers, on_cores
-from kernels.frames import check_grid, frame_mask, normalize_frames
-from kernels.ot import OtResult, kernel_mode, reference_ot_cost, solve_cost
+from kernels.frames import check_grid, frame_mask, matmul_f32, normalize_frames, unit_rows
+from kernels.ot import OVER_RELAXATION, OtResult, kernel_mode, reference_ot_cost, solve_cost
+from kernels.ot_scaling import scaling_sinkhorn
 
 # Iterations per round of ot_similarity_matrix: a round wastes at most this many iterations on a pair of a chunk
 from kernels.settings import DEFAULT_OT, OtConfig
@@ -44,6 +48,7 @@ ROUND_ITERATIONS = 50
 GROUP_CELLS = 2**17
 TILE_CELLS = 2**22  # cost-matrix cells of one chunk of utterance pairs: 16 MiB of float32 (~2 pairs of 1500 frames)
 COST_CELLS = 2**25  # cost matrices kept between rounds, float32 (128 MiB): pairs per block of rounds
+PACK_FRAMES = 128  # _packed_grid pads each side's valid frames to a multiple of this: few compiled shapes
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,49 @@ def _grid_costs(X, Y, rows, cols):
     product, faster per pair than a batch of per-pair products (bench/RESULTS.md, OT design notes)."""
     cost = 1.0 - jnp.einsum("ume,vne->uvmn", X[rows], Y[cols])
     return cost.reshape(-1, X.shape[1], Y.shape[1])
+
+
+@jax.jit
+def _packed_cosines(X, Y, at_x, at_y):
+    """f32[r, c]: the cosines of the frames X.reshape(-1, embed)[at_x] against Y's [at_y], r and c indices of valid
+    frames of the states X, Y as given (normalised here: only the frames multiplied), in one matrix product.
+    Cosines, not costs: 1 - cos is taken in the rounds, fused with cutting the windows, not in a pass of its own."""
+
+    def unit(Z, at):
+        # As _unit_frames then float32: unit in float32, rounded to the states' dtype (bf16 stays bf16-exact).
+        return unit_rows(Z.reshape(-1, Z.shape[-1])[at].astype(jnp.float32)).astype(Z.dtype).astype(jnp.float32)
+
+    return matmul_f32(unit(X, at_x), unit(Y, at_y))
+
+
+def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy: np.ndarray):
+    """The cost matrices of the pairs (X[ix[p]], Y[iy[p]]) as windows of one product of the valid frames alone:
+    (cosines f32[r, c], row offsets i32[p], column offsets i32[p]), each pair's m x n window at its offsets; or None
+    where the pairs do not fill most of a grid (the self terms of the debiased divergence) or the product would
+    exceed COST_CELLS. Padded frames, 41-47% of the padded product's FLOPs on random and demo-store grids, are not
+    multiplied, and one large product runs at 2-3x the rate of the per-tile products (bench/RESULTS.md, OT)."""
+    us, vs = np.unique(ix), np.unique(iy)
+    if len(us) * len(vs) > 2 * len(ix):
+        return None
+    rows, cols = _packed_frames(len_X, X.shape[1], us), _packed_frames(len_Y, Y.shape[1], vs)
+    if len(rows[0]) * len(cols[0]) > COST_CELLS:
+        return None
+    return _packed_cosines(X, Y, rows[0], cols[0]), rows[1][ix], cols[1][iy]
+
+
+def _packed_frames(lengths: np.ndarray, frames: int, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices of the valid frames of ``utterances``, the longest utterance last, padded with a valid frame to
+    a multiple of PACK_FRAMES (few compiled shapes) and to at least ``frames`` from the last one's start; offset of
+    each utterance's first frame in them, -1 for utterances not listed). So every ``frames``-long window from an
+    utterance's offset lies inside: ``lax.dynamic_slice`` never clamps (shifts) one, and no padded copy is needed."""
+    last = utterances[np.argmax(lengths[utterances])]
+    order = np.append(utterances[utterances != last], last)
+    at = np.concatenate([u * frames + np.arange(lengths[u]) for u in order])
+    total = max(len(at), len(at) - lengths[order[-1]] + frames)
+    at = np.concatenate([at, np.full(total - len(at) + (-total % PACK_FRAMES), at[0])]).astype(np.int32)
+    offset = np.full(len(lengths), -1, np.int32)
+    offset[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]])
+    return at, offset
 
 
 def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Array:
@@ -101,23 +149,46 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
 @functools.partial(jax.jit, static_argnames=("config", "iterations", "kernel"))
 def _round(cost, rows, len_x, len_y, f, g, *, config: OtConfig, iterations: int, kernel: bool):
     """At most ``iterations`` Sinkhorn iterations (in kernel mode if ``kernel``) of the pairs ``rows`` of the cost
-    matrices ``cost`` f32[q, m, n], with valid frames len_x, len_y: i32[p], from potentials f: f32[p, m],
-    g: f32[p, n]. Returns (W, converged, failed, f, g), [p] each but the potentials; ``failed``: a non-finite cost or
-    potential on a valid frame, which more iterations will not mend (in kernel mode: scalings out of float32 range)."""
+    matrices ``cost``: f32[q, m, n], or ``_packed_grid``'s (cosines, row offsets i32[q], column offsets i32[q]); with
+    valid frames len_x, len_y: i32[p], from potentials f: f32[p, m], g: f32[p, n]. Returns (W, converged, failed, f,
+    g), [p] each but the potentials; ``failed``: a non-finite cost or potential on a valid frame, which more
+    iterations will not mend (in kernel mode: scalings out of float32 range)."""
+    m, n = f.shape[1], g.shape[1]
+
+    def matrices(rows, len_x, len_y):
+        if not isinstance(cost, tuple):
+            return cost[rows]
+        cosines, at_x, at_y = cost
+        windows = jax.vmap(lambda i, j: lax.dynamic_slice(cosines, (i, j), (m, n)))(at_x[rows], at_y[rows])
+        # Past a pair's lengths a window holds the next utterances' frames: cost 1, as zero padding frames have.
+        valid = (jnp.arange(m)[:, None] < len_x[:, None, None]) & (jnp.arange(n) < len_y[:, None, None])
+        return jnp.where(valid, 1.0 - windows, 1.0)
 
     def one(c, len_x, len_y, f, g):
-        out = solve_cost(c, len_x, len_y, config, iterations, (f, g), kernel)
-        w = out.primal_cost
-        valid_f, valid_g = frame_mask(c.shape[0], len_x), frame_mask(c.shape[1], len_y)
-        finite = jnp.isfinite(w) & jnp.all(jnp.isfinite(out.f) | ~valid_f) & jnp.all(jnp.isfinite(out.g) | ~valid_g)
-        return w, out.converged & finite, ~finite, out.f, out.g
+        out = solve_cost(c, len_x, len_y, config, iterations, (f, g))
+        return out.primal_cost, out.converged, out.f, out.g
+
+    def scaling(c, len_x, len_y, f, g):
+        eps = config.epsilon
+        a = jax.vmap(frame_mask, (None, 0))(c.shape[1], len_x) / len_x[:, None]
+        b = jax.vmap(frame_mask, (None, 0))(c.shape[2], len_y) / len_y[:, None]
+        u, v = jnp.exp(f / eps), jnp.exp(g / eps)  # 0 on padding's -inf
+        w, converged, u, v, _ = scaling_sinkhorn(
+            jnp.exp(-c / eps), c, a, b, u, v, threshold=config.threshold, iterations=iterations, weight=OVER_RELAXATION
+        )
+        return w, converged, eps * jnp.log(u), eps * jnp.log(v)
 
     def group(args):
-        rows, *rest = args
-        return jax.vmap(one)(cost[rows], *rest)
+        rows, len_x, len_y, f, g = args
+        c = matrices(rows, len_x, len_y)
+        w, converged, f, g = scaling(c, len_x, len_y, f, g) if kernel else jax.vmap(one)(c, len_x, len_y, f, g)
+        valid_f = jnp.arange(c.shape[1])[None, :] < len_x[:, None]
+        valid_g = jnp.arange(c.shape[2])[None, :] < len_y[:, None]
+        finite = jnp.isfinite(w) & jnp.all(jnp.isfinite(f) | ~valid_f, 1) & jnp.all(jnp.isfinite(g) | ~valid_g, 1)
+        return w, converged & finite, ~finite, f, g
 
     pairs = rows.shape[0]
-    size = _group_size(pairs, cost.shape[1] * cost.shape[2])
+    size = _group_size(pairs, m * n)
     grouped = [x.reshape(pairs // size, size, *x.shape[1:]) for x in (rows, len_x, len_y, f, g)]
     return [x.reshape(pairs, *x.shape[2:]) for x in lax.map(group, grouped)]
 
@@ -167,19 +238,25 @@ def _chunk_size(pairs: int, most: int, workers: int) -> int:
 
 
 def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtConfig, workers: int):
-    """(W f32[p], converged bool[p], fallback bool[p]) of the pairs (X[ix[p]], Y[iy[p]]), in rounds (module
-    docstring); in kernel mode where ``kernel_mode(config)``, pairs that fail there go on in the log domain."""
+    """(W f32[p], converged bool[p], fallback bool[p]) of the pairs (X[ix[p]], Y[iy[p]]) of states X, Y (any float
+    dtype, padding anything), in rounds (module docstring); in kernel mode where ``kernel_mode(config)``, pairs that
+    fail there go on in the log domain."""
     m, n = X.shape[1], Y.shape[1]
     len_X_np, len_Y_np = np.asarray(len_X), np.asarray(len_Y)
     cost, converged = np.full(len(ix), np.nan, np.float32), np.zeros(len(ix), bool)
     fallback = np.zeros(len(ix), bool)
     most = max(1, TILE_CELLS // (m * n))
-    block = max(most * workers, COST_CELLS // (m * n))
+    packed = _packed_grid(X, len_X_np, Y, len_Y_np, ix, iy)
+    if not packed:
+        # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
+        X = _unit_frames(X, jnp.asarray(len_X_np)).astype(jnp.float32)
+        Y = X if Y is X else _unit_frames(Y, jnp.asarray(len_Y_np)).astype(jnp.float32)
+    block = len(ix) if packed else max(most * workers, COST_CELLS // (m * n))
     for start in range(0, len(ix), block):
         pairs = np.arange(start, min(start + block, len(ix)))
         len_x, len_y = len_X_np[ix[pairs]], len_Y_np[iy[pairs]]
         # The block's cost matrices, once: a round then starts from them (an exp per cell in kernel mode).
-        costs = _block_costs(X, Y, ix[pairs], iy[pairs], workers)
+        costs = packed or _block_costs(X, Y, ix[pairs], iy[pairs], workers)
         todo = np.arange(len(pairs))  # rows of the block still running
         f, g = _initial_potentials(len_x, m), _initial_potentials(len_y, n)
         used = 0
@@ -248,9 +325,7 @@ def ot_similarity_matrix(
         empty = jnp.zeros((n_a, n_b), jnp.float32)
         return OtResult(empty, empty, jnp.ones((n_a, n_b), bool), jnp.zeros((n_a, n_b), bool))
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
-    # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
-    A = _unit_frames(A[:, : int(len_A.max())], jnp.asarray(len_A)).astype(jnp.float32)
-    B = _unit_frames(B[:, : int(len_B.max())], jnp.asarray(len_B)).astype(jnp.float32)
+    A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]  # unit frames: _solve_pairs
     if workers is None:
         workers = cpu_workers() if jax.default_backend() == "cpu" else 1
     ia, ib = np.repeat(np.arange(n_a), n_b), np.tile(np.arange(n_b), n_a)

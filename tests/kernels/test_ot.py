@@ -9,6 +9,7 @@ import pytest
 from engine.errors import ShapeError
 from kernels import ot as kot
 from kernels import ot_matrix as kom
+from kernels import ot_scaling as kos
 from kernels import settings
 from tests.kernels.test_seqsim import ragged
 
@@ -70,12 +71,12 @@ def test_ot_similarity_matrix_vs_reference(shape, debiased):
         for j, b in enumerate(b_s):
             w = pot_cost(a, b, eps) - 0.5 * (self_a[i] + self_b[j])
             assert abs(float(got.score[i, j]) - (1 - w)) < SCORE_ATOL, (i, j)
-    # One jitted vmap over aligned pairs gives the same scores as the tiled grid.
+    # One jitted vmap over aligned pairs (ott, log domain) gives the same scores as the tiled grid, within the
+    # parity bound: ott stops on the column marginal alone, which over-relaxation leaves the rows short of (measured
+    # 3.9e-5 from the reference on 5x6x23x30x32, where the grid's kernel-mode rounds, checking both, are 1.8e-6).
     ia, ib = np.repeat(np.arange(n_a), n_b), np.tile(np.arange(n_b), n_a)
     pairs = kot.ot_similarity_pairs(A[ia], B[ib], len_A[ia], len_B[ib], config)
-    np.testing.assert_allclose(
-        np.asarray(pairs.score).reshape(n_a, n_b), np.asarray(got.score), atol=2 * settings.OT_THRESHOLD
-    )
+    np.testing.assert_allclose(np.asarray(pairs.score).reshape(n_a, n_b), np.asarray(got.score), atol=SCORE_ATOL)
 
 
 @pytest.mark.parametrize("epsilon", [0.03, settings.OT_EPSILON], ids=["log", "kernel"])
@@ -103,17 +104,17 @@ def test_rounds_chunks_and_workers_do_not_change_the_scores(monkeypatch, epsilon
 
 
 def test_kernel_mode_failures_fall_back_to_the_log_domain(monkeypatch):
-    """A pair whose scalings leave float32 range in kernel mode (simulated: every kernel product is inf, so u = 0
-    and f = -inf on valid frames) is finished in the log domain, flagged in ``fallback``, with log-domain scores."""
+    """A pair whose scalings leave float32 range in kernel mode (simulated: every kernel entry is inf, so the
+    potentials are not finite on valid frames) is finished in the log domain, flagged in ``fallback``, with
+    log-domain scores."""
     rng = np.random.default_rng(8)
     A, len_A = ragged(rng, 3, 9, 8)
     B, len_B = ragged(rng, 2, 7, 8)
     # A threshold of its own: _round's compiled kernel-mode programs from other tests are not reused here.
     config = settings.OtConfig(threshold=0.9e-5)
+    scaling = kom.scaling_sinkhorn
     monkeypatch.setattr(
-        kot._KernelGeometry,
-        "apply_kernel",
-        lambda self, vec, eps=None, axis=0: jnp.full(self._kernel_matrix.shape[1 - axis], jnp.inf),
+        kom, "scaling_sinkhorn", lambda kernel, *a, **k: scaling(jnp.full_like(kernel, jnp.inf), *a, **k)
     )
     got = kom.ot_similarity_matrix(A, len_A, B, len_B, config)
     assert np.all(np.asarray(got.fallback)) and np.all(np.asarray(got.converged))
@@ -188,3 +189,55 @@ def test_bad_inputs_name_the_fix():
         settings.OtConfig(max_iterations=5)
     with pytest.raises(ShapeError, match="len_A must lie in 1..4"):
         kom.ot_similarity_matrix(np.zeros((2, 4, 3)), np.array([0, 2]), np.zeros((1, 4, 3)), np.array([1]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_scaling_sinkhorn_vs_reference(seed):
+    """kernels.ot_scaling's batched kernel-mode loop against its float64 NumPy twin on ragged pairs (padding cost 1,
+    zero weight): the same transport cost within 2 x OT_THRESHOLD, the same convergence, and the same stopping
+    iterate give or take one (float32 rounding of an error near the threshold)."""
+    rng = np.random.default_rng(seed)
+    pairs, m, n, d = 5, 21, 17, 16
+    shared = 1.5 * rng.standard_normal(d)
+    len_a, len_b = rng.integers(1, m + 1, pairs), rng.integers(1, n + 1, pairs)
+    cost = np.ones((pairs, m, n), np.float32)
+    for p in range(pairs):
+        a = unit(rng.standard_normal((len_a[p], d)) + shared)
+        b = unit(rng.standard_normal((len_b[p], d)) + shared)
+        cost[p, : len_a[p], : len_b[p]] = 1.0 - a @ b.T
+    wa = (np.arange(m)[None, :] < len_a[:, None]) / len_a[:, None]
+    wb = (np.arange(n)[None, :] < len_b[:, None]) / len_b[:, None]
+    eps, rule = settings.OT_EPSILON, dict(threshold=settings.OT_THRESHOLD, iterations=500, weight=kot.OVER_RELAXATION)
+    w, converged, u, v, steps = kos.scaling_sinkhorn(
+        jnp.exp(-cost / eps),
+        cost,
+        wa.astype(np.float32),
+        wb.astype(np.float32),
+        (wa > 0) * np.float32(1),
+        (wb > 0) * np.float32(1),
+        **rule,
+    )
+    assert np.all(np.asarray(u)[wa == 0] == 0) and np.all(np.asarray(v)[wb == 0] == 0)
+    for p in range(pairs):
+        want, want_converged, want_steps = kos.reference_scaling_sinkhorn(cost[p], wa[p], wb[p], eps, **rule)
+        assert bool(converged[p]) == want_converged
+        assert abs(int(steps[p]) - want_steps) <= 1, (p, int(steps[p]), want_steps)
+        assert abs(float(w[p]) - want) < 2 * settings.OT_THRESHOLD, p
+        # The fixed point is OT's on the valid frames: the log-domain reference's, run to 1e-8.
+        valid = np.asarray(cost[p, : len_a[p], : len_b[p]], np.float64)
+        plan, _ = kot.reference_sinkhorn(wa[p, : len_a[p]], wb[p, : len_b[p]], valid, eps)
+        assert abs(float(w[p]) - np.sum(plan * valid)) < 2 * settings.OT_THRESHOLD, p
+
+
+def test_packed_grid_matches_the_tiled_cost_matrices(monkeypatch):
+    """The product of valid frames alone (``_packed_grid``, windows cut in the rounds) and the padded per-tile
+    products (``_block_costs``, taken where the packed product would exceed COST_CELLS) give the same scores."""
+    rng = np.random.default_rng(9)
+    A, len_A = ragged(rng, 6, 20, 16, poison=np.nan)
+    B, len_B = ragged(rng, 5, 13, 16, poison=np.inf)
+    packed = kom.ot_similarity_matrix(A, len_A, B, len_B)
+    monkeypatch.setattr(kom, "COST_CELLS", 20 * 13 * 4)  # the packed product no longer fits: tiles, blocks
+    tiled = kom.ot_similarity_matrix(A, len_A, B, len_B)
+    assert kom._packed_grid(A, len_A, B, len_B, np.zeros(1, int), np.zeros(1, int)) is None
+    np.testing.assert_array_equal(np.asarray(packed.converged), np.asarray(tiled.converged))
+    np.testing.assert_allclose(np.asarray(packed.score), np.asarray(tiled.score), atol=1e-6)
