@@ -17,10 +17,14 @@ that size costs its page faults on every call (about as much as the pooling itse
 written into one cache-sized buffer per side, reused for each chunk of pairs, and only the cosines (words x words,
 small) are kept for the block; norms, cosines and the mutual mask are a few NumPy calls per chunk or per block.
 A chunk is cut to its own longest utterance on each side: the cosine products are one small GEMM per pair, whose cost
-follows the padded width (11 us at 25 words, 7.5 at 20, 4.6 at 16, measured). Taking pairs in order of their word
-counts (shorter padding still) and a worker thread pooling the next chunk while this one multiplies were both no
-faster in A/B runs on the benchmark's block (centre 9.6 and 11.8 ms against 8.3 ms; the thread measured with other
-work on the 2 cores), and are not done.
+follows the padded width (11 us at 25 words, 7.5 at 20, 4.6 at 16, measured). Padding words of centre read a valid
+word's centre row instead of being zeroed (their cosines become -inf at the end), and the mutual mask is set at the
+few thousand mutual points rather than built from four block-sized boolean arrays.
+
+Tried and not kept (A/B on the benchmark's block, bench/RESULTS.md): taking pairs in order of their word counts
+(tighter chunk widths; no faster, the fancy indexing costs what the narrower products save), and a worker thread
+pooling the next chunk while this one multiplies (2x slower on a quiet machine: the two threads hand the GIL back
+and forth between NumPy calls).
 
 Differences from the XLA path, by contract rather than by accident:
 
@@ -61,22 +65,24 @@ class _Side:
         self.last = base[p] + spans[p, k, 1, None]
         self.word = k
         self.offset = np.concatenate([[0], np.cumsum(self.n_words)])  # pair p's words: offset[p]:offset[p + 1]
-        # centre's frame row of every (pair, layer, word) slot; padding slots point at row 0 and are zeroed after.
-        self.centre = np.zeros((self.pairs, self.layers, self.width), np.int64)
-        self.centre[p, :, k] = self.first + (self.last - self.first) // 2
+        # centre's frame row of every (pair, layer, word) slot. A padding slot reads its pair's first word (or the
+        # block's first word), a valid frame and never a padding one that may hold anything: its cosines become -inf
+        # at the end, so nothing is zeroed per chunk.
+        centre = self.first + (self.last - self.first) // 2  # [valid word, layer]
+        spare = centre[np.minimum(self.offset[:-1], len(centre) - 1)] if len(centre) else base  # [pair, layer]
+        self.centre = np.repeat(spare[:, :, None], self.width, axis=2)
+        self.centre[p, :, k] = centre
         self.frames = np.where(self.real, spans[..., 1] - spans[..., 0], 1).astype(np.float32)  # mean's divisor
 
     def pool(self, lo: int, hi: int, width: int, pooling: str, out: np.ndarray) -> np.ndarray:
         """f32[hi - lo, layer, width, embed]: the first ``width`` words of pairs [lo, hi) pooled into ``out`` (a
-        reused buffer), padding words 0."""
+        reused buffer); padding words 0 (mean, max) or a valid word's centre (centre)."""
         rows = (hi - lo) * self.layers * width
         block = out[: rows * self.embed].reshape(rows, self.embed)
         pooled = block.reshape(hi - lo, self.layers, width, self.embed)
         if pooling == "centre":
             # mode="clip": the indices are in range, and "raise" would buffer the output (NumPy's documentation).
             np.take(self.rows, self.centre[lo:hi, :, :width].reshape(-1), axis=0, out=block, mode="clip")
-            i, k = np.nonzero(~self.real[lo:hi, :width])
-            pooled[i, :, k] = 0.0
             return pooled
         block[...] = 0.0
         s, e = self.offset[lo], self.offset[hi]
@@ -100,6 +106,8 @@ def host_wordalign_pairs(pairs, threshold, standardise, pooling: str):
     if standardise is not None:
         mean, scale = (np.asarray(v, np.float32)[None, :, None, :] for v in standardise)
     cosine = np.full((n, layers, a.width, b.width), -np.inf, np.float32)
+    if not (a.n_words.any() and b.n_words.any()):
+        return cosine, np.zeros(cosine.shape, bool)  # no word on one side: nothing to compare
     norms = [np.zeros((n, layers, side.width), np.float32) for side in (a, b)]
     per_pair = layers * max(a.width, b.width, 1) * a.embed * 4
     size = max(1, min(n, CHUNK_BYTES // max(per_pair, 1)))
@@ -121,9 +129,12 @@ def host_wordalign_pairs(pairs, threshold, standardise, pooling: str):
     cosine /= norm_a[..., :, None] * norm_b[..., None, :]
     valid = (a.real[:, :, None] & b.real[:, None, :])[:, None]  # [pair, 1, word_a, word_b]
     np.copyto(cosine, np.float32(-np.inf), where=~valid)
-    best_b = cosine.argmax(axis=-1)  # ties to the lower index, as jnp.argmax
-    best_a = cosine.argmax(axis=-2)
-    mutual = (best_b[..., :, None] == np.arange(cosine.shape[-1])) & (
-        best_a[..., None, :] == np.arange(cosine.shape[-2])[:, None]
-    )
-    return cosine, mutual & valid & (cosine >= np.float32(threshold))
+    best_b = cosine.argmax(axis=-1)  # [pair, layer, word_a]; ties to the lower index, as jnp.argmax
+    best_a = cosine.argmax(axis=-2)  # [pair, layer, word_b]
+    # Mutual: a's best b whose best a is a again, a few thousand points set in an all-False mask.
+    p, layer, i = np.nonzero(np.take_along_axis(best_a, best_b, axis=-1) == np.arange(a.width))
+    j = best_b[p, layer, i]
+    keep = valid[p, 0, i, j] & (cosine[p, layer, i, j] >= np.float32(threshold))
+    mutual = np.zeros(cosine.shape, bool)
+    mutual[p[keep], layer[keep], i[keep], j[keep]] = True
+    return cosine, mutual
