@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from engine.errors import ShapeError
-from kernels import settings
+from kernels import settings, wordalign_host
 from kernels import wordalign as wa
 
 
@@ -38,8 +38,18 @@ def pair_of(A, B, p) -> wa.WordPair:
     return wa.WordPair(wa.Words(*(x[p] for x in A)), wa.Words(*(x[p] for x in B)))
 
 
+def host_in_chunks_of_two(*args, **kwargs):
+    """The host path with chunks of two pairs: ragged chunk widths, a last chunk of one pair, buffers reused."""
+    chunk = wordalign_host.CHUNK_BYTES
+    wordalign_host.CHUNK_BYTES = 2 * 3 * 7 * 16 * 4  # two pairs of 3 layers x 7 words x 16 dims
+    try:
+        return wa.wordalign_pairs(*args, **kwargs)
+    finally:
+        wordalign_host.CHUNK_BYTES = chunk
+
+
 # Both paths of wordalign_pairs: on this CPU the public one runs on the host, wordalign_pairs_xla is the GPU's.
-PATHS = {"host": wa.wordalign_pairs, "xla": wa.wordalign_pairs_xla}
+PATHS = {"host": wa.wordalign_pairs, "host_chunks": host_in_chunks_of_two, "xla": wa.wordalign_pairs_xla}
 
 
 @pytest.mark.parametrize("path", PATHS)
