@@ -1,7 +1,8 @@
 """Greedy decoding and beam search with a key/value cache, language detection, teacher forcing, early exit.
 
 All functions are batched over utterances and jitted; the model travels as NNX
-``(graphdef, state)`` so that one compiled program serves every call of the same shapes.
+``(graphdef, state)`` so that one compiled program serves every call of the same shapes. Greedy decoding and beam
+search run in stages (``stages.run_stages``): the cache grows between them and finished utterances leave the batch.
 
 Suppression follows CTranslate2's ``Whisper.generate`` (and OpenAI's ``SuppressTokens`` /
 ``SuppressBlank``): ``suppress_ids`` are masked at every step, ``suppress_ids_begin`` (blank and
