@@ -1,7 +1,8 @@
 """Greedy decoding and beam search with a key/value cache, language detection, teacher forcing, early exit.
 
 All functions are batched over utterances and jitted; the model travels as NNX
-``(graphdef, state)`` so that one compiled program serves every call of the same shapes.
+``(graphdef, state)`` so that one compiled program serves every call of the same shapes. Greedy decoding and beam
+search run in stages (``stages.run_stages``): the cache grows between them and finished utterances leave the batch.
 
 Suppression follows CTranslate2's ``Whisper.generate`` (and OpenAI's ``SuppressTokens`` /
 ``SuppressBlank``): ``suppress_ids`` are masked at every step, ``suppress_ids_begin`` (blank and
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engine.models.whisper import stages
 from engine.models.whisper.model import Whisper
 from engine.models.whisper.vocab import TASKS
 
@@ -90,69 +92,51 @@ def language_probs(model: Whisper, xa, sot: int, lang_ids: Sequence[int]) -> np.
     return np.asarray(_language_logits(graphdef, state, xa, sot, jnp.asarray(lang_ids, jnp.int32)))
 
 
-# The key/value cache grows in stages of these many new tokens (doubling, the last one max_new_tokens): each stage is
-# one while_loop whose cache holds the prompt plus the stage's tokens, so a step attends to, and beam search reorders,
-# a cache about as long as the decode so far instead of one sized for 224 tokens. FLEURS windows end after 30-65
-# tokens; with one cache of prompt + 224 a beam-5 step of 8 windows copied 224 MB to reorder it (bench/RESULTS.md).
-FIRST_STAGE = 32  # new tokens in the first stage
+def _greedy_pick(last_logits, first: bool, suppress, suppress_begin=None):
+    """The most probable token of ``last_logits: f[rows, vocab]`` after suppression (``suppress_begin`` too at the
+    ``first`` sampled step), and its log-probability."""
+    logprobs = jax.nn.log_softmax(last_logits.astype(jnp.float32), axis=-1)
+    mask = suppress | suppress_begin if first else suppress
+    logprobs = jnp.where(mask[None, :], jnp.float32(-jnp.inf), logprobs)
+    token = jnp.argmax(logprobs, axis=-1).astype(jnp.int32)
+    return token, jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
 
-def cache_stages(max_new_tokens: int) -> tuple[int, ...]:
-    """The new-token counts at which the cache grows: ``(32, 64, ..., max_new_tokens)``, each a stage's limit."""
-    stages = []
-    limit = FIRST_STAGE
-    while limit < max_new_tokens:
-        stages.append(limit)
-        limit *= 2
-    return (*stages, max_new_tokens)
-
-
-def _pad_cache(cache, length: int):
-    """Zero-pad each ``f[rows, heads, positions, head_dim]`` of ``cache`` to ``length`` positions (never written
-    before the decode reaches them, and masked until then, as in ``TextDecoder.init_cache``)."""
-    grow = length - cache[0][0].shape[2]
-    if grow == 0:
-        return cache
-    return jax.tree.map(lambda a: jnp.pad(a, ((0, 0), (0, 0), (0, grow), (0, 0))), cache)
-
-
-def _staged_while(cond, body, carry: dict, n_prompt: int, stages: tuple[int, ...]) -> dict:
-    """``lax.while_loop(cond, body, carry)`` run stage by stage (``cache_stages``): ``carry["cache"]`` grows to
-    ``n_prompt + limit`` positions before the stage that runs the steps ``carry["step"] < limit``."""
-    for limit in stages:
-        carry = {**carry, "cache": _pad_cache(carry["cache"], n_prompt + limit)}
-        carry = jax.lax.while_loop(lambda c, limit=limit: cond(c) & (c["step"] < limit), body, carry)
-    return carry
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def _greedy(graphdef, state, xa, prompt, suppress, suppress_begin, eot, max_new_tokens):
-    model = nnx.merge(graphdef, state)
-    dec = model.decoder
-    batch, n_prompt = prompt.shape
-    stages = cache_stages(max_new_tokens)
+@functools.partial(jax.jit, static_argnames=("graphdef", "length", "max_new_tokens"))
+def _greedy_start(graphdef, state, xa, prompt, suppress, suppress_begin, eot, length, max_new_tokens):
+    """The cross-attention keys/values and the first carry of a greedy decode (``stages.run_stages``)."""
+    dec = nnx.merge(graphdef, state).decoder
+    batch = prompt.shape[0]
     kv = dec.cross_kv(xa)
-    cache = dec.init_cache(batch, xa.dtype, length=n_prompt + stages[0])
+    cache = dec.init_cache(batch, xa.dtype, length=length)
     logits, cache, _ = dec(prompt, kv, cache=cache, offset=0)
-    neg_inf = jnp.float32(-jnp.inf)
+    token, logprob = _greedy_pick(logits[:, -1], True, suppress, suppress_begin)
+    carry = dict(
+        step=jnp.int32(0),
+        token=token,
+        done=jnp.zeros((batch,), bool),
+        out=jnp.full((batch, max_new_tokens), eot, jnp.int32),
+        cache=cache,
+        total=jnp.zeros((batch,), jnp.float32),
+        count=jnp.zeros((batch,), jnp.int32),
+        logprob=logprob,
+    )
+    return kv, carry
 
-    def pick(last_logits, first):
-        logprobs = jax.nn.log_softmax(last_logits.astype(jnp.float32), axis=-1)
-        mask = suppress | (first & suppress_begin)
-        logprobs = jnp.where(mask[None, :], neg_inf, logprobs)
-        token = jnp.argmax(logprobs, axis=-1).astype(jnp.int32)
-        return token, jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
 
-    token, logprob = pick(logits[:, -1], True)
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_prompt"), donate_argnames=("carry",))
+def _greedy_stage(graphdef, state, suppress, eot, n_prompt, kv, carry, limit, keep_above):
+    """Greedy steps while ``step < limit`` and more than ``keep_above`` rows decode (``stages.run_stages``)."""
+    dec = nnx.merge(graphdef, state).decoder
 
     def cond(c):
-        return (c["step"] < max_new_tokens) & ~jnp.all(c["done"])
+        return (c["step"] < limit) & (jnp.sum(~c["done"]) > keep_above)
 
     def body(c):
         step, done = c["step"], c["done"]
         token = jnp.where(done, eot, c["token"])
         logits, cache, _ = dec(token[:, None], kv, cache=c["cache"], offset=n_prompt + step)
-        next_token, next_logprob = pick(logits[:, -1], False)
+        next_token, next_logprob = _greedy_pick(logits[:, -1], False, suppress)
         return dict(
             step=step + 1,
             token=next_token,
@@ -164,18 +148,7 @@ def _greedy(graphdef, state, xa, prompt, suppress, suppress_begin, eot, max_new_
             logprob=next_logprob,
         )
 
-    carry = dict(
-        step=jnp.int32(0),
-        token=token,
-        done=jnp.zeros((batch,), bool),
-        out=jnp.full((batch, max_new_tokens), eot, jnp.int32),
-        cache=cache,
-        total=jnp.zeros((batch,), jnp.float32),
-        count=jnp.zeros((batch,), jnp.int32),
-        logprob=logprob,
-    )
-    c = _staged_while(cond, body, carry, n_prompt, stages)
-    return c["out"], c["total"] / jnp.maximum(c["count"], 1)
+    return jax.lax.while_loop(cond, body, carry)
 
 
 def greedy_decode(
@@ -199,13 +172,23 @@ def greedy_decode(
     max_new_tokens = min(max_new_tokens, model.dims.n_text_ctx - prompt.shape[1])
     suppress, begin = _suppress_masks(model.dims.n_vocab, suppress_tokens, suppress_begin)
     graphdef, state = _split(model)
-    out, avg = _greedy(graphdef, state, xa, jnp.asarray(prompt), suppress, begin, eot, max_new_tokens)
-    out = np.asarray(out)
+    n_prompt = prompt.shape[1]
+    prompt = jnp.asarray(prompt)
+    kept = stages.run_stages(
+        lambda length: _greedy_start(graphdef, state, xa, prompt, suppress, begin, eot, length, max_new_tokens),
+        functools.partial(_greedy_stage, graphdef, state, suppress, eot, n_prompt),
+        batch=len(prompt),
+        n_prompt=n_prompt,
+        max_new_tokens=max_new_tokens,
+        keep=("out", "total", "count"),
+    )
+    out = kept["out"]
+    avg = kept["total"] / np.maximum(kept["count"], 1).astype(np.float32)
     tokens = []
     for row in out:
         ends = np.flatnonzero(row == eot)
         tokens.append(row[: ends[0] if len(ends) else len(row)].tolist())
-    return tokens, np.asarray(avg)
+    return tokens, avg
 
 
 def _suppress_masks(vocab: int, suppress_tokens: Sequence[int], suppress_begin: Sequence[int]):
@@ -216,41 +199,24 @@ def _suppress_masks(vocab: int, suppress_tokens: Sequence[int], suppress_begin: 
     return jnp.asarray(suppress), jnp.asarray(begin)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "beam_size", "max_candidates", "max_new_tokens", "early_exit"))
-def _beam(
-    graphdef,
-    state,
-    xa,
-    prompt,
-    suppress,
-    suppress_begin,
-    eot,
-    length_penalty,
-    beam_size,
-    max_candidates,
-    max_new_tokens,
-    early_exit,
-):
-    """CTranslate2's beam search (module docstring) on a fixed-shape batch: finished utterances keep stepping but
-    register nothing, so one compiled program serves every batch of the same shapes.
+@functools.partial(jax.jit, static_argnames=("graphdef", "beam_size", "max_candidates", "length", "max_new_tokens"))
+def _beam_start(graphdef, state, xa, prompt, eot, beam_size, max_candidates, length, max_new_tokens):
+    """The cross-attention keys/values and the first carry of CTranslate2's beam search (module docstring) on a
+    fixed-shape batch, run by ``stages.run_stages``: an utterance that is done keeps stepping, registering nothing,
+    until it is dropped between stages.
 
-    Returns ``(tokens i32[batch, max_new_tokens], n_tokens i32[batch], sum_logprob f32[batch], ended bool[batch])``
-    for the best hypothesis of each utterance (``ended``: it finished with end-of-text, whose log-probability the
-    sum includes).
+    Rows ``b * K .. b * K + K - 1`` are utterance ``b``'s beams; ``logits`` and ``cache`` lead with rows, the rest
+    with utterances. The best hypothesis per utterance is ``_beam_best``'s.
     """
-    model = nnx.merge(graphdef, state)
-    dec = model.decoder
-    batch, n_prompt = prompt.shape
-    k_beam, n_cand, n_hyp = beam_size, 2 * beam_size, max_candidates + beam_size
-    rows = batch * k_beam
+    dec = nnx.merge(graphdef, state).decoder
+    batch = prompt.shape[0]
+    k_beam, n_hyp = beam_size, max_candidates + beam_size
     # One cross-attention key/value per utterance, shared by its beams (rows b * K .. b * K + K - 1): the decoder
     # groups them (TextDecoder.__call__), where CTranslate2 replicates its memory per beam.
     kv = dec.cross_kv(xa)
-    stages = cache_stages(max_new_tokens)
-    cache = dec.init_cache(rows, xa.dtype, length=n_prompt + stages[0])
+    cache = dec.init_cache(batch * k_beam, xa.dtype, length=length)
     logits, cache, _ = dec(jnp.repeat(prompt, k_beam, axis=0), kv, cache=cache, offset=0)
     neg_inf = jnp.float32(-jnp.inf)
-    b_idx = jnp.arange(batch)[:, None]
     # Only beam 0 is live at the first step (CTranslate2's initialize_beam_scores): the others start at -inf.
     scores = jnp.where(jnp.arange(k_beam)[None, :] == 0, 0.0, neg_inf) * jnp.ones((batch, 1), jnp.float32)
     carry = dict(
@@ -267,9 +233,39 @@ def _beam(
         top_finished=jnp.zeros((batch,), bool),
         done=jnp.zeros((batch,), bool),
     )
+    return kv, carry
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("graphdef", "n_prompt", "max_candidates", "max_new_tokens", "early_exit"),
+    donate_argnames=("carry",),
+)
+def _beam_stage(
+    graphdef,
+    state,
+    suppress,
+    suppress_begin,
+    eot,
+    n_prompt,
+    max_candidates,
+    max_new_tokens,
+    early_exit,
+    kv,
+    carry,
+    limit,
+    keep_above,
+):
+    """Beam search steps while ``step < limit`` and more than ``keep_above`` utterances decode (``_beam_start``)."""
+    dec = nnx.merge(graphdef, state).decoder
+    batch, k_beam = carry["scores"].shape
+    n_cand, n_hyp = 2 * k_beam, carry["hyp_len"].shape[1]
+    rows = batch * k_beam
+    neg_inf = jnp.float32(-jnp.inf)
+    b_idx = jnp.arange(batch)[:, None]
 
     def cond(c):
-        return (c["step"] < max_new_tokens) & ~jnp.all(c["done"])
+        return (c["step"] < limit) & (jnp.sum(~c["done"]) > keep_above)
 
     def body(c):
         step = c["step"]
@@ -332,14 +328,22 @@ def _beam(
             done=done,
         )
 
-    c = _staged_while(cond, body, carry, n_prompt, stages)
-    length = c["hyp_len"].astype(jnp.float32)
-    ranked = c["hyp_sum"] / jnp.power(length, length_penalty)
-    ranked = jnp.where(jnp.arange(n_hyp)[None, :] < c["n_found"][:, None], ranked, neg_inf)
+    return jax.lax.while_loop(cond, body, carry)
+
+
+@jax.jit
+def _beam_best(hyp_seqs, hyp_len, hyp_sum, hyp_ended, n_found, length_penalty):
+    """The best of each utterance's finished hypotheses by ``sum_logprob / n_tokens ** length_penalty``:
+    ``(tokens i32[batch, max_new_tokens], n_tokens i32[batch], sum_logprob f32[batch], ended bool[batch])``
+    (``ended``: it finished with end-of-text, whose log-probability the sum includes)."""
+    n_hyp = hyp_len.shape[1]
+    length = hyp_len.astype(jnp.float32)
+    ranked = hyp_sum / jnp.power(length, length_penalty)
+    ranked = jnp.where(jnp.arange(n_hyp)[None, :] < n_found[:, None], ranked, jnp.float32(-jnp.inf))
     best = jnp.argmax(ranked, axis=1)[:, None]
     pick = lambda a: jnp.take_along_axis(a, best, axis=1)[:, 0]  # noqa: E731
-    tokens = jnp.take_along_axis(c["hyp_seqs"], best[:, :, None], axis=1)[:, 0]
-    return tokens, pick(c["hyp_len"]), pick(c["hyp_sum"]), pick(c["hyp_ended"])
+    tokens = jnp.take_along_axis(hyp_seqs, best[:, :, None], axis=1)[:, 0]
+    return tokens, pick(hyp_len), pick(hyp_sum), pick(hyp_ended)
 
 
 def beam_decode(
@@ -372,21 +376,21 @@ def beam_decode(
         )
     suppress, begin = _suppress_masks(model.dims.n_vocab, suppress_tokens, suppress_begin)
     graphdef, state = _split(model)
-    out, n, total, ended = _beam(
-        graphdef,
-        state,
-        xa,
-        jnp.asarray(prompt),
-        suppress,
-        begin,
-        eot,
-        jnp.float32(length_penalty),
-        beam_size,
-        max_candidates,
-        max_new_tokens,
-        length_penalty == 0,
+    n_prompt = prompt.shape[1]
+    prompt = jnp.asarray(prompt)
+    hyp = ("hyp_seqs", "hyp_len", "hyp_sum", "hyp_ended", "n_found")
+    consts = (suppress, begin, eot, n_prompt, max_candidates, max_new_tokens, length_penalty == 0)
+    kept = stages.run_stages(
+        lambda length: _beam_start(graphdef, state, xa, prompt, eot, beam_size, max_candidates, length, max_new_tokens),
+        functools.partial(_beam_stage, graphdef, state, *consts),
+        batch=len(prompt),
+        n_prompt=n_prompt,
+        max_new_tokens=max_new_tokens,
+        keep=hyp,
+        group=beam_size,
     )
-    out, n, total, ended = (np.asarray(a) for a in (out, n, total, ended))
+    best = _beam_best(*(kept[name] for name in hyp), jnp.float32(length_penalty))
+    out, n, total, ended = (np.asarray(a) for a in best)
     tokens = [row[:k].tolist() for row, k in zip(out, n, strict=True)]
     return tokens, total / np.maximum(n + ended, 1)
 
