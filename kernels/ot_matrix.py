@@ -80,30 +80,34 @@ def _packed_cosines(X, Y, at_x, at_y):
     return matmul_f32(unit(X, at_x), unit(Y, at_y))
 
 
-def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy: np.ndarray):
+def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy: np.ndarray, m: int, n: int):
     """The cost matrices of the pairs (X[ix[p]], Y[iy[p]]) as windows of one product of the valid frames alone:
-    (cosines f32[r, c], row offsets i32[p], column offsets i32[p]), each pair's m x n window at its offsets; or None
+    (cosines f32[r, c], row offsets i32[p], column offsets i32[p]), each pair's m x n window at its offsets (m, n at
+    least the longest lengths); or None
     where the pairs do not fill most of a grid (the self terms of the debiased divergence) or the product would
     exceed COST_CELLS. Padded frames, 41-47% of the padded product's FLOPs on random and demo-store grids, are not
     multiplied, and one large product runs at 2-3x the rate of the per-tile products (bench/RESULTS.md, OT)."""
     us, vs = np.unique(ix), np.unique(iy)
     if len(us) * len(vs) > 2 * len(ix):
         return None
-    rows, cols = _packed_frames(len_X, X.shape[1], us), _packed_frames(len_Y, Y.shape[1], vs)
+    rows, cols = _packed_frames(len_X, X.shape[1], m, us), _packed_frames(len_Y, Y.shape[1], n, vs)
     if len(rows[0]) * len(cols[0]) > COST_CELLS:
         return None
     return _packed_cosines(X, Y, rows[0], cols[0]), rows[1][ix], cols[1][iy]
 
 
-def _packed_frames(lengths: np.ndarray, frames: int, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flat indices of the valid frames of ``utterances``, the longest utterance last, padded with a valid frame to
-    a multiple of PACK_FRAMES (few compiled shapes) and to at least ``frames`` from the last one's start; offset of
-    each utterance's first frame in them, -1 for utterances not listed). So every ``frames``-long window from an
-    utterance's offset lies inside: ``lax.dynamic_slice`` never clamps (shifts) one, and no padded copy is needed."""
+def _packed_frames(
+    lengths: np.ndarray, frames: int, window: int, utterances: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices of the valid frames of ``utterances`` in states of ``frames`` frames, the longest utterance
+    last, padded with a valid frame to a multiple of PACK_FRAMES (few compiled shapes) and to at least ``window``
+    from the last one's start; offset of each utterance's first frame in them, -1 for utterances not listed). So
+    every ``window``-long window from an utterance's offset lies inside: ``lax.dynamic_slice`` never clamps (shifts)
+    one, and no padded copy is needed."""
     last = utterances[np.argmax(lengths[utterances])]
     order = np.append(utterances[utterances != last], last)
     at = np.concatenate([u * frames + np.arange(lengths[u]) for u in order])
-    total = max(len(at), len(at) - lengths[order[-1]] + frames)
+    total = max(len(at), len(at) - lengths[order[-1]] + window)
     at = np.concatenate([at, np.full(total - len(at) + (-total % PACK_FRAMES), at[0])]).astype(np.int32)
     offset = np.full(len(lengths), -1, np.int32)
     offset[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]])
@@ -241,16 +245,17 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
     """(W f32[p], converged bool[p], fallback bool[p]) of the pairs (X[ix[p]], Y[iy[p]]) of states X, Y (any float
     dtype, padding anything), in rounds (module docstring); in kernel mode where ``kernel_mode(config)``, pairs that
     fail there go on in the log domain."""
-    m, n = X.shape[1], Y.shape[1]
     len_X_np, len_Y_np = np.asarray(len_X), np.asarray(len_Y)
+    # Frames past the longest length are cropped: windows (packed) or states (tiles) of m x n frames.
+    m, n = int(len_X_np.max()), int(len_Y_np.max())
     cost, converged = np.full(len(ix), np.nan, np.float32), np.zeros(len(ix), bool)
     fallback = np.zeros(len(ix), bool)
     most = max(1, TILE_CELLS // (m * n))
-    packed = _packed_grid(X, len_X_np, Y, len_Y_np, ix, iy)
+    packed = _packed_grid(X, len_X_np, Y, len_Y_np, ix, iy, m, n)
     if not packed:
         # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
-        X = _unit_frames(X, jnp.asarray(len_X_np)).astype(jnp.float32)
-        Y = X if Y is X else _unit_frames(Y, jnp.asarray(len_Y_np)).astype(jnp.float32)
+        X = _unit_frames(X, jnp.asarray(len_X_np), m)
+        Y = X if Y is X else _unit_frames(Y, jnp.asarray(len_Y_np), n)
     block = len(ix) if packed else max(most * workers, COST_CELLS // (m * n))
     for start in range(0, len(ix), block):
         pairs = np.arange(start, min(start + block, len(ix)))
@@ -303,7 +308,11 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
     return cost, converged, fallback
 
 
-_unit_frames = jax.jit(jax.vmap(normalize_frames))
+@functools.partial(jax.jit, static_argnames="frames")
+def _unit_frames(X, lengths, frames: int):
+    """f32[utterance, frames, embed]: X cropped to its first ``frames`` frames, valid frames unit, padding zero (in
+    one call: a crop of its own copied the states, ~1 ms a call on the bench's grid)."""
+    return jax.vmap(normalize_frames)(X[:, :frames], lengths).astype(jnp.float32)
 
 
 def ot_similarity_matrix(
@@ -324,8 +333,8 @@ def ot_similarity_matrix(
     if not n_a or not n_b:
         empty = jnp.zeros((n_a, n_b), jnp.float32)
         return OtResult(empty, empty, jnp.ones((n_a, n_b), bool), jnp.zeros((n_a, n_b), bool))
+    # Not cropped here to the longest lengths: _solve_pairs crops where it needs to (a crop copies the states).
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
-    A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]  # unit frames: _solve_pairs
     if workers is None:
         workers = cpu_workers() if jax.default_backend() == "cpu" else 1
     ia, ib = np.repeat(np.arange(n_a), n_b), np.tile(np.arange(n_b), n_a)
