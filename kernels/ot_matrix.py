@@ -236,6 +236,24 @@ def _exact_chunks(rows: np.ndarray, most: int, workers: int) -> list[np.ndarray]
     return sorted(out, key=len, reverse=True)
 
 
+def _round_chunks(rows: np.ndarray, most: int, workers: int, *, first: bool) -> list[np.ndarray]:
+    """The chunks of a round: in the first, one per worker (an equal share of the block's pairs: one dispatch, one
+    host transfer per worker; the first round's size is the grid's, so this compiles once per grid shape); in later
+    rounds, whose sizes vary with the data, ``_exact_chunks`` (powers of 4: few compiled shapes)."""
+    if not first:
+        return _exact_chunks(rows, most, workers)
+    return [part for part in np.array_split(rows, workers) if len(part)]
+
+
+def _group_quantum(cells: int) -> int:
+    """Chunks are padded to a multiple of this (at most 16 pairs), so that ``_round`` can group their pairs in
+    ``GROUP_CELLS``: a chunk of an odd size would run its pairs one at a time."""
+    size = 1
+    while size < 16 and 2 * size * cells <= GROUP_CELLS:
+        size *= 2
+    return size
+
+
 def _chunk_size(pairs: int, most: int, workers: int) -> int:
     """The largest power of 4 <= most that gives every worker a chunk (powers of 4: few compilations)."""
     return 4 ** int(np.log(min(most, -(-pairs // workers))) / np.log(4) + 1e-9)
@@ -272,11 +290,15 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
             chunks = [
                 (at, mode)
                 for mode in (True, False)
-                for at in _exact_chunks(np.flatnonzero(kernel == mode), most, workers)
+                for at in _round_chunks(np.flatnonzero(kernel == mode), most, workers, first=not used)
             ]
 
-            def run(chunk, todo=todo, f=f, g=g, iterations=iterations, costs=costs, len_x=len_x, len_y=len_y):
+            # A worker's share in the first round, padded so that its pairs run in groups.
+            pad = 1 if used else _group_quantum(m * n)
+
+            def run(chunk, todo=todo, f=f, g=g, iterations=iterations, costs=costs, len_x=len_x, len_y=len_y, pad=pad):
                 at, mode = chunk
+                at = _padded(at, -(-len(at) // pad) * pad)
                 rows = todo[at]
                 return _round(
                     costs, rows, len_x[rows], len_y[rows], f[at], g[at],
@@ -319,7 +341,8 @@ def ot_similarity_matrix(
     A: jax.Array, len_A: jax.Array, B: jax.Array, len_B: jax.Array, config: OtConfig = DEFAULT_OT, *, workers=None
 ) -> OtResult:
     """OT similarity of every utterance of A against every utterance of B: OtResult of f32[N, M] (bool converged,
-    fallback).
+    fallback), NumPy arrays on the host: the rounds finish there, and a device copy only to be read back cost
+    four transfers a call.
 
     A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; lengths in 1..frames. Frames past the
     longest length are cropped. Pairs run in rounds of at most ``ROUND_ITERATIONS`` iterations (module docstring),
@@ -331,8 +354,8 @@ def ot_similarity_matrix(
     """
     A, B, n_a, n_b = check_grid(A, B, len_A, len_B)
     if not n_a or not n_b:
-        empty = jnp.zeros((n_a, n_b), jnp.float32)
-        return OtResult(empty, empty, jnp.ones((n_a, n_b), bool), jnp.zeros((n_a, n_b), bool))
+        empty = np.zeros((n_a, n_b), np.float32)
+        return OtResult(empty, empty, np.ones((n_a, n_b), bool), np.zeros((n_a, n_b), bool))
     # Not cropped here to the longest lengths: _solve_pairs crops where it needs to (a crop copies the states).
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
     if workers is None:
@@ -347,7 +370,7 @@ def ot_similarity_matrix(
         score = 1.0 - (cost - 0.5 * (cost_aa[:, None] + cost_bb[None, :]))
         converged = converged & conv_aa[:, None] & conv_bb[None, :]
         fallback = fallback | back_aa[:, None] | back_bb[None, :]
-    return OtResult(jnp.asarray(score), jnp.asarray(cost), jnp.asarray(converged), jnp.asarray(fallback))
+    return OtResult(score, cost, converged, fallback)
 
 
 # ----------------------------------------------------------------------------------------------------------------
