@@ -49,6 +49,11 @@ GROUP_CELLS = 2**17
 TILE_CELLS = 2**22  # cost-matrix cells of one chunk of utterance pairs: 16 MiB of float32 (~2 pairs of 1500 frames)
 COST_CELLS = 2**25  # cost matrices kept between rounds, float32 (128 MiB): pairs per block of rounds
 PACK_FRAMES = 128  # _packed_grid pads each side's valid frames to a multiple of this: few compiled shapes
+# Cost windows and potentials are m x n frames with m, n the longest lengths rounded up to a multiple of this (the
+# extra frames weigh 0, as padding does): rows of whole 64-byte lines and AVX-512 vectors. A round's mat-vecs on
+# 150 x 150 windows took 1.24x as long as on 152 x 152 and 1.36x as long as on 160 x 160, same pairs, same iterates
+# (bench/RESULTS.md, OT).
+WINDOW_FRAMES = 16
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +269,8 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
     dtype, padding anything), in rounds (module docstring); in kernel mode where ``kernel_mode(config)``, pairs that
     fail there go on in the log domain."""
     len_X_np, len_Y_np = np.asarray(len_X), np.asarray(len_Y)
-    # Frames past the longest length are cropped: windows (packed) or states (tiles) of m x n frames.
-    m, n = int(len_X_np.max()), int(len_Y_np.max())
+    # Windows (packed) or states (tiles) of m x n frames: the longest lengths, rounded up to WINDOW_FRAMES.
+    m, n = (-(-int(lengths.max()) // WINDOW_FRAMES) * WINDOW_FRAMES for lengths in (len_X_np, len_Y_np))
     cost, converged = np.full(len(ix), np.nan, np.float32), np.zeros(len(ix), bool)
     fallback = np.zeros(len(ix), bool)
     most = max(1, TILE_CELLS // (m * n))
@@ -332,9 +337,10 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
 
 @functools.partial(jax.jit, static_argnames="frames")
 def _unit_frames(X, lengths, frames: int):
-    """f32[utterance, frames, embed]: X cropped to its first ``frames`` frames, valid frames unit, padding zero (in
-    one call: a crop of its own copied the states, ~1 ms a call on the bench's grid)."""
-    return jax.vmap(normalize_frames)(X[:, :frames], lengths).astype(jnp.float32)
+    """f32[utterance, frames, embed]: X cropped or zero-padded to ``frames`` frames, valid frames unit, padding zero
+    (in one call: a crop of its own copied the states, ~1 ms a call on the bench's grid)."""
+    X = jnp.pad(X[:, :frames], ((0, 0), (0, max(0, frames - X.shape[1])), (0, 0)))
+    return jax.vmap(normalize_frames)(X, lengths).astype(jnp.float32)
 
 
 def ot_similarity_matrix(
