@@ -50,10 +50,10 @@ TILE_CELLS = 2**22  # cost-matrix cells of one chunk of utterance pairs: 16 MiB 
 COST_CELLS = 2**25  # cost matrices kept between rounds, float32 (128 MiB): pairs per block of rounds
 PACK_FRAMES = 128  # _packed_grid pads each side's valid frames to a multiple of this: few compiled shapes
 # Cost windows and potentials are m x n frames with m, n the longest lengths rounded up to a multiple of this (the
-# extra frames weigh 0, as padding does): rows of whole 64-byte lines and AVX-512 vectors. A round's mat-vecs on
-# 150 x 150 windows took 1.24x as long as on 152 x 152 and 1.36x as long as on 160 x 160, same pairs, same iterates
-# (bench/RESULTS.md, OT).
-WINDOW_FRAMES = 16
+# extra frames weigh 0, as padding does): rows of whole 32-byte vectors. Kernel-mode Sinkhorn on 150 x 150 windows
+# took 1.08-1.24x as long as on 152 x 152, same pairs, same iterates; 160 x 160 (16) fell between, its extra cells
+# costing what the alignment gained (bench/RESULTS.md, OT).
+WINDOW_FRAMES = 8
 
 log = logging.getLogger(__name__)
 
