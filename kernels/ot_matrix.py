@@ -2,19 +2,18 @@
 
 A vmapped Sinkhorn ``while_loop`` runs every pair of a batch until the slowest pair stops, and iteration counts of
 real pairs are heavy-tailed. So pairs are solved in rounds of at most ``ROUND_ITERATIONS``: each round is one jitted
-vmap per chunk of the pairs still running, warm-started from the potentials where the last round left them, and
-converged pairs leave; inside a round, a chunk's pairs run in groups of ``GROUP_CELLS`` kernel cells, one after the
-other, so that a group's kernels stay in cache across its iterations. The fixed point is that of an uninterrupted
-run; scores agree with one within 2 x threshold (ott's returned potentials are not bit for bit its loop state). A
-batch then costs about its pairs' own iterations, not its slowest pair's. The cost matrices are computed once and
-kept across rounds: where the grid fits in COST_CELLS, as one product of the valid frames alone, from which each
-round cuts its pairs' windows (``_packed_grid``); else by blocks of pairs, as tiles of the grid (one matrix product
-per tile). Where
-``kernel_mode(config)`` Sinkhorn runs in kernel (scaling) mode on the kernel exp(-C / epsilon), computed once per
-round (``kernels.ot_scaling``): an iteration is two batched mat-vecs, whose products also give both marginals'
-errors, instead of log-sum-exps over every cell; the same iterates in exact arithmetic. Pairs whose scalings leave
-float32 range are finished in the log domain and flagged (``OtResult.fallback``). On CPU, chunks run on every core
-(``kernels._cpu``).
+vmap per chunk of the pairs still running (in the first, one chunk per worker), warm-started from the potentials
+where the last round left them, and converged pairs leave; inside a round, a chunk's pairs run in groups of
+``GROUP_CELLS`` kernel cells, one after the other, so that a group's kernels stay in cache across its iterations.
+The fixed point is that of an uninterrupted run; scores agree with one within 2 x threshold (ott's returned
+potentials are not bit for bit its loop state). A batch then costs about its pairs' own iterations, not its slowest
+pair's. The cost matrices are computed once and kept across rounds: where the grid fits in COST_CELLS, as one
+product of the valid frames alone, from which each round cuts its pairs' windows (``_packed_grid``); else by blocks
+of pairs, as tiles of the grid (one matrix product per tile). Where ``kernel_mode(config)`` Sinkhorn runs in kernel
+(scaling) mode on the kernel exp(-C / epsilon), computed once per round (``kernels.ot_scaling``): an iteration is
+two batched mat-vecs, whose products also give both marginals' errors, instead of log-sum-exps over every cell; the
+same iterates in exact arithmetic. Pairs whose scalings leave float32 range are finished in the log domain and
+flagged (``OtResult.fallback``). On CPU, chunks run on every core (``kernels._cpu``).
 
 Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
 Measurements: ``bench/RESULTS.md``, sections "OT measure (kernels/ot.py) against POT" and "OT measure: design notes
@@ -351,12 +350,13 @@ def ot_similarity_matrix(
     four transfers a call.
 
     A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; lengths in 1..frames. Frames past the
-    longest length are cropped. Pairs run in rounds of at most ``ROUND_ITERATIONS`` iterations (module docstring),
-    each a jitted vmap over chunks of at most ``TILE_CELLS`` cost cells, on blocks of at most ``COST_CELLS`` cost
-    cells computed once (memory stays bounded for 1500-frame utterances), in kernel mode where
-    ``kernel_mode(config)``; on CPU, chunks run on every core (``workers``, default the process's cores). Results do
-    not depend on the chunking or the workers; the rounds move them by less than 2 x threshold. With ``debiased``,
-    the self terms W(a, a), W(b, b) are solved once per utterance, not once per pair.
+    longest length are cropped (cost windows: to a multiple of ``WINDOW_FRAMES``). Pairs run in rounds of at most
+    ``ROUND_ITERATIONS`` iterations (module docstring), each a jitted vmap over chunks (one per worker in the first
+    round, then of at most ``TILE_CELLS`` cost cells), on blocks of at most ``COST_CELLS`` cost cells computed once
+    (memory stays bounded for 1500-frame utterances), in kernel mode where ``kernel_mode(config)``; on CPU, chunks
+    run on every core (``workers``, default the process's cores). Results do not depend on the chunking or the
+    workers; the rounds move them by less than 2 x threshold. With ``debiased``, the self terms W(a, a), W(b, b) are
+    solved once per utterance, not once per pair.
     """
     A, B, n_a, n_b = check_grid(A, B, len_A, len_B)
     if not n_a or not n_b:
