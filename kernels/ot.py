@@ -67,7 +67,8 @@ def kernel_mode(config: OtConfig) -> bool:
 
 
 class OtResult(NamedTuple):
-    """OT similarity: f32[] scalars for one pair, f32[N, M] / bool[N, M] for matrices.
+    """OT similarity: f32[] scalars for one pair, f32[N, M] / bool[N, M] for matrices (``ot_similarity_matrix``:
+    NumPy arrays, on the host where its rounds finish).
 
     score: 1 - W (or 1 - the debiased divergence); cost: W(a, b); converged: every Sinkhorn solve behind the score
     met the threshold within max_iterations and gave a finite cost; fallback (``ot_similarity_matrix`` only, else

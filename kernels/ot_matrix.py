@@ -2,19 +2,18 @@
 
 A vmapped Sinkhorn ``while_loop`` runs every pair of a batch until the slowest pair stops, and iteration counts of
 real pairs are heavy-tailed. So pairs are solved in rounds of at most ``ROUND_ITERATIONS``: each round is one jitted
-vmap per chunk of the pairs still running, warm-started from the potentials where the last round left them, and
-converged pairs leave; inside a round, a chunk's pairs run in groups of ``GROUP_CELLS`` kernel cells, one after the
-other, so that a group's kernels stay in cache across its iterations. The fixed point is that of an uninterrupted
-run; scores agree with one within 2 x threshold (ott's returned potentials are not bit for bit its loop state). A
-batch then costs about its pairs' own iterations, not its slowest pair's. The cost matrices are computed once and
-kept across rounds: where the grid fits in COST_CELLS, as one product of the valid frames alone, from which each
-round cuts its pairs' windows (``_packed_grid``); else by blocks of pairs, as tiles of the grid (one matrix product
-per tile). Where
-``kernel_mode(config)`` Sinkhorn runs in kernel (scaling) mode on the kernel exp(-C / epsilon), computed once per
-round (``kernels.ot_scaling``): an iteration is two batched mat-vecs, whose products also give both marginals'
-errors, instead of log-sum-exps over every cell; the same iterates in exact arithmetic. Pairs whose scalings leave
-float32 range are finished in the log domain and flagged (``OtResult.fallback``). On CPU, chunks run on every core
-(``kernels._cpu``).
+vmap per chunk of the pairs still running (in the first, one chunk per worker), warm-started from the potentials
+where the last round left them, and converged pairs leave; inside a round, a chunk's pairs run in groups of
+``GROUP_CELLS`` kernel cells, one after the other, so that a group's kernels stay in cache across its iterations.
+The fixed point is that of an uninterrupted run; scores agree with one within 2 x threshold (ott's returned
+potentials are not bit for bit its loop state). A batch then costs about its pairs' own iterations, not its slowest
+pair's. The cost matrices are computed once and kept across rounds: where the grid fits in COST_CELLS, as one
+product of the valid frames alone, from which each round cuts its pairs' windows (``_packed_grid``); else by blocks
+of pairs, as tiles of the grid (one matrix product per tile). Where ``kernel_mode(config)`` Sinkhorn runs in kernel
+(scaling) mode on the kernel exp(-C / epsilon), computed once per round (``kernels.ot_scaling``): an iteration is
+two batched mat-vecs, whose products also give both marginals' errors, instead of log-sum-exps over every cell; the
+same iterates in exact arithmetic. Pairs whose scalings leave float32 range are finished in the log domain and
+flagged (``OtResult.fallback``). On CPU, chunks run on every core (``kernels._cpu``).
 
 Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
 Measurements: ``bench/RESULTS.md``, sections "OT measure (kernels/ot.py) against POT" and "OT measure: design notes
@@ -49,6 +48,11 @@ GROUP_CELLS = 2**17
 TILE_CELLS = 2**22  # cost-matrix cells of one chunk of utterance pairs: 16 MiB of float32 (~2 pairs of 1500 frames)
 COST_CELLS = 2**25  # cost matrices kept between rounds, float32 (128 MiB): pairs per block of rounds
 PACK_FRAMES = 128  # _packed_grid pads each side's valid frames to a multiple of this: few compiled shapes
+# Cost windows and potentials are m x n frames with m, n the longest lengths rounded up to a multiple of this (the
+# extra frames weigh 0, as padding does): rows of whole 32-byte vectors. Kernel-mode Sinkhorn on 150 x 150 windows
+# took 1.08-1.24x as long as on 152 x 152, same pairs, same iterates; 160 x 160 (16) fell between, its extra cells
+# costing what the alignment gained (bench/RESULTS.md, OT).
+WINDOW_FRAMES = 8
 
 log = logging.getLogger(__name__)
 
@@ -80,30 +84,34 @@ def _packed_cosines(X, Y, at_x, at_y):
     return matmul_f32(unit(X, at_x), unit(Y, at_y))
 
 
-def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy: np.ndarray):
+def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy: np.ndarray, m: int, n: int):
     """The cost matrices of the pairs (X[ix[p]], Y[iy[p]]) as windows of one product of the valid frames alone:
-    (cosines f32[r, c], row offsets i32[p], column offsets i32[p]), each pair's m x n window at its offsets; or None
+    (cosines f32[r, c], row offsets i32[p], column offsets i32[p]), each pair's m x n window at its offsets (m, n at
+    least the longest lengths); or None
     where the pairs do not fill most of a grid (the self terms of the debiased divergence) or the product would
     exceed COST_CELLS. Padded frames, 41-47% of the padded product's FLOPs on random and demo-store grids, are not
     multiplied, and one large product runs at 2-3x the rate of the per-tile products (bench/RESULTS.md, OT)."""
     us, vs = np.unique(ix), np.unique(iy)
     if len(us) * len(vs) > 2 * len(ix):
         return None
-    rows, cols = _packed_frames(len_X, X.shape[1], us), _packed_frames(len_Y, Y.shape[1], vs)
+    rows, cols = _packed_frames(len_X, X.shape[1], m, us), _packed_frames(len_Y, Y.shape[1], n, vs)
     if len(rows[0]) * len(cols[0]) > COST_CELLS:
         return None
     return _packed_cosines(X, Y, rows[0], cols[0]), rows[1][ix], cols[1][iy]
 
 
-def _packed_frames(lengths: np.ndarray, frames: int, utterances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(flat indices of the valid frames of ``utterances``, the longest utterance last, padded with a valid frame to
-    a multiple of PACK_FRAMES (few compiled shapes) and to at least ``frames`` from the last one's start; offset of
-    each utterance's first frame in them, -1 for utterances not listed). So every ``frames``-long window from an
-    utterance's offset lies inside: ``lax.dynamic_slice`` never clamps (shifts) one, and no padded copy is needed."""
+def _packed_frames(
+    lengths: np.ndarray, frames: int, window: int, utterances: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices of the valid frames of ``utterances`` in states of ``frames`` frames, the longest utterance
+    last, padded with a valid frame to a multiple of PACK_FRAMES (few compiled shapes) and to at least ``window``
+    from the last one's start; offset of each utterance's first frame in them, -1 for utterances not listed). So
+    every ``window``-long window from an utterance's offset lies inside: ``lax.dynamic_slice`` never clamps (shifts)
+    one, and no padded copy is needed."""
     last = utterances[np.argmax(lengths[utterances])]
     order = np.append(utterances[utterances != last], last)
     at = np.concatenate([u * frames + np.arange(lengths[u]) for u in order])
-    total = max(len(at), len(at) - lengths[order[-1]] + frames)
+    total = max(len(at), len(at) - lengths[order[-1]] + window)
     at = np.concatenate([at, np.full(total - len(at) + (-total % PACK_FRAMES), at[0])]).astype(np.int32)
     offset = np.full(len(lengths), -1, np.int32)
     offset[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]])
@@ -232,6 +240,24 @@ def _exact_chunks(rows: np.ndarray, most: int, workers: int) -> list[np.ndarray]
     return sorted(out, key=len, reverse=True)
 
 
+def _round_chunks(rows: np.ndarray, most: int, workers: int, *, first: bool) -> list[np.ndarray]:
+    """The chunks of a round: in the first, one per worker (an equal share of the block's pairs: one dispatch, one
+    host transfer per worker; the first round's size is the grid's, so this compiles once per grid shape); in later
+    rounds, whose sizes vary with the data, ``_exact_chunks`` (powers of 4: few compiled shapes)."""
+    if not first:
+        return _exact_chunks(rows, most, workers)
+    return [part for part in np.array_split(rows, workers) if len(part)]
+
+
+def _group_quantum(cells: int) -> int:
+    """Chunks are padded to a multiple of this (at most 16 pairs), so that ``_round`` can group their pairs in
+    ``GROUP_CELLS``: a chunk of an odd size would run its pairs one at a time."""
+    size = 1
+    while size < 16 and 2 * size * cells <= GROUP_CELLS:
+        size *= 2
+    return size
+
+
 def _chunk_size(pairs: int, most: int, workers: int) -> int:
     """The largest power of 4 <= most that gives every worker a chunk (powers of 4: few compilations)."""
     return 4 ** int(np.log(min(most, -(-pairs // workers))) / np.log(4) + 1e-9)
@@ -241,16 +267,17 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
     """(W f32[p], converged bool[p], fallback bool[p]) of the pairs (X[ix[p]], Y[iy[p]]) of states X, Y (any float
     dtype, padding anything), in rounds (module docstring); in kernel mode where ``kernel_mode(config)``, pairs that
     fail there go on in the log domain."""
-    m, n = X.shape[1], Y.shape[1]
     len_X_np, len_Y_np = np.asarray(len_X), np.asarray(len_Y)
+    # Windows (packed) or states (tiles) of m x n frames: the longest lengths, rounded up to WINDOW_FRAMES.
+    m, n = (-(-int(lengths.max()) // WINDOW_FRAMES) * WINDOW_FRAMES for lengths in (len_X_np, len_Y_np))
     cost, converged = np.full(len(ix), np.nan, np.float32), np.zeros(len(ix), bool)
     fallback = np.zeros(len(ix), bool)
     most = max(1, TILE_CELLS // (m * n))
-    packed = _packed_grid(X, len_X_np, Y, len_Y_np, ix, iy)
+    packed = _packed_grid(X, len_X_np, Y, len_Y_np, ix, iy, m, n)
     if not packed:
         # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
-        X = _unit_frames(X, jnp.asarray(len_X_np)).astype(jnp.float32)
-        Y = X if Y is X else _unit_frames(Y, jnp.asarray(len_Y_np)).astype(jnp.float32)
+        X = _unit_frames(X, jnp.asarray(len_X_np), m)
+        Y = X if Y is X else _unit_frames(Y, jnp.asarray(len_Y_np), n)
     block = len(ix) if packed else max(most * workers, COST_CELLS // (m * n))
     for start in range(0, len(ix), block):
         pairs = np.arange(start, min(start + block, len(ix)))
@@ -267,11 +294,15 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
             chunks = [
                 (at, mode)
                 for mode in (True, False)
-                for at in _exact_chunks(np.flatnonzero(kernel == mode), most, workers)
+                for at in _round_chunks(np.flatnonzero(kernel == mode), most, workers, first=not used)
             ]
 
-            def run(chunk, todo=todo, f=f, g=g, iterations=iterations, costs=costs, len_x=len_x, len_y=len_y):
+            # A worker's share in the first round, padded so that its pairs run in groups.
+            pad = 1 if used else _group_quantum(m * n)
+
+            def run(chunk, todo=todo, f=f, g=g, iterations=iterations, costs=costs, len_x=len_x, len_y=len_y, pad=pad):
                 at, mode = chunk
+                at = _padded(at, -(-len(at) // pad) * pad)
                 rows = todo[at]
                 return _round(
                     costs, rows, len_x[rows], len_y[rows], f[at], g[at],
@@ -303,29 +334,36 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
     return cost, converged, fallback
 
 
-_unit_frames = jax.jit(jax.vmap(normalize_frames))
+@functools.partial(jax.jit, static_argnames="frames")
+def _unit_frames(X, lengths, frames: int):
+    """f32[utterance, frames, embed]: X cropped or zero-padded to ``frames`` frames, valid frames unit, padding zero
+    (in one call: a crop of its own copied the states, ~1 ms a call on the bench's grid)."""
+    X = jnp.pad(X[:, :frames], ((0, 0), (0, max(0, frames - X.shape[1])), (0, 0)))
+    return jax.vmap(normalize_frames)(X, lengths).astype(jnp.float32)
 
 
 def ot_similarity_matrix(
     A: jax.Array, len_A: jax.Array, B: jax.Array, len_B: jax.Array, config: OtConfig = DEFAULT_OT, *, workers=None
 ) -> OtResult:
     """OT similarity of every utterance of A against every utterance of B: OtResult of f32[N, M] (bool converged,
-    fallback).
+    fallback), NumPy arrays on the host: the rounds finish there, and a device copy only to be read back cost
+    four transfers a call.
 
     A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; lengths in 1..frames. Frames past the
-    longest length are cropped. Pairs run in rounds of at most ``ROUND_ITERATIONS`` iterations (module docstring),
-    each a jitted vmap over chunks of at most ``TILE_CELLS`` cost cells, on blocks of at most ``COST_CELLS`` cost
-    cells computed once (memory stays bounded for 1500-frame utterances), in kernel mode where
-    ``kernel_mode(config)``; on CPU, chunks run on every core (``workers``, default the process's cores). Results do
-    not depend on the chunking or the workers; the rounds move them by less than 2 x threshold. With ``debiased``,
-    the self terms W(a, a), W(b, b) are solved once per utterance, not once per pair.
+    longest length are cropped (cost windows: to a multiple of ``WINDOW_FRAMES``). Pairs run in rounds of at most
+    ``ROUND_ITERATIONS`` iterations (module docstring), each a jitted vmap over chunks (one per worker in the first
+    round, then of at most ``TILE_CELLS`` cost cells), on blocks of at most ``COST_CELLS`` cost cells computed once
+    (memory stays bounded for 1500-frame utterances), in kernel mode where ``kernel_mode(config)``; on CPU, chunks
+    run on every core (``workers``, default the process's cores). Results do not depend on the chunking or the
+    workers; the rounds move them by less than 2 x threshold. With ``debiased``, the self terms W(a, a), W(b, b) are
+    solved once per utterance, not once per pair.
     """
     A, B, n_a, n_b = check_grid(A, B, len_A, len_B)
     if not n_a or not n_b:
-        empty = jnp.zeros((n_a, n_b), jnp.float32)
-        return OtResult(empty, empty, jnp.ones((n_a, n_b), bool), jnp.zeros((n_a, n_b), bool))
+        empty = np.zeros((n_a, n_b), np.float32)
+        return OtResult(empty, empty, np.ones((n_a, n_b), bool), np.zeros((n_a, n_b), bool))
+    # Not cropped here to the longest lengths: _solve_pairs crops where it needs to (a crop copies the states).
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
-    A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]  # unit frames: _solve_pairs
     if workers is None:
         workers = cpu_workers() if jax.default_backend() == "cpu" else 1
     ia, ib = np.repeat(np.arange(n_a), n_b), np.tile(np.arange(n_b), n_a)
@@ -338,7 +376,7 @@ def ot_similarity_matrix(
         score = 1.0 - (cost - 0.5 * (cost_aa[:, None] + cost_bb[None, :]))
         converged = converged & conv_aa[:, None] & conv_bb[None, :]
         fallback = fallback | back_aa[:, None] | back_bb[None, :]
-    return OtResult(jnp.asarray(score), jnp.asarray(cost), jnp.asarray(converged), jnp.asarray(fallback))
+    return OtResult(score, cost, converged, fallback)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -238,6 +238,6 @@ def test_packed_grid_matches_the_tiled_cost_matrices(monkeypatch):
     packed = kom.ot_similarity_matrix(A, len_A, B, len_B)
     monkeypatch.setattr(kom, "COST_CELLS", 20 * 13 * 4)  # the packed product no longer fits: tiles, blocks
     tiled = kom.ot_similarity_matrix(A, len_A, B, len_B)
-    assert kom._packed_grid(A, len_A, B, len_B, np.zeros(1, int), np.zeros(1, int)) is None
+    assert kom._packed_grid(A, len_A, B, len_B, np.zeros(1, int), np.zeros(1, int), 20, 13) is None
     np.testing.assert_array_equal(np.asarray(packed.converged), np.asarray(tiled.converged))
     np.testing.assert_allclose(np.asarray(packed.score), np.asarray(tiled.score), atol=1e-6)
