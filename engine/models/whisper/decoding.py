@@ -27,9 +27,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from engine.models.whisper import select, stages
+from engine.models.whisper.graph import merge as _merge
+from engine.models.whisper.graph import split as _split
 from engine.models.whisper.model import Whisper
 from engine.models.whisper.vocab import TASKS
 
@@ -67,40 +68,6 @@ class DecodingResult:
     languages: list[str]  # Whisper codes used for the prompt (given or detected)
     language_probs: np.ndarray | None  # f32[utterance, language] when detected, in tokenizer order
     avg_logprob: np.ndarray  # f32[utterance], over sampled tokens incl. end-of-text
-
-
-class _Graph:
-    """A model's ``nnx`` graph definition as a jit static argument that hashes once: ``_split`` returns the same
-    object for equal definitions, so each jitted call of a decode compares it by identity. A ``GraphDef`` as the
-    static argument itself was hashed and compared in full at every call (~1.5 ms of dispatch per stage)."""
-
-    __slots__ = ("graphdef", "_hash")
-
-    def __init__(self, graphdef):
-        self.graphdef = graphdef
-        self._hash = hash(graphdef)
-
-    def __hash__(self):
-        return self._hash
-
-    def __eq__(self, other):
-        if self is other:
-            return True
-        return isinstance(other, _Graph) and self._hash == other._hash and self.graphdef == other.graphdef
-
-
-@functools.lru_cache(maxsize=16)
-def _interned(graphdef) -> _Graph:
-    return _Graph(graphdef)
-
-
-def _split(model: Whisper):
-    graphdef, state = nnx.split(model)
-    return _interned(graphdef), state
-
-
-def _merge(graph: _Graph, state):
-    return nnx.merge(graph.graphdef, state)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
