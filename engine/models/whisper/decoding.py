@@ -27,9 +27,10 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from engine.models.whisper import stages
+from engine.models.whisper import select, stages
+from engine.models.whisper.graph import merge as _merge
+from engine.models.whisper.graph import split as _split
 from engine.models.whisper.model import Whisper
 from engine.models.whisper.vocab import TASKS
 
@@ -69,13 +70,9 @@ class DecodingResult:
     avg_logprob: np.ndarray  # f32[utterance], over sampled tokens incl. end-of-text
 
 
-def _split(model: Whisper):
-    return nnx.split(model)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _language_logits(graphdef, state, xa, sot, lang_ids):
-    model = nnx.merge(graphdef, state)
+    model = _merge(graphdef, state)
     dec = model.decoder
     tokens = jnp.full((xa.shape[0], 1), sot, jnp.int32)
     logits, _, _ = dec(tokens, dec.cross_kv(xa))
@@ -92,25 +89,15 @@ def language_probs(model: Whisper, xa, sot: int, lang_ids: Sequence[int]) -> np.
     return np.asarray(_language_logits(graphdef, state, xa, sot, jnp.asarray(lang_ids, jnp.int32)))
 
 
-def _greedy_pick(last_logits, first: bool, suppress, suppress_begin=None):
-    """The most probable token of ``last_logits: f[rows, vocab]`` after suppression (``suppress_begin`` too at the
-    ``first`` sampled step), and its log-probability."""
-    logprobs = jax.nn.log_softmax(last_logits.astype(jnp.float32), axis=-1)
-    mask = suppress | suppress_begin if first else suppress
-    logprobs = jnp.where(mask[None, :], jnp.float32(-jnp.inf), logprobs)
-    token = jnp.argmax(logprobs, axis=-1).astype(jnp.int32)
-    return token, jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "length", "max_new_tokens"))
 def _greedy_start(graphdef, state, xa, prompt, suppress, suppress_begin, eot, length, max_new_tokens):
     """The cross-attention keys/values and the first carry of a greedy decode (``stages.run_stages``)."""
-    dec = nnx.merge(graphdef, state).decoder
+    dec = _merge(graphdef, state).decoder
     batch = prompt.shape[0]
     kv = dec.cross_kv(xa)
     cache = dec.init_cache(batch, xa.dtype, length=length)
     logits, cache, _ = dec(prompt, kv, cache=cache, offset=0)
-    token, logprob = _greedy_pick(logits[:, -1], True, suppress, suppress_begin)
+    token, logprob = select.greedy_pick(logits[:, -1], True, suppress, suppress_begin)
     carry = dict(
         step=jnp.int32(0),
         token=token,
@@ -127,7 +114,7 @@ def _greedy_start(graphdef, state, xa, prompt, suppress, suppress_begin, eot, le
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_prompt"), donate_argnames=("carry",))
 def _greedy_stage(graphdef, state, suppress, eot, n_prompt, kv, carry, limit, keep_above):
     """Greedy steps while ``step < limit`` and more than ``keep_above`` rows decode (``stages.run_stages``)."""
-    dec = nnx.merge(graphdef, state).decoder
+    dec = _merge(graphdef, state).decoder
 
     def cond(c):
         return (c["step"] < limit) & (jnp.sum(~c["done"]) > keep_above)
@@ -136,7 +123,7 @@ def _greedy_stage(graphdef, state, suppress, eot, n_prompt, kv, carry, limit, ke
         step, done = c["step"], c["done"]
         token = jnp.where(done, eot, c["token"])
         logits, cache, _ = dec(token[:, None], kv, cache=c["cache"], offset=n_prompt + step)
-        next_token, next_logprob = _greedy_pick(logits[:, -1], False, suppress)
+        next_token, next_logprob = select.greedy_pick(logits[:, -1], False, suppress)
         return dict(
             step=step + 1,
             token=next_token,
@@ -208,7 +195,7 @@ def _beam_start(graphdef, state, xa, prompt, eot, beam_size, max_candidates, len
     Rows ``b * K .. b * K + K - 1`` are utterance ``b``'s beams; ``logits`` and ``cache`` lead with rows, the rest
     with utterances. The best hypothesis per utterance is ``_beam_best``'s.
     """
-    dec = nnx.merge(graphdef, state).decoder
+    dec = _merge(graphdef, state).decoder
     batch = prompt.shape[0]
     k_beam, n_hyp = beam_size, max_candidates + beam_size
     # One cross-attention key/value per utterance, shared by its beams (rows b * K .. b * K + K - 1): the decoder
@@ -257,7 +244,7 @@ def _beam_stage(
     keep_above,
 ):
     """Beam search steps while ``step < limit`` and more than ``keep_above`` utterances decode (``_beam_start``)."""
-    dec = nnx.merge(graphdef, state).decoder
+    dec = _merge(graphdef, state).decoder
     batch, k_beam = carry["scores"].shape
     n_cand, n_hyp = 2 * k_beam, carry["hyp_len"].shape[1]
     rows = batch * k_beam
@@ -277,7 +264,7 @@ def _beam_stage(
         # K * 2K (the same set, in the same order: ties go to the lower beam, then the lower token, in both). One
         # top_k over K * vocab became a full sort of 259k values per utterance per step in XLA on CPU: 8 windows of
         # beam 5 took 29 s with it, 4 s without (bench/decode.py: 0.42x -> 2.92x CTranslate2 with the other fixes).
-        beam_best, beam_token = jax.lax.top_k(logprobs + c["scores"][:, :, None], n_cand)  # [batch, K, 2K]
+        beam_best, beam_token = select.top_k_chunked(logprobs + c["scores"][:, :, None], n_cand)  # [batch, K, 2K]
         cand_score, flat = jax.lax.top_k(beam_best.reshape(batch, k_beam * n_cand), n_cand)  # sorted best first
         origin = flat // n_cand
         token = jnp.take_along_axis(beam_token.reshape(batch, k_beam * n_cand), flat, axis=1).astype(jnp.int32)
@@ -407,7 +394,7 @@ def heads_cross_attention(model: Whisper, xa, tokens, heads, cross=True):
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _teacher_forced(graphdef, state, xa, tokens, heads):
-    return heads_cross_attention(nnx.merge(graphdef, state), xa, tokens, heads)
+    return heads_cross_attention(_merge(graphdef, state), xa, tokens, heads)
 
 
 def teacher_forced(model: Whisper, xa, tokens: np.ndarray, heads: np.ndarray):
@@ -433,7 +420,7 @@ def teacher_forced(model: Whisper, xa, tokens: np.ndarray, heads: np.ndarray):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "layer", "apply_ln_post"))
 def _audio_features(graphdef, state, mel, layer, apply_ln_post):
-    return nnx.merge(graphdef, state).audio_features(mel, layer, apply_ln_post)
+    return _merge(graphdef, state).audio_features(mel, layer, apply_ln_post)
 
 
 def audio_features(model: Whisper, mel, layer: int | None = None, apply_ln_post: bool = True):
