@@ -60,8 +60,8 @@ def scaling_sinkhorn(kernel, cost, a, b, u, v, *, threshold: float, iterations: 
         step, u, v, kt, err, count = state
         running = ~(err < threshold) & ~jnp.isnan(err)
         # A pair that stopped keeps its scalings through the selects, applied before each product: the products and
-        # errors recomputed from them are its own again, so that kt and err need no select (4 fewer XLA ops an
-        # iteration, ~40% of which was per-op overhead on 4-pair groups).
+        # errors recomputed from them are its own again (the same mat-vecs of the same operands), so that kt and
+        # err need no select and the new scalings no second copy: 12 XLA ops an iteration instead of 17.
         keep = running[:, None]
         v = jnp.where(keep, _relax(v, b / _guard(kt), weight), v)
         kv = jnp.einsum("pmn,pn->pm", kernel, v)
