@@ -59,22 +59,18 @@ def scaling_sinkhorn(kernel, cost, a, b, u, v, *, threshold: float, iterations: 
     def body(state):
         step, u, v, kt, err, count = state
         running = ~(err < threshold) & ~jnp.isnan(err)
-        v_new = _relax(v, b / _guard(kt), weight)
-        kv = jnp.einsum("pmn,pn->pm", kernel, v_new)
-        u_new = _relax(u, a / _guard(kv), weight)
+        # A pair that stopped keeps its scalings through the selects, applied before each product: the products and
+        # errors recomputed from them are its own again (the same mat-vecs of the same operands), so that kt and
+        # err need no select and the new scalings no second copy: 12 XLA ops an iteration instead of 17.
+        keep = running[:, None]
+        v = jnp.where(keep, _relax(v, b / _guard(kt), weight), v)
+        kv = jnp.einsum("pmn,pn->pm", kernel, v)
+        u = jnp.where(keep, _relax(u, a / _guard(kv), weight), u)
         # Over-relaxed, the update of u leaves the rows off too: both marginals must meet the threshold (the row
         # error is free, K v is the product just taken).
-        kt_new, err_new = col_error(u_new, v_new)
-        err_new = jnp.maximum(err_new, jnp.sum(jnp.abs(u_new * kv - a), axis=1))
-        keep = running[:, None]
-        return (
-            step + 1,
-            jnp.where(keep, u_new, u),
-            jnp.where(keep, v_new, v),
-            jnp.where(keep, kt_new, kt),
-            jnp.where(running, err_new, err),
-            count + running.astype(jnp.int32),
-        )
+        kt, err = col_error(u, v)
+        err = jnp.maximum(err, jnp.sum(jnp.abs(u * kv - a), axis=1))
+        return step + 1, u, v, kt, err, count + running.astype(jnp.int32)
 
     # The start's error is not checked (ott's loop runs at least one iteration): inf marks it as running.
     kt = jnp.einsum("pmn,pm->pn", kernel, u)
