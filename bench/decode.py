@@ -25,6 +25,19 @@ sys.path.insert(0, str(REPO))
 from bench.common import interleaved, machine  # noqa: E402
 
 
+def fleurs_windows(windows: int) -> np.ndarray:
+    """f32[windows, 80, 3000]: the first 30 s window's log-mel of the first ``windows`` German FLEURS sample clips."""
+    from engine.data.audio import load_audio
+    from engine.data.features import features_for_audio
+
+    # $BABELGRID_FLEURS_SAMPLE as tests/conftest.py reads it: a git worktree does not sit beside ../shared.
+    fleurs = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
+    clips = sorted(fleurs.glob("fleurs-de-*.ogg"))[:windows]
+    if not clips:
+        raise SystemExit(f"no fleurs-de-*.ogg clips in {fleurs}: set BABELGRID_FLEURS_SAMPLE to the FLEURS sample")
+    return np.concatenate([features_for_audio(load_audio(p), 80)[0][:1] for p in clips])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--windows", type=int, default=8)
@@ -34,18 +47,11 @@ def main() -> None:
     import ctranslate2
     import jax
 
-    from engine.data.audio import load_audio
-    from engine.data.features import features_for_audio
     from engine.models.whisper.checkpoints.load import write_packaged_ct2_folder
     from engine.models.whisper.decoding import DecodingOptions
     from engine.models.whisper.loaded import load_whisper
 
-    # $BABELGRID_FLEURS_SAMPLE as tests/conftest.py reads it: a git worktree does not sit beside ../shared.
-    fleurs = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
-    clips = sorted(fleurs.glob("fleurs-de-*.ogg"))[: args.windows]
-    if not clips:
-        raise SystemExit(f"no fleurs-de-*.ogg clips in {fleurs}: set BABELGRID_FLEURS_SAMPLE to the FLEURS sample")
-    mel = np.concatenate([features_for_audio(load_audio(p), 80)[0][:1] for p in clips])
+    mel = fleurs_windows(args.windows)
     whisper = load_whisper()
     top = whisper.dims.n_audio_layer + 1
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,6 @@ decoding with the per-round range of the ratio, and the load before / after.
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import statistics
 import subprocess
@@ -59,18 +58,13 @@ def main() -> None:
     import jax
     from flax import nnx
 
-    from engine.data.audio import load_audio
-    from engine.data.features import features_for_audio
+    from bench.decode import fleurs_windows
     from engine.models.whisper import decoding as new_decoding
     from engine.models.whisper.decoding import DecodingOptions
     from engine.models.whisper.loaded import load_whisper
     from engine.models.whisper.model import random_state_dict
 
-    fleurs = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
-    clips = sorted(fleurs.glob("fleurs-de-*.ogg"))[: args.windows]
-    if not clips:
-        raise SystemExit(f"no fleurs-de-*.ogg clips in {fleurs}: set BABELGRID_FLEURS_SAMPLE to the FLEURS sample")
-    mel = np.concatenate([features_for_audio(load_audio(p), 80)[0][:1] for p in clips])
+    mel = fleurs_windows(args.windows)
     whisper = load_whisper()
     old = old_model.Whisper(whisper.dims, random_state_dict(whisper.dims))
     nnx.update(old, nnx.state(whisper.model))  # the same weights in the base's module classes

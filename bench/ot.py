@@ -66,6 +66,15 @@ def inputs(args):
     return out, "random 12 x 12 utterances, 80-150 frames x 512"
 
 
+def input_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``inputs``' flags: a store, its layer and two languages (random utterances without --store)."""
+    parser.add_argument("--store", default="")
+    parser.add_argument("--layer", type=int, default=7)
+    parser.add_argument("--a", default="en")
+    parser.add_argument("--b", default="de")
+    return parser
+
+
 def pot_scores(A, len_A, B, len_B, items, config: OtConfig) -> dict:
     """POT's sinkhorn2 pair by pair: {(i, j): 1 - W}, the cost 1 - cos computed per pair in NumPy."""
     import ot
@@ -104,11 +113,7 @@ def pot_worker(conn, *args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--store", default="")
-    parser.add_argument("--layer", type=int, default=7)
-    parser.add_argument("--a", default="en")
-    parser.add_argument("--b", default="de")
+    parser = input_arguments(argparse.ArgumentParser())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--pot_pairs", type=int, default=24)
     parser.add_argument("--record", default="")

@@ -22,17 +22,13 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from bench.ot import inputs  # noqa: E402 - also keeps POT's ``ot`` name free of this folder
+from bench.ot import input_arguments, inputs  # noqa: E402 - also keeps POT's ``ot`` name free of this folder
 from kernels import ot_matrix  # noqa: E402
 from kernels.settings import OtConfig  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--store", default="")
-    parser.add_argument("--layer", type=int, default=7)
-    parser.add_argument("--a", default="en")
-    parser.add_argument("--b", default="de")
+    parser = input_arguments(argparse.ArgumentParser())
     parser.add_argument("--calls", type=int, default=21)
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
