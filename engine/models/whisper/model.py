@@ -288,8 +288,7 @@ class TextDecoder(nnx.Module):
         frame, head_dim]) (``MultiHeadAttention.attend_head_major`` with ``keys_transposed``). A decoder call with
         ``g * batch`` token rows lets each group of ``g`` consecutive rows (the beams of one utterance) attend to one
         row of these."""
-        n_head = self.dims.n_text_head
-        dh = self.dims.n_text_state // n_head
+        n_head, dh = self.dims.n_text_head, self.dims.n_text_state // self.dims.n_text_head
 
         def one(x):  # x: f[frame, embed], one utterance
             out = []
