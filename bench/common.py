@@ -23,20 +23,27 @@ def machine() -> str:
 
 
 def interleaved(contenders: dict, repeats: int) -> dict:
-    """Median seconds per contender, timed in rounds that run every contender once.
+    """Median seconds per contender, timed in rounds that run every contender once (``interleaved_times``)."""
+    return {name: statistics.median(t) for name, t in interleaved_times(contenders, repeats).items()}
+
+
+def interleaved_times(contenders: dict, repeats: int, *, warm_up: bool = True) -> dict:
+    """Seconds of each round per contender, in rounds that run every contender once, after one warm-up call each
+    (compilation, allocator) unless ``warm_up`` is False (the caller warmed them up).
 
     On a shared machine a slow spell then hits every contender of that round alike, instead of
     all the repeats of whichever contender happened to be running.
     """
-    for fn in contenders.values():
-        fn()  # warm-up (compilation, allocator)
+    if warm_up:
+        for fn in contenders.values():
+            fn()
     times = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 def record(path: pathlib.Path, section: str, text: str) -> None:

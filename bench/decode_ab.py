@@ -11,12 +11,12 @@ decoding with the per-round range of the ratio, and the load before / after.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -58,6 +58,7 @@ def main() -> None:
     import jax
     from flax import nnx
 
+    from bench.common import interleaved_times
     from bench.decode import fleurs_windows
     from engine.models.whisper import decoding as new_decoding
     from engine.models.whisper.decoding import DecodingOptions
@@ -89,15 +90,10 @@ def main() -> None:
         contenders[f"old beam {beam}"] = runner(old_decoding, old, beam)
         contenders[f"new beam {beam}"] = runner(new_decoding, whisper.model, beam)
     first = {name: fn() for name, fn in contenders.items()}  # warm-up, and the outputs compared
-    load_before = open("/proc/loadavg").read().split()[0]
-    times = {name: [] for name in contenders}
-    for _ in range(args.rounds):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    load_after = open("/proc/loadavg").read().split()[0]
-    print(f"base {args.base}, {args.windows} windows, {args.rounds} rounds, load {load_before} / {load_after}")
+    load_before = os.getloadavg()[0]
+    times = interleaved_times(contenders, args.rounds, warm_up=False)
+    load_after = os.getloadavg()[0]
+    print(f"base {args.base}, {args.windows} windows, {args.rounds} rounds, load {load_before:.2f} / {load_after:.2f}")
     for beam in beams:
         (old_tokens, old_avg), (new_tokens, new_avg) = first[f"old beam {beam}"], first[f"new beam {beam}"]
         a, b = times[f"old beam {beam}"], times[f"new beam {beam}"]
