@@ -38,32 +38,37 @@ def fleurs_windows(windows: int) -> np.ndarray:
     return np.concatenate([features_for_audio(load_audio(p), 80)[0][:1] for p in clips])
 
 
+def both_sides(windows: int, threads: int, tmp: pathlib.Path):
+    """``(whisper, ct2, ours_xa, ct2_xa, prompts)``: the packaged whisper-base as ours (float32) and as CTranslate2
+    (float32, ``threads`` intra threads, its folder written under ``tmp``), each side's encoder output of
+    ``fleurs_windows(windows)``, and the German transcribe prompts."""
+    import ctranslate2
+    import jax
+
+    from engine.models.whisper.checkpoints.load import write_packaged_ct2_folder
+    from engine.models.whisper.loaded import load_whisper
+
+    mel = fleurs_windows(windows)
+    whisper = load_whisper()
+    ct2 = ctranslate2.models.Whisper(
+        str(write_packaged_ct2_folder(tmp / "ct2")), device="cpu", compute_type="float32", intra_threads=threads
+    )
+    ours_xa = jax.block_until_ready(whisper.encode(mel, (whisper.dims.n_audio_layer + 1,))[0])
+    ct2_xa = ctranslate2.StorageView.from_array(np.asarray(ct2.encode(ctranslate2.StorageView.from_array(mel))))
+    prompts = [list(whisper.tokenizer.sot_sequence("de"))] * len(mel)
+    return whisper, ct2, ours_xa, ct2_xa, prompts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="CTranslate2 intra_threads")
     args = parser.parse_args()
-    import ctranslate2
-    import jax
-
-    from engine.models.whisper.checkpoints.load import write_packaged_ct2_folder
     from engine.models.whisper.decoding import DecodingOptions
-    from engine.models.whisper.loaded import load_whisper
 
-    mel = fleurs_windows(args.windows)
-    whisper = load_whisper()
-    top = whisper.dims.n_audio_layer + 1
     with tempfile.TemporaryDirectory() as tmp:
-        ct2 = ctranslate2.models.Whisper(
-            str(write_packaged_ct2_folder(pathlib.Path(tmp) / "ct2")),
-            device="cpu",
-            compute_type="float32",
-            intra_threads=args.threads,
-        )
-        ours_xa = jax.block_until_ready(whisper.encode(mel, (top,))[0])
-        ct2_xa = ctranslate2.StorageView.from_array(np.asarray(ct2.encode(ctranslate2.StorageView.from_array(mel))))
-        prompts = [list(whisper.tokenizer.sot_sequence("de"))] * len(mel)
+        whisper, ct2, ours_xa, ct2_xa, prompts = both_sides(args.windows, args.threads, pathlib.Path(tmp))
         counts = {}
 
         def ours(beam):
