@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.whisper import select, stages
+from engine.models.whisper.graph import embedding_t
 from engine.models.whisper.graph import merge as _merge
 from engine.models.whisper.graph import split as _split
 from engine.models.whisper.model import Whisper
@@ -90,13 +91,13 @@ def language_probs(model: Whisper, xa, sot: int, lang_ids: Sequence[int]) -> np.
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "length", "max_new_tokens"))
-def _greedy_start(graphdef, state, xa, prompt, suppress, suppress_begin, eot, length, max_new_tokens):
+def _greedy_start(graphdef, state, emb_t, xa, prompt, suppress, suppress_begin, eot, length, max_new_tokens):
     """The cross-attention keys/values and the first carry of a greedy decode (``stages.run_stages``)."""
     dec = _merge(graphdef, state).decoder
     batch = prompt.shape[0]
     kv = dec.cross_kv(xa)
     cache = dec.init_cache(batch, xa.dtype, length=length)
-    logits, cache, _ = dec(prompt, kv, cache=cache, offset=0)
+    logits, cache, _ = dec(prompt, kv, cache=cache, offset=0, emb_t=emb_t)
     token, logprob = select.greedy_pick(logits[:, -1], True, suppress, suppress_begin)
     carry = dict(
         step=jnp.int32(0),
@@ -112,7 +113,7 @@ def _greedy_start(graphdef, state, xa, prompt, suppress, suppress_begin, eot, le
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_prompt"), donate_argnames=("carry",))
-def _greedy_stage(graphdef, state, suppress, eot, n_prompt, kv, carry, limit, keep_above):
+def _greedy_stage(graphdef, state, emb_t, suppress, eot, n_prompt, kv, carry, limit, keep_above):
     """Greedy steps while ``step < limit`` and more than ``keep_above`` rows decode (``stages.run_stages``)."""
     dec = _merge(graphdef, state).decoder
 
@@ -122,7 +123,7 @@ def _greedy_stage(graphdef, state, suppress, eot, n_prompt, kv, carry, limit, ke
     def body(c):
         step, done = c["step"], c["done"]
         token = jnp.where(done, eot, c["token"])
-        logits, cache, _ = dec(token[:, None], kv, cache=c["cache"], offset=n_prompt + step)
+        logits, cache, _ = dec(token[:, None], kv, cache=c["cache"], offset=n_prompt + step, emb_t=emb_t)
         next_token, next_logprob = select.greedy_pick(logits[:, -1], False, suppress)
         return dict(
             step=step + 1,
@@ -159,11 +160,12 @@ def greedy_decode(
     max_new_tokens = min(max_new_tokens, model.dims.n_text_ctx - prompt.shape[1])
     suppress, begin = _suppress_masks(model.dims.n_vocab, suppress_tokens, suppress_begin)
     graphdef, state = _split(model)
+    emb_t = embedding_t(model)
     n_prompt = prompt.shape[1]
     prompt = jnp.asarray(prompt)
     kept = stages.run_stages(
-        lambda length: _greedy_start(graphdef, state, xa, prompt, suppress, begin, eot, length, max_new_tokens),
-        functools.partial(_greedy_stage, graphdef, state, suppress, eot, n_prompt),
+        lambda length: _greedy_start(graphdef, state, emb_t, xa, prompt, suppress, begin, eot, length, max_new_tokens),
+        functools.partial(_greedy_stage, graphdef, state, emb_t, suppress, eot, n_prompt),
         batch=len(prompt),
         n_prompt=n_prompt,
         max_new_tokens=max_new_tokens,
@@ -187,7 +189,7 @@ def _suppress_masks(vocab: int, suppress_tokens: Sequence[int], suppress_begin: 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "beam_size", "max_candidates", "length", "max_new_tokens"))
-def _beam_start(graphdef, state, xa, prompt, eot, beam_size, max_candidates, length, max_new_tokens):
+def _beam_start(graphdef, state, emb_t, xa, prompt, eot, beam_size, max_candidates, length, max_new_tokens):
     """The cross-attention keys/values and the first carry of CTranslate2's beam search (module docstring) on a
     fixed-shape batch, run by ``stages.run_stages``: an utterance that is done keeps stepping, registering nothing,
     until it is dropped between stages.
@@ -202,7 +204,7 @@ def _beam_start(graphdef, state, xa, prompt, eot, beam_size, max_candidates, len
     # groups them (TextDecoder.__call__), where CTranslate2 replicates its memory per beam.
     kv = dec.cross_kv(xa)
     cache = dec.init_cache(batch * k_beam, xa.dtype, length=length)
-    logits, cache, _ = dec(jnp.repeat(prompt, k_beam, axis=0), kv, cache=cache, offset=0)
+    logits, cache, _ = dec(jnp.repeat(prompt, k_beam, axis=0), kv, cache=cache, offset=0, emb_t=emb_t)
     neg_inf = jnp.float32(-jnp.inf)
     # Only beam 0 is live at the first step (CTranslate2's initialize_beam_scores): the others start at -inf.
     scores = jnp.where(jnp.arange(k_beam)[None, :] == 0, 0.0, neg_inf) * jnp.ones((batch, 1), jnp.float32)
@@ -231,6 +233,7 @@ def _beam_start(graphdef, state, xa, prompt, eot, beam_size, max_candidates, len
 def _beam_stage(
     graphdef,
     state,
+    emb_t,
     suppress,
     suppress_begin,
     eot,
@@ -299,7 +302,7 @@ def _beam_stage(
         seqs = jnp.take_along_axis(cand_seqs, pick[:, :, None], axis=1)
         rows_from = (b_idx * k_beam + jnp.take_along_axis(origin, pick, axis=1)).reshape(rows)
         cache = jax.tree.map(lambda a: a[rows_from], c["cache"])
-        logits, cache, _ = dec(token.reshape(rows, 1), kv, cache=cache, offset=n_prompt + step)
+        logits, cache, _ = dec(token.reshape(rows, 1), kv, cache=cache, offset=n_prompt + step, emb_t=emb_t)
         return dict(
             step=step + 1,
             logits=logits[:, -1],
@@ -363,13 +366,16 @@ def beam_decode(
         )
     suppress, begin = _suppress_masks(model.dims.n_vocab, suppress_tokens, suppress_begin)
     graphdef, state = _split(model)
+    emb_t = embedding_t(model)
     n_prompt = prompt.shape[1]
     prompt = jnp.asarray(prompt)
     hyp = ("hyp_seqs", "hyp_len", "hyp_sum", "hyp_ended", "n_found")
     consts = (suppress, begin, eot, n_prompt, max_candidates, max_new_tokens, length_penalty == 0)
     kept = stages.run_stages(
-        lambda length: _beam_start(graphdef, state, xa, prompt, eot, beam_size, max_candidates, length, max_new_tokens),
-        functools.partial(_beam_stage, graphdef, state, *consts),
+        lambda length: _beam_start(
+            graphdef, state, emb_t, xa, prompt, eot, beam_size, max_candidates, length, max_new_tokens
+        ),
+        functools.partial(_beam_stage, graphdef, state, emb_t, *consts),
         batch=len(prompt),
         n_prompt=n_prompt,
         max_new_tokens=max_new_tokens,

@@ -304,19 +304,19 @@ class TextDecoder(nnx.Module):
 
         return jax.lax.map(one, xa)
 
-    def __call__(self, tokens, cross_kv, cache=None, offset=0, xa_mask=None, return_cross_attention=False):
+    def __call__(self, tokens, cross_kv, cache=None, offset=0, xa_mask=None, return_cross_attention=False, emb_t=None):
         """Run the decoder on ``tokens: i32[batch, t]`` at positions ``offset..offset+t-1``.
 
         ``cross_kv``: ``cross_kv(xa)`` of ``batch / g`` utterances (``g`` consecutive token rows share one), or
         ``xa: f[batch, frame, embed]`` itself for ``folded.attend_folded`` (no mask, no weights). ``cache``:
         None (no cache; tokens start at position 0 and attend causally among themselves) or a tuple of per-block
         (k, v) arrays ``f[batch, heads, length, head_dim]`` (``init_cache``) that are updated at ``offset`` and
-        returned. ``xa_mask``: bool[batch / g, frame] of audio frames to attend to (None = all).
+        returned. ``xa_mask``: bool[batch / g, frame] of audio frames to attend to (None = all). ``emb_t``: the token
+        embedding as ``f[embed, vocab]`` for the logits product (``graph.embedding_t``), or None.
 
-        Returns ``(logits f32[batch, t, n_vocab], new_cache, cross_weights)`` where
-        ``cross_weights`` is ``f32[layer, batch, heads, t, frame]`` when requested, else None: the
-        attention weights for ``return_cross_attention=True``, the pre-softmax logits for ``"logits"``
-        (word timestamps crop frames *before* the softmax, as OpenAI's ``timing.py`` does).
+        Returns ``(logits f32[batch, t, n_vocab], new_cache, cross_weights)``, ``cross_weights`` ``f32[layer, batch,
+        heads, t, frame]`` when requested, else None: the attention weights for ``return_cross_attention=True``, the
+        pre-softmax logits for ``"logits"`` (word timestamps crop frames *before* the softmax, as OpenAI's timing.py).
         """
         b, t = tokens.shape
         folded = not isinstance(cross_kv, (list, tuple))
@@ -366,7 +366,8 @@ class TextDecoder(nnx.Module):
             x = x + c.out(out)
             x = x + block.mlp(x)
         x = self.ln(x)
-        logits = jnp.einsum("btd,vd->btv", x, emb, preferred_element_type=jnp.float32)
+        spec, w = ("btd,vd->btv", emb) if emb_t is None else ("btd,dv->btv", emb_t)  # dv: a plain product, faster
+        logits = jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
         return (
             logits,
             tuple(new_cache) if cache is not None else None,
@@ -419,8 +420,7 @@ def random_state_dict(dims: ModelDimensions, seed: int = 0, scale: float = 0.05)
     def attn(prefix, d):
         out = {f"{prefix}.key.weight": w(d, d)}
         for name in ("query", "value", "out"):
-            out[f"{prefix}.{name}.weight"] = w(d, d)
-            out[f"{prefix}.{name}.bias"] = w(d)
+            out |= {f"{prefix}.{name}.weight": w(d, d), f"{prefix}.{name}.bias": w(d)}
         return out
 
     def block(prefix, d, cross):
