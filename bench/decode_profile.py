@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--windows", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--cuts", default="1,16,32", help="tokens after which both sides stop (then the full decode)")
+    parser.add_argument("--cuts", default="1,16,32", help="max_new_tokens of the cut decodes (then the full decode)")
     parser.add_argument("--trace", action="store_true", help="also trace one greedy call of ours (jax.profiler)")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
