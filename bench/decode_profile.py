@@ -1,6 +1,6 @@
 """Where our greedy decoding's time goes: the decode cut short, and XLA's per-op trace of one call.
 
-    python bench/decode_profile.py [--windows 8] [--rounds 5] [--cuts 1,16,32] [--trace] [--top 12]
+    python bench/decode_profile.py [--windows 8] [--rounds 5] [--cuts 1,16,32] [--trace] [--top 12] [--logits]
 
 1. **Cut short.** Our greedy decode of ``bench/decode.py``'s windows stopped after 1, 16, 32 tokens
    (``max_new_tokens``) and at the end. The first cut is the fixed cost (cross-attention keys/values, prompt), the
@@ -8,8 +8,12 @@
    of interleaved rounds. (CTranslate2 is not cut alongside: its ``max_length`` returned about half as many tokens
    as it allowed after the prompt here, e.g. 18 for 4 + 32, so its steps are not comparable cut for cut.)
 2. **Trace** (``--trace``): one greedy call under ``jax.profiler``; per compiled program, its calls and wall time
-   (first op start to last op end per run), then the ``--top`` ops of the step program by total time. XLA on CPU runs
-   one op at a time here, each on the CPU's threads inside its kernel, so an op's time is wall time.
+   (first op start to last op end per run), then the ``--top`` ops of the step program by total time. A step's ops
+   depend on each other, so XLA on CPU runs them one after another, each on the CPU's threads inside its kernel: an
+   op's time is about wall time.
+3. **Logits** (``--logits``): the logits product of 1, 8 and 40 rows against the packaged model's embedding as
+   stored, ``x @ E^T``, and against ``graph.embedding_t``'s ``E^T`` stored transposed, what decoding uses; medians of
+   interleaved rounds, and the largest difference of the logits.
 """
 
 from __future__ import annotations
@@ -51,6 +55,36 @@ def trace_summary(folder: str, top: int) -> list[str]:
     return lines
 
 
+def logits_table(model, rounds: int) -> list[str]:
+    """Lines: the logits product of 1, 8, 40 rows against ``E`` as stored and against ``embedding_t``'s ``E^T``."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from engine.models.whisper.graph import embedding_t
+
+    emb, emb_t = model.decoder.token_embedding[...], embedding_t(model)
+    stored = jax.jit(lambda x, e: jnp.einsum("bd,vd->bv", x, e, preferred_element_type=jnp.float32))
+    transposed = jax.jit(lambda x, e: jnp.einsum("bd,dv->bv", x, e, preferred_element_type=jnp.float32))
+    lines = [
+        "| rows | x @ E^T ms | x @ (E^T stored) ms | ratio | largest difference |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for rows in (1, 8, 40):
+        x = jnp.asarray(np.random.default_rng(rows).standard_normal((rows, emb.shape[1])), emb.dtype)
+        times = interleaved_times(
+            {
+                "stored": lambda x=x: stored(x, emb).block_until_ready(),
+                "t": lambda x=x: transposed(x, emb_t).block_until_ready(),
+            },
+            rounds,
+        )
+        a, b = (1e3 * statistics.median(times[k]) for k in ("stored", "t"))
+        diff = float(jnp.max(jnp.abs(stored(x, emb) - transposed(x, emb_t))))
+        lines.append(f"| {rows} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {diff:.1e} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--windows", type=int, default=8)
@@ -58,6 +92,7 @@ def main() -> None:
     parser.add_argument("--cuts", default="1,16,32", help="max_new_tokens of the cut decodes (then the full decode)")
     parser.add_argument("--trace", action="store_true", help="also trace one greedy call of ours (jax.profiler)")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--logits", action="store_true", help="also time the logits product in both layouts")
     args = parser.parse_args()
     import jax
 
@@ -96,6 +131,8 @@ def main() -> None:
                 whisper.transcribe(None, options, xa=ours_xa)
             print("\nOne greedy call of ours, traced:\n")
             print("\n".join(trace_summary(folder, args.top)))
+        if args.logits:
+            print("\n" + "\n".join(logits_table(whisper.model, args.rounds * 8)))
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def main() -> None:
     parser = input_arguments(argparse.ArgumentParser())
     # 15: on the random grid the first timed rounds ran slower (ours 30 ms in round 1, 17-24 ms after, 2026-11-23), and
     # medians of 5 rounds moved between 17.7x and 23.7x POT from run to run on the quiet machine, of 15 between 22.2x
-    # and 30.2x (bench/RESULTS.md). A round costs POT's loop on --pot_pairs pairs (0.07-0.6 s) plus ours.
+    # and 34.2x (bench/RESULTS.md). A round costs POT's loop on --pot_pairs pairs (0.07-0.6 s) plus ours.
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--pot_pairs", type=int, default=24)
     parser.add_argument("--record", default="")

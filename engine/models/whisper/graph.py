@@ -57,7 +57,8 @@ def embedding_t(model: nnx.Module) -> jax.Array:
     """A ``Whisper``'s decoder token embedding as ``f[embed, vocab]``, for the logits product of decoding.
 
     Against ``E: f[vocab, embed]``, ``x @ E^T`` ran at ~20 GB/s on CPU; against ``E^T`` stored so, a plain product:
-    5.2 -> 4.2 ms at 8 rows, 9.9 -> 8.6 ms at 40 (bench/RESULTS.md; logits within ~6e-6). The transpose costs ~60 ms
+    whisper-base 4.9-5.8 -> 4.0-4.6 ms at 8 rows, 9.1-9.8 -> 8.4-8.7 ms at 40, about level at 1, logits within 3e-6
+    (``python bench/decode_profile.py --logits``, bench/RESULTS.md). The transpose costs ~60 ms
     and a copy of the embedding, so it is made once per embedding array and freed with it (a new model, or weights
     changed by fine-tuning, get their own).
     """
