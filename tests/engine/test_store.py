@@ -78,7 +78,7 @@ def test_manifest_from_before_compute_settings_were_recorded(tmp_path):
     LayerStore.create_or_open(url, INFO)
     path = tmp_path / "out" / "manifest.json"
     old = json.loads(path.read_text())
-    for field in ("compute_dtype", "long_audio", "features"):
+    for field in ("compute_dtype", "long_audio", "features", "digest"):
         del old[field]
     path.write_text(json.dumps(old))
     assert open_store(url).info == INFO
@@ -137,7 +137,7 @@ def test_lengths_and_done(url):
 def test_manifest_and_layout(url, tmp_path):
     fill(url)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["format_version"] == FORMAT_VERSION == 2
+    assert manifest["format_version"] == FORMAT_VERSION == 3
     assert manifest["layers"] == [0, 2, 3] and manifest["dtype"] == "float32" and manifest["frame_rate"] == 50.0
     assert manifest["dims"] == DIMS.to_dict() and manifest["checkpoint_sha256"] == "0" * 64
     assert manifest["created"]["command"] == "pytest" and manifest["created"]["jax_version"]
@@ -429,9 +429,10 @@ def test_open_errors(tmp_path):
     with pytest.raises(StoreError, match="no language 'fr'; it has \\['de'\\]"):
         open_store(url).utterances_table("fr")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    manifest["format_version"] = 3
+    manifest["format_version"] = 4
+    del manifest["digest"]  # a hand edit: else the digest refuses it first
     (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(StoreError, match="format version 3; this babelgrid reads versions 1, 2"):
+    with pytest.raises(StoreError, match="format version 4; this babelgrid reads versions 1, 2, 3"):
         open_store(url)
     with pytest.raises(StoreError, match="store location"):
         LayerStore.open("nonsense://x")
@@ -506,12 +507,13 @@ def test_a_version_1_store_reads_with_one_warning_and_still_refuses_a_missing_sh
     _, _, _, states = fill(url)
     manifest_path = tmp_path / "old" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
+    del manifest["digest"]  # version 1 manifests had none
     manifest_path.write_text(json.dumps({**manifest, "format_version": 1}))
     with caplog.at_level("WARNING", logger="engine.stores.integrity"):
         reader = open_store(url)
         open_store(url)
         np.testing.assert_array_equal(reader.states("de", 1, 2), states[1][1])
-    warnings = [r for r in caplog.records if "without chunk checksums (format version 1)" in r.getMessage()]
+    warnings = [r for r in caplog.records if "without chunk checksums or metadata digests" in r.getMessage()]
     assert len(warnings) == 1
     (tmp_path / "old" / "de" / "states" / "c.0.3.0.0").unlink()
     with pytest.raises(DamageError, match=r"utterance 3 \(id 'id3'.*missing"):

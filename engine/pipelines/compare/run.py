@@ -33,8 +33,8 @@ from engine.pipelines.compare import depth, layers, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
 from engine.stores.challenge import read_kept
-from engine.stores.integrity import parquet_bytes
-from engine.stores.kv import open_kvstore, write_all
+from engine.stores.integrity import parquet_bytes, write_outputs
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import StoreReader, open_store
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def run_compare(config: CompareConfig) -> CompareResult:
     subtitle = f"{', '.join(names)}; {datasets}; {len(langs)} languages"
     writes |= _figures(depth_rows, table, names, subtitle)
     _, kv = open_kvstore(config.run.out)
-    write_all(kv, writes, config.run.out)
+    write_outputs(kv, writes, config.run.out)
     root = config.run.out.rstrip("/") + "/"
     return CompareResult(
         config.run.out,

@@ -29,7 +29,8 @@ from engine import captions
 from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import PROBES, WORD_PROBES, ProbesConfig, ProbesError
 from engine.runtime.runs import RunSummary
-from engine.stores.kv import open_kvstore, write_all
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
 
@@ -171,7 +172,7 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
     source = captions.source_line(store.info.model_name, store.manifest.get("created"), f"{len(langs)} languages")
     writes = outputs(summary, chosen, source)
     _, kv = open_kvstore(config.run.out)
-    write_all(kv, writes, config.run.out)
+    write_outputs(kv, writes, config.run.out)
     summary.outputs = [config.run.out.rstrip("/") + "/" + k for k in writes]
     summary.seconds = time.monotonic() - started
     return summary
