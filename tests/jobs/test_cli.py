@@ -181,3 +181,31 @@ def test_every_help_example_parses_into_a_config(job):
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.count("ok  ") >= 1
     assert "jax loaded: False" in proc.stdout, proc.stdout
+
+
+def test_an_output_never_nests_with_what_the_job_reads(tmp_path):
+    """One check for every job (``options.check_apart``, run by every config): an --out inside a store the job
+    reads, or a store inside the --out, is refused before anything is opened. Retrieval writes beside its similarity
+    store (its default --out), never inside it."""
+    from engine.pipelines.align.config import AlignConfig
+    from engine.pipelines.compare.config import CompareConfig
+    from engine.pipelines.retrieval.config import RetrievalConfig
+    from engine.pipelines.similarity.config import SimilarityConfig
+    from engine.runtime.options import ConfigError, configure
+
+    s, sim = str(tmp_path / "S"), str(tmp_path / "SIM")
+    refused = [
+        (AlignConfig, {"store": s, "out": s}, "out '.*/S' is store '.*/S'"),  # align --store S --out S
+        (SimilarityConfig, {"store": s, "out": f"{s}/en"}, "out '.*/S/en' is inside store"),  # seqsim --out S/en
+        (SimilarityConfig, {"store": f"file://{s}/", "out": s}, "is store 'file://"),  # one place, two spellings
+        (SimilarityConfig, {"store": f"{tmp_path}/out/store", "out": f"{tmp_path}/out"}, "holds store"),
+        (RetrievalConfig, {"similarity": sim, "out": f"{sim}/r"}, "is inside similarity"),
+        (CompareConfig, {"stores": (s, f"{tmp_path}/c/T"), "out": f"{tmp_path}/c"}, "holds stores"),
+        (CompareConfig, {"stores": (s,), "retrieval": (sim,), "out": f"{sim}/cmp"}, "is inside retrieval"),
+    ]
+    for cls, values, message in refused:
+        with pytest.raises(ConfigError, match=message + ".*never nest"):
+            configure(cls, **values)
+    configure(RetrievalConfig, similarity=sim, out=sim)  # beside: retrieval.csv in the similarity store
+    configure(SimilarityConfig, store=s, out=str(tmp_path / "S-sim"))  # a sibling whose name starts alike
+    configure(CompareConfig, stores=(s, s), retrieval=("", sim), out=str(tmp_path / "c"))

@@ -77,7 +77,7 @@ class ChallengeConfig:
     flagged: ``engine.text.soundalike``) or a number used for every pair; the rest: ``rules.FilterConfig``."""
 
     store: str = option(help="layer store written by the encode job (its utterance tables give the texts)",
-                        required=True)  # fmt: skip
+                        required=True, reads=True)  # fmt: skip
     run: RunOptions = RunOptions()
     pairs: str = option("unordered", "'unordered' (every pair once) or a list like en:es,de:* ('*' = all others)")
     langs: tuple[str, ...] | None = option(
