@@ -142,6 +142,16 @@ def test_a_study_notices_changed_data_and_reruns_it_on_request(tiny_model_dir, t
     assert last.stdout.count("inputs unchanged: skipped") == 3, last.stdout
 
 
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """Nine levels of `&a [*a, ...]` in vars: 2.2 GB in 60 s before; refused now, before anything is expanded."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, 9)]
+    study = tmp_path / "bomb.yaml"
+    study.write_text("vars:\n" + "".join(f"  {line}\n" for line in levels) + "stages:\n  - encode: {out: x}\n")
+    proc = run("-m", "jobs.cli", "run", str(study), "--dry-run")
+    assert proc.returncode == 2 and "uses the YAML alias *a0 at line 3" in proc.stderr, proc.stderr
+
+
 def test_run_help_is_on_stdout_and_exits_0():
     proc = run("-m", "jobs.cli", "run", "--help")
     assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--rerun changed" in proc.stdout
@@ -161,6 +171,14 @@ def test_run_help_is_on_stdout_and_exits_0():
         ("stages:\n  - seqsim: {run_with_pdb: true, profile_file: /tmp/p}\n", "sets profile_file, run_with_pdb"),
         ('stages:\n  - encode: {out: "{nope}"}\n', "uses {nope}, which is not among vars"),
         ("stages:\n  - encode: [out, x]\n", "must map flag names to values"),
+        # The flag check compared whole keys: this one reached absl as --flagfile=/p/evil.flags= (any flag set).
+        ('stages:\n  - verify: {location: x, "flagfile=/p/evil.flags": ""}\n', "'flagfile=/p/evil.flags', which"),
+        ("stages:\n  - verify: {location: x, Location: y}\n", "'Location', which is not a flag name"),
+        ("stages:\n  - verify: {location: x, dataset: demo}\n", "sets dataset: not flags of verify"),
+        ("vars: {out: [a, b]}\nstages:\n  - encode: {out: x}\n", "variable 'out' must be a string, number or boolean"),
+        ("stages:\n  - encode: {out: {a: 1}}\n", "--out must be a string, number or boolean, got a dict"),
+        ("stages:\n  - encode: {out: }\n", "--out must be a string, number or boolean, got nothing"),
+        ("vars: {a: &a [x, x]}\nstages:\n  - encode: {out: *a}\n", "uses the YAML alias *a at line 3"),
     ],
 )
 def test_a_bad_study_file_is_a_named_error(tmp_path, text, message):
