@@ -307,3 +307,4 @@ def test_a_damaged_manifest_is_named_and_not_rebuilt(clean, damaged):
     report = _verify(sim, repair=True)
     assert [(d.key, d.repair) for d in report.damage] == [("manifest.json", checks.NOT_REPAIRABLE)]
     assert report.exit_code == 1 and "restore it from a copy" in report.report()
+    assert "not repairable: 1" in report.report() and "rerun  with" not in report.report()  # no job named: no line

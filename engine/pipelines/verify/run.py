@@ -53,7 +53,11 @@ class VerifySummary(RunSummary):
         lines.append(table(self.damage, self.repaired))
         if self.repaired:
             jobs = sorted({d.job for d in self.damage if d.fix is not None})
-            lines.append(f"repaired: now rerun {' and '.join(jobs)} with the same flags, to redo what was damaged")
+            if jobs:
+                lines.append(f"repaired: now rerun {' and '.join(jobs)} with the same flags, to redo what was damaged")
+            lost = sum(d.fix is None for d in self.damage)
+            if lost:
+                lines.append(f"not repairable: {lost} (restore from a copy, or write the output again elsewhere)")
         else:
             lines.append(f"to repair: babelgrid verify {self.location} --repair, then rerun the jobs named above")
         return "\n".join(lines)
