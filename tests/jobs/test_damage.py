@@ -235,6 +235,15 @@ def test_a_damaged_csv_is_named_by_compare_and_verify_and_rewritten(clean, damag
     assert _verify(clean / "run" / "sim").checked["output files"] >= 1  # every CSV and figure has its digest
 
 
+def test_a_store_inside_a_store_is_named(clean, damaged):
+    """seqsim --out S/en put a similarity store in a language folder, which verify called clean (the jobs now refuse
+    it: tests/jobs/test_cli.py); one made before is named."""
+    shutil.copytree(damaged / "sim", damaged / "store" / "en" / "sim")
+    report = _verify(damaged / "store")
+    assert [(d.what, d.key) for d in report.damage] == [("a babelgrid-similarity in en/sim/", "en/sim/manifest.json")]
+    assert report.exit_code == 1
+
+
 def test_verify_on_the_command_line(run_job, clean, damaged):
     shard(damaged / "store", "de", 1).unlink()
     proc = run_job("verify", str(damaged / "store"), expect=1)  # babelgrid verify <location>

@@ -14,6 +14,7 @@
   with page CRCs and its declared columns, JSON against its digest, CSVs, figures and reports against their
   ``.sha256`` digest files. Repair: a damaged part, merged table or output file is deleted (the job that wrote it
   redoes the part and rebuilds the table or file); a damaged manifest cannot be rebuilt and is only reported.
+- **A store inside a store** (a babelgrid manifest below a store's root): reported, not repaired (move it out).
 """
 
 from __future__ import annotations
@@ -268,6 +269,20 @@ def _delete(kv, *keys: str) -> Callable[[], None]:
             kv.write(key, None).result()  # None deletes
 
     return fix
+
+
+def nested_stores(url: str, keys: list[str], kv, findings: Findings) -> None:
+    """A babelgrid store or job output inside this store (a ``manifest.json`` of a babelgrid format below its root,
+    as ``seqsim --out S/en`` made before outputs were kept apart from their inputs) is named: never one clean store."""
+    for key in (k for k in keys if k.endswith("/manifest.json")):
+        try:
+            nested = (read_json(kv, key, url) or {}).get("format")
+        except (StoreError, BabelgridError):
+            continue  # files() names a damaged one
+        if isinstance(nested, str) and nested.startswith("babelgrid-"):
+            where = key[: -len("manifest.json")]
+            repair = "none: move it out of the store (outputs never nest in the stores they read)"
+            findings.damage.append(Damage(f"a {nested} in {where}", key, "another store inside this one", repair))
 
 
 def files(url: str, keys: list[str], kv, findings: Findings, bar) -> None:

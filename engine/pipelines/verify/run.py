@@ -98,6 +98,8 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
             checks.layer_store(url, keys, config.repair, findings, bar)
         elif kind == "similarity store":
             checks.similarity_store(url, keys, kv, findings, bar)
+        if kind in KINDS.values():
+            checks.nested_stores(url, keys, kv, findings)
         findings.keys_done.add(MANIFEST)
         checks.files(url, keys, kv, findings, bar)
     finally:
