@@ -23,9 +23,13 @@ no stage before it ran again: ``babelgrid run`` records each completed stage und
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
+import importlib
 import importlib.resources
+import json
 import pathlib
+import re
 import runpy
 import string
 import subprocess
@@ -37,6 +41,8 @@ JOBS = (
     "verify",
 )  # fmt: skip
 BUNDLED = {"demo": "demo.yaml"}
+FLAG_NAME = re.compile(r"[a-z_]+")  # every job's flag names; a study key must be one of its job's
+SCALARS = (str, int, float, bool)  # what a variable or a flag value may be in a study file
 
 
 class StudyError(ValueError):
@@ -64,9 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def load_study(spec: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tuple[str, dict]]]:
-    """(variables, [(job, flags)]) of a study file or a bundled study's name, ``NAME=VALUE`` overrides applied."""
-    import yaml
+    """(variables, [(job, flags)]) of a study file or a bundled study's name, ``NAME=VALUE`` overrides applied.
 
+    Every key of a stage must be one of its job's own flags (``job_flags``) and every value a scalar: a key is never
+    passed to absl unless it is a flag of the job (``flagfile=...`` would make absl read a file of any flags)."""
     if spec in BUNDLED:
         text = importlib.resources.files("jobs").joinpath("configs", BUNDLED[spec]).read_text("utf-8")
     else:
@@ -74,42 +81,102 @@ def load_study(spec: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tup
         if not path.is_file():
             raise StudyError(f"no study file {spec!r}: give a YAML file or one of {sorted(BUNDLED)}")
         text = path.read_text("utf-8")
-    try:
-        study = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise StudyError(f"study {spec!r} is not valid YAML{where}: {problem}") from None
+    study = _parse_yaml(text, spec)
     if not isinstance(study, dict) or not isinstance(study.get("stages"), list) or not study["stages"]:
         raise StudyError(f"study {spec!r} needs a 'stages' list, e.g. stages: [{{encode: {{out: out/store}}}}]")
-    variables = {k: str(v) for k, v in (study.get("vars") or {}).items()}
+    variables = {}
+    for name, value in (study.get("vars") or {}).items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise StudyError(f"study {spec!r}: variable name {name!r} is not a name (letters, digits and '_')")
+        variables[name] = _scalar(value, f"study {spec!r}: variable {name!r}")
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise StudyError(f"--set takes NAME=VALUE, got {item!r}")
         variables[name] = value
     variables.setdefault("runs", f"{variables.get('out', 'out')}/runs")
-    stages = []
-    for i, stage in enumerate(study["stages"]):
-        if not isinstance(stage, dict) or len(stage) != 1:
-            raise StudyError(f"stage {i + 1} of {spec!r} must be one job with its flags, e.g. {{seqsim: {{...}}}}")
-        ((job, flags),) = stage.items()
-        if job not in JOBS:
-            raise StudyError(f"stage {i + 1} of {spec!r} names job {job!r}; jobs: {', '.join(JOBS)}")
-        if not isinstance(flags or {}, dict):
-            raise StudyError(f"stage {i + 1} ({job}) of {spec!r} must map flag names to values, got {flags!r}")
-        flags = {
-            str(k): _substitute(str(v), variables, f"stage {i + 1} ({job}) --{k}") for k, v in (flags or {}).items()
-        }
-        refused = sorted(set(flags) & absl_flags())
-        if refused:
-            raise StudyError(
-                f"stage {i + 1} ({job}) sets {', '.join(refused)}: absl's own flags are not study settings; a stage "
-                f"sets the flags `babelgrid {job} --help` lists"
-            )
-        stages.append((job, flags))
-    return variables, stages
+    return variables, [_stage(i, stage, variables, spec) for i, stage in enumerate(study["stages"])]
+
+
+def _parse_yaml(text: str, spec: str):
+    """The YAML of a study file, aliases refused: nine levels of ``&a [*a, *a]`` expand to gigabytes."""
+    import yaml
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise StudyError(
+                    f"study {spec!r} uses the YAML alias *{event.anchor} at line {event.start_mark.line + 1}: "
+                    "aliases are refused (they can expand without bound); write the value out, or use a variable"
+                )
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, NoAliases) or {}  # noqa: S506 (a SafeLoader without aliases)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise StudyError(f"study {spec!r} is not valid YAML{where}: {problem}") from None
+
+
+def _scalar(value, where: str) -> str:
+    """A study value as the text of a flag: strings, numbers and booleans only."""
+    if not isinstance(value, SCALARS):
+        shown = "nothing" if value is None else f"a {type(value).__name__}"
+        raise StudyError(f"{where} must be a string, number or boolean, got {shown}: {str(value)[:80]}")
+    return str(value)
+
+
+def _stage(i: int, stage, variables: dict[str, str], spec: str) -> tuple[str, dict[str, str]]:
+    if not isinstance(stage, dict) or len(stage) != 1:
+        raise StudyError(f"stage {i + 1} of {spec!r} must be one job with its flags, e.g. {{seqsim: {{...}}}}")
+    ((job, flags),) = stage.items()
+    if job not in JOBS:
+        raise StudyError(f"stage {i + 1} of {spec!r} names job {job!r}; jobs: {', '.join(JOBS)}")
+    if not isinstance(flags or {}, dict):
+        raise StudyError(f"stage {i + 1} ({job}) of {spec!r} must map flag names to values, got {flags!r}")
+    where, flags = f"stage {i + 1} ({job}) of {spec!r}", flags or {}
+    names = [k for k in flags if not isinstance(k, str) or not FLAG_NAME.fullmatch(k)]
+    if names:
+        raise StudyError(f"{where} sets {names[0]!r}, which is not a flag name (lower-case letters and '_')")
+    refused = sorted(set(flags) & absl_flags())
+    if refused:
+        raise StudyError(
+            f"{where} sets {', '.join(refused)}: absl's own flags are not study settings; a stage sets the flags "
+            f"`babelgrid {job} --help` lists"
+        )
+    unknown = sorted(set(flags) - job_flags()[job])
+    if unknown:
+        raise StudyError(f"{where} sets {', '.join(unknown)}: not flags of {job} (`babelgrid {job} --help` lists them)")
+    return job, {k: _substitute(_scalar(v, f"{where} --{k}"), variables, f"{where} --{k}") for k, v in flags.items()}
+
+
+@functools.cache
+def job_flags() -> dict[str, frozenset[str]]:
+    """Each job's own flags, listed by a child process (``python -c``): a job defines its flags when its module is
+    imported, and the jobs' flags share names, so that one process holds one job's flags at a time."""
+    code = "from jobs.cli import _print_job_flags; _print_job_flags()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise StudyError(f"could not list the jobs' flags: {proc.stderr.strip()[-500:]}")
+    return {job: frozenset(names) for job, names in json.loads(proc.stdout.splitlines()[-1]).items()}
+
+
+def _print_job_flags() -> None:
+    """Prints ``{job: [flag, ...]}`` as JSON: each job module imported in turn, its flags listed, then removed."""
+    from absl import app, flags  # noqa: F401  (absl's own flags first: they are no job's)
+    from absl import logging as absl_logging  # noqa: F401
+
+    names = {}
+    for job in JOBS:
+        before = set(flags.FLAGS)
+        importlib.import_module(f"jobs.{job}")
+        names[job] = sorted(set(flags.FLAGS) - before)
+        for name in names[job]:
+            delattr(flags.FLAGS, name)
+    print(json.dumps(names))
 
 
 RUN_USAGE = """usage: babelgrid run STUDY.yaml|demo [--set NAME=VALUE ...] [--dry-run] [--rerun changed|all]

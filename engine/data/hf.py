@@ -122,11 +122,16 @@ class HFSource:
         self._files += _saved_files(root)
 
         def load(split: str | None):
+            folder = root if split is None else root / split  # a DatasetDict keeps each split in its own folder
+            state = json.loads((folder / "state.json").read_text()) if (folder / "state.json").is_file() else {}
+            if state.get("_data_files") == []:  # no rows: datasets cannot load it (IndexError), read as 0 rows
+                info = json.loads((folder / "dataset_info.json").read_text())
+                empty = datasets.Features.from_dict(info["features"]).arrow_schema.empty_table()
+                return ArrowTable(empty, _where(self.name, split), root)
             try:
-                ds = datasets.load_from_disk(str(root))
+                ds = datasets.load_from_disk(str(folder))
             except Exception as e:
-                raise DatasetError(f"cannot load the save_to_disk folder {root}: {type(e).__name__}: {e}") from e
-            ds = ds[split] if split is not None else ds
+                raise DatasetError(f"cannot load the save_to_disk folder {folder}: {type(e).__name__}: {e}") from e
             return ArrowTable(ds.with_format("arrow")[:], _where(self.name, split), root)
 
         if (root / "dataset_dict.json").is_file():

@@ -17,6 +17,7 @@ message is one line naming the field, the value and what it accepts.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable
 
 from engine.errors import BabelgridError
@@ -32,16 +33,18 @@ class ConfigError(BabelgridError, ValueError):
 
 def option(default=dataclasses.MISSING, help: str = "", *, choices: Iterable | None = None, parse: str | None = None,
            minimum: float | None = None, positive: bool = False, required: bool = False,
-           flag: str | None = None):  # fmt: skip
+           flag: str | None = None, reads: bool | str = False):  # fmt: skip
     """A config field with its flag's help text.
 
     choices: the values allowed (an enum flag); parse: how a flag's text becomes the value (``PARSERS``: ``list``,
     ``layers``, ``ints``, ``floats``, ``cells``); minimum / positive: a number's lower bound; required: the flag is
     required (and without a default, so is the field); flag: the flag's name when it is not the field's
-    (``--measure`` for ``measures``).
+    (``--measure`` for ``measures``); reads: the field names a store or folder the job reads (``check_apart``),
+    ``"beside"`` for one the job writes its files into (retrieval's similarity store).
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "parse": parse,
-                "minimum": minimum, "positive": positive, "required": required, "flag": flag}  # fmt: skip
+                "minimum": minimum, "positive": positive, "required": required, "flag": flag,
+                "reads": reads}  # fmt: skip
     if default is dataclasses.MISSING:
         return dataclasses.field(metadata=metadata)
     if isinstance(default, (list, dict, set)):
@@ -66,6 +69,49 @@ def validate(config) -> None:
             raise ConfigError(f"{field.name} must be positive, got {value!r}")
         if meta.get("minimum") is not None and value < meta["minimum"]:
             raise ConfigError(f"{field.name} must be >= {meta['minimum']}, got {value!r}")
+    check_apart(config)
+
+
+def canonical_location(url: str) -> str:
+    """A store location as one string per place: a local path (or ``file://`` URL) absolute, symbolic links
+    resolved; a kvstore URL without its trailing '/'."""
+    url = os.fspath(url)
+    if url.startswith("file://"):
+        url = url[len("file://") :]
+    if "://" in url:
+        return url.rstrip("/")
+    return os.path.realpath(os.path.expanduser(url))
+
+
+def _parts(url: str) -> tuple[str, ...]:
+    scheme, sep, rest = canonical_location(url).rpartition("://")
+    return (scheme if sep else "file", *(p for p in rest.split("/") if p))
+
+
+def check_apart(config) -> None:
+    """Refuses a ``run.out`` inside a location the job reads (a field an ``option`` marks ``reads``), or such a
+    location inside ``run.out``, or the two the same unless the job writes beside what it reads (``"beside"``):
+    a store and an output never nest, so that neither is written into the other and ``verify`` never takes the mix
+    for one store."""
+    run = getattr(config, "run", None)
+    out = getattr(run, "out", None)
+    if not isinstance(run, RunOptions) or not out:
+        return
+    out_parts = _parts(out)
+    for field in dataclasses.fields(config):
+        reads, value = (field.metadata or {}).get("reads"), getattr(config, field.name)
+        if not reads or not value:
+            continue
+        for location in (v for v in (value if isinstance(value, tuple) else (value,)) if v):
+            parts = _parts(location)
+            if parts == out_parts and reads == "beside":
+                continue
+            if out_parts[: len(parts)] == parts or parts[: len(out_parts)] == out_parts:
+                where = "is" if parts == out_parts else "is inside" if len(out_parts) > len(parts) else "holds"
+                raise ConfigError(
+                    f"out {out!r} {where} {field.name} {location!r}, which this job reads: a store and an output never "
+                    "nest (each would be written into the other). Choose an output folder outside it"
+                )
 
 
 def check_choice(what: str, value, choices: Iterable) -> None:

@@ -23,9 +23,12 @@ from typing import TypeVar
 from tqdm.auto import tqdm
 
 from engine.runtime.lease import DEFAULT_TTL, WriterLease
+from engine.runtime.options import canonical_location
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.progress import StatusLines
 from engine.stores.kv import create_or_compare, open_kvstore
+
+SETTINGS = "manifest.json"  # an output folder's record of the settings its files were made with (output_run)
 
 T = TypeVar("T")
 
@@ -119,4 +122,37 @@ def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEF
         return
     _, kv = open_kvstore(url)
     with WriterLease(kv, url, job, ttl=ttl, break_lease=break_lease) as lease:
+        yield lease
+
+
+def output_settings(job: str, config, ignore: tuple[str, ...] = ()) -> dict:
+    """What the files of a ``job`` run depend on: every field of its ``config`` but ``run`` and ``ignore`` (settings
+    that change how, not what: a block size), the locations it reads (fields an ``option`` marks ``reads``) as
+    absolute paths or URLs, under ``format: babelgrid-<job>``."""
+    values = {}
+    for field in dataclasses.fields(config):
+        if field.name == "run" or field.name in ignore:
+            continue
+        value = getattr(config, field.name)
+        located = (field.metadata or {}).get("reads")
+        if isinstance(value, tuple):
+            value = [canonical_location(v) if located and v else v for v in value]
+        elif located and value:
+            value = canonical_location(value)
+        values[field.name] = value
+    return {"format": f"babelgrid-{job}", **values}
+
+
+@contextlib.contextmanager
+def output_run(config, job: str, error: type[Exception], ignore: tuple[str, ...] = ()):
+    """The start of a run that writes its files at the end (compare, probes), as every job's: before any work, the
+    output's writer lease (a second run is refused, and an output that cannot be written fails at once: the lease is
+    the run's first write), then its settings (``output_settings``) recorded in ``manifest.json``, or compared with
+    those of the run that wrote the folder: a folder never mixes the files of two settings (``error`` names the
+    difference). Yields the lease."""
+    url = config.run.out
+    settings = output_settings(job, config, ignore)
+    with writer_lease(url, job, config.run.break_lease) as lease:
+        _, kv = open_kvstore(url)
+        create_or_compare(kv, SETTINGS, settings, url, fields=list(settings), error=error, what=f"{job} output folder")
         yield lease

@@ -19,7 +19,8 @@ import re
 from collections.abc import Sequence
 
 from engine.errors import BabelgridError
-from engine.stores.kv import csv_bytes, manifest_diffs, open_kvstore, read_json, read_value
+from engine.stores.integrity import read_output, repair_hint
+from engine.stores.kv import csv_bytes, manifest_diffs, open_kvstore, read_json
 
 PAIR_COLUMNS = ("id", "kept", "reason", "evidence")
 SUMMARY_COLUMNS = (
@@ -69,10 +70,9 @@ def read_kept(out: str, lang_a: str, lang_b: str, *, missing_ok: bool = False) -
     no file for the pair and ``missing_ok``."""
     _, kv = open_kvstore(out)
     for name in (pair_csv_name(lang_a, lang_b), pair_csv_name(lang_b, lang_a)):
-        result = kv.read(name).result()
-        if result.state != "missing":
-            rows = csv.DictReader(io.StringIO(bytes(result.value).decode()))
-            return {r["id"] for r in rows if r["kept"] == "1"}
+        data = read_output(kv, name, out, fix=repair_hint(out, "challenge"))
+        if data is not None:
+            return {r["id"] for r in csv.DictReader(io.StringIO(data.decode())) if r["kept"] == "1"}
     if missing_ok:
         return None
     raise ChallengeError(
@@ -116,10 +116,10 @@ def check_out(kv, out: str, manifest: dict) -> None:
 
 def merged_summary(kv, out: str, rows: Sequence[tuple], pairs) -> list[tuple]:
     """``rows`` after the rows of the folder's existing summary.csv for pairs this run did not compute."""
-    result = read_value(kv, SUMMARY_CSV, out)
-    if result.state == "missing":
+    data = read_output(kv, SUMMARY_CSV, out, fix=repair_hint(out, "challenge"))
+    if data is None:
         return list(rows)
     done = {tuple(p) for p in pairs}
-    old = csv.reader(io.StringIO(bytes(result.value).decode()))
+    old = csv.reader(io.StringIO(data.decode()))
     next(old, None)
     return [tuple(r) for r in old if r and (r[0], r[1]) not in done] + list(rows)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -64,6 +65,17 @@ def context() -> ts.Context:
 
 class StoreError(BabelgridError, ValueError):
     """A layer store cannot be opened, created or written as asked."""
+
+
+class DamageError(StoreError):
+    """Stored data failed its integrity check: a chunk or file is missing, truncated or does not match its checksum.
+    Nothing read from it was used. ``babelgrid verify <store> --repair`` marks what is damaged as not done, so that
+    rerunning the job that wrote it redoes exactly that. ``problem``: what is wrong, in a few words ("missing",
+    "checksum mismatch", ...), for verify's table. (``engine.stores.integrity`` describes what each file carries.)"""
+
+    def __init__(self, message: str, problem: str = "corrupt"):
+        super().__init__(message)
+        self.problem = problem
 
 
 REMOTE_DRIVERS = ("s3", "gcs")
@@ -168,8 +180,24 @@ def _endpoint_hint(spec: dict) -> str:
     return ""
 
 
+# Every JSON object babelgrid writes carries the digest of its content under this key (a sealed object): a flip that
+# leaves valid JSON (a done marker's row list, an id) is caught by its reader instead of used.
+DIGEST = "digest"
+_UNSEALED_FIX = "Restore it from a copy, or write the output again into a new folder"
+
+
+def json_digest(value: dict) -> str:
+    """``sha256:<hex>`` of ``value``'s canonical JSON (sorted keys, no spaces): the same for the object as written
+    and as read back, whatever its indentation."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def json_bytes(value: dict) -> bytes:
-    return (json.dumps(value, indent=1) + "\n").encode()
+    """``value`` as a sealed JSON object: its fields as given, then ``digest`` (``json_digest`` of them)."""
+    body = json.loads(json.dumps(value))  # as it reads back: tuples as lists, keys as strings
+    body.pop(DIGEST, None)
+    return (json.dumps({**body, DIGEST: json_digest(body)}, indent=1) + "\n").encode()
 
 
 def csv_bytes(header: Sequence[str], rows: Iterable[Sequence]) -> bytes:
@@ -236,18 +264,36 @@ def write_all(kv: ts.KvStore, values: dict[str, bytes], url: str) -> None:
             raise storage_error("write", key, url, e) from None
 
 
-def read_json(kv: ts.KvStore, key: str, url: str) -> dict | None:
-    result = read_value(kv, key, url)
+def read_json(kv: ts.KvStore, key: str, url: str, *, sealed: bool = False, fix: str = _UNSEALED_FIX) -> dict | None:
+    """The JSON object at ``key`` without its digest (None if the key is missing). Its digest is checked when it
+    has one; ``sealed``: it must have one (a file of a format that seals every object). A truncated, foreign or
+    altered object is a DamageError naming the key and ``fix``."""
+    return parse_json(read_value(kv, key, url), key, url, sealed=sealed, fix=fix)
+
+
+def parse_json(result, key: str, url: str, *, sealed: bool = False, fix: str = _UNSEALED_FIX) -> dict | None:
+    """``read_json`` of a value already read (``kv.read(key).result()``)."""
     if result.state == "missing":
         return None
     try:
-        value = json.loads(result.value)
+        value = json.loads(bytes(result.value))
     except ValueError as e:
-        raise StoreError(
-            f"{key} in store {url!r} is not valid JSON ({e}); it was damaged or not written by babelgrid"
+        raise DamageError(
+            f"{key} in store {url!r} is not valid JSON ({e}): it is truncated or was not written by babelgrid. {fix}",
+            "not valid JSON (truncated?)",
         ) from None
     if not isinstance(value, dict):
-        raise StoreError(f"{key} in store {url!r} holds a JSON {type(value).__name__}, not an object")
+        raise DamageError(
+            f"{key} in store {url!r} holds a JSON {type(value).__name__}, not an object. {fix}", "not a JSON object"
+        )
+    digest = value.pop(DIGEST, None)
+    if digest is None and sealed:
+        raise DamageError(f"{key} in store {url!r} carries no {DIGEST!r}, as its format requires. {fix}", "no digest")
+    if digest is not None and digest != json_digest(value):
+        raise DamageError(
+            f"{key} in store {url!r} does not match its digest: its content was altered after it was written. {fix}",
+            "checksum mismatch",
+        )
     return value
 
 
@@ -262,11 +308,18 @@ def create_key(kv: ts.KvStore, key: str, value: bytes, url: str = "") -> bool:
     missing = read_value(kv, key, url)
     if missing.state != "missing":
         return False
+    return replace_key(kv, key, value, missing.stamp.generation, url)
+
+
+def replace_key(kv: ts.KvStore, key: str, value: bytes, generation: bytes, url: str = "") -> bool:
+    """Writes ``key`` only if it is still at ``generation`` (as read before: a read-modify-write); False if another
+    writer changed it meanwhile (read again, and retry). Falls back to a plain write where the kvstore does not
+    implement conditions, as ``create_key``."""
     try:
-        stamp = kv.write(key, value, if_equal=missing.stamp.generation).result()
+        stamp = kv.write(key, value, if_equal=generation).result()
     except ValueError as e:
         if not _conditions_unsupported(e):
-            raise storage_error("create", key, url, e) from None
+            raise storage_error("write", key, url, e) from None
         write_value(kv, key, value, url)
         return True
     return bool(stamp.generation)  # an unknown (empty) generation: the condition failed

@@ -25,8 +25,9 @@ import numpy as np
 import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
-from engine.stores.integrity import CHECKED_READS
+from engine.stores.integrity import CHECKED_READS, repair_hint
 from engine.stores.kv import (
+    DamageError,
     StoreError,
     create_key,
     create_or_compare,
@@ -34,7 +35,10 @@ from engine.stores.kv import (
     json_bytes,
     open_array,
     open_kvstore,
+    parse_json,
     read_json,
+    read_value,
+    replace_key,
 )
 from engine.stores.language import MAX_IN_FLIGHT_BYTES, LanguageArrays
 from engine.stores.schema import (
@@ -43,11 +47,14 @@ from engine.stores.schema import (
     LANGUAGES_DIR,
     LENGTHS,
     MANIFEST,
+    ROSTER,
+    SEALED_VERSION,
     STATES,
     UTTERANCES,
     StoreInfo,
     check_language_code,
     info_from_manifest,
+    language_index,
     lengths_spec,
     new_manifest,
     states_spec,
@@ -74,6 +81,8 @@ class LayerStore:
         self._writable = writable
         self._languages: dict[str, LanguageArrays] = {}
         self._lock = threading.Lock()
+        # Version 3 on: every JSON object carries its digest, and the roster lists every language created.
+        self.sealed = manifest.get("format_version", 1) >= SEALED_VERSION
 
     def __repr__(self):
         return f"LayerStore({self.url!r}, {self.info.model_name}, layers {list(self.info.layers)}, {self.info.dtype})"
@@ -97,7 +106,10 @@ class LayerStore:
             check=lambda m: info_from_manifest(m, url).to_dict(),
         )
         stored = info_from_manifest(manifest, url)
-        return cls(url=url, info=stored, manifest=manifest, kvstore=kvstore, kv=kv, writable=True)
+        store = cls(url=url, info=stored, manifest=manifest, kvstore=kvstore, kv=kv, writable=True)
+        if store.sealed and not store._listed():
+            create_key(kv, ROSTER, json_bytes({"languages": []}), url)  # a new store: its roster, empty
+        return store
 
     @classmethod
     def open(cls, url: str) -> LayerStore:
@@ -114,7 +126,41 @@ class LayerStore:
         )
 
     def languages(self) -> list[str]:
-        """Language folders whose arrays and utterance table are complete, sorted."""
+        """Language folders whose arrays and utterance table are complete, sorted. A language the roster lists
+        whose ``languages/<lang>.json`` is gone is a DamageError: never a language silently missing."""
+        listed = self._listed()
+        if not self.sealed:
+            return listed
+        roster = self.roster()
+        if roster is None:
+            if listed:
+                raise DamageError(
+                    f"layer store {self.url!r} has no {ROSTER} (the list of its languages) but languages "
+                    f"{listed}: it was deleted. {self._fix}",
+                    "missing",
+                )
+            return []
+        lost = sorted(set(roster) - set(listed))
+        if lost:
+            keys = ", ".join(f"{LANGUAGES_DIR}{lang}.json" for lang in lost)
+            raise DamageError(
+                f"layer store {self.url!r} lists languages {lost} in {ROSTER}, but their index ({keys}) is "
+                f"missing: it was deleted. {self._fix}",
+                "missing",
+            )
+        return listed
+
+    def roster(self) -> list[str] | None:
+        """The languages ``languages.json`` lists (version 3 on; None where there is none)."""
+        roster = read_json(self._kv, ROSTER, self.url, sealed=True, fix=self._fix)
+        return None if roster is None else list(roster.get("languages", []))
+
+    @property
+    def _fix(self) -> str:
+        return repair_hint(self.url, "encode")
+
+    def _listed(self) -> list[str]:
+        """The languages whose index key exists."""
         # Keys from "languages/" up to "languages0" ('0' follows '/'): only the index folder is listed, never the
         # shards, so this stays cheap for millions of utterances.
         key_range = ts.KvStore.KeyRange(LANGUAGES_DIR, LANGUAGES_DIR[:-1] + "0")
@@ -129,6 +175,7 @@ class LayerStore:
         max_frames: int | None = None,
         *,
         max_in_flight_bytes: int = MAX_IN_FLIGHT_BYTES,
+        indexed: bool = True,
     ) -> LanguageArrays:
         """The arrays of language ``lang``.
 
@@ -140,6 +187,7 @@ class LayerStore:
           max_frames: frame axis length, at least the largest ``n_frames`` (its default). An existing language keeps
             its own, which must be at least this.
           max_in_flight_bytes: host bytes of shards a writer may queue before ``write_utterance`` blocks.
+          indexed: the language's index key must be there and whole (False: verify, which checks it apart).
         """
         check_language_code(lang)
         with self._lock:
@@ -148,7 +196,7 @@ class LayerStore:
                 if max_frames is not None:
                     raise StoreError("max_frames is only used with utterances, to create a language")
                 if arrays is None:
-                    arrays = self._open_language(lang, max_in_flight_bytes)
+                    arrays = self._open_language(lang, max_in_flight_bytes, indexed)
             else:
                 rows = check_rows(utterances, lang)
                 needed = max(1, max(r.n_frames for r in rows))  # n_frames 0: unreadable audio, never written
@@ -172,8 +220,8 @@ class LayerStore:
     def _child(self, key: str) -> dict:
         return {**self._kvstore, "path": self._kvstore.get("path", "") + key}
 
-    def _open_language(self, lang: str, max_in_flight_bytes: int) -> LanguageArrays:
-        if read_json(self._kv, f"{LANGUAGES_DIR}{lang}.json", self.url) is None:
+    def _open_language(self, lang: str, max_in_flight_bytes: int, indexed: bool) -> LanguageArrays:
+        if indexed and self.index(lang) is None:
             raise StoreError(f"store {self.url!r} has no language {lang!r}; it has {self.languages()}")
         rows = read_rows(self._kv, f"{lang}/{UTTERANCES}", self.url)
         states = open_array(self._child(f"{lang}/{STATES}"), self.url, self._writable, CHECKED_READS)
@@ -204,19 +252,31 @@ class LayerStore:
         lengths = create_or_open_array(lengths_spec(self._child(f"{lang}/{LENGTHS}"), n_utterances=len(rows)), self.url)
         arrays = self._arrays(lang, rows, states, lengths, max_in_flight_bytes)
         _check_fits(arrays, max_frames)
-        # The table, then the index key: a language is listed only once all its parts exist.
+        # The table, then the index key, then the roster: a language is listed only once all its parts exist.
         if stored_rows is None and not create_key(self._kv, table_key, rows_to_parquet(rows), self.url):
             check_same_rows(read_rows(self._kv, table_key, self.url), rows, lang, self.url)
-        index = {
-            "lang": lang,
-            "n_utterances": len(rows),
-            "max_frames": arrays.max_frames,
-            "states": f"{lang}/{STATES}",
-            "lengths": f"{lang}/{LENGTHS}",
-            "utterances": table_key,
-        }
-        create_key(self._kv, f"{LANGUAGES_DIR}{lang}.json", json_bytes(index), self.url)
+        if self.index(lang) is None:  # a damaged index is a DamageError here: verify --repair rebuilds it
+            create_key(self._kv, f"{LANGUAGES_DIR}{lang}.json", json_bytes(language_index(lang, len(rows),
+                       arrays.max_frames)), self.url)  # fmt: skip
+        if self.sealed:
+            self._enrol(lang)
         return arrays
+
+    def index(self, lang: str) -> dict | None:
+        """``languages/<lang>.json`` (None if there is none); a damaged one is a DamageError."""
+        return read_json(self._kv, f"{LANGUAGES_DIR}{lang}.json", self.url, sealed=self.sealed, fix=self._fix)
+
+    def _enrol(self, lang: str) -> None:
+        """Adds ``lang`` to the roster: a read-modify-write, retried if another process changed it meanwhile."""
+        while True:
+            found = read_value(self._kv, ROSTER, self.url)
+            roster = parse_json(found, ROSTER, self.url, sealed=True, fix=self._fix)
+            langs = [] if roster is None else list(roster.get("languages", []))
+            if lang in langs:
+                return
+            value = json_bytes({"languages": sorted({*langs, lang})})
+            if replace_key(self._kv, ROSTER, value, found.stamp.generation, self.url):
+                return
 
     def _arrays(self, lang, rows, states, lengths, max_in_flight_bytes) -> LanguageArrays:
         info = self.info

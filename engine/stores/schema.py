@@ -37,8 +37,11 @@ from engine.models.whisper.dims import ModelDimensions
 from engine.stores.integrity import CHECKED_READS, CRC32C, warn_unchecked
 from engine.stores.kv import StoreError
 
-FORMAT_VERSION = 2  # 2: crc32c on every chunk, page CRCs in utterances.parquet
-READABLE_VERSIONS = (1, 2)  # 1 reads, with one warning that its chunks carry no checksums
+# 2: crc32c on every chunk, page CRCs in utterances.parquet; 3: a digest in every JSON object (kv.json_bytes) and
+# the language roster
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # 1 and 2 read, with one warning naming the checks they lack (integrity.UNCHECKED)
+SEALED_VERSION = 3  # from this version on, every JSON object of the store must carry its digest
 FORMAT_NAME = "babelgrid-layer-store"
 FRAME_RATE = float(ENCODER_FRAMES_PER_SECOND)  # encoder frames per second of audio (20 ms each)
 LENGTHS_CHUNK = 256  # utterances per `lengths` chunk: processes write ranges aligned to it
@@ -70,6 +73,9 @@ INFO_FIELDS = (
 
 MANIFEST = "manifest.json"
 LANGUAGES_DIR = "languages/"
+# Every language created, in one sealed list (version 3): a deleted or lost languages/<lang>.json is then damage the
+# readers name, never a language that silently is not there.
+ROSTER = "languages.json"
 STATES = "states/"
 LENGTHS = "lengths/"
 UTTERANCES = "utterances.parquet"
@@ -85,7 +91,7 @@ STATES_CODECS = (
 )
 
 LANG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_RESERVED_LANGS = ("languages",)
+RESERVED_LANGS = ("languages",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,12 +260,24 @@ def is_done(lengths) -> np.ndarray:
 
 def check_language_code(lang: str) -> str:
     """``lang`` if it is a safe folder name (letters, digits, ``_``, ``-``), else a StoreError."""
-    if not isinstance(lang, str) or not LANG.fullmatch(lang) or lang in _RESERVED_LANGS:
+    if not isinstance(lang, str) or not LANG.fullmatch(lang) or lang in RESERVED_LANGS:
         raise StoreError(
             f"language code {lang!r} cannot name a store folder: use 1-64 letters, digits, '_' or '-', starting with "
-            f"a letter or digit (no '/', '.', spaces), and not {', '.join(map(repr, _RESERVED_LANGS))}"
+            f"a letter or digit (no '/', '.', spaces), and not {', '.join(map(repr, RESERVED_LANGS))}"
         )
     return lang
+
+
+def language_index(lang: str, n_utterances: int, max_frames: int) -> dict:
+    """``languages/<lang>.json``: what the key listing a language holds (written by encode, rebuilt by verify)."""
+    return {
+        "lang": lang,
+        "n_utterances": int(n_utterances),
+        "max_frames": int(max_frames),
+        "states": f"{lang}/{STATES}",
+        "lengths": f"{lang}/{LENGTHS}",
+        "utterances": f"{lang}/{UTTERANCES}",
+    }
 
 
 def new_manifest(info: StoreInfo, creation: dict | None) -> dict:
@@ -279,6 +297,7 @@ def new_manifest(info: StoreInfo, creation: dict | None) -> dict:
         "created": created,
         "layout": {
             "languages": f"{LANGUAGES_DIR}<lang>.json",
+            "roster": ROSTER,
             "utterances": f"<lang>/{UTTERANCES}",
             "states": f"<lang>/{STATES}",
             "lengths": f"<lang>/{LENGTHS}",
@@ -313,7 +332,7 @@ def info_from_manifest(manifest: dict, url: str) -> StoreInfo:
             f"{', '.join(map(str, READABLE_VERSIONS))}. Use the babelgrid version that wrote it, or encode again"
         )
     if version < FORMAT_VERSION:
-        warn_unchecked(url, "layer store")
+        warn_unchecked(url, "layer store", version)
     try:
         return StoreInfo.from_dict(manifest)
     except (KeyError, TypeError, ValueError) as e:

@@ -1,12 +1,15 @@
-"""The similarity store: all-pairs similarity matrices per measure, language pair and layer (format version 1).
+"""The similarity store: all-pairs similarity matrices per measure, language pair and layer (format version 3).
 
 Written by ``engine.pipelines.similarity.run.run_similarity`` (the ``seqsim`` job), read with ``open_similarity``::
 
     OUT/manifest.json                        layer store URL, model, checkpoint, layers; written once
     OUT/<measure>/<a>__<b>/zarr.json         zarr3 f32[layer, utterance_a, utterance_b], NaN = not computed,
     OUT/<measure>/<a>__<b>/c.<l>.0.0         one zstd chunk per layer position l, with a crc32c digest (version 2)
-    OUT/<measure>/<a>__<b>/ids.json          row_ids, col_ids (str), row_recording, col_recording (int)
+    OUT/<measure>/<a>__<b>/ids.json          row_ids, col_ids (str), row_recording, col_recording (int), digest
     OUT/<measure>/<a>__<b>/done/<layer>.json completion marker of one babelgrid layer, written after its chunk
+
+Every JSON object carries the digest of its content (version 3, ``engine.stores.kv.json_bytes``): a marker or id
+list altered into other valid JSON is a DamageError, as a pair whose ids.json is gone while its markers remain.
 
 Rows and columns are the layer store's utterance indices of languages ``a`` and ``b``; utterances not done in the
 layer store are NaN rows/columns. ``docs/similarity.md`` describes the format for analysts::
@@ -28,12 +31,13 @@ import tensorstore as ts
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
 from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
-from engine.stores.kv import context, create_or_compare, json_bytes, open_kvstore, read_json, write_value
+from engine.stores.kv import DamageError, context, create_or_compare, json_bytes, open_kvstore, read_json, write_value
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
-FORMAT_VERSION = 2  # 2: crc32c on every chunk (engine.stores.integrity)
-READABLE_VERSIONS = (1, 2)  # 1 reads, with one warning that its chunks carry no checksums
+FORMAT_VERSION = 3  # 2: crc32c on every chunk (engine.stores.integrity); 3: a digest in every JSON object
+READABLE_VERSIONS = (1, 2, 3)  # 1 and 2 read, with one warning naming the checks they lack (integrity.UNCHECKED)
+SEALED_VERSION = 3  # from this version on, every ids.json and done marker must carry its digest
 MANIFEST = "manifest.json"
 IDS = "ids.json"
 DONE_DIR = "done/"
@@ -190,7 +194,7 @@ def _check_manifest(manifest: dict, url: str) -> dict:
             "new folder"
         )
     if version < FORMAT_VERSION:
-        warn_unchecked(url, "similarity store")
+        warn_unchecked(url, "similarity store", version)
     missing = [f for f in MANIFEST_FIELDS if f not in manifest]
     if missing:
         raise SimilarityError(f"{MANIFEST} in {url!r} lacks {missing}: it is damaged; compute into a new folder")
@@ -205,6 +209,8 @@ class _Store:
         self.manifest = manifest
         self._kvstore = kvstore
         self._kv = kv
+        self.sealed = manifest.get("format_version", 1) >= SEALED_VERSION  # ids and markers carry digests
+        self._fix = repair_hint(url, "seqsim")
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -222,7 +228,7 @@ class _Store:
         return {**self._kvstore, "path": self._kvstore.get("path", "") + key}
 
     def _ids(self, key: str) -> dict | None:
-        return read_json(self._kv, key + IDS, self.url)
+        return read_json(self._kv, key + IDS, self.url, sealed=self.sealed, fix=self._fix)
 
     def _open_array(self, key: str, writable: bool) -> ts.TensorStore:
         mode = {"read": True, "write": True} if writable else {"read": True}
@@ -240,24 +246,27 @@ class _Store:
         for k in keys:
             name = k.decode()
             if name.endswith(".json") and name[: -len(".json")].isdigit():
-                marker = read_json(self._kv, prefix + name, self.url)
+                marker = read_json(self._kv, prefix + name, self.url, sealed=self.sealed, fix=self._fix)
                 if marker is not None:
                     out[int(name[: -len(".json")])] = marker
         return out
 
     def _stored_pairs(self, measure: str) -> list[tuple[str, str]]:
-        """Pairs of ``measure`` whose ids.json exists (the pair was created completely)."""
+        """Pairs of ``measure`` whose ids.json exists (the pair was created completely). A pair folder with done
+        markers but no ids.json lost it: a DamageError, never a pair silently missing."""
         check_measure(measure)
         prefix = f"{measure}/"
         keys = self._kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0"), len(prefix)).result()
-        pairs = []
-        for k in keys:
-            folder, _, name = k.decode().partition("/")
-            if name == IDS and folder.count(PAIR_SEPARATOR) == 1:
-                a, b = folder.split(PAIR_SEPARATOR)
-                if NAME.fullmatch(a) and NAME.fullmatch(b):
-                    pairs.append((a, b))
-        return sorted(pairs)
+        found: dict[str, bool] = {}  # pair folder -> whether its ids.json is there
+        for folder, _, name in (k.decode().partition("/") for k in keys):
+            if name == IDS or name.startswith(DONE_DIR):
+                found[folder] = found.get(folder, False) or name == IDS
+        lost = sorted(f"{prefix}{folder}/{IDS}" for folder, has_ids in found.items() if not has_ids)
+        if lost:
+            raise DamageError(f"similarity store {self.url!r} has done layers but no {lost}: deleted. {self._fix}",
+                              "missing")  # fmt: skip
+        pairs = (tuple(folder.split(PAIR_SEPARATOR)) for folder, has_ids in found.items() if has_ids)
+        return sorted(p for p in pairs if len(p) == 2 and all(NAME.fullmatch(x) for x in p))
 
 
 class SimilarityStore(_Store):
@@ -271,16 +280,8 @@ class SimilarityStore(_Store):
         layer list, naming each differing field with both values.
         """
         kvstore, kv = _open(url)
-        stored = create_or_compare(
-            kv,
-            MANIFEST,
-            manifest,
-            url,
-            fields=MANIFEST_FIELDS,
-            error=SimilarityMismatchError,
-            what="similarity store",
-            check=lambda m: _check_manifest(m, url),
-        )
+        stored = create_or_compare(kv, MANIFEST, manifest, url, fields=MANIFEST_FIELDS, error=SimilarityMismatchError,
+                                   what="similarity store", check=lambda m: _check_manifest(m, url))  # fmt: skip
         return cls(url, kvstore, kv, stored)
 
     def create_pair(self, measure: str, lang_a: str, lang_b: str, ids: dict) -> ts.TensorStore:

@@ -21,7 +21,8 @@ import pyarrow as pa
 from engine.errors import BabelgridError
 from engine.runtime import parts
 from engine.runtime.parts import read_table, table_bytes
-from engine.stores.kv import csv_bytes, open_kvstore, write_all
+from engine.stores.integrity import read_output, repair_hint, write_outputs
+from engine.stores.kv import csv_bytes, open_kvstore
 from engine.stores.similarity import check_name
 
 MANIFEST = "align.json"
@@ -66,7 +67,7 @@ def write_language(
         f"{lang}/{SKIPPED}": csv_bytes(["utterance", "id", "reason"], sorted(skipped)),
     }
     files |= per_utterance_files(lang, words, subtitles)
-    write_all(kv, files, out)
+    write_outputs(kv, files, out)
     root = out.rstrip("/") + "/"
     return [root + f"{lang}/{WORDS}", root + f"{lang}/{SKIPPED}"]
 
@@ -145,6 +146,6 @@ def read_words(out: str, lang: str, *, skipped: bool = False):
     table = read_table(found.value, f"{lang}/{WORDS}", out, "align")
     if not skipped:
         return table
-    text = bytes(kv.read(f"{lang}/{SKIPPED}").result().value).decode()
-    rows = list(csv.reader(io.StringIO(text)))[1:]
+    data = read_output(kv, f"{lang}/{SKIPPED}", out, fix=repair_hint(out, "align")) or b""
+    rows = list(csv.reader(io.StringIO(data.decode())))[1:]
     return table, [(int(u), uid, reason) for u, uid, reason in rows]

@@ -182,3 +182,14 @@ def test_parse_hf_spec(tmp_path):
     assert H.parse_hf_spec("google/fleurs") == ("google/fleurs", ())
     assert H.parse_hf_spec(str(tmp_path)) == (str(tmp_path), ())
     assert H.parse_hf_spec(f"{tmp_path}:cfg") == (str(tmp_path), ("cfg",))
+
+
+def test_an_empty_saved_dataset_lists_no_utterance(dataset, tmp_path):
+    """datasets cannot load a save_to_disk of no rows (an IndexError inside it): read as 0 rows, which encode then
+    refuses by name (or runs on with --allow_empty), in a Dataset and in a DatasetDict's split."""
+    empty = dataset.select([])
+    empty.save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"test": empty, "train": dataset}).save_to_disk(str(tmp_path / "dict"))
+    assert S.get_source(f"hf:{tmp_path / 'one'}", lang="en").utterances("en") == []
+    src = S.get_source(f"hf:{tmp_path / 'dict'}", lang_column="locale")
+    assert src.utterances("en", "test") == [] and len(src.utterances("en", "train")) == 2

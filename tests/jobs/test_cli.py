@@ -142,6 +142,16 @@ def test_a_study_notices_changed_data_and_reruns_it_on_request(tiny_model_dir, t
     assert last.stdout.count("inputs unchanged: skipped") == 3, last.stdout
 
 
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    """Nine levels of `&a [*a, ...]` in vars: 2.2 GB in 60 s before; refused now, before anything is expanded."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, 9)]
+    study = tmp_path / "bomb.yaml"
+    study.write_text("vars:\n" + "".join(f"  {line}\n" for line in levels) + "stages:\n  - encode: {out: x}\n")
+    proc = run("-m", "jobs.cli", "run", str(study), "--dry-run")
+    assert proc.returncode == 2 and "uses the YAML alias *a0 at line 3" in proc.stderr, proc.stderr
+
+
 def test_run_help_is_on_stdout_and_exits_0():
     proc = run("-m", "jobs.cli", "run", "--help")
     assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--rerun changed" in proc.stdout
@@ -161,6 +171,14 @@ def test_run_help_is_on_stdout_and_exits_0():
         ("stages:\n  - seqsim: {run_with_pdb: true, profile_file: /tmp/p}\n", "sets profile_file, run_with_pdb"),
         ('stages:\n  - encode: {out: "{nope}"}\n', "uses {nope}, which is not among vars"),
         ("stages:\n  - encode: [out, x]\n", "must map flag names to values"),
+        # The flag check compared whole keys: this one reached absl as --flagfile=/p/evil.flags= (any flag set).
+        ('stages:\n  - verify: {location: x, "flagfile=/p/evil.flags": ""}\n', "'flagfile=/p/evil.flags', which"),
+        ("stages:\n  - verify: {location: x, Location: y}\n", "'Location', which is not a flag name"),
+        ("stages:\n  - verify: {location: x, dataset: demo}\n", "sets dataset: not flags of verify"),
+        ("vars: {out: [a, b]}\nstages:\n  - encode: {out: x}\n", "variable 'out' must be a string, number or boolean"),
+        ("stages:\n  - encode: {out: {a: 1}}\n", "--out must be a string, number or boolean, got a dict"),
+        ("stages:\n  - encode: {out: }\n", "--out must be a string, number or boolean, got nothing"),
+        ("vars: {a: &a [x, x]}\nstages:\n  - encode: {out: *a}\n", "uses the YAML alias *a at line 3"),
     ],
 )
 def test_a_bad_study_file_is_a_named_error(tmp_path, text, message):
@@ -181,3 +199,31 @@ def test_every_help_example_parses_into_a_config(job):
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.count("ok  ") >= 1
     assert "jax loaded: False" in proc.stdout, proc.stdout
+
+
+def test_an_output_never_nests_with_what_the_job_reads(tmp_path):
+    """One check for every job (``options.check_apart``, run by every config): an --out inside a store the job
+    reads, or a store inside the --out, is refused before anything is opened. Retrieval writes beside its similarity
+    store (its default --out), never inside it."""
+    from engine.pipelines.align.config import AlignConfig
+    from engine.pipelines.compare.config import CompareConfig
+    from engine.pipelines.retrieval.config import RetrievalConfig
+    from engine.pipelines.similarity.config import SimilarityConfig
+    from engine.runtime.options import ConfigError, configure
+
+    s, sim = str(tmp_path / "S"), str(tmp_path / "SIM")
+    refused = [
+        (AlignConfig, {"store": s, "out": s}, "out '.*/S' is store '.*/S'"),  # align --store S --out S
+        (SimilarityConfig, {"store": s, "out": f"{s}/en"}, "out '.*/S/en' is inside store"),  # seqsim --out S/en
+        (SimilarityConfig, {"store": f"file://{s}/", "out": s}, "is store 'file://"),  # one place, two spellings
+        (SimilarityConfig, {"store": f"{tmp_path}/out/store", "out": f"{tmp_path}/out"}, "holds store"),
+        (RetrievalConfig, {"similarity": sim, "out": f"{sim}/r"}, "is inside similarity"),
+        (CompareConfig, {"stores": (s, f"{tmp_path}/c/T"), "out": f"{tmp_path}/c"}, "holds stores"),
+        (CompareConfig, {"stores": (s,), "retrieval": (sim,), "out": f"{sim}/cmp"}, "is inside retrieval"),
+    ]
+    for cls, values, message in refused:
+        with pytest.raises(ConfigError, match=message + ".*never nest"):
+            configure(cls, **values)
+    configure(RetrievalConfig, similarity=sim, out=sim)  # beside: retrieval.csv in the similarity store
+    configure(SimilarityConfig, store=s, out=str(tmp_path / "S-sim"))  # a sibling whose name starts alike
+    configure(CompareConfig, stores=(s, s), retrieval=("", sim), out=str(tmp_path / "c"))

@@ -34,9 +34,10 @@ N = 12
 LAYERS = (0, 1, 2)
 
 
-def make_store(root, name, rate, order, skip=None, seed=0, width=64):
+def make_store(root, name, rate, order, skip=None, seed=0, width=64, longer=()):
     """Utterance s<i> of every language: a per-id latent (shared across languages and stores) mixed into every
-    frame, plus per-store noise; stored in ``order``; ``skip`` = (lang, index) left not done."""
+    frame, plus per-store noise; stored in ``order``; ``skip`` = (lang, index) left not done; ``longer``: ids i
+    whose clip is another, 2 s longer."""
     store = LayerStore.create_or_open(
         f"file://{root}",
         StoreInfo(name, "0" * 64, TINY_DIMS, LAYERS, "float32", frame_rate=rate),
@@ -46,6 +47,7 @@ def make_store(root, name, rate, order, skip=None, seed=0, width=64):
     rng = np.random.default_rng(seed)
     mix = rng.standard_normal((len(LAYERS), 8, width))
     seconds = np.random.default_rng(7).uniform(0.4, 1.2, N)  # the same audio durations in both stores
+    seconds[list(longer)] += 2.0
     for lang in LANGS:
         frames = [max(1, int(seconds[i] * rate)) for i in order]
         rows = [UtteranceRow(id=f"s{i}", lang=lang, path=f"/{lang}/{i}.wav", duration_s=float(seconds[i]),
@@ -197,6 +199,45 @@ def test_refusals(run, tmp_path):
         configure(CompareConfig, stores=(a,), out=str(tmp_path), measures=("cka", "rsa"))
     with pytest.raises(CompareError, match="one entry per store"):
         configure(CompareConfig, stores=(a, b), out=str(tmp_path), retrieval=("x",))
+
+
+def test_a_rerun_holds_the_lease_and_the_settings_of_its_folder(run, tmp_path, monkeypatch):
+    """compare takes the writer lease and records its settings before any work, as the other jobs: two compares into
+    one folder, a rerun with other settings and an output that cannot be written are refused before a number is
+    computed (a read-only --out was found after the whole computation)."""
+    from engine.pipelines.compare import run as compare_run
+    from engine.runtime.lease import StoreBusyError, WriterLease
+    from engine.stores.kv import StoreError, open_kvstore
+
+    a, b, out, _ = run
+    assert (out / "manifest.json").exists() and (out / "by_depth.csv.sha256").exists()
+
+    def refused(*args, **kwargs):
+        raise AssertionError("computed before the run was refused")
+
+    monkeypatch.setattr(compare_run, "_retrieval", refused)
+    config = configure(CompareConfig, stores=(a, b), out=str(out), challenge=str(pathlib.Path(a).parent / "challenge"),
+                       frame_sample=10_000, knn_k=4)  # fmt: skip
+    with pytest.raises(CompareError, match="other settings: knn_k: store has 3, this run 4"):
+        run_compare(config)
+    with WriterLease(open_kvstore(str(tmp_path / "busy"))[1], str(tmp_path / "busy"), "compare"):
+        with pytest.raises(StoreBusyError, match="being written by another run: compare"):
+            run_compare(configure(CompareConfig, stores=(a, b), out=str(tmp_path / "busy")))
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StoreError, match="writer lease"):
+        run_compare(configure(CompareConfig, stores=(a, b), out=str(tmp_path / "file" / "c")))
+
+
+def test_utterances_of_one_id_must_be_the_same_audio(run, tmp_path):
+    """Pairing by id alone took a replaced, longer clip for the same utterance: the tables' durations must agree."""
+    a = run[0]
+    c = make_store(tmp_path / "c", "model-c", 50.0, list(range(N)), longer=(3,))
+    message = r"other audio under 1 ids of 'de': 's3' \(\d\.\d+ s vs \d\.\d+ s\).*--allow_mismatch"
+    with pytest.raises(CompareError, match=message):
+        run_compare(configure(CompareConfig, stores=(a, c), out=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    pairing = states.pair_utterances(open_store(a), open_store(c), "de", allow_mismatch=True)
+    assert len(pairing.keys) == N
 
 
 def test_job_plan_through_flags(run):

@@ -304,6 +304,22 @@ def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):
         )
 
 
+def test_a_batch_that_cannot_fit_is_refused_before_the_store_exists(tmp_path, tiny_whisper):
+    """--batch_size 20000 ended in an allocation failure with the store folder made: bounded by the plan's peak."""
+    from engine.models.whisper.encoder import WhisperEncoder
+    from engine.pipelines.encode.memory import model_step
+    from engine.runtime.options import ConfigError
+
+    data = write_clips(tmp_path / "clips", langs=("en",), n=2)
+    out = tmp_path / "store"
+    step = model_step(WhisperEncoder(tiny_whisper), (0, 1), "float32")
+    huge = int(2**50 // step.per_window)  # a PiB of windows: past any machine's memory
+    with pytest.raises(ConfigError, match=rf"batch_size {huge} needs about .* pass --batch_size \d+ or less"):
+        run_encode(configure(EncodeConfig, out=str(out), dataset=f"folder:{data}", batch_size=huge, progress=False,
+                             layers=(0, 1)), whisper=tiny_whisper)  # fmt: skip
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_flag_defaults_run_the_demo_with_the_packaged_model(run_job, tmp_path):
     """`python -m jobs.encode --out X` means: demo set, packaged whisper-base, every layer, float32.

@@ -320,3 +320,32 @@ def test_plan_reads_no_states_and_writes_nothing(planted_store, tmp_path):
         assert stage in proc.stdout
     assert "word tokens: 90" in proc.stdout
     assert not out.exists()
+
+
+def test_a_rerun_holds_the_lease_and_the_settings_of_its_folder(planted_store, tmp_path, monkeypatch):
+    """probes takes the writer lease and records its settings before any work, as the other jobs: a second run into
+    the folder, a rerun with other settings (which left old CSVs beside new ones) and an output that cannot be
+    written are refused before a probe is fitted."""
+    from engine.pipelines.probes.run import run_probes
+    from engine.runtime.lease import StoreBusyError, WriterLease
+    from engine.stores.kv import StoreError, open_kvstore
+
+    out = tmp_path / "probes"
+    config = configure(ProbesConfig, store=str(planted_store / "store"), out=str(out), probes=("lid",), folds=3)
+    run_probes(config)
+    assert {p.name for p in out.iterdir()} >= {"lid.csv", "manifest.json"}
+
+    def refused(*args, **kwargs):
+        raise AssertionError("a probe was fitted before the run was refused")
+
+    monkeypatch.setattr(lid, "lid_layer", refused)
+    other = configure(ProbesConfig, store=str(planted_store / "store"), out=str(out), probes=("lid",), folds=4)
+    with pytest.raises(ProbesError, match=r"other settings: folds: store has 3, this run 4"):
+        run_probes(other)
+    with WriterLease(open_kvstore(str(out))[1], str(out), "probes"):
+        with pytest.raises(StoreBusyError, match="being written by another run: probes"):
+            run_probes(config)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(StoreError, match="writer lease"):
+        run_probes(configure(ProbesConfig, store=str(planted_store / "store"), out=str(tmp_path / "file" / "p"),
+                             probes=("lid",), folds=3))  # fmt: skip

@@ -203,11 +203,12 @@ def chains(run_job, s3, gcs, clips, tiny_model_dir, tmp_path_factory) -> dict:
 
 def all_values(url: str, root: str) -> dict[str, bytes]:
     """Every key under ``url`` and its bytes, with the run's ``root`` written as ``<root>`` (manifests name the
-    stores they read), the creation records of JSON manifests (time, host) and the figures left out."""
+    stores they read), the creation records of JSON manifests (time, host) and the digests over them, and the figures
+    and their digest files left out."""
     _, kv = open_kvstore(url)
     values = {}
     for key in kv.list().result():
-        if key.endswith(b".png"):  # figures print the store's location in their subtitles, as pixels
+        if key.endswith((b".png", b".png.sha256")):  # figures print the store's location in their subtitles, as pixels
             continue
         value = bytes(kv.read(key).result().value).replace(root.encode(), b"<root>")
         if key.endswith(b".json"):
@@ -218,7 +219,7 @@ def all_values(url: str, root: str) -> dict[str, bytes]:
 
 def _without_created(value):
     if isinstance(value, dict):
-        return {k: _without_created(v) for k, v in value.items() if k != "created"}
+        return {k: _without_created(v) for k, v in value.items() if k not in ("created", "digest")}
     if isinstance(value, list):
         return [_without_created(v) for v in value]
     return value

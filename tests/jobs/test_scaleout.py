@@ -60,7 +60,7 @@ def write_tones(root: pathlib.Path, n: int, *, seed: int, shortest_s: float, tex
 
 
 def all_keys(path: pathlib.Path) -> dict[str, bytes]:
-    """Every key of a store and its bytes; the manifests' ``created`` (time, host) left out."""
+    """Every key of a store and its bytes; the manifests' ``created`` (time, host) and their digest over it left out."""
     kv = ts.KvStore.open({"driver": "file", "path": str(path) + "/"}).result()
     out = {}
     for key in kv.list().result():
@@ -68,6 +68,7 @@ def all_keys(path: pathlib.Path) -> dict[str, bytes]:
         if key.decode().endswith("manifest.json"):
             manifest = json.loads(value)
             manifest.pop("created", None)
+            manifest.pop("digest", None)
             value = json.dumps(manifest, sort_keys=True).encode()
         out[key.decode()] = value
     return out

@@ -22,6 +22,7 @@ from engine.pipelines.encode.run import run_encode
 from engine.pipelines.similarity.config import SimilarityConfig
 from engine.pipelines.similarity.run import run_similarity
 from engine.runtime.options import configure
+from engine.stores.kv import json_digest
 from engine.stores.reader import open_store
 from engine.stores.similarity import (
     AXES,
@@ -144,13 +145,14 @@ def test_reverse_pair_is_the_transpose(sim):
 
 def test_layout_on_disk(sim):
     manifest = json.loads((sim / "manifest.json").read_text())
-    assert manifest["format"] == "babelgrid-similarity" and manifest["format_version"] == 2
+    assert manifest["format"] == "babelgrid-similarity" and manifest["format_version"] == 3
     assert manifest["layers"] == [0, 1, 2, 3] and manifest["layer_store"].endswith("store")
     meta = json.loads((sim / "seqsim" / "de__en" / "zarr.json").read_text())
     assert meta["dimension_names"] == list(AXES) == ["layer", "utterance_a", "utterance_b"]
     assert meta["shape"] == [4, 5, 5] and meta["chunk_grid"]["configuration"]["chunk_shape"] == [1, 5, 5]
     ids = json.loads((sim / "seqsim" / "de__en" / "ids.json").read_text())
-    assert set(ids) == {"row_ids", "col_ids", "row_recording", "col_recording"}
+    assert set(ids) == {"row_ids", "col_ids", "row_recording", "col_recording", "digest"}
+    assert ids["digest"] == json_digest({k: v for k, v in ids.items() if k != "digest"})  # sha256 of its content
     assert sorted(p.name for p in (sim / "duration" / "de__en" / "done").iterdir()) == [f"{i}.json" for i in range(4)]
 
 

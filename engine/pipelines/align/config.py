@@ -20,7 +20,8 @@ class AlignError(BabelgridError, ValueError):
 class AlignConfig:
     """What to align and how; ``run.out`` is the output folder (local path or TensorStore kvstore URL)."""
 
-    store: str = option(help="layer store written by the encode job (must hold the final layer)", required=True)
+    store: str = option(help="layer store written by the encode job (must hold the final layer)", required=True,
+                        reads=True)  # fmt: skip
     run: RunOptions = RunOptions()
     model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
     langs: tuple[str, ...] | None = option(

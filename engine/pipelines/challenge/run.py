@@ -46,7 +46,8 @@ from engine.stores.challenge import (
     pair_csv_name,
     summary_csv_bytes,
 )
-from engine.stores.kv import create_or_compare, json_bytes, open_kvstore, write_all
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import create_or_compare, json_bytes, open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.similarity import resolve_pairs
 from engine.text.soundalike import (
@@ -76,7 +77,7 @@ class ChallengeConfig:
     flagged: ``engine.text.soundalike``) or a number used for every pair; the rest: ``rules.FilterConfig``."""
 
     store: str = option(help="layer store written by the encode job (its utterance tables give the texts)",
-                        required=True)  # fmt: skip
+                        required=True, reads=True)  # fmt: skip
     run: RunOptions = RunOptions()
     pairs: str = option("unordered", "'unordered' (every pair once) or a list like en:es,de:* ('*' = all others)")
     langs: tuple[str, ...] | None = option(
@@ -248,7 +249,7 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     writes = {pair_csv_name(a, b): pair_csv_bytes(f) for (a, b), f in all_flags.items()}
     writes[SUMMARY_CSV] = summary_csv_bytes(merged_summary(kv, out, summary, pairs))
     writes[SETTINGS_JSON] = json_bytes({**stored, THRESHOLDS_KEY: dict(sorted(thresholds.items()))})
-    write_all(kv, writes, out)
+    write_outputs(kv, writes, out)
     root = out.rstrip("/") + "/"
     outputs = tuple(root + k for k in writes)
     return ChallengeResult(all_flags, tuple(summary), outputs, choices)

@@ -29,16 +29,17 @@ class CompareConfig:
 
     run: RunOptions = RunOptions()
     stores: tuple[str, ...] = option(
-        (), "comma-separated layer stores of the same audio, one per model", parse="list", required=True
+        (), "comma-separated layer stores of the same audio, one per model", parse="list", required=True, reads=True
     )
     names: tuple[str, ...] | None = option(
         None, "a name per store for the outputs (default: each store's model name)", parse="list"
     )
     retrieval: tuple[str, ...] | None = option(
-        None, "a jobs.retrieval --out folder per store ('' for one = compute mean-pooled)", parse="cells"
+        None, "a jobs.retrieval --out folder per store ('' for one = compute mean-pooled)", parse="cells", reads=True
     )
     retrieval_measure: str = option("mean", "measure read from the --retrieval folders")
-    challenge: str | None = option(None, "jobs.challenge --out folder: also write full vs challenge-set R@1")
+    challenge: str | None = option(None, "jobs.challenge --out folder: also write full vs challenge-set R@1",
+                                   reads=True)  # fmt: skip
     langs: tuple[str, ...] | None = option(None, "comma-separated language codes shared by the stores, or 'all'",
                                            parse="list")  # fmt: skip
     measures: tuple[str, ...] = option(MEASURES, "utterance-level measures", choices=MEASURES, parse="list")
@@ -54,6 +55,9 @@ class CompareConfig:
     svcca_keep: float = option(0.99, "share of each view's variance SVCCA keeps", positive=True)
     cca_epsilon: float = option(0.0, "PWCCA's ridge, relative to the largest variance", minimum=0.0)
     seed: int = option(0, "seed of the frame sample")
+    allow_mismatch: bool = option(
+        False, "compare stores whose utterances of one id differ in duration (refused: they do not hold the same audio)"
+    )
 
     def __post_init__(self):
         validate(self)

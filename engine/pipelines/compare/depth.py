@@ -25,7 +25,8 @@ import numpy as np
 from engine.pipelines.compare.config import CompareError
 from engine.pipelines.compare.layers import ALL
 from engine.pipelines.retrieval.subset import restrict
-from engine.stores.kv import open_kvstore, read_value
+from engine.stores.integrity import read_output, repair_hint
+from engine.stores.kv import open_kvstore
 from kernels.metrics import retrieval_metrics
 from kernels.pooling import cosine_matrix
 
@@ -98,10 +99,8 @@ def computed_rows(
 
 def _read_csv(folder: str, name: str) -> list[dict] | None:
     _, kv = open_kvstore(folder)
-    result = read_value(kv, name, folder)
-    if result.state == "missing":
-        return None
-    return list(csv.DictReader(io.StringIO(bytes(result.value).decode())))
+    data = read_output(kv, name, folder, fix=repair_hint(folder, "retrieval"))
+    return None if data is None else list(csv.DictReader(io.StringIO(data.decode())))
 
 
 def _number(text: str) -> float:

@@ -142,7 +142,7 @@ def plan_compare_run(config, device: Device | None) -> Plan:
     langs = config.langs or sorted(set.intersection(*(set(r.languages()) for r in readers)))
     utterances, frames = {}, {}
     for lang in langs:
-        pairing = pair_utterances(readers[0], readers[-1], lang)
+        pairing = pair_utterances(readers[0], readers[-1], lang, config.allow_mismatch)
         utterances[lang] = len(pairing.keys)
         frames[lang] = int(
             np.minimum(readers[0].lengths(lang)[pairing.index_a], readers[-1].lengths(lang)[pairing.index_b]).sum()

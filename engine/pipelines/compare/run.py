@@ -32,9 +32,10 @@ from engine import captions
 from engine.pipelines.compare import depth, layers, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
+from engine.runtime.runs import output_run
 from engine.stores.challenge import read_kept
-from engine.stores.integrity import parquet_bytes
-from engine.stores.kv import open_kvstore, write_all
+from engine.stores.integrity import parquet_bytes, write_outputs
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import StoreReader, open_store
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def _similarity(config, readers, names, langs, cache) -> list[tuple]:
             a, b = readers[i], readers[j]
             pooled_views: dict[str, list[View]] = {level: [] for level in config.levels}
             for lang in langs:
-                pairing = states.pair_utterances(a, b, lang)
+                pairing = states.pair_utterances(a, b, lang, config.allow_mismatch)
                 if len(pairing.keys) < 2:
                     log.warning("%s: fewer than 2 utterances done in both %s and %s; skipped", lang, names[i], names[j])
                     continue
@@ -280,13 +281,23 @@ def _file_name(model: str) -> str:
 
 
 def run_compare(config: CompareConfig) -> CompareResult:
-    """Reads the stores, computes, writes the outputs of the module docstring and returns them."""
+    """Reads the stores, computes, writes the outputs of the module docstring and returns them. The run holds the
+    output folder's writer lease and records its settings there (``engine.runtime.runs.output_run``)."""
     start = time.perf_counter()
     readers = [open_store(url) for url in config.stores]
     names = _names(config, readers)
     langs = _langs(config, readers)
     if not langs:
         raise CompareError(f"the stores share no language: {[r.languages() for r in readers]}")
+    for i, a in enumerate(readers):  # the same audio in every store: checked before the lease, from the tables
+        for b in readers[i + 1 :]:
+            for lang in langs:
+                states.pair_utterances(a, b, lang, config.allow_mismatch)
+    with output_run(config, "compare", CompareError):
+        return _compare(config, readers, names, langs, start)
+
+
+def _compare(config: CompareConfig, readers, names, langs, start: float) -> CompareResult:
     cache = _Cache()
     depth_rows, challenge_rows = _retrieval(config, readers, names, langs, cache)
     rows = _similarity(config, readers, names, langs, cache)
@@ -298,7 +309,7 @@ def run_compare(config: CompareConfig) -> CompareResult:
     subtitle = f"{', '.join(names)}; {datasets}; {len(langs)} languages"
     writes |= _figures(depth_rows, table, names, subtitle)
     _, kv = open_kvstore(config.run.out)
-    write_all(kv, writes, config.run.out)
+    write_outputs(kv, writes, config.run.out)
     root = config.run.out.rstrip("/") + "/"
     return CompareResult(
         config.run.out,

@@ -1,7 +1,9 @@
 """The states two layer stores hold for the same audio, paired: utterance by utterance, and frame by frame in time.
 
 Utterances are paired by ``(id, recording)`` within a language: two stores of the same audio list the same ones,
-in any order, and only utterances done in both are used. Utterance-level states are the mean over an utterance's
+in any order, and only utterances done in both are used. A pair whose durations differ (``duration_s`` of the
+utterance tables, more than ``DURATION_TOLERANCE``) is not the same audio: refused, naming the ids, unless
+``allow_mismatch``. Utterance-level states are the mean over an utterance's
 valid frames (``kernels.pooling.mean_pool``, float32).
 
 Frames are paired by their time in seconds. Frame i of a store with ``r`` frames per second covers
@@ -15,6 +17,7 @@ frame i, up to the shorter of the two lengths.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import numpy as np
@@ -22,6 +25,11 @@ import numpy as np
 from engine.pipelines.compare.config import CompareError
 from engine.stores.reader import StoreReader
 from kernels.pooling import mean_pool
+
+log = logging.getLogger(__name__)
+# Seconds two stores' durations of one utterance may differ by: the same file decodes to the same samples in every
+# family (duration_s is samples / 16 kHz), so any difference is other audio; 1 ms leaves room for a resampler.
+DURATION_TOLERANCE = 1e-3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +47,9 @@ def _done_keys(reader: StoreReader, lang: str) -> dict[tuple[str, int], int]:
     return {(row.id, int(row.recording)): u for u, row in enumerate(reader.arrays(lang).rows) if done[u]}
 
 
-def pair_utterances(a: StoreReader, b: StoreReader, lang: str) -> Pairing:
-    """The utterances of ``lang`` done in both stores, paired by (id, recording), sorted by it."""
+def pair_utterances(a: StoreReader, b: StoreReader, lang: str, allow_mismatch: bool = False) -> Pairing:
+    """The utterances of ``lang`` done in both stores, paired by (id, recording), sorted by it; a CompareError if
+    any pair's durations differ (module docstring), a warning with ``allow_mismatch``."""
     for reader in (a, b):
         if lang not in reader.languages():
             raise CompareError(f"store {reader.url!r} has no language {lang!r}; it has {reader.languages()}")
@@ -51,6 +60,18 @@ def pair_utterances(a: StoreReader, b: StoreReader, lang: str) -> Pairing:
             f"stores {a.url!r} and {b.url!r} share {len(shared)} done utterances of {lang!r} (by id and recording): "
             "they must hold the same audio; encode the same dataset and split into both"
         )
+    rows_a, rows_b = a.arrays(lang).rows, b.arrays(lang).rows
+    durations = [(k, rows_a[keys_a[k]].duration_s, rows_b[keys_b[k]].duration_s) for k in shared]
+    differ = [(k, x, y) for k, x, y in durations if abs(x - y) > DURATION_TOLERANCE]
+    if differ:
+        named = ", ".join(f"{k[0]!r} ({x:.3f} s vs {y:.3f} s)" for k, x, y in differ[:5])
+        text = (
+            f"stores {a.url!r} and {b.url!r} hold other audio under {len(differ)} ids of {lang!r}: {named}"
+            f"{' ...' if len(differ) > 5 else ''}"
+        )
+        if not allow_mismatch:
+            raise CompareError(f"{text}. Encode the same clips into both, or pass --allow_mismatch to compare anyway")
+        log.warning("%s; compared anyway (--allow_mismatch)", text)
     return Pairing(
         lang,
         np.array([keys_a[k] for k in shared], np.int64),

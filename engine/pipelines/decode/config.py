@@ -39,7 +39,7 @@ class DecodeConfig:
     URL)."""
 
     store: str = option(
-        help="layer store written by the encode job; its utterance table points to the audio", required=True
+        help="layer store written by the encode job; its utterance table points to the audio", required=True, reads=True
     )
     run: RunOptions = RunOptions()
     model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")

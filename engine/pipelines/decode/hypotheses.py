@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from engine.errors import BabelgridError
 from engine.runtime import parts
+from engine.stores.integrity import read_output, repair_hint
 from engine.stores.kv import open_kvstore
 
 MANIFEST = "decode.json"
@@ -78,10 +79,10 @@ def read_hypotheses(out: str) -> pa.Table:
 def read_scores(out: str) -> list[dict]:
     """A decode job's ``scores.csv`` rows as dicts (value a float, n an int)."""
     _, kv = open_kvstore(out)
-    found = kv.read(SCORES).result()
-    if found.state != "value":
+    data = read_output(kv, SCORES, out, fix=repair_hint(out, "decode"))
+    if data is None:
         raise HypothesesError(f"no {SCORES} under {out!r}: run jobs.decode there (it writes it when a run completes)")
-    rows = list(csv.DictReader(io.StringIO(bytes(found.value).decode())))
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
     for row in rows:
         row["layer"], row["value"], row["n"] = int(row["layer"]), float(row["value"]), int(row["n"])
     return rows

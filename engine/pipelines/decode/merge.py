@@ -15,7 +15,8 @@ from engine.pipelines.decode.config import DecodeError
 from engine.pipelines.decode.report import figures, report_markdown, scores_table
 from engine.pipelines.decode.unit import audio_skip_reason
 from engine.runtime.parts import read_part, table_bytes
-from engine.stores.kv import csv_bytes, write_value
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import csv_bytes
 from engine.stores.schema import is_done
 from engine.text import metrics as text_metrics
 
@@ -106,8 +107,7 @@ def merge(kv, config, reader, langs, codes, variants, summary) -> None:
         hyp.REPORT: report_markdown(table, scores, summary, config.report_samples).encode(),
         **figures(scores, captions.source_line(reader.info.model_name, reader.manifest.get("created"))),
     }
-    for name, data in files.items():
-        write_value(kv, name, data, config.run.out)
+    write_outputs(kv, files, config.run.out)
     root = config.run.out.rstrip("/") + "/"
     summary.outputs += [root + name for name in files]
     summary.table = scores_table(scores)

@@ -21,11 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.family import WINDOW_SECONDS, Encoder, EncoderCost
+from engine.pipelines.encode.memory import WINDOW_SAMPLES, family_step
 from engine.runtime.devices import Device
 from engine.runtime.parallel import data_mesh
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, size, timed
-
-WINDOW_SAMPLES = WINDOW_SECONDS * 16000
 
 
 def window_samples(samples: int, long_audio: str, window: int = WINDOW_SAMPLES, min_samples: int = 0) -> list[int]:
@@ -112,11 +111,9 @@ def plan_family_encode(
         Stage("audio -> input", 0.0, audio_bytes, 0.0, here_feat, dev_feat),
         Stage("encoder", enc_flops, float(weights), states_bytes, here_enc, dev_enc),
     ]
-    # On a device: weights, a batch of the longest (padded) window, one block's activations (its projections and
-    # feed-forward, f32 scores of every head) and every stored layer of the batch until it is copied to the host.
-    t = big.frames
-    act = batch_size * (t * d * 8 * cbytes + big.n_head * t * t * 4)
-    peak = weights + batch_size * padded * 4 + act + batch_size * len(layers) * t * d * 4
+    # On a device: weights, a batch of the longest (padded) window, one block's activations and every stored layer
+    # of the batch until it is copied to the host (engine.pipelines.encode.memory).
+    peak = family_step(big, padded, d, layers, compute_dtype).peak(batch_size)
     memory_lines = [
         f"one stored layer of every utterance: {size(float(n_frames) * d * sbytes)}; all {len(layers)} layers: "
         f"{size(states_bytes)}",

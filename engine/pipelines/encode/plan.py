@@ -22,12 +22,12 @@ from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.loaded import load_whisper
 from engine.pipelines.encode.family_plan import plan_family_encode
+from engine.pipelines.encode.memory import whisper_step
 from engine.pipelines.encode.run import dataset_source
 from engine.pipelines.encode.windows import resampled_samples
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
     EFFICIENCY,
-    N_CTX,
     N_FEATURE_FRAMES,
     Plan,
     Stage,
@@ -108,10 +108,9 @@ def plan_encode(
         Stage("audio -> log-mel", 0.0, audio_bytes, 0.0, here_feat, dev_feat),
         Stage("encoder", enc_flops, float(weights), states_bytes, here_enc, dev_enc),
     ]
-    # On a device: weights, a batch of mel windows, one block's activations (qkv, MLP hidden, f32 scores of every
-    # head) and every stored layer of the batch until it is copied to the host.
-    act = batch_size * (N_CTX * d * 8 * cbytes + dims.n_audio_head * N_CTX * N_CTX * 4)
-    peak = weights + batch_size * dims.n_mels * N_FEATURE_FRAMES * 4 + act + batch_size * len(layers) * N_CTX * d * 4
+    # On a device: weights, a batch of mel windows, one block's activations and every stored layer of the batch until
+    # it is copied to the host (engine.pipelines.encode.memory).
+    peak = whisper_step(dims, layers, compute_dtype).peak(batch_size)
     per_layer = float(n_frames) * d * sbytes
     memory_lines = [
         f"one stored layer of every utterance: {size(per_layer)}; all {len(layers)} layers: {size(states_bytes)}",

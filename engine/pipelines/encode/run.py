@@ -42,6 +42,7 @@ from engine.models.family import Encoder, load_encoder
 from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.loaded import LoadedWhisper
 from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.memory import check_batch_size
 from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
 from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import data_mesh, is_process_zero
@@ -95,6 +96,8 @@ def run_encode(
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     _check_languages(langs, encoder)  # before anything is created, the lease included
+    layers = tuple(range(encoder.n_layers_out)) if config.layers is None else tuple(config.layers)
+    check_batch_size(encoder, layers, config.compute_dtype, config.batch_size)  # as is --batch_size
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
     shared = check_listing(
         listing, f"dataset {config.dataset!r} split {config.split!r}", allow_empty=config.allow_empty,
@@ -105,7 +108,7 @@ def run_encode(
             log.info("%s", line)
     revision = source_revision(source)
     with writer_lease(config.run.out, "encode", config.run.break_lease) as lease:
-        summary = _encode(config, encoder, listing, lease, revision)
+        summary = _encode(config, encoder, layers, listing, lease, revision)
     summary.shared_ids = shared
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -131,9 +134,9 @@ def _check_revision(store: LayerStore, revision: str | None, url: str) -> None:
 
 
 def _encode(
-    config: EncodeConfig, model: Encoder, listing: dict[str, list[Utterance]], lease, revision: str | None
-) -> EncodeSummary:
-    layers = tuple(range(model.n_layers_out)) if config.layers is None else tuple(config.layers)
+    config: EncodeConfig, model: Encoder, layers: tuple[int, ...], listing: dict[str, list[Utterance]], lease,
+    revision: str | None,
+) -> EncodeSummary:  # fmt: skip
     info = StoreInfo(
         model_name=model.name,
         checkpoint_sha256=model.sha256,

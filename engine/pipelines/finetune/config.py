@@ -58,7 +58,8 @@ class OptimConfig:
 class FinetuneConfig:
     """What to train on and how; ``run.out`` is the output folder (local)."""
 
-    store: str = option(help="layer store written by the encode job (must hold layer L+1)", required=True)
+    store: str = option(help="layer store written by the encode job (must hold layer L+1)", required=True,
+                        reads=True)  # fmt: skip
     run: RunOptions = RunOptions()
     model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
     source_langs: tuple[str, ...] = option(("en",), "store languages whose states are the inputs", parse="list")

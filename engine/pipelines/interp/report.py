@@ -9,7 +9,8 @@ import numpy as np
 
 from engine import captions, figures
 from engine.pipelines.interp.output import PAIR_SEPARATOR, SUMMARY_COLUMNS
-from engine.stores.kv import csv_bytes, write_value
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import csv_bytes
 
 
 def summarize(table, lang_a: str, lang_b: str, alignment: str = "mutual") -> list[dict]:
@@ -130,5 +131,5 @@ def figure_pngs(name: str, rows: list[dict], source: str = "", alignment: str = 
 
 def write_figures(kv, url: str, name: str, rows: list[dict], source: str = "", alignment: str = "mutual") -> None:
     """``<name>/<stem>.png`` of ``figure_pngs``."""
-    for key, png in figure_pngs(name, rows, source, alignment).items():
-        write_value(kv, f"{name}/{key}.png", png, url)
+    pngs = figure_pngs(name, rows, source, alignment)
+    write_outputs(kv, {f"{name}/{key}.png": png for key, png in pngs.items()}, url)

@@ -71,6 +71,7 @@ from engine.runtime.parallel import is_process_zero
 from engine.runtime.parts import table_bytes
 from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
+from engine.stores.integrity import write_outputs
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity, resolve_pairs
@@ -186,10 +187,10 @@ def _merge(kv, config: InterpConfig, pairs, layers, units: dict, summary: Interp
             tables.append(table.replace_schema_metadata(None))
         merged = pa.concat_tables(tables)
         name = pair_name(a, b)
-        write_value(kv, f"{name}/{PAIRS}", table_bytes(merged), out)
+        write_outputs(kv, {f"{name}/{PAIRS}": table_bytes(merged)}, out)
         rows = summarize(merged, a, b, config.alignment)
         summary_rows += rows
         write_figures(kv, out, name, rows, source, config.alignment)
         summary.outputs.append(f"{out}/{name}/{PAIRS}")
-    write_value(kv, SUMMARY, summary_csv_bytes(summary_rows), out)
+    write_outputs(kv, {SUMMARY: summary_csv_bytes(summary_rows)}, out)
     summary.outputs.append(f"{out}/{SUMMARY}")

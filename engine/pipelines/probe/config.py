@@ -18,7 +18,7 @@ class ProbeConfig:
     of RELATION_COLUMNS (None = generate them); langs / layers: None = all of the store; seeds: bootstrap resamples."""
 
     store: str = option(help="layer store of single-word clips, id = concept (e.g. encoded from --dataset words-demo)",
-                        required=True)  # fmt: skip
+                        required=True, reads=True)  # fmt: skip
     run: RunOptions = RunOptions()
     relations: str | None = option(None, "CSV lang_a,word_a,lang_b,word_b,relation (default: generate them)")
     langs: tuple[str, ...] | None = option(

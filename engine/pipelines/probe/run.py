@@ -38,7 +38,8 @@ import numpy as np
 from engine import captions, figures
 from engine.pipelines.probe.config import ProbeConfig, ProbeError
 from engine.runtime.runs import RunSummary
-from engine.stores.kv import csv_bytes, open_kvstore, write_all
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import csv_bytes, open_kvstore
 from engine.stores.reader import open_store
 from engine.text.soundalike import PhoneBook, _distance, require_voices
 from kernels.metrics import retrieval_metrics
@@ -261,7 +262,7 @@ def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     figure = probe_figure(summary.rows, captions.source_line(store.info.model_name, store.manifest.get("created")))
     if figure is not None:
         writes[PROBE_FIGURE] = figure
-    write_all(kv, writes, out)
+    write_outputs(kv, writes, out)
     summary.outputs = [out.rstrip("/") + "/" + k for k in writes]
     return summary
 

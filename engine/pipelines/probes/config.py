@@ -27,12 +27,14 @@ class ProbesConfig:
     of the store; folds: LID's outer folds; min_chars / max_tokens: samediff's word filter and sample per language;
     block: utterances per store read; seed: folds and token samples."""
 
-    store: str = option(required=True, help="layer store written by the encode job: local path or kvstore URL")
+    store: str = option(required=True, help="layer store written by the encode job: local path or kvstore URL",
+                        reads=True)  # fmt: skip
     probes: tuple[str, ...] | None = option(
         None, f"probes among {','.join(PROBES)} (default: lid, + samediff,cca with --words)", choices=PROBES,
         parse="list",
     )  # fmt: skip
-    words: str | None = option(None, "word tokens: the output folder of jobs.align (<lang>/words.parquet)")
+    words: str | None = option(None, "word tokens: the output folder of jobs.align (<lang>/words.parquet)",
+                               reads=True)  # fmt: skip
     langs: tuple[str, ...] | None = option(
         None, "comma-separated language codes of the layer store, or 'all'", parse="list"
     )

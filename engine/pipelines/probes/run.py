@@ -28,8 +28,9 @@ import numpy as np
 from engine import captions
 from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import PROBES, WORD_PROBES, ProbesConfig, ProbesError
-from engine.runtime.runs import RunSummary
-from engine.stores.kv import open_kvstore, write_all
+from engine.runtime.runs import RunSummary, output_run
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
 
@@ -116,12 +117,21 @@ def word_tokens(config: ProbesConfig, store, lang: str, ids, lengths):
 
 
 def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
-    """Runs the chosen probes over every chosen layer and writes their CSVs and figures (module docstring)."""
+    """Runs the chosen probes over every chosen layer and writes their CSVs and figures (module docstring). The run
+    holds the output folder's writer lease and records its settings there (``engine.runtime.runs.output_run``): a
+    rerun with other probes or settings is refused, never leaving old CSVs beside new ones."""
     started = time.monotonic()
     store = open_store(config.store) if store is None else store
-    summary = ProbesSummary()
     langs = _select("language", config.langs, store.languages())
     layers = _select("layer", config.layers, store.info.layers)
+    if "lid" in config.chosen and len(langs) < 2:  # before the lease: a wrong request creates nothing
+        raise ProbesError(f"language ID needs two or more languages; the run has {langs}")
+    with output_run(config, "probes", ProbesError, ignore=("block",)):
+        return _probes(config, store, langs, layers, started)
+
+
+def _probes(config: ProbesConfig, store, langs: list, layers: list, started: float) -> ProbesSummary:
+    summary = ProbesSummary()
     chosen = config.chosen
     lengths, utterances, ids = {}, {}, {}
     for lang in langs:
@@ -141,8 +151,6 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
 
         listed = [tokens[lang] for lang in langs]
         targets = cca.build_targets(listed, ids, phones.phonemize_words, encoders.load_text_encoder(), config.seed)
-    if "lid" in chosen and len(langs) < 2:
-        raise ProbesError(f"language ID needs two or more languages; the run has {langs}")
     for layer in layers:
         pooled, word_frames, word_pooled = [], [], []
         for lang in langs:
@@ -171,7 +179,7 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
     source = captions.source_line(store.info.model_name, store.manifest.get("created"), f"{len(langs)} languages")
     writes = outputs(summary, chosen, source)
     _, kv = open_kvstore(config.run.out)
-    write_all(kv, writes, config.run.out)
+    write_outputs(kv, writes, config.run.out)
     summary.outputs = [config.run.out.rstrip("/") + "/" + k for k in writes]
     summary.seconds = time.monotonic() - started
     return summary

@@ -24,7 +24,7 @@ class RetrievalConfig:
     """
 
     similarity: str = option(help="similarity store written by the seqsim job: local path or kvstore URL",
-                             required=True)  # fmt: skip
+                             required=True, reads="beside")  # fmt: skip
     measures: tuple[str, ...] | None = option(
         None, "comma-separated measures (seqsim, mean, centre, duration, ...) or 'all'", parse="list", flag="measure"
     )
@@ -37,7 +37,8 @@ class RetrievalConfig:
     figure_layer: int | None = option(None, "heatmap layer (default: the best mean R@1 of seqsim)")
     ks: tuple[int, ...] = option(DEFAULT_KS, "comma-separated k of recall at k", parse="ints")
     ties: str = option("optimistic", "rank of a correct partner tied with incorrect ones", choices=TIE_RULES)
-    subset: str | None = option(None, "challenge-set folder (jobs.challenge --out): score each pair's kept ids only")
+    subset: str | None = option(None, "challenge-set folder (jobs.challenge --out): score each pair's kept ids only",
+                                reads=True)  # fmt: skip
     subset_draws: int = option(20, "with --subset: size-matched random subsets of the full set per pair", minimum=1)
     subset_seed: int = option(0, "with --subset: seed of the size-matched random subsets")
     run: RunOptions = RunOptions()

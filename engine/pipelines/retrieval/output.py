@@ -16,6 +16,7 @@ import numpy as np
 from engine.pipelines.retrieval.config import RetrievalError
 from engine.pipelines.retrieval.scores import DirectedScore, mean_over_pairs
 from engine.stores import kv
+from engine.stores.integrity import write_outputs
 
 CSV_NAME = "retrieval.csv"
 FIGURES_DIR = "figures/"
@@ -131,6 +132,6 @@ def write_results(
         writes |= {
             FIGURES_DIR + name: png for name, png in figure_pngs(scores, figure_layer, subtitle, top_layer).items()
         }
-    kv.write_all(store, writes, out)
+    write_outputs(store, writes, out)
     paths = [root + key for key in writes]
     return paths[0], paths[1:]

@@ -52,7 +52,8 @@ from engine.pipelines.retrieval.scores import (
     score_matrix,
 )
 from engine.stores.challenge import read_kept
-from engine.stores.kv import open_kvstore, write_all
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.similarity import SimilarityError, open_similarity
 
@@ -312,6 +313,6 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
             subset.SUBSET_CSV: subset.subset_csv_bytes(comparison),
             subset.SUBSET_FIGURE: subset.subset_figure(comparison, metric, f"{subtitle}; subset {config.subset}"),
         }
-        write_all(kv, writes, out)
+        write_outputs(kv, writes, out)
         figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes)]
     return RetrievalResult(scores, out, csv_path, tuple(figure_paths), figure_layer, missing, tuple(comparison))

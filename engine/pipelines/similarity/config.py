@@ -17,7 +17,7 @@ class SimilarityConfig:
     """``run.out``: the similarity store to write (``engine.runtime.options.RunOptions``)."""
 
     store: str = option(help="layer store written by the encode job: local path or TensorStore kvstore URL",
-                        required=True)  # fmt: skip
+                        required=True, reads=True)  # fmt: skip
     langs: tuple[str, ...] | None = option(
         None, "comma-separated language codes of the layer store, or 'all'", parse="list"
     )

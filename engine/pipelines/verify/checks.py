@@ -2,21 +2,24 @@
 
 - **Layer store** (``engine.stores.layers``): every ``lengths`` chunk; every done utterance's shard, all layers (the
   shard index's and every inner chunk's crc32c); that every done utterance has a shard and the frame count its row
-  says; the utterance tables; that the arrays' shapes agree with the manifest and the table. Repair: a damaged
+  says; the utterance tables; that the arrays' shapes agree with the manifest and the table; every language's index
+  key and the roster of languages (their digests, and that every language found has its index). Repair: a damaged
   utterance's ``lengths`` entry becomes -1 (not done), and a damaged ``lengths`` chunk is rebuilt from the shards
   that verify cleanly (a done utterance's length is its row's ``n_frames``), so the encode job redoes exactly the
-  damaged utterances.
-- **Similarity store** (``engine.stores.similarity``): every done marker, and the matrix chunk of every done layer
-  of every pair. Repair: the damaged pair-layers' done markers are deleted, so the seqsim job recomputes them.
-- **Every Parquet and JSON file** anywhere under the location (job outputs, parts, manifests): read with page CRCs,
-  parsed. Repair: a damaged part or merged table is deleted (the job that wrote it redoes the part and rebuilds the
-  table); a damaged manifest or utterance table cannot be rebuilt and is only reported.
+  damaged utterances; a damaged index or roster is deleted, which the encode job writes again.
+- **Similarity store** (``engine.stores.similarity``): every pair's ``ids.json``, every done marker (digests), and
+  the matrix chunk of every done layer of every pair. Repair: the damaged pair-layers' done markers and damaged
+  ``ids.json`` are deleted, so the seqsim job recomputes and rewrites them.
+- **Every Parquet, JSON and output file** anywhere under the location (job outputs, parts, manifests): Parquet read
+  with page CRCs and its declared columns, JSON against its digest, CSVs, figures and reports against their
+  ``.sha256`` digest files. Repair: a damaged part, merged table or output file is deleted (the job that wrote it
+  redoes the part and rebuilds the table or file); a damaged manifest cannot be rebuilt and is only reported.
+- **A store inside a store** (a babelgrid manifest below a store's root): reported, not repaired (move it out).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable
 
@@ -25,15 +28,28 @@ import tensorstore as ts
 
 from engine.axes import UTTERANCE
 from engine.errors import BabelgridError
-from engine.stores.integrity import DamageError, read_parquet
-from engine.stores.kv import StoreError, read_value
+from engine.stores.integrity import DIGEST_SUFFIX, DamageError, check_output, damage_kind, is_damage, read_parquet
+from engine.stores.kv import StoreError, read_json, read_value, storage_error
 from engine.stores.layers import LayerStore
-from engine.stores.schema import LENGTHS_CHUNK, NOT_DONE, STATES, UTTERANCES
-from engine.stores.similarity import DONE_DIR, MEASURES, SimilarityError, open_similarity, pair_key
+from engine.stores.schema import (
+    LANG,
+    LANGUAGES_DIR,
+    LENGTHS,
+    LENGTHS_CHUNK,
+    NOT_DONE,
+    RESERVED_LANGS,
+    ROSTER,
+    STATES,
+    UTTERANCES,
+)
+from engine.stores.similarity import DONE_DIR, IDS, MEASURES, PAIR_SEPARATOR, SimilarityError, open_similarity
 
 SHARD = re.compile(r"c\.\d+\.(\d+)\.\d+\.\d+")  # a states shard key: c.<layer>.<utterance>.<frame>.<embed>
 READS_IN_FLIGHT = 32  # shards read at once
 NOT_REPAIRABLE = "none: restore it from a copy, or write the output again into a new folder"
+OUTPUTS = (".csv", ".tsv", ".png", ".md", ".txt")  # job outputs that have a digest file (engine.stores.integrity)
+RERUN = "none needed: rerun the {} job (it writes it again)"  # for something missing
+DELETED = "deleted: rerun the {} job (it writes it again)"  # for something damaged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +76,8 @@ class Findings:
 
 
 def _problem(error: BaseException) -> str:
-    text = str(error)
-    if "NOT_FOUND" in text or "is missing" in text:
-        return "missing"
-    if "Digest mismatch" in text or "checksum" in text.lower() or "CRC" in text:
-        return "checksum mismatch"
-    return "unreadable: " + text.splitlines()[0][:160]
+    """A damaged thing's problem in a few words, from the error's kind (``integrity.damage_kind``)."""
+    return damage_kind(error) or "unreadable: " + str(error).splitlines()[0][:160]
 
 
 def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, bar) -> None:
@@ -73,11 +85,11 @@ def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, b
     store = LayerStore.open(url)
     if writable:
         store = LayerStore.create_or_open(url, store.info)  # the same manifest: only to write lengths
-    for lang in store.languages():
+    for lang in _languages(store, keys, findings):
         table_key = f"{lang}/{UTTERANCES}"
         findings.keys_done.add(table_key)
         try:
-            arrays = store.language(lang)
+            arrays = store.language(lang, indexed=False)
         except DamageError as e:
             repair = "deleted: rerun the encode job with the same dataset (it writes the table again)"
             fix = _delete(store._kv, table_key)
@@ -89,6 +101,45 @@ def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, b
         prefix = f"{lang}/{STATES}"
         shards = {int(m.group(1)) for k in keys if k.startswith(prefix) and (m := SHARD.fullmatch(k[len(prefix) :]))}
         _language(store._kv, arrays, lang, shards, findings, bar)
+
+
+def _languages(store: LayerStore, keys: list[str], findings: Findings) -> list[str]:
+    """The languages of the store, from its keys (index keys and language folders), each index key and the roster
+    checked: a damaged one is deleted by the repair and a missing one left, for the encode job to write again."""
+    indexed = {k[len(LANGUAGES_DIR) : -len(".json")] for k in keys if k.startswith(LANGUAGES_DIR)}
+    folders = {k.split("/", 1)[0] for k in keys if k.endswith((f"/{UTTERANCES}", f"/{LENGTHS}zarr.json"))}
+    found = sorted(lang for lang in indexed | folders if LANG.fullmatch(lang) and lang not in RESERVED_LANGS)
+    roster: list[str] = []
+    if store.sealed:
+        findings.keys_done.add(ROSTER)
+        try:
+            roster = store.roster() or []
+            if ROSTER not in keys and found:
+                findings.damage.append(Damage("language roster", ROSTER, "missing", RERUN.format("encode"), _nothing,
+                                              "encode"))  # fmt: skip
+        except DamageError as e:
+            repair, fix = DELETED.format("encode"), _delete(store._kv, ROSTER)
+            findings.damage.append(Damage("language roster", ROSTER, _problem(e), repair, fix, "encode"))
+    for lang in found:
+        key = f"{LANGUAGES_DIR}{lang}.json"
+        findings.keys_done.add(key)
+        try:
+            if store.index(lang) is not None or not (lang in roster or _has_done(keys, lang)):
+                continue  # whole, or a creation interrupted before its index: the encode job finishes it
+            problem, repair, fix = "missing", RERUN.format("encode"), _nothing
+        except DamageError as e:
+            problem, repair, fix = _problem(e), DELETED.format("encode"), _delete(store._kv, key)
+        findings.damage.append(Damage(f"{lang} language index", key, problem, repair, fix, "encode"))
+    return found
+
+
+def _has_done(keys: list[str], lang: str) -> bool:
+    """Whether any ``lengths`` chunk of ``lang`` was written (an utterance was done once)."""
+    return any(k.startswith(f"{lang}/{LENGTHS}c.") for k in keys)
+
+
+def _nothing() -> None:
+    """The repair of something missing that the rerun writes again: nothing to change."""
 
 
 def _language(kv, arrays, lang: str, shards: set[int], findings: Findings, bar) -> None:
@@ -119,6 +170,8 @@ def _language(kv, arrays, lang: str, shards: set[int], findings: Findings, bar) 
             try:
                 future.result()
             except ValueError as e:
+                if not is_damage(e):  # unreachable or forbidden: not a verdict on the shard
+                    raise storage_error("read", f"{lang}/{STATES}c.0.{u}.0.0", arrays.url, e) from None
                 bad[u] = _problem(e)
         findings.count("shards", len(batch))
         bar.update(len(batch))
@@ -167,61 +220,103 @@ def _rebuild(kv, key: str, arrays, index: np.ndarray, values: np.ndarray) -> Cal
 
 
 def similarity_store(url: str, keys: list[str], kv, findings: Findings, bar) -> None:
-    """Checks every done marker and done layer's chunk of the similarity store at ``url``."""
+    """Checks every pair's ids.json, done markers and done layers' chunks of the similarity store at ``url``: from
+    its keys, so that a pair whose ids.json is gone is checked (and named) too."""
     reader = open_similarity(url)
+    fix_rerun = RERUN.format("seqsim")
     for measure in MEASURES:
-        for a, b in reader.pairs(measure):
-            key = pair_key(measure, a, b)
-            findings.keys_done.add(key + "ids.json")
+        folders = sorted({k[len(measure) + 1 :].split("/", 1)[0] for k in keys if k.startswith(f"{measure}/")})
+        for folder in (f for f in folders if f.count(PAIR_SEPARATOR) == 1):
+            key = f"{measure}/{folder}/"
             markers = [k for k in keys if k.startswith(key + DONE_DIR) and k.endswith(".json")]
+            findings.keys_done.update([key + IDS, *markers])
+            try:
+                if reader._ids(key) is None and markers:
+                    findings.damage.append(Damage(f"{measure} {folder} ids", key + IDS, "missing", fix_rerun,
+                                                  _nothing, "seqsim"))  # fmt: skip
+            except DamageError as e:
+                repair, fix = DELETED.format("seqsim"), _delete(kv, key + IDS)
+                findings.damage.append(Damage(f"{measure} {folder} ids", key + IDS, _problem(e), repair, fix, "seqsim"))
             for marker_key in markers:
-                findings.keys_done.add(marker_key)
-                layer = marker_key[len(key + DONE_DIR) : -len(".json")]
-                what = f"{measure} {a}__{b} layer {layer}"
-                repair = "marked not done: rerun the seqsim job"
-                try:
-                    _json(kv, marker_key, url)
-                    reader.matrix(measure, a, b, int(layer))
-                    findings.count("pair-layers")
-                except DamageError as e:
-                    fix = _delete(kv, marker_key)
-                    chunk = f"{key}c.{reader.layers.index(int(layer))}.0.0"
-                    findings.damage.append(Damage(what, chunk, _problem(e), repair, fix, "seqsim"))
-                except (SimilarityError, StoreError, ValueError) as e:
-                    problem = "unreadable: " + str(e)[:160]
-                    findings.damage.append(Damage(what, marker_key, problem, repair, _delete(kv, marker_key), "seqsim"))
+                _pair_layer(reader, kv, key, marker_key, findings)
                 bar.update(1)
 
 
-def _delete(kv, key: str) -> Callable[[], None]:
+def _pair_layer(reader, kv, key: str, marker_key: str, findings: Findings) -> None:
+    """One done marker and the matrix chunk it stands for."""
+    layer = marker_key[len(key + DONE_DIR) : -len(".json")]
+    what = f"{key.replace('/', ' ').strip()} layer {layer}"
+    repair = "marked not done: rerun the seqsim job"
+    try:
+        read_json(kv, marker_key, reader.url, sealed=reader.sealed)
+        position = reader.layer_position(int(layer))
+    except (DamageError, SimilarityError, ValueError) as e:
+        findings.damage.append(Damage(what, marker_key, _problem(e), repair, _delete(kv, marker_key), "seqsim"))
+        return
+    try:
+        reader._open_array(key, writable=False)[position].read().result()
+        findings.count("pair-layers")
+    except ValueError as e:
+        if not is_damage(e):
+            raise storage_error("read", f"{key}c.{position}.0.0", reader.url, e) from None
+        findings.damage.append(Damage(what, f"{key}c.{position}.0.0", _problem(e), repair, _delete(kv, marker_key),
+                                      "seqsim"))  # fmt: skip
+
+
+def _delete(kv, *keys: str) -> Callable[[], None]:
     def fix():
-        kv.write(key, None).result()  # None deletes
+        for key in keys:
+            kv.write(key, None).result()  # None deletes
 
     return fix
 
 
-def _json(kv, key: str, url: str) -> dict:
-    value = read_value(kv, key, url)
-    if value.state != "value":
-        raise StoreError(f"{key} is missing")
-    return json.loads(bytes(value.value))
+def nested_stores(url: str, keys: list[str], kv, findings: Findings) -> None:
+    """A babelgrid store or job output inside this store (a ``manifest.json`` of a babelgrid format below its root,
+    as ``seqsim --out S/en`` made before outputs were kept apart from their inputs) is named: never one clean store."""
+    for key in (k for k in keys if k.endswith("/manifest.json")):
+        try:
+            nested = (read_json(kv, key, url) or {}).get("format")
+        except (StoreError, BabelgridError):
+            continue  # files() names a damaged one
+        if isinstance(nested, str) and nested.startswith("babelgrid-"):
+            where = key[: -len("manifest.json")]
+            repair = "none: move it out of the store (outputs never nest in the stores they read)"
+            findings.damage.append(Damage(f"a {nested} in {where}", key, "another store inside this one", repair))
 
 
 def files(url: str, keys: list[str], kv, findings: Findings, bar) -> None:
-    """Reads every Parquet and JSON file among ``keys`` that a store check did not read already."""
-    for key in (k for k in keys if k.endswith((".parquet", ".json")) and k not in findings.keys_done):
+    """Reads every Parquet, JSON and output file among ``keys`` that a store check did not read already: Parquet
+    pages and declared columns, JSON digests, each output file against its digest file."""
+    present, unchecked = set(keys), 0
+    for key in (k for k in keys if k not in findings.keys_done):
+        if key.endswith(DIGEST_SUFFIX):
+            if key[: -len(DIGEST_SUFFIX)] not in present:  # its file is gone: the rerun writes both again
+                repair = "its digest file deleted: rerun the job that wrote it"
+                findings.damage.append(Damage(key[: -len(DIGEST_SUFFIX)], key, "missing", repair, _delete(kv, key)))
+            continue
         if key.endswith(".json"):
             try:
-                _json(kv, key, url)
+                read_json(kv, key, url)
                 findings.count("JSON files")
             except (ValueError, StoreError, BabelgridError) as e:
-                findings.damage.append(Damage(key, key, "unreadable JSON: " + str(e)[:120], NOT_REPAIRABLE))
-            bar.update(1)
-            continue
-        try:
-            read_parquet(read_value(kv, key, url).value, key, url, fix="")
-            findings.count("Parquet files")
-        except DamageError as e:
-            repair = "deleted: rerun the job that wrote it (it redoes a part, and rebuilds a merged table)"
-            findings.damage.append(Damage(key, key, _problem(e), repair, _delete(kv, key)))
+                findings.damage.append(Damage(key, key, damage_kind(e) or "unreadable JSON", NOT_REPAIRABLE))
+        elif key.endswith((".parquet", *OUTPUTS)) or key + DIGEST_SUFFIX in present:
+            try:
+                data = bytes(read_value(kv, key, url).value)
+                if key.endswith(".parquet"):
+                    read_parquet(data, key, url, fix="")
+                if not check_output(kv, key, data, url) and not key.endswith(".parquet"):
+                    unchecked += 1
+                findings.count("Parquet files" if key.endswith(".parquet") else "output files")
+            except DamageError as e:
+                repair = "deleted: rerun the job that wrote it (it redoes a part, and rebuilds a merged table or file)"
+                findings.damage.append(Damage(key, key, _problem(e), repair, _delete(kv, key, key + DIGEST_SUFFIX)))
+        else:
+            continue  # chunks and zarr metadata: read by the store checks, or not babelgrid's
         bar.update(1)
+    if unchecked:
+        findings.notes.append(
+            f"{unchecked} output files have no {DIGEST_SUFFIX} digest file (written by an older babelgrid): read, not "
+            "checked"
+        )

@@ -17,12 +17,13 @@ from engine.pipelines.verify import checks
 from engine.pipelines.verify.config import VerifyConfig, VerifyError
 from engine.runtime.runs import RunSummary, progress_bar, writer_lease
 from engine.stores import kv as store_kv
-from engine.stores.kv import StoreError, open_kvstore, read_json
+from engine.stores.kv import DamageError, open_kvstore, read_json
 from engine.stores.schema import FORMAT_NAME as LAYER_STORE
 from engine.stores.similarity import FORMAT_NAME as SIMILARITY_STORE
 
 log = logging.getLogger(__name__)
 KINDS = {LAYER_STORE: "layer store", SIMILARITY_STORE: "similarity store"}
+MANIFEST = "manifest.json"  # the layer and similarity stores' and the jobs' outputs' (its format names the kind)
 
 
 @dataclasses.dataclass
@@ -52,7 +53,11 @@ class VerifySummary(RunSummary):
         lines.append(table(self.damage, self.repaired))
         if self.repaired:
             jobs = sorted({d.job for d in self.damage if d.fix is not None})
-            lines.append(f"repaired: now rerun {' and '.join(jobs)} with the same flags, to redo what was damaged")
+            if jobs:
+                lines.append(f"repaired: now rerun {' and '.join(jobs)} with the same flags, to redo what was damaged")
+            lost = sum(d.fix is None for d in self.damage)
+            if lost:
+                lines.append(f"not repairable: {lost} (restore from a copy, or write the output again elsewhere)")
         else:
             lines.append(f"to repair: babelgrid verify {self.location} --repair, then rerun the jobs named above")
         return "\n".join(lines)
@@ -79,20 +84,23 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
     keys = sorted(k.decode() for k in kv.list(ts.KvStore.KeyRange()).result())
     if not keys:
         raise VerifyError(f"nothing to verify at {url!r}: it holds no files. Check the path")
+    findings = checks.Findings()
     try:
-        manifest = read_json(kv, "manifest.json", url) or {}
-    except StoreError as e:
-        raise VerifyError(f"{e}: the manifest cannot be rebuilt; restore it from a copy") from None
+        manifest = read_json(kv, MANIFEST, url) or {}
+    except DamageError as e:  # what it describes cannot be known: its files are checked as any output's
+        manifest = {}
+        findings.damage.append(checks.Damage(MANIFEST, MANIFEST, checks.damage_kind(e), checks.NOT_REPAIRABLE))
     kind = KINDS.get(manifest.get("format"), "output folder")
     summary = VerifySummary(location=url, kind=kind)
-    findings = checks.Findings()
     bar = progress_bar(len(keys), "verify", "key", config.run.progress)
     try:
         if kind == "layer store":
             checks.layer_store(url, keys, config.repair, findings, bar)
         elif kind == "similarity store":
             checks.similarity_store(url, keys, kv, findings, bar)
-        findings.keys_done.add("manifest.json")
+        if kind in KINDS.values():
+            checks.nested_stores(url, keys, kv, findings)
+        findings.keys_done.add(MANIFEST)
         checks.files(url, keys, kv, findings, bar)
     finally:
         bar.close()
