@@ -26,7 +26,16 @@ from kernels.settings import OtConfig
 common.define_config_flags(
     SimilarityConfig,
     __name__,
-    run=("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "store_timeout", "matmul_precision"),
+    run=(
+        "out",
+        "progress",
+        "claim_ttl",
+        "break_lease",
+        "kvstore_spec",
+        "store_timeout",
+        "matmul_precision",
+        "memory_budget",
+    ),
     required=("store", "out"),
     help={"out": "similarity store to write (created if missing, resumed if present)"},
     plan="engine.pipelines.similarity.plan:plan_seqsim_run",
