@@ -20,7 +20,7 @@ from engine.models.whisper.dims import preset
 from engine.pipelines.encode.plan import plan_encode
 from engine.pipelines.similarity.config import DEFAULT_MEASURES
 from engine.pipelines.similarity.plan import CALIBRATION_UTTERANCES, plan_seqsim
-from engine.runtime import plan as plan_lib
+from engine.runtime import devices as plan_lib
 from engine.stores.similarity import check_measure
 
 LARGE_V3 = preset("large-v3")

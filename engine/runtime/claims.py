@@ -172,8 +172,16 @@ class WorkClaims:
     def _drop(self, claim: Claim, value: bytes | None) -> None:
         with self._lock:
             self._held.pop(claim.unit, None)
-            if not claim.lost:
+            if claim.lost:
+                return
+            try:
                 write_value(self.kv, self.key(claim.unit), value, self.url, if_equal=claim.generation)
+            except StoreError as e:
+                if "No such file or directory" not in str(e):
+                    raise
+                # Process 0 ended the run and tidied the claims folder while this process released a claim it took
+                # on a unit found done in its last round (as in ``claim``): the claim is gone with the folder.
+                log.info("the claims folder of %r went away under the release of %s", self.url, claim.unit)
 
     def close(self) -> None:
         """Stops renewing; releases the claims still held (an error ended the work: others may take them at once)."""

@@ -73,9 +73,7 @@ class HeldStates:
 
     def reads_per_language(self) -> dict[str, float]:
         """Bytes read of each language over its whole size at one layer: 1.0 per layer when read once."""
-        return {
-            lang: read / max(self.languages[lang].whole_bytes, 1) for lang, read in sorted(self.read.items())
-        }
+        return {lang: read / max(self.languages[lang].whole_bytes, 1) for lang, read in sorted(self.read.items())}
 
 
 def simulate(budget: int, languages: Mapping[str, Language], items: Sequence[Item]) -> HeldStates:

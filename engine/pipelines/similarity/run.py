@@ -251,7 +251,7 @@ def _item(work: Work, item: Item, sides: tuple[Side, Side], summary: SimilarityS
         work.out.write_layer(work.arrays[m, item.a, item.b], m, item.a, item.b, item.layer, full, {**marker, **extra})
         summary.matrices += 1
         fault_point("after_matrix")  # test-only (engine.runtime.faults): the unit's claim is still held
-    summary.pair_layers += 1
+    summary.pair_layers += not item.rest  # a split pair's layer counts once, when its blocks are committed
 
 
 def _score(A: Side, B: Side, measures, context: MeasureContext, summary: SimilaritySummary) -> dict[str, Scores]:

@@ -130,6 +130,7 @@ class Item:
     cost: float
     grid: tuple[int, int] = (1, 1)
     block: tuple[int, int] = (0, 0)
+    rest: bool = False  # the measures of a split pair scored whole (the pair-layer completes with its blocks)
 
     @property
     def split(self) -> bool:
@@ -204,10 +205,13 @@ def check_budget(languages: Mapping[str, Language], pairs: Sequence[tuple[str, s
 
 def blocked_order(pairs: Sequence[tuple[str, str]], sizes: Mapping[str, int], budget: int) -> list[tuple[str, str]]:
     """``pairs`` in the order of the module docstring: row tiles of languages (sorted) that fit ``budget`` less the
-    largest language, the pairs inside a tile first, then one strip per later language; (a, b) and (b, a) together."""
+    largest language that fits half of it, the pairs inside a tile first, then one strip per later language; (a, b)
+    and (b, a) together."""
     langs = sorted({x for pair in pairs for x in pair})
     rank = {lang: i for i, lang in enumerate(langs)}
-    capacity = budget - max((sizes[lang] for lang in langs), default=0)
+    # Room for one streamed language beside the tile: the largest that can pair whole with another (a language
+    # above half the budget is split against most others anyway, and gets a tile of its own).
+    capacity = budget - max((sizes[lang] for lang in langs if 2 * sizes[lang] <= budget), default=0)
     tile, used, tile_of = 0, 0, {}
     for lang in langs:
         if used and used + sizes[lang] > capacity:
@@ -276,7 +280,7 @@ def _items(layer, a, b, measures, languages, budget, target, grids, flops) -> li
         return [Item(layer, a, b, measures, flops(measures, a, b))]
     split = exact if fits else measures  # for balance only the exact measures; for memory every one
     rest = tuple(m for m in measures if m not in split)
-    items = [Item(layer, a, b, rest, flops(rest, a, b))] if rest else []
+    items = [Item(layer, a, b, rest, flops(rest, a, b), rest=True)] if rest else []
     for i, (rows, _) in enumerate(A.parts(grid[0])):
         for j, (cols, _) in enumerate(B.parts(grid[1])):
             items.append(Item(layer, a, b, split, flops(split, a, b, rows, cols), grid, (i, j)))
