@@ -169,20 +169,22 @@ def plan_seqsim(
         on = "tpu" if device.name.startswith("TPU") else "gpu"
         device_blocks, working = blocks(int(device.memory // 4), on)  # kernels.seqsim uses a quarter of free memory
         share = Budget(int(device.memory * DEVICE_SHARE), f"{DEVICE_SHARE:.0%} of its {size(device.memory)}")
-        on_device, held, _ = memory_plan(done, pairs, measures, d, dtype, share, False, hosts[0], unit_gflops, n_layers)
+        on_device, held, reads = memory_plan(done, pairs, measures, d, dtype, share, False, hosts[0], unit_gflops,
+                                             n_layers)  # fmt: skip
         fits = held + working <= 0.9 * device.memory
         memory_lines += [f"on {device.name}: {device_blocks}", f"on {device.name}: {on_device}",
                          f"fits on {device.name}: {'yes' if fits else 'NO'} (90% usable)"]  # fmt: skip
         peak = held + working + n_a * n_b * 4 * 3
-    # Each language is read as often as the tiles make it (the reads of one process walking the whole order).
+    # Each language is read as often as the tiles make it (one process walking the whole order; on --plan_device,
+    # the device's budget).
     for stage in stages if reads is not None else ():
         if stage.bytes_read:
             stages[stages.index(stage)] = dataclasses.replace(stage, bytes_read=stage.bytes_read * reads)
     total = sum(st.seconds_device or 0.0 for st in stages) if device is not None else None
     for count in hosts if len(hosts) > 1 or hosts[0] > 1 else ():
-        when = f"{duration(sum(st.seconds_here for st in stages) / count)} here"
-        when += "" if total is None else f", {duration(total / count)} on {device.name}"
-        memory_lines.append(f"on {count} hosts (one process each, units balanced): {when} per host")
+        when = f"{duration(sum(st.seconds_here for st in stages) / count)} per host here"
+        when += "" if total is None else f", {duration(total / count)} per {device.name}"
+        memory_lines.append(f"on {count} host{'s' if count > 1 else ''} (one process each, units balanced): {when}")
     counts = [
         ("store", store),
         ("languages", f"{len(langs)}, {len(pairs)} pairs, {n_layers} layers, d={d}"),
