@@ -118,27 +118,41 @@ def grid(langs: int, utterances: int | None, scale: float, frame_scale: float, s
     return out
 
 
-def launch(store: str, out: str, n: int, budget: str, env: dict, langs: str = "all") -> dict:
-    """The seqsim job as ``n`` processes, one core each; their summaries and RSS, and the wall time."""
-    cores = sorted(os.sched_getaffinity(0))
-    with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
+def free_port() -> int:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        args = ["--store", store, "--out", out, "--langs", langs, "--memory_budget", budget, "--progress=false"]
-        dist = [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={n}"] if n > 1 else []
+        return s.getsockname()[1]
+
+
+def launch(store: str, out: str, n: int, budget: str, env: dict, langs: str = "all") -> dict:
+    """The seqsim job as ``n`` processes, one core each; their summaries and RSS, and the wall time. A process that
+    fails stops the others (they would wait for it)."""
+    cores = sorted(os.sched_getaffinity(0))
+    args = ["--store", store, "--out", out, "--langs", langs, "--memory_budget", budget, "--progress=false"]
+    dist = [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={n}"] if n > 1 else []
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        procs = []
+        procs, logs = [], []
         for i in range(n):
-            core = {cores[i % len(cores)]}
             argv = [sys.executable, "-c", WRAPPER, *args, *dist, *([f"--process_id={i}"] if n > 1 else [])]
-            pin = functools.partial(os.sched_setaffinity, 0, core)
-            procs.append(subprocess.Popen(argv, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                          text=True, preexec_fn=pin))  # fmt: skip
-        outputs = [p.communicate()[0] for p in procs]
+            pin = functools.partial(os.sched_setaffinity, 0, {cores[i % len(cores)]})
+            logs.append(open(pathlib.Path(tmp) / f"{i}.log", "w+"))  # noqa: SIM115 - closed below
+            procs.append(subprocess.Popen(argv, env=env, cwd=tmp, stdout=logs[-1], stderr=subprocess.STDOUT,
+                                          preexec_fn=pin))  # fmt: skip
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+            time.sleep(0.05)
         wall = time.perf_counter() - t0
+        outputs = []
+        for log in logs:
+            log.seek(0)
+            outputs.append(log.read())
+            log.close()
     for p, o in zip(procs, outputs, strict=True):
         if p.returncode:
-            sys.exit(f"the seqsim job failed:\n{o[-4000:]}")
+            sys.exit(f"the seqsim job failed (exit {p.returncode}):\n{o[-4000:]}")
     return {"wall": wall, "processes": [summary(o) for o in outputs]}
 
 

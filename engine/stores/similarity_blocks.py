@@ -36,8 +36,8 @@ import numpy as np
 import tensorstore as ts
 
 from engine.stores.integrity import DamageError
-from engine.stores.kv import read_value, storage_error, write_value
-from engine.stores.similarity import SimilarityStore, pair_key
+from engine.stores.kv import read_json, read_value, storage_error, write_value
+from engine.stores.similarity import DONE_DIR, SimilarityStore, pair_key
 
 STAGING = "staging/"
 
@@ -56,6 +56,11 @@ def settings_digest(settings: dict) -> str:
 
 class StagingSimilarityStore(SimilarityStore):
     """A similarity store that also stages blocks of split pair-layers (see the module docstring)."""
+
+    def layer_marker(self, measure: str, a: str, b: str, layer: int) -> dict | None:
+        """The done marker of one layer of (measure, a, b), None when not done: one read (``done_markers`` lists and
+        reads every layer's)."""
+        return read_json(self._kv, f"{pair_key(measure, a, b)}{DONE_DIR}{int(layer)}.json", self.url)
 
     def _staging(self, measure: str, a: str, b: str, layer: int, grid: tuple[int, int] | None = None, digest=""):
         key = f"{STAGING}{pair_key(measure, a, b)}{int(layer)}/"

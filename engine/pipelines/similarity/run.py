@@ -90,7 +90,7 @@ class Work:
 
     def matches(self, measure: str, a: str, b: str, layer: int) -> bool:
         """Whether the matrix of (measure, a, b) at ``layer`` is committed with this run's settings."""
-        return _marker_matches(self.out.done_markers(measure, a, b).get(layer), self.wanted[measure, a, b])
+        return _marker_matches(self.out.layer_marker(measure, a, b, layer), self.wanted[measure, a, b])
 
 
 def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = None) -> SimilaritySummary:
@@ -204,13 +204,20 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
         sizes = [held.size(p) for p in pieces]
         return sum(n for p, n in zip(pieces, sizes, strict=True) if p in held.held) / max(sum(sizes), 1)
 
+    status: dict[Item, bool] = {}  # each item of a claimed unit, done or not, read once it is claimed
+
+    def unit_done(name: str) -> bool:
+        done = [item_done(item) for item in units[name].items]  # a killed process's unit may be partly done
+        status.update(zip(units[name].items, done, strict=True))
+        return all(done)
+
     progress = progress_bar(len(items), "similarity", "item", config.run.progress)
     with UnitLoop(claims, lease, summary, progress) as loop:
-        for claimed in loop.rounds(list(units), lambda name: all(map(item_done, units[name].items)), prefer):
+        for claimed in loop.rounds(list(units), unit_done, prefer):
             for claim in claimed:
                 unit = units[claim.unit]
                 for k, item in enumerate(unit.items):
-                    if not item_done(item):  # a unit of a killed run may have some items done
+                    if not status.pop(item, False):
                         _item(work, item, held.get(item, first[unit.name] + k), summary)
                 loop.done(claim, progress=len(unit.items))
         blocks.commit_all(work, items, summary)  # split pairs whose last blocks were staged by a killed process
