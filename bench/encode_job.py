@@ -150,9 +150,7 @@ def main() -> None:
             p.write_all(str(out))
 
         config = dict(dataset=spec, dtype=args.dtype, batch_size=args.batch, progress=False)
-        run_encode(
-            configure(EncodeConfig, out=str(tmp / "warm"), langs=(p.languages[0],), **config), whisper=whisper
-        )
+        run_encode(configure(EncodeConfig, out=str(tmp / "warm"), langs=(p.languages[0],), **config), whisper=whisper)
         # Interleaved rounds: a slow spell of a shared machine hits all three stages of that round alike.
         t_enc, t_write, t_job = [], [], []
         for r in range(args.repeats):
