@@ -47,7 +47,7 @@ from engine.pipelines.similarity.tiles import Item, Language, Sizing, check_budg
 from engine.runtime.budget import resolve_budget
 from engine.runtime.claims import WorkClaims
 from engine.runtime.faults import fault_point
-from engine.runtime.parallel import data_mesh, is_process_zero
+from engine.runtime.parallel import barrier, data_mesh, is_process_zero
 from engine.runtime.runs import process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore
@@ -179,6 +179,9 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
                 if not _marker_matches(markers.get(layer), wanted[m, a, b]):
                     todo.setdefault((layer, a, b), []).append(m)
 
+    # Every process plans its units from the markers it read; none writes before all have read them, so that every
+    # process plans the same units (their names are the claims' keys).
+    barrier("babelgrid-similarity-planned")
     summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
     summary.budget, summary.budget_source = budget.bytes, budget.source
     target = None if config.unit_gflops is None else config.unit_gflops * 1e9
