@@ -7,9 +7,10 @@ compute dtype, and, when SeqSim scores it by packed bins (CPU), as its packed bi
 ``Language.part_bytes``. What a process holds is counted from these (``engine.pipelines.similarity.held``).
 
 Order. Per layer, the languages are cut into row tiles of consecutive languages that fit the budget less the largest
-language, and the pairs are visited tile by tile: the pairs inside the tile, then, for each later language in turn
-(a strip), its pairs with the tile's languages. A process holding a tile reads each later language once per tile,
-so a language is read at most 1 + (the index of its tile) times per layer, fewer where the budget holds more.
+language that fits half of it, and the pairs are visited tile by tile: the pairs inside the tile, then, for each
+later language in turn (a strip), its pairs with the tile's languages. A process holding a tile reads each later
+language once per tile, so a language is read at most 1 + (the index of its tile) times per layer, fewer where the
+budget holds more.
 
 Splits. A pair whose two languages do not fit the budget together is scored in blocks of utterances (rows x columns
 of its two sides), the fewest that fit; a budget below its smallest block (one part of each side) is a BudgetError
