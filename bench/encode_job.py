@@ -57,6 +57,81 @@ def dataset_spec(tmp: pathlib.Path) -> str:
     return "demo"
 
 
+class Prepared:
+    """The bench's inputs, decoded once: the model, the dataset's windows, ``encode_all()`` (the encoder alone on
+    fixed-size batches, to the host) and each utterance's states as the job writes them (``per_utt``)."""
+
+    def __init__(self, tmp: pathlib.Path, batch: int, dtype: str):
+        self.whisper = whisper = load_whisper()
+        dims = whisper.dims
+        self.layers = tuple(range(dims.n_audio_layer + 2))
+        self.spec = dataset_spec(tmp)
+        source = get_source(self.spec)
+        self.languages = source.languages()
+        self.utts = [(lang, u) for lang in source.languages() for u in source.utterances(lang)]
+        self.audio_s = 0.0
+        prepared = []
+        for lang, utt in self.utts:
+            audio = utt.load()
+            self.audio_s += len(audio) / audio_lib.SAMPLE_RATE
+            mel, frames = features_for_audio(audio, dims.n_mels)
+            prepared.append((lang, utt, np.asarray(mel), np.asarray(frames)))
+        windows = np.concatenate([m for _, _, m, _ in prepared])
+        self.n_windows = len(windows)
+        n_batches = -(-len(windows) // batch)
+        padded = np.concatenate(
+            [windows, np.full((n_batches * batch - len(windows), *windows.shape[1:]), windows.min(), np.float32)]
+        )
+        encoder = ShardedEncoder(whisper.model, data_mesh(jax.local_devices()), layers=self.layers,
+                                 out_dtype=jnp.dtype(dtype))  # fmt: skip
+
+        def encode_all():
+            outs, pending = [], None
+            for b in range(n_batches):
+                result = encoder(padded[b * batch : (b + 1) * batch])
+                if pending is not None:
+                    outs.append(np.asarray(pending))
+                pending = result
+            outs.append(np.asarray(pending))
+            return np.concatenate(outs, axis=1)
+
+        self.encode_all = encode_all
+        states = encode_all()  # compile
+
+        # Per-utterance states, exactly what the job writes.
+        self.per_utt, row = [], 0
+        for lang, utt, mel, frames in prepared:
+            parts = [states[:, row + w, : int(frames[w])] for w in range(len(mel))]
+            self.per_utt.append((lang, utt, np.concatenate(parts, axis=1)))
+            row += len(mel)
+        self.nbytes = sum(s.nbytes for _, _, s in self.per_utt)
+        self.info = StoreInfo(whisper.checkpoint.name, whisper.checkpoint.sha256, dims, self.layers, dtype)
+
+    def write_all(self, url: str) -> None:
+        """Every utterance's states through ``LayerStore`` into ``url``, as the encode job writes them."""
+        store = LayerStore.create_or_open(url, self.info)
+        by_lang: dict[str, list] = {}
+        for lang, utt, s in self.per_utt:
+            by_lang.setdefault(lang, []).append((utt, s))
+        for lang, items in by_lang.items():
+            rows = [
+                UtteranceRow(
+                    id=u.id,
+                    lang=lang,
+                    path=u.path,
+                    duration_s=s.shape[1] / audio_lib.ENCODER_FRAMES_PER_SECOND,
+                    n_frames=s.shape[1],
+                    n_windows=-(-s.shape[1] // audio_lib.N_ENCODER_FRAMES),
+                    recording=u.recording,
+                )
+                for u, s in items
+            ]
+            arrays = store.language(lang, rows, max(r.n_frames for r in rows))
+            for i, (_, s) in enumerate(items):
+                arrays.write_utterance(i, s)
+            arrays.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -65,77 +140,17 @@ def main() -> None:
     parser.add_argument("--record", type=pathlib.Path, default=None)
     args = parser.parse_args()
 
-    whisper = load_whisper()
-    dims = whisper.dims
-    layers = tuple(range(dims.n_audio_layer + 2))
-    out_dtype = jnp.dtype(args.dtype)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-encode-job-"))
     try:
-        spec = dataset_spec(tmp)
-        source = get_source(spec)
-        utts = [(lang, u) for lang in source.languages() for u in source.utterances(lang)]
-        audio_s = 0.0
-        prepared = []
-        for lang, utt in utts:
-            audio = utt.load()
-            audio_s += len(audio) / audio_lib.SAMPLE_RATE
-            mel, frames = features_for_audio(audio, dims.n_mels)
-            prepared.append((lang, utt, np.asarray(mel), np.asarray(frames)))
-        windows = np.concatenate([m for _, _, m, _ in prepared])
-        n_batches = -(-len(windows) // args.batch)
-        padded = np.concatenate(
-            [windows, np.full((n_batches * args.batch - len(windows), *windows.shape[1:]), windows.min(), np.float32)]
-        )
-        encoder = ShardedEncoder(whisper.model, data_mesh(jax.local_devices()), layers=layers, out_dtype=out_dtype)
-
-        def encode_all():
-            outs, pending = [], None
-            for b in range(n_batches):
-                result = encoder(padded[b * args.batch : (b + 1) * args.batch])
-                if pending is not None:
-                    outs.append(np.asarray(pending))
-                pending = result
-            outs.append(np.asarray(pending))
-            return np.concatenate(outs, axis=1)
-
-        states = encode_all()  # compile
-
-        # Per-utterance states, exactly what the job writes.
-        per_utt, row = [], 0
-        for lang, utt, mel, frames in prepared:
-            parts = [states[:, row + w, : int(frames[w])] for w in range(len(mel))]
-            per_utt.append((lang, utt, np.concatenate(parts, axis=1)))
-            row += len(mel)
-        nbytes = sum(s.nbytes for _, _, s in per_utt)
-        info = StoreInfo(whisper.checkpoint.name, whisper.checkpoint.sha256, dims, layers, args.dtype)
+        p = Prepared(tmp, args.batch, args.dtype)
+        whisper, spec, utts, audio_s, nbytes, layers = p.whisper, p.spec, p.utts, p.audio_s, p.nbytes, p.layers
+        encode_all, windows = p.encode_all, range(p.n_windows)
 
         def write_all(out: pathlib.Path):
-            store = LayerStore.create_or_open(str(out), info)
-            by_lang: dict[str, list] = {}
-            for lang, utt, s in per_utt:
-                by_lang.setdefault(lang, []).append((utt, s))
-            for lang, items in by_lang.items():
-                rows = [
-                    UtteranceRow(
-                        id=u.id,
-                        lang=lang,
-                        path=u.path,
-                        duration_s=s.shape[1] / audio_lib.ENCODER_FRAMES_PER_SECOND,
-                        n_frames=s.shape[1],
-                        n_windows=-(-s.shape[1] // audio_lib.N_ENCODER_FRAMES),
-                        recording=u.recording,
-                    )
-                    for u, s in items
-                ]
-                arrays = store.language(lang, rows, max(r.n_frames for r in rows))
-                for i, (_, s) in enumerate(items):
-                    arrays.write_utterance(i, s)
-                arrays.flush()
+            p.write_all(str(out))
 
         config = dict(dataset=spec, dtype=args.dtype, batch_size=args.batch, progress=False)
-        run_encode(
-            configure(EncodeConfig, out=str(tmp / "warm"), langs=(source.languages()[0],), **config), whisper=whisper
-        )
+        run_encode(configure(EncodeConfig, out=str(tmp / "warm"), langs=(p.languages[0],), **config), whisper=whisper)
         # Interleaved rounds: a slow spell of a shared machine hits all three stages of that round alike.
         t_enc, t_write, t_job = [], [], []
         for r in range(args.repeats):

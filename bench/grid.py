@@ -232,7 +232,7 @@ def gib(x) -> str:
 def plan_text(args) -> str:
     """``engine.pipelines.similarity.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
     from engine.pipelines.similarity.plan import plan_seqsim
-    from engine.runtime import plan as plan_lib
+    from engine.runtime import devices as plan_lib
     from engine.stores.similarity import resolve_pairs
 
     lengths = grid_lengths(args.langs, args.utterances, args.frames)

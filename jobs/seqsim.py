@@ -4,14 +4,21 @@ r"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer sto
     python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-sim-en --pairs en:* \
         --layers 4-7 --measure seqsim,seqsim_a2b,seqsim_b2a,mean --dtype bfloat16
     python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-ot --measure ot --ot_epsilon 0.05 --layers 7
+    python -m jobs.seqsim --store gs://b/fleurs --out gs://b/fleurs-sim --memory_budget 40GiB --plan --plan_device h100
 
 --out is required: similarity stores live beside layer stores, not inside them (a language folder of the layer
 store could collide with any name chosen inside it). Re-running with the same --out resumes: complete matrices are
 skipped. Layout: docs/similarity.md; library: engine/pipelines/similarity/run.py.
 
+Memory: a process holds at most --memory_budget bytes of states (default: half its RAM on CPU, half the device's
+memory on an accelerator): languages are read in tiles that fit it, a pair too large for it is scored in blocks of
+utterances, and a budget too small for some pair's smallest block is refused before anything is written. --plan
+prints the budget, how often each language is read and the peak held; the summary what the run held.
+
 Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
---process_id); the processes claim (layer, pair) matrices one at a time through claim keys in --out and compute them
-on their local devices; a dead process's claims expire after --claim_ttl seconds and the others take them.
+--process_id); the processes claim work units of about equal FLOPs (--unit_gflops: pairs grouped, large pairs split
+into blocks) through claim keys in --out and compute them on their local devices; a dead process's claims expire
+after --claim_ttl seconds and the others take them.
 """
 
 from __future__ import annotations
@@ -26,7 +33,16 @@ from kernels.settings import OtConfig
 common.define_config_flags(
     SimilarityConfig,
     __name__,
-    run=("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "store_timeout", "matmul_precision"),
+    run=(
+        "out",
+        "progress",
+        "claim_ttl",
+        "break_lease",
+        "kvstore_spec",
+        "store_timeout",
+        "matmul_precision",
+        "memory_budget",
+    ),
     required=("store", "out"),
     help={"out": "similarity store to write (created if missing, resumed if present)"},
     plan="engine.pipelines.similarity.plan:plan_seqsim_run",

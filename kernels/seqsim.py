@@ -37,6 +37,8 @@ from kernels.seqsim_packed import (
     CPU_BIN_FRAMES,
     PAD_SIMILARITY,
     PackedSide,
+    Packing,
+    pack_side,
     seqsim_matrix_packed,
     seqsim_packed_sides,
 )
@@ -268,14 +270,21 @@ def packs_by_default(device: jax.Device | None = None) -> bool:
     return (device or jax.devices()[0]).platform == "cpu"
 
 
-def pack_states(x: jax.Array, lengths) -> PackedSide:
+def pack_states(x: jax.Array, lengths, packing: Packing | None = None) -> PackedSide:
     """One side, f32|bf16[N, frames, embed] with concrete lengths i32[N] in 1..frames, packed once for
-    ``seqsim_matrix_of_packed`` (a job that scores each side against many packs it once, not once per pair)."""
+    ``seqsim_matrix_of_packed`` (a job that scores each side against many packs it once, not once per pair);
+    ``packing``: bins of a larger side's ``side_packing``, taken by ``kernels.seqsim_packed.restrict``."""
     x, lengths = jnp.asarray(x), np.asarray(lengths, np.int32)
     if x.ndim != 3:
         raise ShapeError(f"states must be [utterance, frame, embed], got shape {x.shape}")
     check_lengths("lengths", lengths, x.shape[0], x.shape[1], "utterance")
-    return PackedSide(x, lengths, _bin_frames(jax.devices()[0]))
+    return PackedSide(x, lengths, _bin_frames(jax.devices()[0]), packing)
+
+
+def side_packing(lengths, frames: int) -> Packing:
+    """The bins ``pack_states`` packs a side of these lengths (i32[N]) into, frames counted ``frames`` per utterance
+    (its states' frame axis): from the lengths alone, before any state is read."""
+    return pack_side(np.asarray(lengths, np.int32), frames, _bin_frames(jax.devices()[0]))
 
 
 def seqsim_matrix_of_packed(A: PackedSide, B: PackedSide, *, directional: bool = False) -> jax.Array | SeqSim:

@@ -125,6 +125,28 @@ def pack(lengths: np.ndarray, frames: int, bin_frames: int) -> Packing:
     return Packing(frame, valid, chunks, slot_lengths, utterance)
 
 
+def restrict(packing: Packing, bins, frames_from: int, frames: int) -> tuple[Packing, np.ndarray]:
+    """The bins ``bins`` of ``packing`` (a side's packing, frame indices counting ``frames_from`` frames per
+    utterance) as the packing of the side made of their utterances alone, read with ``frames`` frames per utterance:
+    ``(packing, utterances)``, its indices counting in that subset and the subset's utterances (sorted) in the side.
+
+    Each bin keeps its frames, slots and shapes (``U``, ``K``), so a pair of restricted sides makes the same
+    ``_bin_pair`` calls as the whole sides do for those bins: a block of bins scores bit for bit as in the whole
+    pair (the seqsim job splits a pair that way: ``engine.pipelines.similarity.tiles``).
+    """
+    bins = np.asarray(bins, np.int64)
+    slot = packing.utterance[bins]
+    utterances = np.sort(slot[slot >= 0])
+    position = np.full(int(packing.utterance.max(initial=0)) + 1, -1, np.int64)
+    position[utterances] = np.arange(len(utterances))
+    frame = packing.frame[bins].astype(np.int64)
+    u, t = frame // frames_from, frame % frames_from
+    frame = np.where(packing.valid[bins], position[u] * frames + t, 0).astype(np.int32)
+    utterance = np.where(slot >= 0, position[np.maximum(slot, 0)], -1).astype(np.int32)
+    sub = Packing(frame, packing.valid[bins], packing.chunks[bins], packing.lengths[bins], utterance)
+    return sub, utterances
+
+
 def _unit_augmented(x: jax.Array, valid: jax.Array, pad_first: bool) -> jax.Array:
     """x: [bin_frames, embed] packed frames, valid: bool[bin_frames] -> unit frames with two mask columns
     (``[1, p]`` for the first operand, ``[p, 1]`` for the second, p = PAD_SIMILARITY on padding), x's dtype."""
@@ -176,12 +198,13 @@ class PackedSide:
     """One side packed once, to be scored against many (the seqsim job packs each language once per layer): its
     ``Packing`` and each bin's device arguments of ``_bin_pair``, per role (A or B), built on first use.
 
-    x: f32|bf16[N, frames, embed]; lengths: concrete i32[N] in 1..frames; most: the most frames per bin.
+    x: f32|bf16[N, frames, embed]; lengths: concrete i32[N] in 1..frames; most: the most frames per bin; packing:
+    the side's packing when it is given (``restrict``: some bins of a larger side), else ``pack_side``'s.
     """
 
-    def __init__(self, x: jax.Array, lengths, most: int):
+    def __init__(self, x: jax.Array, lengths, most: int, packing: Packing | None = None):
         self.lengths = np.asarray(lengths)
-        self.packing = pack_side(self.lengths, x.shape[1], most)
+        self.packing = pack_side(self.lengths, x.shape[1], most) if packing is None else packing
         frames = _gather_frames(x, self.packing.frame, embed=x.shape[2])
         self._per_bin = [
             (frame, jnp.asarray(valid), jnp.asarray(chunks), jnp.asarray(slot_lengths))

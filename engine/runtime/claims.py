@@ -29,6 +29,7 @@ every write of a unit is idempotent (the same bytes for the same inputs), so the
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -171,8 +172,16 @@ class WorkClaims:
     def _drop(self, claim: Claim, value: bytes | None) -> None:
         with self._lock:
             self._held.pop(claim.unit, None)
-            if not claim.lost:
+            if claim.lost:
+                return
+            try:
                 write_value(self.kv, self.key(claim.unit), value, self.url, if_equal=claim.generation)
+            except StoreError as e:
+                if "No such file or directory" not in str(e):
+                    raise
+                # Process 0 ended the run and tidied the claims folder while this process released a claim it took
+                # on a unit found done in its last round (as in ``claim``): the claim is gone with the folder.
+                log.info("the claims folder of %r went away under the release of %s", self.url, claim.unit)
 
     def close(self) -> None:
         """Stops renewing; releases the claims still held (an error ended the work: others may take them at once)."""
@@ -206,7 +215,15 @@ class WorkClaims:
                         log.warning("the work claim on %s was taken over by another process", claim.unit)
 
 
-def rounds(claims: WorkClaims, units: Sequence[str], is_done: Callable[[str], bool]) -> Iterator[Iterator[Claim]]:
+PREFER_WINDOW = 8  # units ahead in the order among which ``prefer`` may pick
+
+
+def rounds(
+    claims: WorkClaims,
+    units: Sequence[str],
+    is_done: Callable[[str], bool],
+    prefer: Callable[[str], float] | None = None,
+) -> Iterator[Iterator[Claim]]:
     """The work loop of one process over ``units`` (the same list, in the same order, on every process).
 
     Yields rounds; a round yields a Claim for each unit this process takes, in order, skipping units that are done
@@ -214,19 +231,37 @@ def rounds(claims: WorkClaims, units: Sequence[str], is_done: Callable[[str], bo
     caller works on each claimed unit and releases (or finishes) its claim; it must consume a round to its end
     before the next starts. Rounds go on, ``claims.poll`` seconds apart when one claimed nothing, until no unit is
     held by another process: after a peer's death, its claims expire and a later round takes them.
+
+    ``prefer(unit)``: how much this process would rather take ``unit`` now (seqsim: the share of its languages it
+    holds already). The next unit tried is then the most preferred of the next ``PREFER_WINDOW`` untried ones, ties
+    to the first: claims stay in order but for that window, so every process still walks the same list.
     """
     remaining = list(units)
     while remaining:
         state = {"held_by_others": [], "claimed": 0}
-        yield _round(claims, remaining, is_done, state)
+        yield _round(claims, remaining, is_done, state, prefer)
         if state["held_by_others"] and not state["claimed"]:
             log.info("waiting for %d work units held by other processes", len(state["held_by_others"]))
             time.sleep(claims.poll)
         remaining = state["held_by_others"]
 
 
-def _round(claims: WorkClaims, units: Sequence[str], is_done: Callable[[str], bool], state: dict) -> Iterator[Claim]:
-    for unit in units:
+def _in_order(units: Sequence[str], prefer: Callable[[str], float] | None) -> Iterator[str]:
+    """``units`` in order, or, with ``prefer``, each time the most preferred of the next ``PREFER_WINDOW``."""
+    if prefer is None:
+        yield from units
+        return
+    pending = collections.deque(units)
+    while pending:
+        head = [pending[i] for i in range(min(PREFER_WINDOW, len(pending)))]
+        scores = [prefer(unit) for unit in head]
+        pick = max(range(len(head)), key=lambda i: (scores[i], -i))
+        del pending[pick]  # within the window: O(PREFER_WINDOW)
+        yield head[pick]
+
+
+def _round(claims: WorkClaims, units, is_done: Callable[[str], bool], state: dict, prefer=None) -> Iterator[Claim]:
+    for unit in _in_order(units, prefer):
         got = claims.claim(unit)
         if got is None:
             state["held_by_others"].append(unit)

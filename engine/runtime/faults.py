@@ -7,6 +7,7 @@ N times in this process (``count`` adds several at once). The points a job offer
   written);
 - ``after_matrix``: seqsim, right after a matrix of a (layer, pair) unit is written, before the unit's claim is
   released;
+- ``after_block``: seqsim, right after a block of a split pair is staged, before its pair-layer may be committed;
 - ``after_states``: encode, right after an utterance's states shard committed, before its length marker is queued
   (states on disk, utterance not done);
 - ``after_marker``: encode, right after a length-marker write that brings this process's committed markers to N.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterable
 
 from engine.errors import BabelgridError
@@ -37,8 +38,8 @@ def option(default=dataclasses.MISSING, help: str = "", *, choices: Iterable | N
     """A config field with its flag's help text.
 
     choices: the values allowed (an enum flag); parse: how a flag's text becomes the value (``PARSERS``: ``list``,
-    ``layers``, ``ints``, ``floats``, ``cells``); minimum / positive: a number's lower bound; required: the flag is
-    required (and without a default, so is the field); flag: the flag's name when it is not the field's
+    ``layers``, ``ints``, ``floats``, ``cells``, ``size``); minimum / positive: a number's lower bound; required: the
+    flag is required (and without a default, so is the field); flag: the flag's name when it is not the field's
     (``--measure`` for ``measures``); reads: the field names a store or folder the job reads (``check_apart``),
     ``"beside"`` for one the job writes its files into (retrieval's similarity store).
     """
@@ -151,6 +152,14 @@ class RunOptions:
         positive=True,
     )
     strict: bool = option(False, "exit non-zero if anything was skipped")
+    memory_budget: int | None = option(
+        None,
+        "bytes of states one process holds at once, as a size such as 32MiB or 20GiB (all-pairs jobs: languages are "
+        "loaded in tiles that fit it, pairs that do not are scored in utterance blocks); default: a share of this "
+        "machine's RAM on CPU or of the device's memory on an accelerator (engine.runtime.budget), printed by --plan",
+        parse="size",
+        positive=True,
+    )
     matmul_precision: str = option(
         "highest",
         "float32 matrix products: highest = full float32 everywhere; default = the accelerator's fastest (TF32 on "
@@ -160,6 +169,8 @@ class RunOptions:
     )
 
     def __post_init__(self):
+        if isinstance(self.memory_budget, str):  # a notebook's '20GiB', as the flag takes it
+            object.__setattr__(self, "memory_budget", parse_size(self.memory_budget))
         validate(self)
 
 
@@ -211,7 +222,27 @@ def parse_cells(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(","))
 
 
+SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
+              "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}  # fmt: skip
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(value: str | int | None) -> int | None:
+    """'32MiB' -> 33554432, '1.5GB' -> 1500000000, '20G' -> 20 GiB (K, M, G, T alone are binary), '4096' -> bytes;
+    None, '' or 'auto' -> None (the default of the option)."""
+    if value is None or isinstance(value, int):
+        return value
+    if value.strip().lower() in ("", "auto"):
+        return None
+    match = _SIZE.fullmatch(value)
+    unit = match and SIZE_UNITS.get(match.group(2).lower())
+    if not unit:
+        raise ConfigError(f"{value!r} is not a size: write a number and a unit, such as 512MiB, 20GiB or 1.5GB")
+    return int(float(match.group(1)) * unit)
+
+
 PARSERS = {
+    "size": parse_size,
     "list": parse_list,
     "cells": parse_cells,
     "layers": parse_layers,

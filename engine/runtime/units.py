@@ -48,10 +48,13 @@ class UnitLoop:
             self.bar.close()
             self.summary.taken_over = self.claims.taken_over
 
-    def rounds(self, units: Sequence[str], is_done: Callable[[str], bool]) -> Iterator[Iterator[Claim]]:
-        """``engine.runtime.claims.rounds`` over ``units``, with the writer lease checked before each claimed unit
-        is handed out (another run that broke the lease stops this one before it writes more)."""
-        for claimed in rounds(self.claims, units, is_done):
+    def rounds(
+        self, units: Sequence[str], is_done: Callable[[str], bool], prefer: Callable[[str], float] | None = None
+    ) -> Iterator[Iterator[Claim]]:
+        """``engine.runtime.claims.rounds`` over ``units`` (``prefer``: see there), with the writer lease checked
+        before each claimed unit is handed out (another run that broke the lease stops this one before it writes
+        more)."""
+        for claimed in rounds(self.claims, units, is_done, prefer):
             yield self._checked(claimed)
 
     def _checked(self, claimed: Iterator[Claim]) -> Iterator[Claim]:

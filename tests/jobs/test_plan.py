@@ -6,6 +6,7 @@ a measurement, not a test (BUILD.md has it).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -151,3 +152,17 @@ def test_encoder_flops_by_hand():
 def test_unknown_device_is_refused():
     with pytest.raises(ValueError, match="must be one of h100"):
         get_device("k80")
+
+
+def test_seqsim_plan_prints_the_memory_budget_reads_and_peak(store, tmp_path):
+    """--memory_budget in the plan: each language's reads per layer, the peak held; a budget too small for a pair
+    says so, naming it, as the job would refuse it."""
+    config = configure(SimilarityConfig, store=store, out=str(tmp_path / "s"), measures=("seqsim",))
+    text = plan_seqsim_run(dataclasses.replace(config, run=dataclasses.replace(config.run, memory_budget=2**30)),
+                           None).render()  # fmt: skip
+    assert "memory budget 1 GiB per process (--memory_budget): each language read 1.00 times per layer" in text, text
+    assert re.search(r"\S+ \S+ held at most; 0 pairs split into blocks; work units of", text), text
+    tiny = dataclasses.replace(config, run=dataclasses.replace(config.run, memory_budget=1024))
+    refused = plan_seqsim_run(tiny, None).render()
+    assert re.search(r"memory budget 1 KiB .*: NO: .* too small for the pair de:en", refused), refused
+    assert not (tmp_path / "s").exists()

@@ -60,6 +60,31 @@ def test_sides_packed_once_score_as_seqsim_matrix_in_either_role():
         ss.pack_states(A, np.where(np.arange(13) == 3, 0, len_A))
 
 
+def test_blocks_of_bins_score_bit_for_bit_as_the_whole_sides():
+    """A pair split into blocks of bins (kernels.seqsim_packed.restrict, as the seqsim job splits a large pair):
+    each block, its sides read with only their own utterances and frames, equals the whole pair's scores there."""
+    rng = np.random.default_rng(17)
+    A, len_A = ragged(rng, 41, 60, 16, poison=np.inf)
+    B, len_B = ragged(rng, 33, 50, 16)
+    whole_a, whole_b = sp.PackedSide(jnp.asarray(A), len_A, 256), sp.PackedSide(jnp.asarray(B), len_B, 256)
+    whole = sp.seqsim_packed_sides(whole_a, whole_b)
+    assert len(whole_a.packing.frame) >= 4 and len(whole_b.packing.frame) >= 3, "the sides must span several bins"
+
+    def side(x, lengths, packing, bins):
+        utterances = np.sort(packing.utterance[bins][packing.utterance[bins] >= 0])
+        frames = int(lengths[utterances].max())  # the block's states: its own utterances, up to their longest
+        sub, got = sp.restrict(packing, bins, x.shape[1], frames)
+        np.testing.assert_array_equal(got, utterances)
+        return sp.PackedSide(jnp.asarray(x[utterances][:, :frames]), lengths[utterances], 256, sub), utterances
+
+    for bins_a in ([0, 1], [2], list(range(3, len(whole_a.packing.frame)))):
+        for bins_b in ([0], list(range(1, len(whole_b.packing.frame)))):
+            side_a, rows = side(A, len_A, whole_a.packing, bins_a)
+            side_b, cols = side(B, len_B, whole_b.packing, bins_b)
+            for g, w in zip(sp.seqsim_packed_sides(side_a, side_b), whole, strict=True):
+                np.testing.assert_array_equal(g, w[np.ix_(rows, cols)])
+
+
 def test_bf16_vs_reference():
     rng = np.random.default_rng(12)
     A, len_A = ragged(rng, 9, 20, 64, poison=1e30, dtype=jnp.bfloat16)

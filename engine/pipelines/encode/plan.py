@@ -25,6 +25,7 @@ from engine.pipelines.encode.family_plan import plan_family_encode
 from engine.pipelines.encode.memory import whisper_step
 from engine.pipelines.encode.run import dataset_source
 from engine.pipelines.encode.windows import resampled_samples
+from engine.pipelines.encode.writes import calibrate_write_rate, storage_lines
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
     EFFICIENCY,
@@ -69,6 +70,8 @@ def plan_encode(
     model: str,
     window_seconds: float | None = None,
     calibrated_for: float = 0.0,
+    write_rate: float | None = None,
+    hosts: Sequence[int] = (1,),
 ) -> Plan:
     """The plan of an encode run; ``windows[lang][i]`` and ``frames[lang][i]``: utterance i's 30 s windows and valid
     encoder frames. ``window_seconds``: the model's encoder measured on one window here (``calibrate_encoder``);
@@ -90,6 +93,9 @@ def plan_encode(
         rate = (stem + dims.n_audio_layer * block) / window_seconds
         measured = f"the model's encoder on one window in {window_seconds * 1e3:.0f} ms"
     t_features = calibrate_features(dims.n_mels)
+    rate_source = "given"
+    if write_rate is None:  # compute or storage: engine.pipelines.encode.writes
+        write_rate, rate_source = calibrate_write_rate(dims, layers, dtype), "LayerStore to a local folder, here"
     calib_s = time.perf_counter() - t0
     # On this machine the prefetch threads and the encoder share the same cores: their times add.
     here_enc = n_win * (stem + dims.n_audio_layer * block) / rate
@@ -118,6 +124,10 @@ def plan_encode(
     ]
     if device is not None:
         memory_lines.append(f"fits on {device.name}: {'yes' if peak < 0.9 * device.memory else 'NO'} (90% usable)")
+    where = "this machine" if device is None else device.name
+    memory_lines += storage_lines(states_bytes, here_enc if device is None else dev_enc, write_rate,
+                                  n_layers=len(layers), dtype=dtype, where=where, hosts=hosts,
+                                  rate_source=rate_source)  # fmt: skip
     counts = [
         (
             "model",

@@ -30,6 +30,12 @@ class SimilarityConfig:
     )
     dtype: str = option("float32", "dtype the states are compared in", choices=COMPUTE_DTYPES)
     allow_partial: bool = option(False, "score a partly encoded layer store (done utterances only)")
+    unit_gflops: float | None = option(
+        None,
+        "GFLOP a work unit aims at: smaller pairs are grouped up to it, larger SeqSim pairs split into blocks of "
+        "utterances (default: the run's FLOPs over a few dozen units per process, engine.pipelines.similarity.tiles)",
+        positive=True,
+    )
     ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos): --ot_* flags
     run: RunOptions = RunOptions()
 

@@ -26,6 +26,7 @@ from kernels.ot_matrix import ot_similarity_matrix
 from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import (
     PackedSide,
+    Packing,
     pack_states,
     packs_by_default,
     seqsim_matrix,
@@ -42,12 +43,13 @@ class Side:
     index: np.ndarray  # i64[done]: utterance indices in the layer store
     lengths: np.ndarray  # i32[done]: valid frames
     states: jax.Array | None  # f[done, frames, embed] on the device, in the run's dtype; None: lengths only
+    packing: Packing | None = None  # some bins of the whole language's packing (a block of a split pair); None: its own
 
     @functools.cached_property
     def packed(self) -> PackedSide:
         """The states packed for the seqsim kernel (``kernels.seqsim.pack_states``), once for every pair this side
         is scored in at its layer: packing both sides for each pair took ~9% of the demo's seqsim kernel time."""
-        return pack_states(self.states, self.lengths)
+        return pack_states(self.states, self.lengths, self.packing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +94,16 @@ class Cost:
             return 0.0
         return 2.0 * float(np.sum(lengths_a)) * float(np.sum(lengths_b)) * d
 
+    def unit_flops(self, lengths_a: np.ndarray, lengths_b: np.ndarray, d: int) -> float:
+        """What a work unit of N x M utterances is sized by (``engine.pipelines.similarity.tiles``): ``matmul``
+        on valid frames (the packed kernel multiplies little padding), ``cells`` as computed (cropped to the
+        longest), ``negligible`` as the ``2*N*M*d`` of one product of pooled vectors."""
+        if self.kind == "matmul":
+            return self.useful_flops(lengths_a, lengths_b, d)
+        if self.kind == "cells":
+            return self.flops(len(lengths_a), len(lengths_b), int(np.max(lengths_a)), int(np.max(lengths_b)), d)
+        return 2.0 * len(lengths_a) * len(lengths_b) * d
+
 
 COSTS = ("matmul", "cells", "negligible")  # the order of a plan's stages
 
@@ -99,11 +111,14 @@ COSTS = ("matmul", "cells", "negligible")  # the order of a plan's stages
 @dataclasses.dataclass(frozen=True)
 class Kernel:
     """One call that scores a pair of sides at one layer: ``call(A, B, context, names) -> {measure: Scores}`` for
-    the ``names`` of its measures that were asked (it may return more)."""
+    the ``names`` of its measures that were asked (it may return more). ``exact_in_bins``: scored by packed sides
+    (``kernels.seqsim_packed``), its block of some bins of each side is bit for bit the whole pair's there, so a
+    large pair may be split into such blocks for balance (``engine.pipelines.similarity.tiles``)."""
 
     name: str
     call: Callable[[Side, Side, MeasureContext, frozenset[str]], dict[str, Scores]]
     cost: Cost
+    exact_in_bins: bool = False  # packed sides restricted to some bins score bit for bit as the whole pair does
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +180,7 @@ def _ot(A: Side, B: Side, context: MeasureContext, names: frozenset[str]) -> dic
     return {"ot": Scores(np.asarray(result.score), ~np.asarray(result.converged), fallback)}
 
 
-SEQSIM = Kernel("seqsim", _seqsim, Cost("matmul"))
+SEQSIM = Kernel("seqsim", _seqsim, Cost("matmul"), exact_in_bins=True)
 NEGLIGIBLE = Cost("negligible")
 CELLS = Cost("cells")
 

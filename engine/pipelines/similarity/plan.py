@@ -10,7 +10,7 @@ the cosine cost matrix only (``2*d`` a cell).
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
@@ -18,12 +18,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.pipelines.similarity.measures import COSTS, MEASURES, SEQSIM, MeasureContext, Side
+from engine.pipelines.similarity.held import simulate
+from engine.pipelines.similarity.measures import COSTS, MEASURES, SEQSIM, SEQSIM_MEASURES, MeasureContext, Side
+from engine.pipelines.similarity.tiles import (
+    MIN_UNIT_FLOPS,
+    UNITS_PER_PROCESS,
+    BudgetError,
+    Language,
+    Sizing,
+    check_budget,
+    pair_flops,
+    plan_units,
+)
+from engine.runtime.budget import DEVICE_SHARE, Budget, resolve_budget
 from engine.runtime.devices import Device
-from engine.runtime.plan import EFFICIENCY, Plan, Stage, flops, size, timed
+from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, flops, size, timed
 from engine.stores.reader import open_store
 from engine.stores.similarity import resolve_pairs
-from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
+from kernels.seqsim import choose_blocks, default_memory_budget, packs_by_default, seqsim_matrix
 from kernels.settings import OtConfig
 
 
@@ -75,10 +87,15 @@ def plan_seqsim(
     measures: Sequence[str] = ("seqsim",),
     sample=None,
     ot_config=None,
+    budget: Budget | None = None,
+    hosts: Sequence[int] = (1,),
+    unit_gflops: float | None = None,
 ) -> Plan:
     """The plan of a seqsim run of ``measures`` over ``pairs`` of languages at ``n_layers`` layers; ``lengths[lang]``:
     each utterance's frames (0 = not encoded). ``sample``: real states ``(A, len_A, B, len_B)`` to time dtw and ot
-    on (``calibrate_pair_measure``); needed when ``measures`` has either."""
+    on (``calibrate_pair_measure``); needed when ``measures`` has either. ``budget``: one process's memory budget
+    here (default ``resolve_budget``'s); ``hosts``: the process counts to give the time on (units balanced over
+    them); ``unit_gflops``: the run's ``SimilarityConfig.unit_gflops``."""
     done = {lang: np.asarray(v)[np.asarray(v) > 0] for lang, v in lengths.items()}
     # The job reads each language up to its longest utterance, so seqsim_matrix's crop to a FRAME_QUANTUM multiple
     # never pads further: a language's frames as computed are its longest length.
@@ -90,7 +107,8 @@ def plan_seqsim(
     matmul = SEQSIM.cost  # the seqsim kernel's counts are reported whether or not it is asked
     useful = sum(matmul.useful_flops(done[a], done[b], d) for a, b in pairs) * n_layers
     work = sum(matmul.flops(len(done[a]), len(done[b]), padded[a], padded[b], d) for a, b in pairs) * n_layers
-    # Per layer, each language of a pair is read once (the job caches a layer's languages), padded to its longest.
+    # Per layer, each language of a pair is read once when the budget holds them all, padded to its longest (the
+    # memory plan below multiplies by the reads its tiles take).
     langs = sorted({lang for pair in pairs for lang in pair})
     read = sum(len(done[lang]) * padded[lang] * d * sbytes for lang in langs) * n_layers
     written = sum(len(lengths[a]) * len(lengths[b]) * 4 for a, b in pairs) * n_layers
@@ -137,25 +155,36 @@ def plan_seqsim(
         return f"blocks of {ba} x {bb} utterances ({size(working)} working set, budget {size(budget)})", working
 
     here_blocks, working = blocks(default_memory_budget(), platform)
-    # The job keeps every language of the layer it is scoring loaded (on the device) until the layer is done.
-    layer_states = sum(len(done[lang]) * padded[lang] * d * itemsize for lang in langs)
-    peak = layer_states + working + n_a * n_b * 4 * 3
-    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    budget = budget or resolve_budget(None)
+    seqsim_asked = any(m in SEQSIM_MEASURES for m in measures)
+    packs = packs_by_default() and jax.local_device_count() == 1 and seqsim_asked
+    here, held, reads = memory_plan(done, pairs, measures, d, dtype, budget, packs, hosts[0], unit_gflops, n_layers)
     memory_lines = [
         f"largest pair {a}:{b}: {n_a} x {n_b} utterances of <= {m} x {n} frames",
         f"here ({platform}): {here_blocks}",
-        f"one layer of every language in {dtype}, held while that layer's pairs are scored: {size(layer_states)}; "
-        f"fits here ({size(host)} RAM): {'yes' if layer_states < 0.8 * host else 'NO'}",
+        f"here: {here}",
     ]
+    peak = held + working + n_a * n_b * 4 * 3
     if device is not None:
         on = "tpu" if device.name.startswith("TPU") else "gpu"
-        device_blocks, _ = blocks(int(device.memory // 4), on)  # kernels.seqsim uses a quarter of free memory
-        fits = layer_states < 0.9 * device.memory
-        memory_lines += [
-            f"on {device.name}: {device_blocks}",
-            f"one layer of every language fits on {device.name}: "
-            + ("yes" if fits else "NO: split the languages over runs (--pairs, --langs)"),
-        ]
+        device_blocks, working = blocks(int(device.memory // 4), on)  # kernels.seqsim uses a quarter of free memory
+        share = Budget(int(device.memory * DEVICE_SHARE), f"{DEVICE_SHARE:.0%} of its {size(device.memory)}")
+        on_device, held, reads = memory_plan(done, pairs, measures, d, dtype, share, False, hosts[0], unit_gflops,
+                                             n_layers)  # fmt: skip
+        fits = held + working <= 0.9 * device.memory
+        memory_lines += [f"on {device.name}: {device_blocks}", f"on {device.name}: {on_device}",
+                         f"fits on {device.name}: {'yes' if fits else 'NO'} (90% usable)"]  # fmt: skip
+        peak = held + working + n_a * n_b * 4 * 3
+    # Each language is read as often as the tiles make it (one process walking the whole order; on --plan_device,
+    # the device's budget).
+    for stage in stages if reads is not None else ():
+        if stage.bytes_read:
+            stages[stages.index(stage)] = dataclasses.replace(stage, bytes_read=stage.bytes_read * reads)
+    total = sum(st.seconds_device or 0.0 for st in stages) if device is not None else None
+    for count in hosts if len(hosts) > 1 or hosts[0] > 1 else ():
+        when = f"{duration(sum(st.seconds_here for st in stages) / count)} per host here"
+        when += "" if total is None else f", {duration(total / count)} per {device.name}"
+        memory_lines.append(f"on {count} host{'s' if count > 1 else ''} (one process each, units balanced): {when}")
     counts = [
         ("store", store),
         ("languages", f"{len(langs)}, {len(pairs)} pairs, {n_layers} layers, d={d}"),
@@ -183,6 +212,37 @@ def plan_seqsim(
     return Plan("seqsim", counts, stages, peak, memory_lines, device, calibration, assumptions)
 
 
+def memory_plan(done, pairs, measures, d: int, dtype: str, budget: Budget, packs: bool, hosts: int, unit_gflops,
+                n_layers: int = 1):  # fmt: skip
+    """(a line, the peak bytes held, the bytes read over the languages' sizes: reads per layer) of one process
+    walking one layer of the run's order under ``budget`` (``tiles``, ``held.simulate``); a budget too small for some
+    pair says so and holds nothing."""
+    reads_states = any(MEASURES[m].needs_states for m in measures)
+    sizing = Sizing(d, jnp.dtype(dtype).itemsize, reads_states, packs)
+    languages = {lang: Language(lang, n, sizing) for lang, n in done.items()}
+    described = f"memory budget {size(budget.bytes)} per process ({budget.source})"
+    try:
+        check_budget(languages, pairs, budget.bytes, budget.source)
+    except BudgetError as e:
+        return f"{described}: NO: {e}", 0, None
+    todo = {(0, a, b): tuple(measures) for a, b in pairs}
+    target = None if unit_gflops is None else unit_gflops * 1e9
+    if target is None:  # the run's units: its total over every layer, as the job sizes them
+        layer = sum(pair_flops(measures, languages[a].lengths, languages[b].lengths, d) for a, b in pairs)
+        target = max(layer * n_layers / (UNITS_PER_PROCESS * hosts), MIN_UNIT_FLOPS)
+    schedule = plan_units(todo, [0], pairs, languages, budget.bytes, processes=hosts, target=target)
+    held = simulate(budget.bytes, languages, schedule.items())
+    reads = list(held.reads_per_language().values()) or [0.0]
+    split = len({(i.a, i.b) for i in schedule.items() if i.split})
+    line = (
+        f"{described}: each language read {np.mean(reads):.2f} times per layer on average (at most "
+        f"{max(reads):.2f}), {size(held.peak)} held at most; {split} pairs split into blocks; work units of "
+        f"~{flops(schedule.target)}, {len(schedule.units)} per layer (for {hosts} process{'es' if hosts > 1 else ''})"
+    )
+    whole = sum(language.whole_bytes for language in languages.values())
+    return line, held.peak, sum(held.read.values()) / whole if whole else 1.0
+
+
 def plan_seqsim_run(config, device: Device | None) -> Plan:
     reader = open_store(config.store)
     info = reader.info
@@ -206,6 +266,9 @@ def plan_seqsim_run(config, device: Device | None) -> Plan:
         measures=tuple(dict.fromkeys(config.measures)),
         sample=sample,
         ot_config=config.ot,
+        budget=resolve_budget(config.run.memory_budget),
+        hosts=(jax.process_count(),),
+        unit_gflops=config.unit_gflops,
     )
 
 

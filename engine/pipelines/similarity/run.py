@@ -5,16 +5,22 @@ language ``b`` by the measure's kernel (``engine.pipelines.similarity.measures``
 terms on request, the pooled baselines, DTW and entropic OT). A score a measure could not measure (OT pairs whose
 Sinkhorn did not converge) is written as NaN and listed in the layer's done marker (``nonconverged``), never used
 as a score.
-The loop is layer-outer, pair-inner: each language is read from the layer store once per
-layer and dropped before the next layer, so memory holds one layer of the languages in play, not every layer.
+
+Memory is bounded by the run's budget (``engine.runtime.budget``, ``--memory_budget``): the pairs are walked layer by
+layer, blocked over the pair triangle in tiles of languages that fit it, large pairs in utterance blocks, small ones
+grouped into work units of about equal FLOPs (``engine.pipelines.similarity.tiles``); a process holds the languages
+it reads within the budget (``held``), and a budget too small for some pair is refused before anything is written.
+A split pair's blocks are staged and the pair-layer committed whole once all are (``blocks``).
 
 Resume: a (measure, pair, layer) matrix is skipped when its done marker exists and was computed from as many done
-utterances as the layer store now has (a language whose encoding went on since is recomputed).
+utterances as the layer store now has (a language whose encoding went on since is recomputed); a staged block of
+the same settings is kept, so only the missing blocks of a split pair are computed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import sys
 import time
@@ -23,10 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.dtypes import DTYPES
+from engine.pipelines.similarity import blocks
 from engine.pipelines.similarity.config import SimilarityConfig
+from engine.pipelines.similarity.held import HeldStates, load_piece
 from engine.pipelines.similarity.measures import (
     MEASURES,
+    SEQSIM_MEASURES,
     MeasureContext,
     Scores,
     Side,
@@ -34,65 +42,24 @@ from engine.pipelines.similarity.measures import (
     nan_marker,
     unscored,
 )
+from engine.pipelines.similarity.summary import SimilaritySummary
+from engine.pipelines.similarity.tiles import Item, Language, Sizing, check_budget, plan_units
+from engine.runtime.budget import resolve_budget
 from engine.runtime.claims import WorkClaims
 from engine.runtime.faults import fault_point
-from engine.runtime.parallel import data_mesh, is_process_zero
-from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
+from engine.runtime.parallel import barrier, data_mesh, is_process_zero
+from engine.runtime.runs import process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
-from engine.stores.similarity import (
-    PAIR_SEPARATOR,
-    SimilarityError,
-    SimilarityStore,
-    check_name,
-    done_marker,
-    new_manifest,
-    resolve_pairs,
-)
+from engine.stores.similarity import SimilarityError, check_name, done_marker, new_manifest, resolve_pairs
+from engine.stores.similarity_blocks import StagingSimilarityStore
+from kernels.seqsim import packs_by_default
+
+__all__ = ["SimilaritySummary", "run_similarity"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class SimilaritySummary(RunSummary):
-    already_done: int = 0  # (pair, layer) whose every measure was complete and skipped
-    matrices: int = 0  # (measure, pair, layer) matrices written
-    seqsim_flops: float = 0.0  # 2 * sum(len_a) * sum(len_b) * embed per pair-layer
-    seqsim_seconds: float = 0.0  # kernel time, device synchronised, compilation included
-    ot_pairs: int = 0  # utterance pairs scored by the ot measure
-    ot_nonconverged: int = 0  # of those, pairs whose Sinkhorn did not converge (NaN in the store)
-    ot_fallback: int = 0  # of those, pairs finished in the log domain after kernel mode left float32 range
-
-    @property
-    def pair_layers(self) -> int:
-        """(pair, layer) units computed in this run."""
-        return self.units
-
-    @property
-    def gflops(self) -> float:
-        return self.seqsim_flops / max(self.seqsim_seconds, 1e-9) / 1e9
-
-    def report(self) -> str:
-        line = (
-            f"computed {self.pair_layers} pair-layers ({self.matrices} matrices) in {self.seconds:.1f} s; "
-            f"{self.already_done} pair-layers already complete"
-        )
-        line += f"; busy {self.busy_seconds:.1f} s, {self.taken_over} taken over from expired claims"
-        if self.seqsim_flops:
-            line += f"; seqsim {self.seqsim_flops / 1e9:.2f} GFLOP at {self.gflops:.2f} GFLOP/s"
-        if self.ot_nonconverged:
-            line += (
-                f"; ot: {self.ot_nonconverged} of {self.ot_pairs} pairs did not converge (NaN in the store, listed "
-                "as 'nonconverged' in the done markers): raise --ot_iterations or --ot_epsilon, or --ot_threshold"
-            )
-        if self.ot_fallback:
-            line += (
-                f"; ot: {self.ot_fallback} of {self.ot_pairs} pairs left float32 range in kernel mode and were "
-                "finished in the log domain (counted as 'fallback' in the done markers; their scores are valid)"
-            )
-        return line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,29 +76,21 @@ class Request:
 
 
 @dataclasses.dataclass(frozen=True)
-class Unit:
-    """One work unit: the ``measures`` of one language pair at one layer that are not done yet."""
-
-    layer: int
-    a: str
-    b: str
-    measures: tuple[str, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.layer}/{self.a}{PAIR_SEPARATOR}{self.b}"
-
-
-@dataclasses.dataclass(frozen=True)
 class Work:
     """What every unit of one run shares: the layer store, the similarity store and its pair arrays
-    (``arrays[measure, a, b]``), the request and the kernels' context."""
+    (``arrays[measure, a, b]``), the request, the kernels' context and the done marker each matrix must have
+    (``wanted[measure, a, b]``)."""
 
     reader: StoreReader
-    out: SimilarityStore
+    out: StagingSimilarityStore
     arrays: dict
     request: Request
     context: MeasureContext
+    wanted: dict
+
+    def matches(self, measure: str, a: str, b: str, layer: int) -> bool:
+        """Whether the matrix of (measure, a, b) at ``layer`` is committed with this run's settings."""
+        return _marker_matches(self.out.layer_marker(measure, a, b, layer), self.wanted[measure, a, b])
 
 
 def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = None) -> SimilaritySummary:
@@ -139,8 +98,22 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     holds the similarity store's writer lease (``engine.runtime.lease``)."""
     reader = reader or open_store(config.store)
     request = _request(config, reader)  # before the lease: a wrong request creates nothing
+    mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
+    context = MeasureContext(config.dtype, config.ot, mesh)
+    budget = resolve_budget(config.run.memory_budget)
+    languages = held_languages(request.lengths, request.done_index, reader.info.embed, context, config.measures)
+    check_budget(languages, request.pairs, budget.bytes, budget.source)  # a budget too small creates nothing either
     with writer_lease(config.run.out, "seqsim", config.run.break_lease) as lease:
-        return _similarity(config, reader, request, lease)
+        return _similarity(config, reader, request, lease, context, budget, languages)
+
+
+def held_languages(lengths, done_index, embed: int, context: MeasureContext, measures) -> dict[str, Language]:
+    """Each language of the run as a process holds it (``tiles.Language``): its done utterances' lengths, sized for
+    the compute dtype, whether any measure reads states and whether SeqSim packs them (CPU, one device)."""
+    reads = any(MEASURES[m].needs_states for m in measures)
+    packs = context.mesh is None and packs_by_default() and any(m in SEQSIM_MEASURES for m in measures)
+    sizing = Sizing(embed, jnp.dtype(context.dtype).itemsize, reads, packs)
+    return {lang: Language(lang, lengths[lang][index], sizing) for lang, index in done_index.items()}
 
 
 def _request(config: SimilarityConfig, reader: StoreReader) -> Request:
@@ -167,12 +140,12 @@ def _request(config: SimilarityConfig, reader: StoreReader) -> Request:
     return Request(layers, pairs, in_play, lengths, done_index)
 
 
-def _similarity(config: SimilarityConfig, reader: StoreReader, request: Request, lease) -> SimilaritySummary:
+def _similarity(config, reader, request: Request, lease, context, budget, languages) -> SimilaritySummary:
     t0 = time.perf_counter()
     info = reader.info
-    layers, pairs, in_play = request.layers, request.pairs, request.in_play
+    layers, pairs = request.layers, request.pairs
     measures = tuple(dict.fromkeys(config.measures))
-    tables = {lang: reader.utterances_table(lang) for lang in in_play}
+    tables = {lang: reader.utterances_table(lang) for lang in request.in_play}
     manifest = new_manifest(
         layer_store=config.store,
         model_name=info.model_name,
@@ -184,8 +157,8 @@ def _similarity(config: SimilarityConfig, reader: StoreReader, request: Request,
     # Multi-host (jax.distributed): process 0 creates the store and the pair arrays, the others open them after.
     claims = WorkClaims(open_kvstore(url)[1], url, "seqsim", ttl=config.run.claim_ttl)
 
-    def create() -> SimilarityStore:
-        store = SimilarityStore.create_or_open(url, manifest)
+    def create() -> StagingSimilarityStore:
+        store = StagingSimilarityStore.create_or_open(url, manifest)
         if is_process_zero():
             claims.clear()  # under the writer lease, before any process claims
         for a, b in pairs if is_process_zero() and jax.process_count() > 1 else ():
@@ -194,9 +167,6 @@ def _similarity(config: SimilarityConfig, reader: StoreReader, request: Request,
         return store
 
     out = process_zero_first("babelgrid-similarity-created", create)
-    mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
-    context = MeasureContext(config.dtype, config.ot, mesh)
-
     arrays, todo, wanted = {}, {}, {}
     for a, b in pairs:
         ids = _pair_ids(tables, a, b)
@@ -209,33 +179,55 @@ def _similarity(config: SimilarityConfig, reader: StoreReader, request: Request,
                 if not _marker_matches(markers.get(layer), wanted[m, a, b]):
                     todo.setdefault((layer, a, b), []).append(m)
 
+    # Every process plans its units from the markers it read; none writes before all have read them, so that every
+    # process plans the same units (their names are the claims' keys).
+    barrier("babelgrid-similarity-planned")
     summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
-    # Work units are (layer, pair) matrices, claimed by the processes (engine.runtime.claims): layer by layer (one
-    # layer of the languages in memory), the largest pairs of a layer first, so the last units are the smallest.
-    cost = {lang: float(request.lengths[lang][request.done_index[lang]].sum()) for lang in in_play}
-    order = sorted(todo, key=lambda k: (layers.index(k[0]), -cost[k[1]] * cost[k[2]], k))
-    units = {unit.name: unit for unit in (Unit(layer, a, b, tuple(todo[layer, a, b])) for layer, a, b in order)}
+    summary.budget, summary.budget_source = budget.bytes, budget.source
+    target = None if config.unit_gflops is None else config.unit_gflops * 1e9
+    schedule = plan_units(todo, layers, pairs, languages, budget.bytes, processes=jax.process_count(), target=target)
+    units = {unit.name: unit for unit in schedule.units}
+    items = schedule.items()
+    first = dict(zip(units, itertools.accumulate([0, *(len(u.items) for u in schedule.units)]), strict=False))
+    work = Work(reader, out, arrays, request, context, wanted)
+
+    def load(piece):
+        return load_piece(reader, languages[piece.lang], request.done_index[piece.lang], piece, context.dtype)
+
+    held = HeldStates(budget.bytes, languages, items, load)
+
+    def item_done(item) -> bool:
+        if item.split:
+            return blocks.is_staged(work, item)
+        return all(work.matches(m, item.a, item.b, item.layer) for m in item.measures)
+
+    def prefer(name: str) -> float:
+        """The share of the bytes the unit's first item reads that this process holds already."""
+        pieces = units[name].items[0].pieces()
+        sizes = [held.size(p) for p in pieces]
+        return sum(n for p, n in zip(pieces, sizes, strict=True) if p in held.held) / max(sum(sizes), 1)
+
+    status: dict[Item, bool] = {}  # each item of a claimed unit, done or not, read once it is claimed
 
     def unit_done(name: str) -> bool:
-        unit = units[name]
-        return all(
-            _marker_matches(out.done_markers(m, unit.a, unit.b).get(unit.layer), wanted[m, unit.a, unit.b])
-            for m in unit.measures
-        )
+        done = [item_done(item) for item in units[name].items]  # a killed process's unit may be partly done
+        status.update(zip(units[name].items, done, strict=True))
+        return all(done)
 
-    work = Work(reader, out, arrays, request, context)
-    progress = progress_bar(len(todo), "similarity", "pair-layer", config.run.progress)
+    progress = progress_bar(len(items), "similarity", "item", config.run.progress)
     with UnitLoop(claims, lease, summary, progress) as loop:
-        for claimed in loop.rounds(list(units), unit_done):
-            cache: dict[str, Side] = {}  # the languages of one layer at a time
-            cache_layer = None
+        for claimed in loop.rounds(list(units), unit_done, prefer):
             for claim in claimed:
                 unit = units[claim.unit]
-                if unit.layer != cache_layer:
-                    cache, cache_layer = {}, unit.layer
-                _pair_layer(work, unit, cache, summary)
-                summary.matrices += len(unit.measures)
-                loop.done(claim)
+                for k, item in enumerate(unit.items):
+                    if not status.pop(item, False):
+                        _item(work, item, held.get(item, first[unit.name] + k), summary)
+                loop.done(claim, progress=len(unit.items))
+        blocks.commit_all(work, items, summary)  # split pairs whose last blocks were staged by a killed process
+        if is_process_zero():
+            out.tidy_staging()
+    summary.peak_held = held.peak
+    summary.reads = {lang: r / max(len(layers), 1) for lang, r in held.reads_per_language().items()}
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -244,28 +236,32 @@ def _marker_matches(marker: dict | None, want: dict) -> bool:
     return marker is not None and all(marker.get(k) == v for k, v in want.items())
 
 
-def _pair_layer(work: Work, unit: Unit, cache: dict[str, Side], summary: SimilaritySummary) -> None:
-    """Computes and writes the measures of one ``unit``; ``cache`` holds the languages loaded at its layer."""
+def _item(work: Work, item: Item, sides: tuple[Side, Side], summary: SimilaritySummary) -> None:
+    """Computes one item: a whole pair's measures, written with their done markers; or one block of a split pair,
+    staged, then the pair-layer committed if that was its last block."""
+    A, B = sides
+    scores = _score(A, B, item.measures, work.context, summary)
+    for m in item.measures:
+        if MEASURES[m].nan_scores:
+            _count_unmeasured(summary, m, scores[m])
+    if item.split:
+        blocks.stage(work, item, A.index, B.index, scores)
+        summary.blocks += 1
+        fault_point("after_block")  # test-only (engine.runtime.faults): staged, the unit's claim still held
+        if blocks.commit(work, item.layer, item.a, item.b, item.measures, item.grid, summary):
+            summary.pair_layers += 1
+        return
     request, context = work.request, work.context
-    need_states = any(MEASURES[m].needs_states for m in unit.measures)
-    for lang in (unit.a, unit.b):
-        if lang not in cache or (need_states and cache[lang].states is None):
-            index = request.done_index[lang]
-            lengths = request.lengths[lang][index]
-            cache[lang] = _load(work.reader, lang, unit.layer, index, lengths, need_states, context.dtype)
-    A, B = cache[unit.a], cache[unit.b]
-    scores = _score(A, B, unit.measures, context, summary)
     marker = {**done_marker(A.index, B.index), "dtype": context.dtype}
-    for m in unit.measures:
+    for m in item.measures:
         measure, scored = MEASURES[m], scores[m]
-        extra = {}
-        if measure.nan_scores:
-            extra = nan_marker(measure, context, scored, A.index, B.index)
-            _count_unmeasured(summary, m, scored)
-        full = np.full((len(request.lengths[unit.a]), len(request.lengths[unit.b])), np.nan, np.float32)
+        extra = nan_marker(measure, context, scored, A.index, B.index) if measure.nan_scores else {}
+        full = np.full((len(request.lengths[item.a]), len(request.lengths[item.b])), np.nan, np.float32)
         full[np.ix_(A.index, B.index)] = _with_nan(scored)
-        work.out.write_layer(work.arrays[m, unit.a, unit.b], m, unit.a, unit.b, unit.layer, full, {**marker, **extra})
+        work.out.write_layer(work.arrays[m, item.a, item.b], m, item.a, item.b, item.layer, full, {**marker, **extra})
+        summary.matrices += 1
         fault_point("after_matrix")  # test-only (engine.runtime.faults): the unit's claim is still held
+    summary.pair_layers += not item.rest  # a split pair's layer counts once, when its blocks are committed
 
 
 def _score(A: Side, B: Side, measures, context: MeasureContext, summary: SimilaritySummary) -> dict[str, Scores]:
@@ -324,17 +320,3 @@ def _pair_ids(tables: dict, a: str, b: str) -> dict:
         "row_recording": [int(x) for x in ta.column("recording").to_pylist()],
         "col_recording": [int(x) for x in tb.column("recording").to_pylist()],
     }
-
-
-def _load(
-    reader: StoreReader, lang: str, layer: int, index: np.ndarray, lengths: np.ndarray, need_states: bool, dtype: str
-) -> Side:
-    """The done utterances ``index`` of one language at one layer; ``lengths``: their frames (the run's snapshot)."""
-    lengths = lengths.astype(np.int32)
-    if not need_states or not len(index):
-        return Side(index, lengths, None)
-    # Only the frames some done utterance uses, in the compute dtype, in one read; the kernels mask past each length.
-    states, _ = reader.language_layer(
-        lang, layer, utterances=index, dtype=DTYPES[dtype], frames=int(lengths.max()), zero_padding=False
-    )
-    return Side(index, lengths, jnp.asarray(states))

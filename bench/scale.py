@@ -1,0 +1,382 @@
+"""Benchmark: the seqsim job on a FLEURS-shaped synthetic grid: how its time grows, how evenly processes share it,
+and what memory it holds against its budget (issue 42).
+
+    python bench/scale.py --quick        # a small version, to check the program (a few minutes on 2 cores)
+    python bench/scale.py                # the full version, for a quiet machine (BUILD.md says how long)
+    python bench/scale.py --sweeps processes --rounds 5 --record bench/RESULTS.md
+
+The grid. Random states written through ``LayerStore`` (``bench.grid.write_random_store``, as the encode job writes
+a store). Utterance lengths follow FLEURS test: durations drawn (with replacement) from the real FLEURS clips in
+``../shared/data/fleurs-sample`` (``$BABELGRID_FLEURS_SAMPLE``; 50 clips, 4.3-43 s), 50 encoder frames a second,
+times ``--frame_scale``. Utterances per language: FLEURS test's 350-650 per language (drawn uniformly in that range,
+seeded: the published per-language table was not at hand offline) times ``--scale``. Width ``--d`` and ``--layers``
+small enough for a 2-core machine.
+
+The runs. ``python -m jobs.seqsim --langs all`` with the job's default measures, as 1, 2 and 4 ``jax.distributed``
+processes on 127.0.0.1, each a "host" of one core: ``os.sched_setaffinity`` pins process i to core i mod cores, and
+XLA's CPU client and ``kernels._cpu`` size their thread pools from that affinity (XLA's flags
+``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` left its pool as it was here: 17 threads
+with or without them, 13 when pinned to one core). Compiled kernels come from a persistent JAX compilation cache
+that an unmeasured warm-up run fills, so no measured run pays for XLA's compilation; each process still traces and
+loads the kernels of every shape it meets, and the packed SeqSim kernel compiles one per pair of side shapes (bins,
+slots, chunks), which grow in number with the languages (158 at 40 languages here against 52 at 13, ~5 MiB of
+resident memory each): that is in each process's work time and RSS. Each process reports its busy
+seconds (the start of its work to the end of its last unit), its units, the states it held at its peak and its
+reads per language (the job's summary), and its peak resident memory (``ru_maxrss``, read at exit). Rounds are
+interleaved (every configuration once per round) and the tables give medians.
+
+What it prints: per process count, the work time (the longest busy time), the wall time, the speed-up over one
+process, each process's idle share of the work time and peak RSS against the budget, and the time per pair-layer;
+then the sweeps, each with the exponent fitted to log(time) against log(size): languages at fixed utterances (time
+against pairs), utterances per language (against utterances), frames (against the frame scale). The goals (issue
+42): exponents 1.0 +- 0.1 (pairs), 2.0 +- 0.15 (utterances); peak RSS within the budget plus a constant (the RSS of
+the same job on a 2-language grid of 2 utterances, measured here, plus ``ALLOWANCE`` for kernel working sets), at
+every language count; 2 processes at least 1.8x one; no process idle more than 10% of the work time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import machine, record  # noqa: E402
+from bench.grid import write_random_store  # noqa: E402
+
+SAMPLE = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
+FRAMES_PER_SECOND = 50  # encoder frames
+TEST_COUNTS = (350, 650)  # utterances per language in FLEURS test (the issue's range)
+ALLOWANCE = 256 * 2**20  # kernel working sets and XLA temporaries beyond the measured baseline
+SECTION = "seqsim at scale on a FLEURS-shaped grid (bench/scale.py)"
+# A process's peak RSS, printed when it exits (absl's app.run ends by sys.exit, which runs atexit handlers).
+WRAPPER = (
+    "import atexit, resource, runpy, sys\n"
+    "rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+    "atexit.register(lambda: print('@@maxrss', rss(), flush=True))\n"
+    "sys.argv = ['jobs.seqsim', *sys.argv[1:]]\n"
+    "runpy.run_module('jobs.seqsim', run_name='__main__', alter_sys=True)\n"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """One version of the benchmark (``FULL``, ``QUICK``; flags override fields)."""
+
+    langs: int  # languages of the main grid
+    scale: float  # its utterances: FLEURS test's counts times this
+    d: int
+    layers: int
+    budget: str  # --memory_budget of every process
+    processes: tuple[int, ...]
+    rounds: int
+    lang_sweep: tuple[int, ...]
+    lang_sweep_utterances: int
+    utterance_sweep: tuple[int, ...]
+    frame_sweep: tuple[float, ...]
+    sweep_langs: int  # languages of the utterance and frame sweeps
+    frame_sweep_utterances: int
+
+
+FULL = Sizes(102, 1 / 150, 32, 1, "32MiB", (1, 2, 4), 3, (13, 26, 51, 102), 3, (10, 20, 40, 80), (0.25, 0.5, 1.0, 2.0),
+             4, 10)  # fmt: skip
+QUICK = Sizes(13, 1 / 100, 16, 1, "8MiB", (1, 2, 4), 1, (4, 6, 9, 13), 3, (3, 6, 12), (0.25, 0.5, 1.0), 3, 6)
+
+
+def sample_seconds() -> np.ndarray:
+    """Durations of the FLEURS sample clips (seconds)."""
+    import soundfile as sf
+
+    clips = sorted(SAMPLE.glob("*.ogg")) + sorted(SAMPLE.glob("*.wav"))
+    if not clips:
+        sys.exit(f"no FLEURS clips in {SAMPLE}: set BABELGRID_FLEURS_SAMPLE to a folder of them")
+    return np.array([sf.info(str(clip)).duration for clip in clips])
+
+
+def grid(langs: int, utterances: int | None, scale: float, frame_scale: float, seed: int = 0) -> dict:
+    """Language -> i32[utterance] frames: FLEURS-like durations; ``utterances`` each, or FLEURS counts x ``scale``."""
+    rng = np.random.default_rng(seed)
+    seconds = sample_seconds()
+    out = {}
+    for i in range(langs):
+        n = utterances or max(2, round(rng.integers(TEST_COUNTS[0], TEST_COUNTS[1] + 1) * scale))
+        frames = np.round(rng.choice(seconds, n) * FRAMES_PER_SECOND * frame_scale)
+        out[f"l{i:03d}"] = np.maximum(frames, 1).astype(np.int32)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(store: str, out: str, n: int, budget: str, env: dict, langs: str = "all") -> dict:
+    """The seqsim job as ``n`` processes, one core each; their summaries and RSS, and the wall time. A process that
+    fails stops the others (they would wait for it)."""
+    cores = sorted(os.sched_getaffinity(0))
+    args = ["--store", store, "--out", out, "--langs", langs, "--memory_budget", budget, "--progress=false"]
+    dist = [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={n}"] if n > 1 else []
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        procs, logs = [], []
+        for i in range(n):
+            argv = [sys.executable, "-c", WRAPPER, *args, *dist, *([f"--process_id={i}"] if n > 1 else [])]
+            pin = functools.partial(os.sched_setaffinity, 0, {cores[i % len(cores)]})
+            logs.append(open(pathlib.Path(tmp) / f"{i}.log", "w+"))  # noqa: SIM115 - closed below
+            procs.append(subprocess.Popen(argv, env=env, cwd=tmp, stdout=logs[-1], stderr=subprocess.STDOUT,
+                                          preexec_fn=pin))  # fmt: skip
+        while any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                for p in procs:
+                    p.kill()
+            time.sleep(0.05)
+        wall = time.perf_counter() - t0
+        outputs = []
+        for log in logs:
+            log.seek(0)
+            outputs.append(log.read())
+            log.close()
+    for p, o in zip(procs, outputs, strict=True):
+        if p.returncode:
+            sys.exit(f"the seqsim job failed (exit {p.returncode}):\n{o[-4000:]}")
+    return {"wall": wall, "processes": [summary(o) for o in outputs]}
+
+
+def parse_size(text: str) -> int:
+    from engine.runtime.options import parse_size as parse
+
+    return parse(text)
+
+
+def summary(output: str) -> dict:
+    """The numbers of a process's summary line and its RSS."""
+    line = next(x for x in output.splitlines() if x.startswith("computed "))
+    reads = re.search(r"read ([0-9.]+) times on average \(at most ([0-9.]+)\)", line)
+    return {
+        "pair_layers": int(re.search(r"computed (\d+) pair-layers", line).group(1)),
+        "busy": float(re.search(r"busy ([0-9.]+) s", line).group(1)),
+        "units": int(re.search(r"(\d+) units", line).group(1)),
+        "peak_held": parse_size(re.search(r"peak (\S+ \S+) of a", line).group(1)),
+        "reads": float(reads.group(1)) if reads else 0.0,
+        "reads_max": float(reads.group(2)) if reads else 0.0,
+        "rss": int(re.search(r"@@maxrss (\d+)", output).group(1)),
+    }
+
+
+def fit(xs, ys) -> float:
+    """The exponent of ys ~ xs**k, least squares in logs."""
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
+def mib(x: float) -> str:
+    return f"{x / 2**20:.0f} MiB"
+
+
+class Bench:
+    def __init__(self, args, sizes: Sizes, root: pathlib.Path):
+        self.args, self.sizes, self.root = args, sizes, root
+        self.env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+                        JAX_COMPILATION_CACHE_DIR=str(root / "jax-cache"),
+                        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+        self.stores: dict[str, tuple[str, dict]] = {}
+
+    def store(self, name: str, lengths: dict) -> str:
+        if name not in self.stores:
+            url = str(self.root / name)
+            t = time.perf_counter()
+            write_random_store(url, lengths, self.sizes.d, self.sizes.layers)
+            frames = sum(int(n.sum()) for n in lengths.values())
+            print(f"store {name}: {len(lengths)} languages, {sum(map(len, lengths.values()))} utterances, {frames} "
+                  f"frames, written in {time.perf_counter() - t:.1f} s", flush=True)  # fmt: skip
+            self.stores[name] = (url, lengths)
+        return self.stores[name][0]
+
+    def run(self, store: str, n: int, langs: str = "all") -> dict:
+        out = self.root / f"sim-{time.monotonic_ns()}"
+        result = launch(store, str(out), n, self.sizes.budget, self.env, langs)
+        shutil.rmtree(out, ignore_errors=True)
+        return result
+
+    def rounds(self, configs: dict) -> dict:
+        """``configs[name] = (store, processes, langs)``: a warm-up (compilation cache), then interleaved rounds."""
+        for store, n, langs in configs.values():
+            self.run(store, n, langs)
+        results = {name: [] for name in configs}
+        for r in range(self.sizes.rounds):
+            for name in list(configs)[:: 1 if r % 2 == 0 else -1]:
+                results[name].append(self.run(*configs[name]))
+                work = max(p["busy"] for p in results[name][-1]["processes"])
+                print(f"round {r + 1} {name}: work {work:.1f} s, wall {results[name][-1]['wall']:.1f} s", flush=True)
+        return results
+
+
+def work(result: dict) -> float:
+    return max(p["busy"] for p in result["processes"])
+
+
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=work)[len(runs) // 2]
+
+
+def processes_table(bench: Bench) -> list[str]:
+    s = bench.sizes
+    lengths = grid(s.langs, None, s.scale, 1.0)
+    store = bench.store("main", lengths)
+    pairs = s.langs * (s.langs - 1) // 2 * s.layers
+    results = bench.rounds({f"{n} processes": (store, n, "all") for n in s.processes})
+    one = statistics.median(work(r) for r in results[f"{s.processes[0]} processes"])
+    budget = parse_size(s.budget)
+    baseline = bench.run(bench.store("baseline", grid(2, 2, 1.0, 1.0, seed=9)), 1)["processes"][0]["rss"]
+    counts = [len(n) for n in lengths.values()]
+    lines = [
+        f"Main grid: {s.langs} languages of {min(counts)}-{max(counts)} utterances (FLEURS test's 350-650 x "
+        f"{s.scale:.3g}), FLEURS sample lengths, d={s.d}, {s.layers} layer(s); {pairs} pair-layers; the job's default "
+        f"measures; --memory_budget {s.budget} per process. Baseline RSS (the job on 2 languages x 2 utterances): "
+        f"{mib(baseline)}; the memory goal is peak RSS <= budget + baseline + {mib(ALLOWANCE)} = "
+        f"{mib(budget + baseline + ALLOWANCE)}.",
+        "",
+        "| processes | work s (median) | wall s | speed-up | idle share of the work, per process | units, pair-layers "
+        "per process | peak RSS per process | peak held (job's count) | reads per language (mean, max) | ms per "
+        "pair-layer |",
+        "| ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- | ---: |",
+    ]
+    for name, runs in results.items():
+        run = median_run(runs)
+        w = work(run)
+        procs = run["processes"]
+        idle = ", ".join(f"{(w - p['busy']) / w:.0%}" for p in procs)
+        rss = ", ".join(mib(p["rss"]) for p in procs)
+        held = ", ".join(mib(p["peak_held"]) for p in procs)
+        reads = ", ".join(f"{p['reads']:.2f}/{p['reads_max']:.0f}" for p in procs)
+        units = ", ".join(f"{p['units']}/{p['pair_layers']}" for p in procs)
+        lines.append(
+            f"| {name.split()[0]} | {statistics.median(work(r) for r in runs):.1f} | "
+            f"{statistics.median(r['wall'] for r in runs):.1f} | {one / statistics.median(work(r) for r in runs):.2f} "
+            f"| {idle} | {units} | {rss} | {held} | {reads} | {1e3 * w / pairs:.1f} |"
+        )
+    speedup = {n: one / statistics.median(work(r) for r in results[f"{n} processes"]) for n in s.processes}
+    worst_idle = max((work(r) - p["busy"]) / work(r) for runs in results.values() for r in runs for p in r["processes"])
+    worst_rss = max(p["rss"] for runs in results.values() for r in runs for p in r["processes"])
+    lines += [
+        "",
+        f"- 2 processes: **{speedup.get(2, float('nan')):.2f}x** one (goal >= 1.8x: "
+        f"{'met' if speedup.get(2, 0) >= 1.8 else 'not met'}); 4 processes on the 2 cores: "
+        f"{speedup.get(4, float('nan')):.2f}x.",
+        f"- Most idle process in any run: {worst_idle:.0%} of the work time (goal <= 10%: "
+        f"{'met' if worst_idle <= 0.10 else 'not met'}).",
+        f"- Highest peak RSS: {mib(worst_rss)} against {mib(budget + baseline + ALLOWANCE)} "
+        f"({'met' if worst_rss <= budget + baseline + ALLOWANCE else 'not met'}).",
+    ]
+    return lines
+
+
+def sweeps(bench: Bench, which: list[str]) -> list[str]:
+    s = bench.sizes
+    lines = []
+    configs, x, label = {}, {}, {}
+    if "languages" in which:
+        store = bench.store("languages", grid(max(s.lang_sweep), s.lang_sweep_utterances, 1.0, 1.0, seed=1))
+        for n in s.lang_sweep:
+            # The first n languages of one store.
+            configs[f"{n} languages"] = (store, 1, ",".join(f"l{i:03d}" for i in range(n)))
+            x[f"{n} languages"], label[f"{n} languages"] = n * (n - 1) // 2, "languages"
+    if "utterances" in which:
+        for u in s.utterance_sweep:
+            store = bench.store(f"utterances{u}", grid(s.sweep_langs, u, 1.0, 1.0, seed=2))
+            configs[f"{u} utterances"] = (store, 1, "all")
+            x[f"{u} utterances"], label[f"{u} utterances"] = u, "utterances"
+    if "frames" in which:
+        for f in s.frame_sweep:
+            store = bench.store(f"frames{f}", grid(s.sweep_langs, s.frame_sweep_utterances, 1.0, f, seed=3))
+            configs[f"frames x{f}"] = (store, 1, "all")
+            x[f"frames x{f}"], label[f"frames x{f}"] = f, "frames"
+    if not configs:
+        return lines
+    results = bench.rounds(configs)
+    goals = {"languages": ("pairs", 1.0, 0.1), "utterances": ("utterances per language", 2.0, 0.15),
+             "frames": ("the frame scale", None, None)}  # fmt: skip
+    budget = parse_size(s.budget)
+    for kind, (against, goal, tol) in goals.items():
+        names = [name for name in configs if label[name] == kind]
+        if not names:
+            continue
+        times = [statistics.median(work(r) for r in results[name]) for name in names]
+        k = fit([x[name] for name in names], times)
+        verdict = "" if goal is None else f" (goal {goal} +- {tol}: {'met' if abs(k - goal) <= tol else 'not met'})"
+        lines += ["", f"Sweep over {kind}: time against {against}, fitted exponent **{k:.2f}**{verdict}.", "",
+                  "| run | size | work s (median) | peak RSS | peak held | reads per language (mean, max) |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+        for name, t in zip(names, times, strict=True):
+            p = median_run(results[name])["processes"][0]
+            lines.append(f"| {name} | {x[name]} | {t:.2f} | {mib(p['rss'])} | {mib(p['peak_held'])} | "
+                         f"{p['reads']:.2f}, {p['reads_max']:.0f} |")  # fmt: skip
+        if kind == "languages":
+            rss = [median_run(results[name])["processes"][0]["rss"] for name in names]
+            lines.append(f"\nPeak RSS over the language counts: {mib(min(rss))}-{mib(max(rss))} with a "
+                         f"{mib(budget)} budget.")  # fmt: skip
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the small version (checks the program)")
+    parser.add_argument("--sweeps", default="processes,languages,utterances,frames", help="which parts to run")
+    for field in dataclasses.fields(Sizes):
+        kind = {"float": float, "int": int, "str": str}.get(field.type, str)
+        parser.add_argument(f"--{field.name}", type=kind, default=None, help=f"override ({field.type})")
+    parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the stores")
+    parser.add_argument("--record", default="", help="write the results section into this file")
+    args = parser.parse_args()
+    sizes = QUICK if args.quick else FULL
+    for field in dataclasses.fields(Sizes):
+        value = getattr(args, field.name)
+        if value is not None:
+            if field.type.startswith("tuple"):
+                value = tuple(type(getattr(sizes, field.name)[0])(v) for v in str(value).split(","))
+            sizes = dataclasses.replace(sizes, **{field.name: value})
+    which = [w.strip() for w in args.sweeps.split(",") if w.strip()]
+    root = pathlib.Path(tempfile.mkdtemp(prefix="scale-", dir=args.scratch))
+    load0, started, t0 = os.getloadavg(), datetime.datetime.now(datetime.UTC), time.perf_counter()
+    try:
+        bench = Bench(args, sizes, root)
+        lines = processes_table(bench) if "processes" in which else []
+        lines += sweeps(bench, which)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    load1 = os.getloadavg()
+    head = [
+        f"Machine: {machine()}. Date: {started:%Y-%m-%d %H:%M} UTC; the whole program took "
+        f"{(time.perf_counter() - t0) / 60:.1f} min. Load average (1, 5, 15 min) {load0[0]:.1f}, {load0[1]:.1f}, "
+        f"{load0[2]:.1f} before, {load1[0]:.1f}, {load1[1]:.1f}, {load1[2]:.1f} after.",
+        "",
+        f"Command: `{' '.join(['python', 'bench/scale.py', *sys.argv[1:]])}`"
+        + f"; sizes {json.dumps(dataclasses.asdict(sizes))}; medians of {sizes.rounds} interleaved round(s) after "
+        "an unmeasured warm-up run of each configuration.",
+        "",
+    ]
+    text = "\n".join(head + lines)
+    print(text)
+    if args.record:
+        record(pathlib.Path(args.record), SECTION, text)
+
+
+if __name__ == "__main__":
+    main()

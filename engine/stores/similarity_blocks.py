@@ -1,0 +1,133 @@
+"""Staged blocks of a similarity store: a pair-layer scored in utterance blocks, perhaps by several processes, is
+staged block by block and committed whole.
+
+A pair too large for one work unit, or for the memory budget, is scored in blocks of rows x columns
+(``engine.pipelines.similarity.tiles``), which processes claim apart. A block is never written into the pair's
+matrix chunk: two processes writing parts of one chunk would each read, modify and write the whole chunk, and one
+could lose the other's part. Each block is staged as an object of its own instead::
+
+    OUT/staging/<measure>/<a>__<b>/<layer>/<R>x<C>-<digest>/<i>.<j>.npz    rows, cols: layer-store utterance indices;
+                                                                             scores: f32[rows, cols]; extra: JSON
+
+``R x C`` is the pair's grid of blocks; ``digest`` hashes what the matrix is computed from and with (the done
+utterances, the compute dtype, the measure's settings), so that a block staged by a run with other settings or
+another grid is never taken for one of this run. Once every block of the grid is staged, one process reads them,
+writes the whole matrix (one chunk, ``SimilarityStore.write_layer``, then the done marker) and deletes the pair-layer's
+staging folder. Readers read a chunk only under its done marker, so they never see a partial matrix; a kill at any
+point leaves staged blocks (a resume computes only the missing ones) or a complete pair-layer. Two processes
+committing the same pair-layer write the same bytes. The zip container's CRC-32 is checked on every read: a damaged
+block is a DamageError naming it.
+
+The staging folder is not part of the format readers know (``engine.stores.similarity``); a store with no
+unfinished split pair has none, and readers ignore it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pathlib
+import zipfile
+from typing import NamedTuple
+
+import numpy as np
+import tensorstore as ts
+
+from engine.stores.integrity import DamageError
+from engine.stores.kv import read_json, read_value, storage_error, write_value
+from engine.stores.similarity import DONE_DIR, SimilarityStore, pair_key
+
+STAGING = "staging/"
+
+
+class StagedBlock(NamedTuple):
+    rows: np.ndarray  # i64[r] layer-store utterance indices of the first language
+    cols: np.ndarray  # i64[c] of the second
+    scores: np.ndarray  # f32[r, c], NaN where the measure could not measure
+    extra: dict  # measure-specific done-marker fields of the block (nonconverged, fallback)
+
+
+def settings_digest(settings: dict) -> str:
+    """A short digest of what a pair-layer is computed from and with (JSON, keys sorted)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StagingSimilarityStore(SimilarityStore):
+    """A similarity store that also stages blocks of split pair-layers (see the module docstring)."""
+
+    def layer_marker(self, measure: str, a: str, b: str, layer: int) -> dict | None:
+        """The done marker of one layer of (measure, a, b), None when not done: one read (``done_markers`` lists and
+        reads every layer's)."""
+        return read_json(self._kv, f"{pair_key(measure, a, b)}{DONE_DIR}{int(layer)}.json", self.url, sealed=self.sealed, fix=self._fix)
+
+    def _staging(self, measure: str, a: str, b: str, layer: int, grid: tuple[int, int] | None = None, digest=""):
+        key = f"{STAGING}{pair_key(measure, a, b)}{int(layer)}/"
+        return key if grid is None else f"{key}{grid[0]}x{grid[1]}-{digest}/"
+
+    def stage_block(self, measure, a, b, layer, grid, digest, block: tuple[int, int], staged: StagedBlock) -> None:
+        """Writes one block (one object, whole or not at all)."""
+        buffer = io.BytesIO()
+        extra = np.frombuffer(json.dumps(staged.extra).encode(), np.uint8)
+        np.savez(buffer, rows=np.asarray(staged.rows, np.int64), cols=np.asarray(staged.cols, np.int64),
+                 scores=np.asarray(staged.scores, np.float32), extra=extra)  # fmt: skip
+        key = f"{self._staging(measure, a, b, layer, grid, digest)}{block[0]}.{block[1]}.npz"
+        write_value(self._kv, key, buffer.getvalue(), self.url)
+
+    def staged(self, measure, a, b, layer, grid, digest) -> set[tuple[int, int]]:
+        """The blocks of this grid and digest that are staged."""
+        prefix = self._staging(measure, a, b, layer, grid, digest)
+        try:
+            keys = self._kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0"), len(prefix)).result()
+        except ValueError as e:
+            raise storage_error("list the staged blocks", prefix, self.url, e) from None
+        out = set()
+        for key in keys:
+            parts = key.decode().removesuffix(".npz").split(".")
+            if key.decode().endswith(".npz") and len(parts) == 2 and all(p.isdigit() for p in parts):
+                out.add((int(parts[0]), int(parts[1])))
+        return out
+
+    def read_block(self, measure, a, b, layer, grid, digest, block: tuple[int, int]) -> StagedBlock | None:
+        """One staged block; None when it is gone (another process committed the pair-layer meanwhile); a
+        DamageError naming it when it does not read back whole."""
+        key = f"{self._staging(measure, a, b, layer, grid, digest)}{block[0]}.{block[1]}.npz"
+        found = read_value(self._kv, key, self.url)
+        if found.state != "value":
+            return None
+        try:
+            with np.load(io.BytesIO(bytes(found.value)), allow_pickle=False) as z:
+                staged = StagedBlock(z["rows"], z["cols"], z["scores"], json.loads(z["extra"].tobytes()))
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise DamageError(
+                f"damaged data in {self.url!r}: the staged block {key} does not read back ({e}); it is deleted, "
+                "rerun the seqsim job to compute it again"
+            ) from None
+        if staged.scores.shape != (len(staged.rows), len(staged.cols)):
+            raise DamageError(f"damaged data in {self.url!r}: the staged block {key} has scores of another shape")
+        return staged
+
+    def drop_block(self, measure, a, b, layer, grid, digest, block: tuple[int, int]) -> None:
+        key = f"{self._staging(measure, a, b, layer, grid, digest)}{block[0]}.{block[1]}.npz"
+        write_value(self._kv, key, None, self.url)
+
+    def drop_staged(self, measure, a, b, layer) -> None:
+        """Deletes every staged block of one pair-layer (every grid and digest): after its matrix is committed."""
+        prefix = self._staging(measure, a, b, layer)
+        try:
+            self._kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
+        except ValueError as e:
+            raise storage_error("delete the staged blocks", prefix, self.url, e) from None
+
+    def tidy_staging(self) -> None:
+        """Removes the empty staging folders a local store keeps after its blocks were committed (object stores
+        have no folders); folders that still hold blocks (a pair-layer not committed) stay."""
+        if "://" in self.url and not self.url.startswith("file://"):
+            return
+        root = pathlib.Path(self.url.removeprefix("file://")) / STAGING
+        for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):  # deepest first
+            try:
+                pathlib.Path(folder).rmdir()  # only when empty
+            except OSError:
+                pass

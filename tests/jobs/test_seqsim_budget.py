@@ -1,0 +1,166 @@
+"""The seqsim job under a memory budget (issue 42): tiles that evict, pairs split into blocks, units sized by FLOPs.
+
+Stores are random states written through ``LayerStore`` (``bench.grid.write_random_store``), small enough that a
+run takes seconds: 30 languages of 6 short utterances for the budget, 4 languages of which 2 span several packed
+bins for the splits. Matrices are compared bit for bit: the same kernels on the same bins give the same bits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+import signal
+
+import numpy as np
+import pytest
+
+from bench.grid import write_random_store
+from engine.pipelines.similarity.config import SimilarityConfig
+from engine.pipelines.similarity.measures import MeasureContext, Side
+from engine.pipelines.similarity.run import held_languages, run_similarity
+from engine.pipelines.similarity.tiles import BudgetError, Language, Sizing
+from engine.runtime.options import configure
+from engine.stores.reader import open_store
+from engine.stores.similarity import open_similarity
+from engine.stores.similarity_blocks import STAGING
+from tests.jobs.multiprocess import run_processes, start_processes
+from tests.jobs.test_scaleout import assert_same_store
+
+GRID_MEASURES = ("seqsim", "mean")
+SPLIT_MEASURES = "seqsim,seqsim_b2a,mean,duration"
+UNIT_GFLOPS = "0.0004"  # the big pairs are 3-4 units, the small ones grouped
+
+
+@pytest.fixture(scope="module")
+def grid_store(tmp_path_factory) -> pathlib.Path:
+    """30 languages of 6 utterances of 22-40 frames (every side one packed bin of 256 frames: one compiled shape)."""
+    rng = np.random.default_rng(0)
+    lengths = {f"l{i:02d}": rng.integers(22, 41, 6).astype(np.int32) for i in range(30)}
+    out = tmp_path_factory.mktemp("budget") / "store"
+    write_random_store(str(out), lengths, 8, 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def split_store(tmp_path_factory) -> pathlib.Path:
+    """2 languages of 24 utterances of 60-120 frames (3 bins each) and 2 of 5 short ones, 2 layers."""
+    rng = np.random.default_rng(1)
+    lengths = {lang: rng.integers(60, 121, 24).astype(np.int32) for lang in ("big0", "big1")}
+    lengths |= {lang: rng.integers(10, 30, 5).astype(np.int32) for lang in ("s0", "s1")}
+    out = tmp_path_factory.mktemp("split") / "store"
+    write_random_store(str(out), lengths, 8, 2)
+    return out
+
+
+def grid_run(store, out, **options):
+    config = configure(SimilarityConfig, store=str(store), out=str(out), measures=GRID_MEASURES, progress=False)
+    return run_similarity(dataclasses.replace(config, run=dataclasses.replace(config.run, **options)))
+
+
+def assert_same_matrices(got: pathlib.Path, want: pathlib.Path) -> None:
+    a, b = open_similarity(str(got)), open_similarity(str(want))
+    assert a.measures() == b.measures()
+    for measure in b.measures():
+        assert a.pairs(measure) == b.pairs(measure)
+        for pair in b.pairs(measure):
+            assert a.done(measure, *pair) == b.done(measure, *pair) == list(b.layers)
+            for layer in b.layers:
+                np.testing.assert_array_equal(a.matrix(measure, *pair, layer)[0], b.matrix(measure, *pair, layer)[0])
+
+
+def test_a_budget_that_evicts_gives_the_same_matrices_and_holds_within_it(grid_store, tmp_path):
+    """Acceptance: 30 languages under a budget of about 5 of them, against the same run with the machine's budget."""
+    whole = grid_run(grid_store, tmp_path / "whole")
+    assert whole.pair_layers == 435 and max(whole.reads.values()) == 1.0, whole.report()
+    reader = open_store(str(grid_store))
+    request_lengths = {lang: np.asarray(reader.lengths(lang)) for lang in reader.languages()}
+    sizes = held_languages(request_lengths, {lang: np.arange(6) for lang in request_lengths}, 8,
+                           MeasureContext("float32"), GRID_MEASURES)  # fmt: skip
+    budget = 5 * max(language.whole_bytes for language in sizes.values())
+    tight = grid_run(grid_store, tmp_path / "tight", memory_budget=budget)
+    assert tight.peak_held <= budget < whole.peak_held, tight.report()
+    # Tiles of 4 languages: every language is read again once per earlier tile, and each at least once.
+    assert 1.0 < sum(tight.reads.values()) / len(tight.reads) < 6, tight.reads
+    assert f"of a {budget / 1024:.3g} KiB budget (--memory_budget)" in tight.report()
+    assert_same_matrices(tmp_path / "tight", tmp_path / "whole")
+
+
+def test_a_budget_too_small_for_a_pair_is_refused_before_anything_is_written(split_store, tmp_path):
+    config = configure(SimilarityConfig, store=str(split_store), out=str(tmp_path / "o"), progress=False,
+                       memory_budget="64KiB")  # fmt: skip
+    with pytest.raises(BudgetError, match=r"64 KiB .* too small for the pair big0:big1: its smallest block .* needs "
+                                          r"(\S+ \S+); raise --memory_budget to at least \1"):  # fmt: skip
+        run_similarity(config)
+    assert not (tmp_path / "o").exists()
+
+
+def test_held_sizes_bound_the_arrays_a_side_holds(split_store):
+    """The job's count of what it holds (tiles.Language.part_bytes) is the most bytes a side's arrays take: its
+    states, and its packed bins while the second role is built from them (both roles and the gathered frames)."""
+    reader = open_store(str(split_store))
+    n = np.asarray(reader.lengths("big0"))
+    language = Language("big0", n, Sizing(8, 4, states=True, packs=True))
+    states, _ = reader.language_layer("big0", 0, dtype=np.float32, frames=int(n.max()), zero_padding=False)
+    side = Side(np.arange(len(n)), n, states)
+    arrays = {id(x): x for b in side.packed._per_bin for x in b}  # the gathered frames: dropped after both roles
+    for role in (True, False):
+        arrays |= {id(x): x for b in side.packed.bins(role) for x in b}  # index arrays shared between them
+    held = states.nbytes + sum(x.nbytes for x in arrays.values())
+    assert held <= language.whole_bytes < 1.05 * held
+
+
+def seqsim_args(store, out) -> list[str]:
+    return ["--store", str(store), "--out", str(out), "--measure", SPLIT_MEASURES, "--unit_gflops", UNIT_GFLOPS]
+
+
+@pytest.fixture(scope="module")
+def one_process(split_store, tmp_path_factory, run_job):
+    """The split store scored by one process: the reference of the two tests below."""
+    out = tmp_path_factory.mktemp("one") / "sim"
+    proc = run_job("seqsim", *seqsim_args(split_store, out), timeout=600)
+    return out, proc.stdout
+
+
+def blocks(output: str) -> int:
+    found = re.search(r"(\d+) blocks of split pairs", output)
+    return int(found.group(1)) if found else 0
+
+
+def test_two_processes_write_the_same_store_with_units_split_by_size(split_store, one_process, tmp_path):
+    """Acceptance: big0:big1 and the big-small pairs split into blocks of bins, the small pair grouped; two
+    jax.distributed processes share the units and write, byte for byte, the store one process writes."""
+    one, output = one_process
+    units = int(re.search(r"(\d+) units", output).group(1))
+    assert blocks(output) >= 4 and units > 6 * 2, output  # more units than pair-layers: some pairs split
+    two = tmp_path / "two"
+    outputs = run_processes("jobs.seqsim", [*seqsim_args(split_store, two), "--progress=false"])
+    assert sum(blocks(o) for o in outputs) == blocks(output), outputs
+    assert all(int(re.search(r"(\d+) units", o).group(1)) > 0 for o in outputs), outputs
+    assert_same_store(two, one)
+    assert not (two / STAGING.rstrip("/")).exists(), "staging left behind"
+
+
+def test_a_kill_mid_pair_resumes_only_the_missing_blocks(split_store, one_process, tmp_path):
+    """Acceptance: a process killed right after its 2nd staged block leaves its pair-layer not done (blocks staged,
+    no marker); the resume computes only the other blocks, and the store is the uninterrupted run's."""
+    one, output = one_process
+    out = tmp_path / "killed"
+    (proc,) = start_processes("jobs.seqsim", seqsim_args(split_store, out), n=1,
+                              env_per_process={0: {"BABELGRID_FAULT_KILL": "after_block:2"}})  # fmt: skip
+    proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL
+    staged = sorted(p.relative_to(out / STAGING).parts for p in (out / STAGING).rglob("*.npz"))
+    assert staged, "the killed run staged blocks"
+    for measure, pair, layer, *_ in staged:
+        marker = out / measure / pair / "done" / f"{layer}.json"
+        assert not marker.exists(), f"{measure} {pair} layer {layer} marked done with blocks still staged"
+    measures = tuple(SPLIT_MEASURES.split(","))
+    config = configure(SimilarityConfig, store=str(split_store), out=str(out), progress=False, measures=measures,
+                       unit_gflops=float(UNIT_GFLOPS))  # fmt: skip
+    resumed = run_similarity(config)
+    assert resumed.blocks == blocks(output) - 2, resumed.report()
+    assert_same_store(out, one)
+    done = json.loads((out / "seqsim" / "big0__big1" / "done" / "1.json").read_text())
+    assert done["rows_done"] == 24 and done["cols_done"] == 24
