@@ -60,7 +60,8 @@ class StagingSimilarityStore(SimilarityStore):
     def layer_marker(self, measure: str, a: str, b: str, layer: int) -> dict | None:
         """The done marker of one layer of (measure, a, b), None when not done: one read (``done_markers`` lists and
         reads every layer's)."""
-        return read_json(self._kv, f"{pair_key(measure, a, b)}{DONE_DIR}{int(layer)}.json", self.url, sealed=self.sealed, fix=self._fix)
+        key = f"{pair_key(measure, a, b)}{DONE_DIR}{int(layer)}.json"
+        return read_json(self._kv, key, self.url, sealed=self.sealed, fix=self._fix)
 
     def _staging(self, measure: str, a: str, b: str, layer: int, grid: tuple[int, int] | None = None, digest=""):
         key = f"{STAGING}{pair_key(measure, a, b)}{int(layer)}/"
