@@ -258,8 +258,9 @@ def refuse_without_head(job: str, head: str, source, store_info=None, hint: str 
 
 
 def _has_ctc_head(source) -> bool:
-    """Whether a wav2vec2-family config names a *ForCTC architecture (the CTC head's weights come with it)."""
-    config = _config_json(source) or {}
+    """Whether a wav2vec2-family config names a *ForCTC architecture (the CTC head's weights come with it). No model
+    given (``None``: the packaged whisper-base) has none."""
+    config = (_config_json(source) if source is not None else None) or {}
     return any(str(a).endswith("ForCTC") for a in config.get("architectures") or ())
 
 

@@ -206,6 +206,17 @@ def test_decoder_jobs_refuse_other_families_at_once(job, lacks, clips, run_job, 
         assert "interp's --words" in text
 
 
+def test_decode_without_model_on_a_ctc_store_is_the_same_one_line_refusal(clips, run_job, tmp_path_factory, tmp_path):
+    # issue 49 item 10: without --model this raised TypeError in family._config_json instead of refusing.
+    _, _, _, store = encoded("wav2vec2", clips, run_job, tmp_path_factory)
+    out = tmp_path / "out"
+    proc = run_job("decode", "--store", store, "--out", str(out), expect=None)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "a ctc head" in text and "whisper model without one" in text, text
+    assert "Traceback" not in text and "TypeError" not in text, text
+    assert not out.exists()
+
+
 def test_family_detection(tmp_path, tiny_model_dir):
     assert fam.detect_family(None).name == "whisper" and fam.detect_family(tiny_model_dir).name == "whisper"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
