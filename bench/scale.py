@@ -142,20 +142,27 @@ def launch(store: str, out: str, n: int, budget: str, env: dict, langs: str = "a
             logs.append(open(pathlib.Path(tmp) / f"{i}.log", "w+"))  # noqa: SIM115 - closed below
             procs.append(subprocess.Popen(argv, env=env, cwd=tmp, stdout=logs[-1], stderr=subprocess.STDOUT,
                                           preexec_fn=pin))  # fmt: skip
+        failed = None  # the first process to fail: the others are stopped, and their exit (-9) is not the cause
         while any(p.poll() is None for p in procs):
-            if any(p.poll() not in (None, 0) for p in procs):
+            failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
+            if failed is not None:
                 for p in procs:
                     p.kill()
+                break
             time.sleep(0.05)
+        for p in procs:
+            p.wait()
+        if failed is None:
+            failed = next((i for i, p in enumerate(procs) if p.returncode), None)
         wall = time.perf_counter() - t0
         outputs = []
         for log in logs:
             log.seek(0)
             outputs.append(log.read())
             log.close()
-    for p, o in zip(procs, outputs, strict=True):
-        if p.returncode:
-            sys.exit(f"the seqsim job failed (exit {p.returncode}):\n{o[-4000:]}")
+    if failed is not None:
+        sys.exit(f"the seqsim job's process {failed} of {n} failed (exit {procs[failed].returncode}):\n"
+                 f"{outputs[failed][-4000:]}")  # fmt: skip
     return {"wall": wall, "processes": [summary(o) for o in outputs]}
 
 
