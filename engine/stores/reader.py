@@ -3,7 +3,7 @@
     from engine.stores.reader import open_store
     s = open_store("gs://bucket/run1")            # a local path, file://, gs://, s3://, memory://
     s.info                                        # StoreInfo: model, checkpoint sha256, dims, stored layers, dtype
-    s.languages()                                 # ['de', 'en', ...]
+    s.languages                                   # ['de', 'en', ...]
     df = s.utterances("de")                       # pandas DataFrame, one row per utterance index
     s.lookup("de", "1234")                        # utterance indices whose id is "1234" (one per recording)
     x = s.states("de", 17, layer=4)               # f[frames, embed] of utterance 17, valid frames only
@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import tensorstore as ts
 
+from engine.listing import Listing
 from engine.stores.integrity import chunk_key, damage_error, is_damage, repair_hint
 from engine.stores.kv import StoreError, storage_error
 from engine.stores.language import LanguageArrays
@@ -62,8 +63,10 @@ class StoreReader:
         """``manifest.json`` as a dict (StoreInfo fields, creation info, layout)."""
         return self._store.manifest
 
-    def languages(self) -> list[str]:
-        return self._store.languages()
+    @property
+    def languages(self) -> Listing:
+        """The store's complete languages, sorted (an attribute, as ``info``: engine.listing)."""
+        return Listing(self._store.languages())
 
     def arrays(self, lang: str) -> LanguageArrays:
         """The language's arrays (``states_store``, ``lengths_store`` TensorStores) and utterance rows."""

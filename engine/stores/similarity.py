@@ -30,6 +30,7 @@ import tensorstore as ts
 
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
+from engine.listing import Listing
 from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
 from engine.stores.kv import DamageError, context, create_or_compare, json_bytes, open_kvstore, read_json, write_value
 from engine.stores.schema import LANG
@@ -38,8 +39,7 @@ FORMAT_NAME = "babelgrid-similarity"
 FORMAT_VERSION = 3  # 2: crc32c on every chunk (engine.stores.integrity); 3: a digest in every JSON object
 READABLE_VERSIONS = (1, 2, 3)  # 1 and 2 read, with one warning naming the checks they lack (integrity.UNCHECKED)
 SEALED_VERSION = 3  # from this version on, every ids.json and done marker must carry its digest
-MANIFEST = "manifest.json"
-IDS = "ids.json"
+MANIFEST, IDS = "manifest.json", "ids.json"
 DONE_DIR = "done/"
 PAIR_SEPARATOR = "__"
 PAIR_MODES = ("unordered", "ordered")  # resolve_pairs' named specs; else a list of a:b
@@ -334,9 +334,10 @@ class SimilarityReader(_Store):
     def __repr__(self):
         return f"SimilarityReader({self.url!r}, {self.manifest['model_name']}, layers {list(self.layers)})"
 
-    def measures(self) -> list[str]:
-        """Measures with at least one stored pair."""
-        return [m for m in MEASURES if self._stored_pairs(m)]
+    @property
+    def measures(self) -> Listing:
+        """Measures with at least one stored pair (an attribute, as ``layers``: engine.listing)."""
+        return Listing(m for m in MEASURES if self._stored_pairs(m))
 
     def pairs(self, measure: str) -> list[tuple[str, str]]:
         """Stored (lang_a, lang_b) pairs of ``measure``; ``matrix`` also serves each reversed."""
