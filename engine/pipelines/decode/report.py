@@ -61,11 +61,12 @@ def figure(scores: list[dict], decoding: str, subtitle: str = ""):
 
     Every panel has its y label and integer layer ticks; a panel with a single layer (the ``ln_post off`` panels have
     no L+1: ``--layers 6,7`` leaves it layer 6 alone) shows its point as a marker, with the layer as its one tick."""
-    from matplotlib.figure import Figure  # lazy, as above
+    # lazy: matplotlib (here and through engine.figures) takes about a second to import; only process 0 draws, once
+    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    from engine.figures import set_title
+    from engine.figures import set_title  # lazy: loads matplotlib, as above
 
     mine = [s for s in scores if s["decoding"] == decoding]
     panels = sorted({(s["task"], s["metric"], s["ln_post"]) for s in mine}, key=lambda p: (p[0], p[2], p[1]))
