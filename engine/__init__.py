@@ -5,10 +5,12 @@
     store = engine.open_store("out/demo/store")        # every encoder layer of every utterance
     sim = engine.open_similarity("out/demo/similarity")
     scores, rows, cols = sim.matrix("seqsim", "en", "de", layer=7)
-    engine.run_retrieval(engine.configure(RetrievalConfig, similarity=..., ...))
+    store.languages, sim.layers, sim.measures         # what a store holds: attributes (docs/analysis.md)
+    engine.run_retrieval(engine.configure(engine.RetrievalConfig, similarity=..., ...))
 
-Each job's library side is ``engine.pipelines.<job>.run``; its config is a frozen dataclass there, and
-``configure(Config, out=..., progress=False, ...)`` fills its run options. The names load on first use, so that
+Each job's library side is ``engine.pipelines.<job>.run``; its config is a frozen dataclass, given here beside its
+``run_<job>`` (``EncodeConfig`` ... ``FinetuneConfig``), and ``configure(Config, out=..., progress=False, ...)`` fills
+its run options. The names load on first use, so that
 ``import engine`` stays cheap (the jobs' ``--help`` never imports JAX through it).
 """
 
@@ -32,6 +34,16 @@ _FACE = {
     "run_challenge": "engine.pipelines.challenge.run",
     "run_probe": "engine.pipelines.probe.run",
     "run_finetune": "engine.pipelines.finetune.run",
+    # each run_<job>'s config, for configure(Config, ...): from the light config modules where a job has one
+    "EncodeConfig": "engine.pipelines.encode.config",
+    "SimilarityConfig": "engine.pipelines.similarity.config",
+    "RetrievalConfig": "engine.pipelines.retrieval.config",
+    "AlignConfig": "engine.pipelines.align.config",
+    "DecodeConfig": "engine.pipelines.decode.config",
+    "InterpConfig": "engine.pipelines.interp.config",
+    "ChallengeConfig": "engine.pipelines.challenge.run",
+    "ProbeConfig": "engine.pipelines.probe.config",
+    "FinetuneConfig": "engine.pipelines.finetune.config",
 }
 _RENAMED = {"load_model": "load_whisper"}  # the face's name -> the defining module's name
 

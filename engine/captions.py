@@ -11,11 +11,13 @@ import posixpath
 from collections.abc import Iterable, Mapping
 
 SYNTHETIC_DATASETS = ("demo", "words-demo")  # the bundled sets, spoken by espeak-ng
+UNSPLIT_DATASETS = ("folder",)  # a folder of clips has no splits: the encode job records its --split all the same
 
 
 def dataset_label(created: Mapping | None) -> str:
     """``dataset <name>`` from a layer store manifest's ``created`` block (``dataset``, ``split``): the bundled sets
-    marked as synthetic speech, the split named for the others, ``dataset unknown`` when nothing was recorded."""
+    marked as synthetic speech, the split named for the others that have splits (not a folder), ``dataset unknown``
+    when nothing was recorded."""
     spec = str((created or {}).get("dataset") or "").strip()
     if not spec:
         return "dataset unknown"
@@ -26,7 +28,7 @@ def dataset_label(created: Mapping | None) -> str:
         name = kind
     else:
         name = f"{kind} {posixpath.basename(path.rstrip('/')) or path}" if sep and path else spec
-    split = (created or {}).get("split")
+    split = None if kind in UNSPLIT_DATASETS else (created or {}).get("split")
     return f"dataset {name}" + (f" ({split})" if split else "")
 
 

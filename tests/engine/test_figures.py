@@ -38,7 +38,7 @@ def assert_names_source(png: bytes, *n_parts: str) -> str:
         ({"dataset": "demo"}, "dataset demo: synthetic espeak-ng speech"),
         ({"dataset": "words-demo", "split": "test"}, "dataset words-demo: synthetic espeak-ng speech"),
         ({"dataset": "fleurs", "split": "dev"}, "dataset fleurs (dev)"),
-        ({"dataset": "folder:/home/someone/tmp/my-clips/", "split": "test"}, "dataset folder my-clips (test)"),
+        ({"dataset": "folder:/home/someone/tmp/my-clips/", "split": "test"}, "dataset folder my-clips"),  # no split
         ({"dataset": "manifest:/data/x/clips.jsonl"}, "dataset manifest clips.jsonl"),
         ({"dataset": "fleurs:/mnt/fleurs", "split": "test"}, "dataset fleurs (test)"),
         ({"dataset": "demo:/home/someone/.cache/babelgrid"}, "dataset demo: synthetic espeak-ng speech"),
@@ -89,6 +89,50 @@ def test_decode(n_langs):
     assert list(pngs) == ["scores-greedy.png"]
     assert_names_source(pngs["scores-greedy.png"], f"n = 10-{9 + n_langs} utterances per language and layer")
     assert figures([], SOURCE) == {}
+
+
+def test_decode_panels_label_every_axis_in_percent_and_tick_whole_layers():
+    """The issue-50 figure: WER and CER in percent on every panel's y axis, whole-layer ticks, and an ``ln_post off``
+    panel that holds one layer drawn as a visible marker with that layer as its one tick."""
+    from engine.pipelines.decode.report import figure
+
+    common = dict(task="transcribe", decoding="greedy", value=0.25, n=30)
+    scores = [
+        dict(common, language=lang, layer=layer, ln_post=ln_post, metric=metric)
+        for lang in ("de", "en")
+        for layer, ln_post in ((6, True), (6, False), (7, True))
+        for metric in ("wer", "cer")
+    ]
+    source = captions.source_line("whisper-base", {"dataset": "demo"})
+    fig = figure(scores, "greedy", source)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == [
+        "transcribe: CER (ln_post off)", "transcribe: WER (ln_post off)",
+        "transcribe: CER (ln_post on)", "transcribe: WER (ln_post on)",
+    ]  # fmt: skip
+    assert [ax.get_ylabel() for ax in axes] == ["CER (%)", "WER (%)", "CER (%)", "WER (%)"]
+    for ax in axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+        assert all(line.get_ydata()[0] == 25.0 for line in ax.get_lines())  # 0.25 in scores.csv: 25 %
+    off = axes[0]
+    assert [t for t in off.get_xticks()] == [6] and off.get_xlim() == (5, 7)
+    assert {line.get_marker() for line in off.get_lines()} == {"o"}
+    assert {line.get_marker() for line in axes[2].get_lines()} == {"."}
+    title = fig.get_suptitle()
+    for part in ("whisper-base", "dataset demo", "n = 30 utterances per language and layer"):
+        assert part in title, title
+
+
+def test_decode_report_gives_wer_in_percent():
+    from engine.pipelines.decode.report import scores_table
+
+    scores = [
+        dict(language="en", layer=7, ln_post=True, task="transcribe", decoding="greedy", metric=m, value=v, n=30)
+        for m, v in (("wer", 0.123), ("cer", 0.06))
+    ]
+    table = scores_table(scores)
+    assert "WER/CER in %" in table and "| 12.3/6.0 |" in table
 
 
 def interp_rows(n_layers=3, matched=True):
@@ -192,6 +236,10 @@ def test_compare():
         title = assert_names_source(png, "8 languages", "n = ")
         assert "whisper-small" in title, key
     blank = pa.Table.from_pylist([dict(r, value=None) for r in rows], schema=SCHEMA)
+    pwcca = pa.Table.from_pylist(rows + [dict(r, measure="pwcca", value=None) for r in rows], schema=SCHEMA)
+    no_pwcca = _figures([], pwcca, names, subtitle)
+    assert sorted(no_pwcca) == sorted(k for k in writes if k != "figures/by_depth.png")
+    assert all("not measured (too few examples): PWCCA" in png_title(png) for png in no_pwcca.values())
     nan_depth = [(*r[:7], math.nan, math.nan, r[9]) for r in depth_rows]
     assert _figures(nan_depth, blank, names, subtitle) == {}
     assert _figures([], SCHEMA.empty_table(), names, subtitle) == {}
@@ -217,6 +265,20 @@ def test_finetune(n_langs):
     assert_names_source(pngs["loss.png"])
     assert_names_source(pngs["bleu.png"], "n = 5 held-out utterances per language")
     assert figure_pngs([], 4, SOURCE) == {}
+
+
+def test_compare_heatmaps_leave_out_a_measure_with_no_value():
+    """PWCCA has no value on the demo (too few examples): no blank panel that reads as a broken figure, a note under
+    the title instead."""
+    from engine.pipelines.compare.figures import heatmaps_figure
+
+    grids = {"cka": np.full((3, 3), 0.5), "pwcca": np.full((3, 3), np.nan), "svcca": np.eye(3)}
+    fig = heatmaps_figure(grids, [0, 1, 2], [0, 1, 2], model_a="a", model_b="b", title="a x b", subtitle="n = 4")
+    panels = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    assert panels == ["linear CKA", "SVCCA (99% variance)"]
+    assert fig.get_suptitle().endswith("not measured (too few examples): PWCCA (weights: row model)")
+    with pytest.raises(ValueError, match="no measure has a value"):
+        heatmaps_figure({"pwcca": grids["pwcca"]}, [0, 1, 2], [0, 1, 2], model_a="a", model_b="b", title="t")
 
 
 @pytest.mark.parametrize("n_langs", [2, 8])

@@ -119,8 +119,8 @@ def tiny_store(fleurs_dir, tiny_whisper, tiny_model_dir, tmp_path_factory) -> pa
     return write_store(root, fleurs_dir, tiny_whisper, str(tiny_model_dir), TINY_CLIPS, (1, 3), [missing])
 
 
-TINY_FLAGS = ("--layers", "1,3", "--tasks", "transcribe,translate", "--decoding", "greedy,beam:2")
-TINY_SETTINGS = dict(layers=(1, 3), tasks=("transcribe", "translate"), decodings=("greedy", "beam:2"))
+TINY_FLAGS = ("--layers", "1,3", "--tasks", "transcribe,translate", "--decoding", "greedy,beam:2", "--ln_post", "both")
+TINY_SETTINGS = dict(layers=(1, 3), tasks=("transcribe", "translate"), decodings=("greedy", "beam:2"), ln_post="both")
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +182,11 @@ def test_tiny_scores_are_the_libraries(tiny_out):
 def test_tiny_bad_input_is_a_named_error(tiny_store, tiny_whisper, tmp_path, settings, message):
     with pytest.raises(DecodeError, match=re.escape(message)):
         decode_here(tiny_whisper, tiny_store, tmp_path / "o", **settings)
+
+
+def test_ln_post_is_on_by_default():
+    """``both`` decodes every layer below L+1 twice; the README's command and most studies want ``on``."""
+    assert configure(DecodeConfig, store="s", out="o").ln_post == "on"
 
 
 def test_tiny_bad_settings_are_named_errors():

@@ -105,6 +105,7 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
             out=str(tmp_path / "d"),
             model=str(tiny_model_dir),
             decodings=("greedy", "beam:2"),
+            ln_post="both",
         ),
         None,
     )

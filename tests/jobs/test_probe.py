@@ -10,7 +10,10 @@ import pytest
 
 from engine.figures import png_title
 from engine.pipelines.probe import run as probe
+from engine.pipelines.probe.config import ProbeConfig
+from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
+from engine.stores.reader import open_store
 from engine.stores.utterances import UtteranceRow
 from engine.text.phones import PhonesError
 from tests.engine.scripts import store_writer as writer
@@ -53,6 +56,55 @@ def word_store(tmp_path_factory):
     relations = root / "relations.csv"
     relations.write_bytes(probe.relations_csv_bytes(RELATIONS))
     return root, states, relations
+
+
+def write_store(url, texts: dict[str, list[str]], created: dict) -> None:
+    """A planted store: ``texts[lang]`` as the transcriptions of its clips (ids s0, s1, ... in every language)."""
+    store = LayerStore.create_or_open(url, writer.INFO, creation=created)
+    rng = np.random.default_rng(1)
+    for lang, lines in texts.items():
+        rows = [UtteranceRow(id=f"s{i}", lang=lang, path=f"/{lang}/s{i}.wav", transcription=t, duration_s=0.1,
+                             n_frames=3, n_windows=1) for i, t in enumerate(lines)]  # fmt: skip
+        arrays = store.language(lang, rows)
+        for u in range(len(rows)):
+            arrays.write_utterance(u, rng.standard_normal((len(writer.INFO.layers), 3, writer.DIMS.n_audio_state)))
+        arrays.flush()
+
+
+SENTENCES = {
+    "en": ["The train to Berlin leaves at seven.", "I would like a cup of tea, please.", "dog"],
+    "de": ["Der Zug nach Berlin fährt um sieben.", "Ich hätte gern eine Tasse Tee.", "Hund"],
+}
+
+
+def test_a_sentence_store_is_refused_before_any_work(run_job, tmp_path):
+    """A FLEURS-like store of sentences: one line naming what the probe needs and what the store is, nothing
+    written (it once ran 10 min 51 s on such a store and wrote nothing)."""
+    store, out = tmp_path / "sentences", tmp_path / "probe"
+    write_store(f"file://{store}", SENTENCES, {"dataset": "fleurs", "split": "test"})
+    with pytest.raises(probe.ProbeError) as refused:
+        probe.run_probe(configure(ProbeConfig, store=str(store), out=str(out), progress=False))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "probe needs a store of single-word clips (id = concept, transcription = the word" in message
+    assert f"store {str(store)!r} (dataset fleurs (test)) holds sentences: 2 of 3 de transcriptions" in message
+    assert not out.exists()
+    proc = run_job("probe", "--store", str(store), "--out", str(out), expect=None)
+    assert proc.returncode != 0 and "holds sentences" in proc.stderr, proc.stderr[-2000:]
+    assert not out.exists()
+
+
+def test_a_store_without_transcriptions_is_refused(tmp_path):
+    store = tmp_path / "bare"
+    write_store(f"file://{store}", {"en": [None, None], "de": [None, ""]}, {"dataset": "folder:/x/clips"})
+    with pytest.raises(probe.ProbeError, match=r"\(dataset folder clips\) has no transcription in \['de', 'en'\]"):
+        probe.run_probe(configure(ProbeConfig, store=str(store), out=str(tmp_path / "o"), progress=False))
+
+
+def test_a_word_store_with_a_few_phrases_passes_the_check(tmp_path):
+    store = tmp_path / "words"
+    write_store(f"file://{store}", {"en": ["dog", "ice cream", "a cup of tea"]}, {"dataset": "words-demo"})
+    probe.check_word_store(open_store(str(store)), ["en"], str(store))
 
 
 def cos(u, v):

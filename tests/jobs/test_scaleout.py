@@ -154,8 +154,8 @@ def units_claimed(output: str) -> int:
 def test_decode_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir, tiny_whisper, tmp_path):
     """6 units (2 languages x layers 1 on/off, 3), 2 parts each (transcribe, translate). Process 1 dies right before
     its 2nd part, i.e. between the two parts of its first unit: one part of that unit written, its claim held."""
-    settings = dict(layers=(1, 3), tasks=("transcribe", "translate"), max_new_tokens=4)
-    args = ["--store", str(part_store), "--model", str(tiny_model_dir), "--layers", "1,3"]
+    settings = dict(layers=(1, 3), tasks=("transcribe", "translate"), max_new_tokens=4, ln_post="both")
+    args = ["--store", str(part_store), "--model", str(tiny_model_dir), "--layers", "1,3", "--ln_post", "both"]
     args += ["--tasks", "transcribe,translate", "--max_new_tokens", "4"]
     two = tmp_path / "two"
     survivor, dead = run_with_a_death(

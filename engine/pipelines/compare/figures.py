@@ -42,7 +42,12 @@ def by_depth_png(curves: dict[str, dict[str, tuple[list, list, list, int]]], *, 
     return _png(fig)
 
 
-def heatmaps_png(
+def heatmaps_png(grids: dict[str, np.ndarray], layers_a: list[int], layers_b: list[int], **names) -> bytes:
+    """``heatmaps_figure`` as PNG bytes."""
+    return _png(heatmaps_figure(grids, layers_a, layers_b, **names))
+
+
+def heatmaps_figure(
     grids: dict[str, np.ndarray],
     layers_a: list[int],
     layers_b: list[int],
@@ -51,8 +56,19 @@ def heatmaps_png(
     model_b: str,
     title: str,
     subtitle: str = "",
-) -> bytes:
-    """One panel per measure: grids[measure]: f[La, Lb], rows = model a's layers, columns = model b's."""
+) -> Figure:
+    """One panel per measure with a value: grids[measure]: f[La, Lb], rows = model a's layers, columns = model b's.
+
+    A measure with no value at any layer pair (PWCCA on the demo: too few examples for its directions) gets no panel,
+    which would be a blank square that reads as a broken figure; the subtitle names it instead. At least one grid must
+    hold a value (the caller draws no figure from no data)."""
+    empty = [m for m, grid in grids.items() if not np.isfinite(grid).any()]
+    grids = {m: grid for m, grid in grids.items() if m not in empty}
+    if not grids:
+        raise ValueError("heatmaps_figure: no measure has a value; draw no figure")
+    if empty:
+        left_out = ", ".join(MEASURE_TITLES.get(m, m) for m in empty)
+        subtitle = "; ".join(p for p in (subtitle, f"not measured (too few examples): {left_out}") if p)
     side_w, side_h = max(3.0, 0.32 * len(layers_b) + 1.4), max(2.6, 0.32 * len(layers_a) + 1.2)
     cols = min(len(grids), 3)
     rows = -(-len(grids) // cols)
@@ -63,9 +79,6 @@ def heatmaps_png(
         image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
         blank = "" if np.isfinite(grid).all() else " (blank: not measured)"
         ax.set_title(MEASURE_TITLES.get(measure, measure) + blank, fontsize=9)
-        if not np.isfinite(grid).any():
-            ax.text(0.5, 0.5, "not measured:\ntoo few examples\nfor these directions", transform=ax.transAxes,
-                    ha="center", va="center", fontsize=8, color="0.3")  # fmt: skip
         ax.set_xticks(range(len(layers_b)), layers_b, fontsize=7)
         ax.set_yticks(range(len(layers_a)), layers_a, fontsize=7)
         ax.set_xlabel(f"{model_b} layer", fontsize=8)
@@ -78,4 +91,4 @@ def heatmaps_png(
         ax.set_visible(False)
     fig.colorbar(image, ax=list(axes[: len(grids)]), shrink=0.8, label="similarity")
     set_title(fig, title, subtitle)
-    return _png(fig)
+    return fig

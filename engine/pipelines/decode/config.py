@@ -52,7 +52,8 @@ class DecodeConfig:
     tasks: tuple[str, ...] = option(
         ("transcribe",), "comma-separated: transcribe, translate (to English)", choices=TASKS, parse="list"
     )
-    ln_post: str = option("both", "apply ln_post to intermediate layers (L+1 has it already)", choices=LN_POST)
+    ln_post: str = option("on", "apply ln_post to intermediate layers (L+1 has it already); both doubles the work",
+                          choices=LN_POST)  # fmt: skip
     decodings: tuple[str, ...] = option(
         ("greedy",),
         "comma-separated: greedy, beam:N (Whisper: CTranslate2's beam search; OWSM: ESPnet's), ctc (OWSM's CTC head)",

@@ -31,13 +31,14 @@ import csv
 import dataclasses
 import io
 import itertools
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from engine import captions, figures
 from engine.pipelines.probe.config import ProbeConfig, ProbeError
-from engine.runtime.runs import RunSummary
+from engine.runtime.runs import RunSummary, progress_bar
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import csv_bytes, open_kvstore
 from engine.stores.reader import open_store
@@ -51,6 +52,11 @@ RELATION_COLUMNS = ("lang_a", "word_a", "lang_b", "word_b", "relation")
 PROBE_COLUMNS = ("lang_a", "lang_b", "layer", "measure", "pooling", "metric", "value", "low", "high", "n", "seeds")
 MEASURES = (("cosine", "mean"), ("cosine", "centre"), ("seqsim", "frames"))  # (measure, pooling)
 PROBE_CSV, RELATIONS_CSV, PROBE_FIGURE = "probe.csv", "relations.csv", "figures/probe_by_layer.png"
+# A clip's transcription is a word when it has at most this many words (a compound written apart: "ice cream") and
+# characters (for scripts written without spaces); a store whose transcriptions are mostly longer holds sentences
+WORD_MAX_WORDS, WORD_MAX_CHARS = 3, 32
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -208,8 +214,31 @@ def _spelled(store, lang: str, index) -> list[tuple[str, str]]:
     return [(ids[p], texts[utterances[p]]) for p in position.values()]
 
 
+def check_word_store(store, langs: Sequence[str], url: str) -> None:
+    """Refuses a store that is not of single-word clips, before any work: the probe finds words by transcription and
+    pairs them by id, so on a sentence store (FLEURS, the demo set) it phonemises and compares every sentence with
+    every other (a FLEURS store ran 10 min 51 s and wrote nothing) to measure nothing a word probe means. Reads only
+    the utterance tables."""
+    what = f"store {url!r} ({captions.dataset_label(store.manifest.get('created'))})"
+    need = "probe needs a store of single-word clips (id = concept, transcription = the word: --dataset words-demo)"
+    counted = 0
+    for lang in langs:
+        texts = [t.strip() for t in store.utterances_table(lang).column("transcription").to_pylist() if t and t.strip()]
+        counted += len(texts)
+        long = [t for t in texts if len(t.split()) > WORD_MAX_WORDS or len(t) > WORD_MAX_CHARS]
+        if 2 * len(long) > len(texts):
+            example = long[0] if len(long[0]) <= 40 else long[0][:37] + "..."
+            raise ProbeError(
+                f"{need}; {what} holds sentences: {len(long)} of {len(texts)} {lang} transcriptions have over "
+                f"{WORD_MAX_WORDS} words or {WORD_MAX_CHARS} characters, e.g. {example!r}"
+            )
+    if not counted:
+        raise ProbeError(f"{need}; {what} has no transcription in {list(langs)}, so no word to find")
+
+
 def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
-    """Scores every language pair and layer, writes probe.csv, relations.csv and the figure (module docstring)."""
+    """Scores every language pair and layer, writes probe.csv, relations.csv and the figure (module docstring).
+    Refuses a store of sentences before any work (``check_word_store``)."""
     store = open_store(config.store) if store is None else store
     summary = ProbeSummary()
     available = list(store.languages())
@@ -221,11 +250,14 @@ def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     bad = sorted(set(layers) - set(store.info.layers))
     if bad:
         raise ProbeError(f"the store has no layer {bad}; it holds {list(store.info.layers)}")
+    check_word_store(store, langs, config.store)
     index = {lang: word_index(store, lang, summary) for lang in langs}
     pairs = list(itertools.combinations(langs, 2))
     if config.relations is None:
         # The store's spelling (de "Gift", not "gift"), as relations.csv and readers expect it.
         words = {lang: _spelled(store, lang, index[lang]) for lang in langs}
+        log.info("probe: relations of %d words in %d language pairs (phone distances with espeak-ng)",
+                 sum(map(len, words.values())), len(pairs))  # fmt: skip
         relations = generate_relations(words, pairs, config.seed)
     else:
         with open(config.relations, encoding="utf-8") as f:
@@ -248,14 +280,20 @@ def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
             (index[la][2][wa.casefold()], index[lb][2][wb.casefold()])
         )
     summary.relations = used
+    log.info("probe: %d word pairs in %d language pairs x %d layers, %d measures each",
+             len(used), len(pairs), len(layers), len(MEASURES))  # fmt: skip
+    bar = progress_bar(len(pairs) * len(layers), "probe", "pair-layer", config.run.progress)
     for a, b in pairs:
         rel = {r: np.array(v, int).reshape(-1, 2) for r, v in by_pair.get((a, b), {}).items()}
         (ua, ids_a, _), (ub, ids_b, _) = index[a], index[b]
         if not ua or not ub:
+            bar.update(len(layers))
             continue
         for layer in layers:
             for (measure, pooling), sims in similarity_matrices(store, a, b, layer, ua, ub).items():
                 summary.rows += _pair_rows(a, b, layer, measure, pooling, sims, rel, ids_a, ids_b, config)
+            bar.update()
+    bar.close()
     out = config.run.out
     _, kv = open_kvstore(out)
     writes = {PROBE_CSV: probe_csv_bytes(summary.rows), RELATIONS_CSV: relations_csv_bytes(used)}

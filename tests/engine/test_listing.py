@@ -1,0 +1,57 @@
+"""The analyst's convention (docs/analysis.md): what a store holds is an attribute, what takes an argument or does
+work is a method. ``store.languages`` and ``sim.measures`` are attributes like ``store.info`` and ``sim.layers``; the
+older call form ``store.languages()`` still runs, and returns a copy. The jobs' configs come from the package face."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import engine
+from engine.listing import Listing
+from engine.stores.reader import open_store
+from engine.stores.similarity import SimilarityStore, new_manifest, open_similarity
+from tests.engine.test_store import INFO, fill
+
+
+def test_listing_is_a_list_and_its_call_is_a_copy():
+    names = Listing(["de", "en"])
+    assert names == ["de", "en"] and isinstance(names, list)
+    copy = names()
+    assert copy == names and copy is not names and type(copy) is list
+    copy.append("fr")
+    assert names == ["de", "en"]
+
+
+def test_store_languages_is_an_attribute_and_the_call_form_still_works(tmp_path):
+    url = f"file://{tmp_path}/store"
+    fill(url, lang="de")
+    fill(url, lang="en")
+    store = open_store(url)
+    assert store.languages == ["de", "en"]
+    old = store.languages()
+    assert old == ["de", "en"] and old is not store.languages
+    assert "de" in store.languages and len(store.languages) == 2
+
+
+def test_similarity_measures_is_an_attribute_and_the_call_form_still_works(tmp_path):
+    url = f"file://{tmp_path}/sim"
+    manifest = new_manifest(layer_store="file:///x", model_name="m", checkpoint_sha256="0" * 64, layers=INFO.layers)
+    writer = SimilarityStore.create_or_open(url, manifest)
+    ids = {"row_ids": ["a"], "col_ids": ["a"], "row_recording": [0], "col_recording": [0]}
+    array = writer.create_pair("seqsim", "de", "en", ids)
+    writer.write_layer(array, "seqsim", "de", "en", INFO.layers[0], np.ones((1, 1)), {"rows": [0], "cols": [0]})
+    sim = open_similarity(url)
+    assert sim.measures == ["seqsim"] and sim.layers == INFO.layers
+    assert sim.measures() == ["seqsim"] and type(sim.measures()) is list
+
+
+def test_the_jobs_configs_come_from_the_package_face():
+    from engine.pipelines.decode.config import DecodeConfig
+    from engine.pipelines.retrieval.config import RetrievalConfig
+
+    assert engine.RetrievalConfig is RetrievalConfig and engine.DecodeConfig is DecodeConfig
+    for job in ("encode", "similarity", "retrieval", "align", "decode", "interp", "challenge", "probe", "finetune"):
+        config = f"{job.capitalize()}Config"
+        assert config in dir(engine) and isinstance(getattr(engine, config), type), config
+    config = engine.configure(engine.RetrievalConfig, similarity="/tmp/sim", progress=False)
+    assert isinstance(config, RetrievalConfig)
