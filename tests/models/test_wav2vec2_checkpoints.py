@@ -20,10 +20,10 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from engine.errors import CheckpointError, ShapeError
+from engine.models.common.io import file_sha256
 from engine.models.wav2vec2.checkpoints import load_checkpoint
 from engine.models.wav2vec2.ctc import CTCVocab
 from engine.models.wav2vec2.loaded import load_wav2vec2
-from engine.models.whisper.checkpoints.io import file_sha256
 from tests.models import w2v_reference as ref
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
