@@ -237,7 +237,7 @@ def test_greedy_ctc_text_equals_the_tokenizer(tmp_path):
 
 
 def test_sharded_encoder_equals_single_device(folders):
-    """``ShardedWav2Vec2`` on 4 fake CPU devices (its own process: XLA reads the device count once) equals ``encode``
+    """The sharded encoder on 4 fake CPU devices (its own process: XLA reads the device count once) equals ``encode``
     on batches of 3 and 5 ragged utterances (padded to the device count with empty rows)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
