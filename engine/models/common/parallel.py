@@ -19,6 +19,7 @@ import functools
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -51,7 +52,7 @@ def local_rows(x: jax.Array, axis: int = 1) -> jax.Array:
         if start not in starts:
             starts.add(start)
             parts.append(np.asarray(s.data))
-    return jax.numpy.asarray(np.concatenate(parts, axis=axis))
+    return jnp.asarray(np.concatenate(parts, axis=axis))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class ShardedEncoder:
         graphdef, state = nnx.split(model)
         self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
         self._rows = NamedSharding(self.mesh, P(DATA))
-        dtype = None if out_dtype is None else jax.numpy.dtype(out_dtype)
+        dtype = None if out_dtype is None else jnp.dtype(out_dtype)
         self._step = _sharded_step(graphdef, signature, self.layers, dtype, self.mesh)
 
     @property
