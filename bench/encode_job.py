@@ -34,11 +34,12 @@ from bench.common import machine, record  # noqa: E402
 from engine.data import audio as audio_lib  # noqa: E402
 from engine.data.features import features_for_audio  # noqa: E402
 from engine.data.sources import get_source  # noqa: E402
+from engine.models.common.parallel import ShardedEncoder, data_mesh  # noqa: E402
 from engine.models.whisper.loaded import load_whisper  # noqa: E402
+from engine.models.whisper.parallel import SIGNATURE  # noqa: E402
 from engine.pipelines.encode.config import EncodeConfig  # noqa: E402
 from engine.pipelines.encode.run import run_encode  # noqa: E402
 from engine.runtime.options import configure  # noqa: E402
-from engine.runtime.parallel import ShardedEncoder, data_mesh  # noqa: E402
 from engine.stores.layers import LayerStore  # noqa: E402
 from engine.stores.schema import StoreInfo  # noqa: E402
 from engine.stores.utterances import UtteranceRow  # noqa: E402
@@ -82,7 +83,7 @@ class Prepared:
         padded = np.concatenate(
             [windows, np.full((n_batches * batch - len(windows), *windows.shape[1:]), windows.min(), np.float32)]
         )
-        encoder = ShardedEncoder(whisper.model, data_mesh(jax.local_devices()), layers=self.layers,
+        encoder = ShardedEncoder(whisper.model, SIGNATURE, data_mesh(jax.local_devices()), layers=self.layers,
                                  out_dtype=jnp.dtype(dtype))  # fmt: skip
 
         def encode_all():

@@ -4,6 +4,8 @@ which can no longer fail shows up as a failing test too):
 - kernels/ imports only ``engine.errors``, ``engine.axes`` and other kernels;
 - engine's ground floor (``engine/*.py``) imports no room above it, and ``engine.stores`` and ``engine.runtime``
   import no ``engine.pipelines`` module;
+- no model family (``engine/models/<family>/``) imports another family: what they share is in ``engine.models.common``;
+  and ``engine.models`` imports no ``engine.runtime`` module;
 - no import cycle across engine/ and kernels/, function-level imports included;
 - a project import inside a function or class body carries a ``# lazy: <reason>`` comment on its line or the line
   above, and there are at most ``MAX_LAZY`` of them;
@@ -25,6 +27,8 @@ PROJECT = ("engine", "kernels")
 MAX_LAZY = 10  # function-level project imports allowed in engine/ and kernels/ together
 KERNEL_MAY_IMPORT = ("engine.errors", "engine.axes", "kernels")
 ABOVE_GROUND = ("engine.models", "engine.pipelines", "engine.runtime", "engine.stores", "engine.data", "engine.text")
+MODELS = "engine.models"
+SHARED_BY_FAMILIES = "common"  # engine/models/common/: the one package every family may import
 LAZY_COMMENT = re.compile(r"#\s*lazy:\s*\S")
 FACE = (
     "load_model",
@@ -165,6 +169,40 @@ def floor_violations(found: dict[str, list[Import]]) -> list[str]:
     return bad
 
 
+def families(found: dict[str, list[Import]]) -> set[str]:
+    """The model families: the packages under engine/models/ that hold modules, but the shared one."""
+    parts = [name.split(".") for name in found]
+    return {p[2] for p in parts if len(p) > 3 and ".".join(p[:2]) == MODELS} - {SHARED_BY_FAMILIES}
+
+
+def family_violations(found: dict[str, list[Import]]) -> list[str]:
+    """Imports from one model family of another (function-level ones included)."""
+    known = families(found)
+
+    def family(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 2 and ".".join(parts[:2]) == MODELS and parts[2] in known else None
+
+    return [
+        imp.where()
+        for name, imports in found.items()
+        if family(name)
+        for imp in imports
+        if family(imp.module) not in (None, family(name))
+    ]
+
+
+def models_runtime_violations(found: dict[str, list[Import]]) -> list[str]:
+    """Imports from the models of run coordination: models are computed by pipelines, they do not coordinate runs."""
+    return [
+        imp.where()
+        for name, imports in found.items()
+        if _within(name, [MODELS])
+        for imp in imports
+        if _within(imp.module, ["engine.runtime"])
+    ]
+
+
 def lazy_imports(found: dict[str, list[Import]]) -> list[Import]:
     return [imp for imports in found.values() for imp in imports if imp.lazy]
 
@@ -271,6 +309,61 @@ def test_floor_rule_catches_planted_imports(tmp_path):
         "engine/languages.py:4 imports engine.text.phones",
         "engine/runtime/plan.py:1 imports engine.pipelines",
         "engine/stores/kv.py:2 imports engine.pipelines.run",
+    ]
+
+
+def test_no_model_family_imports_another(found):
+    assert {"whisper", "wav2vec2", "w2vbert", "owsm"} <= families(found)
+    bad = family_violations(found)
+    why = "a model family imports another (move what they share to engine/models/common/, or it into the family):"
+    assert not bad, "\n".join([why, *bad])
+
+
+def test_family_rule_catches_planted_imports(tmp_path):
+    root = plant(
+        tmp_path,
+        {
+            "engine/models/__init__.py": "",
+            "engine/models/family.py": "from engine.models.whisper import encoder\n",  # the registry is no family
+            "engine/models/common/__init__.py": "",
+            "engine/models/common/layers.py": "",
+            "engine/models/whisper/__init__.py": "",
+            "engine/models/whisper/encoder.py": "from engine.models import family\nfrom . import m\n",
+            "engine/models/whisper/m.py": "from engine.models.common.layers import Linear\n",
+            "engine/models/w2vbert/__init__.py": "",
+            "engine/models/w2vbert/model.py": "",
+            "engine/models/owsm/__init__.py": "",
+            "engine/models/owsm/model.py": "from engine.models.w2vbert.model import _param\n",
+            "engine/models/owsm/decoder.py": "def f():\n    # lazy: planted\n    import engine.models.whisper\n",
+        },
+    )
+    assert families(scan(root)) == {"whisper", "w2vbert", "owsm"}
+    assert family_violations(scan(root)) == [
+        "engine/models/owsm/decoder.py:3 imports engine.models.whisper",
+        "engine/models/owsm/model.py:1 imports engine.models.w2vbert.model",
+    ]
+
+
+def test_models_never_import_runtime(found):
+    bad = models_runtime_violations(found)
+    assert not bad, "engine.models imports run coordination (take what it needs as an argument):\n" + "\n".join(bad)
+
+
+def test_models_runtime_rule_catches_planted_imports(tmp_path):
+    root = plant(
+        tmp_path,
+        {
+            "engine/axes.py": "",
+            "engine/models/__init__.py": "",
+            "engine/models/family.py": "from engine import axes\n",
+            "engine/models/wav2vec2/__init__.py": "",
+            "engine/models/wav2vec2/loaded.py": "def f():\n    from engine.runtime.parallel import data_mesh\n",
+            "engine/runtime/__init__.py": "",
+            "engine/runtime/parallel.py": "from engine.models import family\n",  # runtime's own rule, not this one
+        },
+    )
+    assert models_runtime_violations(scan(root)) == [
+        "engine/models/wav2vec2/loaded.py:2 imports engine.runtime.parallel"
     ]
 
 

@@ -18,7 +18,7 @@ import torch
 import transformers
 
 from engine.errors import CheckpointError
-from engine.models.weights import read_safetensors
+from engine.models.common.weights import read_safetensors
 from engine.models.whisper.checkpoints import ct2
 from engine.models.whisper.checkpoints import load as checkpoints
 from engine.models.whisper.checkpoints.alignment_heads import openai_alignment_heads

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from engine.runtime.parallel import pad_to_multiple
+from engine.models.common.parallel import pad_to_multiple
 
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "sharded_encode.py"
 REPO = pathlib.Path(__file__).resolve().parents[2]

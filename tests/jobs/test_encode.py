@@ -23,12 +23,13 @@ import soundfile as sf
 from engine.data.audio import SAMPLE_RATE, load_audio
 from engine.data.features import features_for_audio
 from engine.data.synth.sentences import DEMO_IDS
+from engine.models.common.parallel import ShardedEncoder, data_mesh
 from engine.models.whisper.checkpoints.load import DEFAULT_NAME
 from engine.models.whisper.dims import preset
+from engine.models.whisper.parallel import SIGNATURE
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.runtime.options import configure
-from engine.runtime.parallel import ShardedEncoder, data_mesh
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
 from tests.jobs.multiprocess import run_processes
@@ -53,7 +54,7 @@ def expected_states(whisper, audio: np.ndarray, layers, batch_size: int = BATCH)
     """The utterance encoded alone, windows concatenated: f32[layer, frames, embed]."""
     mel, frames = features_for_audio(audio, whisper.dims.n_mels)
     mel = np.asarray(mel)
-    enc = ShardedEncoder(whisper.model, data_mesh(jax.local_devices()), layers=layers)
+    enc = ShardedEncoder(whisper.model, SIGNATURE, data_mesh(jax.local_devices()), layers=layers)
     parts = []
     for start in range(0, len(mel), batch_size):
         chunk = mel[start : start + batch_size]
@@ -84,7 +85,7 @@ def check_store_against_model(out, whisper, dtype=np.float32):
 
 
 def test_window_result_independent_of_batch_neighbours(tiny_whisper):
-    enc = ShardedEncoder(tiny_whisper.model, data_mesh(jax.local_devices()))
+    enc = ShardedEncoder(tiny_whisper.model, SIGNATURE, data_mesh(jax.local_devices()))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, 80, 3000)).astype(np.float32)
     y = rng.standard_normal((BATCH, 80, 3000)).astype(np.float32)

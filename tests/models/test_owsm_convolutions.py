@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from engine.models import layers
+from engine.models.common import layers
 from engine.models.owsm import model
 
 REL = 1e-5  # float32 sums of <= 31 * 3 * 3 * 48 products, against float64 or another summation order

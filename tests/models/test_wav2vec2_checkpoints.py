@@ -20,10 +20,10 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from engine.errors import CheckpointError, ShapeError
+from engine.models.common.io import file_sha256
 from engine.models.wav2vec2.checkpoints import load_checkpoint
 from engine.models.wav2vec2.ctc import CTCVocab
 from engine.models.wav2vec2.loaded import load_wav2vec2
-from engine.models.whisper.checkpoints.io import file_sha256
 from tests.models import w2v_reference as ref
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -237,7 +237,7 @@ def test_greedy_ctc_text_equals_the_tokenizer(tmp_path):
 
 
 def test_sharded_encoder_equals_single_device(folders):
-    """``ShardedWav2Vec2`` on 4 fake CPU devices (its own process: XLA reads the device count once) equals ``encode``
+    """The sharded encoder on 4 fake CPU devices (its own process: XLA reads the device count once) equals ``encode``
     on batches of 3 and 5 ragged utterances (padded to the device count with empty rows)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")

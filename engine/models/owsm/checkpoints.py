@@ -27,11 +27,11 @@ import numpy as np
 import yaml
 
 from engine.errors import CheckpointError
+from engine.models.common.io import file_sha256, read_torch_state_dict, some
 from engine.models.owsm.config import OwsmConfig, config_from_espnet
 from engine.models.owsm.decoder import decoder_shapes
 from engine.models.owsm.features import Stats, read_stats
 from engine.models.owsm.model import encoder_shapes
-from engine.models.whisper.checkpoints.io import file_sha256, read_torch_state_dict, some
 
 _UNREAD = re.compile(r"frontend\..*|normalize\.(mean|std)|specaug\..*")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")

@@ -36,9 +36,9 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.layers import FeedForward, linear, param
 from engine.models.owsm.config import OwsmConfig
-from engine.models.owsm.model import Attention, FeedForward, linear, norm, sinusoids
-from engine.models.w2vbert.model import _param
+from engine.models.owsm.model import Attention, norm, sinusoids
 
 MAX_POSITIONS = 5000  # PositionalEncoding's default max_len: the longest token sequence ESPnet's decoder takes
 
@@ -69,7 +69,7 @@ class OwsmDecoder(nnx.Module):
     def __init__(self, config: OwsmConfig, state_dict: Mapping[str, np.ndarray], dtype=jnp.float32):
         self.config = config
         sd = state_dict
-        self.embedding = _param(sd["decoder.embed.0.weight"], dtype)
+        self.embedding = param(sd["decoder.embed.0.weight"], dtype)
         self.positions = nnx.Variable(jnp.asarray(sinusoids(MAX_POSITIONS, config.width)))
         self.blocks = nnx.List(
             [DecoderBlock(sd, f"decoder.decoders.{i}", config, dtype) for i in range(config.n_dec_layer)]

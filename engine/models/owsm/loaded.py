@@ -24,13 +24,14 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.parallel import ShardedEncoder
 from engine.models.owsm import features as feats
 from engine.models.owsm.beam import beam_fn
 from engine.models.owsm.checkpoints import Checkpoint, load_checkpoint
 from engine.models.owsm.config import OwsmConfig
 from engine.models.owsm.decoder import OwsmDecoder, greedy_fn, language_probs_fn, prompt
 from engine.models.owsm.model import OwsmEncoder
-from engine.models.owsm.parallel import ShardedEncoder
+from engine.models.owsm.parallel import SIGNATURE
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "out_dtype"))
@@ -66,7 +67,7 @@ class LoadedOwsm:
         return _encode(graphdef, state, jnp.asarray(features), out_dtype)
 
     def sharded(self, mesh=None, out_dtype=None) -> ShardedEncoder:
-        return ShardedEncoder(self.encoder, mesh, out_dtype)
+        return ShardedEncoder(self.encoder, SIGNATURE, mesh, out_dtype=out_dtype)
 
     def memory(self, states, layer: int):
         """The decoder's input from encoder layer ``layer`` (early exit): ``after_norm`` applied to layers 0..L."""

@@ -34,17 +34,14 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
-from engine.models.layers import depthwise_conv
+from engine.models.common import layers
+from engine.models.common.layers import FeedForward, Linear, depthwise_conv, linear, param
 from engine.models.owsm.config import LN_EPS, OwsmConfig, subsampled_frames
-from engine.models.w2vbert.model import LayerNorm, Linear, _param
 
 
-def linear(sd, prefix, dtype) -> Linear:
-    return Linear(sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], dtype)
-
-
-def norm(sd, prefix, dtype) -> LayerNorm:
-    return LayerNorm(sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], LN_EPS, dtype)
+def norm(sd, prefix, dtype):
+    """ESPnet's ``LayerNorm`` (eps 1e-12) of ``{prefix}.weight`` and ``{prefix}.bias``."""
+    return layers.norm(sd, prefix, LN_EPS, dtype)
 
 
 def sinusoids(n: int, width: int) -> np.ndarray:
@@ -97,7 +94,7 @@ class Attention(nnx.Module):
 
 def depthwise(weight, bias, dtype):
     """PyTorch depthwise Conv1d weight [channels, 1, taps] -> (kernel [taps, 1, channels], bias)."""
-    return _param(np.transpose(np.asarray(weight), (2, 1, 0)), dtype), _param(bias, dtype)
+    return param(np.transpose(np.asarray(weight), (2, 1, 0)), dtype), param(bias, dtype)
 
 
 def _conv_stride2(x, kernel):
@@ -148,15 +145,6 @@ def subsample_convs(features, kernel1, bias1, kernel2):
     )
 
 
-class FeedForward(nnx.Module):
-    def __init__(self, sd, prefix: str, dtype, activation):
-        self.w_1, self.w_2 = linear(sd, f"{prefix}.w_1", dtype), linear(sd, f"{prefix}.w_2", dtype)
-        self.activation = activation
-
-    def __call__(self, x):
-        return self.w_2(self.activation(self.w_1(x)))
-
-
 class CgMlp(nnx.Module):
     """``ConvolutionalGatingMLP`` with an identity gate and no linear after the convolution (OWSM v3.1's)."""
 
@@ -204,10 +192,10 @@ class OwsmEncoder(nnx.Module):
         self.config = config
         sd = state_dict
         # Conv2d weights [out, in, 3, 3] (OIHW) -> HWIO, over (frame, mel) as torch's (t, f).
-        self.conv1 = _param(np.transpose(np.asarray(sd["encoder.embed.conv.0.weight"]), (2, 3, 1, 0)), dtype)
-        self.conv1_bias = _param(sd["encoder.embed.conv.0.bias"], dtype)
-        self.conv2 = _param(np.transpose(np.asarray(sd["encoder.embed.conv.2.weight"]), (2, 3, 1, 0)), dtype)
-        self.conv2_bias = _param(sd["encoder.embed.conv.2.bias"], dtype)
+        self.conv1 = param(np.transpose(np.asarray(sd["encoder.embed.conv.0.weight"]), (2, 3, 1, 0)), dtype)
+        self.conv1_bias = param(sd["encoder.embed.conv.0.bias"], dtype)
+        self.conv2 = param(np.transpose(np.asarray(sd["encoder.embed.conv.2.weight"]), (2, 3, 1, 0)), dtype)
+        self.conv2_bias = param(sd["encoder.embed.conv.2.bias"], dtype)
         # torch flattens (channel, mel) channel-major (x.transpose(1, 2).view(b, t, c * f)); the kernel's rows are
         # reordered to mel-major once here, so that embed flattens its NHWC output without a transpose.
         w, f = config.width, config.subsampled_mels

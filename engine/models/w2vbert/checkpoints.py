@@ -13,8 +13,8 @@ conformer layers (the adapter, the intermediate feed-forward, the Seamless encod
 for pre-training) are recognised and left unread (see ``model`` on why they are not stored); any other tensor, a
 missing one or a wrong shape fails naming it.
 
-Safetensors files are memory-mapped (``engine.models.weights.read_safetensors``) and the shared file
-helpers come from ``engine.models.whisper.checkpoints.io``: format code, not Whisper's, reused rather than copied.
+Safetensors files are memory-mapped (``engine.models.common.weights.read_safetensors``) and the shared file
+helpers come from ``engine.models.common.io``: format code, not Whisper's, reused rather than copied.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
+from engine.models.common.io import file_sha256, read_json, read_torch_state_dict, some
+from engine.models.common.weights import read_safetensors
 from engine.models.w2vbert.config import SEAMLESS_M4T_V2, W2V_BERT, EncoderConfig, config_from_hf
 from engine.models.w2vbert.model import state_shapes
-from engine.models.weights import read_safetensors
-from engine.models.whisper.checkpoints.io import file_sha256, read_json, read_torch_state_dict, some
 
 # Weight files of a folder, in order of preference: (single file, index of shards, reader).
 _WEIGHTS = (

@@ -21,11 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engine.models.common.parallel import ShardedEncoder
 from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.checkpoints import Checkpoint, load_checkpoint
 from engine.models.w2vbert.config import EncoderConfig
 from engine.models.w2vbert.model import W2vBertEncoder
-from engine.models.w2vbert.parallel import ShardedEncoder
+from engine.models.w2vbert.parallel import SIGNATURE
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "out_dtype"))
@@ -67,7 +68,7 @@ class LoadedW2vBert:
 
     def sharded(self, mesh=None, out_dtype=None) -> ShardedEncoder:
         """``encode`` over every device of a 1-D ``DATA`` mesh (default: all devices)."""
-        return ShardedEncoder(self.model, mesh, out_dtype)
+        return ShardedEncoder(self.model, SIGNATURE, mesh, out_dtype=out_dtype)
 
     def encode_batch(self, waveforms: Sequence[np.ndarray], out_dtype=None) -> tuple[jax.Array, np.ndarray]:
         """16 kHz waveforms -> ``(states f[L+1, batch, frame, embed], valid i32[batch])``."""

@@ -38,56 +38,14 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
-from engine.models.layers import depthwise_conv
+from engine.models.common.layers import FeedForward, Linear, depthwise_conv, linear, norm, param
 from engine.models.w2vbert.config import EncoderConfig
 
 
-def _param(array, dtype) -> nnx.Param:
-    return nnx.Param(jnp.asarray(np.asarray(array), dtype=dtype))
-
-
-class Linear(nnx.Module):
-    def __init__(self, weight, bias, dtype):
-        # weight: [out, in] (PyTorch), or [out, in, 1] for a pointwise Conv1d; stored as kernel [in, out].
-        self.kernel = _param(np.asarray(weight).reshape(np.shape(weight)[0], -1).T, dtype)
-        self.bias = None if bias is None else _param(bias, dtype)
-
-    def __call__(self, x):
-        y = jnp.dot(x.astype(self.kernel.dtype), self.kernel[...])
-        return y if self.bias is None else y + self.bias[...]
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, weight, bias, eps: float, dtype):
-        self.scale = _param(weight, dtype)
-        self.bias = _param(bias, dtype)
-        self.eps = eps
-
-    def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
-
-
-def _linear(sd, prefix, dtype, bias=True):
-    return Linear(sd[f"{prefix}.weight"], sd[f"{prefix}.bias"] if bias else None, dtype)
-
-
-def _norm(sd, prefix, eps, dtype):
-    return LayerNorm(sd[f"{prefix}.weight"], sd[f"{prefix}.bias"], eps, dtype)
-
-
-class FeedForward(nnx.Module):
+def _feed_forward(sd, prefix: str, dtype) -> FeedForward:
     """Linear, swish, linear: each of a block's two half-step feed-forwards."""
-
-    def __init__(self, sd, prefix: str, dtype):
-        self.intermediate = _linear(sd, f"{prefix}.intermediate_dense", dtype)
-        self.output = _linear(sd, f"{prefix}.output_dense", dtype)
-
-    def __call__(self, x):
-        return self.output(jax.nn.silu(self.intermediate(x)))
+    names, attributes = ("intermediate_dense", "output_dense"), ("intermediate", "output")
+    return FeedForward(sd, prefix, dtype, jax.nn.silu, names, attributes)
 
 
 def relative_key_index(n_frames: int, left: int, right: int) -> np.ndarray:
@@ -125,11 +83,11 @@ class SelfAttention(nnx.Module):
     def __init__(self, sd, prefix: str, config: EncoderConfig, dtype):
         self.n_head = config.n_head
         self.left, self.right = config.left_positions, config.right_positions
-        self.query = _linear(sd, f"{prefix}.linear_q", dtype)
-        self.key = _linear(sd, f"{prefix}.linear_k", dtype)
-        self.value = _linear(sd, f"{prefix}.linear_v", dtype)
-        self.out = _linear(sd, f"{prefix}.linear_out", dtype)
-        self.distance_embedding = _param(sd[f"{prefix}.distance_embedding.weight"], dtype)  # [n_positions, head]
+        self.query = linear(sd, f"{prefix}.linear_q", dtype)
+        self.key = linear(sd, f"{prefix}.linear_k", dtype)
+        self.value = linear(sd, f"{prefix}.linear_v", dtype)
+        self.out = linear(sd, f"{prefix}.linear_out", dtype)
+        self.distance_embedding = param(sd[f"{prefix}.distance_embedding.weight"], dtype)  # [n_positions, head]
 
     def __call__(self, x, mask):
         """x: f[batch, frame, embed], mask: bool[batch, 1, query or 1, key] -> f[batch, frame, embed]."""
@@ -162,11 +120,11 @@ class ConvolutionModule(nnx.Module):
 
     def __init__(self, sd, prefix: str, config: EncoderConfig, dtype):
         eps = config.block_ln_eps
-        self.layer_norm = _norm(sd, f"{prefix}.layer_norm", eps, dtype)
+        self.layer_norm = norm(sd, f"{prefix}.layer_norm", eps, dtype)
         self.pointwise_in = Linear(sd[f"{prefix}.pointwise_conv1.weight"], None, dtype)  # [2w, w, 1]
         # depthwise weight [w, 1, taps] (PyTorch, groups=w) -> [taps, 1, w] (WIO with one input per group).
-        self.depthwise = _param(np.transpose(np.asarray(sd[f"{prefix}.depthwise_conv.weight"]), (2, 1, 0)), dtype)
-        self.depthwise_layer_norm = _norm(sd, f"{prefix}.depthwise_layer_norm", eps, dtype)
+        self.depthwise = param(np.transpose(np.asarray(sd[f"{prefix}.depthwise_conv.weight"]), (2, 1, 0)), dtype)
+        self.depthwise_layer_norm = norm(sd, f"{prefix}.depthwise_layer_norm", eps, dtype)
         self.pointwise_out = Linear(sd[f"{prefix}.pointwise_conv2.weight"], None, dtype)
 
     def __call__(self, x, frame_valid):
@@ -183,14 +141,14 @@ class ConvolutionModule(nnx.Module):
 class ConformerBlock(nnx.Module):
     def __init__(self, sd, prefix: str, config: EncoderConfig, dtype):
         eps = config.block_ln_eps
-        self.ffn1_layer_norm = _norm(sd, f"{prefix}.ffn1_layer_norm", eps, dtype)
-        self.ffn1 = FeedForward(sd, f"{prefix}.ffn1", dtype)
-        self.self_attn_layer_norm = _norm(sd, f"{prefix}.self_attn_layer_norm", eps, dtype)
+        self.ffn1_layer_norm = norm(sd, f"{prefix}.ffn1_layer_norm", eps, dtype)
+        self.ffn1 = _feed_forward(sd, f"{prefix}.ffn1", dtype)
+        self.self_attn_layer_norm = norm(sd, f"{prefix}.self_attn_layer_norm", eps, dtype)
         self.self_attn = SelfAttention(sd, f"{prefix}.self_attn", config, dtype)
         self.conv_module = ConvolutionModule(sd, f"{prefix}.conv_module", config, dtype)
-        self.ffn2_layer_norm = _norm(sd, f"{prefix}.ffn2_layer_norm", eps, dtype)
-        self.ffn2 = FeedForward(sd, f"{prefix}.ffn2", dtype)
-        self.final_layer_norm = _norm(sd, f"{prefix}.final_layer_norm", eps, dtype)
+        self.ffn2_layer_norm = norm(sd, f"{prefix}.ffn2_layer_norm", eps, dtype)
+        self.ffn2 = _feed_forward(sd, f"{prefix}.ffn2", dtype)
+        self.final_layer_norm = norm(sd, f"{prefix}.final_layer_norm", eps, dtype)
 
     def __call__(self, x, mask, frame_valid):
         x = x + 0.5 * self.ffn1(self.ffn1_layer_norm(x))
@@ -207,8 +165,8 @@ class W2vBertEncoder(nnx.Module):
     def __init__(self, config: EncoderConfig, state_dict: Mapping[str, np.ndarray], dtype=jnp.float32):
         self.config = config
         sd = state_dict
-        self.projection_layer_norm = _norm(sd, "feature_projection.layer_norm", config.projection_ln_eps, dtype)
-        self.projection = _linear(sd, "feature_projection.projection", dtype)
+        self.projection_layer_norm = norm(sd, "feature_projection.layer_norm", config.projection_ln_eps, dtype)
+        self.projection = linear(sd, "feature_projection.projection", dtype)
         self.blocks = nnx.List(
             [ConformerBlock(sd, f"encoder.layers.{i}", config, dtype) for i in range(config.n_layer)]
         )
@@ -248,8 +206,8 @@ def state_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
     norms = ("ffn1_layer_norm", "self_attn_layer_norm", "conv_module.layer_norm", "conv_module.depthwise_layer_norm")
     for i in range(config.n_layer):
         p = f"encoder.layers.{i}"
-        for norm in (*norms, "ffn2_layer_norm", "final_layer_norm"):
-            shapes |= {f"{p}.{norm}.weight": (w,), f"{p}.{norm}.bias": (w,)}
+        for name in (*norms, "ffn2_layer_norm", "final_layer_norm"):
+            shapes |= {f"{p}.{name}.weight": (w,), f"{p}.{name}.bias": (w,)}
         for ffn in ("ffn1", "ffn2"):
             shapes |= {f"{p}.{ffn}.intermediate_dense.weight": (f, w), f"{p}.{ffn}.intermediate_dense.bias": (f,)}
             shapes |= {f"{p}.{ffn}.output_dense.weight": (w, f), f"{p}.{ffn}.output_dense.bias": (w,)}

@@ -35,10 +35,10 @@ import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
+from engine.models.common.io import file_sha256, read_json, read_torch_state_dict, some
+from engine.models.common.weights import WEIGHT_FILES, read_safetensors, read_weights
 from engine.models.wav2vec2.config import Wav2Vec2Dims, dims_from_hf_config
 from engine.models.wav2vec2.features import PREPROCESSOR_FILE, FeatureOptions
-from engine.models.weights import WEIGHT_FILES, read_safetensors, read_weights
-from engine.models.whisper.checkpoints.io import file_sha256, read_json, read_torch_state_dict, some
 
 ADAPTER_FILES = ("adapter.{}.safetensors", "adapter.{}.bin")  # transformers' WAV2VEC2_ADAPTER_{SAFE,PT}_FILE
 TEXT_FILES = ("config.json", PREPROCESSOR_FILE, "vocab.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.whisper.checkpoints.io import read_json
+from engine.models.common.io import read_json
 
 VOCAB_FILE = "vocab.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"

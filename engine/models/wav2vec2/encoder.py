@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError
+from engine.models.common.parallel import ShardedEncoder
 from engine.models.family import CTC, WAV2VEC2_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.wav2vec2.cost import encoder_cost
 from engine.models.wav2vec2.features import normalize
-from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, ShardedWav2Vec2, load_wav2vec2
+from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, load_wav2vec2
+from engine.models.wav2vec2.parallel import SIGNATURE
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -103,13 +105,13 @@ class Wav2Vec2Encoder:
         return encoder_cost(self.loaded.dims, samples)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        return _StatesOnly(ShardedWav2Vec2(self.loaded.model, mesh, layers, out_dtype))
+        return _StatesOnly(ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers, out_dtype))
 
 
 class _StatesOnly:
-    """``ShardedWav2Vec2`` returning the states only: the pipeline knows each window's frames from the host."""
+    """The sharded encoder returning the states only: the pipeline knows each window's frames from the host."""
 
-    def __init__(self, sharded: ShardedWav2Vec2):
+    def __init__(self, sharded: ShardedEncoder):
         self.sharded = sharded
         self.local_multiple = sharded.local_multiple
 

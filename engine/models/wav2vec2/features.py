@@ -23,8 +23,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import CheckpointError, ShapeError
+from engine.models.common.io import read_json
 from engine.models.wav2vec2.config import SAMPLE_RATE
-from engine.models.whisper.checkpoints.io import read_json
 
 NORM_EPS = 1e-7  # added to the variance by Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 PREPROCESSOR_FILE = "preprocessor_config.json"

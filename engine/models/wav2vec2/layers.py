@@ -1,26 +1,21 @@
-"""The building blocks of the wav2vec2 family in Flax NNX: linear, layer norm, conv, activations, masked attention.
+"""The wav2vec2 family's own building blocks in Flax NNX: activations and masked attention (linear, layer norm and
+conv are every family's, in ``engine.models.common.layers``).
 
-Arrays are channels-last: ``x: f[batch, frame, channel]``. Weights arrive in PyTorch layouts (``nn.Linear``
-``[out, in]``, ``nn.Conv1d`` ``[out, in / groups, kernel]``) and are stored as ``kernel [in, out]`` and ``[kernel, in /
-groups, out]`` (XLA's WIO). Layer norms, group norms and softmaxes run in float32 whatever the weight dtype.
+Arrays are channels-last: ``x: f[batch, frame, channel]``. Softmaxes run in float32 whatever the weight dtype.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+
+from engine.models.common.layers import head_major
 
 # A masked attention logit. Finite, unlike -inf, so that a row with no valid key (the silent rows that pad a batch to
 # the device count) gives a uniform softmax instead of NaN; exp(MASKED - max) is exactly 0 next to any valid key.
 MASKED = -1e30
 # Encoder self-attention on CPU one head of one utterance at a time (see attend); read at trace time.
 CPU_BLOCKED_ATTENTION = True
-
-
-def param(array, dtype) -> nnx.Param:
-    return nnx.Param(jnp.asarray(np.asarray(array), dtype=dtype))
 
 
 def activation(name: str):
@@ -34,72 +29,6 @@ def activation(name: str):
     if name in ("silu", "swish"):
         return jax.nn.silu
     raise ValueError(f"activation {name!r} is not implemented")
-
-
-def linear_kernel(weight) -> np.ndarray:
-    """PyTorch ``[out, in]`` -> ``[in, out]``."""
-    return np.asarray(weight).T
-
-
-def conv_kernel(weight) -> np.ndarray:
-    """PyTorch ``Conv1d`` ``[out, in / groups, kernel]`` -> WIO ``[kernel, in / groups, out]``."""
-    return np.transpose(np.asarray(weight), (2, 1, 0))
-
-
-def layer_norm(x, scale, bias, eps: float):
-    """``nn.LayerNorm`` over the last axis, in float32; returns ``x``'s dtype."""
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
-
-
-class Linear(nnx.Module):
-    def __init__(self, weight, bias, dtype):
-        self.kernel = param(linear_kernel(weight), dtype)
-        self.bias = None if bias is None else param(bias, dtype)
-
-    def __call__(self, x):
-        y = jnp.dot(x.astype(self.kernel.dtype), self.kernel[...])
-        return y if self.bias is None else y + self.bias[...]
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, weight, bias, eps: float, dtype):
-        self.scale = param(weight, dtype)
-        self.bias = param(bias, dtype)
-        self.eps = eps
-
-    def __call__(self, x):
-        return layer_norm(x, self.scale[...], self.bias[...], self.eps)
-
-
-class Conv1d(nnx.Module):
-    """``nn.Conv1d`` on ``x: f[batch, frame, in]`` -> ``f[batch, frame', out]`` (``padding`` frames each side)."""
-
-    def __init__(self, weight, bias, stride: int, dtype, padding: int = 0, groups: int = 1):
-        self.kernel = param(conv_kernel(weight), dtype)
-        self.bias = None if bias is None else param(bias, dtype)
-        self.stride = stride
-        self.padding = padding
-        self.groups = groups
-
-    def __call__(self, x):
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.kernel.dtype),
-            self.kernel[...],
-            window_strides=(self.stride,),
-            padding=((self.padding, self.padding),),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-            feature_group_count=self.groups,
-        )
-        return y if self.bias is None else y + self.bias[...]
-
-
-def _head_major(x):
-    """f[b, t, h, dh] -> f[b, h, t, dh]."""
-    return jnp.transpose(x, (0, 2, 1, 3))
 
 
 def attend(q, k, v, key_valid):
@@ -124,7 +53,7 @@ def attend(q, k, v, key_valid):
         return out.reshape(b, t, h * dh)
 
     def heads(x):  # f[b, t, h, dh] -> f[b*h, t, dh]
-        return _head_major(x).reshape(b * h, t, dh)
+        return head_major(x).reshape(b * h, t, dh)
 
     def one(args):
         qi, ki, vi, bi = args  # f[t, dh] x 3, f32[t]: one head of one utterance
@@ -134,4 +63,4 @@ def attend(q, k, v, key_valid):
         return (out / e.sum(-1, keepdims=True)).astype(vi.dtype)
 
     out = jax.lax.map(one, (heads(q), heads(k), heads(v), jnp.repeat(bias, h, axis=0)))
-    return _head_major(out.reshape(b, h, t, dh)).reshape(b, t, h * dh)
+    return head_major(out.reshape(b, h, t, dh)).reshape(b, t, h * dh)

@@ -8,9 +8,8 @@ The entry point a notebook uses::
     texts = m.transcribe([audio_1, audio_2])              # greedy CTC (models with a CTC head)
     texts = m.transcribe([audio_1], layer=6)              # the CTC head on layer 6 (logit lens)
 
-``ShardedWav2Vec2`` runs the encoder data-parallel: the batch split over a 1-D ``DATA`` mesh of every device with
-``jax.jit`` + ``NamedSharding`` (as ``engine.runtime.parallel.ShardedEncoder`` does for Whisper), the weights
-replicated.
+The encoder runs data-parallel as every family's does: ``engine.models.common.parallel.ShardedEncoder`` with this
+family's ``parallel.SIGNATURE``.
 """
 
 from __future__ import annotations
@@ -23,16 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from engine.axes import DATA
 from engine.errors import CheckpointError
 from engine.models.wav2vec2.checkpoints import Wav2Vec2Checkpoint, load_checkpoint
 from engine.models.wav2vec2.ctc import VOCAB_FILE, CTCVocab
 from engine.models.wav2vec2.features import batch_waveforms
 from engine.models.wav2vec2.model import Wav2Vec2
-from engine.runtime.parallel import data_mesh, pad_to_multiple
 
 # Batches are padded to a multiple of this many samples (1 s), so that a run over utterances of every length compiles
 # one program per (batch size, whole seconds) instead of one per length.
@@ -127,52 +122,3 @@ def load_wav2vec2(source, *, adapter: str | None = None, dtype=jnp.float32) -> L
         vocab = CTCVocab.from_folder(ckpt.path, adapter)
     # The model now owns device copies of the weights: keep the record, drop the host arrays.
     return LoadedWav2Vec2(model, dataclasses.replace(ckpt, state_dict={}), vocab)
-
-
-class ShardedWav2Vec2:
-    """Encode ``(wave f32[batch, samples], lengths i32[batch])`` on all devices -> ``(states f[len(layers), batch,
-    frame, embed], frames i32[batch])``, the batch split over the mesh axis ``DATA``.
-
-    Batches are padded to a multiple of the device count with empty rows (length 0: no frame, no NaN) and the padding
-    is dropped from the result. ``layers`` (default all) and ``out_dtype`` are fixed per instance, so one compiled
-    program serves every batch of the same shape. With ``jax.distributed`` each process passes its own batch (equal
-    shapes on every process) and gets its own rows back.
-    """
-
-    def __init__(self, model: Wav2Vec2, mesh: Mesh | None = None, layers: Sequence[int] | None = None, out_dtype=None):
-        self.mesh = data_mesh() if mesh is None else mesh
-        layers = None if layers is None else tuple(int(i) for i in layers)
-        graphdef, state = nnx.split(model)
-        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
-        self._in_sharding = NamedSharding(self.mesh, P(DATA))
-        self._step = _sharded_step(graphdef, layers, None if out_dtype is None else jnp.dtype(out_dtype), self.mesh)
-
-    @property
-    def local_multiple(self) -> int:
-        return max(1, self.mesh.size // jax.process_count())
-
-    def __call__(self, wave: np.ndarray, lengths: np.ndarray):
-        wave, n = pad_to_multiple(np.asarray(wave, np.float32), self.local_multiple)
-        lengths, _ = pad_to_multiple(np.asarray(lengths, np.int32), self.local_multiple)
-        if jax.process_count() == 1:
-            args = [jax.device_put(a, self._in_sharding) for a in (wave, lengths)]
-        else:
-            args = [jax.make_array_from_process_local_data(self._in_sharding, a) for a in (wave, lengths)]
-        states, frames = self._step(self._state, *args)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            states = multihost_utils.global_array_to_host_local_array(states, self.mesh, P(None, DATA))
-            frames = multihost_utils.global_array_to_host_local_array(frames, self.mesh, P(DATA))
-        return states[:, :n], frames[:n]
-
-
-@functools.lru_cache(maxsize=32)
-def _sharded_step(graphdef, layers, out_dtype, mesh):
-    """One jitted step per (model structure, layers, dtype, mesh)."""
-    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA))
-    return jax.jit(
-        lambda state, wave, lengths: nnx.merge(graphdef, state)(wave, lengths, layers, out_dtype),
-        in_shardings=(replicated, rows, rows),
-        out_shardings=(NamedSharding(mesh, P(None, DATA)), rows),
-    )

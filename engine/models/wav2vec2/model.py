@@ -43,17 +43,9 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.layers import Conv1d, LayerNorm, Linear, layer_norm, linear_kernel, param
 from engine.models.wav2vec2.config import Wav2Vec2Dims
-from engine.models.wav2vec2.layers import (
-    Conv1d,
-    LayerNorm,
-    Linear,
-    activation,
-    attend,
-    layer_norm,
-    linear_kernel,
-    param,
-)
+from engine.models.wav2vec2.layers import activation, attend
 
 CONV_NORM_EPS = 1e-5  # nn.GroupNorm's and nn.LayerNorm's default: the conv layers' norms ignore layer_norm_eps
 ADAPTER_NORM_EPS = 1e-5  # the MMS adapter's nn.LayerNorm is built without layer_norm_eps too

@@ -1,8 +1,8 @@
 """Whisper behind the family interface (``engine.models.family``): 30 s log-mel windows, the encoder's every layer.
 
 Nothing here changes what Whisper computes: ``windows`` is ``engine.data.features.features_for_audio``, the sharded
-encoder is ``engine.runtime.parallel.ShardedEncoder``, and the store records Whisper's ``ModelDimensions`` and front
-end exactly as before, so stores written before the interface existed resume with it.
+encoder is ``engine.models.common.parallel.ShardedEncoder``, and the store records Whisper's ``ModelDimensions`` and
+front end exactly as before, so stores written before the interface existed resume with it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import numpy as np
 
 from engine.data import audio as audio_lib
 from engine.data.features import features_for_audio
+from engine.models.common.parallel import ShardedEncoder
 from engine.models.family import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
-from engine.runtime.parallel import ShardedEncoder
+from engine.models.whisper.parallel import SIGNATURE
 from engine.stores.schema import FEATURES, FRAME_RATE
 
 
@@ -80,7 +81,7 @@ class WhisperEncoder:
         return (mel,)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        return ShardedEncoder(self.loaded.model, mesh, layers=tuple(layers), out_dtype=out_dtype)
+        return ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers=tuple(layers), out_dtype=out_dtype)
 
 
 def load(source, *, adapter=None, dtype=None) -> WhisperEncoder:

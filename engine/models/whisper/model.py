@@ -29,68 +29,13 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.layers import Conv1d, LayerNorm, Linear, head_major, param
 from engine.models.whisper.dims import ModelDimensions, sinusoids
 from engine.models.whisper.folded import attend_folded, gradient_barrier
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default, which OpenAI Whisper uses
 # Encoder self-attention on CPU in cache-sized head pairs (see attend_unmasked); read at trace time.
 CPU_BLOCKED_ATTENTION = True
-
-
-def _param(array, dtype) -> nnx.Param:
-    return nnx.Param(jnp.asarray(np.asarray(array), dtype=dtype))
-
-
-class Linear(nnx.Module):
-    def __init__(self, weight, bias, dtype):
-        # weight: [out, in] (PyTorch); stored as kernel [in, out].
-        self.kernel = _param(np.asarray(weight).T, dtype)
-        self.bias = None if bias is None else _param(bias, dtype)
-
-    def __call__(self, x):
-        y = jnp.dot(x.astype(self.kernel.dtype), self.kernel[...])
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, weight, bias, dtype):
-        self.scale = _param(weight, dtype)
-        self.bias = _param(bias, dtype)
-
-    def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + LN_EPS)
-        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
-        return y.astype(x.dtype)
-
-
-class Conv1d(nnx.Module):
-    """PyTorch ``Conv1d`` with padding 1, on channels-last input ``[batch, time, channels]``."""
-
-    def __init__(self, weight, bias, stride: int, dtype):
-        # weight: [out, in, width] (PyTorch) -> [width, in, out] (WIO).
-        self.kernel = _param(np.transpose(np.asarray(weight), (2, 1, 0)), dtype)
-        self.bias = _param(bias, dtype)
-        self.stride = stride
-
-    def __call__(self, x):
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.kernel.dtype),
-            self.kernel[...],
-            window_strides=(self.stride,),
-            padding=((1, 1),),
-            dimension_numbers=("NWC", "WIO", "NWC"),
-        )
-        return y + self.bias[...]
-
-
-def _head_major(x):
-    """f[b, t, h, dh] -> f[b, h, t, dh]."""
-    return jnp.transpose(x, (0, 2, 1, 3))
 
 
 def _gelu(x):
@@ -125,7 +70,7 @@ class MultiHeadAttention(nnx.Module):
         b, tq, h, _ = out.shape
         return out.reshape(b, tq, h * dh), (logits if return_logits else weights)
 
-    def attend_head_major(self, q, k, v, mask=None, return_logits=False, keys_transposed=False):
+    def attendhead_major(self, q, k, v, mask=None, return_logits=False, keys_transposed=False):
         """``attend`` for the decoder, whose keys and values are stored head-major: ``k/v: f[bk, h, tk, dh]``, or with
         ``keys_transposed`` the keys as ``k: f[bk, h, dh, tk]`` (the cross-attention's, ``TextDecoder.cross_kv``).
 
@@ -144,7 +89,7 @@ class MultiHeadAttention(nnx.Module):
         # Every product in head-major form ("bhqd,bhkd", "bhqk,bhkd->bhqd"): with the output "bqhd" instead, XLA on
         # CPU took a slower kernel for the weights x values product of a beam: 7.2 ms against 1.3 ms for 8 utterances
         # x 8 heads x 5 beams over 1500 frames (one-off timing on the 2-core AVX-512 CPU, 2026-11-22).
-        q = _head_major(q.reshape(bk, g * tq, h, dh))
+        q = head_major(q.reshape(bk, g * tq, h, dh))
         # Transposed keys make the scores a plain [g*tq, dh] x [dh, tk] product per (utterance, head): cross-attention
         # of 6 layers for 8 windows x 5 beams over 1500 frames, 21.8 -> 12.9 ms a step on CPU (bench/RESULTS.md).
         spec = "bhqd,bhdk->bhqk" if keys_transposed else "bhqd,bhkd->bhqk"
@@ -153,7 +98,7 @@ class MultiHeadAttention(nnx.Module):
             logits = jnp.where(jnp.tile(mask, (1, 1, g, 1)) if g > 1 else mask, logits, -jnp.inf)
         weights = jax.nn.softmax(logits, axis=-1)
         out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
-        out = _head_major(out).reshape(b, tq, h * dh)
+        out = head_major(out).reshape(b, tq, h * dh)
         kept = logits if return_logits else weights
         if g > 1:
             kept = jnp.transpose(kept.reshape(bk, h, g, tq, tk), (0, 2, 1, 3, 4)).reshape(b, h, tq, tk)
@@ -180,7 +125,7 @@ class MultiHeadAttention(nnx.Module):
         tk = k.shape[1]
 
         def heads(x, t):  # f[b, t, h, dh] -> f[b*h, t, dh]
-            return _head_major(x).reshape(b * h, t, dh)
+            return head_major(x).reshape(b * h, t, dh)
 
         def one(args):
             qi, ki, vi = args  # f[t, dh]: one head of one utterance
@@ -190,24 +135,24 @@ class MultiHeadAttention(nnx.Module):
             return (out / e.sum(-1, keepdims=True)).astype(vi.dtype)
 
         out = jax.lax.map(one, (heads(q * jnp.asarray(dh**-0.5, q.dtype), tq), heads(k, tk), heads(v, tk)))
-        return _head_major(out.reshape(b, h, tq, dh)).reshape(b, tq, h * dh)
+        return head_major(out.reshape(b, h, tq, dh)).reshape(b, tq, h * dh)
 
 
 class ResidualBlock(nnx.Module):
     def __init__(self, sd, prefix: str, n_head: int, cross: bool, dtype):
         self.attn = MultiHeadAttention(sd, f"{prefix}.attn", n_head, dtype)
-        self.attn_ln = LayerNorm(sd[f"{prefix}.attn_ln.weight"], sd[f"{prefix}.attn_ln.bias"], dtype)
+        self.attn_ln = LayerNorm(sd[f"{prefix}.attn_ln.weight"], sd[f"{prefix}.attn_ln.bias"], LN_EPS, dtype)
         if cross:
             self.cross_attn = MultiHeadAttention(sd, f"{prefix}.cross_attn", n_head, dtype)
             self.cross_attn_ln = LayerNorm(
-                sd[f"{prefix}.cross_attn_ln.weight"], sd[f"{prefix}.cross_attn_ln.bias"], dtype
+                sd[f"{prefix}.cross_attn_ln.weight"], sd[f"{prefix}.cross_attn_ln.bias"], LN_EPS, dtype
             )
         else:
             self.cross_attn = None
             self.cross_attn_ln = None
         self.mlp_in = Linear(sd[f"{prefix}.mlp.0.weight"], sd[f"{prefix}.mlp.0.bias"], dtype)
         self.mlp_out = Linear(sd[f"{prefix}.mlp.2.weight"], sd[f"{prefix}.mlp.2.bias"], dtype)
-        self.mlp_ln = LayerNorm(sd[f"{prefix}.mlp_ln.weight"], sd[f"{prefix}.mlp_ln.bias"], dtype)
+        self.mlp_ln = LayerNorm(sd[f"{prefix}.mlp_ln.weight"], sd[f"{prefix}.mlp_ln.bias"], LN_EPS, dtype)
 
     def mlp(self, x):
         return self.mlp_out(_gelu(self.mlp_in(self.mlp_ln(x))))
@@ -223,8 +168,8 @@ class ResidualBlock(nnx.Module):
 class AudioEncoder(nnx.Module):
     def __init__(self, dims: ModelDimensions, sd: Mapping[str, np.ndarray], dtype):
         self.dims = dims
-        self.conv1 = Conv1d(sd["encoder.conv1.weight"], sd["encoder.conv1.bias"], 1, dtype)
-        self.conv2 = Conv1d(sd["encoder.conv2.weight"], sd["encoder.conv2.bias"], 2, dtype)
+        self.conv1 = Conv1d(sd["encoder.conv1.weight"], sd["encoder.conv1.bias"], 1, dtype, padding=1)
+        self.conv2 = Conv1d(sd["encoder.conv2.weight"], sd["encoder.conv2.bias"], 2, dtype, padding=1)
         pos = sd.get("encoder.positional_embedding")
         if pos is None:
             pos = sinusoids(dims.n_audio_ctx, dims.n_audio_state)
@@ -235,7 +180,7 @@ class AudioEncoder(nnx.Module):
                 for i in range(dims.n_audio_layer)
             ]
         )
-        self.ln_post = LayerNorm(sd["encoder.ln_post.weight"], sd["encoder.ln_post.bias"], dtype)
+        self.ln_post = LayerNorm(sd["encoder.ln_post.weight"], sd["encoder.ln_post.bias"], LN_EPS, dtype)
 
     def __call__(self, mel, layers: Sequence[int] | None = None, out_dtype=None):
         """mel: f32[batch, n_mels, 2*n_audio_ctx] -> states f[len(layers), batch, n_audio_ctx, embed].
@@ -276,12 +221,12 @@ class AudioEncoder(nnx.Module):
 class TextDecoder(nnx.Module):
     def __init__(self, dims: ModelDimensions, sd: Mapping[str, np.ndarray], dtype):
         self.dims = dims
-        self.token_embedding = _param(sd["decoder.token_embedding.weight"], dtype)
-        self.positional_embedding = _param(sd["decoder.positional_embedding"], dtype)
+        self.token_embedding = param(sd["decoder.token_embedding.weight"], dtype)
+        self.positional_embedding = param(sd["decoder.positional_embedding"], dtype)
         self.blocks = nnx.List(
             [ResidualBlock(sd, f"decoder.blocks.{i}", dims.n_text_head, True, dtype) for i in range(dims.n_text_layer)]
         )
-        self.ln = LayerNorm(sd["decoder.ln.weight"], sd["decoder.ln.bias"], dtype)
+        self.ln = LayerNorm(sd["decoder.ln.weight"], sd["decoder.ln.bias"], LN_EPS, dtype)
 
     def cross_kv(self, xa):
         """xa: f[batch, frame, embed] -> per block (keys f[batch, heads, head_dim, frame], values f[batch, heads,
@@ -299,7 +244,7 @@ class TextDecoder(nnx.Module):
                 # keys (a per-utterance product, since a batched one would need the weights copied per utterance).
                 kt = jax.lax.dot_general(w, x.astype(w.dtype), (((0,), (1,)), ((), ())))
                 v = a.split_heads(a.value(x)[None])[0]
-                out.append((kt.reshape(n_head, dh, -1), _head_major(v[None])[0]))
+                out.append((kt.reshape(n_head, dh, -1), head_major(v[None])[0]))
             return out
 
         return jax.lax.map(one, xa)
@@ -339,13 +284,13 @@ class TextDecoder(nnx.Module):
             a = block.attn
             h = block.attn_ln(x)
             q = a.split_heads(a.query(h))
-            k, v = _head_major(a.split_heads(a.key(h))), _head_major(a.split_heads(a.value(h)))
+            k, v = head_major(a.split_heads(a.key(h))), head_major(a.split_heads(a.value(h)))
             if cache is not None:
                 ck, cv = cache[i]
                 k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), offset, axis=2)
                 v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), offset, axis=2)
                 new_cache.append((k, v))
-            out, _ = a.attend_head_major(q, k, v, self_mask)
+            out, _ = a.attendhead_major(q, k, v, self_mask)
             x = x + a.out(out)
             c = block.cross_attn
             h = block.cross_attn_ln(x)
@@ -353,7 +298,7 @@ class TextDecoder(nnx.Module):
                 out = attend_folded(c, c.split_heads(c.query(h)), cross_kv)
             else:
                 xk, xv = cross_kv[i]
-                out, w = c.attend_head_major(
+                out, w = c.attendhead_major(
                     c.split_heads(c.query(h)),
                     xk,
                     xv,

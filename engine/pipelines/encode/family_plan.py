@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.common.parallel import data_mesh
 from engine.models.family import WINDOW_SECONDS, Encoder, EncoderCost
 from engine.pipelines.encode.memory import WINDOW_SAMPLES, family_step
 from engine.runtime.devices import Device
-from engine.runtime.parallel import data_mesh
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, size, timed
 
 

@@ -4,7 +4,7 @@ Stages, overlapped so that the accelerator never waits on the host:
 
 1. host threads decode audio and compute the model's input windows ahead of the device (``prefetch``);
 2. the encoder step runs on every local device (the family's ``Encoder.sharded``: for Whisper
-   ``engine.runtime.parallel.ShardedEncoder``) over fixed-size batches of windows of at most 30 s (the last one
+   ``engine.models.common.parallel.ShardedEncoder``) over fixed-size batches of windows of at most 30 s (the last one
    padded, so every window's result is independent of what shares its batch);
 3. while batch ``i+1`` computes, batch ``i``'s states are copied to the host and handed to the
    store, whose writes stay in flight (``LanguageArrays.write_utterance``); an utterance is marked
@@ -38,6 +38,7 @@ from engine.data.sources import get_source
 from engine.data.utterance import Source, Utterance
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
+from engine.models.common.parallel import data_mesh
 from engine.models.family import Encoder, load_encoder
 from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.loaded import LoadedWhisper
@@ -45,7 +46,7 @@ from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.memory import check_batch_size
 from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
 from engine.runtime.claims import WorkClaims
-from engine.runtime.parallel import data_mesh, is_process_zero
+from engine.runtime.parallel import is_process_zero
 from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import StoreError, open_kvstore

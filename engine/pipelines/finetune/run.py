@@ -43,6 +43,7 @@ from engine.axes import DATA
 from engine.data.sources import dataset_translations
 from engine.dtypes import DTYPES
 from engine.languages import fleurs_to_whisper
+from engine.models.common.parallel import data_mesh
 from engine.models.family import DECODER, refuse_without_head
 from engine.models.whisper.checkpoints.export import export_hf
 from engine.models.whisper.decoding import greedy_decode
@@ -55,7 +56,6 @@ from engine.pipelines.finetune import step as S
 from engine.pipelines.finetune.config import PADDING, FinetuneConfig
 from engine.pipelines.finetune.export import MODEL, check_export
 from engine.pipelines.finetune.report import before_after_table, write_figures
-from engine.runtime.parallel import data_mesh
 from engine.runtime.runs import RunSummary
 from engine.stores.reader import open_store
 from engine.text import metrics as text_metrics

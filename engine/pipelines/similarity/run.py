@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.common.parallel import data_mesh
 from engine.pipelines.similarity import blocks
 from engine.pipelines.similarity.config import SimilarityConfig
 from engine.pipelines.similarity.held import HeldStates, load_piece
@@ -47,7 +48,7 @@ from engine.pipelines.similarity.tiles import Item, Language, Sizing, check_budg
 from engine.runtime.budget import resolve_budget
 from engine.runtime.claims import WorkClaims
 from engine.runtime.faults import fault_point
-from engine.runtime.parallel import barrier, data_mesh, is_process_zero
+from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.runs import process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore

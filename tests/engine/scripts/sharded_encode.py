@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.common.parallel import ShardedEncoder, data_mesh
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.model import Whisper, random_state_dict
-from engine.runtime.parallel import ShardedEncoder, data_mesh
+from engine.models.whisper.parallel import SIGNATURE
 
 expected_devices = int(sys.argv[1])
 assert jax.device_count() == expected_devices, (jax.device_count(), expected_devices)
@@ -22,7 +23,7 @@ model = Whisper(dims, random_state_dict(dims, seed=1))
 rng = np.random.default_rng(0)
 report = {}
 for layers in (None, (2, 0)):
-    enc = ShardedEncoder(model, data_mesh(), layers=layers)
+    enc = ShardedEncoder(model, SIGNATURE, data_mesh(), layers=layers)
     for batch in (1, 3, expected_devices, expected_devices + 3):
         mel = rng.standard_normal((batch, 80, 64)).astype(np.float32)
         sharded = np.asarray(enc(mel))

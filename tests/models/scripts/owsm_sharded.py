@@ -11,6 +11,7 @@ import sys
 import jax
 import numpy as np
 
+from engine.models.common.parallel import data_mesh
 from engine.models.family import OWSM_LAYERS
 from engine.models.owsm.checkpoints import Checkpoint
 from engine.models.owsm.config import FrontendConfig, OwsmConfig
@@ -20,7 +21,6 @@ from engine.models.owsm.features import Stats
 from engine.models.owsm.loaded import LoadedOwsm
 from engine.models.owsm.model import OwsmEncoder as Model
 from engine.models.owsm.model import encoder_shapes
-from engine.models.w2vbert.parallel import data_mesh
 
 expected_devices = int(sys.argv[1])
 assert jax.device_count() == expected_devices, (jax.device_count(), expected_devices)

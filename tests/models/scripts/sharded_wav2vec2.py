@@ -1,8 +1,9 @@
 """Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts.
 
 argv: model folder, N. Encodes ragged batches of 3 and N + 1 random utterances (sizes that are and are not
-multiples of N) with ``ShardedWav2Vec2`` over the N fake CPU devices and with the single-device ``encode``, and prints
-one JSON line: {"<batch>": max |difference| / peak} per batch, plus the device count seen.
+multiples of N) with the sharded encoder (``engine.models.common.parallel.ShardedEncoder``) over the N fake CPU
+devices and with the single-device ``encode``, and prints one JSON line: {"<batch>": max |difference| / peak} per
+batch, plus the device count seen.
 """
 
 import json
@@ -11,12 +12,14 @@ import sys
 import jax
 import numpy as np
 
-from engine.models.wav2vec2.loaded import ShardedWav2Vec2, load_wav2vec2
+from engine.models.common.parallel import ShardedEncoder
+from engine.models.wav2vec2.loaded import load_wav2vec2
+from engine.models.wav2vec2.parallel import SIGNATURE
 
 folder, n_devices = sys.argv[1], int(sys.argv[2])
 assert jax.device_count() == n_devices, (jax.device_count(), n_devices)
 model = load_wav2vec2(folder)
-sharded = ShardedWav2Vec2(model.model)
+sharded = ShardedEncoder(model.model, SIGNATURE)
 rng = np.random.default_rng(0)
 report = {"devices": jax.device_count()}
 for batch in (3, n_devices + 1):

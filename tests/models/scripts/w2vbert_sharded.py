@@ -11,16 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.common.parallel import ShardedEncoder, data_mesh
 from engine.models.w2vbert.config import W2V_BERT, EncoderConfig
 from engine.models.w2vbert.model import W2vBertEncoder, random_state_dict
-from engine.models.w2vbert.parallel import ShardedEncoder, data_mesh
+from engine.models.w2vbert.parallel import SIGNATURE
 
 expected_devices = int(sys.argv[1])
 assert jax.device_count() == expected_devices, (jax.device_count(), expected_devices)
 config = EncoderConfig(W2V_BERT, 2, 64, 4, 128, 160, 7, 16, 4, 1e-5, 1e-5)
 model = W2vBertEncoder(config, random_state_dict(config, seed=1))
 single = jax.jit(lambda f, v: model(f, v))
-sharded = ShardedEncoder(model, data_mesh())
+sharded = ShardedEncoder(model, SIGNATURE, data_mesh())
 rng = np.random.default_rng(0)
 report = {}
 for batch in (3, expected_devices + 1):

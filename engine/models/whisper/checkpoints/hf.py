@@ -17,9 +17,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.weights import WEIGHT_FILES, read_weights
+from engine.models.common.io import int_tuple, read_json, some, to_numpy
+from engine.models.common.weights import WEIGHT_FILES, read_weights
 from engine.models.whisper.checkpoints import ct2
-from engine.models.whisper.checkpoints.io import int_tuple, read_json, some, to_numpy
 from engine.models.whisper.dims import ModelDimensions
 
 _HUB_FILES = ["config.json", "generation_config.json", "tokenizer.json", "model.bin", "model.bin.part*"]

@@ -29,9 +29,9 @@ import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
+from engine.models.common.io import file_sha256, int_tuple, read_json, some, to_numpy, torch_load
 from engine.models.whisper.checkpoints import ct2, hf
 from engine.models.whisper.checkpoints.alignment_heads import openai_alignment_heads_for
-from engine.models.whisper.checkpoints.io import file_sha256, int_tuple, read_json, some, to_numpy, torch_load
 from engine.models.whisper.dims import ModelDimensions, sinusoids
 
 # The default model: OpenAI whisper-base converted to CTranslate2 float16, its model.bin split over

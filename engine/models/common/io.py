@@ -1,4 +1,4 @@
-"""Readers shared by the checkpoint formats: JSON, PyTorch pickles, tensors to NumPy, file hashes.
+"""Readers every model family's checkpoint formats share: JSON, PyTorch pickles, tensors to NumPy, file hashes.
 
 Every failure is a ``CheckpointError`` that names the file and the fix.
 """

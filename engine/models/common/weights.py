@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.whisper.checkpoints.io import read_json, read_torch_state_dict, some
+from engine.models.common.io import read_json, read_torch_state_dict, some
 
 # Weight files of a folder, in order of preference (safetensors first).
 WEIGHT_FILES = (
