@@ -197,7 +197,7 @@ def states_without_marker(out: pathlib.Path) -> int:
     return found
 
 
-# Where each run is killed (engine.runtime.faults, BABELGRID_FAULT_KILL): "states" right after the
+# Where each run is killed (engine.faults, BABELGRID_FAULT_KILL): "states" right after the
 # N-th states shard of the run commits, before its marker; "marker" right after the marker write that makes N
 # utterances of the run done. N is this fraction of what is left, so every run is killed before it can finish.
 KILLS = (("states", 0.1), ("marker", 0.2), ("states", 0.3), ("marker", 0.05), ("states", 0.02), ("marker", 0.3))

@@ -35,6 +35,7 @@ import numpy as np
 from engine.data.audio import N_ENCODER_FRAMES
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
+from engine.faults import fault_point
 from engine.languages import fleurs_to_whisper
 from engine.models.family import CROSS_ATTENTION, refuse_without_head
 from engine.models.whisper.decoding import DecodingOptions
@@ -42,12 +43,11 @@ from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
 from engine.pipelines.align.config import AlignConfig, AlignError
 from engine.runtime.claims import WorkClaims
-from engine.runtime.faults import fault_point
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.parts import read_part
 from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore, write_value
+from engine.stores.parts import read_part
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name

@@ -40,10 +40,10 @@ from engine.pipelines.decode.references import english_language, english_referen
 from engine.pipelines.decode.unit import decode_unit
 from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.parts import read_part
 from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore
+from engine.stores.parts import read_part
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 
