@@ -21,10 +21,10 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE, load_audio
-from engine.data.features import features_for_audio
 from engine.data.synth.sentences import DEMO_IDS
 from engine.models.whisper.checkpoints.load import DEFAULT_NAME
 from engine.models.whisper.dims import preset
+from engine.models.whisper.features import features_for_audio
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.runtime.options import configure
@@ -334,7 +334,7 @@ def test_flag_defaults_run_the_demo_with_the_packaged_model(run_job, tmp_path):
     out = tmp_path / "store"
     run_job("encode", "--out", str(out), "--langs", "en", env={"BABELGRID_CACHE": str(tmp_path / "cache")})
     store = open_store(str(out))
-    assert store.info.model_name == DEFAULT_NAME and store.info.dims == preset("base")
+    assert store.info.model_name == DEFAULT_NAME and store.info.dims.to_dict() == preset("base").to_dict()
     assert store.info.layers == tuple(range(preset("base").n_audio_layer + 2)) and store.info.dtype == "float32"
     assert store.languages() == ["en"] and store.done("en").all()
     assert [r["id"] for r in store.utterances_table("en").to_pylist()] == list(DEMO_IDS)

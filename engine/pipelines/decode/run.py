@@ -112,7 +112,7 @@ def _manifest(config: DecodeConfig, reader, whisper) -> dict:
 
 def _check(config: DecodeConfig, reader, whisper) -> tuple[list[str], list[int]]:
     info = reader.info
-    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims != whisper.dims:
+    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims.to_dict() != whisper.dims.to_dict():
         raise DecodeError(
             f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
             f"model given is {whisper.checkpoint.name!r}; pass the store's model with --model"

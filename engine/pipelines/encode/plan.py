@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.data.audio import SAMPLE_RATE
-from engine.data.features import features_for_audio
 from engine.data.pairing import pairing_lines, shared_ids
 from engine.data.revision import source_revision
 from engine.errors import AudioError
@@ -21,6 +20,7 @@ from engine.models.family import detect_family, load_encoder
 from engine.models.whisper.cost import N_FEATURE_FRAMES, encoder_block, encoder_flops_per_window, encoder_params
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.encoder import WhisperEncoder
+from engine.models.whisper.features import features_for_audio
 from engine.models.whisper.loaded import load_whisper
 from engine.pipelines.encode.family_plan import plan_family_encode
 from engine.pipelines.encode.memory import whisper_step
