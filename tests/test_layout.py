@@ -7,6 +7,9 @@ which can no longer fail shows up as a failing test too):
 - no import cycle across engine/ and kernels/, function-level imports included;
 - a project import inside a function or class body carries a ``# lazy: <reason>`` comment on its line or the line
   above, and there are at most ``MAX_LAZY`` of them;
+- the floors run one way between rooms: stores never import runtime or models, models never import runtime or
+  stores, runtime never imports models (``ROOM_RULES``, function-level imports included);
+- no module of engine/, kernels/ or jobs/ is over ``MAX_LINES`` lines;
 - engine/ and kernels/ never read flags;
 - ``import engine`` gives the public face a notebook needs.
 """
@@ -25,6 +28,23 @@ PROJECT = ("engine", "kernels")
 MAX_LAZY = 10  # function-level project imports allowed in engine/ and kernels/ together
 KERNEL_MAY_IMPORT = ("engine.errors", "engine.axes", "kernels")
 ABOVE_GROUND = ("engine.models", "engine.pipelines", "engine.runtime", "engine.stores", "engine.data", "engine.text")
+# room -> the rooms it must never import: models and stores sit on one floor and neither imports the other; runtime
+# sits above both and takes what it needs of a model from the pipeline that calls it.
+ROOM_RULES = {
+    "engine.stores": ("engine.runtime", "engine.models"),
+    "engine.models": ("engine.runtime", "engine.stores"),
+    "engine.runtime": ("engine.models",),
+}
+# Ties between rooms that another branch of issue 45 removes: the sharded encoders move from engine/runtime/parallel.py
+# to engine/models/common/parallel.py there (the helper branch moving `ShardedEncoder`, not this one). Each entry is
+# "source:module"; delete the lot when that branch lands (an entry that no longer occurs fails the test, so it shows).
+SHARDED_ENCODER_TIES = (
+    "engine/models/wav2vec2/loaded.py:engine.runtime.parallel",
+    "engine/models/whisper/encoder.py:engine.runtime.parallel",
+    "engine/runtime/parallel.py:engine.models.whisper.model",
+)
+MAX_LINES = 450  # one concept a module: past this it is two modules (STYLE.md habit 8)
+SIZED = ("engine", "kernels", "jobs")
 LAZY_COMMENT = re.compile(r"#\s*lazy:\s*\S")
 FACE = (
     "load_model",
@@ -165,6 +185,25 @@ def floor_violations(found: dict[str, list[Import]]) -> list[str]:
     return bad
 
 
+def room_violations(found: dict[str, list[Import]], rules=ROOM_RULES) -> list[str]:
+    """Imports from a room into a room it must never import (``rules``: room -> forbidden rooms)."""
+    return [
+        imp.where()
+        for name, imports in found.items()
+        for room, forbidden in rules.items()
+        if _within(name, [room])
+        for imp in imports
+        if _within(imp.module, forbidden)
+    ]
+
+
+def long_modules(root: pathlib.Path = REPO, limit: int = MAX_LINES) -> list[str]:
+    """The modules of ``SIZED`` under ``root`` with more than ``limit`` lines."""
+    paths = sorted(p for package in SIZED for p in (root / package).rglob("*.py"))
+    sizes = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in paths}
+    return [f"{path}: {n} lines" for path, n in sizes.items() if n > limit]
+
+
 def lazy_imports(found: dict[str, list[Import]]) -> list[Import]:
     return [imp for imports in found.values() for imp in imports if imp.lazy]
 
@@ -272,6 +311,67 @@ def test_floor_rule_catches_planted_imports(tmp_path):
         "engine/runtime/plan.py:1 imports engine.pipelines",
         "engine/stores/kv.py:2 imports engine.pipelines.run",
     ]
+
+
+def test_rooms_import_one_way(found):
+    ties = [f"{imp.source}:{imp.module}" for imports in found.values() for imp in imports]
+    bad = [b for b in room_violations(found) if _tie(b) not in SHARDED_ENCODER_TIES]
+    stale = [t for t in SHARDED_ENCODER_TIES if t not in ties]
+    why = (
+        "stores import no runtime or models, models no runtime or stores, runtime no models (move the code to the "
+        "room that owns it, or the shared part down to the ground floor or data):"
+    )
+    assert not bad, "\n".join([why, *bad])
+    assert not stale, f"remove from SHARDED_ENCODER_TIES what no longer occurs: {stale}"
+
+
+def _tie(where: str) -> str:
+    """``engine/a.py:3 imports engine.b`` -> ``engine/a.py:engine.b``."""
+    source, _, module = where.partition(" imports ")
+    return f"{source.rpartition(':')[0]}:{module}"
+
+
+def test_room_rule_catches_planted_imports(tmp_path):
+    root = plant(
+        tmp_path,
+        {
+            "engine/faults.py": "",
+            "engine/data/__init__.py": "",
+            "engine/data/audio.py": "",
+            "engine/stores/__init__.py": "",
+            "engine/stores/kv.py": "from engine import faults\nfrom engine.data import audio\n",
+            "engine/stores/words.py": "def f():\n    from engine.runtime import parts\n",
+            "engine/stores/schema.py": "from engine.models.whisper import dims\n",
+            "engine/models/__init__.py": "",
+            "engine/models/whisper/__init__.py": "",
+            "engine/models/whisper/dims.py": "from engine.data import audio\n",
+            "engine/models/whisper/encoder.py": "import engine.stores.schema\nfrom engine.runtime import parallel\n",
+            "engine/runtime/__init__.py": "",
+            "engine/runtime/parts.py": "from engine.stores import kv\n",  # runtime may import stores
+            "engine/runtime/parallel.py": "",
+            "engine/runtime/plan.py": "from engine.models.whisper.dims import ModelDimensions\n",
+        },
+    )
+    assert room_violations(scan(root)) == [
+        "engine/models/whisper/encoder.py:1 imports engine.stores.schema",
+        "engine/models/whisper/encoder.py:2 imports engine.runtime.parallel",
+        "engine/runtime/plan.py:1 imports engine.models.whisper.dims",
+        "engine/stores/schema.py:1 imports engine.models.whisper.dims",
+        "engine/stores/words.py:2 imports engine.runtime.parts",
+    ]
+    assert _tie("engine/runtime/plan.py:1 imports engine.models.whisper.dims") == (
+        "engine/runtime/plan.py:engine.models.whisper.dims"
+    )
+
+
+def test_no_module_is_over_the_line_limit():
+    bad = long_modules()
+    assert not bad, f"modules over {MAX_LINES} lines (split each into modules of one concept):\n" + "\n".join(bad)
+
+
+def test_line_limit_catches_a_planted_long_module(tmp_path):
+    root = plant(tmp_path, {"engine/short.py": "x = 1\n" * 3, "jobs/long.py": "x = 1\n" * 4, "bench/b.py": "x\n" * 9})
+    assert long_modules(root, limit=3) == ["jobs/long.py: 4 lines"]
 
 
 def test_cycle_finder_finds_a_planted_cycle():
