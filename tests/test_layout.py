@@ -36,7 +36,7 @@ ROOM_RULES = {
     "engine.runtime": ("engine.models",),
 }
 # Ties between rooms that another branch of issue 45 removes: the sharded encoders move from engine/runtime/parallel.py
-# to engine/models/common/parallel.py there (the helper branch moving `ShardedEncoder`, not this one). Each entry is
+# to engine/models/common/parallel.py there (branch floor45a, "one ShardedEncoder for every family"). Each entry is
 # "source:module"; delete the lot when that branch lands (an entry that no longer occurs fails the test, so it shows).
 SHARDED_ENCODER_TIES = (
     "engine/models/wav2vec2/loaded.py:engine.runtime.parallel",
