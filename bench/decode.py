@@ -28,7 +28,7 @@ from bench.common import interleaved, machine  # noqa: E402
 def fleurs_windows(windows: int) -> np.ndarray:
     """f32[windows, 80, 3000]: the first 30 s window's log-mel of the first ``windows`` German FLEURS sample clips."""
     from engine.data.audio import load_audio
-    from engine.data.features import features_for_audio
+    from engine.models.whisper.features import features_for_audio
 
     # $BABELGRID_FLEURS_SAMPLE as tests/conftest.py reads it: a git worktree does not sit beside ../shared.
     fleurs = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))

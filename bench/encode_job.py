@@ -32,9 +32,10 @@ import jax.numpy as jnp  # noqa: E402
 
 from bench.common import machine, record  # noqa: E402
 from engine.data import audio as audio_lib  # noqa: E402
-from engine.data.features import features_for_audio  # noqa: E402
 from engine.data.sources import get_source  # noqa: E402
 from engine.models.common.parallel import ShardedEncoder, data_mesh  # noqa: E402
+from engine.models.whisper import features as whisper_features  # noqa: E402
+from engine.models.whisper.features import features_for_audio  # noqa: E402
 from engine.models.whisper.loaded import load_whisper  # noqa: E402
 from engine.models.whisper.parallel import SIGNATURE  # noqa: E402
 from engine.pipelines.encode.config import EncodeConfig  # noqa: E402
@@ -120,9 +121,9 @@ class Prepared:
                     id=u.id,
                     lang=lang,
                     path=u.path,
-                    duration_s=s.shape[1] / audio_lib.ENCODER_FRAMES_PER_SECOND,
+                    duration_s=s.shape[1] / whisper_features.ENCODER_FRAMES_PER_SECOND,
                     n_frames=s.shape[1],
-                    n_windows=-(-s.shape[1] // audio_lib.N_ENCODER_FRAMES),
+                    n_windows=-(-s.shape[1] // whisper_features.N_ENCODER_FRAMES),
                     recording=u.recording,
                 )
                 for u, s in items

@@ -60,7 +60,7 @@ def jax_matmul():
 
 def load_mel(batch: int, n_mels: int) -> np.ndarray:
     from engine.data.audio import load_audio
-    from engine.data.features import features_for_audio
+    from engine.models.whisper.features import features_for_audio
 
     sample = REPO.parent / "shared" / "data" / "fleurs-sample"
     clips = sorted(sample.glob("*.ogg"))[:batch] if sample.is_dir() else []

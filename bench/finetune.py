@@ -52,8 +52,8 @@ def main() -> None:
     import transformers
 
     from engine.data.audio import load_audio
-    from engine.data.features import features_for_audio
     from engine.models.whisper.checkpoints.export import export_hf
+    from engine.models.whisper.features import features_for_audio
     from engine.models.whisper.loaded import load_whisper
     from engine.pipelines.finetune import step as S
 

@@ -193,7 +193,7 @@ def shared_by_workers(tmp_path_factory, worker_id: str, name: str, compute):
 @pytest.fixture(scope="session")
 def fleurs_windows(fleurs_clips, base_whisper, tmp_path_factory, worker_id) -> FleursWindows:
     from engine.data.audio import load_audio
-    from engine.data.features import features_for_audio
+    from engine.models.whisper.features import features_for_audio
 
     def compute():
         mels, owner, valid = [], [], []

@@ -9,6 +9,9 @@ which can no longer fail shows up as a failing test too):
 - no import cycle across engine/ and kernels/, function-level imports included;
 - a project import inside a function or class body carries a ``# lazy: <reason>`` comment on its line or the line
   above, and there are at most ``MAX_LAZY`` of them;
+- the floors run one way between rooms: stores never import runtime or models, models never import runtime or
+  stores, runtime never imports models (``ROOM_RULES``, function-level imports included);
+- no module of engine/, kernels/ or jobs/ is over ``MAX_LINES`` lines;
 - engine/ and kernels/ never read flags;
 - ``import engine`` gives the public face a notebook needs.
 """
@@ -29,6 +32,15 @@ KERNEL_MAY_IMPORT = ("engine.errors", "engine.axes", "kernels")
 ABOVE_GROUND = ("engine.models", "engine.pipelines", "engine.runtime", "engine.stores", "engine.data", "engine.text")
 MODELS = "engine.models"
 SHARED_BY_FAMILIES = "common"  # engine/models/common/: the one package every family may import
+# room -> the rooms it must never import: models and stores sit on one floor and neither imports the other; runtime
+# sits above both and takes what it needs of a model from the pipeline that calls it.
+ROOM_RULES = {
+    "engine.stores": ("engine.runtime", "engine.models"),
+    "engine.models": ("engine.runtime", "engine.stores"),
+    "engine.runtime": ("engine.models",),
+}
+MAX_LINES = 450  # one concept a module: past this it is two modules (STYLE.md habit 8)
+SIZED = ("engine", "kernels", "jobs")
 LAZY_COMMENT = re.compile(r"#\s*lazy:\s*\S")
 FACE = (
     "load_model",
@@ -192,15 +204,23 @@ def family_violations(found: dict[str, list[Import]]) -> list[str]:
     ]
 
 
-def models_runtime_violations(found: dict[str, list[Import]]) -> list[str]:
-    """Imports from the models of run coordination: models are computed by pipelines, they do not coordinate runs."""
+def room_violations(found: dict[str, list[Import]], rules=ROOM_RULES) -> list[str]:
+    """Imports from a room into a room it must never import (``rules``: room -> forbidden rooms)."""
     return [
         imp.where()
         for name, imports in found.items()
-        if _within(name, [MODELS])
+        for room, forbidden in rules.items()
+        if _within(name, [room])
         for imp in imports
-        if _within(imp.module, ["engine.runtime"])
+        if _within(imp.module, forbidden)
     ]
+
+
+def long_modules(root: pathlib.Path = REPO, limit: int = MAX_LINES) -> list[str]:
+    """The modules of ``SIZED`` under ``root`` with more than ``limit`` lines."""
+    paths = sorted(p for package in SIZED for p in (root / package).rglob("*.py"))
+    sizes = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in paths}
+    return [f"{path}: {n} lines" for path, n in sizes.items() if n > limit]
 
 
 def lazy_imports(found: dict[str, list[Import]]) -> list[Import]:
@@ -344,27 +364,53 @@ def test_family_rule_catches_planted_imports(tmp_path):
     ]
 
 
-def test_models_never_import_runtime(found):
-    bad = models_runtime_violations(found)
-    assert not bad, "engine.models imports run coordination (take what it needs as an argument):\n" + "\n".join(bad)
+def test_rooms_import_one_way(found):
+    bad = room_violations(found)
+    why = (
+        "stores import no runtime or models, models no runtime or stores, runtime no models (move the code to the "
+        "room that owns it, or the shared part down to the ground floor or data):"
+    )
+    assert not bad, "\n".join([why, *bad])
 
 
-def test_models_runtime_rule_catches_planted_imports(tmp_path):
+def test_room_rule_catches_planted_imports(tmp_path):
     root = plant(
         tmp_path,
         {
-            "engine/axes.py": "",
+            "engine/faults.py": "",
+            "engine/data/__init__.py": "",
+            "engine/data/audio.py": "",
+            "engine/stores/__init__.py": "",
+            "engine/stores/kv.py": "from engine import faults\nfrom engine.data import audio\n",
+            "engine/stores/words.py": "def f():\n    from engine.runtime import parts\n",
+            "engine/stores/schema.py": "from engine.models.whisper import dims\n",
             "engine/models/__init__.py": "",
-            "engine/models/family.py": "from engine import axes\n",
-            "engine/models/wav2vec2/__init__.py": "",
-            "engine/models/wav2vec2/loaded.py": "def f():\n    from engine.runtime.parallel import data_mesh\n",
+            "engine/models/whisper/__init__.py": "",
+            "engine/models/whisper/dims.py": "from engine.data import audio\n",
+            "engine/models/whisper/encoder.py": "import engine.stores.schema\nfrom engine.runtime import parallel\n",
             "engine/runtime/__init__.py": "",
-            "engine/runtime/parallel.py": "from engine.models import family\n",  # runtime's own rule, not this one
+            "engine/runtime/parts.py": "from engine.stores import kv\n",  # runtime may import stores
+            "engine/runtime/parallel.py": "",
+            "engine/runtime/plan.py": "from engine.models.whisper.dims import ModelDimensions\n",
         },
     )
-    assert models_runtime_violations(scan(root)) == [
-        "engine/models/wav2vec2/loaded.py:2 imports engine.runtime.parallel"
+    assert room_violations(scan(root)) == [
+        "engine/models/whisper/encoder.py:1 imports engine.stores.schema",
+        "engine/models/whisper/encoder.py:2 imports engine.runtime.parallel",
+        "engine/runtime/plan.py:1 imports engine.models.whisper.dims",
+        "engine/stores/schema.py:1 imports engine.models.whisper.dims",
+        "engine/stores/words.py:2 imports engine.runtime.parts",
     ]
+
+
+def test_no_module_is_over_the_line_limit():
+    bad = long_modules()
+    assert not bad, f"modules over {MAX_LINES} lines (split each into modules of one concept):\n" + "\n".join(bad)
+
+
+def test_line_limit_catches_a_planted_long_module(tmp_path):
+    root = plant(tmp_path, {"engine/short.py": "x = 1\n" * 3, "jobs/long.py": "x = 1\n" * 4, "bench/b.py": "x\n" * 9})
+    assert long_modules(root, limit=3) == ["jobs/long.py: 4 lines"]
 
 
 def test_cycle_finder_finds_a_planted_cycle():

@@ -1,13 +1,12 @@
-"""Audio in: decode, downmix, resample, check, and cut into Whisper's 30 s windows.
+"""Audio in: decode, downmix, resample and check, for every model family.
 
-Constants keep OpenAI Whisper's names (``whisper/audio.py``) so that code ported from there reads the same.
+Constants keep OpenAI Whisper's names (``whisper/audio.py``) so that code ported from there reads the same; what is
+Whisper's own (its STFT, mel and encoder frames, the zero-padded 30 s windows) is in ``engine.models.whisper.features``.
 
 Glossary of the units used below:
 
 - sample: one mono PCM value at ``SAMPLE_RATE`` (16 kHz).
-- window: ``N_SAMPLES`` samples (30 s), the encoder's fixed input; shorter audio is zero-padded.
-- mel frame: one STFT column, ``HOP_LENGTH`` samples apart (100 per second, ``N_FRAMES`` per window).
-- encoder frame: one encoder position, two mel frames (50 per second, ``N_ENCODER_FRAMES`` per window).
+- window: ``N_SAMPLES`` samples (30 s), the longest stretch any family's encoder takes at once.
 """
 
 from __future__ import annotations
@@ -25,19 +24,13 @@ import numpy as np
 import soundfile
 import soxr
 
-from engine.errors import AudioError, ShapeError
+from engine.errors import AudioError
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000  # Hz, the rate every Whisper model was trained on
-N_FFT = 400  # samples per STFT frame (25 ms)
-HOP_LENGTH = 160  # samples between STFT frames (10 ms)
 CHUNK_LENGTH = 30  # seconds per encoder window
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples per window
-N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
-ENCODER_FRAMES_PER_SECOND = 50  # conv2 halves the mel rate: 20 ms per encoder frame
-SAMPLES_PER_ENCODER_FRAME = SAMPLE_RATE // ENCODER_FRAMES_PER_SECOND  # 320 samples
-N_ENCODER_FRAMES = N_SAMPLES // SAMPLES_PER_ENCODER_FRAME  # 1500 encoder frames per window
 
 # Peak level below which audio counts as digital silence. -90 dBFS is just under one 16-bit LSB
 # (-90.3 dBFS), so a file holding nothing but 1-LSB dither is silent too.
@@ -235,59 +228,3 @@ def _check_ogg_complete(name: str, data: bytes) -> None:
             f"audio {name!r} is a truncated Ogg stream (it stops at byte {len(data)} without an end-of-stream "
             "page); the download or copy was cut short: fetch the file again"
         )
-
-
-def split_windows(audio: np.ndarray, long_audio: str = "window") -> tuple[np.ndarray, np.ndarray]:
-    """Cuts audio into zero-padded 30 s encoder windows.
-
-    Args:
-      audio: f32[samples] at ``SAMPLE_RATE``, at least one sample.
-      long_audio: "window" keeps everything as consecutive windows (the last one partly padded); "truncate" keeps
-        the first ``CHUNK_LENGTH`` seconds only.
-
-    Returns:
-      windows: f32[n_windows, N_SAMPLES]; ``windows.reshape(-1)[:samples]`` is the (kept) audio, the rest zeros.
-      valid_samples: i32[n_windows], real samples in each window (``N_SAMPLES`` for all but the last).
-    """
-    if long_audio not in LONG_AUDIO_MODES:
-        raise ValueError(f"long_audio={long_audio!r} is not one of {', '.join(map(repr, LONG_AUDIO_MODES))}")
-    audio = np.asarray(audio)
-    if audio.ndim != 1:
-        raise ShapeError(f"audio must be f32[samples] (mono), got shape {audio.shape}; load it with load_audio")
-    if audio.size == 0:
-        raise EmptyAudioError("audio has 0 samples; there is nothing to cut into windows")
-    if long_audio == "truncate" and audio.size > N_SAMPLES:
-        logger.info(
-            "long_audio='truncate': keeping the first %d s of %.2f s of audio", CHUNK_LENGTH, audio.size / SAMPLE_RATE
-        )
-        audio = audio[:N_SAMPLES]
-    n_windows = -(-audio.size // N_SAMPLES)
-    windows = np.zeros((n_windows, N_SAMPLES), np.float32)
-    windows.reshape(-1)[: audio.size] = audio
-    valid_samples = np.minimum(N_SAMPLES, audio.size - N_SAMPLES * np.arange(n_windows)).astype(np.int32)
-    return windows, valid_samples
-
-
-def encoder_frames(valid_samples):
-    """Number of encoder frames that see real audio in a window holding ``valid_samples`` real samples.
-
-    Convention (the same as Hugging Face's ``attention_mask[:, ::HOP_LENGTH]``): mel frame i is centred on sample
-    ``i * HOP_LENGTH``, so a window with s real samples has ``ceil(s / HOP_LENGTH)`` valid mel frames (at most
-    ``N_FRAMES``). conv2 (kernel 3, stride 2, padding 1) maps m mel frames to ``ceil(m / 2)`` encoder frames (at most
-    ``N_ENCODER_FRAMES``); a full window gives 1500. The valid frames of a long utterance are the concatenation of
-    each of its windows' valid frames.
-
-    Args:
-      valid_samples: int, or i32[...] (e.g. ``split_windows``' second result); non-negative.
-
-    Returns:
-      int for an int, i32[...] for an array.
-    """
-    samples = np.asarray(valid_samples)
-    if not np.issubdtype(samples.dtype, np.integer):
-        raise TypeError(f"valid_samples must be integer sample counts, got dtype {samples.dtype}")
-    if np.any(samples < 0):
-        raise ValueError(f"valid_samples must be >= 0, got minimum {samples.min()}")
-    mel_frames = np.minimum(-(-samples // HOP_LENGTH), N_FRAMES)
-    frames = np.minimum(-(-mel_frames // 2), N_ENCODER_FRAMES).astype(np.int32)
-    return int(frames) if frames.ndim == 0 else frames

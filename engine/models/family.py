@@ -20,7 +20,7 @@ An ``Encoder`` provides, on host arrays:
   records and compares), ``features`` (the front end's settings), ``name`` and ``sha256`` of the checkpoint, and
   ``heads``: the optional heads (``DECODER``, ``CROSS_ATTENTION``, ``CTC``);
 - ``cost(samples)``: the ``EncoderCost`` of one window of ``samples`` samples, for ``encode --plan`` (each family
-  counts its own matmuls in its ``cost.py``; Whisper's plan keeps ``engine.runtime.plan``'s 30 s window model).
+  counts its own matmuls in its ``cost.py``; Whisper's is ``engine.models.whisper.cost``'s 30 s window model).
 """
 
 from __future__ import annotations

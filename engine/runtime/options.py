@@ -22,10 +22,10 @@ import re
 from collections.abc import Iterable
 
 from engine.errors import BabelgridError
+from engine.stores.kv import DEFAULT_STORE_TIMEOUT
 
 DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives two missed renewals
 MATMUL_PRECISIONS = ("highest", "default")
-DEFAULT_STORE_TIMEOUT = 60.0  # seconds an unreachable object store is retried before the job stops
 
 
 class ConfigError(BabelgridError, ValueError):

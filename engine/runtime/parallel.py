@@ -9,7 +9,6 @@ import itertools
 
 import jax
 
-
 # How long a process waits at a barrier for the others. Long, because process 0 may be creating a large output
 # before it gets there (the similarity store of the full FLEURS grid: 5151 pairs' arrays, on an object store); a
 # process that dies is reported to the others sooner by jax.distributed's heartbeats.

@@ -11,12 +11,11 @@ A job's plan (``engine.pipelines.encode.plan``, ``engine.pipelines.similarity.pl
   memory bandwidth when that is slower; the peak figures used are printed with the estimate.
 
 This module holds what the plans share: the ``Plan`` and its ``Stage`` rows and their rendering, the devices, the
-timer, and the Whisper encoder's cost (encode runs it; decode recomputes it from the audio). A job hands its plan
-function to ``jobs.common.define_config_flags(..., plan=...)``; runtime imports no pipeline.
+timer. Each family counts its own encoder's cost in ``engine.models.<family>.cost`` (Whisper's:
+``engine.models.whisper.cost``). A job hands its plan function to ``jobs.common.define_config_flags(..., plan=...)``;
+runtime imports no pipeline and no model.
 
-FLOPs count a multiply-add as 2. Encoder, per 30 s window (T = 1500 positions, width d, L blocks, M mel bins):
-stem ``2*3*(2T*M*d + T*d*d)``, each block ``24*T*d^2 + 4*T^2*d`` (projections, MLP, scores and weighted values).
-Every window costs the full T: Whisper pads audio to 30 s.
+FLOPs count a multiply-add as 2.
 """
 
 from __future__ import annotations
@@ -26,13 +25,9 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 
-from engine.models.whisper.dims import ModelDimensions
 from engine.runtime.devices import Device
 
-N_CTX = 1500  # encoder positions per 30 s window
-N_FEATURE_FRAMES = 3000  # mel frames per window (10 ms hop)
 EFFICIENCY = 0.4  # assumed fraction of a device's peak FLOP/s that the encoder's matmuls reach (batch 8 windows)
 DECODE_EFFICIENCY = 0.1  # a decoder step is a few rows per matmul: far from peak on any accelerator
 
@@ -133,44 +128,3 @@ def timed(fn, *args, repeats: int = 2) -> float:
         jax.block_until_ready(fn(*args))
         best = min(best, time.perf_counter() - t)
     return best
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The Whisper encoder's cost, shared by the encode and decode plans (decode recomputes the encoder from the audio)
-
-
-def encoder_flops_per_window(dims: ModelDimensions) -> tuple[float, float]:
-    """(stem, one block) FLOPs of one 30 s window."""
-    d, t = dims.n_audio_state, dims.n_audio_ctx
-    stem = 2 * 3 * (N_FEATURE_FRAMES * dims.n_mels * d + t * d * d)
-    block = 24 * t * d * d + 4 * t * t * d
-    return float(stem), float(block)
-
-
-def encoder_params(dims: ModelDimensions) -> int:
-    d = dims.n_audio_state
-    return 3 * dims.n_mels * d + 3 * d * d + dims.n_audio_layer * 12 * d * d
-
-
-def calibrate_encoder_block(dims: ModelDimensions, compute_dtype: str) -> float:
-    """Seconds of one encoder block (pre-LN attention + GELU MLP, as Whisper's) on one window, on this machine."""
-    d, t, h = dims.n_audio_state, dims.n_audio_ctx, dims.n_audio_head
-    dt = jnp.dtype(compute_dtype)
-    keys = jax.random.split(jax.random.key(0), 5)
-    w_qkv, w_o = (jax.random.normal(keys[0], (d, 3 * d), dt) * 0.02, jax.random.normal(keys[1], (d, d), dt) * 0.02)
-    w_1, w_2 = (jax.random.normal(keys[2], (d, 4 * d), dt) * 0.02, jax.random.normal(keys[3], (4 * d, d), dt) * 0.02)
-    x = jax.random.normal(keys[4], (1, t, d), dt)
-
-    @jax.jit
-    def block(x):
-        def norm(y):
-            y32 = y.astype(jnp.float32)
-            return ((y32 - y32.mean(-1, keepdims=True)) * jax.lax.rsqrt(y32.var(-1, keepdims=True) + 1e-5)).astype(dt)
-
-        q, k, v = jnp.split(norm(x) @ w_qkv, 3, axis=-1)
-        q, k, v = (z.reshape(1, t, h, d // h) for z in (q, k, v))
-        att = jax.nn.softmax(jnp.einsum("bqhc,bkhc->bhqk", q, k).astype(jnp.float32), axis=-1).astype(dt)
-        x = x + jnp.einsum("bhqk,bkhc->bqhc", att, v).reshape(1, t, d) @ w_o
-        return x + jax.nn.gelu(norm(x) @ w_1, approximate=False) @ w_2
-
-    return timed(block, x)

@@ -25,11 +25,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import tensorstore as ts
 
 from engine.errors import BabelgridError
-from engine.runtime.options import DEFAULT_STORE_TIMEOUT
 
 # One base context for every store this process opens, so that a `memory://` store outlives its handle (tests,
 # notebooks); stores are opened in a child of it that bounds the retries of object stores (``set_store_timeout``).
 _BASE_CONTEXT = ts.Context()
+DEFAULT_STORE_TIMEOUT = 60.0  # seconds an unreachable object store is retried before the job stops (--store_timeout)
 
 
 def _retries(seconds: float) -> dict:

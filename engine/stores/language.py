@@ -28,7 +28,7 @@ import tensorstore as ts
 
 from engine.axes import UTTERANCE
 from engine.errors import ShapeError
-from engine.runtime.faults import fault_point
+from engine.faults import fault_point
 from engine.stores.integrity import damage_error, is_damage, repair_hint
 from engine.stores.kv import StoreError, storage_error
 from engine.stores.schema import LENGTHS_CHUNK, is_done

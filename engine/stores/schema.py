@@ -30,10 +30,8 @@ import numpy as np
 import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
-from engine.data.audio import ENCODER_FRAMES_PER_SECOND, HOP_LENGTH, LONG_AUDIO_MODES, N_FFT, N_SAMPLES, SAMPLE_RATE
+from engine.data.audio import LONG_AUDIO_MODES
 from engine.dtypes import DTYPES as ALL_DTYPES
-from engine.models.family import DEFAULT_FAMILY, FAMILIES, WHISPER_LAYERS, FamilyDims
-from engine.models.whisper.dims import ModelDimensions
 from engine.stores.integrity import CHECKED_READS, CRC32C, warn_unchecked
 from engine.stores.kv import StoreError
 
@@ -43,19 +41,23 @@ FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # 1 and 2 read, with one warning naming the checks they lack (integrity.UNCHECKED)
 SEALED_VERSION = 3  # from this version on, every JSON object of the store must carry its digest
 FORMAT_NAME = "babelgrid-layer-store"
-FRAME_RATE = float(ENCODER_FRAMES_PER_SECOND)  # encoder frames per second of audio (20 ms each)
 LENGTHS_CHUNK = 256  # utterances per `lengths` chunk: processes write ranges aligned to it
 NOT_DONE = -1  # `lengths` fill value: the utterance has no committed states yet
 DTYPES = tuple(ALL_DTYPES)  # storage dtypes: every dtype babelgrid names
-# The front end every babelgrid version so far computes (engine.data.features): what turns audio into the encoder's
-# input. Recorded so that a store made with another front end is never resumed with this one.
-FEATURES = {
-    "sample_rate": SAMPLE_RATE,
-    "n_fft": N_FFT,
-    "hop_length": HOP_LENGTH,
-    "window_samples": N_SAMPLES,
+# What a manifest written before these fields were recorded means: those stores are all Whisper's. Written out here,
+# not taken from engine.models.whisper (the stores import no model), because they describe stores already written:
+# tests/engine/test_store.py checks they still equal Whisper's own (engine.models.whisper.features).
+DEFAULT_FAMILY = "whisper"  # manifests before families were recorded
+WHISPER_LAYERS = "0 = conv stem + positions, 1..L = block outputs, L+1 = ln_post output"  # their layer_meaning
+FRAME_RATE = 50.0  # their encoder frames per second of audio (20 ms each)
+FEATURES = {  # their front end: what turned audio into the encoder's input
+    "sample_rate": 16000,
+    "n_fft": 400,
+    "hop_length": 160,
+    "window_samples": 480000,
     "padding": "audio to 30 s, then log-mel (OpenAI / Hugging Face)",
 }
+FAMILY = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")  # a family's name as engine.models.family.FAMILIES spells it
 # StoreInfo fields that a run appending to a store must share with it: everything that changes the stored numbers.
 INFO_FIELDS = (
     "family",
@@ -95,18 +97,58 @@ RESERVED_LANGS = ("languages",)
 
 
 @dataclasses.dataclass(frozen=True)
+class StoreDims:
+    """What a layer store records of its model's dimensions, one type for every family.
+
+    ``record`` is the manifest's ``dims`` object, kept whole: written back byte for byte, and compared key by key
+    when a run appends to the store. A Whisper store records OpenAI's ``ModelDimensions`` fields (``n_audio_layer``
+    blocks of width ``n_audio_state``, among others); every other family records ``{n_layers_out, embed, config}``
+    (``config``: the family's own, as JSON). The store reads from either what it needs itself: the layer count,
+    the width, and the blocks L.
+    """
+
+    record: dict
+    n_layers_out: int  # layer indices 0..n_layers_out-1
+    embed: int  # width of every layer's states
+    n_blocks: int  # the model's encoder blocks, L (Whisper's layers 1..L; the others' last layer is L)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(self.record))
+
+    @classmethod
+    def from_dict(cls, d: dict, family: str = DEFAULT_FAMILY) -> StoreDims:
+        """The dims of a ``family`` store from its record (a manifest's ``dims``, or a model's ``to_dict()``).
+        KeyError, TypeError or ValueError when a field the family records is missing or not a positive int."""
+        if family == DEFAULT_FAMILY:
+            record = {str(k): _positive(k, v) for k, v in d.items()}
+            blocks = record["n_audio_layer"]
+            return cls(record, n_layers_out=blocks + 2, embed=record["n_audio_state"], n_blocks=blocks)
+        # JSON turns tuples into lists: compare configs as JSON values on both sides.
+        layers, embed = _positive("n_layers_out", d["n_layers_out"]), _positive("embed", d["embed"])
+        record = {"n_layers_out": layers, "embed": embed, "config": json.loads(json.dumps(d["config"]))}
+        return cls(record, n_layers_out=layers, embed=embed, n_blocks=layers - 1)
+
+
+def _positive(name, value) -> int:
+    if isinstance(value, bool) or int(value) != value or int(value) <= 0:
+        raise ValueError(f"dims.{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+@dataclasses.dataclass(frozen=True)
 class StoreInfo:
     """What must match to append to a store: the model, its dimensions, the stored layers and their dtype.
 
-    ``family`` names the model family (``engine.models.family.FAMILIES``); ``dims`` is Whisper's ``ModelDimensions``
-    for Whisper and ``FamilyDims`` for the others. ``layers`` indexes the family's layers as ``layer_meaning`` says
-    (Whisper: 0 = conv stem + positions, 1..L = block outputs, L+1 = ``ln_post`` output). States are stored in
-    ``layers`` order; ``frame_rate`` is the family's encoder frames per second.
+    ``family`` names the model family (``engine.models.family.FAMILIES``); ``dims`` is a ``StoreDims`` (given a
+    model's dims record instead, anything with ``to_dict()`` or a dict, the store reads it as one). ``layers``
+    indexes the family's layers as ``layer_meaning`` says (Whisper: 0 = conv stem + positions, 1..L = block outputs,
+    L+1 = ``ln_post`` output). States are stored in ``layers`` order; ``frame_rate`` is the family's encoder frames
+    per second.
     """
 
     model_name: str
     checkpoint_sha256: str
-    dims: ModelDimensions | FamilyDims
+    dims: StoreDims
     layers: tuple[int, ...]
     dtype: str  # "float32" | "bfloat16" | "float16"
     frame_rate: float = FRAME_RATE  # frames per second
@@ -121,13 +163,16 @@ class StoreInfo:
         for name in ("model_name", "checkpoint_sha256"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise StoreError(f"StoreInfo.{name} must be a non-empty string, got {getattr(self, name)!r}")
-        if self.family not in FAMILIES:
-            raise StoreError(f"StoreInfo.family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
-        want = ModelDimensions if self.family == DEFAULT_FAMILY else FamilyDims
-        if not isinstance(self.dims, want):
-            raise StoreError(
-                f"StoreInfo.dims of a {self.family} store must be a {want.__name__}, got {type(self.dims).__name__}"
-            )
+        if not isinstance(self.family, str) or not FAMILY.fullmatch(self.family):
+            raise StoreError(f"StoreInfo.family must name a model family (such as whisper), got {self.family!r}")
+        if not isinstance(self.dims, StoreDims):
+            record = self.dims if isinstance(self.dims, dict) else getattr(self.dims, "to_dict", lambda: None)()
+            if not isinstance(record, dict):
+                raise StoreError(f"StoreInfo.dims must be a StoreDims or a model's dims record, got {self.dims!r}")
+            try:
+                object.__setattr__(self, "dims", StoreDims.from_dict(record, self.family))
+            except (KeyError, TypeError, ValueError) as e:
+                raise StoreError(f"StoreInfo.dims of a {self.family} store lacks or misstates {e}") from None
         layers = tuple(int(i) for i in self.layers)
         top = self.n_layers_out - 1
         if not layers or list(layers) != sorted(set(layers)) or layers[0] < 0 or layers[-1] > top:
@@ -152,18 +197,17 @@ class StoreInfo:
     @property
     def n_layers_out(self) -> int:
         """Layer indices the model has: 0..n_layers_out-1 (a store may hold a subset, ``layers``)."""
-        d = self.dims
-        return d.n_encoder_layers_out if isinstance(d, ModelDimensions) else d.n_layers_out
+        return self.dims.n_layers_out
 
     @property
     def embed(self) -> int:
         """Width of the stored states."""
-        return self.dims.n_audio_state if isinstance(self.dims, ModelDimensions) else self.dims.embed
+        return self.dims.embed
 
     @property
     def n_blocks(self) -> int:
         """The model's encoder blocks, L (Whisper's layers 1..L; the others' last layer is L)."""
-        return self.dims.n_audio_layer if isinstance(self.dims, ModelDimensions) else self.n_layers_out - 1
+        return self.dims.n_blocks
 
     def to_dict(self) -> dict:
         return {
@@ -186,7 +230,7 @@ class StoreInfo:
         return cls(
             model_name=d["model_name"],
             checkpoint_sha256=d["checkpoint_sha256"],
-            dims=(ModelDimensions if family == DEFAULT_FAMILY else FamilyDims).from_dict(d["dims"]),
+            dims=StoreDims.from_dict(d["dims"], family),
             layers=tuple(d["layers"]),
             dtype=d["dtype"],
             frame_rate=d.get("frame_rate", FRAME_RATE),

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from engine.errors import BabelgridError
-from engine.runtime import parts
-from engine.runtime.parts import read_table, table_bytes
+from engine.stores import parts
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import csv_bytes, open_kvstore
+from engine.stores.parts import read_table, table_bytes
 from engine.stores.similarity import check_name
 
 MANIFEST = "align.json"
@@ -51,7 +51,7 @@ def part_key(lang: str, first: int) -> str:
 
 
 def part_bytes(rows: dict, done: Sequence[int], skipped: Sequence[tuple[int, str, str]]) -> bytes:
-    """One part of a language's words (``engine.runtime.parts``)."""
+    """One part of a language's words (``engine.stores.parts``)."""
     return parts.part_bytes(rows, WORD_SCHEMA, done, skipped)
 
 

@@ -9,6 +9,7 @@ import soundfile
 
 from engine.data import audio as A
 from engine.errors import AudioError, ShapeError
+from engine.models.whisper import features as W
 
 
 def _wav_bytes(samples, rate=A.SAMPLE_RATE, subtype="PCM_16") -> bytes:
@@ -22,9 +23,9 @@ def _speechlike(n, seed=0) -> np.ndarray:
 
 
 def test_constants_agree():
-    assert A.N_SAMPLES == 480000 and A.N_FRAMES == 3000 and A.N_ENCODER_FRAMES == 1500
-    assert A.SAMPLES_PER_ENCODER_FRAME == 2 * A.HOP_LENGTH == 320
-    assert A.ENCODER_FRAMES_PER_SECOND * A.CHUNK_LENGTH == A.N_ENCODER_FRAMES
+    assert A.N_SAMPLES == 480000 and W.N_FRAMES == 3000 and W.N_ENCODER_FRAMES == 1500
+    assert W.SAMPLES_PER_ENCODER_FRAME == 2 * W.HOP_LENGTH == 320
+    assert W.ENCODER_FRAMES_PER_SECOND * A.CHUNK_LENGTH == W.N_ENCODER_FRAMES
 
 
 def test_load_fleurs_clips(fleurs_clips):
@@ -167,7 +168,7 @@ def test_bad_arguments():
 def test_split_windows_long_clip_round_trip():
     samples = 2 * A.N_SAMPLES + 12345  # 61 s: two full windows and a partial one
     audio = _speechlike(samples)
-    windows, valid = A.split_windows(audio)
+    windows, valid = W.split_windows(audio)
     assert windows.shape == (3, A.N_SAMPLES) and windows.dtype == np.float32
     assert valid.dtype == np.int32 and valid.tolist() == [A.N_SAMPLES, A.N_SAMPLES, 12345]
     flat = windows.reshape(-1)
@@ -175,54 +176,54 @@ def test_split_windows_long_clip_round_trip():
     assert not flat[samples:].any()
     np.testing.assert_array_equal(np.concatenate([w[:v] for w, v in zip(windows, valid, strict=True)]), audio)
     # ceil(12345 / 160) = 78 mel frames -> 39 encoder frames in the last window.
-    assert A.encoder_frames(valid).tolist() == [1500, 1500, 39]
-    assert A.encoder_frames(valid).sum() == 3039
+    assert W.encoder_frames(valid).tolist() == [1500, 1500, 39]
+    assert W.encoder_frames(valid).sum() == 3039
 
 
 def test_split_windows_real_long_clip(fleurs_clips):
     clip = next(c for c in fleurs_clips if c.name == "fleurs-de-009.ogg")  # 43.38 s
     audio = A.load_audio(clip)
-    windows, valid = A.split_windows(audio)
+    windows, valid = W.split_windows(audio)
     assert windows.shape[0] == 2 and valid.sum() == audio.size == 694080
     np.testing.assert_array_equal(np.concatenate([w[:v] for w, v in zip(windows, valid, strict=True)]), audio)
-    assert A.encoder_frames(valid).tolist() == [1500, 669]  # 694080 - 480000 = 214080 samples = 1338 mel frames
+    assert W.encoder_frames(valid).tolist() == [1500, 669]  # 694080 - 480000 = 214080 samples = 1338 mel frames
 
 
 def test_split_windows_truncate(caplog):
     audio = _speechlike(A.N_SAMPLES + 5000)
-    with caplog.at_level(logging.INFO, logger="engine.data.audio"):
-        windows, valid = A.split_windows(audio, long_audio="truncate")
+    with caplog.at_level(logging.INFO, logger="engine.models.whisper.features"):
+        windows, valid = W.split_windows(audio, long_audio="truncate")
     assert windows.shape == (1, A.N_SAMPLES) and valid.tolist() == [A.N_SAMPLES]
     np.testing.assert_array_equal(windows[0], audio[: A.N_SAMPLES])
     assert "keeping the first 30 s of 30.31 s" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="engine.data.audio"):
-        windows, valid = A.split_windows(audio[:100], long_audio="truncate")
+    with caplog.at_level(logging.INFO, logger="engine.models.whisper.features"):
+        windows, valid = W.split_windows(audio[:100], long_audio="truncate")
     assert valid.tolist() == [100] and not caplog.text
 
 
 def test_split_windows_exact_multiple_and_errors():
-    windows, valid = A.split_windows(np.ones(2 * A.N_SAMPLES, np.float32))
+    windows, valid = W.split_windows(np.ones(2 * A.N_SAMPLES, np.float32))
     assert windows.shape[0] == 2 and valid.tolist() == [A.N_SAMPLES, A.N_SAMPLES]
     with pytest.raises(ValueError, match=r"long_audio='chunk' is not one of 'window', 'truncate'"):
-        A.split_windows(np.ones(10, np.float32), long_audio="chunk")
+        W.split_windows(np.ones(10, np.float32), long_audio="chunk")
     with pytest.raises(ShapeError, match=r"audio must be f32\[samples\] \(mono\), got shape \(10, 2\)"):
-        A.split_windows(np.ones((10, 2), np.float32))
+        W.split_windows(np.ones((10, 2), np.float32))
     with pytest.raises(A.EmptyAudioError, match=r"0 samples"):
-        A.split_windows(np.zeros(0, np.float32))
+        W.split_windows(np.zeros(0, np.float32))
 
 
 def test_encoder_frames_convention():
-    assert A.encoder_frames(A.N_SAMPLES) == 1500 and isinstance(A.encoder_frames(A.N_SAMPLES), int)
-    assert A.encoder_frames(10 * A.N_SAMPLES) == 1500  # capped at one window
+    assert W.encoder_frames(A.N_SAMPLES) == 1500 and isinstance(W.encoder_frames(A.N_SAMPLES), int)
+    assert W.encoder_frames(10 * A.N_SAMPLES) == 1500  # capped at one window
     samples = np.array([0, 1, 160, 161, 320, 321, 16000, A.N_SAMPLES - 1])
     # mel frames: 0, 1, 1, 2, 2, 3, 100, 3000 -> encoder frames: ceil(/2)
-    assert A.encoder_frames(samples).tolist() == [0, 1, 1, 1, 1, 2, 50, 1500]
-    assert A.encoder_frames(samples).dtype == np.int32
+    assert W.encoder_frames(samples).tolist() == [0, 1, 1, 1, 1, 2, 50, 1500]
+    assert W.encoder_frames(samples).dtype == np.int32
     # conv2 (kernel 3, stride 2, padding 1) over m frames gives floor((m + 2 - 3) / 2) + 1 = ceil(m / 2) outputs.
     for m in range(1, 50):
-        assert A.encoder_frames(m * A.HOP_LENGTH) == (m + 2 - 3) // 2 + 1
+        assert W.encoder_frames(m * W.HOP_LENGTH) == (m + 2 - 3) // 2 + 1
     with pytest.raises(ValueError, match=r">= 0"):
-        A.encoder_frames(-1)
+        W.encoder_frames(-1)
     with pytest.raises(TypeError, match=r"integer sample counts"):
-        A.encoder_frames(1.5)
+        W.encoder_frames(1.5)

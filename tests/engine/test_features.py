@@ -1,4 +1,4 @@
-"""engine.data.features against references we did not write (librosa, Hugging Face) and our own float64 twin.
+"""engine.models.whisper.features against references we did not write (librosa, Hugging Face) and our own float64 twin.
 
 Observed max abs error of ``log_mel_spectrogram`` against ``transformers.WhisperFeatureExtractor`` (5.23, its float32
 torch path) on the real FLEURS sample: 3.15e-5 over all 51 windows of the 50 clips with 80 bins, 3.19e-5 with 128
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from engine.data import audio as A
-from engine.data import features as F
 from engine.errors import ShapeError
+from engine.models.whisper import features as F
 
 HF_TOLERANCE = 1e-4  # max abs, in the (log10 + 4) / 4 units of the features
 
@@ -29,8 +29,8 @@ def _compare_with_hf(clips, n_mels, extractor) -> float:
         audio = A.load_audio(clip)
         features, valid_frames = F.features_for_audio(audio, n_mels)
         n_windows = -(-audio.size // A.N_SAMPLES)
-        assert features.shape == (n_windows, n_mels, A.N_FRAMES) and valid_frames.shape == (n_windows,)
-        assert valid_frames.sum() == -(-audio.size // A.SAMPLES_PER_ENCODER_FRAME)  # 2 mel frames of 160 samples
+        assert features.shape == (n_windows, n_mels, F.N_FRAMES) and valid_frames.shape == (n_windows,)
+        assert valid_frames.sum() == -(-audio.size // F.SAMPLES_PER_ENCODER_FRAME)  # 2 mel frames of 160 samples
         for k in range(n_windows):
             ours.append(features[k])
             stretches.append(audio[k * A.N_SAMPLES : (k + 1) * A.N_SAMPLES])  # Hugging Face zero-pads it to 30 s
@@ -84,7 +84,7 @@ def test_log_mel_matches_float64_reference(fleurs_clips):
     rng = np.random.default_rng(0)
     t = np.arange(A.N_SAMPLES) / A.SAMPLE_RATE
     windows = np.zeros((4, A.N_SAMPLES), np.float32)
-    windows[0] = A.split_windows(A.load_audio(fleurs_clips[0]))[0][0]
+    windows[0] = F.split_windows(A.load_audio(fleurs_clips[0]))[0][0]
     windows[1, :100_000] = 0.5 * np.sin(2 * np.pi * 1234.5 * t[:100_000])
     windows[2, :12_345] = 1e-3 * rng.standard_normal(12_345)  # quiet and short: mostly clamped padding
     windows[3, 240_000] = 1.0
@@ -100,7 +100,7 @@ def test_log_mel_windows_are_independent():
     batched = np.asarray(F.log_mel_spectrogram(windows.astype(np.float32), 80))
     alone = np.asarray(F.log_mel_spectrogram(windows[1:].astype(np.float32), 80))
     np.testing.assert_allclose(batched[1], alone[0], rtol=0, atol=1e-6)
-    assert batched.dtype == np.float32 and batched.shape == (2, 80, A.N_FRAMES)
+    assert batched.dtype == np.float32 and batched.shape == (2, 80, F.N_FRAMES)
     for features in batched:  # each window's range is [its max - 8/4, its max]
         assert features.max() - features.min() <= F.DYNAMIC_RANGE / 4 + 1e-6
 
@@ -108,7 +108,7 @@ def test_log_mel_windows_are_independent():
 def test_log_mel_shape_errors():
     with pytest.raises(ShapeError, match=r"windows must be f32\[batch, 480000\] .* got shape \(480000,\)"):
         F.log_mel_spectrogram(np.zeros(A.N_SAMPLES, np.float32), 80)
-    with pytest.raises(ShapeError, match=r"got shape \(2, 16000\); cut audio with engine.data.audio.split_windows"):
+    with pytest.raises(ShapeError, match=r"got shape \(2, 16000\); cut audio with engine.models.whisper.features"):
         F.log_mel_spectrogram(np.zeros((2, 16000), np.float32), 80)
 
 
@@ -116,9 +116,9 @@ def test_features_for_audio_long_and_truncated():
     rng = np.random.default_rng(2)
     audio = (0.1 * rng.standard_normal(A.N_SAMPLES + 32_000)).astype(np.float32)  # 32 s
     features, valid_frames = F.features_for_audio(audio, 80)
-    assert features.shape == (2, 80, A.N_FRAMES) and isinstance(features, np.ndarray)
+    assert features.shape == (2, 80, F.N_FRAMES) and isinstance(features, np.ndarray)
     assert valid_frames.tolist() == [1500, 100]
-    windows, _ = A.split_windows(audio)
+    windows, _ = F.split_windows(audio)
     np.testing.assert_array_equal(features, np.asarray(F.log_mel_spectrogram(windows, 80)))
     features, valid_frames = F.features_for_audio(audio, 80, long_audio="truncate")
-    assert features.shape == (1, 80, A.N_FRAMES) and valid_frames.tolist() == [1500]
+    assert features.shape == (1, 80, F.N_FRAMES) and valid_frames.tolist() == [1500]

@@ -15,13 +15,16 @@ import pytest
 import tensorstore as ts
 
 from engine.errors import BabelgridError, ShapeError
-from engine.models.whisper.dims import ModelDimensions
+from engine.models import family
+from engine.models.family import WAV2VEC2_LAYERS, FamilyDims
+from engine.models.whisper import features as whisper_features
+from engine.stores import schema
 from engine.stores.integrity import DamageError
 from engine.stores.kv import StoreError
 from engine.stores.language import utterance_range
 from engine.stores.layers import LayerStore
 from engine.stores.reader import open_store
-from engine.stores.schema import FORMAT_VERSION, LENGTHS_CHUNK, StoreInfo
+from engine.stores.schema import FORMAT_VERSION, LENGTHS_CHUNK, StoreDims, StoreInfo
 from engine.stores.utterances import StoreMismatchError, UtteranceRow
 from tests.engine.scripts import store_writer as writer
 
@@ -50,7 +53,7 @@ def make_rows(frames, lang="de", ids=None):
 
 
 def random_states(rng, info, n_frames):
-    return (rng.standard_normal((len(info.layers), n_frames, info.dims.n_audio_state)) * 3).astype(np.float32)
+    return (rng.standard_normal((len(info.layers), n_frames, info.embed)) * 3).astype(np.float32)
 
 
 def fill(tmp_url, info=INFO, frames=(5, 17, 1, 40, 23), lang="de"):
@@ -479,7 +482,31 @@ def test_store_info_validates():
     with pytest.raises(StoreError, match="id"):
         UtteranceRow(id=7, lang="de", path="p", duration_s=1.0, n_frames=1, n_windows=1)
     assert StoreInfo.from_dict(INFO.to_dict()) == INFO
-    assert isinstance(INFO.dims, ModelDimensions)
+    assert isinstance(INFO.dims, StoreDims) and INFO.dims.to_dict() == DIMS.to_dict()  # the model's record, whole
+    assert (INFO.n_layers_out, INFO.embed, INFO.n_blocks) == (DIMS.n_encoder_layers_out, DIMS.n_audio_state, 2)
+    with pytest.raises(StoreError, match="n_audio_layer"):
+        StoreInfo("m", "x", {k: v for k, v in DIMS.to_dict().items() if k != "n_audio_layer"}, (0,), "float32")
+    with pytest.raises(StoreError, match="family"):
+        StoreInfo("m", "x", DIMS, (0,), "float32", family="no family/")
+
+
+def test_store_dims_read_every_family_s_record_and_give_it_back_whole():
+    """One dims type for every family: a Whisper record (OpenAI's fields) and another family's
+    ``{n_layers_out, embed, config}`` both read as ``StoreDims`` and write back as they came."""
+    other = FamilyDims(n_layers_out=5, embed=16, config={"kernel": (10, 3), "norm": "layer"})
+    info = StoreInfo("m", "x", other, (0, 4), "float32", family="wav2vec2", layer_meaning=WAV2VEC2_LAYERS)
+    assert (info.n_layers_out, info.embed, info.n_blocks) == (5, 16, 4)
+    assert info.to_dict()["dims"] == other.to_dict() | {"config": {"kernel": [10, 3], "norm": "layer"}}
+    assert StoreInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    assert json.dumps(INFO.to_dict()["dims"]) == json.dumps(DIMS.to_dict())  # manifests stay byte-identical
+
+
+def test_what_old_manifests_mean_is_still_whisper_s_own():
+    """The store writes out what a manifest without family, layer meaning, frame rate or features means (it imports
+    no model); those are Whisper's, and must stay so for stores already written."""
+    assert (schema.DEFAULT_FAMILY, schema.WHISPER_LAYERS) == (family.DEFAULT_FAMILY, family.WHISPER_LAYERS)
+    assert (schema.FRAME_RATE, schema.FEATURES) == (whisper_features.FRAME_RATE, whisper_features.FEATURES)
+    assert all(schema.FAMILY.fullmatch(name) for name in family.FAMILIES)
 
 
 def test_a_table_from_before_raw_transcription_reads_as_nulls_and_resumes(tmp_path):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from engine.data.audio import SAMPLE_RATE, load_audio
-from engine.data.features import features_for_audio
 from engine.errors import ShapeError
+from engine.models.whisper.features import features_for_audio
 from engine.models.whisper.timing import (
     APPEND_PUNCTUATIONS,
     PREPEND_PUNCTUATIONS,

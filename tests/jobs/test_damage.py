@@ -27,8 +27,8 @@ from engine.pipelines.similarity.run import run_similarity
 from engine.pipelines.verify import checks
 from engine.pipelines.verify.config import VerifyConfig
 from engine.pipelines.verify.run import run_verify
-from engine.runtime import parts
 from engine.runtime.options import configure
+from engine.stores import parts
 from engine.stores.integrity import DamageError
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store

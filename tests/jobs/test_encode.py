@@ -21,11 +21,11 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE, load_audio
-from engine.data.features import features_for_audio
 from engine.data.synth.sentences import DEMO_IDS
 from engine.models.common.parallel import ShardedEncoder, data_mesh
 from engine.models.whisper.checkpoints.load import DEFAULT_NAME
 from engine.models.whisper.dims import preset
+from engine.models.whisper.features import features_for_audio
 from engine.models.whisper.parallel import SIGNATURE
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
@@ -198,7 +198,7 @@ def states_without_marker(out: pathlib.Path) -> int:
     return found
 
 
-# Where each run is killed (engine.runtime.faults, BABELGRID_FAULT_KILL): "states" right after the
+# Where each run is killed (engine.faults, BABELGRID_FAULT_KILL): "states" right after the
 # N-th states shard of the run commits, before its marker; "marker" right after the marker write that makes N
 # utterances of the run done. N is this fraction of what is left, so every run is killed before it can finish.
 KILLS = (("states", 0.1), ("marker", 0.2), ("states", 0.3), ("marker", 0.05), ("states", 0.02), ("marker", 0.3))
@@ -335,7 +335,7 @@ def test_flag_defaults_run_the_demo_with_the_packaged_model(run_job, tmp_path):
     out = tmp_path / "store"
     run_job("encode", "--out", str(out), "--langs", "en", env={"BABELGRID_CACHE": str(tmp_path / "cache")})
     store = open_store(str(out))
-    assert store.info.model_name == DEFAULT_NAME and store.info.dims == preset("base")
+    assert store.info.model_name == DEFAULT_NAME and store.info.dims.to_dict() == preset("base").to_dict()
     assert store.info.layers == tuple(range(preset("base").n_audio_layer + 2)) and store.info.dtype == "float32"
     assert store.languages() == ["en"] and store.done("en").all()
     assert [r["id"] for r in store.utterances_table("en").to_pylist()] == list(DEMO_IDS)

@@ -18,8 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import ttest_rel
 
-from engine.data.audio import SAMPLE_RATE, encoder_frames, load_audio
+from engine.data.audio import SAMPLE_RATE, load_audio
 from engine.figures import png_title
+from engine.models.whisper.features import encoder_frames
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.pipelines.interp.config import InterpConfig

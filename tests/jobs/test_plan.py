@@ -18,6 +18,7 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from engine.models.whisper import cost as whisper_cost
 from engine.models.whisper.dims import ModelDimensions
 from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.plan import plan_decode_run
@@ -92,7 +93,7 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
     sim = plan_seqsim_run(configure(SimilarityConfig, store=store, out=str(tmp_path / "s")), get_device("h100"))
     reader = open_store(store)
     lengths = {lang: reader.lengths(lang) for lang in reader.languages()}
-    d = reader.info.dims.n_audio_state
+    d = reader.info.embed
     useful = 2.0 * lengths["en"].sum() * lengths["de"].sum() * d * len(reader.info.layers)
     assert f"{plan_lib.flops(useful)} on valid frames" in sim.render()
     assert "blocks of" in sim.render() and sim.seconds_here > 0 and sim.seconds_device > 0
@@ -112,9 +113,9 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
     assert "8 windows" in dec.render() and dec.stages[0].flops > 0 and dec.seconds_device is None
     # The job recomputes the encoder from the audio up to each (layer, ln_post) variant's layer, in batches of 8
     # windows per language (4 windows each here, the batch padded to 8).
-    dims, top = reader.info.dims, reader.info.dims.n_encoder_layers_out - 1
+    dims, top = ModelDimensions.from_dict(reader.info.dims.to_dict()), reader.info.n_layers_out - 1
     depths = [min(layer, dims.n_audio_layer) for layer in reader.info.layers for _ in range(1 if layer == top else 2)]
-    stem, block = plan_lib.encoder_flops_per_window(dims)
+    stem, block = whisper_cost.encoder_flops_per_window(dims)
     encoder = dec.stages[0]
     assert encoder.name == "encoder (from audio)" and encoder.seconds_here > 0
     assert encoder.flops == 2 * 8 * sum(stem + depth * block for depth in depths)
@@ -128,7 +129,7 @@ def test_seqsim_plan_counts_dtw_and_ot(store, tmp_path):
     plan = plan_seqsim_run(config, get_device("h100"))
     reader = open_store(store)
     en, de = (np.asarray(reader.lengths(lang)) for lang in ("en", "de"))
-    d, layers = reader.info.dims.n_audio_state, len(reader.info.layers)
+    d, layers = reader.info.embed, len(reader.info.layers)
     cells = len(en) * len(de) * en.max() * de.max() * layers
     stages = {s.name: s for s in plan.stages}
     assert list(stages) == ["seqsim", "dtw", "ot", "mean"]
@@ -144,7 +145,7 @@ def test_seqsim_plan_counts_dtw_and_ot(store, tmp_path):
 
 def test_encoder_flops_by_hand():
     dims = ModelDimensions(80, 1500, 512, 8, 6, 51865, 448, 512, 8, 6)  # whisper-base
-    stem, block = plan_lib.encoder_flops_per_window(dims)
+    stem, block = whisper_cost.encoder_flops_per_window(dims)
     assert stem == 2 * 3 * (3000 * 80 * 512 + 1500 * 512 * 512)
     # q, k, v, out (4 d^2) and MLP (8 d^2) per position, 2 FLOPs each; scores and weighted sum 2 * 2 * T^2 * d.
     assert block == 2 * 12 * 1500 * 512**2 + 4 * 1500**2 * 512

@@ -1,8 +1,9 @@
 """Whisper behind the family interface (``engine.models.family``): 30 s log-mel windows, the encoder's every layer.
 
-Nothing here changes what Whisper computes: ``windows`` is ``engine.data.features.features_for_audio``, the sharded
-encoder is ``engine.models.common.parallel.ShardedEncoder``, and the store records Whisper's ``ModelDimensions`` and
-front end exactly as before, so stores written before the interface existed resume with it.
+Nothing here changes what Whisper computes: ``windows`` is ``engine.models.whisper.features.features_for_audio``,
+the sharded encoder is ``engine.models.common.parallel.ShardedEncoder``, and the store records Whisper's
+``ModelDimensions`` and front end (``features.FEATURES``) exactly as before, so stores written before the interface
+existed resume with it.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.data import audio as audio_lib
-from engine.data.features import features_for_audio
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.family import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
+from engine.models.whisper import features as whisper_features
+from engine.models.whisper.features import FEATURES, FRAME_RATE, features_for_audio
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.models.whisper.parallel import SIGNATURE
-from engine.stores.schema import FEATURES, FRAME_RATE
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -70,8 +71,8 @@ class WhisperEncoder:
         if long_audio == "truncate":
             n = min(n, audio_lib.N_SAMPLES)
         full, rest = divmod(n, audio_lib.N_SAMPLES)
-        frames = full * audio_lib.N_ENCODER_FRAMES + (int(audio_lib.encoder_frames(rest)) if rest else 0)
-        return frames, max(1, -(-frames // audio_lib.N_ENCODER_FRAMES))
+        frames = full * whisper_features.N_ENCODER_FRAMES + (int(whisper_features.encoder_frames(rest)) if rest else 0)
+        return frames, max(1, -(-frames // whisper_features.N_ENCODER_FRAMES))
 
     def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray]:
         """Windows -> ``mel f32[batch_size, n_mels, 3000]``; padding rows hold log-mel of silence rather than zeros,

@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.data.features import features_for_audio
 from engine.errors import CheckpointError, LanguageError
 from engine.models.whisper import decoding
 from engine.models.whisper.checkpoints.load import DEFAULT_PACKAGES, Checkpoint, load_checkpoint
 from engine.models.whisper.decoding import DecodingOptions, DecodingResult
+from engine.models.whisper.features import features_for_audio
 from engine.models.whisper.model import Whisper
 from engine.models.whisper.tokenizer import WhisperTokenizer
 

@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.data.audio import ENCODER_FRAMES_PER_SECOND, N_ENCODER_FRAMES, N_SAMPLES
-from engine.data.features import log_mel_spectrogram
+from engine.data.audio import N_SAMPLES
 from engine.errors import ShapeError
 from engine.models.whisper.decoding import heads_cross_attention
+from engine.models.whisper.features import ENCODER_FRAMES_PER_SECOND, N_ENCODER_FRAMES, log_mel_spectrogram
 from kernels.dtw import dtw_batch
 from kernels.filters import median_filter
 

@@ -32,22 +32,22 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-from engine.data.audio import N_ENCODER_FRAMES
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
+from engine.faults import fault_point
 from engine.languages import fleurs_to_whisper
 from engine.models.family import CROSS_ATTENTION, refuse_without_head
 from engine.models.whisper.decoding import DecodingOptions
+from engine.models.whisper.features import N_ENCODER_FRAMES
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
 from engine.pipelines.align.config import AlignConfig, AlignError
 from engine.runtime.claims import WorkClaims
-from engine.runtime.faults import fault_point
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.parts import read_part
 from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore, write_value
+from engine.stores.parts import read_part
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
@@ -110,7 +110,7 @@ def _manifest(config: AlignConfig, store_url: str, whisper) -> dict:
 
 def _check_store(reader, whisper) -> int:
     info = reader.info
-    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims != whisper.dims:
+    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims.to_dict() != whisper.dims.to_dict():
         raise AlignError(
             f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), "
             f"but the model given is {whisper.checkpoint.name!r} (sha256 {whisper.checkpoint.sha256[:12]}); "

@@ -32,9 +32,9 @@ from engine.pipelines.decode.config import DecodeConfig, DecodeError
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.unit import compression_ratio
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.parts import read_part
 from engine.runtime.runs import progress_bar
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.parts import read_part
 from engine.stores.schema import is_done
 
 DECODING = "ctc"

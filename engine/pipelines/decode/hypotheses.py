@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from engine.errors import BabelgridError
-from engine.runtime import parts
+from engine.stores import parts
 from engine.stores.integrity import read_output, repair_hint
 from engine.stores.kv import open_kvstore
 
@@ -61,7 +61,7 @@ def part_key(lang: str, task: str, decoding: str, layer: int, ln_post: bool) -> 
 
 
 def part_bytes(rows: dict, done: Sequence[int], skipped: Sequence[tuple[str, str, str]]) -> bytes:
-    """One part of the hypotheses (``engine.runtime.parts``)."""
+    """One part of the hypotheses (``engine.stores.parts``)."""
     return parts.part_bytes(rows, HYPOTHESIS_SCHEMA, done, skipped)
 
 

@@ -57,9 +57,9 @@ from engine.pipelines.decode.references import english_language, english_referen
 from engine.pipelines.decode.run import _variants  # run.py reaches this module by name (FAMILY_DECODERS): no cycle
 from engine.pipelines.decode.unit import audio_skip_reason, compression_ratio
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.parts import read_part
 from engine.runtime.runs import progress_bar
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.parts import read_part
 from engine.stores.schema import is_done
 
 TASKS = {"transcribe": "<asr>", "translate": "<st_eng>"}  # the job's task names -> OWSM's task tokens

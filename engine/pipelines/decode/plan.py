@@ -1,5 +1,5 @@
 """The plan of a decode run (``--plan``): windows and seconds of speech from the layer store's utterance tables,
-the encoder recomputed from the audio up to each layer (``engine.runtime.plan.encoder_flops_per_window``) and the
+the encoder recomputed from the audio up to each layer (``engine.models.whisper.cost.encoder_flops_per_window``) and the
 decoder's steps, with an assumed number of tokens per second of speech."""
 
 from __future__ import annotations
@@ -10,17 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.whisper.cost import N_CTX, encoder_block, encoder_flops_per_window
 from engine.models.whisper.dims import ModelDimensions
 from engine.pipelines.decode.config import DecodeError
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
     DECODE_EFFICIENCY,
     EFFICIENCY,
-    N_CTX,
     Plan,
     Stage,
-    calibrate_encoder_block,
-    encoder_flops_per_window,
     size,
     timed,
 )
@@ -51,7 +49,7 @@ def calibrate_decoder(dims: ModelDimensions, rows: int, dtype: str) -> float:
 
 def plan_decode_run(config, device: Device | None) -> Plan:
     reader = open_store(config.store)
-    info, dims = reader.info, reader.info.dims
+    info = reader.info
     if info.family != "whisper":
         # The cost model below is Whisper's decoder over 1500 frames; another family's decoder (OWSM's, its CTC
         # head) is not modelled, and a plan of the wrong model would be a number nobody measured.
@@ -59,6 +57,7 @@ def plan_decode_run(config, device: Device | None) -> Plan:
             f"decode --plan models Whisper's decoder only; '{config.store}' is a {info.family} store. Time the "
             "decode on one language (--langs) and scale it instead"
         )
+    dims = ModelDimensions.from_dict(info.dims.to_dict())
     langs = list(config.langs) if config.langs else reader.languages()
     layers = config.layers if config.layers is not None else info.layers
     top = dims.n_encoder_layers_out - 1
@@ -97,7 +96,7 @@ def plan_decode_run(config, device: Device | None) -> Plan:
         for _ in range(2 if config.ln_post == "both" and layer != top else 1)
     ]
     encoder_work = batched * sum(stem + depth * block for depth in depths)
-    block_s = calibrate_encoder_block(dims, dtype)
+    block_s = timed(*encoder_block(dims, dtype))
     encoder_s = encoder_work / (block / block_s)
     encoder_dev = None if device is None else encoder_work / (device.flops(dtype) * EFFICIENCY)
     calib_s = time.perf_counter() - t0

@@ -40,10 +40,10 @@ from engine.pipelines.decode.references import english_language, english_referen
 from engine.pipelines.decode.unit import decode_unit
 from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.parts import read_part
 from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore
+from engine.stores.parts import read_part
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 
@@ -112,7 +112,7 @@ def _manifest(config: DecodeConfig, reader, whisper) -> dict:
 
 def _check(config: DecodeConfig, reader, whisper) -> tuple[list[str], list[int]]:
     info = reader.info
-    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims != whisper.dims:
+    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims.to_dict() != whisper.dims.to_dict():
         raise DecodeError(
             f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
             f"model given is {whisper.checkpoint.name!r}; pass the store's model with --model"

@@ -9,11 +9,11 @@ import numpy as np
 
 from engine.data.audio import AudioNotFoundError, EmptyAudioError, SilentAudioError, load_audio
 from engine.errors import AudioError
+from engine.faults import fault_point
 from engine.models.whisper.decoding import DecodingOptions
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import parse_decoding
 from engine.pipelines.decode.references import whisper_code
-from engine.runtime.faults import fault_point
 from engine.stores.kv import write_value
 
 

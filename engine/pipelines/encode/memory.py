@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 
 from engine.models.family import WINDOW_SECONDS, EncoderCost
+from engine.models.whisper.cost import N_CTX, N_FEATURE_FRAMES, encoder_params
 from engine.models.whisper.dims import ModelDimensions
 from engine.runtime.options import ConfigError
-from engine.runtime.plan import N_CTX, N_FEATURE_FRAMES, encoder_params, size
+from engine.runtime.plan import size
 
 SAFE_SHARE = 0.9  # of the memory there is, what a step may take (the rest: XLA's workspace, the host threads)
 WINDOW_SAMPLES = WINDOW_SECONDS * 16000

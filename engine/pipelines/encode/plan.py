@@ -1,6 +1,6 @@
 """The plan of an encode run (``--plan``): utterances, 30 s windows and frames from the dataset's headers, the
-encoder's FLOPs (Whisper: ``engine.runtime.plan.encoder_flops_per_window``; other families: their ``Encoder.cost``,
-see ``family_plan``) and the model's encoder timed here on one window.
+encoder's FLOPs (Whisper: ``engine.models.whisper.cost.encoder_flops_per_window``; other families: their
+``Encoder.cost``, see ``family_plan``) and the model's encoder timed here on one window.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.data.audio import SAMPLE_RATE
-from engine.data.features import features_for_audio
 from engine.data.pairing import pairing_lines, shared_ids
 from engine.data.revision import source_revision
 from engine.errors import AudioError
 from engine.models.family import detect_family, load_encoder
+from engine.models.whisper.cost import N_FEATURE_FRAMES, encoder_block, encoder_flops_per_window, encoder_params
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.encoder import WhisperEncoder
+from engine.models.whisper.features import features_for_audio
 from engine.models.whisper.loaded import load_whisper
 from engine.pipelines.encode.family_plan import plan_family_encode
 from engine.pipelines.encode.memory import whisper_step
@@ -29,12 +30,8 @@ from engine.pipelines.encode.writes import calibrate_write_rate, storage_lines
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
     EFFICIENCY,
-    N_FEATURE_FRAMES,
     Plan,
     Stage,
-    calibrate_encoder_block,
-    encoder_flops_per_window,
-    encoder_params,
     size,
     timed,
 )
@@ -86,7 +83,7 @@ def plan_encode(
 
     t0 = time.perf_counter() - calibrated_for  # seconds the caller spent measuring window_seconds
     if window_seconds is None:
-        t_block = calibrate_encoder_block(dims, compute_dtype)
+        t_block = timed(*encoder_block(dims, compute_dtype))
         rate = block / t_block
         measured = f"one encoder block on one window in {t_block * 1e3:.0f} ms"
     else:

@@ -48,7 +48,7 @@ class Pairs:
 
 def top_layer(reader) -> int:
     """``L+1``, checked to be in the store: the encoder output the decoder reads."""
-    top = reader.info.dims.n_audio_layer + 1
+    top = reader.info.n_blocks + 1
     if top not in reader.info.layers:
         raise FinetuneError(
             f"store {reader.url!r} has layers {list(reader.info.layers)} but not {top} (L+1, the encoder output the "

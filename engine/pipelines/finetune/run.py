@@ -178,8 +178,9 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
     D.top_layer(reader)
     _check_resume(out, config)
     whisper = whisper or load_whisper(config.model)
-    if whisper.dims != reader.info.dims:
-        raise D.FinetuneError(f"--model has dims {whisper.dims}, the store's model {reader.info.dims}; pass the "
+    if whisper.dims.to_dict() != reader.info.dims.to_dict():
+        raise D.FinetuneError(f"--model has dims {whisper.dims.to_dict()}, the store's model "
+                              f"{reader.info.dims.to_dict()}; pass the "
                               "store's model with --model")  # fmt: skip
     if config.export:
         check_export(whisper, out)

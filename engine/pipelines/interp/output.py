@@ -9,8 +9,8 @@ import json
 import pyarrow as pa
 
 from engine.pipelines.interp.config import InterpConfig
-from engine.runtime.parts import read_table, table_bytes
 from engine.stores.kv import read_value
+from engine.stores.parts import read_table, table_bytes
 
 FORMAT_NAME = "babelgrid-interp"
 FORMAT_VERSION = 3  # 2: alignment (mutual | ot) and the columns mutual, ot_link, mass, share; 3: standardise

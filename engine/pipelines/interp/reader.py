@@ -15,8 +15,8 @@ import pyarrow.dataset as pads
 
 from engine.pipelines.interp.config import InterpError
 from engine.pipelines.interp.output import PAIR_SEPARATOR, PAIRS, SUMMARY
-from engine.runtime.parts import read_table
 from engine.stores.kv import open_kvstore, read_value
+from engine.stores.parts import read_table
 from engine.stores.similarity import check_name
 
 

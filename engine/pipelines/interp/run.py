@@ -51,6 +51,7 @@ import time
 import pyarrow as pa
 
 from engine import captions
+from engine.faults import fault_point
 from engine.pipelines.interp.config import InterpConfig, InterpError
 from engine.pipelines.interp.inputs import load_language, utterance_pairs
 from engine.pipelines.interp.output import (
@@ -66,13 +67,12 @@ from engine.pipelines.interp.output import (
 from engine.pipelines.interp.report import summarize, summary_csv_bytes, write_figures
 from engine.pipelines.interp.unit import unit_part
 from engine.runtime.claims import WorkClaims
-from engine.runtime.faults import fault_point
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.parts import table_bytes
 from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.parts import table_bytes
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity, resolve_pairs
 from engine.text.encoders import load_text_encoder

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.faults import fault_point
 from engine.models.common.parallel import data_mesh
 from engine.pipelines.similarity import blocks
 from engine.pipelines.similarity.config import SimilarityConfig
@@ -47,7 +48,6 @@ from engine.pipelines.similarity.summary import SimilaritySummary
 from engine.pipelines.similarity.tiles import Item, Language, Sizing, check_budget, plan_units
 from engine.runtime.budget import resolve_budget
 from engine.runtime.claims import WorkClaims
-from engine.runtime.faults import fault_point
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.runs import process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
@@ -248,7 +248,7 @@ def _item(work: Work, item: Item, sides: tuple[Side, Side], summary: SimilarityS
     if item.split:
         blocks.stage(work, item, A.index, B.index, scores)
         summary.blocks += 1
-        fault_point("after_block")  # test-only (engine.runtime.faults): staged, the unit's claim still held
+        fault_point("after_block")  # test-only (engine.faults): staged, the unit's claim still held
         if blocks.commit(work, item.layer, item.a, item.b, item.measures, item.grid, summary):
             summary.pair_layers += 1
         return
@@ -261,7 +261,7 @@ def _item(work: Work, item: Item, sides: tuple[Side, Side], summary: SimilarityS
         full[np.ix_(A.index, B.index)] = _with_nan(scored)
         work.out.write_layer(work.arrays[m, item.a, item.b], m, item.a, item.b, item.layer, full, {**marker, **extra})
         summary.matrices += 1
-        fault_point("after_matrix")  # test-only (engine.runtime.faults): the unit's claim is still held
+        fault_point("after_matrix")  # test-only (engine.faults): the unit's claim is still held
     summary.pair_layers += not item.rest  # a split pair's layer counts once, when its blocks are committed
 
 

@@ -1,4 +1,10 @@
-"""Whisper's log-mel features: the mel filter bank, a jitted batched JAX spectrogram, and its NumPy reference.
+"""Whisper's front end: 30 s windows, log-mel features (the mel filter bank, a jitted batched JAX spectrogram, and
+its NumPy reference), and the encoder frames that see real audio.
+
+Glossary of Whisper's units (samples and windows: ``engine.data.audio``):
+
+- mel frame: one STFT column, ``HOP_LENGTH`` samples apart (100 per second, ``N_FRAMES`` per window).
+- encoder frame: one encoder position, two mel frames (50 per second, ``N_ENCODER_FRAMES`` per window).
 
 The recipe is OpenAI Whisper's ``log_mel_spectrogram`` (and Hugging Face's ``WhisperFeatureExtractor``): periodic
 Hann window of ``N_FFT`` samples, centred STFT with reflect padding, the last frame dropped, power spectrum, Slaney
@@ -10,6 +16,7 @@ Face's float32 torch extractor, which is itself 2.8e-5 from a float64 computatio
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import numbers
 
@@ -17,9 +24,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.data.audio import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE, encoder_frames, split_windows
+from engine.data.audio import CHUNK_LENGTH, LONG_AUDIO_MODES, N_SAMPLES, SAMPLE_RATE, EmptyAudioError
 from engine.errors import ShapeError
 
+logger = logging.getLogger(__name__)
+
+N_FFT = 400  # samples per STFT frame (25 ms)
+HOP_LENGTH = 160  # samples between STFT frames (10 ms)
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames per window
+ENCODER_FRAMES_PER_SECOND = 50  # conv2 halves the mel rate: 20 ms per encoder frame
+SAMPLES_PER_ENCODER_FRAME = SAMPLE_RATE // ENCODER_FRAMES_PER_SECOND  # 320 samples
+N_ENCODER_FRAMES = N_SAMPLES // SAMPLES_PER_ENCODER_FRAME  # 1500 encoder frames per window
+FRAME_RATE = float(ENCODER_FRAMES_PER_SECOND)  # encoder frames per second of audio (20 ms each)
+# The front end every babelgrid version so far computes: what turns audio into Whisper's input, recorded in a layer
+# store so that a store made with another front end is never resumed with this one.
+FEATURES = {
+    "sample_rate": SAMPLE_RATE,
+    "n_fft": N_FFT,
+    "hop_length": HOP_LENGTH,
+    "window_samples": N_SAMPLES,
+    "padding": "audio to 30 s, then log-mel (OpenAI / Hugging Face)",
+}
 N_FREQS = N_FFT // 2 + 1  # 201 one-sided DFT bins, 0 Hz to SAMPLE_RATE / 2 in 40 Hz steps
 LOG_FLOOR = 1e-10  # mel power below this is floored before log10 (OpenAI's clamp)
 DYNAMIC_RANGE = 8.0  # log10 units (80 dB) kept below each window's peak; quieter values are raised to it
@@ -120,7 +145,7 @@ def log_mel_spectrogram(windows, n_mels: int) -> jax.Array:
     if len(shape) != 2 or shape[1] != N_SAMPLES:
         raise ShapeError(
             f"windows must be f32[batch, {N_SAMPLES}] (30 s at {SAMPLE_RATE} Hz), got shape {shape}; "
-            "cut audio with engine.data.audio.split_windows"
+            "cut audio with engine.models.whisper.features.split_windows"
         )
     filters = mel_filters(n_mels)  # validates n_mels
     return _jitted_log_mel(filters.shape[0])(jnp.asarray(windows, jnp.float32))
@@ -162,3 +187,59 @@ def reference_log_mel_spectrogram(window: np.ndarray, n_mels: int) -> np.ndarray
     log_mel = np.log10(np.maximum(mel, LOG_FLOOR))
     log_mel = np.maximum(log_mel, log_mel.max() - DYNAMIC_RANGE)
     return (log_mel + 4.0) / 4.0
+
+
+def split_windows(audio: np.ndarray, long_audio: str = "window") -> tuple[np.ndarray, np.ndarray]:
+    """Cuts audio into zero-padded 30 s encoder windows.
+
+    Args:
+      audio: f32[samples] at ``SAMPLE_RATE``, at least one sample.
+      long_audio: "window" keeps everything as consecutive windows (the last one partly padded); "truncate" keeps
+        the first ``CHUNK_LENGTH`` seconds only.
+
+    Returns:
+      windows: f32[n_windows, N_SAMPLES]; ``windows.reshape(-1)[:samples]`` is the (kept) audio, the rest zeros.
+      valid_samples: i32[n_windows], real samples in each window (``N_SAMPLES`` for all but the last).
+    """
+    if long_audio not in LONG_AUDIO_MODES:
+        raise ValueError(f"long_audio={long_audio!r} is not one of {', '.join(map(repr, LONG_AUDIO_MODES))}")
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise ShapeError(f"audio must be f32[samples] (mono), got shape {audio.shape}; load it with load_audio")
+    if audio.size == 0:
+        raise EmptyAudioError("audio has 0 samples; there is nothing to cut into windows")
+    if long_audio == "truncate" and audio.size > N_SAMPLES:
+        logger.info(
+            "long_audio='truncate': keeping the first %d s of %.2f s of audio", CHUNK_LENGTH, audio.size / SAMPLE_RATE
+        )
+        audio = audio[:N_SAMPLES]
+    n_windows = -(-audio.size // N_SAMPLES)
+    windows = np.zeros((n_windows, N_SAMPLES), np.float32)
+    windows.reshape(-1)[: audio.size] = audio
+    valid_samples = np.minimum(N_SAMPLES, audio.size - N_SAMPLES * np.arange(n_windows)).astype(np.int32)
+    return windows, valid_samples
+
+
+def encoder_frames(valid_samples):
+    """Number of encoder frames that see real audio in a window holding ``valid_samples`` real samples.
+
+    Convention (the same as Hugging Face's ``attention_mask[:, ::HOP_LENGTH]``): mel frame i is centred on sample
+    ``i * HOP_LENGTH``, so a window with s real samples has ``ceil(s / HOP_LENGTH)`` valid mel frames (at most
+    ``N_FRAMES``). conv2 (kernel 3, stride 2, padding 1) maps m mel frames to ``ceil(m / 2)`` encoder frames (at most
+    ``N_ENCODER_FRAMES``); a full window gives 1500. The valid frames of a long utterance are the concatenation of
+    each of its windows' valid frames.
+
+    Args:
+      valid_samples: int, or i32[...] (e.g. ``split_windows``' second result); non-negative.
+
+    Returns:
+      int for an int, i32[...] for an array.
+    """
+    samples = np.asarray(valid_samples)
+    if not np.issubdtype(samples.dtype, np.integer):
+        raise TypeError(f"valid_samples must be integer sample counts, got dtype {samples.dtype}")
+    if np.any(samples < 0):
+        raise ValueError(f"valid_samples must be >= 0, got minimum {samples.min()}")
+    mel_frames = np.minimum(-(-samples // HOP_LENGTH), N_FRAMES)
+    frames = np.minimum(-(-mel_frames // 2), N_ENCODER_FRAMES).astype(np.int32)
+    return int(frames) if frames.ndim == 0 else frames
