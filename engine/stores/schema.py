@@ -32,7 +32,7 @@ import tensorstore as ts
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.data.audio import ENCODER_FRAMES_PER_SECOND, HOP_LENGTH, LONG_AUDIO_MODES, N_FFT, N_SAMPLES, SAMPLE_RATE
 from engine.dtypes import DTYPES as ALL_DTYPES
-from engine.models.family import DEFAULT_FAMILY, FAMILIES, WHISPER_LAYERS, FamilyDims
+from engine.models.interface import DEFAULT_FAMILY, FAMILY_NAMES, WHISPER_LAYERS, FamilyDims
 from engine.models.whisper.dims import ModelDimensions
 from engine.stores.integrity import CHECKED_READS, CRC32C, warn_unchecked
 from engine.stores.kv import StoreError
@@ -98,10 +98,10 @@ RESERVED_LANGS = ("languages",)
 class StoreInfo:
     """What must match to append to a store: the model, its dimensions, the stored layers and their dtype.
 
-    ``family`` names the model family (``engine.models.family.FAMILIES``); ``dims`` is Whisper's ``ModelDimensions``
-    for Whisper and ``FamilyDims`` for the others. ``layers`` indexes the family's layers as ``layer_meaning`` says
-    (Whisper: 0 = conv stem + positions, 1..L = block outputs, L+1 = ``ln_post`` output). States are stored in
-    ``layers`` order; ``frame_rate`` is the family's encoder frames per second.
+    ``family`` names the model family (``engine.models.interface.FAMILY_NAMES``); ``dims`` is Whisper's
+    ``ModelDimensions`` for Whisper and ``FamilyDims`` for the others. ``layers`` indexes the family's layers as
+    ``layer_meaning`` says (Whisper: 0 = conv stem + positions, 1..L = block outputs, L+1 = ``ln_post`` output).
+    States are stored in ``layers`` order; ``frame_rate`` is the family's encoder frames per second.
     """
 
     model_name: str
@@ -121,8 +121,8 @@ class StoreInfo:
         for name in ("model_name", "checkpoint_sha256"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise StoreError(f"StoreInfo.{name} must be a non-empty string, got {getattr(self, name)!r}")
-        if self.family not in FAMILIES:
-            raise StoreError(f"StoreInfo.family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
+        if self.family not in FAMILY_NAMES:
+            raise StoreError(f"StoreInfo.family must be one of {', '.join(FAMILY_NAMES)}, got {self.family!r}")
         want = ModelDimensions if self.family == DEFAULT_FAMILY else FamilyDims
         if not isinstance(self.dims, want):
             raise StoreError(

@@ -1,4 +1,4 @@
-"""Whisper behind the family interface (``engine.models.family``): 30 s log-mel windows, the encoder's every layer.
+"""Whisper behind the family interface (``engine.models.interface``): 30 s log-mel windows, the encoder's every layer.
 
 Nothing here changes what Whisper computes: ``windows`` is ``engine.data.features.features_for_audio``, the sharded
 encoder is ``engine.runtime.parallel.ShardedEncoder``, and the store records Whisper's ``ModelDimensions`` and front
@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.data import audio as audio_lib
 from engine.data.features import features_for_audio
-from engine.models.family import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
+from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.runtime.parallel import ShardedEncoder
 from engine.stores.schema import FEATURES, FRAME_RATE
@@ -23,7 +23,7 @@ from engine.stores.schema import FEATURES, FRAME_RATE
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class WhisperEncoder:
-    """A ``LoadedWhisper`` as an ``engine.models.family.Encoder``; ``loaded`` is the model for decoder-side jobs."""
+    """A ``LoadedWhisper`` as an ``engine.models.interface.Encoder``; ``loaded`` is the model for decoder-side jobs."""
 
     loaded: LoadedWhisper
     family: str = "whisper"

@@ -36,7 +36,8 @@ from engine.data.audio import N_ENCODER_FRAMES
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
-from engine.models.family import CROSS_ATTENTION, refuse_without_head
+from engine.models.family import refuse_without_head
+from engine.models.interface import CROSS_ATTENTION
 from engine.models.whisper.decoding import DecodingOptions
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states

@@ -38,7 +38,8 @@ from engine.data.sources import get_source
 from engine.data.utterance import Source, Utterance
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
-from engine.models.family import Encoder, load_encoder
+from engine.models.family import load_encoder
+from engine.models.interface import Encoder
 from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.loaded import LoadedWhisper
 from engine.pipelines.encode.config import EncodeConfig

@@ -43,7 +43,8 @@ from engine.axes import DATA
 from engine.data.sources import dataset_translations
 from engine.dtypes import DTYPES
 from engine.languages import fleurs_to_whisper
-from engine.models.family import DECODER, refuse_without_head
+from engine.models.family import refuse_without_head
+from engine.models.interface import DECODER
 from engine.models.whisper.checkpoints.export import export_hf
 from engine.models.whisper.decoding import greedy_decode
 from engine.models.whisper.loaded import load_whisper
