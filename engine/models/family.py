@@ -167,6 +167,13 @@ def load_encoder(source, *, adapter: str | None = None, dtype=None) -> Encoder:
     return family.load(source, adapter=adapter, dtype=dtype)
 
 
+def load_model(source=None, *, adapter: str | None = None, dtype=None):
+    """The model of ``source`` (a folder, file or hub id of any family; None: the packaged whisper-base) as its
+    family loads it, for a notebook: ``LoadedWhisper``, ``LoadedWav2Vec2`` (``adapter``: an MMS language),
+    ``LoadedW2vBert`` or ``LoadedOwsm``; ``dtype``: the compute dtype (float32 by default)."""
+    return load_encoder(source, adapter=adapter, dtype=dtype).loaded
+
+
 def require_head(source, head: str, job: str, hint: str = "") -> Family:
     """The family of ``source`` if it has ``head``, else a CheckpointError naming the model and what it lacks,
     raised before any weight is read."""
