@@ -77,6 +77,7 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
         codes = {lang: _text_language(lang) for lang in langs}
         merge(kv, options, reader, langs, codes, [(layer, ln_post) for layer in layers], summary)
 
+    summary.unit = "(language, layer)"
     decode_claimed(config, reader, lease, summary, manifest, Units(units, part_keys), work, finish, "decode (ctc)",
                    fields=MANIFEST_FIELDS)  # fmt: skip
 

@@ -111,6 +111,7 @@ def run_owsm_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
     def finish(kv) -> None:
         merge(kv, config, reader, langs, {lang: _text_language(lang) for lang in langs}, variants, summary)
 
+    summary.unit = "languages"
     # A folder written before --language detect was built decoded with forced languages.
     decode_claimed(config, reader, lease, summary, manifest, units, work, finish, "decode (owsm)",
                    fields=MANIFEST_FIELDS, check=lambda stored: {"language": "forced", **stored})  # fmt: skip

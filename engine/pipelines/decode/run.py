@@ -73,12 +73,13 @@ class DecodeSummary(RunSummary):
     parts_kept: int = 0  # parts kept from an earlier run
     outputs: list[str] = dataclasses.field(default_factory=list)
     table: str = ""
+    unit: str = "(language, layer, ln_post)"  # what one work unit of the run's decode path is
 
     def report(self) -> str:
         lines = [
             f"decoded {self.decoded} utterance-parts ({self.windows} windows, {self.tokens} tokens) in "
             f"{self.seconds:.1f} s; {self.parts_kept} parts kept from an earlier run; skipped: {self.n_skipped}",
-            self.work_line("(language, layer, ln_post)"),
+            self.work_line(self.unit),
         ]
         return "\n".join([*lines, *self.skip_lines(), self.table])
 
