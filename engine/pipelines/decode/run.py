@@ -139,7 +139,7 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
             "decode needs a decoder (Whisper, OWSM) or a CTC head (wav2vec2 *ForCTC models)",
         )  # fmt: skip
         path, load = DECODER_PATHS[family.decoder], family.decoder
-        if whisper is not None:
+        if whisper is not None and load is load_whisper:
             load = functools.partial(_given, whisper)
     elif family.ctc is not None:  # before the lease: a model without the head writes nothing
         refuse_without_head(
