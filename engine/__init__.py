@@ -2,6 +2,7 @@
 
     import engine
     whisper = engine.load_model()                      # the packaged whisper-base, or a hub id / folder / .pt
+    owsm = engine.load_model("espnet/owsm_v3.1_ebf_base")  # any family's checkpoint, as its family loads it
     store = engine.open_store("out/demo/store")        # every encoder layer of every utterance
     sim = engine.open_similarity("out/demo/similarity")
     scores, rows, cols = sim.matrix("seqsim", "en", "de", layer=7)
@@ -20,7 +21,7 @@ import importlib
 
 # public name -> module that defines it
 _FACE = {
-    "load_model": "engine.models.whisper.loaded",
+    "load_model": "engine.models.family",
     "open_store": "engine.stores.reader",
     "open_similarity": "engine.stores.similarity",
     "configure": "engine.runtime.options",
@@ -44,8 +45,10 @@ _FACE = {
     "ChallengeConfig": "engine.pipelines.challenge.run",
     "ProbeConfig": "engine.pipelines.probe.config",
     "FinetuneConfig": "engine.pipelines.finetune.config",
+    "run_compare": "engine.pipelines.compare.run",
+    "run_probes": "engine.pipelines.probes.run",
+    "run_verify": "engine.pipelines.verify.run",
 }
-_RENAMED = {"load_model": "load_whisper"}  # the face's name -> the defining module's name
 
 __all__ = sorted(_FACE)
 
@@ -53,7 +56,7 @@ __all__ = sorted(_FACE)
 def __getattr__(name: str):
     if name not in _FACE:
         raise AttributeError(f"module 'engine' has no attribute {name!r}; the public names are {', '.join(__all__)}")
-    value = getattr(importlib.import_module(_FACE[name]), _RENAMED.get(name, name))
+    value = getattr(importlib.import_module(_FACE[name]), name)
     globals()[name] = value
     return value
 

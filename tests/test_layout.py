@@ -7,6 +7,9 @@ which can no longer fail shows up as a failing test too):
 - no model family (``engine/models/<family>/``) imports another family: what they share is in ``engine.models.common``;
   and ``engine.models`` imports no ``engine.runtime`` module;
 - no import cycle across engine/ and kernels/, function-level imports included;
+- no module is imported by a string (``importlib.import_module``, ``__import__``) outside the package face
+  (``engine/__init__.py``, which loads its names on first use): such an import hides its arrow from the cycle check
+  and from a reader;
 - a project import inside a function or class body carries a ``# lazy: <reason>`` comment on its line or the line
   above, and there are at most ``MAX_LAZY`` of them;
 - the floors run one way between rooms: stores never import runtime or models, models never import runtime or
@@ -55,6 +58,9 @@ FACE = (
     "run_challenge",
     "run_probe",
     "run_finetune",
+    "run_compare",
+    "run_probes",
+    "run_verify",
 )
 
 
@@ -460,6 +466,45 @@ def test_lazy_rule_catches_planted_imports(tmp_path):
     files["engine/b.py"] = "import engine.errors  # lazy: a comment does not make a top-level import lazy\n"
     assert lazy_violations(scan(plant(tmp_path, files)), limit=1) == []
     assert lazy_violations(scan(plant(tmp_path, files)), limit=0) == ["1 function-level project imports, at most 0"]
+
+
+def string_imports(root: pathlib.Path = REPO) -> list[str]:
+    """``path:line`` of every call that imports a module by a string in engine/ and kernels/ under ``root``, but in
+    the package face: ``import_module(...)`` however reached (``importlib.import_module``, a bare name imported from
+    importlib) and ``__import__(...)``."""
+    bad = []
+    for package in PROJECT:
+        for path in sorted((root / package).rglob("*.py")):
+            source = path.relative_to(root)
+            if source == pathlib.Path("engine/__init__.py"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call):
+                    func = node.func
+                    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                    if name in ("import_module", "__import__"):
+                        bad.append(f"{source}:{node.lineno}")
+    return bad
+
+
+def test_no_module_is_imported_by_a_string():
+    bad = string_imports()
+    why = "import these modules by name at the top (the cycle check and a reader see only real imports):"
+    assert not bad, "\n".join([why, *bad])
+
+
+def test_string_import_rule_catches_planted_calls(tmp_path):
+    root = plant(
+        tmp_path,
+        {
+            "engine/__init__.py": "import importlib\nimportlib.import_module('engine.a')\n",  # the face may
+            "engine/a.py": "import importlib\n\ndef f():\n    return importlib.import_module('engine.b')\n",
+            "engine/b.py": "from importlib import import_module\nx = import_module('engine.a')\n",
+            "kernels/k.py": "m = __import__('engine.a')\n",
+            "engine/c.py": "import importlib.metadata\nv = importlib.metadata.version('babelgrid')\n",
+        },
+    )
+    assert string_imports(root) == ["engine/a.py:4", "engine/b.py:2", "kernels/k.py:1"]
 
 
 def _imported_packages(path: pathlib.Path) -> set[str]:

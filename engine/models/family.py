@@ -1,163 +1,97 @@
-"""One interface for every model family: what the encode pipeline and the stores need of a speech encoder.
+"""The registry of model families: what each family is and how it is loaded, by the functions themselves.
 
-A family is one registry entry (``FAMILIES``): its name, the ``model_type`` values of the ``config.json`` it reads (or,
-for a layout without one, the function that recognises it: OWSM's ESPnet folders), the heads it offers, and the
-function that loads a checkpoint as an ``Encoder``. Adding a family means adding its ``encoder.py`` and one entry here.
+A family is one entry of ``FAMILIES``: its name, the ``model_type`` values of the ``config.json`` it reads (or, for a
+layout without one, the function that recognises it: OWSM's ESPnet folders), its encoder's loader (an ``Encoder``,
+``engine.models.interface``, which also gives the encoder's ``cost``), and the loaders of the heads it offers beside
+the encoder: a text decoder (tokens from a layer's states: decode, finetune), a CTC head (decode's per-layer logit
+lens) and cross-attention heads (align's word times). A job asks the entry for the head it needs and dispatches on
+the loader it gets, never on the family's name. Adding a family means adding its folder and one entry here.
 
-An ``Encoder`` provides, on host arrays:
-
-- ``windows(samples, long_audio)``: 16 kHz audio ``f32[samples]`` -> the model's input, one item per window of at
-  most 30 s, and the valid encoder frames of each window ``i32[window]``. Whisper pads every window to 30 s of
-  log-mel; the others take each window as it is (see their ``encoder.py``). Every family cuts audio over 30 s into
-  consecutive 30 s windows encoded apart (``long_audio="window"``) or keeps the first 30 s (``"truncate"``), so that
-  one utterance's frames mean the same stretch of audio in every family's store;
-- ``expected_frames(samples, long_audio)``: ``(frames, windows)`` of an utterance from its length alone (the store's
-  utterance table is written from audio headers before any decoding);
-- ``collate(inputs, batch_size)``: window inputs -> the arrays of one fixed-size batch (padding rows are empty);
-- ``sharded(mesh, layers, out_dtype)``: a callable ``(*batch) -> states f[len(layers), batch, frame, embed]`` on every
-  device of ``mesh``; each window's valid frames are the first ``windows(...)[1][w]`` of its row;
-- ``frame_rate`` (frames per second), ``layer_meaning``, ``n_layers_out``, ``embed``, ``store_dims`` (what the store
-  records and compares), ``features`` (the front end's settings), ``name`` and ``sha256`` of the checkpoint, and
-  ``heads``: the optional heads (``DECODER``, ``CROSS_ATTENTION``, ``CTC``);
-- ``cost(samples)``: the ``EncoderCost`` of one window of ``samples`` samples, for ``encode --plan`` (each family
-  counts its own matmuls in its ``cost.py``; Whisper's is ``engine.models.whisper.cost``'s 30 s window model).
+The registry imports every family; the families import only ``engine.models.interface``, so no arrow runs back here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
 import pathlib
-from collections.abc import Callable, Sequence
-from typing import Protocol
-
-import numpy as np
+from collections.abc import Callable
 
 from engine.errors import CheckpointError
-
-DECODER = "decoder"  # a text decoder: decode (transcripts per layer) and finetune
-CROSS_ATTENTION = "cross-attention"  # a decoder's cross-attention heads: align (word timestamps by DTW)
-CTC = "ctc"  # a CTC head (lm_head): decode as the per-layer logit lens
-WINDOW_SECONDS = 30  # every family encodes audio in windows of at most this many seconds
-
-
-class Encoder(Protocol):
-    """A loaded model as the encode pipeline uses it (see the module docstring)."""
-
-    family: str
-    name: str
-    sha256: str
-    frame_rate: float  # encoder frames per second
-    layer_meaning: str
-    n_layers_out: int
-    embed: int
-    heads: frozenset[str]
-    features: dict
-
-    @property
-    def store_dims(self): ...
-
-    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list, np.ndarray]: ...
-
-    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]: ...
-
-    def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, ...]: ...
-
-    def sharded(self, mesh, layers: Sequence[int], out_dtype) -> Callable: ...
-
-    def cost(self, samples: int) -> EncoderCost: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class EncoderCost:
-    """What one window of a family's encoder computes, for a plan: FLOPs (a multiply-add counts 2) of the matmuls and
-    convolutions (norms, activations, softmax and masks are left out, as in Whisper's count), and the weights read.
-
-    ``front``: everything before the first stored layer's block (feature encoder, projection, positional conv);
-    ``layer``: one transformer or conformer block; ``frames``: the window's encoder frames the counts are for."""
-
-    front: float
-    layer: float
-    n_layers: int  # blocks (L): the store holds L + 1 layers
-    frames: int
-    n_head: int  # attention heads: each holds a f32[frame, frame] score matrix at its peak
-    params: int  # encoder parameters (weights and biases of every module run, norms included)
-
-    @property
-    def flops(self) -> float:
-        return self.front + self.n_layers * self.layer
-
-
-@dataclasses.dataclass(frozen=True)
-class FamilyDims:
-    """What a layer store records of a non-Whisper encoder (Whisper's stores keep ``ModelDimensions``): the stored
-    layer count and width, and the family's own config as a dict, compared whole when a run appends to a store."""
-
-    n_layers_out: int  # layer indices 0..n_layers_out-1
-    embed: int  # width of every layer's states
-    config: dict  # the family's config (``Wav2Vec2Dims.to_dict()``, ``EncoderConfig.to_dict()``)
-
-    def to_dict(self) -> dict:
-        return {"n_layers_out": self.n_layers_out, "embed": self.embed, "config": dict(self.config)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> FamilyDims:
-        # JSON turns tuples into lists: compare configs as JSON values on both sides.
-        return cls(int(d["n_layers_out"]), int(d["embed"]), json.loads(json.dumps(d["config"])))
+from engine.models.interface import (
+    CROSS_ATTENTION,
+    CTC,
+    DECODER,
+    DEFAULT_FAMILY,
+    OWSM_LAYERS,
+    W2VBERT_LAYERS,
+    WAV2VEC2_LAYERS,
+    WHISPER_LAYERS,
+    Encoder,
+)
+from engine.models.owsm import encoder as owsm_encoder
+from engine.models.owsm.layout import is_espnet_s2t
+from engine.models.owsm.loaded import load_owsm
+from engine.models.w2vbert import encoder as w2vbert_encoder
+from engine.models.wav2vec2 import encoder as wav2vec2_encoder
+from engine.models.wav2vec2.loaded import load_wav2vec2
+from engine.models.whisper import encoder as whisper_encoder
+from engine.models.whisper.loaded import load_whisper
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """One registry entry: a family's name, the ``config.json`` model types it reads, its heads and its loader."""
+    """One registry entry: a family's name, the ``config.json`` model types it reads, its encoder and the heads it
+    offers, each head as the loader of the model that carries it (None: the family has no such head)."""
 
     name: str
     model_types: tuple[str, ...]  # config.json "model_type" values this family loads
-    loader: str  # "module:function", called as function(source, adapter=, dtype=) -> Encoder
-    heads: frozenset[str]  # the heads every checkpoint of the family has (CTC: only *ForCTC ones, see Encoder.heads)
+    encoder: Callable[..., Encoder]  # (source, adapter=, dtype=) -> Encoder
     layer_meaning: str
+    # (source, dtype=) -> the model whose text decoder makes tokens from a layer's states (LoadedWhisper, LoadedOwsm)
+    decoder: Callable | None = None
+    # (source, adapter=, dtype=) -> the model with the CTC head; ``ctc_always``: every checkpoint has it, else only
+    # those whose config.json names a *ForCTC architecture (wav2vec2's)
+    ctc: Callable | None = None
+    ctc_always: bool = False
+    cross_attention: Callable | None = None  # (source, dtype=) -> the decoder whose cross-attention times words
     hub_ids: tuple[str, ...] = ()  # examples, for the docs and messages
-    layout: str = ""  # "module:function" (source -> bool): recognises a layout with no config.json (ESPnet's)
+    layout: Callable[[str | os.PathLike], bool] | None = None  # recognises a layout with no config.json (ESPnet's)
+
+    @property
+    def heads(self) -> frozenset[str]:
+        """The heads every checkpoint of the family has (a CTC head only where ``ctc_always``)."""
+        ctc = self.ctc if self.ctc_always else None
+        have = {DECODER: self.decoder, CROSS_ATTENTION: self.cross_attention, CTC: ctc}
+        return frozenset(head for head, loader in have.items() if loader is not None)
 
     def load(self, source, *, adapter: str | None = None, dtype=None) -> Encoder:
-        module, _, function = self.loader.partition(":")
-        return getattr(importlib.import_module(module), function)(source, adapter=adapter, dtype=dtype)
+        return self.encoder(source, adapter=adapter, dtype=dtype)
 
-
-WHISPER_LAYERS = "0 = conv stem + positions, 1..L = block outputs, L+1 = ln_post output"
-WAV2VEC2_LAYERS = "transformers' hidden_states: 0 = input to the first layer, k = output of layer k (1..L)"
-W2VBERT_LAYERS = "0 = projected features, k = output of conformer block k (1..L); the adapter output is not stored"
-OWSM_LAYERS = "0 = conv2d subsampling + positions, 1..L = E-Branchformer block outputs, L+1 = after_norm output"
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
-            "whisper", ("whisper",), "engine.models.whisper.encoder:load", frozenset({DECODER, CROSS_ATTENTION}),
-            WHISPER_LAYERS, ("openai/whisper-base", "openai/whisper-large-v3"),
+            "whisper", ("whisper",), whisper_encoder.load, WHISPER_LAYERS, decoder=load_whisper,
+            cross_attention=load_whisper, hub_ids=("openai/whisper-base", "openai/whisper-large-v3"),
         ),
         Family(
-            "wav2vec2", ("wav2vec2", "hubert"), "engine.models.wav2vec2.encoder:load", frozenset(), WAV2VEC2_LAYERS,
-            ("facebook/wav2vec2-xls-r-300m", "facebook/mms-1b-all", "facebook/hubert-large-ll60k"),
+            "wav2vec2", ("wav2vec2", "hubert"), wav2vec2_encoder.load, WAV2VEC2_LAYERS, ctc=load_wav2vec2,
+            hub_ids=("facebook/wav2vec2-xls-r-300m", "facebook/mms-1b-all", "facebook/hubert-large-ll60k"),
         ),
         Family(
-            "w2vbert", ("wav2vec2-bert", "seamless_m4t_v2"), "engine.models.w2vbert.encoder:load", frozenset(),
-            W2VBERT_LAYERS, ("facebook/w2v-bert-2.0", "facebook/seamless-m4t-v2-large"),
+            "w2vbert", ("wav2vec2-bert", "seamless_m4t_v2"), w2vbert_encoder.load, W2VBERT_LAYERS,
+            hub_ids=("facebook/w2v-bert-2.0", "facebook/seamless-m4t-v2-large"),
         ),
         Family(
-            "owsm", (), "engine.models.owsm.encoder:load", frozenset({DECODER, CTC}), OWSM_LAYERS,
-            ("espnet/owsm_v3.1_ebf_base", "espnet/owsm_v3.1_ebf_small", "espnet/owsm_v3.1_ebf"),
-            layout="engine.models.owsm.layout:is_espnet_s2t",
+            "owsm", (), owsm_encoder.load, OWSM_LAYERS, decoder=load_owsm, ctc=load_owsm, ctc_always=True,
+            hub_ids=("espnet/owsm_v3.1_ebf_base", "espnet/owsm_v3.1_ebf_small", "espnet/owsm_v3.1_ebf"),
+            layout=is_espnet_s2t,
         ),
     )
 }  # fmt: skip
-DEFAULT_FAMILY = "whisper"  # stores written before families were recorded, and sources without a model_type
-
-
-def _call(target: str, *args):
-    module, _, function = target.partition(":")
-    return getattr(importlib.import_module(module), function)(*args)
 
 
 def family_of_model_type(model_type: str, source) -> Family:
@@ -185,7 +119,7 @@ def detect_family(source: str | os.PathLike | None) -> Family:
     config = _config_json(source)
     if config is None:
         for family in FAMILIES.values():
-            if family.layout and _call(family.layout, source):
+            if family.layout is not None and family.layout(source):
                 return family
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if not model_type:
@@ -233,6 +167,13 @@ def load_encoder(source, *, adapter: str | None = None, dtype=None) -> Encoder:
     return family.load(source, adapter=adapter, dtype=dtype)
 
 
+def load_model(source=None, *, adapter: str | None = None, dtype=None):
+    """The model of ``source`` (a folder, file or hub id of any family; None: the packaged whisper-base) as its
+    family loads it, for a notebook: ``LoadedWhisper``, ``LoadedWav2Vec2`` (``adapter``: an MMS language),
+    ``LoadedW2vBert`` or ``LoadedOwsm``; ``dtype``: the compute dtype (float32 by default)."""
+    return load_encoder(source, adapter=adapter, dtype=dtype).loaded
+
+
 def require_head(source, head: str, job: str, hint: str = "") -> Family:
     """The family of ``source`` if it has ``head``, else a CheckpointError naming the model and what it lacks,
     raised before any weight is read."""
@@ -262,33 +203,3 @@ def _has_ctc_head(source) -> bool:
     given (``None``: the packaged whisper-base) has none."""
     config = (_config_json(source) if source is not None else None) or {}
     return any(str(a).endswith("ForCTC") for a in config.get("architectures") or ())
-
-
-def split_windows(
-    samples: np.ndarray, long_audio: str, min_samples: int, window: int = WINDOW_SECONDS * 16000
-) -> list[np.ndarray]:
-    """``f32[samples]`` -> consecutive windows of at most ``window`` samples, 30 s (``"truncate"``: the first only). A
-    last window shorter than ``min_samples`` (no encoder frame) is dropped; an utterance shorter than that keeps its one
-    window, which the family's features refuse, naming it. Only a model trained on another window (a test's OWSM of
-    10 s) passes ``window``."""
-    n = window
-    if long_audio == "truncate":
-        samples = samples[:n]
-    parts = [samples[i : i + n] for i in range(0, max(len(samples), 1), n)]
-    if len(parts) > 1 and len(parts[-1]) < min_samples:
-        parts = parts[:-1]
-    return parts
-
-
-def window_frames(
-    samples: int, long_audio: str, frames: Callable[[int], int], min_samples: int, window: int = WINDOW_SECONDS * 16000
-) -> tuple[int, int]:
-    """``(frames, windows)`` of an utterance of ``samples`` 16 kHz samples cut as ``split_windows`` cuts it."""
-    n = window
-    if long_audio == "truncate":
-        samples = min(samples, n)
-    full, rest = divmod(int(samples), n)
-    total, windows = full * frames(n), full
-    if rest and (rest >= min_samples or not full):
-        total, windows = total + (frames(rest) if rest >= min_samples else 0), windows + 1
-    return total, max(windows, 1)

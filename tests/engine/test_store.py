@@ -16,7 +16,7 @@ import tensorstore as ts
 
 from engine.errors import BabelgridError, ShapeError
 from engine.models import family
-from engine.models.family import WAV2VEC2_LAYERS, FamilyDims
+from engine.models.interface import WAV2VEC2_LAYERS, FamilyDims
 from engine.models.whisper import features as whisper_features
 from engine.stores import schema
 from engine.stores.integrity import DamageError

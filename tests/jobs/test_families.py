@@ -22,6 +22,7 @@ import transformers  # noqa: E402
 from engine.data.audio import load_audio
 from engine.errors import CheckpointError
 from engine.models import family as fam
+from engine.models.interface import FAMILY_NAMES
 from engine.pipelines.interp.config import InterpConfig
 from engine.pipelines.interp.run import run_interp
 from engine.pipelines.retrieval.config import RetrievalConfig
@@ -224,3 +225,18 @@ def test_family_detection(tmp_path, tiny_model_dir):
         fam.detect_family(tmp_path)
     with pytest.raises(CheckpointError, match="adapters exist only for wav2vec2"):
         fam.load_encoder(tiny_model_dir, adapter="fra")
+
+
+def test_the_face_loads_any_family(tiny_model_dir, tmp_path_factory):
+    """``engine.load_model`` goes through the registry: a wav2vec2 folder loads as its family's model, a Whisper
+    folder as ``LoadedWhisper``, with the weights each family's loader reads."""
+    import engine
+    from engine.models.wav2vec2.loaded import LoadedWav2Vec2
+    from engine.models.whisper.loaded import LoadedWhisper
+
+    _, folder = _folder("wav2vec2", tmp_path_factory)
+    model = engine.load_model(folder)
+    assert isinstance(model, LoadedWav2Vec2) and model.checkpoint.sha256 == fam.load_encoder(folder).sha256
+    whisper = engine.load_model(tiny_model_dir)
+    assert isinstance(whisper, LoadedWhisper) and whisper.checkpoint.sha256 == fam.load_encoder(tiny_model_dir).sha256
+    assert tuple(fam.FAMILIES) == FAMILY_NAMES  # the stores' list of families is the registry's

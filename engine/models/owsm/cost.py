@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from engine.models.family import EncoderCost
+from engine.models.interface import EncoderCost
 from engine.models.owsm.config import OwsmConfig, subsampled_frames
 from engine.models.owsm.model import encoder_shapes
 

@@ -1,4 +1,4 @@
-"""OWSM v3.1 behind the family interface (``engine.models.family``): ESPnet's 30 s windows, every encoder layer.
+"""OWSM v3.1 behind the family interface (``engine.models.interface``): ESPnet's 30 s windows, every encoder layer.
 
 Input: each window's normalised log-mel features (``features``), the window zero-padded to the model's full length
 (30 s: 3001 feature frames, 749 encoder frames) exactly as ESPnet's S2T inference pads every clip, so the encoder
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError
-from engine.models.family import CTC, DECODER, OWSM_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+from engine.models.interface import CTC, DECODER, OWSM_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.owsm import features as feats
 from engine.models.owsm.config import SAMPLE_RATE
 from engine.models.owsm.cost import encoder_cost
@@ -30,7 +30,7 @@ from engine.models.owsm.loaded import LoadedOwsm, load_owsm
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class OwsmEncoder:
-    """A ``LoadedOwsm`` as an ``engine.models.family.Encoder``; ``loaded`` is the model for decoder-side jobs."""
+    """A ``LoadedOwsm`` as an ``engine.models.interface.Encoder``; ``loaded`` is the model for decoder-side jobs."""
 
     loaded: LoadedOwsm
     family: str = "owsm"

@@ -16,7 +16,7 @@ counted. Every window costs its own length: batches are padded to whole seconds,
 
 from __future__ import annotations
 
-from engine.models.family import EncoderCost
+from engine.models.interface import EncoderCost
 from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.config import EncoderConfig
 

@@ -1,9 +1,9 @@
-"""w2v-BERT 2.0 and the SeamlessM4T v2 speech encoder behind the family interface (``engine.models.family``).
+"""w2v-BERT 2.0 and the SeamlessM4T v2 speech encoder behind the family interface (``engine.models.interface``).
 
 Input: each window's log-mel filterbank, normalised over that window and stacked in pairs (``features``: 20 ms
 frames of 160 values). A batch is padded with zero frames to its longest window rounded up to whole seconds (50
 frames, so that a run compiles one program per batch shape and whole second), and the model masks the padding. Audio
-over 30 s is cut into 30 s windows encoded apart, as for every family (``engine.models.family.split_windows``).
+over 30 s is cut into 30 s windows encoded apart, as for every family (``engine.models.interface.split_windows``).
 Layers: 0 = projected features, 1..L = conformer blocks; Seamless's 8x-subsampling adapter output is not stored.
 """
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from engine.models.family import W2VBERT_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+from engine.models.interface import W2VBERT_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.cost import encoder_cost
 from engine.models.w2vbert.loaded import LoadedW2vBert, load_w2vbert
@@ -25,7 +25,7 @@ PAD_FRAMES = 50  # batches are padded to a multiple of this many frames (1 s)
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class W2vBertEncoder:
-    """A ``LoadedW2vBert`` as an ``engine.models.family.Encoder``."""
+    """A ``LoadedW2vBert`` as an ``engine.models.interface.Encoder``."""
 
     loaded: LoadedW2vBert
     family: str = "w2vbert"

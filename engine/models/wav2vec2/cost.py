@@ -15,7 +15,7 @@ Every window costs its own length: batches are padded to whole seconds, a bound 
 
 from __future__ import annotations
 
-from engine.models.family import EncoderCost
+from engine.models.interface import EncoderCost
 from engine.models.wav2vec2.config import Wav2Vec2Dims
 
 

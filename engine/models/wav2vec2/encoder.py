@@ -1,9 +1,9 @@
-"""wav2vec2, HuBERT, XLS-R and MMS behind the family interface (``engine.models.family``).
+"""wav2vec2, HuBERT, XLS-R and MMS behind the family interface (``engine.models.interface``).
 
 Input: each window's raw waveform, normalised on its own samples (``features.batch_waveforms``), no fixed length:
 a batch is right-padded to its longest window rounded up to whole seconds (``loaded.PAD_MULTIPLE``) and the model
 masks the padding, so a window's states do not depend on its batch mates. Audio over 30 s is cut into 30 s windows
-encoded apart, as Whisper's is (``engine.models.family.split_windows``): transformer attention over longer inputs
+encoded apart, as Whisper's is (``engine.models.interface.split_windows``): transformer attention over longer inputs
 grows quadratically, and equal windows keep stores of different families comparable utterance by utterance.
 Layers are transformers' ``hidden_states``.
 """
@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.errors import AudioError
 from engine.models.common.parallel import ShardedEncoder
-from engine.models.family import CTC, WAV2VEC2_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+from engine.models.interface import CTC, WAV2VEC2_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.wav2vec2.cost import encoder_cost
 from engine.models.wav2vec2.features import normalize
 from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, load_wav2vec2
@@ -27,7 +27,7 @@ from engine.models.wav2vec2.parallel import SIGNATURE
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Wav2Vec2Encoder:
-    """A ``LoadedWav2Vec2`` as an ``engine.models.family.Encoder``."""
+    """A ``LoadedWav2Vec2`` as an ``engine.models.interface.Encoder``."""
 
     loaded: LoadedWav2Vec2
     family: str = "wav2vec2"

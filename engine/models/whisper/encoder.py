@@ -1,4 +1,4 @@
-"""Whisper behind the family interface (``engine.models.family``): 30 s log-mel windows, the encoder's every layer.
+"""Whisper behind the family interface (``engine.models.interface``): 30 s log-mel windows, the encoder's every layer.
 
 Nothing here changes what Whisper computes: ``windows`` is ``engine.models.whisper.features.features_for_audio``,
 the sharded encoder is ``engine.models.common.parallel.ShardedEncoder``, and the store records Whisper's
@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.data import audio as audio_lib
 from engine.models.common.parallel import ShardedEncoder
-from engine.models.family import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
+from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
 from engine.models.whisper import features as whisper_features
 from engine.models.whisper.features import FEATURES, FRAME_RATE, features_for_audio
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
@@ -25,7 +25,7 @@ from engine.models.whisper.parallel import SIGNATURE
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class WhisperEncoder:
-    """A ``LoadedWhisper`` as an ``engine.models.family.Encoder``; ``loaded`` is the model for decoder-side jobs."""
+    """A ``LoadedWhisper`` as an ``engine.models.interface.Encoder``; ``loaded`` is the model for decoder-side jobs."""
 
     loaded: LoadedWhisper
     family: str = "whisper"

@@ -36,7 +36,8 @@ from engine.dtypes import DTYPES
 from engine.errors import LanguageError
 from engine.faults import fault_point
 from engine.languages import fleurs_to_whisper
-from engine.models.family import CROSS_ATTENTION, refuse_without_head
+from engine.models.family import refuse_without_head
+from engine.models.interface import CROSS_ATTENTION
 from engine.models.whisper.decoding import DecodingOptions
 from engine.models.whisper.features import N_ENCODER_FRAMES
 from engine.models.whisper.loaded import load_whisper

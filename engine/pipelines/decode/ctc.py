@@ -13,29 +13,24 @@ Output: the layout of ``engine.pipelines.decode.hypotheses`` (task ``transcribe`
 WER/CER (and BLEU/chrF) exactly as Whisper's hypotheses: ``scores.csv``, the figure, ``report.md``. Columns that only
 a decoder has: ``language_token`` is the store's language, ``avg_logprob`` the mean over valid frames of the best
 class's log-probability, ``n_tokens`` the emitted (non-blank, collapsed) ids. Resume: a part per (language, layer) is
-kept when made from the utterances done now. One process does the work (a head over stored states is cheap next to
-the encode that made them).
+kept when made from the utterances done now. Processes of a multi-process run claim (language, layer) units as
+Whisper's decode claims its own (``engine.pipelines.decode.store.decode_claimed``).
 """
 
 from __future__ import annotations
 
-import time
 import types
 
 import jax
 import numpy as np
 
 from engine.languages import fleurs_to_whisper
-from engine.models.wav2vec2.loaded import load_wav2vec2
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
 from engine.pipelines.decode.merge import merge
+from engine.pipelines.decode.store import Units, check_store, decode_claimed
 from engine.pipelines.decode.unit import compression_ratio
-from engine.runtime.parallel import is_process_zero
-from engine.runtime.runs import progress_bar
-from engine.stores.kv import create_or_compare, open_kvstore, write_value
-from engine.stores.parts import read_part
-from engine.stores.schema import is_done
+from engine.stores.kv import write_value
 
 DECODING = "ctc"
 TASK = "transcribe"
@@ -43,10 +38,10 @@ BATCH = 16  # utterances per head call
 MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "adapter", "store")
 
 
-def run_ctc_decode(config: DecodeConfig, reader, summary) -> None:
-    """Decodes every (language, layer) of the store with the CTC head of ``config.model`` into ``config.run.out``;
-    counts into ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease."""
-    t0 = time.perf_counter()
+def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
+    """Decodes every (language, layer) of the store with the CTC head of ``config.model`` (``load``: the family's CTC
+    head loader, ``load_wav2vec2``) into ``config.run.out``; counts into ``summary`` (a ``DecodeSummary``). The caller
+    holds the output's writer lease (``lease``). A work unit is one (language, layer): one part."""
     if config.tasks != (TASK,):
         raise DecodeError(f"a CTC head only transcribes: pass --tasks {TASK} (got {','.join(config.tasks)})")
     if config.model is None:
@@ -54,50 +49,37 @@ def run_ctc_decode(config: DecodeConfig, reader, summary) -> None:
     info = reader.info
     # The encode job names an MMS model with its adapter "<name>+adapter.<lang>" (engine.models.wav2vec2.encoder).
     adapter = info.model_name.split("+adapter.", 1)[1] if "+adapter." in info.model_name else None
-    model = load_wav2vec2(config.model, adapter=adapter)
-    if model.checkpoint.sha256 != info.checkpoint_sha256:
-        raise DecodeError(
-            f"the layer store was written by {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the model "
-            f"given is {model.checkpoint.name!r} (sha256 {model.checkpoint.sha256[:12]}); pass the store's model"
-        )
+    model = load(config.model, adapter=adapter)
+    langs, layers = check_store(config, reader, model.checkpoint.name, model.checkpoint.sha256)
     if model.vocab is None:
         raise DecodeError(f"model {model.checkpoint.name!r} has no vocab.json beside its weights: ids cannot be read")
-    langs = list(config.langs) if config.langs else reader.languages()
-    missing = sorted(set(langs) - set(reader.languages()))
-    if missing:
-        raise DecodeError(f"languages {missing} are not in the layer store, which has {reader.languages()}")
-    layers = list(config.layers) if config.layers is not None else list(info.layers)
-    lacking = [la for la in layers if la not in info.layers]
-    if lacking:
-        raise DecodeError(f"layers {lacking} are not in the layer store, which holds {list(info.layers)}")
     ln_post = bool(model.dims.do_stable_layer_norm)  # the final norm the head is read through (module docstring)
-    _, kv = open_kvstore(config.run.out)
     manifest = {
         "format": "babelgrid-hypotheses", "version": 1, "head": "ctc", "model_name": model.checkpoint.name,
         "checkpoint_sha256": model.checkpoint.sha256, "adapter": model.checkpoint.adapter, "store": reader.url,
     }  # fmt: skip
-    create_or_compare(kv, hyp.MANIFEST, manifest, config.run.out, fields=MANIFEST_FIELDS, error=DecodeError,
-                      what="decode folder")  # fmt: skip
-    if is_process_zero():
-        bar = progress_bar(len(langs) * len(layers), "decode (ctc)", "part", config.run.progress)
-        for lang in langs:
-            done = np.flatnonzero(is_done(reader.lengths(lang)))
-            for layer in layers:
-                key = hyp.part_key(lang, TASK, DECODING, layer, ln_post)
-                old = read_part(kv, key, config.run.out, "decode")
-                if old is not None and old[1]["done"] == done.tolist():
-                    summary.parts_kept += 1
-                else:
-                    rows = _part_rows(model, reader, lang, layer, ln_post, done, summary)
-                    write_value(kv, key, hyp.part_bytes(rows, done.tolist(), []), config.run.out)
-                bar.update(1)
-        bar.close()
+    units = {f"{lang}/L{layer:02d}": (lang, layer) for lang in langs for layer in layers}
+
+    def part_keys(unit: str) -> dict:
+        lang, layer = units[unit]
+        return {(TASK, DECODING, layer, ln_post): hyp.part_key(lang, TASK, DECODING, layer, ln_post)}
+
+    def work(kv, unit: str, pending: dict, done: list[int]) -> None:
+        lang, layer = units[unit]
+        for key in pending.values():
+            rows = _part_rows(model, reader, lang, layer, ln_post, np.asarray(done, np.int64), summary)
+            write_value(kv, key, hyp.part_bytes(rows, done, []), config.run.out)
+
+    def finish(kv) -> None:
         options = types.SimpleNamespace(
             tasks=(TASK,), decodings=(DECODING,), run=config.run, report_samples=config.report_samples
         )
         codes = {lang: _text_language(lang) for lang in langs}
         merge(kv, options, reader, langs, codes, [(layer, ln_post) for layer in layers], summary)
-    summary.seconds = time.perf_counter() - t0
+
+    summary.unit = "(language, layer)"
+    decode_claimed(config, reader, lease, summary, manifest, Units(units, part_keys), work, finish, "decode (ctc)",
+                   fields=MANIFEST_FIELDS)  # fmt: skip
 
 
 def _text_language(lang: str) -> str:

@@ -30,14 +30,14 @@ recomputed from audio. It only transcribes: a ``translate``-``ctc`` part is writ
 
 Columns as Whisper's, except: ``language_token`` is OWSM's language (``fra``), ``avg_logprob`` the mean
 log-probability of the generated tokens and ``<eos>`` under the decoder (the same forward pass, teacher-forced).
-One process does the work; resume per part as for Whisper.
+Resume per part as for Whisper; processes of a multi-process run claim one language each at a time
+(``engine.pipelines.decode.store.decode_claimed``), so that a language's windows are encoded once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -47,49 +47,34 @@ from flax import nnx
 from engine.data.audio import load_audio
 from engine.dtypes import DTYPES
 from engine.errors import AudioError, LanguageError
-from engine.models.owsm.encoder import OwsmEncoder, load
+from engine.models.owsm.encoder import OwsmEncoder
 from engine.models.owsm.languages import owsm_language
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
 from engine.pipelines.decode.ctc import _text_language
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references
-from engine.pipelines.decode.run import _variants  # run.py reaches this module by name (FAMILY_DECODERS): no cycle
+from engine.pipelines.decode.store import Units, check_store, decode_claimed, layer_variants
 from engine.pipelines.decode.unit import audio_skip_reason, compression_ratio
-from engine.runtime.parallel import is_process_zero
-from engine.runtime.runs import progress_bar
-from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.kv import write_value
 from engine.stores.parts import read_part
-from engine.stores.schema import is_done
 
 TASKS = {"transcribe": "<asr>", "translate": "<st_eng>"}  # the job's task names -> OWSM's task tokens
 CTC = "ctc"
 MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "store", "decode_as", "language")
 
 
-def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
-    """Decodes the store's languages and layers with ``config.model``'s decoder into ``config.run.out``; counts into
-    ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease."""
-    t0 = time.perf_counter()
+def run_owsm_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
+    """Decodes the store's languages and layers with ``config.model``'s decoder (``load``: the family's decoder
+    loader, ``load_owsm``) into ``config.run.out``; counts into ``summary`` (a ``DecodeSummary``). The caller holds
+    the output's writer lease (``lease``). A work unit is one language: its windows are encoded once for every
+    part."""
     if config.model is None:
         raise DecodeError("decode needs the store's model: pass --model (the OWSM folder or hub id it encoded with)")
     _refuse_whisper_beam_options(config)
-    info = reader.info
-    model = load(config.model, dtype=DTYPES[config.compute_dtype])
-    if model.sha256 != info.checkpoint_sha256:
-        raise DecodeError(
-            f"the layer store was written by {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the model "
-            f"given is {model.name!r} (sha256 {model.sha256[:12]}); pass the store's model with --model"
-        )
-    owsm = model.loaded
-    langs = list(config.langs) if config.langs else reader.languages()
-    missing = sorted(set(langs) - set(reader.languages()))
-    if missing:
-        raise DecodeError(f"languages {missing} are not in the layer store, which has {reader.languages()}")
-    layers = list(config.layers) if config.layers is not None else list(info.layers)
-    lacking = [la for la in layers if la not in info.layers]
-    if lacking:
-        raise DecodeError(f"layers {lacking} are not in the layer store, which holds {list(info.layers)}")
+    owsm = load(config.model, dtype=DTYPES[config.compute_dtype])
+    name, sha256 = owsm.checkpoint.name, owsm.checkpoint.sha256
+    langs, layers = check_store(config, reader, name, sha256)
     detect = config.language == "detect"
     tokens = {} if detect else {lang: _language_token(lang, config, owsm.config.languages()) for lang in langs}
     for task in config.tasks:
@@ -102,25 +87,16 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
         )
     english = english_references(config, reader) if "translate" in config.tasks else {}
     top = owsm.n_layers_out - 1
-    variants = _variants(layers, config.ln_post, top)
-    _, kv = open_kvstore(config.run.out)
+    variants = layer_variants(layers, config.ln_post, top)
     manifest = {
-        "format": "babelgrid-hypotheses", "version": 1, "head": "decoder", "model_name": model.name,
-        "checkpoint_sha256": model.sha256, "store": reader.url, "exact": True, "decode_as": dict(config.decode_as),
+        "format": "babelgrid-hypotheses", "version": 1, "head": "decoder", "model_name": name,
+        "checkpoint_sha256": sha256, "store": reader.url, "exact": True, "decode_as": dict(config.decode_as),
         "max_new_tokens": config.max_new_tokens, "compute_dtype": config.compute_dtype, "language": config.language,
     }  # fmt: skip
-    # A folder written before --language detect was built decoded with forced languages.
-    create_or_compare(kv, hyp.MANIFEST, manifest, config.run.out, fields=MANIFEST_FIELDS, error=DecodeError,
-                      what="decode folder", check=lambda stored: {"language": "forced", **stored})  # fmt: skip
-    if not is_process_zero():
-        return
     parts = [(task, d, layer, ln) for layer, ln in variants for task in config.tasks for d in config.decodings]
-    bar = progress_bar(len(langs) * len(parts), "decode (owsm)", "part", config.run.progress)
-    for lang in langs:
-        done = np.flatnonzero(is_done(reader.lengths(lang))).tolist()
-        keys = {p: hyp.part_key(lang, *p) for p in parts}
-        pending = [p for p in parts if not _kept(kv, keys[p], config, done)]
-        summary.parts_kept += len(parts) - len(pending)
+    units = Units({lang: (lang,) for lang in langs}, lambda lang: {p: hyp.part_key(lang, *p) for p in parts})
+
+    def work(kv, lang: str, pending: dict, done: list[int]) -> None:
         attention = [p for p in pending if p[1] != CTC]
         written = {}
         if attention:
@@ -128,14 +104,17 @@ def run_owsm_decode(config: DecodeConfig, reader, summary) -> None:
         for task, d, layer, ln in pending:
             if d == CTC:
                 written[(task, d, layer, ln)] = _ctc_part(owsm, reader, lang, task, layer, ln, done, summary)
-        for p in pending:
+        for p, key in pending.items():
             part_rows, part_skips = written[p]
-            write_value(kv, keys[p], hyp.part_bytes(part_rows, done, part_skips), config.run.out)
-        bar.update(len(parts))
-    bar.close()
-    codes = {lang: _text_language(lang) for lang in langs}
-    merge(kv, config, reader, langs, codes, variants, summary)
-    summary.seconds = time.perf_counter() - t0
+            write_value(kv, key, hyp.part_bytes(part_rows, done, part_skips), config.run.out)
+
+    def finish(kv) -> None:
+        merge(kv, config, reader, langs, {lang: _text_language(lang) for lang in langs}, variants, summary)
+
+    summary.unit = "languages"
+    # A folder written before --language detect was built decoded with forced languages.
+    decode_claimed(config, reader, lease, summary, manifest, units, work, finish, "decode (owsm)",
+                   fields=MANIFEST_FIELDS, check=lambda stored: {"language": "forced", **stored})  # fmt: skip
 
 
 def _refuse_whisper_beam_options(config: DecodeConfig) -> None:

@@ -10,8 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.family import FAMILIES
 from engine.models.whisper.cost import N_CTX, encoder_block, encoder_flops_per_window
 from engine.models.whisper.dims import ModelDimensions
+from engine.models.whisper.loaded import load_whisper
 from engine.pipelines.decode.config import DecodeError
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
@@ -50,8 +52,8 @@ def calibrate_decoder(dims: ModelDimensions, rows: int, dtype: str) -> float:
 def plan_decode_run(config, device: Device | None) -> Plan:
     reader = open_store(config.store)
     info = reader.info
-    if info.family != "whisper":
-        # The cost model below is Whisper's decoder over 1500 frames; another family's decoder (OWSM's, its CTC
+    if FAMILIES[info.family].decoder is not load_whisper:
+        # The cost model below is Whisper's decoder over 1500 frames; another family's head (OWSM's decoder, a CTC
         # head) is not modelled, and a plan of the wrong model would be a number nobody measured.
         raise DecodeError(
             f"decode --plan models Whisper's decoder only; '{config.store}' is a {info.family} store. Time the "

@@ -3,7 +3,7 @@
 Whisper pads every window to 30 s, so its plan counts whole windows (``engine.pipelines.encode.plan``). wav2vec2 and
 w2v-BERT take each window as it is: a window of S samples costs ``Encoder.cost(S)`` (each family counts its own
 matmuls and convolutions in its ``cost.py``), so the plan sums the cost of every window of every utterance, cut as
-``engine.models.family.split_windows`` cuts it. OWSM pads every window to its model's full window
+``engine.models.interface.split_windows`` cuts it. OWSM pads every window to its model's full window
 (``pads_windows``): its ``cost(S)`` is the full window's whatever S, its windows are cut at its own
 ``window_samples`` (30 s for published models) and dropped as ``split_windows`` drops them (``min_samples``), and
 the plan says so. Time here is the loaded encoder timed on the dataset's longest window (rounded up as a batch pads
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.common.parallel import data_mesh
-from engine.models.family import WINDOW_SECONDS, Encoder, EncoderCost
+from engine.models.interface import WINDOW_SECONDS, Encoder, EncoderCost
 from engine.pipelines.encode.memory import WINDOW_SAMPLES, family_step
 from engine.runtime.devices import Device
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, size, timed

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from engine.models.family import WINDOW_SECONDS, EncoderCost
+from engine.models.interface import WINDOW_SECONDS, EncoderCost
 from engine.models.whisper.cost import N_CTX, N_FEATURE_FRAMES, encoder_params
 from engine.models.whisper.dims import ModelDimensions
 from engine.runtime.options import ConfigError
@@ -63,7 +63,7 @@ def family_step(cost: EncoderCost, samples: int, embed: int, layers: Sequence[in
 
 
 def model_step(model, layers: Sequence[int], compute_dtype: str) -> StepMemory:
-    """The step of a loaded ``Encoder`` (``engine.models.family``) on full windows."""
+    """The step of a loaded ``Encoder`` (``engine.models.interface``) on full windows."""
     if isinstance(model.store_dims, ModelDimensions):
         return whisper_step(model.store_dims, layers, compute_dtype)
     window = getattr(model, "window_samples", WINDOW_SAMPLES)  # OWSM's own window; 30 s for the others

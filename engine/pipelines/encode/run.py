@@ -39,7 +39,8 @@ from engine.data.utterance import Source, Utterance
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.models.common.parallel import data_mesh
-from engine.models.family import Encoder, load_encoder
+from engine.models.family import load_encoder
+from engine.models.interface import Encoder
 from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.loaded import LoadedWhisper
 from engine.pipelines.encode.config import EncodeConfig

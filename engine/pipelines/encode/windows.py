@@ -69,7 +69,7 @@ def prepare(task: Task, encoder, long_audio: str) -> Prepared:
 
 def probe_rows(utts: Sequence[Utterance], long_audio: str, encoder) -> list[UtteranceRow]:
     """The store's utterance table, from headers only (no decoding): frames known before encoding, as ``encoder``
-    (an ``engine.models.family.Encoder``) will cut the audio."""
+    (an ``engine.models.interface.Encoder``) will cut the audio."""
     rows = []
     for utt in utts:
         n_frames, n_windows, duration = 0, 0, 0.0

@@ -44,7 +44,8 @@ from engine.data.sources import dataset_translations
 from engine.dtypes import DTYPES
 from engine.languages import fleurs_to_whisper
 from engine.models.common.parallel import data_mesh
-from engine.models.family import DECODER, refuse_without_head
+from engine.models.family import FAMILIES, refuse_without_head
+from engine.models.interface import DECODER
 from engine.models.whisper.checkpoints.export import export_hf
 from engine.models.whisper.decoding import greedy_decode
 from engine.models.whisper.loaded import load_whisper
@@ -170,7 +171,8 @@ def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
         "finetune", DECODER, None if whisper is not None else config.model, reader.info,
         "finetune trains a Whisper decoder on a Whisper store",
     )  # fmt: skip
-    if reader.info.family != "whisper":  # OWSM has a decoder too, but finetune's training step is Whisper's
+    # The head the store's model has: OWSM has a decoder too, but finetune's training step is Whisper's decoder's.
+    if FAMILIES[reader.info.family].decoder is not load_whisper:
         raise D.FinetuneError(
             f"finetune trains a Whisper decoder on a Whisper store; the layer store was written by "
             f"{reader.info.model_name!r}, a {reader.info.family} model. Encode the data with a Whisper model first"

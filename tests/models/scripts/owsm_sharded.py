@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from engine.models.common.parallel import data_mesh
-from engine.models.family import OWSM_LAYERS
+from engine.models.interface import OWSM_LAYERS
 from engine.models.owsm.checkpoints import Checkpoint
 from engine.models.owsm.config import FrontendConfig, OwsmConfig
 from engine.models.owsm.decoder import OwsmDecoder, decoder_shapes
