@@ -16,6 +16,7 @@ import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
 from engine.stores.reader import open_store
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -24,7 +25,9 @@ REQUIRED = {"encode": ["out"], "seqsim": ["store", "out"], "align": ["store", "o
 
 def run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=patient(120)
+    )
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -83,7 +86,9 @@ def test_babelgrid_run_equals_the_separate_jobs_and_skips_completed_stages(tiny_
     script = pathlib.Path(sys.executable).parent / "babelgrid"  # the console script `pip install -e .` made
     command = [str(script)] if script.exists() else [sys.executable, "-m", "jobs.cli"]
     settings = ["--set", f"out={two}", "--set", f"model={tiny_model_dir}", "--set", f"data={data}"]
-    first = subprocess.run([*command, "run", str(study), *settings], capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        [*command, "run", str(study), *settings], capture_output=True, text=True, timeout=patient(600)
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     # Same outputs: the retrieval table, and every stored array and table bitwise.
     assert (one / "similarity" / "retrieval.csv").read_text() == (two / "similarity" / "retrieval.csv").read_text()
@@ -93,10 +98,12 @@ def test_babelgrid_run_equals_the_separate_jobs_and_skips_completed_stages(tiny_
         np.testing.assert_array_equal(sa.lengths(lang), sb.lengths(lang))
         for layer in sa.info.layers:
             np.testing.assert_array_equal(sa.language_layer(lang, layer)[0], sb.language_layer(lang, layer)[0])
-    second = subprocess.run([*command, "run", str(study), *settings], capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        [*command, "run", str(study), *settings], capture_output=True, text=True, timeout=patient(600)
+    )
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("inputs unchanged: skipped") == 3, second.stdout
-    help_ = subprocess.run([*command, "encode", "--help"], capture_output=True, text=True, timeout=120)
+    help_ = subprocess.run([*command, "encode", "--help"], capture_output=True, text=True, timeout=patient(120))
     assert help_.returncode == 0 and "--out: (required)" in help_.stdout
 
 

@@ -29,6 +29,7 @@ from engine.runtime import plan as plan_lib
 from engine.runtime.devices import get_device
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SECONDS = {"a": 0.5, "b": 31.0, "c": 1.0}  # b needs two 30 s windows
@@ -66,7 +67,7 @@ def test_encode_plan_through_the_flags_counts_and_writes_nothing(clips, tiny_mod
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patient(300),
     )
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
