@@ -23,6 +23,7 @@ no stage before it ran again: ``babelgrid run`` records each completed stage und
 from __future__ import annotations
 
 import datetime
+import difflib
 import functools
 import hashlib
 import importlib
@@ -149,7 +150,15 @@ def _stage(i: int, stage, variables: dict[str, str], spec: str) -> tuple[str, di
         )
     unknown = sorted(set(flags) - job_flags()[job])
     if unknown:
-        raise StudyError(f"{where} sets {', '.join(unknown)}: not flags of {job} (`babelgrid {job} --help` lists them)")
+        guesses = {k: difflib.get_close_matches(k, job_flags()[job], n=1) for k in unknown}
+        hints = "".join(
+            f"; did you mean {guess[0]!r}" + (f" for {k!r}" if len(unknown) > 1 else "") + "?"
+            for k, guess in guesses.items()
+            if guess
+        )
+        raise StudyError(
+            f"{where} sets {', '.join(unknown)}: not flags of {job}{hints} (`babelgrid {job} --help` lists them)"
+        )
     return job, {k: _substitute(_scalar(v, f"{where} --{k}"), variables, f"{where} --{k}") for k, v in flags.items()}
 
 

@@ -159,6 +159,21 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     assert proc.returncode == 2 and "uses the YAML alias *a0 at line 3" in proc.stderr, proc.stderr
 
 
+def test_a_dry_run_refuses_a_misspelt_flag_before_anything_runs(tmp_path):
+    """`measures:` for seqsim's `measure`: passed the dry run, then failed after 81 s of encoding. The dry run reads
+    the study the way the run does, so it refuses the stage with the flag it meant, and nothing is planned."""
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY.replace('measure: "seqsim,mean"', 'measures: "seqsim,mean"'))
+    settings = ["--set", f"out={tmp_path / 'out'}", "--set", "model=m", "--set", "data=d"]
+    for extra in (["--dry-run"], []):
+        proc = run("-m", "jobs.cli", "run", str(study), *settings, *extra)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "stage 2 (seqsim) of" in proc.stderr and "sets measures: not flags of seqsim" in proc.stderr
+        assert "did you mean 'measure'?" in proc.stderr, proc.stderr
+        assert "would run" not in proc.stdout and "runs (" not in proc.stdout, proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_help_is_on_stdout_and_exits_0():
     proc = run("-m", "jobs.cli", "run", "--help")
     assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--rerun changed" in proc.stdout
@@ -182,6 +197,8 @@ def test_run_help_is_on_stdout_and_exits_0():
         ('stages:\n  - verify: {location: x, "flagfile=/p/evil.flags": ""}\n', "'flagfile=/p/evil.flags', which"),
         ("stages:\n  - verify: {location: x, Location: y}\n", "'Location', which is not a flag name"),
         ("stages:\n  - verify: {location: x, dataset: demo}\n", "sets dataset: not flags of verify"),
+        ("stages:\n  - seqsim: {store: s, measures: mean}\n", "not flags of seqsim; did you mean 'measure'? (`"),
+        ("stages:\n  - align: {stor: s, outt: o}\n", "'out' for 'outt'?; did you mean 'store' for 'stor'?"),
         ("vars: {out: [a, b]}\nstages:\n  - encode: {out: x}\n", "variable 'out' must be a string, number or boolean"),
         ("stages:\n  - encode: {out: {a: 1}}\n", "--out must be a string, number or boolean, got a dict"),
         ("stages:\n  - encode: {out: }\n", "--out must be a string, number or boolean, got nothing"),
