@@ -251,3 +251,46 @@ def test_an_output_never_nests_with_what_the_job_reads(tmp_path):
     configure(RetrievalConfig, similarity=sim, out=sim)  # beside: retrieval.csv in the similarity store
     configure(SimilarityConfig, store=s, out=str(tmp_path / "S-sim"))  # a sibling whose name starts alike
     configure(CompareConfig, stores=(s, s), retrieval=("", sim), out=str(tmp_path / "c"))
+
+
+# A job run as `python -m jobs.<job>` would run it, in a child that reports whether JAX was loaded when it stopped.
+JOB_WITH_JAX_CHECK = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module("jobs." + sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    print("exit", e.code, "jax loaded:", "jax" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("job", "args", "named"),
+    [
+        ("seqsim", ["--store", "{missing}", "--out", "{out}"], "--store '{missing}'"),
+        ("retrieval", ["--similarity", "{missing}"], "--similarity '{missing}'"),
+        ("compare", ["--stores", "{empty},file://{missing}", "--out", "{out}"], "--stores 'file://{missing}'"),
+        ("interp", ["--store", "{empty}", "--words", "{missing}", "--out", "{out}"], "--words '{missing}'"),
+    ],
+)
+def test_a_missing_input_is_one_line_before_jax_loads(tmp_path, job, args, named):
+    """A mistyped store path: named in one line, without the job's --help, before JAX is imported (which took 8-37 s
+    on a loaded machine)."""
+    paths = {"missing": tmp_path / "no-such-store", "empty": tmp_path / "empty", "out": tmp_path / "out"}
+    paths["empty"].mkdir()
+    proc = run("-c", JOB_WITH_JAX_CHECK, job, *(a.format(**paths) for a in args))
+    assert "exit 1 jax loaded: False" in proc.stdout, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"{job}: ConfigError: {named.format(**paths)} does not exist; check the path"), lines
+    assert not paths["out"].exists()
+
+
+def test_a_data_error_in_a_plan_is_its_one_line_not_the_jobs_help(tmp_path):
+    """--plan on a folder that is no store: the plan's StoreError alone, not 73-117 lines of --help before it."""
+    (tmp_path / "empty").mkdir()
+    proc = run("-m", "jobs.seqsim", "--store", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--plan")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("seqsim: StoreError: no babelgrid store at"), proc.stderr
+    assert "flags:" not in proc.stderr and "python -m jobs.seqsim" not in proc.stderr + proc.stdout
