@@ -294,3 +294,21 @@ def test_a_data_error_in_a_plan_is_its_one_line_not_the_jobs_help(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("seqsim: StoreError: no babelgrid store at"), proc.stderr
     assert "flags:" not in proc.stderr and "python -m jobs.seqsim" not in proc.stderr + proc.stdout
+
+
+def test_set_refuses_a_variable_the_study_does_not_have(tmp_path):
+    """`--set otu=/data/x` was accepted, and the study ran into its default `out`: a name not among the study's vars
+    (or `runs`) is refused with the names it has."""
+    from jobs.cli import StudyError, load_study
+
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    with pytest.raises(StudyError, match=re.escape("has no variable 'otu' (did you mean 'out'?); its variables: data")):
+        load_study(str(study), ["otu=/data/x"])
+    with pytest.raises(StudyError, match=re.escape("no variable 'speed'; its variables: data, model, out, runs")):
+        load_study(str(study), ["out=/data/x", "speed=2"])
+    variables, stages = load_study(str(study), ["out=/data/x", "runs=/data/runs"])
+    assert variables["out"] == "/data/x" and variables["runs"] == "/data/runs"
+    assert stages[0][1]["out"] == "/data/x/store"
+    proc = run("-m", "jobs.cli", "run", str(study), "--set", "otu=x", "--dry-run")
+    assert proc.returncode == 2 and "did you mean 'out'?" in proc.stderr and not proc.stdout, proc.stdout + proc.stderr
