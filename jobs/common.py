@@ -26,6 +26,7 @@ import sys
 import time
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from engine.errors import BabelgridError
 from engine.runtime.devices import DEVICES, get_device
@@ -226,10 +227,20 @@ def usage() -> str:
     )
 
 
+class PlainFormatter(logging.Formatter):
+    """A job's log lines as a user reads them among its printed ones: the message alone, ``warning: `` (``error: ``)
+    before a warning (an error); not absl's ``I1124 18:00:00.000000 140350979050368 run.py:12]`` prefix, which named
+    a thread and a source line in the middle of the job's own output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
 def run(main) -> None:
     """Starts a job: logging to stderr at INFO, absl's flag parsing, jax.distributed when its flags ask for it, then
     ``main()``, whose return value is the exit code. ``--help`` prints ``usage()`` and exits 0."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     # JAX logs every accelerator plugin it looks for and does not find ("Unable to initialize backend 'tpu'") at
     # INFO: noise on every CPU run. Its warnings still show.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -238,6 +249,8 @@ def run(main) -> None:
         sys.exit(0)
 
     def start(argv):
+        # app.run has put absl's handler in place of basicConfig's (the one writing to stderr): it takes the format.
+        absl_logging.get_absl_handler().setFormatter(PlainFormatter())
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
         check_inputs()  # a mistyped path is named at once, not after JAX has loaded

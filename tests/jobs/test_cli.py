@@ -312,3 +312,22 @@ def test_set_refuses_a_variable_the_study_does_not_have(tmp_path):
     assert stages[0][1]["out"] == "/data/x/store"
     proc = run("-m", "jobs.cli", "run", str(study), "--set", "otu=x", "--dry-run")
     assert proc.returncode == 2 and "did you mean 'out'?" in proc.stderr and not proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_jobs_log_lines_print_plainly():
+    """A job's log lines among its printed ones: the message alone (a warning marked), not absl's prefix of date,
+    thread id and source line ("I1124 18:00:00.000000 140350979050368 run.py:12] ...")."""
+    code = (
+        "import logging\nfrom absl import logging as absl_logging\nfrom jobs import common\n"
+        "def main():\n"
+        "    logging.getLogger('engine.x').info('planned %d units', 3)\n"
+        "    logging.getLogger('engine.x').warning('2 skipped')\n"
+        "    absl_logging.info('absl says hello')\n"
+        "    return 0\n"
+        "common.run(main)\n"
+    )
+    proc = run("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "planned 3 units" in lines and "warning: 2 skipped" in lines and "absl says hello" in lines, lines
+    assert not [line for line in lines if re.match(r"[IWEF]\d{4} \d\d:\d\d", line)], lines
