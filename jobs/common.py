@@ -44,6 +44,11 @@ _PLANS: dict[type, PlanFunction] = {}  # config class -> its job's plan function
 # flag -> (its parse rule, its help text), of the config fields that name a location the job reads (``option``'s
 # ``reads``): ``check_inputs`` looks for the local ones before the job loads JAX.
 _READS: dict[str, tuple[str | None, str]] = {}
+# Of those, the flags that name a babelgrid store (a layer store, or seqsim's similarity store): each holds its
+# manifest at its root (engine.stores.schema.MANIFEST, engine.stores.similarity.MANIFEST, named here without importing
+# them: they load TensorStore).
+STORE_FLAGS = ("store", "stores", "similarity")
+STORE_MANIFEST = "manifest.json"
 
 
 def _flag_module(module: str) -> str:
@@ -195,9 +200,10 @@ HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
 
 def check_inputs() -> None:
     """Refuses a local store or folder the job reads (a flag whose field ``option`` marks ``reads``) that does not
-    exist, with a one-line ``ConfigError``: a job loads JAX, TensorStore and its model code before it opens its
-    inputs, which took 8-37 s on a loaded machine to name a mistyped path. Remote locations (gs://, s3://,
-    memory://) are left to the job, which opens them; a location that exists but is no store is the job's to name."""
+    exist, or a local folder given as a store (``STORE_FLAGS``) without a store's manifest, with a one-line
+    ``ConfigError``: a job loads JAX, TensorStore and its model code before it opens its inputs, which took 8-37 s on a
+    loaded machine to name a mistyped path. Remote locations (gs://, s3://, memory://) are left to the job, which
+    opens them, and so is what a store holds."""
     for name, (parse, help_text) in _READS.items():
         if name not in FLAGS or not getattr(FLAGS, name):
             continue
@@ -206,8 +212,14 @@ def check_inputs() -> None:
         for location in locations if isinstance(locations, tuple) else (locations,):
             if not location or ("://" in location and not location.startswith("file://")):
                 continue
-            if not os.path.exists(location.removeprefix("file://")):
+            path = location.removeprefix("file://")
+            if not os.path.exists(path):
                 raise ConfigError(f"--{name} {location!r} does not exist; check the path (--{name}: {help_text})")
+            if name in STORE_FLAGS and os.path.isdir(path) and not os.path.exists(os.path.join(path, STORE_MANIFEST)):
+                raise ConfigError(
+                    f"--{name} {location!r} is no babelgrid store: it has no {STORE_MANIFEST}; check the path "
+                    f"(--{name}: {help_text})"
+                )
 
 
 def job_name() -> str:

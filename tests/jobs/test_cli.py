@@ -267,32 +267,47 @@ except SystemExit as e:
 @pytest.mark.parametrize(
     ("job", "args", "named"),
     [
-        ("seqsim", ["--store", "{missing}", "--out", "{out}"], "--store '{missing}'"),
-        ("retrieval", ["--similarity", "{missing}"], "--similarity '{missing}'"),
-        ("compare", ["--stores", "{empty},file://{missing}", "--out", "{out}"], "--stores 'file://{missing}'"),
-        ("interp", ["--store", "{empty}", "--words", "{missing}", "--out", "{out}"], "--words '{missing}'"),
+        ("seqsim", ["--store", "{missing}", "--out", "{out}"], "--store '{missing}' does"),
+        ("retrieval", ["--similarity", "{missing}"], "--similarity '{missing}' does"),
+        ("compare", ["--stores", "{store},file://{missing}", "--out", "{out}"], "--stores 'file://{missing}' does"),
+        ("interp", ["--store", "{store}", "--words", "{missing}", "--out", "{out}"], "--words '{missing}' does"),
+        ("probes", ["--store", "{empty}", "--out", "{out}"], "--store '{empty}' is no babelgrid store"),
+        ("seqsim", ["--store", "{store}", "--out", "{out}"], "--store '{store}' does"),
+        ("retrieval", ["--similarity", "file://{empty}"], "--similarity 'file://{empty}' is no babelgrid store"),
     ],
 )
 def test_a_missing_input_is_one_line_before_jax_loads(tmp_path, job, args, named):
-    """A mistyped store path: named in one line, without the job's --help, before JAX is imported (which took 8-37 s
-    on a loaded machine)."""
+    """A mistyped store path, or a folder that is no store: named in one line, without the job's --help, before JAX
+    is imported (which took 8-37 s on a loaded machine). ``store``: a folder with a manifest, which passes this check
+    (what the manifest holds is the job's to check once it runs)."""
     paths = {"missing": tmp_path / "no-such-store", "empty": tmp_path / "empty", "out": tmp_path / "out"}
+    paths |= {"store": tmp_path / "store"}
     paths["empty"].mkdir()
+    paths["store"].mkdir()
+    (paths["store"] / "manifest.json").write_text("{}")
+    if named == "--store '{store}' does":  # the manifest alone passes: the refusal is the job's own, after JAX
+        proc = run("-c", JOB_WITH_JAX_CHECK, job, *(a.format(**paths) for a in args))
+        assert "exit 1 jax loaded: True" in proc.stdout, proc.stdout + proc.stderr
+        assert "ConfigError" not in proc.stderr and "StoreError" in proc.stderr, proc.stderr
+        return
     proc = run("-c", JOB_WITH_JAX_CHECK, job, *(a.format(**paths) for a in args))
     assert "exit 1 jax loaded: False" in proc.stdout, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"{job}: ConfigError: {named.format(**paths)} does not exist; check the path"), lines
+    assert lines[0].startswith(f"{job}: ConfigError: {named.format(**paths)}"), lines
+    assert "check the path" in lines[0]
     assert not paths["out"].exists()
 
 
 def test_a_data_error_in_a_plan_is_its_one_line_not_the_jobs_help(tmp_path):
-    """--plan on a folder that is no store: the plan's StoreError alone, not 73-117 lines of --help before it."""
-    (tmp_path / "empty").mkdir()
-    proc = run("-m", "jobs.seqsim", "--store", str(tmp_path / "empty"), "--out", str(tmp_path / "out"), "--plan")
+    """--plan on a store whose manifest is not a layer store's: the plan's StoreError alone, not 73-117 lines of
+    --help before it."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text("{}")
+    proc = run("-m", "jobs.seqsim", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out"), "--plan")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("seqsim: StoreError: no babelgrid store at"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("seqsim: StoreError: manifest.json in"), proc.stderr
     assert "flags:" not in proc.stderr and "python -m jobs.seqsim" not in proc.stderr + proc.stdout
 
 
