@@ -23,6 +23,7 @@ no stage before it ran again: ``babelgrid run`` records each completed stage und
 from __future__ import annotations
 
 import datetime
+import difflib
 import functools
 import hashlib
 import importlib
@@ -89,10 +90,18 @@ def load_study(spec: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tup
         if not isinstance(name, str) or not name.isidentifier():
             raise StudyError(f"study {spec!r}: variable name {name!r} is not a name (letters, digits and '_')")
         variables[name] = _scalar(value, f"study {spec!r}: variable {name!r}")
+    known = sorted({*variables, "runs"})  # `runs` has a default of its own (below)
     for item in overrides:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise StudyError(f"--set takes NAME=VALUE, got {item!r}")
+        if name not in known:  # a misspelt name would leave the variable it meant at its default, silently
+            guess = difflib.get_close_matches(name, known, n=1)
+            raise StudyError(
+                f"--set {name}=...: study {spec!r} has no variable {name!r}"
+                + (f" (did you mean {guess[0]!r}?)" if guess else "")
+                + f"; its variables: {', '.join(known)}"
+            )
         variables[name] = value
     variables.setdefault("runs", f"{variables.get('out', 'out')}/runs")
     return variables, [_stage(i, stage, variables, spec) for i, stage in enumerate(study["stages"])]
@@ -149,7 +158,15 @@ def _stage(i: int, stage, variables: dict[str, str], spec: str) -> tuple[str, di
         )
     unknown = sorted(set(flags) - job_flags()[job])
     if unknown:
-        raise StudyError(f"{where} sets {', '.join(unknown)}: not flags of {job} (`babelgrid {job} --help` lists them)")
+        guesses = {k: difflib.get_close_matches(k, job_flags()[job], n=1) for k in unknown}
+        hints = "".join(
+            f"; did you mean {guess[0]!r}" + (f" for {k!r}" if len(unknown) > 1 else "") + "?"
+            for k, guess in guesses.items()
+            if guess
+        )
+        raise StudyError(
+            f"{where} sets {', '.join(unknown)}: not flags of {job}{hints} (`babelgrid {job} --help` lists them)"
+        )
     return job, {k: _substitute(_scalar(v, f"{where} --{k}"), variables, f"{where} --{k}") for k, v in flags.items()}
 
 
@@ -186,7 +203,7 @@ flags, the same inputs and no stage before it ran again. Inputs are the local fi
 (--dataset folder:/manifest:/fleurs:/hf:/covost2:/mass: paths, --model folders, upstream stores), compared by their
 files' names, sizes and modification times; remote URLs (gs://, s3://) are not fingerprinted.
 
-  --set NAME=VALUE   override a variable of the study's vars
+  --set NAME=VALUE   override a variable of the study's vars (or runs); another name is refused
   --dry-run          list what would run and why, run nothing
   --rerun changed    a stage whose inputs changed since it completed: move its old output aside (OUT.stale-TIME,
                      local paths only) and redo it and every stage after it; without it, such a stage is run on its

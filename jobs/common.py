@@ -26,10 +26,11 @@ import sys
 import time
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from engine.errors import BabelgridError
 from engine.runtime.devices import DEVICES, get_device
-from engine.runtime.options import PARSERS, RunOptions, format_value
+from engine.runtime.options import PARSERS, ConfigError, RunOptions, format_value
 
 FLAGS = flags.FLAGS
 
@@ -40,6 +41,14 @@ RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
 # Given as "module:function", imported only when --plan is asked, so that --help loads no JAX.
 PlanFunction = str
 _PLANS: dict[type, PlanFunction] = {}  # config class -> its job's plan function (define_plan)
+# flag -> (its parse rule, its help text), of the config fields that name a location the job reads (``option``'s
+# ``reads``): ``check_inputs`` looks for the local ones before the job loads JAX.
+_READS: dict[str, tuple[str | None, str]] = {}
+# Of those, the flags that name a babelgrid store (a layer store, or seqsim's similarity store): each holds its
+# manifest at its root (engine.stores.schema.MANIFEST, engine.stores.similarity.MANIFEST, named here without importing
+# them: they load TensorStore).
+STORE_FLAGS = ("store", "stores", "similarity")
+STORE_MANIFEST = "manifest.json"
 
 
 def _flag_module(module: str) -> str:
@@ -87,6 +96,8 @@ def _define_field_flag(field, module: str, help_text: str | None, required: bool
         text = f"(required) {text}"
         default = None  # a required flag has no default, whatever the library's field holds
     name, choices, parse = flag_name(field), meta.get("choices"), meta.get("parse")
+    if meta.get("reads"):
+        _READS[name] = (parse, meta["help"])
     if parse is not None:
         flags.DEFINE_string(name, format_value(default, parse, meta["help"]), text, module_name=module)
     elif choices is not None and not isinstance(default, bool):
@@ -123,8 +134,11 @@ def plan_if_asked(config) -> None:
     make_plan = getattr(importlib.import_module(module), name)
     try:
         plan = make_plan(config, get_device(FLAGS.plan_device))
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    except BabelgridError:
+        raise  # bad data, not a misused flag: its one line (``_without_traceback``), not the job's whole --help
+    except ValueError as e:  # inputs the plan cannot be made of: the cause alone, likewise
+        print(f"{job_name()}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
     print(plan.render())
     sys.exit(0)
 
@@ -184,6 +198,35 @@ def finish(summary, lines=(), strict: bool = False) -> int:
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort")
 
 
+def check_inputs() -> None:
+    """Refuses a local store or folder the job reads (a flag whose field ``option`` marks ``reads``) that does not
+    exist, or a local folder given as a store (``STORE_FLAGS``) without a store's manifest, with a one-line
+    ``ConfigError``: a job loads JAX, TensorStore and its model code before it opens its inputs, which took 8-37 s on a
+    loaded machine to name a mistyped path. Remote locations (gs://, s3://, memory://) are left to the job, which
+    opens them, and so is what a store holds."""
+    for name, (parse, help_text) in _READS.items():
+        if name not in FLAGS or not getattr(FLAGS, name):
+            continue
+        value = getattr(FLAGS, name)
+        locations = PARSERS[parse](value) if parse is not None else value
+        for location in locations if isinstance(locations, tuple) else (locations,):
+            if not location or ("://" in location and not location.startswith("file://")):
+                continue
+            path = location.removeprefix("file://")
+            if not os.path.exists(path):
+                raise ConfigError(f"--{name} {location!r} does not exist; check the path (--{name}: {help_text})")
+            if name in STORE_FLAGS and os.path.isdir(path) and not os.path.exists(os.path.join(path, STORE_MANIFEST)):
+                raise ConfigError(
+                    f"--{name} {location!r} is no babelgrid store: it has no {STORE_MANIFEST}; check the path "
+                    f"(--{name}: {help_text})"
+                )
+
+
+def job_name() -> str:
+    """The running job's name, as its one-line errors start (``seqsim: ...``)."""
+    return pathlib.Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "job"
+
+
 def usage() -> str:
     """The job's docstring as written (examples keep their line breaks), then its flags, required ones marked."""
     main = sys.modules["__main__"]
@@ -196,10 +239,20 @@ def usage() -> str:
     )
 
 
+class PlainFormatter(logging.Formatter):
+    """A job's log lines as a user reads them among its printed ones: the message alone, ``warning: `` (``error: ``)
+    before a warning (an error); not absl's ``I1124 18:00:00.000000 140350979050368 run.py:12]`` prefix, which named
+    a thread and a source line in the middle of the job's own output."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
 def run(main) -> None:
     """Starts a job: logging to stderr at INFO, absl's flag parsing, jax.distributed when its flags ask for it, then
     ``main()``, whose return value is the exit code. ``--help`` prints ``usage()`` and exits 0."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     # JAX logs every accelerator plugin it looks for and does not find ("Unable to initialize backend 'tpu'") at
     # INFO: noise on every CPU run. Its warnings still show.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
@@ -208,8 +261,11 @@ def run(main) -> None:
         sys.exit(0)
 
     def start(argv):
+        # app.run has put absl's handler in place of basicConfig's (the one writing to stderr): it takes the format.
+        absl_logging.get_absl_handler().setFormatter(PlainFormatter())
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
+        check_inputs()  # a mistyped path is named at once, not after JAX has loaded
         import jax  # the job starts here: --help returned before this, without loading JAX or TensorStore
 
         from engine.stores.kv import parse_spec_overrides, set_spec_overrides, set_store_timeout
@@ -246,8 +302,7 @@ def _without_traceback(start, argv):
     except BabelgridError as e:
         if os.environ.get("BABELGRID_TRACEBACK"):
             raise
-        job = pathlib.Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "job"
-        print(f"{job}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        print(f"{job_name()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
 
 

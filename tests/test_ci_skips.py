@@ -8,6 +8,8 @@ import textwrap
 
 import pytest
 
+from tests.waits import patient
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("check_skips", REPO / ".ci" / "check_skips.py")
 check_skips = importlib.util.module_from_spec(_spec)
@@ -104,7 +106,9 @@ def test_ids_match_what_pytest_itself_reports(tmp_path):
     (tests / "test_b.py").write_text("import pytest\npytest.importorskip('no_such_module_here')\n")
     junit = tmp_path / "junit.xml"
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1"]
-    subprocess.run([*cmd, f"--junitxml={junit}", "tests"], cwd=tmp_path, capture_output=True, check=False, timeout=120)
+    subprocess.run(
+        [*cmd, f"--junitxml={junit}", "tests"], cwd=tmp_path, capture_output=True, check=False, timeout=patient(120)
+    )
     n, skips = check_skips.skipped(junit)
     assert n == 4
     assert sorted(t for t, _ in skips) == [

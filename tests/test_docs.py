@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STUDY = """
@@ -32,7 +33,9 @@ def python_blocks(path: pathlib.Path) -> list[str]:
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
-    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=patient(600)
+    )
 
 
 def test_analysis_page_runs_on_a_run_of_its_own(tiny_model_dir, tmp_path):
@@ -50,7 +53,7 @@ def test_analysis_page_runs_on_a_run_of_its_own(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     settings = [f"--set=out={out}", f"--set=model={tiny_model_dir}", f"--set=data={data}"]
     proc = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(study), *settings], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+                          capture_output=True, text=True, timeout=patient(900))  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (code,) = python_blocks(REPO / "docs" / "analysis.md")
     proc = run_python(code, BABELGRID_OUT=str(out))

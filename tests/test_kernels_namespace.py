@@ -15,13 +15,20 @@ import textwrap
 
 import pytest
 
+from tests.waits import patient
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_python(code: str) -> str:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=patient(300),
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout

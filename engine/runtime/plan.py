@@ -104,12 +104,19 @@ def _scaled(x: float, units, base: float) -> str:
     i = 0
     while abs(x) >= base and i < len(units) - 1:
         x, i = x / base, i + 1
-    return f"{x:.3g} {units[i]}".strip()
+    return f"{number(x)} {units[i]}".strip()
+
+
+def number(x: float) -> str:
+    """``x`` to 3 significant digits, never in exponent form: ``1.5``, ``31.2``, ``900``, and ``1010`` (a size between
+    1000 and 1024 of its unit, or 999.7 rounded), which ``:.3g`` printed as ``1.01e+03``."""
+    text = f"{x:.3g}"
+    return f"{x:.0f}" if "e" in text and abs(x) >= 1 else text
 
 
 def duration(seconds: float) -> str:
     if seconds < 1:
-        return f"{seconds * 1e3:.3g} ms"
+        return f"{number(seconds * 1e3)} ms"
     if seconds < 120:
         return f"{seconds:.1f} s"
     if seconds < 2 * 3600:

@@ -86,7 +86,8 @@ def resolve_pairs(spec: str, langs, available=None) -> list[tuple[str, str]]:
     - a comma list of ``a:b`` items, where either side may be ``*`` (every other language of ``langs``):
       ``en:*``, ``en:de,es:fr``.
 
-    ``langs`` are the languages the run covers; named languages must be in ``available`` (default ``langs``).
+    ``langs`` are the languages the run covers; named languages must be in ``available`` (default ``langs``), the
+    store's languages: the error names the one it lacks and what it has.
     """
     langs = sorted(langs)
     available = set(langs if available is None else available)
@@ -106,8 +107,11 @@ def resolve_pairs(spec: str, langs, available=None) -> list[tuple[str, str]]:
         for side in (left, right):
             if side != "*":
                 check_name("language", side)
-                if side not in available:
-                    raise SimilarityError(f"pairs item {item!r}: language {side!r} is not in {sorted(available)}")
+                if side not in available:  # what is missing first: the store lacks it, --pairs only names it
+                    raise SimilarityError(
+                        f"{side!r} is not in the store (it has {', '.join(sorted(available))}): pairs item {item!r} "
+                        "names it; pair languages the store has, or '*' for every other one"
+                    )
         for a in langs if left == "*" else [left]:
             for b in langs if right == "*" else [right]:
                 if a != b:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from engine.models.common.parallel import pad_to_multiple
+from tests.waits import patient
 
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "sharded_encode.py"
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ def test_sharded_encoder_equals_single_device(n_devices):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(n_devices)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(SCRIPT), str(n_devices)], env=env, capture_output=True, text=True, timeout=patient(600)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,6 +12,7 @@ import soundfile
 from engine.runtime import progress
 from engine.runtime.progress import StatusLines
 from engine.runtime.runs import progress_bar
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -75,7 +76,7 @@ def test_a_job_writing_to_a_log_file_prints_status_lines(tmp_path, tiny_model_di
         subprocess.run(
             [sys.executable, "-m", "jobs.encode", "--model", str(tiny_model_dir), "--dataset",
              f"folder:{tmp_path / 'clips'}", "--out", str(tmp_path / "store"), "--batch_size", "2"],
-            cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=True, timeout=600,
+            cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, check=True, timeout=patient(600),
         )  # fmt: skip
     status = [line for line in log.read_text().splitlines() if line.startswith("encode: ")]
     assert status, log.read_text()

@@ -27,6 +27,7 @@ from engine.stores.reader import open_store
 from engine.stores.schema import FORMAT_VERSION, LENGTHS_CHUNK, StoreDims, StoreInfo
 from engine.stores.utterances import StoreMismatchError, UtteranceRow
 from tests.engine.scripts import store_writer as writer
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 WRITER = REPO / "tests" / "engine" / "scripts" / "store_writer.py"
@@ -280,7 +281,7 @@ def test_sigkill_while_writing_leaves_only_complete_utterances(tmp_path):
     for threshold in (60, 350):  # killed in the first pass, then again while overwriting done utterances
         proc = _run_writer(url, 0, n, "--forever")
         arrays = None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + patient(120)
         while time.monotonic() < deadline:
             if arrays is None and (tmp_path / "out" / "languages" / "xx.json").exists():
                 arrays = LayerStore.open(url).language(writer.LANG)
@@ -293,7 +294,7 @@ def test_sigkill_while_writing_leaves_only_complete_utterances(tmp_path):
         assert proc.returncode == -signal.SIGKILL
         assert 0 < _check_done_utterances(url) < n or threshold == 350
     resume = _run_writer(url, 0, n)  # redoes everything; a real resume would skip the done ones
-    assert resume.wait(timeout=120) == 0, resume.communicate()
+    assert resume.wait(timeout=patient(120)) == 0, resume.communicate()
     _check_done_utterances(url, expect_all=True)
 
 
@@ -305,7 +306,7 @@ def test_two_processes_write_disjoint_aligned_ranges(tmp_path):
     assert ranges == [range(0, 256), range(256, 600)]
     procs = [_run_writer(url, r.start, r.stop) for r in ranges]  # both create the store and the language at once
     for proc in procs:
-        assert proc.wait(timeout=120) == 0, proc.communicate()
+        assert proc.wait(timeout=patient(120)) == 0, proc.communicate()
     _check_done_utterances(url, expect_all=True)
 
 
@@ -561,6 +562,6 @@ def test_a_parquet_read_starts_no_thread_that_outlives_it():
         "print(len(os.listdir('/proc/self/task')) - before)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=patient(300))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["0"], proc.stdout  # threads started by the read

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import pytest
 from absl import flags
 
+from tests.waits import patient
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -52,7 +54,9 @@ def _run_job(
         finally:
             flags.FLAGS.unparse_flags()
     else:
-        proc = subprocess.run(command, cwd=REPO, env=job_env(env), capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(
+            command, cwd=REPO, env=job_env(env), capture_output=True, text=True, timeout=patient(timeout)
+        )
     if expect is not None:
         assert proc.returncode == expect, (
             f"jobs.{job} exited {proc.returncode}, expected {expect}\n{proc.stdout}\n{proc.stderr}"

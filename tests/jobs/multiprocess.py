@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+from tests.waits import patient
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -39,7 +41,7 @@ def start_processes(module: str, args, *, n: int = 2, env_extra=None, env_per_pr
 def run_processes(module: str, args, *, n: int = 2, env_extra=None, timeout: float = 600) -> list[str]:
     """``python -m module *args`` as ``n`` processes of one run on CPU; asserts each exits 0, returns their output."""
     procs = start_processes(module, args, n=n, env_extra=env_extra)
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    outputs = [p.communicate(timeout=patient(timeout))[0] for p in procs]
     for p, o in zip(procs, outputs, strict=True):
         assert p.returncode == 0, o
     return outputs

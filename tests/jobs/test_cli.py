@@ -16,6 +16,7 @@ import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
 from engine.stores.reader import open_store
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -24,7 +25,9 @@ REQUIRED = {"encode": ["out"], "seqsim": ["store", "out"], "align": ["store", "o
 
 def run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=patient(120)
+    )
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -83,7 +86,9 @@ def test_babelgrid_run_equals_the_separate_jobs_and_skips_completed_stages(tiny_
     script = pathlib.Path(sys.executable).parent / "babelgrid"  # the console script `pip install -e .` made
     command = [str(script)] if script.exists() else [sys.executable, "-m", "jobs.cli"]
     settings = ["--set", f"out={two}", "--set", f"model={tiny_model_dir}", "--set", f"data={data}"]
-    first = subprocess.run([*command, "run", str(study), *settings], capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        [*command, "run", str(study), *settings], capture_output=True, text=True, timeout=patient(600)
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     # Same outputs: the retrieval table, and every stored array and table bitwise.
     assert (one / "similarity" / "retrieval.csv").read_text() == (two / "similarity" / "retrieval.csv").read_text()
@@ -93,10 +98,12 @@ def test_babelgrid_run_equals_the_separate_jobs_and_skips_completed_stages(tiny_
         np.testing.assert_array_equal(sa.lengths(lang), sb.lengths(lang))
         for layer in sa.info.layers:
             np.testing.assert_array_equal(sa.language_layer(lang, layer)[0], sb.language_layer(lang, layer)[0])
-    second = subprocess.run([*command, "run", str(study), *settings], capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        [*command, "run", str(study), *settings], capture_output=True, text=True, timeout=patient(600)
+    )
     assert second.returncode == 0, second.stderr
     assert second.stdout.count("inputs unchanged: skipped") == 3, second.stdout
-    help_ = subprocess.run([*command, "encode", "--help"], capture_output=True, text=True, timeout=120)
+    help_ = subprocess.run([*command, "encode", "--help"], capture_output=True, text=True, timeout=patient(120))
     assert help_.returncode == 0 and "--out: (required)" in help_.stdout
 
 
@@ -152,6 +159,21 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     assert proc.returncode == 2 and "uses the YAML alias *a0 at line 3" in proc.stderr, proc.stderr
 
 
+def test_a_dry_run_refuses_a_misspelt_flag_before_anything_runs(tmp_path):
+    """`measures:` for seqsim's `measure`: passed the dry run, then failed after 81 s of encoding. The dry run reads
+    the study the way the run does, so it refuses the stage with the flag it meant, and nothing is planned."""
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY.replace('measure: "seqsim,mean"', 'measures: "seqsim,mean"'))
+    settings = ["--set", f"out={tmp_path / 'out'}", "--set", "model=m", "--set", "data=d"]
+    for extra in (["--dry-run"], []):
+        proc = run("-m", "jobs.cli", "run", str(study), *settings, *extra)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "stage 2 (seqsim) of" in proc.stderr and "sets measures: not flags of seqsim" in proc.stderr
+        assert "did you mean 'measure'?" in proc.stderr, proc.stderr
+        assert "would run" not in proc.stdout and "runs (" not in proc.stdout, proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_run_help_is_on_stdout_and_exits_0():
     proc = run("-m", "jobs.cli", "run", "--help")
     assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--rerun changed" in proc.stdout
@@ -175,6 +197,8 @@ def test_run_help_is_on_stdout_and_exits_0():
         ('stages:\n  - verify: {location: x, "flagfile=/p/evil.flags": ""}\n', "'flagfile=/p/evil.flags', which"),
         ("stages:\n  - verify: {location: x, Location: y}\n", "'Location', which is not a flag name"),
         ("stages:\n  - verify: {location: x, dataset: demo}\n", "sets dataset: not flags of verify"),
+        ("stages:\n  - seqsim: {store: s, measures: mean}\n", "not flags of seqsim; did you mean 'measure'? (`"),
+        ("stages:\n  - align: {stor: s, outt: o}\n", "'out' for 'outt'?; did you mean 'store' for 'stor'?"),
         ("vars: {out: [a, b]}\nstages:\n  - encode: {out: x}\n", "variable 'out' must be a string, number or boolean"),
         ("stages:\n  - encode: {out: {a: 1}}\n", "--out must be a string, number or boolean, got a dict"),
         ("stages:\n  - encode: {out: }\n", "--out must be a string, number or boolean, got nothing"),
@@ -227,3 +251,98 @@ def test_an_output_never_nests_with_what_the_job_reads(tmp_path):
     configure(RetrievalConfig, similarity=sim, out=sim)  # beside: retrieval.csv in the similarity store
     configure(SimilarityConfig, store=s, out=str(tmp_path / "S-sim"))  # a sibling whose name starts alike
     configure(CompareConfig, stores=(s, s), retrieval=("", sim), out=str(tmp_path / "c"))
+
+
+# A job run as `python -m jobs.<job>` would run it, in a child that reports whether JAX was loaded when it stopped.
+JOB_WITH_JAX_CHECK = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module("jobs." + sys.argv[0], run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    print("exit", e.code, "jax loaded:", "jax" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("job", "args", "named"),
+    [
+        ("seqsim", ["--store", "{missing}", "--out", "{out}"], "--store '{missing}' does"),
+        ("retrieval", ["--similarity", "{missing}"], "--similarity '{missing}' does"),
+        ("compare", ["--stores", "{store},file://{missing}", "--out", "{out}"], "--stores 'file://{missing}' does"),
+        ("interp", ["--store", "{store}", "--words", "{missing}", "--out", "{out}"], "--words '{missing}' does"),
+        ("probes", ["--store", "{empty}", "--out", "{out}"], "--store '{empty}' is no babelgrid store"),
+        ("seqsim", ["--store", "{store}", "--out", "{out}"], "--store '{store}' does"),
+        ("retrieval", ["--similarity", "file://{empty}"], "--similarity 'file://{empty}' is no babelgrid store"),
+    ],
+)
+def test_a_missing_input_is_one_line_before_jax_loads(tmp_path, job, args, named):
+    """A mistyped store path, or a folder that is no store: named in one line, without the job's --help, before JAX
+    is imported (which took 8-37 s on a loaded machine). ``store``: a folder with a manifest, which passes this check
+    (what the manifest holds is the job's to check once it runs)."""
+    paths = {"missing": tmp_path / "no-such-store", "empty": tmp_path / "empty", "out": tmp_path / "out"}
+    paths |= {"store": tmp_path / "store"}
+    paths["empty"].mkdir()
+    paths["store"].mkdir()
+    (paths["store"] / "manifest.json").write_text("{}")
+    if named == "--store '{store}' does":  # the manifest alone passes: the refusal is the job's own, after JAX
+        proc = run("-c", JOB_WITH_JAX_CHECK, job, *(a.format(**paths) for a in args))
+        assert "exit 1 jax loaded: True" in proc.stdout, proc.stdout + proc.stderr
+        assert "ConfigError" not in proc.stderr and "StoreError" in proc.stderr, proc.stderr
+        return
+    proc = run("-c", JOB_WITH_JAX_CHECK, job, *(a.format(**paths) for a in args))
+    assert "exit 1 jax loaded: False" in proc.stdout, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"{job}: ConfigError: {named.format(**paths)}"), lines
+    assert "check the path" in lines[0]
+    assert not paths["out"].exists()
+
+
+def test_a_data_error_in_a_plan_is_its_one_line_not_the_jobs_help(tmp_path):
+    """--plan on a store whose manifest is not a layer store's: the plan's StoreError alone, not 73-117 lines of
+    --help before it."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text("{}")
+    proc = run("-m", "jobs.seqsim", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out"), "--plan")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("seqsim: StoreError: manifest.json in"), proc.stderr
+    assert "flags:" not in proc.stderr and "python -m jobs.seqsim" not in proc.stderr + proc.stdout
+
+
+def test_set_refuses_a_variable_the_study_does_not_have(tmp_path):
+    """`--set otu=/data/x` was accepted, and the study ran into its default `out`: a name not among the study's vars
+    (or `runs`) is refused with the names it has."""
+    from jobs.cli import StudyError, load_study
+
+    study = tmp_path / "study.yaml"
+    study.write_text(STUDY)
+    with pytest.raises(StudyError, match=re.escape("has no variable 'otu' (did you mean 'out'?); its variables: data")):
+        load_study(str(study), ["otu=/data/x"])
+    with pytest.raises(StudyError, match=re.escape("no variable 'speed'; its variables: data, model, out, runs")):
+        load_study(str(study), ["out=/data/x", "speed=2"])
+    variables, stages = load_study(str(study), ["out=/data/x", "runs=/data/runs"])
+    assert variables["out"] == "/data/x" and variables["runs"] == "/data/runs"
+    assert stages[0][1]["out"] == "/data/x/store"
+    proc = run("-m", "jobs.cli", "run", str(study), "--set", "otu=x", "--dry-run")
+    assert proc.returncode == 2 and "did you mean 'out'?" in proc.stderr and not proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_jobs_log_lines_print_plainly():
+    """A job's log lines among its printed ones: the message alone (a warning marked), not absl's prefix of date,
+    thread id and source line ("I1124 18:00:00.000000 140350979050368 run.py:12] ...")."""
+    code = (
+        "import logging\nfrom absl import logging as absl_logging\nfrom jobs import common\n"
+        "def main():\n"
+        "    logging.getLogger('engine.x').info('planned %d units', 3)\n"
+        "    logging.getLogger('engine.x').warning('2 skipped')\n"
+        "    absl_logging.info('absl says hello')\n"
+        "    return 0\n"
+        "common.run(main)\n"
+    )
+    proc = run("-c", code)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert "planned 3 units" in lines and "warning: 2 skipped" in lines and "absl says hello" in lines, lines
+    assert not [line for line in lines if re.match(r"[IWEF]\d{4} \d\d:\d\d", line)], lines

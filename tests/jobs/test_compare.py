@@ -27,6 +27,7 @@ from engine.stores.utterances import UtteranceRow
 from kernels.cka import reference_linear_cka
 from kernels.metrics import reference_retrieval_metrics
 from tests.conftest import TINY_DIMS
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LANGS = ("de", "en")
@@ -245,7 +246,7 @@ def test_job_plan_through_flags(run):
     proc = subprocess.run(
         [sys.executable, "-m", "jobs.compare", f"--stores={a},{b}", "--out=/tmp/unused", "--plan",
          "--plan_device=h100"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=patient(300),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "plan: compare" in proc.stdout and "utterance cka" in proc.stdout and "peak memory" in proc.stdout

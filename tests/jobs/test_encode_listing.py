@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import soundfile
 
+from tests.waits import patient
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -17,7 +19,7 @@ def encode(tmp_path, model, data, *extra):
     args = ["--model", str(model), "--dataset", f"folder:{data}", "--out", str(tmp_path / "store"), *extra]
     return subprocess.run(
         [sys.executable, "-m", "jobs.encode", "--progress=false", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=patient(600),
     )  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo
 from engine.stores.utterances import UtteranceRow
 from tests.conftest import TINY_DIMS
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 N = 10
@@ -123,12 +124,12 @@ def test_resume_after_sigkill_is_bitwise(store, tiny_model_dir, run_out, tmp_pat
             "--source_langs", "en", "--target_lang", "de", "--steps", "6", "--batch_size", "4", "--learning_rate",
             "1e-3", "--checkpoint_every", "2", "--log_every", "2", "--eval_langs", "en", "--max_eval", "2"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
+    deadline = time.time() + patient(240)
     while not (out / "checkpoints" / "2").is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=patient(600))
     assert again.returncode == 0, again.stderr
     resumed = int(again.stdout.split("resumed from ")[1].split(")")[0])
     assert 0 < resumed < 6, again.stdout

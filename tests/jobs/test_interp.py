@@ -35,6 +35,7 @@ from engine.stores.utterances import UtteranceRow
 from engine.stores.words import WORD_SCHEMA
 from kernels.wordalign import WordPair, Words, layer_standardisation, wordalign
 from tests.conftest import TINY_DIMS
+from tests.waits import patient
 
 SENTENCES = {
     "en": ["the dog sees a house", "my cat is small", "good morning"],
@@ -47,7 +48,7 @@ VOICES = {"en": "en-us", "de": "de", "sv": "sv"}
 def espeak(text: str, voice: str) -> bytes:
     """WAV bytes of ``text`` spoken by espeak-ng."""
     return subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], capture_output=True, check=True
+        ["espeak-ng", "-v", voice, "-s", "150", "--stdout", text], capture_output=True, check=True, timeout=patient(60)
     ).stdout
 
 

@@ -30,6 +30,7 @@ from engine.runtime import plan as plan_lib
 from engine.runtime.devices import get_device
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SECONDS = {"a": 0.5, "b": 31.0, "c": 1.0}  # b needs two 30 s windows
@@ -67,7 +68,7 @@ def test_encode_plan_through_the_flags_counts_and_writes_nothing(clips, tiny_mod
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=patient(300),
     )
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout
@@ -168,3 +169,18 @@ def test_seqsim_plan_prints_the_memory_budget_reads_and_peak(store, tmp_path):
     refused = plan_seqsim_run(tiny, None).render()
     assert re.search(r"memory budget 1 KiB .*: NO: .* too small for the pair de:en", refused), refused
     assert not (tmp_path / "s").exists()
+
+
+def test_sizes_times_and_flops_print_without_exponents():
+    """Between 1000 and 1024 of a unit, `:.3g` printed "1.01e+03 MiB": now 3 significant digits, or the whole
+    number where those would need an exponent."""
+    assert plan_lib.size(1010 * 2**20) == "1010 MiB"
+    assert plan_lib.size(1023.9 * 2**20) == "1024 MiB"
+    assert plan_lib.size(2**30) == "1 GiB" and plan_lib.size(1.5 * 2**30) == "1.5 GiB"
+    assert plan_lib.size(900) == "900 B" and plan_lib.size(31.2 * 1024) == "31.2 KiB"
+    assert plan_lib.size(0) == "0 B"
+    assert plan_lib.duration(0.9999) == "1000 ms" and plan_lib.duration(0.0123) == "12.3 ms"
+    assert plan_lib.flops(999.7e9) == "1000 G"
+    for x, seconds in zip(np.geomspace(1, 2**60, 4000), np.geomspace(1e-3, 1e9, 4000), strict=True):
+        for text in (plan_lib.size(x), plan_lib.flops(x), plan_lib.duration(seconds)):
+            assert "e" not in text.split()[0], text

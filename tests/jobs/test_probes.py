@@ -23,6 +23,7 @@ from engine.stores.layers import LayerStore
 from engine.stores.utterances import UtteranceRow
 from kernels.cca import pwcca, reference_pwcca
 from kernels.dtw import reference_dtw_distance
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location(
@@ -276,7 +277,9 @@ def test_job_end_to_end(planted_store, tmp_path):
     out = tmp_path / "probes"
     argv = ["--store", str(planted_store / "store"), "--words", str(planted_store / "words"), "--out", str(out)]
     argv += ["--folds", "3"]  # with --words: every probe
-    proc = subprocess.run([sys.executable, "-m", "jobs.probes", *argv], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.probes", *argv], cwd=REPO, capture_output=True, text=True, timeout=patient(600)
+    )
     assert proc.returncode == 0, proc.stderr
     with open(out / "lid.csv") as f:
         rows = list(csv.DictReader(f))
@@ -312,7 +315,11 @@ def test_plan_reads_no_states_and_writes_nothing(planted_store, tmp_path):
     out = tmp_path / "planned"
     argv = ["--store", str(planted_store / "store"), "--words", str(planted_store / "words"), "--out", str(out)]
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.probes", *argv, "--plan"], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "jobs.probes", *argv, "--plan"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=patient(600),
     )
     assert proc.returncode == 0, proc.stderr
     assert "plan: probes" in proc.stdout and "utterances: 45" in proc.stdout

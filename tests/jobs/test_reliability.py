@@ -24,6 +24,7 @@ from engine.runtime.lease import LEASE, WriterLease
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
+from tests.waits import patient
 
 
 def tone(seconds: float, seed: int) -> np.ndarray:
@@ -105,7 +106,9 @@ def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(run_job, clips,
     run_job("encode", *args)
     assert open_store(str(out)).done("xx").all() and not (out / LEASE).exists()
     # A run killed on this host leaves an unexpired lease whose pid no longer runs: taken over at once.
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=patient(60)
+    )
     here = {**stale, "host": socket.gethostname(), "pid": int(gone.stdout), "expires_unix": time.time() + 600}
     (out / LEASE).write_text(json.dumps(here))
     run_job("encode", *args)

@@ -9,13 +9,15 @@ import sys
 import numpy as np
 import soundfile
 
+from tests.waits import patient
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def job(name: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
     return subprocess.run([sys.executable, "-m", f"jobs.{name}", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+                          text=True, timeout=patient(600))  # fmt: skip
 
 
 def test_no_shared_id_ends_retrieval_with_the_fix_and_no_figure(tmp_path, tiny_model_dir):

@@ -32,6 +32,7 @@ from engine.runtime.claims import CLAIMS_DIR
 from engine.runtime.options import configure
 from engine.stores.words import read_words
 from tests.jobs.multiprocess import start_processes
+from tests.waits import patient
 
 LANGS = ("de", "en")
 N_CLIPS = 10
@@ -90,7 +91,7 @@ def taken_over(output: str) -> int:
 def run_with_a_death(module: str, args: list[str], kill_env: dict) -> tuple[str, str]:
     """The job as 2 processes, process 1 killing itself as ``kill_env`` says; returns the two outputs."""
     procs = start_processes(module, [*args, *CLAIM], env_per_process={1: kill_env})
-    survivor, dead = (p.communicate(timeout=600)[0] for p in procs)
+    survivor, dead = (p.communicate(timeout=patient(600))[0] for p in procs)
     assert procs[1].returncode == -signal.SIGKILL, f"process 1 was not killed:\n{dead}"
     assert procs[0].returncode == 0, survivor
     return survivor, dead

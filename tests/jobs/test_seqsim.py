@@ -232,6 +232,8 @@ def test_resolve_pairs():
     for bad, match in (("en-de", "not 'a:b'"), ("en:en", "itself"), ("fr:*", "not in"), ("en:../x", "cannot name")):
         with pytest.raises(SimilarityError, match=match):
             resolve_pairs(bad, langs)
+    with pytest.raises(SimilarityError, match=r"^'fr' is not in the store \(it has de, en, es\): pairs item 'en:fr'"):
+        resolve_pairs("en:fr", ["en", "de"], available=langs)
 
 
 def test_pairs_pattern_through_the_job(seqsim, layer_store, tmp_path):

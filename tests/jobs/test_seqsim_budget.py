@@ -27,6 +27,7 @@ from engine.stores.similarity import open_similarity
 from engine.stores.similarity_blocks import STAGING
 from tests.jobs.multiprocess import run_processes, start_processes
 from tests.jobs.test_scaleout import assert_same_store
+from tests.waits import patient
 
 GRID_MEASURES = ("seqsim", "mean")
 SPLIT_MEASURES = "seqsim,seqsim_b2a,mean,duration"
@@ -119,7 +120,7 @@ def seqsim_args(store, out) -> list[str]:
 def one_process(split_store, tmp_path_factory, run_job):
     """The split store scored by one process: the reference of the two tests below."""
     out = tmp_path_factory.mktemp("one") / "sim"
-    proc = run_job("seqsim", *seqsim_args(split_store, out), timeout=600)
+    proc = run_job("seqsim", *seqsim_args(split_store, out), timeout=patient(600))
     return out, proc.stdout
 
 
@@ -149,7 +150,7 @@ def test_a_kill_mid_pair_resumes_only_the_missing_blocks(split_store, one_proces
     out = tmp_path / "killed"
     (proc,) = start_processes("jobs.seqsim", seqsim_args(split_store, out), n=1,
                               env_per_process={0: {"BABELGRID_FAULT_KILL": "after_block:2"}})  # fmt: skip
-    proc.communicate(timeout=600)
+    proc.communicate(timeout=patient(600))
     assert proc.returncode == -signal.SIGKILL
     staged = sorted(p.relative_to(out / STAGING).parts for p in (out / STAGING).rglob("*.npz"))
     assert staged, "the killed run staged blocks"

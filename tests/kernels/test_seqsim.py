@@ -14,6 +14,7 @@ import pytest
 from engine import axes
 from engine.errors import ShapeError
 from kernels import seqsim as ss
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -223,7 +224,7 @@ def test_sharded_on_fake_cpu_devices_equals_single_device():
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     result = subprocess.run(
-        [sys.executable, "-c", _SHARDED_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _SHARDED_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=patient(300)
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "sharded ok" in result.stdout

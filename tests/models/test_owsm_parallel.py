@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from tests.waits import patient
+
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "owsm_sharded.py"
 REPO = pathlib.Path(__file__).resolve().parents[2]
 N_DEVICES = 4
@@ -24,7 +26,7 @@ def test_sharded_encoder_equals_single_device():
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={N_DEVICES}", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(N_DEVICES)], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(SCRIPT), str(N_DEVICES)], env=env, capture_output=True, text=True, timeout=patient(600)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -25,6 +25,7 @@ from engine.models.wav2vec2.checkpoints import load_checkpoint
 from engine.models.wav2vec2.ctc import CTCVocab
 from engine.models.wav2vec2.loaded import load_wav2vec2
 from tests.models import w2v_reference as ref
+from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = pathlib.Path(__file__).parent / "scripts" / "sharded_wav2vec2.py"
@@ -242,7 +243,11 @@ def test_sharded_encoder_equals_single_device(folders):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(folders["mms"]), "4"], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(SCRIPT), str(folders["mms"]), "4"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=patient(600),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
