@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--record", type=pathlib.Path, default=None)
     args = parser.parse_args()
 
+    from engine.models.whisper.encoder import WhisperEncoder
     from engine.models.whisper.loaded import load_whisper
     from engine.pipelines.encode.config import EncodeConfig
     from engine.pipelines.encode.run import run_encode
@@ -80,7 +81,7 @@ def main() -> None:
                 with manager:
                     config = configure(EncodeConfig, out=str(out / "store"), langs=langs, progress=False)
                     t0 = time.perf_counter()
-                    summary = run_encode(config, whisper=whisper)
+                    summary = run_encode(config, encoder=WhisperEncoder(whisper))
                     t1 = time.perf_counter()
                     run_similarity(
                         configure(

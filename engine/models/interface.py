@@ -18,7 +18,9 @@ An ``Encoder`` provides, on host arrays:
   records and compares), ``features`` (the front end's settings), ``name`` and ``sha256`` of the checkpoint, and
   ``heads``: the optional heads (``DECODER``, ``CROSS_ATTENTION``, ``CTC``);
 - ``cost(samples)``: the ``EncoderCost`` of one window of ``samples`` samples, for ``encode --plan`` (each family
-  counts its own matmuls in its ``cost.py``; Whisper's is ``engine.models.whisper.cost``'s 30 s window model).
+  counts its own matmuls in its ``cost.py``; Whisper's is ``engine.models.whisper.cost``'s 30 s window model);
+- ``languages_without_token(langs)``: the store languages its decoder has no language token for (encode warns of
+  them: decode and align skip them unless told which token to use); none for a family without such a decoder.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class Encoder(Protocol):
     def sharded(self, mesh, layers: Sequence[int], out_dtype) -> Callable: ...
 
     def cost(self, samples: int) -> EncoderCost: ...
+
+    def languages_without_token(self, langs: Sequence[str]) -> list[str]: ...
 
 
 @dataclasses.dataclass(frozen=True)

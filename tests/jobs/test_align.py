@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.timing import align_words, fill_padding, silence_states
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
@@ -50,7 +51,7 @@ def layer_store(fleurs_dir, whisper, tmp_path_factory) -> pathlib.Path:
         progress=False,
         allow_unpaired=True,  # FLEURS clips of different sentences: nothing cross-lingual is measured here
     )
-    summary = run_encode(config, whisper=whisper)
+    summary = run_encode(config, encoder=WhisperEncoder(whisper))
     assert summary.done == len(CLIPS) and summary.n_skipped == 1, summary.report()
     return out
 
@@ -156,7 +157,7 @@ def test_refusals(run_job, layer_store, words_out, whisper, tiny_model_dir, tmp_
         configure(
             EncodeConfig, out=str(lower), dataset=f"manifest:{tmp_path / 'one.jsonl'}", layers=(3,), progress=False
         ),
-        whisper=whisper,
+        encoder=WhisperEncoder(whisper),
     )
     no_top = run_job("align", "--store", str(lower), "--out", str(tmp_path / "y"), expect=None)
     assert no_top.returncode != 0 and "--layers all" in no_top.stderr

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.pipelines.compare.config import CompareConfig
 from engine.pipelines.compare.run import run_compare
 from engine.pipelines.encode.config import EncodeConfig
@@ -41,7 +42,7 @@ VOLATILE = ("lease.json", "claims", "runs")  # files a run rewrites whatever the
 
 def _encode(out, clips, whisper):
     config = configure(EncodeConfig, out=str(out), dataset=f"folder:{clips}", batch_size=4, progress=False)
-    return run_encode(config, whisper=whisper)
+    return run_encode(config, encoder=WhisperEncoder(whisper))
 
 
 def _seqsim(store, out):

@@ -21,6 +21,7 @@ import pytest
 import soundfile
 
 from engine.figures import png_title
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, references_path
 from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
 from engine.pipelines.decode.merge import score_rows
@@ -49,7 +50,7 @@ def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=(), 
         allow_unpaired=True,  # FLEURS clips of different sentences: nothing cross-lingual is measured here
         **settings,
     )
-    run_encode(config, whisper=whisper)
+    run_encode(config, encoder=WhisperEncoder(whisper))
     return out
 
 

@@ -25,6 +25,7 @@ from engine.data.synth.sentences import DEMO_IDS
 from engine.models.common.parallel import ShardedEncoder, data_mesh
 from engine.models.whisper.checkpoints.load import DEFAULT_NAME
 from engine.models.whisper.dims import preset
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.features import features_for_audio
 from engine.models.whisper.parallel import SIGNATURE
 from engine.pipelines.encode.config import EncodeConfig
@@ -116,7 +117,7 @@ def test_round_trip_real_fleurs_layout(tmp_path, fleurs_dir, base_whisper):
     whisper = base_whisper
     out = tmp_path / "store"
     config = configure(EncodeConfig, out=str(out), dataset=f"fleurs:{root}", batch_size=BATCH, progress=False)
-    summary = run_encode(config, whisper=whisper)
+    summary = run_encode(config, encoder=WhisperEncoder(whisper))
     assert summary.done == 5 and summary.n_skipped == 2, summary.report()
     # The missing files are reported, not stored as done.
     assert sum(len(v) for v in summary.skipped.values()) == 2
@@ -154,7 +155,7 @@ def test_round_trip_demo_set_bfloat16(tmp_path, tiny_whisper):
             progress=False,
             layers=(0, 1, 3),
         )
-        summary = run_encode(config, whisper=tiny_whisper)
+        summary = run_encode(config, encoder=WhisperEncoder(tiny_whisper))
     finally:
         os.environ.pop("BABELGRID_CACHE", None)
     assert summary.n_skipped == 0 and summary.done >= 60
@@ -269,7 +270,7 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny_whisper):
     out = tmp_path / "store"
     summary = run_encode(
         configure(EncodeConfig, out=str(out), dataset=f"manifest:{manifest}", batch_size=BATCH, progress=False),
-        whisper=tiny_whisper,
+        encoder=WhisperEncoder(tiny_whisper),
     )
     assert summary.done == 3, summary.report()
     skipped = {i: reason for reason, items in summary.skipped.items() for _, i in items}
@@ -294,20 +295,19 @@ def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):
     out = str(tmp_path / "store")
     run_encode(
         configure(EncodeConfig, out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False),
-        whisper=tiny_whisper,
+        encoder=WhisperEncoder(tiny_whisper),
     )
     from engine.stores.utterances import StoreMismatchError
 
     with pytest.raises(StoreMismatchError, match="layers"):
         run_encode(
             configure(EncodeConfig, out=out, dataset=f"folder:{data}", batch_size=BATCH, progress=False, layers=(0, 1)),
-            whisper=tiny_whisper,
+            encoder=WhisperEncoder(tiny_whisper),
         )
 
 
 def test_a_batch_that_cannot_fit_is_refused_before_the_store_exists(tmp_path, tiny_whisper):
     """--batch_size 20000 ended in an allocation failure with the store folder made: bounded by the plan's peak."""
-    from engine.models.whisper.encoder import WhisperEncoder
     from engine.pipelines.encode.memory import model_step
     from engine.runtime.options import ConfigError
 
@@ -317,7 +317,7 @@ def test_a_batch_that_cannot_fit_is_refused_before_the_store_exists(tmp_path, ti
     huge = int(2**50 // step.per_window)  # a PiB of windows: past any machine's memory
     with pytest.raises(ConfigError, match=rf"batch_size {huge} needs about .* pass --batch_size \d+ or less"):
         run_encode(configure(EncodeConfig, out=str(out), dataset=f"folder:{data}", batch_size=huge, progress=False,
-                             layers=(0, 1)), whisper=tiny_whisper)  # fmt: skip
+                             layers=(0, 1)), encoder=WhisperEncoder(tiny_whisper))  # fmt: skip
     assert not out.exists()
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from engine.data.revision import source_revision
 from engine.data.sources import get_source
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.plan import plan_encode_run
 from engine.pipelines.encode.run import run_encode
@@ -54,7 +55,7 @@ HF_FLAGS = ("--audio_column", "speech", "--text_column", "words", "--id_column",
 def encode(tmp_path, tiny_model_dir, tiny_whisper, dataset, **kw):
     out = str(tmp_path / "store")
     config = configure(EncodeConfig, out=out, model=str(tiny_model_dir), dataset=dataset, progress=False, **kw)
-    return out, run_encode(config, whisper=tiny_whisper)
+    return out, run_encode(config, encoder=WhisperEncoder(tiny_whisper))
 
 
 def test_encode_hf_save_to_disk_through_the_flags(saved, fleurs_dir, tiny_model_dir, tmp_path, run_job):

@@ -20,6 +20,7 @@ from scipy.stats import ttest_rel
 
 from engine.data.audio import SAMPLE_RATE, load_audio
 from engine.figures import png_title
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.features import encoder_frames
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
@@ -71,7 +72,7 @@ def tiny_inputs(tiny_whisper, tiny_model_dir, tmp_path_factory) -> tuple[pathlib
         dataset=f"manifest:{root / 'clips.jsonl'}",
         progress=False,
     )
-    run_encode(config, whisper=tiny_whisper)
+    run_encode(config, encoder=WhisperEncoder(tiny_whisper))
     reader = open_store(str(store))
     words = root / "words"
     for lang, texts in SENTENCES.items():

@@ -61,7 +61,7 @@ def store(run_job, clips, tiny_model_dir, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("store") / "store"
     proc = run_job("encode", *encode_flags(out, tiny_model_dir, clips))
     assert "skipped 1 (AudioRangeError): en/b" in proc.stdout, proc.stdout
-    assert "have no Whisper language code" in proc.stderr and "'xx'" in proc.stderr
+    assert "have no language token in this whisper model" in proc.stderr and "'xx'" in proc.stderr
     return out
 
 

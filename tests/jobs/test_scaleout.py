@@ -19,6 +19,7 @@ import soundfile as sf
 import tensorstore as ts
 
 from engine.data.audio import SAMPLE_RATE
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.pipelines.align.config import AlignConfig
 from engine.pipelines.align.run import run_align
 from engine.pipelines.decode.config import DecodeConfig
@@ -112,7 +113,7 @@ def test_a_host_dies_and_the_other_finishes_its_work(clips, tiny_model_dir, tiny
     config = configure(
         EncodeConfig, out=str(one), dataset=f"folder:{clips}", batch_size=4, claim_utterances=2, progress=False
     )
-    run_encode(config, whisper=tiny_whisper)
+    run_encode(config, encoder=WhisperEncoder(tiny_whisper))
     assert_same_store(two, one)
 
     sim_two = tmp_path / "sim-two"
@@ -142,7 +143,7 @@ def part_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
     store = root / "store"
     run_encode(
         configure(EncodeConfig, out=str(store), dataset=f"folder:{root}", layers=(1, 3), progress=False),
-        whisper=tiny_whisper,
+        encoder=WhisperEncoder(tiny_whisper),
     )
     return store
 

@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from engine.models.whisper.encoder import WhisperEncoder
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.pipelines.similarity.config import SimilarityConfig
@@ -59,7 +60,7 @@ def layer_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
     (root / "clips" / CORRUPT[0] / f"{CORRUPT[1]}.wav").write_bytes(b"RIFF" + bytes(200))
     out = root / "store"
     config = configure(EncodeConfig, out=str(out), dataset=f"folder:{root / 'clips'}", batch_size=4, progress=False)
-    summary = run_encode(config, whisper=tiny_whisper)
+    summary = run_encode(config, encoder=WhisperEncoder(tiny_whisper))
     assert summary.done == 14 and summary.n_skipped == 1, summary.report()
     return out
 

@@ -20,11 +20,12 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from engine.errors import AudioError
+from engine.errors import AudioError, LanguageError
 from engine.models.interface import CTC, DECODER, OWSM_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.owsm import features as feats
 from engine.models.owsm.config import SAMPLE_RATE
 from engine.models.owsm.cost import encoder_cost
+from engine.models.owsm.languages import owsm_language
 from engine.models.owsm.loaded import LoadedOwsm, load_owsm
 
 
@@ -120,6 +121,17 @@ class OwsmEncoder:
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)
+
+    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
+        """The languages with no OWSM language token (``<eng>``) in this model, as decode looks them up."""
+        known = self.loaded.config.languages()
+        out = []
+        for lang in langs:
+            try:
+                owsm_language(lang, known)
+            except LanguageError:
+                out.append(lang)
+        return out
 
 
 class _Layers:

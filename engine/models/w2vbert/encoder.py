@@ -96,6 +96,11 @@ class W2vBertEncoder:
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)
 
+    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
+        """None: the family has no decoder."""
+        del langs
+        return []
+
 
 class _Layers:
     """The sharded encoder's output cut to the stored ``layers`` (it computes them all anyway)."""

@@ -107,6 +107,11 @@ class Wav2Vec2Encoder:
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return _StatesOnly(ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers, out_dtype))
 
+    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
+        """None: its only head is CTC over characters, which takes no language token."""
+        del langs
+        return []
+
 
 class _StatesOnly:
     """The sharded encoder returning the states only: the pipeline knows each window's frames from the host."""

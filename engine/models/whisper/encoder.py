@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.data import audio as audio_lib
+from engine.errors import LanguageError
+from engine.languages import fleurs_to_whisper
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
 from engine.models.whisper import features as whisper_features
@@ -83,6 +85,18 @@ class WhisperEncoder:
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers=tuple(layers), out_dtype=out_dtype)
+
+    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
+        """The languages with no Whisper language code (none for an English-only model, which has no such token)."""
+        if not self.loaded.dims.is_multilingual:
+            return []
+        out = []
+        for lang in langs:
+            try:
+                fleurs_to_whisper(lang)
+            except LanguageError:
+                out.append(lang)
+        return out
 
 
 def load(source, *, adapter=None, dtype=None) -> WhisperEncoder:

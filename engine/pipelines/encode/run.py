@@ -36,13 +36,9 @@ from engine.data.pairing import check_listing, pairing_lines
 from engine.data.revision import source_revision
 from engine.data.sources import get_source
 from engine.data.utterance import Source, Utterance
-from engine.errors import LanguageError
-from engine.languages import fleurs_to_whisper
 from engine.models.common.parallel import data_mesh
 from engine.models.family import load_encoder
 from engine.models.interface import Encoder
-from engine.models.whisper.encoder import WhisperEncoder
-from engine.models.whisper.loaded import LoadedWhisper
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.memory import check_batch_size
 from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
@@ -81,20 +77,16 @@ class EncodeSummary(RunSummary):
         return "\n".join(lines + self.skip_lines())
 
 
-def run_encode(
-    config: EncodeConfig, *, whisper: LoadedWhisper | None = None, encoder: Encoder | None = None
-) -> EncodeSummary:
+def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> EncodeSummary:
     """Encode ``config.dataset`` into the layer store at ``config.run.out``; returns the summary.
 
-    The model is ``config.model`` of any family (``engine.models.family``), or one already loaded: ``encoder`` (any
-    family) or ``whisper``. The run holds the store's writer lease (``engine.runtime.lease``): a second run on the same
-    store is refused.
+    The model is ``config.model`` of any family (``engine.models.family``), or ``encoder``, one already loaded (any
+    family's, such as ``WhisperEncoder(load_whisper(...))``). The run holds the store's writer lease
+    (``engine.runtime.lease``): a second run on the same store is refused.
     """
     t0 = time.perf_counter()
     if encoder is None:
-        encoder = WhisperEncoder(whisper) if whisper is not None else load_encoder(
-            config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype)
-        )  # fmt: skip
+        encoder = load_encoder(config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype))
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     _check_languages(langs, encoder)  # before anything is created, the lease included
@@ -271,8 +263,8 @@ class _UnitTracker:
 
 def _check_languages(langs: Sequence[str], model: Encoder) -> None:
     """Every language code must be able to name a store folder: all the bad ones in one error, before the store is
-    touched. A well-formed code Whisper does not know is encoded (the encoder is language-agnostic) with a warning:
-    the decoder-based jobs (align, decode) skip it unless told which language token to use."""
+    touched. A well-formed code the model's decoder has no language token for is encoded (the encoder is
+    language-agnostic) with a warning: the decoder-based jobs (align, decode) skip it unless told which token to use."""
     bad = []
     for lang in langs:
         try:
@@ -285,21 +277,14 @@ def _check_languages(langs: Sequence[str], model: Encoder) -> None:
             "letter or digit (no '/', '.' or spaces). Rename them in the dataset (manifest 'lang' column or folder "
             "names); nothing was written"
         )
-    if isinstance(model, WhisperEncoder) and model.loaded.dims.is_multilingual:
-        unknown = [lang for lang in langs if _whisper_code(lang) is None]
-        if unknown:
-            log.warning(
-                "languages %s have no Whisper language code: they are encoded, but align and decode skip them unless "
-                "given a language token to use",
-                unknown,
-            )
-
-
-def _whisper_code(lang: str) -> str | None:
-    try:
-        return fleurs_to_whisper(lang)
-    except LanguageError:
-        return None
+    unknown = model.languages_without_token(langs)
+    if unknown:
+        log.warning(
+            "languages %s have no language token in this %s model: they are encoded, but align and decode skip them "
+            "unless given a language token to use",
+            unknown,
+            model.family,
+        )
 
 
 def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
