@@ -4,6 +4,7 @@ and what memory it holds against its budget (issue 42).
     python bench/scale.py --quick        # a small version, to check the program (a few minutes on 2 cores)
     python bench/scale.py                # the full version, for a quiet machine (BUILD.md says how long)
     python bench/scale.py --sweeps processes --rounds 5 --record bench/RESULTS.md
+    python bench/scale.py --sweeps processes --jax_cache /tmp/c --no-warmup   # kernels compiled by an earlier run
 
 The grid. Random states written through ``LayerStore`` (``bench.grid.write_random_store``, as the encode job writes
 a store). Utterance lengths follow FLEURS test: durations drawn (with replacement) from the real FLEURS clips in
@@ -200,7 +201,7 @@ class Bench:
     def __init__(self, args, sizes: Sizes, root: pathlib.Path):
         self.args, self.sizes, self.root = args, sizes, root
         self.env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-                        JAX_COMPILATION_CACHE_DIR=str(root / "jax-cache"),
+                        JAX_COMPILATION_CACHE_DIR=args.jax_cache or str(root / "jax-cache"),
                         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
         self.stores: dict[str, tuple[str, dict]] = {}
@@ -224,7 +225,7 @@ class Bench:
 
     def rounds(self, configs: dict) -> dict:
         """``configs[name] = (store, processes, langs)``: a warm-up (compilation cache), then interleaved rounds."""
-        for store, n, langs in configs.values():
+        for store, n, langs in configs.values() if self.args.warmup else ():
             self.run(store, n, langs)
         results = {name: [] for name in configs}
         for r in range(self.sizes.rounds):
@@ -351,6 +352,18 @@ def main() -> None:
         parser.add_argument(f"--{field.name}", type=kind, default=None, help=f"override ({field.type})")
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the stores")
     parser.add_argument("--record", default="", help="write the results section into this file")
+    parser.add_argument(
+        "--jax_cache",
+        default="",
+        help="a persistent JAX compilation cache to use and keep (default: a fresh one, removed at the end); an "
+        "earlier run's, on the same sizes, holds every kernel (the stores are seeded, so their shapes repeat)",
+    )
+    parser.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="an unmeasured run of each configuration first (--no-warmup: only with a filled --jax_cache)",
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     for field in dataclasses.fields(Sizes):
@@ -375,8 +388,12 @@ def main() -> None:
         f"{load0[2]:.1f} before, {load1[0]:.1f}, {load1[1]:.1f}, {load1[2]:.1f} after.",
         "",
         f"Command: `{' '.join(['python', 'bench/scale.py', *sys.argv[1:]])}`"
-        + f"; sizes {json.dumps(dataclasses.asdict(sizes))}; medians of {sizes.rounds} interleaved round(s) after "
-        "an unmeasured warm-up run of each configuration.",
+        + f"; sizes {json.dumps(dataclasses.asdict(sizes))}; medians of {sizes.rounds} interleaved round(s) "
+        + (
+            "after an unmeasured warm-up run of each configuration."
+            if args.warmup
+            else "with no warm-up run: every kernel came from the compilation cache of an earlier run (--jax_cache)."
+        ),
         "",
     ]
     text = "\n".join(head + lines)
