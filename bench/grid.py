@@ -127,8 +127,8 @@ def _job_worker(args) -> None:
     from engine.pipelines.similarity.config import SimilarityConfig
     from engine.pipelines.similarity.run import run_similarity
     from engine.runtime.options import configure
+    from engine.stores.pairs import resolve_pairs
     from engine.stores.reader import open_store
-    from engine.stores.similarity import resolve_pairs
 
     reader = open_store(args.store)
     first_pair = ":".join(resolve_pairs("unordered", reader.languages())[0])
@@ -161,8 +161,8 @@ def _kernel_worker(args) -> None:
 
     from engine.dtypes import DTYPES
     from engine.pipelines.similarity.measures import SEQSIM_MEASURES
+    from engine.stores.pairs import resolve_pairs
     from engine.stores.reader import open_store
-    from engine.stores.similarity import resolve_pairs
     from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
 
     reader = open_store(args.store)
@@ -233,7 +233,7 @@ def plan_text(args) -> str:
     """``engine.pipelines.similarity.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
     from engine.pipelines.similarity.plan import plan_seqsim
     from engine.runtime import devices as plan_lib
-    from engine.stores.similarity import resolve_pairs
+    from engine.stores.pairs import resolve_pairs
 
     lengths = grid_lengths(args.langs, args.utterances, args.frames)
     return plan_seqsim(

@@ -69,8 +69,8 @@ def contenders(store: str, measures: tuple[str, ...], scratch: pathlib.Path) -> 
     from engine.pipelines.similarity.config import SimilarityConfig
     from engine.pipelines.similarity.run import run_similarity
     from engine.runtime.options import configure
+    from engine.stores.pairs import resolve_pairs
     from engine.stores.reader import open_store
-    from engine.stores.similarity import resolve_pairs
     from kernels.seqsim import seqsim_matrix
 
     reader = open_store(store)

@@ -42,7 +42,6 @@ SEALED_VERSION = 3  # from this version on, every ids.json and done marker must 
 MANIFEST, IDS = "manifest.json", "ids.json"
 DONE_DIR = "done/"
 PAIR_SEPARATOR = "__"
-PAIR_MODES = ("unordered", "ordered")  # resolve_pairs' named specs; else a list of a:b
 ROW_AXIS = f"{UTTERANCE}_a"  # rows: utterances of the first language of the pair
 COL_AXIS = f"{UTTERANCE}_b"
 AXES = (LAYER, ROW_AXIS, COL_AXIS)
@@ -76,51 +75,6 @@ def check_name(kind: str, value: str) -> str:
             f"with a letter or digit, without {PAIR_SEPARATOR!r} (it separates the two languages of a pair)"
         )
     return value
-
-
-def resolve_pairs(spec: str, langs, available=None) -> list[tuple[str, str]]:
-    """Language pairs (a, b), a != b, from ``spec``:
-
-    - ``unordered``: every {a, b} once, as (a, b) with a < b;
-    - ``ordered``: (a, b) and (b, a);
-    - a comma list of ``a:b`` items, where either side may be ``*`` (every other language of ``langs``):
-      ``en:*``, ``en:de,es:fr``.
-
-    ``langs`` are the languages the run covers; named languages must be in ``available`` (default ``langs``), the
-    store's languages: the error names the one it lacks and what it has.
-    """
-    langs = sorted(langs)
-    available = set(langs if available is None else available)
-    spec = spec.strip()
-    if spec == "unordered":
-        return [(a, b) for i, a in enumerate(langs) for b in langs[i + 1 :]]
-    if spec == "ordered":
-        return [(a, b) for a in langs for b in langs if a != b]
-    pairs: list[tuple[str, str]] = []
-    for item in (s.strip() for s in spec.split(",") if s.strip()):
-        if item.count(":") != 1:
-            raise SimilarityError(
-                f"pairs item {item!r} is not 'a:b': give {' or '.join(PAIR_MODES)}, or a list like en:de,es:* "
-                "('*' = every other language)"
-            )
-        left, right = (s.strip() for s in item.split(":"))
-        for side in (left, right):
-            if side != "*":
-                check_name("language", side)
-                if side not in available:  # what is missing first: the store lacks it, --pairs only names it
-                    raise SimilarityError(
-                        f"{side!r} is not in the store (it has {', '.join(sorted(available))}): pairs item {item!r} "
-                        "names it; pair languages the store has, or '*' for every other one"
-                    )
-        for a in langs if left == "*" else [left]:
-            for b in langs if right == "*" else [right]:
-                if a != b:
-                    pairs.append((a, b))
-                elif left != "*" and right != "*":
-                    raise SimilarityError(f"pairs item {item!r} pairs a language with itself; name two languages")
-    if not pairs:
-        raise SimilarityError(f"pairs {spec!r} gives no pair of two different languages among {langs}")
-    return list(dict.fromkeys(pairs))
 
 
 def check_measure(measure: str) -> str:

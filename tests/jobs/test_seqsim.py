@@ -24,6 +24,7 @@ from engine.pipelines.similarity.config import SimilarityConfig
 from engine.pipelines.similarity.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.kv import json_digest
+from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
 from engine.stores.similarity import (
     AXES,
@@ -31,7 +32,6 @@ from engine.stores.similarity import (
     SimilarityMismatchError,
     check_name,
     open_similarity,
-    resolve_pairs,
 )
 from kernels.dtw import reference_dtw_similarity_matrix
 from kernels.pooling import (

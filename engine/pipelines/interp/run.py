@@ -72,9 +72,10 @@ from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, wr
 from engine.runtime.units import UnitLoop
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
+from engine.stores.pairs import resolve_pairs
 from engine.stores.parts import table_bytes
 from engine.stores.reader import open_store
-from engine.stores.similarity import open_similarity, resolve_pairs
+from engine.stores.similarity import open_similarity
 from engine.text.encoders import load_text_encoder
 
 

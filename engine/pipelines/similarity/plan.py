@@ -33,8 +33,8 @@ from engine.pipelines.similarity.tiles import (
 from engine.runtime.budget import DEVICE_SHARE, Budget, resolve_budget
 from engine.runtime.devices import Device
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, flops, size, timed
+from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
-from engine.stores.similarity import resolve_pairs
 from kernels.seqsim import choose_blocks, default_memory_budget, packs_by_default, seqsim_matrix
 from kernels.settings import OtConfig
 

@@ -52,9 +52,10 @@ from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.runs import process_zero_first, progress_bar, writer_lease
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore
+from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
-from engine.stores.similarity import SimilarityError, check_name, done_marker, new_manifest, resolve_pairs
+from engine.stores.similarity import SimilarityError, check_name, done_marker, new_manifest
 from engine.stores.similarity_blocks import StagingSimilarityStore
 from kernels.seqsim import packs_by_default
 
