@@ -19,7 +19,17 @@ def machine() -> str:
         model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
     except Exception:  # noqa: BLE001 - informational only
         model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}; jax {jax.__version__} on {jax.devices()[0].platform}"
+    return (f"{model} ({cpu_isa()}), {os.cpu_count()} cores, {platform.system()}; jax {jax.__version__} on "
+            f"{jax.devices()[0].platform}")  # fmt: skip
+
+
+def cpu_isa() -> str:
+    """The widest x86 vector ISA this CPU has (ratios differ between AVX-512 and AVX2 machines), else the arch."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return platform.machine()
+    return next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "no AVX2")
 
 
 def interleaved(contenders: dict, repeats: int) -> dict:
@@ -130,3 +140,19 @@ def interleaved_workers(contenders: dict[str, tuple[Worker, str]], repeats: int)
         for label, (worker, name) in contenders.items():
             times[label].append(float(worker.ask(name)))
     return {label: statistics.median(t) for label, t in times.items()}
+
+
+def whisper_plan_inputs(dims, frames: dict, compute_dtype: str):
+    """What ``engine.pipelines.encode.plan.plan_encode`` takes for a Whisper plan without weights: the model's shape
+    (``WhisperShape``), each utterance's 16 kHz samples from its encoder frames (``frames[lang]``, 50 a second), and
+    (FLOP/s, what was timed) from one encoder block at the model's width timed here. Measured against whisper-base's
+    own encoder, such a block ran 1.6x slower per FLOP on the 2-core AVX-512 machine (BUILD.md), so the estimate errs
+    long."""
+    from engine.models.whisper.cost import encoder_block, encoder_flops_per_window
+    from engine.models.whisper.encoder import WhisperShape
+    from engine.runtime.plan import timed
+
+    samples = {lang: [int(n) * 320 for n in v] for lang, v in frames.items()}  # 320 samples an encoder frame
+    t_block = timed(*encoder_block(dims, compute_dtype))
+    rate = encoder_flops_per_window(dims)[1] / t_block, f"one encoder block on one window in {t_block * 1e3:.0f} ms"
+    return WhisperShape(dims), samples, rate

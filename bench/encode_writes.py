@@ -27,15 +27,14 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import machine, record  # noqa: E402
+from bench.common import machine, record, whisper_plan_inputs  # noqa: E402
 from bench.encode_job import Prepared  # noqa: E402
 from bench.scale import grid  # noqa: E402
 from engine.models.whisper.dims import preset  # noqa: E402
+from engine.models.whisper.encoder import WhisperShape  # noqa: E402
 from engine.pipelines.encode.plan import plan_encode  # noqa: E402
 from engine.pipelines.encode.writes import calibrate_write_rate, storage_lines  # noqa: E402
 from engine.runtime.devices import DEVICES, get_device  # noqa: E402
@@ -105,7 +104,7 @@ def main() -> None:
             p.write_all(f"s3://{BUCKET}/round-{r}")
             times["writes, S3 (moto)"].append(time.perf_counter() - t)
             empty_bucket(endpoint)  # the server holds objects in memory
-            quick.append(calibrate_write_rate(p.whisper.dims, p.layers, args.dtype))
+            quick.append(calibrate_write_rate(WhisperShape(p.whisper.dims), p.layers, args.dtype))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
     finally:
         server.kill()
@@ -115,12 +114,13 @@ def main() -> None:
     # FLEURS test x large-v3 on the device, at each measured rate.
     large = preset("large-v3")
     frames = {lang: n.astype(int) for lang, n in grid(102, None, 1.0, 1.0).items()}
-    windows = {lang: np.ceil(n / 1500).astype(int) for lang, n in frames.items()}
     layers = tuple(range(large.n_encoder_layers_out))
     seconds = float(sum(n.sum() for n in frames.values())) / 50
-    plan = plan_encode(large, windows, frames, seconds, layers=layers, dtype="bfloat16", compute_dtype="bfloat16",
-                       batch_size=8, prefetch=8, device=get_device(args.device), model="large-v3 (dimensions only)",
-                       write_rate=rates["writes, local folder"], hosts=hosts)  # fmt: skip
+    shape, samples, rate = whisper_plan_inputs(large, frames, "bfloat16")
+    plan = plan_encode(shape, samples, seconds, layers=layers, long_audio="window", dtype="bfloat16",
+                       compute_dtype="bfloat16", batch_size=8, prefetch=8, device=get_device(args.device),
+                       model="large-v3 (dimensions only)", rate=rate, write_rate=rates["writes, local folder"],
+                       hosts=hosts)  # fmt: skip
     encoder_s = next(s.seconds_device for s in plan.stages if s.name == "encoder")
     states = next(s.bytes_written for s in plan.stages if s.name == "encoder")
     load1 = os.getloadavg()

@@ -28,6 +28,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import whisper_plan_inputs  # noqa: E402
 from bench.scale import grid  # noqa: E402
 from engine.models.whisper.dims import preset  # noqa: E402
 from engine.pipelines.encode.plan import plan_encode  # noqa: E402
@@ -88,22 +89,22 @@ def main() -> None:
         frames = {lang: n.astype(int) for lang, n in grid(args.langs, None, 1.0, 1.0).items()}
         seconds = {lang: n / FRAMES_PER_SECOND for lang, n in frames.items()}
     langs = list(frames)
-    # Clips over 30 s take two windows (the encode job's long-audio windows); frames stay as long as the clip.
-    windows = {lang: np.ceil(s / 30.0).astype(int) for lang, s in seconds.items()}
     layers = tuple(range(LARGE_V3.n_encoder_layers_out))
     total_seconds = float(sum(s.sum() for s in seconds.values()))
+    shape, samples, rate = whisper_plan_inputs(LARGE_V3, frames, args.dtype)
     encode = plan_encode(
-        LARGE_V3,
-        windows,
-        frames,
+        shape,
+        samples,
         total_seconds,
         layers=layers,
+        long_audio="window",  # clips over 30 s take two windows (the encode job's long-audio windows)
         dtype=args.dtype,
         compute_dtype=args.dtype,
         batch_size=8,
         prefetch=8,
         device=device,
         model="openai/whisper-large-v3 (dimensions only)",
+        rate=rate,
         write_rate=None if args.write_rate is None else args.write_rate * 1e6,
         hosts=hosts,
     )

@@ -90,6 +90,7 @@ class EncoderCost:
     frames: int
     n_head: int  # attention heads: each holds a f32[frame, frame] score matrix at its peak
     params: int  # encoder parameters (weights and biases of every module run, norms included)
+    input_bytes: float = 0.0  # one window's input as the encoder takes it (0: its samples as f32)
 
     @property
     def flops(self) -> float:

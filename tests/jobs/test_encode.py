@@ -321,6 +321,20 @@ def test_a_batch_that_cannot_fit_is_refused_before_the_store_exists(tmp_path, ti
     assert not out.exists()
 
 
+def test_the_issue_batch_of_20000_is_refused_for_whisper_base():
+    """The reported case itself: --batch_size 20000 with whisper-base's every layer (about 2 TB a step), counted
+    from its dimensions as the run counts a loaded model's (``model_step`` takes any shape with the interface)."""
+    from engine.models.whisper.dims import preset
+    from engine.models.whisper.encoder import WhisperShape
+    from engine.pipelines.encode.memory import check_batch_size
+    from engine.runtime.options import ConfigError
+
+    shape = WhisperShape(preset("base"))
+    with pytest.raises(ConfigError, match=r"batch_size 20000 needs about .* TiB per encoder step"):
+        check_batch_size(shape, tuple(range(8)), "float32", 20000)
+    check_batch_size(shape, tuple(range(8)), "float32", 8)  # the default fits
+
+
 @pytest.mark.slow
 def test_flag_defaults_run_the_demo_with_the_packaged_model(run_job, tmp_path):
     """`python -m jobs.encode --out X` means: demo set, packaged whisper-base, every layer, float32.

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from engine.models.interface import EncoderCost
 from engine.models.whisper.dims import ModelDimensions
 
 N_CTX = 1500  # encoder positions per 30 s window
@@ -25,6 +26,14 @@ def encoder_flops_per_window(dims: ModelDimensions) -> tuple[float, float]:
     stem = 2 * 3 * (N_FEATURE_FRAMES * dims.n_mels * d + t * d * d)
     block = 24 * t * d * d + 4 * t * t * d
     return float(stem), float(block)
+
+
+def encoder_cost(dims: ModelDimensions) -> EncoderCost:
+    """One 30 s window through the encoder, as the family interface counts it (every window costs a full one)."""
+    stem, block = encoder_flops_per_window(dims)
+    return EncoderCost(front=stem, layer=block, n_layers=dims.n_audio_layer, frames=dims.n_audio_ctx,
+                       n_head=dims.n_audio_head, params=encoder_params(dims),
+                       input_bytes=float(dims.n_mels * N_FEATURE_FRAMES * 4))  # fmt: skip
 
 
 def encoder_params(dims: ModelDimensions) -> int:

@@ -18,11 +18,53 @@ from engine.data import audio as audio_lib
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.models.common.parallel import ShardedEncoder
-from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS
+from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS, EncoderCost
 from engine.models.whisper import features as whisper_features
+from engine.models.whisper.cost import encoder_cost
+from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.features import FEATURES, FRAME_RATE, features_for_audio
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.models.whisper.parallel import SIGNATURE
+
+
+@dataclasses.dataclass(frozen=True)
+class WhisperShape:
+    """Whisper's windows, frames and cost from its dimensions alone: what a plan needs, with or without weights
+    (``WhisperEncoder`` answers the same through it; ``bench/plan_fleurs.py`` plans large-v3 from this alone)."""
+
+    dims: ModelDimensions
+    family: str = "whisper"
+    pads_windows: bool = True  # every window costs a full 30 s one (``cost``): Whisper pads audio to 30 s
+    window_samples: int = audio_lib.N_SAMPLES
+    min_samples: int = 0  # any last window of at least one sample has an encoder frame (``encoder_frames``)
+
+    @property
+    def store_dims(self) -> ModelDimensions:
+        return self.dims  # ModelDimensions, as every Whisper store has recorded them
+
+    @property
+    def embed(self) -> int:
+        return self.dims.n_audio_state
+
+    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """``f32[samples]`` -> (log-mel ``f32[n_mels, 3000]`` per 30 s window, valid frames ``i32[window]``)."""
+        mel, frames = features_for_audio(samples, self.dims.n_mels, long_audio)
+        return list(mel), frames
+
+    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
+        """``(frames, windows)`` of ``samples`` at 16 kHz, as ``features_for_audio`` will cut them."""
+        n = int(samples)
+        if long_audio == "truncate":
+            n = min(n, audio_lib.N_SAMPLES)
+        full, rest = divmod(n, audio_lib.N_SAMPLES)
+        frames = full * whisper_features.N_ENCODER_FRAMES + (int(whisper_features.encoder_frames(rest)) if rest else 0)
+        return frames, max(1, -(-frames // whisper_features.N_ENCODER_FRAMES))
+
+    def cost(self, samples: int) -> EncoderCost:
+        """One window's FLOPs and parameters: a full 30 s window's whatever ``samples`` (at most 30 s)."""
+        if not 0 <= samples <= self.window_samples:
+            raise ValueError(f"a window holds 0..{self.window_samples} samples, got {samples}")
+        return encoder_cost(self.dims)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -33,6 +75,13 @@ class WhisperEncoder:
     family: str = "whisper"
     layer_meaning: str = WHISPER_LAYERS
     heads: frozenset = frozenset({DECODER, CROSS_ATTENTION})
+    pads_windows: bool = WhisperShape.pads_windows
+    window_samples: int = WhisperShape.window_samples
+    min_samples: int = WhisperShape.min_samples
+
+    @property
+    def shape(self) -> WhisperShape:
+        return WhisperShape(self.loaded.dims)
 
     @property
     def name(self) -> str:
@@ -63,18 +112,13 @@ class WhisperEncoder:
         return dict(FEATURES)
 
     def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
-        """``f32[samples]`` -> (log-mel ``f32[n_mels, 3000]`` per 30 s window, valid frames ``i32[window]``)."""
-        mel, frames = features_for_audio(samples, self.loaded.dims.n_mels, long_audio)
-        return list(mel), frames
+        return self.shape.windows(samples, long_audio)
 
     def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
-        """``(frames, windows)`` of ``samples`` at 16 kHz, as ``features_for_audio`` will cut them."""
-        n = int(samples)
-        if long_audio == "truncate":
-            n = min(n, audio_lib.N_SAMPLES)
-        full, rest = divmod(n, audio_lib.N_SAMPLES)
-        frames = full * whisper_features.N_ENCODER_FRAMES + (int(whisper_features.encoder_frames(rest)) if rest else 0)
-        return frames, max(1, -(-frames // whisper_features.N_ENCODER_FRAMES))
+        return self.shape.expected_frames(samples, long_audio)
+
+    def cost(self, samples: int) -> EncoderCost:
+        return self.shape.cost(samples)
 
     def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray]:
         """Windows -> ``mel f32[batch_size, n_mels, 3000]``; padding rows hold log-mel of silence rather than zeros,

@@ -3,8 +3,8 @@
 
 A step holds the encoder's weights, a batch of input windows, one block's activations (its projections and
 feed-forward, the f32 scores of every head) and every stored layer of the batch until it is copied to the host.
-Whisper's windows are whole 30 s log-mel windows (its ``ModelDimensions``); every other family's are counted by its
-``Encoder.cost`` of the full window, the most a batch pads to.
+Every family's windows are counted by its ``Encoder.cost`` of the full window, the most a batch pads to (Whisper's:
+a 30 s log-mel window, its ``EncoderCost.input_bytes``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import jax
 import jax.numpy as jnp
 
 from engine.models.interface import WINDOW_SECONDS, EncoderCost
-from engine.models.whisper.cost import N_CTX, N_FEATURE_FRAMES, encoder_params
-from engine.models.whisper.dims import ModelDimensions
 from engine.runtime.options import ConfigError
 from engine.runtime.plan import size
 
@@ -49,24 +47,15 @@ def step_memory(*, params: int, input_bytes: float, frames: int, embed: int, hea
     return StepMemory(float(params * cbytes), float(input_bytes + act + layers * frames * embed * 4))
 
 
-def whisper_step(dims: ModelDimensions, layers: Sequence[int], compute_dtype: str) -> StepMemory:
-    return step_memory(
-        params=encoder_params(dims), input_bytes=dims.n_mels * N_FEATURE_FRAMES * 4, frames=N_CTX,
-        embed=dims.n_audio_state, heads=dims.n_audio_head, layers=len(layers), compute_dtype=compute_dtype,
-    )  # fmt: skip
-
-
 def family_step(cost: EncoderCost, samples: int, embed: int, layers: Sequence[int], compute_dtype: str) -> StepMemory:
     """A family's step on windows of ``samples`` samples, ``cost`` its ``Encoder.cost(samples)``."""
-    return step_memory(params=cost.params, input_bytes=samples * 4, frames=cost.frames, embed=embed,
+    return step_memory(params=cost.params, input_bytes=cost.input_bytes or samples * 4, frames=cost.frames, embed=embed,
                        heads=cost.n_head, layers=len(layers), compute_dtype=compute_dtype)  # fmt: skip
 
 
 def model_step(model, layers: Sequence[int], compute_dtype: str) -> StepMemory:
     """The step of a loaded ``Encoder`` (``engine.models.interface``) on full windows."""
-    if isinstance(model.store_dims, ModelDimensions):
-        return whisper_step(model.store_dims, layers, compute_dtype)
-    window = getattr(model, "window_samples", WINDOW_SAMPLES)  # OWSM's own window; 30 s for the others
+    window = getattr(model, "window_samples", WINDOW_SAMPLES)  # the model's own window (OWSM's); else 30 s
     return family_step(model.cost(window), window, model.embed, layers, compute_dtype)
 
 

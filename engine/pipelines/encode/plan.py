@@ -1,6 +1,14 @@
-"""The plan of an encode run (``--plan``): utterances, 30 s windows and frames from the dataset's headers, the
-encoder's FLOPs (Whisper: ``engine.models.whisper.cost.encoder_flops_per_window``; other families: their
-``Encoder.cost``, see ``family_plan``) and the model's encoder timed here on one window.
+"""The plan of an encode run (``--plan``), one for every family: utterances, windows and frames from the dataset's
+headers, the encoder's FLOPs from the family's ``Encoder.cost``, and the model's own encoder step timed here.
+
+Families that pad every window to a full one (Whisper to 30 s, OWSM to its model's window: ``pads_windows``) cost a
+full window each, their windows cut at the model's ``window_samples`` and a last one under ``min_samples`` dropped as
+the encoder drops it. wav2vec2 and w2v-BERT take each window as it is: a window of S samples costs
+``Encoder.cost(S)`` (each family counts its own matmuls and convolutions in its ``cost.py``). Time here is the loaded
+encoder timed on the dataset's longest window (rounded up as a batch pads it; a padding family's full window) and its
+FLOP rate applied to the whole count; the front end (the log-mel, or the raw waveform's normalisation) is timed on
+30 s of audio; the write rate through ``LayerStore`` says whether the run is bound by compute or by writing
+(``engine.pipelines.encode.writes``).
 """
 
 from __future__ import annotations
@@ -12,204 +20,204 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.data.audio import SAMPLE_RATE
 from engine.data.pairing import pairing_lines, shared_ids
 from engine.data.revision import source_revision
 from engine.errors import AudioError
-from engine.models.family import detect_family, load_encoder
-from engine.models.whisper.cost import N_FEATURE_FRAMES, encoder_block, encoder_flops_per_window, encoder_params
-from engine.models.whisper.dims import ModelDimensions
-from engine.models.whisper.encoder import WhisperEncoder
-from engine.models.whisper.features import features_for_audio
-from engine.models.whisper.loaded import load_whisper
-from engine.pipelines.encode.family_plan import plan_family_encode
-from engine.pipelines.encode.memory import whisper_step
+from engine.models.common.parallel import data_mesh
+from engine.models.family import load_encoder
+from engine.models.interface import WINDOW_SECONDS, Encoder, EncoderCost
+from engine.pipelines.encode.memory import WINDOW_SAMPLES, family_step
 from engine.pipelines.encode.run import dataset_source
 from engine.pipelines.encode.windows import resampled_samples
 from engine.pipelines.encode.writes import calibrate_write_rate, storage_lines
 from engine.runtime.devices import Device
-from engine.runtime.plan import (
-    EFFICIENCY,
-    Plan,
-    Stage,
-    size,
-    timed,
-)
+from engine.runtime.plan import EFFICIENCY, Plan, Stage, size, timed
 
 
-def calibrate_encoder(whisper, layers: Sequence[int]) -> float:
-    """Seconds of the loaded model's encoder (every stored layer out) on one window, on this machine."""
-    mel = jnp.asarray(np.random.default_rng(0).standard_normal((1, whisper.dims.n_mels, N_FEATURE_FRAMES)), jnp.float32)
-    return timed(lambda m: whisper.encode(m, layers=tuple(layers)), mel)
+def window_samples(samples: int, long_audio: str, window: int = WINDOW_SAMPLES, min_samples: int = 0) -> list[int]:
+    """Samples of each window of an utterance of ``samples`` 16 kHz samples, cut as ``split_windows`` cuts it at
+    ``window`` samples. A last window under ``min_samples`` (the encoder's, where it has one: OWSM) is dropped as
+    ``split_windows`` drops it; with the default 0, a last window too short for a frame is counted with its zero
+    frames (``Encoder.cost`` of it is nearly nothing for the families that do not pad)."""
+    n = min(int(samples), window) if long_audio == "truncate" else int(samples)
+    full, rest = divmod(n, window)
+    if full and rest < min_samples:
+        rest = 0
+    return [window] * full + ([rest] if rest or not full else [])
 
 
-def calibrate_features(n_mels: int) -> float:
-    """Seconds to turn 30 s of audio into log-mel features on this machine (one host thread)."""
-    samples = np.random.default_rng(0).standard_normal(30 * SAMPLE_RATE).astype(np.float32) * 0.1
-    features_for_audio(samples, n_mels, "window")
+def calibrate(encoder: Encoder, samples: int, layers: Sequence[int], dtype: str) -> tuple[float, int]:
+    """(seconds, windows) of the loaded encoder's sharded step (the job's own) on one batch of random windows of
+    ``samples`` samples, one per device."""
+    mesh = data_mesh(jax.local_devices())
+    step = encoder.sharded(mesh, layers, jnp.dtype(dtype))
+    audio = np.random.default_rng(0).standard_normal(samples).astype(np.float32) * 0.1
+    inputs, _ = encoder.windows(audio, "truncate")
+    rows = step.local_multiple
+    return timed(step, *encoder.collate([inputs[0]] * rows, rows)), rows
+
+
+def calibrate_front_end(encoder: Encoder) -> float:
+    """Seconds to turn 30 s of audio into the model's input on this machine (one host thread)."""
+    audio = np.random.default_rng(0).standard_normal(WINDOW_SAMPLES).astype(np.float32) * 0.1
+    encoder.windows(audio, "truncate")
     t = time.perf_counter()
-    features_for_audio(samples, n_mels, "window")
+    encoder.windows(audio, "truncate")
     return time.perf_counter() - t
 
 
 def plan_encode(
-    dims: ModelDimensions,
-    windows: Mapping[str, Sequence[int]],
-    frames: Mapping[str, Sequence[int]],
+    encoder,
+    samples: Mapping[str, Sequence[int]],
     seconds_of_audio: float,
     *,
     layers: Sequence[int],
+    long_audio: str,
     dtype: str,
     compute_dtype: str,
     batch_size: int,
     prefetch: int,
     device: Device | None,
     model: str,
-    window_seconds: float | None = None,
-    calibrated_for: float = 0.0,
+    rate: tuple[float, str] | None = None,
     write_rate: float | None = None,
     hosts: Sequence[int] = (1,),
 ) -> Plan:
-    """The plan of an encode run; ``windows[lang][i]`` and ``frames[lang][i]``: utterance i's 30 s windows and valid
-    encoder frames. ``window_seconds``: the model's encoder measured on one window here (``calibrate_encoder``);
-    without it (dimensions only, no weights) one block at the model's width is timed and scaled, which measured
-    1.6x slower per FLOP than whisper-base's own encoder on this machine (so the estimate errs long)."""
-    n_utt = sum(len(v) for v in windows.values())
-    n_win = sum(int(np.sum(v)) for v in windows.values())
-    n_frames = sum(int(np.sum(v)) for v in frames.values())
-    d, cbytes, sbytes = dims.n_audio_state, jnp.dtype(compute_dtype).itemsize, jnp.dtype(dtype).itemsize
-    stem, block = encoder_flops_per_window(dims)
-    enc_flops = n_win * (stem + dims.n_audio_layer * block)
+    """The plan of an encode run on any family; ``samples[lang][i]``: utterance i's length in 16 kHz samples.
 
-    t0 = time.perf_counter() - calibrated_for  # seconds the caller spent measuring window_seconds
-    if window_seconds is None:
-        t_block = timed(*encoder_block(dims, compute_dtype))
-        rate = block / t_block
-        measured = f"one encoder block on one window in {t_block * 1e3:.0f} ms"
-    else:
-        rate = (stem + dims.n_audio_layer * block) / window_seconds
-        measured = f"the model's encoder on one window in {window_seconds * 1e3:.0f} ms"
-    t_features = calibrate_features(dims.n_mels)
+    ``encoder``: a loaded ``Encoder``, or anything with its windows, frames and cost (``WhisperShape``: a plan
+    without weights). ``rate``: (FLOP/s, what was timed) for such a plan; by default the loaded encoder's own step is
+    timed here on the run's longest (padded) window. ``write_rate``: bytes/s one process writes (default: measured
+    here through ``LayerStore``); ``hosts``: the host counts to say compute or storage for."""
+    n_utt = sum(len(v) for v in samples.values())
+    costs: dict[int, EncoderCost] = {}
+    # Optional Encoder attributes, of the families that pad (Whisper, OWSM): the window, its last-window cut, and
+    # full-window costs.
+    window = getattr(encoder, "window_samples", WINDOW_SAMPLES)
+    pads = getattr(encoder, "pads_windows", False)
+    cut = getattr(encoder, "min_samples", 0)
+    windows = [w for v in samples.values() for s in v for w in window_samples(s, long_audio, window, cut)]
+    for w in windows:
+        if w not in costs:
+            costs[w] = encoder.cost(w)
+    n_win, n_frames = len(windows), sum(encoder.expected_frames(s, long_audio)[0] for v in samples.values() for s in v)
+    enc_flops = float(sum(costs[w].flops for w in windows))
+    longest = max(windows, default=16000)
+    padded = window if pads else min(-(-longest // 16000) * 16000, window)  # batches pad to whole seconds
+    big = encoder.cost(padded)
+    d, cbytes, sbytes = encoder.embed, jnp.dtype(compute_dtype).itemsize, jnp.dtype(dtype).itemsize
+
+    t0 = time.perf_counter()
+    if rate is None:
+        t_step, rows = calibrate(encoder, padded, layers, dtype)
+        timed_what = f"the model's encoder on {rows} window(s) of {padded / 16000:.0f} s in {t_step * 1e3:.0f} ms"
+        rate = (big.flops * rows / t_step, timed_what)
+    flop_rate, measured = rate
+    t_front = calibrate_front_end(encoder)
     rate_source = "given"
     if write_rate is None:  # compute or storage: engine.pipelines.encode.writes
-        write_rate, rate_source = calibrate_write_rate(dims, layers, dtype), "LayerStore to a local folder, here"
+        write_rate, rate_source = calibrate_write_rate(encoder, layers, dtype), "LayerStore to a local folder, here"
     calib_s = time.perf_counter() - t0
-    # On this machine the prefetch threads and the encoder share the same cores: their times add.
-    here_enc = n_win * (stem + dims.n_audio_layer * block) / rate
-    here_feat = n_win * t_features
+    here_enc = enc_flops / flop_rate
+    # A padded window's input is made for the full window; the others' for their own length.
+    here_feat = (n_win if pads else seconds_of_audio / WINDOW_SECONDS) * t_front
 
     audio_bytes = seconds_of_audio * 16000 * 2  # 16 kHz 16-bit PCM as read; compressed sources read less
     states_bytes = float(n_frames) * len(layers) * d * sbytes
-    weights = encoder_params(dims) * cbytes
+    weights = big.params * cbytes
     dev_enc = dev_feat = None
     if device is not None:
         dev_enc = max(
             enc_flops / (device.flops(compute_dtype) * EFFICIENCY), n_win * weights / batch_size / device.bandwidth
         )
-        dev_feat = n_win * t_features / max(prefetch, 1)  # host threads of a machine like this one
+        dev_feat = here_feat / max(prefetch, 1)  # host threads of a machine like this one
     stages = [
-        Stage("audio -> log-mel", 0.0, audio_bytes, 0.0, here_feat, dev_feat),
+        Stage("audio -> input", 0.0, audio_bytes, 0.0, here_feat, dev_feat),
         Stage("encoder", enc_flops, float(weights), states_bytes, here_enc, dev_enc),
     ]
-    # On a device: weights, a batch of mel windows, one block's activations and every stored layer of the batch until
-    # it is copied to the host (engine.pipelines.encode.memory).
-    peak = whisper_step(dims, layers, compute_dtype).peak(batch_size)
-    per_layer = float(n_frames) * d * sbytes
+    # On a device: weights, a batch of the longest (padded) window, one block's activations and every stored layer
+    # of the batch until it is copied to the host (engine.pipelines.encode.memory).
+    peak = family_step(big, padded, d, layers, compute_dtype).peak(batch_size)
     memory_lines = [
-        f"one stored layer of every utterance: {size(per_layer)}; all {len(layers)} layers: {size(states_bytes)}",
+        f"one stored layer of every utterance: {size(float(n_frames) * d * sbytes)}; all {len(layers)} layers: "
+        f"{size(states_bytes)}",
         f"blocks: {batch_size} windows per encoder step (--batch_size), {prefetch} host threads ahead of it",
     ]
     if device is not None:
         memory_lines.append(f"fits on {device.name}: {'yes' if peak < 0.9 * device.memory else 'NO'} (90% usable)")
-    where = "this machine" if device is None else device.name
     memory_lines += storage_lines(states_bytes, here_enc if device is None else dev_enc, write_rate,
-                                  n_layers=len(layers), dtype=dtype, where=where, hosts=hosts,
-                                  rate_source=rate_source)  # fmt: skip
+                                  n_layers=len(layers), dtype=dtype, where=device.name if device else "this machine",
+                                  hosts=hosts, rate_source=rate_source)  # fmt: skip
     counts = [
         (
             "model",
-            f"{model} (L={dims.n_audio_layer}, d={d}, {dims.n_mels} mels, {encoder_params(dims) / 1e6:.0f} M "
-            f"encoder parameters), compute {compute_dtype}, storage {dtype}",
+            f"{model} ({encoder.family}, L={big.n_layers}, d={d}, {big.params:,} encoder parameters), "
+            f"compute {compute_dtype}, storage {dtype}",
         ),
-        ("languages", str(len(windows))),
+        ("languages", str(len(samples))),
         ("utterances", str(n_utt)),
         ("audio", f"{seconds_of_audio:.0f} s ({seconds_of_audio / max(n_utt, 1):.1f} s per utterance)"),
-        ("windows", f"{n_win} x 30 s (each costs a full window: Whisper pads to 30 s)"),
+        (
+            "windows",
+            f"{n_win} of at most {window / 16000:.0f} s, each padded to the model's full {window / 16000:.0f} s "
+            f"window and costing it (longest {longest / 16000:.1f} s; {encoder.family} pads as it was trained)"
+            if pads
+            else f"{n_win} of at most {window / 16000:.0f} s, each costing its own length (longest "
+            f"{longest / 16000:.1f} s; {encoder.family} is not padded to 30 s)",
+        ),
         ("frames", f"{n_frames} valid encoder frames stored, layers {list(layers)}"),
+        (
+            "encoder FLOPs",
+            f"{enc_flops:.6g} ({big.n_layers} layers; one padded {padded / 16000:.0f} s window: {big.flops:.4g})",
+        ),
     ]
     calibration = (
-        f"{jax.devices()[0].platform} x {jax.local_device_count()}: {measured} = {rate / 1e9:.1f} GFLOP/s, "
-        f"log-mel of 30 s in {t_features * 1e3:.0f} ms (calibration took {calib_s:.1f} s)"
+        f"{jax.devices()[0].platform} x {jax.local_device_count()}: {measured} = {flop_rate / 1e9:.1f} GFLOP/s, its "
+        f"input of 30 s in {t_front * 1e3:.0f} ms (calibration took {calib_s:.1f} s)"
+    )
+    counted = (
+        "on each window padded to the model's full window"
+        if pads
+        else "on each window's own length (batch padding to whole seconds left out)"
     )
     assumptions = [
-        "store writes overlap with compute; audio as 16-bit PCM; a device estimate uses this machine's log-mel "
-        f"rate on {prefetch} host threads"
+        "store writes overlap with compute; audio as 16-bit PCM; FLOPs of matmuls and convolutions only (norms, "
+        f"activations, softmax left out) {counted}"
     ]
     return Plan("encode", counts, stages, peak, memory_lines, device, calibration, assumptions)
 
 
 def plan_encode_run(config, device: Device | None) -> Plan:
-    """The plan of an ``EncodeConfig``: the dataset's headers (no audio decoded) and the model. Whisper's counts whole
-    30 s windows (``plan_encode``); every other family's counts each window's own length through the family
-    interface (``engine.pipelines.encode.family_plan``)."""
-    family = detect_family(config.model)
-    whisper = encoder = None
-    if family.name == "whisper":  # its plan predates the interface and times its log-mel path: kept as it was
-        whisper = load_whisper(config.model, dtype=jnp.dtype(config.compute_dtype))
-        model = WhisperEncoder(whisper)
-    else:
-        model = encoder = load_encoder(config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype))
+    """The plan of an ``EncodeConfig``: the dataset's headers (no audio decoded) and the model, any family, through
+    the family interface (``plan_encode``)."""
+    encoder = load_encoder(config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype))
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
     shared = shared_ids(listing)
-    samples, windows, frames, seconds = {}, {}, {}, 0.0
+    samples, seconds = {}, 0.0
     for lang in langs:
-        s, w, f = [], [], []
+        samples[lang] = []
         for utt in listing[lang]:
             try:
                 info = utt.probe()
             except AudioError:
                 continue
-            s.append(resampled_samples(info.frames, info.sample_rate))
-            n, n_windows = model.expected_frames(s[-1], config.long_audio)
-            w.append(n_windows)
-            f.append(n)
+            samples[lang].append(resampled_samples(info.frames, info.sample_rate))
             seconds += info.duration_s
-        samples[lang], windows[lang], frames[lang] = s, w, f
-    layers = config.layers if config.layers is not None else tuple(range(model.n_layers_out))
-    if encoder is not None:
-        plan = plan_family_encode(
-            encoder,
-            samples,
-            seconds,
-            layers=layers,
-            long_audio=config.long_audio,
-            dtype=config.dtype,
-            compute_dtype=config.compute_dtype,
-            batch_size=config.batch_size,
-            prefetch=config.prefetch,
-            device=device,
-            model=config.model,
-        )
-    else:
-        t0 = time.perf_counter()
-        window_seconds = calibrate_encoder(whisper, layers)
-        plan = plan_encode(
-            whisper.dims,
-            windows,
-            frames,
-            seconds,
-            layers=layers,
-            dtype=config.dtype,
-            compute_dtype=config.compute_dtype,
-            batch_size=config.batch_size,
-            prefetch=config.prefetch,
-            device=device,
-            model=config.model or "packaged whisper-base",
-            window_seconds=window_seconds,
-            calibrated_for=time.perf_counter() - t0,
-        )
+    plan = plan_encode(
+        encoder,
+        samples,
+        seconds,
+        layers=config.layers if config.layers is not None else tuple(range(encoder.n_layers_out)),
+        long_audio=config.long_audio,
+        dtype=config.dtype,
+        compute_dtype=config.compute_dtype,
+        batch_size=config.batch_size,
+        prefetch=config.prefetch,
+        device=device,
+        model=config.model or "packaged whisper-base",
+    )
     plan.counts[1:1] = dataset_lines(source, listing, config.split)
     for line in pairing_lines(shared):  # what the run would refuse (no id shared) is visible in the plan too
         name, _, value = line.partition(": ")

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.dtypes import DTYPES
-from engine.models.whisper.dims import ModelDimensions
 from engine.runtime.plan import duration, size
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo
@@ -32,19 +31,21 @@ CALIBRATION_FRAMES = (200, 1000)
 CALIBRATION_MAX_FRAMES = 1500
 
 
-def calibrate_write_rate(dims: ModelDimensions, layers: Sequence[int], dtype: str) -> float:
+def calibrate_write_rate(encoder, layers: Sequence[int], dtype: str) -> float:
     """Bytes per second of valid states one process writes through ``LayerStore`` here (a temporary local
     folder, deleted after): utterances of ``CALIBRATION_FRAMES`` random frames of every stored layer, already in the
-    storage dtype (as the encoder hands them over), padded to ``CALIBRATION_MAX_FRAMES``, after one untimed one."""
+    storage dtype (as the encoder hands them over), padded to ``CALIBRATION_MAX_FRAMES``, after one untimed one.
+    ``encoder``: its ``family``, ``store_dims`` and ``embed`` (a loaded ``Encoder`` or a ``WhisperShape``)."""
     itemsize = DTYPES[dtype].itemsize
     mean = sum(CALIBRATION_FRAMES) // 2
-    count = max(2, CALIBRATION_BYTES // (len(layers) * mean * dims.n_audio_state * itemsize))
+    count = max(2, CALIBRATION_BYTES // (len(layers) * mean * encoder.embed * itemsize))
     frames = np.linspace(*CALIBRATION_FRAMES, count + 1).astype(int)
     frames[0] = CALIBRATION_MAX_FRAMES  # the untimed one sets the language's padded length
     rng = np.random.default_rng(0)
-    shape = (len(layers), CALIBRATION_MAX_FRAMES, dims.n_audio_state)
+    shape = (len(layers), CALIBRATION_MAX_FRAMES, encoder.embed)
     states = rng.standard_normal(shape, dtype=np.float32).astype(DTYPES[dtype])
-    info = StoreInfo("write-rate calibration", "0" * 64, dims, tuple(layers), dtype)
+    info = StoreInfo("write-rate calibration", "0" * 64, encoder.store_dims, tuple(layers), dtype,
+                     family=encoder.family)  # fmt: skip
     rows = [UtteranceRow(id=f"u{i}", lang="xx", path=f"u{i}.wav", transcription=None, duration_s=n / 50,
                          n_frames=int(n), n_windows=1) for i, n in enumerate(frames)]  # fmt: skip
     folder = tempfile.mkdtemp(prefix="babelgrid-write-rate-")
@@ -59,7 +60,7 @@ def calibrate_write_rate(dims: ModelDimensions, layers: Sequence[int], dtype: st
             seconds = time.perf_counter() - t
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return float(frames[1:].sum()) * len(layers) * dims.n_audio_state * itemsize / seconds
+    return float(frames[1:].sum()) * len(layers) * encoder.embed * itemsize / seconds
 
 
 def storage_lines(
