@@ -221,6 +221,29 @@ def test_a_damaged_part_is_named_and_deleted_by_repair(tmp_path):
     assert (out / "de" / "parts" / "00000000.parquet").exists() and _verify(out).exit_code == 0
 
 
+def test_a_decode_part_with_a_damaged_footer_is_named_by_decode_and_verify_and_redone(damaged, tiny_whisper, tmp_path):
+    """The issue's case itself: a byte of a column name in a decode part's footer made the rerun crash in Arrow and
+    verify call the folder clean. Now the rerun names the part, verify names it, and repair plus a rerun redo it
+    byte for byte."""
+    from engine.pipelines.decode.config import DecodeConfig
+    from engine.pipelines.decode.run import run_decode
+
+    out = tmp_path / "decode"
+    config = configure(DecodeConfig, store=str(damaged / "store"), out=str(out), layers=(1,), tasks=("transcribe",),
+                       max_new_tokens=4, progress=False)  # fmt: skip
+    run_decode(config, whisper=tiny_whisper)
+    clean_files = {k: v for k, v in files(out).items() if k.endswith(".parquet") or k.endswith(".csv")}
+    part = sorted((out / "parts").rglob("*.parquet"))[0]
+    flip_column_name(part, "hypothesis")
+    key = str(part.relative_to(out))
+    with pytest.raises(DamageError, match=rf"{key} .*rerun the decode job"):
+        run_decode(config, whisper=tiny_whisper)
+    assert [d.key for d in _verify(out).damage] == [key]
+    assert _verify(out, repair=True).exit_code == 0 and not part.exists()
+    run_decode(config, whisper=tiny_whisper)
+    assert {k: v for k, v in files(out).items() if k in clean_files} == clean_files
+
+
 def test_a_damaged_csv_is_named_by_compare_and_verify_and_rewritten(clean, damaged, tmp_path):
     sim = damaged / "sim"
     truncate(sim / "retrieval.csv")
