@@ -72,6 +72,9 @@ class RunSummary:
     units: int = 0  # work units this process claimed and did (engine.runtime.units)
     taken_over: int = 0  # of them, units whose claim had expired (a dead process's)
     busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
+    compile_seconds: float = 0.0  # of the work, kernels traced, lowered and compiled or loaded (runtime.compiles)
+    compiles: int = 0  # kernels compiled or loaded from the persistent cache during the work
+    cache_hits: int = 0  # of them, loaded from the persistent compilation cache
 
     @property
     def n_skipped(self) -> int:

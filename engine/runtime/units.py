@@ -20,21 +20,24 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from engine.runtime.claims import Claim, WorkClaims, rounds
+from engine.runtime.compiles import CompileClock
 from engine.runtime.parallel import is_process_zero
 
 
 class UnitLoop:
-    """One process's walk over a job's claimed units (see the module docstring). ``summary`` is a
-    ``RunSummary``: its ``units``, ``busy_seconds`` and ``taken_over`` are kept here; ``bar`` a progress bar
+    """One process's walk over a job's claimed units (see the module docstring). ``summary`` is a ``RunSummary``:
+    its ``units``, ``busy_seconds``, ``taken_over`` and compile counts are kept here; ``bar`` a progress bar
     (``engine.runtime.runs.progress_bar``), closed on exit; ``lease`` has ``check()``, raising once the run's writer
     lease is lost."""
 
     def __init__(self, claims: WorkClaims, lease, summary, bar):
         self.claims, self.lease, self.summary, self.bar = claims, lease, summary, bar
         self.t0 = time.perf_counter()
+        self.clock = CompileClock()
 
     def __enter__(self) -> UnitLoop:
         self.claims.__enter__()
+        self.clock.__enter__()
         self.t0 = time.perf_counter()
         return self
 
@@ -45,8 +48,11 @@ class UnitLoop:
                 # Every unit is done (the rounds end only when no other process holds one): no claims/ left behind.
                 self.claims.tidy()
         finally:
+            self.clock.__exit__(*exc)
             self.bar.close()
             self.summary.taken_over = self.claims.taken_over
+            self.summary.compile_seconds, self.summary.compiles = self.clock.seconds, self.clock.compiles
+            self.summary.cache_hits = self.clock.cache_hits
 
     def rounds(
         self, units: Sequence[str], is_done: Callable[[str], bool], prefer: Callable[[str], float] | None = None

@@ -37,6 +37,9 @@ class SimilaritySummary(RunSummary):
             line += f"; {self.blocks} blocks of split pairs"
         line += f"; busy {self.busy_seconds:.1f} s, {self.units} units"
         line += f", {self.taken_over} taken over from expired claims"
+        if self.compiles:
+            line += (f"; kernels: {self.compile_seconds:.1f} s of the busy time tracing and compiling {self.compiles} "
+                     f"({self.cache_hits} from the compilation cache)")  # fmt: skip
         if self.seqsim_flops:
             line += f"; seqsim {self.seqsim_flops / 1e9:.2f} GFLOP at {self.gflops:.2f} GFLOP/s"
         if self.budget:
