@@ -50,3 +50,25 @@ def test_a_lost_lease_stops_before_the_next_unit_and_keeps_nothing_claimed(tmp_p
                     loop.done(claim)
     assert worked == ["a"]
     assert not list((tmp_path / "out" / CLAIMS_DIR / "job").glob("*.json"))  # released on the way out
+
+
+def test_the_loop_counts_the_kernels_compiled_during_the_work(tmp_path):
+    """A shape first met inside the loop is traced and compiled there: its seconds and count reach the summary, and
+    nothing is counted once the loop has closed (its listeners are gone)."""
+    import jax
+    import jax.numpy as jnp
+
+    url = str(tmp_path / "out")
+    _, kv = open_kvstore(url)
+    summary = RunSummary()
+    fresh, done = jax.jit(lambda x: jnp.tanh(x) * 3.0 + 1.0), set()
+    with UnitLoop(WorkClaims(kv, url, "job", ttl=30), Lease(), summary, progress_bar(1, "t", "u", False)) as loop:
+        for claimed in loop.rounds(["a"], lambda u: u in done):
+            for claim in claimed:
+                fresh(jnp.ones((3, 7))).block_until_ready()
+                done.add(claim.unit)
+                loop.done(claim)
+    assert summary.compiles >= 1 and 0 < summary.compile_seconds <= summary.busy_seconds + 1e-3
+    count = summary.compiles
+    fresh(jnp.ones((5, 11))).block_until_ready()  # a new shape after the loop
+    assert loop.clock.compiles == count
