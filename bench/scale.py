@@ -342,15 +342,22 @@ def sweeps(bench: Bench, which: list[str]) -> list[str]:
         if not names:
             continue
         times = [statistics.median(work(r) for r in results[name]) for name in names]
-        k = fit([x[name] for name in names], times)
-        verdict = "" if goal is None else f" (goal {goal} +- {tol}: {'met' if abs(k - goal) <= tol else 'not met'})"
-        lines += ["", f"Sweep over {kind}: time against {against}, fitted exponent **{k:.2f}**{verdict}.", "",
-                  "| run | size | work s (median) | peak RSS | peak held | reads per language (mean, max) |",
-                  "| --- | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
-        for name, t in zip(names, times, strict=True):
+        nets = [statistics.median(net(r) for r in results[name]) for name in names]
+        k, k_net = fit([x[name] for name in names], times), fit([x[name] for name in names], nets)
+
+        def verdict(k, goal=goal, tol=tol):
+            return "" if goal is None else f" (goal {goal} +- {tol}: {'met' if abs(k - goal) <= tol else 'not met'})"
+
+        lines += ["", f"Sweep over {kind}: time against {against}, fitted exponent **{k:.2f}**{verdict(k)}; less the "
+                  f"kernels' tracing and compiling, **{k_net:.2f}**{verdict(k_net)}.", "",
+                  "| run | size | work s (median) | kernels traced and compiled, s (count) | work less kernels s | "
+                  "peak RSS | peak held | reads per language (mean, max) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]  # fmt: skip
+        for name, t, t_net in zip(names, times, nets, strict=True):
             p = median_run(results[name])["processes"][0]
-            lines.append(f"| {name} | {x[name]} | {t:.2f} | {mib(p['rss'])} | {mib(p['peak_held'])} | "
-                         f"{p['reads']:.2f}, {p['reads_max']:.0f} |")  # fmt: skip
+            lines.append(f"| {name} | {x[name]} | {t:.2f} | {p['compile']:.1f} ({p['compiles']}) | {t_net:.2f} | "
+                         f"{mib(p['rss'])} | {mib(p['peak_held'])} | {p['reads']:.2f}, "
+                         f"{p['reads_max']:.0f} |")  # fmt: skip
         if kind == "languages":
             rss = [median_run(results[name])["processes"][0]["rss"] for name in names]
             lines.append(f"\nPeak RSS over the language counts: {mib(min(rss))}-{mib(max(rss))} with a "
