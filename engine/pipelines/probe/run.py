@@ -214,11 +214,12 @@ def _spelled(store, lang: str, index) -> list[tuple[str, str]]:
     return [(ids[p], texts[utterances[p]]) for p in position.values()]
 
 
-def check_word_store(store, langs: Sequence[str], url: str) -> None:
+def check_word_store(store, langs: Sequence[str], url: str, *, given_relations: bool = False) -> None:
     """Refuses a store that is not of single-word clips, before any work: the probe finds words by transcription and
     pairs them by id, so on a sentence store (FLEURS, the demo set) it phonemises and compares every sentence with
     every other (a FLEURS store ran 10 min 51 s and wrote nothing) to measure nothing a word probe means. Reads only
-    the utterance tables."""
+    the utterance tables. With ``given_relations`` (--relations) the user names the pairs, so a store of longer
+    clips is theirs to choose; only a store with no transcription is refused."""
     what = f"store {url!r} ({captions.dataset_label(store.manifest.get('created'))})"
     need = "probe needs a store of single-word clips (id = concept, transcription = the word: --dataset words-demo)"
     counted = 0
@@ -226,7 +227,7 @@ def check_word_store(store, langs: Sequence[str], url: str) -> None:
         texts = [t.strip() for t in store.utterances_table(lang).column("transcription").to_pylist() if t and t.strip()]
         counted += len(texts)
         long = [t for t in texts if len(t.split()) > WORD_MAX_WORDS or len(t) > WORD_MAX_CHARS]
-        if 2 * len(long) > len(texts):
+        if 2 * len(long) > len(texts) and not given_relations:
             example = long[0] if len(long[0]) <= 40 else long[0][:37] + "..."
             raise ProbeError(
                 f"{need}; {what} holds sentences: {len(long)} of {len(texts)} {lang} transcriptions have over "
@@ -250,7 +251,7 @@ def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     bad = sorted(set(layers) - set(store.info.layers))
     if bad:
         raise ProbeError(f"the store has no layer {bad}; it holds {list(store.info.layers)}")
-    check_word_store(store, langs, config.store)
+    check_word_store(store, langs, config.store, given_relations=config.relations is not None)
     index = {lang: word_index(store, lang, summary) for lang in langs}
     pairs = list(itertools.combinations(langs, 2))
     if config.relations is None:
