@@ -132,6 +132,7 @@ def plan_if_asked(config) -> None:
         return
     module, _, name = _PLANS[type(config)].partition(":")
     make_plan = getattr(importlib.import_module(module), name)
+    started = process_age()  # the interpreter, absl and JAX's imports: a run pays them too
     try:
         plan = make_plan(config, get_device(FLAGS.plan_device))
     except BabelgridError:
@@ -139,8 +140,21 @@ def plan_if_asked(config) -> None:
     except ValueError as e:  # inputs the plan cannot be made of: the cause alone, likewise
         print(f"{job_name()}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+    from engine.runtime.plan import Stage  # JAX, loaded by the plan's module already; --help loads none
+
+    plan.stages.insert(0, Stage("start-up (imports)", 0.0, 0.0, 0.0, started))
     print(plan.render())
     sys.exit(0)
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux's /proc; elsewhere its CPU time, which imports mostly are)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+            return float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.process_time()
 
 
 def flag_name(field) -> str:

@@ -356,3 +356,20 @@ def test_a_rerun_holds_the_lease_and_the_settings_of_its_folder(planted_store, t
     with pytest.raises(StoreError, match="writer lease"):
         run_probes(configure(ProbesConfig, store=str(planted_store / "store"), out=str(tmp_path / "file" / "p"),
                              probes=("lid",), folds=3))  # fmt: skip
+
+
+def test_plan_counts_dtw_cells_at_each_languages_longest_word(planted_store, monkeypatch):
+    """dtw_similarity_matrix pads every token of a language to its longest word, so the plan counts tokens^2 x
+    longest^2 cells per language; from the mean length it undercounted the demo's DTW 5x (issue 50)."""
+    from engine.pipelines.probes import plan
+
+    def tokens(config, store, lang, ids, lengths):  # 3 tokens of 4, 4 and 12 frames (longest 12, mean 6.7)
+        length = np.array([4, 4, 12], np.int32)
+        zeros = np.zeros(3, np.int32)
+        return samediff.Tokens(lang, zeros, zeros, length, ("a", "a", "b"), ("", "", "")), {}
+
+    monkeypatch.setattr(plan, "word_tokens", tokens)
+    config = configure(ProbesConfig, store=str(planted_store / "store"), out="o", words="w", probes=("samediff",))
+    stage = {s.name: s for s in plan.plan_probes_run(config).stages}["samediff dtw"]
+    d, layers = writer.DIMS.n_audio_state, len(writer.INFO.layers)
+    assert stage.flops == 2.0 * d * len(LANGS) * 3**2 * 12**2 * layers

@@ -31,7 +31,7 @@ from engine.pipelines.encode.run import dataset_source
 from engine.pipelines.encode.windows import resampled_samples
 from engine.pipelines.encode.writes import calibrate_write_rate, storage_lines
 from engine.runtime.devices import Device
-from engine.runtime.plan import EFFICIENCY, Plan, Stage, size, timed
+from engine.runtime.plan import EFFICIENCY, Plan, Stage, flops, size, timed
 
 
 def window_samples(samples: int, long_audio: str, window: int = WINDOW_SAMPLES, min_samples: int = 0) -> list[int]:
@@ -46,15 +46,20 @@ def window_samples(samples: int, long_audio: str, window: int = WINDOW_SAMPLES, 
     return [window] * full + ([rest] if rest or not full else [])
 
 
-def calibrate(encoder: Encoder, samples: int, layers: Sequence[int], dtype: str) -> tuple[float, int]:
-    """(seconds, windows) of the loaded encoder's sharded step (the job's own) on one batch of random windows of
-    ``samples`` samples, one per device."""
+def calibrate(encoder: Encoder, samples: int, layers: Sequence[int], dtype: str) -> tuple[float, int, float]:
+    """(seconds, windows, compile seconds) of the loaded encoder's sharded step (the job's own) on one batch of
+    random windows of ``samples`` samples, one per device; the compile is the first call's time less a step's."""
     mesh = data_mesh(jax.local_devices())
     step = encoder.sharded(mesh, layers, jnp.dtype(dtype))
     audio = np.random.default_rng(0).standard_normal(samples).astype(np.float32) * 0.1
     inputs, _ = encoder.windows(audio, "truncate")
     rows = step.local_multiple
-    return timed(step, *encoder.collate([inputs[0]] * rows, rows)), rows
+    batch = encoder.collate([inputs[0]] * rows, rows)
+    started = time.perf_counter()
+    jax.block_until_ready(step(*batch))
+    first = time.perf_counter() - started
+    seconds = timed(step, *batch)
+    return seconds, rows, max(first - seconds, 0.0)
 
 
 def calibrate_front_end(encoder: Encoder) -> float:
@@ -82,13 +87,16 @@ def plan_encode(
     rate: tuple[float, str] | None = None,
     write_rate: float | None = None,
     hosts: Sequence[int] = (1,),
+    load_seconds: float = 0.0,
 ) -> Plan:
     """The plan of an encode run on any family; ``samples[lang][i]``: utterance i's length in 16 kHz samples.
 
     ``encoder``: a loaded ``Encoder``, or anything with its windows, frames and cost (``WhisperShape``: a plan
     without weights). ``rate``: (FLOP/s, what was timed) for such a plan; by default the loaded encoder's own step is
     timed here on the run's longest (padded) window. ``write_rate``: bytes/s one process writes (default: measured
-    here through ``LayerStore``); ``hosts``: the host counts to say compute or storage for."""
+    here through ``LayerStore``); ``hosts``: the host counts to say compute or storage for. ``load_seconds``: how long
+    loading the model took; with the step's compile time measured here it is the plan's "load + compile" stage,
+    which a small run is mostly made of (12 FLEURS clips: 5.5 s of 10.7 s)."""
     n_utt = sum(len(v) for v in samples.values())
     costs: dict[int, EncoderCost] = {}
     # Optional Encoder attributes, of the families that pad (Whisper, OWSM): the window, its last-window cut, and
@@ -108,8 +116,9 @@ def plan_encode(
     d, cbytes, sbytes = encoder.embed, jnp.dtype(compute_dtype).itemsize, jnp.dtype(dtype).itemsize
 
     t0 = time.perf_counter()
+    compile_s = None
     if rate is None:
-        t_step, rows = calibrate(encoder, padded, layers, dtype)
+        t_step, rows, compile_s = calibrate(encoder, padded, layers, dtype)
         timed_what = f"the model's encoder on {rows} window(s) of {padded / 16000:.0f} s in {t_step * 1e3:.0f} ms"
         rate = (big.flops * rows / t_step, timed_what)
     flop_rate, measured = rate
@@ -131,7 +140,8 @@ def plan_encode(
             enc_flops / (device.flops(compute_dtype) * EFFICIENCY), n_win * weights / batch_size / device.bandwidth
         )
         dev_feat = here_feat / max(prefetch, 1)  # host threads of a machine like this one
-    stages = [
+    stages = [] if compile_s is None else [Stage("load + compile", 0.0, 0.0, 0.0, load_seconds + compile_s, None)]
+    stages += [
         Stage("audio -> input", 0.0, audio_bytes, 0.0, here_feat, dev_feat),
         Stage("encoder", enc_flops, float(weights), states_bytes, here_enc, dev_enc),
     ]
@@ -168,7 +178,8 @@ def plan_encode(
         ("frames", f"{n_frames} valid encoder frames stored, layers {list(layers)}"),
         (
             "encoder FLOPs",
-            f"{enc_flops:.6g} ({big.n_layers} layers; one padded {padded / 16000:.0f} s window: {big.flops:.4g})",
+            f"{round(enc_flops):,} ({flops(enc_flops)}; {big.n_layers} layers; one padded {padded / 16000:.0f} s "
+            f"window: {round(big.flops):,})",
         ),
     ]
     calibration = (
@@ -190,7 +201,9 @@ def plan_encode(
 def plan_encode_run(config, device: Device | None) -> Plan:
     """The plan of an ``EncodeConfig``: the dataset's headers (no audio decoded) and the model, any family, through
     the family interface (``plan_encode``)."""
+    started = time.perf_counter()
     encoder = load_encoder(config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype))
+    load_seconds = time.perf_counter() - started
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
@@ -217,6 +230,7 @@ def plan_encode_run(config, device: Device | None) -> Plan:
         prefetch=config.prefetch,
         device=device,
         model=config.model or "packaged whisper-base",
+        load_seconds=load_seconds,
     )
     plan.counts[1:1] = dataset_lines(source, listing, config.split)
     for line in pairing_lines(shared):  # what the run would refuse (no id shared) is visible in the plan too
