@@ -13,7 +13,9 @@ examples (each language, then ``all``), with La, Lb layers of width da, db:
 
 Peak memory: the held states of one model pair and set (``(La da + Lb db) n`` floats) plus its Grams
 (``(La + Lb) n^2`` floats, only up to ``layers.GRAM_MAX`` examples). "here" divides FLOPs by this machine's float32
-matmul rate measured in the plan (an optimistic bound: SVDs run far below it).
+matmul rate measured in the plan (an optimistic bound: SVDs run far below it), and adds for CKA's layer x layer matrix
+the time ``cka_matrix`` takes to stream the Grams (timed here per Gram cell and layer): it is bound by memory, and
+FLOPs alone planned the demo's compare at 29 s for a run of 49 s (issue 50).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ import numpy as np
 
 from engine.pipelines.compare.states import pair_utterances
 from engine.runtime.devices import Device
-from engine.runtime.plan import EFFICIENCY, Plan, Stage
+from engine.runtime.plan import EFFICIENCY, Plan, Stage, timed
 from engine.stores.reader import open_store
+from kernels import cka
 
 FLOAT = 4  # bytes per float32
 
@@ -72,12 +75,16 @@ def plan_compare(
     device: Device | None = None,
     matmul_rate: float | None = None,
     gram_max: int = 4096,
+    gram_cell_seconds: float | None = None,
 ) -> Plan:
     """The plan for ``models`` compared pairwise (each with itself too) on languages with ``utterances[lang]``
-    paired utterances and ``frames[lang]`` paired frames."""
+    paired utterances and ``frames[lang]`` paired frames. ``gram_cell_seconds``: seconds per Gram cell and layer of
+    one CKA kind's layer x layer matrix (``cka_matrix`` streams every Gram: bound by memory, not FLOPs; measured here
+    by default)."""
     names = list(models)
     pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i, len(names))]
     stage_flops: dict[str, float] = {}
+    gram_cells: dict[str, float] = {}  # per stage: Gram cells x layers that cka_matrix streams, summed over kinds
     peak = 0.0
     read = 0.0
     for level in levels:
@@ -89,6 +96,10 @@ def plan_compare(
             for n in sets:
                 for stage, f in _set_flops(ma, mb, n, asked, knn_k, gram_max).items():
                     stage_flops[f"{level} {stage}"] = stage_flops.get(f"{level} {stage}", 0.0) + f
+                kinds = sum(m in asked for m in ("cka", "cka_unbiased"))
+                if kinds and n <= gram_max:
+                    cells = kinds * (ma.layers + mb.layers) * n * n
+                    gram_cells[f"{level} cka"] = gram_cells.get(f"{level} cka", 0.0) + cells
                 held = (ma.layers * ma.width + mb.layers * mb.width) * n * FLOAT
                 grams = (ma.layers + mb.layers) * n * n * FLOAT if n <= gram_max else 0
                 peak = max(peak, held + grams)
@@ -99,10 +110,11 @@ def plan_compare(
     # Pooling reads every frame of every layer of every store once.
     read += sum(m.layers * m.width * m.dtype_bytes * sum(frames.values()) for m in models.values())
     rate = matmul_rate or _matmul_rate()
+    cell = gram_cell_seconds if gram_cell_seconds is not None else (_gram_cell_seconds() if gram_cells else 0.0)
     stages = [Stage("read + pool states", 0.0, read, 0.0, read / 200e6)]  # ~200 MB/s local zarr + zstd, measured order
     for name, f in stage_flops.items():
         on_device = None if device is None else f / (device.flops("float32") * EFFICIENCY)
-        stages.append(Stage(name, f, 0.0, 0.0, f / rate, on_device))
+        stages.append(Stage(name, f, 0.0, 0.0, f / rate + gram_cells.get(name, 0.0) * cell, on_device))
     counts = [
         ("models", ", ".join(f"{n} ({m.layers} layers x {m.width})" for n, m in models.items())),
         ("model pairs", f"{len(pairs)} (each with itself included)"),
@@ -120,7 +132,8 @@ def plan_compare(
         peak_memory=peak,
         memory_lines=[f"held states of one model pair and set + their Grams (up to {gram_max} examples)"],
         device=device,
-        calibration=f"float32 matmul rate measured now: {rate / 1e9:.1f} GFLOP/s (SVD stages run far below it)",
+        calibration=f"float32 matmul rate measured now: {rate / 1e9:.1f} GFLOP/s (SVD stages run far below it)"
+        + (f"; CKA's layer x layer matrix {cell * 1e9:.2f} ns a Gram cell and layer" if gram_cells else ""),
         assumptions=["FLOP counts of SVDs are LAPACK-path estimates", "reads at ~200 MB/s from a local store"],
     )
 
@@ -133,6 +146,12 @@ def _matmul_rate() -> float:
     for _ in range(5):
         jax.block_until_ready(f(x))
     return 5 * 2 * 1024 * 512 * 512 / (time.perf_counter() - start)
+
+
+def _gram_cell_seconds(layers: int = 4, n: int = 1024) -> float:
+    """Seconds per Gram cell and layer of ``cka_matrix`` (the unbiased kind, the dearer), timed on random Grams."""
+    grams = jnp.asarray(np.random.default_rng(0).standard_normal((layers, n, n)), jnp.float32)
+    return timed(lambda g: cka.cka_matrix(g, g, unbiased=True), grams) / (2 * layers * n * n)
 
 
 def plan_compare_run(config, device: Device | None) -> Plan:
