@@ -281,3 +281,30 @@ def test_rows_read_from_a_retrieval_folder(tmp_path):
         depth.read_rows("m", 4, str(tmp_path), "dtw")
     with pytest.raises(CompareError, match="no retrieval.csv"):
         depth.read_rows("m", 4, str(tmp_path / "missing"), "seqsim")
+
+
+def test_cknna_on_request_recomputed_from_the_dense_formula(run, tmp_path):
+    """--measures cknna (platonic-rep's CKNNA, not a default measure): every utterance-level value equals the dense
+    float64 formula (kernels.cknna.reference_cknna) on the pooled states recomputed here; knn_k < 2 is refused."""
+    from kernels.cknna import reference_cknna
+
+    a, b, _, _ = run
+    config = configure(
+        CompareConfig, stores=(a, b), out=str(tmp_path / "out"), measures=("cknna",), levels=("utterance",), knn_k=3
+    )
+    run_compare(config)
+    rows = pq.read_table(tmp_path / "out" / "layer_similarity.parquet").to_pylist()
+    assert {r["measure"] for r in rows} == {"cknna"} and len(rows) == 3 * 3 * 3 * 3
+    url = {"model-a": a, "model-b": b}
+    for r in rows:
+        langs = LANGS if r["language"] == "all" else (r["language"],)
+        xs, ys = [], []
+        for lang in langs:
+            pa_ = pooled_np(url[r["model_a"]], lang, r["layer_a"])
+            pb_ = pooled_np(url[r["model_b"]], lang, r["layer_b"])
+            shared = sorted(set(pa_) & set(pb_))
+            xs += [pa_[k] for k in shared]
+            ys += [pb_[k] for k in shared]
+        assert r["value"] == pytest.approx(reference_cknna(np.array(xs), np.array(ys), 3), abs=1e-4), r
+    with pytest.raises(CompareError, match="cknna needs knn_k >= 2"):
+        configure(CompareConfig, stores=(a,), out=str(tmp_path / "x"), measures=("cknna",), knn_k=1)

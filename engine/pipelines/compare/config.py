@@ -7,7 +7,9 @@ import dataclasses
 from engine.errors import BabelgridError
 from engine.runtime.options import RunOptions, option, validate
 
-MEASURES = ("cka", "cka_unbiased", "svcca", "pwcca", "mknn")
+MEASURES = ("cka", "cka_unbiased", "svcca", "pwcca", "mknn", "cknna")
+# cknna on request (--measures ...,cknna): the outputs of a default run stay as they were
+DEFAULT_MEASURES = MEASURES[:5]
 LEVELS = ("utterance", "frame")
 
 
@@ -42,7 +44,10 @@ class CompareConfig:
                                    reads=True)  # fmt: skip
     langs: tuple[str, ...] | None = option(None, "comma-separated language codes shared by the stores, or 'all'",
                                            parse="list")  # fmt: skip
-    measures: tuple[str, ...] = option(MEASURES, "utterance-level measures", choices=MEASURES, parse="list")
+    measures: tuple[str, ...] = option(
+        DEFAULT_MEASURES, "utterance-level measures (cknna: platonic-rep's CKNNA, on request)", choices=MEASURES,
+        parse="list",
+    )  # fmt: skip
     frame_measures: tuple[str, ...] = option(
         ("cka", "cka_unbiased", "mknn"), "frame-level measures (CCA on frames: one SVD pair per layer pair)",
         choices=MEASURES, parse="list",
@@ -51,7 +56,7 @@ class CompareConfig:
         LEVELS, "utterance (mean-pooled), frame (paired by time), or both", choices=LEVELS, parse="list"
     )
     frame_sample: int = option(2048, "frames per language at the frame level (seeded)", minimum=4)
-    knn_k: int = option(10, "neighbours of mutual k-NN", minimum=1)
+    knn_k: int = option(10, "neighbours of mutual k-NN and CKNNA", minimum=1)
     svcca_keep: float = option(0.99, "share of each view's variance SVCCA keeps", positive=True)
     cca_epsilon: float = option(0.0, "PWCCA's ridge, relative to the largest variance", minimum=0.0)
     seed: int = option(0, "seed of the frame sample")
@@ -68,5 +73,7 @@ class CompareConfig:
         for what, given in (("names", self.names), ("retrieval", self.retrieval)):
             if given is not None and len(given) != len(self.stores):
                 raise CompareError(f"{what} needs one entry per store ({len(self.stores)}), got {len(given)}")
+        if "cknna" in (*self.measures, *self.frame_measures) and self.knn_k < 2:
+            raise CompareError(f"cknna needs knn_k >= 2 (platonic-rep's CKNNA refuses fewer), got {self.knn_k}")
         if self.svcca_keep > 1.0:
             raise CompareError(f"svcca_keep is a share of variance in (0, 1], got {self.svcca_keep}")

@@ -15,6 +15,7 @@ MEASURE_TITLES = {
     "svcca": "SVCCA (99% variance)",
     "pwcca": "PWCCA (weights: row model)",
     "mknn": "mutual k-NN",
+    "cknna": "CKNNA",
 }
 DEPTH_LABEL = "depth = layer / (L + 1): 0 = conv stem, 1 = ln_post"
 

@@ -8,6 +8,8 @@ all pooled, at one level) and returns rows of ``ROW_COLUMNS``. Per measure:
 - ``svcca``: ``kernels.cca.svcca`` keeping ``svcca_keep`` of each view's variance.
 - ``pwcca``: ``kernels.cca.pwcca``; projection weights from model a's layer (the row of the heatmap).
 - ``mknn``: ``kernels.knn``: each layer's neighbour lists once, then their overlap per pair, k = min(knn_k, n - 1).
+- ``cknna``: ``kernels.cknna`` (platonic-rep's CKNNA): each layer's unit rows, lists and self term once, then one
+  sum over the lists per pair, k = min(knn_k, n - 1).
 
 CCA measures need more examples than directions: n centred examples span n - 1 directions, and when the two
 views' kept directions (their ranks; for SVCCA the directions holding ``svcca_keep`` of the variance) add up to
@@ -26,7 +28,7 @@ import jax
 import numpy as np
 
 from engine.pipelines.compare.config import MEASURES
-from kernels import cca, cka, knn
+from kernels import cca, cka, cknna, knn
 
 ALL = "all"  # the `language` of rows pooled over every language
 GRAM_MAX = 4096  # examples up to which CKA uses n x n Grams: (La + Lb) n^2 floats, 1.7 GiB for 2 x 14 layers at 4096
@@ -101,6 +103,12 @@ def _mknn_grid(a: View, b: View, k: int) -> np.ndarray:
 
 
 # measure -> (fewest examples it needs, grid function): adding a measure is adding an entry here.
+def _cknna_grid(a: View, b: View, k: int) -> np.ndarray:
+    views_a = [cknna.View(x, k) for x in a.states]
+    views_b = views_a if b is a else [cknna.View(y, k) for y in b.states]
+    return np.array([[float(cknna.cknna_views(p, q)) for q in views_b] for p in views_a])
+
+
 # Each takes (a, b, options, shared): shared holds what the measures of one set reuse (the Grams).
 GRIDS = {
     "cka": (2, lambda a, b, o, s: _cka_grid(a, b, False, s)),
@@ -108,6 +116,7 @@ GRIDS = {
     "svcca": (2, lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.svcca(x, y, keep=o.svcca_keep), o.svcca_keep)),
     "pwcca": (2, lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.pwcca(x, y, epsilon=o.cca_epsilon), 1.0)),
     "mknn": (2, lambda a, b, o, s: _mknn_grid(a, b, min(o.knn_k, a.n - 1))),
+    "cknna": (4, lambda a, b, o, s: _cknna_grid(a, b, min(o.knn_k, a.n - 1))),
 }
 assert tuple(GRIDS) == MEASURES
 

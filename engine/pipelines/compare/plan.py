@@ -8,6 +8,8 @@ examples (each language, then ``all``), with La, Lb layers of width da, db:
 - Grams: ``2 n^2 d`` per layer and side; CKA matrix: ``2 La Lb n^2`` per kind (biased, unbiased); beyond
   ``layers.GRAM_MAX`` examples one feature-route CKA per layer pair and kind, ``2 n (da db + da^2 + db^2)``;
 - mutual k-NN: ``2 n^2 d`` per layer and side (blocked products), then ``n k^2`` compares per layer pair;
+- CKNNA: the lists as mutual k-NN's, then per layer pair ``2 n k (da + db)`` for the neighbour cosines and ``4 n k^2``
+  list compares;
 - SVCCA and PWCCA: per layer pair two thin SVDs (``~ 8 n r^2`` each, ``r = min(n, d)``), ``U^T U`` (``2 n r^2``)
   and the ``r x r`` SVD (``~ 22 r^3``); an estimate, as SVD cost depends on the LAPACK path.
 
@@ -54,6 +56,9 @@ def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
         flops["cka"] = cka_kinds * a.layers * b.layers * 2 * n * (a.width * b.width + a.width**2 + b.width**2)
     if "mknn" in measures:
         flops["mknn"] = 2 * n * n * (a.layers * a.width + b.layers * b.width) + a.layers * b.layers * n * k * k
+    if "cknna" in measures:  # the lists as mknn's, then per layer pair the neighbour cosines and list compares
+        per_pair = 2 * n * k * (a.width + b.width) + 4 * n * k * k
+        flops["cknna"] = 2 * n * n * (a.layers * a.width + b.layers * b.width) + a.layers * b.layers * per_pair
     cca_kinds = sum(m in measures for m in ("svcca", "pwcca"))
     if cca_kinds:
         ra, rb = min(n, a.width), min(n, b.width)
