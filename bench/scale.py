@@ -28,6 +28,9 @@ interleaved (every configuration once per round) and the tables give medians.
 
 What it prints: per process count, the work time (the longest busy time), the wall time, the speed-up over one
 process, each process's idle share of the work time and peak RSS against the budget, and the time per pair-layer;
+then (``--sweeps shapes``, counted in a second, nothing timed) how many pair shapes, so executables, the packed
+kernel needs for the main grid, for 26 languages at 1/30 and for FLEURS itself (one: every side packs into full
+bins of the same slots and chunks), which is why the processes table is also run at ``--langs 26 --scale 0.0333``;
 then the sweeps, each with the exponent fitted to log(time) against log(size): languages at fixed utterances (time
 against pairs), utterances per language (against utterances), frames (against the frame scale). The goals (issue
 42): exponents 1.0 +- 0.1 (pairs), 2.0 +- 0.15 (utterances); peak RSS within the budget plus a constant (the RSS of
@@ -311,6 +314,33 @@ def processes_table(bench: Bench) -> list[str]:
     return lines
 
 
+SHAPE_GRIDS = ((102, 1 / 150), (26, 1 / 30), (102, 1.0))  # the main grid, the processes table's larger one, FLEURS
+
+
+def shapes_table(sizes: Sizes) -> list[str]:
+    """How many executables the packed SeqSim kernel needs per grid: its pair shapes (bins, slots and chunks of both
+    sides, ``kernels.seqsim_packed.pack_side`` at the CPU's bin size), counted from the packings; nothing is timed."""
+    from kernels.seqsim_packed import CPU_BIN_FRAMES, pack_side
+
+    lines = ["", "Packed SeqSim shapes per grid (counted, not timed; one compiled executable per pair shape):", "",
+             "| languages | scale | utterances per language | side shapes | pair shapes | packed frames / valid |",
+             "| ---: | ---: | --- | ---: | ---: | ---: |"]  # fmt: skip
+    for langs, scale in dict.fromkeys(((sizes.langs, sizes.scale), *SHAPE_GRIDS)):
+        lengths = grid(langs, None, scale, 1.0)
+        side, area = {}, 0
+        for lang, n in lengths.items():
+            packing = pack_side(n, int(n.max()), CPU_BIN_FRAMES)
+            side[lang] = (packing.frame.shape[1], *packing.chunks.shape[1:])
+            area += packing.frame.size
+        names = sorted(side)
+        pairs = {(side[a], side[b]) for i, a in enumerate(names) for b in names[i:]}
+        counts = [len(n) for n in lengths.values()]
+        valid = sum(int(n.sum()) for n in lengths.values())
+        lines.append(f"| {langs} | {scale:.3g} | {min(counts)}-{max(counts)} | {len(set(side.values()))} | "
+                     f"{len(pairs)} | {area / valid:.2f} |")  # fmt: skip
+    return lines
+
+
 def sweeps(bench: Bench, which: list[str]) -> list[str]:
     s = bench.sizes
     lines = []
@@ -368,7 +398,7 @@ def sweeps(bench: Bench, which: list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the small version (checks the program)")
-    parser.add_argument("--sweeps", default="processes,languages,utterances,frames", help="which parts to run")
+    parser.add_argument("--sweeps", default="processes,shapes,languages,utterances,frames", help="which parts to run")
     for field in dataclasses.fields(Sizes):
         kind = {"float": float, "int": int, "str": str}.get(field.type, str)
         parser.add_argument(f"--{field.name}", type=kind, default=None, help=f"override ({field.type})")
@@ -400,6 +430,7 @@ def main() -> None:
     try:
         bench = Bench(args, sizes, root)
         lines = processes_table(bench) if "processes" in which else []
+        lines += shapes_table(sizes) if "shapes" in which else []
         lines += sweeps(bench, which)
     finally:
         shutil.rmtree(root, ignore_errors=True)
