@@ -88,6 +88,19 @@ def pooled_np(url, lang, layer):
     return {(rows[u].id, rows[u].recording): x[u, : lengths[u]].mean(0) for u in range(len(rows)) if lengths[u] > 0}
 
 
+def paired_pooled(row, url) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled states of a row's two layers over the ids both stores hold (its language, or all), in NumPy."""
+    langs = LANGS if row["language"] == "all" else (row["language"],)
+    xs, ys = [], []
+    for lang in langs:
+        pa_ = pooled_np(url[row["model_a"]], lang, row["layer_a"])
+        pb_ = pooled_np(url[row["model_b"]], lang, row["layer_b"])
+        shared = sorted(set(pa_) & set(pb_))
+        xs += [pa_[k] for k in shared]
+        ys += [pb_[k] for k in shared]
+    return np.array(xs), np.array(ys)
+
+
 def test_layer_similarity_recomputed_in_numpy(run):
     a, b, out, result = run
     table = pq.read_table(out / "layer_similarity.parquet")
@@ -99,17 +112,9 @@ def test_layer_similarity_recomputed_in_numpy(run):
     for r in rows:
         if r["measure"] != "cka" or r["level"] != "utterance":
             continue
-        url = {"model-a": a, "model-b": b}
-        langs = LANGS if r["language"] == "all" else (r["language"],)
-        xs, ys = [], []
-        for lang in langs:
-            pa_ = pooled_np(url[r["model_a"]], lang, r["layer_a"])
-            pb_ = pooled_np(url[r["model_b"]], lang, r["layer_b"])
-            shared = sorted(set(pa_) & set(pb_))
-            xs += [pa_[k] for k in shared]
-            ys += [pb_[k] for k in shared]
+        xs, ys = paired_pooled(r, {"model-a": a, "model-b": b})
         assert r["n"] == len(xs)
-        assert r["value"] == pytest.approx(reference_linear_cka(np.array(xs), np.array(ys)), abs=1e-4)
+        assert r["value"] == pytest.approx(reference_linear_cka(xs, ys), abs=1e-4)
         if r["model_a"] == r["model_b"] and r["layer_a"] == r["layer_b"]:
             assert r["value"] == pytest.approx(1.0, abs=1e-6)
         checked += 1
@@ -295,16 +300,8 @@ def test_cknna_on_request_recomputed_from_the_dense_formula(run, tmp_path):
     run_compare(config)
     rows = pq.read_table(tmp_path / "out" / "layer_similarity.parquet").to_pylist()
     assert {r["measure"] for r in rows} == {"cknna"} and len(rows) == 3 * 3 * 3 * 3
-    url = {"model-a": a, "model-b": b}
     for r in rows:
-        langs = LANGS if r["language"] == "all" else (r["language"],)
-        xs, ys = [], []
-        for lang in langs:
-            pa_ = pooled_np(url[r["model_a"]], lang, r["layer_a"])
-            pb_ = pooled_np(url[r["model_b"]], lang, r["layer_b"])
-            shared = sorted(set(pa_) & set(pb_))
-            xs += [pa_[k] for k in shared]
-            ys += [pb_[k] for k in shared]
-        assert r["value"] == pytest.approx(reference_cknna(np.array(xs), np.array(ys), 3), abs=1e-4), r
+        xs, ys = paired_pooled(r, {"model-a": a, "model-b": b})
+        assert r["value"] == pytest.approx(reference_cknna(xs, ys, 3), abs=1e-4), r
     with pytest.raises(CompareError, match="cknna needs knn_k >= 2"):
         configure(CompareConfig, stores=(a,), out=str(tmp_path / "x"), measures=("cknna",), knn_k=1)
