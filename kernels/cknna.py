@@ -90,7 +90,8 @@ class View:
         _check(x, k)
         self.unit = _unit(jnp.asarray(x))
         self.lists = knn.knn(x, k)
-        self.self_sim = _self_sim(self.lists, _neighbour_cosines(self.unit, self.lists))
+        self.cosines = _neighbour_cosines(self.unit, self.lists)  # K's values at its own lists, for every pair
+        self.self_sim = _self_sim(self.lists, self.cosines)
 
 
 def _check(x, k: int) -> None:
@@ -104,7 +105,7 @@ def cknna_views(a: View, b: View) -> jax.Array:
     """f32[]: CKNNA of two prepared views of the same examples."""
     if a.lists.shape != b.lists.shape:
         raise ShapeError(f"views of {a.lists.shape} and {b.lists.shape} lists: the same examples and k are needed")
-    cross = _sim(a.lists, b.lists, _neighbour_cosines(a.unit, a.lists), _neighbour_cosines(b.unit, a.lists))
+    cross = _sim(a.lists, b.lists, a.cosines, _neighbour_cosines(b.unit, a.lists))
     return cross / (jnp.sqrt(a.self_sim * b.self_sim) + EPSILON)
 
 
