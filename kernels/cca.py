@@ -131,8 +131,42 @@ def svcca(x: jax.Array, y: jax.Array, *, keep: float = 0.99) -> jax.Array:
 def pwcca(x: jax.Array, y: jax.Array, *, epsilon: float = 0.0) -> jax.Array:
     """f32[]: projection-weighted mean CCA correlation, weights from x's neurons (see module docstring)."""
     _check(x, y)
-    view_x = _view(x)
-    result = _cca(view_x, _view(y), epsilon)
+    return _pwcca(_view(x), _view(y), epsilon)
+
+
+def _permuted(view, p):
+    """The thin SVD of a view whose rows are permuted (row i = row ``p[i]``): centring commutes with it."""
+    u, s, vt, kept = view
+    return u[p], s, vt, kept
+
+
+NULL_BATCH = 8  # permutations scored at a time by the nulls
+
+
+@jax.jit
+def svcca_null(x: jax.Array, y: jax.Array, perms: jax.Array, *, keep: float = 0.99) -> jax.Array:
+    """f32[P]: ``svcca(x, y[p])`` for each permutation ``p`` of ``perms: i32[P, n]`` (``kernels.null``), from one SVD
+    of each view."""
+    _check(x, y)
+    view_x, view_y = _keep_variance(_view(x), keep), _keep_variance(_view(y), keep)
+
+    def one(p):
+        result = _cca(view_x, _permuted(view_y, p), 0.0)
+        return jnp.sum(result.rho) / jnp.maximum(result.rank, 1)
+
+    return jax.lax.map(one, perms, batch_size=NULL_BATCH)
+
+
+@jax.jit
+def pwcca_null(x: jax.Array, y: jax.Array, perms: jax.Array, *, epsilon: float = 0.0) -> jax.Array:
+    """f32[P]: ``pwcca(x, y[p])`` for each permutation ``p`` of ``perms: i32[P, n]``, from one SVD of each view."""
+    _check(x, y)
+    view_x, view_y = _view(x), _view(y)
+    return jax.lax.map(lambda p: _pwcca(view_x, _permuted(view_y, p), epsilon), perms, batch_size=NULL_BATCH)
+
+
+def _pwcca(view_x, view_y, epsilon):
+    result = _cca(view_x, view_y, epsilon)
     q, _ = jnp.linalg.qr(result.x_variates)  # QR keeps the first `rank` columns' span in order; the rest are masked
     ux, sx, vtx, _ = view_x
     xc = jnp.matmul(ux * sx[None, :], vtx, precision=_HIGHEST)

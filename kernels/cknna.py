@@ -29,6 +29,7 @@ import numpy as np
 
 from engine.errors import ShapeError
 from kernels import knn
+from kernels.null import renamed_lists
 
 EPSILON = 1e-6  # platonic-rep's, in the denominator
 ROWS = 1024  # rows per block of the gathered neighbour products: ROWS x k x d floats at a time
@@ -107,6 +108,23 @@ def cknna_views(a: View, b: View) -> jax.Array:
         raise ShapeError(f"views of {a.lists.shape} and {b.lists.shape} lists: the same examples and k are needed")
     cross = _sim(a.lists, b.lists, a.cosines, _neighbour_cosines(b.unit, a.lists))
     return cross / (jnp.sqrt(a.self_sim * b.self_sim) + EPSILON)
+
+
+@jax.jit
+def _null(lists_a, cosines_a, unit_b, lists_b, perms):
+    def one(p):
+        return _sim(lists_a, renamed_lists(lists_b, p), cosines_a, _neighbour_cosines(unit_b[p], lists_a))
+
+    return jax.lax.map(one, perms, batch_size=8)
+
+
+def cknna_null(a: View, b: View, perms) -> jax.Array:
+    """f32[P]: ``cknna_views(a, b[p])`` for each permutation ``p`` of ``perms: i32[P, n]`` (``kernels.null``): b's
+    rows, lists and cosines moved and renamed, nothing searched again."""
+    if a.lists.shape != b.lists.shape:
+        raise ShapeError(f"views of {a.lists.shape} and {b.lists.shape} lists: the same examples and k are needed")
+    sims = _null(a.lists, a.cosines, b.unit, b.lists, jnp.asarray(perms, jnp.int32))
+    return sims / (jnp.sqrt(a.self_sim * b.self_sim) + EPSILON)
 
 
 def cknna(x: jax.Array, y: jax.Array, k: int) -> jax.Array:

@@ -305,3 +305,76 @@ def test_cknna_on_request_recomputed_from_the_dense_formula(run, tmp_path):
         assert r["value"] == pytest.approx(reference_cknna(xs, ys, 3), abs=1e-4), r
     with pytest.raises(CompareError, match="cknna needs knn_k >= 2"):
         configure(CompareConfig, stores=(a,), out=str(tmp_path / "x"), measures=("cknna",), knn_k=1)
+
+
+def _loop_null(fn, xs, ys, perms):
+    return np.array([fn(xs, ys[p]) for p in perms])
+
+
+def test_permutation_null_recomputed_by_loops(run, tmp_path):
+    """--null_permutations: every utterance-level row's null_mean, null_q95, p_value and value_less_null equal the
+    float64 twin of its measure applied to (a, b[p]) for the job's seeded permutations, in a plain loop; the frame
+    level has no null unless asked; the heatmap says which cells are not above the null."""
+    from engine.pipelines.compare.null import permutations
+    from kernels.cca import reference_svcca
+    from kernels.knn import reference_mutual_knn
+
+    a, b, _, _ = run
+    out = tmp_path / "out"
+    measures = ("cka", "cka_unbiased", "svcca", "mknn")
+    config = configure(CompareConfig, stores=(a, b), out=str(out), measures=measures, knn_k=3, null_permutations=25,
+                       frame_sample=64)  # fmt: skip
+    run_compare(config)
+    rows = pq.read_table(out / "layer_similarity.parquet").to_pylist()
+    twins = {
+        "cka": reference_linear_cka,
+        "cka_unbiased": lambda x, y: reference_linear_cka(x, y, unbiased=True),
+        "svcca": reference_svcca,
+        "mknn": lambda x, y: reference_mutual_knn(x, y, 3),
+    }
+    checked = 0
+    for r in rows:
+        if r["level"] == "frame":
+            assert r["p_value"] is None and r["null_mean"] is None  # on request only (--null_levels)
+            continue
+        if r["value"] is None:
+            assert r["p_value"] is None  # not measured: no null either
+            continue
+        xs, ys = paired_pooled(r, {"model-a": a, "model-b": b})
+        null = _loop_null(twins[r["measure"]], xs, ys, permutations(0, "utterance", r["language"], len(xs), 25))
+        assert r["null_mean"] == pytest.approx(null.mean(), abs=1e-4), r
+        assert r["null_q95"] == pytest.approx(np.quantile(null, 0.95), abs=1e-4), r
+        assert r["value_less_null"] == pytest.approx(r["value"] - r["null_mean"], abs=1e-9)
+        # ties (mutual k-NN counts) may fall either way of float32 rounding: the p-value lies between the two counts
+        low, high = ((1 + np.sum(null >= r["value"] + s)) / 26 for s in (1e-5, -1e-5))
+        assert low - 1e-9 <= r["p_value"] <= high + 1e-9, r
+        checked += 1
+    assert checked >= 3 * 3 * 3 * 3 * 3  # cka, cka_unbiased, mknn at least: every model pair, layer pair, set
+    related = [r for r in rows if r["measure"] == "cka" and r["level"] == "utterance" and r["language"] == "all"
+               and r["model_a"] != r["model_b"]]  # fmt: skip
+    assert all(r["p_value"] == pytest.approx(1 / 26) for r in related)  # the planted latents: above every shuffle
+    assert "not above the permutation null" in png_title(
+        (out / "figures/layers_model-a__model-a_utterance.png").read_bytes()
+    )
+
+
+def test_null_through_the_flags_and_read_back(run, tmp_path):
+    """The null's options through jobs.compare's flags: the frame level on request gets its columns, the record of
+    the run keeps the settings, and --null_permutations 0 writes none."""
+    import json
+
+    a, b, _, _ = run
+    out = tmp_path / "flags"
+    args = [sys.executable, "-m", "jobs.compare", f"--stores={a},{b}", f"--out={out}", "--null_permutations=9",
+            "--null_levels=utterance,frame", "--frame_sample=40", "--measures=cka", "--frame_measures=cka"]  # fmt: skip
+    subprocess.run(args, cwd=REPO, check=True, capture_output=True, timeout=patient(300))
+    rows = pq.read_table(out / "layer_similarity.parquet").to_pylist()
+    frame = [r for r in rows if r["level"] == "frame" and r["value"] is not None]
+    assert frame and all(r["p_value"] is not None and r["p_value"] >= 1 / 10 - 1e-12 for r in frame)
+    recorded = json.dumps(json.loads((out / "manifest.json").read_text()))
+    assert '"null_permutations": 9' in recorded and "null_levels" in recorded  # a rerun with others is refused
+    none = configure(CompareConfig, stores=(a,), out=str(tmp_path / "none"), null_permutations=0, measures=("cka",),
+                     levels=("utterance",))  # fmt: skip
+    run_compare(none)
+    rows = pq.read_table(tmp_path / "none" / "layer_similarity.parquet").to_pylist()
+    assert rows and all(r["null_mean"] is None and r["p_value"] is None for r in rows)

@@ -59,7 +59,15 @@ class CompareConfig:
     knn_k: int = option(10, "neighbours of mutual k-NN and CKNNA", minimum=1)
     svcca_keep: float = option(0.99, "share of each view's variance SVCCA keeps", positive=True)
     cca_epsilon: float = option(0.0, "PWCCA's ridge, relative to the largest variance", minimum=0.0)
-    seed: int = option(0, "seed of the frame sample")
+    null_permutations: int = option(
+        200, "permutations of the example correspondence per set: each score's null mean, 95th percentile and "
+        "p-value (0 = no null)", minimum=0,
+    )  # fmt: skip
+    null_levels: tuple[str, ...] = option(
+        ("utterance",), "levels that get the null (frame: a pass over every Gram per permutation; see docs)",
+        choices=LEVELS, parse="list",
+    )  # fmt: skip
+    seed: int = option(0, "seed of the frame sample and of the null's permutations")
     allow_mismatch: bool = option(
         False, "compare stores whose utterances of one id differ in duration (refused: they do not hold the same audio)"
     )

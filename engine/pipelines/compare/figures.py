@@ -48,6 +48,9 @@ def heatmaps_png(grids: dict[str, np.ndarray], layers_a: list[int], layers_b: li
     return _png(heatmaps_figure(grids, layers_a, layers_b, **names))
 
 
+ALPHA = 0.05  # a cell whose permutation p-value is above this is "not above the null"
+
+
 def heatmaps_figure(
     grids: dict[str, np.ndarray],
     layers_a: list[int],
@@ -57,8 +60,11 @@ def heatmaps_figure(
     model_b: str,
     title: str,
     subtitle: str = "",
+    p_values: dict[str, np.ndarray] | None = None,
 ) -> Figure:
     """One panel per measure with a value: grids[measure]: f[La, Lb], rows = model a's layers, columns = model b's.
+    ``p_values[measure]``: f[La, Lb] permutation p-values (NaN: no null); cells above ALPHA are hatched and crossed,
+    "not above the null", and the subtitle says so.
 
     A measure with no value at any layer pair (PWCCA on the demo: too few examples for its directions) gets no panel,
     which would be a blank square that reads as a broken figure; the subtitle names it instead. At least one grid must
@@ -84,12 +90,24 @@ def heatmaps_figure(
         ax.set_yticks(range(len(layers_a)), layers_a, fontsize=7)
         ax.set_xlabel(f"{model_b} layer", fontsize=8)
         ax.set_ylabel(f"{model_a} layer", fontsize=8)
+        p = (p_values or {}).get(measure)
+        if p is not None:
+            from matplotlib.patches import Rectangle  # after engine.figures, which names a missing matplotlib
+
+            for i, j in zip(*np.nonzero(p > ALPHA), strict=True):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////", edgecolor="0.55", lw=0))
         if len(layers_a) * len(layers_b) <= 100:
             for i, j in zip(*np.nonzero(np.isfinite(grid)), strict=True):
                 value = grid[i, j]
-                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="k" if value > 0.6 else "w")
+                crossed = p is not None and p[i, j] > ALPHA
+                text = f"{value:.2f}" + ("\n(ns)" if crossed else "")
+                ax.text(j, i, text, ha="center", va="center", fontsize=6, color="k" if value > 0.6 else "w")
     for ax in axes[len(grids) :]:
         ax.set_visible(False)
+    if p_values and any(np.isfinite(p).any() for p in p_values.values()):
+        count = sum(int(np.sum(p > ALPHA)) for m, p in p_values.items() if m in grids)
+        note = f"hatched, (ns): not above the permutation null (p > {ALPHA}): {count} cells"
+        subtitle = "; ".join(part for part in (subtitle, note) if part)
     fig.colorbar(image, ax=list(axes[: len(grids)]), shrink=0.8, label="similarity")
     set_title(fig, title, subtitle)
     return fig

@@ -22,17 +22,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
 
 from engine.pipelines.compare.config import MEASURES
 from kernels import cca, cka, cknna, knn
+from kernels import null as knull
 
 ALL = "all"  # the `language` of rows pooled over every language
 GRAM_MAX = 4096  # examples up to which CKA uses n x n Grams: (La + Lb) n^2 floats, 1.7 GiB for 2 x 14 layers at 4096
-ROW_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "language", "level", "measure", "value", "n")
+NULL_COLUMNS = ("null_mean", "null_q95", "p_value", "value_less_null")  # the permutation null (compare.null)
+ROW_COLUMNS = ("model_a", "layer_a", "model_b", "layer_b", "language", "level", "measure", "value", "n", *NULL_COLUMNS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,27 +98,30 @@ def _cca_grid(a: View, b: View, fn, keep: float) -> np.ndarray:
     )
 
 
-def _mknn_grid(a: View, b: View, k: int) -> np.ndarray:
+def _mknn_grid(a: View, b: View, k: int, shared: dict) -> np.ndarray:
     lists_a = [knn.knn(x, k) for x in a.states]
     lists_b = lists_a if b is a else [knn.knn(y, k) for y in b.states]
+    shared["lists"] = lists_a, lists_b  # for the permutation null
     return np.array([[float(knn.overlap(p, q)) for q in lists_b] for p in lists_a])
 
 
 # measure -> (fewest examples it needs, grid function): adding a measure is adding an entry here.
-def _cknna_grid(a: View, b: View, k: int) -> np.ndarray:
+def _cknna_grid(a: View, b: View, k: int, shared: dict) -> np.ndarray:
     views_a = [cknna.View(x, k) for x in a.states]
     views_b = views_a if b is a else [cknna.View(y, k) for y in b.states]
+    shared["cknna_views"] = views_a, views_b  # for the permutation null
     return np.array([[float(cknna.cknna_views(p, q)) for q in views_b] for p in views_a])
 
 
-# Each takes (a, b, options, shared): shared holds what the measures of one set reuse (the Grams).
+# Each takes (a, b, options, shared): shared holds what the measures of one set and their nulls reuse (the Grams,
+# the lists, the CKNNA views).
 GRIDS = {
     "cka": (2, lambda a, b, o, s: _cka_grid(a, b, False, s)),
     "cka_unbiased": (4, lambda a, b, o, s: _cka_grid(a, b, True, s)),
     "svcca": (2, lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.svcca(x, y, keep=o.svcca_keep), o.svcca_keep)),
     "pwcca": (2, lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.pwcca(x, y, epsilon=o.cca_epsilon), 1.0)),
-    "mknn": (2, lambda a, b, o, s: _mknn_grid(a, b, min(o.knn_k, a.n - 1))),
-    "cknna": (4, lambda a, b, o, s: _cknna_grid(a, b, min(o.knn_k, a.n - 1))),
+    "mknn": (2, lambda a, b, o, s: _mknn_grid(a, b, min(o.knn_k, a.n - 1), s)),
+    "cknna": (4, lambda a, b, o, s: _cknna_grid(a, b, min(o.knn_k, a.n - 1), s)),
 }
 assert tuple(GRIDS) == MEASURES
 
@@ -131,20 +136,33 @@ def measure_grid(measure: str, a: View, b: View, options: MeasureOptions, shared
 
 
 def similarity_rows(
-    a: View, b: View, language: str, level: str, measures: Sequence[str], options: MeasureOptions
+    a: View,
+    b: View,
+    language: str,
+    level: str,
+    measures: Sequence[str],
+    options: MeasureOptions,
+    null: Callable[[str, np.ndarray, dict], np.ndarray] | None = None,
 ) -> list[tuple]:
-    """ROW_COLUMNS rows of every (layer of a, layer of b, measure); ``b is a`` compares a model with itself."""
+    """ROW_COLUMNS rows of every (layer of a, layer of b, measure); ``b is a`` compares a model with itself.
+    ``null(measure, grid, shared)``: the null scores f[P, La, Lb] of a measure's grid (``compare.null``), summarised
+    into NULL_COLUMNS; without it those are null."""
     if a.n != b.n:
         raise ValueError(f"views of {a.model} and {b.model} hold {a.n} and {b.n} examples: pair them first")
     rows, shared = [], {}
     for measure in measures:
         grid = measure_grid(measure, a, b, options, shared)
+        stats = np.full(grid.shape + (len(NULL_COLUMNS),), np.nan)
+        if null is not None:
+            mean, q95, p = knull.summarise(grid, null(measure, grid, shared))
+            stats = np.stack([mean, q95, p, grid - mean], axis=-1)
         for i, layer_a in enumerate(a.layers):
             for j, layer_b in enumerate(b.layers):
                 value = float(grid[i, j])
                 rows.append(
                     (a.model, layer_a, b.model, layer_b, language, level, measure, None if math.isnan(value) else value)
                     + (a.n,)
+                    + tuple(None if math.isnan(s) else float(s) for s in stats[i, j])
                 )
     return rows
 

@@ -13,6 +13,11 @@ examples (each language, then ``all``), with La, Lb layers of width da, db:
 - SVCCA and PWCCA: per layer pair two thin SVDs (``~ 8 n r^2`` each, ``r = min(n, d)``), ``U^T U`` (``2 n r^2``)
   and the ``r x r`` SVD (``~ 22 r^3``); an estimate, as SVD cost depends on the LAPACK path.
 
+- the permutation null (``--null_permutations`` P on ``--null_levels``): CKA, per permutation, a pass over the
+  gathered side's Grams and the layer pairs' products (``P n^2 (min(La, Lb) + La Lb)`` cells, timed here per cell:
+  gathers, not FLOPs, bound it); mutual k-NN ``P La Lb n k^2`` list compares (timed); CCA and CKNNA as their raw
+  counts per permutation less the SVDs and lists made once.
+
 Peak memory: the held states of one model pair and set (``(La da + Lb db) n`` floats) plus its Grams
 (``(La + Lb) n^2`` floats, only up to ``layers.GRAM_MAX`` examples). "here" divides FLOPs by this machine's float32
 matmul rate measured in the plan (an optimistic bound: SVDs run far below it), and adds for CKA's layer x layer matrix
@@ -34,7 +39,7 @@ from engine.pipelines.compare.states import pair_utterances
 from engine.runtime.devices import Device
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, timed
 from engine.stores.reader import open_store
-from kernels import cka
+from kernels import cka, null
 
 FLOAT = 4  # bytes per float32
 
@@ -67,6 +72,31 @@ def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
     return flops
 
 
+def _null_work(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int, p: int) -> dict[str, tuple]:
+    """The permutation null of one set (``compare.null``): stage -> (unit, count). Units: ``cells`` (CKA: per
+    permutation the gathered side's Gram cells and the layer pairs' products, timed), ``compares`` (mutual k-NN:
+    per permutation and layer pair n k^2 list compares, timed), ``flops`` (CCA, CKNNA: at the matmul rate)."""
+    work = {}
+    if any(m in measures for m in ("cka", "cka_unbiased")):
+        if n <= gram_max:
+            work["cka"] = ("cells", p * n * n * (min(a.layers, b.layers) + a.layers * b.layers))
+        else:  # recomputed per permutation: the feature route, both kinds
+            per_pair = 2 * n * (a.width * b.width + a.width**2 + b.width**2)
+            work["cka"] = (
+                "flops",
+                p * a.layers * b.layers * per_pair * sum(m in measures for m in ("cka", "cka_unbiased")),
+            )
+    if "mknn" in measures:
+        work["mknn"] = ("compares", p * a.layers * b.layers * n * k * k)
+    if "cknna" in measures:
+        work["cknna"] = ("flops", p * a.layers * b.layers * (2 * n * k * (a.width + b.width) + 4 * n * k * k))
+    cca_kinds = sum(m in measures for m in ("svcca", "pwcca"))
+    if cca_kinds:  # per permutation the cross product of the kept bases and its SVD, one SVD pair per layer pair
+        ra, rb = min(n, a.width), min(n, b.width)
+        work["cca"] = ("flops", cca_kinds * p * a.layers * b.layers * (2 * n * ra * rb + 22 * min(ra, rb) ** 3))
+    return work
+
+
 def plan_compare(
     models: Mapping[str, ModelShape],
     utterances: Mapping[str, int],
@@ -81,12 +111,17 @@ def plan_compare(
     matmul_rate: float | None = None,
     gram_max: int = 4096,
     gram_cell_seconds: float | None = None,
+    null_permutations: int = 0,
+    null_levels=("utterance",),
+    null_seconds: tuple[float, float] | None = None,
 ) -> Plan:
     """The plan for ``models`` compared pairwise (each with itself too) on languages with ``utterances[lang]``
     paired utterances and ``frames[lang]`` paired frames. ``gram_cell_seconds``: seconds per Gram cell and layer of
     one CKA kind's layer x layer matrix (``cka_matrix`` streams every Gram: bound by memory, not FLOPs; measured here
-    by default)."""
+    by default). ``null_permutations`` on ``null_levels``: the permutation null's stages; ``null_seconds``: seconds
+    per CKA null cell and per k-NN list compare (``_null_seconds``, measured here by default)."""
     names = list(models)
+    null_work: dict[str, list] = {}  # stage -> [unit, count]
     pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i, len(names))]
     stage_flops: dict[str, float] = {}
     gram_cells: dict[str, float] = {}  # per stage: Gram cells x layers that cka_matrix streams, summed over kinds
@@ -101,6 +136,11 @@ def plan_compare(
             for n in sets:
                 for stage, f in _set_flops(ma, mb, n, asked, knn_k, gram_max).items():
                     stage_flops[f"{level} {stage}"] = stage_flops.get(f"{level} {stage}", 0.0) + f
+                if null_permutations and level in null_levels:
+                    for stage, (unit, count) in _null_work(
+                        ma, mb, n, asked, knn_k, gram_max, null_permutations
+                    ).items():
+                        null_work.setdefault(f"{level} null {stage}", [unit, 0.0])[1] += count
                 kinds = sum(m in asked for m in ("cka", "cka_unbiased"))
                 if kinds and n <= gram_max:
                     cells = kinds * (ma.layers + mb.layers) * n * n
@@ -120,6 +160,13 @@ def plan_compare(
     for name, f in stage_flops.items():
         on_device = None if device is None else f / (device.flops("float32") * EFFICIENCY)
         stages.append(Stage(name, f, 0.0, 0.0, f / rate + gram_cells.get(name, 0.0) * cell, on_device))
+    timed_null = {unit for unit, _ in null_work.values()} - {"flops"}
+    per_cell, per_compare = null_seconds or (_null_seconds() if timed_null else (0.0, 0.0))
+    for name, (unit, count) in null_work.items():
+        seconds = {"flops": count / rate, "cells": count * per_cell, "compares": count * per_compare}[unit]
+        flops = count if unit == "flops" else 2 * count
+        on_device = None if device is None else flops / (device.flops("float32") * EFFICIENCY)
+        stages.append(Stage(f"{name} ({null_permutations} permutations)", flops, 0.0, 0.0, seconds, on_device))
     counts = [
         ("models", ", ".join(f"{n} ({m.layers} layers x {m.width})" for n, m in models.items())),
         ("model pairs", f"{len(pairs)} (each with itself included)"),
@@ -138,7 +185,12 @@ def plan_compare(
         memory_lines=[f"held states of one model pair and set + their Grams (up to {gram_max} examples)"],
         device=device,
         calibration=f"float32 matmul rate measured now: {rate / 1e9:.1f} GFLOP/s (SVD stages run far below it)"
-        + (f"; CKA's layer x layer matrix {cell * 1e9:.2f} ns a Gram cell and layer" if gram_cells else ""),
+        + (f"; CKA's layer x layer matrix {cell * 1e9:.2f} ns a Gram cell and layer" if gram_cells else "")
+        + (
+            f"; null: {per_cell * 1e9:.2f} ns a CKA cell, {per_compare * 1e9:.2f} ns a k-NN list compare"
+            if timed_null
+            else ""
+        ),
         assumptions=["FLOP counts of SVDs are LAPACK-path estimates", "reads at ~200 MB/s from a local store"],
     )
 
@@ -157,6 +209,17 @@ def _gram_cell_seconds(layers: int = 4, n: int = 1024) -> float:
     """Seconds per Gram cell and layer of ``cka_matrix`` (the unbiased kind, the dearer), timed on random Grams."""
     grams = jnp.asarray(np.random.default_rng(0).standard_normal((layers, n, n)), jnp.float32)
     return timed(lambda g: cka.cka_matrix(g, g, unbiased=True), grams) / (2 * layers * n * n)
+
+
+def _null_seconds(n: int = 512, perms: int = 8) -> tuple[float, float]:
+    """Seconds per CKA null cell (``_null_work``'s ``cells``) and per k-NN list compare, timed on random inputs."""
+    rng = np.random.default_rng(0)
+    order = null.permutations(n, perms, 0)
+    grams = jnp.asarray(rng.standard_normal((4, n, n)), jnp.float32)
+    per_cell = timed(lambda g: null.cka_null(g, g, order), grams) / (perms * n * n * (4 + 16))
+    lists = jnp.asarray(rng.integers(0, n, (4, n, 10)), jnp.int32)
+    per_compare = timed(lambda x: null.knn_null(x, x, order), lists) / (perms * 16 * n * 100)
+    return per_cell, per_compare
 
 
 def plan_compare_run(config, device: Device | None) -> Plan:
@@ -189,4 +252,6 @@ def plan_compare_run(config, device: Device | None) -> Plan:
         frame_sample=config.frame_sample,
         knn_k=config.knn_k,
         device=device,
+        null_permutations=config.null_permutations,
+        null_levels=config.null_levels,
     )

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine import captions
-from engine.pipelines.compare import depth, layers, states
+from engine.pipelines.compare import depth, layers, null, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
 from engine.runtime.runs import output_run
@@ -48,6 +48,7 @@ SCHEMA = pa.schema(
     [("model_a", pa.string()), ("layer_a", pa.int32()), ("model_b", pa.string()), ("layer_b", pa.int32())]
     + [("language", pa.string()), ("level", pa.string()), ("measure", pa.string()), ("value", pa.float64())]
     + [("n", pa.int64())]
+    + [(column, pa.float64()) for column in layers.NULL_COLUMNS]
 )
 
 
@@ -181,7 +182,9 @@ def _similarity(config, readers, names, langs, cache) -> list[tuple]:
                     views["frame"] = _frame_views(a, b, names[i], names[j], lang, pairing, config)
                 for level, (va, vb) in views.items():
                     measures = config.measures if level == "utterance" else config.frame_measures
-                    rows += layers.similarity_rows(va, vb, lang, level, measures, options)
+                    rows += layers.similarity_rows(
+                        va, vb, lang, level, measures, options, _null(config, va, vb, lang, level)
+                    )
                     pooled_views[level].append((va, vb))
                 log.info("compared %s x %s on %s", names[i], names[j], lang)
             for level, per_lang in pooled_views.items():
@@ -191,8 +194,17 @@ def _similarity(config, readers, names, langs, cache) -> list[tuple]:
                 share = math.ceil(config.frame_sample / len(per_lang)) if level == "frame" else None
                 va, vb = (_concat([v[side] for v in per_lang], share) for side in (0, 1))
                 vb = va if j == i else vb
-                rows += layers.similarity_rows(va, vb, ALL, level, measures, options)
+                rows += layers.similarity_rows(va, vb, ALL, level, measures, options, _null(config, va, vb, ALL, level))
     return rows
+
+
+def _null(config: CompareConfig, va: View, vb: View, language: str, level: str):
+    """The permutation null of one set (``compare.null``), or None with ``--null_permutations 0``."""
+    if not config.null_permutations or level not in config.null_levels:
+        return None
+    perms = null.permutations(config.seed, level, language, va.n, config.null_permutations)
+    options = MeasureOptions(config.knn_k, config.svcca_keep, config.cca_epsilon)
+    return lambda measure, grid, shared: null.null_grid(measure, va, vb, options, shared, perms, grid)
 
 
 def _concat(views: list[View], share: int | None) -> View:
@@ -255,10 +267,13 @@ def _figures(result_rows, table: pa.Table, names, subtitle: str) -> dict[str, by
                 if not sel:
                     continue
                 la, lb = sorted({r["layer_a"] for r in sel}), sorted({r["layer_b"] for r in sel})
-                grids = {}
+                grids, p_values = {}, {}
                 for r in sel:
+                    cell = la.index(r["layer_a"]), lb.index(r["layer_b"])
                     grid = grids.setdefault(r["measure"], np.full((len(la), len(lb)), np.nan))
-                    grid[la.index(r["layer_a"]), lb.index(r["layer_b"])] = np.nan if r["value"] is None else r["value"]
+                    grid[cell] = np.nan if r["value"] is None else r["value"]
+                    p = p_values.setdefault(r["measure"], np.full((len(la), len(lb)), np.nan))
+                    p[cell] = np.nan if r["p_value"] is None else r["p_value"]
                 if not any(np.isfinite(grid).any() for grid in grids.values()):
                     continue  # nothing measured between these models at this level: no blank figure
                 n = sel[0]["n"]
@@ -271,6 +286,7 @@ def _figures(result_rows, table: pa.Table, names, subtitle: str) -> dict[str, by
                     model_b=b,
                     title=f"{a} x {b}: layer similarity, all languages",
                     subtitle=f"{subtitle}; n = {n} {what}",
+                    p_values=p_values,
                 )
     return writes
 
