@@ -46,6 +46,7 @@ ROW_AXIS = f"{UTTERANCE}_a"  # rows: utterances of the first language of the pai
 COL_AXIS = f"{UTTERANCE}_b"
 AXES = (LAYER, ROW_AXIS, COL_AXIS)
 MANIFEST_FIELDS = ("layer_store", "model_name", "checkpoint_sha256", "layers")  # must agree between runs
+COMPARED_FIELDS = (*MANIFEST_FIELDS, "remove_language")  # and the transform (absent before it: "none")
 NAME = LANG  # language codes and measure names: the layer store's language-code rule
 # Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
 MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a", "mean", "centre", "duration", "dtw", "ot")
@@ -125,8 +126,10 @@ def done_marker(rows, cols) -> dict:
     return {"rows_done": len(rows), "cols_done": len(cols), "rows": rows, "cols": cols}
 
 
-def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers) -> dict:
+def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers, remove_language: str = "none"
+                 ) -> dict:  # fmt: skip
     return {
+        "remove_language": remove_language,
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "layer_store": normalize_url(layer_store),
@@ -156,7 +159,7 @@ def _check_manifest(manifest: dict, url: str) -> dict:
     missing = [f for f in MANIFEST_FIELDS if f not in manifest]
     if missing:
         raise SimilarityError(f"{MANIFEST} in {url!r} lacks {missing}: it is damaged; compute into a new folder")
-    return manifest
+    return {**manifest, "remove_language": manifest.get("remove_language", "none")}  # stores before the option
 
 
 class _Store:
@@ -238,7 +241,7 @@ class SimilarityStore(_Store):
         layer list, naming each differing field with both values.
         """
         kvstore, kv = _open(url)
-        stored = create_or_compare(kv, MANIFEST, manifest, url, fields=MANIFEST_FIELDS, error=SimilarityMismatchError,
+        stored = create_or_compare(kv, MANIFEST, manifest, url, fields=COMPARED_FIELDS, error=SimilarityMismatchError,
                                    what="similarity store", check=lambda m: _check_manifest(m, url))  # fmt: skip
         return cls(url, kvstore, kv, stored)
 

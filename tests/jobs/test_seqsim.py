@@ -371,3 +371,94 @@ def test_measure_registry_calls_each_kernel_once():
     ]
     assert tuple(measures.MEASURES) == store.MEASURES
     assert measures.NAN_MEASURES == {"ot"} and not measures.MEASURES["duration"].needs_states
+
+
+@pytest.mark.parametrize("transform", ["mean", "lda:2"])
+def test_remove_language_through_the_flags_equals_the_references(seqsim, layer_store, tmp_path, transform):
+    """--remove_language: the stored transform of each layer equals NumPy's (the means; the LDA basis spans the
+    float64 twin's directions), every matrix equals the reference measures on states transformed here in NumPy, and
+    a resume with another transform or other languages is refused before anything is computed."""
+    from kernels.subspace import reference_lda_basis
+
+    out = tmp_path / "sim"
+    seqsim("--store", str(layer_store), "--out", str(out), "--measure", "seqsim,mean,dtw", "--remove_language",
+           transform)  # fmt: skip
+    store, reader = open_store(str(layer_store)), open_similarity(str(out))
+    assert json.loads((out / "manifest.json").read_text())["remove_language"] == transform
+    for layer in reader.layers:
+        frames, states = {}, {}
+        for lang in LANGS:
+            x, n = store.language_layer(lang, layer, dtype=np.float32)
+            done = np.flatnonzero(n > 0)
+            states[lang] = (x[done], n[done])
+            frames[lang] = np.concatenate([x[u, : n[u]] for u in done]).astype(np.float64)
+        with np.load(out / "language_transform" / f"layer-{layer}.npz", allow_pickle=False) as f:
+            stored = {name: f[name] for name in f.files}
+        assert tuple(stored["languages"]) == LANGS and list(stored["counts"]) == [len(frames[x]) for x in LANGS]
+        np.testing.assert_allclose(stored["means"], [frames[x].mean(0) for x in LANGS], rtol=1e-9, atol=1e-9)
+        if transform == "mean":
+            moved = {x: s - stored["means"][i].astype(np.float32) for i, (x, (s, _)) in enumerate(states.items())}
+        else:
+            basis = stored["basis"]
+            want, _ = np.linalg.qr(reference_lda_basis(frames, 2))
+            angles = np.linalg.svd(basis.T @ want, compute_uv=False)
+            assert basis.shape == (store.info.embed, 2) and np.allclose(angles, 1.0, atol=1e-9)
+            moved = {x: s - (s @ basis) @ basis.T for x, (s, _) in states.items()}
+        for a, b in reader.pairs("seqsim"):
+            args = (moved[a].astype(np.float32), states[a][1], moved[b].astype(np.float32), states[b][1])
+            want = {"seqsim": reference_seqsim_matrix(*args)[0], "mean": reference_mean_pooled_cosine_matrix(*args),
+                    "dtw": reference_dtw_similarity_matrix(*args)}  # fmt: skip
+            for measure, expected in want.items():
+                got, _, _ = reader.matrix(measure, a, b, layer)
+                got = got[~np.isnan(got).all(1)][:, ~np.isnan(got).all(0)]
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{measure} {a}__{b} {layer}")
+    other = "mean" if transform != "mean" else "none"
+    with pytest.raises(SimilarityMismatchError, match=f"remove_language: store has '{transform}', this run '{other}'"):
+        run_similarity(configure(SimilarityConfig, allow_partial=True, store=str(layer_store), out=str(out),
+                                 remove_language=other, progress=False))  # fmt: skip
+    with pytest.raises(SimilarityMismatchError, match=r"was fitted as .* over \['de', 'en', 'es'\]"):
+        run_similarity(configure(SimilarityConfig, allow_partial=True, store=str(layer_store), out=str(out),
+                                 remove_language=transform, langs=("de", "en"), progress=False))  # fmt: skip
+
+
+def test_remove_language_is_refused_when_malformed(layer_store, tmp_path):
+    for bad in ("lda", "lda:0", "median", "lda:-1"):
+        with pytest.raises(SimilarityError, match="remove_language is none, mean or lda:K"):
+            configure(SimilarityConfig, store=str(layer_store), out=str(tmp_path / "x"), remove_language=bad)
+
+
+def test_retrieval_against_a_baseline_store(run_job, seqsim, layer_store, sim, tmp_path):
+    """retrieval --baseline: baseline_delta.csv holds, per measure and layer, this store's and the baseline's R@1
+    (each equal to its own retrieval.csv's mean over directed pairs) and their difference; a store of another layer
+    store is refused as a baseline."""
+    import csv
+
+    out = tmp_path / "sim-mean"
+    seqsim("--store", str(layer_store), "--out", str(out), "--measure", "mean", "--remove_language", "mean")
+    run_job("retrieval", "--similarity", str(out), "--out", str(tmp_path / "r"), "--baseline", str(sim), "--measure",
+            "mean")  # fmt: skip
+    run_job("retrieval", "--similarity", str(sim), "--out", str(tmp_path / "base"), "--measure", "mean")
+
+    def pooled_r1(folder):
+        rows = [r for r in csv.DictReader(open(folder / "retrieval.csv")) if r["metric"] == "R@1"]
+        layers = sorted({int(r["layer"]) for r in rows})
+        return {la: np.mean([float(r["value"]) for r in rows if int(r["layer"]) == la]) for la in layers}
+
+    delta = [r for r in csv.DictReader(open(tmp_path / "r" / "baseline_delta.csv")) if r["lang_a"] == "all"]
+    own, base = pooled_r1(tmp_path / "r"), pooled_r1(tmp_path / "base")
+    assert [int(r["layer"]) for r in delta] == sorted(own) and {r["transform"] for r in delta} == {"mean"}
+    assert {r["baseline_transform"] for r in delta} == {"none"}
+    for r in delta:
+        layer = int(r["layer"])
+        assert float(r["r1"]) == pytest.approx(own[layer]) and float(r["baseline_r1"]) == pytest.approx(base[layer])
+        assert float(r["delta"]) == pytest.approx(own[layer] - base[layer])
+    assert (tmp_path / "r" / "figures" / "baseline_by_layer.png").stat().st_size > 0
+    other = tmp_path / "other-store"
+    shutil.copytree(layer_store, other)
+    elsewhere = tmp_path / "sim-other"
+    seqsim("--store", str(other), "--out", str(elsewhere), "--measure", "mean")
+    from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
+    from engine.pipelines.retrieval.run import run_retrieval
+
+    with pytest.raises(RetrievalError, match="computed from another layer_store"):
+        run_retrieval(configure(RetrievalConfig, similarity=str(out), out=str(tmp_path / "x"), baseline=str(elsewhere)))

@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from engine import captions
 from engine.data.pairing import HOW_IDS_ARE_MADE
 from engine.errors import BabelgridError
-from engine.pipelines.retrieval import subset
+from engine.pipelines.retrieval import delta, subset
 from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import CSV_NAME, TINY_SET, pick_figure_layer, tiny_scores, write_results
 from engine.pipelines.retrieval.scores import (
@@ -76,6 +76,7 @@ class RetrievalResult:
     figure_layer: int | None
     missing: tuple[tuple[str, str, str, int], ...]  # (measure, lang_a, lang_b, layer) asked for but not done
     comparison: tuple[tuple, ...] = ()  # with a subset: SUBSET_COLUMNS rows (full, challenge, size-matched)
+    baseline_rows: tuple[tuple, ...] = ()  # with a baseline: delta.DELTA_COLUMNS rows
 
     def mean_over_pairs(self, measure: str, metric: str = "R@1") -> dict[int, tuple[float, float]]:
         """layer -> (mean value, mean random baseline) over directed pairs that have queries."""
@@ -117,6 +118,8 @@ class RetrievalResult:
                 f"WARNING: {len(tiny)} scores rest on fewer than {TINY_SET} queries (the fewest: {fewest}); each "
                 "query moves R@k by 1/n, so read them as anecdotes"
             )
+        if self.baseline_rows:
+            lines.append(delta.delta_report(self.baseline_rows))
         unranked = unranked_summary(self.scores)
         if unranked:
             lines.append(f"WARNING: {unranked}")
@@ -315,4 +318,17 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
         }
         write_outputs(kv, writes, out)
         figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes)]
-    return RetrievalResult(scores, out, csv_path, tuple(figure_paths), figure_layer, missing, tuple(comparison))
+    baseline_rows: list = []
+    if config.baseline is not None:
+        baseline = open_similarity(config.baseline)
+        delta.check_baseline(reader.manifest, baseline.manifest, config.similarity, config.baseline)
+        baseline_scores, _ = compute_scores(baseline, config)
+        transforms = (m.get("remove_language", "none") for m in (reader.manifest, baseline.manifest))
+        baseline_rows = delta.delta_rows(scores, baseline_scores, *transforms)
+        writes = {delta.DELTA_CSV: delta.delta_csv(baseline_rows)}
+        if baseline_rows:
+            writes[delta.DELTA_FIGURE] = delta.delta_figure(baseline_rows, subtitle)
+        write_outputs(open_kvstore(out)[1], writes, out)
+        figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes if k.endswith(".png"))]
+    return RetrievalResult(scores, out, csv_path, tuple(figure_paths), figure_layer, missing, tuple(comparison),
+                           tuple(baseline_rows))  # fmt: skip

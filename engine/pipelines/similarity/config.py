@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from engine.runtime.options import RunOptions, option, validate
 from engine.stores.similarity import MEASURES, SimilarityError, check_measure
 from kernels.settings import OtConfig
 
 DEFAULT_MEASURES = ("seqsim", "mean", "centre", "duration")
+
+
+def parse_kind(text: str) -> tuple[str, int]:
+    """``--remove_language``: ``none`` | ``mean`` | ``lda:K`` -> (kind, K), K 0 but for lda; a ValueError says what is
+    accepted."""
+    match = re.fullmatch(r"(none|mean)|lda:([1-9][0-9]*)", text.strip())
+    if not match:
+        raise ValueError(f"remove_language is none, mean or lda:K with K >= 1 directions, got {text!r}")
+    return (match.group(1), 0) if match.group(1) else ("lda", int(match.group(2)))
+
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
@@ -36,6 +48,10 @@ class SimilarityConfig:
         "utterances (default: the run's FLOPs over a few dozen units per process, engine.pipelines.similarity.tiles)",
         positive=True,
     )
+    remove_language: str = option(
+        "none", "none | mean | lda:K: each language's mean state, or the top K directions separating the languages, "
+        "removed before every measure (fitted per layer over the run's languages; docs/similarity.md)",
+    )  # fmt: skip
     ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos): --ot_* flags
     run: RunOptions = RunOptions()
 
@@ -47,3 +63,7 @@ class SimilarityConfig:
             check_measure(m)
         if not self.run.out:
             raise SimilarityError("seqsim needs a similarity store to write: run.out (--out)")
+        try:
+            parse_kind(self.remove_language)
+        except ValueError as e:
+            raise SimilarityError(str(e)) from None

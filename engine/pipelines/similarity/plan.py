@@ -5,7 +5,8 @@ SeqSim, per language pair and layer: ``2*N*M*m*n*d`` FLOPs for N x M utterances 
 (``kernels.seqsim`` crops to the longest utterance). DTW and OT cost ``N*M*m*n`` cells per pair and layer as well,
 but their time is set by the wavefront and by the Sinkhorn iterations, which depend on the states: both are timed
 here on a sample of the store's own utterances (``calibrate_pair_measure``) and scaled by cells; their FLOPs count
-the cosine cost matrix only (``2*d`` a cell).
+the cosine cost matrix only (``2*d`` a cell). ``--remove_language`` adds its fit (one more read of every language
+per layer; ``2 F d^2`` FLOPs of scatter for lda over F frames) and its application to every read.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.pipelines.similarity.config import parse_kind
 from engine.pipelines.similarity.held import simulate
 from engine.pipelines.similarity.measures import COSTS, MEASURES, SEQSIM, SEQSIM_MEASURES, MeasureContext, Side
 from engine.pipelines.similarity.tiles import (
@@ -47,6 +49,7 @@ def calibrate_seqsim(d: int, dtype: str, n: int = 8, frames: int = 256) -> float
     return 2.0 * n * n * frames * frames * d / seconds
 
 
+FIT_READ_RATE = 200e6  # bytes/s the fit of --remove_language reads a local store at (measured order, as compare's)
 CELL_MEASURES = tuple(m.name for m in MEASURES.values() if m.kernel.cost.kind == "cells")  # timed on real states
 CALIBRATION_UTTERANCES = 16  # per language, spread over its utterances, for the dtw and ot calibration
 
@@ -90,6 +93,7 @@ def plan_seqsim(
     budget: Budget | None = None,
     hosts: Sequence[int] = (1,),
     unit_gflops: float | None = None,
+    remove_language: str = "none",
 ) -> Plan:
     """The plan of a seqsim run of ``measures`` over ``pairs`` of languages at ``n_layers`` layers; ``lengths[lang]``:
     each utterance's frames (0 = not encoded). ``sample``: real states ``(A, len_A, B, len_B)`` to time dtw and ot
@@ -180,6 +184,15 @@ def plan_seqsim(
     for stage in stages if reads is not None else ():
         if stage.bytes_read:
             stages[stages.index(stage)] = dataclasses.replace(stage, bytes_read=stage.bytes_read * reads)
+    if remove_language != "none":  # one more read of every language per layer to fit, then applied to every read
+        kind, k = parse_kind(remove_language)
+        frames_ = float(sum(done[lang].sum() for lang in langs))
+        fit = (2 * frames_ * d * d if kind == "lda" else frames_ * d) * n_layers
+        apply = (4 * frames_ * d * k if kind == "lda" else frames_ * d) * n_layers * (reads or 1.0)
+        seconds = (fit + apply) / rate + read / FIT_READ_RATE
+        on_dev = None if device is None else (fit + apply) / (device.flops("float32") * EFFICIENCY)
+        stages.append(Stage(f"remove_language {remove_language} (fit, apply)", fit + apply, float(read), 0.0,
+                            seconds, on_dev))  # fmt: skip
     total = sum(st.seconds_device or 0.0 for st in stages) if device is not None else None
     for count in hosts if len(hosts) > 1 or hosts[0] > 1 else ():
         when = f"{duration(sum(st.seconds_here for st in stages) / count)} per host here"
@@ -269,6 +282,7 @@ def plan_seqsim_run(config, device: Device | None) -> Plan:
         budget=resolve_budget(config.run.memory_budget),
         hosts=(jax.process_count(),),
         unit_gflops=config.unit_gflops,
+        remove_language=config.remove_language,
     )
 
 

@@ -46,6 +46,7 @@ from engine.pipelines.similarity.measures import (
 )
 from engine.pipelines.similarity.summary import SimilaritySummary
 from engine.pipelines.similarity.tiles import Item, Language, Sizing, check_budget, plan_units
+from engine.pipelines.similarity.transform import layer_transforms
 from engine.runtime.budget import resolve_budget
 from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import barrier, is_process_zero
@@ -153,6 +154,7 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
         model_name=info.model_name,
         checkpoint_sha256=info.checkpoint_sha256,
         layers=info.layers,  # every stored layer gets a position, so later runs can add layers
+        remove_language=config.remove_language,
     )
     url = config.run.out
 
@@ -169,6 +171,9 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
         return store
 
     out = process_zero_first("babelgrid-similarity-created", create)
+    fit_start = time.perf_counter()
+    transforms = layer_transforms(config, reader, request, budget.bytes)  # fitted before any pair is scored
+    fit_seconds = time.perf_counter() - fit_start
     arrays, todo, wanted = {}, {}, {}
     for a, b in pairs:
         ids = _pair_ids(tables, a, b)
@@ -186,6 +191,8 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     barrier("babelgrid-similarity-planned")
     summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
     summary.budget, summary.budget_source = budget.bytes, budget.source
+    if transforms is not None:
+        summary.transform, summary.transform_seconds = config.remove_language, fit_seconds
     target = None if config.unit_gflops is None else config.unit_gflops * 1e9
     schedule = plan_units(todo, layers, pairs, languages, budget.bytes, processes=jax.process_count(), target=target)
     units = {unit.name: unit for unit in schedule.units}
@@ -194,7 +201,8 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     work = Work(reader, out, arrays, request, context, wanted)
 
     def load(piece):
-        return load_piece(reader, languages[piece.lang], request.done_index[piece.lang], piece, context.dtype)
+        side = load_piece(reader, languages[piece.lang], request.done_index[piece.lang], piece, context.dtype)
+        return side if transforms is None else transforms[piece.layer].apply(side, piece.lang)
 
     held = HeldStates(budget.bytes, languages, items, load)
 

@@ -23,6 +23,8 @@ class SimilaritySummary(RunSummary):
     budget_source: str = ""
     peak_held: int = 0  # the most bytes of states it held at once (its own count: engine.pipelines.similarity.held)
     reads: dict[str, float] = dataclasses.field(default_factory=dict)  # language -> reads of its whole size
+    transform: str = ""  # --remove_language, when not none
+    transform_seconds: float = 0.0  # fitting (or reading back) its per-layer transforms
 
     @property
     def gflops(self) -> float:
@@ -47,6 +49,8 @@ class SimilaritySummary(RunSummary):
         if self.reads:
             reads = list(self.reads.values())
             line += f", each language read {sum(reads) / len(reads):.2f} times on average (at most {max(reads):.2f})"
+        if self.transform:
+            line += f"; states transformed ({self.transform}, fitted in {self.transform_seconds:.1f} s)"
         if self.ot_nonconverged:
             line += (
                 f"; ot: {self.ot_nonconverged} of {self.ot_pairs} pairs did not converge (NaN in the store, listed "

@@ -1,0 +1,135 @@
+"""Language-subspace removal: each language's mean state and the directions that tell languages apart (LDA), from
+one layer's frames, and their removal from states before a similarity measure.
+
+Language-neutral representations (Libovicky et al. 2020, "On the Language Neutrality of Pre-trained Multilingual
+Representations"): subtracting each language's mean, or projecting out the directions a linear classifier uses to
+tell the languages apart, raises cross-lingual retrieval in multilingual text encoders. Here for speech states:
+
+- ``mean``: ``x - mu[lang]``, the language's mean over every valid frame of its utterances.
+- ``lda:K``: ``x - Q Q^T x``, Q an orthonormal basis of the top K linear-discriminant directions: the generalised
+  eigenvectors of ``S_b w = lambda S_w w`` with the largest eigenvalues, ``S_w`` the within-language scatter
+  ``sum_lang sum_frames (x - mu_lang)(x - mu_lang)^T`` and ``S_b = sum_lang n_lang (mu_lang - mu)(mu_lang - mu)^T``
+  (every frame weighs the same, as scikit-learn's ``LinearDiscriminantAnalysis(solver="eigen")`` with its default
+  priors, whose ``scalings_`` span the same directions). ``S_b`` has rank at most languages - 1, so K is at most
+  that. ``S_w`` gets a ridge of ``RIDGE`` times its mean eigenvalue so that a layer with dead dimensions has an
+  answer; the projection is Euclidean (the states' own geometry, which cosine measures read).
+
+Sums are streamed per language (``FrameSums``: count, sum and, for LDA, the scatter about a fixed shift, in float64
+on the host), so a language never has to be held whole. ``reference_*`` are the NumPy twins the tests check against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+from engine.errors import ShapeError
+
+RIDGE = 1e-6  # S_w's ridge, relative to its mean eigenvalue
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass
+class FrameSums:
+    """One language's frames at one layer, summed: ``count``, ``total`` (f64[d]) and, for LDA, ``scatter``
+    (f64[d, d], about ``shift``: the first block's mean, so that the sums do not cancel)."""
+
+    count: int = 0
+    total: np.ndarray | None = None
+    scatter: np.ndarray | None = None
+    shift: np.ndarray | None = None
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / self.count
+
+    def within(self) -> np.ndarray:
+        """f64[d, d]: ``sum (x - mean)(x - mean)^T`` over the frames."""
+        centre = self.mean - self.shift
+        return self.scatter - self.count * np.outer(centre, centre)
+
+
+def add_block(sums: FrameSums, states, lengths, scatter: bool) -> FrameSums:
+    """``sums`` with the valid frames of ``states: f[u, frames, d]`` (``lengths: i32[u]``) added, in float64 on the
+    host (BLAS): the fit is one pass over the states, and LDA's generalised eigenvectors amplify rounding in the
+    scatter by the inverse of their eigengaps, which float32 sums made visible on small sets."""
+    lengths = np.asarray(lengths)
+    valid = np.arange(np.shape(states)[1])[None, :] < lengths[:, None]
+    x = np.asarray(states)[valid].astype(np.float64)
+    if not len(x):
+        return sums
+    if sums.shift is None:
+        sums.shift = x.mean(0)
+        sums.total = np.zeros(x.shape[1])
+        sums.scatter = np.zeros((x.shape[1],) * 2) if scatter else None
+    sums.count += len(x)
+    sums.total += x.sum(0)
+    if scatter:
+        x -= sums.shift
+        sums.scatter += x.T @ x
+    return sums
+
+
+def lda_basis(sums: dict[str, FrameSums], k: int) -> np.ndarray:
+    """f64[d, k]: an orthonormal basis of the top k LDA directions of the languages summed in ``sums``."""
+    langs = sorted(sums)
+    if not 1 <= k <= len(langs) - 1:
+        raise ShapeError(f"lda:{k} needs 1 <= K <= languages - 1 = {len(langs) - 1} (the between-language scatter's "
+                         f"rank); the run has {len(langs)} languages")  # fmt: skip
+    counts = np.array([sums[lang].count for lang in langs], np.float64)
+    means = np.stack([sums[lang].mean for lang in langs])
+    within = sum(sums[lang].within() for lang in langs)
+    between = _between(counts, means)
+    return _basis(between, within, k)
+
+
+def _between(counts, means):
+    centred = means - counts @ means / counts.sum()
+    return (centred * counts[:, None]).T @ centred
+
+
+def _basis(between, within, k):
+    d = len(within)
+    ridge = RIDGE * max(np.trace(within) / d, np.finfo(np.float64).tiny)
+    _, vectors = scipy.linalg.eigh(between, within + ridge * np.eye(d))  # ascending eigenvalues
+    basis, _ = np.linalg.qr(vectors[:, ::-1][:, :k])
+    return basis
+
+
+@jax.jit
+def remove_mean(states, mean):
+    """``states - mean`` (f[..., d] and f[d]) in the states' dtype."""
+    return (states - mean.astype(states.dtype)).astype(states.dtype)
+
+
+@jax.jit
+def project_out(states, basis):
+    """``x - Q Q^T x`` for every row of ``states: f[..., d]`` with ``basis: f[d, k]`` orthonormal, in float32, returned
+    in the states' dtype."""
+    x = states.astype(jnp.float32)
+    q = basis.astype(jnp.float32)
+    return (x - jnp.matmul(jnp.matmul(x, q, precision=_HIGHEST), q.T, precision=_HIGHEST)).astype(states.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# References: every frame in one float64 array, the textbook formulas.
+
+
+def reference_means(frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Language -> f64[d]: the mean of its frames ``f[frames, d]``."""
+    return {lang: np.asarray(x, np.float64).mean(0) for lang, x in frames.items()}
+
+
+def reference_lda_basis(frames: dict[str, np.ndarray], k: int) -> np.ndarray:
+    """f64[d, k]: the same basis from every frame at once: scatter matrices as written, then the generalised
+    eigenproblem."""
+    langs = sorted(frames)
+    xs = [np.asarray(frames[lang], np.float64) for lang in langs]
+    mu = np.concatenate(xs).mean(0)
+    within = sum((x - x.mean(0)).T @ (x - x.mean(0)) for x in xs)
+    between = sum(len(x) * np.outer(x.mean(0) - mu, x.mean(0) - mu) for x in xs)
+    return _basis(between, within, k)
