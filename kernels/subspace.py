@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
 from engine.errors import ShapeError
 
 RIDGE = 1e-6  # S_w's ridge, relative to its mean eigenvalue
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 @dataclasses.dataclass
@@ -53,24 +50,29 @@ class FrameSums:
         return self.scatter - self.count * np.outer(centre, centre)
 
 
+CHUNK = 8192  # frames converted to float64 at a time: the conversion of a whole block cost more than its products
+
+
 def add_block(sums: FrameSums, states, lengths, scatter: bool) -> FrameSums:
     """``sums`` with the valid frames of ``states: f[u, frames, d]`` (``lengths: i32[u]``) added, in float64 on the
     host (BLAS): the fit is one pass over the states, and LDA's generalised eigenvectors amplify rounding in the
     scatter by the inverse of their eigengaps, which float32 sums made visible on small sets."""
     lengths = np.asarray(lengths)
     valid = np.arange(np.shape(states)[1])[None, :] < lengths[:, None]
-    x = np.asarray(states)[valid].astype(np.float64)
-    if not len(x):
+    frames = np.asarray(states)[valid]
+    if not len(frames):
         return sums
     if sums.shift is None:
-        sums.shift = x.mean(0)
-        sums.total = np.zeros(x.shape[1])
-        sums.scatter = np.zeros((x.shape[1],) * 2) if scatter else None
-    sums.count += len(x)
-    sums.total += x.sum(0)
-    if scatter:
-        x -= sums.shift
-        sums.scatter += x.T @ x
+        sums.shift = frames[:CHUNK].mean(0, dtype=np.float64)
+        sums.total = np.zeros(frames.shape[1])
+        sums.scatter = np.zeros((frames.shape[1],) * 2) if scatter else None
+    sums.count += len(frames)
+    for start in range(0, len(frames), CHUNK):
+        x = frames[start : start + CHUNK].astype(np.float64)
+        sums.total += x.sum(0)
+        if scatter:
+            x -= sums.shift
+            sums.scatter += x.T @ x
     return sums
 
 
@@ -100,19 +102,23 @@ def _basis(between, within, k):
     return basis
 
 
-@jax.jit
 def remove_mean(states, mean):
-    """``states - mean`` (f[..., d] and f[d]) in the states' dtype."""
-    return (states - mean.astype(states.dtype)).astype(states.dtype)
+    """``states - mean`` (f[..., d] and f[d]) in float32, returned in the states' dtype. NumPy on the host: the states
+    are transformed as they are read, before they go to the device, so that nothing compiles per piece shape. A
+    float32 array is changed in place (the reader's fresh copy: no second one)."""
+    x = np.asarray(states, np.float32)
+    x -= np.asarray(mean, np.float32)
+    return x if x.dtype == states.dtype else x.astype(states.dtype)
 
 
-@jax.jit
 def project_out(states, basis):
-    """``x - Q Q^T x`` for every row of ``states: f[..., d]`` with ``basis: f[d, k]`` orthonormal, in float32, returned
-    in the states' dtype."""
-    x = states.astype(jnp.float32)
-    q = basis.astype(jnp.float32)
-    return (x - jnp.matmul(jnp.matmul(x, q, precision=_HIGHEST), q.T, precision=_HIGHEST)).astype(states.dtype)
+    """``x - Q Q^T x`` for every row of ``states: f[..., d]`` with ``basis: f[d, k]`` orthonormal, in float32 (NumPy,
+    in place for float32 as ``remove_mean``), returned in the states' dtype."""
+    x = np.ascontiguousarray(states, np.float32)  # so that the 2-d view below is a view, changed in place
+    q = np.asarray(basis, np.float32)
+    rows = x.reshape(-1, x.shape[-1])
+    rows -= (rows @ q) @ q.T
+    return x if x.dtype == states.dtype else x.astype(states.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------

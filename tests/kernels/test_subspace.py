@@ -80,9 +80,11 @@ def test_transforms_in_the_states_dtype_and_the_refusals():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 5, 8)).astype(np.float32)
     mean = rng.standard_normal(8)
-    np.testing.assert_allclose(subspace.remove_mean(x, mean), x - mean.astype(np.float32), atol=1e-6)
+    np.testing.assert_allclose(subspace.remove_mean(x.copy(), mean), x - mean.astype(np.float32), atol=1e-6)
     q, _ = np.linalg.qr(rng.standard_normal((8, 2)))
-    np.testing.assert_allclose(subspace.project_out(x, q), x - (x @ q) @ q.T, atol=1e-5)
+    np.testing.assert_allclose(subspace.project_out(x.copy(), q), x - (x @ q) @ q.T, atol=1e-5)
+    strided = x.transpose(1, 0, 2)  # not contiguous: transformed all the same
+    np.testing.assert_allclose(subspace.project_out(strided, q), strided - (strided @ q) @ q.T, atol=1e-5)
     assert subspace.project_out(x.astype("bfloat16"), q).dtype == np.dtype("bfloat16")
     data = _languages(rng, langs=3)
     with pytest.raises(ShapeError, match=r"lda:3 needs 1 <= K <= languages - 1 = 2"):

@@ -84,10 +84,11 @@ def simulate(budget: int, languages: Mapping[str, Language], items: Sequence[Ite
     return held
 
 
-def load_piece(reader, language: Language, done_index: np.ndarray, piece: Piece, dtype: str) -> Side:
+def load_piece(reader, language: Language, done_index: np.ndarray, piece: Piece, dtype: str, transform=None) -> Side:
     """The Side of ``piece`` from the layer store: its done utterances (``done_index``: the language's, i64[done]),
     states up to its own longest utterance in the compute ``dtype``, and for a part of a packed language the bins of
-    the whole language's packing it holds (so that SeqSim scores its blocks as the whole pair would)."""
+    the whole language's packing it holds (so that SeqSim scores its blocks as the whole pair would). ``transform``:
+    a function of the host states ``f[u, frames, d]`` applied before they go to the device (``--remove_language``)."""
     rows, bins = language.parts(piece.parts)[piece.part]
     index, lengths = done_index[rows], language.lengths[rows]
     if not language.sizing.states or not len(rows):
@@ -101,4 +102,6 @@ def load_piece(reader, language: Language, done_index: np.ndarray, piece: Piece,
     states, _ = reader.language_layer(
         piece.lang, piece.layer, utterances=index, dtype=DTYPES[dtype], frames=frames, zero_padding=False
     )
+    if transform is not None:
+        states = transform(states)
     return Side(index, lengths, jnp.asarray(states), packing)

@@ -201,8 +201,8 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     work = Work(reader, out, arrays, request, context, wanted)
 
     def load(piece):
-        side = load_piece(reader, languages[piece.lang], request.done_index[piece.lang], piece, context.dtype)
-        return side if transforms is None else transforms[piece.layer].apply(side, piece.lang)
+        change = None if transforms is None else transforms[piece.layer].function(piece.lang)
+        return load_piece(reader, languages[piece.lang], request.done_index[piece.lang], piece, context.dtype, change)
 
     held = HeldStates(budget.bytes, languages, items, load)
 

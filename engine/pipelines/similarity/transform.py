@@ -24,11 +24,9 @@ import io
 import logging
 import time
 
-import jax.numpy as jnp
 import numpy as np
 
 from engine.pipelines.similarity.config import parse_kind
-from engine.pipelines.similarity.measures import Side
 from engine.runtime.runs import process_zero_first
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore
@@ -52,15 +50,13 @@ class LayerTransform:
     means: np.ndarray  # f64[languages, d]
     basis: np.ndarray | None  # f64[d, k] for lda
 
-    def apply(self, side: Side, lang: str) -> Side:
-        """``side`` with its states transformed (the kernels mask padding, so it is transformed too, unread)."""
-        if side.states is None:
-            return side
+    def function(self, lang: str):
+        """The transform of ``lang``'s host states ``f[..., d]`` (``kernels.subspace``: NumPy, in float32, returned in
+        their dtype), applied as they are read; the kernels mask padding, so padding is transformed too, unread."""
         if self.kind == "mean":
-            states = subspace.remove_mean(side.states, jnp.asarray(self.means[self.languages.index(lang)]))
-        else:
-            states = subspace.project_out(side.states, jnp.asarray(self.basis))
-        return dataclasses.replace(side, states=states)
+            mean = self.means[self.languages.index(lang)]
+            return lambda states: subspace.remove_mean(states, mean)
+        return lambda states: subspace.project_out(states, self.basis)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
