@@ -61,10 +61,12 @@ def heatmaps_figure(
     title: str,
     subtitle: str = "",
     p_values: dict[str, np.ndarray] | None = None,
+    null_means: dict[str, np.ndarray] | None = None,
 ) -> Figure:
     """One panel per measure with a value: grids[measure]: f[La, Lb], rows = model a's layers, columns = model b's.
-    ``p_values[measure]``: f[La, Lb] permutation p-values (NaN: no null); cells above ALPHA are hatched and crossed,
-    "not above the null", and the subtitle says so.
+    With the permutation null, ``p_values[measure]`` and ``null_means[measure]`` (f[La, Lb], NaN: no null): cells
+    with p above ALPHA are hatched and marked (ns), "not above the null", the subtitle counts them, and each measure
+    with a null gets a second panel, the calibrated score: its value less the null mean.
 
     A measure with no value at any layer pair (PWCCA on the demo: too few examples for its directions) gets no panel,
     which would be a blank square that reads as a broken figure; the subtitle names it instead. At least one grid must
@@ -76,21 +78,25 @@ def heatmaps_figure(
     if empty:
         left_out = ", ".join(MEASURE_TITLES.get(m, m) for m in empty)
         subtitle = "; ".join(p for p in (subtitle, f"not measured (too few examples): {left_out}") if p)
+    p_values, null_means = p_values or {}, null_means or {}
+    panels = [(MEASURE_TITLES.get(m, m), grid, p_values.get(m)) for m, grid in grids.items()]
+    calibrated = [m for m in grids if m in null_means and np.isfinite(null_means[m]).any()]
+    panels += [(f"{MEASURE_TITLES.get(m, m)}\nless its null mean", grids[m] - null_means[m], p_values.get(m))
+               for m in calibrated]  # fmt: skip
     side_w, side_h = max(3.0, 0.32 * len(layers_b) + 1.4), max(2.6, 0.32 * len(layers_a) + 1.2)
-    cols = min(len(grids), 3)
-    rows = -(-len(grids) // cols)
+    cols = min(len(grids), 3) if not calibrated else len(grids)
+    rows = -(-len(panels) // cols)
     fig = Figure(figsize=(side_w * cols + 0.8, side_h * rows + 0.9), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     image = None
-    for ax, (measure, grid) in zip(axes, grids.items(), strict=False):
+    for ax, (name, grid, p) in zip(axes, panels, strict=False):
         image = ax.imshow(np.ma.masked_invalid(grid), vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
         blank = "" if np.isfinite(grid).all() else " (blank: not measured)"
-        ax.set_title(MEASURE_TITLES.get(measure, measure) + blank, fontsize=9)
+        ax.set_title(name + blank, fontsize=9)
         ax.set_xticks(range(len(layers_b)), layers_b, fontsize=7)
         ax.set_yticks(range(len(layers_a)), layers_a, fontsize=7)
         ax.set_xlabel(f"{model_b} layer", fontsize=8)
         ax.set_ylabel(f"{model_a} layer", fontsize=8)
-        p = (p_values or {}).get(measure)
         if p is not None:
             from matplotlib.patches import Rectangle  # after engine.figures, which names a missing matplotlib
 
@@ -102,12 +108,13 @@ def heatmaps_figure(
                 crossed = p is not None and p[i, j] > ALPHA
                 text = f"{value:.2f}" + ("\n(ns)" if crossed else "")
                 ax.text(j, i, text, ha="center", va="center", fontsize=6, color="k" if value > 0.6 else "w")
-    for ax in axes[len(grids) :]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    if p_values and any(np.isfinite(p).any() for p in p_values.values()):
+    if any(np.isfinite(p).any() for m, p in p_values.items() if m in grids):
         count = sum(int(np.sum(p > ALPHA)) for m, p in p_values.items() if m in grids)
-        note = f"hatched, (ns): not above the permutation null (p > {ALPHA}): {count} cells"
+        permutations = "" if not calibrated else "; second row: each score less the mean of its permutation null"
+        note = f"hatched, (ns): not above the permutation null (p > {ALPHA}): {count} cells{permutations}"
         subtitle = "; ".join(part for part in (subtitle, note) if part)
-    fig.colorbar(image, ax=list(axes[: len(grids)]), shrink=0.8, label="similarity")
+    fig.colorbar(image, ax=list(axes[: len(panels)]), shrink=0.8, label="similarity (below 0: darkest)")
     set_title(fig, title, subtitle)
     return fig

@@ -166,10 +166,14 @@ def plan_compare(
         seconds = {"flops": count / rate, "cells": count * per_cell, "compares": count * per_compare}[unit]
         flops = count if unit == "flops" else 2 * count
         on_device = None if device is None else flops / (device.flops("float32") * EFFICIENCY)
-        stages.append(Stage(f"{name} ({null_permutations} permutations)", flops, 0.0, 0.0, seconds, on_device))
+        stages.append(Stage(name, flops, 0.0, 0.0, seconds, on_device))
     counts = [
         ("models", ", ".join(f"{n} ({m.layers} layers x {m.width})" for n, m in models.items())),
         ("model pairs", f"{len(pairs)} (each with itself included)"),
+        (
+            "permutation null",
+            f"{null_permutations} permutations per set on {', '.join(null_levels)}" if null_permutations else "none",
+        ),
         ("languages", f"{len(utterances)} (+ all)"),
         (
             "utterances",

@@ -267,13 +267,15 @@ def _figures(result_rows, table: pa.Table, names, subtitle: str) -> dict[str, by
                 if not sel:
                     continue
                 la, lb = sorted({r["layer_a"] for r in sel}), sorted({r["layer_b"] for r in sel})
-                grids, p_values = {}, {}
+                grids, p_values, null_means = {}, {}, {}
                 for r in sel:
                     cell = la.index(r["layer_a"]), lb.index(r["layer_b"])
                     grid = grids.setdefault(r["measure"], np.full((len(la), len(lb)), np.nan))
                     grid[cell] = np.nan if r["value"] is None else r["value"]
                     p = p_values.setdefault(r["measure"], np.full((len(la), len(lb)), np.nan))
                     p[cell] = np.nan if r["p_value"] is None else r["p_value"]
+                    mean = null_means.setdefault(r["measure"], np.full((len(la), len(lb)), np.nan))
+                    mean[cell] = np.nan if r["null_mean"] is None else r["null_mean"]
                 if not any(np.isfinite(grid).any() for grid in grids.values()):
                     continue  # nothing measured between these models at this level: no blank figure
                 n = sel[0]["n"]
@@ -287,6 +289,7 @@ def _figures(result_rows, table: pa.Table, names, subtitle: str) -> dict[str, by
                     title=f"{a} x {b}: layer similarity, all languages",
                     subtitle=f"{subtitle}; n = {n} {what}",
                     p_values=p_values,
+                    null_means=null_means,
                 )
     return writes
 

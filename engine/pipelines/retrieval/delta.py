@@ -75,10 +75,12 @@ def delta_figure(rows, subtitle: str) -> bytes:
         own = sorted((r for r in pooled if r[0] == measure), key=lambda r: r[1])
         layers = [r[1] for r in own]
         top, bottom = axes[0, col], axes[1, col]
-        top.plot(layers, [r[6] for r in own], "o-", color="tab:red", label=f"{own[0][4]} (this store)")
-        top.plot(layers, [r[7] for r in own], "o--", color="0.4", label=f"{own[0][5]} (baseline)")
+        top.plot(
+            layers, [r[6] for r in own], "o-", color="tab:red", label=f"--remove_language {own[0][4]} (this store)"
+        )
+        top.plot(layers, [r[7] for r in own], "o--", color="0.4", label=f"--remove_language {own[0][5]} (baseline)")
         top.set_ylabel("R@1, mean over directed pairs")
-        top.set_title(measure, fontsize=9)
+        top.set_title(f"measure: {measure}", fontsize=9)
         top.grid(alpha=0.3)
         top.legend(fontsize=7)
         delta = [r[8] for r in own]
