@@ -214,12 +214,23 @@ class EncoderLayers(nnx.Module):
         }
 
         def step(x, w):
-            x = self._layer(x, w, keep)
+            x, _ = self._layer(x, w, keep)
             return x, jnp.where(keep[..., None], x, 0)
 
         return jax.lax.scan(step, x, weights)[1]
 
+    def ffn_active(self, x, keep):
+        """i32[L, intermediate]: per layer, at how many frames where ``keep`` each feed-forward unit's activation is
+        > 0 (after the nonlinearity), summed over the batch."""
+
+        def step(x, w):
+            x, hidden = self._layer(x, w, keep)
+            return x, jnp.sum((hidden > 0) & keep[..., None], axis=(0, 1), dtype=jnp.int32)
+
+        return jax.lax.scan(step, x, {name: w[...] for name, w in self.weights.items()})[1]
+
     def _layer(self, x, w, key_valid):
+        """(the layer's output, its feed-forward activations ``f[batch, frame, intermediate]``)."""
         dims = self.dims
         eps = dims.layer_norm_eps
 
@@ -232,21 +243,21 @@ class EncoderLayers(nnx.Module):
             return jnp.dot(attend(q, k, v, key_valid), w["out_kernel"]) + w["out_bias"]
 
         def feed_forward(h):
-            return (
-                jnp.dot(self.act(jnp.dot(h, w["ff_in_kernel"]) + w["ff_in_bias"]), w["ff_out_kernel"])
-                + w["ff_out_bias"]
-            )
+            hidden = self.act(jnp.dot(h, w["ff_in_kernel"]) + w["ff_in_bias"])
+            return jnp.dot(hidden, w["ff_out_kernel"]) + w["ff_out_bias"], hidden
 
         if not dims.do_stable_layer_norm:  # post-LN (base models)
             x = layer_norm(x + attention(x), w["ln1_scale"], w["ln1_bias"], eps)
-            return layer_norm(x + feed_forward(x), w["ln2_scale"], w["ln2_bias"], eps)
+            out, hidden = feed_forward(x)
+            return layer_norm(x + out, w["ln2_scale"], w["ln2_bias"], eps), hidden
         x = x + attention(layer_norm(x, w["ln1_scale"], w["ln1_bias"], eps))
-        x = x + feed_forward(layer_norm(x, w["ln2_scale"], w["ln2_bias"], eps))
+        out, hidden = feed_forward(layer_norm(x, w["ln2_scale"], w["ln2_bias"], eps))
+        x = x + out
         if dims.has_adapter_layers:  # MMS: a residual bottleneck after each pre-LN layer
             h = layer_norm(x, w["ad_ln_scale"], w["ad_ln_bias"], ADAPTER_NORM_EPS)
             h = jax.nn.relu(jnp.dot(h, w["ad_in_kernel"]) + w["ad_in_bias"])
             x = x + jnp.dot(h, w["ad_out_kernel"]) + w["ad_out_bias"]
-        return x
+        return x, hidden
 
 
 class Wav2Vec2(nnx.Module):
@@ -302,9 +313,17 @@ class Wav2Vec2(nnx.Module):
         if wave.shape[1] < dims.receptive_field:
             raise ShapeError(f"wave has {wave.shape[1]} samples; the model needs at least {dims.receptive_field}")
         out_dtype = out_dtype or self.projection.kernel.dtype
+        x, keep, frames = self._front(wave, lengths)
+        first = jnp.where(keep[..., None], x, 0).astype(out_dtype)[None]
+        depth = max(layers)
+        states = first if depth == 0 else jnp.concatenate([first, self.layers(x, keep, depth).astype(out_dtype)])
+        return states[jnp.asarray(layers)] if layers != tuple(range(depth + 1)) else states, frames
+
+    def _front(self, wave, lengths):
+        """(layer 0's input to the first layer ``f[batch, frame, embed]``, ``keep: bool[batch, frame]``, frames)."""
+        dims = self.dims
         lengths = jnp.minimum(jnp.asarray(lengths, jnp.int32), wave.shape[1])
         frames = conv_frames(lengths, dims)
-
         x = self.feature_encoder(wave.astype(self.projection.kernel.dtype), lengths)
         if self.projection_norm is not None:
             x = self.projection_norm(x)
@@ -314,10 +333,14 @@ class Wav2Vec2(nnx.Module):
         x = x + self.pos_conv(x, keep[..., None])
         if not dims.do_stable_layer_norm:
             x = self.encoder_norm(x)
-        first = jnp.where(keep[..., None], x, 0).astype(out_dtype)[None]
-        depth = max(layers)
-        states = first if depth == 0 else jnp.concatenate([first, self.layers(x, keep, depth).astype(out_dtype)])
-        return states[jnp.asarray(layers)] if layers != tuple(range(depth + 1)) else states, frames
+        return x, keep, frames
+
+    def ffn_active(self, wave, lengths):
+        """i32[L, intermediate]: per layer, at how many valid frames of the batch (``wave f32[batch, samples]``,
+        ``lengths i32[batch]`` as ``__call__``) each feed-forward unit's activation is > 0, summed over the batch:
+        the counts that language-selective units are ranked by (LAPE); nothing per frame is kept."""
+        x, keep, _ = self._front(wave, lengths)
+        return self.layers.ffn_active(x, keep)
 
     def final_norm(self, x):
         """transformers' ``last_hidden_state`` from the last layer's output: the encoder's final layer norm for

@@ -157,12 +157,23 @@ class ResidualBlock(nnx.Module):
     def mlp(self, x):
         return self.mlp_out(_gelu(self.mlp_in(self.mlp_ln(x))))
 
-    def encoder_block(self, x):
+    def _self_attended(self, x):
         h = self.attn_ln(x)
         a = self.attn
         out = a.attend_unmasked(a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h)))
-        x = x + a.out(out)
+        return x + a.out(out)
+
+    def encoder_block(self, x):
+        x = self._self_attended(x)
         return x + self.mlp(x)
+
+    def encoder_block_active(self, x, keep):
+        """(``encoder_block(x)``, i32[4 d]: at how many frames where ``keep: bool[batch, frame]`` each feed-forward
+        unit's GELU output is > 0)."""
+        x = self._self_attended(x)
+        hidden = _gelu(self.mlp_in(self.mlp_ln(x)))
+        active = jnp.sum((hidden > 0) & keep[..., None], axis=(0, 1), dtype=jnp.int32)
+        return x + self.mlp_out(hidden), active
 
 
 class AudioEncoder(nnx.Module):
@@ -200,10 +211,7 @@ class AudioEncoder(nnx.Module):
         out_dtype = out_dtype or self.positional_embedding.dtype
         wanted = set(layers)
         kept: dict[int, jax.Array] = {}
-        x = jnp.transpose(mel, (0, 2, 1))
-        x = _gelu(self.conv1(x))
-        x = _gelu(self.conv2(x))
-        x = x + self.positional_embedding[...]
+        x = self._stem(mel)
         deepest = max(layers)
         if 0 in wanted:
             kept[0] = x.astype(out_dtype)
@@ -216,6 +224,25 @@ class AudioEncoder(nnx.Module):
         if n_out - 1 in wanted:
             kept[n_out - 1] = self.ln_post(x).astype(out_dtype)
         return jnp.stack([kept[i] for i in layers])
+
+    def _stem(self, mel):
+        x = jnp.transpose(mel, (0, 2, 1))
+        x = _gelu(self.conv1(x))
+        x = _gelu(self.conv2(x))
+        return x + self.positional_embedding[...]
+
+    def ffn_active(self, mel, frames):
+        """i32[L, 4 d]: for each block, at how many valid frames each feed-forward unit is active (its GELU output
+        > 0), summed over the batch: ``mel: f32[batch, n_mels, 2 n_audio_ctx]``, ``frames: i32[batch]``, the valid
+        encoder frames of each row (the rest is the 30 s window's padding). The counts that language-selective
+        units are ranked by (LAPE); nothing per frame is kept."""
+        x = self._stem(mel)
+        keep = jnp.arange(x.shape[1])[None, :] < jnp.asarray(frames)[:, None]
+        counts = []
+        for block in self.blocks:
+            x, active = block.encoder_block_active(x, keep)
+            counts.append(active)
+        return jnp.stack(counts)
 
 
 class TextDecoder(nnx.Module):
