@@ -8,9 +8,10 @@ from engine.pipelines.compare.layers import ROW_COLUMNS as COMPARE_ROW_COLUMNS
 from engine.pipelines.decode.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.pipelines.finetune.run import METRIC_FIELDS
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.pipelines.neurons.run import SELECTIVE_COLUMNS, UNIT_COLUMNS
 from engine.pipelines.probe import run as probe
 from engine.pipelines.probes import run as probes
-from engine.pipelines.retrieval import subset
+from engine.pipelines.retrieval import delta, subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.stores import challenge
 from engine.stores.schema import INFO_FIELDS
@@ -45,6 +46,9 @@ def test_every_written_column_is_documented():
         "compare by_depth.csv": compare_depth.DEPTH_COLUMNS,
         "compare challenge_table.csv": compare_depth.CHALLENGE_COLUMNS,
         "compare layer_similarity.parquet": COMPARE_ROW_COLUMNS,
+        "retrieval baseline_delta.csv": delta.DELTA_COLUMNS,
+        "neurons selective_units.csv": SELECTIVE_COLUMNS,
+        "neurons units.parquet": UNIT_COLUMNS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"

@@ -107,6 +107,12 @@ class Wav2Vec2Encoder:
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return _StatesOnly(ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers, out_dtype))
 
+    def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
+        """i64[L, intermediate]: active frames per layer and feed-forward unit of one ``collate``d batch (the valid
+        frames follow from the batch's lengths; ``frames`` is not needed)."""
+        del frames
+        return self.loaded.ffn_active(*batch)
+
     def languages_without_token(self, langs: Sequence[str]) -> list[str]:
         """None: its only head is CTC over characters, which takes no language token."""
         del langs

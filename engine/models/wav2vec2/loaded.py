@@ -44,6 +44,11 @@ def _ctc_logits(graphdef, state, x, final_norm):
     return nnx.merge(graphdef, state).ctc_logits(x, final_norm)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _ffn_active(graphdef, state, wave, lengths):
+    return nnx.merge(graphdef, state).ffn_active(wave, lengths)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedWav2Vec2:
     model: Wav2Vec2
@@ -85,6 +90,12 @@ class LoadedWav2Vec2:
         graphdef, state = self._split
         layers = None if layers is None else tuple(int(i) for i in layers)
         return _encode(graphdef, state, jnp.asarray(wave), jnp.asarray(lengths, jnp.int32), layers, out_dtype)
+
+    def ffn_active(self, wave, lengths) -> np.ndarray:
+        """i64[L, intermediate]: per layer, the valid frames of the batch at which each feed-forward unit is active
+        (``engine.models.wav2vec2.model.Wav2Vec2.ffn_active``)."""
+        graphdef, state = self._split
+        return np.asarray(_ffn_active(graphdef, state, jnp.asarray(wave), jnp.asarray(lengths, jnp.int32)), np.int64)
 
     def encode_batch(self, waveforms: Sequence[np.ndarray], layers: Sequence[int] | None = None, out_dtype=None):
         """``features`` then ``encode``."""

@@ -130,6 +130,11 @@ class WhisperEncoder:
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers=tuple(layers), out_dtype=out_dtype)
 
+    def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
+        """i64[L, 4 d]: active frames per block and feed-forward unit of one ``collate``d batch, ``frames``: the valid
+        encoder frames of each row (0 for padding rows)."""
+        return self.loaded.ffn_active(batch[0], frames)
+
     def languages_without_token(self, langs: Sequence[str]) -> list[str]:
         """The languages with no Whisper language code (none for an English-only model, which has no such token)."""
         if not self.loaded.dims.is_multilingual:

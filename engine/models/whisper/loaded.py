@@ -38,6 +38,11 @@ def _encode(graphdef, state, mel, layers, out_dtype):
     return nnx.merge(graphdef, state).encoder(mel, layers, out_dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _ffn_active(graphdef, state, mel, frames):
+    return nnx.merge(graphdef, state).encoder.ffn_active(mel, frames)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedWhisper:
     model: Whisper
@@ -61,6 +66,12 @@ class LoadedWhisper:
         graphdef, state = self._split
         layers = None if layers is None else tuple(int(i) for i in layers)
         return _encode(graphdef, state, jnp.asarray(mel), layers, out_dtype)
+
+    def ffn_active(self, mel, frames) -> np.ndarray:
+        """i64[L, 4 d]: per block, the valid frames (``frames: i32[batch]`` of ``mel``) at which each feed-forward unit
+        is active (``engine.models.whisper.model.AudioEncoder.ffn_active``)."""
+        graphdef, state = self._split
+        return np.asarray(_ffn_active(graphdef, state, jnp.asarray(mel), jnp.asarray(frames, jnp.int32)), np.int64)
 
     # -- decoding ---------------------------------------------------------------------------
 

@@ -1,0 +1,46 @@
+"""The neurons job's figure as PNG bytes: language-specific units per language and layer, and LAPE per layer."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.figures import Figure, _png, set_title
+from engine.pipelines.neurons.lape import Lape
+
+
+def selective_png(ranked: Lape, subtitle: str = "") -> bytes:
+    """Left: selected units each language owns, per layer (a unit owned by two languages counts in both). Right: the
+    spread of LAPE over each layer's units (median and 5-95% band) and the share of the layer selected."""
+    langs = ranked.languages
+    owned = ranked.belongs.sum(axis=2)  # [language, layer]
+    n_layer = owned.shape[1]
+    fig = Figure(figsize=(11.0, max(3.2, 0.28 * len(langs) + 1.6)), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.3, 1])
+    image = left.imshow(owned, cmap="viridis", aspect="auto", origin="upper")
+    left.set_xticks(range(n_layer), range(1, n_layer + 1), fontsize=7)
+    left.set_yticks(range(len(langs)), langs, fontsize=7)
+    left.set_xlabel("layer (block)")
+    left.set_title("language-specific units per language and layer", fontsize=9)
+    if owned.size <= 400:
+        for i, j in np.ndindex(owned.shape):
+            left.text(j, i, str(owned[i, j]), ha="center", va="center", fontsize=6,
+                      color="w" if owned[i, j] < owned.max() / 2 else "k")  # fmt: skip
+    fig.colorbar(image, ax=left, shrink=0.8, label="units")
+    layers = np.arange(1, n_layer + 1)
+    h = ranked.entropy
+    low, mid, high = (np.array([np.nanquantile(row, q) if np.isfinite(row).any() else np.nan for row in h])
+                      for q in (0.05, 0.5, 0.95))  # fmt: skip
+    right.fill_between(layers, low, high, color="tab:blue", alpha=0.2, label="5-95% of units")
+    right.plot(layers, mid, "o-", color="tab:blue", label="median unit")
+    right.axhline(np.log(len(langs)), color="0.4", ls="--", lw=1, label=f"log {len(langs)}: fires alike in all")
+    right.set_xlabel("layer (block)")
+    right.set_ylabel("LAPE (nats)")
+    share = right.twinx()
+    share.bar(layers, ranked.selected.mean(axis=1) * 100, color="tab:red", alpha=0.35, width=0.6)
+    share.set_ylabel("selected units, % of the layer", color="tab:red")
+    right.set_title("LAPE per layer (low: fires for few languages)", fontsize=9)
+    right.legend(fontsize=7, loc="lower left")
+    right.grid(alpha=0.3)
+    note = f"threshold: rate >= {ranked.threshold:.3f} in a language; {int(ranked.selected.sum())} units selected"
+    set_title(fig, "language-specific feed-forward units (LAPE)", "; ".join(p for p in (subtitle, note) if p))
+    return _png(fig)

@@ -1,0 +1,189 @@
+"""Language-selective feed-forward units: per language, how often each unit of each layer fires, and LAPE over them.
+
+The model runs over every utterance of every language of the dataset (as the encode job reads them: windows of at
+most 30 s, the same batches), and for each layer and feed-forward unit counts the valid frames at which its
+activation after the nonlinearity is > 0 (``ffn_counts`` of the family: Whisper and wav2vec2/HuBERT/MMS). Nothing per
+frame is kept. Then LAPE (``engine.pipelines.neurons.lape``) ranks the units. Writes::
+
+    OUT/counts/<lang>.npz                  i64 counts [layer, unit], frames, utterances and skipped of one language
+    OUT/units.parquet                      one row per (layer, unit): lape, max_rate, top_language, selected,
+                                           languages (those it belongs to), then rate_<lang> per language
+    OUT/selective_units.csv                per language and layer the selected units it owns, lowest LAPE first
+                                           (at most --top): lang, layer, unit, rate, lape, rank
+    OUT/figures/selective_units.png        selected units per language and layer, and LAPE's spread per layer
+    OUT/manifest.json                      the run's settings: a rerun with others is refused
+
+A language's counts are written when the language is done, with their digest: a rerun takes the counted languages
+from there and counts only the others (a kill loses at most the language in progress). Layers are the family's
+blocks, 1..L (layer l = block l's feed-forward units), the numbering of the layer stores' block outputs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from engine import captions
+from engine.data.sources import get_source
+from engine.models.family import load_encoder
+from engine.pipelines.encode.windows import Task, batches, prefetched
+from engine.pipelines.neurons import lape as lape_lib
+from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
+from engine.runtime.runs import RunSummary, output_run
+from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
+from engine.stores.kv import csv_bytes, open_kvstore
+
+log = logging.getLogger(__name__)
+
+COUNTS = "counts/"
+UNITS = "units.parquet"
+SELECTIVE = "selective_units.csv"
+FIGURE = "figures/selective_units.png"
+SELECTIVE_COLUMNS = ("lang", "layer", "unit", "rate", "lape", "rank")
+UNIT_COLUMNS = ("layer", "unit", "lape", "max_rate", "top_language", "selected", "languages")  # then rate_<lang>
+
+
+@dataclasses.dataclass
+class NeuronsSummary(RunSummary):
+    languages: int = 0
+    counted: int = 0  # languages counted by this run (the others were read back)
+    utterances: int = 0
+    frames: int = 0
+    selected: int = 0
+    per_language: dict = dataclasses.field(default_factory=dict)  # language -> selected units it owns
+    paths: tuple = ()
+
+    def report(self) -> str:
+        owned = ", ".join(f"{lang} {n}" for lang, n in sorted(self.per_language.items()))
+        lines = [
+            f"neurons: {self.languages} languages ({self.counted} counted now, the others read back), "
+            f"{self.utterances} utterances, {self.frames} valid frames in {self.seconds:.1f} s",
+            f"{self.selected} language-specific units selected (LAPE); per language: {owned}",
+        ]
+        lines += self.skip_lines()
+        lines += [f"wrote {p}" for p in self.paths]
+        return "\n".join(lines)
+
+
+class _NoClaims:
+    """``windows.batches`` reports skips to a tracker of claims; this job claims nothing."""
+
+    def skipped(self, task) -> None:
+        pass
+
+
+def _count_language(encoder, utts, lang: str, config: NeuronsConfig, summary: NeuronsSummary) -> dict:
+    counts, frames, done = None, 0, 0
+    tasks = (Task(lang, i, lang, utt, None, None) for i, utt in enumerate(utts))
+    with concurrent.futures.ThreadPoolExecutor(config.prefetch) as pool:
+        prepared = prefetched(pool, tasks, encoder, config.long_audio, config.prefetch * 4)
+        for batch, parts in batches(prepared, config.batch_size, summary, _NoClaims(), encoder.collate):
+            valid = np.zeros(config.batch_size, np.int32)
+            for p, start, take, row in parts:
+                valid[row : row + take] = p.frames[start : start + take]
+                done += start + take == len(p.mel)
+            got = encoder.ffn_counts(batch, valid)
+            counts = got if counts is None else counts + got
+            frames += int(valid.sum())
+    skipped = sum(1 for items in summary.skipped.values() for x in items if x[0] == lang)
+    if counts is None or not frames:
+        raise NeuronsError(f"language {lang!r}: no utterance could be read ({skipped} skipped): nothing to count")
+    return {"counts": counts, "frames": np.array(frames), "utterances": np.array(done), "skipped": np.array(skipped)}
+
+
+def _npz(arrays: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _read_npz(data: bytes) -> dict:
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        return {name: f[name] for name in f.files}
+
+
+def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
+    """Counts, ranks and writes (module docstring); returns the summary."""
+    start = time.perf_counter()
+    source = get_source(config.dataset, lang=config.lang, audio_column=config.audio_column,
+                        text_column=config.text_column, id_column=config.id_column,
+                        lang_column=config.lang_column)  # fmt: skip
+    langs = list(config.langs) if config.langs else source.languages()
+    if len(langs) < 2:
+        raise NeuronsError(f"LAPE ranks units across languages: give at least two, got {langs}")
+    encoder = load_encoder(config.model, adapter=config.adapter)
+    if not hasattr(encoder, "ffn_counts"):
+        raise NeuronsError(f"{encoder.family} models have no feed-forward counts yet (Whisper and wav2vec2 do)")
+    summary = NeuronsSummary(languages=len(langs))
+    url = config.run.out
+    with output_run(config, "neurons", NeuronsError):
+        _, kv = open_kvstore(url)
+        fix = repair_hint(url, "neurons")
+        per_lang = {}
+        for lang in langs:
+            key = f"{COUNTS}{lang}.npz"
+            data = read_output(kv, key, url, fix=fix)
+            if data is None:
+                utts = source.utterances(lang, config.split)
+                per_lang[lang] = _count_language(encoder, utts, lang, config, summary)
+                write_outputs(kv, {key: _npz(per_lang[lang])}, url)
+                summary.counted += 1
+                log.info("counted %s: %d frames", lang, int(per_lang[lang]["frames"]))
+            else:
+                per_lang[lang] = _read_npz(data)
+        counts = np.stack([per_lang[lang]["counts"] for lang in langs])
+        frames = np.array([int(per_lang[lang]["frames"]) for lang in langs])
+        summary.utterances = int(sum(int(per_lang[lang]["utterances"]) for lang in langs))
+        summary.frames = int(frames.sum())
+        ranked = lape_lib.lape(langs, counts, frames, config.rate_quantile, config.lape_share)
+        summary.selected = int(ranked.selected.sum())
+        summary.per_language = {lang: int(ranked.belongs[i].sum()) for i, lang in enumerate(langs)}
+        writes = {UNITS: parquet_bytes(_units_table(ranked)), SELECTIVE: _selective_csv(ranked, config.top)}
+        from engine.pipelines.neurons import figures  # lazy: matplotlib only here
+
+        subtitle = captions.source_line(encoder.name, {"dataset": config.dataset, "split": config.split})
+        writes[FIGURE] = figures.selective_png(ranked, subtitle)
+        write_outputs(kv, writes, url)
+    summary.paths = tuple(url.rstrip("/") + "/" + k for k in writes)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _units_table(ranked: lape_lib.Lape) -> pa.Table:
+    n_layer, n_unit = ranked.entropy.shape
+    layer, unit = np.divmod(np.arange(n_layer * n_unit), n_unit)
+    rates = ranked.rates.reshape(len(ranked.languages), -1)
+    columns = {
+        "layer": pa.array(layer + 1, pa.int32()),
+        "unit": pa.array(unit, pa.int32()),
+        "lape": pa.array(ranked.entropy.ravel(), pa.float64(), mask=np.isnan(ranked.entropy.ravel())),
+        "max_rate": pa.array(rates.max(axis=0), pa.float64()),
+        "top_language": pa.array([ranked.languages[i] for i in rates.argmax(axis=0)], pa.string()),
+        "selected": pa.array(ranked.selected.ravel(), pa.bool_()),
+        "languages": pa.array(
+            [
+                ",".join(ranked.languages[i] for i in np.flatnonzero(col))
+                for col in ranked.belongs.reshape(len(ranked.languages), -1).T
+            ],
+            pa.string(),
+        ),  # fmt: skip
+    }
+    columns |= {f"rate_{lang}": pa.array(rates[i], pa.float64()) for i, lang in enumerate(ranked.languages)}
+    return pa.table(columns)
+
+
+def _selective_csv(ranked: lape_lib.Lape, top: int) -> bytes:
+    rows = []
+    for i, lang in enumerate(ranked.languages):
+        for layer in range(ranked.entropy.shape[0]):
+            units = np.flatnonzero(ranked.belongs[i, layer])
+            order = units[np.argsort(ranked.entropy[layer, units], kind="stable")][:top]
+            rows += [(lang, layer + 1, int(u), float(ranked.rates[i, layer, u]), float(ranked.entropy[layer, u]), r + 1)
+                     for r, u in enumerate(order)]  # fmt: skip
+    return csv_bytes(SELECTIVE_COLUMNS, rows)

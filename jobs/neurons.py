@@ -1,0 +1,32 @@
+r"""Language-specific feed-forward units: per language the activation rate of every unit of every layer, and LAPE.
+
+    python -m jobs.neurons --out /tmp/demo-neurons                       # the packaged whisper-base on the demo set
+    python -m jobs.neurons --model facebook/mms-1b-all --dataset fleurs --langs en_us,de_de,fr_fr --out /data/n
+
+See engine/pipelines/neurons/run.py for the outputs and docs/neurons.md for what they show.
+"""
+
+from __future__ import annotations
+
+from engine.pipelines.neurons.config import NeuronsConfig
+from jobs import common
+
+common.define_config_flags(
+    NeuronsConfig,
+    __name__,
+    run=("out", "progress", "kvstore_spec", "store_timeout", "matmul_precision"),
+    required=("out",),
+    help={"out": "output folder: local path or TensorStore kvstore URL"},
+)
+
+
+def main() -> int:
+    from engine.pipelines.neurons.run import run_neurons  # loads JAX: after the flags, so that --help stays quick
+
+    config = common.config_from_flags(NeuronsConfig)
+    print(run_neurons(config).report())
+    return 0
+
+
+if __name__ == "__main__":
+    common.run(main)
