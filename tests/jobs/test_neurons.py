@@ -123,3 +123,16 @@ def test_wav2vec2_counts_through_the_job(clips, tmp_path):
         with np.load(out / "counts" / f"{lang}.npz", allow_pickle=False) as f:
             assert np.abs(f["counts"] - want).sum() <= FLIPS, lang
             assert f["counts"].shape == (SMALL["num_hidden_layers"], SMALL["intermediate_size"])
+
+
+def test_a_corrupt_clip_is_skipped_counted_and_the_rest_counted(clips, tiny_model_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "clips"
+    shutil.copytree(clips, copy)
+    (copy / LANGS[0] / "c.ogg").write_bytes(b"OggS" + bytes(100))  # not audio
+    summary = run_neurons(configure(NeuronsConfig, out=str(tmp_path / "out"), model=str(tiny_model_dir),
+                                    dataset=f"folder:{copy}", batch_size=2))  # fmt: skip
+    assert summary.n_skipped == 1 and summary.utterances == 4
+    with np.load(tmp_path / "out" / "counts" / f"{LANGS[0]}.npz", allow_pickle=False) as f:
+        assert int(f["skipped"]) == 1 and int(f["utterances"]) == 2

@@ -35,7 +35,7 @@ from engine.models.family import load_encoder
 from engine.pipelines.encode.windows import Task, batches, prefetched
 from engine.pipelines.neurons import lape as lape_lib
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
-from engine.runtime.runs import RunSummary, output_run
+from engine.runtime.runs import RunSummary, output_run, progress_bar
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
 from engine.stores.kv import csv_bytes, open_kvstore
 
@@ -72,22 +72,27 @@ class NeuronsSummary(RunSummary):
 
 
 class _NoClaims:
-    """``windows.batches`` reports skips to a tracker of claims; this job claims nothing."""
+    """``windows.batches`` reports skips to a tracker of claims; this job claims nothing, and counts them as done."""
+
+    def __init__(self, progress):
+        self.progress = progress
 
     def skipped(self, task) -> None:
-        pass
+        self.progress.update(1)
 
 
-def _count_language(encoder, utts, lang: str, config: NeuronsConfig, summary: NeuronsSummary) -> dict:
+def _count_language(encoder, utts, lang: str, config: NeuronsConfig, summary: NeuronsSummary, progress) -> dict:
     counts, frames, done = None, 0, 0
     tasks = (Task(lang, i, lang, utt, None, None) for i, utt in enumerate(utts))
     with concurrent.futures.ThreadPoolExecutor(config.prefetch) as pool:
         prepared = prefetched(pool, tasks, encoder, config.long_audio, config.prefetch * 4)
-        for batch, parts in batches(prepared, config.batch_size, summary, _NoClaims(), encoder.collate):
+        for batch, parts in batches(prepared, config.batch_size, summary, _NoClaims(progress), encoder.collate):
             valid = np.zeros(config.batch_size, np.int32)
             for p, start, take, row in parts:
                 valid[row : row + take] = p.frames[start : start + take]
-                done += start + take == len(p.mel)
+                finished = start + take == len(p.mel)
+                done += finished
+                progress.update(int(finished))
             got = encoder.ffn_counts(batch, valid)
             counts = got if counts is None else counts + got
             frames += int(valid.sum())
@@ -126,17 +131,20 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
         _, kv = open_kvstore(url)
         fix = repair_hint(url, "neurons")
         per_lang = {}
+        stored = {lang: read_output(kv, f"{COUNTS}{lang}.npz", url, fix=fix) for lang in langs}
+        listing = {lang: source.utterances(lang, config.split) for lang, data in stored.items() if data is None}
+        progress = progress_bar(sum(len(u) for u in listing.values()), "neurons", "utt", config.run.progress)
         for lang in langs:
             key = f"{COUNTS}{lang}.npz"
-            data = read_output(kv, key, url, fix=fix)
+            data = stored[lang]
             if data is None:
-                utts = source.utterances(lang, config.split)
-                per_lang[lang] = _count_language(encoder, utts, lang, config, summary)
+                per_lang[lang] = _count_language(encoder, listing[lang], lang, config, summary, progress)
                 write_outputs(kv, {key: _npz(per_lang[lang])}, url)
                 summary.counted += 1
                 log.info("counted %s: %d frames", lang, int(per_lang[lang]["frames"]))
             else:
                 per_lang[lang] = _read_npz(data)
+        progress.close()
         counts = np.stack([per_lang[lang]["counts"] for lang in langs])
         frames = np.array([int(per_lang[lang]["frames"]) for lang in langs])
         summary.utterances = int(sum(int(per_lang[lang]["utterances"]) for lang in langs))
