@@ -307,15 +307,11 @@ def test_cknna_on_request_recomputed_from_the_dense_formula(run, tmp_path):
         configure(CompareConfig, stores=(a,), out=str(tmp_path / "x"), measures=("cknna",), knn_k=1)
 
 
-def _loop_null(fn, xs, ys, perms):
-    return np.array([fn(xs, ys[p]) for p in perms])
-
-
 def test_permutation_null_recomputed_by_loops(run, tmp_path):
     """--null_permutations: every utterance-level row's null_mean, null_q95, p_value and value_less_null equal the
     float64 twin of its measure applied to (a, b[p]) for the job's seeded permutations, in a plain loop; the frame
     level has no null unless asked; the heatmap says which cells are not above the null."""
-    from engine.pipelines.compare.null import permutations
+    from engine.pipelines.compare.null import permutations, reference_null
     from kernels.cca import reference_svcca
     from kernels.knn import reference_mutual_knn
 
@@ -341,7 +337,7 @@ def test_permutation_null_recomputed_by_loops(run, tmp_path):
             assert r["p_value"] is None  # not measured: no null either
             continue
         xs, ys = paired_pooled(r, {"model-a": a, "model-b": b})
-        null = _loop_null(twins[r["measure"]], xs, ys, permutations(0, "utterance", r["language"], len(xs), 25))
+        null = reference_null(twins[r["measure"]], xs, ys, permutations(0, "utterance", r["language"], len(xs), 25))
         assert r["null_mean"] == pytest.approx(null.mean(), abs=1e-4), r
         assert r["null_q95"] == pytest.approx(np.quantile(null, 0.95), abs=1e-4), r
         assert r["value_less_null"] == pytest.approx(r["value"] - r["null_mean"], abs=1e-9)
@@ -378,3 +374,27 @@ def test_null_through_the_flags_and_read_back(run, tmp_path):
     run_compare(none)
     rows = pq.read_table(tmp_path / "none" / "layer_similarity.parquet").to_pylist()
     assert rows and all(r["null_mean"] is None and r["p_value"] is None for r in rows)
+
+
+def test_cka_null_beyond_the_gram_route_recomputes_the_same(monkeypatch):
+    """Past GRAM_MAX examples the CKA null recomputes the measure per permutation (the feature route): the same
+    null as the Gram route's, to float32 rounding (1e-5)."""
+    from engine.pipelines.compare import layers, null
+    from engine.pipelines.compare.layers import MeasureOptions, View
+
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((40, 4))
+    a = View("a", (0, 1), tuple((z @ rng.standard_normal((4, d)) + rng.standard_normal((40, d))).astype(np.float32)
+                               for d in (6, 9)))  # fmt: skip
+    b = View("b", (0,), ((z @ rng.standard_normal((4, 7))).astype(np.float32),))
+    perms = null.permutations(0, "utterance", "x", 40, 5)
+    grams = {}
+    for measure in ("cka", "cka_unbiased"):
+        value = layers.measure_grid(measure, a, b, MeasureOptions(), grams)
+        gram_route = null.null_grid(measure, a, b, MeasureOptions(), grams, perms, value)
+        monkeypatch.setattr(null, "GRAM_MAX", 10)
+        shared = {}
+        recomputed = null.null_grid(measure, a, b, MeasureOptions(), shared, perms, value)
+        monkeypatch.setattr(null, "GRAM_MAX", layers.GRAM_MAX)
+        assert "cka_null" not in shared  # the recomputing route, not the Grams
+        np.testing.assert_allclose(recomputed, gram_route, atol=1e-5)
