@@ -113,6 +113,12 @@ class Wav2Vec2Encoder:
         del frames
         return self.loaded.ffn_active(*batch)
 
+    def ffn_scaled_sums(self, batch: tuple, frames: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(sums f32[layer, batch, embed], frames)``: every stored layer's states summed over each row's valid
+        frames, with the feed-forward units multiplied by ``scale: f32[L, intermediate]`` (0 switches a unit off)."""
+        del frames
+        return self.loaded.scaled_sums(*batch, scale)
+
     def languages_without_token(self, langs: Sequence[str]) -> list[str]:
         """None: its only head is CTC over characters, which takes no language token."""
         del langs

@@ -49,6 +49,11 @@ def _ffn_active(graphdef, state, wave, lengths):
     return nnx.merge(graphdef, state).ffn_active(wave, lengths)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _scaled_sums(graphdef, state, wave, lengths, scale):
+    return nnx.merge(graphdef, state).scaled_sums(wave, lengths, scale)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedWav2Vec2:
     model: Wav2Vec2
@@ -96,6 +101,14 @@ class LoadedWav2Vec2:
         (``engine.models.wav2vec2.model.Wav2Vec2.ffn_active``)."""
         graphdef, state = self._split
         return np.asarray(_ffn_active(graphdef, state, jnp.asarray(wave), jnp.asarray(lengths, jnp.int32)), np.int64)
+
+    def scaled_sums(self, wave, lengths, scale) -> tuple[np.ndarray, np.ndarray]:
+        """``(f32[L + 1, batch, embed], frames i64[batch])``: each layer's states summed over the valid frames, the
+        feed-forward units scaled by ``scale: f32[L, intermediate]`` (``Wav2Vec2.scaled_sums``)."""
+        graphdef, state = self._split
+        wave, lengths = jnp.asarray(wave), jnp.asarray(lengths, jnp.int32)
+        sums, frames = _scaled_sums(graphdef, state, wave, lengths, jnp.asarray(scale, jnp.float32))
+        return np.asarray(sums), np.asarray(frames, np.int64)
 
     def encode_batch(self, waveforms: Sequence[np.ndarray], layers: Sequence[int] | None = None, out_dtype=None):
         """``features`` then ``encode``."""

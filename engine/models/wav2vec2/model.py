@@ -229,8 +229,20 @@ class EncoderLayers(nnx.Module):
 
         return jax.lax.scan(step, x, {name: w[...] for name, w in self.weights.items()})[1]
 
-    def _layer(self, x, w, key_valid):
-        """(the layer's output, its feed-forward activations ``f[batch, frame, intermediate]``)."""
+    def scaled_sums(self, x, keep, scale):
+        """f32[L, batch, embed]: each layer's output summed over the frames where ``keep``, with layer l's
+        feed-forward activations multiplied by ``scale[l - 1]`` (``scale: f[L, intermediate]``)."""
+
+        def step(x, w):
+            x, _ = self._layer(x, w, keep, w["ffn_scale"])
+            return x, jnp.sum(jnp.where(keep[..., None], x, 0), axis=1, dtype=jnp.float32)
+
+        weights = {name: w[...] for name, w in self.weights.items()} | {"ffn_scale": scale}
+        return jax.lax.scan(step, x, weights)[1]
+
+    def _layer(self, x, w, key_valid, scale=None):
+        """(the layer's output, its feed-forward activations ``f[batch, frame, intermediate]``), the activations
+        multiplied by ``scale: f[intermediate]`` first when given (the intervention on selected units)."""
         dims = self.dims
         eps = dims.layer_norm_eps
 
@@ -244,6 +256,8 @@ class EncoderLayers(nnx.Module):
 
         def feed_forward(h):
             hidden = self.act(jnp.dot(h, w["ff_in_kernel"]) + w["ff_in_bias"])
+            if scale is not None:
+                hidden = hidden * scale.astype(hidden.dtype)
             return jnp.dot(hidden, w["ff_out_kernel"]) + w["ff_out_bias"], hidden
 
         if not dims.do_stable_layer_norm:  # post-LN (base models)
@@ -341,6 +355,14 @@ class Wav2Vec2(nnx.Module):
         the counts that language-selective units are ranked by (LAPE); nothing per frame is kept."""
         x, keep, _ = self._front(wave, lengths)
         return self.layers.ffn_active(x, keep)
+
+    def scaled_sums(self, wave, lengths, scale):
+        """``(sums f32[L + 1, batch, embed], frames i32[batch])``: every layer ``__call__`` returns (0..L) summed over
+        each row's valid frames, with layer l's feed-forward activations multiplied by ``scale[l - 1]``
+        (``scale: f[L, intermediate]``; ones is the unchanged model, 0 switches a unit off)."""
+        x, keep, frames = self._front(wave, lengths)
+        first = jnp.sum(jnp.where(keep[..., None], x, 0), axis=1, dtype=jnp.float32)[None]
+        return jnp.concatenate([first, self.layers.scaled_sums(x, keep, scale)]), frames
 
     def final_norm(self, x):
         """transformers' ``last_hidden_state`` from the last layer's output: the encoder's final layer norm for

@@ -135,6 +135,11 @@ class WhisperEncoder:
         encoder frames of each row (0 for padding rows)."""
         return self.loaded.ffn_active(batch[0], frames)
 
+    def ffn_scaled_sums(self, batch: tuple, frames: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(sums f32[layer, batch, embed], frames)``: every stored layer's states summed over each row's valid
+        frames, with the feed-forward units multiplied by ``scale: f32[L, 4 d]`` (0 switches a unit off)."""
+        return self.loaded.scaled_sums(batch[0], frames, scale), np.asarray(frames)
+
     def languages_without_token(self, langs: Sequence[str]) -> list[str]:
         """The languages with no Whisper language code (none for an English-only model, which has no such token)."""
         if not self.loaded.dims.is_multilingual:

@@ -43,6 +43,11 @@ def _ffn_active(graphdef, state, mel, frames):
     return nnx.merge(graphdef, state).encoder.ffn_active(mel, frames)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _scaled_sums(graphdef, state, mel, frames, scale):
+    return nnx.merge(graphdef, state).encoder.scaled_sums(mel, frames, scale)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedWhisper:
     model: Whisper
@@ -72,6 +77,13 @@ class LoadedWhisper:
         is active (``engine.models.whisper.model.AudioEncoder.ffn_active``)."""
         graphdef, state = self._split
         return np.asarray(_ffn_active(graphdef, state, jnp.asarray(mel), jnp.asarray(frames, jnp.int32)), np.int64)
+
+    def scaled_sums(self, mel, frames, scale) -> np.ndarray:
+        """f32[L + 2, batch, embed]: each layer's states summed over the valid frames, with the feed-forward units
+        scaled by ``scale: f32[L, 4 d]`` (``engine.models.whisper.model.AudioEncoder.scaled_sums``)."""
+        graphdef, state = self._split
+        mel, frames = jnp.asarray(mel), jnp.asarray(frames, jnp.int32)
+        return np.asarray(_scaled_sums(graphdef, state, mel, frames, jnp.asarray(scale, jnp.float32)))
 
     # -- decoding ---------------------------------------------------------------------------
 

@@ -175,6 +175,12 @@ class ResidualBlock(nnx.Module):
         active = jnp.sum((hidden > 0) & keep[..., None], axis=(0, 1), dtype=jnp.int32)
         return x + self.mlp_out(hidden), active
 
+    def encoder_block_scaled(self, x, scale):
+        """``encoder_block(x)`` with each feed-forward unit's GELU output multiplied by ``scale: f[4 d]`` (1 leaves a
+        unit alone, 0 switches it off): the intervention on language-selective units."""
+        x = self._self_attended(x)
+        return x + self.mlp_out(_gelu(self.mlp_in(self.mlp_ln(x))) * scale.astype(x.dtype))
+
 
 class AudioEncoder(nnx.Module):
     def __init__(self, dims: ModelDimensions, sd: Mapping[str, np.ndarray], dtype):
@@ -243,6 +249,24 @@ class AudioEncoder(nnx.Module):
             x, active = block.encoder_block_active(x, keep)
             counts.append(active)
         return jnp.stack(counts)
+
+    def scaled_sums(self, mel, frames, scale):
+        """f32[L + 2, batch, embed]: every layer's states (0 = stem, ..., L + 1 = ln_post, as ``__call__``) summed
+        over each row's valid frames (``frames: i32[batch]``), with block l's feed-forward units multiplied by
+        ``scale[l - 1]`` (``scale: f[L, 4 d]``; all ones is the unchanged model). Divided by ``frames`` they are the
+        mean-pooled states the language-ID probe and pooled retrieval read, after switching units off."""
+        x = self._stem(mel)
+        keep = (jnp.arange(x.shape[1])[None, :] < jnp.asarray(frames)[:, None])[..., None]
+
+        def summed(h):
+            return jnp.sum(jnp.where(keep, h, 0), axis=1, dtype=jnp.float32)
+
+        sums = [summed(x)]
+        for block, s in zip(self.blocks, scale, strict=True):
+            x = block.encoder_block_scaled(x, s)
+            sums.append(summed(x))
+        sums.append(summed(self.ln_post(x)))
+        return jnp.stack(sums)
 
 
 class TextDecoder(nnx.Module):
