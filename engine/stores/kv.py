@@ -22,6 +22,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import tensorstore as ts
 
 from engine.errors import BabelgridError
@@ -208,6 +209,19 @@ def csv_bytes(header: Sequence[str], rows: Iterable[Sequence]) -> bytes:
     writer.writerow(header)
     writer.writerows(rows)
     return text.getvalue().encode()
+
+
+def npz_bytes(arrays: Mapping[str, object]) -> bytes:
+    """An uncompressed ``.npz`` file's bytes of plain arrays (read back by ``read_npz``, which never unpickles)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_npz(data: bytes) -> dict:
+    """The arrays of an ``.npz`` file's bytes, with ``allow_pickle=False``: an object array is refused."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as f:
+        return {name: f[name] for name in f.files}
 
 
 def parse_record(value: bytes) -> dict:

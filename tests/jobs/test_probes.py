@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from engine.errors import ShapeError
 from engine.figures import png_title
 from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import ProbesConfig, ProbesError
@@ -60,6 +61,34 @@ def test_logistic_regression_equals_sklearn(l2):
     assert int(iterations) < lid.MAX_ITER
     np.testing.assert_allclose(np.exp(np.asarray(logp)), expected, atol=2e-3)
     np.testing.assert_array_equal(np.asarray(logp).argmax(1), expected.argmax(1))
+
+
+def test_lid_transfer_equals_sklearn_per_fold():
+    """``lid_transfer``: each outer fold's probe, fitted on the unchanged features only (standardised by that training
+    set), predicts its test fold in the unchanged and in the changed features; scikit-learn's ``LogisticRegression``
+    fitted the same way predicts the same labels. One l2 in the grid, so the choice is fixed."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, groups = blobs()
+    rng = np.random.default_rng(4)
+    changed = (x + rng.normal(0, 2.0, x.shape) * (y[:, None] == 1)).astype(np.float32)  # class 1 blurred
+    l2 = 1e-2
+    before, (after,) = lid.lid_transfer(x, y, groups, [changed], l2_grid=(l2,), seed=3)
+    fold = lid.group_folds(groups, 5, 3)
+    want_before, want_after = np.empty_like(y), np.empty_like(y)
+    for k in range(5):
+        keep = fold != k
+        mean, std = x[keep].mean(0), x[keep].std(0)
+        ref = LogisticRegression(C=1.0 / (l2 * keep.sum()), tol=1e-10, max_iter=10_000)
+        ref.fit((x[keep] - mean) / std, y[keep])
+        want_before[~keep] = ref.predict((x[~keep] - mean) / std)
+        want_after[~keep] = ref.predict((changed[~keep] - mean) / std)
+    assert np.mean(before == want_before) >= 0.99 and np.mean(after == want_after) >= 0.99
+    assert np.mean(after[y == 1] == 1) < np.mean(before[y == 1] == 1)  # the blur is seen, in class 1
+    same, (unchanged,) = lid.lid_transfer(x, y, groups, [x], l2_grid=(l2,), seed=3)
+    np.testing.assert_array_equal(same, unchanged)
+    with pytest.raises(ShapeError, match="changed array"):
+        lid.lid_transfer(x, y, groups, [x[:-1]])
 
 
 def test_macro_f1_equals_sklearn():

@@ -97,6 +97,17 @@ def probe_rows(utts: Sequence[Utterance], long_audio: str, encoder) -> list[Utte
     return rows
 
 
+class NoClaims:
+    """The tracker ``batches`` reports skips to, for jobs that claim no work units (they count the skip as done on
+    their progress bar)."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def skipped(self, task) -> None:
+        self.progress.update(1)
+
+
 def batches(prepared: Iterator[Prepared], batch_size: int, summary, tracker, collate):
     """Group prepared utterances into batches of at most ``batch_size`` windows.
 

@@ -45,6 +45,19 @@ class NeuronsConfig:
     )  # fmt: skip
     lape_share: float = option(0.01, "share of all units selected as language-specific: the lowest LAPE", positive=True)
     top: int = option(20, "units listed per language and layer in selective_units.csv", minimum=1)
+    intervene: tuple[str, ...] | None = option(
+        None, "languages whose selected units are switched off (set to zero), one re-encoding each, then the change "
+        "in language ID and retrieval is measured; 'all': every language that owns a unit; default none",
+        parse="list",
+    )  # fmt: skip
+    intervene_utterances: int = option(
+        50, "utterances per language (the first, in the dataset's order) re-encoded for the intervention", minimum=1
+    )  # fmt: skip
+    random_control: bool = option(
+        True, "also switch off as many units drawn at random (per layer, among the unselected) for each language: "
+        "the control that says whether the selected units matter more than any",
+    )  # fmt: skip
+    seed: int = option(0, "seed of the random control's units and of the language-ID probe's folds")
 
     def __post_init__(self):
         validate(self)

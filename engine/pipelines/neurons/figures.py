@@ -44,3 +44,41 @@ def selective_png(ranked: Lape, subtitle: str = "") -> bytes:
     note = f"threshold: rate >= {ranked.threshold:.3f} in a language; {int(ranked.selected.sum())} units selected"
     set_title(fig, "language-specific feed-forward units (LAPE)", "; ".join(p for p in (subtitle, note) if p))
     return _png(fig)
+
+
+SHOWN = 8  # languages drawn in the intervention figure (all are in intervention.csv)
+
+
+def intervention_png(rows: list, subtitle: str = "") -> bytes:
+    """One column per language switched off: top, the change in language-ID accuracy per layer; bottom, the change in
+    pooled R@1. Red: that language's own utterances (or pairs); blue: the other languages'. Solid: its selected
+    units off; dashed: as many random units off (the control)."""
+    langs = list(dict.fromkeys(r[0] for r in rows))
+    shown = langs[:SHOWN]
+    fig = Figure(figsize=(2.6 * len(shown) + 1.2, 5.4), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(2, len(shown), sharex=True, sharey="row", squeeze=False))
+    styles = {("selected", "self"): ("tab:red", "-"), ("selected", "others"): ("tab:blue", "-"),
+              ("random", "self"): ("tab:red", "--"), ("random", "others"): ("tab:blue", "--")}  # fmt: skip
+    for col, lang in enumerate(shown):
+        for row, (index, label) in enumerate(((8, "language-ID accuracy change"), (11, "R@1 change (pooled)"))):
+            ax = axes[row, col]
+            for (control, group), (color, ls) in styles.items():
+                got = sorted((r[3], r[index]) for r in rows if r[0] == lang and r[1] == control and r[4] == group)
+                if got:
+                    who = lang if group == "self" else "other languages"
+                    what = "its units off" if control == "selected" else "random units off"
+                    ax.plot(*zip(*got, strict=True), ls=ls, color=color, marker="o", ms=3, label=f"{who}, {what}")
+            ax.axhline(0, color="0.5", lw=0.8)
+            ax.grid(alpha=0.3)
+            if row == 0:
+                units = next(r[2] for r in rows if r[0] == lang and r[1] == "selected")
+                ax.set_title(f"{lang}: {units} units off", fontsize=9)
+            else:
+                ax.set_xlabel("layer")
+            if col == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if row == 0 and col == len(shown) - 1:
+                ax.legend(fontsize=6, loc="lower left")
+    more = f"; {len(langs) - SHOWN} more languages in intervention.csv" if len(langs) > SHOWN else ""
+    set_title(fig, "switching language-specific units off", (subtitle or "") + more)
+    return _png(fig)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
+import functools
 import logging
 import time
 
@@ -32,12 +32,13 @@ import pyarrow as pa
 from engine import captions
 from engine.data.sources import get_source
 from engine.models.family import load_encoder
-from engine.pipelines.encode.windows import Task, batches, prefetched
+from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
+from engine.pipelines.neurons import intervene
 from engine.pipelines.neurons import lape as lape_lib
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.runtime.runs import RunSummary, output_run, progress_bar
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
-from engine.stores.kv import csv_bytes, open_kvstore
+from engine.stores.kv import csv_bytes, npz_bytes, open_kvstore, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ UNITS = "units.parquet"
 SELECTIVE = "selective_units.csv"
 FIGURE = "figures/selective_units.png"
 SELECTIVE_COLUMNS = ("lang", "layer", "unit", "rate", "lape", "rank")
+# Settings that choose which files a run adds, not what a file holds: each intervention condition is its own file
+IGNORED = ("intervene", "random_control")
 UNIT_COLUMNS = ("layer", "unit", "lape", "max_rate", "top_language", "selected", "languages")  # then rate_<lang>
 
 
@@ -57,6 +60,8 @@ class NeuronsSummary(RunSummary):
     frames: int = 0
     selected: int = 0
     per_language: dict = dataclasses.field(default_factory=dict)  # language -> selected units it owns
+    intervention: list = dataclasses.field(default_factory=list)  # intervention.csv's rows
+    intervention_empty: list = dataclasses.field(default_factory=list)  # asked for, but owning no unit
     paths: tuple = ()
 
     def report(self) -> str:
@@ -66,19 +71,10 @@ class NeuronsSummary(RunSummary):
             f"{self.utterances} utterances, {self.frames} valid frames in {self.seconds:.1f} s",
             f"{self.selected} language-specific units selected (LAPE); per language: {owned}",
         ]
+        lines += intervene.report_lines(self.intervention, self.intervention_empty)
         lines += self.skip_lines()
         lines += [f"wrote {p}" for p in self.paths]
         return "\n".join(lines)
-
-
-class _NoClaims:
-    """``windows.batches`` reports skips to a tracker of claims; this job claims nothing, and counts them as done."""
-
-    def __init__(self, progress):
-        self.progress = progress
-
-    def skipped(self, task) -> None:
-        self.progress.update(1)
 
 
 def _count_language(encoder, utts, lang: str, config: NeuronsConfig, summary: NeuronsSummary, progress) -> dict:
@@ -86,7 +82,7 @@ def _count_language(encoder, utts, lang: str, config: NeuronsConfig, summary: Ne
     tasks = (Task(lang, i, lang, utt, None, None) for i, utt in enumerate(utts))
     with concurrent.futures.ThreadPoolExecutor(config.prefetch) as pool:
         prepared = prefetched(pool, tasks, encoder, config.long_audio, config.prefetch * 4)
-        for batch, parts in batches(prepared, config.batch_size, summary, _NoClaims(progress), encoder.collate):
+        for batch, parts in batches(prepared, config.batch_size, summary, NoClaims(progress), encoder.collate):
             valid = np.zeros(config.batch_size, np.int32)
             for p, start, take, row in parts:
                 valid[row : row + take] = p.frames[start : start + take]
@@ -102,17 +98,6 @@ def _count_language(encoder, utts, lang: str, config: NeuronsConfig, summary: Ne
     return {"counts": counts, "frames": np.array(frames), "utterances": np.array(done), "skipped": np.array(skipped)}
 
 
-def _npz(arrays: dict) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-def _read_npz(data: bytes) -> dict:
-    with np.load(io.BytesIO(data), allow_pickle=False) as f:
-        return {name: f[name] for name in f.files}
-
-
 def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     """Counts, ranks and writes (module docstring); returns the summary."""
     start = time.perf_counter()
@@ -122,12 +107,15 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     langs = list(config.langs) if config.langs else source.languages()
     if len(langs) < 2:
         raise NeuronsError(f"LAPE ranks units across languages: give at least two, got {langs}")
+    unknown = [lang for lang in config.intervene or () if lang not in (*langs, "all")]
+    if unknown:
+        raise NeuronsError(f"--intervene names languages not counted here: {unknown} (counted: {langs})")
     encoder = load_encoder(config.model, adapter=config.adapter)
     if not hasattr(encoder, "ffn_counts"):
         raise NeuronsError(f"{encoder.family} models have no feed-forward counts yet (Whisper and wav2vec2 do)")
     summary = NeuronsSummary(languages=len(langs))
     url = config.run.out
-    with output_run(config, "neurons", NeuronsError):
+    with output_run(config, "neurons", NeuronsError, ignore=IGNORED):
         _, kv = open_kvstore(url)
         fix = repair_hint(url, "neurons")
         per_lang = {}
@@ -139,11 +127,11 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
             data = stored[lang]
             if data is None:
                 per_lang[lang] = _count_language(encoder, listing[lang], lang, config, summary, progress)
-                write_outputs(kv, {key: _npz(per_lang[lang])}, url)
+                write_outputs(kv, {key: npz_bytes(per_lang[lang])}, url)
                 summary.counted += 1
                 log.info("counted %s: %d frames", lang, int(per_lang[lang]["frames"]))
             else:
-                per_lang[lang] = _read_npz(data)
+                per_lang[lang] = read_npz(data)
         progress.close()
         counts = np.stack([per_lang[lang]["counts"] for lang in langs])
         frames = np.array([int(per_lang[lang]["frames"]) for lang in langs])
@@ -157,6 +145,9 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
 
         subtitle = captions.source_line(encoder.name, {"dataset": config.dataset, "split": config.split})
         writes[FIGURE] = figures.selective_png(ranked, subtitle)
+        if config.intervene:
+            bar = functools.partial(progress_bar, enabled=config.run.progress)
+            writes |= intervene.run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, bar)
         write_outputs(kv, writes, url)
     summary.paths = tuple(url.rstrip("/") + "/" + k for k in writes)
     summary.seconds = time.perf_counter() - start

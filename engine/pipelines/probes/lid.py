@@ -164,19 +164,9 @@ def lid_layer(
             f"features must be f32[utterance, embed] with labels and groups of length utterance, got {x.shape}, "
             f"{y.shape}, {len(groups)}"
         )
-    classes = int(y.max()) + 1 if len(y) else 0
-    if classes < 2 or folds < 3:
-        raise LidError(f"the language-ID probe needs >= 2 languages and >= 3 folds, got {classes} and {folds}")
+    classes = _classes(y, folds)
     fold = group_folds(groups, folds, seed)
-    grid = np.asarray(l2_grid, np.float32)
-    # Inner fits: outer fold k is the test set, fold k+1 the validation set, the rest trains; one fit per l2.
-    inner = np.stack([(fold != k) & (fold != (k + 1) % folds) for k in range(folds) for _ in grid]).astype(np.float32)
-    logp = fit_all(x, y, inner, np.tile(grid, folds), classes).reshape(folds, len(grid), len(y), classes)
-    chosen = []
-    for k in range(folds):
-        val = fold == (k + 1) % folds
-        val_ce = -logp[k][:, val, :][:, np.arange(val.sum()), y[val]].mean(axis=1)
-        chosen.append(float(grid[int(np.argmin(val_ce))]))
+    chosen = _chosen_l2(x, y, fold, folds, l2_grid, classes)
     outer = np.stack([fold != k for k in range(folds)]).astype(np.float32)
     logp = fit_all(x, y, outer, np.asarray(chosen, np.float32), classes)
     predicted = logp[fold, np.arange(len(y))].argmax(axis=1)
@@ -189,3 +179,63 @@ def lid_layer(
         chance=float(counts.max() / len(y)),
         l2=tuple(chosen),
     )
+
+
+def _classes(y: np.ndarray, folds: int) -> int:
+    classes = int(y.max()) + 1 if len(y) else 0
+    if classes < 2 or folds < 3:
+        raise LidError(f"the language-ID probe needs >= 2 languages and >= 3 folds, got {classes} and {folds}")
+    return classes
+
+
+def _chosen_l2(x, y, fold: np.ndarray, folds: int, l2_grid: Sequence[float], classes: int) -> list[float]:
+    """The l2 of each outer fold k: the grid value with the lowest cross-entropy on fold k + 1 when fitted on the
+    folds other than k and k + 1."""
+    grid = np.asarray(l2_grid, np.float32)
+    inner = np.stack([(fold != k) & (fold != (k + 1) % folds) for k in range(folds) for _ in grid]).astype(np.float32)
+    logp = fit_all(x, y, inner, np.tile(grid, folds), classes).reshape(folds, len(grid), len(y), classes)
+    chosen = []
+    for k in range(folds):
+        val = fold == (k + 1) % folds
+        val_ce = -logp[k][:, val, :][:, np.arange(val.sum()), y[val]].mean(axis=1)
+        chosen.append(float(grid[int(np.argmin(val_ce))]))
+    return chosen
+
+
+def lid_transfer(
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: Sequence[str],
+    changed: Sequence[np.ndarray],
+    *,
+    folds: int = FOLDS,
+    l2_grid: Sequence[float] = L2_GRID,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Out-of-fold language ID of the same utterances before and after a change to the model.
+
+    The probes are ``lid_layer``'s (the same folds, l2 choice and refits), fitted on ``features`` (f32[utterance,
+    embed], the unchanged model's pooled states) only; each probe then predicts its own test fold both in
+    ``features`` and in each array of ``changed`` (the same utterances, same order, encoded by a changed model). So
+    a prediction never comes from a probe that saw the sentence, and a change is read by the probe trained on the
+    unchanged model: what the intervention literature measures. Returns (predicted i32[utterance], one predicted
+    i32[utterance] per ``changed``).
+    """
+    x = np.asarray(features, np.float32)
+    y = np.asarray(labels, np.int32)
+    if x.ndim != 2 or y.shape != (x.shape[0],) or len(groups) != x.shape[0]:
+        raise ShapeError(f"features must be f32[utterance, embed] with labels and groups of its length, got {x.shape}")
+    bad = [c.shape for c in changed if c.shape != x.shape]
+    if bad:
+        raise ShapeError(f"each changed array must have the features' shape {x.shape}, got {bad}")
+    classes = _classes(y, folds)
+    fold = group_folds(groups, folds, seed)
+    chosen = _chosen_l2(x, y, fold, folds, l2_grid, classes)
+    blocks = 1 + len(changed)
+    x_all = np.concatenate([x, *(np.asarray(c, np.float32) for c in changed)])
+    y_all = np.tile(y, blocks)
+    train = np.zeros((folds, len(x_all)), np.float32)
+    train[:, : len(x)] = np.stack([fold != k for k in range(folds)])  # only the unchanged states train
+    logp = fit_all(x_all, y_all, train, np.asarray(chosen, np.float32), classes)
+    predicted = logp[np.tile(fold, blocks), np.arange(len(x_all))].argmax(axis=1).reshape(blocks, len(x))
+    return predicted[0], list(predicted[1:])

@@ -1,0 +1,255 @@
+"""Switching a language's selected units off, and what it does to language ID and retrieval (``--intervene``).
+
+The evaluation set is the first ``--intervene_utterances`` utterances of every language. It is encoded once with the
+model unchanged, and once per condition with a set of feed-forward units set to zero after the nonlinearity (the
+family's ``ffn_scaled_sums``: each stored layer's states summed over the valid frames, nothing per frame kept):
+
+- ``off-<lang>``: every unit LAPE selected for ``lang`` (``Lape.belongs``), in every layer;
+- ``random-<lang>`` (with ``--random_control``): as many units per layer as ``off-<lang>`` switches off, drawn
+  (seeded) among the units selected for no language. If the selected units matter for ``lang`` more than any units
+  do, ``off-<lang>`` moves ``lang``'s numbers more than ``random-<lang>`` does.
+
+Each stored layer's states are mean-pooled per utterance (windows of long audio summed, then divided by the valid
+frames). Two measures per layer, each before and after, for the utterances of ``lang`` ("self") and of every other
+language ("others"):
+
+- **language ID**: the probes job's linear probe (``engine.pipelines.probes.lid.lid_transfer``): trained on the
+  unchanged states with folds by utterance id, each probe predicting its own test fold before and after. The
+  accuracy over the group's utterances.
+- **retrieval R@1** of mean-pooled cosine similarity: for an ordered pair of languages (a, b), the share of a's
+  utterances whose most similar utterance of b is its translation (queries with no translation in b are left out; a
+  pair with none is not measured, NaN). "self": the mean over pairs with ``lang`` on either side, "others": over
+  pairs without it.
+
+Files: ``intervention/pooled/<condition>.npz`` (``none``, ``off-<lang>``, ``random-<lang>``: pooled f32[layer,
+utterance, embed], the utterances present, the units switched off), written as each condition is done, with digests:
+a rerun reads them back (the manifest pins ``--intervene_utterances`` and ``--seed``). ``intervention.csv`` and
+``figures/intervention.png`` from the conditions of this run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import zlib
+
+import numpy as np
+
+from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
+from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
+from engine.pipelines.probes.lid import lid_transfer
+from engine.runtime.runs import RunSummary
+from engine.stores.integrity import read_output, write_outputs
+from engine.stores.kv import csv_bytes, npz_bytes, read_npz
+
+log = logging.getLogger(__name__)
+
+POOLED = "intervention/pooled/"
+CSV = "intervention.csv"
+FIGURE = "figures/intervention.png"
+COLUMNS = ("lang", "control", "units_off", "layer", "group", "utterances", "lid_before", "lid_after", "lid_change",
+           "r1_before", "r1_after", "r1_change")  # fmt: skip
+GROUPS = ("self", "others")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The utterances re-encoded: ``tasks`` in order, their language index and parallel id."""
+
+    langs: tuple[str, ...]
+    tasks: tuple[Task, ...]
+    label: np.ndarray  # i32[utterance]
+    ids: tuple[str, ...]
+
+
+def evaluation_set(source, langs, split: str, per_language: int) -> Evaluation:
+    tasks, label, ids = [], [], []
+    for li, lang in enumerate(langs):
+        for utt in source.utterances(lang, split)[:per_language]:
+            tasks.append(Task(lang, len(tasks), lang, utt, None, None))
+            label.append(li)
+            ids.append(str(utt.id))
+    return Evaluation(tuple(langs), tuple(tasks), np.asarray(label, np.int32), tuple(ids))
+
+
+def conditions(ranked, targets, random_control: bool, seed: int) -> dict[str, np.ndarray]:
+    """{condition name: f32[layer, unit] scale}: 0 for the units switched off, 1 elsewhere (module docstring)."""
+    out = {}
+    free = ~ranked.selected
+    for lang in targets:
+        off = ranked.belongs[ranked.languages.index(lang)]
+        out[f"off-{lang}"] = np.where(off, 0, 1).astype(np.float32)
+        if random_control:
+            rng = np.random.default_rng([seed, zlib.crc32(lang.encode())])
+            scale = np.ones(off.shape, np.float32)
+            for layer, n in enumerate(off.sum(axis=1)):
+                pool = np.flatnonzero(free[layer])
+                scale[layer, rng.choice(pool, size=min(int(n), len(pool)), replace=False)] = 0
+            out[f"random-{lang}"] = scale
+    return out
+
+
+def pooled_pass(encoder, evaluation: Evaluation, scale: np.ndarray, config: NeuronsConfig, summary, progress):
+    """(pooled f32[layer, utterance, embed], present bool[utterance]): every stored layer mean-pooled over each
+    utterance's valid frames (its windows together), with the feed-forward units scaled by ``scale``."""
+    n = len(evaluation.tasks)
+    sums, frames = None, np.zeros(n, np.int64)
+    with concurrent.futures.ThreadPoolExecutor(config.prefetch) as pool:
+        prepared = prefetched(pool, iter(evaluation.tasks), encoder, config.long_audio, config.prefetch * 4)
+        for batch, parts in batches(prepared, config.batch_size, summary, NoClaims(progress), encoder.collate):
+            valid = np.zeros(config.batch_size, np.int32)
+            for p, start, take, row in parts:
+                valid[row : row + take] = p.frames[start : start + take]
+            got, got_frames = encoder.ffn_scaled_sums(batch, valid, scale)
+            if sums is None:
+                sums = np.zeros((got.shape[0], n, got.shape[2]), np.float64)
+            for p, start, take, row in parts:
+                i = p.task.index
+                sums[:, i] += got[:, row : row + take].sum(axis=1)
+                frames[i] += int(np.sum(got_frames[row : row + take]))
+                progress.update(int(start + take == len(p.mel)))
+    present = frames > 0
+    if sums is None or not present.any():
+        raise NeuronsError("intervention: no utterance of the evaluation set could be read")
+    pooled = np.where(present[None, :, None], sums / np.maximum(frames, 1)[None, :, None], 0)
+    return pooled.astype(np.float32), present
+
+
+def pooled_conditions(encoder, evaluation, scales: dict, config, summary, kv, url, fix, progress_bar) -> dict:
+    """{condition: (pooled, present)} for ``none`` and each of ``scales``: read back where a former run stored it,
+    else encoded and stored at once (a kill loses at most the condition in progress)."""
+    width = next(iter(scales.values())).shape if scales else None
+    todo = {"none": np.ones(width, np.float32), **scales} if width else {}
+    stored = {name: read_output(kv, f"{POOLED}{name}.npz", url, fix=fix) for name in todo}
+    missing = [name for name, data in stored.items() if data is None]
+    progress = progress_bar(len(missing) * len(evaluation.tasks), "intervene", "utt")
+    out = {}
+    for name, scale in todo.items():
+        if stored[name] is not None:
+            data = read_npz(stored[name])
+            if data["pooled"].shape[1] != len(evaluation.tasks) or not np.array_equal(data["scale"], scale):
+                raise NeuronsError(
+                    f"{url}/{POOLED}{name}.npz holds another evaluation set or other units: use a new output folder"
+                )
+            out[name] = data["pooled"], data["present"]
+            continue
+        # the skips of a pass are the baseline's (the same audio is read each time): count them once
+        skips = summary if name == "none" else RunSummary()
+        out[name] = pooled_pass(encoder, evaluation, scale, config, skips, progress)
+        arrays = {"pooled": out[name][0], "present": out[name][1], "scale": scale}
+        write_outputs(kv, {f"{POOLED}{name}.npz": npz_bytes(arrays)}, url)
+        log.info("intervention %s: encoded %d utterances", name, int(out[name][1].sum()))
+    progress.close()
+    return out
+
+
+def r1_by_pair(pooled: np.ndarray, label: np.ndarray, ids, n_langs: int) -> np.ndarray:
+    """f64[language, language]: R@1 of mean-pooled cosine for every ordered pair (a, b), a != b (module docstring);
+    NaN on the diagonal and where a and b share no id. ``pooled``: f32[utterance, embed] of one layer."""
+    x = np.asarray(pooled, np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norm > 0, norm, 1)
+    sims = x @ x.T
+    ids = np.asarray(ids)
+    out = np.full((n_langs, n_langs), np.nan)
+    for b in range(n_langs):
+        cols = np.flatnonzero(label == b)
+        if not len(cols):
+            continue
+        hit = ids[cols[np.argmax(sims[:, cols], axis=1)]] == ids
+        partner = np.isin(ids, ids[cols])
+        for a in range(n_langs):
+            rows = (label == a) & partner
+            if a != b and rows.any():
+                out[a, b] = hit[rows].mean()
+    return out
+
+
+def _group_mean(r1: np.ndarray, lang: int) -> tuple[float, float]:
+    """(mean R@1 over the measured pairs with ``lang`` on either side, over those without it); NaN if none."""
+    n = len(r1)
+    involved = np.zeros((n, n), bool)
+    involved[lang, :] = involved[:, lang] = True
+    measured = np.isfinite(r1)
+
+    def mean(mask):
+        return float(r1[mask & measured].mean()) if (mask & measured).any() else float("nan")
+
+    return mean(involved), mean(~involved)
+
+
+def measure(evaluation: Evaluation, pooled: dict, scales: dict, seed: int) -> list[tuple]:
+    """The rows of ``intervention.csv`` (``COLUMNS``), per condition, layer and group."""
+    names = list(scales)
+    present = pooled["none"][1].copy()
+    for name in names:
+        present &= pooled[name][1]
+    label, ids = evaluation.label[present], [i for i, keep in zip(evaluation.ids, present, strict=True) if keep]
+    n_langs, n_layers = len(evaluation.langs), pooled["none"][0].shape[0]
+    rows = []
+    for layer in range(n_layers):
+        base = pooled["none"][0][layer][present]
+        changed = [pooled[name][0][layer][present] for name in names]
+        before, after = lid_transfer(base, label, ids, changed, seed=seed)
+        r1_base = r1_by_pair(base, label, ids, n_langs)
+        for name, predicted, states in zip(names, after, changed, strict=True):
+            control, lang = name.split("-", 1)
+            li = evaluation.langs.index(lang)
+            r1_after = _group_mean(r1_by_pair(states, label, ids, n_langs), li)
+            r1_before = _group_mean(r1_base, li)
+            units = int(np.sum(scales[name] == 0))
+            for g, group in enumerate(GROUPS):
+                mask = label == li if group == "self" else label != li
+                lid_b = float(np.mean(before[mask] == label[mask])) if mask.any() else float("nan")
+                lid_a = float(np.mean(predicted[mask] == label[mask])) if mask.any() else float("nan")
+                rows.append((lang, "selected" if control == "off" else "random", units, layer, group,
+                             int(mask.sum()), lid_b, lid_a, lid_a - lid_b, r1_before[g], r1_after[g],
+                             r1_after[g] - r1_before[g]))  # fmt: skip
+    return rows
+
+
+def run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, progress_bar) -> dict[str, bytes]:
+    """The intervention's files (module docstring); ``summary.intervention`` gets the headline numbers."""
+    owners = [lang for i, lang in enumerate(ranked.languages) if ranked.belongs[i].any()]
+    targets = owners if list(config.intervene) == ["all"] else list(config.intervene)
+    unknown = [lang for lang in targets if lang not in ranked.languages]
+    if unknown:
+        raise NeuronsError(f"--intervene names languages not counted here: {unknown} (counted: {list(langs)})")
+    empty = [lang for lang in targets if lang not in owners]
+    if empty:
+        log.warning("no unit was selected for %s: nothing to switch off, left out", empty)
+        summary.intervention_empty = empty
+    targets = [lang for lang in targets if lang in owners]
+    if not targets:
+        raise NeuronsError(f"--intervene: none of {list(config.intervene)} owns a selected unit; owners: {owners}")
+    evaluation = evaluation_set(source, langs, config.split, config.intervene_utterances)
+    scales = conditions(ranked, targets, config.random_control, config.seed)
+    pooled = pooled_conditions(encoder, evaluation, scales, config, summary, kv, url, fix, progress_bar)
+    rows = measure(evaluation, pooled, scales, config.seed)
+    summary.intervention = rows
+    from engine.pipelines.neurons import figures  # lazy: matplotlib only here
+
+    return {CSV: csv_bytes(COLUMNS, rows), FIGURE: figures.intervention_png(rows, encoder.name)}
+
+
+def report_lines(rows: list, empty: list) -> list[str]:
+    """Per language switched off: the layer where its own language ID fell most, and what the other languages and the
+    random control did there."""
+    if not rows and not empty:
+        return []
+    lines = [f"intervention: no unit was selected for {', '.join(empty)}: left out"] if empty else []
+    by = {(r[0], r[1], r[3], r[4]): r for r in rows}
+    for lang in dict.fromkeys(r[0] for r in rows):
+        own = [r for r in rows if r[0] == lang and r[1] == "selected" and r[4] == "self"]
+        worst = min(own, key=lambda r: (r[8], -r[3]))  # the largest fall; without one, the deepest layer
+        layer = worst[3]
+        others = by[lang, "selected", layer, "others"]
+        text = (f"intervention {lang} ({worst[2]} units off): at layer {layer} language ID of {lang} "
+                f"{worst[6]:.2f} -> {worst[7]:.2f}, of the others {others[6]:.2f} -> {others[7]:.2f}; "
+                f"R@1 with {lang} {worst[9]:.3f} -> {worst[10]:.3f}")  # fmt: skip
+        control = by.get((lang, "random", layer, "self"))
+        if control is not None:
+            text += f"; {control[2]} random units: language ID of {lang} {control[6]:.2f} -> {control[7]:.2f}"
+        lines.append(text)
+    return lines
