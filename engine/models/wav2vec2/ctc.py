@@ -8,6 +8,10 @@ Decoding ids ``i32[frame]`` (the argmax of the CTC logits over an utterance's va
 ``Wav2Vec2CTCTokenizer.decode``: ids become token strings, runs of the same string collapse to one, the pad token
 (the CTC blank) is dropped, the word delimiter (``|``) becomes a space, and the text is joined and stripped
 (lowercased with ``do_lower_case``; transformers' ``clean_up_tokenization`` applied when the config asks for it).
+
+The blank is whichever token ``tokenizer_config.json`` names ``pad_token``, as in transformers: ``<pad>`` for MMS and
+the XLS-R fine-tunes, ``<s>`` (id 0, fairseq2's BOS) for the Omnilingual ASR conversions, whose word delimiter is
+SentencePiece's ``▁``.
 """
 
 from __future__ import annotations

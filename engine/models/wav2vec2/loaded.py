@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Sequence
 
 import jax
@@ -28,6 +29,8 @@ from engine.models.wav2vec2.checkpoints import Wav2Vec2Checkpoint, load_checkpoi
 from engine.models.wav2vec2.ctc import VOCAB_FILE, CTCVocab
 from engine.models.wav2vec2.features import batch_waveforms
 from engine.models.wav2vec2.model import Wav2Vec2
+
+log = logging.getLogger(__name__)
 
 # Batches are padded to a multiple of this many samples (1 s), so that a run over utterances of every length compiles
 # one program per (batch size, whole seconds) instead of one per length.
@@ -144,5 +147,22 @@ def load_wav2vec2(source, *, adapter: str | None = None, dtype=jnp.float32) -> L
     vocab = None
     if ckpt.vocab_size is not None and (ckpt.path / VOCAB_FILE).is_file():
         vocab = CTCVocab.from_folder(ckpt.path, adapter)
+        _check_blank(ckpt, vocab)
     # The model now owns device copies of the weights: keep the record, drop the host arrays.
     return LoadedWav2Vec2(model, dataclasses.replace(ckpt, state_dict={}), vocab)
+
+
+def _check_blank(ckpt: Wav2Vec2Checkpoint, vocab: CTCVocab) -> None:
+    """Warns when ``config.json``'s ``pad_token_id`` (``Wav2Vec2ForCTC``'s CTC-loss blank: the one the head was
+    trained with) is not the tokenizer's pad token (the one greedy decoding drops, as ``Wav2Vec2CTCTokenizer`` does):
+    a conversion that got the blank wrong, decoded here as transformers decodes it. Omnilingual ASR's blank is id 0,
+    ``<s>`` (fairseq2's BOS), named by its conversions' ``tokenizer_config.json`` (``pad_token: "<s>"``)."""
+    config_blank = ckpt.dims.pad_token_id
+    if config_blank is None or vocab.blank_id == config_blank:
+        return
+    log.warning(
+        "model %r: config.json's pad_token_id=%d (the CTC blank it was trained with, %r) is not the tokenizer's pad "
+        "token %r (id %s), which greedy decoding drops as transformers' Wav2Vec2CTCTokenizer does; fix "
+        "tokenizer_config.json's pad_token if the transcripts show the blank",
+        ckpt.name, config_blank, vocab.tokens.get(config_blank), vocab.pad_token, vocab.blank_id,
+    )  # fmt: skip
