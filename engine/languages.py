@@ -1,8 +1,18 @@
-"""Whisper's languages: OpenAI's language table and order, and the FLEURS codes that map onto it.
+"""Whisper's languages: OpenAI's language table and order, and the FLEURS and ISO 639-3 codes that map onto it.
 
 ``LANGUAGES`` order is token order: the i-th entry is the language token ``sot + 1 + i``
-(see ``engine.models.whisper.tokenizer``). FLEURS (google/fleurs) names its configurations
-``<ISO 639 code>_<region or script>``; ``fleurs_to_whisper`` maps them to Whisper codes.
+(see ``engine.models.whisper.tokenizer``). A store's language code is whatever its dataset names (a folder, a
+manifest's ``lang``, a FLEURS configuration); three systems are understood, and ``fleurs_to_whisper`` maps each to
+Whisper's code:
+
+- Whisper's own codes (ISO 639-1 where one exists): ``en``, ``de``, ``haw``;
+- FLEURS (google/fleurs) configurations, ``<ISO 639 code>_<region or script>``: ``en_us``, ``cmn_hans_cn``;
+- ISO 639-3 with an ISO 15924 script, as FLORES-200, NLLB and Meta's Omnilingual ASR write them: ``eng_Latn``,
+  ``deu_Latn``, ``cmn_Hans``, ``arb_Arab`` (the script may be left out: ``eng``).
+
+``language_key`` is the code two stores' languages are matched by when their datasets name languages in different
+systems (a FLEURS Whisper store's ``en_us`` and an Omnilingual store's ``eng_Latn`` are both ``en``); ``to_fleurs``
+names the FLEURS configuration of a language.
 """
 
 from __future__ import annotations
@@ -164,23 +174,84 @@ _FLEURS_UNSUPPORTED = {
 }
 
 
-def fleurs_to_whisper(code: str) -> str:
-    """Whisper language code of a FLEURS code: ``"en_us" -> "en"``, ``"cmn_hans_cn" -> "zh"``, ``"nb_no" -> "no"``.
+# ISO 639-3 codes of Whisper's languages. Where ISO 639-3 splits a macrolanguage, the individual language that
+# FLORES-200, NLLB and Omnilingual ASR use comes first ("arb" Standard Arabic, "zsm" Standard Malay, "pes" Iranian
+# Persian), then the macrolanguage ("ara", "msa", "fas"), which names the same Whisper language.
+_WHISPER_ISO639_3 = {
+    "en": "eng", "zh": "cmn zho", "de": "deu", "es": "spa", "ru": "rus", "ko": "kor", "fr": "fra", "ja": "jpn",
+    "pt": "por", "tr": "tur", "pl": "pol", "ca": "cat", "nl": "nld", "ar": "arb ara", "sv": "swe", "it": "ita",
+    "id": "ind", "hi": "hin", "fi": "fin", "vi": "vie", "he": "heb", "uk": "ukr", "el": "ell", "ms": "zsm msa",
+    "cs": "ces", "ro": "ron", "da": "dan", "hu": "hun", "ta": "tam", "no": "nob nor", "th": "tha", "ur": "urd",
+    "hr": "hrv", "bg": "bul", "lt": "lit", "la": "lat", "mi": "mri", "ml": "mal", "cy": "cym", "sk": "slk",
+    "te": "tel", "fa": "pes fas", "lv": "lvs lav", "bn": "ben", "sr": "srp", "az": "azj aze", "sl": "slv",
+    "kn": "kan", "et": "ekk est", "mk": "mkd", "br": "bre", "eu": "eus", "is": "isl", "hy": "hye", "ne": "npi nep",
+    "mn": "khk mon", "bs": "bos", "kk": "kaz", "sq": "als sqi", "sw": "swh swa", "gl": "glg", "mr": "mar",
+    "pa": "pan", "si": "sin", "km": "khm", "sn": "sna", "yo": "yor", "so": "som", "af": "afr", "oc": "oci",
+    "ka": "kat", "be": "bel", "tg": "tgk", "sd": "snd", "gu": "guj", "am": "amh", "yi": "ydd yid", "lo": "lao",
+    "uz": "uzn uzb", "fo": "fao", "ht": "hat", "ps": "pbt pus", "tk": "tuk", "nn": "nno", "mt": "mlt", "sa": "san",
+    "lb": "ltz", "my": "mya", "bo": "bod", "tl": "tgl fil", "mg": "plt mlg", "as": "asm", "tt": "tat", "haw": "haw",
+    "ln": "lin", "ha": "hau", "ba": "bak", "jw": "jav", "su": "sun", "yue": "yue",
+}  # fmt: skip
+_ISO639_3_TO_WHISPER = {iso: whisper for whisper, codes in _WHISPER_ISO639_3.items() for iso in codes.split()}
 
-    The rule: the part before the first ``_`` when Whisper knows it, else the few renames FLEURS needs.
-    Raises ``LanguageError`` for FLEURS languages Whisper has no token for and for unknown codes.
-    ``"yue"`` is returned for Cantonese even though only 100-language models have its token.
+# ISO 639-3 codes of the FLEURS languages with no Whisper token (the keys of _FLEURS_UNSUPPORTED where those are
+# ISO 639-1): "fuv" Nigerian Fulfulde, "gaz" West Central Oromo, "ory" Odia, as FLORES-200 writes them.
+_ISO639_3_UNSUPPORTED = {
+    "ful": "ff", "fuv": "ff", "gle": "ga", "ibo": "ig", "kir": "ky", "lug": "lg", "nya": "ny", "orm": "om",
+    "gaz": "om", "ori": "or", "ory": "or", "wol": "wo", "xho": "xh", "zul": "zu",
+}  # fmt: skip
+
+
+def _first_part(code: str) -> str:
+    return code.strip().lower().replace("-", "_").split("_", 1)[0]
+
+
+def fleurs_to_whisper(code: str) -> str:
+    """Whisper language code of a language code in any of the module docstring's systems: ``"en_us" -> "en"``,
+    ``"cmn_hans_cn" -> "zh"``, ``"nb_no" -> "no"``, ``"eng_Latn" -> "en"``, ``"arb_Arab" -> "ar"``, ``"de" -> "de"``.
+
+    The rule: the part before the first ``_`` (the script or region after it does not change the language) when
+    Whisper knows it, else the few renames FLEURS needs, else its ISO 639-3 code. Raises ``LanguageError`` for
+    languages Whisper has no token for and for unknown codes. ``"yue"`` is returned for Cantonese even though only
+    100-language models have its token.
     """
-    normalized = code.strip().lower().replace("-", "_")
-    first = normalized.split("_", 1)[0]
+    first = _first_part(code)
     if first in LANGUAGES:
         return first
     if first in _FLEURS_RENAMED:
         return _FLEURS_RENAMED[first]
-    if first in _FLEURS_UNSUPPORTED:
+    if first in _ISO639_3_TO_WHISPER:
+        return _ISO639_3_TO_WHISPER[first]
+    unsupported = _ISO639_3_UNSUPPORTED.get(first, first)
+    if unsupported in _FLEURS_UNSUPPORTED:
         raise LanguageError(
-            f"FLEURS language {code!r} ({_FLEURS_UNSUPPORTED[first]}) has no Whisper language token; "
+            f"language {code!r} ({_FLEURS_UNSUPPORTED[unsupported]}) has no Whisper language token; "
             "leave it out of Whisper runs"
         )
     supported = [c for c in FLEURS_LANGUAGES if c.split("_", 1)[0] not in _FLEURS_UNSUPPORTED]
-    raise LanguageError(f"unknown FLEURS language code {code!r}; Whisper supports: {', '.join(supported)}")
+    raise LanguageError(
+        f"unknown FLEURS language code {code!r}; Whisper supports: {', '.join(supported)} (as FLEURS codes; also "
+        "Whisper's own codes such as 'en', and ISO 639-3 codes with a script such as 'eng_Latn')"
+    )
+
+
+def language_key(code: str) -> str:
+    """What two datasets' codes for one language have in common: its Whisper code (``en_us``, ``eng_Latn`` and
+    ``en`` -> ``"en"``), else the FLEURS language of a language Whisper lacks (``zu_za`` and ``zul_Latn`` ->
+    ``"zu"``), else the code itself, lower-cased (two unknown codes match only when they are equal)."""
+    try:
+        return fleurs_to_whisper(code)
+    except LanguageError:
+        first = _first_part(code)
+        first = _ISO639_3_UNSUPPORTED.get(first, first)
+        return first if first in _FLEURS_UNSUPPORTED else code.strip().lower().replace("-", "_")
+
+
+def to_fleurs(code: str) -> str:
+    """The FLEURS configuration of ``code``'s language: ``"eng_Latn" -> "en_us"``, ``"cmn_Hans" -> "cmn_hans_cn"``,
+    ``"zul_Latn" -> "zu_za"``; ``LanguageError`` when FLEURS has no such language."""
+    key = language_key(code)
+    for fleurs in FLEURS_LANGUAGES:
+        if language_key(fleurs) == key:
+            return fleurs
+    raise LanguageError(f"FLEURS has no language {code!r}; its configurations are: {', '.join(FLEURS_LANGUAGES)}")
