@@ -6,7 +6,9 @@ What a conversion holds (ahmedadelattia/omnilingual_to_hf ``convert_all_omni_to_
 ``feat_extract_norm="layer"``, ``conv_bias``, the positional conv of ``num_conv_pos_embeddings=128`` in 16 groups,
 ``vocab_size`` 9812 (v1) or 10288 (v2) and ``pad_token_id=0``; a SentencePiece character vocabulary whose id 0 is
 ``<s>``, the CTC blank (fairseq2 trains with blank = BOS = 0), ``tokenizer_config.json`` naming ``<s>`` the pad
-token and ``▁`` the word delimiter; ``preprocessor_config.json`` with ``do_normalize`` and no attention mask. The
+token and ``▁`` the word delimiter (read as transformers' ``Wav2Vec2CTCTokenizer`` constructor reads it: transformers
+5's ``from_pretrained`` drops it, see ``reference_tokenizer``); ``preprocessor_config.json`` with ``do_normalize`` and
+no attention mask. The
 three differences from the MMS / XLS-R checkpoints this family was written for, and where the port handles them:
 
 - the waveform is layer-normalised (omnilingual_asr's ``add_waveform_processing(normalize_audio=True)``): in
@@ -90,16 +92,32 @@ def lens_alone(model, folder, waves) -> tuple[list[list[np.ndarray]], list[list[
 
 
 def blank_heavy_(model, waves, folder) -> None:
-    """Raise the head's bias of ``<s>`` (the blank) and of ``<pad>`` so that, like a trained CTC model's, about half
-    the frames are blank and a few are ``<pad>`` (which transformers keeps as text here: it is not the blank). Random
-    heads otherwise never pick them, and the blank's collapse would go unchecked."""
+    """Raise the head's bias of ``<s>`` (the blank), ``<pad>`` and ``▁`` so that, like a trained CTC model's, about
+    half the frames are blank, some are word boundaries and a few are ``<pad>`` (which transformers keeps as text here:
+    it is not the blank). Random heads otherwise never pick them among 10288 ids, and the blank's collapse and the
+    word delimiter would go unchecked."""
     _, lens = lens_alone(model, folder, waves)
     logits = np.concatenate([per_layer[-1] for per_layer in lens])
-    best_other = logits[:, 2:].max(-1)
+    best_other = logits[:, 5:].max(-1)
     with torch.no_grad():
-        model.lm_head.bias[0] += float(np.quantile(best_other - logits[:, 0], 0.5))
-        model.lm_head.bias[1] += float(np.quantile(best_other - logits[:, 1], 0.1))
+        for token, share in ((0, 0.5), (1, 0.1), (4, 0.2)):
+            # halfway between two frames' margins: a bias at one frame's margin would make that frame a tie
+            margin = np.sort(best_other - logits[:, token])
+            k = int(share * len(margin))
+            model.lm_head.bias[token] += float(margin[k - 1] + margin[k]) / 2
     model.save_pretrained(folder)
+
+
+def reference_tokenizer(folder) -> transformers.Wav2Vec2CTCTokenizer:
+    """``Wav2Vec2CTCTokenizer`` with the arguments of the folder's ``tokenizer_config.json``. Not ``from_pretrained``:
+    transformers 5 (5.24 here) moves every ``*_token`` key it does not know as a special-token attribute into
+    ``model_specific_special_tokens`` before calling the constructor (``PreTrainedTokenizerBase._from_pretrained``,
+    its "V5: Collect model-specific tokens"), so ``word_delimiter_token`` falls back to ``|`` and a ``▁`` delimiter is
+    left in the text; transformers 4 passed it, and Meta's SentencePiece decoder turns ``▁`` into a space too."""
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    names = ("bos_token", "eos_token", "unk_token", "pad_token", "word_delimiter_token", "replace_word_delimiter_char",
+             "do_lower_case")  # fmt: skip
+    return transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), **{k: config[k] for k in names if k in config})
 
 
 class Run:
@@ -114,7 +132,7 @@ class Run:
         states, frames = self.ours.encode(wave, self.lengths)
         self.states, self.frames = np.asarray(states), np.asarray(frames)
         self.reference, self.lens = lens_alone(self.theirs, folder, self.waves)
-        self.tokenizer = transformers.Wav2Vec2CTCTokenizer.from_pretrained(folder)
+        self.tokenizer = reference_tokenizer(folder)
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +150,7 @@ def test_the_conversion_is_read_as_transformers_reads_it(omni):
     assert dims.do_stable_layer_norm and dims.feat_extract_norm == "layer" and dims.num_conv_pos_embeddings == 128
     assert omni.ours.checkpoint.features.do_normalize and dims.pad_token_id == 0
     assert vocab.blank_id == 0 == omni.tokenizer.pad_token_id and vocab.pad_token == BLANK
+    assert vocab.word_delimiter_token == WORD == omni.tokenizer.word_delimiter_token
     assert omni.ours.checkpoint.vocab_size == len(omni.tokens) == 10288
 
 
@@ -145,7 +164,7 @@ def test_every_layer_equals_hidden_states(omni):
 
 
 def test_ctc_lens_greedy_tokens_equal_transformers_argmax(omni):
-    blanks = pads = 0
+    blanks = pads = words = 0
     margins = []
     for layer in range(omni.states.shape[0]):
         logits = np.asarray(omni.ours.ctc_logits(omni.states[layer]))
@@ -168,7 +187,8 @@ def test_ctc_lens_greedy_tokens_equal_transformers_argmax(omni):
             assert text == "".join(omni.tokens[x] for x in emitted).replace(WORD, " ").strip()
             blanks += int((ids == 0).sum())
             pads += int((collapsed == 1).sum())
-    assert blanks and pads, "the lens never saw a blank or a <pad>: the blank's handling went unchecked"
+            words += text.count(" ")
+    assert blanks and pads and words, "the lens never saw a blank, a <pad> or a ▁: their handling went unchecked"
     assert omni.ours.transcribe(omni.waves) == omni.tokenizer.batch_decode(
         [lens[-1].argmax(-1).tolist() for lens in omni.lens]
     )
