@@ -1,5 +1,6 @@
-"""The Whisper-style front end (Whisper, and the speech LLMs' Whisper-shaped encoders): 30 s windows, log-mel features (the mel filter bank, a jitted batched JAX spectrogram, and
-its NumPy reference), and the encoder frames that see real audio.
+"""The Whisper-style front end (Whisper, and the speech LLMs' Whisper-shaped encoders): 30 s windows, log-mel
+features (the mel filter bank, a jitted batched JAX spectrogram, and its NumPy reference), and the encoder frames that
+see real audio.
 
 Glossary of Whisper's units (samples and windows: ``engine.data.audio``):
 

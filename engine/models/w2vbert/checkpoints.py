@@ -29,16 +29,11 @@ import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, read_json, read_torch_state_dict, some
-from engine.models.common.weights import read_safetensors
+from engine.models.common.io import file_sha256, read_json, some
+from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.w2vbert.config import SEAMLESS_M4T_V2, W2V_BERT, EncoderConfig, config_from_hf
 from engine.models.w2vbert.model import state_shapes
 
-# Weight files of a folder, in order of preference: (single file, index of shards, reader).
-_WEIGHTS = (
-    ("model.safetensors", "model.safetensors.index.json", read_safetensors),
-    ("pytorch_model.bin", "pytorch_model.bin.index.json", read_torch_state_dict),
-)
 _PREFIX = {W2V_BERT: "", SEAMLESS_M4T_V2: "speech_encoder."}
 # Tensors of each layout that are not the conformer layers: known, deliberately not read.
 _UNREAD = {
@@ -90,33 +85,8 @@ def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
 
 def read_encoder_weights(folder: pathlib.Path, config: EncoderConfig) -> tuple[list[pathlib.Path], dict]:
     """The weight files read and the encoder's state dict (``model.state_shapes`` names), checked."""
-    prefix = _PREFIX[config.family]
-    files, read = _weight_files(folder, prefix)
-    stored = {}
-    for f in files:
-        stored.update({k: v for k, v in read(f).items() if k.startswith(prefix)})
+    files, stored = read_prefixed(folder, (_PREFIX[config.family],))
     return files, _check(stored, config, str(folder))
-
-
-def _weight_files(folder: pathlib.Path, prefix: str):
-    """The files holding tensors named ``prefix*`` in the preferred format, and that format's reader."""
-    for single, index, read in _WEIGHTS:
-        if (folder / single).is_file():
-            return [folder / single], read
-        if (folder / index).is_file():
-            weight_map = read_json(folder / index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"'{folder / index}' has no weight_map; download it again")
-            # Only the shards that hold the encoder: a Seamless checkpoint's text and speech-unit weights stay unread.
-            files = [folder / f for f in sorted({f for k, f in weight_map.items() if k.startswith(prefix)})]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise CheckpointError(f"checkpoint dir '{folder}' lacks shards {some(missing)} listed in {index}")
-            return files, read
-    raise CheckpointError(
-        f"checkpoint dir '{folder}' has config.json but none of "
-        f"{', '.join(name for pair in _WEIGHTS for name in pair[:2])}; copy the weights too"
-    )
 
 
 def _check(stored: Mapping[str, np.ndarray], config: EncoderConfig, source: str) -> dict[str, np.ndarray]:
@@ -158,57 +128,12 @@ def _check(stored: Mapping[str, np.ndarray], config: EncoderConfig, source: str)
 
 
 def download(repo_id: str, revision: str | None) -> pathlib.Path:
-    """Local folder of a hub repo's config and encoder weights, from the cache or the hub.
+    """Local folder of a hub repo's config and encoder weights, from the cache or the hub: for
+    ``facebook/seamless-m4t-v2-large`` only the shards of its speech encoder, not the text and speech-unit models'
+    (``engine.models.common.prefixed.download_prefixed``)."""
 
-    The config and the shard indexes come first; with an index, only the shards holding the encoder follow (for
-    ``facebook/seamless-m4t-v2-large``: its speech encoder's, not the text and speech-unit models'). Without one,
-    ``model.safetensors``, and ``pytorch_model.bin`` only when there is no safetensors file.
-    """
-    import huggingface_hub  # lazy: only hub ids need it, and it is slow to import
+    def prefixes(config: dict, where: str) -> tuple[str]:
+        return (_PREFIX[config_from_hf(config, where).family],)
 
-    source = repo_id + (f"@{revision}" if revision else "")
-    local = (
-        f"download it where the hub is reachable (`hf download {repo_id}`) and pass the folder, e.g. "
-        "load('/path/to/w2v-bert-2.0') with config.json + model.safetensors"
-    )
-
-    def get(patterns: list[str]) -> pathlib.Path:
-        try:
-            return pathlib.Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-        except Exception as e:  # connection, not-found and validation errors come as several hub and httpx types
-            kind = type(e).__name__
-            if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "HFValidationError"):
-                raise CheckpointError(
-                    f"Hugging Face repo '{source}' cannot be used ({kind}); check the name, or log in with "
-                    "`hf auth login` for gated models"
-                ) from None
-            if _hub_offline():
-                raise CheckpointError(
-                    f"HF_HUB_OFFLINE is set and '{source}' is not in the local Hugging Face cache; unset "
-                    f"HF_HUB_OFFLINE, or {local}"
-                ) from None
-            raise CheckpointError(
-                f"the Hugging Face hub is unreachable and '{source}' is not in the local cache "
-                f"({kind}: {str(e).splitlines()[0] if str(e) else ''}); {local}"
-            ) from None
-
-    folder = get(["config.json", *(index for _, index, _ in _WEIGHTS)])
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"Hugging Face repo '{source}' has no config.json; is it a transformers checkpoint?")
-    config = config_from_hf(read_json(folder / "config.json"), f"{source}: config.json")
-    prefix = _PREFIX[config.family]
-    for single, index, _ in _WEIGHTS:
-        if (folder / index).is_file():
-            weight_map = read_json(folder / index).get("weight_map") or {}
-            shards = sorted({f for k, f in weight_map.items() if k.startswith(prefix)})
-            return get(["config.json", index, *shards])
-        folder = get(["config.json", single])
-        if (folder / single).is_file():
-            return folder
-    return folder
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants  # lazy: as in download
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    return download_prefixed(repo_id, revision, prefixes, "load('/path/to/w2v-bert-2.0') with config.json + "
+                             "model.safetensors")  # fmt: skip
