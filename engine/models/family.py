@@ -25,6 +25,7 @@ from engine.models.interface import (
     DECODER,
     DEFAULT_FAMILY,
     OWSM_LAYERS,
+    SPEECHLLM_LAYERS,
     W2VBERT_LAYERS,
     WAV2VEC2_LAYERS,
     WHISPER_LAYERS,
@@ -33,6 +34,9 @@ from engine.models.interface import (
 from engine.models.owsm import encoder as owsm_encoder
 from engine.models.owsm.layout import is_espnet_s2t
 from engine.models.owsm.loaded import load_owsm
+from engine.models.speechllm import encoder as speechllm_encoder
+from engine.models.speechllm.config import HUB_IDS as SPEECHLLM_HUB_IDS
+from engine.models.speechllm.config import MODEL_TYPES as SPEECHLLM_TYPES
 from engine.models.w2vbert import encoder as w2vbert_encoder
 from engine.models.wav2vec2 import encoder as wav2vec2_encoder
 from engine.models.wav2vec2.loaded import load_wav2vec2
@@ -89,6 +93,10 @@ FAMILIES: dict[str, Family] = {
             "owsm", (), owsm_encoder.load, OWSM_LAYERS, decoder=load_owsm, ctc=load_owsm, ctc_always=True,
             hub_ids=("espnet/owsm_v3.1_ebf_base", "espnet/owsm_v3.1_ebf_small", "espnet/owsm_v3.1_ebf"),
             layout=is_espnet_s2t,
+        ),
+        Family(
+            "speechllm", SPEECHLLM_TYPES, speechllm_encoder.load, SPEECHLLM_LAYERS,
+            hub_ids=tuple(SPEECHLLM_HUB_IDS.values()),
         ),
     )
 }  # fmt: skip

@@ -1,0 +1,136 @@
+"""Speech-LLM checkpoints: the audio tower and the projector out of the full model's Hugging Face folder.
+
+A full model (``Qwen2AudioForConditionalGeneration``, ``VoxtralForConditionalGeneration``,
+``AudioFlamingo3ForConditionalGeneration``) holds ``audio_tower.*``, ``multi_modal_projector.*`` and the language
+model. Only the first two are read (``engine.models.common.prefixed``): of a sharded checkpoint only the shards
+holding them, and from the hub only those are downloaded, so the 7B language model is never read. Hub files name
+them at the top level; a folder transformers 5 saved may put them under ``model.`` (its conversion mapping), which
+is accepted too. An audio tower saved alone (``*_encoder`` config) has its tensors without a prefix.
+
+``sha256`` is the digest of the tensors read (names and bytes, in name order), not of whole files: the shards also
+hold language-model weights that do not change what is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import re
+from collections.abc import Mapping
+
+import ml_dtypes
+import numpy as np
+
+from engine.errors import CheckpointError
+from engine.models.common.io import read_json, some
+from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.speechllm.config import TOWERS, SpeechLLMConfig, from_hf
+
+TOWER, PROJECTOR = "audio_tower.", "multi_modal_projector."
+PREFIXES = (TOWER, PROJECTOR, "model." + TOWER, "model." + PROJECTOR)
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
+_UNUSED = re.compile(r"audio_tower\.embed_positions\._float_tensor")  # none today; a place for known extras
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    name: str  # the hub id as given, or the folder's name
+    config: SpeechLLMConfig
+    state_dict: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)  # audio_tower.* names
+    sha256: str
+    path: pathlib.Path
+
+
+def state_shapes(c: SpeechLLMConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the tower (and projector) needs, by name, with its PyTorch shape."""
+    t, w = TOWER, c.width
+    shapes = {
+        f"{t}conv1.weight": (w, c.n_mels, 3), f"{t}conv1.bias": (w,),
+        f"{t}conv2.weight": (w, w, 3), f"{t}conv2.bias": (w,),
+        f"{t}embed_positions.weight": (c.n_ctx, w),
+        f"{t}layer_norm.weight": (w,), f"{t}layer_norm.bias": (w,),
+    }  # fmt: skip
+    for i in range(c.layers):
+        p = f"{t}layers.{i}."
+        for proj in ("q", "k", "v", "out"):
+            shapes[f"{p}self_attn.{proj}_proj.weight"] = (w, w)
+            if proj != "k":
+                shapes[f"{p}self_attn.{proj}_proj.bias"] = (w,)
+        for ln in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes[f"{p}{ln}.weight"] = shapes[f"{p}{ln}.bias"] = (w,)
+        shapes |= {f"{p}fc1.weight": (c.ffn, w), f"{p}fc1.bias": (c.ffn,), f"{p}fc2.weight": (w, c.ffn),
+                   f"{p}fc2.bias": (w,)}  # fmt: skip
+    if c.has_projector:
+        d = c.text_width
+        pieces = [("linear", w)] if c.projector_act is None else [("linear_1", w * c.group), ("linear_2", d)]
+        for name, fan_in in pieces:
+            shapes[f"{PROJECTOR}{name}.weight"] = (d, fan_in)
+            if c.projector_bias:
+                shapes[f"{PROJECTOR}{name}.bias"] = (d,)
+    return shapes
+
+
+def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
+    """Read a speech LLM's (or an audio tower's) folder, or a hub id ``org/name[@revision]``; ``dtype``: cast to it."""
+    path = pathlib.Path(source).expanduser()
+    if path.exists():
+        name = path.resolve().name
+    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
+        repo_id, _, revision = source.partition("@")
+        local = "load('/path/to/Qwen2-Audio-7B-Instruct') with config.json and the model's safetensors shards"
+        path = download_prefixed(repo_id, revision or None, lambda config, where: PREFIXES, local)
+        name = source
+    else:
+        raise CheckpointError(f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id like "
+                              "Qwen/Qwen2-Audio-7B-Instruct")  # fmt: skip
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise CheckpointError(f"checkpoint '{path}' is not a folder with config.json; pass the folder save_pretrained "
+                              "wrote")  # fmt: skip
+    raw = read_json(path / "config.json")
+    config = from_hf(raw)
+    alone = raw.get("model_type") in TOWERS
+    _, stored = read_prefixed(path, ("",) if alone else PREFIXES)
+    sd = _check(_renamed(stored, alone), config, str(path))
+    if dtype is not None:
+        sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}
+    return Checkpoint(name=name, config=config, state_dict=sd, sha256=_digest(sd), path=path)
+
+
+def _renamed(stored: Mapping[str, np.ndarray], alone: bool) -> dict:
+    if alone:
+        return {TOWER + k: v for k, v in stored.items()}
+    return {k.removeprefix("model."): v for k, v in stored.items()}
+
+
+def _check(stored: Mapping[str, np.ndarray], config: SpeechLLMConfig, source: str) -> dict[str, np.ndarray]:
+    shapes = state_shapes(config)
+    unknown = [k for k in stored if k not in shapes and not _UNUSED.fullmatch(k)]
+    if unknown:
+        raise CheckpointError(f"checkpoint '{source}' has tensors a {config.kind} tower of {config.layers} layers does "
+                              f"not: {some(unknown)}; is config.json the one saved with these weights?")  # fmt: skip
+    missing = [k for k in shapes if k not in stored]
+    if missing:
+        raise CheckpointError(f"checkpoint '{source}' lacks {len(missing)} tensors its config.json ({config.kind}, "
+                              f"{config.layers} layers) requires: {some(missing)}")  # fmt: skip
+    sd = {}
+    for k, want in shapes.items():
+        value = np.asarray(stored[k])
+        if tuple(value.shape) != want:
+            raise CheckpointError(f"checkpoint '{source}': tensor '{k}' has shape {tuple(value.shape)}, but its "
+                                  f"config.json requires {want}")  # fmt: skip
+        if value.dtype not in _FLOATS:
+            raise CheckpointError(f"checkpoint '{source}': tensor '{k}' is {value.dtype}; weights must be float32, "
+                                  "float16 or bfloat16")  # fmt: skip
+        sd[k] = value
+    return sd
+
+
+def _digest(sd: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(k.encode() + b"\0" + str(sd[k].dtype).encode() + b"\0")
+        h.update(np.ascontiguousarray(sd[k]).tobytes())
+    return h.hexdigest()

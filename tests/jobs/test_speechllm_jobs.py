@@ -1,0 +1,95 @@
+"""Speech-LLM audio towers through the jobs: encode writes every stored layer (checked against transformers' PyTorch
+tower, utterance by utterance, windows concatenated), seqsim and retrieval read the store, and the decoder jobs refuse
+it at once. Small random widths (the real widths are in tests/models/test_speechllm.py); the clips are
+tests/jobs/test_families.py's two translation pairs, fr and pt."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from engine.data.audio import load_audio
+from engine.models import family as fam
+from engine.models.common.logmel import features_for_audio, split_windows
+from engine.pipelines.retrieval.config import RetrievalConfig
+from engine.pipelines.retrieval.run import run_retrieval
+from engine.pipelines.similarity.config import SimilarityConfig
+from engine.pipelines.similarity.run import run_similarity
+from engine.runtime.options import configure
+from engine.stores.reader import open_store
+from tests.jobs.test_families import LANGS, PAIRS, family_clips
+from tests.models.test_speechllm import _theirs
+
+RTOL_PEAK = 1e-5
+AUDIO = dict(num_mel_bins=128, max_source_positions=1500)
+TEXT = dict(hidden_size=48, num_hidden_layers=1, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2,
+            vocab_size=64, head_dim=24)  # fmt: skip
+
+
+def _small(kind: str):
+    torch.manual_seed(0)
+    if kind == "qwen2_audio":
+        audio = {**AUDIO, "d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2, "encoder_ffn_dim": 64}
+        model = transformers.Qwen2AudioForConditionalGeneration(
+            transformers.Qwen2AudioConfig(audio_config=audio, text_config=TEXT)
+        )
+    else:
+        audio = {**AUDIO, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+        model = transformers.VoxtralForConditionalGeneration(
+            transformers.VoxtralConfig(audio_config=audio, text_config={**TEXT, "head_dim": 24})
+        )
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "language_model" not in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def clips(fleurs_dir, tmp_path_factory):
+    return family_clips(fleurs_dir, tmp_path_factory.mktemp("speechllm-clips"))
+
+
+@pytest.mark.parametrize("kind", ["qwen2_audio", "voxtral"])
+def test_encode_seqsim_retrieval_and_refusals(kind, clips, fleurs_dir, run_job, tmp_path):
+    model = _small(kind)
+    folder = tmp_path / kind
+    model.save_pretrained(folder)
+    store = str(tmp_path / "store")
+    proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store)
+    assert "encoded 4 utterances" in proc.stdout, proc.stdout
+    reader = open_store(store)
+    info = reader.info
+    n_layers = 3 if kind == "qwen2_audio" else 4  # Voxtral's final norm is at 50 frames/s too: stored as L + 1
+    assert info.family == "speechllm" and info.frame_rate == 50.0 and info.embed == 32
+    assert info.layers == tuple(range(n_layers)) and info.layer_meaning == fam.FAMILIES["speechllm"].layer_meaning
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["dims"]["config"]["kind"] == kind
+
+    for uid, stems in PAIRS.items():
+        for lang, stem in zip(LANGS, stems, strict=True):
+            audio = load_audio(fleurs_dir / f"{stem}.ogg")
+            mel, frames = features_for_audio(audio, 128)
+            theirs = _theirs(kind, model, mel, split_windows(audio)[1])
+            layers = theirs["layers"] + ([theirs["final"]] if kind == "voxtral" else [])
+            n = int(reader.lengths(lang)[reader.utterance_index(lang, uid)])
+            assert n == int(frames.sum())
+            for layer, ref in enumerate(layers):
+                want = np.concatenate([ref[w, : frames[w]] for w in range(len(frames))])
+                ours = reader.states(lang, uid, layer)
+                err, peak = np.abs(ours - want).max(), np.abs(want).max()
+                assert err <= RTOL_PEAK * peak, f"{kind} {lang}/{uid} layer {layer}: {err / peak:.2e} of the peak"
+
+    sim = str(tmp_path / "sim")
+    run_similarity(configure(SimilarityConfig, store=store, out=sim, measures=("seqsim",), progress=False))
+    run_retrieval(configure(RetrievalConfig, similarity=sim, out=str(tmp_path / "retrieval")))
+    rows = (tmp_path / "retrieval" / "retrieval.csv").read_text().splitlines()
+    assert len(rows) > 1 and {r.split(",")[0] for r in rows[1:]} <= set(LANGS)
+
+    bad = run_job("decode", "--store", store, "--out", str(tmp_path / "decode"), expect=None)
+    assert bad.returncode != 0 and "speechllm" in bad.stdout + bad.stderr
