@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from engine.errors import BabelgridError
+from engine.languages import language_key
 from engine.stores import parts
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import csv_bytes, open_kvstore
@@ -133,6 +134,24 @@ def _subtitles(words: list[dict], fmt: str) -> str:
             lines.append(str(i))
         lines += [f"{_timestamp(start, separator)} --> {_timestamp(end, separator)}", text, ""]
     return "\n".join(lines)
+
+
+def words_language(out: str, lang: str) -> str:
+    """The language folder of an align output holding ``lang``'s words: ``lang`` itself, else the one language of
+    the output that names the same language in another code system (``engine.languages.language_key``: a Whisper
+    store's ``en_us`` or ``en`` for an Omnilingual store's ``eng_Latn``); a WordsError when none or several do."""
+    check_name("language", lang)
+    _, kv = open_kvstore(out)
+    if kv.read(f"{lang}/{WORDS}").result().state == "value":
+        return lang
+    listed = sorted({key.decode().split("/", 1)[0] for key in kv.list().result() if key.decode().endswith(f"/{WORDS}")})
+    same = [other for other in listed if language_key(other) == language_key(lang)]
+    if len(same) != 1:
+        raise WordsError(
+            f"no {lang}/{WORDS} under {out!r}" + (f", and {same} all name its language" if same else "")
+            + f": it holds the words of {listed or 'no language'}; run jobs.align there on a store of {lang!r}"
+        )  # fmt: skip
+    return same[0]
 
 
 def read_words(out: str, lang: str, *, skipped: bool = False):

@@ -21,6 +21,7 @@ import logging
 import shutil
 
 from engine.errors import BabelgridError, LanguageError
+from engine.languages import language_key
 
 # espeak-ng voice for a language code where the code itself is not a voice (or not the usual one).
 ESPEAK_VOICES = {"en": "en-us", "zh": "cmn", "yue": "yue", "fa": "fa", "no": "nb", "nb": "nb"}
@@ -35,14 +36,18 @@ class PhonesError(BabelgridError, RuntimeError):
 def espeak_voice(lang: str) -> str:
     """The espeak-ng voice for a language code: the regional voice where espeak-ng has it (FLEURS ``pt_br`` ->
     ``pt-br``, ``es_419`` -> ``es-419``), else ``ESPEAK_VOICES`` or the code itself (``de_de`` -> ``de``), else the
-    language's own-country voice (``fr`` -> ``fr-fr``: espeak-ng has no plain ``fr``). Without espeak-ng, the
-    ``ESPEAK_VOICES`` / code guess (``_backend`` then says espeak-ng is missing)."""
+    language's own-country voice (``fr`` -> ``fr-fr``: espeak-ng has no plain ``fr``), else the same for the
+    language's Whisper code (ISO 639-3 ``fra_Latn`` -> ``fr-fr``). Without espeak-ng, the ``ESPEAK_VOICES`` / code
+    guess (``_backend`` then says espeak-ng is missing)."""
     code = lang.strip().lower().replace("-", "_")
     first = code.split("_", 1)[0]
     guess = ESPEAK_VOICES.get(first, first)
     voices = _voices()
     regional = code.replace("_", "-")
-    for voice in (ESPEAK_VOICES.get(regional), regional if "_" in code else None, guess, f"{first}-{first}"):
+    key = language_key(lang)  # an ISO 639-3 code's Whisper code ("eng_Latn" -> "en"): espeak-ng's voice names
+    candidates = (ESPEAK_VOICES.get(regional), regional if "_" in code else None, guess, f"{first}-{first}",
+                  ESPEAK_VOICES.get(key, key), f"{key}-{key}")  # fmt: skip
+    for voice in candidates:
         if voice is not None and voice in voices:
             return voice
     return guess

@@ -64,3 +64,22 @@ def test_languages_whisper_lacks_are_refused_by_name_and_still_matched():
         fleurs_to_whisper("xyz_Latn")
     with pytest.raises(LanguageError, match=r"FLEURS has no language 'xyz_Latn'"):
         to_fleurs("xyz_Latn")
+
+
+def test_words_of_a_language_are_found_under_another_system_s_code(tmp_path):
+    """interp reads words aligned on a Whisper store (``en_us``) for a store coded ``eng_Latn``: one match is taken,
+    none or several are refused, naming what the output holds."""
+    from engine.stores.words import WordsError, words_language
+
+    for lang in ("en_us", "de", "spa_Latn"):
+        (tmp_path / lang).mkdir()
+        (tmp_path / lang / "words.parquet").write_bytes(b"")
+    assert words_language(str(tmp_path), "de") == "de"
+    assert words_language(str(tmp_path), "eng_Latn") == "en_us"
+    assert words_language(str(tmp_path), "deu_Latn") == "de" and words_language(str(tmp_path), "es_419") == "spa_Latn"
+    with pytest.raises(WordsError, match=r"no fra_Latn/words.parquet.*\['de', 'en_us', 'spa_Latn'\]"):
+        words_language(str(tmp_path), "fra_Latn")
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "words.parquet").write_bytes(b"")
+    with pytest.raises(WordsError, match=r"\['en', 'en_us'\] all name its language"):
+        words_language(str(tmp_path), "eng_Latn")

@@ -5,7 +5,9 @@ delimiter; width 32, 2 layers: parity at real widths is tests/models/test_omnili
 A ``folder:`` dataset of real FLEURS clips in folders ``eng_Latn``, ``deu_Latn`` and ``spa_Latn``, the file ids shared
 across languages so that retrieval has partners (the clips are not translations: the scores are not the point, the
 codes are), goes through encode (``--langs`` naming them), seqsim, retrieval and decode (the CTC logit lens, its
-English text scored with Whisper's English normaliser: ``eng_Latn`` maps to ``en``); every output is read back.
+English text scored with Whisper's English normaliser: ``eng_Latn`` maps to ``en``); every output is read back. interp
+pairs a ``fra_Latn`` / ``por_Latn`` store with words aligned by Whisper on a store of the same clips coded ``fr`` /
+``pt`` (``whisper_words`` of tests/jobs/conftest.py): the codes are matched through their Whisper codes.
 The stored layers are compared with transformers' ``hidden_states`` within 1e-5 of each layer's peak (the parity
 tests' bound: float32 sums in other orders), the last layer's hypotheses with ``Wav2Vec2CTCTokenizer``'s text
 (built from ``tokenizer_config.json``'s arguments: ``tests.models.test_omnilingual.reference_tokenizer`` says why
@@ -17,12 +19,14 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from engine.data.audio import load_audio
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
+from tests.jobs.test_families import PAIRS
 from tests.models import w2v_reference as ref
 from tests.models.test_omnilingual import OMNI_300M, reference_tokenizer, write_omni_tokenizer
 
@@ -118,3 +122,24 @@ def test_decode_reads_the_lens_of_every_layer_with_blank_zero(omni_run, fleurs_d
             collapsed = ids[torch.cat([torch.tensor([True]), ids[1:] != ids[:-1]])]
             assert int(row["n_tokens"].iloc[0]) == int((collapsed != 0).sum())
     assert 0 < blanks < frames, (blanks, frames)  # blanks among the picks, so their collapse is checked
+
+
+def test_interp_matches_iso_codes_to_whisper_aligned_words(omni_run, fleurs_dir, run_job, whisper_words, tmp_path):
+    _, root, _ = omni_run
+    clips = tmp_path / "clips"
+    for uid, stems in PAIRS.items():  # the clips whisper_words aligned, under ISO 639-3 codes
+        for code, stem in zip(("fra_Latn", "por_Latn"), stems, strict=True):
+            (clips / code).mkdir(parents=True, exist_ok=True)
+            for ext in ("ogg", "txt"):
+                (clips / code / f"{uid}.{ext}").symlink_to(fleurs_dir / f"{stem}.{ext}")
+    store, out = tmp_path / "store", tmp_path / "interp"
+    run_job("encode", "--model", str(root / "model"), "--dataset", f"folder:{clips}", "--out", str(store))
+    assert not (whisper_words / "fra_Latn").exists() and (whisper_words / "fr" / "words.parquet").is_file()
+    run_job("interp", "--store", str(store), "--words", str(whisper_words), "--out", str(out), "--pooling", "centre",
+            "--layers", "1,2", "--pairs", "fra_Latn:por_Latn")  # fmt: skip
+    pairs = pd.read_parquet(out / "fra_Latn__por_Latn" / "pairs.parquet")
+    assert len(pairs) and set(pairs["id_a"]) <= set(PAIRS) and set(pairs["layer"]) <= {1, 2}
+    words_fr = pd.read_parquet(whisper_words / "fr" / "words.parquet")
+    aligned = {(r.id, r.word_index): r.word.strip() for r in words_fr.itertuples()}
+    for r in pairs.itertuples():  # every matched French word is one Whisper aligned under "fr"
+        assert aligned[r.id_a, r.word_index_a] == r.word_a, r

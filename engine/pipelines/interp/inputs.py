@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.pipelines.interp.config import InterpConfig
 from engine.runtime.runs import RunSummary
-from engine.stores.words import read_words
+from engine.stores.words import read_words, words_language
 from engine.text import phones as ph
 
 # Punctuation and symbols around a word (Whisper's words keep their leading space and trailing punctuation).
@@ -61,7 +61,9 @@ def load_language(reader, words_url: str, lang: str, encoder, summary: RunSummar
     lengths = reader.lengths(lang)
     index = {uid: int(u) for u, uid in zip(table["utterance"], table["id"], strict=True) if lengths[u] > 0}
     n_frames = {uid: int(lengths[u]) for uid, u in index.items()}
-    rows = read_words(words_url, lang).to_pydict()
+    # Words aligned on a store whose codes are another system's (a FLEURS Whisper store's en_us for eng_Latn) are
+    # this language's when they name the same language (engine.stores.words.words_language).
+    rows = read_words(words_url, words_language(words_url, lang)).to_pydict()
     words: dict[str, list] = {}
     for uid, wi, word, start, end in zip(
         rows["id"], rows["word_index"], rows["word"], rows["start"], rows["end"], strict=True
