@@ -62,6 +62,7 @@ class Family:
     cross_attention: Callable | None = None  # (source, dtype=) -> the decoder whose cross-attention times words
     hub_ids: tuple[str, ...] = ()  # examples, for the docs and messages
     layout: Callable[[str | os.PathLike], bool] | None = None  # recognises a layout with no config.json (ESPnet's)
+    outputs: tuple[str, ...] = ("layers",)  # what a store of the family may hold (encode --tower_output)
 
     @property
     def heads(self) -> frozenset[str]:
@@ -70,7 +71,15 @@ class Family:
         have = {DECODER: self.decoder, CROSS_ATTENTION: self.cross_attention, CTC: ctc}
         return frozenset(head for head, loader in have.items() if loader is not None)
 
-    def load(self, source, *, adapter: str | None = None, dtype=None) -> Encoder:
+    def load(self, source, *, adapter: str | None = None, dtype=None, output: str = "layers") -> Encoder:
+        if output not in self.outputs:
+            raise CheckpointError(
+                f"--tower_output {output!r}: model {str(source)!r} is a {self.name} model, whose stores hold "
+                f"{' or '.join(self.outputs)}; the tower outputs are the speech LLMs' (Qwen2-Audio, Voxtral, Audio "
+                "Flamingo 3)"
+            )
+        if output != "layers":
+            return self.encoder(source, adapter=adapter, dtype=dtype, output=output)
         return self.encoder(source, adapter=adapter, dtype=dtype)
 
 
@@ -96,7 +105,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "speechllm", SPEECHLLM_TYPES, speechllm_encoder.load, SPEECHLLM_LAYERS,
-            hub_ids=tuple(SPEECHLLM_HUB_IDS.values()),
+            hub_ids=tuple(SPEECHLLM_HUB_IDS.values()), outputs=speechllm_encoder.OUTPUTS,
         ),
     )
 }  # fmt: skip
@@ -164,15 +173,16 @@ def _cached_hub_config(repo: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def load_encoder(source, *, adapter: str | None = None, dtype=None) -> Encoder:
-    """Load ``source`` (folder, file or hub id) with its family's loader; ``adapter``: an MMS language."""
+def load_encoder(source, *, adapter: str | None = None, dtype=None, output: str = "layers") -> Encoder:
+    """Load ``source`` (folder, file or hub id) with its family's loader; ``adapter``: an MMS language; ``output``:
+    what its store holds (``Family.outputs``: a speech LLM's tower output or projector, else its layers)."""
     family = detect_family(source)
     if adapter is not None and family.name != "wav2vec2":
         raise CheckpointError(
             f"--adapter {adapter!r} loads an MMS language adapter, but model {str(source)!r} is a {family.name} "
             "model; adapters exist only for wav2vec2-family models (facebook/mms-1b-all)"
         )
-    return family.load(source, adapter=adapter, dtype=dtype)
+    return family.load(source, adapter=adapter, dtype=dtype, output=output)
 
 
 def load_model(source=None, *, adapter: str | None = None, dtype=None):

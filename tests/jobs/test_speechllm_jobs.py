@@ -93,3 +93,44 @@ def test_encode_seqsim_retrieval_and_refusals(kind, clips, fleurs_dir, run_job, 
 
     bad = run_job("decode", "--store", store, "--out", str(tmp_path / "decode"), expect=None)
     assert bad.returncode != 0 and "speechllm" in bad.stdout + bad.stderr
+
+
+@pytest.mark.parametrize(("kind", "output", "rate"), [("qwen2_audio", "projector", 25.0), ("voxtral", "projector", 12.5),
+                                                      ("qwen2_audio", "final", 25.0)])  # fmt: skip
+def test_tower_outputs_at_their_own_rate(kind, output, rate, clips, fleurs_dir, run_job, tmp_path):
+    """``--tower_output``: a store of the tower's final output or the projector's, at its own frame rate and width,
+    equal to transformers' over the frames transformers counts valid; seqsim and retrieval read it; the layers'
+    store and this one are told apart (a resume with the other output is refused)."""
+    model = _small(kind)
+    folder = tmp_path / kind
+    model.save_pretrained(folder)
+    store = str(tmp_path / "store")
+    run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store, "--tower_output", output)
+    info = open_store(store).info
+    assert info.frame_rate == rate and info.layers == (0,) and info.embed == (48 if output == "projector" else 32)
+    assert output in info.layer_meaning or ("final output" in info.layer_meaning and output == "final")
+    reader = open_store(store)
+    for uid, stems in PAIRS.items():
+        for lang, stem in zip(LANGS, stems, strict=True):
+            audio = load_audio(fleurs_dir / f"{stem}.ogg")
+            mel, frames = features_for_audio(audio, 128)
+            theirs = _theirs(kind, model, mel, split_windows(audio)[1])[output]
+            pooled = kind != "voxtral"
+            valid = np.where(frames >= 2, (frames - 2) // 2 + 1, 0) if pooled else frames
+            valid = valid // (4 if output == "projector" and kind == "voxtral" else 1)
+            want = np.concatenate([theirs[w, : valid[w]] for w in range(len(frames))])
+            ours = reader.states(lang, uid, 0)
+            assert ours.shape == want.shape
+            assert np.abs(ours - want).max() <= RTOL_PEAK * np.abs(want).max(), f"{lang}/{uid}"
+    sim = str(tmp_path / "sim")
+    run_similarity(configure(SimilarityConfig, store=store, out=sim, measures=("seqsim",), progress=False))
+    run_retrieval(configure(RetrievalConfig, similarity=sim, out=str(tmp_path / "retrieval")))
+    assert len((tmp_path / "retrieval" / "retrieval.csv").read_text().splitlines()) > 1
+    bad = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store, expect=None)
+    assert bad.returncode != 0 and "output" in bad.stdout + bad.stderr
+
+
+def test_tower_output_refused_for_other_families(clips, run_job, tiny_model_dir, tmp_path):
+    bad = run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out",
+                  str(tmp_path / "s"), "--tower_output", "projector", expect=None)  # fmt: skip
+    assert bad.returncode != 0 and "whisper model" in bad.stdout + bad.stderr

@@ -15,17 +15,31 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.data import audio as audio_lib
+from engine.errors import AudioError, CheckpointError
 from engine.models.common import logmel
 from engine.models.common.parallel import ShardedEncoder, Signature
 from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims
 from engine.models.speechllm.loaded import LoadedSpeechLLM, load_speechllm
+
+OUTPUTS = ("layers", "final", "projector")  # what a store of the family holds (encode --tower_output)
+_INPUTS = (("mel f32[batch, n_mels, 3000]", np.float32, 3), ("frames i32[batch]", np.int32, 1))
 
 
 def _encode(model, mel, frames, *, layers, out_dtype):
     return model(mel, frames, layers, out_dtype)
 
 
-SIGNATURE = Signature(_encode, (("mel f32[batch, n_mels, 3000]", np.float32, 3), ("frames i32[batch]", np.int32, 1)))
+def _final(model, mel, frames, *, layers, out_dtype):
+    del layers  # one layer
+    return model.output_states(mel, frames, "final", out_dtype)
+
+
+def _projector(model, mel, frames, *, layers, out_dtype):
+    del layers
+    return model.output_states(mel, frames, "projector", out_dtype)
+
+
+SIGNATURES = {name: Signature(fn, _INPUTS) for name, fn in zip(OUTPUTS, (_encode, _final, _projector), strict=True)}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -34,9 +48,37 @@ class SpeechLLMEncoder:
     frames)``."""
 
     loaded: LoadedSpeechLLM
+    output: str = "layers"  # OUTPUTS: every block at 50/s, or the tower's final output, or the projector's
     family: str = "speechllm"
-    layer_meaning: str = SPEECHLLM_LAYERS
     heads: frozenset = frozenset()
+
+    def __post_init__(self):
+        if self.output not in OUTPUTS:
+            raise CheckpointError(f"--tower_output {self.output!r} is not one of {OUTPUTS}")
+        if self.output == "projector" and not self.loaded.config.has_projector:
+            raise CheckpointError(
+                f"model {self.name!r} is an audio tower saved alone: it has no projector; load the full speech LLM's "
+                "folder for --tower_output projector"
+            )
+
+    @property
+    def layer_meaning(self) -> str:
+        c = self.loaded.config
+        if self.output == "final":
+            how = "pooled by 2 and normed" if c.pooled else "normed"
+            return f"0 = the tower's final output ({how}, {self.frame_rate:g} frames/s)"
+        if self.output == "projector":
+            return f"0 = the projector's output: the frames the LLM reads ({self.frame_rate:g} frames/s)"
+        return SPEECHLLM_LAYERS
+
+    def _frames(self, encoder_frames: np.ndarray) -> np.ndarray:
+        """Valid frames of this output from a window's valid 50/s frames (as transformers counts them)."""
+        f = np.asarray(encoder_frames, np.int64)
+        if self.output != "layers" and self.loaded.config.pooled:
+            f = np.where(f >= 2, (f - 2) // 2 + 1, 0)
+        if self.output == "projector":
+            f = f // self.loaded.config.group
+        return f.astype(np.int32)
 
     @property
     def name(self) -> str:
@@ -48,20 +90,23 @@ class SpeechLLMEncoder:
 
     @property
     def store_dims(self) -> FamilyDims:
-        c = self.loaded.config
-        return FamilyDims.from_dict({"n_layers_out": self.n_layers_out, "embed": c.width, "config": c.to_dict()})
+        config = {**self.loaded.config.to_dict(), "output": self.output}
+        return FamilyDims.from_dict({"n_layers_out": self.n_layers_out, "embed": self.embed, "config": config})
 
     @property
     def frame_rate(self) -> float:
-        return logmel.FRAME_RATE
+        c = self.loaded.config
+        rate = logmel.FRAME_RATE / (2 if self.output != "layers" and c.pooled else 1)
+        return rate / (c.group if self.output == "projector" else 1)
 
     @property
     def n_layers_out(self) -> int:
-        return self.loaded.n_layers_out
+        return self.loaded.n_layers_out if self.output == "layers" else 1
 
     @property
     def embed(self) -> int:
-        return self.loaded.config.width
+        c = self.loaded.config
+        return c.text_width if self.output == "projector" else c.width
 
     @property
     def features(self) -> dict:
@@ -69,14 +114,21 @@ class SpeechLLMEncoder:
                 "key_mask": "valid frames" if self.loaded.config.masked else "none"}  # fmt: skip
 
     def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list, np.ndarray]:
+        """``f32[samples]`` -> ((log-mel, the window's valid 50/s frames: the key mask) per window, this output's
+        valid frames per window)."""
         mel, frames = logmel.features_for_audio(samples, self.loaded.config.n_mels, long_audio)
-        return [(m, int(f)) for m, f in zip(mel, frames, strict=True)], frames
+        kept = self._frames(frames)
+        if not kept.sum():
+            raise AudioError(
+                f"{len(samples)} samples give no frame of the {self.output} output ({self.frame_rate:g} frames/s)"
+            )
+        return [(m, int(f)) for m, f in zip(mel, frames, strict=True)], kept
 
     def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
         n = min(int(samples), audio_lib.N_SAMPLES) if long_audio == "truncate" else int(samples)
         full, rest = divmod(n, audio_lib.N_SAMPLES)
-        frames = full * logmel.N_ENCODER_FRAMES + (int(logmel.encoder_frames(rest)) if rest else 0)
-        return frames, max(1, -(-frames // logmel.N_ENCODER_FRAMES))
+        per_window = [logmel.N_ENCODER_FRAMES] * full + ([int(logmel.encoder_frames(rest))] if rest else [])
+        return int(self._frames(np.asarray(per_window or [0])).sum()), max(1, len(per_window))
 
     def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows -> ``(mel f32[batch_size, n_mels, 3000], frames i32[batch_size])``; padding rows: silence, 0
@@ -89,7 +141,8 @@ class SpeechLLMEncoder:
         return mel, frames
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        return ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers=tuple(layers), out_dtype=out_dtype)
+        signature = SIGNATURES[self.output]
+        return ShardedEncoder(self.loaded.model, signature, mesh, layers=tuple(layers), out_dtype=out_dtype)
 
     def cost(self, samples: int) -> EncoderCost:
         """One window's FLOPs (a full 30 s one whatever ``samples``: the window is padded) and parameters."""
@@ -110,6 +163,6 @@ class SpeechLLMEncoder:
         return []
 
 
-def load(source, *, adapter=None, dtype=None) -> SpeechLLMEncoder:
+def load(source, *, adapter=None, dtype=None, output: str = "layers") -> SpeechLLMEncoder:
     del adapter  # refused by engine.models.family.load_encoder
-    return SpeechLLMEncoder(load_speechllm(source, dtype=jnp.float32 if dtype is None else dtype))
+    return SpeechLLMEncoder(load_speechllm(source, dtype=jnp.float32 if dtype is None else dtype), output)

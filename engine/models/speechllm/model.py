@@ -140,6 +140,12 @@ class SpeechTower(nnx.Module):
             kept[self.config.layers + 1] = self.final_ln(x).astype(out_dtype)
         return jnp.stack([kept[i] for i in layers])
 
+    def output_states(self, mel, frames, output: str, out_dtype=None):
+        """``f[1, batch, frames', width']``: the tower's ``final`` output or the ``projector``'s (``outputs``) as one
+        stored layer."""
+        out = self.outputs(mel, frames)[output]
+        return out.astype(out_dtype or self.positions.dtype)[None]
+
     def outputs(self, mel, frames) -> dict:
         """Everything the tower computes, in float: ``layers`` f[L + 1, batch, 1500, width] (stem and blocks), ``final``
         (the tower's last_hidden_state: pooled and normed f[batch, 750, width], or Voxtral's normed f[batch, 1500,

@@ -24,6 +24,11 @@ class EncodeConfig:
     adapter: str | None = option(
         None, "MMS language adapter to load beside a wav2vec2 model (its adapter.<lang>.safetensors)"
     )
+    tower_output: str = option(
+        "layers", "what the store holds, for a speech LLM (Qwen2-Audio, Voxtral, Audio Flamingo 3): layers (every "
+        "block, 50/s), final (the tower's output: pooled and normed, 25/s, Voxtral 50/s) or projector (what the LLM "
+        "reads: 25/s, Voxtral 12.5/s); other families store layers", choices=("layers", "final", "projector"),
+    )  # fmt: skip
     dataset: str = option(
         "demo",
         "demo | fleurs | fleurs:/local/copy | manifest:/file.jsonl|csv | folder:/dir (<dir>/<lang>/<id>.<ext>, any "

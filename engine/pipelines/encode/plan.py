@@ -202,7 +202,9 @@ def plan_encode_run(config, device: Device | None) -> Plan:
     """The plan of an ``EncodeConfig``: the dataset's headers (no audio decoded) and the model, any family, through
     the family interface (``plan_encode``)."""
     started = time.perf_counter()
-    encoder = load_encoder(config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype))
+    encoder = load_encoder(
+        config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype), output=config.tower_output
+    )
     load_seconds = time.perf_counter() - started
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()

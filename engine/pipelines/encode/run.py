@@ -86,7 +86,9 @@ def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> Encod
     """
     t0 = time.perf_counter()
     if encoder is None:
-        encoder = load_encoder(config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype))
+        encoder = load_encoder(
+            config.model, adapter=config.adapter, dtype=jnp.dtype(config.compute_dtype), output=config.tower_output
+        )
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     _check_languages(langs, encoder)  # before anything is created, the lease included
