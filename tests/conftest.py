@@ -112,6 +112,15 @@ def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def turbo_model_dir(tmp_path_factory) -> pathlib.Path:
+    """A random-weight Whisper large-v3-turbo as a Hugging Face folder: turbo's config, generation config (alignment
+    heads), v3 tokenizer, and 2 encoder blocks instead of 32 (``tests/turbo_model.py``); about 870 MB, written once."""
+    from tests.turbo_model import write_turbo_folder
+
+    return write_turbo_folder(tmp_path_factory.mktemp("turbo") / "turbo-random")
+
+
+@pytest.fixture(scope="session")
 def tiny_whisper(tiny_model_dir):
     """The tiny model loaded once (``LoadedWhisper``), float32: read it, do not change it."""
     from engine.models.whisper.loaded import load_whisper
