@@ -61,7 +61,10 @@ def summarise(value: np.ndarray, null: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _unbiased(n, cross, sum_k, sum_l, row_dot):
-    """As ``kernels.cka._unbiased``: n (n - 3) HSIC_u from its four terms (the factor cancels in CKA)."""
+    """As ``kernels.cka._unbiased``: n (n - 3) HSIC_u from its four terms (the factor cancels in CKA). Unbiased HSIC
+    needs n >= 4 examples (``kernels.cka`` refuses fewer): below that it is NaN, not measured, and so is its null."""
+    if n < 4:
+        return jnp.full(jnp.shape(cross), jnp.nan, jnp.float32)
     return cross + sum_k * sum_l / ((n - 1.0) * (n - 2.0)) - 2.0 / (n - 2.0) * row_dot
 
 

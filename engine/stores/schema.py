@@ -115,6 +115,16 @@ class StoreDims:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self.record))
 
+    def depth(self, layer: int) -> float:
+        """A layer's place on compare's depth axis: ``layer / (L + 1)``, 0 the first stored layer, 1 the last of a
+        Whisper store. A speech LLM's tower-output store (``config.output``) sits past the tower's blocks: the final
+        output at 1, the projector one block further, ``1 + 1 / (L + 1)``."""
+        output = (self.record.get("config") or {}).get("output", "layers")
+        if output == "layers":
+            return layer / (self.n_blocks + 1)
+        blocks = int(self.record["config"]["layers"])
+        return 1.0 + (1.0 / (blocks + 1) if output == "projector" else 0.0)
+
     @classmethod
     def from_dict(cls, d: dict, family: str = DEFAULT_FAMILY) -> StoreDims:
         """The dims of a ``family`` store from its record (a manifest's ``dims``, or a model's ``to_dict()``).

@@ -134,3 +134,30 @@ def test_tower_output_refused_for_other_families(clips, run_job, tiny_model_dir,
     bad = run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out",
                   str(tmp_path / "s"), "--tower_output", "projector", expect=None)  # fmt: skip
     assert bad.returncode != 0 and "whisper model" in bad.stdout + bad.stderr
+
+
+def test_compare_puts_the_projector_past_the_tower(clips, run_job, tiny_model_dir, tmp_path):
+    """compare over a Whisper store, a Qwen2-Audio tower's layers and its projector's store of the same clips: every
+    pair of stores is measured, and on the depth axis the projector sits one block past the tower's last layer."""
+    from engine.pipelines.compare.config import CompareConfig
+    from engine.pipelines.compare.run import run_compare
+
+    folder = tmp_path / "qwen2"
+    _small("qwen2_audio").save_pretrained(folder)
+    stores = {}
+    for name, extra in (("whisper", ["--model", str(tiny_model_dir)]), ("tower", ["--model", str(folder)]),
+                        ("projector", ["--model", str(folder), "--tower_output", "projector"])):  # fmt: skip
+        stores[name] = str(tmp_path / name)
+        run_job("encode", *extra, "--dataset", f"folder:{clips}", "--out", stores[name])
+    out = tmp_path / "compare"
+    run_compare(configure(CompareConfig, stores=tuple(stores.values()), names=tuple(stores), out=str(out),
+                          null_permutations=20, knn_k=1))  # fmt: skip
+    rows = [r.split(",") for r in (out / "by_depth.csv").read_text().splitlines()[1:]]
+    depth = {(r[0], int(r[1])): float(r[2]) for r in rows}
+    assert depth["tower", 0] == 0 and depth["tower", 2] == pytest.approx(2 / 3)
+    assert depth["projector", 0] == pytest.approx(1 + 1 / 3)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "layer_similarity.parquet").to_pandas()
+    pairs = {tuple(sorted((a, b))) for a, b in zip(table.model_a, table.model_b, strict=True) if a != b}
+    assert pairs == {("projector", "tower"), ("projector", "whisper"), ("tower", "whisper")}

@@ -100,3 +100,15 @@ def test_permutations_are_seeded_and_shapes_checked():
     with pytest.raises(ShapeError):
         null.cka_null(grams, grams, np.zeros((2, 4), np.int32))
     assert null.cka_null(grams, grams, np.zeros((0, 5), np.int32))[0].shape == (0, 2, 2)
+
+
+def test_cka_null_below_four_examples_is_not_measured():
+    """Unbiased CKA needs n >= 4 (``kernels.cka`` refuses fewer): with 3 utterances its null is NaN, never a number
+    or a crash (a language of 2-3 utterances in compare), while the biased null is still measured."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2, 3, 5)), rng.normal(size=(1, 3, 4))
+    grams_a = np.stack([np.asarray(cka.centred_gram(jnp.asarray(v))) for v in x])
+    grams_b = np.stack([np.asarray(cka.centred_gram(jnp.asarray(v))) for v in y])
+    perms = np.stack([rng.permutation(3) for _ in range(4)])
+    biased, unbiased = null.cka_null(grams_a, grams_b, perms)
+    assert np.isfinite(biased).all() and np.isnan(unbiased).all() and unbiased.shape == (4, 2, 1)

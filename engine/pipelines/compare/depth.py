@@ -56,8 +56,9 @@ CHALLENGE_COLUMNS = (
 METRICS = ("R@1", "MRR")
 
 
-def depth_of(layer: int, n_audio_layer: int) -> float:
-    return layer / (n_audio_layer + 1)
+def depth_of(layer: int, n_audio_layer) -> float:
+    """``layer / (L + 1)`` for ``n_audio_layer`` L, or the store's own rule (``StoreDims.depth``) when given that."""
+    return n_audio_layer(layer) if callable(n_audio_layer) else layer / (n_audio_layer + 1)
 
 
 def _metric_rows(model, layer, depth, a, b, measure, m) -> list[tuple]:
@@ -67,7 +68,7 @@ def _metric_rows(model, layer, depth, a, b, measure, m) -> list[tuple]:
 
 def computed_rows(
     model: str,
-    n_audio_layer: int,
+    n_audio_layer: int | Callable[[int], float],
     layers: Sequence[int],
     langs: Sequence[str],
     pooled: Callable[[str, int], tuple[np.ndarray, list[str]]],
@@ -107,7 +108,9 @@ def _number(text: str) -> float:
     return float("nan") if text in ("", "NA") else float(text)
 
 
-def read_rows(model: str, n_audio_layer: int, folder: str, measure: str) -> tuple[list[tuple], list[tuple]]:
+def read_rows(
+    model: str, n_audio_layer: int | Callable[[int], float], folder: str, measure: str
+) -> tuple[list[tuple], list[tuple]]:
     """The same rows from a retrieval output folder (``retrieval.csv``, ``subset_comparison.csv`` if there)."""
     rows = _read_csv(folder, "retrieval.csv")
     if rows is None:

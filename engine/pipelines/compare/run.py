@@ -219,7 +219,7 @@ def _concat(views: list[View], share: int | None) -> View:
 def _retrieval(config, readers, names, langs, cache) -> tuple[list[tuple], list[tuple]]:
     depth_rows, challenge_rows = [], []
     for k, (reader, name) in enumerate(zip(readers, names, strict=True)):
-        n_layer = reader.info.n_blocks
+        n_layer = reader.info.dims.depth  # each layer's place on the depth axis (a projector past the tower)
         folder = config.retrieval[k] if config.retrieval else ""
         if folder:
             got = depth.read_rows(name, n_layer, folder, config.retrieval_measure)
