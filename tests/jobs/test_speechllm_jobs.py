@@ -95,8 +95,10 @@ def test_encode_seqsim_retrieval_and_refusals(kind, clips, fleurs_dir, run_job, 
     assert bad.returncode != 0 and "speechllm" in bad.stdout + bad.stderr
 
 
-@pytest.mark.parametrize(("kind", "output", "rate"), [("qwen2_audio", "projector", 25.0), ("voxtral", "projector", 12.5),
-                                                      ("qwen2_audio", "final", 25.0)])  # fmt: skip
+OUTPUT_CASES = [("qwen2_audio", "projector", 25.0), ("voxtral", "projector", 12.5), ("qwen2_audio", "final", 25.0)]
+
+
+@pytest.mark.parametrize(("kind", "output", "rate"), OUTPUT_CASES)
 def test_tower_outputs_at_their_own_rate(kind, output, rate, clips, fleurs_dir, run_job, tmp_path):
     """``--tower_output``: a store of the tower's final output or the projector's, at its own frame rate and width,
     equal to transformers' over the frames transformers counts valid; seqsim and retrieval read it; the layers'
