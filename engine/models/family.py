@@ -19,11 +19,15 @@ import pathlib
 from collections.abc import Callable
 
 from engine.errors import CheckpointError
+from engine.models.fastconformer import encoder as fastconformer_encoder
+from engine.models.fastconformer.config import HUB_IDS as FASTCONFORMER_HUB_IDS
+from engine.models.fastconformer.config import MODEL_TYPES as FASTCONFORMER_TYPES
 from engine.models.interface import (
     CROSS_ATTENTION,
     CTC,
     DECODER,
     DEFAULT_FAMILY,
+    FASTCONFORMER_LAYERS,
     OWSM_LAYERS,
     SPEECHLLM_LAYERS,
     W2VBERT_LAYERS,
@@ -106,6 +110,10 @@ FAMILIES: dict[str, Family] = {
         Family(
             "speechllm", SPEECHLLM_TYPES, speechllm_encoder.load, SPEECHLLM_LAYERS,
             hub_ids=tuple(SPEECHLLM_HUB_IDS.values()), outputs=speechllm_encoder.OUTPUTS,
+        ),
+        Family(
+            "fastconformer", FASTCONFORMER_TYPES, fastconformer_encoder.load, FASTCONFORMER_LAYERS,
+            hub_ids=FASTCONFORMER_HUB_IDS,
         ),
     )
 }  # fmt: skip

@@ -38,13 +38,14 @@ CTC = "ctc"  # a CTC head (lm_head): decode as the per-layer logit lens
 WINDOW_SECONDS = 30  # every family encodes audio in windows of at most this many seconds
 # The families the registry (engine.models.family.FAMILIES) holds, by the name a store records; the stores read this
 # list rather than the registry, which imports every family's model code.
-FAMILY_NAMES = ("whisper", "wav2vec2", "w2vbert", "owsm", "speechllm")
+FAMILY_NAMES = ("whisper", "wav2vec2", "w2vbert", "owsm", "speechllm", "fastconformer")
 DEFAULT_FAMILY = "whisper"  # stores written before families were recorded, and sources without a model_type
 
 WHISPER_LAYERS = "0 = conv stem + positions, 1..L = block outputs, L+1 = ln_post output"
 WAV2VEC2_LAYERS = "transformers' hidden_states: 0 = input to the first layer, k = output of layer k (1..L)"
 W2VBERT_LAYERS = "0 = projected features, k = output of conformer block k (1..L); the adapter output is not stored"
 OWSM_LAYERS = "0 = conv2d subsampling + positions, 1..L = E-Branchformer block outputs, L+1 = after_norm output"
+FASTCONFORMER_LAYERS = "0 = 8x conv subsampling output (x sqrt(width) if scale_input), 1..L = conformer block outputs"
 SPEECHLLM_LAYERS = (
     "0 = conv stem + positions, 1..L = block outputs (Voxtral: L+1 = the final layer_norm); the pooled tower output "
     "and the projector are not stored yet"

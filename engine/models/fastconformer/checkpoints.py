@@ -1,0 +1,139 @@
+"""FastConformer checkpoints (Parakeet, Canary): local folders written by transformers' ``save_pretrained`` and hub
+ids, read with NumPy.
+
+Only the encoder's tensors are read, under the prefix of the layout (``config.PREFIX``: none for a bare
+``ParakeetEncoder``, ``encoder.`` for Parakeet's CTC, TDT and RNN-T models, ``model.encoder.`` for Canary), with
+``ParakeetForCTC``'s ``ctc_head.*`` beside them; of a sharded checkpoint only the shards that hold them
+(``engine.models.common.prefixed``), and from the hub only those are downloaded. BatchNorm's ``num_batches_tracked``
+(a training counter) is recognised and left unread; any other tensor under the prefix, a missing one or a wrong shape
+fails naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+from collections.abc import Mapping
+
+import ml_dtypes
+import numpy as np
+
+from engine.errors import CheckpointError
+from engine.models.common.io import file_sha256, read_json, some
+from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.fastconformer import features as feats
+from engine.models.fastconformer.config import CTC, FastConformerConfig, config_from_hf
+from engine.models.fastconformer.model import state_shapes
+
+_UNREAD = re.compile(r".*\.num_batches_tracked")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
+PREPROCESSOR = "preprocessor_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A loaded encoder checkpoint; equality ignores the arrays (compare ``sha256``)."""
+
+    name: str  # the hub id as given, or the folder's name
+    config: FastConformerConfig
+    state_dict: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)  # prefix removed
+    sha256: str  # hex, of the weight files read, in order
+    path: pathlib.Path
+
+
+def prefixes(config: FastConformerConfig) -> tuple[str, ...]:
+    return (config.prefix, "ctc_head.") if config.model_type == CTC else (config.prefix,)
+
+
+def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
+    """Read a Parakeet or Canary folder, or a hub id ``org/name[@revision]``; ``dtype``: cast the weights to it."""
+    path = pathlib.Path(source).expanduser()
+    if path.exists():
+        name = path.resolve().name
+    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
+        repo_id, _, revision = source.partition("@")
+        path, name = download(repo_id, revision or None), source
+    else:
+        raise CheckpointError(
+            f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id like nvidia/parakeet-ctc-0.6b"
+        )
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise CheckpointError(
+            f"checkpoint '{path}' is not a folder with config.json; pass the folder save_pretrained wrote "
+            "(config.json + model.safetensors)"
+        )
+    config = config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+    check_preprocessor(path, config)
+    files, stored = read_prefixed(path, prefixes(config))
+    sd = _check(stored, config, str(path))
+    if dtype is not None:
+        sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}
+    return Checkpoint(name=name, config=config, state_dict=sd, sha256=file_sha256(files), path=path)
+
+
+def check_preprocessor(folder: pathlib.Path, config: FastConformerConfig) -> None:
+    """A ``preprocessor_config.json`` beside the weights must describe the features ``features`` computes: the
+    extractor's defaults and ``feature_size`` equal to the encoder's mel bins."""
+    file = folder / PREPROCESSOR
+    if not file.is_file():
+        return
+    given = read_json(file)
+    wrong = {k: given[k] for k, v in feats.EXTRACTOR.items() if k in given and given[k] != v}
+    if given.get("feature_size", config.n_mels) != config.n_mels:
+        wrong["feature_size"] = given["feature_size"]
+    if wrong:
+        raise CheckpointError(
+            f"'{file}' asks for features babelgrid's FastConformer front end does not compute: {wrong}; it computes "
+            f"ParakeetFeatureExtractor's {feats.EXTRACTOR} with feature_size = num_mel_bins = {config.n_mels}"
+        )
+
+
+def _check(stored: Mapping[str, np.ndarray], config: FastConformerConfig, source: str) -> dict[str, np.ndarray]:
+    shapes = state_shapes(config)
+    sd, unknown = {}, []
+    for stored_name, value in stored.items():
+        name = stored_name.removeprefix(config.prefix) if not stored_name.startswith("ctc_head.") else stored_name
+        if name in shapes:
+            sd[name] = np.asarray(value)
+        elif not _UNREAD.fullmatch(name):
+            unknown.append(stored_name)
+    what = f"a {config.model_type} encoder of {config.n_layer} blocks"
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint '{source}' has tensors {what} does not: {some(unknown)}; is config.json the one saved with "
+            "these weights?"
+        )
+
+    def stored_name(k):
+        return k if k.startswith("ctc_head.") else config.prefix + k
+
+    missing = [stored_name(k) for k in shapes if k not in sd]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint '{source}' lacks {len(missing)} tensors its config.json ({what}) requires: {some(missing)}"
+        )
+    for k, want in shapes.items():
+        if tuple(sd[k].shape) != want:
+            raise CheckpointError(
+                f"checkpoint '{source}': tensor '{stored_name(k)}' has shape {tuple(sd[k].shape)}, but its config.json "
+                f"requires {want}"
+            )
+        if sd[k].dtype not in _FLOATS:
+            raise CheckpointError(
+                f"checkpoint '{source}': tensor '{stored_name(k)}' is {sd[k].dtype}; weights must be float32, float16 "
+                "or bfloat16"
+            )
+    return sd
+
+
+def download(repo_id: str, revision: str | None) -> pathlib.Path:
+    """Local folder of a hub repo's config and encoder weights (for Canary, the shards of its encoder only)."""
+
+    def prefixes_of(config: dict, where: str) -> tuple[str, ...]:
+        return prefixes(config_from_hf(config, where))
+
+    return download_prefixed(repo_id, revision, prefixes_of, "load('/path/to/parakeet-ctc-0.6b') with config.json + "
+                             "model.safetensors")  # fmt: skip

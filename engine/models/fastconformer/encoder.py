@@ -1,0 +1,124 @@
+"""The FastConformer (Parakeet, Canary) behind the family interface (``engine.models.interface``).
+
+Input: each window's normalised log-mel (``features.log_mel``: 10 ms frames, ``n_mels`` bins, normalised over that
+window as transformers' ``ParakeetFeatureExtractor`` does), its valid frames only. A batch is padded with zero frames
+to its longest window rounded up to whole seconds (100 feature frames, so that a run compiles one program per batch
+shape and whole second); the model masks the padding, and a zero frame is what the extractor's mask leaves there
+anyway. Audio over 30 s is cut into 30 s windows encoded apart, as for every family
+(``engine.models.interface.split_windows``). Layers: 0 = the 8x subsampling output, 1..L = conformer blocks, 80 ms
+frames (12.5/s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from engine.models.fastconformer import features as feats
+from engine.models.fastconformer.cost import encoder_cost
+from engine.models.fastconformer.loaded import LoadedFastConformer, load_fastconformer
+from engine.models.interface import CTC, FASTCONFORMER_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+
+PAD_FRAMES = 100  # batches are padded to a multiple of this many feature frames (1 s)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FastConformerEncoder:
+    """A ``LoadedFastConformer`` as an ``engine.models.interface.Encoder``."""
+
+    loaded: LoadedFastConformer
+    family: str = "fastconformer"
+    layer_meaning: str = FASTCONFORMER_LAYERS
+
+    @property
+    def heads(self) -> frozenset:
+        return frozenset({CTC}) if self.loaded.has_ctc_head else frozenset()
+
+    @property
+    def name(self) -> str:
+        return self.loaded.checkpoint.name
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.checkpoint.sha256
+
+    @property
+    def store_dims(self) -> FamilyDims:
+        c = self.loaded.config
+        return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": c.to_dict()})
+
+    @property
+    def frame_rate(self) -> float:
+        return 1.0 / self.loaded.seconds_per_frame
+
+    @property
+    def n_layers_out(self) -> int:
+        return self.loaded.n_layers_out
+
+    @property
+    def embed(self) -> int:
+        return self.loaded.config.width
+
+    @property
+    def features(self) -> dict:
+        return {
+            **feats.EXTRACTOR,
+            "input": "Slaney log-mel (ParakeetFeatureExtractor), pre-emphasis, normalised per window",
+            "n_mels": self.loaded.config.n_mels,
+            "window_samples": 30 * feats.SAMPLE_RATE,
+            "padding": "none: each window as it is; batch padding masked",
+        }
+
+    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
+        """``f32[samples]`` -> (valid log-mel frames ``f32[feature_frame_w, n_mels]`` per window, valid encoder
+        frames ``i32[window]``)."""
+        parts = split_windows(np.asarray(samples, np.float32), long_audio, feats.MIN_SAMPLES)
+        out = [feats.log_mel(p, self.loaded.config.n_mels) for p in parts]  # AudioError for a too-short window
+        return [f[:n] for f, n in out], self.loaded.frames([n for _, n in out])
+
+    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
+        sub = self.loaded.config.sub_length
+        return window_frames(samples, long_audio, lambda n: int(sub(feats.valid_frames(n))), feats.MIN_SAMPLES)
+
+    def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows -> ``(features f32[batch_size, feature_frame, n_mels], valid i32[batch_size])``; padding rows:
+        valid 0."""
+        n = max(len(x) for x in inputs)
+        n += -n % PAD_FRAMES
+        out = np.zeros((batch_size, n, self.loaded.config.n_mels), np.float32)
+        valid = np.zeros(batch_size, np.int32)
+        for i, x in enumerate(inputs):
+            out[i, : len(x)], valid[i] = x, len(x)
+        return out, valid
+
+    def cost(self, samples: int) -> EncoderCost:
+        """FLOPs and parameters of one window of ``samples`` samples (``engine.models.fastconformer.cost``)."""
+        return encoder_cost(self.loaded.config, samples)
+
+    def sharded(self, mesh, layers: Sequence[int], out_dtype):
+        return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)
+
+    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
+        """None: the encoder has no language tokens (Canary's decoder is not read by encode)."""
+        del langs
+        return []
+
+
+class _Layers:
+    """The sharded encoder's output cut to the stored ``layers`` (it computes them all anyway)."""
+
+    def __init__(self, sharded, layers: tuple[int, ...], n_layers_out: int):
+        self.sharded, self.local_multiple = sharded, sharded.local_multiple
+        self.index = None if layers == tuple(range(n_layers_out)) else jnp.asarray(layers)
+
+    def __call__(self, features, valid):
+        out = self.sharded(features, valid)
+        return out if self.index is None else out[self.index]
+
+
+def load(source, *, adapter=None, dtype=None) -> FastConformerEncoder:
+    del adapter  # refused by engine.models.family.load_encoder
+    return FastConformerEncoder(load_fastconformer(source, dtype=jnp.float32 if dtype is None else dtype))
