@@ -133,7 +133,10 @@ def config_from_hf(config: Mapping, source: str = "config.json") -> FastConforme
     encoder = config if model_type == ENCODER else config.get("encoder_config") or {}
     if not isinstance(encoder, Mapping):
         raise CheckpointError(f"'{source}': encoder_config must be an object, got {type(encoder).__name__}")
-    defaults = {**_DEFAULTS, **(_CANARY_DEFAULTS if model_type == CANARY else {})}
+    # As CanaryConfig: its encoder defaults apply when there is no encoder_config at all; a given one's missing
+    # fields take ParakeetEncoderConfig's.
+    canary = model_type == CANARY and not config.get("encoder_config")
+    defaults = {**_DEFAULTS, **(_CANARY_DEFAULTS if canary else {})}
     cfg = {**defaults, **{k: v for k, v in encoder.items() if k in defaults}}
 
     def refuse(field: str, value, supported: str):
