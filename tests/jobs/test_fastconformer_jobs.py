@@ -124,3 +124,14 @@ def test_compare_parakeet_and_canary(stores, tmp_path):
     table = pq.read_table(out / "layer_similarity.parquet").to_pandas()
     assert {"parakeet", "canary"} <= set(table["model_a"]) | set(table["model_b"])
     assert {0, 1, 2} <= set(table["layer_a"])
+
+
+def test_decode_refuses_at_once(stores, run_job, tmp_path):
+    """decode has no FastConformer path yet (Canary's decoder and Parakeet-CTC's lens through the job are issue 47's
+    next steps): it refuses at once, naming the family, before any output."""
+    model, root, store = stores["parakeet"]
+    out = tmp_path / "decode"
+    proc = run_job("decode", "--store", store, "--model", str(root / "model"), "--out", str(out), expect=None)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "fastconformer model without one" in text and "Traceback" not in text, text
+    assert not out.exists()
