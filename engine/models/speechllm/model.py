@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.attention import self_attention
 from engine.models.common.layers import Conv1d, FeedForward, linear, norm, param
 from engine.models.speechllm.config import LN_EPS, SpeechLLMConfig
 
@@ -53,11 +54,7 @@ class Block(nnx.Module):
         q = (self.q(h) * jnp.asarray(dh**-0.5, h.dtype)).reshape(b, t, self.heads, dh)
         k = self.k(h).reshape(b, t, self.heads, dh)
         v = self.v(h).reshape(b, t, self.heads, dh)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        if key_valid is not None:
-            logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        x = x + self.out(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, d))
+        x = x + self.out(self_attention(q, k, v, key_valid))
         return x + self.mlp(self.mlp_ln(x))
 
 

@@ -1,0 +1,50 @@
+"""Encoder self-attention over whole windows, shared by the families that attend over 1500-frame windows.
+
+``self_attention(q, k, v, key_valid)``: ``q, k, v: f[b, t, h, dh]`` (q already scaled), ``key_valid: bool[b, t]`` or
+None -> ``f[b, t, h * dh]``. On CPU it runs one head of one window at a time (``jax.lax.map``), so that each
+``t x t`` block of logits stays in cache; the batched form writes all ``b * h`` blocks before the softmax reads them
+back and runs at memory speed (Whisper's ``MultiHeadAttention.attend_unmasked`` measured this first; see its
+docstring and ``bench/encoder.py --attention``). The softmax's division comes after the product with the values.
+Masked keys get float32's lowest value rather than -inf, so a window with no valid key (a padding row) gives finite
+uniform weights instead of NaN. Accelerators use the batched form.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from engine.models.common.layers import head_major
+
+
+def _batched(q, k, v, key_valid):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    if key_valid is not None:
+        logits = jnp.where(key_valid[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    b, t, h, dh = out.shape
+    return out.reshape(b, t, h * dh)
+
+
+def self_attention(q, k, v, key_valid=None):
+    """The module docstring's attention: ``f[b, t, h * dh]``."""
+    if jax.default_backend() != "cpu":
+        return _batched(q, k, v, key_valid)
+    b, tq, h, dh = q.shape
+    tk = k.shape[1]
+
+    def heads(x, t):  # f[b, t, h, dh] -> f[b*h, t, dh]
+        return head_major(x).reshape(b * h, t, dh)
+
+    def one(args):
+        qi, ki, vi, valid = args  # one head of one window: f[t, dh], bool[tk]
+        logits = jnp.einsum("qd,kd->qk", qi, ki, preferred_element_type=jnp.float32)
+        logits = jnp.where(valid[None, :], logits, jnp.finfo(jnp.float32).min)
+        e = jnp.exp(logits - logits.max(-1, keepdims=True))
+        out = jnp.einsum("qk,kd->qd", e.astype(vi.dtype), vi, preferred_element_type=jnp.float32)
+        return (out / e.sum(-1, keepdims=True)).astype(vi.dtype)
+
+    valid = jnp.ones((b, tk), bool) if key_valid is None else key_valid
+    out = jax.lax.map(one, (heads(q, tq), heads(k, tk), heads(v, tk), jnp.repeat(valid, h, axis=0)))
+    return head_major(out.reshape(b, h, tq, dh)).reshape(b, tq, h * dh)
