@@ -52,7 +52,7 @@ SHOWN = 8  # languages drawn in the intervention figure (all are in intervention
 def intervention_png(rows: list, subtitle: str = "") -> bytes:
     """One column per language switched off: top, the change in language-ID accuracy per layer; bottom, the change in
     pooled R@1. Red: that language's own utterances (or pairs); blue: the other languages'. Solid: its selected
-    units off; dashed: as many random units off (the control)."""
+    units off; dashed: as many random units off (the control). One legend, in the last column."""
     langs = list(dict.fromkeys(r[0] for r in rows))
     shown = langs[:SHOWN]
     fig = Figure(figsize=(2.6 * len(shown) + 1.2, 5.4), layout="constrained")
@@ -65,8 +65,8 @@ def intervention_png(rows: list, subtitle: str = "") -> bytes:
             for (control, group), (color, ls) in styles.items():
                 got = sorted((r[3], r[index]) for r in rows if r[0] == lang and r[1] == control and r[4] == group)
                 if got:
-                    who = lang if group == "self" else "other languages"
-                    what = "its units off" if control == "selected" else "random units off"
+                    who = "the language switched off" if group == "self" else "the other languages"
+                    what = "its selected units off" if control == "selected" else "as many random units off"
                     ax.plot(*zip(*got, strict=True), ls=ls, color=color, marker="o", ms=3, label=f"{who}, {what}")
             ax.axhline(0, color="0.5", lw=0.8)
             ax.grid(alpha=0.3)
