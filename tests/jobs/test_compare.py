@@ -35,10 +35,10 @@ N = 12
 LAYERS = (0, 1, 2)
 
 
-def make_store(root, name, rate, order, skip=None, seed=0, width=64, longer=()):
-    """Utterance s<i> of every language: a per-id latent (shared across languages and stores) mixed into every
-    frame, plus per-store noise; stored in ``order``; ``skip`` = (lang, index) left not done; ``longer``: ids i
-    whose clip is another, 2 s longer."""
+def make_store(root, name, rate, order, skip=None, seed=0, width=64, longer=(), langs=LANGS):
+    """Utterance s<i> of every language of ``langs``: a per-id latent (shared across languages and stores) mixed
+    into every frame, plus per-store noise; stored in ``order``; ``skip`` = (lang, index) left not done; ``longer``:
+    ids i whose clip is another, 2 s longer."""
     store = LayerStore.create_or_open(
         f"file://{root}",
         StoreInfo(name, "0" * 64, TINY_DIMS, LAYERS, "float32", frame_rate=rate),
@@ -49,7 +49,7 @@ def make_store(root, name, rate, order, skip=None, seed=0, width=64, longer=()):
     mix = rng.standard_normal((len(LAYERS), 8, width))
     seconds = np.random.default_rng(7).uniform(0.4, 1.2, N)  # the same audio durations in both stores
     seconds[list(longer)] += 2.0
-    for lang in LANGS:
+    for lang in langs:
         frames = [max(1, int(seconds[i] * rate)) for i in order]
         rows = [UtteranceRow(id=f"s{i}", lang=lang, path=f"/{lang}/{i}.wav", duration_s=float(seconds[i]),
                              n_frames=f, n_windows=1) for i, f in zip(order, frames, strict=True)]  # fmt: skip

@@ -42,8 +42,10 @@ class CompareConfig:
     retrieval_measure: str = option("mean", "measure read from the --retrieval folders")
     challenge: str | None = option(None, "jobs.challenge --out folder: also write full vs challenge-set R@1",
                                    reads=True)  # fmt: skip
-    langs: tuple[str, ...] | None = option(None, "comma-separated language codes shared by the stores, or 'all'",
-                                           parse="list")  # fmt: skip
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated languages shared by the stores, each by any store's code (fr, fr_fr, fra_Latn), "
+        "or 'all'", parse="list",
+    )  # fmt: skip
     measures: tuple[str, ...] = option(
         DEFAULT_MEASURES, "utterance-level measures (cknna: platonic-rep's CKNNA, on request)", choices=MEASURES,
         parse="list",

@@ -5,7 +5,8 @@ stem, L + 1 = ``ln_post``), so that models of different depths share one axis fr
 
 Each model's retrieval comes from one of two places:
 - a retrieval output folder (``jobs.retrieval --out``): its ``retrieval.csv`` rows of one measure, and its
-  ``subset_comparison.csv`` (written with ``--subset``) for the challenge table;
+  ``subset_comparison.csv`` (written with ``--subset``) for the challenge table, their language codes (the store's)
+  renamed to the comparison's names (the first store's codes, ``compare.languages``);
 - else computed here from the layer store: cosine of mean-pooled states (the ``mean`` measure of ``jobs.seqsim``),
   every directed pair of the languages, scored by ``kernels.metrics.retrieval_metrics``; with a challenge folder
   (``jobs.challenge --out``), also on each pair's kept ids.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -104,15 +105,27 @@ def _read_csv(folder: str, name: str) -> list[dict] | None:
     return None if data is None else list(csv.DictReader(io.StringIO(data.decode())))
 
 
+def _renamed(rows: list[dict] | None, rename: Mapping[str, str] | None) -> list[dict] | None:
+    """``rows`` with their ``lang_a`` and ``lang_b`` codes renamed by ``rename`` (the others as they are)."""
+    if rows is None or not rename:
+        return rows
+    return [{**r, **{k: rename.get(r[k], r[k]) for k in ("lang_a", "lang_b")}} for r in rows]
+
+
 def _number(text: str) -> float:
     return float("nan") if text in ("", "NA") else float(text)
 
 
 def read_rows(
-    model: str, n_audio_layer: int | Callable[[int], float], folder: str, measure: str
+    model: str,
+    n_audio_layer: int | Callable[[int], float],
+    folder: str,
+    measure: str,
+    rename: Mapping[str, str] | None = None,
 ) -> tuple[list[tuple], list[tuple]]:
-    """The same rows from a retrieval output folder (``retrieval.csv``, ``subset_comparison.csv`` if there)."""
-    rows = _read_csv(folder, "retrieval.csv")
+    """The same rows from a retrieval output folder (``retrieval.csv``, ``subset_comparison.csv`` if there).
+    ``rename``: the folder's language codes -> the names the outputs give them (the others are kept as they are)."""
+    rows = _renamed(_read_csv(folder, "retrieval.csv"), rename)
     if rows is None:
         raise CompareError(f"{folder!r} has no retrieval.csv: pass the --out folder of jobs.retrieval for {model}")
     measures = sorted({r["measure"] for r in rows})
@@ -127,7 +140,7 @@ def read_rows(
     challenge_rows = [
         (model, int(r["layer"]), depth_of(int(r["layer"]), n_audio_layer), r["lang_a"], r["lang_b"], r["set"])
         + (_number(r["value"]), _number(r["random"]), int(r["ids"]))
-        for r in _read_csv(folder, "subset_comparison.csv") or []
+        for r in _renamed(_read_csv(folder, "subset_comparison.csv"), rename) or []
         if r["measure"] == measure and r["metric"] == "R@1" and r["set"] in ("full", "challenge")
     ]
     return depth_rows, challenge_rows

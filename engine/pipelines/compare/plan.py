@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.pipelines.compare.languages import languages_of
 from engine.pipelines.compare.states import pair_utterances
 from engine.runtime.devices import Device
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, timed
@@ -230,13 +231,13 @@ def plan_compare_run(config, device: Device | None) -> Plan:
     """``plan_compare`` for a CompareConfig: store headers and lengths only."""
     readers = [open_store(url) for url in config.stores]
     names = config.names or tuple(r.info.model_name for r in readers)
-    langs = config.langs or sorted(set.intersection(*(set(r.languages()) for r in readers)))
     utterances, frames = {}, {}
-    for lang in langs:
-        pairing = pair_utterances(readers[0], readers[-1], lang, config.allow_mismatch)
-        utterances[lang] = len(pairing.keys)
-        frames[lang] = int(
-            np.minimum(readers[0].lengths(lang)[pairing.index_a], readers[-1].lengths(lang)[pairing.index_b]).sum()
+    for lang in languages_of(config, readers):  # each store's own code for it (compare.languages)
+        first, last = lang.codes[0], lang.codes[-1]
+        pairing = pair_utterances(readers[0], readers[-1], (first, last), config.allow_mismatch)
+        utterances[lang.name] = len(pairing.keys)
+        frames[lang.name] = int(
+            np.minimum(readers[0].lengths(first)[pairing.index_a], readers[-1].lengths(last)[pairing.index_b]).sum()
         )
     models = {
         name: ModelShape(

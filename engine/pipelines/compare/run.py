@@ -15,6 +15,10 @@ Levels (``engine.pipelines.compare.states``): ``utterance`` = mean-pooled states
 hold; ``frame`` = frames paired by time, at most ``frame_sample`` of them per language drawn at random (seeded, the
 same draw for every layer), and for ``all`` an equal share of each language's draw. The seed and the pairing make
 every number reproducible from the stores.
+
+Languages are matched across code systems (``engine.pipelines.compare.languages``): each store is read under its own
+code for a language (``fr_fr`` in one, ``fra_Latn`` in another), and the outputs name the language by the first
+store's code.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import pyarrow as pa
 from engine import captions
 from engine.pipelines.compare import depth, layers, null, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
+from engine.pipelines.compare.languages import Language, languages_of
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
 from engine.runtime.runs import output_run
 from engine.stores.challenge import read_kept
@@ -119,18 +124,10 @@ def _names(config: CompareConfig, readers: list[StoreReader]) -> tuple[str, ...]
     return names
 
 
-def _langs(config: CompareConfig, readers: list[StoreReader]) -> list[str]:
-    shared = sorted(set.intersection(*(set(r.languages()) for r in readers)))
-    if config.langs is None:
-        return shared
-    missing = sorted(set(config.langs) - set(shared))
-    if missing:
-        raise CompareError(f"languages {missing} are not in every store; the stores share {shared}")
-    return sorted(config.langs)
-
-
-def _frame_views(a, b, name_a, name_b, lang, pairing, config) -> tuple[View, View]:
-    len_a, len_b = a.lengths(lang)[pairing.index_a], b.lengths(lang)[pairing.index_b]
+def _frame_views(a, b, name_a, name_b, lang: str, pairing: states.Pairing, config) -> tuple[View, View]:
+    """``lang``: the language's name in the outputs (the seed of its draw); the stores read under ``pairing``'s
+    codes."""
+    len_a, len_b = a.lengths(pairing.lang)[pairing.index_a], b.lengths(pairing.lang_b)[pairing.index_b]
     rate_a, rate_b = a.info.frame_rate, b.info.frame_rate
     pairs = [states.frame_pairs(int(x), int(y), rate_a, rate_b) for x, y in zip(len_a, len_b, strict=True)]
     owner = np.concatenate([np.full(len(p[0]), u) for u, p in enumerate(pairs)])
@@ -138,26 +135,27 @@ def _frame_views(a, b, name_a, name_b, lang, pairing, config) -> tuple[View, Vie
     rng = np.random.default_rng([config.seed, *lang.encode()])
     pick = rng.permutation(len(owner))[: config.frame_sample]
 
-    def gather(reader, index, frames, name):
+    def gather(reader, code, index, frames, name):
         stack = []
         for layer in reader.info.layers:
-            padded, _ = states.read_layer(reader, lang, layer, index)
+            padded, _ = states.read_layer(reader, code, layer, index)
             stack.append(padded[owner[pick], frames[pick]])
         return View(name, reader.info.layers, tuple(stack))
 
-    view_a = gather(a, pairing.index_a, fa, name_a)
-    return view_a, (view_a if b is a else gather(b, pairing.index_b, fb, name_b))
+    view_a = gather(a, pairing.lang, pairing.index_a, fa, name_a)
+    return view_a, (view_a if b is a else gather(b, pairing.lang_b, pairing.index_b, fb, name_b))
 
 
-def _similarity(config, readers, names, langs, cache) -> list[tuple]:
+def _similarity(config, readers, names, langs: list[Language], cache) -> list[tuple]:
     options = MeasureOptions(config.knn_k, config.svcca_keep, config.cca_epsilon)
     rows: list[tuple] = []
     for i in range(len(readers)):
         for j in range(i, len(readers)):
             a, b = readers[i], readers[j]
             pooled_views: dict[str, list[View]] = {level: [] for level in config.levels}
-            for lang in langs:
-                pairing = states.pair_utterances(a, b, lang, config.allow_mismatch)
+            for language in langs:
+                lang, code_a, code_b = language.name, language.codes[i], language.codes[j]
+                pairing = states.pair_utterances(a, b, (code_a, code_b), config.allow_mismatch)
                 if len(pairing.keys) < 2:
                     log.warning("%s: fewer than 2 utterances done in both %s and %s; skipped", lang, names[i], names[j])
                     continue
@@ -166,7 +164,7 @@ def _similarity(config, readers, names, langs, cache) -> list[tuple]:
                     va = View(
                         names[i],
                         a.info.layers,
-                        tuple(cache.pooled(a, lang, la, pairing.index_a) for la in a.info.layers),
+                        tuple(cache.pooled(a, code_a, la, pairing.index_a) for la in a.info.layers),
                     )
                     vb = (
                         va
@@ -174,7 +172,7 @@ def _similarity(config, readers, names, langs, cache) -> list[tuple]:
                         else View(
                             names[j],
                             b.info.layers,
-                            tuple(cache.pooled(b, lang, lb, pairing.index_b) for lb in b.info.layers),
+                            tuple(cache.pooled(b, code_b, lb, pairing.index_b) for lb in b.info.layers),
                         )
                     )
                     views["utterance"] = (va, vb)
@@ -216,27 +214,35 @@ def _concat(views: list[View], share: int | None) -> View:
     )
 
 
-def _retrieval(config, readers, names, langs, cache) -> tuple[list[tuple], list[tuple]]:
+def _retrieval(config, readers, names, langs: list[Language], cache) -> tuple[list[tuple], list[tuple]]:
     depth_rows, challenge_rows = [], []
+    codes = {lang.name: lang.codes for lang in langs}
     for k, (reader, name) in enumerate(zip(readers, names, strict=True)):
         n_layer = reader.info.dims.depth  # each layer's place on the depth axis (a projector past the tower)
         folder = config.retrieval[k] if config.retrieval else ""
-        if folder:
-            got = depth.read_rows(name, n_layer, folder, config.retrieval_measure)
+        if folder:  # a retrieval folder of store k: its rows name the languages by store k's codes
+            rename = {lang.codes[k]: lang.name for lang in langs}
+            got = depth.read_rows(name, n_layer, folder, config.retrieval_measure, rename)
         else:
 
-            def pooled(lang, layer, reader=reader):
-                done = np.flatnonzero(reader.done(lang))
-                ids = [reader.arrays(lang).rows[u].id for u in done]
-                return cache.pooled(reader, lang, layer, done), ids
+            def pooled(lang, layer, reader=reader, k=k):
+                code = codes[lang][k]
+                done = np.flatnonzero(reader.done(code))
+                ids = [reader.arrays(code).rows[u].id for u in done]
+                return cache.pooled(reader, code, layer, done), ids
 
             kept = None
             if config.challenge:
 
                 def kept(a, b):
-                    return read_kept(config.challenge, a, b, missing_ok=True)
+                    """The challenge folder's pair under the first store's codes, else under another store's."""
+                    for pair in dict.fromkeys(zip(codes[a], codes[b], strict=True)):
+                        ids = read_kept(config.challenge, *pair, missing_ok=True)
+                        if ids is not None:
+                            return ids
+                    return None
 
-            got = depth.computed_rows(name, n_layer, reader.info.layers, langs, pooled, kept)
+            got = depth.computed_rows(name, n_layer, reader.info.layers, [lang.name for lang in langs], pooled, kept)
         depth_rows += got[0]
         challenge_rows += got[1]
     return depth_rows + depth.pooled_rows(depth_rows), depth.challenge_table(challenge_rows)
@@ -305,13 +311,13 @@ def run_compare(config: CompareConfig) -> CompareResult:
     start = time.perf_counter()
     readers = [open_store(url) for url in config.stores]
     names = _names(config, readers)
-    langs = _langs(config, readers)
+    langs = languages_of(config, readers)
     if not langs:
         raise CompareError(f"the stores share no language: {[r.languages() for r in readers]}")
     for i, a in enumerate(readers):  # the same audio in every store: checked before the lease, from the tables
-        for b in readers[i + 1 :]:
+        for j in range(i + 1, len(readers)):
             for lang in langs:
-                states.pair_utterances(a, b, lang, config.allow_mismatch)
+                states.pair_utterances(a, readers[j], (lang.codes[i], lang.codes[j]), config.allow_mismatch)
     with output_run(config, "compare", CompareError):
         return _compare(config, readers, names, langs, start)
 

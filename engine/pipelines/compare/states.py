@@ -1,7 +1,8 @@
 """The states two layer stores hold for the same audio, paired: utterance by utterance, and frame by frame in time.
 
-Utterances are paired by ``(id, recording)`` within a language: two stores of the same audio list the same ones,
-in any order, and only utterances done in both are used. A pair whose durations differ (``duration_s`` of the
+Utterances are paired by ``(id, recording)`` within a language, which each store may name by a code of its own
+(``compare.languages``): two stores of the same audio list the same ones, in any order, and only utterances done in
+both are used. A pair whose durations differ (``duration_s`` of the
 utterance tables, more than ``DURATION_TOLERANCE``) is not the same audio: refused, naming the ids, unless
 ``allow_mismatch``. Utterance-level states are the mean over an utterance's
 valid frames (``kernels.pooling.mean_pool``, float32).
@@ -36,10 +37,11 @@ DURATION_TOLERANCE = 1e-3
 class Pairing:
     """The utterances two stores share in one language: index lists of equal length, in the same order."""
 
-    lang: str
+    lang: str  # store a's code of the language
     index_a: np.ndarray  # i64[n] utterance indices in store a
     index_b: np.ndarray  # i64[n] utterance indices in store b
     keys: tuple[tuple[str, int], ...]  # (id, recording) of each pair
+    lang_b: str  # store b's code of the language (the same as ``lang`` within one code system)
 
 
 def _done_keys(reader: StoreReader, lang: str) -> dict[tuple[str, int], int]:
@@ -47,36 +49,42 @@ def _done_keys(reader: StoreReader, lang: str) -> dict[tuple[str, int], int]:
     return {(row.id, int(row.recording)): u for u, row in enumerate(reader.arrays(lang).rows) if done[u]}
 
 
-def pair_utterances(a: StoreReader, b: StoreReader, lang: str, allow_mismatch: bool = False) -> Pairing:
+def pair_utterances(
+    a: StoreReader, b: StoreReader, lang: str | tuple[str, str], allow_mismatch: bool = False
+) -> Pairing:
     """The utterances of ``lang`` done in both stores, paired by (id, recording), sorted by it; a CompareError if
-    any pair's durations differ (module docstring), a warning with ``allow_mismatch``."""
-    for reader in (a, b):
-        if lang not in reader.languages():
-            raise CompareError(f"store {reader.url!r} has no language {lang!r}; it has {reader.languages()}")
-    keys_a, keys_b = _done_keys(a, lang), _done_keys(b, lang)
+    any pair's durations differ (module docstring), a warning with ``allow_mismatch``. ``lang``: the language's
+    code, or (store a's code, store b's code) where the stores name it in different systems."""
+    lang_a, lang_b = (lang, lang) if isinstance(lang, str) else lang
+    for reader, code in ((a, lang_a), (b, lang_b)):
+        if code not in reader.languages():
+            raise CompareError(f"store {reader.url!r} has no language {code!r}; it has {reader.languages()}")
+    named = repr(lang_a) if lang_a == lang_b else f"{lang_a!r} / {lang_b!r}"
+    keys_a, keys_b = _done_keys(a, lang_a), _done_keys(b, lang_b)
     shared = sorted(set(keys_a) & set(keys_b))
     if len(shared) < 2 and (keys_a or keys_b):
         raise CompareError(
-            f"stores {a.url!r} and {b.url!r} share {len(shared)} done utterances of {lang!r} (by id and recording): "
+            f"stores {a.url!r} and {b.url!r} share {len(shared)} done utterances of {named} (by id and recording): "
             "they must hold the same audio; encode the same dataset and split into both"
         )
-    rows_a, rows_b = a.arrays(lang).rows, b.arrays(lang).rows
+    rows_a, rows_b = a.arrays(lang_a).rows, b.arrays(lang_b).rows
     durations = [(k, rows_a[keys_a[k]].duration_s, rows_b[keys_b[k]].duration_s) for k in shared]
     differ = [(k, x, y) for k, x, y in durations if abs(x - y) > DURATION_TOLERANCE]
     if differ:
-        named = ", ".join(f"{k[0]!r} ({x:.3f} s vs {y:.3f} s)" for k, x, y in differ[:5])
+        listed = ", ".join(f"{k[0]!r} ({x:.3f} s vs {y:.3f} s)" for k, x, y in differ[:5])
         text = (
-            f"stores {a.url!r} and {b.url!r} hold other audio under {len(differ)} ids of {lang!r}: {named}"
+            f"stores {a.url!r} and {b.url!r} hold other audio under {len(differ)} ids of {named}: {listed}"
             f"{' ...' if len(differ) > 5 else ''}"
         )
         if not allow_mismatch:
             raise CompareError(f"{text}. Encode the same clips into both, or pass --allow_mismatch to compare anyway")
         log.warning("%s; compared anyway (--allow_mismatch)", text)
     return Pairing(
-        lang,
+        lang_a,
         np.array([keys_a[k] for k in shared], np.int64),
         np.array([keys_b[k] for k in shared], np.int64),
         tuple(shared),
+        lang_b,
     )
 
 
