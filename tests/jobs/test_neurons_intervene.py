@@ -132,6 +132,10 @@ def _r1_groups(pooled, label, ids, lang):
     return float(np.mean(mine)), float(np.mean(others))
 
 
-def test_intervention_refusals(three_langs, tiny_model_dir, tmp_path):
+def test_intervention_refusals(three_langs, tiny_model_dir, run_job, tmp_path):
     with pytest.raises(NeuronsError, match="not counted here"):
         run_neurons(_config(tmp_path / "a", tiny_model_dir, three_langs, intervene=("xx",)))
+    # the flags reach the job: a language of no dataset is refused before any counting, by name
+    bad = run_job("neurons", "--model", str(tiny_model_dir), "--dataset", f"folder:{three_langs}", "--out",
+                  str(tmp_path / "b"), "--intervene", "de,xx", "--intervene_utterances", "3", expect=None)  # fmt: skip
+    assert bad.returncode != 0 and "['xx']" in bad.stdout + bad.stderr and not (tmp_path / "b" / "counts").exists()
