@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -56,20 +57,41 @@ def clips(fleurs_dir, tmp_path_factory):
     return family_clips(fleurs_dir, tmp_path_factory.mktemp("speechllm-clips"))
 
 
+_MODELS: dict = {}
+_STORES: dict = {}
+
+
+def _model(kind, tmp_path_factory):
+    """(torch model, its folder), built once per module."""
+    if kind not in _MODELS:
+        model = _small(kind)
+        folder = tmp_path_factory.mktemp(kind)
+        model.save_pretrained(folder)
+        _MODELS[kind] = model, folder
+    return _MODELS[kind]
+
+
+def encoded(kind, output, clips, run_job, tmp_path_factory):
+    """(torch model, folder, store) of ``kind`` encoded once through the encode job's flags with ``--tower_output``."""
+    if (kind, output) not in _STORES:
+        model, folder = _model(kind, tmp_path_factory)
+        store = str(tmp_path_factory.mktemp(f"{kind}-{output}") / "store")
+        proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store,
+                       "--tower_output", output)  # fmt: skip
+        assert "encoded 4 utterances" in proc.stdout, proc.stdout
+        _STORES[kind, output] = model, folder, store
+    return _STORES[kind, output]
+
+
 @pytest.mark.parametrize("kind", ["qwen2_audio", "voxtral"])
-def test_encode_seqsim_retrieval_and_refusals(kind, clips, fleurs_dir, run_job, tmp_path):
-    model = _small(kind)
-    folder = tmp_path / kind
-    model.save_pretrained(folder)
-    store = str(tmp_path / "store")
-    proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store)
-    assert "encoded 4 utterances" in proc.stdout, proc.stdout
+def test_encode_seqsim_retrieval_and_refusals(kind, clips, fleurs_dir, run_job, tmp_path, tmp_path_factory):
+    model, _, store = encoded(kind, "layers", clips, run_job, tmp_path_factory)
     reader = open_store(store)
     info = reader.info
     n_layers = 3 if kind == "qwen2_audio" else 4  # Voxtral's final norm is at 50 frames/s too: stored as L + 1
     assert info.family == "speechllm" and info.frame_rate == 50.0 and info.embed == 32
     assert info.layers == tuple(range(n_layers)) and info.layer_meaning == fam.FAMILIES["speechllm"].layer_meaning
-    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    manifest = json.loads((pathlib.Path(store) / "manifest.json").read_text())
     assert manifest["dims"]["config"]["kind"] == kind
 
     for uid, stems in PAIRS.items():
@@ -100,15 +122,11 @@ OUTPUT_CASES = [("qwen2_audio", "projector", 25.0), ("voxtral", "projector", 12.
 
 
 @pytest.mark.parametrize(("kind", "output", "rate"), OUTPUT_CASES)
-def test_tower_outputs_at_their_own_rate(kind, output, rate, clips, fleurs_dir, run_job, tmp_path):
+def test_tower_outputs_at_their_own_rate(kind, output, rate, clips, fleurs_dir, run_job, tmp_path, tmp_path_factory):
     """``--tower_output``: a store of the tower's final output or the projector's, at its own frame rate and width,
     equal to transformers' over the frames transformers counts valid; seqsim and retrieval read it; the layers'
     store and this one are told apart (a resume with the other output is refused)."""
-    model = _small(kind)
-    folder = tmp_path / kind
-    model.save_pretrained(folder)
-    store = str(tmp_path / "store")
-    run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store, "--tower_output", output)
+    model, folder, store = encoded(kind, output, clips, run_job, tmp_path_factory)
     info = open_store(store).info
     assert info.frame_rate == rate and info.layers == (0,) and info.embed == (48 if output == "projector" else 32)
     assert output in info.layer_meaning or ("final output" in info.layer_meaning and output == "final")
@@ -139,19 +157,16 @@ def test_tower_output_refused_for_other_families(clips, run_job, tiny_model_dir,
     assert bad.returncode != 0 and "whisper model" in bad.stdout + bad.stderr
 
 
-def test_compare_puts_the_projector_past_the_tower(clips, run_job, tiny_model_dir, tmp_path):
+def test_compare_puts_the_projector_past_the_tower(clips, run_job, tiny_model_dir, tmp_path, tmp_path_factory):
     """compare over a Whisper store, a Qwen2-Audio tower's layers and its projector's store of the same clips: every
     pair of stores is measured, and on the depth axis the projector sits one block past the tower's last layer."""
     from engine.pipelines.compare.config import CompareConfig
     from engine.pipelines.compare.run import run_compare
 
-    folder = tmp_path / "qwen2"
-    _small("qwen2_audio").save_pretrained(folder)
-    stores = {}
-    for name, extra in (("whisper", ["--model", str(tiny_model_dir)]), ("tower", ["--model", str(folder)]),
-                        ("projector", ["--model", str(folder), "--tower_output", "projector"])):  # fmt: skip
-        stores[name] = str(tmp_path / name)
-        run_job("encode", *extra, "--dataset", f"folder:{clips}", "--out", stores[name])
+    stores = {"whisper": str(tmp_path / "whisper")}
+    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", stores["whisper"])
+    stores["tower"] = encoded("qwen2_audio", "layers", clips, run_job, tmp_path_factory)[2]
+    stores["projector"] = encoded("qwen2_audio", "projector", clips, run_job, tmp_path_factory)[2]
     out = tmp_path / "compare"
     run_compare(configure(CompareConfig, stores=tuple(stores.values()), names=tuple(stores), out=str(out),
                           null_permutations=20, knn_k=1))  # fmt: skip
@@ -166,19 +181,18 @@ def test_compare_puts_the_projector_past_the_tower(clips, run_job, tiny_model_di
     assert pairs == {("projector", "tower"), ("projector", "whisper"), ("tower", "whisper")}
 
 
-@pytest.mark.parametrize("output", ["layers", "projector"])
-def test_challenge_probe_probes_and_interp_read_the_stores(output, clips, run_job, whisper_words, tmp_path):
-    """The other store-reading jobs on a Qwen2-Audio tower's store and on its projector's (25 frames/s): challenge,
-    probe, probes (samediff on Whisper-aligned words: the clips have 2 ids a language, too few for LID's folds) and
-    interp, whose word cosines are recomputed from the stored states at the frames the words' seconds map to."""
+def test_challenge_probe_probes_and_interp_read_the_projector(
+    clips, run_job, whisper_words, tmp_path, tmp_path_factory
+):
+    """The other store-reading jobs on a Qwen2-Audio projector's store (25 frames/s, 48 wide; a tower's own layers
+    are a 50/s store like wav2vec2's, whose jobs tests/jobs/test_families_jobs.py runs): challenge, probe, probes
+    (samediff on Whisper-aligned words: the clips have 2 ids a language, too few for LID's folds) and interp, whose
+    word cosines are recomputed from the stored states at the frames the words' seconds map to."""
     import pandas as pd
 
     from engine.pipelines.probe import run as probe
 
-    folder = tmp_path / "qwen2"
-    _small("qwen2_audio").save_pretrained(folder)
-    store = str(tmp_path / "store")
-    run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store, "--tower_output", output)
+    store = encoded("qwen2_audio", "projector", clips, run_job, tmp_path_factory)[2]
     reader = open_store(store)
     layers = set(reader.info.layers)
 
