@@ -33,8 +33,11 @@ CLIPS = ("fleurs-en-000", "fleurs-de-009", "fleurs-es-003")  # de-009 is 43 s: t
 
 
 def _text(hidden: int, heads: int) -> dict:
-    return dict(hidden_size=hidden, num_hidden_layers=1, intermediate_size=64, num_attention_heads=heads,
-                num_key_value_heads=heads, vocab_size=128, head_dim=hidden // heads)  # fmt: skip
+    """A language model at the released width (the projector's output) with one layer of 2 heads of 8: it is never
+    run, and its attention would otherwise be most of the folder."""
+    del heads
+    return dict(hidden_size=hidden, num_hidden_layers=1, intermediate_size=64, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=128, head_dim=8)  # fmt: skip
 
 
 def _build(kind: str):
@@ -127,7 +130,4 @@ def test_tower_and_projector_equal_transformers(kind, fleurs_dir, tmp_path):
         n = int(got["projector_frames"][b]) if masked else 375
         _close(got["projector"][b, :n], want["projector"][b, :n], f"projector window {b}")
     assert got["final"].shape[1] == (750 if masked else 1500) and got["projector"].shape[1] == (750 if masked else 375)
-    # the stored layers: the same states through encode
-    stored = np.asarray(ours.encode(mel, frames))
-    assert stored.shape[0] == ours.n_layers_out == (3 if masked else 4)
-    np.testing.assert_array_equal(stored[:3], got["layers"])
+    assert ours.n_layers_out == (3 if masked else 4)  # encode's layers: checked through the job in test_speechllm_jobs
