@@ -38,13 +38,16 @@ def self_attention(q, k, v, key_valid=None):
         return head_major(x).reshape(b * h, t, dh)
 
     def one(args):
-        qi, ki, vi, valid = args  # one head of one window: f[t, dh], bool[tk]
+        qi, ki, vi, *valid = args  # one head of one window: f[t, dh], and bool[tk] where keys are masked
         logits = jnp.einsum("qd,kd->qk", qi, ki, preferred_element_type=jnp.float32)
-        logits = jnp.where(valid[None, :], logits, jnp.finfo(jnp.float32).min)
+        if valid:
+            logits = jnp.where(valid[0][None, :], logits, jnp.finfo(jnp.float32).min)
         e = jnp.exp(logits - logits.max(-1, keepdims=True))
         out = jnp.einsum("qk,kd->qd", e.astype(vi.dtype), vi, preferred_element_type=jnp.float32)
         return (out / e.sum(-1, keepdims=True)).astype(vi.dtype)
 
-    valid = jnp.ones((b, tk), bool) if key_valid is None else key_valid
-    out = jax.lax.map(one, (heads(q, tq), heads(k, tk), heads(v, tk), jnp.repeat(valid, h, axis=0)))
+    args = (heads(q, tq), heads(k, tk), heads(v, tk))
+    if key_valid is not None:
+        args += (jnp.repeat(key_valid, h, axis=0),)
+    out = jax.lax.map(one, args)
     return head_major(out.reshape(b, h, tq, dh)).reshape(b, tq, h * dh)
