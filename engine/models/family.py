@@ -22,6 +22,7 @@ from engine.errors import CheckpointError
 from engine.models.fastconformer import encoder as fastconformer_encoder
 from engine.models.fastconformer.config import HUB_IDS as FASTCONFORMER_HUB_IDS
 from engine.models.fastconformer.config import MODEL_TYPES as FASTCONFORMER_TYPES
+from engine.models.fastconformer.loaded import load_fastconformer
 from engine.models.interface import (
     CROSS_ATTENTION,
     CTC,
@@ -59,8 +60,9 @@ class Family:
     layer_meaning: str
     # (source, dtype=) -> the model whose text decoder makes tokens from a layer's states (LoadedWhisper, LoadedOwsm)
     decoder: Callable | None = None
-    # (source, adapter=, dtype=) -> the model with the CTC head; ``ctc_always``: every checkpoint has it, else only
-    # those whose config.json names a *ForCTC architecture (wav2vec2's)
+    # (source, adapter=, dtype=) -> the model with the CTC head, whose ``ctc_lens()`` is decode's logit lens;
+    # ``ctc_always``: every checkpoint has it, else only those whose config.json names a *ForCTC architecture
+    # (wav2vec2's, ParakeetForCTC's)
     ctc: Callable | None = None
     ctc_always: bool = False
     cross_attention: Callable | None = None  # (source, dtype=) -> the decoder whose cross-attention times words
@@ -113,7 +115,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "fastconformer", FASTCONFORMER_TYPES, fastconformer_encoder.load, FASTCONFORMER_LAYERS,
-            hub_ids=FASTCONFORMER_HUB_IDS,
+            ctc=load_fastconformer, hub_ids=FASTCONFORMER_HUB_IDS,
         ),
     )
 }  # fmt: skip

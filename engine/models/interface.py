@@ -21,6 +21,10 @@ An ``Encoder`` provides, on host arrays:
   counts its own matmuls in its ``cost.py``; Whisper's is ``engine.models.whisper.cost``'s 30 s window model);
 - ``languages_without_token(langs)``: the store languages its decoder has no language token for (encode warns of
   them: decode and align skip them unless told which token to use); none for a family without such a decoder.
+
+A model with a CTC head offers decode's per-layer logit lens as a ``CTCLens`` (``ctc_lens()`` of the model the
+registry's ``ctc=`` loader returns): the head on one layer's states and the text of the frames' best ids, so that the
+decode job reads no family's specifics.
 """
 
 from __future__ import annotations
@@ -100,6 +104,24 @@ class EncoderCost:
     @property
     def flops(self) -> float:
         return self.front + self.n_layers * self.layer
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CTCLens:
+    """A CTC head as decode's logit lens reads it (``engine.pipelines.decode.ctc``), whatever the family.
+
+    ``logits(states f[batch, frame, embed]) -> f32[batch, frame, vocab]`` applies the head to one layer's states,
+    through the model's final norm where ``ln_post`` (pre-LN wav2vec2: the norm ``*ForCTC`` applies before its head);
+    ``text(ids i[frame]) -> str`` turns the best class of each valid frame into the checkpoint's own greedy CTC text
+    (repeats collapsed, the blank ``blank_id`` dropped, ids detokenised as transformers' tokenizer decodes them)."""
+
+    name: str  # the checkpoint's name, as the store records it
+    sha256: str  # of its weight files, as the store records it
+    adapter: str | None  # an MMS language adapter, else None
+    ln_post: bool  # the head reads the states through the model's final norm
+    blank_id: int | None  # the class text() drops
+    logits: Callable = dataclasses.field(repr=False)
+    text: Callable[[np.ndarray], str] = dataclasses.field(repr=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,10 +126,17 @@ def test_compare_parakeet_and_canary(stores, tmp_path):
     assert {0, 1, 2} <= set(table["layer_a"])
 
 
-def test_decode_refuses_at_once(stores, run_job, tmp_path):
-    """decode has no FastConformer path yet (Canary's decoder and Parakeet-CTC's lens through the job are issue 47's
-    next steps): it refuses at once, naming the family, before any output."""
+def test_decode_refusals(stores, run_job, tmp_path):
+    """decode reads a Parakeet-CTC store through its CTC head (tests/jobs/test_decode_parakeet.py), which needs the
+    checkpoint's tokenizer.json: a folder without one is refused naming it. A Canary store has no CTC head and no
+    decoder path yet: refused at once, naming the family, before any output."""
     model, root, store = stores["parakeet"]
+    proc = run_job(
+        "decode", "--store", store, "--model", str(root / "model"), "--out", str(tmp_path / "p"), expect=None
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "has no tokenizer.json" in text and "Traceback" not in text, text
+    model, root, store = stores["canary"]
     out = tmp_path / "decode"
     proc = run_job("decode", "--store", store, "--model", str(root / "model"), "--out", str(out), expect=None)
     text = proc.stdout + proc.stderr

@@ -8,6 +8,7 @@ The entry point a notebook uses::
     states = m.encode(features, valid)          # f32[L+1, batch, frame, width], layers 0..L, 80 ms frames
     states, frames = m.encode_batch(waveforms)  # both steps; frames: the valid encoder frames of each row
     logits = m.ctc_logits(states[k])            # Parakeet-CTC: the CTC head on layer k (the logit lens)
+    lens = m.ctc_lens()                         # the same, with the text of the best ids (tokenizer.json)
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.errors import ShapeError
+from engine.errors import CheckpointError, ShapeError
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.checkpoints import Checkpoint, load_checkpoint
 from engine.models.fastconformer.config import FastConformerConfig
 from engine.models.fastconformer.model import FastConformer
 from engine.models.fastconformer.parallel import SIGNATURE
+from engine.models.fastconformer.tokenizer import Tokenizer
+from engine.models.interface import CTCLens
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "out_dtype"))
@@ -107,9 +110,33 @@ class LoadedFastConformer:
         graphdef, state = self._split
         return _ctc_logits(graphdef, state, jnp.asarray(states_at_layer))
 
+    def tokenizer(self) -> Tokenizer:
+        """The checkpoint's ``tokenizer.json`` (``engine.models.fastconformer.tokenizer``), read on each call."""
+        return Tokenizer.from_folder(self.checkpoint.path, self.checkpoint.name)
 
-def load_fastconformer(source: str | os.PathLike, *, dtype=jnp.float32) -> LoadedFastConformer:
-    """Load a checkpoint (``checkpoints.load_checkpoint``: a folder or a hub id) as a Flax encoder of ``dtype``."""
+    def ctc_lens(self) -> CTCLens:
+        """The CTC head as decode's per-layer logit lens (``engine.models.interface.CTCLens``): the head on a layer's
+        states as they are (the encoder has no final norm: layer L is what ``ParakeetForCTC``'s head reads), and the
+        text of the best ids as ``ParakeetProcessor.batch_decode`` gives it."""
+        if not self.has_ctc_head:
+            self.ctc_logits(None)  # the error naming the checkpoint
+        tokenizer, blank = self.tokenizer(), self.config.blank_id
+        tokenizer.check_blank(blank, self.checkpoint.name)
+        return CTCLens(
+            name=self.checkpoint.name, sha256=self.checkpoint.sha256, adapter=None, ln_post=False, blank_id=blank,
+            logits=self.ctc_logits, text=lambda ids: tokenizer.ctc_text(ids, blank),
+        )  # fmt: skip
+
+
+def load_fastconformer(
+    source: str | os.PathLike, *, adapter: str | None = None, dtype=jnp.float32
+) -> LoadedFastConformer:
+    """Load a checkpoint (``checkpoints.load_checkpoint``: a folder or a hub id) as a Flax encoder of ``dtype``.
+    ``adapter`` is the registry's head loaders' argument: FastConformer checkpoints have no language adapters."""
+    if adapter is not None:
+        raise CheckpointError(
+            f"model {str(source)!r}: FastConformer checkpoints have no language adapter ({adapter!r})"
+        )
     ckpt = load_checkpoint(source)
     model = FastConformer(ckpt.config, ckpt.state_dict, dtype)
     return LoadedFastConformer(model, dataclasses.replace(ckpt, state_dict={}))

@@ -25,12 +25,10 @@ import numpy as np
 
 from engine.errors import CheckpointError
 from engine.models.common.io import read_json
+from engine.models.common.tokens import clean_up_tokenization
 
 VOCAB_FILE = "vocab.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-# transformers' PreTrainedTokenizerBase.clean_up_tokenization, in its order
-_CLEAN_UP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
-             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +95,7 @@ class CTCVocab:
         if self.do_lower_case:
             text = text.lower()
         if self.clean_up_tokenization_spaces:
-            for old, new in _CLEAN_UP:
-                text = text.replace(old, new)
+            text = clean_up_tokenization(text)
         return text
 
     def decode_logits(self, logits: np.ndarray, frames: Sequence[int]) -> list[str]:

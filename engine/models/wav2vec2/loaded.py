@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import CheckpointError
+from engine.models.interface import CTCLens
 from engine.models.wav2vec2.checkpoints import Wav2Vec2Checkpoint, load_checkpoint
 from engine.models.wav2vec2.ctc import VOCAB_FILE, CTCVocab
 from engine.models.wav2vec2.features import batch_waveforms
@@ -126,6 +127,22 @@ class LoadedWav2Vec2:
             )
         graphdef, state = self._split
         return _ctc_logits(graphdef, state, jnp.asarray(states_at_layer), final_norm)
+
+    def ctc_lens(self) -> CTCLens:
+        """The CTC head as decode's per-layer logit lens (``engine.models.interface.CTCLens``): pre-LN models read
+        each layer through the final layer norm (``ln_post``), post-LN models end every layer normed; texts as
+        ``Wav2Vec2CTCTokenizer`` decodes the best ids (``engine.models.wav2vec2.ctc``)."""
+        if not self.has_ctc_head or self.vocab is None:
+            raise CheckpointError(
+                f"model {self.checkpoint.name!r} has no {VOCAB_FILE} beside its weights (or no CTC head): ids cannot "
+                "be read"
+            )
+        ln_post = bool(self.dims.do_stable_layer_norm)
+        return CTCLens(
+            name=self.checkpoint.name, sha256=self.checkpoint.sha256, adapter=self.checkpoint.adapter, ln_post=ln_post,
+            blank_id=self.vocab.blank_id, logits=functools.partial(self.ctc_logits, final_norm=ln_post),
+            text=self.vocab.decode,
+        )  # fmt: skip
 
     def transcribe(self, waveforms: Sequence[np.ndarray], layer: int | None = None) -> list[str]:
         """Greedy CTC text of each utterance from layer ``layer`` (default the last, ``L``)."""

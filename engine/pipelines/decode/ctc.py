@@ -1,13 +1,16 @@
-"""The decode job on a model with a CTC head (wav2vec2 / HuBERT ``*ForCTC``, MMS with its adapter): the per-layer
-logit lens, early exit for ASR-only models.
+"""The decode job on a model with a CTC head (wav2vec2 / HuBERT ``*ForCTC``, MMS with its adapter, Parakeet-CTC):
+the per-layer logit lens, early exit for ASR-only models.
 
 For every stored layer k (``--layers``, default all) the CTC head is applied to the store's states of layer k, with
-the model's final layer norm first where it has one (pre-LN models: ``ln_post`` = on in the outputs; post-LN models
-end every layer normed, ``ln_post`` = off), and greedy CTC decoding (argmax per frame over the utterance's valid
-frames, repeats collapsed, blanks dropped; ``engine.models.wav2vec2.ctc``) gives the hypothesis. At the last layer
-this is ``Wav2Vec2ForCTC``'s own greedy output (``tests/jobs/test_decode_ctc.py``). The store holds each utterance's
-valid frames exactly as the encoder computes them (no window padding reaches a CTC head), so unlike Whisper's
-decoder nothing is recomputed from audio.
+the model's final layer norm first where it has one (pre-LN wav2vec2 models: ``ln_post`` = on in the outputs; post-LN
+models end every layer normed and FastConformer has no encoder-level norm: ``ln_post`` = off), and greedy CTC decoding
+(argmax per frame over the utterance's valid frames, repeats collapsed, blanks dropped, the ids read with the
+checkpoint's own tokenizer) gives the hypothesis. What is family-specific (the head, the norm, the tokenizer) is the
+model's ``CTCLens`` (``engine.models.interface``), which the registry's ``ctc=`` loader's model gives by
+``ctc_lens()``. At the last layer this is ``Wav2Vec2ForCTC``'s / ``ParakeetForCTC``'s own greedy output
+(``tests/jobs/test_decode_ctc.py``, ``tests/jobs/test_decode_parakeet.py``, which checks every layer). The store holds
+each utterance's valid frames exactly as the encoder computes them (no window padding reaches a CTC head), so unlike
+Whisper's decoder nothing is recomputed from audio.
 
 Output: the layout of ``engine.pipelines.decode.hypotheses`` (task ``transcribe``, decoding ``ctc``), scored with
 WER/CER (and BLEU/chrF) exactly as Whisper's hypotheses: ``scores.csv``, the figure, ``report.md``. Columns that only
@@ -40,8 +43,9 @@ MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256
 
 def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
     """Decodes every (language, layer) of the store with the CTC head of ``config.model`` (``load``: the family's CTC
-    head loader, ``load_wav2vec2``) into ``config.run.out``; counts into ``summary`` (a ``DecodeSummary``). The caller
-    holds the output's writer lease (``lease``). A work unit is one (language, layer): one part."""
+    head loader, ``load_wav2vec2`` or ``load_fastconformer``, whose model gives a ``CTCLens``) into
+    ``config.run.out``; counts into ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease
+    (``lease``). A work unit is one (language, layer): one part."""
     if config.tasks != (TASK,):
         raise DecodeError(f"a CTC head only transcribes: pass --tasks {TASK} (got {','.join(config.tasks)})")
     if config.model is None:
@@ -49,14 +53,12 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
     info = reader.info
     # The encode job names an MMS model with its adapter "<name>+adapter.<lang>" (engine.models.wav2vec2.encoder).
     adapter = info.model_name.split("+adapter.", 1)[1] if "+adapter." in info.model_name else None
-    model = load(config.model, adapter=adapter)
-    langs, layers = check_store(config, reader, model.checkpoint.name, model.checkpoint.sha256)
-    if model.vocab is None:
-        raise DecodeError(f"model {model.checkpoint.name!r} has no vocab.json beside its weights: ids cannot be read")
-    ln_post = bool(model.dims.do_stable_layer_norm)  # the final norm the head is read through (module docstring)
+    lens = load(config.model, adapter=adapter).ctc_lens()
+    langs, layers = check_store(config, reader, lens.name, lens.sha256)
+    ln_post = lens.ln_post  # the final norm the head is read through (module docstring)
     manifest = {
-        "format": "babelgrid-hypotheses", "version": 1, "head": "ctc", "model_name": model.checkpoint.name,
-        "checkpoint_sha256": model.checkpoint.sha256, "adapter": model.checkpoint.adapter, "store": reader.url,
+        "format": "babelgrid-hypotheses", "version": 1, "head": "ctc", "model_name": lens.name,
+        "checkpoint_sha256": lens.sha256, "adapter": lens.adapter, "store": reader.url,
     }  # fmt: skip
     units = {f"{lang}/L{layer:02d}": (lang, layer) for lang in langs for layer in layers}
 
@@ -67,7 +69,7 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
     def work(kv, unit: str, pending: dict, done: list[int]) -> None:
         lang, layer = units[unit]
         for key in pending.values():
-            rows = _part_rows(model, reader, lang, layer, ln_post, np.asarray(done, np.int64), summary)
+            rows = _part_rows(lens, reader, lang, layer, ln_post, np.asarray(done, np.int64), summary)
             write_value(kv, key, hyp.part_bytes(rows, done, []), config.run.out)
 
     def finish(kv) -> None:
@@ -90,7 +92,7 @@ def _text_language(lang: str) -> str:
         return lang
 
 
-def _part_rows(model, reader, lang: str, layer: int, ln_post: bool, done: np.ndarray, summary) -> dict:
+def _part_rows(lens, reader, lang: str, layer: int, ln_post: bool, done: np.ndarray, summary) -> dict:
     """The hypothesis rows of one (language, layer): the head over the stored states of the done utterances."""
     rows_of = reader.arrays(lang).rows
     out = {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}
@@ -98,10 +100,10 @@ def _part_rows(model, reader, lang: str, layer: int, ln_post: bool, done: np.nda
         index = done[first : first + BATCH]
         lengths = reader.lengths(lang)[index]
         states, _ = reader.language_layer(lang, layer, index, np.float32, frames=int(lengths.max()))
-        logits = np.asarray(model.ctc_logits(states, final_norm=ln_post))  # f32[batch, frame, vocab]
+        logits = np.asarray(lens.logits(states))  # f32[batch, frame, vocab]
         logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
         best = logits.argmax(-1)
-        texts = model.vocab.decode_logits(logits, lengths)
+        texts = [lens.text(best[i, : int(n)]) for i, n in enumerate(lengths)]
         for i, u in enumerate(index):
             n = int(lengths[i])
             ids = best[i, :n]
@@ -112,7 +114,7 @@ def _part_rows(model, reader, lang: str, layer: int, ln_post: bool, done: np.nda
                 ln_post=ln_post, task=TASK, decoding=DECODING, language_token=lang, hypothesis=texts[i],
                 reference=row.transcription, avg_logprob=float(logp[i, np.arange(n), ids].mean()),
                 compression_ratio=compression_ratio(texts[i]),
-                n_tokens=int(np.sum(emitted != model.vocab.blank_id)),
+                n_tokens=int(np.sum(emitted != lens.blank_id)),
             )  # fmt: skip
             for name in out:
                 out[name].append(values[name])

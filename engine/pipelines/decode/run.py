@@ -33,6 +33,7 @@ import time
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
 from engine.models.family import FAMILIES, refuse_without_head
+from engine.models.fastconformer.loaded import load_fastconformer
 from engine.models.interface import CTC, DECODER
 from engine.models.owsm.loaded import load_owsm
 from engine.models.wav2vec2.loaded import load_wav2vec2
@@ -131,16 +132,17 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     run holds the output folder's writer lease (``engine.runtime.lease``).
 
     The path is the head the store's model has (``engine.models.family.Family``): its decoder (Whisper's, OWSM's,
-    which also reads its CTC head for ``--decoding ctc``), else its CTC head (wav2vec2 ``*ForCTC`` models); a model
-    with neither is refused before anything is written. ``whisper``: the store's Whisper model already loaded in
-    ``config.compute_dtype`` (a notebook or test that holds one); by default ``config.model`` is loaded.
+    which also reads its CTC head for ``--decoding ctc``), else its CTC head (wav2vec2 ``*ForCTC``,
+    ``ParakeetForCTC``); a model with neither is refused before anything is written. ``whisper``: the store's
+    Whisper model already loaded in ``config.compute_dtype`` (a notebook or test that holds one); by default
+    ``config.model`` is loaded.
     """
     info = open_store(config.store).info
     family = FAMILIES[info.family]
     if family.decoder is not None:
         refuse_without_head(
             "decode", DECODER, None if whisper is not None else config.model, info,
-            "decode needs a decoder (Whisper, OWSM) or a CTC head (wav2vec2 *ForCTC models)",
+            "decode needs a decoder (Whisper, OWSM) or a CTC head (wav2vec2 *ForCTC, ParakeetForCTC models)",
         )  # fmt: skip
         path, load = DECODER_PATHS[family.decoder], family.decoder
         if whisper is not None and load is load_whisper:
@@ -148,13 +150,14 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     elif family.ctc is not None:  # before the lease: a model without the head writes nothing
         refuse_without_head(
             "decode", CTC, config.model, None,
-            f"decode reads a {info.family} store through its model's {CTC} head: give that checkpoint",
+            f"decode reads a {info.family} store through its model's {CTC} head: give the checkpoint that encoded it, "
+            "with that head (a *ForCTC model)",
         )  # fmt: skip
         path, load = CTC_PATHS[family.ctc], family.ctc
     else:
         refuse_without_head(
             "decode", DECODER, config.model, info,
-            "decode needs a decoder (Whisper, OWSM) or a CTC head (wav2vec2 *ForCTC models)",
+            "decode needs a decoder (Whisper, OWSM) or a CTC head (wav2vec2 *ForCTC, ParakeetForCTC models)",
         )  # fmt: skip
     if CTC in config.decodings and family.ctc is None:
         raise DecodeError(
@@ -227,4 +230,4 @@ def _decode(config: DecodeConfig, reader, lease, summary: DecodeSummary, load) -
 # The decode path of each head a family offers (engine.models.family.Family), by the head's loader: a path is
 # called as path(config, reader, lease, summary, load) under the output's writer lease.
 DECODER_PATHS = {load_whisper: _decode, load_owsm: run_owsm_decode}  # tokens from a layer's states
-CTC_PATHS = {load_wav2vec2: run_ctc_decode}  # the per-layer CTC logit lens
+CTC_PATHS = {load_wav2vec2: run_ctc_decode, load_fastconformer: run_ctc_decode}  # the per-layer CTC logit lens
