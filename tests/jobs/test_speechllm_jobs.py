@@ -241,3 +241,15 @@ def test_challenge_probe_probes_and_interp_read_the_projector(
         b = reader.states("pt", row.id_b, row.layer)[centres("pt", row.id_b)[row.word_index_b]]
         cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
         assert abs(cosine - row.cosine) <= 1e-5, (row, cosine)
+
+
+@pytest.mark.parametrize("job", ["decode", "align", "finetune"])
+def test_decoder_jobs_refuse_a_speechllm_store_at_once(job, clips, run_job, tmp_path_factory, tmp_path):
+    """A speech LLM's text decoder is out of scope: the jobs that need one refuse the store in one line, naming the
+    family, before any work (no output folder, not even the lease)."""
+    _, folder, store = encoded("qwen2_audio", "layers", clips, run_job, tmp_path_factory)
+    out = tmp_path / "out"
+    proc = run_job(job, "--store", store, "--model", str(folder), "--out", str(out), expect=None)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "speechllm model without one" in text and "Traceback" not in text, text
+    assert not out.exists()
