@@ -145,3 +145,17 @@ def _sharded_step(graphdef, signature: Signature, layers, out_dtype, mesh):
 
 def _encode_step(graphdef, encode, state, *inputs, layers, out_dtype):
     return encode(nnx.merge(graphdef, state), *inputs, layers=layers, out_dtype=out_dtype)
+
+
+class StoredLayers:
+    """A sharded encoder that computes every layer (``f[layer, batch, ...]``), cut to the stored ``layers``: the
+    families whose model has no per-layer output switch (OWSM, w2v-BERT, FastConformer) compute them all anyway."""
+
+    def __init__(self, sharded, layers: Sequence[int], n_layers_out: int):
+        self.sharded, self.local_multiple = sharded, sharded.local_multiple
+        layers = tuple(int(i) for i in layers)
+        self.index = None if layers == tuple(range(n_layers_out)) else jnp.asarray(layers)
+
+    def __call__(self, *inputs):
+        out = self.sharded(*inputs)
+        return out if self.index is None else out[self.index]

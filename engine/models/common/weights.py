@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import struct
+from collections.abc import Callable, Mapping
 
 import ml_dtypes
 import numpy as np
@@ -86,3 +88,56 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
             raise CheckpointError(f"safetensors file '{path}' is truncated or corrupt at tensor '{name}'")
         out[name] = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).reshape(shape)
     return out
+
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+
+def checked_state(
+    stored: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]],
+    *,
+    source: str,
+    what: str,
+    local: Callable[[str], str] = lambda name: name,
+    stored_name: Callable[[str], str] = lambda name: name,
+    unread: re.Pattern | None = None,
+    config_file: str = "config.json",
+    floats: tuple[np.dtype, ...] = FLOATS,
+) -> dict[str, np.ndarray]:
+    """The model's state dict from a checkpoint's tensors, every family's checks in one place.
+
+    ``stored``: the tensors as the file names them; ``local(name)``: the model's name of a stored tensor (a prefix
+    dropped), ``stored_name`` its inverse, for messages; ``shapes``: the model's names and the shapes its config
+    requires. A stored tensor the model does not have (and ``unread`` does not match, by its local name), one it
+    lacks, a wrong shape or a dtype outside ``floats`` is a ``CheckpointError`` naming the tensor and ``what`` the
+    config describes (``"a w2vbert encoder of 24 layers"``)."""
+    sd, unknown = {}, []
+    for name, value in stored.items():
+        key = local(name)
+        if key in shapes:
+            sd[key] = np.asarray(value)
+        elif unread is None or not unread.fullmatch(key):
+            unknown.append(name)
+    if unknown:
+        raise CheckpointError(
+            f"checkpoint '{source}' has tensors {what} does not: {some(unknown)}; is {config_file} the one saved with "
+            "these weights?"
+        )
+    missing = [stored_name(k) for k in shapes if k not in sd]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint '{source}' lacks {len(missing)} tensors its {config_file} ({what}) requires: {some(missing)}"
+        )
+    for k, want in shapes.items():
+        if tuple(sd[k].shape) != tuple(want):
+            raise CheckpointError(
+                f"checkpoint '{source}': tensor '{stored_name(k)}' has shape {tuple(sd[k].shape)}, but its "
+                f"{config_file} requires {tuple(want)}"
+            )
+        if sd[k].dtype not in floats:
+            names = ", ".join(str(f) for f in floats)
+            raise CheckpointError(
+                f"checkpoint '{source}': tensor '{stored_name(k)}' is {sd[k].dtype}; weights must be one of {names}"
+            )
+    return sd

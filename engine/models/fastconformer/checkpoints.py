@@ -17,18 +17,17 @@ import pathlib
 import re
 from collections.abc import Mapping
 
-import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, read_json, some
+from engine.models.common.io import file_sha256, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.common.weights import checked_state
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CTC, FastConformerConfig, config_from_hf
 from engine.models.fastconformer.model import state_shapes
 
 _UNREAD = re.compile(r".*\.num_batches_tracked")
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 PREPROCESSOR = "preprocessor_config.json"
 
@@ -92,41 +91,15 @@ def check_preprocessor(folder: pathlib.Path, config: FastConformerConfig) -> Non
 
 
 def _check(stored: Mapping[str, np.ndarray], config: FastConformerConfig, source: str) -> dict[str, np.ndarray]:
-    shapes = state_shapes(config)
-    sd, unknown = {}, []
-    for stored_name, value in stored.items():
-        name = stored_name.removeprefix(config.prefix) if not stored_name.startswith("ctc_head.") else stored_name
-        if name in shapes:
-            sd[name] = np.asarray(value)
-        elif not _UNREAD.fullmatch(name):
-            unknown.append(stored_name)
-    what = f"a {config.model_type} encoder of {config.n_layer} blocks"
-    if unknown:
-        raise CheckpointError(
-            f"checkpoint '{source}' has tensors {what} does not: {some(unknown)}; is config.json the one saved with "
-            "these weights?"
-        )
+    def local(name):
+        return name if name.startswith("ctc_head.") else name.removeprefix(config.prefix)
 
     def stored_name(k):
         return k if k.startswith("ctc_head.") else config.prefix + k
 
-    missing = [stored_name(k) for k in shapes if k not in sd]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint '{source}' lacks {len(missing)} tensors its config.json ({what}) requires: {some(missing)}"
-        )
-    for k, want in shapes.items():
-        if tuple(sd[k].shape) != want:
-            raise CheckpointError(
-                f"checkpoint '{source}': tensor '{stored_name(k)}' has shape {tuple(sd[k].shape)}, but its config.json "
-                f"requires {want}"
-            )
-        if sd[k].dtype not in _FLOATS:
-            raise CheckpointError(
-                f"checkpoint '{source}': tensor '{stored_name(k)}' is {sd[k].dtype}; weights must be float32, float16 "
-                "or bfloat16"
-            )
-    return sd
+    what = f"a {config.model_type} encoder of {config.n_layer} blocks"
+    return checked_state(stored, state_shapes(config), source=source, what=what, local=local, stored_name=stored_name,
+                         unread=_UNREAD)  # fmt: skip
 
 
 def download(repo_id: str, revision: str | None) -> pathlib.Path:

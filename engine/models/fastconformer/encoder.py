@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.common.parallel import StoredLayers
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.cost import encoder_cost
 from engine.models.fastconformer.loaded import LoadedFastConformer, load_fastconformer
@@ -99,24 +100,12 @@ class FastConformerEncoder:
         return encoder_cost(self.loaded.config, samples)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)
+        return StoredLayers(self.loaded.sharded(mesh, out_dtype), layers, self.n_layers_out)
 
     def languages_without_token(self, langs: Sequence[str]) -> list[str]:
         """None: the encoder has no language tokens (Canary's decoder is not read by encode)."""
         del langs
         return []
-
-
-class _Layers:
-    """The sharded encoder's output cut to the stored ``layers`` (it computes them all anyway)."""
-
-    def __init__(self, sharded, layers: tuple[int, ...], n_layers_out: int):
-        self.sharded, self.local_multiple = sharded, sharded.local_multiple
-        self.index = None if layers == tuple(range(n_layers_out)) else jnp.asarray(layers)
-
-    def __call__(self, features, valid):
-        out = self.sharded(features, valid)
-        return out if self.index is None else out[self.index]
 
 
 def load(source, *, adapter=None, dtype=None) -> FastConformerEncoder:

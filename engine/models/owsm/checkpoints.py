@@ -27,7 +27,8 @@ import numpy as np
 import yaml
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, read_torch_state_dict, some
+from engine.models.common.io import file_sha256, read_torch_state_dict
+from engine.models.common.weights import checked_state
 from engine.models.owsm.config import OwsmConfig, config_from_espnet
 from engine.models.owsm.decoder import decoder_shapes
 from engine.models.owsm.features import Stats, read_stats
@@ -132,30 +133,11 @@ def _token_list(conf: Mapping, root: pathlib.Path, config_path: pathlib.Path) ->
 
 
 def _check(stored: Mapping[str, np.ndarray], config: OwsmConfig, source: str) -> dict[str, np.ndarray]:
-    shapes = encoder_shapes(config) | decoder_shapes(config)
-    unknown = [k for k in stored if k not in shapes and not _UNREAD.fullmatch(k)]
-    if unknown:
-        raise CheckpointError(
-            f"checkpoint '{source}' has tensors an OWSM model of {config.n_layer} encoder and {config.n_dec_layer} "
-            f"decoder blocks does not: {some(unknown)}; is config.yaml the one saved with these weights?"
-        )
-    missing = [k for k in shapes if k not in stored]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint '{source}' lacks {len(missing)} tensors its config.yaml ({config.n_layer} encoder, "
-            f"{config.n_dec_layer} decoder blocks) requires: {some(missing)}"
-        )
-    sd = {}
-    for k, want in shapes.items():
-        value = np.asarray(stored[k])
-        if value.shape != want:
-            raise CheckpointError(
-                f"checkpoint '{source}': tensor '{k}' has shape {value.shape}, but its config.yaml requires {want}"
-            )
-        if value.dtype not in _FLOATS:
-            raise CheckpointError(f"checkpoint '{source}': tensor '{k}' is {value.dtype}; weights must be float32/16")
-        sd[k] = value
-    return sd
+    what = f"an OWSM model of {config.n_layer} encoder and {config.n_dec_layer} decoder blocks"
+    return checked_state(
+        stored, encoder_shapes(config) | decoder_shapes(config), source=source, what=what, unread=_UNREAD,
+        config_file="config.yaml", floats=_FLOATS,
+    )  # fmt: skip
 
 
 # --- hub --------------------------------------------------------------------------------------------

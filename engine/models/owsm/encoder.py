@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError, LanguageError
+from engine.models.common.parallel import StoredLayers
 from engine.models.interface import CTC, DECODER, OWSM_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.owsm import features as feats
 from engine.models.owsm.config import SAMPLE_RATE
@@ -120,7 +121,7 @@ class OwsmEncoder:
         return encoder_cost(self.loaded.config)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)
+        return StoredLayers(self.loaded.sharded(mesh, out_dtype), layers, self.n_layers_out)
 
     def languages_without_token(self, langs: Sequence[str]) -> list[str]:
         """The languages with no OWSM language token (``<eng>``) in this model, as decode looks them up."""
@@ -132,18 +133,6 @@ class OwsmEncoder:
             except LanguageError:
                 out.append(lang)
         return out
-
-
-class _Layers:
-    """The sharded encoder's output cut to the stored ``layers`` (it computes them all anyway)."""
-
-    def __init__(self, sharded, layers: tuple[int, ...], n_layers_out: int):
-        self.sharded, self.local_multiple = sharded, sharded.local_multiple
-        self.index = None if layers == tuple(range(n_layers_out)) else jnp.asarray(layers)
-
-    def __call__(self, features):
-        out = self.sharded(features)
-        return out if self.index is None else out[self.index]
 
 
 def load(source, *, adapter=None, dtype=None) -> OwsmEncoder:

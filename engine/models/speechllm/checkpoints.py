@@ -20,17 +20,16 @@ import pathlib
 import re
 from collections.abc import Mapping
 
-import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import read_json, some
+from engine.models.common.io import read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.common.weights import checked_state
 from engine.models.speechllm.config import TOWERS, SpeechLLMConfig, from_hf
 
 TOWER, PROJECTOR = "audio_tower.", "multi_modal_projector."
 PREFIXES = (TOWER, PROJECTOR, "model." + TOWER, "model." + PROJECTOR)
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 _UNUSED = re.compile(r"audio_tower\.embed_positions\._float_tensor")  # none today; a place for known extras
 
@@ -106,26 +105,8 @@ def _renamed(stored: Mapping[str, np.ndarray], alone: bool) -> dict:
 
 
 def _check(stored: Mapping[str, np.ndarray], config: SpeechLLMConfig, source: str) -> dict[str, np.ndarray]:
-    shapes = state_shapes(config)
-    unknown = [k for k in stored if k not in shapes and not _UNUSED.fullmatch(k)]
-    if unknown:
-        raise CheckpointError(f"checkpoint '{source}' has tensors a {config.kind} tower of {config.layers} layers does "
-                              f"not: {some(unknown)}; is config.json the one saved with these weights?")  # fmt: skip
-    missing = [k for k in shapes if k not in stored]
-    if missing:
-        raise CheckpointError(f"checkpoint '{source}' lacks {len(missing)} tensors its config.json ({config.kind}, "
-                              f"{config.layers} layers) requires: {some(missing)}")  # fmt: skip
-    sd = {}
-    for k, want in shapes.items():
-        value = np.asarray(stored[k])
-        if tuple(value.shape) != want:
-            raise CheckpointError(f"checkpoint '{source}': tensor '{k}' has shape {tuple(value.shape)}, but its "
-                                  f"config.json requires {want}")  # fmt: skip
-        if value.dtype not in _FLOATS:
-            raise CheckpointError(f"checkpoint '{source}': tensor '{k}' is {value.dtype}; weights must be float32, "
-                                  "float16 or bfloat16")  # fmt: skip
-        sd[k] = value
-    return sd
+    what = f"a {config.kind} tower of {config.layers} layers"
+    return checked_state(stored, state_shapes(config), source=source, what=what, unread=_UNUSED)
 
 
 def _digest(sd: Mapping[str, np.ndarray]) -> str:

@@ -25,12 +25,12 @@ import pathlib
 import re
 from collections.abc import Mapping
 
-import ml_dtypes
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, read_json, some
+from engine.models.common.io import file_sha256, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.common.weights import checked_state
 from engine.models.w2vbert.config import SEAMLESS_M4T_V2, W2V_BERT, EncoderConfig, config_from_hf
 from engine.models.w2vbert.model import state_shapes
 
@@ -40,7 +40,6 @@ _UNREAD = {
     W2V_BERT: re.compile(r"masked_spec_embed|adapter\..*|intermediate_ffn\..*"),
     SEAMLESS_M4T_V2: re.compile(r"encoder\.layer_norm\..*|intermediate_ffn\..*|adapter\..*|inner_layer_norm\..*"),
 }
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 
 
@@ -91,37 +90,10 @@ def read_encoder_weights(folder: pathlib.Path, config: EncoderConfig) -> tuple[l
 
 def _check(stored: Mapping[str, np.ndarray], config: EncoderConfig, source: str) -> dict[str, np.ndarray]:
     prefix = _PREFIX[config.family]
-    shapes = state_shapes(config)
-    sd, unknown = {}, []
-    for stored_name, value in stored.items():
-        name = stored_name.removeprefix(prefix)
-        if name in shapes:
-            sd[name] = np.asarray(value)
-        elif not _UNREAD[config.family].fullmatch(name):
-            unknown.append(stored_name)
-    if unknown:
-        raise CheckpointError(
-            f"checkpoint '{source}' has tensors a {config.family} encoder of {config.n_layer} layers does not: "
-            f"{some(unknown)}; is config.json the one saved with these weights?"
-        )
-    missing = [prefix + k for k in shapes if k not in sd]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint '{source}' lacks {len(missing)} tensors its config.json ({config.family}, "
-            f"{config.n_layer} layers) requires: {some(missing)}"
-        )
-    for k, want in shapes.items():
-        if tuple(sd[k].shape) != want:
-            raise CheckpointError(
-                f"checkpoint '{source}': tensor '{prefix}{k}' has shape {tuple(sd[k].shape)}, but its config.json "
-                f"requires {want}"
-            )
-        if sd[k].dtype not in _FLOATS:
-            raise CheckpointError(
-                f"checkpoint '{source}': tensor '{prefix}{k}' is {sd[k].dtype}; weights must be float32, float16 or "
-                "bfloat16"
-            )
-    return sd
+    return checked_state(
+        stored, state_shapes(config), source=source, what=f"a {config.family} encoder of {config.n_layer} layers",
+        local=lambda name: name.removeprefix(prefix), stored_name=lambda k: prefix + k, unread=_UNREAD[config.family],
+    )  # fmt: skip
 
 
 # --- hub --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.common.parallel import StoredLayers
 from engine.models.interface import W2VBERT_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.cost import encoder_cost
@@ -94,24 +95,12 @@ class W2vBertEncoder:
         return encoder_cost(self.loaded.config, samples)
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        return _Layers(self.loaded.sharded(mesh, out_dtype), tuple(layers), self.n_layers_out)
+        return StoredLayers(self.loaded.sharded(mesh, out_dtype), layers, self.n_layers_out)
 
     def languages_without_token(self, langs: Sequence[str]) -> list[str]:
         """None: the family has no decoder."""
         del langs
         return []
-
-
-class _Layers:
-    """The sharded encoder's output cut to the stored ``layers`` (it computes them all anyway)."""
-
-    def __init__(self, sharded, layers: tuple[int, ...], n_layers_out: int):
-        self.sharded, self.local_multiple = sharded, sharded.local_multiple
-        self.index = None if layers == tuple(range(n_layers_out)) else jnp.asarray(layers)
-
-    def __call__(self, features, valid):
-        out = self.sharded(features, valid)
-        return out if self.index is None else out[self.index]
 
 
 def load(source, *, adapter=None, dtype=None) -> W2vBertEncoder:
