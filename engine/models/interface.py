@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -170,3 +170,36 @@ def window_frames(
     if rest and (rest >= min_samples or not full):
         total, windows = total + (frames(rest) if rest >= min_samples else 0), windows + 1
     return total, max(windows, 1)
+
+
+class LoadedEncoder:
+    """What an ``Encoder`` reads off its loaded model the same way in every family: a dataclass encoder with a
+    ``loaded`` field (``checkpoint.name``, ``checkpoint.sha256``, ``config.width``, ``config.to_dict()``,
+    ``n_layers_out``, ``seconds_per_frame``) inherits these; a family that stores something else overrides them."""
+
+    loaded: Any
+
+    @property
+    def name(self) -> str:
+        return self.loaded.checkpoint.name
+
+    @property
+    def sha256(self) -> str:
+        return self.loaded.checkpoint.sha256
+
+    @property
+    def store_dims(self) -> FamilyDims:
+        c = self.loaded.config
+        return FamilyDims.from_dict({"n_layers_out": self.n_layers_out, "embed": self.embed, "config": c.to_dict()})
+
+    @property
+    def frame_rate(self) -> float:
+        return 1.0 / self.loaded.seconds_per_frame
+
+    @property
+    def n_layers_out(self) -> int:
+        return self.loaded.n_layers_out
+
+    @property
+    def embed(self) -> int:
+        return self.loaded.config.width

@@ -21,13 +21,20 @@ from engine.models.common.parallel import StoredLayers
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.cost import encoder_cost
 from engine.models.fastconformer.loaded import LoadedFastConformer, load_fastconformer
-from engine.models.interface import CTC, FASTCONFORMER_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+from engine.models.interface import (
+    CTC,
+    FASTCONFORMER_LAYERS,
+    EncoderCost,
+    LoadedEncoder,
+    split_windows,
+    window_frames,
+)
 
 PAD_FRAMES = 100  # batches are padded to a multiple of this many feature frames (1 s)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class FastConformerEncoder:
+class FastConformerEncoder(LoadedEncoder):
     """A ``LoadedFastConformer`` as an ``engine.models.interface.Encoder``."""
 
     loaded: LoadedFastConformer
@@ -37,31 +44,6 @@ class FastConformerEncoder:
     @property
     def heads(self) -> frozenset:
         return frozenset({CTC}) if self.loaded.has_ctc_head else frozenset()
-
-    @property
-    def name(self) -> str:
-        return self.loaded.checkpoint.name
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256
-
-    @property
-    def store_dims(self) -> FamilyDims:
-        c = self.loaded.config
-        return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": c.to_dict()})
-
-    @property
-    def frame_rate(self) -> float:
-        return 1.0 / self.loaded.seconds_per_frame
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.loaded.n_layers_out
-
-    @property
-    def embed(self) -> int:
-        return self.loaded.config.width
 
     @property
     def features(self) -> dict:

@@ -22,7 +22,16 @@ import numpy as np
 
 from engine.errors import AudioError, LanguageError
 from engine.models.common.parallel import StoredLayers
-from engine.models.interface import CTC, DECODER, OWSM_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+from engine.models.interface import (
+    CTC,
+    DECODER,
+    OWSM_LAYERS,
+    EncoderCost,
+    FamilyDims,
+    LoadedEncoder,
+    split_windows,
+    window_frames,
+)
 from engine.models.owsm import features as feats
 from engine.models.owsm.config import SAMPLE_RATE
 from engine.models.owsm.cost import encoder_cost
@@ -31,7 +40,7 @@ from engine.models.owsm.loaded import LoadedOwsm, load_owsm
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class OwsmEncoder:
+class OwsmEncoder(LoadedEncoder):
     """A ``LoadedOwsm`` as an ``engine.models.interface.Encoder``; ``loaded`` is the model for decoder-side jobs."""
 
     loaded: LoadedOwsm
@@ -41,31 +50,11 @@ class OwsmEncoder:
     pads_windows: bool = True  # every window costs the full window (``cost``); read by encode --plan
 
     @property
-    def name(self) -> str:
-        return self.loaded.checkpoint.name
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256
-
-    @property
     def store_dims(self) -> FamilyDims:
         c = self.loaded.config
         # The token list is the checkpoint's (its sha256 covers it); the store records its length.
         config = {k: v for k, v in dataclasses.asdict(c).items() if k != "token_list"} | {"n_vocab": c.n_vocab}
         return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": config})
-
-    @property
-    def frame_rate(self) -> float:
-        return 1.0 / self.loaded.seconds_per_frame
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.loaded.n_layers_out
-
-    @property
-    def embed(self) -> int:
-        return self.loaded.config.width
 
     @property
     def window_samples(self) -> int:

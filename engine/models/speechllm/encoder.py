@@ -18,7 +18,7 @@ from engine.data import audio as audio_lib
 from engine.errors import AudioError, CheckpointError
 from engine.models.common import logmel
 from engine.models.common.parallel import ShardedEncoder, Signature
-from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims
+from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims, LoadedEncoder
 from engine.models.speechllm.loaded import LoadedSpeechLLM, load_speechllm
 
 OUTPUTS = ("layers", "final", "projector")  # what a store of the family holds (encode --tower_output)
@@ -43,7 +43,7 @@ SIGNATURES = {name: Signature(fn, _INPUTS) for name, fn in zip(OUTPUTS, (_encode
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class SpeechLLMEncoder:
+class SpeechLLMEncoder(LoadedEncoder):
     """A ``LoadedSpeechLLM`` as an ``engine.models.interface.Encoder``. A window is ``(mel f32[n_mels, 3000], valid
     frames)``."""
 
@@ -79,14 +79,6 @@ class SpeechLLMEncoder:
         if self.output == "projector":
             f = f // self.loaded.config.group
         return f.astype(np.int32)
-
-    @property
-    def name(self) -> str:
-        return self.loaded.checkpoint.name
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256
 
     @property
     def store_dims(self) -> FamilyDims:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.common.parallel import StoredLayers
-from engine.models.interface import W2VBERT_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+from engine.models.interface import W2VBERT_LAYERS, EncoderCost, LoadedEncoder, split_windows, window_frames
 from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.cost import encoder_cost
 from engine.models.w2vbert.loaded import LoadedW2vBert, load_w2vbert
@@ -25,38 +25,13 @@ PAD_FRAMES = 50  # batches are padded to a multiple of this many frames (1 s)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class W2vBertEncoder:
+class W2vBertEncoder(LoadedEncoder):
     """A ``LoadedW2vBert`` as an ``engine.models.interface.Encoder``."""
 
     loaded: LoadedW2vBert
     family: str = "w2vbert"
     layer_meaning: str = W2VBERT_LAYERS
     heads: frozenset = frozenset()
-
-    @property
-    def name(self) -> str:
-        return self.loaded.checkpoint.name
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256
-
-    @property
-    def store_dims(self) -> FamilyDims:
-        c = self.loaded.config
-        return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": c.to_dict()})
-
-    @property
-    def frame_rate(self) -> float:
-        return 1.0 / self.loaded.seconds_per_frame
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.loaded.n_layers_out
-
-    @property
-    def embed(self) -> int:
-        return self.loaded.config.width
 
     @property
     def features(self) -> dict:
