@@ -1,0 +1,182 @@
+"""Canary's decoder as babelgrid reads it: the Transformer decoder's weights from a ``CanaryForConditionalGeneration``
+folder, the task prompt, and greedy decoding from any encoder layer's states (issue 47).
+
+    from engine.models.fastconformer.canary import load_canary
+    c = load_canary("/path/to/canary-1b-v2")
+    prompt = c.prompt("fr", "en")                        # speech translation French -> English, with punctuation
+    ids, n = c.greedy(memory, valid, prompt, max_tokens=128)   # memory f32[batch, frame, width]: any layer's states
+    text = c.text(ids[0, : n[0]])
+
+Prompt (``prompt``): ``<|startofcontext|> <|startoftranscript|> <|emo:undefined|> <|src|> <|tgt|> <|pnc|>
+<|noitn|> <|notimestamp|> <|nodiarize|>`` (``<|nopnc|>`` without punctuation), the tokens
+``CanaryProcessor.apply_transcription_request(audio, source_language, target_language, punctuation)`` gives through
+the hub's chat template (transformers' ``test_processing_canary``'s expected prompt); transcription is ``src ==
+tgt``, translation ``src != tgt``. Ids come from the checkpoint's ``tokenizer.json`` (``tokenizer``); a language the
+tokenizer has no ``<|xx|>`` token for is refused naming the ones it has.
+
+Weights: the tensors under ``model.decoder.`` and ``proj_out.`` (``engine.models.common.prefixed``: of a sharded
+checkpoint only their shards); ``proj_out.weight`` is the token embedding when ``tie_word_embeddings`` (what
+``save_pretrained`` then leaves out). ``sha256`` is that of the encoder's weight files, as ``load_fastconformer``
+computes it, so that a store's checkpoint hash names the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from engine.errors import CheckpointError
+from engine.models.common.io import file_sha256, read_json, some
+from engine.models.common.prefixed import download_prefixed, prefixed_files, read_prefixed
+from engine.models.fastconformer.config import CANARY, FastConformerConfig, config_from_hf
+from engine.models.fastconformer.decoder import (
+    CanaryDecoder,
+    DecoderConfig,
+    avg_logprob_fn,
+    decoder_config,
+    decoder_shapes,
+    greedy_fn,
+)
+from engine.models.fastconformer.tokenizer import Tokenizer
+
+PREFIXES = ("model.decoder.", "proj_out.")
+LANGUAGE = re.compile(r"<\|([a-z]{2,3})\|>")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
+PROMPT = ("<|startofcontext|>", "<|startoftranscript|>", "<|emo:undefined|>", "{source}", "{target}", "{pnc}",
+          "<|noitn|>", "<|notimestamp|>", "<|nodiarize|>")  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoadedCanary:
+    decoder: CanaryDecoder
+    config: DecoderConfig
+    encoder_config: FastConformerConfig
+    tokenizer: Tokenizer
+    name: str
+    sha256: str  # of the encoder's weight files: the store's checkpoint hash
+    path: pathlib.Path
+
+    @property
+    def n_layers_out(self) -> int:
+        return self.encoder_config.n_layers_out
+
+    @functools.cached_property
+    def _split(self):
+        return nnx.split(self.decoder)
+
+    def languages(self) -> list[str]:
+        """The language codes of the tokenizer's ``<|xx|>`` tokens."""
+        vocab = self.tokenizer.backend.get_vocab(with_added_tokens=True)
+        return sorted(m.group(1) for t in vocab if (m := LANGUAGE.fullmatch(t)))
+
+    def token_id(self, token: str) -> int:
+        i = self.tokenizer.backend.token_to_id(token)
+        if i is None:
+            raise CheckpointError(f"model {self.name!r}: its tokenizer.json has no {token} token")
+        return int(i)
+
+    def prompt(self, source: str, target: str, punctuation: bool = True) -> list[int]:
+        """The prompt ids of speech in ``source`` written in ``target`` (the module docstring)."""
+        known = self.languages()
+        for code in (source, target):
+            if code not in known:
+                raise CheckpointError(
+                    f"language {code!r} has no <|{code}|> token in model {self.name!r}, which knows {some(known)}"
+                )
+        fill = dict(source=f"<|{source}|>", target=f"<|{target}|>", pnc="<|pnc|>" if punctuation else "<|nopnc|>")
+        return [self.token_id(t.format(**fill)) for t in PROMPT]
+
+    def greedy(self, memory, valid, prompt, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """memory f[batch, frame, width] (a layer's states, padding past ``valid`` i32[batch] frames masked), prompt
+        i32[p] or i32[batch, p] -> (tokens i32[batch, max_tokens], n i32[batch]): ``tokens[r, :n[r]]`` are row r's
+        generated tokens, eos excluded (``CanaryForConditionalGeneration.generate``'s, greedy)."""
+        memory, valid, prompt = self._inputs(memory, valid, prompt)
+        graphdef, state = self._split
+        ids, n = greedy_fn(graphdef, state, prompt, memory, valid, max_tokens=int(max_tokens))
+        return np.asarray(ids), np.asarray(n)
+
+    def avg_logprob(self, memory, valid, prompt, ids, n) -> np.ndarray:
+        """f32[batch]: each row's mean log-probability of its tokens and the eos after them (teacher-forced)."""
+        memory, valid, prompt = self._inputs(memory, valid, prompt)
+        graphdef, state = self._split
+        ids, n = jnp.asarray(ids, jnp.int32), jnp.asarray(n, jnp.int32)
+        return np.asarray(avg_logprob_fn(graphdef, state, prompt, ids, n, memory, valid))
+
+    def logits(self, tokens, memory, valid) -> np.ndarray:
+        """Teacher-forced logits f32[batch, n, vocab] of tokens i32[batch, n] (transformers' ``logits``)."""
+        graphdef, state = self._split
+        memory, valid, tokens = self._inputs(memory, valid, tokens)
+        return np.asarray(_logits(graphdef, state, tokens, memory, valid))
+
+    def _inputs(self, memory, valid, prompt):
+        memory = jnp.asarray(memory, self.decoder.embedding.dtype)
+        prompt = np.asarray(prompt, np.int32)
+        if prompt.ndim == 1:
+            prompt = np.broadcast_to(prompt, (memory.shape[0], len(prompt)))
+        return memory, jnp.asarray(valid, jnp.int32), jnp.asarray(prompt)
+
+    def text(self, ids) -> str:
+        """``tokenizer.decode(ids, skip_special_tokens=True)``."""
+        return self.tokenizer.text(ids)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _logits(graphdef, state, tokens, memory, valid):
+    return nnx.merge(graphdef, state).logits(tokens, memory, valid)
+
+
+def load_canary(source: str | os.PathLike, *, dtype=jnp.float32) -> LoadedCanary:
+    """Canary's decoder from a ``CanaryForConditionalGeneration`` folder or hub id, in ``dtype``."""
+    path = pathlib.Path(source).expanduser()
+    if path.exists():
+        name = path.resolve().name
+    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
+        repo_id, _, revision = source.partition("@")
+        path, name = _download(repo_id, revision or None), source
+    else:
+        raise CheckpointError(f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id")
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"checkpoint '{path}' has no config.json; pass the folder save_pretrained wrote")
+    config = read_json(path / "config.json")
+    encoder = config_from_hf(config, str(path / "config.json"))
+    if encoder.model_type != CANARY:
+        raise CheckpointError(
+            f"model {name!r} is a {encoder.model_type} model, which has no text decoder; Canary "
+            "(CanaryForConditionalGeneration) has one"
+        )
+    generation = path / "generation_config.json"
+    dec = decoder_config(config, read_json(generation) if generation.is_file() else None, str(path / "config.json"))
+    if dec.width != encoder.width:
+        raise CheckpointError(f"model {name!r}: decoder width {dec.width} is not the encoder's {encoder.width}")
+    _, stored = read_prefixed(path, PREFIXES)
+    shapes = decoder_shapes(dec)
+    missing = [k for k in shapes if k not in stored]
+    wrong = [k for k in shapes if k in stored and tuple(stored[k].shape) != shapes[k]]
+    if missing or wrong:
+        raise CheckpointError(
+            f"checkpoint '{path}': its Canary decoder lacks {some(missing) or 'nothing'} and has wrong shapes in "
+            f"{some(wrong) or 'nothing'} for its config.json; is config.json the one saved with these weights?"
+        )
+    sd = {k: np.asarray(stored[k], np.float32) for k in shapes}
+    files, _ = prefixed_files(path, (encoder.prefix,))
+    return LoadedCanary(
+        decoder=CanaryDecoder(dec, sd, dtype), config=dec, encoder_config=encoder,
+        tokenizer=Tokenizer.from_folder(path, name), name=name, sha256=file_sha256(files), path=path,
+    )  # fmt: skip
+
+
+def _download(repo_id: str, revision: str | None) -> pathlib.Path:
+    """The hub folder with the encoder's and the decoder's shards (the encoder's decide the store's hash)."""
+
+    def prefixes_of(config: dict, where: str) -> tuple[str, ...]:
+        return (config_from_hf(config, where).prefix, *PREFIXES)
+
+    return download_prefixed(repo_id, revision, prefixes_of, "load_canary('/path/to/canary-1b-v2')")
