@@ -1,7 +1,8 @@
 """FastConformer stores through the jobs: a small random Parakeet-CTC and a small random Canary (transformers'
 ``save_pretrained`` folders) encoded from real FLEURS clips by ``python -m jobs.encode``; every stored layer against
 transformers' ``hidden_states`` of the same utterance, the store's frame rate (12.5/s) and layer meaning; seqsim and
-retrieval on each store, and compare over the two (the same audio through ASR-only and ASR + translation training).
+retrieval on each store, challenge, probe, probes and interp on the Parakeet one, compare over the two (the same
+audio through ASR-only and ASR + translation training).
 Small widths (32) and two blocks keep CI time small: parity at real widths is tests/models/test_fastconformer.py's.
 The bound is the parity tests' (1e-5 of each layer's peak), here where the layers come back through the store."""
 
@@ -24,6 +25,7 @@ from engine.pipelines.similarity.config import SimilarityConfig
 from engine.pipelines.similarity.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
+from tests.jobs.store_jobs import check_store_jobs
 from tests.jobs.test_families import LANGS, PAIRS, family_clips
 
 RTOL_PEAK = 1e-5
@@ -124,6 +126,12 @@ def test_compare_parakeet_and_canary(stores, tmp_path):
     table = pq.read_table(out / "layer_similarity.parquet").to_pandas()
     assert {"parakeet", "canary"} <= set(table["model_a"]) | set(table["model_b"])
     assert {0, 1, 2} <= set(table["layer_a"])
+
+
+def test_challenge_probe_probes_and_interp(stores, run_job, whisper_words, tmp_path):
+    """The other store-reading jobs on the Parakeet-CTC store (12.5 frames/s: a word's 20 ms Whisper times fall
+    inside 80 ms frames), read back from their outputs; interp's cosines recomputed at the words' frames."""
+    check_store_jobs(stores["parakeet"][2], run_job, whisper_words, tmp_path)
 
 
 def test_decode_refusals(stores, run_job, tmp_path):

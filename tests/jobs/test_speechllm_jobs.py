@@ -6,7 +6,6 @@ tests/jobs/test_families.py's two translation pairs, fr and pt."""
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 
 import numpy as np
@@ -23,6 +22,7 @@ from engine.pipelines.similarity.config import SimilarityConfig
 from engine.pipelines.similarity.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
+from tests.jobs.store_jobs import check_store_jobs
 from tests.jobs.test_families import LANGS, PAIRS, family_clips
 from tests.models.test_speechllm import _theirs
 
@@ -188,59 +188,8 @@ def test_challenge_probe_probes_and_interp_read_the_projector(
     are a 50/s store like wav2vec2's, whose jobs tests/jobs/test_families_jobs.py runs): challenge, probe, probes
     (samediff on Whisper-aligned words: the clips have 2 ids a language, too few for LID's folds) and interp, whose
     word cosines are recomputed from the stored states at the frames the words' seconds map to."""
-    import pandas as pd
-
-    from engine.pipelines.probe import run as probe
-
     store = encoded("qwen2_audio", "projector", clips, run_job, tmp_path_factory)[2]
-    reader = open_store(store)
-    layers = set(reader.info.layers)
-
-    out = tmp_path / "challenge"
-    run_job("challenge", "--store", store, "--out", str(out), "--pairs", "fr:pt", "--phone_threshold", "0.16")
-    assert {r.split(",")[0] for r in (out / "fr__pt.csv").read_text().splitlines()[1:]} == set(PAIRS)
-
-    text = {lang: dict(zip(*(reader.utterances_table(lang).column(c).to_pylist() for c in ("id", "transcription")),
-                           strict=True)) for lang in LANGS}  # fmt: skip
-    relations = tmp_path / "relations.csv"
-    rows = [("fr", text["fr"][u], "pt", text["pt"][u], "synonym") for u in PAIRS]
-    rows += [("fr", text["fr"]["a"], "pt", text["pt"]["b"], "unrelated"), ("fr", text["fr"]["b"], "pt", text["pt"]["a"],
-             "unrelated")]  # fmt: skip
-    relations.write_bytes(probe.relations_csv_bytes(rows))
-    run_job("probe", "--store", store, "--out", str(tmp_path / "probe"), "--relations", str(relations), "--seeds", "2")
-    assert set(pd.read_csv(tmp_path / "probe" / "probe.csv")["layer"]) == layers
-
-    run_job("probes", "--store", store, "--out", str(tmp_path / "probes"), "--words", str(whisper_words),
-            "--probes", "samediff", "--min_chars", "2")  # fmt: skip
-    assert set(pd.read_csv(tmp_path / "probes" / "samediff.csv")["layer"]) == layers
-
-    out = tmp_path / "interp"
-    run_job("interp", "--store", store, "--words", str(whisper_words), "--out", str(out), "--pooling", "centre",
-            "--layers", str(max(layers)), "--pairs", "fr:pt")  # fmt: skip
-    pairs = pd.read_parquet(out / "fr__pt" / "pairs.parquet")
-    assert len(pairs) and set(pairs["layer"]) == {max(layers)}
-    rate = reader.info.frame_rate
-
-    def centres(lang: str, uid: str) -> dict[int, int]:
-        """word_index -> centre frame: the word's seconds at the store's rate (start floored, end ceiled: at 25/s the
-        align job's 20 ms times fall between frames), cut to the utterance's frames, a word starting where an
-        overlapping earlier one ends."""
-        n = int(reader.lengths(lang)[reader.utterance_index(lang, uid)])
-        table = pd.read_parquet(whisper_words / lang / "words.parquet").query("id == @uid").sort_values("word_index")
-        spans, end = {}, 0
-        for word in table.itertuples():
-            s = min(math.floor(word.start * rate + 1e-3), n - 1)
-            e = min(max(s + 1, math.ceil(word.end * rate - 1e-3)), n)
-            s = max(s, end) if spans else s
-            if s < e:
-                spans[word.word_index], end = s + (e - s) // 2, e
-        return spans
-
-    for row in pairs.itertuples():
-        a = reader.states("fr", row.id_a, row.layer)[centres("fr", row.id_a)[row.word_index_a]]
-        b = reader.states("pt", row.id_b, row.layer)[centres("pt", row.id_b)[row.word_index_b]]
-        cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
-        assert abs(cosine - row.cosine) <= 1e-5, (row, cosine)
+    check_store_jobs(store, run_job, whisper_words, tmp_path)
 
 
 @pytest.mark.parametrize("job", ["decode", "align", "finetune"])
