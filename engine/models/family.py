@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from engine.errors import CheckpointError
 from engine.models.fastconformer import encoder as fastconformer_encoder
+from engine.models.fastconformer.canary import load_canary
 from engine.models.fastconformer.config import HUB_IDS as FASTCONFORMER_HUB_IDS
 from engine.models.fastconformer.config import MODEL_TYPES as FASTCONFORMER_TYPES
 from engine.models.fastconformer.loaded import load_fastconformer
@@ -60,6 +61,9 @@ class Family:
     layer_meaning: str
     # (source, dtype=) -> the model whose text decoder makes tokens from a layer's states (LoadedWhisper, LoadedOwsm)
     decoder: Callable | None = None
+    # the config.json model types whose checkpoints carry the decoder, where not all do (FastConformer: Canary's);
+    # None: every checkpoint of the family has it
+    decoder_types: tuple[str, ...] | None = None
     # (source, adapter=, dtype=) -> the model with the CTC head, whose ``ctc_lens()`` is decode's logit lens;
     # ``ctc_always``: every checkpoint has it, else only those whose config.json names a *ForCTC architecture
     # (wav2vec2's, ParakeetForCTC's)
@@ -74,8 +78,16 @@ class Family:
     def heads(self) -> frozenset[str]:
         """The heads every checkpoint of the family has (a CTC head only where ``ctc_always``)."""
         ctc = self.ctc if self.ctc_always else None
-        have = {DECODER: self.decoder, CROSS_ATTENTION: self.cross_attention, CTC: ctc}
+        decoder = self.decoder if self.decoder_types is None else None
+        have = {DECODER: decoder, CROSS_ATTENTION: self.cross_attention, CTC: ctc}
         return frozenset(head for head, loader in have.items() if loader is not None)
+
+    def store_heads(self, info) -> frozenset[str]:
+        """The heads of the model that wrote a layer store (``info``: its ``StoreInfo``): ``heads``, and the decoder
+        where the store's model type is one of ``decoder_types``."""
+        config = info.dims.to_dict().get("config") or {}
+        carried = self.decoder_types is not None and config.get("model_type") in self.decoder_types
+        return self.heads | ({DECODER} if carried else set())
 
     def load(self, source, *, adapter: str | None = None, dtype=None, output: str = "layers") -> Encoder:
         if output not in self.outputs:
@@ -115,7 +127,7 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "fastconformer", FASTCONFORMER_TYPES, fastconformer_encoder.load, FASTCONFORMER_LAYERS,
-            ctc=load_fastconformer, hub_ids=FASTCONFORMER_HUB_IDS,
+            decoder=load_canary, decoder_types=("canary",), ctc=load_fastconformer, hub_ids=FASTCONFORMER_HUB_IDS,
         ),
     )
 }  # fmt: skip
@@ -206,7 +218,11 @@ def require_head(source, head: str, job: str, hint: str = "") -> Family:
     """The family of ``source`` if it has ``head``, else a CheckpointError naming the model and what it lacks,
     raised before any weight is read."""
     family = detect_family(source)
-    if head in family.heads or (head == CTC and _has_ctc_head(source)):
+    if (
+        head in family.heads
+        or (head == CTC and _has_ctc_head(source))
+        or (head == DECODER and _has_decoder(family, source))
+    ):
         return family
     name = "the packaged whisper-base" if source is None else repr(str(source))
     raise CheckpointError(
@@ -218,12 +234,20 @@ def refuse_without_head(job: str, head: str, source, store_info=None, hint: str 
     """Refuses ``job`` at once, before any weight is read or output written, when the store's model (``store_info``:
     a layer store's ``StoreInfo``) or the model given (``source``) lacks ``head``, naming the model and what it
     lacks; ``hint`` says what to do instead."""
-    if store_info is not None and head not in FAMILIES[store_info.family].heads:
+    if store_info is not None and head not in FAMILIES[store_info.family].store_heads(store_info):
         raise CheckpointError(
             f"{job} needs a model with a {head} head; the layer store was written by {store_info.model_name!r}, a "
             f"{store_info.family} model without one. {hint}".rstrip()
         )
     require_head(source, head, job, hint)
+
+
+def _has_decoder(family: Family, source) -> bool:
+    """Whether a checkpoint of a family whose decoder only some model types carry (``Family.decoder_types``) is one
+    of those, from its config.json."""
+    if family.decoder is None or family.decoder_types is None or source is None:
+        return False
+    return (_config_json(source) or {}).get("model_type") in family.decoder_types
 
 
 def _has_ctc_head(source) -> bool:

@@ -135,9 +135,9 @@ def test_challenge_probe_probes_and_interp(stores, run_job, whisper_words, tmp_p
 
 
 def test_decode_refusals(stores, run_job, tmp_path):
-    """decode reads a Parakeet-CTC store through its CTC head (tests/jobs/test_decode_parakeet.py), which needs the
-    checkpoint's tokenizer.json: a folder without one is refused naming it. A Canary store has no CTC head and no
-    decoder path yet: refused at once, naming the family, before any output."""
+    """decode reads a Parakeet-CTC store through its CTC head (tests/jobs/test_decode_parakeet.py) and a Canary store
+    through its decoder (tests/jobs/test_decode_canary.py), both needing the checkpoint's tokenizer.json: a folder
+    without one is refused naming it, in one line, before any hypothesis is written."""
     model, root, store = stores["parakeet"]
     proc = run_job(
         "decode", "--store", store, "--model", str(root / "model"), "--out", str(tmp_path / "p"), expect=None
@@ -148,5 +148,5 @@ def test_decode_refusals(stores, run_job, tmp_path):
     out = tmp_path / "decode"
     proc = run_job("decode", "--store", store, "--model", str(root / "model"), "--out", str(out), expect=None)
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "fastconformer model without one" in text and "Traceback" not in text, text
-    assert not out.exists()
+    assert proc.returncode != 0 and "has no tokenizer.json" in text and "Traceback" not in text, text
+    assert not (out / "parts").exists()

@@ -36,6 +36,7 @@ from flax import nnx
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, read_json, some
 from engine.models.common.prefixed import download_prefixed, prefixed_files, read_prefixed
+from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CANARY, FastConformerConfig, config_from_hf
 from engine.models.fastconformer.decoder import (
     CanaryDecoder,
@@ -47,6 +48,7 @@ from engine.models.fastconformer.decoder import (
 )
 from engine.models.fastconformer.tokenizer import Tokenizer
 
+WINDOW_SAMPLES = 30 * feats.SAMPLE_RATE  # engine.models.interface.WINDOW_SECONDS at 16 kHz
 PREFIXES = ("model.decoder.", "proj_out.")
 LANGUAGE = re.compile(r"<\|([a-z]{2,3})\|>")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
@@ -67,6 +69,10 @@ class LoadedCanary:
     @property
     def n_layers_out(self) -> int:
         return self.encoder_config.n_layers_out
+
+    def window_frames(self) -> int:
+        """Encoder frames of a full 30 s window: how a store's frames of audio over 30 s split into windows."""
+        return int(self.encoder_config.sub_length(int(feats.valid_frames(WINDOW_SAMPLES))))
 
     @functools.cached_property
     def _split(self):

@@ -33,12 +33,14 @@ import time
 from engine.dtypes import DTYPES
 from engine.errors import LanguageError
 from engine.models.family import FAMILIES, refuse_without_head
+from engine.models.fastconformer.canary import load_canary
 from engine.models.fastconformer.loaded import load_fastconformer
 from engine.models.interface import CTC, DECODER
 from engine.models.owsm.loaded import load_owsm
 from engine.models.wav2vec2.loaded import load_wav2vec2
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.pipelines.decode import hypotheses as hyp
+from engine.pipelines.decode.canary import run_canary_decode
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
 from engine.pipelines.decode.ctc import run_ctc_decode
 from engine.pipelines.decode.merge import merge
@@ -139,10 +141,10 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     """
     info = open_store(config.store).info
     family = FAMILIES[info.family]
-    if family.decoder is not None:
+    if family.decoder is not None and DECODER in family.store_heads(info):
         refuse_without_head(
             "decode", DECODER, None if whisper is not None else config.model, info,
-            "decode needs a decoder (Whisper, OWSM) or a CTC head (wav2vec2 *ForCTC, ParakeetForCTC models)",
+            "decode needs a decoder (Whisper, OWSM, Canary) or a CTC head (wav2vec2 *ForCTC, ParakeetForCTC models)",
         )  # fmt: skip
         path, load = DECODER_PATHS[family.decoder], family.decoder
         if whisper is not None and load is load_whisper:
@@ -157,7 +159,7 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
     else:
         refuse_without_head(
             "decode", DECODER, config.model, info,
-            "decode needs a decoder (Whisper, OWSM) or a CTC head (wav2vec2 *ForCTC, ParakeetForCTC models)",
+            "decode needs a decoder (Whisper, OWSM, Canary) or a CTC head (wav2vec2 *ForCTC, ParakeetForCTC models)",
         )  # fmt: skip
     if CTC in config.decodings and family.ctc is None:
         raise DecodeError(
@@ -229,5 +231,5 @@ def _decode(config: DecodeConfig, reader, lease, summary: DecodeSummary, load) -
 
 # The decode path of each head a family offers (engine.models.family.Family), by the head's loader: a path is
 # called as path(config, reader, lease, summary, load) under the output's writer lease.
-DECODER_PATHS = {load_whisper: _decode, load_owsm: run_owsm_decode}  # tokens from a layer's states
+DECODER_PATHS = {load_whisper: _decode, load_owsm: run_owsm_decode, load_canary: run_canary_decode}  # tokens
 CTC_PATHS = {load_wav2vec2: run_ctc_decode, load_fastconformer: run_ctc_decode}  # the per-layer CTC logit lens
