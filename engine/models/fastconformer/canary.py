@@ -37,6 +37,7 @@ from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, read_json, some
 from engine.models.common.prefixed import download_prefixed, prefixed_files, read_prefixed
 from engine.models.fastconformer import features as feats
+from engine.models.fastconformer.beam import beam_fn
 from engine.models.fastconformer.config import CANARY, FastConformerConfig, config_from_hf
 from engine.models.fastconformer.decoder import (
     CanaryDecoder,
@@ -108,6 +109,15 @@ class LoadedCanary:
         graphdef, state = self._split
         ids, n = greedy_fn(graphdef, state, prompt, memory, valid, max_tokens=int(max_tokens))
         return np.asarray(ids), np.asarray(n)
+
+    def beam(self, memory, valid, prompt, beams: int, max_tokens: int, length_penalty: float = 1.0):
+        """As ``greedy``, by ``generate(num_beams=beams)``'s beam search (``engine.models.fastconformer.beam``); also
+        returns each row's finished scores f32[batch, beams], best first."""
+        memory, valid, prompt = self._inputs(memory, valid, prompt)
+        graphdef, state = self._split
+        out = beam_fn(graphdef, state, prompt, memory, valid, beams=int(beams), max_tokens=int(max_tokens),
+                      length_penalty=float(length_penalty))  # fmt: skip
+        return tuple(np.asarray(x) for x in out)
 
     def avg_logprob(self, memory, valid, prompt, ids, n) -> np.ndarray:
         """f32[batch]: each row's mean log-probability of its tokens and the eos after them (teacher-forced)."""
