@@ -4,7 +4,8 @@ against transformers' decoder fed the same layer of its own encoder (issue 47's 
 Model: a random ``CanaryForConditionalGeneration`` at small widths (32 wide, 2 encoder blocks, 2 decoder layers of 2
 heads of 16, 256 tokens: parity at real widths is tests/models/test_canary.py's) with tests/models/canary_folder.py's
 tokenizer and weights. Clips: tests/jobs/test_families.py's four real FLEURS clips (fr, pt), encoded by
-``jobs.encode``; ``jobs.decode --layers 1,2 --tasks transcribe,translate`` with English references from
+``jobs.encode``; ``jobs.decode --layers 1,2 --tasks transcribe,translate --decoding greedy,beam:2`` with English
+references from
 ``--references`` (the store has no English). Reference, per clip, layer k and task: transformers' encoder on
 ``ParakeetFeatureExtractor``'s features, ``generate`` with ``encoder_outputs`` holding ``hidden_states[k]`` and the
 ``decoder_input_ids`` of ``CanaryProcessor.apply_transcription_request(source_language=lang,
@@ -14,7 +15,9 @@ Bound: texts and token counts equal exactly. The store's states differ from tran
 peak (tests/jobs/test_fastconformer_jobs.py), so exactness needs no near-tie: at every generated position (eos
 included) transformers' top-2 gap, teacher-forced on its own tokens, must be ``GAP`` times the largest difference of
 our logits on the stored states from its logits (2x guarantees the same argmax); the smallest ratio is printed
-(measured 38.5). 15 of the 16 decodes run to ``MAX_NEW`` tokens, one ends at eos after 13.
+(measured 38.5). 15 of the 16 greedy decodes run to ``MAX_NEW`` tokens, one ends at eos after 13. Beam rows: the
+text of ``generate(num_beams=2)``; our best finished beam's score (``LoadedCanary.beam`` on the stored states) must
+beat the second by ``GAP`` times its difference from transformers' ``sequences_scores`` (measured 3842).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ PIECES = 256
 MAX_NEW = 24
 LAYERS = (1, 2)
 GAP = 10
+BEAMS = 2
 CODES = {"fr": "fr", "pt": "pt"}
 
 
@@ -60,18 +64,19 @@ def canary_run(fleurs_dir, run_job, tmp_path_factory):
     proc = run_job(
         "decode", "--store", str(store), "--model", str(folder), "--out", str(out), "--layers", "1,2",
         "--tasks", "transcribe,translate", "--references", str(references), "--max_new_tokens", str(MAX_NEW),
+        "--decoding", f"greedy,beam:{BEAMS}",
     )  # fmt: skip
-    assert "decoded 16 utterance-parts" in proc.stdout, proc.stdout
+    assert "decoded 32 utterance-parts" in proc.stdout, proc.stdout
     return model, cf.processor(tokenizer), root
 
 
 def test_two_layers_transcribe_and_translate_equal_transformers(canary_run, fleurs_dir):
     model, processor, root = canary_run
     table = pq.read_table(root / "decode" / "hypotheses.parquet").to_pandas()
-    assert len(table) == 16 and set(table["layer"]) == set(LAYERS) and (~table["ln_post"]).all()
-    assert set(table["task"]) == {"transcribe", "translate"} and (table["decoding"] == "greedy").all()
+    assert len(table) == 32 and set(table["layer"]) == set(LAYERS) and (~table["ln_post"]).all()
+    assert set(table["task"]) == {"transcribe", "translate"} and set(table["decoding"]) == {"greedy", f"beam:{BEAMS}"}
     ours, reader = load_canary(root / "model"), open_store(str(root / "store"))
-    worst, tokens, lengths = np.inf, set(), []
+    worst, worst_beam, tokens, lengths = np.inf, np.inf, set(), []
     for uid, stems in PAIRS.items():
         for lang, stem in zip(LANGS, stems, strict=True):
             audio = load_audio(fleurs_dir / f"{stem}.ogg")
@@ -95,18 +100,37 @@ def test_two_layers_transcribe_and_translate_equal_transformers(canary_run, fleu
                     text = new[: new.index(cf.EOS)] if cf.EOS in new else new
                     expected = processor.batch_decode(generated, skip_special_tokens=True)[0]
                     row = table[(table["language"] == lang) & (table["id"] == uid) & (table["layer"] == layer)
-                                & (table["task"] == task)]  # fmt: skip
+                                & (table["task"] == task) & (table["decoding"] == "greedy")]  # fmt: skip
                     assert len(row) == 1, (lang, uid, layer, task)
                     assert row["hypothesis"].iloc[0] == expected, (lang, uid, layer, task, row["hypothesis"].iloc[0])
                     assert int(row["n_tokens"].iloc[0]) == len(text) and row["language_token"].iloc[0] == CODES[lang]
                     worst = min(worst, _margin(model, ours, out, stored, generated, prompt.shape[1], len(text)))
                     tokens.update(text)
                     lengths.append(len(text))
+                    beam_row = table[(table["language"] == lang) & (table["id"] == uid) & (table["layer"] == layer)
+                                     & (table["task"] == task) & (table["decoding"] == f"beam:{BEAMS}")]  # fmt: skip
+                    worst_beam = min(worst_beam, _beam(model, processor, ours, out, stored, prompt, beam_row))
     print(f"smallest top-2 gap / largest logit difference: {worst:.1f}; lengths {lengths}")
-    assert worst >= GAP, worst
+    print(f"beam: smallest gap from the best to the second finished beam / score difference: {worst_beam:.1f}")
+    assert worst >= GAP and worst_beam >= GAP, (worst, worst_beam)
     assert len(tokens) > 10 and max(lengths) > 0, (tokens, lengths)  # non-trivial: many distinct tokens
     scores = (root / "decode" / "scores.csv").read_text()
     assert "translate" in scores and "transcribe" in scores
+
+
+def _beam(model, processor, ours, out, stored, prompt, row) -> float:
+    """The beam row's text is ``generate(num_beams=BEAMS)``'s; returns the gap from our best finished beam's score to
+    the second's, in units of the best's difference from transformers' ``sequences_scores``."""
+    with torch.no_grad():
+        ref = model.generate(encoder_outputs=out, decoder_input_ids=prompt, max_new_tokens=MAX_NEW, num_beams=BEAMS,
+                             output_scores=True, return_dict_in_generate=True)  # fmt: skip
+    assert (
+        len(row) == 1
+        and row["hypothesis"].iloc[0] == processor.batch_decode(ref.sequences, skip_special_tokens=True)[0]
+    )
+    _, _, scores = ours.beam(stored[None], [len(stored)], prompt[0].numpy(), BEAMS, MAX_NEW)
+    err = abs(float(scores[0, 0]) - float(ref.sequences_scores[0]))
+    return float((scores[0, 0] - scores[0, 1]) / max(err, 1e-9))
 
 
 def _margin(model, ours, out, stored, generated, p: int, n: int) -> float:
@@ -122,13 +146,13 @@ def _margin(model, ours, out, stored, generated, p: int, n: int) -> float:
 
 
 def test_refusals(canary_run, run_job, tmp_path):
-    """One line each, before any part is written: beam search (not built for Canary), a language Canary has no token
-    for, and translate from English (here French decoded as English, via --decode_as)."""
+    """One line each, before any part is written: --patience (transformers' beam search has none), a language Canary
+    has no token for, and translate from English (here French decoded as English, via --decode_as)."""
     _, _, root = canary_run
     base = ("--store", str(root / "store"), "--model", str(root / "model"))
-    proc = run_job("decode", *base, "--out", str(tmp_path / "beam"), "--decoding", "beam:2", expect=None)
+    proc = run_job("decode", *base, "--out", str(tmp_path / "beam"), "--patience", "2", expect=None)
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "greedy only" in text and "Traceback" not in text, text
+    assert proc.returncode != 0 and "has no patience" in text and "Traceback" not in text, text
     proc = run_job("decode", *base, "--out", str(tmp_path / "ja"), "--decode_as", "fr=ja", expect=None)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "has no <|ja|> token" in text and "Traceback" not in text, text

@@ -16,7 +16,9 @@ window's frames are the same number, ``LoadedCanary.window_frames``) and the win
 tokens are ``CanaryForConditionalGeneration.generate``'s (greedy) on the same clip; at layer k, its decoder's on
 ``hidden_states[k]`` (tests/models/test_canary.py; through this job: tests/jobs/test_decode_canary.py).
 
-Decodings: ``greedy`` only (beam search is not built for Canary; ``ctc``: Canary has no CTC head). Columns as
+Decodings: ``greedy`` and ``beam:N``, transformers' beam search (``engine.models.fastconformer.beam``:
+``generate(num_beams=N, length_penalty=--length_penalty)``; ``--patience`` has no counterpart and is refused unless
+1.0; ``ctc`` is refused: Canary has no CTC head). Columns as
 Whisper's, except: ``language_token`` is Canary's source language code (``fr``), ``avg_logprob`` the mean
 log-probability of the generated tokens and the eos after them (teacher-forced, the same decoder). Resume per part;
 a work unit is one (language, layer), claimed as the other paths claim theirs
@@ -31,7 +33,7 @@ from engine.dtypes import DTYPES
 from engine.errors import CheckpointError, LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.pipelines.decode import hypotheses as hyp
-from engine.pipelines.decode.config import DecodeConfig, DecodeError
+from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
 from engine.pipelines.decode.ctc import _text_language
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references
@@ -39,12 +41,11 @@ from engine.pipelines.decode.store import Units, check_store, decode_claimed
 from engine.pipelines.decode.unit import compression_ratio
 from engine.stores.kv import write_value
 
-DECODING = "greedy"
 TARGET = "en"  # translate: X -> English
 BATCH_UTTERANCES = 16  # utterances read from the store at a time
 PAD_FRAMES = 16  # a batch's memory is padded to a multiple of this many frames (fewer compilations)
 MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "store", "decode_as",
-                   "max_new_tokens", "compute_dtype")  # fmt: skip
+                   "max_new_tokens", "compute_dtype", "length_penalty")  # fmt: skip
 
 
 def run_canary_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
@@ -52,9 +53,13 @@ def run_canary_decode(config: DecodeConfig, reader, lease, summary, load) -> Non
     ``config.run.out``; counts into ``summary``. The caller holds the output's writer lease (``lease``)."""
     if config.model is None:
         raise DecodeError("decode needs the store's model: pass --model (the Canary folder or hub id it encoded with)")
-    other = [d for d in config.decodings if d != DECODING]
-    if other:
-        raise DecodeError(f"--decoding {','.join(other)}: Canary's decode path is greedy only (no beam, no CTC head)")
+    if "ctc" in config.decodings:
+        raise DecodeError("--decoding ctc reads a CTC head, which Canary has none of; pass greedy or beam:N")
+    if config.patience != 1.0:
+        raise DecodeError(
+            "--patience: Canary's beam search is transformers' generate(num_beams=N), which has no patience; leave it "
+            "at 1.0 (--length_penalty applies, as generate's)"
+        )
     try:
         canary = load(config.model, dtype=DTYPES[config.compute_dtype])
     except CheckpointError as e:
@@ -80,17 +85,18 @@ def run_canary_decode(config: DecodeConfig, reader, lease, summary, load) -> Non
         "format": "babelgrid-hypotheses", "version": 1, "head": "decoder", "model_name": canary.name,
         "checkpoint_sha256": canary.sha256, "store": reader.url, "exact": True, "decode_as": dict(config.decode_as),
         "max_new_tokens": config.max_new_tokens, "compute_dtype": config.compute_dtype, "punctuation": True,
+        "length_penalty": config.length_penalty,
     }  # fmt: skip
     units = {f"{lang}/L{layer:02d}": (lang, layer) for lang in langs for layer in layers}
 
     def part_keys(unit: str) -> dict:
         lang, layer = units[unit]
-        return {task: hyp.part_key(lang, task, DECODING, layer, False) for task in config.tasks}
+        return {(task, d): hyp.part_key(lang, task, d, layer, False) for task in config.tasks for d in config.decodings}
 
     def work(kv, unit: str, pending: dict, done: list[int]) -> None:
         lang, layer = units[unit]
-        for task, key in pending.items():
-            args = (canary, reader, lang, layer, task, prompts[(lang, task)], codes[lang], english)
+        for (task, decoding), key in pending.items():
+            args = (canary, reader, lang, layer, task, decoding, prompts[(lang, task)], codes[lang], english)
             rows, skips = _part(*args, np.asarray(done, np.int64), config, summary)
             write_value(kv, key, hyp.part_bytes(rows, done, skips), config.run.out)
 
@@ -123,8 +129,8 @@ def _windows(states: np.ndarray, n: int, per_window: int) -> list[np.ndarray]:
     return [states[start : min(start + per_window, n)] for start in range(0, max(n, 1), per_window)]
 
 
-def _part(canary, reader, lang, layer, task, prompt, code, english, done, config, summary):
-    """(rows, skips) of one (language, layer, task) part."""
+def _part(canary, reader, lang, layer, task, decoding, prompt, code, english, done, config, summary):
+    """(rows, skips) of one (language, layer, task, decoding) part."""
     rows_of = reader.arrays(lang).rows
     out = {name: [] for name in hyp.HYPOTHESIS_SCHEMA.names}
     skipped = []
@@ -138,7 +144,7 @@ def _part(canary, reader, lang, layer, task, prompt, code, english, done, config
             cut = _windows(states[i], int(n), per_window)
             windows += cut
             owner += [i] * len(cut)
-        tokens, logprobs = _decode(canary, windows, prompt, config)
+        tokens, logprobs = _decode(canary, windows, prompt, decoding, config)
         summary.windows += len(windows)
         owner = np.asarray(owner)
         for i, u in enumerate(index):
@@ -151,7 +157,7 @@ def _part(canary, reader, lang, layer, task, prompt, code, english, done, config
                 ref = None
             values = dict(
                 language=lang, id=row.id, recording=row.recording, utterance=int(u), layer=int(layer), ln_post=False,
-                task=task, decoding=DECODING, language_token=code, hypothesis=text, reference=ref,
+                task=task, decoding=decoding, language_token=code, hypothesis=text, reference=ref,
                 avg_logprob=float(np.mean([logprobs[w] for w in mine])), compression_ratio=compression_ratio(text),
                 n_tokens=len(ids),
             )  # fmt: skip
@@ -162,9 +168,10 @@ def _part(canary, reader, lang, layer, task, prompt, code, english, done, config
     return out, skipped
 
 
-def _decode(canary, windows: list[np.ndarray], prompt: list[int], config: DecodeConfig):
-    """Greedy tokens (a list per window) and mean log-probabilities of ``windows`` (f32[frame, width] each), in
-    batches of ``config.batch_size`` rows (the last padded with copies of its first window)."""
+def _decode(canary, windows: list[np.ndarray], prompt: list[int], decoding: str, config: DecodeConfig):
+    """Tokens (greedy or beam search: ``decoding``; a list per window) and mean log-probabilities of ``windows``
+    (f32[frame, width] each), in batches of ``config.batch_size`` rows (the last padded with copies of its first)."""
+    beams = parse_decoding(decoding)
     tokens, logprobs = [], []
     size = config.batch_size
     for start in range(0, len(windows), size):
@@ -176,7 +183,10 @@ def _decode(canary, windows: list[np.ndarray], prompt: list[int], config: Decode
         for r in range(size):
             w = chunk[r] if r < len(chunk) else chunk[0]
             memory[r, : len(w)], valid[r] = w, len(w)
-        ids, n = canary.greedy(memory, valid, prompt, config.max_new_tokens)
+        if beams == 1:
+            ids, n = canary.greedy(memory, valid, prompt, config.max_new_tokens)
+        else:
+            ids, n, _ = canary.beam(memory, valid, prompt, beams, config.max_new_tokens, config.length_penalty)
         avg = canary.avg_logprob(memory, valid, prompt, ids, n)
         tokens += [ids[r, : n[r]].tolist() for r in range(len(chunk))]
         logprobs += avg[: len(chunk)].tolist()
