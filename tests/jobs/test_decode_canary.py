@@ -29,7 +29,9 @@ import torch
 from transformers.models.parakeet.modeling_parakeet import ParakeetEncoderModelOutput
 
 from engine.data.audio import load_audio
+from engine.models.family import load_encoder
 from engine.models.fastconformer.canary import load_canary
+from engine.pipelines.decode.canary import _windows
 from engine.stores.reader import open_store
 from tests.jobs.test_families import LANGS, PAIRS, family_clips
 from tests.models import canary_folder as cf
@@ -162,3 +164,19 @@ def test_refusals(canary_run, run_job, tmp_path):
                    "--references", references, expect=None)  # fmt: skip
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "'fr' is English" in text and "Traceback" not in text, text
+
+
+def test_long_audio_splits_into_the_encoders_windows(canary_run):
+    """Audio over 30 s: the store holds its windows' frames end to end, each full window ``window_frames()`` of them
+    (what the encoder gives a 30 s window), and the decode path cuts them back there before decoding each window."""
+    _, _, root = canary_run
+    ours = load_canary(root / "model")
+    encoder = load_encoder(str(root / "model"))
+    per_window = ours.window_frames()
+    assert encoder.expected_frames(30 * 16000, "window") == (per_window, 1)
+    samples = 2 * 30 * 16000 + 16000  # two full windows and one second
+    frames, windows = encoder.expected_frames(samples, "window")
+    states = np.arange(frames, dtype=np.float32)[:, None]
+    cut = _windows(states, frames, per_window)
+    assert windows == 3 and [len(w) for w in cut] == [per_window, per_window, frames - 2 * per_window]
+    assert np.array_equal(np.concatenate(cut), states)
