@@ -51,6 +51,7 @@ from engine.models.fastconformer.tokenizer import Tokenizer
 
 WINDOW_SAMPLES = 30 * feats.SAMPLE_RATE  # engine.models.interface.WINDOW_SECONDS at 16 kHz
 PREFIXES = ("model.decoder.", "proj_out.")
+EXTRA_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 LANGUAGE = re.compile(r"<\|([a-z]{2,3})\|>")
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 PROMPT = ("<|startofcontext|>", "<|startoftranscript|>", "<|emo:undefined|>", "{source}", "{target}", "{pnc}",
@@ -195,4 +196,14 @@ def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     def prefixes_of(config: dict, where: str) -> tuple[str, ...]:
         return (config_from_hf(config, where).prefix, *PREFIXES)
 
-    return download_prefixed(repo_id, revision, prefixes_of, "load_canary('/path/to/canary-1b-v2')")
+    folder = download_prefixed(repo_id, revision, prefixes_of, "load_canary('/path/to/canary-1b-v2')")
+    import huggingface_hub  # lazy: only hub ids need it (download_prefixed reached the hub or its cache already)
+
+    try:  # the tokenizer and generation settings, into the same snapshot folder as the weights
+        huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=EXTRA_FILES)
+    except Exception as e:  # noqa: BLE001 - connection and not-found errors come as several hub and httpx types
+        raise CheckpointError(
+            f"'{repo_id}': {', '.join(EXTRA_FILES)} could not be fetched ({type(e).__name__}); download the repo and "
+            "pass its folder"
+        ) from None
+    return folder
