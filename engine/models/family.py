@@ -59,7 +59,8 @@ class Family:
     model_types: tuple[str, ...]  # config.json "model_type" values this family loads
     encoder: Callable[..., Encoder]  # (source, adapter=, dtype=) -> Encoder
     layer_meaning: str
-    # (source, dtype=) -> the model whose text decoder makes tokens from a layer's states (LoadedWhisper, LoadedOwsm)
+    # (source, dtype=) -> the model whose text decoder makes tokens from a layer's states (LoadedWhisper, LoadedOwsm,
+    # LoadedCanary)
     decoder: Callable | None = None
     # the config.json model types whose checkpoints carry the decoder, where not all do (FastConformer: Canary's);
     # None: every checkpoint of the family has it
