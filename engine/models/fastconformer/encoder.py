@@ -19,10 +19,12 @@ import numpy as np
 
 from engine.models.common.parallel import StoredLayers
 from engine.models.fastconformer import features as feats
+from engine.models.fastconformer.config import CANARY
 from engine.models.fastconformer.cost import encoder_cost
 from engine.models.fastconformer.loaded import LoadedFastConformer, load_fastconformer
 from engine.models.interface import (
     CTC,
+    DECODER,
     FASTCONFORMER_LAYERS,
     EncoderCost,
     LoadedEncoder,
@@ -43,7 +45,9 @@ class FastConformerEncoder(LoadedEncoder):
 
     @property
     def heads(self) -> frozenset:
-        return frozenset({CTC}) if self.loaded.has_ctc_head else frozenset()
+        """Parakeet-CTC: its CTC head; Canary: its decoder (``engine.models.fastconformer.canary``)."""
+        ctc = {CTC} if self.loaded.has_ctc_head else set()
+        return frozenset(ctc | ({DECODER} if self.loaded.config.model_type == CANARY else set()))
 
     @property
     def features(self) -> dict:
