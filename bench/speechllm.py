@@ -9,7 +9,7 @@ rounds. Qwen2-Audio and Audio Flamingo 3 get each window's key mask on both side
     python bench/speechllm.py [--layers 4] [--batch 4] [--rounds 5] [--record bench/RESULTS.md]
 
 Folders: ``--write KIND DIR`` saves a random-weight full model (tower, projector, a one-layer language model) with
-``save_pretrained``, for the demo compare of docs/speechllm.md (``--width``, ``--heads``, ``--layers``,
+``save_pretrained``, for the demo compare of docs/models.md (``--width``, ``--heads``, ``--layers``,
 ``--text_width``). Run the bench alone, on a quiet machine.
 """
 
