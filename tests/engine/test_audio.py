@@ -191,13 +191,13 @@ def test_split_windows_real_long_clip(fleurs_clips):
 
 def test_split_windows_truncate(caplog):
     audio = _speechlike(A.N_SAMPLES + 5000)
-    with caplog.at_level(logging.INFO, logger="engine.models.whisper.features"):
+    with caplog.at_level(logging.INFO, logger="engine.models.common.logmel"):
         windows, valid = W.split_windows(audio, long_audio="truncate")
     assert windows.shape == (1, A.N_SAMPLES) and valid.tolist() == [A.N_SAMPLES]
     np.testing.assert_array_equal(windows[0], audio[: A.N_SAMPLES])
     assert "keeping the first 30 s of 30.31 s" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="engine.models.whisper.features"):
+    with caplog.at_level(logging.INFO, logger="engine.models.common.logmel"):
         windows, valid = W.split_windows(audio[:100], long_audio="truncate")
     assert valid.tolist() == [100] and not caplog.text
 

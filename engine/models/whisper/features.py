@@ -4,13 +4,16 @@ names from here."""
 
 from engine.models.common.logmel import (  # noqa: F401 (the names Whisper's modules and tests read from here)
     CHUNK_LENGTH,
+    DYNAMIC_RANGE,
     ENCODER_FRAMES_PER_SECOND,
     FEATURES,
     FRAME_RATE,
     HOP_LENGTH,
+    LOG_FLOOR,
     N_ENCODER_FRAMES,
     N_FFT,
     N_FRAMES,
+    N_FREQS,
     N_SAMPLES,
     SAMPLE_RATE,
     SAMPLES_PER_ENCODER_FRAME,
