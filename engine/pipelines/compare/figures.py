@@ -18,12 +18,15 @@ MEASURE_TITLES = {
     "cknna": "CKNNA",
 }
 DEPTH_LABEL = "depth = layer / (L + 1): 0 = conv stem, 1 = ln_post"
+PAST_TOWER_LABEL = "\npast 1: a speech LLM's projector, one block past its tower"
 
 
 def by_depth_png(curves: dict[str, dict[str, tuple[list, list, list, int]]], *, subtitle: str = "") -> bytes:
     """One panel per metric: curves[metric][model] = (depths, values, randoms, n per layer), pooled over pairs."""
     fig = Figure(figsize=(6.0 * len(curves), 4.2), layout="constrained")
     axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    # a projector store sits past its tower's last layer (StoreDims.depth): widen the axis to show it
+    deepest = max((max(d) for models in curves.values() for d, *_ in models.values() if len(d)), default=1.0)
     for ax, (metric, models) in zip(axes, curves.items(), strict=True):
         for i, (model, (depths, values, randoms, n)) in enumerate(sorted(models.items())):
             order = np.argsort(depths)
@@ -31,9 +34,9 @@ def by_depth_png(curves: dict[str, dict[str, tuple[list, list, list, int]]], *, 
             ax.plot(np.asarray(depths)[order], np.asarray(values)[order], "o-", color=color, label=f"{model} (n={n})")
             ax.plot(np.asarray(depths)[order], np.asarray(randoms)[order], "--", color=color, lw=1, alpha=0.6)
         ax.plot([], [], "k--", lw=1, alpha=0.6, label="random ranking (expected)")
-        ax.set_xlabel(DEPTH_LABEL)
+        ax.set_xlabel(DEPTH_LABEL + (PAST_TOWER_LABEL if deepest > 1.0 else ""))
         ax.set_ylabel(metric)
-        ax.set_xlim(-0.03, 1.03)
+        ax.set_xlim(-0.03, max(1.0, deepest) + 0.03)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
