@@ -10,7 +10,7 @@ import json
 import pathlib
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import ml_dtypes
 import numpy as np
@@ -97,3 +97,19 @@ def some(names, n: int = 8) -> str:
     """The first ``n`` names, sorted, for an error message."""
     names = sorted(names)
     return ", ".join(names[:n]) + (f" (+{len(names) - n} more)" if len(names) > n else "")
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")  # org/name[@revision]
+
+
+def folder_or_hub(source, download: Callable, example: str) -> tuple[pathlib.Path, str]:
+    """``(local path, name)`` of a ``--model``: an existing path (named by its folder), else a hub id
+    ``org/name[@revision]`` fetched by ``download(repo_id, revision)`` (named by the id); anything else is refused,
+    with ``example`` as a hub id of the family."""
+    path = pathlib.Path(source).expanduser()
+    if path.exists():
+        return path, path.resolve().name
+    if isinstance(source, str) and REPO_ID.fullmatch(source):
+        repo_id, _, revision = source.partition("@")
+        return pathlib.Path(download(repo_id, revision or None)), source
+    raise CheckpointError(f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id like {example}")

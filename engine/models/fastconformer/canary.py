@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, read_json, some
+from engine.models.common.io import file_sha256, folder_or_hub, read_json, some
 from engine.models.common.prefixed import download_prefixed, prefixed_files, read_prefixed
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.beam import beam_fn
@@ -53,7 +53,6 @@ WINDOW_SAMPLES = 30 * feats.SAMPLE_RATE  # engine.models.interface.WINDOW_SECOND
 PREFIXES = ("model.decoder.", "proj_out.")
 EXTRA_FILES = ["tokenizer.json", "tokenizer_config.json", "generation_config.json"]
 LANGUAGE = re.compile(r"<\|([a-z]{2,3})\|>")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 PROMPT = ("<|startofcontext|>", "<|startoftranscript|>", "<|emo:undefined|>", "{source}", "{target}", "{pnc}",
           "<|noitn|>", "<|notimestamp|>", "<|nodiarize|>")  # fmt: skip
 
@@ -152,14 +151,7 @@ def _logits(graphdef, state, tokens, memory, valid):
 
 def load_canary(source: str | os.PathLike, *, dtype=jnp.float32) -> LoadedCanary:
     """Canary's decoder from a ``CanaryForConditionalGeneration`` folder or hub id, in ``dtype``."""
-    path = pathlib.Path(source).expanduser()
-    if path.exists():
-        name = path.resolve().name
-    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
-        repo_id, _, revision = source.partition("@")
-        path, name = _download(repo_id, revision or None), source
-    else:
-        raise CheckpointError(f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id")
+    path, name = folder_or_hub(source, _download, "nvidia/canary-1b-v2")
     if not (path / "config.json").is_file():
         raise CheckpointError(f"checkpoint '{path}' has no config.json; pass the folder save_pretrained wrote")
     config = read_json(path / "config.json")

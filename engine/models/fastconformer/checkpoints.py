@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, read_json
+from engine.models.common.io import file_sha256, folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.weights import checked_state
 from engine.models.fastconformer import features as feats
@@ -28,7 +28,6 @@ from engine.models.fastconformer.config import CTC, FastConformerConfig, config_
 from engine.models.fastconformer.model import state_shapes
 
 _UNREAD = re.compile(r".*\.num_batches_tracked")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 PREPROCESSOR = "preprocessor_config.json"
 
 
@@ -49,16 +48,7 @@ def prefixes(config: FastConformerConfig) -> tuple[str, ...]:
 
 def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     """Read a Parakeet or Canary folder, or a hub id ``org/name[@revision]``; ``dtype``: cast the weights to it."""
-    path = pathlib.Path(source).expanduser()
-    if path.exists():
-        name = path.resolve().name
-    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
-        repo_id, _, revision = source.partition("@")
-        path, name = download(repo_id, revision or None), source
-    else:
-        raise CheckpointError(
-            f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id like nvidia/parakeet-ctc-0.6b"
-        )
+    path, name = folder_or_hub(source, download, "nvidia/parakeet-ctc-0.6b")
     if not path.is_dir() or not (path / "config.json").is_file():
         raise CheckpointError(
             f"checkpoint '{path}' is not a folder with config.json; pass the folder save_pretrained wrote "

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, read_torch_state_dict
+from engine.models.common.io import file_sha256, folder_or_hub, read_torch_state_dict
 from engine.models.common.weights import checked_state
 from engine.models.owsm.config import OwsmConfig, config_from_espnet
 from engine.models.owsm.decoder import decoder_shapes
@@ -35,7 +35,6 @@ from engine.models.owsm.features import Stats, read_stats
 from engine.models.owsm.model import encoder_shapes
 
 _UNREAD = re.compile(r"frontend\..*|normalize\.(mean|std)|specaug\..*")
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
 
@@ -54,16 +53,7 @@ class Checkpoint:
 
 def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     """Read an ESPnet OWSM folder or a hub id ``org/name[@revision]``; ``dtype`` casts the weights (None keeps)."""
-    path = pathlib.Path(source).expanduser()
-    if path.exists():
-        name = path.resolve().name
-    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
-        repo_id, _, revision = source.partition("@")
-        path, name = download(repo_id, revision or None), source
-    else:
-        raise CheckpointError(
-            f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id like espnet/owsm_v3.1_ebf_base"
-        )
+    path, name = folder_or_hub(source, download, "espnet/owsm_v3.1_ebf_base")
     config_path, weights = find_files(path)
     conf = _read_yaml(config_path)
     config = config_from_espnet(conf, _token_list(conf, path, config_path), str(config_path))

@@ -23,14 +23,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import read_json
+from engine.models.common.io import folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.weights import checked_state
 from engine.models.speechllm.config import TOWERS, SpeechLLMConfig, from_hf
 
 TOWER, PROJECTOR = "audio_tower.", "multi_modal_projector."
 PREFIXES = (TOWER, PROJECTOR, "model." + TOWER, "model." + PROJECTOR)
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 _UNUSED = re.compile(r"audio_tower\.embed_positions\._float_tensor")  # none today; a place for known extras
 
 
@@ -72,19 +71,15 @@ def state_shapes(c: SpeechLLMConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _download(repo_id: str, revision: str | None) -> pathlib.Path:
+    """The hub repo's config and the shards holding the tower and projector only."""
+    local = "load('/path/to/Qwen2-Audio-7B-Instruct') with config.json and the model's safetensors shards"
+    return download_prefixed(repo_id, revision, lambda config, where: PREFIXES, local)
+
+
 def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     """Read a speech LLM's (or an audio tower's) folder, or a hub id ``org/name[@revision]``; ``dtype``: cast to it."""
-    path = pathlib.Path(source).expanduser()
-    if path.exists():
-        name = path.resolve().name
-    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
-        repo_id, _, revision = source.partition("@")
-        local = "load('/path/to/Qwen2-Audio-7B-Instruct') with config.json and the model's safetensors shards"
-        path = download_prefixed(repo_id, revision or None, lambda config, where: PREFIXES, local)
-        name = source
-    else:
-        raise CheckpointError(f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id like "
-                              "Qwen/Qwen2-Audio-7B-Instruct")  # fmt: skip
+    path, name = folder_or_hub(source, _download, "Qwen/Qwen2-Audio-7B-Instruct")
     if not path.is_dir() or not (path / "config.json").is_file():
         raise CheckpointError(f"checkpoint '{path}' is not a folder with config.json; pass the folder save_pretrained "
                               "wrote")  # fmt: skip

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, read_json
+from engine.models.common.io import file_sha256, folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.weights import checked_state
 from engine.models.w2vbert.config import SEAMLESS_M4T_V2, W2V_BERT, EncoderConfig, config_from_hf
@@ -40,7 +40,6 @@ _UNREAD = {
     W2V_BERT: re.compile(r"masked_spec_embed|adapter\..*|intermediate_ffn\..*"),
     SEAMLESS_M4T_V2: re.compile(r"encoder\.layer_norm\..*|intermediate_ffn\..*|adapter\..*|inner_layer_norm\..*"),
 }
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,16 +59,7 @@ def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
 
     ``dtype``: cast the weights to it (e.g. ``np.float32``); ``None`` keeps the stored dtype.
     """
-    path = pathlib.Path(source).expanduser()
-    if path.exists():
-        name = path.resolve().name
-    elif isinstance(source, str) and _REPO_ID.fullmatch(source):
-        repo_id, _, revision = source.partition("@")
-        path, name = download(repo_id, revision or None), source
-    else:
-        raise CheckpointError(
-            f"checkpoint '{source}' is neither a folder nor a Hugging Face repo id like facebook/w2v-bert-2.0"
-        )
+    path, name = folder_or_hub(source, download, "facebook/w2v-bert-2.0")
     if not path.is_dir() or not (path / "config.json").is_file():
         raise CheckpointError(
             f"checkpoint '{path}' is not a folder with config.json; pass the folder save_pretrained wrote "
