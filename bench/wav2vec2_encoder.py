@@ -1,7 +1,8 @@
 """Benchmark: wav2vec2-family all-layer encoding on CPU (float32), babelgrid against transformers PyTorch, in one run.
 
 At base widths (wav2vec2-base, HuBERT base: 12 layers x 768, group norm, post-LN) and large widths (wav2vec2-large,
-XLS-R 300M, HuBERT large: 24 x 1024, layer-norm feature encoder, pre-LN), full layer counts, random weights (speed does
+XLS-R 300M, HuBERT large, Omnilingual ASR 300M: 24 x 1024, layer-norm feature encoder, pre-LN), and Omnilingual's
+1B (``omni-1b``: 48 x 1280, pre-LN), full layer counts, random weights (speed does
 not depend on them) written once by transformers' ``save_pretrained`` and read by both engines:
 
   - babelgrid: ``LoadedWav2Vec2.encode``, every layer (``hidden_states`` 0..L), jitted, warm
@@ -45,6 +46,16 @@ SIZES = {
         do_stable_layer_norm=True,
         conv_bias=True,
     ),
+    # Omnilingual ASR's 1B CTC encoder (aadel4/omniASR-CTC-1B: 48 x 1280, pre-LN); its 300M one is "large" above
+    "omni-1b": dict(
+        hidden_size=1280,
+        num_hidden_layers=48,
+        num_attention_heads=20,
+        intermediate_size=5120,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        conv_bias=True,
+    ),
 }
 OURS, BATCHED, HF = "babelgrid", "babelgrid-batched", "transformers"
 LABELS = {
@@ -83,13 +94,13 @@ def encoder_flops(config: dict, samples: int) -> float:
     return float(flops + dims.num_hidden_layers * (2 * t * (4 * d * d + 2 * d * f) + 4 * t * t * d))
 
 
-def write_folders(root: pathlib.Path) -> dict[str, pathlib.Path]:
-    """One random ``Wav2Vec2Model`` folder per size (``save_pretrained``)."""
+def write_folders(root: pathlib.Path, sizes) -> dict[str, pathlib.Path]:
+    """One random ``Wav2Vec2Model`` folder per size asked for (``save_pretrained``)."""
     import torch
     import transformers
 
     out = {}
-    for size, config in SIZES.items():
+    for size, config in ((k, SIZES[k]) for k in sizes):
         torch.manual_seed(0)
         out[size] = root / size
         transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**config)).save_pretrained(out[size])
@@ -166,7 +177,7 @@ def cpu_isa() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="base,large", help="comma-separated: base, large")
+    parser.add_argument("--sizes", default="base,large", help="comma-separated: base, large, omni-1b")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=5)
@@ -186,7 +197,7 @@ def main() -> None:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # idle OpenMP threads must not spin on the other's cores
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        write_folders(pathlib.Path(tmp))
+        write_folders(pathlib.Path(tmp), args.sizes)
         base = [sys.executable, __file__, "--batch", str(args.batch), "--seconds", str(args.seconds)]
         base += ["--threads", str(args.threads), "--sizes", ",".join(args.sizes), "--folders", tmp]
         workers, infos, contenders = [], {}, {}
