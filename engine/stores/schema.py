@@ -117,12 +117,16 @@ class StoreDims:
 
     def depth(self, layer: int) -> float:
         """A layer's place on compare's depth axis: ``layer / (L + 1)``, 0 the first stored layer, 1 the last of a
-        Whisper store. A speech LLM's tower-output store (``config.output``) sits past the tower's blocks: the final
-        output at 1, the projector one block further, ``1 + 1 / (L + 1)``."""
-        output = (self.record.get("config") or {}).get("output", "layers")
+        Whisper store (its ``ln_post``) and of Voxtral's tower (its final norm). A speech LLM's tower-output store
+        (``config.output``) sits past the tower's blocks: the final output at 1, the projector one block further,
+        ``1 + 1 / (L + 1)``."""
+        config = self.record.get("config") or {}
+        output = config.get("output", "layers")
         if output == "layers":
-            return layer / (self.n_blocks + 1)
-        blocks = int(self.record["config"]["layers"])
+            # a speech-LLM tower counts its blocks as Whisper does: Voxtral's final norm (L + 1) at 1, as ln_post
+            blocks = int(config["layers"]) if "output" in config else self.n_blocks
+            return layer / (blocks + 1)
+        blocks = int(config["layers"])
         return 1.0 + (1.0 / (blocks + 1) if output == "projector" else 0.0)
 
     @classmethod

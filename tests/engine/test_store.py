@@ -502,6 +502,24 @@ def test_store_dims_read_every_family_s_record_and_give_it_back_whole():
     assert json.dumps(INFO.to_dict()["dims"]) == json.dumps(DIMS.to_dict())  # manifests stay byte-identical
 
 
+def test_depth_puts_each_family_s_last_norm_at_one():
+    """compare's depth axis (``StoreDims.depth``): Whisper's ln_post (L + 1) at 1; a wav2vec2-style store's last layer
+    L at L / (L + 1); a speech LLM's tower counted by its blocks, so Voxtral's final norm (L + 1) is at 1 as ln_post
+    is and Qwen2-Audio's last block at L / (L + 1); its final output at 1 and its projector one block past."""
+    whisper = StoreDims.from_dict(DIMS.to_dict())
+    assert whisper.depth(whisper.n_blocks + 1) == 1.0
+    w2v = StoreDims.from_dict({"n_layers_out": 5, "embed": 8, "config": {}}, "wav2vec2")
+    assert w2v.depth(4) == 4 / 5
+
+    def tower(output, n_layers_out):
+        config = {"layers": 4, "output": output}
+        return StoreDims.from_dict({"n_layers_out": n_layers_out, "embed": 8, "config": config}, "speechllm")
+
+    assert tower("layers", 6).depth(5) == 1.0 and tower("layers", 6).depth(4) == 4 / 5  # Voxtral: 4 blocks + norm
+    assert tower("layers", 5).depth(4) == 4 / 5  # Qwen2-Audio: 4 blocks, its norm after the pooling
+    assert tower("final", 1).depth(0) == 1.0 and tower("projector", 1).depth(0) == 1 + 1 / 5
+
+
 def test_what_old_manifests_mean_is_still_whisper_s_own():
     """The store writes out what a manifest without family, layer meaning, frame rate or features means (it imports
     no model); those are Whisper's, and must stay so for stores already written."""
