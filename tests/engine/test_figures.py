@@ -38,10 +38,10 @@ def assert_names_source(png: bytes, *n_parts: str) -> str:
         ({"dataset": "demo"}, "dataset demo: synthetic espeak-ng speech"),
         ({"dataset": "words-demo", "split": "test"}, "dataset words-demo: synthetic espeak-ng speech"),
         ({"dataset": "fleurs", "split": "dev"}, "dataset fleurs (dev)"),
-        ({"dataset": "folder:/home/someone/tmp/my-clips/", "split": "test"}, "dataset folder my-clips"),  # no split
+        ({"dataset": "folder:/data/run-7/my-clips/", "split": "test"}, "dataset folder my-clips"),  # no split
         ({"dataset": "manifest:/data/x/clips.jsonl"}, "dataset manifest clips.jsonl"),
         ({"dataset": "fleurs:/mnt/fleurs", "split": "test"}, "dataset fleurs (test)"),
-        ({"dataset": "demo:/home/someone/.cache/babelgrid"}, "dataset demo: synthetic espeak-ng speech"),
+        ({"dataset": "demo:/var/cache/babelgrid"}, "dataset demo: synthetic espeak-ng speech"),
         ({}, "dataset unknown"),
         (None, "dataset unknown"),
     ],
