@@ -44,6 +44,18 @@ def pad_to_multiple(x: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
     return x, n
 
 
+def collate_rows(inputs: Sequence[np.ndarray], batch_size: int, multiple: int, fill: float = 0.0):
+    """Windows of different lengths -> ``(f32[batch_size, n, ...] filled with ``fill`` past each, lengths
+    i32[batch_size])``, ``n`` the longest rounded up to ``multiple`` (fewer shapes to compile); padding rows: 0."""
+    n = max(len(x) for x in inputs)
+    n += -n % multiple
+    out = np.full((batch_size, n, *np.shape(inputs[0])[1:]), fill, np.float32)
+    lengths = np.zeros(batch_size, np.int32)
+    for i, x in enumerate(inputs):
+        out[i, : len(x)], lengths[i] = x, len(x)
+    return out, lengths
+
+
 def local_rows(x: jax.Array, axis: int = 1) -> jax.Array:
     """This process's rows (along the batch ``axis``) of a globally sharded array, in global order."""
     starts, parts = set(), []

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from engine.models.common.parallel import StoredLayers
+from engine.models.common.parallel import StoredLayers, collate_rows
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CANARY
 from engine.models.fastconformer.cost import encoder_cost
@@ -73,13 +73,7 @@ class FastConformerEncoder(LoadedEncoder):
     def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows -> ``(features f32[batch_size, feature_frame, n_mels], valid i32[batch_size])``; padding rows:
         valid 0."""
-        n = max(len(x) for x in inputs)
-        n += -n % PAD_FRAMES
-        out = np.zeros((batch_size, n, self.loaded.config.n_mels), np.float32)
-        valid = np.zeros(batch_size, np.int32)
-        for i, x in enumerate(inputs):
-            out[i, : len(x)], valid[i] = x, len(x)
-        return out, valid
+        return collate_rows(inputs, batch_size, PAD_FRAMES)
 
     def cost(self, samples: int) -> EncoderCost:
         """FLOPs and parameters of one window of ``samples`` samples (``engine.models.fastconformer.cost``)."""

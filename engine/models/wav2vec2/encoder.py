@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError
-from engine.models.common.parallel import ShardedEncoder
+from engine.models.common.parallel import ShardedEncoder, collate_rows
 from engine.models.interface import CTC, WAV2VEC2_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
 from engine.models.wav2vec2.cost import encoder_cost
 from engine.models.wav2vec2.features import normalize
@@ -92,13 +92,7 @@ class Wav2Vec2Encoder:
 
     def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows -> ``(wave f32[batch_size, samples], lengths i32[batch_size])``; padding rows have length 0."""
-        n = max(len(x) for x in inputs)
-        n += -n % PAD_MULTIPLE
-        wave = np.full((batch_size, n), self.loaded.checkpoint.features.padding_value, np.float32)
-        lengths = np.zeros(batch_size, np.int32)
-        for i, x in enumerate(inputs):
-            wave[i, : len(x)], lengths[i] = x, len(x)
-        return wave, lengths
+        return collate_rows(inputs, batch_size, PAD_MULTIPLE, self.loaded.checkpoint.features.padding_value)
 
     def cost(self, samples: int) -> EncoderCost:
         """FLOPs and parameters of one window of ``samples`` samples (``engine.models.wav2vec2.cost``)."""
