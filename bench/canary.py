@@ -18,10 +18,8 @@ Run it alone, on a quiet machine (needs the test extras: sentencepiece, torch).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import pathlib
-import statistics
 import sys
 
 import numpy as np
@@ -29,7 +27,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import cpu_isa, interleaved_times, machine, record  # noqa: E402
+from bench.common import Run, interleaved, record  # noqa: E402
 
 CLIPS = ("fleurs-de-001", "fleurs-fr-002", "fleurs-es-003", "fleurs-pt-004", "fleurs-de-009", "fleurs-fr-000")
 ENCODER = dict(hidden_size=1024, num_hidden_layers=2, num_attention_heads=8, intermediate_size=4096)
@@ -83,15 +81,11 @@ def bench(args) -> str:
     reference = theirs()[:, len(prompt) :].numpy()
     same = bool((lengths == args.tokens).all() and np.array_equal(ids[:, : args.tokens], reference))
 
-    before = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    started = datetime.datetime.now(datetime.timezone.utc)
-    times = interleaved_times({"babelgrid": babelgrid, "transformers": theirs}, args.rounds)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    run = Run()
+    median = interleaved({"babelgrid": babelgrid, "transformers": theirs}, args.rounds)
     ratio = median["transformers"] / median["babelgrid"]
-    after = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return "\n".join([
-        f"Machine: {machine()} ({cpu_isa()}). Date: {started:%Y-%m-%d %H:%M} UTC. Load average (1, 5, 15 min) {before} "
-        f"before, {after} after.",
+        run.line(),
         "",
         f"Command: `python bench/canary.py --batch {args.batch} --seconds {args.seconds:g} --tokens {args.tokens} "
         f"--rounds {args.rounds}`; a random Canary with Canary-1B-v2's decoder (8 x 1024, 16384 tokens), greedy "

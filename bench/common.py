@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import pathlib
 import platform
@@ -30,6 +31,23 @@ def cpu_isa() -> str:
     except (OSError, StopIteration):
         return platform.machine()
     return next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2")) if flag in flags), "no AVX2")
+
+
+class Run:
+    """The first line of a result: the machine, its ISA, the date and the load average when the bench started and
+    when it ended (a ratio measured at a load above 2 is not a result)."""
+
+    def __init__(self):
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self.before = load_average()
+
+    def line(self) -> str:
+        return (f"Machine: {machine()} ({cpu_isa()}). Date: {self.started:%Y-%m-%d %H:%M} UTC. Load average (1, 5, 15 "
+                f"min) {self.before} before, {load_average()} after.")  # fmt: skip
+
+
+def load_average() -> str:
+    return ", ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def interleaved(contenders: dict, repeats: int) -> dict:

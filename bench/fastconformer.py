@@ -14,10 +14,8 @@ Run it alone, on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import pathlib
-import statistics
 import sys
 
 import numpy as np
@@ -25,7 +23,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import cpu_isa, interleaved_times, machine, record  # noqa: E402
+from bench.common import Run, interleaved, record  # noqa: E402
 
 CLIPS = ("fleurs-en-000", "fleurs-de-009", "fleurs-fr-002", "fleurs-es-003", "fleurs-pt-004", "fleurs-en-005")
 
@@ -60,15 +58,11 @@ def bench(args) -> str:
     def babelgrid():
         return np.asarray(jax.block_until_ready(ours.encode(features, valid)))
 
-    before = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    started = datetime.datetime.now(datetime.timezone.utc)
-    times = interleaved_times({"babelgrid": babelgrid, "transformers": theirs}, args.rounds)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    run = Run()
+    median = interleaved({"babelgrid": babelgrid, "transformers": theirs}, args.rounds)
     ratio = median["transformers"] / median["babelgrid"]
-    after = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return "\n".join([
-        f"Machine: {machine()} ({cpu_isa()}). Date: {started:%Y-%m-%d %H:%M} UTC. Load average (1, 5, 15 min) {before} "
-        f"before, {after} after.",
+        run.line(),
         "",
         f"Command: `python bench/fastconformer.py --layers {args.layers} --batch {args.batch} --seconds {args.seconds} "
         f"--rounds {args.rounds}`; a random ParakeetForCTC at transformers' default widths, {args.layers} blocks, "

@@ -16,10 +16,8 @@ Folders: ``--write KIND DIR`` saves a random-weight full model (tower, projector
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import pathlib
-import statistics
 import sys
 
 import numpy as np
@@ -27,7 +25,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import cpu_isa, interleaved_times, machine, record  # noqa: E402
+from bench.common import Run, interleaved, record  # noqa: E402
 
 KINDS = ("qwen2_audio", "voxtral", "audioflamingo3")
 TEXT_WIDTH = {"qwen2_audio": 4096, "voxtral": 3072, "audioflamingo3": 3584}  # the released language models'
@@ -84,8 +82,7 @@ def bench(args) -> str:
     mel_t = torch.from_numpy(mel)
     tmp = pathlib.Path(args.tmp)
     rows, ratios = [], {}
-    before = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    started = datetime.datetime.now(datetime.timezone.utc)
+    run = Run()
     for kind in KINDS:
         model = full_model(kind, 1280, 20, args.layers, 256)
         folder = tmp / kind
@@ -109,15 +106,12 @@ def bench(args) -> str:
         def babelgrid(ours=ours):
             return np.asarray(jax.block_until_ready(ours.encode(mel, frames)))
 
-        times = interleaved_times({"babelgrid": babelgrid, "transformers": theirs}, args.rounds)
-        median = {name: statistics.median(t) for name, t in times.items()}
+        median = interleaved({"babelgrid": babelgrid, "transformers": theirs}, args.rounds)
         ratios[kind] = median["transformers"] / median["babelgrid"]
         rows.append(f"| {kind} | {median['babelgrid']:.2f} | {median['transformers']:.2f} | **{ratios[kind]:.2f}x** |")
-    after = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     met = all(r >= 1.2 for r in ratios.values())
     return "\n".join([
-        f"Machine: {machine()} ({cpu_isa()}). Date: {started:%Y-%m-%d %H:%M} UTC. Load average (1, 5, 15 min) {before} "
-        f"before, {after} after.",
+        run.line(),
         "",
         f"Command: `python bench/speechllm.py --layers {args.layers} --batch {args.batch} --rounds {args.rounds}`; "
         f"random towers at the released widths (1280 x 20 heads, 5120 feed-forward, 128 mels), {args.layers} blocks, "

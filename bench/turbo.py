@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
 import pathlib
-import statistics
 import sys
 
 import numpy as np
@@ -33,7 +31,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import cpu_isa, interleaved_times, machine, record  # noqa: E402
+from bench.common import Run, interleaved, record  # noqa: E402
 
 CLIPS = ("fleurs-de-001", "fleurs-fr-002", "fleurs-es-003", "fleurs-pt-004", "fleurs-en-005", "fleurs-de-000")
 
@@ -97,13 +95,10 @@ def bench(args) -> str:
     same = got == ref
     lengths = sorted({len(r) for r in ref})
 
-    before = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    started = datetime.datetime.now(datetime.timezone.utc)
+    run = Run()
     engines = {"enc babelgrid": encoder_ours, "enc transformers": encoder_theirs, "dec babelgrid": decode_ours,
                "dec transformers": decode_theirs}  # fmt: skip
-    times = interleaved_times(engines, args.rounds)
-    median = {name: statistics.median(t) for name, t in times.items()}
-    after = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    median = interleaved(engines, args.rounds)
     rows, met = [], True
     for what, key in (("encoder, every layer", "enc"), (f"transcribe (encoder + {args.tokens} greedy tokens)", "dec")):
         ratio = median[f"{key} transformers"] / median[f"{key} babelgrid"]
@@ -111,8 +106,7 @@ def bench(args) -> str:
         rows.append(f"| {what} | {median[f'{key} babelgrid']:.2f} | {median[f'{key} transformers']:.2f} | "
                     f"**{ratio:.2f}x** |")  # fmt: skip
     return "\n".join([
-        f"Machine: {machine()} ({cpu_isa()}). Date: {started:%Y-%m-%d %H:%M} UTC. Load average (1, 5, 15 min) {before} "
-        f"before, {after} after.",
+        run.line(),
         "",
         f"Command: `python bench/turbo.py --layers {args.layers} --batch {args.batch} --tokens {args.tokens} --rounds "
         f"{args.rounds}`; a random large-v3-turbo (1280 x 20 heads, 128 mels, 4-layer decoder, 51866 ids) with "
