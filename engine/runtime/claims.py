@@ -25,6 +25,10 @@ needs the other processes to answer, so no collective is used after the work sta
 
 A process whose claim was taken over while it still worked on the unit (it stalled past the expiry) finishes anyway:
 every write of a unit is idempotent (the same bytes for the same inputs), so the two results are one.
+
+Each process also keeps a **worker record** beside the claims (``engine.runtime.status``: host, pid, the scheduler's
+task label, the units it did, its recent rate), renewed with its claims, and logs where the whole run stands every
+``STATUS_EVERY`` seconds when it is one of several (``--worker``, or ``jax.distributed``).
 """
 
 from __future__ import annotations
@@ -43,11 +47,14 @@ from collections.abc import Callable, Iterator, Sequence
 import tensorstore as ts
 
 from engine.runtime.options import DEFAULT_CLAIM_TTL
-from engine.stores.kv import StoreError, iso_utc, parse_record, read_value, storage_error, write_value
+from engine.runtime.status import RUN_RECORD, run_status, task_label, worker_prefix
+from engine.stores.kv import StoreError, create_key, iso_utc, parse_record, read_value, storage_error, write_value
 
 CLAIMS_DIR = "claims/"
 
-WORKING, FINISHED = "working", "finished"
+WORKING, FINISHED, EXITED = "working", "finished", "exited"
+STATUS_EVERY = 60.0  # seconds between a worker's lines on where the whole run stands
+RATE_WINDOW = 600.0  # seconds over which a worker's recent rate is counted
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +73,13 @@ class WorkClaims:
     context manager that stops renewing and releases what it still holds on exit."""
 
     def __init__(
-        self, kv: ts.KvStore, url: str, job: str, *, ttl: float = DEFAULT_CLAIM_TTL, poll: float | None = None
-    ):
+        self, kv: ts.KvStore, url: str, job: str, *, ttl: float = DEFAULT_CLAIM_TTL, poll: float | None = None,
+        shared: bool = False,
+    ):  # fmt: skip
         if ttl <= 0:
             raise ValueError(f"claim ttl must be positive seconds, got {ttl}")
         self.kv, self.url, self.job, self.ttl = kv, url, job, float(ttl)
+        self.shared = shared  # one of several processes (--worker, jax.distributed): log where the run stands
         self.poll = min(self.ttl / 4, 5.0) if poll is None else float(poll)
         self.owner = uuid.uuid4().hex
         self.prefix = f"{CLAIMS_DIR}{job}/"
@@ -79,6 +88,12 @@ class WorkClaims:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.taken_over = 0  # expired claims of other processes this one took
+        self.units_done = 0
+        self._finished_at: collections.deque[float] = collections.deque()  # this process's recent unit ends
+        self._record_generation: bytes | None = None  # of this process's worker record; None: not registered
+        self._started = time.time()
+        self._total = self._done_at_start = 0
+        self._last_status = time.monotonic()
 
     def __enter__(self) -> WorkClaims:
         return self
@@ -90,25 +105,91 @@ class WorkClaims:
         return self.prefix + unit + ".json"
 
     def clear(self) -> None:
-        """Deletes every claim of this job: the start of a run, under the writer lease, before any process works."""
-        try:
-            self.kv.delete_range(ts.KvStore.KeyRange(self.prefix, self.prefix[:-1] + "0")).result()
-        except ValueError as e:
-            raise storage_error("clear the work claims", self.prefix, self.url, e) from None
+        """Deletes every claim and worker record of this job: the start of a run, by the process that opened it
+        (under the writer lease), before any process works."""
+        for prefix in (self.prefix, worker_prefix(self.job)):
+            try:
+                self.kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
+            except ValueError as e:
+                raise storage_error("clear the work claims", prefix, self.url, e) from None
 
     def tidy(self) -> None:
         """The end of a run whose every unit is done: deletes this job's claims (finished ones included: the next run
-        would clear them first anyway) and, in a local folder, the empty ``claims/`` folders the file kvstore leaves
-        behind."""
+        would clear them first anyway) and worker records and, in a local folder, the empty ``claims/`` and
+        ``workers/`` folders the file kvstore leaves behind."""
         self.clear()
         if "://" in self.url and not self.url.startswith("file://"):
             return  # object stores have no folders
         root = pathlib.Path(self.url.removeprefix("file://"))
-        for folder in (root / self.prefix, root / CLAIMS_DIR):
-            try:
-                folder.rmdir()  # only when empty: another job's claims stay
-            except OSError:
-                return
+        for prefix in (self.prefix, worker_prefix(self.job)):
+            for folder in (root / prefix, (root / prefix).parent):
+                try:
+                    folder.rmdir()  # only when empty: another job's claims stay
+                except OSError:
+                    break
+
+    # -- the worker record (engine.runtime.status) ----------------------------------------------------------------
+
+    def register(self, total: int, done_at_start: int, opener: bool) -> None:
+        """Writes this process's worker record (``total`` units in the run, ``done_at_start`` done when it planned)
+        and starts renewing it; the opener of the run also writes the run record, once."""
+        self._total, self._done_at_start = int(total), int(done_at_start)
+        if opener:
+            run = {"job": self.job, "units": self._total, "done_at_open": self._done_at_start,
+                   "opened": iso_utc(time.time()), "opened_unix": time.time()}  # fmt: skip
+            create_key(self.kv, worker_prefix(self.job) + RUN_RECORD, json.dumps(run, indent=1).encode(), self.url)
+        missing = read_value(self.kv, self._record_key(), self.url).stamp.generation  # a new owner's key: absent
+        with self._lock:
+            self._write_record(WORKING, if_equal=missing)
+            self._start_renewing()
+
+    def count_done(self) -> None:
+        """One more unit done by this process."""
+        now = time.time()
+        with self._lock:
+            self.units_done += 1
+            self._finished_at.append(now)
+            while self._finished_at and self._finished_at[0] < now - RATE_WINDOW:
+                self._finished_at.popleft()
+
+    def _rate(self) -> float:
+        window = min(RATE_WINDOW, max(time.time() - self._started, 1.0))
+        return len(self._finished_at) / window
+
+    def _write_record(self, state: str, if_equal: bytes | None = None) -> None:
+        """This process's worker record, conditional on the generation it wrote last (``if_equal``: the first
+        write's condition): once the run's end deleted the records (``tidy``), it is not written again."""
+        condition = self._record_generation if if_equal is None else if_equal
+        if condition is None:
+            return
+        now = time.time()
+        record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "label": task_label(),
+                  "job": self.job, "state": state, "started": iso_utc(self._started), "renewed": iso_utc(now),
+                  "expires_unix": now + self.ttl, "ttl": self.ttl, "units_total": self._total,
+                  "done_at_start": self._done_at_start, "units_done": self.units_done,
+                  "taken_over": self.taken_over, "claimed": len(self._held), "rate": self._rate()}  # fmt: skip
+        key = self._record_key()
+        try:
+            stamp = self.kv.write(key, json.dumps(record, indent=1).encode(), if_equal=condition).result()
+        except ValueError as e:
+            log.warning("could not write the worker record %s (%s)", key, e)
+            return
+        self._record_generation = stamp.generation or None  # a failed condition: the run's end removed it
+
+    def _record_key(self) -> str:
+        return worker_prefix(self.job) + self.owner + ".json"
+
+    def status_line(self) -> str:
+        """Where the whole run stands, from the store's records (``engine.runtime.status``), this process's own
+        written first."""
+        with self._lock:
+            self._write_record(WORKING)
+        return run_status(self.kv, self.url, self.job).line(mine=self.units_done)
+
+    def _start_renewing(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-claims", daemon=True)
+            self._thread.start()
 
     def _record(self, unit: str, state: str = WORKING, **extra) -> bytes:
         now = time.time()
@@ -156,9 +237,7 @@ class WorkClaims:
         claim = Claim(unit, generation)
         with self._lock:
             self._held[unit] = claim
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-claims", daemon=True)
-                self._thread.start()
+            self._start_renewing()
         return claim
 
     def release(self, claim: Claim) -> None:
@@ -194,10 +273,13 @@ class WorkClaims:
                 self.release(claim)
             except StoreError as e:  # they expire instead
                 log.warning("could not release the work claim on %s: %s", claim.unit, e)
+        with self._lock:
+            self._write_record(EXITED)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             with self._lock:
+                self._write_record(WORKING)
                 for claim in [c for c in self._held.values() if not c.lost]:
                     try:
                         stamp = self.kv.write(
@@ -213,6 +295,12 @@ class WorkClaims:
                         # the writes are the same bytes. Only the taker releases the claim.
                         claim.lost = True
                         log.warning("the work claim on %s was taken over by another process", claim.unit)
+            if self.shared and time.monotonic() - self._last_status >= STATUS_EVERY:
+                self._last_status = time.monotonic()
+                try:
+                    log.info("%s", self.status_line())
+                except StoreError as e:
+                    log.warning("could not read where the run stands (%s)", e)
 
 
 PREFER_WINDOW = 8  # units ahead in the order among which ``prefer`` may pick

@@ -10,9 +10,14 @@ run loads or compiles its own copy of each shape it meets.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 
+import jax
 from jax import monitoring
+
+log = logging.getLogger(__name__)
 
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
 LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
@@ -49,3 +54,21 @@ class CompileClock:
     def __exit__(self, *exc) -> None:
         monitoring.unregister_event_duration_listener(self._duration)
         monitoring.unregister_event_listener(self._event)
+
+
+def use_cache(folder: str) -> None:
+    """Points JAX's persistent compilation cache at ``folder`` (``--compile_cache``), every kernel cached however
+    quickly it compiled: several workers given the same shared folder compile each kernel once between them.
+
+    JAX keys an entry by the kernel, the compile options and the backend: on GPU and TPU by the device kind (workers on
+    one kind of card share entries), on CPU by the device as well (workers on one machine type share them; the
+    processes of one ``jax.distributed`` run do not, each being another device). A run's summary says how many of
+    its kernels came from the cache."""
+    path = os.path.abspath(os.path.expanduser(folder)) if "://" not in folder else folder
+    if "://" not in path:
+        os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    entries = len(os.listdir(path)) if "://" not in path else None
+    log.info("compilation cache %s%s", path, "" if entries is None else f": {entries} entries already there")

@@ -19,6 +19,20 @@ Protocol (``lease.json`` at the store's root, any kvstore with conditional write
 
 Multi-host runs share one lease: process 0 takes, renews and releases it; the others only write.
 
+**Workers** (``--worker``, ``SharedLease``): any number of independent processes run the same command on one store,
+with no coordinator. They share one lease whose record says ``mode: workers`` and holds the run's settings:
+
+- the first worker to find no live lease takes it (the same conditional write) in state ``opening``: it creates the
+  output and clears an earlier run's claims, then sets ``open``. It is the run's *opener*;
+- a worker that finds a live ``workers`` lease of the same job joins: it waits while the lease is ``opening`` (the
+  opener's creation is not finished), then compares its settings with the lease's and refuses a mismatch naming each
+  differing setting with both values;
+- every worker renews the lease (a read-modify-write), so it lives while any worker does; a worker that ends deletes
+  the lease once no other worker's record is live (``engine.runtime.status``), and a worker that finds it deleted
+  while it still works writes it again;
+- a run without ``--worker`` is refused while the workers' lease is live, and workers are refused while a run without
+  ``--worker`` holds the lease.
+
 Object stores: TensorStore sends the conditions as the servers' own preconditions (S3 ``If-None-Match: *`` and
 ``If-Match: <etag>`` on PUT, GCS ``ifGenerationMatch``), which AWS S3, GCS and moto honour, so the protocol above holds
 there as on a local disk. A server that ignores them (gcp-storage-emulator does; some S3-compatible stores do) is
@@ -41,11 +55,22 @@ import uuid
 
 import tensorstore as ts
 
-from engine.stores.kv import StoreError, iso_utc, parse_record, read_value, storage_error, write_value
+from engine.runtime.status import run_status
+from engine.stores.kv import (
+    StoreError,
+    iso_utc,
+    manifest_diffs,
+    parse_record,
+    read_value,
+    storage_error,
+    write_value,
+)
 
 LEASE = "lease.json"
 DEFAULT_TTL = 120.0  # seconds; renewed every ttl / 3, so a run survives two missed renewals
 SETTLE = 1.0  # seconds between writing and reading back the lease on a store that ignores conditional writes
+JOIN_POLL = 1.0  # seconds between looks at the lease of a run whose first worker is still creating the output
+WORKERS, OPENING, OPEN = "workers", "opening", "open"
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +81,9 @@ class StoreBusyError(StoreError):
 
 class WriterLease:
     """The writer lease of the store at ``url`` (see the module docstring); a context manager that takes, renews and
-    releases it."""
+    releases it. Its holder opens the run it writes (``opener``; ``open`` has nothing to publish)."""
+
+    opener = True
 
     def __init__(self, kv: ts.KvStore, url: str, job: str, *, ttl: float = DEFAULT_TTL, break_lease: bool = False):
         if ttl <= 0:
@@ -98,13 +125,15 @@ class WriterLease:
         if found.state != "missing":
             holder = parse_record(found.value)
             expires = holder.get("expires_unix", 0.0)
-            if expires > time.time() and _dead_here(holder):
+            if expires > time.time() and holder.get("mode") != WORKERS and _dead_here(holder):
                 # Killed on this very host (a SIGKILL, an out-of-memory kill): no need to wait for the expiry.
                 log.info("taking over the writer lease of %s on %r: that process no longer runs", holder, self.url)
                 expires = 0.0
             if expires > time.time() and not self.break_lease:
+                workers = " (--worker processes; run this one with --worker to join them)"
                 raise StoreBusyError(
-                    f"store {self.url!r} is being written by another run: {holder.get('job')} on host "
+                    f"store {self.url!r} is being written by another run"
+                    f"{workers if holder.get('mode') == WORKERS else ''}: {holder.get('job')} on host "
                     f"{holder.get('host')!r}, pid {holder.get('pid')}, lease renewed {holder.get('renewed')} and "
                     f"valid until {holder.get('expires')}. Wait for it to finish; if that process is dead, wait "
                     f"until its lease expires, or rerun with --break_lease (the commit protocol keeps the store "
@@ -138,6 +167,9 @@ class WriterLease:
                 )
         self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-lease", daemon=True)
         self._thread.start()
+
+    def open(self) -> None:
+        """Nothing to publish: no other process waits for an exclusive lease's holder (``SharedLease.open``)."""
 
     def check(self) -> None:
         """Raises StoreBusyError if the lease was broken or could not be renewed: stop writing."""
@@ -186,6 +218,173 @@ class WriterLease:
                 self._lost = f"the writer lease of {self.url!r} was broken by another run (--break_lease); stopping"
                 log.error(self._lost)
                 return
+
+
+class SharedLease:
+    """The lease shared by the ``--worker`` processes of one run (module docstring, "Workers"); a context manager.
+
+    ``settings``: what this worker's outputs depend on (``engine.runtime.runs.output_settings``); a joining worker
+    must hold the same. ``opener`` says whether this worker opened the run; it calls ``open()`` once the output is
+    created and an earlier run's claims are cleared, and the workers waiting to join then go on."""
+
+    def __init__(self, kv: ts.KvStore, url: str, job: str, settings: dict, *, ttl: float = DEFAULT_TTL,
+                 break_lease: bool = False, poll: float = JOIN_POLL):  # fmt: skip
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive seconds, got {ttl}")
+        self.kv, self.url, self.job, self.ttl, self.break_lease = kv, url, job, float(ttl), break_lease
+        self.settings = settings
+        self.poll = poll
+        self.owner = uuid.uuid4().hex
+        self.opener = False
+        self._state = OPEN
+        self._generation: bytes | None = None
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> SharedLease:
+        self.take()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _record(self, state: str) -> bytes:
+        now = time.time()
+        return json.dumps(
+            {
+                "owner": self.owner,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "job": self.job,
+                "mode": WORKERS,
+                "state": state,
+                "settings": self.settings,
+                "renewed": iso_utc(now),
+                "expires": iso_utc(now + self.ttl),
+                "expires_unix": now + self.ttl,
+            },
+            indent=1,
+        ).encode()
+
+    def take(self) -> None:
+        """Opens the run or joins it (class docstring); StoreBusyError when a run without --worker holds the lease,
+        or workers of another job or other settings."""
+        waited = False
+        while True:
+            found = read_value(self.kv, LEASE, self.url)
+            holder = {} if found.state == "missing" else parse_record(found.value)
+            live = holder.get("expires_unix", 0.0) > time.time()
+            if live and holder.get("state") == OPENING and _dead_here(holder):
+                live = False  # its opener was killed on this host before it opened the run
+            if live and not self.break_lease:
+                self._refuse_unless_joinable(holder)
+                if holder.get("state") == OPENING:
+                    if not waited:
+                        log.info("waiting for the worker that opens %r (%s pid %s) to create it", self.url,
+                                 holder.get("host"), holder.get("pid"))  # fmt: skip
+                        waited = True
+                    time.sleep(self.poll)
+                    continue
+                log.info("joining the workers of %s on %r", self.job, self.url)
+                break
+            if live:
+                log.warning("breaking the unexpired writer lease of %s on %r (--break_lease)", holder, self.url)
+            elif holder:
+                log.info("taking over the expired writer lease of %s on %r", holder.get("job"), self.url)
+            if self._write(self._record(OPENING), found.stamp.generation):
+                self.opener, self._state = True, OPENING
+                log.info("opening the run of %s on %r as its first worker", self.job, self.url)
+                break
+        self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-lease", daemon=True)
+        self._thread.start()
+
+    def _refuse_unless_joinable(self, holder: dict) -> None:
+        if holder.get("mode") != WORKERS:
+            raise StoreBusyError(
+                f"store {self.url!r} is being written by a run started without --worker: {holder.get('job')} on "
+                f"host {holder.get('host')!r}, pid {holder.get('pid')}, lease valid until {holder.get('expires')}. "
+                "Workers join only workers: wait for it to finish, or stop it and start every process with --worker"
+            )
+        if holder.get("job") != self.job:
+            raise StoreBusyError(
+                f"store {self.url!r} is being written by workers of {holder.get('job')}, not {self.job}: write to "
+                "another --out"
+            )
+        diffs = manifest_diffs(holder.get("settings") or {}, self.settings, sorted({*self.settings,
+                               *(holder.get("settings") or {})}))  # fmt: skip
+        if diffs:
+            diffs = [d.replace("store has", "the running workers have") for d in diffs]
+            raise StoreBusyError(
+                f"store {self.url!r} is being written by workers of {self.job} with other settings: "
+                f"{'; '.join(diffs)}. Every worker of a run runs the same command: give these settings, or write to "
+                "another --out"
+            )
+
+    def open(self) -> None:
+        """The opener has created the output and cleared an earlier run's claims: workers may join."""
+        if not self.opener or self._state == OPEN:
+            return
+        self._state = OPEN
+        with self._lock:
+            if not self._write(self._record(OPEN), self._generation):
+                self._lost = f"the writer lease of {self.url!r} was taken by another run while this worker opened it"
+                raise StoreBusyError(self._lost)
+
+    def check(self) -> None:
+        if self._lost is not None:
+            raise StoreBusyError(self._lost)
+
+    def release(self) -> None:
+        """Stops renewing; deletes the lease if no other worker's record is live (``engine.runtime.status``)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._lost is not None:
+            return
+        try:
+            found = read_value(self.kv, LEASE, self.url)
+            holder = parse_record(found.value) if found.state == "value" else {}
+            if holder.get("mode") != WORKERS or holder.get("job") != self.job:
+                return
+            if self._state == OPEN and self._others_live():
+                return
+            write_value(self.kv, LEASE, None, self.url, if_equal=found.stamp.generation)
+        except StoreError as e:  # the run's work is done; an undeleted lease only expires later
+            log.warning("could not release the writer lease of %r: %s", self.url, e)
+
+    def _others_live(self) -> bool:
+        status = run_status(self.kv, self.url, self.job)
+        return any(w.get("owner") != self.owner for w in status.live)
+
+    def _write(self, value: bytes, generation: bytes | None) -> bool:
+        try:
+            stamp = self.kv.write(LEASE, value, if_equal=generation).result()
+        except ValueError as e:
+            raise storage_error("write the writer lease", LEASE, self.url, e) from None
+        if stamp.generation:
+            self._generation = stamp.generation
+        return bool(stamp.generation)
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                with self._lock:
+                    found = read_value(self.kv, LEASE, self.url)
+                    holder = parse_record(found.value) if found.state == "value" else {}
+                    if holder and (holder.get("mode") != WORKERS or holder.get("job") != self.job):
+                        self._lost = (
+                            f"the writer lease of {self.url!r} was taken by another run ({holder.get('job')} on "
+                            f"{holder.get('host')!r}, pid {holder.get('pid')}); stopping"
+                        )
+                        log.error(self._lost)
+                        return
+                    # Renewed by whichever worker comes first; a lost race means another renewed it just now.
+                    self._write(self._record(self._state), found.stamp.generation)
+            except StoreError as e:
+                log.warning("could not renew the shared writer lease of %r (%s); it may expire", self.url, e)
 
 
 def _dead_here(holder: dict) -> bool:

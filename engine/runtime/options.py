@@ -25,6 +25,9 @@ from engine.errors import BabelgridError
 from engine.stores.kv import DEFAULT_STORE_TIMEOUT
 
 DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives two missed renewals
+# seconds a jax.distributed process may be silent before it is declared dead (--heartbeat_timeout): JAX's own default,
+# 100 s, ended two-process runs with DEADLINE_EXCEEDED on nodes loaded 22-47 deep
+DEFAULT_HEARTBEAT_TIMEOUT = 300
 MATMUL_PRECISIONS = ("highest", "default")
 
 
@@ -138,6 +141,19 @@ class RunOptions:
     break_lease: bool = option(
         False, "take over another run's unexpired writer lease on --out (only when that run is known to be dead)"
     )
+    worker: bool = option(
+        False,
+        "run as one of any number of independent workers of the same command on --out (a SLURM array task, a "
+        "Kubernetes indexed-Job pod, a Ray task): no coordinator, rank or barrier; a worker may start, die and be "
+        "requeued at any time, and takes the next unit nobody holds (BUILD.md, 'On accelerators and clusters'). "
+        "Without it a second writer on --out is refused",
+    )
+    compile_cache: str | None = option(
+        None,
+        "folder of JAX's persistent compilation cache, shared by every worker that can read it (a shared disk): a "
+        "kernel compiled by one is loaded by the others. Entries are keyed by device kind on GPU and TPU, and by "
+        "device on CPU (the same machine type shares them)",
+    )
     kvstore_spec: str | None = option(
         None,
         "JSON object merged into the TensorStore kvstore spec of every s3:// and gs:// location, for what the "
@@ -182,6 +198,14 @@ def parse_list(value: str | None) -> tuple[str, ...] | None:
     if value is None or value.strip().lower() in ("", "all"):
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def parse_names(value: str | None) -> tuple[str, ...] | None:
+    """'a,b' -> ('a', 'b'); 'all' -> ('all',), a name like any other; '' / None -> None (none). For lists whose
+    default is none, where 'all' must not turn into the default (``neurons --intervene all``)."""
+    if value is None or not value.strip():
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip()) or None
 
 
 def parse_layers(value: str | None) -> tuple[int, ...] | None:
@@ -244,6 +268,7 @@ def parse_size(value: str | int | None) -> int | None:
 PARSERS = {
     "size": parse_size,
     "list": parse_list,
+    "names": parse_names,
     "cells": parse_cells,
     "layers": parse_layers,
     "ints": _parse_numbers(int, "integers"),

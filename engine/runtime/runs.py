@@ -20,10 +20,12 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+import jax
 from tqdm.auto import tqdm
 
-from engine.runtime.lease import DEFAULT_TTL, WriterLease
-from engine.runtime.options import canonical_location
+from engine.runtime.claims import WorkClaims
+from engine.runtime.lease import DEFAULT_TTL, SharedLease, WriterLease
+from engine.runtime.options import ConfigError, RunOptions, canonical_location
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.progress import StatusLines
 from engine.stores.kv import create_or_compare, open_kvstore
@@ -47,20 +49,23 @@ def process_zero_first(name: str, create: Callable[[], T]) -> T:
     return result
 
 
-def open_claimed_run(name: str, claims, kv, key: str, manifest: dict, url: str, **compare) -> dict:
+def open_claimed_run(name: str, claims, lease, kv, key: str, manifest: dict, url: str, **compare) -> dict:
     """The start of a run whose processes share parts through ``claims`` (``engine.runtime.claims.WorkClaims``),
     process 0 first (``process_zero_first``, barrier ``name``): the run's manifest at ``key`` created or compared
-    with ``manifest`` (``create_or_compare``; ``compare``: its ``fields``, ``error``, ``what``), and on process 0 the
-    claims of an earlier run cleared, under the writer lease and before the barrier: no process claims anything yet.
+    with ``manifest`` (``create_or_compare``; ``compare``: its ``fields``, ``error``, ``what``), and by the process that
+    opens the run (``lease.opener``: process 0, or the first ``--worker``) the claims of an earlier run cleared,
+    under the writer lease and before any process claims (the barrier; workers wait for ``lease.open()``).
     Returns the stored manifest."""
 
     def create() -> dict:
         stored = create_or_compare(kv, key, manifest, url, **compare)
-        if is_process_zero():
+        if lease.opener:
             claims.clear()
         return stored
 
-    return process_zero_first(name, create)
+    stored = process_zero_first(name, create)
+    lease.open()
+    return stored
 
 
 @dataclasses.dataclass
@@ -85,10 +90,13 @@ class RunSummary:
 
     def work_line(self, what: str = "units") -> str:
         """The claimed-unit loop's counts, one line."""
-        return (
+        line = (
             f"work units: {self.units} {what} claimed, busy {self.busy_seconds:.1f} s, {self.taken_over} taken over "
             "from expired claims"
         )
+        if self.compiles:
+            line += f"; kernels: {self.compiles} compiled or loaded, {self.cache_hits} from the compilation cache"
+        return line
 
     def skip_lines(self, shown: int = 5) -> list[str]:
         """One line per reason, with the count and the first ``shown`` items."""
@@ -110,22 +118,63 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool | None = True) 
 
 
 class _NoLease:
-    """What processes other than 0 hold: they write under process 0's lease."""
+    """What processes other than 0 hold: they write under process 0's lease, and process 0 opens the run."""
+
+    opener = False
+
+    def open(self) -> None:
+        pass
 
     def check(self) -> None:
         pass
 
 
+# Settings that change how a worker computes, not a bit of what it writes: each worker may choose its own. Not
+# --batch_size: XLA compiles another kernel for another batch shape, whose float sums may differ in their last bits.
+WORKER_FREE = ("prefetch",)
+
+
 @contextlib.contextmanager
-def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEFAULT_TTL):
+def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEFAULT_TTL, *, worker: bool = False,
+                 settings: dict | None = None):  # fmt: skip
     """The writer lease of the store at ``url`` (``engine.runtime.lease``) for the run's duration, taken by process 0;
-    yields an object whose ``check()`` raises once the lease is lost. A second run on the same store is refused."""
+    yields an object whose ``check()`` raises once the lease is lost, ``opener`` says whether this process opens the
+    run (creates its output and clears an earlier run's claims) and ``open()`` says it has. A second run on the same
+    store is refused. ``worker``: the lease shared by ``--worker`` processes, who must hold the same ``settings``."""
+    if worker:
+        if jax.process_count() > 1:
+            raise ConfigError(
+                "--worker runs independent processes and jax.distributed joins them into one run: give one or the other"
+            )
+        _, kv = open_kvstore(url)
+        with SharedLease(kv, url, job, settings or {}, ttl=ttl, break_lease=break_lease) as lease:
+            yield lease
+        return
     if not is_process_zero():
         yield _NoLease()
         return
     _, kv = open_kvstore(url)
     with WriterLease(kv, url, job, ttl=ttl, break_lease=break_lease) as lease:
         yield lease
+
+
+def job_lease(config, job: str, ignore: tuple[str, ...] = ()):
+    """``writer_lease`` of a job that claims units, from its ``config``: with ``--worker`` the lease shared by the
+    workers, whose settings (``output_settings`` but ``WORKER_FREE`` and ``ignore``) must agree."""
+    run: RunOptions = config.run
+    if not run.worker:
+        return writer_lease(run.out, job, run.break_lease)
+    settings = output_settings(job, config, (*WORKER_FREE, *ignore))
+    # The workers' lease lives as long as their claims: a run whose first worker died while it opened the output is
+    # opened by the next one a claim's life later.
+    return writer_lease(run.out, job, run.break_lease, run.claim_ttl, worker=True, settings=settings)
+
+
+def work_claims(run: RunOptions, job: str, kv=None) -> WorkClaims:
+    """The claims of a ``job`` run on ``run.out`` (``engine.runtime.claims``), logging where the run stands when this
+    process is one of several."""
+    kv = open_kvstore(run.out)[1] if kv is None else kv
+    return WorkClaims(kv, run.out, job, ttl=run.claim_ttl, shared=run.worker or jax.process_count() > 1)
 
 
 def output_settings(job: str, config, ignore: tuple[str, ...] = ()) -> dict:
@@ -142,20 +191,27 @@ def output_settings(job: str, config, ignore: tuple[str, ...] = ()) -> dict:
             value = [canonical_location(v) if located and v else v for v in value]
         elif located and value:
             value = canonical_location(value)
+        elif dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)  # nested settings (seqsim's OT options)
         values[field.name] = value
     return {"format": f"babelgrid-{job}", **values}
 
 
 @contextlib.contextmanager
-def output_run(config, job: str, error: type[Exception], ignore: tuple[str, ...] = ()):
-    """The start of a run that writes its files at the end (compare, probes), as every job's: before any work, the
-    output's writer lease (a second run is refused, and an output that cannot be written fails at once: the lease is
-    the run's first write), then its settings (``output_settings``) recorded in ``manifest.json``, or compared with
-    those of the run that wrote the folder: a folder never mixes the files of two settings (``error`` names the
-    difference). Yields the lease."""
+def output_run(config, job: str, error: type[Exception], ignore: tuple[str, ...] = (), claims: tuple = ()):
+    """The start of a run that writes its files at the end (compare, probes, neurons), as every job's: before any work,
+    the output's writer lease (a second run is refused, and an output that cannot be written fails at once: the lease
+    is the run's first write; with ``--worker`` the lease the workers share, ``job_lease``), then its settings
+    (``output_settings``) recorded in ``manifest.json``, or compared with those of the run that wrote the folder: a
+    folder never mixes the files of two settings (``error`` names the difference). ``claims``: the ``WorkClaims`` of
+    the run's claimed units, whose earlier run's claims the opener clears before workers join. Yields the lease."""
     url = config.run.out
     settings = output_settings(job, config, ignore)
-    with writer_lease(url, job, config.run.break_lease) as lease:
+    with job_lease(config, job) as lease:  # workers share every setting, the ignored ones too
         _, kv = open_kvstore(url)
         create_or_compare(kv, SETTINGS, settings, url, fields=list(settings), error=error, what=f"{job} output folder")
+        if lease.opener:
+            for held in claims:
+                held.clear()
+        lease.open()
         yield lease

@@ -16,12 +16,15 @@ the claims held by this process to be released on exit (``WorkClaims.close``), s
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 
 from engine.runtime.claims import Claim, WorkClaims, rounds
 from engine.runtime.compiles import CompileClock
 from engine.runtime.parallel import is_process_zero
+
+log = logging.getLogger(__name__)
 
 
 class UnitLoop:
@@ -43,6 +46,8 @@ class UnitLoop:
 
     def __exit__(self, *exc) -> None:
         try:
+            if exc[0] is None and self.claims.shared and self.summary.units:
+                log.info("%s", self.claims.status_line())  # where the run stands as this process leaves it
             self.claims.__exit__(*exc)
             if exc[0] is None and is_process_zero():
                 # Every unit is done (the rounds end only when no other process holds one): no claims/ left behind.
@@ -55,11 +60,17 @@ class UnitLoop:
             self.summary.cache_hits = self.clock.cache_hits
 
     def rounds(
-        self, units: Sequence[str], is_done: Callable[[str], bool], prefer: Callable[[str], float] | None = None
-    ) -> Iterator[Iterator[Claim]]:
+        self, units: Sequence[str], is_done: Callable[[str], bool], prefer: Callable[[str], float] | None = None,
+        *, total: int | None = None,
+    ) -> Iterator[Iterator[Claim]]:  # fmt: skip
         """``engine.runtime.claims.rounds`` over ``units`` (``prefer``: see there), with the writer lease checked
         before each claimed unit is handed out (another run that broke the lease stops this one before it writes
-        more)."""
+        more). ``units``: those not done when this process planned its work, of ``total`` in the run (default: as
+        many), which this process's worker record counts (``engine.runtime.status``)."""
+        total = len(units) if total is None else total
+        self.claims.register(total, total - len(units), opener=self.lease.opener)
+        if not units:
+            log.info("nothing left to do: all %d work units of this run are done (by this process or others)", total)
         for claimed in rounds(self.claims, units, is_done, prefer):
             yield self._checked(claimed)
 
@@ -75,7 +86,21 @@ class UnitLoop:
             self.claims.finish(claim, **finished)
         else:
             self.claims.release(claim)
+        self.claims.count_done()
         self.summary.units += 1
         self.summary.busy_seconds = time.perf_counter() - self.t0
         if progress:
             self.bar.update(progress)
+
+
+def claimed_units(
+    claims: WorkClaims, lease, summary, bar, units: Sequence[str], is_done: Callable[[str], bool], total: int
+) -> Iterator[str]:
+    """The units of ``units`` this process claims, one at a time, through a ``UnitLoop``: a unit is counted done (its
+    claim released) when the caller asks for the next one, so the caller commits its results before that. For jobs
+    whose units are whole files written at once (neurons' counts and intervention passes)."""
+    with UnitLoop(claims, lease, summary, bar) as loop:
+        for claimed in loop.rounds(units, is_done, total=total):
+            for claim in claimed:
+                yield claim.unit
+                loop.done(claim, progress=0)

@@ -10,6 +10,8 @@ from engine.stores.kv import open_kvstore
 
 
 class Lease:
+    opener = True  # this process opens the run (engine.runtime.runs.writer_lease)
+
     def __init__(self, lost_after: int | None = None):
         self.checks, self.lost_after = 0, lost_after
 
