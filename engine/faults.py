@@ -10,7 +10,13 @@ N times in this process (``count`` adds several at once). The points a job offer
 - ``after_block``: seqsim, right after a block of a split pair is staged, before its pair-layer may be committed;
 - ``after_states``: encode, right after an utterance's states shard committed, before its length marker is queued
   (states on disk, utterance not done);
-- ``after_marker``: encode, right after a length-marker write that brings this process's committed markers to N.
+- ``after_marker``: encode, right after a length-marker write that brings this process's committed markers to N;
+- ``before_count``, ``after_count``: neurons, before a language is counted and after its counts are written (its
+  claim held either way);
+- ``barrier``: a ``jax.distributed`` process, as it reaches a barrier (before the others can see it there).
+
+``BABELGRID_FAULT_DELAY="<point>:<seconds>"`` makes every pass of ``point`` sleep that long: the worker tests slow a
+job's units down so that workers started seconds apart overlap.
 
 Read once, at import. Unset (every real run), a point costs one comparison. Never set it outside tests.
 """
@@ -20,10 +26,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 ENV = "BABELGRID_FAULT_KILL"
 _point, _, _after = os.environ.get(ENV, "").partition(":")
 _AFTER = int(_after or 0)
+_delay_point, _, _delay = os.environ.get("BABELGRID_FAULT_DELAY", "").partition(":")
+_DELAY = float(_delay or 0)
 _count = 0
 _lock = threading.Lock()
 
@@ -31,6 +40,8 @@ _lock = threading.Lock()
 def fault_point(point: str, count: int = 1) -> None:
     """Counts ``count`` passes of ``point``; SIGKILLs this process when the configured point reaches its N."""
     global _count
+    if _DELAY and point == _delay_point:
+        time.sleep(_DELAY)
     if not _AFTER or point != _point:
         return
     with _lock:

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 
 JOBS = (
     "encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "probes", "finetune", "compare",
-    "neurons", "verify",
+    "neurons", "verify", "status",
 )  # fmt: skip
 BUNDLED = {"demo": "demo.yaml"}
 FLAG_NAME = re.compile(r"[a-z_]+")  # every job's flag names; a study key must be one of its job's

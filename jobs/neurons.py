@@ -14,7 +14,17 @@ from jobs import common
 common.define_config_flags(
     NeuronsConfig,
     __name__,
-    run=("out", "progress", "kvstore_spec", "store_timeout", "matmul_precision"),
+    run=(
+        "out",
+        "progress",
+        "claim_ttl",
+        "break_lease",
+        "kvstore_spec",
+        "store_timeout",
+        "matmul_precision",
+        "worker",
+        "compile_cache",
+    ),
     required=("out",),
     help={"out": "output folder: local path or TensorStore kvstore URL"},
 )

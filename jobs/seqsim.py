@@ -15,10 +15,12 @@ memory on an accelerator): languages are read in tiles that fit it, a pair too l
 utterances, and a budget too small for some pair's smallest block is refused before anything is written. --plan
 prints the budget, how often each language is read and the peak held; the summary what the run held.
 
-Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
---process_id); the processes claim work units of about equal FLOPs (--unit_gflops: pairs grouped, large pairs split
-into blocks) through claim keys in --out and compute them on their local devices; a dead process's claims expire
-after --claim_ttl seconds and the others take them.
+Several hosts or accelerators: start any number of processes with the same command and --worker, at any time (a
+SLURM array, a Kubernetes indexed Job, Ray tasks: BUILD.md, "On accelerators and clusters"); or one process per host
+with --distributed (or --coordinator_address, --num_processes, --process_id). The processes claim work units of about
+equal FLOPs (--unit_gflops: pairs grouped, large pairs split into blocks) through claim keys in --out and compute them
+on their local devices; a dead process's claims expire after --claim_ttl seconds and the others take them.
+`babelgrid status OUT` says where the run stands.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ common.define_config_flags(
         "store_timeout",
         "matmul_precision",
         "memory_budget",
+        "worker",
+        "compile_cache",
     ),
     required=("store", "out"),
     help={"out": "similarity store to write (created if missing, resumed if present)"},

@@ -43,9 +43,8 @@ from engine.models.whisper.features import N_ENCODER_FRAMES
 from engine.models.whisper.loaded import load_whisper
 from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
 from engine.pipelines.align.config import AlignConfig, AlignError
-from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.runs import RunSummary, open_claimed_run, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, job_lease, open_claimed_run, progress_bar, work_claims
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore, write_value
 from engine.stores.parts import read_part
@@ -231,7 +230,7 @@ def run_align(config: AlignConfig) -> AlignSummary:
         "Word times are seconds, so a Whisper align run on the same audio serves any store: encode the clips with "
         "Whisper, run align on that store, and pass its --out as interp's --words on this one (BUILD.md#models)",
     )  # fmt: skip
-    with writer_lease(config.run.out, "align", config.run.break_lease) as lease:
+    with job_lease(config, "align") as lease:
         return _align(config, lease)
 
 
@@ -249,10 +248,10 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
         check_name("language", lang)
     languages = {lang: _whisper_language(lang, whisper) for lang in langs}
     _, kv = open_kvstore(config.run.out)
-    claims = WorkClaims(kv, config.run.out, "align", ttl=config.run.claim_ttl)
+    claims = work_claims(config.run, "align", kv)
 
     open_claimed_run(
-        "babelgrid-align-manifest", claims, kv, MANIFEST, _manifest(config, reader.url, whisper), config.run.out,
+        "babelgrid-align-manifest", claims, lease, kv, MANIFEST, _manifest(config, reader.url, whisper), config.run.out,
         fields=MANIFEST_FIELDS, error=AlignError, what="word timestamps folder",
     )  # fmt: skip
     # Work units (engine.runtime.claims): the parts, language by language. A snapshot of the utterances done in the
@@ -283,7 +282,7 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
             bar.update(last - first)
     tables: dict[str, tuple] = {}
     with UnitLoop(claims, lease, summary, bar) as loop:
-        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None):
+        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None, total=len(units)):
             for claim in claimed:
                 lang, first, last, done_now = units[claim.unit]
                 if lang not in tables:

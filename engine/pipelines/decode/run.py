@@ -48,7 +48,7 @@ from engine.pipelines.decode.owsm import run_owsm_decode
 from engine.pipelines.decode.references import english_language, english_references, whisper_code
 from engine.pipelines.decode.store import Units, check_store, decode_claimed, layer_variants
 from engine.pipelines.decode.unit import decode_unit
-from engine.runtime.runs import RunSummary, writer_lease
+from engine.runtime.runs import RunSummary, job_lease
 from engine.stores.reader import open_store
 
 FORMAT_NAME = "babelgrid-hypotheses"
@@ -166,7 +166,7 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
             f"--decoding ctc reads a CTC head, which {info.family} models have none of; pass greedy or beam:N (ctc: "
             "OWSM stores)"
         )
-    with writer_lease(config.run.out, "decode", config.run.break_lease) as lease:
+    with job_lease(config, "decode") as lease:
         summary = DecodeSummary()
         t0 = time.perf_counter()
         path(config, open_store(config.store), lease, summary, load)

@@ -13,9 +13,8 @@ import numpy as np
 
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
-from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.runs import open_claimed_run, progress_bar
+from engine.runtime.runs import open_claimed_run, progress_bar, work_claims
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore
 from engine.stores.parts import read_part
@@ -73,9 +72,9 @@ def decode_claimed(config: DecodeConfig, reader, lease, summary, manifest: dict,
     done now.
     Returns ``{language: done}``."""
     _, kv = open_kvstore(config.run.out)
-    claims = WorkClaims(kv, config.run.out, "decode", ttl=config.run.claim_ttl)
+    claims = work_claims(config.run, "decode", kv)
     open_claimed_run(
-        "babelgrid-decode-manifest", claims, kv, hyp.MANIFEST, manifest, config.run.out, error=DecodeError,
+        "babelgrid-decode-manifest", claims, lease, kv, hyp.MANIFEST, manifest, config.run.out, error=DecodeError,
         what="decode folder", **compare,
     )  # fmt: skip
     langs = dict.fromkeys(unit[0] for unit in units.units.values())
@@ -98,7 +97,7 @@ def decode_claimed(config: DecodeConfig, reader, lease, summary, manifest: dict,
             summary.parts_kept += len(parts) - len(pending[unit])
             bar.update(len(parts) - len(pending[unit]))
     with UnitLoop(claims, lease, summary, bar) as loop:
-        for claimed in loop.rounds([u for u in units.units if pending[u]], unit_done):
+        for claimed in loop.rounds([u for u in units.units if pending[u]], unit_done, total=len(units.units)):
             for claim in claimed:
                 work(kv, claim.unit, pending[claim.unit], done[units.units[claim.unit][0]])
                 loop.done(claim, progress=len(pending[claim.unit]))

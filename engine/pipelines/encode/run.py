@@ -42,11 +42,10 @@ from engine.models.interface import Encoder
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.memory import check_batch_size
 from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
-from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, job_lease, process_zero_first, progress_bar, work_claims
 from engine.runtime.units import UnitLoop
-from engine.stores.kv import StoreError, open_kvstore
+from engine.stores.kv import StoreError
 from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo, check_language_code
@@ -103,7 +102,7 @@ def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> Encod
         for line in pairing_lines(shared):
             log.info("%s", line)
     revision = source_revision(source)
-    with writer_lease(config.run.out, "encode", config.run.break_lease) as lease:
+    with job_lease(config, "encode") as lease:
         summary = _encode(config, encoder, layers, listing, lease, revision)
     summary.shared_ids = shared
     summary.seconds = time.perf_counter() - t0
@@ -147,8 +146,8 @@ def _encode(
         layer_meaning=model.layer_meaning,
     )
     creation = {"dataset": config.dataset, "split": config.split, "dataset_revision": revision}
-    claims = WorkClaims(open_kvstore(config.run.out)[1], config.run.out, "encode", ttl=config.run.claim_ttl)
-    if is_process_zero():
+    claims = work_claims(config.run, "encode")
+    if lease.opener:
         claims.clear()  # under the writer lease, before the barrier below: no process claims anything yet
     store = process_zero_first(
         "babelgrid-store-created", lambda: LayerStore.create_or_open(config.run.out, info, creation=creation)
@@ -163,7 +162,7 @@ def _encode(
 
     # Tables and arrays for every language first, then the work units: blocks of claim_utterances utterances.
     units: dict[str, tuple] = {}  # name -> (arrays, utts, rows, utterance indices)
-    opened = []
+    opened, blocks = [], 0
     for lang, utts in listing.items():
         if not utts:
             log.warning("no utterances for language %s in split %s", lang, config.split)
@@ -174,12 +173,14 @@ def _encode(
         arrays = process_zero_first(f"babelgrid-lang-{lang}", lambda rows=rows, lang=lang: store.language(lang, rows))
         opened.append(arrays)
         done = arrays.done()
+        blocks += math.ceil(len(utts) / config.claim_utterances)
         for start in range(0, len(utts), config.claim_utterances):
             block = range(start, min(start + config.claim_utterances, len(utts)))
             if done[block.start : block.stop].all():
                 summary.already_done += len(block) if is_process_zero() else 0
             else:
                 units[f"{lang}/{start:09d}"] = (arrays, utts, rows, block)
+    lease.open()  # every language's arrays exist: workers waiting to join go on
     progress.start(sum(len(u[3]) for u in units.values()))
 
     def is_done(name: str) -> bool:
@@ -187,7 +188,7 @@ def _encode(
         return bool(arrays.done()[block.start : block.stop].all())
 
     with UnitLoop(claims, lease, summary, progress) as loop:
-        for claimed in loop.rounds(list(units), is_done):
+        for claimed in loop.rounds(list(units), is_done, total=blocks):
             tracker = _UnitTracker(loop, summary)
             tasks = tracker.tasks(claimed, units)
             _run_pipeline(

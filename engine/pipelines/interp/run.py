@@ -66,9 +66,8 @@ from engine.pipelines.interp.output import (
 )
 from engine.pipelines.interp.report import summarize, summary_csv_bytes, write_figures
 from engine.pipelines.interp.unit import unit_part
-from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import is_process_zero
-from engine.runtime.runs import RunSummary, process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import RunSummary, job_lease, process_zero_first, progress_bar, work_claims
 from engine.runtime.units import UnitLoop
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
@@ -99,7 +98,7 @@ class InterpSummary(RunSummary):
 def run_interp(config: InterpConfig) -> InterpSummary:
     """The whole run (module docstring); returns what it did and skipped. Process 0 holds the output folder's
     writer lease (``engine.runtime.lease``) for the run."""
-    with writer_lease(config.run.out, "interp", config.run.break_lease) as lease:
+    with job_lease(config, "interp") as lease:
         return _interp(config, lease)
 
 
@@ -119,15 +118,16 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
             raise InterpError(f"layer {layer} is not in the layer store (it has {list(reader.info.layers)})")
     sim = open_similarity(config.similarity) if config.retrieved else None
     _, kv = open_kvstore(out)
-    claims = WorkClaims(kv, out, "interp", ttl=config.run.claim_ttl)
+    claims = work_claims(config.run, "interp", kv)
 
     def create() -> None:
         create_or_compare(kv, MANIFEST, manifest(config), out, fields=MANIFEST_FIELDS, error=InterpError,
                           what="interp run")  # fmt: skip
-        if is_process_zero():
+        if lease.opener:
             claims.clear()  # under the writer lease, before the barrier: no process claims anything yet
 
     process_zero_first("babelgrid-interp-manifest", create)
+    lease.open()
     summary = InterpSummary()
     encoder = load_text_encoder(config.text_encoder)
     # Every process loads every language; process 0 alone counts what they leave out (once per run).
@@ -157,7 +157,7 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
             bar.update()
     phone_cache: dict = {}
     with UnitLoop(claims, lease, summary, bar) as loop:
-        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None):
+        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None, total=len(units)):
             for claim in claimed:
                 a, b, layer, upairs = units[claim.unit]
                 data, n_rows = unit_part(reader, language[a], language[b], layer, upairs, config, phone_cache,

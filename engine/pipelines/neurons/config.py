@@ -48,7 +48,7 @@ class NeuronsConfig:
     intervene: tuple[str, ...] | None = option(
         None, "languages whose selected units are switched off (set to zero), one re-encoding each, then the change "
         "in language ID and retrieval is measured; 'all': every language that owns a unit; default none",
-        parse="list",
+        parse="names",
     )  # fmt: skip
     intervene_utterances: int = option(
         50, "utterances per language (the first, in the dataset's order) re-encoded for the intervention", minimum=1

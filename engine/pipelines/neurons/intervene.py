@@ -41,11 +41,12 @@ from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.pipelines.probes.lid import lid_transfer
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
-from engine.stores.kv import csv_bytes, npz_bytes, read_npz
+from engine.stores.kv import csv_bytes, npz_bytes, read_npz, read_value
 
 log = logging.getLogger(__name__)
 
 POOLED = "intervention/pooled/"
+CLAIMS = "neurons-intervene"  # the claims of the intervention's passes (engine.runtime.claims), one per condition
 CSV = "intervention.csv"
 FIGURE = "figures/intervention.png"
 COLUMNS = ("lang", "control", "units_off", "layer", "group", "utterances", "lid_before", "lid_after", "lid_change",
@@ -116,31 +117,39 @@ def pooled_pass(encoder, evaluation: Evaluation, scale: np.ndarray, config: Neur
     return pooled.astype(np.float32), present
 
 
-def pooled_conditions(encoder, evaluation, scales: dict, config, summary, kv, url, fix, progress_bar) -> dict:
-    """{condition: (pooled, present)} for ``none`` and each of ``scales``: read back where a former run stored it,
-    else encoded and stored at once (a kill loses at most the condition in progress)."""
+def pooled_conditions(encoder, evaluation, scales: dict, config, summary, kv, url, fix, progress_bar, claim) -> dict:
+    """{condition: (pooled, present)} for ``none`` and each of ``scales``: read back where a former run (or another
+    worker) stored it, else claimed (``claim(names, is_done, progress)`` yields the names this process takes: one
+    pass each), encoded and stored at once (a kill loses at most the condition in progress)."""
     width = next(iter(scales.values())).shape if scales else None
     todo = {"none": np.ones(width, np.float32), **scales} if width else {}
-    stored = {name: read_output(kv, f"{POOLED}{name}.npz", url, fix=fix) for name in todo}
-    missing = [name for name, data in stored.items() if data is None]
+
+    def key(name: str) -> str:
+        return f"{POOLED}{name}.npz"
+
+    def stored(name: str) -> bool:
+        return read_value(kv, key(name), url).state == "value"
+
+    missing = [name for name in todo if not stored(name)]
     progress = progress_bar(len(missing) * len(evaluation.tasks), "intervene", "utt")
-    out = {}
-    for name, scale in todo.items():
-        if stored[name] is not None:
-            data = read_npz(stored[name])
-            if data["pooled"].shape[1] != len(evaluation.tasks) or not np.array_equal(data["scale"], scale):
-                raise NeuronsError(
-                    f"{url}/{POOLED}{name}.npz holds another evaluation set or other units: use a new output folder"
-                )
-            out[name] = data["pooled"], data["present"]
-            continue
+    for name in claim(missing, stored, progress):
         # the skips of a pass are the baseline's (the same audio is read each time): count them once
         skips = summary if name == "none" else RunSummary()
-        out[name] = pooled_pass(encoder, evaluation, scale, config, skips, progress)
-        arrays = {"pooled": out[name][0], "present": out[name][1], "scale": scale}
-        write_outputs(kv, {f"{POOLED}{name}.npz": npz_bytes(arrays)}, url)
-        log.info("intervention %s: encoded %d utterances", name, int(out[name][1].sum()))
+        pooled, present = pooled_pass(encoder, evaluation, todo[name], config, skips, progress)
+        write_outputs(kv, {key(name): npz_bytes({"pooled": pooled, "present": present, "scale": todo[name]})}, url)
+        log.info("intervention %s: encoded %d utterances", name, int(present.sum()))
     progress.close()
+    out = {}
+    for name, scale in todo.items():
+        found = read_output(kv, key(name), url, fix=fix)
+        if found is None:
+            raise NeuronsError(f"{url}/{key(name)} is missing after every pass was done: rerun to redo it")
+        data = read_npz(found)
+        if data["pooled"].shape[1] != len(evaluation.tasks) or not np.array_equal(data["scale"], scale):
+            raise NeuronsError(
+                f"{url}/{key(name)} holds another evaluation set or other units: use a new output folder"
+            )
+        out[name] = data["pooled"], data["present"]
     return out
 
 
@@ -209,8 +218,10 @@ def measure(evaluation: Evaluation, pooled: dict, scales: dict, seed: int) -> li
     return rows
 
 
-def run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, progress_bar) -> dict[str, bytes]:
-    """The intervention's files (module docstring); ``summary.intervention`` gets the headline numbers."""
+def run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, progress_bar,
+                     claim) -> dict[str, bytes]:  # fmt: skip
+    """The intervention's files (module docstring); ``summary.intervention`` gets the headline numbers. ``claim``:
+    ``pooled_conditions``'."""
     owners = [lang for i, lang in enumerate(ranked.languages) if ranked.belongs[i].any()]
     targets = owners if list(config.intervene) == ["all"] else list(config.intervene)
     unknown = [lang for lang in targets if lang not in ranked.languages]
@@ -225,7 +236,7 @@ def run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summa
         raise NeuronsError(f"--intervene: none of {list(config.intervene)} owns a selected unit; owners: {owners}")
     evaluation = evaluation_set(source, langs, config.split, config.intervene_utterances)
     scales = conditions(ranked, targets, config.random_control, config.seed)
-    pooled = pooled_conditions(encoder, evaluation, scales, config, summary, kv, url, fix, progress_bar)
+    pooled = pooled_conditions(encoder, evaluation, scales, config, summary, kv, url, fix, progress_bar, claim)
     rows = measure(evaluation, pooled, scales, config.seed)
     summary.intervention = rows
     from engine.pipelines.neurons import figures  # lazy: matplotlib only here

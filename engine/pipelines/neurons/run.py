@@ -14,7 +14,9 @@ frame is kept. Then LAPE (``engine.pipelines.neurons.lape``) ranks the units. Wr
     OUT/manifest.json                      the run's settings: a rerun with others is refused
 
 A language's counts are written when the language is done, with their digest: a rerun takes the counted languages
-from there and counts only the others (a kill loses at most the language in progress). Layers are the family's
+from there and counts only the others (a kill loses at most the language in progress). Languages, then intervention
+passes, are claimed units (``engine.runtime.claims``): with ``--worker`` any number of processes share a run, and the
+files written at the end are the same bytes whichever worker writes them. Layers are the family's
 blocks, 1..L (layer l = block l's feed-forward units), the numbering of the layer stores' block outputs.
 """
 
@@ -31,14 +33,16 @@ import pyarrow as pa
 
 from engine import captions
 from engine.data.sources import get_source
+from engine.faults import fault_point
 from engine.models.family import load_encoder
 from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons import intervene
 from engine.pipelines.neurons import lape as lape_lib
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
-from engine.runtime.runs import RunSummary, output_run, progress_bar
+from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
+from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
-from engine.stores.kv import csv_bytes, npz_bytes, open_kvstore, read_npz
+from engine.stores.kv import csv_bytes, npz_bytes, open_kvstore, read_npz, read_value
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +119,12 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
         raise NeuronsError(f"{encoder.family} models have no feed-forward counts yet (Whisper and wav2vec2 do)")
     summary = NeuronsSummary(languages=len(langs))
     url = config.run.out
-    with output_run(config, "neurons", NeuronsError, ignore=IGNORED):
-        _, kv = open_kvstore(url)
+    _, kv = open_kvstore(url)
+    counting = work_claims(config.run, "neurons", kv)
+    passes = work_claims(config.run, intervene.CLAIMS, kv)
+    with output_run(config, "neurons", NeuronsError, ignore=IGNORED, claims=(counting, passes)) as lease:
         fix = repair_hint(url, "neurons")
-        per_lang = {}
-        stored = {lang: read_output(kv, f"{COUNTS}{lang}.npz", url, fix=fix) for lang in langs}
-        listing = {lang: source.utterances(lang, config.split) for lang, data in stored.items() if data is None}
-        progress = progress_bar(sum(len(u) for u in listing.values()), "neurons", "utt", config.run.progress)
-        for lang in langs:
-            key = f"{COUNTS}{lang}.npz"
-            data = stored[lang]
-            if data is None:
-                per_lang[lang] = _count_language(encoder, listing[lang], lang, config, summary, progress)
-                write_outputs(kv, {key: npz_bytes(per_lang[lang])}, url)
-                summary.counted += 1
-                log.info("counted %s: %d frames", lang, int(per_lang[lang]["frames"]))
-            else:
-                per_lang[lang] = read_npz(data)
-        progress.close()
+        per_lang = _counts(config, encoder, source, langs, kv, fix, summary, counting, lease)
         counts = np.stack([per_lang[lang]["counts"] for lang in langs])
         frames = np.array([int(per_lang[lang]["frames"]) for lang in langs])
         summary.utterances = int(sum(int(per_lang[lang]["utterances"]) for lang in langs))
@@ -147,11 +139,46 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
         writes[FIGURE] = figures.selective_png(ranked, subtitle)
         if config.intervene:
             bar = functools.partial(progress_bar, enabled=config.run.progress)
-            writes |= intervene.run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, bar)
-        write_outputs(kv, writes, url)
+
+            def claim(names, is_done, progress):
+                return claimed_units(passes, lease, RunSummary(), progress, names, is_done, len(names))
+
+            writes |= intervene.run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, bar,
+                                                 claim)  # fmt: skip
+        write_outputs(kv, writes, url)  # every worker that gets here writes the same bytes
     summary.paths = tuple(url.rstrip("/") + "/" + k for k in writes)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _counts(config, encoder, source, langs, kv, fix, summary, claims, lease) -> dict[str, dict]:
+    """Every language's counts: those a former run (or another worker) stored are read back, the others claimed one
+    language at a time (``engine.runtime.claims``), counted and stored with their digest."""
+    url = config.run.out
+
+    def key(lang: str) -> str:
+        return f"{COUNTS}{lang}.npz"
+
+    def stored(lang: str) -> bool:
+        return read_value(kv, key(lang), url).state == "value"
+
+    todo = [lang for lang in langs if not stored(lang)]
+    listing = {lang: source.utterances(lang, config.split) for lang in todo}
+    progress = progress_bar(sum(len(u) for u in listing.values()), "neurons", "utt", config.run.progress)
+    for lang in claimed_units(claims, lease, summary, progress, todo, stored, len(langs)):
+        fault_point("before_count")  # test-only (engine.faults): the language's claim is held
+        counted = _count_language(encoder, listing[lang], lang, config, summary, progress)
+        write_outputs(kv, {key(lang): npz_bytes(counted)}, url)
+        fault_point("after_count")  # test-only: written, its claim not yet released
+        summary.counted += 1
+        log.info("counted %s: %d frames", lang, int(counted["frames"]))
+    out = {}
+    for lang in langs:
+        data = read_output(kv, key(lang), url, fix=fix)
+        if data is None:  # finished by every worker, yet gone: deleted under the run
+            raise NeuronsError(f"{url}/{key(lang)} is missing after every language was counted: rerun to count it")
+        out[lang] = read_npz(data)
+    return out
 
 
 def _units_table(ranked: lape_lib.Lape) -> pa.Table:

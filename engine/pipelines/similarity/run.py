@@ -48,11 +48,9 @@ from engine.pipelines.similarity.summary import SimilaritySummary
 from engine.pipelines.similarity.tiles import Item, Language, Sizing, check_budget, plan_units
 from engine.pipelines.similarity.transform import layer_transforms
 from engine.runtime.budget import resolve_budget
-from engine.runtime.claims import WorkClaims
 from engine.runtime.parallel import barrier, is_process_zero
-from engine.runtime.runs import process_zero_first, progress_bar, writer_lease
+from engine.runtime.runs import job_lease, process_zero_first, progress_bar, work_claims
 from engine.runtime.units import UnitLoop
-from engine.stores.kv import open_kvstore
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
@@ -63,6 +61,8 @@ from kernels.seqsim import packs_by_default
 __all__ = ["SimilaritySummary", "run_similarity"]
 
 log = logging.getLogger(__name__)
+
+WORKER_UNITS = 64  # --worker runs plan their units as for this many processes (32 units each; --unit_gflops overrides)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +106,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     budget = resolve_budget(config.run.memory_budget)
     languages = held_languages(request.lengths, request.done_index, reader.info.embed, context, config.measures)
     check_budget(languages, request.pairs, budget.bytes, budget.source)  # a budget too small creates nothing either
-    with writer_lease(config.run.out, "seqsim", config.run.break_lease) as lease:
+    with job_lease(config, "seqsim") as lease:
         return _similarity(config, reader, request, lease, context, budget, languages)
 
 
@@ -159,11 +159,11 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     url = config.run.out
 
     # Multi-host (jax.distributed): process 0 creates the store and the pair arrays, the others open them after.
-    claims = WorkClaims(open_kvstore(url)[1], url, "seqsim", ttl=config.run.claim_ttl)
+    claims = work_claims(config.run, "seqsim")
 
     def create() -> StagingSimilarityStore:
         store = StagingSimilarityStore.create_or_open(url, manifest)
-        if is_process_zero():
+        if lease.opener:
             claims.clear()  # under the writer lease, before any process claims
         for a, b in pairs if is_process_zero() and jax.process_count() > 1 else ():
             for m in measures:
@@ -174,6 +174,7 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     fit_start = time.perf_counter()
     transforms = layer_transforms(config, reader, request, budget.bytes)  # fitted before any pair is scored
     fit_seconds = time.perf_counter() - fit_start
+    lease.open()  # the store and its transforms exist: workers waiting to join go on
     arrays, todo, wanted = {}, {}, {}
     for a, b in pairs:
         ids = _pair_ids(tables, a, b)
@@ -194,7 +195,14 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     if transforms is not None:
         summary.transform, summary.transform_seconds = config.remove_language, fit_seconds
     target = None if config.unit_gflops is None else config.unit_gflops * 1e9
-    schedule = plan_units(todo, layers, pairs, languages, budget.bytes, processes=jax.process_count(), target=target)
+    if config.run.worker:
+        # Workers start at any time and must name the same units: planned from every matrix of the run, done or not,
+        # as if for WORKER_UNITS processes, whatever is done by now (done units are then left out below).
+        every = {(layer, a, b): measures for layer in layers for a, b in pairs}
+        schedule = plan_units(every, layers, pairs, languages, budget.bytes, processes=WORKER_UNITS, target=target)
+    else:
+        schedule = plan_units(todo, layers, pairs, languages, budget.bytes, processes=jax.process_count(),
+                              target=target)  # fmt: skip
     units = {unit.name: unit for unit in schedule.units}
     items = schedule.items()
     first = dict(zip(units, itertools.accumulate([0, *(len(u.items) for u in schedule.units)]), strict=False))
@@ -224,9 +232,11 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
         status.update(zip(units[name].items, done, strict=True))
         return all(done)
 
-    progress = progress_bar(len(items), "similarity", "item", config.run.progress)
+    # A unit with no matrix left to compute (every item's pair-layer done when this process read the markers).
+    pending = [name for name, unit in units.items() if any((i.layer, i.a, i.b) in todo for i in unit.items)]
+    progress = progress_bar(sum(len(units[name].items) for name in pending), "similarity", "item", config.run.progress)
     with UnitLoop(claims, lease, summary, progress) as loop:
-        for claimed in loop.rounds(list(units), unit_done, prefer):
+        for claimed in loop.rounds(pending, unit_done, prefer, total=len(units)):
             for claim in claimed:
                 unit = units[claim.unit]
                 for k, item in enumerate(unit.items):
