@@ -31,6 +31,7 @@ from absl import logging as absl_logging
 from engine.errors import BabelgridError
 from engine.runtime.devices import DEVICES, get_device
 from engine.runtime.options import PARSERS, ConfigError, RunOptions, format_value
+from jobs import gang
 
 FLAGS = flags.FLAGS
 
@@ -84,7 +85,7 @@ def define_config_flags(
     if plan is not None:
         define_plan(cls, plan, module)
     if distributed:
-        define_distributed_flags(module)
+        gang.define_distributed_flags(module)
 
 
 def _define_field_flag(field, module: str, help_text: str | None, required: bool) -> None:
@@ -280,6 +281,8 @@ def run(main) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}: every setting is a --flag")
         check_inputs()  # a mistyped path is named at once, not after JAX has loaded
+        if "distributed" in FLAGS and gang.asked():
+            gang.supervise()  # before JAX loads: a parent that names the run's end if JAX's runtime aborts it
         import jax  # the job starts here: --help returned before this, without loading JAX or TensorStore
 
         from engine.stores.kv import parse_spec_overrides, set_spec_overrides, set_store_timeout
@@ -296,13 +299,17 @@ def run(main) -> None:
             # activation away from CTranslate2 on an H100 (3.4e-5 to 8.8e-5 with "highest"; test_parity_ct2.py):
             # a store written on a GPU would not match one written on a CPU. Measurements ask for float32.
             jax.config.update("jax_default_matmul_precision", FLAGS.matmul_precision)
-        if "distributed" not in FLAGS:
+        if "compile_cache" in FLAGS and FLAGS.compile_cache:
+            from engine.runtime.compiles import use_cache
+
+            use_cache(FLAGS.compile_cache)
+        if "distributed" not in FLAGS or not gang.asked():
             return main()
-        init_distributed()
+        gang.init_distributed()
         try:
             return main()
         finally:
-            leave_distributed()
+            gang.leave_distributed()
 
     app.run(lambda argv: _without_traceback(start, argv))
 
@@ -318,68 +325,3 @@ def _without_traceback(start, argv):
             raise
         print(f"{job_name()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
-
-
-def define_distributed_flags(module: str) -> None:
-    flags.DEFINE_string(
-        "coordinator_address", None, "jax.distributed coordinator host:port (multi-host runs)", module_name=module
-    )
-    flags.DEFINE_integer("num_processes", None, "number of processes in a multi-host run", module_name=module)
-    flags.DEFINE_integer("process_id", None, "this process's index in a multi-host run", module_name=module)
-    flags.DEFINE_bool(
-        "distributed",
-        False,
-        "initialise jax.distributed from the cluster's environment (SLURM, TPU pods, ...)",
-        module_name=module,
-    )
-    flags.DEFINE_integer(
-        "heartbeat_timeout",
-        100,
-        "seconds after which jax.distributed declares a silent process dead (JAX's default: 100)",
-        module_name=module,
-    )
-
-
-def init_distributed() -> None:
-    """Start JAX's multi-host runtime when asked to (explicit flags, or --distributed for auto-detection)."""
-    import jax
-
-    if "claim_ttl" in FLAGS:
-        # A process that dies must not take the others down with it: they finish its work once its claims expire
-        # (engine.runtime.claims). JAX's coordination service lives in process 0, so its death still ends the run.
-        jax.config.update("jax_enable_recoverability", True)
-    if FLAGS.coordinator_address or FLAGS.num_processes:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
-        )
-    elif FLAGS.distributed:
-        jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
-    if jax.process_count() > 1:
-        logging.info(
-            "process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count()
-        )
-
-
-def leave_distributed() -> None:
-    """The end of a multi-process run, without a barrier (a dead peer would hang it): every process but 0 disconnects
-    from the coordination service; process 0, which runs that service, waits until every other process has
-    disconnected or been declared dead (``--heartbeat_timeout``), since its exit would abort those still connected."""
-    import jax
-
-    if jax.process_count() <= 1 or "claim_ttl" not in FLAGS:
-        return  # without recoverability, JAX's own shutdown barrier ends the processes together
-    from jax._src import distributed  # the runtime client: jax.distributed exposes no live-process query
-
-    if jax.process_index() != 0:
-        jax.distributed.shutdown()
-        return
-    client = distributed.global_state.client
-    others = list(range(1, jax.process_count()))
-    deadline = time.monotonic() + FLAGS.heartbeat_timeout + 10
-    while client is not None and time.monotonic() < deadline:
-        if not set(client.get_live_nodes([0, *others])) & set(others):
-            break
-        time.sleep(0.5)
