@@ -84,3 +84,33 @@ def whisper_words(fleurs_dir, run_job, tiny_model_dir, tmp_path_factory) -> path
     run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", whisper_store)
     run_job("align", "--store", whisper_store, "--model", str(tiny_model_dir), "--out", str(words))
     return words
+
+
+# -- the independent-worker tests (test_workers.py, test_recipes.py) share these ---------------------------------------
+
+WORKER_LANGS = ("de", "en", "es")
+WORKER_TEXTS = {"de": "guten tag", "en": "good morning", "es": "buenos dias"}
+
+
+@pytest.fixture(scope="module")
+def worker_clips(tmp_path_factory) -> pathlib.Path:
+    """8 noisy tones of 0.2-0.6 s per language of ``WORKER_LANGS``, with transcripts."""
+    from tests.jobs.workers import write_clips
+
+    root = tmp_path_factory.mktemp("worker-clips")
+    write_clips(root, WORKER_LANGS, 8, seed=11, texts=WORKER_TEXTS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def worker_store(worker_clips, tiny_whisper, tmp_path_factory) -> pathlib.Path:
+    """A layer store of ``worker_clips``, every layer of the tiny model, encoded in this process."""
+    from engine.models.whisper.encoder import WhisperEncoder
+    from engine.pipelines.encode.config import EncodeConfig
+    from engine.pipelines.encode.run import run_encode
+    from engine.runtime.options import configure
+
+    out = tmp_path_factory.mktemp("worker-store") / "store"
+    run_encode(configure(EncodeConfig, out=str(out), dataset=f"folder:{worker_clips}", progress=False),
+               encoder=WhisperEncoder(tiny_whisper))  # fmt: skip
+    return out

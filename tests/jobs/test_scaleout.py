@@ -12,6 +12,7 @@ import json
 import pathlib
 import re
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -188,3 +189,25 @@ def test_align_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir,
     for lang in LANGS:
         assert set(read_words(str(one), lang).column("utterance").to_pylist()) == set(range(PART_CLIPS))
     assert_same_store(two, one)
+
+
+@pytest.mark.slow
+def test_a_process_killed_before_the_first_barrier_is_named_within_the_stated_bound(clips, tiny_model_dir, tmp_path):
+    """Process 1 dies as it reaches its first barrier (the store's creation). Process 0, waiting there, names it once
+    its heartbeat has been silent for --heartbeat_timeout (10 s here), within the bound it states (timeout + 2.5 s),
+    and stops with the command that resumes; it does not wait out the barrier's hour."""
+    args = ["--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", str(tmp_path / "store"), *CLAIM]
+    procs = start_processes("jobs.encode", args, env_per_process={1: {"BABELGRID_FAULT_KILL": "barrier:1"}})
+    dead = procs[1].communicate(timeout=patient(300))[0]
+    died = time.monotonic()
+    assert procs[1].returncode == -signal.SIGKILL, dead
+    survivor = procs[0].communicate(timeout=patient(300))[0]
+    waited = time.monotonic() - died
+    assert procs[0].returncode == 1, survivor
+    named = re.search(r"PeerLostError: process 1 of 2 \(.*\) stopped answering: its heartbeat has been silent for "
+                      r"(\d+) s .* named within --heartbeat_timeout 10 s \+ 2\.5 s\)", survivor)  # fmt: skip
+    assert named, survivor
+    assert 10 <= int(named.group(1)) <= 13, survivor
+    assert "rerun the same command on every process to resume (python -m jobs.encode" in survivor, survivor
+    assert waited < patient(40), f"process 0 ended {waited:.0f} s after process 1 died"
+    assert "encode: process 1 of 2 was killed (SIGKILL)" in dead, dead  # the supervising parent's line
