@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Sequence
 import tensorstore as ts
 
 from engine.runtime.options import DEFAULT_CLAIM_TTL
-from engine.runtime.status import RUN_RECORD, run_status, task_label, worker_prefix
+from engine.runtime.status import RUN_RECORD, list_keys, read_records, run_status, task_label, worker_prefix
 from engine.stores.kv import StoreError, create_key, iso_utc, parse_record, read_value, storage_error, write_value
 
 CLAIMS_DIR = "claims/"
@@ -105,8 +105,27 @@ class WorkClaims:
         return self.prefix + unit + ".json"
 
     def clear(self) -> None:
-        """Deletes every claim and worker record of this job: the start of a run, by the process that opened it
-        (under the writer lease), before any process works."""
+        """The start of a run, by the process that opened it (under the writer lease), before it works: deletes
+        what an earlier run left of this job and no live process holds: finished claims (retried by the new run),
+        expired claims, and the records of workers that exited or stopped renewing; the run record too once no worker
+        is live. A live claim stays: were workers of a run still at work when another process took their lease for
+        expired (they renewed it late), they lose nothing."""
+        now = time.time()
+        left = {**read_records(self.kv, list_keys(self.kv, self.prefix, self.url), self.url),
+                **read_records(self.kv, list_keys(self.kv, worker_prefix(self.job), self.url), self.url)}  # fmt: skip
+        live = {key for key, r in left.items() if r.get("state") == WORKING and r.get("expires_unix", 0) > now}
+        run = worker_prefix(self.job) + RUN_RECORD
+        stale = [key for key in left if key not in live and key != run]
+        if not any(key.startswith(worker_prefix(self.job)) for key in live):
+            stale.append(run)
+        futures = [self.kv.write(key, None) for key in stale]  # a record renewed meanwhile is live: see above
+        for key, future in zip(stale, futures, strict=True):
+            try:
+                future.result()
+            except ValueError as e:
+                raise storage_error("clear the work claims", key, self.url, e) from None
+
+    def _delete_all(self) -> None:
         for prefix in (self.prefix, worker_prefix(self.job)):
             try:
                 self.kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
@@ -117,7 +136,7 @@ class WorkClaims:
         """The end of a run whose every unit is done: deletes this job's claims (finished ones included: the next run
         would clear them first anyway) and worker records and, in a local folder, the empty ``claims/`` and
         ``workers/`` folders the file kvstore leaves behind."""
-        self.clear()
+        self._delete_all()
         if "://" in self.url and not self.url.startswith("file://"):
             return  # object stores have no folders
         root = pathlib.Path(self.url.removeprefix("file://"))

@@ -165,9 +165,7 @@ def job_lease(config, job: str, ignore: tuple[str, ...] = ()):
     if not run.worker:
         return writer_lease(run.out, job, run.break_lease)
     settings = output_settings(job, config, (*WORKER_FREE, *ignore))
-    # The workers' lease lives as long as their claims: a run whose first worker died while it opened the output is
-    # opened by the next one a claim's life later.
-    return writer_lease(run.out, job, run.break_lease, run.claim_ttl, worker=True, settings=settings)
+    return writer_lease(run.out, job, run.break_lease, worker=True, settings=settings)
 
 
 def work_claims(run: RunOptions, job: str, kv=None) -> WorkClaims:
