@@ -5,6 +5,7 @@ and what memory it holds against its budget (issue 42).
     python bench/scale.py                # the full version, for a quiet machine (BUILD.md says how long)
     python bench/scale.py --sweeps processes --rounds 5 --record bench/RESULTS.md
     python bench/scale.py --sweeps processes --jax_cache /tmp/c --no-warmup   # kernels compiled by an earlier run
+    python bench/scale.py --sweeps workers --langs 26 --scale 0.0333 --record bench/RESULTS.md   # --worker runs
 
 The grid. Random states written through ``LayerStore`` (``bench.grid.write_random_store``, as the encode job writes
 a store). Utterance lengths follow FLEURS test: durations drawn (with replacement) from the real FLEURS clips in
@@ -31,7 +32,9 @@ process, each process's idle share of the work time and peak RSS against the bud
 then (``--sweeps shapes``, counted in a second, nothing timed) how many pair shapes, so executables, the packed
 kernel needs for the main grid, for 26 languages at 1/30 and for FLEURS itself (one: every side packs into full
 bins of the same slots and chunks), which is why the processes table is also run at ``--langs 26 --scale 0.0333``;
-then the sweeps, each with the exponent fitted to log(time) against log(size): languages at fixed utterances (time
+then (``--sweeps workers``, ``bench/scale_workers.py``) the same grid as independent ``--worker`` processes: one
+against two started 20 s apart, and two of which one is killed halfway and a third started later; then the sweeps,
+each with the exponent fitted to log(time) against log(size): languages at fixed utterances (time
 against pairs), utterances per language (against utterances), frames (against the frame scale). The goals (issue
 42): exponents 1.0 +- 0.1 (pairs), 2.0 +- 0.15 (utterances); peak RSS within the budget plus a constant (the RSS of
 the same job on a 2-language grid of 2 utterances, measured here, plus ``ALLOWANCE`` for kernel working sets), at
@@ -63,12 +66,14 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import machine, record  # noqa: E402
 from bench.grid import write_random_store  # noqa: E402
+from bench.scale_workers import workers_table  # noqa: E402
 
 SAMPLE = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
 FRAMES_PER_SECOND = 50  # encoder frames
 TEST_COUNTS = (350, 650)  # utterances per language in FLEURS test (the issue's range)
 ALLOWANCE = 256 * 2**20  # kernel working sets and XLA temporaries beyond the measured baseline
 SECTION = "seqsim at scale on a FLEURS-shaped grid (bench/scale.py)"
+WORKERS_SECTION = "independent workers on a FLEURS-shaped grid (bench/scale.py --sweeps workers)"
 # A process's peak RSS, printed when it exits (absl's app.run ends by sys.exit, which runs atexit handlers).
 WRAPPER = (
     "import atexit, resource, runpy, sys\n"
@@ -430,6 +435,10 @@ def main() -> None:
     try:
         bench = Bench(args, sizes, root)
         lines = processes_table(bench) if "processes" in which else []
+        if "workers" in which:
+            lengths = grid(sizes.langs, None, sizes.scale, 1.0)
+            pairs = sizes.langs * (sizes.langs - 1) // 2 * sizes.layers
+            lines += workers_table(bench, bench.store("main", lengths), pairs, WRAPPER, summary)
         lines += shapes_table(sizes) if "shapes" in which else []
         lines += sweeps(bench, which)
     finally:
@@ -452,7 +461,7 @@ def main() -> None:
     text = "\n".join(head + lines)
     print(text)
     if args.record:
-        record(pathlib.Path(args.record), SECTION, text)
+        record(pathlib.Path(args.record), WORKERS_SECTION if which == ["workers"] else SECTION, text)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ CLAIMS_DIR = "claims/"
 WORKING, FINISHED, EXITED = "working", "finished", "exited"
 STATUS_EVERY = 60.0  # seconds between a worker's lines on where the whole run stands
 RATE_WINDOW = 600.0  # seconds over which a worker's recent rate is counted
+RECORD_EVERY = 2.0  # seconds: a worker's record is rewritten at most this often as its units end (and at each renewal)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class WorkClaims:
         self._started = time.time()
         self._total = self._done_at_start = 0
         self._last_status = time.monotonic()
+        self._recorded = 0.0  # when this process's record was last written
 
     def __enter__(self) -> WorkClaims:
         return self
@@ -163,13 +165,15 @@ class WorkClaims:
             self._start_renewing()
 
     def count_done(self) -> None:
-        """One more unit done by this process."""
+        """One more unit done by this process; its record says so within ``RECORD_EVERY`` seconds."""
         now = time.time()
         with self._lock:
             self.units_done += 1
             self._finished_at.append(now)
             while self._finished_at and self._finished_at[0] < now - RATE_WINDOW:
                 self._finished_at.popleft()
+            if now - self._recorded >= RECORD_EVERY:
+                self._write_record(WORKING)
 
     def _rate(self) -> float:
         window = min(RATE_WINDOW, max(time.time() - self._started, 1.0))
@@ -194,6 +198,7 @@ class WorkClaims:
             log.warning("could not write the worker record %s (%s)", key, e)
             return
         self._record_generation = stamp.generation or None  # a failed condition: the run's end removed it
+        self._recorded = now
 
     def _record_key(self) -> str:
         return worker_prefix(self.job) + self.owner + ".json"

@@ -197,9 +197,11 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     target = None if config.unit_gflops is None else config.unit_gflops * 1e9
     if config.run.worker:
         # Workers start at any time and must name the same units: planned from every matrix of the run, done or not,
-        # as if for WORKER_UNITS processes, whatever is done by now (done units are then left out below).
+        # whatever is done by now (done units are then left out below), as if for WORKER_UNITS processes, and without
+        # splitting pairs for balance (more block shapes, more kernels to compile: measured in bench/RESULTS.md).
         every = {(layer, a, b): measures for layer in layers for a, b in pairs}
-        schedule = plan_units(every, layers, pairs, languages, budget.bytes, processes=WORKER_UNITS, target=target)
+        schedule = plan_units(every, layers, pairs, languages, budget.bytes, processes=WORKER_UNITS, target=target,
+                              balance=False)  # fmt: skip
     else:
         schedule = plan_units(todo, layers, pairs, languages, budget.bytes, processes=jax.process_count(),
                               target=target)  # fmt: skip

@@ -237,9 +237,12 @@ def plan_units(
     *,
     processes: int = 1,
     target: float | None = None,
+    balance: bool = True,
 ) -> Schedule:
     """The units of a run: ``todo[layer, a, b]`` the measures still to compute of each pair-layer; layer by layer,
-    pairs in ``blocked_order``, items grouped up to ``target`` FLOPs (default: the module docstring's)."""
+    pairs in ``blocked_order``, items grouped up to ``target`` FLOPs (default: the module docstring's). ``balance``:
+    split a pair larger than ``target`` into blocks of utterances (False: only a pair larger than the budget; every
+    other block shape is another compiled kernel, which runs of unknown size, ``--worker``, need not pay)."""
     embed = next(iter(languages.values())).sizing.embed if languages else 0
 
     def flops(measures, a, b, rows=None, cols=None) -> float:
@@ -257,7 +260,7 @@ def plan_units(
             measures = tuple(todo.get((layer, a, b), ()))
             if not measures:
                 continue
-            for item in _items(layer, a, b, measures, languages, budget, target, grids, flops):
+            for item in _items(layer, a, b, measures, languages, budget, target if balance else math.inf, grids, flops):
                 current.append(item)
                 if sum(i.cost for i in current) >= target:
                     units.append(Unit(tuple(current)))
