@@ -387,6 +387,20 @@ class SharedLease:
                 log.warning("could not renew the shared writer lease of %r (%s); it may expire", self.url, e)
 
 
+def live_writer(kv: ts.KvStore, url: str) -> dict | None:
+    """The writer lease of the store at ``url`` when a run holds it now (unexpired, and its holder not found dead on
+    this host), else None: what a job that reads the store asks before it reads (``engine.runtime.runs``)."""
+    found = read_value(kv, LEASE, url)
+    if found.state != "value":
+        return None
+    holder = parse_record(found.value)
+    if holder.get("expires_unix", 0.0) <= time.time():
+        return None
+    if holder.get("mode") != WORKERS and _dead_here(holder):
+        return None
+    return holder
+
+
 def _dead_here(holder: dict) -> bool:
     """Whether the lease's holder ran on this host and its process is gone. Holders on other hosts (or in another
     process namespace under the same host name, where the pid may belong to someone else) are never judged dead

@@ -32,6 +32,7 @@ from engine.pipelines.challenge.rules import (
     words,
 )
 from engine.runtime.options import ConfigError, RunOptions, option, validate
+from engine.runtime.runs import job_lease
 from engine.stores.challenge import (
     SETTINGS_FIELDS,
     SETTINGS_FORMAT,
@@ -215,6 +216,11 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     pairs from earlier runs into the folder kept) and ``OUT/challenge.json`` (the settings). A folder made with other
     settings is refused before any work (``check_out``). ``entities``: the entity finder (None =
     ``config.filter.entities()``: spaCy with ``ner``, else none)."""
+    with job_lease(config, "challenge"):
+        return _challenge(config, store, entities)
+
+
+def _challenge(config: ChallengeConfig, store, entities) -> ChallengeResult:
     manifest = settings_manifest(config)
     out = config.run.out
     _, kv = open_kvstore(out)

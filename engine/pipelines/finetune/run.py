@@ -57,7 +57,7 @@ from engine.pipelines.finetune import step as S
 from engine.pipelines.finetune.config import PADDING, FinetuneConfig
 from engine.pipelines.finetune.export import MODEL, check_export
 from engine.pipelines.finetune.report import before_after_table, write_figures
-from engine.runtime.runs import RunSummary
+from engine.runtime.runs import RunSummary, job_lease
 from engine.stores.reader import open_store
 from engine.text import metrics as text_metrics
 
@@ -163,6 +163,12 @@ def evaluate(whisper, pairs: D.Pairs, refs: list[str], lang: str, task: str, bat
 
 
 def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
+    """Trains, evaluates and writes (module docstring), holding the output folder's writer lease."""
+    with job_lease(config, "finetune"):
+        return _finetune(config, whisper)
+
+
+def _finetune(config: FinetuneConfig, whisper) -> FinetuneSummary:
     t0 = time.time()
     summary = FinetuneSummary()
     out = pathlib.Path(config.run.out)

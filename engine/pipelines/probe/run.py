@@ -38,7 +38,7 @@ import numpy as np
 
 from engine import captions, figures
 from engine.pipelines.probe.config import ProbeConfig, ProbeError
-from engine.runtime.runs import RunSummary, progress_bar
+from engine.runtime.runs import RunSummary, job_lease, progress_bar
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import csv_bytes, open_kvstore
 from engine.stores.reader import open_store
@@ -239,7 +239,12 @@ def check_word_store(store, langs: Sequence[str], url: str, *, given_relations: 
 
 def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     """Scores every language pair and layer, writes probe.csv, relations.csv and the figure (module docstring).
-    Refuses a store of sentences before any work (``check_word_store``)."""
+    Refuses a store of sentences before any work (``check_word_store``). Holds the output's writer lease."""
+    with job_lease(config, "probe"):
+        return _probe(config, store)
+
+
+def _probe(config: ProbeConfig, store) -> ProbeSummary:
     store = open_store(config.store) if store is None else store
     summary = ProbeSummary()
     available = list(store.languages())

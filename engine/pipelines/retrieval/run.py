@@ -51,6 +51,7 @@ from engine.pipelines.retrieval.scores import (
     mean_over_pairs,
     score_matrix,
 )
+from engine.runtime.runs import inputs_settled, writer_lease
 from engine.stores.challenge import read_kept
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import open_kvstore
@@ -297,6 +298,12 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
     ``reader``: an already open similarity store (notebooks, tests); default ``open_similarity(config.similarity)``.
     """
     out = resolve_out(config.similarity, config.run.out)
+    inputs_settled(config, "retrieval")  # a similarity store still being computed is refused, not scored in part
+    with writer_lease(out, "retrieval", config.run.break_lease):  # one writer of OUT: a second retrieval is refused
+        return _retrieval(config, reader, out)
+
+
+def _retrieval(config: RetrievalConfig, reader, out: str) -> RetrievalResult:
     if reader is None:
         reader = open_similarity(config.similarity)
     comparison: list = []

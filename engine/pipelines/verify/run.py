@@ -15,6 +15,7 @@ import tensorstore as ts
 
 from engine.pipelines.verify import checks
 from engine.pipelines.verify.config import VerifyConfig, VerifyError
+from engine.runtime.lease import StoreBusyError, live_writer
 from engine.runtime.runs import RunSummary, progress_bar, writer_lease
 from engine.stores import kv as store_kv
 from engine.stores.kv import DamageError, open_kvstore, read_json
@@ -81,6 +82,14 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
         store_kv.set_spec_overrides(store_kv.parse_spec_overrides(config.run.kvstore_spec))
     url = config.location
     _, kv = open_kvstore(url)
+    holder = live_writer(kv, url)
+    if holder is not None and not config.run.break_lease:
+        raise StoreBusyError(
+            f"{url!r} is being written now by {holder.get('job')} (host {holder.get('host')!r}, pid "
+            f"{holder.get('pid')}, lease valid until {holder.get('expires')}): its work in progress would read as "
+            f"damage. Verify it once that run ends (`babelgrid status {url}` says where it stands), or pass --break_lease "
+            "for a run known to be dead"
+        )
     keys = sorted(k.decode() for k in kv.list(ts.KvStore.KeyRange()).result())
     if not keys:
         raise VerifyError(f"nothing to verify at {url!r}: it holds no files. Check the path")

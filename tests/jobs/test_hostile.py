@@ -1,0 +1,85 @@
+"""What a hostile or careless user hit (issue 61), each case reproduced at a small size: a job that writes without
+the writer lease or reads a store still being written, digests treated as optional, settings refused only after they
+were recorded, unbounded work, values stored as written, tracebacks where a named error belongs, damage verify did
+not see."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import time
+
+import pytest
+
+LIVE = 3600.0  # seconds a planted lease is valid: longer than any test
+
+
+def hold_lease(folder: pathlib.Path, job: str, **extra) -> None:
+    """A live writer lease of ``job`` in ``folder``, as a run on another host holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    record = {"owner": "f" * 32, "host": "another-host", "pid": 4242, "job": job, "renewed": "2026-11-25T00:00:00",
+              "expires": "2026-11-26T00:00:00", "expires_unix": now + LIVE, **extra}  # fmt: skip
+    (folder / "lease.json").write_text(json.dumps(record))
+
+
+@pytest.fixture(scope="module")
+def similarity(worker_store, tmp_path_factory) -> pathlib.Path:
+    """A finished similarity store of the worker store: the mean measure at layer 1."""
+    from engine.pipelines.similarity.config import SimilarityConfig
+    from engine.pipelines.similarity.run import run_similarity
+    from engine.runtime.options import configure
+
+    out = tmp_path_factory.mktemp("hostile") / "sim"
+    run_similarity(configure(SimilarityConfig, store=str(worker_store), out=str(out), layers=(1,), measures=("mean",),
+                             progress=False))  # fmt: skip
+    return out
+
+
+# -- 1. every job that writes holds the lease; a job does not read a store being written ----------------------------
+
+
+def test_retrieval_refuses_a_similarity_store_still_being_written(similarity, tmp_path, run_job):
+    copy = tmp_path / "copy"
+    shutil.copytree(similarity, copy)
+    hold_lease(copy, "seqsim")
+    refused = run_job("retrieval", "--similarity", str(copy), expect=1)
+    assert "is being written now by seqsim" in refused.stderr and "nothing was written" in refused.stderr, refused
+    assert not (copy / "retrieval.csv").exists()
+    out = tmp_path / "elsewhere"
+    refused = run_job("retrieval", "--similarity", str(copy), "--out", str(out), expect=1)
+    assert "being written now by seqsim" in refused.stderr and not (out / "retrieval.csv").exists(), refused.stderr
+
+
+def test_a_second_retrieval_into_one_folder_is_refused(similarity, tmp_path, run_job):
+    out = tmp_path / "out"
+    hold_lease(out, "retrieval")
+    refused = run_job("retrieval", "--similarity", str(similarity), "--out", str(out), expect=1)
+    assert "StoreBusyError" in refused.stderr and "being written by another run" in refused.stderr, refused.stderr
+    assert not (out / "retrieval.csv").exists()
+
+
+def test_jobs_refuse_a_layer_store_still_being_encoded_unless_told(worker_store, tmp_path, run_job):
+    store = tmp_path / "store"
+    shutil.copytree(worker_store, store)
+    hold_lease(store, "encode", mode="workers", state="open")
+    refused = run_job("seqsim", "--store", str(store), "--out", str(tmp_path / "sim"), "--layers", "1", expect=1)
+    assert "being written now by workers of encode" in refused.stderr and "--allow_partial" in refused.stderr
+    assert not (tmp_path / "sim").exists() or not any((tmp_path / "sim").iterdir())
+    partial = run_job("seqsim", "--store", str(store), "--out", str(tmp_path / "sim2"), "--layers", "1",
+                      "--measure", "mean", "--allow_partial")  # fmt: skip
+    assert partial.returncode == 0
+    for job, extra in (("probes", ["--out", str(tmp_path / "probes")]), ("verify", [])):
+        args = ["--location", str(store)] if job == "verify" else ["--store", str(store), *extra]
+        refused = run_job(job, *args, expect=1)
+        assert "being written now by" in refused.stderr, (job, refused.stderr)
+
+
+def test_every_job_that_writes_takes_the_lease():
+    """The audit, in the code: every job's library entry takes its output's writer lease (``job_lease``,
+    ``output_run`` or ``writer_lease``), so a second writer is refused and a kill leaves the lease to expire."""
+    root = pathlib.Path(__file__).resolve().parents[2] / "engine" / "pipelines"
+    takes = ("job_lease(", "output_run(", "writer_lease(")
+    without = [p.parent.name for p in sorted(root.glob("*/run.py")) if not any(t in p.read_text() for t in takes)]
+    assert not without, f"jobs whose run.py takes no writer lease: {without}"
