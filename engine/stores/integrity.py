@@ -197,18 +197,19 @@ def _digested(key: str) -> bool:
 
 def read_output(kv, key: str, url: str, *, fix: str) -> bytes | None:
     """The output file at ``key`` (None if there is none), checked against its digest file: a truncated or altered
-    file is a DamageError naming it and ``fix``. One written before babelgrid wrote digests reads, with one warning."""
+    file, or one whose digest file is missing, is a DamageError naming it and ``fix``. Every output babelgrid writes
+    has had its digest since the formats that read them (similarity store format 3, which the transforms and the
+    stores' job outputs came with), so a missing one is never taken for an old file: it was deleted."""
     found = read_value(kv, key, url)
     if found.state != "value":
         return None
     data = bytes(found.value)
     if not check_output(kv, key, data, url, fix=fix):
-        with _warned_lock:
-            if url + key in _warned:
-                return data
-            _warned.add(url + key)
-        log.warning("%s in %r has no %s digest file (an older babelgrid wrote it): read unchecked", key, url,
-                    DIGEST_SUFFIX)  # fmt: skip
+        raise DamageError(
+            f"{key} in {url!r} has no digest file ({key}{DIGEST_SUFFIX}): it was deleted, so the file cannot be "
+            f"checked and is not read. {fix}",
+            "digest missing",
+        )
     return data
 
 

@@ -83,3 +83,33 @@ def test_every_job_that_writes_takes_the_lease():
     takes = ("job_lease(", "output_run(", "writer_lease(")
     without = [p.parent.name for p in sorted(root.glob("*/run.py")) if not any(t in p.read_text() for t in takes)]
     assert not without, f"jobs whose run.py takes no writer lease: {without}"
+
+
+# -- 2. a missing digest is damage -------------------------------------------------------------------------------------
+
+
+def test_a_transform_whose_digest_was_deleted_is_damage_not_read_unchecked(worker_store, tmp_path, run_job):
+    """The probe's case: the transform's digest deleted, the npz altered and one done marker deleted; the rerun used
+    to score that pair-layer under the altered transform ("read unchecked"), and verify saw nothing."""
+    sim = tmp_path / "sim"
+    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean",
+            "--remove_language", "mean"]  # fmt: skip
+    run_job("seqsim", *args)
+    npz = sim / "language_transform" / "layer-1.npz"
+    (sim / "language_transform" / "layer-1.npz.sha256").unlink()
+    npz.write_bytes(npz.read_bytes() + b"\0")
+    (sim / "mean" / "de__en" / "done" / "1.json").unlink()
+    rerun = run_job("seqsim", *args, expect=1)
+    assert "DamageError" in rerun.stderr and "has no digest file" in rerun.stderr, rerun.stderr
+    verify = run_job("verify", str(sim), expect=1)
+    assert "digest missing" in verify.stdout and "layer-1.npz" in verify.stdout, verify.stdout
+
+
+def test_compare_refuses_a_retrieval_csv_whose_digest_was_deleted(tmp_path):
+    """A truncated retrieval.csv whose .sha256 was deleted: compare's reader names it, and reads nothing of it."""
+    from engine.pipelines.compare.depth import _read_csv
+    from engine.stores.kv import DamageError
+
+    (tmp_path / "retrieval.csv").write_text("lang_a,lang_b,layer\nde,en,")
+    with pytest.raises(DamageError, match="retrieval.csv .* has no digest file"):
+        _read_csv(str(tmp_path), "retrieval.csv")

@@ -8,6 +8,8 @@ import numpy as np
 
 from engine import captions
 from engine import figures as plots  # matplotlib's object API and the PNG writer of every babelgrid figure
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import open_kvstore
 
 
 def _value(rows, step, lang, task, metric="bleu"):
@@ -78,6 +80,5 @@ def figure_pngs(rows, last: int, source: str = "") -> dict[str, bytes]:
 def write_figures(rows, out: pathlib.Path, last: int, source: str = "") -> list[str]:
     """Writes ``figure_pngs`` into the folder ``out``; returns the names written."""
     pngs = figure_pngs(rows, last, source)
-    for name, png in pngs.items():
-        (out / name).write_bytes(png)
+    write_outputs(open_kvstore(str(out))[1], pngs, str(out))  # with their digests, as every output
     return list(pngs)

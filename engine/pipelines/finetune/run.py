@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import logging
 import pathlib
@@ -58,11 +59,14 @@ from engine.pipelines.finetune.config import PADDING, FinetuneConfig
 from engine.pipelines.finetune.export import MODEL, check_export
 from engine.pipelines.finetune.report import before_after_table, write_figures
 from engine.runtime.runs import RunSummary, job_lease
+from engine.stores.integrity import read_output, repair_hint, write_outputs
+from engine.stores.kv import csv_bytes, open_kvstore
 from engine.stores.reader import open_store
 from engine.text import metrics as text_metrics
 
 log = logging.getLogger(__name__)
 METRIC_FIELDS = ("step", "split", "source_lang", "target_lang", "task", "metric", "value", "n")
+METRICS = "metrics.csv"  # the training loss and held-out scores, rewritten whole at every checkpoint
 
 
 @dataclasses.dataclass
@@ -130,20 +134,22 @@ def _english(reader) -> str | None:
     return next((lang for lang in reader.languages() if fleurs_to_whisper(lang) == "en"), None)
 
 
-def _read_metrics(path: pathlib.Path, upto: int) -> list[dict]:
-    if not path.is_file():
+def _read_metrics(out: pathlib.Path, upto: int) -> list[dict]:
+    """The rows of ``out/metrics.csv`` up to step ``upto``, its digest checked; none when it is not there yet."""
+    _, kv = open_kvstore(str(out))
+    data = read_output(kv, METRICS, str(out), fix=repair_hint(str(out), "finetune"))
+    if data is None:
         return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= upto]
+    return [r for r in csv.DictReader(io.StringIO(data.decode())) if int(r["step"]) <= upto]
 
 
-def _write_metrics(path: pathlib.Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, METRIC_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+def _write_metrics(out: pathlib.Path, rows: list[dict]) -> None:
+    """``out/metrics.csv`` and its digest (``write_outputs``), rewritten whole."""
+    text = io.StringIO()
+    w = csv.DictWriter(text, METRIC_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    write_outputs(open_kvstore(str(out))[1], {METRICS: text.getvalue().encode()}, str(out))
 
 
 def evaluate(whisper, pairs: D.Pairs, refs: list[str], lang: str, task: str, batch_size: int) -> tuple[float, float]:
@@ -201,11 +207,9 @@ def _finetune(config: FinetuneConfig, whisper) -> FinetuneSummary:
 
     sources = {lang: D.load_pairs(reader, lang, targets, silence, summary) for lang in config.source_langs}
     held = D.split_ids([u for p in sources.values() for u in p.ids], config.held_out, config.seed)
-    with open(out / "split.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "split"])
-        w.writerows((u, "held_out" if u in held else "train") for u in sorted({u for p in sources.values()
-                                                                               for u in p.ids}))  # fmt: skip
+    split_rows = [(u, "held_out" if u in held else "train") for u in sorted({u for p in sources.values()
+                                                                               for u in p.ids})]  # fmt: skip
+    write_outputs(open_kvstore(str(out))[1], {"split.csv": csv_bytes(("id", "split"), split_rows)}, str(out))
     train = [p.take(np.array([u not in held for u in p.ids])) for p in sources.values()]
     xa = np.concatenate([p.xa for p in train])
     ids = [u for p in train for u in p.ids]
@@ -272,11 +276,10 @@ def _finetune(config: FinetuneConfig, whisper) -> FinetuneSummary:
     state = state if restored is None else restored
     summary.resumed_from = start
     state = jax.device_put(state, replicated)
-    metrics_path = out / "metrics.csv"
-    rows = _read_metrics(metrics_path, start)
+    rows = _read_metrics(out, start)
     if not any(r["split"] == "held_out" and int(r["step"]) == 0 for r in rows):
         rows = eval_rows(whisper, 0) + rows
-        _write_metrics(metrics_path, rows)
+        _write_metrics(out, rows)
 
     step_fn = S.jit_train_step(graphdef, optim, compute, config.ewc_lambda)
     prompt = tok.sot_sequence(y, config.task_token)
@@ -298,14 +301,14 @@ def _finetune(config: FinetuneConfig, whisper) -> FinetuneSummary:
                 rows.append({**rows[-1], "metric": "ewc_penalty", "value": f"{float(m['ewc']):.6g}"})
             log.info("step %d loss %.4f", step, float(m["loss"]))
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _write_metrics(metrics_path, rows)  # the metrics up to a step are on disk before its checkpoint
+            _write_metrics(out, rows)  # the metrics up to a step are on disk before its checkpoint
             C.save(checkpoints, step, state)
     summary.steps_done = config.steps - start
 
     tuned = dataclasses.replace(whisper, model=S.with_decoder(whisper.model, state["params"]))
     if not any(r["split"] == "held_out" and int(r["step"]) == config.steps for r in rows):
         rows += eval_rows(tuned, config.steps)
-        _write_metrics(metrics_path, rows)
+        _write_metrics(out, rows)
     summary.written += ["config.json", "split.csv", "metrics.csv", "checkpoints/"]
     if config.export:
         export_hf(tuned, out / MODEL)

@@ -47,7 +47,8 @@ from engine.stores.similarity import DONE_DIR, IDS, MEASURES, PAIR_SEPARATOR, Si
 SHARD = re.compile(r"c\.\d+\.(\d+)\.\d+\.\d+")  # a states shard key: c.<layer>.<utterance>.<frame>.<embed>
 READS_IN_FLIGHT = 32  # shards read at once
 NOT_REPAIRABLE = "none: restore it from a copy, or write the output again into a new folder"
-OUTPUTS = (".csv", ".tsv", ".png", ".md", ".txt")  # job outputs that have a digest file (engine.stores.integrity)
+# job outputs that have a digest file (engine.stores.integrity.write_outputs): one without it is damage
+OUTPUTS = (".csv", ".tsv", ".png", ".md", ".txt", ".npz", ".srt", ".vtt")
 RERUN = "none needed: rerun the {} job (it writes it again)"  # for something missing
 DELETED = "deleted: rerun the {} job (it writes it again)"  # for something damaged
 
@@ -308,7 +309,11 @@ def files(url: str, keys: list[str], kv, findings: Findings, bar) -> None:
                     read_parquet(data, key, url, fix="")
                 if not check_output(kv, key, data, url) and not key.endswith(".parquet"):
                     unchecked += 1
-                findings.count("Parquet files" if key.endswith(".parquet") else "output files")
+                    repair = "deleted with nothing to check it against: rerun the job that wrote it"
+                    findings.damage.append(Damage(key, key + DIGEST_SUFFIX, "digest missing", repair,
+                                                  _delete(kv, key)))  # fmt: skip
+                else:
+                    findings.count("Parquet files" if key.endswith(".parquet") else "output files")
             except DamageError as e:
                 repair = "deleted: rerun the job that wrote it (it redoes a part, and rebuilds a merged table or file)"
                 findings.damage.append(Damage(key, key, _problem(e), repair, _delete(kv, key, key + DIGEST_SUFFIX)))
@@ -317,6 +322,6 @@ def files(url: str, keys: list[str], kv, findings: Findings, bar) -> None:
         bar.update(1)
     if unchecked:
         findings.notes.append(
-            f"{unchecked} output files have no {DIGEST_SUFFIX} digest file (written by an older babelgrid): read, not "
-            "checked"
+            f"{unchecked} output files have no {DIGEST_SUFFIX} digest file: it was deleted, so they cannot be checked "
+            "and are named as damage"
         )

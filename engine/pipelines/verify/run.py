@@ -87,8 +87,8 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
         raise StoreBusyError(
             f"{url!r} is being written now by {holder.get('job')} (host {holder.get('host')!r}, pid "
             f"{holder.get('pid')}, lease valid until {holder.get('expires')}): its work in progress would read as "
-            f"damage. Verify it once that run ends (`babelgrid status {url}` says where it stands), or pass --break_lease "
-            "for a run known to be dead"
+            f"damage. Verify it once that run ends (`babelgrid status {url}` says where it stands), or pass "
+            "--break_lease for a run known to be dead"
         )
     keys = sorted(k.decode() for k in kv.list(ts.KvStore.KeyRange()).result())
     if not keys:
