@@ -61,6 +61,7 @@ def validate(config) -> None:
     bad one. Configs call it first in ``__post_init__``, then check what spans fields."""
     for field in dataclasses.fields(config):
         meta, value = field.metadata, getattr(config, field.name)
+        value = _normalised(config, field, meta, value)
         if not meta or value is None:
             continue
         choices = meta.get("choices")
@@ -74,6 +75,22 @@ def validate(config) -> None:
         if meta.get("minimum") is not None and value < meta["minimum"]:
             raise ConfigError(f"{field.name} must be >= {meta['minimum']}, got {value!r}")
     check_apart(config)
+
+
+def _normalised(config, field, meta, value):
+    """An enumerated value as the field stores it, set on the (frozen) config: ``" mean "`` is ``"mean"`` (a value
+    recorded with its spaces would refuse the resume that gives it without); a list of choices given as ``''`` or
+    ``'all'`` (None from ``parse_list``) is every choice, or none where the default is none."""
+    if not meta or not meta.get("choices"):
+        return value
+    if isinstance(value, str):
+        value = value.strip()
+    elif isinstance(value, tuple):
+        value = tuple(v.strip() if isinstance(v, str) else v for v in value)
+    elif value is None and meta.get("parse") == "list" and isinstance(field.default, tuple):
+        value = tuple(meta["choices"]) if field.default else ()
+    object.__setattr__(config, field.name, value)
+    return value
 
 
 def canonical_location(url: str) -> str:

@@ -113,3 +113,65 @@ def test_compare_refuses_a_retrieval_csv_whose_digest_was_deleted(tmp_path):
     (tmp_path / "retrieval.csv").write_text("lang_a,lang_b,layer\nde,en,")
     with pytest.raises(DamageError, match="retrieval.csv .* has no digest file"):
         _read_csv(str(tmp_path), "retrieval.csv")
+
+
+# -- 3. every setting is checked before anything is recorded; 6. values stored as the field means them -----------------
+
+
+def test_lda_with_as_many_directions_as_languages_is_refused_before_the_store_records_it(worker_store, tmp_path,
+                                                                                       run_job):  # fmt: skip
+    sim = tmp_path / "sim"
+    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean"]
+    refused = run_job("seqsim", *args, "--remove_language", "lda:3", expect=1)
+    assert "lda:3 needs K <= languages - 1 = 2" in refused.stderr, refused.stderr
+    assert not (sim / "manifest.json").exists()
+    run_job("seqsim", *args, "--remove_language", "lda:2")  # the corrected rerun into the same folder
+
+
+def test_a_value_with_spaces_is_recorded_as_meant_so_the_resume_is_not_refused(worker_store, tmp_path, run_job):
+    from engine.pipelines.similarity.config import SimilarityConfig
+    from engine.runtime.options import configure
+
+    config = configure(SimilarityConfig, store="s", out="o", remove_language=" mean ", dtype=" float32")
+    assert (config.remove_language, config.dtype) == ("mean", "float32")
+    sim = tmp_path / "sim"
+    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean"]
+    run_job("seqsim", *args, "--remove_language", " mean")
+    again = run_job("seqsim", *args, "--remove_language", "mean")
+    assert "1 pair-layers already complete" in again.stdout or "already complete" in again.stdout, again.stdout
+
+
+def test_empty_lists_of_choices_mean_every_choice_not_a_traceback():
+    from engine.pipelines.compare.config import LEVELS, MEASURES, CompareConfig
+    from engine.pipelines.decode.config import TASKS, DecodeConfig
+    from engine.runtime.options import configure
+
+    config = configure(CompareConfig, stores=("s",), out="o", null_levels=None, levels=None, measures=None)
+    assert config.null_levels == LEVELS and config.levels == LEVELS and config.measures == MEASURES
+    assert configure(DecodeConfig, store="s", out="o", tasks=None).tasks == TASKS
+
+
+def test_a_batch_beyond_memory_is_refused_before_the_output_records_anything(worker_store, tiny_model_dir,
+                                                                           worker_clips, tmp_path,
+                                                                           run_job):  # fmt: skip
+    out = tmp_path / "neurons"
+    refused = run_job("neurons", "--model", str(tiny_model_dir), "--dataset", f"folder:{worker_clips}", "--out",
+                      str(out), "--batch_size", "100000000", expect=1)  # fmt: skip
+    assert "ConfigError: batch_size 100000000 needs about" in refused.stderr and "pass --batch_size" in refused.stderr
+    assert not (out / "manifest.json").exists()
+    out = tmp_path / "decode"
+    refused = run_job("decode", "--store", str(worker_store), "--model", str(tiny_model_dir), "--out", str(out),
+                      "--batch_size", "100000000", expect=1)  # fmt: skip
+    assert "DecodeError: batch_size 100000000 needs at least" in refused.stderr, refused.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+# -- 4. unbounded work gets an estimate -------------------------------------------------------------------------------
+
+
+def test_a_null_of_a_billion_permutations_is_refused_with_its_estimate(worker_store, tmp_path, run_job):
+    out = tmp_path / "compare"
+    refused = run_job("compare", "--stores", str(worker_store), "--out", str(out), "--null_permutations",
+                      "1000000000", "--levels", "utterance", expect=1)  # fmt: skip
+    assert "makes the run take about" in refused.stderr and "more than the 24 h" in refused.stderr, refused.stderr
+    assert not out.exists() or not (out / "manifest.json").exists()

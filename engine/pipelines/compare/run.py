@@ -37,6 +37,8 @@ from engine.pipelines.compare import depth, layers, null, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.languages import Language, languages_of
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
+from engine.pipelines.compare.plan import plan_compare_run
+from engine.runtime.plan import duration
 from engine.runtime.runs import output_run
 from engine.stores.challenge import read_kept
 from engine.stores.integrity import parquet_bytes, write_outputs
@@ -318,8 +320,29 @@ def run_compare(config: CompareConfig) -> CompareResult:
         for j in range(i + 1, len(readers)):
             for lang in langs:
                 states.pair_utterances(a, readers[j], (lang.codes[i], lang.codes[j]), config.allow_mismatch)
+    _check_null_cost(config)
     with output_run(config, "compare", CompareError):
         return _compare(config, readers, names, langs, start)
+
+
+NULL_ESTIMATED = 1000  # permutations above which the null's cost is estimated (the plan) before the run starts
+NULL_CAP_HOURS = 24.0  # an estimate above this is refused: a null that would run for days is a typo, not a study
+
+
+def _check_null_cost(config: CompareConfig) -> None:
+    """A large ``--null_permutations`` gets the plan's estimate of the whole run (``plan_compare_run``): refused above
+    ``NULL_CAP_HOURS`` on this machine, else a warning saying how long it will take; nothing written either way."""
+    if config.null_permutations <= NULL_ESTIMATED:
+        return
+    seconds = plan_compare_run(config, None).seconds_here
+    said = f"--null_permutations {config.null_permutations} makes the run take about {duration(seconds)} here (--plan)"
+    if seconds > NULL_CAP_HOURS * 3600:
+        scaled = max(int(config.null_permutations * NULL_CAP_HOURS * 3600 / seconds), 1)
+        raise CompareError(
+            f"{said}, more than the {NULL_CAP_HOURS:.0f} h this job takes on; about {scaled} permutations fit in that "
+            "(200, the default, gives p-values to 0.005). Nothing was written"
+        )
+    log.warning("%s", said)
 
 
 def _compare(config: CompareConfig, readers, names, langs, start: float) -> CompareResult:

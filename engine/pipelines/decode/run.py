@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 
 from engine.dtypes import DTYPES
@@ -35,19 +36,21 @@ from engine.errors import LanguageError
 from engine.models.family import FAMILIES, refuse_without_head
 from engine.models.fastconformer.canary import load_canary
 from engine.models.fastconformer.loaded import load_fastconformer
-from engine.models.interface import CTC, DECODER
+from engine.models.interface import CTC, DECODER, WINDOW_SECONDS
 from engine.models.owsm.loaded import load_owsm
 from engine.models.wav2vec2.loaded import load_wav2vec2
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.canary import run_canary_decode
-from engine.pipelines.decode.config import DecodeConfig, DecodeError
+from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
 from engine.pipelines.decode.ctc import run_ctc_decode
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.owsm import run_owsm_decode
 from engine.pipelines.decode.references import english_language, english_references, whisper_code
 from engine.pipelines.decode.store import Units, check_store, decode_claimed, layer_variants
 from engine.pipelines.decode.unit import decode_unit
+from engine.pipelines.encode.memory import SAFE_SHARE, available_memory
+from engine.runtime.plan import size
 from engine.runtime.runs import RunSummary, job_lease
 from engine.stores.reader import open_store
 
@@ -166,12 +169,32 @@ def run_decode(config: DecodeConfig, *, whisper: LoadedWhisper | None = None) ->
             f"--decoding ctc reads a CTC head, which {info.family} models have none of; pass greedy or beam:N (ctc: "
             "OWSM stores)"
         )
+    check_decode_batch(info, config)  # before the lease and the manifest: a corrected rerun is not refused
     with job_lease(config, "decode") as lease:
         summary = DecodeSummary()
         t0 = time.perf_counter()
         path(config, open_store(config.store), lease, summary, load)
         summary.seconds = time.perf_counter() - t0
         return summary
+
+
+def check_decode_batch(info, config: DecodeConfig) -> None:
+    """Refuses a ``--batch_size`` whose decoder call cannot fit in memory, before anything is written: every window of
+    a call holds at least its stored states and the decoder's cross-attention keys and values over them (3 copies
+    of f32[window frames, width]) for each beam, the lower bound of any family's decoder or CTC head."""
+    beams = max(max(parse_decoding(d) for d in config.decodings), 1)
+    frames = math.ceil(info.frame_rate * WINDOW_SECONDS)
+    per_window = 3 * frames * info.embed * 4 * beams
+    limit, what, _ = available_memory()
+    if config.batch_size * per_window <= SAFE_SHARE * limit:
+        return
+    largest = int(SAFE_SHARE * limit // per_window)
+    raise DecodeError(
+        f"batch_size {config.batch_size} needs at least {size(config.batch_size * per_window)} per decoder call "
+        f"({frames} frames x {info.embed} wide per window, states and cross-attention keys and values, x {beams} "
+        f"beams), more than {SAFE_SHARE:.0%} of the {size(limit)} of {what}: pass --batch_size {max(largest, 1)} or "
+        "less; nothing was written"
+    )
 
 
 def _given(whisper: LoadedWhisper, source, *, dtype=None) -> LoadedWhisper:

@@ -35,6 +35,7 @@ from engine import captions
 from engine.data.sources import get_source
 from engine.faults import fault_point
 from engine.models.family import load_encoder
+from engine.pipelines.encode.memory import check_batch_size
 from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons import intervene
 from engine.pipelines.neurons import lape as lape_lib
@@ -117,6 +118,8 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     encoder = load_encoder(config.model, adapter=config.adapter)
     if not hasattr(encoder, "ffn_counts"):
         raise NeuronsError(f"{encoder.family} models have no feed-forward counts yet (Whisper and wav2vec2 do)")
+    # The bound encode puts on a batch, before the output folder records anything (a step here holds no stored layer)
+    check_batch_size(encoder, (), "float32", config.batch_size)
     summary = NeuronsSummary(languages=len(langs))
     url = config.run.out
     _, kv = open_kvstore(url)

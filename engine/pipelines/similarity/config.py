@@ -64,6 +64,9 @@ class SimilarityConfig:
         if not self.run.out:
             raise SimilarityError("seqsim needs a similarity store to write: run.out (--out)")
         try:
-            parse_kind(self.remove_language)
+            kind, k = parse_kind(self.remove_language)
         except ValueError as e:
             raise SimilarityError(str(e)) from None
+        # As the store records it: " mean" and "lda:03" are "mean" and "lda:3" (a resume that gives them otherwise
+        # is the same run)
+        object.__setattr__(self, "remove_language", f"lda:{k}" if kind == "lda" else kind)

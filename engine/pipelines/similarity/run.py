@@ -32,7 +32,7 @@ import numpy as np
 from engine.faults import fault_point
 from engine.models.common.parallel import data_mesh
 from engine.pipelines.similarity import blocks
-from engine.pipelines.similarity.config import SimilarityConfig
+from engine.pipelines.similarity.config import SimilarityConfig, parse_kind
 from engine.pipelines.similarity.held import HeldStates, load_piece
 from engine.pipelines.similarity.measures import (
     MEASURES,
@@ -101,6 +101,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     holds the similarity store's writer lease (``engine.runtime.lease``)."""
     reader = reader or open_store(config.store)
     request = _request(config, reader)  # before the lease: a wrong request creates nothing
+    _check_transform(config, request)
     mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
     context = MeasureContext(config.dtype, config.ot, mesh)
     budget = resolve_budget(config.run.memory_budget)
@@ -252,6 +253,18 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     summary.reads = {lang: r / max(len(layers), 1) for lang, r in held.reads_per_language().items()}
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _check_transform(config: SimilarityConfig, request: Request) -> None:
+    """``--remove_language lda:K`` separates the run's languages by at most one fewer directions than there are:
+    refused before the store records the setting (a corrected rerun into the same folder would be refused)."""
+    kind, k = parse_kind(config.remove_language)
+    n = len(request.in_play)
+    if kind == "lda" and k > n - 1:
+        raise SimilarityError(
+            f"remove_language lda:{k} needs K <= languages - 1 = {n - 1} (the run's languages {request.in_play} are "
+            f"separated by at most {n - 1} directions): pass lda:{max(n - 1, 1)} or mean; nothing was written"
+        )
 
 
 def _marker_matches(marker: dict | None, want: dict) -> bool:
