@@ -175,3 +175,42 @@ def test_a_null_of_a_billion_permutations_is_refused_with_its_estimate(worker_st
                       "1000000000", "--levels", "utterance", expect=1)  # fmt: skip
     assert "makes the run take about" in refused.stderr and "more than the 24 h" in refused.stderr, refused.stderr
     assert not out.exists() or not (out / "manifest.json").exists()
+
+
+# -- 5. a config that claims more layers than its weights hold ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
+def test_a_config_claiming_a_million_layers_is_refused_before_memory_grows(family, tiny_model_dir, tmp_path):
+    """The probe's wav2vec2 config.json of 1000000 layers took 25 s and 5 GB before "lacks 15999968 tensors" (a
+    segfault at 3000000). Counted here: the refusal names both counts and allocates less than 64 MiB."""
+    import tracemalloc
+
+    import torch
+    import transformers
+
+    from engine.errors import CheckpointError
+    from engine.models.family import load_encoder
+
+    folder = tmp_path / "model"
+    if family == "wav2vec2":
+        torch.manual_seed(0)
+        config = transformers.Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=32, conv_dim=(16,) * 7, num_conv_pos_embeddings=8,
+                                             num_conv_pos_embedding_groups=2)  # fmt: skip
+        transformers.Wav2Vec2Model(config).save_pretrained(folder)
+        key, held = "num_hidden_layers", 2
+    else:
+        shutil.copytree(tiny_model_dir, folder)
+        key, held = "encoder_layers", json.loads((folder / "config.json").read_text())["encoder_layers"]
+    settings = json.loads((folder / "config.json").read_text())
+    settings[key] = 1_000_000
+    (folder / "config.json").write_text(json.dumps(settings))
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=rf"is 1000000, but the checkpoint's tensors hold {held} such"):
+            load_encoder(str(folder))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated before the refusal"

@@ -141,3 +141,19 @@ def checked_state(
                 f"checkpoint '{source}': tensor '{stored_name(k)}' is {sd[k].dtype}; weights must be one of {names}"
             )
     return sd
+
+
+def check_layer_claim(names, block: str, claimed: int, what: str, source: str) -> None:
+    """Refuses a config that claims more layers than the checkpoint's tensors hold (``names``: the tensor names;
+    ``block``: the prefix of a layer's tensors before its index, such as ``"encoder.layers."``), before anything is
+    built or counted per claimed layer: a config.json of 1000000 layers made the expected-shapes table alone take 5
+    GB before the missing tensors were named. Fewer claimed than held is left to the tensor check (unexpected
+    tensors)."""
+    pattern = re.compile(rf"(?:^|\.){re.escape(block)}(\d+)\.")
+    held = {int(m.group(1)) for name in names if (m := pattern.search(name))}
+    count = max(held) + 1 if held else 0
+    if claimed > count:
+        raise CheckpointError(
+            f"{source}: config.json's {what} is {claimed}, but the checkpoint's tensors hold {count} such layers "
+            f"({block}0 .. {block}{max(count - 1, 0)}): config.json is not the one saved with these weights"
+        )

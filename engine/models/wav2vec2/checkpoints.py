@@ -36,7 +36,7 @@ import numpy as np
 
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, read_json, read_torch_state_dict, some
-from engine.models.common.weights import WEIGHT_FILES, read_safetensors, read_weights
+from engine.models.common.weights import WEIGHT_FILES, check_layer_claim, read_safetensors, read_weights
 from engine.models.wav2vec2.config import Wav2Vec2Dims, dims_from_hf_config
 from engine.models.wav2vec2.features import PREPROCESSOR_FILE, FeatureOptions
 
@@ -88,6 +88,7 @@ def _load_folder(folder: pathlib.Path, name: str, adapter: str | None) -> Wav2Ve
         raise CheckpointError(f"checkpoint dir '{folder}' has no config.json; copy it with the weights")
     dims = dims_from_hf_config(read_json(config_file), str(config_file))
     files, raw = read_weights(folder)
+    check_layer_claim(raw, "encoder.layers.", dims.num_hidden_layers, "num_hidden_layers", f"checkpoint '{folder}'")
     sd, origin, ignored = canonical_state_dict(raw, dims, f"checkpoint '{folder}'")
     if adapter is not None:
         adapter_file, adapter_sd = read_adapter(folder, adapter, dims)

@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, int_tuple, read_json, some, to_numpy, torch_load
+from engine.models.common.weights import check_layer_claim
 from engine.models.whisper.checkpoints import ct2, hf
 from engine.models.whisper.checkpoints.alignment_heads import openai_alignment_heads_for
 from engine.models.whisper.dims import ModelDimensions, sinusoids
@@ -312,6 +313,8 @@ def _check_state_dict(
     origin: Mapping[str, str],
     n_mlp: tuple[int, int] | None = None,
 ) -> None:
+    check_layer_claim(sd, "encoder.blocks.", dims.n_audio_layer, "encoder layer count", f"checkpoint '{source}'")
+    check_layer_claim(sd, "decoder.blocks.", dims.n_text_layer, "decoder layer count", f"checkpoint '{source}'")
     if n_mlp is None:  # not in ModelDimensions: take it from the first block, then every block must agree
         width = [sd.get(f"{s}.blocks.0.mlp.0.weight") for s in ("encoder", "decoder")]
         n_mlp = tuple(w.shape[0] if w is not None and w.ndim == 2 else 4 * d for w, d in zip(
