@@ -22,7 +22,7 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
-from engine.models.common.weights import checked_state
+from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CTC, FastConformerConfig, config_from_hf
 from engine.models.fastconformer.model import state_shapes
@@ -88,6 +88,7 @@ def _check(stored: Mapping[str, np.ndarray], config: FastConformerConfig, source
         return k if k.startswith("ctc_head.") else config.prefix + k
 
     what = f"a {config.model_type} encoder of {config.n_layer} blocks"
+    check_layer_claim(stored, f"{config.prefix}layers.", config.n_layer, "block count", source)
     return checked_state(stored, state_shapes(config), source=source, what=what, local=local, stored_name=stored_name,
                          unread=_UNREAD)  # fmt: skip
 

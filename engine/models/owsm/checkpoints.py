@@ -28,7 +28,7 @@ import yaml
 
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, folder_or_hub, read_torch_state_dict
-from engine.models.common.weights import checked_state
+from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.owsm.config import OwsmConfig, config_from_espnet
 from engine.models.owsm.decoder import decoder_shapes
 from engine.models.owsm.features import Stats, read_stats
@@ -124,6 +124,8 @@ def _token_list(conf: Mapping, root: pathlib.Path, config_path: pathlib.Path) ->
 
 def _check(stored: Mapping[str, np.ndarray], config: OwsmConfig, source: str) -> dict[str, np.ndarray]:
     what = f"an OWSM model of {config.n_layer} encoder and {config.n_dec_layer} decoder blocks"
+    check_layer_claim(stored, "encoder.encoders.", config.n_layer, "encoder block count", source)
+    check_layer_claim(stored, "decoder.decoders.", config.n_dec_layer, "decoder block count", source)
     return checked_state(
         stored, encoder_shapes(config) | decoder_shapes(config), source=source, what=what, unread=_UNREAD,
         config_file="config.yaml", floats=_FLOATS,

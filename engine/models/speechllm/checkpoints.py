@@ -25,7 +25,7 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.models.common.io import folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
-from engine.models.common.weights import checked_state
+from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.speechllm.config import TOWERS, SpeechLLMConfig, from_hf
 
 TOWER, PROJECTOR = "audio_tower.", "multi_modal_projector."
@@ -101,6 +101,7 @@ def _renamed(stored: Mapping[str, np.ndarray], alone: bool) -> dict:
 
 def _check(stored: Mapping[str, np.ndarray], config: SpeechLLMConfig, source: str) -> dict[str, np.ndarray]:
     what = f"a {config.kind} tower of {config.layers} layers"
+    check_layer_claim(stored, f"{TOWER}layers.", config.layers, "layer count", source)
     return checked_state(stored, state_shapes(config), source=source, what=what, unread=_UNUSED)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
-from engine.models.common.weights import checked_state
+from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.w2vbert.config import SEAMLESS_M4T_V2, W2V_BERT, EncoderConfig, config_from_hf
 from engine.models.w2vbert.model import state_shapes
 
@@ -80,6 +80,7 @@ def read_encoder_weights(folder: pathlib.Path, config: EncoderConfig) -> tuple[l
 
 def _check(stored: Mapping[str, np.ndarray], config: EncoderConfig, source: str) -> dict[str, np.ndarray]:
     prefix = _PREFIX[config.family]
+    check_layer_claim(stored, "encoder.layers.", config.n_layer, "layer count", source)
     return checked_state(
         stored, state_shapes(config), source=source, what=f"a {config.family} encoder of {config.n_layer} layers",
         local=lambda name: name.removeprefix(prefix), stored_name=lambda k: prefix + k, unread=_UNREAD[config.family],
