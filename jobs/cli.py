@@ -112,6 +112,20 @@ def _parse_yaml(text: str, spec: str):
     import yaml
 
     class NoAliases(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            """A key given twice in one mapping is refused: YAML keeps the last silently (``{location: A,
+            location: B}`` ran on B)."""
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise StudyError(
+                        f"study {spec!r} gives {key!r} twice in one mapping (lines {seen[key] + 1} and "
+                        f"{key_node.start_mark.line + 1}): keep one"
+                    )
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
@@ -250,8 +264,11 @@ def _local_path(value: str) -> pathlib.Path | None:
     candidates = (rest, rest.rpartition(":")[0]) if sep and rest else ()
     for candidate in candidates + (value.removeprefix("file://"),):
         path = pathlib.Path(candidate).expanduser()
-        if candidate and path.exists():
-            return path
+        try:
+            if candidate and path.exists():
+                return path
+        except OSError:  # a name no file can have (a component over 255 bytes: a list of 80 language codes)
+            continue
     return None
 
 

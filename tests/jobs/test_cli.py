@@ -204,6 +204,9 @@ def test_run_help_is_on_stdout_and_exits_0():
         ("stages:\n  - encode: {out: {a: 1}}\n", "--out must be a string, number or boolean, got a dict"),
         ("stages:\n  - encode: {out: }\n", "--out must be a string, number or boolean, got nothing"),
         ("vars: {a: &a [x, x]}\nstages:\n  - encode: {out: *a}\n", "uses the YAML alias *a at line 3"),
+        # YAML keeps the last of two equal keys: the stage ran on B without a word (issue 61 item 7)
+        ("stages:\n  - verify: {location: A, location: B}\n", "gives 'location' twice in one mapping (lines 2 and 2)"),
+        ("vars:\n  out: a\n  out: b\nstages:\n  - encode: {}\n", "gives 'out' twice in one mapping (lines 2 and 3)"),
     ],
 )
 def test_a_bad_study_file_is_a_named_error(tmp_path, text, message):
@@ -213,6 +216,16 @@ def test_a_bad_study_file_is_a_named_error(tmp_path, text, message):
     study.write_text(text)
     with pytest.raises(StudyError, match=re.escape(message)):
         load_study(str(study))
+
+
+def test_a_flag_value_no_file_could_be_named_is_not_taken_for_a_path():
+    """A full-FLEURS study's langs: 80 codes, one path component over 255 bytes; fingerprinting the stage's inputs
+    asked the file system about it and died with OSError: File name too long (issue 61 item 7)."""
+    from jobs.cli import _local_path, stage_inputs
+
+    codes = ",".join(f"l{i:02d}_xx" for i in range(80))
+    assert len(codes) > 255 and _local_path(codes) is None
+    assert stage_inputs({"langs": codes, "dataset": f"folder:/{codes}"}) == {}
 
 
 @pytest.mark.parametrize("job", sorted(set(JOBS) - {"cli"}))
