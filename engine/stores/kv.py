@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -218,10 +219,20 @@ def npz_bytes(arrays: Mapping[str, object]) -> bytes:
     return buffer.getvalue()
 
 
-def read_npz(data: bytes) -> dict:
-    """The arrays of an ``.npz`` file's bytes, with ``allow_pickle=False``: an object array is refused."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as f:
-        return {name: f[name] for name in f.files}
+def read_npz(data: bytes, key: str = "npz file", url: str = "", fix: str = _UNSEALED_FIX) -> dict:
+    """The arrays of an ``.npz`` file's bytes, never unpickled (``allow_pickle=False``): an object array, or bytes
+    that are not an npz, are a DamageError naming ``key``, the store and ``fix`` (a digest matches what it was given,
+    not what babelgrid writes: the file may have been replaced together with its digest)."""
+    try:
+        with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as f:
+            return {name: f[name] for name in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise DamageError(
+            f"{key} in {url!r} is not an npz of numeric arrays babelgrid writes ({reason}): it was replaced or is "
+            f"damaged, and is not read (never unpickled). {fix}",
+            "not numeric npz",
+        ) from None
 
 
 def parse_record(value: bytes) -> dict:

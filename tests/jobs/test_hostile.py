@@ -214,3 +214,39 @@ def test_a_config_claiming_a_million_layers_is_refused_before_memory_grows(famil
     finally:
         tracemalloc.stop()
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated before the refusal"
+
+
+# -- 8. named errors where tracebacks were -----------------------------------------------------------------------------
+
+
+def test_verify_on_a_symbolic_link_loop_is_a_named_error(tmp_path, run_job):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    proc = run_job("verify", str(tmp_path / "a"), expect=1)
+    assert "Too many levels of symbolic links" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_transform_holding_an_object_array_is_damage_to_seqsim_and_verify(worker_store, tmp_path, run_job):
+    """An npz holding an object array, with a digest that matches it (both replaced): never unpickled, and named as
+    damage by the job that reads it and by verify, not a raw ValueError from NumPy."""
+    import io
+
+    import numpy as np
+
+    from engine.stores.integrity import digest_line
+
+    sim = tmp_path / "sim"
+    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean",
+            "--remove_language", "mean"]  # fmt: skip
+    run_job("seqsim", *args)
+    buffer = io.BytesIO()
+    np.savez(buffer, kind=np.array("mean"), k=np.array(0), languages=np.array([{"de": 1}], dtype=object))
+    key = "language_transform/layer-1.npz"
+    (sim / key).write_bytes(buffer.getvalue())
+    (sim / (key + ".sha256")).write_bytes(digest_line(buffer.getvalue(), key))
+    (sim / "mean" / "de__en" / "done" / "1.json").unlink()
+    rerun = run_job("seqsim", *args, expect=1)
+    assert "DamageError" in rerun.stderr and "is not an npz of numeric arrays" in rerun.stderr, rerun.stderr
+    verify = run_job("verify", str(sim), expect=1)
+    assert "layer-1.npz" in verify.stdout and "not numeric npz" in verify.stdout, verify.stdout

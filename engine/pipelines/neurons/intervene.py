@@ -144,7 +144,7 @@ def pooled_conditions(encoder, evaluation, scales: dict, config, summary, kv, ur
         found = read_output(kv, key(name), url, fix=fix)
         if found is None:
             raise NeuronsError(f"{url}/{key(name)} is missing after every pass was done: rerun to redo it")
-        data = read_npz(found)
+        data = read_npz(found, key(name), url, fix)
         if data["pooled"].shape[1] != len(evaluation.tasks) or not np.array_equal(data["scale"], scale):
             raise NeuronsError(
                 f"{url}/{key(name)} holds another evaluation set or other units: use a new output folder"

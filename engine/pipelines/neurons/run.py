@@ -180,7 +180,7 @@ def _counts(config, encoder, source, langs, kv, fix, summary, claims, lease) -> 
         data = read_output(kv, key(lang), url, fix=fix)
         if data is None:  # finished by every worker, yet gone: deleted under the run
             raise NeuronsError(f"{url}/{key(lang)} is missing after every language was counted: rerun to count it")
-        out[lang] = read_npz(data)
+        out[lang] = read_npz(data, key(lang), url, fix)
     return out
 
 

@@ -29,7 +29,7 @@ import numpy as np
 from engine.pipelines.similarity.config import parse_kind
 from engine.runtime.runs import process_zero_first
 from engine.stores.integrity import read_output, repair_hint, write_outputs
-from engine.stores.kv import open_kvstore
+from engine.stores.kv import DamageError, open_kvstore, read_npz
 from engine.stores.similarity import SimilarityMismatchError
 from kernels import subspace
 
@@ -66,10 +66,15 @@ class LayerTransform:
         return buffer.getvalue()
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> LayerTransform:
-        with np.load(io.BytesIO(data), allow_pickle=False) as f:
-            return cls(str(f["kind"]), int(f["k"]), tuple(str(x) for x in f["languages"]), f["counts"], f["means"],
-                       f["basis"] if "basis" in f else None)  # fmt: skip
+    def from_bytes(cls, data: bytes, key: str = "transform", url: str = "", fix: str = "") -> LayerTransform:
+        """A stored transform; one that is not an npz of numeric arrays, or lacks one of them, is a DamageError."""
+        f = read_npz(data, key, url, fix)
+        missing = sorted({"kind", "k", "languages", "counts", "means"} - set(f))
+        if missing:
+            raise DamageError(f"{key} in {url!r} lacks {missing}: it is not a transform babelgrid wrote. {fix}",
+                              "not a transform")  # fmt: skip
+        return cls(str(f["kind"]), int(f["k"]), tuple(str(x) for x in f["languages"]), f["counts"], f["means"],
+                   f.get("basis"))  # fmt: skip
 
 
 def key(layer: int) -> str:
@@ -121,7 +126,7 @@ def layer_transforms(config, reader, request, budget_bytes: int) -> dict[int, La
     def fitted(layer: int) -> LayerTransform:
         data = read_output(kv, key(layer), url, fix=fix)
         if data is not None:
-            stored = LayerTransform.from_bytes(data)
+            stored = LayerTransform.from_bytes(data, key(layer), url, fix)
             if (stored.kind, stored.k, stored.languages) != (kind, k, langs):
                 raise SimilarityMismatchError(
                     f"{key(layer)} in {url!r} was fitted as {stored.kind}:{stored.k} over {list(stored.languages)}; "

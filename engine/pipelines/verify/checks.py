@@ -29,7 +29,7 @@ import tensorstore as ts
 from engine.axes import UTTERANCE
 from engine.errors import BabelgridError
 from engine.stores.integrity import DIGEST_SUFFIX, DamageError, check_output, damage_kind, is_damage, read_parquet
-from engine.stores.kv import StoreError, read_json, read_value, storage_error
+from engine.stores.kv import StoreError, read_json, read_npz, read_value, storage_error
 from engine.stores.layers import LayerStore
 from engine.stores.schema import (
     LANG,
@@ -307,6 +307,8 @@ def files(url: str, keys: list[str], kv, findings: Findings, bar) -> None:
                 data = bytes(read_value(kv, key, url).value)
                 if key.endswith(".parquet"):
                     read_parquet(data, key, url, fix="")
+                elif key.endswith(".npz"):
+                    read_npz(data, key, url, fix="")  # numeric arrays only: an object array is damage, not read
                 if not check_output(kv, key, data, url) and not key.endswith(".parquet"):
                     unchecked += 1
                     repair = "deleted with nothing to check it against: rerun the job that wrote it"

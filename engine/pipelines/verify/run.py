@@ -90,7 +90,10 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
             f"damage. Verify it once that run ends (`babelgrid status {url}` says where it stands), or pass "
             "--break_lease for a run known to be dead"
         )
-    keys = sorted(k.decode() for k in kv.list(ts.KvStore.KeyRange()).result())
+    try:
+        keys = sorted(k.decode() for k in kv.list(ts.KvStore.KeyRange()).result())
+    except ValueError as e:  # a symbolic-link loop, a permission: named, not a traceback
+        raise store_kv.storage_error("list the files of", "", url, e) from None
     if not keys:
         raise VerifyError(f"nothing to verify at {url!r}: it holds no files. Check the path")
     findings = checks.Findings()
