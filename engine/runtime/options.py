@@ -264,12 +264,13 @@ def parse_cells(value: str | None) -> tuple[str, ...] | None:
 
 
 SIZE_UNITS = {"": 1, "b": 1, "k": 2**10, "kib": 2**10, "kb": 10**3, "m": 2**20, "mib": 2**20, "mb": 10**6,
-              "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12}  # fmt: skip
+              "g": 2**30, "gib": 2**30, "gb": 10**9, "t": 2**40, "tib": 2**40, "tb": 10**12,
+              "p": 2**50, "pib": 2**50, "pb": 10**15}  # fmt: skip
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*")
 
 
 def parse_size(value: str | int | None) -> int | None:
-    """'32MiB' -> 33554432, '1.5GB' -> 1500000000, '20G' -> 20 GiB (K, M, G, T alone are binary), '4096' -> bytes;
+    """'32MiB' -> 33554432, '1.5GB' -> 1500000000, '20G' -> 20 GiB (K, M, G, T, P alone are binary), '4096' -> bytes;
     None, '' or 'auto' -> None (the default of the option)."""
     if value is None or isinstance(value, int):
         return value

@@ -107,6 +107,7 @@ UNCHECKED = {
     1: "chunk checksums or metadata digests: a missing chunk is still detected, a corrupted one may not be",
     2: "metadata digests: a done marker, id list or language index altered into other valid JSON, or a deleted "
     "language index, may not be detected",
+    3: "a roster of its pairs: a pair folder deleted whole may not be detected",
 }
 
 

@@ -1,8 +1,9 @@
-"""The similarity store: all-pairs similarity matrices per measure, language pair and layer (format version 3).
+"""The similarity store: all-pairs similarity matrices per measure, language pair and layer (format version 4).
 
 Written by ``engine.pipelines.similarity.run.run_similarity`` (the ``seqsim`` job), read with ``open_similarity``::
 
     OUT/manifest.json                        layer store URL, model, checkpoint, layers; written once
+    OUT/pairs.json                           the roster: every pair created, per measure (version 4), digest
     OUT/<measure>/<a>__<b>/zarr.json         zarr3 f32[layer, utterance_a, utterance_b], NaN = not computed,
     OUT/<measure>/<a>__<b>/c.<l>.0.0         one zstd chunk per layer position l, with a crc32c digest (version 2)
     OUT/<measure>/<a>__<b>/ids.json          row_ids, col_ids (str), row_recording, col_recording (int), digest
@@ -10,6 +11,8 @@ Written by ``engine.pipelines.similarity.run.run_similarity`` (the ``seqsim`` jo
 
 Every JSON object carries the digest of its content (version 3, ``engine.stores.kv.json_bytes``): a marker or id
 list altered into other valid JSON is a DamageError, as a pair whose ids.json is gone while its markers remain.
+The roster (version 4) lists every pair a run created, so a pair folder deleted whole is a DamageError too, never a
+pair silently missing from retrieval's tables.
 
 Rows and columns are the layer store's utterance indices of languages ``a`` and ``b``; utterances not done in the
 layer store are NaN rows/columns. ``docs/similarity.md`` describes the format for analysts::
@@ -32,13 +35,27 @@ from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
 from engine.listing import Listing
 from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
-from engine.stores.kv import DamageError, context, create_or_compare, json_bytes, open_kvstore, read_json, write_value
+from engine.stores.kv import (
+    DamageError,
+    context,
+    create_or_compare,
+    json_bytes,
+    open_kvstore,
+    parse_json,
+    read_json,
+    read_value,
+    replace_key,
+    write_value,
+)
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
-FORMAT_VERSION = 3  # 2: crc32c on every chunk (engine.stores.integrity); 3: a digest in every JSON object
-READABLE_VERSIONS = (1, 2, 3)  # 1 and 2 read, with one warning naming the checks they lack (integrity.UNCHECKED)
+# 2: crc32c on every chunk (engine.stores.integrity); 3: a digest in every JSON object; 4: the pairs roster
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)  # 1 to 3 read, with one warning naming the checks they lack (integrity.UNCHECKED)
 SEALED_VERSION = 3  # from this version on, every ids.json and done marker must carry its digest
+ROSTERED_VERSION = 4  # from this version on, pairs.json lists every pair created
+ROSTER = "pairs.json"
 MANIFEST, IDS = "manifest.json", "ids.json"
 DONE_DIR = "done/"
 PAIR_SEPARATOR = "__"
@@ -171,6 +188,7 @@ class _Store:
         self._kvstore = kvstore
         self._kv = kv
         self.sealed = manifest.get("format_version", 1) >= SEALED_VERSION  # ids and markers carry digests
+        self.rostered = manifest.get("format_version", 1) >= ROSTERED_VERSION  # pairs.json lists every pair
         self._fix = repair_hint(url, "seqsim")
 
     @property
@@ -226,8 +244,26 @@ class _Store:
         if lost:
             raise DamageError(f"similarity store {self.url!r} has done layers but no {lost}: deleted. {self._fix}",
                               "missing")  # fmt: skip
+        if self.rostered:
+            listed = self.roster()
+            if listed is None and found:
+                raise DamageError(f"similarity store {self.url!r} has pairs but no {ROSTER}: deleted. {self._fix}",
+                                  "missing")  # fmt: skip
+            gone = sorted(set((listed or {}).get(measure, ())) - set(found))
+            if gone:
+                named = ", ".join(f"{prefix}{folder}" for folder in gone)
+                raise DamageError(
+                    f"similarity store {self.url!r} lists pairs {named} in {ROSTER}, but their folders are missing: "
+                    f"deleted. Rerun the seqsim job into it: it computes them again",
+                    "missing",
+                )
         pairs = (tuple(folder.split(PAIR_SEPARATOR)) for folder, has_ids in found.items() if has_ids)
         return sorted(p for p in pairs if len(p) == 2 and all(NAME.fullmatch(x) for x in p))
+
+    def roster(self) -> dict[str, list[str]] | None:
+        """measure -> the pair folders (``<a>__<b>``) ever created (version 4), None when there is no roster."""
+        found = read_json(self._kv, ROSTER, self.url, sealed=True, fix=self._fix)
+        return None if found is None else found.get("pairs", {})
 
 
 class SimilarityStore(_Store):
@@ -259,6 +295,8 @@ class SimilarityStore(_Store):
                 "compute into a new output folder"
             ) from None
         stored = self._ids(key)
+        if self.rostered:
+            self._enrol(measure, f"{lang_a}{PAIR_SEPARATOR}{lang_b}")  # before ids.json lists the pair
         if stored is None:
             write_value(self._kv, key + IDS, json_bytes(ids), self.url)  # after the array: it marks the pair listed
         elif stored != ids:
@@ -267,6 +305,19 @@ class SimilarityStore(_Store):
                 "differs from the layer store's tables); compute into a new output folder"
             )
         return array
+
+    def _enrol(self, measure: str, folder: str) -> None:
+        """Adds a pair folder to the roster: a read-modify-write, retried when another process changed it."""
+        while True:
+            found = read_value(self._kv, ROSTER, self.url)
+            roster = parse_json(found, ROSTER, self.url, sealed=True, fix=self._fix)
+            pairs = {} if roster is None else dict(roster.get("pairs", {}))
+            if folder in pairs.get(measure, ()):
+                return
+            pairs[measure] = sorted({*pairs.get(measure, ()), folder})
+            if replace_key(self._kv, ROSTER, json_bytes({"pairs": dict(sorted(pairs.items()))}),
+                           found.stamp.generation, self.url):  # fmt: skip
+                return
 
     def done_markers(self, measure: str, lang_a: str, lang_b: str) -> dict[int, dict]:
         return self._done_markers(pair_key(measure, lang_a, lang_b))

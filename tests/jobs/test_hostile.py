@@ -250,3 +250,57 @@ def test_a_transform_holding_an_object_array_is_damage_to_seqsim_and_verify(work
     assert "DamageError" in rerun.stderr and "is not an npz of numeric arrays" in rerun.stderr, rerun.stderr
     verify = run_job("verify", str(sim), expect=1)
     assert "layer-1.npz" in verify.stdout and "not numeric npz" in verify.stdout, verify.stdout
+
+
+# -- 9, 10. damage that verify and the readers did not see ------------------------------------------------------------
+
+
+def test_a_deleted_language_is_named_by_verify_as_the_readers_name_it(worker_store, worker_clips, tiny_model_dir,
+                                                                     tmp_path, run_job):  # fmt: skip
+    store = tmp_path / "store"
+    shutil.copytree(worker_store, store)
+    shutil.rmtree(store / "de")
+    (store / "languages" / "de.json").unlink()
+    seqsim = run_job("seqsim", "--store", str(store), "--out", str(tmp_path / "sim"), expect=1)
+    assert "lists languages ['de']" in seqsim.stderr, seqsim.stderr
+    verify = run_job("verify", str(store), expect=1)
+    assert "de language (folder and index)" in verify.stdout and "rerun the encode job" in verify.stdout, verify.stdout
+    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{worker_clips}", "--out", str(store))
+    assert run_job("verify", str(store)).returncode == 0
+
+
+def test_a_deleted_pair_is_named_by_verify_and_refused_by_retrieval(worker_store, tmp_path, run_job):
+    """The new user's case: a pair folder deleted from a finished similarity store; verify said "no damage found" and
+    retrieval scored 4 directed pairs of 6 without a word. The roster (format 4) names it."""
+    sim = tmp_path / "sim"
+    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean"]
+    run_job("seqsim", *args)
+    assert json.loads((sim / "pairs.json").read_text())["pairs"] == {"mean": ["de__en", "de__es", "en__es"]}
+    shutil.rmtree(sim / "mean" / "de__es")
+    verify = run_job("verify", str(sim), expect=1)
+    assert "mean de__es (the whole pair)" in verify.stdout and "rerun the seqsim job" in verify.stdout, verify.stdout
+    retrieval = run_job("retrieval", "--similarity", str(sim), "--out", str(tmp_path / "r"), expect=1)
+    assert "lists pairs mean/de__es in pairs.json, but their folders are missing" in retrieval.stderr, retrieval.stderr
+    run_job("seqsim", *args)  # the rerun computes the pair again
+    assert run_job("verify", str(sim)).returncode == 0
+    done = run_job("retrieval", "--similarity", str(sim), "--out", str(tmp_path / "r"))
+    assert "mean (6 directed pairs measured)" in done.stdout, done.stdout
+
+
+# -- 11. small ------------------------------------------------------------------------------------------------------
+
+
+def test_every_size_a_summary_prints_is_a_size_a_flag_takes():
+    from engine.runtime.options import parse_size
+    from engine.runtime.plan import size
+
+    assert parse_size("1PiB") == 2**50 and parse_size("2 PB") == 2 * 10**15
+    for n in (2**10, 3 * 2**20, 5 * 2**30, 7 * 2**40, 2**50, 3 * 2**50):
+        assert abs(parse_size(size(n)) - n) <= 0.01 * n, size(n)
+
+
+def test_neurons_help_shows_intervene_with_no_default_and_all_means_all():
+    from engine.runtime.options import format_value, parse_names
+
+    assert parse_names("all") == ("all",) and parse_names("") is None and parse_names("de, en") == ("de", "en")
+    assert format_value(None, "names", "'all': every language that owns a unit; default none") is None

@@ -146,7 +146,7 @@ def test_reverse_pair_is_the_transpose(sim):
 
 def test_layout_on_disk(sim):
     manifest = json.loads((sim / "manifest.json").read_text())
-    assert manifest["format"] == "babelgrid-similarity" and manifest["format_version"] == 3
+    assert manifest["format"] == "babelgrid-similarity" and manifest["format_version"] == 4
     assert manifest["layers"] == [0, 1, 2, 3] and manifest["layer_store"].endswith("store")
     meta = json.loads((sim / "seqsim" / "de__en" / "zarr.json").read_text())
     assert meta["dimension_names"] == list(AXES) == ["layer", "utterance_a", "utterance_b"]

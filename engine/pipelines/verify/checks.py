@@ -29,7 +29,7 @@ import tensorstore as ts
 from engine.axes import UTTERANCE
 from engine.errors import BabelgridError
 from engine.stores.integrity import DIGEST_SUFFIX, DamageError, check_output, damage_kind, is_damage, read_parquet
-from engine.stores.kv import StoreError, read_json, read_npz, read_value, storage_error
+from engine.stores.kv import StoreError, json_bytes, read_json, read_npz, read_value, storage_error
 from engine.stores.layers import LayerStore
 from engine.stores.schema import (
     LANG,
@@ -42,7 +42,15 @@ from engine.stores.schema import (
     STATES,
     UTTERANCES,
 )
-from engine.stores.similarity import DONE_DIR, IDS, MEASURES, PAIR_SEPARATOR, SimilarityError, open_similarity
+from engine.stores.similarity import (
+    DONE_DIR,
+    IDS,
+    MEASURES,
+    PAIR_SEPARATOR,
+    SimilarityError,
+    open_similarity,
+)
+from engine.stores.similarity import ROSTER as PAIRS_ROSTER
 
 SHARD = re.compile(r"c\.\d+\.(\d+)\.\d+\.\d+")  # a states shard key: c.<layer>.<utterance>.<frame>.<embed>
 READS_IN_FLIGHT = 32  # shards read at once
@@ -121,6 +129,10 @@ def _languages(store: LayerStore, keys: list[str], findings: Findings) -> list[s
         except DamageError as e:
             repair, fix = DELETED.format("encode"), _delete(store._kv, ROSTER)
             findings.damage.append(Damage("language roster", ROSTER, _problem(e), repair, fix, "encode"))
+    for lang in sorted(set(roster) - set(found)):  # listed, but its folder and index are gone: as readers say
+        repair = "none needed: rerun the encode job with the same dataset (it writes the language again)"
+        findings.damage.append(Damage(f"{lang} language (folder and index)", f"{lang}/", "missing", repair, _nothing,
+                                      "encode"))  # fmt: skip
     for lang in found:
         key = f"{LANGUAGES_DIR}{lang}.json"
         findings.keys_done.add(key)
@@ -225,6 +237,7 @@ def similarity_store(url: str, keys: list[str], kv, findings: Findings, bar) -> 
     its keys, so that a pair whose ids.json is gone is checked (and named) too."""
     reader = open_similarity(url)
     fix_rerun = RERUN.format("seqsim")
+    _pair_roster(reader, keys, kv, findings)
     for measure in MEASURES:
         folders = sorted({k[len(measure) + 1 :].split("/", 1)[0] for k in keys if k.startswith(f"{measure}/")})
         for folder in (f for f in folders if f.count(PAIR_SEPARATOR) == 1):
@@ -241,6 +254,36 @@ def similarity_store(url: str, keys: list[str], kv, findings: Findings, bar) -> 
             for marker_key in markers:
                 _pair_layer(reader, kv, key, marker_key, findings)
                 bar.update(1)
+
+
+def _pair_roster(reader, keys: list[str], kv, findings: Findings) -> None:
+    """The roster of pairs (similarity store version 4) against the pair folders there: a listed pair whose folder is
+    gone is named (the seqsim rerun computes it again); a missing or damaged roster is rebuilt from the folders."""
+    if not reader.rostered:
+        return
+    findings.keys_done.add(PAIRS_ROSTER)
+    present = {m: sorted({k[len(m) + 1 :].split("/", 1)[0] for k in keys if k.startswith(f"{m}/") and
+                          k.endswith("/" + IDS)}) for m in MEASURES}  # fmt: skip
+    present = {m: folders for m, folders in present.items() if folders}
+
+    def rebuild():
+        kv.write(PAIRS_ROSTER, json_bytes({"pairs": dict(sorted(present.items()))})).result()
+
+    try:
+        listed = reader.roster()
+    except DamageError as e:
+        rebuilt = "rebuilt from the pair folders"
+        findings.damage.append(Damage("pairs roster", PAIRS_ROSTER, _problem(e), rebuilt, rebuild, "seqsim"))
+        return
+    if listed is None:
+        if present:
+            rebuilt = "rebuilt from the pair folders"
+            findings.damage.append(Damage("pairs roster", PAIRS_ROSTER, "missing", rebuilt, rebuild, "seqsim"))
+        return
+    for measure, folders in sorted(listed.items()):
+        for folder in sorted(set(folders) - set(present.get(measure, ()))):
+            findings.damage.append(Damage(f"{measure} {folder} (the whole pair)", f"{measure}/{folder}/", "missing",
+                                          RERUN.format("seqsim"), _nothing, "seqsim"))  # fmt: skip
 
 
 def _pair_layer(reader, kv, key: str, marker_key: str, findings: Findings) -> None:
