@@ -37,6 +37,10 @@ FLAGS = flags.FLAGS
 
 # Every run option (engine.runtime.options.RunOptions): what a job that writes a store with claims takes.
 RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
+# The run options of a job that claims units but has no use for --strict or --memory_budget (neurons; seqsim adds the
+# budget): what a --worker of it needs.
+CLAIMING = ("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "store_timeout", "matmul_precision",
+            "worker", "compile_cache")  # fmt: skip
 
 # A job's plan (--plan): its config and the target device (None: only here) -> the plan (engine.runtime.plan.Plan).
 # Given as "module:function", imported only when --plan is asked, so that --help loads no JAX.

@@ -14,17 +14,7 @@ from jobs import common
 common.define_config_flags(
     NeuronsConfig,
     __name__,
-    run=(
-        "out",
-        "progress",
-        "claim_ttl",
-        "break_lease",
-        "kvstore_spec",
-        "store_timeout",
-        "matmul_precision",
-        "worker",
-        "compile_cache",
-    ),
+    run=common.CLAIMING,
     required=("out",),
     help={"out": "output folder: local path or TensorStore kvstore URL"},
 )

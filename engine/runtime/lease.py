@@ -79,13 +79,10 @@ class StoreBusyError(StoreError):
     """Another run holds the store's writer lease, or took it over from this one."""
 
 
-class WriterLease:
-    """The writer lease of the store at ``url`` (see the module docstring); a context manager that takes, renews and
-    releases it. Its holder opens the run it writes (``opener``; ``open`` has nothing to publish)."""
+class _Lease:
+    """What both kinds of lease share: the store, the holder's identity and record, the renewal thread, the check."""
 
-    opener = True
-
-    def __init__(self, kv: ts.KvStore, url: str, job: str, *, ttl: float = DEFAULT_TTL, break_lease: bool = False):
+    def __init__(self, kv: ts.KvStore, url: str, job: str, ttl: float, break_lease: bool):
         if ttl <= 0:
             raise ValueError(f"ttl must be positive seconds, got {ttl}")
         self.kv, self.url, self.job, self.ttl, self.break_lease = kv, url, job, float(ttl), break_lease
@@ -95,29 +92,59 @@ class WriterLease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.conditional = True  # False: the store ignores conditional writes (write, settle, read back)
 
-    def __enter__(self) -> WriterLease:
+    def __enter__(self):
         self.take()
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
 
-    def _record(self) -> bytes:
+    def take(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def _renew_loop(self) -> None:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raises StoreBusyError if the lease was broken or could not be renewed: stop writing."""
+        if self._lost is not None:
+            raise StoreBusyError(self._lost)
+
+    def _holder(self, **extra) -> bytes:
+        """This holder's record, renewed now, with ``extra`` fields."""
         now = time.time()
-        return json.dumps(
-            {
-                "owner": self.owner,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "job": self.job,
-                "renewed": iso_utc(now),
-                "expires": iso_utc(now + self.ttl),
-                "expires_unix": now + self.ttl,
-            },
-            indent=1,
-        ).encode()
+        record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "job": self.job, **extra,
+                  "renewed": iso_utc(now), "expires": iso_utc(now + self.ttl),
+                  "expires_unix": now + self.ttl}  # fmt: skip
+        return json.dumps(record, indent=1).encode()
+
+    def _start_renewing(self) -> None:
+        self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-lease", daemon=True)
+        self._thread.start()
+
+    def _stop_renewing(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+class WriterLease(_Lease):
+    """The writer lease of the store at ``url`` (see the module docstring); a context manager that takes, renews and
+    releases it. Its holder opens the run it writes (``opener``; ``open`` has nothing to publish)."""
+
+    opener = True
+
+    def __init__(self, kv: ts.KvStore, url: str, job: str, *, ttl: float = DEFAULT_TTL, break_lease: bool = False):
+        super().__init__(kv, url, job, ttl, break_lease)
+        self.conditional = True  # False: the store ignores conditional writes (write, settle, read back)
+
+    def _record(self) -> bytes:
+        return self._holder()
 
     def take(self) -> None:
         """Takes the lease or raises StoreBusyError; starts renewing it."""
@@ -165,23 +192,14 @@ class WriterLease:
                     f"store {self.url!r}: another run ({holder.get('job')} on host {holder.get('host')!r}, pid "
                     f"{holder.get('pid')}) took the writer lease at the same moment; only one may write"
                 )
-        self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-lease", daemon=True)
-        self._thread.start()
+        self._start_renewing()
 
     def open(self) -> None:
         """Nothing to publish: no other process waits for an exclusive lease's holder (``SharedLease.open``)."""
 
-    def check(self) -> None:
-        """Raises StoreBusyError if the lease was broken or could not be renewed: stop writing."""
-        if self._lost is not None:
-            raise StoreBusyError(self._lost)
-
     def release(self) -> None:
         """Stops renewing and deletes the lease if it is still this run's."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._stop_renewing()
         with self._lock:
             if self._generation is not None and self._lost is None:
                 try:
@@ -220,7 +238,7 @@ class WriterLease:
                 return
 
 
-class SharedLease:
+class SharedLease(_Lease):
     """The lease shared by the ``--worker`` processes of one run (module docstring, "Workers"); a context manager.
 
     ``settings``: what this worker's outputs depend on (``engine.runtime.runs.output_settings``); a joining worker
@@ -229,44 +247,14 @@ class SharedLease:
 
     def __init__(self, kv: ts.KvStore, url: str, job: str, settings: dict, *, ttl: float = DEFAULT_TTL,
                  break_lease: bool = False, poll: float = JOIN_POLL):  # fmt: skip
-        if ttl <= 0:
-            raise ValueError(f"ttl must be positive seconds, got {ttl}")
-        self.kv, self.url, self.job, self.ttl, self.break_lease = kv, url, job, float(ttl), break_lease
+        super().__init__(kv, url, job, ttl, break_lease)
         self.settings = settings
         self.poll = poll
-        self.owner = uuid.uuid4().hex
         self.opener = False
         self._state = OPEN
-        self._generation: bytes | None = None
-        self._lost: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def __enter__(self) -> SharedLease:
-        self.take()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
     def _record(self, state: str) -> bytes:
-        now = time.time()
-        return json.dumps(
-            {
-                "owner": self.owner,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "job": self.job,
-                "mode": WORKERS,
-                "state": state,
-                "settings": self.settings,
-                "renewed": iso_utc(now),
-                "expires": iso_utc(now + self.ttl),
-                "expires_unix": now + self.ttl,
-            },
-            indent=1,
-        ).encode()
+        return self._holder(mode=WORKERS, state=state, settings=self.settings)
 
     def take(self) -> None:
         """Opens the run or joins it (class docstring); StoreBusyError when a run without --worker holds the lease,
@@ -297,8 +285,7 @@ class SharedLease:
                 self.opener, self._state = True, OPENING
                 log.info("opening the run of %s on %r as its first worker", self.job, self.url)
                 break
-        self._thread = threading.Thread(target=self._renew_loop, name="babelgrid-lease", daemon=True)
-        self._thread.start()
+        self._start_renewing()
 
     def _refuse_unless_joinable(self, holder: dict) -> None:
         if holder.get("mode") != WORKERS:
@@ -332,16 +319,9 @@ class SharedLease:
                 self._lost = f"the writer lease of {self.url!r} was taken by another run while this worker opened it"
                 raise StoreBusyError(self._lost)
 
-    def check(self) -> None:
-        if self._lost is not None:
-            raise StoreBusyError(self._lost)
-
     def release(self) -> None:
         """Stops renewing; deletes the lease if no other worker's record is live (``engine.runtime.status``)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._stop_renewing()
         if self._lost is not None:
             return
         try:

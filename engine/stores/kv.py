@@ -387,6 +387,16 @@ def create_or_open_array(spec: dict, url: str) -> ts.TensorStore:
         raise StoreError(f"cannot create array {spec['kvstore'].get('path', '')!r} of store {url!r}: {e}") from None
 
 
+def update_json(kv: ts.KvStore, key: str, url: str, change: Callable[[dict | None], dict | None], *, fix: str) -> None:
+    """A read-modify-write of the sealed JSON object at ``key`` (a roster): ``change(current)`` (None where there is
+    none) returns the new object, or None to leave it as it is; retried while another writer changes it meanwhile."""
+    while True:
+        found = read_value(kv, key, url)
+        new = change(parse_json(found, key, url, sealed=True, fix=fix))
+        if new is None or replace_key(kv, key, json_bytes(new), found.stamp.generation, url):
+            return
+
+
 def manifest_diffs(stored: Mapping, given: Mapping, fields: Iterable[str]) -> list[str]:
     """``"field: store has X, this run Y"`` for each of ``fields`` that differs; dict fields compare key by key
     (``dims.n_mels``), so that a message names the one setting that differs."""

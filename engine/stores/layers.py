@@ -35,10 +35,8 @@ from engine.stores.kv import (
     json_bytes,
     open_array,
     open_kvstore,
-    parse_json,
     read_json,
-    read_value,
-    replace_key,
+    update_json,
 )
 from engine.stores.language import MAX_IN_FLIGHT_BYTES, LanguageArrays
 from engine.stores.schema import (
@@ -267,16 +265,13 @@ class LayerStore:
         return read_json(self._kv, f"{LANGUAGES_DIR}{lang}.json", self.url, sealed=self.sealed, fix=self._fix)
 
     def _enrol(self, lang: str) -> None:
-        """Adds ``lang`` to the roster: a read-modify-write, retried if another process changed it meanwhile."""
-        while True:
-            found = read_value(self._kv, ROSTER, self.url)
-            roster = parse_json(found, ROSTER, self.url, sealed=True, fix=self._fix)
+        """Adds ``lang`` to the roster (``update_json``: several processes may add theirs at once)."""
+
+        def add(roster: dict | None) -> dict | None:
             langs = [] if roster is None else list(roster.get("languages", []))
-            if lang in langs:
-                return
-            value = json_bytes({"languages": sorted({*langs, lang})})
-            if replace_key(self._kv, ROSTER, value, found.stamp.generation, self.url):
-                return
+            return None if lang in langs else {"languages": sorted({*langs, lang})}
+
+        update_json(self._kv, ROSTER, self.url, add, fix=self._fix)
 
     def _arrays(self, lang, rows, states, lengths, max_in_flight_bytes) -> LanguageArrays:
         info = self.info

@@ -41,10 +41,8 @@ from engine.stores.kv import (
     create_or_compare,
     json_bytes,
     open_kvstore,
-    parse_json,
     read_json,
-    read_value,
-    replace_key,
+    update_json,
     write_value,
 )
 from engine.stores.schema import LANG
@@ -237,7 +235,9 @@ class _Store:
         prefix = f"{measure}/"
         keys = self._kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0"), len(prefix)).result()
         found: dict[str, bool] = {}  # pair folder -> whether its ids.json is there
+        seen = set()  # every pair folder with any key (one a run began to create counts: it completes it)
         for folder, _, name in (k.decode().partition("/") for k in keys):
+            seen.add(folder)
             if name == IDS or name.startswith(DONE_DIR):
                 found[folder] = found.get(folder, False) or name == IDS
         lost = sorted(f"{prefix}{folder}/{IDS}" for folder, has_ids in found.items() if not has_ids)
@@ -249,7 +249,7 @@ class _Store:
             if listed is None and found:
                 raise DamageError(f"similarity store {self.url!r} has pairs but no {ROSTER}: deleted. {self._fix}",
                                   "missing")  # fmt: skip
-            gone = sorted(set((listed or {}).get(measure, ())) - set(found))
+            gone = sorted(set((listed or {}).get(measure, ())) - seen)
             if gone:
                 named = ", ".join(f"{prefix}{folder}" for folder in gone)
                 raise DamageError(
@@ -307,17 +307,16 @@ class SimilarityStore(_Store):
         return array
 
     def _enrol(self, measure: str, folder: str) -> None:
-        """Adds a pair folder to the roster: a read-modify-write, retried when another process changed it."""
-        while True:
-            found = read_value(self._kv, ROSTER, self.url)
-            roster = parse_json(found, ROSTER, self.url, sealed=True, fix=self._fix)
+        """Adds a pair folder to the roster (``update_json``: several processes may add theirs at once)."""
+
+        def add(roster: dict | None) -> dict | None:
             pairs = {} if roster is None else dict(roster.get("pairs", {}))
             if folder in pairs.get(measure, ()):
-                return
+                return None
             pairs[measure] = sorted({*pairs.get(measure, ()), folder})
-            if replace_key(self._kv, ROSTER, json_bytes({"pairs": dict(sorted(pairs.items()))}),
-                           found.stamp.generation, self.url):  # fmt: skip
-                return
+            return {"pairs": dict(sorted(pairs.items()))}
+
+        update_json(self._kv, ROSTER, self.url, add, fix=self._fix)
 
     def done_markers(self, measure: str, lang_a: str, lang_b: str) -> dict[int, dict]:
         return self._done_markers(pair_key(measure, lang_a, lang_b))

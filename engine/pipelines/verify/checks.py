@@ -262,8 +262,8 @@ def _pair_roster(reader, keys: list[str], kv, findings: Findings) -> None:
     if not reader.rostered:
         return
     findings.keys_done.add(PAIRS_ROSTER)
-    present = {m: sorted({k[len(m) + 1 :].split("/", 1)[0] for k in keys if k.startswith(f"{m}/") and
-                          k.endswith("/" + IDS)}) for m in MEASURES}  # fmt: skip
+    # A folder with any key is there (its lost ids.json or markers are named apart); the roster names those gone whole
+    present = {m: sorted({k[len(m) + 1 :].split("/", 1)[0] for k in keys if k.startswith(f"{m}/")}) for m in MEASURES}
     present = {m: folders for m, folders in present.items() if folders}
 
     def rebuild():
