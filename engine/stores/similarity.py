@@ -42,9 +42,9 @@ from engine.stores.kv import (
     json_bytes,
     open_kvstore,
     read_json,
-    update_json,
     write_value,
 )
+from engine.stores.pair_roster import check_listed, enrol, read_roster
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
@@ -52,8 +52,7 @@ FORMAT_NAME = "babelgrid-similarity"
 FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)  # 1 to 3 read, with one warning naming the checks they lack (integrity.UNCHECKED)
 SEALED_VERSION = 3  # from this version on, every ids.json and done marker must carry its digest
-ROSTERED_VERSION = 4  # from this version on, pairs.json lists every pair created
-ROSTER = "pairs.json"
+ROSTERED_VERSION = 4  # from this version on, pairs.json lists every pair created (engine.stores.pair_roster)
 MANIFEST, IDS = "manifest.json", "ids.json"
 DONE_DIR = "done/"
 PAIR_SEPARATOR = "__"
@@ -245,25 +244,13 @@ class _Store:
             raise DamageError(f"similarity store {self.url!r} has done layers but no {lost}: deleted. {self._fix}",
                               "missing")  # fmt: skip
         if self.rostered:
-            listed = self.roster()
-            if listed is None and found:
-                raise DamageError(f"similarity store {self.url!r} has pairs but no {ROSTER}: deleted. {self._fix}",
-                                  "missing")  # fmt: skip
-            gone = sorted(set((listed or {}).get(measure, ())) - seen)
-            if gone:
-                named = ", ".join(f"{prefix}{folder}" for folder in gone)
-                raise DamageError(
-                    f"similarity store {self.url!r} lists pairs {named} in {ROSTER}, but their folders are missing: "
-                    f"deleted. Rerun the seqsim job into it: it computes them again",
-                    "missing",
-                )
+            check_listed(self._kv, self.url, self._fix, measure, seen, bool(found))
         pairs = (tuple(folder.split(PAIR_SEPARATOR)) for folder, has_ids in found.items() if has_ids)
         return sorted(p for p in pairs if len(p) == 2 and all(NAME.fullmatch(x) for x in p))
 
     def roster(self) -> dict[str, list[str]] | None:
-        """measure -> the pair folders (``<a>__<b>``) ever created (version 4), None when there is no roster."""
-        found = read_json(self._kv, ROSTER, self.url, sealed=True, fix=self._fix)
-        return None if found is None else found.get("pairs", {})
+        """measure -> the pair folders ever created (version 4, ``engine.stores.pair_roster``); None: no roster."""
+        return read_roster(self._kv, self.url, self._fix)
 
 
 class SimilarityStore(_Store):
@@ -296,7 +283,7 @@ class SimilarityStore(_Store):
             ) from None
         stored = self._ids(key)
         if self.rostered:
-            self._enrol(measure, f"{lang_a}{PAIR_SEPARATOR}{lang_b}")  # before ids.json lists the pair
+            enrol(self._kv, self.url, self._fix, measure, f"{lang_a}{PAIR_SEPARATOR}{lang_b}")  # before ids.json
         if stored is None:
             write_value(self._kv, key + IDS, json_bytes(ids), self.url)  # after the array: it marks the pair listed
         elif stored != ids:
@@ -305,18 +292,6 @@ class SimilarityStore(_Store):
                 "differs from the layer store's tables); compute into a new output folder"
             )
         return array
-
-    def _enrol(self, measure: str, folder: str) -> None:
-        """Adds a pair folder to the roster (``update_json``: several processes may add theirs at once)."""
-
-        def add(roster: dict | None) -> dict | None:
-            pairs = {} if roster is None else dict(roster.get("pairs", {}))
-            if folder in pairs.get(measure, ()):
-                return None
-            pairs[measure] = sorted({*pairs.get(measure, ()), folder})
-            return {"pairs": dict(sorted(pairs.items()))}
-
-        update_json(self._kv, ROSTER, self.url, add, fix=self._fix)
 
     def done_markers(self, measure: str, lang_a: str, lang_b: str) -> dict[int, dict]:
         return self._done_markers(pair_key(measure, lang_a, lang_b))

@@ -31,6 +31,7 @@ from engine.errors import BabelgridError
 from engine.stores.integrity import DIGEST_SUFFIX, DamageError, check_output, damage_kind, is_damage, read_parquet
 from engine.stores.kv import StoreError, json_bytes, read_json, read_npz, read_value, storage_error
 from engine.stores.layers import LayerStore
+from engine.stores.pair_roster import ROSTER as PAIRS_ROSTER
 from engine.stores.schema import (
     LANG,
     LANGUAGES_DIR,
@@ -50,7 +51,6 @@ from engine.stores.similarity import (
     SimilarityError,
     open_similarity,
 )
-from engine.stores.similarity import ROSTER as PAIRS_ROSTER
 
 SHARD = re.compile(r"c\.\d+\.(\d+)\.\d+\.\d+")  # a states shard key: c.<layer>.<utterance>.<frame>.<embed>
 READS_IN_FLIGHT = 32  # shards read at once
