@@ -152,9 +152,10 @@ class WriterLease(_Lease):
         if found.state != "missing":
             holder = parse_record(found.value)
             expires = holder.get("expires_unix", 0.0)
+            said = _who(holder)
             if expires > time.time() and holder.get("mode") != WORKERS and _dead_here(holder):
                 # Killed on this very host (a SIGKILL, an out-of-memory kill): no need to wait for the expiry.
-                log.info("taking over the writer lease of %s on %r: that process no longer runs", holder, self.url)
+                said += ", which no longer runs"
                 expires = 0.0
             if expires > time.time() and not self.break_lease:
                 workers = " (--worker processes; run this one with --worker to join them)"
@@ -167,9 +168,9 @@ class WriterLease(_Lease):
                     f"consistent either way)"
                 )
             if expires > time.time():
-                log.warning("breaking the unexpired writer lease of %s on %r (--break_lease)", holder, self.url)
+                log.warning("breaking the unexpired writer lease of %s on %r (--break_lease)", said, self.url)
             else:
-                log.info("taking over the stale writer lease of %s on %r", holder, self.url)
+                log.info("taking over the writer lease of %s on %r", said, self.url)
         stamp = self._write(found.stamp.generation)
         if not stamp:
             raise StoreBusyError(
@@ -365,6 +366,11 @@ class SharedLease(_Lease):
                     self._write(self._record(self._state), found.stamp.generation)
             except StoreError as e:
                 log.warning("could not renew the shared writer lease of %r (%s); it may expire", self.url, e)
+
+
+def _who(holder: dict) -> str:
+    """A lease holder in words: 'seqsim (host vm, pid 42)'."""
+    return f"{holder.get('job')} (host {holder.get('host')!r}, pid {holder.get('pid')})"
 
 
 def live_writer(kv: ts.KvStore, url: str) -> dict | None:

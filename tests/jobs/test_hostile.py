@@ -304,3 +304,24 @@ def test_neurons_help_shows_intervene_with_no_default_and_all_means_all():
 
     assert parse_names("all") == ("all",) and parse_names("") is None and parse_names("de, en") == ("de", "en")
     assert format_value(None, "names", "'all': every language that owns a unit; default none") is None
+
+
+def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_language(worker_store, worker_clips,
+                                                                                     tiny_model_dir, tmp_path,
+                                                                                     run_job):  # fmt: skip
+    """issue 62 item 6: verify cut its problem text short ("utterances.parque") and offered "none: restore it from a
+    copy" for what an encode rerun rebuilds; the command that restores it is named now."""
+    from engine.pipelines.verify.checks import Damage
+    from engine.pipelines.verify.run import table
+
+    long_key = "a-language-with-a-long-name/utterances.parquet"
+    assert long_key in table([Damage("x", long_key, "truncated, corrupt or not Parquet", "deleted")], False)
+    store = tmp_path / "store"
+    shutil.copytree(worker_store, store)
+    (store / "de" / "states" / "zarr.json").unlink()
+    verify = run_job("verify", str(store), expect=1)
+    assert "de arrays" in verify.stdout and "rerun the encode job (it writes the language again)" in verify.stdout
+    assert f"the encode rerun: babelgrid encode --out {store} --dataset folder:" in verify.stdout, verify.stdout
+    run_job("verify", str(store), "--repair")
+    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{worker_clips}", "--out", str(store))
+    assert run_job("verify", str(store)).returncode == 0

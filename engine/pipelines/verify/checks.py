@@ -105,7 +105,10 @@ def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, b
             findings.damage.append(Damage(f"{lang} utterance table", table_key, _problem(e), repair, fix, "encode"))
             continue
         except StoreError as e:
-            findings.damage.append(Damage(f"{lang} arrays", f"{lang}/", str(e)[:200], NOT_REPAIRABLE))
+            # The arrays cannot be opened as the table says: the language is written again whole by the encode rerun
+            repair = "the language's folder and index deleted: rerun the encode job (it writes the language again)"
+            fix = _delete_prefix(store._kv, f"{lang}/", f"{LANGUAGES_DIR}{lang}.json")
+            findings.damage.append(Damage(f"{lang} arrays", f"{lang}/", _short(e), repair, fix, "encode"))
             continue
         prefix = f"{lang}/{STATES}"
         shards = {int(m.group(1)) for k in keys if k.startswith(prefix) and (m := SHARD.fullmatch(k[len(prefix) :]))}
@@ -305,6 +308,22 @@ def _pair_layer(reader, kv, key: str, marker_key: str, findings: Findings) -> No
             raise storage_error("read", f"{key}c.{position}.0.0", reader.url, e) from None
         findings.damage.append(Damage(what, f"{key}c.{position}.0.0", _problem(e), repair, _delete(kv, marker_key),
                                       "seqsim"))  # fmt: skip
+
+
+def _short(error: Exception) -> str:
+    """An error's first sentence, for the table's problem column."""
+    return str(error).split(": ", 1)[-1].split(". ", 1)[0][:160]
+
+
+def _delete_prefix(kv, prefix: str, *keys: str) -> Callable[[], None]:
+    """A repair: every key under ``prefix`` deleted, then ``keys``."""
+
+    def fix():
+        kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result()
+        for key in keys:
+            kv.write(key, None).result()
+
+    return fix
 
 
 def _delete(kv, *keys: str) -> Callable[[], None]:

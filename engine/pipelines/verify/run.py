@@ -35,6 +35,7 @@ class VerifySummary(RunSummary):
     notes: list[str] = dataclasses.field(default_factory=list)
     checked: dict[str, int] = dataclasses.field(default_factory=dict)
     repaired: bool = False
+    rerun: str = ""  # the command that rewrites a layer store's damaged parts, from what its manifest records
 
     @property
     def exit_code(self) -> int:
@@ -61,16 +62,33 @@ class VerifySummary(RunSummary):
                 lines.append(f"not repairable: {lost} (restore from a copy, or write the output again elsewhere)")
         else:
             lines.append(f"to repair: babelgrid verify {self.location} --repair, then rerun the jobs named above")
+        if self.rerun:
+            lines.append(f"the encode rerun: {self.rerun}")
         return "\n".join(lines)
+
+
+def encode_command(url: str, manifest: dict) -> str:
+    """The encode command that writes a layer store's missing parts again: its dataset and split as the manifest
+    recorded them, and its model (a hub id as recorded; a local model is named, for the user to give its folder)."""
+    created = manifest.get("created") or {}
+    model = manifest.get("model_name", "")
+    hub = "/" in model and not model.startswith("/")
+    if model.endswith("(packaged)"):
+        model_flag = ""  # encode's default model
+    else:
+        model_flag = f"--model {model}" if hub else f"--model <the folder of {model}>"
+    parts = ["babelgrid encode", f"--out {url}", f"--dataset {created.get('dataset', '<its dataset>')}",
+             f"--split {created.get('split', 'test')}", model_flag]  # fmt: skip
+    return " ".join(p for p in parts if p) + " (the store's own layers and dtype flags, if not the defaults)"
 
 
 def table(damage: list[checks.Damage], repaired: bool) -> str:
     """A plain-text table: what, key, problem, repair."""
     head = ("damaged", "key", "problem", "repair (done)" if repaired else "repair (with --repair)")
     rows = [head] + [(d.what, d.key, d.problem, d.repair) for d in damage]
-    widths = [min(60, max(len(r[i]) for r in rows)) for i in range(3)]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]  # never cut: "utterances.parque" named no file
     return "\n".join(
-        "  " + "  ".join(c[:w].ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows
+        "  " + "  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3] for r in rows
     )
 
 
@@ -117,6 +135,8 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
     finally:
         bar.close()
     summary.damage, summary.notes, summary.checked = findings.damage, findings.notes, findings.checked
+    if kind == "layer store" and any(d.job == "encode" for d in summary.damage):
+        summary.rerun = encode_command(url, manifest)
     if config.repair and summary.damage:
         with writer_lease(url, "verify", config.run.break_lease):
             for damage in summary.damage:
