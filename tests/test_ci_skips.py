@@ -116,3 +116,19 @@ def test_ids_match_what_pytest_itself_reports(tmp_path):
         "tests/test_a.py::test_p[2]",
         "tests/test_b.py",
     ]
+
+
+def test_make_test_is_what_ci_runs_and_fails_on_a_disallowed_skip(tmp_path):
+    """`make test` ends with the skip check, so a newcomer's `make test` fails where CI fails (issue 62 item 4); and
+    CI runs `make test` alone. Shown with make's dry run on a planted report of a skip the allow-list lacks."""
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci and "check_skips" not in ci.replace("# ", "").split("make test", 1)[1]
+    junit, _ = _write(tmp_path)
+    dry = subprocess.run(["make", "-n", "test", f"JUNIT={junit}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=patient(60))  # fmt: skip
+    lines = dry.stdout.splitlines()
+    pytest_at = next(i for i, line in enumerate(lines) if "-m pytest" in line)
+    check = next(line for line in lines[pytest_at:] if "check_skips.py" in line)
+    assert f"{junit} .ci/allowed-skips.txt" in check
+    proc = subprocess.run([sys.executable, *check.split()[1:]], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "tests/sub/test_a.py::TestC::test_m" in proc.stdout + proc.stderr

@@ -88,10 +88,17 @@ def test_counts_and_ranking_recomputed(clips, tiny_model_dir, tiny_whisper, tmp_
     assert (out / "figures" / "selective_units.png").stat().st_size > 0
     again = run_neurons(config)  # the counts are read back, nothing is counted twice
     assert again.counted == 0 and again.selected == summary.selected
-    with pytest.raises(NeuronsError, match="other settings: top"):
+    # The ranking's settings rank the same counts again (issue 62: they were refused, the counts thrown away); the
+    # counting's settings are still pinned
+    ranked = run_neurons(configure(NeuronsConfig, out=str(out), model=str(tiny_model_dir), dataset=f"folder:{clips}",
+                                   batch_size=3, rate_quantile=0.9, lape_share=0.1, top=5))  # fmt: skip
+    assert ranked.counted == 0 and ranked.selected > summary.selected
+    rows = list(csv.DictReader(io.StringIO((out / "selective_units.csv").read_text())))
+    assert max(int(r["rank"]) for r in rows) <= 5
+    assert "rate_quantile" not in json.loads((out / "manifest.json").read_text())
+    with pytest.raises(NeuronsError, match="other settings: batch_size"):
         run_neurons(configure(NeuronsConfig, out=str(out), model=str(tiny_model_dir), dataset=f"folder:{clips}",
-                              batch_size=3, rate_quantile=0.9, lape_share=0.05, top=5))  # fmt: skip
-    assert json.loads((out / "manifest.json").read_text())["rate_quantile"] == 0.9
+                              batch_size=4, rate_quantile=0.9, lape_share=0.05))  # fmt: skip
 
 
 def test_refusals(tmp_path):

@@ -108,14 +108,19 @@ def test_intervention_recomputed(three_langs, tiny_model_dir, tiny_whisper, tmp_
     assert (out / "figures" / "intervention.png").stat().st_size > 0
     assert any("intervention" in line for line in summary.report().splitlines())
 
-    # a rerun reads every condition back and writes the same table; other --intervene_utterances are refused
+    # a rerun reads every condition back and writes the same table
     before = (out / "intervention.csv").read_bytes()
     (out / "intervention.csv").unlink()
     run_neurons(_config(out, tiny_model_dir, three_langs, intervene=("all",)))
     assert (out / "intervention.csv").read_bytes() == before
-    with pytest.raises(NeuronsError, match="other settings: intervene_utterances"):
-        run_neurons(_config(out, tiny_model_dir, three_langs, intervene=("all",), intervene_utterances=3))
-    assert json.loads((out / "manifest.json").read_text())["intervene_utterances"] == 50
+    # another --seed (the random control's units) redoes the intervention and keeps the counts (issue 62: such a
+    # setting was refused, which threw the counts away); the settings record says what the passes were made with
+    counts = {p.name: p.read_bytes() for p in (out / "counts").iterdir()}
+    again = run_neurons(_config(out, tiny_model_dir, three_langs, intervene=("all",), seed=1))
+    assert again.counted == 0 and {p.name: p.read_bytes() for p in (out / "counts").iterdir()} == counts
+    assert json.loads((out / "intervention" / "settings.json").read_text())["seed"] == 1
+    assert (out / "intervention.csv").read_bytes() != before
+    assert "intervene_utterances" not in json.loads((out / "manifest.json").read_text())
 
 
 def _r1_groups(pooled, label, ids, lang):

@@ -23,7 +23,9 @@ language ("others"):
 
 Files: ``intervention/pooled/<condition>.npz`` (``none``, ``off-<lang>``, ``random-<lang>``: pooled f32[layer,
 utterance, embed], the utterances present, the units switched off), written as each condition is done, with digests:
-a rerun reads them back (the manifest pins ``--intervene_utterances`` and ``--seed``). ``intervention.csv`` and
+a rerun reads them back. ``intervention/settings.json`` records what they were made with (``--intervene_utterances``,
+``--seed``, the units ranked: ``--rate_quantile``, ``--lape_share``); a rerun with other values deletes the passes
+and makes them again, and never the counts (``manifest.json`` does not pin these settings). ``intervention.csv`` and
 ``figures/intervention.png`` from the conditions of this run.
 """
 
@@ -35,17 +37,20 @@ import logging
 import zlib
 
 import numpy as np
+import tensorstore as ts
 
 from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.pipelines.probes.lid import lid_transfer
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
-from engine.stores.kv import csv_bytes, npz_bytes, read_npz, read_value
+from engine.stores.kv import csv_bytes, json_bytes, npz_bytes, read_json, read_npz, read_value, write_value
 
 log = logging.getLogger(__name__)
 
 POOLED = "intervention/pooled/"
+SETTINGS = "intervention/settings.json"  # what the passes were made with (module docstring)
+SETTING_FIELDS = ("intervene_utterances", "seed", "rate_quantile", "lape_share")
 CLAIMS = "neurons-intervene"  # the claims of the intervention's passes (engine.runtime.claims), one per condition
 CSV = "intervention.csv"
 FIGURE = "figures/intervention.png"
@@ -218,10 +223,25 @@ def measure(evaluation: Evaluation, pooled: dict, scales: dict, seed: int) -> li
     return rows
 
 
+def settle(kv, url: str, config, fix: str) -> None:
+    """The passes of an earlier run made with other settings (``SETTINGS``) are deleted and the new settings
+    recorded: only the intervention is redone, never the counts. Called by the process that opens the run, before any
+    other joins (``engine.runtime.runs.output_run``'s ``prepare``)."""
+    want = {name: getattr(config, name) for name in SETTING_FIELDS}
+    stored = read_json(kv, SETTINGS, url, sealed=True, fix=fix)
+    if stored is not None and {k: stored.get(k) for k in want} == want:
+        return
+    if stored is not None:
+        changed = ", ".join(f"{k} {stored.get(k)!r} -> {v!r}" for k, v in want.items() if stored.get(k) != v)
+        log.warning("intervention settings changed (%s): its passes are made again; the counts are kept", changed)
+        kv.delete_range(ts.KvStore.KeyRange(POOLED, POOLED[:-1] + "0")).result()
+    write_value(kv, SETTINGS, json_bytes(want), url)
+
+
 def run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, progress_bar,
                      claim) -> dict[str, bytes]:  # fmt: skip
     """The intervention's files (module docstring); ``summary.intervention`` gets the headline numbers. ``claim``:
-    ``pooled_conditions``'."""
+    ``pooled_conditions``'. The passes stored were made with this run's settings (``settle``, at its start)."""
     owners = [lang for i, lang in enumerate(ranked.languages) if ranked.belongs[i].any()]
     targets = owners if list(config.intervene) == ["all"] else list(config.intervene)
     unknown = [lang for lang in targets if lang not in ranked.languages]

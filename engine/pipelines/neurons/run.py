@@ -52,8 +52,10 @@ UNITS = "units.parquet"
 SELECTIVE = "selective_units.csv"
 FIGURE = "figures/selective_units.png"
 SELECTIVE_COLUMNS = ("lang", "layer", "unit", "rate", "lape", "rank")
-# Settings that choose which files a run adds, not what a file holds: each intervention condition is its own file
-IGNORED = ("intervene", "random_control")
+# Settings the counts do not depend on, so not pinned by manifest.json: the ranking's (its files are written again
+# from the counts at every run) and the intervention's (pinned by its own record: intervene.SETTINGS). Changing one of
+# them never throws counts away.
+IGNORED = ("rate_quantile", "lape_share", "top", *("intervene", "random_control", "intervene_utterances", "seed"))
 UNIT_COLUMNS = ("layer", "unit", "lape", "max_rate", "top_language", "selected", "languages")  # then rate_<lang>
 
 
@@ -125,8 +127,10 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     _, kv = open_kvstore(url)
     counting = work_claims(config.run, "neurons", kv)
     passes = work_claims(config.run, intervene.CLAIMS, kv)
-    with output_run(config, "neurons", NeuronsError, ignore=IGNORED, claims=(counting, passes)) as lease:
-        fix = repair_hint(url, "neurons")
+    fix = repair_hint(url, "neurons")
+    settle = functools.partial(intervene.settle, kv, url, config, fix) if config.intervene else None
+    with output_run(config, "neurons", NeuronsError, ignore=IGNORED, claims=(counting, passes),
+                    prepare=settle) as lease:  # fmt: skip
         per_lang = _counts(config, encoder, source, langs, kv, fix, summary, counting, lease)
         counts = np.stack([per_lang[lang]["counts"] for lang in langs])
         frames = np.array([int(per_lang[lang]["frames"]) for lang in langs])
@@ -140,15 +144,17 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
 
         subtitle = captions.source_line(encoder.name, {"dataset": config.dataset, "split": config.split})
         writes[FIGURE] = figures.selective_png(ranked, subtitle)
+        write_outputs(kv, writes, url)  # as soon as the counts are done: an interrupted intervention keeps them
         if config.intervene:
             bar = functools.partial(progress_bar, enabled=config.run.progress)
 
             def claim(names, is_done, progress):
                 return claimed_units(passes, lease, RunSummary(), progress, names, is_done, len(names))
 
-            writes |= intervene.run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, bar,
-                                                 claim)  # fmt: skip
-        write_outputs(kv, writes, url)  # every worker that gets here writes the same bytes
+            done = intervene.run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, bar,
+                                              claim)  # fmt: skip
+            write_outputs(kv, done, url)  # every worker that gets here writes the same bytes
+            writes |= done
     summary.paths = tuple(url.rstrip("/") + "/" + k for k in writes)
     summary.seconds = time.perf_counter() - start
     return summary
