@@ -45,6 +45,8 @@ than ``SETTLE`` seconds apart after both read the key as free; a warning says th
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -60,6 +62,7 @@ from engine.stores.kv import (
     StoreError,
     iso_utc,
     manifest_diffs,
+    open_kvstore,
     parse_record,
     read_value,
     storage_error,
@@ -366,6 +369,39 @@ class SharedLease(_Lease):
                     self._write(self._record(self._state), found.stamp.generation)
             except StoreError as e:
                 log.warning("could not renew the shared writer lease of %r (%s); it may expire", self.url, e)
+
+
+def inputs_settled(config, job: str) -> None:
+    """Refuses (``StoreBusyError``, one line) to start ``job`` while a store or folder it reads (a field an ``option``
+    marks ``reads``) is being written: its writer lease is live, so what the job would read is incomplete (a
+    retrieval of a similarity store still computing, a decode of a store still encoding). A job that scores a partly
+    written store on request (``allow_partial``) reads its store anyway."""
+    for field in dataclasses.fields(config):
+        reads, value = (field.metadata or {}).get("reads"), getattr(config, field.name)
+        if not reads or not value or (field.name == "store" and getattr(config, "allow_partial", False)):
+            continue
+        for location in (v for v in (value if isinstance(value, tuple) else (value,)) if v):
+            holder = live_writer(open_kvstore(location)[1], location)
+            if holder is None:
+                continue
+            who = "workers of " if holder.get("mode") == WORKERS else ""
+            partial = ", or pass --allow_partial to read what is done" if hasattr(config, "allow_partial") else ""
+            raise StoreBusyError(
+                f"--{field.name} {location!r} is being written now by {who}{holder.get('job')} (host "
+                f"{holder.get('host')!r}, pid {holder.get('pid')}, lease valid until {holder.get('expires')}), so what "
+                f"{job} would read of it is incomplete. Wait until that run ends (`babelgrid status {location}` says "
+                f"where it stands), then rerun{partial}; nothing was written"
+            )
+
+
+@contextlib.contextmanager
+def output_lease(config, job: str):
+    """``inputs_settled``, then the writer lease of ``config.run.out`` for the run: for a job of one process whose
+    config module must not load JAX (challenge's)."""
+    inputs_settled(config, job)
+    _, kv = open_kvstore(config.run.out)
+    with WriterLease(kv, config.run.out, job, break_lease=config.run.break_lease) as lease:
+        yield lease
 
 
 def _who(holder: dict) -> str:

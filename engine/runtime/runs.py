@@ -24,7 +24,7 @@ import jax
 from tqdm.auto import tqdm
 
 from engine.runtime.claims import WorkClaims
-from engine.runtime.lease import DEFAULT_TTL, WORKERS, SharedLease, StoreBusyError, WriterLease, live_writer
+from engine.runtime.lease import DEFAULT_TTL, SharedLease, WriterLease, inputs_settled
 from engine.runtime.options import ConfigError, RunOptions, canonical_location
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.progress import StatusLines
@@ -156,29 +156,6 @@ def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEF
     _, kv = open_kvstore(url)
     with WriterLease(kv, url, job, ttl=ttl, break_lease=break_lease) as lease:
         yield lease
-
-
-def inputs_settled(config, job: str) -> None:
-    """Refuses (``StoreBusyError``, one line) to start ``job`` while a store or folder it reads (a field an ``option``
-    marks ``reads``) is being written: its writer lease is live, so what the job would read is incomplete (a
-    retrieval of a similarity store still computing, a decode of a store still encoding). A job that scores a partly
-    written store on request (``allow_partial``) reads its store anyway."""
-    for field in dataclasses.fields(config):
-        reads, value = (field.metadata or {}).get("reads"), getattr(config, field.name)
-        if not reads or not value or (field.name == "store" and getattr(config, "allow_partial", False)):
-            continue
-        for location in (v for v in (value if isinstance(value, tuple) else (value,)) if v):
-            holder = live_writer(open_kvstore(location)[1], location)
-            if holder is None:
-                continue
-            who = "workers of " if holder.get("mode") == WORKERS else ""
-            partial = ", or pass --allow_partial to read what is done" if hasattr(config, "allow_partial") else ""
-            raise StoreBusyError(
-                f"--{field.name} {location!r} is being written now by {who}{holder.get('job')} (host "
-                f"{holder.get('host')!r}, pid {holder.get('pid')}, lease valid until {holder.get('expires')}), so what "
-                f"{job} would read of it is incomplete. Wait until that run ends (`babelgrid status {location}` says "
-                f"where it stands), then rerun{partial}; nothing was written"
-            )
 
 
 def job_lease(config, job: str, ignore: tuple[str, ...] = ()):

@@ -114,3 +114,12 @@ def worker_store(worker_clips, tiny_whisper, tmp_path_factory) -> pathlib.Path:
     run_encode(configure(EncodeConfig, out=str(out), dataset=f"folder:{worker_clips}", progress=False),
                encoder=WhisperEncoder(tiny_whisper))  # fmt: skip
     return out
+
+
+def seal(path: pathlib.Path) -> pathlib.Path:
+    """Writes the digest file a babelgrid output carries (``<file>.sha256``) beside a file a test wrote by hand in
+    one's place (a challenge folder's CSV, a retrieval folder's table): readers refuse one without it."""
+    from engine.stores.integrity import DIGEST_SUFFIX, digest_line
+
+    path.with_name(path.name + DIGEST_SUFFIX).write_bytes(digest_line(path.read_bytes(), path.name))
+    return path

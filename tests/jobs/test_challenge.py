@@ -25,6 +25,7 @@ from engine.text import soundalike
 from engine.text.phones import PhonesError
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
 from tests.engine.scripts import store_writer as writer
+from tests.jobs.conftest import seal
 
 TEXTS = {  # id -> (en, de); s0 shares a name, s1 a number, s2 a cognate, s3 and s4 nothing
     "s0": ("We flew to Paris.", "Wir flogen nach Paris."),
@@ -220,6 +221,7 @@ def sim_and_subset(tmp_path_factory):
     subset.mkdir()
     flags = {uid: rules.PairFlag(uid in KEPT, () if uid in KEPT else ("x",), (), False, 1.0) for uid in IDS["en"]}
     (subset / "de__en.csv").write_bytes(files.pair_csv_bytes(flags))
+    seal(subset / "de__en.csv")
     return root, scores, subset
 
 

@@ -27,6 +27,7 @@ from engine.stores.utterances import UtteranceRow
 from kernels.cka import reference_linear_cka
 from kernels.metrics import reference_retrieval_metrics
 from tests.conftest import TINY_DIMS
+from tests.jobs.conftest import seal
 from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -73,6 +74,7 @@ def run(tmp_path_factory):
     challenge.mkdir()
     with open(challenge / "de__en.csv", "w") as f:
         f.write("id,kept,reason,evidence\n" + "".join(f"s{i},{int(i % 3 != 0)},,\n" for i in range(N)))
+    seal(challenge / "de__en.csv")
     out = root / "out"
     config = configure(
         CompareConfig, stores=(a, b), out=str(out), challenge=str(challenge), frame_sample=10_000, knn_k=3
@@ -275,6 +277,7 @@ def test_rows_read_from_a_retrieval_folder(tmp_path):
         w.writerow(SUBSET_COLUMNS)
         for name in ("full", "challenge", "size_matched"):
             w.writerow(["de", "en", 4, "seqsim", name, "R@1", 0.5, 0.4, 0.6, 0.1, 6, 1])
+    seal(tmp_path / "retrieval.csv"), seal(tmp_path / "subset_comparison.csv")
     rows, challenge = depth.read_rows("m", 4, str(tmp_path), "seqsim")
     assert sorted((r[3], r[6], r[7]) for r in rows) == [("de", "MRR", 0.6), ("de", "R@1", 0.5), ("en", "MRR", 0.35),
                                                         ("en", "R@1", 0.25)]  # fmt: skip

@@ -28,6 +28,7 @@ from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.pipelines.retrieval.subset import SUBSET_COLUMNS
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
+from tests.jobs.conftest import seal
 from tests.jobs.test_compare import N, make_store
 
 CODES = {"same": ("fr", "pt"), "iso": ("fra_Latn", "por_Latn")}  # the sample's clips fleurs-fr-*, fleurs-pt-*
@@ -69,6 +70,7 @@ def _retrieval_folder(folder, codes) -> str:
         for layer in LAYERS:
             for name, value in (("full", 0.5), ("challenge", 0.75 - 0.1 * layer)):
                 w.writerow([a, b, layer, "mean", name, "R@1", value, value, value, 1 / 4, 4, 1])
+    seal(folder / "retrieval.csv"), seal(folder / "subset_comparison.csv")
     return str(folder)
 
 
@@ -87,6 +89,7 @@ def runs(stores, tmp_path_factory) -> dict[str, tuple]:
     (challenge / "fr__pt.csv").write_text(
         "id,kept,reason,evidence\n" + "".join(f"{uid},{int(i % 3 != 0)},,\n" for i, uid in enumerate(IDS))
     )
+    seal(challenge / "fr__pt.csv")
     settings = dict(names=("m1", "m2"), challenge=str(challenge), measures=("cka", "cka_unbiased", "mknn"),
                     frame_measures=("cka",), knn_k=3, null_permutations=20, frame_sample=300)  # fmt: skip
     pairs = {

@@ -20,6 +20,7 @@ from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked
 from engine.runtime.options import configure
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
+from tests.jobs.conftest import seal
 
 LAYERS = (0, 1, 2, 3)
 SIGNAL = {0: 0.0, 1: 0.7, 2: 3.0, 3: 1.5}  # score bonus of a correct partner: layer 2 retrieves best
@@ -253,6 +254,7 @@ def ot_store(tmp_path_factory):
     challenge.mkdir()
     ids = sorted(set(IDS["de"]) | set(IDS["en"]))
     (challenge / "de__en.csv").write_text("id,kept\n" + "".join(f"{i},{int(i in OT_KEPT)}\n" for i in ids))
+    seal(challenge / "de__en.csv")
     return root, scores
 
 

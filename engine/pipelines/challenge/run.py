@@ -31,8 +31,8 @@ from engine.pipelines.challenge.rules import (
     texts_by_id,
     words,
 )
+from engine.runtime.lease import output_lease
 from engine.runtime.options import ConfigError, RunOptions, option, validate
-from engine.runtime.runs import job_lease
 from engine.stores.challenge import (
     SETTINGS_FIELDS,
     SETTINGS_FORMAT,
@@ -216,7 +216,7 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     pairs from earlier runs into the folder kept) and ``OUT/challenge.json`` (the settings). A folder made with other
     settings is refused before any work (``check_out``). ``entities``: the entity finder (None =
     ``config.filter.entities()``: spaCy with ``ner``, else none)."""
-    with job_lease(config, "challenge"):
+    with output_lease(config, "challenge"):
         return _challenge(config, store, entities)
 
 

@@ -169,15 +169,8 @@ def evaluate(whisper, pairs: D.Pairs, refs: list[str], lang: str, task: str, bat
 
 
 def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
-    """Trains, evaluates and writes (module docstring), holding the output folder's writer lease."""
-    with job_lease(config, "finetune"):
-        return _finetune(config, whisper)
-
-
-def _finetune(config: FinetuneConfig, whisper) -> FinetuneSummary:
-    t0 = time.time()
-    summary = FinetuneSummary()
-    out = pathlib.Path(config.run.out)
+    """Trains, evaluates and writes (module docstring), holding the output folder's writer lease; a store of another
+    family is refused before it."""
     reader = open_store(config.store)
     refuse_without_head(
         "finetune", DECODER, None if whisper is not None else config.model, reader.info,
@@ -189,6 +182,14 @@ def _finetune(config: FinetuneConfig, whisper) -> FinetuneSummary:
             f"finetune trains a Whisper decoder on a Whisper store; the layer store was written by "
             f"{reader.info.model_name!r}, a {reader.info.family} model. Encode the data with a Whisper model first"
         )
+    with job_lease(config, "finetune"):
+        return _finetune(config, whisper, reader)
+
+
+def _finetune(config: FinetuneConfig, whisper, reader) -> FinetuneSummary:
+    t0 = time.time()
+    summary = FinetuneSummary()
+    out = pathlib.Path(config.run.out)
     D.top_layer(reader)
     _check_resume(out, config)
     whisper = whisper or load_whisper(config.model)

@@ -239,14 +239,9 @@ def check_word_store(store, langs: Sequence[str], url: str, *, given_relations: 
 
 def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     """Scores every language pair and layer, writes probe.csv, relations.csv and the figure (module docstring).
-    Refuses a store of sentences before any work (``check_word_store``). Holds the output's writer lease."""
-    with job_lease(config, "probe"):
-        return _probe(config, store)
-
-
-def _probe(config: ProbeConfig, store) -> ProbeSummary:
+    Refuses a store of sentences before any work (``check_word_store``), and before the output's writer lease, which
+    it holds for the run."""
     store = open_store(config.store) if store is None else store
-    summary = ProbeSummary()
     available = list(store.languages())
     unknown = sorted(set(config.langs or ()) - set(available))
     if unknown:
@@ -257,6 +252,12 @@ def _probe(config: ProbeConfig, store) -> ProbeSummary:
     if bad:
         raise ProbeError(f"the store has no layer {bad}; it holds {list(store.info.layers)}")
     check_word_store(store, langs, config.store, given_relations=config.relations is not None)
+    with job_lease(config, "probe"):
+        return _probe(config, store, langs, layers)
+
+
+def _probe(config: ProbeConfig, store, langs: list[str], layers: list[int]) -> ProbeSummary:
+    summary = ProbeSummary()
     index = {lang: word_index(store, lang, summary) for lang in langs}
     pairs = list(itertools.combinations(langs, 2))
     if config.relations is None:
