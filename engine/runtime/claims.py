@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import tensorstore as ts
 
+from engine.runtime.lease import dead_here
 from engine.runtime.options import DEFAULT_CLAIM_TTL
 from engine.runtime.status import RUN_RECORD, list_keys, read_records, run_status, task_label, worker_prefix
 from engine.stores.kv import StoreError, create_key, iso_utc, parse_record, read_value, storage_error, write_value
@@ -106,16 +107,23 @@ class WorkClaims:
     def key(self, unit: str) -> str:
         return self.prefix + unit + ".json"
 
-    def clear(self) -> None:
-        """The start of a run, by the process that opened it (under the writer lease), before it works: deletes
-        what an earlier run left of this job and no live process holds: finished claims (retried by the new run),
-        expired claims, and the records of workers that exited or stopped renewing; the run record too once no worker
-        is live. A live claim stays: were workers of a run still at work when another process took their lease for
-        expired (they renewed it late), they lose nothing."""
+    def clear(self, keep_live: bool = False) -> None:
+        """The start of a run, by the process that opens it (under the writer lease), before any process claims:
+        deletes this job's claims and worker records left by an earlier run, so that it retries what that run had
+        finished with skips, and a killed run's claims do not make it wait for their expiry.
+
+        ``keep_live`` (a ``--worker`` run, whose lease others share): only what no live process holds goes (finished
+        and expired claims, records of workers that exited or stopped renewing, and whatever a process found dead on
+        this host held), and the run record once no worker is live: were workers still at work when another took
+        their lease for expired (they renewed it late), they lose nothing."""
+        if not keep_live:
+            self._delete_all()
+            return
         now = time.time()
         left = {**read_records(self.kv, list_keys(self.kv, self.prefix, self.url), self.url),
                 **read_records(self.kv, list_keys(self.kv, worker_prefix(self.job), self.url), self.url)}  # fmt: skip
-        live = {key for key, r in left.items() if r.get("state") == WORKING and r.get("expires_unix", 0) > now}
+        live = {key for key, r in left.items() if r.get("state") == WORKING and r.get("expires_unix", 0) > now
+                and not dead_here(r)}  # fmt: skip
         run = worker_prefix(self.job) + RUN_RECORD
         stale = [key for key in left if key not in live and key != run]
         if not any(key.startswith(worker_prefix(self.job)) for key in live):
@@ -238,8 +246,8 @@ class WorkClaims:
         holder = {} if found.state == "missing" else parse_record(found.value)
         if holder.get("state") == FINISHED:
             return holder
-        if holder and holder.get("expires_unix", 0.0) > time.time():
-            return None
+        if holder and holder.get("expires_unix", 0.0) > time.time() and not dead_here(holder):
+            return None  # held by a live process (one found dead on this host is taken over at once)
         # Create-if-absent, or take over the expired claim: conditional on the generation read either way.
         try:
             stamp = self.kv.write(key, self._record(unit), if_equal=found.stamp.generation).result()

@@ -85,6 +85,8 @@ class StoreBusyError(StoreError):
 class _Lease:
     """What both kinds of lease share: the store, the holder's identity and record, the renewal thread, the check."""
 
+    shared = False  # shared by --worker processes (SharedLease): the opener clears only what no live one holds
+
     def __init__(self, kv: ts.KvStore, url: str, job: str, ttl: float, break_lease: bool):
         if ttl <= 0:
             raise ValueError(f"ttl must be positive seconds, got {ttl}")
@@ -156,7 +158,7 @@ class WriterLease(_Lease):
             holder = parse_record(found.value)
             expires = holder.get("expires_unix", 0.0)
             said = _who(holder)
-            if expires > time.time() and holder.get("mode") != WORKERS and _dead_here(holder):
+            if expires > time.time() and holder.get("mode") != WORKERS and dead_here(holder):
                 # Killed on this very host (a SIGKILL, an out-of-memory kill): no need to wait for the expiry.
                 said += ", which no longer runs"
                 expires = 0.0
@@ -249,6 +251,8 @@ class SharedLease(_Lease):
     must hold the same. ``opener`` says whether this worker opened the run; it calls ``open()`` once the output is
     created and an earlier run's claims are cleared, and the workers waiting to join then go on."""
 
+    shared = True
+
     def __init__(self, kv: ts.KvStore, url: str, job: str, settings: dict, *, ttl: float = DEFAULT_TTL,
                  break_lease: bool = False, poll: float = JOIN_POLL):  # fmt: skip
         super().__init__(kv, url, job, ttl, break_lease)
@@ -268,7 +272,7 @@ class SharedLease(_Lease):
             found = read_value(self.kv, LEASE, self.url)
             holder = {} if found.state == "missing" else parse_record(found.value)
             live = holder.get("expires_unix", 0.0) > time.time()
-            if live and holder.get("state") == OPENING and _dead_here(holder):
+            if live and holder.get("state") == OPENING and dead_here(holder):
                 live = False  # its opener was killed on this host before it opened the run
             if live and not self.break_lease:
                 self._refuse_unless_joinable(holder)
@@ -418,12 +422,12 @@ def live_writer(kv: ts.KvStore, url: str) -> dict | None:
     holder = parse_record(found.value)
     if holder.get("expires_unix", 0.0) <= time.time():
         return None
-    if holder.get("mode") != WORKERS and _dead_here(holder):
+    if holder.get("mode") != WORKERS and dead_here(holder):
         return None
     return holder
 
 
-def _dead_here(holder: dict) -> bool:
+def dead_here(holder: dict) -> bool:
     """Whether the lease's holder ran on this host and its process is gone. Holders on other hosts (or in another
     process namespace under the same host name, where the pid may belong to someone else) are never judged dead
     here: their leases expire."""

@@ -60,7 +60,7 @@ def open_claimed_run(name: str, claims, lease, kv, key: str, manifest: dict, url
     def create() -> dict:
         stored = create_or_compare(kv, key, manifest, url, **compare)
         if lease.opener:
-            claims.clear()
+            claims.clear(keep_live=lease.shared)
         return stored
 
     stored = process_zero_first(name, create)
@@ -121,6 +121,7 @@ class _NoLease:
     """What processes other than 0 hold: they write under process 0's lease, and process 0 opens the run."""
 
     opener = False
+    shared = False
 
     def open(self) -> None:
         pass
@@ -214,7 +215,7 @@ def output_run(config, job: str, error: type[Exception], ignore: tuple[str, ...]
         create_or_compare(kv, SETTINGS, settings, url, fields=list(settings), error=error, what=f"{job} output folder")
         if lease.opener:
             for held in claims:
-                held.clear()
+                held.clear(keep_live=lease.shared)
             if prepare is not None:
                 prepare()
         lease.open()

@@ -80,7 +80,7 @@ def test_every_job_that_writes_takes_the_lease():
     """The audit, in the code: every job's library entry takes its output's writer lease (``job_lease``,
     ``output_run`` or ``writer_lease``), so a second writer is refused and a kill leaves the lease to expire."""
     root = pathlib.Path(__file__).resolve().parents[2] / "engine" / "pipelines"
-    takes = ("job_lease(", "output_run(", "writer_lease(")
+    takes = ("job_lease(", "output_run(", "writer_lease(", "output_lease(")
     without = [p.parent.name for p in sorted(root.glob("*/run.py")) if not any(t in p.read_text() for t in takes)]
     assert not without, f"jobs whose run.py takes no writer lease: {without}"
 

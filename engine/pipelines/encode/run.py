@@ -148,7 +148,7 @@ def _encode(
     creation = {"dataset": config.dataset, "split": config.split, "dataset_revision": revision}
     claims = work_claims(config.run, "encode")
     if lease.opener:
-        claims.clear()  # under the writer lease, before the barrier below: no process claims anything yet
+        claims.clear(keep_live=lease.shared)  # under the writer lease, before any process claims
     store = process_zero_first(
         "babelgrid-store-created", lambda: LayerStore.create_or_open(config.run.out, info, creation=creation)
     )

@@ -124,7 +124,7 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
         create_or_compare(kv, MANIFEST, manifest(config), out, fields=MANIFEST_FIELDS, error=InterpError,
                           what="interp run")  # fmt: skip
         if lease.opener:
-            claims.clear()  # under the writer lease, before the barrier: no process claims anything yet
+            claims.clear(keep_live=lease.shared)  # under the writer lease, before any process claims
 
     process_zero_first("babelgrid-interp-manifest", create)
     lease.open()

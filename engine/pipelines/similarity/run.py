@@ -165,7 +165,7 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     def create() -> StagingSimilarityStore:
         store = StagingSimilarityStore.create_or_open(url, manifest)
         if lease.opener:
-            claims.clear()  # under the writer lease, before any process claims
+            claims.clear(keep_live=lease.shared)  # under the writer lease, before any process claims
         for a, b in pairs if is_process_zero() and jax.process_count() > 1 else ():
             for m in measures:
                 store.create_pair(m, a, b, _pair_ids(tables, a, b))
