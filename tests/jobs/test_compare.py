@@ -6,6 +6,7 @@ test. Tolerance 1e-4, the acceptance bound (float32 states, float32 kernels)."""
 from __future__ import annotations
 
 import csv
+import os
 import pathlib
 import subprocess
 import sys
@@ -366,7 +367,14 @@ def test_null_through_the_flags_and_read_back(run, tmp_path):
     out = tmp_path / "flags"
     args = [sys.executable, "-m", "jobs.compare", f"--stores={a},{b}", f"--out={out}", "--null_permutations=9",
             "--null_levels=utterance,frame", "--frame_sample=40", "--measures=cka", "--frame_measures=cka"]  # fmt: skip
-    subprocess.run(args, cwd=REPO, check=True, capture_output=True, timeout=patient(300))
+    env = dict(os.environ, BABELGRID_STATUS_SECONDS="0.001")  # a status line at (nearly) every step
+    done = subprocess.run(args, cwd=REPO, check=True, capture_output=True, text=True, timeout=patient(300), env=env)
+    status = [line for line in done.stderr.splitlines() if line.startswith("compare: ") and "planned s" in line]
+    # the batch log's progress (issue 62): every stage named as it runs, with the plan's ETA, ending at 100%
+    assert any("ETA" in line for line in status), done.stderr[-2000:]
+    for step in ("reading", "utterance, cka", "utterance, null cka", "frame, null cka", ", all, "):
+        assert any(step in line for line in status), (step, status)
+    assert "(100.0%)" in status[-1], status[-1]
     rows = pq.read_table(out / "layer_similarity.parquet").to_pylist()
     frame = [r for r in rows if r["level"] == "frame" and r["value"] is not None]
     assert frame and all(r["p_value"] is not None and r["p_value"] >= 1 / 10 - 1e-12 for r in frame)

@@ -143,19 +143,25 @@ def similarity_rows(
     measures: Sequence[str],
     options: MeasureOptions,
     null: Callable[[str, np.ndarray, dict], np.ndarray] | None = None,
+    done: Callable[[str], None] | None = None,
 ) -> list[tuple]:
     """ROW_COLUMNS rows of every (layer of a, layer of b, measure); ``b is a`` compares a model with itself.
     ``null(measure, grid, shared)``: the null scores f[P, La, Lb] of a measure's grid (``compare.null``), summarised
-    into NULL_COLUMNS; without it those are null."""
+    into NULL_COLUMNS; without it those are null. ``done(step)``: called with the measure's name when its grid is
+    made, and with ``null <measure>`` when its null is (the run's progress)."""
     if a.n != b.n:
         raise ValueError(f"views of {a.model} and {b.model} hold {a.n} and {b.n} examples: pair them first")
     rows, shared = [], {}
     for measure in measures:
         grid = measure_grid(measure, a, b, options, shared)
+        if done is not None:
+            done(measure)
         stats = np.full(grid.shape + (len(NULL_COLUMNS),), np.nan)
         if null is not None:
             mean, q95, p = knull.summarise(grid, null(measure, grid, shared))
             stats = np.stack([mean, q95, p, grid - mean], axis=-1)
+            if done is not None:
+                done(f"null {measure}")
         for i, layer_a in enumerate(a.layers):
             for j, layer_b in enumerate(b.layers):
                 value = float(grid[i, j])

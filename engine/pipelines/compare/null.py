@@ -47,7 +47,7 @@ def _recomputed(measure: str, a: View, b: View, options: MeasureOptions, perms: 
     return np.stack([layers.measure_grid(measure, a, _permuted(b, p), options) for p in perms])
 
 
-def _cka(measure, a, b, options, shared, perms, value):
+def _cka(measure, a, b, options, shared, perms, value, step=None):
     if a.n > GRAM_MAX:
         return _recomputed(measure, a, b, options, perms)
     if "cka_null" not in shared:
@@ -56,28 +56,32 @@ def _cka(measure, a, b, options, shared, perms, value):
     return shared["cka_null"][measure == "cka_unbiased"]
 
 
-def _mknn(measure, a, b, options, shared, perms, value):
+def _mknn(measure, a, b, options, shared, perms, value, step=None):
     lists_a, lists_b = shared["lists"]
     return null.knn_null(np.stack(lists_a), np.stack(lists_b), perms)
 
 
-def _cknna(measure, a, b, options, shared, perms, value):
+def _cknna(measure, a, b, options, shared, perms, value, step=None):
     views_a, views_b = shared["cknna_views"]
     grid = np.array([[np.asarray(cknna.cknna_null(va, vb, perms)) for vb in views_b] for va in views_a])
     return grid.transpose(2, 0, 1)  # [La, Lb, P] -> [P, La, Lb]
 
 
-def _cca(measure, a, b, options, shared, perms, value):
+def _cca(measure, a, b, options, shared, perms, value, step=None):
     """Per measured layer pair, the CCA kernel's null (one SVD per view); NaN where the raw value is (its kept
-    directions do not fit the examples: a permutation does not change them)."""
+    directions do not fit the examples: a permutation does not change them). ``step(share)``: called after each
+    layer pair with its share of the grid, for the run's progress."""
     out = np.full((len(perms), len(a.layers), len(b.layers)), np.nan)
     p = jnp.asarray(perms, jnp.int32)
-    for i, j in zip(*np.nonzero(np.isfinite(value)), strict=True):
+    measured = list(zip(*np.nonzero(np.isfinite(value)), strict=True))
+    for i, j in measured:
         x, y = a.states[i], b.states[j]
         if measure == "svcca":
             out[:, i, j] = cca.svcca_null(x, y, p, keep=options.svcca_keep)
         else:
             out[:, i, j] = cca.pwcca_null(x, y, p, epsilon=options.cca_epsilon)
+        if step is not None:
+            step(1 / len(measured))
     return out
 
 
@@ -86,12 +90,13 @@ assert tuple(ROUTES) == MEASURES
 
 
 def null_grid(measure: str, a: View, b: View, options: MeasureOptions, shared: dict, perms: np.ndarray,
-              value: np.ndarray) -> np.ndarray:  # fmt: skip
+              value: np.ndarray, step=None) -> np.ndarray:  # fmt: skip
     """f64[P, La, Lb]: ``measure`` of every layer pair of (a, b[p]) for each permutation; ``value``: the raw grid
-    (``layers.measure_grid`` with the same ``shared``, which must have run first)."""
+    (``layers.measure_grid`` with the same ``shared``, which must have run first). ``step(share)``: progress within
+    the grid, where a route has steps (CCA's layer pairs)."""
     if not len(perms) or not np.isfinite(value).any():
         return np.full((len(perms), len(a.layers), len(b.layers)), np.nan)
-    return np.asarray(ROUTES[measure](measure, a, b, options, shared, perms, value), np.float64)
+    return np.asarray(ROUTES[measure](measure, a, b, options, shared, perms, value, step), np.float64)
 
 
 def reference_null(measure_fn, x: np.ndarray, y: np.ndarray, perms: np.ndarray) -> np.ndarray:

@@ -38,9 +38,12 @@ import numpy as np
 from engine.pipelines.compare.languages import languages_of
 from engine.pipelines.compare.states import pair_utterances
 from engine.runtime.devices import Device
-from engine.runtime.plan import EFFICIENCY, Plan, Stage, timed
+from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, size, timed
 from engine.stores.reader import open_store
 from kernels import cka, null
+from kernels.cca import NULL_BATCH
+
+READ_RATE = 200e6  # bytes/s from a local zarr store with zstd, measured order
 
 FLOAT = 4  # bytes per float32
 
@@ -98,6 +101,58 @@ def _null_work(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
     return work
 
 
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """This machine's rates, measured once (``measure_rates``): what turns the plan's counts into seconds, for the
+    plan and for the run's progress (``compare.progress``)."""
+
+    matmul: float  # float32 FLOP/s of a matrix product
+    gram_cell: float = 0.0  # seconds per Gram cell and layer of cka_matrix (bound by memory, not FLOPs)
+    null_cell: float = 0.0  # seconds per CKA null cell (``_null_work``'s cells)
+    null_compare: float = 0.0  # seconds per k-NN list compare of the null
+
+
+def measure_rates(*, grams: bool = True, null_timed: bool = True) -> Rates:
+    """``Rates`` timed here on random inputs (about a second); ``grams``/``null_timed`` False skips a timing that
+    no stage needs."""
+    cell, compare = _null_seconds() if null_timed else (0.0, 0.0)
+    return Rates(_matmul_rate(), _gram_cell_seconds() if grams else 0.0, cell, compare)
+
+
+def set_seconds(
+    a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int, perms: int, rates: Rates
+) -> dict[str, float]:
+    """Planned seconds here of one set of n examples compared between models a and b, per stage: ``cka``,
+    ``mknn``, ``cknna``, ``cca`` and, with ``perms`` permutations, ``null cka`` ... (the plan's stages, less the
+    level). The run's progress ticks these as each measure finishes."""
+    seconds = {}
+    kinds = sum(m in measures for m in ("cka", "cka_unbiased"))
+    for stage, flops in _set_flops(a, b, n, measures, k, gram_max).items():
+        streamed = kinds * (a.layers + b.layers) * n * n * rates.gram_cell if stage == "cka" and n <= gram_max else 0
+        seconds[stage] = flops / rates.matmul + streamed
+    per_unit = {"flops": 1 / rates.matmul, "cells": rates.null_cell, "compares": rates.null_compare}
+    for stage, (unit, count) in (_null_work(a, b, n, measures, k, gram_max, perms) if perms else {}).items():
+        seconds[f"null {stage}"] = count * per_unit[unit]
+    return seconds
+
+
+def null_memory(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int, chunk: int, batch: int) -> float:
+    """Bytes the permutation null of one set holds beyond the raw measures' states and Grams: CKA's gathered blocks
+    of b's Grams (``chunk`` permutations x Lb x ``ROWS`` rows x n) or, past ``gram_max``, a permuted copy of b's
+    states; mutual k-NN's hit tensor (``chunk`` x La x Lb x n x k^2 booleans); CCA's ``batch`` permuted bases
+    (2 x n x r each); CKNNA's per-permutation lists (Lb x n x k)."""
+    held = 0.0
+    if any(m in measures for m in ("cka", "cka_unbiased")):
+        held = max(held, chunk * b.layers * null.ROWS * n * FLOAT if n <= gram_max else b.layers * b.width * n * FLOAT)
+    if "mknn" in measures:
+        held = max(held, chunk * a.layers * b.layers * n * k * k)
+    if any(m in measures for m in ("svcca", "pwcca")):
+        held = max(held, batch * 2 * n * min(n, max(a.width, b.width)) * FLOAT)
+    if "cknna" in measures:
+        held = max(held, chunk * b.layers * n * k * FLOAT * 2)
+    return held
+
+
 def plan_compare(
     models: Mapping[str, ModelShape],
     utterances: Mapping[str, int],
@@ -115,65 +170,69 @@ def plan_compare(
     null_permutations: int = 0,
     null_levels=("utterance",),
     null_seconds: tuple[float, float] | None = None,
+    rates: Rates | None = None,
 ) -> Plan:
     """The plan for ``models`` compared pairwise (each with itself too) on languages with ``utterances[lang]``
-    paired utterances and ``frames[lang]`` paired frames. ``gram_cell_seconds``: seconds per Gram cell and layer of
-    one CKA kind's layer x layer matrix (``cka_matrix`` streams every Gram: bound by memory, not FLOPs; measured here
-    by default). ``null_permutations`` on ``null_levels``: the permutation null's stages; ``null_seconds``: seconds
-    per CKA null cell and per k-NN list compare (``_null_seconds``, measured here by default)."""
+    paired utterances and ``frames[lang]`` paired frames. ``rates``: this machine's (``measure_rates``, timed here
+    by default); ``matmul_rate``, ``gram_cell_seconds`` and ``null_seconds`` (per CKA null cell and per k-NN list
+    compare) override one each."""
     names = list(models)
-    null_work: dict[str, list] = {}  # stage -> [unit, count]
     pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i, len(names))]
+    asked_everywhere = set(measures) | set(frame_measures)
+    grams = any(m in asked_everywhere for m in ("cka", "cka_unbiased"))
+    null_timed = bool(null_permutations) and bool(asked_everywhere & {"cka", "cka_unbiased", "mknn"})
+    if rates is None:  # each rate timed here only when a stage needs it and no override gives it
+        need_gram, need_null = grams and gram_cell_seconds is None, null_timed and null_seconds is None
+        null_rates = _null_seconds() if need_null else (0.0, 0.0)
+        rates = Rates(matmul_rate or _matmul_rate(), _gram_cell_seconds() if need_gram else 0.0, *null_rates)
+    cell_s, compare_s = null_seconds or (rates.null_cell, rates.null_compare)
+    gram_cell = rates.gram_cell if gram_cell_seconds is None else gram_cell_seconds
+    rates = Rates(matmul_rate or rates.matmul, gram_cell, cell_s, compare_s)
     stage_flops: dict[str, float] = {}
-    gram_cells: dict[str, float] = {}  # per stage: Gram cells x layers that cka_matrix streams, summed over kinds
-    peak = 0.0
+    stage_seconds: dict[str, float] = {}
+    peak = null_peak = 0.0
     read = 0.0
     for level in levels:
         sizes = utterances if level == "utterance" else {lang: min(f, frame_sample) for lang, f in frames.items()}
         sets = list(sizes.values()) + [sum(sizes.values()) if level == "utterance" else frame_sample]
         asked = measures if level == "utterance" else frame_measures
+        perms = null_permutations if level in null_levels else 0
         for a, b in pairs:
             ma, mb = models[a], models[b]
             for n in sets:
                 for stage, f in _set_flops(ma, mb, n, asked, knn_k, gram_max).items():
                     stage_flops[f"{level} {stage}"] = stage_flops.get(f"{level} {stage}", 0.0) + f
-                if null_permutations and level in null_levels:
-                    for stage, (unit, count) in _null_work(
-                        ma, mb, n, asked, knn_k, gram_max, null_permutations
-                    ).items():
-                        null_work.setdefault(f"{level} null {stage}", [unit, 0.0])[1] += count
-                kinds = sum(m in asked for m in ("cka", "cka_unbiased"))
-                if kinds and n <= gram_max:
-                    cells = kinds * (ma.layers + mb.layers) * n * n
-                    gram_cells[f"{level} cka"] = gram_cells.get(f"{level} cka", 0.0) + cells
+                work = _null_work(ma, mb, n, asked, knn_k, gram_max, perms) if perms else {}
+                for stage, (unit, count) in work.items():
+                    flops = count if unit == "flops" else 2 * count
+                    stage_flops[f"{level} null {stage}"] = stage_flops.get(f"{level} null {stage}", 0.0) + flops
+                for stage, seconds in set_seconds(ma, mb, n, asked, knn_k, gram_max, perms, rates).items():
+                    stage_seconds[f"{level} {stage}"] = stage_seconds.get(f"{level} {stage}", 0.0) + seconds
                 held = (ma.layers * ma.width + mb.layers * mb.width) * n * FLOAT
-                grams = (ma.layers + mb.layers) * n * n * FLOAT if n <= gram_max else 0
-                peak = max(peak, held + grams)
+                grams_held = (ma.layers + mb.layers) * n * n * FLOAT if n <= gram_max else 0
+                extra = null_memory(ma, mb, n, asked, knn_k, gram_max, null.CHUNK, NULL_BATCH) if perms else 0.0
+                peak = max(peak, held + grams_held + extra)
+                null_peak = max(null_peak, extra)
         if level == "frame":  # every frame of every layer is read once per model pair (once for a model with itself)
             for a, b in pairs:
                 per_frame = sum(models[m].layers * models[m].width * models[m].dtype_bytes for m in {a, b})
                 read += sum(frames.values()) * per_frame
     # Pooling reads every frame of every layer of every store once.
     read += sum(m.layers * m.width * m.dtype_bytes * sum(frames.values()) for m in models.values())
-    rate = matmul_rate or _matmul_rate()
-    cell = gram_cell_seconds if gram_cell_seconds is not None else (_gram_cell_seconds() if gram_cells else 0.0)
-    stages = [Stage("read + pool states", 0.0, read, 0.0, read / 200e6)]  # ~200 MB/s local zarr + zstd, measured order
+    stages = [Stage("read + pool states", 0.0, read, 0.0, read / READ_RATE)]
     for name, f in stage_flops.items():
         on_device = None if device is None else f / (device.flops("float32") * EFFICIENCY)
-        stages.append(Stage(name, f, 0.0, 0.0, f / rate + gram_cells.get(name, 0.0) * cell, on_device))
-    timed_null = {unit for unit, _ in null_work.values()} - {"flops"}
-    per_cell, per_compare = null_seconds or (_null_seconds() if timed_null else (0.0, 0.0))
-    for name, (unit, count) in null_work.items():
-        seconds = {"flops": count / rate, "cells": count * per_cell, "compares": count * per_compare}[unit]
-        flops = count if unit == "flops" else 2 * count
-        on_device = None if device is None else flops / (device.flops("float32") * EFFICIENCY)
-        stages.append(Stage(name, flops, 0.0, 0.0, seconds, on_device))
+        stages.append(Stage(name, f, 0.0, 0.0, stage_seconds.get(name, 0.0), on_device))
+    null_s = sum(s for name, s in stage_seconds.items() if " null " in f" {name} ")
     counts = [
         ("models", ", ".join(f"{n} ({m.layers} layers x {m.width})" for n, m in models.items())),
         ("model pairs", f"{len(pairs)} (each with itself included)"),
         (
             "permutation null",
-            f"{null_permutations} permutations per set on {', '.join(null_levels)}" if null_permutations else "none",
+            f"{null_permutations} permutations per set on {', '.join(null_levels)}: adds {duration(null_s)} here "
+            f"and holds {size(null_peak)} at most beyond the raw measures"
+            if null_permutations
+            else "none",
         ),
         ("languages", f"{len(utterances)} (+ all)"),
         (
@@ -187,13 +246,16 @@ def plan_compare(
         counts=counts,
         stages=stages,
         peak_memory=peak,
-        memory_lines=[f"held states of one model pair and set + their Grams (up to {gram_max} examples)"],
+        memory_lines=[
+            f"held states of one model pair and set + their Grams (up to {gram_max} examples)"
+            + (" + the null's working set" if null_permutations else "")
+        ],
         device=device,
-        calibration=f"float32 matmul rate measured now: {rate / 1e9:.1f} GFLOP/s (SVD stages run far below it)"
-        + (f"; CKA's layer x layer matrix {cell * 1e9:.2f} ns a Gram cell and layer" if gram_cells else "")
+        calibration=f"float32 matmul rate measured now: {rates.matmul / 1e9:.1f} GFLOP/s (SVD stages run far below it)"
+        + (f"; CKA's layer x layer matrix {rates.gram_cell * 1e9:.2f} ns a Gram cell and layer" if grams else "")
         + (
-            f"; null: {per_cell * 1e9:.2f} ns a CKA cell, {per_compare * 1e9:.2f} ns a k-NN list compare"
-            if timed_null
+            f"; null: {rates.null_cell * 1e9:.2f} ns a CKA cell, {rates.null_compare * 1e9:.2f} ns a k-NN list compare"
+            if null_timed
             else ""
         ),
         assumptions=["FLOP counts of SVDs are LAPACK-path estimates", "reads at ~200 MB/s from a local store"],
@@ -227,7 +289,7 @@ def _null_seconds(n: int = 512, perms: int = 8) -> tuple[float, float]:
     return per_cell, per_compare
 
 
-def plan_compare_run(config, device: Device | None) -> Plan:
+def plan_compare_run(config, device: Device | None, rates: Rates | None = None) -> Plan:
     """``plan_compare`` for a CompareConfig: store headers and lengths only."""
     readers = [open_store(url) for url in config.stores]
     names = config.names or tuple(r.info.model_name for r in readers)
@@ -239,14 +301,7 @@ def plan_compare_run(config, device: Device | None) -> Plan:
         frames[lang.name] = int(
             np.minimum(readers[0].lengths(first)[pairing.index_a], readers[-1].lengths(last)[pairing.index_b]).sum()
         )
-    models = {
-        name: ModelShape(
-            len(r.info.layers),
-            r.info.embed,
-            np.dtype(r.info.dtype).itemsize if r.info.dtype != "bfloat16" else 2,
-        )
-        for name, r in zip(names, readers, strict=True)
-    }
+    models = {name: model_shape(r) for name, r in zip(names, readers, strict=True)}
     return plan_compare(
         models,
         utterances,
@@ -259,4 +314,11 @@ def plan_compare_run(config, device: Device | None) -> Plan:
         device=device,
         null_permutations=config.null_permutations,
         null_levels=config.null_levels,
+        rates=rates,
     )
+
+
+def model_shape(reader) -> ModelShape:
+    """A layer store's ``ModelShape``, from its header."""
+    info = reader.info
+    return ModelShape(len(info.layers), info.embed, np.dtype(info.dtype).itemsize if info.dtype != "bfloat16" else 2)

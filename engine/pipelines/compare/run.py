@@ -38,6 +38,7 @@ from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.languages import Language, languages_of
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
 from engine.pipelines.compare.plan import plan_compare_run
+from engine.pipelines.compare.progress import Progress, SetTicks
 from engine.runtime.plan import duration
 from engine.runtime.runs import output_run
 from engine.stores.challenge import read_kept
@@ -99,10 +100,11 @@ class CompareResult:
 
 
 class _Cache:
-    """Mean-pooled states per (store, language, layer), read once."""
+    """Mean-pooled states per (store, language, layer), read once (each read ticks ``progress``)."""
 
-    def __init__(self):
+    def __init__(self, progress: Progress):
         self._pooled: dict[tuple, np.ndarray] = {}
+        self.progress = progress
 
     def pooled(self, reader: StoreReader, lang: str, layer: int, index: np.ndarray) -> np.ndarray:
         key = (reader.url, lang, layer)
@@ -112,6 +114,7 @@ class _Cache:
             table = np.zeros((len(every), reader.info.embed), np.float32)
             table[done] = states.pooled(reader, lang, layer, every[done])
             self._pooled[key] = table
+            self.progress.read(reader, int(reader.lengths(lang)[done].sum()), f"reading {lang} layer {layer}")
         return self._pooled[key][index]
 
 
@@ -126,9 +129,9 @@ def _names(config: CompareConfig, readers: list[StoreReader]) -> tuple[str, ...]
     return names
 
 
-def _frame_views(a, b, name_a, name_b, lang: str, pairing: states.Pairing, config) -> tuple[View, View]:
+def _frame_views(a, b, name_a, name_b, lang: str, pairing: states.Pairing, config, progress) -> tuple[View, View]:
     """``lang``: the language's name in the outputs (the seed of its draw); the stores read under ``pairing``'s
-    codes."""
+    codes. Each layer read ticks ``progress``."""
     len_a, len_b = a.lengths(pairing.lang)[pairing.index_a], b.lengths(pairing.lang_b)[pairing.index_b]
     rate_a, rate_b = a.info.frame_rate, b.info.frame_rate
     pairs = [states.frame_pairs(int(x), int(y), rate_a, rate_b) for x, y in zip(len_a, len_b, strict=True)]
@@ -140,15 +143,16 @@ def _frame_views(a, b, name_a, name_b, lang: str, pairing: states.Pairing, confi
     def gather(reader, code, index, frames, name):
         stack = []
         for layer in reader.info.layers:
-            padded, _ = states.read_layer(reader, code, layer, index)
+            padded, lengths = states.read_layer(reader, code, layer, index)
             stack.append(padded[owner[pick], frames[pick]])
+            progress.read(reader, int(np.sum(lengths)), f"reading {code} layer {layer} (frames)")
         return View(name, reader.info.layers, tuple(stack))
 
     view_a = gather(a, pairing.lang, pairing.index_a, fa, name_a)
     return view_a, (view_a if b is a else gather(b, pairing.lang_b, pairing.index_b, fb, name_b))
 
 
-def _similarity(config, readers, names, langs: list[Language], cache) -> list[tuple]:
+def _similarity(config, readers, names, langs: list[Language], cache: _Cache) -> list[tuple]:
     options = MeasureOptions(config.knn_k, config.svcca_keep, config.cca_epsilon)
     rows: list[tuple] = []
     for i in range(len(readers)):
@@ -179,11 +183,12 @@ def _similarity(config, readers, names, langs: list[Language], cache) -> list[tu
                     )
                     views["utterance"] = (va, vb)
                 if "frame" in config.levels:
-                    views["frame"] = _frame_views(a, b, names[i], names[j], lang, pairing, config)
+                    views["frame"] = _frame_views(a, b, names[i], names[j], lang, pairing, config, cache.progress)
                 for level, (va, vb) in views.items():
                     measures = config.measures if level == "utterance" else config.frame_measures
+                    ticks = cache.progress.for_set(a, b, va.n, level, f"{names[i]} x {names[j]}, {lang}, {level}")
                     rows += layers.similarity_rows(
-                        va, vb, lang, level, measures, options, _null(config, va, vb, lang, level)
+                        va, vb, lang, level, measures, options, _null(config, va, vb, lang, level, ticks), ticks
                     )
                     pooled_views[level].append((va, vb))
                 log.info("compared %s x %s on %s", names[i], names[j], lang)
@@ -194,17 +199,23 @@ def _similarity(config, readers, names, langs: list[Language], cache) -> list[tu
                 share = math.ceil(config.frame_sample / len(per_lang)) if level == "frame" else None
                 va, vb = (_concat([v[side] for v in per_lang], share) for side in (0, 1))
                 vb = va if j == i else vb
-                rows += layers.similarity_rows(va, vb, ALL, level, measures, options, _null(config, va, vb, ALL, level))
+                ticks = cache.progress.for_set(a, b, va.n, level, f"{names[i]} x {names[j]}, {ALL}, {level}")
+                null_fn = _null(config, va, vb, ALL, level, ticks)
+                rows += layers.similarity_rows(va, vb, ALL, level, measures, options, null_fn, ticks)
     return rows
 
 
-def _null(config: CompareConfig, va: View, vb: View, language: str, level: str):
+def _null(config: CompareConfig, va: View, vb: View, language: str, level: str, ticks: SetTicks):
     """The permutation null of one set (``compare.null``), or None with ``--null_permutations 0``."""
     if not config.null_permutations or level not in config.null_levels:
         return None
     perms = null.permutations(config.seed, level, language, va.n, config.null_permutations)
     options = MeasureOptions(config.knn_k, config.svcca_keep, config.cca_epsilon)
-    return lambda measure, grid, shared: null.null_grid(measure, va, vb, options, shared, perms, grid)
+
+    def scores(measure, grid, shared):
+        return null.null_grid(measure, va, vb, options, shared, perms, grid, ticks.share(f"null {measure}"))
+
+    return scores
 
 
 def _concat(views: list[View], share: int | None) -> View:
@@ -346,9 +357,14 @@ def _check_null_cost(config: CompareConfig) -> None:
 
 
 def _compare(config: CompareConfig, readers, names, langs, start: float) -> CompareResult:
-    cache = _Cache()
-    depth_rows, challenge_rows = _retrieval(config, readers, names, langs, cache)
-    rows = _similarity(config, readers, names, langs, cache)
+    cache = _Cache(Progress(config, readers))
+    finished = False
+    try:
+        depth_rows, challenge_rows = _retrieval(config, readers, names, langs, cache)
+        rows = _similarity(config, readers, names, langs, cache)
+        finished = True
+    finally:
+        cache.progress.close(finished)
     table = pa.Table.from_pylist([dict(zip(layers.ROW_COLUMNS, r, strict=True)) for r in rows], schema=SCHEMA)
     writes = {BY_DEPTH: depth.csv_bytes(depth.DEPTH_COLUMNS, depth_rows), LAYER_SIMILARITY: parquet_bytes(table)}
     if challenge_rows:
