@@ -5,6 +5,8 @@ r"""The word-level probe: similarity of cross-lingual synonyms vs near-homophone
     python -m jobs.probe --store /tmp/words-store --out /tmp/probe-again --relations /tmp/out/relations.csv
 
 Writes OUT/probe.csv, OUT/relations.csv and OUT/figures/probe_by_layer.png; library: engine/pipelines/probe/run.py.
+A language without transcriptions (a word list recorded per concept) is probed by id: concept retrieval and synonyms
+run; near-homophones, unrelated pairs and the AUC, which need the words, are NA there and named in the summary.
 """
 
 from __future__ import annotations

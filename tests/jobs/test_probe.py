@@ -58,13 +58,14 @@ def word_store(tmp_path_factory):
     return root, states, relations
 
 
-def write_store(url, texts: dict[str, list[str]], created: dict) -> None:
-    """A planted store: ``texts[lang]`` as the transcriptions of its clips (ids s0, s1, ... in every language)."""
+def write_store(url, texts: dict[str, list[str]], created: dict, ids: str = "s{i}") -> None:
+    """A planted store: ``texts[lang]`` as the transcriptions of its clips, ids ``ids.format(lang=lang, i=i)`` (s0,
+    s1, ... in every language)."""
     store = LayerStore.create_or_open(url, writer.INFO, creation=created)
     rng = np.random.default_rng(1)
     for lang, lines in texts.items():
-        rows = [UtteranceRow(id=f"s{i}", lang=lang, path=f"/{lang}/s{i}.wav", transcription=t, duration_s=0.1,
-                             n_frames=3, n_windows=1) for i, t in enumerate(lines)]  # fmt: skip
+        rows = [UtteranceRow(id=ids.format(lang=lang, i=i), lang=lang, path=f"/{lang}/s{i}.wav", transcription=t,
+                             duration_s=0.1, n_frames=3, n_windows=1) for i, t in enumerate(lines)]  # fmt: skip
         arrays = store.language(lang, rows)
         for u in range(len(rows)):
             arrays.write_utterance(u, rng.standard_normal((len(writer.INFO.layers), 3, writer.DIMS.n_audio_state)))
@@ -94,11 +95,15 @@ def test_a_sentence_store_is_refused_before_any_work(run_job, tmp_path):
     assert not out.exists()
 
 
-def test_a_store_without_transcriptions_is_refused(tmp_path):
+def test_a_store_without_transcriptions_or_shared_ids_is_refused(tmp_path):
+    """Clips named by file (no id shared across languages) and not transcribed: no word to find, no concept to pair
+    (a word list recorded per concept, ids shared, runs: tests/jobs/test_probe_untranscribed.py)."""
     store = tmp_path / "bare"
-    write_store(f"file://{store}", {"en": [None, None], "de": [None, ""]}, {"dataset": "folder:/x/clips"})
-    with pytest.raises(probe.ProbeError, match=r"\(dataset folder clips\) has no transcription in \['de', 'en'\]"):
+    write_store(f"file://{store}", {"en": [None, None], "de": [None, ""]}, {"dataset": "folder:/x/clips"}, "{lang}-{i}")
+    refused = r"\(dataset folder clips\) has no transcription in \['de', 'en'\] and no clip id shared by two of them"
+    with pytest.raises(probe.ProbeError, match=refused):
         probe.run_probe(configure(ProbeConfig, store=str(store), out=str(tmp_path / "o"), progress=False))
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_word_store_with_a_few_phrases_passes_the_check(tmp_path):

@@ -17,8 +17,8 @@ class ProbeConfig:
     """store: layer store of single-word clips (id = concept); run.out: output folder or kvstore URL; relations: CSV
     of RELATION_COLUMNS (None = generate them); langs / layers: None = all of the store; seeds: bootstrap resamples."""
 
-    store: str = option(help="layer store of single-word clips, id = concept (e.g. encoded from --dataset words-demo)",
-                        required=True, reads=True)  # fmt: skip
+    store: str = option(help="layer store of single-word clips, id = concept, transcription = the word where there is "
+                        "one (e.g. encoded from --dataset words-demo)", required=True, reads=True)  # fmt: skip
     run: RunOptions = RunOptions()
     relations: str | None = option(None, "CSV lang_a,word_a,lang_b,word_b,relation (default: generate them)")
     langs: tuple[str, ...] | None = option(

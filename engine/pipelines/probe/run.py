@@ -2,12 +2,19 @@
 (similar sound, other meaning)? After Choi et al. 2024, as 2505.19606 uses it.
 
 Data: a layer store of single-word clips whose id is the word's concept (``words-demo``:
-``engine.data.synth.words``), and
-relations between words: rows ``lang_a, word_a, lang_b, word_b, relation`` with relation one of ``RELATIONS``.
-Without a relations file they are generated for every language pair of the store: synonym = the same concept id;
-near_homophone = for each word, the word of another concept in the other language nearest by phone distance
-(``engine.text.phones``, both directions, duplicates once); unrelated = for each word, a seeded random word of
-another concept that is not its near-homophone. A word is found in the store by its transcription (case folded).
+``engine.data.synth.words``), and relations between words (``engine.pipelines.probe.relations``): rows
+``lang_a, word_a, lang_b, word_b, relation`` with relation one of ``RELATIONS``. Without a relations file they are
+generated for every language pair of the store: synonym = the same concept id; near_homophone = for each word, the
+word of another concept in the other language nearest by phone distance (``engine.text.phones``, both directions,
+duplicates once); unrelated = for each word, a seeded random word of another concept that is not its near-homophone.
+A word is found in the store by its transcription (case folded).
+
+Word lists recorded per concept often have no transcription. A language without any is probed by id: its clips are
+found by their id (the concept, case folded), which is also the word written for them in relations.csv. Concept
+retrieval and synonyms need only the ids and run everywhere; near-homophones (phone distances), the unrelated pairs
+drawn apart from them and the AUC need the words and are left out in every language pair with such a language: NA
+rows with n 0, named once in the log and the summary (``left_out_line``). With ``--relations`` the file's words in
+such a language are read as ids. Only a store with no transcription and no id shared by two languages is refused.
 
 Per language pair, layer and measure (``MEASURES``: cosine of mean-pooled or centre frames, and SeqSim):
 
@@ -27,28 +34,32 @@ measure, bands from the bootstrap percentiles).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from engine import captions, figures
 from engine.pipelines.probe.config import ProbeConfig, ProbeError
+from engine.pipelines.probe.relations import (  # noqa: F401  (RELATION_COLUMNS: read as probe's by tests)
+    RELATION_COLUMNS,
+    RELATIONS,
+    generate_relations,
+    read_relations,
+    relations_csv_bytes,
+    synonym_relations,
+)
 from engine.runtime.runs import RunSummary, job_lease, progress_bar
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import csv_bytes, open_kvstore
 from engine.stores.reader import open_store
-from engine.text.soundalike import PhoneBook, _distance, require_voices
 from kernels.metrics import retrieval_metrics
 from kernels.pooling import center_frame_cosine_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import seqsim_matrix
 
-RELATIONS = ("synonym", "near_homophone", "unrelated")
-RELATION_COLUMNS = ("lang_a", "word_a", "lang_b", "word_b", "relation")
 PROBE_COLUMNS = ("lang_a", "lang_b", "layer", "measure", "pooling", "metric", "value", "low", "high", "n", "seeds")
 MEASURES = (("cosine", "mean"), ("cosine", "centre"), ("seqsim", "frames"))  # (measure, pooling)
 PROBE_CSV, RELATIONS_CSV, PROBE_FIGURE = "probe.csv", "relations.csv", "figures/probe_by_layer.png"
@@ -64,15 +75,17 @@ class ProbeSummary(RunSummary):
     rows: list = dataclasses.field(default_factory=list)  # PROBE_COLUMNS tuples
     relations: list = dataclasses.field(default_factory=list)  # RELATION_COLUMNS tuples used
     outputs: list = dataclasses.field(default_factory=list)
+    left_out: str = ""  # the parts not run for want of transcriptions, named (``left_out_line``); "" when none
 
     def report(self) -> str:
         lines = [f"probe: {len(self.relations)} word pairs, {len(self.rows)} rows; skipped: {self.n_skipped}"]
+        lines += [f"  {self.left_out}"] if self.left_out else []
         lines += self.skip_lines()
         for measure, pooling in MEASURES:
             own = [r for r in self.rows if (r[3], r[4]) == (measure, pooling)]
             if not own:
                 continue
-            lines.append(f"{measure}/{pooling}: mean over language pairs")
+            lines.append(f"{measure}/{pooling}: mean over the language pairs that measured each metric")
             lines.append("  layer " + " ".join(f"{m:>22}" for m in _report_metrics()))
             for layer in sorted({r[2] for r in own}):
                 cells = []
@@ -109,7 +122,8 @@ def relation_metrics(sims: np.ndarray, pairs: dict[str, np.ndarray]) -> dict[str
         values = sims[idx[:, 0], idx[:, 1]] if len(idx) else np.zeros(0)
         out[f"mean_sim_{relation}"] = (float(values.mean()) if len(values) else float("nan"), len(values))
     syn, near = (pairs.get(r, np.zeros((0, 2), int)) for r in ("synonym", "near_homophone"))
-    out["auc"] = (auc(sims[syn[:, 0], syn[:, 1]], sims[near[:, 0], near[:, 1]]), len(syn) + len(near))
+    value = auc(sims[syn[:, 0], syn[:, 1]], sims[near[:, 0], near[:, 1]])
+    out["auc"] = (value, len(syn) + len(near) if np.isfinite(value) else 0)  # n 0: not measured
     return out
 
 
@@ -124,55 +138,6 @@ def bootstrap(fn, sizes: dict[str, int], seeds: int, seed: int) -> list[dict]:
     ``range(sizes[name])``."""
     rng = np.random.default_rng(seed)
     return [fn({k: rng.integers(0, n, n) if n else np.zeros(0, int) for k, n in sizes.items()}) for _ in range(seeds)]
-
-
-# --- relations -------------------------------------------------------------------------------------------------------
-
-
-def generate_relations(words: dict[str, list[tuple[str, str]]], pairs, seed: int = 0) -> list[tuple]:
-    """RELATION_COLUMNS rows for ``pairs`` of languages; ``words[lang]``: [(concept id, word)]."""
-    require_voices(sorted({lang for p in pairs for lang in p}))
-    book = PhoneBook()
-    for lang in sorted({lang for p in pairs for lang in p}):
-        book.add(lang, [w for _, w in words[lang]])
-    rng = np.random.default_rng(seed)
-    rows = []
-    for a, b in pairs:
-        by_id_b = dict(words[b])
-        rows += [(a, w, b, by_id_b[i], "synonym") for i, w in words[a] if i in by_id_b]
-        near = set()
-        for (x, wx_list), (y, wy_list) in (((a, words[a]), (b, words[b])), ((b, words[b]), (a, words[a]))):
-            for cid, w in wx_list:
-                others = [(oid, o) for oid, o in wy_list if oid != cid]
-                if not others:
-                    continue
-                dist = [_distance(book.phones(x, w), book.phones(y, o)) for _, o in others]
-                nearest = others[int(np.nanargmin(dist))][1] if not np.all(np.isnan(dist)) else None
-                if nearest is not None:
-                    near.add((w, nearest) if x == a else (nearest, w))
-        rows += [(a, wa, b, wb, "near_homophone") for wa, wb in sorted(near)]
-        for cid, w in words[a]:
-            others = [o for oid, o in words[b] if oid != cid and (w, o) not in near]
-            if others:
-                rows.append((a, w, b, others[int(rng.integers(len(others)))], "unrelated"))
-    return rows
-
-
-def read_relations(text: str, where: str) -> list[tuple]:
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in RELATION_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ProbeError(f"relations file {where!r} has no column {missing}; its header must name {RELATION_COLUMNS}")
-    rows = []
-    for line, r in enumerate(reader, start=2):
-        if r["relation"] not in RELATIONS:
-            raise ProbeError(f"{where}:{line}: relation {r['relation']!r} is not one of {RELATIONS}")
-        rows.append(tuple(r[c].strip() for c in RELATION_COLUMNS))
-    return rows
-
-
-def relations_csv_bytes(rows: Sequence[tuple]) -> bytes:
-    return csv_bytes(RELATION_COLUMNS, rows)
 
 
 # --- the store -------------------------------------------------------------------------------------------------------
@@ -190,42 +155,85 @@ def similarity_matrices(store, a: str, b: str, layer: int, ua: Sequence[int], ub
     }
 
 
-def word_index(store, lang: str, summary: RunSummary) -> tuple[list[int], list[str], dict[str, int]]:
-    """(encoded utterances, their ids, case-folded word -> position among them) of ``lang``."""
+def transcriptions(store, lang: str) -> list[str | None]:
+    """The transcription of each clip of ``lang``, stripped; None for a clip without one (also when the utterance
+    table has no transcription column)."""
     table = store.utterances_table(lang)
+    if "transcription" not in table.column_names:
+        return [None] * table.num_rows
+    return [t.strip() or None if t else None for t in table.column("transcription").to_pylist()]
+
+
+class WordIndex(NamedTuple):
+    """A language's encoded clips: store rows ``utterances``, their ``ids``, ``position`` (case-folded word -> index
+    into them, the first clip of each word), ``words`` (per clip: its transcription or None) and ``transcribed``
+    (the language has a transcription; where it has none, ``position`` is keyed by clip id, the concept)."""
+
+    utterances: list[int]
+    ids: list[str]
+    position: dict[str, int]
+    words: list[str | None]
+    transcribed: bool
+
+
+def word_index(store, lang: str, summary: RunSummary) -> WordIndex:
+    """The ``WordIndex`` of ``lang``; a clip not yet encoded is skipped (``not_encoded``)."""
+    texts = transcriptions(store, lang)
+    transcribed = any(texts)
     done = store.lengths(lang) >= 1
-    utterances, ids, position = [], [], {}
-    for u, (uid, text) in enumerate(zip(table.column("id").to_pylist(), table.column("transcription").to_pylist(),
-                                        strict=True)):  # fmt: skip
+    index = WordIndex([], [], {}, [], transcribed)
+    for u, (uid, text) in enumerate(zip(store.utterances_table(lang).column("id").to_pylist(), texts, strict=True)):
         if not done[u]:
             summary.skip("not_encoded", lang, uid)
             continue
-        if text and text.casefold() not in position:
-            position[text.casefold()] = len(utterances)
-        utterances.append(u)
-        ids.append(uid)
-    return utterances, ids, position
+        key = text if transcribed else str(uid)
+        if key and key.casefold() not in index.position:
+            index.position[key.casefold()] = len(index.utterances)
+        index.utterances.append(u)
+        index.ids.append(uid)
+        index.words.append(text)
+    return index
 
 
-def _spelled(store, lang: str, index) -> list[tuple[str, str]]:
-    """[(concept id, word as transcribed)] of the first encoded utterance of each word of ``lang``."""
-    utterances, ids, position = index
-    texts = store.utterances_table(lang).column("transcription").to_pylist()
-    return [(ids[p], texts[utterances[p]]) for p in position.values()]
+def _spelled(index: WordIndex) -> list[tuple[str, str]]:
+    """[(concept id, word as transcribed)] of the first encoded clip of each word; where the language has no
+    transcription, the word is the clip id."""
+    return [(index.ids[p], index.words[p] if index.transcribed else index.ids[p]) for p in index.position.values()]
 
 
-def check_word_store(store, langs: Sequence[str], url: str, *, given_relations: bool = False) -> None:
+def left_out_line(untranscribed: Sequence[str], pairs: Sequence[tuple[str, str]], generated: bool) -> str:
+    """One line naming what the probe does not run for want of transcriptions in ``untranscribed``; "" if none."""
+    if not untranscribed:
+        return ""
+    touched = sum(1 for p in pairs if set(p) & set(untranscribed))
+    head = f"no transcriptions in {list(untranscribed)}"
+    if not generated:
+        return (
+            f"{head}: a relation's word there is read as the clip id (the concept); a row naming no id there is "
+            "skipped (not_a_clip_id)"
+        )
+    return (
+        f"{head}: left out, in the {touched} language pairs with one, near-homophones (phone distances with "
+        "espeak-ng), unrelated pairs (drawn apart from the near-homophones) and the AUC (NA); synonyms and concept "
+        "retrieval (r@1, mrr) pair clips by id"
+    )
+
+
+def check_word_store(store, langs: Sequence[str], url: str, *, given_relations: bool = False) -> list[str]:
     """Refuses a store that is not of single-word clips, before any work: the probe finds words by transcription and
     pairs them by id, so on a sentence store (FLEURS, the demo set) it phonemises and compares every sentence with
     every other (a FLEURS store ran 10 min 51 s and wrote nothing) to measure nothing a word probe means. Reads only
     the utterance tables. With ``given_relations`` (--relations) the user names the pairs, so a store of longer
-    clips is theirs to choose; only a store with no transcription is refused."""
+    clips is theirs to choose. A language without transcriptions (a word list recorded per concept) is no sentence
+    store: the probe runs on its ids (``left_out_line``); returned, in ``langs`` order. Refused only when no language
+    has a transcription and no clip id is shared by two languages: then there is neither word nor concept to pair."""
     what = f"store {url!r} ({captions.dataset_label(store.manifest.get('created'))})"
     need = "probe needs a store of single-word clips (id = concept, transcription = the word: --dataset words-demo)"
-    counted = 0
+    untranscribed, seen, shared = [], set(), False
     for lang in langs:
-        texts = [t.strip() for t in store.utterances_table(lang).column("transcription").to_pylist() if t and t.strip()]
-        counted += len(texts)
+        texts = [t for t in transcriptions(store, lang) if t]
+        if not texts:
+            untranscribed.append(lang)
         long = [t for t in texts if len(t.split()) > WORD_MAX_WORDS or len(t) > WORD_MAX_CHARS]
         if 2 * len(long) > len(texts) and not given_relations:
             example = long[0] if len(long[0]) <= 40 else long[0][:37] + "..."
@@ -233,8 +241,14 @@ def check_word_store(store, langs: Sequence[str], url: str, *, given_relations: 
                 f"{need}; {what} holds sentences: {len(long)} of {len(texts)} {lang} transcriptions have over "
                 f"{WORD_MAX_WORDS} words or {WORD_MAX_CHARS} characters, e.g. {example!r}"
             )
-    if not counted:
-        raise ProbeError(f"{need}; {what} has no transcription in {list(langs)}, so no word to find")
+        ids = set(map(str, store.utterances_table(lang).column("id").to_pylist()))
+        shared, seen = shared or bool(ids & seen), seen | ids
+    if len(untranscribed) == len(langs) and not shared:
+        raise ProbeError(
+            f"{need}; {what} has no transcription in {list(langs)} and no clip id shared by two of them, so no word "
+            "to find and no concept to pair"
+        )
+    return untranscribed
 
 
 def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
@@ -260,12 +274,18 @@ def _probe(config: ProbeConfig, store, langs: list[str], layers: list[int]) -> P
     summary = ProbeSummary()
     index = {lang: word_index(store, lang, summary) for lang in langs}
     pairs = list(itertools.combinations(langs, 2))
+    untranscribed = [lang for lang in langs if not index[lang].transcribed]
+    summary.left_out = left_out_line(untranscribed, pairs, generated=config.relations is None)
+    if summary.left_out:
+        log.info("probe: %s", summary.left_out)
     if config.relations is None:
         # The store's spelling (de "Gift", not "gift"), as relations.csv and readers expect it.
-        words = {lang: _spelled(store, lang, index[lang]) for lang in langs}
-        log.info("probe: relations of %d words in %d language pairs (phone distances with espeak-ng)",
-                 sum(map(len, words.values())), len(pairs))  # fmt: skip
-        relations = generate_relations(words, pairs, config.seed)
+        words = {lang: _spelled(index[lang]) for lang in langs}
+        spoken = [p for p in pairs if not set(p) & set(untranscribed)]
+        log.info("probe: relations of %d words in %d language pairs (phone distances with espeak-ng in %d)",
+                 sum(map(len, words.values())), len(pairs), len(spoken))  # fmt: skip
+        relations = generate_relations(words, spoken, config.seed)
+        relations += [row for a, b in pairs if (a, b) not in spoken for row in synonym_relations(words, a, b)]
     else:
         with open(config.relations, encoding="utf-8") as f:
             relations = read_relations(f.read(), config.relations)
@@ -277,14 +297,14 @@ def _probe(config: ProbeConfig, store, langs: list[str], layers: list[int]) -> P
         if (la, lb) not in pairs:
             summary.skip("language_not_in_store", la if la not in langs else lb, f"{wa}/{wb}")
             continue
-        missing = [(lang, w) for lang, w in ((la, wa), (lb, wb)) if w.casefold() not in index[lang][2]]
+        missing = [(lang, w) for lang, w in ((la, wa), (lb, wb)) if w.casefold() not in index[lang].position]
         for lang, w in missing:
-            summary.skip("word_not_in_store", lang, w)
+            summary.skip("word_not_in_store" if index[lang].transcribed else "not_a_clip_id", lang, w)
         if missing:
             continue
         used.append((la, wa, lb, wb, relation))
         by_pair.setdefault((la, lb), {}).setdefault(relation, []).append(
-            (index[la][2][wa.casefold()], index[lb][2][wb.casefold()])
+            (index[la].position[wa.casefold()], index[lb].position[wb.casefold()])
         )
     summary.relations = used
     log.info("probe: %d word pairs in %d language pairs x %d layers, %d measures each",
@@ -292,7 +312,7 @@ def _probe(config: ProbeConfig, store, langs: list[str], layers: list[int]) -> P
     bar = progress_bar(len(pairs) * len(layers), "probe", "pair-layer", config.run.progress)
     for a, b in pairs:
         rel = {r: np.array(v, int).reshape(-1, 2) for r, v in by_pair.get((a, b), {}).items()}
-        (ua, ids_a, _), (ub, ids_b, _) = index[a], index[b]
+        (ua, ids_a), (ub, ids_b) = index[a][:2], index[b][:2]
         if not ua or not ub:
             bar.update(len(layers))
             continue
@@ -350,8 +370,8 @@ def probe_csv_bytes(rows: Sequence[tuple]) -> bytes:
 def probe_figure(rows: Sequence[tuple], subtitle: str = "") -> bytes | None:
     """PNG: mean similarity per relation against layer, a panel per (measure, pooling), averaged over language
     pairs, with a band between the averaged bootstrap percentiles. ``subtitle``: the model and dataset
-    (``engine.captions``), to which the language pairs and the word pairs per relation are added. None when no word
-    pair was measured: no blank figure."""
+    (``engine.captions``), to which the language pairs, the word pairs per relation and the relations not measured
+    anywhere (no transcriptions: ``left_out_line``) are added. None when no word pair was measured: no blank figure."""
     sims = [r for r in rows if r[5].startswith("mean_sim_") and r[9]]
     if not sims:
         return None
@@ -378,7 +398,9 @@ def probe_figure(rows: Sequence[tuple], subtitle: str = "") -> bytes | None:
         f"{len({(r[0], r[1]) for r in sims})} language pairs, "
         f"n = {captions.count_range([r[9] for r in sims], 'word pairs per relation and pair')}"
     )
+    absent = [r.replace("_", "-") for r in RELATIONS if not any(row[5] == f"mean_sim_{r}" for row in sims)]
+    absent_line = f"not measured: {', '.join(absent)}" if absent else ""
     title = "word probe: similarity per relation by layer (bands: bootstrap 2.5-97.5%)"
-    figures.set_title(fig, title, "; ".join(p for p in (subtitle, n) if p), fontsize=9)
+    figures.set_title(fig, title, "; ".join(p for p in (subtitle, n, absent_line) if p), fontsize=9)
     fig.tight_layout()
     return figures._png(fig)
