@@ -1,6 +1,7 @@
 r"""Language-specific feed-forward units: per language the activation rate of every unit of every layer, and LAPE.
 
     python -m jobs.neurons --out /tmp/demo-neurons                       # the packaged whisper-base on the demo set
+    python -m jobs.neurons --out /tmp/demo-neurons --intervene all --plan   # what it costs, before it runs
     python -m jobs.neurons --model facebook/mms-1b-all --dataset fleurs --langs en_us,de_de,fr_fr --out /data/n
 
 See engine/pipelines/neurons/run.py for the outputs and docs/neurons.md for what they show.
@@ -16,6 +17,7 @@ common.define_config_flags(
     __name__,
     run=common.CLAIMING,
     required=("out",),
+    plan="engine.pipelines.neurons.plan:plan_neurons_run",
     help={"out": "output folder: local path or TensorStore kvstore URL"},
 )
 

@@ -48,6 +48,7 @@ def three_langs(fleurs_dir, tmp_path_factory):
 
 
 def _config(out, model_dir, clips, **kw):
+    kw.setdefault("random_draws", 2)
     return configure(NeuronsConfig, out=str(out), model=str(model_dir), dataset=f"folder:{clips}", batch_size=3,
                      rate_quantile=0.9, lape_share=0.05, **kw)  # fmt: skip
 
@@ -86,10 +87,12 @@ def test_intervention_recomputed(three_langs, tiny_model_dir, tiny_whisper, tmp_
     selected = units.selected.to_numpy(bool).reshape(n_layers, n_units)
     for lang in targets:
         owns = np.array([lang in s.split(",") for s in units.languages]).reshape(n_layers, n_units)
-        off, control = stored(f"off-{lang}"), stored(f"random-{lang}")
+        off, control, other = stored(f"off-{lang}"), stored(f"random1-{lang}"), stored(f"random2-{lang}")
         assert np.array_equal(off["scale"] == 0, owns)
-        assert np.array_equal((control["scale"] == 0).sum(axis=1), owns.sum(axis=1))
-        assert not (selected & (control["scale"] == 0)).any()
+        for draw in (control, other):
+            assert np.array_equal((draw["scale"] == 0).sum(axis=1), owns.sum(axis=1))
+            assert not (selected & (draw["scale"] == 0)).any()
+        assert not np.array_equal(control["scale"], other["scale"])  # two draws, two sets of units
         want_off = _pooled_alone(tiny_whisper, three_langs, lang_ids, off["scale"])
         np.testing.assert_allclose(off["pooled"], want_off, rtol=0, atol=POOLED_ATOL * np.abs(want_off).max())
         assert np.abs(off["pooled"] - none["pooled"]).max() > 0  # something was switched off
@@ -107,6 +110,7 @@ def test_intervention_recomputed(three_langs, tiny_model_dir, tiny_whisper, tmp_
             assert weighted == pytest.approx(lid.accuracy, abs=1e-12)
     assert (out / "figures" / "intervention.png").stat().st_size > 0
     assert any("intervention" in line for line in summary.report().splitlines())
+    _check_test_against_the_draws(out, rows, summary.report())
 
     # a rerun reads every condition back and writes the same table
     before = (out / "intervention.csv").read_bytes()
@@ -121,6 +125,26 @@ def test_intervention_recomputed(three_langs, tiny_model_dir, tiny_whisper, tmp_
     assert json.loads((out / "intervention" / "settings.json").read_text())["seed"] == 1
     assert (out / "intervention.csv").read_bytes() != before
     assert "intervene_utterances" not in json.loads((out / "manifest.json").read_text())
+
+
+def _check_test_against_the_draws(out, rows, report):
+    """intervention_test.csv recomputed from intervention.csv: per language and metric, the largest fall over the
+    layers of the selected units' own group against each random draw's, p = (1 + #{draw falls as far}) / (draws + 1);
+    the report gives the verdict."""
+    tests = list(csv.DictReader(io.StringIO((out / "intervention_test.csv").read_text())))
+    column = {"language_id": "lid_change", "r1": "r1_change"}
+    assert {(t["lang"], t["metric"]) for t in tests} == {(r["lang"], m) for r in rows for m in column}
+    for t in tests:
+
+        def fall(control, draw, t=t):
+            return min(float(r[column[t["metric"]]]) for r in rows if r["lang"] == t["lang"] and r["group"] == "self"
+                       and r["control"] == control and int(r["draw"]) == draw)  # fmt: skip
+
+        selected, null = fall("selected", 0), np.array([fall("random", k) for k in (1, 2)])
+        assert float(t["selected_change"]) == pytest.approx(selected, abs=1e-12)
+        assert int(t["draws"]) == 2 and float(t["null_min"]) == pytest.approx(null.min(), abs=1e-12)
+        assert float(t["p_value"]) == pytest.approx((1 + np.sum(null <= selected + 1e-12)) / 3)
+    assert "draws of as many random units" in report and "p = " in report
 
 
 def _r1_groups(pooled, label, ids, lang):
@@ -144,3 +168,17 @@ def test_intervention_refusals(three_langs, tiny_model_dir, run_job, tmp_path):
     bad = run_job("neurons", "--model", str(tiny_model_dir), "--dataset", f"folder:{three_langs}", "--out",
                   str(tmp_path / "b"), "--intervene", "de,xx", "--intervene_utterances", "3", expect=None)  # fmt: skip
     assert bad.returncode != 0 and "['xx']" in bad.stdout + bad.stderr and not (tmp_path / "b" / "counts").exists()
+
+
+def test_plan_prices_the_counts_and_every_pass(three_langs, tiny_model_dir, run_job, tmp_path):
+    """--plan (issue 62: the first ETA came from the run): the counting pass over the 18 clips, and the intervention's
+    1 unchanged + 2 languages x (selected + 3 draws) passes over its evaluation set, before anything is written."""
+    out = tmp_path / "plan"
+    done = run_job("neurons", "--model", str(tiny_model_dir), "--dataset", f"folder:{three_langs}", "--out", str(out),
+                   "--intervene", "de,en", "--intervene_utterances", "4", "--random_draws", "3", "--plan")  # fmt: skip
+    text = done.stdout
+    assert "plan: neurons" in text and "utterances: 18" in text, text
+    assert "12 utterances (4 per language at most) encoded 9 times" in text, text
+    for stage in ("count: forward", "intervene: forward", "total"):
+        assert stage in text, text
+    assert not out.exists()

@@ -145,13 +145,13 @@ def test_neurons_workers_share_languages_and_passes_and_write_what_one_process_d
     out = tmp_path / "workers"
     command = ["-m", "jobs.neurons", "--model", str(tiny_model_dir), "--dataset", f"folder:{worker_clips}",
                "--out", str(out), "--batch_size", "4", "--intervene", "de", "--intervene_utterances", "8",
-               "--lape_share", "0.1", "--rate_quantile", "0.9", *WORKER]  # fmt: skip
+               "--random_draws", "1", "--lape_share", "0.1", "--rate_quantile", "0.9", *WORKER]  # fmt: skip
     outputs = staggered_run(command, out, "neurons", kill="after_count:1", delay="before_count:1.5")
     assert sum("wrote" in o and "intervention.csv" in o for o in outputs[1:]) >= 1, outputs
     one = tmp_path / "one"
     config = configure(NeuronsConfig, out=str(one), model=str(tiny_model_dir), dataset=f"folder:{worker_clips}",
-                       batch_size=4, intervene=("de",), intervene_utterances=8, lape_share=0.1, rate_quantile=0.9,
-                       progress=False)  # fmt: skip
+                       batch_size=4, intervene=("de",), intervene_utterances=8, random_draws=1, lape_share=0.1,
+                       rate_quantile=0.9, progress=False)  # fmt: skip
     run_neurons(config)
     assert_same_files(out, one)
     assert not (out / "claims").exists() and not (out / "workers").exists() and not (out / "lease.json").exists()

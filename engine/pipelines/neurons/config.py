@@ -53,9 +53,11 @@ class NeuronsConfig:
     intervene_utterances: int = option(
         50, "utterances per language (the first, in the dataset's order) re-encoded for the intervention", minimum=1
     )  # fmt: skip
-    random_control: bool = option(
-        True, "also switch off as many units drawn at random (per layer, among the unselected) for each language: "
-        "the control that says whether the selected units matter more than any",
+    random_draws: int = option(
+        9, "random controls per language switched off: each switches off as many units drawn at random (per layer, "
+        "among the unselected) and costs one re-encoding; their effects are the null the selected units are tested "
+        "against (p >= 1/(draws+1): 9 gives 0.1, 19 gives 0.05); 0: none",
+        minimum=0,
     )  # fmt: skip
     seed: int = option(0, "seed of the random control's units and of the language-ID probe's folds")
 

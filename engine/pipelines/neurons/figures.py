@@ -52,33 +52,47 @@ SHOWN = 8  # languages drawn in the intervention figure (all are in intervention
 def intervention_png(rows: list, subtitle: str = "") -> bytes:
     """One column per language switched off: top, the change in language-ID accuracy per layer; bottom, the change in
     pooled R@1. Red: that language's own utterances (or pairs); blue: the other languages'. Solid: its selected
-    units off; dashed: as many random units off (the control). One legend, in the last column."""
+    units off; dashed, with a band from the smallest to the largest: the random draws of as many units (the null).
+    The legend sits below the panels, off the curves."""
     langs = list(dict.fromkeys(r[0] for r in rows))
     shown = langs[:SHOWN]
-    fig = Figure(figsize=(2.6 * len(shown) + 1.2, 5.4), layout="constrained")
+    fig = Figure(figsize=(2.6 * len(shown) + 1.2, 6.0), layout="constrained")
     axes = np.atleast_2d(fig.subplots(2, len(shown), sharex=True, sharey="row", squeeze=False))
-    styles = {("selected", "self"): ("tab:red", "-"), ("selected", "others"): ("tab:blue", "-"),
-              ("random", "self"): ("tab:red", "--"), ("random", "others"): ("tab:blue", "--")}  # fmt: skip
+    colors = {"self": "tab:red", "others": "tab:blue"}
+    who = {"self": "the language switched off", "others": "the other languages"}
+    draws = len({r[2] for r in rows if r[1] == "random"})
     for col, lang in enumerate(shown):
-        for row, (index, label) in enumerate(((8, "language-ID accuracy change"), (11, "R@1 change (pooled)"))):
+        for row, (index, label) in enumerate(((9, "language-ID accuracy change"), (12, "R@1 change (pooled)"))):
             ax = axes[row, col]
-            for (control, group), (color, ls) in styles.items():
-                got = sorted((r[3], r[index]) for r in rows if r[0] == lang and r[1] == control and r[4] == group)
+            for group, color in colors.items():
+                got = sorted((r[4], r[index]) for r in rows if r[0] == lang and r[1] == "selected" and r[5] == group)
                 if got:
-                    who = "the language switched off" if group == "self" else "the other languages"
-                    what = "its selected units off" if control == "selected" else "as many random units off"
-                    ax.plot(*zip(*got, strict=True), ls=ls, color=color, marker="o", ms=3, label=f"{who}, {what}")
+                    ax.plot(*zip(*got, strict=True), color=color, marker="o", ms=3,
+                            label=f"{who[group]}: its selected units off")  # fmt: skip
+                by_layer: dict[int, list] = {}
+                for r in rows:
+                    if r[0] == lang and r[1] == "random" and r[5] == group:
+                        by_layer.setdefault(r[4], []).append(r[index])
+                if by_layer:
+                    layers = sorted(by_layer)
+                    values = [np.asarray(by_layer[k], float) for k in layers]
+                    ax.plot(layers, [np.nanmean(v) for v in values], ls="--", color=color,
+                            label=f"{who[group]}: random units off, mean of {draws} draws")  # fmt: skip
+                    ax.fill_between(layers, [np.nanmin(v) for v in values], [np.nanmax(v) for v in values],
+                                    color=color, alpha=0.12, lw=0)  # fmt: skip
             ax.axhline(0, color="0.5", lw=0.8)
             ax.grid(alpha=0.3)
             if row == 0:
-                units = next(r[2] for r in rows if r[0] == lang and r[1] == "selected")
+                units = next(r[3] for r in rows if r[0] == lang and r[1] == "selected")
                 ax.set_title(f"{lang}: {units} units off", fontsize=9)
             else:
                 ax.set_xlabel("layer")
             if col == 0:
                 ax.set_ylabel(label, fontsize=8)
-            if row == 0 and col == len(shown) - 1:
-                ax.legend(fontsize=6, loc="lower left")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7,
+                   title="band: smallest to largest random draw" if draws > 1 else None, title_fontsize=7)  # fmt: skip
     more = f"; {len(langs) - SHOWN} more languages in intervention.csv" if len(langs) > SHOWN else ""
     set_title(fig, "switching language-specific units off", (subtitle or "") + more)
     return _png(fig)

@@ -5,9 +5,16 @@ model unchanged, and once per condition with a set of feed-forward units set to 
 family's ``ffn_scaled_sums``: each stored layer's states summed over the valid frames, nothing per frame kept):
 
 - ``off-<lang>``: every unit LAPE selected for ``lang`` (``Lape.belongs``), in every layer;
-- ``random-<lang>`` (with ``--random_control``): as many units per layer as ``off-<lang>`` switches off, drawn
-  (seeded) among the units selected for no language. If the selected units matter for ``lang`` more than any units
-  do, ``off-<lang>`` moves ``lang``'s numbers more than ``random-<lang>`` does.
+- ``random<k>-<lang>``, k = 1 .. ``--random_draws``: as many units per layer as ``off-<lang>`` switches off, drawn
+  (seeded by ``--seed``, ``lang`` and k) among the units selected for no language. The draws are the null: if the
+  selected units matter for ``lang`` more than any units do, ``off-<lang>`` moves ``lang``'s numbers more than the
+  random draws do.
+
+The test (``intervention_test.csv``, ``TEST_COLUMNS``): per language switched off and metric (language ID and R@1 of
+its own group), the effect of a condition is its largest fall over the layers (the most negative change; each
+condition at its own layer, so selected and random units are scored alike). ``p_value = (1 + #{draws whose fall is
+at least the selected one's}) / (draws + 1)``: the share of random unit sets that hurt as much, counting the selected
+set as one of them (so 9 draws give p >= 0.1, 19 give p >= 0.05); NA without draws.
 
 Each stored layer's states are mean-pooled per utterance (windows of long audio summed, then divided by the valid
 frames). Two measures per layer, each before and after, for the utterances of ``lang`` ("self") and of every other
@@ -21,12 +28,12 @@ language ("others"):
   pair with none is not measured, NaN). "self": the mean over pairs with ``lang`` on either side, "others": over
   pairs without it.
 
-Files: ``intervention/pooled/<condition>.npz`` (``none``, ``off-<lang>``, ``random-<lang>``: pooled f32[layer,
+Files: ``intervention/pooled/<condition>.npz`` (``none``, ``off-<lang>``, ``random<k>-<lang>``: pooled f32[layer,
 utterance, embed], the utterances present, the units switched off), written as each condition is done, with digests:
 a rerun reads them back. ``intervention/settings.json`` records what they were made with (``--intervene_utterances``,
 ``--seed``, the units ranked: ``--rate_quantile``, ``--lape_share``); a rerun with other values deletes the passes
-and makes them again, and never the counts (``manifest.json`` does not pin these settings). ``intervention.csv`` and
-``figures/intervention.png`` from the conditions of this run.
+and makes them again, and never the counts (``manifest.json`` does not pin these settings). ``intervention.csv``,
+``intervention_test.csv`` and ``figures/intervention.png`` from the conditions of this run.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import zlib
 import numpy as np
 import tensorstore as ts
 
+from engine import captions
 from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.pipelines.probes.lid import lid_transfer
@@ -53,9 +61,13 @@ SETTINGS = "intervention/settings.json"  # what the passes were made with (modul
 SETTING_FIELDS = ("intervene_utterances", "seed", "rate_quantile", "lape_share")
 CLAIMS = "neurons-intervene"  # the claims of the intervention's passes (engine.runtime.claims), one per condition
 CSV = "intervention.csv"
+TEST_CSV = "intervention_test.csv"
 FIGURE = "figures/intervention.png"
-COLUMNS = ("lang", "control", "units_off", "layer", "group", "utterances", "lid_before", "lid_after", "lid_change",
-           "r1_before", "r1_after", "r1_change")  # fmt: skip
+COLUMNS = ("lang", "control", "draw", "units_off", "layer", "group", "utterances", "lid_before", "lid_after",
+           "lid_change", "r1_before", "r1_after", "r1_change")  # fmt: skip
+TEST_COLUMNS = ("lang", "metric", "units_off", "selected_change", "selected_layer", "draws", "null_mean", "null_min",
+                "p_value")  # fmt: skip
+METRICS = {"language_id": COLUMNS.index("lid_change"), "r1": COLUMNS.index("r1_change")}
 GROUPS = ("self", "others")
 
 
@@ -79,21 +91,29 @@ def evaluation_set(source, langs, split: str, per_language: int) -> Evaluation:
     return Evaluation(tuple(langs), tuple(tasks), np.asarray(label, np.int32), tuple(ids))
 
 
-def conditions(ranked, targets, random_control: bool, seed: int) -> dict[str, np.ndarray]:
-    """{condition name: f32[layer, unit] scale}: 0 for the units switched off, 1 elsewhere (module docstring)."""
+def conditions(ranked, targets, draws: int, seed: int) -> dict[str, np.ndarray]:
+    """{condition name: f32[layer, unit] scale}: 0 for the units switched off, 1 elsewhere (module docstring). Draw
+    k's units depend on the seed, the language and k only, so more draws keep the passes of the first ones."""
     out = {}
     free = ~ranked.selected
     for lang in targets:
         off = ranked.belongs[ranked.languages.index(lang)]
         out[f"off-{lang}"] = np.where(off, 0, 1).astype(np.float32)
-        if random_control:
-            rng = np.random.default_rng([seed, zlib.crc32(lang.encode())])
+        for k in range(1, draws + 1):
+            rng = np.random.default_rng([seed, zlib.crc32(lang.encode()), k])
             scale = np.ones(off.shape, np.float32)
             for layer, n in enumerate(off.sum(axis=1)):
                 pool = np.flatnonzero(free[layer])
                 scale[layer, rng.choice(pool, size=min(int(n), len(pool)), replace=False)] = 0
-            out[f"random-{lang}"] = scale
+            out[f"random{k}-{lang}"] = scale
     return out
+
+
+def condition(name: str) -> tuple[str, str, int]:
+    """(control, language, draw) of a condition's name: ``off-en`` -> ("selected", "en", 0), ``random3-en`` ->
+    ("random", "en", 3)."""
+    head, lang = name.split("-", 1)
+    return ("selected", lang, 0) if head == "off" else ("random", lang, int(head[len("random") :]))
 
 
 def pooled_pass(encoder, evaluation: Evaluation, scale: np.ndarray, config: NeuronsConfig, summary, progress):
@@ -208,7 +228,7 @@ def measure(evaluation: Evaluation, pooled: dict, scales: dict, seed: int) -> li
         before, after = lid_transfer(base, label, ids, changed, seed=seed)
         r1_base = r1_by_pair(base, label, ids, n_langs)
         for name, predicted, states in zip(names, after, changed, strict=True):
-            control, lang = name.split("-", 1)
+            control, lang, draw = condition(name)
             li = evaluation.langs.index(lang)
             r1_after = _group_mean(r1_by_pair(states, label, ids, n_langs), li)
             r1_before = _group_mean(r1_base, li)
@@ -217,10 +237,32 @@ def measure(evaluation: Evaluation, pooled: dict, scales: dict, seed: int) -> li
                 mask = label == li if group == "self" else label != li
                 lid_b = float(np.mean(before[mask] == label[mask])) if mask.any() else float("nan")
                 lid_a = float(np.mean(predicted[mask] == label[mask])) if mask.any() else float("nan")
-                rows.append((lang, "selected" if control == "off" else "random", units, layer, group,
-                             int(mask.sum()), lid_b, lid_a, lid_a - lid_b, r1_before[g], r1_after[g],
-                             r1_after[g] - r1_before[g]))  # fmt: skip
+                rows.append((lang, control, draw, units, layer, group, int(mask.sum()), lid_b, lid_a, lid_a - lid_b,
+                             r1_before[g], r1_after[g], r1_after[g] - r1_before[g]))  # fmt: skip
     return rows
+
+
+def _largest_fall(rows: list, lang: str, control: str, draw: int, column: int) -> tuple[float, int]:
+    """(the most negative change over the layers, its layer) of one condition's own group; NaN where unmeasured."""
+    got = [(r[column], r[4]) for r in rows if (r[0], r[1], r[2], r[5]) == (lang, control, draw, "self")]
+    got = [(v, layer) for v, layer in got if np.isfinite(v)]
+    return min(got, key=lambda x: (x[0], -x[1])) if got else (float("nan"), -1)
+
+
+def test_rows(rows: list) -> list[tuple]:
+    """The rows of ``intervention_test.csv`` (``TEST_COLUMNS``, module docstring) from ``measure``'s."""
+    out = []
+    for lang in dict.fromkeys(r[0] for r in rows):
+        units = next(r[3] for r in rows if r[0] == lang and r[1] == "selected")
+        draws = sorted({r[2] for r in rows if r[0] == lang and r[1] == "random"})
+        for metric, column in METRICS.items():
+            change, layer = _largest_fall(rows, lang, "selected", 0, column)
+            null = np.array([_largest_fall(rows, lang, "random", k, column)[0] for k in draws], np.float64)
+            null = null[np.isfinite(null)]
+            p = (1 + np.sum(null <= change + 1e-12)) / (len(null) + 1) if len(null) and np.isfinite(change) else None
+            out.append((lang, metric, units, change, layer, len(null), float(null.mean()) if len(null) else None,
+                        float(null.min()) if len(null) else None, None if p is None else float(p)))  # fmt: skip
+    return out
 
 
 def settle(kv, url: str, config, fix: str) -> None:
@@ -255,32 +297,53 @@ def run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summa
     if not targets:
         raise NeuronsError(f"--intervene: none of {list(config.intervene)} owns a selected unit; owners: {owners}")
     evaluation = evaluation_set(source, langs, config.split, config.intervene_utterances)
-    scales = conditions(ranked, targets, config.random_control, config.seed)
+    scales = conditions(ranked, targets, config.random_draws, config.seed)
     pooled = pooled_conditions(encoder, evaluation, scales, config, summary, kv, url, fix, progress_bar, claim)
     rows = measure(evaluation, pooled, scales, config.seed)
     summary.intervention = rows
+    summary.intervention_test = test_rows(rows)
     from engine.pipelines.neurons import figures  # lazy: matplotlib only here
 
-    return {CSV: csv_bytes(COLUMNS, rows), FIGURE: figures.intervention_png(rows, encoder.name)}
+    per_language = np.bincount(evaluation.label, minlength=len(langs))
+    subtitle = (f"{captions.source_line(encoder.name, {'dataset': config.dataset, 'split': config.split})}; "
+                f"n = {per_language.min()}" + (f"-{per_language.max()}" if per_language.max() > per_language.min()
+                                                else "") + " utterances per language")  # fmt: skip
+    return {
+        CSV: csv_bytes(COLUMNS, na(rows)),
+        TEST_CSV: csv_bytes(TEST_COLUMNS, na(summary.intervention_test)),
+        FIGURE: figures.intervention_png(rows, subtitle),
+    }
 
 
-def report_lines(rows: list, empty: list) -> list[str]:
-    """Per language switched off: the layer where its own language ID fell most, and what the other languages and the
-    random control did there."""
+def report_lines(rows: list, empty: list, tests: list = ()) -> list[str]:
+    """Per language switched off: the layer where its own language ID fell most, what the other languages did there,
+    and the verdict of the test against the random draws (``test_rows``)."""
     if not rows and not empty:
         return []
     lines = [f"intervention: no unit was selected for {', '.join(empty)}: left out"] if empty else []
-    by = {(r[0], r[1], r[3], r[4]): r for r in rows}
+    by = {(r[0], r[1], r[2], r[4], r[5]): r for r in rows}
+    verdicts = {(t[0], t[1]): t for t in tests}
     for lang in dict.fromkeys(r[0] for r in rows):
-        own = [r for r in rows if r[0] == lang and r[1] == "selected" and r[4] == "self"]
-        worst = min(own, key=lambda r: (r[8], -r[3]))  # the largest fall; without one, the deepest layer
-        layer = worst[3]
-        others = by[lang, "selected", layer, "others"]
-        text = (f"intervention {lang} ({worst[2]} units off): at layer {layer} language ID of {lang} "
-                f"{worst[6]:.2f} -> {worst[7]:.2f}, of the others {others[6]:.2f} -> {others[7]:.2f}; "
-                f"R@1 with {lang} {worst[9]:.3f} -> {worst[10]:.3f}")  # fmt: skip
-        control = by.get((lang, "random", layer, "self"))
-        if control is not None:
-            text += f"; {control[2]} random units: language ID of {lang} {control[6]:.2f} -> {control[7]:.2f}"
+        own = [r for r in rows if r[0] == lang and r[1] == "selected" and r[5] == "self"]
+        worst = min(own, key=lambda r: (r[9], -r[4]))  # the largest fall; without one, the deepest layer
+        layer = worst[4]
+        others = by[lang, "selected", 0, layer, "others"]
+        text = (f"intervention {lang} ({worst[3]} units off): at layer {layer} language ID of {lang} "
+                f"{worst[7]:.2f} -> {worst[8]:.2f}, of the others {others[7]:.2f} -> {others[8]:.2f}; "
+                f"R@1 with {lang} {worst[10]:.3f} -> {worst[11]:.3f}")  # fmt: skip
         lines.append(text)
+        for metric, what in (("language_id", "language ID"), ("r1", "R@1")):
+            t = verdicts.get((lang, metric))
+            if t is None or t[8] is None:
+                continue
+            verdict = "larger than any random draw's" if t[3] < t[7] else "within the random draws'"
+            lines.append(
+                f"  {what} of {lang}: largest fall {-t[3]:.3f} (layer {t[4]}) with its units off; {t[5]} draws of as "
+                f"many random units: mean {-t[6]:.3f}, largest {-t[7]:.3f}; p = {t[8]:.3g}: {verdict}"
+            )
     return lines
+
+
+def na(rows) -> list[list]:
+    """Rows for a CSV: None and NaN written as NA (not measured), never as 0 or "nan"."""
+    return [["NA" if x is None or (isinstance(x, float) and np.isnan(x)) else x for x in r] for r in rows]

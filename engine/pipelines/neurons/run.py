@@ -55,7 +55,7 @@ SELECTIVE_COLUMNS = ("lang", "layer", "unit", "rate", "lape", "rank")
 # Settings the counts do not depend on, so not pinned by manifest.json: the ranking's (its files are written again
 # from the counts at every run) and the intervention's (pinned by its own record: intervene.SETTINGS). Changing one of
 # them never throws counts away.
-IGNORED = ("rate_quantile", "lape_share", "top", *("intervene", "random_control", "intervene_utterances", "seed"))
+IGNORED = ("rate_quantile", "lape_share", "top", *("intervene", "random_draws", "intervene_utterances", "seed"))
 UNIT_COLUMNS = ("layer", "unit", "lape", "max_rate", "top_language", "selected", "languages")  # then rate_<lang>
 
 
@@ -68,6 +68,7 @@ class NeuronsSummary(RunSummary):
     selected: int = 0
     per_language: dict = dataclasses.field(default_factory=dict)  # language -> selected units it owns
     intervention: list = dataclasses.field(default_factory=list)  # intervention.csv's rows
+    intervention_test: list = dataclasses.field(default_factory=list)  # intervention_test.csv's rows
     intervention_empty: list = dataclasses.field(default_factory=list)  # asked for, but owning no unit
     paths: tuple = ()
 
@@ -78,7 +79,7 @@ class NeuronsSummary(RunSummary):
             f"{self.utterances} utterances, {self.frames} valid frames in {self.seconds:.1f} s",
             f"{self.selected} language-specific units selected (LAPE); per language: {owned}",
         ]
-        lines += intervene.report_lines(self.intervention, self.intervention_empty)
+        lines += intervene.report_lines(self.intervention, self.intervention_empty, self.intervention_test)
         lines += self.skip_lines()
         lines += [f"wrote {p}" for p in self.paths]
         return "\n".join(lines)
