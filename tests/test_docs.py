@@ -1,5 +1,5 @@
-"""The Python in the docs runs as written: docs/analysis.md on a small run made here, the README's snippet on a real
-clip with the packaged model."""
+"""The Python in the docs runs as written: docs/analysis.md's cells on small runs made here (the demo's study, and
+compare and neurons folders), the README's snippet on a real clip with the packaged model."""
 
 from __future__ import annotations
 
@@ -31,6 +31,30 @@ def python_blocks(path: pathlib.Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
+def analysis_cells() -> dict[str, str]:
+    """docs/analysis.md's Python cells by the heading of their section (one cell a section)."""
+    sections = re.split(r"^## ", (REPO / "docs" / "analysis.md").read_text(), flags=re.M)[1:]
+    cells = {}
+    for section in sections:
+        heading, body = section.split("\n", 1)
+        found = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+        if found:
+            (cells[heading.split(":")[0]],) = found
+    return cells
+
+
+def write_tones(data: pathlib.Path, langs, per_lang: int) -> None:
+    """``per_lang`` short tones a language, ``s<i>.wav`` with the transcript ``sentence number <i>``."""
+    rng = np.random.default_rng(1)
+    for lang in langs:
+        (data / lang).mkdir(parents=True)
+        for i in range(per_lang):
+            t = np.arange(int(SAMPLE_RATE * rng.uniform(0.5, 1.5))) / SAMPLE_RATE
+            tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 600) * t)
+            sf.write(data / lang / f"s{i}.wav", tone.astype(np.float32), SAMPLE_RATE)
+            (data / lang / f"s{i}.txt").write_text(f"sentence number {i}")
+
+
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
     return subprocess.run(
@@ -40,14 +64,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 def test_analysis_page_runs_on_a_run_of_its_own(tiny_model_dir, tmp_path):
     data = tmp_path / "clips"
-    rng = np.random.default_rng(1)
-    for lang in ("en", "de"):
-        (data / lang).mkdir(parents=True)
-        for i in range(5):
-            t = np.arange(int(SAMPLE_RATE * rng.uniform(0.5, 1.5))) / SAMPLE_RATE
-            tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 600) * t)
-            sf.write(data / lang / f"s{i}.wav", tone.astype(np.float32), SAMPLE_RATE)
-            (data / lang / f"s{i}.txt").write_text(f"sentence number {i}")
+    write_tones(data, ("en", "de"), 5)
     study = tmp_path / "study.yaml"
     study.write_text(STUDY)
     out = tmp_path / "run"
@@ -55,12 +72,67 @@ def test_analysis_page_runs_on_a_run_of_its_own(tiny_model_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(study), *settings], cwd=REPO,
                           capture_output=True, text=True, timeout=patient(900))  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (code,) = python_blocks(REPO / "docs" / "analysis.md")
-    proc = run_python(code, BABELGRID_OUT=str(out))
+    cells = analysis_cells()
+    proc = run_python(cells["Loading with checks"] + cells["The demo run"], BABELGRID_OUT=str(out))
     assert proc.returncode == 0, proc.stderr
     assert "seqsim de x en at layer 3: 5 x 5" in proc.stdout and "n = 5 queries" in proc.stdout
     assert "words in de; first utterance: sentence number 0" in proc.stdout
     assert (out / "rank_histogram.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_analysis_page_reads_compare_and_neurons_folders(tiny_model_dir, tmp_path, monkeypatch):
+    """The compare and neurons cells on folders the jobs write here: compare on two planted stores with a challenge
+    set (tests/jobs/test_compare.py's), neurons on the tiny model with an intervention; and ``checked`` refuses a
+    file that no longer matches its digest."""
+    from engine.pipelines.compare import progress
+    from engine.pipelines.compare.config import CompareConfig
+    from engine.pipelines.compare.plan import Rates
+    from engine.pipelines.compare.run import run_compare
+    from engine.pipelines.neurons.config import NeuronsConfig
+    from engine.pipelines.neurons.run import run_neurons
+    from engine.runtime.options import configure
+    from engine.stores.kv import DamageError
+    from tests.jobs.conftest import seal
+    from tests.jobs.test_compare import N, make_store
+
+    stores = (make_store(tmp_path / "a", "model-a", 50.0, list(range(N))),
+              make_store(tmp_path / "b", "model-b", 25.0, list(reversed(range(N))), seed=1))  # fmt: skip
+    challenge = tmp_path / "challenge"
+    challenge.mkdir()
+    rows = "".join(f"s{i},{int(i % 3 != 0)},,\n" for i in range(N))
+    (challenge / "de__en.csv").write_text("id,kept,reason,evidence\n" + rows)
+    seal(challenge / "de__en.csv")
+    compare = tmp_path / "compare"
+    # The progress bar's rates, else timed on this machine (seconds under load): no output depends on them.
+    monkeypatch.setattr(progress, "measure_rates", lambda **_: Rates(1e10, 1e-9, 1e-9, 1e-9))
+    run_compare(configure(CompareConfig, stores=stores, out=str(compare), challenge=str(challenge),
+                          levels=("utterance",), measures=("cka",), null_permutations=19))  # fmt: skip
+    data = tmp_path / "clips"
+    write_tones(data, ("de", "en", "es"), 5)  # 5 ids: the intervention's language-ID probe has 5 folds
+    neurons = tmp_path / "neurons"
+    run_neurons(configure(NeuronsConfig, out=str(neurons), model=str(tiny_model_dir), dataset=f"folder:{data}",
+                          batch_size=5, rate_quantile=0.9, lape_share=0.05, intervene=("en",),
+                          random_draws=1))  # fmt: skip
+
+    cells = analysis_cells()
+    code = cells["Loading with checks"] + cells["compare"] + cells["neurons"]
+    proc = run_python(code, BABELGRID_COMPARE=str(compare), BABELGRID_NEURONS=str(neurons))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "CKA, model-a (rows) x model-b (columns):" in out and "less the null mean" in out
+    assert "challenge" in out.split("less the null mean")[1]  # the challenge table was read
+    assert "languages ['de', 'en', 'es']" in out and "rates agree with units.parquet: True" in out
+    effect = out.split("rates agree with units.parquet")[1]
+    assert "selected" in effect and "language_id" in effect and "p_value" in effect  # the intervention and its test
+
+    # checked: the bytes of a file that matches its digest; a DamageError for one that does not
+    setup = {}
+    exec(cells["Loading with checks"], setup)
+    assert setup["checked"](str(compare), "by_depth.csv").getvalue() == (compare / "by_depth.csv").read_bytes()
+    with open(compare / "by_depth.csv", "a") as f:
+        f.write("\n")
+    with pytest.raises(DamageError, match="does not match its digest"):
+        setup["checked"](str(compare), "by_depth.csv")
 
 
 def test_readme_snippet_runs_on_a_real_clip(fleurs_dir):

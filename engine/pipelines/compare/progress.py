@@ -25,18 +25,23 @@ class Progress:
     default)."""
 
     def __init__(self, config, readers, rates: Rates | None = None):
+        self.config = config
+        self.done = 0.0
+        self.enabled = config.run.progress is not False
+        if not self.enabled:  # --progress=false: nothing to show, so nothing timed or planned
+            self.rates, self.total, self.bar = Rates(1.0), 0.0, None
+            return
         asked = set(config.measures) | set(config.frame_measures)
         null = bool(config.null_permutations) and bool(asked & {"cka", "cka_unbiased", "mknn"})
         self.rates = rates or measure_rates(grams=bool(asked & {"cka", "cka_unbiased"}), null_timed=null)
-        self.config = config
-        self.total = plan_compare_run(config, None, self.rates).seconds_here
-        self.total = max(round(self.total, 3), 0.001)
+        self.total = max(round(plan_compare_run(config, None, self.rates).seconds_here, 3), 0.001)
         self.bar = progress_bar(self.total, "compare", "planned s", config.run.progress)
-        self.done = 0.0
 
     def tick(self, seconds: float, at: str | None = None) -> None:
         """Advances the bar by ``seconds`` planned, and names the step ``at`` in the status line. Past the plan's
         total (the plan priced less than the steps tick) the bar's end moves on, 10% beyond what is done."""
+        if self.bar is None:
+            return
         if at is not None:
             self.bar.set_postfix(at=at)
         self.done += max(seconds, 0.0)
@@ -46,6 +51,8 @@ class Progress:
 
     def read(self, reader, frames: int, at: str) -> None:
         """One layer's ``frames`` frames read from ``reader``."""
+        if self.bar is None:
+            return
         shape = model_shape(reader)
         self.tick(frames * shape.width * shape.dtype_bytes / READ_RATE, at)
 
@@ -65,11 +72,13 @@ class Progress:
 
     def for_set(self, a, b, n: int, level: str, at: str) -> SetTicks:
         """The ticks of one set's measures and nulls (``layers.similarity_rows``'s ``done``)."""
-        return SetTicks(self, self.set_costs(a, b, n, level), at)
+        return SetTicks(self, self.set_costs(a, b, n, level) if self.enabled else {}, at)
 
     def close(self, finished: bool = True) -> None:
         """Ends the bar; ``finished``: what the plan priced and no step ticked (its estimate of reads, say) is done
         too, so a finished run ends at 100%."""
+        if self.bar is None:
+            return
         if finished:
             self.tick(self.total - self.done, "done")
         self.bar.close()
