@@ -1,9 +1,10 @@
 """Whisper large-v3-turbo against transformers' PyTorch Whisper (issue 46: at least 1.2x): the encoder, every layer,
 and greedy transcription of 30 s windows with turbo's 4-layer decoder.
 
-A random-weight turbo folder (tests/turbo_model.py's: turbo's config.json, generation_config.json and v3 tokenizer,
-real widths: 1280 x 20 heads, 128 mels, a 4-layer decoder over 51866 ids) with the encoder cut to ``--layers`` blocks
-of the 32, on ``--batch`` 30 s windows of real FLEURS clips (Hugging Face's own log-mel on both sides):
+A random-weight turbo folder (``babelgrid random-model --kind whisper-turbo``'s: turbo's config.json,
+generation_config.json and v3 ids, at its real widths: 1280 x 20 heads, 128 mels, a 4-layer decoder over 51866 ids)
+with the encoder cut to ``--layers`` blocks of the 32, on ``--batch`` 30 s windows of real FLEURS clips (Hugging
+Face's own log-mel on both sides):
 - encoder: babelgrid's ``encode`` of every layer (0 .. L+1, to the host) against ``model.model.encoder`` with
   ``output_hidden_states=True``;
 - transcription: babelgrid's ``transcribe`` (encoder + greedy decoding, KV cache, jitted) against ``generate`` with the
@@ -14,14 +15,12 @@ rounds after a warm-up call of each.
 
     python bench/turbo.py [--layers 4] [--batch 4] [--tokens 32] [--rounds 5] [--record bench/RESULTS.md]
 
-Run it alone, on a quiet machine (needs the test extras: torch, transformers, openai-whisper for the v3 tokenizer).
+Run it alone, on a quiet machine (needs the test extras: torch, transformers).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import pathlib
 import sys
@@ -36,19 +35,14 @@ from bench.common import Run, interleaved, record  # noqa: E402
 CLIPS = ("fleurs-de-001", "fleurs-fr-002", "fleurs-es-003", "fleurs-pt-004", "fleurs-en-005", "fleurs-de-000")
 
 
-def write_folder(folder: pathlib.Path, layers: int):
-    from engine.models.whisper.checkpoints.export import write_hf_folder
-    from engine.models.whisper.dims import PRESETS
-    from engine.models.whisper.model import random_state_dict
-    from tests.turbo_model import TURBO_SEED, turbo_config, turbo_generation_config, write_v3_tokenizer
+SEED = 5
 
-    dims = dataclasses.replace(PRESETS["large-v3-turbo"], n_audio_layer=layers)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = write_v3_tokenizer(folder / "v3-tokenizer.json")
-    write_hf_folder(folder, random_state_dict(dims, seed=TURBO_SEED), dims, turbo_generation_config(), tokenizer)
-    tokenizer.unlink()
-    (folder / "config.json").write_text(json.dumps(turbo_config(dims), indent=2))
-    return dims
+
+def write_folder(folder: pathlib.Path, layers: int) -> None:
+    """The random turbo at its real widths with ``layers`` encoder blocks (a folder this bench wrote is replaced)."""
+    from engine.models.random_folder import write_random_folder
+
+    write_random_folder("whisper-turbo", folder, layers=layers, width=1280, heads=20, seed=SEED, force=True)
 
 
 def bench(args) -> str:
@@ -62,12 +56,12 @@ def bench(args) -> str:
 
     torch.set_num_threads(os.cpu_count())
     folder = pathlib.Path(args.tmp) / f"turbo-{args.layers}"
-    dims = write_folder(folder, args.layers)
+    write_folder(folder, args.layers)
     ours = load_whisper(folder)
     theirs = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval()
     sample = REPO.parent / "shared" / "data" / "fleurs-sample"
     audio = [load_audio(sample / f"{c}.ogg") for c in (CLIPS * args.batch)[: args.batch]]
-    extractor = transformers.WhisperFeatureExtractor(feature_size=dims.n_mels)
+    extractor = transformers.WhisperFeatureExtractor(feature_size=ours.dims.n_mels)
     mel = extractor(audio, sampling_rate=16000, return_tensors="np", padding="max_length").input_features
     mel = mel.astype(np.float32)
     x = torch.from_numpy(mel)

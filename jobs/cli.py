@@ -4,6 +4,7 @@ r"""babelgrid: one command for every job, and for a whole study from one config 
     babelgrid seqsim --store out/store --out out/sim
     babelgrid run demo                               # the bundled demo study (jobs/configs/demo.yaml)
     babelgrid run study.yaml --set out=/data/run1    # a study of your own; --set overrides a variable
+    babelgrid random-model --kind parakeet --out /tmp/parakeet   # a random-weight folder of any family, no hub
 
 A study file (YAML) names variables and the stages to run in order, each a job with its flags; ``{name}`` in a flag
 value is replaced by the variable::
@@ -39,8 +40,9 @@ from collections.abc import Sequence
 
 JOBS = (
     "encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "probes", "finetune", "compare",
-    "neurons", "verify", "status",
+    "neurons", "verify", "status", "random_model",
 )  # fmt: skip
+COMMANDS = {"random-model": "random_model"}  # a command's name where it is not its job module's
 BUNDLED = {"demo": "demo.yaml"}
 FLAG_NAME = re.compile(r"[a-z_]+")  # every job's flag names; a study key must be one of its job's
 SCALARS = (str, int, float, bool)  # what a variable or a flag value may be in a study file
@@ -54,20 +56,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__.strip())
-        print(f"\njobs: {', '.join(JOBS)}; run: a study file or one of {sorted(BUNDLED)}")
+        print(f"\njobs: {', '.join(_command_names())}; run: a study file or one of {sorted(BUNDLED)}")
         return 0
     command, rest = argv[0], argv[1:]
     if command == "run":
         return run_study(rest)
-    if command not in JOBS:
-        print(f"babelgrid: unknown command {command!r}; use one of {', '.join((*JOBS, 'run'))}", file=sys.stderr)
+    job = COMMANDS.get(command, command)
+    if job not in JOBS:
+        print(f"babelgrid: unknown command {command!r}; use one of {', '.join((*_command_names(), 'run'))}",
+              file=sys.stderr)  # fmt: skip
         return 2
     sys.argv = [f"babelgrid {command}", *rest]
     try:
-        runpy.run_module(f"jobs.{command}", run_name="__main__", alter_sys=True)
+        runpy.run_module(f"jobs.{job}", run_name="__main__", alter_sys=True)
     except SystemExit as e:  # absl's app.run ends every job with sys.exit(its return value)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
+
+
+def _command_names() -> list[str]:
+    """The jobs as commands name them (``random-model`` for ``jobs.random_model``)."""
+    names = {job: command for command, job in COMMANDS.items()}
+    return [names.get(job, job) for job in JOBS]
 
 
 def load_study(spec: str, overrides: Sequence[str] = ()) -> tuple[dict, list[tuple[str, dict]]]:

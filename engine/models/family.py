@@ -5,7 +5,9 @@ layout without one, the function that recognises it: OWSM's ESPnet folders), its
 ``engine.models.interface``, which also gives the encoder's ``cost``), and the loaders of the heads it offers beside
 the encoder: a text decoder (tokens from a layer's states: decode, finetune), a CTC head (decode's per-layer logit
 lens) and cross-attention heads (align's word times). A job asks the entry for the head it needs and dispatches on
-the loader it gets, never on the family's name. Adding a family means adding its folder and one entry here.
+the loader it gets, never on the family's name. Each entry also lists the kinds of random-weight folder its family
+writes (``random_kinds``: ``engine.models.random_folder``, ``babelgrid random-model``) and the names its hub
+repositories go by (``hub_names``). Adding a family means adding its folder and one entry here.
 
 The registry imports every family; the families import only ``engine.models.interface``, so no arrow runs back here.
 """
@@ -16,10 +18,13 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 from collections.abc import Callable
 
 from engine.errors import CheckpointError
+from engine.models.common.random_weights import RandomKind
 from engine.models.fastconformer import encoder as fastconformer_encoder
+from engine.models.fastconformer import random_folder as fastconformer_random
 from engine.models.fastconformer.canary import load_canary
 from engine.models.fastconformer.config import HUB_IDS as FASTCONFORMER_HUB_IDS
 from engine.models.fastconformer.config import MODEL_TYPES as FASTCONFORMER_TYPES
@@ -40,13 +45,18 @@ from engine.models.interface import (
 from engine.models.owsm import encoder as owsm_encoder
 from engine.models.owsm.layout import is_espnet_s2t
 from engine.models.owsm.loaded import load_owsm
+from engine.models.owsm.random_folder import KINDS as OWSM_RANDOM
 from engine.models.speechllm import encoder as speechllm_encoder
+from engine.models.speechllm import random_folder as speechllm_random
 from engine.models.speechllm.config import HUB_IDS as SPEECHLLM_HUB_IDS
 from engine.models.speechllm.config import MODEL_TYPES as SPEECHLLM_TYPES
 from engine.models.w2vbert import encoder as w2vbert_encoder
+from engine.models.w2vbert import random_folder as w2vbert_random
 from engine.models.wav2vec2 import encoder as wav2vec2_encoder
+from engine.models.wav2vec2 import random_folder as wav2vec2_random
 from engine.models.wav2vec2.loaded import load_wav2vec2
 from engine.models.whisper import encoder as whisper_encoder
+from engine.models.whisper import random_folder as whisper_random
 from engine.models.whisper.loaded import load_whisper
 
 
@@ -74,6 +84,10 @@ class Family:
     hub_ids: tuple[str, ...] = ()  # examples, for the docs and messages
     layout: Callable[[str | os.PathLike], bool] | None = None  # recognises a layout with no config.json (ESPnet's)
     outputs: tuple[str, ...] = ("layers",)  # what a store of the family may hold (encode --tower_output)
+    random_kinds: tuple[RandomKind, ...] = ()  # the random-weight folders it writes (engine.models.random_folder)
+    # a regular expression the name of its hub repositories matches (lower case): a hub id not in the local cache
+    # (whose config.json cannot be read) is taken for the family its name matches, else for Whisper
+    hub_names: str | None = None
 
     @property
     def heads(self) -> frozenset[str]:
@@ -108,27 +122,32 @@ FAMILIES: dict[str, Family] = {
         Family(
             "whisper", ("whisper",), whisper_encoder.load, WHISPER_LAYERS, decoder=load_whisper,
             cross_attention=load_whisper, hub_ids=("openai/whisper-base", "openai/whisper-large-v3"),
+            random_kinds=whisper_random.KINDS,
         ),
         Family(
             "wav2vec2", ("wav2vec2", "hubert"), wav2vec2_encoder.load, WAV2VEC2_LAYERS, ctc=load_wav2vec2,
             hub_ids=("facebook/wav2vec2-xls-r-300m", "facebook/mms-1b-all", "facebook/hubert-large-ll60k"),
+            random_kinds=wav2vec2_random.KINDS, hub_names=r"wav2vec2(?!-bert)|hubert|mms-|xls-r|omniasr",
         ),
         Family(
             "w2vbert", ("wav2vec2-bert", "seamless_m4t_v2"), w2vbert_encoder.load, W2VBERT_LAYERS,
-            hub_ids=("facebook/w2v-bert-2.0", "facebook/seamless-m4t-v2-large"),
+            hub_ids=("facebook/w2v-bert-2.0", "facebook/seamless-m4t-v2-large"), random_kinds=w2vbert_random.KINDS,
+            hub_names=r"w2v-bert|wav2vec2-bert|seamless-m4t",
         ),
         Family(
             "owsm", (), owsm_encoder.load, OWSM_LAYERS, decoder=load_owsm, ctc=load_owsm, ctc_always=True,
             hub_ids=("espnet/owsm_v3.1_ebf_base", "espnet/owsm_v3.1_ebf_small", "espnet/owsm_v3.1_ebf"),
-            layout=is_espnet_s2t,
+            layout=is_espnet_s2t, random_kinds=OWSM_RANDOM,
         ),
         Family(
             "speechllm", SPEECHLLM_TYPES, speechllm_encoder.load, SPEECHLLM_LAYERS,
             hub_ids=tuple(SPEECHLLM_HUB_IDS.values()), outputs=speechllm_encoder.OUTPUTS,
+            random_kinds=speechllm_random.KINDS, hub_names=r"qwen2-audio|voxtral|audio-flamingo",
         ),
         Family(
             "fastconformer", FASTCONFORMER_TYPES, fastconformer_encoder.load, FASTCONFORMER_LAYERS,
             decoder=load_canary, decoder_types=("canary",), ctc=load_fastconformer, hub_ids=FASTCONFORMER_HUB_IDS,
+            random_kinds=fastconformer_random.KINDS, hub_names=r"parakeet|canary",
         ),
     )
 }  # fmt: skip
@@ -151,8 +170,9 @@ def detect_family(source: str | os.PathLike | None) -> Family:
     Whisper's every layout (HF, OpenAI ``.pt``, CTranslate2, the packaged default) reads as Whisper: OpenAI files and
     CTranslate2 folders carry no ``model_type``. A source without ``config.json`` is first offered to the families
     that recognise a layout of their own (``Family.layout``: OWSM's ESPnet repositories). A hub id is looked up in the
-    local hub cache only (a cached ``config.json``); an id not cached there is taken for Whisper, as babelgrid always
-    did, unless a layout claims it.
+    local hub cache only (a cached ``config.json``); an id not cached there is taken for the family its name says
+    (``Family.hub_names``: ``Qwen/Qwen2-Audio-7B-Instruct`` is a speech LLM's), so that its own loader fetches it or
+    names its own example when it cannot; any other is taken for Whisper, as babelgrid always did.
     """
     if source is None:
         return FAMILIES[DEFAULT_FAMILY]
@@ -161,10 +181,22 @@ def detect_family(source: str | os.PathLike | None) -> Family:
         for family in FAMILIES.values():
             if family.layout is not None and family.layout(source):
                 return family
+        named = _family_by_hub_name(source)
+        if named is not None:
+            return named
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if not model_type:
         return FAMILIES[DEFAULT_FAMILY]
     return family_of_model_type(str(model_type), source)
+
+
+def _family_by_hub_name(source) -> Family | None:
+    """The family whose ``hub_names`` the name of a hub id ``org/name[@revision]`` matches (not a local path)."""
+    repo_id = str(source).partition("@")[0]
+    if repo_id.count("/") != 1 or pathlib.Path(source).expanduser().exists():
+        return None
+    name = repo_id.lower()
+    return next((f for f in FAMILIES.values() if f.hub_names and re.search(f.hub_names, name)), None)
 
 
 def _config_json(source) -> dict | None:

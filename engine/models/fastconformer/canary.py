@@ -36,6 +36,7 @@ from flax import nnx
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, folder_or_hub, read_json, some
 from engine.models.common.prefixed import download_prefixed, prefixed_files, read_prefixed
+from engine.models.common.random_weights import random_model_hint
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.beam import beam_fn
 from engine.models.fastconformer.config import CANARY, FastConformerConfig, config_from_hf
@@ -188,7 +189,8 @@ def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     def prefixes_of(config: dict, where: str) -> tuple[str, ...]:
         return (config_from_hf(config, where).prefix, *PREFIXES)
 
-    folder = download_prefixed(repo_id, revision, prefixes_of, "load_canary('/path/to/canary-1b-v2')")
+    local = f"load_canary('/path/to/canary-1b-v2'); {random_model_hint('canary')}"
+    folder = download_prefixed(repo_id, revision, prefixes_of, local)
     import huggingface_hub  # lazy: only hub ids need it (download_prefixed reached the hub or its cache already)
 
     try:  # the tokenizer and generation settings, into the same snapshot folder as the weights

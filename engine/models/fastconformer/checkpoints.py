@@ -22,6 +22,7 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CTC, FastConformerConfig, config_from_hf
@@ -99,5 +100,6 @@ def download(repo_id: str, revision: str | None) -> pathlib.Path:
     def prefixes_of(config: dict, where: str) -> tuple[str, ...]:
         return prefixes(config_from_hf(config, where))
 
-    return download_prefixed(repo_id, revision, prefixes_of, "load('/path/to/parakeet-ctc-0.6b') with config.json + "
-                             "model.safetensors")  # fmt: skip
+    kind, folder = ("canary", "canary-1b-v2") if "canary" in repo_id.lower() else ("parakeet", "parakeet-ctc-0.6b")
+    local = f"load('/path/to/{folder}') with config.json + model.safetensors; {random_model_hint(kind)}"
+    return download_prefixed(repo_id, revision, prefixes_of, local)

@@ -5,14 +5,17 @@ A model repository as ESPnet uploads it (``espnet_model_zoo`` / ``run.sh --stage
     meta.yaml                                  yaml_files.s2t_train_config, files.s2t_model_file (paths below)
     exp/s2t_train_.../config.yaml              the training config: frontend, encoder, decoder, token_list, bpemodel
     exp/s2t_train_.../valid...ave.pth          the ESPnetS2TModel state dict, read with torch.load(weights_only=True)
+                                               (or the same tensors as a .safetensors file, read with NumPy)
     exp/s2t_stats_.../train/feats_stats.npz    global MVN statistics (config.yaml's normalize_conf.stats_file)
     data/token_list/bpe_.../bpe.model          SentencePiece model (config.yaml's bpemodel); tokens.txt beside it
 
 Paths inside ``config.yaml`` are relative to the repository root. Without ``meta.yaml``, the folder must hold exactly
-one ``config.yaml`` with one ``.pth`` beside it. ``token_list`` is the list itself (as OWSM's configs hold it) or a
-``tokens.txt`` path. The state dict must hold every tensor ``encoder_shapes`` and ``decoder_shapes`` name, with those
-shapes; the frontend's mel matrix and the normaliser's buffers are recognised and left unread (babelgrid computes both
-from ``feats_stats.npz`` and librosa, as ESPnet builds them); anything else fails naming it.
+one ``config.yaml`` with one ``.pth`` (or ``.safetensors``) beside it. A ``.safetensors`` weights file holds the
+``.pth``'s tensors by the same names (what ``babelgrid random-model --kind owsm`` writes) and needs no torch.
+``token_list`` is the list itself (as OWSM's configs hold it) or a ``tokens.txt`` path. The state dict must hold
+every tensor ``encoder_shapes`` and ``decoder_shapes`` name, with those shapes; the frontend's mel matrix and the
+normaliser's buffers are recognised and left unread (babelgrid computes both from ``feats_stats.npz`` and librosa, as
+ESPnet builds them); anything else fails naming it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import yaml
 
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, folder_or_hub, read_torch_state_dict
-from engine.models.common.weights import check_layer_claim, checked_state
+from engine.models.common.random_weights import random_model_hint
+from engine.models.common.weights import check_layer_claim, checked_state, read_safetensors
 from engine.models.owsm.config import OwsmConfig, config_from_espnet
 from engine.models.owsm.decoder import decoder_shapes
 from engine.models.owsm.features import Stats, read_stats
@@ -36,6 +40,7 @@ from engine.models.owsm.model import encoder_shapes
 
 _UNREAD = re.compile(r"frontend\..*|normalize\.(mean|std)|specaug\..*")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
+WEIGHT_SUFFIXES = (".pth", ".safetensors")  # ESPnet's torch.save file, or the same tensors as safetensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +66,7 @@ def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     if not stats_file:
         raise CheckpointError(f"{config_path}: normalize_conf.stats_file is not set; OWSM normalises globally")
     stats = read_stats(_inside(path, stats_file, config_path, "normalize_conf.stats_file"), config.n_mels)
-    sd = _check(read_torch_state_dict(weights), config, str(weights))
+    sd = _check(read_weights(weights), config, str(weights))
     if dtype is not None:
         sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}
     bpe = conf.get("bpemodel")
@@ -69,8 +74,14 @@ def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     return Checkpoint(name, config, stats, sd, file_sha256([weights]), path, bpemodel)
 
 
+def read_weights(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The state dict of a ``.safetensors`` file (NumPy, memory-mapped), else of ESPnet's ``.pth`` (torch)."""
+    return read_safetensors(path) if path.suffix == ".safetensors" else read_torch_state_dict(path)
+
+
 def find_files(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """``(config.yaml, weights .pth)`` of a repo: from ``meta.yaml``, else the one config with a .pth beside it."""
+    """``(config.yaml, weights)`` of a repo: from ``meta.yaml``, else the one config with a ``.pth`` (or
+    ``.safetensors``) beside it."""
     if not root.is_dir():
         raise CheckpointError(f"checkpoint '{root}' is not a folder; pass the model repository's root")
     meta = root / "meta.yaml"
@@ -83,13 +94,14 @@ def find_files(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
                 f"'{meta}' lacks yaml_files.s2t_train_config or files.s2t_model_file; is it an S2T (OWSM) model?"
             )
         return _inside(root, config, meta, "s2t_train_config"), _inside(root, weights, meta, "s2t_model_file")
-    pairs = [(c, sorted(c.parent.glob("*.pth"))) for c in sorted(root.rglob("config.yaml"))]
+    pairs = [(c, sorted(w for s in WEIGHT_SUFFIXES for w in c.parent.glob(f"*{s}"))) for c in
+             sorted(root.rglob("config.yaml"))]  # fmt: skip
     pairs = [(c, w) for c, w in pairs if w]
     if len(pairs) != 1 or len(pairs[0][1]) != 1:
         raise CheckpointError(
-            f"checkpoint '{root}' has no meta.yaml and {len(pairs)} folders with config.yaml and a .pth "
-            f"({', '.join(str(c.parent.relative_to(root)) for c, _ in pairs) or 'none'}); it needs exactly one, with "
-            "one .pth, or a meta.yaml naming them"
+            f"checkpoint '{root}' has no meta.yaml and {len(pairs)} folders with config.yaml and a .pth or "
+            f".safetensors ({', '.join(str(c.parent.relative_to(root)) for c, _ in pairs) or 'none'}); it needs "
+            "exactly one, with one weights file, or a meta.yaml naming them"
         )
     return pairs[0][0], pairs[0][1][0]
 
@@ -148,5 +160,6 @@ def download(repo_id: str, revision: str | None) -> pathlib.Path:
             raise CheckpointError(f"Hugging Face repo '{source}' cannot be used ({kind}); check the name") from None
         raise CheckpointError(
             f"the Hugging Face hub is unreachable (or HF_HUB_OFFLINE is set) and '{source}' is not in the local cache "
-            f"({kind}); download it where the hub is reachable (`hf download {repo_id}`) and pass the folder"
+            f"({kind}); download it where the hub is reachable (`hf download {repo_id}`) and pass the folder, e.g. "
+            f"load('/path/to/owsm_v3.1_ebf_base'); {random_model_hint('owsm')}"
         ) from None

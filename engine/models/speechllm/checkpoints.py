@@ -25,8 +25,9 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.models.common.io import folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
-from engine.models.speechllm.config import TOWERS, SpeechLLMConfig, from_hf
+from engine.models.speechllm.config import HUB_IDS, TOWERS, SpeechLLMConfig, from_hf
 
 TOWER, PROJECTOR = "audio_tower.", "multi_modal_projector."
 PREFIXES = (TOWER, PROJECTOR, "model." + TOWER, "model." + PROJECTOR)
@@ -73,7 +74,11 @@ def state_shapes(c: SpeechLLMConfig) -> dict[str, tuple[int, ...]]:
 
 def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     """The hub repo's config and the shards holding the tower and projector only."""
-    local = "load('/path/to/Qwen2-Audio-7B-Instruct') with config.json and the model's safetensors shards"
+    name = repo_id.lower()
+    kind = "voxtral" if "voxtral" in name else "audioflamingo3" if "flamingo" in name else "qwen2_audio"
+    hint = random_model_hint({"qwen2_audio": "qwen2-audio", "audioflamingo3": "audio-flamingo3"}.get(kind, kind))
+    folder = HUB_IDS[kind].split("/")[1]
+    local = f"load('/path/to/{folder}') with config.json and the model's safetensors shards; {hint}"
     return download_prefixed(repo_id, revision, lambda config, where: PREFIXES, local)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.w2vbert.config import SEAMLESS_M4T_V2, W2V_BERT, EncoderConfig, config_from_hf
 from engine.models.w2vbert.model import state_shapes
@@ -98,5 +99,8 @@ def download(repo_id: str, revision: str | None) -> pathlib.Path:
     def prefixes(config: dict, where: str) -> tuple[str]:
         return (_PREFIX[config_from_hf(config, where).family],)
 
-    return download_prefixed(repo_id, revision, prefixes, "load('/path/to/w2v-bert-2.0') with config.json + "
-                             "model.safetensors")  # fmt: skip
+    seamless = "seamless" in repo_id.lower()
+    folder = "seamless-m4t-v2-large" if seamless else "w2v-bert-2.0"
+    hint = random_model_hint("seamless" if seamless else "w2v-bert")
+    local = f"load('/path/to/{folder}') with config.json + model.safetensors; {hint}"
+    return download_prefixed(repo_id, revision, prefixes, local)

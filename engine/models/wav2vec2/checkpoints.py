@@ -36,6 +36,7 @@ import numpy as np
 
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, read_json, read_torch_state_dict, some
+from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import WEIGHT_FILES, check_layer_claim, read_safetensors, read_weights
 from engine.models.wav2vec2.config import Wav2Vec2Dims, dims_from_hf_config
 from engine.models.wav2vec2.features import PREPROCESSOR_FILE, FeatureOptions
@@ -283,9 +284,11 @@ def download(repo_id: str, revision: str | None, adapter: str | None = None) -> 
     from huggingface_hub import errors
 
     source = repo_id + (f"@{revision}" if revision else "")
+    name = repo_id.lower()
+    kind = next((k for k in ("mms", "hubert", "omni") if k in name), "wav2vec2").replace("omni", "omnilingual")
     local = (
         f"download it where the hub is reachable (`hf download {repo_id}`) and pass the folder (config.json + "
-        "model.safetensors, as save_pretrained writes it)"
+        f"model.safetensors, as save_pretrained writes it); {random_model_hint(kind)}"
     )
     extra = [] if adapter is None else [name.format(adapter) for name in ADAPTER_FILES]
 

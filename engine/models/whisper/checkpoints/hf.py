@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.errors import CheckpointError
 from engine.models.common.io import int_tuple, read_json, some, to_numpy
+from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import WEIGHT_FILES, read_weights
 from engine.models.whisper.checkpoints import ct2
 from engine.models.whisper.dims import ModelDimensions
@@ -200,10 +201,18 @@ def download(repo_id: str, revision: str | None) -> pathlib.Path:
     from huggingface_hub import errors
 
     source = repo_id + (f"@{revision}" if revision else "")
+    turbo = "turbo" in repo_id.lower()
+    example = "whisper-large-v3-turbo" if turbo else "whisper-base"
     local = (
         f"download it where the hub is reachable (`hf download {repo_id}`) and pass the folder, e.g. "
-        "load_checkpoint('/path/to/whisper-base') with config.json + model.safetensors, or a CTranslate2 folder"
+        f"load_checkpoint('/path/to/{example}') with config.json + model.safetensors, or a CTranslate2 folder; "
+        + random_model_hint("whisper-turbo" if turbo else "whisper")
     )
+    if "whisper" not in repo_id.lower():  # taken for Whisper only for want of a config.json or a family's name
+        local += (
+            f" (babelgrid took '{source}' for a Whisper model: its config.json is not cached and its name is no other "
+            "family's; if it is another family's model, download it and pass the folder)"
+        )
 
     def get(patterns: list[str]) -> pathlib.Path:
         try:

@@ -1,0 +1,173 @@
+"""``babelgrid random-model``: a random-weight folder of every kind, written in a process where torch and
+transformers cannot be imported, loads with the family's own loader and encodes real clips to finite states of every
+layer; the folder is refused where it would overwrite what the job did not write; a hub error names the family's own
+example and the command.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from engine.data.audio import SAMPLE_RATE, load_audio
+from engine.errors import CheckpointError
+from engine.models import family as fam
+from engine.models.common.parallel import data_mesh
+from engine.models.owsm.checkpoints import find_files as owsm_files
+from engine.models.random_folder import MARKER, kinds, write_random_folder
+from tests.waits import patient
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# kind -> (family, stored layers past the blocks' count): the final norm Whisper, OWSM and Voxtral store as L + 1
+EXPECTED = {
+    "whisper": ("whisper", 2), "whisper-turbo": ("whisper", 2), "wav2vec2": ("wav2vec2", 1), "hubert": ("wav2vec2", 1),
+    "mms": ("wav2vec2", 1), "omnilingual": ("wav2vec2", 1), "w2v-bert": ("w2vbert", 1), "seamless": ("w2vbert", 1),
+    "owsm": ("owsm", 2), "qwen2-audio": ("speechllm", 1), "voxtral": ("speechllm", 2),
+    "audio-flamingo3": ("speechllm", 1), "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1),
+}  # fmt: skip
+# Every kind with its defaults (2 blocks x 64, 4 heads) through the engine, then one through the command line, in a
+# process that cannot import torch or transformers: the folders need neither.
+WRITE_ALL = """
+import json, sys
+sys.modules["torch"] = sys.modules["transformers"] = None
+from engine.models.random_folder import kinds, write_random_folder
+from jobs.cli import main
+out = sys.argv[1]
+for kind in kinds():
+    write_random_folder(kind, f"{out}/{kind}")
+code = main(["random-model", "--kind", "canary", "--out", f"{out}/cli-canary", "--layers", "3", "--seed", "1"])
+print(json.dumps({"code": code, "torch": sys.modules["torch"] is None and sys.modules["transformers"] is None}))
+"""
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("random-models")
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", WRITE_ALL, str(out)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=patient(120))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "torch": True}, proc.stdout
+    assert "next: python -m jobs.encode --model" in proc.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def clips(fleurs_dir) -> list[np.ndarray]:
+    """Two real clips cut short, of different lengths (the batch pads the shorter)."""
+    return [load_audio(fleurs_dir / "fleurs-en-000.ogg")[: int(1.5 * SAMPLE_RATE)],
+            load_audio(fleurs_dir / "fleurs-de-001.ogg")[: int(2.5 * SAMPLE_RATE)]]  # fmt: skip
+
+
+def test_every_kind_is_tested_and_offered_by_the_job():
+    source = (REPO / "jobs" / "random_model.py").read_text()
+    (job_kinds,) = [ast.literal_eval(n.value) for n in ast.parse(source).body
+                    if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "KINDS"]  # fmt: skip
+    assert list(kinds()) == list(job_kinds) == list(EXPECTED)
+    assert all(f"babelgrid random-model --kind {k} " in (REPO / "docs" / "models.md").read_text() for k in EXPECTED)
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_written_without_torch_loads_and_encodes_every_layer(kind, folders, clips):
+    family, extra = EXPECTED[kind]
+    folder = folders / kind
+    record = json.loads((folder / MARKER).read_text())
+    assert (record["kind"], record["layers"], record["width"], record["heads"]) == (kind, 2, 64, 4)
+    assert fam.detect_family(folder).name == family
+    encoder = fam.load_encoder(folder)
+    assert (encoder.family, encoder.n_layers_out, encoder.embed) == (family, 2 + extra, 64)
+    inputs, valid = [], []
+    for clip in clips:
+        each, frames = encoder.windows(clip, "window")
+        inputs += list(each)
+        valid += [int(v) for v in frames]
+    layers = list(range(encoder.n_layers_out))
+    step = encoder.sharded(data_mesh(jax.local_devices()), layers, jnp.float32)
+    states = np.asarray(step(*encoder.collate(inputs, max(len(inputs), step.local_multiple))))
+    assert states.shape[:2] == (len(layers), max(len(inputs), step.local_multiple)) and states.shape[3] == 64
+    assert valid[1] > valid[0] > 0
+    for row, n in enumerate(valid):
+        assert np.isfinite(states[:, row, :n]).all(), f"{kind}: row {row} has non-finite states"
+        assert (states[:, row, :n].std(axis=(1, 2)) > 1e-3).all(), f"{kind}: a layer of row {row} is constant"
+
+
+def test_heads_load_from_the_random_folders(folders):
+    """What decode reads beside the encoder: the CTC lenses' texts, OWSM's and Canary's prompts and texts, an MMS
+    adapter, Whisper's v3 ids."""
+    for kind in ("wav2vec2", "omnilingual", "parakeet"):
+        lens = fam.FAMILIES[EXPECTED[kind][0]].ctc(folders / kind).ctc_lens()
+        assert lens.text(np.array([lens.blank_id, 10, 10, lens.blank_id, 12], np.int32)).strip(), kind
+    owsm = fam.FAMILIES["owsm"].decoder(folders / "owsm")
+    assert owsm.text([owsm.config.token_id("<sos>"), owsm.config.token_list.index("\u2581a")]) == "a"
+    assert "<deu>" in owsm.config.languages() and "<st_eng>" in owsm.config.tasks()
+    canary = fam.FAMILIES["fastconformer"].decoder(folders / "cli-canary")
+    assert len(canary.prompt("de", "en")) == 9 and canary.config.n_layer == 3 and "en" in canary.languages()
+    assert canary.text([canary.token_id("<|endoftext|>"), canary.token_id("\u2581a"), canary.token_id("b")]) == "ab"
+    assert fam.load_encoder(folders / "mms", adapter="deu").loaded.checkpoint.adapter == "deu"
+    turbo = fam.FAMILIES["whisper"].decoder(folders / "whisper-turbo")
+    assert turbo.dims.n_text_layer == 4 and turbo.tokenizer.transcribe == 50360 and len(turbo.lang_ids) == 100
+
+
+def test_an_out_it_did_not_write_is_never_touched(tmp_path):
+    mine = write_random_folder("parakeet", tmp_path / "p", seed=3)
+    again = write_random_folder("parakeet", tmp_path / "q", seed=3)
+    weights = "model.safetensors"
+    assert (mine.folder / weights).read_bytes() == (again.folder / weights).read_bytes()  # a seed is reproducible
+    with pytest.raises(FileExistsError, match="is not empty"):
+        write_random_folder("parakeet", mine.folder)
+    replaced = write_random_folder("owsm", mine.folder, seed=4, force=True)
+    assert fam.detect_family(replaced.folder).name == "owsm" and not (replaced.folder / weights).exists()
+    (replaced.folder / "meta.yaml").unlink()  # a recipe folder: the one config.yaml with its weights beside it
+    assert owsm_files(replaced.folder)[1].name == "valid.acc.ave.safetensors"
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="did not write"):
+        write_random_folder("parakeet", theirs, force=True)
+    assert [p.name for p in theirs.iterdir()] == ["notes.txt"]
+    with pytest.raises(FileExistsError, match="is a file"):
+        write_random_folder("parakeet", theirs / "notes.txt")
+    with pytest.raises(ValueError, match="not a multiple of heads"):
+        write_random_folder("canary", tmp_path / "c", width=60, heads=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "q", "theirs"]  # no half-written folder left
+
+
+@pytest.mark.parametrize(
+    "repo, example, kind",
+    [
+        ("Qwen/Qwen2-Audio-7B-Instruct", "/path/to/Qwen2-Audio-7B-Instruct", "qwen2-audio"),
+        ("mistralai/Voxtral-Mini-3B-2507", "/path/to/Voxtral-Mini-3B-2507", "voxtral"),
+        ("nvidia/parakeet-ctc-0.6b", "/path/to/parakeet-ctc-0.6b", "parakeet"),
+        ("nvidia/canary-1b-v2", "/path/to/canary-1b-v2", "canary"),
+        ("facebook/seamless-m4t-v2-large", "/path/to/seamless-m4t-v2-large", "seamless"),
+        ("facebook/mms-1b-all", "hf download facebook/mms-1b-all", "mms"),
+        ("espnet/owsm_v3.1_ebf_base", "/path/to/owsm_v3.1_ebf_base", "owsm"),
+        ("openai/whisper-large-v3-turbo", "/path/to/whisper-large-v3-turbo", "whisper-turbo"),
+        ("someone/my-model", "took 'someone/my-model' for a Whisper model", "whisper"),
+    ],
+)
+def test_a_hub_error_names_the_family_s_own_example(repo, example, kind, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants, errors
+
+    def unreachable(*args, **kwargs):
+        raise errors.LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError) as error:
+        fam.load_encoder(repo)
+    message = str(error.value)
+    assert example in message and f"babelgrid random-model --kind {kind} --out DIR" in message, message
+    assert kind.startswith("whisper") or "whisper" not in message, message
