@@ -7,9 +7,10 @@ same; ``valid_frames`` only says how many encoder frames hold speech (the rest i
 
 Per window (``FrontendConfig``): a centred STFT (reflect padding of ``n_fft // 2``; a periodic Hann window of
 ``win_length`` centred in ``n_fft``, as ``torch.stft`` pads it; hop ``hop_length``), the power spectrum, librosa's
-mel filters (``librosa.filters.mel``, the same call ``espnet2.layers.log_mel.LogMel`` makes), ``log(max(mel, 1e-10))``,
-then ``(x - mean) / std`` from ``feats_stats.npz`` (``count``, ``sum``, ``sum_square``; ``std = sqrt(max(var,
-1e-20))``). Computed in float64 and returned as float32: within float32 rounding of ESPnet's float32 frontend.
+mel filters (``librosa.filters.mel``, the call ``espnet2.layers.log_mel.LogMel`` makes, in NumPy),
+``log(max(mel, 1e-10))``, then ``(x - mean) / std`` from ``feats_stats.npz`` (``count``, ``sum``, ``sum_square``;
+``std = sqrt(max(var, 1e-20))``). Computed in float64 and returned as float32: within float32 rounding of ESPnet's
+float32 frontend.
 """
 
 from __future__ import annotations
@@ -55,13 +56,37 @@ def read_stats(path: pathlib.Path, n_mels: int) -> Stats:
 
 @functools.lru_cache(maxsize=4)
 def mel_filters(config: FrontendConfig) -> np.ndarray:
-    """f64[n_fft // 2 + 1, n_mels]: librosa's filters, as ESPnet's LogMel builds them."""
-    import librosa  # lazy: only the frontend needs it, and it is slow to import
+    """f64[n_fft // 2 + 1, n_mels]: ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk)`` (Slaney-normalised
+    triangles on the Slaney or HTK mel scale), the call ESPnet's LogMel makes, written out in NumPy so that OWSM runs
+    without librosa (``tests/models/test_owsm_mel.py`` checks it against librosa)."""
+    fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, config.n_fft // 2 + 1)
+    low, high = _hz_to_mel(np.float64(config.fmin), config.htk), _hz_to_mel(np.float64(config.fmax), config.htk)
+    edges = _mel_to_hz(np.linspace(low, high, config.n_mels + 2), config.htk)
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # Slaney's norm: every filter of the same area
+    return weights.T
 
-    mel = librosa.filters.mel(
-        sr=SAMPLE_RATE, n_fft=config.n_fft, n_mels=config.n_mels, fmin=config.fmin, fmax=config.fmax, htk=config.htk
-    )
-    return np.asarray(mel, np.float64).T
+
+def _hz_to_mel(hz, htk: bool):
+    if htk:
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+    step, break_hz = 200.0 / 3, 1000.0  # Slaney: linear below 1 kHz, logarithmic above
+    log_step = np.log(6.4) / 27.0
+    return np.where(hz >= break_hz, break_hz / step + np.log(np.maximum(hz, break_hz) / break_hz) / log_step, hz / step)
+
+
+def _mel_to_hz(mel, htk: bool):
+    if htk:
+        return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+    step, break_hz = 200.0 / 3, 1000.0
+    log_step = np.log(6.4) / 27.0
+    break_mel = break_hz / step
+    above = break_hz * np.exp(log_step * (np.maximum(mel, break_mel) - break_mel))
+    return np.where(mel >= break_mel, above, mel * step)
 
 
 @functools.lru_cache(maxsize=4)
