@@ -59,7 +59,7 @@ def intervention_png(rows: list, subtitle: str = "") -> bytes:
     fig = Figure(figsize=(2.6 * len(shown) + 1.2, 6.0), layout="constrained")
     axes = np.atleast_2d(fig.subplots(2, len(shown), sharex=True, sharey="row", squeeze=False))
     colors = {"self": "tab:red", "others": "tab:blue"}
-    who = {"self": "the language switched off", "others": "the other languages"}
+    who = {"self": "its own language", "others": "the other languages"}
     draws = len({r[2] for r in rows if r[1] == "random"})
     for col, lang in enumerate(shown):
         for row, (index, label) in enumerate(((9, "language-ID accuracy change"), (12, "R@1 change (pooled)"))):
@@ -68,7 +68,7 @@ def intervention_png(rows: list, subtitle: str = "") -> bytes:
                 got = sorted((r[4], r[index]) for r in rows if r[0] == lang and r[1] == "selected" and r[5] == group)
                 if got:
                     ax.plot(*zip(*got, strict=True), color=color, marker="o", ms=3,
-                            label=f"{who[group]}: its selected units off")  # fmt: skip
+                            label=f"{who[group]}: selected units off")  # fmt: skip
                 by_layer: dict[int, list] = {}
                 for r in rows:
                     if r[0] == lang and r[1] == "random" and r[5] == group:
@@ -77,7 +77,7 @@ def intervention_png(rows: list, subtitle: str = "") -> bytes:
                     layers = sorted(by_layer)
                     values = [np.asarray(by_layer[k], float) for k in layers]
                     ax.plot(layers, [np.nanmean(v) for v in values], ls="--", color=color,
-                            label=f"{who[group]}: random units off, mean of {draws} draws")  # fmt: skip
+                            label=f"{who[group]}: random units, mean of {draws} draws")  # fmt: skip
                     ax.fill_between(layers, [np.nanmin(v) for v in values], [np.nanmax(v) for v in values],
                                     color=color, alpha=0.12, lw=0)  # fmt: skip
             ax.axhline(0, color="0.5", lw=0.8)
@@ -91,7 +91,7 @@ def intervention_png(rows: list, subtitle: str = "") -> bytes:
                 ax.set_ylabel(label, fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=7,
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(2, len(shown)), fontsize=7,
                    title="band: smallest to largest random draw" if draws > 1 else None, title_fontsize=7)  # fmt: skip
     more = f"; {len(langs) - SHOWN} more languages in intervention.csv" if len(langs) > SHOWN else ""
     set_title(fig, "switching language-specific units off", (subtitle or "") + more)
