@@ -2,16 +2,25 @@
 ``while_loop``) on one core, so kernels whose work is such loops split it into pieces and wait for each piece's
 call in its own thread of one shared pool.
 
-Used inside ``kernels/`` only (``dtw``, ``ot_matrix``); results never depend on the number of workers.
+Used inside ``kernels/`` only (``dtw``, ``ot_matrix``; ``cca`` re-exports ``one_lapack_thread``); results never
+depend on the number of workers.
+
+``one_lapack_thread``: JAX's CPU decompositions (SVD, QR, eigh) call SciPy's OpenBLAS, whose thread pool waits for
+every thread at each call. On a loaded machine a descheduled thread stalls every small call: 40 permutations of the
+SVCCA null of one layer pair (n = 426) took 567 ms quiet and 17.0 s at load 8 on 2 cores (x30), against x4 for a
+matmul; with one OpenBLAS thread, 539 ms quiet and 2.0 s at load 8 (x3.7). Small decompositions gain nothing from a
+second thread, so the CCA measures run their many small ones under this limit.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import os
 
 import jax
+import threadpoolctl
 
 
 def cpu_workers() -> int:
@@ -30,3 +39,9 @@ def on_cores(run, items, workers: int) -> list:
     if workers <= 1:
         return [run(item) for item in items]
     return list(_pool(workers).map(lambda item: jax.block_until_ready(run(item)), items))
+
+
+def one_lapack_thread() -> contextlib.AbstractContextManager:
+    """Within it, the BLAS/LAPACK libraries of this process (SciPy's and NumPy's OpenBLAS, which JAX's CPU
+    decompositions call) run on one thread each (module docstring)."""
+    return threadpoolctl.threadpool_limits(limits=1, user_api="blas")

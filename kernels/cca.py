@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import ShapeError
+from kernels._cpu import one_lapack_thread  # noqa: F401  (the compare job's CCA runs under it)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -88,14 +88,15 @@ def kept_directions(x: np.ndarray, keep: float = 1.0) -> int:
 def _cca_grid(a: View, b: View, fn, keep: float) -> np.ndarray:
     """``fn`` of every layer pair whose kept directions fit in the n - 1 the centred examples span; NaN for the
     others, whose leading canonical correlations are 1 by construction (module docstring)."""
-    dims_a = [kept_directions(x, keep) for x in a.states]
-    dims_b = dims_a if b is a else [kept_directions(y, keep) for y in b.states]
-    return np.array(
-        [
-            [float(fn(x, y)) if da + db <= a.n - 1 else np.nan for y, db in zip(b.states, dims_b, strict=True)]
-            for x, da in zip(a.states, dims_a, strict=True)
-        ]
-    )
+    with cca.one_lapack_thread():  # many small decompositions: a second thread only stalls under load
+        dims_a = [kept_directions(x, keep) for x in a.states]
+        dims_b = dims_a if b is a else [kept_directions(y, keep) for y in b.states]
+        return np.array(
+            [
+                [float(fn(x, y)) if da + db <= a.n - 1 else np.nan for y, db in zip(b.states, dims_b, strict=True)]
+                for x, da in zip(a.states, dims_a, strict=True)
+            ]
+        )
 
 
 def _mknn_grid(a: View, b: View, k: int, shared: dict) -> np.ndarray:

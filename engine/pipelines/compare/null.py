@@ -72,8 +72,14 @@ def _cca(measure, a, b, options, shared, perms, value, step=None):
     directions do not fit the examples: a permutation does not change them). ``step(share)``: called after each
     layer pair with its share of the grid, for the run's progress."""
     out = np.full((len(perms), len(a.layers), len(b.layers)), np.nan)
-    p = jnp.asarray(perms, jnp.int32)
     measured = list(zip(*np.nonzero(np.isfinite(value)), strict=True))
+    with cca.one_lapack_thread():  # per permutation small decompositions: a second thread only stalls under load
+        _cca_pairs(measure, a, b, options, perms, measured, out, step)
+    return out
+
+
+def _cca_pairs(measure, a, b, options, perms, measured, out, step) -> None:
+    p = jnp.asarray(perms, jnp.int32)
     for i, j in measured:
         x, y = a.states[i], b.states[j]
         if measure == "svcca":
@@ -82,7 +88,6 @@ def _cca(measure, a, b, options, shared, perms, value, step=None):
             out[:, i, j] = cca.pwcca_null(x, y, p, epsilon=options.cca_epsilon)
         if step is not None:
             step(1 / len(measured))
-    return out
 
 
 ROUTES = {"cka": _cka, "cka_unbiased": _cka, "svcca": _cca, "pwcca": _cca, "mknn": _mknn, "cknna": _cknna}
