@@ -115,7 +115,10 @@ def test_two_workers_with_other_settings_race_one_wins_the_other_names_the_diffe
     is refused with both values named; the output holds the winner's measures only."""
     out = tmp_path / "race"
     base = ["-m", "jobs.seqsim", "--store", str(worker_store), "--out", str(out), "--layers", "1", *WORKER]
-    procs = [start_worker([*base, "--measure", measure]) for measure in ("seqsim", "seqsim,mean")]
+    # each matrix takes 2 s more, so that the winner still runs when the other opens, however late a loaded machine
+    # starts it (CI: the loser once started after the winner had finished, and a finished run takes another measure)
+    slow = {"BABELGRID_FAULT_DELAY": "after_matrix:2"}
+    procs = [start_worker([*base, "--measure", measure], slow) for measure in ("seqsim", "seqsim,mean")]
     outputs = [p.communicate(timeout=patient(300))[0] for p in procs]
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 1], outputs

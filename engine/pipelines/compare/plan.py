@@ -138,11 +138,14 @@ def set_seconds(
     return seconds
 
 
-def null_memory(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int, chunk: int, batch: int) -> float:
-    """Bytes the permutation null of one set holds beyond the raw measures' states and Grams: CKA's gathered blocks
-    of b's Grams (``chunk`` permutations x Lb x ``ROWS`` rows x n) or, past ``gram_max``, a permuted copy of b's
-    states; mutual k-NN's hit tensor (``chunk`` x La x Lb x n x k^2 booleans); CCA's ``batch`` permuted bases
-    (2 x n x r each); CKNNA's per-permutation lists (Lb x n x k)."""
+def null_memory(
+    a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int, chunk: int, batch: int, perms: int
+) -> float:
+    """Bytes the permutation null of one set holds beyond the raw measures' states and Grams: the ``perms``
+    permutations (i32[P, n]) and one measure's null scores (f64[P, La, Lb], both CKA kinds at once), plus the largest
+    working set of a route: CKA's gathered blocks of b's Grams (``chunk`` permutations x Lb x ``ROWS`` rows x n) or,
+    past ``gram_max``, a permuted copy of b's states; mutual k-NN's hit tensor (``chunk`` x La x Lb x n x k^2
+    booleans); CCA's ``batch`` permuted bases (2 x n x r each); CKNNA's per-permutation lists (Lb x n x k)."""
     held = 0.0
     if any(m in measures for m in ("cka", "cka_unbiased")):
         held = max(held, chunk * b.layers * null.ROWS * n * FLOAT if n <= gram_max else b.layers * b.width * n * FLOAT)
@@ -152,7 +155,7 @@ def null_memory(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max
         held = max(held, batch * 2 * n * min(n, max(a.width, b.width)) * FLOAT)
     if "cknna" in measures:
         held = max(held, chunk * b.layers * n * k * FLOAT * 2)
-    return held
+    return held + perms * n * 4 + 2 * perms * a.layers * b.layers * 8
 
 
 SVCCA_KEPT = 0.5  # share of a view's rank SVCCA keeps at 99% of the variance: an estimate (the spectra decide)
@@ -225,7 +228,7 @@ def plan_compare(
                     stage_seconds[f"{level} {stage}"] = stage_seconds.get(f"{level} {stage}", 0.0) + seconds
                 held = (ma.layers * ma.width + mb.layers * mb.width) * n * FLOAT
                 grams_held = (ma.layers + mb.layers) * n * n * FLOAT if n <= gram_max else 0
-                extra = null_memory(ma, mb, n, asked, knn_k, gram_max, null.CHUNK, NULL_BATCH) if perms else 0.0
+                extra = null_memory(ma, mb, n, asked, knn_k, gram_max, null.CHUNK, NULL_BATCH, perms) if perms else 0.0
                 peak = max(peak, held + grams_held + extra)
                 null_peak = max(null_peak, extra)
         if level == "frame":  # every frame of every layer is read once per model pair (once for a model with itself)

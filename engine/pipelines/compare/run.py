@@ -39,7 +39,8 @@ from engine.pipelines.compare.languages import Language, languages_of
 from engine.pipelines.compare.layers import ALL, MeasureOptions, View
 from engine.pipelines.compare.plan import plan_compare_run
 from engine.pipelines.compare.progress import Progress, SetTicks
-from engine.runtime.plan import duration
+from engine.runtime.budget import HOST_SHARE, host_memory
+from engine.runtime.plan import duration, size
 from engine.runtime.runs import output_run
 from engine.stores.challenge import read_kept
 from engine.stores.integrity import parquet_bytes, write_outputs
@@ -341,11 +342,20 @@ NULL_CAP_HOURS = 24.0  # an estimate above this is refused: a null that would ru
 
 
 def _check_null_cost(config: CompareConfig) -> None:
-    """A large ``--null_permutations`` gets the plan's estimate of the whole run (``plan_compare_run``): refused above
+    """A large ``--null_permutations`` gets the plan's estimate of the whole run (``plan_compare_run``): refused when
+    its memory is over the share of RAM a job may use (``engine.runtime.budget``) or its time over
     ``NULL_CAP_HOURS`` on this machine, else a warning saying how long it will take; nothing written either way."""
     if config.null_permutations <= NULL_ESTIMATED:
         return
-    seconds = plan_compare_run(config, None).seconds_here
+    plan = plan_compare_run(config, None)
+    seconds, usable = plan.seconds_here, host_memory() * HOST_SHARE
+    if plan.peak_memory > usable:  # the permutations and their scores alone: a billion of them do not fit
+        scaled = max(int(config.null_permutations * usable / plan.peak_memory), 1)
+        raise CompareError(
+            f"--null_permutations {config.null_permutations} holds about {size(plan.peak_memory)} (the permutations "
+            f"and their scores, --plan), more than the {size(usable)} this job may use here; about {scaled} "
+            "permutations fit. Nothing was written"
+        )
     said = f"--null_permutations {config.null_permutations} makes the run take about {duration(seconds)} here (--plan)"
     if seconds > NULL_CAP_HOURS * 3600:
         scaled = max(int(config.null_permutations * NULL_CAP_HOURS * 3600 / seconds), 1)
