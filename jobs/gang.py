@@ -173,7 +173,10 @@ def leave_distributed() -> None:
         return  # without recoverability, JAX's own shutdown barrier ends the processes together
     from jax._src import distributed  # the runtime client: jax.distributed exposes no live-process query
 
+    from engine.runtime.parallel import stop_heartbeat
+
     if jax.process_index() != 0:
+        stop_heartbeat()
         jax.distributed.shutdown()
         return
     client = distributed.global_state.client
@@ -183,3 +186,4 @@ def leave_distributed() -> None:
         if not set(client.get_live_nodes([0, *others])) & set(others):
             break
         time.sleep(0.5)
+    stop_heartbeat()  # before the interpreter's exit shuts the client down under it

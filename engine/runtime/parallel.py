@@ -28,7 +28,7 @@ HEARTBEAT_EVERY_S = 2.0  # each process's heartbeat key is rewritten this often
 POLL_S = 0.5  # a process at a barrier looks at its peers this often
 ALIVE = "babelgrid/alive/"
 _barriers = itertools.count()  # every process passes the same barriers in the same order
-_heartbeat = {"timeout": float(DEFAULT_HEARTBEAT_TIMEOUT), "resume": "", "thread": None}
+_heartbeat = {"timeout": float(DEFAULT_HEARTBEAT_TIMEOUT), "resume": "", "thread": None, "stop": threading.Event()}
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,34 @@ def start_heartbeat(timeout_s: float, resume: str = "") -> None:
     client, me = _client(), jax.process_index()
     who = f"{socket.gethostname()} pid {os.getpid()}"
 
+    stop = _heartbeat["stop"]
+
     def beat() -> None:
         for n in itertools.count():
+            if stop.is_set():
+                return
             try:
                 client.key_value_set(f"{ALIVE}{me}", f"{n} {who}", allow_overwrite=True)
             except Exception:  # noqa: BLE001 - the service is gone: JAX's runtime ends this process
                 return
-            time.sleep(HEARTBEAT_EVERY_S)
+            if stop.wait(HEARTBEAT_EVERY_S):
+                return
 
     beat_once = f"0 {who}"
     client.key_value_set(f"{ALIVE}{me}", beat_once, allow_overwrite=True)
     _heartbeat["thread"] = threading.Thread(target=beat, name="babelgrid-heartbeat", daemon=True)
     _heartbeat["thread"].start()
+
+
+def stop_heartbeat() -> None:
+    """Stops the heartbeat thread and waits for it, before the client is shut down: a write into a client being
+    destroyed aborts the process in C++ ("terminate called after throwing", seen once in CI after a gang run had
+    finished its work)."""
+    thread = _heartbeat["thread"]
+    _heartbeat["stop"].set()
+    if thread is not None:
+        thread.join(timeout=HEARTBEAT_EVERY_S + 5.0)
+    _heartbeat["thread"] = None
 
 
 def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
