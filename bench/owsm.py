@@ -9,12 +9,13 @@ ISA and the load average before and after:
     ESPnet's ``BeamSearch`` at beam 1 (``Speech2Text``'s search, one utterance at a time as ``Speech2Text`` runs it),
     ``<sos> <lang> <asr> <notimestamps>`` primed, at most ``--tokens`` tokens.
 
-Usage:  python bench/owsm.py [--batch 4] [--layers 9] [--dec_layers 9] [--window 30] [--tokens 32] [--repeats 5]
+Usage:  python bench/owsm.py [--batch 4] [--layers 9] [--tokens 32] [--repeats 5]
 
-The model is a random one that ESPnet's own code builds (``tests/models/owsm_reference.write_model``, which needs the
-test install: ``make setup-test``) at OWSM v3.1 base widths (768, 12 heads, 3072-wide feed-forwards and cgMLP),
-``--layers`` E-Branchformer and ``--dec_layers`` decoder blocks, a ``--window`` s window, float32; speed does not
-depend on the weights' values, but a random decoder may end early (the tokens decoded are printed). Inputs: the first
+The model is the random one ``babelgrid random-model --kind owsm`` writes in ESPnet's layout, at OWSM v3.1 base widths
+(768, 12 heads, 3072-wide feed-forwards and cgMLP), ``--layers`` E-Branchformer and as many decoder blocks, OWSM's
+30 s window, float32; ESPnet reads the same weights (saved as its ``.pth``) with its full training config (its
+parser's defaults under the folder's ``config.yaml``), which needs ESPnet (``make setup-test``). Speed does not depend
+on the weights' values, but a random decoder may end early (the tokens decoded are printed). Inputs: the first
 ``--batch`` real FLEURS clips ($BABELGRID_FLEURS_SAMPLE or ../shared/data/fleurs-sample), featurised once by
 babelgrid. Each engine runs in its own subprocess, warmed up first; times are medians over ``--repeats`` interleaved
 rounds.
@@ -48,12 +49,74 @@ LABELS = {
 SAMPLE = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
 
 
-def reference(args):
-    from tests.models import owsm_reference as ref
+WINDOW = 30  # seconds: OWSM's window, which random-model's OWSM is written for
+ESPNET_CONFIG = "config.espnet.yaml"  # beside the folder's config.yaml: what ESPnet's model builder reads
+ESPNET_WEIGHTS = "valid.acc.ave.pth"
 
-    ref.SECONDS = args.window  # the token list's timestamps and the preprocessor's window follow it
-    ref.ENCODER["num_blocks"], ref.DECODER["num_blocks"] = args.layers, args.dec_layers
-    return ref
+
+def write_model(args, folder: pathlib.Path) -> pathlib.Path:
+    """The random OWSM (``engine.models.random_folder``), and beside it what ESPnet's inference reads: the weights as
+    a ``.pth`` and the config with every option ESPnet's parser has (random-model writes only those OWSM sets)."""
+    import safetensors.numpy
+    import torch
+    import yaml
+
+    from engine.models.owsm.random_folder import EXP, WEIGHTS
+    from engine.models.random_folder import write_random_folder
+
+    write_random_folder("owsm", folder, layers=args.layers, width=768, heads=12)
+    _torchaudio_placeholder()
+    from espnet2.tasks.s2t import S2TTask
+
+    conf = yaml.safe_load((folder / EXP / "config.yaml").read_text(encoding="utf-8"))
+    defaults = vars(S2TTask.get_parser().parse_args(["--output_dir", str(folder / EXP), "--token_list", "unset"]))
+    (folder / EXP / ESPNET_CONFIG).write_text(yaml.safe_dump({**defaults, **conf}), encoding="utf-8")
+    tensors = safetensors.numpy.load_file(folder / WEIGHTS)
+    torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, folder / EXP / ESPNET_WEIGHTS)
+    return folder
+
+
+def _torchaudio_placeholder() -> None:
+    """ESPnet's ``espnet2.tasks.s2t`` imports torchaudio at module level, for modules OWSM does not use; where no
+    torchaudio build matches torch, a placeholder stands in, and any use of it fails loudly."""
+    import importlib.machinery
+    import types
+
+    try:
+        import torchaudio  # noqa: F401
+    except (ImportError, OSError):
+        stub = types.ModuleType("torchaudio")
+        stub.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
+
+        def missing(name):
+            raise AttributeError(f"torchaudio is a placeholder in bench/owsm.py (torchaudio.{name}); OWSM needs none")
+
+        stub.__getattr__ = missing
+        sys.modules["torchaudio"] = stub
+
+
+def speech2text(model_dir: pathlib.Path, max_tokens: int):
+    """ESPnet's own inference on the model: greedy (beam 1), no CTC, no length penalty, at most ``max_tokens``; built
+    inside ``model_dir``, since the config's paths are relative to it, as ESPnet's recipes run them."""
+    import contextlib
+
+    import safetensors.numpy
+
+    from engine.models.owsm.random_folder import EXP, WEIGHTS
+
+    _torchaudio_placeholder()
+    from espnet2.bin.s2t_inference import Speech2Text
+
+    with contextlib.chdir(model_dir):
+        s2t = Speech2Text(s2t_train_config=f"{EXP}/{ESPNET_CONFIG}", s2t_model_file=f"{EXP}/{ESPNET_WEIGHTS}",
+                          beam_size=1, ctc_weight=0.0, penalty=0.0, maxlenratio=-float(max_tokens), nbest=1,
+                          device="cpu")  # fmt: skip
+    # ESPnet loads a state dict leniently: every parameter of its model must have come from the folder's weights
+    stored = set(safetensors.numpy.load_file(model_dir / WEIGHTS))
+    unread = sorted(k for k, _ in s2t.s2t_model.named_parameters() if k not in stored)
+    if unread:
+        raise SystemExit(f"bench/owsm.py: ESPnet's model has parameters the random folder lacks: {unread[:5]}")
+    return s2t
 
 
 def clips(args) -> list[np.ndarray]:
@@ -93,8 +156,7 @@ def espnet_contender(args, model_dir):
     from engine.models.owsm.loaded import load_owsm
 
     torch.set_num_threads(args.threads)
-    ref = reference(args)
-    s2t = ref.speech2text(model_dir, args.tokens)
+    s2t = speech2text(model_dir, args.tokens)
     model = s2t.s2t_model
     features, _ = load_owsm(model_dir).features(clips(args))
     x = torch.from_numpy(features)
@@ -137,9 +199,7 @@ def serve(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--layers", type=int, default=9, help="E-Branchformer blocks")
-    parser.add_argument("--dec_layers", type=int, default=9, help="decoder blocks")
-    parser.add_argument("--window", type=int, default=30, help="seconds per window (OWSM's: 30)")
+    parser.add_argument("--layers", type=int, default=9, help="E-Branchformer blocks, and as many decoder blocks")
     parser.add_argument("--tokens", type=int, default=32, help="greedy tokens at most")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -151,7 +211,7 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory(prefix="owsm-bench-") as tmp:
-        model_dir = reference(args).write_model(pathlib.Path(tmp) / "model", SAMPLE)
+        model_dir = write_model(args, pathlib.Path(tmp) / "model")
         base = [sys.executable, __file__, *sys.argv[1:], "--model_dir", str(model_dir)]
         load_before = os.getloadavg()
         workers = {}
@@ -167,15 +227,15 @@ def main() -> None:
                 w.close()
         load_after = os.getloadavg()
 
-    audio_s = float(sum(min(len(c), args.window * 16000) for c in clips(args))) / 16000
+    audio_s = float(sum(min(len(c), WINDOW * 16000) for c in clips(args))) / 16000
     command = "python bench/owsm.py " + " ".join(
-        f"--{k} {getattr(args, k)}" for k in ("batch", "layers", "dec_layers", "window", "tokens", "repeats")
+        f"--{k} {getattr(args, k)}" for k in ("batch", "layers", "tokens", "repeats")
     )
     lines = [
         f"machine: {machine()}; ISA: {isa()}",
         f"date: {datetime.date.today().isoformat()}   command: {command}",
-        f"OWSM v3.1 base widths (768), {args.layers} encoder and {args.dec_layers} decoder blocks, fp32, random "
-        f"weights; batch of {args.batch} {args.window} s windows ({audio_s:.1f} s of speech); median of "
+        f"OWSM v3.1 base widths (768), {args.layers} encoder and {args.layers} decoder blocks, fp32, random "
+        f"weights; batch of {args.batch} {WINDOW} s windows ({audio_s:.1f} s of speech); median of "
         f"{args.repeats} interleaved rounds; {args.threads} threads per engine; load average {load_before[0]:.2f} "
         f"before, {load_after[0]:.2f} after",
         "",

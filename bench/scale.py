@@ -14,9 +14,9 @@ times ``--frame_scale``. Utterances per language: FLEURS test's 350-650 per lang
 seeded: the published per-language table was not at hand offline) times ``--scale``. Width ``--d`` and ``--layers``
 small enough for a 2-core machine.
 
-The runs. ``python -m jobs.seqsim --langs all`` with the job's default measures, as 1, 2 and 4 ``jax.distributed``
-processes on 127.0.0.1, each a "host" of one core: ``os.sched_setaffinity`` pins process i to core i mod cores, and
-XLA's CPU client and ``kernels._cpu`` size their thread pools from that affinity (XLA's flags
+The runs (``bench/scale_runs.py``). ``python -m jobs.seqsim --langs all`` with the job's default measures, as 1, 2
+and 4 ``jax.distributed`` processes on 127.0.0.1, each a "host" of one core: ``os.sched_setaffinity`` pins process i
+to core i mod cores, and XLA's CPU client and ``kernels._cpu`` size their thread pools from that affinity (XLA's flags
 ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` left its pool as it was here: 17 threads
 with or without them, 13 when pinned to one core). Compiled kernels come from a persistent JAX compilation cache
 that an unmeasured warm-up run fills, so no measured run pays for XLA's compilation; each process still traces and
@@ -46,15 +46,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import functools
 import json
 import os
 import pathlib
-import re
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +61,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import machine, record  # noqa: E402
-from bench.grid import write_random_store  # noqa: E402
+from bench.scale_runs import WRAPPER, Bench, median_run, net, parse_size, summary, work  # noqa: E402
 from bench.scale_workers import workers_table  # noqa: E402
 
 SAMPLE = pathlib.Path(os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample"))
@@ -74,14 +70,6 @@ TEST_COUNTS = (350, 650)  # utterances per language in FLEURS test (the issue's 
 ALLOWANCE = 256 * 2**20  # kernel working sets and XLA temporaries beyond the measured baseline
 SECTION = "seqsim at scale on a FLEURS-shaped grid (bench/scale.py)"
 WORKERS_SECTION = "independent workers on a FLEURS-shaped grid (bench/scale.py --sweeps workers)"
-# A process's peak RSS, printed when it exits (absl's app.run ends by sys.exit, which runs atexit handlers).
-WRAPPER = (
-    "import atexit, resource, runpy, sys\n"
-    "rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-    "atexit.register(lambda: print('@@maxrss', rss(), flush=True))\n"
-    "sys.argv = ['jobs.seqsim', *sys.argv[1:]]\n"
-    "runpy.run_module('jobs.seqsim', run_name='__main__', alter_sys=True)\n"
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,74 +118,6 @@ def grid(langs: int, utterances: int | None, scale: float, frame_scale: float, s
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(store: str, out: str, n: int, budget: str, env: dict, langs: str = "all") -> dict:
-    """The seqsim job as ``n`` processes, one core each; their summaries and RSS, and the wall time. A process that
-    fails stops the others (they would wait for it)."""
-    cores = sorted(os.sched_getaffinity(0))
-    args = ["--store", store, "--out", out, "--langs", langs, "--memory_budget", budget, "--progress=false"]
-    dist = [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={n}"] if n > 1 else []
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        procs, logs = [], []
-        for i in range(n):
-            argv = [sys.executable, "-c", WRAPPER, *args, *dist, *([f"--process_id={i}"] if n > 1 else [])]
-            pin = functools.partial(os.sched_setaffinity, 0, {cores[i % len(cores)]})
-            logs.append(open(pathlib.Path(tmp) / f"{i}.log", "w+"))  # noqa: SIM115 - closed below
-            procs.append(subprocess.Popen(argv, env=env, cwd=tmp, stdout=logs[-1], stderr=subprocess.STDOUT,
-                                          preexec_fn=pin))  # fmt: skip
-        failed = None  # the first process to fail: the others are stopped, and their exit (-9) is not the cause
-        while any(p.poll() is None for p in procs):
-            failed = next((i for i, p in enumerate(procs) if p.poll() not in (None, 0)), None)
-            if failed is not None:
-                for p in procs:
-                    p.kill()
-                break
-            time.sleep(0.05)
-        for p in procs:
-            p.wait()
-        if failed is None:
-            failed = next((i for i, p in enumerate(procs) if p.returncode), None)
-        wall = time.perf_counter() - t0
-        outputs = []
-        for log in logs:
-            log.seek(0)
-            outputs.append(log.read())
-            log.close()
-    if failed is not None:
-        sys.exit(f"the seqsim job's process {failed} of {n} failed (exit {procs[failed].returncode}):\n"
-                 f"{outputs[failed][-4000:]}")  # fmt: skip
-    return {"wall": wall, "processes": [summary(o) for o in outputs]}
-
-
-def parse_size(text: str) -> int:
-    from engine.runtime.options import parse_size as parse
-
-    return parse(text)
-
-
-def summary(output: str) -> dict:
-    """The numbers of a process's summary line and its RSS."""
-    line = next(x for x in output.splitlines() if x.startswith("computed "))
-    reads = re.search(r"read ([0-9.]+) times on average \(at most ([0-9.]+)\)", line)
-    return {
-        "pair_layers": int(re.search(r"computed (\d+) pair-layers", line).group(1)),
-        "busy": float(re.search(r"busy ([0-9.]+) s", line).group(1)),
-        "units": int(re.search(r"(\d+) units", line).group(1)),
-        "peak_held": parse_size(re.search(r"peak (\S+ \S+) of a", line).group(1)),
-        "reads": float(reads.group(1)) if reads else 0.0,
-        "reads_max": float(reads.group(2)) if reads else 0.0,
-        "compile": float(kernels.group(1)) if (kernels := re.search(r"kernels: ([0-9.]+) s", line)) else 0.0,
-        "compiles": int(re.search(r"compiling (\d+)", line).group(1)) if kernels else 0,
-        "rss": int(re.search(r"@@maxrss (\d+)", output).group(1)),
-    }
-
-
 def fit(xs, ys) -> float:
     """The exponent of ys ~ xs**k, least squares in logs."""
     return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
@@ -205,59 +125,6 @@ def fit(xs, ys) -> float:
 
 def mib(x: float) -> str:
     return f"{x / 2**20:.0f} MiB"
-
-
-class Bench:
-    def __init__(self, args, sizes: Sizes, root: pathlib.Path):
-        self.args, self.sizes, self.root = args, sizes, root
-        self.env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-                        JAX_COMPILATION_CACHE_DIR=args.jax_cache or str(root / "jax-cache"),
-                        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
-        self.stores: dict[str, tuple[str, dict]] = {}
-
-    def store(self, name: str, lengths: dict) -> str:
-        if name not in self.stores:
-            url = str(self.root / name)
-            t = time.perf_counter()
-            write_random_store(url, lengths, self.sizes.d, self.sizes.layers)
-            frames = sum(int(n.sum()) for n in lengths.values())
-            print(f"store {name}: {len(lengths)} languages, {sum(map(len, lengths.values()))} utterances, {frames} "
-                  f"frames, written in {time.perf_counter() - t:.1f} s", flush=True)  # fmt: skip
-            self.stores[name] = (url, lengths)
-        return self.stores[name][0]
-
-    def run(self, store: str, n: int, langs: str = "all") -> dict:
-        out = self.root / f"sim-{time.monotonic_ns()}"
-        result = launch(store, str(out), n, self.sizes.budget, self.env, langs)
-        shutil.rmtree(out, ignore_errors=True)
-        return result
-
-    def rounds(self, configs: dict) -> dict:
-        """``configs[name] = (store, processes, langs)``: a warm-up (compilation cache), then interleaved rounds."""
-        for store, n, langs in configs.values() if self.args.warmup else ():
-            self.run(store, n, langs)
-        results = {name: [] for name in configs}
-        for r in range(self.sizes.rounds):
-            for name in list(configs)[:: 1 if r % 2 == 0 else -1]:
-                results[name].append(self.run(*configs[name]))
-                work = max(p["busy"] for p in results[name][-1]["processes"])
-                print(f"round {r + 1} {name}: work {work:.1f} s, wall {results[name][-1]['wall']:.1f} s", flush=True)
-        return results
-
-
-def work(result: dict) -> float:
-    return max(p["busy"] for p in result["processes"])
-
-
-def net(result: dict) -> float:
-    """The work time less kernel preparation: the longest of each process's busy time less its tracing and compiling
-    (``engine.runtime.compiles``), the part that more processes can share."""
-    return max(p["busy"] - p["compile"] for p in result["processes"])
-
-
-def median_run(runs: list[dict]) -> dict:
-    return sorted(runs, key=work)[len(runs) // 2]
 
 
 def processes_table(bench: Bench) -> list[str]:

@@ -27,7 +27,7 @@ Lengths must be ``>= 1``.
 Convergence: Sinkhorn stops when the L1 error of the row marginal, ``sum_i |(P 1)_i - 1/m|``, falls below
 ``threshold`` (checked every ``INNER_ITERATIONS``), or after ``max_iterations``; ``converged`` is ott's flag
 (False at the iteration limit or on NaN) and false also for a non-finite cost. Callers must not use the score of a
-non-converged pair (``engine.pipelines.similarity.run`` writes NaN and lists the pair in the done marker). The
+non-converged pair (``engine.pipelines.seqsim.run`` writes NaN and lists the pair in the done marker). The
 updates are over-relaxed (ott's constant ``Momentum``, ``OVER_RELAXATION``): the same fixed point in fewer
 iterations. All pairs of two languages: ``kernels.ot_matrix``, which also runs Sinkhorn in kernel (scaling) mode
 (``kernel_mode``, ``kernels.ot_scaling``: there both marginals must meet the threshold, checked every iteration).

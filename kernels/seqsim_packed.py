@@ -132,7 +132,7 @@ def restrict(packing: Packing, bins, frames_from: int, frames: int) -> tuple[Pac
 
     Each bin keeps its frames, slots and shapes (``U``, ``K``), so a pair of restricted sides makes the same
     ``_bin_pair`` calls as the whole sides do for those bins: a block of bins scores bit for bit as in the whole
-    pair (the seqsim job splits a pair that way: ``engine.pipelines.similarity.tiles``).
+    pair (the seqsim job splits a pair that way: ``engine.pipelines.seqsim.tiling.tiles``).
     """
     bins = np.asarray(bins, np.int64)
     slot = packing.utterance[bins]

@@ -2,7 +2,7 @@
 
 The seqsim job (every all-pairs measure) holds the languages of the layer it scores; with a budget it holds only
 what fits, loading languages in tiles and splitting a pair too large for it into utterance blocks
-(``engine.pipelines.similarity.tiles``). ``--memory_budget`` (``RunOptions.memory_budget``, a size such as
+(``engine.pipelines.seqsim.tiling.tiles``). ``--memory_budget`` (``RunOptions.memory_budget``, a size such as
 ``20GiB``) sets it; without it the budget comes from the machine:
 
 - on CPU, where the states live in host memory: ``HOST_SHARE`` of the RAM this process may use (the smaller of the

@@ -1,6 +1,6 @@
 """The similarity store: all-pairs similarity matrices per measure, language pair and layer (format version 4).
 
-Written by ``engine.pipelines.similarity.run.run_similarity`` (the ``seqsim`` job), read with ``open_similarity``::
+Written by ``engine.pipelines.seqsim.run.run_similarity`` (the ``seqsim`` job), read with ``open_similarity``::
 
     OUT/manifest.json                        layer store URL, model, checkpoint, layers; written once
     OUT/pairs.json                           the roster: every pair created, per measure (version 4), digest

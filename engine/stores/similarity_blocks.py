@@ -2,7 +2,7 @@
 staged block by block and committed whole.
 
 A pair too large for one work unit, or for the memory budget, is scored in blocks of rows x columns
-(``engine.pipelines.similarity.tiles``), which processes claim apart. A block is never written into the pair's
+(``engine.pipelines.seqsim.tiling.tiles``), which processes claim apart. A block is never written into the pair's
 matrix chunk: two processes writing parts of one chunk would each read, modify and write the whole chunk, and one
 could lose the other's part. Each block is staged as an object of its own instead::
 

@@ -503,21 +503,34 @@ def test_store_dims_read_every_family_s_record_and_give_it_back_whole():
 
 
 def test_depth_puts_each_family_s_last_norm_at_one():
-    """compare's depth axis (``StoreDims.depth``): Whisper's ln_post (L + 1) at 1; a wav2vec2-style store's last layer
-    L at L / (L + 1); a speech LLM's tower counted by its blocks, so Voxtral's final norm (L + 1) is at 1 as ln_post
-    is and Qwen2-Audio's last block at L / (L + 1); its final output at 1 and its projector one block past."""
-    whisper = StoreDims.from_dict(DIMS.to_dict())
-    assert whisper.depth(whisper.n_blocks + 1) == 1.0
-    w2v = StoreDims.from_dict({"n_layers_out": 5, "embed": 8, "config": {}}, "wav2vec2")
-    assert w2v.depth(4) == 4 / 5
+    """compare's depth axis, each family's rule read off a store's dims (``Family.store_depth``: the store itself
+    holds none): Whisper's ln_post (L + 1) at 1; a wav2vec2-style store's last layer L at L / (L + 1); a speech LLM's
+    tower counted by its blocks, so Voxtral's final norm (L + 1) is at 1 as ln_post is and Qwen2-Audio's last block
+    at L / (L + 1); its final output at 1 and its projector one block past."""
+
+    def depth(name, dims, layers=(0,)):
+        info = StoreInfo("m", "x", dims, layers, "float32", family=name)
+        return family.FAMILIES[name].store_depth(info)
+
+    assert depth("whisper", DIMS)(INFO.n_blocks + 1) == 1.0 and depth("whisper", DIMS)(1) == 1 / (INFO.n_blocks + 1)
+    assert depth("wav2vec2", FamilyDims(5, 8, {}))(4) == 4 / 5
 
     def tower(output, n_layers_out):
-        config = {"layers": 4, "output": output}
-        return StoreDims.from_dict({"n_layers_out": n_layers_out, "embed": 8, "config": config}, "speechllm")
+        return depth("speechllm", FamilyDims(n_layers_out, 8, {"layers": 4, "output": output}))
 
-    assert tower("layers", 6).depth(5) == 1.0 and tower("layers", 6).depth(4) == 4 / 5  # Voxtral: 4 blocks + norm
-    assert tower("layers", 5).depth(4) == 4 / 5  # Qwen2-Audio: 4 blocks, its norm after the pooling
-    assert tower("final", 1).depth(0) == 1.0 and tower("projector", 1).depth(0) == 1 + 1 / 5
+    assert tower("layers", 6)(5) == 1.0 and tower("layers", 6)(4) == 4 / 5  # Voxtral: 4 blocks + norm
+    assert tower("layers", 5)(4) == 4 / 5  # Qwen2-Audio: 4 blocks, its norm after the pooling
+    assert tower("final", 1)(0) == 1.0 and tower("projector", 1)(0) == 1 + 1 / 5
+
+
+def test_store_dims_are_read_by_their_layout_not_the_family_name():
+    """A dims record is OpenAI's ``ModelDimensions`` (Whisper's stores) or ``{n_layers_out, embed, config}``, told
+    apart by ``config``: a manifest's family, or its lack (stores before families were recorded), decides nothing."""
+    assert StoreDims.from_dict(DIMS.to_dict()).n_blocks == DIMS.n_audio_layer
+    other = StoreDims.from_dict({"n_layers_out": 5, "embed": 8, "config": {}})
+    assert (other.n_layers_out, other.embed, other.n_blocks) == (5, 8, 4)
+    old = {k: v for k, v in INFO.to_dict().items() if k != "family"}  # a manifest from before families
+    assert StoreInfo.from_dict(old) == INFO and StoreInfo.from_dict(old).family == "whisper"
 
 
 def test_what_old_manifests_mean_is_still_whisper_s_own():

@@ -1,4 +1,4 @@
-"""The seqsim job's order and units under a memory budget (engine.pipelines.similarity.tiles, held.simulate), on
+"""The seqsim job's order and units under a memory budget (engine.pipelines.seqsim.tiling.tiles, held.simulate), on
 lengths alone: no state is read."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from engine.pipelines.similarity.held import simulate
-from engine.pipelines.similarity.tiles import BudgetError, Language, Sizing, blocked_order, check_budget, plan_units
+from engine.pipelines.seqsim.tiling.held import simulate
+from engine.pipelines.seqsim.tiling.tiles import BudgetError, Language, Sizing, blocked_order, check_budget, plan_units
 
 SIZING = Sizing(embed=4, itemsize=4, states=True, packs=False)  # states only: bytes = utterances x longest x 16
 

@@ -20,8 +20,8 @@ from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper.encoder import WhisperEncoder
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.run import run_similarity
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.kv import json_digest
 from engine.stores.pairs import resolve_pairs
@@ -296,7 +296,7 @@ def test_a_partly_encoded_store_is_refused_unless_allowed(layer_store, tmp_path,
 def test_ot_kernel_fallbacks_are_counted_in_the_done_marker(seqsim, layer_store, tmp_path, monkeypatch, capsys):
     """Pairs that kernels.ot finished in the log domain (OtResult.fallback) are counted in the done marker and the
     job's summary. A fallback is forced by flagging two pairs of the kernel's own result."""
-    import engine.pipelines.similarity.measures as similarity
+    import engine.pipelines.seqsim.measures as similarity
 
     real = similarity.ot_similarity_matrix
 
@@ -361,7 +361,7 @@ def test_ot_measure_through_the_job(seqsim, layer_store, tmp_path):
 
 def test_measure_registry_calls_each_kernel_once():
     """The three SeqSim measures come from one kernel call; the registry and the store name the same measures."""
-    from engine.pipelines.similarity import measures
+    from engine.pipelines.seqsim import measures
     from engine.stores import similarity as store
 
     calls = measures.kernel_calls(["seqsim_b2a", "mean", "seqsim"])

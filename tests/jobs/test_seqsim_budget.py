@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from bench.grid import write_random_store
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.measures import MeasureContext, Side
-from engine.pipelines.similarity.run import held_languages, run_similarity
-from engine.pipelines.similarity.tiles import BudgetError, Language, Sizing
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.measures import MeasureContext, Side
+from engine.pipelines.seqsim.run import held_languages, run_similarity
+from engine.pipelines.seqsim.tiling.tiles import BudgetError, Language, Sizing
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity

@@ -26,7 +26,7 @@ from engine.models.whisper.checkpoints.hf import state_dict_from_hf
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.features import features_for_audio
 from engine.models.whisper.model import Whisper
-from tests.models import w2v_reference as ref
+from tests.models.wav2vec2 import w2v_reference as ref
 
 NEAR_ZERO = 1e-5  # of the layer's largest activation
 

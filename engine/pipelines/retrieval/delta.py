@@ -1,7 +1,7 @@
 """``--baseline``: retrieval of a transformed similarity store against the same grid without the transform.
 
 A seqsim run with ``--remove_language mean`` or ``lda:K`` scores the same utterances as one without it
-(``engine.pipelines.similarity.transform``). With ``--baseline OTHER`` (the other similarity store of the same layer
+(``engine.pipelines.seqsim.transform``). With ``--baseline OTHER`` (the other similarity store of the same layer
 store), retrieval scores both and writes, per measure and layer, the R@1 of each, mean over the directed pairs both
 measured, and their difference::
 

@@ -2,7 +2,7 @@
 
 A matrix's rows and columns of utterances that were not encoded when it was computed are dropped and counted
 (``drop_not_encoded``: the similarity store's done marker records which rows and columns it scored). A measure of
-``NAN_MEASURES`` (``ot``, ``engine.pipelines.similarity.measures``) writes NaN for a score it could not measure; a
+``NAN_MEASURES`` (``ot``, ``engine.pipelines.seqsim.measures``) writes NaN for a score it could not measure; a
 query holding such a score cannot be ranked and is left out and counted (``drop_unranked``). NaN or inf among the
 scored utterances of any other measure, or inf in ``ot``, is a damaged store: ``RetrievalError``.
 """
@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.errors import ShapeError
 from engine.pipelines.retrieval.config import RetrievalError
-from engine.pipelines.similarity.measures import NAN_MEASURES
+from engine.pipelines.seqsim.measures import NAN_MEASURES
 from kernels.metrics import RetrievalMetrics, retrieval_metrics, unmeasured
 from kernels.settings import DEFAULT_KS
 

@@ -1,0 +1,73 @@
+"""The seqsim job's config (light: ``--help`` builds its flags without loading JAX)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from engine.runtime.options import RunOptions, option, validate
+from engine.stores.similarity import MEASURES, SimilarityError, check_measure
+from kernels.settings import OtConfig
+
+DEFAULT_MEASURES = ("seqsim", "mean", "centre", "duration")
+
+
+def parse_kind(text: str) -> tuple[str, int]:
+    """``--remove_language``: ``none`` | ``mean`` | ``lda:K`` -> (kind, K), K 0 but for lda; a ValueError says what is
+    accepted."""
+    match = re.fullmatch(r"(none|mean)|lda:([1-9][0-9]*)", text.strip())
+    if not match:
+        raise ValueError(f"remove_language is none, mean or lda:K with K >= 1 directions, got {text!r}")
+    return (match.group(1), 0) if match.group(1) else ("lda", int(match.group(2)))
+
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimilarityConfig:
+    """``run.out``: the similarity store to write (``engine.runtime.options.RunOptions``)."""
+
+    store: str = option(help="layer store written by the encode job: local path or TensorStore kvstore URL",
+                        required=True, reads=True)  # fmt: skip
+    langs: tuple[str, ...] | None = option(
+        None, "comma-separated language codes of the layer store, or 'all'", parse="list"
+    )
+    layers: tuple[int, ...] | None = option(
+        None, "layers to compare: 'all' stored, a list '0,3,7' or ranges '1-4'", parse="layers"
+    )
+    pairs: str = option("unordered", "unordered | ordered | list of a:b with '*' for every other language")
+    measures: tuple[str, ...] = option(
+        DEFAULT_MEASURES, f"comma list of {', '.join(MEASURES)}", parse="list", flag="measure"
+    )
+    dtype: str = option("float32", "dtype the states are compared in", choices=COMPUTE_DTYPES)
+    allow_partial: bool = option(False, "score a partly encoded layer store (done utterances only)")
+    unit_gflops: float | None = option(
+        None,
+        "GFLOP a work unit aims at: smaller pairs are grouped up to it, larger SeqSim pairs split into blocks of "
+        "utterances (default: the run's FLOPs over a few dozen units per process, "
+        "engine.pipelines.seqsim.tiling.tiles)",
+        positive=True,
+    )
+    remove_language: str = option(
+        "none", "none | mean | lda:K: each language's mean state, or the top K directions separating the languages, "
+        "removed before every measure (fitted per layer over the run's languages; docs/similarity.md)",
+    )  # fmt: skip
+    ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos): --ot_* flags
+    run: RunOptions = RunOptions()
+
+    def __post_init__(self):
+        validate(self)
+        if not self.measures:
+            raise SimilarityError(f"measures must name at least one of {', '.join(MEASURES)}")
+        for m in self.measures:
+            check_measure(m)
+        if not self.run.out:
+            raise SimilarityError("seqsim needs a similarity store to write: run.out (--out)")
+        try:
+            kind, k = parse_kind(self.remove_language)
+        except ValueError as e:
+            raise SimilarityError(str(e)) from None
+        # As the store records it: " mean" and "lda:03" are "mean" and "lda:3" (a resume that gives them otherwise
+        # is the same run)
+        object.__setattr__(self, "remove_language", f"lda:{k}" if kind == "lda" else kind)

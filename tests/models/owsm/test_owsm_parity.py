@@ -1,0 +1,170 @@
+"""OWSM v3.1 against ESPnet's own PyTorch modules and search, on real FLEURS clips and a random model ESPnet builds.
+
+The model (``owsm_reference``): real base widths, 2 encoder and 2 decoder blocks, a 10 s window, saved in ESPnet's
+published layout and loaded by both sides from those files (ours: ``load_owsm``; ESPnet's: ``Speech2Text``).
+
+Bounds, in float32: every compared array is checked as ``max|ours - espnet| <= 1e-5 * max|espnet|`` per layer (or
+per array). Both sides compute the same float32 operations in different orders (XLA's and MKL's GEMM and convolution
+blockings, our float64 STFT against torch's float32 one), so they differ by float32 rounding accumulated over a few
+reductions of width <= 3072: a few 1e-7 of the peak, well inside 1e-5. A misread weight or a wrong norm, activation or
+position is O(1e-2) of the peak or more. Greedy tokens must be equal, token for token.
+
+The frontend's bound is 5e-5 of the peak (measured: 1.1e-5): torch's float32 STFT carries an error of float32 epsilon
+times the frame's strongest bin, and the log turns it, on the weakest mel bins (1e-6 of the strongest), into an
+absolute error near 1e-5 of the features' peak; ours is float64. The encoder tests feed both sides the same features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.models.owsm import owsm_reference as ref
+
+REL = 1e-5
+FRONTEND_REL = 5e-5  # see the module docstring: the log of the weakest mel bins
+MAX_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def owsm(tmp_path_factory, fleurs_dir):
+    from engine.models.owsm.loaded import load_owsm
+
+    root = ref.write_model(tmp_path_factory.mktemp("owsm"), fleurs_dir)
+    clips = ref.real_clips(fleurs_dir)
+    s2t = ref.speech2text(root, MAX_TOKENS)
+    ours = load_owsm(root)
+    features, valid = ours.features(clips)
+    return dict(
+        root=root, clips=clips, s2t=s2t, ours=ours, features=features, valid=valid, states=ours.encode(features)
+    )
+
+
+def _close(ours, theirs, what, rel=REL):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
+    peak = np.abs(theirs).max()
+    err = np.abs(ours - theirs).max()
+    assert err <= rel * peak, f"{what}: max error {err:.3g} > {rel} x peak {peak:.3g}"
+
+
+def _espnet_window(s2t, clip):
+    """The clip padded to the window as Speech2Text.__call__ pads it, and its full length."""
+    n = int(s2t.preprocessor_conf["fs"] * s2t.preprocessor_conf["speech_length"])
+    speech = torch.nn.functional.pad(torch.from_numpy(clip[:n]), (0, max(0, n - len(clip))))[None]
+    return speech, torch.tensor([n])
+
+
+def test_frontend_equals_espnet(owsm):
+    model = owsm["s2t"].s2t_model
+    for i, clip in enumerate(owsm["clips"]):
+        speech, lengths = _espnet_window(owsm["s2t"], clip)
+        with torch.no_grad():
+            feats, _ = model._extract_feats(speech, lengths)
+            feats, _ = model.normalize(feats, lengths)
+        _close(owsm["features"][i], feats[0].numpy(), f"clip {i} features", rel=FRONTEND_REL)
+    assert owsm["features"].shape[1] == 1 + ref.SECONDS * ref.SAMPLE_RATE // 160  # centred 10 ms frames
+
+
+def test_every_encoder_layer_equals_espnet(owsm):
+    s2t, ours = owsm["s2t"], owsm["ours"]
+    enc = s2t.s2t_model.encoder
+    states = np.asarray(owsm["states"])
+    n_layer = ours.config.n_layer
+    assert states.shape == (n_layer + 2, len(owsm["clips"]), ours.config.n_frames, 768)
+    assert ours.config.n_frames == ((1 + ref.SECONDS * 100 - 1) // 2 - 1) // 2  # 40 ms frames after conv2d
+    for i in range(len(owsm["clips"])):
+        feats = torch.from_numpy(owsm["features"][i : i + 1])
+        lengths = torch.tensor([feats.shape[1]])
+        with torch.no_grad():
+            masks = torch.ones(1, 1, feats.shape[1], dtype=torch.bool)
+            layer0, _ = enc.embed(feats, masks)
+            (out, hidden), _, _ = enc(feats, lengths, return_all_hs=True)
+        theirs = [layer0, *hidden, out]
+        assert len(theirs) == n_layer + 2
+        for layer, t in enumerate(theirs):
+            _close(states[layer, i], t[0].numpy(), f"clip {i} layer {layer}")
+    clip_frames = [len(c) // 160 + 1 for c in owsm["clips"]]
+    expect = [min(ours.config.n_frames, ((f - 1) // 2 - 1) // 2) for f in clip_frames]
+    assert owsm["valid"].tolist() == expect
+
+
+def test_decoder_logits_and_ctc_equal_espnet(owsm):
+    s2t, ours = owsm["s2t"], owsm["ours"]
+    model = s2t.s2t_model
+    memory = np.asarray(owsm["states"][-1])
+    rng = np.random.default_rng(0)
+    from engine.models.owsm.decoder import prompt
+
+    tokens = np.array(
+        [prompt(ours.config, lang, "asr") + list(rng.integers(13, ours.config.n_vocab - 3, 6)) for _, lang in ref.CLIPS]
+    )
+    ours_logits = ours.decoder.logits(tokens, memory)
+    with torch.no_grad():
+        theirs, _ = model.decoder(
+            torch.from_numpy(memory),
+            torch.full((len(tokens),), memory.shape[1]),
+            torch.from_numpy(tokens),
+            torch.full((len(tokens),), tokens.shape[1]),
+        )
+        ctc = model.ctc.ctc_lo(torch.from_numpy(memory))
+    _close(ours_logits, theirs.numpy(), "decoder logits")
+    _close(ours.ctc_logits(owsm["states"], ours.config.n_layer + 1), ctc.numpy(), "CTC logits")
+
+
+def test_greedy_tokens_equal_espnet_search(owsm):
+    s2t, ours = owsm["s2t"], owsm["ours"]
+    memory = owsm["states"][-1]
+    for i, (clip, (_, lang)) in enumerate(zip(owsm["clips"], ref.CLIPS, strict=True)):
+        for task in ("<asr>", "<st_eng>"):
+            hyp = s2t(clip, lang_sym=lang, task_sym=task)[0][4]
+            theirs = hyp.yseq.tolist()[4:]  # after <sos> <lang> <task> <notimestamps>
+            eos = ours.config.token_id("<eos>")
+            # ESPnet appends <eos> after MAX_TOKENS tokens when none came; an <eos> it chose ends the list too.
+            theirs = theirs[:-1] if theirs[-1] == eos else theirs
+            tokens, n = ours.greedy(memory[i : i + 1], lang, task, max_tokens=MAX_TOKENS)
+            assert np.asarray(tokens)[0, : int(n[0])].tolist() == theirs, (i, task)
+
+
+BEAM = 3
+
+
+def _espnet_tokens(hyp, eos: int) -> list[int]:
+    """A Speech2Text hypothesis' tokens after ``<sos> <lang> <task> <notimestamps>``, up to its first ``<eos>``."""
+    tokens = hyp.yseq.tolist()[4:]
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def test_beam_search_equals_espnet_beam_search(owsm):
+    """ESPnet's BatchBeamSearch at beam 3: the same best hypothesis, token for token, and its score within 1e-5.
+
+    The random decoder ends some hypotheses early and runs others to the length limit (asserted, so that both ways
+    out of the search stay covered). ASR only: each ESPnet call costs about 2 s of CPU, and tests/jobs/test_owsm.py
+    checks the beam's ASR and ST tokens through the decode job."""
+    s2t, ours = ref.speech2text(owsm["root"], MAX_TOKENS, beam_size=BEAM), owsm["ours"]
+    memory, eos = owsm["states"][-1], ours.config.token_id("<eos>")
+    languages = [lang for _, lang in ref.CLIPS]
+    lengths = []
+    for task in ("<asr>",):
+        tokens, n, score = ours.beam(memory, languages, task, beam=BEAM, max_tokens=MAX_TOKENS)
+        for i, clip in enumerate(owsm["clips"]):
+            hyp = s2t(clip, lang_sym=languages[i], task_sym=task)[0][4]
+            theirs = _espnet_tokens(hyp, eos)
+            assert np.asarray(tokens)[i, : int(n[i])].tolist() == theirs, (i, task)
+            _close(score[i], hyp.score.numpy(), f"clip {i} {task} beam score")
+            lengths.append(len(theirs))
+    assert min(lengths) < MAX_TOKENS and max(lengths) == MAX_TOKENS, lengths
+
+
+def test_language_probs_equal_espnet_speech2language(owsm):
+    """ESPnet's Speech2Language: the softmax over the language tokens after ``<sos>``, every language's probability
+    within 1e-5, and so the same detected language."""
+    s2l, ours = ref.speech2language(owsm["root"]), owsm["ours"]
+    probs = np.asarray(ours.language_probs(owsm["states"][-1]))
+    assert probs.shape == (len(owsm["clips"]), len(ref.LANGUAGES))
+    detected = ours.detect_language(owsm["states"][-1])
+    for i, clip in enumerate(owsm["clips"]):
+        theirs = dict(s2l(clip))
+        _close(probs[i], np.array([theirs[lang] for lang in ref.LANGUAGES]), f"clip {i} language probabilities")
+        assert detected[i] == max(theirs, key=theirs.get), (i, detected[i], theirs)

@@ -1,0 +1,187 @@
+"""Parity with CTranslate2 (an implementation we did not write) on real weights and real speech.
+
+The packaged whisper-base (OpenAI's weights, stored float16 in CTranslate2 format) runs in our
+Flax model at float32 and in CTranslate2 at ``compute_type="float32"``, on the same log-mel
+features of the 50 real FLEURS clips (every 30 s window of the long ones).
+
+- Encoder output (layer L+1): per window, max |ours - CTranslate2| / max |CTranslate2| < 2^-11
+  (4.9e-4, one float16 rounding). Both sides upcast the same fp16 weights exactly, so what is left
+  is float32 summation order. Measured on the 51 windows: median 2.8e-5, max 6.6e-5
+  (fleurs-en-006: 1.6e-3 absolute against a peak of 24.3); another machine's 2.2e-3 absolute on
+  that window is 9e-5. The test also checks that wrong layers fail by a wide margin: one block
+  short (ln_post of layer L-1) >= 0.27, ln_post skipped (layer L) >= 21, the padding zeroed in the
+  log-mel (faster-whisper's convention, not ours) >= 0.9. One-off runs on 8 windows put the tanh
+  GELU at >= 7e-3 and float16 compute at >= 1.8e-2; a LayerNorm eps of 1e-6 instead of 1e-5 gives
+  4.3e-4 to 6e-4, caught on most windows but not all.
+- Detected language: equal on every clip.
+- Greedy transcripts (beam 1, no timestamps, the checkpoint's suppression): identical on at
+  least 48 of 50 clips; near-tied logits may legitimately flip a token on a couple of clips.
+"""
+
+import ctranslate2  # noqa: F401  (a dependency of the test extra: missing is a failure, not a skip)
+import numpy as np
+import pytest
+
+from engine.models.whisper.decoding import DecodingOptions  # noqa: E402
+from engine.text.metrics import wer  # noqa: E402
+from tests.models.whisper.conftest import PARITY_BATCH as BATCH  # noqa: E402
+from tests.models.whisper.conftest import ct2_view  # noqa: E402
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+
+# The packaged whisper-base, its CTranslate2 twin, the windows of the 50 clips and both encoders' output on them
+# (layer L+1, ours at float32 matmul precision) are the session fixtures base_whisper, ct2_base, fleurs_windows and
+# base_encoded (tests/models/whisper/conftest.py), shared with the decoding and word-timestamp parity modules.
+
+
+@pytest.fixture(scope="module")
+def whisper(base_whisper):
+    return base_whisper
+
+
+# Encoder tolerance, relative to each window's peak |activation| (22 to 25 on every FLEURS window, rms
+# ~1.5): float32 rounding grows with the values summed, so an absolute bound on values of tens passes
+# or fails by machine. 2^-11 is one float16 rounding: both sides read the same float16 weights and
+# compute in float32, so a gap that large means one of them computed something else. Measured
+# float32-order noise is 5-7x below it (docstring); the wrong-layer controls are >= 500x above it.
+ENCODER_REL_TOL = 2.0**-11
+CONTROL_MARGIN = 100  # each wrong-layer control must exceed the tolerance by this factor
+
+
+def peak_relative_error(ours, ref):
+    """ours, ref: f32[window, frame, embed] -> f64[window]: max |ours - ref| / max |ref| per window."""
+    return np.abs(ours - ref).max(axis=(1, 2)) / np.abs(ref).max(axis=(1, 2)).astype(np.float64)
+
+
+def test_encoder_output_matches_ctranslate2(base_encoded, fleurs_windows, whisper):
+    ours, ref = base_encoded
+    mel, owner, names = fleurs_windows.mel, fleurs_windows.owner, fleurs_windows.names
+    assert ours.shape == ref.shape == (len(mel), 1500, 512)
+    rel = peak_relative_error(ours, ref)
+    worst = int(rel.argmax())
+    print(
+        f"\nencoder vs CTranslate2 over {len(rel)} windows, max|diff|/max|ref|: median {np.median(rel):.2e}, "
+        f"max {rel.max():.2e} ({names[owner[worst]]}); tolerance {ENCODER_REL_TOL:.2e}"
+    )
+    bad = [(names[owner[i]], float(f"{e:.2e}")) for i, e in enumerate(rel) if e >= ENCODER_REL_TOL]
+    assert not bad, f"encoder output differs from CTranslate2 by >= {ENCODER_REL_TOL:.2e} of the peak on {bad}"
+
+    # Controls: the tolerance must reject the mistakes it is there for. Clip 0's first window is
+    # padded (its audio is < 30 s); zeroing the log-mel after the audio is faster-whisper's padding,
+    # while both sides here were fed OpenAI's (audio padded with zeros, then the log-mel taken).
+    top = whisper.dims.n_audio_layer + 1
+    valid_frames = fleurs_windows.valid[0]
+    assert owner[0] == 0 and valid_frames < 1500
+    zero_padded = mel[0].copy()
+    zero_padded[:, 2 * valid_frames :] = 0.0  # two mel frames per encoder frame
+    states = np.asarray(whisper.encode(np.concatenate([mel[:BATCH], zero_padded[None]]), (top - 2, top - 1, top)))
+    controls = {
+        "one block short (ln_post of layer L-1)": np.asarray(whisper.model.encoder.ln_post(states[0, :BATCH])),
+        "ln_post skipped (layer L)": states[1, :BATCH],
+        "log-mel zero padding": states[2, BATCH:],
+    }
+    for name, wrong in controls.items():
+        err = peak_relative_error(wrong, ref[: len(wrong)])
+        print(f"control {name}: min {err.min():.2e} = {err.min() / ENCODER_REL_TOL:.0f}x tolerance")
+        assert err.min() > CONTROL_MARGIN * ENCODER_REL_TOL, f"{name} is within {CONTROL_MARGIN}x of the tolerance"
+
+
+@pytest.fixture(scope="module")
+def decoded(whisper, ct2_base, ct2_generate, base_encoded, fleurs_windows):
+    """Our and CTranslate2's language and greedy transcript per clip (windows concatenated). CTranslate2 decodes
+    through the session's memoised ``ct2_generate``, which ``test_parity_ct2_decode.py`` reads back."""
+    tok = whisper.tokenizer
+    ours_xa, ct2_xa = base_encoded
+    langs, texts, ct2_langs, ct2_texts = [], [], [], []
+    for start in range(0, len(ours_xa), BATCH):
+        stop = min(start + BATCH, len(ours_xa))
+        # The last batch (3 of the 51 windows) padded with copies of its first window to BATCH rows: one compiled
+        # detection and decoding program for every call instead of a second pair for 3 rows. Rows are independent.
+        rows = list(range(start, stop)) + [start] * (BATCH - (stop - start))
+        res = whisper.transcribe(None, xa=ours_xa[rows])
+        langs += res.languages[: stop - start]
+        texts += res.texts[: stop - start]
+        detected = [r[0][0].strip("<|>") for r in ct2_base.detect_language(ct2_view(ct2_xa[start:stop]))]
+        prompts = [tok.sot_sequence(code, "transcribe") for code in detected]
+        ct2_langs += detected
+        ct2_texts += [tok.decode(ids) for ids in ct2_generate(range(start, stop), prompts, 1)]
+    fw = fleurs_windows
+    rows = []
+    for i, (name, lang, ref) in enumerate(zip(fw.names, fw.langs, fw.refs, strict=True)):
+        mine = fw.windows_of(i)
+        rows.append(
+            (
+                name,
+                lang,
+                ref,
+                [langs[j] for j in mine],
+                [ct2_langs[j] for j in mine],
+                "".join(texts[j] for j in mine).strip(),
+                "".join(ct2_texts[j] for j in mine).strip(),
+            )
+        )
+    return rows
+
+
+def test_detected_language_matches_ctranslate2(decoded):
+    for name, _lang, _, ours, theirs, *_ in decoded:
+        assert ours == theirs, f"{name}: we detect {ours}, CTranslate2 {theirs}"
+    # And both are right about the first window's language on every clip.
+    wrong = [(name, ours[0]) for name, lang, _, ours, *_ in decoded if ours[0] != lang]
+    assert len(wrong) <= 2, wrong
+
+
+def test_greedy_transcripts_match_ctranslate2(decoded):
+    same = sum(ours == theirs for *_, ours, theirs in decoded)
+    diffs = [(name, ours, theirs) for name, *_, ours, theirs in decoded if ours != theirs]
+    for lang in sorted({row[1] for row in decoded}):
+        rows = [row for row in decoded if row[1] == lang]
+        refs = [row[2] for row in rows]
+        print(
+            f"WER {lang}: ours {wer(refs, [r[5] for r in rows]):.3f}  CTranslate2 {wer(refs, [r[6] for r in rows]):.3f}"
+        )
+    print(f"identical transcripts: {same}/{len(decoded)}")
+    assert same >= 48, diffs
+
+
+def test_early_exit_and_translate_run(whisper, fleurs_windows):
+    """Early exit decodes from the layer asked for: the same as that layer's states taken from ``encode``, normalised
+    here with ln_post's weights (or not), and handed to the decoder as ``xa``; and not what layer L+1 gives."""
+    import jax.numpy as jnp
+
+    from engine.models.whisper.decoding import teacher_forced
+
+    mel = fleurs_windows.mel[fleurs_windows.windows_of(0)[:1]]
+    top = whisper.dims.n_audio_layer + 1
+    layer = top - 3  # an intermediate block: ln_post of block L would be layer L+1 itself
+    n_tokens = 40  # enough to tell the layers apart, cheap on CPU
+    ln = whisper.model.encoder.ln_post
+    scale, bias = (np.asarray(p[...], np.float64) for p in (ln.scale, ln.bias))
+
+    def ln_post(x):  # float64, eps of torch.nn.LayerNorm as OpenAI's model uses it
+        x = np.asarray(x, np.float64)
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        return (x * scale + bias).astype(np.float32)
+
+    def logits(xa, tokens):
+        return np.asarray(teacher_forced(whisper.model, jnp.asarray(xa), tokens, whisper.alignment_heads())[0])
+
+    plain = DecodingOptions(language="de", max_new_tokens=n_tokens)
+    top_xa = np.asarray(whisper.encode(mel, (top,))[0])
+    from_top = whisper.transcribe(mel, plain)
+    states = np.asarray(whisper.encode(mel, (layer,))[0])
+    for apply_ln_post, by_hand in ((True, ln_post(states)), (False, states)):
+        options = DecodingOptions(
+            language="de", encoder_layer=layer, apply_ln_post=apply_ln_post, max_new_tokens=n_tokens
+        )
+        early = whisper.transcribe(mel, options)
+        assert early.languages == ["de"] and isinstance(early.texts[0], str)
+        assert early.tokens == whisper.transcribe(None, plain, xa=jnp.asarray(by_hand)).tokens, apply_ln_post
+        assert early.tokens != from_top.tokens, f"layer {layer} decodes like layer {top} (ln_post {apply_ln_post})"
+        # Teacher-forced on the early-exit tokens: the same logits as from the hand-made input, not those of L+1.
+        tokens = np.array([[*whisper.tokenizer.sot_sequence("de"), *early.tokens[0]]])
+        want = logits(by_hand, tokens)
+        np.testing.assert_allclose(logits(whisper.audio_features(mel, options), tokens), want, atol=1e-3)
+        assert np.abs(want - logits(top_xa, tokens)).max() > 1.0
+    res = whisper.translate(mel, DecodingOptions(language="de"))
+    assert res.texts[0].strip(), "translation to English produced no text"
