@@ -10,8 +10,8 @@
     engine.run_retrieval(engine.configure(engine.RetrievalConfig, similarity=..., ...))
 
 Each job's library side is ``engine.pipelines.<job>.run``; its config is a frozen dataclass, given here beside its
-``run_<job>`` (``EncodeConfig`` ... ``FinetuneConfig``), and ``configure(Config, out=..., progress=False, ...)`` fills
-its run options. The names load on first use, so that
+``run_<job>`` (``run_encode`` and ``EncodeConfig``, ... ``run_verify`` and ``VerifyConfig``: every job's), and
+``configure(Config, out=..., progress=False, ...)`` fills its run options. The names load on first use, so that
 ``import engine`` stays cheap (the jobs' ``--help`` never imports JAX through it).
 """
 
@@ -27,7 +27,7 @@ _FACE = {
     "configure": "engine.runtime.options",
     "RunOptions": "engine.runtime.options",
     "run_encode": "engine.pipelines.encode.run",
-    "run_similarity": "engine.pipelines.similarity.run",
+    "run_similarity": "engine.pipelines.seqsim.run",
     "run_retrieval": "engine.pipelines.retrieval.run",
     "run_align": "engine.pipelines.align.run",
     "run_decode": "engine.pipelines.decode.run",
@@ -35,9 +35,13 @@ _FACE = {
     "run_challenge": "engine.pipelines.challenge.run",
     "run_probe": "engine.pipelines.probe.run",
     "run_finetune": "engine.pipelines.finetune.run",
+    "run_compare": "engine.pipelines.compare.run",
+    "run_probes": "engine.pipelines.probes.run",
+    "run_verify": "engine.pipelines.verify.run",
+    "run_neurons": "engine.pipelines.neurons.run",
     # each run_<job>'s config, for configure(Config, ...): from the light config modules where a job has one
     "EncodeConfig": "engine.pipelines.encode.config",
-    "SimilarityConfig": "engine.pipelines.similarity.config",
+    "SimilarityConfig": "engine.pipelines.seqsim.config",
     "RetrievalConfig": "engine.pipelines.retrieval.config",
     "AlignConfig": "engine.pipelines.align.config",
     "DecodeConfig": "engine.pipelines.decode.config",
@@ -45,9 +49,10 @@ _FACE = {
     "ChallengeConfig": "engine.pipelines.challenge.run",
     "ProbeConfig": "engine.pipelines.probe.config",
     "FinetuneConfig": "engine.pipelines.finetune.config",
-    "run_compare": "engine.pipelines.compare.run",
-    "run_probes": "engine.pipelines.probes.run",
-    "run_verify": "engine.pipelines.verify.run",
+    "CompareConfig": "engine.pipelines.compare.config",
+    "ProbesConfig": "engine.pipelines.probes.config",
+    "VerifyConfig": "engine.pipelines.verify.config",
+    "NeuronsConfig": "engine.pipelines.neurons.config",
 }
 
 __all__ = sorted(_FACE)

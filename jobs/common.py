@@ -4,7 +4,7 @@ A job's flags are its config's fields (``engine.runtime.options.option``: defaul
 plus the run options it takes; it builds its config from them and starts through ``run``::
 
     common.define_config_flags(SimilarityConfig, __name__, run=("out", "progress", "claim_ttl", ...),
-                               required=("store", "out"), plan="engine.pipelines.similarity.plan:plan_seqsim_run",
+                               required=("store", "out"), plan=plan_seqsim,
                                distributed=True)
 
     def main() -> int:
@@ -18,12 +18,12 @@ plus the run options it takes; it builds its config from them and starts through
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -43,8 +43,8 @@ CLAIMING = ("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "stor
             "worker", "compile_cache")  # fmt: skip
 
 # A job's plan (--plan): its config and the target device (None: only here) -> the plan (engine.runtime.plan.Plan).
-# Given as "module:function", imported only when --plan is asked, so that --help loads no JAX.
-PlanFunction = str
+# The job's own small function, which imports its pipeline's plan module only when called, so that --help loads no JAX.
+PlanFunction = Callable
 _PLANS: dict[type, PlanFunction] = {}  # config class -> its job's plan function (define_plan)
 # flag -> (its parse rule, its help text), of the config fields that name a location the job reads (``option``'s
 # ``reads``): ``check_inputs`` looks for the local ones before the job loads JAX.
@@ -135,8 +135,7 @@ def plan_if_asked(config) -> None:
     """With --plan: prints the plan of the run ``config`` describes and exits 0, before anything is opened."""
     if "plan" not in FLAGS or not FLAGS.plan:
         return
-    module, _, name = _PLANS[type(config)].partition(":")
-    make_plan = getattr(importlib.import_module(module), name)
+    make_plan = _PLANS[type(config)]
     started = process_age()  # the interpreter, absl and JAX's imports: a run pays them too
     try:
         plan = make_plan(config, get_device(FLAGS.plan_device))
@@ -183,11 +182,11 @@ def _values(cls, given: dict) -> dict:
 
 
 def define_plan(cls, plan: PlanFunction, module: str) -> None:
-    """--plan and --plan_device for the job whose config is ``cls``; ``plan(config, device)`` makes its plan
-    (``engine.pipelines.<job>.plan``), named ``"module:function"`` and imported only for --plan (``--help`` then
-    loads no JAX). Runtime imports no pipeline, so the job hands its plan function here."""
-    if not isinstance(plan, str) or plan.count(":") != 1:
-        raise TypeError(f"plan must name the job's plan function as 'module:function', got {plan!r}")
+    """--plan and --plan_device for the job whose config is ``cls``; ``plan(config, device)`` makes its plan (the
+    job's function, which imports ``engine.pipelines.<job>.plan`` only when called: ``--help`` then loads no JAX).
+    Runtime imports no pipeline, so the job hands its plan function here."""
+    if not callable(plan):
+        raise TypeError(f"plan must be the job's plan function, got {plan!r}")
     _PLANS[cls] = plan
     module = _flag_module(module)
     flags.DEFINE_bool(

@@ -16,13 +16,21 @@ from __future__ import annotations
 from engine.pipelines.compare.config import CompareConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.compare.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.compare.plan import plan_compare_run
+
+    return plan_compare_run(config, device)
+
+
 common.define_config_flags(
     CompareConfig,
     __name__,
     run=("out", "progress", "kvstore_spec", "store_timeout", "matmul_precision"),
     required=("out",),
     help={"out": "output folder: local path or TensorStore kvstore URL"},
-    plan="engine.pipelines.compare.plan:plan_compare_run",
+    plan=plan,
 )
 
 

@@ -21,13 +21,21 @@ from __future__ import annotations
 from engine.pipelines.decode.config import DecodeConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.decode.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.decode.plan import plan_decode_run
+
+    return plan_decode_run(config, device)
+
+
 common.define_config_flags(
     DecodeConfig,
     __name__,
     run=common.RUN_OPTIONS,
     required=("out",),
     help={"out": "output folder or TensorStore kvstore URL (created if missing, resumed if present)"},
-    plan="engine.pipelines.decode.plan:plan_decode_run",
+    plan=plan,
     distributed=True,
 )
 

@@ -18,13 +18,21 @@ from __future__ import annotations
 from engine.pipelines.encode.config import EncodeConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.encode.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.encode.plan import plan_encode_run
+
+    return plan_encode_run(config, device)
+
+
 common.define_config_flags(
     EncodeConfig,
     __name__,
     run=common.RUN_OPTIONS,
     required=("out",),
     help={"out": "output store: local path or TensorStore kvstore URL (gs://, s3://, file://)"},
-    plan="engine.pipelines.encode.plan:plan_encode_run",
+    plan=plan,
     distributed=True,
 )
 

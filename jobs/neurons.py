@@ -12,12 +12,20 @@ from __future__ import annotations
 from engine.pipelines.neurons.config import NeuronsConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.neurons.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.neurons.plan import plan_neurons_run
+
+    return plan_neurons_run(config, device)
+
+
 common.define_config_flags(
     NeuronsConfig,
     __name__,
     run=common.CLAIMING,
     required=("out",),
-    plan="engine.pipelines.neurons.plan:plan_neurons_run",
+    plan=plan,
     help={"out": "output folder: local path or TensorStore kvstore URL"},
 )
 

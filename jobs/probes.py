@@ -12,13 +12,21 @@ from __future__ import annotations
 from engine.pipelines.probes.config import ProbesConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.probes.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.probes.plan import plan_probes_run
+
+    return plan_probes_run(config, device)
+
+
 common.define_config_flags(
     ProbesConfig,
     __name__,
     run=("out", "progress", "kvstore_spec", "store_timeout", "strict", "matmul_precision"),
     required=("store", "out"),
     help={"out": "output folder or TensorStore kvstore URL"},
-    plan="engine.pipelines.probes.plan:plan_probes_run",
+    plan=plan,
 )
 
 

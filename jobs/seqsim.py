@@ -8,7 +8,7 @@ r"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer sto
 
 --out is required: similarity stores live beside layer stores, not inside them (a language folder of the layer
 store could collide with any name chosen inside it). Re-running with the same --out resumes: complete matrices are
-skipped. Layout: docs/similarity.md; library: engine/pipelines/similarity/run.py.
+skipped. Layout: docs/similarity.md; library: engine/pipelines/seqsim/run.py.
 
 Memory: a process holds at most --memory_budget bytes of states (default: half its RAM on CPU, half the device's
 memory on an accelerator): languages are read in tiles that fit it, a pair too large for it is scored in blocks of
@@ -27,10 +27,18 @@ from __future__ import annotations
 
 from absl import flags
 
-from engine.pipelines.similarity.config import DEFAULT_MEASURES, SimilarityConfig
+from engine.pipelines.seqsim.config import DEFAULT_MEASURES, SimilarityConfig
 from engine.runtime.options import parse_list
 from jobs import common
 from kernels.settings import OtConfig
+
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.seqsim.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.seqsim.plan import plan_seqsim_run
+
+    return plan_seqsim_run(config, device)
+
 
 common.define_config_flags(
     SimilarityConfig,
@@ -38,7 +46,7 @@ common.define_config_flags(
     run=(*common.CLAIMING, "memory_budget"),
     required=("store", "out"),
     help={"out": "similarity store to write (created if missing, resumed if present)"},
-    plan="engine.pipelines.similarity.plan:plan_seqsim_run",
+    plan=plan,
     distributed=True,
 )
 # The ot measure's Sinkhorn options (SimilarityConfig.ot, a kernels.settings.OtConfig): its defaults are the flags'.
@@ -51,7 +59,7 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
-    from engine.pipelines.similarity.run import run_similarity  # loads JAX: after the flags, so that --help stays quick
+    from engine.pipelines.seqsim.run import run_similarity  # loads JAX: after the flags, so that --help stays quick
 
     config = common.config_from_flags(
         SimilarityConfig,

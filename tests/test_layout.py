@@ -5,18 +5,23 @@ which can no longer fail shows up as a failing test too):
 - engine's ground floor (``engine/*.py``) imports no room above it, and ``engine.stores`` and ``engine.runtime``
   import no ``engine.pipelines`` module;
 - no model family (``engine/models/<family>/``) imports another family: what they share is in ``engine.models.common``;
-  and ``engine.models`` imports no ``engine.runtime`` module;
+- outside the families' folders and the registry (``engine/models/family.py``, ``interface.py``), no module of engine/
+  or jobs/ is tied to a family: imports from its folder, names its loader (a top-level ``load_*`` of its folder) or
+  compares anything with its name (``FAMILY_NAMES``); the pipelines ask the interface and the registry instead;
+- what the interface's protocols declare is read, never probed (``hasattr``, ``getattr`` with a default) where the
+  models are used, and every family's encoder class declares the whole ``Encoder``;
 - no import cycle across engine/ and kernels/, function-level imports included;
-- no module is imported by a string (``importlib.import_module``, ``__import__``) outside the package face
-  (``engine/__init__.py``, which loads its names on first use): such an import hides its arrow from the cycle check
-  and from a reader;
+- no module of engine/, kernels/ or jobs/ is imported by a string (``importlib.import_module``, ``__import__``,
+  ``runpy.run_module``) but in ``STRING_IMPORTERS`` (the package face, which loads its names on first use, and the
+  command line, which runs a job by its name): such an import hides its arrow from the cycle check and from a reader;
 - a project import inside a function or class body carries a ``# lazy: <reason>`` comment on its line or the line
   above, and there are at most ``MAX_LAZY`` of them;
-- the floors run one way between rooms: stores never import runtime or models, models never import runtime or
-  stores, runtime never imports models (``ROOM_RULES``, function-level imports included);
-- no module of engine/, kernels/ or jobs/ is over ``MAX_LINES`` lines;
+- the floors run one way between rooms: stores never import runtime or models, models never import runtime, stores or
+  pipelines, runtime never imports models, data and text import none of models, pipelines, runtime and stores
+  (``ROOM_RULES``, function-level imports included);
+- no module of engine/, kernels/, jobs/ or bench/ is over ``MAX_LINES`` lines;
 - engine/ and kernels/ never read flags;
-- ``import engine`` gives the public face a notebook needs.
+- ``import engine`` gives the public face a notebook needs: every job's ``run_*`` and its config among it.
 """
 
 import ast
@@ -25,6 +30,7 @@ import importlib
 import pathlib
 import re
 import textwrap
+import typing
 
 import pytest
 
@@ -35,15 +41,21 @@ KERNEL_MAY_IMPORT = ("engine.errors", "engine.axes", "kernels")
 ABOVE_GROUND = ("engine.models", "engine.pipelines", "engine.runtime", "engine.stores", "engine.data", "engine.text")
 MODELS = "engine.models"
 SHARED_BY_FAMILIES = "common"  # engine/models/common/: the one package every family may import
+# The floors above the ground floor's, from the bottom: data and text (audio, corpora, words; they import the ground
+# floor and their own room only), models and stores, runtime, pipelines.
+UPPER_FLOORS = ("engine.models", "engine.pipelines", "engine.runtime", "engine.stores")
 # room -> the rooms it must never import: models and stores sit on one floor and neither imports the other; runtime
-# sits above both and takes what it needs of a model from the pipeline that calls it.
+# sits above both and takes what it needs of a model from the pipeline that calls it; the models serve the pipelines
+# and never call back into one; data and text sit below them all.
 ROOM_RULES = {
     "engine.stores": ("engine.runtime", "engine.models"),
-    "engine.models": ("engine.runtime", "engine.stores"),
+    "engine.models": ("engine.runtime", "engine.stores", "engine.pipelines"),
     "engine.runtime": ("engine.models",),
+    "engine.data": UPPER_FLOORS,
+    "engine.text": UPPER_FLOORS,
 }
 MAX_LINES = 450  # one concept a module: past this it is two modules (STYLE.md habit 8)
-SIZED = ("engine", "kernels", "jobs")
+SIZED = ("engine", "kernels", "jobs", "bench")
 LAZY_COMMENT = re.compile(r"#\s*lazy:\s*\S")
 FACE = (
     "load_model",
@@ -61,6 +73,20 @@ FACE = (
     "run_compare",
     "run_probes",
     "run_verify",
+    "run_neurons",
+    "EncodeConfig",
+    "SimilarityConfig",
+    "RetrievalConfig",
+    "AlignConfig",
+    "DecodeConfig",
+    "InterpConfig",
+    "ChallengeConfig",
+    "ProbeConfig",
+    "FinetuneConfig",
+    "CompareConfig",
+    "ProbesConfig",
+    "VerifyConfig",
+    "NeuronsConfig",
 )
 
 
@@ -83,9 +109,10 @@ def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def scan(root: pathlib.Path = REPO) -> dict[str, list[Import]]:
-    """Module of engine/ or kernels/ under ``root`` -> the project modules it imports, anywhere in its body."""
-    paths = {_module_name(p, root): p for package in PROJECT for p in sorted((root / package).rglob("*.py"))}
+def scan(root: pathlib.Path = REPO, packages: tuple[str, ...] = PROJECT) -> dict[str, list[Import]]:
+    """Module of ``packages`` (engine/ and kernels/) under ``root`` -> the project modules it imports, anywhere in its
+    body."""
+    paths = {_module_name(p, root): p for package in packages for p in sorted((root / package).rglob("*.py"))}
     found = {}
     for name, path in paths.items():
         text = path.read_text()
@@ -108,7 +135,7 @@ def scan(root: pathlib.Path = REPO) -> dict[str, list[Import]]:
                 elif isinstance(child, ast.Import):
                     targets = [a.name for a in child.names]
                 for target in dict.fromkeys(targets):
-                    if target.split(".")[0] in PROJECT and target != name:
+                    if target.split(".")[0] in packages and target != name:
                         said = any(LAZY_COMMENT.search(ln) for ln in lines[max(child.lineno - 2, 0) : child.lineno])
                         found[name].append(Import(target, source, child.lineno, lazy, said))
                 inside = isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
@@ -409,14 +436,333 @@ def test_room_rule_catches_planted_imports(tmp_path):
     ]
 
 
+def test_room_rule_catches_planted_imports_into_the_pipelines_and_above_data_and_text(tmp_path):
+    root = plant(
+        tmp_path,
+        {
+            "engine/languages.py": "",
+            "engine/data/__init__.py": "",
+            "engine/data/audio.py": "from engine import languages\nfrom engine.data import tables\n",  # ground, own
+            "engine/data/tables.py": "def f():\n    # lazy: planted\n    from engine.stores import kv\n",
+            "engine/data/sources.py": "from engine.models.whisper import dims\n",
+            "engine/text/__init__.py": "",
+            "engine/text/phones.py": "from engine.text import words\nimport engine.runtime.parts\n",
+            "engine/text/words.py": "from engine.pipelines.decode import run\n",
+            "engine/stores/__init__.py": "",
+            "engine/stores/kv.py": "",
+            "engine/runtime/__init__.py": "",
+            "engine/runtime/parts.py": "",
+            "engine/pipelines/__init__.py": "",
+            "engine/pipelines/decode/__init__.py": "",
+            "engine/pipelines/decode/run.py": "from engine.models.whisper import dims\nfrom engine.text import words\n",
+            "engine/models/__init__.py": "",
+            "engine/models/whisper/__init__.py": "",
+            "engine/models/whisper/dims.py": "from engine.data import audio\nfrom engine.text import phones\n",
+            "engine/models/whisper/decoding.py": "def f():\n    from engine.pipelines.decode import run\n",
+        },
+    )
+    assert room_violations(scan(root)) == [
+        "engine/data/sources.py:1 imports engine.models.whisper.dims",
+        "engine/data/tables.py:3 imports engine.stores.kv",
+        "engine/models/whisper/decoding.py:2 imports engine.pipelines.decode.run",
+        "engine/text/phones.py:2 imports engine.runtime.parts",
+        "engine/text/words.py:1 imports engine.pipelines.decode.run",
+    ]
+
+
+# -- family ties: what only the families and the registry know --------------------------------------------------------
+# The registry: the modules besides the families' folders that may know a family by its folder, loader or name. The
+# other modules of engine.models (its face, engine.models.common, engine.models.random_folder) are shared by every
+# family and know none of them: they hold to the rule like the rest of engine/ and jobs/.
+REGISTRY = ("engine/models/family.py", "engine/models/interface.py")
+TIED = ("engine", "jobs")  # where the family-tie rule looks
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyFacts:
+    """What names a family outside its folder: its folder (``engine.models.<family>``), its loaders (the top-level
+    ``load_*`` functions of its folder), its name (``FAMILY_NAMES`` of engine/models/interface.py, and the folder
+    names), and the module-level constants that hold a name (``DEFAULT_FAMILY = "whisper"``)."""
+
+    folders: frozenset[str]
+    loaders: frozenset[str]
+    names: frozenset[str]
+    constants: frozenset[str]
+
+
+def family_facts(root: pathlib.Path = REPO) -> FamilyFacts:
+    models = root / "engine" / "models"
+    folders = {p.parent.name for p in models.glob("*/__init__.py")} - {SHARED_BY_FAMILIES}
+    loaders = {
+        node.name
+        for folder in folders
+        for path in (models / folder).rglob("*.py")
+        for node in ast.parse(path.read_text()).body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("load_")
+    }
+    names = set(folders)
+    for node in ast.parse((models / "interface.py").read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "FAMILY_NAMES" for t in node.targets):
+            names |= set(ast.literal_eval(node.value))
+    constants = set()
+    for package in TIED:
+        for path in (root / package).rglob("*.py"):
+            for node in ast.parse(path.read_text()).body:
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value in names:
+                    constants |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return FamilyFacts(frozenset(folders), frozenset(loaders), frozenset(names), frozenset(constants))
+
+
+def _is_family_home(source: pathlib.PurePath, facts: FamilyFacts) -> bool:
+    """A family's folder or the registry: where a family may be named."""
+    parts = source.parts
+    in_folder = len(parts) > 3 and parts[:2] == ("engine", "models") and parts[2] in facts.folders
+    return in_folder or source.as_posix() in REGISTRY
+
+
+def _family_name(node, facts: FamilyFacts) -> str | None:
+    """The family name ``node`` is or holds: a string constant, a constant bound to one, or a tuple/list/set of them."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in facts.names:
+        return repr(node.value)
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+    if name in facts.constants:
+        return name
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return next(filter(None, (_family_name(e, facts) for e in node.elts)), None)
+    return None
+
+
+def _dotted(node) -> str:
+    """``a.b.c`` of a chain of names, else ''."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        base = _dotted(node.value)
+        return f"{base}.{node.attr}" if base else ""
+    return ""
+
+
+def family_ties(root: pathlib.Path = REPO) -> list[str]:
+    """``path:line what`` of every tie to a family outside its folder and the registry, in engine/ and jobs/: an import
+    from a family's folder, a family's loader named (imported from engine.models, or reached as an attribute of an
+    engine.models module), and a comparison (``==``, ``in``, ``match``) with a family's name."""
+    facts = family_facts(root)
+    found = scan(root, (*PROJECT, "jobs"))
+    modules = {str(p.relative_to(root)): p for package in TIED for p in sorted((root / package).rglob("*.py"))}
+    ties = []
+    for imp in (imp for imports in found.values() for imp in imports):
+        parts, source = imp.module.split("."), pathlib.PurePath(imp.source)
+        into_a_folder = len(parts) > 2 and parts[:2] == ["engine", "models"] and parts[2] in facts.folders
+        if into_a_folder and source.parts[0] in TIED and not _is_family_home(source, facts):
+            ties.append((imp.source, imp.line, f"imports {imp.module}"))
+    for source, path in modules.items():
+        if _is_family_home(pathlib.PurePath(source), facts):
+            continue
+        tree = ast.parse(path.read_text())
+        bound = {}  # local name -> the engine.models module or loader it was imported as
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(MODELS):
+                for a in node.names:
+                    bound[a.asname or a.name] = f"{node.module}.{a.name}"
+                    if a.name in facts.loaders:
+                        ties.append((source, node.lineno, f"names {a.name}"))
+            elif isinstance(node, ast.Import):
+                bound |= {a.asname: a.name for a in node.names if a.asname and a.name.startswith(MODELS)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id in facts.loaders and bound.get(node.id, "").startswith(MODELS):
+                ties.append((source, node.lineno, f"names {node.id}"))
+            elif isinstance(node, ast.Attribute) and node.attr in facts.loaders:
+                base = _dotted(node.value)
+                head, _, rest = base.partition(".")
+                if ".".join(filter(None, [bound.get(head, head), rest])).startswith(MODELS):
+                    ties.append((source, node.lineno, f"names {node.attr}"))
+            elif isinstance(node, ast.Compare):
+                said = next(filter(None, (_family_name(n, facts) for n in (node.left, *node.comparators))), None)
+                if said:
+                    ties.append((source, node.lineno, f"compares with {said}"))
+            elif isinstance(node, ast.MatchValue) and _family_name(node.value, facts):
+                ties.append((source, node.lineno, f"matches {_family_name(node.value, facts)}"))
+    return [f"{source}:{line} {what}" for source, line, what in sorted(set(ties))]
+
+
+def test_no_module_outside_the_families_and_the_registry_is_tied_to_a_family():
+    facts = family_facts()
+    assert {"whisper", "owsm", "fastconformer"} <= facts.folders <= facts.names
+    assert {"load_whisper", "load_owsm", "load_canary", "load_wav2vec2", "load_w2vbert"} <= facts.loaders
+    ties = family_ties()
+    why = (
+        "modules outside engine/models/<family>/ and the registry (engine/models/family.py, interface.py) tied to a "
+        "family (ask the interface what the model can do, the registry which family a store is):"
+    )
+    assert not ties, "\n".join([why, *ties])
+
+
+def test_family_tie_rule_catches_planted_ties(tmp_path):
+    loader = "def load_whisper(source):\n    pass\n"
+    root = plant(
+        tmp_path,
+        {
+            "engine/models/__init__.py": "",
+            "engine/models/interface.py": 'FAMILY_NAMES = ("whisper", "owsm")\nDEFAULT_FAMILY = "whisper"\n',
+            "engine/models/family.py": "from engine.models.whisper.loaded import load_whisper\n",  # the registry
+            "engine/models/common/__init__.py": "",
+            "engine/models/common/io.py": "def f(family):\n    return family == 'owsm'\n",
+            "engine/models/whisper/__init__.py": "",
+            "engine/models/whisper/loaded.py": loader + "\ndef f(name):\n    return name == 'whisper'\n",
+            "engine/models/owsm/__init__.py": "",
+            "engine/models/owsm/loaded.py": "def load_owsm(source):\n    pass\n\ndef _load_stats():\n    pass\n",
+            "engine/stores/__init__.py": "",
+            "engine/stores/schema.py": """
+                DEFAULT_FAMILY = "whisper"
+
+                def dims(d, family=DEFAULT_FAMILY):
+                    return d if family == DEFAULT_FAMILY else {}
+                """,
+            "engine/pipelines/__init__.py": "",
+            "engine/pipelines/decode.py": """
+                from engine.models import family as registry
+                from engine.models.family import FAMILIES, load_whisper
+                from engine.models.interface import DEFAULT_FAMILY
+
+                def run(info, model):
+                    if FAMILIES[info.family].decoder is not registry.load_whisper:
+                        return load_whisper(model)
+                    if info.family in ("owsm", "other") or "whispering" == info.model:
+                        return None
+                    match info.family:
+                        case "owsm":
+                            return 1
+                    return info.family != DEFAULT_FAMILY
+                """,
+            "engine/pipelines/align.py": """
+                def run(config):
+                    # lazy: planted
+                    from engine.models.whisper import loaded
+
+                    def load_whisper(x):  # a name of its own, not the family's loader
+                        return x
+                    return loaded.load_whisper(config), load_whisper(config), config.load_owsm
+                """,
+            "jobs/__init__.py": "",
+            "jobs/decode.py": "import engine.models.owsm.loaded\nx = engine.models.owsm.loaded.load_owsm('a')\n",
+        },
+    )
+    facts = family_facts(root)
+    assert (facts.folders, facts.loaders) == ({"whisper", "owsm"}, {"load_whisper", "load_owsm"})
+    assert facts.constants == {"DEFAULT_FAMILY"}
+    assert family_ties(root) == [
+        "engine/models/common/io.py:2 compares with 'owsm'",
+        "engine/pipelines/align.py:4 imports engine.models.whisper.loaded",
+        "engine/pipelines/align.py:8 names load_whisper",
+        "engine/pipelines/decode.py:3 names load_whisper",
+        "engine/pipelines/decode.py:7 names load_whisper",
+        "engine/pipelines/decode.py:8 names load_whisper",
+        "engine/pipelines/decode.py:9 compares with 'owsm'",
+        "engine/pipelines/decode.py:12 matches 'owsm'",
+        "engine/pipelines/decode.py:14 compares with DEFAULT_FAMILY",
+        "engine/stores/schema.py:5 compares with DEFAULT_FAMILY",
+        "jobs/decode.py:1 imports engine.models.owsm.loaded",
+        "jobs/decode.py:2 names load_owsm",
+    ]
+
+
+# -- capabilities are declared, never probed ---------------------------------------------------------------------------
+PROBE_FREE = ("engine/pipelines", "engine/runtime", "jobs")  # where models are used
+
+
+def declared_members(root: pathlib.Path = REPO, protocol: str | None = None) -> set[str]:
+    """The members the protocols of engine/models/interface.py declare (``Encoder``, ``Decoder``, ...; ``protocol``:
+    that one only)."""
+    members = set()
+    for node in ast.parse((root / "engine" / "models" / "interface.py").read_text()).body:
+        if not isinstance(node, ast.ClassDef) or node.name != (protocol or node.name):
+            continue
+        if any(getattr(b, "id", "") == "Protocol" for b in node.bases):
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    members.add(item.target.id)
+                elif isinstance(item, ast.FunctionDef) and not item.name.startswith("__"):
+                    members.add(item.name)
+    return members
+
+
+def capability_probes(root: pathlib.Path = REPO) -> list[str]:
+    """``path:line`` of every ``hasattr(x, "m")`` or ``getattr(x, "m", default)`` in ``PROBE_FREE`` whose ``m`` an
+    interface protocol declares: what the interface declares is read, never probed for."""
+    members, bad = declared_members(root), []
+    for folder in PROBE_FREE:
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("hasattr", "getattr")):
+                    continue
+                probe = node.func.id == "hasattr" or len(node.args) + len(node.keywords) > 2
+                name = node.args[1] if len(node.args) > 1 else None
+                if probe and isinstance(name, ast.Constant) and name.value in members:
+                    bad.append(f"{path.relative_to(root)}:{node.lineno} probes {name.value}")
+    return bad
+
+
+def test_no_capability_is_probed():
+    assert {"window_samples", "pads_windows", "min_samples", "ffn_counts"} <= declared_members()
+    bad = capability_probes()
+    why = "capabilities the interface declares are read, not probed (declare a missing one as None or False):"
+    assert not bad, "\n".join([why, *bad])
+
+
+def test_every_family_s_encoder_declares_the_whole_encoder_interface():
+    """What the pipelines read instead of probing: every member of ``Encoder`` on every family's encoder class (a
+    capability it lacks declared as None or False)."""
+    from engine.models.family import FAMILIES  # lazy: JAX and every family's model code, for this test only
+
+    members = declared_members(protocol="Encoder")
+    assert {"window_samples", "pads_windows", "min_samples", "ffn_counts", "cost", "heads"} <= members
+    missing = {}
+    for name, family in FAMILIES.items():
+        encoder = typing.get_type_hints(family.encoder)["return"]
+        missing |= {f"{name} ({encoder.__name__})": gaps for gaps in [sorted(members - set(dir(encoder)))] if gaps}
+    assert not missing, f"encoder classes lacking members of the Encoder interface: {missing}"
+
+
+def test_probe_rule_catches_planted_probes(tmp_path):
+    root = plant(
+        tmp_path,
+        {
+            "engine/models/interface.py": """
+                from typing import Protocol
+
+                class Encoder(Protocol):
+                    window_samples: int
+                    ffn_counts: object
+
+                    def cost(self, samples): ...
+
+                class Plain:
+                    column_mapping: dict
+                """,
+            "engine/pipelines/encode.py": """
+                def plan(encoder, source, config):
+                    window = getattr(encoder, "window_samples", 480000)
+                    mapping = getattr(source, "column_mapping", None)  # no protocol's member
+                    return window, getattr(encoder, "window_samples"), getattr(config, "run", None), mapping
+                """,
+            "engine/data/audio.py": "def f(e):\n    return hasattr(e, 'cost')\n",  # no model is used there
+            "jobs/neurons.py": "def f(e):\n    if not hasattr(e, 'ffn_counts'):\n        return hasattr(e, 'x')\n",
+        },
+    )
+    assert declared_members(root) == {"window_samples", "ffn_counts", "cost"}
+    assert capability_probes(root) == ["engine/pipelines/encode.py:3 probes window_samples",
+                                       "jobs/neurons.py:2 probes ffn_counts"]  # fmt: skip
+
+
 def test_no_module_is_over_the_line_limit():
     bad = long_modules()
     assert not bad, f"modules over {MAX_LINES} lines (split each into modules of one concept):\n" + "\n".join(bad)
 
 
 def test_line_limit_catches_a_planted_long_module(tmp_path):
-    root = plant(tmp_path, {"engine/short.py": "x = 1\n" * 3, "jobs/long.py": "x = 1\n" * 4, "bench/b.py": "x\n" * 9})
-    assert long_modules(root, limit=3) == ["jobs/long.py: 4 lines"]
+    files = {"engine/short.py": "x = 1\n" * 3, "jobs/long.py": "x = 1\n" * 4, "bench/b.py": "x\n" * 9}
+    root = plant(tmp_path, {**files, "tests/t.py": "x\n" * 9, "bench/ok.py": "x\n" * 3})  # tests/ is not sized
+    assert long_modules(root, limit=3) == ["bench/b.py: 9 lines", "jobs/long.py: 4 lines"]
 
 
 def test_cycle_finder_finds_a_planted_cycle():
@@ -468,21 +814,28 @@ def test_lazy_rule_catches_planted_imports(tmp_path):
     assert lazy_violations(scan(plant(tmp_path, files)), limit=0) == ["1 function-level project imports, at most 0"]
 
 
+# The modules that may import by a string, and why: nothing imports them, so the arrows they hide lead nowhere back.
+STRING_IMPORTERS = {
+    "engine/__init__.py": "the package face loads each name on first use, so that `import engine` stays cheap",
+    "jobs/cli.py": "the command line runs the job it is given by name (`babelgrid encode` runs jobs.encode)",
+}
+
+
 def string_imports(root: pathlib.Path = REPO) -> list[str]:
-    """``path:line`` of every call that imports a module by a string in engine/ and kernels/ under ``root``, but in
-    the package face: ``import_module(...)`` however reached (``importlib.import_module``, a bare name imported from
-    importlib) and ``__import__(...)``."""
+    """``path:line`` of every call that imports a module by a string in engine/, kernels/ and jobs/ under ``root``,
+    but in ``STRING_IMPORTERS``: ``import_module(...)`` however reached (``importlib.import_module``, a bare name
+    imported from importlib), ``__import__(...)`` and ``runpy.run_module(...)``."""
     bad = []
-    for package in PROJECT:
+    for package in (*PROJECT, "jobs"):
         for path in sorted((root / package).rglob("*.py")):
             source = path.relative_to(root)
-            if source == pathlib.Path("engine/__init__.py"):
+            if source.as_posix() in STRING_IMPORTERS:
                 continue
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Call):
                     func = node.func
                     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-                    if name in ("import_module", "__import__"):
+                    if name in ("import_module", "__import__", "run_module"):
                         bad.append(f"{source}:{node.lineno}")
     return bad
 
@@ -502,9 +855,19 @@ def test_string_import_rule_catches_planted_calls(tmp_path):
             "engine/b.py": "from importlib import import_module\nx = import_module('engine.a')\n",
             "kernels/k.py": "m = __import__('engine.a')\n",
             "engine/c.py": "import importlib.metadata\nv = importlib.metadata.version('babelgrid')\n",
+            "jobs/__init__.py": "",
+            "jobs/cli.py": "import runpy\nrunpy.run_module('jobs.encode')\n",  # the command line may
+            "jobs/common.py": "import importlib\n\ndef plan(m):\n    return importlib.import_module(m).plan\n",
+            "jobs/encode.py": "from runpy import run_module\nrun_module('jobs.common')\n",
         },
     )
-    assert string_imports(root) == ["engine/a.py:4", "engine/b.py:2", "kernels/k.py:1"]
+    assert string_imports(root) == [
+        "engine/a.py:4",
+        "engine/b.py:2",
+        "kernels/k.py:1",
+        "jobs/common.py:4",
+        "jobs/encode.py:2",
+    ]
 
 
 def _imported_packages(path: pathlib.Path) -> set[str]:
@@ -517,6 +880,77 @@ def _imported_packages(path: pathlib.Path) -> set[str]:
 def test_library_code_reads_no_flags(package):
     offenders = [str(p.relative_to(REPO)) for p in (REPO / package).rglob("*.py") if "absl" in _imported_packages(p)]
     assert not offenders, f"flags belong in jobs/ only: {offenders} import absl"
+
+
+def face_gaps(root: pathlib.Path = REPO) -> list[str]:
+    """What the package face (``_FACE`` of engine/__init__.py) lacks of the jobs': each ``run_*`` function of an
+    ``engine/pipelines/<job>/run.py`` and the config class its first parameter takes, each from the module that
+    defines it."""
+    face_tree = ast.parse((root / "engine" / "__init__.py").read_text())
+    face = next(
+        ast.literal_eval(n.value)
+        for n in face_tree.body
+        if isinstance(n, (ast.Assign, ast.AnnAssign)) and "_FACE" in {getattr(t, "id", "") for t in _targets(n)}
+    )
+
+    def defined(module: str) -> set[str]:
+        path = root / pathlib.Path(*module.split("."))
+        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+        if not path.exists():
+            return set()
+        body = ast.parse(path.read_text()).body
+        return {n.name for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+
+    gaps = []
+    for run in sorted((root / "engine" / "pipelines").glob("*/run.py")):
+        for node in ast.parse(run.read_text()).body:
+            if not (isinstance(node, ast.FunctionDef) and node.name.startswith("run_")) or not node.args.args:
+                continue
+            hint = node.args.args[0].annotation
+            config = hint.id if isinstance(hint, ast.Name) else getattr(hint, "value", None)
+            for name in filter(None, (node.name, config)):
+                if name not in face:
+                    gaps.append(f"{name} ({run.relative_to(root)}) is not in the face")
+                elif name not in defined(face[name]):
+                    gaps.append(f"the face takes {name} from {face[name]}, which does not define it")
+    return gaps
+
+
+def _targets(node) -> list:
+    return node.targets if isinstance(node, ast.Assign) else [node.target]
+
+
+def test_the_face_gives_every_job_s_run_and_config():
+    gaps = face_gaps()
+    why = "engine/__init__.py's _FACE should map each job's run_<job> and its config to the module defining it:"
+    assert not gaps, "\n".join([why, *gaps])
+
+
+def test_face_rule_catches_a_planted_gap(tmp_path):
+    face = {
+        "run_a": "engine.pipelines.a.run",
+        "AConfig": "engine.pipelines.a.config",
+        "run_b": "engine.pipelines.b.run",
+    }
+    face |= {"run_d": "engine.pipelines.d.config", "DConfig": "engine.pipelines.d.config"}  # run_d: the wrong module
+    root = plant(
+        tmp_path,
+        {
+            "engine/__init__.py": f"_FACE = {face!r}\n",
+            "engine/pipelines/a/config.py": "class AConfig:\n    pass\n",
+            "engine/pipelines/a/run.py": "def run_a(config: AConfig):\n    pass\n\ndef _run_unit(x):\n    pass\n",
+            "engine/pipelines/b/run.py": "def run_b(config: 'BConfig', store=None):\n    pass\n",
+            "engine/pipelines/c/run.py": "from x import CConfig\n\ndef run_c(config: CConfig):\n    pass\n",
+            "engine/pipelines/d/config.py": "class DConfig:\n    pass\n",
+            "engine/pipelines/d/run.py": "from .config import DConfig\n\ndef run_d(config: DConfig):\n    pass\n",
+        },
+    )
+    assert face_gaps(root) == [
+        "BConfig (engine/pipelines/b/run.py) is not in the face",
+        "run_c (engine/pipelines/c/run.py) is not in the face",
+        "CConfig (engine/pipelines/c/run.py) is not in the face",
+        "the face takes run_d from engine.pipelines.d.config, which does not define it",
+    ]
 
 
 def test_engine_gives_its_public_face():

@@ -115,25 +115,12 @@ class StoreDims:
     def to_dict(self) -> dict:
         return json.loads(json.dumps(self.record))
 
-    def depth(self, layer: int) -> float:
-        """A layer's place on compare's depth axis: ``layer / (L + 1)``, 0 the first stored layer, 1 the last of a
-        Whisper store (its ``ln_post``) and of Voxtral's tower (its final norm). A speech LLM's tower-output store
-        (``config.output``) sits past the tower's blocks: the final output at 1, the projector one block further,
-        ``1 + 1 / (L + 1)``."""
-        config = self.record.get("config") or {}
-        output = config.get("output", "layers")
-        if output == "layers":
-            # a speech-LLM tower counts its blocks as Whisper does: Voxtral's final norm (L + 1) at 1, as ln_post
-            blocks = int(config["layers"]) if "output" in config else self.n_blocks
-            return layer / (blocks + 1)
-        blocks = int(config["layers"])
-        return 1.0 + (1.0 / (blocks + 1) if output == "projector" else 0.0)
-
     @classmethod
-    def from_dict(cls, d: dict, family: str = DEFAULT_FAMILY) -> StoreDims:
-        """The dims of a ``family`` store from its record (a manifest's ``dims``, or a model's ``to_dict()``).
-        KeyError, TypeError or ValueError when a field the family records is missing or not a positive int."""
-        if family == DEFAULT_FAMILY:
+    def from_dict(cls, d: dict) -> StoreDims:
+        """The dims of a store from its record (a manifest's ``dims``, or a model's ``to_dict()``), either layout:
+        told apart by ``config``, which only the second holds, so that the family's name decides nothing here.
+        KeyError, TypeError or ValueError when a field the record needs is missing or not a positive int."""
+        if "config" not in d:  # OpenAI's ModelDimensions, as Whisper's stores have always recorded them
             record = {str(k): _positive(k, v) for k, v in d.items()}
             blocks = record["n_audio_layer"]
             return cls(record, n_layers_out=blocks + 2, embed=record["n_audio_state"], n_blocks=blocks)
@@ -184,7 +171,7 @@ class StoreInfo:
             if not isinstance(record, dict):
                 raise StoreError(f"StoreInfo.dims must be a StoreDims or a model's dims record, got {self.dims!r}")
             try:
-                object.__setattr__(self, "dims", StoreDims.from_dict(record, self.family))
+                object.__setattr__(self, "dims", StoreDims.from_dict(record))
             except (KeyError, TypeError, ValueError) as e:
                 raise StoreError(f"StoreInfo.dims of a {self.family} store lacks or misstates {e}") from None
         layers = tuple(int(i) for i in self.layers)
@@ -244,7 +231,7 @@ class StoreInfo:
         return cls(
             model_name=d["model_name"],
             checkpoint_sha256=d["checkpoint_sha256"],
-            dims=StoreDims.from_dict(d["dims"], family),
+            dims=StoreDims.from_dict(d["dims"]),
             layers=tuple(d["layers"]),
             dtype=d["dtype"],
             frame_rate=d.get("frame_rate", FRAME_RATE),

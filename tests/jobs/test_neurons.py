@@ -109,6 +109,18 @@ def test_refusals(tmp_path):
         run_neurons(configure(NeuronsConfig, out=str(tmp_path / "y"), langs=("en",)))
 
 
+def test_a_family_without_counts_is_refused_in_one_line(clips, tmp_path):
+    """A family whose encoder declares no feed-forward counts (``ffn_counts = None``: w2v-BERT here) is refused before
+    the output folder is made, naming the families that have them."""
+    from engine.models.random_folder import write_random_folder
+
+    folder = write_random_folder("w2v-bert", tmp_path / "w2v-bert").folder
+    out = tmp_path / "out"
+    with pytest.raises(NeuronsError, match=r"^w2vbert models have no feed-forward counts yet \(Whisper and wav2vec2"):
+        run_neurons(configure(NeuronsConfig, out=str(out), model=str(folder), dataset=f"folder:{clips}"))
+    assert not out.exists()
+
+
 def test_wav2vec2_counts_through_the_job(clips, tmp_path):
     """The wav2vec2 family through the job (its own batching of ragged waveforms): each language's counts equal the
     model's ``ffn_active`` on each utterance alone."""

@@ -26,6 +26,7 @@ from engine.models.interface import (
     CTC,
     DECODER,
     FASTCONFORMER_LAYERS,
+    WINDOW_SECONDS,
     EncoderCost,
     LoadedEncoder,
     split_windows,
@@ -42,6 +43,11 @@ class FastConformerEncoder(LoadedEncoder):
     loaded: LoadedFastConformer
     family: str = "fastconformer"
     layer_meaning: str = FASTCONFORMER_LAYERS
+    window_samples: int = WINDOW_SECONDS * feats.SAMPLE_RATE
+    pads_windows: bool = False  # a window costs its own length (``cost``); a batch pads to whole seconds, masked
+    min_samples: int = feats.MIN_SAMPLES  # a shorter last window has no frame: dropped (``split_windows``)
+    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
+    ffn_scaled_sums = None
 
     @property
     def heads(self) -> frozenset:
@@ -62,13 +68,15 @@ class FastConformerEncoder(LoadedEncoder):
     def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
         """``f32[samples]`` -> (valid log-mel frames ``f32[feature_frame_w, n_mels]`` per window, valid encoder
         frames ``i32[window]``)."""
-        parts = split_windows(np.asarray(samples, np.float32), long_audio, feats.MIN_SAMPLES)
+        parts = split_windows(np.asarray(samples, np.float32), long_audio, self.min_samples, self.window_samples)
         out = [feats.log_mel(p, self.loaded.config.n_mels) for p in parts]  # AudioError for a too-short window
         return [f[:n] for f, n in out], self.loaded.frames([n for _, n in out])
 
     def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
         sub = self.loaded.config.sub_length
-        return window_frames(samples, long_audio, lambda n: int(sub(feats.valid_frames(n))), feats.MIN_SAMPLES)
+        return window_frames(
+            samples, long_audio, lambda n: int(sub(feats.valid_frames(n))), self.min_samples, self.window_samples
+        )
 
     def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows -> ``(features f32[batch_size, feature_frame, n_mels], valid i32[batch_size])``; padding rows:

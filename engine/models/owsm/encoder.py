@@ -48,6 +48,8 @@ class OwsmEncoder(LoadedEncoder):
     layer_meaning: str = OWSM_LAYERS
     heads: frozenset = frozenset({DECODER, CTC})
     pads_windows: bool = True  # every window costs the full window (``cost``); read by encode --plan
+    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
+    ffn_scaled_sums = None
 
     @property
     def store_dims(self) -> FamilyDims:

@@ -9,7 +9,7 @@ costs a full 30 s one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -42,6 +42,21 @@ def _projector(model, mel, frames, *, layers, out_dtype):
 SIGNATURES = {name: Signature(fn, _INPUTS) for name, fn in zip(OUTPUTS, (_encode, _final, _projector), strict=True)}
 
 
+def store_depth(dims) -> Callable[[int], float]:
+    """Each layer's place on compare's depth axis in a store of the family (``dims``: its ``StoreDims``, whose
+    ``config`` records the tower's blocks L, ``layers``, and its ``output``). The tower counts its blocks as Whisper
+    does, ``layer / (L + 1)``: Voxtral's final norm (L + 1) sits at 1 as Whisper's ``ln_post`` does, Qwen2-Audio's
+    last block at L / (L + 1). A tower-output store sits past the blocks: the final output at 1, the projector one
+    block further, ``1 + 1 / (L + 1)``."""
+    config = dims.record.get("config") or {}
+    output = config.get("output", "layers")
+    if output == "layers":
+        blocks = int(config["layers"]) if "output" in config else dims.n_blocks
+        return lambda layer: layer / (blocks + 1)
+    past = 1.0 / (int(config["layers"]) + 1) if output == "projector" else 0.0
+    return lambda layer: 1.0 + past
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class SpeechLLMEncoder(LoadedEncoder):
     """A ``LoadedSpeechLLM`` as an ``engine.models.interface.Encoder``. A window is ``(mel f32[n_mels, 3000], valid
@@ -51,6 +66,11 @@ class SpeechLLMEncoder(LoadedEncoder):
     output: str = "layers"  # OUTPUTS: every block at 50/s, or the tower's final output, or the projector's
     family: str = "speechllm"
     heads: frozenset = frozenset()
+    window_samples: int = audio_lib.N_SAMPLES
+    pads_windows: bool = True  # every window is 30 s of log-mel, and costs a full one (``cost``)
+    min_samples: int = 0  # every last window is kept, as Whisper's (``logmel.features_for_audio``)
+    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
+    ffn_scaled_sums = None
 
     def __post_init__(self):
         if self.output not in OUTPUTS:

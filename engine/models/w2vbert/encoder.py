@@ -16,7 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.common.parallel import StoredLayers, collate_rows
-from engine.models.interface import W2VBERT_LAYERS, EncoderCost, LoadedEncoder, split_windows, window_frames
+from engine.models.interface import (
+    W2VBERT_LAYERS,
+    WINDOW_SECONDS,
+    EncoderCost,
+    LoadedEncoder,
+    split_windows,
+    window_frames,
+)
 from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.cost import encoder_cost
 from engine.models.w2vbert.loaded import LoadedW2vBert, load_w2vbert
@@ -32,6 +39,11 @@ class W2vBertEncoder(LoadedEncoder):
     family: str = "w2vbert"
     layer_meaning: str = W2VBERT_LAYERS
     heads: frozenset = frozenset()
+    window_samples: int = WINDOW_SECONDS * feats.SAMPLE_RATE
+    pads_windows: bool = False  # a window costs its own length (``cost``); a batch pads to whole seconds, masked
+    min_samples: int = feats.MIN_SAMPLES  # a shorter last window has no frame: dropped (``split_windows``)
+    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
+    ffn_scaled_sums = None
 
     @property
     def features(self) -> dict:
@@ -47,13 +59,15 @@ class W2vBertEncoder(LoadedEncoder):
 
     def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
         """``f32[samples]`` -> (features ``f32[frame_w, 160]`` per window, valid frames ``i32[window]``)."""
-        parts = split_windows(np.asarray(samples, np.float32), long_audio, feats.MIN_SAMPLES)
+        parts = split_windows(np.asarray(samples, np.float32), long_audio, self.min_samples, self.window_samples)
         out = [feats.batch_features([p]) for p in parts]  # checks each window, AudioError for a too-short one
         # Frames past a window's valid ones (an odd fbank count's half-empty pair) are padding the model masks anyway.
         return [f[0, : v[0]] for f, v in out], np.array([v[0] for _, v in out], np.int32)
 
     def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
-        return window_frames(samples, long_audio, lambda n: int(feats.frames_for_samples(n)), feats.MIN_SAMPLES)
+        return window_frames(
+            samples, long_audio, lambda n: int(feats.frames_for_samples(n)), self.min_samples, self.window_samples
+        )
 
     def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows -> ``(features f32[batch_size, frame, 160], valid i32[batch_size])``; padding rows: valid 0."""

@@ -9,8 +9,8 @@ refused by name (``CheckpointError``), so that an unsupported model fails at loa
 Covered checkpoints: wav2vec2 base/large (``feat_extract_norm`` "group" / "layer", ``do_stable_layer_norm`` off /
 on), XLS-R 300M/1B/2B, MMS (``adapter_attn_dim``: an attention adapter in every layer), HuBERT base/large/xlarge and
 Meta's Omnilingual ASR CTC models in their ``Wav2Vec2ForCTC`` conversions (pre-LN, ``pad_token_id`` 0: the blank is
-``<s>``; ``tests/models/test_omnilingual.py``). The positional conv's kernel may be even (128 in every released model)
-or odd: transformers pads ``K // 2`` frames each side and drops one output frame for an even ``K``.
+``<s>``; ``tests/models/wav2vec2/test_omnilingual.py``). The positional conv's kernel may be even (128 in every released
+model) or odd: transformers pads ``K // 2`` frames each side and drops one output frame for an even ``K``.
 """
 
 from __future__ import annotations

@@ -18,7 +18,15 @@ import numpy as np
 
 from engine.errors import AudioError
 from engine.models.common.parallel import ShardedEncoder, collate_rows
-from engine.models.interface import CTC, WAV2VEC2_LAYERS, EncoderCost, FamilyDims, split_windows, window_frames
+from engine.models.interface import (
+    CTC,
+    WAV2VEC2_LAYERS,
+    WINDOW_SECONDS,
+    EncoderCost,
+    FamilyDims,
+    split_windows,
+    window_frames,
+)
 from engine.models.wav2vec2.cost import encoder_cost
 from engine.models.wav2vec2.features import normalize
 from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, load_wav2vec2
@@ -32,6 +40,13 @@ class Wav2Vec2Encoder:
     loaded: LoadedWav2Vec2
     family: str = "wav2vec2"
     layer_meaning: str = WAV2VEC2_LAYERS
+    window_samples: int = WINDOW_SECONDS * 16000
+    pads_windows: bool = False  # a window costs its own length (``cost``); a batch pads to whole seconds, masked
+
+    @property
+    def min_samples(self) -> int:
+        """The model's receptive field: a shorter last window has no frame and is dropped (``split_windows``)."""
+        return self.loaded.dims.receptive_field
 
     @property
     def name(self) -> str:
@@ -80,15 +95,15 @@ class Wav2Vec2Encoder:
     def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list[np.ndarray], np.ndarray]:
         """``f32[samples]`` -> (model input ``f32[samples_w]`` per window, valid frames ``i32[window]``)."""
         dims, opts = self.loaded.dims, self.loaded.checkpoint.features
-        parts = split_windows(np.asarray(samples, np.float32), long_audio, dims.receptive_field)
-        if len(parts[0]) < dims.receptive_field:
-            raise AudioError(f"{len(parts[0])} samples: the model needs at least {dims.receptive_field} for one frame")
+        parts = split_windows(np.asarray(samples, np.float32), long_audio, self.min_samples, self.window_samples)
+        if len(parts[0]) < self.min_samples:
+            raise AudioError(f"{len(parts[0])} samples: the model needs at least {self.min_samples} for one frame")
         inputs = [normalize(p) if opts.do_normalize else p for p in parts]
         return inputs, np.array([dims.frames(len(p)) for p in parts], np.int32)
 
     def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
         dims = self.loaded.dims
-        return window_frames(samples, long_audio, dims.frames, dims.receptive_field)
+        return window_frames(samples, long_audio, dims.frames, self.min_samples, self.window_samples)
 
     def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows -> ``(wave f32[batch_size, samples], lengths i32[batch_size])``; padding rows have length 0."""

@@ -58,7 +58,7 @@ METRICS = ("R@1", "MRR")
 
 
 def depth_of(layer: int, n_audio_layer) -> float:
-    """``layer / (L + 1)`` for ``n_audio_layer`` L, or the store's own rule (``StoreDims.depth``) when given that."""
+    """``layer / (L + 1)`` for ``n_audio_layer`` L, or the family's rule (``Family.store_depth``) when given that."""
     return n_audio_layer(layer) if callable(n_audio_layer) else layer / (n_audio_layer + 1)
 
 

@@ -25,7 +25,7 @@ def by_depth_png(curves: dict[str, dict[str, tuple[list, list, list, int]]], *, 
     """One panel per metric: curves[metric][model] = (depths, values, randoms, n per layer), pooled over pairs."""
     fig = Figure(figsize=(6.0 * len(curves), 4.2), layout="constrained")
     axes = fig.subplots(1, len(curves), squeeze=False)[0]
-    # a projector store sits past its tower's last layer (StoreDims.depth): widen the axis to show it
+    # a projector store sits past its tower's last layer (Family.store_depth): widen the axis to show it
     deepest = max((max(d) for models in curves.values() for d, *_ in models.values() if len(d)), default=1.0)
     for ax, (metric, models) in zip(axes, curves.items(), strict=True):
         for i, (model, (depths, values, randoms, n)) in enumerate(sorted(models.items())):

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from engine import captions
+from engine.models.family import FAMILIES
 from engine.pipelines.compare import depth, layers, null, states
 from engine.pipelines.compare.config import CompareConfig, CompareError
 from engine.pipelines.compare.languages import Language, languages_of
@@ -232,7 +233,8 @@ def _retrieval(config, readers, names, langs: list[Language], cache) -> tuple[li
     depth_rows, challenge_rows = [], []
     codes = {lang.name: lang.codes for lang in langs}
     for k, (reader, name) in enumerate(zip(readers, names, strict=True)):
-        n_layer = reader.info.dims.depth  # each layer's place on the depth axis (a projector past the tower)
+        # each layer's place on the depth axis, as its family places it (a speech LLM's projector past its tower)
+        n_layer = FAMILIES[reader.info.family].store_depth(reader.info)
         folder = config.retrieval[k] if config.retrieval else ""
         if folder:  # a retrieval folder of store k: its rows name the languages by store k's codes
             rename = {lang.codes[k]: lang.name for lang in langs}

@@ -55,8 +55,7 @@ def family_step(cost: EncoderCost, samples: int, embed: int, layers: Sequence[in
 
 def model_step(model, layers: Sequence[int], compute_dtype: str) -> StepMemory:
     """The step of a loaded ``Encoder`` (``engine.models.interface``) on full windows."""
-    window = getattr(model, "window_samples", WINDOW_SAMPLES)  # the model's own window (OWSM's); else 30 s
-    return family_step(model.cost(window), window, model.embed, layers, compute_dtype)
+    return family_step(model.cost(model.window_samples), model.window_samples, model.embed, layers, compute_dtype)
 
 
 def available_memory() -> tuple[float, str, bool]:

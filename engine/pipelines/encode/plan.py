@@ -1,10 +1,11 @@
 """The plan of an encode run (``--plan``), one for every family: utterances, windows and frames from the dataset's
 headers, the encoder's FLOPs from the family's ``Encoder.cost``, and the model's own encoder step timed here.
 
-Families that pad every window to a full one (Whisper to 30 s, OWSM to its model's window: ``pads_windows``) cost a
-full window each, their windows cut at the model's ``window_samples`` and a last one under ``min_samples`` dropped as
-the encoder drops it. wav2vec2 and w2v-BERT take each window as it is: a window of S samples costs
-``Encoder.cost(S)`` (each family counts its own matmuls and convolutions in its ``cost.py``). Time here is the loaded
+Every family's windows are cut as its encoder cuts them, from what the ``Encoder`` declares: at ``window_samples``,
+a last one under ``min_samples`` dropped. Families that pad every window to a full one (``pads_windows``: Whisper and
+the speech-LLM towers to 30 s, OWSM to its model's window) cost a full window each; wav2vec2, w2v-BERT and
+FastConformer take each window as it is: a window of S samples costs ``Encoder.cost(S)`` (each family counts its own
+matmuls and convolutions in its ``cost.py``). Time here is the loaded
 encoder timed on the dataset's longest window (rounded up as a batch pads it; a padding family's full window) and its
 FLOP rate applied to the whole count; the front end (the log-mel, or the raw waveform's normalisation) is timed on
 30 s of audio; the write rate through ``LayerStore`` says whether the run is bound by compute or by writing
@@ -99,11 +100,8 @@ def plan_encode(
     which a small run is mostly made of (12 FLEURS clips: 5.5 s of 10.7 s)."""
     n_utt = sum(len(v) for v in samples.values())
     costs: dict[int, EncoderCost] = {}
-    # Optional Encoder attributes, of the families that pad (Whisper, OWSM): the window, its last-window cut, and
-    # full-window costs.
-    window = getattr(encoder, "window_samples", WINDOW_SAMPLES)
-    pads = getattr(encoder, "pads_windows", False)
-    cut = getattr(encoder, "min_samples", 0)
+    # How the family cuts audio (the Encoder's window, whether it pads each to a full one, and its last-window cut)
+    window, pads, cut = encoder.window_samples, encoder.pads_windows, encoder.min_samples
     windows = [w for v in samples.values() for s in v for w in window_samples(s, long_audio, window, cut)]
     for w in windows:
         if w not in costs:

@@ -80,7 +80,7 @@ def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> Encod
     """Encode ``config.dataset`` into the layer store at ``config.run.out``; returns the summary.
 
     The model is ``config.model`` of any family (``engine.models.family``), or ``encoder``, one already loaded (any
-    family's, such as ``WhisperEncoder(load_whisper(...))``). The run holds the store's writer lease
+    family's ``Encoder``, as ``engine.models.family.load_encoder`` returns it). The run holds the store's writer lease
     (``engine.runtime.lease``): a second run on the same store is refused.
     """
     t0 = time.perf_counter()

@@ -119,7 +119,7 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     if unknown:
         raise NeuronsError(f"--intervene names languages not counted here: {unknown} (counted: {langs})")
     encoder = load_encoder(config.model, adapter=config.adapter)
-    if not hasattr(encoder, "ffn_counts"):
+    if encoder.ffn_counts is None:
         raise NeuronsError(f"{encoder.family} models have no feed-forward counts yet (Whisper and wav2vec2 do)")
     # The bound encode puts on a batch, before the output folder records anything (a step here holds no stored layer)
     check_batch_size(encoder, (), "float32", config.batch_size)
