@@ -64,8 +64,8 @@ def main() -> None:
     from engine.models.whisper.loaded import load_whisper
     from engine.pipelines.encode.config import EncodeConfig
     from engine.pipelines.encode.run import run_encode
-    from engine.pipelines.similarity.config import SimilarityConfig
-    from engine.pipelines.similarity.run import run_similarity
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
     from engine.runtime.options import configure
 
     langs = tuple(args.langs.split(","))

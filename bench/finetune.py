@@ -55,6 +55,7 @@ def main() -> None:
     from engine.models.whisper.checkpoints.export import export_hf
     from engine.models.whisper.features import features_for_audio
     from engine.models.whisper.loaded import load_whisper
+    from engine.models.whisper.trainer import WhisperTrainer
     from engine.pipelines.finetune import step as S
 
     torch.set_num_threads(args.threads)
@@ -74,9 +75,10 @@ def main() -> None:
 
     # ours
     config = S.OptimConfig(learning_rate=1e-5, total_steps=10_000, decay="constant", weight_decay=0.01, clip_norm=1.0)
-    graphdef, params = S.split_decoder(whisper.model.decoder)
-    trainable, frozen = S.partition(params, S.trainable_names(params, ["decoder"]))
-    step_fn = S.jit_train_step(graphdef, config, jnp.float32)
+    trainer = WhisperTrainer(whisper)
+    graph, params = trainer.split()
+    trainable, frozen = S.partition(params, S.trainable_names(params, ["decoder"], trainer.groups))
+    step_fn = S.jit_train_step(graph, config, jnp.float32)
     ours_batch = {k: jnp.asarray(v) for k, v in {**batch, "xa": xa}.items()}
     box = {"state": S.init_state(trainable, config)}
 

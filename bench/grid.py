@@ -11,7 +11,7 @@ tables, lengths markers; ``--dtype`` is the storage dtype, the encode job's defa
 uniform in [0.8, 1] x ``--frames`` with the first utterance of each language exactly ``--frames``. Two worker
 processes then take turns, round by round (a slow spell of the shared machine hits both alike):
 
-- job: ``engine.pipelines.similarity.run.run_similarity``, the seqsim job's library entry (``jobs/seqsim.py`` only
+- job: ``engine.pipelines.seqsim.run.run_similarity``, the seqsim job's library entry (``jobs/seqsim.py`` only
   parses flags),
   into a fresh similarity store each round: store reads, the measures (``--measure``, the job's default list),
   similarity-store writes, done markers, work claims and the writer lease included;
@@ -124,8 +124,8 @@ def _memory() -> dict:
 
 
 def _job_worker(args) -> None:
-    from engine.pipelines.similarity.config import SimilarityConfig
-    from engine.pipelines.similarity.run import run_similarity
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
     from engine.runtime.options import configure
     from engine.stores.pairs import resolve_pairs
     from engine.stores.reader import open_store
@@ -160,7 +160,7 @@ def _kernel_worker(args) -> None:
     import jax.numpy as jnp
 
     from engine.dtypes import DTYPES
-    from engine.pipelines.similarity.measures import SEQSIM_MEASURES
+    from engine.pipelines.seqsim.measures import SEQSIM_MEASURES
     from engine.stores.pairs import resolve_pairs
     from engine.stores.reader import open_store
     from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
@@ -172,7 +172,7 @@ def _kernel_worker(args) -> None:
     lengths = {lang: np.asarray(reader.lengths(lang)).astype(np.int32) for lang in langs}
 
     def load(lang: str, layer: int):
-        # As engine.pipelines.similarity.run._load reads a language: done utterances, frames up to the longest,
+        # As engine.pipelines.seqsim.run._load reads a language: done utterances, frames up to the longest,
         # compute dtype.
         n = lengths[lang]
         states, _ = reader.language_layer(
@@ -230,8 +230,8 @@ def gib(x) -> str:
 
 
 def plan_text(args) -> str:
-    """``engine.pipelines.similarity.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
-    from engine.pipelines.similarity.plan import plan_seqsim
+    """``engine.pipelines.seqsim.plan.plan_seqsim`` of the grid ``args`` describes, from its lengths alone."""
+    from engine.pipelines.seqsim.plan import plan_seqsim
     from engine.runtime import devices as plan_lib
     from engine.stores.pairs import resolve_pairs
 
@@ -267,7 +267,7 @@ def main() -> None:
     parser.add_argument("--worker", choices=["job", "kernel"], help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from engine.pipelines.similarity.config import DEFAULT_MEASURES
+    from engine.pipelines.seqsim.config import DEFAULT_MEASURES
     from engine.stores.similarity import check_measure
 
     args.measure = args.measure or ",".join(DEFAULT_MEASURES)
@@ -296,8 +296,8 @@ def main() -> None:
     try:
         write_s = write_store(store, args)
         print(f"store: {size / 2**30:.2f} GiB written in {write_s:.1f} s ({store})", flush=True)
-        from engine.pipelines.similarity.config import SimilarityConfig
-        from engine.pipelines.similarity.plan import plan_seqsim_run
+        from engine.pipelines.seqsim.config import SimilarityConfig
+        from engine.pipelines.seqsim.plan import plan_seqsim_run
         from engine.runtime.options import configure
 
         plan = plan_seqsim_run(

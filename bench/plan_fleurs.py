@@ -32,8 +32,8 @@ from bench.common import whisper_plan_inputs  # noqa: E402
 from bench.scale import grid  # noqa: E402
 from engine.models.whisper.dims import preset  # noqa: E402
 from engine.pipelines.encode.plan import plan_encode  # noqa: E402
-from engine.pipelines.similarity.config import DEFAULT_MEASURES  # noqa: E402
-from engine.pipelines.similarity.plan import CALIBRATION_UTTERANCES, plan_seqsim  # noqa: E402
+from engine.pipelines.seqsim.config import DEFAULT_MEASURES  # noqa: E402
+from engine.pipelines.seqsim.plan import CALIBRATION_UTTERANCES, plan_seqsim  # noqa: E402
 from engine.runtime import devices as plan_lib  # noqa: E402
 from engine.runtime.budget import resolve_budget  # noqa: E402
 from engine.runtime.options import parse_size  # noqa: E402
@@ -44,7 +44,7 @@ FRAMES_PER_SECOND = 50  # encoder frames
 
 
 def random_sample(frames: dict, pair: tuple[str, str], dtype: str):
-    """``(A, len_A, B, len_B)`` for ``engine.pipelines.similarity.plan.calibrate_pair_measure``: random states of
+    """``(A, len_A, B, len_B)`` for ``engine.pipelines.seqsim.plan.calibrate_pair_measure``: random states of
     the pair's evenly spread utterances at large-v3's width. DTW's cost is the same whatever the values (a fixed
     wavefront and one product)."""
     out = []

@@ -6,7 +6,7 @@
 For each grid (a synthetic layer store of random states written through ``LayerStore`` as ``bench/grid.py`` writes
 one; or ``--store``), in rounds that interleave every contender (a slow spell of the shared machine hits all alike):
 
-- job: ``engine.pipelines.similarity.run.run_similarity`` with ``--measure seqsim`` (or ``--measure``) into a fresh
+- job: ``engine.pipelines.seqsim.run.run_similarity`` with ``--measure seqsim`` (or ``--measure``) into a fresh
   similarity store: store reads, writes, markers, claims and the lease included. Its rate is SeqSim's FLOPs on
   valid frames (``2 * sum(len_a) * sum(len_b) * d`` per pair and layer, as the job's summary counts them) over the
   seconds of its seqsim kernel calls (what the demo's "seqsim ... GFLOP/s" line reports) and over its wall time;
@@ -66,8 +66,8 @@ def contenders(store: str, measures: tuple[str, ...], scratch: pathlib.Path) -> 
     import jax.numpy as jnp
 
     from engine.dtypes import DTYPES
-    from engine.pipelines.similarity.config import SimilarityConfig
-    from engine.pipelines.similarity.run import run_similarity
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
     from engine.runtime.options import configure
     from engine.stores.pairs import resolve_pairs
     from engine.stores.reader import open_store

@@ -25,10 +25,11 @@ from engine.errors import CheckpointError
 from engine.models.common.random_weights import RandomKind
 from engine.models.fastconformer import encoder as fastconformer_encoder
 from engine.models.fastconformer import random_folder as fastconformer_random
-from engine.models.fastconformer.canary import load_canary
 from engine.models.fastconformer.config import HUB_IDS as FASTCONFORMER_HUB_IDS
 from engine.models.fastconformer.config import MODEL_TYPES as FASTCONFORMER_TYPES
 from engine.models.fastconformer.loaded import load_fastconformer
+from engine.models.fastconformer.text_decoder import load_decoder as load_canary_decoder
+from engine.models.fastconformer.trainer import load_trainer as load_canary_trainer
 from engine.models.interface import (
     CROSS_ATTENTION,
     CTC,
@@ -46,6 +47,8 @@ from engine.models.owsm import encoder as owsm_encoder
 from engine.models.owsm.layout import is_espnet_s2t
 from engine.models.owsm.loaded import load_owsm
 from engine.models.owsm.random_folder import KINDS as OWSM_RANDOM
+from engine.models.owsm.text_decoder import load_decoder as load_owsm_decoder
+from engine.models.owsm.trainer import load_trainer as load_owsm_trainer
 from engine.models.speechllm import encoder as speechllm_encoder
 from engine.models.speechllm import random_folder as speechllm_random
 from engine.models.speechllm.config import HUB_IDS as SPEECHLLM_HUB_IDS
@@ -57,7 +60,10 @@ from engine.models.wav2vec2 import random_folder as wav2vec2_random
 from engine.models.wav2vec2.loaded import load_wav2vec2
 from engine.models.whisper import encoder as whisper_encoder
 from engine.models.whisper import random_folder as whisper_random
-from engine.models.whisper.loaded import load_whisper
+from engine.models.whisper.aligner import load_aligner
+from engine.models.whisper.cost import decode_cost as whisper_decode_cost
+from engine.models.whisper.text_decoder import load_decoder as load_whisper_decoder
+from engine.models.whisper.trainer import load_trainer as load_whisper_trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +75,7 @@ class Family:
     model_types: tuple[str, ...]  # config.json "model_type" values this family loads
     encoder: Callable[..., Encoder]  # (source, adapter=, dtype=) -> Encoder
     layer_meaning: str
-    # (source, dtype=) -> the model whose text decoder makes tokens from a layer's states (LoadedWhisper, LoadedOwsm,
-    # LoadedCanary)
+    # (source, dtype=) -> the model's text decoder (``engine.models.interface.Decoder``): tokens from a layer's states
     decoder: Callable | None = None
     # the config.json model types whose checkpoints carry the decoder, where not all do (FastConformer: Canary's);
     # None: every checkpoint of the family has it
@@ -80,7 +85,10 @@ class Family:
     # (wav2vec2's, ParakeetForCTC's)
     ctc: Callable | None = None
     ctc_always: bool = False
+    # a store's dims dict -> the ``DecoderCost`` decode --plan prices its decoder with (None: no plan)
+    decode_cost: Callable | None = None
     cross_attention: Callable | None = None  # (source, dtype=) -> the decoder whose cross-attention times words
+    trainer: Callable | None = None  # (source, dtype=) -> the Trainer finetune trains (engine.models.interface)
     hub_ids: tuple[str, ...] = ()  # examples, for the docs and messages
     layout: Callable[[str | os.PathLike], bool] | None = None  # recognises a layout with no config.json (ESPnet's)
     outputs: tuple[str, ...] = ("layers",)  # what a store of the family may hold (encode --tower_output)
@@ -88,6 +96,8 @@ class Family:
     # a regular expression the name of its hub repositories matches (lower case): a hub id not in the local cache
     # (whose config.json cannot be read) is taken for the family its name matches, else for Whisper
     hub_names: str | None = None
+    # (a layer store's StoreDims) -> layer -> its place on compare's depth axis; None: ``layer / (L + 1)``
+    depth: Callable | None = None
 
     @property
     def heads(self) -> frozenset[str]:
@@ -96,6 +106,15 @@ class Family:
         decoder = self.decoder if self.decoder_types is None else None
         have = {DECODER: decoder, CROSS_ATTENTION: self.cross_attention, CTC: ctc}
         return frozenset(head for head, loader in have.items() if loader is not None)
+
+    def store_depth(self, info) -> Callable[[int], float]:
+        """Each layer's place on compare's depth axis in a layer store of the family (``info``: its ``StoreInfo``):
+        ``layer / (L + 1)`` for L blocks, 0 the first stored layer and 1 Whisper's ``ln_post``, unless the family
+        places its layers itself (``depth``: the speech LLMs' tower outputs sit past their blocks)."""
+        if self.depth is not None:
+            return self.depth(info.dims)
+        blocks = info.n_blocks
+        return lambda layer: layer / (blocks + 1)
 
     def store_heads(self, info) -> frozenset[str]:
         """The heads of the model that wrote a layer store (``info``: its ``StoreInfo``): ``heads``, and the decoder
@@ -120,9 +139,10 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
-            "whisper", ("whisper",), whisper_encoder.load, WHISPER_LAYERS, decoder=load_whisper,
-            cross_attention=load_whisper, hub_ids=("openai/whisper-base", "openai/whisper-large-v3"),
-            random_kinds=whisper_random.KINDS,
+            "whisper", ("whisper",), whisper_encoder.load, WHISPER_LAYERS, decoder=load_whisper_decoder,
+            decode_cost=whisper_decode_cost,
+            cross_attention=load_aligner, hub_ids=("openai/whisper-base", "openai/whisper-large-v3"),
+            random_kinds=whisper_random.KINDS, trainer=load_whisper_trainer,
         ),
         Family(
             "wav2vec2", ("wav2vec2", "hubert"), wav2vec2_encoder.load, WAV2VEC2_LAYERS, ctc=load_wav2vec2,
@@ -135,19 +155,20 @@ FAMILIES: dict[str, Family] = {
             hub_names=r"w2v-bert|wav2vec2-bert|seamless-m4t",
         ),
         Family(
-            "owsm", (), owsm_encoder.load, OWSM_LAYERS, decoder=load_owsm, ctc=load_owsm, ctc_always=True,
+            "owsm", (), owsm_encoder.load, OWSM_LAYERS, decoder=load_owsm_decoder, ctc=load_owsm, ctc_always=True,
             hub_ids=("espnet/owsm_v3.1_ebf_base", "espnet/owsm_v3.1_ebf_small", "espnet/owsm_v3.1_ebf"),
-            layout=is_espnet_s2t, random_kinds=OWSM_RANDOM,
+            layout=is_espnet_s2t, random_kinds=OWSM_RANDOM, trainer=load_owsm_trainer,
         ),
         Family(
             "speechllm", SPEECHLLM_TYPES, speechllm_encoder.load, SPEECHLLM_LAYERS,
             hub_ids=tuple(SPEECHLLM_HUB_IDS.values()), outputs=speechllm_encoder.OUTPUTS,
+            depth=speechllm_encoder.store_depth,
             random_kinds=speechllm_random.KINDS, hub_names=r"qwen2-audio|voxtral|audio-flamingo",
         ),
         Family(
             "fastconformer", FASTCONFORMER_TYPES, fastconformer_encoder.load, FASTCONFORMER_LAYERS,
-            decoder=load_canary, decoder_types=("canary",), ctc=load_fastconformer, hub_ids=FASTCONFORMER_HUB_IDS,
-            random_kinds=fastconformer_random.KINDS, hub_names=r"parakeet|canary",
+            decoder=load_canary_decoder, decoder_types=("canary",), ctc=load_fastconformer, trainer=load_canary_trainer,
+            hub_ids=FASTCONFORMER_HUB_IDS, random_kinds=fastconformer_random.KINDS, hub_names=r"parakeet|canary",
         ),
     )
 }  # fmt: skip

@@ -19,8 +19,14 @@ An ``Encoder`` provides, on host arrays:
   ``heads``: the optional heads (``DECODER``, ``CROSS_ATTENTION``, ``CTC``);
 - ``cost(samples)``: the ``EncoderCost`` of one window of ``samples`` samples, for ``encode --plan`` (each family
   counts its own matmuls in its ``cost.py``; Whisper's is ``engine.models.whisper.cost``'s 30 s window model);
+- ``window_samples``, ``pads_windows``, ``min_samples``: how ``windows`` cuts audio, for a plan and the memory bound
+  that never cut it (the samples of a full window; whether every window is padded to a full one, and costs one; the
+  fewest samples a last window must hold to be kept, 0: every one is);
 - ``languages_without_token(langs)``: the store languages its decoder has no language token for (encode warns of
-  them: decode and align skip them unless told which token to use); none for a family without such a decoder.
+  them: decode and align skip them unless told which token to use); none for a family without such a decoder;
+- ``ffn_counts(batch, frames)`` and ``ffn_scaled_sums(batch, frames, scale)``: the neurons job's feed-forward unit
+  counts and its intervention, on a ``collate``d batch; None where the family has no such counts yet (the job then
+  refuses it in one line).
 
 A model with a CTC head offers decode's per-layer logit lens as a ``CTCLens`` (``ctc_lens()`` of the model the
 registry's ``ctc=`` loader returns): the head on one layer's states and the text of the frames' best ids, so that the
@@ -68,6 +74,13 @@ class Encoder(Protocol):
     embed: int
     heads: frozenset[str]
     features: dict
+    window_samples: int  # samples of a full window (30 s; a test's small OWSM has its own)
+    pads_windows: bool  # every window is padded to a full one before the encoder runs, so costs a full one
+    min_samples: int  # a last window of fewer samples gives no frame and is dropped (0: every window is kept)
+    # (batch, frames i32[batch]) -> i64[L, units]: frames each feed-forward unit fired on; None: not offered
+    ffn_counts: Callable[[tuple, np.ndarray], np.ndarray] | None
+    # (batch, frames, scale f32[L, units]) -> (sums f32[layer, batch, embed], frames), the units scaled; None likewise
+    ffn_scaled_sums: Callable[[tuple, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
 
     @property
     def store_dims(self): ...
@@ -203,3 +216,200 @@ class LoadedEncoder:
     @property
     def embed(self) -> int:
         return self.loaded.config.width
+
+
+# -- text decoders ---------------------------------------------------------------------------------------------------
+# The registry's ``Family.decoder`` loader returns a ``Decoder``: decode, decode's plan, align and finetune ask it (its
+# ``caps`` first) and never a family's name or loader. Whisper, OWSM and Canary implement it in their folders
+# (``text_decoder.py``).
+
+TASKS = ("transcribe", "translate")  # the decode job's tasks: X -> X, and X -> English
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderCaps:
+    """What a text decoder can do, declared by its family."""
+
+    tasks: tuple[str, ...] = TASKS  # the tasks it has a prompt for
+    beam: bool = True  # decodings beam:N
+    # the decode flags its beam search honours besides N ("patience", "length_penalty"); any other is refused when
+    # not at its default, rather than ignored
+    beam_options: tuple[str, ...] = ()
+    detect_language: bool = False  # --language detect: each window's language token from the memory decoded
+    # its cross-attention reads a window's frames past the valid ones (Whisper's, OWSM's: the window's padding), so
+    # decode recomputes its memory from the audio; else the store's valid frames are all it reads
+    reads_padding: bool = True
+    ln_post: bool = True  # a final encoder norm the decoder reads through, applied at early layers by --ln_post
+    ctc: bool = False  # --decoding ctc: a CTC head beside the decoder (``ctc_lens()``)
+    alignment_heads: bool = False  # cross-attention heads that time words (align)
+    training: bool = False  # finetune
+    plan: bool = False  # decode --plan prices it (``decode_cost``)
+
+
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """One decoding's settings, as the decode job passes them to ``Decoder.search``."""
+
+    beam: int  # 1: greedy
+    max_new_tokens: int
+    patience: float = 1.0
+    length_penalty: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DecoderCost:
+    """What ``decode --plan`` prices of a family's text decoder from a store's dimensions alone (no weight is read):
+    the encoder recomputed from the audio up to each layer, and the decoder over every window. FLOPs count a
+    multiply-add as 2 (``EncoderCost``)."""
+
+    top: int  # the top stored layer (read through the final norm already)
+    n_blocks: int  # encoder blocks: early exit at layer k runs min(k, n_blocks) of them
+    stem: float  # encoder FLOPs of one window before the first block
+    block: float  # encoder FLOPs of one block on one window
+    window_frames: int  # encoder frames the decoder reads of a window
+    per_token: float  # FLOPs of one decoder token of one beam
+    cross_kv: float  # FLOPs of the cross-attention keys and values of one window
+    weight_count: int  # decoder weights (elements)
+    cache_per_row: int  # elements of one row's self- and cross-attention caches
+    prompt_tokens: int
+    encoder_block: Callable  # compute dtype -> (one encoder block jitted, one window's input) to time here
+    decoder_step: Callable  # (rows, compute dtype) -> (a decoder step's matmuls jitted, input, FLOPs) to time here
+
+
+class Decoder(Protocol):
+    """A model's text decoder (tokens from an encoder layer's states), as decode, align and finetune use it.
+
+    Memory: ``encode(inputs, layers)`` runs the encoder on a batch of windows (``windows``' inputs, collated by
+    ``collate``) and returns the states of ``layers``; ``memory(states, layer, ln_post)`` the decoder's input
+    ``f[batch, frame, embed]`` from them. A decoder that does not ``reads_padding`` reads the store's states instead
+    (``window_frames`` frames a full window holds), padded and masked past ``valid``.
+    """
+
+    name: str  # the checkpoint's name, as the store records it
+    sha256: str  # of its weight files, as the store records it
+    caps: DecoderCaps
+    n_layers_out: int  # stored layers 0..n_layers_out-1; the top one is the decoder's usual input
+    window_frames: int  # encoder frames of a full window
+
+    def same_store(self, info) -> bool: ...  # a layer store's ``StoreInfo`` was written by this model's encoder
+
+    def language(self, lang: str, decode_as: dict[str, str]) -> str | None: ...  # prompt language, None: none
+
+    def prompt(self, task: str, language: str) -> list[int]: ...
+
+    def windows(self, audio: np.ndarray, long_audio: str) -> list: ...
+
+    def collate(self, inputs: Sequence) -> Any: ...
+
+    def encode(self, batch, layers: Sequence[int]) -> dict[int, Any]: ...
+
+    def memory(self, states: dict[int, Any], layer: int, ln_post: bool) -> tuple[Any, np.ndarray]: ...
+
+    def detect(self, memory, valid) -> list[str]: ...  # caps.detect_language: the language of each row
+
+    def search(self, memory, valid, task: str, languages: Sequence[str | None], search: Search) -> tuple: ...
+
+    def text(self, ids: Sequence[int]) -> str: ...
+
+    def label(self, language: str) -> str: ...  # the hypotheses' language_token column of a prompt language
+
+    def ctc_lens(self) -> CTCLens: ...  # caps.ctc
+
+
+# -- aligners (align) ------------------------------------------------------------------------------------------------
+# The registry's ``Family.cross_attention`` loader, ``(source, dtype=)``, returns an ``Aligner``: the align job asks it
+# and never a family's name or loader. Whisper implements it (``engine/models/whisper/aligner.py``).
+
+
+class Aligner(Protocol):
+    """A model whose decoder's cross-attention heads time words, as the align job uses it.
+
+    States are the store's layer ``top`` (the decoder's input), ``f[batch, windows * window_frames, embed]``: an
+    utterance's windows concatenated along frames, so that one alignment places every word of it. A store keeps the
+    valid frames only: ``fill`` puts what the decoder reads past them (a silent window's states: Whisper's decoder
+    attends to the padding of the last window). A prompt language is ``language(lang)``'s; None means the model has
+    no token for the store's language, whose utterances align skips. Words have ``text`` (as the tokenizer spells
+    them, leading space and punctuation included), ``start`` and ``end`` (seconds from the utterance's start) and
+    ``probability`` (the mean of the word's tokens under teacher forcing).
+    """
+
+    name: str  # the checkpoint's name, as the store records it
+    sha256: str  # of its weight files, as the store records it
+    top: int  # the stored layer the decoder reads
+    window_frames: int  # encoder frames of a full window
+
+    def same_store(self, info) -> bool: ...  # a layer store's ``StoreInfo`` was written by this model's encoder
+
+    def language(self, lang: str) -> str | None: ...  # the prompt language of a store language; None: no token
+
+    def tokens(self, text: str) -> list[int]: ...  # a transcript's text tokens (no prompt, no end-of-text)
+
+    def fill(self, states: np.ndarray, valid: np.ndarray, frames: int) -> np.ndarray: ...  # f[batch, frames, embed]
+
+    def transcribe(self, states: np.ndarray, valid: np.ndarray, language: str) -> list[list[int]]: ...  # greedy
+
+    def fits(self, tokens: Sequence[int], language: str) -> bool: ...  # prompt + tokens + end fit the text context
+
+    def align(
+        self, states: np.ndarray, valid: np.ndarray, tokens: Sequence[list[int]], languages: Sequence[str], width: int
+    ) -> list[list]: ...  # the words of each utterance; ``width``: the median filter's, over frames
+
+
+# -- trainers (finetune) ---------------------------------------------------------------------------------------------
+# The registry's ``Family.trainer`` loader, ``(source, dtype=) -> Trainer`` (``source``: a folder, hub id, or the
+# family's model already loaded), gives what the finetune job needs of a decoder it trains on a layer store's top
+# layer, the encoder never running: finetune asks it and never a family's name or modules.
+
+SILENCE_FILL = "silence_fill_approximate"  # frames past an utterance: a silent window's states (the decoder reads them)
+MASKED = "masked"  # frames past an utterance are masked out: the decoder reads the valid frames only, as from audio
+
+
+class TrainGraph(Protocol):
+    """The static half of a decoder split for training (``Trainer.split``): a jit's static argument, so hashable and
+    equal by value (a frozen dataclass of an ``nnx.GraphDef``)."""
+
+    def logits(self, params: dict, tokens, memory, valid) -> Any:
+        """Teacher forcing: ``params`` the flat dict (in the dtype the caller cast them to), ``tokens i32[batch, t]``,
+        ``memory f[batch, frame, embed]`` (``Trainer.memory``), ``valid i32[batch]`` its valid frames ->
+        ``f[batch, t, vocab]``, position ``i`` scoring the token after ``tokens[:, :i+1]``."""
+        ...
+
+
+class Trainer(Protocol):
+    """A model's text decoder as the finetune job trains it (``engine.pipelines.finetune``).
+
+    Parameters travel as one flat ``{name: array}`` dict in the family's own names (``split``); ``groups`` maps each
+    ``--trainable`` group to a regular expression that full-matches the names it selects. Memory: ``memory`` turns a
+    store's top-layer states (valid frames only, ``n_frames`` of each) into the decoder's input, filling the frames
+    past each utterance as the family's decoder needs (``padding``). Languages are ISO 639-1 codes (what
+    ``engine.languages.fleurs_to_whisper`` gives); ``prompt(task, language)`` is the family's prompt with that
+    language's token and the task's (``TASKS``), the tokens before the text.
+    """
+
+    name: str  # the checkpoint's name, as the store records it
+    sha256: str  # of its weight files, as the store records it
+    padding: str  # how ``memory`` fills the frames past an utterance (``SILENCE_FILL``, ``MASKED``): config.json's
+    padding_note: str  # the same in words, for the job's report
+    eot: int  # the end-of-text token, the last label of every text
+    n_text_ctx: int  # token positions the decoder takes (prompt, text and end-of-text)
+    memory_frames: int  # frames of a ``memory`` row (one window): longer utterances are skipped
+    groups: dict[str, str]  # --trainable group -> regex on the parameter names
+
+    @property
+    def store_dims(self) -> dict: ...  # the dims record a layer store of this model's encoder holds (compared whole)
+
+    def prompt(self, task: str, language: str) -> list[int]: ...
+
+    def tokens(self, text: str) -> list[int]: ...  # a target text's tokens, as the decoder emits them after a prompt
+
+    def memory(self, states: np.ndarray, n_frames: np.ndarray) -> np.ndarray: ...  # f32[n, memory_frames, embed]
+
+    def split(self) -> tuple[TrainGraph, dict]: ...  # the decoder's graph and its parameters as a flat dict
+
+    def tuned(self, params: dict) -> Trainer: ...  # a copy whose decoder has ``params`` (a subset: the rest kept)
+
+    def greedy(self, memory, valid, prompt: Sequence[int], max_new_tokens: int) -> list[str]: ...  # evaluation
+
+    def export_problem(self) -> str | None: ...  # what would make ``export`` fail and the fix, before training
+
+    def export(self, folder) -> None: ...  # the tuned model, in the layout its family's loader reads

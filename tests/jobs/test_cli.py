@@ -246,7 +246,7 @@ def test_an_output_never_nests_with_what_the_job_reads(tmp_path):
     from engine.pipelines.align.config import AlignConfig
     from engine.pipelines.compare.config import CompareConfig
     from engine.pipelines.retrieval.config import RetrievalConfig
-    from engine.pipelines.similarity.config import SimilarityConfig
+    from engine.pipelines.seqsim.config import SimilarityConfig
     from engine.runtime.options import ConfigError, configure
 
     s, sim = str(tmp_path / "S"), str(tmp_path / "SIM")

@@ -17,14 +17,15 @@ import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper.encoder import WhisperEncoder
+from engine.models.whisper.text_decoder import WhisperDecoder
 from engine.pipelines.compare.config import CompareConfig
 from engine.pipelines.compare.run import run_compare
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.pipelines.retrieval.config import RetrievalConfig
 from engine.pipelines.retrieval.run import run_retrieval
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.run import run_similarity
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
 from engine.pipelines.verify import checks
 from engine.pipelines.verify.config import VerifyConfig
 from engine.pipelines.verify.run import run_verify
@@ -231,16 +232,16 @@ def test_a_decode_part_with_a_damaged_footer_is_named_by_decode_and_verify_and_r
     out = tmp_path / "decode"
     config = configure(DecodeConfig, store=str(damaged / "store"), out=str(out), layers=(1,), tasks=("transcribe",),
                        max_new_tokens=4, progress=False)  # fmt: skip
-    run_decode(config, whisper=tiny_whisper)
+    run_decode(config, decoder=WhisperDecoder(tiny_whisper))
     clean_files = {k: v for k, v in files(out).items() if k.endswith(".parquet") or k.endswith(".csv")}
     part = sorted((out / "parts").rglob("*.parquet"))[0]
     flip_column_name(part, "hypothesis")
     key = str(part.relative_to(out))
     with pytest.raises(DamageError, match=rf"{key} .*rerun the decode job"):
-        run_decode(config, whisper=tiny_whisper)
+        run_decode(config, decoder=WhisperDecoder(tiny_whisper))
     assert [d.key for d in _verify(out).damage] == [key]
     assert _verify(out, repair=True).exit_code == 0 and not part.exists()
-    run_decode(config, whisper=tiny_whisper)
+    run_decode(config, decoder=WhisperDecoder(tiny_whisper))
     assert {k: v for k, v in files(out).items() if k in clean_files} == clean_files
 
 

@@ -22,6 +22,7 @@ import soundfile
 
 from engine.figures import png_title
 from engine.models.whisper.encoder import WhisperEncoder
+from engine.models.whisper.text_decoder import WhisperDecoder
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, references_path
 from engine.pipelines.decode.hypotheses import read_hypotheses, read_scores
 from engine.pipelines.decode.merge import score_rows
@@ -57,7 +58,7 @@ def write_store(root, fleurs_dir, whisper, model, clips, layers, extra_rows=(), 
 def decode_here(whisper, store, out, **settings):
     """The job's library function in this process, on the loaded ``whisper`` (the store's model)."""
     config = configure(DecodeConfig, store=str(store), out=str(out), progress=False, **settings)
-    return run_decode(config, whisper=whisper)
+    return run_decode(config, decoder=WhisperDecoder(whisper))
 
 
 def recomputed_scores(hyps: pd.DataFrame, codes: dict) -> dict:
@@ -337,8 +338,8 @@ def test_language_whisper_lacks_is_skipped_or_decoded_as(odd_store, fleurs_dir, 
     from engine.models.whisper.decoding import DecodingOptions
 
     bare = decode_here(tiny_whisper, odd_store, tmp_path / "bare", langs=("ky",))
-    assert skipped_rows(tmp_path / "bare") == {("ky", "fleurs-ky-001", "transcribe", "no_whisper_language")}
-    assert bare.decoded == 0 and "(no_whisper_language)" in bare.report()
+    assert skipped_rows(tmp_path / "bare") == {("ky", "fleurs-ky-001", "transcribe", "no_language_token")}
+    assert bare.decoded == 0 and "(no_language_token)" in bare.report()
 
     out = tmp_path / "as"
     decode_here(tiny_whisper, odd_store, out, langs=("ky",), decode_as=(("ky", "kk"),), max_new_tokens=5)

@@ -2,10 +2,10 @@
 against transformers' decoder fed the same layer of its own encoder (issue 47's "decode at two layers of Canary").
 
 Model: a random ``CanaryForConditionalGeneration`` at small widths (32 wide, 2 encoder blocks, 2 decoder layers of 2
-heads of 16, 256 tokens: parity at real widths is tests/models/test_canary.py's) with tests/models/canary_folder.py's
-tokenizer and weights. Clips: tests/jobs/test_families.py's four real FLEURS clips (fr, pt), encoded by
-``jobs.encode``; ``jobs.decode --layers 1,2 --tasks transcribe,translate --decoding greedy,beam:2`` with English
-references from
+heads of 16, 256 tokens: parity at real widths is tests/models/fastconformer/test_canary.py's) with
+tests/models/fastconformer/canary_folder.py's tokenizer and weights. Clips: tests/jobs/test_families.py's four real
+FLEURS clips (fr, pt), encoded by ``jobs.encode``; ``jobs.decode --layers 1,2 --tasks transcribe,translate --decoding
+greedy,beam:2`` with English references from
 ``--references`` (the store has no English). Reference, per clip, layer k and task: transformers' encoder on
 ``ParakeetFeatureExtractor``'s features, ``generate`` with ``encoder_outputs`` holding ``hidden_states[k]`` and the
 ``decoder_input_ids`` of ``CanaryProcessor.apply_transcription_request(source_language=lang,
@@ -31,10 +31,10 @@ from transformers.models.parakeet.modeling_parakeet import ParakeetEncoderModelO
 from engine.data.audio import load_audio
 from engine.models.family import load_encoder
 from engine.models.fastconformer.canary import load_canary
-from engine.pipelines.decode.canary import _windows
+from engine.pipelines.decode.decoder import cut_windows
 from engine.stores.reader import open_store
 from tests.jobs.test_families import LANGS, PAIRS, family_clips
-from tests.models import canary_folder as cf
+from tests.models.fastconformer import canary_folder as cf
 
 ENCODER = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                subsampling_conv_channels=8)  # fmt: skip
@@ -177,6 +177,6 @@ def test_long_audio_splits_into_the_encoders_windows(canary_run):
     samples = 2 * 30 * 16000 + 16000  # two full windows and one second
     frames, windows = encoder.expected_frames(samples, "window")
     states = np.arange(frames, dtype=np.float32)[:, None]
-    cut = _windows(states, frames, per_window)
+    cut = cut_windows(states, frames, per_window)
     assert windows == 3 and [len(w) for w in cut] == [per_window, per_window, frames - 2 * per_window]
     assert np.array_equal(np.concatenate(cut), states)

@@ -18,7 +18,7 @@ import transformers
 
 from engine.data.audio import load_audio
 from tests.jobs.manifests import write_fleurs_manifest
-from tests.models.w2v_reference import write_vocab
+from tests.models.wav2vec2.w2v_reference import write_vocab
 
 CLIPS = ("en-000", "en-001", "de-000")
 VOCAB = 40

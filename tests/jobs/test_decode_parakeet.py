@@ -1,8 +1,8 @@
 """decode on a Parakeet-CTC store: the per-layer CTC logit lens through the jobs, against transformers at every layer.
 
 Model: a random ``ParakeetForCTC`` (width 32, 2 blocks, as tests/jobs/test_fastconformer_jobs.py's; parity at real
-widths is tests/models/test_fastconformer.py's) with a real tokenizer: a SentencePiece BPE model of 160 pieces
-trained on the FLEURS sample's transcripts, converted by transformers' own ``ParakeetConverter`` (what the hub's
+widths is tests/models/fastconformer/test_fastconformer.py's) with a real tokenizer: a SentencePiece BPE model of 160
+pieces trained on the FLEURS sample's transcripts, converted by transformers' own ``ParakeetConverter`` (what the hub's
 ``tokenizer.json`` is made with) and saved by ``ParakeetTokenizer.save_pretrained``, ``<pad>`` added at id 160 as the
 blank (``pad_token_id`` = 160, ``vocab_size`` = 161), as the hub's CTC checkpoints have it. Weight matrices are drawn
 with variance 1 / fan_in (transformers' 0.02 leaves every frame's states nearly alike and the argmax constant), the

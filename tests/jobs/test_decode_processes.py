@@ -15,8 +15,8 @@ import transformers
 
 from tests.jobs.manifests import write_fleurs_manifest
 from tests.jobs.multiprocess import run_processes
-from tests.models import owsm_reference as ref
-from tests.models.w2v_reference import write_vocab
+from tests.models.owsm import owsm_reference as ref
+from tests.models.wav2vec2.w2v_reference import write_vocab
 
 CTC_CLIPS = ("en-000", "en-001", "de-000")
 OWSM_PAIRS = {"a": ("fleurs-fr-005", "fleurs-pt-002"), "b": ("fleurs-fr-000", "fleurs-pt-007")}

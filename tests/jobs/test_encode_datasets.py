@@ -114,7 +114,7 @@ def test_finetune_one_step_en_zh_from_covost(fleurs_dir, tiny_model_dir, tiny_wh
     config = configure(FinetuneConfig, store=out, out=str(ft), model=str(tiny_model_dir), source_langs=("en",),
                        target_lang="zh", target_dataset=f"covost2:{root}", steps=1, batch_size=1, held_out=0.5,
                        max_eval=1, export=False, progress=False)  # fmt: skip
-    result = run_finetune(config, whisper=tiny_whisper)
+    result = run_finetune(config, model=tiny_whisper)
     assert result.steps_done == 1 and result.n_train == 1 and result.n_held_out == 1
     with open(ft / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -126,4 +126,4 @@ def test_finetune_one_step_en_zh_from_covost(fleurs_dir, tiny_model_dir, tiny_wh
         dataclasses.replace(config, targets=str(tmp_path / "targets.tsv"))
     wrong = dataclasses.replace(config, target_lang="de", run=dataclasses.replace(config.run, out=str(tmp_path / "x")))
     with pytest.raises(FinetuneError, match=r"translates into 'zh-CN' \(Whisper 'zh'\), not --target_lang 'de'"):
-        run_finetune(wrong, whisper=tiny_whisper)
+        run_finetune(wrong, model=tiny_whisper)

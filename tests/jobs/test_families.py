@@ -27,8 +27,8 @@ from engine.pipelines.interp.config import InterpConfig
 from engine.pipelines.interp.run import run_interp
 from engine.pipelines.retrieval.config import RetrievalConfig
 from engine.pipelines.retrieval.run import run_retrieval
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.run import run_similarity
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.words import WORD_SCHEMA

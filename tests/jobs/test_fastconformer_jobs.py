@@ -3,8 +3,9 @@
 transformers' ``hidden_states`` of the same utterance, the store's frame rate (12.5/s) and layer meaning; seqsim and
 retrieval on each store, challenge, probe, probes and interp on the Parakeet one, compare over the two (the same
 audio through ASR-only and ASR + translation training).
-Small widths (32) and two blocks keep CI time small: parity at real widths is tests/models/test_fastconformer.py's.
-The bound is the parity tests' (1e-5 of each layer's peak), here where the layers come back through the store."""
+Small widths (32) and two blocks keep CI time small: parity at real widths is
+tests/models/fastconformer/test_fastconformer.py's. The bound is the parity tests' (1e-5 of each layer's peak), here
+where the layers come back through the store."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ from engine.pipelines.compare.config import CompareConfig
 from engine.pipelines.compare.run import run_compare
 from engine.pipelines.retrieval.config import RetrievalConfig
 from engine.pipelines.retrieval.run import run_retrieval
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.run import run_similarity
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from tests.jobs.store_jobs import check_store_jobs

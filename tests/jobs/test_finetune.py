@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from engine.figures import png_title
+from engine.models.interface import SILENCE_FILL
 from engine.pipelines.finetune import checkpoints as C
-from engine.pipelines.finetune.config import PADDING, FinetuneConfig
+from engine.pipelines.finetune.config import FinetuneConfig
 from engine.pipelines.finetune.data import FinetuneError
 from engine.pipelines.finetune.run import METRIC_FIELDS, run_finetune
 from engine.runtime.options import configure
@@ -63,7 +64,7 @@ def config(store, out, model, **kw):
 @pytest.fixture(scope="module")
 def run_out(store, tiny_model_dir, tiny_whisper, tmp_path_factory):
     out = tmp_path_factory.mktemp("ft") / "out"
-    summary = run_finetune(config(store, out, tiny_model_dir), whisper=tiny_whisper)
+    summary = run_finetune(config(store, out, tiny_model_dir), model=tiny_whisper)
     return out, summary
 
 
@@ -88,8 +89,8 @@ def test_outputs(run_out):
     bleu = png_title((out / "bleu.png").read_bytes())
     assert "; dataset planted-pairs; n = 2 held-out utterances per language" in bleu, bleu
     # the padding approximation is named where a reader of the run looks
-    assert json.loads((out / "config.json").read_text())["padding"] == PADDING == "silence_fill_approximate"
-    assert f"padding: {PADDING}" in summary.report()
+    assert json.loads((out / "config.json").read_text())["padding"] == SILENCE_FILL == "silence_fill_approximate"
+    assert f"padding: {SILENCE_FILL}" in summary.report()
 
 
 def test_export_round_trip(run_out):
@@ -143,20 +144,20 @@ def test_resume_after_sigkill_is_bitwise(store, tiny_model_dir, run_out, tmp_pat
 
 def test_refusals(store, tiny_model_dir, tiny_whisper, run_out, tmp_path):
     with pytest.raises(FinetuneError, match="learning_rate"):
-        run_finetune(config(store, run_out[0], tiny_model_dir, learning_rate=2e-3), whisper=tiny_whisper)
+        run_finetune(config(store, run_out[0], tiny_model_dir, learning_rate=2e-3), model=tiny_whisper)
     other = tmp_path / "t.tsv"
     other.write_text("x1\tein satz\nx2\tnoch einer\n")
     with pytest.raises(FinetuneError, match="no recording of 'en'"):
-        run_finetune(config(store, tmp_path / "a", tiny_model_dir, targets=str(other)), whisper=tiny_whisper)
+        run_finetune(config(store, tmp_path / "a", tiny_model_dir, targets=str(other)), model=tiny_whisper)
     with pytest.raises(FinetuneError, match="no language 'fr'"):
-        run_finetune(config(store, tmp_path / "b", tiny_model_dir, target_lang="fr"), whisper=tiny_whisper)
+        run_finetune(config(store, tmp_path / "b", tiny_model_dir, target_lang="fr"), model=tiny_whisper)
     empty = tmp_path / "e.tsv"
     empty.write_text("id\ttext\ns1\t \n")
     with pytest.raises(FinetuneError, match="no texts"):
-        run_finetune(config(store, tmp_path / "c", tiny_model_dir, targets=str(empty)), whisper=tiny_whisper)
+        run_finetune(config(store, tmp_path / "c", tiny_model_dir, targets=str(empty)), model=tiny_whisper)
     low = make_store(tmp_path / "low", layers=(0, 2))
     with pytest.raises(FinetuneError, match="L\\+1"):
-        run_finetune(config(low, tmp_path / "d", tiny_model_dir), whisper=tiny_whisper)
+        run_finetune(config(low, tmp_path / "d", tiny_model_dir), model=tiny_whisper)
 
 
 def wrote_paths(stdout: str, out: pathlib.Path) -> set[str]:
@@ -197,7 +198,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_bitwise(store, tiny_model
     data = largest_file(out / "checkpoints" / "6" / C.STATE)
     damage(data)
     with caplog.at_level(logging.WARNING, logger=C.__name__):
-        summary = run_finetune(config(store, out, tiny_model_dir), whisper=tiny_whisper)
+        summary = run_finetune(config(store, out, tiny_model_dir), model=tiny_whisper)
     (warning,) = [r.getMessage() for r in caplog.records if r.name == C.__name__]
     assert str(out / "checkpoints" / "6") in warning and data.name in warning and "Resuming from step 4" in warning
     assert summary.resumed_from == 4 and summary.steps_done == 2
@@ -213,22 +214,22 @@ def test_damaged_checkpoint_without_an_earlier_one_stops(store, tiny_model_dir, 
     shutil.rmtree(out / "checkpoints" / "4")
     damage(largest_file(out / "checkpoints" / "6" / C.STATE))
     with pytest.raises(C.CorruptCheckpointError, match="rm -r") as e:
-        run_finetune(config(store, out, tiny_model_dir), whisper=tiny_whisper)
+        run_finetune(config(store, out, tiny_model_dir), model=tiny_whisper)
     assert str(out / "checkpoints" / "6") in str(e.value) and not (out / "model").exists()
 
 
 def test_noexport_writes_and_lists_no_model(store, tiny_model_dir, tiny_whisper, tmp_path):
     out = tmp_path / "noexport"
-    summary = run_finetune(config(store, out, tiny_model_dir, steps=2, export=False), whisper=tiny_whisper)
+    summary = run_finetune(config(store, out, tiny_model_dir, steps=2, export=False), model=tiny_whisper)
     names = wrote_paths(summary.wrote(out), out)
     assert "model" not in names and not (out / "model").exists()
     assert {"metrics.csv", "checkpoints", "loss.png", "bleu.png"} <= names
 
 
 def test_export_is_checked_before_training(store, tiny_model_dir, tiny_whisper, tmp_path, monkeypatch):
-    def refused(out, match, whisper=tiny_whisper):
+    def refused(out, match, model=tiny_whisper):
         with pytest.raises(FinetuneError, match=match) as e:
-            run_finetune(config(store, out, tiny_model_dir), whisper=whisper)
+            run_finetune(config(store, out, tiny_model_dir), model=model)
         assert "--noexport" in str(e.value)
         assert not (out / "checkpoints").exists() and not (out / "metrics.csv").exists()  # nothing trained
 

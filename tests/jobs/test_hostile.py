@@ -27,8 +27,8 @@ def hold_lease(folder: pathlib.Path, job: str, **extra) -> None:
 @pytest.fixture(scope="module")
 def similarity(worker_store, tmp_path_factory) -> pathlib.Path:
     """A finished similarity store of the worker store: the mean measure at layer 1."""
-    from engine.pipelines.similarity.config import SimilarityConfig
-    from engine.pipelines.similarity.run import run_similarity
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
     from engine.runtime.options import configure
 
     out = tmp_path_factory.mktemp("hostile") / "sim"
@@ -129,7 +129,7 @@ def test_lda_with_as_many_directions_as_languages_is_refused_before_the_store_re
 
 
 def test_a_value_with_spaces_is_recorded_as_meant_so_the_resume_is_not_refused(worker_store, tmp_path, run_job):
-    from engine.pipelines.similarity.config import SimilarityConfig
+    from engine.pipelines.seqsim.config import SimilarityConfig
     from engine.runtime.options import configure
 
     config = configure(SimilarityConfig, store="s", out="o", remove_language=" mean ", dtype=" float32")

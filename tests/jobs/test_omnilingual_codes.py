@@ -1,6 +1,6 @@
 """ISO 639-3 language codes with a script (``eng_Latn``: Omnilingual ASR's, FLORES-200's) through the jobs, on an
 Omnilingual-ASR-configured ``Wav2Vec2ForCTC`` (pre-LN, layer-norm feature encoder, blank ``<s>`` = 0, a ``▁`` word
-delimiter; width 32, 2 layers: parity at real widths is tests/models/test_omnilingual.py's).
+delimiter; width 32, 2 layers: parity at real widths is tests/models/wav2vec2/test_omnilingual.py's).
 
 A ``folder:`` dataset of real FLEURS clips in folders ``eng_Latn``, ``deu_Latn`` and ``spa_Latn``, the file ids shared
 across languages so that retrieval has partners (the clips are not translations: the scores are not the point, the
@@ -10,8 +10,8 @@ pairs a ``fra_Latn`` / ``por_Latn`` store with words aligned by Whisper on a sto
 ``pt`` (``whisper_words`` of tests/jobs/conftest.py): the codes are matched through their Whisper codes.
 The stored layers are compared with transformers' ``hidden_states`` within 1e-5 of each layer's peak (the parity
 tests' bound: float32 sums in other orders), the last layer's hypotheses with ``Wav2Vec2CTCTokenizer``'s text
-(built from ``tokenizer_config.json``'s arguments: ``tests.models.test_omnilingual.reference_tokenizer`` says why
-not ``from_pretrained``).
+(built from ``tokenizer_config.json``'s arguments: ``tests.models.wav2vec2.test_omnilingual.reference_tokenizer`` says
+why not ``from_pretrained``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from engine.data.audio import load_audio
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
 from tests.jobs.test_families import PAIRS
-from tests.models import w2v_reference as ref
-from tests.models.test_omnilingual import OMNI_300M, reference_tokenizer, write_omni_tokenizer
+from tests.models.wav2vec2 import w2v_reference as ref
+from tests.models.wav2vec2.test_omnilingual import OMNI_300M, reference_tokenizer, write_omni_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -24,8 +24,8 @@ from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.plan import plan_decode_run
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.plan import plan_seqsim_run
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.plan import plan_seqsim_run
 from engine.runtime import plan as plan_lib
 from engine.runtime.devices import get_device
 from engine.runtime.options import configure

@@ -22,8 +22,8 @@ import time
 import pytest
 import yaml
 
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.run import run_similarity
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from tests.jobs.conftest import REPO
 from tests.jobs.test_scaleout import assert_same_store

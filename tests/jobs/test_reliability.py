@@ -140,9 +140,9 @@ def test_align_skips_a_language_whisper_lacks(run_job, store, tiny_model_dir, tm
     proc = run_job(
         "align", "--store", str(store), "--out", str(out), "--model", str(tiny_model_dir), "--subtitles=srt,vtt"
     )
-    assert "(no_whisper_language): xx/a" in proc.stdout, proc.stdout
+    assert "(no_language_token): xx/a" in proc.stdout, proc.stdout
     skipped = (out / "xx" / "skipped.csv").read_text().splitlines()
-    assert skipped == ["utterance,id,reason", "0,a,no_whisper_language"]
+    assert skipped == ["utterance,id,reason", "0,a,no_language_token"]
     # The folder's sidecar transcript reached the words; the clip without one is skipped with the way out named.
     words = read_words(str(out), "en").to_pylist()
     assert [w["word"] for w in words] == [" Hello", " there,", " world."] and {w["id"] for w in words} == {"a"}

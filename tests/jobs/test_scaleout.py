@@ -21,6 +21,7 @@ import tensorstore as ts
 
 from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper.encoder import WhisperEncoder
+from engine.models.whisper.text_decoder import WhisperDecoder
 from engine.pipelines.align.config import AlignConfig
 from engine.pipelines.align.run import run_align
 from engine.pipelines.decode.config import DecodeConfig
@@ -28,8 +29,8 @@ from engine.pipelines.decode.hypotheses import read_hypotheses
 from engine.pipelines.decode.run import run_decode
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.run import run_similarity
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.claims import CLAIMS_DIR
 from engine.runtime.options import configure
 from engine.stores.words import read_words
@@ -167,7 +168,7 @@ def test_decode_shares_its_parts_and_survives_a_death(part_store, tiny_model_dir
     assert taken_over(survivor) >= 1, survivor
     one = tmp_path / "one"
     config = configure(DecodeConfig, store=str(part_store), out=str(one), progress=False, **settings)
-    run_decode(config, whisper=tiny_whisper)
+    run_decode(config, decoder=WhisperDecoder(tiny_whisper))
     assert read_hypotheses(str(one)).num_rows == len(LANGS) * PART_CLIPS * 3 * 2  # utterances x units x parts
     assert_same_store(two, one)
 

@@ -1,6 +1,6 @@
 """Speech-LLM audio towers through the jobs: encode writes every stored layer (checked against transformers' PyTorch
 tower, utterance by utterance, windows concatenated), seqsim and retrieval read the store, and the decoder jobs refuse
-it at once. Small random widths (the real widths are in tests/models/test_speechllm.py); the clips are
+it at once. Small random widths (the real widths are in tests/models/speechllm/test_speechllm.py); the clips are
 tests/jobs/test_families.py's two translation pairs, fr and pt."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from engine.models import family as fam
 from engine.models.common.logmel import features_for_audio, split_windows
 from engine.pipelines.retrieval.config import RetrievalConfig
 from engine.pipelines.retrieval.run import run_retrieval
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.run import run_similarity
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from tests.jobs.store_jobs import check_store_jobs
 from tests.jobs.test_families import LANGS, PAIRS, family_clips
-from tests.models.test_speechllm import _theirs
+from tests.models.speechllm.test_speechllm import _theirs
 
 RTOL_PEAK = 1e-5
 AUDIO = dict(num_mel_bins=128, max_source_positions=1500)

@@ -1,11 +1,11 @@
 """Whisper large-v3-turbo through the jobs, as a user runs them (subprocesses, flags): encode every layer of two real
 FLEURS clips, decode from two layers (early exit from block 1 through ln_post, and the full depth), align the
 transcripts' words with turbo's alignment heads. The model is the random-weight turbo folder of
-``tests/turbo_model.py`` (turbo's config, v3 tokenizer and generation config; 2 encoder blocks), so nothing in it
-names its size: whatever the jobs get right they take from the files.
+``tests/models/whisper/turbo_model.py`` (turbo's config, v3 tokenizer and generation config; 2 encoder blocks), so
+nothing in it names its size: whatever the jobs get right they take from the files.
 
 Each output is compared with the library run here on the same audio or the same stored states; the library itself is
-checked against transformers and openai-whisper in ``tests/models/test_turbo.py``.
+checked against transformers and openai-whisper in ``tests/models/whisper/test_turbo.py``.
 """
 
 from __future__ import annotations

@@ -17,14 +17,15 @@ import sys
 import pytest
 
 from engine.models.whisper.encoder import WhisperEncoder
+from engine.models.whisper.text_decoder import WhisperDecoder
 from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.run import run_decode
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.pipelines.neurons.config import NeuronsConfig
 from engine.pipelines.neurons.run import run_neurons
-from engine.pipelines.similarity.config import SimilarityConfig
-from engine.pipelines.similarity.run import run_similarity
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
 from engine.pipelines.verify.config import VerifyConfig
 from engine.pipelines.verify.run import run_verify
 from engine.runtime.options import configure
@@ -103,7 +104,8 @@ def test_decode_workers_started_killed_and_joined_write_what_one_process_does(wo
     assert_shared(outputs)
     one = tmp_path / "one"
     run_decode(
-        configure(DecodeConfig, store=str(store), out=str(one), progress=False, **settings), whisper=tiny_whisper
+        configure(DecodeConfig, store=str(store), out=str(one), progress=False, **settings),
+        decoder=WhisperDecoder(tiny_whisper),
     )
     assert_same_store(out, one)
     assert_clean(out)

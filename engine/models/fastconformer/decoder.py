@@ -18,7 +18,8 @@ the same way (its width must be the decoder's).
 Greedy (``greedy``) equals ``CanaryForConditionalGeneration.generate(num_beams=1, do_sample=False)`` continuing the
 prompt: each step the argmax of the logits, rows stopping at an ``eos`` id. The prompt is fed one position at a time
 through the cache (transformers feeds it in one call: the same arithmetic, summed in another order, so logits agree
-to float32 rounding; tests/models/test_canary.py bounds how far and checks no step is that close to a tie).
+to float32 rounding; tests/models/fastconformer/test_canary.py bounds how far and checks no step is that close to a
+tie).
 """
 
 from __future__ import annotations

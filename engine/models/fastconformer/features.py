@@ -16,7 +16,7 @@ Recipe (NeMo's ``AudioToMelSpectrogramPreprocessor`` as transformers reproduces 
 Libraries: the FFT is NumPy's (float64 on the float32 frames, rounded to complex64 as ``torch.stft`` returns it), the
 mel filters transformers' formula written out (``slaney_mel_filters``; a test checks it against
 ``audio_utils.mel_filter_bank``). torch's float32 FFT and this one differ in the last bits; how far that moves the
-features and the layers is measured in ``tests/models/test_fastconformer.py``.
+features and the layers is measured in ``tests/models/fastconformer/test_fastconformer.py``.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def read_stats(path: pathlib.Path, n_mels: int) -> Stats:
 def mel_filters(config: FrontendConfig) -> np.ndarray:
     """f64[n_fft // 2 + 1, n_mels]: ``librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax, htk)`` (Slaney-normalised
     triangles on the Slaney or HTK mel scale), the call ESPnet's LogMel makes, written out in NumPy so that OWSM runs
-    without librosa (``tests/models/test_owsm_mel.py`` checks it against librosa)."""
+    without librosa (``tests/models/owsm/test_owsm_mel.py`` checks it against librosa)."""
     fft_hz = np.linspace(0.0, SAMPLE_RATE / 2, config.n_fft // 2 + 1)
     low, high = _hz_to_mel(np.float64(config.fmin), config.htk), _hz_to_mel(np.float64(config.fmax), config.htk)
     edges = _mel_to_hz(np.linspace(low, high, config.n_mels + 2), config.htk)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from engine.models.interface import EncoderCost
+from engine.models.interface import DecoderCost, EncoderCost
 from engine.models.whisper.dims import ModelDimensions
 
 N_CTX = 1500  # encoder positions per 30 s window
@@ -64,3 +64,43 @@ def encoder_block(dims: ModelDimensions, compute_dtype: str) -> tuple[Callable, 
         return x + jax.nn.gelu(norm(x) @ w_1, approximate=False) @ w_2
 
     return block, x
+
+
+PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
+
+
+def decoder_flops_per_token(dims: ModelDimensions, ctx: int = N_CTX) -> float:
+    """One token of one beam: self-attention and MLP projections, cross-attention queries/outputs and scores over
+    ``ctx`` encoder frames, and the logits."""
+    d = dims.n_text_state
+    per_layer = 2 * (4 * d * d + 2 * d * d + 8 * d * d) + 4 * ctx * d + 4 * dims.n_text_ctx // 2 * d
+    return float(dims.n_text_layer * per_layer + 2 * d * dims.n_vocab)
+
+
+def decoder_step(dims: ModelDimensions, rows: int, compute_dtype: str) -> tuple[Callable, jax.Array, float]:
+    """``(step, x, flops)``: a decoder step's matmuls on ``rows`` rows (batch x beams), jitted, its input and its
+    FLOPs, to time on this machine."""
+    d = dims.n_text_state
+    dt = jnp.dtype(compute_dtype)
+    k = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(k[0], (rows, d), dt)
+    w = jax.random.normal(k[1], (d, 4 * d), dt)
+    emb = jax.random.normal(k[2], (dims.n_vocab, d), dt)
+    step = jax.jit(lambda x: (jax.nn.gelu(x @ w) @ w.T) @ emb.T)
+    return step, x, 2.0 * rows * (8 * d * d + d * dims.n_vocab)
+
+
+def decode_cost(dims_dict: dict) -> DecoderCost:
+    """What decode --plan prices of Whisper's decoder on a store of these dimensions (``ModelDimensions.to_dict()``):
+    the encoder recomputed from the audio over every 30 s window, the decoder reading all its 1500 frames."""
+    dims = ModelDimensions.from_dict(dims_dict)
+    stem, block = encoder_flops_per_window(dims)
+    d = dims.n_text_state
+    return DecoderCost(
+        top=dims.n_encoder_layers_out - 1, n_blocks=dims.n_audio_layer, stem=stem, block=block, window_frames=N_CTX,
+        per_token=decoder_flops_per_token(dims), cross_kv=2.0 * 2 * N_CTX * d * d * dims.n_text_layer,
+        weight_count=dims.n_text_layer * 16 * d * d + dims.n_vocab * d,
+        cache_per_row=dims.n_text_layer * 2 * (N_CTX + dims.n_text_ctx) * d, prompt_tokens=PROMPT_TOKENS,
+        encoder_block=lambda dtype: encoder_block(dims, dtype),
+        decoder_step=lambda rows, dtype: decoder_step(dims, rows, dtype),
+    )  # fmt: skip

@@ -8,7 +8,7 @@ tokens; median-filter along frames; average the heads; run DTW on the negative. 
 says at which frame each token starts; words are groups of tokens (split at spaces, or at
 character boundaries in languages written without spaces), and punctuation is merged into its
 neighbour as Whisper does. CTranslate2's ``Whisper.align`` (faster-whisper's word timestamps)
-runs the same recipe; ``tests/engine/test_timing.py`` compares with it on real speech.
+runs the same recipe; ``tests/models/whisper/test_timing.py`` compares with it on real speech.
 
 Long utterances: the windows' encoder outputs are concatenated along frames (window ``w`` holds
 seconds ``30 w .. 30 (w + 1)``), so the decoder attends over the whole utterance and one DTW
@@ -260,7 +260,7 @@ def fill_padding(xa: np.ndarray, n_frames, silence: np.ndarray, frames: int | No
     A layer store keeps valid frames only, but Whisper's decoder also attends to the encoder's output over the
     padding of the last window, and depends on it, so leaving those frames out (or zero) changes its output. The
     silent window's states are a stand-in; how close the words come to full-window alignment is checked in
-    ``tests/engine/test_timing.py::test_store_alignment_with_silence_padding_is_close_to_faster_whisper``.
+    ``tests/models/whisper/test_timing.py::test_store_alignment_with_silence_padding_is_close_to_faster_whisper``.
     """
     frames = xa.shape[1] if frames is None else int(frames)
     if frames % N_ENCODER_FRAMES:

@@ -1,12 +1,14 @@
 """Word timestamps for every utterance of a layer store (``jobs/align.py``).
 
-The store's final layer (L+1, after ``ln_post``) is the decoder's input, so no audio is decoded or re-encoded.
-Transcripts come from the store's utterance table (``transcripts="store"``: the dataset's text) or are decoded
-greedily from the same states (``"decode"``: window by window, as Whisper transcribes long audio). Each
-utterance's windows are aligned together (``engine.models.whisper.timing``), so the times run over the whole utterance.
+The model is the registry's ``cross_attention`` loader of the store's family: an ``Aligner``
+(``engine.models.interface``), whose decoder's cross-attention heads time words. The store's layer the decoder reads
+(the aligner's ``top``) is its input, so no audio is decoded or re-encoded. Transcripts come from the store's utterance
+table (``transcripts="store"``: the dataset's text) or are decoded greedily from the same states (``"decode"``: window
+by window). Each utterance's windows are aligned together, so the times run over the whole utterance.
 
-The store keeps valid frames only, but Whisper's decoder also attends to the encoder's output over the padding of
-the last window; those frames are filled with the encoder's output for a silent window (``timing.fill_padding``).
+The store keeps valid frames only, but the decoder may also read frames past them (the padding of the last window);
+the aligner fills them (``Aligner.fill``). A store language the model has no language token for is skipped
+(``no_language_token``).
 
 Output (``OUT`` a local path or a TensorStore kvstore URL)::
 
@@ -29,19 +31,10 @@ import dataclasses
 import logging
 import time
 
-import jax.numpy as jnp
-import numpy as np
-
 from engine.dtypes import DTYPES
-from engine.errors import LanguageError
 from engine.faults import fault_point
-from engine.languages import fleurs_to_whisper
-from engine.models.family import refuse_without_head
-from engine.models.interface import CROSS_ATTENTION
-from engine.models.whisper.decoding import DecodingOptions
-from engine.models.whisper.features import N_ENCODER_FRAMES
-from engine.models.whisper.loaded import load_whisper
-from engine.models.whisper.timing import AlignmentConfig, align_words, fill_padding, fits_text_context, silence_states
+from engine.models.family import FAMILIES, refuse_without_head
+from engine.models.interface import CROSS_ATTENTION, Aligner
 from engine.pipelines.align.config import AlignConfig, AlignError
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.runs import RunSummary, job_lease, open_claimed_run, progress_bar, work_claims
@@ -94,13 +87,13 @@ class AlignSummary(RunSummary):
         return "\n".join(lines)
 
 
-def _manifest(config: AlignConfig, store_url: str, whisper) -> dict:
+def _manifest(config: AlignConfig, store_url: str, aligner: Aligner) -> dict:
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "store": store_url,
-        "model_name": whisper.checkpoint.name,
-        "checkpoint_sha256": whisper.checkpoint.sha256,
+        "model_name": aligner.name,
+        "checkpoint_sha256": aligner.sha256,
         "transcripts": config.transcripts,
         "median_filter_width": config.median_filter_width,
         "chunk": config.chunk,
@@ -108,88 +101,65 @@ def _manifest(config: AlignConfig, store_url: str, whisper) -> dict:
     }
 
 
-def _check_store(reader, whisper) -> int:
+def _check_store(reader, aligner: Aligner) -> None:
     info = reader.info
-    if info.checkpoint_sha256 != whisper.checkpoint.sha256 or info.dims.to_dict() != whisper.dims.to_dict():
+    if not aligner.same_store(info):
         raise AlignError(
             f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), "
-            f"but the model given is {whisper.checkpoint.name!r} (sha256 {whisper.checkpoint.sha256[:12]}); "
+            f"but the model given is {aligner.name!r} (sha256 {aligner.sha256[:12]}); "
             "pass the store's model with --model"
         )
-    top = whisper.dims.n_audio_layer + 1
+    top = aligner.top
     if top not in info.layers:
         raise AlignError(
             f"the layer store holds layers {list(info.layers)} but not {top} (the encoder output the decoder reads); "
             f"encode with --layers all or a list that includes {top}"
         )
-    return top
 
 
-NO_LANGUAGE = "no_whisper_language"  # the skip reason, and the stand-in code, of a language Whisper lacks
+NO_LANGUAGE = "no_language_token"  # the skip reason of a store language the model has no language token for
 
 
-def _whisper_language(lang: str, whisper) -> str | None:
-    """Whisper's code for the prompt (None for an English-only model), or NO_LANGUAGE."""
-    if not whisper.dims.is_multilingual:
-        return None
-    try:
-        code = fleurs_to_whisper(lang)
-        whisper.tokenizer.language_token(code)
-    except LanguageError:
+def _prompt_language(lang: str, aligner: Aligner) -> str | None:
+    """The aligner's prompt language of a store language; None (its utterances are skipped) where it has none."""
+    language = aligner.language(lang)
+    if language is None:
         log.warning(
-            "store language %r has no Whisper language code: its utterances are skipped (%s)", lang, NO_LANGUAGE
-        )
-        return NO_LANGUAGE
-    return code
+            "store language %r has no language token in model %r: its utterances are skipped (%s)",
+            lang, aligner.name, NO_LANGUAGE,
+        )  # fmt: skip
+    return language
 
 
 def _new_rows() -> dict:
     return {name: [] for name in WORD_SCHEMA.names}
 
 
-def _decode(whisper, states: np.ndarray, n_frames: np.ndarray, language, dtype) -> list[list[int]]:
-    """Greedy transcripts of utterances ``f[b, windows * 1500, embed]``, window by window, joined."""
-    b, frames, _ = states.shape
-    n_windows = frames // N_ENCODER_FRAMES
-    windows = states.reshape(b * n_windows, N_ENCODER_FRAMES, -1)
-    starts = np.arange(n_windows) * N_ENCODER_FRAMES
-    valid = np.clip(n_frames[:, None] - starts[None, :], 0, N_ENCODER_FRAMES).reshape(-1)
-    keep = np.flatnonzero(valid > 0)
-    result = whisper.transcribe(None, DecodingOptions(language=language), xa=jnp.asarray(windows[keep], dtype))
-    tokens: list[list[int]] = [[] for _ in range(b)]
-    for k, toks in zip(keep, result.tokens, strict=True):
-        tokens[k // n_windows].extend(toks)
-    return tokens
-
-
-def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, config, summary, rows_out, skipped):
+def _align_chunk(aligner, reader, lang, language, rows, lengths, todo, config, summary, rows_out, skipped):
     """Aligns utterances ``todo`` (done in the store) of one part, appending to ``rows_out`` / ``skipped``."""
-    tok = whisper.tokenizer
-    dtype = DTYPES[config.compute_dtype]
+    window = aligner.window_frames
     by_windows: dict[int, list[int]] = {}
     for u in todo:
-        by_windows.setdefault(-(-int(lengths[u]) // N_ENCODER_FRAMES), []).append(u)
-    align_config = AlignmentConfig(median_filter_width=config.median_filter_width)
-    silence = silence_states(whisper)
+        by_windows.setdefault(-(-int(lengths[u]) // window), []).append(u)
     for n_windows, group in sorted(by_windows.items()):
-        frames = n_windows * N_ENCODER_FRAMES
+        frames = n_windows * window
         for i in range(0, len(group), config.batch_size):
             batch = group[i : i + config.batch_size]
-            # fill_padding overwrites every frame past a length, so the reader need not zero them first.
-            stored, n = reader.language_layer(lang, top, utterances=batch, zero_padding=False)
-            states = fill_padding(stored, n, silence, frames)
+            # fill overwrites every frame past a length, so the reader need not zero them first.
+            stored, n = reader.language_layer(lang, aligner.top, utterances=batch, zero_padding=False)
+            states = aligner.fill(stored, n, frames)
             if config.transcripts == "decode":
-                texts = _decode(whisper, states, n, language, dtype)
+                texts = aligner.transcribe(states, n, language)
             else:
                 texts = []
                 for u in batch:
                     text = rows[u].transcription
-                    texts.append(tok.encode(" " + text.strip()) if text else None)
+                    texts.append(aligner.tokens(text) if text else None)
             ok = []
             for u, t in zip(batch, texts, strict=True):
                 if t is None:
                     skipped.append((u, rows[u].id, "no_transcription"))
-                elif not fits_text_context(whisper, t, language, align_config.task):
+                elif not aligner.fits(t, language):
                     skipped.append((u, rows[u].id, "transcript_too_long"))
                 else:
                     ok.append((u, t))
@@ -199,13 +169,12 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
             # shape to compile for (the token bucket and the window count still are).
             pad = config.batch_size - len(ok) if len(group) >= config.batch_size else 0
             index = [batch.index(u) for u, _ in ok] + [batch.index(ok[0][0])] * pad
-            words = align_words(
-                whisper,
-                jnp.asarray(states[index], dtype),
+            words = aligner.align(
+                states[index],
                 n[index],
                 [t for _, t in ok] + [ok[0][1]] * pad,
                 [language] * len(index),
-                align_config,
+                config.median_filter_width,
             )
             for (u, _), ws in zip(ok, words, strict=False):
                 for k, w in enumerate(ws):
@@ -225,10 +194,12 @@ def _align_chunk(whisper, reader, lang, language, rows, lengths, todo, top, conf
 def run_align(config: AlignConfig) -> AlignSummary:
     """Aligns every done utterance of the store's languages and writes the layout of the module docstring. The run
     holds the output folder's writer lease (``engine.runtime.lease``)."""
+    with_heads = ", ".join(f.name.capitalize() for f in FAMILIES.values() if CROSS_ATTENTION in f.heads)
     refuse_without_head(
         "align", CROSS_ATTENTION, config.model, open_store(config.store).info,
-        "Word times are seconds, so a Whisper align run on the same audio serves any store: encode the clips with "
-        "Whisper, run align on that store, and pass its --out as interp's --words on this one (BUILD.md#models)",
+        f"Word times are seconds, so an align run on the same audio serves any store: encode the clips with a model "
+        f"with a {CROSS_ATTENTION} head ({with_heads}), run align on that store, and pass its --out as interp's "
+        "--words on this one (BUILD.md#models)",
     )  # fmt: skip
     with job_lease(config, "align") as lease:
         return _align(config, lease)
@@ -238,20 +209,21 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
     t0 = time.perf_counter()
     summary = AlignSummary()
     reader = open_store(config.store)
-    whisper = load_whisper(config.model, dtype=DTYPES[config.compute_dtype])
-    top = _check_store(reader, whisper)
+    # refuse_without_head (run_align) made sure the store's family has cross-attention heads.
+    aligner: Aligner = FAMILIES[reader.info.family].cross_attention(config.model, dtype=DTYPES[config.compute_dtype])
+    _check_store(reader, aligner)
     langs = list(config.langs) if config.langs else reader.languages()
     missing = sorted(set(langs) - set(reader.languages()))
     if missing:
         raise AlignError(f"languages {missing} are not in the layer store, which has {reader.languages()}")
     for lang in langs:
         check_name("language", lang)
-    languages = {lang: _whisper_language(lang, whisper) for lang in langs}
+    languages = {lang: _prompt_language(lang, aligner) for lang in langs}
     _, kv = open_kvstore(config.run.out)
     claims = work_claims(config.run, "align", kv)
 
     open_claimed_run(
-        "babelgrid-align-manifest", claims, lease, kv, MANIFEST, _manifest(config, reader.url, whisper), config.run.out,
+        "babelgrid-align-manifest", claims, lease, kv, MANIFEST, _manifest(config, reader.url, aligner), config.run.out,
         fields=MANIFEST_FIELDS, error=AlignError, what="word timestamps folder",
     )  # fmt: skip
     # Work units (engine.runtime.claims): the parts, language by language. A snapshot of the utterances done in the
@@ -289,12 +261,12 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
                     tables = {lang: (reader.arrays(lang).rows, reader.lengths(lang))}  # one language at a time
                 rows, lengths = tables[lang]
                 rows_out, skipped = _new_rows(), []
-                if languages[lang] == NO_LANGUAGE:
+                if languages[lang] is None:
                     skipped = [(u, rows[u].id, NO_LANGUAGE) for u in done_now]
                 else:
                     _align_chunk(
-                        whisper, reader, lang, languages[lang], rows, lengths, done_now, top, config, summary,
-                        rows_out, skipped,
+                        aligner, reader, lang, languages[lang], rows, lengths, done_now, config, summary, rows_out,
+                        skipped,
                     )  # fmt: skip
                 fault_point("before_part")
                 # One write per part: its metadata (the utterances it was made from) is its done marker.

@@ -6,7 +6,7 @@ import dataclasses
 import pathlib
 
 from engine.errors import BabelgridError
-from engine.models.whisper.vocab import TASKS
+from engine.models.interface import TASKS
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 
 SOURCES = ("audio",)

@@ -43,7 +43,7 @@ MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256
 
 def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
     """Decodes every (language, layer) of the store with the CTC head of ``config.model`` (``load``: the family's CTC
-    head loader, ``load_wav2vec2`` or ``load_fastconformer``, whose model gives a ``CTCLens``) into
+    head loader, ``Family.ctc``, whose model gives a ``CTCLens``) into
     ``config.run.out``; counts into ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease
     (``lease``). A work unit is one (language, layer): one part."""
     if config.tasks != (TASK,):

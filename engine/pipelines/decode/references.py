@@ -36,17 +36,3 @@ def english_references(config: DecodeConfig, reader) -> dict[str, str]:
     english = english_language(reader)
     rows = reader.arrays(english).rows
     return {r.id: r.transcription for r in reversed(rows) if r.transcription}  # the first recording wins
-
-
-def whisper_code(lang: str, config: DecodeConfig, whisper) -> str | None:
-    """The Whisper code store language ``lang`` is decoded as (``config.decode_as`` first); None if the model's
-    tokenizer has none."""
-    mapping = dict(config.decode_as)
-    if lang in mapping:
-        return mapping[lang]
-    try:
-        code = fleurs_to_whisper(lang)
-        whisper.tokenizer.language_token(code)
-        return code
-    except LanguageError:
-        return None

@@ -6,9 +6,6 @@ import dataclasses
 
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 
-# The padding frames past an utterance's valid frames are filled with a silent window's states (data.fill_padding):
-# an approximation of what the decoder sees when decoding from audio, recorded in config.json.
-PADDING = "silence_fill_approximate"
 TASK_TOKENS = ("transcribe", "translate")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters stay float32
 # Fields that change what is trained: a resume must match them all.
@@ -16,14 +13,9 @@ HYPERPARAMETERS = ("store", "model", "source_langs", "target_lang", "targets", "
                    "batch_size",
                    "learning_rate", "warmup_steps", "decay", "weight_decay", "clip_norm", "label_smoothing",
                    "trainable", "compute_dtype", "seed", "held_out", "ewc_lambda", "ewc_examples")  # fmt: skip
-TRAINABLE = {
-    "decoder": r".*",
-    "cross_attention": r"blocks\.\d+\.cross_attn(_ln)?\..*",
-    "self_attention": r"blocks\.\d+\.attn(_ln)?\..*",
-    "mlp": r"blocks\.\d+\.mlp_(in|out|ln)\..*",
-    "embeddings": r"(token|positional)_embedding",
-    "final_ln": r"ln\..*",
-}
+# --trainable groups, each family's regular expression on its own parameter names (``Trainer.groups``); layer norms
+# go with the sublayer they normalise.
+TRAINABLE = ("decoder", "cross_attention", "self_attention", "mlp", "embeddings", "final_ln")
 DECAYS = ("linear", "cosine", "constant")
 
 
@@ -63,7 +55,7 @@ class FinetuneConfig:
     run: RunOptions = RunOptions()
     model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
     source_langs: tuple[str, ...] = option(("en",), "store languages whose states are the inputs", parse="list")
-    # A store language (its transcriptions are the targets) or a Whisper code with targets.
+    # A store language (its transcriptions are the targets) or an ISO 639-1 code with targets.
     target_lang: str = option("de", "target language: a store language (its transcriptions) or with --targets")
     targets: str | None = option(None, "TSV of id<TAB>text target texts, instead of the store's --target_lang texts")
     target_dataset: str | None = option(
@@ -71,7 +63,7 @@ class FinetuneConfig:
         "a dataset whose utterances carry translations (covost2:/dir[:en_zh-CN]): its target texts by id, instead of "
         "the store's --target_lang texts (the store encoded from its source language)",
     )
-    # The prompt's task: <|sot|><|Y|><|task|><|notimestamps|>.
+    # The prompt's task, beside the target language's token (the family's ``Trainer.prompt``).
     task_token: str = option("transcribe", "task token of the prompt", choices=TASK_TOKENS)
     eval_langs: tuple[str, ...] | None = option(
         None, "languages evaluated on held-out ids (default: all of the store's)", parse="list"
@@ -116,9 +108,9 @@ class FinetuneConfig:
         return OptimConfig(self.learning_rate, self.steps, self.warmup_steps, self.decay, self.weight_decay,
                              clip_norm=self.clip_norm, label_smoothing=self.label_smoothing)  # fmt: skip
 
-    def hyperparameters(self) -> dict:
-        """The fields a resume must match, and the padding approximation
-        (``engine.pipelines.finetune.data.PADDING``)."""
+    def hyperparameters(self, padding: str) -> dict:
+        """The fields a resume must match, and how the model's ``Trainer.memory`` fills the frames past an utterance
+        (``padding``: ``engine.models.interface.SILENCE_FILL``, ``MASKED``)."""
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
                   if k in HYPERPARAMETERS}  # fmt: skip
-        return {**fields, "padding": PADDING}
+        return {**fields, "padding": padding}

@@ -1,14 +1,13 @@
 """Training pairs from a layer store: a source language's final-layer states and target-language text by id.
 
-Padding (what the decoder sees past an utterance's valid frames): the store keeps valid frames only, while the
-decoder attends to the whole 1500-frame window. This module fills the frames past each utterance with the silent
-window's states (``engine.models.whisper.timing.fill_padding`` / ``silence_states``: the encoder run once on 30 s of
-zeros), for training and for the job's own evaluation alike, so that training sees what its evaluation sees and
-the encoder never runs on speech. The decode job instead recomputes the encoder from audio (exact padding);
-a model fine-tuned here and scored there sees real padding frames, which the silence stand-in approximates.
-Utterances longer than one window (over 30 s) are skipped and counted: one window is what the decoder reads.
-The approximation is named ``PADDING`` in the run's ``config.json`` and its printed report; there is no exact mode
-here (it would run the encoder on every utterance's audio, what the decode job does).
+Padding (what the decoder sees past an utterance's valid frames): the store keeps valid frames only. The model's
+``Trainer.memory`` fills the frames past each utterance as its decoder needs, for training and for the job's own
+evaluation alike, so that training sees what its evaluation sees and the encoder never runs on speech: Whisper's
+and OWSM's decoders attend to the whole window, so those frames are the silent window's states (an approximation:
+the decode job recomputes the encoder from audio, real padding frames); a decoder that masks them reads the valid
+frames only, as it does from audio. Utterances longer than one window (``Trainer.memory_frames``) are skipped and
+counted: one window is what the decoder reads. How the frames are filled (``Trainer.padding``) is recorded in the
+run's ``config.json`` and its printed report.
 
 Split: the ids shared by source and targets are shuffled with ``seed`` and the first ``held_out`` fraction (at
 least one) held out; every recording of a held-out id is held out (FLEURS has several per sentence).
@@ -23,9 +22,6 @@ import io
 import numpy as np
 
 from engine.errors import BabelgridError
-from engine.models.whisper.timing import N_ENCODER_FRAMES, fill_padding
-
-# How the frames past an utterance's valid frames are filled: recorded in config.json and printed by the job.
 
 
 class FinetuneError(BabelgridError, ValueError):
@@ -34,25 +30,34 @@ class FinetuneError(BabelgridError, ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Pairs:
-    """One source language's examples: ``xa f[n, 1500, embed]`` (silence-filled), ``ids``, ``texts`` (targets)."""
+    """One source language's examples: ``xa f[n, frame, embed]`` (``Trainer.memory``), ``ids``, ``texts``
+    (targets), ``valid i32[n]`` the valid frames of each (default: all of ``xa``'s)."""
 
     lang: str
     ids: tuple[str, ...]
     xa: np.ndarray
     texts: tuple[str, ...]
+    valid: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.valid is None:
+            object.__setattr__(self, "valid", np.full(len(self.ids), self.xa.shape[1], np.int32))
 
     def take(self, keep: np.ndarray) -> Pairs:
         idx = np.flatnonzero(keep)
-        return Pairs(self.lang, tuple(self.ids[i] for i in idx), self.xa[idx], tuple(self.texts[i] for i in idx))
+        return Pairs(self.lang, tuple(self.ids[i] for i in idx), self.xa[idx], tuple(self.texts[i] for i in idx),
+                     self.valid[idx])  # fmt: skip
 
 
 def top_layer(reader) -> int:
-    """``L+1``, checked to be in the store: the encoder output the decoder reads."""
-    top = reader.info.n_blocks + 1
-    if top not in reader.info.layers:
+    """The model's last layer (Whisper's and OWSM's ``L+1``), checked to be in the store: the encoder output the
+    decoder reads."""
+    info = reader.info
+    top = info.n_layers_out - 1
+    if top not in info.layers:
         raise FinetuneError(
-            f"store {reader.url!r} has layers {list(reader.info.layers)} but not {top} (L+1, the encoder output the "
-            f"decoder reads); encode again with --layers including {top}"
+            f"store {reader.url!r} has layers {list(info.layers)} but not {top}, the encoder output the decoder reads "
+            f"({info.layer_meaning}); encode again with --layers including {top}"
         )
     return top
 
@@ -82,8 +87,9 @@ def read_targets_tsv(data: bytes, source: str) -> dict[str, str]:
     return out
 
 
-def load_pairs(reader, lang: str, targets: dict[str, str], silence: np.ndarray, summary) -> Pairs:
-    """Every done recording of ``lang`` whose id has a target text and that fits one window."""
+def load_pairs(reader, lang: str, targets: dict[str, str], trainer, summary) -> Pairs:
+    """Every done recording of ``lang`` whose id has a target text and that fits one window, as ``trainer``'s
+    memory."""
     layer = top_layer(reader)
     if lang not in reader.languages():
         raise FinetuneError(f"store {reader.url!r} has no language {lang!r}; it has {reader.languages()}")
@@ -95,7 +101,7 @@ def load_pairs(reader, lang: str, targets: dict[str, str], silence: np.ndarray, 
             continue
         if n <= 0:
             summary.skip("not_encoded", lang, uid)
-        elif n > N_ENCODER_FRAMES:
+        elif n > trainer.memory_frames:
             summary.skip("over_30s", lang, uid)
         else:
             keep.append(i)
@@ -105,8 +111,9 @@ def load_pairs(reader, lang: str, targets: dict[str, str], silence: np.ndarray, 
             f"{len(set(ids) & set(targets))}); pass targets whose ids are the store's, or another source language"
         )
     states, n_frames = reader.language_layer(lang, layer, utterances=keep, dtype=np.float32)
-    xa = fill_padding(states, n_frames, silence, frames=N_ENCODER_FRAMES)
-    return Pairs(lang, tuple(ids[i] for i in keep), xa, tuple(targets[ids[i]] for i in keep))
+    xa = trainer.memory(states, n_frames)
+    return Pairs(lang, tuple(ids[i] for i in keep), xa, tuple(targets[ids[i]] for i in keep),
+                 np.asarray(n_frames, np.int32))  # fmt: skip
 
 
 def split_ids(ids, held_out: float, seed: int) -> set[str]:

@@ -20,26 +20,26 @@ from engine.languages import fleurs_to_whisper
 from engine.pipelines.finetune import step as S
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _grad(trainable, frozen, batch, graphdef):
-    fn = functools.partial(S.loss_fn, graphdef=graphdef, compute_dtype=jnp.float32, label_smoothing=0.0)
+@functools.partial(jax.jit, static_argnames=("graph",))
+def _grad(trainable, frozen, batch, graph):
+    fn = functools.partial(S.loss_fn, graph=graph, compute_dtype=jnp.float32, label_smoothing=0.0)
     return jax.grad(lambda p: fn(p, frozen, batch)[0])(trainable)
 
 
-def fisher_from_pairs(whisper, graphdef, trainable, frozen, pairs, en_texts, held_out, n_examples) -> dict:
+def fisher_from_pairs(trainer, graph, trainable, frozen, pairs, en_texts, held_out, n_examples) -> dict:
     """``{"fisher": {name: f32[...]}, "anchor": trainable}`` over up to ``n_examples`` training recordings of each
-    source language (``pairs``) that have an English text; held-out ids are left out."""
-    tok = whisper.tokenizer
+    source language (``pairs``) that have an English text; held-out ids are left out. ``trainer``: the model's
+    ``Trainer``, ``graph`` its ``split()`` graph; the prompt is the source language's with task translate."""
     fisher = {k: jnp.zeros_like(v, jnp.float32) for k, v in trainable.items()}
     count = 0
     for p in pairs:
-        prompt = tok.sot_sequence(fleurs_to_whisper(p.lang), "translate")
+        prompt = trainer.prompt("translate", fleurs_to_whisper(p.lang))
         picked = [i for i, u in enumerate(p.ids) if u in en_texts and u not in held_out][:n_examples]
         for i in picked:
-            text = tok.encode(" " + en_texts[p.ids[i]])[: whisper.dims.n_text_ctx - len(prompt) - 1]
-            batch = S.make_batch(prompt, [text], tok.eot, len(prompt) + len(text))
-            batch["xa"] = p.xa[i : i + 1]
-            g = _grad(trainable, frozen, batch, graphdef)
+            text = trainer.tokens(en_texts[p.ids[i]])[: trainer.n_text_ctx - len(prompt) - 1]
+            batch = S.make_batch(prompt, [text], trainer.eot, len(prompt) + len(text))
+            batch["xa"], batch["valid"] = p.xa[i : i + 1], p.valid[i : i + 1]
+            g = _grad(trainable, frozen, batch, graph)
             fisher = jax.tree.map(lambda f, x: f + jnp.square(x.astype(jnp.float32)), fisher, g)
             count += 1
     if not count:

@@ -2,9 +2,9 @@
 
 Output folder ``OUT`` (local):
 
-- ``config.json``: the run's hyperparameters and ``padding`` (``engine.pipelines.finetune.config.PADDING``, the
-  silence-fill
-  approximation); a resume with different ones is refused, naming them.
+- ``config.json``: the run's hyperparameters and ``padding`` (the model's ``Trainer.padding``: how the frames past an
+  utterance are filled, Whisper's ``silence_fill_approximate``); a resume with different ones is refused, naming
+  them.
 - ``split.csv``: ``id, split`` (train | held_out) of every id used, from the seeded split.
 - ``checkpoints/<step>/``: orbax checkpoints of ``{"step", "params", "opt_state"}`` (trainable parameters only)
   with a sha256 manifest, written to a temporary folder and renamed when complete, so a SIGKILL leaves the last
@@ -13,14 +13,19 @@ Output folder ``OUT`` (local):
   (``engine.pipelines.finetune.checkpoints``).
 - ``metrics.csv``: ``step, split, source_lang, target_lang, task, metric, value, n`` (training loss: split=train,
   metric=loss, n = target tokens; evaluation: split=held_out, metric bleu|chrf, n = utterances).
-- ``model/``: the fine-tuned Whisper in Hugging Face layout (``engine.models.whisper.checkpoints.export``), unless
-  ``export`` is off; whether it can be written is checked before training (``engine.pipelines.finetune.export``).
+- ``model/``: the fine-tuned model in the layout its family's loader reads (``Trainer.export``; Whisper's: Hugging
+  Face's), unless ``export`` is off; whether it can be written is checked before training
+  (``engine.pipelines.finetune.export``).
 - ``loss.png``, ``bleu.png`` and the before/after table printed.
 
-Evaluation: greedy decoding of the held-out ids of every evaluation language ``X`` (silence-filled as in
-``engine.pipelines.finetune.data``) with the training prompt (``X -> Y``, transfer) and with ``<|en|><|translate|>``
-(``X -> en``, forgetting), scored with ``engine.text.metrics`` (sacrebleu BLEU, chrF) against the target
-texts and the store's English transcriptions; before training (step 0) and after (the last step).
+Evaluation: greedy decoding (``Trainer.greedy``) of the held-out ids of every evaluation language ``X`` (padded as in
+``engine.pipelines.finetune.data``) with the training prompt (``X -> Y``, transfer) and with the prompt of language
+``en`` and task translate (``X -> en``, forgetting; Whisper's ``<|en|><|translate|>``), scored with
+``engine.text.metrics`` (sacrebleu BLEU, chrF) against the target texts and the store's English transcriptions; before
+training (step 0) and after (the last step).
+
+The model comes from the registry: the store's family's ``trainer`` loader (``engine.models.interface.Trainer``); a
+store whose family has none is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -47,15 +52,11 @@ from engine.languages import fleurs_to_whisper
 from engine.models.common.parallel import data_mesh
 from engine.models.family import FAMILIES, refuse_without_head
 from engine.models.interface import DECODER
-from engine.models.whisper.checkpoints.export import export_hf
-from engine.models.whisper.decoding import greedy_decode
-from engine.models.whisper.loaded import load_whisper
-from engine.models.whisper.timing import silence_states
 from engine.pipelines.finetune import checkpoints as C
 from engine.pipelines.finetune import data as D
 from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
-from engine.pipelines.finetune.config import PADDING, FinetuneConfig
+from engine.pipelines.finetune.config import FinetuneConfig
 from engine.pipelines.finetune.export import MODEL, check_export
 from engine.pipelines.finetune.report import before_after_table, write_figures
 from engine.runtime.runs import RunSummary, job_lease
@@ -76,13 +77,16 @@ class FinetuneSummary(RunSummary):
     n_train: int = 0
     n_held_out: int = 0
     table: list = dataclasses.field(default_factory=list)
+    padding: str = ""  # the model's Trainer.padding, and the same in words
+    padding_note: str = ""
     written: list = dataclasses.field(default_factory=list)  # names under OUT that this run wrote, in order
 
     def report(self) -> str:
-        lines = [f"finetune: {self.steps_done} steps (resumed from {self.resumed_from}), {self.n_train} train / "
-                 f"{self.n_held_out} held-out recordings, {self.seconds:.0f} s",
-                 f"padding: {PADDING} (frames past each utterance are a silent window's states, for training and "
-                 "evaluation alike; jobs.decode recomputes them from audio)"]  # fmt: skip
+        lines = [
+            f"finetune: {self.steps_done} steps (resumed from {self.resumed_from}), {self.n_train} train / "
+            f"{self.n_held_out} held-out recordings, {self.seconds:.0f} s",
+            f"padding: {self.padding} ({self.padding_note})",
+        ]
         return "\n".join(lines + self.table + self.skip_lines())
 
     def wrote(self, out) -> str:
@@ -90,9 +94,9 @@ class FinetuneSummary(RunSummary):
         return f"wrote {out}/{', '.join(self.written)}"
 
 
-def _check_resume(out: pathlib.Path, config: FinetuneConfig) -> None:
+def _check_resume(out: pathlib.Path, config: FinetuneConfig, padding: str) -> None:
     path = out / "config.json"
-    mine = config.hyperparameters()
+    mine = config.hyperparameters(padding)
     if path.is_file():
         stored = json.loads(path.read_text())
         differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
@@ -152,76 +156,74 @@ def _write_metrics(out: pathlib.Path, rows: list[dict]) -> None:
     write_outputs(open_kvstore(str(out))[1], {METRICS: text.getvalue().encode()}, str(out))
 
 
-def evaluate(whisper, pairs: D.Pairs, refs: list[str], lang: str, task: str, batch_size: int) -> tuple[float, float]:
-    """(BLEU, chrF) of greedy decoding ``pairs.xa`` with prompt ``<|lang|><|task|>`` against ``refs``."""
-    tok = whisper.tokenizer
-    prompt = np.asarray(tok.sot_sequence(lang, task), np.int32)
+def evaluate(trainer, pairs: D.Pairs, refs: list[str], lang: str, task: str, batch_size: int) -> tuple[float, float]:
+    """(BLEU, chrF) of greedy decoding ``pairs.xa`` with the prompt of ``lang`` and ``task`` against ``refs``."""
+    prompt = trainer.prompt(task, lang)
     hyps = []
     for i in range(0, len(pairs.ids), batch_size):
-        xa = jnp.asarray(pairs.xa[i : i + batch_size])
-        tokens, _ = greedy_decode(whisper.model, xa, np.tile(prompt, (xa.shape[0], 1)), eot=tok.eot,
-                                  suppress_tokens=tok.suppress_tokens,
-                                  suppress_begin=(*tok.encode(" "), tok.eot), max_new_tokens=128)  # fmt: skip
-        hyps += [tok.decode(t) for t in tokens]
+        hyps += trainer.greedy(pairs.xa[i : i + batch_size], pairs.valid[i : i + batch_size], prompt, 128)
     norm = text_metrics.normalizer_for(lang)
     r, h = [norm(x) for x in refs], [norm(x) for x in hyps]
     return text_metrics.bleu(r, h, lang), text_metrics.chrf(r, h)
 
 
-def run_finetune(config: FinetuneConfig, whisper=None) -> FinetuneSummary:
-    """Trains, evaluates and writes (module docstring), holding the output folder's writer lease; a store of another
-    family is refused before it."""
+def run_finetune(config: FinetuneConfig, model=None) -> FinetuneSummary:
+    """Trains, evaluates and writes (module docstring), holding the output folder's writer lease; a store whose model
+    has no decoder, or one finetune cannot train, is refused before it. ``model``: the store's model already loaded
+    (what its family's trainer loader takes as a source), instead of loading ``config.model``."""
     reader = open_store(config.store)
     refuse_without_head(
-        "finetune", DECODER, None if whisper is not None else config.model, reader.info,
-        "finetune trains a Whisper decoder on a Whisper store",
+        "finetune", DECODER, None if model is not None else config.model, reader.info,
+        "finetune trains a model's text decoder on its own encoder's states: encode the data with such a model first",
     )  # fmt: skip
-    # The head the store's model has: OWSM has a decoder too, but finetune's training step is Whisper's decoder's.
-    if FAMILIES[reader.info.family].decoder is not load_whisper:
+    if FAMILIES[reader.info.family].trainer is None:
+        trained = ", ".join(name for name, f in FAMILIES.items() if f.trainer is not None)
         raise D.FinetuneError(
-            f"finetune trains a Whisper decoder on a Whisper store; the layer store was written by "
-            f"{reader.info.model_name!r}, a {reader.info.family} model. Encode the data with a Whisper model first"
+            f"finetune needs a decoder it can train; the layer store was written by {reader.info.model_name!r}, a "
+            f"{reader.info.family} model, whose decoder finetune does not train (it trains those of {trained}). "
+            "Encode the data with one of those models first"
         )
     with job_lease(config, "finetune"):
-        return _finetune(config, whisper, reader)
+        return _finetune(config, model, reader)
 
 
-def _finetune(config: FinetuneConfig, whisper, reader) -> FinetuneSummary:
+def _finetune(config: FinetuneConfig, model, reader) -> FinetuneSummary:
     t0 = time.time()
     summary = FinetuneSummary()
     out = pathlib.Path(config.run.out)
     D.top_layer(reader)
-    _check_resume(out, config)
-    whisper = whisper or load_whisper(config.model)
-    if whisper.dims.to_dict() != reader.info.dims.to_dict():
-        raise D.FinetuneError(f"--model has dims {whisper.dims.to_dict()}, the store's model "
+    trainer = FAMILIES[reader.info.family].trainer(model if model is not None else config.model)
+    summary.padding, summary.padding_note = trainer.padding, trainer.padding_note
+    _check_resume(out, config, trainer.padding)
+    if trainer.store_dims != reader.info.dims.to_dict():
+        raise D.FinetuneError(f"--model has dims {trainer.store_dims}, the store's model "
                               f"{reader.info.dims.to_dict()}; pass the "
                               "store's model with --model")  # fmt: skip
     if config.export:
-        check_export(whisper, out)
-    tok = whisper.tokenizer
+        check_export(trainer, out)
     y = fleurs_to_whisper(config.target_lang)
     targets = _targets(config, reader)
     english = _english(reader)
     en_texts = D.store_texts(reader, english) if english else {}
-    silence = silence_states(whisper)
 
-    sources = {lang: D.load_pairs(reader, lang, targets, silence, summary) for lang in config.source_langs}
+    sources = {lang: D.load_pairs(reader, lang, targets, trainer, summary) for lang in config.source_langs}
     held = D.split_ids([u for p in sources.values() for u in p.ids], config.held_out, config.seed)
     split_rows = [(u, "held_out" if u in held else "train") for u in sorted({u for p in sources.values()
                                                                                for u in p.ids})]  # fmt: skip
     write_outputs(open_kvstore(str(out))[1], {"split.csv": csv_bytes(("id", "split"), split_rows)}, str(out))
     train = [p.take(np.array([u not in held for u in p.ids])) for p in sources.values()]
     xa = np.concatenate([p.xa for p in train])
+    valid = np.concatenate([p.valid for p in train])
     ids = [u for p in train for u in p.ids]
-    max_text = dims_max = whisper.dims.n_text_ctx - len(tok.sot_sequence(y, config.task_token)) - 1
+    prompt = trainer.prompt(config.task_token, y)
+    max_text = trainer.n_text_ctx - len(prompt) - 1
     texts = []
     for p in train:
         for uid, t in zip(p.ids, p.texts, strict=True):
-            enc = tok.encode(" " + t)
+            enc = trainer.tokens(t)
             if len(enc) > max_text:
                 summary.skip("target_truncated", p.lang, uid)
-            texts.append(enc[:dims_max])
+            texts.append(enc[:max_text])
     summary.n_train = len(ids)
     summary.n_held_out = sum(len(p.ids) - len(t.ids) for p, t in zip(sources.values(), train, strict=True))
 
@@ -230,14 +232,14 @@ def _finetune(config: FinetuneConfig, whisper, reader) -> FinetuneSummary:
     evals = {}
     for lang in eval_langs:
         try:
-            pairs = D.load_pairs(reader, lang, {u: targets[u] for u in held if u in targets}, silence, RunSummary())
+            pairs = D.load_pairs(reader, lang, {u: targets[u] for u in held if u in targets}, trainer, RunSummary())
         except D.FinetuneError:
             continue
         if config.max_eval:
             pairs = pairs.take(np.arange(len(pairs.ids)) < config.max_eval)
         evals[lang] = pairs
 
-    def eval_rows(model_whisper, step):
+    def eval_rows(model, step):
         rows = []
         for lang, pairs in evals.items():
             for task, target, refs in (
@@ -248,7 +250,7 @@ def _finetune(config: FinetuneConfig, whisper, reader) -> FinetuneSummary:
                 if not keep.any():
                     continue
                 sub = pairs.take(keep)
-                b, c = evaluate(model_whisper, sub, [r for r in refs if r is not None], target, task, config.batch_size)
+                b, c = evaluate(model, sub, [r for r in refs if r is not None], target, task, config.batch_size)
                 for metric, value in (("bleu", b), ("chrf", c)):
                     rows.append(dict(step=step, split="held_out", source_lang=lang, target_lang=target, task=task,
                                      metric=metric, value=f"{value:.4f}", n=len(sub.ids)))  # fmt: skip
@@ -260,15 +262,15 @@ def _finetune(config: FinetuneConfig, whisper, reader) -> FinetuneSummary:
     if config.batch_size % n_dev:
         raise D.FinetuneError(f"--batch_size {config.batch_size} must be a multiple of the {n_dev} devices")
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA))
-    graphdef, params = S.split_decoder(whisper.model.decoder)
-    names = S.trainable_names(params, config.trainable)
+    graph, params = trainer.split()
+    names = S.trainable_names(params, config.trainable, trainer.groups)
     trainable, frozen = S.partition(params, names)
     optim = config.optim()
     compute = jnp.dtype(DTYPES[config.compute_dtype])
     frozen = jax.device_put(frozen, replicated)
     ewc = None
     if config.ewc_lambda > 0:
-        ewc = jax.device_put(E.fisher_from_pairs(whisper, graphdef, trainable, frozen, list(sources.values()),
+        ewc = jax.device_put(E.fisher_from_pairs(trainer, graph, trainable, frozen, list(sources.values()),
                                                  en_texts, held, config.ewc_examples), replicated)  # fmt: skip
 
     checkpoints = out / "checkpoints"
@@ -279,19 +281,18 @@ def _finetune(config: FinetuneConfig, whisper, reader) -> FinetuneSummary:
     state = jax.device_put(state, replicated)
     rows = _read_metrics(out, start)
     if not any(r["split"] == "held_out" and int(r["step"]) == 0 for r in rows):
-        rows = eval_rows(whisper, 0) + rows
+        rows = eval_rows(trainer, 0) + rows
         _write_metrics(out, rows)
 
-    step_fn = S.jit_train_step(graphdef, optim, compute, config.ewc_lambda)
-    prompt = tok.sot_sequence(y, config.task_token)
+    step_fn = S.jit_train_step(graph, optim, compute, config.ewc_lambda)
     order = D.batch_order(np.array([len(t) for t in texts]), config.batch_size, config.steps, config.seed)
     source_label = "+".join(config.source_langs)
     for s in range(start, config.steps):
         idx = order[s]
         longest = max(len(texts[i]) for i in idx) + len(prompt)
         length = -(-longest // 8) * 8  # a few padded shapes, not one compile per length
-        batch = S.make_batch(prompt, [texts[i] for i in idx], tok.eot, min(length, whisper.dims.n_text_ctx))
-        batch["xa"] = xa[idx]
+        batch = S.make_batch(prompt, [texts[i] for i in idx], trainer.eot, min(length, trainer.n_text_ctx))
+        batch["xa"], batch["valid"] = xa[idx], valid[idx]
         batch = jax.device_put(batch, sharded)
         state, m = step_fn(state, frozen, batch, ewc)
         step = s + 1
@@ -306,16 +307,16 @@ def _finetune(config: FinetuneConfig, whisper, reader) -> FinetuneSummary:
             C.save(checkpoints, step, state)
     summary.steps_done = config.steps - start
 
-    tuned = dataclasses.replace(whisper, model=S.with_decoder(whisper.model, state["params"]))
+    tuned = trainer.tuned(state["params"])
     if not any(r["split"] == "held_out" and int(r["step"]) == config.steps for r in rows):
         rows += eval_rows(tuned, config.steps)
         _write_metrics(out, rows)
     summary.written += ["config.json", "split.csv", "metrics.csv", "checkpoints/"]
     if config.export:
-        export_hf(tuned, out / MODEL)
+        tuned.export(out / MODEL)
         summary.written.append(f"{MODEL}/")
     summary.table = before_after_table(rows, config.steps)
-    source = captions.source_line(whisper.checkpoint.name, reader.manifest.get("created"))
+    source = captions.source_line(trainer.name, reader.manifest.get("created"))
     summary.written += write_figures(rows, out, config.steps, source)
     summary.seconds = time.time() - t0
     return summary

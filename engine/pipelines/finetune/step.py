@@ -1,15 +1,16 @@
-"""The teacher-forced train step of Whisper's decoder, as a module-level pure function.
+"""The teacher-forced train step of a model's text decoder, as a module-level pure function, whatever the family.
 
-The encoder never runs: ``xa f[batch, 1500, embed]`` is the final encoder layer (``L+1``) read from a store, its
-padding frames filled as ``engine.pipelines.finetune.data`` says. The decoder's parameters travel as two flat dicts,
-``trainable`` (differentiated, updated by the optimiser) and ``frozen`` (closed over as constants), so that
-parameters outside ``--trainable`` cannot change: they get no gradient, no optimiser state and no weight decay.
+The encoder never runs: ``xa f[batch, frame, embed]`` is the final encoder layer read from a store, its padding
+frames filled as the family's ``Trainer.memory`` says, and ``valid i32[batch]`` its valid frames. The decoder's
+parameters travel as two flat dicts (``Trainer.split``), ``trainable`` (differentiated, updated by the optimiser)
+and ``frozen`` (closed over as constants), so that parameters outside ``--trainable`` cannot change: they get no
+gradient, no optimiser state and no weight decay. The logits come from the family's ``TrainGraph``.
 
-Batch (``make_batch``): ``tokens i32[batch, t]`` the decoder input ``sot lang task notimestamps text...``,
-``labels i32[batch, t]`` the next token at each position, ``weights f32[batch, t]`` 1 where the label is a text
-token or end-of-text, 0 on the prompt and on padding. The loss is the mean cross-entropy over weighted positions,
-Hugging Face's ``labels=-100`` convention (``tests/engine/test_train_parity.py`` checks it and one AdamW step
-against ``WhisperForConditionalGeneration`` + ``torch.optim.AdamW``).
+Batch (``make_batch``): ``tokens i32[batch, t]`` the decoder input ``prompt text...``, ``labels i32[batch, t]`` the
+next token at each position, ``weights f32[batch, t]`` 1 where the label is a text token or end-of-text, 0 on the
+prompt and on padding. The loss is the mean cross-entropy over weighted positions, Hugging Face's ``labels=-100``
+convention (``tests/models/whisper/test_train_parity.py`` checks it and one AdamW step against
+``WhisperForConditionalGeneration`` + ``torch.optim.AdamW``).
 """
 
 from __future__ import annotations
@@ -22,13 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
-from engine.models.whisper.model import TextDecoder
 from engine.pipelines.finetune.config import TRAINABLE, OptimConfig
 
 
-# --trainable groups: a regex on flat parameter names. Layer norms go with the sublayer they normalise.
 def schedule(config: OptimConfig) -> optax.Schedule:
     lr, warm, total = config.learning_rate, config.warmup_steps, config.total_steps
     if config.decay == "constant":
@@ -52,30 +50,13 @@ def optimizer(config: OptimConfig) -> optax.GradientTransformation:
 # -- parameters as flat dicts ----------------------------------------------------------------------------------------
 
 
-def _key(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
-
-
-def _path(key: str) -> tuple:
-    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
-
-
-def split_decoder(decoder: TextDecoder) -> tuple[nnx.GraphDef, dict[str, jax.Array]]:
-    """The decoder's graph and its parameters as a flat ``{name: array}`` dict (every decoder variable is a Param)."""
-    graphdef, state = nnx.split(decoder)
-    return graphdef, {_key(path): var[...] for path, var in nnx.to_flat_state(state)}
-
-
-def merge_decoder(graphdef: nnx.GraphDef, params: Mapping[str, jax.Array]) -> TextDecoder:
-    return nnx.merge(graphdef, nnx.State.from_flat_path({_path(k): nnx.Param(v) for k, v in params.items()}))
-
-
-def trainable_names(names: Iterable[str], groups: Sequence[str]) -> tuple[str, ...]:
-    """The parameter names that ``--trainable`` groups (``TRAINABLE`` keys, a union) select, sorted."""
+def trainable_names(names: Iterable[str], groups: Sequence[str], patterns: Mapping[str, str]) -> tuple[str, ...]:
+    """The parameter names that ``--trainable`` groups (``TRAINABLE``, a union) select, sorted; ``patterns``: the
+    family's regular expression of each group (``Trainer.groups``)."""
     for g in groups:
-        if g not in TRAINABLE:
+        if g not in TRAINABLE or g not in patterns:
             raise ValueError(f"--trainable group {g!r} is unknown; choose from {', '.join(TRAINABLE)}")
-    pattern = re.compile("|".join(f"(?:{TRAINABLE[g]})" for g in groups))
+    pattern = re.compile("|".join(f"(?:{patterns[g]})" for g in groups))
     picked = tuple(sorted(n for n in names if pattern.fullmatch(n)))
     if not picked:
         raise ValueError(f"--trainable {','.join(groups)} selects no decoder parameter")
@@ -145,16 +126,11 @@ def _token_losses_bwd(label_smoothing, res, g):
 _token_losses.defvjp(_token_losses_fwd, _token_losses_bwd)
 
 
-def loss_fn(trainable, frozen, batch, *, graphdef, compute_dtype, label_smoothing):
-    """Mean cross-entropy over weighted positions (f32 scalar) and the weight total."""
+def loss_fn(trainable, frozen, batch, *, graph, compute_dtype, label_smoothing):
+    """Mean cross-entropy over weighted positions (f32 scalar) and the weight total; ``graph``: the family's
+    ``TrainGraph``, ``batch["valid"]`` (optional) the memory's valid frames."""
     params = {k: v.astype(compute_dtype) for k, v in {**frozen, **trainable}.items()}
-    dec = merge_decoder(graphdef, params)
-    xa = batch["xa"].astype(compute_dtype)
-    dims = dec.dims
-    # Folded cross-attention (whisper.folded.attend_folded) costs as many FLOPs as projecting the keys and values
-    # when heads * positions == embed (64 positions for every Whisper size) and fewer below; above, it costs more.
-    folded = dims.n_text_head * batch["tokens"].shape[1] <= dims.n_text_state
-    logits, _, _ = dec(batch["tokens"], xa if folded else dec.cross_kv(xa))
+    logits = graph.logits(params, batch["tokens"], batch["xa"].astype(compute_dtype), batch.get("valid"))
     w = batch["weights"]
     n = jnp.maximum(w.sum(), 1.0)
     return (token_losses(logits, batch["labels"], label_smoothing) * w).sum() / n, w.sum()
@@ -169,7 +145,7 @@ def ewc_penalty(trainable, ewc):
     return total
 
 
-def train_step(state, frozen, batch, ewc, *, graphdef, tx, compute_dtype, label_smoothing, ewc_lambda):
+def train_step(state, frozen, batch, ewc, *, graph, tx, compute_dtype, label_smoothing, ewc_lambda):
     """One AdamW step: ``state = {"step", "params", "opt_state"}`` -> (new state, {"loss", "ewc", "tokens"}).
 
     ``ewc`` is None or ``{"fisher", "anchor"}`` over the trainable names; its penalty ``ewc_lambda * ewc_penalty``
@@ -178,7 +154,7 @@ def train_step(state, frozen, batch, ewc, *, graphdef, tx, compute_dtype, label_
 
     def objective(trainable):
         ce, n = loss_fn(
-            trainable, frozen, batch, graphdef=graphdef, compute_dtype=compute_dtype, label_smoothing=label_smoothing
+            trainable, frozen, batch, graph=graph, compute_dtype=compute_dtype, label_smoothing=label_smoothing
         )
         pen = ewc_penalty(trainable, ewc) if ewc is not None else jnp.float32(0)
         return ce + ewc_lambda * pen, (ce, pen, n)
@@ -189,12 +165,12 @@ def train_step(state, frozen, batch, ewc, *, graphdef, tx, compute_dtype, label_
     return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, {"loss": ce, "ewc": pen, "tokens": n}
 
 
-def jit_train_step(graphdef, config: OptimConfig, compute_dtype, ewc_lambda: float = 0.0):
+def jit_train_step(graph, config: OptimConfig, compute_dtype, ewc_lambda: float = 0.0):
     """``train_step`` bound to its static parts and jitted; the caller shards ``batch`` over the mesh's data axis
     and replicates the rest (``jit`` partitions by the inputs' ``NamedSharding``). ``state`` is donated."""
     step = functools.partial(
         train_step,
-        graphdef=graphdef,
+        graph=graph,
         tx=optimizer(config),
         compute_dtype=compute_dtype,
         label_smoothing=config.label_smoothing,
@@ -210,14 +186,3 @@ def init_state(trainable: Mapping[str, jax.Array], config: OptimConfig) -> dict:
     """
     params = {k: jnp.array(v, jnp.float32, copy=True) for k, v in trainable.items()}
     return {"step": jnp.int32(0), "params": params, "opt_state": optimizer(config).init(params)}
-
-
-def with_decoder(model, params: Mapping[str, jax.Array]):
-    """A new ``Whisper`` sharing ``model``'s encoder arrays, its decoder's parameters replaced by the flat ``params``
-    (a subset is fine: the rest keep ``model``'s values). ``model`` itself is not changed."""
-    # nnx.merge reuses the state's Variable objects: updating its result would write through to ``model``.
-    out = nnx.clone(model)
-    dec_graph, dec_params = split_decoder(out.decoder)
-    merged = {**dec_params, **{k: jnp.asarray(v, dec_params[k].dtype) for k, v in params.items()}}
-    nnx.update(out.decoder, nnx.split(merge_decoder(dec_graph, merged))[1])
-    return out
