@@ -185,10 +185,9 @@ def window_frames(
     return total, max(windows, 1)
 
 
-class LoadedEncoder:
-    """What an ``Encoder`` reads off its loaded model the same way in every family: a dataclass encoder with a
-    ``loaded`` field (``checkpoint.name``, ``checkpoint.sha256``, ``config.width``, ``config.to_dict()``,
-    ``n_layers_out``, ``seconds_per_frame``) inherits these; a family that stores something else overrides them."""
+class Checkpointed:
+    """The name and weights' sha256 of a dataclass over a loaded model (its ``loaded`` field, whose ``checkpoint``
+    records both), as an ``Encoder``, ``Decoder``, ``Aligner`` or ``Trainer`` reports them."""
 
     loaded: Any
 
@@ -199,6 +198,12 @@ class LoadedEncoder:
     @property
     def sha256(self) -> str:
         return self.loaded.checkpoint.sha256
+
+
+class LoadedEncoder(Checkpointed):
+    """What an ``Encoder`` reads off its loaded model the same way in every family: a dataclass encoder with a
+    ``loaded`` field (``checkpoint.name``, ``checkpoint.sha256``, ``config.width``, ``config.to_dict()``,
+    ``n_layers_out``, ``seconds_per_frame``) inherits these; a family that stores something else overrides them."""
 
     @property
     def store_dims(self) -> FamilyDims:

@@ -154,7 +154,9 @@ def test_refusals(canary_run, run_job, tmp_path):
     base = ("--store", str(root / "store"), "--model", str(root / "model"))
     proc = run_job("decode", *base, "--out", str(tmp_path / "beam"), "--patience", "2", expect=None)
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "has no patience" in text and "Traceback" not in text, text
+    assert proc.returncode != 0 and "--patience" in text and "has no such option" in text and "Traceback" not in text, (
+        text
+    )
     proc = run_job("decode", *base, "--out", str(tmp_path / "ja"), "--decode_as", "fr=ja", expect=None)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "has no <|ja|> token" in text and "Traceback" not in text, text

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import LanguageError
-from engine.models.interface import TASKS, DecoderCaps, Search
+from engine.models.interface import TASKS, Checkpointed, DecoderCaps, Search
 from engine.models.owsm.decoder import prompt
 from engine.models.owsm.encoder import OwsmEncoder
 from engine.models.owsm.languages import owsm_language
@@ -32,7 +32,7 @@ TASK_TOKENS = {"transcribe": "<asr>", "translate": "<st_eng>"}  # the job's task
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class OwsmDecoder:
+class OwsmDecoder(Checkpointed):
     """``Decoder`` over a ``LoadedOwsm`` (``loaded``)."""
 
     loaded: LoadedOwsm
@@ -42,14 +42,6 @@ class OwsmDecoder:
     def caps(self) -> DecoderCaps:
         tasks = tuple(t for t in TASKS if TASK_TOKENS[t] in self.loaded.config.tasks())
         return DecoderCaps(tasks=tasks, detect_language=True, ctc=True, training=True)
-
-    @property
-    def name(self) -> str:
-        return self.loaded.checkpoint.name
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256
 
     @property
     def n_layers_out(self) -> int:

@@ -35,7 +35,7 @@ from flax import nnx
 
 from engine.errors import CheckpointError
 from engine.models.common.trainable import fill_frames, merge_params, replace_params, split_params
-from engine.models.interface import SILENCE_FILL
+from engine.models.interface import SILENCE_FILL, Checkpointed
 from engine.models.owsm import features as feats
 from engine.models.owsm.checkpoints import find_files, read_weights
 from engine.models.owsm.decoder import MAX_POSITIONS, OwsmDecoder, greedy_fn, prompt
@@ -108,7 +108,7 @@ class DecoderGraph:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class OwsmTrainer:
+class OwsmTrainer(Checkpointed):
     """``Trainer`` over a ``LoadedOwsm`` (``loaded``)."""
 
     loaded: LoadedOwsm
@@ -116,14 +116,6 @@ class OwsmTrainer:
     padding_note = PADDING_NOTE
     groups = GROUPS
     n_text_ctx = MAX_POSITIONS
-
-    @property
-    def name(self) -> str:
-        return self.loaded.checkpoint.name
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256
 
     @property
     def eot(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
-from engine.models.interface import DecoderCaps, Search
+from engine.models.interface import Checkpointed, DecoderCaps, Search
 from engine.models.whisper.decoding import DecodingOptions
 from engine.models.whisper.features import N_ENCODER_FRAMES
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
@@ -28,7 +28,7 @@ ENGLISH_ONLY = dataclasses.replace(CAPS, tasks=("transcribe",))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class WhisperDecoder:
+class WhisperDecoder(Checkpointed):
     """``Decoder`` over a ``LoadedWhisper`` (``loaded``); ``dtype``: the compute dtype of the decoder's input."""
 
     loaded: LoadedWhisper
@@ -39,14 +39,6 @@ class WhisperDecoder:
     @property
     def caps(self) -> DecoderCaps:
         return CAPS if self.loaded.dims.is_multilingual else ENGLISH_ONLY
-
-    @property
-    def name(self) -> str:
-        return self.loaded.checkpoint.name
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256
 
     @property
     def n_layers_out(self) -> int:

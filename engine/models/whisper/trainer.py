@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from engine.models.common.trainable import merge_params, replace_params, split_params
-from engine.models.interface import SILENCE_FILL
+from engine.models.interface import SILENCE_FILL, Checkpointed
 from engine.models.whisper.checkpoints.export import export_hf, generation_config
 from engine.models.whisper.decoding import greedy_decode
 from engine.models.whisper.loaded import LoadedWhisper, load_whisper
@@ -73,7 +73,7 @@ class DecoderGraph:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class WhisperTrainer:
+class WhisperTrainer(Checkpointed):
     """``Trainer`` over a ``LoadedWhisper`` (``loaded``)."""
 
     loaded: LoadedWhisper
@@ -81,14 +81,6 @@ class WhisperTrainer:
     padding_note = PADDING_NOTE
     memory_frames = N_ENCODER_FRAMES
     groups = GROUPS
-
-    @property
-    def name(self) -> str:
-        return self.loaded.checkpoint.name
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256
 
     @property
     def eot(self) -> int:
