@@ -44,10 +44,13 @@ class Progress:
             return
         if at is not None:
             self.bar.set_postfix(at=at)
+        shown = round(self.done, 3)
         self.done += max(seconds, 0.0)
         if self.done > self.total:
             self.total = self.bar.total = round(1.1 * self.done, 3)
-        self.bar.update(round(max(seconds, 0.0), 3))
+        # The bar shows the sum done rounded to ms, not a sum of rounded steps: a run of many steps under a
+        # millisecond each (a small set on a loaded machine) would otherwise never reach its total.
+        self.bar.update(round(self.done, 3) - shown)
 
     def read(self, reader, frames: int, at: str) -> None:
         """One layer's ``frames`` frames read from ``reader``."""
