@@ -37,7 +37,9 @@ def _same_outputs(one, two) -> None:
 
 def _one_and_two(run_job, root, args: list[str]) -> None:
     one = run_job("decode", *args, "--out", str(root / "one"))
-    outputs = run_processes("jobs.decode", [*args, "--out", str(root / "two"), "--progress=false"])
+    # Each part takes half a second at least, so that the second process still finds units to claim when it starts.
+    outputs = run_processes("jobs.decode", [*args, "--out", str(root / "two"), "--progress=false"],
+                            env_extra={"BABELGRID_FAULT_DELAY": "before_part:0.5"})  # fmt: skip
     assert sum(_decoded(o) for o in outputs) == _decoded(one.stdout), outputs  # each part decoded once
     assert all(_decoded(o) > 0 for o in outputs), outputs  # both processes took units
     _same_outputs(root / "one", root / "two")

@@ -107,14 +107,14 @@ def test_heads_load_from_the_random_folders(folders):
     for kind in ("wav2vec2", "omnilingual", "parakeet"):
         lens = fam.FAMILIES[EXPECTED[kind][0]].ctc(folders / kind).ctc_lens()
         assert lens.text(np.array([lens.blank_id, 10, 10, lens.blank_id, 12], np.int32)).strip(), kind
-    owsm = fam.FAMILIES["owsm"].decoder(folders / "owsm")
+    owsm = fam.FAMILIES["owsm"].decoder(folders / "owsm").loaded
     assert owsm.text([owsm.config.token_id("<sos>"), owsm.config.token_list.index("\u2581a")]) == "a"
     assert "<deu>" in owsm.config.languages() and "<st_eng>" in owsm.config.tasks()
-    canary = fam.FAMILIES["fastconformer"].decoder(folders / "cli-canary")
+    canary = fam.FAMILIES["fastconformer"].decoder(folders / "cli-canary").loaded
     assert len(canary.prompt("de", "en")) == 9 and canary.config.n_layer == 3 and "en" in canary.languages()
     assert canary.text([canary.token_id("<|endoftext|>"), canary.token_id("\u2581a"), canary.token_id("b")]) == "ab"
     assert fam.load_encoder(folders / "mms", adapter="deu").loaded.checkpoint.adapter == "deu"
-    turbo = fam.FAMILIES["whisper"].decoder(folders / "whisper-turbo")
+    turbo = fam.FAMILIES["whisper"].decoder(folders / "whisper-turbo").loaded
     assert turbo.dims.n_text_layer == 4 and turbo.tokenizer.transcribe == 50360 and len(turbo.lang_ids) == 100
 
 

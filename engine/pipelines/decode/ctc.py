@@ -27,6 +27,7 @@ import types
 import jax
 import numpy as np
 
+from engine.faults import fault_point
 from engine.languages import fleurs_to_whisper
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
@@ -70,6 +71,7 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
         lang, layer = units[unit]
         for key in pending.values():
             rows = _part_rows(lens, reader, lang, layer, ln_post, np.asarray(done, np.int64), summary)
+            fault_point("before_part")
             write_value(kv, key, hyp.part_bytes(rows, done, []), config.run.out)
 
     def finish(kv) -> None:
