@@ -29,7 +29,9 @@ with no coordinator. They share one lease whose record says ``mode: workers`` an
   differing setting with both values;
 - every worker renews the lease (a read-modify-write), so it lives while any worker does; a worker that ends deletes
   the lease once no other worker's record is live (``engine.runtime.status``), and a worker that finds it deleted
-  while it still works writes it again;
+  while it still works writes it again. A worker that finds no live lease opens the run again; the renewals of workers
+  still at work leave its ``opening`` record as it is (joiners wait for it), and its ``open`` accepts a record that
+  such a worker wrote meanwhile;
 - a run without ``--worker`` is refused while the workers' lease is live, and workers are refused while a run without
   ``--worker`` holds the lease.
 
@@ -45,8 +47,6 @@ than ``SETTLE`` seconds apart after both read the key as free; a warning says th
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -62,7 +62,6 @@ from engine.stores.kv import (
     StoreError,
     iso_utc,
     manifest_diffs,
-    open_kvstore,
     parse_record,
     read_value,
     storage_error,
@@ -323,9 +322,20 @@ class SharedLease(_Lease):
             return
         self._state = OPEN
         with self._lock:
-            if not self._write(self._record(OPEN), self._generation):
-                self._lost = f"the writer lease of {self.url!r} was taken by another run while this worker opened it"
-                raise StoreBusyError(self._lost)
+            generation = self._generation
+            while not self._write(self._record(OPEN), generation):
+                # Another worker wrote the record since: one still working from before (it found the lease deleted
+                # by a worker that ended, and wrote it again) says the run is open, which is what this one publishes.
+                # Only a run of another job or without --worker has taken it.
+                found = read_value(self.kv, LEASE, self.url)
+                holder = parse_record(found.value) if found.state == "value" else {}
+                if holder and (holder.get("mode") != WORKERS or holder.get("job") != self.job):
+                    self._lost = (
+                        f"the writer lease of {self.url!r} was taken by another run ({_who(holder)}) while this "
+                        "worker opened it"
+                    )
+                    raise StoreBusyError(self._lost)
+                generation = found.stamp.generation
 
     def release(self) -> None:
         """Stops renewing; deletes the lease if no other worker's record is live (``engine.runtime.status``)."""
@@ -357,55 +367,40 @@ class SharedLease(_Lease):
         return bool(stamp.generation)
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                with self._lock:
-                    found = read_value(self.kv, LEASE, self.url)
-                    holder = parse_record(found.value) if found.state == "value" else {}
-                    if holder and (holder.get("mode") != WORKERS or holder.get("job") != self.job):
-                        self._lost = (
-                            f"the writer lease of {self.url!r} was taken by another run ({holder.get('job')} on "
-                            f"{holder.get('host')!r}, pid {holder.get('pid')}); stopping"
-                        )
-                        log.error(self._lost)
-                        return
-                    # Renewed by whichever worker comes first; a lost race means another renewed it just now.
-                    self._write(self._record(self._state), found.stamp.generation)
-            except StoreError as e:
-                log.warning("could not renew the shared writer lease of %r (%s); it may expire", self.url, e)
+        while not self._stop.wait(self.ttl / 3) and self.renew():
+            pass
+
+    def renew(self) -> bool:
+        """One renewal (the thread's, every ``ttl / 3`` s): False once another run took the lease (stop renewing)."""
+        try:
+            with self._lock:
+                found = read_value(self.kv, LEASE, self.url)
+                holder = parse_record(found.value) if found.state == "value" else {}
+                if holder and (holder.get("mode") != WORKERS or holder.get("job") != self.job):
+                    self._lost = (
+                        f"the writer lease of {self.url!r} was taken by another run ({holder.get('job')} on "
+                        f"{holder.get('host')!r}, pid {holder.get('pid')}); stopping"
+                    )
+                    log.error(self._lost)
+                    return False
+                if _opening_elsewhere(holder, self.owner):
+                    return True  # a new opener's record: rewriting it "open" would let joiners in before it opens
+                # Renewed by whichever worker comes first; a lost race means another renewed it just now.
+                self._write(self._record(self._state), found.stamp.generation)
+        except StoreError as e:
+            log.warning("could not renew the shared writer lease of %r (%s); it may expire", self.url, e)
+        return True
 
 
-def inputs_settled(config, job: str) -> None:
-    """Refuses (``StoreBusyError``, one line) to start ``job`` while a store or folder it reads (a field an ``option``
-    marks ``reads``) is being written: its writer lease is live, so what the job would read is incomplete (a
-    retrieval of a similarity store still computing, a decode of a store still encoding). A job that scores a partly
-    written store on request (``allow_partial``) reads its store anyway."""
-    for field in dataclasses.fields(config):
-        reads, value = (field.metadata or {}).get("reads"), getattr(config, field.name)
-        if not reads or not value or (field.name == "store" and getattr(config, "allow_partial", False)):
-            continue
-        for location in (v for v in (value if isinstance(value, tuple) else (value,)) if v):
-            holder = live_writer(open_kvstore(location)[1], location)
-            if holder is None:
-                continue
-            who = "workers of " if holder.get("mode") == WORKERS else ""
-            partial = ", or pass --allow_partial to read what is done" if hasattr(config, "allow_partial") else ""
-            raise StoreBusyError(
-                f"--{field.name} {location!r} is being written now by {who}{holder.get('job')} (host "
-                f"{holder.get('host')!r}, pid {holder.get('pid')}, lease valid until {holder.get('expires')}), so what "
-                f"{job} would read of it is incomplete. Wait until that run ends (`babelgrid status {location}` says "
-                f"where it stands), then rerun{partial}; nothing was written"
-            )
-
-
-@contextlib.contextmanager
-def output_lease(config, job: str):
-    """``inputs_settled``, then the writer lease of ``config.run.out`` for the run: for a job of one process whose
-    config module must not load JAX (challenge's)."""
-    inputs_settled(config, job)
-    _, kv = open_kvstore(config.run.out)
-    with WriterLease(kv, config.run.out, job, break_lease=config.run.break_lease) as lease:
-        yield lease
+def _opening_elsewhere(holder: dict, owner: str) -> bool:
+    """Whether ``holder`` is another worker's live record in state ``opening``: that worker found no live lease (the
+    last worker that ended deleted it while this one was between its records) and is opening the run again."""
+    return (
+        holder.get("state") == OPENING
+        and holder.get("owner") != owner
+        and holder.get("expires_unix", 0.0) > time.time()
+        and not dead_here(holder)
+    )
 
 
 def _who(holder: dict) -> str:

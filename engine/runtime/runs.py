@@ -24,7 +24,8 @@ import jax
 from tqdm.auto import tqdm
 
 from engine.runtime.claims import WorkClaims
-from engine.runtime.lease import DEFAULT_TTL, SharedLease, WriterLease, inputs_settled
+from engine.runtime.inputs import inputs_settled
+from engine.runtime.lease import DEFAULT_TTL, SharedLease, WriterLease
 from engine.runtime.options import ConfigError, RunOptions, canonical_location
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.progress import StatusLines

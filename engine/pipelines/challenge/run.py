@@ -31,7 +31,7 @@ from engine.pipelines.challenge.rules import (
     texts_by_id,
     words,
 )
-from engine.runtime.lease import output_lease
+from engine.runtime.inputs import output_lease
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 from engine.stores.challenge import (
     SETTINGS_FIELDS,
