@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 
 OUT ?= out/demo
 
-.PHONY: setup setup-test test lint demo clean espeak
+.PHONY: setup setup-test test test-gpu lint demo clean espeak
 
 # The demo set is synthesised with espeak-ng (a system package). Install it when we can (root with
 # apt-get), otherwise say how.
@@ -71,6 +71,12 @@ test: setup-test
 	rm -f $(JUNIT)
 	$(VPY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=25 -o junit_family=xunit1 --junitxml=$(JUNIT)
 	$(VPY) .ci/check_skips.py $(JUNIT) .ci/allowed-skips.txt
+
+# The kernel and model tests with JAX on an NVIDIA GPU (pip install -e ".[cuda,test]" first): four test processes
+# share the card, so none may take most of its memory up front. float32 parity runs at "highest" (tests/conftest.py).
+test-gpu:
+	XLA_PYTHON_CLIENT_PREALLOCATE=false JAX_PLATFORMS=cuda,cpu $(VPY) -m pytest -q -ra -n 4 --dist loadfile \
+		tests/kernels tests/models
 
 lint: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench

@@ -9,6 +9,8 @@ MB/s written and audio seconds per second. Inputs: the real FLEURS clips when
 ../shared/data/fleurs-sample exists (else the demo set), the packaged whisper-base, every layer.
 
 Usage: python bench/encode_job.py [--dtype float32] [--batch 8] [--repeats 3] [--record bench/RESULTS.md]
+       python bench/encode_job.py --model FOLDER --noise 2x16x20 --dtype bfloat16 --batch 16   # a GPU: any model,
+           no speech needed (2 languages x 16 clips of 20 s of noise; bench/gpu.py's encoder section names the folder)
 """
 
 from __future__ import annotations
@@ -49,7 +51,18 @@ from engine.stores.utterances import UtteranceRow  # noqa: E402
 SAMPLE = REPO.parent / "shared" / "data" / "fleurs-sample"
 
 
-def dataset_spec(tmp: pathlib.Path) -> str:
+def dataset_spec(tmp: pathlib.Path, noise: str | None = None) -> str:
+    if noise:  # LANGSxCLIPSxSECONDS of low noise as 16 kHz WAV: the shapes of speech, where there is none
+        import soundfile
+
+        langs, clips, seconds = (int(v) for v in noise.split("x"))
+        rng = np.random.default_rng(0)
+        for lang in ("de", "en", "es", "fr", "it", "pl", "sv", "tr")[:langs]:
+            (tmp / "noise" / lang).mkdir(parents=True, exist_ok=True)
+            for c in range(clips):
+                audio = (0.01 * rng.standard_normal(seconds * 16000)).astype(np.float32)
+                soundfile.write(tmp / "noise" / lang / f"s{c:03d}.wav", audio, 16000)  # one id per sentence
+        return f"folder:{tmp / 'noise'}"
     if SAMPLE.is_dir():
         root = tmp / "clips"
         for clip in sorted(SAMPLE.glob("*.ogg")):
@@ -64,11 +77,11 @@ class Prepared:
     """The bench's inputs, decoded once: the model, the dataset's windows, ``encode_all()`` (the encoder alone on
     fixed-size batches, to the host) and each utterance's states as the job writes them (``per_utt``)."""
 
-    def __init__(self, tmp: pathlib.Path, batch: int, dtype: str):
-        self.whisper = whisper = load_whisper()
+    def __init__(self, tmp: pathlib.Path, batch: int, dtype: str, model: str | None = None, noise: str | None = None):
+        self.whisper = whisper = load_whisper(model, dtype=jnp.dtype(dtype))
         dims = whisper.dims
         self.layers = tuple(range(dims.n_audio_layer + 2))
-        self.spec = dataset_spec(tmp)
+        self.spec = dataset_spec(tmp, noise)
         source = get_source(self.spec)
         self.languages = source.languages()
         self.utts = [(lang, u) for lang in source.languages() for u in source.utterances(lang)]
@@ -141,18 +154,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--record", type=pathlib.Path, default=None)
+    parser.add_argument("--model", default=None, help="a model folder (default: the packaged whisper-base)")
+    parser.add_argument("--noise", default=None, help="LANGSxCLIPSxSECONDS of noise clips instead of speech")
     args = parser.parse_args()
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="bench-encode-job-"))
     try:
-        p = Prepared(tmp, args.batch, args.dtype)
+        p = Prepared(tmp, args.batch, args.dtype, args.model, args.noise)
         whisper, spec, utts, audio_s, nbytes, layers = p.whisper, p.spec, p.utts, p.audio_s, p.nbytes, p.layers
         encode_all, windows = p.encode_all, range(p.n_windows)
 
         def write_all(out: pathlib.Path):
             p.write_all(str(out))
 
-        config = dict(dataset=spec, dtype=args.dtype, batch_size=args.batch, progress=False)
+        config = dict(dataset=spec, dtype=args.dtype, compute_dtype=args.dtype, batch_size=args.batch, progress=False,
+                      **({"model": args.model} if args.model else {}))  # fmt: skip
         run_encode(
             configure(EncodeConfig, out=str(tmp / "warm"), langs=(p.languages[0],), **config),
             encoder=WhisperEncoder(whisper),
@@ -181,9 +197,11 @@ def main() -> None:
     lines = [
         f"machine: {machine()}",
         f"date: {datetime.date.today().isoformat()}   command: python bench/encode_job.py --dtype {args.dtype} "
-        f"--batch {args.batch} --repeats {args.repeats}",
+        f"--batch {args.batch} --repeats {args.repeats}"
+        + (f" --model <random folder> --noise {args.noise}" if args.model else ""),
         f"{len(utts)} utterances ({audio_s:.0f} s of audio, {len(windows)} windows) from {spec.split(':')[0]}, "
-        f"whisper-base, all {len(layers)} layers stored as {args.dtype} ({nbytes / 1e6:.0f} MB of valid states); "
+        f"{whisper.checkpoint.name}, all {len(layers)} layers computed and stored as {args.dtype} ({nbytes / 1e6:.0f} "
+        "MB of valid states); "
         f"median of {args.repeats} interleaved rounds",
         "",
         "| stage | s | audio s/s | MB/s written |",

@@ -15,6 +15,7 @@ import pathlib
 import shutil
 import tempfile
 
+import jax
 import pytest
 
 from engine.languages import LANGUAGES
@@ -23,6 +24,12 @@ from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.model import random_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# The parity tests compare float32 with float32: on a GPU, JAX's default precision would run float32 products as TF32
+# (about 1e-3 relative), which no float32 tolerance admits. The jobs default to "highest" too (--matmul_precision).
+# No effect on CPUs. `make test-gpu` runs the kernel and model tests there (BUILD.md).
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL_PRECISION"])
 
 # CTranslate2 (the parity modules' reference decoder) and torch run their threads on OpenMP (libgomp), whose idle
 # threads spin-wait by default: on a loaded machine the spinning takes the CPU the working thread needs. CTranslate2's

@@ -6,7 +6,9 @@ None -> ``f[b, t, h * dh]``. On CPU it runs one head of one window at a time (``
 back and runs at memory speed (Whisper's ``MultiHeadAttention.attend_unmasked`` measured this first; see its
 docstring and ``bench/encoder.py --attention``). The softmax's division comes after the product with the values.
 Masked keys get float32's lowest value rather than -inf, so a window with no valid key (a padding row) gives finite
-uniform weights instead of NaN. Accelerators use the batched form.
+uniform weights instead of NaN. Accelerators use the batched form, except that on a GPU, half-precision attention
+without a mask goes through ``jax.nn.dot_product_attention``'s cuDNN kernel (``fused_attention``; measured in
+``bench/gpu.py``'s encoder section).
 """
 
 from __future__ import annotations
@@ -15,6 +17,23 @@ import jax
 import jax.numpy as jnp
 
 from engine.models.common.layers import head_major
+
+GPU_FUSED_ATTENTION = True  # on a GPU, bf16/fp16 attention without a mask goes through cuDNN's fused kernel
+
+
+def fused_attention(q, k, v, scale: float):
+    """``f[b, t, h * dh]`` from cuDNN's fused attention (``jax.nn.dot_product_attention``, flash-style: the logits
+    never reach memory) on a GPU, for ``q, k, v: f[b, t, h, dh]`` in bf16 or fp16; None where it does not apply (any
+    other backend or dtype, ``GPU_FUSED_ATTENTION`` off, a shape or cuDNN version it refuses while tracing), and the
+    caller computes the attention itself."""
+    if not GPU_FUSED_ATTENTION or jax.default_backend() != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16):
+        return None
+    try:
+        out = jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
+    except (ValueError, NotImplementedError, RuntimeError, TypeError):  # cuDNN absent, too old, or the shape refused
+        return None
+    b, t, h, dh = out.shape
+    return out.reshape(b, t, h * dh)
 
 
 def _batched(q, k, v, key_valid):
@@ -30,7 +49,8 @@ def _batched(q, k, v, key_valid):
 def self_attention(q, k, v, key_valid=None):
     """The module docstring's attention: ``f[b, t, h * dh]``."""
     if jax.default_backend() != "cpu":
-        return _batched(q, k, v, key_valid)
+        fused = None if key_valid is not None else fused_attention(q, k, v, 1.0)
+        return _batched(q, k, v, key_valid) if fused is None else fused
     b, tq, h, dh = q.shape
     tk = k.shape[1]
 

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.attention import fused_attention
 from engine.models.common.layers import Conv1d, LayerNorm, Linear, head_major, param
 from engine.models.whisper.dims import ModelDimensions, sinusoids
 from engine.models.whisper.folded import attend_folded, gradient_barrier
@@ -117,10 +118,11 @@ class MultiHeadAttention(nnx.Module):
         logits. With the scale on ``q`` (``dh**-0.5`` is a power of two for Whisper's ``dh = 64``,
         so exact) whisper-base's outputs on four FLEURS windows stay within 2e-5 of their peak of the
         batched form's (block 1: 1e-6); the CTranslate2 parity tolerance is 2^-11 of the peak.
-        Accelerators use the batched form (the blocked one is not measured there).
+        Accelerators use the batched form, or cuDNN's fused kernel (``fused_attention``).
         """
         if jax.default_backend() != "cpu" or not CPU_BLOCKED_ATTENTION:
-            return self.attend(q, k, v)[0]
+            fused = fused_attention(q, k, v, q.shape[-1] ** -0.5)  # cuDNN's, on a GPU in half precision
+            return self.attend(q, k, v)[0] if fused is None else fused
         b, tq, h, dh = q.shape
         tk = k.shape[1]
 

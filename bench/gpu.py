@@ -1,0 +1,449 @@
+"""Benchmark on an NVIDIA GPU (issue 69): the encoder, SeqSim, greedy decoding and DTW against the same run's bf16
+matmul and against their GPU peers, in one process, each section after the last, so that what finished is kept
+when the time runs out.
+
+    python bench/gpu.py --out DIR                     # on the GPU: every section, DIR/gpu.md and DIR/gpu.json
+    python bench/gpu.py --out /tmp/g --smoke          # on any machine: tiny shapes, to check the program runs
+
+Sections (``--sections``, in this order):
+
+- ``info``: the device, driver, JAX / Flax / torch versions, the load.
+- ``matmul``: the bf16 rate, 8192-cube products jitted (the ceiling the others are set against), and float32 at
+  JAX's default precision (TF32 on NVIDIA) and at HIGHEST.
+- ``encoder``: Whisper large-v3's encoder at its real shapes (128 mels, d 1280, 20 heads, 32 blocks) with random
+  weights, bf16 weights and compute, every layer (0 .. 33) returned in bf16, ``--batch`` 30 s windows a call:
+  windows/s and model FLOP utilisation (``engine.models.whisper.cost``'s count over the same run's bf16 matmul
+  rate) with the states kept on the device; the same with every layer copied to the host, one batch dispatched
+  ahead of the copy (as the encode job does); and attention through ``jax.nn.dot_product_attention`` (cuDNN's
+  fused kernel where it applies, ``GPU_FUSED_ATTENTION``) against babelgrid's einsum-softmax-einsum form.
+- ``seqsim``: ``kernels.seqsim.seqsim_matrix`` at d 1280, 400 x 400 utterances of 400-500 frames, bf16, against a
+  square bf16 matmul of the same FLOPs timed in interleaved rounds (``bench/seqsim.py``'s contenders).
+- ``decode``: greedy decoding of ``--decode_batch`` windows (random audio, language and task forced, ``--tokens``
+  new tokens: random weights never say end-of-text) against transformers' ``generate`` on CUDA, a random
+  large-v3-turbo folder with ``--decode_layers`` encoder blocks, float32 on both sides with TF32 off (JAX HIGHEST,
+  torch's matmul and cuDNN TF32 flags off), so that the tokens can be checked equal.
+- ``dtw``: ``kernels.dtw.dtw_batch`` (float32 accumulator, on the device) against openai-whisper's Triton
+  ``dtw_cuda`` called matrix by matrix as ``find_alignment`` does, on the same cost matrices; paths checked equal.
+
+Every time is a median of interleaved rounds after a warm-up call of each contender; every result is fetched
+(``block_until_ready`` or a copy to the host) inside the timed region.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from bench.common import interleaved_times, load_average  # noqa: E402
+
+SECTIONS = ("info", "matmul", "encoder", "seqsim", "dtw", "decode")
+
+
+class Report:
+    """The markdown and JSON results, rewritten after every section (a run cut short keeps what it measured)."""
+
+    def __init__(self, out: pathlib.Path):
+        self.out = out
+        out.mkdir(parents=True, exist_ok=True)
+        self.lines: list[str] = []
+        self.data: dict = {}
+
+    def add(self, section: str, lines: list[str], data: dict) -> None:
+        self.lines += [f"### {section}", "", *lines, ""]
+        self.data[section] = data
+        print("\n".join([f"### {section}", *lines]), flush=True)
+        (self.out / "gpu.md").write_text("\n".join(self.lines) + "\n")
+        (self.out / "gpu.json").write_text(json.dumps(self.data, indent=1, default=str) + "\n")
+
+
+def ready(x):
+    return jax.block_until_ready(x)
+
+
+def medians(contenders: dict, rounds: int) -> dict[str, float]:
+    return {name: statistics.median(t) for name, t in interleaved_times(contenders, rounds).items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def section_info(args) -> tuple[list[str], dict]:
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"]
+    smi = subprocess.run(query if shutil.which("nvidia-smi") else ["true"], capture_output=True, text=True)
+    versions = {"jax": jax.__version__, "python": platform.python_version(), "numpy": np.__version__}
+    for name in ("flax", "jaxlib", "torch", "transformers", "triton", "tensorstore"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - informational only
+            versions[name] = "absent"
+    devices = [str(d) for d in jax.devices()]
+    data = {"nvidia-smi": smi.stdout.strip() or smi.stderr.strip(), "devices": devices, "versions": versions,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
+            "load": load_average(), "cpus": os.cpu_count(), "smoke": args.smoke}  # fmt: skip
+    lines = [
+        f"- device: {data['nvidia-smi']} (jax: {', '.join(devices)})",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items())}",
+        f"- date: {data['date']}; host: {os.cpu_count()} CPUs; load average {data['load']}",
+    ]
+    return lines, data
+
+
+def section_matmul(args) -> tuple[list[str], dict]:
+    side = 512 if args.smoke else 8192
+    repeats = 2 if args.smoke else 10
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((side, side), np.float32))
+    rates = {}
+    for name, dtype, precision in (("bf16", jnp.bfloat16, None), ("f32 default (TF32)", jnp.float32, None),
+                                   ("f32 HIGHEST", jnp.float32, jax.lax.Precision.HIGHEST)):  # fmt: skip
+        a = x.astype(dtype)
+
+        @jax.jit
+        def run(a, precision=precision):
+            def body(i, acc):
+                y = a * (i + 1).astype(a.dtype)  # keeps XLA from hoisting the product out of the loop
+                return acc + jnp.dot(y, a, precision=precision, preferred_element_type=jnp.float32)[0, 0]
+
+            return jax.lax.fori_loop(0, repeats, body, jnp.float32(0))
+
+        ready(run(a))
+        t = statistics.median(_times(lambda a=a, run=run: ready(run(a)), 5))
+        rates[name] = repeats * 2.0 * side**3 / t
+    args.bf16_rate = rates["bf16"]
+    lines = [f"- {name}: {rate / 1e12:.0f} TFLOP/s ({side}-cube products, {repeats} a call, median of 5 calls)"
+             for name, rate in rates.items()]  # fmt: skip
+    return lines, {k: v / 1e12 for k, v in rates.items()}
+
+
+def _times(fn, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _random_encoder(dims, dtype):
+    """A Whisper encoder at ``dims`` with random weights (the encoder's keys of ``random_state_dict`` only)."""
+    from flax import nnx
+
+    from engine.models.whisper.dims import sinusoids
+    from engine.models.whisper.model import AudioEncoder
+
+    rng = np.random.default_rng(0)
+    d, blocks = dims.n_audio_state, {}
+
+    def w(*shape):
+        return rng.standard_normal(shape, np.float32) * np.float32(0.02)
+
+    for i in range(dims.n_audio_layer):
+        p = f"encoder.blocks.{i}"
+        for name in ("query", "value", "out"):
+            blocks[f"{p}.attn.{name}.weight"], blocks[f"{p}.attn.{name}.bias"] = w(d, d), w(d)
+        blocks[f"{p}.attn.key.weight"] = w(d, d)
+        for ln in ("attn_ln", "mlp_ln"):
+            blocks[f"{p}.{ln}.weight"], blocks[f"{p}.{ln}.bias"] = 1 + w(d), w(d)
+        blocks[f"{p}.mlp.0.weight"], blocks[f"{p}.mlp.0.bias"] = w(4 * d, d), w(4 * d)
+        blocks[f"{p}.mlp.2.weight"], blocks[f"{p}.mlp.2.bias"] = w(d, 4 * d), w(d)
+    sd = {"encoder.conv1.weight": w(d, dims.n_mels, 3), "encoder.conv1.bias": w(d),
+          "encoder.conv2.weight": w(d, d, 3), "encoder.conv2.bias": w(d),
+          "encoder.positional_embedding": sinusoids(dims.n_audio_ctx, d),
+          "encoder.ln_post.weight": 1 + w(d), "encoder.ln_post.bias": w(d), **blocks}  # fmt: skip
+    encoder = AudioEncoder(dims, sd, dtype)
+    return nnx.split(encoder)
+
+
+def section_encoder(args) -> tuple[list[str], dict]:
+
+    from flax import nnx
+
+    from engine.models.common import attention
+    from engine.models.whisper.cost import encoder_flops_per_window
+    from engine.models.whisper.dims import _dims, preset
+
+    dims = _dims(80, 64, 4, 2) if args.smoke else preset("large-v3")
+    batch = 2 if args.smoke else args.batch
+    layers = tuple(range(dims.n_audio_layer + 2))
+    graphdef, state = _random_encoder(dims, jnp.bfloat16)
+    stem, block = encoder_flops_per_window(dims)
+    flops = stem + dims.n_audio_layer * block
+    mel = jnp.asarray(np.random.default_rng(1).standard_normal((batch, dims.n_mels, 2 * dims.n_audio_ctx), np.float32))
+    host_batches = 2 if args.smoke else args.host_batches
+
+    def compiled(fused: bool, wanted=layers):
+        attention.GPU_FUSED_ATTENTION = fused  # read while tracing: each jit below keeps its own form
+
+        def encode(state, mel):
+            return nnx.merge(graphdef, state)(mel, wanted, jnp.bfloat16)
+
+        encode = jax.jit(encode)
+        ready(encode(state, mel))
+        return encode
+
+    einsum = compiled(False)
+    notes = []
+    try:
+        fused = compiled(True)
+        a, b = np.asarray(fused(state, mel)[-1], np.float32), np.asarray(einsum(state, mel)[-1], np.float32)
+        gap = float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+    except Exception as e:  # noqa: BLE001 - cuDNN refused at compile time: measured without it
+        fused, gap = None, float("nan")
+        notes.append(f"- fused attention failed ({type(e).__name__}: {str(e)[:300]}); measured without it")
+    best = fused or einsum
+    last_only = compiled(fused is not None, (len(layers) - 1,))
+    attention.GPU_FUSED_ATTENTION = True
+
+    def on_device(fn):
+        return lambda: ready(fn(state, mel))
+
+    def to_host(fn):
+        def run():  # host_batches calls, each copied to the host while the next one computes
+            pending, kept = None, 0
+            for _ in range(host_batches):
+                result = fn(state, mel)
+                if pending is not None:
+                    kept += np.asarray(pending).nbytes
+                pending = result
+            kept += np.asarray(pending).nbytes
+            return kept
+
+        return run
+
+    form = "fused" if fused is not None else "einsum"
+    contenders = {"einsum attention, on device": on_device(einsum),
+                  f"{form} attention, last layer only, on device": on_device(last_only),
+                  f"{form} attention, every layer to host": to_host(best)}  # fmt: skip
+    if fused is not None:
+        contenders["fused attention, on device"] = on_device(fused)
+    med = medians(contenders, args.rounds)
+    rate = getattr(args, "bf16_rate", None)
+    rows, data = [], {}
+    for name, t in med.items():
+        wps = (batch * host_batches if "host" in name else batch) / t
+        mfu = wps * flops / rate if rate else float("nan")
+        rows.append(f"| {name} | {t * 1e3:.1f} | {wps:.1f} | {wps * flops / 1e12:.0f} | **{mfu:.2f}** |")
+        data[name] = {"seconds": t, "windows_per_s": wps, "mfu": mfu}
+    states_bytes = len(layers) * dims.n_audio_ctx * dims.n_audio_state * 2
+    on_dev = med[f"{form} attention, on device"]
+    host = med[f"{form} attention, every layer to host"] / host_batches / on_dev
+    data |= {"flops_per_window": flops, "fused_vs_einsum_max_rel_gap": gap, "host_over_device": host,
+             "states_bytes_per_window": states_bytes}  # fmt: skip
+    lines = [
+        f"large-v3 shapes{' (smoke: tiny)' if args.smoke else ''}: {dims.n_audio_layer} blocks, d {dims.n_audio_state},"
+        f" {dims.n_mels} mels; bf16; {batch} windows a call; all {len(layers)} layers returned in bf16 "
+        f"({states_bytes / 2**20:.0f} MiB a window); {flops / 1e12:.2f} TFLOP a window; medians of {args.rounds} "
+        "interleaved rounds. MFU: model FLOP/s over the bf16 matmul rate measured above.",
+        "",
+        "| encoder | ms a call | windows/s | TFLOP/s | MFU |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *rows,
+        "",
+        f"- every layer to the host ({host_batches} calls, one ahead of the copy) against the states kept on the "
+        f"device: **{host:.2f}x** the time a window (the job's goal: <= 1.2x)",
+        f"- fused (jax.nn.dot_product_attention, cuDNN) against einsum attention: "
+        f"{med['einsum attention, on device'] / on_dev:.2f}x faster; last layer's largest difference {gap:.1e} of its "
+        "peak (bf16)",
+        *notes,
+    ]  # fmt: skip
+    return lines, data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def section_seqsim(args) -> tuple[list[str], dict]:
+    from bench.seqsim import make_inputs, square_matmul, timed
+    from kernels import seqsim
+
+    d, count, frames = (64, 16, 50) if args.smoke else (1280, args.utterances, 500)
+    rng = np.random.default_rng(2)
+    A, len_A = make_inputs(rng, count, frames, d, jnp.bfloat16)
+    B, len_B = make_inputs(rng, count, frames, d, jnp.bfloat16)
+    flops = 2.0 * count * frames * count * frames * d
+    side, square = square_matmul(flops, jnp.bfloat16)
+    kernel = lambda: seqsim.seqsim_matrix(A, len_A, B, len_B)  # noqa: E731
+    rounds = {"seqsim": [], "matmul": []}
+    for fn in (kernel, square):
+        timed(fn)
+    for _ in range(args.rounds):
+        rounds["matmul"].append(timed(square))
+        rounds["seqsim"].append(timed(kernel))
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    ratio = med["matmul"] / med["seqsim"]
+    rate = getattr(args, "bf16_rate", None)
+    data = {"d": d, "utterances": count, "frames": frames, "flops": flops, "seconds": med,
+            "seqsim_tflops": flops / med["seqsim"] / 1e12, "matmul_tflops": flops / med["matmul"] / 1e12,
+            "ratio": ratio, "of_8192_rate": (flops / med["seqsim"] / rate) if rate else None}  # fmt: skip
+    lines = [
+        f"d {d}, {count} x {count} utterances of {int(0.8 * frames)}-{frames} frames (padded {frames}), bf16 in, f32 "
+        f"accumulation; {flops / 1e12:.1f} TFLOP counted over padded frames; medians of {args.rounds} rounds.",
+        "",
+        "| contender | s | TFLOP/s |",
+        "| --- | ---: | ---: |",
+        f"| seqsim_matrix | {med['seqsim']:.3f} | {data['seqsim_tflops']:.0f} |",
+        f"| square bf16 matmul, side {side} | {med['matmul']:.3f} | {data['matmul_tflops']:.0f} |",
+        "",
+        f"- seqsim against the equal-FLOP matmul: **{ratio:.2f}x** (goal >= 0.6x)"
+        + (f"; against the 8192-cube rate: {data['of_8192_rate']:.2f}" if rate else ""),
+    ]
+    return lines, data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def section_decode(args) -> tuple[list[str], dict]:
+    import torch
+    import transformers
+
+    from engine.models.random_folder import write_random_folder
+    from engine.models.whisper.decoding import DecodingOptions
+    from engine.models.whisper.loaded import load_whisper
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    folder = pathlib.Path(args.tmp) / "turbo"
+    sizes = (
+        {"layers": 1, "width": 64, "heads": 4}
+        if args.smoke
+        else {"layers": args.decode_layers, "width": 1280, "heads": 20}
+    )
+    write_random_folder("whisper-turbo", folder, seed=5, force=True, **sizes)
+    tokens = 8 if args.smoke else args.tokens
+    cuda = "cuda" if torch.cuda.is_available() else "cpu"
+    with jax.default_matmul_precision("highest"):
+        ours = load_whisper(folder)
+        theirs = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval().to(cuda)
+        lines, data = [], {}
+        for batch in (2,) if args.smoke else args.decode_batches:
+            mel = np.random.default_rng(3).standard_normal((batch, ours.dims.n_mels, 3000)).astype(np.float32)
+            x = torch.from_numpy(mel).to(cuda)
+            options = DecodingOptions(language="de", max_new_tokens=tokens)
+            prompt = len(ours.tokenizer.sot_sequence("de"))
+
+            def decode_theirs(x=x):
+                with torch.inference_mode():
+                    out = theirs.generate(x, language="de", task="transcribe", max_new_tokens=tokens,
+                                          force_unique_generate_call=True)  # fmt: skip
+                return out.cpu().numpy()
+
+            def decode_ours(mel=mel, options=options):
+                return ours.transcribe(mel, options).tokens
+
+            ref = [row[prompt:].tolist() for row in decode_theirs()]
+            ref = [r[: r.index(ours.tokenizer.eot)] if ours.tokenizer.eot in r else r for r in ref]
+            same = [list(t) for t in decode_ours()] == ref
+            med = medians({"babelgrid": decode_ours, "transformers": decode_theirs}, args.decode_rounds)
+            ratio = med["transformers"] / med["babelgrid"]
+            data[batch] = {"seconds": med, "ratio": ratio, "tokens_equal": same}
+            lines.append(f"| {batch} | {tokens} | {med['babelgrid']:.3f} | {med['transformers']:.3f} | **{ratio:.2f}x**"
+                         f" | {'yes' if same else 'NO'} |")  # fmt: skip
+    head = [
+        f"A random large-v3-turbo (d 1280, 20 heads, 128 mels, 4-layer decoder, 51866 ids) with {sizes['layers']} "
+        f"encoder blocks; random log-mel windows; float32 on both sides, TF32 off; transformers "
+        f"{transformers.__version__} `generate` on {cuda} (language and task forced, one generate call); "
+        f"babelgrid `transcribe` (encoder + greedy, KV cache, jitted); medians of {args.decode_rounds} interleaved "
+        "rounds.",
+        "",
+        "| windows | new tokens | babelgrid s | transformers s | speed-up | tokens equal |",
+        "| ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    return head + lines + ["", "- goal >= 1.0x"], data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def section_dtw(args) -> tuple[list[str], dict]:
+    import torch
+    from whisper.timing import dtw_cuda
+
+    from kernels.dtw import dtw_batch
+
+    workloads = [(4, 10, 30)] if args.smoke else [(256, 50, 550), (16, 448, 1500)]
+    lines = [
+        "Cost matrices of random float32; babelgrid's `dtw_batch` (float32 accumulator, one call for the batch, "
+        "paths fetched to the host) against openai-whisper's `dtw_cuda` (Triton, one call a matrix as "
+        f"`find_alignment` makes, paths on the host); medians of {args.rounds} interleaved rounds.",
+        "",
+        "| matrices | tokens x frames | babelgrid ms | dtw_cuda ms | speed-up | paths equal |",
+        "| ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    data = {}
+    for batch, tokens, frames in workloads:
+        cost = np.random.default_rng(4).random((batch, tokens, frames), np.float32)
+        on_device = jax.device_put(cost)
+        n_tok, n_fr = np.full(batch, tokens, np.int32), np.full(batch, frames, np.int32)
+        cuda = torch.from_numpy(cost).to("cuda" if torch.cuda.is_available() else "cpu")
+
+        def ours(on_device=on_device, n_tok=n_tok, n_fr=n_fr):
+            return jax.device_get(dtw_batch(on_device, n_tok, n_fr, accumulator="float32"))
+
+        def theirs(cuda=cuda, batch=batch):
+            return [dtw_cuda(cuda[b]) for b in range(batch)]
+
+        got, want = ours(), theirs()
+        equal = all(np.array_equal(np.stack([got.token_idx[b, : got.length[b]], got.frame_idx[b, : got.length[b]]]),
+                                   want[b]) for b in range(batch))  # fmt: skip
+        med = medians({"babelgrid": ours, "dtw_cuda": theirs}, args.rounds)
+        ratio = med["dtw_cuda"] / med["babelgrid"]
+        data[f"{batch}x{tokens}x{frames}"] = {"seconds": med, "ratio": ratio, "paths_equal": equal}
+        lines.append(f"| {batch} | {tokens} x {frames} | {med['babelgrid'] * 1e3:.1f} | {med['dtw_cuda'] * 1e3:.1f} | "
+                     f"**{ratio:.1f}x** | {'yes' if equal else 'NO'} |")  # fmt: skip
+    return lines + ["", "- goal >= 2x"], data
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for gpu.md and gpu.json")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, of {', '.join(SECTIONS)}")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes: check that the program runs (any machine)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16, help="encoder: windows a call")
+    parser.add_argument("--host_batches", type=int, default=4, help="encoder: calls copied to the host per round")
+    parser.add_argument("--utterances", type=int, default=400, help="seqsim: utterances per side")
+    parser.add_argument("--decode_layers", type=int, default=4, help="decode: encoder blocks of the random turbo")
+    parser.add_argument("--decode_batches", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32])
+    parser.add_argument("--tokens", type=int, default=64, help="decode: new tokens a window")
+    parser.add_argument("--decode_rounds", type=int, default=3)
+    parser.add_argument("--tmp", default="/tmp/bench-gpu")
+    args = parser.parse_args()
+    report = Report(args.out)
+    for name in args.sections.split(","):
+        start = time.perf_counter()
+        try:
+            lines, data = globals()[f"section_{name}"](args)
+        except Exception as e:  # noqa: BLE001 - a failed section is reported, the next one still runs
+            lines, data = [f"FAILED: {type(e).__name__}: {e}", "", "```", traceback.format_exc()[-3000:], "```"], {}
+        took = time.perf_counter() - start
+        report.add(name, lines + [f"(section took {took:.0f} s; load average {load_average()})"],
+                   {**data, "section_seconds": took})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
