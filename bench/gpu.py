@@ -52,7 +52,8 @@ sys.path.insert(0, str(REPO))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench.common import interleaved_times, load_average  # noqa: E402
+from bench.common import interleaved, load_average  # noqa: E402
+from bench.gpu_peers import section_decode, section_dtw  # noqa: E402
 
 SECTIONS = ("info", "matmul", "encoder", "seqsim", "dtw", "decode")
 
@@ -76,10 +77,6 @@ class Report:
 
 def ready(x):
     return jax.block_until_ready(x)
-
-
-def medians(contenders: dict, rounds: int) -> dict[str, float]:
-    return {name: statistics.median(t) for name, t in interleaved_times(contenders, rounds).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -192,11 +189,20 @@ def section_encoder(args) -> tuple[list[str], dict]:
     mel = jnp.asarray(np.random.default_rng(1).standard_normal((batch, dims.n_mels, 2 * dims.n_audio_ctx), np.float32))
     host_batches = 2 if args.smoke else args.host_batches
 
-    def compiled(fused: bool, wanted=layers):
+    def compiled(fused: bool, wanted=layers, as_tuple=False):
         attention.GPU_FUSED_ATTENTION = fused  # read while tracing: each jit below keeps its own form
 
         def encode(state, mel):
-            return nnx.merge(graphdef, state)(mel, wanted, jnp.bfloat16)
+            model = nnx.merge(graphdef, state)
+            if not as_tuple:
+                return model(mel, wanted, jnp.bfloat16)
+            x, kept = model._stem(mel), []  # every layer as its own output: no stacked copy of them
+            kept.append(x.astype(jnp.bfloat16))
+            for block in model.blocks:
+                x = block.encoder_block(x)
+                kept.append(x.astype(jnp.bfloat16))
+            kept.append(model.ln_post(x).astype(jnp.bfloat16))
+            return tuple(kept)
 
         encode = jax.jit(encode)
         ready(encode(state, mel))
@@ -211,33 +217,40 @@ def section_encoder(args) -> tuple[list[str], dict]:
     except Exception as e:  # noqa: BLE001 - cuDNN refused at compile time: measured without it
         fused, gap = None, float("nan")
         notes.append(f"- fused attention failed ({type(e).__name__}: {str(e)[:300]}); measured without it")
-    best = fused or einsum
-    last_only = compiled(fused is not None, (len(layers) - 1,))
-    attention.GPU_FUSED_ATTENTION = True
+    last = (len(layers) - 1,)
+    variants = {
+        "einsum attention, every layer stacked, on device": einsum,
+        "einsum attention, last layer only, on device": compiled(False, last),
+        "einsum attention, every layer as its own output, on device": compiled(False, as_tuple=True),
+    }
+    if fused is not None:
+        variants |= {"fused attention, every layer stacked, on device": fused,
+                     "fused attention, last layer only, on device": compiled(True, last)}  # fmt: skip
+    attention.GPU_FUSED_ATTENTION = False
 
     def on_device(fn):
         return lambda: ready(fn(state, mel))
 
-    def to_host(fn):
+    def to_host(fn, early: bool):
         def run():  # host_batches calls, each copied to the host while the next one computes
             pending, kept = None, 0
             for _ in range(host_batches):
                 result = fn(state, mel)
+                if early:  # start the device-to-host copy now, not when NumPy asks for the array
+                    jax.tree.map(lambda x: x.copy_to_host_async(), result)
                 if pending is not None:
-                    kept += np.asarray(pending).nbytes
+                    kept += sum(np.asarray(x).nbytes for x in jax.tree.leaves(pending))
                 pending = result
-            kept += np.asarray(pending).nbytes
+            kept += sum(np.asarray(x).nbytes for x in jax.tree.leaves(pending))
             return kept
 
         return run
 
-    form = "fused" if fused is not None else "einsum"
-    contenders = {"einsum attention, on device": on_device(einsum),
-                  f"{form} attention, last layer only, on device": on_device(last_only),
-                  f"{form} attention, every layer to host": to_host(best)}  # fmt: skip
-    if fused is not None:
-        contenders["fused attention, on device"] = on_device(fused)
-    med = medians(contenders, args.rounds)
+    contenders = {name: on_device(fn) for name, fn in variants.items()}
+    contenders["einsum attention, every layer stacked, to host"] = to_host(einsum, False)
+    contenders["einsum attention, every layer stacked, to host, copies started at once"] = to_host(einsum, True)
+    form = "einsum"
+    med = interleaved(contenders, args.rounds)
     rate = getattr(args, "bf16_rate", None)
     rows, data = [], {}
     for name, t in med.items():
@@ -246,8 +259,8 @@ def section_encoder(args) -> tuple[list[str], dict]:
         rows.append(f"| {name} | {t * 1e3:.1f} | {wps:.1f} | {wps * flops / 1e12:.0f} | **{mfu:.2f}** |")
         data[name] = {"seconds": t, "windows_per_s": wps, "mfu": mfu}
     states_bytes = len(layers) * dims.n_audio_ctx * dims.n_audio_state * 2
-    on_dev = med[f"{form} attention, on device"]
-    host = med[f"{form} attention, every layer to host"] / host_batches / on_dev
+    on_dev = med[f"{form} attention, every layer stacked, on device"]
+    host = med[f"{form} attention, every layer stacked, to host"] / host_batches / on_dev
     data |= {"flops_per_window": flops, "fused_vs_einsum_max_rel_gap": gap, "host_over_device": host,
              "states_bytes_per_window": states_bytes}  # fmt: skip
     lines = [
@@ -263,8 +276,8 @@ def section_encoder(args) -> tuple[list[str], dict]:
         f"- every layer to the host ({host_batches} calls, one ahead of the copy) against the states kept on the "
         f"device: **{host:.2f}x** the time a window (the job's goal: <= 1.2x)",
         f"- fused (jax.nn.dot_product_attention, cuDNN) against einsum attention: "
-        f"{med['einsum attention, on device'] / on_dev:.2f}x faster; last layer's largest difference {gap:.1e} of its "
-        "peak (bf16)",
+        f"{on_dev / med.get('fused attention, every layer stacked, on device', float('nan')):.2f}x faster; last "
+        f"layer's largest difference {gap:.1e} of its peak (bf16)",
         *notes,
     ]  # fmt: skip
     return lines, data
@@ -314,108 +327,8 @@ def section_seqsim(args) -> tuple[list[str], dict]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def section_decode(args) -> tuple[list[str], dict]:
-    import torch
-    import transformers
-
-    from engine.models.random_folder import write_random_folder
-    from engine.models.whisper.decoding import DecodingOptions
-    from engine.models.whisper.loaded import load_whisper
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    folder = pathlib.Path(args.tmp) / "turbo"
-    sizes = (
-        {"layers": 1, "width": 64, "heads": 4}
-        if args.smoke
-        else {"layers": args.decode_layers, "width": 1280, "heads": 20}
-    )
-    write_random_folder("whisper-turbo", folder, seed=5, force=True, **sizes)
-    tokens = 8 if args.smoke else args.tokens
-    cuda = "cuda" if torch.cuda.is_available() else "cpu"
-    with jax.default_matmul_precision("highest"):
-        ours = load_whisper(folder)
-        theirs = transformers.WhisperForConditionalGeneration.from_pretrained(folder).eval().to(cuda)
-        lines, data = [], {}
-        for batch in (2,) if args.smoke else args.decode_batches:
-            mel = np.random.default_rng(3).standard_normal((batch, ours.dims.n_mels, 3000)).astype(np.float32)
-            x = torch.from_numpy(mel).to(cuda)
-            options = DecodingOptions(language="de", max_new_tokens=tokens)
-            prompt = len(ours.tokenizer.sot_sequence("de"))
-
-            def decode_theirs(x=x):
-                with torch.inference_mode():
-                    out = theirs.generate(x, language="de", task="transcribe", max_new_tokens=tokens,
-                                          force_unique_generate_call=True)  # fmt: skip
-                return out.cpu().numpy()
-
-            def decode_ours(mel=mel, options=options):
-                return ours.transcribe(mel, options).tokens
-
-            ref = [row[prompt:].tolist() for row in decode_theirs()]
-            ref = [r[: r.index(ours.tokenizer.eot)] if ours.tokenizer.eot in r else r for r in ref]
-            same = [list(t) for t in decode_ours()] == ref
-            med = medians({"babelgrid": decode_ours, "transformers": decode_theirs}, args.decode_rounds)
-            ratio = med["transformers"] / med["babelgrid"]
-            data[batch] = {"seconds": med, "ratio": ratio, "tokens_equal": same}
-            lines.append(f"| {batch} | {tokens} | {med['babelgrid']:.3f} | {med['transformers']:.3f} | **{ratio:.2f}x**"
-                         f" | {'yes' if same else 'NO'} |")  # fmt: skip
-    head = [
-        f"A random large-v3-turbo (d 1280, 20 heads, 128 mels, 4-layer decoder, 51866 ids) with {sizes['layers']} "
-        f"encoder blocks; random log-mel windows; float32 on both sides, TF32 off; transformers "
-        f"{transformers.__version__} `generate` on {cuda} (language and task forced, one generate call); "
-        f"babelgrid `transcribe` (encoder + greedy, KV cache, jitted); medians of {args.decode_rounds} interleaved "
-        "rounds.",
-        "",
-        "| windows | new tokens | babelgrid s | transformers s | speed-up | tokens equal |",
-        "| ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    return head + lines + ["", "- goal >= 1.0x"], data
-
-
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def section_dtw(args) -> tuple[list[str], dict]:
-    import torch
-    from whisper.timing import dtw_cuda
-
-    from kernels.dtw import dtw_batch
-
-    workloads = [(4, 10, 30)] if args.smoke else [(256, 50, 550), (16, 448, 1500)]
-    lines = [
-        "Cost matrices of random float32; babelgrid's `dtw_batch` (float32 accumulator, one call for the batch, "
-        "paths fetched to the host) against openai-whisper's `dtw_cuda` (Triton, one call a matrix as "
-        f"`find_alignment` makes, paths on the host); medians of {args.rounds} interleaved rounds.",
-        "",
-        "| matrices | tokens x frames | babelgrid ms | dtw_cuda ms | speed-up | paths equal |",
-        "| ---: | --- | ---: | ---: | ---: | --- |",
-    ]
-    data = {}
-    for batch, tokens, frames in workloads:
-        cost = np.random.default_rng(4).random((batch, tokens, frames), np.float32)
-        on_device = jax.device_put(cost)
-        n_tok, n_fr = np.full(batch, tokens, np.int32), np.full(batch, frames, np.int32)
-        cuda = torch.from_numpy(cost).to("cuda" if torch.cuda.is_available() else "cpu")
-
-        def ours(on_device=on_device, n_tok=n_tok, n_fr=n_fr):
-            return jax.device_get(dtw_batch(on_device, n_tok, n_fr, accumulator="float32"))
-
-        def theirs(cuda=cuda, batch=batch):
-            return [dtw_cuda(cuda[b]) for b in range(batch)]
-
-        got, want = ours(), theirs()
-        equal = all(np.array_equal(np.stack([got.token_idx[b, : got.length[b]], got.frame_idx[b, : got.length[b]]]),
-                                   want[b]) for b in range(batch))  # fmt: skip
-        med = medians({"babelgrid": ours, "dtw_cuda": theirs}, args.rounds)
-        ratio = med["dtw_cuda"] / med["babelgrid"]
-        data[f"{batch}x{tokens}x{frames}"] = {"seconds": med, "ratio": ratio, "paths_equal": equal}
-        lines.append(f"| {batch} | {tokens} x {frames} | {med['babelgrid'] * 1e3:.1f} | {med['dtw_cuda'] * 1e3:.1f} | "
-                     f"**{ratio:.1f}x** | {'yes' if equal else 'NO'} |")  # fmt: skip
-    return lines + ["", "- goal >= 2x"], data
-
-
-# ---------------------------------------------------------------------------------------------------------------
+SECTION_RUNS = {"info": section_info, "matmul": section_matmul, "encoder": section_encoder,
+                "seqsim": section_seqsim, "dtw": section_dtw, "decode": section_decode}  # fmt: skip
 
 
 def main() -> None:
@@ -437,7 +350,7 @@ def main() -> None:
     for name in args.sections.split(","):
         start = time.perf_counter()
         try:
-            lines, data = globals()[f"section_{name}"](args)
+            lines, data = SECTION_RUNS[name](args)
         except Exception as e:  # noqa: BLE001 - a failed section is reported, the next one still runs
             lines, data = [f"FAILED: {type(e).__name__}: {e}", "", "```", traceback.format_exc()[-3000:], "```"], {}
         took = time.perf_counter() - start

@@ -11,7 +11,10 @@ row and column, as in ``whisper.timing.dtw_cpu``::
 Tie-breaking (``pick``), exactly as ``dtw_cpu``: take the diagonal only if it is strictly smaller than both up
 and left; else take up only if it is strictly smaller than both diagonal and left; otherwise take left. So every
 tie for the minimum goes left, even ``diagonal == up < left``, where the *larger* left value is taken (whisper's
-quirk, kept so that paths match). Comparisons with NaN are false, so NaN also goes left.
+quirk, kept so that paths match). Comparisons with NaN are false, so NaN also goes left. Whisper's GPU DTW
+(``dtw_cuda``, a Triton kernel) breaks ties the other way: the first of diagonal, up and left that is <= both
+others. ``ties="dtw_cuda"`` follows it; on an H200 its paths differed from ``dtw_cpu``'s rule on random 448 x 1500
+float32 matrices (bench/RESULTS.md, the GPU section).
 
 Precision decides ties, so it is part of matching whisper. Numba compiles dtw_cpu's
 ``np.ones(..., dtype=np.float32) * np.inf`` to a *float64* array (numba promotes float32 * float64 scalars, NumPy 2
@@ -48,6 +51,7 @@ from kernels.dtw_wavefront import (
     CHUNK_DIAGONALS,
     DIAG,
     LEFT,
+    TIES,
     UP,
     backtrace,
     choose_chunk,
@@ -79,15 +83,22 @@ class DtwResult(NamedTuple):
 
 
 def dtw(
-    cost: jax.Array, n_tokens, n_frames, *, accumulator: str = "float64", chunk: int = CHUNK_DIAGONALS
+    cost: jax.Array,
+    n_tokens,
+    n_frames,
+    *,
+    accumulator: str = "float64",
+    chunk: int = CHUNK_DIAGONALS,
+    ties: str = "dtw_cpu",
 ) -> DtwResult:
     """DTW of one padded cost matrix, with whisper's tie-breaking (module docstring).
 
     cost: f32[tokens, frames] (other dtypes are cast to float32, the dtype whisper computes its matrix in);
     n_tokens, n_frames: i32[] valid rows/columns, 1 <= N <= tokens, 1 <= M <= frames. Padding may hold anything.
     accumulator: "float64" (whisper's dtw_cpu, bit for bit) or "float32" (faster, TPU, whisper's dtw_cuda), see
-    the module docstring. chunk: diagonals per outer scan step, speed and memory only.
-    Pure and vmappable; ``dtw_batch`` runs many matrices as one batch (and on every CPU core).
+    the module docstring. chunk: diagonals per outer scan step, speed and memory only. ties: "dtw_cpu" (default)
+    or "dtw_cuda", whose tie-breaking (module docstring); with ``accumulator="float32"``, "dtw_cuda" is whisper's
+    GPU DTW. Pure and vmappable; ``dtw_batch`` runs many matrices as one batch (and on every CPU core).
     """
     total, _, trace = wavefront(
         cost.astype(jnp.float32)[None],
@@ -96,18 +107,36 @@ def dtw(
         chunk=chunk,
         accumulator=accumulator,
         want_trace=True,
+        ties=ties,
     )
     token_idx, frame_idx, length = backtrace(trace[0], n_tokens, n_frames, cost.shape[1])
     return DtwResult(token_idx, frame_idx, length, total[0])
 
 
 def _dtw_batch_piece(
-    cost, n_tokens, n_frames, first, *, size: int, accumulator: str, chunk: int, backtrace_by_item: bool
+    cost,
+    n_tokens,
+    n_frames,
+    first,
+    *,
+    size: int,
+    accumulator: str,
+    chunk: int,
+    backtrace_by_item: bool,
+    ties: str = "dtw_cpu",
 ) -> DtwResult:
     """DTW of the matrices first..first + size - 1 of the batch (one piece of dtw_batch's split, or all of it)."""
     n_tokens, n_frames = (lax.dynamic_slice_in_dim(n, first, size) for n in (n_tokens, n_frames))
     total, _, trace = wavefront(
-        cost, n_tokens, n_frames, chunk=chunk, accumulator=accumulator, want_trace=True, first=first, count=size
+        cost,
+        n_tokens,
+        n_frames,
+        chunk=chunk,
+        accumulator=accumulator,
+        want_trace=True,
+        first=first,
+        count=size,
+        ties=ties,
     )
     walk = functools.partial(backtrace, frames=cost.shape[2])
     if backtrace_by_item:  # see dtw_batch
@@ -123,11 +152,17 @@ def _jits(fn, static_argnames) -> tuple:
     return jax.jit(fn, static_argnames=static_argnames, **_JIT_OPTIONS), jax.jit(fn, static_argnames=static_argnames)
 
 
-_dtw_batch_jits = _jits(_dtw_batch_piece, ("size", "accumulator", "chunk", "backtrace_by_item"))
+_dtw_batch_jits = _jits(_dtw_batch_piece, ("size", "accumulator", "chunk", "backtrace_by_item", "ties"))
 
 
 def dtw_batch(
-    cost: jax.Array, n_tokens: jax.Array, n_frames: jax.Array, *, accumulator: str = "float64", workers=None
+    cost: jax.Array,
+    n_tokens: jax.Array,
+    n_frames: jax.Array,
+    *,
+    accumulator: str = "float64",
+    workers=None,
+    ties: str = "dtw_cpu",
 ) -> DtwResult:
     """DTW of a batch of ragged cost matrices.
 
@@ -175,6 +210,7 @@ def dtw_batch(
             accumulator=accumulator,
             chunk=choose_chunk(size, tokens),
             backtrace_by_item=by_item,
+            ties=ties,
         )
 
     parts = on_cores(run, range(workers), workers)
@@ -303,13 +339,17 @@ def dtw_similarity_matrix(
 # Reference: plain loops, as in whisper.timing.dtw_cpu and backtrace.
 
 
-def reference_dtw(cost: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, float]:
+def reference_dtw(cost: np.ndarray, dtype=np.float64, ties: str = "dtw_cpu") -> tuple[np.ndarray, float]:
     """DTW of one unpadded matrix cost: [N, M], by the textbook double loop, as whisper's dtw_cpu and backtrace.
 
     Returns (path: i64[2, L], rows token and frame indices from (0, 0), as whisper's ``backtrace``; C[N, M]).
     ``dtype`` is the accumulator: float64 (default) is what numba-compiled dtw_cpu uses, bit for bit; float32
-    is what ``dtw(..., accumulator="float32")`` and whisper's dtw_cuda use.
+    is what ``dtw(..., accumulator="float32")`` and whisper's dtw_cuda use. ``ties="dtw_cuda"``: the tie-breaking
+    of whisper's Triton kernel (``whisper/triton_ops.py``: it stores code 2, then 1, then 0, each where that
+    neighbour is <= both others, so the last store that applies wins).
     """
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     n, m = cost.shape
     acc = np.full((n + 1, m + 1), np.inf, dtype)
     trace = np.full((n + 1, m + 1), -1, np.int64)
@@ -317,7 +357,10 @@ def reference_dtw(cost: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, float
     for i in range(1, n + 1):
         for j in range(1, m + 1):
             c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
-            if c0 < c1 and c0 < c2:
+            if ties == "dtw_cuda":
+                t = DIAG if c0 <= c1 and c0 <= c2 else UP if c1 <= c0 and c1 <= c2 else LEFT
+                c = (c0, c1, c2)[t]
+            elif c0 < c1 and c0 < c2:
                 c, t = c0, DIAG
             elif c1 < c0 and c1 < c2:
                 c, t = c1, UP

@@ -30,6 +30,7 @@ from jax import lax
 DIAG, UP, LEFT = 0, 1, 2  # trace codes of whisper's dtw_cpu: came from C[i-1, j-1], C[i-1, j], C[i, j-1]
 PAD = -1  # fills the path arrays past the path length
 ACCUMULATORS = ("float64", "float32")  # dtype of the cumulative cost C
+TIES = ("dtw_cpu", "dtw_cuda")  # whose tie-breaking: whisper's two DTWs break ties differently (kernels.dtw)
 # Diagonals per outer scan step, and the target size of the chunk buffer f32[batch, chunk, tokens]. A per-cell
 # gather costs more than the DP step itself, hence one gather of windows per chunk; the buffer stays small because on
 # CPU, XLA's temp buffers above glibc's 32 MiB mmap threshold are mapped afresh on every call and their page faults
@@ -69,7 +70,7 @@ def _at_row(a: jax.Array, rows: jax.Array) -> jax.Array:
     return jnp.take_along_axis(a, rows[:, None], axis=1)[:, 0]
 
 
-def _diagonal_step(carry, inputs, *, last, n_tokens, want_length: bool):
+def _diagonal_step(carry, inputs, *, last, n_tokens, want_length: bool, ties: str = "dtw_cpu"):
     """One anti-diagonal k of the wavefront, for every matrix of the batch.
 
     carry: (prev2, prev1, final, trace). prev2/prev1: (C, lengths) on diagonals k-2/k-1, C: f[batch, tokens + 1] in
@@ -82,8 +83,12 @@ def _diagonal_step(carry, inputs, *, last, n_tokens, want_length: bool):
     k, x = inputs
     (acc2, len2), (acc1, len1), (final, final_len), trace = carry
     c0, c1, c2 = acc2[:, :-1], acc1[:, :-1], acc1[:, 1:]  # C[i-1, j-1], C[i-1, j], C[i, j-1] for rows i = 1..T
-    diag = (c0 < c1) & (c0 < c2)
-    up = (c1 < c0) & (c1 < c2)  # excludes diag: c1 < c0 contradicts c0 < c1
+    if ties == "dtw_cuda":  # the first of diagonal, up, left that is <= both others (its Triton kernel's stores)
+        diag = (c0 <= c1) & (c0 <= c2)
+        up = ~diag & (c1 <= c0) & (c1 <= c2)
+    else:  # dtw_cpu: diagonal or up only when strictly the smallest, every tie left
+        diag = (c0 < c1) & (c0 < c2)
+        up = (c1 < c0) & (c1 < c2)  # excludes diag: c1 < c0 contradicts c0 < c1
     best = jnp.where(diag, c0, jnp.where(up, c1, c2))
     # Cells with j < 0 lie before the matrix: inf, so that C[i, 0] reads as the inf boundary column.
     inside = jnp.arange(x.shape[1], dtype=jnp.int32) <= k
@@ -105,7 +110,16 @@ def _diagonal_step(carry, inputs, *, last, n_tokens, want_length: bool):
 
 
 def wavefront(
-    cost: jax.Array, n_tokens, n_frames, *, chunk: int, accumulator: str, want_trace: bool, first=0, count=None
+    cost: jax.Array,
+    n_tokens,
+    n_frames,
+    *,
+    chunk: int,
+    accumulator: str,
+    want_trace: bool,
+    first=0,
+    count=None,
+    ties: str = "dtw_cpu",
 ):
     """Forward pass over all T + F - 1 diagonals of the matrices first..first + count - 1 of a padded batch.
 
@@ -118,6 +132,8 @@ def wavefront(
     """
     if accumulator not in ACCUMULATORS:
         raise ValueError(f"accumulator must be one of {ACCUMULATORS}, got {accumulator!r}")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     batch, tokens, frames = cost.shape
     count = batch if count is None else count
     n_diag = tokens + frames - 1
@@ -126,7 +142,7 @@ def wavefront(
     want_length = not want_trace  # dtw_distance needs the path length but no path: it rides along
     n_tokens = jnp.asarray(n_tokens, jnp.int32)
     last = n_tokens + jnp.asarray(n_frames, jnp.int32) - 2
-    step = functools.partial(_diagonal_step, last=last, n_tokens=n_tokens, want_length=want_length)
+    step = functools.partial(_diagonal_step, last=last, n_tokens=n_tokens, want_length=want_length, ties=ties)
     items = jnp.asarray(first, jnp.int32) + jnp.arange(count, dtype=jnp.int32)
     flat = cost.reshape(-1)
     # Row tokens - 1 of each matrix, padded so that last_row[:, k]: cost[b, tokens - 1, k - (tokens - 1)].

@@ -5,37 +5,65 @@ from __future__ import annotations
 
 import dataclasses
 
+ASSUMED_EFFICIENCY = 0.4  # of the peak FLOP/s, for the encoder and seqsim where no measurement says otherwise
+
 
 @dataclasses.dataclass(frozen=True)
 class Device:
-    """A device's published peak figures (dense, no sparsity)."""
+    """A device's published peak figures (dense, no sparsity), and what fraction of them babelgrid's stages reached
+    where they were measured (``measured`` says where; elsewhere ``ASSUMED_EFFICIENCY``)."""
 
     name: str
     flops_bf16: float  # FLOP/s, bfloat16/float16 matmuls
     flops_f32: float  # FLOP/s, float32 matmuls at JAX's default precision (TF32 on NVIDIA, bf16 passes on TPU)
     bandwidth: float  # bytes/s of device memory
     memory: float  # bytes of device memory
+    flops_f32_full: float = 0.0  # FLOP/s, full float32 (--matmul_precision highest, the jobs' default); 0: flops_f32
+    encoder_efficiency: float = ASSUMED_EFFICIENCY  # model FLOP/s over peak: an encoder returning every layer
+    seqsim_efficiency: float = ASSUMED_EFFICIENCY  # the seqsim kernel's counted FLOP/s over peak
+    host_link: float | None = None  # bytes/s copied device -> host as the encode job copies its states, if measured
+    measured: str = ""  # where the three figures above were measured ("" = assumed)
 
-    def flops(self, dtype: str) -> float:
-        return self.flops_f32 if dtype == "float32" else self.flops_bf16
+    def flops(self, dtype: str, precision: str = "highest") -> float:
+        """Peak FLOP/s of ``dtype`` products at a ``--matmul_precision``: float32 at "highest", the jobs' default, is
+        full float32 (about a seventh of the TF32 rate on NVIDIA, six bf16 passes on TPUs)."""
+        if dtype != "float32":
+            return self.flops_bf16
+        return (self.flops_f32_full or self.flops_f32) if precision == "highest" else self.flops_f32
 
     def describe(self) -> str:
+        head = (
+            f"{self.name}: {self.flops_bf16 / 1e12:.0f} TFLOP/s bf16, {self.flops('float32') / 1e12:.0f} TFLOP/s f32 "
+            f"(--matmul_precision highest; {self.flops_f32 / 1e12:.0f} at default), {self.bandwidth / 1e12:.2f} TB/s, "
+            f"{self.memory / 2**30:.0f} GiB"
+        )
+        link = "" if self.host_link is None else f", states copied to the host at {self.host_link / 1e9:.1f} GB/s"
         return (
-            f"{self.name}: {self.flops_bf16 / 1e12:.0f} TFLOP/s bf16, {self.flops_f32 / 1e12:.0f} TFLOP/s f32 "
-            f"(JAX default precision), {self.bandwidth / 1e12:.2f} TB/s, {self.memory / 2**30:.0f} GiB"
+            f"{head}; encoder at {self.encoder_efficiency:.0%} and seqsim at {self.seqsim_efficiency:.0%} of peak"
+            f"{link} ({self.measured or 'assumed, not measured'})"
         )
 
 
+# Measured on a lent H200 by bench/gpu.py and bench/encode_job.py (bench/RESULTS.md, "GPU: NVIDIA H200", 2026-11-26):
+# large-v3's encoder in bf16 returning all 34 layers ran at 223 TFLOP/s, the seqsim kernel (d 1280, bf16) at 186, of
+# a published 989 (JAX's own 8192-cube bf16 product reached 637, float32 at TF32 327, full float32 51 of 67); every
+# layer copied into host memory went at 1.9 GB/s, the encode job's bound there. The H100 is the same chip with slower
+# memory: its compute fractions are taken from the H200's, its copy rate was not measured.
+_HOPPER = {"encoder_efficiency": 223 / 989, "seqsim_efficiency": 186 / 989}
+_TPU_FULL_F32 = 1 / 6  # "highest" float32 on a TPU: six bf16 passes
+
 DEVICES: dict[str, Device] = {
-    "h100": Device("NVIDIA H100 SXM", 989e12, 494e12, 3.35e12, 80 * 2**30),
-    "h200": Device("NVIDIA H200", 989e12, 494e12, 4.8e12, 141 * 2**30),
-    "a100": Device("NVIDIA A100 80GB", 312e12, 156e12, 2.04e12, 80 * 2**30),
-    "l4": Device("NVIDIA L4", 121e12, 60e12, 0.3e12, 24 * 2**30),
-    "tpu-v4": Device("TPU v4 (one chip)", 275e12, 275e12, 1.2e12, 32 * 2**30),
-    "tpu-v5e": Device("TPU v5e (one chip)", 197e12, 197e12, 0.82e12, 16 * 2**30),
-    "tpu-v5p": Device("TPU v5p (one chip)", 459e12, 459e12, 2.76e12, 95 * 2**30),
-    "tpu-v6e": Device("TPU v6e (one chip)", 918e12, 918e12, 1.64e12, 32 * 2**30),
-}
+    "h100": Device("NVIDIA H100 SXM", 989e12, 494e12, 3.35e12, 80 * 2**30, 67e12, **_HOPPER,
+                   measured="compute fractions measured on an H200, 2026-11-26"),
+    "h200": Device("NVIDIA H200", 989e12, 494e12, 4.8e12, 141 * 2**30, 67e12, **_HOPPER, host_link=1.9e9,
+                   measured="measured on an H200, 2026-11-26"),
+    "a100": Device("NVIDIA A100 80GB", 312e12, 156e12, 2.04e12, 80 * 2**30, 19.5e12),
+    "l4": Device("NVIDIA L4", 121e12, 60e12, 0.3e12, 24 * 2**30, 30.3e12),
+    "tpu-v4": Device("TPU v4 (one chip)", 275e12, 275e12, 1.2e12, 32 * 2**30, 275e12 * _TPU_FULL_F32),
+    "tpu-v5e": Device("TPU v5e (one chip)", 197e12, 197e12, 0.82e12, 16 * 2**30, 197e12 * _TPU_FULL_F32),
+    "tpu-v5p": Device("TPU v5p (one chip)", 459e12, 459e12, 2.76e12, 95 * 2**30, 459e12 * _TPU_FULL_F32),
+    "tpu-v6e": Device("TPU v6e (one chip)", 918e12, 918e12, 1.64e12, 32 * 2**30, 918e12 * _TPU_FULL_F32),
+}  # fmt: skip
 
 
 def get_device(name: str | None) -> Device | None:

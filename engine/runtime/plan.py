@@ -7,8 +7,10 @@ A job's plan (``engine.pipelines.encode.plan``, ``engine.pipelines.seqsim.plan``
 - **here**: from a calibration of a few seconds on this machine, running the stage's own computation at the run's
   sizes (an encoder block on one window of the model's width, the seqsim kernel on a block of random states, a
   decoder step's matmuls) and scaling its measured FLOP/s;
-- **on a named device** (``DEVICES``): FLOPs over the device's peak FLOP/s times ``EFFICIENCY``, or bytes over its
-  memory bandwidth when that is slower; the peak figures used are printed with the estimate.
+- **on a named device** (``DEVICES``): FLOPs over the device's peak FLOP/s times its measured fraction for the stage
+  (``Device.encoder_efficiency``, ``seqsim_efficiency``; ``EFFICIENCY`` for the rest), or bytes over its memory
+  bandwidth (or its measured device-to-host copy rate, for the states an encode copies out) when that is slower;
+  the figures used are printed with the estimate.
 
 This module holds what the plans share: the ``Plan`` and its ``Stage`` rows and their rendering, the devices, the
 timer. Each family counts its own encoder's cost in ``engine.models.<family>.cost`` (Whisper's:
@@ -26,9 +28,9 @@ import time
 
 import jax
 
-from engine.runtime.devices import Device
+from engine.runtime.devices import ASSUMED_EFFICIENCY, Device
 
-EFFICIENCY = 0.4  # assumed fraction of a device's peak FLOP/s that the encoder's matmuls reach (batch 8 windows)
+EFFICIENCY = ASSUMED_EFFICIENCY  # a device's fraction of peak for the other matmul stages (compare, fits)
 DECODE_EFFICIENCY = 0.1  # a decoder step is a few rows per matmul: far from peak on any accelerator
 
 
@@ -85,7 +87,7 @@ class Plan:
         lines += ["", f"  here: {self.calibration}"]
         if self.device:
             lines.append(
-                f"  device: {self.device.describe()}; {EFFICIENCY:.0%} of peak FLOP/s assumed for encoder and seqsim, "
+                f"  device: {self.device.describe()}; {EFFICIENCY:.0%} of peak FLOP/s assumed for other matmuls, "
                 f"{DECODE_EFFICIENCY:.0%} for decoder steps"
             )
         lines += [f"  assumes: {a}" for a in self.assumptions]

@@ -182,6 +182,37 @@ def test_whisper_tie_breaking_quirk():
     assert np.array_equal(whisper_timing().dtw_cpu(x), want_path)
 
 
+def test_dtw_cuda_ties_go_the_other_way():
+    """Whisper's GPU DTW (the Triton kernel of ``whisper/triton_ops.py``) stores code 2, then 1, then 0, each where
+    that neighbour is <= both others: a tie goes diagonal first. On the quirk's matrix above it takes the diagonal
+    (0, 0) -> (1, 1), cost 1, where dtw_cpu goes through the cost-5 cell."""
+    x = np.array([[0, 0], [5, 1]], np.float32)
+    path, total = reference_dtw(x, dtype=np.float32, ties="dtw_cuda")
+    assert np.array_equal(path, [[0, 1], [0, 1]]) and total == 1.0
+    got = jax.tree.map(lambda a: a[None], jax.jit(dtw, static_argnames="ties")(x, 2, 2, ties="dtw_cuda"))
+    assert np.array_equal(path_of(got, 0), path) and float(got.cost[0]) == 1.0
+    with pytest.raises(ValueError, match="ties must be one of"):
+        dtw(x, 2, 2, ties="numba")
+
+
+@pytest.mark.parametrize("kind", ["ties", "constant", "uniform"])
+def test_dtw_cuda_ties_vs_reference(kind):
+    """``ties="dtw_cuda"`` with the float32 accumulator (dtw_cuda's precision) against the NumPy loop with the Triton
+    kernel's rule, on ragged batches with poisoned padding; on tied matrices the two rules give other paths. Checked
+    against dtw_cuda itself on a GPU by bench/gpu.py's dtw section."""
+    rng = np.random.default_rng(5)
+    sizes = [(int(rng.integers(1, 14)), int(rng.integers(1, 30))) for _ in range(12)] + [(13, 29), (1, 1)]
+    cost, n_tokens, n_frames, mats = ragged_batch(rng, sizes, 13, 29, kind, poison=1e30)
+    result = dtw_batch(cost, n_tokens, n_frames, accumulator="float32", ties="dtw_cuda")
+    differ = 0
+    for b, x in enumerate(mats):
+        path, total = reference_dtw(x, dtype=np.float32, ties="dtw_cuda")
+        assert np.array_equal(path_of(result, b), path), f"item {b} of shape {x.shape}"
+        assert float(result.cost[b]) == np.float32(total)
+        differ += not np.array_equal(path, reference_dtw(x, dtype=np.float32)[0])
+    assert differ > 0 or kind == "uniform"
+
+
 @pytest.mark.parametrize("shape", [(10, 20), (32, 16), (123, 1500), (234, 189)])
 def test_planted_path(shape):
     """A random monotone path made cheap (cost - 1, the rest in [0, 1)) is the path found, as in whisper's test."""

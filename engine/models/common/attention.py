@@ -6,9 +6,9 @@ None -> ``f[b, t, h * dh]``. On CPU it runs one head of one window at a time (``
 back and runs at memory speed (Whisper's ``MultiHeadAttention.attend_unmasked`` measured this first; see its
 docstring and ``bench/encoder.py --attention``). The softmax's division comes after the product with the values.
 Masked keys get float32's lowest value rather than -inf, so a window with no valid key (a padding row) gives finite
-uniform weights instead of NaN. Accelerators use the batched form, except that on a GPU, half-precision attention
-without a mask goes through ``jax.nn.dot_product_attention``'s cuDNN kernel (``fused_attention``; measured in
-``bench/gpu.py``'s encoder section).
+uniform weights instead of NaN. Accelerators use the batched form; on a GPU, half-precision attention without a
+mask can go through ``jax.nn.dot_product_attention``'s cuDNN kernel instead (``fused_attention``, off by default:
+slower where it was measured, ``bench/gpu.py``'s encoder section).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import jax.numpy as jnp
 
 from engine.models.common.layers import head_major
 
-GPU_FUSED_ATTENTION = True  # on a GPU, bf16/fp16 attention without a mask goes through cuDNN's fused kernel
+# On a GPU, bf16/fp16 attention without a mask may go through cuDNN's fused kernel. Off: on an H200 (bench/gpu.py,
+# 2026-11-26) large-v3's encoder returning every layer took 193 ms for 16 windows with it against 163 ms without.
+GPU_FUSED_ATTENTION = False
 
 
 def fused_attention(q, k, v, scale: float):

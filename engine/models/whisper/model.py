@@ -118,10 +118,10 @@ class MultiHeadAttention(nnx.Module):
         logits. With the scale on ``q`` (``dh**-0.5`` is a power of two for Whisper's ``dh = 64``,
         so exact) whisper-base's outputs on four FLEURS windows stay within 2e-5 of their peak of the
         batched form's (block 1: 1e-6); the CTranslate2 parity tolerance is 2^-11 of the peak.
-        Accelerators use the batched form, or cuDNN's fused kernel (``fused_attention``).
+        Accelerators use the batched form, or cuDNN's fused kernel where switched on (``fused_attention``).
         """
         if jax.default_backend() != "cpu" or not CPU_BLOCKED_ATTENTION:
-            fused = fused_attention(q, k, v, q.shape[-1] ** -0.5)  # cuDNN's, on a GPU in half precision
+            fused = fused_attention(q, k, v, q.shape[-1] ** -0.5)  # cuDNN's where switched on (GPU, half precision)
             return self.attend(q, k, v)[0] if fused is None else fused
         b, tq, h, dh = q.shape
         tk = k.shape[1]

@@ -16,7 +16,6 @@ from engine.pipelines.decode.config import DecodeError
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
     DECODE_EFFICIENCY,
-    EFFICIENCY,
     Plan,
     Stage,
     size,
@@ -78,7 +77,7 @@ def plan_decode_run(config, device: Device | None) -> Plan:
     encoder_work = batched * sum(stem + depth * block for depth in depths)
     block_s = timed(*cost.encoder_block(dtype))
     encoder_s = encoder_work / (block / block_s)
-    encoder_dev = None if device is None else encoder_work / (device.flops(dtype) * EFFICIENCY)
+    encoder_dev = None if device is None else encoder_work / (device.flops(dtype) * device.encoder_efficiency)
     calib_s = time.perf_counter() - t0
     stages = [
         # The states come from the audio (16-bit PCM assumed), not from the layer store.

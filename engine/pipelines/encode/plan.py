@@ -32,7 +32,7 @@ from engine.pipelines.encode.run import dataset_source
 from engine.pipelines.encode.windows import resampled_samples
 from engine.pipelines.encode.writes import calibrate_write_rate, storage_lines
 from engine.runtime.devices import Device
-from engine.runtime.plan import EFFICIENCY, Plan, Stage, flops, size, timed
+from engine.runtime.plan import Plan, Stage, flops, size, timed
 
 
 def window_samples(samples: int, long_audio: str, window: int = WINDOW_SAMPLES, min_samples: int = 0) -> list[int]:
@@ -135,7 +135,9 @@ def plan_encode(
     dev_enc = dev_feat = None
     if device is not None:
         dev_enc = max(
-            enc_flops / (device.flops(compute_dtype) * EFFICIENCY), n_win * weights / batch_size / device.bandwidth
+            enc_flops / (device.flops(compute_dtype) * device.encoder_efficiency),
+            n_win * weights / batch_size / device.bandwidth,
+            0.0 if device.host_link is None else states_bytes / device.host_link,  # every stored layer leaves it
         )
         dev_feat = here_feat / max(prefetch, 1)  # host threads of a machine like this one
     stages = [] if compile_s is None else [Stage("load + compile", 0.0, 0.0, 0.0, load_seconds + compile_s, None)]

@@ -121,7 +121,7 @@ def plan_seqsim(
     rate = calibrate_seqsim(d, dtype)
     dev = None
     if device is not None:
-        dev = max(work / (device.flops(dtype) * EFFICIENCY), work / (2 * d) * 4 * 2 / device.bandwidth)
+        dev = max(work / (device.flops(dtype) * device.seqsim_efficiency), work / (2 * d) * 4 * 2 / device.bandwidth)
 
     def produced(kernel) -> list[str]:
         return [m.name for m in asked if m.kernel is kernel]
