@@ -63,7 +63,7 @@ def main() -> None:
     from engine.models.whisper import decoding as new_decoding
     from engine.models.whisper.decoding import DecodingOptions
     from engine.models.whisper.loaded import load_whisper
-    from engine.models.whisper.model import random_state_dict
+    from engine.models.whisper.random_weights import random_state_dict
 
     mel = fleurs_windows(args.windows)
     whisper = load_whisper()

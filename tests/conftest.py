@@ -21,7 +21,7 @@ import pytest
 from engine.languages import LANGUAGES
 from engine.models.whisper.checkpoints.export import write_hf_folder
 from engine.models.whisper.dims import ModelDimensions
-from engine.models.whisper.model import random_state_dict
+from engine.models.whisper.random_weights import random_state_dict
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

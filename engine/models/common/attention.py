@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from engine.errors import ShapeError
 from engine.models.common.layers import head_major
 
 # On a GPU, bf16/fp16 attention without a mask may go through cuDNN's fused kernel. Off: on an H200 (bench/gpu.py,
@@ -73,3 +74,26 @@ def self_attention(q, k, v, key_valid=None):
         args += (jnp.repeat(key_valid, h, axis=0),)
     out = jax.lax.map(one, args)
     return head_major(out.reshape(b, h, tq, dh)).reshape(b, tq, h * dh)
+
+
+def scale_heads(out, scale, n_head: int):
+    """``out: f[b, t, h * dh]`` (the heads' concatenated outputs, before the output projection) with head ``i``'s slice
+    multiplied by ``scale[..., i]``: ``scale: f[h]`` (every row alike) or ``f[b, h]`` (a mask per row, so that one
+    batch runs several ablations). 0 ablates a head, 1 keeps it: transformers' ``head_mask`` before v5, which scaled
+    the attention weights of each head, the same thing, since a head's output is its weights times its values."""
+    b, t, d = out.shape
+    s = jnp.asarray(scale).astype(out.dtype)
+    s = s[None, None, :, None] if s.ndim == 1 else s[:, None, :, None]
+    return (out.reshape(b, t, n_head, d // n_head) * s).reshape(b, t, d)
+
+
+def check_head_mask(head_mask, n_layers: int, n_head: int, batch: int | None = None):
+    """``head_mask`` as an array once its shape fits an encoder of ``n_layers`` blocks of ``n_head`` heads: ``f[L, H]``,
+    or ``f[batch, L, H]`` (a mask per row of a batch of ``batch``); ``ShapeError`` naming the shape otherwise."""
+    mask = jnp.asarray(head_mask)
+    want = f"f[{n_layers}, {n_head}] or f[batch, {n_layers}, {n_head}] (encoder blocks x heads)"
+    if mask.ndim not in (2, 3) or tuple(mask.shape[-2:]) != (n_layers, n_head):
+        raise ShapeError(f"head_mask must be {want}, got shape {tuple(mask.shape)}")
+    if mask.ndim == 3 and batch is not None and mask.shape[0] != batch:
+        raise ShapeError(f"head_mask has {mask.shape[0]} rows for a batch of {batch}: give one mask, or one per row")
+    return mask

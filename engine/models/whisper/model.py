@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
-from engine.models.common.attention import fused_attention
+from engine.models.common.attention import check_head_mask, fused_attention, scale_heads
 from engine.models.common.layers import Conv1d, LayerNorm, Linear, head_major, param
 from engine.models.whisper.dims import ModelDimensions, sinusoids
 from engine.models.whisper.folded import attend_folded, gradient_barrier
@@ -159,14 +159,15 @@ class ResidualBlock(nnx.Module):
     def mlp(self, x):
         return self.mlp_out(_gelu(self.mlp_in(self.mlp_ln(x))))
 
-    def _self_attended(self, x):
+    def _self_attended(self, x, head_scale=None):
         h = self.attn_ln(x)
         a = self.attn
         out = a.attend_unmasked(a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h)))
-        return x + a.out(out)
+        return x + a.out(out if head_scale is None else scale_heads(out, head_scale, a.n_head))
 
-    def encoder_block(self, x):
-        x = self._self_attended(x)
+    def encoder_block(self, x, head_scale=None):
+        """One encoder block; ``head_scale: f[h]`` or ``f[batch, h]`` scales each head's output (``scale_heads``)."""
+        x = self._self_attended(x, head_scale)
         return x + self.mlp(x)
 
     def encoder_block_active(self, x, keep):
@@ -201,11 +202,13 @@ class AudioEncoder(nnx.Module):
         )
         self.ln_post = LayerNorm(sd["encoder.ln_post.weight"], sd["encoder.ln_post.bias"], LN_EPS, dtype)
 
-    def __call__(self, mel, layers: Sequence[int] | None = None, out_dtype=None):
+    def __call__(self, mel, layers: Sequence[int] | None = None, out_dtype=None, head_mask=None):
         """mel: f32[batch, n_mels, 2*n_audio_ctx] -> states f[len(layers), batch, n_audio_ctx, embed].
 
         ``layers`` (default: all, ``0..L+1``) are returned in the order given. Blocks past the
-        deepest requested layer are not computed, and layers not requested are not kept.
+        deepest requested layer are not computed, and layers not requested are not kept. ``head_mask``:
+        ``f[L, heads]``, or ``f[batch, L, heads]`` for a mask per row, scales each head's attention output
+        (0 ablates it; ``engine.models.common.attention.scale_heads``); None (default) computes no scaling.
         """
         dims = self.dims
         n_out = dims.n_audio_layer + 2
@@ -223,10 +226,12 @@ class AudioEncoder(nnx.Module):
         deepest = max(layers)
         if 0 in wanted:
             kept[0] = x.astype(out_dtype)
+        if head_mask is not None:
+            head_mask = check_head_mask(head_mask, dims.n_audio_layer, dims.n_audio_head, len(mel))
         for i, block in enumerate(self.blocks, start=1):
             if i > deepest:
                 break
-            x = block.encoder_block(x)
+            x = block.encoder_block(x, None if head_mask is None else head_mask[..., i - 1, :])
             if i in wanted:
                 kept[i] = x.astype(out_dtype)
         if n_out - 1 in wanted:
@@ -403,46 +408,3 @@ class Whisper(nnx.Module):
         if layer == top or not apply_ln_post:
             return self.encoder(mel, (layer,))[0]
         return self.encoder.ln_post(self.encoder(mel, (layer,))[0])
-
-
-def random_state_dict(dims: ModelDimensions, seed: int = 0, scale: float = 0.05) -> dict[str, np.ndarray]:
-    """A random OpenAI-named state dict of the given dims, for tests and benchmarks."""
-    rng = np.random.default_rng(seed)
-
-    def w(*shape):
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    def ln(prefix, d):
-        return {f"{prefix}.weight": (1 + w(d)).astype(np.float32), f"{prefix}.bias": w(d)}
-
-    def attn(prefix, d):
-        out = {f"{prefix}.key.weight": w(d, d)}
-        for name in ("query", "value", "out"):
-            out |= {f"{prefix}.{name}.weight": w(d, d), f"{prefix}.{name}.bias": w(d)}
-        return out
-
-    def block(prefix, d, cross):
-        out = {**attn(f"{prefix}.attn", d), **ln(f"{prefix}.attn_ln", d), **ln(f"{prefix}.mlp_ln", d)}
-        out |= {f"{prefix}.mlp.0.weight": w(4 * d, d), f"{prefix}.mlp.0.bias": w(4 * d)}
-        out |= {f"{prefix}.mlp.2.weight": w(d, 4 * d), f"{prefix}.mlp.2.bias": w(d)}
-        if cross:
-            out |= attn(f"{prefix}.cross_attn", d) | ln(f"{prefix}.cross_attn_ln", d)
-        return out
-
-    da, dt = dims.n_audio_state, dims.n_text_state
-    sd = {
-        "encoder.conv1.weight": w(da, dims.n_mels, 3),
-        "encoder.conv1.bias": w(da),
-        "encoder.conv2.weight": w(da, da, 3),
-        "encoder.conv2.bias": w(da),
-        "encoder.positional_embedding": sinusoids(dims.n_audio_ctx, da),
-        **ln("encoder.ln_post", da),
-        "decoder.token_embedding.weight": w(dims.n_vocab, dt),
-        "decoder.positional_embedding": w(dims.n_text_ctx, dt),
-        **ln("decoder.ln", dt),
-    }
-    for i in range(dims.n_audio_layer):
-        sd |= block(f"encoder.blocks.{i}", da, False)
-    for i in range(dims.n_text_layer):
-        sd |= block(f"decoder.blocks.{i}", dt, True)
-    return sd

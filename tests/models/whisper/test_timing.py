@@ -73,7 +73,7 @@ def tiny(tmp_path_factory):
     torch = pytest.importorskip("torch")
     from engine.models.whisper.dims import ModelDimensions
     from engine.models.whisper.loaded import load_whisper
-    from engine.models.whisper.model import random_state_dict
+    from engine.models.whisper.random_weights import random_state_dict
 
     dims = ModelDimensions(80, 1500, 64, 4, 2, 51865, 448, 64, 4, 2)
     path = tmp_path_factory.mktemp("model") / "tiny-random.pt"

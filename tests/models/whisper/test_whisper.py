@@ -12,7 +12,8 @@ import pytest
 from engine.errors import CheckpointError, LanguageError, ShapeError
 from engine.models.whisper.decoding import DecodingOptions, teacher_forced
 from engine.models.whisper.loaded import load_whisper
-from engine.models.whisper.model import Whisper, random_state_dict
+from engine.models.whisper.model import Whisper
+from engine.models.whisper.random_weights import random_state_dict
 from tests.conftest import TINY_DIMS as DIMS
 
 

@@ -25,7 +25,7 @@ import pathlib
 from engine.models.whisper.checkpoints.alignment_heads import openai_alignment_heads
 from engine.models.whisper.checkpoints.export import write_hf_folder
 from engine.models.whisper.dims import PRESETS
-from engine.models.whisper.model import random_state_dict
+from engine.models.whisper.random_weights import random_state_dict
 
 TURBO_ENCODER_LAYERS = 2
 TURBO_DIMS = dataclasses.replace(PRESETS["large-v3-turbo"], n_audio_layer=TURBO_ENCODER_LAYERS)

@@ -13,8 +13,9 @@ import numpy as np
 
 from engine.models.common.parallel import ShardedEncoder, data_mesh
 from engine.models.whisper.dims import ModelDimensions
-from engine.models.whisper.model import Whisper, random_state_dict
+from engine.models.whisper.model import Whisper
 from engine.models.whisper.parallel import SIGNATURE
+from engine.models.whisper.random_weights import random_state_dict
 
 expected_devices = int(sys.argv[1])
 assert jax.device_count() == expected_devices, (jax.device_count(), expected_devices)
