@@ -43,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.attention import check_head_mask, scale_heads
 from engine.models.common.layers import Conv1d, LayerNorm, Linear, layer_norm, linear_kernel, param
 from engine.models.wav2vec2.config import Wav2Vec2Dims
 from engine.models.wav2vec2.layers import activation, attend
@@ -206,12 +207,15 @@ class EncoderLayers(nnx.Module):
         self.weights["qkv_kernel"] = param(np.stack([np.concatenate(qkv(i, "weight")).T for i in range(n)]), dtype)
         self.weights["qkv_bias"] = param(np.stack([np.concatenate(qkv(i, "bias")) for i in range(n)]), dtype)
 
-    def __call__(self, x, keep, depth: int):
+    def __call__(self, x, keep, depth: int, head_mask=None):
         """``x: f[batch, frame, embed]``, ``keep: bool[batch, frame]`` -> the outputs of layers ``1..depth``,
-        ``f[depth, batch, frame, embed]``, frames past each utterance's end zero."""
+        ``f[depth, batch, frame, embed]``, frames past each utterance's end zero. ``head_mask``: ``f[L, heads]`` or
+        ``f[batch, L, heads]`` (checked by the caller), each head's attention output scaled by it."""
         weights = {
             name: w[...] if depth == self.dims.num_hidden_layers else w[:depth] for name, w in self.weights.items()
         }
+        if head_mask is not None:  # scanned with the weights: layer-major
+            weights["head_scale"] = (head_mask if head_mask.ndim == 2 else jnp.moveaxis(head_mask, 1, 0))[:depth]
 
         def step(x, w):
             x, _ = self._layer(x, w, keep)
@@ -252,7 +256,10 @@ class EncoderLayers(nnx.Module):
             qkv = jnp.dot(h, w["qkv_kernel"]) + w["qkv_bias"]
             q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, heads, d // heads) for i in range(3))
             q = q * jnp.asarray((d // heads) ** -0.5, q.dtype)
-            return jnp.dot(attend(q, k, v, key_valid), w["out_kernel"]) + w["out_bias"]
+            out = attend(q, k, v, key_valid)
+            if "head_scale" in w:
+                out = scale_heads(out, w["head_scale"], heads)
+            return jnp.dot(out, w["out_kernel"]) + w["out_bias"]
 
         def feed_forward(h):
             hidden = self.act(jnp.dot(h, w["ff_in_kernel"]) + w["ff_in_bias"])
@@ -306,12 +313,14 @@ class Wav2Vec2(nnx.Module):
         head = "lm_head.weight" in sd
         self.lm_head = Linear(sd["lm_head.weight"], sd["lm_head.bias"], dtype) if head else None
 
-    def __call__(self, wave, lengths, layers: Sequence[int] | None = None, out_dtype=None):
+    def __call__(self, wave, lengths, layers: Sequence[int] | None = None, out_dtype=None, head_mask=None):
         """``wave f32[batch, samples]``, ``lengths i32[batch]`` -> ``(states f[len(layers), batch, frame, embed],
         frames i32[batch])``.
 
         ``layers`` (default all, ``0..L``) are returned in the order given; layers past the deepest requested one are
         not computed. ``frame`` is ``Wav2Vec2Dims.frames(samples)``; frames past ``frames[i]`` are zero.
+        ``head_mask``: ``f[L, heads]`` or ``f[batch, L, heads]``, scales each head's attention output (0 ablates it;
+        ``engine.models.common.attention.scale_heads``).
         """
         dims = self.dims
         n_out = dims.n_layers_out
@@ -327,10 +336,13 @@ class Wav2Vec2(nnx.Module):
         if wave.shape[1] < dims.receptive_field:
             raise ShapeError(f"wave has {wave.shape[1]} samples; the model needs at least {dims.receptive_field}")
         out_dtype = out_dtype or self.projection.kernel.dtype
+        if head_mask is not None:
+            head_mask = check_head_mask(head_mask, dims.num_hidden_layers, dims.num_attention_heads, len(wave))
         x, keep, frames = self._front(wave, lengths)
         first = jnp.where(keep[..., None], x, 0).astype(out_dtype)[None]
         depth = max(layers)
-        states = first if depth == 0 else jnp.concatenate([first, self.layers(x, keep, depth).astype(out_dtype)])
+        deeper = None if depth == 0 else self.layers(x, keep, depth, head_mask).astype(out_dtype)
+        states = first if deeper is None else jnp.concatenate([first, deeper])
         return states[jnp.asarray(layers)] if layers != tuple(range(depth + 1)) else states, frames
 
     def _front(self, wave, lengths):
