@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
-from engine.models.common.attention import self_attention
+from engine.models.common.attention import check_head_mask, scale_heads, self_attention
 from engine.models.common.layers import Conv1d, FeedForward, linear, norm, param
 from engine.models.speechllm.config import LN_EPS, SpeechLLMConfig
 
@@ -46,15 +46,17 @@ class Block(nnx.Module):
         self.mlp = FeedForward(sd, prefix, dtype, activation(config.activation), names=("fc1", "fc2"))
         self.heads = config.heads
 
-    def __call__(self, x, key_valid):
-        """``x: f[batch, frame, width]``; ``key_valid: bool[batch, frame]`` or None (every key attended)."""
+    def __call__(self, x, key_valid, head_scale=None):
+        """``x: f[batch, frame, width]``; ``key_valid: bool[batch, frame]`` or None (every key attended);
+        ``head_scale: f[heads]`` or ``f[batch, heads]`` scales each head's output (``scale_heads``)."""
         b, t, d = x.shape
         dh = d // self.heads
         h = self.attn_ln(x)
         q = (self.q(h) * jnp.asarray(dh**-0.5, h.dtype)).reshape(b, t, self.heads, dh)
         k = self.k(h).reshape(b, t, self.heads, dh)
         v = self.v(h).reshape(b, t, self.heads, dh)
-        x = x + self.out(self_attention(q, k, v, key_valid))
+        out = self_attention(q, k, v, key_valid)
+        x = x + self.out(out if head_scale is None else scale_heads(out, head_scale, self.heads))
         return x + self.mlp(self.mlp_ln(x))
 
 
@@ -113,10 +115,11 @@ class SpeechTower(nnx.Module):
     def _key_valid(self, frames, t):
         return (jnp.arange(t)[None, :] < frames[:, None]) if self.config.masked else None
 
-    def __call__(self, mel, frames, layers: Sequence[int] | None = None, out_dtype=None):
+    def __call__(self, mel, frames, layers: Sequence[int] | None = None, out_dtype=None, head_mask=None):
         """``mel: f32[batch, n_mels, 3000]``, ``frames: i32[batch]`` (valid encoder frames: the key mask of
         Qwen2-Audio and Audio Flamingo 3) -> ``f[len(layers), batch, 1500, width]`` (default every stored layer).
-        Blocks past the deepest requested layer are not run."""
+        Blocks past the deepest requested layer are not run. ``head_mask: f[L, heads]`` or ``f[batch, L, heads]``
+        scales each head's attention output (0 ablates it)."""
         n_out = self.n_layers_out
         layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
         bad = [i for i in layers if not 0 <= i < n_out]
@@ -125,13 +128,15 @@ class SpeechTower(nnx.Module):
         frames = jnp.asarray(frames, jnp.int32)
         self._check(mel, frames)
         out_dtype = out_dtype or self.positions.dtype
+        if head_mask is not None:
+            head_mask = check_head_mask(head_mask, self.config.layers, self.config.heads, len(mel))
         x = self._stem(mel)
         key_valid = self._key_valid(frames, x.shape[1])
         kept = {0: x.astype(out_dtype)}
         for i, block in enumerate(self.blocks, start=1):
             if i > max(layers):
                 break
-            x = block(x, key_valid)
+            x = block(x, key_valid, None if head_mask is None else head_mask[..., i - 1, :])
             kept[i] = x.astype(out_dtype)
         if self.config.layers + 1 in layers:
             kept[self.config.layers + 1] = self.final_ln(x).astype(out_dtype)
