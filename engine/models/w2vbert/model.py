@@ -38,6 +38,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.attention import check_head_mask, scale_heads
 from engine.models.common.layers import FeedForward, Linear, depthwise_conv, linear, norm, param
 from engine.models.w2vbert.config import EncoderConfig
 
@@ -89,8 +90,9 @@ class SelfAttention(nnx.Module):
         self.out = linear(sd, f"{prefix}.linear_out", dtype)
         self.distance_embedding = param(sd[f"{prefix}.distance_embedding.weight"], dtype)  # [n_positions, head]
 
-    def __call__(self, x, mask):
-        """x: f[batch, frame, embed], mask: bool[batch, 1, query or 1, key] -> f[batch, frame, embed]."""
+    def __call__(self, x, mask, head_scale=None):
+        """x: f[batch, frame, embed], mask: bool[batch, 1, query or 1, key] -> f[batch, frame, embed];
+        ``head_scale: f[heads]`` or ``f[batch, heads]`` scales each head's output (``scale_heads``)."""
         b, t, d = x.shape
         h = self.n_head
         dh = d // h
@@ -110,8 +112,8 @@ class SelfAttention(nnx.Module):
         # finfo.min, not -inf: an all-padding row (a batch padded for the mesh) gets a uniform softmax, not NaN.
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)
-        return self.out(out.reshape(b, t, d))
+        out = jnp.einsum("bhqk,bhkd->bqhd", weights, v).reshape(b, t, d)
+        return self.out(out if head_scale is None else scale_heads(out, head_scale, h))
 
 
 class ConvolutionModule(nnx.Module):
@@ -150,9 +152,9 @@ class ConformerBlock(nnx.Module):
         self.ffn2 = _feed_forward(sd, f"{prefix}.ffn2", dtype)
         self.final_layer_norm = norm(sd, f"{prefix}.final_layer_norm", eps, dtype)
 
-    def __call__(self, x, mask, frame_valid):
+    def __call__(self, x, mask, frame_valid, head_scale=None):
         x = x + 0.5 * self.ffn1(self.ffn1_layer_norm(x))
-        x = x + self.self_attn(self.self_attn_layer_norm(x), mask)
+        x = x + self.self_attn(self.self_attn_layer_norm(x), mask, head_scale)
         x = x + self.conv_module(x, frame_valid)
         x = x + 0.5 * self.ffn2(self.ffn2_layer_norm(x))
         return self.final_layer_norm(x)
@@ -171,8 +173,9 @@ class W2vBertEncoder(nnx.Module):
             [ConformerBlock(sd, f"encoder.layers.{i}", config, dtype) for i in range(config.n_layer)]
         )
 
-    def __call__(self, features, valid, out_dtype=None):
-        """features: f32[batch, frame, n_input], valid: i32[batch] -> states f[L+1, batch, frame, embed]."""
+    def __call__(self, features, valid, out_dtype=None, head_mask=None):
+        """features: f32[batch, frame, n_input], valid: i32[batch] -> states f[L+1, batch, frame, embed].
+        ``head_mask: f[L, heads]`` or ``f[batch, L, heads]`` scales each head's attention output (0 ablates it)."""
         config = self.config
         if features.ndim != 3 or features.shape[-1] != config.n_input:
             raise ShapeError(
@@ -182,14 +185,16 @@ class W2vBertEncoder(nnx.Module):
         if valid.shape != features.shape[:1]:
             raise ShapeError(f"valid must be i32[batch] = i32[{features.shape[0]}], got {tuple(valid.shape)}")
         out_dtype = out_dtype or self.projection.kernel.dtype
+        if head_mask is not None:
+            head_mask = check_head_mask(head_mask, config.n_layer, config.n_head, len(features))
         b, t, _ = features.shape
         frame_valid = (jnp.arange(t)[None, :] < valid[:, None])[..., None]
         mask = attention_mask(valid, t, config)
         x = self.projection(self.projection_layer_norm(features))
         x = jnp.where(frame_valid, x, 0)
         kept = [x.astype(out_dtype)]
-        for block in self.blocks:
-            x = block(x, mask, frame_valid)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, frame_valid, None if head_mask is None else head_mask[..., i, :])
             kept.append(x.astype(out_dtype))
         return jnp.stack(kept)
 
