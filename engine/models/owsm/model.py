@@ -35,6 +35,7 @@ from flax import nnx
 
 from engine.errors import ShapeError
 from engine.models.common import layers
+from engine.models.common.attention import check_head_mask, scale_heads
 from engine.models.common.layers import FeedForward, Linear, depthwise_conv, linear, param
 from engine.models.owsm.config import LN_EPS, OwsmConfig, subsampled_frames
 
@@ -76,8 +77,9 @@ class Attention(nnx.Module):
         out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)
         return self.out(out.reshape(*out.shape[:2], -1))
 
-    def __call__(self, x):
-        """Unmasked self-attention (the encoder's): ``attend`` reordered for speed, equal up to float32 rounding.
+    def __call__(self, x, head_scale=None):
+        """Unmasked self-attention (the encoder's): ``attend`` reordered for speed, equal up to float32 rounding;
+        ``head_scale: f[heads]`` or ``f[batch, heads]`` scales each head's output (``scale_heads``).
 
         The scale goes on q (batch x time x width values, not batch x head x time^2 scores), and the softmax's division
         after the weighted sum (head width values per query, not one per key): two fewer elementwise passes over the
@@ -89,7 +91,8 @@ class Attention(nnx.Module):
         logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
         e = jnp.exp(logits - logits.max(-1, keepdims=True))
         out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v) / e.sum(-1, keepdims=True).astype(v.dtype)
-        return self.out(out.transpose(0, 2, 1, 3).reshape(*x.shape))
+        out = out.transpose(0, 2, 1, 3).reshape(*x.shape)
+        return self.out(out if head_scale is None else scale_heads(out, head_scale, self.n_head))
 
 
 def depthwise(weight, bias, dtype):
@@ -176,9 +179,9 @@ class EBranchformerBlock(nnx.Module):
         self.ff = FeedForward(sd, f"{prefix}.feed_forward", dtype, jax.nn.silu)
         self.norm_final = norm(sd, f"{prefix}.norm_final", dtype)
 
-    def __call__(self, x):
+    def __call__(self, x, head_scale=None):
         x = x + 0.5 * self.ff_macaron(self.norm_ff_macaron(x))
-        both = jnp.concatenate([self.attn(self.norm_mha(x)), self.cgmlp(self.norm_mlp(x))], axis=-1)
+        both = jnp.concatenate([self.attn(self.norm_mha(x), head_scale), self.cgmlp(self.norm_mlp(x))], axis=-1)
         x = x + self.merge_proj(both + depthwise_conv(both, self.merge_conv, self.merge_bias))
         x = x + 0.5 * self.ff(self.norm_ff(x))
         return self.norm_final(x)
@@ -221,18 +224,21 @@ class OwsmEncoder(nnx.Module):
             )
         return x * math.sqrt(self.config.width) + self.positions[...][:t].astype(x.dtype)
 
-    def __call__(self, features, out_dtype=None):
-        """features: f32[batch, feature_frame, n_mels] -> states f[L+2, batch, frame, width] (layers 0..L+1)."""
+    def __call__(self, features, out_dtype=None, head_mask=None):
+        """features: f32[batch, feature_frame, n_mels] -> states f[L+2, batch, frame, width] (layers 0..L+1).
+        ``head_mask: f[L, heads]`` or ``f[batch, L, heads]`` scales each head's attention output (0 ablates it)."""
         if features.ndim != 3 or features.shape[-1] != self.config.n_mels:
             raise ShapeError(
                 f"features must be f32[batch, feature_frame, {self.config.n_mels}] (features.batch_features), "
                 f"got {tuple(features.shape)}"
             )
         out_dtype = out_dtype or self.conv1.dtype
+        if head_mask is not None:
+            head_mask = check_head_mask(head_mask, self.config.n_layer, self.config.n_head, len(features))
         x = self.embed(features)
         kept = [x.astype(out_dtype)]
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if head_mask is None else head_mask[..., i, :])
             kept.append(x.astype(out_dtype))
         kept.append(self.after_norm(x).astype(out_dtype))
         return jnp.stack(kept)
