@@ -41,6 +41,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.attention import check_head_mask, scale_heads
 from engine.models.common.layers import FeedForward, Linear, depthwise_conv, linear, norm, param
 from engine.models.fastconformer.config import BN_EPS, LN_EPS, FastConformerConfig
 
@@ -135,8 +136,9 @@ class RelPositionAttention(nnx.Module):
         self.bias_u = param(sd[f"{prefix}.bias_u"], dtype)  # [head, head_width]: content bias
         self.bias_v = param(sd[f"{prefix}.bias_v"], dtype)  # position bias
 
-    def __call__(self, x, mask):
-        """x: f[batch, frame, embed], mask: bool[batch, 1, 1, key] -> f[batch, frame, embed]."""
+    def __call__(self, x, mask, head_scale=None):
+        """x: f[batch, frame, embed], mask: bool[batch, 1, 1, key] -> f[batch, frame, embed]; ``head_scale: f[heads]``
+        or ``f[batch, heads]`` scales each head's output (``scale_heads``)."""
         b, t, d = x.shape
         h = self.n_head
         dh = d // h
@@ -157,8 +159,8 @@ class RelPositionAttention(nnx.Module):
         # finfo.min, not -inf: a row of padding only (a batch padded for the mesh) gets a finite softmax.
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)
-        return self.out(out.reshape(b, t, d))
+        out = jnp.einsum("bhqk,bhkd->bqhd", weights, v).reshape(b, t, d)
+        return self.out(out if head_scale is None else scale_heads(out, head_scale, h))
 
 
 class ConvolutionModule(nnx.Module):
@@ -208,9 +210,9 @@ class ConformerBlock(nnx.Module):
         self.conv = ConvolutionModule(sd, f"{prefix}.conv", config, dtype)
         self.feed_forward2 = ffn("feed_forward2")
 
-    def __call__(self, x, mask, frame_valid):
+    def __call__(self, x, mask, frame_valid, head_scale=None):
         x = x + 0.5 * self.feed_forward1(self.norm_feed_forward1(x))
-        x = x + self.self_attn(self.norm_self_att(x), mask)
+        x = x + self.self_attn(self.norm_self_att(x), mask, head_scale)
         x = x + self.conv(self.norm_conv(x), frame_valid)
         x = x + 0.5 * self.feed_forward2(self.norm_feed_forward2(x))
         return self.norm_out(x)
@@ -227,8 +229,9 @@ class FastConformer(nnx.Module):
         self.blocks = nnx.List([ConformerBlock(sd, f"layers.{i}", config, dtype) for i in range(config.n_layer)])
         self.ctc_head = linear(sd, "ctc_head", dtype) if config.vocab_size is not None else None
 
-    def __call__(self, features, valid, out_dtype=None):
-        """features: f32[batch, feature_frame, n_mels], valid: i32[batch] -> states f[L+1, batch, frame, embed]."""
+    def __call__(self, features, valid, out_dtype=None, head_mask=None):
+        """features: f32[batch, feature_frame, n_mels], valid: i32[batch] -> states f[L+1, batch, frame, embed].
+        ``head_mask: f[L, heads]`` or ``f[batch, L, heads]`` scales each head's attention output (0 ablates it)."""
         config = self.config
         if features.ndim != 3 or features.shape[-1] != config.n_mels:
             raise ShapeError(
@@ -237,6 +240,8 @@ class FastConformer(nnx.Module):
         if valid.shape != features.shape[:1]:
             raise ShapeError(f"valid must be i32[batch] = i32[{features.shape[0]}], got {tuple(valid.shape)}")
         out_dtype = out_dtype or self.subsampling.linear.kernel.dtype
+        if head_mask is not None:
+            head_mask = check_head_mask(head_mask, config.n_layer, config.n_head, len(features))
         x, lengths = self.subsampling(features, valid)
         if config.scale_input:
             x = x * jnp.asarray(math.sqrt(config.width), x.dtype)
@@ -244,8 +249,8 @@ class FastConformer(nnx.Module):
         frame_valid = (jnp.arange(t)[None, :] < lengths[:, None])[..., None]
         mask = frame_valid[:, None, None, :, 0]  # keys
         kept = [x.astype(out_dtype)]
-        for block in self.blocks:
-            x = block(x, mask, frame_valid)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, frame_valid, None if head_mask is None else head_mask[..., i, :])
             kept.append(x.astype(out_dtype))
         return jnp.stack(kept)
 
