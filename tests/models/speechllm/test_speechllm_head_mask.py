@@ -14,6 +14,7 @@ import torch
 import transformers
 
 from engine.models.speechllm.loaded import load_speechllm
+from tests.parity import rel_err
 
 RTOL = 1e-5
 LAYERS, HEADS, WIDTH = 3, 4, 64
@@ -63,10 +64,6 @@ def theirs_layers(model, mel, mask: torch.Tensor):
         for h in handles:
             h.remove()
     return [h.detach().numpy() for h in out.hidden_states[:-1]] + [last[0].detach().numpy()]
-
-
-def rel_err(ours, theirs) -> float:
-    return float(np.abs(np.asarray(ours, np.float64) - theirs).max() / np.abs(theirs).max())
 
 
 def test_one_head_ablated_equals_transformers_with_hooks(pair):

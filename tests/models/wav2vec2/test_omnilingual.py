@@ -42,6 +42,7 @@ import transformers
 
 from engine.models.wav2vec2.loaded import load_wav2vec2
 from tests.models.wav2vec2 import w2v_reference as ref
+from tests.parity import rel_err
 
 RTOL = 1e-5  # of each layer's largest magnitude, see the module docstring
 BLANK = "<s>"
@@ -139,10 +140,6 @@ class Run:
 def omni(tmp_path_factory, fleurs_dir) -> Run:
     torch.set_num_threads(2)
     return Run(tmp_path_factory.mktemp("omni-300m"), fleurs_dir, OMNI_300M, seed=46)
-
-
-def rel_err(ours: np.ndarray, theirs: np.ndarray) -> float:
-    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
 
 
 def test_the_conversion_is_read_as_transformers_reads_it(omni):

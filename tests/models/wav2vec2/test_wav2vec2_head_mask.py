@@ -17,6 +17,7 @@ import transformers
 
 from engine.models.wav2vec2.loaded import load_wav2vec2
 from tests.models.wav2vec2 import w2v_reference as ref
+from tests.parity import rel_err
 
 RTOL = 1e-5
 SMALL = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=3, conv_dim=(32,) * 7,
@@ -48,10 +49,6 @@ def hooked_states(model, waves, mask: torch.Tensor) -> list[list[np.ndarray]]:
     finally:
         for h in handles:
             h.remove()
-
-
-def rel_err(ours, theirs) -> float:
-    return float(np.abs(np.asarray(ours, np.float64) - theirs).max() / np.abs(theirs).max())
 
 
 @pytest.mark.parametrize("layer, head", [(0, 2), (2, 0)])

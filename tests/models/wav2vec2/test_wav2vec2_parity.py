@@ -34,6 +34,7 @@ from engine.models.wav2vec2.config import dims_from_hf_config
 from engine.models.wav2vec2.features import FeatureOptions, batch_waveforms
 from engine.models.wav2vec2.loaded import PAD_MULTIPLE, load_wav2vec2
 from tests.models.wav2vec2 import w2v_reference as ref
+from tests.parity import rel_err
 
 RTOL = 1e-5  # of each layer's largest magnitude, see the module docstring
 # transformers 4 replaced hidden_states[-1] by the final layer norm's output for pre-LN models; transformers 5 records
@@ -80,10 +81,6 @@ class Run:
 def run(request, tmp_path_factory, fleurs_dir) -> Run:
     torch.set_num_threads(2)
     return Run(request.param, tmp_path_factory.mktemp(request.param), fleurs_dir)
-
-
-def rel_err(ours: np.ndarray, theirs: np.ndarray) -> float:
-    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
 
 
 def test_every_layer_equals_hidden_states(run):

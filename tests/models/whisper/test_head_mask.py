@@ -19,14 +19,10 @@ from engine.models.whisper.checkpoints.hf import state_dict_from_hf
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.model import Whisper
 from tests.models.whisper.hf_reference import hf_encoder_layers
+from tests.parity import rel_err
 
 RTOL = 1e-5
 N_MELS, N_CTX, WIDTH, HEADS, LAYERS = 80, 50, 64, 4, 3
-
-
-def rel_err(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,10 @@ from engine.models.whisper.decoding import greedy_decode, teacher_forced  # noqa
 from engine.models.whisper.dims import ModelDimensions  # noqa: E402
 from engine.models.whisper.model import Whisper  # noqa: E402
 from tests.models.whisper.hf_reference import hf_encoder_layers  # noqa: E402
+from tests.parity import rel_err
 
 RTOL = 1e-5
 N_MELS, N_CTX, WIDTH, HEADS, ENC_LAYERS, DEC_LAYERS, TEXT_CTX = 80, 50, 64, 4, 3, 2, 40
-
-
-def rel_err(ours, ref):
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / max(np.abs(ref).max(), 1e-12))
 
 
 @pytest.fixture(scope="module")

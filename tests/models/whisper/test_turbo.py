@@ -37,17 +37,13 @@ from engine.models.whisper.timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIO
 from tests.models.whisper.hf_reference import hf_encoder_layers  # noqa: E402
 from tests.models.whisper.test_early_exit_hf import check_early_exit  # noqa: E402
 from tests.models.whisper.turbo_model import TURBO_DIMS, V3_IDS, openai_v3_tokenizer, turbo_generation_config  # noqa: E402
+from tests.parity import rel_err  # noqa: E402
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 CLIPS = ("de-000", "fr-001", "en-002")  # one window each
 N_NEW = 24  # tokens decoded per clip at full depth: random weights never say end-of-text
 RTOL = 1e-5
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module")
