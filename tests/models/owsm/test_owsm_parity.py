@@ -9,6 +9,10 @@ blockings, our float64 STFT against torch's float32 one), so they differ by floa
 reductions of width <= 3072: a few 1e-7 of the peak, well inside 1e-5. A misread weight or a wrong norm, activation or
 position is O(1e-2) of the peak or more. Greedy tokens must be equal, token for token.
 
+The head mask (``head_mask``, an ablation of one head) is checked against ESPnet's encoder with a pre-hook on each
+block's ``attn.linear_out`` scaling that head's slice, within the same bound, and gradient importance against torch
+autograd through the same hooks within 1e-4 of the largest gradient.
+
 The frontend's bound is 5e-5 of the peak (measured: 1.1e-5): torch's float32 STFT carries an error of float32 epsilon
 times the frame's strongest bin, and the log turns it, on the weakest mel bins (1e-6 of the strongest), into an
 absolute error near 1e-5 of the features' peak; ours is float64. The encoder tests feed both sides the same features.
@@ -16,6 +20,8 @@ absolute error near 1e-5 of the features' peak; ours is float64. The encoder tes
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -168,3 +174,56 @@ def test_language_probs_equal_espnet_speech2language(owsm):
         theirs = dict(s2l(clip))
         _close(probs[i], np.array([theirs[lang] for lang in ref.LANGUAGES]), f"clip {i} language probabilities")
         assert detected[i] == max(theirs, key=theirs.get), (i, detected[i], theirs)
+
+
+def espnet_layers(enc, features, mask: torch.Tensor) -> list:
+    n_head = enc.encoders[0].attn.h
+    dh = enc.encoders[0].attn.d_k
+    handles = [
+        block.attn.linear_out.register_forward_pre_hook(
+            lambda module, args, i=i: (args[0] * mask[i].repeat_interleave(dh),)
+        )
+        for i, block in enumerate(enc.encoders)
+    ]
+    assert mask.shape[1] == n_head
+    feats = torch.from_numpy(features)
+    try:
+        layer0, _ = enc.embed(feats, torch.ones(1, 1, feats.shape[1], dtype=torch.bool))
+        (out, hidden), _, _ = enc(feats, torch.tensor([feats.shape[1]]), return_all_hs=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return [layer0, *hidden, out]
+
+
+def test_one_head_ablated_equals_espnet_with_hooks(owsm):
+    """The head mask against ESPnet's encoder with a pre-hook on each block's ``attn.linear_out`` multiplying one
+    head's slice of ``MultiHeadedAttention``'s output (the first clip's features on both sides)."""
+    enc, ours, features = owsm["s2t"].s2t_model.encoder, owsm["ours"], np.asarray(owsm["features"][:1])
+    n_layer, n_head = ours.config.n_layer, ours.config.n_head
+    mask = np.ones((n_layer, n_head), np.float32)
+    mask[1, 5] = 0.0
+    with torch.no_grad():
+        want = [t[0].numpy() for t in espnet_layers(enc, features, torch.from_numpy(mask))]
+    got = np.asarray(ours.encoder(jnp.asarray(features), head_mask=mask))[:, 0]
+    plain = np.asarray(ours.encoder(jnp.asarray(features)))[:, 0]
+    for layer, w in enumerate(want):
+        peak = np.abs(w).max()
+        assert np.abs(got[layer] - w).max() <= REL * peak, f"layer {layer}"
+    np.testing.assert_array_equal(got[:2], plain[:2])
+    assert np.abs(got[2] - plain[2]).max() > 1e-3 * np.abs(plain[2]).max()
+
+
+def test_head_gradient_importance_equals_torch_autograd(owsm):
+    """d(loss)/d(head mask) at the all-ones mask (Michel et al. 2019) against torch autograd through the same hooks."""
+    enc, ours, features = owsm["s2t"].s2t_model.encoder, owsm["ours"], np.asarray(owsm["features"][:1])
+    shape = (ours.config.n_layer, ours.config.n_head)
+
+    def loss(mask):
+        return jnp.mean(ours.encoder(jnp.asarray(features), head_mask=mask)[-1] ** 2)
+
+    got = np.asarray(jax.grad(loss)(jnp.ones(shape, jnp.float32)))
+    mask = torch.ones(shape, requires_grad=True)
+    (espnet_layers(enc, features, mask)[-1] ** 2).mean().backward()
+    want = mask.grad.numpy()
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), (got, want)
