@@ -143,33 +143,16 @@ def _times(fn, rounds: int) -> list[float]:
 
 
 def _random_encoder(dims, dtype):
-    """A Whisper encoder at ``dims`` with random weights (the encoder's keys of ``random_state_dict`` only)."""
+    """A Whisper encoder at ``dims`` with random weights (``random_state_dict`` with one decoder block), split."""
+    import dataclasses
+
     from flax import nnx
 
-    from engine.models.whisper.dims import sinusoids
     from engine.models.whisper.model import AudioEncoder
+    from engine.models.whisper.random_weights import random_state_dict
 
-    rng = np.random.default_rng(0)
-    d, blocks = dims.n_audio_state, {}
-
-    def w(*shape):
-        return rng.standard_normal(shape, np.float32) * np.float32(0.02)
-
-    for i in range(dims.n_audio_layer):
-        p = f"encoder.blocks.{i}"
-        for name in ("query", "value", "out"):
-            blocks[f"{p}.attn.{name}.weight"], blocks[f"{p}.attn.{name}.bias"] = w(d, d), w(d)
-        blocks[f"{p}.attn.key.weight"] = w(d, d)
-        for ln in ("attn_ln", "mlp_ln"):
-            blocks[f"{p}.{ln}.weight"], blocks[f"{p}.{ln}.bias"] = 1 + w(d), w(d)
-        blocks[f"{p}.mlp.0.weight"], blocks[f"{p}.mlp.0.bias"] = w(4 * d, d), w(4 * d)
-        blocks[f"{p}.mlp.2.weight"], blocks[f"{p}.mlp.2.bias"] = w(d, 4 * d), w(d)
-    sd = {"encoder.conv1.weight": w(d, dims.n_mels, 3), "encoder.conv1.bias": w(d),
-          "encoder.conv2.weight": w(d, d, 3), "encoder.conv2.bias": w(d),
-          "encoder.positional_embedding": sinusoids(dims.n_audio_ctx, d),
-          "encoder.ln_post.weight": 1 + w(d), "encoder.ln_post.bias": w(d), **blocks}  # fmt: skip
-    encoder = AudioEncoder(dims, sd, dtype)
-    return nnx.split(encoder)
+    sd = random_state_dict(dataclasses.replace(dims, n_text_layer=1), scale=0.02)  # one small decoder block, unread
+    return nnx.split(AudioEncoder(dims, sd, dtype))
 
 
 def section_encoder(args) -> tuple[list[str], dict]:

@@ -24,12 +24,13 @@ class Device:
     host_link: float | None = None  # bytes/s copied device -> host as the encode job copies its states, if measured
     measured: str = ""  # where the three figures above were measured ("" = assumed)
 
-    def flops(self, dtype: str, precision: str = "highest") -> float:
-        """Peak FLOP/s of ``dtype`` products at a ``--matmul_precision``: float32 at "highest", the jobs' default, is
-        full float32 (about a seventh of the TF32 rate on NVIDIA, six bf16 passes on TPUs)."""
+    def flops(self, dtype: str) -> float:
+        """Peak FLOP/s of ``dtype`` products as the jobs run them: float32 at ``--matmul_precision highest`` (their
+        default) is full float32, about a seventh of the TF32 rate on NVIDIA and six bf16 passes on TPUs. A run at
+        ``default`` goes faster than planned."""
         if dtype != "float32":
             return self.flops_bf16
-        return (self.flops_f32_full or self.flops_f32) if precision == "highest" else self.flops_f32
+        return self.flops_f32_full or self.flops_f32
 
     def describe(self) -> str:
         head = (
