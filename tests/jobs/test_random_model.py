@@ -171,3 +171,29 @@ def test_a_hub_error_names_the_family_s_own_example(repo, example, kind, monkeyp
     message = str(error.value)
     assert example in message and f"babelgrid random-model --kind {kind} --out DIR" in message, message
     assert kind.startswith("whisper") or "whisper" not in message, message
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_head_masked_encoder_of_every_kind(kind, folders, clips):
+    """The heads job's forward pass (``Encoder.head_masked``): all ones is the plain encoder; a mask per row gives each
+    row what that mask alone gives it; ablating a head of block 2 leaves the layers below it alone and moves the ones
+    above; the mask's gradient is finite and nonzero (what gradient importance reads)."""
+    encoder = fam.load_encoder(folders / kind)
+    inputs = [encoder.windows(clip, "window")[0][0] for clip in clips]
+    layers = list(range(encoder.n_layers_out))
+    batch = encoder.collate(inputs, 2)
+    plain = np.asarray(encoder.sharded(data_mesh(jax.local_devices()[:1]), layers, jnp.float32)(*batch))
+    masked = encoder.head_masked(layers)
+    ones = np.ones((masked.blocks, masked.heads), np.float32)
+    np.testing.assert_allclose(masked(batch, ones), plain, rtol=1e-5, atol=1e-5 * np.abs(plain).max())
+    off = ones.copy()
+    off[1, 2] = 0
+    rows = masked(batch, np.stack([ones, off]))
+    alone = masked(batch, off)
+    np.testing.assert_allclose(rows[:, 0], plain[:, 0], rtol=1e-5, atol=1e-5 * np.abs(plain).max())
+    np.testing.assert_allclose(rows[:, 1], alone[:, 1], rtol=1e-5, atol=1e-5 * np.abs(plain).max())
+    np.testing.assert_array_equal(alone[:2], plain[:2])  # the stem and block 1 come before the ablated head
+    assert np.abs(alone[2] - plain[2]).max() > 1e-4
+    fn = masked.function()
+    grad = jax.grad(lambda m: jnp.sum(fn(masked.params, m, *batch)[-1] ** 2))(jnp.asarray(ones))
+    assert np.isfinite(grad).all() and np.abs(np.asarray(grad)[1]).max() > 0

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.common.heads import HeadMasked, cut_layers
 from engine.models.common.parallel import StoredLayers, collate_rows
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CANARY
@@ -34,6 +35,10 @@ from engine.models.interface import (
 )
 
 PAD_FRAMES = 100  # batches are padded to a multiple of this many feature frames (1 s)
+
+
+def _masked(model, features, valid, *, layers, head_mask):
+    return cut_layers(model(features, valid, jnp.float32, head_mask), layers)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -86,6 +91,11 @@ class FastConformerEncoder(LoadedEncoder):
     def cost(self, samples: int) -> EncoderCost:
         """FLOPs and parameters of one window of ``samples`` samples (``engine.models.fastconformer.cost``)."""
         return encoder_cost(self.loaded.config, samples)
+
+    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
+        """The encoder with a head mask (``engine.models.common.heads``): ``(features, valid)`` batches."""
+        c = self.loaded.config
+        return HeadMasked(self.loaded.model, _masked, c.n_layer, c.n_head, tuple(layers))
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return StoredLayers(self.loaded.sharded(mesh, out_dtype), layers, self.n_layers_out)

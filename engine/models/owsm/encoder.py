@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError, LanguageError
+from engine.models.common.heads import HeadMasked, cut_layers
 from engine.models.common.parallel import StoredLayers
 from engine.models.interface import (
     CTC,
@@ -37,6 +38,10 @@ from engine.models.owsm.config import SAMPLE_RATE
 from engine.models.owsm.cost import encoder_cost
 from engine.models.owsm.languages import owsm_language
 from engine.models.owsm.loaded import LoadedOwsm, load_owsm
+
+
+def _masked(encoder, features, *, layers, head_mask):
+    return cut_layers(encoder(features, jnp.float32, head_mask), layers)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -110,6 +115,11 @@ class OwsmEncoder(LoadedEncoder):
         if not 0 <= samples <= self.window_samples:
             raise ValueError(f"a window holds 0..{self.window_samples} samples, got {samples}")
         return encoder_cost(self.loaded.config)
+
+    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
+        """The encoder with a head mask (``engine.models.common.heads``): ``(features,)`` batches."""
+        c = self.loaded.config
+        return HeadMasked(self.loaded.encoder, _masked, c.n_layer, c.n_head, tuple(layers))
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return StoredLayers(self.loaded.sharded(mesh, out_dtype), layers, self.n_layers_out)

@@ -16,6 +16,7 @@ import numpy as np
 
 from engine.data import audio as audio_lib
 from engine.errors import AudioError, CheckpointError
+from engine.models.common.heads import HeadMasked
 from engine.models.common import logmel
 from engine.models.common.parallel import ShardedEncoder, Signature
 from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims, LoadedEncoder
@@ -55,6 +56,10 @@ def store_depth(dims) -> Callable[[int], float]:
         return lambda layer: layer / (blocks + 1)
     past = 1.0 / (int(config["layers"]) + 1) if output == "projector" else 0.0
     return lambda layer: 1.0 + past
+
+
+def _masked(model, mel, frames, *, layers, head_mask):
+    return model(mel, frames, layers, jnp.float32, head_mask)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -151,6 +156,13 @@ class SpeechLLMEncoder(LoadedEncoder):
         for i, (m, f) in enumerate(inputs):
             mel[i], frames[i] = m, f
         return mel, frames
+
+    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
+        """The encoder with a head mask (``engine.models.common.heads``): ``(mel, frames)`` batches, the tower's blocks."""
+        if self.output != "layers":
+            raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
+        c = self.loaded.config
+        return HeadMasked(self.loaded.model, _masked, c.layers, c.heads, tuple(layers))
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         signature = SIGNATURES[self.output]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from engine.models.common.heads import HeadMasked, cut_layers
 from engine.models.common.parallel import StoredLayers, collate_rows
 from engine.models.interface import (
     W2VBERT_LAYERS,
@@ -29,6 +30,10 @@ from engine.models.w2vbert.cost import encoder_cost
 from engine.models.w2vbert.loaded import LoadedW2vBert, load_w2vbert
 
 PAD_FRAMES = 50  # batches are padded to a multiple of this many frames (1 s)
+
+
+def _masked(model, features, valid, *, layers, head_mask):
+    return cut_layers(model(features, valid, jnp.float32, head_mask), layers)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -76,6 +81,11 @@ class W2vBertEncoder(LoadedEncoder):
     def cost(self, samples: int) -> EncoderCost:
         """FLOPs and parameters of one window of ``samples`` samples (``engine.models.w2vbert.cost``)."""
         return encoder_cost(self.loaded.config, samples)
+
+    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
+        """The encoder with a head mask (``engine.models.common.heads``): ``(features, valid)`` batches."""
+        c = self.loaded.config
+        return HeadMasked(self.loaded.model, _masked, c.n_layer, c.n_head, tuple(layers))
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return StoredLayers(self.loaded.sharded(mesh, out_dtype), layers, self.n_layers_out)

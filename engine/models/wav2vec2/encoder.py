@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError
+from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder, collate_rows
 from engine.models.interface import (
     CTC,
@@ -31,6 +32,10 @@ from engine.models.wav2vec2.cost import encoder_cost
 from engine.models.wav2vec2.features import normalize
 from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, load_wav2vec2
 from engine.models.wav2vec2.parallel import SIGNATURE
+
+
+def _masked(model, wave, lengths, *, layers, head_mask):
+    return model(wave, lengths, layers, jnp.float32, head_mask)[0]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -115,6 +120,11 @@ class Wav2Vec2Encoder:
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return _StatesOnly(ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers, out_dtype))
+
+    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
+        """The encoder with a head mask (``engine.models.common.heads``): ``(wave, lengths)`` batches."""
+        d = self.loaded.dims
+        return HeadMasked(self.loaded.model, _masked, d.num_hidden_layers, d.num_attention_heads, tuple(layers))
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
         """i64[L, intermediate]: active frames per layer and feed-forward unit of one ``collate``d batch (the valid

@@ -17,6 +17,7 @@ import numpy as np
 from engine.data import audio as audio_lib
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
+from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS, EncoderCost
 from engine.models.whisper import features as whisper_features
@@ -65,6 +66,10 @@ class WhisperShape:
         if not 0 <= samples <= self.window_samples:
             raise ValueError(f"a window holds 0..{self.window_samples} samples, got {samples}")
         return encoder_cost(self.dims)
+
+
+def _masked(encoder, mel, *, layers, head_mask):
+    return encoder(mel, layers, jnp.float32, head_mask)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -129,6 +134,11 @@ class WhisperEncoder:
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         return ShardedEncoder(self.loaded.model, SIGNATURE, mesh, layers=tuple(layers), out_dtype=out_dtype)
+
+    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
+        """The encoder with a head mask (``engine.models.common.heads``): ``(mel,)`` batches."""
+        d = self.loaded.dims
+        return HeadMasked(self.loaded.model.encoder, _masked, d.n_audio_layer, d.n_audio_head, tuple(layers))
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
         """i64[L, 4 d]: active frames per block and feed-forward unit of one ``collate``d batch, ``frames``: the valid
