@@ -16,8 +16,8 @@ import numpy as np
 
 from engine.data import audio as audio_lib
 from engine.errors import AudioError, CheckpointError
-from engine.models.common.heads import HeadMasked
 from engine.models.common import logmel
+from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder, Signature
 from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims, LoadedEncoder
 from engine.models.speechllm.loaded import LoadedSpeechLLM, load_speechllm
@@ -158,7 +158,7 @@ class SpeechLLMEncoder(LoadedEncoder):
         return mel, frames
 
     def head_masked(self, layers: Sequence[int]) -> HeadMasked:
-        """The encoder with a head mask (``engine.models.common.heads``): ``(mel, frames)`` batches, the tower's blocks."""
+        """The encoder with a head mask (``engine.models.common.heads``): ``(mel, frames)`` batches."""
         if self.output != "layers":
             raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
         c = self.loaded.config
