@@ -26,7 +26,11 @@ An ``Encoder`` provides, on host arrays:
   them: decode and align skip them unless told which token to use); none for a family without such a decoder;
 - ``ffn_counts(batch, frames)`` and ``ffn_scaled_sums(batch, frames, scale)``: the neurons job's feed-forward unit
   counts and its intervention, on a ``collate``d batch; None where the family has no such counts yet (the job then
-  refuses it in one line).
+  refuses it in one line);
+- ``head_masked(layers)``: the encoder as a function of a head mask, ``f[blocks, heads]`` or one per row of a batch
+  (``engine.models.common.heads.HeadMasked``: the heads job's ablations and gradient importance), every family;
+  ``attention_stats``: each head's mean attention distance, entropy and local share per window
+  (``engine.models.common.attention_stats.AttentionStats``), None where the family does not offer it yet.
 
 A model with a CTC head offers decode's per-layer logit lens as a ``CTCLens`` (``ctc_lens()`` of the model the
 registry's ``ctc=`` loader returns): the head on one layer's states and the text of the frames' best ids, so that the
@@ -81,6 +85,7 @@ class Encoder(Protocol):
     ffn_counts: Callable[[tuple, np.ndarray], np.ndarray] | None
     # (batch, frames, scale f32[L, units]) -> (sums f32[layer, batch, embed], frames), the units scaled; None likewise
     ffn_scaled_sums: Callable[[tuple, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
+    attention_stats: Any | None  # an AttentionStats (engine.models.common.attention_stats), or None: not offered
 
     @property
     def store_dims(self): ...
@@ -92,6 +97,8 @@ class Encoder(Protocol):
     def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, ...]: ...
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype) -> Callable: ...
+
+    def head_masked(self, layers: Sequence[int]) -> Any: ...  # engine.models.common.heads.HeadMasked
 
     def cost(self, samples: int) -> EncoderCost: ...
 

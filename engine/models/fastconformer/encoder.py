@@ -53,6 +53,7 @@ class FastConformerEncoder(LoadedEncoder):
     min_samples: int = feats.MIN_SAMPLES  # a shorter last window has no frame: dropped (``split_windows``)
     ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
     ffn_scaled_sums = None
+    attention_stats = None  # the heads job's attention statistics: not offered yet (Whisper and wav2vec2 do)
 
     @property
     def heads(self) -> frozenset:

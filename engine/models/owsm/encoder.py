@@ -55,6 +55,7 @@ class OwsmEncoder(LoadedEncoder):
     pads_windows: bool = True  # every window costs the full window (``cost``); read by encode --plan
     ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
     ffn_scaled_sums = None
+    attention_stats = None  # the heads job's attention statistics: not offered yet (Whisper and wav2vec2 do)
 
     @property
     def store_dims(self) -> FamilyDims:

@@ -76,6 +76,7 @@ class SpeechLLMEncoder(LoadedEncoder):
     min_samples: int = 0  # every last window is kept, as Whisper's (``logmel.features_for_audio``)
     ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
     ffn_scaled_sums = None
+    attention_stats = None  # the heads job's attention statistics: not offered yet (Whisper and wav2vec2 do)
 
     def __post_init__(self):
         if self.output not in OUTPUTS:

@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.errors import AudioError
+from engine.models.common.attention_stats import AttentionStats
 from engine.models.common.heads import HeadMasked
+from engine.models.common.layers import layer_norm
 from engine.models.common.parallel import ShardedEncoder, collate_rows
 from engine.models.interface import (
     CTC,
@@ -36,6 +38,23 @@ from engine.models.wav2vec2.parallel import SIGNATURE
 
 def _masked(model, wave, lengths, *, layers, head_mask):
     return model(wave, lengths, layers, jnp.float32, head_mask)[0]
+
+
+def _block_inputs(model, wave, lengths):
+    return model(wave, lengths, tuple(range(model.dims.num_hidden_layers)), jnp.float32)[0]
+
+
+def _qk(model, block: int, x, keep):
+    """Block ``block``'s scaled queries and keys, as ``engine.models.wav2vec2.model.EncoderLayers._layer`` makes them
+    (pre-LN models normalise first)."""
+    dims = model.dims
+    w = {name: v[...][block - 1] for name, v in model.layers.weights.items()}
+    h = layer_norm(x, w["ln1_scale"], w["ln1_bias"], dims.layer_norm_eps) if dims.do_stable_layer_norm else x
+    b, t, d = h.shape
+    heads = dims.num_attention_heads
+    qkv = jnp.dot(h, w["qkv_kernel"]) + w["qkv_bias"]
+    q, k = (qkv[..., i * d : (i + 1) * d].reshape(b, t, heads, d // heads) for i in range(2))
+    return q * jnp.asarray((d // heads) ** -0.5, q.dtype), k, keep
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -125,6 +144,12 @@ class Wav2Vec2Encoder:
         """The encoder with a head mask (``engine.models.common.heads``): ``(wave, lengths)`` batches."""
         d = self.loaded.dims
         return HeadMasked(self.loaded.model, _masked, d.num_hidden_layers, d.num_attention_heads, tuple(layers))
+
+    @property
+    def attention_stats(self) -> AttentionStats:
+        """Each head's attention statistics (``engine.models.common.attention_stats``), the padding's keys masked."""
+        d = self.loaded.dims
+        return AttentionStats(self.loaded.model, _block_inputs, _qk, d.num_hidden_layers, d.num_attention_heads)
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
         """i64[L, intermediate]: active frames per layer and feed-forward unit of one ``collate``d batch (the valid

@@ -17,6 +17,7 @@ import numpy as np
 from engine.data import audio as audio_lib
 from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
+from engine.models.common.attention_stats import AttentionStats
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS, EncoderCost
@@ -70,6 +71,18 @@ class WhisperShape:
 
 def _masked(encoder, mel, *, layers, head_mask):
     return encoder(mel, layers, jnp.float32, head_mask)
+
+
+def _block_inputs(encoder, mel):
+    return encoder(mel, tuple(range(encoder.dims.n_audio_layer)), jnp.float32)
+
+
+def _qk(encoder, block: int, x, keep):
+    del keep  # Whisper's encoder attends over the whole window, padding included
+    b = encoder.blocks[block - 1]
+    h, a = b.attn_ln(x), b.attn
+    q = a.split_heads(a.query(h))
+    return q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), a.split_heads(a.key(h)), None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -139,6 +152,13 @@ class WhisperEncoder:
         """The encoder with a head mask (``engine.models.common.heads``): ``(mel,)`` batches."""
         d = self.loaded.dims
         return HeadMasked(self.loaded.model.encoder, _masked, d.n_audio_layer, d.n_audio_head, tuple(layers))
+
+    @property
+    def attention_stats(self) -> AttentionStats:
+        """Each head's attention statistics (``engine.models.common.attention_stats``): keys over the whole padded
+        window, as Whisper attends."""
+        d = self.loaded.dims
+        return AttentionStats(self.loaded.model.encoder, _block_inputs, _qk, d.n_audio_layer, d.n_audio_head)
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
         """i64[L, 4 d]: active frames per block and feed-forward unit of one ``collate``d batch, ``frames``: the valid

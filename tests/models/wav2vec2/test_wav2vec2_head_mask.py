@@ -17,7 +17,7 @@ import transformers
 
 from engine.models.wav2vec2.loaded import load_wav2vec2
 from tests.models.wav2vec2 import w2v_reference as ref
-from tests.parity import rel_err
+from tests.parity import attention_stats_twin, rel_err
 
 RTOL = 1e-5
 SMALL = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=3, conv_dim=(32,) * 7,
@@ -99,3 +99,25 @@ def test_masks_per_row_and_gradient_importance(pair):
         for h in handles:
             h.remove()
     assert rel_err(got, mask.grad.numpy()) < 1e-4
+
+
+def test_attention_statistics_equal_transformers_attention_weights(pair):
+    """Each head's attention statistics (``engine.models.common.attention_stats``) on a ragged batch, the padding's
+    keys masked, equal those of transformers' attention weights (``output_attentions``, eager) of each wave alone,
+    through a NumPy twin."""
+    from engine.models.wav2vec2.encoder import Wav2Vec2Encoder
+
+    theirs, ours, waves = pair
+    encoder = Wav2Vec2Encoder(ours)
+    inputs, frames = zip(*(encoder.windows(w, "window") for w in waves), strict=True)
+    frames = np.array([int(f[0]) for f in frames])
+    stats = encoder.attention_stats(encoder.collate([i[0] for i in inputs], 2), frames, local=2)
+    for row, w in enumerate(waves):
+        x = ref.extractor(theirs)(w, sampling_rate=ref.SAMPLE_RATE, return_tensors="pt").input_values
+        theirs.config._attn_implementation = "eager"
+        with torch.no_grad():
+            attentions = theirs(x, output_attentions=True).attentions
+        assert attentions[0].shape[-1] == frames[row]
+        for layer, weights in enumerate(attentions):
+            want = attention_stats_twin(weights[0].numpy(), int(frames[row]), 2)
+            np.testing.assert_allclose(stats[row, layer], want, rtol=1e-4, atol=1e-5)

@@ -19,7 +19,7 @@ from engine.models.whisper.checkpoints.hf import state_dict_from_hf
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.model import Whisper
 from tests.models.whisper.hf_reference import hf_encoder_layers
-from tests.parity import rel_err
+from tests.parity import attention_stats_twin, rel_err
 
 RTOL = 1e-5
 N_MELS, N_CTX, WIDTH, HEADS, LAYERS = 80, 50, 64, 4, 3
@@ -128,3 +128,21 @@ def test_bad_masks_are_refused(pair, mel):
         ours.encoder(jnp.asarray(mel), head_mask=np.ones((4, 3), np.float32))
     with pytest.raises(ShapeError, match="3 rows for a batch of 2"):
         ours.encoder(jnp.asarray(mel), head_mask=np.ones((3, LAYERS, HEADS), np.float32))
+
+
+def test_attention_statistics_equal_transformers_attention_weights(pair, mel):
+    """Each head's mean attention distance, entropy and local share (``engine.models.common.attention_stats``) from
+    transformers' own attention weights (``output_attentions``, eager), through a NumPy twin; Whisper attends over
+    the whole window, padding included, and the statistics average the valid queries only."""
+    from engine.models.common.attention_stats import AttentionStats
+    from engine.models.whisper.encoder import _block_inputs, _qk
+
+    hf, ours = pair
+    frames = np.array([N_CTX, 31], np.int32)
+    stats = AttentionStats(ours.encoder, _block_inputs, _qk, LAYERS, HEADS)((jnp.asarray(mel),), frames, local=3)
+    with torch.no_grad():
+        attentions = hf.model.encoder(torch.from_numpy(mel), output_attentions=True).attentions
+    for layer, weights in enumerate(attentions):
+        for row, n in enumerate(frames):
+            want = attention_stats_twin(weights[row].numpy(), int(n), 3)
+            np.testing.assert_allclose(stats[row, layer], want, rtol=1e-4, atol=1e-5)
