@@ -197,3 +197,22 @@ def test_head_masked_encoder_of_every_kind(kind, folders, clips):
     fn = masked.function()
     grad = jax.grad(lambda m: jnp.sum(fn(masked.params, m, *batch)[-1] ** 2))(jnp.asarray(ones))
     assert np.isfinite(grad).all() and np.abs(np.asarray(grad)[1]).max() > 0
+
+
+@pytest.mark.parametrize("kind", ["whisper", "wav2vec2", "hubert"])
+def test_head_masked_resumes_from_a_block(kind, folders, clips):
+    """``HeadMasked.resumed``: the blocks from ``first`` on, given the input of block ``first``, equal the whole pass
+    under the same masks on every valid frame (what the heads job's passes share)."""
+    encoder = fam.load_encoder(folders / kind)
+    inputs, frames = zip(*(encoder.windows(clip, "window") for clip in clips), strict=True)
+    batch = encoder.collate([i[0] for i in inputs], 2)
+    layers = list(range(encoder.n_layers_out))
+    masked = encoder.head_masked(layers)
+    masks = np.ones((2, masked.blocks, masked.heads), np.float32)
+    masks[0, 1, 0] = masks[1, 1, 3] = 0
+    whole = masked(batch, masks)
+    x = masked.with_layers((1,))(batch, np.ones_like(masks))[0]
+    upper = masked.resumed(2, x, batch, masks)
+    for r, n in enumerate(int(f[0]) for f in frames):
+        got, want = upper[:, r, :n], whole[2:, r, :n]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())

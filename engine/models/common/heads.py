@@ -7,7 +7,11 @@ forward pass (its ``model.py``, where ``head_mask`` scales each head's attention
 - ``__call__(batch, head_mask)``: one jitted pass with a mask per row, ``head_mask: f32[batch, blocks, heads]``, so
   that one batch runs several ablations (the rows of a batch are a product of windows and masks: the heads job);
 - ``function()``: the same pass as a pure function ``(params, head_mask, *batch) -> states`` with the parameters as
-  an argument, to differentiate (gradient importance: the derivative of a loss with respect to the mask at 1).
+  an argument, to differentiate (gradient importance: the derivative of a loss with respect to the mask at 1);
+- ``resumed(first, x, batch, head_mask)``: where the family offers ``resume`` (Whisper, the wav2vec2 family), the
+  pass from block ``first`` on, ``x`` the input of that block (layer ``first - 1``'s states): masks that ablate
+  heads of block ``first`` or later leave the blocks before it as they are, so that a batch of such masks shares
+  them (``with_layers(...)`` computes them once, unmasked). A family without it runs every mask from the input.
 
 Nothing else changes: states are float32, and the valid frames of each row are the family's (``Encoder.windows``).
 """
@@ -35,6 +39,8 @@ class HeadMasked:
     blocks: int  # L: encoder blocks with self-attention
     heads: int  # attention heads of every block
     layers: tuple[int, ...]  # the stored layers returned, in this order
+    # (model, x, *batch, first=, layers=, head_mask=) -> f32[len(layers), batch, frame, embed], layers >= first
+    resume: Callable | None = None
 
     @functools.cached_property
     def _split(self):
@@ -71,6 +77,36 @@ class HeadMasked:
                 f"got {mask.shape}"
             )
         return np.asarray(self._jitted(self.params, jnp.asarray(mask), *(jnp.asarray(x) for x in batch)))
+
+
+    def with_layers(self, layers: Sequence[int]) -> HeadMasked:
+        """The same encoder returning other layers (one object, and so one compilation, per set of layers)."""
+        layers = tuple(int(i) for i in layers)
+        if layers == self.layers:
+            return self
+        made = self.__dict__.setdefault("_others", {})
+        if layers not in made:
+            made[layers] = dataclasses.replace(self, layers=layers)
+        return made[layers]
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one object per loaded model, a few blocks)
+    def _resumed(self, first: int):
+        graphdef = self._split[0]
+        call, layers = self.resume, tuple(la for la in self.layers if la >= first)
+
+        def run(params, x, head_mask, *batch):
+            return call(nnx.merge(graphdef, params), x, *batch, first=first, layers=layers, head_mask=head_mask)
+
+        return jax.jit(run)
+
+    def resumed(self, first: int, x: np.ndarray, batch: Sequence[np.ndarray], head_mask: np.ndarray) -> np.ndarray:
+        """``f32[n, batch, frame, embed]``: the layers of ``self.layers`` from block ``first`` on (n of them), given
+        ``x`` the input of block ``first`` for every row; ``head_mask f32[batch, blocks, heads]``."""
+        if self.resume is None:
+            raise ValueError("this family's encoder does not resume from a block: run the whole pass")
+        step = self._resumed(int(first))
+        return np.asarray(step(self.params, jnp.asarray(x), jnp.asarray(head_mask, jnp.float32),
+                               *(jnp.asarray(b) for b in batch)))  # fmt: skip
 
 
 def cut_layers(states, layers: Sequence[int]):

@@ -36,6 +36,11 @@ from engine.models.wav2vec2.loaded import PAD_MULTIPLE, LoadedWav2Vec2, load_wav
 from engine.models.wav2vec2.parallel import SIGNATURE
 
 
+def _resume(model, x, wave, lengths, *, first, layers, head_mask):
+    del wave  # the layers from ``first`` on read x and the valid frames alone
+    return model.resume(x, lengths, first, layers, head_mask)
+
+
 def _masked(model, wave, lengths, *, layers, head_mask):
     return model(wave, lengths, layers, jnp.float32, head_mask)[0]
 
@@ -143,7 +148,8 @@ class Wav2Vec2Encoder:
     def head_masked(self, layers: Sequence[int]) -> HeadMasked:
         """The encoder with a head mask (``engine.models.common.heads``): ``(wave, lengths)`` batches."""
         d = self.loaded.dims
-        return HeadMasked(self.loaded.model, _masked, d.num_hidden_layers, d.num_attention_heads, tuple(layers))
+        return HeadMasked(self.loaded.model, _masked, d.num_hidden_layers, d.num_attention_heads, tuple(layers),
+                          _resume)
 
     @property
     def attention_stats(self) -> AttentionStats:

@@ -223,6 +223,18 @@ class EncoderLayers(nnx.Module):
 
         return jax.lax.scan(step, x, weights)[1]
 
+    def resume(self, x, keep, first: int, depth: int, head_mask):
+        """``__call__`` from layer ``first`` on: ``x`` the input of layer ``first``, the outputs of layers
+        ``first..depth``, ``f[depth - first + 1, batch, frame, embed]``."""
+        weights = {name: w[...][first - 1 : depth] for name, w in self.weights.items()}
+        weights["head_scale"] = (head_mask if head_mask.ndim == 2 else jnp.moveaxis(head_mask, 1, 0))[first - 1 : depth]
+
+        def step(x, w):
+            x, _ = self._layer(x, w, keep)
+            return x, jnp.where(keep[..., None], x, 0)
+
+        return jax.lax.scan(step, x, weights)[1]
+
     def ffn_active(self, x, keep):
         """i32[L, intermediate]: per layer, at how many frames where ``keep`` each feed-forward unit's activation is
         > 0 (after the nonlinearity), summed over the batch."""
@@ -344,6 +356,17 @@ class Wav2Vec2(nnx.Module):
         deeper = None if depth == 0 else self.layers(x, keep, depth, head_mask).astype(out_dtype)
         states = first if deeper is None else jnp.concatenate([first, deeper])
         return states[jnp.asarray(layers)] if layers != tuple(range(depth + 1)) else states, frames
+
+    def resume(self, x, lengths, first: int, layers: Sequence[int], head_mask):
+        """The layers ``layers`` (each >= ``first``) from ``x``, the input of layer ``first`` (layer ``first - 1``'s
+        states as ``__call__`` returns them, ``f[batch, frame, embed]``), ``lengths`` the batch's samples, with
+        ``head_mask`` as ``__call__`` takes it: the heads job's ablations of layer ``first`` or later, the layers
+        before it shared."""
+        dims = self.dims
+        head_mask = check_head_mask(head_mask, dims.num_hidden_layers, dims.num_attention_heads, len(x))
+        keep = jnp.arange(x.shape[1])[None, :] < conv_frames(jnp.asarray(lengths, jnp.int32), dims)[:, None]
+        states = self.layers.resume(x, keep, first, max(layers), head_mask)
+        return states[jnp.asarray([i - first for i in layers])].astype(jnp.float32)
 
     def _front(self, wave, lengths):
         """(layer 0's input to the first layer ``f[batch, frame, embed]``, ``keep: bool[batch, frame]``, frames)."""

@@ -69,6 +69,11 @@ class WhisperShape:
         return encoder_cost(self.dims)
 
 
+def _resume(encoder, x, mel, *, first, layers, head_mask):
+    del mel  # the blocks from ``first`` on read x alone
+    return encoder.resume(x, first, layers, head_mask)
+
+
 def _masked(encoder, mel, *, layers, head_mask):
     return encoder(mel, layers, jnp.float32, head_mask)
 
@@ -151,7 +156,8 @@ class WhisperEncoder:
     def head_masked(self, layers: Sequence[int]) -> HeadMasked:
         """The encoder with a head mask (``engine.models.common.heads``): ``(mel,)`` batches."""
         d = self.loaded.dims
-        return HeadMasked(self.loaded.model.encoder, _masked, d.n_audio_layer, d.n_audio_head, tuple(layers))
+        return HeadMasked(self.loaded.model.encoder, _masked, d.n_audio_layer, d.n_audio_head, tuple(layers),
+                          _resume)
 
     @property
     def attention_stats(self) -> AttentionStats:

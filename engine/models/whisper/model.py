@@ -238,6 +238,20 @@ class AudioEncoder(nnx.Module):
             kept[n_out - 1] = self.ln_post(x).astype(out_dtype)
         return jnp.stack([kept[i] for i in layers])
 
+    def resume(self, x, first: int, layers: Sequence[int], head_mask):
+        """The layers ``layers`` (each >= ``first``; L+1 = ln_post) from ``x``, the input of block ``first`` (layer
+        ``first - 1``'s states, ``f[batch, n_audio_ctx, embed]``), with ``head_mask`` as ``__call__`` takes it: what
+        an ablation of block ``first`` or later computes, the blocks before it shared (the heads job)."""
+        dims = self.dims
+        n_out = dims.n_audio_layer + 2
+        head_mask = check_head_mask(head_mask, dims.n_audio_layer, dims.n_audio_head, len(x))
+        kept = {}
+        for i in range(first, n_out - 1):
+            x = self.blocks[i - 1].encoder_block(x, head_mask[..., i - 1, :])
+            kept[i] = x
+        kept[n_out - 1] = self.ln_post(x)
+        return jnp.stack([kept[i].astype(jnp.float32) for i in layers])
+
     def _stem(self, mel):
         x = jnp.transpose(mel, (0, 2, 1))
         x = _gelu(self.conv1(x))

@@ -184,7 +184,12 @@ def r1_by_pair(pooled: np.ndarray, label: np.ndarray, ids, n_langs: int) -> np.n
     x = np.asarray(pooled, np.float64)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norm > 0, norm, 1)
-    sims = x @ x.T
+    return r1_of_similarity(x @ x.T, label, ids, n_langs)
+
+
+def r1_of_similarity(sims: np.ndarray, label: np.ndarray, ids, n_langs: int) -> np.ndarray:
+    """``r1_by_pair`` from any similarity of every utterance to every other, ``sims: f[utterance, utterance]`` (the
+    heads job's SeqSim), higher is more similar."""
     ids = np.asarray(ids)
     out = np.full((n_langs, n_langs), np.nan)
     for b in range(n_langs):

@@ -1,0 +1,259 @@
+"""Which attention heads carry language: every single-head ablation of a store's model, gradient importance and
+attention statistics, per language (``jobs/heads.py``; docs/heads.md shows the demo).
+
+The model is the store's (its checkpoint's sha256 is checked), re-run from the audio its utterance table points to
+(``engine.pipelines.heads.ablate``: the evaluation set, one pass per batch of masks). Work units, claimed
+(``engine.runtime.claims``) so that any number of ``--worker`` processes share a run, each written whole with its
+digest as soon as it is done (a rerun reads them back; a kill loses at most the units in progress)::
+
+    OUT/parts/none.npz          the unablated model: pooled states, SeqSim R@1, WER/CER, hypotheses
+    OUT/parts/block<l>.npz      the H single-head ablations of block l, one pass (the same arrays, one row a head)
+    OUT/parts/importance.npz    gradient importance per utterance and loss (``engine.pipelines.heads.importance``)
+    OUT/parts/attention.npz     attention statistics per window (families that offer them)
+
+Then, from the parts (every worker that gets there writes the same bytes)::
+
+    OUT/heads.parquet           long table (``engine.pipelines.heads.table``)
+    OUT/selective_heads.csv     per language and metric, the heads whose ablation hurts it most against the others
+    OUT/figures/heads.png       layer x head heatmaps of every metric
+    OUT/figures/heads_by_language.png   per language, R@1 change at the last scored layer
+    OUT/manifest.json           the run's settings: a rerun with others is refused
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+
+import numpy as np
+
+from engine import captions
+from engine.errors import LanguageError
+from engine.languages import fleurs_to_whisper
+from engine.models.family import FAMILIES, load_encoder
+from engine.models.interface import DECODER
+from engine.pipelines.heads import table as table_lib
+from engine.pipelines.heads.ablate import Decoding, Scores, ablation_pass, evaluation_set
+from engine.pipelines.heads.config import HeadsConfig, HeadsError
+from engine.pipelines.heads.importance import ce_importance, contrastive_importance
+from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
+from engine.runtime.units import claimed_units
+from engine.stores.integrity import read_output, repair_hint, write_outputs
+from engine.stores.kv import npz_bytes, open_kvstore, read_npz, read_value
+from engine.stores.reader import open_store
+from engine.text import metrics
+
+log = logging.getLogger(__name__)
+
+PARTS = "parts/"
+
+
+@dataclasses.dataclass
+class HeadsSummary(RunSummary):
+    blocks: int = 0
+    heads: int = 0
+    utterances: int = 0
+    windows: int = 0
+    passes: int = 0  # parts this process computed (the others were read back or done by other workers)
+    notes: list = dataclasses.field(default_factory=list)  # what was not scored, and why
+    top: list = dataclasses.field(default_factory=list)  # report lines: the heads that matter most
+    paths: tuple = ()
+
+    def report(self) -> str:
+        lines = [f"heads: {self.blocks} blocks x {self.heads} heads ablated one at a time on {self.utterances} "
+                 f"utterances ({self.windows} windows) in {self.seconds:.1f} s; {self.passes} parts computed here",
+                 *self.notes, *self.top, *self.skip_lines(), *(f"wrote {p}" for p in self.paths)]  # fmt: skip
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Setup:
+    """What a run works with, once checked."""
+
+    encoder: object
+    evaluation: object
+    scored: tuple[int, ...]  # the scored layers
+    masked: object  # HeadMasked over the pass's layers
+    decoding: Decoding | None
+    trainer: object | None  # for the ce loss
+    prompts: dict  # store language -> the decoder's prompt language (None: no token)
+
+
+def run_heads(config: HeadsConfig) -> HeadsSummary:
+    """Ablates, scores and writes (module docstring); returns the summary."""
+    start = time.perf_counter()
+    summary = HeadsSummary()
+    setup = _setup(config, summary)
+    masked, evaluation = setup.masked, setup.evaluation
+    summary.blocks, summary.heads = masked.blocks, masked.heads
+    summary.utterances, summary.windows = evaluation.n, len(evaluation.inputs)
+    for lang, uid, reason in evaluation.skipped:
+        summary.skip(reason, lang, uid)
+    url = config.run.out
+    _, kv = open_kvstore(url)
+    claims = work_claims(config.run, "heads", kv)
+    fix = repair_hint(url, "heads")
+    units = ["none", *(f"block{b}" for b in range(1, masked.blocks + 1))]
+    units += ["importance"] if config.losses else []
+    units += ["attention"] if setup.encoder.attention_stats is not None else []
+
+    def key(unit: str) -> str:
+        return f"{PARTS}{unit}.npz"
+
+    def stored(unit: str) -> bool:
+        return read_value(kv, key(unit), url).state == "value"
+
+    with output_run(config, "heads", HeadsError, claims=(claims,)) as lease:
+        missing = [u for u in units if not stored(u)]
+        per_unit = {"none": 1, "importance": len(config.losses), "attention": 1}
+        total = sum(per_unit.get(u, masked.heads) for u in missing) * len(evaluation.inputs)
+        bar = progress_bar(total, "heads", "window", config.run.progress)
+        for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(units)):
+            arrays = _compute(unit, setup, config, bar, summary)
+            write_outputs(kv, {key(unit): npz_bytes(arrays)}, url)
+            summary.passes += 1
+            log.info("heads: %s done", unit)
+        bar.close()
+        parts = {unit: _read_part(kv, key(unit), url, fix, evaluation) for unit in units}
+        writes = _outputs(parts, setup, config, summary)
+        write_outputs(kv, writes, url)
+    summary.paths = tuple(url.rstrip("/") + "/" + k for k in writes)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
+    reader = open_store(config.store)
+    info = reader.info
+    langs = list(config.langs) if config.langs else list(reader.languages)
+    missing = sorted(set(langs) - set(reader.languages))
+    if missing:
+        raise HeadsError(f"languages {missing} are not in the layer store, which has {list(reader.languages)}")
+    if len(langs) < 2:
+        raise HeadsError(f"heads scores retrieval and language ID across languages: give at least two, got {langs}")
+    encoder = load_encoder(config.model, adapter=config.adapter)
+    if encoder.sha256 != info.checkpoint_sha256 or encoder.family != info.family:
+        raise HeadsError(
+            f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
+            f"model given is {encoder.name!r} (sha256 {encoder.sha256[:12]}); pass the store's model with --model"
+        )
+    top = encoder.n_layers_out - 1
+    scored = tuple(config.layers) if config.layers is not None else tuple(sorted({(top - 1) // 2 + 1, top}))
+    bad = [la for la in scored if not 0 <= la <= top]
+    if bad:
+        raise HeadsError(f"--layers {bad} are not layers of this model (0..{top}: {encoder.layer_meaning})")
+    family = FAMILIES[encoder.family]
+    has_decoder = family.decoder is not None and DECODER in family.store_heads(info)
+    decoder = family.decoder(config.model) if has_decoder and config.decode else None
+    trainer = family.trainer(config.model) if has_decoder and "ce" in config.losses and family.trainer else None
+    if "ce" in config.losses and trainer is None:
+        summary.notes.append(f"importance ce: not scored ({encoder.name} has no text decoder to train)")
+    if config.decode and decoder is None:
+        summary.notes.append(f"WER/CER: not scored ({encoder.name} has no text decoder)")
+    prompts = {lang: _iso(lang) for lang in langs}  # the trainer's prompt languages: ISO 639-1
+    decoding = None
+    if decoder is not None:
+        codes = {lang: decoder.language(lang, {}) for lang in langs}
+        normalizers = {lang: metrics.normalizer_for(decoder.score_language(code) or _iso(lang) or "") if code else None
+                       for lang, code in codes.items()}  # fmt: skip
+        layers = tuple(sorted({*scored, top}))
+        decoding = Decoding(decoder, codes, normalizers, layers.index(top), config.max_new_tokens)
+    layers = tuple(sorted({*scored, *((top,) if decoding or trainer else ())}))
+    evaluation = evaluation_set(reader, encoder, langs, config.utterances)
+    if evaluation.n == 0:
+        raise HeadsError(f"no utterance of {langs} could be read from the store's audio: nothing to ablate")
+    return Setup(encoder, evaluation, scored, encoder.head_masked(layers), decoding, trainer, prompts)
+
+
+def _iso(lang: str) -> str | None:
+    try:
+        return fleurs_to_whisper(lang)
+    except LanguageError:
+        return None
+
+
+def _compute(unit: str, setup: Setup, config: HeadsConfig, bar, summary: HeadsSummary) -> dict:
+    masked, evaluation, enc = setup.masked, setup.evaluation, setup.encoder
+    scored = [masked.layers.index(la) for la in setup.scored]
+    if unit == "attention":
+        return _attention(setup, config, bar)
+    if unit == "importance":
+        none = ablation_pass(masked, evaluation, np.ones((1, masked.blocks, masked.heads), np.float32), scored, None,
+                             config.batch_size, enc.collate, _Quiet())  # fmt: skip
+        out = {}
+        got = [contrastive_importance(masked, evaluation, none.pooled[0, -1], scored[-1], config, enc.collate, bar)
+               if "contrastive" in config.losses else None]  # fmt: skip
+        if setup.trainer is not None:
+            top = masked.layers.index(enc.n_layers_out - 1)
+            got.append(ce_importance(masked, evaluation, setup.trainer, setup.prompts, top, config, enc.collate, bar))
+        for imp in (g for g in got if g is not None):
+            out |= {f"{imp.loss}_grads": imp.grads, f"{imp.loss}_used": imp.used,
+                    f"{imp.loss}_value": np.array(imp.value), f"{imp.loss}_left_out": np.array(imp.left_out)}  # fmt: skip
+        return out | {"ids": np.array(evaluation.ids)}
+    if unit == "none":
+        masks = np.ones((1, masked.blocks, masked.heads), np.float32)
+    else:
+        block = int(unit[len("block") :])
+        masks = np.ones((masked.heads, masked.blocks, masked.heads), np.float32)
+        masks[np.arange(masked.heads), block - 1, np.arange(masked.heads)] = 0
+    scores = ablation_pass(masked, evaluation, masks, scored, setup.decoding, config.batch_size, enc.collate, bar)
+    return scores.arrays() | {"masks": masks, "ids": np.array(evaluation.ids)}
+
+
+class _Quiet:
+    def update(self, n: int) -> None:
+        del n
+
+
+def _attention(setup: Setup, config: HeadsConfig, bar) -> dict:
+    """``stats f32[window, blocks, heads, 3]`` of the unablated model (``engine.models.common.attention_stats``)."""
+    evaluation, encoder = setup.evaluation, setup.encoder
+    out = []
+    size = config.batch_size
+    for start in range(0, len(evaluation.inputs), size):
+        inputs = evaluation.inputs[start : start + size]
+        frames = np.zeros(size, np.int32)
+        frames[: len(inputs)] = evaluation.frames[start : start + size]
+        stats = encoder.attention_stats(encoder.collate(list(inputs), size), frames, config.local_frames)
+        out.append(stats[: len(inputs)])
+        bar.update(len(inputs))
+    return {"stats": np.concatenate(out), "ids": np.array(evaluation.ids)}
+
+
+def _read_part(kv, key: str, url: str, fix: str, evaluation) -> dict:
+    found = read_output(kv, key, url, fix=fix)
+    if found is None:  # finished by every worker, yet gone: deleted under the run
+        raise HeadsError(f"{url}/{key} is missing after every unit was done: rerun to redo it")
+    data = read_npz(found, key, url, fix)
+    if list(data["ids"]) != list(evaluation.ids):
+        raise HeadsError(f"{url}/{key} was made from other utterances than the store now gives: use a new --out")
+    return data
+
+
+def _outputs(parts: dict, setup: Setup, config: HeadsConfig, summary: HeadsSummary) -> dict[str, bytes]:
+    from engine.pipelines.heads import figures  # lazy: matplotlib only here
+
+    blocks = [Scores(**{k: parts[f"block{b}"][k] for k in ("pooled", "r1", "wer", "cer", "hyps")})
+              for b in range(1, setup.masked.blocks + 1)]  # fmt: skip
+    none = Scores(**{k: parts["none"][k] for k in ("pooled", "r1", "wer", "cer", "hyps")})
+    rows = table_lib.rows(setup, none, blocks, parts.get("importance"), parts.get("attention"), config.seed,
+                          summary.notes)
+    selective = table_lib.selective(rows, config.top)
+    summary.top = table_lib.report_lines(rows, selective)
+    for loss in config.losses:
+        imp = parts.get("importance", {})
+        if f"{loss}_value" in imp:
+            summary.notes.append(f"importance {loss}: loss {float(imp[f'{loss}_value']):.4f} at the unablated model; "
+                                 f"{int(imp[f'{loss}_left_out'])} utterances left out of it")  # fmt: skip
+    subtitle = captions.source_line(setup.encoder.name, {"dataset": config.store})
+    n = np.bincount(setup.evaluation.label, minlength=len(setup.evaluation.langs))
+    subtitle += f"; n = {n.min()}" + (f"-{n.max()}" if n.max() > n.min() else "") + " utterances per language"
+    paint = functools.partial(figures.heads_png, rows, setup.masked.blocks, setup.masked.heads, subtitle)
+    return {
+        table_lib.TABLE: table_lib.parquet(rows),
+        table_lib.SELECTIVE: table_lib.selective_csv(selective),
+        figures.FIGURE: paint(),
+        figures.BY_LANGUAGE: figures.by_language_png(rows, setup.masked.blocks, setup.masked.heads, subtitle),
+    }
