@@ -7,6 +7,7 @@ from engine.pipelines.compare import depth as compare_depth
 from engine.pipelines.compare.layers import ROW_COLUMNS as COMPARE_ROW_COLUMNS
 from engine.pipelines.decode.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.pipelines.finetune.run import METRIC_FIELDS
+from engine.pipelines.heads import table as heads_table
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.neurons.run import SELECTIVE_COLUMNS, UNIT_COLUMNS
 from engine.pipelines.probe import run as probe
@@ -49,6 +50,8 @@ def test_every_written_column_is_documented():
         "retrieval baseline_delta.csv": delta.DELTA_COLUMNS,
         "neurons selective_units.csv": SELECTIVE_COLUMNS,
         "neurons units.parquet": UNIT_COLUMNS,
+        "heads heads.parquet": heads_table.TABLE_COLUMNS,
+        "heads selective_heads.csv": heads_table.SELECTIVE_COLUMNS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"

@@ -129,8 +129,9 @@ def ablation_pass(masked, evaluation: Evaluation, masks: np.ndarray, scored: lis
                 valid = np.full(batch_size, states.shape[2], np.int32)
                 if not decoding.decoder.caps.reads_padding:
                     valid[: len(chunk)] = evaluation.frames[[w for w, _ in chunk]]
+                search = Search(1, decoding.max_new_tokens, 1.0, 1.0)
                 ids, _, _ = decoding.decoder.search(states[decoding.position], valid, "transcribe",
-                                                    [language] * batch_size, Search(1, decoding.max_new_tokens, 1.0, 1.0))  # fmt: skip
+                                                    [language] * batch_size, search)  # fmt: skip
                 for r, (w, c) in enumerate(chunk):
                     tokens[c][int(evaluation.owner[w])] += list(ids[r])
             progress.update(len(chunk))
@@ -165,11 +166,12 @@ def _shared(masked, evaluation: Evaluation, windows, first: int, batch_size: int
     below = [la for la in masked.layers if la < first]
     layers = tuple(sorted({*below, first - 1}))
     prefix = masked.with_layers(layers)
-    ones = np.ones((batch_size, masked.blocks, masked.heads), np.float32)
+    size = min(batch_size, len(windows))  # no padding rows where a language has fewer windows than a batch
+    ones = np.ones((size, masked.blocks, masked.heads), np.float32)
     x, kept = {}, {}
-    for start in range(0, len(windows), batch_size):
-        chunk = [int(w) for w in windows[start : start + batch_size]]
-        states = prefix(collate([evaluation.inputs[w] for w in chunk], batch_size), ones)
+    for start in range(0, len(windows), size):
+        chunk = [int(w) for w in windows[start : start + size]]
+        states = prefix(collate([evaluation.inputs[w] for w in chunk], size), ones)
         for r, w in enumerate(chunk):
             x[w] = states[layers.index(first - 1), r]
             kept[w] = states[[layers.index(la) for la in below], r]

@@ -189,8 +189,8 @@ def _compute(unit: str, setup: Setup, config: HeadsConfig, bar, summary: HeadsSu
             top = masked.layers.index(enc.n_layers_out - 1)
             got.append(ce_importance(masked, evaluation, setup.trainer, setup.prompts, top, config, enc.collate, bar))
         for imp in (g for g in got if g is not None):
-            out |= {f"{imp.loss}_grads": imp.grads, f"{imp.loss}_used": imp.used,
-                    f"{imp.loss}_value": np.array(imp.value), f"{imp.loss}_left_out": np.array(imp.left_out)}  # fmt: skip
+            out |= {f"{imp.loss}_grads": imp.grads, f"{imp.loss}_used": imp.used, f"{imp.loss}_value": np.array(imp.value),
+                    f"{imp.loss}_left_out": np.array(imp.left_out)}  # fmt: skip
         return out | {"ids": np.array(evaluation.ids)}
     if unit == "none":
         masks = np.ones((1, masked.blocks, masked.heads), np.float32)

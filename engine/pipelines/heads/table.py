@@ -90,7 +90,8 @@ def rows(setup, none, blocks: list, importance: dict | None, attention: dict | N
                     if mine.any():
                         add(b, h, "language_id", scored, a, None, np.mean(predicted[mine] == i),
                             np.mean(before[mine] == i))  # fmt: skip
-                add(b, h, "language_id", scored, None, None, np.mean(predicted == ev.label), np.mean(before == ev.label))
+                add(b, h, "language_id", scored, None, None, np.mean(predicted == ev.label),
+                    np.mean(before == ev.label))  # fmt: skip
     for b, blk in enumerate(blocks, start=1):
         for h in range(len(blk.wer)):
             for metric in ("wer", "cer"):
@@ -170,7 +171,7 @@ def report_lines(table_rows: list[tuple], selected: list[tuple]) -> list[str]:
         lines.append(f"{metric}{at}: {base:.3f} unablated; block {b} head {h} off changes it most, to {value:.3f} "
                      f"({delta:+.3f})")  # fmt: skip
     last = max((r[2] for r in selected if r[1] == "r1"), default=None)
-    for lang, metric, scored, b, h, delta, rest, contrast, rank in selected:
+    for lang, metric, scored, b, h, delta, rest, _, rank in selected:
         if metric == "r1" and scored == last and rank == 1:
             lines.append(f"  {lang}: block {b} head {h} off changes its R@1 at layer {scored} by {delta:+.3f}, the "
                          f"others' by {rest:+.3f} on average")  # fmt: skip

@@ -1,0 +1,285 @@
+"""The heads job end to end, each number recomputed by code we did not write or by an independent twin.
+
+A tiny random Whisper (2 blocks x 4 heads, the HF folder of tests/conftest.py) over three "languages" of real FLEURS
+clips (de, en, es: 5 each, ids shared by position, one clip over 30 s so that an utterance spans two windows):
+
+- one ablation's pooled states and SeqSim R@1: each utterance encoded alone by the model with that head's mask
+  (``encoder(..., head_mask=)``, checked against transformers with hooks in tests/models/whisper/test_head_mask.py),
+  SeqSim by a NumPy twin in float64, R@1 by the retrieval kernels' loop twin (``reference_retrieval_metrics``);
+- the unablated decode: the decode job's own hypotheses from the same store and layer; WER/CER by jiwer through
+  ``engine.text.metrics`` on the hypotheses the job kept;
+- language ID before any ablation: the probes job's ``lid_layer`` (checked against scikit-learn elsewhere);
+- gradient importance, both losses: the gradient summed over the utterances equals torch autograd of the same loss
+  through transformers' WhisperForConditionalGeneration with pre-hooks on every ``out_proj`` (the mask as a tensor);
+- resume (parts read back, a deleted part redone alone, a damaged part named), refusals, and a wav2vec2 store.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from engine.data.audio import load_audio
+from engine.errors import BabelgridError
+from engine.models.whisper.features import features_for_audio
+from engine.pipelines.heads.config import HeadsConfig, HeadsError
+from engine.pipelines.heads.run import run_heads
+from engine.pipelines.probes.lid import lid_layer
+from engine.runtime.options import configure
+from kernels.metrics import reference_retrieval_metrics
+
+LANGS = ("de", "en", "es")
+PER_LANG = 5
+LONG = ("en", 1)  # (language, position) of the clip replaced by two clips joined: over 30 s
+
+
+@pytest.fixture(scope="module")
+def clips(fleurs_dir, tmp_path_factory) -> pathlib.Path:
+    import soundfile
+
+    root = tmp_path_factory.mktemp("heads-clips")
+    for lang in LANGS:
+        (root / lang).mkdir()
+        for i in range(PER_LANG):
+            (root / lang / f"s{i}.txt").symlink_to(fleurs_dir / f"fleurs-{lang}-{i:03d}.txt")
+            if (lang, i) == LONG:
+                audio = np.concatenate([load_audio(fleurs_dir / f"fleurs-{lang}-{k:03d}.ogg") for k in range(3)])
+                soundfile.write(root / lang / f"s{i}.wav", audio[: 16000 * 34], 16000)
+            else:
+                (root / lang / f"s{i}.ogg").symlink_to(fleurs_dir / f"fleurs-{lang}-{i:03d}.ogg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def store(clips, tiny_model_dir, run_job, tmp_path_factory) -> pathlib.Path:
+    out = tmp_path_factory.mktemp("heads-store") / "store"
+    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", str(out))
+    return out
+
+
+def _config(out, store, model, **kw):
+    kw = {"utterances": PER_LANG, "batch_size": 4, "max_new_tokens": 8, "progress": False, **kw}
+    return configure(HeadsConfig, out=str(out), store=str(store), model=str(model), **kw)
+
+
+@pytest.fixture(scope="module")
+def job(store, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("heads-out") / "heads"
+    summary = run_heads(_config(out, store, tiny_model_dir))
+    return out, summary, pq.read_table(out / "heads.parquet").to_pandas()
+
+
+def _part(out, name):
+    with np.load(out / "parts" / f"{name}.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+def _utterances(clips):
+    return [(lang, i, clips / lang / (f"s{i}.wav" if (lang, i) == LONG else f"s{i}.ogg"))
+            for lang in LANGS for i in range(PER_LANG)]  # fmt: skip
+
+
+def _alone(tiny_whisper, clips, mask, layer):
+    """Per utterance, its valid frames at ``layer`` (windows concatenated), each window encoded alone."""
+    import jax.numpy as jnp
+
+    out = []
+    for _, _, path in _utterances(clips):
+        mel, valid = features_for_audio(load_audio(path), tiny_whisper.dims.n_mels)
+        states = np.asarray(tiny_whisper.model.encoder(jnp.asarray(mel), (layer,), head_mask=mask))[0]
+        out.append(np.concatenate([states[w, : int(n)] for w, n in enumerate(valid)]))
+    return out
+
+
+def _seqsim_twin(a, b) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    c = np.asarray(a, np.float64) @ np.asarray(b, np.float64).T
+    return 0.5 * (c.max(axis=1).mean() + c.max(axis=0).mean())
+
+
+def test_one_ablation_recomputed(job, clips, tiny_whisper):
+    out, summary, table = job
+    assert summary.utterances == len(LANGS) * PER_LANG and summary.windows == summary.utterances + 1
+    mask = np.ones((2, 4), np.float32)
+    mask[1, 2] = 0  # block 2, head 2
+    part = _part(out, "block2")
+    np.testing.assert_array_equal(part["masks"][2], mask)
+    frames = _alone(tiny_whisper, clips, mask, 3)
+    pooled = np.stack([f.mean(axis=0) for f in frames])
+    got = part["pooled"][2, 1]  # head 2, the second scored layer (3 = ln_post)
+    np.testing.assert_allclose(got, pooled, atol=1e-5 * np.abs(pooled).max(), rtol=0)
+    sims = np.array([[_seqsim_twin(a, b) for b in frames] for a in frames])
+    label = np.repeat(np.arange(len(LANGS)), PER_LANG)
+    ids = [f"s{i}" for _ in LANGS for i in range(PER_LANG)]
+    rows = table[(table.metric == "r1") & (table.layer == 2) & (table["head"] == 2) & (table.scored_layer == 3)]
+    for a, la in enumerate(LANGS):
+        for b, lb in enumerate(LANGS):
+            if a != b:
+                ra, rb = np.flatnonzero(label == a), np.flatnonzero(label == b)
+                want = reference_retrieval_metrics(sims[np.ix_(ra, rb)], [ids[i] for i in ra], [ids[i] for i in rb])
+                (value,) = rows[rows.pair == f"{la}->{lb}"].value
+                assert value == pytest.approx(want.recall[1]), (la, lb)
+
+
+def test_unablated_decode_and_scores(job, store, tiny_model_dir, run_job, tmp_path):
+    from engine.text import metrics
+
+    out, _, table = job
+    none, block1 = _part(out, "none"), _part(out, "block1")
+    run_job("decode", "--store", str(store), "--model", str(tiny_model_dir), "--out", str(tmp_path / "dec"),
+            "--layers", "3", "--max_new_tokens", "8", "--batch_size", "4")  # fmt: skip
+    decoded = pq.read_table(tmp_path / "dec" / "hypotheses.parquet").to_pandas()
+    for u, (lang, i, _) in enumerate(_utterances(pathlib.Path("."))):
+        (text,) = decoded[(decoded.language == lang) & (decoded.id == f"s{i}")].hypothesis
+        assert none["hyps"][0, u] == text.strip(), (lang, i)
+    for li, lang in enumerate(LANGS):
+        norm = metrics.normalizer_for(lang)
+        refs = [norm(t) for t in decoded[decoded.language == lang].sort_values("id").reference]
+        hyps = [norm(h) for h in block1["hyps"][0, li * PER_LANG : (li + 1) * PER_LANG]]  # block 1, head 0 off
+        row = table[(table.metric == "wer") & (table.lang == lang) & (table.layer == 1) & (table["head"] == 0)]
+        assert row.value.item() == pytest.approx(metrics.error_rate(refs, hyps, "word", normalize=False))
+        assert row.baseline.item() == pytest.approx(none["wer"][0, li])
+
+
+def test_language_id_baseline_is_the_probes_jobs(job):
+    out, _, table = job
+    none = _part(out, "none")
+    label = np.repeat(np.arange(len(LANGS)), PER_LANG)
+    ids = [f"s{i}" for _ in LANGS for i in range(PER_LANG)]
+    want = lid_layer(2, none["pooled"][0, 0], label, ids)
+    rows = table[(table.metric == "language_id") & table.lang.isna() & (table.scored_layer == 2)]
+    assert np.allclose(rows.baseline, want.accuracy)
+
+
+def _torch_grads(tiny_model_dir, clips, loss_of):
+    """d(loss)/d(mask) by torch autograd through transformers' Whisper with out_proj pre-hooks."""
+    import torch
+    import transformers
+
+    hf = transformers.WhisperForConditionalGeneration.from_pretrained(tiny_model_dir).eval()
+    mask = torch.ones((2, 4), requires_grad=True)
+    dh = hf.config.d_model // 4
+    handles = [layer.self_attn.out_proj.register_forward_pre_hook(
+        lambda module, args, i=i: (args[0] * mask[i].repeat_interleave(dh),))
+        for i, layer in enumerate(hf.model.encoder.layers)]  # fmt: skip
+    try:
+        loss_of(hf).backward()
+    finally:
+        for h in handles:
+            h.remove()
+    return mask.grad.numpy()
+
+
+def test_gradient_importance_equals_torch_autograd(job, clips, tiny_model_dir, tiny_whisper):
+    import torch
+
+    out, _, table = job
+    imp = _part(out, "importance")
+    mels = []
+    for _, _, path in _utterances(clips):
+        mel, valid = features_for_audio(load_audio(path), tiny_whisper.dims.n_mels)
+        mels.append((torch.from_numpy(np.asarray(mel)), [int(v) for v in valid]))
+    label = np.repeat(np.arange(len(LANGS)), PER_LANG)
+
+    def contrastive(hf):
+        pooled = []
+        for mel, valid in mels:
+            states = hf.model.encoder(mel).last_hidden_state  # layer 3: ln_post
+            pooled.append(torch.cat([states[w, :n] for w, n in enumerate(valid)]).mean(0))
+        p = torch.nn.functional.normalize(torch.stack(pooled), dim=1)
+        terms = []
+        for u in range(len(p)):
+            for b in range(len(LANGS)):
+                if b != label[u]:
+                    cols = np.flatnonzero(label == b)
+                    logits = p[u] @ p[cols].T / 0.1
+                    target = int(np.flatnonzero(cols % PER_LANG == u % PER_LANG)[0])
+                    terms.append(torch.nn.functional.cross_entropy(logits[None], torch.tensor([target])))
+        return torch.stack(terms).mean()
+
+    want = _torch_grads(tiny_model_dir, clips, contrastive)
+    got = imp["contrastive_grads"].sum(axis=0)
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max(), (got, want)
+    assert imp["contrastive_used"].all()
+
+    from engine.models.family import FAMILIES
+
+    trainer = FAMILIES["whisper"].trainer(tiny_model_dir)
+    texts = [(clips / lang / f"s{i}.txt").read_text().strip() for lang, i, _ in _utterances(clips)]
+
+    def ce(hf):
+        total = 0
+        for u, ((mel, valid), (lang, _, _)) in enumerate(zip(mels, _utterances(clips), strict=True)):
+            if len(valid) > 1:
+                continue
+            prompt = trainer.prompt("transcribe", lang)
+            seq = torch.tensor([*prompt, *trainer.tokens(texts[u]), trainer.eot])
+            logits = hf(input_features=mel, decoder_input_ids=seq[None, :-1]).logits[0]
+            total = total + torch.nn.functional.cross_entropy(logits[len(prompt) - 1 :], seq[len(prompt) :],
+                                                              reduction="sum")  # fmt: skip
+        return total
+
+    want = _torch_grads(tiny_model_dir, clips, ce)
+    got = imp["ce_grads"].sum(axis=0)
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max(), (got, want)
+    assert int(imp["ce_left_out"]) == 1  # the utterance over 30 s
+    rows = table[(table.metric == "importance_ce") & table.lang.isna()]
+    used = imp["ce_used"].astype(bool)
+    for _, r in rows.iterrows():
+        assert r.value == pytest.approx(np.abs(imp["ce_grads"][used, r.layer - 1, r["head"]]).mean())
+
+
+def test_resume_a_lost_part_and_a_damaged_one(job, store, tiny_model_dir):
+    out, _, _ = job
+    before = (out / "heads.parquet").read_bytes()
+    again = run_heads(_config(out, store, tiny_model_dir))
+    assert again.passes == 0 and (out / "heads.parquet").read_bytes() == before
+    (out / "parts" / "block1.npz").unlink()
+    redo = run_heads(_config(out, store, tiny_model_dir))
+    assert redo.passes == 1 and (out / "heads.parquet").read_bytes() == before
+    data = bytearray((out / "parts" / "block2.npz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / "parts" / "block2.npz").write_bytes(bytes(data))
+    with pytest.raises(BabelgridError, match="block2.npz"):
+        run_heads(_config(out, store, tiny_model_dir))
+    with pytest.raises(BabelgridError, match="utterances"):  # another setting: refused, nothing mixed
+        run_heads(_config(out, store, tiny_model_dir, utterances=3))
+
+
+def test_refusals(store, tiny_model_dir, tmp_path):
+    with pytest.raises(HeadsError, match=r"not in the layer store"):
+        run_heads(_config(tmp_path / "a", store, tiny_model_dir, langs=("de", "xx")))
+    with pytest.raises(HeadsError, match=r"not layers of this model"):
+        run_heads(_config(tmp_path / "b", store, tiny_model_dir, layers=(9,)))
+    with pytest.raises(HeadsError, match="importance takes"):
+        _config(tmp_path / "c", store, tiny_model_dir, importance=("none", "ce"))
+
+
+def test_wav2vec2_store(clips, run_job, tiny_model_dir, tmp_path):
+    """A random wav2vec2 (``babelgrid random-model``'s) over the clips cut to 2 s: no decoder (WER, CE said not
+    scored), attention statistics with the padding's keys masked."""
+    import soundfile
+
+    from engine.models.random_folder import write_random_folder
+
+    model, short = tmp_path / "w2v", tmp_path / "short"
+    write_random_folder("wav2vec2", model)
+    for lang, i, path in _utterances(clips):
+        (short / lang).mkdir(parents=True, exist_ok=True)
+        soundfile.write(short / lang / f"s{i}.wav", load_audio(path)[: 32000 - 800 * i], 16000)
+        (short / lang / f"s{i}.txt").write_text((clips / lang / f"s{i}.txt").read_text())
+    store = tmp_path / "store"
+    run_job("encode", "--model", str(model), "--dataset", f"folder:{short}", "--out", str(store))
+    with pytest.raises(HeadsError, match="pass the store's model"):
+        run_heads(_config(tmp_path / "wrong", store, tiny_model_dir))
+    summary = run_heads(_config(tmp_path / "out", store, model))
+    table = pq.read_table(tmp_path / "out" / "heads.parquet").to_pandas()
+    assert set(table.metric) == {"r1", "language_id", "importance_contrastive", "importance_contrastive_signed",
+                                 "attention_distance", "attention_entropy", "attention_local"}  # fmt: skip
+    assert summary.windows == summary.utterances == len(LANGS) * PER_LANG
+    assert any("no text decoder" in n for n in summary.notes)
+    assert (tmp_path / "out" / "figures" / "heads.png").stat().st_size > 10_000
