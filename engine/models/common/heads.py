@@ -78,7 +78,6 @@ class HeadMasked:
             )
         return np.asarray(self._jitted(self.params, jnp.asarray(mask), *(jnp.asarray(x) for x in batch)))
 
-
     def with_layers(self, layers: Sequence[int]) -> HeadMasked:
         """The same encoder returning other layers (one object, and so one compilation, per set of layers)."""
         layers = tuple(int(i) for i in layers)

@@ -148,8 +148,9 @@ class Wav2Vec2Encoder:
     def head_masked(self, layers: Sequence[int]) -> HeadMasked:
         """The encoder with a head mask (``engine.models.common.heads``): ``(wave, lengths)`` batches."""
         d = self.loaded.dims
-        return HeadMasked(self.loaded.model, _masked, d.num_hidden_layers, d.num_attention_heads, tuple(layers),
-                          _resume)
+        return HeadMasked(
+            self.loaded.model, _masked, d.num_hidden_layers, d.num_attention_heads, tuple(layers), _resume
+        )
 
     @property
     def attention_stats(self) -> AttentionStats:

@@ -156,8 +156,7 @@ class WhisperEncoder:
     def head_masked(self, layers: Sequence[int]) -> HeadMasked:
         """The encoder with a head mask (``engine.models.common.heads``): ``(mel,)`` batches."""
         d = self.loaded.dims
-        return HeadMasked(self.loaded.model.encoder, _masked, d.n_audio_layer, d.n_audio_head, tuple(layers),
-                          _resume)
+        return HeadMasked(self.loaded.model.encoder, _masked, d.n_audio_layer, d.n_audio_head, tuple(layers), _resume)
 
     @property
     def attention_stats(self) -> AttentionStats:

@@ -180,18 +180,27 @@ def _compute(unit: str, setup: Setup, config: HeadsConfig, bar, summary: HeadsSu
     if unit == "attention":
         return _attention(setup, config, bar)
     if unit == "importance":
-        none = ablation_pass(masked, evaluation, np.ones((1, masked.blocks, masked.heads), np.float32), scored, None,
-                             config.batch_size, enc.collate, _Quiet())  # fmt: skip
-        out = {}
-        got = [contrastive_importance(masked, evaluation, none.pooled[0, -1], scored[-1], config, enc.collate, bar)
-               if "contrastive" in config.losses else None]  # fmt: skip
+        ones = np.ones((1, masked.blocks, masked.heads), np.float32)
+        none = ablation_pass(masked, evaluation, ones, scored, None, config.batch_size, enc.collate, _Quiet())
+        got = []
+        if "contrastive" in config.losses:
+            pooled = none.pooled[0, -1]  # the last scored layer, unablated
+            got.append(contrastive_importance(masked, evaluation, pooled, scored[-1], config, enc.collate, bar))
         if setup.trainer is not None:
             top = masked.layers.index(enc.n_layers_out - 1)
             got.append(ce_importance(masked, evaluation, setup.trainer, setup.prompts, top, config, enc.collate, bar))
-        for imp in (g for g in got if g is not None):
-            out |= {f"{imp.loss}_grads": imp.grads, f"{imp.loss}_used": imp.used, f"{imp.loss}_value": np.array(imp.value),
-                    f"{imp.loss}_left_out": np.array(imp.left_out)}  # fmt: skip
-        return out | {"ids": np.array(evaluation.ids)}
+        out = {"ids": np.array(evaluation.ids)}
+        for imp in got:
+            out |= {
+                f"{imp.loss}_{name}": np.asarray(value)
+                for name, value in (
+                    ("grads", imp.grads),
+                    ("used", imp.used),
+                    ("value", imp.value),
+                    ("left_out", imp.left_out),
+                )
+            }
+        return out
     if unit == "none":
         masks = np.ones((1, masked.blocks, masked.heads), np.float32)
     else:
@@ -238,8 +247,9 @@ def _outputs(parts: dict, setup: Setup, config: HeadsConfig, summary: HeadsSumma
     blocks = [Scores(**{k: parts[f"block{b}"][k] for k in ("pooled", "r1", "wer", "cer", "hyps")})
               for b in range(1, setup.masked.blocks + 1)]  # fmt: skip
     none = Scores(**{k: parts["none"][k] for k in ("pooled", "r1", "wer", "cer", "hyps")})
-    rows = table_lib.rows(setup, none, blocks, parts.get("importance"), parts.get("attention"), config.seed,
-                          summary.notes)
+    rows = table_lib.rows(
+        setup, none, blocks, parts.get("importance"), parts.get("attention"), config.seed, summary.notes
+    )
     selective = table_lib.selective(rows, config.top)
     summary.top = table_lib.report_lines(rows, selective)
     for loss in config.losses:
