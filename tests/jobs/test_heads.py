@@ -283,3 +283,14 @@ def test_wav2vec2_store(clips, run_job, tiny_model_dir, tmp_path):
     assert summary.windows == summary.utterances == len(LANGS) * PER_LANG
     assert any("no text decoder" in n for n in summary.notes)
     assert (tmp_path / "out" / "figures" / "heads.png").stat().st_size > 10_000
+
+
+def test_the_analysis_page_reads_the_folder(job):
+    """docs/analysis.md's heads cell on the job's folder, as written there."""
+    from tests.test_docs import analysis_cells, run_python
+
+    out, _, _ = job
+    cells = analysis_cells()
+    proc = run_python(cells["Loading with checks"] + cells["heads"], BABELGRID_HEADS=str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "8 heads; metrics" in proc.stdout and "rank correlation" in proc.stdout
