@@ -12,7 +12,9 @@ interleaved rounds, each in its own subprocess (``bench.common.Worker``):
   that multiplies one head's slice by 0 (what replaced ``head_mask`` in transformers 5), one forward pass
   (``output_hidden_states``) per head over the same windows, no scoring;
 - ``plain encode pass``: the encode job's sharded encoder on the same windows, unablated, the same layers: the
-  ratio multiplies it by L x H.
+  ratio multiplies it by L x H;
+- ``plain pass, mask of ones``: the same pass with a head mask of ones (every head scaled by 1): what a mask costs
+  when present. Absent (``head_mask=None``, what every other job runs), the families trace no scaling at all.
 
 Usage:  python bench/heads.py [--windows 4] [--batch 8] [--repeats 3] [--record bench/RESULTS.md]
 Run it alone, on a quiet machine (needs torch and transformers: the test extras).
@@ -35,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from bench.common import Worker, interleaved_workers, load_average, machine, record  # noqa: E402
 
 SCORED = (4, 7)  # the job's default scored layers for whisper-base: the middle block's and ln_post's
-OURS, PEER, PLAIN = "babelgrid heads", "transformers + hooks", "plain encode pass"
+OURS, PEER, PLAIN, ONES = "babelgrid heads", "transformers + hooks", "plain encode pass", "plain pass, mask of ones"
 
 
 def demo_inputs(windows: int):
@@ -83,10 +85,14 @@ def ours(args, mel, frames):
 
     plain_step = encoder.sharded(data_mesh(jax.local_devices()), SCORED, jnp.float32)
 
-    def plain():
-        np.asarray(plain_step(*encoder.collate(list(mel), len(mel))))
+    batch = encoder.collate(list(mel), len(mel))
+    ones = np.ones((len(mel), L, H), np.float32)
 
-    return {OURS: heads, PLAIN: plain}, f"jax {jax.__version__}; {L} blocks x {H} heads"
+    def plain():
+        np.asarray(plain_step(*batch))
+
+    info = f"jax {jax.__version__}; {L} blocks x {H} heads"
+    return {OURS: heads, PLAIN: plain, ONES: lambda: masked(batch, ones)}, info
 
 
 def peer(args, mel, frames):
@@ -152,7 +158,8 @@ def main() -> None:
             str(args.threads)]  # fmt: skip
     jax_worker = Worker([*argv, "--worker", "jax"], env)
     hf_worker = Worker([*argv, "--worker", "hf"], env)
-    contenders = {OURS: (jax_worker, OURS), PEER: (hf_worker, PEER), PLAIN: (jax_worker, PLAIN)}
+    contenders = {OURS: (jax_worker, OURS), PEER: (hf_worker, PEER)}
+    contenders |= {PLAIN: (jax_worker, PLAIN), ONES: (jax_worker, ONES)}
     medians = interleaved_workers(contenders, args.repeats)
     after = load_average()
     passes = 48  # whisper-base: 6 blocks x 8 heads
@@ -170,10 +177,12 @@ def main() -> None:
         f"| {OURS} (48 ablations, SeqSim R@1 scored) | {medians[OURS]:.2f} |",
         f"| {PEER} (48 forward passes) | {medians[PEER]:.2f} |",
         f"| {PLAIN} (one, unablated) | {medians[PLAIN]:.3f} |",
+        f"| {ONES} (one) | {medians[ONES]:.3f} |",
         "",
         f"- babelgrid heads vs transformers + hooks: **{medians[PEER] / medians[OURS]:.2f}x** as fast (goal >= 1.5)",
         f"- babelgrid heads / ({passes} x plain encode pass): **{medians[OURS] / (passes * medians[PLAIN]):.2f}** "
         "(goal <= 1.2)",
+        f"- a mask of ones / no mask: **{medians[ONES] / medians[PLAIN]:.3f}** (the cost of a mask when present)",
     ]
     for worker in (jax_worker, hf_worker):
         worker.close()
