@@ -39,6 +39,7 @@ _FACE = {
     "run_probes": "engine.pipelines.probes.run",
     "run_verify": "engine.pipelines.verify.run",
     "run_neurons": "engine.pipelines.neurons.run",
+    "run_heads": "engine.pipelines.heads.run",
     # each run_<job>'s config, for configure(Config, ...): from the light config modules where a job has one
     "EncodeConfig": "engine.pipelines.encode.config",
     "SimilarityConfig": "engine.pipelines.seqsim.config",
@@ -53,6 +54,7 @@ _FACE = {
     "ProbesConfig": "engine.pipelines.probes.config",
     "VerifyConfig": "engine.pipelines.verify.config",
     "NeuronsConfig": "engine.pipelines.neurons.config",
+    "HeadsConfig": "engine.pipelines.heads.config",
 }
 
 __all__ = sorted(_FACE)

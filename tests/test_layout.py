@@ -74,6 +74,7 @@ FACE = (
     "run_probes",
     "run_verify",
     "run_neurons",
+    "run_heads",
     "EncodeConfig",
     "SimilarityConfig",
     "RetrievalConfig",
@@ -87,6 +88,7 @@ FACE = (
     "ProbesConfig",
     "VerifyConfig",
     "NeuronsConfig",
+    "HeadsConfig",
 )
 
 

@@ -34,6 +34,7 @@ from engine.errors import LanguageError
 from engine.languages import fleurs_to_whisper
 from engine.models.family import FAMILIES, load_encoder
 from engine.models.interface import DECODER
+from engine.pipelines.heads import figures
 from engine.pipelines.heads import table as table_lib
 from engine.pipelines.heads.ablate import Decoding, Scores, ablation_pass, evaluation_set
 from engine.pipelines.heads.config import HeadsConfig, HeadsError
@@ -242,8 +243,6 @@ def _read_part(kv, key: str, url: str, fix: str, evaluation) -> dict:
 
 
 def _outputs(parts: dict, setup: Setup, config: HeadsConfig, summary: HeadsSummary) -> dict[str, bytes]:
-    from engine.pipelines.heads import figures  # lazy: matplotlib only here
-
     blocks = [Scores(**{k: parts[f"block{b}"][k] for k in ("pooled", "r1", "wer", "cer", "hyps")})
               for b in range(1, setup.masked.blocks + 1)]  # fmt: skip
     none = Scores(**{k: parts["none"][k] for k in ("pooled", "r1", "wer", "cer", "hyps")})
