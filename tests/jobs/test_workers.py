@@ -22,6 +22,8 @@ from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.run import run_decode
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
+from engine.pipelines.heads.config import HeadsConfig
+from engine.pipelines.heads.run import run_heads
 from engine.pipelines.neurons.config import NeuronsConfig
 from engine.pipelines.neurons.run import run_neurons
 from engine.pipelines.seqsim.config import SimilarityConfig
@@ -168,3 +170,20 @@ def assert_same_files(got: pathlib.Path, want: pathlib.Path) -> None:
     assert files == sorted(p.relative_to(got) for p in got.rglob("*") if p.is_file())
     differ = [str(f) for f in files if (want / f).read_bytes() != (got / f).read_bytes()]
     assert not differ, differ
+
+
+@pytest.mark.slow
+def test_heads_workers_share_the_passes_and_write_what_one_process_does(worker_store, tiny_model_dir, tmp_path):
+    """The heads job's units (the unablated pass, each block's ablations, importance, attention statistics): worker 1
+    dies after writing its first, before releasing its claim; the others do the rest, take its claim over, and the
+    folder's files equal a 1-process run's."""
+    out = tmp_path / "workers"
+    command = ["-m", "jobs.heads", "--store", str(worker_store), "--model", str(tiny_model_dir), "--out", str(out),
+               "--utterances", "5", "--batch_size", "4", "--max_new_tokens", "4", *WORKER]  # fmt: skip
+    outputs = staggered_run(command, out, "heads", kill="after_part:1", delay="before_part:1.5")
+    assert sum("wrote" in o and "heads.parquet" in o for o in outputs[1:]) >= 1, outputs
+    one = tmp_path / "one"
+    run_heads(configure(HeadsConfig, out=str(one), store=str(worker_store), model=str(tiny_model_dir), utterances=5,
+                        batch_size=4, max_new_tokens=4, progress=False))  # fmt: skip
+    assert_same_files(out, one)
+    assert not (out / "claims").exists() and not (out / "workers").exists() and not (out / "lease.json").exists()

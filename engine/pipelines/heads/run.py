@@ -31,6 +31,7 @@ import numpy as np
 
 from engine import captions
 from engine.errors import LanguageError
+from engine.faults import fault_point
 from engine.languages import fleurs_to_whisper
 from engine.models.family import FAMILIES, load_encoder
 from engine.models.interface import DECODER
@@ -112,8 +113,10 @@ def run_heads(config: HeadsConfig) -> HeadsSummary:
         total = sum(per_unit.get(u, masked.heads) for u in missing) * len(evaluation.inputs)
         bar = progress_bar(total, "heads", "window", config.run.progress)
         for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(units)):
+            fault_point("before_part")  # test-only (engine.faults): the unit's claim is held
             arrays = _compute(unit, setup, config, bar, summary)
             write_outputs(kv, {key(unit): npz_bytes(arrays)}, url)
+            fault_point("after_part")  # test-only: written, its claim not yet released
             summary.passes += 1
             log.info("heads: %s done", unit)
         bar.close()
