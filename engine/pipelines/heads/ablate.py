@@ -112,6 +112,8 @@ def ablation_pass(masked, evaluation: Evaluation, masks: np.ndarray, scored: lis
     first = int(ablated[0]) + 1 if len(ablated) and masked.resume is not None else None  # blocks before it shared
     for lang_index, lang in enumerate(evaluation.langs):
         windows = np.flatnonzero(evaluation.label[evaluation.owner] == lang_index)
+        if not len(windows):  # every utterance of the language was skipped
+            continue
         rows = [(int(w), c) for w in windows for c in range(n_cond)]
         language = decoding.languages.get(lang) if decoding else None
         shared = _shared(masked, evaluation, windows, first, batch_size, collate) if first else None
