@@ -276,11 +276,13 @@ def test_wav2vec2_store(clips, run_job, tiny_model_dir, tmp_path):
     run_job("encode", "--model", str(model), "--dataset", f"folder:{short}", "--out", str(store))
     with pytest.raises(HeadsError, match="pass the store's model"):
         run_heads(_config(tmp_path / "wrong", store, tiny_model_dir))
+    (short / "es" / "s3.wav").write_bytes(b"RIFF....WAVEfmt garbage")  # damaged after encoding: skipped, counted
     summary = run_heads(_config(tmp_path / "out", store, model))
+    assert summary.skipped == {"audio_unreadable": [("es", "s3")]} and summary.utterances == len(LANGS) * PER_LANG - 1
     table = pq.read_table(tmp_path / "out" / "heads.parquet").to_pandas()
     assert set(table.metric) == {"r1", "language_id", "importance_contrastive", "importance_contrastive_signed",
                                  "attention_distance", "attention_entropy", "attention_local"}  # fmt: skip
-    assert summary.windows == summary.utterances == len(LANGS) * PER_LANG
+    assert summary.windows == summary.utterances
     assert any("no text decoder" in n for n in summary.notes)
     assert (tmp_path / "out" / "figures" / "heads.png").stat().st_size > 10_000
 
