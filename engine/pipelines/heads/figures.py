@@ -51,18 +51,24 @@ def _draw(fig, ax, grid: np.ndarray, title: str, diverging: bool, lower_is_worse
     fig.colorbar(image, ax=ax, shrink=0.8)
 
 
+def _panel_grid(n: int, most_cols: int, blocks: int, heads: int):
+    """A figure of ``n`` block x head panels, at most ``most_cols`` a row (the spare ones blank), and its axes."""
+    cols = min(most_cols, max(1, n))
+    rows = max(1, math.ceil(n / cols))
+    side = max(2.6, 0.22 * heads + 1.4)
+    fig = Figure(figsize=(side * cols + 0.8, (0.22 * blocks + 1.3) * rows + 1.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def heads_png(table_rows, blocks: int, heads: int, subtitle: str = "") -> bytes:
     """One panel per metric (and scored layer): every head's value over all languages. Ablation metrics show the
     change from the unablated model (red: worse: R@1 or language ID falls, WER or CER rises); importance and
     attention statistics their value."""
     panels = _panels(table_rows)
-    cols = min(3, max(1, len(panels)))
-    rows = max(1, math.ceil(len(panels) / cols))
-    side = max(2.6, 0.22 * heads + 1.4)
-    fig = Figure(figsize=(side * cols + 0.8, (0.22 * blocks + 1.3) * rows + 1.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
-    for ax in axes[len(panels) :]:
-        ax.set_axis_off()
+    fig, axes = _panel_grid(len(panels), 3, blocks, heads)
     for ax, (metric, scored) in zip(axes, panels, strict=False):
         change = metric in HIGHER_IS_BETTER
         grid = _grid(table_rows, blocks, heads, metric, scored, None, change)
@@ -79,13 +85,7 @@ def by_language_png(table_rows, blocks: int, heads: int, subtitle: str = "") -> 
     r1 = [r for r in table_rows if r[2] == "r1" and r[4] is not None and r[5] is None]
     last = max((r[3] for r in r1), default=None)
     langs = list(dict.fromkeys(r[4] for r in r1 if r[3] == last))[:SHOWN]
-    cols = min(4, max(1, len(langs)))
-    rows = max(1, math.ceil(len(langs) / cols))
-    side = max(2.4, 0.22 * heads + 1.2)
-    fig = Figure(figsize=(side * cols + 0.8, (0.22 * blocks + 1.3) * rows + 1.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False).ravel())
-    for ax in axes[len(langs) :]:
-        ax.set_axis_off()
+    fig, axes = _panel_grid(len(langs), 4, blocks, heads)
     for ax, lang in zip(axes, langs, strict=False):
         _draw(fig, ax, _grid(table_rows, blocks, heads, "r1", last, lang, True), lang, True)
     set_title(fig, f"SeqSim R@1 change per language with each head ablated, layer {last}", subtitle)
