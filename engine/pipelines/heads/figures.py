@@ -21,9 +21,11 @@ TITLES = {
 
 
 def _grid(table_rows, blocks: int, heads: int, metric: str, scored, lang, change: bool) -> np.ndarray:
+    """f[block, head] of one metric; blocks above a scored layer (which no ablation of theirs can reach: it is their
+    input) are left blank."""
     grid = np.full((blocks, heads), np.nan)
     for b, h, m, s, la, pair, value, _, delta in table_rows:
-        if m == metric and s == scored and la == lang and pair is None:
+        if m == metric and s == scored and la == lang and pair is None and (s is None or b <= s):
             grid[b - 1, h] = delta if change else value
     return grid
 
@@ -34,9 +36,10 @@ def _panels(table_rows) -> list[tuple[str, int | None]]:
     return [(m, s) for m in order for s in sorted({s for mm, s in present if mm == m}, key=lambda x: x or 0)]
 
 
-def _draw(fig, ax, grid: np.ndarray, title: str, diverging: bool, lower_is_worse: bool = True):
+def _draw(fig, ax, grid: np.ndarray, title: str, diverging: bool, lower_is_worse: bool = True, peak=None):
     if diverging:
-        peak = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+        if peak is None:
+            peak = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
         peak = peak or 1.0
         cmap = "RdBu" if lower_is_worse else "RdBu_r"
         image = ax.imshow(grid, cmap=cmap, vmin=-peak, vmax=peak, aspect="auto")
@@ -65,8 +68,8 @@ def _panel_grid(n: int, most_cols: int, blocks: int, heads: int):
 
 def heads_png(table_rows, blocks: int, heads: int, subtitle: str = "") -> bytes:
     """One panel per metric (and scored layer): every head's value over all languages. Ablation metrics show the
-    change from the unablated model (red: worse: R@1 or language ID falls, WER or CER rises); importance and
-    attention statistics their value."""
+    change from the unablated model (red: worse: R@1 or language ID falls, WER or CER rises; blank: a block above the
+    scored layer); importance and attention statistics their value."""
     panels = _panels(table_rows)
     fig, axes = _panel_grid(len(panels), 3, blocks, heads)
     for ax, (metric, scored) in zip(axes, panels, strict=False):
@@ -81,12 +84,16 @@ def heads_png(table_rows, blocks: int, heads: int, subtitle: str = "") -> bytes:
 
 def by_language_png(table_rows, blocks: int, heads: int, subtitle: str = "") -> bytes:
     """Per language (at most ``SHOWN``), the change of its R@1 (mean over the pairs it is on) at the last scored
-    layer with each head ablated: a head that matters for one language shows in its panel alone."""
+    layer with each head ablated, on one colour scale: a head that matters for one language shows in its panel
+    alone."""
     r1 = [r for r in table_rows if r[2] == "r1" and r[4] is not None and r[5] is None]
     last = max((r[3] for r in r1), default=None)
     langs = list(dict.fromkeys(r[4] for r in r1 if r[3] == last))[:SHOWN]
     fig, axes = _panel_grid(len(langs), 4, blocks, heads)
+    grids = {lang: _grid(table_rows, blocks, heads, "r1", last, lang, True) for lang in langs}
+    values = np.concatenate([g[np.isfinite(g)] for g in grids.values()] or [np.zeros(1)])
+    peak = float(np.abs(values).max()) if len(values) else 1.0  # one scale for every language: comparable
     for ax, lang in zip(axes, langs, strict=False):
-        _draw(fig, ax, _grid(table_rows, blocks, heads, "r1", last, lang, True), lang, True)
+        _draw(fig, ax, grids[lang], lang, True, peak=peak)
     set_title(fig, f"SeqSim R@1 change per language with each head ablated, layer {last}", subtitle)
     return _png(fig)

@@ -81,6 +81,7 @@ class Setup:
     decoding: Decoding | None
     trainer: object | None  # for the ce loss
     prompts: dict  # store language -> the decoder's prompt language (None: no token)
+    created: dict  # the store manifest's record of its dataset (figure subtitles)
 
 
 def run_heads(config: HeadsConfig) -> HeadsSummary:
@@ -168,7 +169,8 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
     evaluation = evaluation_set(reader, encoder, langs, config.utterances)
     if evaluation.n == 0:
         raise HeadsError(f"no utterance of {langs} could be read from the store's audio: nothing to ablate")
-    return Setup(encoder, evaluation, scored, encoder.head_masked(layers), decoding, trainer, prompts)
+    created = reader.manifest.get("created") or {}
+    return Setup(encoder, evaluation, scored, encoder.head_masked(layers), decoding, trainer, prompts, created)
 
 
 def _iso(lang: str) -> str | None:
@@ -259,7 +261,7 @@ def _outputs(parts: dict, setup: Setup, config: HeadsConfig, summary: HeadsSumma
         if f"{loss}_value" in imp:
             summary.notes.append(f"importance {loss}: loss {float(imp[f'{loss}_value']):.4f} at the unablated model; "
                                  f"{int(imp[f'{loss}_left_out'])} utterances left out of it")  # fmt: skip
-    subtitle = captions.source_line(setup.encoder.name, {"dataset": config.store})
+    subtitle = captions.source_line(setup.encoder.name, setup.created)
     n = np.bincount(setup.evaluation.label, minlength=len(setup.evaluation.langs))
     subtitle += f"; n = {n.min()}" + (f"-{n.max()}" if n.max() > n.min() else "") + " utterances per language"
     paint = functools.partial(figures.heads_png, rows, setup.masked.blocks, setup.masked.heads, subtitle)
