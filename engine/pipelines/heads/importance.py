@@ -77,10 +77,11 @@ def contrastive_importance(masked, evaluation: Evaluation, pooled: np.ndarray, p
     totals = np.bincount(evaluation.owner, weights=evaluation.frames, minlength=evaluation.n)
     fn = masked.function()
 
-    def linear(masks, cotangent, *batch):  # sum over rows and frames of states . cotangent: its gradient is the VJP
-        return jnp.sum(fn(masked.params, masks, *batch)[position] * cotangent)
+    def linear(params, masks, cotangent, *batch):  # sum over rows and frames of states . cotangent: its gradient is
+        return jnp.sum(fn(params, masks, *batch)[position] * cotangent)  # the VJP
 
-    grad = jax.jit(jax.grad(linear))
+    # The weights are arguments, not constants folded into the program (which took seconds to compile, per batch shape)
+    grad = jax.jit(jax.grad(linear, argnums=1))
     grads = np.zeros((evaluation.n, masked.blocks, masked.heads))
     size = config.grad_batch
     for start in range(0, len(evaluation.inputs), size):
@@ -92,7 +93,7 @@ def contrastive_importance(masked, evaluation: Evaluation, pooled: np.ndarray, p
             u = evaluation.owner[w]
             cotangent[r, : evaluation.frames[w]] = cot[u] / totals[u]
         masks = jnp.ones((size, masked.blocks, masked.heads), jnp.float32)
-        got = np.asarray(grad(masks, jnp.asarray(cotangent), *(jnp.asarray(x) for x in batch)))
+        got = np.asarray(grad(masked.params, masks, jnp.asarray(cotangent), *(jnp.asarray(x) for x in batch)))
         np.add.at(grads, evaluation.owner[windows], got[: len(windows)])
         progress.update(len(windows))
     used = np.isin(np.arange(evaluation.n), _with_partner(evaluation))
@@ -116,14 +117,14 @@ def ce_importance(masked, evaluation: Evaluation, trainer, prompts: dict, positi
         sequence = [*prompt, *trainer.tokens(text), trainer.eot][: trainer.n_text_ctx]
         rows.append((w, int(u), sequence, len(prompt)))
 
-    def total(masks, tokens, weights, valid, *batch):
-        memory = fn(masked.params, masks, *batch)[position]
+    def total(encoder_params, decoder_params, masks, tokens, weights, valid, *batch):
+        memory = fn(encoder_params, masks, *batch)[position]
         memory = _fit_memory(memory, trainer.memory_frames)
-        logits = graph.logits(params, tokens[:, :-1], memory, valid)
+        logits = graph.logits(decoder_params, tokens[:, :-1], memory, valid)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tokens[:, 1:])
         return jnp.sum(ce * weights), jnp.sum(ce * weights)
 
-    grad = jax.jit(jax.grad(total, has_aux=True))
+    grad = jax.jit(jax.grad(total, argnums=2, has_aux=True))  # weights as arguments, as above
     grads = np.zeros((evaluation.n, masked.blocks, masked.heads))
     value, size = 0.0, config.grad_batch
     for start in range(0, len(rows), size):
@@ -138,7 +139,7 @@ def ce_importance(masked, evaluation: Evaluation, trainer, prompts: dict, positi
             weights[r, first - 1 : len(seq) - 1] = 1  # the positions that predict the text and the end-of-text
             valid[r] = evaluation.frames[w]
         masks = jnp.ones((size, masked.blocks, masked.heads), jnp.float32)
-        got, loss = grad(masks, jnp.asarray(tokens), jnp.asarray(weights), jnp.asarray(valid),
+        got, loss = grad(masked.params, params, masks, jnp.asarray(tokens), jnp.asarray(weights), jnp.asarray(valid),
                          *(jnp.asarray(x) for x in batch))  # fmt: skip
         value += float(loss)
         np.add.at(grads, [u for _, u, _, _ in chunk], np.asarray(got)[: len(chunk)])
