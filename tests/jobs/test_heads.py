@@ -54,10 +54,18 @@ def clips(fleurs_dir, tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="module")
-def store(clips, tiny_model_dir, run_job, tmp_path_factory) -> pathlib.Path:
+def store(clips, tiny_model_dir, tmp_path_factory) -> pathlib.Path:
     out = tmp_path_factory.mktemp("heads-store") / "store"
-    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", str(out))
+    _encode(tiny_model_dir, clips, out)
     return out
+
+
+def _encode(model, clips, out) -> None:
+    """The encode job in this process (its command line is tested elsewhere)."""
+    from engine.pipelines.encode.config import EncodeConfig
+    from engine.pipelines.encode.run import run_encode
+
+    run_encode(configure(EncodeConfig, out=str(out), model=str(model), dataset=f"folder:{clips}", progress=False))
 
 
 def _config(out, store, model, **kw):
@@ -125,13 +133,15 @@ def test_one_ablation_recomputed(job, clips, tiny_whisper):
                 assert value == pytest.approx(want.recall[1]), (la, lb)
 
 
-def test_unablated_decode_and_scores(job, store, tiny_model_dir, run_job, tmp_path):
+def test_unablated_decode_and_scores(job, store, tiny_model_dir, tmp_path):
+    from engine.pipelines.decode.config import DecodeConfig
+    from engine.pipelines.decode.run import run_decode
     from engine.text import metrics
 
     out, _, table = job
     none, block1 = _part(out, "none"), _part(out, "block1")
-    run_job("decode", "--store", str(store), "--model", str(tiny_model_dir), "--out", str(tmp_path / "dec"),
-            "--layers", "3", "--max_new_tokens", "8", "--batch_size", "4")  # fmt: skip
+    run_decode(configure(DecodeConfig, store=str(store), model=str(tiny_model_dir), out=str(tmp_path / "dec"),
+                         layers=(3,), max_new_tokens=8, batch_size=4, progress=False))  # fmt: skip
     decoded = pq.read_table(tmp_path / "dec" / "hypotheses.parquet").to_pandas()
     for u, (lang, i, _) in enumerate(_utterances(pathlib.Path("."))):
         (text,) = decoded[(decoded.language == lang) & (decoded.id == f"s{i}")].hypothesis
@@ -259,7 +269,7 @@ def test_refusals(store, tiny_model_dir, tmp_path):
         _config(tmp_path / "c", store, tiny_model_dir, importance=("none", "ce"))
 
 
-def test_wav2vec2_store(clips, run_job, tiny_model_dir, tmp_path):
+def test_wav2vec2_store(clips, tiny_model_dir, tmp_path):
     """A random wav2vec2 (``babelgrid random-model``'s) over the clips cut to 2 s: no decoder (WER, CE said not
     scored), attention statistics with the padding's keys masked."""
     import soundfile
@@ -273,7 +283,7 @@ def test_wav2vec2_store(clips, run_job, tiny_model_dir, tmp_path):
         soundfile.write(short / lang / f"s{i}.wav", load_audio(path)[: 32000 - 800 * i], 16000)
         (short / lang / f"s{i}.txt").write_text((clips / lang / f"s{i}.txt").read_text())
     store = tmp_path / "store"
-    run_job("encode", "--model", str(model), "--dataset", f"folder:{short}", "--out", str(store))
+    _encode(model, short, store)
     with pytest.raises(HeadsError, match="pass the store's model"):
         run_heads(_config(tmp_path / "wrong", store, tiny_model_dir))
     (short / "es" / "s3.wav").write_bytes(b"RIFF....WAVEfmt garbage")  # damaged after encoding: skipped, counted

@@ -174,16 +174,17 @@ def assert_same_files(got: pathlib.Path, want: pathlib.Path) -> None:
 
 @pytest.mark.slow
 def test_heads_workers_share_the_passes_and_write_what_one_process_does(worker_store, tiny_model_dir, tmp_path):
-    """The heads job's units (the unablated pass, each block's ablations, importance, attention statistics): worker 1
+    """The heads job's units (the unablated pass, each block's ablations, attention statistics; decoding and importance
+    left out here, tests/jobs/test_heads.py has them): worker 1
     dies after writing its first, before releasing its claim; the others do the rest, take its claim over, and the
     folder's files equal a 1-process run's."""
     out = tmp_path / "workers"
     command = ["-m", "jobs.heads", "--store", str(worker_store), "--model", str(tiny_model_dir), "--out", str(out),
-               "--utterances", "5", "--batch_size", "4", "--max_new_tokens", "4", *WORKER]  # fmt: skip
+               "--utterances", "5", "--batch_size", "4", "--nodecode", "--importance", "none", *WORKER]  # fmt: skip
     outputs = staggered_run(command, out, "heads", kill="after_part:1", delay="before_part:1.5")
     assert sum("wrote" in o and "heads.parquet" in o for o in outputs[1:]) >= 1, outputs
     one = tmp_path / "one"
     run_heads(configure(HeadsConfig, out=str(one), store=str(worker_store), model=str(tiny_model_dir), utterances=5,
-                        batch_size=4, max_new_tokens=4, progress=False))  # fmt: skip
+                        batch_size=4, decode=False, importance=("none",), progress=False))  # fmt: skip
     assert_same_files(out, one)
     assert not (out / "claims").exists() and not (out / "workers").exists() and not (out / "lease.json").exists()
