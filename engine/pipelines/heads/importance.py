@@ -83,11 +83,11 @@ def contrastive_importance(masked, evaluation: Evaluation, pooled: np.ndarray, p
     # The weights are arguments, not constants folded into the program (which took seconds to compile, per batch shape)
     grad = jax.jit(jax.grad(linear, argnums=1))
     grads = np.zeros((evaluation.n, masked.blocks, masked.heads))
-    size = config.grad_batch
+    size, widths = config.grad_batch, {}
     for start in range(0, len(evaluation.inputs), size):
         windows = np.arange(start, min(start + size, len(evaluation.inputs)))
         batch = collate([evaluation.inputs[w] for w in windows], size)
-        width = _frames(batch, masked, position)
+        width = _frames(batch, masked, widths)
         cotangent = np.zeros((size, width, pooled.shape[1]), np.float32)
         for r, w in enumerate(windows):
             u = evaluation.owner[w]
@@ -150,10 +150,14 @@ def ce_importance(masked, evaluation: Evaluation, trainer, prompts: dict, positi
                       int(evaluation.n - used.sum()))  # fmt: skip
 
 
-def _frames(batch, masked, position: int) -> int:
-    """The frame axis of the states a batch gives (from the shapes alone: ``jax.eval_shape``)."""
-    shapes = jax.eval_shape(masked.function(), masked.params, jnp.ones((masked.blocks, masked.heads)), *batch)
-    return int(shapes.shape[2])
+def _frames(batch, masked, known: dict) -> int:
+    """The frame axis of the states a batch gives, from the shapes alone (``jax.eval_shape``, which traces the model:
+    once per batch shape, ``known`` keeps it)."""
+    key = tuple(np.shape(x) for x in batch)
+    if key not in known:
+        shapes = jax.eval_shape(masked.function(), masked.params, jnp.ones((masked.blocks, masked.heads)), *batch)
+        known[key] = int(shapes.shape[2])
+    return known[key]
 
 
 def _fit_memory(memory, frames: int):

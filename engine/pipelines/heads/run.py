@@ -23,7 +23,6 @@ Then, from the parts (every worker that gets there writes the same bytes)::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 
@@ -158,14 +157,13 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
     if config.decode and decoder is None:
         summary.notes.append(f"WER/CER: not scored ({encoder.name} has no text decoder)")
     prompts = {lang: _iso(lang) for lang in langs}  # the trainer's prompt languages: ISO 639-1
+    layers = tuple(sorted({*scored, *((top,) if decoder or trainer else ())}))  # the top: the decoder's memory
     decoding = None
     if decoder is not None:
         codes = {lang: decoder.language(lang, {}) for lang in langs}
         normalizers = {lang: metrics.normalizer_for(decoder.score_language(code) or _iso(lang) or "") if code else None
                        for lang, code in codes.items()}  # fmt: skip
-        layers = tuple(sorted({*scored, top}))
         decoding = Decoding(decoder, codes, normalizers, layers.index(top), config.max_new_tokens)
-    layers = tuple(sorted({*scored, *((top,) if decoding or trainer else ())}))
     evaluation = evaluation_set(reader, encoder, langs, config.utterances)
     if evaluation.n == 0:
         raise HeadsError(f"no utterance of {langs} could be read from the store's audio: nothing to ablate")
@@ -187,7 +185,8 @@ def _compute(unit: str, setup: Setup, config: HeadsConfig, bar, summary: HeadsSu
         return _attention(setup, config, bar)
     if unit == "importance":
         ones = np.ones((1, masked.blocks, masked.heads), np.float32)
-        none = ablation_pass(masked, evaluation, ones, scored, None, config.batch_size, enc.collate, _Quiet())
+        quiet = progress_bar(0, "", "", enabled=False)  # the unablated pooled states the contrastive loss reads
+        none = ablation_pass(masked, evaluation, ones, scored, None, config.batch_size, enc.collate, quiet)
         got = []
         if "contrastive" in config.losses:
             pooled = none.pooled[0, -1]  # the last scored layer, unablated
@@ -217,11 +216,6 @@ def _compute(unit: str, setup: Setup, config: HeadsConfig, bar, summary: HeadsSu
     return scores.arrays() | {"masks": masks, "ids": np.array(evaluation.ids)}
 
 
-class _Quiet:
-    def update(self, n: int) -> None:
-        del n
-
-
 def _attention(setup: Setup, config: HeadsConfig, bar) -> dict:
     """``stats f32[window, blocks, heads, 3]`` of the unablated model (``engine.models.common.attention_stats``)."""
     evaluation, encoder = setup.evaluation, setup.encoder
@@ -248,9 +242,11 @@ def _read_part(kv, key: str, url: str, fix: str, evaluation) -> dict:
 
 
 def _outputs(parts: dict, setup: Setup, config: HeadsConfig, summary: HeadsSummary) -> dict[str, bytes]:
-    blocks = [Scores(**{k: parts[f"block{b}"][k] for k in ("pooled", "r1", "wer", "cer", "hyps")})
-              for b in range(1, setup.masked.blocks + 1)]  # fmt: skip
-    none = Scores(**{k: parts["none"][k] for k in ("pooled", "r1", "wer", "cer", "hyps")})
+    def scores(unit: str) -> Scores:
+        return Scores(**{f.name: parts[unit][f.name] for f in dataclasses.fields(Scores)})
+
+    blocks = [scores(f"block{b}") for b in range(1, setup.masked.blocks + 1)]
+    none = scores("none")
     rows = table_lib.rows(
         setup, none, blocks, parts.get("importance"), parts.get("attention"), config.seed, summary.notes
     )
@@ -261,13 +257,13 @@ def _outputs(parts: dict, setup: Setup, config: HeadsConfig, summary: HeadsSumma
         if f"{loss}_value" in imp:
             summary.notes.append(f"importance {loss}: loss {float(imp[f'{loss}_value']):.4f} at the unablated model; "
                                  f"{int(imp[f'{loss}_left_out'])} utterances left out of it")  # fmt: skip
-    subtitle = captions.source_line(setup.encoder.name, setup.created)
-    n = np.bincount(setup.evaluation.label, minlength=len(setup.evaluation.langs))
-    subtitle += f"; n = {n.min()}" + (f"-{n.max()}" if n.max() > n.min() else "") + " utterances per language"
-    paint = functools.partial(figures.heads_png, rows, setup.masked.blocks, setup.masked.heads, subtitle)
+    per_language = np.bincount(setup.evaluation.label, minlength=len(setup.evaluation.langs))
+    n = "n = " + captions.count_range(per_language, "utterances per language")
+    subtitle = captions.source_line(setup.encoder.name, setup.created, n)
+    shape = (setup.masked.blocks, setup.masked.heads)
     return {
         table_lib.TABLE: table_lib.parquet(rows),
         table_lib.SELECTIVE: table_lib.selective_csv(selective),
-        figures.FIGURE: paint(),
-        figures.BY_LANGUAGE: figures.by_language_png(rows, setup.masked.blocks, setup.masked.heads, subtitle),
+        figures.FIGURE: figures.heads_png(rows, *shape, subtitle),
+        figures.BY_LANGUAGE: figures.by_language_png(rows, *shape, subtitle),
     }
