@@ -12,8 +12,9 @@ rounding), without recomputing what a permutation cannot change:
 - ``cka_null``: from the centred Grams. Permuting y's rows permutes both axes of its Gram, so per permutation the
   biased HSIC is ``sum(K * L[p][:, p])``; the unbiased one needs that, the diagonals and the row sums
   (``kernels.cka``'s formula), whose permuted forms are gathers. The norms do not change. Both kinds in one pass.
-- ``knn_null``: a neighbour list of y[p] is y's list of row ``p[i]`` renamed by the inverse permutation.
-- ``kernels.cca.svcca_null`` / ``pwcca_null`` and ``kernels.cknna.permuted``: the SVDs and lists of each view once.
+- ``knn_null``, ``cycle_knn_null``: a neighbour list of y[p] is y's list of row ``p[i]`` renamed by the inverse
+  permutation.
+- ``kernels.cca.svcca_null`` / ``pwcca_null`` and ``kernels.cknna.cknna_null``: the SVDs and lists of each view once.
 
 Summaries (``summarise``), with ``P`` null scores per cell:
 
@@ -159,14 +160,37 @@ def _knn_null(lists_a, lists_b, perms, chunk):
     return jax.lax.map(one, perms, batch_size=chunk)
 
 
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def _cycle_null(lists_a, lists_b, perms, chunk):
+    rows = jnp.arange(lists_a.shape[1], dtype=lists_a.dtype)[:, None, None]
+
+    def one(p):
+        moved = renamed_lists(lists_b, p)  # [Lb, n, k]: the lists of b[p], the view gone out through
+        back = lists_a[:, moved]  # [La, Lb, n, k, k]: a's lists of the rows of each b[p] list
+        return jnp.mean(jnp.any(back == rows, axis=(3, 4)), axis=2)
+
+    return jax.lax.map(one, perms, batch_size=chunk)
+
+
+def _lists_null(kernel, what: str, lists_a, lists_b, perms: np.ndarray, chunk: int) -> np.ndarray:
+    lists_a, lists_b = jnp.asarray(lists_a), jnp.asarray(lists_b)
+    if lists_a.shape[1:] != lists_b.shape[1:] or perms.shape[1:] != lists_a.shape[1:2]:
+        raise ShapeError(f"{what} needs lists of the same n and k and perms i32[P, n]; got {lists_a.shape}, "
+                         f"{lists_b.shape}, {perms.shape}")  # fmt: skip
+    if not len(perms):
+        return np.zeros((0, lists_a.shape[0], lists_b.shape[0]), np.float32)
+    return np.asarray(kernel(lists_a, lists_b, jnp.asarray(perms, jnp.int32), chunk))
+
+
 def knn_null(lists_a, lists_b, perms: np.ndarray, *, chunk: int = CHUNK) -> np.ndarray:
     """f32[P, La, Lb]: mutual k-NN of every layer of a with every layer of b after each permutation of b's examples,
     from the neighbour lists ``i32[L, n, k]`` of each layer (``kernels.knn.knn``), which a permutation only renames
     (``kernels.knn.overlap`` per pair)."""
-    lists_a, lists_b = jnp.asarray(lists_a), jnp.asarray(lists_b)
-    if lists_a.shape[1:] != lists_b.shape[1:] or perms.shape[1:] != lists_a.shape[1:2]:
-        raise ShapeError(f"knn_null needs lists of the same n and k and perms i32[P, n]; got {lists_a.shape}, "
-                         f"{lists_b.shape}, {perms.shape}")  # fmt: skip
-    if not len(perms):
-        return np.zeros((0, lists_a.shape[0], lists_b.shape[0]), np.float32)
-    return np.asarray(_knn_null(lists_a, lists_b, jnp.asarray(perms, jnp.int32), chunk))
+    return _lists_null(_knn_null, "knn_null", lists_a, lists_b, perms, chunk)
+
+
+def cycle_knn_null(lists_a, lists_b, perms: np.ndarray, *, chunk: int = CHUNK) -> np.ndarray:
+    """f32[P, La, Lb]: cycle k-NN ``kernels.knn.cycle(a's list, b[p]'s list)`` of every layer of a with every layer
+    of b after each permutation of b's examples (out through b[p], back through a), from the same lists as
+    ``knn_null``."""
+    return _lists_null(_cycle_null, "cycle_knn_null", lists_a, lists_b, perms, chunk)

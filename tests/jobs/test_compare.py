@@ -260,6 +260,18 @@ def test_job_plan_through_flags(run):
     assert "plan: compare" in proc.stdout and "utterance cka" in proc.stdout and "peak memory" in proc.stdout
 
 
+def test_plan_prices_cycle_knn_on_the_lists_of_mutual_knn():
+    """cycle_knn searches no lists of its own when mknn is asked too (the lists are made once per set), so the plan
+    prices them once; its null is as many list compares as mutual k-NN's."""
+    from engine.pipelines.compare.plan import ModelShape, Rates, set_seconds
+
+    shape, rates = ModelShape(4, 64), Rates(1e9, 1e-9, 1e-9, 1e-9)
+    alone = set_seconds(shape, shape, 100, ("cycle_knn",), 10, 4096, 20, rates)
+    both = set_seconds(shape, shape, 100, ("mknn", "cycle_knn"), 10, 4096, 20, rates)
+    assert alone["cycle_knn"] == pytest.approx(both["mknn"]) and both["cycle_knn"] < both["mknn"] / 10
+    assert alone["null cycle_knn"] == both["null cycle_knn"] == both["null mknn"] > 0
+
+
 def test_rows_read_from_a_retrieval_folder(tmp_path):
     """The other source of retrieval: jobs.retrieval's CSVs, written here with its own column lists."""
     from engine.pipelines.retrieval.output import CSV_COLUMNS
@@ -312,16 +324,18 @@ def test_cknna_on_request_recomputed_from_the_dense_formula(run, tmp_path):
 
 
 def test_permutation_null_recomputed_by_loops(run, tmp_path):
-    """--null_permutations: every utterance-level row's null_mean, null_q95, p_value and value_less_null equal the
-    float64 twin of its measure applied to (a, b[p]) for the job's seeded permutations, in a plain loop; the frame
-    level has no null unless asked; the heatmap says which cells are not above the null."""
+    """--null_permutations: every utterance-level row's value, null_mean, null_q95, p_value and value_less_null equal
+    the float64 twin of its measure applied to (a, b[p]) for the job's seeded permutations, in a plain loop; the frame
+    level has no null unless asked; the heatmap says which cells are not above the null. cycle_knn (on request) is
+    directed: its row is cycle_knn(model a's layer, model b's layer), and a store with itself has a full, not
+    symmetric, grid."""
     from engine.pipelines.compare.null import permutations, reference_null
     from kernels.cca import reference_svcca
-    from kernels.knn import reference_mutual_knn
+    from kernels.knn import reference_cycle_knn, reference_mutual_knn
 
     a, b, _, _ = run
     out = tmp_path / "out"
-    measures = ("cka", "cka_unbiased", "svcca", "mknn")
+    measures = ("cka", "cka_unbiased", "svcca", "mknn", "cycle_knn")
     config = configure(CompareConfig, stores=(a, b), out=str(out), measures=measures, knn_k=3, null_permutations=25,
                        frame_sample=64)  # fmt: skip
     run_compare(config)
@@ -331,6 +345,7 @@ def test_permutation_null_recomputed_by_loops(run, tmp_path):
         "cka_unbiased": lambda x, y: reference_linear_cka(x, y, unbiased=True),
         "svcca": reference_svcca,
         "mknn": lambda x, y: reference_mutual_knn(x, y, 3),
+        "cycle_knn": lambda x, y: reference_cycle_knn(x, y, 3),  # out through b's layer, back through a's
     }
     checked = 0
     for r in rows:
@@ -341,6 +356,8 @@ def test_permutation_null_recomputed_by_loops(run, tmp_path):
             assert r["p_value"] is None  # not measured: no null either
             continue
         xs, ys = paired_pooled(r, {"model-a": a, "model-b": b})
+        if r["measure"] in ("mknn", "cycle_knn"):  # (the CKA values are test_layer_similarity's)
+            assert r["value"] == pytest.approx(twins[r["measure"]](xs, ys), abs=1e-6), r
         null = reference_null(twins[r["measure"]], xs, ys, permutations(0, "utterance", r["language"], len(xs), 25))
         assert r["null_mean"] == pytest.approx(null.mean(), abs=1e-4), r
         assert r["null_q95"] == pytest.approx(np.quantile(null, 0.95), abs=1e-4), r
@@ -349,7 +366,11 @@ def test_permutation_null_recomputed_by_loops(run, tmp_path):
         low, high = ((1 + np.sum(null >= r["value"] + s)) / 26 for s in (1e-5, -1e-5))
         assert low - 1e-9 <= r["p_value"] <= high + 1e-9, r
         checked += 1
-    assert checked >= 3 * 3 * 3 * 3 * 3  # cka, cka_unbiased, mknn at least: every model pair, layer pair, set
+    assert checked >= 4 * 3 * 3 * 3 * 3  # cka, cka_unbiased, mknn, cycle_knn at least: model pairs, layer pairs, sets
+    cycle = {(r["model_a"], r["model_b"], r["layer_a"], r["layer_b"], r["language"]): r["value"] for r in rows
+             if r["measure"] == "cycle_knn" and r["level"] == "utterance"}  # fmt: skip
+    assert len(cycle) == 3 * 3 * 3 * 3
+    assert any(v != cycle[m, m, j, i, lang] for (m, b_, i, j, lang), v in cycle.items() if m == b_)  # directed
     related = [r for r in rows if r["measure"] == "cka" and r["level"] == "utterance" and r["language"] == "all"
                and r["model_a"] != r["model_b"]]  # fmt: skip
     assert all(r["p_value"] == pytest.approx(1 / 26) for r in related)  # the planted latents: above every shuffle

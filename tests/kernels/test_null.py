@@ -1,8 +1,9 @@
-"""Permutation nulls (``kernels.null``, ``cca.svcca_null``/``pwcca_null``, ``cknna.permuted``) against the
+"""Permutation nulls (``kernels.null``, ``cca.svcca_null``/``pwcca_null``, ``cknna.cknna_null``) against the
 straightforward loop: the float64 NumPy twin of each measure applied to ``(x, y[p])`` for every permutation p.
 
 Tolerances are the measures' own against their twins: 1e-5 absolute for CKA (float32 Grams of unit-norm views),
-mutual k-NN and CKNNA (test_cknna.py says why); 1e-4 for SVCCA and PWCCA (float32 SVDs, as test_cca.py)."""
+mutual k-NN and CKNNA (test_cknna.py says why); 1e-6 for cycle k-NN, a count over n rows (test_knn.py); 1e-4 for SVCCA
+and PWCCA (float32 SVDs, as test_cca.py)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +55,25 @@ def test_knn_null_is_the_loop_of_permuted_mutual_knn():
     # renaming the lists is the same as searching the permuted rows again
     renamed = null.renamed_lists(jnp.asarray(knn.reference_knn(b[0], k)), jnp.asarray(perms[0]))
     assert np.array_equal(renamed, knn.reference_knn(b[0][perms[0]], k))
+
+
+def test_cycle_knn_null_is_the_loop_of_permuted_cycle_knn():
+    """Directed: a's layer is the view gone back through, b[p]'s the one gone out through (``knn.cycle_knn(x, y[p])``);
+    the identity permutation gives the raw grid, and a view against itself is not a symmetric grid."""
+    rng = np.random.default_rng(8)
+    n, k = 50, 4
+    a, b = _layers(rng, n, [10, 6]), _layers(rng, n, [8])
+    lists_a, lists_b = np.stack([knn.knn(x, k) for x in a]), np.stack([knn.knn(y, k) for y in b])
+    perms = np.concatenate([np.arange(n, dtype=np.int32)[None], null.permutations(n, 4, 9)])
+    got = null.cycle_knn_null(lists_a, lists_b, perms)
+    assert got.shape == (5, 2, 1)
+    for t, p in enumerate(perms):
+        for i, x in enumerate(a):
+            assert got[t, i, 0] == pytest.approx(knn.reference_cycle_knn(x, b[0][p], k), abs=1e-6)
+    own = null.cycle_knn_null(lists_a, lists_a, perms[:1])[0]
+    assert own[0, 1] == pytest.approx(knn.reference_cycle_knn(a[0], a[1], k), abs=1e-6) and own[0, 1] != own[1, 0]
+    with pytest.raises(ShapeError, match="cycle_knn_null needs lists of the same n and k"):
+        null.cycle_knn_null(lists_a, lists_b[:, :, :3], perms)
 
 
 def test_cca_nulls_are_the_loops_of_permuted_svcca_and_pwcca():

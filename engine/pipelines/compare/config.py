@@ -7,8 +7,8 @@ import dataclasses
 from engine.errors import BabelgridError
 from engine.runtime.options import RunOptions, option, validate
 
-MEASURES = ("cka", "cka_unbiased", "svcca", "pwcca", "mknn", "cknna")
-# cknna on request (--measures ...,cknna): the outputs of a default run stay as they were
+MEASURES = ("cka", "cka_unbiased", "svcca", "pwcca", "mknn", "cknna", "cycle_knn")
+# cknna and cycle_knn on request (--measures ...,cknna,cycle_knn): the outputs of a default run stay as they were
 DEFAULT_MEASURES = MEASURES[:5]
 LEVELS = ("utterance", "frame")
 
@@ -47,7 +47,8 @@ class CompareConfig:
         "or 'all'", parse="list",
     )  # fmt: skip
     measures: tuple[str, ...] = option(
-        DEFAULT_MEASURES, "utterance-level measures (cknna: platonic-rep's CKNNA, on request)", choices=MEASURES,
+        DEFAULT_MEASURES, "utterance-level measures (on request: cknna, platonic-rep's CKNNA; cycle_knn, "
+        "its directed cycle k-NN, out through model b's neighbours and back through model a's)", choices=MEASURES,
         parse="list",
     )  # fmt: skip
     frame_measures: tuple[str, ...] = option(
@@ -58,7 +59,7 @@ class CompareConfig:
         LEVELS, "utterance (mean-pooled), frame (paired by time), or both", choices=LEVELS, parse="list"
     )
     frame_sample: int = option(2048, "frames per language at the frame level (seeded)", minimum=4)
-    knn_k: int = option(10, "neighbours of mutual k-NN and CKNNA", minimum=1)
+    knn_k: int = option(10, "neighbours of mutual k-NN, CKNNA and cycle k-NN", minimum=1)
     svcca_keep: float = option(0.99, "share of each view's variance SVCCA keeps", positive=True)
     cca_epsilon: float = option(0.0, "PWCCA's ridge, relative to the largest variance", minimum=0.0)
     null_permutations: int = option(

@@ -16,6 +16,7 @@ MEASURE_TITLES = {
     "pwcca": "PWCCA (weights: row model)",
     "mknn": "mutual k-NN",
     "cknna": "CKNNA",
+    "cycle_knn": "cycle k-NN (out: column, back: row)",
 }
 DEPTH_LABEL = "depth = layer / (L + 1): 0 = conv stem, 1 = ln_post"
 PAST_TOWER_LABEL = "\npast 1: a speech LLM's projector, one block past its tower"

@@ -10,6 +10,9 @@ all pooled, at one level) and returns rows of ``ROW_COLUMNS``. Per measure:
 - ``mknn``: ``kernels.knn``: each layer's neighbour lists once, then their overlap per pair, k = min(knn_k, n - 1).
 - ``cknna``: ``kernels.cknna`` (platonic-rep's CKNNA): each layer's unit rows, lists and self term once, then one
   sum over the lists per pair, k = min(knn_k, n - 1).
+- ``cycle_knn``: ``kernels.knn.cycle`` (platonic-rep's ``cycle_knn``) on mutual k-NN's lists (made once for both):
+  cell (i, j) is ``cycle_knn(a's layer i, b's layer j)``, out through b's neighbours, back through a's. Directed,
+  so a store compared with itself gets the whole grid, which is not symmetric, and its diagonal is not 1.
 
 CCA measures need more examples than directions: n centred examples span n - 1 directions, and when the two
 views' kept directions (their ranks; for SVCCA the directions holding ``svcca_keep`` of the variance) add up to
@@ -99,11 +102,23 @@ def _cca_grid(a: View, b: View, fn, keep: float) -> np.ndarray:
         )
 
 
+def _lists(a: View, b: View, k: int, shared: dict) -> tuple[list, list]:
+    """Each layer's k-NN lists, made once per set for mutual k-NN, cycle k-NN and their permutation nulls."""
+    if "lists" not in shared:
+        lists_a = [knn.knn(x, k) for x in a.states]
+        shared["lists"] = lists_a, lists_a if b is a else [knn.knn(y, k) for y in b.states]
+    return shared["lists"]
+
+
 def _mknn_grid(a: View, b: View, k: int, shared: dict) -> np.ndarray:
-    lists_a = [knn.knn(x, k) for x in a.states]
-    lists_b = lists_a if b is a else [knn.knn(y, k) for y in b.states]
-    shared["lists"] = lists_a, lists_b  # for the permutation null
+    lists_a, lists_b = _lists(a, b, k, shared)
     return np.array([[float(knn.overlap(p, q)) for q in lists_b] for p in lists_a])
+
+
+def _cycle_grid(a: View, b: View, k: int, shared: dict) -> np.ndarray:
+    """Every cell, the diagonal's mirror too: ``cycle(p, q) != cycle(q, p)``, even when b is a."""
+    lists_a, lists_b = _lists(a, b, k, shared)
+    return np.array([[float(knn.cycle(p, q)) for q in lists_b] for p in lists_a])
 
 
 # measure -> (fewest examples it needs, grid function): adding a measure is adding an entry here.
@@ -123,6 +138,7 @@ GRIDS = {
     "pwcca": (2, lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.pwcca(x, y, epsilon=o.cca_epsilon), 1.0)),
     "mknn": (2, lambda a, b, o, s: _mknn_grid(a, b, min(o.knn_k, a.n - 1), s)),
     "cknna": (4, lambda a, b, o, s: _cknna_grid(a, b, min(o.knn_k, a.n - 1), s)),
+    "cycle_knn": (2, lambda a, b, o, s: _cycle_grid(a, b, min(o.knn_k, a.n - 1), s)),
 }
 assert tuple(GRIDS) == MEASURES
 

@@ -18,8 +18,9 @@ utterance together is a null for "these frames correspond", not for "these utter
 the stricter question's easier bar. Read it with that in mind.
 
 Every null is exact (the measure's own value for (a, b[p])). The fast routes reuse what the raw measure made
-(``shared``): CKA's Grams, the k-NN lists, CKNNA's views; CCA's SVDs are made once per layer pair. Anything else, and
-CKA beyond ``layers.GRAM_MAX`` examples, recomputes the measure per permutation (``_recomputed``).
+(``shared``): CKA's Grams, the k-NN lists (mutual and cycle k-NN), CKNNA's views; CCA's SVDs are made once per layer
+pair. Anything else, and CKA beyond ``layers.GRAM_MAX`` examples, recomputes the measure per permutation
+(``_recomputed``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def _mknn(measure, a, b, options, shared, perms, value, step=None):
     return null.knn_null(np.stack(lists_a), np.stack(lists_b), perms)
 
 
+def _cycle_knn(measure, a, b, options, shared, perms, value, step=None):
+    lists_a, lists_b = shared["lists"]
+    return null.cycle_knn_null(np.stack(lists_a), np.stack(lists_b), perms)  # b's lists permuted: out through b[p]
+
+
 def _cknna(measure, a, b, options, shared, perms, value, step=None):
     views_a, views_b = shared["cknna_views"]
     grid = np.array([[np.asarray(cknna.cknna_null(va, vb, perms)) for vb in views_b] for va in views_a])
@@ -90,7 +96,8 @@ def _cca_pairs(measure, a, b, options, perms, measured, out, step) -> None:
             step(1 / len(measured))
 
 
-ROUTES = {"cka": _cka, "cka_unbiased": _cka, "svcca": _cca, "pwcca": _cca, "mknn": _mknn, "cknna": _cknna}
+ROUTES = {"cka": _cka, "cka_unbiased": _cka, "svcca": _cca, "pwcca": _cca, "mknn": _mknn, "cknna": _cknna,
+          "cycle_knn": _cycle_knn}  # fmt: skip
 assert tuple(ROUTES) == MEASURES
 
 

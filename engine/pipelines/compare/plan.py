@@ -10,13 +10,14 @@ examples (each language, then ``all``), with La, Lb layers of width da, db:
 - mutual k-NN: ``2 n^2 d`` per layer and side (blocked products), then ``n k^2`` compares per layer pair;
 - CKNNA: the lists as mutual k-NN's, then per layer pair ``2 n k (da + db)`` for the neighbour cosines and ``4 n k^2``
   list compares;
+- cycle k-NN: mutual k-NN's lists (counted once when both are asked), then ``n k^2`` compares per layer pair;
 - SVCCA and PWCCA: per layer pair two thin SVDs (``~ 8 n r^2`` each, ``r = min(n, d)``), ``U^T U`` (``2 n r^2``)
   and the ``r x r`` SVD (``~ 22 r^3``); an estimate, as SVD cost depends on the LAPACK path.
 
 - the permutation null (``--null_permutations`` P on ``--null_levels``): CKA, per permutation, a pass over the
   gathered side's Grams and the layer pairs' products (``P n^2 (min(La, Lb) + La Lb)`` cells, timed here per cell:
-  gathers, not FLOPs, bound it); mutual k-NN ``P La Lb n k^2`` list compares (timed); CCA and CKNNA as their raw
-  counts per permutation less the SVDs and lists made once.
+  gathers, not FLOPs, bound it); mutual and cycle k-NN ``P La Lb n k^2`` list compares each (timed); CCA and CKNNA
+  as their raw counts per permutation less the SVDs and lists made once.
 
 Peak memory: the held states of one model pair and set (``(La da + Lb db) n`` floats) plus its Grams
 (``(La + Lb) n^2`` floats, only up to ``layers.GRAM_MAX`` examples). "here" divides FLOPs by this machine's float32
@@ -65,6 +66,9 @@ def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
         flops["cka"] = cka_kinds * a.layers * b.layers * 2 * n * (a.width * b.width + a.width**2 + b.width**2)
     if "mknn" in measures:
         flops["mknn"] = 2 * n * n * (a.layers * a.width + b.layers * b.width) + a.layers * b.layers * n * k * k
+    if "cycle_knn" in measures:  # mknn's lists, made once for both
+        lists = 0 if "mknn" in measures else 2 * n * n * (a.layers * a.width + b.layers * b.width)
+        flops["cycle_knn"] = lists + a.layers * b.layers * n * k * k
     if "cknna" in measures:  # the lists as mknn's, then per layer pair the neighbour cosines and list compares
         per_pair = 2 * n * k * (a.width + b.width) + 4 * n * k * k
         flops["cknna"] = 2 * n * n * (a.layers * a.width + b.layers * b.width) + a.layers * b.layers * per_pair
@@ -78,8 +82,8 @@ def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
 
 def _null_work(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int, p: int) -> dict[str, tuple]:
     """The permutation null of one set (``compare.null``): stage -> (unit, count). Units: ``cells`` (CKA: per
-    permutation the gathered side's Gram cells and the layer pairs' products, timed), ``compares`` (mutual k-NN:
-    per permutation and layer pair n k^2 list compares, timed), ``flops`` (CCA, CKNNA: at the matmul rate)."""
+    permutation the gathered side's Gram cells and the layer pairs' products, timed), ``compares`` (mutual and cycle
+    k-NN: per permutation and layer pair n k^2 list compares, timed), ``flops`` (CCA, CKNNA: at the matmul rate)."""
     work = {}
     if any(m in measures for m in ("cka", "cka_unbiased")):
         if n <= gram_max:
@@ -92,6 +96,8 @@ def _null_work(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
             )
     if "mknn" in measures:
         work["mknn"] = ("compares", p * a.layers * b.layers * n * k * k)
+    if "cycle_knn" in measures:
+        work["cycle_knn"] = ("compares", p * a.layers * b.layers * n * k * k)
     if "cknna" in measures:
         work["cknna"] = ("flops", p * a.layers * b.layers * (2 * n * k * (a.width + b.width) + 4 * n * k * k))
     # per permutation the cross product of the kept bases and its SVD, one SVD pair per layer pair; only where the raw
@@ -144,12 +150,13 @@ def null_memory(
     """Bytes the permutation null of one set holds beyond the raw measures' states and Grams: the ``perms``
     permutations (i32[P, n]) and one measure's null scores (f64[P, La, Lb], both CKA kinds at once), plus the largest
     working set of a route: CKA's gathered blocks of b's Grams (``chunk`` permutations x Lb x ``ROWS`` rows x n) or,
-    past ``gram_max``, a permuted copy of b's states; mutual k-NN's hit tensor (``chunk`` x La x Lb x n x k^2
-    booleans); CCA's ``batch`` permuted bases (2 x n x r each); CKNNA's per-permutation lists (Lb x n x k)."""
+    past ``gram_max``, a permuted copy of b's states; mutual and cycle k-NN's hit tensor (``chunk`` x La x Lb x n x
+    k^2 booleans; an upper bound, XLA fuses it into the sums); CCA's ``batch`` permuted bases (2 x n x r each);
+    CKNNA's per-permutation lists (Lb x n x k)."""
     held = 0.0
     if any(m in measures for m in ("cka", "cka_unbiased")):
         held = max(held, chunk * b.layers * null.ROWS * n * FLOAT if n <= gram_max else b.layers * b.width * n * FLOAT)
-    if "mknn" in measures:
+    if "mknn" in measures or "cycle_knn" in measures:
         held = max(held, chunk * a.layers * b.layers * n * k * k)
     if any(m in measures for m in ("svcca", "pwcca")):
         held = max(held, batch * 2 * n * min(n, max(a.width, b.width)) * FLOAT)
@@ -198,7 +205,7 @@ def plan_compare(
     pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i, len(names))]
     asked_everywhere = set(measures) | set(frame_measures)
     grams = any(m in asked_everywhere for m in ("cka", "cka_unbiased"))
-    null_timed = bool(null_permutations) and bool(asked_everywhere & {"cka", "cka_unbiased", "mknn"})
+    null_timed = bool(null_permutations) and bool(asked_everywhere & {"cka", "cka_unbiased", "mknn", "cycle_knn"})
     if rates is None:  # each rate timed here only when a stage needs it and no override gives it
         need_gram, need_null = grams and gram_cell_seconds is None, null_timed and null_seconds is None
         null_rates = _null_seconds() if need_null else (0.0, 0.0)

@@ -17,7 +17,8 @@ from engine.pipelines.compare.layers import GRAM_MAX
 from engine.pipelines.compare.plan import READ_RATE, Rates, measure_rates, model_shape, plan_compare_run, set_seconds
 from engine.runtime.runs import progress_bar
 
-STAGE = {"cka": "cka", "cka_unbiased": "cka", "svcca": "cca", "pwcca": "cca", "mknn": "mknn", "cknna": "cknna"}
+STAGE = {"cka": "cka", "cka_unbiased": "cka", "svcca": "cca", "pwcca": "cca", "mknn": "mknn", "cknna": "cknna",
+         "cycle_knn": "cycle_knn"}  # fmt: skip
 
 
 class Progress:
@@ -32,7 +33,7 @@ class Progress:
             self.rates, self.total, self.bar = Rates(1.0), 0.0, None
             return
         asked = set(config.measures) | set(config.frame_measures)
-        null = bool(config.null_permutations) and bool(asked & {"cka", "cka_unbiased", "mknn"})
+        null = bool(config.null_permutations) and bool(asked & {"cka", "cka_unbiased", "mknn", "cycle_knn"})
         self.rates = rates or measure_rates(grams=bool(asked & {"cka", "cka_unbiased"}), null_timed=null)
         self.total = max(round(plan_compare_run(config, None, self.rates).seconds_here, 3), 0.001)
         self.bar = progress_bar(self.total, "compare", "planned s", config.run.progress)
