@@ -40,6 +40,7 @@ _FACE = {
     "run_verify": "engine.pipelines.verify.run",
     "run_neurons": "engine.pipelines.neurons.run",
     "run_heads": "engine.pipelines.heads.run",
+    "run_typology": "engine.pipelines.typology.run",
     # each run_<job>'s config, for configure(Config, ...): from the light config modules where a job has one
     "EncodeConfig": "engine.pipelines.encode.config",
     "SimilarityConfig": "engine.pipelines.seqsim.config",
@@ -55,6 +56,7 @@ _FACE = {
     "VerifyConfig": "engine.pipelines.verify.config",
     "NeuronsConfig": "engine.pipelines.neurons.config",
     "HeadsConfig": "engine.pipelines.heads.config",
+    "TypologyConfig": "engine.pipelines.typology.config",
 }
 
 __all__ = sorted(_FACE)

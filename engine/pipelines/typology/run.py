@@ -1,0 +1,239 @@
+"""The typology job: do a model's language distances follow linguistic typology, layer by layer, and where do
+cross-lingual alignment and language separability meet?
+
+Reads a similarity store (``jobs.seqsim``) and writes::
+
+    OUT/typology.csv                     one row per (layer, measure, distance): Mantel r and p, the partial Mantel
+                                         controlling for geography, n_languages (TYPOLOGY_COLUMNS)
+    OUT/languages.csv                    each language: its URIEL code, or why it was left out (LANGUAGE_COLUMNS)
+    OUT/matrices/<measure>-layer-<L>.csv the model's distances correlated (square, language codes as header and index)
+    OUT/matrices/uriel-<distance>.csv    URIEL's distances between the same languages
+    OUT/figures/typology_by_layer.png    Mantel r against layer, a line per URIEL distance, p < 0.05 filled
+    OUT/figures/dendrogram.png           the languages clustered by the model at one layer, beside the genetic tree
+    OUT/meet.csv, OUT/figures/meet.png   with --probes: alignment and separability per layer, the layer they meet
+
+``<measure>`` is the similarity measure and the distance kind (``geometry``): ``seqsim-r1`` (1 - R@1), ``seqsim-gap``.
+The Mantel tests are ``mantel``'s (scikit-bio's permutations), URIEL's distances ``uriel``'s, the meeting layer
+``meet``'s rule. Every number rests on the languages both the store and URIEL have; the others are named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from engine.pipelines.retrieval.run import figure_subtitle
+from engine.pipelines.typology import figures, geometry, meet, uriel
+from engine.pipelines.typology.config import TypologyConfig, TypologyError
+from engine.pipelines.typology.mantel import mantel, min_p_value, partial_mantel
+from engine.runtime.runs import RunSummary, output_run
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import csv_bytes as kv_csv_bytes
+from engine.stores.kv import open_kvstore
+from engine.stores.similarity import open_similarity
+
+log = logging.getLogger(__name__)
+
+TYPOLOGY_COLUMNS = ("layer", "measure", "distance", "r", "p_value", "n_languages", "partial_r", "partial_p_value",
+                    "method", "permutations")  # fmt: skip
+LANGUAGE_COLUMNS = ("language", "uriel_code", "status")
+CONTROL = "geographic"
+
+
+@dataclasses.dataclass
+class TypologySummary(RunSummary):
+    rows: list = dataclasses.field(default_factory=list)  # dicts of TYPOLOGY_COLUMNS
+    missing: dict = dataclasses.field(default_factory=dict)  # language -> why it is left out
+    curves: list = dataclasses.field(default_factory=list)  # meet.Curve
+    uriel_source: str = ""
+    dendrogram_layer: int | None = None
+    outputs: list = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"typology: {self.seconds:.1f} s; URIEL distances from {self.uriel_source}"]
+        for lang, why in sorted(self.missing.items()):
+            lines.append(f"  left out: {lang}: {why}")
+        measured = [r for r in self.rows if np.isfinite(r["r"])]
+        if measured:
+            n, floor = measured[0]["n_languages"], min_p_value(measured[0]["n_languages"], measured[0]["permutations"])
+            lines.append(f"strongest Mantel r per distance ({n} languages; p >= {floor:.2g} at best):")
+            for distance in dict.fromkeys(r["distance"] for r in measured):
+                best = max((r for r in measured if r["distance"] == distance), key=lambda r: r["r"])
+                lines.append(f"  {distance:>12}: r {best['r']:+.3f} (p {best['p_value']:.3g}) at layer {best['layer']}"
+                             f" of {best['measure']}")  # fmt: skip
+        for curve in self.curves:
+            pick = curve.chosen()
+            if pick is None:
+                lines.append(f"meet: {curve.model}: no layer has both retrieval and language ID")
+                continue
+            alignment, separability = curve.shares()
+            lines.append(
+                f"meet: {curve.model}: layer {curve.layers[pick]} (depth {curve.depth[pick]:.2f}): alignment "
+                f"{alignment[pick]:.3f}, separability {separability[pick]:.3f}"
+            )
+        lines += [f"wrote {p}" for p in self.outputs if not p.endswith((".csv",)) or "/matrices/" not in p]
+        return "\n".join(lines)
+
+
+def _number(x) -> object:
+    return "NA" if isinstance(x, float) and not np.isfinite(x) else x
+
+
+def csv_bytes(columns, rows) -> bytes:
+    """Rows (dicts by column, or tuples) as CSV, NaN written NA (a number not measured)."""
+    cells = [[row[c] for c in columns] if isinstance(row, dict) else list(row) for row in rows]
+    return kv_csv_bytes(columns, [[_number(x) for x in row] for row in cells])
+
+
+def square_csv(matrix: np.ndarray, languages) -> bytes:
+    """A language x language matrix, codes as header and index, 6 significant digits."""
+    return kv_csv_bytes(["language", *languages], [[lang, *(f"{v:.6g}" for v in row)]
+                                                    for lang, row in zip(languages, matrix, strict=True)])  # fmt: skip
+
+
+def _select(what: str, asked, available) -> list:
+    available = list(available)
+    unknown = [a for a in (asked or ()) if a not in available]
+    if unknown:
+        raise TypologyError(f"the similarity store has no {what} {unknown}; it has {available}")
+    return [a for a in available if asked is None or a in asked]
+
+
+def _languages(reader, measures, asked) -> list[str]:
+    stored = sorted({lang for m in measures for pair in reader.pairs(m) for lang in pair})
+    return _select("language", asked, stored)
+
+
+def run_typology(config: TypologyConfig) -> TypologySummary:
+    """Writes the module docstring's files; a rerun with other settings into the same folder is refused."""
+    started = time.monotonic()
+    reader = open_similarity(config.similarity)
+    measures = _select("measure", config.measures, reader.measures())
+    layers = _select("layer", config.layers, reader.layers)
+    languages = _languages(reader, measures, config.langs)
+    if len(languages) < 3:
+        raise TypologyError(f"a Mantel test needs 3 or more languages; the similarity store has {languages}")
+    if config.dendrogram_layer is not None and config.dendrogram_layer not in layers:
+        raise TypologyError(f"--dendrogram_layer {config.dendrogram_layer} is not among the layers {layers}")
+    with output_run(config, "typology", TypologyError):
+        return _typology(config, reader, measures, layers, languages, started)
+
+
+def _correlate(config, geo, found, summary) -> dict[str, bytes]:
+    """typology.csv's rows into ``summary.rows``; returns the matrices' files."""
+    writes = {}
+    kinds = set(config.distances) | {CONTROL}
+    usable = [i for i, lang in enumerate(geo.languages) if lang in found.languages]
+    for (measure, kind), distances in geo.distances.items():
+        if kind not in config.kinds:
+            continue
+        name = f"{measure}-{kind}"
+        groups: dict[tuple, list[int]] = {}
+        for li, layer in enumerate(geo.layers):
+            keep, dropped = geometry.complete(distances[li][np.ix_(usable, usable)], [geo.languages[i] for i in usable])
+            keep = tuple(usable[i] for i in keep)
+            if dropped:
+                log.warning("%s layer %d: %s left out: pairs not measured", name, layer, ", ".join(dropped))
+            groups.setdefault(keep, []).append(li)
+            langs = [geo.languages[i] for i in keep]
+            writes[f"matrices/{name}-layer-{layer}.csv"] = square_csv(distances[li][np.ix_(keep, keep)], langs)
+        for keep, positions in groups.items():
+            at = [found.languages.index(geo.languages[i]) for i in keep]
+            ys = distances[positions][:, keep][:, :, keep] if len(keep) >= 3 else None
+            for distance in config.distances:
+                r = p = pr = pp = np.full(len(positions), np.nan)
+                if ys is not None:
+                    x = found.matrices[distance][np.ix_(at, at)]
+                    options = dict(permutations=config.permutations, seed=config.seed, method=config.method)
+                    result = mantel(x, ys, **options)
+                    r, p = result.r, result.p_value
+                    if distance != CONTROL and CONTROL in kinds:
+                        partial = partial_mantel(x, ys, found.matrices[CONTROL][np.ix_(at, at)], **options)
+                        pr, pp = partial.r, partial.p_value
+                for k, li in enumerate(positions):
+                    summary.rows.append(dict(
+                        layer=geo.layers[li], measure=name, distance=distance, r=float(r[k]), p_value=float(p[k]),
+                        n_languages=len(keep), partial_r=float(pr[k]), partial_p_value=float(pp[k]),
+                        method=config.method, permutations=config.permutations,
+                    ))  # fmt: skip
+    langs = list(found.languages)
+    for distance, matrix in found.matrices.items():
+        writes[f"matrices/uriel-{distance}.csv"] = square_csv(matrix, langs)
+    summary.rows.sort(key=lambda r: (r["measure"], r["distance"], r["layer"]))
+    return writes
+
+
+def _dendrogram(config, geo, found, measures, subtitle, summary) -> dict[str, bytes]:
+    measure, kind = measures[0], ("r1" if "r1" in config.kinds else config.kinds[0])
+    r1, _ = geo.mean_r1(measure)
+    layer = config.dendrogram_layer
+    if layer is None:
+        if np.isnan(r1).all():
+            return {}
+        layer = geo.layers[int(np.nanargmax(r1))]
+    li = geo.layers.index(layer)
+    usable = [i for i, lang in enumerate(geo.languages) if lang in found.languages]
+    matrix = geo.distances[measure, kind][li]
+    keep, _ = geometry.complete(matrix[np.ix_(usable, usable)], [geo.languages[i] for i in usable])
+    keep = [usable[i] for i in keep]
+    if len(keep) < 3:
+        return {}
+    langs = [geo.languages[i] for i in keep]
+    at = [found.languages.index(lang) for lang in langs]
+    genetic = found.matrices["genetic"][np.ix_(at, at)] if "genetic" in found.matrices else None
+    title = f"{measure}-{kind} at layer {layer}"
+    summary.dendrogram_layer = layer
+    png = figures.dendrogram_png(matrix[np.ix_(keep, keep)], genetic, langs, title, subtitle)
+    return {"figures/dendrogram.png": png}
+
+
+def _curves(config, reader, geo, measures) -> list:
+    if config.compare:
+        return meet.compare_curves(config.compare, list(config.probes), measures[0])
+    if not config.probes:
+        return []
+    if len(config.probes) != 1:
+        raise TypologyError(
+            f"--probes gave {len(config.probes)} folders: without --compare give one, for the similarity store's model"
+        )
+    store = meet.probes_store(config.probes[0])
+    if not meet._same(store, reader.manifest["layer_store"]):
+        log.warning("--probes %s was run on %s, the similarity store on %s: the same model?", config.probes[0],
+                    store, reader.manifest["layer_store"])  # fmt: skip
+    r1, random = geo.mean_r1(measures[0])
+    deepest = max(reader.layers)
+    depth = [layer / deepest for layer in geo.layers]
+    return [meet.curve(reader.manifest["model_name"], geo.layers, depth, r1, random, meet.read_lid(config.probes[0]))]
+
+
+def _typology(config, reader, measures, layers, languages, started) -> TypologySummary:
+    summary = TypologySummary()
+    geo = geometry.read_geometry(reader, measures, layers, languages)
+    found = uriel.uriel_distances(languages, tuple(dict.fromkeys((*config.distances, CONTROL, "genetic"))))
+    summary.missing, summary.uriel_source = dict(found.missing), found.source
+    for lang, why in found.missing.items():
+        log.warning("%s is left out of the typology tests: %s", lang, why)
+    if len(found.languages) < 3:
+        raise TypologyError(f"URIEL has {len(found.languages)} of the store's languages; a Mantel test needs 3")
+    writes = _correlate(config, geo, found, summary)
+    subtitle = f"{figure_subtitle(reader.manifest)}; {len(found.languages)} languages"
+    names = [f"{m}-{k}" for m in measures for k in config.kinds]
+    writes["typology.csv"] = csv_bytes(TYPOLOGY_COLUMNS, summary.rows)
+    codes = dict(zip(found.languages, found.codes, strict=True))
+    status = [(lang, codes.get(lang, ""), "used" if lang in codes else summary.missing[lang]) for lang in languages]
+    writes["languages.csv"] = csv_bytes(LANGUAGE_COLUMNS, status)
+    writes["figures/typology_by_layer.png"] = figures.correlation_png(summary.rows, names, config.distances, subtitle)
+    writes.update(_dendrogram(config, geo, found, measures, subtitle, summary))
+    summary.curves = _curves(config, reader, geo, measures)
+    if summary.curves:
+        rows = [row for curve in summary.curves for row in curve.rows()]
+        writes["meet.csv"] = csv_bytes(meet.MEET_COLUMNS, rows)
+        writes["figures/meet.png"] = figures.meet_png(summary.curves, f"retrieval: {measures[0]} R@1; LID: probes")
+    _, kv = open_kvstore(config.run.out)
+    write_outputs(kv, writes, config.run.out)
+    summary.outputs = [config.run.out.rstrip("/") + "/" + k for k in writes]
+    summary.seconds = time.monotonic() - started
+    return summary

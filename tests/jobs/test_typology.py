@@ -1,0 +1,286 @@
+"""The typology job against code we did not write.
+
+- Mantel: r and p equal scikit-bio's ``mantel`` (same seed, so the same permutations), Pearson and Spearman, on random
+  matrices and on the matrices the job wrote; the partial Mantel equals a loop that regresses geography out of both
+  matrices and correlates the residuals (vegan's ``mantel.partial``; scikit-bio has none), permutation by permutation.
+- URIEL: the cosine distances equal scipy's ``cosine`` on lang2vec's own feature vectors; the genetic rule on the
+  family-node names lang2vec lists; a place located from distances to the anchors is the place they were made from.
+- The job on a similarity store planted so that languages of one family retrieve each other better: each matrix CSV
+  is 1 - R@1 recomputed by ``kernels.metrics.reference_retrieval_metrics`` (both directions, averaged), the genetic
+  correlation is strong and significant, a language URIEL lacks is named, and the meeting layer is the rule's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import scipy.spatial.distance
+import scipy.stats
+import skbio.stats.distance
+
+from engine.figures import png_title
+from engine.pipelines.typology import mantel as mantel_module
+from engine.pipelines.typology import uriel
+from engine.pipelines.typology.config import TypologyConfig, TypologyError
+from engine.pipelines.typology.run import TYPOLOGY_COLUMNS, run_typology
+from engine.runtime.options import configure
+from engine.stores.integrity import write_outputs
+from engine.stores.kv import json_bytes, open_kvstore
+from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
+from kernels.metrics import reference_retrieval_metrics
+
+LAYERS = (0, 1, 2)
+LANGS = ("de", "en", "es", "it", "pl", "ru", "sv", "xx")  # xx: no ISO 639-3 code, so not in URIEL
+IDS = [f"s{i}" for i in range(12)]
+FAMILY = {"de": 0, "en": 0, "sv": 0, "es": 1, "it": 1, "pl": 2, "ru": 2, "xx": 3}
+SIGNAL = {0: 0.0, 1: 1.0, 2: 2.5}  # layer 2 retrieves best; within a family translations stand out more
+
+
+def _random_distances(rng, n):
+    points = rng.standard_normal((n, 3))
+    return np.linalg.norm(points[:, None] - points[None], axis=-1)
+
+
+@pytest.mark.parametrize("method", ["pearson", "spearman"])
+@pytest.mark.parametrize("n", [6, 9])  # distances of random points: no ties (mantel._p_values)
+def test_mantel_equals_scikit_bio(method, n):
+    rng = np.random.default_rng(n)
+    x = _random_distances(rng, n)
+    ys = np.stack([x + 0.7 * _random_distances(rng, n), _random_distances(rng, n)])
+    ours = mantel_module.mantel(x, ys, permutations=499, seed=3, method=method)
+    for k, y in enumerate(ys):
+        r, p, count = skbio.stats.distance.mantel(x, y, method=method, permutations=499, seed=3)
+        assert ours.r[k] == pytest.approx(r, abs=1e-12) and ours.p_value[k] == p and count == n
+
+
+def _residual(v, z):
+    design = np.stack([np.ones_like(z), z], axis=1)
+    return v - design @ np.linalg.lstsq(design, v, rcond=None)[0]
+
+
+def test_partial_mantel_equals_a_residual_loop():
+    rng = np.random.default_rng(0)
+    n, permutations = 7, 199
+    x, z = _random_distances(rng, n), _random_distances(rng, n)
+    y = x + z + 0.5 * _random_distances(rng, n)
+    ours = mantel_module.partial_mantel(x, y, z, permutations=permutations, seed=5)
+    iu = np.triu_indices(n, k=1)
+    zf, yf = z[iu], y[iu]
+    stats = []
+    for order in mantel_module.permutations_of(n, permutations, 5):  # the identity, then scikit-bio's draws
+        xf = x[np.ix_(order, order)][iu]
+        stats.append(np.corrcoef(_residual(xf, zf), _residual(yf, zf))[0, 1])
+    stats = np.array(stats)
+    assert ours.r[0] == pytest.approx(stats[0], abs=1e-10)
+    assert ours.p_value[0] == (1 + np.sum(np.abs(stats[1:]) >= np.abs(stats[0]) - 1e-12)) / (permutations + 1)
+
+
+def test_ties_count_as_extreme():
+    """Spearman on 4 languages: 6 ranks, so permutations often tie the observed r in arithmetic. Every tie counts
+    (an exact count over the 24 orderings, in integers: r is a function of the sum of squared rank differences)."""
+    x = np.array([[0, 1, 2, 3], [1, 0, 4, 5], [2, 4, 0, 6], [3, 5, 6, 0]], float)
+    y = np.array([[0, 2, 1, 3], [2, 0, 5, 4], [1, 5, 0, 6], [3, 4, 6, 0]], float)
+    ours = mantel_module.mantel(x, y, permutations=2000, seed=0, method="spearman")
+    iu = np.triu_indices(4, k=1)
+    ranks_y = scipy.stats.rankdata(y[iu])
+    observed = np.sum((scipy.stats.rankdata(x[iu]) - ranks_y) ** 2)
+    orders = mantel_module.permutations_of(4, 2000, 0)[1:]
+    d2 = [np.sum((scipy.stats.rankdata(x[np.ix_(o, o)][iu]) - ranks_y) ** 2) for o in orders]
+    mean = 35.0  # 6 ranks: r = 1 - 6 d2 / (6 (36 - 1)), so |r| depends on |d2 - 35| alone
+    extreme = np.sum(np.abs(np.array(d2) - mean) >= abs(observed - mean))
+    assert ours.p_value[0] == (1 + extreme) / 2001
+
+
+def test_mantel_refuses_what_it_cannot_test():
+    with pytest.raises(mantel_module.MantelError, match="3 or more"):
+        mantel_module.mantel(np.zeros((2, 2)), np.zeros((2, 2)))
+    bad = np.ones((4, 4))
+    bad[0, 1] = np.nan
+    with pytest.raises(mantel_module.MantelError, match="finite"):
+        mantel_module.mantel(np.ones((4, 4)), bad)
+    assert mantel_module.min_p_value(4, 9999) == pytest.approx(1 / 24)
+
+
+def test_uriel_distances_are_lang2vec_features_by_scipy():
+    # The planted store's languages: lang2vec's lookups (seconds each) are cached for the job's run in this process.
+    found = uriel.uriel_distances([*LANGS[:-1], "zz"], ("syntactic", "featural", "genetic"))
+    assert found.languages == LANGS[:-1] and found.codes == ("deu", "eng", "spa", "ita", "pol", "rus", "swe")
+    assert "zz" in found.missing and "not in URIEL" in found.missing["zz"]
+    l2v = uriel._lang2vec()
+    features = l2v.get_features(list(found.codes), "syntax_knn")
+    expected = scipy.spatial.distance.cosine(features["deu"], features["ita"])
+    assert found.matrices["syntactic"][0, 3] == pytest.approx(expected, abs=1e-12)
+    fam = l2v.get_features(list(found.codes), "fam", header=True)
+    nodes = {c: {name for name, v in zip(fam["CODE"], fam[c], strict=True) if v == 1} for c in found.codes}
+    shared = len(nodes["deu"] & nodes["eng"]) / max(len(nodes["deu"]), len(nodes["eng"]))
+    assert found.matrices["genetic"][0, 1] == pytest.approx(1 - shared) and 0 < shared < 1
+    for matrix in found.matrices.values():
+        np.testing.assert_allclose(matrix, matrix.T)
+        assert (np.diag(matrix) == 0).all()
+
+
+def test_a_place_is_found_from_its_distances_to_the_anchors():
+    rng = np.random.default_rng(1)
+    anchors = np.stack([rng.uniform(-85, 85, 60), rng.uniform(-180, 180, 60)], axis=1)
+    place = np.array([48.1, 11.6])  # Munich
+    distances = uriel._angles(uriel._unit(*place)[None], uriel._unit(anchors[:, 0], anchors[:, 1]))[0]
+    found, misfit = uriel.locate(distances, anchors)
+    assert misfit < 1e-6
+    assert uriel._angles(uriel._unit(*found)[None], uriel._unit(*place)[None])[0, 0] * 20015 < 1.0  # km
+
+
+def _planted(a, b, layer, rng):
+    same = FAMILY[a] == FAMILY[b]
+    signal = SIGNAL[layer] * (1.5 if same else 0.6)
+    return (rng.standard_normal((len(IDS), len(IDS))) + signal * np.eye(len(IDS))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """(similarity store, probes folder, {(a, b): f32[layer, n, n]})."""
+    root = tmp_path_factory.mktemp("typology")
+    sim = root / "sim"
+    manifest = new_manifest(layer_store=str(root / "layers"), model_name="planted", checkpoint_sha256="0" * 64,
+                            layers=LAYERS)  # fmt: skip
+    store = SimilarityStore.create_or_open(str(sim), manifest)
+    rng = np.random.default_rng(0)
+    matrices = {}
+    ids = {"row_ids": IDS, "col_ids": IDS, "row_recording": list(range(len(IDS))),
+           "col_recording": list(range(len(IDS)))}  # fmt: skip
+    marker = done_marker(np.arange(len(IDS)), np.arange(len(IDS)))
+    for i, a in enumerate(LANGS):
+        for b in LANGS[i + 1 :]:
+            array = store.create_pair("seqsim", a, b, ids)
+            scores = np.stack([_planted(a, b, layer, rng) for layer in LAYERS])
+            for position, layer in enumerate(LAYERS):
+                store.write_layer(array, "seqsim", a, b, layer, scores[position], marker)
+            matrices[a, b] = scores
+    probes = root / "probes"
+    lid = "layer,accuracy,macro_f1,n,chance\n0,0.95,0.95,96,0.125\n1,0.6,0.6,96,0.125\n2,0.3,0.3,96,0.125\n"
+    _, kv = open_kvstore(str(probes))
+    write_outputs(kv, {"lid.csv": lid.encode(), "manifest.json": json_bytes(
+        {"format": "babelgrid-probes", "store": str(root / "layers")})}, str(probes))  # fmt: skip
+    return sim, probes, matrices
+
+
+def _read(path):
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+def _config(sim, out, **kw):
+    return configure(TypologyConfig, similarity=str(sim), out=str(out), permutations=199, **kw)
+
+
+@pytest.fixture(scope="module")
+def job(planted, tmp_path_factory):
+    sim, probes, _ = planted
+    out = tmp_path_factory.mktemp("typology-out") / "out"
+    return out, run_typology(_config(sim, out, probes=(str(probes),)))
+
+
+def test_the_matrices_are_one_minus_r1_recomputed(job, planted):
+    out, _ = job
+    _, _, matrices = planted
+    for position, layer in enumerate(LAYERS):
+        rows = _read(out / "matrices" / f"seqsim-r1-layer-{layer}.csv")
+        langs = [r["language"] for r in rows]
+        assert langs == [lang for lang in LANGS if lang != "xx"]  # URIEL has no xx
+        for row in rows:
+            for b in langs:
+                a = row["language"]
+                if a == b:
+                    assert float(row[b]) == 0
+                    continue
+                m = matrices[(a, b) if (a, b) in matrices else (b, a)][position]
+                m = m if (a, b) in matrices else m.T
+                r1 = [reference_retrieval_metrics(s, IDS, IDS, ks=(1,)).recall[1] for s in (m, m.T)]
+                assert float(row[b]) == pytest.approx(1 - np.mean(r1), abs=1e-5)
+
+
+def test_typology_csv_equals_scikit_bio_on_the_written_matrices(job):
+    out, summary = job
+    rows = _read(out / "typology.csv")
+    assert tuple(rows[0]) == TYPOLOGY_COLUMNS
+    assert len(rows) == len(LAYERS) * 2 * 6  # layers x (r1, gap) x URIEL distances
+    for row in rows:
+        if row["measure"] != "seqsim-r1" or row["distance"] not in ("genetic", "syntactic"):
+            continue
+        ours = _read(out / "matrices" / f"seqsim-r1-layer-{row['layer']}.csv")
+        theirs = _read(out / "matrices" / f"uriel-{row['distance']}.csv")
+        langs = [r["language"] for r in ours]
+        x = np.array([[float(r[b]) for b in langs] for r in theirs])
+        y = np.array([[float(r[b]) for b in langs] for r in ours])
+        r, p, n = skbio.stats.distance.mantel(x, y, permutations=199, seed=0)
+        # The CSV keeps 6 significant digits of each matrix: r to about 1e-6.
+        assert float(row["r"]) == pytest.approx(r, abs=1e-5) and float(row["p_value"]) == pytest.approx(p)
+        assert int(row["n_languages"]) == n == 7
+    genetic = [r for r in rows if r["measure"] == "seqsim-r1" and r["distance"] == "genetic" and r["layer"] == "2"]
+    assert float(genetic[0]["r"]) > 0.5 and float(genetic[0]["p_value"]) < 0.05
+    geographic = [r for r in rows if r["distance"] == "geographic"]
+    assert all(r["partial_r"] == "NA" for r in geographic)  # geography is not controlled for itself
+    assert summary.missing == {"xx": "not in URIEL (tried no ISO 639-3 code known for it)"}
+    languages = _read(out / "languages.csv")
+    assert {r["language"]: r["status"] for r in languages}["xx"].startswith("not in URIEL")
+
+
+def test_figures_and_the_meeting_layer(job):
+    out, summary = job
+    for name in ("typology_by_layer", "dendrogram", "meet"):
+        assert png_title((out / "figures" / f"{name}.png").read_bytes())
+    rows = _read(out / "meet.csv")
+    # Alignment rises with depth, separability falls: the rule picks the layer where the smaller is largest
+    alignment = np.array([float(r["alignment"]) for r in rows])
+    separability = np.array([(a - 0.125) / (1 - 0.125) for a in (0.95, 0.6, 0.3)])
+    np.testing.assert_allclose([float(r["separability"]) for r in rows], separability)
+    chosen = [r["layer"] for r in rows if r["chosen"] == "True"]
+    assert chosen == [str(LAYERS[int(np.argmax(np.minimum(alignment, separability)))])]
+    assert summary.dendrogram_layer == 2  # where mean R@1 is highest
+    assert "left out: xx" in summary.report()
+
+
+def test_refusals(planted, tmp_path, job):
+    sim, probes, _ = planted
+    out, _ = job
+    with pytest.raises(TypologyError, match="settings|differ"):
+        run_typology(configure(TypologyConfig, similarity=str(sim), out=str(out), permutations=99))
+    with pytest.raises(TypologyError, match="3 or more"):
+        run_typology(_config(sim, tmp_path / "two", langs=("de", "en")))
+    with pytest.raises(TypologyError, match="no layer"):
+        run_typology(_config(sim, tmp_path / "layer", layers=(9,)))
+    with pytest.raises(TypologyError, match="--compare needs --probes"):
+        _config(sim, tmp_path / "c", compare=str(tmp_path / "cmp"))
+    with pytest.raises(TypologyError, match="one, for the similarity store's model"):
+        run_typology(_config(sim, tmp_path / "p2", probes=(str(probes), str(probes))))
+
+
+def test_every_model_of_a_compare_run(planted, tmp_path):
+    """--compare: a curve per model from its by_depth.csv, each with the probes folder run on its store; a model
+    without one has no separability, so no meeting layer (said, not guessed)."""
+    sim, probes, _ = planted
+    layers = str(json.loads((probes / "manifest.json").read_text())["store"])
+    cmp = tmp_path / "cmp"
+    rows = ["model,layer,depth,lang_a,lang_b,measure,metric,value,random,n"]
+    for model, depth_of in (("base", 2), ("other", 4)):
+        for layer in range(depth_of + 1):
+            rows.append(f"{model},{layer},{layer / depth_of},all,all,mean,R@1,{0.1 + 0.2 * layer},0.05,96")
+    _, kv = open_kvstore(str(cmp))
+    write_outputs(
+        kv,
+        {
+            "by_depth.csv": ("\n".join(rows) + "\n").encode(),
+            "manifest.json": json_bytes(
+                {"format": "babelgrid-compare", "stores": [layers, str(tmp_path / "other")], "names": None}
+            ),
+        },
+        str(cmp),
+    )
+    summary = run_typology(_config(sim, tmp_path / "out", compare=str(cmp), probes=(str(probes),)))
+    meet = _read(tmp_path / "out" / "meet.csv")
+    assert [r["model"] for r in meet] == ["base"] * 3 + ["other"] * 5
+    assert [r["depth"] for r in meet if r["model"] == "other"] == ["0.0", "0.25", "0.5", "0.75", "1.0"]
+    assert all(r["separability"] == "NA" and r["chosen"] == "False" for r in meet if r["model"] == "other")
+    assert "other: no layer has both" in summary.report()
