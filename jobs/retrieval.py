@@ -1,6 +1,6 @@
 """Cross-lingual retrieval from a similarity store: R@k and MRR per directed pair, layer and measure, and figures.
 
-    python -m jobs.retrieval --similarity /tmp/demo-sim        # retrieval.csv + figures in /tmp/demo-sim
+    python -m jobs.retrieval --similarity /tmp/demo-sim        # retrieval.csv, asymmetry.csv + figures in /tmp/demo-sim
     python -m jobs.retrieval --similarity /tmp/demo-sim --out /tmp/demo-ret --measure seqsim,mean --layers 4-7 --ks 1,10
     python -m jobs.retrieval --similarity /tmp/demo-sim --out /tmp/demo-ret-challenge --subset /tmp/demo-challenge
 

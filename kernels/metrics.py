@@ -69,7 +69,7 @@ def _metrics_jit(scores, row_codes, col_codes, ks: tuple[int, ...], pessimistic:
     recall = jnp.stack([jnp.sum(has_partner & (ranks <= k)) / denominator for k in ks])
     mrr = jnp.sum(jnp.where(has_partner, 1.0 / ranks, 0.0)) / denominator
     partners = jnp.sum(correct, axis=1)  # i32[N], the c of each row
-    return recall, mrr, queries, partners
+    return recall, mrr, queries, partners, jnp.where(has_partner, ranks, 0)
 
 
 def _codes(row_ids: Sequence[Hashable], col_ids: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +115,19 @@ def retrieval_metrics(
     ``ties`` is ``"optimistic"`` or ``"pessimistic"`` (module docstring). The random baseline averages, over the
     queries, the expectations for each query's own number of correct partners.
     """
+    return ranked_retrieval_metrics(scores, row_ids, col_ids, ks=ks, ties=ties)[0]
+
+
+def ranked_retrieval_metrics(
+    scores,
+    row_ids: Sequence[Hashable],
+    col_ids: Sequence[Hashable],
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    ties: str = "optimistic",
+) -> tuple[RetrievalMetrics, np.ndarray]:
+    """``retrieval_metrics`` and the ranks they rest on, from the same pass: i32[N], each row's 1-based rank of its
+    best correct partner under ``ties``, 0 for a row without a partner (per-query hits: ``ranks == 1``)."""
     scores = jnp.asarray(scores, jnp.float32)
     if scores.ndim != 2 or scores.shape != (len(row_ids), len(col_ids)):
         expected = (len(row_ids), len(col_ids))
@@ -127,10 +140,10 @@ def retrieval_metrics(
     if not bool(jnp.all(jnp.isfinite(scores))):
         raise ValueError("scores contain NaN or inf; retrieval ranks need finite scores (check the padding lengths)")
     row_codes, col_codes = _codes(row_ids, col_ids)
-    recall, mrr, queries, partners = _metrics_jit(scores, row_codes, col_codes, ks, ties == "pessimistic")
-    queries = int(queries)
+    recall, mrr, queries, partners, ranks = _metrics_jit(scores, row_codes, col_codes, ks, ties == "pessimistic")
+    queries, ranks = int(queries), np.asarray(ranks, np.int32)
     if not queries:
-        return unmeasured(ks, excluded=len(row_ids))
+        return unmeasured(ks, excluded=len(row_ids)), ranks
     m = len(col_ids)
     # Rows share few distinct partner counts: weight each count's expectation by how many rows have it.
     counts, rows = np.unique(np.asarray(partners)[np.asarray(partners) > 0], return_counts=True)
@@ -138,7 +151,7 @@ def retrieval_metrics(
     def random_mean(expectation):
         return float(sum(r * expectation(int(c)) for c, r in zip(counts, rows, strict=True)) / max(queries, 1))
 
-    return RetrievalMetrics(
+    metrics = RetrievalMetrics(
         recall={k: float(r) for k, r in zip(ks, np.asarray(recall), strict=True)},
         mrr=float(mrr),
         random_recall={k: random_mean(lambda c, k=k: random_recall_at_k(m, c, k)) for k in ks},
@@ -146,6 +159,7 @@ def retrieval_metrics(
         queries=queries,
         excluded=len(row_ids) - queries,
     )
+    return metrics, ranks
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.neurons.run import SELECTIVE_COLUMNS, UNIT_COLUMNS
 from engine.pipelines.probe import run as probe
 from engine.pipelines.probes import run as probes
-from engine.pipelines.retrieval import delta, subset
+from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.stores import challenge
 from engine.stores.schema import INFO_FIELDS
@@ -48,6 +48,7 @@ def test_every_written_column_is_documented():
         "compare challenge_table.csv": compare_depth.CHALLENGE_COLUMNS,
         "compare layer_similarity.parquet": COMPARE_ROW_COLUMNS,
         "retrieval baseline_delta.csv": delta.DELTA_COLUMNS,
+        "retrieval asymmetry.csv": asymmetry.ASYMMETRY_COLUMNS,
         "neurons selective_units.csv": SELECTIVE_COLUMNS,
         "neurons units.parquet": UNIT_COLUMNS,
         "heads heads.parquet": heads_table.TABLE_COLUMNS,

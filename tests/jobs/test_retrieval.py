@@ -1,25 +1,28 @@
 """The retrieval job end to end on a tiny similarity store written with ``engine.stores.similarity``.
 
 Every CSV value is checked against ``kernels.metrics.reference_retrieval_metrics`` on the matrices the test planted
-(both directions, not-encoded utterances removed by index, not by the code under test).
+(both directions, not-encoded utterances removed by index, not by the code under test); ``asymmetry.csv`` against
+per-query hits found by a plain loop over the same matrices and ``scipy.stats.binomtest`` on the discordant counts.
 """
 
 from __future__ import annotations
 
 import csv
-import pathlib
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from engine.figures import png_title
+from engine.pipelines.retrieval import asymmetry
 from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import BY_LAYER_NAME, CSV_COLUMNS, HEATMAP_NAME
 from engine.pipelines.retrieval.run import resolve_out, run_retrieval
-from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked
+from engine.pipelines.retrieval.scores import DirectedScore, drop_not_encoded, drop_unranked
 from engine.runtime.options import configure
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics
+from kernels.metrics import unmeasured as no_metrics
 from tests.jobs.conftest import seal
 
 LAYERS = (0, 1, 2, 3)
@@ -71,17 +74,68 @@ def sim_store(tmp_path_factory):
     return root, matrices
 
 
-def expected(matrices, measure, query, searched, layer):
-    """Reference metrics of one direction, not-encoded utterances removed by their planted indices."""
+def direction(matrices, measure, query, searched, layer):
+    """(f32[n, m], row ids, col ids) of one direction, not-encoded utterances removed by their planted indices."""
     if (measure, query, searched) in matrices:
         scores = matrices[measure, query, searched][LAYERS.index(layer)]
     else:
         scores = matrices[measure, searched, query][LAYERS.index(layer)].T
     rows = [i for i in range(len(IDS[query])) if i not in NOT_ENCODED[query]]
     cols = [j for j in range(len(IDS[searched])) if j not in NOT_ENCODED[searched]]
-    return reference_retrieval_metrics(
-        scores[np.ix_(rows, cols)], [IDS[query][i] for i in rows], [IDS[searched][j] for j in cols], ks=KS
-    )
+    return scores[np.ix_(rows, cols)], [IDS[query][i] for i in rows], [IDS[searched][j] for j in cols]
+
+
+def expected(matrices, measure, query, searched, layer):
+    """Reference metrics of one direction, not-encoded utterances removed by their planted indices."""
+    return reference_retrieval_metrics(*direction(matrices, measure, query, searched, layer), ks=KS)
+
+
+def loop_firsts(scores, row_ids, col_ids) -> dict:
+    """Query id -> (its rows whose partner ranks first, its rows with a partner), by a plain loop: a row hits when no
+    column of another id scores above its best partner (the optimistic tie rule)."""
+    firsts = {}
+    for i, row_id in enumerate(row_ids):
+        partners = [scores[i, j] for j, c in enumerate(col_ids) if c == row_id]
+        if partners:
+            hit = all(scores[i, j] <= max(partners) for j, c in enumerate(col_ids) if c != row_id)
+            hits, n = firsts.get(row_id, (0, 0))
+            firsts[row_id] = (hits + hit, n + 1)
+    return firsts
+
+
+def loop_asymmetry(a2b: dict, b2a: dict):
+    """(r1_a2b, r1_b2a, ids, a2b_only, b2a_only) over the ids both directions scored (an id's hit: the fraction of its
+    rows that hit); None when they share none."""
+    shared = sorted(set(a2b) & set(b2a))
+    if not shared:
+        return None
+    ab = [a2b[i][0] / a2b[i][1] for i in shared]
+    ba = [b2a[i][0] / b2a[i][1] for i in shared]
+    discordant = [(x > y, x < y) for x, y in zip(ab, ba, strict=True)]
+    return np.mean(ab), np.mean(ba), len(shared), sum(d[0] for d in discordant), sum(d[1] for d in discordant)
+
+
+def assert_asymmetry(path, want: dict):
+    """asymmetry.csv at ``path`` against ``want``: (measure, a, b, layer) -> ``loop_asymmetry``'s tuple or None."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == asymmetry.ASYMMETRY_COLUMNS
+        rows = {(r["measure"], r["lang_a"], r["lang_b"], int(r["layer"])): r for r in reader}
+    assert rows.keys() == want.keys()
+    for key, w in want.items():
+        row = rows[key]
+        if w is None:  # no id scored both ways: not measured, never 0
+            assert row["n_queries"] == "0", row
+            assert {row[c] for c in ("r1_a2b", "r1_b2a", "asymmetry", "a2b_only", "b2a_only", "p_value")} == {"NA"}
+            continue
+        r1_ab, r1_ba, n, a2b_only, b2a_only = w
+        np.testing.assert_allclose([float(row[c]) for c in ("r1_a2b", "r1_b2a", "asymmetry")],
+                                   [r1_ab, r1_ba, r1_ab - r1_ba], atol=1e-12, err_msg=f"{row}")  # fmt: skip
+        assert (int(row["n_queries"]), int(row["a2b_only"]), int(row["b2a_only"])) == (n, a2b_only, b2a_only), row
+        if a2b_only + b2a_only:
+            assert float(row["p_value"]) == stats.binomtest(a2b_only, a2b_only + b2a_only, 0.5).pvalue, row
+        else:
+            assert row["p_value"] == "NA", row
 
 
 def read_csv(path) -> list[dict]:
@@ -119,6 +173,20 @@ def test_csv_matches_reference_both_directions(sim_store, tmp_path):
     # The planted signal is strongest at layer 2, so the heatmap uses it; layer 0 is at chance.
     assert result.figure_layer == 2
     assert result.mean_over_pairs("seqsim")[2][0] > 0.9
+    # Asymmetry: per stored pair and done layer, the loop's hits of both directions on their shared ids. en s1 is
+    # recorded twice (a fraction of hits); the planted noise leaves discordant ids at some layers and none at others.
+    want = {
+        (measure, a, b, layer): loop_asymmetry(
+            *(loop_firsts(*direction(matrices, measure, q, s, layer)) for q, s in ((a, b), (b, a)))
+        )
+        for measure, pairs in STORED.items()
+        for a, b in pairs
+        for layer in LAYERS
+        if layer not in NOT_DONE.get((measure, a, b), [])
+    }
+    assert_asymmetry(tmp_path / "asymmetry.csv", want)
+    discordant = [w[3] + w[4] for w in want.values()]
+    assert 0 in discordant and max(discordant) >= 3  # both the NA p-value and binomtest's are checked
 
 
 def test_excluded_and_dropped_counts(sim_store, tmp_path):
@@ -137,12 +205,16 @@ def test_figures_are_pngs(sim_store, tmp_path):
     root, _ = sim_store
     result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), figure_layer=1))
     assert result.figure_layer == 1
-    assert sorted(result.figure_paths) == sorted(str(tmp_path / "figures" / n) for n in (BY_LAYER_NAME, HEATMAP_NAME))
-    for path in result.figure_paths:
-        data = pathlib.Path(path).read_bytes()
-        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, path
-        assert " queries each" in png_title(data) and "dataset " in png_title(data), path
-    assert "* " in result.report() and "seqsim" in result.report()
+    names = {BY_LAYER_NAME: " queries each", HEATMAP_NAME: " queries each",
+             "retrieval_asymmetry.png": "n = 5-7 ids scored both ways per pair"}  # fmt: skip
+    assert sorted(result.figure_paths) == sorted(str(tmp_path / "figures" / n) for n in names)
+    for name, rests_on in names.items():
+        data = (tmp_path / "figures" / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000, name
+        assert rests_on in png_title(data) and "dataset " in png_title(data), name
+    report = result.report()
+    assert "* " in report and "seqsim" in report
+    assert f"asymmetry: no pair's two directions differ in R@1 at p < 0.05 (11 tested, sign test): {tmp_path}" in report
 
 
 def test_drop_not_encoded():
@@ -218,6 +290,50 @@ def test_pairs_without_shared_ids_are_not_measured_not_zero(tmp_path):
     assert "WARNING: 4 scores rest on fewer than 20 queries (the fewest: 3, seqsim a->b)" in report
     measured = [s.metrics.recall[1] for s in result.scores if {s.lang_a, s.lang_b} == {"a", "b"} and s.layer == 0]
     assert result.mean_over_pairs("seqsim")[0][0] == pytest.approx(np.mean(measured))
+    # asymmetry.csv: a-b on its 3 shared ids; a-c shares none, so NA with n_queries 0, never an asymmetry of 0.
+    asym = list(csv.DictReader(open(tmp_path / "out" / asymmetry.ASYMMETRY_CSV)))
+    assert [(r["lang_a"], r["lang_b"], r["layer"], r["n_queries"]) for r in asym] == [
+        ("a", "b", "0", "3"), ("a", "b", "1", "3"), ("a", "c", "0", "0"), ("a", "c", "1", "0")
+    ]  # fmt: skip
+    assert all(r[c] == "NA" for r in asym[2:] for c in ("r1_a2b", "r1_b2a", "asymmetry", "a2b_only", "p_value"))
+    assert all(r["asymmetry"] != "NA" for r in asym[:2])
+
+
+def test_asymmetry_sign_test_report_and_figure_on_planted_hits():
+    """Per-id hits planted on DirectedScores (no store): the sign test on the discordant ids, an id recorded twice,
+    ids scored one way only left out, the report's largest significant asymmetry, and the figure drawn."""
+    ids = [f"s{i}" for i in range(12)]
+
+    def score(a, b, layer, firsts):
+        return DirectedScore(a, b, layer, "seqsim", no_metrics((1,), excluded=0), 0, 0, 0, firsts)
+
+    planted = {
+        # layer 1: 10 ids hit a -> b only, 2 both ways; "x" is a query of de -> en only
+        1: ({i: (1, 1) for i in ids} | {"x": (1, 1)}, {i: (int(k >= 10), 1) for k, i in enumerate(ids)}),
+        # layer 2: 6 ids hit b -> a only; s0 was recorded twice in en, one of its recordings hits: s0 is b -> a ahead
+        2: ({i: (int(k >= 7), 1) for k, i in enumerate(ids)}, {i: (1, 2 if i == "s0" else 1) for i in ids}),
+        3: ({}, {i: (1, 1) for i in ids}),  # every de query unranked: nothing shared
+    }
+    scores = [score("de", "en", layer, firsts[0]) for layer, firsts in planted.items()]
+    scores += [score("en", "de", layer, firsts[1]) for layer, firsts in planted.items()]
+    rows = asymmetry.asymmetry_rows(scores)
+    assert [(r.lang_a, r.lang_b, r.layer) for r in rows] == [("de", "en", 1), ("de", "en", 2), ("de", "en", 3)]
+    one, two, three = rows
+    assert (one.n_queries, one.a2b_only, one.b2a_only) == (12, 10, 0)
+    assert one.r1_a2b == 1.0 and one.r1_b2a == pytest.approx(2 / 12) and one.asymmetry == pytest.approx(10 / 12)
+    assert one.p_value == stats.binomtest(10, 10, 0.5).pvalue < 0.01
+    assert (two.a2b_only, two.b2a_only) == (0, 7)  # s0..s6 missed a -> b; s0 hit b -> a once in two
+    assert two.r1_b2a == pytest.approx(11.5 / 12) and two.p_value == stats.binomtest(0, 7, 0.5).pvalue < 0.05
+    assert three.n_queries == 0 and np.isnan(three.asymmetry) and three.a2b_only is None
+    report = asymmetry.asymmetry_report(rows, "/out/")
+    assert report == (
+        "asymmetry: largest at p < 0.05 (2 of 2 tested, sign test, uncorrected): seqsim layer 1, R@1 de->en 1.000 "
+        f"against en->de 0.167 (+0.833; 10 against 0 discordant of 12 ids, p = {one.p_value:.2g}): /out/asymmetry.csv"
+    )
+    writes = asymmetry.asymmetry_writes(rows, "tiny")
+    assert writes[asymmetry.ASYMMETRY_CSV].decode().splitlines()[3].endswith(",3,seqsim,NA,NA,NA,0,NA,NA,NA")
+    png = writes[asymmetry.ASYMMETRY_FIGURE]
+    assert png.startswith(b"\x89PNG") and "n = 12 ids scored both ways per pair" in png_title(png)
 
 
 # Non-converged ot pairs: NaN at scored (de row, en column) per layer. De #3 and en #0 are not encoded, so the NaN
@@ -261,6 +377,15 @@ def ot_store(tmp_path_factory):
 def ot_expected(scores, query, layer, kept_ids=None):
     """(retrieval_metrics of the ranked queries, unranked count) of one direction of the planted ot matrix: rows and
     columns of not-encoded utterances and the queries holding a planted NaN removed by index."""
+    matrix, row_ids, col_ids, unranked = ot_direction(scores, query, layer, kept_ids)
+    if not row_ids:
+        return None, unranked
+    return retrieval_metrics(matrix, row_ids, col_ids, ks=KS), unranked
+
+
+def ot_direction(scores, query, layer, kept_ids=None):
+    """(f32[n, m], row ids, col ids, unranked count) of one direction of the planted ot matrix, as ``ot_expected``
+    scores it."""
     matrix = scores[LAYERS.index(layer)]
     matrix = matrix if query == "de" else matrix.T
     searched = "en" if query == "de" else "de"
@@ -274,9 +399,7 @@ def ot_expected(scores, query, layer, kept_ids=None):
         rows = [i for i in rows if IDS[query][i] in kept_ids]
         cols = [j for j in cols if IDS[searched][j] in kept_ids]
     row_ids, col_ids = [IDS[query][i] for i in rows], [IDS[searched][j] for j in cols]
-    if not rows:
-        return None, len(nan)
-    return retrieval_metrics(matrix[np.ix_(rows, cols)], row_ids, col_ids, ks=KS), len(nan)
+    return matrix[np.ix_(rows, cols)], row_ids, col_ids, len(nan)
 
 
 @pytest.mark.parametrize("subset", [False, True])
@@ -314,6 +437,16 @@ def test_ot_nonconverged_queries_are_unranked_not_fatal(ot_store, tmp_path, capl
     report = result.report()
     assert warning in report and "every query unranked, so NA in the CSV: ot de->en layer 2" in report
     assert "no shared ids" not in report  # an all-unranked layer is not a pair without shared ids
+    # asymmetry.csv on the ids ranked both ways (of the challenge set, with --subset); layer 2: none, so NA, not 0.
+    kept = OT_KEPT if subset else None
+    want = {
+        ("ot", "de", "en", layer): loop_asymmetry(
+            *(loop_firsts(*ot_direction(scores, query, layer, kept)[:3]) for query in ("de", "en"))
+        )
+        for layer in LAYERS
+    }
+    assert want["ot", "de", "en", 2] is None and want["ot", "de", "en", 1][2] < want["ot", "de", "en", 0][2]
+    assert_asymmetry(tmp_path / asymmetry.ASYMMETRY_CSV, want)
 
 
 def test_nan_in_a_measure_that_cannot_fail_to_converge_is_a_damaged_store(ot_store, tmp_path):

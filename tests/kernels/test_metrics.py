@@ -31,6 +31,14 @@ def test_metrics_vs_reference(seed, ties):
     ks = (1, 2, 5, 10, 20)
     got = metrics.retrieval_metrics(scores, row_ids, col_ids, ks=ks, ties=ties)
     assert_metrics_equal(got, metrics.reference_retrieval_metrics(scores, row_ids, col_ids, ks=ks, ties=ties))
+    ranked, ranks = metrics.ranked_retrieval_metrics(scores, row_ids, col_ids, ks=ks, ties=ties)
+    assert_metrics_equal(ranked, got)
+    # Each row's rank by sorting its columns, ties toward its partners (optimistic) or away from them; 0: none.
+    for i, row_id in enumerate(row_ids):
+        late = [(c == row_id) != (ties == "optimistic") for c in col_ids]  # sorted after equal scores
+        order = sorted(range(m), key=lambda j, i=i, late=late: (-scores[i, j], late[j]))
+        correct = [c == row_id for c in col_ids]
+        assert ranks[i] == next((p + 1 for p, j in enumerate(order) if correct[j]), 0), (i, row_id)
 
 
 def test_ties_rules_differ_as_documented():

@@ -21,6 +21,9 @@ store: ``RetrievalError``. Writes::
     OUT/retrieval.csv                    one row per (lang_a, lang_b, layer, measure, metric)
     OUT/figures/retrieval_heatmap.png    R@1, query language x searched language, at one layer, a panel per measure
     OUT/figures/retrieval_by_layer.png   R@1 against layer per directed pair, a panel per measure, random dashed
+    OUT/asymmetry.csv                    per stored pair, layer and measure: R@1 a -> b against b -> a on the ids
+                                         scored both ways, with an exact sign test (``asymmetry``)
+    OUT/figures/retrieval_asymmetry.png  that asymmetry against layer, a line per pair, p < 0.05 marked
 
 ``OUT`` is any TensorStore kvstore location; it defaults to the similarity store itself when that is local.
 
@@ -30,8 +33,9 @@ smaller pool alone raises R@1, it also writes ``OUT/subset_comparison.csv`` (``e
 SUBSET_COLUMNS): the full set, the challenge set and ``subset_draws`` seeded random subsets of the full set with as
 many ids as were kept (mean and 95% interval), and ``OUT/figures/subset_by_layer.png``.
 
-The room: ``scores`` scores one matrix (dropped, unranked, R@k and MRR), ``output`` writes the CSV and the figures,
-``subset`` is the challenge-set path; this module walks the store and reports.
+The room: ``scores`` scores one matrix (dropped, unranked, R@k and MRR, per-id hits at rank 1), ``output`` writes the
+CSV and the figures, ``asymmetry`` compares each pair's two directions, ``subset`` is the challenge-set path; this
+module walks the store and reports.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from collections.abc import Sequence
 from engine import captions
 from engine.data.pairing import HOW_IDS_ARE_MADE
 from engine.errors import BabelgridError
-from engine.pipelines.retrieval import delta, subset
+from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import CSV_NAME, TINY_SET, pick_figure_layer, tiny_scores, write_results
 from engine.pipelines.retrieval.scores import (
@@ -78,6 +82,7 @@ class RetrievalResult:
     missing: tuple[tuple[str, str, str, int], ...]  # (measure, lang_a, lang_b, layer) asked for but not done
     comparison: tuple[tuple, ...] = ()  # with a subset: SUBSET_COLUMNS rows (full, challenge, size-matched)
     baseline_rows: tuple[tuple, ...] = ()  # with a baseline: delta.DELTA_COLUMNS rows
+    asymmetry: tuple[asymmetry.Asymmetry, ...] = ()  # asymmetry.csv's rows: each stored pair's two directions
 
     def mean_over_pairs(self, measure: str, metric: str = "R@1") -> dict[int, tuple[float, float]]:
         """layer -> (mean value, mean random baseline) over directed pairs that have queries."""
@@ -107,6 +112,7 @@ class RetrievalResult:
                 lines.append(f"{layer:>5}{mark} {values}  |        {randoms}  | {counts}")
         lines.append(f"\nlayers: 0 = conv stem, L+1 = ln_post. csv: {self.csv_path}")
         lines += [f"figure: {p}" for p in self.figure_paths]
+        lines.append(asymmetry.asymmetry_report(self.asymmetry, self.out))
         if self.missing:
             lines.append(
                 f"{len(self.missing)} (measure, directed pair, layer) not in the similarity store yet, skipped"
@@ -210,7 +216,7 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
                     matrix, row_ids, col_ids = reader.matrix(measure, query, searched, layer)
                     scored = reader.scored(measure, query, searched, layer)
                     if config.subset is None:
-                        metrics, dropped_a, dropped_b, unranked = score_matrix(
+                        metrics, dropped_a, dropped_b, unranked, firsts = score_matrix(
                             matrix,
                             row_ids,
                             col_ids,
@@ -221,7 +227,7 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
                         )
                     else:
                         where = (query, searched, layer, measure)
-                        metrics, dropped_a, dropped_b, unranked = subset.score_subset(
+                        metrics, dropped_a, dropped_b, unranked, firsts = subset.score_subset(
                             matrix,
                             row_ids,
                             col_ids,
@@ -233,7 +239,9 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
                             where,
                             comparison,
                         )
-                    score = DirectedScore(query, searched, layer, measure, metrics, dropped_a, dropped_b, unranked)
+                    score = DirectedScore(
+                        query, searched, layer, measure, metrics, dropped_a, dropped_b, unranked, firsts
+                    )
                     found[query, searched].append(score)
             for d in directions:
                 scores += found[d]
@@ -316,6 +324,10 @@ def _retrieval(config: RetrievalConfig, reader, out: str) -> RetrievalResult:
     figure_layer = pick_figure_layer(scores, config.figure_layer)
     subtitle = figure_subtitle(reader.manifest)
     csv_path, figure_paths = write_results(out, scores, figure_layer, subtitle, max(reader.layers))
+    asymmetry_rows = asymmetry.asymmetry_rows(scores)
+    writes = asymmetry.asymmetry_writes(asymmetry_rows, subtitle)
+    write_outputs(open_kvstore(out)[1], writes, out)
+    figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes if k.endswith(".png"))]
     if config.subset is not None and comparison:
         _, kv = open_kvstore(out)
         metric = f"R@{config.ks[0]}"
@@ -338,4 +350,4 @@ def _retrieval(config: RetrievalConfig, reader, out: str) -> RetrievalResult:
         write_outputs(open_kvstore(out)[1], writes, out)
         figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes if k.endswith(".png"))]
     return RetrievalResult(scores, out, csv_path, tuple(figure_paths), figure_layer, missing, tuple(comparison),
-                           tuple(baseline_rows))  # fmt: skip
+                           tuple(baseline_rows), tuple(asymmetry_rows))  # fmt: skip

@@ -10,14 +10,14 @@ scored utterances of any other measure, or inf in ``ot``, is a damaged store: ``
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from engine.errors import ShapeError
 from engine.pipelines.retrieval.config import RetrievalError
 from engine.pipelines.seqsim.measures import NAN_MEASURES
-from kernels.metrics import RetrievalMetrics, retrieval_metrics, unmeasured
+from kernels.metrics import RetrievalMetrics, ranked_retrieval_metrics, unmeasured
 from kernels.settings import DEFAULT_KS
 
 
@@ -33,6 +33,8 @@ class DirectedScore:
     dropped_a: int  # rows of utterances not encoded
     dropped_b: int  # columns of utterances not encoded
     unranked: int = 0  # scored queries left out: a score of theirs was not measured (NaN, ot not converged)
+    # query id -> (its queries whose partner ranks first, its queries scored): R@1 per id, for the asymmetry
+    firsts: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def values(self) -> list[tuple[str, float, float]]:
         """(metric name, value, random baseline) for R@k in ks order, then MRR."""
@@ -95,13 +97,28 @@ def drop_unranked(scores: np.ndarray, row_ids: Sequence) -> tuple[np.ndarray, li
     return scores[ranked], rows, int((~ranked).sum())
 
 
+def first_hits(row_ids: Sequence, ranks: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Query id -> (its rows whose best correct partner ranks first, its rows with a partner), from the ranks of
+    ``kernels.metrics.ranked_retrieval_metrics`` (0: no partner, left out). An id has several rows where it was
+    recorded several times."""
+    firsts: dict[str, list[int]] = {}
+    for row_id, rank in zip(row_ids, np.asarray(ranks).tolist(), strict=True):
+        if rank:
+            count = firsts.setdefault(row_id, [0, 0])
+            count[0] += rank == 1
+            count[1] += 1
+    return {row_id: (hits, n) for row_id, (hits, n) in firsts.items()}
+
+
 def score_matrix(
     scores, row_ids, col_ids, *, scored=None, ks=DEFAULT_KS, ties="optimistic", measure=None
-) -> tuple[RetrievalMetrics, int, int, int]:
+) -> tuple[RetrievalMetrics, int, int, int, dict[str, tuple[int, int]]]:
     """RetrievalMetrics of one f32[N, M] matrix over its scored utterances (``drop_not_encoded``) and ranked
-    queries (``drop_unranked``), with the counts of rows and columns not encoded and of queries unranked."""
+    queries (``drop_unranked``), with the counts of rows and columns not encoded and of queries unranked, and the
+    per-id hits at rank 1 (``first_hits``) of the queries scored."""
     kept, rows, cols, dropped_rows, dropped_cols = drop_not_encoded(scores, row_ids, col_ids, scored, measure=measure)
     kept, rows, unranked = drop_unranked(kept, rows)
     if not rows or not cols:
-        return unmeasured(ks, excluded=len(rows)), dropped_rows, dropped_cols, unranked
-    return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties), dropped_rows, dropped_cols, unranked
+        return unmeasured(ks, excluded=len(rows)), dropped_rows, dropped_cols, unranked, {}
+    metrics, ranks = ranked_retrieval_metrics(kept, rows, cols, ks=ks, ties=ties)
+    return metrics, dropped_rows, dropped_cols, unranked, first_hits(rows, ranks)

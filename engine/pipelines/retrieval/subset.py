@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine import captions
-from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked
+from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked, first_hits
 from engine.stores.kv import csv_bytes
-from kernels.metrics import retrieval_metrics, unmeasured
+from kernels.metrics import ranked_retrieval_metrics, retrieval_metrics, unmeasured
 
 SUBSET_CSV = "subset_comparison.csv"
 SUBSET_FIGURE = "figures/subset_by_layer.png"
@@ -65,19 +65,23 @@ def compare_subsets(scores, row_ids, col_ids, kept_ids: set, draws: list, *, ks,
     """Metrics of one finite matrix on the full set, the challenge set and each random subset.
 
     scores: f32[N, M] with every row and column scored (``engine.pipelines.retrieval.scores.drop_not_encoded`` applied).
-    Returns {"full": RetrievalMetrics, "challenge": RetrievalMetrics, "size_matched": [RetrievalMetrics, ...]}.
+    Returns {"full": RetrievalMetrics, "challenge": RetrievalMetrics, "size_matched": [RetrievalMetrics, ...],
+    "challenge_firsts": the challenge set's per-id hits at rank 1 (``scores.first_hits``)}.
     """
 
     def metrics(ids):
         kept, rows, cols = restrict(scores, row_ids, col_ids, ids)
         if not rows or not cols:
-            return unmeasured(ks, excluded=len(rows))
-        return retrieval_metrics(kept, rows, cols, ks=ks, ties=ties)
+            return unmeasured(ks, excluded=len(rows)), {}
+        measured, ranks = ranked_retrieval_metrics(kept, rows, cols, ks=ks, ties=ties)
+        return measured, first_hits(rows, ranks)
 
+    challenge, firsts = metrics(kept_ids)
     return {
         "full": retrieval_metrics(scores, row_ids, col_ids, ks=ks, ties=ties),
-        "challenge": metrics(kept_ids),
-        "size_matched": [metrics(d) for d in draws],
+        "challenge": challenge,
+        "size_matched": [metrics(d)[0] for d in draws],
+        "challenge_firsts": firsts,
     }
 
 
@@ -106,24 +110,25 @@ def comparison_rows(lang_a: str, lang_b: str, layer: int, measure: str, compared
 
 
 def score_subset(matrix, row_ids, col_ids, scored, kept_ids: set, draws: dict, key, config, where, comparison: list):
-    """Like ``score_matrix``, on the ids of ``kept_ids`` only; appends the full / challenge / size-matched rows of
-    ``where`` = (lang_a, lang_b, layer, measure) to ``comparison``. ``draws[key]``: the random subsets of the pair,
-    drawn at its first scored matrix from the ids shared by its rows and columns, then reused for every layer. The
-    sets are taken before unranked queries are left out (``drop_unranked``, over all scored columns, as in
-    ``score_matrix``), so that non-converged pairs remove those queries only, never candidates or draws."""
+    """Like ``score_matrix`` (the same five values), on the ids of ``kept_ids`` only; appends the full / challenge /
+    size-matched rows of ``where`` = (lang_a, lang_b, layer, measure) to ``comparison``. ``draws[key]``: the random
+    subsets of the pair, drawn at its first scored matrix from the ids shared by its rows and columns, then reused
+    for every layer. The sets are taken before unranked queries are left out (``drop_unranked``, over all scored
+    columns, as in ``score_matrix``), so that non-converged pairs remove those queries only, never candidates or
+    draws."""
     measure = where[3]
     full, rows, cols, dropped_a, dropped_b = drop_not_encoded(matrix, row_ids, col_ids, scored, measure=measure)
     pool = set(rows) & set(cols)
     full, rows, unranked = drop_unranked(full, rows)
     if not pool or not rows:
-        return unmeasured(tuple(config.ks), excluded=len(rows)), dropped_a, dropped_b, unranked
+        return unmeasured(tuple(config.ks), excluded=len(rows)), dropped_a, dropped_b, unranked, {}
     kept = kept_ids & pool
     if key not in draws:
         draws[key] = size_matched_draws(pool, len(kept), config.subset_draws, config.subset_seed, *key)
     compared = compare_subsets(full, rows, cols, kept, draws[key], ks=tuple(config.ks), ties=config.ties)
     n_ids = {"full": len(pool), "challenge": len(kept), "size_matched": len(kept)}
     comparison += comparison_rows(*where, compared, n_ids)
-    return compared["challenge"], dropped_a, dropped_b, unranked
+    return compared["challenge"], dropped_a, dropped_b, unranked, compared["challenge_firsts"]
 
 
 def subset_csv_bytes(rows: Sequence[tuple]) -> bytes:
