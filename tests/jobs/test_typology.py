@@ -218,6 +218,8 @@ def test_typology_csv_equals_scikit_bio_on_the_written_matrices(job):
         # The CSV keeps 6 significant digits of each matrix: r to about 1e-6.
         assert float(row["r"]) == pytest.approx(r, abs=1e-5) and float(row["p_value"]) == pytest.approx(p)
         assert int(row["n_languages"]) == n == 7
+    p = np.array([float(r["p_value"]) for r in rows])
+    np.testing.assert_allclose([float(r["q_value"]) for r in rows], scipy.stats.false_discovery_control(p))
     genetic = [r for r in rows if r["measure"] == "seqsim-r1" and r["distance"] == "genetic" and r["layer"] == "2"]
     assert float(genetic[0]["r"]) > 0.5 and float(genetic[0]["p_value"]) < 0.05
     geographic = [r for r in rows if r["distance"] == "geographic"]

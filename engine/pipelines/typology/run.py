@@ -25,7 +25,8 @@ import time
 
 import numpy as np
 
-from engine.pipelines.retrieval.run import figure_subtitle
+from engine import captions
+from engine.errors import BabelgridError
 from engine.pipelines.typology import figures, geometry, meet, uriel
 from engine.pipelines.typology.config import TypologyConfig, TypologyError
 from engine.pipelines.typology.mantel import mantel, min_p_value, partial_mantel
@@ -33,12 +34,13 @@ from engine.runtime.runs import RunSummary, output_run
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import csv_bytes as kv_csv_bytes
 from engine.stores.kv import open_kvstore
+from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
 
 log = logging.getLogger(__name__)
 
-TYPOLOGY_COLUMNS = ("layer", "measure", "distance", "r", "p_value", "n_languages", "partial_r", "partial_p_value",
-                    "method", "permutations")  # fmt: skip
+TYPOLOGY_COLUMNS = ("layer", "measure", "distance", "r", "p_value", "q_value", "n_languages", "partial_r",
+                    "partial_p_value", "method", "permutations")  # fmt: skip
 LANGUAGE_COLUMNS = ("language", "uriel_code", "status")
 CONTROL = "geographic"
 
@@ -62,8 +64,8 @@ class TypologySummary(RunSummary):
             lines.append(f"strongest Mantel r per distance ({n} languages; p >= {floor:.2g} at best):")
             for distance in dict.fromkeys(r["distance"] for r in measured):
                 best = max((r for r in measured if r["distance"] == distance), key=lambda r: r["r"])
-                lines.append(f"  {distance:>12}: r {best['r']:+.3f} (p {best['p_value']:.3g}) at layer {best['layer']}"
-                             f" of {best['measure']}")  # fmt: skip
+                lines.append(f"  {distance:>12}: r {best['r']:+.3f} (p {best['p_value']:.3g}, q {best['q_value']:.3g}) "
+                             f"at layer {best['layer']} of {best['measure']}")  # fmt: skip
         for curve in self.curves:
             pick = curve.chosen()
             if pick is None:
@@ -163,7 +165,22 @@ def _correlate(config, geo, found, summary) -> dict[str, bytes]:
     for distance, matrix in found.matrices.items():
         writes[f"matrices/uriel-{distance}.csv"] = square_csv(matrix, langs)
     summary.rows.sort(key=lambda r: (r["measure"], r["distance"], r["layer"]))
+    _q_values(summary.rows)
     return writes
+
+
+def _q_values(rows: list[dict]) -> None:
+    """Benjamini-Hochberg q-values over every Mantel p-value of the run (layers x measures x distances are many
+    tests of one question): ``scipy.stats.false_discovery_control``; NA where p is."""
+    import scipy.stats
+
+    p = np.array([r["p_value"] for r in rows], float)
+    q = np.full(len(p), np.nan)
+    measured = np.isfinite(p)
+    if measured.any():
+        q[measured] = scipy.stats.false_discovery_control(p[measured])
+    for row, value in zip(rows, q, strict=True):
+        row["q_value"] = float(value)
 
 
 def _dendrogram(config, geo, found, measures, subtitle, summary) -> dict[str, bytes]:
@@ -209,6 +226,15 @@ def _curves(config, reader, geo, measures) -> list:
     return [meet.curve(reader.manifest["model_name"], geo.layers, depth, r1, random, meet.read_lid(config.probes[0]))]
 
 
+def _subtitle(manifest: dict, n: str) -> str:
+    """The model and the dataset its layer store was encoded from; the similarity store alone where that moved."""
+    try:
+        created = open_store(manifest["layer_store"]).manifest.get("created", {})
+    except BabelgridError:
+        created = {}
+    return captions.source_line(manifest["model_name"], created, n)
+
+
 def _typology(config, reader, measures, layers, languages, started) -> TypologySummary:
     summary = TypologySummary()
     geo = geometry.read_geometry(reader, measures, layers, languages)
@@ -219,7 +245,7 @@ def _typology(config, reader, measures, layers, languages, started) -> TypologyS
     if len(found.languages) < 3:
         raise TypologyError(f"URIEL has {len(found.languages)} of the store's languages; a Mantel test needs 3")
     writes = _correlate(config, geo, found, summary)
-    subtitle = f"{figure_subtitle(reader.manifest)}; {len(found.languages)} languages"
+    subtitle = _subtitle(reader.manifest, f"{len(found.languages)} languages")
     names = [f"{m}-{k}" for m in measures for k in config.kinds]
     writes["typology.csv"] = csv_bytes(TYPOLOGY_COLUMNS, summary.rows)
     codes = dict(zip(found.languages, found.codes, strict=True))
