@@ -14,6 +14,8 @@ from engine.pipelines.probe import run as probe
 from engine.pipelines.probes import run as probes
 from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
+from engine.pipelines.typology import meet as typology_meet
+from engine.pipelines.typology import run as typology
 from engine.stores import challenge
 from engine.stores.schema import INFO_FIELDS
 from engine.stores.similarity import done_marker
@@ -53,6 +55,9 @@ def test_every_written_column_is_documented():
         "neurons units.parquet": UNIT_COLUMNS,
         "heads heads.parquet": heads_table.TABLE_COLUMNS,
         "heads selective_heads.csv": heads_table.SELECTIVE_COLUMNS,
+        "typology typology.csv": typology.TYPOLOGY_COLUMNS,
+        "typology languages.csv": typology.LANGUAGE_COLUMNS,
+        "typology meet.csv": typology_meet.MEET_COLUMNS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"
