@@ -41,6 +41,8 @@ _FACE = {
     "run_neurons": "engine.pipelines.neurons.run",
     "run_heads": "engine.pipelines.heads.run",
     "run_typology": "engine.pipelines.typology.run",
+    "run_sae": "engine.pipelines.sae.run",
+    "open_sae": "engine.pipelines.sae.export",
     # each run_<job>'s config, for configure(Config, ...): from the light config modules where a job has one
     "EncodeConfig": "engine.pipelines.encode.config",
     "SimilarityConfig": "engine.pipelines.seqsim.config",
@@ -57,6 +59,7 @@ _FACE = {
     "NeuronsConfig": "engine.pipelines.neurons.config",
     "HeadsConfig": "engine.pipelines.heads.config",
     "TypologyConfig": "engine.pipelines.typology.config",
+    "SaeConfig": "engine.pipelines.sae.config",
 }
 
 __all__ = sorted(_FACE)

@@ -13,6 +13,7 @@ N times in this process (``count`` adds several at once). The points a job offer
 - ``after_marker``: encode, right after a length-marker write that brings this process's committed markers to N;
 - ``before_count``, ``after_count``: neurons, before a language is counted and after its counts are written (its
   claim held either way);
+- ``after_checkpoint``: sae, right after a training checkpoint is written (the layer's claim held, its files not);
 - ``barrier``: a ``jax.distributed`` process, as it reaches a barrier (before the others can see it there).
 
 ``BABELGRID_FAULT_DELAY="<point>:<seconds>"`` makes every pass of ``point`` sleep that long: the worker tests slow a

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 
 JOBS = (
     "encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "probes", "finetune", "compare",
-    "neurons", "heads", "typology", "verify", "status", "random_model",
+    "neurons", "heads", "typology", "sae", "verify", "status", "random_model",
 )  # fmt: skip
 COMMANDS = {"random-model": "random_model"}  # a command's name where it is not its job module's
 BUNDLED = {"demo": "demo.yaml"}

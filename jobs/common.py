@@ -274,6 +274,9 @@ def run(main) -> None:
     # JAX logs every accelerator plugin it looks for and does not find ("Unable to initialize backend 'tpu'") at
     # INFO: noise on every CPU run. Its warnings still show.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # orbax logs each checkpoint's inner steps at INFO through absl ("Closing _NonBlockingMetadataStore(...)"): noise
+    # in the finetune and sae jobs' logs. Its warnings still show.
+    logging.getLogger("absl").addFilter(lambda r: r.levelno > logging.INFO or "/orbax/" not in r.pathname)
     if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
         print(usage())
         sys.exit(0)

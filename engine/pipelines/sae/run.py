@@ -1,0 +1,194 @@
+"""The sae job: a sparse autoencoder per chosen layer of a layer store, trained from the store, judged by what its
+reconstructions keep, and read for the languages its features fire on.
+
+Each layer is a unit (``engine.runtime.claims``): any number of ``--worker`` processes share a run, each training
+other layers; a killed one's layer is taken over and resumed from its last checkpoint. Writes (docs/outputs.md)::
+
+    OUT/layer-<L>/sae_weights.safetensors, cfg.json   the SAE, sae-lens's names, applying to stored states (export)
+    OUT/layer-<L>/checkpoints/<step>/                  orbax checkpoints while training (train)
+    OUT/activations/layer-<L>/<lang>.safetensors       the first --activations utterances' features, sparse
+    OUT/parts/layer-<L>.npz                            the layer's evaluation, written whole last (the unit is done)
+    OUT/metrics.csv                                    one row per layer: METRIC_COLUMNS
+    OUT/features.parquet                               one row per (layer, feature, language): FEATURE_COLUMNS
+    OUT/selective_features.csv                         the --top most selective features per language and layer
+    OUT/figures/sae_kept.png, figures/sae_languages.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import time
+
+import numpy as np
+import pyarrow as pa
+from safetensors.numpy import save
+
+from engine import captions
+from engine.pipelines.sae import export, figures
+from engine.pipelines.sae.config import DEFAULT_BUDGET, SaeConfig, SaeError
+from engine.pipelines.sae.data import Frames
+from engine.pipelines.sae.evaluate import evaluate
+from engine.pipelines.sae.train import train_layer
+from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
+from engine.runtime.units import claimed_units
+from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
+from engine.stores.kv import csv_bytes, npz_bytes, open_kvstore, read_npz, read_value
+from engine.stores.reader import open_store
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("layer", "fvu", "l0", "dead_share", "dense_share", "r1", "r1_reconstructed", "lid",
+                  "lid_reconstructed", "selective_share", "shared_share", "frames", "steps", "final_loss")  # fmt: skip
+FEATURE_COLUMNS = ("layer", "feature", "language", "rate", "lape", "selective", "belongs", "shared")
+SELECTIVE_COLUMNS = ("layer", "language", "feature", "rate", "lape", "rank")
+PARTS = "parts/"
+
+
+@dataclasses.dataclass
+class SaeSummary(RunSummary):
+    rows: list = dataclasses.field(default_factory=list)  # dicts of METRIC_COLUMNS
+    trained: int = 0  # layers trained (or resumed) by this process
+    outputs: list = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        lines = [f"sae: {self.seconds:.1f} s; {self.trained} layers trained here"]
+        lines.append("  layer    fvu     l0   dead  dense  | R@1 stored/rec  | LID stored/rec | selective shared")
+        for r in self.rows:
+            lines.append(
+                f"  {r['layer']:>5} {r['fvu']:6.3f} {r['l0']:6.1f} {r['dead_share']:6.3f} {r['dense_share']:6.3f}  |"
+                f"  {r['r1']:.3f} / {r['r1_reconstructed']:.3f}  |  {r['lid']:.3f} / {r['lid_reconstructed']:.3f}  |"
+                f"  {r['selective_share']:.3f}  {r['shared_share']:.3f}"
+            )
+        lines += [f"wrote {p}" for p in self.outputs]
+        return "\n".join(lines)
+
+
+def _select(what: str, asked, available) -> list:
+    available = list(available)
+    unknown = [a for a in (asked or ()) if a not in available]
+    if unknown:
+        raise SaeError(f"the store has no {what} {unknown}; it has {available}")
+    return [a for a in available if asked is None or a in asked]
+
+
+def _local(url: str) -> pathlib.Path:
+    return pathlib.Path(url[len("file://") :] if url.startswith("file://") else url)
+
+
+def run_sae(config: SaeConfig) -> SaeSummary:
+    """Trains, evaluates and exports an SAE per layer (module docstring); a rerun with other settings is refused."""
+    started = time.monotonic()
+    reader = open_store(config.store)
+    langs = _select("language", config.langs, reader.languages)
+    layers = _select("layer", config.layers, reader.info.layers)
+    if len(langs) < 2:
+        raise SaeError(f"the language measures need two or more languages; the run has {langs}")
+    summary = SaeSummary()
+    url = config.run.out
+    _, kv = open_kvstore(url)
+    claims = work_claims(config.run, "sae", kv)
+    ids_of = {lang: [str(x) for x in reader.utterances_table(lang).column("id").to_pylist()] for lang in langs}
+    embed = reader.arrays(langs[0]).embed
+    budget = config.run.memory_budget or DEFAULT_BUDGET
+    buffer_frames = max(config.batch_size, budget // (embed * 4 * 2))  # the buffer and its shuffled copy
+
+    def key(layer: int) -> str:
+        return f"{PARTS}layer-{layer}.npz"
+
+    def stored(unit: str) -> bool:
+        return read_value(kv, key(int(unit)), url).state == "value"
+
+    with output_run(config, "sae", SaeError, ignore=("block", "checkpoint_every"), claims=(claims,)) as lease:
+        missing = [str(layer) for layer in layers if not stored(str(layer))]
+        frames = {layer: Frames(reader, layer, langs, config.block, buffer_frames, config.seed) for layer in layers}
+        per_layer = frames[layers[0]].steps_per_epoch(config.batch_size) * config.epochs
+        bar = progress_bar(per_layer * len(missing), "sae", "step", config.run.progress)
+        for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(layers)):
+            layer = int(unit)
+            _train_and_write(config, reader, frames[layer], ids_of, kv, url, bar)
+            summary.trained += 1
+        bar.close()
+        parts = {layer: _read_part(kv, key(layer), url) for layer in layers}
+        writes = _outputs(parts, langs, config, reader)
+        write_outputs(kv, writes, url)
+    summary.rows = [_row(parts[layer]) for layer in layers]
+    summary.outputs = [url.rstrip("/") + "/" + k for k in writes]
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar) -> None:
+    layer = frames.layer
+    root = _local(url) / f"layer-{layer}" / "checkpoints"
+    trained = train_layer(config, frames, root, bar)
+    ev = evaluate(frames, trained.params, trained.scale, trained.spec.k, ids_of, config.eval_utterances,
+                  config.activations, config.seed)  # fmt: skip
+    cfg = export.config_of(trained, reader.info, reader.url, config)
+    writes = {
+        f"layer-{layer}/{export.WEIGHTS}": export.weights_bytes(trained.params, trained.scale),
+        f"layer-{layer}/{export.CONFIG}": (json.dumps(cfg, indent=1) + "\n").encode(),
+    }
+    for lang, kept in ev.activations.items():
+        if kept["ids"]:
+            tensors = {"lengths": np.asarray(kept["lengths"], np.int32), "indices": np.concatenate(kept["indices"]),
+                       "values": np.concatenate(kept["values"])}  # fmt: skip
+            metadata = {"ids": json.dumps(kept["ids"])}
+            writes[f"activations/layer-{layer}/{lang}.safetensors"] = save(tensors, metadata=metadata)
+    write_outputs(kv, writes, url)
+    metrics = {name: np.float64(getattr(ev, name)) for name in ("fvu", "l0", "dead_share", "dense_share", "r1",
+               "r1_reconstructed", "lid", "lid_reconstructed")}  # fmt: skip
+    part = {**metrics, "layer": np.int64(layer), "frames": np.int64(ev.frames), "steps": np.int64(trained.steps),
+            "losses": trained.losses, "rates": ev.rates, "lape": ev.entropy, "threshold": np.float64(ev.threshold),
+            "selected": ev.selective, "belongs": ev.belongs, "shared": ev.shared,
+            "languages": np.asarray(ev.languages)}  # fmt: skip
+    write_outputs(kv, {f"{PARTS}layer-{layer}.npz": npz_bytes(part)}, url)  # last: the unit is done
+    log.info("sae: layer %d done (fvu %.3f, l0 %.1f)", layer, ev.fvu, ev.l0)
+
+
+def _read_part(kv, key: str, url: str) -> dict:
+    data = read_output(kv, key, url, fix=repair_hint(url, "sae"))
+    if data is None:
+        raise SaeError(f"{key} is missing from {url!r}: a worker has not finished it; rerun the job to finish it")
+    return read_npz(data, key, url, fix=repair_hint(url, "sae"))
+
+
+def _row(part: dict) -> dict:
+    live = ~np.isnan(part["lape"])
+    row = {name: float(part[name]) for name in ("fvu", "l0", "dead_share", "dense_share", "r1", "r1_reconstructed",
+                                                "lid", "lid_reconstructed")}  # fmt: skip
+    row.update(layer=int(part["layer"]), frames=int(part["frames"]), steps=int(part["steps"]),
+               final_loss=float(part["losses"][-1]), selective_share=float(part["selected"][live].mean()),
+               shared_share=float(part["shared"][live].mean()))  # fmt: skip
+    return row
+
+
+def _outputs(parts: dict, langs: list, config: SaeConfig, reader) -> dict[str, bytes]:
+    rows = [_row(parts[layer]) for layer in parts]
+    writes = {"metrics.csv": csv_bytes(METRIC_COLUMNS, [[r[c] for c in METRIC_COLUMNS] for r in rows])}
+    table, selective_rows = {c: [] for c in FEATURE_COLUMNS}, []
+    per_language = np.zeros((len(parts), len(langs)), np.int64)
+    for li, (layer, part) in enumerate(parts.items()):
+        n = len(part["lape"])
+        for i, lang in enumerate(langs):
+            table["layer"] += [layer] * n
+            table["feature"] += list(range(n))
+            table["language"] += [lang] * n
+            table["rate"] += part["rates"][i].tolist()
+            table["lape"] += part["lape"].tolist()
+            table["selective"] += part["selected"].tolist()
+            table["belongs"] += part["belongs"][i].tolist()
+            table["shared"] += part["shared"].tolist()
+            own = np.flatnonzero(part["belongs"][i])
+            per_language[li, i] = len(own)
+            order = own[np.argsort(part["lape"][own], kind="stable")][: config.top]
+            selective_rows += [[layer, lang, int(f), float(part["rates"][i, f]), float(part["lape"][f]), r + 1]
+                               for r, f in enumerate(order)]  # fmt: skip
+    writes["features.parquet"] = parquet_bytes(pa.table(table))
+    writes["selective_features.csv"] = csv_bytes(SELECTIVE_COLUMNS, selective_rows)
+    subtitle = captions.source_line(reader.info.model_name, reader.manifest.get("created"), f"{len(langs)} languages")
+    writes["figures/sae_kept.png"] = figures.kept_png(rows, subtitle)
+    writes["figures/sae_languages.png"] = figures.languages_png(rows, per_language, langs, subtitle)
+    return writes

@@ -1,0 +1,113 @@
+"""Training one layer's sparse autoencoder (``kernels.sae``) on frames streamed from the store (``data.Frames``).
+
+- Input scale: the frames are multiplied by ``scale = sqrt(d_in / mean |x|^2)`` (the first batch's mean), so that
+  the learning rate means the same at every layer and model; the exported weights fold it back in (``export``).
+- Initialisation (seeded by ``(seed, layer)``): decoder rows random and unit norm, the encoder their transpose,
+  ``b_dec`` the geometric median of the first batch (dictionary-learning's).
+- Steps: ``epochs`` x the epoch's batches, each split over every device along the batch (``NamedSharding``; the
+  parameters replicated), the learning rate warmed up over ``min(warmup, steps // 10)`` steps.
+- Checkpoints: orbax, every ``checkpoint_every`` steps and at the end, under ``OUT/layer-<L>/checkpoints``
+  (``engine.pipelines.finetune.checkpoints``: sha256 manifests, written aside and renamed). A killed run restores the
+  newest good one and replays the data order to its step: the weights it ends with are the uninterrupted run's,
+  bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from engine.faults import fault_point
+from engine.pipelines.finetune import checkpoints
+from engine.pipelines.sae.config import SaeConfig, SaeError
+from engine.pipelines.sae.data import Frames
+from kernels import sae
+
+log = logging.getLogger(__name__)
+DEAD_TOKENS_MAX = 10_000_000  # Gao et al.'s: a feature that has not fired in 10M tokens is dead
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    layer: int
+    spec: sae.Spec
+    params: dict  # NumPy, in the scaled space
+    scale: float
+    steps: int
+    lr: float
+    losses: np.ndarray  # f32[steps]: each step's loss (NaN for steps before a resume: not kept across a kill)
+    last: dict  # the last step's metrics
+
+
+def learning_rate(config: SaeConfig, d_sae: int) -> float:
+    return config.lr if config.lr is not None else 2e-4 / math.sqrt(d_sae / 2**14)
+
+
+def _mesh_put(x: np.ndarray):
+    devices = jax.devices()
+    if len(devices) == 1 or len(x) % len(devices):
+        return jnp.asarray(x)
+    mesh = jax.sharding.Mesh(np.array(devices), ("batch",))
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
+
+
+def _batches(frames: Frames, batch: int, epochs: int, start: int):
+    """(step, batch) from ``start`` on, the skipped ones read and dropped: the same order as an uninterrupted run."""
+    step = 0
+    for epoch in range(epochs):
+        for x in frames.epoch(epoch, batch):
+            if step >= start:
+                yield step, x
+            step += 1
+
+
+def train_layer(config: SaeConfig, frames: Frames, root: pathlib.Path, bar=None) -> Trained:
+    """Trains (or resumes, or reads back) the SAE of ``frames.layer``; returns it with its scale."""
+    per_epoch = frames.steps_per_epoch(config.batch_size)
+    if per_epoch == 0:
+        raise SaeError(f"layer {frames.layer}: {frames.total} frames do not fill one batch of {config.batch_size}")
+    total = per_epoch * config.epochs
+    first = next(frames.epoch(0, config.batch_size))
+    d_in = first.shape[1]
+    scale = float(np.sqrt(d_in / np.mean(np.sum(first.astype(np.float64) ** 2, axis=1))))
+    dead = config.dead_tokens or min(DEAD_TOKENS_MAX, frames.total)
+    spec = sae.Spec(d_in, config.expansion * d_in, min(config.k, config.expansion * d_in), config.kind,
+                    config.auxk_alpha, dead)  # fmt: skip
+    lr = learning_rate(config, spec.d_sae)
+    tx = sae.optimizer(lr, min(config.warmup, total // 10))
+    params = sae.init_params(spec, jax.random.key(np.uint32(config.seed * 1009 + frames.layer)))
+    params["b_dec"] = jnp.asarray(sae.geometric_median(first * scale))
+    state = sae.new_state(params, tx, spec)
+    template = {"params": state.params, "opt": state.opt, "since": state.since_fired, "step": state.step}
+    start, restored = checkpoints.restore(root, template)
+    if restored is not None:
+        state = sae.State(restored["params"], restored["opt"], restored["since"], restored["step"])
+        log.info("layer %d: resumed at step %d of %d", frames.layer, start, total)
+    losses = np.full(total, np.nan, np.float32)
+    last = {}
+    if bar is not None:
+        bar.update(start)
+    for step, x in _batches(frames, config.batch_size, config.epochs, start):
+        state, metrics = sae.train_step(state, _mesh_put(x * np.float32(scale)), spec, tx)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == total:
+            _save(root, step + 1, state)
+            fault_point("after_checkpoint")  # test-only (engine.faults): a kill between checkpoints
+        last = {k: float(v) for k, v in metrics.items()}
+        losses[step] = last["loss"]
+        if bar is not None:
+            bar.set_postfix(layer=frames.layer, loss=f"{last['loss']:.3g}", l0=f"{last['l0']:.0f}",
+                            dead=f"{last['dead']:.2f}")  # fmt: skip
+            bar.update(1)
+    params = {name: np.asarray(value) for name, value in state.params.items()}
+    return Trained(frames.layer, spec, params, scale, total, lr, losses, last)
+
+
+def _save(root: pathlib.Path, step: int, state: sae.State) -> None:
+    checkpoints.save(root, step, {"params": state.params, "opt": state.opt, "since": state.since_fired,
+                                  "step": state.step})  # fmt: skip
