@@ -53,6 +53,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _jax_stays_32_bit():
+    """A test module that leaves JAX in 64-bit mode (scikit-bio's import turns it on for the whole process) would
+    change the dtypes of every later module on its xdist worker: named here, at the module that did it."""
+    yield
+    assert not jax.config.jax_enable_x64, "this test module left jax_enable_x64 on: restore it where it was set"
+
+
 FLEURS_SAMPLE = pathlib.Path(
     os.environ.get("BABELGRID_FLEURS_SAMPLE", REPO.parent / "shared" / "data" / "fleurs-sample")
 )
