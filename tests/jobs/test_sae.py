@@ -153,7 +153,8 @@ def test_a_kill_after_a_checkpoint_resumes_to_the_same_files(job, worker_store, 
     killed = run_job("sae", *args, expect=None, env={"BABELGRID_FAULT_KILL": "after_checkpoint:2"})
     assert killed.returncode != 0
     assert (resumed / "layer-1" / "checkpoints").is_dir() and not (resumed / "metrics.csv").exists()
-    run_job("sae", *args)
+    # The resume in this process (the same settings as the flags; its compiled step is the fixture's)
+    run_sae(configure(SaeConfig, store=str(worker_store), out=str(resumed), **SETTINGS))
     for name in (
         "metrics.csv",
         "selective_features.csv",
