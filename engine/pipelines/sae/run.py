@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ("layer", "fvu", "l0", "dead_share", "dense_share", "r1", "r1_reconstructed", "lid",
                   "lid_reconstructed", "selective_share", "shared_share", "frames", "steps", "final_loss")  # fmt: skip
 FEATURE_COLUMNS = ("layer", "feature", "language", "rate", "lape", "selective", "belongs", "shared")
-SELECTIVE_COLUMNS = ("layer", "language", "feature", "rate", "lape", "rank")
+SELECTIVE_COLUMNS = ("layer", "language", "feature", "rate", "lape", "selective", "rank")
 PARTS = "parts/"
 
 
@@ -181,11 +181,13 @@ def _outputs(parts: dict, langs: list, config: SaeConfig, reader) -> dict[str, b
             table["selective"] += part["selected"].tolist()
             table["belongs"] += part["belongs"][i].tolist()
             table["shared"] += part["shared"].tolist()
-            own = np.flatnonzero(part["belongs"][i])
-            per_language[li, i] = len(own)
+            per_language[li, i] = int(part["belongs"][i].sum())
+            # The language's most selective features, threshold or not: live ones that fire most in it, by LAPE.
+            live = np.isfinite(part["lape"])
+            own = np.flatnonzero(live & (part["rates"][i] == part["rates"].max(axis=0)))
             order = own[np.argsort(part["lape"][own], kind="stable")][: config.top]
-            selective_rows += [[layer, lang, int(f), float(part["rates"][i, f]), float(part["lape"][f]), r + 1]
-                               for r, f in enumerate(order)]  # fmt: skip
+            selective_rows += [[layer, lang, int(f), float(part["rates"][i, f]), float(part["lape"][f]),
+                                bool(part["selected"][f]), r + 1] for r, f in enumerate(order)]  # fmt: skip
     writes["features.parquet"] = parquet_bytes(pa.table(table))
     writes["selective_features.csv"] = csv_bytes(SELECTIVE_COLUMNS, selective_rows)
     subtitle = captions.source_line(reader.info.model_name, reader.manifest.get("created"), f"{len(langs)} languages")
