@@ -14,6 +14,7 @@ from engine.pipelines.probe import run as probe
 from engine.pipelines.probes import run as probes
 from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
+from engine.pipelines.sae import run as sae
 from engine.pipelines.typology import meet as typology_meet
 from engine.pipelines.typology import run as typology
 from engine.stores import challenge
@@ -58,6 +59,9 @@ def test_every_written_column_is_documented():
         "typology typology.csv": typology.TYPOLOGY_COLUMNS,
         "typology languages.csv": typology.LANGUAGE_COLUMNS,
         "typology meet.csv": typology_meet.MEET_COLUMNS,
+        "sae metrics.csv": sae.METRIC_COLUMNS,
+        "sae features.parquet": sae.FEATURE_COLUMNS,
+        "sae selective_features.csv": sae.SELECTIVE_COLUMNS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"
