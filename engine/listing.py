@@ -14,3 +14,13 @@ class Listing(list):
 
     def __call__(self) -> list:
         return list(self)
+
+
+def chosen(what: str, asked, available, error: type[Exception], where: str = "the store") -> list:
+    """The items of ``available`` that ``asked`` names (every one for None), in ``available``'s order; one it lacks
+    is an ``error`` naming what ``where`` has (a job's --langs, --layers or --measure against its input)."""
+    available = list(available)
+    unknown = [a for a in (asked or ()) if a not in available]
+    if unknown:
+        raise error(f"{where} has no {what} {unknown}; it has {available}")
+    return [a for a in available if asked is None or a in asked]

@@ -17,9 +17,10 @@ import time
 
 import numpy as np
 
+from engine.listing import chosen as pick
 from engine.pipelines.probes import cca, lid, samediff
-from engine.pipelines.probes.config import WORD_PROBES, ProbesConfig
-from engine.pipelines.probes.run import _select, word_tokens
+from engine.pipelines.probes.config import WORD_PROBES, ProbesConfig, ProbesError
+from engine.pipelines.probes.run import word_tokens
 from engine.runtime.plan import Plan, Stage
 from engine.stores.reader import open_store
 
@@ -37,8 +38,8 @@ def _timed(fn, *args) -> float:
 def plan_probes_run(config: ProbesConfig, device=None) -> Plan:
     """The plan of ``run_probes(config)``; ``device`` is not modelled (the probes are small dense work)."""
     store = open_store(config.store)
-    langs = _select("language", config.langs, store.languages())
-    layers = _select("layer", config.layers, store.info.layers)
+    langs = pick("language", config.langs, store.languages(), ProbesError, "the store")
+    layers = pick("layer", config.layers, store.info.layers, ProbesError, "the store")
     chosen = config.chosen
     d = store.info.embed
     item = np.dtype(store.info.dtype if store.info.dtype != "bfloat16" else "float16").itemsize

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine import captions
+from engine.listing import chosen as pick
 from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import PROBES, WORD_PROBES, ProbesConfig, ProbesError
 from engine.runtime.runs import RunSummary, output_run
@@ -97,14 +98,6 @@ def _pooling(blocks, lengths: np.ndarray, pooled: list):
         yield index, states
 
 
-def _select(what: str, asked, available) -> list:
-    available = list(available)
-    unknown = [a for a in (asked or ()) if a not in available]
-    if unknown:
-        raise ProbesError(f"the store has no {what} {unknown}; it has {available}")
-    return [a for a in available if asked is None or a in asked]
-
-
 def word_tokens(config: ProbesConfig, store, lang: str, ids, lengths):
     """The word tokens of ``lang`` the word probes use (``samediff.select_tokens`` on the align job's words, the
     store's speakers and frame rate), and what was dropped: one selection for the run and its plan."""
@@ -122,8 +115,8 @@ def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
     rerun with other probes or settings is refused, never leaving old CSVs beside new ones."""
     started = time.monotonic()
     store = open_store(config.store) if store is None else store
-    langs = _select("language", config.langs, store.languages())
-    layers = _select("layer", config.layers, store.info.layers)
+    langs = pick("language", config.langs, store.languages(), ProbesError, "the store")
+    layers = pick("layer", config.layers, store.info.layers, ProbesError, "the store")
     if "lid" in config.chosen and len(langs) < 2:  # before the lease: a wrong request creates nothing
         raise ProbesError(f"language ID needs two or more languages; the run has {langs}")
     with output_run(config, "probes", ProbesError, ignore=("block",)):

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 from engine import captions
 from engine.data.pairing import HOW_IDS_ARE_MADE
 from engine.errors import BabelgridError
+from engine.listing import chosen
 from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import CSV_NAME, TINY_SET, pick_figure_layer, tiny_scores, write_results
@@ -149,16 +150,6 @@ def resolve_out(similarity: str, out: str | None) -> str:
     )
 
 
-def _select(name: str, asked, available) -> list:
-    available = list(available)
-    if asked is None:
-        return available
-    unknown = [a for a in asked if a not in available]
-    if unknown:
-        raise RetrievalError(f"the similarity store has no {name} {unknown}; it has {available}")
-    return [a for a in available if a in asked]
-
-
 def _done(reader, measure: str, query: str, searched: str) -> set[int]:
     """Layers whose (query, searched) matrix is complete; none when that direction is not stored at all (a directional
     measure such as ``seqsim_a2b`` answers the reverse direction only if ``seqsim_b2a`` was computed too)."""
@@ -177,8 +168,8 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
     if config.subset is not None:
         comparison = [] if comparison is None else comparison
         kept_by_pair, draws = {}, {}
-    measures = _select("measure", config.measures, reader.measures())
-    layers = _select("layer", config.layers, reader.layers)
+    measures = chosen("measure", config.measures, reader.measures(), RetrievalError, "the similarity store")
+    layers = chosen("layer", config.layers, reader.layers, RetrievalError, "the similarity store")
     scores, missing = [], []
     for measure in measures:
         pairs = [

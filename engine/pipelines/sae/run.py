@@ -27,6 +27,7 @@ import pyarrow as pa
 from safetensors.numpy import save
 
 from engine import captions
+from engine.listing import chosen
 from engine.pipelines.sae import export, figures
 from engine.pipelines.sae.config import DEFAULT_BUDGET, SaeConfig, SaeError
 from engine.pipelines.sae.data import Frames
@@ -66,14 +67,6 @@ class SaeSummary(RunSummary):
         return "\n".join(lines)
 
 
-def _select(what: str, asked, available) -> list:
-    available = list(available)
-    unknown = [a for a in (asked or ()) if a not in available]
-    if unknown:
-        raise SaeError(f"the store has no {what} {unknown}; it has {available}")
-    return [a for a in available if asked is None or a in asked]
-
-
 def _local(url: str) -> pathlib.Path:
     return pathlib.Path(url[len("file://") :] if url.startswith("file://") else url)
 
@@ -82,8 +75,8 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     """Trains, evaluates and exports an SAE per layer (module docstring); a rerun with other settings is refused."""
     started = time.monotonic()
     reader = open_store(config.store)
-    langs = _select("language", config.langs, reader.languages)
-    layers = _select("layer", config.layers, reader.info.layers)
+    langs = chosen("language", config.langs, reader.languages, SaeError, "the store")
+    layers = chosen("layer", config.layers, reader.info.layers, SaeError, "the store")
     if len(langs) < 2:
         raise SaeError(f"the language measures need two or more languages; the run has {langs}")
     summary = SaeSummary()

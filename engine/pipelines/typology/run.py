@@ -27,6 +27,7 @@ import numpy as np
 
 from engine import captions
 from engine.errors import BabelgridError
+from engine.listing import chosen
 from engine.pipelines.typology import figures, geometry, meet, uriel
 from engine.pipelines.typology.config import TypologyConfig, TypologyError
 from engine.pipelines.typology.mantel import mantel, min_p_value, partial_mantel
@@ -96,25 +97,17 @@ def square_csv(matrix: np.ndarray, languages) -> bytes:
                                                     for lang, row in zip(languages, matrix, strict=True)])  # fmt: skip
 
 
-def _select(what: str, asked, available) -> list:
-    available = list(available)
-    unknown = [a for a in (asked or ()) if a not in available]
-    if unknown:
-        raise TypologyError(f"the similarity store has no {what} {unknown}; it has {available}")
-    return [a for a in available if asked is None or a in asked]
-
-
 def _languages(reader, measures, asked) -> list[str]:
     stored = sorted({lang for m in measures for pair in reader.pairs(m) for lang in pair})
-    return _select("language", asked, stored)
+    return chosen("language", asked, stored, TypologyError, "the similarity store")
 
 
 def run_typology(config: TypologyConfig) -> TypologySummary:
     """Writes the module docstring's files; a rerun with other settings into the same folder is refused."""
     started = time.monotonic()
     reader = open_similarity(config.similarity)
-    measures = _select("measure", config.measures, reader.measures())
-    layers = _select("layer", config.layers, reader.layers)
+    measures = chosen("measure", config.measures, reader.measures(), TypologyError, "the similarity store")
+    layers = chosen("layer", config.layers, reader.layers, TypologyError, "the similarity store")
     languages = _languages(reader, measures, config.langs)
     if len(languages) < 3:
         raise TypologyError(f"a Mantel test needs 3 or more languages; the similarity store has {languages}")

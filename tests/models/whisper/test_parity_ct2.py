@@ -2,11 +2,12 @@
 
 The packaged whisper-base (OpenAI's weights, stored float16 in CTranslate2 format) runs in our
 Flax model at float32 and in CTranslate2 at ``compute_type="float32"``, on the same log-mel
-features of the 50 real FLEURS clips (every 30 s window of the long ones).
+features of the real FLEURS parity clips (``PARITY_CLIPS`` in conftest.py: 26 of the 50, every 30 s window of
+the long one).
 
 - Encoder output (layer L+1): per window, max |ours - CTranslate2| / max |CTranslate2| < 2^-11
   (4.9e-4, one float16 rounding). Both sides upcast the same fp16 weights exactly, so what is left
-  is float32 summation order. Measured on the 51 windows: median 2.8e-5, max 6.6e-5
+  is float32 summation order. Measured on all 51 windows of the 50 clips: median 2.8e-5, max 6.6e-5
   (fleurs-en-006: 1.6e-3 absolute against a peak of 24.3); another machine's 2.2e-3 absolute on
   that window is 9e-5. The test also checks that wrong layers fail by a wide margin: one block
   short (ln_post of layer L-1) >= 0.27, ln_post skipped (layer L) >= 21, the padding zeroed in the
@@ -14,8 +15,8 @@ features of the 50 real FLEURS clips (every 30 s window of the long ones).
   GELU at >= 7e-3 and float16 compute at >= 1.8e-2; a LayerNorm eps of 1e-6 instead of 1e-5 gives
   4.3e-4 to 6e-4, caught on most windows but not all.
 - Detected language: equal on every clip.
-- Greedy transcripts (beam 1, no timestamps, the checkpoint's suppression): identical on at
-  least 48 of 50 clips; near-tied logits may legitimately flip a token on a couple of clips.
+- Greedy transcripts (beam 1, no timestamps, the checkpoint's suppression): identical on all but at most 2 clips
+  (48 of 50 when the set was all 50); near-tied logits may legitimately flip a token on a couple of clips.
 """
 
 import ctranslate2  # noqa: F401  (a dependency of the test extra: missing is a failure, not a skip)
@@ -29,7 +30,7 @@ from tests.models.whisper.conftest import ct2_view  # noqa: E402
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-# The packaged whisper-base, its CTranslate2 twin, the windows of the 50 clips and both encoders' output on them
+# The packaged whisper-base, its CTranslate2 twin, the windows of the parity clips and both encoders' output on them
 # (layer L+1, ours at float32 matmul precision) are the session fixtures base_whisper, ct2_base, fleurs_windows and
 # base_encoded (tests/models/whisper/conftest.py), shared with the decoding and word-timestamp parity modules.
 
@@ -95,7 +96,7 @@ def decoded(whisper, ct2_base, ct2_generate, base_encoded, fleurs_windows):
     langs, texts, ct2_langs, ct2_texts = [], [], [], []
     for start in range(0, len(ours_xa), BATCH):
         stop = min(start + BATCH, len(ours_xa))
-        # The last batch (3 of the 51 windows) padded with copies of its first window to BATCH rows: one compiled
+        # The last batch (3 of the 27 windows) padded with copies of its first window to BATCH rows: one compiled
         # detection and decoding program for every call instead of a second pair for 3 rows. Rows are independent.
         rows = list(range(start, stop)) + [start] * (BATCH - (stop - start))
         res = whisper.transcribe(None, xa=ours_xa[rows])
@@ -141,7 +142,7 @@ def test_greedy_transcripts_match_ctranslate2(decoded):
             f"WER {lang}: ours {wer(refs, [r[5] for r in rows]):.3f}  CTranslate2 {wer(refs, [r[6] for r in rows]):.3f}"
         )
     print(f"identical transcripts: {same}/{len(decoded)}")
-    assert same >= 48, diffs
+    assert same >= len(decoded) - 2, diffs
 
 
 def test_early_exit_and_translate_run(whisper, fleurs_windows):

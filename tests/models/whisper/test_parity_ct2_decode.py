@@ -5,11 +5,11 @@ FLEURS clips, with the language forced to the clip's (no detection: a detection 
 difference). Each side decodes from its own encoder output (layer L+1), as it would in one call; a clip's windows are
 joined. Counted: clips whose token sequences are identical.
 
-- transcribe, greedy (beam 1), all 50 clips: >= 48/50 (96%), in test_parity_ct2.py (each side with the language it
+- transcribe, greedy (beam 1), every parity clip but 2 at most, in test_parity_ct2.py (each side with the language it
   detects, the detections equal on every clip)
 - transcribe, beam 5 (patience 1, length_penalty 1: CTranslate2's and Whisper's defaults), the 5 clips of
   ``BEAM_CLIPS``: >= 90% of them, the rate of the 45/50 it asked of all 50 clips (so all 5)
-- translate, greedy, all 50 clips: >= 48/50
+- translate, greedy, the parity clips (26 of the 50, tests/models/whisper/conftest.py): >= 96% of them
 
 Measured on this project's 2-core AVX-512 CPU (2026-11-22, ``pytest -s``): 50/50, 50/50 and 50/50 (beam on all 50
 clips), the module 49 minutes on the shared machine, beam search the slow part on both sides; 2026-11-23, with
@@ -40,13 +40,13 @@ MAX_NEW_TOKENS = 128
 # every case the full set gives it: all five languages, and the one clip longer than 30 s (de-009, 43 s: two windows,
 # joined, the second one partly padding, and a batch of two distinct windows on our side); 6 windows instead of 51.
 # No decoding here emits timestamps, so there is no timestamp case to keep. Its bar stays the rate asked of all 50
-# clips (90%), which on 5 clips means every one. Greedy transcription and translation still run on all 50 clips.
+# clips (90%), which on 5 clips means every one. Greedy translation runs on every parity clip.
 BEAM_CLIPS = ("de-009", "en-000", "es-000", "fr-000", "pt-000")
 
 # Our calls take language-uniform batches (one DecodingOptions per call) of one size, the last batch of a language
 # padded with copies of its last window: one compiled program per decoding instead of one per batch size (the
 # position-ordered batches of 8 split by language gave sizes 1, 3, 5, 7 and 8: five compiles of each decoder loop).
-# Greedy, all clips: 5 windows a call, 55 rows for the 51 windows (de has 11, the other languages 10). Beam, the
+# Greedy, all parity clips: 5 windows a call, 30 rows for the 27 windows (de has 6, the other languages 5). Beam, the
 # subset: 2 a call (de-009's two windows; the other clips' one window padded with a copy).
 OUR_BATCH = {1: 5, 5: 2}  # beam size -> windows per call
 
@@ -95,17 +95,17 @@ def decode_both(whisper, ct2_generate, encoded, windows, task, beam_size, clips=
 
 @pytest.mark.parametrize(
     "task, beam_size, clips, at_least",
-    # Greedy transcription of all 50 clips is test_parity_ct2.py's (``decoded``: both sides decode with the language
+    # Greedy transcription of the parity clips is test_parity_ct2.py's (``decoded``: both sides decode with the language
     # they detect, and the detections must agree on every clip), so it is not decoded a second time here (45 s).
     [("transcribe", 5, BEAM_CLIPS, 45 / 50), ("translate", 1, None, 48 / 50)],
-    ids=["transcribe-greedy", "transcribe-beam5", "translate-greedy"],
+    ids=["transcribe-beam5", "translate-greedy"],
 )
 def test_decoding_matches_ctranslate2(
     base_whisper, ct2_generate, base_encoded, fleurs_windows, task, beam_size, clips, at_least
 ):
     whisper = base_whisper
     rows = decode_both(whisper, ct2_generate, base_encoded, fleurs_windows, task, beam_size, clips)
-    assert len(rows) == (50 if clips is None else len(clips))
+    assert len(rows) == (len(fleurs_windows.names) if clips is None else len(clips))
     tok = whisper.tokenizer
     same = sum(a == b for _, a, b in rows)
     diffs = [(name, tok.decode(a), tok.decode(b)) for name, a, b in rows if a != b]
