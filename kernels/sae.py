@@ -79,7 +79,8 @@ def pre_activations(params: dict, x: jax.Array) -> jax.Array:
 
 def select(pre: jax.Array, k: int, kind: str) -> jax.Array:
     """The kept activations (zeros elsewhere): per row (topk) or over the whole batch (batchtopk: XLA's top-k of the
-    flattened batch; a two-stage choice, each row's largest first, measured 5x slower on a CPU for its scatter)."""
+    flattened batch; a two-stage choice, each row's largest first, measured 4.5x slower on a CPU for its scatter:
+    2.09 s against 0.47 s at 4096 x 4096)."""
     if kind == "topk":
         values, index = jax.lax.top_k(pre, k)
         rows = jnp.arange(pre.shape[0])[:, None]

@@ -94,7 +94,8 @@ def read_lid(probes: str) -> dict[int, tuple[float, float]]:
     return {int(r["layer"]): (_number(r["accuracy"]), _number(r["chance"])) for r in rows}
 
 
-def _same(a: str, b: str) -> bool:
+def same_location(a: str, b: str) -> bool:
+    """Whether two store locations name the same store (local paths resolved, URLs compared as written)."""
     local = ("://" not in a) and ("://" not in b)
     return os.path.realpath(a) == os.path.realpath(b) if local else a.rstrip("/") == b.rstrip("/")
 
@@ -130,7 +131,7 @@ def compare_curves(compare: str, probes: list[str], measure: str | None) -> list
     by_store = {}
     for folder in probes:
         store = probes_store(folder)
-        match = [i for i, s in enumerate(stores) if _same(s, store)]
+        match = [i for i, s in enumerate(stores) if same_location(s, store)]
         if not match:
             raise TypologyError(
                 f"probes folder {folder!r} was run on {store!r}, which is not one of the compare run's stores "

@@ -210,7 +210,7 @@ def _curves(config, reader, geo, measures) -> list:
             f"--probes gave {len(config.probes)} folders: without --compare give one, for the similarity store's model"
         )
     store = meet.probes_store(config.probes[0])
-    if not meet._same(store, reader.manifest["layer_store"]):
+    if not meet.same_location(store, reader.manifest["layer_store"]):
         log.warning("--probes %s was run on %s, the similarity store on %s: the same model?", config.probes[0],
                     store, reader.manifest["layer_store"])  # fmt: skip
     r1, random = geo.mean_r1(measures[0])
