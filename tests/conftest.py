@@ -8,12 +8,9 @@ the packaged whisper-base; its CTranslate2 twin and both encoders' output on the
 parity modules read, are in tests/models/whisper/conftest.py.
 """
 
-import atexit
 import itertools
 import os
 import pathlib
-import shutil
-import tempfile
 
 import jax
 import pytest
@@ -39,19 +36,24 @@ jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Job tests start a few hundred `python -m jobs.<job>` processes, most of them on the tiny model with the same shapes:
-# each compiled the same programs again. They share JAX's persistent compilation cache, in a folder of this session
-# (removed at its end, so no run reads another's), every program cached however quick its compile. Only the
-# children read these variables: this process imported JAX above, with the cache off, so the thousands of small
-# kernel compiles of the kernel tests are not serialised to disk. A cache hit is the same executable; no result
-# changes. JAX_COMPILATION_CACHE_DIR set by the caller is kept ("" turns the cache off).
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    JAX_CACHE = tempfile.mkdtemp(prefix="babelgrid-test-jax-cache-")
-    atexit.register(shutil.rmtree, JAX_CACHE, ignore_errors=True)
-    os.environ.update(
-        JAX_COMPILATION_CACHE_DIR=JAX_CACHE,
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+# each compiled the same programs again. They share JAX's persistent compilation cache, in a folder of this run (in
+# pytest's temporary folder of the run, which the xdist workers share and pytest's retention removes, so no run reads
+# another's and a program one worker's jobs compiled is a hit for the other's), every program cached however quick
+# its compile. Only the children read these variables: this process imported JAX above, with the cache off, so the
+# thousands of small kernel compiles of the kernel tests are not serialised to disk. A cache hit is the same
+# executable; no result changes. JAX_COMPILATION_CACHE_DIR set by the caller is kept ("" turns the cache off).
+@pytest.fixture(autouse=True, scope="session")
+def _jobs_share_compiled_programs(tmp_path_factory, worker_id):
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        run = tmp_path_factory.getbasetemp()
+        cache = (run.parent if worker_id != "master" else run) / "jax-cache"
+        cache.mkdir(exist_ok=True)
+        os.environ.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
+    yield
 
 
 @pytest.fixture(autouse=True, scope="module")

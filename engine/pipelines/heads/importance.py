@@ -125,12 +125,15 @@ def ce_importance(masked, evaluation: Evaluation, trainer, prompts: dict, positi
         return jnp.sum(ce * weights), jnp.sum(ce * weights)
 
     grad = jax.jit(jax.grad(total, argnums=2, has_aux=True))  # weights as arguments, as above
+    # Every row padded to the longest (end-of-text tokens of weight 0 after the sequence, which a causal decoder's
+    # earlier positions never read: the loss and gradient of the unpadded rows): one compiled gradient for the run,
+    # where one per text length cost seconds each; the decoder is a small part of a row's cost beside the encoder.
+    length = max((len(seq) for _, _, seq, _ in rows), default=2)
     grads = np.zeros((evaluation.n, masked.blocks, masked.heads))
     value, size = 0.0, config.grad_batch
     for start in range(0, len(rows), size):
         chunk = rows[start : start + size]
         batch = collate([evaluation.inputs[w] for w, *_ in chunk], size)
-        length = max(len(seq) for _, _, seq, _ in chunk)
         tokens = np.full((size, length), trainer.eot, np.int32)
         weights = np.zeros((size, length - 1), np.float32)
         valid = np.zeros(size, np.int32)
