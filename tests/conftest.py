@@ -35,6 +35,7 @@ jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL
 # set here, before any test module imports either library; it changes no result.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
 # Job tests start a few hundred `python -m jobs.<job>` processes, most of them on the tiny model with the same shapes:
 # each compiled the same programs again. They share JAX's persistent compilation cache, in a folder of this run (in
 # pytest's temporary folder of the run, which the xdist workers share and pytest's retention removes, so no run reads
