@@ -57,36 +57,6 @@ def _jobs_share_compiled_programs(tmp_path_factory, worker_id):
     yield
 
 
-# The longest test files (CI seconds, 2026-11-26), started first: xdist hands each worker whole files (`make test`:
-# --dist loadfile, --no-loadscope-reorder, which keeps this order instead of xdist's most-tests-first), so a long
-# file drawn last keeps one worker busy after the others ran out of work. Every other file keeps its collection order
-# after these. A test's outcome does not depend on the order.
-FIRST = (
-    "tests/jobs/test_encode.py",  # 150 s
-    "tests/jobs/test_heads.py",  # 132
-    "tests/jobs/test_workers.py",  # 124
-    "tests/models/whisper/test_timing.py",  # 113
-    "tests/jobs/test_owsm.py",  # 110
-    "tests/jobs/test_align.py",  # 102
-    "tests/models/whisper/test_turbo.py",  # 101
-    "tests/jobs/test_speechllm_jobs.py",  # 100
-    "tests/jobs/test_hostile.py",  # 95
-    "tests/jobs/test_decode.py",  # 91
-    "tests/jobs/test_random_model.py",  # 91
-    "tests/models/whisper/test_parity_ct2.py",  # 91
-    "tests/jobs/test_scaleout.py",  # 89
-    "tests/jobs/test_interp.py",  # 80
-    "tests/jobs/test_cli.py",  # 78
-    "tests/models/whisper/test_train_parity.py",  # 73
-)
-
-
-def pytest_collection_modifyitems(items):
-    rank = {path: i for i, path in enumerate(FIRST)}
-    where = {item: rank.get(item.nodeid.split("::", 1)[0], len(FIRST)) for item in items}
-    items.sort(key=where.__getitem__)  # stable: the rest keep their order
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _jax_stays_32_bit():
     """A test module that leaves JAX in 64-bit mode (scikit-bio's import turns it on for the whole process) would
