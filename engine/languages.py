@@ -268,6 +268,15 @@ def fleurs_to_whisper(code: str) -> str:
     )
 
 
+def whisper_code_or_none(code: str) -> str | None:
+    """``fleurs_to_whisper(code)``, or None for a language Whisper has no token for (or an unknown code): the
+    normaliser's language and a trainer's prompt language where one may be missing."""
+    try:
+        return fleurs_to_whisper(code)
+    except LanguageError:
+        return None
+
+
 def language_key(code: str) -> str:
     """What two datasets' codes for one language have in common: its Whisper code (``en_us``, ``eng_Latn`` and
     ``en`` -> ``"en"``), else the FLEURS language of a language Whisper lacks (``zu_za`` and ``zul_Latn`` ->

@@ -2,10 +2,14 @@ r"""Sparse autoencoders trained from a layer store, one per layer, judged by wha
 
     python -m jobs.sae --store /tmp/demo-store --out /tmp/demo-sae --layers 2,4,7
     python -m jobs.sae --store /data/fleurs-store --out /data/sae --expansion 8 --k 50 --epochs 20 --worker
+    python -m jobs.sae --store S --out O --model openai/whisper-base --neurons /data/neurons   # early exit; units
 
 Writes OUT/layer-<L>/sae_weights.safetensors and cfg.json (sae-lens's names, applying to the stored states), OUT/
-metrics.csv, OUT/features.parquet, OUT/selective_features.csv, OUT/activations/ and OUT/figures/; columns in
-docs/outputs.md, reading in docs/sae.md, library in engine/pipelines/sae/ and kernels/sae.py.
+metrics.csv, OUT/features.parquet, OUT/selective_features.csv, OUT/activations/ and OUT/figures/; with --model (the
+store's checkpoint, a family with a text decoder) early-exit WER/CER from each layer as stored and as reconstructed
+(OUT/early_exit.csv); with --neurons (a neurons job's output folder of the same model) the features' language
+selectivity against its feed-forward units' (OUT/neurons_alignment.csv). Columns in docs/outputs.md, reading in
+docs/sae.md, library in engine/pipelines/sae/ and kernels/sae.py.
 """
 
 from __future__ import annotations

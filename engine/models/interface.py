@@ -317,6 +317,8 @@ class Decoder(Protocol):
 
     def memory(self, states: dict[int, Any], layer: int, ln_post: bool) -> tuple[Any, np.ndarray]: ...
 
+    def final_norm(self, states) -> Any: ...  # caps.ln_post: the norm ``memory(..., ln_post=True)`` applies
+
     def detect(self, memory, valid) -> list[str]: ...  # caps.detect_language: the language of each row
 
     def search(self, memory, valid, task: str, languages: Sequence[str | None], search: Search) -> tuple: ...

@@ -297,3 +297,24 @@ def test_challenge_probe_and_interp_on_an_owsm_store(owsm, whisper_words, tmp_pa
         b = reader.states("pt", row.id_b, row.layer)[centres("pt", row.id_b)[row.word_index_b]]
         cosine = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
         assert abs(cosine - row.cosine) <= 1e-5, (row, cosine)
+
+
+def test_sae_early_exit_reads_the_layer_as_the_decode_job(owsm, tmp_path):
+    """The sae job's early exit on an OWSM store: its stored column (the decoder on layer 1 through OWSM's
+    ``after_norm``, applied by ``final_norm`` to the raw layer) is the decode job's greedy early exit from layer 1
+    with ``--ln_post on``, utterance by utterance (the same batches of 3 windows)."""
+    from engine.pipelines.decode.hypotheses import read_hypotheses
+    from engine.pipelines.sae.config import SaeConfig
+    from engine.pipelines.sae.run import run_sae
+
+    out = tmp_path / "sae"
+    run_sae(configure(SaeConfig, store=str(owsm["store"]), out=str(out), model=str(owsm["model"]), layers=(1,),
+                      epochs=1, batch_size=256, expansion=2, k=4, warmup=1, eval_utterances=2, activations=0,
+                      decode_utterances=2, max_new_tokens=MAX_TOKENS, decode_batch=3, progress=False))  # fmt: skip
+    ours = pq.read_table(out / "layer-1" / "early_exit.parquet").to_pandas()
+    theirs = read_hypotheses(str(owsm["decode"])).to_pandas()
+    theirs = theirs[(theirs.layer == 1) & (theirs.task == "transcribe") & (theirs.decoding == "greedy")]
+    assert len(ours) == 4
+    for _, row in ours.iterrows():
+        match = theirs[(theirs.language == row.language) & (theirs.id == row.id)]
+        assert match.hypothesis.tolist() == [row.hypothesis], (row.language, row.id)

@@ -6,6 +6,10 @@ number recomputed from the exported files and the store by NumPy twins:
   hundred frames, 1e-4 relative; a top-k choice between near-tied activations may differ, so rates to 2 frames);
 - LAPE equals the entropy of the reported rates over languages, as ``neurons.lape.reference_lape`` computes it;
 - R@1 on stored and reconstructed states equals SeqSim's float64 twin and the retrieval loop twin;
+- early exit (``--model``): the stored column's hypotheses are the decode job's at that layer (``--ln_post on``), the
+  reconstructed column's are the model's decoder on the layer with its valid frames replaced by the SAE's
+  reconstruction (recomputed here with the model's own encoder, ``ln_post`` and greedy search), and WER/CER are
+  jiwer's on those strings after Whisper's normaliser;
 - a run killed after a checkpoint and resumed writes the files of an uninterrupted run, byte for byte.
 The kernel's parity with dictionary-learning is tests/kernels/test_sae.py's.
 """
@@ -34,14 +38,16 @@ from kernels.seqsim import reference_seqsim_matrix
 LAYERS = (1, 3)
 SETTINGS = dict(layers=LAYERS, epochs=2, batch_size=64, expansion=2, k=4, warmup=2, eval_utterances=6,
                 activations=2, checkpoint_every=3, progress=False)  # fmt: skip
+EXIT = dict(decode_utterances=3, max_new_tokens=6, decode_batch=4)  # the early exit, with --model
 FLAGS = ["--layers", "1,3", "--epochs", "2", "--batch_size", "64", "--expansion", "2", "--k", "4", "--warmup", "2",
          "--eval_utterances", "6", "--activations", "2", "--checkpoint_every", "3"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def job(worker_store, tmp_path_factory):
+def job(worker_store, tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sae") / "out"
-    return out, run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **SETTINGS))
+    config = configure(SaeConfig, store=str(worker_store), out=str(out), model=str(tiny_model_dir), **SETTINGS, **EXIT)
+    return out, run_sae(config)
 
 
 def _metrics(out) -> dict[int, dict]:
@@ -146,15 +152,89 @@ def test_sparse_activations_are_the_exported_features(job, worker_store):
     np.testing.assert_allclose(dense[rows, np.arange(z.shape[1])], z, atol=1e-4)
 
 
-def test_a_kill_after_a_checkpoint_resumes_to_the_same_files(job, worker_store, tmp_path, run_job):
+def test_early_exit_from_stored_and_reconstructed_layers(job, worker_store, tiny_model_dir, tiny_whisper, tmp_path):
+    import jiwer
+
+    from engine.data.audio import load_audio
+    from engine.models.whisper.decoding import DecodingOptions
+    from engine.pipelines.decode.config import DecodeConfig
+    from engine.pipelines.decode.hypotheses import read_hypotheses
+    from engine.pipelines.decode.run import run_decode
+    from engine.pipelines.sae.evaluate import apply
+    from engine.text.metrics import normalizer_for
+
+    out, summary = job
+    store = open_store(str(worker_store))
+    n, size = EXIT["decode_utterances"], EXIT["decode_batch"]
+    # The decode job's early exit from the same layers (--ln_post on), for the stored column
+    decoded = tmp_path / "decode"
+    run_decode(configure(DecodeConfig, store=str(worker_store), model=str(tiny_model_dir), out=str(decoded),
+                         layers=LAYERS, ln_post="on", max_new_tokens=EXIT["max_new_tokens"],
+                         progress=False))  # fmt: skip
+    theirs = read_hypotheses(str(decoded)).to_pandas()
+    exits = csv.DictReader(io.StringIO((out / "early_exit.csv").read_text()))
+    exits = {(int(r["layer"]), r["language"]): r for r in exits}
+    metrics = _metrics(out)
+    top = tiny_whisper.dims.n_audio_layer + 1
+    columns = (("hypothesis", ""), ("hypothesis_reconstructed", "_reconstructed"))
+    for layer in LAYERS:
+        weights, cfg = open_sae(out / f"layer-{layer}")
+        table = pq.read_table(out / f"layer-{layer}" / "early_exit.parquet").to_pandas()
+        frames, ids = _frames(store, layer)
+        pooled = {column: ([], []) for column, _ in columns}
+        for lang in store.languages:
+            mine = table[table.language == lang]
+            assert mine["id"].tolist() == ids[lang][:n]
+            job_rows = theirs[(theirs.language == lang) & (theirs.layer == layer)].set_index("id")
+            assert mine["hypothesis"].tolist() == [job_rows.loc[i, "hypothesis"] for i in ids[lang][:n]]
+            # The reconstruction standing in: the model's own layer (ln_post off), its valid frames replaced by the
+            # exported SAE's reconstruction of the stored frames, then ln_post below the top; the job's batch shape
+            rows = store.arrays(lang).rows
+            mels = [tiny_whisper.features(load_audio(rows[u].path))[0][0] for u in range(n)]
+            batch = np.stack(mels + [mels[0]] * (size - n))
+            options = DecodingOptions(encoder_layer=layer, apply_ln_post=False)
+            raw = np.array(tiny_whisper.audio_features(batch, options), np.float32)
+            for r in range(n):
+                raw[r, : len(frames[lang][r])] = apply(weights, 1.0, cfg["k"], frames[lang][r])[0]
+            memory = raw if layer == top else tiny_whisper.model.encoder.ln_post(raw)
+            options = DecodingOptions(language=lang, max_new_tokens=EXIT["max_new_tokens"])
+            texts = tiny_whisper.transcribe(None, options, xa=memory).texts[:n]
+            assert mine["hypothesis_reconstructed"].tolist() == [t.strip() for t in texts], (layer, lang)
+            # WER and CER: jiwer on the normalised strings (CER without spaces, as the decode job scores it)
+            norm = normalizer_for(lang)
+            refs = [norm(t) for t in mine["reference"]]
+            for column, suffix in columns:
+                hyps = [norm(t) for t in mine[column]]
+                assert float(exits[layer, lang][f"wer{suffix}"]) == pytest.approx(jiwer.wer(refs, hyps), abs=1e-12)
+                cer = jiwer.cer(["".join(t.split()) for t in refs], ["".join(t.split()) for t in hyps])
+                assert float(exits[layer, lang][f"cer{suffix}"]) == pytest.approx(cer, abs=1e-12)
+                pooled[column][0].extend(refs)
+                pooled[column][1].extend(hyps)
+        for column, suffix in columns:
+            expected = jiwer.wer(*pooled[column])
+            assert metrics[layer][f"wer{suffix}"] == pytest.approx(expected, abs=1e-12)
+            assert float(exits[layer, "all"][f"wer{suffix}"]) == pytest.approx(expected, abs=1e-12)
+    assert "early exit WER" in summary.report()
+
+
+def test_without_a_decoder_the_early_exit_is_named_not_scored(worker_store, tmp_path):
+    out = tmp_path / "no-model"
+    summary = run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**SETTINGS, "layers": (3,)}))
+    assert "early-exit WER/CER: not scored (give --model" in summary.report()
+    assert np.isnan(_metrics(out)[3]["wer"]) and not (out / "early_exit.csv").exists()
+
+
+def test_a_kill_after_a_checkpoint_resumes_to_the_same_files(job, worker_store, tiny_model_dir, tmp_path, run_job):
     out, _ = job
     resumed = tmp_path / "resumed"
-    args = ["--store", str(worker_store), "--out", str(resumed), *FLAGS]
+    exits = [f"--{name}={value}" for name, value in EXIT.items()]
+    args = ["--store", str(worker_store), "--out", str(resumed), "--model", str(tiny_model_dir), *FLAGS, *exits]
     killed = run_job("sae", *args, expect=None, env={"BABELGRID_FAULT_KILL": "after_checkpoint:2"})
     assert killed.returncode != 0
     assert (resumed / "layer-1" / "checkpoints").is_dir() and not (resumed / "metrics.csv").exists()
     # The resume in this process (the same settings as the flags; its compiled step is the fixture's)
-    run_sae(configure(SaeConfig, store=str(worker_store), out=str(resumed), **SETTINGS))
+    run_sae(configure(SaeConfig, store=str(worker_store), out=str(resumed), model=str(tiny_model_dir), **SETTINGS,
+                      **EXIT))  # fmt: skip
     for name in (
         "metrics.csv",
         "selective_features.csv",
@@ -163,6 +243,8 @@ def test_a_kill_after_a_checkpoint_resumes_to_the_same_files(job, worker_store, 
         "layer-3/sae_weights.safetensors",
         "parts/layer-3.npz",
         "activations/layer-1/en.safetensors",
+        "early_exit.csv",
+        "layer-1/early_exit.parquet",
     ):
         assert (resumed / name).read_bytes() == (out / name).read_bytes(), name
 
@@ -177,3 +259,55 @@ def test_refusals(worker_store, tmp_path):
     with pytest.raises(SaeError, match="do not fill one batch"):
         run_sae(configure(SaeConfig, store=str(worker_store), out=str(tmp_path / "c"), layers=(1,),
                           batch_size=100000, progress=False))  # fmt: skip
+
+
+def test_features_line_up_with_the_neurons_jobs_units(job, worker_clips, worker_store, tiny_model_dir, tmp_path):
+    """The alignment's every number from units.parquet and features.parquet by a NumPy loop: LAPE over the shared
+    languages (``neurons.lape.reference_lape``), the sae job's bar, the shares, and scipy's Spearman over the cells."""
+    from scipy import stats
+
+    from engine.pipelines.neurons.config import NeuronsConfig
+    from engine.pipelines.neurons.run import run_neurons
+    from engine.pipelines.sae.evaluate import SELECTIVE
+
+    out, _ = job
+    neurons = tmp_path / "neurons"
+    run_neurons(configure(NeuronsConfig, model=str(tiny_model_dir), dataset=f"folder:{worker_clips}",
+                          out=str(neurons), progress=False))  # fmt: skip
+    # Every layer is done: the rerun with --neurons only writes the outputs again (neurons is not a pinned setting)
+    summary = run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), model=str(tiny_model_dir),
+                                neurons=str(neurons), **SETTINGS, **EXIT))  # fmt: skip
+    assert summary.trained == 0 and "neurons alignment" in summary.report()
+    cells = list(csv.DictReader(io.StringIO((out / "neurons_alignment.csv").read_text())))
+    aligned = json.loads((out / "neurons_alignment.json").read_text())
+    units = pq.read_table(neurons / "units.parquet").to_pandas()
+    features = pq.read_table(out / "features.parquet").to_pandas()
+    langs = aligned["languages"]
+    assert langs == list(open_store(str(worker_store)).languages) and aligned["layers"] == [1]  # blocks: 1..2
+    expected = []
+    for layer in aligned["layers"]:
+        theirs = units[units.layer == layer].sort_values("unit")
+        mine = features[features.layer == layer].pivot(index="language", columns="feature", values="rate")
+        for kind, rates in (("sae", mine.loc[langs].to_numpy()), ("units", np.stack(
+                [theirs[f"rate_{lang}"].to_numpy() for lang in langs]))):  # fmt: skip
+            h, _, _ = lape_lib.reference_lape(rates[:, None, :] * 1e6, np.full(len(langs), 1e6))
+            h = h[0] / np.log(len(langs))
+            live = np.isfinite(h)
+            for i, lang in enumerate(langs):
+                chosen = live & (h < SELECTIVE) & (rates[i] == rates.max(axis=0))
+                row = next(c for c in cells if int(c["layer"]) == layer and c["language"] == lang)
+                assert (
+                    int(row[f"{kind}_selective"]) == chosen.sum()
+                    and int(row[kind if kind == "units" else "sae_features"]) == live.sum()
+                )
+                assert float(row[f"{kind}_share"]) == pytest.approx(chosen.sum() / max(live.sum(), 1), abs=1e-12)
+            owned = [sum(lang in str(x).split(",") for x in theirs[theirs.selected]["languages"]) for lang in langs]
+            assert [int(next(c for c in cells if int(c["layer"]) == layer and c["language"] == lang)["units_selected"])
+                    for lang in langs] == owned  # fmt: skip
+        expected += [(float(c["sae_share"]), float(c["units_share"])) for c in cells if int(c["layer"]) == layer]
+    a, b = np.array(expected).T
+    if np.ptp(a) > 0 and np.ptp(b) > 0 and len(a) >= 3:
+        assert aligned["spearman_rho"] == pytest.approx(stats.spearmanr(a, b).statistic, abs=1e-12)
+    else:
+        assert aligned["spearman_rho"] is None
+    assert (out / "figures" / "sae_neurons.png").stat().st_size > 0

@@ -83,6 +83,11 @@ class OwsmDecoder(Checkpointed):
         for layer, ln_post in variants:
             yield (layer, ln_post), (self.loaded.memory(states, layer) if ln_post else states[layer]), valid
 
+    def final_norm(self, states):
+        """``after_norm`` of states ``f[batch, frame, embed]`` of an intermediate layer: what ``memories`` gives for
+        (layer, True) from what it gives for (layer, False)."""
+        return self.loaded.encoder.after_norm(jnp.asarray(states))
+
     def search(self, memory, valid, task: str, languages: Sequence[str | None], search: Search):
         """``(tokens per row, avg_logprob per row, language per row)``; a row's language None: detected from the
         memory."""

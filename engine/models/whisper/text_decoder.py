@@ -86,6 +86,11 @@ class WhisperDecoder(Checkpointed):
             options = DecodingOptions(encoder_layer=layer, apply_ln_post=ln_post)
             yield (layer, ln_post), self.loaded.audio_features(batch, options).astype(self.dtype), valid
 
+    def final_norm(self, states):
+        """``ln_post`` of states ``f[batch, frame, embed]`` of an intermediate layer: what ``memories`` gives for
+        (layer, True) from what it gives for (layer, False)."""
+        return self.loaded.model.encoder.ln_post(jnp.asarray(states)).astype(self.dtype)
+
     def search(self, memory, valid, task: str, languages: Sequence[str | None], search: Search):
         """``(tokens per row, avg_logprob per row, language label per row)``; one language for the whole batch or
         None (detected per row)."""

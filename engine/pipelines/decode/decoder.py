@@ -226,7 +226,9 @@ def _from_store(decoder, reader, lang, language, done, parts, english, config, s
                 owner += [i] * len(cut)
             owner = np.asarray(owner)
             for p in (p for p in parts if p[2] == layer):
-                tokens, avg, labels = _search_windows(decoder, windows, p[0], language, _search(config, p[1]), config)
+                tokens, avg, labels = search_windows(
+                    decoder, windows, p[0], language, _search(config, p[1]), config.batch_size
+                )
                 summary.windows += len(windows)
                 for i, u in enumerate(index):
                     mine = np.flatnonzero(owner == i)
@@ -241,11 +243,10 @@ def cut_windows(states: np.ndarray, n: int, per_window: int) -> list[np.ndarray]
     return [states[start : min(start + per_window, n)] for start in range(0, max(n, 1), per_window)]
 
 
-def _search_windows(decoder, windows: list[np.ndarray], task: str, language: str, search: Search, config):
-    """Tokens, mean log-probabilities and labels of ``windows`` (f32[frame, width] each), in batches of
-    ``config.batch_size`` rows (the last padded with copies of its first), masked past each window's frames."""
+def search_windows(decoder, windows: list[np.ndarray], task: str, language: str, search: Search, size: int):
+    """Tokens, mean log-probabilities and labels of ``windows`` (f32[frame, width] each), in batches of ``size`` rows
+    (the last padded with copies of its first), masked past each window's frames."""
     tokens, logprobs, labels = [], [], []
-    size = config.batch_size
     for start in range(0, len(windows), size):
         chunk = windows[start : start + size]
         frames = max(len(w) for w in chunk)

@@ -29,9 +29,8 @@ import time
 import numpy as np
 
 from engine import captions
-from engine.errors import LanguageError
 from engine.faults import fault_point
-from engine.languages import fleurs_to_whisper
+from engine.languages import whisper_code_or_none
 from engine.models.family import FAMILIES, load_encoder
 from engine.models.interface import DECODER
 from engine.pipelines.heads import figures
@@ -156,26 +155,19 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
         summary.notes.append(f"importance ce: not scored ({encoder.name} has no text decoder to train)")
     if config.decode and decoder is None:
         summary.notes.append(f"WER/CER: not scored ({encoder.name} has no text decoder)")
-    prompts = {lang: _iso(lang) for lang in langs}  # the trainer's prompt languages: ISO 639-1
+    prompts = {lang: whisper_code_or_none(lang) for lang in langs}  # the trainer's prompt languages: ISO 639-1
     layers = tuple(sorted({*scored, *((top,) if decoder or trainer else ())}))  # the top: the decoder's memory
     decoding = None
     if decoder is not None:
         codes = {lang: decoder.language(lang, {}) for lang in langs}
-        normalizers = {lang: metrics.normalizer_for(decoder.score_language(code) or _iso(lang) or "") if code else None
-                       for lang, code in codes.items()}  # fmt: skip
+        normalizers = {lang: metrics.normalizer_for(decoder.score_language(code) or whisper_code_or_none(lang) or "")
+                       if code else None for lang, code in codes.items()}  # fmt: skip
         decoding = Decoding(decoder, codes, normalizers, layers.index(top), config.max_new_tokens)
     evaluation = evaluation_set(reader, encoder, langs, config.utterances)
     if evaluation.n == 0:
         raise HeadsError(f"no utterance of {langs} could be read from the store's audio: nothing to ablate")
     created = reader.manifest.get("created") or {}
     return Setup(encoder, evaluation, scored, encoder.head_masked(layers), decoding, trainer, prompts, created)
-
-
-def _iso(lang: str) -> str | None:
-    try:
-        return fleurs_to_whisper(lang)
-    except LanguageError:
-        return None
 
 
 def _compute(unit: str, setup: Setup, config: HeadsConfig, bar, summary: HeadsSummary) -> dict:

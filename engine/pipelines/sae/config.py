@@ -46,6 +46,18 @@ class SaeConfig:
     eval_utterances: int = option(40, "utterances per language for retrieval and language ID on reconstructions",
                                   minimum=2)  # fmt: skip
     activations: int = option(5, "utterances per language whose feature activations are kept (sparse)", minimum=0)
+    model: str | None = option(
+        None, "the store's checkpoint (hub id, folder, or 'default' for the packaged whisper-base): with a text "
+        "decoder, early-exit WER/CER from each layer as stored and as reconstructed (default: not scored)",
+    )  # fmt: skip
+    decode_utterances: int = option(8, "utterances per language decoded for the early-exit WER/CER", minimum=1)
+    max_new_tokens: int = option(96, "tokens decoded per window for the early-exit WER/CER", minimum=1)
+    decode_batch: int = option(8, "windows per decoder call", minimum=1)
+    neurons: str | None = option(
+        None, "a neurons job's output folder, of the same model and languages: line the SAEs' language-selective "
+        "features up with its selective feed-forward units (recomputed at every run from the finished layers)",
+        reads=True,
+    )  # fmt: skip
     top: int = option(10, "most selective features listed per language and layer", minimum=1)
     seed: int = option(0, "seed of the initialisation, the data order and the probes' folds")
 

@@ -17,10 +17,12 @@ def _layer_axis(ax, ylabel: str) -> None:
 
 
 def kept_png(rows: Sequence[dict], subtitle: str) -> bytes:
-    """Three panels against layer: FVU; retrieval R@1 and language ID on stored and reconstructed states; dead and
-    dense shares."""
-    fig = figures.Figure(figsize=(13.0, 3.8), layout="constrained")
-    axes = fig.subplots(1, 3)
+    """Panels against layer: FVU; retrieval R@1 and language ID on stored and reconstructed states; dead and dense
+    shares; and, where the run decoded (``--model``), early-exit WER and CER from the stored and reconstructed
+    layer."""
+    decoded = any(np.isfinite(r.get("wer", np.nan)) for r in rows)
+    fig = figures.Figure(figsize=(17.0 if decoded else 13.0, 3.8), layout="constrained")
+    axes = fig.subplots(1, 4 if decoded else 3)
     layers = [r["layer"] for r in rows]
     axes[0].plot(layers, [r["fvu"] for r in rows], "-o", ms=4)
     _layer_axis(axes[0], "fraction of variance unexplained")
@@ -36,6 +38,14 @@ def kept_png(rows: Sequence[dict], subtitle: str) -> bytes:
     axes[2].plot(layers, [r["dense_share"] for r in rows], "-s", ms=4, label="dense (fire on > 10% of frames)")
     _layer_axis(axes[2], "share of features")
     axes[2].legend(fontsize=7)
+    if decoded:
+        for key, label, colour in (("wer", "WER", "C2"), ("cer", "CER", "C3")):
+            axes[3].plot(layers, [r[key] for r in rows], "-o", ms=4, color=colour, label=f"{label}, stored")
+            axes[3].plot(layers, [r[f"{key}_reconstructed"] for r in rows], "--s", ms=4, color=colour,
+                         label=f"{label}, reconstructed")  # fmt: skip
+        _layer_axis(axes[3], "early-exit error rate (lower is better)")
+        axes[3].set_ylim(bottom=0)
+        axes[3].legend(fontsize=7)
     figures.set_title(fig, "What each layer's sparse autoencoder keeps", subtitle, fontsize=9)
     return figures._png(fig)
 
@@ -57,4 +67,36 @@ def languages_png(rows: Sequence[dict], selective: np.ndarray, languages: Sequen
     right.set_title("language-selective features per language", fontsize=9)
     fig.colorbar(image, ax=right, shrink=0.8)
     figures.set_title(fig, "Language in the SAE features: selective and shared, by depth", subtitle, fontsize=9)
+    return figures._png(fig)
+
+
+def neurons_png(cells: Sequence[list], per_layer: Sequence[list], summary: dict, subtitle: str) -> bytes:
+    """Left: the median normalised LAPE of live SAE features and of live feed-forward units per layer. Right: per
+    (layer, language), the share of SAE features selective for the language against the share of units (one colour
+    per language, one marker per layer), Spearman's rho in the title."""
+    fig = figures.Figure(figsize=(11.0, 4.0), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    layers = [r[0] for r in per_layer]
+    nan = float("nan")
+    left.plot(layers, [nan if r[1] is None else r[1] for r in per_layer], "-o", ms=4, label="SAE features")
+    left.plot(layers, [nan if r[2] is None else r[2] for r in per_layer], "-s", ms=4, label="feed-forward units")
+    _layer_axis(left, "median LAPE / log(languages)")
+    left.set_ylim(0, 1.02)
+    left.legend(fontsize=7)
+    langs = list(dict.fromkeys(c[1] for c in cells))
+    markers = "osD^v<>pPX*h"
+    for li, lang in enumerate(langs):
+        for layer_index, layer in enumerate(layers):
+            mine = [c for c in cells if c[1] == lang and c[0] == layer]
+            right.scatter([c[7] for c in mine], [c[4] for c in mine], color=f"C{li % 10}",
+                          marker=markers[layer_index % len(markers)], s=30,
+                          label=lang if layer_index == 0 else None)  # fmt: skip
+    right.set_xlabel("share of units selective for the language", fontsize=8)
+    right.set_ylabel("share of SAE features selective for it", fontsize=8)
+    right.grid(alpha=0.3)
+    rho, p = summary["spearman_rho"], summary["p_value"]
+    said = "rho not defined (fewer than 3 cells or a constant share)" if rho is None else f"rho {rho:.2f}, p {p:.3g}"
+    right.set_title(f"per layer and language (markers: layers {layers}); Spearman {said}", fontsize=8)
+    right.legend(fontsize=7, ncol=2)
+    figures.set_title(fig, "SAE features and feed-forward units: language selectivity by depth", subtitle, fontsize=9)
     return figures._png(fig)

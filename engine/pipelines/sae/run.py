@@ -6,12 +6,15 @@ other layers; a killed one's layer is taken over and resumed from its last check
 
     OUT/layer-<L>/sae_weights.safetensors, cfg.json   the SAE, sae-lens's names, applying to stored states (export)
     OUT/layer-<L>/checkpoints/<step>/                  orbax checkpoints while training (train)
+    OUT/layer-<L>/early_exit.parquet                   with --model: each decoded utterance's hypotheses (exit)
     OUT/activations/layer-<L>/<lang>.safetensors       the first --activations utterances' features, sparse
     OUT/parts/layer-<L>.npz                            the layer's evaluation, written whole last (the unit is done)
     OUT/metrics.csv                                    one row per layer: METRIC_COLUMNS
+    OUT/early_exit.csv                                 with --model: one row per (layer, language): EXIT_COLUMNS
     OUT/features.parquet                               one row per (layer, feature, language): FEATURE_COLUMNS
     OUT/selective_features.csv                         the --top most selective features per language and layer
-    OUT/figures/sae_kept.png, figures/sae_languages.png
+    OUT/neurons_alignment.csv, neurons_alignment.json  with --neurons: SAE features against selective units (neurons)
+    OUT/figures/sae_kept.png, figures/sae_languages.png, figures/sae_neurons.png (with --neurons)
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from safetensors.numpy import save
 from engine import captions
 from engine.listing import chosen
 from engine.pipelines.sae import export, figures
+from engine.pipelines.sae import neurons as neurons_lib
 from engine.pipelines.sae.config import DEFAULT_BUDGET, SaeConfig, SaeError
 from engine.pipelines.sae.data import Frames
-from engine.pipelines.sae.evaluate import evaluate
+from engine.pipelines.sae.evaluate import apply, evaluate
+from engine.pipelines.sae.exit import EXIT_COLUMNS, early_exit, load_decoder
 from engine.pipelines.sae.train import train_layer
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
@@ -42,7 +47,9 @@ from engine.stores.reader import open_store
 log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = ("layer", "fvu", "l0", "dead_share", "dense_share", "r1", "r1_reconstructed", "lid",
-                  "lid_reconstructed", "selective_share", "shared_share", "frames", "steps", "final_loss")  # fmt: skip
+                  "lid_reconstructed", "wer", "wer_reconstructed", "cer", "cer_reconstructed", "selective_share",
+                  "shared_share", "frames", "steps", "final_loss")  # fmt: skip
+EXITS = ("wer", "wer_reconstructed", "cer", "cer_reconstructed")
 FEATURE_COLUMNS = ("layer", "feature", "language", "rate", "lape", "selective", "belongs", "shared")
 SELECTIVE_COLUMNS = ("layer", "language", "feature", "rate", "lape", "selective", "rank")
 PARTS = "parts/"
@@ -53,6 +60,7 @@ class SaeSummary(RunSummary):
     rows: list = dataclasses.field(default_factory=list)  # dicts of METRIC_COLUMNS
     trained: int = 0  # layers trained (or resumed) by this process
     outputs: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
 
     def report(self) -> str:
         lines = [f"sae: {self.seconds:.1f} s; {self.trained} layers trained here"]
@@ -63,6 +71,11 @@ class SaeSummary(RunSummary):
                 f"  {r['r1']:.3f} / {r['r1_reconstructed']:.3f}  |  {r['lid']:.3f} / {r['lid_reconstructed']:.3f}  |"
                 f"  {r['selective_share']:.3f}  {r['shared_share']:.3f}"
             )
+        if any(np.isfinite(r["wer"]) for r in self.rows):
+            lines.append("  layer  early exit WER stored/rec  CER stored/rec")
+            lines += [f"  {r['layer']:>5}  {r['wer']:.3f} / {r['wer_reconstructed']:.3f}  "
+                      f"{r['cer']:.3f} / {r['cer_reconstructed']:.3f}" for r in self.rows]  # fmt: skip
+        lines += self.notes
         lines += [f"wrote {p}" for p in self.outputs]
         return "\n".join(lines)
 
@@ -80,6 +93,8 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     if len(langs) < 2:
         raise SaeError(f"the language measures need two or more languages; the run has {langs}")
     summary = SaeSummary()
+    decoder, note = load_decoder(config.model, reader.info)
+    summary.notes += [note] if note else []
     url = config.run.out
     _, kv = open_kvstore(url)
     claims = work_claims(config.run, "sae", kv)
@@ -94,26 +109,37 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     def stored(unit: str) -> bool:
         return read_value(kv, key(int(unit)), url).state == "value"
 
-    with output_run(config, "sae", SaeError, ignore=("block", "checkpoint_every"), claims=(claims,)) as lease:
+    units = neurons_lib.read_units(config.neurons) if config.neurons else None  # before any work: refused early
+    ignore = ("block", "checkpoint_every", "neurons")  # neurons: read afresh at every run, from the finished layers
+    with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,)) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
         frames = {layer: Frames(reader, layer, langs, config.block, buffer_frames, config.seed) for layer in layers}
         per_layer = frames[layers[0]].steps_per_epoch(config.batch_size) * config.epochs
         bar = progress_bar(per_layer * len(missing), "sae", "step", config.run.progress)
         for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(layers)):
             layer = int(unit)
-            _train_and_write(config, reader, frames[layer], ids_of, kv, url, bar)
+            _train_and_write(config, reader, frames[layer], ids_of, kv, url, bar, decoder, langs)
             summary.trained += 1
         bar.close()
         parts = {layer: _read_part(kv, key(layer), url) for layer in layers}
-        writes = _outputs(parts, langs, config, reader)
+        writes = _outputs(parts, langs, config, reader, units)
         write_outputs(kv, writes, url)
+    if "neurons_alignment.json" in writes:
+        aligned = json.loads(writes["neurons_alignment.json"])
+        rho = (
+            "not defined"
+            if aligned["spearman_rho"] is None
+            else f"{aligned['spearman_rho']:.3f} (p {aligned['p_value']:.3g})"
+        )
+        summary.notes.append(f"neurons alignment: Spearman rho of the selective shares over {aligned['cells']} "
+                             f"(layer, language) cells {rho}")  # fmt: skip
     summary.rows = [_row(parts[layer]) for layer in layers]
     summary.outputs = [url.rstrip("/") + "/" + k for k in writes]
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar) -> None:
+def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar, decoder, langs) -> None:
     layer = frames.layer
     root = _local(url) / f"layer-{layer}" / "checkpoints"
     trained = train_layer(config, frames, root, bar)
@@ -130,15 +156,50 @@ def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar) -> No
                        "values": np.concatenate(kept["values"])}  # fmt: skip
             metadata = {"ids": json.dumps(kept["ids"])}
             writes[f"activations/layer-{layer}/{lang}.safetensors"] = save(tensors, metadata=metadata)
+    exits = {}
+    if decoder is not None:
+        exported = export.folded(trained.params, trained.scale)  # the exported weights, as analysts apply them
+
+        def reconstruct(x):
+            return apply(exported, 1.0, trained.spec.k, x)[0]
+
+        scores = early_exit(decoder, reader, layer, reconstruct, langs, config.decode_utterances,
+                            config.max_new_tokens, config.decode_batch)  # fmt: skip
+        writes[f"layer-{layer}/early_exit.parquet"] = _hypotheses_bytes(scores.hypotheses)
+        exits = {f"exit_{c}": np.asarray([r[c] for r in scores.rows]) for c in EXIT_COLUMNS[1:]}
     write_outputs(kv, writes, url)
     metrics = {name: np.float64(getattr(ev, name)) for name in ("fvu", "l0", "dead_share", "dense_share", "r1",
                "r1_reconstructed", "lid", "lid_reconstructed")}  # fmt: skip
     part = {**metrics, "layer": np.int64(layer), "frames": np.int64(ev.frames), "steps": np.int64(trained.steps),
             "losses": trained.losses, "rates": ev.rates, "lape": ev.entropy, "threshold": np.float64(ev.threshold),
             "selected": ev.selective, "belongs": ev.belongs, "shared": ev.shared,
-            "languages": np.asarray(ev.languages)}  # fmt: skip
+            "languages": np.asarray(ev.languages), **exits}  # fmt: skip
     write_outputs(kv, {f"{PARTS}layer-{layer}.npz": npz_bytes(part)}, url)  # last: the unit is done
     log.info("sae: layer %d done (fvu %.3f, l0 %.1f)", layer, ev.fvu, ev.l0)
+
+
+def _hypotheses_bytes(hypotheses: dict) -> bytes:
+    """One row per decoded utterance: language, id, reference, and the hypotheses from the stored and reconstructed
+    layer."""
+    table = {"language": [], "id": [], "reference": [], "hypothesis": [], "hypothesis_reconstructed": []}
+    for (lang, kind), rows in hypotheses.items():
+        if kind != "stored":
+            continue
+        for (uid, reference, hypothesis), (_, _, rebuilt) in zip(rows, hypotheses[lang, "reconstructed"], strict=True):
+            for name, value in zip(table, (lang, uid, reference, hypothesis, rebuilt), strict=True):
+                table[name].append(value)
+    return parquet_bytes(pa.table(table))
+
+
+def _exit_rows(part: dict) -> list[list]:
+    """``early_exit.csv``'s rows of one layer's part (none where nothing was decoded)."""
+    if "exit_language" not in part:
+        return []
+    columns = [part[f"exit_{c}"] for c in EXIT_COLUMNS[1:]]
+    return [
+        [int(part["layer"]), *(v.item() if hasattr(v, "item") else v for v in row)]
+        for row in zip(*columns, strict=True)
+    ]
 
 
 def _read_part(kv, key: str, url: str) -> dict:
@@ -152,15 +213,20 @@ def _row(part: dict) -> dict:
     live = ~np.isnan(part["lape"])
     row = {name: float(part[name]) for name in ("fvu", "l0", "dead_share", "dense_share", "r1", "r1_reconstructed",
                                                 "lid", "lid_reconstructed")}  # fmt: skip
+    pooled = [i for i, lang in enumerate(part.get("exit_language", [])) if lang == "all"]
+    row.update({name: float(part[f"exit_{name}"][pooled[0]]) if pooled else float("nan") for name in EXITS})
     row.update(layer=int(part["layer"]), frames=int(part["frames"]), steps=int(part["steps"]),
                final_loss=float(part["losses"][-1]), selective_share=float(part["selected"][live].mean()),
                shared_share=float(part["shared"][live].mean()))  # fmt: skip
     return row
 
 
-def _outputs(parts: dict, langs: list, config: SaeConfig, reader) -> dict[str, bytes]:
+def _outputs(parts: dict, langs: list, config: SaeConfig, reader, units) -> dict[str, bytes]:
     rows = [_row(parts[layer]) for layer in parts]
     writes = {"metrics.csv": csv_bytes(METRIC_COLUMNS, [[r[c] for c in METRIC_COLUMNS] for r in rows])}
+    exit_rows = [row for layer in parts for row in _exit_rows(parts[layer])]
+    if exit_rows:
+        writes["early_exit.csv"] = csv_bytes(EXIT_COLUMNS, exit_rows)
     table, selective_rows = {c: [] for c in FEATURE_COLUMNS}, []
     per_language = np.zeros((len(parts), len(langs)), np.int64)
     for li, (layer, part) in enumerate(parts.items()):
@@ -186,4 +252,16 @@ def _outputs(parts: dict, langs: list, config: SaeConfig, reader) -> dict[str, b
     subtitle = captions.source_line(reader.info.model_name, reader.manifest.get("created"), f"{len(langs)} languages")
     writes["figures/sae_kept.png"] = figures.kept_png(rows, subtitle)
     writes["figures/sae_languages.png"] = figures.languages_png(rows, per_language, langs, subtitle)
+    if units is not None:
+        cells, per_layer, summary = neurons_lib.align(parts, langs, units)
+        summary.update(store_model=reader.info.model_name, neurons=config.neurons)
+        writes["neurons_alignment.csv"] = csv_bytes(neurons_lib.ALIGN_COLUMNS, cells)
+        writes["neurons_alignment.json"] = (
+            json.dumps(
+                {**summary, "by_layer": [dict(zip(neurons_lib.LAYER_COLUMNS, r, strict=True)) for r in per_layer]},
+                indent=1,
+            )
+            + "\n"
+        ).encode()
+        writes["figures/sae_neurons.png"] = figures.neurons_png(cells, per_layer, summary, subtitle)
     return writes
