@@ -95,8 +95,11 @@ def neurons_png(cells: Sequence[list], per_layer: Sequence[list], summary: dict,
     right.set_ylabel("share of SAE features selective for it", fontsize=8)
     right.grid(alpha=0.3)
     rho, p = summary["spearman_rho"], summary["p_value"]
-    said = "rho not defined (fewer than 3 cells or a constant share)" if rho is None else f"rho {rho:.2f}, p {p:.3g}"
-    right.set_title(f"per layer and language (markers: layers {layers}); Spearman {said}", fontsize=8)
+    said = "not defined (under 3 cells, or a share constant)" if rho is None else f"{rho:.2f} (p {p:.3g})"
+    right.set_title(f"per layer and language (markers: layers {layers})\nSpearman rho of the shares: {said}",
+                    fontsize=8)  # fmt: skip
+    low, high = right.get_ylim()
+    right.set_ylim(max(low, -0.05 * max(high, 0.01)), high)  # shares are >= 0
     right.legend(fontsize=7, ncol=2)
     figures.set_title(fig, "SAE features and feed-forward units: language selectivity by depth", subtitle, fontsize=9)
     return figures._png(fig)

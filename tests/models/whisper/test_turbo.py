@@ -148,11 +148,12 @@ def test_greedy_at_full_depth_matches_hf_generate(turbo, hf_turbo, hf_mel):
 
 
 def test_early_exit_matches_hf_generate(turbo, hf_turbo, hf_mel):
-    """The decoder fed encoder layer 0 (the stem), 1 and 2 (= L, the last block's raw output), with ln_post and
+    """The decoder fed encoder layer 0 (the stem) without ln_post, 1 with it and 2 (= L, the last block's raw output)
     without: greedy tokens equal transformers' generic ``generate`` handed the same layer of its own encoder,
-    suppression off on both sides (``check_early_exit``)."""
+    suppression off on both sides (``check_early_exit``). Three of the six (layer, ln_post) pairs, each compiled at
+    turbo's size: both settings at every layer are the tiny model's and whisper-base's tests (test_early_exit_hf)."""
     with jax.default_matmul_precision("highest"):
-        check_early_exit(turbo, hf_turbo, hf_mel[:2], (0, 1, 2), "de")
+        check_early_exit(turbo, hf_turbo, hf_mel[:2], (0, 1, 2), "de", variants=[(0, False), (1, True), (2, False)])
 
 
 @pytest.fixture(scope="module")
