@@ -182,3 +182,43 @@ def test_long_audio_splits_into_the_encoders_windows(canary_run):
     cut = cut_windows(states, frames, per_window)
     assert windows == 3 and [len(w) for w in cut] == [per_window, per_window, frames - 2 * per_window]
     assert np.array_equal(np.concatenate(cut), states)
+
+
+def test_sae_early_exit_reads_the_stored_layer_as_the_decode_job(canary_run, tmp_path):
+    """The sae job's early exit on a Canary store (a decoder that masks the padding, so the store's states cut into
+    windows are its memory): the stored column is the decode job's greedy transcript from layer 1, utterance by
+    utterance, and the reconstructed column is Canary's decoder on the exported SAE's reconstruction of them."""
+    from engine.models.family import FAMILIES
+    from engine.models.interface import Search
+    from engine.pipelines.decode.decoder import search_windows
+    from engine.pipelines.decode.hypotheses import read_hypotheses
+    from engine.pipelines.sae.config import SaeConfig
+    from engine.pipelines.sae.evaluate import apply
+    from engine.pipelines.sae.export import open_sae
+    from engine.pipelines.sae.run import run_sae
+    from engine.runtime.options import configure
+
+    _, _, root = canary_run
+    out = tmp_path / "sae"
+    run_sae(configure(SaeConfig, store=str(root / "store"), out=str(out), model=str(root / "model"), layers=(1,),
+                      epochs=1, batch_size=64, expansion=2, k=4, warmup=1, eval_utterances=2, activations=0,
+                      decode_utterances=2, max_new_tokens=MAX_NEW, decode_batch=8, progress=False))  # fmt: skip
+    ours = pq.read_table(out / "layer-1" / "early_exit.parquet").to_pandas()
+    theirs = read_hypotheses(str(root / "decode")).to_pandas()
+    theirs = theirs[(theirs.layer == 1) & (theirs.task == "transcribe") & (theirs.decoding == "greedy")]
+    assert len(ours) == 2 * len(LANGS)
+    store = open_store(str(root / "store"))
+    weights, cfg = open_sae(out / "layer-1")
+    decoder = FAMILIES["fastconformer"].decoder(str(root / "model"))
+    for lang in LANGS:
+        mine = ours[ours.language == lang]
+        for _, row in mine.iterrows():
+            match = theirs[(theirs.language == lang) & (theirs.id == row.id)]
+            assert match.hypothesis.tolist() == [row.hypothesis], (lang, row.id)
+        lengths = store.lengths(lang)
+        states, _ = store.language_layer(lang, 1, np.arange(2), np.float32, frames=int(lengths[:2].max()))
+        windows = [w for u in range(2) for w in cut_windows(states[u], int(lengths[u]), decoder.window_frames)]
+        assert len(windows) == 2  # one window each: the tokens are the utterance's
+        rebuilt = [apply(weights, 1.0, cfg["k"], w)[0] for w in windows]
+        ids, _, _ = search_windows(decoder, rebuilt, "transcribe", CODES[lang], Search(1, MAX_NEW, 1.0, 1.0), 8)
+        assert mine.hypothesis_reconstructed.tolist() == [decoder.text(i) for i in ids], lang
