@@ -311,3 +311,9 @@ def test_features_line_up_with_the_neurons_jobs_units(job, worker_clips, worker_
     else:
         assert aligned["spearman_rho"] is None
     assert (out / "figures" / "sae_neurons.png").stat().st_size > 0
+    # A neurons folder sharing no layer with the run (layer 3 is ln_post: no block) is refused before any training
+    refused = tmp_path / "refused"
+    with pytest.raises(SaeError, match="none of the SAE's"):
+        run_sae(configure(SaeConfig, store=str(worker_store), out=str(refused), neurons=str(neurons),
+                          **{**SETTINGS, "layers": (3,)}))  # fmt: skip
+    assert not (refused / "layer-3").exists()

@@ -48,10 +48,6 @@ class ExitScores:
     rows: list
     hypotheses: dict  # (language, kind) -> [(id, reference, hypothesis)]
 
-    @property
-    def pooled(self) -> dict:
-        return self.rows[-1] if self.rows else {}
-
 
 def load_decoder(model: str | None, info):
     """The store's text decoder from ``--model`` (checked against the store's checkpoint), or None with the reason
@@ -88,6 +84,8 @@ def early_exit(decoder, reader, layer: int, reconstruct: Callable[[np.ndarray], 
             continue
         decode = _from_audio if decoder.caps.reads_padding else _from_store
         got = decode(decoder, reader, lang, layer, picked, reconstruct, norm, language, search, batch_size)
+        if not got["stored"]:  # every picked utterance's audio was unreadable (logged): nothing to score
+            continue
         normalizer = metrics.normalizer_for(decoder.score_language(language) or whisper_code_or_none(lang) or "")
         row = {"layer": layer, "language": lang}
         for kind in KINDS:

@@ -11,7 +11,7 @@ sae job's bar, docs/sae.md; the neurons job's own selection, a quota, is kept be
   the neurons job's own selected units the language owns;
 - per layer: the median normalised LAPE (LAPE / log of the languages) of live features and of live units;
 - over the (layer, language) cells: Spearman's rho between the two shares (``scipy.stats.spearmanr``) and its
-  p-value, NaN with fewer than three cells or a constant share.
+  p-value, null (not measured) with fewer than three cells or a constant share.
 
 This says whether the two kinds of selectivity appear at the same depths and for the same languages. It does not pair
 a feature with a unit: that would need the model's weights or both on the same frames, which neither output keeps.
@@ -84,12 +84,11 @@ def selectivity(rates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return live, norm, belongs
 
 
-def align(parts: dict, sae_languages, units: Units) -> tuple[list, list, dict]:
-    """(``ALIGN_COLUMNS`` rows, ``LAYER_COLUMNS`` rows, summary) of the SAE layers' parts against ``units``."""
-    from scipy import stats
-
+def shared(units: Units, sae_languages, sae_layers) -> tuple[list, list]:
+    """(languages, layers) the SAE run and the neurons run share, refused when fewer than two languages or no layer:
+    checked before any training, and again on the finished layers."""
     langs = [lang for lang in sae_languages if lang in units.languages]
-    layers = [layer for layer in parts if layer in units.rates]
+    layers = [layer for layer in sae_layers if layer in units.rates]
     if len(langs) < 2:
         raise SaeError(
             f"--neurons: the neurons run's languages {list(units.languages)} share fewer than two with the SAE's "
@@ -98,8 +97,16 @@ def align(parts: dict, sae_languages, units: Units) -> tuple[list, list, dict]:
     if not layers:
         raise SaeError(
             f"--neurons: the neurons run has layers {sorted(units.rates)} (blocks 1..L), none of the SAE's "
-            f"{sorted(parts)}"
+            f"{sorted(sae_layers)}"
         )
+    return langs, layers
+
+
+def align(parts: dict, sae_languages, units: Units) -> tuple[list, list, dict]:
+    """(``ALIGN_COLUMNS`` rows, ``LAYER_COLUMNS`` rows, summary) of the SAE layers' parts against ``units``."""
+    from scipy import stats
+
+    langs, layers = shared(units, sae_languages, list(parts))
     rows, per_layer = [], []
     for layer in layers:
         mine = parts[layer]["rates"][[list(sae_languages).index(lang) for lang in langs]]

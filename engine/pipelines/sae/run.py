@@ -109,7 +109,9 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     def stored(unit: str) -> bool:
         return read_value(kv, key(int(unit)), url).state == "value"
 
-    units = neurons_lib.read_units(config.neurons) if config.neurons else None  # before any work: refused early
+    units = neurons_lib.read_units(config.neurons) if config.neurons else None
+    if units is not None:
+        neurons_lib.shared(units, langs, layers)  # before any work: a folder that cannot be lined up is refused now
     ignore = ("block", "checkpoint_every", "neurons")  # neurons: read afresh at every run, from the finished layers
     with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,)) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
