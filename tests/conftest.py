@@ -36,15 +36,19 @@ jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-# Job tests start a few hundred `python -m jobs.<job>` processes, most of them on the tiny model with the same shapes:
-# each compiled the same programs again. They share JAX's persistent compilation cache, in a folder of this run (in
-# pytest's temporary folder of the run, which the xdist workers share and pytest's retention removes, so no run reads
-# another's and a program one worker's jobs compiled is a hit for the other's), every program cached however quick
-# its compile. Only the children read these variables: this process imported JAX above, with the cache off, so the
-# thousands of small kernel compiles of the kernel tests are not serialised to disk. A cache hit is the same
-# executable; no result changes. JAX_COMPILATION_CACHE_DIR set by the caller is kept ("" turns the cache off).
+# Job tests start a few hundred `python -m jobs.<job>` processes, most of them on the tiny model with the same shapes,
+# and the in-process tests compile the same encoders, decoders and gradients again in each xdist worker: compiling is
+# most of the suite's CPU time (a profile of the whole suite, 2026-11-26: 1744 s of JAX compile events in the test
+# processes against 2440 s of their CPU). All of them, test processes and job processes, share JAX's persistent
+# compilation cache, in a folder of this run (pytest's temporary folder of the run, which the xdist workers share and
+# pytest's retention removes, so no run reads another's), every program cached however quick its compile: a program
+# one process compiled is a hit for the others. Job, head-mask, neurons, probes and workers tests on 2 workers: 488 s
+# of CPU without the test processes in the cache, 422 s with. The kernel tests (tests/kernels) compile many small
+# programs at shapes no other test uses: there the cache only adds writes (217 s against 198 s), so their modules
+# run with it off (``_kernel_modules_skip_the_cache``). A cache hit is the same executable; no result changes.
+# JAX_COMPILATION_CACHE_DIR set by the caller is kept ("" turns the cache off).
 @pytest.fixture(autouse=True, scope="session")
-def _jobs_share_compiled_programs(tmp_path_factory, worker_id):
+def _processes_share_compiled_programs(tmp_path_factory, worker_id):
     if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         run = tmp_path_factory.getbasetemp()
         cache = (run.parent if worker_id != "master" else run) / "jax-cache"
@@ -54,7 +58,33 @@ def _jobs_share_compiled_programs(tmp_path_factory, worker_id):
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         )
+    if os.environ["JAX_COMPILATION_CACHE_DIR"]:
+        _point_cache(os.environ["JAX_COMPILATION_CACHE_DIR"], enabled=True)
     yield
+
+
+def _point_cache(folder: str, enabled: bool) -> None:
+    """This process's persistent compilation cache at ``folder``, on or off. JAX decides whether to use the cache at
+    its first compile and remembers it: ``reset_cache`` makes the next compile decide again."""
+    from jax.experimental.compilation_cache import compilation_cache
+
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_enable_compilation_cache", enabled)
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_modules_skip_the_cache(request, _processes_share_compiled_programs):
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    kernels = REPO / "tests" / "kernels"
+    if not folder or kernels not in request.path.parents:
+        yield
+        return
+    _point_cache(folder, enabled=False)
+    yield
+    _point_cache(folder, enabled=True)
 
 
 @pytest.fixture(autouse=True, scope="module")
