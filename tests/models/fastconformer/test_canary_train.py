@@ -76,8 +76,10 @@ def test_loss_and_gradients_equal_transformers(canary, task):
     trainer, model = canary["trainer"], canary["model"]
     batch = _batch(trainer, task)
     graph, params = trainer.split()
-    loss, grads = jax.value_and_grad(
-        lambda p: S.loss_fn(p, {}, batch, graph=graph, compute_dtype=jnp.float32, label_smoothing=0.0)[0]
+    loss, grads = jax.jit(
+        jax.value_and_grad(
+            lambda p: S.loss_fn(p, {}, batch, graph=graph, compute_dtype=jnp.float32, label_smoothing=0.0)[0]
+        )
     )(params)
 
     model.zero_grad()

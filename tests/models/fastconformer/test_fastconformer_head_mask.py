@@ -73,7 +73,7 @@ def test_gradient_importance_equals_torch_autograd(pair):
         return jnp.mean(ours.model(jnp.asarray(features), valid, head_mask=mask)[-1] ** 2)
 
     with jax.default_matmul_precision("highest"):
-        got = np.asarray(jax.grad(loss)(jnp.ones((LAYERS, HEADS), jnp.float32)))
+        got = np.asarray(jax.jit(jax.grad(loss))(jnp.ones((LAYERS, HEADS), jnp.float32)))
     mask = torch.ones((LAYERS, HEADS), requires_grad=True)
     (theirs(encoder, features, mask)[-1] ** 2).mean().backward()
     want = mask.grad.numpy()

@@ -222,7 +222,7 @@ def test_head_gradient_importance_equals_torch_autograd(owsm):
     def loss(mask):
         return jnp.mean(ours.encoder(jnp.asarray(features), head_mask=mask)[-1] ** 2)
 
-    got = np.asarray(jax.grad(loss)(jnp.ones(shape, jnp.float32)))
+    got = np.asarray(jax.jit(jax.grad(loss))(jnp.ones(shape, jnp.float32)))
     mask = torch.ones(shape, requires_grad=True)
     (espnet_layers(enc, features, mask)[-1] ** 2).mean().backward()
     want = mask.grad.numpy()

@@ -68,8 +68,10 @@ def test_loss_and_gradients_equal_espnet(owsm, task):
     trainer, model = owsm["trainer"], owsm["espnet"]
     batch, lengths = _batch(trainer, task)
     graph, params = trainer.split()
-    loss, grads = jax.value_and_grad(
-        lambda p: S.loss_fn(p, {}, batch, graph=graph, compute_dtype=jnp.float32, label_smoothing=0.0)[0]
+    loss, grads = jax.jit(
+        jax.value_and_grad(
+            lambda p: S.loss_fn(p, {}, batch, graph=graph, compute_dtype=jnp.float32, label_smoothing=0.0)[0]
+        )
     )(params)
 
     decoder = model.decoder

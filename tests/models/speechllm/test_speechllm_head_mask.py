@@ -88,7 +88,7 @@ def test_gradient_importance_equals_torch_autograd(pair):
     def loss(mask):
         return jnp.mean(ours.model(jnp.asarray(mel), frames, (LAYERS,), head_mask=mask)[0] ** 2)
 
-    got = np.asarray(jax.grad(loss)(jnp.ones((LAYERS, HEADS), jnp.float32)))
+    got = np.asarray(jax.jit(jax.grad(loss))(jnp.ones((LAYERS, HEADS), jnp.float32)))
     mask = torch.ones((LAYERS, HEADS), requires_grad=True)
     handles, last = hooked(model, mask)
     try:

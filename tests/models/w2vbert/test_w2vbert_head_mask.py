@@ -83,7 +83,7 @@ def test_gradient_importance_equals_torch_autograd(pair):
         last = ours.model(jnp.asarray(features), jnp.asarray(valid), head_mask=mask)[-1]
         return jnp.sum(jnp.where(keep, last, 0.0) ** 2) / jnp.sum(keep)
 
-    got = np.asarray(jax.grad(loss)(jnp.ones((LAYERS, HEADS), jnp.float32)))
+    got = np.asarray(jax.jit(jax.grad(loss))(jnp.ones((LAYERS, HEADS), jnp.float32)))
     mask = torch.ones((LAYERS, HEADS), requires_grad=True)
     last = theirs(model, features, valid, mask)[-1]
     keep_t = torch.from_numpy(np.array(keep))

@@ -86,7 +86,7 @@ def test_masks_per_row_and_gradient_importance(pair):
         states, _ = ours.model(one, jnp.asarray([len(waves[0])]), (LAYERS,), head_mask=mask)
         return jnp.mean(states[0] ** 2)
 
-    got = np.asarray(jax.grad(loss)(jnp.ones((LAYERS, HEADS), jnp.float32)))
+    got = np.asarray(jax.jit(jax.grad(loss))(jnp.ones((LAYERS, HEADS), jnp.float32)))
     mask = torch.ones((LAYERS, HEADS), requires_grad=True)
     dh = SMALL["hidden_size"] // HEADS
     handles = [layer.attention.out_proj.register_forward_pre_hook(

@@ -113,7 +113,7 @@ def test_gradient_importance_equals_torch_autograd(pair, mel):
     def loss(mask):
         return jnp.mean(ours.encoder(x, (LAYERS + 1,), head_mask=mask)[0] ** 2)
 
-    got = np.asarray(jax.grad(loss)(jnp.ones((LAYERS, HEADS), jnp.float32)))
+    got = np.asarray(jax.jit(jax.grad(loss))(jnp.ones((LAYERS, HEADS), jnp.float32)))
     mask = torch.ones((LAYERS, HEADS), requires_grad=True)
     with HeadHooks(hf, mask):
         out = hf.model.encoder(torch.from_numpy(mel)).last_hidden_state

@@ -65,8 +65,8 @@ def test_one_step_equals_pytorch(tiny_whisper, tiny_model_dir):
     names = [k for k in ours if k.startswith("model.decoder.")]
     assert len(names) == len(list(dec.parameters()))
     graph, params = WhisperTrainer(tiny_whisper).split()
-    ours_grad = jax.grad(lambda p: S.loss_fn(p, {}, batch, graph=graph, compute_dtype=jnp.float32,
-                                             label_smoothing=0.0)[0])(params)  # fmt: skip
+    ours_grad = jax.jit(jax.grad(lambda p: S.loss_fn(p, {}, batch, graph=graph, compute_dtype=jnp.float32,
+                                                     label_smoothing=0.0)[0]))(params)  # fmt: skip
     ours_grad = hf_state_dict(openai_state_dict(with_decoder(tiny_whisper.model, ours_grad)))
     for name in names:
         g = grads[name]
@@ -239,8 +239,9 @@ def test_folded_cross_attention_equals_projected(tiny_whisper):
         logits = dec(batch["tokens"], kv)[0]
         return (S.token_losses(logits, batch["labels"], 0.0) * batch["weights"]).sum(), logits
 
-    (l1, z1), g1 = jax.value_and_grad(loss, has_aux=True)(params, True)
-    (l0, z0), g0 = jax.value_and_grad(loss, has_aux=True)(params, False)
+    both = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+    (l1, z1), g1 = both(params, True)
+    (l0, z0), g0 = both(params, False)
     np.testing.assert_allclose(z1, z0, atol=2e-5, rtol=1e-5)
     for k in g0:
         np.testing.assert_allclose(g1[k], g0[k], atol=1e-6, rtol=1e-4, err_msg=k)
