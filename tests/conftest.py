@@ -64,13 +64,14 @@ def _processes_share_compiled_programs(tmp_path_factory, worker_id):
 
 
 def _point_cache(folder: str, enabled: bool) -> None:
-    """This process's persistent compilation cache at ``folder``, on or off. JAX decides whether to use the cache at
-    its first compile and remembers it: ``reset_cache`` makes the next compile decide again."""
+    """This process's persistent compilation cache at ``folder`` as the jobs' ``--compile_cache`` points it
+    (``use_cache``: every program cached), on or off. JAX decides whether to use the cache at its first compile and
+    remembers it: ``reset_cache`` makes the next compile decide again."""
     from jax.experimental.compilation_cache import compilation_cache
 
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from engine.runtime.compiles import use_cache
+
+    use_cache(folder)
     jax.config.update("jax_enable_compilation_cache", enabled)
     compilation_cache.reset_cache()
 

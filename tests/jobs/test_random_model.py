@@ -200,7 +200,7 @@ def test_head_masked_encoder_of_every_family(kind, folders, clips):
     np.testing.assert_array_equal(alone[:2], plain[:2])  # the stem and block 1 come before the ablated head
     assert np.abs(alone[2] - plain[2]).max() > 1e-4
     fn = masked.function()
-    # One compiled gradient (run eagerly, it compiled each of its few hundred operations alone: 28 s for parakeet).
+    # One compiled gradient. Run eagerly, it compiled each operation alone: parakeet's test made 249 compiles, 28 s.
     loss = jax.jit(jax.grad(lambda m, params, *inputs: jnp.sum(fn(params, m, *inputs)[-1] ** 2)))
     grad = loss(jnp.asarray(ones), masked.params, *batch)
     assert np.isfinite(grad).all() and np.abs(np.asarray(grad)[1]).max() > 0

@@ -169,7 +169,7 @@ def test_compare_puts_the_projector_past_the_tower(clips, run_job, tiny_model_di
     stores["projector"] = encoded("qwen2_audio", "projector", clips, run_job, tmp_path_factory)[2]
     out = tmp_path / "compare"
     # One measure, no null: the measures and their null are tested on their own (test_compare.py); here the depth
-    # axis and the pairs (every measure and level compiled for three stores of three shapes took 59 s of compiles).
+    # axis and the pairs (every measure, level and the null for three stores: 59 s of compiles in a suite run).
     run_compare(configure(CompareConfig, stores=tuple(stores.values()), names=tuple(stores), out=str(out),
                           measures=("cka",), levels=("utterance",), null_permutations=0, knn_k=1))  # fmt: skip
     rows = [r.split(",") for r in (out / "by_depth.csv").read_text().splitlines()[1:]]
