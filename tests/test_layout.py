@@ -820,6 +820,7 @@ def test_lazy_rule_catches_planted_imports(tmp_path):
 STRING_IMPORTERS = {
     "engine/__init__.py": "the package face loads each name on first use, so that `import engine` stays cheap",
     "jobs/cli.py": "the command line runs the job it is given by name (`babelgrid encode` runs jobs.encode)",
+    "jobs/studies/spec.py": "a study's keys are checked against each job's flags, listed by importing each job in turn",
 }
 
 
