@@ -3,6 +3,7 @@ r"""babelgrid: one command for every job, and for a whole study from one config 
     babelgrid encode --out out/store                 # = python -m jobs.encode --out out/store
     babelgrid seqsim --store out/store --out out/sim
     babelgrid run demo                               # the bundled demo study (jobs/configs/demo.yaml)
+    babelgrid run demo-matrix --dry-run              # the demo as a matrix: its graph, and what would run and why
     babelgrid run study.yaml --set out=/data/run1    # a study of your own; --set overrides a variable
     babelgrid random-model --kind parakeet --out /tmp/parakeet   # a random-weight folder of any family, no hub
 
@@ -16,9 +17,10 @@ value is replaced by the variable::
       - seqsim: {store: "{out}/store", out: "{out}/similarity"}
       - retrieval: {similarity: "{out}/similarity"}
 
-Every job resumes by itself. On top of that a stage is skipped when it completed before with the same flags and
-no stage before it ran again: ``babelgrid run`` records each completed stage under ``{runs}/`` (default
-``{out}/runs``; set ``runs`` among the vars to move it).
+Every job resumes by itself. On top of that a stage is skipped while its record (under ``{runs}/``, default
+``{out}/runs``) still holds: the same flags, inputs and upstream outputs, and its own output still there as it
+listed it. A matrix of models or settings, the graph, versions, --only/--until, --verify and --emit snakefile:
+``babelgrid run --help`` and BUILD.md#studies (``jobs.studies``).
 """
 
 from __future__ import annotations

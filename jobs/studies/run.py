@@ -172,8 +172,12 @@ class Runner:
             damage = self.verify(out, head)
             if damage:
                 decision = graph.Decision(f"verify found damage in its output {out}", graph.REPAIR)
+        unmet = [f"{a.name} ({a.job})" for a in graph.upstream(self.deps[stage.name])
+                 if a.name not in self.chosen and self.read(a) is None]  # fmt: skip
+        if unmet:
+            decision.note = f"it reads stage {', '.join(unmet)}, which has not completed: run that first. " + decision.note
         if decision.note:
-            print(f"{head}: note: {decision.note}", flush=True)
+            print(f"{head}: note: {decision.note.strip()}", flush=True)
         if decision.why is None:
             print(f"{head}: complete (since {done.get('finished')}), output and inputs unchanged: skipped", flush=True)
             return 0

@@ -33,7 +33,7 @@ JOBS = (
     "encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "probes", "finetune", "compare",
     "neurons", "heads", "typology", "sae", "verify", "status", "random_model",
 )  # fmt: skip
-BUNDLED = {"demo": "demo.yaml"}
+BUNDLED = {"demo": "demo.yaml", "demo-matrix": "demo_matrix.yaml"}
 FLAG_NAME = re.compile(r"[a-z_]+")  # every job's flag names; a study key must be one of its job's
 SCALARS = (str, int, float, bool)  # what a variable or a flag value may be in a study file
 COMBINATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a folder name: it stays inside {out}

@@ -122,6 +122,14 @@ def test_run_help_is_on_stdout_and_exits_0():
         # YAML keeps the last of two equal keys: the stage ran on B without a word (issue 61 item 7)
         ("stages:\n  - verify: {location: A, location: B}\n", "gives 'location' twice in one mapping (lines 2 and 2)"),
         ("vars:\n  out: a\n  out: b\nstages:\n  - encode: {}\n", "gives 'out' twice in one mapping (lines 2 and 3)"),
+        # A matrix's names become folders under {out}: nothing that climbs out of it, nothing that collides.
+        ("matrix: {m: {../x: a}}\nstages:\n  - encode: {out: '{run}'}\n", "'../x' cannot name a folder"),
+        ("matrix: {m: [a, b]}\nstages:\n  - encode: {out: o, langs: '{m}'}\n", "writes --out=o in every combination"),
+        ("matrix: {out: [a]}\nvars: {out: x}\nstages:\n  - encode: {out: o}\n", "axis 'out' must be a new name"),
+        ("stages:\n  - encode: {out: o}\nafter:\n  - verify: {location: o}\n", "has 'after' stages but no 'matrix'"),
+        ("stages:\n  - compare: {stores: {each: x}, out: o}\n", "{each: ...} is for the stages after a matrix"),
+        ("stage:\n  - encode: {out: o}\n", "needs a 'stages' list"),
+        ("stages:\n  - encode: {out: o}\nmatrx: {m: [a]}\n", "has 'matrx': a study holds vars, matrix, stages"),
     ],
 )
 def test_a_bad_study_file_is_a_named_error(tmp_path, text, message):

@@ -273,3 +273,22 @@ def test_changed_data_reruns_encode_on_request(done, data):
     assert sorted(ids) == ["s0", "s1", "s2", "s9"]
     last = lines(babelgrid("study.yaml", *settings, "--dry-run", cwd=folder))
     assert len(last) == 4 and all(v.endswith("skipped") for v in last.values()), last
+
+
+def test_the_documented_studies_load(tmp_path):
+    """BUILD.md's complete example and the bundled demo-matrix: every key a flag of its job, the matrix expanded,
+    the shared encode stage once, the after-stages reading every combination."""
+    from jobs.studies.graph import dependencies
+    from jobs.studies.spec import load_study
+
+    text = (REPO / "BUILD.md").read_text()
+    example = text[text.index("# study.yaml: FLEURS") : text.index("```", text.index("# study.yaml: FLEURS"))]
+    (tmp_path / "study.yaml").write_text(example)
+    study = load_study(str(tmp_path / "study.yaml"))
+    assert [s.name for s in study.stages][:3] == ["small/1", "medium/1", "small/2"] and len(study.stages) == 11
+    compare = study.stages[-1]
+    assert compare.flags["stores"] == "/data/runs/whisper/small/store,/data/runs/whisper/medium/store"
+    assert {a.name for _, a in dependencies(study.stages)[compare.name]} >= {"small/1", "medium/1"}
+    demo = load_study("demo-matrix")
+    assert [s.name for s in demo.stages] == ["1", "raw/2", "centred/2", "raw/3", "centred/3", "4"]
+    assert demo.stages[2].flags["remove_language"] == "mean" and demo.stages[1].flags["out"].endswith("raw/similarity")
