@@ -175,7 +175,8 @@ class Runner:
         unmet = [f"{a.name} ({a.job})" for a in graph.upstream(self.deps[stage.name])
                  if a.name not in self.chosen and self.read(a) is None]  # fmt: skip
         if unmet:
-            decision.note = f"it reads stage {', '.join(unmet)}, which has not completed: run that first. " + decision.note
+            first = f"it reads stage {', '.join(unmet)}, which has not completed: run that first. "
+            decision.note = first + decision.note
         if decision.note:
             print(f"{head}: note: {decision.note.strip()}", flush=True)
         if decision.why is None:
