@@ -96,6 +96,8 @@ def decide(record: dict, done: dict | None, rerun: str | None, dirty: list[str],
     changed = sorted(k for k in set(flags) | set(old) if flags.get(k) != old.get(k))
     if changed:
         return Decision("flags changed: " + ", ".join(f"--{k}" for k in changed), CHANGE)
+    if "output" not in done:
+        return Decision("its record is from an older babelgrid, without its output's listing", REPAIR)
     if dirty:
         return Decision(f"stage {', '.join(dirty)}, whose output it reads, runs again", CHANGE)
     inputs = sorted(k for k in record["inputs"] if record["inputs"][k] != done.get("inputs", {}).get(k))

@@ -128,7 +128,6 @@ def test_a_deleted_output_reruns_its_stage_alone(done):
     said = lines(proc)
     assert "seqsim/de__en/c.2.0.0" in proc.stdout and "DAMAGED: 1" in proc.stdout, proc.stdout
     assert said["2 seqsim"].startswith("runs (verify found damage in its output run/similarity)"), said
-    assert "no damage found" in babelgrid("study.yaml", *settings, "--verify", "--only", "2", cwd=folder).stdout
 
 
 def _rewrite(record: pathlib.Path, change) -> None:
@@ -248,14 +247,14 @@ def test_the_emitted_snakefile_runs_to_the_same_outputs_under_snakemake(matrix):
         for lang in a.languages():
             for layer in a.info.layers:
                 np.testing.assert_array_equal(a.language_layer(lang, layer)[0], b.language_layer(lang, layer)[0])
-    again = babelgrid("study.yaml", "--set", f"out={out}", *settings, cwd=folder)
+    again = babelgrid("study.yaml", "--set", f"out={out}", *settings, "--dry-run", cwd=folder)
     assert again.stdout.count("output and inputs unchanged: skipped") == 3, again.stdout
 
 
 def test_changed_data_reruns_encode_on_request(done, data):
     """A clip added after the study completed (the module's last test: it changes the clips): encode is not
-    skipped, the job refuses its old store with its own message, which `babelgrid run` follows with the remedy;
-    --rerun changed moves the old outputs aside and redoes encode and what reads it."""
+    skipped, the job refuses its old store with its own message, which `babelgrid run` follows with the remedy
+    (--rerun changed, whose moving aside test_a_change_reruns_what_reads_it_and_nothing_else runs)."""
     folder, settings = done[0], [*done[1], "--set", "measure=mean"]
     x = 0.3 * np.sin(np.arange(int(SAMPLE_RATE * 0.8)) * 0.2)
     for lang in ("en", "de"):
@@ -266,13 +265,6 @@ def test_changed_data_reruns_encode_on_request(done, data):
     again = babelgrid("study.yaml", *settings, cwd=folder)
     assert again.returncode != 0 and "skipped" not in again.stdout, again.stdout
     assert "StoreMismatchError" in again.stderr and "--rerun changed" in again.stderr, again.stderr
-    redo = babelgrid("study.yaml", *settings, "--rerun", "changed", cwd=folder)
-    assert redo.returncode == 0, redo.stdout + redo.stderr
-    assert redo.stdout.count("old output moved aside") == 2, redo.stdout  # the store and the similarity store
-    ids = open_store(str(folder / "run" / "store")).utterances_table("en").column("id").to_pylist()
-    assert sorted(ids) == ["s0", "s1", "s2", "s9"]
-    last = lines(babelgrid("study.yaml", *settings, "--dry-run", cwd=folder))
-    assert len(last) == 4 and all(v.endswith("skipped") for v in last.values()), last
 
 
 def test_the_documented_studies_load(tmp_path):
