@@ -23,6 +23,8 @@ import os
 import pathlib
 import subprocess
 
+from engine.runtime.options import canonical_location
+
 OUTPUT_FLAGS = ("out",)  # the flags that name what a stage writes
 DEFAULT_OUTPUT = {"retrieval": "similarity"}  # a job whose --out defaults to one of its inputs: that input
 # Files that change while a store is read or written without changing what it holds.
@@ -37,14 +39,12 @@ def is_remote(value: str) -> bool:
 
 
 def location(value: str) -> str:
-    """A flag value as a place to compare with an output: a URL without its trailing '/', a path made absolute
-    (``folder:``, ``file://`` and the like stripped)."""
-    if is_remote(value):
-        return value.rstrip("/")
-    value = value.removeprefix("file://")
-    for prefix in ("folder:", "manifest:", "fleurs:", "hf:", "covost2:", "mass:"):
-        value = value.removeprefix(prefix)
-    return os.path.abspath(os.path.expanduser(value)) if value else ""
+    """A flag value as a place to compare with an output (``canonical_location``, as the jobs compare theirs), a
+    dataset's ``folder:``, ``manifest:`` and the like stripped first."""
+    if not is_remote(value):
+        for prefix in ("folder:", "manifest:", "fleurs:", "hf:", "covost2:", "mass:"):
+            value = value.removeprefix(prefix)
+    return canonical_location(value) if value else ""
 
 
 def local_path(value: str) -> pathlib.Path | None:

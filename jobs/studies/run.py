@@ -116,7 +116,7 @@ class Runner:
         self.deps = graph.dependencies(study.stages)
         self.dirty: set[str] = set()  # stages that ran (or would, in a dry run) for a change
         self.verified: set[str] = set()
-        self.damaged: set[str] = set()
+        self.records: dict[str, dict | None] = {}  # stage name -> its record, read once (a request on GCS or S3)
         _, self.kv = open_kvstore(study.runs)
 
     def read(self, stage: Stage) -> dict | None:
@@ -124,13 +124,13 @@ class Runner:
         job resumes what its output holds)."""
         from engine.stores.kv import DamageError, read_json  # lazy: as above
 
-        try:
-            return read_json(self.kv, stage.record, self.study.runs)
-        except DamageError as e:
-            if stage.name not in self.damaged:
-                self.damaged.add(stage.name)
+        if stage.name not in self.records:
+            try:
+                self.records[stage.name] = read_json(self.kv, stage.record, self.study.runs)
+            except DamageError as e:
                 print(f"{stage.title(self.study.total)}: its record cannot be read ({e}): taken as never completed")
-            return None
+                self.records[stage.name] = None
+        return self.records[stage.name]
 
     def run(self) -> int:
         stages = self.study.stages
@@ -215,13 +215,16 @@ class Runner:
         groups = records.listing(out) if out else None
         if groups:  # stages writing into one place (retrieval into seqsim's store) each own what the others did not
             for other in self.study.stages:
-                if other != stage and records.output_of(other.job, other.flags) == out:
+                theirs_at = records.output_of(other.job, other.flags)
+                if other != stage and theirs_at and records.location(theirs_at) == records.location(out):
                     theirs = ((self.read(other) or {}).get("output") or {}).get("groups") or {}
                     groups = {g: d for g, d in groups.items() if g not in theirs}
         finished = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         record = {**record, "inputs": records.external_inputs(stage.flags, {flag for flag, _ in self.deps[stage.name]})}
         record["output"] = {"location": out, "groups": groups or {}} if out else None
-        write_value(self.kv, stage.record, json_bytes({**record, "finished": finished}), self.study.runs)
+        record["finished"] = finished
+        write_value(self.kv, stage.record, json_bytes(record), self.study.runs)
+        self.records[stage.name] = record
 
     def verify(self, out: str, head: str) -> bool:
         """babelgrid verify on a stage's output: True when it found damage, which is printed and (unless this is a
