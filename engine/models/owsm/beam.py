@@ -1,7 +1,7 @@
 """ESPnet's beam search on the OWSM decoder, batched and jitted: one ``jax.lax.while_loop`` over the steps of every
 window of a batch, ``beam`` rows per window.
 
-Reproduces ``espnet.nets.batch_beam_search.BatchBeamSearch`` as ``Speech2Text(beam_size=beam, ctc_weight=0,
+Reproduces ``espnet2.legacy.nets.batch_beam_search.BatchBeamSearch`` as ``Speech2Text(beam_size=beam, ctc_weight=0,
 lm_weight=0, ngram_weight=0, penalty=0, normalize_length=False, minlenratio=0, maxlenratio=-max_tokens, nbest=1)``
 runs it (``BatchBeamSearch`` is what ``Speech2Text`` picks at batch size 1): with those weights its scorers are the
 decoder (weight 1) and the ``ScoreFilter`` (``-inf`` on timestamps under ``<notimestamps>``), and there is no

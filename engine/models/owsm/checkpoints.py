@@ -39,6 +39,9 @@ from engine.models.owsm.features import Stats, read_stats
 from engine.models.owsm.model import encoder_shapes
 
 _UNREAD = re.compile(r"frontend\..*|normalize\.(mean|std)|specaug\..*")
+# ESPnet 202611 names the subsampling's output projection ``embed.out`` (earlier: ``embed.out.0`` inside a Sequential
+# with the positional encoding) and loads either; the published OWSM checkpoints hold the older names.
+_NEW_SUBSAMPLING_OUT = re.compile(r"(encoder\.embed\.out)\.(weight|bias)")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 WEIGHT_SUFFIXES = (".pth", ".safetensors")  # ESPnet's torch.save file, or the same tensors as safetensors
 
@@ -140,7 +143,7 @@ def _check(stored: Mapping[str, np.ndarray], config: OwsmConfig, source: str) ->
     check_layer_claim(stored, "decoder.decoders.", config.n_dec_layer, "decoder block count", source)
     return checked_state(
         stored, encoder_shapes(config) | decoder_shapes(config), source=source, what=what, unread=_UNREAD,
-        config_file="config.yaml", floats=_FLOATS,
+        config_file="config.yaml", floats=_FLOATS, local=lambda name: _NEW_SUBSAMPLING_OUT.sub(r"\1.0.\2", name),
     )  # fmt: skip
 
 

@@ -1,12 +1,15 @@
-"""What changes the computation of an OWSM v3.1 model, read from ESPnet's ``config.yaml`` (an S2T training config).
+"""What changes the computation of an OWSM model, read from ESPnet's ``config.yaml`` (an S2T training config).
 
-OWSM v3.1 (``espnet/owsm_v3.1_ebf_base``, ``_small``, ``owsm_v3.1_ebf``) configures, and babelgrid implements exactly:
+OWSM v3.1 (``espnet/owsm_v3.1_ebf_base``, ``_small``, ``owsm_v3.1_ebf``), OWSM v4 (``espnet/owsm_v4_base_102M``,
+``_small_370M``, ``_medium_1B``) and POWSM (``espnet/powsm``) configure, and babelgrid implements exactly:
 
 - ``frontend: default``: STFT (``n_fft`` 512, a 400-sample periodic Hann window centred in it, hop 160, centred frames
   with reflect padding), power spectrum, librosa's Slaney mel filters (``n_mels``, 80 by default),
-  ``log(max(mel, 1e-10))``;
-  ``normalize: global_mvn`` with the model's ``feats_stats.npz``;
-- ``encoder: e_branchformer`` with ``input_layer: conv2d`` (4x subsampling), ``pos_enc_layer_type: abs_pos`` with
+  ``log(max(mel, 1e-10))`` (v4 and POWSM: 128 bins);
+  ``normalize: global_mvn`` with the model's ``feats_stats.npz``; the window is ``preprocessor_conf.speech_length``
+  seconds (30; POWSM's 20);
+- ``encoder: e_branchformer`` with ``input_layer: conv2d`` (4x subsampling, v3.1) or ``conv2d8`` (8x: a third 3x3
+  stride-2 convolution, v4 and POWSM), ``pos_enc_layer_type: abs_pos`` with
   ``attention_layer_type: selfattn``, cgMLP with ``gate_activation: identity`` and no linear after its convolution,
   ``use_ffn`` and ``macaron_ffn`` (two half-step swish feed-forwards), a depthwise merge convolution;
 - ``decoder: transformer``: pre-norm blocks (self-attention, source attention, ReLU feed-forward), absolute positions.
@@ -24,8 +27,9 @@ from collections.abc import Mapping, Sequence
 from engine.errors import CheckpointError
 
 SAMPLE_RATE = 16000  # Hz; OWSM's frontend is built with fs 16k
-LN_EPS = 1e-12  # ESPnet's LayerNorm (espnet.nets.pytorch_backend.transformer.layer_norm) passes eps=1e-12
-SUBSAMPLING = 4  # conv2d: two 3x3 convolutions of stride 2 over (frame, mel)
+LN_EPS = 1e-12  # ESPnet's LayerNorm (espnet2.legacy.nets.pytorch_backend.transformer.layer_norm) passes eps=1e-12
+# input_layer -> time subsampling: conv2d is two 3x3 convolutions of stride 2 over (frame, mel), conv2d8 three.
+SUBSAMPLINGS = {"conv2d": 4, "conv2d8": 8}
 
 # ESPnet's defaults for the fields babelgrid reads (a config.yaml written by ESPnet holds every field it was given;
 # constructor defaults fill the rest): DefaultFrontend, EBranchformerEncoder, TransformerDecoder.
@@ -79,7 +83,6 @@ _DECODER = {
 _REQUIRED_ENCODER = {
     "attention_layer_type": "selfattn",
     "pos_enc_layer_type": "abs_pos",
-    "input_layer": "conv2d",
     "use_linear_after_conv": False,
     "gate_activation": "identity",
     "use_ffn": True,
@@ -137,6 +140,7 @@ class OwsmConfig:
     n_dec_head: int
     dec_ffn_width: int
     token_list: tuple[str, ...] = dataclasses.field(repr=False)
+    subsampling: int = 4  # time subsampling of the input layer: 4 (conv2d) or 8 (conv2d8)
 
     @property
     def n_vocab(self) -> int:
@@ -152,19 +156,24 @@ class OwsmConfig:
         return self.frontend.n_mels
 
     @property
+    def n_convs(self) -> int:
+        """Stride-2 convolutions of the input layer: 2 (conv2d) or 3 (conv2d8)."""
+        return self.subsampling.bit_length() - 1
+
+    @property
     def n_frames(self) -> int:
-        """Encoder frames of one window (749 for 30 s)."""
-        return subsampled_frames(self.frontend.n_frames)
+        """Encoder frames of one window (749 for 30 s with conv2d, 374 with conv2d8)."""
+        return subsampled_frames(self.frontend.n_frames, self.n_convs)
 
     @property
     def seconds_per_frame(self) -> float:
-        """Encoder frame rate: hop x 4 (0.04 s at hop 160)."""
-        return self.frontend.hop_length * SUBSAMPLING / SAMPLE_RATE
+        """Encoder frame rate: hop x subsampling (0.04 s at hop 160 with conv2d, 0.08 s with conv2d8)."""
+        return self.frontend.hop_length * self.subsampling / SAMPLE_RATE
 
     @property
     def subsampled_mels(self) -> int:
-        """Mel bins left after the two stride-2 convolutions (19 of 80)."""
-        return subsampled_frames(self.n_mels)
+        """Mel bins left after the stride-2 convolutions (19 of 80 with conv2d; 15 of 128 with conv2d8)."""
+        return subsampled_frames(self.n_mels, self.n_convs)
 
     def token_id(self, token: str) -> int:
         """The id of a special token such as ``<sos>``, ``<eng>``, ``<asr>``, ``<st_eng>``, ``<notimestamps>``."""
@@ -199,9 +208,12 @@ class OwsmConfig:
         return self.token_id("<0.00>"), self.token_id(f"<{self.frontend.speech_seconds:.2f}>")
 
 
-def subsampled_frames(n: int) -> int:
-    """Length after ESPnet's ``Conv2dSubsampling`` (two valid 3-tap stride-2 convolutions): ((n-1)//2 - 1)//2."""
-    return ((n - 1) // 2 - 1) // 2
+def subsampled_frames(n: int, convs: int) -> int:
+    """Length after ESPnet's ``Conv2dSubsampling`` (``convs`` = 2) or ``Conv2dSubsampling8`` (3): each valid 3-tap
+    stride-2 convolution takes ``n`` to ``(n - 1) // 2``."""
+    for _ in range(convs):
+        n = (n - 1) // 2
+    return n
 
 
 def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) -> OwsmConfig:
@@ -209,16 +221,14 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
 
     def need(key, want):
         if conf.get(key) != want:
-            raise CheckpointError(
-                f"{source}: {key} is {conf.get(key)!r}; babelgrid implements OWSM v3.1's {key}: {want}"
-            )
+            raise CheckpointError(f"{source}: {key} is {conf.get(key)!r}; babelgrid implements OWSM's {key}: {want}")
 
     need("frontend", "default")
     need("normalize", "global_mvn")
     need("encoder", "e_branchformer")
     need("decoder", "transformer")
     if conf.get("preencoder") or conf.get("postencoder"):
-        raise CheckpointError(f"{source}: a preencoder or postencoder is configured; OWSM v3.1 has neither")
+        raise CheckpointError(f"{source}: a preencoder or postencoder is configured; OWSM has neither")
     fe = _with_defaults(_FRONTEND, conf.get("frontend_conf"))
     enc = _with_defaults(_ENCODER, conf.get("encoder_conf"))
     dec = _with_defaults(_DECODER, conf.get("decoder_conf"))
@@ -230,8 +240,13 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
         for key, want in required.items():
             if values[key] != want:
                 raise CheckpointError(
-                    f"{source}: {part}.{key} is {values[key]!r}; babelgrid implements OWSM v3.1's {key}: {want!r}"
+                    f"{source}: {part}.{key} is {values[key]!r}; babelgrid implements OWSM's {key}: {want!r}"
                 )
+    if enc.get("input_layer", "conv2d") not in SUBSAMPLINGS:
+        raise CheckpointError(
+            f"{source}: encoder_conf.input_layer is {enc.get('input_layer')!r}; babelgrid implements OWSM's "
+            f"{' and '.join(SUBSAMPLINGS)}"
+        )
     if str(fe["fs"]).lower() not in ("16000", "16k"):
         raise CheckpointError(f"{source}: frontend_conf.fs is {fe['fs']!r}; OWSM runs at 16k")
     pre = conf.get("preprocessor_conf") or {}
@@ -269,6 +284,7 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
         n_dec_head=int(dec["attention_heads"]),
         dec_ffn_width=int(dec["linear_units"]),
         token_list=tokens,
+        subsampling=SUBSAMPLINGS[enc.get("input_layer", "conv2d")],
     )
 
 

@@ -1,4 +1,4 @@
-"""What an OWSM v3.1 encoder computes on one window, for ``encode --plan``.
+"""What an OWSM encoder (v3.1, v4, POWSM) computes on one window, for ``encode --plan``.
 
 OWSM pads every window to the model's full window (``FrontendConfig.n_samples``, 30 s for every published OWSM) as
 ESPnet's S2T inference does, and the encoder attends over the padding (``engine.models.owsm.encoder``): a window
@@ -10,8 +10,9 @@ NumPy, timed apart by the plan) are left out. For F feature frames, n mel bins, 
 width I, cgMLP width G (split in halves by its gating unit), kernels K (gating) and M (merge), L blocks:
 
 - front (``Conv2dSubsampling``): the first 3x3 stride-2 convolution ``2 * T1 * n1 * d * 9`` (T1 = (F-1)//2 frames,
-  n1 = (n-1)//2 bins, one input channel), the second ``2 * T * n2 * d * d * 9`` (n2 = (n1-1)//2), the projection of
-  the flattened channels x bins ``2 * T * d * n2 * d``;
+  n1 = (n-1)//2 bins, one input channel), each later one ``2 * Tk * nk * d * d * 9`` (Tk, nk: its output's frames and
+  bins; two convolutions for ``conv2d``, three for ``conv2d8``), the projection of the flattened channels x bins
+  ``2 * T * d * nK * d``;
 - each E-Branchformer block: the macaron and the final half-step feed-forwards ``2 * 4 * T * d * I``;
   self-attention projections ``8 * T * d^2``, scores and weighted values ``4 * T^2 * d`` (absolute positions, added at
   layer 0: OWSM v3.1 has no relative-position projection, and ``config`` refuses models that do); the cgMLP's channel
@@ -35,9 +36,11 @@ CONV_TAPS = 9  # Conv2dSubsampling's 3x3 kernels
 def encoder_cost(config: OwsmConfig) -> EncoderCost:
     """FLOPs and parameters of one full window (every window costs this: see the module docstring)."""
     d, big, g, t = config.width, config.ffn_width, config.cgmlp_width, config.n_frames
-    t1, n1 = (config.frontend.n_frames - 1) // 2, (config.n_mels - 1) // 2
-    n2 = subsampled_frames(config.n_mels)
-    front = 2 * t1 * n1 * d * CONV_TAPS + 2 * t * n2 * d * d * CONV_TAPS + 2 * t * d * n2 * d
+    sizes = [(subsampled_frames(config.frontend.n_frames, k), subsampled_frames(config.n_mels, k))
+             for k in range(1, config.n_convs + 1)]  # fmt: skip
+    (t1, n1), nk = sizes[0], config.subsampled_mels
+    convs = 2 * t1 * n1 * d * CONV_TAPS + sum(2 * tk * n * d * d * CONV_TAPS for tk, n in sizes[1:])
+    front = convs + 2 * t * d * nk * d
     ffn = 2 * 4 * t * d * big
     attention = 8 * t * d * d + 4 * t * t * d
     cgmlp = 2 * t * d * g + 2 * t * (g // 2) * d + 2 * t * (g // 2) * config.cgmlp_kernel

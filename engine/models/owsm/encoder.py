@@ -73,7 +73,7 @@ class OwsmEncoder(LoadedEncoder):
     def min_samples(self) -> int:
         """The fewest samples that give one encoder frame (a shorter last window is dropped)."""
         hop = self.loaded.config.frontend.hop_length
-        return next(n * hop for n in range(1, 64) if feats.valid_frames(n * hop, self.loaded.config.frontend) > 0)
+        return next(n * hop for n in range(1, 64) if feats.valid_frames(n * hop, self.loaded.config) > 0)
 
     @property
     def features(self) -> dict:
@@ -94,14 +94,14 @@ class OwsmEncoder(LoadedEncoder):
         parts = split_windows(np.asarray(samples, np.float32), long_audio, self.min_samples, self.window_samples)
         if len(parts[0]) < self.min_samples:
             raise AudioError(f"{len(parts[0])} samples: OWSM needs at least {self.min_samples} for one encoder frame")
-        config, stats = self.loaded.config.frontend, self.loaded.checkpoint.stats
+        config, stats = self.loaded.config, self.loaded.checkpoint.stats
         valid = np.array([feats.valid_frames(len(p), config) for p in parts], np.int32)
-        return [feats.features(p, config, stats) for p in parts], valid
+        return [feats.features(p, config.frontend, stats) for p in parts], valid
 
     def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
-        frontend = self.loaded.config.frontend
+        config = self.loaded.config
         return window_frames(
-            samples, long_audio, lambda n: feats.valid_frames(n, frontend), self.min_samples, self.window_samples
+            samples, long_audio, lambda n: feats.valid_frames(n, config), self.min_samples, self.window_samples
         )
 
     def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray]:

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import AudioError, CheckpointError
-from engine.models.owsm.config import SAMPLE_RATE, FrontendConfig, subsampled_frames
+from engine.models.owsm.config import SAMPLE_RATE, FrontendConfig, OwsmConfig, subsampled_frames
 
 MEL_FLOOR = 1e-10  # LogMel clamps the mel power here before the log
 MVN_EPS = 1e-20  # GlobalMVN's floor on the variance
@@ -123,18 +123,16 @@ def features(waveform: np.ndarray, config: FrontendConfig, stats: Stats) -> np.n
     return ((log_mel(fit_window(waveform, config), config) - stats.mean) / stats.std).astype(np.float32)
 
 
-def valid_frames(n_samples: int, config: FrontendConfig) -> int:
-    """Encoder frames that hold a clip of ``n_samples`` (cut at the window); the rest of the 749 are padding."""
-    n = min(int(n_samples), config.n_samples)
-    return max(0, subsampled_frames(1 + n // config.hop_length))
+def valid_frames(n_samples: int, config: OwsmConfig) -> int:
+    """Encoder frames that hold a clip of ``n_samples`` (cut at the window); the rest of the window's are padding."""
+    n = min(int(n_samples), config.frontend.n_samples)
+    return max(0, subsampled_frames(1 + n // config.frontend.hop_length, config.n_convs))
 
 
-def batch_features(
-    waveforms: Sequence[np.ndarray], config: FrontendConfig, stats: Stats
-) -> tuple[np.ndarray, np.ndarray]:
+def batch_features(waveforms: Sequence[np.ndarray], config: OwsmConfig, stats: Stats) -> tuple[np.ndarray, np.ndarray]:
     """Clips -> ``(features f32[batch, n_frames, n_mels], valid i32[batch])``, ``valid`` in encoder frames."""
     if not len(waveforms):
         raise AudioError("batch_features needs at least one waveform")
-    feats = np.stack([features(w, config, stats) for w in waveforms])
+    feats = np.stack([features(w, config.frontend, stats) for w in waveforms])
     valid = np.array([valid_frames(len(w), config) for w in waveforms], np.int32)
     return feats, valid

@@ -59,7 +59,7 @@ class LoadedOwsm:
 
     def features(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """16 kHz clips -> ``(f32[batch, 3001, n_mels], valid i32[batch])`` (``features.batch_features``)."""
-        return feats.batch_features(waveforms, self.config.frontend, self.checkpoint.stats)
+        return feats.batch_features(waveforms, self.config, self.checkpoint.stats)
 
     def encode(self, features, out_dtype=None) -> jax.Array:
         """``f32[batch, 3001, n_mels]`` -> ``f[L+2, batch, 749, width]`` on the default device."""

@@ -1,10 +1,12 @@
-"""Flax (NNX) OWSM v3.1 encoder: ESPnet's ``Conv2dSubsampling`` and E-Branchformer blocks, returning every layer.
+"""Flax (NNX) OWSM encoder (v3.1, v4, POWSM): ESPnet's ``Conv2dSubsampling`` (or ``Conv2dSubsampling8``) and
+E-Branchformer blocks, returning every layer.
 
 Layer indexing (the stored ``layer`` axis, ``L = config.n_layer``: 9 for ``owsm_v3.1_ebf_base``), as babelgrid
 indexes Whisper's:
 
 - ``0``: the input to the first block: ``Conv2dSubsampling`` (two 3x3 convolutions of stride 2, each with ReLU, over
-  (frame, mel); the channels x remaining mel bins flattened and projected to ``width``) and ``PositionalEncoding``
+  (frame, mel); ``conv2d8``: three; the channels x remaining mel bins flattened and projected to ``width``) and
+  ``PositionalEncoding``
   (``x * sqrt(width) + sinusoid``). ESPnet's ``encoder.embed`` output.
 - ``1..L``: the output of block ``i``; each E-Branchformer block ends in its own ``norm_final``. ESPnet's
   ``return_all_hs`` intermediate outputs.
@@ -121,7 +123,7 @@ def _subsample_matmuls(features, kernel1, bias1, kernel2):
     (2p + a, 2q + b)), so the first convolution's whole output, 4x the features' frames x width, is never written and
     read back.
     """
-    frames, mels = subsampled_frames(features.shape[1]), subsampled_frames(features.shape[2])
+    frames, mels = subsampled_frames(features.shape[1], 2), subsampled_frames(features.shape[2], 2)
     y = 0
     for i in range(3):
         cols = []
@@ -146,6 +148,22 @@ def subsample_convs(features, kernel1, bias1, kernel2):
     return jax.lax.platform_dependent(
         features, kernel1, bias1, kernel2, cpu=_subsample_matmuls, default=_subsample_convs
     )
+
+
+def _conv_stride2_matmuls(x, kernel):
+    """``_conv_stride2`` as three matmuls, one per frame tap ``i``, over the three mel taps' inputs concatenated."""
+    frames, mels = subsampled_frames(x.shape[1], 1), subsampled_frames(x.shape[2], 1)
+    y = 0
+    for i in range(3):
+        cols = jnp.concatenate([x[:, i : i + 2 * frames - 1 : 2, j : j + 2 * mels - 1 : 2] for j in range(3)], -1)
+        y = y + jnp.dot(cols, kernel[i].reshape(-1, kernel.shape[-1]))
+    return y
+
+
+def conv_stride2(x, kernel):
+    """One more 3x3 stride-2 convolution (``conv2d8``'s third, width -> width channels): matmuls on CPU, as
+    ``subsample_convs``, XLA's convolution elsewhere."""
+    return jax.lax.platform_dependent(x, kernel, cpu=_conv_stride2_matmuls, default=_conv_stride2)
 
 
 class CgMlp(nnx.Module):
@@ -199,6 +217,11 @@ class OwsmEncoder(nnx.Module):
         self.conv1_bias = param(sd["encoder.embed.conv.0.bias"], dtype)
         self.conv2 = param(np.transpose(np.asarray(sd["encoder.embed.conv.2.weight"]), (2, 3, 1, 0)), dtype)
         self.conv2_bias = param(sd["encoder.embed.conv.2.bias"], dtype)
+        more = range(4, 2 * config.n_convs, 2)  # conv2d8's third convolution: embed.conv.4
+        self.more_kernels = nnx.List(
+            [param(np.transpose(np.asarray(sd[f"encoder.embed.conv.{k}.weight"]), (2, 3, 1, 0)), dtype) for k in more]
+        )
+        self.more_biases = nnx.List([param(sd[f"encoder.embed.conv.{k}.bias"], dtype) for k in more])
         # torch flattens (channel, mel) channel-major (x.transpose(1, 2).view(b, t, c * f)); the kernel's rows are
         # reordered to mel-major once here, so that embed flattens its NHWC output without a transpose.
         w, f = config.width, config.subsampled_mels
@@ -215,12 +238,14 @@ class OwsmEncoder(nnx.Module):
         x = features.astype(self.conv1.dtype)  # NHWC with H = frames, W = mels, one channel
         x = subsample_convs(x, self.conv1[...], self.conv1_bias[...], self.conv2[...])
         x = jax.nn.relu(x + self.conv2_bias[...])
+        for kernel, bias in zip(self.more_kernels, self.more_biases, strict=True):
+            x = jax.nn.relu(conv_stride2(x, kernel[...]) + bias[...])
         b, t, f, c = x.shape
         x = self.embed_out(x.reshape(b, t, f * c))  # mel-major, as embed_out's kernel rows are ordered (__init__)
         if t > self.positions.shape[0]:
             raise ShapeError(
                 f"features give {t} encoder frames; the model is built for windows of at most "
-                f"{self.positions.shape[0]} (30 s)"
+                f"{self.positions.shape[0]} ({self.config.frontend.speech_seconds:g} s)"
             )
         return x * math.sqrt(self.config.width) + self.positions[...][:t].astype(x.dtype)
 
@@ -252,6 +277,8 @@ def encoder_shapes(config: OwsmConfig) -> dict[str, tuple[int, ...]]:
         "encoder.embed.conv.0.bias": (w,),
         "encoder.embed.conv.2.weight": (w, w, 3, 3),
         "encoder.embed.conv.2.bias": (w,),
+        **{f"encoder.embed.conv.{k}.weight": (w, w, 3, 3) for k in range(4, 2 * config.n_convs, 2)},
+        **{f"encoder.embed.conv.{k}.bias": (w,) for k in range(4, 2 * config.n_convs, 2)},
         "encoder.embed.out.0.weight": (w, w * config.subsampled_mels),
         "encoder.embed.out.0.bias": (w,),
         "encoder.after_norm.weight": (w,),

@@ -4,7 +4,10 @@ layout, and ESPnet's frontend, encoder, decoder and search run on it.
 Real OWSM v3.1 base widths (768 wide, 12 heads, 3072-wide feed-forwards and cgMLP, 31-tap convolutions), depth cut to
 2 encoder and 2 decoder blocks, a 10 s window instead of 30 s (the arithmetic is the same; CI time is 3x less), a token
 list with OWSM's special tokens (languages, tasks, 1501 timestamps) around a small SentencePiece BPE trained on the
-FLEURS transcripts.
+FLEURS transcripts. ``VARIANTS`` names what OWSM v4 (``owsm_v4_base_102M``'s published config: ``input_layer:
+conv2d8``, 128 mel bins) changes on the same widths.
+
+The reference is ESPnet 202611 (``ESPNET``, the Makefile's pin), checked at import.
 
 ESPnet is installed for tests with --no-deps (Makefile, setup-test). Its ``espnet2.tasks.s2t`` imports torchaudio at
 module level (for enhancement and codec modules OWSM does not use), and no torchaudio build matches this project's
@@ -43,10 +46,15 @@ def _torchaudio_placeholder() -> None:
 
 _torchaudio_placeholder()
 
+import espnet  # noqa: E402
 import torch  # noqa: E402
 from espnet2.bin.s2t_inference import Speech2Text  # noqa: E402
 from espnet2.bin.s2t_inference_language import Speech2Language  # noqa: E402
 from espnet2.tasks.s2t import S2TTask  # noqa: E402
+
+ESPNET = "202611"
+if espnet.__version__ != ESPNET:
+    raise ImportError(f"the OWSM parity tests are pinned to ESPnet {ESPNET}, not {espnet.__version__}: make setup-test")
 
 SAMPLE_RATE = 16000
 SECONDS = 10  # the test window (OWSM's is 30)
@@ -74,6 +82,11 @@ ENCODER = dict(
 )
 DECODER = dict(attention_heads=12, linear_units=3072, num_blocks=2)
 FRONTEND = dict(n_fft=512, win_length=400, hop_length=160, fs="16k")
+# What each family member changes in ENCODER and FRONTEND (OWSM v4 base/small/medium: conv2d8, 128 mels).
+VARIANTS = {
+    "v3.1": dict(input_layer="conv2d", n_mels=80),
+    "v4": dict(input_layer="conv2d8", n_mels=128),
+}
 EXP = "exp/s2t_train_s2t_ebf_test_raw_bpe"
 STATS = "exp/s2t_stats_raw_bpe/train/feats_stats.npz"
 BPE = "data/token_list/bpe_unigram/bpe.model"
@@ -90,8 +103,10 @@ def token_list(pieces: list[str]) -> list[str]:
     return head + [p for p in pieces if p not in head] + ["<sos>", "<eos>", "<sop>"]
 
 
-def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0) -> pathlib.Path:
-    """Build a random OWSM with ``S2TTask.build_model`` and save it under ``root`` as ESPnet publishes models."""
+def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, variant: str = "v3.1") -> pathlib.Path:
+    """Build a random OWSM (``VARIANTS[variant]``) with ``S2TTask.build_model`` and save it under ``root`` as ESPnet
+    publishes models."""
+    changes = VARIANTS[variant]
     import sentencepiece as spm
 
     (root / BPE).parent.mkdir(parents=True, exist_ok=True)
@@ -112,9 +127,9 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0) -> 
     args = S2TTask.get_parser().parse_args(["--output_dir", str(root / EXP), "--token_list", str(root / "x")])
     args.token_list = tokens
     args.token_type, args.bpemodel = "bpe", BPE
-    args.frontend, args.frontend_conf = "default", dict(FRONTEND)
+    args.frontend, args.frontend_conf = "default", dict(FRONTEND, n_mels=changes["n_mels"])
     args.specaug, args.normalize, args.normalize_conf = None, "global_mvn", {"stats_file": str(root / STATS)}
-    args.encoder, args.encoder_conf = "e_branchformer", dict(ENCODER)
+    args.encoder, args.encoder_conf = "e_branchformer", dict(ENCODER, input_layer=changes["input_layer"])
     args.decoder, args.decoder_conf = "transformer", dict(DECODER)
     args.model_conf = {"ctc_weight": 0.3, "lsm_weight": 0.1, "length_normalized_loss": False, "sym_na": "<na>"}
     args.preprocessor_conf = {
@@ -126,7 +141,7 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0) -> 
         "first_time_symbol": "<0.00>",
         "last_time_symbol": f"<{SECONDS:.2f}>",
     }
-    _write_stats(root / STATS, fleurs_dir)
+    _write_stats(root / STATS, fleurs_dir, changes["n_mels"])
     torch.manual_seed(seed)
     model = S2TTask.build_model(args).eval()
     gen = torch.Generator().manual_seed(seed)
@@ -147,11 +162,11 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0) -> 
     return root
 
 
-def _write_stats(path: pathlib.Path, fleurs_dir: pathlib.Path) -> None:
+def _write_stats(path: pathlib.Path, fleurs_dir: pathlib.Path, n_mels: int) -> None:
     """Global MVN statistics of the unnormalised log-mel frames of a few real clips, as collect_stats writes them."""
     from espnet2.asr.frontend.default import DefaultFrontend
 
-    frontend = DefaultFrontend(n_fft=512, win_length=400, hop_length=160, fs="16k").eval()
+    frontend = DefaultFrontend(**FRONTEND, n_mels=n_mels).eval()
     feats = []
     with torch.no_grad():
         for stem in ("fleurs-en-001", "fleurs-pt-001"):

@@ -61,7 +61,7 @@ def _close(ours, theirs, what, rel=REL):
 
 @pytest.mark.parametrize("task", ["transcribe", "translate"])
 def test_loss_and_gradients_equal_espnet(owsm, task):
-    from espnet.nets.pytorch_backend.transformer.label_smoothing_loss import LabelSmoothingLoss
+    from espnet2.legacy.nets.pytorch_backend.transformer.label_smoothing_loss import LabelSmoothingLoss
 
     from engine.models.owsm.trainer import espnet_tensors
 
