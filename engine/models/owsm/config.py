@@ -30,6 +30,7 @@ SAMPLE_RATE = 16000  # Hz; OWSM's frontend is built with fs 16k
 LN_EPS = 1e-12  # ESPnet's LayerNorm (espnet2.legacy.nets.pytorch_backend.transformer.layer_norm) passes eps=1e-12
 # input_layer -> time subsampling: conv2d is two 3x3 convolutions of stride 2 over (frame, mel), conv2d8 three.
 SUBSAMPLINGS = {"conv2d": 4, "conv2d8": 8}
+_OTHER_TASKS = ("<asr>", "<pr>", "<g2p>", "<p2g>")  # task tokens besides translation's <st_xxx>
 
 # ESPnet's defaults for the fields babelgrid reads (a config.yaml written by ESPnet holds every field it was given;
 # constructor defaults fill the rest): DefaultFrontend, EBranchformerEncoder, TransformerDecoder.
@@ -186,21 +187,21 @@ class OwsmConfig:
             ) from None
 
     def languages(self) -> tuple[str, ...]:
-        """Language tokens (``<eng>``, ``<deu>``, ...): the three-letter ones between ``<nospeech>`` and ``<asr>``."""
-        tokens = self.token_list
-        start, stop = tokens.index("<nospeech>") + 1, tokens.index("<asr>")
-        return tuple(tokens[start:stop])
+        """Language tokens (``<eng>``, ``<deu>``, ...): those between ``<nospeech>`` and the first task token."""
+        start, stop = self.language_range
+        return self.token_list[start : stop + 1]
 
     def tasks(self) -> tuple[str, ...]:
-        """Task tokens: ``<asr>``, then ``<st_xxx>`` for each translation target."""
-        return tuple(t for t in self.token_list if t == "<asr>" or t.startswith("<st_"))
+        """Task tokens: ``<asr>``, ``<st_xxx>`` for each translation target, and POWSM's phone recognition ``<pr>``,
+        G2P ``<g2p>`` and P2G ``<p2g>``."""
+        return tuple(t for t in self.token_list if t in _OTHER_TASKS or t.startswith("<st_"))
 
     @property
     def language_range(self) -> tuple[int, int]:
         """Ids of the first and last language tokens (``languages()``, contiguous): ``Speech2Language``'s
         ``first_lang_sym`` and ``last_lang_sym`` (its defaults ``<abk>`` and ``<zul>`` are OWSM v3.1's ends)."""
         start = self.token_list.index("<nospeech>") + 1
-        return start, self.token_list.index("<asr>") - 1
+        return start, min(self.token_list.index(t) for t in self.tasks()) - 1
 
     @property
     def timestamp_range(self) -> tuple[int, int]:
@@ -268,7 +269,7 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
         if width % int(n):
             raise CheckpointError(f"{source}: {key} {n} does not divide the width {width}")
     tokens = tuple(str(t) for t in token_list)
-    for special in ("<blank>", "<sos>", "<eos>", "<na>", "<notimestamps>"):
+    for special in ("<blank>", "<sos>", "<eos>", "<na>", "<nospeech>", "<asr>", "<notimestamps>"):
         if special not in tokens:
             raise CheckpointError(f"{source}: the token list lacks {special}; is it OWSM's token list?")
     return OwsmConfig(

@@ -5,7 +5,8 @@ Real OWSM v3.1 base widths (768 wide, 12 heads, 3072-wide feed-forwards and cgML
 2 encoder and 2 decoder blocks, a 10 s window instead of 30 s (the arithmetic is the same; CI time is 3x less), a token
 list with OWSM's special tokens (languages, tasks, 1501 timestamps) around a small SentencePiece BPE trained on the
 FLEURS transcripts. ``VARIANTS`` names what OWSM v4 (``owsm_v4_base_102M``'s published config: ``input_layer:
-conv2d8``, 128 mel bins) changes on the same widths.
+conv2d8``, 128 mel bins) and POWSM (``espnet/powsm``: a 20 s window, 40 ms timestamps, the tasks ``<pr>`` phone
+recognition, ``<g2p>``, ``<p2g>``, and IPA phones as ``/p/`` tokens) change on the same widths.
 
 The reference is ESPnet 202611 (``ESPNET``, the Makefile's pin), checked at import.
 
@@ -83,10 +84,13 @@ ENCODER = dict(
 DECODER = dict(attention_heads=12, linear_units=3072, num_blocks=2)
 FRONTEND = dict(n_fft=512, win_length=400, hop_length=160, fs="16k")
 # What each family member changes in ENCODER and FRONTEND (OWSM v4 base/small/medium: conv2d8, 128 mels).
+V31 = dict(input_layer="conv2d", n_mels=80, seconds=SECONDS, resolution=0.02, tasks=TASKS, phones=())
 VARIANTS = {
-    "v3.1": dict(input_layer="conv2d", n_mels=80),
-    "v4": dict(input_layer="conv2d8", n_mels=128),
-}
+    "v3.1": V31,
+    "v4": dict(V31, input_layer="conv2d8", n_mels=128),
+    "powsm": dict(V31, seconds=20, resolution=0.04, tasks=("<asr>", "<pr>", "<g2p>", "<p2g>"),
+                  phones=tuple(f"/{p}/" for p in ("a", "e", "i", "o", "u", "p", "pʰ", "t", "k", "s", "n", "m", "ɾ"))),
+}  # fmt: skip
 EXP = "exp/s2t_train_s2t_ebf_test_raw_bpe"
 STATS = "exp/s2t_stats_raw_bpe/train/feats_stats.npz"
 BPE = "data/token_list/bpe_unigram/bpe.model"
@@ -96,10 +100,13 @@ def real_clips(fleurs_dir: pathlib.Path) -> list[np.ndarray]:
     return [load_audio(fleurs_dir / f"{stem}.ogg") for stem, _ in CLIPS]
 
 
-def token_list(pieces: list[str]) -> list[str]:
-    """OWSM's order: blank, unk, na, nospeech, languages, tasks, notimestamps, timestamps, BPE pieces, sos, eos, sop."""
-    times = [f"<{0.02 * i:.2f}>" for i in range(int(SECONDS / 0.02) + 1)]
-    head = ["<blank>", "<unk>", "<na>", "<nospeech>", *LANGUAGES, *TASKS, "<notimestamps>", *times]
+def token_list(pieces: list[str], variant: dict = V31) -> list[str]:
+    """OWSM's order: blank, unk, na, nospeech, languages, tasks, notimestamps, timestamps, (POWSM's phones,) BPE pieces,
+    sos, eos, sop."""
+    step = variant["resolution"]
+    times = [f"<{step * i:.2f}>" for i in range(round(variant["seconds"] / step) + 1)]
+    head = ["<blank>", "<unk>", "<na>", "<nospeech>", *LANGUAGES, *variant["tasks"], "<notimestamps>", *times,
+            *variant["phones"]]  # fmt: skip
     return head + [p for p in pieces if p not in head] + ["<sos>", "<eos>", "<sop>"]
 
 
@@ -121,7 +128,8 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, var
         minloglevel=2,
     )
     sp = spm.SentencePieceProcessor(model_file=str(root / BPE))
-    tokens = token_list([sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.id_to_piece(i) != "<unk>"])
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.id_to_piece(i) != "<unk>"]
+    tokens = token_list(pieces, changes)
     (root / BPE).with_name("tokens.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
 
     args = S2TTask.get_parser().parse_args(["--output_dir", str(root / EXP), "--token_list", str(root / "x")])
@@ -134,12 +142,12 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, var
     args.model_conf = {"ctc_weight": 0.3, "lsm_weight": 0.1, "length_normalized_loss": False, "sym_na": "<na>"}
     args.preprocessor_conf = {
         "fs": SAMPLE_RATE,
-        "speech_length": SECONDS,
-        "speech_resolution": 0.02,
+        "speech_length": changes["seconds"],
+        "speech_resolution": changes["resolution"],
         "na_symbol": "<na>",
         "notime_symbol": "<notimestamps>",
         "first_time_symbol": "<0.00>",
-        "last_time_symbol": f"<{SECONDS:.2f}>",
+        "last_time_symbol": f"<{changes['seconds']:.2f}>",
     }
     _write_stats(root / STATS, fleurs_dir, changes["n_mels"])
     torch.manual_seed(seed)

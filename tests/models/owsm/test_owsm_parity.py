@@ -1,7 +1,8 @@
-"""OWSM v3.1 and v4 against ESPnet's own PyTorch modules and search, on real FLEURS clips and random models ESPnet
-builds.
+"""OWSM v3.1, v4 and POWSM against ESPnet's own PyTorch modules and search, on real FLEURS clips and random models
+ESPnet builds.
 
-Every test that reads the model runs on v3.1 (``conv2d``, 80 mels) and on v4 (``conv2d8``, 128 mels: ``any_owsm``);
+Every test that reads the model runs on v3.1 (``conv2d``, 80 mels), v4 (``conv2d8``, 128 mels) and POWSM (a 20 s
+window, phone recognition ``<pr>``): ``any_owsm``;
 the head ablation and its gradient, which read only the blocks both share, run on v3.1 (``owsm``).
 
 The model (``owsm_reference``): real base widths, 2 encoder and 2 decoder blocks, a 10 s window, saved in ESPnet's
@@ -92,7 +93,8 @@ def test_frontend_equals_espnet(any_owsm):
             feats, _ = model._extract_feats(speech, lengths)
             feats, _ = model.normalize(feats, lengths)
         _close(owsm["features"][i], feats[0].numpy(), f"clip {i} features", rel=FRONTEND_REL)
-    assert owsm["features"].shape[1] == 1 + ref.SECONDS * ref.SAMPLE_RATE // 160  # centred 10 ms frames
+    seconds = ref.VARIANTS[owsm["variant"]]["seconds"]
+    assert owsm["features"].shape[1] == 1 + seconds * ref.SAMPLE_RATE // 160  # centred 10 ms frames of the window
 
 
 def test_every_encoder_layer_equals_espnet(any_owsm):
@@ -102,8 +104,10 @@ def test_every_encoder_layer_equals_espnet(any_owsm):
     states = np.asarray(owsm["states"])
     n_layer = ours.config.n_layer
     assert states.shape == (n_layer + 2, len(owsm["clips"]), ours.config.n_frames, 768)
-    convs = {"conv2d": 2, "conv2d8": 3}[ref.VARIANTS[owsm["variant"]]["input_layer"]]
-    assert ours.config.n_frames == subsampled(1 + ref.SECONDS * 100, convs)  # 40 ms frames (conv2d), 80 ms (conv2d8)
+    variant = ref.VARIANTS[owsm["variant"]]
+    convs = {"conv2d": 2, "conv2d8": 3}[variant["input_layer"]]
+    assert ours.config.n_frames == subsampled(1 + variant["seconds"] * 100, convs)  # 40 ms (conv2d), 80 ms (conv2d8)
+    assert ours.config.frontend.speech_seconds == variant["seconds"]
     assert owsm["features"].shape[-1] == ref.VARIANTS[owsm["variant"]]["n_mels"]
     for i in range(len(owsm["clips"])):
         feats = torch.from_numpy(owsm["features"][i : i + 1])
@@ -157,7 +161,7 @@ def test_greedy_tokens_equal_espnet_search(any_owsm):
     s2t, ours = owsm["s2t"], owsm["ours"]
     memory = owsm["states"][-1]
     for i, (clip, (_, lang)) in enumerate(zip(owsm["clips"], ref.CLIPS, strict=True)):
-        for task in ("<asr>", "<st_eng>"):
+        for task in ref.VARIANTS[owsm["variant"]]["tasks"][:2]:  # <asr>, <st_eng>; POWSM's <asr>, <pr>
             hyp = s2t(clip, lang_sym=lang, task_sym=task)[0][4]
             theirs = hyp.yseq.tolist()[4:]  # after <sos> <lang> <task> <notimestamps>
             eos = ours.config.token_id("<eos>")
@@ -187,7 +191,7 @@ def test_beam_search_equals_espnet_beam_search(any_owsm):
     memory, eos = owsm["states"][-1], ours.config.token_id("<eos>")
     languages = [lang for _, lang in ref.CLIPS]
     lengths = []
-    for task in ("<asr>",):
+    for task in ("<pr>",) if owsm["variant"] == "powsm" else ("<asr>",):  # POWSM: phone recognition
         tokens, n, score = ours.beam(memory, languages, task, beam=BEAM, max_tokens=MAX_TOKENS)
         for i, clip in enumerate(owsm["clips"]):
             hyp = s2t(clip, lang_sym=languages[i], task_sym=task)[0][4]
