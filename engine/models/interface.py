@@ -235,14 +235,16 @@ class LoadedEncoder(Checkpointed):
 # ``caps`` first) and never a family's name or loader. Whisper, OWSM and Canary implement it in their folders
 # (``text_decoder.py``).
 
-TASKS = ("transcribe", "translate")  # the decode job's tasks: X -> X, and X -> English
+# The decode job's tasks: X -> X, X -> English, and speech -> IPA phones (a phone recogniser's: POWSM's <pr>).
+TASKS = ("transcribe", "translate", "phones")
+TEXT_TASKS = ("transcribe", "translate")  # what a speech-to-text decoder offers
 
 
 @dataclasses.dataclass(frozen=True)
 class DecoderCaps:
     """What a text decoder can do, declared by its family."""
 
-    tasks: tuple[str, ...] = TASKS  # the tasks it has a prompt for
+    tasks: tuple[str, ...] = TEXT_TASKS  # the tasks it has a prompt for
     beam: bool = True  # decodings beam:N
     # the decode flags its beam search honours besides N ("patience", "length_penalty"); any other is refused when
     # not at its default, rather than ignored

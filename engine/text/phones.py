@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import shutil
 
 from engine.errors import BabelgridError, LanguageError
@@ -124,6 +125,23 @@ def phonemize_words(lang: str, words: list[str]) -> list[tuple[str, ...]]:
     # One call for all words: espeak starts once. The word separator keeps words apart; there is one word per line.
     text = backend.phonemize(list(words), separator=Separator(phone="", word=" ", syllable=""), strip=True, njobs=1)
     return [ipa_segments(t.replace(" ", "")) for t in text]
+
+
+# A phone-recognition model's output (POWSM's ``<pr>`` task): every phone a ``/.../`` token, word breaks dropped.
+_PHONE_TOKEN = re.compile(r"/([^/]+)/")
+
+
+def phone_tokens(text: str) -> tuple[str, ...]:
+    """The IPA segments of a phone recogniser's output (``/pʰ//ɔ//s/`` -> ``pʰ ɔ s``): each ``/.../`` token cleaned
+    to panphon's segments as espeak's are (``ipa_segments``), so that both sides of a phone error rate spell a sound
+    alike; text outside the slashes is dropped."""
+    return tuple(seg for phone in _PHONE_TOKEN.findall(text) for seg in ipa_segments(phone))
+
+
+def sentence_phones(lang: str, words: list[str]) -> tuple[str, ...]:
+    """The IPA segments of a sentence's words (``phonemize_words``) in order, word breaks dropped: the reference of a
+    phone error rate."""
+    return tuple(seg for word in phonemize_words(lang, words) for seg in word)
 
 
 def phone_distance(a: tuple[str, ...], b: tuple[str, ...]) -> float:

@@ -1,13 +1,13 @@
 """OWSM's text decoder behind ``engine.models.interface.Decoder`` (decode's one decoder path).
 
 Prompt ``<sos> <lang> <task> <notimestamps>`` (``decoder.prompt``): task ``transcribe`` is ``<asr>``, ``translate``
-``<st_eng>``, the language the store language's ISO 639-3 token (``languages.owsm_language``: ``en`` -> ``<eng>``;
-``--decode_as de=xxx`` names another), or with ``--language detect`` each window's own, ESPnet's
-``Speech2Language`` on the memory decoded. Memory: the decoder reads all of a window's frames, so decode recomputes
-them from the audio: ``windows`` are the window features, ``memories`` the encoder run once per batch and each
-layer's states, through ``after_norm`` or not. Search: greedy or ESPnet's beam search (``beam``); ``avg_logprob``
-the mean log-probability of the tokens and ``<eos>`` (teacher-forced). The CTC head (``--decoding ctc``) reads the
-store's states, window by window as ESPnet decodes each.
+``<st_eng>``, ``phones`` POWSM's ``<pr>`` (``/p/`` tokens, scored as a phone error rate); the language the store
+language's ISO 639-3 token (``languages.owsm_language``: ``en`` -> ``<eng>``; ``--decode_as de=xxx`` names another),
+or with ``--language detect`` each window's own, ESPnet's ``Speech2Language`` on the memory decoded. Memory: the
+decoder reads all of a window's frames, so decode recomputes them from the audio: ``windows`` are the window features,
+``memories`` the encoder run once per batch and each layer's states, through ``after_norm`` or not. Search: greedy or
+ESPnet's beam search (``beam``); ``avg_logprob`` the mean log-probability of the tokens and ``<eos>``
+(teacher-forced). The CTC head (``--decoding ctc``) reads the store's states, window by window as ESPnet decodes each.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from engine.models.owsm.encoder import OwsmEncoder
 from engine.models.owsm.languages import owsm_language
 from engine.models.owsm.loaded import LoadedOwsm, load_owsm
 
-TASK_TOKENS = {"transcribe": "<asr>", "translate": "<st_eng>"}  # the job's task names -> OWSM's task tokens
+# The job's task names -> OWSM's task tokens; phones is POWSM's phone recognition.
+TASK_TOKENS = {"transcribe": "<asr>", "translate": "<st_eng>", "phones": "<pr>"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -50,7 +50,10 @@ class DecodeConfig:
         None, "encoder layers of the store to decode from: a list (2,4), a range (2-7) or all", parse="layers"
     )
     tasks: tuple[str, ...] = option(
-        ("transcribe",), "comma-separated: transcribe, translate (to English)", choices=TASKS, parse="list"
+        ("transcribe",),
+        "comma-separated: transcribe, translate (to English), phones (IPA, a phone recogniser's: POWSM)",
+        choices=TASKS,
+        parse="list",
     )
     ln_post: str = option("on", "apply ln_post to intermediate layers (L+1 has it already); both doubles the work",
                           choices=LN_POST)  # fmt: skip

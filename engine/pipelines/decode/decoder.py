@@ -134,6 +134,15 @@ def check_decoder(config: DecodeConfig, reader, decoder) -> tuple[list[str], lis
             "task translate needs English references: the store has no English language; pass --references with a "
             "TSV file of id<TAB>English text"
         )
+    if "phones" in config.tasks:
+        from engine.text import phones  # lazy: phonemizer, only for the phones task
+
+        unvoiced = [lang for lang, token in languages.items() if token and not phones.covers(_text_language(lang))]
+        if unvoiced:
+            raise DecodeError(
+                "task phones is scored against espeak-ng's phones of the transcription, and espeak-ng has no voice "
+                f"for {', '.join(unvoiced)}: leave {'them' if len(unvoiced) > 1 else 'it'} out with --langs"
+            )
     return langs, layers, languages
 
 
@@ -300,7 +309,8 @@ def _row(columns, skipped, decoder, lang, row, u, part, label, ids, avg, english
     task, decoding, layer, ln_post = part
     text = decoder.text(ids)
     if reference is _UNSET:
-        reference = row.transcription if task == "transcribe" else english.get(row.id)
+        # phones: the transcription, phonemised when scored (merge.score_rows)
+        reference = english.get(row.id) if task == "translate" else row.transcription
         if not reference:
             skipped.append((lang, row.id, task, "no_reference"))
             reference = None

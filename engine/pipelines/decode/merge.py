@@ -20,7 +20,7 @@ from engine.stores.parts import read_part, table_bytes
 from engine.stores.schema import is_done
 from engine.text import metrics as text_metrics
 
-METRICS = ("wer", "cer", "bleu", "chrf")
+TASK_METRICS = {"transcribe": ("wer", "cer"), "translate": ("bleu", "chrf"), "phones": ("per",)}
 
 
 def _not_encoded_reason(path: str) -> str:
@@ -41,7 +41,9 @@ def score_rows(table: pa.Table, codes: Mapping[str, str]) -> list[dict]:
 
     ``codes``: the Whisper code each store language's transcription is written in (``--decode_as`` applied). It picks
     the normaliser and tokeniser for transcribe, not the hypothesis' language token, which ``--language detect`` may
-    set to another language per utterance; translate is scored as English."""
+    set to another language per utterance; translate is scored as English. phones: PER, the phone error rate (jiwer's
+    WER over IPA segments) of the hypothesis' ``/.../`` phones against espeak-ng's phones of the normalised reference
+    words in the language's voice (``engine.text.phones``)."""
     df = table.to_pandas()
     df = df[df["reference"].notna()]
     out = []
@@ -52,15 +54,23 @@ def score_rows(table: pa.Table, codes: Mapping[str, str]) -> list[dict]:
         norm = text_metrics.normalizer_for(target)
         refs = [norm(r) for r in g["reference"]]
         hyps = [norm(h) for h in g["hypothesis"]]
+        if task == "phones":
+            from engine.text import phones  # lazy: phonemizer, only for the phones task
+
+            refs = [" ".join(phones.sentence_phones(target, r.split())) for r in refs]
+            hyps = [" ".join(phones.phone_tokens(h)) for h in g["hypothesis"]]
         if not any(r.split() for r in refs):
             continue
-        values = {
-            "wer": text_metrics.error_rate(refs, hyps, "word", normalize=False),
-            "cer": text_metrics.error_rate(refs, hyps, "char", normalize=False),
-            "bleu": text_metrics.bleu(refs, hyps, target),
-            "chrf": text_metrics.chrf(refs, hyps),
-        }
-        for metric in METRICS:
+        if task == "phones":
+            values = {"per": text_metrics.error_rate(refs, hyps, "word", normalize=False)}
+        else:
+            values = {
+                "wer": text_metrics.error_rate(refs, hyps, "word", normalize=False),
+                "cer": text_metrics.error_rate(refs, hyps, "char", normalize=False),
+                "bleu": text_metrics.bleu(refs, hyps, target),
+                "chrf": text_metrics.chrf(refs, hyps),
+            }
+        for metric in TASK_METRICS[task] if task == "phones" else ("wer", "cer", "bleu", "chrf"):
             out.append(
                 dict(
                     language=lang,

@@ -9,11 +9,12 @@ import pyarrow as pa
 
 from engine import captions
 
-METRIC_NAMES = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "chrf": "chrF"}
+METRIC_NAMES = {"wer": "WER", "cer": "CER", "bleu": "BLEU", "chrf": "chrF", "per": "PER"}
 # scores.csv keeps WER and CER as fractions (docs/outputs.md); what a person reads (report.md, the figures, the README)
 # shows them in percent, on the scale BLEU and chrF already have
-PERCENT = {"wer": 100.0, "cer": 100.0, "bleu": 1.0, "chrf": 1.0}
-AXIS_LABELS = {"wer": "WER (%)", "cer": "CER (%)", "bleu": "BLEU", "chrf": "chrF"}
+PERCENT = {"wer": 100.0, "cer": 100.0, "bleu": 1.0, "chrf": 1.0, "per": 100.0}
+AXIS_LABELS = {"wer": "WER (%)", "cer": "CER (%)", "bleu": "BLEU", "chrf": "chrF", "per": "PER (%)"}
+SHOWN = {"transcribe": ("wer", "cer"), "translate": ("bleu", "chrf"), "phones": ("per",)}  # the table's cells
 
 
 def _label(layer: int, ln_post: bool) -> str:
@@ -22,7 +23,7 @@ def _label(layer: int, ln_post: bool) -> str:
 
 def scores_table(scores: list[dict]) -> str:
     """A Markdown table: one row per (task, decoding, ln_post, language), one column per layer, cells
-    ``WER/CER`` in percent for transcribe and ``BLEU/chrF`` for translate."""
+    ``WER/CER`` in percent for transcribe, ``BLEU/chrF`` for translate and PER in percent for phones."""
     if not scores:
         return "(nothing scored)"
     layers = sorted({s["layer"] for s in scores})
@@ -35,14 +36,12 @@ def scores_table(scores: list[dict]) -> str:
         "| --- | --- | --- | --- | " + " | ".join("---:" for _ in layers) + " |",
     ]
     for (task, decoding, ln_post, lang), by_layer in sorted(cells.items()):
-        pair = ("wer", "cer") if task == "transcribe" else ("bleu", "chrf")
         row = []
         for la in layers:
             v = by_layer.get(la)
-            row.append("" if v is None else f"{100 * v[pair[0]]:.1f}/{100 * v[pair[1]]:.1f}" if pair[0] == "wer"
-                       else f"{v[pair[0]]:.1f}/{v[pair[1]]:.1f}")  # fmt: skip
+            row.append("" if v is None else "/".join(f"{PERCENT[m] * v[m]:.1f}" for m in SHOWN[task]))
         lines.append(f"| {task} | {decoding} | {'on' if ln_post else 'off'} | {lang} | " + " | ".join(row) + " |")
-    head = "WER/CER in % (transcribe) and BLEU/chrF (translate) by encoder layer:"
+    head = "WER/CER in % (transcribe), BLEU/chrF (translate) and PER in % (phones) by encoder layer:"
     return "\n".join([head, "", *lines])
 
 

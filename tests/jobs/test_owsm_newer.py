@@ -1,0 +1,148 @@
+"""OWSM v4 and POWSM through the jobs: random models that ESPnet 202611 builds in their published shapes
+(``tests/models/owsm/owsm_reference.py``: v4's ``conv2d8`` and 128 mels; POWSM's 20 s window and ``<pr>`` task) encode
+real FLEURS clips (English and German) through the encode job's library entry point, seqsim runs on the v4 store, and
+decode runs POWSM's phone recognition (``--tasks phones``) and transcription.
+
+Checked against ESPnet and the field's libraries:
+- the v4 store's top layer equals ESPnet's encoder on ESPnet's frontend within 5e-5 of its peak (the frontend's bound,
+  tests/models/owsm/test_owsm_parity.py), at 80 ms frames;
+- POWSM's ``phones`` hypotheses are ESPnet's ``Speech2Text`` tokens with ``task_sym="<pr>"``, token for token;
+- its PER is jiwer's WER over the phones that phonemizer (espeak-ng) gives the reference's words, against the
+  hypothesis' ``/.../`` phones, both cleaned to panphon's segments as ``engine.text.phones`` does;
+- a model without ``<pr>`` refuses ``--tasks phones`` in one line naming the tasks it has.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import jiwer
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from engine.data.audio import load_audio
+from engine.errors import BabelgridError
+from engine.pipelines.decode.config import DecodeConfig
+from engine.pipelines.decode.run import run_decode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
+from engine.runtime.options import configure
+from engine.stores.reader import open_store
+from engine.text.metrics import normalizer_for
+from tests.models.owsm import owsm_reference as ref
+
+CLIPS = {"en": ("fleurs-en-000", "fleurs-en-001"), "de": ("fleurs-de-000", "fleurs-de-001")}
+MAX_TOKENS = 12
+TOP = 3  # L+1 of the 2-block models
+
+
+def _encode(root, fleurs_dir, variant):
+    model = ref.write_model(root / f"model-{variant}", fleurs_dir, variant=variant)
+    clips = root / "clips"
+    if not clips.exists():
+        for lang, stems in CLIPS.items():
+            (clips / lang).mkdir(parents=True)
+            for i, stem in enumerate(stems):
+                for ext in (".ogg", ".txt"):
+                    (clips / lang / f"u{i}{ext}").symlink_to(fleurs_dir / f"{stem}{ext}")
+    store = root / f"store-{variant}"
+    run_encode(configure(EncodeConfig, model=str(model), dataset=f"folder:{clips}", out=str(store), progress=False))
+    return model, store
+
+
+@pytest.fixture(scope="module")
+def v4(tmp_path_factory, fleurs_dir):
+    root = tmp_path_factory.mktemp("owsm-v4")
+    model, store = _encode(root, fleurs_dir, "v4")
+    run_similarity(configure(SimilarityConfig, store=str(store), out=str(root / "sim"), measures=("seqsim",),
+                             progress=False))  # fmt: skip
+    return dict(root=root, model=model, store=store)
+
+
+@pytest.fixture(scope="module")
+def powsm(tmp_path_factory, fleurs_dir):
+    root = tmp_path_factory.mktemp("powsm")
+    model, store = _encode(root, fleurs_dir, "powsm")
+    out = root / "decode"
+    run_decode(configure(DecodeConfig, store=str(store), model=str(model), out=str(out), layers=(TOP,),
+                         tasks=("phones", "transcribe"), max_new_tokens=MAX_TOKENS, progress=False))  # fmt: skip
+    return dict(root=root, model=model, store=store, decode=out)
+
+
+def test_v4_store_has_80_ms_frames_and_equals_espnet(v4, fleurs_dir):
+    reader = open_store(str(v4["store"]))
+    assert reader.info.frame_rate == 12.5 and reader.info.layers == (0, 1, 2, TOP)
+    s2t = ref.speech2text(v4["model"], MAX_TOKENS)
+    audio = load_audio(fleurs_dir / "fleurs-en-000.ogg")[: ref.SECONDS * ref.SAMPLE_RATE]
+    n = ref.SECONDS * ref.SAMPLE_RATE
+    speech = torch.from_numpy(np.pad(audio, (0, n - len(audio))))[None]
+    with torch.no_grad():
+        out, _ = s2t.s2t_model.encode(speech, torch.tensor([n]))
+    index = [r.id for r in reader.arrays("en").rows].index("u0")  # 13.6 s: two windows of 10 s
+    states, _ = reader.language_layer("en", TOP, [index], np.float32, frames=int(reader.lengths("en")[index]))
+    first = (((1 + n // 160 - 1) // 2 - 1) // 2 - 1) // 2  # the first window's: three stride-2 convolutions
+    theirs = out[0, :first].numpy()
+    assert np.abs(states[0, :first] - theirs).max() <= 5e-5 * np.abs(theirs).max()
+    assert (v4["root"] / "sim").is_dir()
+
+
+def test_powsm_phone_tokens_equal_espnet_pr_task(powsm, fleurs_dir):
+    s2t = ref.speech2text(powsm["model"], MAX_TOKENS)
+    table = pq.read_table(powsm["decode"] / "hypotheses.parquet").to_pandas()
+    phones = table[table["task"] == "phones"]
+    assert len(phones) == 4
+    from engine.models.owsm.loaded import load_owsm
+
+    ours = load_owsm(powsm["model"])
+    eos = ours.config.token_id("<eos>")
+    for lang, stems in CLIPS.items():
+        for i, stem in enumerate(stems):
+            hyp = s2t(load_audio(fleurs_dir / f"{stem}.ogg"), lang_sym=ref.LANGUAGES[("en", "de").index(lang)],
+                      task_sym="<pr>")[0][4]  # fmt: skip
+            tokens = hyp.yseq.tolist()[4:]
+            tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
+            row = phones[(phones["language"] == lang) & (phones["id"] == f"u{i}")].iloc[0]
+            assert row["hypothesis"] == ours.text(tokens), (lang, i)
+
+
+def test_powsm_per_is_jiwer_over_espeak_phones(powsm):
+    import panphon
+    from phonemizer.backend import EspeakBackend
+    from phonemizer.separator import Separator
+
+    table = pq.read_table(powsm["decode"] / "hypotheses.parquet").to_pandas()
+    with open(powsm["decode"] / "scores.csv", newline="") as f:
+        scores = [r for r in csv.DictReader(f) if r["task"] == "phones"]
+    assert {r["metric"] for r in scores} == {"per"}
+    segs = panphon.FeatureTable().ipa_segs
+    fix = {"ᵻ": "ɨ", "ɚ": "ər", "ɝ": "ɜr", "g": "ɡ", "r̝": "r"}  # espeak's non-IPA letters (engine.text.phones)
+
+    def clean(text):
+        for a, b in fix.items():
+            text = text.replace(a, b)
+        return segs(text)
+
+    for lang, voice in (("en", "en-us"), ("de", "de")):
+        rows = table[(table["task"] == "phones") & (table["language"] == lang)]
+        backend = EspeakBackend(voice, with_stress=False, language_switch="remove-flags")
+        refs = []
+        for text in rows["reference"]:
+            words = normalizer_for(lang)(text).split()
+            said = backend.phonemize(words, separator=Separator(phone="", word=" ", syllable=""), strip=True)
+            refs.append(" ".join(s for w in said for s in clean(w.replace(" ", ""))))
+        hyps = [" ".join(s for p in re.findall(r"/([^/]+)/", h) for s in clean(p)) for h in rows["hypothesis"]]
+        want = jiwer.wer(refs, hyps)
+        got = float(next(r["value"] for r in scores if r["language"] == lang))
+        assert got == pytest.approx(want, abs=1e-12), (lang, got, want)
+    assert "PER in %" in (powsm["decode"] / "report.md").read_text()
+
+
+def test_a_model_without_phone_recognition_refuses_the_phones_task(v4):
+    with pytest.raises(BabelgridError, match=r"task phones: .* has no prompt for it; it decodes transcribe, translate"):
+        run_decode(configure(DecodeConfig, store=str(v4["store"]), model=str(v4["model"]), out=str(v4["root"] / "d"),
+                             layers=(TOP,), tasks=("phones",), progress=False))  # fmt: skip
