@@ -13,9 +13,9 @@ Paths inside ``config.yaml`` are relative to the repository root. Without ``meta
 one ``config.yaml`` with one ``.pth`` (or ``.safetensors``) beside it. A ``.safetensors`` weights file holds the
 ``.pth``'s tensors by the same names (what ``babelgrid random-model --kind owsm`` writes) and needs no torch.
 ``token_list`` is the list itself (as OWSM's configs hold it) or a ``tokens.txt`` path. The state dict must hold
-every tensor ``encoder_shapes`` and ``decoder_shapes`` name, with those shapes; the frontend's mel matrix and the
-normaliser's buffers are recognised and left unread (babelgrid computes both from ``feats_stats.npz`` and librosa, as
-ESPnet builds them); anything else fails naming it.
+every tensor ``encoder_shapes`` and ``decoder_shapes`` (OWSM-CTC: ``ctc_model.ctc_shapes``) name, with those shapes;
+the frontend's mel matrix and the normaliser's buffers are recognised and left unread (babelgrid computes both from
+``feats_stats.npz`` and librosa, as ESPnet builds them); anything else fails naming it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from engine.models.common.io import file_sha256, folder_or_hub, read_torch_state
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state, read_safetensors
 from engine.models.owsm.config import OwsmConfig, config_from_espnet
+from engine.models.owsm.ctc_model import ctc_shapes
 from engine.models.owsm.decoder import decoder_shapes
 from engine.models.owsm.features import Stats, read_stats
 from engine.models.owsm.model import encoder_shapes
@@ -140,9 +141,15 @@ def _token_list(conf: Mapping, root: pathlib.Path, config_path: pathlib.Path) ->
 def _check(stored: Mapping[str, np.ndarray], config: OwsmConfig, source: str) -> dict[str, np.ndarray]:
     what = f"an OWSM model of {config.n_layer} encoder and {config.n_dec_layer} decoder blocks"
     check_layer_claim(stored, "encoder.encoders.", config.n_layer, "encoder block count", source)
-    check_layer_claim(stored, "decoder.decoders.", config.n_dec_layer, "decoder block count", source)
+    if config.ctc is None:
+        check_layer_claim(stored, "decoder.decoders.", config.n_dec_layer, "decoder block count", source)
+        heads = decoder_shapes(config)
+    else:
+        what = f"an OWSM-CTC model of {config.n_layer} encoder blocks"
+        check_layer_claim(stored, "prompt_encoder.encoders.", config.ctc.prompt_layers, "prompt block count", source)
+        heads = ctc_shapes(config)
     return checked_state(
-        stored, encoder_shapes(config) | decoder_shapes(config), source=source, what=what, unread=_UNREAD,
+        stored, encoder_shapes(config) | heads, source=source, what=what, unread=_UNREAD,
         config_file="config.yaml", floats=_FLOATS, local=lambda name: _NEW_SUBSAMPLING_OUT.sub(r"\1.0.\2", name),
     )  # fmt: skip
 

@@ -70,6 +70,21 @@ _ENCODER = {
     "interctc_layer_idx": None,
     "interctc_use_conditioning": False,
 }
+# EBranchformerCTCEncoder's defaults differ from EBranchformerEncoder's in these (OWSM-CTC v4 sets them all).
+_ENCODER_CTC = _ENCODER | {"input_layer": "conv2d8", "use_cross_attention": True}
+# TransformerEncoder (the prompt encoder): output_size has no default there (the task reads it).
+_PROMPT_ENCODER = {
+    "output_size": None,
+    "attention_heads": 4,
+    "linear_units": 2048,
+    "num_blocks": 6,
+    "normalize_before": True,
+    "concat_after": False,
+    "positionwise_layer_type": "linear",
+    "qk_norm": False,
+}
+_REQUIRED_PROMPT_ENCODER = {"normalize_before": True, "concat_after": False, "positionwise_layer_type": "linear",
+                            "qk_norm": False}  # fmt: skip
 _DECODER = {
     "attention_heads": 4,
     "linear_units": 2048,
@@ -93,6 +108,8 @@ _REQUIRED_ENCODER = {
     "qk_norm": False,
     "interctc_use_conditioning": False,
 }
+# OWSM-CTC: self-conditioned interior CTC heads (read at inference too), the rest as v3.1's encoder.
+_REQUIRED_ENCODER_CTC = _REQUIRED_ENCODER | {"interctc_use_conditioning": True}
 _REQUIRED_DECODER = {
     "input_layer": "embed",
     "use_output_layer": True,
@@ -126,6 +143,20 @@ class FrontendConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CtcConfig:
+    """What OWSM-CTC (``model: espnet_ctc``, ``encoder: e_branchformer_ctc``) adds to the encoder: ESPnet's
+    ``ESPnetS2TCTCModel`` and ``EBranchformerCTCEncoder`` (``engine.models.owsm.ctc_model``)."""
+
+    interctc_layers: tuple[int, ...]  # 1-based blocks after which the shared CTC head reads (and conditions)
+    cross_attention: tuple[int, ...]  # 0-based blocks with cross-attention to the prompt encoder's output
+    prompt_width: int  # the prompt encoder's (and the token embedding's) width (512)
+    prompt_layers: int
+    prompt_heads: int
+    prompt_ffn_width: int
+    asr_only: tuple[bool, ...]  # model_conf.ctc_asr_only: per interior head, then the final: trained on the transcript
+
+
+@dataclasses.dataclass(frozen=True)
 class OwsmConfig:
     """The model's dimensions and numerics; encoder layers are indexed ``0..n_layer+1`` (see ``model``)."""
 
@@ -142,6 +173,7 @@ class OwsmConfig:
     dec_ffn_width: int
     token_list: tuple[str, ...] = dataclasses.field(repr=False)
     subsampling: int = 4  # time subsampling of the input layer: 4 (conv2d) or 8 (conv2d8)
+    ctc: CtcConfig | None = None  # OWSM-CTC's encoder additions; None: the attention encoder-decoder
 
     @property
     def n_vocab(self) -> int:
@@ -155,6 +187,11 @@ class OwsmConfig:
     @property
     def n_mels(self) -> int:
         return self.frontend.n_mels
+
+    @property
+    def n_prefix(self) -> int:
+        """Encoder positions before the audio frames: OWSM-CTC's language and task embeddings (2), else none."""
+        return 0 if self.ctc is None else 2
 
     @property
     def n_convs(self) -> int:
@@ -187,7 +224,8 @@ class OwsmConfig:
             ) from None
 
     def languages(self) -> tuple[str, ...]:
-        """Language tokens (``<eng>``, ``<deu>``, ...): those between ``<nospeech>`` and the first task token."""
+        """Language tokens (``<eng>``, ``<deu>``, ...): those between ``<nospeech>`` (OWSM-CTC: ``<nolang>`` where it
+        stands there) and the first task token."""
         start, stop = self.language_range
         return self.token_list[start : stop + 1]
 
@@ -200,8 +238,9 @@ class OwsmConfig:
     def language_range(self) -> tuple[int, int]:
         """Ids of the first and last language tokens (``languages()``, contiguous): ``Speech2Language``'s
         ``first_lang_sym`` and ``last_lang_sym`` (its defaults ``<abk>`` and ``<zul>`` are OWSM v3.1's ends)."""
-        start = self.token_list.index("<nospeech>") + 1
-        return start, min(self.token_list.index(t) for t in self.tasks()) - 1
+        stop = min(self.token_list.index(t) for t in self.tasks())
+        before = [self.token_list.index(t) for t in ("<na>", "<nospeech>", "<nolang>") if t in self.token_list]
+        return max(i for i in before if i < stop) + 1, stop - 1
 
     @property
     def timestamp_range(self) -> tuple[int, int]:
@@ -224,26 +263,28 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
         if conf.get(key) != want:
             raise CheckpointError(f"{source}: {key} is {conf.get(key)!r}; babelgrid implements OWSM's {key}: {want}")
 
+    ctc_only = conf.get("model") == "espnet_ctc"
     need("frontend", "default")
     need("normalize", "global_mvn")
-    need("encoder", "e_branchformer")
-    need("decoder", "transformer")
+    need("encoder", "e_branchformer_ctc" if ctc_only else "e_branchformer")
+    if not ctc_only:
+        need("decoder", "transformer")
     if conf.get("preencoder") or conf.get("postencoder"):
         raise CheckpointError(f"{source}: a preencoder or postencoder is configured; OWSM has neither")
     fe = _with_defaults(_FRONTEND, conf.get("frontend_conf"))
-    enc = _with_defaults(_ENCODER, conf.get("encoder_conf"))
+    enc = _with_defaults(_ENCODER_CTC if ctc_only else _ENCODER, conf.get("encoder_conf"))
     dec = _with_defaults(_DECODER, conf.get("decoder_conf"))
     for part, values, required in (
         ("frontend_conf", fe, _REQUIRED_FRONTEND),
-        ("encoder_conf", enc, _REQUIRED_ENCODER),
-        ("decoder_conf", dec, _REQUIRED_DECODER),
+        ("encoder_conf", enc, _REQUIRED_ENCODER_CTC if ctc_only else _REQUIRED_ENCODER),
+        *(() if ctc_only else (("decoder_conf", dec, _REQUIRED_DECODER),)),
     ):
         for key, want in required.items():
             if values[key] != want:
                 raise CheckpointError(
                     f"{source}: {part}.{key} is {values[key]!r}; babelgrid implements OWSM's {key}: {want!r}"
                 )
-    if enc.get("input_layer", "conv2d") not in SUBSAMPLINGS:
+    if enc["input_layer"] not in SUBSAMPLINGS:
         raise CheckpointError(
             f"{source}: encoder_conf.input_layer is {enc.get('input_layer')!r}; babelgrid implements OWSM's "
             f"{' and '.join(SUBSAMPLINGS)}"
@@ -269,7 +310,8 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
         if width % int(n):
             raise CheckpointError(f"{source}: {key} {n} does not divide the width {width}")
     tokens = tuple(str(t) for t in token_list)
-    for special in ("<blank>", "<sos>", "<eos>", "<na>", "<nospeech>", "<asr>", "<notimestamps>"):
+    specials = ("<blank>", "<sos>", "<eos>", "<na>", "<asr>", *(("<nolang>",) if ctc_only else ("<nospeech>",)))
+    for special in specials:
         if special not in tokens:
             raise CheckpointError(f"{source}: the token list lacks {special}; is it OWSM's token list?")
     return OwsmConfig(
@@ -281,11 +323,41 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
         cgmlp_width=int(enc["cgmlp_linear_units"]),
         cgmlp_kernel=int(enc["cgmlp_conv_kernel"]),
         merge_kernel=int(enc["merge_conv_kernel"]),
-        n_dec_layer=int(dec["num_blocks"]),
+        n_dec_layer=0 if ctc_only else int(dec["num_blocks"]),  # OWSM-CTC has no attention decoder
         n_dec_head=int(dec["attention_heads"]),
         dec_ffn_width=int(dec["linear_units"]),
         token_list=tokens,
-        subsampling=SUBSAMPLINGS[enc.get("input_layer", "conv2d")],
+        subsampling=SUBSAMPLINGS[enc["input_layer"]],
+        ctc=_ctc_config(conf, enc, source) if ctc_only else None,
+    )
+
+
+def _ctc_config(conf: Mapping, enc: Mapping, source: str) -> CtcConfig:
+    prompt = _with_defaults(_PROMPT_ENCODER, conf.get("promptencoder_conf"))
+    if conf.get("promptencoder", "transformer") != "transformer" or prompt.get("output_size") is None:
+        raise CheckpointError(
+            f"{source}: OWSM-CTC's prompt encoder is a transformer with promptencoder_conf.output_size"
+        )
+    for key, want in _REQUIRED_PROMPT_ENCODER.items():
+        if prompt[key] != want:
+            raise CheckpointError(f"{source}: promptencoder_conf.{key} is {prompt[key]!r}; OWSM-CTC's is {want!r}")
+    n = int(enc["num_blocks"])
+    cross = enc["use_cross_attention"]
+    cross = [bool(c) for c in cross] if isinstance(cross, list | tuple) else [bool(cross)] * n
+    if len(cross) != n:
+        raise CheckpointError(f"{source}: encoder_conf.use_cross_attention lists {len(cross)} blocks of {n}")
+    inter = tuple(int(i) for i in enc["interctc_layer_idx"] or ())
+    if any(not 0 < i < n for i in inter):
+        raise CheckpointError(f"{source}: encoder_conf.interctc_layer_idx {list(inter)} must lie in 1..{n - 1}")
+    asr_only = tuple(bool(a) for a in ((conf.get("model_conf") or {}).get("ctc_asr_only") or (False,)))
+    return CtcConfig(
+        interctc_layers=inter,
+        cross_attention=tuple(i for i, c in enumerate(cross) if c),
+        prompt_width=int(prompt["output_size"]),
+        prompt_layers=int(prompt["num_blocks"]),
+        prompt_heads=int(prompt["attention_heads"]),
+        prompt_ffn_width=int(prompt["linear_units"]),
+        asr_only=asr_only,
     )
 
 

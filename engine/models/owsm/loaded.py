@@ -29,6 +29,7 @@ from engine.models.owsm import features as feats
 from engine.models.owsm.beam import beam_fn
 from engine.models.owsm.checkpoints import Checkpoint, load_checkpoint
 from engine.models.owsm.config import OwsmConfig
+from engine.models.owsm.ctc_model import OwsmCtcEncoder
 from engine.models.owsm.decoder import OwsmDecoder, greedy_fn, language_probs_fn, prompt
 from engine.models.owsm.model import OwsmEncoder
 from engine.models.owsm.parallel import SIGNATURE
@@ -39,10 +40,15 @@ def _encode(graphdef, state, features, out_dtype):
     return nnx.merge(graphdef, state)(features, out_dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _ctc_forward(graphdef, state, features, prefix, prompt):
+    return nnx.merge(graphdef, state).forward(features, prefix, prompt)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoadedOwsm:
-    encoder: OwsmEncoder
-    decoder: OwsmDecoder
+    encoder: OwsmEncoder  # OwsmCtcEncoder for OWSM-CTC
+    decoder: OwsmDecoder | None  # None: OWSM-CTC, which has no attention decoder
     checkpoint: Checkpoint  # name, config, stats, sha256, path (weights dropped: the models hold them)
 
     @property
@@ -128,9 +134,34 @@ class LoadedOwsm:
         best = np.asarray(self.language_probs(memory)).argmax(axis=-1)
         return [self.config.languages()[int(i)] for i in best]
 
-    def ctc_logits(self, states, layer: int):
-        """f32[batch, frame, vocab]: the CTC head on ``memory(states, layer)``."""
-        return self.decoder.ctc_logits(self.memory(states, layer))
+    def ctc_logits(self, states, layer: int, ln_post: bool = True):
+        """f32[batch, frame, vocab]: the CTC head on ``memory(states, layer)`` (``ln_post`` False: on the layer as it
+        is, as OWSM-CTC's interior heads read their blocks)."""
+        x = self.memory(states, layer) if ln_post else states[layer]
+        head = self.decoder if self.decoder is not None else self.encoder  # OWSM-CTC's head is in its encoder
+        return head.ctc_logits(x)
+
+    def ctc_forward(self, features, language: str = "<nolang>", task: str = "<asr>"):
+        """OWSM-CTC: ``f32[batch, feature_frame, n_mels]`` -> ``f32[L+2, batch, 2 + frame, width]``, every layer
+        encoded with the prefix ``<language> <task>`` (``<nolang>``: not told) and no prompt, as ESPnet's
+        ``Speech2Text.best_path`` encodes; the prefix's two positions first (``ctc_model``)."""
+        c = self.config
+        if c.ctc is None:
+            raise ShapeError(f"'{self.checkpoint.name}' is not an OWSM-CTC model: it has no prefix; use encode()")
+        ids = [c.token_id(f"<{t.strip('<>')}>") for t in (language, task)]
+        rows = len(features)
+        prefix = jnp.asarray([ids] * rows, jnp.int32)
+        prompt = jnp.full((rows, 1), c.token_id("<na>"), jnp.int32)
+        graphdef, state = nnx.split(self.encoder)
+        return _ctc_forward(graphdef, state, jnp.asarray(features), prefix, prompt)
+
+    def best_path(self, logits) -> list[list[int]]:
+        """CTC greedy decoding of ``f32[batch, frame, vocab]``: each row's argmax, repeats merged, blanks dropped."""
+        blank = self.config.token_id("<blank>")
+        out = []
+        for best in np.asarray(logits).argmax(-1):
+            out.append([int(t) for t in best[np.r_[True, best[1:] != best[:-1]]] if t != blank])
+        return out
 
     def text(self, token_ids) -> str:
         """BPE pieces joined (``▁`` -> space), special ``<...>`` tokens dropped, as ESPnet's ``text_nospecial``."""
@@ -141,6 +172,10 @@ class LoadedOwsm:
 def load_owsm(source: str | os.PathLike, *, dtype=jnp.float32) -> LoadedOwsm:
     """Load an ESPnet OWSM repository (``checkpoints.load_checkpoint``: a folder or a hub id) as Flax modules."""
     ckpt = load_checkpoint(source)
+    if ckpt.config.ctc is not None:  # OWSM-CTC: the encoder holds its CTC head; no attention decoder
+        return LoadedOwsm(
+            OwsmCtcEncoder(ckpt.config, ckpt.state_dict, dtype), None, dataclasses.replace(ckpt, state_dict={})
+        )
     encoder = OwsmEncoder(ckpt.config, ckpt.state_dict, dtype)
     decoder = OwsmDecoder(ckpt.config, ckpt.state_dict, dtype)
     return LoadedOwsm(encoder, decoder, dataclasses.replace(ckpt, state_dict={}))

@@ -79,6 +79,10 @@ class Attention(nnx.Module):
         out = jnp.einsum("bhqk,bhkd->bqhd", weights, v)
         return self.out(out.reshape(*out.shape[:2], -1))
 
+    def cross(self, x, memory):
+        """Unmasked attention of ``x`` f[batch, query, width] to ``memory`` f[batch, key, width] (every key valid)."""
+        return self.attend(self.heads(self.q(x)), self.heads(self.k(memory)), self.heads(self.v(memory)))
+
     def __call__(self, x, head_scale=None):
         """Unmasked self-attention (the encoder's): ``attend`` reordered for speed, equal up to float32 rounding;
         ``head_scale: f[heads]`` or ``f[batch, heads]`` scales each head's output (``scale_heads``).
@@ -197,12 +201,15 @@ class EBranchformerBlock(nnx.Module):
         self.ff = FeedForward(sd, f"{prefix}.feed_forward", dtype, jax.nn.silu)
         self.norm_final = norm(sd, f"{prefix}.norm_final", dtype)
 
-    def __call__(self, x, head_scale=None):
+    def body(self, x, head_scale=None):
+        """The block up to ``norm_final``."""
         x = x + 0.5 * self.ff_macaron(self.norm_ff_macaron(x))
         both = jnp.concatenate([self.attn(self.norm_mha(x), head_scale), self.cgmlp(self.norm_mlp(x))], axis=-1)
         x = x + self.merge_proj(both + depthwise_conv(both, self.merge_conv, self.merge_bias))
-        x = x + 0.5 * self.ff(self.norm_ff(x))
-        return self.norm_final(x)
+        return x + 0.5 * self.ff(self.norm_ff(x))
+
+    def __call__(self, x, head_scale=None):
+        return self.norm_final(self.body(x, head_scale))
 
 
 class OwsmEncoder(nnx.Module):
@@ -227,21 +234,32 @@ class OwsmEncoder(nnx.Module):
         w, f = config.width, config.subsampled_mels
         out_weight = np.asarray(sd["encoder.embed.out.0.weight"]).reshape(w, w, f).transpose(0, 2, 1).reshape(w, f * w)
         self.embed_out = Linear(out_weight, sd["encoder.embed.out.0.bias"], dtype)
-        self.positions = nnx.Variable(jnp.asarray(sinusoids(config.n_frames, config.width)))
-        self.blocks = nnx.List(
-            [EBranchformerBlock(sd, f"encoder.encoders.{i}", config, dtype) for i in range(config.n_layer)]
-        )
+        self.positions = nnx.Variable(jnp.asarray(sinusoids(config.n_frames + config.n_prefix, config.width)))
+        self.blocks = nnx.List([self.block(sd, i, config, dtype) for i in range(config.n_layer)])
         self.after_norm = norm(sd, "encoder.after_norm", dtype)
+
+    @staticmethod
+    def block(sd, i: int, config: OwsmConfig, dtype):
+        return EBranchformerBlock(sd, f"encoder.encoders.{i}", config, dtype)
 
     def embed(self, features):
         """f32[batch, feature_frame, n_mels] -> layer 0, f[batch, frame, width]."""
+        return self.positioned(self.subsample(features))
+
+    def subsample(self, features):
+        """f32[batch, feature_frame, n_mels] -> the subsampling's projection f[batch, frame, width], before the
+        positions."""
         x = features.astype(self.conv1.dtype)  # NHWC with H = frames, W = mels, one channel
         x = subsample_convs(x, self.conv1[...], self.conv1_bias[...], self.conv2[...])
         x = jax.nn.relu(x + self.conv2_bias[...])
         for kernel, bias in zip(self.more_kernels, self.more_biases, strict=True):
             x = jax.nn.relu(conv_stride2(x, kernel[...]) + bias[...])
         b, t, f, c = x.shape
-        x = self.embed_out(x.reshape(b, t, f * c))  # mel-major, as embed_out's kernel rows are ordered (__init__)
+        return self.embed_out(x.reshape(b, t, f * c))  # mel-major, as embed_out's kernel rows are ordered (__init__)
+
+    def positioned(self, x):
+        """``PositionalEncoding``: ``x * sqrt(width)`` plus the sinusoids of positions ``0..frame-1``."""
+        t = x.shape[1]
         if t > self.positions.shape[0]:
             raise ShapeError(
                 f"features give {t} encoder frames; the model is built for windows of at most "
@@ -249,14 +267,18 @@ class OwsmEncoder(nnx.Module):
             )
         return x * math.sqrt(self.config.width) + self.positions[...][:t].astype(x.dtype)
 
-    def __call__(self, features, out_dtype=None, head_mask=None):
-        """features: f32[batch, feature_frame, n_mels] -> states f[L+2, batch, frame, width] (layers 0..L+1).
-        ``head_mask: f[L, heads]`` or ``f[batch, L, heads]`` scales each head's attention output (0 ablates it)."""
+    def _checked(self, features):
         if features.ndim != 3 or features.shape[-1] != self.config.n_mels:
             raise ShapeError(
                 f"features must be f32[batch, feature_frame, {self.config.n_mels}] (features.batch_features), "
                 f"got {tuple(features.shape)}"
             )
+        return features
+
+    def __call__(self, features, out_dtype=None, head_mask=None):
+        """features: f32[batch, feature_frame, n_mels] -> states f[L+2, batch, frame, width] (layers 0..L+1).
+        ``head_mask: f[L, heads]`` or ``f[batch, L, heads]`` scales each head's attention output (0 ablates it)."""
+        features = self._checked(features)
         out_dtype = out_dtype or self.conv1.dtype
         if head_mask is not None:
             head_mask = check_head_mask(head_mask, self.config.n_layer, self.config.n_head, len(features))

@@ -37,6 +37,7 @@ from engine.pipelines.decode.references import english_language, english_referen
 from engine.pipelines.decode.store import Units, check_store, decode_claimed, layer_variants
 from engine.pipelines.decode.unit import audio_skip_reason, compression_ratio
 from engine.stores.kv import write_value
+from engine.text import phones
 
 log = logging.getLogger(__name__)
 FORMAT_NAME = "babelgrid-hypotheses"
@@ -135,8 +136,6 @@ def check_decoder(config: DecodeConfig, reader, decoder) -> tuple[list[str], lis
             "TSV file of id<TAB>English text"
         )
     if "phones" in config.tasks:
-        from engine.text import phones  # lazy: phonemizer, only for the phones task
-
         unvoiced = [lang for lang, token in languages.items() if token and not phones.covers(_text_language(lang))]
         if unvoiced:
             raise DecodeError(

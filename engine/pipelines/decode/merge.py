@@ -19,6 +19,7 @@ from engine.stores.kv import csv_bytes
 from engine.stores.parts import read_part, table_bytes
 from engine.stores.schema import is_done
 from engine.text import metrics as text_metrics
+from engine.text import phones
 
 TASK_METRICS = {"transcribe": ("wer", "cer"), "translate": ("bleu", "chrf"), "phones": ("per",)}
 
@@ -55,8 +56,6 @@ def score_rows(table: pa.Table, codes: Mapping[str, str]) -> list[dict]:
         refs = [norm(r) for r in g["reference"]]
         hyps = [norm(h) for h in g["hypothesis"]]
         if task == "phones":
-            from engine.text import phones  # lazy: phonemizer, only for the phones task
-
             refs = [" ".join(phones.sentence_phones(target, r.split())) for r in refs]
             hyps = [" ".join(phones.phone_tokens(h)) for h in g["hypothesis"]]
         if not any(r.split() for r in refs):

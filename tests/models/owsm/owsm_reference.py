@@ -114,22 +114,7 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, var
     """Build a random OWSM (``VARIANTS[variant]``) with ``S2TTask.build_model`` and save it under ``root`` as ESPnet
     publishes models."""
     changes = VARIANTS[variant]
-    import sentencepiece as spm
-
-    (root / BPE).parent.mkdir(parents=True, exist_ok=True)
-    texts = root / "texts.txt"
-    texts.write_text("\n".join(p.read_text().strip() for p in sorted(fleurs_dir.glob("*.txt"))), encoding="utf-8")
-    spm.SentencePieceTrainer.train(
-        input=str(texts),
-        model_prefix=str(root / BPE)[: -len(".model")],
-        vocab_size=120,
-        model_type="unigram",
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    sp = spm.SentencePieceProcessor(model_file=str(root / BPE))
-    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.id_to_piece(i) != "<unk>"]
-    tokens = token_list(pieces, changes)
+    tokens = token_list(train_bpe(root, fleurs_dir), changes)
     (root / BPE).with_name("tokens.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
 
     args = S2TTask.get_parser().parse_args(["--output_dir", str(root / EXP), "--token_list", str(root / "x")])
@@ -149,9 +134,35 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, var
         "first_time_symbol": "<0.00>",
         "last_time_symbol": f"<{changes['seconds']:.2f}>",
     }
-    _write_stats(root / STATS, fleurs_dir, changes["n_mels"])
+    write_stats(root / STATS, fleurs_dir, changes["n_mels"])
     torch.manual_seed(seed)
-    model = S2TTask.build_model(args).eval()
+    return save(root, S2TTask.build_model(args).eval(), args, seed)
+
+
+def train_bpe(root: pathlib.Path, fleurs_dir: pathlib.Path, symbols: tuple[str, ...] = ()) -> list[str]:
+    """A small SentencePiece unigram model of the FLEURS transcripts at ``root / BPE``; its pieces but ``<unk>``.
+    ``symbols``: pieces kept whole (OWSM's BPE keeps ``<na>`` so, which OWSM-CTC's prompt is tokenised to)."""
+    import sentencepiece as spm
+
+    (root / BPE).parent.mkdir(parents=True, exist_ok=True)
+    texts = root / "texts.txt"
+    texts.write_text("\n".join(p.read_text().strip() for p in sorted(fleurs_dir.glob("*.txt"))), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(texts),
+        model_prefix=str(root / BPE)[: -len(".model")],
+        vocab_size=120,
+        model_type="unigram",
+        character_coverage=1.0,
+        minloglevel=2,
+        **({"user_defined_symbols": list(symbols)} if symbols else {}),
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(root / BPE))
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if sp.id_to_piece(i) != "<unk>"]
+
+
+def save(root: pathlib.Path, model, args, seed: int) -> pathlib.Path:
+    """Noise on every parameter of ``model``, then its state dict, ``args`` as config.yaml and a meta.yaml, in
+    ESPnet's published layout under ``root``."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -170,7 +181,7 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, var
     return root
 
 
-def _write_stats(path: pathlib.Path, fleurs_dir: pathlib.Path, n_mels: int) -> None:
+def write_stats(path: pathlib.Path, fleurs_dir: pathlib.Path, n_mels: int) -> None:
     """Global MVN statistics of the unnormalised log-mel frames of a few real clips, as collect_stats writes them."""
     from espnet2.asr.frontend.default import DefaultFrontend
 
