@@ -1,7 +1,8 @@
-"""OWSM v4 and POWSM through the jobs: random models that ESPnet 202611 builds in their published shapes
-(``tests/models/owsm/owsm_reference.py``: v4's ``conv2d8`` and 128 mels; POWSM's 20 s window and ``<pr>`` task) encode
-real FLEURS clips (English and German) through the encode job's library entry point, seqsim runs on the v4 store, and
-decode runs POWSM's phone recognition (``--tasks phones``) and transcription.
+"""OWSM v4, POWSM and OWSM-CTC v4 through the jobs: random models that ESPnet 202611 builds in their published shapes
+(``tests/models/owsm/owsm_reference.py``: v4's ``conv2d8`` and 128 mels; POWSM's 20 s window and ``<pr>`` task;
+``owsm_ctc_reference.py``: OWSM-CTC's interior heads, prefix and prompt) encode real FLEURS clips (English and German)
+through the encode job's library entry point, seqsim runs on the v4 store, decode runs POWSM's phone recognition
+(``--tasks phones``) and transcription, and OWSM-CTC's heads (``--decoding ctc``) at an interior head's layer and L+1.
 
 Checked against ESPnet and the field's libraries:
 - the v4 store's top layer equals ESPnet's encoder on ESPnet's frontend within 5e-5 of its peak (the frontend's bound,
@@ -9,7 +10,10 @@ Checked against ESPnet and the field's libraries:
 - POWSM's ``phones`` hypotheses are ESPnet's ``Speech2Text`` tokens with ``task_sym="<pr>"``, token for token;
 - its PER is jiwer's WER over the phones that phonemizer (espeak-ng) gives the reference's words, against the
   hypothesis' ``/.../`` phones, both cleaned to panphon's segments as ``engine.text.phones`` does;
-- a model without ``<pr>`` refuses ``--tasks phones`` in one line naming the tasks it has.
+- a model without ``<pr>`` refuses ``--tasks phones`` in one line naming the tasks it has;
+- OWSM-CTC's store holds ESPnet's layers for the prefix ``<nolang> <asr>`` (the prefix's positions dropped), and its
+  CTC decode at an interior head's layer and at L+1 is ESPnet's interior and final heads' best path over those frames;
+  a beam search and finetune, which need an attention decoder, are refused in one line.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.text.metrics import normalizer_for
+from tests.models.owsm import owsm_ctc_reference as cref
 from tests.models.owsm import owsm_reference as ref
 
 CLIPS = {"en": ("fleurs-en-000", "fleurs-en-001"), "de": ("fleurs-de-000", "fleurs-de-001")}
@@ -42,7 +47,10 @@ TOP = 3  # L+1 of the 2-block models
 
 
 def _encode(root, fleurs_dir, variant):
-    model = ref.write_model(root / f"model-{variant}", fleurs_dir, variant=variant)
+    if variant == "ctc":
+        model = cref.write_model(root / "model-ctc", fleurs_dir)
+    else:
+        model = ref.write_model(root / f"model-{variant}", fleurs_dir, variant=variant)
     clips = root / "clips"
     if not clips.exists():
         for lang, stems in CLIPS.items():
@@ -83,7 +91,7 @@ def test_v4_store_has_80_ms_frames_and_equals_espnet(v4, fleurs_dir):
     speech = torch.from_numpy(np.pad(audio, (0, n - len(audio))))[None]
     with torch.no_grad():
         out, _ = s2t.s2t_model.encode(speech, torch.tensor([n]))
-    index = [r.id for r in reader.arrays("en").rows].index("u0")  # 13.6 s: two windows of 10 s
+    index = [r.id for r in reader.arrays("en").rows].index("u0")  # 10.6 s: two windows of 10 s
     states, _ = reader.language_layer("en", TOP, [index], np.float32, frames=int(reader.lengths("en")[index]))
     first = (((1 + n // 160 - 1) // 2 - 1) // 2 - 1) // 2  # the first window's: three stride-2 convolutions
     theirs = out[0, :first].numpy()
@@ -146,3 +154,52 @@ def test_a_model_without_phone_recognition_refuses_the_phones_task(v4):
     with pytest.raises(BabelgridError, match=r"task phones: .* has no prompt for it; it decodes transcribe, translate"):
         run_decode(configure(DecodeConfig, store=str(v4["store"]), model=str(v4["model"]), out=str(v4["root"] / "d"),
                              layers=(TOP,), tasks=("phones",), progress=False))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def owsm_ctc(tmp_path_factory, fleurs_dir):
+    root = tmp_path_factory.mktemp("owsm-ctc")
+    model, store = _encode(root, fleurs_dir, "ctc")
+    out = root / "decode"
+    run_decode(configure(DecodeConfig, store=str(store), model=str(model), out=str(out), layers=(2, 5),
+                         decodings=("ctc",), progress=False))  # fmt: skip
+    return dict(root=root, model=model, store=store, decode=out)
+
+
+def test_owsm_ctc_store_and_ctc_decode_equal_espnet_heads(owsm_ctc, fleurs_dir):
+    from engine.models.interface import OWSM_CTC_LAYERS
+    from engine.models.owsm.loaded import load_owsm
+
+    reader = open_store(str(owsm_ctc["store"]))
+    assert reader.info.layer_meaning == OWSM_CTC_LAYERS and reader.info.frame_rate == 12.5
+    s2t, ours = cref.speech2text(owsm_ctc["model"]), load_owsm(owsm_ctc["model"])
+    table = pq.read_table(owsm_ctc["decode"] / "hypotheses.parquet").to_pandas()
+    n = ref.SECONDS * ref.SAMPLE_RATE
+    audio = load_audio(fleurs_dir / "fleurs-en-001.ogg")
+    assert len(audio) <= n  # 8.8 s: one window
+    window = torch.from_numpy(np.pad(audio, (0, n - len(audio))))[None]
+    with torch.no_grad():
+        enc, interior = s2t._encode(window, "<na>", "<nolang>", "<asr>")
+    index = [r.id for r in reader.arrays("en").rows].index("u1")
+    valid = int(reader.lengths("en")[index])
+    stored, _ = reader.language_layer("en", 2, [index], np.float32, frames=valid)
+    theirs = dict(interior)[2][0, 2 : 2 + valid].numpy()  # the audio frames, after the prefix's two
+    assert np.abs(stored[0] - theirs).max() <= 5e-5 * np.abs(theirs).max()
+    blank = s2t.s2t_model.blank_id
+    for layer, h in ((2, dict(interior)[2]), (5, enc)):
+        with torch.no_grad():
+            best = s2t.s2t_model.ctc.argmax(h[:, 2 : 2 + valid])[0]
+        ids = [int(t) for t in torch.unique_consecutive(best) if int(t) != blank]
+        row = table[(table["language"] == "en") & (table["id"] == "u1") & (table["layer"] == layer)].iloc[0]
+        assert row["hypothesis"] == ours.text(ids) and not row["ln_post"], layer
+
+
+def test_owsm_ctc_refuses_what_needs_an_attention_decoder(owsm_ctc):
+    from engine.models.owsm.trainer import load_trainer
+
+    with pytest.raises(BabelgridError, match="--decoding ctc"):
+        run_decode(configure(DecodeConfig, store=str(owsm_ctc["store"]), model=str(owsm_ctc["model"]),
+                             out=str(owsm_ctc["root"] / "beam"), layers=(5,), decodings=("beam:3",),
+                             progress=False))  # fmt: skip
+    with pytest.raises(BabelgridError, match="OWSM-CTC model: finetune trains an attention decoder"):
+        load_trainer(owsm_ctc["model"])

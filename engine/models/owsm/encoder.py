@@ -26,6 +26,7 @@ from engine.models.common.parallel import StoredLayers
 from engine.models.interface import (
     CTC,
     DECODER,
+    OWSM_CTC_LAYERS,
     OWSM_LAYERS,
     EncoderCost,
     FamilyDims,
@@ -38,6 +39,8 @@ from engine.models.owsm.config import SAMPLE_RATE
 from engine.models.owsm.cost import encoder_cost
 from engine.models.owsm.languages import owsm_language
 from engine.models.owsm.loaded import LoadedOwsm, load_owsm
+
+_V31 = {"subsampling": 4, "ctc": None}  # store_dims: the config fields v3.1 stores were written without
 
 
 def _masked(encoder, features, *, layers, head_mask):
@@ -60,8 +63,12 @@ class OwsmEncoder(LoadedEncoder):
     @property
     def store_dims(self) -> FamilyDims:
         c = self.loaded.config
-        # The token list is the checkpoint's (its sha256 covers it); the store records its length.
-        config = {k: v for k, v in dataclasses.asdict(c).items() if k != "token_list"} | {"n_vocab": c.n_vocab}
+        # The token list is the checkpoint's (its sha256 covers it); the store records its length. The fields added
+        # with OWSM v4 and OWSM-CTC are left out at v3.1's values, so that v3.1 stores written before them resume.
+        config = {
+            k: v for k, v in dataclasses.asdict(c).items() if k != "token_list" and (k not in _V31 or v != _V31[k])
+        }
+        config |= {"n_vocab": c.n_vocab}
         return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": config})
 
     @property
@@ -139,4 +146,12 @@ class OwsmEncoder(LoadedEncoder):
 
 def load(source, *, adapter=None, dtype=None) -> OwsmEncoder:
     del adapter  # refused by engine.models.family.load_encoder
-    return OwsmEncoder(load_owsm(source, dtype=jnp.float32 if dtype is None else dtype))
+    loaded = load_owsm(source, dtype=jnp.float32 if dtype is None else dtype)
+    if loaded.config.ctc is not None:  # OWSM-CTC: its CTC heads, no attention decoder
+        return OwsmEncoder(loaded, layer_meaning=OWSM_CTC_LAYERS, heads=frozenset({CTC}))
+    return OwsmEncoder(loaded)
+
+
+def store_heads(config: dict) -> frozenset[str]:
+    """The heads of the OWSM model that wrote a store, from its dims config: OWSM-CTC's CTC heads alone."""
+    return frozenset({CTC}) if config.get("ctc") else frozenset({DECODER, CTC})

@@ -2,9 +2,10 @@
 
 ESPnet's model repositories carry no ``config.json``; they carry a ``meta.yaml`` naming ``yaml_files.
 s2t_train_config`` (what ``espnet_model_zoo`` uploads), or, in a recipe folder, a ``config.yaml`` of an S2T model
-(``encoder:`` and ``decoder:`` keys, ``preprocessor: s2t`` or an ``e_branchformer`` encoder). A hub id is looked up in
-the local hub cache; an id not cached there is taken for OWSM when it names an ``espnet/owsm`` repository (loading it
-then downloads it, or says how to).
+(``encoder:`` and ``decoder:`` keys, ``preprocessor: s2t`` or an ``e_branchformer`` encoder; OWSM-CTC's ``model:
+espnet_ctc`` with an ``e_branchformer_ctc`` encoder). A hub id is looked up in the local hub cache; an id not cached
+there is taken for OWSM when it names an ``espnet/owsm`` or ``espnet/powsm`` repository (loading it then downloads it,
+or says how to).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def is_espnet_s2t(source: str | os.PathLike) -> bool:
     meta = _cached(str(source), "meta.yaml")
     if meta is not None:
         return _meta_is_s2t(pathlib.Path(meta))
-    return repo_id.lower().startswith("espnet/owsm")
+    return repo_id.lower().startswith(("espnet/owsm", "espnet/powsm"))
 
 
 def _folder_is_s2t(root: pathlib.Path) -> bool:
@@ -62,6 +63,8 @@ def _config_is_s2t(config: pathlib.Path) -> bool:
                     keys[key.strip()] = value.strip()
     except (OSError, UnicodeDecodeError):
         return False
+    if keys.get("model") == "espnet_ctc":  # OWSM-CTC: no decoder
+        return keys.get("encoder") == "e_branchformer_ctc"
     has_model = "encoder" in keys and "decoder" in keys
     return has_model and (keys.get("preprocessor") == "s2t" or keys.get("encoder") == "e_branchformer")
 

@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.errors import ShapeError
+from engine.errors import CheckpointError, ShapeError
 from engine.models.common.parallel import ShardedEncoder
+from engine.models.interface import CTCLens
 from engine.models.owsm import features as feats
 from engine.models.owsm.beam import beam_fn
 from engine.models.owsm.checkpoints import Checkpoint, load_checkpoint
@@ -158,10 +159,24 @@ class LoadedOwsm:
     def best_path(self, logits) -> list[list[int]]:
         """CTC greedy decoding of ``f32[batch, frame, vocab]``: each row's argmax, repeats merged, blanks dropped."""
         blank = self.config.token_id("<blank>")
-        out = []
-        for best in np.asarray(logits).argmax(-1):
-            out.append([int(t) for t in best[np.r_[True, best[1:] != best[:-1]]] if t != blank])
-        return out
+        return [collapse(best, blank) for best in np.asarray(logits).argmax(-1)]
+
+    def ctc_lens(self) -> CTCLens:
+        """The CTC head as decode's per-layer lens over a store (``engine.models.interface.CTCLens``). OWSM-CTC: the
+        shared head on each layer as it is (``ln_post`` False), which is exactly what its interior heads read at
+        their layers and its final head at L+1; v3.1 and v4: through ``after_norm``, as the head reads L+1."""
+        blank = self.config.token_id("<blank>")
+        ctc = self.config.ctc is not None
+        head = self.encoder if ctc else self.decoder
+
+        def logits(states):
+            x = jnp.asarray(states)
+            return head.ctc_logits(x if ctc else self.encoder.after_norm(x))
+
+        return CTCLens(
+            name=self.checkpoint.name, sha256=self.checkpoint.sha256, adapter=None, ln_post=not ctc, blank_id=blank,
+            logits=logits, text=lambda best: self.text(collapse(np.asarray(best), blank)),
+        )  # fmt: skip
 
     def text(self, token_ids) -> str:
         """BPE pieces joined (``▁`` -> space), special ``<...>`` tokens dropped, as ESPnet's ``text_nospecial``."""
@@ -169,8 +184,16 @@ class LoadedOwsm:
         return "".join(p for p in pieces if not (p.startswith("<") and p.endswith(">"))).replace("▁", " ").strip()
 
 
-def load_owsm(source: str | os.PathLike, *, dtype=jnp.float32) -> LoadedOwsm:
-    """Load an ESPnet OWSM repository (``checkpoints.load_checkpoint``: a folder or a hub id) as Flax modules."""
+def collapse(best: np.ndarray, blank: int) -> list[int]:
+    """A best path ``i[frame]``: repeats merged, blanks dropped."""
+    return [int(t) for t in best[np.r_[True, best[1:] != best[:-1]]] if t != blank]
+
+
+def load_owsm(source: str | os.PathLike, *, adapter: str | None = None, dtype=jnp.float32) -> LoadedOwsm:
+    """Load an ESPnet OWSM repository (``checkpoints.load_checkpoint``: a folder or a hub id) as Flax modules.
+    ``adapter``: the registry's head loaders' argument; OWSM has no language adapters."""
+    if adapter is not None:
+        raise CheckpointError(f"model {str(source)!r}: OWSM checkpoints have no language adapter ({adapter!r})")
     ckpt = load_checkpoint(source)
     if ckpt.config.ctc is not None:  # OWSM-CTC: the encoder holds its CTC head; no attention decoder
         return LoadedOwsm(

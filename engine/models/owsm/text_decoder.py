@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.errors import LanguageError
+from engine.errors import CheckpointError, LanguageError
 from engine.models.interface import TASKS, Checkpointed, DecoderCaps, Search
 from engine.models.owsm.decoder import prompt
 from engine.models.owsm.encoder import OwsmEncoder
@@ -146,4 +146,10 @@ def _avg_logprob(graphdef, state, head, ids, lengths, memory):
 
 
 def load_decoder(source, *, dtype=jnp.float32) -> OwsmDecoder:
-    return OwsmDecoder(load_owsm(source, dtype=dtype))
+    loaded = load_owsm(source, dtype=dtype)
+    if loaded.decoder is None:
+        raise CheckpointError(
+            f"'{loaded.checkpoint.name}' is an OWSM-CTC model: it has no attention decoder to decode, align or "
+            "fine-tune; decode reads its CTC heads from its store (--decoding ctc)"
+        )
+    return OwsmDecoder(loaded)

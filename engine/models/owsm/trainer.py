@@ -225,4 +225,10 @@ def load_trainer(source, *, dtype=jnp.float32) -> OwsmTrainer:
         return OwsmTrainer(source)
     if source is None:
         raise CheckpointError("finetune on an OWSM store needs its model: pass --model (a folder or hub id)")
-    return OwsmTrainer(load_owsm(source, dtype=dtype))
+    loaded = load_owsm(source, dtype=dtype)
+    if loaded.decoder is None:
+        raise CheckpointError(
+            f"'{loaded.checkpoint.name}' is an OWSM-CTC model: finetune trains an attention decoder's loss (OWSM v3.1 "
+            "and v4, Canary), which it has none of"
+        )
+    return OwsmTrainer(loaded)
