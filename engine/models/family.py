@@ -93,9 +93,6 @@ class Family:
     layout: Callable[[str | os.PathLike], bool] | None = None  # recognises a layout with no config.json (ESPnet's)
     outputs: tuple[str, ...] = ("layers",)  # what a store of the family may hold (encode --tower_output)
     random_kinds: tuple[RandomKind, ...] = ()  # the random-weight folders it writes (engine.models.random_folder)
-    # (a store's dims config) -> the heads of the model that wrote it, where they vary within the family (OWSM-CTC
-    # has no attention decoder); None: ``heads``, and ``decoder_types``'
-    heads_of: Callable[[dict], frozenset[str]] | None = None
     # a regular expression the name of its hub repositories matches (lower case): a hub id not in the local cache
     # (whose config.json cannot be read) is taken for the family its name matches, else for Whisper
     hub_names: str | None = None
@@ -123,8 +120,6 @@ class Family:
         """The heads of the model that wrote a layer store (``info``: its ``StoreInfo``): ``heads``, and the decoder
         where the store's model type is one of ``decoder_types``."""
         config = info.dims.to_dict().get("config") or {}
-        if self.heads_of is not None:
-            return self.heads_of(config)
         carried = self.decoder_types is not None and config.get("model_type") in self.decoder_types
         return self.heads | ({DECODER} if carried else set())
 
@@ -163,7 +158,6 @@ FAMILIES: dict[str, Family] = {
             "owsm", (), owsm_encoder.load, OWSM_LAYERS, decoder=load_owsm_decoder, ctc=load_owsm, ctc_always=True,
             hub_ids=("espnet/owsm_v3.1_ebf_base", "espnet/owsm_v4_base_102M", "espnet/owsm_ctc_v4_1B", "espnet/powsm"),
             layout=is_espnet_s2t, random_kinds=OWSM_RANDOM, trainer=load_owsm_trainer,
-            heads_of=owsm_encoder.store_heads,
         ),
         Family(
             "speechllm", SPEECHLLM_TYPES, speechllm_encoder.load, SPEECHLLM_LAYERS,

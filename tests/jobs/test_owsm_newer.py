@@ -13,7 +13,9 @@ Checked against ESPnet and the field's libraries:
 - a model without ``<pr>`` refuses ``--tasks phones`` in one line naming the tasks it has;
 - OWSM-CTC's store holds ESPnet's layers for the prefix ``<nolang> <asr>`` (the prefix's positions dropped), and its
   CTC decode at an interior head's layer and at L+1 is ESPnet's interior and final heads' best path over those frames;
-  a beam search and finetune, which need an attention decoder, are refused in one line.
+  its greedy decode, the windows encoded again with the prefix ``<deu> <asr>`` or ``<deu> <st_eng>``, is ESPnet's
+  ``best_path`` at L+1 and its interior head at layer 2, for transcription and translation; a beam search and
+  finetune, which need an attention decoder, are refused in one line.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from engine.text.metrics import normalizer_for
 from tests.models.owsm import owsm_ctc_reference as cref
 from tests.models.owsm import owsm_reference as ref
 
-CLIPS = {"en": ("fleurs-en-000", "fleurs-en-001"), "de": ("fleurs-de-000", "fleurs-de-001")}
+CLIPS = {"en": ("fleurs-en-000", "fleurs-en-001"), "de": ("fleurs-de-000", "fleurs-de-005")}  # de-005: 8.4 s
 MAX_TOKENS = 12
 TOP = 3  # L+1 of the 2-block models
 
@@ -162,7 +164,7 @@ def owsm_ctc(tmp_path_factory, fleurs_dir):
     model, store = _encode(root, fleurs_dir, "ctc")
     out = root / "decode"
     run_decode(configure(DecodeConfig, store=str(store), model=str(model), out=str(out), layers=(2, 5),
-                         decodings=("ctc",), progress=False))  # fmt: skip
+                         tasks=("transcribe", "translate"), decodings=("greedy", "ctc"), progress=False))  # fmt: skip
     return dict(root=root, model=model, store=store, decode=out)
 
 
@@ -186,18 +188,42 @@ def test_owsm_ctc_store_and_ctc_decode_equal_espnet_heads(owsm_ctc, fleurs_dir):
     theirs = dict(interior)[2][0, 2 : 2 + valid].numpy()  # the audio frames, after the prefix's two
     assert np.abs(stored[0] - theirs).max() <= 5e-5 * np.abs(theirs).max()
     blank = s2t.s2t_model.blank_id
+    ctc = table[table["decoding"] == "ctc"]
     for layer, h in ((2, dict(interior)[2]), (5, enc)):
         with torch.no_grad():
             best = s2t.s2t_model.ctc.argmax(h[:, 2 : 2 + valid])[0]
         ids = [int(t) for t in torch.unique_consecutive(best) if int(t) != blank]
-        row = table[(table["language"] == "en") & (table["id"] == "u1") & (table["layer"] == layer)].iloc[0]
+        row = ctc[(ctc["language"] == "en") & (ctc["id"] == "u1") & (ctc["layer"] == layer)].iloc[0]
         assert row["hypothesis"] == ours.text(ids) and not row["ln_post"], layer
+
+
+def test_owsm_ctc_greedy_reads_its_heads_with_the_task_prefix(owsm_ctc, fleurs_dir):
+    """greedy: the windows encoded again with the prefix ``<deu> <task>``; at L+1 ESPnet's ``best_path``, at an
+    interior layer ESPnet's interior head on the same encoding, over every position (the prefix's two included)."""
+    from engine.models.owsm.loaded import load_owsm
+
+    s2t, ours = cref.speech2text(owsm_ctc["model"]), load_owsm(owsm_ctc["model"])
+    table = pq.read_table(owsm_ctc["decode"] / "hypotheses.parquet").to_pandas()
+    greedy = table[(table["decoding"] == "greedy") & (table["language"] == "de") & (table["id"] == "u1")]
+    n = ref.SECONDS * ref.SAMPLE_RATE
+    audio = load_audio(fleurs_dir / "fleurs-de-005.ogg")
+    window = np.pad(audio, (0, n - len(audio)))
+    blank = s2t.s2t_model.blank_id
+    for task, token in (("transcribe", "<asr>"), ("translate", "<st_eng>")):
+        final = s2t.best_path(window, lang_sym="<deu>", task_sym=token)[0][2]
+        row = greedy[(greedy["task"] == task) & (greedy["layer"] == 5)].iloc[0]
+        assert row["hypothesis"] == ours.text(final) and row["language_token"] == "deu", task
+        with torch.no_grad():
+            _, interior = s2t._encode(torch.from_numpy(window)[None], "<na>", "<deu>", token)
+            best = s2t.s2t_model.ctc.argmax(dict(interior)[2])[0]
+        ids = [int(t) for t in torch.unique_consecutive(best) if int(t) != blank]
+        assert greedy[(greedy["task"] == task) & (greedy["layer"] == 2)].iloc[0]["hypothesis"] == ours.text(ids), task
 
 
 def test_owsm_ctc_refuses_what_needs_an_attention_decoder(owsm_ctc):
     from engine.models.owsm.trainer import load_trainer
 
-    with pytest.raises(BabelgridError, match="--decoding ctc"):
+    with pytest.raises(BabelgridError, match="decodes greedily only"):
         run_decode(configure(DecodeConfig, store=str(owsm_ctc["store"]), model=str(owsm_ctc["model"]),
                              out=str(owsm_ctc["root"] / "beam"), layers=(5,), decodings=("beam:3",),
                              progress=False))  # fmt: skip

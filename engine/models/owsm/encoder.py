@@ -147,11 +147,6 @@ class OwsmEncoder(LoadedEncoder):
 def load(source, *, adapter=None, dtype=None) -> OwsmEncoder:
     del adapter  # refused by engine.models.family.load_encoder
     loaded = load_owsm(source, dtype=jnp.float32 if dtype is None else dtype)
-    if loaded.config.ctc is not None:  # OWSM-CTC: its CTC heads, no attention decoder
-        return OwsmEncoder(loaded, layer_meaning=OWSM_CTC_LAYERS, heads=frozenset({CTC}))
+    if loaded.config.ctc is not None:  # OWSM-CTC: its own layer meaning; its decoder is its CTC heads (ctc_decoder)
+        return OwsmEncoder(loaded, layer_meaning=OWSM_CTC_LAYERS)
     return OwsmEncoder(loaded)
-
-
-def store_heads(config: dict) -> frozenset[str]:
-    """The heads of the OWSM model that wrote a store, from its dims config: OWSM-CTC's CTC heads alone."""
-    return frozenset({CTC}) if config.get("ctc") else frozenset({DECODER, CTC})

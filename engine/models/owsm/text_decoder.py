@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.errors import CheckpointError, LanguageError
+from engine.errors import LanguageError
 from engine.models.interface import TASKS, Checkpointed, DecoderCaps, Search
+from engine.models.owsm.ctc_decoder import OwsmCtcDecoder
 from engine.models.owsm.decoder import prompt
 from engine.models.owsm.encoder import OwsmEncoder
 from engine.models.owsm.languages import owsm_language
@@ -145,11 +146,8 @@ def _avg_logprob(graphdef, state, head, ids, lengths, memory):
     return (picked * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
 
 
-def load_decoder(source, *, dtype=jnp.float32) -> OwsmDecoder:
+def load_decoder(source, *, dtype=jnp.float32) -> OwsmDecoder | OwsmCtcDecoder:
+    """OWSM's decoder; OWSM-CTC's CTC heads read with a task's prefix (``ctc_decoder``), which has no attention
+    decoder."""
     loaded = load_owsm(source, dtype=dtype)
-    if loaded.decoder is None:
-        raise CheckpointError(
-            f"'{loaded.checkpoint.name}' is an OWSM-CTC model: it has no attention decoder to decode, align or "
-            "fine-tune; decode reads its CTC heads from its store (--decoding ctc)"
-        )
-    return OwsmDecoder(loaded)
+    return OwsmCtcDecoder(loaded) if loaded.decoder is None else OwsmDecoder(loaded)
