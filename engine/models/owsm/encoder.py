@@ -147,6 +147,6 @@ class OwsmEncoder(LoadedEncoder):
 def load(source, *, adapter=None, dtype=None) -> OwsmEncoder:
     del adapter  # refused by engine.models.family.load_encoder
     loaded = load_owsm(source, dtype=jnp.float32 if dtype is None else dtype)
-    if loaded.config.ctc is not None:  # OWSM-CTC: its own layer meaning; its decoder is its CTC heads (ctc_decoder)
+    if loaded.config.ctc is not None:  # OWSM-CTC: its own layer meaning; its decoder is its CTC heads (OwsmCtcDecoder)
         return OwsmEncoder(loaded, layer_meaning=OWSM_CTC_LAYERS)
     return OwsmEncoder(loaded)

@@ -1,4 +1,5 @@
-"""OWSM's text decoder behind ``engine.models.interface.Decoder`` (decode's one decoder path).
+"""OWSM's text decoder behind ``engine.models.interface.Decoder`` (decode's one decoder path); OWSM-CTC's CTC heads
+read with a task's prefix behind the same interface (``OwsmCtcDecoder``).
 
 Prompt ``<sos> <lang> <task> <notimestamps>`` (``decoder.prompt``): task ``transcribe`` is ``<asr>``, ``translate``
 ``<st_eng>``, ``phones`` POWSM's ``<pr>`` (``/p/`` tokens, scored as a phone error rate); the language the store
@@ -23,11 +24,10 @@ from flax import nnx
 
 from engine.errors import LanguageError
 from engine.models.interface import TASKS, Checkpointed, DecoderCaps, Search
-from engine.models.owsm.ctc_decoder import OwsmCtcDecoder
 from engine.models.owsm.decoder import prompt
 from engine.models.owsm.encoder import OwsmEncoder
 from engine.models.owsm.languages import owsm_language
-from engine.models.owsm.loaded import LoadedOwsm, load_owsm
+from engine.models.owsm.loaded import LoadedOwsm, collapse, load_owsm
 
 # The job's task names -> OWSM's task tokens; phones is POWSM's phone recognition.
 TASK_TOKENS = {"transcribe": "<asr>", "translate": "<st_eng>", "phones": "<pr>"}
@@ -115,10 +115,7 @@ class OwsmDecoder(Checkpointed):
         output already); each window's best path collapsed apart, as ESPnet decodes each window."""
         owsm = self.loaded
         blank, per_window = owsm.config.token_id("<blank>"), owsm.config.n_frames
-        x = jnp.asarray(states)
-        if ln_post and layer < owsm.n_layers_out - 1:
-            x = owsm.encoder.after_norm(x)
-        logp = np.asarray(jax.nn.log_softmax(owsm.decoder.ctc_logits(x)))
+        logp = np.asarray(jax.nn.log_softmax(self.head_logits(jnp.asarray(states), layer, ln_post)))
         tokens, avg = [], []
         for i, n in enumerate(int(n) for n in lengths):
             best = logp[i, :n].argmax(-1)
@@ -130,8 +127,78 @@ class OwsmDecoder(Checkpointed):
             avg.append(float(logp[i, np.arange(n), best].mean()))
         return tokens, avg
 
+    def head_logits(self, x, layer: int, ln_post: bool):
+        """The CTC head on layer ``layer``'s states ``x``, through ``after_norm`` where ``ln_post``."""
+        if ln_post and layer < self.n_layers_out - 1:
+            x = self.loaded.encoder.after_norm(x)
+        return self.loaded.decoder.ctc_logits(x)
+
     def text(self, ids: Sequence[int]) -> str:
         return self.loaded.text(ids)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OwsmCtcDecoder(OwsmDecoder):
+    """OWSM-CTC behind ``Decoder``: its CTC heads read with the prefix a task selects.
+
+    OWSM-CTC has no attention decoder; its encoder is told the language and the task (``<deu> <asr>``, ``<deu>
+    <st_eng>``) as two positions before the audio (``ctc_model``), and its CTC heads, interior and final, emit what that
+    prefix asks for (``ctc_asr_only``: v4's heads after blocks 6, 12 and 15 were trained on the transcript, 21 and the
+    final head on the task's output). So decode recomputes each window's layers from the audio with the part's prefix
+    (the store's states were encoded with ``<nolang> <asr>``) and reads the shared head on the part's layer as it is:
+    at an interior head's layer that is the model's own interior head, at L+1 its final head, elsewhere the same head as
+    a logit lens. ``greedy`` is the best path over every position, the prefix's two included, as ESPnet's
+    ``Speech2Text.best_path`` reads it (its special tokens are dropped from the text); there is no beam search, no
+    language detection and no fine-tuning. ``--decoding ctc`` reads the store's own states (``<nolang> <asr>``).
+    """
+
+    loaded: LoadedOwsm
+    manifest_extra: tuple = (("head", "ctc_prefix"),)
+    last: list = dataclasses.field(default_factory=list, repr=False)  # [(batch, language, task, states)]: one entry
+
+    @functools.cached_property
+    def caps(self) -> DecoderCaps:
+        tasks = tuple(t for t, token in TASK_TOKENS.items() if token in self.loaded.config.tasks())
+        return DecoderCaps(tasks=tasks, beam=False, ln_post=False, ctc=True)
+
+    def prompt(self, task: str, language: str) -> list[int]:
+        """The prefix ids ``<language> <task>``."""
+        c = self.loaded.config
+        return [c.token_id(f"<{language.strip('<>')}>"), c.token_id(TASK_TOKENS[task])]
+
+    def memories(self, batch: np.ndarray, variants: Sequence[tuple[int, bool]]):
+        """The batch's features with each variant's layer: the layers depend on the prefix, so ``search`` encodes."""
+        valid = np.full(len(batch), self.window_frames, np.int32)
+        for layer, ln_post in variants:
+            yield (layer, ln_post), (batch, layer), valid
+
+    def _states(self, batch: np.ndarray, language: str, task: str):
+        """Every layer of ``batch`` with the prefix ``<language> <task>``: encoded once for all the layers decoded."""
+        if self.last and self.last[0][0] is batch and self.last[0][1:3] == (language, task):
+            return self.last[0][3]
+        states = self.loaded.ctc_forward(batch, language, task)
+        self.last[:] = [(batch, language, task, states)]
+        return states
+
+    def search(self, memory, valid, task: str, languages: Sequence[str | None], search: Search):
+        """``(tokens per row, avg_logprob per row, language per row)``: the best path of the head on the part's layer
+        of the windows encoded with the prefix ``<language> <task>``."""
+        del valid, search  # a full window each; greedy is the best path
+        batch, layer = memory
+        if len(set(languages)) != 1 or languages[0] is None:
+            raise LanguageError("OWSM-CTC decodes a batch with one given language (no detection)")
+        states = self._states(batch, languages[0], TASK_TOKENS[task])
+        logp = np.asarray(jax.nn.log_softmax(self.loaded.ctc_logits(states, layer, ln_post=False), axis=-1))
+        best = logp.argmax(-1)
+        blank = self.loaded.config.token_id("<blank>")
+        tokens = [collapse(row, blank) for row in best]
+        avg = np.take_along_axis(logp, best[..., None], -1)[..., 0].mean(-1)
+        return tokens, avg.tolist(), [languages[0].strip("<>")] * len(tokens)
+
+    def head_logits(self, x, layer: int, ln_post: bool):
+        """The shared CTC head on a layer as it is (``--decoding ctc`` over the store's ``<nolang> <asr>`` states)."""
+        del layer, ln_post  # the heads read their layers as they are
+        return self.loaded.encoder.ctc_logits(x)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -147,7 +214,7 @@ def _avg_logprob(graphdef, state, head, ids, lengths, memory):
 
 
 def load_decoder(source, *, dtype=jnp.float32) -> OwsmDecoder | OwsmCtcDecoder:
-    """OWSM's decoder; OWSM-CTC's CTC heads read with a task's prefix (``ctc_decoder``), which has no attention
+    """OWSM's decoder; OWSM-CTC's CTC heads read with a task's prefix (``OwsmCtcDecoder``), which has no attention
     decoder."""
     loaded = load_owsm(source, dtype=dtype)
     return OwsmCtcDecoder(loaded) if loaded.decoder is None else OwsmDecoder(loaded)
