@@ -182,18 +182,24 @@ class OwsmCtcDecoder(OwsmDecoder):
 
     def search(self, memory, valid, task: str, languages: Sequence[str | None], search: Search):
         """``(tokens per row, avg_logprob per row, language per row)``: the best path of the head on the part's layer
-        of the windows encoded with the prefix ``<language> <task>``."""
+        of the windows encoded with the prefix ``<language> <task>`` (``memory``: ``memories``' (features, layer));
+        or, ``memory`` a layer's states already encoded with the stores' prefix (the heads job's ablated encoder),
+        the head on them."""
         del valid, search  # a full window each; greedy is the best path
-        batch, layer = memory
-        if len(set(languages)) != 1 or languages[0] is None:
-            raise LanguageError("OWSM-CTC decodes a batch with one given language (no detection)")
-        states = self._states(batch, languages[0], TASK_TOKENS[task])
-        logp = np.asarray(jax.nn.log_softmax(self.loaded.ctc_logits(states, layer, ln_post=False), axis=-1))
+        if isinstance(memory, tuple):
+            batch, layer = memory
+            if len(set(languages)) != 1 or languages[0] is None:
+                raise LanguageError("OWSM-CTC decodes a batch with one given language (no detection)")
+            states = self._states(batch, languages[0], TASK_TOKENS[task])
+            logits = self.loaded.ctc_logits(states, layer, ln_post=False)
+        else:
+            logits = self.loaded.encoder.ctc_logits(jnp.asarray(memory))
+        logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
         best = logp.argmax(-1)
         blank = self.loaded.config.token_id("<blank>")
         tokens = [collapse(row, blank) for row in best]
         avg = np.take_along_axis(logp, best[..., None], -1)[..., 0].mean(-1)
-        return tokens, avg.tolist(), [languages[0].strip("<>")] * len(tokens)
+        return tokens, avg.tolist(), [(languages[0] or "nolang").strip("<>")] * len(tokens)
 
     def head_logits(self, x, layer: int, ln_post: bool):
         """The shared CTC head on a layer as it is (``--decoding ctc`` over the store's ``<nolang> <asr>`` states)."""

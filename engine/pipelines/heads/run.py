@@ -149,8 +149,11 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
         raise HeadsError(f"--layers {bad} are not layers of this model (0..{top}: {encoder.layer_meaning})")
     family = FAMILIES[encoder.family]
     has_decoder = family.decoder is not None and DECODER in family.store_heads(info)
-    decoder = family.decoder(config.model) if has_decoder and config.decode else None
-    trainer = family.trainer(config.model) if has_decoder and "ce" in config.losses and family.trainer else None
+    wanted = has_decoder and (config.decode or "ce" in config.losses)
+    decoder = family.decoder(config.model) if wanted else None
+    trainable = decoder is not None and decoder.caps.training and family.trainer is not None  # OWSM-CTC: no
+    trainer = family.trainer(config.model) if trainable and "ce" in config.losses else None
+    decoder = decoder if config.decode else None
     if "ce" in config.losses and trainer is None:
         summary.notes.append(f"importance ce: not scored ({encoder.name} has no text decoder to train)")
     if config.decode and decoder is None:
