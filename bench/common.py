@@ -8,6 +8,7 @@ import pathlib
 import platform
 import statistics
 import subprocess
+import sys
 import time
 
 
@@ -146,6 +147,16 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.stdin.close()
             self.proc.wait(timeout=60)
+
+
+def serve_timed(fn, info: str) -> None:
+    """A ``Worker``'s side: ``fn`` warmed up, ``@@ready <info>``, then ``fn`` timed once per line read on stdin."""
+    fn()  # warm-up
+    print(f"@@ready {info}", flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        fn()
+        print(f"@@{time.perf_counter() - start}", flush=True)
 
 
 def interleaved_workers(contenders: dict[str, tuple[Worker, str]], repeats: int) -> dict[str, float]:

@@ -27,14 +27,13 @@ import os
 import pathlib
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import Worker, interleaved_workers, machine  # noqa: E402
+from bench.common import Worker, interleaved_workers, machine, serve_timed  # noqa: E402
 from bench.owsm import _torchaudio_placeholder, clips  # noqa: E402
 from bench.w2vbert_encoder import isa  # noqa: E402
 
@@ -171,13 +170,7 @@ ENGINES = {"ours": ours_contender, "espnet": espnet_contender}
 
 
 def serve(args) -> None:
-    fn, info = ENGINES[args.worker](args, pathlib.Path(args.model_dir))
-    fn()  # warm-up
-    print(f"@@ready {info}", flush=True)
-    for _ in sys.stdin:
-        start = time.perf_counter()
-        fn()
-        print(f"@@{time.perf_counter() - start}", flush=True)
+    serve_timed(*ENGINES[args.worker](args, pathlib.Path(args.model_dir)))
 
 
 def main() -> None:

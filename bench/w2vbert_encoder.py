@@ -22,14 +22,13 @@ import datetime
 import os
 import pathlib
 import sys
-import time
 
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import Worker, interleaved_workers, machine, record  # noqa: E402
+from bench.common import Worker, interleaved_workers, machine, record, serve_timed  # noqa: E402
 
 OURS, HF = "ours", "hf"
 LABELS = {OURS: "babelgrid Flax, layers 0..L (jit)", HF: "transformers PyTorch, output_hidden_states"}
@@ -93,13 +92,7 @@ ENGINES = {OURS: ours_contender, HF: hf_contender}
 def serve(args) -> None:
     """Worker side: set up one engine, warm it up, then time it once per line read on stdin."""
     features, valid = load_inputs(args.batch, args.seconds)
-    fn, info = ENGINES[args.worker](args, features, valid)
-    fn()  # warm-up
-    print(f"@@ready {info}", flush=True)
-    for _ in sys.stdin:
-        start = time.perf_counter()
-        fn()
-        print(f"@@{time.perf_counter() - start}", flush=True)
+    serve_timed(*ENGINES[args.worker](args, features, valid))
 
 
 def isa() -> str:
