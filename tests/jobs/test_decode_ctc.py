@@ -85,3 +85,19 @@ def test_a_resume_keeps_every_part(ctc_run, run_job):
     store = out.parent / "store"
     proc = run_job("decode", "--store", str(store), "--model", str(folder), "--out", str(out))
     assert "decoded 0 utterance-parts" in proc.stdout and "6 parts kept" in proc.stdout, proc.stdout
+
+
+def test_a_beam_search_is_refused_for_a_ctc_head(ctc_run):
+    """A CTC head is read by its best path: --decoding beam:N, which needs a text decoder, is refused in one line
+    before anything is written (greedy, the default, is the best path)."""
+    from engine.errors import BabelgridError
+    from engine.pipelines.decode.config import DecodeConfig
+    from engine.pipelines.decode.run import run_decode
+    from engine.runtime.options import configure
+
+    _, folder, out, _ = ctc_run
+    beam = out.parent / "beam"
+    with pytest.raises(BabelgridError, match=r"--decoding beam:3: the store's model has no text decoder to search"):
+        run_decode(configure(DecodeConfig, store=str(out.parent / "store"), model=str(folder), out=str(beam),
+                             decodings=("beam:3",), progress=False))  # fmt: skip
+    assert not beam.exists()

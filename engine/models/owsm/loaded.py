@@ -25,7 +25,6 @@ from flax import nnx
 
 from engine.errors import CheckpointError, ShapeError
 from engine.models.common.parallel import ShardedEncoder
-from engine.models.interface import CTCLens
 from engine.models.owsm import features as feats
 from engine.models.owsm.beam import beam_fn
 from engine.models.owsm.checkpoints import Checkpoint, load_checkpoint
@@ -160,23 +159,6 @@ class LoadedOwsm:
         """CTC greedy decoding of ``f32[batch, frame, vocab]``: each row's argmax, repeats merged, blanks dropped."""
         blank = self.config.token_id("<blank>")
         return [collapse(best, blank) for best in np.asarray(logits).argmax(-1)]
-
-    def ctc_lens(self) -> CTCLens:
-        """The CTC head as decode's per-layer lens over a store (``engine.models.interface.CTCLens``). OWSM-CTC: the
-        shared head on each layer as it is (``ln_post`` False), which is exactly what its interior heads read at
-        their layers and its final head at L+1; v3.1 and v4: through ``after_norm``, as the head reads L+1."""
-        blank = self.config.token_id("<blank>")
-        ctc = self.config.ctc is not None
-        head = self.encoder if ctc else self.decoder
-
-        def logits(states):
-            x = jnp.asarray(states)
-            return head.ctc_logits(x if ctc else self.encoder.after_norm(x))
-
-        return CTCLens(
-            name=self.checkpoint.name, sha256=self.checkpoint.sha256, adapter=None, ln_post=not ctc, blank_id=blank,
-            logits=logits, text=lambda best: self.text(collapse(np.asarray(best), blank)),
-        )  # fmt: skip
 
     def text(self, token_ids) -> str:
         """BPE pieces joined (``▁`` -> space), special ``<...>`` tokens dropped, as ESPnet's ``text_nospecial``."""

@@ -49,12 +49,6 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
     (``lease``). A work unit is one (language, layer): one part."""
     if config.tasks != (TASK,):
         raise DecodeError(f"a CTC head only transcribes: pass --tasks {TASK} (got {','.join(config.tasks)})")
-    searched = [d for d in config.decodings if d not in (DECODING, "greedy")]  # greedy: the head's best path
-    if searched:
-        raise DecodeError(
-            f"--decoding {','.join(searched)}: the store's model has no text decoder to search, only a CTC head, "
-            f"read by its best path: pass --decoding {DECODING}"
-        )
     if config.model is None:
         raise DecodeError("decode needs the store's model: pass --model (the *ForCTC folder or hub id it encoded with)")
     info = reader.info

@@ -73,6 +73,12 @@ def run_decode(config: DecodeConfig, *, decoder=None) -> DecodeSummary:
     if family.decoder is not None and DECODER in family.store_heads(info):
         refuse_without_head("decode", DECODER, None if decoder is not None else config.model, info, hint)
     elif family.ctc is not None:  # before the lease: a model without the head writes nothing
+        searched = [d for d in config.decodings if d not in (CTC, "greedy")]  # greedy: the head's best path
+        if searched:
+            raise DecodeError(
+                f"--decoding {','.join(searched)}: the store's model has no text decoder to search, only a CTC head, "
+                f"read by its best path: pass --decoding {CTC}"
+            )
         refuse_without_head(
             "decode", CTC, config.model, None,
             f"decode reads a {info.family} store through its model's {CTC} head: give the checkpoint that encoded it, "
