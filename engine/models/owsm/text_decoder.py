@@ -122,7 +122,7 @@ class OwsmDecoder(Checkpointed):
             ids = []
             for start in range(0, n, per_window):
                 w = best[start : start + per_window]
-                ids += [int(t) for t in w[np.r_[True, w[1:] != w[:-1]]] if t != blank]
+                ids += collapse(w, blank)
             tokens.append(ids)
             avg.append(float(logp[i, np.arange(n), best].mean()))
         return tokens, avg

@@ -21,8 +21,6 @@ from engine.stores.schema import is_done
 from engine.text import metrics as text_metrics
 from engine.text import phones
 
-TASK_METRICS = {"transcribe": ("wer", "cer"), "translate": ("bleu", "chrf"), "phones": ("per",)}
-
 
 def _not_encoded_reason(path: str) -> str:
     """Why the store has no states for an utterance: the encode job refuses audio that is missing, empty, silent or
@@ -54,10 +52,11 @@ def score_rows(table: pa.Table, codes: Mapping[str, str]) -> list[dict]:
         target = "en" if task == "translate" else codes[lang]
         norm = text_metrics.normalizer_for(target)
         refs = [norm(r) for r in g["reference"]]
-        hyps = [norm(h) for h in g["hypothesis"]]
-        if task == "phones":
+        if task == "phones":  # the reference's words phonemised; the hypothesis' /.../ phones as they are
             refs = [" ".join(phones.sentence_phones(target, r.split())) for r in refs]
             hyps = [" ".join(phones.phone_tokens(h)) for h in g["hypothesis"]]
+        else:
+            hyps = [norm(h) for h in g["hypothesis"]]
         if not any(r.split() for r in refs):
             continue
         if task == "phones":
@@ -69,7 +68,7 @@ def score_rows(table: pa.Table, codes: Mapping[str, str]) -> list[dict]:
                 "bleu": text_metrics.bleu(refs, hyps, target),
                 "chrf": text_metrics.chrf(refs, hyps),
             }
-        for metric in TASK_METRICS[task] if task == "phones" else ("wer", "cer", "bleu", "chrf"):
+        for metric, value in values.items():
             out.append(
                 dict(
                     language=lang,
@@ -78,7 +77,7 @@ def score_rows(table: pa.Table, codes: Mapping[str, str]) -> list[dict]:
                     task=task,
                     decoding=decoding,
                     metric=metric,
-                    value=values[metric],
+                    value=value,
                     n=len(g),
                 )  # fmt: skip
             )
