@@ -55,6 +55,7 @@ STATUS_CODES = frozenset(
     | {"PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "ABORTED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE"}
     | {"UNAUTHENTICATED"}
 )
+NON_FINITE = "NaN or inf values"  # the problem of stored states or scores that may not hold them
 _CHUNK_KEY = re.compile(r"((?:[^\s\"']*/)?c(?:\.\d+)+)")
 _warned: set[str] = set()
 _warned_lock = threading.Lock()

@@ -28,7 +28,7 @@ import pyarrow as pa
 import tensorstore as ts
 
 from engine.listing import Listing
-from engine.stores.integrity import chunk_key, damage_error, is_damage, repair_hint
+from engine.stores.integrity import NON_FINITE, DamageError, chunk_key, damage_error, is_damage, repair_hint
 from engine.stores.kv import StoreError, storage_error
 from engine.stores.language import LanguageArrays
 from engine.stores.layers import LayerStore
@@ -140,6 +140,7 @@ class StoreReader:
                 "rerun the encode job on this store to finish it"
             )
         out = _read(arrays.states_store[position, u, :n_frames], arrays, layer)
+        _check_finite(out[None], np.asarray([u]), arrays, layer)
         return out if dtype is None else out.astype(dtype)
 
     def language_layer(
@@ -166,7 +167,8 @@ class StoreReader:
           states: ``f[utterance, frames, embed]``.
           lengths: ``i32[utterance]``, valid frames, -1 for utterances not done.
 
-        A done utterance whose chunk is missing or fails its checksum raises a DamageError naming it.
+        A done utterance whose chunk is missing or fails its checksum, or whose states hold NaN or inf (which the
+        encode job never writes), raises a DamageError naming it.
         """
         arrays = self.arrays(lang)
         position = self.layer_position(layer)
@@ -193,9 +195,26 @@ class StoreReader:
             wanted = np.flatnonzero(done) if index is None else index[done]
             if wanted.size:
                 states[done] = _read(view[wanted], arrays, layer)
+        _check_finite(states, np.arange(arrays.n_utterances) if index is None else index, arrays, layer)
         if zero_padding:
             states[np.arange(frames) >= np.maximum(lengths, 0)[:, None]] = 0
         return states, lengths
+
+
+def _check_finite(states: np.ndarray, index: np.ndarray, arrays: LanguageArrays, layer: int) -> None:
+    """A DamageError naming the first utterance of ``states`` (``f[utterance, frame, embed]``, utterance indices
+    ``index``) that holds NaN or inf: the encode job refuses to write them (``NonFiniteStatesError``), so a stored
+    one was put there since, past the chunk checksums (which a rewrite with valid codecs recomputes)."""
+    if np.isfinite(states).all():
+        return
+    row = int(np.flatnonzero(~np.isfinite(states).all(axis=tuple(range(1, states.ndim))))[0])
+    u = int(index[row])
+    raise DamageError(
+        f"damaged data in {arrays.url!r}: layer {layer} of language {arrays.lang!r}, utterance {u} (id "
+        f"{arrays.rows[u].id!r}, {arrays.rows[u].path!r}) holds NaN or inf, which the encode job never writes. "
+        f"{repair_hint(arrays.url, 'encode')}",
+        NON_FINITE,
+    )
 
 
 def _read(view: ts.TensorStore, arrays: LanguageArrays, layer: int) -> np.ndarray:

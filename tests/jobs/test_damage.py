@@ -342,3 +342,88 @@ def test_a_damaged_manifest_is_named_and_not_rebuilt(clean, damaged):
     assert [(d.key, d.repair) for d in report.damage] == [("manifest.json", checks.NOT_REPAIRABLE)]
     assert report.exit_code == 1 and "restore it from a copy" in report.report()
     assert "not repairable: 1" in report.report() and "rerun  with" not in report.report()  # no job named: no line
+
+
+# -- what verify judges: only what babelgrid wrote (issue 82, F1, F7, F8) --------------------------------------------
+
+USER_FILES = {"notes.txt": b"my notes\n", "README.md": b"# mine\n", "mine.png": b"\x89PNG not really",
+              "mine.csv": b"a,b\n1,2\n", "mine.json": b"[1, 2, 3]\n", "broken.json": b"{not json",
+              "de/transcripts.txt": b"hallo welt\n", "mine.parquet": b"not a parquet"}  # fmt: skip
+
+
+def test_repair_keeps_the_users_files_and_says_so(clean, damaged):
+    """F1: every user file without a .sha256 was called damaged and deleted by --repair; now verify judges only what
+    babelgrid wrote, names the rest "not ours" and leaves them, while a damaged output of its own is still repaired."""
+    sim = damaged / "sim"
+    for name, data in USER_FILES.items():
+        (sim / name).parent.mkdir(parents=True, exist_ok=True)
+        (sim / name).write_bytes(data)
+    truncate(sim / "retrieval.csv")
+    report = _verify(sim, repair=True)
+    assert [d.key for d in report.damage] == ["retrieval.csv"], report.report()
+    assert all((sim / name).read_bytes() == data for name, data in USER_FILES.items())
+    text = report.report()
+    assert f"{len(USER_FILES)} files babelgrid did not write" in text and "not ours: left alone" in text, text
+    assert report.exit_code == 0 and _verify(sim).exit_code == 0
+
+
+def test_every_file_a_run_writes_is_one_verify_knows_as_ours(clean):
+    """The names verify judges without a digest (``ownership.OUTPUT_NAMES``) cover what the jobs write: each output
+    file with a digest in the clean run matches them, so a deleted digest is still named as damage."""
+    from engine.pipelines.verify.ownership import coordination, documented
+
+    digested = []
+    for folder in (clean / "run" / "store", clean / "run" / "sim"):
+        keys = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
+        digested += [k[: -len(".sha256")] for k in keys if k.endswith(".sha256")]
+        assert "not ours" not in " ".join(_verify(folder).notes)
+        assert all(documented(k) or coordination(k) for k in keys if k.endswith(".json")), keys
+    assert len(digested) >= 3 and all(documented(k) for k in digested), [k for k in digested if not documented(k)]
+    assert not any(documented(name) for name in USER_FILES)
+
+
+def test_a_checkpoint_is_judged_by_its_manifest_and_never_deleted(tmp_path):
+    """F7: orbax's commit_success.txt in an sae or finetune checkpoint was called damaged and deleted by --repair,
+    after which the resume was refused. Now a checkpoint is judged by its checksums.json, as the job's restore is."""
+    from engine.pipelines.finetune import checkpoints
+
+    out = tmp_path / "sae"
+    step = out / "layer-4" / "checkpoints" / "200"
+    (step / "state" / "d").mkdir(parents=True)
+    (step / "state" / "commit_success.txt").write_text("Checkpoint commit was successful to ...\n")
+    (step / "state" / "d" / "0.bin").write_bytes(b"\1" * 64)
+    (step / "checksums.json").write_text(json.dumps(checkpoints.manifest(step)))
+    (out / "manifest.json").write_text(json.dumps({"format": "babelgrid-sae"}))
+    report = _verify(out, repair=True)
+    assert report.exit_code == 0 and not report.damage and report.checked["checkpoints"] == 1, report.report()
+    assert (step / "state" / "commit_success.txt").exists()
+    flip(step / "state" / "d" / "0.bin")
+    report = _verify(out, repair=True)
+    assert [(d.key, d.problem) for d in report.damage] == [
+        ("layer-4/checkpoints/200/", "file 'state/d/0.bin' does not match its sha256 in checksums.json")
+    ], report.report()
+    assert checkpoints.verify(step) == report.damage[0].problem  # the one rule, as the job's restore reads it
+    assert (step / "state" / "d" / "0.bin").exists() and (step / "state" / "commit_success.txt").exists()
+
+
+def test_nan_in_a_store_is_damage_to_readers_and_verify(clean, damaged, tiny_whisper):
+    """F8: NaN written into a shard with valid checksums: verify said clean and seqsim wrote NaN matrices. Now the
+    readers name the utterance, verify names it and the repair plus an encode rerun restore the store."""
+    from engine.stores.integrity import NON_FINITE
+    from engine.stores.layers import LayerStore
+
+    store = damaged / "store"
+    writable = LayerStore.create_or_open(str(store), LayerStore.open(str(store)).info)
+    arrays = writable.language("de", indexed=False)
+    shard = arrays.states_store[:, 2].read().result()
+    shard[1, 0, 3] = np.nan
+    arrays.states_store[:, 2].write(shard).result()
+    with pytest.raises(DamageError, match=r"utterance 2 \(id 'utt2'.*holds NaN or inf"):
+        _seqsim(store, damaged / "sim2")
+    poisoned = LayerStore.open(str(store)).info.layers[1]  # the NaN's layer: no matrix of it is marked done
+    assert f"{poisoned}.json" not in {p.name for p in (damaged / "sim2").rglob("done/*.json")}
+    report = _verify(store)
+    assert [(d.what, d.problem) for d in report.damage] == [("de utterance 2 (id 'utt2')", NON_FINITE)]
+    assert _verify(store, repair=True).exit_code == 0
+    assert _encode(store, clean / "clips", tiny_whisper).done == 1
+    assert files(store) == files(clean / "run" / "store")

@@ -31,13 +31,13 @@ import jax
 
 from engine.errors import CheckpointError
 from engine.pipelines.finetune.data import FinetuneError
+from engine.stores import checkpoint_manifest
+from engine.stores.checkpoint_manifest import FORMAT, MANIFEST
 
 log = logging.getLogger(__name__)
 KEEP = 2  # checkpoints kept: the newest and one to fall back to
-MANIFEST = "checksums.json"
 STATE = "state"
 LEGACY_ITEM = "default"  # orbax CheckpointManager's folder for its one unnamed item
-FORMAT = 1
 _BLOCK = 1 << 20  # bytes read at a time while hashing
 
 
@@ -62,26 +62,19 @@ def manifest(folder: pathlib.Path) -> dict:
 
 
 def verify(folder: pathlib.Path) -> str | None:
-    """None when ``folder`` (a ``<step>`` checkpoint) agrees with its manifest, else what is wrong, naming the file."""
+    """None when ``folder`` (a ``<step>`` checkpoint) agrees with its manifest, else what is wrong, naming the file
+    (``checkpoint_manifest.problem``, the rule ``babelgrid verify`` applies too)."""
     path = folder / MANIFEST
-    if not path.is_file():
-        return f"it has no {MANIFEST}, though its state/ folder shows it was written with one"
     try:
-        listed = json.loads(path.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        text = path.read_bytes() if path.is_file() else None
+    except OSError as e:
         return f"its {MANIFEST} is unreadable ({type(e).__name__}: {e})"
-    if not listed:
-        return f"its {MANIFEST} lists no file"
-    for name, want in sorted(listed.items()):
+
+    def digest(name: str) -> tuple[int, str] | None:
         file = folder / name
-        if not file.is_file():
-            return f"file '{name}' is missing"
-        size = file.stat().st_size
-        if size != want["size"]:
-            return f"file '{name}' has {size} bytes, its manifest says {want['size']}"
-        if _sha256(file) != want["sha256"]:
-            return f"file '{name}' does not match its sha256 in {MANIFEST}"
-    return None
+        return (file.stat().st_size, _sha256(file)) if file.is_file() else None
+
+    return checkpoint_manifest.problem(text, digest)
 
 
 def steps(root: pathlib.Path) -> list[int]:

@@ -2,18 +2,18 @@
 
 - **Layer store** (``engine.stores.layers``): every ``lengths`` chunk; every done utterance's shard, all layers (the
   shard index's and every inner chunk's crc32c); that every done utterance has a shard and the frame count its row
-  says; the utterance tables; that the arrays' shapes agree with the manifest and the table; every language's index
+  says, and that its states hold no NaN or inf (the encode job never writes them); the utterance tables; that the arrays' shapes agree with the manifest and the table; every language's index
   key and the roster of languages (their digests, and that every language found has its index). Repair: a damaged
   utterance's ``lengths`` entry becomes -1 (not done), and a damaged ``lengths`` chunk is rebuilt from the shards
   that verify cleanly (a done utterance's length is its row's ``n_frames``), so the encode job redoes exactly the
   damaged utterances; a damaged index or roster is deleted, which the encode job writes again.
 - **Similarity store** (``engine.stores.similarity``): every pair's ``ids.json``, every done marker (digests), and
-  the matrix chunk of every done layer of every pair. Repair: the damaged pair-layers' done markers and damaged
+  the matrix chunk of every done layer of every pair, and that no scored cell is inf. Repair: the damaged pair-layers' done markers and damaged
   ``ids.json`` are deleted, so the seqsim job recomputes and rewrites them.
-- **Every Parquet, JSON and output file** anywhere under the location (job outputs, parts, manifests): Parquet read
-  with page CRCs and its declared columns, JSON against its digest, CSVs, figures and reports against their
-  ``.sha256`` digest files. Repair: a damaged part, merged table or output file is deleted (the job that wrote it
-  redoes the part and rebuilds the table or file); a damaged manifest cannot be rebuilt and is only reported.
+- **Every file babelgrid wrote** anywhere under the location (job outputs, parts, manifests, checkpoints), and only
+  those (``engine.pipelines.verify.files``, ``ownership``): a user's own files are named "not ours" and left alone.
+  Repair: a damaged part, merged table or output file is deleted (the job that wrote it redoes the part and rebuilds
+  the table or file); a damaged manifest cannot be rebuilt and is only reported.
 - **A store inside a store** (a babelgrid manifest below a store's root): reported, not repaired (move it out).
 """
 
@@ -28,8 +28,8 @@ import tensorstore as ts
 
 from engine.axes import UTTERANCE
 from engine.errors import BabelgridError
-from engine.stores.integrity import DIGEST_SUFFIX, DamageError, check_output, damage_kind, is_damage, read_parquet
-from engine.stores.kv import StoreError, json_bytes, read_json, read_npz, read_value, storage_error
+from engine.stores.integrity import NON_FINITE, DamageError, damage_kind, is_damage
+from engine.stores.kv import StoreError, json_bytes, read_json, storage_error
 from engine.stores.layers import LayerStore
 from engine.stores.pair_roster import ROSTER as PAIRS_ROSTER
 from engine.stores.schema import (
@@ -184,11 +184,14 @@ def _language(kv, arrays, lang: str, shards: set[int], findings: Findings, bar) 
         futures = [arrays.states_store[ts.d[UTTERANCE][u]].read() for u in batch]
         for u, future in zip(batch, futures, strict=True):
             try:
-                future.result()
+                shard = future.result()
             except ValueError as e:
                 if not is_damage(e):  # unreachable or forbidden: not a verdict on the shard
                     raise storage_error("read", f"{lang}/{STATES}c.0.{u}.0.0", arrays.url, e) from None
                 bad[u] = _problem(e)
+                continue
+            if not np.isfinite(shard).all():  # the encode job never writes them: put there past the checksums
+                bad[u] = NON_FINITE
         findings.count("shards", len(batch))
         bar.update(len(batch))
     orphans = sum(1 for u in shards if u < n and lengths[u] < 0 and u not in unknown)
@@ -295,18 +298,24 @@ def _pair_layer(reader, kv, key: str, marker_key: str, findings: Findings) -> No
     what = f"{key.replace('/', ' ').strip()} layer {layer}"
     repair = "marked not done: rerun the seqsim job"
     try:
-        read_json(kv, marker_key, reader.url, sealed=reader.sealed)
+        marker = read_json(kv, marker_key, reader.url, sealed=reader.sealed) or {}
         position = reader.layer_position(int(layer))
     except (DamageError, SimilarityError, ValueError) as e:
         findings.damage.append(Damage(what, marker_key, _problem(e), repair, _delete(kv, marker_key), "seqsim"))
         return
     try:
-        reader._open_array(key, writable=False)[position].read().result()
+        scores = reader._open_array(key, writable=False)[position].read().result()
         findings.count("pair-layers")
     except ValueError as e:
         if not is_damage(e):
             raise storage_error("read", f"{key}c.{position}.0.0", reader.url, e) from None
         findings.damage.append(Damage(what, f"{key}c.{position}.0.0", _problem(e), repair, _delete(kv, marker_key),
+                                      "seqsim"))  # fmt: skip
+        return
+    # inf is no measure's score (NaN is: the rows and columns not scored, and what ot could not measure, which
+    # retrieval tells apart by measure)
+    if "rows" in marker and np.isinf(scores[np.ix_(marker["rows"], marker["cols"])]).any():
+        findings.damage.append(Damage(what, f"{key}c.{position}.0.0", NON_FINITE, repair, _delete(kv, marker_key),
                                       "seqsim"))  # fmt: skip
 
 
@@ -346,46 +355,3 @@ def nested_stores(url: str, keys: list[str], kv, findings: Findings) -> None:
             where = key[: -len("manifest.json")]
             repair = "none: move it out of the store (outputs never nest in the stores they read)"
             findings.damage.append(Damage(f"a {nested} in {where}", key, "another store inside this one", repair))
-
-
-def files(url: str, keys: list[str], kv, findings: Findings, bar) -> None:
-    """Reads every Parquet, JSON and output file among ``keys`` that a store check did not read already: Parquet
-    pages and declared columns, JSON digests, each output file against its digest file."""
-    present, unchecked = set(keys), 0
-    for key in (k for k in keys if k not in findings.keys_done):
-        if key.endswith(DIGEST_SUFFIX):
-            if key[: -len(DIGEST_SUFFIX)] not in present:  # its file is gone: the rerun writes both again
-                repair = "its digest file deleted: rerun the job that wrote it"
-                findings.damage.append(Damage(key[: -len(DIGEST_SUFFIX)], key, "missing", repair, _delete(kv, key)))
-            continue
-        if key.endswith(".json"):
-            try:
-                read_json(kv, key, url)
-                findings.count("JSON files")
-            except (ValueError, StoreError, BabelgridError) as e:
-                findings.damage.append(Damage(key, key, damage_kind(e) or "unreadable JSON", NOT_REPAIRABLE))
-        elif key.endswith((".parquet", *OUTPUTS)) or key + DIGEST_SUFFIX in present:
-            try:
-                data = bytes(read_value(kv, key, url).value)
-                if key.endswith(".parquet"):
-                    read_parquet(data, key, url, fix="")
-                elif key.endswith(".npz"):
-                    read_npz(data, key, url, fix="")  # numeric arrays only: an object array is damage, not read
-                if not check_output(kv, key, data, url) and not key.endswith(".parquet"):
-                    unchecked += 1
-                    repair = "deleted with nothing to check it against: rerun the job that wrote it"
-                    findings.damage.append(Damage(key, key + DIGEST_SUFFIX, "digest missing", repair,
-                                                  _delete(kv, key)))  # fmt: skip
-                else:
-                    findings.count("Parquet files" if key.endswith(".parquet") else "output files")
-            except DamageError as e:
-                repair = "deleted: rerun the job that wrote it (it redoes a part, and rebuilds a merged table or file)"
-                findings.damage.append(Damage(key, key, _problem(e), repair, _delete(kv, key, key + DIGEST_SUFFIX)))
-        else:
-            continue  # chunks and zarr metadata: read by the store checks, or not babelgrid's
-        bar.update(1)
-    if unchecked:
-        findings.notes.append(
-            f"{unchecked} output files have no {DIGEST_SUFFIX} digest file: it was deleted, so they cannot be checked "
-            "and are named as damage"
-        )

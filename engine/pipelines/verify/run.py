@@ -13,7 +13,7 @@ import time
 
 import tensorstore as ts
 
-from engine.pipelines.verify import checks
+from engine.pipelines.verify import checks, files
 from engine.pipelines.verify.config import VerifyConfig, VerifyError
 from engine.runtime.lease import StoreBusyError, live_writer
 from engine.runtime.runs import RunSummary, progress_bar, writer_lease
@@ -131,7 +131,7 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
         if kind in KINDS.values():
             checks.nested_stores(url, keys, kv, findings)
         findings.keys_done.add(MANIFEST)
-        checks.files(url, keys, kv, findings, bar)
+        files.files(url, keys, kv, findings, bar)
     finally:
         bar.close()
     summary.damage, summary.notes, summary.checked = findings.damage, findings.notes, findings.checked
