@@ -235,6 +235,7 @@ def seqsim_matrix(
     directional: bool = False,
     memory_bytes: int | None = None,
     packed: bool | None = None,
+    pallas: bool = False,
 ) -> jax.Array | SeqSim:
     """SeqSim of every utterance of A against every utterance of B.
 
@@ -248,10 +249,20 @@ def seqsim_matrix(
     longest, one compiled shape for most grids); needs concrete lengths and ignores the block arguments. Default
     (None): packed on CPU when no block size is given and the lengths are concrete, blocks elsewhere (packing is
     not measured on accelerators yet).
+
+    ``pallas``: score by the fused Pallas kernel instead (``kernels.seqsim_pallas``: the similarity tiles never go
+    to HBM); opt-in only, never a default (not measured on a device yet; interpret mode on CPU, slow); ignores the
+    block arguments, and ``packed=True`` with it is an error.
     """
     A, B = jnp.asarray(A), jnp.asarray(B)
     len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
     _check_inputs(A, len_A, B, len_B)
+    if pallas:
+        if packed:
+            raise ValueError("seqsim_matrix: choose packed=True or pallas=True, not both")
+        from kernels.seqsim_pallas import seqsim_matrix_pallas  # imports this module: imported on first use
+
+        return seqsim_matrix_pallas(A, len_A, B, len_B, directional=directional)
     device = jax.devices()[0]
     if packed is None:
         packed = packs_by_default(device) and block_a is None and block_b is None and not traced(len_A, len_B)

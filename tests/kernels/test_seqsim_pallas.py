@@ -159,3 +159,18 @@ def test_lowers_to_triton_for_cuda(dtype):
 
     text = jax.jit(run).trace(A, lengths_a, B, lengths_b).lower(lowering_platforms=("cuda",)).as_text()
     assert "triton" in text.lower() and "seqsim_pallas" in text
+
+
+def test_seqsim_matrix_takes_pallas_on_request_only():
+    rng = np.random.default_rng(4)
+    A, len_A = ragged(rng, 3, 70, 384)
+    B, len_B = ragged(rng, 4, 45, 384, poison=np.inf)
+    # The same shapes as test_f32_vs_xla_and_reference[384]: compiled once for both tests.
+    direct = pallas(A, len_A, B, len_B)
+    chosen = ss.seqsim_matrix(A, len_A, B, len_B, directional=True, pallas=True)
+    for c, d in zip(chosen, direct, strict=True):
+        np.testing.assert_array_equal(np.asarray(c), np.asarray(d))
+    default = ss.seqsim_matrix(A, len_A, B, len_B)  # the XLA paths stay the default (packed on CPU)
+    np.testing.assert_allclose(np.asarray(default), np.asarray(direct.score), rtol=0, atol=F32_ATOL)
+    with pytest.raises(ValueError, match="packed=True or pallas=True"):
+        ss.seqsim_matrix(A, len_A, B, len_B, packed=True, pallas=True)
