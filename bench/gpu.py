@@ -17,7 +17,8 @@ Sections (``--sections``, in this order):
   ahead of the copy (as the encode job does); and attention through ``jax.nn.dot_product_attention`` (cuDNN's
   fused kernel where it applies, ``GPU_FUSED_ATTENTION``) against babelgrid's einsum-softmax-einsum form.
 - ``seqsim``: ``kernels.seqsim.seqsim_matrix`` at d 1280, 400 x 400 utterances of 400-500 frames, bf16, against a
-  square bf16 matmul of the same FLOPs timed in interleaved rounds (``bench/seqsim.py``'s contenders).
+  square bf16 matmul of the same FLOPs timed in interleaved rounds (``bench/seqsim.py``'s contenders), and the
+  fused Pallas kernel (``pallas=True``) on the same inputs (``bench/seqsim_pallas.py`` sweeps its block sizes).
 - ``decode``: greedy decoding of ``--decode_batch`` windows (random audio, language and task forced, ``--tokens``
   new tokens: random weights never say end-of-text) against transformers' ``generate`` on CUDA, a random
   large-v3-turbo folder with ``--decode_layers`` encoder blocks, float32 on both sides with TF32 off (JAX HIGHEST,
@@ -280,18 +281,23 @@ def section_seqsim(args) -> tuple[list[str], dict]:
     flops = 2.0 * count * frames * count * frames * d
     side, square = square_matmul(flops, jnp.bfloat16)
     kernel = lambda: seqsim.seqsim_matrix(A, len_A, B, len_B)  # noqa: E731
-    rounds = {"seqsim": [], "matmul": []}
-    for fn in (kernel, square):
+    # The fused Pallas kernel (issue 80), its BLOCKS entry for this device; bench/seqsim_pallas.py sweeps its blocks.
+    fused = lambda: seqsim.seqsim_matrix(A, len_A, B, len_B, pallas=True)  # noqa: E731
+    rounds = {"seqsim": [], "matmul": [], "pallas": []}
+    for fn in (kernel, square, fused):
         timed(fn)
     for _ in range(args.rounds):
         rounds["matmul"].append(timed(square))
         rounds["seqsim"].append(timed(kernel))
+        rounds["pallas"].append(timed(fused))
     med = {k: statistics.median(v) for k, v in rounds.items()}
     ratio = med["matmul"] / med["seqsim"]
     rate = getattr(args, "bf16_rate", None)
     data = {"d": d, "utterances": count, "frames": frames, "flops": flops, "seconds": med,
             "seqsim_tflops": flops / med["seqsim"] / 1e12, "matmul_tflops": flops / med["matmul"] / 1e12,
-            "ratio": ratio, "of_8192_rate": (flops / med["seqsim"] / rate) if rate else None}  # fmt: skip
+            "ratio": ratio, "of_8192_rate": (flops / med["seqsim"] / rate) if rate else None,
+            "pallas_tflops": flops / med["pallas"] / 1e12, "pallas_ratio": med["matmul"] / med["pallas"],
+            "pallas_max_diff": float(jnp.max(jnp.abs(fused() - kernel())))}  # fmt: skip
     lines = [
         f"d {d}, {count} x {count} utterances of {int(0.8 * frames)}-{frames} frames (padded {frames}), bf16 in, f32 "
         f"accumulation; {flops / 1e12:.1f} TFLOP counted over padded frames; medians of {args.rounds} rounds.",
@@ -299,10 +305,13 @@ def section_seqsim(args) -> tuple[list[str], dict]:
         "| contender | s | TFLOP/s |",
         "| --- | ---: | ---: |",
         f"| seqsim_matrix | {med['seqsim']:.3f} | {data['seqsim_tflops']:.0f} |",
+        f"| seqsim_matrix(pallas=True) | {med['pallas']:.3f} | {data['pallas_tflops']:.0f} |",
         f"| square bf16 matmul, side {side} | {med['matmul']:.3f} | {data['matmul_tflops']:.0f} |",
         "",
         f"- seqsim against the equal-FLOP matmul: **{ratio:.2f}x** (goal >= 0.6x)"
         + (f"; against the 8192-cube rate: {data['of_8192_rate']:.2f}" if rate else ""),
+        f"- the fused Pallas kernel against the equal-FLOP matmul: **{data['pallas_ratio']:.2f}x**; its largest "
+        f"difference from seqsim_matrix: {data['pallas_max_diff']:.1e}",
     ]
     return lines, data
 

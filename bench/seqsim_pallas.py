@@ -1,0 +1,150 @@
+"""Benchmark: the fused Pallas SeqSim kernel against the XLA blocks and the same run's bf16 matmul rate (issue 80).
+
+    python bench/seqsim_pallas.py                       # on a GPU: d 1280, FLEURS-shaped lengths, bf16
+    python bench/seqsim_pallas.py --sweep               # also every block size of SWEEP (the BLOCKS table's source)
+    python bench/seqsim_pallas.py --smoke --sweep       # any machine (CPU: interpret mode), tiny shapes, ~1 min
+
+Two languages of ``--utterances`` utterances with FLEURS-shaped lengths (``bench.scale.grid``: FLEURS sample
+durations, 50 frames a second), random states of width ``--embed`` in ``--dtype``. Contenders, timed in interleaved
+rounds after a warm-up call each (``bench.common.interleaved_times``), every result waited for:
+
+- ``xla blocks``: ``kernels.seqsim.seqsim_matrix(packed=False)``, every utterance padded to the longest;
+- ``pallas``: ``kernels.seqsim_pallas.seqsim_matrix_pallas`` with the ``BLOCKS`` entry of this device (or each
+  ``--sweep`` candidate: one row per candidate);
+- ``matmul``: repeated ``--side``-cube bf16 products accumulated in f32 (8192 on a device: the issue's ceiling).
+
+Rates count FLOPs on valid frames (``2 * sum(len_a) * sum(len_b) * d``, the issue's goal: at least 0.6 of the
+8192-cube rate) and, for the XLA blocks, as computed (padded to the longest). Each kernel's largest difference from
+the XLA blocks is printed beside its time: on a device this checks the compiled kernel, which CPU tests cannot.
+Nothing is written unless ``--write FILE`` is given (``bench/RESULTS.md``, section "seqsim pallas").
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import statistics
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from bench.common import interleaved_times, load_average, machine, record  # noqa: E402
+from bench.scale import grid  # noqa: E402
+from bench.seqsim import tiled_matmul  # noqa: E402
+from kernels import seqsim, seqsim_pallas  # noqa: E402
+from kernels.seqsim_pallas import PallasBlocks  # noqa: E402
+
+# Candidates of the sweep on a GPU: (frames_a, frames_b, embed step, warps, stages), Triton matmul tiles around
+# the table's untuned default. The best row goes into kernels.seqsim_pallas.BLOCKS for this device kind.
+SWEEP = [
+    PallasBlocks(64, 64, 64, 4, 2),
+    PallasBlocks(64, 128, 64, 4, 3),
+    PallasBlocks(128, 64, 64, 4, 3),
+    PallasBlocks(128, 128, 32, 4, 3),
+    PallasBlocks(128, 128, 64, 4, 3),
+    PallasBlocks(128, 128, 64, 8, 3),
+    PallasBlocks(128, 128, 64, 8, 4),
+    PallasBlocks(128, 256, 64, 8, 3),
+    PallasBlocks(256, 128, 64, 8, 3),
+    PallasBlocks(128, 128, 128, 8, 2),
+]
+SMOKE_SWEEP = [PallasBlocks(16, 16, 64), PallasBlocks(32, 16, 128)]  # interpret mode on CPU: few, small tiles
+
+
+def inputs(utterances: int, embed: int, dtype, frame_scale: float, seed: int = 0):
+    """(A, len_A, B, len_B): two languages of FLEURS-shaped lengths, random states padded to each side's longest."""
+    lengths = grid(2, utterances, 1.0, frame_scale, seed=seed)
+    out = []
+    for i, n in enumerate(lengths.values()):
+        x = jax.random.normal(jax.random.key(seed + i), (len(n), int(n.max()), embed), jnp.float32)
+        out += [x.astype(dtype), jnp.asarray(n)]
+    return tuple(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--utterances", type=int, default=160, help="utterances per language")
+    parser.add_argument("--embed", type=int, default=1280, help="d (large-v3: 1280)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--side", type=int, default=8192, help="cube side of the bf16 matmul baseline")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sweep", action="store_true", help="also time every block size candidate (SWEEP)")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes: check that the program runs (any machine)")
+    parser.add_argument("--write", default="", help="results file to record the table in (default: print only)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.utterances, args.embed, args.side, args.rounds = 3, 384, 256, 2
+    frame_scale = 0.05 if args.smoke else 1.0  # smoke: ~25 frames an utterance, still a few interpret tiles
+    dtype = jnp.dtype(args.dtype)
+    started = datetime.datetime.now().astimezone()
+    device = jax.devices()[0]
+
+    A, len_A, B, len_B = inputs(args.utterances, args.embed, dtype, frame_scale)
+    valid = 2.0 * float(np.sum(len_A)) * float(np.sum(len_B)) * args.embed
+    padded = 2.0 * A.shape[0] * A.shape[1] * B.shape[0] * B.shape[1] * args.embed
+    matmul_flops, matmul = tiled_matmul(valid, jnp.bfloat16, side=args.side)
+
+    table = seqsim_pallas.blocks_for(device)
+    candidates = {f"pallas {_name(table)} (table)": table}
+    if args.sweep:
+        for blocks in SMOKE_SWEEP if args.smoke else SWEEP:
+            candidates.setdefault(f"pallas {_name(blocks)}", blocks)
+
+    def xla():
+        return jax.block_until_ready(seqsim.seqsim_matrix(A, len_A, B, len_B, packed=False))
+
+    def pallas(blocks):
+        return lambda: jax.block_until_ready(seqsim_pallas.seqsim_matrix_pallas(A, len_A, B, len_B, blocks=blocks))
+
+    contenders = {"xla blocks": xla, "matmul": lambda: jax.block_until_ready(matmul())}
+    contenders |= {name: pallas(blocks) for name, blocks in candidates.items()}
+    want = np.asarray(xla())
+    contenders["matmul"]()  # compiled before the rounds, as the others are by the checks below
+    diffs = {name: float(np.max(np.abs(np.asarray(contenders[name]()) - want))) for name in candidates}
+    times = {k: statistics.median(v) for k, v in interleaved_times(contenders, args.rounds, warm_up=False).items()}
+    rate = matmul_flops / times["matmul"]
+
+    lines = [
+        f"Device: {device.device_kind} ({device.platform}{', interpret mode' if device.platform == 'cpu' else ''}); "
+        f"machine: {machine()}; date {started:%Y-%m-%d %H:%M %Z}; load {load_average()}; "
+        f"command: `python bench/seqsim_pallas.py {' '.join(sys.argv[1:])}`.",
+        f"{args.utterances} x {args.utterances} utterances, FLEURS-shaped lengths (longest {A.shape[1]} and "
+        f"{B.shape[1]} frames), d {args.embed}, {args.dtype}; {valid / 1e12:.3g} TFLOP on valid frames, "
+        f"{padded / 1e12:.3g} as the XLA blocks compute them ({padded / valid:.2f}x); medians of {args.rounds} "
+        f"interleaved rounds. bf16 {args.side}-cube matmul: {rate / 1e12:.3g} TFLOP/s.",
+        "",
+        "| contender | s | TFLOP/s, valid frames | of the matmul rate | max abs diff from xla blocks |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, t in times.items():
+        if name == "matmul":
+            continue
+        diff = f"{diffs[name]:.1e}" if name in diffs else "-"
+        lines.append(f"| {name} | {t:.4g} | {valid / t / 1e12:.3g} | {valid / t / rate:.3f} | {diff} |")
+    best = min((t, name) for name, t in times.items() if "pallas" in name)
+    lines += [
+        "",
+        f"- best Pallas ({best[1]}): {valid / best[0] / rate:.2f} of the {args.side}-cube bf16 rate on valid frames "
+        f"(issue 80's goal on an H100/H200: >= 0.6); {times['xla blocks'] / best[0]:.2f}x the XLA blocks' speed.",
+    ]
+    if device.platform == "cpu":
+        lines.append("- CPU: interpret mode, a smoke run of the program, not a measurement of the kernel.")
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        record(pathlib.Path(args.write), "seqsim pallas", text)
+        print(f"wrote ## seqsim pallas in {args.write}")
+
+
+def _name(b: PallasBlocks) -> str:
+    gpu = f" w{b.num_warps} s{b.num_stages}" if b.num_warps else ""
+    return f"{b.frames_a}x{b.frames_b}x{b.embed}{gpu}"
+
+
+if __name__ == "__main__":
+    main()
