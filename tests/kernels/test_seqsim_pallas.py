@@ -129,7 +129,8 @@ def test_bad_inputs_name_the_argument():
 
 
 def test_block_table():
-    assert sp.device_key() == "cpu-interpret" and sp.blocks_for() == sp.BLOCKS["cpu-interpret"]
+    if jax.default_backend() == "cpu":  # on a GPU this file tests the compiled kernel, with that device's entry
+        assert sp.device_key() == "cpu-interpret" and sp.blocks_for() == sp.BLOCKS["cpu-interpret"]
 
     class Kind:
         platform = "gpu"
