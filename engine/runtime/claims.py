@@ -46,9 +46,17 @@ from collections.abc import Callable, Iterator, Sequence
 
 import tensorstore as ts
 
-from engine.runtime.lease import dead_here
 from engine.runtime.options import DEFAULT_CLAIM_TTL
-from engine.runtime.status import RUN_RECORD, list_keys, read_records, run_status, task_label, worker_prefix
+from engine.runtime.status import (
+    RUN_RECORD,
+    dead_here,
+    list_keys,
+    read_records,
+    record_problem,
+    run_status,
+    task_label,
+    worker_prefix,
+)
 from engine.stores.kv import StoreError, create_key, iso_utc, parse_record, read_value, storage_error, write_value
 
 CLAIMS_DIR = "claims/"
@@ -120,8 +128,10 @@ class WorkClaims:
             self._delete_all()
             return
         now = time.time()
-        left = {**read_records(self.kv, list_keys(self.kv, self.prefix, self.url), self.url),
-                **read_records(self.kv, list_keys(self.kv, worker_prefix(self.job), self.url), self.url)}  # fmt: skip
+        damaged: dict[str, str] = {}
+        left = {**read_records(self.kv, list_keys(self.kv, self.prefix, self.url), self.url, damaged),
+                **read_records(self.kv, list_keys(self.kv, worker_prefix(self.job), self.url), self.url, damaged),
+                **{key: {} for key in damaged}}  # a damaged record holds nothing: it goes  # fmt: skip
         live = {key for key, r in left.items() if r.get("state") == WORKING and r.get("expires_unix", 0) > now
                 and not dead_here(r)}  # fmt: skip
         run = worker_prefix(self.job) + RUN_RECORD
@@ -244,6 +254,10 @@ class WorkClaims:
         key = self.key(unit)
         found = read_value(self.kv, key, self.url)
         holder = {} if found.state == "missing" else parse_record(found.value)
+        problem = record_problem(holder) if holder else None
+        if problem is not None:  # hand-edited or foreign: it holds the unit for nobody, so it is taken over
+            log.warning("the work claim %s of %r is damaged (%s): taking it over", key, self.url, problem)
+            holder = {}
         if holder.get("state") == FINISHED:
             return holder
         if holder and holder.get("expires_unix", 0.0) > time.time() and not dead_here(holder):

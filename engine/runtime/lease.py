@@ -57,7 +57,7 @@ import uuid
 
 import tensorstore as ts
 
-from engine.runtime.status import run_status
+from engine.runtime.status import LEASE, LEASE_FIELDS, dead_here, record_problem, run_status
 from engine.stores.kv import (
     StoreError,
     iso_utc,
@@ -68,7 +68,6 @@ from engine.stores.kv import (
     write_value,
 )
 
-LEASE = "lease.json"
 DEFAULT_TTL = 120.0  # seconds; renewed every ttl / 3, so a run survives two missed renewals
 SETTLE = 1.0  # seconds between writing and reading back the lease on a store that ignores conditional writes
 JOIN_POLL = 1.0  # seconds between looks at the lease of a run whose first worker is still creating the output
@@ -154,9 +153,9 @@ class WriterLease(_Lease):
         """Takes the lease or raises StoreBusyError; starts renewing it."""
         found = read_value(self.kv, LEASE, self.url)
         if found.state != "missing":
-            holder = parse_record(found.value)
+            holder = holder_of(found, self.url)
             expires = holder.get("expires_unix", 0.0)
-            said = _who(holder)
+            said = _who(holder) if holder else "a damaged lease record"
             if expires > time.time() and holder.get("mode") != WORKERS and dead_here(holder):
                 # Killed on this very host (a SIGKILL, an out-of-memory kill): no need to wait for the expiry.
                 said += ", which no longer runs"
@@ -224,8 +223,7 @@ class WriterLease(_Lease):
             return bool(stamp.generation)
 
     def _read_holder(self) -> dict:
-        found = read_value(self.kv, LEASE, self.url)
-        return {} if found.state == "missing" else parse_record(found.value)
+        return holder_of(read_value(self.kv, LEASE, self.url), self.url)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
@@ -269,7 +267,7 @@ class SharedLease(_Lease):
         waited = False
         while True:
             found = read_value(self.kv, LEASE, self.url)
-            holder = {} if found.state == "missing" else parse_record(found.value)
+            holder = holder_of(found, self.url)
             live = holder.get("expires_unix", 0.0) > time.time()
             if live and holder.get("state") == OPENING and dead_here(holder):
                 live = False  # its opener was killed on this host before it opened the run
@@ -328,7 +326,7 @@ class SharedLease(_Lease):
                 # by a worker that ended, and wrote it again) says the run is open, which is what this one publishes.
                 # Only a run of another job or without --worker has taken it.
                 found = read_value(self.kv, LEASE, self.url)
-                holder = parse_record(found.value) if found.state == "value" else {}
+                holder = holder_of(found, self.url)
                 if holder and (holder.get("mode") != WORKERS or holder.get("job") != self.job):
                     self._lost = (
                         f"the writer lease of {self.url!r} was taken by another run ({_who(holder)}) while this "
@@ -344,7 +342,7 @@ class SharedLease(_Lease):
             return
         try:
             found = read_value(self.kv, LEASE, self.url)
-            holder = parse_record(found.value) if found.state == "value" else {}
+            holder = holder_of(found, self.url)
             if holder.get("mode") != WORKERS or holder.get("job") != self.job:
                 return
             if self._state == OPEN and self._others_live():
@@ -375,7 +373,7 @@ class SharedLease(_Lease):
         try:
             with self._lock:
                 found = read_value(self.kv, LEASE, self.url)
-                holder = parse_record(found.value) if found.state == "value" else {}
+                holder = holder_of(found, self.url)
                 if holder and (holder.get("mode") != WORKERS or holder.get("job") != self.job):
                     self._lost = (
                         f"the writer lease of {self.url!r} was taken by another run ({holder.get('job')} on "
@@ -403,6 +401,21 @@ def _opening_elsewhere(holder: dict, owner: str) -> bool:
     )
 
 
+def holder_of(found, url: str) -> dict:
+    """The lease record of a read (``read_value``): {} when there is none, and when it is damaged (not a JSON object,
+    a field missing or of another type: ``engine.runtime.status.record_problem``). Its holder, if alive, cannot renew
+    a record someone else rewrote (the renewal is conditional), so a damaged lease holds no run: the next run takes it
+    over, conditionally on the generation read, as it takes over an expired one; readers read."""
+    if found.state != "value":
+        return {}
+    holder = parse_record(found.value)
+    problem = record_problem(holder, LEASE_FIELDS)
+    if problem is not None:
+        log.warning("the writer lease %s of %r is damaged (%s): taken as no lease", LEASE, url, problem)
+        return {}
+    return holder
+
+
 def _who(holder: dict) -> str:
     """A lease holder in words: 'seqsim (host vm, pid 42)'."""
     return f"{holder.get('job')} (host {holder.get('host')!r}, pid {holder.get('pid')})"
@@ -411,28 +424,9 @@ def _who(holder: dict) -> str:
 def live_writer(kv: ts.KvStore, url: str) -> dict | None:
     """The writer lease of the store at ``url`` when a run holds it now (unexpired, and its holder not found dead on
     this host), else None: what a job that reads the store asks before it reads (``engine.runtime.runs``)."""
-    found = read_value(kv, LEASE, url)
-    if found.state != "value":
-        return None
-    holder = parse_record(found.value)
+    holder = holder_of(read_value(kv, LEASE, url), url)
     if holder.get("expires_unix", 0.0) <= time.time():
         return None
     if holder.get("mode") != WORKERS and dead_here(holder):
         return None
     return holder
-
-
-def dead_here(holder: dict) -> bool:
-    """Whether the lease's holder ran on this host and its process is gone. Holders on other hosts (or in another
-    process namespace under the same host name, where the pid may belong to someone else) are never judged dead
-    here: their leases expire."""
-    pid = holder.get("pid")
-    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)  # signal 0: an existence check, nothing is sent
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # it exists, as another user's process
-        return False
-    return False

@@ -17,7 +17,9 @@ finishes every unit deletes them all (``WorkClaims.tidy``), so a finished store 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import socket
 import time
 
 import tensorstore as ts
@@ -58,8 +60,42 @@ def list_keys(kv: ts.KvStore, prefix: str, url: str) -> list[str]:
     return sorted(k.decode() for k in keys)
 
 
-def read_records(kv: ts.KvStore, keys: list[str], url: str) -> dict[str, dict]:
-    """Each key's JSON record, read concurrently; a torn or vanished record is left out."""
+# The fields of the lease, claim, worker and run records that their readers compute with, by the type they must have.
+# A record that holds another type (valid JSON edited by hand, or written by a foreign tool) is damage of that record:
+# named and skipped, never a crash of the workers and of the status that read it.
+NUMBER_FIELDS = ("expires_unix", "ttl", "rate", "opened_unix")
+COUNT_FIELDS = ("pid", "units_total", "done_at_start", "units_done", "taken_over", "claimed", "units", "done_at_open")
+TEXT_FIELDS = ("owner", "host", "job", "state", "label", "unit", "mode", "renewed", "expires", "started", "opened")
+LEASE = "lease.json"  # the writer lease's key at the store's root (engine.runtime.lease)
+LEASE_FIELDS = ("owner", "job", "expires_unix")  # what every lease record holds
+
+
+def record_problem(record, required: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with a record read as JSON (``required``: fields it must hold), in words; None when nothing."""
+    if not isinstance(record, dict) or not record:
+        return "not a JSON object"
+    missing = [name for name in required if name not in record]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    for name in (*NUMBER_FIELDS, *COUNT_FIELDS, *TEXT_FIELDS):
+        if name not in record:
+            continue
+        value = record[name]
+        if name in TEXT_FIELDS:
+            good, want = isinstance(value, str), "a string"
+        elif name in COUNT_FIELDS:
+            good, want = isinstance(value, int) and not isinstance(value, bool) and value >= 0, "a count"
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            good, want = number and math.isfinite(value), "a finite number" if number else "a number"
+        if not good:
+            return f"{name} is {value!r}, not {want}"
+    return None
+
+
+def read_records(kv: ts.KvStore, keys: list[str], url: str, damaged: dict[str, str] | None = None) -> dict[str, dict]:
+    """Each key's JSON record, read concurrently; a vanished record is left out, and so is a damaged one (not a JSON
+    object, or a field of another type: ``record_problem``), named in ``damaged`` (key -> what is wrong)."""
     futures = {key: kv.read(key) for key in keys}
     out = {}
     for key, future in futures.items():
@@ -69,8 +105,11 @@ def read_records(kv: ts.KvStore, keys: list[str], url: str) -> dict[str, dict]:
             raise storage_error("read", key, url, e) from None
         if found.state == "value":
             record = parse_record(found.value)
-            if record:
+            problem = record_problem(record)
+            if problem is None:
                 out[key] = record
+            elif damaged is not None:
+                damaged[key] = problem
     return out
 
 
@@ -84,6 +123,7 @@ class RunStatus:
     run: dict  # the run record ({} when the opener has not written it yet)
     workers: list[dict]  # every worker record
     claims: list[dict]  # every claim record (working and finished)
+    damaged: dict[str, str] = dataclasses.field(default_factory=dict)  # records skipped: key -> what is wrong
 
     @property
     def live(self) -> list[dict]:
@@ -126,7 +166,10 @@ class RunStatus:
         """The run in one line; ``mine``: the units this worker did, which lead."""
         units, done = self.units, self.done
         parts = [] if mine is None else [f"this worker: {mine} units"]
+        damaged = self.damaged_line()
         if not (self.run or self.workers or self.claims):
+            if damaged:
+                return "; ".join([*parts, f"{self.job}: no readable record", damaged])
             return "; ".join(
                 [*parts, f"{self.job}: the run is complete (the worker that finished it removed its records)"]
             )
@@ -150,7 +193,19 @@ class RunStatus:
             parts.append(f"{rate * 60:.3g} units/min")
             if units is not None and done is not None:
                 parts.append(f"about {duration((units - done) / rate)} left at that rate")
+        if damaged:
+            parts.append(damaged)
         return "; ".join(parts)
+
+    def damaged_line(self) -> str:
+        """The damaged records skipped, named, with the fix; '' when none."""
+        if not self.damaged:
+            return ""
+        named = ", ".join(f"{key} ({problem})" for key, problem in sorted(self.damaged.items()))
+        return (
+            f"{len(self.damaged)} damaged record(s) skipped: {named}; they say nothing of the work, which the store's "
+            "markers record: delete them (the run's end, and the next run's start, remove them too)"
+        )
 
     def stopped_holders(self, stale: list[dict]) -> list[dict]:
         owners = {c.get("owner") for c in stale}
@@ -188,10 +243,12 @@ def run_status(kv: ts.KvStore, url: str, job: str) -> RunStatus:
     """The records of ``job``'s run in the store at ``url`` (module docstring)."""
     prefix = worker_prefix(job)
     keys = list_keys(kv, prefix, url)
-    records = read_records(kv, keys, url)
+    damaged: dict[str, str] = {}
+    records = read_records(kv, keys, url, damaged)
     run = records.pop(prefix + RUN_RECORD, {})
-    claims = read_records(kv, [k for k in list_keys(kv, f"{CLAIMS_PREFIX}{job}/", url) if k.endswith(".json")], url)
-    return RunStatus(url, job, time.time(), run, list(records.values()), list(claims.values()))
+    claim_keys = [k for k in list_keys(kv, f"{CLAIMS_PREFIX}{job}/", url) if k.endswith(".json")]
+    claims = read_records(kv, claim_keys, url, damaged)
+    return RunStatus(url, job, time.time(), run, list(records.values()), list(claims.values()), damaged)
 
 
 def jobs_with_records(kv: ts.KvStore, url: str) -> list[str]:
@@ -206,30 +263,73 @@ def jobs_with_records(kv: ts.KvStore, url: str) -> list[str]:
 
 
 def lease_line(kv: ts.KvStore, url: str) -> str | None:
-    """The writer lease in one line, or None when there is none."""
-    found = read_value(kv, "lease.json", url)
+    """The writer lease in one line, or None when there is none (``lease_state``)."""
+    return lease_state(kv, url)[0]
+
+
+def lease_state(kv: ts.KvStore, url: str) -> tuple[str | None, str]:
+    """The writer lease in one line (None when there is none) and whether readers and writers take it as held:
+    ``held``, ``free`` (none, expired, or its one holder found dead on this host) or ``damaged``. It agrees with what
+    they decide (``engine.runtime.lease``): a live workers' lease whose last renewer is found dead on this host is
+    named so, with when and how it ends; a damaged one (``record_problem``) is named damaged, with the fix."""
+    found = read_value(kv, LEASE, url)
     if found.state != "value":
-        return None
+        return None, "free"
     lease = parse_record(found.value)
-    left = lease.get("expires_unix", 0) - time.time()
-    mode = "shared by --worker processes" if lease.get("mode") == "workers" else "held by one run"
-    state = f"valid for {duration(left)}" if left > 0 else f"expired {duration(-left)} ago"
-    holder = f"last renewed by {lease.get('host')} pid {lease.get('pid')}"
-    return f"writer lease: {lease.get('job')}, {mode}, {holder}, {state}"
+    problem = record_problem(lease, LEASE_FIELDS)
+    if problem is not None:
+        return (
+            f"writer lease: {LEASE} is damaged ({problem}): no run can renew it, and the next run takes it over. "
+            f"Once no run writes {url!r}, delete it (`babelgrid verify` judges the output's own files)"
+        ), "damaged"
+    left = lease["expires_unix"] - time.time()
+    workers = lease.get("mode") == "workers"
+    mode = "shared by --worker processes" if workers else "held by one run"
+    head = f"writer lease: {lease['job']}, {mode}, last renewed by {lease.get('host')} pid {lease.get('pid')}"
+    if left <= 0:
+        return f"{head}, expired {duration(-left)} ago", "free"
+    if not dead_here(lease):
+        return f"{head}, valid for {duration(left)}", "held"
+    head += ", which no longer runs on this host"
+    if not workers:
+        return f"{head}: the next run takes it over at once", "free"
+    return (
+        f"{head}; a worker elsewhere renews it if one still runs. Until it expires ({lease.get('expires')}, in "
+        f"{duration(left)}) jobs reading {url!r} and runs without --worker are refused: start a worker of the same "
+        f"command to finish the run, or, if no worker of it runs on any host, delete {url}/{LEASE}"
+    ), "held"
 
 
 def store_status(kv: ts.KvStore, url: str) -> list[str]:
     """``babelgrid status``'s lines for the store at ``url``."""
     lines = []
-    lease = lease_line(kv, url)
+    lease, state = lease_state(kv, url)
     if lease:
         lines.append(lease)
     jobs = jobs_with_records(kv, url)
     for job in jobs:
         lines.append(run_status(kv, url, job).line())
-    if not jobs:
+    if not jobs and state == "held":
+        lines.append(f"a run holds the writer lease: no worker records or claims in {url!r} yet")
+    elif not jobs:
         lines.append(
             f"no run in progress: no worker records or claims in {url!r} (a run that finished every unit removes them; "
             "`babelgrid verify` checks what the store holds)"
         )
     return lines
+
+
+def dead_here(holder: dict) -> bool:
+    """Whether the lease's holder ran on this host and its process is gone. Holders on other hosts (or in another
+    process namespace under the same host name, where the pid may belong to someone else) are never judged dead
+    here: their leases expire."""
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: an existence check, nothing is sent
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it exists, as another user's process
+        return False
+    return False
