@@ -12,10 +12,12 @@ ours" and left alone, by the check and by ``--repair``.
 from __future__ import annotations
 
 import json
+import re
 
 from engine.errors import BabelgridError
 from engine.pipelines.verify.checks import NOT_REPAIRABLE, Damage, Findings, _delete, _nothing, _problem
 from engine.pipelines.verify.ownership import checkpoint_folder, coordination, documented
+from engine.runtime.status import LEASE_FIELDS, record_problem
 from engine.stores import checkpoint_manifest
 from engine.stores.integrity import COLUMNS_KEY, DIGEST_SUFFIX, DamageError, check_output, digest_line, read_parquet
 from engine.stores.kv import DIGEST, StoreError, parse_json, read_npz, read_value
@@ -23,6 +25,9 @@ from engine.stores.kv import DIGEST, StoreError, parse_json, read_npz, read_valu
 DELETED = "deleted: rerun the job that wrote it (it redoes a part, and rebuilds a merged table or file)"
 LEFT = "left alone: not a name babelgrid writes (delete it yourself if it is one of its outputs)"
 SHOWN = 5  # names of files left alone shown in the note
+# The records runs coordinate through (engine.runtime.lease, claims, status): not the output; a damaged one is no
+# damage of it. Verify runs only while no run holds the lease, so such a record holds nothing and may be deleted.
+RUN_RECORDS = re.compile(r"^(?:(?P<lease>lease\.json)|(?:claims|workers)/.+\.json)$")
 
 
 def files(url: str, keys: list[str], kv, findings: Findings, bar) -> None:
@@ -129,6 +134,14 @@ def _json(url: str, key: str, kv, findings: Findings, foreign: list[str]) -> Non
     except ValueError:
         value = None
     sealed = isinstance(value, dict) and DIGEST in value
+    record = RUN_RECORDS.match(key)
+    if record is not None:
+        problem = record_problem(value, LEASE_FIELDS if record.group("lease") else ())
+        if problem is not None:
+            what = "writer lease" if record.group("lease") else "run record"
+            findings.notes.append(f"{key} is a damaged {what} ({problem}), not part of the output: no run holds it "
+                                  "(verify checked), so delete it; the next run replaces it anyway")  # fmt: skip
+        return
     if not (sealed or documented(key) or coordination(key)):
         foreign.append(key)
         return
