@@ -163,13 +163,15 @@ def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEF
 def job_lease(config, job: str, ignore: tuple[str, ...] = ()):
     """``writer_lease`` of a job, from its ``config``, once its inputs are settled (``inputs_settled``): with
     ``--worker`` the lease shared by the workers, whose settings (``output_settings`` but ``WORKER_FREE`` and
-    ``ignore``) must agree."""
+    ``ignore``) must agree, and which lives ``--claim_ttl`` unrenewed, as their claims and records do: a worker killed
+    while it opens the run (its record ``opening``, which the others wait on) holds them that long, not the 2 minutes
+    of ``DEFAULT_TTL`` whatever ``--claim_ttl`` said."""
     inputs_settled(config, job)
     run: RunOptions = config.run
     if not run.worker:
         return writer_lease(run.out, job, run.break_lease)
     settings = output_settings(job, config, (*WORKER_FREE, *ignore))
-    return writer_lease(run.out, job, run.break_lease, worker=True, settings=settings)
+    return writer_lease(run.out, job, run.break_lease, run.claim_ttl, worker=True, settings=settings)
 
 
 def work_claims(run: RunOptions, job: str, kv=None) -> WorkClaims:
