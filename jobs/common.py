@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -101,7 +102,7 @@ def _define_field_flag(field, module: str, help_text: str | None, required: bool
         text = f"(required) {text}"
         default = None  # a required flag has no default, whatever the library's field holds
     name, choices, parse = flag_name(field), meta.get("choices"), meta.get("parse")
-    if meta.get("reads"):
+    if meta.get("reads") and not callable(meta["reads"]):  # a dataset spec: its source checks its own paths
         _READS[name] = (parse, meta["help"])
     if parse is not None:
         flags.DEFINE_string(name, format_value(default, parse, meta["help"]), text, module_name=module)
@@ -267,9 +268,52 @@ class PlainFormatter(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
+# The signals that end a job early: SIGTERM (what SLURM and Kubernetes send on preemption or scancel), SIGINT (Ctrl-C)
+# and SIGHUP (a closed terminal or ssh session).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (``STOP_SIGNALS``), raised in the main thread where the job is: it unwinds through the context
+    managers that hold the writer lease and the work claims, so that they release them (a SIGTERM's default end left
+    them for other workers to wait out until --claim_ttl, and status counted the dead worker as live). A
+    KeyboardInterrupt, not an Exception: no job's ``except Exception`` takes it for a bad item to skip, and what
+    cleans up after Ctrl-C cleans up after SIGTERM too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum, _frame) -> None:
+    # Later signals must not cut the release short (the gang parent forwards the Ctrl-C that reached this process
+    # too; a scheduler may repeat SIGTERM): they are noted, and SIGKILL still ends the job at once.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_again)
+    raise Interrupted(signum)
+
+
+def _stop_again(signum, _frame) -> None:
+    text = (f"{job_name()}: {signal.Signals(signum).name} again: still releasing this job's writer lease and work "
+            "claims (SIGKILL ends it at once; its claims then expire after --claim_ttl)\n")  # fmt: skip
+    try:
+        os.write(2, text.encode())  # not print: the main thread may be inside a write to sys.stderr
+    except OSError:  # SIGHUP: the terminal may be gone
+        pass
+
+
+def handle_stop_signals() -> None:
+    """``STOP_SIGNALS`` raise ``Interrupted`` (main thread only: Python runs handlers there)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop)
+
+
 def run(main) -> None:
     """Starts a job: logging to stderr at INFO, absl's flag parsing, jax.distributed when its flags ask for it, then
-    ``main()``, whose return value is the exit code. ``--help`` prints ``usage()`` and exits 0."""
+    ``main()``, whose return value is the exit code. ``--help`` prints ``usage()`` and exits 0. SIGTERM, SIGINT and
+    SIGHUP end the job with one line, its lease and claims released, and exit code 128 + the signal's number
+    (``Interrupted``)."""
+    handle_stop_signals()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     # JAX logs every accelerator plugin it looks for and does not find ("Unable to initialize backend 'tpu'") at
     # INFO: noise on every CPU run. Its warnings still show.
@@ -323,9 +367,22 @@ def run(main) -> None:
 def _without_traceback(start, argv):
     """Runs ``start(argv)``; an error babelgrid raises on purpose (``BabelgridError``: its message names the problem
     and the fix) ends the job with that message and exit code 1, not a traceback. ``BABELGRID_TRACEBACK=1`` shows the
-    traceback too; any other exception keeps its traceback."""
+    traceback too; any other exception keeps its traceback. A stop signal or Ctrl-C (``Interrupted``), once it has
+    unwound the job and released what it held, ends it with one line and exit code 128 + the signal's number (130 for
+    Ctrl-C, 143 for SIGTERM): non-zero, so that a scheduler requeues the task."""
     try:
         return start(argv)
+    except KeyboardInterrupt as e:
+        if os.environ.get("BABELGRID_TRACEBACK"):
+            raise
+        signum = getattr(e, "signum", signal.SIGINT)
+        text = (f"{job_name()}: interrupted ({signal.Signals(signum).name}): its writer lease and work claims are "
+                "released and what it committed is kept; rerun the same command to resume")  # fmt: skip
+        try:
+            print(text, file=sys.stderr, flush=True)
+        except OSError:  # SIGHUP: the terminal may be gone
+            pass
+        sys.exit(128 + signum)
     except BabelgridError as e:
         if os.environ.get("BABELGRID_TRACEBACK"):
             raise
