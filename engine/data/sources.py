@@ -68,9 +68,14 @@ def _hf(arg: str, *, audio_column=None, text_column=None, id_column=None, lang_c
     return HFSource(target, configs, columns=columns, **kwargs)
 
 
-def _covost(arg: str) -> Source:
+def _covost_parts(arg: str) -> tuple[str, str | None]:
+    """``covost2:``'s text as (root, pair): ``/dir[:<src>_<tgt>]``, a folder that exists taken whole."""
     root, _, pair = arg.rpartition(":") if not pathlib.Path(arg).expanduser().exists() else (arg, "", "")
-    return CovostSource(root or arg, pair or None)
+    return root or arg, pair or None
+
+
+def _covost(arg: str) -> Source:
+    return CovostSource(*_covost_parts(arg))
 
 
 def _with_cache(cls):
@@ -109,6 +114,24 @@ SPEC_FORMS = tuple(kind.form for kind in SOURCES.values())
 # How each option reads on a job's command line, for the errors that name one.
 OPTION_FLAGS = {"lang": "--lang", "audio_column": "--audio_column", "text_column": "--text_column",
                 "id_column": "--id_column", "lang_column": "--lang_column", "cache_dir": "cache_dir="}  # fmt: skip
+
+
+def dataset_locations(spec: str) -> tuple[str, ...]:
+    """The local folder a dataset spec reads its audio from (``folder:``, ``mass:``, ``covost2:``, and ``fleurs:`` or
+    ``hf:`` naming a local copy), for a job to keep its output apart from it; () for the rest (the bundled sets, a
+    hub id, a manifest whose files lie anywhere)."""
+    kind, _, arg = str(spec).strip().partition(":")
+    kind = kind.lower()
+    if not arg or kind not in SOURCES or kind == "manifest":
+        return ()
+    if kind == "covost2":
+        arg = _covost_parts(arg)[0]
+    elif kind == "hf":
+        arg = parse_hf_spec(arg)[0]
+    path = pathlib.Path(arg).expanduser()
+    if kind in ("fleurs", "hf") and not path.exists():
+        return ()  # a hub id
+    return (str(path),)
 
 
 def get_source(spec: str, **options: Any) -> Source:

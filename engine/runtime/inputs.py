@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 
 from engine.runtime.lease import WORKERS, StoreBusyError, WriterLease, live_writer
+from engine.runtime.options import read_locations
 from engine.stores.kv import open_kvstore
 
 
@@ -17,9 +18,9 @@ def inputs_settled(config, job: str) -> None:
     written store on request (``allow_partial``) reads its store anyway."""
     for field in dataclasses.fields(config):
         reads, value = (field.metadata or {}).get("reads"), getattr(config, field.name)
-        if not reads or not value or (field.name == "store" and getattr(config, "allow_partial", False)):
+        if field.name == "store" and getattr(config, "allow_partial", False):
             continue
-        for location in (v for v in (value if isinstance(value, tuple) else (value,)) if v):
+        for location in read_locations(reads, value):
             holder = live_writer(open_kvstore(location)[1], location)
             if holder is None:
                 continue

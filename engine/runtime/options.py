@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from engine.errors import BabelgridError
 from engine.stores.kv import DEFAULT_STORE_TIMEOUT
@@ -37,14 +37,15 @@ class ConfigError(BabelgridError, ValueError):
 
 def option(default=dataclasses.MISSING, help: str = "", *, choices: Iterable | None = None, parse: str | None = None,
            minimum: float | None = None, positive: bool = False, required: bool = False,
-           flag: str | None = None, reads: bool | str = False):  # fmt: skip
+           flag: str | None = None, reads: bool | str | Callable[[str], tuple[str, ...]] = False):  # fmt: skip
     """A config field with its flag's help text.
 
     choices: the values allowed (an enum flag); parse: how a flag's text becomes the value (``PARSERS``: ``list``,
     ``layers``, ``ints``, ``floats``, ``cells``, ``size``); minimum / positive: a number's lower bound; required: the
     flag is required (and without a default, so is the field); flag: the flag's name when it is not the field's
     (``--measure`` for ``measures``); reads: the field names a store or folder the job reads (``check_apart``),
-    ``"beside"`` for one the job writes its files into (retrieval's similarity store).
+    ``"beside"`` for one the job writes its files into (retrieval's similarity store), or a function of the value
+    giving the locations it reads (encode's ``--dataset``: ``engine.data.sources.dataset_locations``).
     """
     metadata = {"help": help, "choices": tuple(choices) if choices is not None else None, "parse": parse,
                 "minimum": minimum, "positive": positive, "required": required, "flag": flag,
@@ -109,6 +110,26 @@ def _parts(url: str) -> tuple[str, ...]:
     return (scheme if sep else "file", *(p for p in rest.split("/") if p))
 
 
+def read_locations(reads, value) -> tuple[str, ...]:
+    """The locations a field marked ``reads`` (its ``option``) names in ``value``: the value, each of a list, or what
+    a function of it gives (a dataset spec's folder)."""
+    if not reads or not value:
+        return ()
+    locations = reads(value) if callable(reads) else value if isinstance(value, tuple) else (value,)
+    return tuple(v for v in locations if v)
+
+
+def _local_slashes(name: str, location: str) -> str:
+    """``location``, refused when it is a local path holding a backslash: TensorStore's file kvstore takes ``\\`` for
+    a folder separator and the path checks here would not, so ``DIR\\store\\sim`` would land inside ``DIR/store``."""
+    if "\\" in location and "://" not in location.replace("file://", "", 1):
+        raise ConfigError(
+            f"{name} {location!r} holds a backslash: write local paths with '/' (TensorStore reads '\\' as a folder "
+            "separator, so the files would land elsewhere than the name says)"
+        )
+    return location
+
+
 def check_apart(config) -> None:
     """Refuses a ``run.out`` inside a location the job reads (a field an ``option`` marks ``reads``), or such a
     location inside ``run.out``, or the two the same unless the job writes beside what it reads (``"beside"``):
@@ -118,13 +139,13 @@ def check_apart(config) -> None:
     out = getattr(run, "out", None)
     if not isinstance(run, RunOptions) or not out:
         return
-    out_parts = _parts(out)
+    out_parts = _parts(_local_slashes("out", out))
     for field in dataclasses.fields(config):
         reads, value = (field.metadata or {}).get("reads"), getattr(config, field.name)
         if not reads or not value:
             continue
-        for location in (v for v in (value if isinstance(value, tuple) else (value,)) if v):
-            parts = _parts(location)
+        for location in read_locations(reads, value):
+            parts = _parts(_local_slashes(field.name, location))
             if parts == out_parts and reads == "beside":
                 continue
             if out_parts[: len(parts)] == parts or parts[: len(out_parts)] == out_parts:

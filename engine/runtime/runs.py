@@ -191,6 +191,7 @@ def output_settings(job: str, config, ignore: tuple[str, ...] = ()) -> dict:
             continue
         value = getattr(config, field.name)
         located = (field.metadata or {}).get("reads")
+        located = located and not callable(located)  # a spec naming what it reads (a dataset) is recorded as given
         if isinstance(value, tuple):
             value = [canonical_location(v) if located and v else v for v in value]
         elif located and value:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from engine.data.audio import LONG_AUDIO_MODES
+from engine.data.sources import dataset_locations
 from engine.dtypes import DTYPES
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 
@@ -35,6 +36,7 @@ class EncodeConfig:
         "format libsndfile reads; or a flat folder with --lang) | hf:<hub id or local path>[:config[,config]] (a "
         "datasets dataset: save_to_disk folder, Parquet, Hub; --*_column) | covost2:/dir[:<src>_<tgt>] | mass:/dir "
         "(BUILD.md#datasets)",
+        reads=dataset_locations,
     )
     lang: str | None = option(
         None, "the language of a flat folder dataset (folder:/dir with the audio files in it) or a one-language hf:"

@@ -1,19 +1,20 @@
 """What ``babelgrid verify`` reads and compares, per kind of output, and what ``--repair`` changes.
 
 - **Layer store** (``engine.stores.layers``): every ``lengths`` chunk; every done utterance's shard, all layers (the
-  shard index's and every inner chunk's crc32c); that every done utterance has a shard and the frame count its row
-  says, and that its states hold no NaN or inf (the encode job never writes them); the utterance tables; that the arrays' shapes agree with the manifest and the table; every language's index
-  key and the roster of languages (their digests, and that every language found has its index). Repair: a damaged
-  utterance's ``lengths`` entry becomes -1 (not done), and a damaged ``lengths`` chunk is rebuilt from the shards
-  that verify cleanly (a done utterance's length is its row's ``n_frames``), so the encode job redoes exactly the
-  damaged utterances; a damaged index or roster is deleted, which the encode job writes again.
-- **Similarity store** (``engine.stores.similarity``): every pair's ``ids.json``, every done marker (digests), and
-  the matrix chunk of every done layer of every pair, and that no scored cell is inf. Repair: the damaged pair-layers' done markers and damaged
-  ``ids.json`` are deleted, so the seqsim job recomputes and rewrites them.
+  shard index's and every inner chunk's crc32c); that every done utterance has a shard and the frame count its row says,
+  and that its states hold no NaN or inf (the encode job never writes them); the utterance tables; that the arrays'
+  shapes agree with the manifest and the table; every language's index key and the roster of languages (their digests,
+  and that every language found has its index). Repair: a damaged utterance's ``lengths`` entry becomes -1 (not done),
+  and a damaged ``lengths`` chunk is rebuilt from the shards that verify cleanly (a done utterance's length is its row's
+  ``n_frames``), so the encode job redoes exactly the damaged utterances; a damaged index or roster is deleted, which
+  the encode job writes again.
+- **Similarity store** (``engine.stores.similarity``): every pair's ``ids.json``, every done marker (digests), and the
+  matrix chunk of every done layer of every pair, and that no scored cell is inf. Repair: the damaged pair-layers' done
+  markers and damaged ``ids.json`` are deleted, so the seqsim job recomputes and rewrites them.
 - **Every file babelgrid wrote** anywhere under the location (job outputs, parts, manifests, checkpoints), and only
   those (``engine.pipelines.verify.files``, ``ownership``): a user's own files are named "not ours" and left alone.
-  Repair: a damaged part, merged table or output file is deleted (the job that wrote it redoes the part and rebuilds
-  the table or file); a damaged manifest cannot be rebuilt and is only reported.
+  Repair: a damaged part, merged table or output file is deleted (the job that wrote it redoes the part and rebuilds the
+  table or file); a damaged manifest cannot be rebuilt and is only reported.
 - **A store inside a store** (a babelgrid manifest below a store's root): reported, not repaired (move it out).
 """
 
