@@ -425,13 +425,17 @@ def create_or_compare(
     error: type[BabelgridError],
     what: str,
     check: Callable[[dict], dict] | None = None,
+    unrecorded: Iterable[str] = (),
 ) -> dict:
     """The manifest at ``key``, created from ``manifest`` if absent (a conditional write: of racing writers, one wins
-    and the others read its manifest), else compared with it on ``fields``.
+    and the others read its manifest), else compared with it on ``fields``: by every process that opens the output,
+    a resume and a ``--worker`` joining after the others died alike, so that no lease need be live to refuse.
 
     ``check`` validates a stored manifest (format name and version) and returns it as it is to be compared (with
-    defaults for fields older versions lacked). A difference raises ``error`` naming every differing field with
-    both values and the two ways out.
+    defaults for fields older versions lacked). ``unrecorded``: fields of ``fields`` that outputs written before they
+    were recorded lack, and writers other than the job may leave None: compared only where both sides hold a value
+    (no default can stand for a setting nobody recorded). A difference raises ``error`` naming every differing field
+    with both values and the two ways out.
     """
     stored = read_json(kv, key, url)
     if stored is None:
@@ -439,11 +443,14 @@ def create_or_compare(
             stored = manifest
         else:
             stored = read_json(kv, key, url)  # another process created it first
-    compared = stored if check is None else check(stored)
+    compared = dict(stored if check is None else check(stored))
+    for name in unrecorded:
+        if compared.get(name) is None or manifest.get(name) is None:
+            compared[name] = manifest.get(name)
     diffs = manifest_diffs(compared, manifest, fields)
     if diffs:
         raise error(
-            f"{what} {url!r} was written with other settings: {'; '.join(diffs)}. Write to a new output folder, "
-            "or rerun with the stored settings"
+            f"{what} {url!r} was written with other settings: {'; '.join(diffs)}. Rerun with the stored values (the "
+            "same flags), or write to another --out"
         )
     return stored
