@@ -48,6 +48,7 @@ from engine.stores.schema import (
     ROSTER,
     SEALED_VERSION,
     STATES,
+    UNRECORDED_FIELDS,
     UTTERANCES,
     StoreInfo,
     check_language_code,
@@ -90,7 +91,7 @@ class LayerStore:
         """Opens the store at ``url`` to write, creating its manifest if there is none.
 
         Raises StoreMismatchError if the store was written with another model, checkpoint, dimensions, layer set,
-        dtype or frame rate, naming each differing field with both values.
+        dtype, frame rate or batch size (``INFO_FIELDS``), naming each differing field with both values.
         """
         kvstore, kv = open_kvstore(url)
         manifest = create_or_compare(
@@ -102,6 +103,7 @@ class LayerStore:
             error=StoreMismatchError,
             what="layer store",
             check=lambda m: info_from_manifest(m, url).to_dict(),
+            unrecorded=UNRECORDED_FIELDS,
         )
         stored = info_from_manifest(manifest, url)
         store = cls(url=url, info=stored, manifest=manifest, kvstore=kvstore, kv=kv, writable=True)

@@ -71,7 +71,9 @@ INFO_FIELDS = (
     "long_audio",
     "features",
     "layer_meaning",
+    "batch_size",
 )
+UNRECORDED_FIELDS = ("batch_size",)  # stores written before it was recorded, and by other writers, lack it
 
 MANIFEST = "manifest.json"
 LANGUAGES_DIR = "languages/"
@@ -159,6 +161,9 @@ class StoreInfo:
     features: dict = dataclasses.field(default_factory=lambda: dict(FEATURES))  # the front end's settings
     family: str = DEFAULT_FAMILY  # manifests before families were recorded are Whisper's
     layer_meaning: str = WHISPER_LAYERS  # what layer 0, 1..L and the last layer are, in words
+    # The encode job's windows per encoder step: another batch shape compiles another kernel, whose sums may differ
+    # in their last bits, so a store holds one. None: not recorded (stores before it, writers other than encode).
+    batch_size: int | None = None
 
     def __post_init__(self):
         for name in ("model_name", "checkpoint_sha256"):
@@ -190,6 +195,8 @@ class StoreInfo:
         if not self.frame_rate > 0:
             raise StoreError(f"StoreInfo.frame_rate must be positive (frames per second), got {self.frame_rate!r}")
         object.__setattr__(self, "frame_rate", float(self.frame_rate))
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise StoreError(f"StoreInfo.batch_size must be a positive int or None, got {self.batch_size!r}")
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -223,6 +230,7 @@ class StoreInfo:
             "features": dict(self.features),
             "family": self.family,
             "layer_meaning": self.layer_meaning,
+            "batch_size": self.batch_size,
         }
 
     @classmethod
@@ -240,6 +248,7 @@ class StoreInfo:
             features=d.get("features", FEATURES),
             family=family,
             layer_meaning=d.get("layer_meaning", WHISPER_LAYERS),
+            batch_size=d.get("batch_size"),
         )
 
 

@@ -144,15 +144,19 @@ def _encode(
         features=model.features,
         family=model.family,
         layer_meaning=model.layer_meaning,
+        batch_size=config.batch_size,  # changes bytes (schema.StoreInfo): compared on every resume and worker join
     )
     creation = {"dataset": config.dataset, "split": config.split, "dataset_revision": revision}
     claims = work_claims(config.run, "encode")
-    if lease.opener:
-        claims.clear(keep_live=lease.shared)  # under the writer lease, before any process claims
-    store = process_zero_first(
-        "babelgrid-store-created", lambda: LayerStore.create_or_open(config.run.out, info, creation=creation)
-    )
-    _check_revision(store, revision, config.run.out)
+
+    def create() -> LayerStore:
+        store = LayerStore.create_or_open(config.run.out, info, creation=creation)
+        _check_revision(store, revision, config.run.out)
+        if lease.opener:  # the settings agree: nothing is touched before. Under the lease, before any process claims
+            claims.clear(keep_live=lease.shared)
+        return store
+
+    store = process_zero_first("babelgrid-store-created", create)
 
     encoder = model.sharded(data_mesh(jax.local_devices()), layers, jnp.dtype(config.dtype))
     local_batch = math.ceil(config.batch_size / encoder.local_multiple) * encoder.local_multiple
