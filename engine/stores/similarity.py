@@ -60,7 +60,11 @@ ROW_AXIS = f"{UTTERANCE}_a"  # rows: utterances of the first language of the pai
 COL_AXIS = f"{UTTERANCE}_b"
 AXES = (LAYER, ROW_AXIS, COL_AXIS)
 MANIFEST_FIELDS = ("layer_store", "model_name", "checkpoint_sha256", "layers")  # must agree between runs
-COMPARED_FIELDS = (*MANIFEST_FIELDS, "remove_language")  # and the transform (absent before it: "none")
+# And what changes a matrix's bytes: the transform (absent before it: "none"), the compute dtype and the measures'
+# settings (``ot``: the Sinkhorn options but their iteration limit), compared on every resume and every worker join,
+# live lease or not.
+COMPARED_FIELDS = (*MANIFEST_FIELDS, "remove_language", "dtype", "ot")
+UNRECORDED_FIELDS = ("dtype", "ot")  # stores written before they were recorded lack them: not compared there
 NAME = LANG  # language codes and measure names: the layer store's language-code rule
 # Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
 MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a", "mean", "centre", "duration", "dtw", "ot")
@@ -140,10 +144,15 @@ def done_marker(rows, cols) -> dict:
     return {"rows_done": len(rows), "cols_done": len(cols), "rows": rows, "cols": cols}
 
 
-def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers, remove_language: str = "none"
-                 ) -> dict:  # fmt: skip
+def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers, remove_language: str = "none",
+                 dtype: str | None = None, ot: dict | None = None) -> dict:  # fmt: skip
+    """``dtype``: the states' compute dtype; ``ot``: the ``ot`` measure's Sinkhorn options that change its scores
+    (``OtConfig`` as a dict), recorded whatever the run's measures, so that every matrix of a store shares them (None:
+    not recorded)."""
     return {
         "remove_language": remove_language,
+        "dtype": dtype,
+        "ot": ot,
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "layer_store": normalize_url(layer_store),
@@ -260,12 +269,13 @@ class SimilarityStore(_Store):
     def create_or_open(cls, url: str, manifest: dict) -> SimilarityStore:
         """Opens the store at ``url`` to write, creating its manifest from ``manifest`` (see ``new_manifest``).
 
-        Raises SimilarityMismatchError when the store was computed from another layer store, model, checkpoint or
-        layer list, naming each differing field with both values.
+        Raises SimilarityMismatchError when the store was computed from another layer store, model, checkpoint,
+        layer list, transform, dtype or OT options (``COMPARED_FIELDS``), naming each differing field with both values.
         """
         kvstore, kv = _open(url)
         stored = create_or_compare(kv, MANIFEST, manifest, url, fields=COMPARED_FIELDS, error=SimilarityMismatchError,
-                                   what="similarity store", check=lambda m: _check_manifest(m, url))  # fmt: skip
+                                   what="similarity store", check=lambda m: _check_manifest(m, url),
+                                   unrecorded=UNRECORDED_FIELDS)  # fmt: skip
         return cls(url, kvstore, kv, stored)
 
     def create_pair(self, measure: str, lang_a: str, lang_b: str, ids: dict) -> ts.TensorStore:

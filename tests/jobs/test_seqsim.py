@@ -333,7 +333,9 @@ def test_ot_measure_through_the_job(seqsim, layer_store, tmp_path):
     marker = json.loads((out / "ot" / "de__en" / "done" / "1.json").read_text())
     assert marker["nonconverged"] == [] and marker["fallback"] == 0 and marker["ot"]["epsilon"] == 0.05
 
-    # 10 iterations at a tiny epsilon: nothing converges; other options recompute the layer (resume).
+    # 10 iterations at a tiny epsilon: nothing converges. Other options are another store (a resume is refused:
+    # tests/jobs/test_resume_settings.py).
+    out = tmp_path / "ot-tiny-epsilon"
     seqsim(
         "--store",
         str(layer_store),

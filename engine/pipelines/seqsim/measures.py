@@ -197,7 +197,8 @@ MEASURES: Mapping[str, Measure] = _registry(
     Measure("centre", Kernel("centre", _matrix(center_frame_cosine_matrix), NEGLIGIBLE)),
     Measure("duration", Kernel("duration", _duration, NEGLIGIBLE), dtype=None),
     Measure("dtw", Kernel("dtw", _matrix(dtw_similarity_matrix), CELLS)),
-    # Other Sinkhorn options make another measure: an ot matrix is recomputed when they change.
+    # Other Sinkhorn options make another measure: the store records them (a run with others is refused), and so
+    # does the done marker (a store written before the manifest recorded them: the matrix is recomputed).
     Measure("ot", Kernel("ot", _ot, CELLS), nan_scores=True, settings=lambda c: {"ot": dataclasses.asdict(c.ot)}),
 )
 SEQSIM_MEASURES = tuple(m.name for m in MEASURES.values() if m.kernel is SEQSIM)  # in the kernel's result order

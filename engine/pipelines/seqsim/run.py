@@ -63,6 +63,9 @@ __all__ = ["SimilaritySummary", "run_similarity"]
 log = logging.getLogger(__name__)
 
 WORKER_UNITS = 64  # --worker runs plan their units as for this many processes (32 units each; --unit_gflops overrides)
+# How long Sinkhorn may try decides which ot pairs are NaN (not converged), never a converged pair's score: free on
+# resume, so that non-converged pairs can be measured again with more (a layer whose marker differs is recomputed).
+OT_TRIES = ("max_iterations",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,8 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
         checkpoint_sha256=info.checkpoint_sha256,
         layers=info.layers,  # every stored layer gets a position, so later runs can add layers
         remove_language=config.remove_language,
+        dtype=config.dtype,  # every setting that changes a matrix's bytes, compared on every resume and worker join
+        ot={k: v for k, v in dataclasses.asdict(config.ot).items() if k not in OT_TRIES},
     )
     url = config.run.out
 
