@@ -427,3 +427,17 @@ def test_nan_in_a_store_is_damage_to_readers_and_verify(clean, damaged, tiny_whi
     assert _verify(store, repair=True).exit_code == 0
     assert _encode(store, clean / "clips", tiny_whisper).done == 1
     assert files(store) == files(clean / "run" / "store")
+
+
+def test_verify_on_a_run_folder_descends_into_its_stores(clean, damaged, tiny_whisper):
+    """Issue 87: verify on a study's run folder said "no damage found" while a shard of the store inside was corrupt.
+    Now each store inside an output folder is verified as itself, and repaired under its own lease."""
+    flip(shard(damaged / "store", "de", 1))
+    report = _verify(damaged)
+    assert [(d.what, d.key) for d in report.damage] == [
+        ("store/: de utterance 1 (id 'utt1')", "store/de/states/c.0.1.0.0")
+    ], report.report()
+    assert report.checked["shards"] == len(LANGS) * N and report.checked["pair-layers"] > 0
+    assert _verify(damaged, repair=True).exit_code == 0
+    assert _encode(damaged / "store", clean / "clips", tiny_whisper).done == 1
+    assert files(damaged / "store") == files(clean / "run" / "store") and _verify(damaged).exit_code == 0

@@ -7,6 +7,7 @@ it redoes exactly that. A repair takes the location's writer lease, so it never 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -92,6 +93,62 @@ def table(damage: list[checks.Damage], repaired: bool) -> str:
     )
 
 
+def _refuse_live(kv, url: str, break_lease: bool) -> None:
+    """A location being written now is not verified: its work in progress would read as damage."""
+    holder = live_writer(kv, url)
+    if holder is not None and not break_lease:
+        raise StoreBusyError(
+            f"{url!r} is being written now by {holder.get('job')} (host {holder.get('host')!r}, pid "
+            f"{holder.get('pid')}, lease valid until {holder.get('expires')}): its work in progress would read as "
+            f"damage. Verify it once that run ends (`babelgrid status {url}` says where it stands), or pass "
+            "--break_lease for a run known to be dead"
+        )
+
+
+def _scrub(url: str, kv, keys: list[str], repair: bool, findings: checks.Findings, bar) -> tuple[str, dict]:
+    """Every check of the location ``url`` (its ``keys``) by the kind its manifest names; (kind, manifest). The files
+    of an output folder (no store manifest at its root) are left to the caller, which first verifies its stores."""
+    try:
+        manifest = read_json(kv, MANIFEST, url) or {}
+    except DamageError as e:  # what it describes cannot be known: its files are checked as any output's
+        manifest = {}
+        findings.damage.append(checks.Damage(MANIFEST, MANIFEST, checks.damage_kind(e), checks.NOT_REPAIRABLE))
+    kind = KINDS.get(manifest.get("format"), "output folder")
+    if kind == "layer store":
+        checks.layer_store(url, keys, repair, findings, bar)
+    elif kind == "similarity store":
+        checks.similarity_store(url, keys, kv, findings, bar)
+    findings.keys_done.add(MANIFEST)
+    if kind in KINDS.values():
+        checks.nested_stores(url, keys, kv, findings)
+        files.files(url, keys, kv, findings, bar)
+    return kind, manifest
+
+
+def _inner_stores(kv, url: str, keys: list[str]) -> list[tuple[str, list[str]]]:
+    """The outermost layer and similarity stores inside an output folder: (prefix ending in '/', their keys)."""
+    found: list[tuple[str, list[str]]] = []
+    for key in (k for k in keys if k.endswith("/" + MANIFEST)):
+        prefix = key[: -len(MANIFEST)]
+        if any(prefix.startswith(outer) for outer, _ in found):
+            continue
+        try:
+            kind = KINDS.get((read_json(kv, key, url) or {}).get("format"))
+        except DamageError:
+            continue  # the files check names it
+        if kind is not None:
+            found.append((prefix, [k[len(prefix) :] for k in keys if k.startswith(prefix)]))
+    return found
+
+
+def _merge(findings: checks.Findings, inner: checks.Findings, prefix: str) -> None:
+    """What a store inside an output folder showed, named by its place in the folder."""
+    findings.damage += [dataclasses.replace(d, what=f"{prefix}: {d.what}", key=prefix + d.key) for d in inner.damage]
+    findings.notes += [f"{prefix}: {note}" for note in inner.notes]
+    for name, n in inner.checked.items():
+        findings.count(name, n)
+
+
 def run_verify(config: VerifyConfig) -> VerifySummary:
     start = time.perf_counter()
     if config.run.store_timeout:
@@ -100,14 +157,7 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
         store_kv.set_spec_overrides(store_kv.parse_spec_overrides(config.run.kvstore_spec))
     url = config.location
     _, kv = open_kvstore(url)
-    holder = live_writer(kv, url)
-    if holder is not None and not config.run.break_lease:
-        raise StoreBusyError(
-            f"{url!r} is being written now by {holder.get('job')} (host {holder.get('host')!r}, pid "
-            f"{holder.get('pid')}, lease valid until {holder.get('expires')}): its work in progress would read as "
-            f"damage. Verify it once that run ends (`babelgrid status {url}` says where it stands), or pass "
-            "--break_lease for a run known to be dead"
-        )
+    _refuse_live(kv, url, config.run.break_lease)
     try:
         keys = sorted(k.decode() for k in kv.list(ts.KvStore.KeyRange()).result())
     except ValueError as e:  # a symbolic-link loop, a permission: named, not a traceback
@@ -115,30 +165,33 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
     if not keys:
         raise VerifyError(f"nothing to verify at {url!r}: it holds no files. Check the path")
     findings = checks.Findings()
-    try:
-        manifest = read_json(kv, MANIFEST, url) or {}
-    except DamageError as e:  # what it describes cannot be known: its files are checked as any output's
-        manifest = {}
-        findings.damage.append(checks.Damage(MANIFEST, MANIFEST, checks.damage_kind(e), checks.NOT_REPAIRABLE))
-    kind = KINDS.get(manifest.get("format"), "output folder")
-    summary = VerifySummary(location=url, kind=kind)
     bar = progress_bar(len(keys), "verify", "key", config.run.progress)
     try:
-        if kind == "layer store":
-            checks.layer_store(url, keys, config.repair, findings, bar)
-        elif kind == "similarity store":
-            checks.similarity_store(url, keys, kv, findings, bar)
-        if kind in KINDS.values():
-            checks.nested_stores(url, keys, kv, findings)
-        findings.keys_done.add(MANIFEST)
-        files.files(url, keys, kv, findings, bar)
+        kind, manifest = _scrub(url, kv, keys, config.repair, findings, bar)
+        inner: list[str] = []  # the stores in an output folder that hold damage
+        if kind == "output folder":  # a run folder: the stores in it, each as itself (a study's out/<name>/)
+            for prefix, sub_keys in _inner_stores(kv, url, keys):
+                sub_url = f"{url.rstrip('/')}/{prefix.rstrip('/')}"
+                _, sub_kv = open_kvstore(sub_url)
+                _refuse_live(sub_kv, sub_url, config.run.break_lease)
+                found = checks.Findings()
+                _scrub(sub_url, sub_kv, sub_keys, config.repair, found, bar)
+                if found.damage:
+                    inner.append(prefix.rstrip("/"))
+                _merge(findings, found, prefix)
+                findings.keys_done.update(prefix + k for k in sub_keys)
+            files.files(url, keys, kv, findings, bar)
     finally:
         bar.close()
+    summary = VerifySummary(location=url, kind=kind)
     summary.damage, summary.notes, summary.checked = findings.damage, findings.notes, findings.checked
     if kind == "layer store" and any(d.job == "encode" for d in summary.damage):
         summary.rerun = encode_command(url, manifest)
     if config.repair and summary.damage:
-        with writer_lease(url, "verify", config.run.break_lease):
+        with contextlib.ExitStack() as leases:
+            for where in ["", *inner]:  # the folder's lease, and each damaged store's in it (its writers take that)
+                leases.enter_context(writer_lease(f"{url.rstrip('/')}/{where}".rstrip("/"), "verify",
+                                                  config.run.break_lease))  # fmt: skip
             for damage in summary.damage:
                 if damage.fix is not None:
                     damage.fix()
