@@ -90,10 +90,18 @@ class AudioInfo:
 
 
 def probe_audio(source: AudioSource) -> AudioInfo:
-    """Reads the header of ``source`` (path, bytes or binary file) without decoding the samples."""
-    name, data = _read_source(source)
+    """Reads the header of ``source`` (path, bytes or binary file) without decoding the samples: a path is opened,
+    never read whole (``encode --plan`` read a 3 GB junk ``.wav`` into memory to learn it was not audio)."""
+    if isinstance(source, (str, os.PathLike)):
+        name = _checked_path(source)
+        if os.path.getsize(name) == 0:
+            raise EmptyAudioError(f"audio {name!r} is empty (0 bytes); the download or copy failed, fetch it again")
+        opened = name
+    else:
+        name, data = _read_source(source)
+        opened = io.BytesIO(data)
     try:
-        info = soundfile.info(io.BytesIO(data))
+        info = soundfile.info(opened)
     except soundfile.SoundFileError as e:
         raise _decode_error(name, e) from None
     return AudioInfo(
@@ -172,13 +180,8 @@ def _read_source(source: AudioSource) -> tuple[str, bytes]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         name, data = "<bytes>", bytes(source)
     elif isinstance(source, (str, os.PathLike)):
-        path = pathlib.Path(source)
-        name = str(path)
-        if not path.exists():
-            raise AudioNotFoundError(f"audio file {name!r} does not exist; check the path (cwd is {os.getcwd()!r})")
-        if not path.is_file():
-            raise AudioNotFoundError(f"audio path {name!r} is not a file; pass one audio file per call")
-        data = path.read_bytes()
+        name = _checked_path(source)
+        data = pathlib.Path(name).read_bytes()
     elif hasattr(source, "read"):
         name = str(getattr(source, "name", "<file object>"))
         data = source.read()
@@ -190,6 +193,17 @@ def _read_source(source: AudioSource) -> tuple[str, bytes]:
     if not data:
         raise EmptyAudioError(f"audio {name!r} is empty (0 bytes); the download or copy failed, fetch it again")
     return name, data
+
+
+def _checked_path(source: str | os.PathLike) -> str:
+    """The path ``source`` as a string, an AudioNotFoundError unless it is a file."""
+    path = pathlib.Path(source)
+    name = str(path)
+    if not path.exists():
+        raise AudioNotFoundError(f"audio file {name!r} does not exist; check the path (cwd is {os.getcwd()!r})")
+    if not path.is_file():
+        raise AudioNotFoundError(f"audio path {name!r} is not a file; pass one audio file per call")
+    return name
 
 
 def _decode_error(name: str, error: soundfile.SoundFileError) -> AudioDecodeError:

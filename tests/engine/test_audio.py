@@ -227,3 +227,21 @@ def test_encoder_frames_convention():
         W.encoder_frames(-1)
     with pytest.raises(TypeError, match=r"integer sample counts"):
         W.encoder_frames(1.5)
+
+
+def test_probe_reads_the_header_of_a_path_never_the_whole_file(tmp_path):
+    """Issue 82 F22: ``encode --plan`` ("reads only headers") read a 3 GB junk .wav whole (3.5 GB of memory)."""
+    import tracemalloc
+
+    from engine.data.audio import AudioDecodeError, probe_audio
+
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(np.random.default_rng(0).bytes(32 << 20))
+    tracemalloc.start()
+    try:
+        with pytest.raises(AudioDecodeError, match="junk.wav"):
+            probe_audio(junk)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < (1 << 20), f"probing a 32 MiB file allocated {peak} bytes"
