@@ -241,6 +241,7 @@ def test_a_kill_after_a_checkpoint_resumes_to_the_same_files(job, worker_store, 
         "features.parquet",
         "layer-1/sae_weights.safetensors",
         "layer-3/sae_weights.safetensors",
+        "parts/layer-1.npz",  # the loss history before the kill too (issue 82 F9: it read NaN, and final_loss)
         "parts/layer-3.npz",
         "activations/layer-1/en.safetensors",
         "early_exit.csv",

@@ -41,7 +41,7 @@ class Trained:
     scale: float
     steps: int
     lr: float
-    losses: np.ndarray  # f32[steps]: each step's loss (NaN for steps before a resume: not kept across a kill)
+    losses: np.ndarray  # f32[steps]: each step's loss, kept across a kill (the checkpoints hold it)
     last: dict  # the last step's metrics
 
 
@@ -84,22 +84,24 @@ def train_layer(config: SaeConfig, frames: Frames, root: pathlib.Path, bar=None)
     params = sae.init_params(spec, jax.random.key(np.uint32(config.seed * 1009 + frames.layer)))
     params["b_dec"] = jnp.asarray(sae.geometric_median(first * scale))
     state = sae.new_state(params, tx, spec)
-    template = {"params": state.params, "opt": state.opt, "since": state.since_fired, "step": state.step}
+    losses = np.full(total, np.nan, np.float32)  # each step's loss, kept in the checkpoints with the state
+    template = {"params": state.params, "opt": state.opt, "since": state.since_fired, "step": state.step,
+                "losses": losses}  # fmt: skip
     start, restored = checkpoints.restore(root, template)
     if restored is not None:
         state = sae.State(restored["params"], restored["opt"], restored["since"], restored["step"])
+        losses = np.array(restored["losses"], np.float32)  # the history before the kill: the curve and final loss
         log.info("layer %d: resumed at step %d of %d", frames.layer, start, total)
-    losses = np.full(total, np.nan, np.float32)
     last = {}
     if bar is not None:
         bar.update(start)
     for step, x in _batches(frames, config.batch_size, config.epochs, start):
         state, metrics = sae.train_step(state, _mesh_put(x * np.float32(scale)), spec, tx)
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == total:
-            _save(root, step + 1, state)
-            fault_point("after_checkpoint")  # test-only (engine.faults): a kill between checkpoints
         last = {k: float(v) for k, v in metrics.items()}
         losses[step] = last["loss"]
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == total:
+            _save(root, step + 1, state, losses)
+            fault_point("after_checkpoint")  # test-only (engine.faults): a kill between checkpoints
         if bar is not None:
             bar.set_postfix(layer=frames.layer, loss=f"{last['loss']:.3g}", l0=f"{last['l0']:.0f}",
                             dead=f"{last['dead']:.2f}")  # fmt: skip
@@ -108,6 +110,6 @@ def train_layer(config: SaeConfig, frames: Frames, root: pathlib.Path, bar=None)
     return Trained(frames.layer, spec, params, scale, total, lr, losses, last)
 
 
-def _save(root: pathlib.Path, step: int, state: sae.State) -> None:
+def _save(root: pathlib.Path, step: int, state: sae.State, losses: np.ndarray) -> None:
     checkpoints.save(root, step, {"params": state.params, "opt": state.opt, "since": state.since_fired,
-                                  "step": state.step})  # fmt: skip
+                                  "step": state.step, "losses": losses})  # fmt: skip
