@@ -34,16 +34,19 @@ class Frames:
             raise SaeError(f"layer {self.layer}: no utterance of {list(self.langs)} is done in the store")
 
     def _read(self, chosen: Sequence[tuple[str, int]]) -> Iterator[tuple[str, int, np.ndarray]]:
-        """(language, utterance, f32[valid frames, embed]) of ``chosen``, one store read per language."""
+        """(language, utterance, f32[valid frames, embed]) of ``chosen``, in its order, one store read per language."""
         by_lang: dict[str, list[int]] = {}
         for lang, u in chosen:
             by_lang.setdefault(lang, []).append(u)
+        read = {}
         for lang, index in by_lang.items():
             index = np.asarray(index)
             lengths = self.lengths[lang][index]
             states, _ = self.store.language_layer(lang, self.layer, index, np.float32, frames=int(lengths.max()))
             for row, (u, n) in enumerate(zip(index, lengths, strict=True)):
-                yield lang, int(u), states[row, :n]
+                read[lang, int(u)] = states[row, :n]
+        for lang, u in chosen:  # not grouped by language: the frames' order must not depend on ``block``
+            yield lang, int(u), read[lang, int(u)]
 
     def epoch(self, epoch: int, batch: int) -> Iterator[np.ndarray]:
         """f32[batch, embed] batches of one epoch (module docstring)."""
@@ -51,13 +54,15 @@ class Frames:
         order = [self.utterances[i] for i in rng.permutation(len(self.utterances))]
         buffer: list[np.ndarray] = []
         held = 0
+        # The buffer is cut at the utterance that fills it, not at the end of a read: ``block`` decides how many
+        # utterances a read fetches, never the batches (the sae output folder does not pin it).
         for start in range(0, len(order), self.block):
             for _, _, frames in self._read(order[start : start + self.block]):
                 buffer.append(frames)
                 held += len(frames)
-            if held >= self.buffer_frames:
-                yield from self._cut(buffer, batch, rng, keep_rest=True)
-                held = sum(len(b) for b in buffer)
+                if held >= self.buffer_frames:
+                    yield from self._cut(buffer, batch, rng, keep_rest=True)
+                    held = sum(len(b) for b in buffer)
         yield from self._cut(buffer, batch, rng, keep_rest=False)
 
     @staticmethod
