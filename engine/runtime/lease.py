@@ -117,12 +117,13 @@ class _Lease:
         if self._lost is not None:
             raise StoreBusyError(self._lost)
 
-    def _holder(self, **extra) -> bytes:
-        """This holder's record, renewed now, with ``extra`` fields."""
+    def _holder(self, ttl: float | None = None, **extra) -> bytes:
+        """This holder's record, renewed now, valid ``ttl`` seconds (default: the lease's), with ``extra`` fields."""
         now = time.time()
+        ttl = self.ttl if ttl is None else ttl
         record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "job": self.job, **extra,
-                  "renewed": iso_utc(now), "expires": iso_utc(now + self.ttl),
-                  "expires_unix": now + self.ttl}  # fmt: skip
+                  "renewed": iso_utc(now), "expires": iso_utc(now + ttl),
+                  "expires_unix": now + ttl}  # fmt: skip
         return json.dumps(record, indent=1).encode()
 
     def _start_renewing(self) -> None:
@@ -246,20 +247,29 @@ class SharedLease(_Lease):
 
     ``settings``: what this worker's outputs depend on (``engine.runtime.runs.output_settings``); a joining worker
     must hold the same. ``opener`` says whether this worker opened the run; it calls ``open()`` once the output is
-    created and an earlier run's claims are cleared, and the workers waiting to join then go on."""
+    created and an earlier run's claims are cleared, and the workers waiting to join then go on.
+
+    ``opening_ttl`` (at most ``ttl``; the workers' ``--claim_ttl``): how long the record lives unrenewed while it
+    says ``opening``, which the others wait on: an opener killed on another host holds them that long. Once open, a
+    record lives ``ttl``, so that a worker that starts after the last live one died still joins the run and takes its
+    claims over."""
 
     shared = True
 
     def __init__(self, kv: ts.KvStore, url: str, job: str, settings: dict, *, ttl: float = DEFAULT_TTL,
-                 break_lease: bool = False, poll: float = JOIN_POLL):  # fmt: skip
+                 break_lease: bool = False, poll: float = JOIN_POLL, opening_ttl: float | None = None):  # fmt: skip
         super().__init__(kv, url, job, ttl, break_lease)
+        self.opening_ttl = self.ttl if opening_ttl is None else min(float(opening_ttl), self.ttl)
+        if self.opening_ttl <= 0:
+            raise ValueError(f"opening_ttl must be positive seconds, got {opening_ttl}")
         self.settings = settings
         self.poll = poll
         self.opener = False
         self._state = OPEN
 
     def _record(self, state: str) -> bytes:
-        return self._holder(mode=WORKERS, state=state, settings=self.settings)
+        ttl = self.opening_ttl if state == OPENING else self.ttl
+        return self._holder(ttl, mode=WORKERS, state=state, settings=self.settings)
 
     def take(self) -> None:
         """Opens the run or joins it (class docstring); StoreBusyError when a run without --worker holds the lease,
@@ -365,7 +375,7 @@ class SharedLease(_Lease):
         return bool(stamp.generation)
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3) and self.renew():
+        while not self._stop.wait((self.opening_ttl if self._state == OPENING else self.ttl) / 3) and self.renew():
             pass
 
     def renew(self) -> bool:

@@ -138,18 +138,20 @@ WORKER_FREE = ("prefetch",)
 
 @contextlib.contextmanager
 def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEFAULT_TTL, *, worker: bool = False,
-                 settings: dict | None = None):  # fmt: skip
+                 settings: dict | None = None, opening_ttl: float | None = None):  # fmt: skip
     """The writer lease of the store at ``url`` (``engine.runtime.lease``) for the run's duration, taken by process 0;
     yields an object whose ``check()`` raises once the lease is lost, ``opener`` says whether this process opens the
     run (creates its output and clears an earlier run's claims) and ``open()`` says it has. A second run on the same
-    store is refused. ``worker``: the lease shared by ``--worker`` processes, who must hold the same ``settings``."""
+    store is refused. ``worker``: the lease shared by ``--worker`` processes, who must hold the same ``settings``
+    (``opening_ttl``: ``SharedLease``'s)."""
     if worker:
         if jax.process_count() > 1:
             raise ConfigError(
                 "--worker runs independent processes and jax.distributed joins them into one run: give one or the other"
             )
         _, kv = open_kvstore(url)
-        with SharedLease(kv, url, job, settings or {}, ttl=ttl, break_lease=break_lease) as lease:
+        with SharedLease(kv, url, job, settings or {}, ttl=ttl, break_lease=break_lease,
+                         opening_ttl=opening_ttl) as lease:  # fmt: skip
             yield lease
         return
     if not is_process_zero():
@@ -163,15 +165,16 @@ def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEF
 def job_lease(config, job: str, ignore: tuple[str, ...] = ()):
     """``writer_lease`` of a job, from its ``config``, once its inputs are settled (``inputs_settled``): with
     ``--worker`` the lease shared by the workers, whose settings (``output_settings`` but ``WORKER_FREE`` and
-    ``ignore``) must agree, and which lives ``--claim_ttl`` unrenewed, as their claims and records do: a worker killed
-    while it opens the run (its record ``opening``, which the others wait on) holds them that long, not the 2 minutes
-    of ``DEFAULT_TTL`` whatever ``--claim_ttl`` said."""
+    ``ignore``) must agree, and whose ``opening`` record (which the others wait on) lives ``--claim_ttl`` unrenewed,
+    as their claims do, at most ``DEFAULT_TTL``: a worker killed while it opens the run holds the others that long,
+    not 2 minutes whatever ``--claim_ttl`` said. Open, it lives ``DEFAULT_TTL``: a worker started after the last live
+    one died joins the run and takes its claims over."""
     inputs_settled(config, job)
     run: RunOptions = config.run
     if not run.worker:
         return writer_lease(run.out, job, run.break_lease)
     settings = output_settings(job, config, (*WORKER_FREE, *ignore))
-    return writer_lease(run.out, job, run.break_lease, run.claim_ttl, worker=True, settings=settings)
+    return writer_lease(run.out, job, run.break_lease, worker=True, settings=settings, opening_ttl=run.claim_ttl)
 
 
 def work_claims(run: RunOptions, job: str, kv=None) -> WorkClaims:
