@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from engine import axes
 from engine.errors import ShapeError
 from kernels.frames import COS_EPS, check_lengths, even_split, frame_mask, matmul_f32, normalize_frames, traced
+from kernels.seqsim_inputs import SeqSim, check_inputs, crop_frames
 from kernels.seqsim_packed import (
     ACCELERATOR_BIN_FRAMES,
     CPU_BIN_FRAMES,
@@ -42,21 +42,13 @@ from kernels.seqsim_packed import (
     seqsim_matrix_packed,
     seqsim_packed_sides,
 )
+from kernels.seqsim_pallas import seqsim_matrix_pallas
 
 CPU_BLOCK_BUDGET_BYTES = 256 * 2**20  # per-block working set on CPU: leaves room for the inputs in a few GiB
 ACCELERATOR_BUDGET_FRACTION = 0.25  # share of free accelerator memory one block may use
 # Similarities per block (see choose_blocks), from a sweep: bench/RESULTS.md, "seqsim block sizes (one-off sweep)".
 CPU_TARGET_BLOCK_ELEMENTS = 2**20
 ACCELERATOR_TARGET_BLOCK_ELEMENTS = 2**28  # 1 GiB of f32: few loop steps (not measured on a GPU yet)
-FRAME_QUANTUM = 16  # frame axes are cropped to a multiple of this above the longest utterance (fewer recompiles)
-
-
-class SeqSim(NamedTuple):
-    """SeqSim and its two directional terms; scalars for one pair, ``f32[N, M]`` for matrices."""
-
-    score: jax.Array
-    a_to_b: jax.Array
-    b_to_a: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -212,18 +204,6 @@ def choose_blocks(
     return ba, bb
 
 
-def _check_inputs(A, len_A, B, len_B) -> None:
-    """Shape and dtype checks where data enters; lengths are checked when they are concrete (not traced)."""
-    for name, x, lengths, lname in (("A", A, len_A, "len_A"), ("B", B, len_B, "len_B")):
-        if x.ndim != 3:
-            raise ShapeError(f"{name} must be [utterance, frame, embed], got shape {x.shape}")
-        check_lengths(lname, lengths, x.shape[0], x.shape[1], "utterance")
-    if A.shape[2] != B.shape[2]:
-        raise ShapeError(f"A and B must share the embed axis, got {A.shape[2]} and {B.shape[2]}")
-    if A.dtype != B.dtype or A.dtype not in (jnp.float32, jnp.bfloat16):
-        raise ShapeError(f"A and B must both be float32 or both bfloat16, got {A.dtype} and {B.dtype}")
-
-
 def seqsim_matrix(
     A: jax.Array,
     len_A: jax.Array,
@@ -256,12 +236,10 @@ def seqsim_matrix(
     """
     A, B = jnp.asarray(A), jnp.asarray(B)
     len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
-    _check_inputs(A, len_A, B, len_B)
+    check_inputs(A, len_A, B, len_B)
     if pallas:
         if packed:
             raise ValueError("seqsim_matrix: choose packed=True or pallas=True, not both")
-        from kernels.seqsim_pallas import seqsim_matrix_pallas  # imports this module: imported on first use
-
         return seqsim_matrix_pallas(A, len_A, B, len_B, directional=directional)
     device = jax.devices()[0]
     if packed is None:
@@ -270,7 +248,7 @@ def seqsim_matrix(
         if traced(len_A, len_B):
             raise ValueError("seqsim_matrix(packed=True) packs by concrete lengths: call it outside jit")
         return _packed_result(*seqsim_matrix_packed(A, len_A, B, len_B, bin_frames=_bin_frames(device)), directional)
-    A, B = _crop_frames(A, len_A), _crop_frames(B, len_B)
+    A, B = crop_frames(A, len_A), crop_frames(B, len_B)
     block_a, block_b = _resolve_blocks(A.shape, B.shape, A.dtype, block_a, block_b, memory_bytes, device)
     return _seqsim_matrix_jit(A, len_A, B, len_B, block_a=block_a, block_b=block_b, directional=directional)
 
@@ -325,18 +303,6 @@ def _resolve_blocks(shape_a, shape_b, dtype, block_a, block_b, memory_bytes, dev
     return min(block_a, max(shape_a[0], 1)), min(block_b, max(shape_b[0], 1))
 
 
-def _crop_frames(x: jax.Array, lengths: jax.Array) -> jax.Array:
-    """Drop trailing frames that no utterance uses (Whisper pads every utterance to 1500 frames = 30 s).
-
-    Only when lengths are concrete; the kept frame count is rounded up to FRAME_QUANTUM. Results are unchanged:
-    the dropped frames are padding of every utterance.
-    """
-    if traced(lengths) or lengths.size == 0:
-        return x
-    frames = min(x.shape[1], -(-int(jnp.max(lengths)) // FRAME_QUANTUM) * FRAME_QUANTUM)
-    return x if frames == x.shape[1] else x[:, :frames]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # All pairs, rows of A spread over the devices of a 1-D mesh.
 
@@ -380,8 +346,8 @@ def seqsim_matrix_sharded(
         raise ValueError(f"mesh must be 1-D with axis {axes.DATA!r}, got axes {mesh.axis_names}")
     A, B = jnp.asarray(A), jnp.asarray(B)
     len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
-    _check_inputs(A, len_A, B, len_B)
-    A, B = _crop_frames(A, len_A), _crop_frames(B, len_B)
+    check_inputs(A, len_A, B, len_B)
+    A, B = crop_frames(A, len_A), crop_frames(B, len_B)
     n_dev = mesh.devices.size
     n_a = A.shape[0]
     rows = -(-n_a // n_dev) * n_dev

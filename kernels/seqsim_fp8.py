@@ -47,7 +47,7 @@ import numpy as np
 
 from engine.errors import ShapeError
 from kernels.frames import frame_mask, traced, unit_rows
-from kernels.seqsim import SeqSim, _check_inputs, _crop_frames
+from kernels.seqsim_inputs import SeqSim, check_inputs, crop_frames
 from kernels.seqsim_packed import ACCELERATOR_BIN_FRAMES, CHUNK, CPU_BIN_FRAMES, _by_slot, _gather_frames, pack_side
 
 FP8 = jnp.float8_e4m3fn
@@ -57,6 +57,14 @@ FP8_HALF_SUBNORMAL_STEP = 2.0**-10  # the largest rounding error below 2**-6 (su
 TENSOR_SCALE = 2.0**8  # the largest power of two s with 1.0 * s <= FP8_MAX: unit frames' components lie in [-1, 1]
 SCALES = ("none", "tensor", "frame")  # see the module docstring; "tensor" is the recommended one
 DEFAULT_SCALE = "tensor"
+# Device kinds (``jax.Device.device_kind`` prefixes) whose tensor cores multiply e4m3 with f32 accumulation: the only
+# ones a job may offer fp8 on (declared, not probed). Elsewhere the kernel still runs, emulated: tests and --plan.
+FP8_DEVICE_KINDS = ("NVIDIA H100", "NVIDIA H200")
+
+
+def has_fp8(device: jax.Device) -> bool:
+    """Whether ``device`` multiplies e4m3 natively (``FP8_DEVICE_KINDS``); CPUs and other GPUs emulate it."""
+    return device.device_kind.startswith(FP8_DEVICE_KINDS)
 
 
 def check_scale(scale: str) -> None:
@@ -180,12 +188,12 @@ def seqsim_matrix_fp8(
     check_scale(scale)
     A, B = jnp.asarray(A), jnp.asarray(B)
     len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
-    _check_inputs(A, len_A, B, len_B)
+    check_inputs(A, len_A, B, len_B)
     if traced(len_A, len_B):
         raise ValueError("seqsim_matrix_fp8 packs by concrete lengths: call it outside jit")
     if bin_frames is None:
         bin_frames = CPU_BIN_FRAMES if jax.devices()[0].platform == "cpu" else ACCELERATOR_BIN_FRAMES
-    A, B = _crop_frames(A, len_A), _crop_frames(B, len_B)
+    A, B = crop_frames(A, len_A), crop_frames(B, len_B)
     pa, bins_a = _packed_bins(A, np.asarray(len_A), bin_frames, scale)
     pb, bins_b = _packed_bins(B, np.asarray(len_B), bin_frames, scale)
     calls = [[_bin_pair_fp8(*a, *b) for b in bins_b] for a in bins_a]  # all dispatched before any is read

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from kernels.frames import normalize_frames
-from kernels.seqsim import SeqSim, _check_inputs, _crop_frames  # the XLA path's input checks and crop, shared
+from kernels.seqsim_inputs import SeqSim, check_inputs, crop_frames  # the XLA path's input checks and crop
 
 MIN_TILE = 16  # smallest frame tile: Triton's dot needs M, N, K >= 16
 
@@ -223,11 +223,11 @@ def seqsim_matrix_pallas(
     """
     A, B = jnp.asarray(A), jnp.asarray(B)
     len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
-    _check_inputs(A, len_A, B, len_B)
+    check_inputs(A, len_A, B, len_B)
     device = jax.devices()[0]
     blocks = blocks_for(device) if blocks is None else blocks
     interpret = device.platform == "cpu" if interpret is None else interpret
-    A, B = _crop_frames(A, len_A), _crop_frames(B, len_B)
+    A, B = crop_frames(A, len_A), crop_frames(B, len_B)
     return _seqsim_pallas_jit(
         A, len_A, B, len_B, blocks=blocks, interpret=interpret, platform=device.platform, directional=directional
     )
