@@ -146,3 +146,12 @@ def test_e4m3_constants_match_ml_dtypes():
     assert float(info.eps) / 2 == f8.FP8_UNIT_ROUNDOFF
     assert float(info.smallest_subnormal) / 2 == f8.FP8_HALF_SUBNORMAL_STEP
     assert f8.TENSOR_SCALE <= f8.FP8_MAX < 2 * f8.TENSOR_SCALE
+
+
+def test_fp8_is_declared_for_hopper_only():
+    class Kind:
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    assert f8.has_fp8(Kind("NVIDIA H100 80GB HBM3")) and f8.has_fp8(Kind("NVIDIA H200"))
+    assert not f8.has_fp8(Kind("NVIDIA A100-SXM4-80GB")) and not f8.has_fp8(jax.devices("cpu")[0])
