@@ -59,6 +59,12 @@ $(TEST_STAMP): pyproject.toml Makefile | $(VPY)
 	$(VPY) -m pip install -q --no-deps --ignore-requires-python espnet==202611 omniio typeguard humanfriendly \
 	  configargparse sentencepiece==0.2.1 einops hydra-core omegaconf antlr4-python3-runtime==4.9.3 torch_complex \
 	  h5py kaldiio g2p_en nltk inflect jamo espnet_tts_frontend unidecode jaconv
+	# sae-lens: opens the sae job's SAEs as analysts do (tests/jobs/test_sae_saelens.py). Its full install pulls
+	# transformer-lens's model tooling (accelerate, plotly, wandb with its service binary and OpenTelemetry); --no-deps
+	# and only what `import sae_lens` needs beside the above (transformers, datasets, nltk, safetensors, jaxtyping,
+	# einops, sentencepiece). wandb, for logging training runs, is a placeholder in the test: loading never logs.
+	$(VPY) -m pip install -q --no-deps sae-lens==6.54.12 transformer-lens==3.9.0 better-abc==0.0.3 \
+	  simple-parsing==0.1.9 docstring-parser==0.18.0
 	touch $@ $(SETUP_STAMP)
 
 # pytest's junit report (git-ignored under build/); .ci/check_skips.py reads it to fail CI on an unexpected skip.

@@ -13,6 +13,13 @@ Training saw ``s x`` (``train``'s scale); with ``W_enc = s W_enc'``, ``b_dec = b
 AudioSAE (its released checkpoints) stores the same four tensors as a PyTorch state dict with the encoder and decoder
 as ``nn.Linear`` layers (``encoder.weight [d_sae, d_in]``, ``decoder.weight [d_in, d_sae]``): transpose both to move
 between the two. ``open_sae`` reads a folder back, checking what it reads.
+
+``cfg.json`` follows SAELens 6's layout, so that ``sae_lens.SAE.load_from_disk(folder)`` opens the folder as it is
+(tested with sae-lens 6.54.12, ``tests/jobs/test_sae_saelens.py``): ``architecture`` is the inference rule above,
+SAELens's ``topk``, for both training kinds (SAELens registers ``batchtopk`` for training only, and loading a
+``batchtopk`` folder fails); the kind trained is ``training_architecture``. SAELens reads the top-level fields of its
+``TopKSAEConfig`` and ``metadata`` (``sae_lens_version``, a 6.x release, tells it the layout is not pre-6.0's), and
+ignores babelgrid's own fields beside them.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from engine.stores.kv import DamageError
 from kernels import sae as sae_kernel
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"
+# The SAELens release whose cfg.json layout the export follows (its ``SAEConfig.to_dict``), written as the metadata's
+# ``sae_lens_version``: a folder without one is read as pre-6.0 and its fields renamed.
+SAELENS_LAYOUT = "6.54.12"
 
 
 def folded(params: dict, scale: float) -> dict[str, np.ndarray]:
@@ -45,15 +55,19 @@ def weights_bytes(params: dict, scale: float) -> bytes:
 
 def config_of(trained, store_info, store_url: str, config) -> dict:
     spec = trained.spec
+    # SAELens's TopKSAEConfig fields first. "topk" whatever the kind trained: the exported weights apply per frame
+    # (module docstring), which is what the job's own numbers measure and what SAELens's TopK computes.
     return {
-        "architecture": spec.kind, "d_in": spec.d_in, "d_sae": spec.d_sae, "k": spec.k, "dtype": "float32",
-        "apply_b_dec_to_input": True, "normalize_activations": "none", "folded_scale": trained.scale,
-        "hook_name": f"layer {trained.layer}", "layer": trained.layer, "layer_meaning": store_info.layer_meaning,
-        "family": store_info.family, "model_name": store_info.model_name,
+        "architecture": "topk", "d_in": spec.d_in, "d_sae": spec.d_sae, "k": spec.k, "dtype": "float32",
+        "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
+        "rescale_acts_by_decoder_norm": False,
+        "metadata": {"sae_lens_version": SAELENS_LAYOUT, "sae_lens_training_version": None,
+                     "model_name": store_info.model_name, "hook_name": f"layer {trained.layer}"},
+        "training_architecture": spec.kind, "folded_scale": trained.scale, "layer": trained.layer,
+        "layer_meaning": store_info.layer_meaning, "family": store_info.family, "model_name": store_info.model_name,
         "checkpoint_sha256": store_info.checkpoint_sha256, "store": store_url, "expansion": config.expansion,
         "epochs": config.epochs, "steps": trained.steps, "batch_size": config.batch_size, "lr": trained.lr,
         "auxk_alpha": spec.auxk_alpha, "dead_tokens": spec.dead_tokens, "seed": config.seed,
-        "inference": "per-frame TopK(k) for both kinds",
     }  # fmt: skip
 
 
