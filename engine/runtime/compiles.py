@@ -66,7 +66,13 @@ def use_cache(folder: str) -> None:
     its kernels came from the cache."""
     path = os.path.abspath(os.path.expanduser(folder)) if "://" not in folder else folder
     if "://" not in path:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:  # a file of that name, a file where a parent folder should be, no permission
+            from engine.runtime.options import ConfigError
+
+            what = "a file" if os.path.isfile(path) else "not a folder babelgrid can make"
+            raise ConfigError(f"--compile_cache {folder!r} is {what} ({e.strerror}): give a folder") from None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

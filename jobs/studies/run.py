@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
+from engine.errors import BabelgridError
 from jobs.studies import graph, records
 from jobs.studies.spec import Stage, Study, StudyError, job_flags, load_study
 
@@ -206,7 +207,13 @@ class Runner:
             )
             print(f"babelgrid run: stage {stage.name} ({stage.job}) exited {code}{hint}", file=sys.stderr)
             return code
-        self.write(stage, record, out)
+        try:
+            self.write(stage, record, out)
+        except (OSError, BabelgridError) as e:  # a full or read-only disk under {runs}: one line, not a traceback
+            print(f"babelgrid run: stage {stage.name} ({stage.job}) completed, but its record could not be written "
+                  f"under {self.study.runs}: {e}. Free the space (or fix the folder) and run again: the stage's job "
+                  "finds its output complete", file=sys.stderr)  # fmt: skip
+            return 1
         return 0
 
     def write(self, stage: Stage, record: dict, out: str | None) -> None:

@@ -10,6 +10,7 @@ what it finds done) and writes it again.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -17,6 +18,8 @@ import sys
 
 from jobs.studies import graph, records
 from jobs.studies.spec import BUNDLED, Study, StudyError
+
+LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}  # beyond the control characters
 
 
 def snakefile(study: Study) -> str:
@@ -26,14 +29,25 @@ def snakefile(study: Study) -> str:
             "Set runs to a local folder (--set runs=/path/runs)"
         )
     runs = os.path.abspath(study.runs.removeprefix("file://"))
+    if "{" in runs or "}" in runs:
+        raise StudyError(
+            f"--emit snakefile: the runs folder {runs!r} holds a brace, which Snakemake reads as a wildcard in a "
+            "rule's files. Set runs to a folder without one (--set runs=/path/runs)"
+        )
     spec = study.spec if study.spec in BUNDLED else os.path.abspath(study.spec)
     base = [sys.executable, "-m", "jobs.cli", "run", spec, *(a for o in study.overrides for a in ("--set", o))]
     deps = graph.dependencies(study.stages)
-    rule_names = {s.name: _rule_name(s.name, s.job) for s in study.stages}
+    rule_names = {}
+    for s in study.stages:  # stage names are unique, the letters a rule name keeps of them may not be (a.b, a_b)
+        name, n = _rule_name(s.name, s.job), 1
+        while name in rule_names.values():
+            n += 1
+            name = f"{_rule_name(s.name, s.job)}_{n}"
+        rule_names[s.name] = name
     lines = [
-        f"# made by: babelgrid run {' '.join(shlex.quote(a) for a in base[4:])} --emit snakefile",
+        _comment(f"# made by: babelgrid run {' '.join(shlex.quote(a) for a in base[4:])} --emit snakefile"),
         "# one rule per stage; its output is the stage's record, its inputs the records of the stages it reads",
-        f"# run: snakemake --snakefile THIS_FILE --cores 1 (the records are under {runs})",
+        _comment(f"# run: snakemake --snakefile THIS_FILE --cores 1 (the records are under {runs})"),
         "",
         f"workdir: {_quote(os.getcwd())}  # where the study's relative paths were read",
         "",
@@ -52,7 +66,7 @@ def snakefile(study: Study) -> str:
             "    output:",
             f"        {_quote(os.path.join(runs, stage.record))},",
             "    shell:",
-            f"        {_quote(command.replace('{', '{{').replace('}', '}}'))}",
+            f"        {_quote(_literal(command))}",
             "",
         ]
     return "\n".join(lines)
@@ -62,5 +76,18 @@ def _rule_name(name: str, job: str) -> str:
     return "stage_" + re.sub(r"[^A-Za-z0-9_]", "_", name) + f"_{job}"
 
 
+def _literal(text: str) -> str:
+    """A shell command as Snakemake runs it literally: braces doubled (single ones are its placeholders)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """``text`` as a Python string literal on one line: JSON's escapes are Python's, and it escapes every control
+    character (a newline in a path ended the literal, and the Snakefile did not parse); the line breaks that
+    ``str.splitlines`` knows beyond those are escaped too."""
+    return json.dumps(text, ensure_ascii=False).translate(LINE_BREAKS)
+
+
+def _comment(text: str) -> str:
+    """``text`` for a comment line: every line break escaped, so that nothing of it becomes code."""
+    return text.translate({c: f"\\x{c:02x}" for c in range(32)} | LINE_BREAKS)

@@ -37,8 +37,12 @@ BUNDLED = {"demo": "demo.yaml", "demo-matrix": "demo_matrix.yaml"}
 FLAG_NAME = re.compile(r"[a-z_]+")  # every job's flag names; a study key must be one of its job's
 SCALARS = (str, int, float, bool)  # what a variable or a flag value may be in a study file
 COMBINATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a folder name: it stays inside {out}
+# Joins a combination's names, one per axis: no name holds it or ends with '-', so that two combinations never join
+# to one name ('-' did: (a, b-c) and (a-b, c) were both a-b-c, and one ran in place of the other)
+JOIN = "--"
 MATRIX_VARS = ("matrix", "run")  # set per combination; a study's vars may not use these names when it has a matrix
 EACH = "each"  # {each: TEMPLATE} in an after-stage: TEMPLATE per combination, joined by commas
+MAX_DEPTH = 20  # levels of YAML nesting; a study needs five, and PyYAML recurses once per level (a traceback at ~1000)
 
 
 class StudyError(ValueError):
@@ -100,7 +104,12 @@ def load_study(spec: str, overrides=()) -> Study:
         path = pathlib.Path(spec)
         if not path.is_file():
             raise StudyError(f"no study file {spec!r}: give a YAML file or one of {sorted(BUNDLED)}")
-        text = path.read_text("utf-8")
+        try:
+            text = path.read_text("utf-8")
+        except UnicodeDecodeError as e:
+            raise StudyError(f"study {spec!r} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+        except OSError as e:
+            raise StudyError(f"cannot read study {spec!r}: {e.strerror}") from None
     study = _parse_yaml(text, spec)
     if not isinstance(study, dict) or not isinstance(study.get("stages"), list) or not study["stages"]:
         raise StudyError(f"study {spec!r} needs a 'stages' list, e.g. stages: [{{encode: {{out: out/store}}}}]")
@@ -118,6 +127,8 @@ def load_study(spec: str, overrides=()) -> Study:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise StudyError(f"--set takes NAME=VALUE, got {item!r}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in item):  # a newline broke the Snakefile --emit wrote
+            raise StudyError(f"--set {item!r} holds a newline or another control character: give the value on one line")
         if name not in known:  # a misspelt name would leave the variable it meant at its default, silently
             guess = difflib.get_close_matches(name, known, n=1)
             raise StudyError(
@@ -153,7 +164,9 @@ def load_study(spec: str, overrides=()) -> Study:
 
 def _matrix(matrix, spec: str, variables: dict[str, str]) -> dict[str, dict[str, str]]:
     """Combination name -> its variables: the product of the matrix's axes, in the order written. An axis maps names
-    to values, or lists names that are their own values; a combination's name joins its names with '-'."""
+    to values, or lists names that are their own values; a combination's name joins its names with ``JOIN`` (one
+    axis: the name alone). Two combinations of one name (or of names that differ in case only: one folder on a
+    case-insensitive disk) are refused."""
     if matrix is None:
         return {}
     if not isinstance(matrix, dict) or not matrix:
@@ -170,10 +183,27 @@ def _matrix(matrix, spec: str, variables: dict[str, str]) -> dict[str, dict[str,
         for name in values:
             if not isinstance(name, str) or not COMBINATION_NAME.fullmatch(name):
                 raise StudyError(f"{where}: {name!r} cannot name a folder (letters, digits and _.+- only)")
+            if JOIN in name or name.endswith("-"):
+                raise StudyError(
+                    f"{where}: {name!r} holds {JOIN!r} or ends with '-': {JOIN!r} joins the names of a combination "
+                    "(one per axis), so that no two combinations share a folder"
+                )
+        if isinstance(matrix[axis], list) and len(values) < len(matrix[axis]):
+            raise StudyError(f"{where} lists one name twice ({matrix[axis]!r}): each name runs in a folder of its own")
         axes.append([(axis, name, _scalar(value, f"{where} {name!r}")) for name, value in values.items()])
     if set(variables) & set(MATRIX_VARS):
         raise StudyError(f"study {spec!r} has a matrix: {' and '.join(MATRIX_VARS)} are set per combination")
-    return {"-".join(n for _, n, _ in combo): {a: v for a, _, v in combo} for combo in itertools.product(*axes)}
+    combinations, folders = {}, {}
+    for combo in itertools.product(*axes):
+        name = JOIN.join(n for _, n, _ in combo)
+        other = folders.setdefault(name.casefold(), name)
+        if other != name or name in combinations:
+            raise StudyError(
+                f"study {spec!r}: matrix combinations {other!r} and {name!r} would run in one folder (names that "
+                "differ in case only are one folder on a case-insensitive disk): rename one of them"
+            )
+        combinations[name] = {a: v for a, _, v in combo}
+    return combinations
 
 
 def _each(value, where: str, variables: dict[str, str], combinations: dict[str, dict[str, str]]) -> str:
@@ -261,6 +291,8 @@ def _parse_yaml(text: str, spec: str):
                 seen[key] = key_node.start_mark.line
             return super().construct_mapping(node, deep=deep)
 
+        depth = 0
+
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
@@ -268,7 +300,17 @@ def _parse_yaml(text: str, spec: str):
                     f"study {spec!r} uses the YAML alias *{event.anchor} at line {event.start_mark.line + 1}: "
                     "aliases are refused (they can expand without bound); write the value out, or use a variable"
                 )
-            return super().compose_node(parent, index)
+            if self.depth >= MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise StudyError(
+                    f"study {spec!r} nests deeper than {MAX_DEPTH} levels at line {mark.line + 1}, column "
+                    f"{mark.column + 1}: a study is vars, matrix, stages and after, a few levels deep"
+                )
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
 
     try:
         return yaml.load(text, NoAliases) or {}  # noqa: S506 (a SafeLoader without aliases)
