@@ -20,7 +20,17 @@ def chosen(what: str, asked, available, error: type[Exception], where: str = "th
     """The items of ``available`` that ``asked`` names (every one for None), in ``available``'s order; one it lacks
     is an ``error`` naming what ``where`` has (a job's --langs, --layers or --measure against its input)."""
     available = list(available)
-    unknown = [a for a in (asked or ()) if a not in available]
+    known = set(available)
+    unknown = [a for a in (asked or ()) if a not in known]
     if unknown:
-        raise error(f"{where} has no {what} {unknown}; it has {available}")
+        raise error(f"{where} has no {what} {shown(unknown)}; it has {shown(available)}")
     return [a for a in available if asked is None or a in asked]
+
+
+def shown(items, limit: int = 12) -> str:
+    """``items`` as a list in an error message, its first ``limit`` only: a message stays one short line whatever a
+    user asked for (``--layers 1-3000000`` printed 26 MB)."""
+    items = list(items)
+    if len(items) <= limit:
+        return repr(items)
+    return repr(items[:limit])[:-1] + f", ... ({len(items) - limit} more)]"

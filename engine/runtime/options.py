@@ -16,12 +16,14 @@ message is one line naming the field, the value and what it accepts.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import re
 from collections.abc import Callable, Iterable
 
 from engine.errors import BabelgridError
+from engine.listing import shown
 from engine.stores.kv import DEFAULT_STORE_TIMEOUT
 
 DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives two missed renewals
@@ -29,6 +31,9 @@ DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives 
 # 100 s, ended two-process runs with DEADLINE_EXCEEDED on nodes loaded 22-47 deep
 DEFAULT_HEARTBEAT_TIMEOUT = 300
 MATMUL_PRECISIONS = ("highest", "default")
+# Layer indices run from 0 to MAX_LAYER: no model babelgrid loads has 200 layers, and a range is bounded before it is
+# expanded (``--layers 1-100000000`` held 12 GB, and its error line was 1 GB)
+MAX_LAYER = 1023
 
 
 class ConfigError(BabelgridError, ValueError):
@@ -65,6 +70,10 @@ def validate(config) -> None:
         value = _normalised(config, field, meta, value)
         if not meta or value is None:
             continue
+        if meta.get("parse") == "layers" and isinstance(value, tuple):
+            _check_layers(field.name, value)
+        if _holds_languages(field.name) and isinstance(value, tuple):
+            _check_once(field.name, value)
         choices = meta.get("choices")
         if choices is not None:
             values = value if isinstance(value, tuple) else (value,)
@@ -76,6 +85,24 @@ def validate(config) -> None:
         if meta.get("minimum") is not None and value < meta["minimum"]:
             raise ConfigError(f"{field.name} must be >= {meta['minimum']}, got {value!r}")
     check_apart(config)
+
+
+def _holds_languages(name: str) -> bool:
+    """Whether a field lists languages: every job names them ``langs`` (``source_langs``, ``eval_langs``)."""
+    return name == "langs" or name.endswith("_langs")
+
+
+def _check_once(name: str, value: tuple) -> None:
+    """A list of languages names each once: ``heads --langs en,en,de`` scored en against itself (R@1 1.0)."""
+    repeated = [v for v, n in collections.Counter(value).items() if n > 1]
+    if repeated:
+        raise ConfigError(f"{name}: {shown(repeated)} given more than once; name each language once")
+
+
+def _check_layers(name: str, layers: tuple) -> None:
+    bad = [x for x in layers if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= MAX_LAYER]
+    if bad:
+        raise ConfigError(f"{name}: {shown(bad)} out of range; layer indices run from 0 to {MAX_LAYER}")
 
 
 def _normalised(config, field, meta, value):
@@ -254,13 +281,17 @@ def parse_layers(value: str | None) -> tuple[int, ...] | None:
     out: list[int] = []
     for item in items:
         try:
-            if "-" in item:
-                lo, hi = (int(x) for x in item.split("-", 1))
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(item))
+            lo, sep, hi = item.partition("-")
+            lo, hi = int(lo), int(hi if sep else lo)
         except ValueError:
-            raise ConfigError(f"layers: {item!r} is not a layer index or a range like 2-5") from None
+            raise ConfigError(f"layers: {item[:40]!r} is not a layer index or a range like 2-5") from None
+        if hi > MAX_LAYER:  # before the range is expanded
+            raise ConfigError(f"layers: {item[:40]!r} goes past layer {MAX_LAYER}; layer indices run from 0 to "
+                              f"{MAX_LAYER}")  # fmt: skip
+        out.extend(range(lo, hi + 1))
+        if len(out) > MAX_LAYER + 1:  # repeated items cannot grow it past the indices there are
+            out = list(dict.fromkeys(out))
+    _check_layers("layers", tuple(out))
     return tuple(dict.fromkeys(out))
 
 

@@ -4,13 +4,17 @@ twice, sizes bounded before anything is allocated or recorded, and the console s
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import importlib
 import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from engine.runtime.options import ConfigError, configure
 from jobs.studies.spec import StudyError, load_study
 from tests.jobs.conftest import job_env
 from tests.waits import patient
@@ -146,3 +150,151 @@ def test_a_compile_cache_that_is_a_file_is_refused_in_one_line(worker_store, tmp
                    str(tmp_path / "cache"), expect=1)  # fmt: skip
     assert "--compile_cache" in _one_line(proc) and "is a file" in _one_line(proc), proc.stderr[-3000:]
     assert not (tmp_path / "sim").exists()
+
+
+# -- F4: a language given twice --------------------------------------------------------------------------------------
+
+CONFIGS = {  # every job config with a list of languages: its module, its class
+    "align": ("engine.pipelines.align.config", "AlignConfig"),
+    "challenge": ("engine.pipelines.challenge.run", "ChallengeConfig"),
+    "compare": ("engine.pipelines.compare.config", "CompareConfig"),
+    "decode": ("engine.pipelines.decode.config", "DecodeConfig"),
+    "encode": ("engine.pipelines.encode.config", "EncodeConfig"),
+    "finetune": ("engine.pipelines.finetune.config", "FinetuneConfig"),
+    "heads": ("engine.pipelines.heads.config", "HeadsConfig"),
+    "interp": ("engine.pipelines.interp.config", "InterpConfig"),
+    "neurons": ("engine.pipelines.neurons.config", "NeuronsConfig"),
+    "probe": ("engine.pipelines.probe.config", "ProbeConfig"),
+    "probes": ("engine.pipelines.probes.config", "ProbesConfig"),
+    "retrieval": ("engine.pipelines.retrieval.config", "RetrievalConfig"),
+    "sae": ("engine.pipelines.sae.config", "SaeConfig"),
+    "seqsim": ("engine.pipelines.seqsim.config", "SimilarityConfig"),
+    "typology": ("engine.pipelines.typology.config", "TypologyConfig"),
+}
+
+
+def _config_class(job: str):
+    module, name = CONFIGS[job]
+    return getattr(importlib.import_module(module), name)
+
+
+def _with(cls, tmp_path: pathlib.Path, **values):
+    """``cls`` with every required field given a placeholder (a path under ``tmp_path``), then ``values``."""
+    given = {}
+    for field in dataclasses.fields(cls):
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if field.name != "run" and (required or (field.metadata or {}).get("required")):
+            path = str(tmp_path / field.name)
+            given[field.name] = (path,) if "tuple" in str(field.type) else path
+    return configure(cls, out=str(tmp_path / "out"), **{**given, **values})
+
+
+@pytest.mark.parametrize("job", sorted(CONFIGS))
+def test_every_job_refuses_a_language_given_twice(job, tmp_path):
+    cls = _config_class(job)
+    fields = [f.name for f in dataclasses.fields(cls) if f.name == "langs" or f.name.endswith("_langs")]
+    assert fields, job
+    for name in fields:
+        with pytest.raises(ConfigError, match=r"\['en'\] given more than once"):
+            _with(cls, tmp_path, **{name: ("en", "en", "de")})
+
+
+def test_heads_refuses_en_en_de_before_it_runs(worker_store, tmp_path, run_job):
+    """The issue's case: heads scored en against itself (R@1 1.0) and raised en's R@1 from 0.50 to 0.75."""
+    proc = run_job("heads", "--store", str(worker_store), "--out", str(tmp_path / "out"), "--langs",
+                   "en,en,de", expect=None)  # fmt: skip
+    assert proc.returncode != 0 and "given more than once" in _one_line(proc), proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()
+
+
+# -- F11, F21: sizes bounded before anything is allocated or recorded ------------------------------------------------
+
+
+def test_a_layer_range_is_bounded_before_it_is_expanded():
+    from engine.runtime.options import MAX_LAYER, parse_layers
+
+    for text in ("1-100000000", "1-3000000", str(MAX_LAYER + 1)):
+        with pytest.raises(ConfigError, match=f"layer indices run from 0 to {MAX_LAYER}") as e:
+            parse_layers(text)
+        assert len(str(e.value)) < SHORT
+    assert parse_layers(f"0-{MAX_LAYER}") == tuple(range(MAX_LAYER + 1))
+
+
+@pytest.mark.parametrize("job", ["decode", "heads", "probes", "retrieval", "sae", "typology"])
+def test_a_notebook_layer_list_is_bounded_and_its_error_short(job, tmp_path):
+    """A tuple of 3 million layers given to a config (not through the flag): refused in one short line."""
+    with pytest.raises(ConfigError, match="out of range") as e:
+        _with(_config_class(job), tmp_path, layers=tuple(range(3_000_000)))
+    assert len(str(e.value)) < SHORT
+
+
+def _planted_similarity(root: pathlib.Path, langs=("de", "en", "es")) -> pathlib.Path:
+    """A similarity store of three languages, six utterances each, at layers 0 and 1: translations score higher."""
+    from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
+
+    ids = [f"s{i}" for i in range(6)]
+    manifest = new_manifest(layer_store=str(root / "layers"), model_name="planted", checkpoint_sha256="0" * 64,
+                            layers=(0, 1))  # fmt: skip
+    store = SimilarityStore.create_or_open(str(root / "sim"), manifest)
+    rng = np.random.default_rng(0)
+    rows = {"row_ids": ids, "col_ids": ids, "row_recording": list(range(6)), "col_recording": list(range(6))}
+    for i, a in enumerate(langs):
+        for b in langs[i + 1 :]:
+            array = store.create_pair("seqsim", a, b, rows)
+            for layer in (0, 1):
+                scores = (rng.standard_normal((6, 6)) + 2 * np.eye(6)).astype(np.float32)
+                store.write_layer(array, "seqsim", a, b, layer, scores, done_marker(np.arange(6), np.arange(6)))
+    return root / "sim"
+
+
+def test_retrieval_says_a_huge_layer_range_in_one_short_line(tmp_path, run_job):
+    sim = _planted_similarity(tmp_path)
+    proc = run_job("retrieval", "--similarity", str(sim), "--layers", "1-3000000", expect=None)
+    assert proc.returncode != 0 and len(proc.stdout) + len(proc.stderr) < 20_000, len(proc.stderr)
+    assert "layer indices run from 0 to" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_missing_item_list_is_cut_short():
+    from engine.listing import chosen
+
+    class Missing(ValueError):
+        pass
+
+    with pytest.raises(Missing) as e:
+        chosen("layer", tuple(range(3, 1_000_000)), [0, 1, 2], Missing)
+    assert len(str(e.value)) < SHORT and "(999985 more)" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "said"),
+    [
+        (dict(expansion=1, k=65), "--k 65 is more than the dictionary's 64 features"),  # F21
+        (dict(expansion=10**7), "--expansion 10000000 and --batch_size 4096 over the store's 64 dimensions need"),
+        (dict(batch_size=10**13), "--batch_size 10000000000000 over the store's 64 dimensions need"),
+    ],
+)
+def test_sae_refuses_sizes_before_anything_is_recorded(worker_store, tmp_path, sizes, said):
+    from engine.pipelines.sae.config import SaeConfig, SaeError
+    from engine.pipelines.sae.run import run_sae
+
+    out = tmp_path / "sae"
+    with pytest.raises(SaeError, match=said.replace("(", r"\(")) as e:
+        run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), layers=(1,), progress=False, **sizes))
+    assert len(str(e.value)) < SHORT and not out.exists(), str(e.value)
+
+
+def test_random_model_sizes_are_bounded_before_a_weight_is_drawn(tmp_path):
+    from engine.models.random_folder import write_random_folder
+
+    for sizes, said in ((dict(layers=1_000_000), "layers must be at most 256"),
+                        (dict(width=1 << 20), "width must be at most 8192"),
+                        (dict(layers=256, width=8192), "GiB of weights")):  # fmt: skip
+        with pytest.raises(ValueError, match=said):
+            write_random_folder("whisper", tmp_path / "m", **sizes)
+        assert not (tmp_path / "m").exists() and not list(tmp_path.iterdir())
+
+
+def test_random_model_says_layers_1000000_in_one_line(tmp_path, run_job):
+    proc = run_job("random_model", "--kind", "whisper", "--out", str(tmp_path / "m"), "--layers", "1000000",
+                   expect=1)  # fmt: skip
+    assert "layers must be at most 256" in _one_line(proc) and not (tmp_path / "m").exists()

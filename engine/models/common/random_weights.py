@@ -24,6 +24,12 @@ import numpy as np
 from safetensors.numpy import save_file
 
 WEIGHTS_FILE = "model.safetensors"
+# Bounds on a random model's sizes, checked before a tensor is drawn (``--layers 1000000`` held 13.8 GB): real models
+# have at most a few dozen blocks and widths of a few thousand; a block holds at most about 24 width^2 weights
+# (an encoder's and a decoder's, feed-forwards 4x), and a folder at most MAX_BYTES of them
+MAX_LAYERS = 256
+MAX_WIDTH = 8192
+MAX_BYTES = 16 * 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +46,17 @@ class Sizes:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, most in (("layers", MAX_LAYERS), ("width", MAX_WIDTH), ("heads", self.width)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}: each head needs a share")
+        weights = 4 * 24 * self.layers * self.width**2  # bytes of float32, about
+        if weights > MAX_BYTES:
+            raise ValueError(
+                f"{self.text()} is about {weights / 2**30:.0f} GiB of weights, more than a random model's "
+                f"{MAX_BYTES // 2**30} GiB: give fewer layers or a smaller width"
+            )
 
     def text(self) -> str:
         return f"{self.layers} blocks x {self.width} wide, {self.heads} heads"

@@ -92,6 +92,7 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     layers = chosen("layer", config.layers, reader.info.layers, SaeError, "the store")
     if len(langs) < 2:
         raise SaeError(f"the language measures need two or more languages; the run has {langs}")
+    _check_sizes(config, reader.arrays(langs[0]).embed)  # before a model is loaded or anything recorded
     summary = SaeSummary()
     decoder, note = load_decoder(config.model, reader.info)
     summary.notes += [note] if note else []
@@ -139,6 +140,35 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     summary.outputs = [url.rstrip("/") + "/" + k for k in writes]
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _check_sizes(config: SaeConfig, embed: int) -> None:
+    """Refuses a ``--k`` past the dictionary, and a dictionary or batch that cannot fit this process's memory (the
+    machine's share, ``engine.runtime.budget``), before anything is allocated: ``--expansion 100000`` held 10 GB
+    and then ran out of memory."""
+    d_sae = config.expansion * embed
+    if config.k > d_sae:
+        raise SaeError(
+            f"--k {config.k} is more than the dictionary's {d_sae} features (--expansion {config.expansion} x the "
+            f"store's {embed} dimensions): give --k of at most {d_sae}, or a larger --expansion"
+        )
+    from engine.runtime.budget import resolve_budget  # loads JAX: the job has it loaded already
+
+    # float32 parameters, their gradients and Adam's two moments; a batch's pre-activations, codes and frames
+    state = 4 * 4 * (2 * embed * d_sae + d_sae + embed)
+    batch = 4 * config.batch_size * (3 * d_sae + 4 * embed)
+    budget = resolve_budget(None)
+    if state + batch > budget.bytes:
+        raise SaeError(
+            f"--expansion {config.expansion} and --batch_size {config.batch_size} over the store's {embed} dimensions "
+            f"need about {_gib(state + batch)} (the dictionary's training state {_gib(state)}, a batch "
+            f"{_gib(batch)}), more than the {_gib(budget.bytes)} this process may use ({budget.source}): lower "
+            "--expansion or --batch_size"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
 
 
 def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar, decoder, langs) -> None:
