@@ -25,6 +25,7 @@ listed it. A matrix of models or settings, the graph, versions, --only/--until, 
 
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ COMMANDS = {"random-model": "random_model"}  # a command's name where it is not 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _unshadow()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(__doc__.strip())
@@ -56,6 +58,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # absl's app.run ends every job with sys.exit(its return value)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return 0
+
+
+def _unshadow() -> None:
+    """Drops the console script's own folder (the environment's ``bin/``) from ``sys.path``. Python puts a script's
+    folder first on the path, so the scripts installed beside ``babelgrid`` shadow the packages they share a name
+    with: lang2vec installs ``bin/lang2vec.py``, and ``import lang2vec.lang2vec`` found that script and failed, so
+    ``babelgrid typology`` crashed while ``python -m jobs.typology`` ran. A folder that holds babelgrid's own
+    packages (a checkout's root) stays."""
+    script = sys.argv[0] if sys.argv else ""
+    if not script or not os.path.isfile(script):
+        return
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(script)))
+    if any(os.path.isfile(os.path.join(folder, package, "__init__.py")) for package in ("jobs", "engine")):
+        return
+    sys.path[:] = [p for p in sys.path if os.path.realpath(os.path.abspath(p or os.curdir)) != folder]
 
 
 def _command_names() -> list[str]:

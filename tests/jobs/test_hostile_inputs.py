@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from engine.runtime.options import ConfigError, configure
 from jobs.studies.spec import StudyError, load_study
 from tests.jobs.conftest import job_env
@@ -298,3 +299,20 @@ def test_random_model_says_layers_1000000_in_one_line(tmp_path, run_job):
     proc = run_job("random_model", "--kind", "whisper", "--out", str(tmp_path / "m"), "--layers", "1000000",
                    expect=1)  # fmt: skip
     assert "layers must be at most 256" in _one_line(proc) and not (tmp_path / "m").exists()
+
+
+# -- F12: the console script runs typology ---------------------------------------------------------------------------
+
+
+def test_the_console_script_runs_typology(tmp_path):
+    """``bin/`` is the console script's sys.path[0], and lang2vec installs ``bin/lang2vec.py``: ``import lang2vec``
+    found the script, and ``babelgrid typology`` always crashed. Through the installed script, on a similarity store
+    of three languages URIEL lacks (so that lang2vec is imported and asked, and the job ends there in seconds): its
+    own one-line refusal, which only lang2vec's package can lead to."""
+    if not (pathlib.Path(sys.executable).parent / "lang2vec.py").exists():
+        pytest.skip("lang2vec installs no bin/lang2vec.py here: nothing shadows it")  # the case the fix is for
+    _planted_similarity(tmp_path, langs=("xx", "yy", "zz"))
+    proc = _run("typology", "--similarity", str(tmp_path / "sim"), "--out", str(tmp_path / "typology"),
+                "--permutations", "9", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "URIEL has 0 of the store's languages" in _one_line(proc), proc.stderr[-3000:]
