@@ -17,6 +17,8 @@ import threading
 import jax
 from jax import monitoring
 
+from engine.runtime.options import ConfigError
+
 log = logging.getLogger(__name__)
 
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
@@ -69,8 +71,6 @@ def use_cache(folder: str) -> None:
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:  # a file of that name, a file where a parent folder should be, no permission
-            from engine.runtime.options import ConfigError
-
             what = "a file" if os.path.isfile(path) else "not a folder babelgrid can make"
             raise ConfigError(f"--compile_cache {folder!r} is {what} ({e.strerror}): give a folder") from None
     jax.config.update("jax_compilation_cache_dir", path)

@@ -38,6 +38,7 @@ from engine.pipelines.sae.data import Frames
 from engine.pipelines.sae.evaluate import apply, evaluate
 from engine.pipelines.sae.exit import EXIT_COLUMNS, early_exit, load_decoder
 from engine.pipelines.sae.train import train_layer
+from engine.runtime.budget import resolve_budget
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
@@ -152,8 +153,6 @@ def _check_sizes(config: SaeConfig, embed: int) -> None:
             f"--k {config.k} is more than the dictionary's {d_sae} features (--expansion {config.expansion} x the "
             f"store's {embed} dimensions): give --k of at most {d_sae}, or a larger --expansion"
         )
-    from engine.runtime.budget import resolve_budget  # loads JAX: the job has it loaded already
-
     # float32 parameters, their gradients and Adam's two moments; a batch's pre-activations, codes and frames
     state = 4 * 4 * (2 * embed * d_sae + d_sae + embed)
     batch = 4 * config.batch_size * (3 * d_sae + 4 * embed)
