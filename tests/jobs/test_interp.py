@@ -181,7 +181,7 @@ def check_summary_against_scipy(summary: pd.DataFrame, pairs: pd.DataFrame) -> N
             both = g[[matched, random]].dropna().to_numpy(np.float64)
             test = ttest_rel(both[:, 0], both[:, 1])
             want = (both[:, 0].mean(), both[:, 1].mean(), test.statistic, test.pvalue)
-            np.testing.assert_allclose([row[n] for n in names], want, rtol=1e-5)  # summary.csv keeps 6 digits
+            np.testing.assert_allclose([row[n] for n in names], want, rtol=1e-9)  # summary.csv: full precision
 
 
 # ----------------------------------------------------------------------------------------------------------------

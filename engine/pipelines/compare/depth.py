@@ -27,7 +27,7 @@ from engine.pipelines.compare.config import CompareError
 from engine.pipelines.compare.layers import ALL
 from engine.pipelines.retrieval.subset import restrict
 from engine.stores.integrity import read_output, repair_hint
-from engine.stores.kv import open_kvstore
+from engine.stores.kv import csv_cell, open_kvstore
 from kernels.metrics import retrieval_metrics
 from kernels.pooling import cosine_matrix
 
@@ -178,5 +178,6 @@ def csv_bytes(columns: Sequence[str], rows: Sequence[tuple]) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["NA" if isinstance(v, float) and np.isnan(v) else v for v in row])
+        cells = [csv_cell(v) for v in row]  # full precision, a NumPy float as a float
+        writer.writerow(["NA" if isinstance(v, float) and np.isnan(v) else v for v in cells])
     return buf.getvalue().encode()

@@ -253,7 +253,7 @@ def _finetune(config: FinetuneConfig, model, reader) -> FinetuneSummary:
                 b, c = evaluate(model, sub, [r for r in refs if r is not None], target, task, config.batch_size)
                 for metric, value in (("bleu", b), ("chrf", c)):
                     rows.append(dict(step=step, split="held_out", source_lang=lang, target_lang=target, task=task,
-                                     metric=metric, value=f"{value:.4f}", n=len(sub.ids)))  # fmt: skip
+                                     metric=metric, value=float(value), n=len(sub.ids)))  # fmt: skip
         return rows
 
     # model, state, sharding
@@ -298,9 +298,9 @@ def _finetune(config: FinetuneConfig, model, reader) -> FinetuneSummary:
         step = s + 1
         if step % config.log_every == 0 or step == config.steps:
             rows.append(dict(step=step, split="train", source_lang=source_label, target_lang=y, task=config.task_token,
-                             metric="loss", value=f"{float(m['loss']):.6f}", n=int(m["tokens"])))  # fmt: skip
+                             metric="loss", value=float(m["loss"]), n=int(m["tokens"])))  # fmt: skip
             if config.ewc_lambda > 0:
-                rows.append({**rows[-1], "metric": "ewc_penalty", "value": f"{float(m['ewc']):.6g}"})
+                rows.append({**rows[-1], "metric": "ewc_penalty", "value": float(m["ewc"])})
             log.info("step %d loss %.4f", step, float(m["loss"]))
         if step % config.checkpoint_every == 0 or step == config.steps:
             _write_metrics(out, rows)  # the metrics up to a step are on disk before its checkpoint

@@ -83,11 +83,8 @@ def _ot_comparison(g, ot_link, mutual) -> dict:
 
 
 def summary_csv_bytes(rows: list[dict]) -> bytes:
-    """``OUT/summary.csv``: SUMMARY_COLUMNS, floats with 6 significant digits."""
-    return csv_bytes(
-        SUMMARY_COLUMNS,
-        ([f"{v:.6g}" if isinstance(v, float) else v for v in (row.get(c) for c in SUMMARY_COLUMNS)] for row in rows),
-    )
+    """``OUT/summary.csv``: SUMMARY_COLUMNS, floats at full precision (``kv.csv_cell``)."""
+    return csv_bytes(SUMMARY_COLUMNS, ([row.get(c) for c in SUMMARY_COLUMNS] for row in rows))
 
 
 FIGURES = {  # file stem: (matched column, random column, axis label)

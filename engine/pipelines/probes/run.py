@@ -31,7 +31,7 @@ from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import PROBES, WORD_PROBES, ProbesConfig, ProbesError
 from engine.runtime.runs import RunSummary, output_run
 from engine.stores.integrity import write_outputs
-from engine.stores.kv import open_kvstore
+from engine.stores.kv import csv_cell, open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.words import read_words
 
@@ -184,7 +184,8 @@ def csv_bytes(columns: Sequence[str], rows: Sequence[Sequence]) -> bytes:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["NA" if isinstance(x, float) and not np.isfinite(x) else x for x in row])
+        cells = [csv_cell(x) for x in row]  # full precision, a NumPy float as a float
+        writer.writerow(["NA" if isinstance(x, float) and not np.isfinite(x) else x for x in cells])
     return buf.getvalue().encode()
 
 
