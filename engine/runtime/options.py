@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -80,6 +81,9 @@ def validate(config) -> None:
             bad = [v for v in values if v not in choices]
             if bad:
                 raise ConfigError(f"{field.name}: {bad[0]!r} is not one of {', '.join(map(str, choices))}")
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):  # nan passes every comparison
+            raise ConfigError(f"{field.name} must be a finite number, got {value!r}")
         if meta.get("positive") and not value > 0:
             raise ConfigError(f"{field.name} must be positive, got {value!r}")
         if meta.get("minimum") is not None and value < meta["minimum"]:

@@ -158,6 +158,13 @@ def test_refusals(store, tiny_model_dir, tiny_whisper, run_out, tmp_path):
     low = make_store(tmp_path / "low", layers=(0, 2))
     with pytest.raises(FinetuneError, match="L\\+1"):
         run_finetune(config(low, tmp_path / "d", tiny_model_dir), model=tiny_whisper)
+    # Too few ids is known from the store's tables: refused before the settings are recorded, so that the corrected
+    # rerun into the same folder is not refused as another run's (issue 82 F10)
+    one = tmp_path / "one.tsv"
+    one.write_text("s1\tein satz\n")
+    with pytest.raises(FinetuneError, match="need at least 2 ids"):
+        run_finetune(config(store, tmp_path / "f", tiny_model_dir, targets=str(one)), model=tiny_whisper)
+    assert not (tmp_path / "f" / "config.json").exists()
 
 
 def wrote_paths(stdout: str, out: pathlib.Path) -> set[str]:

@@ -30,7 +30,7 @@ from engine.pipelines.sae.config import SaeConfig, SaeError
 from engine.pipelines.sae.export import encode as exported_encode
 from engine.pipelines.sae.export import open_sae
 from engine.pipelines.sae.run import run_sae
-from engine.runtime.options import configure
+from engine.runtime.options import ConfigError, configure
 from engine.stores.reader import open_store
 from kernels.metrics import reference_retrieval_metrics
 from kernels.seqsim import reference_seqsim_matrix
@@ -260,6 +260,10 @@ def test_refusals(worker_store, tmp_path):
     with pytest.raises(SaeError, match="do not fill one batch"):
         run_sae(configure(SaeConfig, store=str(worker_store), out=str(tmp_path / "c"), layers=(1,),
                           batch_size=100000, progress=False))  # fmt: skip
+    assert not (tmp_path / "c" / "manifest.json").exists()  # before the record: the corrected rerun goes on (F10)
+    for bad in ({"seed": -1}, {"auxk_alpha": float("nan")}, {"lr": float("inf")}):
+        with pytest.raises(ConfigError, match="seed must be >= 0|finite number"):
+            configure(SaeConfig, store=str(worker_store), out=str(tmp_path / "d"), **bad)
 
 
 def test_features_line_up_with_the_neurons_jobs_units(job, worker_clips, worker_store, tiny_model_dir, tmp_path):

@@ -91,17 +91,27 @@ def load_pairs(reader, lang: str, targets: dict[str, str], trainer, summary) -> 
     """Every done recording of ``lang`` whose id has a target text and that fits one window, as ``trainer``'s
     memory."""
     layer = top_layer(reader)
+    ids, keep = usable(reader, lang, targets, trainer.memory_frames, summary)
+    states, n_frames = reader.language_layer(lang, layer, utterances=keep, dtype=np.float32)
+    xa = trainer.memory(states, n_frames)
+    return Pairs(lang, tuple(ids[i] for i in keep), xa, tuple(targets[ids[i]] for i in keep),
+                 np.asarray(n_frames, np.int32))  # fmt: skip
+
+
+def usable(reader, lang: str, targets: dict[str, str], memory_frames: int, summary) -> tuple[list[str], list[int]]:
+    """``(ids, keep)``: the utterance ids of ``lang`` and the indices of those with a target text that are encoded
+    and fit one window (``memory_frames``); the rest with a target are counted as skipped in ``summary``. None of
+    them is a FinetuneError."""
     if lang not in reader.languages():
         raise FinetuneError(f"store {reader.url!r} has no language {lang!r}; it has {reader.languages()}")
     ids = [str(u) for u in reader.utterances_table(lang).column("id").to_pylist()]
-    lengths = reader.lengths(lang)
     keep = []
-    for i, (uid, n) in enumerate(zip(ids, lengths, strict=True)):
+    for i, (uid, n) in enumerate(zip(ids, reader.lengths(lang), strict=True)):
         if uid not in targets:
             continue
         if n <= 0:
             summary.skip("not_encoded", lang, uid)
-        elif n > trainer.memory_frames:
+        elif n > memory_frames:
             summary.skip("over_30s", lang, uid)
         else:
             keep.append(i)
@@ -110,10 +120,7 @@ def load_pairs(reader, lang: str, targets: dict[str, str], trainer, summary) -> 
             f"no recording of {lang!r} in {reader.url!r} has a target text (ids shared with the targets: "
             f"{len(set(ids) & set(targets))}); pass targets whose ids are the store's, or another source language"
         )
-    states, n_frames = reader.language_layer(lang, layer, utterances=keep, dtype=np.float32)
-    xa = trainer.memory(states, n_frames)
-    return Pairs(lang, tuple(ids[i] for i in keep), xa, tuple(targets[ids[i]] for i in keep),
-                 np.asarray(n_frames, np.int32))  # fmt: skip
+    return ids, keep
 
 
 def split_ids(ids, held_out: float, seed: int) -> set[str]:

@@ -194,7 +194,6 @@ def _finetune(config: FinetuneConfig, model, reader) -> FinetuneSummary:
     D.top_layer(reader)
     trainer = FAMILIES[reader.info.family].trainer(model if model is not None else config.model)
     summary.padding, summary.padding_note = trainer.padding, trainer.padding_note
-    _check_resume(out, config, trainer.padding)
     if trainer.store_dims != reader.info.dims.to_dict():
         raise D.FinetuneError(f"--model has dims {trainer.store_dims}, the store's model "
                               f"{reader.info.dims.to_dict()}; pass the "
@@ -203,6 +202,13 @@ def _finetune(config: FinetuneConfig, model, reader) -> FinetuneSummary:
         check_export(trainer, out)
     y = fleurs_to_whisper(config.target_lang)
     targets = _targets(config, reader)
+    # What can be trained on is known from the store's tables: refused before the settings are recorded, so that
+    # the corrected rerun into the same folder is not refused as another run's
+    usable = {u for lang in config.source_langs
+              for ids, keep in [D.usable(reader, lang, targets, trainer.memory_frames, RunSummary())]
+              for u in (ids[i] for i in keep)}  # fmt: skip
+    D.split_ids(usable, config.held_out, config.seed)
+    _check_resume(out, config, trainer.padding)
     english = _english(reader)
     en_texts = D.store_texts(reader, english) if english else {}
 

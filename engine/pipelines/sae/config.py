@@ -59,7 +59,7 @@ class SaeConfig:
         reads=True,
     )  # fmt: skip
     top: int = option(10, "most selective features listed per language and layer", minimum=1)
-    seed: int = option(0, "seed of the initialisation, the data order and the probes' folds")
+    seed: int = option(0, "seed of the initialisation, the data order and the probes' folds", minimum=0)
 
     def __post_init__(self):
         validate(self)

@@ -114,10 +114,16 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     units = neurons_lib.read_units(config.neurons) if config.neurons else None
     if units is not None:
         neurons_lib.shared(units, langs, layers)  # before any work: a folder that cannot be lined up is refused now
+    frames = {layer: Frames(reader, layer, langs, config.block, buffer_frames, config.seed) for layer in layers}
+    first = frames[layers[0]]
+    if first.steps_per_epoch(config.batch_size) == 0:  # every layer holds the same frames: known before the record
+        raise SaeError(
+            f"the store's {first.total} frames of {langs} do not fill one batch of --batch_size {config.batch_size}: "
+            f"give --batch_size of at most {first.total}, or more utterances"
+        )
     ignore = ("block", "checkpoint_every", "neurons")  # neurons: read afresh at every run, from the finished layers
     with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,)) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
-        frames = {layer: Frames(reader, layer, langs, config.block, buffer_frames, config.seed) for layer in layers}
         per_layer = frames[layers[0]].steps_per_epoch(config.batch_size) * config.epochs
         bar = progress_bar(per_layer * len(missing), "sae", "step", config.run.progress)
         for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(layers)):
