@@ -57,7 +57,8 @@ from engine.runtime.status import (
     task_label,
     worker_prefix,
 )
-from engine.stores.kv import StoreError, create_key, iso_utc, parse_record, read_value, storage_error, write_value
+from engine.stores.kv import StoreError, create_key, read_value, storage_error, write_value
+from engine.stores.records import iso_utc, parse_record
 
 CLAIMS_DIR = "claims/"
 

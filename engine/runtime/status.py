@@ -24,7 +24,8 @@ import time
 
 import tensorstore as ts
 
-from engine.stores.kv import parse_record, read_value, storage_error
+from engine.stores.kv import read_value, storage_error
+from engine.stores.records import parse_record
 
 WORKERS_DIR = "workers/"
 RUN_RECORD = "run.json"

@@ -187,7 +187,7 @@ def digest_line(data: bytes, key: str) -> bytes:
 
 def write_outputs(kv, writes: Mapping[str, bytes], url: str) -> None:
     """Writes a job's output files (key -> bytes) under ``url``, each but JSON objects (which carry their digest
-    inside, ``kv.json_bytes``) beside its digest file. The digests first: a file babelgrid wrote is never without
+    inside, ``records.json_bytes``) beside its digest file. The digests first: a file babelgrid wrote is never without
     one, and a kill between leaves a digest its old file does not match, which readers and verify name."""
     write_all(kv, {key + DIGEST_SUFFIX: digest_line(data, key) for key, data in writes.items() if _digested(key)}, url)
     write_all(kv, dict(writes), url)

@@ -32,13 +32,13 @@ from engine.stores.kv import (
     create_key,
     create_or_compare,
     create_or_open_array,
-    json_bytes,
     open_array,
     open_kvstore,
     read_json,
     update_json,
 )
 from engine.stores.language import MAX_IN_FLIGHT_BYTES, LanguageArrays
+from engine.stores.records import json_bytes
 from engine.stores.schema import (
     INFO_FIELDS,
     LANG,

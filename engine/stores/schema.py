@@ -35,7 +35,7 @@ from engine.dtypes import DTYPES as ALL_DTYPES
 from engine.stores.integrity import CHECKED_READS, CRC32C, warn_unchecked
 from engine.stores.kv import StoreError
 
-# 2: crc32c on every chunk, page CRCs in utterances.parquet; 3: a digest in every JSON object (kv.json_bytes) and
+# 2: crc32c on every chunk, page CRCs in utterances.parquet; 3: a digest in every JSON object (records.json_bytes) and
 # the language roster
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # 1 and 2 read, with one warning naming the checks they lack (integrity.UNCHECKED)

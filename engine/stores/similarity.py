@@ -9,7 +9,7 @@ Written by ``engine.pipelines.seqsim.run.run_similarity`` (the ``seqsim`` job), 
     OUT/<measure>/<a>__<b>/ids.json          row_ids, col_ids (str), row_recording, col_recording (int), digest
     OUT/<measure>/<a>__<b>/done/<layer>.json completion marker of one babelgrid layer, written after its chunk
 
-Every JSON object carries the digest of its content (version 3, ``engine.stores.kv.json_bytes``): a marker or id
+Every JSON object carries the digest of its content (version 3, ``engine.stores.records.json_bytes``): a marker or id
 list altered into other valid JSON is a DamageError, as a pair whose ids.json is gone while its markers remain.
 The roster (version 4) lists every pair a run created, so a pair folder deleted whole is a DamageError too, never a
 pair silently missing from retrieval's tables.
@@ -35,16 +35,9 @@ from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError
 from engine.listing import Listing
 from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
-from engine.stores.kv import (
-    DamageError,
-    context,
-    create_or_compare,
-    json_bytes,
-    open_kvstore,
-    read_json,
-    write_value,
-)
+from engine.stores.kv import DamageError, context, create_or_compare, open_kvstore, read_json, write_value
 from engine.stores.pair_roster import check_listed, enrol, read_roster
+from engine.stores.records import json_bytes
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"

@@ -22,8 +22,9 @@ from engine.errors import BabelgridError
 from engine.languages import language_key
 from engine.stores import parts
 from engine.stores.integrity import read_output, repair_hint, write_outputs
-from engine.stores.kv import csv_bytes, open_kvstore
+from engine.stores.kv import open_kvstore
 from engine.stores.parts import read_table, table_bytes
+from engine.stores.records import csv_bytes
 from engine.stores.similarity import check_name
 
 MANIFEST = "align.json"

@@ -217,7 +217,8 @@ class Runner:
         return 0
 
     def write(self, stage: Stage, record: dict, out: str | None) -> None:
-        from engine.stores.kv import json_bytes, write_value  # lazy: as above
+        from engine.stores.kv import write_value
+        from engine.stores.records import json_bytes
 
         groups = records.listing(out) if out else None
         if groups:  # stages writing into one place (retrieval into seqsim's store) each own what the others did not

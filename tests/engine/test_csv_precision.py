@@ -1,4 +1,4 @@
-"""Every CSV a job writes holds its numbers at full precision (``engine.stores.kv.csv_bytes``): a cell read back with
+"""Every CSV a job writes holds its numbers at full precision (``records.csv_bytes``): a cell read back with
 ``float`` is the value the job computed, so any table can be recomputed from the files beside it. The typology job's
 Mantel r recomputed from its written matrices is tests/jobs/test_typology.py's."""
 
@@ -9,7 +9,7 @@ import io
 
 import numpy as np
 
-from engine.stores.kv import csv_bytes
+from engine.stores.records import csv_bytes
 
 
 def test_csv_cells_read_back_exactly():

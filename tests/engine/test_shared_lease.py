@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from engine.runtime.lease import LEASE, OPEN, OPENING, SharedLease, StoreBusyError, WriterLease
-from engine.stores.kv import open_kvstore, parse_record, read_value, write_value
+from engine.stores.kv import open_kvstore, read_value, write_value
+from engine.stores.records import parse_record
 
 SETTINGS = {"model": "tiny", "batch_size": 2}
 

@@ -24,7 +24,7 @@ from engine.pipelines.seqsim.config import SimilarityConfig
 from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.lease import OPEN, WORKERS
 from engine.runtime.options import configure
-from engine.stores.kv import json_bytes
+from engine.stores.records import json_bytes
 from engine.stores.similarity import SimilarityMismatchError
 from engine.stores.utterances import StoreMismatchError
 from kernels.settings import OtConfig

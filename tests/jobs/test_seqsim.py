@@ -23,9 +23,9 @@ from engine.pipelines.encode.run import run_encode
 from engine.pipelines.seqsim.config import SimilarityConfig
 from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
-from engine.stores.kv import json_digest
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
+from engine.stores.records import json_digest
 from engine.stores.similarity import (
     AXES,
     SimilarityError,

@@ -33,7 +33,8 @@ from engine.runtime.lease import LEASE, SharedLease, WriterLease, live_writer
 from engine.runtime.options import configure
 from engine.runtime.runs import job_lease
 from engine.runtime.status import run_status, store_status
-from engine.stores.kv import iso_utc, open_kvstore
+from engine.stores.kv import open_kvstore
+from engine.stores.records import iso_utc
 from tests.jobs.test_scaleout import assert_same_store
 from tests.jobs.test_workers import TINY_UNITS, assert_clean
 from tests.jobs.workers import start_worker, taken_over, wait_for, working

@@ -131,7 +131,7 @@ def test_a_deleted_output_reruns_its_stage_alone(done):
 
 
 def _rewrite(record: pathlib.Path, change) -> None:
-    from engine.stores.kv import json_bytes
+    from engine.stores.records import json_bytes
 
     value = json.loads(record.read_text())
     change(value)

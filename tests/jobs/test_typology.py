@@ -29,7 +29,8 @@ from engine.pipelines.typology.config import TypologyConfig, TypologyError
 from engine.pipelines.typology.run import TYPOLOGY_COLUMNS, run_typology
 from engine.runtime.options import configure
 from engine.stores.integrity import write_outputs
-from engine.stores.kv import json_bytes, open_kvstore
+from engine.stores.kv import open_kvstore
+from engine.stores.records import json_bytes
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
 from kernels.metrics import reference_retrieval_metrics
 

@@ -48,9 +48,10 @@ from engine.stores.challenge import (
     summary_csv_bytes,
 )
 from engine.stores.integrity import write_outputs
-from engine.stores.kv import create_or_compare, json_bytes, open_kvstore
+from engine.stores.kv import create_or_compare, open_kvstore
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
+from engine.stores.records import json_bytes
 from engine.text.soundalike import (
     AUTO,
     DEFAULT_CHANCE_FLAG_RATE,

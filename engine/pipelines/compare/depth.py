@@ -27,7 +27,8 @@ from engine.pipelines.compare.config import CompareError
 from engine.pipelines.compare.layers import ALL
 from engine.pipelines.retrieval.subset import restrict
 from engine.stores.integrity import read_output, repair_hint
-from engine.stores.kv import csv_cell, open_kvstore
+from engine.stores.kv import open_kvstore
+from engine.stores.records import csv_cell
 from kernels.metrics import retrieval_metrics
 from kernels.pooling import cosine_matrix
 

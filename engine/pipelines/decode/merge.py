@@ -15,8 +15,8 @@ from engine.pipelines.decode.config import DecodeError
 from engine.pipelines.decode.report import figures, report_markdown, scores_table
 from engine.pipelines.decode.unit import audio_skip_reason
 from engine.stores.integrity import write_outputs
-from engine.stores.kv import csv_bytes
 from engine.stores.parts import read_part, table_bytes
+from engine.stores.records import csv_bytes
 from engine.stores.schema import is_done
 from engine.text import metrics as text_metrics
 from engine.text import phones

@@ -61,8 +61,9 @@ from engine.pipelines.finetune.export import MODEL, check_export
 from engine.pipelines.finetune.report import before_after_table, write_figures
 from engine.runtime.runs import RunSummary, job_lease
 from engine.stores.integrity import read_output, repair_hint, write_outputs
-from engine.stores.kv import csv_bytes, open_kvstore
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
+from engine.stores.records import csv_bytes
 from engine.text import metrics as text_metrics
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from engine.pipelines.probes.lid import LidError, lid_transfer
 from engine.stores.integrity import parquet_bytes
-from engine.stores.kv import csv_bytes
+from engine.stores.records import csv_bytes
 
 TABLE = "heads.parquet"
 SELECTIVE = "selective_heads.csv"

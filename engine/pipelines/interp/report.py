@@ -10,7 +10,7 @@ import numpy as np
 from engine import captions, figures
 from engine.pipelines.interp.output import PAIR_SEPARATOR, SUMMARY_COLUMNS
 from engine.stores.integrity import write_outputs
-from engine.stores.kv import csv_bytes
+from engine.stores.records import csv_bytes
 
 
 def summarize(table, lang_a: str, lang_b: str, alignment: str = "mutual") -> list[dict]:
@@ -83,7 +83,7 @@ def _ot_comparison(g, ot_link, mutual) -> dict:
 
 
 def summary_csv_bytes(rows: list[dict]) -> bytes:
-    """``OUT/summary.csv``: SUMMARY_COLUMNS, floats at full precision (``kv.csv_cell``)."""
+    """``OUT/summary.csv``: SUMMARY_COLUMNS, floats at full precision (``records.csv_cell``)."""
     return csv_bytes(SUMMARY_COLUMNS, ([row.get(c) for c in SUMMARY_COLUMNS] for row in rows))
 
 

@@ -52,7 +52,8 @@ from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.pipelines.probes.lid import lid_transfer
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
-from engine.stores.kv import csv_bytes, json_bytes, npz_bytes, read_json, read_npz, read_value, write_value
+from engine.stores.kv import read_json, read_npz, read_value, write_value
+from engine.stores.records import csv_bytes, json_bytes, npz_bytes
 
 log = logging.getLogger(__name__)
 

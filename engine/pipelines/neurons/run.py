@@ -43,7 +43,8 @@ from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
-from engine.stores.kv import csv_bytes, npz_bytes, open_kvstore, read_npz, read_value
+from engine.stores.kv import open_kvstore, read_npz, read_value
+from engine.stores.records import csv_bytes, npz_bytes
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.pipelines.probe.config import ProbeError
-from engine.stores.kv import csv_bytes
+from engine.stores.records import csv_bytes
 from engine.text.soundalike import PhoneBook, _distance, require_voices
 
 RELATIONS = ("synonym", "near_homophone", "unrelated")

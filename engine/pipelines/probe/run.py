@@ -54,8 +54,9 @@ from engine.pipelines.probe.relations import (  # noqa: F401  (RELATION_COLUMNS:
 )
 from engine.runtime.runs import RunSummary, job_lease, progress_bar
 from engine.stores.integrity import write_outputs
-from engine.stores.kv import csv_bytes, open_kvstore
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
+from engine.stores.records import csv_bytes
 from kernels.metrics import retrieval_metrics
 from kernels.pooling import center_frame_cosine_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import seqsim_matrix

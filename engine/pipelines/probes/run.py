@@ -31,8 +31,9 @@ from engine.pipelines.probes import cca, lid, samediff
 from engine.pipelines.probes.config import PROBES, WORD_PROBES, ProbesConfig, ProbesError
 from engine.runtime.runs import RunSummary, output_run
 from engine.stores.integrity import write_outputs
-from engine.stores.kv import csv_cell, open_kvstore
+from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
+from engine.stores.records import csv_cell
 from engine.stores.words import read_words
 
 log = logging.getLogger(__name__)

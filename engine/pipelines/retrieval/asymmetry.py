@@ -29,7 +29,7 @@ from scipy import stats
 
 from engine import captions, figures
 from engine.pipelines.retrieval.scores import DirectedScore
-from engine.stores import kv
+from engine.stores import records
 
 ASYMMETRY_CSV = "asymmetry.csv"
 ASYMMETRY_FIGURE = "figures/retrieval_asymmetry.png"
@@ -92,7 +92,7 @@ def _cell(value):
 
 def csv_bytes(rows: Sequence[Asymmetry]) -> bytes:
     """The ``asymmetry.csv`` table: ASYMMETRY_COLUMNS, NA where not measured, never 0."""
-    return kv.csv_bytes(ASYMMETRY_COLUMNS, ([_cell(v) for v in row] for row in rows))
+    return records.csv_bytes(ASYMMETRY_COLUMNS, ([_cell(v) for v in row] for row in rows))
 
 
 def figure_png(rows: Sequence[Asymmetry], subtitle: str) -> bytes:

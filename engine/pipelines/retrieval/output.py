@@ -15,7 +15,7 @@ import numpy as np
 
 from engine.pipelines.retrieval.config import RetrievalError
 from engine.pipelines.retrieval.scores import DirectedScore, mean_over_pairs
-from engine.stores import kv
+from engine.stores import kv, records
 from engine.stores.integrity import write_outputs
 
 CSV_NAME = "retrieval.csv"
@@ -47,7 +47,7 @@ def csv_bytes(scores: Sequence[DirectedScore]) -> bytes:
         for s in scores
         for metric, value, random in s.values()
     )
-    return kv.csv_bytes(CSV_COLUMNS, rows)
+    return records.csv_bytes(CSV_COLUMNS, rows)
 
 
 def _na(value: float):

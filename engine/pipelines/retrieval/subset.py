@@ -19,7 +19,7 @@ import numpy as np
 
 from engine import captions
 from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked, first_hits
-from engine.stores.kv import csv_bytes
+from engine.stores.records import csv_bytes
 from kernels.metrics import ranked_retrieval_metrics, retrieval_metrics, unmeasured
 
 SUBSET_CSV = "subset_comparison.csv"

@@ -33,9 +33,9 @@ from engine.pipelines.typology.config import TypologyConfig, TypologyError
 from engine.pipelines.typology.mantel import mantel, min_p_value, partial_mantel
 from engine.runtime.runs import RunSummary, output_run
 from engine.stores.integrity import write_outputs
-from engine.stores.kv import csv_bytes as kv_csv_bytes
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
+from engine.stores.records import csv_bytes as kv_csv_bytes
 from engine.stores.similarity import open_similarity
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def csv_bytes(columns, rows) -> bytes:
 
 
 def square_csv(matrix: np.ndarray, languages) -> bytes:
-    """A language x language matrix, codes as header and index, each value at full precision (``kv.csv_cell``): 6
+    """A language x language matrix, codes as header and index, each value at full precision (``records.csv_cell``): 6
     significant digits moved a Mantel r recomputed from the gap distances, all near 1, by 3e-4 from typology.csv."""
     return kv_csv_bytes(["language", *languages], [[lang, *(float(v) for v in row)]
                                                     for lang, row in zip(languages, matrix, strict=True)])  # fmt: skip

@@ -20,7 +20,8 @@ from engine.pipelines.verify.ownership import checkpoint_folder, coordination, d
 from engine.runtime.status import LEASE_FIELDS, record_problem
 from engine.stores import checkpoint_manifest
 from engine.stores.integrity import COLUMNS_KEY, DIGEST_SUFFIX, DamageError, check_output, digest_line, read_parquet
-from engine.stores.kv import DIGEST, StoreError, parse_json, read_npz, read_value
+from engine.stores.kv import StoreError, parse_json, read_npz, read_value
+from engine.stores.records import DIGEST
 
 DELETED = "deleted: rerun the job that wrote it (it redoes a part, and rebuilds a merged table or file)"
 LEFT = "left alone: not a name babelgrid writes (delete it yourself if it is one of its outputs)"

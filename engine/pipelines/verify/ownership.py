@@ -7,7 +7,7 @@ that babelgrid wrote it, never by its extension alone:
 - **its digest file**: ``write_outputs`` writes ``<key>.sha256`` before ``<key>`` (``engine.stores.integrity``), so
   every output file babelgrid wrote has one whose line names it;
 - **its own seal**: a Parquet file whose footer declares its columns under ``babelgrid.columns``
-  (``parquet_bytes``), a JSON object carrying babelgrid's ``digest`` field (``kv.json_bytes``);
+  (``parquet_bytes``), a JSON object carrying babelgrid's ``digest`` field (``records.json_bytes``);
 - **the output layout**: the names ``docs/outputs.md`` documents (``OUTPUT_NAMES``), for a babelgrid file whose seal
   or digest file was lost (a deleted ``.sha256``, a truncated Parquet footer): named as damage, since its job reads
   it at that key;
