@@ -20,6 +20,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import operator
+import os
 import threading
 
 import ml_dtypes
@@ -49,7 +50,11 @@ class StatesOverflowError(StatesRejectedError):
 
 
 MAX_IN_FLIGHT_BYTES = 1 << 30  # host bytes of shards queued or being written, per LanguageArrays
-WRITE_THREADS = 8  # shard writes committing at once, per LanguageArrays
+# Shard writes in flight at once, per LanguageArrays: each writer thread copies its shard into place, hands it to
+# TensorStore (which encodes the inner chunks on its data-copy pool, one thread per core) and waits for the commit.
+# Two per core keep every core busy while the others wait on the kvstore; never fewer than 8, for object stores'
+# latency on small hosts.
+WRITE_THREADS = max(8, 2 * (os.cpu_count() or 1))
 
 
 def utterance_range(n_utterances: int, process_index: int, process_count: int) -> range:
@@ -89,7 +94,8 @@ class LanguageArrays:
         embed]``.
     """
 
-    def __init__(self, *, url, lang, rows, layers, states, lengths, writable, max_in_flight_bytes=MAX_IN_FLIGHT_BYTES):
+    def __init__(self, *, url, lang, rows, layers, states, lengths, writable, max_in_flight_bytes=MAX_IN_FLIGHT_BYTES,
+                 write_threads=WRITE_THREADS):  # fmt: skip
         self.url = url
         self.lang = lang
         self.rows: tuple[UtteranceRow, ...] = tuple(rows)
@@ -100,6 +106,9 @@ class LanguageArrays:
         self.n_layers, self.n_utterances, self.max_frames, self.embed = (int(n) for n in states.shape)
         self.dtype = states.dtype.numpy_dtype
         self._max_in_flight_bytes = int(max_in_flight_bytes)
+        self._write_threads = operator.index(write_threads)
+        if self._write_threads < 1:
+            raise StoreError(f"write_threads must be at least 1, got {write_threads}")
         self._cond = threading.Condition()
         self._in_flight_bytes = 0
         self._pending: set[concurrent.futures.Future] = set()
@@ -147,14 +156,17 @@ class LanguageArrays:
         """``bool[utterance]``: the utterances whose states are committed (``schema.is_done``)."""
         return is_done(self.lengths())
 
-    def write_utterance(self, u: int, states) -> WriteHandle:
+    def write_utterance(self, u: int, states, *, lent: bool = False) -> WriteHandle:
         """Queues the write of utterance ``u``; returns at once unless ``max_in_flight_bytes`` are already queued.
 
         Args:
           u: utterance index, a row of the utterance table.
           states: ``f[n_layers, n_frames, embed]`` host array (any float dtype; cast to the storage dtype), the stored
-            layers in ``layers`` order, ``n_frames == rows[u].n_frames``. The caller may change it once this returns
-            (it is cast into a padded shard buffer here; the buffers are reused, so queued shards cost no allocation).
+            layers in ``layers`` order, ``n_frames == rows[u].n_frames``. It is cast into a padded shard buffer (the
+            buffers are reused, so queued shards cost no allocation); the caller may change it once this returns.
+          lent: the caller leaves ``states`` unchanged until the handle is done (the encode job's read-only host
+            copies of device results), so the cast runs on a writer thread: the copies spread over the cores
+            instead of holding up the caller. The bytes stored are the same.
 
         Returns:
           A WriteHandle. A failed write is raised by ``handle.result()``, ``flush()`` and the next
@@ -177,17 +189,13 @@ class LanguageArrays:
             self._pending.add(future)
             shard, dirty = self._free.pop() if self._free else (None, 0)
             if self._pool is None:
-                self._pool = concurrent.futures.ThreadPoolExecutor(WRITE_THREADS, "babelgrid-store")
+                self._pool = concurrent.futures.ThreadPoolExecutor(self._write_threads, "babelgrid-store")
         try:
-            if shard is None:
-                shard = np.zeros((self.n_layers, self.max_frames, self.embed), self.dtype)
-            # The cast into the padded shard is also the copy that frees the caller's array. The zeroing goes
-            # through an unsigned view: ml_dtypes fills bfloat16 with zeros 5-14x slower than uint16 (copies run at
-            # the same speed; measured once, 8 x 1000 x 512 and 34 x 1200 x 1280 shards).
-            with np.errstate(over="ignore", invalid="ignore"):
-                shard[:, :n_frames] = states
-            shard.view(f"u{self.dtype.itemsize}")[:, n_frames:dirty] = 0
-            self._pool.submit(self._commit, u, shard, n_frames, nbytes, future)
+            if lent:
+                self._pool.submit(self._commit, u, shard, dirty, states, n_frames, nbytes, future)
+            else:
+                shard = self._fill(shard, dirty, states)  # the copy that frees the caller's array
+                self._pool.submit(self._commit, u, shard, None, None, n_frames, nbytes, future)
         except BaseException:
             with self._cond:
                 self._in_flight_bytes -= nbytes
@@ -260,9 +268,26 @@ class LanguageArrays:
             )
         return u, states
 
-    def _commit(self, u: int, shard: np.ndarray, n_frames: int, nbytes: int, future) -> None:
-        """Runs on a writer thread: the shard; once it has committed, its marker is queued (done => complete states)."""
+    def _fill(self, shard: np.ndarray | None, dirty: int, states: np.ndarray) -> np.ndarray:
+        """``states`` cast into the padded ``shard`` (a new one if None), whose frames from ``dirty`` on were written
+        before and are zeroed."""
+        if shard is None:
+            shard = np.zeros((self.n_layers, self.max_frames, self.embed), self.dtype)
+        n_frames = states.shape[1]
+        # The zeroing goes through an unsigned view: ml_dtypes fills bfloat16 with zeros 5-14x slower than uint16
+        # (copies run at the same speed; measured once, 8 x 1000 x 512 and 34 x 1200 x 1280 shards).
+        with np.errstate(over="ignore", invalid="ignore"):
+            shard[:, :n_frames] = states
+        shard.view(f"u{self.dtype.itemsize}")[:, n_frames:dirty] = 0
+        return shard
+
+    def _commit(self, u: int, shard, dirty, states, n_frames: int, nbytes: int, future) -> None:
+        """Runs on a writer thread: the shard (cast here first if ``states`` is given: a lent write); once it has
+        committed, its marker is queued (done => complete states)."""
         try:
+            if states is not None:
+                shard = self._fill(shard, dirty, states)
+                states = None  # the caller's buffer is no longer needed
             self._write_states(u, shard)
         except BaseException as error:
             self._finish([(u, future)], error)
@@ -272,7 +297,9 @@ class LanguageArrays:
         finally:
             with self._cond:
                 self._in_flight_bytes -= nbytes
-                self._free.append((shard, n_frames))  # TensorStore copied it by the time the write returned
+                if shard is not None:  # TensorStore copied it by the time the write returned
+                    # A lent shard that failed before its cast may hold stale frames up to max_frames.
+                    self._free.append((shard, n_frames if states is None else self.max_frames))
                 self._cond.notify_all()
         with self._cond:
             _, futures = self._marks.setdefault(u, (n_frames, []))

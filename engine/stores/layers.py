@@ -37,7 +37,7 @@ from engine.stores.kv import (
     read_json,
     update_json,
 )
-from engine.stores.language import MAX_IN_FLIGHT_BYTES, LanguageArrays
+from engine.stores.language import MAX_IN_FLIGHT_BYTES, WRITE_THREADS, LanguageArrays
 from engine.stores.records import json_bytes
 from engine.stores.schema import (
     INFO_FIELDS,
@@ -176,6 +176,7 @@ class LayerStore:
         *,
         max_in_flight_bytes: int = MAX_IN_FLIGHT_BYTES,
         indexed: bool = True,
+        write_threads: int = WRITE_THREADS,
     ) -> LanguageArrays:
         """The arrays of language ``lang``.
 
@@ -188,6 +189,8 @@ class LayerStore:
             its own, which must be at least this.
           max_in_flight_bytes: host bytes of shards a writer may queue before ``write_utterance`` blocks.
           indexed: the language's index key must be there and whole (False: verify, which checks it apart).
+          write_threads: shard writes in flight at once (``language.WRITE_THREADS``: derived from the core count).
+            The bytes stored do not depend on it. An open language keeps the count it was first opened with.
         """
         check_language_code(lang)
         with self._lock:
@@ -196,7 +199,7 @@ class LayerStore:
                 if max_frames is not None:
                     raise StoreError("max_frames is only used with utterances, to create a language")
                 if arrays is None:
-                    arrays = self._open_language(lang, max_in_flight_bytes, indexed)
+                    arrays = self._open_language(lang, max_in_flight_bytes, indexed, write_threads)
             else:
                 rows = check_rows(utterances, lang)
                 needed = max(1, max(r.n_frames for r in rows))  # n_frames 0: unreadable audio, never written
@@ -208,7 +211,7 @@ class LayerStore:
                         f"({needed} frames, id {rows[longest].id!r}); pass the largest n_frames, or leave it out"
                     )
                 if arrays is None:
-                    arrays = self._create_language(lang, rows, max_frames, max_in_flight_bytes)
+                    arrays = self._create_language(lang, rows, max_frames, max_in_flight_bytes, write_threads)
                 else:
                     check_same_rows(arrays.rows, rows, lang, self.url)
                     _check_fits(arrays, max_frames)
@@ -220,17 +223,19 @@ class LayerStore:
     def _child(self, key: str) -> dict:
         return {**self._kvstore, "path": self._kvstore.get("path", "") + key}
 
-    def _open_language(self, lang: str, max_in_flight_bytes: int, indexed: bool) -> LanguageArrays:
+    def _open_language(self, lang: str, max_in_flight_bytes: int, indexed: bool, write_threads: int
+                       ) -> LanguageArrays:  # fmt: skip
         if indexed and self.index(lang) is None:
             raise StoreError(f"store {self.url!r} has no language {lang!r}; it has {self.languages()}")
         rows = read_rows(self._kv, f"{lang}/{UTTERANCES}", self.url)
         states = open_array(self._child(f"{lang}/{STATES}"), self.url, self._writable, CHECKED_READS)
         lengths = open_array(self._child(f"{lang}/{LENGTHS}"), self.url, self._writable)
-        arrays = self._arrays(lang, rows, states, lengths, max_in_flight_bytes)
+        arrays = self._arrays(lang, rows, states, lengths, max_in_flight_bytes, write_threads)
         _check_fits(arrays, max(r.n_frames for r in rows))
         return arrays
 
-    def _create_language(self, lang: str, rows, max_frames: int, max_in_flight_bytes: int) -> LanguageArrays:
+    def _create_language(self, lang: str, rows, max_frames: int, max_in_flight_bytes: int, write_threads: int
+                         ) -> LanguageArrays:  # fmt: skip
         table_key = f"{lang}/{UTTERANCES}"
         stored_rows = read_rows(self._kv, table_key, self.url, missing_ok=True)
         if stored_rows is not None:
@@ -250,7 +255,7 @@ class LayerStore:
             self.url,
         )
         lengths = create_or_open_array(lengths_spec(self._child(f"{lang}/{LENGTHS}"), n_utterances=len(rows)), self.url)
-        arrays = self._arrays(lang, rows, states, lengths, max_in_flight_bytes)
+        arrays = self._arrays(lang, rows, states, lengths, max_in_flight_bytes, write_threads)
         _check_fits(arrays, max_frames)
         # The table, then the index key, then the roster: a language is listed only once all its parts exist.
         if stored_rows is None and not create_key(self._kv, table_key, rows_to_parquet(rows), self.url):
@@ -275,7 +280,7 @@ class LayerStore:
 
         update_json(self._kv, ROSTER, self.url, add, fix=self._fix)
 
-    def _arrays(self, lang, rows, states, lengths, max_in_flight_bytes) -> LanguageArrays:
+    def _arrays(self, lang, rows, states, lengths, max_in_flight_bytes, write_threads) -> LanguageArrays:
         info = self.info
         expected = [len(info.layers), len(rows), None, info.embed]
         shape = list(states.shape)
@@ -302,6 +307,7 @@ class LayerStore:
             lengths=lengths,
             writable=self._writable,
             max_in_flight_bytes=max_in_flight_bytes,
+            write_threads=write_threads,
         )
 
 

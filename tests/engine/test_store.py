@@ -103,6 +103,32 @@ def test_round_trip_float32_is_bitwise(url):
     np.testing.assert_array_equal(reader.lengths("de"), [r.n_frames for r in rows])
 
 
+def _state_files(folder: pathlib.Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((folder / "de" / "states").iterdir()) if p.name != "zarr.json"}
+
+
+def test_stores_are_the_same_bytes_whatever_the_threads_and_lending(tmp_path):
+    """One writer thread or many, the caller's cast or the writer's (lent): the same shard bytes, buffers reused
+    across utterances of other lengths included (stale frames of a longer one must be zeroed either way)."""
+    frames = (40, 5, 17, 1, 40, 23, 2, 39)
+    rng = np.random.default_rng(0)
+    data = [random_states(rng, INFO, n).astype(ml_dtypes.bfloat16) for n in frames]
+    info = dataclasses.replace(INFO, dtype="bfloat16")
+    written = {}
+    for threads, lent in ((1, False), (1, True), (4, True), (4, False)):
+        folder = tmp_path / f"{threads}-{lent}"
+        s = LayerStore.create_or_open(str(folder), info)
+        shard_bytes = len(info.layers) * max(frames) * info.embed * 2
+        with s.language("de", make_rows(frames), write_threads=threads, max_in_flight_bytes=2 * shard_bytes) as arrays:
+            for u, x in enumerate(data):  # two shards in flight at most: the buffers are reused
+                arrays.write_utterance(u, x, lent=lent)
+        written[threads, lent] = _state_files(folder)
+    reference = written[1, False]
+    assert len(reference) == len(frames)
+    for key, files in written.items():
+        assert files == reference, key
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_round_trip_low_precision_is_the_cast(tmp_path, dtype):
     info = dataclasses.replace(INFO, dtype=dtype)
