@@ -166,6 +166,40 @@ def test_round_trip_demo_set_bfloat16(tmp_path, tiny_whisper):
     assert check_store_against_model(out, tiny_whisper, dtype=ml_dtypes.bfloat16) == summary.done
 
 
+def test_pinned_asynchronous_copies_store_the_bytes_of_plain_copies(tmp_path, tiny_whisper, monkeypatch):
+    """The job's path (each batch put into pinned host memory at dispatch, its views lent to the store's writer
+    threads) and the plain one (np.asarray of the device result, cast on the caller) write the same files."""
+    from engine.pipelines.encode import run as encode_run
+    from engine.stores.language import LanguageArrays
+
+    data = write_clips(tmp_path / "clips", n=5)
+
+    def encode(out: pathlib.Path) -> dict[str, bytes]:
+        config = configure(EncodeConfig, out=str(out), dataset=f"folder:{data}", dtype="bfloat16",
+                           batch_size=BATCH, progress=False)  # fmt: skip
+        assert run_encode(config, encoder=WhisperEncoder(tiny_whisper)).done == 10
+        return {str(f.relative_to(out)): f.read_bytes() for f in sorted(out.glob("*/states/c.*"))}
+
+    pinned = encode(tmp_path / "pinned")
+    plain_write = LanguageArrays.write_utterance
+    monkeypatch.setattr(encode_run, "start_to_host", lambda x: x)
+    monkeypatch.setattr(LanguageArrays, "write_utterance", lambda self, u, states, lent: plain_write(self, u, states))
+    plain = encode(tmp_path / "plain")
+    assert len(pinned) == 10 and pinned == plain
+
+
+def test_start_to_host_puts_device_arrays_in_pinned_host_memory():
+    from engine.pipelines.encode.transfers import HOST_MEMORY, start_to_host
+
+    x = jax.numpy.arange(24.0).reshape(2, 3, 4) * 0.5
+    host = start_to_host(x)
+    assert host.sharding.memory_kind == HOST_MEMORY  # CPU devices declare pinned host memory too (JAX 0.10)
+    np.testing.assert_array_equal(np.asarray(host), np.asarray(x))
+    assert start_to_host(host) is host
+    plain = np.ones(3)
+    assert start_to_host(plain) is plain
+
+
 def done_count(out: pathlib.Path) -> int:
     try:
         store = open_store(str(out))

@@ -6,9 +6,11 @@ Stages, overlapped so that the accelerator never waits on the host:
 2. the encoder step runs on every local device (the family's ``Encoder.sharded``: for Whisper
    ``engine.models.common.parallel.ShardedEncoder``) over fixed-size batches of windows of at most 30 s (the last one
    padded, so every window's result is independent of what shares its batch);
-3. while batch ``i+1`` computes, batch ``i``'s states are copied to the host and handed to the
-   store, whose writes stay in flight (``LanguageArrays.write_utterance``); an utterance is marked
-   done only after its states are committed.
+3. when batch ``i`` is dispatched, the copy of its states into pinned host memory is queued behind it
+   (``transfers.start_to_host``); while batch ``i+1`` computes, batch ``i``'s host buffers are handed to the store
+   as views, whose writes stay in flight on its writer threads (``LanguageArrays.write_utterance``, lent: the casts
+   into shards run there too) while batch ``i-1``'s commit; an utterance is marked done only after its states are
+   committed.
 
 Multi-host: with ``jax.distributed`` initialised, the processes share the work through claim keys in the store
 (``engine.runtime.claims``): a work unit is a block of ``claim_utterances`` utterances of one language, and each
@@ -41,6 +43,7 @@ from engine.models.family import load_encoder
 from engine.models.interface import Encoder
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.memory import check_batch_size
+from engine.pipelines.encode.transfers import start_to_host
 from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.runs import RunSummary, job_lease, process_zero_first, progress_bar, work_claims
@@ -212,7 +215,7 @@ def _run_pipeline(config, model, encoder, tasks, local_batch, tracker, summary, 
         in_flight = None  # (device result, parts) of the batch dispatched last
         for batch, parts in batches(prepared, local_batch, summary, tracker, model.collate):
             lease.check()  # another run broke the lease: stop before writing more
-            result = encoder(*batch)  # dispatched asynchronously
+            result = start_to_host(encoder(*batch))  # both dispatched asynchronously: compute, then the copy
             if in_flight is not None:
                 _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker)
                 tracker.release_finished()
@@ -296,7 +299,7 @@ def _check_languages(langs: Sequence[str], model: Encoder) -> None:
 
 def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
     result, parts = in_flight
-    states = np.asarray(result)  # waits for this batch only; the next one is already running
+    states = np.asarray(result)  # waits for this batch's copy only (a view of it); the next one is already running
     summary.windows += sum(take for _, _, take, _ in parts)
     for p, utt_states in assembler.add(states, parts):
         t = p.task
@@ -313,7 +316,8 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
             )
             continue
         try:
-            tracker.written(t, t.arrays.write_utterance(t.index, utt_states))
+            # Lent: the batch's host buffer is read-only and held until every write of it has cast its shard.
+            tracker.written(t, t.arrays.write_utterance(t.index, utt_states, lent=True))
         except StatesRejectedError as e:
             # One utterance's states (NaN from a diverged encoder, or beyond float16): skip it, keep the batch going.
             summary.skip(type(e).__name__, t.lang, t.utt.id)

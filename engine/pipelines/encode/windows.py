@@ -159,7 +159,9 @@ class Assembler:
                 n = int(p.frames[start + w])
                 self.partial[p.task.lang, p.task.index].append(states[:, row + w, :n])
             if start + take == len(p.mel):
-                yield p, np.concatenate(self.partial.pop((p.task.lang, p.task.index)), axis=1)
+                pieces = self.partial.pop((p.task.lang, p.task.index))
+                # One window (most utterances): the view itself, no copy; the store copies it into its shard.
+                yield p, pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
 
 
 def prefetched(pool, tasks: Iterable[Task], encoder, long_audio, depth) -> Iterator[Prepared]:
