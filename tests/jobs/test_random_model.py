@@ -31,7 +31,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 EXPECTED = {
     "whisper": ("whisper", 2), "whisper-turbo": ("whisper", 2), "wav2vec2": ("wav2vec2", 1), "hubert": ("wav2vec2", 1),
     "mms": ("wav2vec2", 1), "omnilingual": ("wav2vec2", 1), "w2v-bert": ("w2vbert", 1), "seamless": ("w2vbert", 1),
-    "owsm": ("owsm", 2), "qwen2-audio": ("speechllm", 1), "voxtral": ("speechllm", 2),
+    "owsm": ("owsm", 2), "powsm": ("owsm", 2), "owsm-ctc": ("owsm", 2), "qwen2-audio": ("speechllm", 1),
+    "voxtral": ("speechllm", 2),
     "audio-flamingo3": ("speechllm", 1), "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1),
 }  # fmt: skip
 # Every kind with its defaults (2 blocks x 64, 4 heads) through the engine, then one through the command line, in a
@@ -118,6 +119,32 @@ def test_heads_load_from_the_random_folders(folders):
     assert turbo.dims.n_text_layer == 4 and turbo.tokenizer.transcribe == 50360 and len(turbo.lang_ids) == 100
 
 
+def test_powsm_and_owsm_ctc_run_their_own_heads(folders, clips):
+    """POWSM's folder is POWSM's (a 20 s window, 8x subsampling, the phone task) and its decoder prompts ``<pr>``;
+    OWSM-CTC's has no decoder, and its encoder runs with a task's prefix (``ctc_forward``) into its interior and final
+    CTC heads, which decode takes through ``OwsmCtcDecoder``."""
+    powsm = fam.FAMILIES["owsm"].decoder(folders / "powsm")
+    c = powsm.loaded.config
+    assert "phones" in powsm.caps.tasks and (c.frontend.speech_seconds, c.subsampling, c.n_mels) == (20, 8, 128)
+    assert c.token_list[c.timestamp_range[1]] == "<20.00>" and powsm.prompt("phones", "<deu>")[2] == c.token_id("<pr>")
+    assert powsm.loaded.text([c.token_id("/pʰ/"), c.token_id("\u2581a")]) == "/pʰ/ a"
+    windows = powsm.windows(clips[0], "window")
+    ids, n = powsm.loaded.greedy(powsm.loaded.encode(np.stack(windows))[-1], "<deu>", "<pr>", max_tokens=4)
+    assert np.asarray(ids).shape == (len(windows), 4) and 0 <= int(n[0]) <= 4
+
+    ctc = fam.FAMILIES["owsm"].decoder(folders / "owsm-ctc")
+    c = ctc.loaded.config
+    assert ctc.loaded.decoder is None and c.ctc.interctc_layers == (1,) and c.ctc.cross_attention == (1,)
+    assert (c.subsampling, c.n_mels, c.frontend.speech_seconds) == (8, 128, 30) and c.token_list[4] == "<nolang>"
+    assert ctc.caps.tasks == ("transcribe", "translate")
+    batch = np.stack(ctc.windows(clips[0], "window"))
+    states = np.asarray(ctc.loaded.ctc_forward(batch, "<deu>", "<st_eng>"))
+    assert states.shape == (c.n_layers_out, len(batch), 2 + c.n_frames, 64) and np.isfinite(states).all()
+    (memory, valid), *_ = [(m, v) for _, m, v in ctc.memories(batch, [(1, False)])]
+    tokens, avg, langs = ctc.search(memory, valid, "translate", ["deu"], None)
+    assert len(tokens) == len(batch) and np.isfinite(avg).all() and langs == ["deu"] * len(batch)
+
+
 def test_an_out_it_did_not_write_is_never_touched(tmp_path):
     mine = write_random_folder("parakeet", tmp_path / "p", seed=3)
     again = write_random_folder("parakeet", tmp_path / "q", seed=3)
@@ -152,6 +179,8 @@ def test_an_out_it_did_not_write_is_never_touched(tmp_path):
         ("facebook/seamless-m4t-v2-large", "/path/to/seamless-m4t-v2-large", "seamless"),
         ("facebook/mms-1b-all", "hf download facebook/mms-1b-all", "mms"),
         ("espnet/owsm_v3.1_ebf_base", "/path/to/owsm_v3.1_ebf_base", "owsm"),
+        ("espnet/powsm", "/path/to/powsm", "powsm"),
+        ("espnet/owsm_ctc_v4_1B", "/path/to/owsm_ctc_v4_1B", "owsm-ctc"),
         ("openai/whisper-large-v3-turbo", "/path/to/whisper-large-v3-turbo", "whisper-turbo"),
         ("someone/my-model", "took 'someone/my-model' for a Whisper model", "whisper"),
     ],
