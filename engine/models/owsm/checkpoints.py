@@ -171,5 +171,11 @@ def download(repo_id: str, revision: str | None) -> pathlib.Path:
         raise CheckpointError(
             f"the Hugging Face hub is unreachable (or HF_HUB_OFFLINE is set) and '{source}' is not in the local cache "
             f"({kind}); download it where the hub is reachable (`hf download {repo_id}`) and pass the folder, e.g. "
-            f"load('/path/to/owsm_v3.1_ebf_base'); {random_model_hint('owsm')}"
+            f"load('/path/to/{repo_id.rpartition('/')[2]}'); {random_model_hint(_random_kind(repo_id))}"
         ) from None
+
+
+def _random_kind(repo_id: str) -> str:
+    """The ``random-model`` kind whose layout a hub id's model has (POWSM, OWSM-CTC, else v3.1's)."""
+    name = repo_id.lower()
+    return "powsm" if "powsm" in name else "owsm-ctc" if "owsm_ctc" in name else "owsm"
