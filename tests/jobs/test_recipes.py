@@ -86,6 +86,29 @@ def test_the_slurm_array_recipe_runs_its_tasks_late_killed_and_requeued(worker_s
     assert any((tmp_path / "jax-cache").iterdir()), "the tasks shared no compilation cache"
 
 
+def slurm_command_line(script: pathlib.Path, env: dict) -> list[str]:
+    """The command line array task 0 of ``script`` execs, with ``echo`` standing in for babelgrid."""
+    proc = slurm_task(script, 0, {"BABELGRID": "echo", **env})
+    output = proc.communicate(timeout=patient(30))[0]
+    assert proc.returncode == 0, output
+    return shlex.split(output.splitlines()[-1])
+
+
+def test_the_slurm_recipe_keeps_an_empty_args_empty(tmp_path):
+    """An empty (or unset) ARGS adds no flags: the recipe once turned ``ARGS=`` into ``--dtype bfloat16
+    --memory_budget 40GiB``, so its result differed from the float32 run of the same command."""
+    script = RECIPES / "slurm_array.sbatch"
+    where = {"STORE": str(tmp_path / "store"), "OUT": str(tmp_path / "out"), "CACHE": str(tmp_path / "cache")}
+    plain = ["seqsim", "--store", where["STORE"], "--out", where["OUT"], "--worker", "--compile_cache",
+             where["CACHE"], "--progress=false"]  # fmt: skip
+    assert slurm_command_line(script, {**where, "ARGS": ""}) == plain
+    unset = {k: v for k, v in os.environ.items() if k != "ARGS"}
+    proc = subprocess.run(["bash", str(script)], cwd=REPO, env={**unset, **where, "BABELGRID": "echo"},
+                          capture_output=True, text=True, timeout=patient(30))  # fmt: skip
+    assert proc.returncode == 0 and shlex.split(proc.stdout.splitlines()[-1]) == plain, proc.stdout + proc.stderr
+    assert slurm_command_line(script, {**where, "ARGS": "--dtype bfloat16"}) == [*plain, "--dtype", "bfloat16"]
+
+
 def kubelet_command(manifest: dict, overrides: dict) -> tuple[list[str], dict]:
     """The pod's command line as the kubelet builds it: ``command`` + ``args``, ``$(VAR)`` expanded from the
     container's env (``overrides`` winning); and that env."""
@@ -118,8 +141,7 @@ def test_the_kubernetes_indexed_job_manifest_runs_as_its_pods(worker_store, tmp_
             store=str(store),
             out=str(one),
             progress=False,
-            dtype=flags["--dtype"],
-            memory_budget=flags["--memory_budget"],
+            **{name: flags[f"--{name}"] for name in ("dtype", "memory_budget") if f"--{name}" in flags},
         )
     )  # as the pods ran
     assert_same_store(out, one)
