@@ -21,6 +21,8 @@ import dataclasses
 import os
 import pathlib
 
+from engine.runtime.options import ConfigError
+
 HOST_SHARE = 0.5  # of host RAM, on CPU
 DEVICE_SHARE = 0.5  # of an accelerator's memory
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
@@ -48,11 +50,34 @@ def host_memory() -> int:
     return total
 
 
+@dataclasses.dataclass(frozen=True)
+class Memory:
+    """The memory a budget bounds: its ``bytes``, its ``name`` in messages, and the ``share`` of it a process takes
+    without ``--memory_budget``."""
+
+    bytes: int
+    name: str
+    share: float
+
+
 def resolve_budget(asked: int | None, device=None) -> Budget:
     """``asked`` bytes (``--memory_budget``) when given, else the machine's default on ``device`` (default: the
-    first JAX device); see the module docstring."""
+    first JAX device); see the module docstring. A budget beyond the memory the states live in (``machine_memory``)
+    is refused: a 40 GiB budget was accepted on a 23 GiB machine."""
+    memory = machine_memory(device)
     if asked is not None:
+        if asked > memory.bytes:
+            raise ConfigError(
+                f"--memory_budget {_gib(asked)} is more than the {_gib(memory.bytes)} of {memory.name}: give "
+                f"--memory_budget of at most {_gib(memory.bytes)}, or leave it out for {memory.share:.0%} of it"
+            )
         return Budget(int(asked), "--memory_budget")
+    return Budget(int(memory.bytes * memory.share), f"{memory.share:.0%} of {memory.name}")
+
+
+def machine_memory(device=None) -> Memory:
+    """The memory the states of a process on ``device`` (default: the first JAX device) live in: an accelerator's
+    (its ``bytes_limit``), or this process's RAM (``host_memory``) on CPU and on a backend that does not say."""
     import jax  # the job's process has JAX loaded already; a config (--help) does not need it
 
     device = device or jax.devices()[0]
@@ -63,5 +88,9 @@ def resolve_budget(asked: int | None, device=None) -> Budget:
         except Exception:  # noqa: BLE001 - some backends raise instead of returning None
             limit = None
     if limit:
-        return Budget(int(limit * DEVICE_SHARE), f"{DEVICE_SHARE:.0%} of the {device.platform} device's memory")
-    return Budget(int(host_memory() * HOST_SHARE), f"{HOST_SHARE:.0%} of this machine's RAM")
+        return Memory(int(limit), f"the {device.platform} device's memory", DEVICE_SHARE)
+    return Memory(host_memory(), "this machine's RAM", HOST_SHARE)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"

@@ -21,7 +21,8 @@ from engine.pipelines.seqsim.config import SimilarityConfig
 from engine.pipelines.seqsim.measures import MeasureContext, Side
 from engine.pipelines.seqsim.run import held_languages, run_similarity
 from engine.pipelines.seqsim.tiling.tiles import BudgetError, Language, Sizing
-from engine.runtime.options import configure
+from engine.runtime.budget import host_memory
+from engine.runtime.options import ConfigError, configure
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
 from engine.stores.similarity_blocks import STAGING
@@ -165,3 +166,12 @@ def test_a_kill_mid_pair_resumes_only_the_missing_blocks(split_store, one_proces
     assert_same_store(out, one)
     done = json.loads((out / "seqsim" / "big0__big1" / "done" / "1.json").read_text())
     assert done["rows_done"] == 24 and done["cols_done"] == 24
+
+
+def test_a_budget_beyond_the_machine_is_refused_before_the_output_is_made(grid_store, tmp_path):
+    """``--memory_budget`` past this machine's RAM (the states' memory on CPU) is refused in one line, and nothing is
+    written."""
+    out = tmp_path / "beyond"
+    with pytest.raises(ConfigError, match=r"^--memory_budget .* GiB is more than the .* GiB of this machine's RAM"):
+        grid_run(grid_store, out, memory_budget=host_memory() + 2**30)
+    assert not out.exists()

@@ -25,6 +25,7 @@ import logging
 import pathlib
 import time
 
+import jax
 import numpy as np
 import pyarrow as pa
 from safetensors.numpy import save
@@ -95,6 +96,12 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     if len(langs) < 2:
         raise SaeError(f"the language measures need two or more languages; the run has {langs}")
     _check_sizes(config, reader.arrays(langs[0]).embed)  # before a model is loaded or anything recorded
+    # The shuffling buffer lives in host memory whatever the device: a --memory_budget beyond its RAM is refused.
+    budget = (
+        resolve_budget(config.run.memory_budget, jax.devices("cpu")[0]).bytes
+        if config.run.memory_budget
+        else DEFAULT_BUDGET
+    )
     summary = SaeSummary()
     decoder, note = load_decoder(config.model, reader.info)
     summary.notes += [note] if note else []
@@ -103,7 +110,6 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     claims = work_claims(config.run, "sae", kv)
     ids_of = {lang: [str(x) for x in reader.utterances_table(lang).column("id").to_pylist()] for lang in langs}
     embed = reader.arrays(langs[0]).embed
-    budget = config.run.memory_budget or DEFAULT_BUDGET
     buffer_frames = max(config.batch_size, budget // (embed * 4 * 2))  # the buffer and its shuffled copy
 
     def key(layer: int) -> str:
