@@ -224,6 +224,32 @@ def test_without_a_decoder_the_early_exit_is_named_not_scored(worker_store, tmp_
     assert np.isnan(_metrics(out)[3]["wer"]) and not (out / "early_exit.csv").exists()
 
 
+def test_model_given_later_scores_the_early_exit_without_training_again(job, worker_store, tiny_model_dir, tmp_path):
+    """sae.md's second command: ``--model`` on a folder trained without it was refused ("model: store has None").
+    It now scores the early exit from the exported SAE, the trained layer's files untouched, and gives the numbers a
+    run with ``--model`` from the start gives."""
+    with_model, _ = job
+    out = tmp_path / "later"
+    settings = {**SETTINGS, **EXIT, "layers": (3,)}
+    run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **settings))
+    trained = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file() and p.name != "manifest.json"
+               and ("checkpoints" in p.parts or "parts" in p.parts or p.parent.name == "layer-3")}  # fmt: skip
+    assert any("checkpoints" in p.parts for p in trained) and out / "parts" / "layer-3.npz" in trained
+    summary = run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), model=str(tiny_model_dir),
+                                **settings))  # fmt: skip
+    assert summary.trained == 0 and "early exit scored now for layers [3]" in summary.report(), summary.report()
+    for path, data in trained.items():
+        assert path.read_bytes() == data, path
+    ours = (out / "early_exit.csv").read_text().splitlines()
+    theirs = [r for r in (with_model / "early_exit.csv").read_text().splitlines() if r.startswith(("layer,", "3,"))]
+    assert ours == theirs
+    name = "layer-3/early_exit.parquet"
+    assert (out / name).read_bytes() == (with_model / name).read_bytes()
+    assert _metrics(out)[3]["wer"] == _metrics(with_model)[3]["wer"]
+    rerun = run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **settings))  # without it again
+    assert "early exit WER" in rerun.report() and (out / "early_exit.csv").read_text().splitlines() == ours
+
+
 def test_a_kill_after_a_checkpoint_resumes_to_the_same_files(job, worker_store, tiny_model_dir, tmp_path, run_job):
     out, _ = job
     resumed = tmp_path / "resumed"

@@ -7,6 +7,7 @@ other layers; a killed one's layer is taken over and resumed from its last check
     OUT/layer-<L>/sae_weights.safetensors, cfg.json   the SAE, sae-lens's names, applying to stored states (export)
     OUT/layer-<L>/checkpoints/<step>/                  orbax checkpoints while training (train)
     OUT/layer-<L>/early_exit.parquet                   with --model: each decoded utterance's hypotheses (exit)
+    OUT/layer-<L>/early_exit.npz                       its scores, when a later run added --model (LATE_EXITS)
     OUT/activations/layer-<L>/<lang>.safetensors       the first --activations utterances' features, sparse
     OUT/parts/layer-<L>.npz                            the layer's evaluation, written whole last (the unit is done)
     OUT/metrics.csv                                    one row per layer: METRIC_COLUMNS
@@ -28,7 +29,7 @@ import time
 import jax
 import numpy as np
 import pyarrow as pa
-from safetensors.numpy import save
+from safetensors.numpy import load, save
 
 from engine import captions
 from engine.listing import chosen
@@ -56,6 +57,9 @@ EXITS = ("wer", "wer_reconstructed", "cer", "cer_reconstructed")
 FEATURE_COLUMNS = ("layer", "feature", "language", "rate", "lape", "selective", "belongs", "shared")
 SELECTIVE_COLUMNS = ("layer", "language", "feature", "rate", "lape", "selective", "rank")
 PARTS = "parts/"
+# A layer trained without --model gets its early exit from a later run given one, into this file beside the layer's:
+# its part (and checkpoints) stay as trained, so the SAEs are not trained again.
+LATE_EXITS = "early_exit.npz"
 
 
 @dataclasses.dataclass
@@ -128,7 +132,9 @@ def run_sae(config: SaeConfig) -> SaeSummary:
             f"the store's {first.total} frames of {langs} do not fill one batch of --batch_size {config.batch_size}: "
             f"give --batch_size of at most {first.total}, or more utterances"
         )
-    ignore = ("block", "checkpoint_every", "neurons")  # neurons: read afresh at every run, from the finished layers
+    # neurons: read afresh at every run, from the finished layers; model: only scores the early exit, which a later
+    # run adds to a folder trained without it (load_decoder has checked it is the store's checkpoint)
+    ignore = ("block", "checkpoint_every", "neurons", "model")
     with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,)) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
         per_layer = frames[layers[0]].steps_per_epoch(config.batch_size) * config.epochs
@@ -139,6 +145,8 @@ def run_sae(config: SaeConfig) -> SaeSummary:
             summary.trained += 1
         bar.close()
         parts = {layer: _read_part(kv, key(layer), url) for layer in layers}
+        late = _late_exits(parts, decoder, config, reader, kv, url, langs)
+        summary.notes += [f"early exit scored now for layers {late}, trained earlier without --model"] if late else []
         writes = _outputs(parts, langs, config, reader, units)
         write_outputs(kv, writes, url)
     if "neurons_alignment.json" in writes:
@@ -201,16 +209,10 @@ def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar, decod
             metadata = {"ids": json.dumps(kept["ids"])}
             writes[f"activations/layer-{layer}/{lang}.safetensors"] = save(tensors, metadata=metadata)
     exits = {}
-    if decoder is not None:
-        exported = export.folded(trained.params, trained.scale)  # the exported weights, as analysts apply them
-
-        def reconstruct(x):
-            return apply(exported, 1.0, trained.spec.k, x)[0]
-
-        scores = early_exit(decoder, reader, layer, reconstruct, langs, config.decode_utterances,
-                            config.max_new_tokens, config.decode_batch)  # fmt: skip
-        writes[f"layer-{layer}/early_exit.parquet"] = _hypotheses_bytes(scores.hypotheses)
-        exits = {f"exit_{c}": np.asarray([r[c] for r in scores.rows]) for c in EXIT_COLUMNS[1:]}
+    if decoder is not None:  # the exported weights, as analysts apply them
+        exits, writes[f"layer-{layer}/early_exit.parquet"] = _exits(
+            decoder, reader, layer, export.folded(trained.params, trained.scale), trained.spec.k, config, langs
+        )
     write_outputs(kv, writes, url)
     metrics = {name: np.float64(getattr(ev, name)) for name in ("fvu", "l0", "dead_share", "dense_share", "r1",
                "r1_reconstructed", "lid", "lid_reconstructed")}  # fmt: skip
@@ -220,6 +222,51 @@ def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar, decod
             "languages": np.asarray(ev.languages), **exits}  # fmt: skip
     write_outputs(kv, {f"{PARTS}layer-{layer}.npz": npz_bytes(part)}, url)  # last: the unit is done
     log.info("sae: layer %d done (fvu %.3f, l0 %.1f)", layer, ev.fvu, ev.l0)
+
+
+def _exits(decoder, reader, layer: int, weights: dict, k: int, config: SaeConfig, langs) -> tuple[dict, bytes]:
+    """Layer ``layer``'s early exit with the SAE of exported ``weights`` and ``k`` standing in: its part's
+    ``exit_*`` arrays (``EXIT_COLUMNS``) and ``early_exit.parquet``'s bytes."""
+
+    def reconstruct(x):
+        return apply(weights, 1.0, k, x)[0]
+
+    scores = early_exit(decoder, reader, layer, reconstruct, langs, config.decode_utterances, config.max_new_tokens,
+                        config.decode_batch)  # fmt: skip
+    exits = {f"exit_{c}": np.asarray([r[c] for r in scores.rows]) for c in EXIT_COLUMNS[1:]}
+    return exits, _hypotheses_bytes(scores.hypotheses)
+
+
+def _late_exits(parts: dict, decoder, config: SaeConfig, reader, kv, url: str, langs) -> list[int]:
+    """Adds to each part trained without ``--model`` the early exit a later run scored (``LATE_EXITS``); with
+    ``decoder``, first scores the layers that have none, from their exported SAE. Returns the layers scored here."""
+    scored, fix = [], repair_hint(url, "sae")
+    for layer, part in parts.items():
+        if "exit_language" in part:  # trained with --model
+            continue
+        name = f"layer-{layer}/{LATE_EXITS}"
+        data = read_output(kv, name, url, fix=fix)
+        if data is None and decoder is not None:
+            weights = load(_layer_file(kv, url, layer, export.WEIGHTS))
+            # --k is the folder's (the manifest compares it) and the trained one (_check_sizes refused one past the
+            # dictionary, which training would have cut)
+            exits, hypotheses = _exits(decoder, reader, layer, weights, config.k, config, langs)
+            write_outputs(kv, {f"layer-{layer}/early_exit.parquet": hypotheses, name: npz_bytes(exits)}, url)
+            scored.append(layer)
+        elif data is not None:
+            exits = read_npz(data, name, url, fix=fix)
+        else:
+            continue
+        part.update(exits)
+    return scored
+
+
+def _layer_file(kv, url: str, layer: int, name: str) -> bytes:
+    key = f"layer-{layer}/{name}"
+    data = read_output(kv, key, url, fix=repair_hint(url, "sae"))
+    if data is None:
+        raise SaeError(f"{key} is missing from {url!r}, though the layer is done: {repair_hint(url, 'sae')}")
+    return data
 
 
 def _hypotheses_bytes(hypotheses: dict) -> bytes:
