@@ -31,7 +31,7 @@ def test_packed_vs_reference(shape, bin_frames):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_packed_equals_blocks_and_is_the_default_on_cpu_only():
+def test_packed_equals_blocks_and_is_the_default():
     rng = np.random.default_rng(11)
     A, len_A = ragged(rng, 23, 37, 24, poison=-np.inf)
     B, len_B = ragged(rng, 17, 29, 24, poison=3e38)
@@ -40,8 +40,8 @@ def test_packed_equals_blocks_and_is_the_default_on_cpu_only():
     default = ss.seqsim_matrix(A, len_A, B, len_B, directional=True)
     for b, f, d in zip(blocks, forced, default, strict=True):
         np.testing.assert_allclose(np.asarray(f), np.asarray(b), rtol=1e-6, atol=1e-7)
-        # Packed is the CPU default; accelerators take the blocks (an H200 ran this test: the default was the blocks).
-        np.testing.assert_array_equal(np.asarray(d), np.asarray(f if jax.default_backend() == "cpu" else b))
+        # Packed is the default on every platform (issue 80: the blocks padded to the longest on accelerators).
+        np.testing.assert_array_equal(np.asarray(d), np.asarray(f))
     score = ss.seqsim_matrix(A, len_A, B, len_B, packed=True)
     np.testing.assert_array_equal(np.asarray(score), np.asarray(forced.score))
 
