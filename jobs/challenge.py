@@ -25,9 +25,14 @@ from jobs import common
 common.define_config_flags(
     ChallengeConfig,
     __name__,
-    run=("out", "kvstore_spec", "store_timeout"),
+    run=("out", "progress", "kvstore_spec", "store_timeout"),
     required=("out",),
-    help={"out": "output folder or TensorStore kvstore URL for the per-pair CSVs and summary.csv"},
+    help={
+        "out": "output folder or TensorStore kvstore URL for the per-pair CSVs and summary.csv",
+        "progress": common.NO_LONG_STAGES.format(
+            job="challenge", why="it compares the transcriptions of the pairs' sentences"
+        ),
+    },
     skip=("ner_models",),
 )
 # A tuple of (language, pipeline) pairs in the config, text on the command line (parse_models).

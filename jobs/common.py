@@ -43,6 +43,9 @@ RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
 CLAIMING = ("out", "progress", "claim_ttl", "break_lease", "kvstore_spec", "store_timeout", "matmul_precision",
             "worker", "compile_cache")  # fmt: skip
 
+# --progress of a job with nothing long to show: every job takes the flag, so that one command line suits any job
+NO_LONG_STAGES = "accepted, as by every job; {job} has no stage long enough for a bar ({why}), so it shows none"
+
 # A job's plan (--plan): its config and the target device (None: only here) -> the plan (engine.runtime.plan.Plan).
 # The job's own small function, which imports its pipeline's plan module only when called, so that --help loads no JAX.
 PlanFunction = Callable

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from absl import flags
+
 from engine.errors import BabelgridError
 from engine.runtime.options import ConfigError, option, validate
 from jobs import common
@@ -49,6 +51,10 @@ class RandomModelConfig:
 
 
 common.define_config_flags(RandomModelConfig, __name__, required=("kind", "out"))
+# No RunOptions here (nothing is claimed or leased): --progress is a flag of its own, accepted as by every job
+flags.DEFINE_boolean(
+    "progress", None, common.NO_LONG_STAGES.format(job="random-model", why="it writes one small folder")
+)
 
 
 def main() -> int:

@@ -19,9 +19,12 @@ from jobs import common
 common.define_config_flags(
     RetrievalConfig,
     __name__,
-    run=("out", "kvstore_spec", "store_timeout"),
+    run=("out", "progress", "kvstore_spec", "store_timeout"),
     required=("similarity",),
-    help={"out": "output folder (default: the similarity store itself when it is local)"},
+    help={
+        "out": "output folder (default: the similarity store itself when it is local)",
+        "progress": common.NO_LONG_STAGES.format(job="retrieval", why="it scores matrices the similarity store holds"),
+    },
 )
 
 

@@ -30,7 +30,13 @@ class StatusConfig:
         validate(self)
 
 
-common.define_config_flags(StatusConfig, __name__, run=("kvstore_spec", "store_timeout"), required=("location",))
+common.define_config_flags(
+    StatusConfig,
+    __name__,
+    run=("progress", "kvstore_spec", "store_timeout"),
+    required=("location",),
+    help={"progress": common.NO_LONG_STAGES.format(job="status", why="it reads a run's records once")},
+)
 
 
 def main() -> int:

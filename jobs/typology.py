@@ -18,7 +18,7 @@ from jobs import common
 common.define_config_flags(
     TypologyConfig,
     __name__,
-    run=("out", "kvstore_spec", "store_timeout"),
+    run=("out", "progress", "kvstore_spec", "store_timeout"),
     required=("similarity", "out"),
     help={"out": "output folder or TensorStore kvstore URL"},
 )

@@ -38,6 +38,8 @@ def test_help_exits_0_and_marks_required_flags(job):
         assert f"--{name}: (required)" in proc.stdout, f"--{name} not marked required:\n{proc.stdout}"
     if "\\\n" in doc:
         assert "\\\n" in proc.stdout, "an example continued with a backslash keeps its line break"
+    if job != "cli":  # every job takes --progress (issue 87: typology did not), one without long stages says so
+        assert "--[no]progress:" in proc.stdout, f"jobs.{job} has no --progress"
 
 
 def test_missing_required_flag_names_it_and_no_tpu_noise(tmp_path):

@@ -31,7 +31,7 @@ from engine.listing import chosen
 from engine.pipelines.typology import figures, geometry, meet, uriel
 from engine.pipelines.typology.config import TypologyConfig, TypologyError
 from engine.pipelines.typology.mantel import mantel, min_p_value, partial_mantel
-from engine.runtime.runs import RunSummary, output_run
+from engine.runtime.runs import RunSummary, output_run, progress_bar
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
@@ -118,8 +118,9 @@ def run_typology(config: TypologyConfig) -> TypologySummary:
         return _typology(config, reader, measures, layers, languages, started)
 
 
-def _correlate(config, geo, found, summary) -> dict[str, bytes]:
-    """typology.csv's rows into ``summary.rows``; returns the matrices' files."""
+def _correlate(config, geo, found, summary, bar) -> dict[str, bytes]:
+    """typology.csv's rows into ``summary.rows``, ``bar`` counting the (layer, distance) tests; returns the matrices'
+    files."""
     writes = {}
     kinds = set(config.distances) | {CONTROL}
     usable = [i for i, lang in enumerate(geo.languages) if lang in found.languages]
@@ -149,6 +150,7 @@ def _correlate(config, geo, found, summary) -> dict[str, bytes]:
                     if distance != CONTROL and CONTROL in kinds:
                         partial = partial_mantel(x, ys, found.matrices[CONTROL][np.ix_(at, at)], **options)
                         pr, pp = partial.r, partial.p_value
+                bar.update(len(positions))
                 for k, li in enumerate(positions):
                     summary.rows.append(dict(
                         layer=geo.layers[li], measure=name, distance=distance, r=float(r[k]), p_value=float(p[k]),
@@ -238,7 +240,11 @@ def _typology(config, reader, measures, layers, languages, started) -> TypologyS
         log.warning("%s is left out of the typology tests: %s", lang, why)
     if len(found.languages) < 3:
         raise TypologyError(f"URIEL has {len(found.languages)} of the store's languages; a Mantel test needs 3")
-    writes = _correlate(config, geo, found, summary)
+    # The Mantel tests are the stage that grows with the store (each --permutations times, per layer and distance)
+    tested = sum(kind in config.kinds for _, kind in geo.distances) * len(geo.layers) * len(config.distances)
+    bar = progress_bar(tested, "typology", "test", config.run.progress)
+    writes = _correlate(config, geo, found, summary, bar)
+    bar.close()
     subtitle = _subtitle(reader.manifest, f"{len(found.languages)} languages")
     names = [f"{m}-{k}" for m in measures for k in config.kinds]
     writes["typology.csv"] = csv_bytes(TYPOLOGY_COLUMNS, summary.rows)
