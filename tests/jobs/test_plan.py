@@ -100,8 +100,14 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
     d = reader.info.embed
     useful = 2.0 * lengths["en"].sum() * lengths["de"].sum() * d * len(reader.info.layers)
     assert f"{plan_lib.flops(useful)} on valid frames" in sim.render()
-    assert "blocks of" in sim.render() and sim.seconds_here > 0 and sim.seconds_device > 0
+    assert "packed bins of" in sim.render() and sim.seconds_here > 0 and sim.seconds_device > 0
     assert not (tmp_path / "s").exists()
+    # "As computed" follows the path taken (issue 80): the blocks pad to the longest, the packed bins barely.
+    blocks = plan_seqsim_run(configure(SimilarityConfig, store=store, out=str(tmp_path / "s"), seqsim_kernel="blocks"),
+                             get_device("h100"))  # fmt: skip
+    padded = 2.0 * len(lengths["en"]) * lengths["en"].max() * len(lengths["de"]) * lengths["de"].max() * d
+    assert blocks.stages[0].flops == padded * len(reader.info.layers) and "blocks of" in blocks.render()
+    assert useful <= sim.stages[0].flops < blocks.stages[0].flops
 
     dec = plan_decode_run(
         configure(

@@ -468,3 +468,22 @@ def test_retrieval_against_a_baseline_store(run_job, seqsim, layer_store, sim, t
 
     with pytest.raises(RetrievalError, match="computed from another layer_store"):
         run_retrieval(configure(RetrievalConfig, similarity=str(out), out=str(tmp_path / "x"), baseline=str(elsewhere)))
+
+
+def test_seqsim_kernel_choices_through_the_job(seqsim, layer_store, sim, tmp_path, capsys):
+    """--seqsim_kernel pallas (the fused kernel, interpret mode here) and blocks give the default's (packed)
+    matrices up to the order of float32 sums; the choice is not recorded (it changes the last bits only, as the
+    device does), so a resume with another kernel goes on and computes only what is missing."""
+    out = tmp_path / "sim"
+    common = ("--store", str(layer_store), "--out", str(out), "--langs", "de,en", "--measure", "seqsim,seqsim_b2a")
+    seqsim(*common, "--layers", "1", "--seqsim_kernel", "pallas")
+    capsys.readouterr()
+    seqsim(*common, "--layers", "1,2", "--seqsim_kernel", "blocks")
+    assert "computed 1 pair-layers" in capsys.readouterr().out
+    assert "seqsim_kernel" not in json.loads((out / "manifest.json").read_text())
+    default, chosen = open_similarity(str(sim)), open_similarity(str(out))
+    for measure in ("seqsim", "seqsim_b2a"):
+        for layer in (1, 2):
+            got, want = chosen.matrix(measure, "de", "en", layer)[0], default.matrix(measure, "de", "en", layer)[0]
+            assert np.isnan(got).sum() == np.isnan(want).sum() == 5  # the corrupt clip's row
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"{measure} {layer}")

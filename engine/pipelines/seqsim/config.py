@@ -22,6 +22,9 @@ def parse_kind(text: str) -> tuple[str, int]:
 
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# How SeqSim is computed (engine.pipelines.seqsim.measures.SEQSIM_PATHS): auto = packed bins on one device (every
+# platform), blocks over the devices when there are several. The paths differ in the order of float32 sums only.
+SEQSIM_KERNELS = ("auto", "blocks", "packed", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +44,12 @@ class SimilarityConfig:
         DEFAULT_MEASURES, f"comma list of {', '.join(MEASURES)}", parse="list", flag="measure"
     )
     dtype: str = option("float32", "dtype the states are compared in", choices=COMPUTE_DTYPES)
+    seqsim_kernel: str = option(
+        "auto", "how SeqSim is computed: auto (packed bins of valid frames on one device, blocks sharded over "
+        "several), blocks (padded to each language's longest), packed, pallas (the fused kernel; opt-in, not "
+        "measured on a device yet; interpret mode on CPU, slow). Scores differ in the last bits only",
+        choices=SEQSIM_KERNELS,
+    )  # fmt: skip
     allow_partial: bool = option(False, "score a partly encoded layer store (done utterances only)")
     unit_gflops: float | None = option(
         None,

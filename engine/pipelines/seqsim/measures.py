@@ -59,6 +59,11 @@ class MeasureContext:
     dtype: str  # the states' compute dtype (``SimilarityConfig.dtype``); scores are float32 whatever it is
     ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure
     mesh: jax.sharding.Mesh | None = None  # the local devices, when there are several (seqsim shards its rows)
+    seqsim_kernel: str = "auto"  # SimilarityConfig.seqsim_kernel: the SeqSim path asked (seqsim_path resolves auto)
+
+    @property
+    def seqsim_path(self) -> str:
+        return seqsim_path(self.seqsim_kernel, several_devices=self.mesh is not None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,16 +150,37 @@ class Measure:
 # --- the kernel calls -----------------------------------------------------------------------------------------------
 
 
+def seqsim_path(choice: str, *, several_devices: bool) -> str:
+    """The key of ``SEQSIM_PATHS`` a run takes for ``choice`` (``SimilarityConfig.seqsim_kernel``): ``auto`` is
+    packed bins on one device, whatever its platform (``kernels.seqsim.packs_by_default``), and blocks sharded by
+    rows over several (the run's mesh); ``packed`` and ``pallas`` run on one device even where there are several."""
+    if choice != "auto":
+        return choice
+    return "packed" if not several_devices and packs_by_default() else "blocks"
+
+
+def _seqsim_packed(A: Side, B: Side, context: MeasureContext, directional: bool):
+    return seqsim_matrix_of_packed(A.packed, B.packed, directional=directional)
+
+
+def _seqsim_blocks(A: Side, B: Side, context: MeasureContext, directional: bool):
+    args = (A.states, A.lengths, B.states, B.lengths)
+    if context.mesh is None:
+        return seqsim_matrix(*args, directional=directional, packed=False)
+    return seqsim_matrix_sharded(*args, context.mesh, directional=directional)
+
+
+def _seqsim_pallas(A: Side, B: Side, context: MeasureContext, directional: bool):
+    return seqsim_matrix(A.states, A.lengths, B.states, B.lengths, directional=directional, pallas=True)
+
+
+# The SeqSim paths a run may take (SimilarityConfig.seqsim_kernel): the same scores up to the order of float32 sums.
+SEQSIM_PATHS: Mapping[str, Callable] = {"blocks": _seqsim_blocks, "packed": _seqsim_packed, "pallas": _seqsim_pallas}
+
+
 def _seqsim(A: Side, B: Side, context: MeasureContext, names: frozenset[str]) -> dict[str, Scores]:
     directional = bool(names & {"seqsim_a2b", "seqsim_b2a"})  # the two directional terms, on request only
-    args = (A.states, A.lengths, B.states, B.lengths)
-    if context.mesh is None and packs_by_default():
-        result = seqsim_matrix_of_packed(A.packed, B.packed, directional=directional)
-    elif context.mesh is None:
-        result = seqsim_matrix(*args, directional=directional)
-    else:
-        result = seqsim_matrix_sharded(*args, context.mesh, directional=directional)
-    result = jax.block_until_ready(result)
+    result = jax.block_until_ready(SEQSIM_PATHS[context.seqsim_path](A, B, context, directional))
     if not directional:
         return {"seqsim": Scores(np.asarray(result))}
     return {name: Scores(np.asarray(x)) for name, x in zip(SEQSIM_MEASURES, result, strict=True)}

@@ -19,8 +19,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from engine.pipelines.seqsim.computed import SideRows, bin_frames, computed_flops
 from engine.pipelines.seqsim.config import parse_kind
-from engine.pipelines.seqsim.measures import COSTS, MEASURES, SEQSIM, SEQSIM_MEASURES, MeasureContext, Side
+from engine.pipelines.seqsim.measures import (
+    COSTS,
+    MEASURES,
+    SEQSIM,
+    SEQSIM_MEASURES,
+    MeasureContext,
+    Side,
+    seqsim_path,
+)
 from engine.pipelines.seqsim.tiling.held import simulate
 from engine.pipelines.seqsim.tiling.tiles import (
     MIN_UNIT_FLOPS,
@@ -37,7 +46,7 @@ from engine.runtime.devices import Device
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, flops, size, timed
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
-from kernels.seqsim import choose_blocks, default_memory_budget, packs_by_default, seqsim_matrix
+from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
 from kernels.settings import OtConfig
 
 
@@ -94,12 +103,15 @@ def plan_seqsim(
     hosts: Sequence[int] = (1,),
     unit_gflops: float | None = None,
     remove_language: str = "none",
+    seqsim_kernel: str = "auto",
 ) -> Plan:
     """The plan of a seqsim run of ``measures`` over ``pairs`` of languages at ``n_layers`` layers; ``lengths[lang]``:
     each utterance's frames (0 = not encoded). ``sample``: real states ``(A, len_A, B, len_B)`` to time dtw and ot
     on (``calibrate_pair_measure``); needed when ``measures`` has either. ``budget``: one process's memory budget
     here (default ``resolve_budget``'s); ``hosts``: the process counts to give the time on (units balanced over
-    them); ``unit_gflops``: the run's ``SimilarityConfig.unit_gflops``."""
+    them); ``unit_gflops``: the run's ``SimilarityConfig.unit_gflops``; ``seqsim_kernel``: its
+    ``SimilarityConfig.seqsim_kernel``, whose path (``measures.seqsim_path``) sets the FLOPs as computed, here and
+    on ``device`` (one device: auto packs there)."""
     done = {lang: np.asarray(v)[np.asarray(v) > 0] for lang, v in lengths.items()}
     # The job reads each language up to its longest utterance, so seqsim_matrix's crop to a FRAME_QUANTUM multiple
     # never pads further: a language's frames as computed are its longest length.
@@ -110,10 +122,21 @@ def plan_seqsim(
                for kind in COSTS}  # fmt: skip
     matmul = SEQSIM.cost  # the seqsim kernel's counts are reported whether or not it is asked
     useful = sum(matmul.useful_flops(done[a], done[b], d) for a, b in pairs) * n_layers
-    work = sum(matmul.flops(len(done[a]), len(done[b]), padded[a], padded[b], d) for a, b in pairs) * n_layers
+    # As computed: by the path the run takes here and the one it takes on the device, padding included.
+    langs = sorted({lang for pair in pairs for lang in pair})
+    platform = jax.devices()[0].platform
+    path_here = seqsim_path(seqsim_kernel, several_devices=jax.local_device_count() > 1)
+    sides = {lang: SideRows(done[lang]) for lang in langs}
+    here_name = "cpu" if platform == "cpu" else jax.devices()[0].device_kind
+    work_here = computed_flops(path_here, sides, pairs, d, platform=platform, device_name=here_name) * n_layers
+    work = work_here  # the stage's FLOPs: the device's when planned for one
+    if device is not None:
+        device_platform = "tpu" if device.name.startswith("TPU") else "gpu"
+        path_device = seqsim_path(seqsim_kernel, several_devices=False)
+        work = computed_flops(path_device, sides, pairs, d, platform=device_platform, device_name=device.name)
+        work *= n_layers
     # Per layer, each language of a pair is read once when the budget holds them all, padded to its longest (the
     # memory plan below multiplies by the reads its tiles take).
-    langs = sorted({lang for pair in pairs for lang in pair})
     read = sum(len(done[lang]) * padded[lang] * d * sbytes for lang in langs) * n_layers
     written = sum(len(lengths[a]) * len(lengths[b]) * 4 for a, b in pairs) * n_layers
 
@@ -128,7 +151,8 @@ def plan_seqsim(
 
     stages = []
     for kernel in kernels["matmul"]:  # seqsim: one call writes each of its measures asked
-        stages.append(Stage(kernel.name, work, float(read), float(written) * len(produced(kernel)), work / rate, dev))
+        stages.append(Stage(kernel.name, work, float(read), float(written) * len(produced(kernel)), work_here / rate,
+                            dev))  # fmt: skip
     # dtw and ot crop to each language's longest utterance too.
     cells = sum(float(len(done[a]) * len(done[b]) * padded[a] * padded[b]) for a, b in pairs) * n_layers
     cell_rates = {}
@@ -148,20 +172,25 @@ def plan_seqsim(
         stages.append(Stage(",".join(pooled), 0.0, pooled_read, float(written) * len(pooled), 0.0, no_time))
     calib_s = time.perf_counter() - t0
 
-    platform = jax.devices()[0].platform
     largest = max(pairs, key=lambda p: len(done[p[0]]) * len(done[p[1]]) * padded[p[0]] * padded[p[1]])
     a, b = largest
     n_a, n_b, m, n = len(done[a]), len(done[b]), padded[a], padded[b]
 
-    def blocks(budget: int, on: str) -> str:
+    def blocks(budget: int, on: str, path: str) -> str:
+        if path == "packed":  # one pair of bins at a time: f32 similarities, room for a temporary and the gathers
+            bins = bin_frames(on)
+            working = 3 * 4 * bins * bins + 2 * itemsize * (d + 2) * bins
+            return f"packed bins of at most {bins} frames ({size(working)} working set)", working
+        if path == "pallas":  # tiles stay on chip: the unit frames padded to the tiles, as the inputs
+            return "the fused Pallas kernel (similarity tiles on chip)", 0
         ba, bb = choose_blocks(n_a, n_b, m, n, d, jnp.dtype(dtype), budget, platform=on)
         working = 2 * 4 * ba * m * bb * n + itemsize * (d + 2) * (ba * m + bb * n)
         return f"blocks of {ba} x {bb} utterances ({size(working)} working set, budget {size(budget)})", working
 
-    here_blocks, working = blocks(default_memory_budget(), platform)
+    here_blocks, working = blocks(default_memory_budget(), platform, path_here)
     budget = budget or resolve_budget(None)
     seqsim_asked = any(m in SEQSIM_MEASURES for m in measures)
-    packs = packs_by_default() and jax.local_device_count() == 1 and seqsim_asked
+    packs = path_here == "packed" and seqsim_asked
     here, held, reads = memory_plan(done, pairs, measures, d, dtype, budget, packs, hosts[0], unit_gflops, n_layers)
     memory_lines = [
         f"largest pair {a}:{b}: {n_a} x {n_b} utterances of <= {m} x {n} frames",
@@ -171,10 +200,12 @@ def plan_seqsim(
     peak = held + working + n_a * n_b * 4 * 3
     if device is not None:
         on = "tpu" if device.name.startswith("TPU") else "gpu"
-        device_blocks, working = blocks(int(device.memory // 4), on)  # kernels.seqsim uses a quarter of free memory
+        # kernels.seqsim's blocks use a quarter of free memory
+        device_blocks, working = blocks(int(device.memory // 4), on, path_device)
         share = Budget(int(device.memory * DEVICE_SHARE), f"{DEVICE_SHARE:.0%} of its {size(device.memory)}")
-        on_device, held, reads = memory_plan(done, pairs, measures, d, dtype, share, False, hosts[0], unit_gflops,
-                                             n_layers)  # fmt: skip
+        packs_there = path_device == "packed" and seqsim_asked
+        on_device, held, reads = memory_plan(done, pairs, measures, d, dtype, share, packs_there, hosts[0],
+                                             unit_gflops, n_layers)  # fmt: skip
         fits = held + working <= 0.9 * device.memory
         memory_lines += [f"on {device.name}: {device_blocks}", f"on {device.name}: {on_device}",
                          f"fits on {device.name}: {'yes' if fits else 'NO'} (90% usable)"]  # fmt: skip
@@ -198,13 +229,16 @@ def plan_seqsim(
         when = f"{duration(sum(st.seconds_here for st in stages) / count)} per host here"
         when += "" if total is None else f", {duration(total / count)} per {device.name}"
         memory_lines.append(f"on {count} host{'s' if count > 1 else ''} (one process each, units balanced): {when}")
+    computed = f"{flops(work_here)} as computed here ({path_here}, {work_here / max(useful, 1.0):.2f}x)"
+    if device is not None:
+        computed += f", {flops(work)} on {device.name} ({path_device}, {work / max(useful, 1.0):.2f}x)"
     counts = [
         ("store", store),
         ("languages", f"{len(langs)}, {len(pairs)} pairs, {n_layers} layers, d={d}"),
         ("utterances", str(sum(len(done[lang]) for lang in langs))),
         ("frames", str(int(sum(done[lang].sum() for lang in langs)))),
         ("measures", f"{', '.join(measures)}: {len(measures)} matrices per pair and layer"),
-        ("seqsim FLOPs", f"{flops(useful)} on valid frames, {flops(work)} as computed (frames padded per pair)"),
+        ("seqsim FLOPs", f"{flops(useful)} on valid frames, {computed}"),
     ]
     calibration = (
         f"{platform} x {jax.local_device_count()}: seqsim kernel at {rate / 1e9:.1f} GFLOP/s on 8 x 8 utterances "
@@ -217,6 +251,11 @@ def plan_seqsim(
     )
     calibration += f" (calibration took {calib_s:.1f} s)"
     assumptions = ["mean, centre and duration are negligible beside the others"]
+    if device is not None and path_device != "blocks":
+        assumptions.append(
+            f"on {device.name} the {path_device} path runs at the fraction of peak measured for the blocks, per FLOP "
+            "as computed (only the blocks were timed on a device; its bins are GEMMs of thousands of frames)"
+        )
     if cell_rates:
         assumptions.append(
             "dtw and ot take as long per cell as on the calibration sample (ot: as many Sinkhorn iterations); their "
@@ -283,6 +322,7 @@ def plan_seqsim_run(config, device: Device | None) -> Plan:
         hosts=(jax.process_count(),),
         unit_gflops=config.unit_gflops,
         remove_language=config.remove_language,
+        seqsim_kernel=config.seqsim_kernel,
     )
 
 

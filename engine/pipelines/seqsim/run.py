@@ -56,7 +56,6 @@ from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import SimilarityError, check_name, done_marker, new_manifest
 from engine.stores.similarity_blocks import StagingSimilarityStore
-from kernels.seqsim import packs_by_default
 
 __all__ = ["SimilaritySummary", "run_similarity"]
 
@@ -106,7 +105,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     request = _request(config, reader)  # before the lease: a wrong request creates nothing
     _check_transform(config, request)
     mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
-    context = MeasureContext(config.dtype, config.ot, mesh)
+    context = MeasureContext(config.dtype, config.ot, mesh, config.seqsim_kernel)
     budget = resolve_budget(config.run.memory_budget)
     languages = held_languages(request.lengths, request.done_index, reader.info.embed, context, config.measures)
     check_budget(languages, request.pairs, budget.bytes, budget.source)  # a budget too small creates nothing either
@@ -116,9 +115,9 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
 
 def held_languages(lengths, done_index, embed: int, context: MeasureContext, measures) -> dict[str, Language]:
     """Each language of the run as a process holds it (``tiles.Language``): its done utterances' lengths, sized for
-    the compute dtype, whether any measure reads states and whether SeqSim packs them (CPU, one device)."""
+    the compute dtype, whether any measure reads states and whether SeqSim packs them (its path is packed)."""
     reads = any(MEASURES[m].needs_states for m in measures)
-    packs = context.mesh is None and packs_by_default() and any(m in SEQSIM_MEASURES for m in measures)
+    packs = context.seqsim_path == "packed" and any(m in SEQSIM_MEASURES for m in measures)
     sizing = Sizing(embed, jnp.dtype(context.dtype).itemsize, reads, packs)
     return {lang: Language(lang, lengths[lang][index], sizing) for lang, index in done_index.items()}
 
