@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from tests.jobs.test_typology import planted  # noqa: F401  (the fixture: a planted similarity store)
 from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -133,6 +134,41 @@ def test_analysis_page_reads_compare_and_neurons_folders(tiny_model_dir, tmp_pat
         f.write("\n")
     with pytest.raises(DamageError, match="does not match its digest"):
         setup["checked"](str(compare), "by_depth.csv")
+
+
+def test_analysis_page_reads_sae_typology_and_probes_folders(request, tmp_path):
+    """The sae, typology and probes cells on folders the jobs write here: sae and probes (language ID) on a store of
+    random states, typology on test_typology's planted similarity store; the typology cell's r, recomputed from the
+    matrices, is typology.csv's."""
+    from bench.grid import write_random_store
+    from engine.pipelines.probes.config import ProbesConfig
+    from engine.pipelines.probes.run import run_probes
+    from engine.pipelines.sae.config import SaeConfig
+    from engine.pipelines.sae.run import run_sae
+    from engine.pipelines.typology.config import TypologyConfig
+    from engine.pipelines.typology.run import run_typology
+    from engine.runtime.options import configure
+
+    rng = np.random.default_rng(0)
+    store = tmp_path / "store"
+    write_random_store(str(store), {lang: rng.integers(20, 40, 10) for lang in ("de", "en", "es")}, 16, 2)
+    sae, probes, typology = tmp_path / "sae", tmp_path / "probes", tmp_path / "typology"
+    run_sae(configure(SaeConfig, store=str(store), out=str(sae), epochs=2, batch_size=64, expansion=2, k=4, warmup=2,
+                      eval_utterances=6, activations=2, progress=False))  # fmt: skip
+    run_probes(configure(ProbesConfig, store=str(store), out=str(probes), probes=("lid",), progress=False))
+    similarity, lid, _ = request.getfixturevalue("planted")
+    run_typology(configure(TypologyConfig, similarity=str(similarity), out=str(typology), permutations=199,
+                           probes=(str(lid),), progress=False))  # fmt: skip
+
+    cells = analysis_cells()
+    code = cells["Loading with checks"] + cells["sae"] + cells["typology"] + cells["probes"]
+    proc = run_python(code, BABELGRID_SAE=str(sae), BABELGRID_TYPOLOGY=str(typology), BABELGRID_PROBES=str(probes))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "layer 0, one utterance: FVU" in out and "4.0 features active per frame" in out, out
+    recomputed = re.search(r"r (-?[0-9.]+) \(typology.csv (-?[0-9.]+), pearson\)", out)
+    assert recomputed and recomputed.group(1) == recomputed.group(2), out
+    assert "language ID peaks at layer" in out and "n = 30" in out, out
 
 
 def test_readme_snippet_runs_on_a_real_clip(fleurs_dir):
