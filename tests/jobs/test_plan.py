@@ -28,7 +28,7 @@ from engine.pipelines.seqsim.config import SimilarityConfig
 from engine.pipelines.seqsim.plan import plan_seqsim_run
 from engine.runtime import plan as plan_lib
 from engine.runtime.devices import get_device
-from engine.runtime.options import configure
+from engine.runtime.options import ConfigError, configure
 from engine.stores.reader import open_store
 from tests.waits import patient
 
@@ -178,6 +178,11 @@ def test_seqsim_plan_prints_the_memory_budget_reads_and_peak(store, tmp_path):
     refused = plan_seqsim_run(tiny, None).render()
     assert re.search(r"memory budget 1 KiB .*: NO: .* too small for the pair de:en", refused), refused
     assert not (tmp_path / "s").exists()
+    # A budget past this machine's memory is another device's to give: planned for it, refused for a run here
+    huge = dataclasses.replace(config, run=dataclasses.replace(config.run, memory_budget=2**50))
+    assert "memory budget 1 PiB" in plan_seqsim_run(huge, get_device("h100")).render()
+    with pytest.raises(ConfigError, match="more than the .* of this machine's RAM"):
+        plan_seqsim_run(huge, None)
 
 
 def test_sizes_times_and_flops_print_without_exponents():

@@ -318,12 +318,20 @@ def plan_seqsim_run(config, device: Device | None) -> Plan:
         measures=tuple(dict.fromkeys(config.measures)),
         sample=sample,
         ot_config=config.ot,
-        budget=resolve_budget(config.run.memory_budget),
+        budget=_budget(config.run.memory_budget, device),
         hosts=(jax.process_count(),),
         unit_gflops=config.unit_gflops,
         remove_language=config.remove_language,
         seqsim_kernel=config.seqsim_kernel,
     )
+
+
+def _budget(asked: int | None, device: Device | None) -> Budget:
+    """The budget a plan sizes its units by: this machine's (checked against its memory) when it plans for here;
+    for another device (``--plan_device``) the one asked, which that device's hosts are to give."""
+    if device is None or asked is None:
+        return resolve_budget(asked)
+    return Budget(int(asked), "--memory_budget")
 
 
 def _sample_states(reader, pair: tuple[str, str], lengths: Mapping[str, np.ndarray], layer: int, dtype: str):
