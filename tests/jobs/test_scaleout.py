@@ -141,10 +141,11 @@ TEXTS = {"de": "guten tag", "en": "good morning"}
 def part_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
     """A layer store of 2 x 4 clips with transcripts (layers 1 and 3, the final one), encoded in this process."""
     root = tmp_path_factory.mktemp("scaleout-parts")
-    write_tones(root, PART_CLIPS, seed=5, shortest_s=0.3, texts=TEXTS)
+    clips = root / "clips"  # beside the store, not around it: an output inside what the job reads is refused
+    write_tones(clips, PART_CLIPS, seed=5, shortest_s=0.3, texts=TEXTS)
     store = root / "store"
     run_encode(
-        configure(EncodeConfig, out=str(store), dataset=f"folder:{root}", layers=(1, 3), progress=False),
+        configure(EncodeConfig, out=str(store), dataset=f"folder:{clips}", layers=(1, 3), progress=False),
         encoder=WhisperEncoder(tiny_whisper),
     )
     return store
