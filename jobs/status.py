@@ -1,6 +1,6 @@
 """Where a run stands, read from its output store alone (nothing is written): the writer lease, every worker of each
-job that claims units (live, stopped renewing, exited), the units done of the run and by each worker, what is claimed
-now and by whom, and the time left at the recent rate.
+job that claims units (live, stopped renewing, exited, dead: its claims taken by others), the units done of the run
+and by each worker, what is claimed now and by whom, and the time left at the recent rate.
 
     python -m jobs.status --location /data/run/sim                   # = babelgrid status /data/run/sim
     python -m jobs.status --location gs://bucket/fleurs-sim --watch 60  # again every minute, until interrupted

@@ -15,9 +15,11 @@ next one nobody holds:
 - **finish**: a unit that ended with items that cannot be done (an unreadable clip) is rewritten as ``finished``
   with those items, so that no other process retries them in this run. The next run clears ``claims/<job>/`` first
   (under the writer lease, before any work), so that it retries them.
-- **take over**: a claim whose expiry has passed (its process was killed, or its host died) is taken by the next
-  process that wants the unit, conditionally on the generation read, so that two takers do not both win. The taker
-  checks the store's markers again, then does what is still missing.
+- **take over**: a claim whose expiry has passed (its process was killed, or its host died), or whose process is
+  gone from this host, is taken by the next process that wants the unit, conditionally on the generation read, so
+  that two takers do not both win. The taker checks the store's markers again, then does what is still missing; its
+  log names which of the two it was, and its worker record names whose claim it took (``status`` counts that worker
+  dead at once).
 
 A process that finds every unit it has not done held by others waits (polling every ``poll`` seconds) until each is
 done or its claim expires: the survivors of a dead host finish its work after its claims expire. No step of this
@@ -98,7 +100,8 @@ class WorkClaims:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.taken_over = 0  # expired claims of other processes this one took
+        self.taken_over = 0  # claims of other processes this one took (expired, or their process dead here)
+        self._taken_from: dict[str, float] = {}  # their owners -> when this process took one of their claims
         self.units_done = 0
         self._finished_at: collections.deque[float] = collections.deque()  # this process's recent unit ends
         self._record_generation: bytes | None = None  # of this process's worker record; None: not registered
@@ -209,7 +212,8 @@ class WorkClaims:
                   "job": self.job, "state": state, "started": iso_utc(self._started), "renewed": iso_utc(now),
                   "expires_unix": now + self.ttl, "ttl": self.ttl, "units_total": self._total,
                   "done_at_start": self._done_at_start, "units_done": self.units_done,
-                  "taken_over": self.taken_over, "claimed": len(self._held), "rate": self._rate()}  # fmt: skip
+                  "taken_over": self.taken_over, "taken_from": dict(self._taken_from), "claimed": len(self._held),
+                  "rate": self._rate()}  # fmt: skip
         key = self._record_key()
         try:
             stamp = self.kv.write(key, json.dumps(record, indent=1).encode(), if_equal=condition).result()
@@ -261,7 +265,8 @@ class WorkClaims:
             holder = {}
         if holder.get("state") == FINISHED:
             return holder
-        if holder and holder.get("expires_unix", 0.0) > time.time() and not dead_here(holder):
+        left = holder.get("expires_unix", 0.0) - time.time() if holder else 0.0
+        if holder and left > 0 and not dead_here(holder):
             return None  # held by a live process (one found dead on this host is taken over at once)
         # Create-if-absent, or take over the expired claim: conditional on the generation read either way.
         try:
@@ -276,9 +281,24 @@ class WorkClaims:
         if not stamp.generation:  # another process created it or took it over first
             return None
         if holder:
-            log.info("took over the expired claim of %s on %s (%r)", holder.get("host"), unit, self.url)
-            self.taken_over += 1
+            self._took_over(unit, holder, left)
         return self._hold(unit, stamp.generation)
+
+    def _took_over(self, unit: str, holder: dict, left: float) -> None:
+        """Counts and logs a claim taken from another process, naming why: its expiry passed, or (``left`` > 0) its
+        process is gone from this host. The holder's owner goes into this process's worker record at once
+        (``taken_from``), so that ``status`` counts it dead now, not once its own record expires."""
+        who = f"{holder.get('host')} pid {holder.get('pid')}"
+        if left > 0:
+            log.info("took over the claim of %s on %s (%r): its process no longer runs on this host (%.1f s of its "
+                     "lease were left)", who, unit, self.url, left)  # fmt: skip
+        else:
+            log.info("took over the expired claim of %s on %s (%r; expired %.1f s ago)", who, unit, self.url, -left)
+        self.taken_over += 1
+        with self._lock:
+            if isinstance(holder.get("owner"), str) and holder["owner"] != self.owner:
+                self._taken_from[holder["owner"]] = time.time()
+            self._write_record(WORKING)
 
     def _hold(self, unit: str, generation: bytes) -> Claim:
         claim = Claim(unit, generation)

@@ -76,7 +76,7 @@ class RunSummary:
     skipped: dict[str, list[tuple[str, str]]] = dataclasses.field(default_factory=dict)
     seconds: float = 0.0
     units: int = 0  # work units this process claimed and did (engine.runtime.units)
-    taken_over: int = 0  # of them, units whose claim had expired (a dead process's)
+    taken_over: int = 0  # of them, units taken from another process (its claim expired, or it died here)
     busy_seconds: float = 0.0  # from the start of the work to the end of this process's last unit
     compile_seconds: float = 0.0  # of the work, kernels traced, lowered and compiled or loaded (runtime.compiles)
     compiles: int = 0  # kernels compiled or loaded from the persistent cache during the work
@@ -93,7 +93,7 @@ class RunSummary:
         """The claimed-unit loop's counts, one line."""
         line = (
             f"work units: {self.units} {what} claimed, busy {self.busy_seconds:.1f} s, {self.taken_over} taken over "
-            "from expired claims"
+            "from other processes (claims expired, or holder dead)"
         )
         if self.compiles:
             line += f"; kernels: {self.compiles} compiled or loaded, {self.cache_hits} from the compilation cache"

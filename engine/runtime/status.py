@@ -5,7 +5,9 @@ A run that claims units (``engine.runtime.claims``) keeps three kinds of small r
 
 - ``workers/<job>/<owner>.json``: one per process (a ``--worker`` task or a ``jax.distributed`` process), renewed
   with its claims every ``claim_ttl / 3`` seconds: host, pid, its scheduler's task label, the units it did and its
-  recent rate, and when it expires. A killed worker's record stops being renewed; one that ends writes ``exited``.
+  recent rate, when it expires, and whose claims it took over (``taken_from``: owner -> when). A killed worker's
+  record stops being renewed; one that ends writes ``exited``. A worker whose claim another took over after its last
+  renewal, or whose process is gone from this host, is dead at once, before its record expires.
 - ``workers/<job>/run.json``: written once by the process that opened the run: how many units the run has and how
   many were done when it opened.
 - ``claims/<job>/<unit>.json``: the units held now (a done unit's claim is deleted).
@@ -67,6 +69,7 @@ def list_keys(kv: ts.KvStore, prefix: str, url: str) -> list[str]:
 NUMBER_FIELDS = ("expires_unix", "ttl", "rate", "opened_unix")
 COUNT_FIELDS = ("pid", "units_total", "done_at_start", "units_done", "taken_over", "claimed", "units", "done_at_open")
 TEXT_FIELDS = ("owner", "host", "job", "state", "label", "unit", "mode", "renewed", "expires", "started", "opened")
+MAP_FIELDS = ("taken_from",)  # owner -> unix time
 LEASE = "lease.json"  # the writer lease's key at the store's root (engine.runtime.lease)
 LEASE_FIELDS = ("owner", "job", "expires_unix")  # what every lease record holds
 
@@ -78,11 +81,14 @@ def record_problem(record, required: tuple[str, ...] = ()) -> str | None:
     missing = [name for name in required if name not in record]
     if missing:
         return f"it lacks {', '.join(missing)}"
-    for name in (*NUMBER_FIELDS, *COUNT_FIELDS, *TEXT_FIELDS):
+    for name in (*NUMBER_FIELDS, *COUNT_FIELDS, *TEXT_FIELDS, *MAP_FIELDS):
         if name not in record:
             continue
         value = record[name]
-        if name in TEXT_FIELDS:
+        if name in MAP_FIELDS:
+            good = isinstance(value, dict) and all(finite(v) for v in value.values())
+            want = "an object of times"
+        elif name in TEXT_FIELDS:
             good, want = isinstance(value, str), "a string"
         elif name in COUNT_FIELDS:
             good, want = isinstance(value, int) and not isinstance(value, bool) and value >= 0, "a count"
@@ -92,6 +98,10 @@ def record_problem(record, required: tuple[str, ...] = ()) -> str | None:
         if not good:
             return f"{name} is {value!r}, not {want}"
     return None
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_records(kv: ts.KvStore, keys: list[str], url: str, damaged: dict[str, str] | None = None) -> dict[str, dict]:
@@ -128,12 +138,32 @@ class RunStatus:
 
     @property
     def live(self) -> list[dict]:
-        return [w for w in self.workers if w.get("state") == "working" and w.get("expires_unix", 0) > self.now]
+        return [w for w in self.working if w.get("expires_unix", 0) > self.now and not self.is_dead(w)]
 
     @property
     def stopped(self) -> list[dict]:
         """Workers that stopped renewing without saying they ended: killed, or their host lost."""
-        return [w for w in self.workers if w.get("state") == "working" and w.get("expires_unix", 0) <= self.now]
+        return [w for w in self.working if w.get("expires_unix", 0) <= self.now and not self.is_dead(w)]
+
+    @property
+    def dead(self) -> list[dict]:
+        """Workers known dead before their record expires: another took over one of their claims after their last
+        renewal (a live one renews within ``ttl / 3``, so a taker found it dead or its claim expired), or their
+        process is gone from this host."""
+        return [w for w in self.working if self.is_dead(w)]
+
+    @property
+    def working(self) -> list[dict]:
+        return [w for w in self.workers if w.get("state") == "working"]
+
+    def is_dead(self, worker: dict) -> bool:
+        if dead_here(worker):
+            return True
+        owner = worker.get("owner")
+        renewed = worker.get("expires_unix", 0) - worker.get("ttl", 0)
+        return any(
+            float(w.get("taken_from", {}).get(owner, -math.inf)) >= renewed for w in self.workers if w is not worker
+        )
 
     @property
     def exited(self) -> list[dict]:
@@ -160,8 +190,10 @@ class RunStatus:
         return sum(float(w.get("rate", 0.0)) for w in self.live)
 
     def held(self, live: bool) -> list[dict]:
+        """The claims held now by live processes (``live``), or by processes that stopped renewing or died."""
         working = [c for c in self.claims if c.get("state") == "working"]
-        return [c for c in working if (c.get("expires_unix", 0) > self.now) == live]
+        dead = {w.get("owner") for w in self.dead}
+        return [c for c in working if (c.get("expires_unix", 0) > self.now and c.get("owner") not in dead) == live]
 
     def line(self, mine: int | None = None) -> str:
         """The run in one line; ``mine``: the units this worker did, which lead."""
@@ -180,11 +212,14 @@ class RunStatus:
             parts.append(f"{self.job}: {units} units, done unknown until the run's first worker records it")
         else:
             parts.append(f"{self.job}: {done} of {units} units done ({100 * done / max(units, 1):.0f}%)")
-        parts.append(f"workers: {len(self.live)} live, {len(self.stopped)} stopped renewing, {len(self.exited)} exited")
+        workers = f"workers: {len(self.live)} live, {len(self.stopped)} stopped renewing, {len(self.exited)} exited"
+        if self.dead:
+            workers += f", {len(self.dead)} dead ({describe(self.dead)}: others took over its claims or it is gone)"
+        parts.append(workers)
         stale = self.held(live=False)
         held = f"claimed now: {len(self.held(live=True))}"
         if stale:
-            held += f", {len(stale)} by workers that stopped renewing ({describe(self.stopped_holders(stale))})"
+            held += f", {len(stale)} by workers that stopped renewing or died ({describe(self.stopped_holders(stale))})"
         parts.append(held)
         finished = [c for c in self.claims if c.get("state") == "finished"]
         if finished:

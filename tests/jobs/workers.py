@@ -79,7 +79,7 @@ def units_claimed(output: str) -> int:
 
 
 def taken_over(output: str) -> int:
-    return int(re.search(r"(\d+) taken over from expired claims", output).group(1))
+    return int(re.search(r"(\d+) taken over from other processes", output).group(1))
 
 
 def staggered_run(command: list[str], out: pathlib.Path, job: str, *, kill: str, delay: str, gap: float = 1.0):

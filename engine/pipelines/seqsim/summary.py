@@ -38,7 +38,7 @@ class SimilaritySummary(RunSummary):
         if self.blocks:
             line += f"; {self.blocks} blocks of split pairs"
         line += f"; busy {self.busy_seconds:.1f} s, {self.units} units"
-        line += f", {self.taken_over} taken over from expired claims"
+        line += f", {self.taken_over} taken over from other processes (claims expired, or holder dead)"
         if self.compiles:
             line += (f"; kernels: {self.compile_seconds:.1f} s of the busy time tracing and compiling {self.compiles} "
                      f"({self.cache_hits} from the compilation cache)")  # fmt: skip
