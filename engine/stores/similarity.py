@@ -53,10 +53,10 @@ ROW_AXIS = f"{UTTERANCE}_a"  # rows: utterances of the first language of the pai
 COL_AXIS = f"{UTTERANCE}_b"
 AXES = (LAYER, ROW_AXIS, COL_AXIS)
 MANIFEST_FIELDS = ("layer_store", "model_name", "checkpoint_sha256", "layers")  # must agree between runs
-# And what changes a matrix's bytes: the transform (absent before it: "none"), the compute dtype and the measures'
-# settings (``ot``: the Sinkhorn options but their iteration limit), compared on every resume and every worker join,
-# live lease or not.
-COMPARED_FIELDS = (*MANIFEST_FIELDS, "remove_language", "dtype", "ot")
+# And what changes a matrix's bytes: the transform (absent before it: "none"), the compute dtype, the measures'
+# settings (``ot``: the Sinkhorn options but their iteration limit) and SeqSim's precision with its fp8 scale (absent
+# before the option: "dtype", None), compared on every resume and every worker join, live lease or not.
+COMPARED_FIELDS = (*MANIFEST_FIELDS, "remove_language", "dtype", "ot", "seqsim_precision", "seqsim_fp8_scale")
 UNRECORDED_FIELDS = ("dtype", "ot")  # stores written before they were recorded lack them: not compared there
 NAME = LANG  # language codes and measure names: the layer store's language-code rule
 # Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
@@ -138,14 +138,18 @@ def done_marker(rows, cols) -> dict:
 
 
 def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers, remove_language: str = "none",
-                 dtype: str | None = None, ot: dict | None = None) -> dict:  # fmt: skip
+                 dtype: str | None = None, ot: dict | None = None, seqsim_precision: str = "dtype",
+                 seqsim_fp8_scale: str | None = None) -> dict:  # fmt: skip
     """``dtype``: the states' compute dtype; ``ot``: the ``ot`` measure's Sinkhorn options that change its scores
     (``OtConfig`` as a dict), recorded whatever the run's measures, so that every matrix of a store shares them (None:
-    not recorded)."""
+    not recorded); ``seqsim_precision``: ``"dtype"`` or ``"fp8"`` (``SimilarityConfig.seqsim_precision``), with
+    ``seqsim_fp8_scale`` its scale (None unless fp8), recorded whatever the measures as well."""
     return {
         "remove_language": remove_language,
         "dtype": dtype,
         "ot": ot,
+        "seqsim_precision": seqsim_precision,
+        "seqsim_fp8_scale": seqsim_fp8_scale,
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "layer_store": normalize_url(layer_store),
@@ -175,7 +179,9 @@ def _check_manifest(manifest: dict, url: str) -> dict:
     missing = [f for f in MANIFEST_FIELDS if f not in manifest]
     if missing:
         raise SimilarityError(f"{MANIFEST} in {url!r} lacks {missing}: it is damaged; compute into a new folder")
-    return {**manifest, "remove_language": manifest.get("remove_language", "none")}  # stores before the option
+    # Stores written before these options: no transform, SeqSim in the compute dtype (fp8 was not offered).
+    before = {"remove_language": "none", "seqsim_precision": "dtype", "seqsim_fp8_scale": None}
+    return {**manifest, **{k: manifest.get(k, v) for k, v in before.items()}}
 
 
 class _Store:
@@ -263,7 +269,8 @@ class SimilarityStore(_Store):
         """Opens the store at ``url`` to write, creating its manifest from ``manifest`` (see ``new_manifest``).
 
         Raises SimilarityMismatchError when the store was computed from another layer store, model, checkpoint,
-        layer list, transform, dtype or OT options (``COMPARED_FIELDS``), naming each differing field with both values.
+        layer list, transform, dtype, OT options or SeqSim precision (``COMPARED_FIELDS``), naming each differing
+        field with both values.
         """
         kvstore, kv = _open(url)
         stored = create_or_compare(kv, MANIFEST, manifest, url, fields=COMPARED_FIELDS, error=SimilarityMismatchError,
