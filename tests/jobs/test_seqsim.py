@@ -25,7 +25,7 @@ from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
-from engine.stores.records import json_digest
+from engine.stores.records import json_bytes, json_digest
 from engine.stores.similarity import (
     AXES,
     SimilarityError,
@@ -487,3 +487,68 @@ def test_seqsim_kernel_choices_through_the_job(seqsim, layer_store, sim, tmp_pat
             got, want = chosen.matrix(measure, "de", "en", layer)[0], default.matrix(measure, "de", "en", layer)[0]
             assert np.isnan(got).sum() == np.isnan(want).sum() == 5  # the corrupt clip's row
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, err_msg=f"{measure} {layer}")
+
+
+def test_fp8_through_the_job_equals_the_numpy_twin(seqsim, layer_store, sim, tmp_path, capsys):
+    """--seqsim_precision fp8 (issue 80, item 3): the job's matrices are kernels.seqsim_fp8's NumPy twin on the
+    store's states, within 1e-6: the e4m3 values and their products are exact in float32 on both sides (bit for bit
+    the same numbers), only the order of the float32 sums over embed and frames differs (a few ulps of scores <= 1),
+    the kernel test's tolerance. On CPU the job says it is emulated. The default's matrices are not fp8's."""
+    from kernels.seqsim_fp8 import reference_seqsim_matrix_fp8
+
+    out = tmp_path / "fp8"
+    seqsim("--store", str(layer_store), "--out", str(out), "--langs", "de,en", "--layers", "1",
+           "--measure", "seqsim,seqsim_a2b", "--seqsim_precision", "fp8")  # fmt: skip
+    err = capsys.readouterr().err
+    assert "seqsim_precision fp8 (scale tensor): EMULATED on cpu" in err and "no speed-up" in err, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["seqsim_precision"], manifest["seqsim_fp8_scale"]) == ("fp8", "tensor")
+    store, reader = open_store(str(layer_store)), open_similarity(str(out))
+    A, len_A = store.language_layer("de", 1, dtype=np.float32)
+    B, len_B = store.language_layer("en", 1, dtype=np.float32)
+    ia, ib = np.flatnonzero(len_A > 0), np.flatnonzero(len_B > 0)
+    score, a2b, _ = reference_seqsim_matrix_fp8(A[ia], len_A[ia], B[ib], len_B[ib], "tensor")
+    for measure, want in (("seqsim", score), ("seqsim_a2b", a2b)):
+        got = reader.matrix(measure, "de", "en", 1)[0]
+        assert np.isnan(got).sum() == 5  # the corrupt clip's row
+        np.testing.assert_allclose(got[np.ix_(ia, ib)], want, rtol=0, atol=1e-6, err_msg=measure)
+    default = open_similarity(str(sim)).matrix("seqsim", "de", "en", 1)[0]
+    assert np.nanmax(np.abs(default - reader.matrix("seqsim", "de", "en", 1)[0])) > 1e-5  # fp8 moved the scores
+
+
+def test_fp8_is_recorded_and_a_resume_with_another_precision_is_refused(layer_store, sim, tmp_path):
+    """fp8 changes the scores, so the manifest records it with its scale, and a resume (or a worker joining) with
+    another precision or scale is refused before any work, naming both values; the default records "dtype" (and
+    no scale), and a store written before the option reads as "dtype": a default resume of it goes on."""
+
+    def run(out, **settings):
+        defaults = {"langs": ("de", "en"), "layers": (1,), "measures": ("seqsim",), "allow_partial": True,
+                    "progress": False}  # fmt: skip
+        config = configure(SimilarityConfig, store=str(layer_store), out=str(out), **{**defaults, **settings})
+        return run_similarity(config)
+
+    out = tmp_path / "fp8"
+    run(out, seqsim_precision="fp8", seqsim_fp8_scale="frame")
+    with pytest.raises(SimilarityMismatchError, match=r"seqsim_precision: store has 'fp8', this run 'dtype'"):
+        run(out, layers=(1, 2))
+    with pytest.raises(SimilarityMismatchError, match=r"seqsim_fp8_scale: store has 'frame', this run 'tensor'"):
+        run(out, layers=(1, 2), seqsim_precision="fp8")
+    assert sorted(p.name for p in (out / "seqsim" / "de__en" / "done").glob("*.json")) == ["1.json"]
+
+    manifest = json.loads((sim / "manifest.json").read_text())
+    assert (manifest["seqsim_precision"], manifest["seqsim_fp8_scale"]) == ("dtype", None)  # the default: as before
+    old = tmp_path / "before-the-option"
+    run(old)
+    path = old / "manifest.json"
+    path.write_bytes(json_bytes({k: v for k, v in json.loads(path.read_text()).items()
+                                 if k not in ("seqsim_precision", "seqsim_fp8_scale")}))  # fmt: skip
+    with pytest.raises(SimilarityMismatchError, match=r"seqsim_precision: store has 'dtype', this run 'fp8'"):
+        run(old, seqsim_precision="fp8")
+    assert run(old, layers=(1, 2)).pair_layers == 1  # the default goes on: layer 2 only
+
+
+def test_fp8_takes_its_own_kernel_only():
+    """fp8 scores by its own packed bins: another --seqsim_kernel with it is refused when configured."""
+    with pytest.raises(SimilarityError, match="seqsim_precision fp8 scores by its own packed bins"):
+        configure(SimilarityConfig, store="s", out="o", seqsim_precision="fp8", seqsim_kernel="blocks")
+    configure(SimilarityConfig, store="s", out="o", seqsim_precision="fp8", seqsim_kernel="packed")

@@ -5,6 +5,7 @@ Per language pair and layer, ``2 * rows_a * rows_b * d`` where ``rows`` is the f
 
 - ``blocks``: every utterance padded to the side's longest, ``N * m`` (``kernels.seqsim``);
 - ``packed``: the side's bins, ``bins * bin_frames`` (``kernels.seqsim_packed.pack_side`` with the platform's bins);
+- ``fp8``: the same bins (``kernels.seqsim_fp8`` packs as ``packed`` does), each product in e4m3;
 - ``pallas``: each utterance's valid frames rounded up to the frame tile (tiles wholly in padding are skipped), so
   the pair's products sum to ``(sum_i ceil(len_i / t_a) t_a) (sum_j ceil(len_j / t_b) t_b)``.
 
@@ -52,13 +53,13 @@ class SideRows:
             return 0
         if path == "blocks":
             return len(self.lengths) * int(self.lengths.max())
-        if path == "packed":
+        if path in ("packed", "fp8"):
             return int(pack_side(self.lengths, int(self.lengths.max()), bins).frame.size)
         if path == "pallas":
             # kernels.seqsim_pallas._tiles: the table's tile, or the power of two above a shorter frame axis.
             t = max(MIN_TILE, min(tile, 1 << max(int(self.lengths.max()) - 1, 0).bit_length()))
             return int(np.sum(-(-self.lengths // t) * t))
-        raise ValueError(f"no SeqSim path {path!r}: blocks, packed or pallas")
+        raise ValueError(f"no SeqSim path {path!r}: blocks, packed, pallas or fp8")
 
 
 def computed_flops(path: str, sides: dict[str, SideRows], pairs, d: int, *, platform: str, device_name: str) -> float:

@@ -25,11 +25,21 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # How SeqSim is computed (engine.pipelines.seqsim.measures.SEQSIM_PATHS): auto = packed bins on one device (every
 # platform), blocks over the devices when there are several. The paths differ in the order of float32 sums only.
 SEQSIM_KERNELS = ("auto", "blocks", "packed", "pallas")
+# What SeqSim's frame-similarity GEMM multiplies (issue 80, item 3): "dtype" = the states in the run's --dtype
+# (float32 or bfloat16, as before the option), "fp8" = unit frames rounded once to float8 e4m3, multiplied with float32
+# accumulation (kernels.seqsim_fp8: an opt-in, never the default). Its own option, neither a --seqsim_kernel nor a
+# --dtype: the kernels are not recorded (they differ in the last bits only, and a resume may switch), while fp8 moves
+# scores by up to 0.0035 and is recorded in the manifest; --dtype is what every measure reads and holds the states in
+# (mean, centre, dtw, ot too), while fp8 changes SeqSim's products only, from frames read in --dtype.
+SEQSIM_PRECISIONS = ("dtype", "fp8")
+# kernels.seqsim_fp8.SCALES (checked against it in engine.pipelines.seqsim.measures: this module loads no JAX)
+FP8_SCALES = ("tensor", "frame", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class SimilarityConfig:
-    """``run.out``: the similarity store to write (``engine.runtime.options.RunOptions``)."""
+    """``run.out``: the similarity store to write (``engine.runtime.options.RunOptions``). ``seqsim_precision`` and
+    ``seqsim_fp8_scale``: the 8-bit SeqSim opt-in, an option of its own (``SEQSIM_PRECISIONS`` says why)."""
 
     store: str = option(help="layer store written by the encode job: local path or TensorStore kvstore URL",
                         required=True, reads=True)  # fmt: skip
@@ -49,6 +59,19 @@ class SimilarityConfig:
         "several), blocks (padded to each language's longest), packed, pallas (the fused kernel; opt-in, not "
         "measured on a device yet; interpret mode on CPU, slow). Scores differ in the last bits only",
         choices=SEQSIM_KERNELS,
+    )  # fmt: skip
+    seqsim_precision: str = option(
+        "dtype", "what SeqSim multiplies: dtype (the states in --dtype, the default) or fp8 (unit frames rounded to "
+        "float8 e4m3, float32 accumulation; opt-in: 2x the bf16 rate on H100/H200 tensor cores, emulated with no "
+        "speed-up elsewhere, CPU included; changes the top-1 of 12 of 1,600 queries against bf16 on real states, "
+        "bench/RESULTS.md). Recorded in the output: a resume must give the same",
+        choices=SEQSIM_PRECISIONS,
+    )  # fmt: skip
+    seqsim_fp8_scale: str = option(
+        "tensor", "with --seqsim_precision fp8: the power of two unit frames are scaled by before rounding: tensor "
+        "(a fixed 2**8), frame (each frame's largest component into (224, 448]) or none (kernels/seqsim_fp8.py); "
+        "recorded with it",
+        choices=FP8_SCALES,
     )  # fmt: skip
     allow_partial: bool = option(False, "score a partly encoded layer store (done utterances only)")
     unit_gflops: float | None = option(
@@ -77,6 +100,11 @@ class SimilarityConfig:
             kind, k = parse_kind(self.remove_language)
         except ValueError as e:
             raise SimilarityError(str(e)) from None
+        if self.seqsim_precision == "fp8" and self.seqsim_kernel not in ("auto", "packed"):
+            raise SimilarityError(
+                f"--seqsim_precision fp8 scores by its own packed bins (kernels/seqsim_fp8.py), not by the "
+                f"{self.seqsim_kernel} kernel: leave --seqsim_kernel at auto (or packed)"
+            )
         # As the store records it: " mean" and "lda:03" are "mean" and "lda:3" (a resume that gives them otherwise
         # is the same run)
         object.__setattr__(self, "remove_language", f"lda:{k}" if kind == "lda" else kind)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 import jax
 import numpy as np
 
+from engine.pipelines.seqsim.config import FP8_SCALES
 from engine.stores import similarity as similarity_store
 from kernels.dtw import dtw_similarity_matrix
 from kernels.ot_matrix import ot_similarity_matrix
@@ -33,6 +34,8 @@ from kernels.seqsim import (
     seqsim_matrix_of_packed,
     seqsim_matrix_sharded,
 )
+from kernels.seqsim_fp8 import SCALES as KERNEL_FP8_SCALES
+from kernels.seqsim_fp8 import seqsim_matrix_fp8
 from kernels.settings import OtConfig
 
 
@@ -60,10 +63,12 @@ class MeasureContext:
     ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure
     mesh: jax.sharding.Mesh | None = None  # the local devices, when there are several (seqsim shards its rows)
     seqsim_kernel: str = "auto"  # SimilarityConfig.seqsim_kernel: the SeqSim path asked (seqsim_path resolves auto)
+    seqsim_precision: str = "dtype"  # SimilarityConfig.seqsim_precision: "fp8" takes the fp8 path
+    seqsim_fp8_scale: str = "tensor"  # SimilarityConfig.seqsim_fp8_scale: the fp8 path's scale
 
     @property
     def seqsim_path(self) -> str:
-        return seqsim_path(self.seqsim_kernel, several_devices=self.mesh is not None)
+        return seqsim_path(self.seqsim_kernel, several_devices=self.mesh is not None, precision=self.seqsim_precision)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,10 +155,14 @@ class Measure:
 # --- the kernel calls -----------------------------------------------------------------------------------------------
 
 
-def seqsim_path(choice: str, *, several_devices: bool) -> str:
+def seqsim_path(choice: str, *, several_devices: bool, precision: str = "dtype") -> str:
     """The key of ``SEQSIM_PATHS`` a run takes for ``choice`` (``SimilarityConfig.seqsim_kernel``): ``auto`` is
     packed bins on one device, whatever its platform (``kernels.seqsim.packs_by_default``), and blocks sharded by
-    rows over several (the run's mesh); ``packed`` and ``pallas`` run on one device even where there are several."""
+    rows over several (the run's mesh); ``packed`` and ``pallas`` run on one device even where there are several.
+    ``precision`` ``"fp8"`` (``SimilarityConfig.seqsim_precision``, which allows ``choice`` auto or packed only) is
+    the fp8 path, ``kernels.seqsim_fp8``'s packed bins on one device."""
+    if precision == "fp8":
+        return "fp8"
     if choice != "auto":
         return choice
     return "packed" if not several_devices and packs_by_default() else "blocks"
@@ -174,8 +183,17 @@ def _seqsim_pallas(A: Side, B: Side, context: MeasureContext, directional: bool)
     return seqsim_matrix(A.states, A.lengths, B.states, B.lengths, directional=directional, pallas=True)
 
 
-# The SeqSim paths a run may take (SimilarityConfig.seqsim_kernel): the same scores up to the order of float32 sums.
-SEQSIM_PATHS: Mapping[str, Callable] = {"blocks": _seqsim_blocks, "packed": _seqsim_packed, "pallas": _seqsim_pallas}
+def _seqsim_fp8(A: Side, B: Side, context: MeasureContext, directional: bool):
+    """--seqsim_precision fp8: frames rounded to e4m3, float32 accumulation; on the e4m3 tensor cores of the devices
+    ``kernels.seqsim_fp8.has_fp8`` names, emulated (same numerics, no speed-up) elsewhere, CPU included."""
+    return seqsim_matrix_fp8(A.states, A.lengths, B.states, B.lengths, scale=context.seqsim_fp8_scale,
+                             directional=directional)  # fmt: skip
+
+
+# The SeqSim paths a run may take (SimilarityConfig.seqsim_kernel): the same scores up to the order of float32 sums,
+# but for fp8 (SimilarityConfig.seqsim_precision: other scores, recorded in the manifest).
+SEQSIM_PATHS: Mapping[str, Callable] = {"blocks": _seqsim_blocks, "packed": _seqsim_packed, "pallas": _seqsim_pallas,
+                                        "fp8": _seqsim_fp8}  # fmt: skip
 
 
 def _seqsim(A: Side, B: Side, context: MeasureContext, names: frozenset[str]) -> dict[str, Scores]:
@@ -235,6 +253,11 @@ if tuple(MEASURES) != similarity_store.MEASURES:
         f"the measure registry {tuple(MEASURES)} and the similarity store's names {similarity_store.MEASURES} differ: "
         "a measure is added in both (see this module's docstring)"
     )
+
+
+if tuple(sorted(FP8_SCALES)) != tuple(sorted(KERNEL_FP8_SCALES)):
+    raise ImportError(f"--seqsim_fp8_scale's choices {FP8_SCALES} and kernels.seqsim_fp8.SCALES {KERNEL_FP8_SCALES} "
+                      "differ")  # fmt: skip
 
 
 def check_measure(name: str) -> Measure:

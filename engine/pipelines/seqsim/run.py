@@ -56,6 +56,7 @@ from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import SimilarityError, check_name, done_marker, new_manifest
 from engine.stores.similarity_blocks import StagingSimilarityStore
+from kernels.seqsim_fp8 import FP8_DEVICE_KINDS, has_fp8
 
 __all__ = ["SimilaritySummary", "run_similarity"]
 
@@ -105,7 +106,9 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     request = _request(config, reader)  # before the lease: a wrong request creates nothing
     _check_transform(config, request)
     mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
-    context = MeasureContext(config.dtype, config.ot, mesh, config.seqsim_kernel)
+    context = MeasureContext(config.dtype, config.ot, mesh, config.seqsim_kernel, config.seqsim_precision,
+                             config.seqsim_fp8_scale)  # fmt: skip
+    _say_fp8(config)
     budget = resolve_budget(config.run.memory_budget)
     languages = held_languages(request.lengths, request.done_index, reader.info.embed, context, config.measures)
     check_budget(languages, request.pairs, budget.bytes, budget.source)  # a budget too small creates nothing either
@@ -160,6 +163,8 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
         remove_language=config.remove_language,
         dtype=config.dtype,  # every setting that changes a matrix's bytes, compared on every resume and worker join
         ot={k: v for k, v in dataclasses.asdict(config.ot).items() if k not in OT_TRIES},
+        seqsim_precision=config.seqsim_precision,  # fp8 moves scores by up to 0.0035 (bench/RESULTS.md)
+        seqsim_fp8_scale=config.seqsim_fp8_scale if config.seqsim_precision == "fp8" else None,
     )
     url = config.run.out
 
@@ -259,6 +264,25 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     return summary
 
 
+def _say_fp8(config: SimilarityConfig) -> None:
+    """--seqsim_precision fp8: says on stderr and in the log whether this device multiplies e4m3 on its tensor cores
+    (``kernels.seqsim_fp8.has_fp8``) or emulates it. Emulated is allowed (the same numerics, bit for bit but for the
+    order of float32 sums: how tests check it), but gives no speed-up, and on CPU runs slower than float32."""
+    if config.seqsim_precision != "fp8" or not any(m in SEQSIM_MEASURES for m in config.measures):
+        return
+    device = jax.local_devices()[0]
+    if has_fp8(device):
+        line = (f"seqsim_precision fp8 (scale {config.seqsim_fp8_scale}): e4m3 products with float32 accumulation on "
+                f"the tensor cores of {device.device_kind}")  # fmt: skip
+        log.info(line)
+    else:
+        line = (f"seqsim_precision fp8 (scale {config.seqsim_fp8_scale}): EMULATED on {device.device_kind} (no e4m3 "
+                f"tensor cores; kernels.seqsim_fp8.FP8_DEVICE_KINDS: {', '.join(FP8_DEVICE_KINDS)}): fp8's scores, "
+                "no speed-up over --dtype (slower on CPU)")  # fmt: skip
+        log.warning(line)
+    print(line, file=sys.stderr)
+
+
 def _check_transform(config: SimilarityConfig, request: Request) -> None:
     """``--remove_language lda:K`` separates the run's languages by at most one fewer directions than there are:
     refused before the store records the setting (a corrected rerun into the same folder would be refused)."""
@@ -347,6 +371,10 @@ def _check_complete(url: str, lengths: dict, done_index: dict, allow_partial: bo
             f"layer store {url!r} is not completely encoded (utterances not done: {counts}); finish it by rerunning "
             "the encode job on it, or pass --allow_partial (SimilarityConfig.allow_partial) to score the done ones"
         )
+    empty = sorted(lang for lang in lengths if not len(done_index[lang]))
+    if empty:  # refused here, not once its first pair is read (or its --remove_language fitted) under the lease
+        raise SimilarityError(f"--allow_partial: {empty} have no done utterance in layer store {url!r}: nothing of "
+                              "theirs to score; leave them out with --langs or --pairs, or encode them")  # fmt: skip
     log.warning("scoring a partly encoded layer store (allow_partial): utterances not done: %s", counts)
     print(f"allow_partial: utterances not done, left out of every matrix: {counts}", file=sys.stderr)
 
