@@ -552,3 +552,29 @@ def test_fp8_takes_its_own_kernel_only():
     with pytest.raises(SimilarityError, match="seqsim_precision fp8 scores by its own packed bins"):
         configure(SimilarityConfig, store="s", out="o", seqsim_precision="fp8", seqsim_kernel="blocks")
     configure(SimilarityConfig, store="s", out="o", seqsim_precision="fp8", seqsim_kernel="packed")
+
+
+def test_fp8_plan_prints_the_agreement_and_the_speed_it_assumes(layer_store, tmp_path, monkeypatch):
+    """--plan with fp8 prints the agreement with bf16 measured in bench/RESULTS.md, that it is emulated here, and the
+    device rate it assumes: 2x bf16 on the e4m3 tensor cores of an H100, none on an A100 (no e4m3: emulated). Here
+    it times the fp8 kernel itself (the timing is replaced by a constant: this checks which kernel, not how fast)."""
+    from engine.pipelines.seqsim import plan
+    from engine.pipelines.seqsim.plan import plan_seqsim_run
+    from engine.runtime.devices import get_device
+
+    timed = []
+    monkeypatch.setattr(plan, "calibrate_seqsim", lambda d, dtype, fp8_scale=None: timed.append(fp8_scale) or 1e9)
+
+    config = configure(SimilarityConfig, store=str(layer_store), out=str(tmp_path / "s"), measures=("seqsim",),
+                       layers=(1,), seqsim_precision="fp8")  # fmt: skip
+    h100 = plan_seqsim_run(config, get_device("h100")).render()
+    for needed in ("seqsim precision: fp8 e4m3, scale tensor", "the top-1 of 12 of 1,600 queries changed",
+                   "here (cpu): fp8 EMULATED", "fp8 at 2x the bf16 peak (1978 TFLOP/s", "seqsim fp8 kernel at",
+                   "as computed here (fp8,"):  # fmt: skip
+        assert needed in h100, (needed, h100)
+    a100 = plan_seqsim_run(config, get_device("a100")).render()
+    assert "on NVIDIA A100 80GB: no e4m3 tensor cores: fp8 emulated" in a100, a100
+    default = plan_seqsim_run(dataclasses.replace(config, seqsim_precision="dtype"), None).render()
+    assert "fp8" not in default and "precision" not in default, default
+    assert timed == ["tensor", "tensor", None]
+    assert not (tmp_path / "s").exists()

@@ -47,15 +47,62 @@ from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, flops, size, 
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
 from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
+from kernels.seqsim_fp8 import FP8_DEVICE_KINDS, seqsim_matrix_fp8
+from kernels.seqsim_fp8 import bound as fp8_bound
 from kernels.settings import OtConfig
 
 
-def calibrate_seqsim(d: int, dtype: str, n: int = 8, frames: int = 256) -> float:
-    """FLOP/s of ``kernels.seqsim.seqsim_matrix`` on this machine, on n x n random utterances of ``frames``."""
+def calibrate_seqsim(d: int, dtype: str, n: int = 8, frames: int = 256, fp8_scale: str | None = None) -> float:
+    """FLOP/s of ``kernels.seqsim.seqsim_matrix`` on this machine, on n x n random utterances of ``frames``; with
+    ``fp8_scale``, of ``kernels.seqsim_fp8.seqsim_matrix_fp8`` with that scale (emulated where ``has_fp8`` is not)."""
     x = jax.random.normal(jax.random.key(0), (2, n, frames, d), jnp.dtype(dtype))
     lengths = jnp.full((n,), frames, jnp.int32)
-    seconds = timed(lambda a, b: seqsim_matrix(a, lengths, b, lengths), x[0], x[1])
+    if fp8_scale is None:
+        seconds = timed(lambda a, b: seqsim_matrix(a, lengths, b, lengths), x[0], x[1])
+    else:
+        seconds = timed(lambda a, b: seqsim_matrix_fp8(a, lengths, b, lengths, scale=fp8_scale), x[0], x[1])
     return 2.0 * n * n * frames * frames * d / seconds
+
+
+# --seqsim_precision fp8's agreement with bf16 as measured by bench/seqsim_fp8.py (bench/RESULTS.md, "seqsim fp8
+# agreement", 2026-11-27): whisper-base on the FLEURS sample (50 clips, 5 languages), 8 layers, 1,600 queries, fp8
+# emulated on CPU. Per scale: (queries whose top-1 changed against bf16, queries, largest score difference).
+FP8_AGREEMENT = {"tensor": (12, 1600, 0.0034), "frame": (12, 1600, 0.0034), "none": (12, 1600, 0.0035)}
+FP8_BF16_TOP1 = (1, 1600)  # bf16's own top-1 changes against float32 on the same queries
+FP8_WORST_R1 = 0.90  # the worst direction's R@1 against bf16 (10 queries: one top-1 lost)
+# The published dense e4m3 rate of the devices kernels.seqsim_fp8.FP8_DEVICE_KINDS names over their bf16 rate (H100
+# and H200: 1979 TFLOP/s against 989). fp8 SeqSim was not yet timed on a device: a plan assumes it reaches the
+# fraction of this peak that the bf16 kernel reached of its own (Device.seqsim_efficiency).
+FP8_OVER_BF16 = 2.0
+
+
+def fp8_lines(d: int, scale: str, platform: str, here_kind: str, device: Device | None) -> list[str]:
+    """The assumptions a plan with --seqsim_precision fp8 prints: the agreement measured, its bound at width ``d``,
+    and the speed taken here (``platform``, a device of kind ``here_kind``) and on ``device``."""
+    changed, queries, worst = FP8_AGREEMENT[scale]
+    lines = [
+        f"seqsim_precision fp8 (scale {scale}): as measured against bf16 (bench/RESULTS.md, 'seqsim fp8 agreement': "
+        f"whisper-base, FLEURS sample, 8 layers, emulated on CPU) the top-1 of {changed} of {queries:,} queries "
+        f"changed ({changed / queries:.2%}; bf16 against float32: {FP8_BF16_TOP1[0]} of {FP8_BF16_TOP1[1]:,}), the "
+        f"worst direction's R@1 {FP8_WORST_R1:.2f}, scores within {worst} of bf16; worst case at d={d}: "
+        f"{fp8_bound(d, scale):.3f} (kernels.seqsim_fp8.bound). Not measured on true translations",
+    ]
+    native = platform != "cpu" and here_kind.startswith(FP8_DEVICE_KINDS)
+    lines.append(
+        f"here ({here_kind if platform != 'cpu' else 'cpu'}): fp8 "
+        + ("on its e4m3 tensor cores" if native else "EMULATED (no e4m3 tensor cores): no speed-up, timed as it runs")
+    )
+    if device is not None:
+        if device.name.startswith(FP8_DEVICE_KINDS):
+            peak = FP8_OVER_BF16 * device.flops_bf16
+            lines.append(
+                f"on {device.name}: fp8 at {FP8_OVER_BF16:.0f}x the bf16 peak ({peak / 1e12:.0f} TFLOP/s, published "
+                f"e4m3) times the {device.seqsim_efficiency:.0%} the bf16 seqsim kernel reached: "
+                f"{peak * device.seqsim_efficiency / 1e12:.0f} TFLOP/s, assumed (fp8 not yet timed on a device)"
+            )
+        else:
+            lines.append(f"on {device.name}: no e4m3 tensor cores: fp8 emulated at the --dtype rate (no speed-up)")
+    return lines
 
 
 FIT_READ_RATE = 200e6  # bytes/s the fit of --remove_language reads a local store at (measured order, as compare's)
@@ -104,6 +151,8 @@ def plan_seqsim(
     unit_gflops: float | None = None,
     remove_language: str = "none",
     seqsim_kernel: str = "auto",
+    seqsim_precision: str = "dtype",
+    seqsim_fp8_scale: str = "tensor",
 ) -> Plan:
     """The plan of a seqsim run of ``measures`` over ``pairs`` of languages at ``n_layers`` layers; ``lengths[lang]``:
     each utterance's frames (0 = not encoded). ``sample``: real states ``(A, len_A, B, len_B)`` to time dtw and ot
@@ -111,7 +160,10 @@ def plan_seqsim(
     here (default ``resolve_budget``'s); ``hosts``: the process counts to give the time on (units balanced over
     them); ``unit_gflops``: the run's ``SimilarityConfig.unit_gflops``; ``seqsim_kernel``: its
     ``SimilarityConfig.seqsim_kernel``, whose path (``measures.seqsim_path``) sets the FLOPs as computed, here and
-    on ``device`` (one device: auto packs there)."""
+    on ``device`` (one device: auto packs there); ``seqsim_precision``, ``seqsim_fp8_scale``: its fp8 opt-in, which
+    takes the fp8 path, is timed here by its own kernel, on ``device`` at ``FP8_OVER_BF16`` times the bf16 rate where
+    it has e4m3 tensor cores, and prints the agreement measured (``fp8_lines``)."""
+    fp8 = seqsim_precision == "fp8"
     done = {lang: np.asarray(v)[np.asarray(v) > 0] for lang, v in lengths.items()}
     # The job reads each language up to its longest utterance, so seqsim_matrix's crop to a FRAME_QUANTUM multiple
     # never pads further: a language's frames as computed are its longest length.
@@ -125,14 +177,14 @@ def plan_seqsim(
     # As computed: by the path the run takes here and the one it takes on the device, padding included.
     langs = sorted({lang for pair in pairs for lang in pair})
     platform = jax.devices()[0].platform
-    path_here = seqsim_path(seqsim_kernel, several_devices=jax.local_device_count() > 1)
+    path_here = seqsim_path(seqsim_kernel, several_devices=jax.local_device_count() > 1, precision=seqsim_precision)
     sides = {lang: SideRows(done[lang]) for lang in langs}
     here_name = "cpu" if platform == "cpu" else jax.devices()[0].device_kind
     work_here = computed_flops(path_here, sides, pairs, d, platform=platform, device_name=here_name) * n_layers
     work = work_here  # the stage's FLOPs: the device's when planned for one
     if device is not None:
         device_platform = "tpu" if device.name.startswith("TPU") else "gpu"
-        path_device = seqsim_path(seqsim_kernel, several_devices=False)
+        path_device = seqsim_path(seqsim_kernel, several_devices=False, precision=seqsim_precision)
         work = computed_flops(path_device, sides, pairs, d, platform=device_platform, device_name=device.name)
         work *= n_layers
     # Per layer, each language of a pair is read once when the budget holds them all, padded to its longest (the
@@ -141,10 +193,13 @@ def plan_seqsim(
     written = sum(len(lengths[a]) * len(lengths[b]) * 4 for a, b in pairs) * n_layers
 
     t0 = time.perf_counter()
-    rate = calibrate_seqsim(d, dtype)
+    rate = calibrate_seqsim(d, dtype, fp8_scale=seqsim_fp8_scale if fp8 else None)
     dev = None
     if device is not None:
-        dev = max(work / (device.flops(dtype) * device.seqsim_efficiency), work / (2 * d) * 4 * 2 / device.bandwidth)
+        peak = device.flops(dtype)
+        if fp8 and device.name.startswith(FP8_DEVICE_KINDS):
+            peak = FP8_OVER_BF16 * device.flops_bf16
+        dev = max(work / (peak * device.seqsim_efficiency), work / (2 * d) * 4 * 2 / device.bandwidth)
 
     def produced(kernel) -> list[str]:
         return [m.name for m in asked if m.kernel is kernel]
@@ -177,7 +232,8 @@ def plan_seqsim(
     n_a, n_b, m, n = len(done[a]), len(done[b]), padded[a], padded[b]
 
     def blocks(budget: int, on: str, path: str) -> str:
-        if path == "packed":  # one pair of bins at a time: f32 similarities, room for a temporary and the gathers
+        # One pair of bins at a time (fp8 packs as packed does): f32 similarities, room for a temporary and the gathers
+        if path in ("packed", "fp8"):
             bins = bin_frames(on)
             working = 3 * 4 * bins * bins + 2 * itemsize * (d + 2) * bins
             return f"packed bins of at most {bins} frames ({size(working)} working set)", working
@@ -240,8 +296,11 @@ def plan_seqsim(
         ("measures", f"{', '.join(measures)}: {len(measures)} matrices per pair and layer"),
         ("seqsim FLOPs", f"{flops(useful)} on valid frames, {computed}"),
     ]
+    if fp8:
+        counts.append(("seqsim precision", f"fp8 e4m3, scale {seqsim_fp8_scale}, float32 accumulation (opt-in)"))
     calibration = (
-        f"{platform} x {jax.local_device_count()}: seqsim kernel at {rate / 1e9:.1f} GFLOP/s on 8 x 8 utterances "
+        f"{platform} x {jax.local_device_count()}: seqsim {'fp8 ' if fp8 else ''}kernel at {rate / 1e9:.1f} GFLOP/s on "
+        "8 x 8 utterances "
         f"of 256 frames"
     )
     calibration += "".join(
@@ -251,6 +310,8 @@ def plan_seqsim(
     )
     calibration += f" (calibration took {calib_s:.1f} s)"
     assumptions = ["mean, centre and duration are negligible beside the others"]
+    if fp8:
+        assumptions += fp8_lines(d, seqsim_fp8_scale, platform, jax.devices()[0].device_kind, device)
     if device is not None and path_device != "blocks":
         assumptions.append(
             f"on {device.name} the {path_device} path runs at the fraction of peak measured for the blocks, per FLOP "
@@ -323,6 +384,8 @@ def plan_seqsim_run(config, device: Device | None) -> Plan:
         unit_gflops=config.unit_gflops,
         remove_language=config.remove_language,
         seqsim_kernel=config.seqsim_kernel,
+        seqsim_precision=config.seqsim_precision,
+        seqsim_fp8_scale=config.seqsim_fp8_scale,
     )
 
 
