@@ -5,6 +5,8 @@ r"""All-pairs similarity matrices (SeqSim and pooled baselines) from a layer sto
         --layers 4-7 --measure seqsim,seqsim_a2b,seqsim_b2a,mean --dtype bfloat16
     python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-ot --measure ot --ot_epsilon 0.05 --layers 7
     python -m jobs.seqsim --store gs://b/fleurs --out gs://b/fleurs-sim --memory_budget 40GiB --plan --plan_device h100
+    python -m jobs.seqsim --store /tmp/demo-store --out /tmp/demo-sim-fp8 --measure seqsim --seqsim_precision fp8 \
+        --plan --plan_device h200  # the 8-bit opt-in: its agreement with bf16 and its assumed speed first
 
 --out is required: similarity stores live beside layer stores, not inside them (a language folder of the layer
 store could collide with any name chosen inside it). Re-running with the same --out resumes: complete matrices are
