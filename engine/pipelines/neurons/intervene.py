@@ -49,6 +49,7 @@ import tensorstore as ts
 from engine import captions
 from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
+from engine.pipelines.probes.config import FOLDS
 from engine.pipelines.probes.lid import lid_transfer
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
@@ -90,6 +91,24 @@ def evaluation_set(source, langs, split: str, per_language: int) -> Evaluation:
             label.append(li)
             ids.append(str(utt.id))
     return Evaluation(tuple(langs), tuple(tasks), np.asarray(label, np.int32), tuple(ids))
+
+
+def check_evaluation_set(source, langs, split: str, per_language: int) -> None:
+    """Refuses, from the dataset's listing alone, an evaluation set whose language-ID probe cannot be fitted: its
+    utterance ids must fill the probe's folds (``lid_transfer``'s ``FOLDS``, by id) and two languages must hold one.
+    Checked before anything is counted: the probe ran only after the counting pass and every intervention pass."""
+    evaluation = evaluation_set(source, langs, split, per_language)
+    ids = len(set(evaluation.ids))
+    held = [lang for li, lang in enumerate(langs) if (evaluation.label == li).any()]
+    if len(held) < 2:
+        raise NeuronsError(f"--intervene: the language-ID probe needs utterances of two or more languages; of {langs} "
+                           f"only {held} have any in split {split!r}")  # fmt: skip
+    if ids < FOLDS:
+        raise NeuronsError(
+            f"--intervene_utterances {per_language}: the evaluation set has {ids} distinct utterance ids, and the "
+            f"language-ID probe splits them into {FOLDS} folds by id; raise --intervene_utterances (ids are shared "
+            f"across languages where they are translations) or add utterances. Nothing was counted"
+        )
 
 
 def conditions(ranked, targets, draws: int, seed: int) -> dict[str, np.ndarray]:

@@ -119,6 +119,8 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     unknown = [lang for lang in config.intervene or () if lang not in (*langs, "all")]
     if unknown:
         raise NeuronsError(f"--intervene names languages not counted here: {unknown} (counted: {langs})")
+    if config.intervene:  # the listing alone: refused here, not after the counting pass and every intervention pass
+        intervene.check_evaluation_set(source, langs, config.split, config.intervene_utterances)
     encoder = load_encoder(config.model, adapter=config.adapter)
     if encoder.ffn_counts is None:
         raise NeuronsError(f"{encoder.family} models have no feed-forward counts yet (Whisper and wav2vec2 do)")
