@@ -113,20 +113,34 @@ def word_tokens(config: ProbesConfig, store, lang: str, ids, lengths):
 def run_probes(config: ProbesConfig, store=None) -> ProbesSummary:
     """Runs the chosen probes over every chosen layer and writes their CSVs and figures (module docstring). The run
     holds the output folder's writer lease and records its settings there (``engine.runtime.runs.output_run``): a
-    rerun with other probes or settings is refused, never leaving old CSVs beside new ones."""
+    rerun with other probes or settings is refused, never leaving old CSVs beside new ones. What the store's tables
+    and the words can tell (languages, the ids LID's folds split, the word tokens) is checked before that: a request
+    that cannot be met creates nothing."""
     started = time.monotonic()
     store = open_store(config.store) if store is None else store
     langs = pick("language", config.langs, store.languages(), ProbesError, "the store")
     layers = pick("layer", config.layers, store.info.layers, ProbesError, "the store")
     if "lid" in config.chosen and len(langs) < 2:  # before the lease: a wrong request creates nothing
         raise ProbesError(f"language ID needs two or more languages; the run has {langs}")
-    with output_run(config, "probes", ProbesError, ignore=("block",)):
-        return _probes(config, store, langs, layers, started)
-
-
-def _probes(config: ProbesConfig, store, langs: list, layers: list, started: float) -> ProbesSummary:
     summary = ProbesSummary()
-    chosen = config.chosen
+    inputs = _inputs(config, store, langs, summary)
+    _check_inputs(config, langs, inputs)
+    with output_run(config, "probes", ProbesError, ignore=("block",)):
+        return _probes(config, store, langs, layers, started, summary, inputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What the run reads before any state: per language the store's lengths, the encoded utterances, their ids, and
+    the word tokens of the word probes."""
+
+    lengths: dict
+    utterances: dict
+    ids: dict
+    tokens: dict
+
+
+def _inputs(config: ProbesConfig, store, langs: list, summary: ProbesSummary) -> _Inputs:
     lengths, utterances, ids = {}, {}, {}
     for lang in langs:
         table = store.utterances_table(lang)
@@ -136,9 +150,46 @@ def _probes(config: ProbesConfig, store, langs: list, layers: list, started: flo
             summary.skip("not_encoded", lang, ids[lang][u])
         utterances[lang] = np.flatnonzero(lengths[lang] > 0)
     tokens = {}
-    if set(chosen) & set(WORD_PROBES):
+    if set(config.chosen) & set(WORD_PROBES):
         for lang in langs:
             tokens[lang], summary.dropped[lang] = word_tokens(config, store, lang, ids[lang], lengths[lang])
+    return _Inputs(lengths, utterances, ids, tokens)
+
+
+def _check_inputs(config: ProbesConfig, langs: list, inputs: _Inputs) -> None:
+    """Refuses, from the tables and words alone, a probe that cannot be fitted on what the store holds (``lid``: two
+    languages with encoded utterances, as many distinct utterance ids as folds; ``samediff``: a language with two
+    word tokens; ``cca``: tokens of two utterance ids, the two halves it is fitted and tested on): the probes failed
+    on them after the first layer had been read."""
+    chosen = config.chosen
+    if "lid" in chosen:
+        held = [lang for lang in langs if len(inputs.utterances[lang])]
+        if len(held) < 2:
+            raise ProbesError(f"language ID needs encoded utterances of two or more languages; of {langs} only {held} "
+                              "have any")  # fmt: skip
+        distinct = len({inputs.ids[lang][u] for lang in langs for u in inputs.utterances[lang]})
+        if distinct < config.folds:
+            raise ProbesError(
+                f"language ID splits the encoded utterances into {config.folds} folds by utterance id, and the store "
+                f"holds {distinct} distinct ids in {langs}: lower --folds (3 at least) or encode more utterances"
+            )
+    if "samediff" in chosen and not any(len(inputs.tokens[lang]) >= 2 for lang in langs):
+        counts = {lang: len(inputs.tokens[lang]) for lang in langs}
+        raise ProbesError(f"samediff pairs word tokens of one language: no language has two ({counts} kept of "
+                          "--words; see --min_chars), or leave it out with --probes")  # fmt: skip
+    if "cca" in chosen:
+        groups = {inputs.ids[lang][u] for lang in langs for u in inputs.tokens[lang].utterance}
+        if len(groups) < 2:
+            raise ProbesError(
+                f"cca fits on one half of the utterance ids and tests on the other: the word tokens kept come from "
+                f"{len(groups)} ({sorted(groups)}); give more --words, lower --min_chars, or leave it out with --probes"
+            )
+
+
+def _probes(config, store, langs: list, layers: list, started: float, summary: ProbesSummary,
+            inputs: _Inputs) -> ProbesSummary:  # fmt: skip
+    chosen = config.chosen
+    lengths, utterances, ids, tokens = inputs.lengths, inputs.utterances, inputs.ids, inputs.tokens
     targets = None
     if "cca" in chosen:
         from engine.text import encoders, phones  # lazy: espeak-ng and the text encoder's weights, for cca only
