@@ -229,16 +229,14 @@ def _concat(views: list[View], share: int | None) -> View:
     )
 
 
-def _retrieval(config, readers, names, langs: list[Language], cache) -> tuple[list[tuple], list[tuple]]:
+def _retrieval(config, readers, names, langs: list[Language], cache, read: dict) -> tuple[list[tuple], list[tuple]]:
     depth_rows, challenge_rows = [], []
     codes = {lang.name: lang.codes for lang in langs}
     for k, (reader, name) in enumerate(zip(readers, names, strict=True)):
         # each layer's place on the depth axis, as its family places it (a speech LLM's projector past its tower)
         n_layer = FAMILIES[reader.info.family].store_depth(reader.info)
-        folder = config.retrieval[k] if config.retrieval else ""
-        if folder:  # a retrieval folder of store k: its rows name the languages by store k's codes
-            rename = {lang.codes[k]: lang.name for lang in langs}
-            got = depth.read_rows(name, n_layer, folder, config.retrieval_measure, rename)
+        if k in read:  # a retrieval folder of store k, read before the lease (``_read_retrieval``)
+            got = read[k]
         else:
 
             def pooled(lang, layer, reader=reader, k=k):
@@ -334,9 +332,47 @@ def run_compare(config: CompareConfig) -> CompareResult:
         for j in range(i + 1, len(readers)):
             for lang in langs:
                 states.pair_utterances(a, readers[j], (lang.codes[i], lang.codes[j]), config.allow_mismatch)
+    _check_languages(config, readers, langs)
+    read = _read_retrieval(config, readers, names, langs)
     _check_null_cost(config)
     with output_run(config, "compare", CompareError):
-        return _compare(config, readers, names, langs, start)
+        return _compare(config, readers, names, langs, start, read)
+
+
+def _check_languages(config: CompareConfig, readers, langs: list[Language]) -> None:
+    """What the stores' tables tell before the lease: every store has done utterances to compare in some language
+    (each pair's layer similarity skips a language one of them has none of), and a challenge table, made of pairs of
+    languages, has two. Retrieval by depth ranks one language's utterances in another's: with one language its rows
+    are empty, said here; the layer similarity is still measured."""
+    for k, reader in enumerate(readers):
+        done = {lang.name: int(reader.done(lang.codes[k]).sum()) for lang in langs}
+        single = [name for name, n in done.items() if n == 1]
+        if single:  # compared with itself, as every store is: refused there after the other pairs' work
+            raise CompareError(f"store {reader.url!r} has one done utterance of {single}: a similarity needs two or "
+                               "more; encode more, or leave them out with --langs")  # fmt: skip
+        if not any(done.values()):
+            raise CompareError(f"store {reader.url!r} has no done utterance of {list(done)}: nothing of it to compare")
+    if len(langs) < 2:
+        if config.challenge:
+            raise CompareError(
+                "--challenge: the challenge table compares retrieval between two languages; the run has "
+                f"{[lang.name for lang in langs]} (--langs, or the languages the stores share)"
+            )
+        log.warning("one language (%s): retrieval by depth, between two languages, has no rows; the layer similarity "
+                    "is measured", langs[0].name)  # fmt: skip
+
+
+def _read_retrieval(config: CompareConfig, readers, names, langs: list[Language]) -> dict[int, tuple]:
+    """{store index: (depth rows, challenge rows)} of the stores given a ``--retrieval`` folder, read before the lease:
+    a folder without retrieval.csv or the measure was refused after the other stores' retrieval was computed."""
+    read = {}
+    for k, (reader, name) in enumerate(zip(readers, names, strict=True)):
+        folder = config.retrieval[k] if config.retrieval else ""
+        if folder:  # its rows name the languages by store k's codes
+            n_layer = FAMILIES[reader.info.family].store_depth(reader.info)
+            rename = {lang.codes[k]: lang.name for lang in langs}
+            read[k] = depth.read_rows(name, n_layer, folder, config.retrieval_measure, rename)
+    return read
 
 
 NULL_ESTIMATED = 1000  # permutations above which the null's cost is estimated (the plan) before the run starts
@@ -368,11 +404,11 @@ def _check_null_cost(config: CompareConfig) -> None:
     log.warning("%s", said)
 
 
-def _compare(config: CompareConfig, readers, names, langs, start: float) -> CompareResult:
+def _compare(config: CompareConfig, readers, names, langs, start: float, read: dict) -> CompareResult:
     cache = _Cache(Progress(config, readers))
     finished = False
     try:
-        depth_rows, challenge_rows = _retrieval(config, readers, names, langs, cache)
+        depth_rows, challenge_rows = _retrieval(config, readers, names, langs, cache, read)
         rows = _similarity(config, readers, names, langs, cache)
         finished = True
     finally:
