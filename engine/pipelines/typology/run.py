@@ -114,8 +114,15 @@ def run_typology(config: TypologyConfig) -> TypologySummary:
         raise TypologyError(f"a Mantel test needs 3 or more languages; the similarity store has {languages}")
     if config.dendrogram_layer is not None and config.dendrogram_layer not in layers:
         raise TypologyError(f"--dendrogram_layer {config.dendrogram_layer} is not among the layers {layers}")
+    # URIEL's languages (lang2vec's list, not its distances) and the curves' folders, before the lease: refused after
+    # the Mantel tests, they wrote a manifest and computed every test of the run first
+    kept, _, missing = uriel.resolve(languages)
+    if len(kept) < 3:
+        left = ", ".join(f"{lang} ({why})" for lang, why in sorted(missing.items()))
+        raise TypologyError(f"URIEL has {len(kept)} of the store's languages; a Mantel test needs 3. Left out: {left}")
+    meeting = _meeting(config, reader, measures)
     with output_run(config, "typology", TypologyError):
-        return _typology(config, reader, measures, layers, languages, started)
+        return _typology(config, reader, measures, layers, languages, started, meeting)
 
 
 def _correlate(config, geo, found, summary, bar) -> dict[str, bytes]:
@@ -203,23 +210,34 @@ def _dendrogram(config, geo, found, measures, subtitle, summary) -> dict[str, by
     return {"figures/dendrogram.png": png}
 
 
-def _curves(config, reader, geo, measures) -> list:
+def _meeting(config, reader, measures):
+    """What the alignment-and-separability curves read, read and checked before the run: the curves of a compare
+    folder, or (the probes folder's LID by layer, its store), or None without --probes."""
     if config.compare:
         return meet.compare_curves(config.compare, list(config.probes), measures[0])
     if not config.probes:
-        return []
+        return None
     if len(config.probes) != 1:
         raise TypologyError(
             f"--probes gave {len(config.probes)} folders: without --compare give one, for the similarity store's model"
         )
     store = meet.probes_store(config.probes[0])
+    return meet.read_lid(config.probes[0]), store
+
+
+def _curves(config, reader, geo, measures, meeting) -> list:
+    if meeting is None:
+        return []
+    if config.compare:
+        return meeting
+    lid, store = meeting
     if not meet.same_location(store, reader.manifest["layer_store"]):
         log.warning("--probes %s was run on %s, the similarity store on %s: the same model?", config.probes[0],
                     store, reader.manifest["layer_store"])  # fmt: skip
     r1, random = geo.mean_r1(measures[0])
     deepest = max(reader.layers)
     depth = [layer / deepest for layer in geo.layers]
-    return [meet.curve(reader.manifest["model_name"], geo.layers, depth, r1, random, meet.read_lid(config.probes[0]))]
+    return [meet.curve(reader.manifest["model_name"], geo.layers, depth, r1, random, lid)]
 
 
 def _subtitle(manifest: dict, n: str) -> str:
@@ -231,15 +249,13 @@ def _subtitle(manifest: dict, n: str) -> str:
     return captions.source_line(manifest["model_name"], created, n)
 
 
-def _typology(config, reader, measures, layers, languages, started) -> TypologySummary:
+def _typology(config, reader, measures, layers, languages, started, meeting) -> TypologySummary:
     summary = TypologySummary()
     geo = geometry.read_geometry(reader, measures, layers, languages)
     found = uriel.uriel_distances(languages, tuple(dict.fromkeys((*config.distances, CONTROL, "genetic"))))
     summary.missing, summary.uriel_source = dict(found.missing), found.source
     for lang, why in found.missing.items():
         log.warning("%s is left out of the typology tests: %s", lang, why)
-    if len(found.languages) < 3:
-        raise TypologyError(f"URIEL has {len(found.languages)} of the store's languages; a Mantel test needs 3")
     # The Mantel tests are the stage that grows with the store (each --permutations times, per layer and distance)
     tested = sum(kind in config.kinds for _, kind in geo.distances) * len(geo.layers) * len(config.distances)
     bar = progress_bar(tested, "typology", "test", config.run.progress)
@@ -253,7 +269,7 @@ def _typology(config, reader, measures, layers, languages, started) -> TypologyS
     writes["languages.csv"] = csv_bytes(LANGUAGE_COLUMNS, status)
     writes["figures/typology_by_layer.png"] = figures.correlation_png(summary.rows, names, config.distances, subtitle)
     writes.update(_dendrogram(config, geo, found, measures, subtitle, summary))
-    summary.curves = _curves(config, reader, geo, measures)
+    summary.curves = _curves(config, reader, geo, measures, meeting)
     if summary.curves:
         rows = [row for curve in summary.curves for row in curve.rows()]
         writes["meet.csv"] = csv_bytes(meet.MEET_COLUMNS, rows)
