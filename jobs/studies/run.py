@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from engine.errors import BabelgridError
@@ -182,6 +184,8 @@ class Runner:
             print(f"{head}: note: {decision.note.strip()}", flush=True)
         if decision.why is None:
             print(f"{head}: complete (since {done.get('finished')}), output and inputs unchanged: skipped", flush=True)
+            if not self.args.dry_run:
+                self.keep_newer(stage)
             return 0
         if decision.kind == graph.CHANGE:
             self.dirty.add(stage.name)
@@ -215,6 +219,23 @@ class Runner:
                   "finds its output complete", file=sys.stderr)  # fmt: skip
             return 1
         return 0
+
+    def keep_newer(self, stage: Stage) -> None:
+        """A complete stage's record made no older than the records of the stages it reads. Snakemake (``--emit
+        snakefile``) reruns a rule whose input is newer than its output, and a stage rerun to repair its own output
+        leaves the stages that read it complete: without this, Snakemake reran them after ``babelgrid run`` had
+        found them complete. Local runs folders only, as a Snakefile's are."""
+        root = records.local_path(self.study.runs)
+        if root is None:
+            return
+        try:
+            mine = (root / stage.record).stat().st_mtime_ns
+            theirs = [(root / a.record).stat().st_mtime_ns for a in graph.upstream(self.deps[stage.name])]
+            if theirs and max(theirs) > mine:
+                newer = max(max(theirs), time.time_ns())
+                os.utime(root / stage.record, ns=(newer, newer))
+        except OSError:  # a record gone or unreadable: the next run decides by the records themselves
+            return
 
     def write(self, stage: Stage, record: dict, out: str | None) -> None:
         from engine.stores.kv import write_value

@@ -5,7 +5,10 @@ run record and whose inputs are the records of the stages it reads (``graph.depe
 outputs are the same as ``babelgrid run``'s.
 
 Snakemake deletes a rule's output before it runs the rule: the stage's record goes, the stage runs (its job resumes
-what it finds done) and writes it again.
+what it finds done) and writes it again. Snakemake runs a rule whose record is older than an input record; ``babelgrid
+run`` keeps a complete stage's record no older than those it reads (``Runner.keep_newer``), so that a finished run
+leaves Snakemake nothing to do. The Snakefile's ``workdir`` is the runs folder, where Snakemake keeps ``.snakemake/``;
+each rule's command starts in the folder where the study's relative paths were read.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def snakefile(study: Study) -> str:
         "# one rule per stage; its output is the stage's record, its inputs the records of the stages it reads",
         _comment(f"# run: snakemake --snakefile THIS_FILE --cores 1 (the records are under {runs})"),
         "",
-        f"workdir: {_quote(os.getcwd())}  # where the study's relative paths were read",
+        f"workdir: {_quote(runs)}  # Snakemake's own files (.snakemake/) go beside the records",
         "",
         "rule all:",
         "    input:",
@@ -58,7 +61,8 @@ def snakefile(study: Study) -> str:
     ]
     for stage in study.stages:
         upstream = graph.upstream(deps[stage.name])
-        command = " ".join(shlex.quote(a) for a in [*base, "--only", stage.name])
+        # Run where the study's relative paths were read.
+        command = f"cd {shlex.quote(os.getcwd())} && " + " ".join(shlex.quote(a) for a in [*base, "--only", stage.name])
         lines += [f"rule {rule_names[stage.name]}:"]
         if upstream:
             lines += ["    input:", *(f"        {_quote(os.path.join(runs, a.record))}," for a in upstream)]

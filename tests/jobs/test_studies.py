@@ -130,6 +130,34 @@ def test_a_deleted_output_reruns_its_stage_alone(done):
     assert said["2 seqsim"].startswith("runs (verify found damage in its output run/similarity)"), said
 
 
+def snakemake_or_skip() -> pathlib.Path:
+    snakemake = pathlib.Path(sys.executable).parent / "snakemake"
+    if not snakemake.exists():  # the test extra installs it on Python >= 3.11; CI fails on this skip
+        pytest.skip("snakemake is not installed (pip install -e '.[studies]')")
+    return snakemake
+
+
+def test_snakemake_finds_nothing_to_do_after_babelgrid_run_completes(done):
+    """The Snakefile's idea of complete is `babelgrid run`'s: seqsim rerun to repair a deleted pair leaves retrieval
+    complete (it read the same pairs), and Snakemake, which judges a rule by its record's time against its inputs',
+    has nothing to do. Before, it reran retrieval (and, after an encode repair, two stages). Its own files
+    (.snakemake/) go beside the records, not into the folder it was started in."""
+    folder, settings = done
+    shutil.rmtree(folder / "run" / "similarity" / "mean" / "de__en")
+    proc = babelgrid("study.yaml", *settings, cwd=folder)
+    assert "[2/4] seqsim: runs (its output run/similarity missing: mean/de__en)" in proc.stdout, proc.stdout
+    assert "[3/4] retrieval: complete" in proc.stdout, proc.stdout  # a note on versions may come first
+    emit = babelgrid("study.yaml", *settings, "--emit", "snakefile", cwd=folder)
+    assert emit.returncode == 0, emit.stderr
+    (folder / "Snakefile").write_text(emit.stdout)
+    proc = subprocess.run([str(snakemake_or_skip()), "-n", "--snakefile", "Snakefile", "--cores", "1"], cwd=folder,
+                          capture_output=True, text=True, timeout=patient(300))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not (folder / ".snakemake").exists() and (folder / "run" / "runs" / ".snakemake").is_dir()
+    (folder / "Snakefile").unlink()
+
+
 def _rewrite(record: pathlib.Path, change) -> None:
     from engine.stores.records import json_bytes
 
@@ -234,9 +262,7 @@ def test_the_emitted_snakefile_runs_to_the_same_outputs_under_snakemake(matrix):
     assert emit.returncode == 0, emit.stderr
     assert emit.stdout.count("\nrule stage_") == 3 and "--only one/1" in emit.stdout, emit.stdout
     (folder / "Snakefile").write_text(emit.stdout)
-    snakemake = pathlib.Path(sys.executable).parent / "snakemake"
-    if not snakemake.exists():  # the test extra installs it on Python >= 3.11; CI fails on this skip
-        pytest.skip("snakemake is not installed (pip install 'snakemake>=9')")
+    snakemake = snakemake_or_skip()
     proc = subprocess.run([str(snakemake), "--snakefile", "Snakefile", "--cores", "1", "--quiet"], cwd=folder,
                           capture_output=True, text=True, timeout=patient(300))  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
