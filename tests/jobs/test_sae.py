@@ -20,6 +20,7 @@ import csv
 import io
 import itertools
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -348,3 +349,50 @@ def test_features_line_up_with_the_neurons_jobs_units(job, worker_clips, worker_
         run_sae(configure(SaeConfig, store=str(worker_store), out=str(refused), neurons=str(neurons),
                           **{**SETTINGS, "layers": (3,)}))  # fmt: skip
     assert not (refused / "layer-3").exists()
+
+
+def _part(out, layer) -> dict:
+    return dict(np.load(out / "parts" / f"layer-{layer}.npz"))
+
+
+def test_steps_trains_exactly_that_many_and_flags_an_undertrained_sae(worker_store, tmp_path, capsys):
+    """--steps wins over --epochs and runs on past an epoch's end (8 batches of 64 here): the loss history, metrics,
+    cfg.json and the folder's settings all hold that count. Five steps leave the loss falling: the summary says so and
+    what to give. Every stage has its own bar, each run to its total (issue 87: the bar sat at 100% while the
+    evaluation ran for minutes)."""
+    out = tmp_path / "steps"
+    settings = {**SETTINGS, "layers": (1,), "epochs": 1, "steps": 11, "progress": True}
+    summary = run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **settings))
+    part = _part(out, 1)
+    assert len(part["losses"]) == 11 and np.isfinite(part["losses"]).all() and int(part["steps"]) == 11
+    assert _metrics(out)[1]["steps"] == 11
+    _, cfg = open_sae(out / "layer-1")
+    assert cfg["steps"] == 11 and cfg["epochs"] == pytest.approx(11 / 8)
+    recorded = json.loads((out / "manifest.json").read_text())
+    assert recorded["steps"] == 11 and recorded["epochs"] is None
+    report = summary.report()
+    assert "layer 1: undertrained" in report and "give --steps 22" in report, report
+    bars = capsys.readouterr().err
+    for stage, total in (("train", 11), ("evaluate", 24 + 4)):
+        assert re.search(rf"sae layer 1 \(1/1\): {stage}: 100%\S* +{total}/{total}", bars), (stage, bars[-2000:])
+
+
+def test_the_default_trains_at_least_the_floor_and_the_folder_pins_the_count(worker_store, tmp_path, monkeypatch):
+    """Without --steps or --epochs: 10 epochs, raised to MIN_STEPS when the store is small (the demo's 10 epochs were
+    60 steps). The folder records the count trained, so a resume giving the same count as --steps goes on and one of
+    another count (from --steps or --epochs) is refused before anything is trained."""
+    from engine.pipelines.sae import config as config_lib
+
+    small = configure(SaeConfig, store=str(worker_store), out=str(tmp_path / "x"))
+    assert config_lib.total_steps(small, 8) == config_lib.MIN_STEPS >= 1000
+    assert config_lib.total_steps(small, 1000) == 10_000  # a large store: its 10 epochs
+    monkeypatch.setattr(config_lib, "MIN_STEPS", 90)  # a floor this test trains in a second (8 batches an epoch)
+    settings = {**SETTINGS, "layers": (1,), "epochs": None}
+    out = tmp_path / "default"
+    run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **settings))
+    assert len(_part(out, 1)["losses"]) == 90 == _metrics(out)[1]["steps"]  # 10 epochs would be 80 steps
+    again = run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**settings, "steps": 90}))
+    assert again.trained == 0
+    for other in ({"steps": 89}, {"epochs": 3}):
+        with pytest.raises(SaeError, match="other settings: steps"):
+            run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**settings, **other}))

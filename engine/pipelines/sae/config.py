@@ -9,6 +9,10 @@ from engine.runtime.options import RunOptions, option, validate
 
 KINDS = ("batchtopk", "topk")
 DEFAULT_BUDGET = 2 << 30  # bytes of frames held for shuffling, per process, without --memory_budget
+# Without --steps or --epochs: DEFAULT_EPOCHS passes, and at least MIN_STEPS steps (docs/sae.md "How long it trains":
+# on the demo store 10 epochs were 60 steps, FVU 0.62; bench/RESULTS.md has the curve the floor was chosen from).
+DEFAULT_EPOCHS = 10
+MIN_STEPS = 2000
 
 
 class SaeError(BabelgridError, ValueError):
@@ -30,7 +34,13 @@ class SaeConfig:
                        choices=KINDS)  # fmt: skip
     expansion: int = option(8, "features per input dimension (d_sae = expansion x d_in)", minimum=1)
     k: int = option(50, "active features per frame (batchtopk: on average)", minimum=1)
-    epochs: int = option(10, "passes over the layer's frames", minimum=1)
+    epochs: int | None = option(
+        None, f"passes over the layer's frames (default: {DEFAULT_EPOCHS}, and at least {MIN_STEPS} steps)", minimum=1
+    )  # fmt: skip
+    steps: int | None = option(
+        None, "optimizer steps per layer, whatever the store's size (wins over --epochs; the data order runs on "
+        f"into further epochs; default: {DEFAULT_EPOCHS} epochs, and at least {MIN_STEPS})", minimum=1,
+    )  # fmt: skip
     batch_size: int = option(4096, "frames per step (split over every device)", minimum=2)
     lr: float | None = option(None, "Adam's learning rate (default: 2e-4 / sqrt(d_sae / 16384), dictionary-"
                               "learning's)", positive=True)  # fmt: skip
@@ -70,3 +80,13 @@ class SaeConfig:
                 f"--out {self.run.out!r}: the sae job writes orbax checkpoints, which need a local folder (copy the "
                 "folder to an object store afterwards)"
             )
+
+
+def total_steps(config: SaeConfig, per_epoch: int) -> int:
+    """Steps each layer trains: ``--steps``; else ``--epochs`` passes of ``per_epoch`` batches; else
+    ``DEFAULT_EPOCHS`` passes and at least ``MIN_STEPS`` (a small store's few batches an epoch still train the SAE)."""
+    if config.steps is not None:
+        return config.steps
+    if config.epochs is not None:
+        return config.epochs * per_epoch
+    return max(DEFAULT_EPOCHS * per_epoch, MIN_STEPS)

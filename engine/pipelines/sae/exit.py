@@ -67,23 +67,26 @@ def load_decoder(model: str | None, info):
 
 
 def early_exit(decoder, reader, layer: int, reconstruct: Callable[[np.ndarray], np.ndarray], langs, per_language: int,
-               max_new_tokens: int, batch_size: int) -> ExitScores:  # fmt: skip
+               max_new_tokens: int, batch_size: int, bar=None) -> ExitScores:  # fmt: skip
     """WER/CER of layer ``layer`` decoded as stored and as ``reconstruct`` (``f32[frames, embed] -> f32[frames,
-    embed]``, the SAE applied to stored frames) gives it back (module docstring)."""
+    embed]``, the SAE applied to stored frames) gives it back (module docstring). ``bar``: a progress bar advanced
+    by each language's ``exit_utterances`` once decoded (or skipped)."""
     search = Search(1, max_new_tokens, 1.0, 1.0)
     top = decoder.n_layers_out - 1
     norm = decoder.final_norm if decoder.caps.ln_post and layer < top else None
     rows, pooled, hypotheses = [], {kind: ([], []) for kind in KINDS}, {}
     for lang in langs:
         language = decoder.language(lang, {})
+        picked = exit_utterances(reader, lang, per_language)
         if language is None:
             log.warning("sae: %s has no language token in %s: not decoded", lang, decoder.name)
+            _advance(bar, len(picked))
             continue
-        picked = _utterances(reader, lang, per_language)
         if not picked:
             continue
         decode = _from_audio if decoder.caps.reads_padding else _from_store
         got = decode(decoder, reader, lang, layer, picked, reconstruct, norm, language, search, batch_size)
+        _advance(bar, len(picked))
         if not got["stored"]:  # every picked utterance's audio was unreadable (logged): nothing to score
             continue
         normalizer = metrics.normalizer_for(decoder.score_language(language) or whisper_code_or_none(lang) or "")
@@ -112,7 +115,12 @@ def _column(measure: str, kind: str) -> str:
     return measure if kind == "stored" else f"{measure}_reconstructed"
 
 
-def _utterances(reader, lang: str, per_language: int) -> list[int]:
+def _advance(bar, n: int) -> None:
+    if bar is not None:
+        bar.update(n)
+
+
+def exit_utterances(reader, lang: str, per_language: int) -> list[int]:
     """The first ``per_language`` finished utterances of ``lang`` with a transcription."""
     rows = reader.arrays(lang).rows
     done = [int(u) for u in np.flatnonzero(reader.done(lang)) if rows[int(u)].transcription]

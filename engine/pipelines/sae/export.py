@@ -66,7 +66,7 @@ def config_of(trained, store_info, store_url: str, config) -> dict:
         "training_architecture": spec.kind, "folded_scale": trained.scale, "layer": trained.layer,
         "layer_meaning": store_info.layer_meaning, "family": store_info.family, "model_name": store_info.model_name,
         "checkpoint_sha256": store_info.checkpoint_sha256, "store": store_url, "expansion": config.expansion,
-        "epochs": config.epochs, "steps": trained.steps, "batch_size": config.batch_size, "lr": trained.lr,
+        "epochs": trained.epochs, "steps": trained.steps, "batch_size": config.batch_size, "lr": trained.lr,
         "auxk_alpha": spec.auxk_alpha, "dead_tokens": spec.dead_tokens, "seed": config.seed,
     }  # fmt: skip
 

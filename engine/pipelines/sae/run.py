@@ -20,6 +20,7 @@ other layers; a killed one's layer is taken over and resumed from its last check
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -35,11 +36,11 @@ from engine import captions
 from engine.listing import chosen
 from engine.pipelines.sae import export, figures
 from engine.pipelines.sae import neurons as neurons_lib
-from engine.pipelines.sae.config import DEFAULT_BUDGET, SaeConfig, SaeError
+from engine.pipelines.sae.config import DEFAULT_BUDGET, SaeConfig, SaeError, total_steps
 from engine.pipelines.sae.data import Frames
 from engine.pipelines.sae.evaluate import apply, evaluate
-from engine.pipelines.sae.exit import EXIT_COLUMNS, early_exit, load_decoder
-from engine.pipelines.sae.train import train_layer
+from engine.pipelines.sae.exit import EXIT_COLUMNS, early_exit, exit_utterances, load_decoder
+from engine.pipelines.sae.train import FALLING, POOR_FVU, loss_drop, train_layer
 from engine.runtime.budget import resolve_budget
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
@@ -132,18 +133,21 @@ def run_sae(config: SaeConfig) -> SaeSummary:
             f"the store's {first.total} frames of {langs} do not fill one batch of --batch_size {config.batch_size}: "
             f"give --batch_size of at most {first.total}, or more utterances"
         )
+    # The steps each layer trains, recorded in place of --epochs (which only counts them): the folder pins the count
+    # trained, whether --steps, --epochs or the default's floor gave it.
+    steps = total_steps(config, first.steps_per_epoch(config.batch_size))
+    config = dataclasses.replace(config, epochs=None, steps=steps)
     # neurons: read afresh at every run, from the finished layers; model: only scores the early exit, which a later
     # run adds to a folder trained without it (load_decoder has checked it is the store's checkpoint)
     ignore = ("block", "checkpoint_every", "neurons", "model")
     with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,)) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
-        per_layer = frames[layers[0]].steps_per_epoch(config.batch_size) * config.epochs
-        bar = progress_bar(per_layer * len(missing), "sae", "step", config.run.progress)
-        for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(layers)):
+        quiet = progress_bar(0, "", "", enabled=False)  # each stage of each layer has its own bar (_train_and_write)
+        for unit in claimed_units(claims, lease, summary, quiet, missing, stored, len(layers)):
             layer = int(unit)
-            _train_and_write(config, reader, frames[layer], ids_of, kv, url, bar, decoder, langs)
+            name = f"sae layer {layer} ({summary.trained + 1}/{len(missing)})"
+            _train_and_write(config, reader, frames[layer], ids_of, kv, url, name, decoder, langs)
             summary.trained += 1
-        bar.close()
         parts = {layer: _read_part(kv, key(layer), url) for layer in layers}
         late = _late_exits(parts, decoder, config, reader, kv, url, langs)
         summary.notes += [f"early exit scored now for layers {late}, trained earlier without --model"] if late else []
@@ -159,6 +163,7 @@ def run_sae(config: SaeConfig) -> SaeSummary:
         summary.notes.append(f"neurons alignment: Spearman rho of the selective shares over {aligned['cells']} "
                              f"(layer, language) cells {rho}")  # fmt: skip
     summary.rows = [_row(parts[layer]) for layer in layers]
+    summary.notes += _training_notes(parts, config)
     summary.outputs = [url.rstrip("/") + "/" + k for k in writes]
     summary.seconds = time.monotonic() - started
     return summary
@@ -191,12 +196,43 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
-def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar, decoder, langs) -> None:
+def _training_notes(parts: dict, config: SaeConfig) -> list[str]:
+    """A line per layer whose SAE looks undertrained: its loss still falling at the end (``loss_drop`` above
+    ``FALLING``) or its FVU above ``POOR_FVU``, with what to change."""
+    notes = []
+    for layer, part in parts.items():
+        steps, fvu, drop = int(part["steps"]), float(part["fvu"]), loss_drop(part["losses"])
+        falling, poor = drop > FALLING, fvu > POOR_FVU
+        if not (falling or poor):
+            continue
+        why = []
+        if falling:
+            why.append(f"its loss was still falling at the end ({drop:.1%} lower over the last tenth of its {steps} "
+                       "steps than over the tenth before)")  # fmt: skip
+        if poor:
+            why.append(f"its FVU {fvu:.3f} is above {POOR_FVU}")
+        fix = f"give --steps {2 * steps}" + (
+            "" if falling else f", or more features per frame (--k {config.k}) or a larger --expansion"
+        )
+        notes.append(f"layer {layer}: undertrained: {' and '.join(why)}; {fix} (into a new --out: a folder keeps "
+                     "the settings it was trained with)")  # fmt: skip
+    return notes
+
+
+def _bar(progress, name: str, stage: str, total: int, unit: str):
+    """One stage's bar of one layer: no stage sits under another's finished bar while it runs."""
+    return progress_bar(total, f"{name}: {stage}", unit, progress)
+
+
+def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, name: str, decoder, langs) -> None:
     layer = frames.layer
     root = _local(url) / f"layer-{layer}" / "checkpoints"
-    trained = train_layer(config, frames, root, bar)
-    ev = evaluate(frames, trained.params, trained.scale, trained.spec.k, ids_of, config.eval_utterances,
-                  config.activations, config.seed)  # fmt: skip
+    progress = config.run.progress
+    with contextlib.closing(_bar(progress, name, "train", config.steps, "step")) as bar:
+        trained = train_layer(config, frames, root, bar)
+    with contextlib.closing(_bar(progress, name, "evaluate", len(frames.utterances) + 4, "utt")) as bar:
+        ev = evaluate(frames, trained.params, trained.scale, trained.spec.k, ids_of, config.eval_utterances,
+                      config.activations, config.seed, bar)  # fmt: skip
     cfg = export.config_of(trained, reader.info, reader.url, config)
     writes = {
         f"layer-{layer}/{export.WEIGHTS}": export.weights_bytes(trained.params, trained.scale),
@@ -211,7 +247,7 @@ def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar, decod
     exits = {}
     if decoder is not None:  # the exported weights, as analysts apply them
         exits, writes[f"layer-{layer}/early_exit.parquet"] = _exits(
-            decoder, reader, layer, export.folded(trained.params, trained.scale), trained.spec.k, config, langs
+            decoder, reader, layer, export.folded(trained.params, trained.scale), trained.spec.k, config, langs, name
         )
     write_outputs(kv, writes, url)
     metrics = {name: np.float64(getattr(ev, name)) for name in ("fvu", "l0", "dead_share", "dense_share", "r1",
@@ -224,15 +260,18 @@ def _train_and_write(config, reader, frames: Frames, ids_of, kv, url, bar, decod
     log.info("sae: layer %d done (fvu %.3f, l0 %.1f)", layer, ev.fvu, ev.l0)
 
 
-def _exits(decoder, reader, layer: int, weights: dict, k: int, config: SaeConfig, langs) -> tuple[dict, bytes]:
+def _exits(decoder, reader, layer: int, weights: dict, k: int, config: SaeConfig, langs,
+           name: str) -> tuple[dict, bytes]:  # fmt: skip
     """Layer ``layer``'s early exit with the SAE of exported ``weights`` and ``k`` standing in: its part's
     ``exit_*`` arrays (``EXIT_COLUMNS``) and ``early_exit.parquet``'s bytes."""
 
     def reconstruct(x):
         return apply(weights, 1.0, k, x)[0]
 
-    scores = early_exit(decoder, reader, layer, reconstruct, langs, config.decode_utterances, config.max_new_tokens,
-                        config.decode_batch)  # fmt: skip
+    total = sum(len(exit_utterances(reader, lang, config.decode_utterances)) for lang in langs)
+    with contextlib.closing(_bar(config.run.progress, name, "early exit", total, "utt")) as bar:
+        scores = early_exit(decoder, reader, layer, reconstruct, langs, config.decode_utterances,
+                            config.max_new_tokens, config.decode_batch, bar)  # fmt: skip
     exits = {f"exit_{c}": np.asarray([r[c] for r in scores.rows]) for c in EXIT_COLUMNS[1:]}
     return exits, _hypotheses_bytes(scores.hypotheses)
 
@@ -250,7 +289,7 @@ def _late_exits(parts: dict, decoder, config: SaeConfig, reader, kv, url: str, l
             weights = load(_layer_file(kv, url, layer, export.WEIGHTS))
             # --k is the folder's (the manifest compares it) and the trained one (_check_sizes refused one past the
             # dictionary, which training would have cut)
-            exits, hypotheses = _exits(decoder, reader, layer, weights, config.k, config, langs)
+            exits, hypotheses = _exits(decoder, reader, layer, weights, config.k, config, langs, f"sae layer {layer}")
             write_outputs(kv, {f"layer-{layer}/early_exit.parquet": hypotheses, name: npz_bytes(exits)}, url)
             scored.append(layer)
         elif data is not None:

@@ -4,8 +4,10 @@
   the learning rate means the same at every layer and model; the exported weights fold it back in (``export``).
 - Initialisation (seeded by ``(seed, layer)``): decoder rows random and unit norm, the encoder their transpose,
   ``b_dec`` the geometric median of the first batch (dictionary-learning's).
-- Steps: ``epochs`` x the epoch's batches, each split over every device along the batch (``NamedSharding``; the
-  parameters replicated), the learning rate warmed up over ``min(warmup, steps // 10)`` steps.
+- Steps: ``--steps``, or ``--epochs`` x the epoch's batches (``config.total_steps``), the epochs' data orders one
+  after the other (a count that ends inside an epoch stops there); each batch split over every device along the
+  batch (``NamedSharding``; the parameters replicated), the learning rate warmed up over ``min(warmup, steps // 10)``
+  steps.
 - Checkpoints: orbax, every ``checkpoint_every`` steps and at the end, under ``OUT/layer-<L>/checkpoints``
   (``engine.pipelines.finetune.checkpoints``: sha256 manifests, written aside and renamed). A killed run restores the
   newest good one and replays the data order to its step: the weights it ends with are the uninterrupted run's,
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import pathlib
@@ -25,12 +28,16 @@ import numpy as np
 
 from engine.faults import fault_point
 from engine.pipelines.finetune import checkpoints
-from engine.pipelines.sae.config import SaeConfig, SaeError
+from engine.pipelines.sae.config import SaeConfig, SaeError, total_steps
 from engine.pipelines.sae.data import Frames
 from kernels import sae
 
 log = logging.getLogger(__name__)
 DEAD_TOKENS_MAX = 10_000_000  # Gao et al.'s: a feature that has not fired in 10M tokens is dead
+# An SAE is named undertrained in the summary when its loss over the last tenth of its steps is more than FALLING
+# below the tenth before (``loss_drop``), or its FVU is above POOR_FVU (docs/sae.md "How long it trains").
+FALLING = 0.01
+POOR_FVU = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +47,7 @@ class Trained:
     params: dict  # NumPy, in the scaled space
     scale: float
     steps: int
+    epochs: float  # passes over the layer's frames the steps make
     lr: float
     losses: np.ndarray  # f32[steps]: each step's loss, kept across a kill (the checkpoints hold it)
     last: dict  # the last step's metrics
@@ -57,14 +65,19 @@ def _mesh_put(x: np.ndarray):
     return jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch")))
 
 
-def _batches(frames: Frames, batch: int, epochs: int, start: int):
-    """(step, batch) from ``start`` on, the skipped ones read and dropped: the same order as an uninterrupted run."""
+def _batches(frames: Frames, batch: int, total: int, start: int):
+    """(step, batch) of steps ``start`` to ``total``, epoch after epoch, the skipped ones read and dropped: the same
+    order as an uninterrupted run."""
+    if start >= total:
+        return
     step = 0
-    for epoch in range(epochs):
+    for epoch in itertools.count():
         for x in frames.epoch(epoch, batch):
             if step >= start:
                 yield step, x
             step += 1
+            if step == total:  # before the next batch: its epoch's first reads would be for nothing
+                return
 
 
 def train_layer(config: SaeConfig, frames: Frames, root: pathlib.Path, bar=None) -> Trained:
@@ -72,7 +85,7 @@ def train_layer(config: SaeConfig, frames: Frames, root: pathlib.Path, bar=None)
     per_epoch = frames.steps_per_epoch(config.batch_size)
     if per_epoch == 0:
         raise SaeError(f"layer {frames.layer}: {frames.total} frames do not fill one batch of {config.batch_size}")
-    total = per_epoch * config.epochs
+    total = total_steps(config, per_epoch)
     first = next(frames.epoch(0, config.batch_size))
     d_in = first.shape[1]
     scale = float(np.sqrt(d_in / np.mean(np.sum(first.astype(np.float64) ** 2, axis=1))))
@@ -95,7 +108,7 @@ def train_layer(config: SaeConfig, frames: Frames, root: pathlib.Path, bar=None)
     last = {}
     if bar is not None:
         bar.update(start)
-    for step, x in _batches(frames, config.batch_size, config.epochs, start):
+    for step, x in _batches(frames, config.batch_size, total, start):
         state, metrics = sae.train_step(state, _mesh_put(x * np.float32(scale)), spec, tx)
         last = {k: float(v) for k, v in metrics.items()}
         losses[step] = last["loss"]
@@ -107,7 +120,18 @@ def train_layer(config: SaeConfig, frames: Frames, root: pathlib.Path, bar=None)
                             dead=f"{last['dead']:.2f}")  # fmt: skip
             bar.update(1)
     params = {name: np.asarray(value) for name, value in state.params.items()}
-    return Trained(frames.layer, spec, params, scale, total, lr, losses, last)
+    return Trained(frames.layer, spec, params, scale, total, total / per_epoch, lr, losses, last)
+
+
+def loss_drop(losses: np.ndarray) -> float:
+    """How much lower the mean loss over the last tenth of the steps is than over the tenth before, as a share of
+    the latter (a tenth is at least one step; 0 for a run of fewer than 2 steps)."""
+    losses = np.asarray(losses, np.float64)
+    n = max(1, len(losses) // 10)
+    if len(losses) < 2 * n:
+        return 0.0
+    last, before = np.nanmean(losses[-n:]), np.nanmean(losses[-2 * n : -n])
+    return float((before - last) / before) if before > 0 else 0.0
 
 
 def _save(root: pathlib.Path, step: int, state: sae.State, losses: np.ndarray) -> None:
