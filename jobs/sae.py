@@ -1,7 +1,8 @@
 r"""Sparse autoencoders trained from a layer store, one per layer, judged by what their reconstructions keep.
 
     python -m jobs.sae --store /tmp/demo-store --out /tmp/demo-sae --layers 2,4,7
-    python -m jobs.sae --store /data/fleurs-store --out /data/sae --expansion 8 --k 50 --epochs 20 --worker
+    python -m jobs.sae --store /tmp/demo-store --out /tmp/demo-sae --layers 2,4,7 --plan   # steps, frames, time
+    python -m jobs.sae --store /data/fleurs-store --out /data/sae --expansion 8 --k 50 --steps 20000 --worker
     python -m jobs.sae --store S --out O --model openai/whisper-base --neurons /data/neurons   # early exit; units
 
 Writes OUT/layer-<L>/sae_weights.safetensors and cfg.json (sae-lens's names, applying to the stored states), OUT/
@@ -17,11 +18,20 @@ from __future__ import annotations
 from engine.pipelines.sae.config import SaeConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.sae.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.sae.plan import plan_sae_run
+
+    return plan_sae_run(config, device)
+
+
 common.define_config_flags(
     SaeConfig,
     __name__,
     run=(*common.CLAIMING, "strict", "memory_budget"),
     required=("store", "out"),
+    plan=plan,
     help={
         "out": "output folder (local: it holds orbax checkpoints)",
         "memory_budget": "bytes of frames held at once for shuffling, as 2GiB (default 2GiB)",

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.pipelines.neurons import lape as lape_lib
-from engine.pipelines.sae.config import SaeConfig, SaeError
+from engine.pipelines.sae.config import MIN_STEPS, SaeConfig, SaeError
 from engine.pipelines.sae.export import encode as exported_encode
 from engine.pipelines.sae.export import open_sae
 from engine.pipelines.sae.run import run_sae
@@ -396,3 +396,15 @@ def test_the_default_trains_at_least_the_floor_and_the_folder_pins_the_count(wor
     for other in ({"steps": 89}, {"epochs": 3}):
         with pytest.raises(SaeError, match="other settings: steps"):
             run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**settings, **other}))
+
+
+def test_plan_prints_steps_frames_and_time_and_writes_nothing(worker_store, tmp_path, run_job):
+    out = tmp_path / "planned"
+    result = run_job("sae", "--store", str(worker_store), "--out", str(out), "--layers", "1,3", "--batch_size", "64",
+                     "--expansion", "2", "--k", "4", "--plan")  # fmt: skip
+    text = result.stdout
+    assert "plan: sae" in text and "frames: 533 a layer (24 utterances in 3 languages)" in text, text
+    floor = f"steps: {MIN_STEPS:,} a layer (the default's floor: 10 epochs would be 80)"
+    assert floor in text, text
+    assert re.search(r"^  train .* s$", text, re.M) and re.search(r"^  evaluate ", text, re.M), text
+    assert not out.exists()
