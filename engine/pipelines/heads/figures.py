@@ -36,7 +36,8 @@ def _panels(table_rows) -> list[tuple[str, int | None]]:
     return [(m, s) for m in order for s in sorted({s for mm, s in present if mm == m}, key=lambda x: x or 0)]
 
 
-def _draw(fig, ax, grid: np.ndarray, title: str, diverging: bool, lower_is_worse: bool = True, peak=None):
+def _draw(fig, ax, grid: np.ndarray, title: str, diverging: bool, lower_is_worse: bool = True, peak=None,
+          label: str = ""):  # fmt: skip
     if diverging:
         if peak is None:
             peak = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
@@ -51,7 +52,7 @@ def _draw(fig, ax, grid: np.ndarray, title: str, diverging: bool, lower_is_worse
     ax.set_xlabel("head", fontsize=7)
     ax.set_ylabel("block", fontsize=7)
     ax.set_title(title, fontsize=8)
-    fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.colorbar(image, ax=ax, shrink=0.8, label=label or title)
 
 
 def _panel_grid(n: int, most_cols: int, blocks: int, heads: int):
@@ -76,7 +77,8 @@ def heads_png(table_rows, blocks: int, heads: int, subtitle: str = "") -> bytes:
         change = metric in HIGHER_IS_BETTER
         grid = _grid(table_rows, blocks, heads, metric, scored, None, change)
         title = TITLES[metric] + (f", layer {scored}" if scored is not None else "")
-        _draw(fig, ax, grid, title, change, HIGHER_IS_BETTER.get(metric, True))
+        label = f"{TITLES[metric]} (ablated \u2212 unablated)" if change else TITLES[metric]
+        _draw(fig, ax, grid, title, change, HIGHER_IS_BETTER.get(metric, True), label=label)
     set_title(fig, "attention heads: each ablated alone (changes), gradient importance and attention statistics",
               subtitle)  # fmt: skip
     return _png(fig)
@@ -94,6 +96,6 @@ def by_language_png(table_rows, blocks: int, heads: int, subtitle: str = "") -> 
     values = np.concatenate([g[np.isfinite(g)] for g in grids.values()] or [np.zeros(1)])
     peak = float(np.abs(values).max()) if len(values) else 1.0  # one scale for every language: comparable
     for ax, lang in zip(axes, langs, strict=False):
-        _draw(fig, ax, grids[lang], lang, True, peak=peak)
+        _draw(fig, ax, grids[lang], lang, True, peak=peak, label="R@1 change (ablated \u2212 unablated)")
     set_title(fig, f"SeqSim R@1 change per language with each head ablated, layer {last}", subtitle)
     return _png(fig)

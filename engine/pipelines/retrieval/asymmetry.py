@@ -95,9 +95,18 @@ def csv_bytes(rows: Sequence[Asymmetry]) -> bytes:
     return records.csv_bytes(ASYMMETRY_COLUMNS, ([_cell(v) for v in row] for row in rows))
 
 
+HIGHLIGHTED = 3  # pairs named in the legend of a panel with more pairs than figures.LEGEND_MAX_LINES
+
+
 def figure_png(rows: Sequence[Asymmetry], subtitle: str) -> bytes:
+    return figures._png(figure(rows, subtitle))
+
+
+def figure(rows: Sequence[Asymmetry], subtitle: str):
     """The asymmetry against layer, one line per stored pair, a panel per measure; points with p < SIGNIFICANT
-    ringed in black; a zero line. Rows not measured are left out (a gap, never a 0)."""
+    ringed in black; a zero line. Rows not measured are left out (a gap, never a 0). Every line is named in the
+    legend; past ``figures.LEGEND_MAX_LINES`` pairs, the ``HIGHLIGHTED`` pairs of the largest asymmetry are drawn in
+    colour and named, the others thin and grey under one legend entry, with the mean over pairs."""
     measured = [r for r in rows if not math.isnan(r.asymmetry)]
     measures = list(dict.fromkeys(r.measure for r in measured))
     cols = min(len(measures), 2)
@@ -107,15 +116,25 @@ def figure_png(rows: Sequence[Asymmetry], subtitle: str) -> bytes:
     for ax, measure in zip(axes, measures, strict=False):
         own = [r for r in measured if r.measure == measure]
         pairs = list(dict.fromkeys((r.lang_a, r.lang_b) for r in own))
-        crowded = len(pairs) > figures.LEGEND_MAX_LINES  # then unlabelled thin lines, as in retrieval_by_layer.png
+        crowded = len(pairs) > figures.LEGEND_MAX_LINES  # then the largest few named, the rest thin and grey
+        lines = {p: sorted((r for r in own if (r.lang_a, r.lang_b) == p), key=lambda r: r.layer) for p in pairs}
+        named = set(sorted(pairs, key=lambda p: -max(abs(r.asymmetry) for r in lines[p]))[:HIGHLIGHTED])
         for a, b in pairs:
-            line = sorted((r for r in own if (r.lang_a, r.lang_b) == (a, b)), key=lambda r: r.layer)
-            style = dict(lw=0.6, alpha=0.4, color="tab:blue") if crowded else dict(marker=".", lw=1, alpha=0.8)
-            drawn = ax.plot([r.layer for r in line], [r.asymmetry for r in line], label=None if crowded else
-                            f"{a}\u2192{b} \u2212 {b}\u2192{a}", **style)  # fmt: skip
+            line = lines[(a, b)]
+            label = f"{a}\u2192{b} \u2212 {b}\u2192{a}"
+            if crowded and (a, b) not in named:
+                style, label = dict(lw=0.6, alpha=0.4, color="0.6"), None
+            else:
+                style = dict(marker=".", lw=1.6 if crowded else 1, alpha=0.9 if crowded else 0.8, zorder=2)
+            drawn = ax.plot([r.layer for r in line], [r.asymmetry for r in line], label=label, **style)
             marked = [r for r in line if r.p_value < SIGNIFICANT]  # NaN (no discordant id) is never marked
             ax.plot([r.layer for r in marked], [r.asymmetry for r in marked], "o", color=drawn[0].get_color(),
                     markeredgecolor="k", markersize=6, zorder=3)  # fmt: skip
+        if crowded:
+            ax.plot([], [], lw=0.6, color="0.6", label=f"each other pair ({len(pairs) - len(named)}: asymmetry.csv)")
+            layers = sorted({r.layer for r in own})
+            ax.plot(layers, [np.mean([r.asymmetry for r in own if r.layer == la]) for la in layers], "k-", lw=2.2,
+                    label=f"mean over the {len(pairs)} pairs")  # fmt: skip
         ax.plot([], [], "o", color="w", markeredgecolor="k", label=f"p < {SIGNIFICANT} (sign test, uncorrected)")
         ax.axhline(0.0, color="k", lw=0.8)
         ax.set_title(f"{figures.measure_title(measure)} ({len(pairs)} pairs)", fontsize=9)
@@ -128,7 +147,7 @@ def figure_png(rows: Sequence[Asymmetry], subtitle: str) -> bytes:
         ax.set_visible(False)
     n = "n = " + captions.count_range((r.n_queries for r in measured), "ids scored both ways per pair")
     figures.set_title(fig, "R@1 asymmetry by layer: each pair's two directions on the same ids", subtitle, n)
-    return figures._png(fig)
+    return fig
 
 
 def asymmetry_writes(rows: Sequence[Asymmetry], subtitle: str) -> dict[str, bytes]:
