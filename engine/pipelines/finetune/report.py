@@ -67,7 +67,7 @@ def figure_pngs(rows, last: int, source: str = "") -> dict[str, bytes]:
             ax.bar(x - 0.2, nan(before), 0.4, label="before")
             ax.bar(x + 0.2, nan(after), 0.4, label=f"after {last} steps")
             target = next(r["target_lang"] for r in held if r["task"] == task)
-            ax.set(xticks=list(x), ylabel="BLEU (held-out)", title=f"X -> {target} ({task})")
+            ax.set(xticks=list(x), xlabel="source language", ylabel="BLEU (held-out)", title=f"X -> {target} ({task})")
             ax.set_xticklabels(langs, rotation=90 if len(langs) > 12 else 0)
             ax.legend(fontsize=8)
         n = f"n = {captions.count_range([int(r['n']) for r in held], 'held-out utterances per language')}"

@@ -20,6 +20,7 @@ def selective_png(ranked: Lape, subtitle: str = "") -> bytes:
     left.set_xticks(range(n_layer), range(1, n_layer + 1), fontsize=7)
     left.set_yticks(range(len(langs)), langs, fontsize=7)
     left.set_xlabel("layer (block)")
+    left.set_ylabel("language")
     left.set_title("language-specific units per language and layer", fontsize=9)
     if owned.size <= 400:
         for i, j in np.ndindex(owned.shape):

@@ -72,6 +72,7 @@ def dendrogram_png(model: np.ndarray, genetic: np.ndarray | None, languages: Seq
                    above_threshold_color="C0")  # fmt: skip
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("distance (average linkage)", fontsize=8)
+        ax.set_ylabel("language", fontsize=8)
     figures.set_title(fig, "Languages clustered by the model, beside their family tree", subtitle, fontsize=9)
     return figures._png(fig)
 
