@@ -1,7 +1,7 @@
 """The --plan printout for a grid too large to run here: all of FLEURS test with whisper-large-v3, on 1, 8 and 64 hosts.
 
     python bench/plan_fleurs.py [--device h100] [--hosts 1,8,64] [--langs 102] [--memory_budget SIZE] \
-        [--write_rate MB/s] [--measure ...] [--uniform --per_lang 500 --seconds 10]
+        [--write_rate MB/s] [--measure ...] [--uniform --per_lang 500 --seconds 10] [--seqsim_precision fp8]
 
 No audio and no weights: the counts are synthetic (stated below), the calibration runs on this machine at
 large-v3's width. BUILD.md shows its output. Lengths follow FLEURS test (``bench.scale.grid``: per language a count
@@ -12,7 +12,8 @@ encoder or by writing its states, at the write rate measured here through ``Laye
 the memory budget (``--memory_budget``, default this machine's), each language's reads, the peak held and the time
 per host. ``--measure`` takes the seqsim job's list (default: its default measures); dtw is timed on random states
 of the synthetic lengths (its cost does not depend on the values), ot is refused: its Sinkhorn iterations depend on
-real states, so plan it with ``jobs.seqsim --plan`` on a store.
+real states, so plan it with ``jobs.seqsim --plan`` on a store. ``--seqsim_precision fp8`` plans the job's 8-bit
+opt-in (its agreement with bf16 and the rate it assumes are printed with it).
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     parser.add_argument("--measure", default=",".join(DEFAULT_MEASURES), help="seqsim job measures (no ot)")
     parser.add_argument("--memory_budget", default=None, help="seqsim's budget per process here (default: machine)")
+    parser.add_argument("--seqsim_precision", default="dtype", choices=["dtype", "fp8"],
+                        help="seqsim's products: in --dtype, or fp8 (the job's opt-in; 2x bf16, assumed)")  # fmt: skip
     parser.add_argument("--write_rate", type=float, default=None, help="MB/s one process writes (default: measured)")
     args = parser.parse_args()
     measures = tuple(dict.fromkeys(m.strip() for m in args.measure.split(",") if m.strip()))
@@ -124,6 +127,7 @@ def main() -> None:
         sample=random_sample(frames, pairs[0], args.dtype) if "dtw" in measures else None,
         budget=resolve_budget(parse_size(args.memory_budget)),
         hosts=hosts,
+        seqsim_precision=args.seqsim_precision,
     )
     print(seqsim.render())
 
