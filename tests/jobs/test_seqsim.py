@@ -548,10 +548,13 @@ def test_fp8_is_recorded_and_a_resume_with_another_precision_is_refused(layer_st
 
 
 def test_fp8_takes_its_own_kernel_only():
-    """fp8 scores by its own packed bins: another --seqsim_kernel with it is refused when configured."""
+    """fp8 scores by its own packed bins: another --seqsim_kernel with it is refused when configured, and so is a
+    scale other than the default without fp8 (it would be ignored, and not recorded)."""
     with pytest.raises(SimilarityError, match="seqsim_precision fp8 scores by its own packed bins"):
         configure(SimilarityConfig, store="s", out="o", seqsim_precision="fp8", seqsim_kernel="blocks")
     configure(SimilarityConfig, store="s", out="o", seqsim_precision="fp8", seqsim_kernel="packed")
+    with pytest.raises(SimilarityError, match="applies with --seqsim_precision fp8 only"):
+        configure(SimilarityConfig, store="s", out="o", seqsim_fp8_scale="frame")
 
 
 def test_fp8_plan_prints_the_agreement_and_the_speed_it_assumes(layer_store, tmp_path, monkeypatch):

@@ -105,6 +105,11 @@ class SimilarityConfig:
                 f"--seqsim_precision fp8 scores by its own packed bins (kernels/seqsim_fp8.py), not by the "
                 f"{self.seqsim_kernel} kernel: leave --seqsim_kernel at auto (or packed)"
             )
+        if self.seqsim_precision != "fp8" and self.seqsim_fp8_scale != FP8_SCALES[0]:
+            raise SimilarityError(
+                f"--seqsim_fp8_scale {self.seqsim_fp8_scale} scales fp8 frames: it applies with --seqsim_precision fp8 "
+                "only (this run multiplies in --dtype)"
+            )
         # As the store records it: " mean" and "lda:03" are "mean" and "lda:3" (a resume that gives them otherwise
         # is the same run)
         object.__setattr__(self, "remove_language", f"lda:{k}" if kind == "lda" else kind)
