@@ -43,9 +43,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ott.geometry import costs, geometry, pointcloud
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import acceleration, sinkhorn
 
 from kernels.frames import frame_mask, normalize_frames, reference_unit_rows
 from kernels.settings import DEFAULT_OT, INNER_ITERATIONS, OT_EPSILON, OtConfig
@@ -85,7 +82,14 @@ class OtResult(NamedTuple):
 # One pair.
 
 
-def _solver(config: OtConfig, iterations: int | None, kernel: bool) -> sinkhorn.Sinkhorn:
+# ott-jax is imported by the functions that solve, not with this module: its import (scipy.stats, jaxopt) was 5-21 s
+# of the start of every seqsim process, which imports this module for its ot measure (python -X importtime, 2-core
+# AVX2 VM, load 1-10), whether or not the run asks for ot.
+
+
+def _solver(config: OtConfig, iterations: int | None, kernel: bool):
+    from ott.solvers.linear import acceleration, sinkhorn
+
     return sinkhorn.Sinkhorn(
         lse_mode=not kernel,
         threshold=config.threshold,
@@ -101,6 +105,9 @@ def _solve(a_unit, b_unit, len_a, len_b, config: OtConfig):
     weight_b = frame_mask(b_unit.shape[0], len_b) / len_b
     # Frames are already unit: Cosine's norms are 1 (its ridge, 1e-8, moves a cost by 1e-8) and 0 on padding,
     # whose cost 1 is finite and carries no weight.
+    from ott.geometry import costs, pointcloud
+    from ott.problems.linear import linear_problem
+
     geom = pointcloud.PointCloud(a_unit, b_unit, cost_fn=costs.Cosine(), epsilon=config.epsilon)
     return _solver(config, None, kernel=False)(linear_problem.LinearProblem(geom, weight_a, weight_b))
 
@@ -111,6 +118,9 @@ def solve_cost(cost, len_a, len_b, config: OtConfig, iterations: int, init):
     ``kernels.ot_scaling``."""
     weight_a = frame_mask(cost.shape[0], len_a) / len_a
     weight_b = frame_mask(cost.shape[1], len_b) / len_b
+    from ott.geometry import geometry
+    from ott.problems.linear import linear_problem
+
     geom = geometry.Geometry(cost, epsilon=config.epsilon)
     return _solver(config, iterations, kernel=False)(linear_problem.LinearProblem(geom, weight_a, weight_b), init=init)
 

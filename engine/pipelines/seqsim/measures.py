@@ -23,6 +23,7 @@ import numpy as np
 from engine.pipelines.seqsim.config import FP8_SCALES
 from engine.stores import similarity as similarity_store
 from kernels.dtw import dtw_similarity_matrix
+from kernels.ot_matrix import ot_similarity_matrix
 from kernels.pooling import center_frame_cosine_matrix, duration_similarity_matrix, mean_pooled_cosine_matrix
 from kernels.seqsim import (
     PackedSide,
@@ -218,10 +219,6 @@ def _duration(A: Side, B: Side, context: MeasureContext, names: frozenset[str]) 
 
 
 def _ot(A: Side, B: Side, context: MeasureContext, names: frozenset[str]) -> dict[str, Scores]:
-    # Imported here, not with the module: ott-jax imports scipy.stats and jaxopt, 5-21 s of every seqsim process's
-    # start (python -X importtime, 2-core AVX2 VM, load 1-10), which only the ot measure needs.
-    from kernels.ot_matrix import ot_similarity_matrix
-
     result = ot_similarity_matrix(A.states, A.lengths, B.states, B.lengths, context.ot)
     fallback = 0 if result.fallback is None else int(np.asarray(result.fallback).sum())
     return {"ot": Scores(np.asarray(result.score), ~np.asarray(result.converged), fallback)}
