@@ -298,13 +298,52 @@ def run_retrieval(config: RetrievalConfig, reader=None) -> RetrievalResult:
     """
     out = resolve_out(config.similarity, config.run.out)
     inputs_settled(config, "retrieval")  # a similarity store still being computed is refused, not scored in part
-    with writer_lease(out, "retrieval", config.run.break_lease):  # one writer of OUT: a second retrieval is refused
-        return _retrieval(config, reader, out)
-
-
-def _retrieval(config: RetrievalConfig, reader, out: str) -> RetrievalResult:
     if reader is None:
         reader = open_similarity(config.similarity)
+    baseline = check_request(config, reader)
+    with writer_lease(out, "retrieval", config.run.break_lease):  # one writer of OUT: a second retrieval is refused
+        return _retrieval(config, reader, out, baseline)
+
+
+def check_request(config: RetrievalConfig, reader):
+    """Refuses, from the similarity store's listing and ids alone, what the scoring would refuse after reading every
+    matrix (or, for --baseline, after writing retrieval.csv): measures, layers, --figure_layer and --langs the store
+    does not hold, a --subset folder with no file for a pair, pairs of no shared utterance id, a --baseline of another
+    grid. Returns the baseline's reader (None without one)."""
+    measures = chosen("measure", config.measures, reader.measures(), RetrievalError, "the similarity store")
+    layers = chosen("layer", config.layers, reader.layers, RetrievalError, "the similarity store")
+    if config.figure_layer is not None and config.figure_layer not in layers:
+        raise RetrievalError(f"figure layer {config.figure_layer} is not scored; choose one of {list(layers)}")
+    shared = False
+    for measure in measures:
+        pairs = [(a, b) for a, b in reader.pairs(measure) if config.langs is None or {a, b} <= set(config.langs)]
+        if config.langs is not None and not pairs:
+            raise RetrievalError(f"measure {measure!r} has no stored pair within languages {list(config.langs)}")
+        if config.subset is not None:
+            without = [f"{a}-{b}" for a, b in pairs if read_kept(config.subset, a, b, missing_ok=True) is None]
+            if len(without) == len(pairs):
+                raise RetrievalError(
+                    f"challenge set {config.subset!r} has no file for any pair of measure {measure!r} "
+                    f"({', '.join(without)}); build them with python -m jobs.challenge --pairs ..."
+                )
+        for a, b in pairs if not shared else ():  # one pair with a shared id is enough: few ids.json are read
+            ids = reader.ids(measure, a, b) or {}
+            shared = bool(set(ids.get("row_ids", ())) & set(ids.get("col_ids", ())))
+            if shared:
+                break
+    if not shared:
+        raise RetrievalError(
+            f"no directed pair of {config.similarity!r} has an utterance id in common, so there is nothing to "
+            f"retrieve: {HOW_IDS_ARE_MADE}. Nothing was written"
+        )
+    if config.baseline is None:
+        return None
+    baseline = open_similarity(config.baseline)
+    delta.check_baseline(reader.manifest, baseline.manifest, config.similarity, config.baseline)
+    return baseline
+
+
+def _retrieval(config: RetrievalConfig, reader, out: str, baseline) -> RetrievalResult:
     comparison: list = []
     scores, missing = compute_scores(reader, config, comparison)
     if scores and not any(s.metrics.queries for s in scores):
@@ -329,9 +368,7 @@ def _retrieval(config: RetrievalConfig, reader, out: str) -> RetrievalResult:
         write_outputs(kv, writes, out)
         figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes)]
     baseline_rows: list = []
-    if config.baseline is not None:
-        baseline = open_similarity(config.baseline)
-        delta.check_baseline(reader.manifest, baseline.manifest, config.similarity, config.baseline)
+    if baseline is not None:  # opened and checked before the lease (check_request)
         baseline_scores, _ = compute_scores(baseline, config)
         transforms = (m.get("remove_language", "none") for m in (reader.manifest, baseline.manifest))
         baseline_rows = delta.delta_rows(scores, baseline_scores, *transforms)
