@@ -75,6 +75,7 @@ from engine.stores.pairs import resolve_pairs
 from engine.stores.parts import table_bytes
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
+from engine.stores.words import words_language
 from engine.text.encoders import load_text_encoder
 
 
@@ -97,14 +98,17 @@ class InterpSummary(RunSummary):
 
 def run_interp(config: InterpConfig) -> InterpSummary:
     """The whole run (module docstring); returns what it did and skipped. Process 0 holds the output folder's
-    writer lease (``engine.runtime.lease``) for the run."""
+    writer lease (``engine.runtime.lease``) for the run. What the store and the words folder list (languages,
+    layers, pairs, each language's words) is checked before the lease: a request they cannot meet creates nothing."""
+    reader, pairs, layers = _request(config)
+    sim = open_similarity(config.similarity) if config.retrieved else None
     with job_lease(config, "interp") as lease:
-        return _interp(config, lease)
+        return _interp(config, lease, reader, pairs, layers, sim)
 
 
-def _interp(config: InterpConfig, lease) -> InterpSummary:
-    started = time.perf_counter()
-    out = config.run.out
+def _request(config: InterpConfig):
+    """(the layer store's reader, the language pairs, the layers) of the run, each checked against the store, and
+    every language of a pair against the words folder (``words_language``, a WordsError naming what it holds)."""
     reader = open_store(config.store)
     available = reader.languages()
     langs = config.langs or tuple(available)
@@ -116,7 +120,14 @@ def _interp(config: InterpConfig, lease) -> InterpSummary:
     for layer in layers:
         if layer not in reader.info.layers:
             raise InterpError(f"layer {layer} is not in the layer store (it has {list(reader.info.layers)})")
-    sim = open_similarity(config.similarity) if config.retrieved else None
+    for lang in sorted({lang for p in pairs for lang in p}):
+        words_language(config.words, lang)
+    return reader, pairs, layers
+
+
+def _interp(config: InterpConfig, lease, reader, pairs, layers, sim) -> InterpSummary:
+    started = time.perf_counter()
+    out = config.run.out
     _, kv = open_kvstore(out)
     claims = work_claims(config.run, "interp", kv)
 
