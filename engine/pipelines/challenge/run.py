@@ -217,16 +217,10 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     pairs from earlier runs into the folder kept) and ``OUT/challenge.json`` (the settings). A folder made with other
     settings is refused before any work (``check_out``). ``entities``: the entity finder (None =
     ``config.filter.entities()``: spaCy with ``ner``, else none)."""
-    with output_lease(config, "challenge"):
-        return _challenge(config, store, entities)
-
-
-def _challenge(config: ChallengeConfig, store, entities) -> ChallengeResult:
-    manifest = settings_manifest(config)
-    out = config.run.out
-    _, kv = open_kvstore(out)
-    check_out(kv, out, manifest)
-    entities = config.filter.entities() if entities is None else entities
+    # before the lease, read only: a folder of other settings (checked again under the lease), then the languages,
+    # pairs, espeak-ng voices and spaCy pipelines a request names but the store or the machine lacks, are refused
+    # without creating the output folder
+    check_out(open_kvstore(config.run.out)[1], config.run.out, settings_manifest(config))
     store = open_store(config.store) if store is None else store
     available = list(store.languages())
     unknown = sorted(set(config.langs or ()) - set(available))
@@ -235,8 +229,18 @@ def _challenge(config: ChallengeConfig, store, entities) -> ChallengeResult:
     langs = [lang for lang in available if config.langs is None or lang in config.langs]
     pairs = resolve_pairs(config.pairs, langs, available)
     require_voices(sorted({lang for pair in pairs for lang in pair}))
+    entities = config.filter.entities() if entities is None else entities
     if isinstance(entities, SpacyEntities):
         entities.load(sorted({lang for pair in pairs for lang in pair}))
+    with output_lease(config, "challenge"):
+        return _challenge(config, store, entities, pairs)
+
+
+def _challenge(config: ChallengeConfig, store, entities, pairs) -> ChallengeResult:
+    manifest = settings_manifest(config)
+    out = config.run.out
+    _, kv = open_kvstore(out)
+    check_out(kv, out, manifest)  # again under the lease: another run may have written the folder since
     texts = {lang: texts_by_id(store.utterances_table(lang)) for lang in sorted({x for p in pairs for x in p})}
     book, all_flags, summary, choices = PhoneBook(), {}, [], {}
     for a, b in pairs:
