@@ -266,12 +266,18 @@ def run_probe(config: ProbeConfig, store=None) -> ProbeSummary:
     bad = sorted(set(layers) - set(store.info.layers))
     if bad:
         raise ProbeError(f"the store has no layer {bad}; it holds {list(store.info.layers)}")
+    if len(langs) < 2:  # its pairs are of two languages: one alone wrote an empty probe.csv
+        raise ProbeError(f"probe scores word pairs across two languages; the run has {langs} (--langs, or the store's)")
     check_word_store(store, langs, config.store, given_relations=config.relations is not None)
+    given = None
+    if config.relations is not None:  # read before the lease: a malformed file is named before anything is made
+        with open(config.relations, encoding="utf-8") as f:
+            given = read_relations(f.read(), config.relations)
     with job_lease(config, "probe"):
-        return _probe(config, store, langs, layers)
+        return _probe(config, store, langs, layers, given)
 
 
-def _probe(config: ProbeConfig, store, langs: list[str], layers: list[int]) -> ProbeSummary:
+def _probe(config: ProbeConfig, store, langs: list[str], layers: list[int], given: list | None) -> ProbeSummary:
     summary = ProbeSummary()
     index = {lang: word_index(store, lang, summary) for lang in langs}
     pairs = list(itertools.combinations(langs, 2))
@@ -288,8 +294,7 @@ def _probe(config: ProbeConfig, store, langs: list[str], layers: list[int]) -> P
         relations = generate_relations(words, spoken, config.seed)
         relations += [row for a, b in pairs if (a, b) not in spoken for row in synonym_relations(words, a, b)]
     else:
-        with open(config.relations, encoding="utf-8") as f:
-            relations = read_relations(f.read(), config.relations)
+        relations = given
     used, by_pair = [], {}
     for row in relations:
         la, wa, lb, wb, relation = row
