@@ -195,21 +195,14 @@ def run_align(config: AlignConfig) -> AlignSummary:
     """Aligns every done utterance of the store's languages and writes the layout of the module docstring. The run
     holds the output folder's writer lease (``engine.runtime.lease``)."""
     with_heads = ", ".join(f.name.capitalize() for f in FAMILIES.values() if CROSS_ATTENTION in f.heads)
+    reader = open_store(config.store)
     refuse_without_head(
-        "align", CROSS_ATTENTION, config.model, open_store(config.store).info,
+        "align", CROSS_ATTENTION, config.model, reader.info,
         f"Word times are seconds, so an align run on the same audio serves any store: encode the clips with a model "
         f"with a {CROSS_ATTENTION} head ({with_heads}), run align on that store, and pass its --out as interp's "
         "--words on this one (BUILD.md#models)",
     )  # fmt: skip
-    with job_lease(config, "align") as lease:
-        return _align(config, lease)
-
-
-def _align(config: AlignConfig, lease) -> AlignSummary:
-    t0 = time.perf_counter()
-    summary = AlignSummary()
-    reader = open_store(config.store)
-    # refuse_without_head (run_align) made sure the store's family has cross-attention heads.
+    # The model against the store and the languages asked, before the lease: a request they refuse creates nothing.
     aligner: Aligner = FAMILIES[reader.info.family].cross_attention(config.model, dtype=DTYPES[config.compute_dtype])
     _check_store(reader, aligner)
     langs = list(config.langs) if config.langs else reader.languages()
@@ -218,6 +211,13 @@ def _align(config: AlignConfig, lease) -> AlignSummary:
         raise AlignError(f"languages {missing} are not in the layer store, which has {reader.languages()}")
     for lang in langs:
         check_name("language", lang)
+    with job_lease(config, "align") as lease:
+        return _align(config, lease, open_store(config.store), aligner, langs)
+
+
+def _align(config: AlignConfig, lease, reader, aligner: Aligner, langs: list) -> AlignSummary:
+    t0 = time.perf_counter()
+    summary = AlignSummary()
     languages = {lang: _prompt_language(lang, aligner) for lang in langs}
     _, kv = open_kvstore(config.run.out)
     claims = work_claims(config.run, "align", kv)
