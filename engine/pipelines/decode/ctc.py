@@ -42,11 +42,9 @@ BATCH = 16  # utterances per head call
 MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "adapter", "store")
 
 
-def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
-    """Decodes every (language, layer) of the store with the CTC head of ``config.model`` (``load``: the family's CTC
-    head loader, ``Family.ctc``, whose model gives a ``CTCLens``) into
-    ``config.run.out``; counts into ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease
-    (``lease``). A work unit is one (language, layer): one part."""
+def prepare_ctc(config: DecodeConfig, reader, load) -> tuple:
+    """(the ``CTCLens`` of ``config.model``, languages, layers) of a CTC decode, checked against the store before the
+    caller takes the lease. ``load``: the family's CTC head loader, ``Family.ctc``, whose model gives the lens."""
     if config.tasks != (TASK,):
         raise DecodeError(f"a CTC head only transcribes: pass --tasks {TASK} (got {','.join(config.tasks)})")
     if config.model is None:
@@ -56,6 +54,14 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, load) -> None:
     adapter = info.model_name.split("+adapter.", 1)[1] if "+adapter." in info.model_name else None
     lens = load(config.model, adapter=adapter).ctc_lens()
     langs, layers = check_store(config, reader, lens.name, lens.sha256)
+    return lens, langs, layers
+
+
+def run_ctc_decode(config: DecodeConfig, reader, lease, summary, prepared: tuple) -> None:
+    """Decodes every (language, layer) of the store with the CTC head (``prepared``: ``prepare_ctc``'s) into
+    ``config.run.out``; counts into ``summary`` (a ``DecodeSummary``). The caller holds the output's writer lease
+    (``lease``). A work unit is one (language, layer): one part."""
+    lens, langs, layers = prepared
     ln_post = lens.ln_post  # the final norm the head is read through (module docstring)
     manifest = {
         "format": "babelgrid-hypotheses", "version": 1, "head": "ctc", "model_name": lens.name,

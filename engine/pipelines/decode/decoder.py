@@ -54,11 +54,18 @@ BATCH_UTTERANCES = 16  # utterances read from the store at a time (decoders that
 PAD_FRAMES = 16  # such a batch's memory is padded to a multiple of this many frames (fewer compilations)
 
 
-def run_decoder(config: DecodeConfig, reader, lease, summary, decoder) -> None:
-    """Decodes the store's languages and layers with ``decoder`` into ``config.run.out``; counts into ``summary`` (a
-    ``DecodeSummary``). The caller holds the output's writer lease (``lease``)."""
+def prepare_decoder(config: DecodeConfig, reader, decoder) -> tuple:
+    """What ``run_decoder`` decodes, checked before the caller takes the lease: ``check_decoder``'s (languages, layers,
+    prompt languages) and the English references of translate (a malformed --references file is named here)."""
     langs, layers, languages = check_decoder(config, reader, decoder)
     english = english_references(config, reader) if "translate" in config.tasks else {}
+    return langs, layers, languages, english
+
+
+def run_decoder(config: DecodeConfig, reader, lease, summary, decoder, prepared: tuple) -> None:
+    """Decodes the store's languages and layers with ``decoder`` into ``config.run.out``; counts into ``summary`` (a
+    ``DecodeSummary``). The caller holds the output's writer lease (``lease``); ``prepared``: ``prepare_decoder``'s."""
+    langs, layers, languages, english = prepared
     if decoder.caps.ln_post:
         variants = layer_variants(layers, config.ln_post, decoder.n_layers_out - 1)
     else:

@@ -30,8 +30,8 @@ from engine.errors import CheckpointError
 from engine.models.family import FAMILIES, refuse_without_head
 from engine.models.interface import CTC, DECODER, WINDOW_SECONDS
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
-from engine.pipelines.decode.ctc import run_ctc_decode
-from engine.pipelines.decode.decoder import run_decoder
+from engine.pipelines.decode.ctc import prepare_ctc, run_ctc_decode
+from engine.pipelines.decode.decoder import prepare_decoder, run_decoder
 from engine.pipelines.encode.memory import SAFE_SHARE, available_memory
 from engine.runtime.plan import size
 from engine.runtime.runs import RunSummary, job_lease
@@ -91,19 +91,23 @@ def run_decode(config: DecodeConfig, *, decoder=None) -> DecodeSummary:
             f"--decoding ctc reads a CTC head, which {info.family} models have none of; pass greedy or beam:N"
         )
     check_decode_batch(info, config)  # before the lease and the manifest: a corrected rerun is not refused
+    # The model against the store, its languages and layers, what its decoder can do: before the lease, so that a
+    # request it cannot meet creates nothing
     if family.decoder is not None and DECODER in family.store_heads(info):
         if decoder is None:
             try:
                 decoder = family.decoder(config.model, dtype=DTYPES[config.compute_dtype])
             except CheckpointError as e:
                 raise DecodeError(str(e)) from None
+        prepared = prepare_decoder(config, open_store(config.store), decoder)
 
         def path(config, reader, lease, summary):
-            run_decoder(config, reader, lease, summary, decoder)
+            run_decoder(config, reader, lease, summary, decoder, prepared)
     else:
+        prepared = prepare_ctc(config, open_store(config.store), family.ctc)
 
         def path(config, reader, lease, summary):
-            run_ctc_decode(config, reader, lease, summary, family.ctc)
+            run_ctc_decode(config, reader, lease, summary, prepared)
 
     with job_lease(config, "decode") as lease:
         summary = DecodeSummary()
