@@ -184,31 +184,51 @@ def run_finetune(config: FinetuneConfig, model=None) -> FinetuneSummary:
             f"{reader.info.family} model, whose decoder finetune does not train (it trains those of {trained}). "
             "Encode the data with one of those models first"
         )
+    trainer, targets = _prepare(config, model, reader)
     with job_lease(config, "finetune"):
-        return _finetune(config, model, reader)
+        return _finetune(config, reader, trainer, targets)
 
 
-def _finetune(config: FinetuneConfig, model, reader) -> FinetuneSummary:
-    t0 = time.time()
-    summary = FinetuneSummary()
-    out = pathlib.Path(config.run.out)
+def _prepare(config: FinetuneConfig, model, reader):
+    """(the trainer, the target texts by id), and every refusal the store's tables, the model and the machine can
+    give before the lease: dimensions, targets, what can be trained on and held out, the batch against the devices,
+    the --trainable groups, EWC's English texts, an export the model cannot make. So a corrected rerun into the same
+    folder is not refused as another run's, and nothing is made for a run that cannot go."""
     D.top_layer(reader)
     trainer = FAMILIES[reader.info.family].trainer(model if model is not None else config.model)
-    summary.padding, summary.padding_note = trainer.padding, trainer.padding_note
     if trainer.store_dims != reader.info.dims.to_dict():
         raise D.FinetuneError(f"--model has dims {trainer.store_dims}, the store's model "
                               f"{reader.info.dims.to_dict()}; pass the "
                               "store's model with --model")  # fmt: skip
-    if config.export:
-        check_export(trainer, out)
-    y = fleurs_to_whisper(config.target_lang)
+    if config.export and trainer.export_problem() is not None:
+        raise D.FinetuneError(f"{trainer.export_problem()}, or pass --noexport to train without exporting")
     targets = _targets(config, reader)
-    # What can be trained on is known from the store's tables: refused before the settings are recorded, so that
-    # the corrected rerun into the same folder is not refused as another run's
     usable = {u for lang in config.source_langs
               for ids, keep in [D.usable(reader, lang, targets, trainer.memory_frames, RunSummary())]
               for u in (ids[i] for i in keep)}  # fmt: skip
     D.split_ids(usable, config.held_out, config.seed)
+    n_dev = data_mesh().devices.size
+    if config.batch_size % n_dev:
+        raise D.FinetuneError(f"--batch_size {config.batch_size} must be a multiple of the {n_dev} devices")
+    try:
+        S.trainable_names(trainer.split()[1], config.trainable, trainer.groups)
+    except ValueError as e:
+        raise D.FinetuneError(str(e)) from None
+    english = _english(reader)
+    if config.ewc_lambda > 0 and not set(D.store_texts(reader, english) if english else ()) & usable:
+        raise D.FinetuneError("--ewc_lambda: EWC needs source recordings with an English text in the store (its "
+                              "Fisher is of X -> en); no usable id has one: pass --ewc_lambda 0")  # fmt: skip
+    return trainer, targets
+
+
+def _finetune(config: FinetuneConfig, reader, trainer, targets) -> FinetuneSummary:
+    t0 = time.time()
+    summary = FinetuneSummary()
+    out = pathlib.Path(config.run.out)
+    summary.padding, summary.padding_note = trainer.padding, trainer.padding_note
+    if config.export:
+        check_export(trainer, out)  # under the lease, which made the folder it tries a file in
+    y = fleurs_to_whisper(config.target_lang)
     _check_resume(out, config, trainer.padding)
     english = _english(reader)
     en_texts = D.store_texts(reader, english) if english else {}
@@ -264,10 +284,7 @@ def _finetune(config: FinetuneConfig, model, reader) -> FinetuneSummary:
         return rows
 
     # model, state, sharding
-    mesh = data_mesh()
-    n_dev = mesh.devices.size
-    if config.batch_size % n_dev:
-        raise D.FinetuneError(f"--batch_size {config.batch_size} must be a multiple of the {n_dev} devices")
+    mesh = data_mesh()  # its devices divide the batch (_prepare)
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA))
     graph, params = trainer.split()
     names = S.trainable_names(params, config.trainable, trainer.groups)
