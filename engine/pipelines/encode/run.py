@@ -95,6 +95,10 @@ def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> Encod
     langs = list(config.langs) if config.langs else source.languages()
     _check_languages(langs, encoder)  # before anything is created, the lease included
     layers = tuple(range(encoder.n_layers_out)) if config.layers is None else tuple(config.layers)
+    bad = [layer for layer in layers if not 0 <= layer < encoder.n_layers_out]
+    if bad:  # refused here, not by the store's schema under the lease (which had made the output folder)
+        raise StoreError(f"--layers {bad} are not layers of {encoder.name} (0..{encoder.n_layers_out - 1}: "
+                         f"{encoder.layer_meaning}); nothing was written")  # fmt: skip
     check_batch_size(encoder, layers, config.compute_dtype, config.batch_size)  # as is --batch_size
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
     shared = check_listing(
