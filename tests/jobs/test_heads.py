@@ -17,6 +17,7 @@ clips (de, en, es: 5 each, ids shared by position, one clip over 30 s so that an
 from __future__ import annotations
 
 import pathlib
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -24,11 +25,16 @@ import pytest
 
 from engine.data.audio import load_audio
 from engine.errors import BabelgridError
+from engine.models.whisper import cost as whisper_cost
+from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.features import features_for_audio
 from engine.pipelines.heads.config import HeadsConfig, HeadsError
+from engine.pipelines.heads.plan import plan_heads_run
 from engine.pipelines.heads.run import run_heads
 from engine.pipelines.probes.lid import lid_layer
+from engine.runtime.devices import get_device
 from engine.runtime.options import configure
+from engine.stores.reader import open_store
 from kernels.metrics import reference_retrieval_metrics
 
 LANGS = ("de", "en", "es")
@@ -267,6 +273,34 @@ def test_refusals(store, tiny_model_dir, tmp_path):
         run_heads(_config(tmp_path / "b", store, tiny_model_dir, layers=(9,)))
     with pytest.raises(HeadsError, match="importance takes"):
         _config(tmp_path / "c", store, tiny_model_dir, importance=("none", "ce"))
+
+
+def test_plan_counts_the_passes_and_writes_nothing(store, tiny_model_dir, tmp_path):
+    """--plan: the passes over the evaluation set (one unablated, one per block of H masks, each block's lower blocks
+    shared by its masks) and their encoder FLOPs by hand from the model's dimensions, every stage timed, a total, and
+    no output folder."""
+    out = tmp_path / "never"
+    plan = plan_heads_run(_config(out, store, tiny_model_dir), get_device("h100"))
+    text = plan.render()
+    assert not out.exists()
+    stages = {s.name: s for s in plan.stages}
+    assert list(stages) == ["load + compile", "audio -> input", "ablations: encoder", "ablations: decoder",
+                            "scoring: seqsim", "importance", "attention"], text  # fmt: skip
+    assert all(s.seconds_here > 0 for s in plan.stages), text
+    assert re.search(r"\n  total +\S+ [KMGT]? .* \d+(\.\d+)? (ms|s|min|h) +\S+ (ms|s|min|h)\n", text), text
+    # 3 languages x 5 utterances, one of them over 30 s: 16 windows (de 5, en 6, es 5) in batches of 4 rows
+    assert "15 utterances (5 a language at most) in 3 languages, 16 windows" in text, text
+    dims = ModelDimensions.from_dict(open_store(store).info.dims.to_dict())
+    blocks, heads = dims.n_audio_layer, dims.n_audio_head
+    assert f"{1 + blocks} over the evaluation set (1 unablated + 1 a block), {1 + blocks * heads} masks" in text, text
+    stem, block = whisper_cost.encoder_flops_per_window(dims)
+    padded = {n: -(-n // 4) * 4 for n in (5, 6, 5, 5 * heads, 6 * heads)}  # rows of a pass, batches padded to 4
+    expected = sum(padded[n] * (stem + blocks * block) for n in (5, 6, 5))  # unablated: every block (layers 2, 3)
+    for b in range(1, blocks + 1):  # the blocks below b once per window, b.. the top once per (window, mask)
+        expected += sum(padded[n] * (stem + (b - 1) * block) + padded[n * heads] * (blocks - b + 1) * block
+                        for n in (5, 6, 5))  # fmt: skip
+    assert stages["ablations: encoder"].flops == pytest.approx(expected), text
+    assert "greedy decodes of" in text and "peak memory per device" in text and "NVIDIA H100" in text, text
 
 
 def test_wav2vec2_store(clips, tiny_model_dir, tmp_path):

@@ -130,6 +130,26 @@ def run_heads(config: HeadsConfig) -> HeadsSummary:
 
 def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
     reader = open_store(config.store)
+    langs, encoder = checked(config, reader)
+    scored, layers, decoder, trainer = models(config, encoder, reader.info, summary.notes)
+    prompts = {lang: whisper_code_or_none(lang) for lang in langs}  # the trainer's prompt languages: ISO 639-1
+    top = encoder.n_layers_out - 1
+    decoding = None
+    if decoder is not None:
+        codes = {lang: decoder.language(lang, {}) for lang in langs}
+        normalizers = {lang: metrics.normalizer_for(decoder.score_language(code) or whisper_code_or_none(lang) or "")
+                       if code else None for lang, code in codes.items()}  # fmt: skip
+        decoding = Decoding(decoder, codes, normalizers, layers.index(top), config.max_new_tokens)
+    evaluation = evaluation_set(reader, encoder, langs, config.utterances)
+    if evaluation.n == 0:
+        raise HeadsError(f"no utterance of {langs} could be read from the store's audio: nothing to ablate")
+    created = reader.manifest.get("created") or {}
+    return Setup(encoder, evaluation, scored, encoder.head_masked(layers), decoding, trainer, prompts, created)
+
+
+def checked(config: HeadsConfig, reader) -> tuple[list[str], object]:
+    """(the run's languages, the loaded encoder), once both are checked against the store (the run's and the plan's
+    refusals)."""
     info = reader.info
     langs = list(config.langs) if config.langs else list(reader.languages)
     missing = sorted(set(langs) - set(reader.languages))
@@ -143,6 +163,12 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
             f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
             f"model given is {encoder.name!r} (sha256 {encoder.sha256[:12]}); pass the store's model with --model"
         )
+    return langs, encoder
+
+
+def models(config: HeadsConfig, encoder, info, notes: list) -> tuple[tuple[int, ...], tuple[int, ...], object, object]:
+    """(the scored layers, the pass's layers, the text decoder or None, the trainer of the ce loss or None); what is
+    not scored, and why, goes to ``notes``."""
     top = encoder.n_layers_out - 1
     scored = tuple(config.layers) if config.layers is not None else tuple(sorted({(top - 1) // 2 + 1, top}))
     bad = [la for la in scored if not 0 <= la <= top]
@@ -156,22 +182,11 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
     trainer = family.trainer(config.model) if trainable and "ce" in config.losses else None
     decoder = decoder if config.decode else None
     if "ce" in config.losses and trainer is None:
-        summary.notes.append(f"importance ce: not scored ({encoder.name} has no text decoder to train)")
+        notes.append(f"importance ce: not scored ({encoder.name} has no text decoder to train)")
     if config.decode and decoder is None:
-        summary.notes.append(f"WER/CER: not scored ({encoder.name} has no text decoder)")
-    prompts = {lang: whisper_code_or_none(lang) for lang in langs}  # the trainer's prompt languages: ISO 639-1
+        notes.append(f"WER/CER: not scored ({encoder.name} has no text decoder)")
     layers = tuple(sorted({*scored, *((top,) if decoder or trainer else ())}))  # the top: the decoder's memory
-    decoding = None
-    if decoder is not None:
-        codes = {lang: decoder.language(lang, {}) for lang in langs}
-        normalizers = {lang: metrics.normalizer_for(decoder.score_language(code) or whisper_code_or_none(lang) or "")
-                       if code else None for lang, code in codes.items()}  # fmt: skip
-        decoding = Decoding(decoder, codes, normalizers, layers.index(top), config.max_new_tokens)
-    evaluation = evaluation_set(reader, encoder, langs, config.utterances)
-    if evaluation.n == 0:
-        raise HeadsError(f"no utterance of {langs} could be read from the store's audio: nothing to ablate")
-    created = reader.manifest.get("created") or {}
-    return Setup(encoder, evaluation, scored, encoder.head_masked(layers), decoding, trainer, prompts, created)
+    return scored, layers, decoder, trainer
 
 
 def _compute(unit: str, setup: Setup, config: HeadsConfig, bar, summary: HeadsSummary) -> dict:
