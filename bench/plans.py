@@ -52,6 +52,9 @@ def rows(tmp: pathlib.Path) -> list[tuple[str, str, list[str]]]:
          ["jobs.probes", "--store", str(s), "--words", str(w), "--out", x]),
         ("neurons", "`neurons --out X --intervene en --random_draws 2 --intervene_utterances 10`",
          ["jobs.neurons", "--out", x, "--intervene", "en", "--random_draws", "2", "--intervene_utterances", "10"]),
+        ("heads", "`heads --store S --out X --utterances 6 --max_new_tokens 48` (docs/heads.md's demo: 49 passes "
+         "over 48 utterances, decoded, both importance losses)",
+         ["jobs.heads", "--store", str(s), "--out", x, "--utterances", "6", "--max_new_tokens", "48"]),
     ]  # fmt: skip
 
 
