@@ -2,6 +2,7 @@ r"""Do a model's language distances follow typology? Mantel tests against URIEL 
 and the layer where cross-lingual alignment and language separability meet.
 
     python -m jobs.typology --similarity /tmp/demo-sim --out /tmp/demo-typology
+    python -m jobs.typology --similarity /tmp/demo-sim --out /tmp/demo-typology --plan   # its cost, before it runs
     python -m jobs.typology --similarity /tmp/demo-sim --probes /tmp/demo-probes --out /tmp/demo-typology
     python -m jobs.typology --similarity S --compare /tmp/cmp --probes /tmp/p-base,/tmp/p-turbo --out O
 
@@ -15,11 +16,20 @@ from __future__ import annotations
 from engine.pipelines.typology.config import TypologyConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.typology.plan``), imported only when asked: --help stays quick."""
+    from engine.pipelines.typology.plan import plan_typology_run
+
+    return plan_typology_run(config, device)
+
+
 common.define_config_flags(
     TypologyConfig,
     __name__,
     run=("out", "progress", "kvstore_spec", "store_timeout"),
     required=("similarity", "out"),
+    plan=plan,
     help={"out": "output folder or TensorStore kvstore URL"},
 )
 

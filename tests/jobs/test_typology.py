@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import jax
 import numpy as np
@@ -26,6 +27,7 @@ from engine.figures import png_title
 from engine.pipelines.typology import mantel as mantel_module
 from engine.pipelines.typology import uriel
 from engine.pipelines.typology.config import TypologyConfig, TypologyError
+from engine.pipelines.typology.plan import plan_typology_run
 from engine.pipelines.typology.run import TYPOLOGY_COLUMNS, run_typology
 from engine.runtime.options import configure
 from engine.stores.integrity import write_outputs
@@ -267,6 +269,25 @@ def test_refusals(planted, tmp_path, job):
         _config(sim, tmp_path / "c", compare=str(tmp_path / "cmp"))
     with pytest.raises(TypologyError, match="one, for the similarity store's model"):
         run_typology(_config(sim, tmp_path / "p2", probes=(str(probes), str(probes))))
+
+
+def test_plan_counts_the_matrices_and_tests_and_writes_nothing(planted, tmp_path):
+    """--plan: every stored matrix of the run's layers (28 pairs x 3 layers, xx's included: the run reads them before
+    it leaves xx out), the Mantel tests over the 7 languages URIEL has, each stage timed, a total, no output folder."""
+    sim, _, _ = planted
+    out = tmp_path / "never"
+    plan = plan_typology_run(_config(sim, out), None)
+    text = plan.render()
+    assert not out.exists()
+    assert [s.name for s in plan.stages] == ["read + score", "uriel (lang2vec)", "mantel tests"], text
+    assert all(s.seconds_here > 0 for s in plan.stages), text
+    assert re.search(r"\n  total +\S+ [KMGT]? .* \d+(\.\d+)? (ms|s|min|h)\n", text), text
+    pairs = len(LANGS) * (len(LANGS) - 1) // 2
+    assert f"matrices: {pairs * len(LAYERS)} read and scored both ways ({pairs * len(LAYERS) * len(IDS) ** 2:,} cells"\
+        in text, text  # fmt: skip
+    assert "languages: 7 of 8 in URIEL; left out: xx" in text, text
+    assert "Mantel tests: 12 over the layers, 10 partial (geography held fixed); 199 permutations of 21" in text, text
+    assert plan.stages[0].bytes_read == pairs * len(LAYERS) * len(IDS) ** 2 * 4
 
 
 def test_every_model_of_a_compare_run(planted, tmp_path):

@@ -45,7 +45,7 @@ class Geometry:
             return np.nanmean(r1, axis=(1, 2)), np.nanmean(np.where(np.isnan(r1), np.nan, random), axis=(1, 2))
 
 
-def _directed(matrix, row_ids, col_ids, scored, measure: str) -> tuple[float, float, float]:
+def directed_scores(matrix, row_ids, col_ids, scored, measure: str) -> tuple[float, float, float]:
     """(R@1, its random baseline, gap) of one directed matrix; NaN where nothing could be measured."""
     kept, rows, cols, _, _ = drop_not_encoded(matrix, row_ids, col_ids, scored, measure=measure)
     kept, rows, _ = drop_unranked(kept, rows)
@@ -80,7 +80,7 @@ def read_geometry(reader, measures, layers, languages) -> Geometry:
                         continue
                     matrix, row_ids, col_ids = reader.matrix(measure, query, searched, layer)
                     scored = reader.scored(measure, query, searched, layer)
-                    r1, chance, gap = _directed(matrix, row_ids, col_ids, scored, measure)
+                    r1, chance, gap = directed_scores(matrix, row_ids, col_ids, scored, measure)
                     i, j = index[query], index[searched]
                     directed[measure, "r1"][li, i, j] = r1
                     random[measure][li, i, j] = chance

@@ -107,6 +107,16 @@ def run_typology(config: TypologyConfig) -> TypologySummary:
     """Writes the module docstring's files; a rerun with other settings into the same folder is refused."""
     started = time.monotonic()
     reader = open_similarity(config.similarity)
+    measures, layers, languages, _, _ = checked(config, reader)
+    meeting = _meeting(config, reader, measures)
+    with output_run(config, "typology", TypologyError):
+        return _typology(config, reader, measures, layers, languages, started, meeting)
+
+
+def checked(config: TypologyConfig, reader) -> tuple[list[str], list[int], list[str], list[str], dict[str, str]]:
+    """(measures, layers, the store's languages, those URIEL has, the others and why), checked as the run and the plan
+    refuse them: URIEL's languages (lang2vec's list, not its distances) before the lease, as refused after the Mantel
+    tests they wrote a manifest and computed every test of the run first."""
     measures = chosen("measure", config.measures, reader.measures(), TypologyError, "the similarity store")
     layers = chosen("layer", config.layers, reader.layers, TypologyError, "the similarity store")
     languages = _languages(reader, measures, config.langs)
@@ -114,15 +124,11 @@ def run_typology(config: TypologyConfig) -> TypologySummary:
         raise TypologyError(f"a Mantel test needs 3 or more languages; the similarity store has {languages}")
     if config.dendrogram_layer is not None and config.dendrogram_layer not in layers:
         raise TypologyError(f"--dendrogram_layer {config.dendrogram_layer} is not among the layers {layers}")
-    # URIEL's languages (lang2vec's list, not its distances) and the curves' folders, before the lease: refused after
-    # the Mantel tests, they wrote a manifest and computed every test of the run first
     kept, _, missing = uriel.resolve(languages)
     if len(kept) < 3:
         left = ", ".join(f"{lang} ({why})" for lang, why in sorted(missing.items()))
         raise TypologyError(f"URIEL has {len(kept)} of the store's languages; a Mantel test needs 3. Left out: {left}")
-    meeting = _meeting(config, reader, measures)
-    with output_run(config, "typology", TypologyError):
-        return _typology(config, reader, measures, layers, languages, started, meeting)
+    return measures, layers, languages, kept, missing
 
 
 def _correlate(config, geo, found, summary, bar) -> dict[str, bytes]:
