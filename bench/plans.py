@@ -3,9 +3,10 @@
 For each job the plan is printed first (``--plan``, its "total ... here" read from the printout), then the run is
 timed (the wall time of the command, start-up included), one after the other, nothing else running. The inputs are
 made first and not timed: the demo's whisper-base store ``S`` (encode, which is also the first row, writes it again),
-the demo's words ``W`` (align's output, for probes), and a random-weight Qwen2-Audio tower (``babelgrid
-random-model``, 4 blocks x 1280, the released width) encoded on 4 languages (``Q``), for compare at the size issue
-62 reported: whisper-base against a random Qwen2-Audio tower, 4 languages, 100 permutations.
+the demo's words ``W`` (align's output, for probes), its similarity store ``M`` (seqsim and mean, for typology), and a
+random-weight Qwen2-Audio tower (``babelgrid random-model``, 4 blocks x 1280, the released width) encoded on 4
+languages (``Q``), for compare at the size issue 62 reported: whisper-base against a random Qwen2-Audio tower, 4
+languages, 100 permutations.
 
     python bench/plans.py [--record bench/RESULTS.md] [--tmp /tmp/bench-plans] [--only compare,neurons]
 
@@ -34,7 +35,7 @@ LANGS4 = "en,de,es,it"
 
 def rows(tmp: pathlib.Path) -> list[tuple[str, str, list[str]]]:
     """(job, what the table shows, the command's arguments after ``python -m``); S, W, Q as the module docstring."""
-    s, w, q = tmp / "S", tmp / "W", tmp / "Q"
+    s, w, q, m = tmp / "S", tmp / "W", tmp / "Q", tmp / "M"
     x = str(tmp / "X")  # every job's output, removed before each
     return [
         ("encode", "`encode --out S` (240 utterances)", ["jobs.encode", "--out", str(s)]),
@@ -55,6 +56,8 @@ def rows(tmp: pathlib.Path) -> list[tuple[str, str, list[str]]]:
         ("heads", "`heads --store S --out X --utterances 6 --max_new_tokens 48` (docs/heads.md's demo: 49 passes "
          "over 48 utterances, decoded, both importance losses)",
          ["jobs.heads", "--store", str(s), "--out", x, "--utterances", "6", "--max_new_tokens", "48"]),
+        ("typology", "`typology --similarity M --out X` (M: seqsim and mean of S; 8 languages x 8 layers, 9999 "
+         "permutations)", ["jobs.typology", "--similarity", str(m), "--out", x]),
     ]  # fmt: skip
 
 
@@ -80,6 +83,8 @@ def inputs(tmp: pathlib.Path) -> None:
         run(["jobs.encode", "--out", str(tmp / "S")])
     if not (tmp / "W").exists():  # the demo's words: align's output (words.parquet per language)
         run(["jobs.align", "--store", str(tmp / "S"), "--out", str(tmp / "W")])
+    if not (tmp / "M").exists():  # the demo's similarity store, as docs/typology.md makes it: typology's input
+        run(["jobs.seqsim", "--store", str(tmp / "S"), "--out", str(tmp / "M"), "--measure", "seqsim,mean"])
     if not (tmp / "Q").exists():
         run(["jobs.random_model", "--kind", "qwen2-audio", "--out", str(tmp / "q-model"), "--layers", "4",
              "--width", "1280", "--heads", "20"])  # fmt: skip
