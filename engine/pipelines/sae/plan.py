@@ -23,9 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.listing import chosen
+from engine.pipelines.decode.config import DecodeConfig, DecodeError
+from engine.pipelines.decode.plan import plan_decode_run
 from engine.pipelines.sae import evaluate
 from engine.pipelines.sae.config import DEFAULT_BUDGET, DEFAULT_EPOCHS, MIN_STEPS, SaeConfig, SaeError, total_steps
+from engine.pipelines.sae.exit import exit_utterances
 from engine.runtime.devices import Device
+from engine.runtime.options import configure
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, timed
 from engine.stores.reader import open_store
 from kernels import sae
@@ -142,11 +146,6 @@ def plan_sae_run(config: SaeConfig, device: Device | None) -> Plan:
 def _early_exit(config: SaeConfig, reader, layers, langs, device, counts, assumptions) -> list[Stage]:
     """The early exit's stages: the decode job's plan of the layers (``--ln_post on``), scaled to the utterances
     decoded, its decoder run twice."""
-    from engine.pipelines.decode.config import DecodeConfig, DecodeError
-    from engine.pipelines.decode.plan import plan_decode_run
-    from engine.pipelines.sae.exit import exit_utterances
-    from engine.runtime.options import configure
-
     picked = sum(len(exit_utterances(reader, lang, config.decode_utterances)) for lang in langs)
     done = sum(int((np.asarray(reader.lengths(lang)) > 0).sum()) for lang in langs)
     decode = configure(DecodeConfig, store=config.store, model=config.model, out="/nonexistent/sae-plan",
