@@ -8,6 +8,7 @@ r"""SeqSimInterp: word pairs that the encoder aligns across languages, and wheth
         --pairs en:de --alignment ot --ot_weights duration
     python -m jobs.interp --store /tmp/demo-store --words /tmp/demo-words --out /tmp/demo-interp-z \
         --pairs en:de --standardise layer
+    python -m jobs.interp --store /tmp/demo-store --words /tmp/demo-words --out /tmp/demo-interp --plan
 
 --words is the align job's --out. Re-running with the same --out resumes per (language pair, layer). Output
 layout and method: engine/pipelines/interp/run.py and docs/interp.md; analyst reader: engine/pipelines/interp/reader.py.
@@ -28,11 +29,20 @@ from engine.runtime.options import PARSERS, ConfigError, format_value
 from jobs import common
 from kernels.settings import OtConfig
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.interp.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.interp.plan import plan_interp_run
+
+    return plan_interp_run(config, device)
+
+
 common.define_config_flags(
     InterpConfig,
     __name__,
     run=common.RUN_OPTIONS,
     required=("out",),
+    plan=plan,
     help={"out": "output folder or TensorStore kvstore URL (created if missing, resumed if present)"},
     skip=("poolings",),
     distributed=True,

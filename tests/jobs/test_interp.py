@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 
 import numpy as np
@@ -26,6 +27,7 @@ from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.pipelines.interp.config import InterpConfig
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.pipelines.interp.plan import plan_interp_run
 from engine.pipelines.interp.reader import read_pairs, read_summary
 from engine.pipelines.interp.run import run_interp
 from engine.runtime.options import configure
@@ -266,6 +268,26 @@ def test_ot_alignment_through_flags_on_planted_words(run_job, tmp_path):
     refused = run_job("interp", "--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de",
                       "--ot_weights", "duration", "--pooling", "mean,centre", expect=None)  # fmt: skip
     assert refused.returncode != 0 and "alignment" in refused.stderr
+
+
+def test_plan_counts_the_units_and_writes_nothing(tmp_path):
+    """--plan on the planted store (en:de, one layer, two utterance pairs of 3 and 4 words, OT): its units, pairs,
+    kernel calls, the states it reads and the rows at most, every stage timed, a total, and no output folder."""
+    store, words, _ = planted_store(tmp_path)
+    out = tmp_path / "never"
+    config = configure(InterpConfig, store=str(store), words=str(words), out=str(out), pairs="en:de", alignment="ot",
+                       poolings=("centre", "mean"))  # fmt: skip
+    plan = plan_interp_run(config)
+    text = plan.render()
+    assert not out.exists()
+    assert [s.name for s in plan.stages] == ["words: embed + phones", "read states", "align words", "rows"], text
+    assert all(s.seconds_here > 0 for s in plan.stages), text
+    assert re.search(r"\n  total +\S+ [KMGT]? .* \d+(\.\d+)? (ms|s|min|h)\n", text), text
+    assert "units: 1 language pairs x 1 layers = 1" in text and "utterance pairs: 2 over the units (parallel)" in text
+    assert "kernel: 2 calls (1 blocks of at most 32 pairs x 2 poolings), 1 block shapes; largest 8 words" in text, text
+    frames = {n: GAP_FRAMES + n * (WORD_FRAMES + GAP_FRAMES) for n in (3, 4)}  # each utterance, both sides
+    assert plan.stages[1].bytes_read == 2 * sum(frames.values()) * TINY_DIMS.n_audio_state * 4, text
+    assert "rows: at most 12 word pairs" in text, text  # (3 + 3 words of the shorter side) x 2 poolings
 
 
 def test_standardised_cosines_through_flags(run_job, tmp_path):

@@ -100,13 +100,13 @@ def run_interp(config: InterpConfig) -> InterpSummary:
     """The whole run (module docstring); returns what it did and skipped. Process 0 holds the output folder's
     writer lease (``engine.runtime.lease``) for the run. What the store and the words folder list (languages,
     layers, pairs, each language's words) is checked before the lease: a request they cannot meet creates nothing."""
-    reader, pairs, layers = _request(config)
+    reader, pairs, layers = request(config)
     sim = open_similarity(config.similarity) if config.retrieved else None
     with job_lease(config, "interp") as lease:
         return _interp(config, lease, reader, pairs, layers, sim)
 
 
-def _request(config: InterpConfig):
+def request(config: InterpConfig):
     """(the layer store's reader, the language pairs, the layers) of the run, each checked against the store, and
     every language of a pair against the words folder (``words_language``, a WordsError naming what it holds)."""
     reader = open_store(config.store)
