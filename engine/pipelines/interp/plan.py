@@ -48,14 +48,14 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - started
 
 
-def _call_and_word(fn, sample: list[str]) -> tuple[float, float]:
-    """(seconds of a call, seconds a word) of ``fn(words)``, from a call on one word and one on ``sample``, after a
-    first call (loading, compiling)."""
-    fn(sample[:1])
+def _call_and_word(fn, sample: list[str]) -> tuple[float, float, float]:
+    """(seconds of the first call beyond a later one: loading, compiling; seconds of a call; seconds a word) of
+    ``fn(words)``, from a first call and a later one on one word, and one on ``sample``."""
+    first = _timed(fn, sample[:1])
     one = _timed(fn, sample[:1])
     many = _timed(fn, sample)
     per_word = max(many - one, 0.0) / max(len(sample) - 1, 1)
-    return max(one - per_word, 0.0), per_word
+    return max(first - one, 0.0), max(one - per_word, 0.0), per_word
 
 
 def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
@@ -133,11 +133,15 @@ def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
     started = time.perf_counter()
     encoder = load_text_encoder(config.text_encoder)
     load_seconds = time.perf_counter() - started
-    embed_call, embed = _call_and_word(lambda ws: np.asarray(encoder.encode(ws)), sample)
+    embed_load, embed_call, embed = _call_and_word(lambda ws: np.asarray(encoder.encode(ws)), sample)
     spoken = ph.covers(lang0)
-    phone_call, phonemes = _call_and_word(lambda ws: ph.phonemize_words(lang0, ws), sample) if spoken else (0.0, 0.0)
+    no = (0.0, 0.0, 0.0)
+    phone_load, phone_call, phonemes = (
+        _call_and_word(lambda ws: ph.phonemize_words(lang0, ws), sample) if spoken else no
+    )
     said = ph.phonemize_words(lang0, sample) if spoken else []
-    ph.phone_distance(said[0], said[-1]) if said else None  # its tables loaded
+    distance_load = _timed(lambda: ph.phone_distance(said[0], said[-1])) if said else 0.0  # its tables loaded
+    load_seconds += embed_load + phone_load + distance_load
     distance = _timed(lambda: [ph.phone_distance(said[i], said[-1 - i]) for i in range(len(said))]) / max(len(said), 1)
     calib = time.perf_counter() - t0
 
