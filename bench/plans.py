@@ -58,6 +58,9 @@ def rows(tmp: pathlib.Path) -> list[tuple[str, str, list[str]]]:
          ["jobs.heads", "--store", str(s), "--out", x, "--utterances", "6", "--max_new_tokens", "48"]),
         ("typology", "`typology --similarity M --out X` (M: seqsim and mean of S; 8 languages x 8 layers, 9999 "
          "permutations)", ["jobs.typology", "--similarity", str(m), "--out", x]),
+        ("interp", "`interp --store S --words W --out X --pairs es:it,en:de,en:ru` (docs/interp.md's demo: 3 pairs x "
+         "8 layers)",
+         ["jobs.interp", "--store", str(s), "--words", str(w), "--out", x, "--pairs", "es:it,en:de,en:ru"]),
     ]  # fmt: skip
 
 
