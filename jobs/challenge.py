@@ -1,6 +1,7 @@
 r"""Pronunciation-controlled challenge sets: which translation pairs share a name, a number or a sound-alike word.
 
     python -m jobs.challenge --store /tmp/demo-store --out /tmp/demo-challenge --pairs en:es,en:de,de:sv
+    python -m jobs.challenge --store /tmp/demo-store --out /tmp/demo-challenge --plan          # its cost first
     python -m jobs.retrieval --similarity /tmp/demo-sim --out /tmp/demo-ret-challenge --subset /tmp/demo-challenge
 
 Writes OUT/<a>__<b>.csv (id, kept, reason, evidence), OUT/summary.csv (pairs kept per pair and threshold, and the
@@ -22,11 +23,20 @@ from engine.runtime.options import parse_list
 from engine.stores.challenge import ChallengeError
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.challenge.plan``), imported only when asked."""
+    from engine.pipelines.challenge.plan import plan_challenge_run
+
+    return plan_challenge_run(config, device)
+
+
 common.define_config_flags(
     ChallengeConfig,
     __name__,
     run=("out", "progress", "kvstore_spec", "store_timeout"),
     required=("out",),
+    plan=plan,
     help={
         "out": "output folder or TensorStore kvstore URL for the per-pair CSVs and summary.csv",
         "progress": common.NO_LONG_STAGES.format(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 import sys
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from engine.pipelines.challenge import rules
 from engine.pipelines.challenge import run as challenge
+from engine.pipelines.challenge.plan import plan_challenge_run
 from engine.pipelines.retrieval import subset as subset_lib
 from engine.pipelines.retrieval.config import RetrievalConfig
 from engine.pipelines.retrieval.run import run_retrieval
@@ -95,6 +97,29 @@ def test_job_flags_names_numbers_and_cognates_and_keeps_the_rest(run_job, tmp_pa
         challenge.run_challenge(
             configure(challenge.ChallengeConfig, store=str(tmp_path / "store"), out=str(tmp_path / "x"), pairs="en:xx")
         )
+
+
+def test_plan_counts_the_sentence_and_word_pairs_and_writes_nothing(tmp_path):
+    """--plan on en:de of TEXTS: the 20 mismatched sentence pairs drawn (all of them: fewer than --chance_pairs) and
+    the 5 shared ids, each comparing every distinct word of one side with every one of the other; each stage timed,
+    a total, and no output folder."""
+    store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
+    store.language("en", rows("en", 0))
+    store.language("de", rows("de", 1))
+    out = tmp_path / "never"
+    plan = plan_challenge_run(configure(challenge.ChallengeConfig, store=str(tmp_path / "store"), out=str(out),
+                                        pairs="en:de"))  # fmt: skip
+    text = plan.render()
+    assert not out.exists()
+    assert [s.name for s in plan.stages] == ["phonemes (espeak-ng)", "sound rule"], text
+    assert all(s.seconds_here > 0 for s in plan.stages), text
+    assert re.search(r"\n  total +\S+ [KMGT]? .* \d+(\.\d+)? (ms|s|min|h)\n", text), text
+    letters = {lang: [set(re.findall(r"[^\W\d_]+", t[i].lower())) for t in TEXTS.values()] for i, lang in
+               enumerate(("en", "de"))}  # fmt: skip
+    n = len(TEXTS)
+    word_pairs = sum(len(letters["en"][i]) * len(letters["de"][j]) for i in range(n) for j in range(n))
+    assert "sentence pairs: 25: 5 shared ids judged, 20 mismatched drawn" in text, text
+    assert f"word pairs: at most {word_pairs:,} phone distances" in text, text
 
 
 def allowed_threshold(distances, rate, cap):

@@ -220,6 +220,17 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     # before the lease, read only: a folder of other settings (checked again under the lease), then the languages,
     # pairs, espeak-ng voices and spaCy pipelines a request names but the store or the machine lacks, are refused
     # without creating the output folder
+    store, pairs = request(config, store)
+    entities = config.filter.entities() if entities is None else entities
+    if isinstance(entities, SpacyEntities):
+        entities.load(sorted({lang for pair in pairs for lang in pair}))
+    with output_lease(config, "challenge"):
+        return _challenge(config, store, entities, pairs)
+
+
+def request(config: ChallengeConfig, store=None) -> tuple[object, list[tuple[str, str]]]:
+    """(the store's reader, the language pairs) of the run, checked as the run and its plan refuse them: a folder of
+    other settings, languages the store lacks, espeak-ng voices the machine lacks."""
     check_out(open_kvstore(config.run.out)[1], config.run.out, settings_manifest(config))
     store = open_store(config.store) if store is None else store
     available = list(store.languages())
@@ -229,11 +240,7 @@ def run_challenge(config: ChallengeConfig, store=None, entities=None) -> Challen
     langs = [lang for lang in available if config.langs is None or lang in config.langs]
     pairs = resolve_pairs(config.pairs, langs, available)
     require_voices(sorted({lang for pair in pairs for lang in pair}))
-    entities = config.filter.entities() if entities is None else entities
-    if isinstance(entities, SpacyEntities):
-        entities.load(sorted({lang for pair in pairs for lang in pair}))
-    with output_lease(config, "challenge"):
-        return _challenge(config, store, entities, pairs)
+    return store, pairs
 
 
 def _challenge(config: ChallengeConfig, store, entities, pairs) -> ChallengeResult:

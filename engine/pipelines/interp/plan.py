@@ -48,7 +48,7 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - started
 
 
-def _call_and_word(fn, sample: list[str]) -> tuple[float, float, float]:
+def call_and_word(fn, sample: list[str]) -> tuple[float, float, float]:
     """(seconds of the first call beyond a later one: loading, compiling; seconds of a call; seconds a word) of
     ``fn(words)``, from a first call and a later one on one word, and one on ``sample``."""
     first = _timed(fn, sample[:1])
@@ -133,11 +133,11 @@ def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
     started = time.perf_counter()
     encoder = load_text_encoder(config.text_encoder)
     load_seconds = time.perf_counter() - started
-    embed_load, embed_call, embed = _call_and_word(lambda ws: np.asarray(encoder.encode(ws)), sample)
+    embed_load, embed_call, embed = call_and_word(lambda ws: np.asarray(encoder.encode(ws)), sample)
     spoken = ph.covers(lang0)
     no = (0.0, 0.0, 0.0)
     phone_load, phone_call, phonemes = (
-        _call_and_word(lambda ws: ph.phonemize_words(lang0, ws), sample) if spoken else no
+        call_and_word(lambda ws: ph.phonemize_words(lang0, ws), sample) if spoken else no
     )
     said = ph.phonemize_words(lang0, sample) if spoken else []
     distance_load = _timed(lambda: ph.phone_distance(said[0], said[-1])) if said else 0.0  # its tables loaded
