@@ -61,6 +61,8 @@ def rows(tmp: pathlib.Path) -> list[tuple[str, str, list[str]]]:
         ("interp", "`interp --store S --words W --out X --pairs es:it,en:de,en:ru` (docs/interp.md's demo: 3 pairs x "
          "8 layers)",
          ["jobs.interp", "--store", str(s), "--words", str(w), "--out", x, "--pairs", "es:it,en:de,en:ru"]),
+        ("challenge", "`challenge --store S --out X --pairs en:es,en:de,en:ru` (docs/challenge.md's demo: 27 s)",
+         ["jobs.challenge", "--store", str(s), "--out", x, "--pairs", "en:es,en:de,en:ru"]),
     ]  # fmt: skip
 
 
