@@ -303,6 +303,16 @@ def test_plan_counts_the_passes_and_writes_nothing(store, tiny_model_dir, tmp_pa
     assert "greedy decodes of" in text and "peak memory per device" in text and "NVIDIA H100" in text, text
 
 
+def test_plan_through_the_flags(run_job, store, tiny_model_dir, tmp_path):
+    """--plan on the command line: the plan printed with its total here and on --plan_device, exit 0, nothing made."""
+    out = tmp_path / "never"
+    proc = run_job("heads", "--store", str(store), "--model", str(tiny_model_dir), "--out", str(out), "--utterances",
+                   "2", "--nodecode", "--importance", "none", "--plan", "--plan_device", "h100")  # fmt: skip
+    assert not out.exists()
+    assert "plan: heads (dry run" in proc.stdout and "WER/CER: not scored (--nodecode)" in proc.stdout, proc.stdout
+    assert re.search(r"\n  total +.* (ms|s|min|h) +\S+ (ms|s|min|h)\n", proc.stdout), proc.stdout
+
+
 def test_wav2vec2_store(clips, tiny_model_dir, tmp_path):
     """A random wav2vec2 (``babelgrid random-model``'s) over the clips cut to 2 s: no decoder (WER, CE said not
     scored), attention statistics with the padding's keys masked."""
