@@ -10,7 +10,8 @@ Reads the layer store's lengths and the align job's word tables (no states), wit
   ``--retrieved k`` about k more per query), read from the store (both sides' utterances, once each) and aligned in
   blocks of ``PAIR_BLOCK`` pairs, each padded to its longest words and frames, once per ``--pooling`` (and with
   ``--alignment ot`` the transport plan too);
-- the states read, at ``READ_RATE`` (compare's figure for a local store);
+- the states read, at ``READ_RATE`` (compare's figure for a local store): every stored frame of each utterance a unit
+  reads, padding included (a Whisper store's 1500 a window), as ``unit_part`` reads them;
 - the word pairs' rows: at most one per word of the shorter utterance (mutual best pairs), each with a phone distance
   (cached between units).
 
@@ -65,11 +66,13 @@ def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
     words: dict[str, dict[str, int]] = {}  # lang -> id -> words in it
     frames: dict[str, dict[str, int]] = {}
     keys: dict[str, set] = {}
+    padded: dict[str, int] = {}  # lang -> frames a read of one utterance holds
     for lang in sorted({lang for p in pairs for lang in p}):
         table = reader.utterances_table(lang).to_pydict()
         lengths = reader.lengths(lang)
         frames[lang] = {uid: int(lengths[u]) for u, uid in zip(table["utterance"], table["id"], strict=True)
                         if lengths[u] > 0}  # fmt: skip
+        padded[lang] = reader.arrays(lang).max_frames
         rows = read_words(config.words, words_language(config.words, lang)).to_pydict()
         words[lang], keys[lang] = {}, set()
         for uid, word in zip(rows["id"], rows["word"], strict=True):
@@ -90,7 +93,9 @@ def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
             upairs += [(u, others[(i + k + 1) % len(others)]) for i, u in enumerate(shared)
                        for k in range(min(config.retrieved, max(len(others) - 1, 0)))]  # fmt: skip
         n_upairs += len(upairs) * len(layers)
-        read = sum(frames[a][u] for u in {p[0] for p in upairs}) + sum(frames[b][u] for u in {p[1] for p in upairs})
+        # the unit reads each utterance's every stored frame (``language_layer`` without ``frames``: a whisper
+        # store's 30 s window, 1500 frames, whatever the utterance's length)
+        read = len({p[0] for p in upairs}) * padded[a] + len({p[1] for p in upairs}) * padded[b]
         read_bytes += float(read) * d * 4 * len(layers)
         rows += sum(min(words[a][u], words[b][v]) for u, v in upairs) * len(layers) * len(config.poolings)
         for first in range(0, len(upairs), PAIR_BLOCK):
@@ -136,9 +141,7 @@ def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
     embed_load, embed_call, embed = call_and_word(lambda ws: np.asarray(encoder.encode(ws)), sample)
     spoken = ph.covers(lang0)
     no = (0.0, 0.0, 0.0)
-    phone_load, phone_call, phonemes = (
-        call_and_word(lambda ws: ph.phonemize_words(lang0, ws), sample) if spoken else no
-    )
+    phone_load, phone_call, phonemes = call_and_word(lambda ws: ph.phonemize_words(lang0, ws), sample) if spoken else no
     said = ph.phonemize_words(lang0, sample) if spoken else []
     distance_load = _timed(lambda: ph.phone_distance(said[0], said[-1])) if said else 0.0  # its tables loaded
     load_seconds += embed_load + phone_load + distance_load
