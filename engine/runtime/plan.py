@@ -128,6 +128,29 @@ def duration(seconds: float) -> str:
     return f"{seconds / (365.25 * 86400):,.1f} y"  # CPU estimates of a whole-FLEURS grid: hours overflow the column
 
 
+# Bytes/s a plan reads a local zarr store with zstd at (a measured order of magnitude): compare's, interp's and
+# seqsim's --remove_language fit price their reads with it.
+READ_RATE = 200e6
+SAMPLE_WORDS = 32  # words embedded, phonemised and compared when a plan calibrates the text tools (interp, challenge)
+
+
+def once(fn, *args) -> float:
+    """Wall time of one call of ``fn(*args)``, compiles and first loads included."""
+    started = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - started
+
+
+def call_and_word(fn, sample: list[str]) -> tuple[float, float, float]:
+    """(seconds of the first call beyond a later one: loading, compiling; seconds of a call; seconds a word) of
+    ``fn(words)``, from a first call and a later one on one word, and one on ``sample``."""
+    first = once(fn, sample[:1])
+    one = once(fn, sample[:1])
+    many = once(fn, sample)
+    per_word = max(many - one, 0.0) / max(len(sample) - 1, 1)
+    return max(first - one, 0.0), max(one - per_word, 0.0), per_word
+
+
 def timed(fn, *args, repeats: int = 2) -> float:
     """Best wall time of ``fn(*args)`` after one compiling call."""
     jax.block_until_ready(fn(*args))

@@ -18,9 +18,8 @@ import time
 
 from engine.pipelines.challenge.rules import texts_by_id, words
 from engine.pipelines.challenge.run import ChallengeConfig, request
-from engine.pipelines.interp.plan import SAMPLE_WORDS, call_and_word
 from engine.runtime.devices import Device
-from engine.runtime.plan import Plan, Stage, duration
+from engine.runtime.plan import SAMPLE_WORDS, Plan, Stage, call_and_word, duration
 from engine.text import phones as ph
 from engine.text.soundalike import fold_case, mismatched_pairs
 

@@ -39,12 +39,10 @@ import numpy as np
 from engine.pipelines.compare.languages import languages_of
 from engine.pipelines.compare.states import pair_utterances
 from engine.runtime.devices import Device
-from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, size, timed
+from engine.runtime.plan import EFFICIENCY, READ_RATE, Plan, Stage, duration, size, timed
 from engine.stores.reader import open_store
 from kernels import cka, null
 from kernels.cca import NULL_BATCH
-
-READ_RATE = 200e6  # bytes/s from a local zarr store with zstd, measured order
 
 FLOAT = 4  # bytes per float32
 

@@ -14,7 +14,8 @@ prints one status line every 30 s (``engine.runtime.progress``), naming the step
 from __future__ import annotations
 
 from engine.pipelines.compare.layers import GRAM_MAX
-from engine.pipelines.compare.plan import READ_RATE, Rates, measure_rates, model_shape, plan_compare_run, set_seconds
+from engine.pipelines.compare.plan import Rates, measure_rates, model_shape, plan_compare_run, set_seconds
+from engine.runtime.plan import READ_RATE
 from engine.runtime.runs import progress_bar
 
 STAGE = {"cka": "cka", "cka_unbiased": "cka", "svcca": "cca", "pwcca": "cca", "mknn": "mknn", "cknna": "cknna",

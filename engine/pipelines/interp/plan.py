@@ -28,35 +28,16 @@ import time
 import jax
 import numpy as np
 
-from engine.pipelines.compare.plan import READ_RATE
 from engine.pipelines.interp.config import InterpConfig
 from engine.pipelines.interp.inputs import clean_word
 from engine.pipelines.interp.run import request
 from engine.pipelines.interp.unit import FRAME_QUANTUM, PAIR_BLOCK, WORD_QUANTUM
 from engine.runtime.devices import Device
-from engine.runtime.plan import Plan, Stage, duration, size
+from engine.runtime.plan import READ_RATE, SAMPLE_WORDS, Plan, Stage, call_and_word, duration, once, size
 from engine.stores.words import read_words, words_language
 from engine.text import phones as ph
 from engine.text.encoders import load_text_encoder
 from kernels.wordalign import WordPair, Words, word_plan_pairs, wordalign_pairs
-
-SAMPLE_WORDS = 32  # words embedded, phonemised and compared in the calibration
-
-
-def _timed(fn, *args) -> float:
-    started = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    return time.perf_counter() - started
-
-
-def call_and_word(fn, sample: list[str]) -> tuple[float, float, float]:
-    """(seconds of the first call beyond a later one: loading, compiling; seconds of a call; seconds a word) of
-    ``fn(words)``, from a first call and a later one on one word, and one on ``sample``."""
-    first = _timed(fn, sample[:1])
-    one = _timed(fn, sample[:1])
-    many = _timed(fn, sample)
-    per_word = max(many - one, 0.0) / max(len(sample) - 1, 1)
-    return max(first - one, 0.0), max(one - per_word, 0.0), per_word
 
 
 def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
@@ -130,8 +111,8 @@ def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
                                        config=config.ot).plan)  # fmt: skip
         return out
 
-    first = _timed(kernel)
-    call = _timed(kernel)
+    first = once(kernel)
+    call = once(kernel)
     compile_seconds = max(first - call, 0.0)
     lang0 = pairs[0][0]
     sample = sorted(keys[lang0])[:SAMPLE_WORDS] or ["a"]
@@ -143,9 +124,9 @@ def plan_interp_run(config: InterpConfig, device: Device | None = None) -> Plan:
     no = (0.0, 0.0, 0.0)
     phone_load, phone_call, phonemes = call_and_word(lambda ws: ph.phonemize_words(lang0, ws), sample) if spoken else no
     said = ph.phonemize_words(lang0, sample) if spoken else []
-    distance_load = _timed(lambda: ph.phone_distance(said[0], said[-1])) if said else 0.0  # its tables loaded
+    distance_load = once(lambda: ph.phone_distance(said[0], said[-1])) if said else 0.0  # its tables loaded
     load_seconds += embed_load + phone_load + distance_load
-    distance = _timed(lambda: [ph.phone_distance(said[i], said[-1 - i]) for i in range(len(said))]) / max(len(said), 1)
+    distance = once(lambda: [ph.phone_distance(said[i], said[-1 - i]) for i in range(len(said))]) / max(len(said), 1)
     calib = time.perf_counter() - t0
 
     n_keys = sum(len(v) for v in keys.values())

@@ -43,7 +43,7 @@ from engine.pipelines.seqsim.tiling.tiles import (
 )
 from engine.runtime.budget import DEVICE_SHARE, Budget, resolve_budget
 from engine.runtime.devices import Device
-from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, flops, size, timed
+from engine.runtime.plan import EFFICIENCY, READ_RATE, Plan, Stage, duration, flops, size, timed
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
 from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
@@ -105,7 +105,6 @@ def fp8_lines(d: int, scale: str, platform: str, here_kind: str, device: Device 
     return lines
 
 
-FIT_READ_RATE = 200e6  # bytes/s the fit of --remove_language reads a local store at (measured order, as compare's)
 CELL_MEASURES = tuple(m.name for m in MEASURES.values() if m.kernel.cost.kind == "cells")  # timed on real states
 CALIBRATION_UTTERANCES = 16  # per language, spread over its utterances, for the dtw and ot calibration
 
@@ -276,7 +275,7 @@ def plan_seqsim(
         frames_ = float(sum(done[lang].sum() for lang in langs))
         fit = (2 * frames_ * d * d if kind == "lda" else frames_ * d) * n_layers
         apply = (4 * frames_ * d * k if kind == "lda" else frames_ * d) * n_layers * (reads or 1.0)
-        seconds = (fit + apply) / rate + read / FIT_READ_RATE
+        seconds = (fit + apply) / rate + read / READ_RATE
         on_dev = None if device is None else (fit + apply) / (device.flops("float32") * EFFICIENCY)
         stages.append(Stage(f"remove_language {remove_language} (fit, apply)", fit + apply, float(read), 0.0,
                             seconds, on_dev))  # fmt: skip
