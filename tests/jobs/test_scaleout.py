@@ -142,6 +142,7 @@ def part_store(tiny_whisper, tmp_path_factory) -> pathlib.Path:
     """A layer store of 2 x 4 clips with transcripts (layers 1 and 3, the final one), encoded in this process."""
     root = tmp_path_factory.mktemp("scaleout-parts")
     clips = root / "clips"  # beside the store, not around it: an output inside what the job reads is refused
+    clips.mkdir()
     write_tones(clips, PART_CLIPS, seed=5, shortest_s=0.3, texts=TEXTS)
     store = root / "store"
     run_encode(
