@@ -30,8 +30,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from engine.errors import BabelgridError
+from engine.runtime import stops
 from engine.runtime.devices import DEVICES, get_device
 from engine.runtime.options import PARSERS, ConfigError, RunOptions, format_value
+from engine.runtime.stops import Interrupted  # the exception a stop signal raises (engine.runtime.stops)
 from jobs import gang
 
 FLAGS = flags.FLAGS
@@ -276,23 +278,12 @@ class PlainFormatter(logging.Formatter):
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-class Interrupted(KeyboardInterrupt):
-    """A stop signal (``STOP_SIGNALS``), raised in the main thread where the job is: it unwinds through the context
-    managers that hold the writer lease and the work claims, so that they release them (a SIGTERM's default end left
-    them for other workers to wait out until --claim_ttl, and status counted the dead worker as live). A
-    KeyboardInterrupt, not an Exception: no job's ``except Exception`` takes it for a bad item to skip, and what
-    cleans up after Ctrl-C cleans up after SIGTERM too."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 def _stop(signum, _frame) -> None:
     # Later signals must not cut the release short (the gang parent forwards the Ctrl-C that reached this process
     # too; a scheduler may repeat SIGTERM): they are noted, and SIGKILL still ends the job at once.
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop_again)
+    stops.note(signum)  # if the raise below is swallowed (a gc callback's), the unit loop and run() raise it again
     raise Interrupted(signum)
 
 
@@ -374,7 +365,9 @@ def _without_traceback(start, argv):
     unwound the job and released what it held, ends it with one line and exit code 128 + the signal's number (130 for
     Ctrl-C, 143 for SIGTERM): non-zero, so that a scheduler requeues the task."""
     try:
-        return start(argv)
+        code = start(argv)
+        stops.check()  # a stop signal that Python swallowed (engine.runtime.stops) still ends the job as one
+        return code
     except KeyboardInterrupt as e:
         if os.environ.get("BABELGRID_TRACEBACK"):
             raise

@@ -5,7 +5,7 @@ run the same loop over ``engine.runtime.claims``::
 
     with UnitLoop(claims, lease, summary, bar) as loop:
         for claimed in loop.rounds(units, is_done):      # rounds until no unit is held by another process
-            for claim in claimed:                        # the writer lease is checked before each unit
+            for claim in claimed:                        # a stop signal and the writer lease: checked before each unit
                 ... compute and commit the unit's results ...
                 loop.done(claim, progress=n)             # release the claim, count the unit, advance the bar
 
@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from engine.runtime.claims import Claim, WorkClaims, rounds
 from engine.runtime.compiles import CompileClock
 from engine.runtime.parallel import is_process_zero
+from engine.runtime.stops import check as check_stop
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class UnitLoop:
 
     def _checked(self, claimed: Iterator[Claim]) -> Iterator[Claim]:
         for claim in claimed:
+            check_stop()  # a stop signal swallowed where it landed (engine.runtime.stops): obeyed before the next unit
             self.lease.check()
             yield claim
 

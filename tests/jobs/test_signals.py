@@ -98,6 +98,55 @@ def test_sigterm_releases_the_workers_claims_record_and_lease_and_the_requeued_t
     assert_clean(out)
 
 
+SWALLOWED = """
+import os, signal, sys
+from jobs import common
+
+class Dropper:
+    def __del__(self):  # as JAX's gc callback: Python prints what the handler raises here and drops it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+def main():
+    Dropper()
+    print("the work went on", file=sys.stderr)
+    return 0
+
+common.run(main)
+"""
+
+
+def test_a_sigterm_that_python_swallowed_still_ends_the_job_as_one(tmp_path):
+    # CI: a seqsim worker's SIGTERM landed in JAX's gc callback; the worker finished its units and exited 0.
+    script = tmp_path / "swallow.py"
+    script.write_text(SWALLOWED)
+    root = pathlib.Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=root,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=patient(60))  # fmt: skip
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr
+    assert "the work went on" in done.stderr  # the raise was swallowed indeed
+    assert_one_line_end(done.stderr.replace("Traceback", "").replace("KeyboardInterrupt", ""), signal.SIGTERM)
+
+
+def test_the_unit_loop_obeys_a_noted_stop_before_the_next_unit(monkeypatch):
+    from engine.runtime import stops
+    from engine.runtime.units import UnitLoop
+
+    class Lease:
+        checked = 0
+
+        def check(self):
+            self.checked += 1
+
+    loop = UnitLoop.__new__(UnitLoop)
+    loop.lease = Lease()
+    handed = loop._checked(iter(["a", "b"]))
+    assert next(handed) == "a"
+    monkeypatch.setattr(stops, "_pending", signal.SIGTERM)
+    with pytest.raises(stops.Interrupted) as raised:
+        next(handed)
+    assert raised.value.signum == signal.SIGTERM and loop.lease.checked == 1
+
+
 # -- F16: Ctrl-C (and a closed terminal) ends a job with one line ----------------------------------------------------
 
 
