@@ -470,6 +470,22 @@ def test_retrieval_against_a_baseline_store(run_job, seqsim, layer_store, sim, t
         run_retrieval(configure(RetrievalConfig, similarity=str(out), out=str(tmp_path / "x"), baseline=str(elsewhere)))
 
 
+def test_a_baseline_may_differ_in_the_transform_or_the_precision_not_both():
+    """An fp8 store against its dtype twin is the fp8 delta, labelled so; a baseline that also differs in the
+    transform is refused: the change would mix the two effects."""
+    from engine.pipelines.retrieval import delta
+    from engine.pipelines.retrieval.config import RetrievalError
+
+    base = {"layer_store": "s", "model_name": "m", "checkpoint_sha256": "c", "remove_language": "none",
+            "seqsim_precision": "dtype", "seqsim_fp8_scale": None}  # fmt: skip
+    fp8 = {**base, "seqsim_precision": "fp8", "seqsim_fp8_scale": 2.0}
+    delta.check_baseline(fp8, base, "fp8", "base")
+    delta.check_baseline({**base, "remove_language": "mean"}, base, "mean", "base")
+    assert (delta.settings_label(fp8), delta.settings_label(base)) == ("none; seqsim fp8 x2.0", "none")
+    with pytest.raises(RetrievalError, match="both the transform and SeqSim's precision"):
+        delta.check_baseline({**fp8, "remove_language": "mean"}, base, "both", "base")
+
+
 def test_seqsim_kernel_choices_through_the_job(seqsim, layer_store, sim, tmp_path, capsys):
     """--seqsim_kernel pallas (the fused kernel, interpret mode here) and blocks give the default's (packed)
     matrices up to the order of float32 sums; the choice is not recorded (it changes the last bits only, as the

@@ -27,14 +27,32 @@ DELTA_COLUMNS = ("measure", "layer", "lang_a", "lang_b", "transform", "baseline_
                  "delta", "queries")  # fmt: skip
 
 
+def settings_label(manifest: dict) -> str:
+    """What a similarity store changed on the layer store's states: its ``--remove_language`` transform, then its
+    SeqSim precision where it is not the store's dtype (``fp8 x<scale>``): the delta's ``transform`` columns."""
+    label = str(manifest.get("remove_language", "none"))
+    if manifest.get("seqsim_precision", "dtype") != "dtype":
+        label += f"; seqsim {manifest['seqsim_precision']} x{manifest.get('seqsim_fp8_scale')}"
+    return label
+
+
 def check_baseline(manifest: dict, baseline: dict, url: str, baseline_url: str) -> None:
-    """The two similarity stores must score the same layer store's states (the transform may differ)."""
+    """The two similarity stores must score the same layer store's states, and differ in the transform or in SeqSim's
+    precision, not both: a delta that mixed the two effects could be read as either's."""
     for field in ("layer_store", "model_name", "checkpoint_sha256"):
         if manifest.get(field) != baseline.get(field):
             raise RetrievalError(
                 f"--baseline {baseline_url!r} was computed from another {field} ({baseline.get(field)!r}) than "
                 f"{url!r} ({manifest.get(field)!r}): a baseline is the same grid without the transform"
             )
+    transform = manifest.get("remove_language", "none") != baseline.get("remove_language", "none")
+    precision = any(manifest.get(f) != baseline.get(f) for f in ("seqsim_precision", "seqsim_fp8_scale"))
+    if transform and precision:
+        raise RetrievalError(
+            f"--baseline {baseline_url!r} ({settings_label(baseline)}) differs from {url!r} "
+            f"({settings_label(manifest)}) in both the transform and SeqSim's precision: its R@1 change would mix "
+            "the two; compare against a baseline that differs in one of them"
+        )
 
 
 def _r1(score: DirectedScore) -> float:
@@ -76,9 +94,9 @@ def delta_figure(rows, subtitle: str) -> bytes:
         layers = [r[1] for r in own]
         top, bottom = axes[0, col], axes[1, col]
         top.plot(
-            layers, [r[6] for r in own], "o-", color="tab:red", label=f"--remove_language {own[0][4]} (this store)"
+            layers, [r[6] for r in own], "o-", color="tab:red", label=f"this store: --remove_language {own[0][4]}"
         )
-        top.plot(layers, [r[7] for r in own], "o--", color="0.4", label=f"--remove_language {own[0][5]} (baseline)")
+        top.plot(layers, [r[7] for r in own], "o--", color="0.4", label=f"baseline: --remove_language {own[0][5]}")
         top.set_ylabel("R@1, mean over directed pairs")
         top.set_title(f"measure: {measure}", fontsize=9)
         top.grid(alpha=0.3)

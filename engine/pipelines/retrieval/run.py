@@ -370,7 +370,7 @@ def _retrieval(config: RetrievalConfig, reader, out: str, baseline) -> Retrieval
     baseline_rows: list = []
     if baseline is not None:  # opened and checked before the lease (check_request)
         baseline_scores, _ = compute_scores(baseline, config)
-        transforms = (m.get("remove_language", "none") for m in (reader.manifest, baseline.manifest))
+        transforms = (delta.settings_label(m) for m in (reader.manifest, baseline.manifest))
         baseline_rows = delta.delta_rows(scores, baseline_scores, *transforms)
         writes = {delta.DELTA_CSV: delta.delta_csv(baseline_rows)}
         if baseline_rows:
