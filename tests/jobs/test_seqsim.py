@@ -515,8 +515,10 @@ def test_fp8_through_the_job_equals_the_numpy_twin(seqsim, layer_store, sim, tmp
     out = tmp_path / "fp8"
     seqsim("--store", str(layer_store), "--out", str(out), "--langs", "de,en", "--layers", "1",
            "--measure", "seqsim,seqsim_a2b", "--seqsim_precision", "fp8")  # fmt: skip
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
+    err = said.err
     assert "seqsim_precision fp8 (scale tensor): EMULATED on cpu" in err and "no speed-up" in err, err
+    assert "GFLOP/s (fp8 e4m3, scale tensor, emulated)" in said.out, said.out  # the summary names the precision
     manifest = json.loads((out / "manifest.json").read_text())
     assert (manifest["seqsim_precision"], manifest["seqsim_fp8_scale"]) == ("fp8", "tensor")
     store, reader = open_store(str(layer_store)), open_similarity(str(out))

@@ -31,7 +31,8 @@ import numpy as np
 
 from engine.faults import fault_point
 from engine.models.common.parallel import data_mesh
-from engine.pipelines.seqsim.config import SimilarityConfig, parse_kind
+from engine.pipelines.seqsim.config import SimilarityConfig, parse_dimensions, parse_kind
+from engine.pipelines.seqsim.dimensions import composed, layer_dimensions
 from engine.pipelines.seqsim.measures import (
     MEASURES,
     SEQSIM_MEASURES,
@@ -104,7 +105,7 @@ def run_similarity(config: SimilarityConfig, *, reader: StoreReader | None = Non
     holds the similarity store's writer lease (``engine.runtime.lease``)."""
     reader = reader or open_store(config.store)
     request = _request(config, reader)  # before the lease: a wrong request creates nothing
-    _check_transform(config, request)
+    _check_transform(config, request, reader.info.embed)
     mesh = data_mesh(jax.local_devices()) if jax.local_device_count() > 1 else None
     context = MeasureContext(config.dtype, config.ot, mesh, config.seqsim_kernel, config.seqsim_precision,
                              config.seqsim_fp8_scale)  # fmt: skip
@@ -161,6 +162,7 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
         checkpoint_sha256=info.checkpoint_sha256,
         layers=info.layers,  # every stored layer gets a position, so later runs can add layers
         remove_language=config.remove_language,
+        dimensions=config.dimensions,  # --dimensions: fitted after --remove_language, applied after it
         dtype=config.dtype,  # every setting that changes a matrix's bytes, compared on every resume and worker join
         ot={k: v for k, v in dataclasses.asdict(config.ot).items() if k not in OT_TRIES},
         seqsim_precision=config.seqsim_precision,  # fp8 moves scores by up to 0.0035 (bench/RESULTS.md)
@@ -183,6 +185,7 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     out = process_zero_first("babelgrid-similarity-created", create)
     fit_start = time.perf_counter()
     transforms = layer_transforms(config, reader, request, budget.bytes)  # fitted before any pair is scored
+    dimensions = layer_dimensions(config, reader, request, budget.bytes, transforms)  # on what that leaves
     fit_seconds = time.perf_counter() - fit_start
     lease.open()  # the store and its transforms exist: workers waiting to join go on
     arrays, todo, wanted = {}, {}, {}
@@ -202,8 +205,9 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     barrier("babelgrid-similarity-planned")
     summary = SimilaritySummary(already_done=len(layers) * len(pairs) - len(todo))
     summary.budget, summary.budget_source = budget.bytes, budget.source
-    if transforms is not None:
-        summary.transform, summary.transform_seconds = config.remove_language, fit_seconds
+    summary.precision = _precision_words(config)
+    if transforms is not None or dimensions is not None:
+        summary.transform, summary.transform_seconds = transform_label(config), fit_seconds
     target = None if config.unit_gflops is None else config.unit_gflops * 1e9
     if config.run.worker:
         # Workers start at any time and must name the same units: planned from every matrix of the run, done or not,
@@ -222,6 +226,7 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
 
     def load(piece):
         change = None if transforms is None else transforms[piece.layer].function(piece.lang)
+        change = composed(change, None if dimensions is None else dimensions[piece.layer].function())
         return load_piece(reader, languages[piece.lang], request.done_index[piece.lang], piece, context.dtype, change)
 
     held = HeldStates(budget.bytes, languages, items, load)
@@ -264,6 +269,15 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     return summary
 
 
+def _precision_words(config: SimilarityConfig) -> str:
+    """The summary's words for --seqsim_precision fp8: its scale, and whether the device multiplies e4m3 or
+    emulates it ("" without fp8)."""
+    if config.seqsim_precision != "fp8" or not any(m in SEQSIM_MEASURES for m in config.measures):
+        return ""
+    how = "on tensor cores" if has_fp8(jax.local_devices()[0]) else "emulated"
+    return f"fp8 e4m3, scale {config.seqsim_fp8_scale}, {how}"
+
+
 def _say_fp8(config: SimilarityConfig) -> None:
     """--seqsim_precision fp8: says on stderr and in the log whether this device multiplies e4m3 on its tensor cores
     (``kernels.seqsim_fp8.has_fp8``) or emulates it. Emulated is allowed (the same numerics, bit for bit but for the
@@ -283,9 +297,23 @@ def _say_fp8(config: SimilarityConfig) -> None:
     print(line, file=sys.stderr)
 
 
-def _check_transform(config: SimilarityConfig, request: Request) -> None:
-    """``--remove_language lda:K`` separates the run's languages by at most one fewer directions than there are:
-    refused before the store records the setting (a corrected rerun into the same folder would be refused)."""
+def transform_label(config: SimilarityConfig) -> str:
+    """What the run does to the states before every measure: ``--remove_language``, then ``--dimensions``."""
+    parts = [f"remove_language {config.remove_language}"] if config.remove_language != "none" else []
+    parts += [f"dimensions {config.dimensions}"] if config.dimensions != "none" else []
+    return ", ".join(parts)
+
+
+def _check_transform(config: SimilarityConfig, request: Request, embed: int) -> None:
+    """``--remove_language lda:K`` separates the run's languages by at most one fewer directions than there are, and
+    ``--dimensions drop:K`` leaves at least one of the store's dimensions: refused before the store records the
+    setting (a corrected rerun into the same folder would be refused)."""
+    dims, n_dims = parse_dimensions(config.dimensions)
+    if dims == "drop" and n_dims >= embed:
+        raise SimilarityError(
+            f"dimensions drop:{n_dims} would leave none of the store's {embed} dimensions: pass drop:K with K < {embed}"
+            "; nothing was written"
+        )
     kind, k = parse_kind(config.remove_language)
     n = len(request.in_play)
     if kind == "lda" and k > n - 1:

@@ -23,7 +23,8 @@ class SimilaritySummary(RunSummary):
     budget_source: str = ""
     peak_held: int = 0  # the most bytes of states it held at once (its own count: engine.pipelines.seqsim.tiling.held)
     reads: dict[str, float] = dataclasses.field(default_factory=dict)  # language -> reads of its whole size
-    transform: str = ""  # --remove_language, when not none
+    transform: str = ""  # --remove_language and --dimensions, those not none (run.transform_label)
+    precision: str = ""  # --seqsim_precision fp8: its scale, and whether the device multiplies e4m3 or emulates it
     transform_seconds: float = 0.0  # fitting (or reading back) its per-layer transforms
 
     @property
@@ -44,13 +45,15 @@ class SimilaritySummary(RunSummary):
                      f"({self.cache_hits} from the compilation cache)")  # fmt: skip
         if self.seqsim_flops:
             line += f"; seqsim {self.seqsim_flops / 1e9:.2f} GFLOP at {self.gflops:.2f} GFLOP/s"
+            if self.precision:
+                line += f" ({self.precision})"
         if self.budget:
             line += f"; states held: peak {size(self.peak_held)} of a {size(self.budget)} budget ({self.budget_source})"
         if self.reads:
             reads = list(self.reads.values())
             line += f", each language read {sum(reads) / len(reads):.2f} times on average (at most {max(reads):.2f})"
         if self.transform:
-            line += f"; states transformed ({self.transform}, fitted in {self.transform_seconds:.1f} s)"
+            line += f"; states transformed ({self.transform}; fitted in {self.transform_seconds:.1f} s)"
         if self.ot_nonconverged:
             line += (
                 f"; ot: {self.ot_nonconverged} of {self.ot_pairs} pairs did not converge (NaN in the store, listed "
