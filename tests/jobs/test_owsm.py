@@ -1,5 +1,5 @@
 """OWSM through the jobs: a random OWSM that ESPnet's own code builds and saves in its published layout
-(``tests/models/owsm/owsm_reference.py``: real base widths, 2 encoder and 2 decoder blocks, a 10 s window) encodes real
+(``tests/models/owsm/owsm_reference.py``: ``NARROW`` widths, 2 encoder and 2 decoder blocks, a 10 s window) encodes real
 FLEURS clips (two languages, two shared ids, one clip over the window) through the encode job's flags; seqsim and
 retrieval run on its store (their library entry points), and decode through its flags (layers 1 and L+1, ASR and ST,
 greedy, beam:3 and the CTC lens; ``--language detect`` through its library entry point).
@@ -47,7 +47,7 @@ TOP = 3  # L+1 of the 2-block model
 @pytest.fixture(scope="module")
 def owsm(fleurs_dir, run_job, tmp_path_factory):
     root = tmp_path_factory.mktemp("owsm-jobs")
-    model = ref.write_model(root / "model", fleurs_dir)
+    model = ref.write_model(root / "model", fleurs_dir, narrow=True)
     clips = root / "clips"
     for uid, stems in PAIRS.items():
         for lang, stem in zip(LANGS, stems, strict=True):
@@ -98,7 +98,7 @@ def _windows(audio: np.ndarray) -> list[np.ndarray]:
 
 def test_the_store_is_an_owsm_store(owsm):
     info = open_store(str(owsm["store"])).info
-    assert info.family == "owsm" and info.frame_rate == 25.0 and info.embed == 768
+    assert info.family == "owsm" and info.frame_rate == 25.0 and info.embed == 256
     assert info.layers == (0, 1, 2, TOP) and info.layer_meaning == fam.OWSM_LAYERS
     assert fam.detect_family(owsm["model"]).name == "owsm"
     rows = (owsm["root"] / "retrieval" / "retrieval.csv").read_text().splitlines()

@@ -1,4 +1,5 @@
 """OWSM v4, POWSM and OWSM-CTC v4 through the jobs: random models that ESPnet 202611 builds in their published shapes
+at the job tests' width (``NARROW``; the real widths are the parity tests', tests/models/owsm)
 (``tests/models/owsm/owsm_reference.py``: v4's ``conv2d8`` and 128 mels; POWSM's 20 s window and ``<pr>`` task;
 ``owsm_ctc_reference.py``: OWSM-CTC's interior heads, prefix and prompt) encode real FLEURS clips (English and German)
 through the encode job's library entry point, seqsim runs on the v4 store, decode runs POWSM's phone recognition
@@ -50,9 +51,9 @@ TOP = 3  # L+1 of the 2-block models
 
 def _encode(root, fleurs_dir, variant):
     if variant == "ctc":
-        model = cref.write_model(root / "model-ctc", fleurs_dir)
+        model = cref.write_model(root / "model-ctc", fleurs_dir, narrow=True)
     else:
-        model = ref.write_model(root / f"model-{variant}", fleurs_dir, variant=variant)
+        model = ref.write_model(root / f"model-{variant}", fleurs_dir, variant=variant, narrow=True)
     clips = root / "clips"
     if not clips.exists():
         for lang, stems in CLIPS.items():

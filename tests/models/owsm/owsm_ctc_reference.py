@@ -36,8 +36,10 @@ def token_list(pieces: list[str]) -> list[str]:
     return tokens[:4] + ["<nolang>"] + tokens[4:]
 
 
-def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0) -> pathlib.Path:
-    """Build a random OWSM-CTC with ``S2TTask.build_model`` (``espnet2.tasks.s2t_ctc``) and save it under ``root``."""
+def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, narrow: bool = False) -> pathlib.Path:
+    """Build a random OWSM-CTC with ``S2TTask.build_model`` (``espnet2.tasks.s2t_ctc``) and save it under ``root``.
+    ``narrow``: ``owsm_reference.NARROW``'s widths (the job tests': a quarter of v4's 1024, whose ``conv2d8`` stem on
+    128 mels took 20 s a window), the prompt encoder's kept."""
     tokens = token_list(ref.train_bpe(root, fleurs_dir, symbols=("<na>",)))
     args = S2TCTCTask.get_parser().parse_args(["--output_dir", str(root / ref.EXP), "--token_list", str(root / "x")])
     args.token_list = tokens
@@ -45,7 +47,7 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0) -> 
     args.input_size = None
     args.frontend, args.frontend_conf = "default", dict(ref.FRONTEND, n_mels=N_MELS)
     args.specaug, args.normalize, args.normalize_conf = None, "global_mvn", {"stats_file": str(root / ref.STATS)}
-    args.encoder, args.encoder_conf = "e_branchformer_ctc", dict(ENCODER)
+    args.encoder, args.encoder_conf = "e_branchformer_ctc", dict(ENCODER, **ref.NARROW) if narrow else dict(ENCODER)
     args.promptencoder, args.promptencoder_conf = "transformer", dict(PROMPT)
     args.model = "espnet_ctc"
     args.model_conf = {"interctc_weight": 0.8, "sym_na": "<na>", "ctc_asr_only": ASR_ONLY}

@@ -82,6 +82,11 @@ ENCODER = dict(
     merge_conv_kernel=31,
 )
 DECODER = dict(attention_heads=12, linear_units=3072, num_blocks=2)
+# The job tests' width (``write_model(..., narrow=True)``): the jobs' plumbing is checked against ESPnet on the same
+# weights, at a third of the width: the real widths' convolution stem alone (768 channels at 1/2 and 1/4 of the
+# mel's resolution) was most of their CPU time. The parity tests (tests/models/owsm) keep the real widths.
+NARROW = dict(output_size=256, attention_heads=4, cgmlp_linear_units=1024, linear_units=1024)
+NARROW_DECODER = dict(attention_heads=4, linear_units=1024)
 FRONTEND = dict(n_fft=512, win_length=400, hop_length=160, fs="16k")
 # What each family member changes in ENCODER and FRONTEND (OWSM v4 base/small/medium: conv2d8, 128 mels).
 V31 = dict(input_layer="conv2d", n_mels=80, seconds=SECONDS, resolution=0.02, tasks=TASKS, phones=())
@@ -110,9 +115,11 @@ def token_list(pieces: list[str], variant: dict = V31) -> list[str]:
     return head + [p for p in pieces if p not in head] + ["<sos>", "<eos>", "<sop>"]
 
 
-def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, variant: str = "v3.1") -> pathlib.Path:
+def write_model(
+    root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, variant: str = "v3.1", narrow: bool = False
+) -> pathlib.Path:
     """Build a random OWSM (``VARIANTS[variant]``) with ``S2TTask.build_model`` and save it under ``root`` as ESPnet
-    publishes models."""
+    publishes models. ``narrow``: ``NARROW``'s widths (the job tests'), not v3.1 base's."""
     changes = VARIANTS[variant]
     tokens = token_list(train_bpe(root, fleurs_dir), changes)
     (root / BPE).with_name("tokens.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
@@ -122,8 +129,9 @@ def write_model(root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, var
     args.token_type, args.bpemodel = "bpe", BPE
     args.frontend, args.frontend_conf = "default", dict(FRONTEND, n_mels=changes["n_mels"])
     args.specaug, args.normalize, args.normalize_conf = None, "global_mvn", {"stats_file": str(root / STATS)}
-    args.encoder, args.encoder_conf = "e_branchformer", dict(ENCODER, input_layer=changes["input_layer"])
-    args.decoder, args.decoder_conf = "transformer", dict(DECODER)
+    encoder = dict(ENCODER, **NARROW) if narrow else ENCODER
+    args.encoder, args.encoder_conf = "e_branchformer", dict(encoder, input_layer=changes["input_layer"])
+    args.decoder, args.decoder_conf = "transformer", dict(DECODER, **NARROW_DECODER) if narrow else dict(DECODER)
     args.model_conf = {"ctc_weight": 0.3, "lsm_weight": 0.1, "length_normalized_loss": False, "sym_na": "<na>"}
     args.preprocessor_conf = {
         "fs": SAMPLE_RATE,
