@@ -207,19 +207,22 @@ def output_settings(job: str, config, ignore: tuple[str, ...] = ()) -> dict:
 
 @contextlib.contextmanager
 def output_run(config, job: str, error: type[Exception], ignore: tuple[str, ...] = (), claims: tuple = (),
-               prepare: Callable[[], None] | None = None):  # fmt: skip
+               prepare: Callable[[], None] | None = None, check: Callable[[dict], dict] | None = None):  # fmt: skip
     """The start of a run that writes its files at the end (compare, probes, neurons), as every job's: before any work,
     the output's writer lease (a second run is refused, and an output that cannot be written fails at once: the lease
     is the run's first write; with ``--worker`` the lease the workers share, ``job_lease``), then its settings
     (``output_settings``) recorded in ``manifest.json``, or compared with those of the run that wrote the folder: a
     folder never mixes the files of two settings (``error`` names the difference). ``claims``: the ``WorkClaims`` of
     the run's claimed units, whose earlier run's claims the opener clears before workers join; ``prepare``: what else
-    the opener does before they join (neurons: an intervention of other settings deleted). Yields the lease."""
+    the opener does before they join (neurons: an intervention of other settings deleted); ``check``: a recorded
+    manifest as today's settings would say it (a folder of an older version, ``create_or_compare``). Yields the
+    lease."""
     url = config.run.out
     settings = output_settings(job, config, ignore)
     with job_lease(config, job) as lease:  # workers share every setting, the ignored ones too
         _, kv = open_kvstore(url)
-        create_or_compare(kv, SETTINGS, settings, url, fields=list(settings), error=error, what=f"{job} output folder")
+        create_or_compare(kv, SETTINGS, settings, url, fields=list(settings), error=error, what=f"{job} output folder",
+                          check=check)  # fmt: skip
         if lease.opener:
             for held in claims:
                 held.clear(keep_live=lease.shared)

@@ -398,6 +398,25 @@ def test_the_default_trains_at_least_the_floor_and_the_folder_pins_the_count(wor
             run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**settings, **other}))
 
 
+def test_a_folder_trained_before_steps_were_recorded_resumes_by_its_epochs(worker_store, tmp_path):
+    """A folder of before 64c0ec2 recorded ``epochs`` and no ``steps``: read as the steps its epochs were (8 batches
+    an epoch here), so the same --epochs goes on without training, and another count is refused naming the steps."""
+    import json
+
+    from engine.stores.records import json_bytes
+
+    settings = {**SETTINGS, "layers": (1,), "epochs": None}
+    out = tmp_path / "old"
+    run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**settings, "steps": 16}))
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["steps"]
+    (out / "manifest.json").write_bytes(json_bytes({**manifest, "epochs": 2}))  # as the older version wrote it
+    again = run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**settings, "epochs": 2}))
+    assert again.trained == 0
+    with pytest.raises(SaeError, match="other settings: steps"):
+        run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**settings, "epochs": 3}))
+
+
 def test_plan_prints_steps_frames_and_time_and_writes_nothing(worker_store, tmp_path, run_job):
     out = tmp_path / "planned"
     result = run_job("sae", "--store", str(worker_store), "--out", str(out), "--layers", "1,3", "--batch_size", "64",

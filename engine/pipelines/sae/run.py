@@ -135,12 +135,22 @@ def run_sae(config: SaeConfig) -> SaeSummary:
         )
     # The steps each layer trains, recorded in place of --epochs (which only counts them): the folder pins the count
     # trained, whether --steps, --epochs or the default's floor gave it.
-    steps = total_steps(config, first.steps_per_epoch(config.batch_size))
+    per_epoch = first.steps_per_epoch(config.batch_size)
+    steps = total_steps(config, per_epoch)
     config = dataclasses.replace(config, epochs=None, steps=steps)
+
+    def as_steps(stored: dict) -> dict:
+        # A folder trained before --steps (64c0ec2) recorded --epochs and no steps: the steps it trained are its
+        # epochs' batches, on the same store and --batch_size (which the comparison checks too). Without this, any
+        # rerun of such a folder, even one adding --model, was refused for an "epochs" nothing sets any more.
+        if "steps" in stored or stored.get("epochs") is None:
+            return stored
+        return {**stored, "epochs": None, "steps": stored["epochs"] * per_epoch}
+
     # neurons: read afresh at every run, from the finished layers; model: only scores the early exit, which a later
     # run adds to a folder trained without it (load_decoder has checked it is the store's checkpoint)
     ignore = ("block", "checkpoint_every", "neurons", "model")
-    with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,)) as lease:
+    with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,), check=as_steps) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
         quiet = progress_bar(0, "", "", enabled=False)  # each stage of each layer has its own bar (_train_and_write)
         for unit in claimed_units(claims, lease, summary, quiet, missing, stored, len(layers)):
