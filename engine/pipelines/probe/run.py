@@ -63,6 +63,8 @@ from kernels.seqsim import seqsim_matrix
 
 PROBE_COLUMNS = ("lang_a", "lang_b", "layer", "measure", "pooling", "metric", "value", "low", "high", "n", "seeds")
 MEASURES = (("cosine", "mean"), ("cosine", "centre"), ("seqsim", "frames"))  # (measure, pooling)
+YLABELS = {("cosine", "mean"): "cosine of mean-pooled word frames", ("cosine", "centre"): "cosine of the words' centre "
+           "frames", ("seqsim", "frames"): "SeqSim of the words' frames"}  # fmt: skip
 PROBE_CSV, RELATIONS_CSV, PROBE_FIGURE = "probe.csv", "relations.csv", "figures/probe_by_layer.png"
 # A clip's transcription is a word when it has at most this many words (a compound written apart: "ice cream") and
 # characters (for scripts written without spaces); a store whose transcriptions are mostly longer holds sentences
@@ -396,12 +398,14 @@ def probe_figure(rows: Sequence[tuple], subtitle: str = "") -> bytes | None:
             ax.fill_between(layers, low, high, alpha=0.2, color=line[0].get_color())
         ax.set_title(f"{measure} ({pooling})", fontsize=9)
         ax.set_xlabel(figures.LAYER_LABEL, fontsize=7)
+        # Each panel its own label: the measures differ (a cosine of pooled frames, SeqSim over frame pairs).
+        ax.set_ylabel(YLABELS[measure, pooling], fontsize=7)
         ax.xaxis.set_major_locator(figures.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("mean similarity")
     axes[0].legend(fontsize=7)
+    pairs = len({(r[0], r[1]) for r in sims})
     n = (
-        f"{len({(r[0], r[1]) for r in sims})} language pairs, "
+        f"{pairs} language pair{'' if pairs == 1 else 's'}, "
         f"n = {captions.count_range([r[9] for r in sims], 'word pairs per relation and pair')}"
     )
     absent = [r.replace("_", "-") for r in RELATIONS if not any(row[5] == f"mean_sim_{r}" for row in sims)]
