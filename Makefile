@@ -82,7 +82,8 @@ TEST_WORKERS ?= 2
 test: setup-test
 	$(VPY) -m ruff check engine kernels jobs tests bench
 	rm -f $(JUNIT)
-	$(VPY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=25 -o junit_family=xunit1 --junitxml=$(JUNIT)
+	$(VPY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25 \
+	  -o junit_family=xunit1 --junitxml=$(JUNIT)
 	$(VPY) .ci/check_skips.py $(JUNIT) .ci/allowed-skips.txt
 
 # The kernel and model tests with JAX on an NVIDIA GPU (pip install -e ".[cuda,test]" first): four test processes

@@ -9,6 +9,7 @@ parity modules read, are in tests/models/whisper/conftest.py.
 """
 
 import itertools
+import json
 import os
 import pathlib
 
@@ -34,6 +35,18 @@ jax.config.update("jax_default_matmul_precision", os.environ["JAX_DEFAULT_MATMUL
 # spinning, 1.5 s and 9 s waiting passively (one thread: 1.3 s and 9.8 s). libgomp reads this when it loads, so it is
 # set here, before any test module imports either library; it changes no result.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# The longest test files first. `make test` runs files on two xdist workers, a file whole (--dist loadfile), in the
+# order collected (--no-loadscope-reorder: xdist's own order, most tests first, left the slowest files of few tests,
+# the real-model parity modules among them, to the end, one worker running them while the other had nothing left).
+# Longest first, the last files handed out are the short ones. The seconds: tests/file_seconds.json, written by
+# .ci/file_seconds.py from a whole run's junit report; a file it does not list counts 0 (it keeps its place among them).
+FILE_SECONDS = json.loads((REPO / "tests" / "file_seconds.json").read_text())
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.nodeid.split("::")[0], 0.0))  # stable: a file stays together
 
 
 # Job tests start a few hundred `python -m jobs.<job>` processes, most of them on the tiny model with the same shapes,
