@@ -2,7 +2,7 @@
 
 The packaged whisper-base (OpenAI's weights, stored float16 in CTranslate2 format) runs in our
 Flax model at float32 and in CTranslate2 at ``compute_type="float32"``, on the same log-mel
-features of the real FLEURS parity clips (``PARITY_CLIPS`` in conftest.py: 26 of the 50, every 30 s window of
+features of the real FLEURS parity clips (``PARITY_CLIPS`` in conftest.py: 16 of the 50, every 30 s window of
 the long one).
 
 - Encoder output (layer L+1): per window, max |ours - CTranslate2| / max |CTranslate2| < 2^-11
@@ -96,7 +96,7 @@ def decoded(whisper, ct2_base, ct2_generate, base_encoded, fleurs_windows):
     langs, texts, ct2_langs, ct2_texts = [], [], [], []
     for start in range(0, len(ours_xa), BATCH):
         stop = min(start + BATCH, len(ours_xa))
-        # The last batch (3 of the 27 windows) padded with copies of its first window to BATCH rows: one compiled
+        # The last batch (1 of the 17 windows) padded with copies of its first window to BATCH rows: one compiled
         # detection and decoding program for every call instead of a second pair for 3 rows. Rows are independent.
         rows = list(range(start, stop)) + [start] * (BATCH - (stop - start))
         res = whisper.transcribe(None, xa=ours_xa[rows])

@@ -180,7 +180,7 @@ def ours(real, whisper, base_encoded):
     out = {False: [], True: []}
     silence = silence_states(whisper)
     for start in range(0, len(real), BATCH):
-        # The last batch (1 of the 25 clips) padded with copies of its first clip to BATCH rows, so that it needs no
+        # The last batch (7 of the 15 clips) padded with copies of its first clip to BATCH rows, so that it needs no
         # programs of its own; rows are aligned independently (test_batched_equals_one_by_one).
         chunk = real[start : start + BATCH]
         kept = len(chunk)
