@@ -42,6 +42,7 @@ _FACE = {
     "run_heads": "engine.pipelines.heads.run",
     "run_typology": "engine.pipelines.typology.run",
     "run_sae": "engine.pipelines.sae.run",
+    "run_outliers": "engine.pipelines.outliers.run",
     "open_sae": "engine.pipelines.sae.export",
     # each run_<job>'s config, for configure(Config, ...): from the light config modules where a job has one
     "EncodeConfig": "engine.pipelines.encode.config",
@@ -60,6 +61,7 @@ _FACE = {
     "HeadsConfig": "engine.pipelines.heads.config",
     "TypologyConfig": "engine.pipelines.typology.config",
     "SaeConfig": "engine.pipelines.sae.config",
+    "OutliersConfig": "engine.pipelines.outliers.config",
 }
 
 __all__ = sorted(_FACE)

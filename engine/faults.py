@@ -11,6 +11,8 @@ N times in this process (``count`` adds several at once). The points a job offer
 - ``after_states``: encode, right after an utterance's states shard committed, before its length marker is queued
   (states on disk, utterance not done);
 - ``after_marker``: encode, right after a length-marker write that brings this process's committed markers to N;
+- ``before_part``, ``after_part``: heads and outliers, before a unit's part (a pass, a layer) is computed and after it
+  is written (its claim held either way);
 - ``before_count``, ``after_count``: neurons, before a language is counted and after its counts are written (its
   claim held either way);
 - ``after_checkpoint``: sae, right after a training checkpoint is written (the layer's claim held, its files not);

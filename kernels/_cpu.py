@@ -2,8 +2,8 @@
 ``while_loop``) on one core, so kernels whose work is such loops split it into pieces and wait for each piece's
 call in its own thread of one shared pool.
 
-Used inside ``kernels/`` only (``dtw``, ``ot_matrix``; ``cca`` re-exports ``one_lapack_thread``); results never
-depend on the number of workers.
+Used inside ``kernels/`` only (``dtw``, ``ot_matrix``; ``cca`` and ``outliers`` re-export ``one_lapack_thread``);
+results never depend on the number of workers.
 
 ``one_lapack_thread``: JAX's CPU decompositions (SVD, QR, eigh) call SciPy's OpenBLAS, whose thread pool waits for
 every thread at each call. On a loaded machine a descheduled thread stalls every small call: 40 permutations of the

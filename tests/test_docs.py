@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from tests.jobs.test_outliers import planted as planted_outliers  # noqa: F401  (a planted layer store)
 from tests.jobs.test_typology import planted  # noqa: F401  (the fixture: a planted similarity store)
 from tests.waits import patient
 
@@ -179,3 +180,23 @@ def test_readme_snippet_runs_on_a_real_clip(fleurs_dir):
     assert proc.returncode == 0, proc.stderr
     words = (fleurs_dir / "fleurs-en-001.txt").read_text().split()[:3]
     assert all(w in proc.stdout.lower() for w in words), proc.stdout
+
+
+def test_analysis_page_reads_an_outliers_folder(request, tmp_path):
+    """The outliers cell on the job's folder of tests/jobs/test_outliers.py's planted store (one massive dimension at
+    layer 3): the top dimension's share, read back from dimensions.csv, is outliers.csv's."""
+    from engine.pipelines.outliers.config import OutliersConfig
+    from engine.pipelines.outliers.run import run_outliers
+    from engine.runtime.options import configure
+
+    store = request.getfixturevalue("planted_outliers")
+    out = tmp_path / "outliers"
+    run_outliers(configure(OutliersConfig, store=str(store), out=str(out), frame_pairs=200, progress=False))
+    cells = analysis_cells()
+    proc = run_python(cells["Loading with checks"] + cells["outliers"], BABELGRID_OUTLIERS=str(out))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "k = 5: a dimension is an outlier" in out, out
+    shares = re.search(r"layer 3 \w+: dimension 7 carries ([0-9.]+) of the squared norm \(outliers.csv ([0-9.]+)\)",
+                       out)  # fmt: skip
+    assert shares and shares.group(1) == shares.group(2), out

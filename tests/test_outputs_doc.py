@@ -10,11 +10,14 @@ from engine.pipelines.finetune.run import METRIC_FIELDS
 from engine.pipelines.heads import table as heads_table
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.neurons.run import SELECTIVE_COLUMNS, UNIT_COLUMNS
+from engine.pipelines.outliers import run as outliers
+from engine.pipelines.outliers import table as outliers_table
 from engine.pipelines.probe import run as probe
 from engine.pipelines.probes import run as probes
 from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.pipelines.sae import run as sae
+from engine.pipelines.seqsim.dimensions import FIELDS
 from engine.pipelines.typology import meet as typology_meet
 from engine.pipelines.typology import run as typology
 from engine.stores import challenge
@@ -62,6 +65,10 @@ def test_every_written_column_is_documented():
         "sae metrics.csv": sae.METRIC_COLUMNS,
         "sae features.parquet": sae.FEATURE_COLUMNS,
         "sae selective_features.csv": sae.SELECTIVE_COLUMNS,
+        "outliers outliers.csv": outliers_table.OUTLIER_COLUMNS,
+        "outliers dimensions.csv": outliers_table.DIMENSION_COLUMNS,
+        "outliers parts/layer-<L>.npz": outliers.PART_FIELDS,
+        "seqsim dimension_transform/layer-<L>.npz": FIELDS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"

@@ -53,10 +53,11 @@ ROW_AXIS = f"{UTTERANCE}_a"  # rows: utterances of the first language of the pai
 COL_AXIS = f"{UTTERANCE}_b"
 AXES = (LAYER, ROW_AXIS, COL_AXIS)
 MANIFEST_FIELDS = ("layer_store", "model_name", "checkpoint_sha256", "layers")  # must agree between runs
-# And what changes a matrix's bytes: the transform (absent before it: "none"), the compute dtype, the measures'
+# And what changes a matrix's bytes: the transforms (absent before them: "none"), the compute dtype, the measures'
 # settings (``ot``: the Sinkhorn options but their iteration limit) and SeqSim's precision with its fp8 scale (absent
 # before the option: "dtype", None), compared on every resume and every worker join, live lease or not.
-COMPARED_FIELDS = (*MANIFEST_FIELDS, "remove_language", "dtype", "ot", "seqsim_precision", "seqsim_fp8_scale")
+COMPARED_FIELDS = (*MANIFEST_FIELDS, "remove_language", "dimensions", "dtype", "ot", "seqsim_precision",
+                   "seqsim_fp8_scale")  # fmt: skip
 UNRECORDED_FIELDS = ("dtype", "ot")  # stores written before they were recorded lack them: not compared there
 NAME = LANG  # language codes and measure names: the layer store's language-code rule
 # Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
@@ -138,14 +139,15 @@ def done_marker(rows, cols) -> dict:
 
 
 def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers, remove_language: str = "none",
-                 dtype: str | None = None, ot: dict | None = None, seqsim_precision: str = "dtype",
-                 seqsim_fp8_scale: str | None = None) -> dict:  # fmt: skip
+                 dimensions: str = "none", dtype: str | None = None, ot: dict | None = None,
+                 seqsim_precision: str = "dtype", seqsim_fp8_scale: str | None = None) -> dict:  # fmt: skip
     """``dtype``: the states' compute dtype; ``ot``: the ``ot`` measure's Sinkhorn options that change its scores
     (``OtConfig`` as a dict), recorded whatever the run's measures, so that every matrix of a store shares them (None:
     not recorded); ``seqsim_precision``: ``"dtype"`` or ``"fp8"`` (``SimilarityConfig.seqsim_precision``), with
     ``seqsim_fp8_scale`` its scale (None unless fp8), recorded whatever the measures as well."""
     return {
         "remove_language": remove_language,
+        "dimensions": dimensions,
         "dtype": dtype,
         "ot": ot,
         "seqsim_precision": seqsim_precision,
@@ -180,7 +182,7 @@ def _check_manifest(manifest: dict, url: str) -> dict:
     if missing:
         raise SimilarityError(f"{MANIFEST} in {url!r} lacks {missing}: it is damaged; compute into a new folder")
     # Stores written before these options: no transform, SeqSim in the compute dtype (fp8 was not offered).
-    before = {"remove_language": "none", "seqsim_precision": "dtype", "seqsim_fp8_scale": None}
+    before = {"remove_language": "none", "dimensions": "none", "seqsim_precision": "dtype", "seqsim_fp8_scale": None}
     return {**manifest, **{k: manifest.get(k, v) for k, v in before.items()}}
 
 

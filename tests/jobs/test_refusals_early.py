@@ -218,6 +218,22 @@ def test_typology_refuses_before_the_mantel_tests(planted, tmp_path, monkeypatch
             lambda: typology_run.run_typology(config(probes=(str(sim),))), out)  # fmt: skip
 
 
+# -- outliers ---------------------------------------------------------------------------------------------------------
+
+
+def test_outliers_refuses_a_language_with_nothing_done(tmp_path, monkeypatch):
+    """A language of no done utterance has no frame to measure: refused from the lengths, before a layer is read or
+    the output folder made."""
+    from engine.pipelines.outliers import run as outliers_run
+    from engine.pipelines.outliers.config import OutliersConfig, OutliersError
+
+    monkeypatch.setattr(outliers_run, "measure_layer", not_run("a layer's measurement"))
+    store = make_compare_store(tmp_path / "store", "partial", 50.0, [0], skip=("en", 0))  # de: 1 done, en: none
+    out = tmp_path / "out"
+    config = configure(OutliersConfig, store=store, out=str(out), progress=False)
+    refused(OutliersError, r"\['en'\] have no done utterance", lambda: outliers_run.run_outliers(config), out)
+
+
 # -- retrieval --------------------------------------------------------------------------------------------------------
 
 

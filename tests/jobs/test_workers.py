@@ -188,3 +188,20 @@ def test_heads_workers_share_the_passes_and_write_what_one_process_does(worker_s
                         batch_size=4, decode=False, importance=("none",), progress=False))  # fmt: skip
     assert_same_files(out, one)
     assert not (out / "claims").exists() and not (out / "workers").exists() and not (out / "lease.json").exists()
+
+
+@pytest.mark.slow
+def test_outliers_workers_share_the_layers_and_write_what_one_process_does(worker_store, tmp_path):
+    """The outliers job's units (its layers): worker 1 dies after writing its first part, before releasing its claim;
+    the others measure the rest, take its claim over, and the folder's files equal a 1-process run's."""
+    from engine.pipelines.outliers.config import OutliersConfig
+    from engine.pipelines.outliers.run import run_outliers
+
+    out = tmp_path / "workers"
+    command = ["-m", "jobs.outliers", "--store", str(worker_store), "--out", str(out), *WORKER]
+    outputs = staggered_run(command, out, "outliers", kill="after_part:1", delay="before_part:1.5")
+    assert sum("wrote" in o and "outliers.csv" in o for o in outputs[1:]) >= 1, outputs
+    one = tmp_path / "one"
+    run_outliers(configure(OutliersConfig, out=str(one), store=str(worker_store), progress=False))
+    assert_same_files(out, one)
+    assert_clean(out)

@@ -42,8 +42,8 @@ class RetrievalConfig:
     subset_draws: int = option(20, "with --subset: size-matched random subsets of the full set per pair", minimum=1)
     subset_seed: int = option(0, "with --subset: seed of the size-matched random subsets")
     baseline: str | None = option(
-        None, "the same grid's similarity store without (or with another) --remove_language: writes the R@1 change per "
-        "layer (baseline_delta.csv and a figure)", reads=True,
+        None, "the same grid's similarity store without (or with another) --remove_language or --dimensions: writes "
+        "the R@1 change per layer (baseline_delta.csv and a figure)", reads=True,
     )  # fmt: skip
     run: RunOptions = RunOptions()
 

@@ -1,9 +1,10 @@
 """``--baseline``: retrieval of a transformed similarity store against the same grid without the transform.
 
-A seqsim run with ``--remove_language mean`` or ``lda:K`` scores the same utterances as one without it
-(``engine.pipelines.seqsim.transform``). With ``--baseline OTHER`` (the other similarity store of the same layer
-store), retrieval scores both and writes, per measure and layer, the R@1 of each, mean over the directed pairs both
-measured, and their difference::
+A seqsim run with ``--remove_language mean`` or ``lda:K`` (``engine.pipelines.seqsim.transform``), or with
+``--dimensions standardise`` or ``drop:K`` (``engine.pipelines.seqsim.dimensions``), scores the same utterances as
+one without it. With ``--baseline OTHER`` (the other similarity store of the same layer store), retrieval scores
+both and writes, per measure and layer, the R@1 of each, mean over the directed pairs both measured, and their
+difference::
 
     OUT/baseline_delta.csv                 DELTA_COLUMNS, one row per (measure, layer), then per directed pair
     OUT/figures/baseline_by_layer.png      R@1 against layer: this store solid, the baseline dashed, the delta below
@@ -28,9 +29,12 @@ DELTA_COLUMNS = ("measure", "layer", "lang_a", "lang_b", "transform", "baseline_
 
 
 def settings_label(manifest: dict) -> str:
-    """What a similarity store changed on the layer store's states: its ``--remove_language`` transform, then its
-    SeqSim precision where it is not the store's dtype (``fp8 x<scale>``): the delta's ``transform`` columns."""
+    """What a similarity store changed on the layer store's states: its ``--remove_language`` transform, its
+    ``--dimensions`` transform where it has one (``; dimensions standardise``), then its SeqSim precision where it is
+    not the store's dtype (``fp8 x<scale>``): the delta's ``transform`` columns."""
     label = str(manifest.get("remove_language", "none"))
+    if manifest.get("dimensions", "none") != "none":
+        label += f"; dimensions {manifest['dimensions']}"
     if manifest.get("seqsim_precision", "dtype") != "dtype":
         label += f"; seqsim {manifest['seqsim_precision']} x{manifest.get('seqsim_fp8_scale')}"
     return label
@@ -45,7 +49,7 @@ def check_baseline(manifest: dict, baseline: dict, url: str, baseline_url: str) 
                 f"--baseline {baseline_url!r} was computed from another {field} ({baseline.get(field)!r}) than "
                 f"{url!r} ({manifest.get(field)!r}): a baseline is the same grid without the transform"
             )
-    transform = manifest.get("remove_language", "none") != baseline.get("remove_language", "none")
+    transform = any(manifest.get(f, "none") != baseline.get(f, "none") for f in ("remove_language", "dimensions"))
     precision = any(manifest.get(f) != baseline.get(f) for f in ("seqsim_precision", "seqsim_fp8_scale"))
     if transform and precision:
         raise RetrievalError(
@@ -107,7 +111,8 @@ def delta_figure(rows, subtitle: str) -> bytes:
         bottom.set_ylabel("R@1 change")
         bottom.set_xlabel("layer (0 = conv stem, L+1 = ln_post)")
         bottom.grid(alpha=0.3)
-    set_title(fig, "cross-lingual retrieval with and without the language transform", subtitle)
+    set_title(fig, "cross-lingual retrieval with and without the states' transform (--remove_language, --dimensions)",
+              subtitle)  # fmt: skip
     return _png(fig)
 
 

@@ -2,6 +2,6 @@
 the other measures of ``measures`` (pooled, DTW, OT), written to a similarity store (``engine.stores.similarity``).
 
 Modules: ``config``, ``run`` (``run_similarity``), ``measures`` (the registry, which retrieval reads too), ``plan``
-(``--plan``), ``summary``, ``transform`` (``--remove_language``); ``tiling/`` cuts the run's pairs under the memory
-budget.
+(``--plan``), ``summary``, ``transform`` (``--remove_language``), ``dimensions`` (``--dimensions``); ``tiling/`` cuts
+the run's pairs under the memory budget.
 """

@@ -21,6 +21,15 @@ def parse_kind(text: str) -> tuple[str, int]:
     return (match.group(1), 0) if match.group(1) else ("lda", int(match.group(2)))
 
 
+def parse_dimensions(text: str) -> tuple[str, int]:
+    """``--dimensions``: ``none`` | ``standardise`` | ``drop:K`` -> (kind, K), K 0 but for drop; a ValueError says what
+    is accepted."""
+    match = re.fullmatch(r"(none|standardise)|drop:([1-9][0-9]*)", text.strip())
+    if not match:
+        raise ValueError(f"dimensions is none, standardise or drop:K with K >= 1 dimensions, got {text!r}")
+    return (match.group(1), 0) if match.group(1) else ("drop", int(match.group(2)))
+
+
 COMPUTE_DTYPES = ("float32", "bfloat16")
 # How SeqSim is computed (engine.pipelines.seqsim.measures.SEQSIM_PATHS): auto = packed bins on one device (every
 # platform), blocks over the devices when there are several. The paths differ in the order of float32 sums only.
@@ -85,6 +94,11 @@ class SimilarityConfig:
         "none", "none | mean | lda:K: each language's mean state, or the top K directions separating the languages, "
         "removed before every measure (fitted per layer over the run's languages; docs/similarity.md)",
     )  # fmt: skip
+    dimensions: str = option(
+        "none", "none | standardise | drop:K: every dimension standardised (its mean subtracted, divided by its "
+        "standard deviation), or the K dimensions of the largest mean magnitude set to 0, before every measure "
+        "(fitted per layer over the run's languages, after --remove_language; docs/outliers.md)",
+    )  # fmt: skip
     ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos): --ot_* flags
     run: RunOptions = RunOptions()
 
@@ -98,6 +112,7 @@ class SimilarityConfig:
             raise SimilarityError("seqsim needs a similarity store to write: run.out (--out)")
         try:
             kind, k = parse_kind(self.remove_language)
+            dims, n_dims = parse_dimensions(self.dimensions)
         except ValueError as e:
             raise SimilarityError(str(e)) from None
         if self.seqsim_precision == "fp8" and self.seqsim_kernel not in ("auto", "packed"):
@@ -113,3 +128,4 @@ class SimilarityConfig:
         # As the store records it: " mean" and "lda:03" are "mean" and "lda:3" (a resume that gives them otherwise
         # is the same run)
         object.__setattr__(self, "remove_language", f"lda:{k}" if kind == "lda" else kind)
+        object.__setattr__(self, "dimensions", f"drop:{n_dims}" if dims == "drop" else dims)

@@ -149,6 +149,7 @@ def plan_seqsim(
     hosts: Sequence[int] = (1,),
     unit_gflops: float | None = None,
     remove_language: str = "none",
+    dimensions: str = "none",
     seqsim_kernel: str = "auto",
     seqsim_precision: str = "dtype",
     seqsim_fp8_scale: str = "tensor",
@@ -279,6 +280,12 @@ def plan_seqsim(
         on_dev = None if device is None else (fit + apply) / (device.flops("float32") * EFFICIENCY)
         stages.append(Stage(f"remove_language {remove_language} (fit, apply)", fit + apply, float(read), 0.0,
                             seconds, on_dev))  # fmt: skip
+    if dimensions != "none":  # likewise: one more read to fit (sums of x, |x|, x^2), then applied to every read
+        frames_ = float(sum(done[lang].sum() for lang in langs))
+        fit, apply = 4 * frames_ * d * n_layers, 2 * frames_ * d * n_layers * (reads or 1.0)
+        on_dev = None if device is None else (fit + apply) / (device.flops("float32") * EFFICIENCY)
+        stages.append(Stage(f"dimensions {dimensions} (fit, apply)", fit + apply, float(read), 0.0,
+                            (fit + apply) / rate + read / READ_RATE, on_dev))  # fmt: skip
     total = sum(st.seconds_device or 0.0 for st in stages) if device is not None else None
     for count in hosts if len(hosts) > 1 or hosts[0] > 1 else ():
         when = f"{duration(sum(st.seconds_here for st in stages) / count)} per host here"
@@ -382,6 +389,7 @@ def plan_seqsim_run(config, device: Device | None) -> Plan:
         hosts=(jax.process_count(),),
         unit_gflops=config.unit_gflops,
         remove_language=config.remove_language,
+        dimensions=config.dimensions,
         seqsim_kernel=config.seqsim_kernel,
         seqsim_precision=config.seqsim_precision,
         seqsim_fp8_scale=config.seqsim_fp8_scale,

@@ -81,28 +81,32 @@ def key(layer: int) -> str:
     return f"{FOLDER}layer-{layer}.npz"
 
 
+def blocks(reader, lang: str, layer: int, index, block_bytes: int):
+    """(states f32[u, frames, d], lengths i32[u]) of the utterances ``index`` of ``lang`` at ``layer``, in blocks of
+    at most ``block_bytes`` of float32 states (one utterance at least), each read up to its longest utterance."""
+    index = np.asarray(index)
+    lengths = np.asarray(reader.lengths(lang))[index]
+    embed = reader.info.embed
+    start = 0
+    while start < len(index):
+        stop = start + 1
+        while stop < len(index) and (stop + 1 - start) * int(lengths[start : stop + 1].max()) * embed * 4 <= (
+            block_bytes
+        ):
+            stop += 1
+        frames = int(lengths[start:stop].max())
+        yield reader.language_layer(lang, layer, utterances=index[start:stop], dtype=np.float32, frames=frames)
+        start = stop
+
+
 def fit(reader, langs, done_index, layer: int, kind: str, k: int, block_bytes: int) -> LayerTransform:
     """The transform of ``layer`` over ``langs``: their done utterances (``done_index[lang]``) read in blocks of at
     most ``block_bytes`` of float32 states."""
     sums = {}
-    embed = reader.info.embed
     for lang in langs:
-        index = np.asarray(done_index[lang])
-        lengths = np.asarray(reader.lengths(lang))[index]
         total = subspace.FrameSums()
-        start = 0
-        while start < len(index):
-            stop = start + 1
-            while (
-                stop < len(index)
-                and (stop + 1 - start) * int(lengths[start : stop + 1].max()) * embed * 4 <= block_bytes
-            ):
-                stop += 1
-            frames = int(lengths[start:stop].max())
-            states, valid = reader.language_layer(lang, layer, utterances=index[start:stop], dtype=np.float32,
-                                                  frames=frames)  # fmt: skip
+        for states, valid in blocks(reader, lang, layer, done_index[lang], block_bytes):
             total = subspace.add_block(total, states, valid, scatter=kind == "lda")
-            start = stop
         if not total.count:
             raise SimilarityMismatchError(f"language {lang!r} has no done frames at layer {layer}: nothing to fit")
         sums[lang] = total

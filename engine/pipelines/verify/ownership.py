@@ -29,7 +29,7 @@ import re
 _CSV = (
     "retrieval|summary|skipped|asymmetry|baseline_delta|by_depth|cca|challenge_table|early_exit|intervention"
     "|intervention_test|languages|lid|meet|metrics|neurons_alignment|probe|relations|samediff|scores"
-    "|selective_features|selective_heads|selective_units|split|subset_comparison|typology"
+    "|selective_features|selective_heads|selective_units|split|subset_comparison|typology|outliers|dimensions"
 )
 _PARQUET = "utterances|words|hypotheses|pairs|heads|units|features|layer_similarity|early_exit|parts/[^/]+"
 OUTPUT_NAMES = re.compile(
@@ -41,7 +41,7 @@ OUTPUT_NAMES = re.compile(
     | (?:loss|bleu|text_similarity|phone_distance|scores-[^/]+)\.png
     | report\.md
     | (?:srt|vtt)/[^/]+\.(?:srt|vtt)               # align's captions
-    | (?:parts|counts|intervention/pooled|language_transform)/[^/]+\.npz
+    | (?:parts|counts|intervention/pooled|language_transform|dimension_transform)/[^/]+\.npz
     | (?:{_PARQUET})\.parquet
     | activations/layer-\d+/[^/]+\.safetensors
     | layer-\d+/sae_weights\.safetensors
