@@ -26,20 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import logging
-import time
 
 import numpy as np
 
 from engine.pipelines.seqsim.config import parse_dimensions
-from engine.pipelines.seqsim.transform import BLOCK_SHARE, blocks
-from engine.runtime.runs import process_zero_first
-from engine.stores.integrity import read_output, repair_hint, write_outputs
-from engine.stores.kv import DamageError, open_kvstore, read_npz
+from engine.pipelines.seqsim.transform import BLOCK_SHARE, blocks, stored_or_fitted
+from engine.stores.kv import DamageError, read_npz
 from engine.stores.similarity import SimilarityMismatchError
 from kernels import outliers
-
-log = logging.getLogger(__name__)
 
 FOLDER = "dimension_transform/"
 FIELDS = ("kind", "k", "languages", "counts", "mean", "scale", "magnitude", "dimensions")
@@ -123,34 +117,17 @@ def layer_dimensions(config, reader, request, budget_bytes: int,
     kind, k = parse_dimensions(config.dimensions)
     if kind == "none":
         return None
-    url = config.run.out
-    _, kv = open_kvstore(url)
-    fix = repair_hint(url, "seqsim")
     langs = tuple(sorted(request.in_play))
 
-    def fitted(layer: int) -> DimensionTransform:
-        data = read_output(kv, key(layer), url, fix=fix)
-        if data is not None:
-            stored = DimensionTransform.from_bytes(data, key(layer), url, fix)
-            if (stored.kind, stored.k, stored.languages) != (kind, k, langs):
-                raise SimilarityMismatchError(
-                    f"{key(layer)} in {url!r} was fitted as {stored.label} over {list(stored.languages)}; this run "
-                    f"asks {config.dimensions} over {list(langs)}. The transform must be the same for every pair of a "
-                    "store: compute into a new output folder, or rerun with the stored --langs"
-                )
-            return stored
-        t = time.perf_counter()
+    def fit_layer(layer: int) -> DimensionTransform:
         before = None if languages is None else languages[layer].function
-        made = fit(reader, langs, request.done_index, layer, kind, k, max(budget_bytes // BLOCK_SHARE, 1), before)
-        write_outputs(kv, {key(layer): made.to_bytes()}, url)
-        what = f", dropped {made.dimensions.tolist()}" if kind == "drop" else ""
-        log.info("fitted --dimensions %s at layer %d over %d languages in %.1f s%s", config.dimensions, layer,
-                 len(langs), time.perf_counter() - t, what)  # fmt: skip
-        return made
+        return fit(reader, langs, request.done_index, layer, kind, k, max(budget_bytes // BLOCK_SHARE, 1), before)
 
-    return process_zero_first(
-        "babelgrid-similarity-dimensions", lambda: {layer: fitted(layer) for layer in request.layers}
-    )
+    return stored_or_fitted(
+        config, request, "dimensions", key, DimensionTransform.from_bytes, config.dimensions,
+        asked=(kind, k, langs), described=lambda t: (t.kind, t.k, t.languages), label=lambda t: t.label,
+        fit_layer=fit_layer, said=lambda made: f", dropped {made.dimensions.tolist()}" if kind == "drop" else "",
+    )  # fmt: skip
 
 
 def composed(first, second):

@@ -122,29 +122,46 @@ def layer_transforms(config, reader, request, budget_bytes: int) -> dict[int, La
     kind, k = parse_kind(config.remove_language)
     if kind == "none":
         return None
+    langs = tuple(sorted(request.in_play))
+    return stored_or_fitted(
+        config, request, "transform", key, LayerTransform.from_bytes, config.remove_language,
+        asked=(kind, k, langs), described=lambda t: (t.kind, t.k, t.languages), label=lambda t: f"{t.kind}:{t.k}",
+        fit_layer=lambda layer: fit(reader, langs, request.done_index, layer, kind, k,
+                                    max(budget_bytes // BLOCK_SHARE, 1)),
+        said=lambda made: "",
+    )  # fmt: skip
+
+
+def stored_or_fitted(config, request, name: str, key, load, setting: str, *, asked: tuple, described, label, fit_layer,
+                     said) -> dict:  # fmt: skip
+    """Layer -> a per-layer transform of this run (``--remove_language``'s, ``--dimensions``': ``setting``, the
+    flag's value): read from the similarity store at ``key(layer)`` (``load(data, key, url, fix)``), or fitted
+    (``fit_layer(layer)``) and written there by process 0 first, the others reading what it wrote. One stored as other
+    than ``asked`` (``described``: its (kind, k, languages)) is refused: the transform must be the same for every pair
+    of a store. ``label`` names a stored transform in that refusal, ``said`` adds to the log line of a fit."""
     url = config.run.out
     _, kv = open_kvstore(url)
     fix = repair_hint(url, "seqsim")
-    langs = tuple(sorted(request.in_play))
+    wanted = f"{setting} over {list(asked[-1])}"
 
-    def fitted(layer: int) -> LayerTransform:
+    def fitted(layer: int):
         data = read_output(kv, key(layer), url, fix=fix)
         if data is not None:
-            stored = LayerTransform.from_bytes(data, key(layer), url, fix)
-            if (stored.kind, stored.k, stored.languages) != (kind, k, langs):
+            stored = load(data, key(layer), url, fix)
+            if described(stored) != asked:
                 raise SimilarityMismatchError(
-                    f"{key(layer)} in {url!r} was fitted as {stored.kind}:{stored.k} over {list(stored.languages)}; "
-                    f"this run asks {kind}:{k} over {list(langs)}. The transform must be the same for every pair of "
-                    "a store: compute into a new output folder, or rerun with the stored --langs"
+                    f"{key(layer)} in {url!r} was fitted as {label(stored)} over {list(stored.languages)}; this run "
+                    f"asks {wanted}. The transform must be the same for every pair of a store: compute into a new "
+                    "output folder, or rerun with the stored --langs"
                 )
             return stored
         t = time.perf_counter()
-        made = fit(reader, langs, request.done_index, layer, kind, k, max(budget_bytes // BLOCK_SHARE, 1))
+        made = fit_layer(layer)
         write_outputs(kv, {key(layer): made.to_bytes()}, url)
-        log.info("fitted %s at layer %d over %d languages in %.1f s", config.remove_language, layer, len(langs),
-                 time.perf_counter() - t)  # fmt: skip
+        log.info("fitted %s at layer %d over %d languages in %.1f s%s", setting, layer, len(asked[-1]),
+                 time.perf_counter() - t, said(made))  # fmt: skip
         return made
 
     return process_zero_first(
-        "babelgrid-similarity-transform", lambda: {layer: fitted(layer) for layer in request.layers}
+        f"babelgrid-similarity-{name}", lambda: {layer: fitted(layer) for layer in request.layers}
     )
