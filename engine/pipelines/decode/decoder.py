@@ -35,7 +35,8 @@ from engine.pipelines.decode.ctc import _text_language
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references
 from engine.pipelines.decode.store import Units, check_store, decode_claimed, layer_variants
-from engine.pipelines.decode.unit import audio_skip_reason, compression_ratio
+from engine.pipelines.decode.unit import compression_ratio
+from engine.pipelines.stages.windows import audio_skip_reason
 from engine.stores.kv import write_value
 from engine.text import phones
 

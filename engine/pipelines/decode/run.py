@@ -32,7 +32,7 @@ from engine.models.interface import CTC, DECODER, WINDOW_SECONDS
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
 from engine.pipelines.decode.ctc import prepare_ctc, run_ctc_decode
 from engine.pipelines.decode.decoder import prepare_decoder, run_decoder
-from engine.pipelines.encode.memory import SAFE_SHARE, available_memory
+from engine.pipelines.stages.memory import SAFE_SHARE, available_memory
 from engine.runtime.plan import size
 from engine.runtime.runs import RunSummary, job_lease
 from engine.stores.reader import open_store

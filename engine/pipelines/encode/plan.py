@@ -27,10 +27,10 @@ from engine.errors import AudioError
 from engine.models.common.parallel import data_mesh
 from engine.models.family import load_encoder
 from engine.models.interface import WINDOW_SECONDS, Encoder, EncoderCost
-from engine.pipelines.encode.memory import WINDOW_SAMPLES, family_step
 from engine.pipelines.encode.run import dataset_source
-from engine.pipelines.encode.windows import resampled_samples
 from engine.pipelines.encode.writes import calibrate_write_rate, storage_lines
+from engine.pipelines.stages.memory import WINDOW_SAMPLES, family_step
+from engine.pipelines.stages.windows import resampled_samples
 from engine.runtime.devices import Device
 from engine.runtime.plan import Plan, Stage, flops, size, timed
 
@@ -146,7 +146,7 @@ def plan_encode(
         Stage("encoder", enc_flops, float(weights), states_bytes, here_enc, dev_enc),
     ]
     # On a device: weights, a batch of the longest (padded) window, one block's activations and every stored layer
-    # of the batch until it is copied to the host (engine.pipelines.encode.memory).
+    # of the batch until it is copied to the host (engine.pipelines.stages.memory).
     peak = family_step(big, padded, d, layers, compute_dtype).peak(batch_size)
     memory_lines = [
         f"one stored layer of every utterance: {size(float(n_frames) * d * sbytes)}; all {len(layers)} layers: "

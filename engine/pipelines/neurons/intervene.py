@@ -47,10 +47,10 @@ import numpy as np
 import tensorstore as ts
 
 from engine import captions
-from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.pipelines.probes.config import FOLDS
 from engine.pipelines.probes.lid import lid_transfer
+from engine.pipelines.stages.windows import NoClaims, Task, batches, prefetched
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
 from engine.stores.kv import read_json, read_npz, read_value, write_value

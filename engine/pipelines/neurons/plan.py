@@ -18,7 +18,7 @@ from engine.data.sources import get_source
 from engine.errors import AudioError
 from engine.models.family import load_encoder
 from engine.pipelines.encode.plan import plan_encode
-from engine.pipelines.encode.windows import resampled_samples
+from engine.pipelines.stages.windows import resampled_samples
 from engine.runtime.devices import Device
 from engine.runtime.plan import Plan, Stage, duration
 

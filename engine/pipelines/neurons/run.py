@@ -35,11 +35,11 @@ from engine import captions
 from engine.data.sources import get_source
 from engine.faults import fault_point
 from engine.models.family import load_encoder
-from engine.pipelines.encode.memory import check_batch_size
-from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons import intervene
 from engine.pipelines.neurons import lape as lape_lib
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
+from engine.pipelines.stages.memory import check_batch_size
+from engine.pipelines.stages.windows import NoClaims, Task, batches, prefetched
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
