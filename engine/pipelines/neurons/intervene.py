@@ -20,7 +20,7 @@ Each stored layer's states are mean-pooled per utterance (windows of long audio 
 frames). Two measures per layer, each before and after, for the utterances of ``lang`` ("self") and of every other
 language ("others"):
 
-- **language ID**: the probes job's linear probe (``engine.pipelines.probes.lid.lid_transfer``): trained on the
+- **language ID**: the probes job's linear probe (``engine.pipelines.stages.lid.lid_transfer``): trained on the
   unchanged states with folds by utterance id, each probe predicting its own test fold before and after. The
   accuracy over the group's utterances.
 - **retrieval R@1** of mean-pooled cosine similarity: for an ordered pair of languages (a, b), the share of a's
@@ -48,8 +48,7 @@ import tensorstore as ts
 
 from engine import captions
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
-from engine.pipelines.probes.config import FOLDS
-from engine.pipelines.probes.lid import lid_transfer
+from engine.pipelines.stages.lid import FOLDS, lid_transfer
 from engine.pipelines.stages.windows import NoClaims, Task, batches, prefetched
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
