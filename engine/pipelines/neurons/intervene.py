@@ -49,6 +49,7 @@ import tensorstore as ts
 from engine import captions
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.pipelines.stages.lid import FOLDS, lid_transfer
+from engine.pipelines.stages.retrieval import r1_of_similarity
 from engine.pipelines.stages.windows import NoClaims, Task, batches, prefetched
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
@@ -204,24 +205,6 @@ def r1_by_pair(pooled: np.ndarray, label: np.ndarray, ids, n_langs: int) -> np.n
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norm > 0, norm, 1)
     return r1_of_similarity(x @ x.T, label, ids, n_langs)
-
-
-def r1_of_similarity(sims: np.ndarray, label: np.ndarray, ids, n_langs: int) -> np.ndarray:
-    """``r1_by_pair`` from any similarity of every utterance to every other, ``sims: f[utterance, utterance]`` (the
-    heads job's SeqSim), higher is more similar."""
-    ids = np.asarray(ids)
-    out = np.full((n_langs, n_langs), np.nan)
-    for b in range(n_langs):
-        cols = np.flatnonzero(label == b)
-        if not len(cols):
-            continue
-        hit = ids[cols[np.argmax(sims[:, cols], axis=1)]] == ids
-        partner = np.isin(ids, ids[cols])
-        for a in range(n_langs):
-            rows = (label == a) & partner
-            if a != b and rows.any():
-                out[a, b] = hit[rows].mean()
-    return out
 
 
 def _group_mean(r1: np.ndarray, lang: int) -> tuple[float, float]:

@@ -1,0 +1,10 @@
+"""The errors that a shared stage raises and a job's light config raises too: here, so that the config (``--help``)
+loads no JAX and the stage imports no job room."""
+
+from __future__ import annotations
+
+from engine.errors import BabelgridError
+
+
+class RetrievalError(BabelgridError, ValueError):
+    """Retrieval cannot run as asked: unknown measure, layer or language, no output folder, bad scores."""
