@@ -172,11 +172,11 @@ def interleaved_workers(contenders: dict[str, tuple[Worker, str]], repeats: int)
 
 
 def whisper_plan_inputs(dims, frames: dict, compute_dtype: str):
-    """What ``engine.pipelines.encode.plan.plan_encode`` takes for a Whisper plan without weights: the model's shape
-    (``WhisperShape``), each utterance's 16 kHz samples from its encoder frames (``frames[lang]``, 50 a second), and
-    (FLOP/s, what was timed) from one encoder block at the model's width timed here. Measured against whisper-base's
-    own encoder, such a block ran 1.6x slower per FLOP on the 2-core AVX-512 machine (BUILD.md), so the estimate errs
-    long."""
+    """What ``engine.pipelines.stages.encode_plan.plan_encode`` takes for a Whisper plan without weights: the model's
+    shape (``WhisperShape``), each utterance's 16 kHz samples from its encoder frames (``frames[lang]``, 50 a second),
+    and (FLOP/s, what was timed) from one encoder block at the model's width timed here. Measured against
+    whisper-base's own encoder, such a block ran 1.6x slower per FLOP on the 2-core AVX-512 machine (BUILD.md), so the
+    estimate errs long."""
     from engine.models.whisper.cost import encoder_block, encoder_flops_per_window
     from engine.models.whisper.encoder import WhisperShape
     from engine.runtime.plan import timed

@@ -8,7 +8,7 @@ Inputs: bench/encode_job.py's (the FLEURS sample clips, or the demo set; the pac
 states in the storage dtype as the encoder hands them over. A rate is valid state bytes (what the store holds,
 padding not counted) over seconds. Each round runs, in turn: the encoder alone (same batches, to the host), the
 writes to a local folder, the writes to S3, and the plan's own quick calibration
-(``engine.pipelines.encode.writes.calibrate_write_rate``, what ``--plan`` uses); medians of the rounds. Then the
+(``engine.pipelines.stages.writes.calibrate_write_rate``, what ``--plan`` uses); medians of the rounds. Then the
 encode plan of FLEURS test x large-v3 (``bench/plan_fleurs.py``'s lengths) on ``--device``, its storage lines at
 each measured rate: bound by the encoder or by writing, per host count.
 """
@@ -35,8 +35,8 @@ from bench.encode_job import Prepared  # noqa: E402
 from bench.scale import grid  # noqa: E402
 from engine.models.whisper.dims import preset  # noqa: E402
 from engine.models.whisper.encoder import WhisperShape  # noqa: E402
-from engine.pipelines.encode.plan import plan_encode  # noqa: E402
-from engine.pipelines.encode.writes import calibrate_write_rate, storage_lines  # noqa: E402
+from engine.pipelines.stages.encode_plan import plan_encode  # noqa: E402
+from engine.pipelines.stages.writes import calibrate_write_rate, storage_lines  # noqa: E402
 from engine.runtime.devices import DEVICES, get_device  # noqa: E402
 
 BUCKET = "babelgrid-bench"

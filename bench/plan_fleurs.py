@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 from bench.common import whisper_plan_inputs  # noqa: E402
 from bench.scale import grid  # noqa: E402
 from engine.models.whisper.dims import preset  # noqa: E402
-from engine.pipelines.encode.plan import plan_encode  # noqa: E402
 from engine.pipelines.seqsim.config import DEFAULT_MEASURES  # noqa: E402
 from engine.pipelines.seqsim.plan import CALIBRATION_UTTERANCES, plan_seqsim  # noqa: E402
+from engine.pipelines.stages.encode_plan import plan_encode  # noqa: E402
 from engine.runtime import devices as plan_lib  # noqa: E402
 from engine.runtime.budget import resolve_budget  # noqa: E402
 from engine.runtime.options import parse_size  # noqa: E402

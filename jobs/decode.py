@@ -23,8 +23,8 @@ from jobs import common
 
 
 def plan(config, device):
-    """The run's --plan (``engine.pipelines.decode.plan``), imported only when asked: --help loads no JAX."""
-    from engine.pipelines.decode.plan import plan_decode_run
+    """The run's --plan (``engine.pipelines.stages.decode_plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.stages.decode_plan import plan_decode_run
 
     return plan_decode_run(config, device)
 

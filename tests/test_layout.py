@@ -19,6 +19,9 @@ which can no longer fail shows up as a failing test too):
 - the floors run one way between rooms: stores never import runtime or models, models never import runtime, stores or
   pipelines, runtime never imports models, data and text import none of models, pipelines, runtime and stores
   (``ROOM_RULES``, function-level imports included);
+- a job room (``engine/pipelines/<job>/``) imports ``engine/pipelines/stages/`` and the floors below, never another job
+  room, and the stages import no job room: what two jobs share is a stage, written once (function-level imports
+  included);
 - no module of engine/, kernels/, jobs/ or bench/ is over ``MAX_LINES`` lines;
 - engine/ and kernels/ never read flags;
 - ``import engine`` gives the public face a notebook needs: every job's ``run_*`` and its config among it.
@@ -54,6 +57,8 @@ ROOM_RULES = {
     "engine.data": UPPER_FLOORS,
     "engine.text": UPPER_FLOORS,
 }
+PIPELINES = "engine.pipelines"
+STAGES = "engine.pipelines.stages"  # the floor below the job rooms: what two or more jobs use, each once
 MAX_LINES = 450  # one concept a module: past this it is two modules (STYLE.md habit 8)
 SIZED = ("engine", "kernels", "jobs", "bench")
 LAZY_COMMENT = re.compile(r"#\s*lazy:\s*\S")
@@ -251,6 +256,25 @@ def room_violations(found: dict[str, list[Import]], rules=ROOM_RULES) -> list[st
     ]
 
 
+def job_room(module: str) -> str | None:
+    """The job room (``engine.pipelines.<job>``) a module belongs to; None outside the job rooms (the stages and the
+    pipelines package itself included)."""
+    parts = module.split(".")
+    room = ".".join(parts[:3])
+    return room if len(parts) > 2 and ".".join(parts[:2]) == PIPELINES and room != STAGES else None
+
+
+def job_room_violations(found: dict[str, list[Import]]) -> list[str]:
+    """Imports from a job room into another job room, and from the stages into any job room."""
+    return [
+        imp.where()
+        for name, imports in found.items()
+        if job_room(name) or _within(name, [STAGES])
+        for imp in imports
+        if job_room(imp.module) not in (None, job_room(name))
+    ]
+
+
 def long_modules(root: pathlib.Path = REPO, limit: int = MAX_LINES) -> list[str]:
     """The modules of ``SIZED`` under ``root`` with more than ``limit`` lines."""
     paths = sorted(p for package in SIZED for p in (root / package).rglob("*.py"))
@@ -435,6 +459,50 @@ def test_room_rule_catches_planted_imports(tmp_path):
         "engine/runtime/plan.py:1 imports engine.models.whisper.dims",
         "engine/stores/schema.py:1 imports engine.models.whisper.dims",
         "engine/stores/words.py:2 imports engine.runtime.parts",
+    ]
+
+
+def test_job_rooms_import_the_stages_and_never_each_other(found):
+    bad = job_room_violations(found)
+    why = (
+        "a job room imports engine/pipelines/stages/ and the floors below, never another job room, and the stages "
+        "import no job room (move what two jobs share into a module of stages/, named by its concept):"
+    )
+    assert not bad, "\n".join([why, *bad])
+    assert any(_within(imp.module, [STAGES]) for name in found if job_room(name) for imp in found[name])
+
+
+def test_job_room_rule_catches_planted_imports(tmp_path):
+    root = plant(
+        tmp_path,
+        {
+            "engine/runtime/__init__.py": "",
+            "engine/runtime/runs.py": "",
+            "engine/pipelines/__init__.py": "",
+            "engine/pipelines/stages/__init__.py": "",
+            "engine/pipelines/stages/windows.py": "from engine.runtime import runs\n",  # a floor below
+            "engine/pipelines/stages/lid.py": (
+                "from engine.pipelines.stages import windows\nimport engine.pipelines.probes.config\n"
+            ),
+            "engine/pipelines/probes/__init__.py": "",
+            "engine/pipelines/probes/config.py": "",
+            "engine/pipelines/probes/run.py": (  # its own room and the stages
+                "from engine.pipelines.probes import config\nfrom engine.pipelines.stages import lid\n"
+            ),
+            "engine/pipelines/neurons/__init__.py": "",
+            "engine/pipelines/neurons/run.py": (
+                "from engine.pipelines.probes.config import FOLDS\nfrom engine.runtime import runs\n"
+            ),
+            "engine/pipelines/heads/__init__.py": "",
+            "engine/pipelines/heads/plan.py": (
+                "def f():\n    # lazy: planted\n    from engine.pipelines.neurons import run\n"
+            ),
+        },
+    )
+    assert job_room_violations(scan(root)) == [
+        "engine/pipelines/heads/plan.py:3 imports engine.pipelines.neurons.run",
+        "engine/pipelines/neurons/run.py:1 imports engine.pipelines.probes.config",
+        "engine/pipelines/stages/lid.py:2 imports engine.pipelines.probes.config",
     ]
 
 

@@ -1,7 +1,7 @@
 """Dry runs (``--plan``): the plan core. What a run will do and cost, printed before anything runs.
 
 A job's plan (``engine.pipelines.encode.plan``, ``engine.pipelines.seqsim.plan``,
-``engine.pipelines.decode.plan``) counts the work from the dataset's headers or the layer store's lengths
+``engine.pipelines.stages.decode_plan``) counts the work from the dataset's headers or the layer store's lengths
 (utterances, 30 s windows, frames), turns it into FLOPs and bytes per stage, and into seconds twice:
 
 - **here**: from a calibration of a few seconds on this machine, running the stage's own computation at the run's

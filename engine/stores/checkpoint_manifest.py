@@ -1,5 +1,5 @@
 """The manifest of a training checkpoint: ``<step>/checksums.json``, the size and SHA-256 of every file of its
-orbax state, hashed after orbax finished (written by ``engine.pipelines.finetune.checkpoints``, read by its restore
+orbax state, hashed after orbax finished (written by ``engine.pipelines.stages.checkpoints``, read by its restore
 and by ``babelgrid verify``)::
 
     {"format": 1, "algorithm": "sha256", "files": {"state/...": {"size": bytes, "sha256": hex}}}

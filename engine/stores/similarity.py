@@ -62,6 +62,7 @@ UNRECORDED_FIELDS = ("dtype", "ot")  # stores written before they were recorded 
 NAME = LANG  # language codes and measure names: the layer store's language-code rule
 # Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
 MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a", "mean", "centre", "duration", "dtw", "ot")
+NAN_MEASURES = frozenset({"ot"})  # may write NaN for a score it could not measure (seqsim's registry: nan_scores)
 REVERSED_MEASURE = {"seqsim_a2b": "seqsim_b2a", "seqsim_b2a": "seqsim_a2b"}
 # zstd level 1 costs far less than the kernel that produced a chunk and shrinks what is very redundant: float32
 # scores in [-1, 1] share exponent bytes, NaN rows of undone utterances and the duration baseline's few values.

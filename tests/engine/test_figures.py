@@ -183,8 +183,9 @@ def test_probe(n_langs):
 
 @pytest.mark.parametrize("n_langs", [2, 8])
 def test_probes(n_langs):
-    from engine.pipelines.probes import cca, lid, samediff
+    from engine.pipelines.probes import cca, samediff
     from engine.pipelines.probes.run import FIGURES, ProbesSummary, outputs
+    from engine.pipelines.stages import lid
 
     summary = ProbesSummary()
     for layer in range(4):

@@ -385,7 +385,7 @@ def test_every_file_a_run_writes_is_one_verify_knows_as_ours(clean):
 def test_a_checkpoint_is_judged_by_its_manifest_and_never_deleted(tmp_path):
     """F7: orbax's commit_success.txt in an sae or finetune checkpoint was called damaged and deleted by --repair,
     after which the resume was refused. Now a checkpoint is judged by its checksums.json, as the job's restore is."""
-    from engine.pipelines.finetune import checkpoints
+    from engine.pipelines.stages import checkpoints
 
     out = tmp_path / "sae"
     step = out / "layer-4" / "checkpoints" / "200"

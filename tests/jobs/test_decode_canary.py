@@ -31,7 +31,7 @@ from transformers.models.parakeet.modeling_parakeet import ParakeetEncoderModelO
 from engine.data.audio import load_audio
 from engine.models.family import load_encoder
 from engine.models.fastconformer.canary import load_canary
-from engine.pipelines.decode.decoder import cut_windows
+from engine.pipelines.stages.early_exit import cut_windows
 from engine.stores.reader import open_store
 from tests.jobs.test_families import LANGS, PAIRS, family_clips
 from tests.models.fastconformer import canary_folder as cf
@@ -190,12 +190,12 @@ def test_sae_early_exit_reads_the_stored_layer_as_the_decode_job(canary_run, tmp
     utterance, and the reconstructed column is Canary's decoder on the exported SAE's reconstruction of them."""
     from engine.models.family import FAMILIES
     from engine.models.interface import Search
-    from engine.pipelines.decode.decoder import search_windows
     from engine.pipelines.decode.hypotheses import read_hypotheses
     from engine.pipelines.sae.config import SaeConfig
     from engine.pipelines.sae.evaluate import apply
     from engine.pipelines.sae.export import open_sae
     from engine.pipelines.sae.run import run_sae
+    from engine.pipelines.stages.early_exit import search_windows
     from engine.runtime.options import configure
 
     _, _, root = canary_run

@@ -342,7 +342,7 @@ def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):
 
 def test_a_batch_that_cannot_fit_is_refused_before_the_store_exists(tmp_path, tiny_whisper):
     """--batch_size 20000 ended in an allocation failure with the store folder made: bounded by the plan's peak."""
-    from engine.pipelines.encode.memory import model_step
+    from engine.pipelines.stages.memory import model_step
     from engine.runtime.options import ConfigError
 
     data = write_clips(tmp_path / "clips", langs=("en",), n=2)
@@ -361,8 +361,8 @@ def test_the_issue_batch_of_20000_is_refused_for_whisper_base(monkeypatch):
     memory there is is given (8 GiB): the host's free memory at that moment once failed the default's line."""
     from engine.models.whisper.dims import preset
     from engine.models.whisper.encoder import WhisperShape
-    from engine.pipelines.encode import memory
-    from engine.pipelines.encode.memory import check_batch_size
+    from engine.pipelines.stages import memory
+    from engine.pipelines.stages.memory import check_batch_size
     from engine.runtime.options import ConfigError
 
     monkeypatch.setattr(memory, "available_memory", lambda: (8.0 * 2**30, "test memory", False))

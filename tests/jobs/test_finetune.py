@@ -17,10 +17,10 @@ import pytest
 
 from engine.figures import png_title
 from engine.models.interface import SILENCE_FILL
-from engine.pipelines.finetune import checkpoints as C
 from engine.pipelines.finetune.config import FinetuneConfig
 from engine.pipelines.finetune.data import FinetuneError
 from engine.pipelines.finetune.run import METRIC_FIELDS, run_finetune
+from engine.pipelines.stages import checkpoints as C
 from engine.runtime.options import configure
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo

@@ -31,7 +31,7 @@ from engine.models.whisper.features import features_for_audio
 from engine.pipelines.heads.config import HeadsConfig, HeadsError
 from engine.pipelines.heads.plan import plan_heads_run
 from engine.pipelines.heads.run import run_heads
-from engine.pipelines.probes.lid import lid_layer
+from engine.pipelines.stages.lid import lid_layer
 from engine.runtime.devices import get_device
 from engine.runtime.options import configure
 from engine.stores.reader import open_store

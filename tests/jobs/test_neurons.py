@@ -21,9 +21,9 @@ import pytest
 
 from engine.data.audio import load_audio
 from engine.models.whisper.features import features_for_audio
-from engine.pipelines.neurons import lape
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.pipelines.neurons.run import run_neurons
+from engine.pipelines.stages import lape
 from engine.runtime.options import configure
 from tests.jobs.test_families import LANGS, family_clips
 

@@ -27,7 +27,7 @@ from engine.data.audio import load_audio
 from engine.models.whisper.features import features_for_audio
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
 from engine.pipelines.neurons.run import run_neurons
-from engine.pipelines.probes.lid import lid_layer
+from engine.pipelines.stages.lid import lid_layer
 from engine.runtime.options import configure
 from kernels.metrics import reference_retrieval_metrics
 

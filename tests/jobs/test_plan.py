@@ -21,11 +21,11 @@ from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper import cost as whisper_cost
 from engine.models.whisper.dims import ModelDimensions
 from engine.pipelines.decode.config import DecodeConfig
-from engine.pipelines.decode.plan import plan_decode_run
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.pipelines.seqsim.config import SimilarityConfig
 from engine.pipelines.seqsim.plan import plan_seqsim_run
+from engine.pipelines.stages.decode_plan import plan_decode_run
 from engine.runtime import plan as plan_lib
 from engine.runtime.devices import get_device
 from engine.runtime.options import ConfigError, configure

@@ -16,9 +16,10 @@ import pytest
 
 from engine.errors import ShapeError
 from engine.figures import png_title
-from engine.pipelines.probes import cca, lid, samediff
+from engine.pipelines.probes import cca, samediff
 from engine.pipelines.probes.config import ProbesConfig, ProbesError
 from engine.pipelines.probes.run import CCA_COLUMNS, LID_COLUMNS, SAMEDIFF_COLUMNS
+from engine.pipelines.stages import lid
 from engine.runtime.options import ConfigError, configure
 from engine.stores.layers import LayerStore
 from engine.stores.utterances import UtteranceRow

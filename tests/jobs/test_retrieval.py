@@ -18,7 +18,7 @@ from engine.pipelines.retrieval import asymmetry
 from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import BY_LAYER_NAME, CSV_COLUMNS, HEATMAP_NAME
 from engine.pipelines.retrieval.run import resolve_out, run_retrieval
-from engine.pipelines.retrieval.scores import DirectedScore, drop_not_encoded, drop_unranked
+from engine.pipelines.stages.retrieval import DirectedScore, drop_not_encoded, drop_unranked
 from engine.runtime.options import configure
 from engine.stores.similarity import SimilarityStore, done_marker, new_manifest
 from kernels.metrics import reference_retrieval_metrics, retrieval_metrics

@@ -4,7 +4,7 @@ number recomputed from the exported files and the store by NumPy twins:
 - the exported weights, applied to the stored states by the NumPy formula (``kernels.sae.reference_encode``, float64),
   give the FVU, L0 and per-language firing rates the job reports (tolerance: float32 against float64 sums over a few
   hundred frames, 1e-4 relative; a top-k choice between near-tied activations may differ, so rates to 2 frames);
-- LAPE equals the entropy of the reported rates over languages, as ``neurons.lape.reference_lape`` computes it;
+- LAPE equals the entropy of the reported rates over languages, as ``stages.lape.reference_lape`` computes it;
 - R@1 on stored and reconstructed states equals SeqSim's float64 twin and the retrieval loop twin;
 - early exit (``--model``): the stored column's hypotheses are the decode job's at that layer (``--ln_post on``), the
   reconstructed column's are the model's decoder on the layer with its valid frames replaced by the SAE's
@@ -26,11 +26,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from engine.pipelines.neurons import lape as lape_lib
 from engine.pipelines.sae.config import MIN_STEPS, SaeConfig, SaeError
 from engine.pipelines.sae.export import encode as exported_encode
 from engine.pipelines.sae.export import open_sae
 from engine.pipelines.sae.run import run_sae
+from engine.pipelines.stages import lape as lape_lib
 from engine.runtime.options import ConfigError, configure
 from engine.stores.reader import open_store
 from kernels.metrics import reference_retrieval_metrics
@@ -295,7 +295,7 @@ def test_refusals(worker_store, tmp_path):
 
 def test_features_line_up_with_the_neurons_jobs_units(job, worker_clips, worker_store, tiny_model_dir, tmp_path):
     """The alignment's every number from units.parquet and features.parquet by a NumPy loop: LAPE over the shared
-    languages (``neurons.lape.reference_lape``), the sae job's bar, the shares, and scipy's Spearman over the cells."""
+    languages (``stages.lape.reference_lape``), the sae job's bar, the shares, and scipy's Spearman over the cells."""
     from scipy import stats
 
     from engine.pipelines.neurons.config import NeuronsConfig

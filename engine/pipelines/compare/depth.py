@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.pipelines.compare.config import CompareError
 from engine.pipelines.compare.layers import ALL
-from engine.pipelines.retrieval.subset import restrict
+from engine.pipelines.stages.retrieval import restrict
 from engine.stores.integrity import read_output, repair_hint
 from engine.stores.kv import open_kvstore
 from engine.stores.records import csv_cell

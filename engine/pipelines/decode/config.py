@@ -5,18 +5,14 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from engine.errors import BabelgridError
 from engine.models.interface import TASKS
+from engine.pipelines.stages.errors import DecodeError
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 
 SOURCES = ("audio",)
 LN_POST = ("on", "off", "both")
 LANGUAGE_MODES = ("forced", "detect")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-class DecodeError(BabelgridError, ValueError):
-    """The store, model, settings or output folder cannot be used for decoding."""
 
 
 def parse_decoding(decoding: str) -> int:

@@ -31,11 +31,12 @@ from engine.faults import fault_point
 from engine.models.interface import Search
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
-from engine.pipelines.decode.ctc import _text_language
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references
 from engine.pipelines.decode.store import Units, check_store, decode_claimed, layer_variants
-from engine.pipelines.decode.unit import audio_skip_reason, compression_ratio
+from engine.pipelines.decode.unit import compression_ratio
+from engine.pipelines.stages.early_exit import cut_windows, score_language, search_windows, text_language
+from engine.pipelines.stages.windows import audio_skip_reason
 from engine.stores.kv import write_value
 from engine.text import phones
 
@@ -51,7 +52,6 @@ BEAM_OPTIONS = ("patience", "length_penalty")
 NO_LANGUAGE = "no_language_token"  # the skip reason of a store language the model has no token for
 CTC = "ctc"
 BATCH_UTTERANCES = 16  # utterances read from the store at a time (decoders that read the store)
-PAD_FRAMES = 16  # such a batch's memory is padded to a multiple of this many frames (fewer compilations)
 
 
 def prepare_decoder(config: DecodeConfig, reader, decoder) -> tuple:
@@ -88,7 +88,7 @@ def run_decoder(config: DecodeConfig, reader, lease, summary, decoder, prepared:
             write_value(kv, key, hyp.part_bytes(part_rows, done, part_skips), config.run.out)
 
     def finish(kv) -> None:
-        codes = {lang: _score_language(decoder, lang, languages[lang]) for lang in langs}
+        codes = {lang: score_language(decoder, lang, languages[lang]) for lang in langs}
         merge(kv, config, reader, langs, codes, variants, summary)
 
     summary.unit = "languages"
@@ -143,21 +143,13 @@ def check_decoder(config: DecodeConfig, reader, decoder) -> tuple[list[str], lis
             "TSV file of id<TAB>English text"
         )
     if "phones" in config.tasks:
-        unvoiced = [lang for lang, token in languages.items() if token and not phones.covers(_text_language(lang))]
+        unvoiced = [lang for lang, token in languages.items() if token and not phones.covers(text_language(lang))]
         if unvoiced:
             raise DecodeError(
                 "task phones is scored against espeak-ng's phones of the transcription, and espeak-ng has no voice "
                 f"for {', '.join(unvoiced)}: leave {'them' if len(unvoiced) > 1 else 'it'} out with --langs"
             )
     return langs, layers, languages
-
-
-def _score_language(decoder, lang: str, language: str | None) -> str | None:
-    """The ISO code whose normaliser scores ``lang``'s rows: the prompt language's where the decoder's codes are
-    such codes (Whisper's), else the store language's own."""
-    if language is None:
-        return None
-    return decoder.score_language(language) or _text_language(lang)
 
 
 def _language(decoder, reader, lang, language, done, parts, english, config, summary) -> dict:
@@ -251,31 +243,6 @@ def _from_store(decoder, reader, lang, language, done, parts, english, config, s
                     _row(*out[p], decoder, lang, rows_of[u], int(u), p, labels[mine[0]], ids,
                          float(np.mean([avg[w] for w in mine])), english, summary)  # fmt: skip
     return out
-
-
-def cut_windows(states: np.ndarray, n: int, per_window: int) -> list[np.ndarray]:
-    """One utterance's valid frames ``states[:n]`` cut into its encoder windows (every full one ``per_window``)."""
-    return [states[start : min(start + per_window, n)] for start in range(0, max(n, 1), per_window)]
-
-
-def search_windows(decoder, windows: list[np.ndarray], task: str, language: str, search: Search, size: int):
-    """Tokens, mean log-probabilities and labels of ``windows`` (f32[frame, width] each), in batches of ``size`` rows
-    (the last padded with copies of its first), masked past each window's frames."""
-    tokens, logprobs, labels = [], [], []
-    for start in range(0, len(windows), size):
-        chunk = windows[start : start + size]
-        frames = max(len(w) for w in chunk)
-        frames += -frames % PAD_FRAMES
-        memory = np.zeros((size, frames, chunk[0].shape[-1]), np.float32)
-        valid = np.zeros(size, np.int32)
-        for r in range(size):
-            w = chunk[r] if r < len(chunk) else chunk[0]
-            memory[r, : len(w)], valid[r] = w, len(w)
-        ids, avg, label = decoder.search(memory, valid, task, [language] * size, search)
-        tokens += ids[: len(chunk)]
-        logprobs += list(avg)[: len(chunk)]
-        labels += list(label)[: len(chunk)]
-    return tokens, logprobs, labels
 
 
 def _ctc_part(decoder, reader, lang, part, done, summary, batch: int = 16) -> tuple[dict, list]:

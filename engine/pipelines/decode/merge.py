@@ -13,7 +13,7 @@ from engine.errors import AudioError
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeError
 from engine.pipelines.decode.report import figures, report_markdown, scores_table
-from engine.pipelines.decode.unit import audio_skip_reason
+from engine.pipelines.stages.windows import audio_skip_reason
 from engine.stores.integrity import write_outputs
 from engine.stores.parts import read_part, table_bytes
 from engine.stores.records import csv_bytes

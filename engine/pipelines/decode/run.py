@@ -32,7 +32,8 @@ from engine.models.interface import CTC, DECODER, WINDOW_SECONDS
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
 from engine.pipelines.decode.ctc import prepare_ctc, run_ctc_decode
 from engine.pipelines.decode.decoder import prepare_decoder, run_decoder
-from engine.pipelines.encode.memory import SAFE_SHARE, available_memory
+from engine.pipelines.stages.early_exit import has_decoder
+from engine.pipelines.stages.memory import SAFE_SHARE, available_memory
 from engine.runtime.plan import size
 from engine.runtime.runs import RunSummary, job_lease
 from engine.stores.reader import open_store
@@ -70,7 +71,7 @@ def run_decode(config: DecodeConfig, *, decoder=None) -> DecodeSummary:
     info = open_store(config.store).info
     family = FAMILIES[info.family]
     hint = "decode needs a text decoder (Whisper, OWSM, Canary) or a CTC head (wav2vec2 *ForCTC, ParakeetForCTC models)"
-    if family.decoder is not None and DECODER in family.store_heads(info):
+    if has_decoder(info):
         refuse_without_head("decode", DECODER, None if decoder is not None else config.model, info, hint)
     elif family.ctc is not None:  # before the lease: a model without the head writes nothing
         searched = [d for d in config.decodings if d not in (CTC, "greedy")]  # greedy: the head's best path
@@ -93,7 +94,7 @@ def run_decode(config: DecodeConfig, *, decoder=None) -> DecodeSummary:
     check_decode_batch(info, config)  # before the lease and the manifest: a corrected rerun is not refused
     # The model against the store, its languages and layers, what its decoder can do: before the lease, so that a
     # request it cannot meet creates nothing
-    if family.decoder is not None and DECODER in family.store_heads(info):
+    if has_decoder(info):
         if decoder is None:
             try:
                 decoder = family.decoder(config.model, dtype=DTYPES[config.compute_dtype])

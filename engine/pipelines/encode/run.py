@@ -42,9 +42,9 @@ from engine.models.common.parallel import data_mesh
 from engine.models.family import load_encoder
 from engine.models.interface import Encoder
 from engine.pipelines.encode.config import EncodeConfig
-from engine.pipelines.encode.memory import check_batch_size
 from engine.pipelines.encode.transfers import start_to_host
-from engine.pipelines.encode.windows import Assembler, Task, batches, prefetched, probe_rows
+from engine.pipelines.stages.memory import check_batch_size
+from engine.pipelines.stages.windows import Assembler, Task, batches, prefetched, probe_rows
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.runs import RunSummary, job_lease, process_zero_first, progress_bar, work_claims
 from engine.runtime.units import UnitLoop

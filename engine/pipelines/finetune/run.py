@@ -10,7 +10,7 @@ Output folder ``OUT`` (local):
   with a sha256 manifest, written to a temporary folder and renamed when complete, so a SIGKILL leaves the last
   complete one; a rerun verifies it, resumes from the newest good one (falling back past a damaged one, with a
   warning) and, with the seeded batch order, ends bitwise where an uninterrupted run ends
-  (``engine.pipelines.finetune.checkpoints``).
+  (``engine.pipelines.stages.checkpoints``).
 - ``metrics.csv``: ``step, split, source_lang, target_lang, task, metric, value, n`` (training loss: split=train,
   metric=loss, n = target tokens; evaluation: split=held_out, metric bleu|chrf, n = utterances).
 - ``model/``: the fine-tuned model in the layout its family's loader reads (``Trainer.export``; Whisper's: Hugging
@@ -52,13 +52,13 @@ from engine.languages import fleurs_to_whisper
 from engine.models.common.parallel import data_mesh
 from engine.models.family import FAMILIES, refuse_without_head
 from engine.models.interface import DECODER
-from engine.pipelines.finetune import checkpoints as C
 from engine.pipelines.finetune import data as D
 from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
 from engine.pipelines.finetune.config import FinetuneConfig
 from engine.pipelines.finetune.export import MODEL, check_export
 from engine.pipelines.finetune.report import before_after_table, write_figures
+from engine.pipelines.stages import checkpoints as C
 from engine.runtime.runs import RunSummary, job_lease
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore

@@ -26,8 +26,8 @@ import numpy as np
 from engine.data.audio import load_audio
 from engine.errors import AudioError
 from engine.models.interface import Search
-from engine.pipelines.decode.unit import audio_skip_reason
-from engine.pipelines.neurons.intervene import r1_of_similarity
+from engine.pipelines.stages.retrieval import r1_of_similarity
+from engine.pipelines.stages.windows import audio_skip_reason
 from engine.text import metrics
 from kernels.seqsim import seqsim_matrix
 

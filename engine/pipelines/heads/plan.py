@@ -40,11 +40,11 @@ import numpy as np
 
 from engine.languages import whisper_code_or_none
 from engine.models.family import FAMILIES
-from engine.pipelines.decode.plan import TOKENS_PER_SECOND
-from engine.pipelines.encode.plan import calibrate_front_end, window_samples
 from engine.pipelines.heads.config import HeadsConfig, HeadsError
 from engine.pipelines.heads.run import checked, models
-from engine.pipelines.seqsim.plan import calibrate_seqsim
+from engine.pipelines.stages.decode_plan import TOKENS_PER_SECOND
+from engine.pipelines.stages.encode_plan import calibrate_front_end, window_samples
+from engine.pipelines.stages.seqsim_rate import calibrate_seqsim
 from engine.runtime.devices import Device
 from engine.runtime.plan import DECODE_EFFICIENCY, Plan, Stage, duration, flops, size, timed
 from engine.stores.reader import open_store

@@ -32,19 +32,18 @@ from engine import captions
 from engine.faults import fault_point
 from engine.languages import whisper_code_or_none
 from engine.models.family import FAMILIES, load_encoder
-from engine.models.interface import DECODER
 from engine.pipelines.heads import figures
 from engine.pipelines.heads import table as table_lib
 from engine.pipelines.heads.ablate import Decoding, Scores, ablation_pass, evaluation_set
 from engine.pipelines.heads.config import HeadsConfig, HeadsError
 from engine.pipelines.heads.importance import ce_importance, contrastive_importance
+from engine.pipelines.stages.early_exit import has_decoder, score_normalizer
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_npz, read_value
 from engine.stores.reader import open_store
 from engine.stores.records import npz_bytes
-from engine.text import metrics
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +136,7 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
     decoding = None
     if decoder is not None:
         codes = {lang: decoder.language(lang, {}) for lang in langs}
-        normalizers = {lang: metrics.normalizer_for(decoder.score_language(code) or whisper_code_or_none(lang) or "")
-                       if code else None for lang, code in codes.items()}  # fmt: skip
+        normalizers = {lang: score_normalizer(decoder, lang, code) for lang, code in codes.items()}
         decoding = Decoding(decoder, codes, normalizers, layers.index(top), config.max_new_tokens)
     evaluation = evaluation_set(reader, encoder, langs, config.utterances)
     if evaluation.n == 0:
@@ -175,8 +173,7 @@ def models(config: HeadsConfig, encoder, info, notes: list) -> tuple[tuple[int, 
     if bad:
         raise HeadsError(f"--layers {bad} are not layers of this model (0..{top}: {encoder.layer_meaning})")
     family = FAMILIES[encoder.family]
-    has_decoder = family.decoder is not None and DECODER in family.store_heads(info)
-    wanted = has_decoder and (config.decode or "ce" in config.losses)
+    wanted = has_decoder(info) and (config.decode or "ce" in config.losses)
     decoder = family.decoder(config.model) if wanted else None
     trainable = decoder is not None and decoder.caps.training and family.trainer is not None  # OWSM-CTC: no
     trainer = family.trainer(config.model) if trainable and "ce" in config.losses else None

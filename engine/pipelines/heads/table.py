@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from engine.pipelines.probes.lid import LidError, lid_transfer
+from engine.pipelines.stages.lid import LidError, lid_transfer
 from engine.stores.integrity import parquet_bytes
 from engine.stores.records import csv_bytes
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.figures import Figure, _png, set_title
-from engine.pipelines.neurons.lape import Lape
+from engine.pipelines.stages.lape import Lape
 
 
 def selective_png(ranked: Lape, subtitle: str = "") -> bytes:

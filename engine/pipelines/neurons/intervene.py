@@ -20,7 +20,7 @@ Each stored layer's states are mean-pooled per utterance (windows of long audio 
 frames). Two measures per layer, each before and after, for the utterances of ``lang`` ("self") and of every other
 language ("others"):
 
-- **language ID**: the probes job's linear probe (``engine.pipelines.probes.lid.lid_transfer``): trained on the
+- **language ID**: the probes job's linear probe (``engine.pipelines.stages.lid.lid_transfer``): trained on the
   unchanged states with folds by utterance id, each probe predicting its own test fold before and after. The
   accuracy over the group's utterances.
 - **retrieval R@1** of mean-pooled cosine similarity: for an ordered pair of languages (a, b), the share of a's
@@ -47,10 +47,10 @@ import numpy as np
 import tensorstore as ts
 
 from engine import captions
-from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
-from engine.pipelines.probes.config import FOLDS
-from engine.pipelines.probes.lid import lid_transfer
+from engine.pipelines.stages.lid import FOLDS, lid_transfer
+from engine.pipelines.stages.retrieval import r1_of_similarity
+from engine.pipelines.stages.windows import NoClaims, Task, batches, prefetched
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
 from engine.stores.kv import read_json, read_npz, read_value, write_value
@@ -205,24 +205,6 @@ def r1_by_pair(pooled: np.ndarray, label: np.ndarray, ids, n_langs: int) -> np.n
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norm > 0, norm, 1)
     return r1_of_similarity(x @ x.T, label, ids, n_langs)
-
-
-def r1_of_similarity(sims: np.ndarray, label: np.ndarray, ids, n_langs: int) -> np.ndarray:
-    """``r1_by_pair`` from any similarity of every utterance to every other, ``sims: f[utterance, utterance]`` (the
-    heads job's SeqSim), higher is more similar."""
-    ids = np.asarray(ids)
-    out = np.full((n_langs, n_langs), np.nan)
-    for b in range(n_langs):
-        cols = np.flatnonzero(label == b)
-        if not len(cols):
-            continue
-        hit = ids[cols[np.argmax(sims[:, cols], axis=1)]] == ids
-        partner = np.isin(ids, ids[cols])
-        for a in range(n_langs):
-            rows = (label == a) & partner
-            if a != b and rows.any():
-                out[a, b] = hit[rows].mean()
-    return out
 
 
 def _group_mean(r1: np.ndarray, lang: int) -> tuple[float, float]:

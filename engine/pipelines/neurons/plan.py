@@ -1,8 +1,9 @@
 """The neurons job's plan (``--plan``): the counting pass and the intervention's passes, priced as encode prices them.
 
 The counting pass is one forward pass over every utterance with the feed-forward units counted: the encode job's
-forward (``engine.pipelines.encode.plan.plan_encode``, its FLOPs from the family's cost and its step timed here) times
-``COUNT_OVERHEAD``, what counting adds to a forward (bench/neurons.py: 1.07x on whisper-base), with nothing stored.
+forward (``engine.pipelines.stages.encode_plan.plan_encode``, its FLOPs from the family's cost and its step timed
+here) times ``COUNT_OVERHEAD``, what counting adds to a forward (bench/neurons.py: 1.07x on whisper-base), with
+nothing stored.
 The intervention (``--intervene``) encodes its evaluation set (the first ``--intervene_utterances`` of every language)
 once unchanged and once per condition: per language switched off, its selected units off and ``--random_draws``
 random draws. ``--intervene all`` is priced for every language, an upper bound: only the languages that own a
@@ -17,8 +18,8 @@ import time
 from engine.data.sources import get_source
 from engine.errors import AudioError
 from engine.models.family import load_encoder
-from engine.pipelines.encode.plan import plan_encode
-from engine.pipelines.encode.windows import resampled_samples
+from engine.pipelines.stages.encode_plan import plan_encode
+from engine.pipelines.stages.windows import resampled_samples
 from engine.runtime.devices import Device
 from engine.runtime.plan import Plan, Stage, duration
 

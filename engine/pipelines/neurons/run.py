@@ -3,7 +3,7 @@
 The model runs over every utterance of every language of the dataset (as the encode job reads them: windows of at
 most 30 s, the same batches), and for each layer and feed-forward unit counts the valid frames at which its
 activation after the nonlinearity is > 0 (``ffn_counts`` of the family: Whisper and wav2vec2/HuBERT/MMS). Nothing per
-frame is kept. Then LAPE (``engine.pipelines.neurons.lape``) ranks the units. Writes::
+frame is kept. Then LAPE (``engine.pipelines.stages.lape``) ranks the units. Writes::
 
     OUT/counts/<lang>.npz                  i64 counts [layer, unit], frames, utterances and skipped of one language
     OUT/units.parquet                      one row per (layer, unit): lape, max_rate, top_language, selected,
@@ -35,11 +35,11 @@ from engine import captions
 from engine.data.sources import get_source
 from engine.faults import fault_point
 from engine.models.family import load_encoder
-from engine.pipelines.encode.memory import check_batch_size
-from engine.pipelines.encode.windows import NoClaims, Task, batches, prefetched
 from engine.pipelines.neurons import intervene
-from engine.pipelines.neurons import lape as lape_lib
 from engine.pipelines.neurons.config import NeuronsConfig, NeuronsError
+from engine.pipelines.stages import lape as lape_lib
+from engine.pipelines.stages.memory import check_batch_size
+from engine.pipelines.stages.windows import NoClaims, Task, batches, prefetched
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs

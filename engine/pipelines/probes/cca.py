@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import LanguageError
-from engine.pipelines.probes import lid
+from engine.pipelines.stages import lid
 from kernels.cca import cca
 
 TARGETS = ("phone", "word", "semantic")

@@ -9,7 +9,7 @@ from engine.runtime.options import RunOptions, option, validate
 
 PROBES = ("lid", "samediff", "cca")
 WORD_PROBES = ("samediff", "cca")  # the probes that need --words
-FOLDS = 5  # lid: outer folds, split by utterance id
+FOLDS = 5  # lid: outer folds, split by utterance id (engine.pipelines.stages.lid.FOLDS; here, --help loads no JAX)
 MIN_CHARS = (
     3  # samediff, cca: kamperh's Buckeye lists use 5 and 0.5 s; the demo's repeated words are short function words
 )

@@ -18,9 +18,10 @@ import time
 import numpy as np
 
 from engine.listing import chosen as pick
-from engine.pipelines.probes import cca, lid, samediff
+from engine.pipelines.probes import cca, samediff
 from engine.pipelines.probes.config import WORD_PROBES, ProbesConfig, ProbesError
 from engine.pipelines.probes.run import word_tokens
+from engine.pipelines.stages import lid
 from engine.runtime.plan import Plan, Stage
 from engine.stores.reader import open_store
 

@@ -2,7 +2,7 @@
 
 Probes (``PROBES``; each writes a CSV and a figure against layer, with its n and its chance level):
 
-- ``lid``: language identification from mean-pooled states (``engine.pipelines.probes.lid``), ``OUT/lid.csv``;
+- ``lid``: language identification from mean-pooled states (``engine.pipelines.stages.lid``), ``OUT/lid.csv``;
 - ``samediff``: same-different word discrimination (``engine.pipelines.probes.samediff``), ``OUT/samediff.csv``;
 - ``cca``: projection-weighted CCA against phone, word and semantic targets (``engine.pipelines.probes.cca``),
   ``OUT/cca.csv``.
@@ -27,8 +27,9 @@ import numpy as np
 
 from engine import captions
 from engine.listing import chosen as pick
-from engine.pipelines.probes import cca, lid, samediff
+from engine.pipelines.probes import cca, samediff
 from engine.pipelines.probes.config import PROBES, WORD_PROBES, ProbesConfig, ProbesError
+from engine.pipelines.stages import lid
 from engine.runtime.runs import RunSummary, output_run
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import open_kvstore

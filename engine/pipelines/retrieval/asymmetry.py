@@ -28,7 +28,7 @@ import numpy as np
 from scipy import stats
 
 from engine import captions, figures
-from engine.pipelines.retrieval.scores import DirectedScore
+from engine.pipelines.stages.retrieval import DirectedScore
 from engine.stores import records
 
 ASYMMETRY_CSV = "asymmetry.csv"

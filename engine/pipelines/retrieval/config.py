@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.errors import BabelgridError
+from engine.pipelines.stages.errors import RetrievalError
 from engine.runtime.options import RunOptions, option, validate
 from kernels.settings import DEFAULT_KS, TIE_RULES
-
-
-class RetrievalError(BabelgridError, ValueError):
-    """Retrieval cannot run as asked: unknown measure, layer or language, no output folder, bad scores."""
 
 
 @dataclasses.dataclass(frozen=True)

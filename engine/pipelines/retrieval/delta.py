@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.figures import Figure, _png, set_title
 from engine.pipelines.retrieval.config import RetrievalError
-from engine.pipelines.retrieval.scores import DirectedScore
+from engine.pipelines.stages.retrieval import DirectedScore
 from engine.stores.records import csv_bytes
 
 DELTA_CSV = "baseline_delta.csv"

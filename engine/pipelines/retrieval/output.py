@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.pipelines.retrieval.config import RetrievalError
-from engine.pipelines.retrieval.scores import DirectedScore, mean_over_pairs
+from engine.pipelines.stages.retrieval import DirectedScore, mean_over_pairs
 from engine.stores import kv, records
 from engine.stores.integrity import write_outputs
 

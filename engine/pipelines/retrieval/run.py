@@ -51,7 +51,7 @@ from engine.listing import chosen
 from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.output import CSV_NAME, TINY_SET, pick_figure_layer, tiny_scores, write_results
-from engine.pipelines.retrieval.scores import (
+from engine.pipelines.stages.retrieval import (
     DirectedScore,
     mean_over_pairs,
     score_matrix,

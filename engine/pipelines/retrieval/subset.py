@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine import captions
-from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked, first_hits
+from engine.pipelines.stages.retrieval import drop_not_encoded, drop_unranked, first_hits, restrict
 from engine.stores.records import csv_bytes
 from kernels.metrics import ranked_retrieval_metrics, retrieval_metrics, unmeasured
 
@@ -41,18 +41,6 @@ SUBSET_COLUMNS = (
 )
 
 
-def restrict(scores, row_ids: Sequence, col_ids: Sequence, ids: set):
-    """The rows and columns of f32[N, M] ``scores`` whose id is in ``ids``: (f32[n, m], row ids, col ids)."""
-    rows = np.array([r in ids for r in row_ids], bool)
-    cols = np.array([c in ids for c in col_ids], bool)
-    kept = np.asarray(scores)[np.ix_(rows, cols)]
-    return (
-        kept,
-        [r for r, k in zip(row_ids, rows, strict=True) if k],
-        [c for c, k in zip(col_ids, cols, strict=True) if k],
-    )
-
-
 def size_matched_draws(pool: Sequence[str], size: int, draws: int, seed: int, lang_a: str, lang_b: str) -> list:
     """``draws`` random subsets of ``size`` ids of ``pool`` (sorted first), reproducible from ``seed`` and the pair,
     and the same for every layer and measure of the pair, so that curves over layers compare like with like."""
@@ -64,9 +52,9 @@ def size_matched_draws(pool: Sequence[str], size: int, draws: int, seed: int, la
 def compare_subsets(scores, row_ids, col_ids, kept_ids: set, draws: list, *, ks, ties) -> dict:
     """Metrics of one finite matrix on the full set, the challenge set and each random subset.
 
-    scores: f32[N, M] with every row and column scored (``engine.pipelines.retrieval.scores.drop_not_encoded`` applied).
+    scores: f32[N, M] with every row and column scored (``engine.pipelines.stages.retrieval.drop_not_encoded`` applied).
     Returns {"full": RetrievalMetrics, "challenge": RetrievalMetrics, "size_matched": [RetrievalMetrics, ...],
-    "challenge_firsts": the challenge set's per-id hits at rank 1 (``scores.first_hits``)}.
+    "challenge_firsts": the challenge set's per-id hits at rank 1 (``engine.pipelines.stages.retrieval.first_hits``)}.
     """
 
     def metrics(ids):

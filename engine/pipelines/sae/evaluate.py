@@ -11,7 +11,7 @@ keeps k on every frame, its training average).
   ``eval_utterances`` utterances of each language, the states as stored and as reconstructed;
 - ``lid``, ``lid_reconstructed``: the probes job's language-ID probe (``lid_layer``) on the same utterances' mean-
   pooled states, as stored and reconstructed;
-- per feature and language, the share of frames it fires on, and LAPE over languages (``neurons.lape``: the entropy
+- per feature and language, the share of frames it fires on, and LAPE over languages (``stages.lape``: the entropy
   the neurons job ranks feed-forward units by, so both read alike). LAPE's own selection is a quota (the 1% lowest),
   the same share at every depth; here a live feature is **language-selective** when its entropy is below
   ``SELECTIVE`` of the most it can be (``log`` of the languages), and belongs to the language it fires most in; it
@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.pipelines.neurons import lape as lape_lib
-from engine.pipelines.probes.lid import lid_layer
 from engine.pipelines.sae.data import Frames
+from engine.pipelines.stages import lape as lape_lib
+from engine.pipelines.stages.lid import lid_layer
 from kernels import sae
 from kernels.metrics import retrieval_metrics
 from kernels.seqsim import seqsim_matrix

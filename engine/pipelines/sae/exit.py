@@ -28,11 +28,10 @@ import numpy as np
 
 from engine.data.audio import load_audio
 from engine.errors import AudioError
-from engine.languages import whisper_code_or_none
 from engine.models.family import FAMILIES
 from engine.models.interface import Search
-from engine.pipelines.decode.decoder import cut_windows, search_windows
 from engine.pipelines.sae.config import SaeError
+from engine.pipelines.stages.early_exit import cut_windows, has_decoder, score_normalizer, search_windows
 from engine.text import metrics
 
 log = logging.getLogger(__name__)
@@ -54,10 +53,9 @@ def load_decoder(model: str | None, info):
     the early exit is not scored."""
     if model is None:
         return None, "early-exit WER/CER: not scored (give --model, the store's checkpoint, to decode)"
-    family = FAMILIES[info.family]
-    if family.decoder is None:
-        return None, f"early-exit WER/CER: not scored ({info.family} has no text decoder)"
-    decoder = family.decoder(model)
+    if not has_decoder(info):
+        return None, f"early-exit WER/CER: not scored ({info.model_name}, a {info.family} model, has no text decoder)"
+    decoder = FAMILIES[info.family].decoder(model)
     if decoder.sha256 != info.checkpoint_sha256:
         raise SaeError(
             f"--model {model!r} (sha256 {decoder.sha256[:12]}) is not the checkpoint that wrote the layer store "
@@ -89,7 +87,7 @@ def early_exit(decoder, reader, layer: int, reconstruct: Callable[[np.ndarray], 
         _advance(bar, len(picked))
         if not got["stored"]:  # every picked utterance's audio was unreadable (logged): nothing to score
             continue
-        normalizer = metrics.normalizer_for(decoder.score_language(language) or whisper_code_or_none(lang) or "")
+        normalizer = score_normalizer(decoder, lang, language)
         row = {"layer": layer, "language": lang}
         for kind in KINDS:
             refs = [reference for _, reference, _ in got[kind]]

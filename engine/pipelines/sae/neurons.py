@@ -3,7 +3,7 @@
 Both jobs give, per layer, each feature's (each unit's) firing rate in each language: the sae job's ``rates``, the
 neurons job's ``units.parquet`` (``rate_<lang>``; a unit of block L writes into layer L, the block's output, which
 the SAE of layer L reads). Both are read here under one rule, over the languages both runs have and the layers both
-have: LAPE recomputed from the rates over those languages (``neurons.lape.entropy``), and a feature or unit is
+have: LAPE recomputed from the rates over those languages (``stages.lape.entropy``), and a feature or unit is
 selective for the language it fires most in when its LAPE is below ``SELECTIVE`` of ``log`` of the languages (the
 sae job's bar, docs/sae.md; the neurons job's own selection, a quota, is kept beside it as ``units_selected``).
 
@@ -26,9 +26,9 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from engine.pipelines.neurons import lape as lape_lib
 from engine.pipelines.sae.config import SaeError
 from engine.pipelines.sae.evaluate import SELECTIVE
+from engine.pipelines.stages import lape as lape_lib
 from engine.runtime.runs import SETTINGS
 from engine.stores.integrity import read_output, repair_hint
 from engine.stores.kv import open_kvstore, read_value

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from engine.listing import chosen
-from engine.pipelines.decode.config import DecodeConfig, DecodeError
-from engine.pipelines.decode.plan import plan_decode_run
 from engine.pipelines.sae import evaluate
 from engine.pipelines.sae.config import DEFAULT_BUDGET, DEFAULT_EPOCHS, MIN_STEPS, SaeConfig, SaeError, total_steps
 from engine.pipelines.sae.exit import exit_utterances
+from engine.pipelines.stages.decode_plan import plan_decode_run
+from engine.pipelines.stages.errors import DecodeError
 from engine.runtime.devices import Device
-from engine.runtime.options import configure
 from engine.runtime.plan import EFFICIENCY, Plan, Stage, duration, timed
 from engine.stores.reader import open_store
 from kernels import sae
@@ -148,9 +148,10 @@ def _early_exit(config: SaeConfig, reader, layers, langs, device, counts, assump
     decoded, its decoder run twice."""
     picked = sum(len(exit_utterances(reader, lang, config.decode_utterances)) for lang in langs)
     done = sum(int((np.asarray(reader.lengths(lang)) > 0).sum()) for lang in langs)
-    decode = configure(DecodeConfig, store=config.store, model=config.model, out="/nonexistent/sae-plan",
-                       langs=tuple(langs), layers=tuple(layers), ln_post="on", max_new_tokens=config.max_new_tokens,
-                       batch_size=config.decode_batch, progress=False)  # fmt: skip
+    # What the decode job's plan reads of a DecodeConfig: greedy transcription, as the early exit decodes
+    decode = types.SimpleNamespace(store=config.store, langs=tuple(langs), layers=tuple(layers), ln_post="on",
+                                   tasks=("transcribe",), decodings=("greedy",), batch_size=config.decode_batch,
+                                   max_new_tokens=config.max_new_tokens, compute_dtype="float32")  # fmt: skip
     try:
         plan = plan_decode_run(decode, device)
     except DecodeError as e:

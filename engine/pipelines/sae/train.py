@@ -9,7 +9,7 @@
   batch (``NamedSharding``; the parameters replicated), the learning rate warmed up over ``min(warmup, steps // 10)``
   steps.
 - Checkpoints: orbax, every ``checkpoint_every`` steps and at the end, under ``OUT/layer-<L>/checkpoints``
-  (``engine.pipelines.finetune.checkpoints``: sha256 manifests, written aside and renamed). A killed run restores the
+  (``engine.pipelines.stages.checkpoints``: sha256 manifests, written aside and renamed). A killed run restores the
   newest good one and replays the data order to its step: the weights it ends with are the uninterrupted run's,
   bit for bit.
 """
@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.faults import fault_point
-from engine.pipelines.finetune import checkpoints
 from engine.pipelines.sae.config import SaeConfig, SaeError, total_steps
 from engine.pipelines.sae.data import Frames
+from engine.pipelines.stages import checkpoints
 from kernels import sae
 
 log = logging.getLogger(__name__)

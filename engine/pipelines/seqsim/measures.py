@@ -253,6 +253,9 @@ if tuple(MEASURES) != similarity_store.MEASURES:
         f"the measure registry {tuple(MEASURES)} and the similarity store's names {similarity_store.MEASURES} differ: "
         "a measure is added in both (see this module's docstring)"
     )
+if NAN_MEASURES != similarity_store.NAN_MEASURES:
+    raise ImportError(f"the registry's nan_scores measures {sorted(NAN_MEASURES)} and the similarity store's "
+                      f"NAN_MEASURES {sorted(similarity_store.NAN_MEASURES)} differ")  # fmt: skip
 
 
 if tuple(sorted(FP8_SCALES)) != tuple(sorted(KERNEL_FP8_SCALES)):

@@ -41,28 +41,16 @@ from engine.pipelines.seqsim.tiling.tiles import (
     pair_flops,
     plan_units,
 )
+from engine.pipelines.stages.seqsim_rate import calibrate_seqsim
 from engine.runtime.budget import DEVICE_SHARE, Budget, resolve_budget
 from engine.runtime.devices import Device
 from engine.runtime.plan import EFFICIENCY, READ_RATE, Plan, Stage, duration, flops, size, timed
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import open_store
-from kernels.seqsim import choose_blocks, default_memory_budget, seqsim_matrix
-from kernels.seqsim_fp8 import FP8_DEVICE_KINDS, seqsim_matrix_fp8
+from kernels.seqsim import choose_blocks, default_memory_budget
+from kernels.seqsim_fp8 import FP8_DEVICE_KINDS
 from kernels.seqsim_fp8 import bound as fp8_bound
 from kernels.settings import OtConfig
-
-
-def calibrate_seqsim(d: int, dtype: str, n: int = 8, frames: int = 256, fp8_scale: str | None = None) -> float:
-    """FLOP/s of ``kernels.seqsim.seqsim_matrix`` on this machine, on n x n random utterances of ``frames``; with
-    ``fp8_scale``, of ``kernels.seqsim_fp8.seqsim_matrix_fp8`` with that scale (emulated where ``has_fp8`` is not)."""
-    x = jax.random.normal(jax.random.key(0), (2, n, frames, d), jnp.dtype(dtype))
-    lengths = jnp.full((n,), frames, jnp.int32)
-    if fp8_scale is None:
-        seconds = timed(lambda a, b: seqsim_matrix(a, lengths, b, lengths), x[0], x[1])
-    else:
-        seconds = timed(lambda a, b: seqsim_matrix_fp8(a, lengths, b, lengths, scale=fp8_scale), x[0], x[1])
-    return 2.0 * n * n * frames * frames * d / seconds
-
 
 # --seqsim_precision fp8's agreement with bf16 as measured by bench/seqsim_fp8.py (bench/RESULTS.md, "seqsim fp8
 # agreement", 2026-11-27): whisper-base on the FLEURS sample (50 clips, 5 languages), 8 layers, 1,600 queries, fp8

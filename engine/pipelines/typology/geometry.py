@@ -2,7 +2,7 @@
 
 For every stored pair (a, b) of a measure, both directions (a's utterances as queries among b's, and the reverse):
 
-- ``r1``: ``1 - R@1``, R@1 scored as the retrieval job scores it (``engine.pipelines.retrieval.scores``: utterances
+- ``r1``: ``1 - R@1``, R@1 scored as the retrieval job scores it (``engine.pipelines.stages.retrieval``: utterances
   not encoded dropped, unranked queries left out, ``kernels.metrics.retrieval_metrics`` with optimistic ties);
 - ``gap``: ``1 - (mean score of parallel pairs - mean score of the other pairs)``: how far translations stand out of
   the crowd, on the measure's own scale (SeqSim's cosine), not only whether they rank first.
@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from engine.pipelines.retrieval.scores import drop_not_encoded, drop_unranked
+from engine.pipelines.stages.retrieval import drop_not_encoded, drop_unranked
 from engine.pipelines.typology.config import KINDS
 from engine.stores.similarity import SimilarityError
 from kernels.metrics import retrieval_metrics

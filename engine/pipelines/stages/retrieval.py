@@ -1,10 +1,12 @@
-"""Retrieval on one similarity matrix: the utterances it scored, the queries it can rank, and their R@k and MRR.
+"""Retrieval on one similarity matrix: the utterances it scored, the queries it can rank, and their R@k and MRR, as
+the retrieval job scores it and the typology, compare and heads jobs read it.
 
 A matrix's rows and columns of utterances that were not encoded when it was computed are dropped and counted
 (``drop_not_encoded``: the similarity store's done marker records which rows and columns it scored). A measure of
-``NAN_MEASURES`` (``ot``, ``engine.pipelines.seqsim.measures``) writes NaN for a score it could not measure; a
+``NAN_MEASURES`` (``ot``, ``engine.stores.similarity``) writes NaN for a score it could not measure; a
 query holding such a score cannot be ranked and is left out and counted (``drop_unranked``). NaN or inf among the
-scored utterances of any other measure, or inf in ``ot``, is a damaged store: ``RetrievalError``.
+scored utterances of any other measure, or inf in ``ot``, is a damaged store: ``RetrievalError``. ``restrict`` keeps
+the rows and columns of some ids (a challenge set), ``r1_of_similarity`` scores R@1 per ordered language pair.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from engine.errors import ShapeError
-from engine.pipelines.retrieval.config import RetrievalError
-from engine.pipelines.seqsim.measures import NAN_MEASURES
+from engine.pipelines.stages.errors import RetrievalError
+from engine.stores.similarity import NAN_MEASURES
 from kernels.metrics import RetrievalMetrics, ranked_retrieval_metrics, unmeasured
 from kernels.settings import DEFAULT_KS
 
@@ -122,3 +124,36 @@ def score_matrix(
         return unmeasured(ks, excluded=len(rows)), dropped_rows, dropped_cols, unranked, {}
     metrics, ranks = ranked_retrieval_metrics(kept, rows, cols, ks=ks, ties=ties)
     return metrics, dropped_rows, dropped_cols, unranked, first_hits(rows, ranks)
+
+
+def restrict(scores, row_ids: Sequence, col_ids: Sequence, ids: set):
+    """The rows and columns of f32[N, M] ``scores`` whose id is in ``ids``: (f32[n, m], row ids, col ids)."""
+    rows = np.array([r in ids for r in row_ids], bool)
+    cols = np.array([c in ids for c in col_ids], bool)
+    kept = np.asarray(scores)[np.ix_(rows, cols)]
+    return (
+        kept,
+        [r for r, k in zip(row_ids, rows, strict=True) if k],
+        [c for c, k in zip(col_ids, cols, strict=True) if k],
+    )
+
+
+def r1_of_similarity(sims: np.ndarray, label: np.ndarray, ids, n_langs: int) -> np.ndarray:
+    """f64[language, language]: R@1 of every ordered pair (a, b), a != b, from any similarity of every utterance to
+    every other, ``sims: f[utterance, utterance]`` (the heads job's SeqSim, the neurons job's mean-pooled cosine,
+    ``engine.pipelines.neurons.intervene.r1_by_pair``), higher is more similar: the share of a's utterances (``label``
+    a) whose most similar utterance of b is its translation (the same id); queries with no translation in b are left
+    out, and a pair with none, and the diagonal, are NaN."""
+    ids = np.asarray(ids)
+    out = np.full((n_langs, n_langs), np.nan)
+    for b in range(n_langs):
+        cols = np.flatnonzero(label == b)
+        if not len(cols):
+            continue
+        hit = ids[cols[np.argmax(sims[:, cols], axis=1)]] == ids
+        partner = np.isin(ids, ids[cols])
+        for a in range(n_langs):
+            rows = (label == a) & partner
+            if a != b and rows.any():
+                out[a, b] = hit[rows].mean()
+    return out

@@ -1,4 +1,5 @@
-"""Language identification per layer: a linear probe on mean-pooled states (ML-SUPERB's LID task, linear).
+"""Language identification per layer: a linear probe on mean-pooled states (ML-SUPERB's LID task, linear), as the
+probes job reports it and the neurons, heads and sae jobs read their changes through it.
 
 The probe is multinomial logistic regression on standardised features, fitted with optax's L-BFGS to a gradient
 tolerance, minimising
@@ -34,8 +35,8 @@ import numpy as np
 import optax
 
 from engine.errors import BabelgridError, ShapeError
-from engine.pipelines.probes.config import FOLDS
 
+FOLDS = 5  # outer folds, split by utterance id (the probes job's --folds default, engine.pipelines.probes.config)
 L2_GRID = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # candidate l2 (per-utterance scale, features standardised)
 MAX_ITER = 500  # L-BFGS iterations; the logistic loss of a few thousand utterances converges in 50-200
 GRAD_TOL = 1e-5  # stop when |gradient| (all parameters) falls below this

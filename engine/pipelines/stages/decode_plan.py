@@ -1,4 +1,5 @@
-"""The plan of a decode run (``--plan``): windows and seconds of speech from the layer store's utterance tables,
+"""The plan of decoding a layer store's layers with its model's text decoder (the decode job's ``--plan``, the sae
+job's early exit): windows and seconds of speech from the layer store's utterance tables,
 the encoder recomputed from the audio up to each layer and the decoder's steps, priced by the cost model the store's
 family declares (``Family.decode_cost``, an ``engine.models.interface.DecoderCost``: Whisper's), with an assumed
 number of tokens per second of speech."""
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.family import FAMILIES
-from engine.pipelines.decode.config import DecodeError
+from engine.pipelines.stages.errors import DecodeError
 from engine.runtime.devices import Device
 from engine.runtime.plan import (
     DECODE_EFFICIENCY,
@@ -27,6 +28,7 @@ TOKENS_PER_SECOND = 4.0  # assumed tokens per second of speech (Whisper's BPE, m
 
 
 def plan_decode_run(config, device: Device | None) -> Plan:
+    """``config``: a ``DecodeConfig``, or anything with the fields of it read here (the sae job's early exit)."""
     reader = open_store(config.store)
     info = reader.info
     cost_of = FAMILIES[info.family].decode_cost

@@ -1,4 +1,5 @@
-"""The finetune job's checkpoints: orbax state and a sha256 manifest, written in a temporary folder, then renamed.
+"""Training checkpoints (the finetune and sae jobs'): orbax state and a sha256 manifest, written in a temporary
+folder, then renamed.
 
 Layout of ``OUT/checkpoints/``:
 
@@ -30,7 +31,6 @@ import shutil
 import jax
 
 from engine.errors import CheckpointError
-from engine.pipelines.finetune.data import FinetuneError
 from engine.stores import checkpoint_manifest
 from engine.stores.checkpoint_manifest import FORMAT, MANIFEST
 
@@ -41,7 +41,7 @@ LEGACY_ITEM = "default"  # orbax CheckpointManager's folder for its one unnamed 
 _BLOCK = 1 << 20  # bytes read at a time while hashing
 
 
-class CorruptCheckpointError(FinetuneError, CheckpointError):
+class CorruptCheckpointError(CheckpointError):
     """Every checkpoint of a run failed verification, so there is nothing trustworthy to resume from."""
 
 

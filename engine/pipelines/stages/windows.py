@@ -1,11 +1,13 @@
-"""The encode job's host stage: utterances -> model input windows -> fixed-size batches, and states -> utterances.
+"""The host stage of the jobs that run an encoder over audio (encode, neurons): utterances -> model input windows ->
+fixed-size batches, and states -> utterances.
 
 Host threads decode audio and compute each window's model input ahead of the device (``prefetched``, with the
 family's ``Encoder.windows``: Whisper's 30 s log-mel windows, the others' raw or fbank windows of at most 30 s);
 ``batches`` packs them into batches of exactly ``batch_size`` windows (the last padded with empty rows by the family's
 ``collate``, so that every window's result is independent of what shares its batch); ``Assembler`` joins each
 utterance's windows again from the batches' states. ``probe_rows`` builds the store's utterance table from audio
-headers before any decoding (``Encoder.expected_frames``).
+headers before any decoding (``Encoder.expected_frames``). ``audio_skip_reason`` names why audio that cannot be
+decoded is skipped (decode, heads).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from engine.data import audio as audio_lib
+from engine.data.audio import AudioNotFoundError, EmptyAudioError, SilentAudioError
 from engine.data.utterance import Utterance
 from engine.errors import AudioError
 from engine.stores.utterances import UtteranceRow
@@ -177,3 +180,15 @@ def prefetched(pool, tasks: Iterable[Task], encoder, long_audio, depth) -> Itera
         nxt = next(it, None)
         if nxt is not None:
             queue.append(pool.submit(prepare, nxt, encoder, long_audio))
+
+
+def audio_skip_reason(error: AudioError) -> str:
+    """The skip reason of audio that cannot be decoded: ``audio_missing``, ``empty_audio`` (0 bytes or 0 samples),
+    ``silent_audio`` (digital silence, which the encode job refuses) or ``audio_unreadable`` (anything else)."""
+    if isinstance(error, AudioNotFoundError):
+        return "audio_missing"
+    if isinstance(error, EmptyAudioError):
+        return "empty_audio"
+    if isinstance(error, SilentAudioError):
+        return "silent_audio"
+    return "audio_unreadable"
