@@ -11,6 +11,7 @@ Layers are transformers' ``hidden_states``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -168,10 +169,11 @@ class Wav2Vec2Encoder:
         d = self.loaded.dims
         return AttentionStats(self.loaded.model, _block_inputs, _qk, d.num_hidden_layers, d.num_attention_heads)
 
-    @property
+    @functools.cached_property
     def value_zeroing(self) -> ValueZeroing:
         """Layers re-run with value vectors zeroed (``engine.models.common.value_zeroing``), keys past the valid
-        frames masked; layer L's output through the final norm of pre-LN models (post-LN ones end normed)."""
+        frames masked; layer L's output through the final norm of pre-LN models (post-LN ones end normed). One object
+        per encoder: its jitted calls are compiled once."""
         return ValueZeroing(self.loaded.model, _vz_states, _vz_block, self.loaded.dims.num_hidden_layers)
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ existed resume with it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -176,10 +177,11 @@ class WhisperEncoder:
         d = self.loaded.dims
         return AttentionStats(self.loaded.model.encoder, _block_inputs, _qk, d.n_audio_layer, d.n_audio_head)
 
-    @property
+    @functools.cached_property
     def value_zeroing(self) -> ValueZeroing:
         """Blocks re-run with value vectors zeroed (``engine.models.common.value_zeroing``), over the whole padded
-        window as Whisper attends; block L's output through ``ln_post``."""
+        window as Whisper attends; block L's output through ``ln_post``. One object per encoder: its jitted calls are
+        compiled once."""
         return ValueZeroing(self.loaded.model.encoder, _vz_states, _vz_block, self.loaded.dims.n_audio_layer)
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
