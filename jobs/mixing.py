@@ -4,6 +4,7 @@ word (Mohebbi et al. 2023, hmohebbi/ContextMixingASR's definition), and per lang
 against context and by word distance.
 
     python -m jobs.mixing --store out/demo/store --words out/demo/words --out /tmp/demo-mixing   # the demo's store
+    python -m jobs.mixing --store out/demo/store --words out/demo/words --out /tmp/demo-mixing --plan  # its cost
     python -m jobs.mixing --store out/demo/store --words out/demo/words --out /tmp/demo-mixing --layers 1,6 \
         --utterances 5 --aggregate max
 
@@ -15,11 +16,20 @@ from __future__ import annotations
 from engine.pipelines.mixing.config import MixingConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.mixing.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.mixing.plan import plan_mixing_run
+
+    return plan_mixing_run(config, device)
+
+
 common.define_config_flags(
     MixingConfig,
     __name__,
     run=common.CLAIMING,
     required=("out",),
+    plan=plan,
     help={"out": "output folder: local path or TensorStore kvstore URL"},
 )
 

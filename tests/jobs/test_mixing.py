@@ -205,3 +205,18 @@ def test_resume_and_refusals(job, inputs, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(mixing_run, "load_encoder", lambda *a, **k: fake)
     with pytest.raises(MixingError, match="cannot re-run one block from its input"):
         mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, out="other"))
+
+
+def test_plan_counts_what_the_run_does(job, inputs, tiny_model_dir, encoder, monkeypatch):
+    from engine.pipelines.mixing.plan import plan_mixing_run
+
+    root, store, words = inputs
+    monkeypatch.setattr(mixing_run, "load_encoder", lambda *a, **k: encoder)
+    plan = plan_mixing_run(_config(root, store, words, tiny_model_dir, out="planned", chunk=2), None)
+    text = plan.render()
+    assert "utterances: 3 (1 of those looked at skipped" in text and "words: 8" in text
+    # per block: en/u0 3 words -> 2 calls, en/u1 2 -> 1, de/u0 3 -> 2; 2 blocks; 3 rows (2 masks + unchanged) a call
+    assert "block calls: 10 of 3 rows x 1500 frames" in text
+    zeroed = next(s for s in plan.stages if s.name == "zeroed blocks")
+    assert zeroed.flops == 10 * 3 * encoder.cost(16000).layer
+    assert not (root / "planned").exists()  # a plan writes nothing
