@@ -220,3 +220,14 @@ def test_plan_counts_what_the_run_does(job, inputs, tiny_model_dir, encoder, mon
     zeroed = next(s for s in plan.stages if s.name == "zeroed blocks")
     assert zeroed.flops == 10 * 3 * encoder.cost(16000).layer
     assert not (root / "planned").exists()  # a plan writes nothing
+
+
+def test_the_analysis_page_cell_reads_the_folder(job):
+    """docs/analysis.md's mixing cell, as written, on this run's folder."""
+    from tests.test_docs import analysis_cells, run_python
+
+    out, _ = job
+    cells = analysis_cells()
+    proc = run_python(cells["Loading with checks"] + cells["mixing"], BABELGRID_MIXING=str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "de/u0, block 2:" in proc.stdout and "zwei" in proc.stdout  # the first language of the table

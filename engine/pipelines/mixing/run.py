@@ -52,6 +52,8 @@ from engine.stores.words import read_words, words_language
 log = logging.getLogger(__name__)
 
 MATRICES = "matrices/"
+# the arrays of matrices/<lang>.npz besides mixing_<k> (docs/outputs.md)
+MATRIX_KEYS = ("ids", "layers", "word_offsets", "words", "starts", "ends", "spans", "skipped")
 _EDGES = re.compile(r"^[\W_]+|[\W_]+$", re.UNICODE)  # punctuation around a word: a word of none is no word
 
 
