@@ -11,6 +11,7 @@ from engine.pipelines.heads import table as heads_table
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.mixing import run as mixing_run
 from engine.pipelines.mixing import summary as mixing_summary
+from engine.pipelines.mixing import tiein as mixing_tiein
 from engine.pipelines.neurons.run import SELECTIVE_COLUMNS, UNIT_COLUMNS
 from engine.pipelines.probe import run as probe
 from engine.pipelines.probes import run as probes
@@ -66,6 +67,7 @@ def test_every_written_column_is_documented():
         "sae selective_features.csv": sae.SELECTIVE_COLUMNS,
         "mixing matrices/<lang>.npz": mixing_run.MATRIX_KEYS,
         "mixing mixing.parquet": mixing_summary.COLUMNS,
+        "mixing interp.parquet": mixing_tiein.COLUMNS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"

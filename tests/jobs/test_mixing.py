@@ -28,6 +28,7 @@ from engine.models.whisper.features import features_for_audio
 from engine.pipelines.mixing import run as mixing_run
 from engine.pipelines.mixing.config import MixingConfig, MixingError
 from engine.runtime.options import configure
+from engine.stores.integrity import parquet_bytes
 from engine.stores.words import WORD_SCHEMA
 
 WORDS = {  # (lang, id) -> [(word, start, end)] in seconds
@@ -72,6 +73,12 @@ def inputs(tiny_whisper, tiny_model_dir, tmp_path_factory):
                     rows[key].append(value)
         (words / lang).mkdir(parents=True)
         pq.write_table(pa.Table.from_pydict(rows, schema=WORD_SCHEMA), words / lang / "words.parquet")
+    interp = root / "interp" / "en__de"  # as the interp job writes it: only the columns the tie-in reads matter here
+    interp.mkdir(parents=True)
+    pairs = {"id_a": ["u0", "u0", "u0", "u1"], "id_b": ["u0", "u0", "u0", "u0"], "rank": [0, 0, 0, 1],
+             "layer": [1, 1, 2, 1], "pooling": ["mean"] * 4, "word_index_a": [0, 1, 3, 0],
+             "word_index_b": [1, 2, 0, 0], "mutual": [True, False, True, True]}  # fmt: skip
+    (interp / "pairs.parquet").write_bytes(parquet_bytes(pa.Table.from_pydict(pairs)))
     return root, store, words
 
 
@@ -93,7 +100,9 @@ def job(inputs, tiny_model_dir, encoder):
     root, store, words = inputs
     with pytest.MonkeyPatch.context() as mp:  # the store's model (its sha256 is checked), loaded once for the module
         mp.setattr(mixing_run, "load_encoder", lambda *a, **k: encoder)
-        summary = mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, chunk=2))
+        summary = mixing_run.run_mixing(
+            _config(root, store, words, tiny_model_dir, chunk=2, interp=str(root / "interp"))
+        )
     return root / "out", summary
 
 
@@ -147,6 +156,7 @@ def test_matrices_spans_and_skips(job, inputs, tiny_whisper, encoder):
     en = _part(out, "en")
     assert list(en["ids"]) == ["u0", "u1"] and list(en["layers"]) == [1, 2]
     assert list(en["words"]) == ["one,", "two", "three.", "four", "six"]  # punctuation alone and untimed words dropped
+    assert list(en["word_index"]) == [0, 1, 3, 0, 2]
     # the reference's spans: ceil(1500 * t / 30), inclusive
     want = [(math.ceil(1500 * s / 30), math.ceil(1500 * e / 30)) for s, e in zip(en["starts"], en["ends"], strict=True)]
     np.testing.assert_array_equal(en["spans"], want)
@@ -191,17 +201,20 @@ def test_table_is_a_loop_over_the_matrices(job):
     assert (out / "figures" / "mixing.png").stat().st_size > 10_000
 
 
-def test_resume_and_refusals(job, inputs, tiny_model_dir, monkeypatch):
+def test_resume_and_refusals(job, inputs, tiny_model_dir, encoder, monkeypatch):
     out, _ = job
     root, store, words = inputs
-    again = mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, chunk=5))  # chunk: how, not what
+    monkeypatch.setattr(mixing_run, "load_encoder", lambda *a, **k: encoder)  # the store's model, loaded once
+    again = mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, chunk=5, interp=str(root / "interp")))
+    # chunk: how, not what
     assert again.parts == 0 and again.utterances == 3
     with pytest.raises(MixingError, match="aggregate"):
-        mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, aggregate="max"))
+        mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, aggregate="max", interp=str(root / "interp")))
+    with pytest.raises(MixingError, match="holds no <a>__<b>/pairs.parquet"):
+        mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, out="other", interp=str(words)))
     with pytest.raises(MixingError, match=r"--layers \[3\] are not blocks"):
         mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, out="other", layers=(3,)))
-    real = mixing_run.load_encoder(str(tiny_model_dir))
-    fake = types.SimpleNamespace(sha256=real.sha256, family=real.family, name="conformer-x", value_zeroing=None)
+    fake = types.SimpleNamespace(sha256=encoder.sha256, family=encoder.family, name="conformer-x", value_zeroing=None)
     monkeypatch.setattr(mixing_run, "load_encoder", lambda *a, **k: fake)
     with pytest.raises(MixingError, match="cannot re-run one block from its input"):
         mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, out="other"))
@@ -231,3 +244,22 @@ def test_the_analysis_page_cell_reads_the_folder(job):
     proc = run_python(cells["Loading with checks"] + cells["mixing"], BABELGRID_MIXING=str(out))
     assert proc.returncode == 0, proc.stderr
     assert "de/u0, block 2:" in proc.stdout and "zwei" in proc.stdout  # the first language of the table
+
+
+def test_interp_tie_in_splits_the_words_interp_matched(job):
+    """Mutual-best parallel pairs (rank 0) at a layer mark their words on both sides; rank 1 and non-mutual rows do
+    not; only the utterances interp paired count (en/u1 appears only at rank 1)."""
+    out, summary = job
+    table = pq.read_table(out / "interp.parquet").to_pandas().set_index(["lang", "layer"])
+    en, de = _part(out, "en"), _part(out, "de")
+    # en/u0 at layer 1: word_index 0 aligned (mutual), 1 and 3 not; layer 2: word_index 3 aligned
+    cases = (("en", en, 1, [True, False, False]), ("en", en, 2, [False, False, True]),
+             ("de", de, 1, [False, True, False]), ("de", de, 2, [True, False, False]))  # fmt: skip
+    for lang, part, layer, marked in cases:
+        m = part["mixing_0"][layer - 1]
+        row = table.loc[(lang, layer)]
+        assert (row["aligned_words"], row["other_words"]) == (sum(marked), 3 - sum(marked))
+        self_share = np.diagonal(m)
+        assert row["self_aligned"] == pytest.approx(self_share[marked].mean())
+        assert row["self_other"] == pytest.approx(self_share[~np.asarray(marked)].mean())
+    assert any(line.startswith("interp layer 1 (mean): self share of aligned words") for line in summary.lines)

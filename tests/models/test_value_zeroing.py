@@ -168,7 +168,9 @@ def test_whisper_mixing_equals_the_reference(whisper, aggregate):
 W2V_SMALL = dict(hidden_size=64, num_attention_heads=4, intermediate_size=128, num_hidden_layers=2, conv_dim=(32,) * 7,
                  num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)  # fmt: skip
 # pre-LN is the reference's own models' layout (XLS-R 53 fine-tuned on French); post-LN is wav2vec2-base's
-W2V_LAYOUTS = {"pre-LN": dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True), "post-LN": {}}
+# (post-LN: one layer, both inner and last, as a post-LN model has no final norm: a second adds no other path)
+W2V_LAYOUTS = {"pre-LN": dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True),
+               "post-LN": dict(num_hidden_layers=1)}  # fmt: skip
 SAMPLES = 8000  # 0.5 s: 24 frames
 W2V_WORDS = [(0.013, 0.11), (0.11, 0.203), (0.241, 0.33), (0.36, 0.49)]
 
@@ -176,7 +178,7 @@ W2V_WORDS = [(0.013, 0.11), (0.11, 0.203), (0.241, 0.33), (0.36, 0.49)]
 @pytest.fixture(scope="module", params=sorted(W2V_LAYOUTS))
 def wav2vec2(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"w2v-vz-{request.param}")
-    config = transformers.Wav2Vec2Config(**W2V_SMALL, **W2V_LAYOUTS[request.param], attn_implementation="eager")
+    config = transformers.Wav2Vec2Config(**{**W2V_SMALL, **W2V_LAYOUTS[request.param]}, attn_implementation="eager")
     theirs = w2v_ref.build(transformers.Wav2Vec2Model, config, folder, seed=4)
     with torch.no_grad():  # attention outputs as large as the rest, so that zeroing a word moves the outputs
         for layer in theirs.encoder.layers:

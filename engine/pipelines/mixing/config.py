@@ -38,6 +38,10 @@ class MixingConfig:
         None, "blocks to re-run (1..L: block l reads layer l - 1 and its mixing is layer l's): a list (3,6), a range "
         "or all; default all", parse="layers",
     )  # fmt: skip
+    interp: str | None = option(
+        None, "an interp job's output folder on the same store and words: interp.parquet compares the mixing of the "
+        "words it matched across languages (mutual-best pairs) with the other words'", reads=True,
+    )  # fmt: skip
     aggregate: str = option("mean", "over a word's frames: mean (the reference's default) or max", choices=AGGREGATES)
     chunk: int = option(8, "word masks per block call (the rows of one batch)", minimum=1)
 

@@ -20,6 +20,8 @@ run; each is written whole with its digest as soon as it is done (a rerun reads 
     OUT/mixing.parquet          per language and layer: the share of self and of context, by word distance
                                 (``engine.pipelines.mixing.summary``)
     OUT/figures/mixing.png      self share against layer per language; context share by word distance
+    OUT/interp.parquet          with --interp: the mixing of the words interp matched across languages against the
+                                others' (``engine.pipelines.mixing.tiein``)
     OUT/manifest.json           the run's settings: a rerun with others is refused
 """
 
@@ -40,6 +42,7 @@ from engine.faults import fault_point
 from engine.models.common.value_zeroing import mixing_matrix, word_spans
 from engine.models.family import load_encoder
 from engine.pipelines.mixing import summary as summary_lib
+from engine.pipelines.mixing import tiein
 from engine.pipelines.mixing.config import MixingConfig, MixingError
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
@@ -53,7 +56,7 @@ log = logging.getLogger(__name__)
 
 MATRICES = "matrices/"
 # the arrays of matrices/<lang>.npz besides mixing_<k> (docs/outputs.md)
-MATRIX_KEYS = ("ids", "layers", "word_offsets", "words", "starts", "ends", "spans", "skipped")
+MATRIX_KEYS = ("ids", "layers", "word_offsets", "word_index", "words", "starts", "ends", "spans", "skipped")
 _EDGES = re.compile(r"^[\W_]+|[\W_]+$", re.UNICODE)  # punctuation around a word: a word of none is no word
 
 
@@ -78,6 +81,7 @@ class Utterance:
 
     id: str
     path: str
+    index: tuple[int, ...]  # the align job's word_index
     words: tuple[str, ...]
     starts: tuple[float, ...]
     ends: tuple[float, ...]
@@ -91,6 +95,7 @@ def run_mixing(config: MixingConfig) -> MixingSummary:
     langs, encoder, blocks = checked(config, reader)
     summary.blocks = blocks
     picked = {lang: chosen(config, reader, lang, summary) for lang in langs}
+    interp = tiein.aligned(config.interp) if config.interp else None  # read (and refused) before any work
     url = config.run.out
     _, kv = open_kvstore(url)
     claims = work_claims(config.run, "mixing", kv)
@@ -121,8 +126,12 @@ def run_mixing(config: MixingConfig) -> MixingSummary:
         counts = [len(p["ids"]) for p in parts.values()]
         subtitle = captions.source_line(encoder.name, created, "n = " + captions.count_range(counts, "utterances"))
         writes = {summary_lib.TABLE: summary_lib.parquet(rows), summary_lib.FIGURE: summary_lib.png(rows, subtitle)}
-        write_outputs(kv, writes, url)
         summary.lines = summary_lib.report_lines(rows)
+        if interp is not None:
+            tied = tiein.rows(parts, interp)
+            writes[tiein.TABLE] = tiein.parquet(tied)
+            summary.lines += tiein.report_lines(tied)
+        write_outputs(kv, writes, url)
     summary.paths = tuple(url.rstrip("/") + "/" + k for k in writes)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -172,7 +181,7 @@ def chosen(config: MixingConfig, reader, lang: str, summary: MixingSummary) -> l
         if len(words) < 2:
             summary.skip("fewer_than_two_words", lang, str(row.id))
             continue
-        out.append(Utterance(str(row.id), str(row.path), *(tuple(x) for x in list(zip(*words, strict=True))[1:])))
+        out.append(Utterance(str(row.id), str(row.path), *(tuple(x) for x in zip(*words, strict=True))))
         if len(out) == config.utterances:
             break
     return out
@@ -181,7 +190,7 @@ def chosen(config: MixingConfig, reader, lang: str, summary: MixingSummary) -> l
 def _language(encoder, reader, lang: str, utterances: list[Utterance], blocks, config: MixingConfig, bar) -> dict:
     """One language's part (module docstring)."""
     vz = encoder.value_zeroing
-    ids, words, starts, ends, spans, offsets, skipped, arrays = [], [], [], [], [], [0], [], {}
+    ids, index, words, starts, ends, spans, offsets, skipped, arrays = [], [], [], [], [], [], [0], [], {}
     for utt in utterances:
         try:
             audio = load_audio(utt.path)
@@ -212,6 +221,7 @@ def _language(encoder, reader, lang: str, utterances: list[Utterance], blocks, c
             bar.update(1)
         arrays[f"mixing_{len(ids)}"] = np.stack(matrices).astype(np.float32)
         ids.append(utt.id)
+        index += [utt.index[k] for k in keep]
         words += [utt.words[k] for k in keep]
         starts += [utt.starts[k] for k in keep]
         ends += [utt.ends[k] for k in keep]
@@ -221,6 +231,7 @@ def _language(encoder, reader, lang: str, utterances: list[Utterance], blocks, c
         "ids": np.array(ids, dtype=str),
         "layers": np.asarray(blocks, np.int32),
         "word_offsets": np.asarray(offsets, np.int64),
+        "word_index": np.asarray(index, np.int32),
         "words": np.array(words, dtype=str),
         "starts": np.asarray(starts, np.float64),
         "ends": np.asarray(ends, np.float64),
