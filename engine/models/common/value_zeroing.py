@@ -71,12 +71,12 @@ class ValueZeroing:
 
         def run(params, x, keep, scale):
             model = nnx.merge(graphdef, params)
+            # row 0 zeroes nothing: the unchanged output, from the same program as the zeroed rows
+            scale = jnp.concatenate([jnp.ones((1, x.shape[0]), scale.dtype), scale])
             m = scale.shape[0]
             rows = jnp.broadcast_to(x[None], (m, *x.shape))
-            kept = jnp.broadcast_to(keep[None], (m, *keep.shape))
-            original = self.block(model, layer, x[None], keep[None], jnp.ones((1, x.shape[0]), x.dtype))[0]
-            zeroed = self.block(model, layer, rows, kept, scale)
-            return cosine_distance(zeroed, original[None])
+            out = self.block(model, layer, rows, jnp.broadcast_to(keep[None], (m, *keep.shape)), scale)
+            return cosine_distance(out[1:], out[:1])
 
         return jax.jit(run)
 
@@ -84,7 +84,8 @@ class ValueZeroing:
         """``f32[span, frames]``: for each span ``[s, e]`` (inclusive frames, ``i[span, 2]``) of one window whose
         block-``layer`` input is ``x: f32[frame, embed]`` (the first ``frames`` valid), the cosine distance of every
         valid frame's block output with that span's value vectors zeroed to its unchanged output. ``chunk`` spans run
-        per call (the last call padded with masks that zero nothing, whose rows are dropped)."""
+        per call, one more row computing the unchanged output (the last call padded with masks that zero nothing,
+        whose rows are dropped)."""
         if not 1 <= layer <= self.blocks:
             raise ShapeError(f"block {layer} out of range 1..{self.blocks}")
         x = np.asarray(x, np.float32)
