@@ -264,3 +264,14 @@ def test_interp_tie_in_splits_the_words_interp_matched(job):
         assert row["self_aligned"] == pytest.approx(self_share[marked].mean())
         assert row["self_other"] == pytest.approx(self_share[~np.asarray(marked)].mean())
     assert any(line.startswith("interp layer 1 (mean): self share of aligned words") for line in summary.lines)
+
+
+def test_verify_knows_every_file_of_the_folder(job):
+    """Each file the run wrote with a digest is a name verify judges without one (``ownership.OUTPUT_NAMES``)."""
+    from engine.pipelines.verify.ownership import documented
+
+    out, _ = job
+    keys = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()]
+    digested = [k[: -len(".sha256")] for k in keys if k.endswith(".sha256")]
+    assert {"mixing.parquet", "interp.parquet", "matrices/en.npz", "figures/mixing.png"} <= set(digested)
+    assert all(documented(k) for k in digested), [k for k in digested if not documented(k)]
