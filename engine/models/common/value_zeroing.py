@@ -51,6 +51,9 @@ class ValueZeroing:
     states: Callable  # (model, *batch) -> f32[L + 1, batch, frame, embed]
     block: Callable  # (model, l, x, keep, value_scale) -> f32[batch, frame, embed], the final norm after block L
     blocks: int  # L
+    # the blocks' weights are stacked (wav2vec2's scan): ``block`` takes a traced index, and one program serves every
+    # block; else (Whisper's modules) each block is its own program
+    stacked: bool = False
 
     @functools.cached_property
     def _split(self):
@@ -65,11 +68,11 @@ class ValueZeroing:
         """``f32[L + 1, batch, frame, embed]``: layers ``0..L`` of a collated ``batch`` (the family's ``collate``)."""
         return np.asarray(self._states(self._split[1], *(jnp.asarray(b) for b in batch)))
 
-    @functools.lru_cache(maxsize=64)  # noqa: B019 (one object per loaded model, one entry per block)
-    def _distances(self, layer: int):
+    @functools.cached_property
+    def _distances(self):
         graphdef = self._split[0]
 
-        def run(params, x, keep, scale):
+        def run(params, layer, x, keep, scale):
             model = nnx.merge(graphdef, params)
             # row 0 zeroes nothing: the unchanged output, from the same program as the zeroed rows
             scale = jnp.concatenate([jnp.ones((1, x.shape[0]), scale.dtype), scale])
@@ -78,7 +81,7 @@ class ValueZeroing:
             out = self.block(model, layer, rows, jnp.broadcast_to(keep[None], (m, *keep.shape)), scale)
             return cosine_distance(out[1:], out[:1])
 
-        return jax.jit(run)
+        return jax.jit(run, static_argnums=() if self.stacked else (1,))
 
     def distances(self, layer: int, x: np.ndarray, frames: int, spans: np.ndarray, chunk: int = 8) -> np.ndarray:
         """``f32[span, frames]``: for each span ``[s, e]`` (inclusive frames, ``i[span, 2]``) of one window whose
@@ -92,12 +95,13 @@ class ValueZeroing:
         spans = np.asarray(spans, np.int64).reshape(-1, 2)
         n_frame = x.shape[0]
         keep = jnp.asarray(np.arange(n_frame) < int(frames))
-        run, out = self._distances(int(layer)), []
+        run, out = self._distances, []
+        index = jnp.int32(layer) if self.stacked else int(layer)
         for start in range(0, len(spans), chunk):
             scale = np.ones((chunk, n_frame), np.float32)
             for row, (s, e) in enumerate(spans[start : start + chunk]):
                 scale[row, s : e + 1] = 0.0  # the reference's value_states[:, s:e+1] = 0
-            got = np.asarray(run(self._split[1], jnp.asarray(x), keep, jnp.asarray(scale)))
+            got = np.asarray(run(self._split[1], index, jnp.asarray(x), keep, jnp.asarray(scale)))
             out.append(got[: min(chunk, len(spans) - start), : int(frames)])
         return np.concatenate(out) if out else np.zeros((0, int(frames)), np.float32)
 

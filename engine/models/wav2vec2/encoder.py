@@ -68,9 +68,10 @@ def _vz_states(model, wave, lengths):
     return model(wave, lengths, tuple(range(model.dims.n_layers_out)), jnp.float32)[0]
 
 
-def _vz_block(model, layer: int, x, keep, value_scale):
+def _vz_block(model, layer, x, keep, value_scale):
+    """Layer ``layer`` (traced: one program for every layer) with value zeroing; the last through the final norm."""
     y = model.layers.block(x, keep, layer, value_scale)
-    return model.final_norm(y) if layer == model.dims.num_hidden_layers else y
+    return jnp.where(layer == model.dims.num_hidden_layers, model.final_norm(y), y)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -174,7 +175,7 @@ class Wav2Vec2Encoder:
         """Layers re-run with value vectors zeroed (``engine.models.common.value_zeroing``), keys past the valid
         frames masked; layer L's output through the final norm of pre-LN models (post-LN ones end normed). One object
         per encoder: its jitted calls are compiled once."""
-        return ValueZeroing(self.loaded.model, _vz_states, _vz_block, self.loaded.dims.num_hidden_layers)
+        return ValueZeroing(self.loaded.model, _vz_states, _vz_block, self.loaded.dims.num_hidden_layers, stacked=True)
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
         """i64[L, intermediate]: active frames per layer and feed-forward unit of one ``collate``d batch (the valid

@@ -235,10 +235,10 @@ class EncoderLayers(nnx.Module):
 
         return jax.lax.scan(step, x, weights)[1]
 
-    def block(self, x, keep, layer: int, value_scale):
+    def block(self, x, keep, layer, value_scale):
         """Layer ``layer``'s output alone from its input ``x: f[batch, frame, embed]``, with each frame's value vectors
         multiplied by ``value_scale: f[batch, frame]`` (0 zeroes them: value zeroing,
-        ``engine.models.common.value_zeroing``)."""
+        ``engine.models.common.value_zeroing``); ``layer`` (1..L) may be traced: the weights are indexed by it."""
         w = {name: v[...][layer - 1] for name, v in self.weights.items()} | {"value_scale": value_scale}
         return self._layer(x, w, keep)[0]
 
