@@ -44,6 +44,7 @@ _FACE = {
     "run_sae": "engine.pipelines.sae.run",
     "run_outliers": "engine.pipelines.outliers.run",
     "open_sae": "engine.pipelines.sae.export",
+    "run_mixing": "engine.pipelines.mixing.run",
     # each run_<job>'s config, for configure(Config, ...): from the light config modules where a job has one
     "EncodeConfig": "engine.pipelines.encode.config",
     "SimilarityConfig": "engine.pipelines.seqsim.config",
@@ -61,6 +62,7 @@ _FACE = {
     "HeadsConfig": "engine.pipelines.heads.config",
     "TypologyConfig": "engine.pipelines.typology.config",
     "SaeConfig": "engine.pipelines.sae.config",
+    "MixingConfig": "engine.pipelines.mixing.config",
     "OutliersConfig": "engine.pipelines.outliers.config",
 }
 

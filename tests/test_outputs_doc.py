@@ -9,6 +9,9 @@ from engine.pipelines.decode.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.pipelines.finetune.run import METRIC_FIELDS
 from engine.pipelines.heads import table as heads_table
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
+from engine.pipelines.mixing import run as mixing_run
+from engine.pipelines.mixing import summary as mixing_summary
+from engine.pipelines.mixing import tiein as mixing_tiein
 from engine.pipelines.neurons.run import SELECTIVE_COLUMNS, UNIT_COLUMNS
 from engine.pipelines.outliers import run as outliers
 from engine.pipelines.outliers import table as outliers_table
@@ -69,6 +72,9 @@ def test_every_written_column_is_documented():
         "outliers dimensions.csv": outliers_table.DIMENSION_COLUMNS,
         "outliers parts/layer-<L>.npz": outliers.PART_FIELDS,
         "seqsim dimension_transform/layer-<L>.npz": FIELDS,
+        "mixing matrices/<lang>.npz": mixing_run.MATRIX_KEYS,
+        "mixing mixing.parquet": mixing_summary.COLUMNS,
+        "mixing interp.parquet": mixing_tiein.COLUMNS,
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"

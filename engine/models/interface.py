@@ -30,7 +30,10 @@ An ``Encoder`` provides, on host arrays:
 - ``head_masked(layers)``: the encoder as a function of a head mask, ``f[blocks, heads]`` or one per row of a batch
   (``engine.models.common.heads.HeadMasked``: the heads job's ablations and gradient importance), every family;
   ``attention_stats``: each head's mean attention distance, entropy and local share per window
-  (``engine.models.common.attention_stats.AttentionStats``), None where the family does not offer it yet.
+  (``engine.models.common.attention_stats.AttentionStats``), None where the family does not offer it yet;
+- ``value_zeroing``: its blocks re-run one at a time from their input with chosen frames' value vectors zeroed
+  (``engine.models.common.value_zeroing.ValueZeroing``: the value-zeroing job's context mixing), None where the family
+  does not offer it (the job refuses it in one line).
 
 A model with a CTC head offers decode's per-layer logit lens as a ``CTCLens`` (``ctc_lens()`` of the model the
 registry's ``ctc=`` loader returns): the head on one layer's states and the text of the frames' best ids, so that the
@@ -91,6 +94,7 @@ class Encoder(Protocol):
     # (batch, frames, scale f32[L, units]) -> (sums f32[layer, batch, embed], frames), the units scaled; None likewise
     ffn_scaled_sums: Callable[[tuple, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
     attention_stats: Any | None  # an AttentionStats (engine.models.common.attention_stats), or None: not offered
+    value_zeroing: Any | None  # a ValueZeroing (engine.models.common.value_zeroing), or None: not offered
 
     @property
     def store_dims(self): ...

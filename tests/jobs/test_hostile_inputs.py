@@ -164,6 +164,7 @@ CONFIGS = {  # every job config with a list of languages: its module, its class
     "finetune": ("engine.pipelines.finetune.config", "FinetuneConfig"),
     "heads": ("engine.pipelines.heads.config", "HeadsConfig"),
     "interp": ("engine.pipelines.interp.config", "InterpConfig"),
+    "mixing": ("engine.pipelines.mixing.config", "MixingConfig"),
     "neurons": ("engine.pipelines.neurons.config", "NeuronsConfig"),
     "outliers": ("engine.pipelines.outliers.config", "OutliersConfig"),
     "probe": ("engine.pipelines.probe.config", "ProbeConfig"),
@@ -222,7 +223,7 @@ def test_a_layer_range_is_bounded_before_it_is_expanded():
     assert parse_layers(f"0-{MAX_LAYER}") == tuple(range(MAX_LAYER + 1))
 
 
-@pytest.mark.parametrize("job", ["decode", "heads", "outliers", "probes", "retrieval", "sae", "typology"])
+@pytest.mark.parametrize("job", ["decode", "heads", "mixing", "outliers", "probes", "retrieval", "sae", "typology"])
 def test_a_notebook_layer_list_is_bounded_and_its_error_short(job, tmp_path):
     """A tuple of 3 million layers given to a config (not through the flag): refused in one short line."""
     with pytest.raises(ConfigError, match="out of range") as e:

@@ -319,6 +319,20 @@ def test_heads_refuses_one_language_before_the_model_loads(two_lang_store, tmp_p
     refused(HeadsError, "give at least two", lambda: heads_run.run_heads(config), out)
 
 
+# -- mixing -----------------------------------------------------------------------------------------------------------
+
+
+def test_mixing_refuses_a_language_the_store_lacks_before_the_model_loads(two_lang_store, tmp_path, monkeypatch):
+    from engine.pipelines.mixing import run as mixing_run
+    from engine.pipelines.mixing.config import MixingConfig, MixingError
+
+    monkeypatch.setattr(mixing_run, "load_encoder", not_run("the model's load (then the zeroed blocks)"))
+    out = tmp_path / "out"
+    config = configure(MixingConfig, store=two_lang_store, words=str(tmp_path / "words"), out=str(out),
+                       langs=("de", "zz"))  # fmt: skip
+    refused(MixingError, r"languages \['zz'\] are not in the layer store", lambda: mixing_run.run_mixing(config), out)
+
+
 # -- probe ------------------------------------------------------------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ class W2vBertEncoder(LoadedEncoder):
     ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
     ffn_scaled_sums = None
     attention_stats = None  # the heads job's attention statistics: not offered yet (Whisper and wav2vec2 do)
+    value_zeroing = None  # blocks re-run with value vectors zeroed: not offered yet (Whisper and wav2vec2 do)
 
     @property
     def features(self) -> dict:

@@ -11,6 +11,7 @@ Layers are transformers' ``hidden_states``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from engine.models.common.attention_stats import AttentionStats
 from engine.models.common.heads import HeadMasked
 from engine.models.common.layers import layer_norm
 from engine.models.common.parallel import ShardedEncoder, collate_rows
+from engine.models.common.value_zeroing import ValueZeroing
 from engine.models.interface import (
     CTC,
     WAV2VEC2_LAYERS,
@@ -60,6 +62,16 @@ def _qk(model, block: int, x, keep):
     qkv = jnp.dot(h, w["qkv_kernel"]) + w["qkv_bias"]
     q, k = (qkv[..., i * d : (i + 1) * d].reshape(b, t, heads, d // heads) for i in range(2))
     return q * jnp.asarray((d // heads) ** -0.5, q.dtype), k, keep
+
+
+def _vz_states(model, wave, lengths):
+    return model(wave, lengths, tuple(range(model.dims.n_layers_out)), jnp.float32)[0]
+
+
+def _vz_block(model, layer, x, keep, value_scale):
+    """Layer ``layer`` (traced: one program for every layer) with value zeroing; the last through the final norm."""
+    y = model.layers.block(x, keep, layer, value_scale)
+    return jnp.where(layer == model.dims.num_hidden_layers, model.final_norm(y), y)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -157,6 +169,13 @@ class Wav2Vec2Encoder:
         """Each head's attention statistics (``engine.models.common.attention_stats``), the padding's keys masked."""
         d = self.loaded.dims
         return AttentionStats(self.loaded.model, _block_inputs, _qk, d.num_hidden_layers, d.num_attention_heads)
+
+    @functools.cached_property
+    def value_zeroing(self) -> ValueZeroing:
+        """Layers re-run with value vectors zeroed (``engine.models.common.value_zeroing``), keys past the valid
+        frames masked; layer L's output through the final norm of pre-LN models (post-LN ones end normed). One object
+        per encoder: its jitted calls are compiled once."""
+        return ValueZeroing(self.loaded.model, _vz_states, _vz_block, self.loaded.dims.num_hidden_layers, stacked=True)
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
         """i64[L, intermediate]: active frames per layer and feed-forward unit of one ``collate``d batch (the valid

@@ -235,6 +235,13 @@ class EncoderLayers(nnx.Module):
 
         return jax.lax.scan(step, x, weights)[1]
 
+    def block(self, x, keep, layer, value_scale):
+        """Layer ``layer``'s output alone from its input ``x: f[batch, frame, embed]``, with each frame's value vectors
+        multiplied by ``value_scale: f[batch, frame]`` (0 zeroes them: value zeroing,
+        ``engine.models.common.value_zeroing``); ``layer`` (1..L) may be traced: the weights are indexed by it."""
+        w = {name: v[...][layer - 1] for name, v in self.weights.items()} | {"value_scale": value_scale}
+        return self._layer(x, w, keep)[0]
+
     def ffn_active(self, x, keep):
         """i32[L, intermediate]: per layer, at how many frames where ``keep`` each feed-forward unit's activation is
         > 0 (after the nonlinearity), summed over the batch."""
@@ -268,6 +275,8 @@ class EncoderLayers(nnx.Module):
             qkv = jnp.dot(h, w["qkv_kernel"]) + w["qkv_bias"]
             q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, t, heads, d // heads) for i in range(3))
             q = q * jnp.asarray((d // heads) ** -0.5, q.dtype)
+            if "value_scale" in w:  # value zeroing: each frame's value vectors (bias included) times its scale
+                v = v * w["value_scale"].astype(v.dtype)[..., None, None]
             out = attend(q, k, v, key_valid)
             if "head_scale" in w:
                 out = scale_heads(out, w["head_scale"], heads)

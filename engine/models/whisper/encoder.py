@@ -9,6 +9,7 @@ existed resume with it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from engine.languages import fleurs_to_whisper
 from engine.models.common.attention_stats import AttentionStats
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
+from engine.models.common.value_zeroing import ValueZeroing
 from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS, EncoderCost
 from engine.models.whisper import features as whisper_features
 from engine.models.whisper.cost import encoder_cost
@@ -88,6 +90,16 @@ def _qk(encoder, block: int, x, keep):
     h, a = b.attn_ln(x), b.attn
     q = a.split_heads(a.query(h))
     return q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype), a.split_heads(a.key(h)), None
+
+
+def _vz_states(encoder, mel):
+    return encoder(mel, tuple(range(encoder.dims.n_audio_layer + 1)), jnp.float32)
+
+
+def _vz_block(encoder, layer: int, x, keep, value_scale):
+    del keep  # Whisper's encoder attends over the whole window, padding included
+    y = encoder.blocks[layer - 1].encoder_block(x, value_scale=value_scale)
+    return encoder.ln_post(y) if layer == encoder.dims.n_audio_layer else y
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -164,6 +176,13 @@ class WhisperEncoder:
         window, as Whisper attends."""
         d = self.loaded.dims
         return AttentionStats(self.loaded.model.encoder, _block_inputs, _qk, d.n_audio_layer, d.n_audio_head)
+
+    @functools.cached_property
+    def value_zeroing(self) -> ValueZeroing:
+        """Blocks re-run with value vectors zeroed (``engine.models.common.value_zeroing``), over the whole padded
+        window as Whisper attends; block L's output through ``ln_post``. One object per encoder: its jitted calls are
+        compiled once."""
+        return ValueZeroing(self.loaded.model.encoder, _vz_states, _vz_block, self.loaded.dims.n_audio_layer)
 
     def ffn_counts(self, batch: tuple, frames: np.ndarray) -> np.ndarray:
         """i64[L, 4 d]: active frames per block and feed-forward unit of one ``collate``d batch, ``frames``: the valid

@@ -159,15 +159,20 @@ class ResidualBlock(nnx.Module):
     def mlp(self, x):
         return self.mlp_out(_gelu(self.mlp_in(self.mlp_ln(x))))
 
-    def _self_attended(self, x, head_scale=None):
+    def _self_attended(self, x, head_scale=None, value_scale=None):
         h = self.attn_ln(x)
         a = self.attn
-        out = a.attend_unmasked(a.split_heads(a.query(h)), a.split_heads(a.key(h)), a.split_heads(a.value(h)))
+        v = a.split_heads(a.value(h))
+        if value_scale is not None:  # value zeroing: each frame's value vectors (bias included) times its scale
+            v = v * value_scale.astype(v.dtype)[..., None, None]
+        out = a.attend_unmasked(a.split_heads(a.query(h)), a.split_heads(a.key(h)), v)
         return x + a.out(out if head_scale is None else scale_heads(out, head_scale, a.n_head))
 
-    def encoder_block(self, x, head_scale=None):
-        """One encoder block; ``head_scale: f[h]`` or ``f[batch, h]`` scales each head's output (``scale_heads``)."""
-        x = self._self_attended(x, head_scale)
+    def encoder_block(self, x, head_scale=None, value_scale=None):
+        """One encoder block; ``head_scale: f[h]`` or ``f[batch, h]`` scales each head's output (``scale_heads``);
+        ``value_scale: f[batch, frame]`` scales every head's value vector of each frame (0 zeroes it: value
+        zeroing, ``engine.models.common.value_zeroing``)."""
+        x = self._self_attended(x, head_scale, value_scale)
         return x + self.mlp(x)
 
     def encoder_block_active(self, x, keep):

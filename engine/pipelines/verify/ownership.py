@@ -37,6 +37,7 @@ OUTPUT_NAMES = re.compile(
       (?:{_CSV})\.csv
     | [a-z][a-z0-9-]*__[a-z][a-z0-9-]*\.csv        # challenge: one table per pair
     | matrices/[^/]+\.csv                           # typology's distance matrices
+    | matrices/[^/]+\.npz | (?:mixing|interp)\.parquet  # mixing's matrices and tables
     | figures/[^/]+\.png
     | (?:loss|bleu|text_similarity|phone_distance|scores-[^/]+)\.png
     | report\.md
