@@ -1,0 +1,144 @@
+"""The Qwen3 audio encoder (Qwen3-ASR, Qwen3-Omni's AuT) against transformers' PyTorch, layer by layer.
+
+Random weights (every tensor moved off its initial value) in a small tower that keeps the released structure: 128
+mels, chunks of 100 mel frames (``n_window`` 50) through three stride-2 ``Conv2d`` (32 channels here, 480 released),
+attention windows of 800 mel frames (``n_window_infer``: 104 frames, 8 s), 2 blocks of width 64 (4 heads), GELU, the
+output projection to 96. Qwen3-ASR is built as ``Qwen3ASRForConditionalGeneration`` and saved by
+``save_pretrained`` (transformers' layout: ``multi_modal_projector.linear_1/2``); Qwen3-Omni's tower as
+``Qwen3OmniMoeAudioEncoder``, written in the released layout (``thinker_config.audio_config``,
+``thinker.audio_tower.*``). babelgrid loads each folder.
+
+Input: three clips of noise and tones in one ragged batch, 11.3 s (two attention windows, the second partial), 4.57 s
+and 0.3 s (under the feature extractor's 0.5 s minimum), as babelgrid's 30 s log-mel windows with their valid mel
+frames, which are checked against ``Qwen3ASRFeatureExtractor`` first. transformers' tower runs as its model calls
+it (Qwen3-ASR: the padded features and ``input_features_mask``; Omni: the valid frames packed, with
+``feature_lens``); forward hooks read the input of the first block (layer 0), every block's output, ``ln_post``'s
+and the projection's, packed over the batch, and are split by each clip's frames. Compared in float32 over each
+clip's valid frames as ``max |ours - theirs| / max |theirs|`` per array: within 1e-5 (two blocks of width 64, other
+summation orders; measured about 1e-7).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
+from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
+
+from engine.models.common.logmel import log_mel_spectrogram, split_windows
+from engine.models.speechllm.qwen3_config import frames_of
+from engine.models.speechllm.qwen3_loaded import load_qwen3_audio, mel_frames
+
+RTOL = 1e-5
+AUDIO = dict(num_mel_bins=128, d_model=64, encoder_attention_heads=4, encoder_ffn_dim=128, encoder_layers=2,
+             downsample_hidden_size=32, n_window=50, n_window_infer=800, output_dim=96)  # fmt: skip
+TEXT = dict(hidden_size=32, num_hidden_layers=1, intermediate_size=64, num_attention_heads=2, num_key_value_heads=2,
+            head_dim=16, vocab_size=128)  # fmt: skip
+SECONDS = (11.3, 4.57, 0.3)
+
+
+def _perturb(model, skip: str = "language_model"):
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if skip not in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval()
+
+
+def _clips() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = []
+    for s in SECONDS:
+        t = np.arange(int(s * 16000)) / 16000
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 1000) * t) * (1 + np.sin(2 * np.pi * 3 * t))
+        out.append((tone + 0.05 * rng.standard_normal(t.size)).astype(np.float32))
+    return out
+
+
+@pytest.fixture(scope="module")
+def batch():
+    clips = _clips()
+    extractor = transformers.Qwen3ASRFeatureExtractor()
+    theirs = extractor(clips, sampling_rate=16000, return_tensors="np", return_attention_mask=True)
+    mels, frames = [], []
+    for clip in clips:
+        windows, samples = split_windows(clip)
+        mels.append(np.asarray(log_mel_spectrogram(windows, 128)))
+        frames.append(mel_frames(samples))
+    mel, frames = np.concatenate(mels), np.concatenate(frames)
+    np.testing.assert_array_equal(theirs["attention_mask"].sum(-1), frames)
+    assert theirs["input_features"].shape == mel.shape
+    assert np.abs(theirs["input_features"] - mel).max() < 1e-4  # float32 STFTs: torch's and babelgrid's JAX one
+    return mel, frames
+
+
+def _hooked(tower, run) -> dict:
+    """Runs ``run()`` with hooks on ``tower``: layer 0 (the first block's input), each block's output, ln_post's."""
+    got: dict = {"layers": []}
+    hooks = [tower.layers[0].register_forward_pre_hook(lambda m, a: got["layers"].append(a[0].detach().numpy()))]
+    for layer in tower.layers:
+        hooks.append(layer.register_forward_hook(lambda m, i, o: got["layers"].append(o[0].detach().numpy())))
+    hooks.append(tower.ln_post.register_forward_hook(lambda m, i, o: got.__setitem__("final", o.detach().numpy())))
+    with torch.no_grad():
+        got["projector"] = run().numpy()
+    for h in hooks:
+        h.remove()
+    got["layers"].append(got["final"])
+    return got
+
+
+def _asr(tmp_path, mel, frames):
+    torch.manual_seed(0)
+    config = transformers.Qwen3ASRConfig(audio_config=AUDIO, text_config=TEXT)
+    model = _perturb(transformers.Qwen3ASRForConditionalGeneration(config))
+    model.save_pretrained(tmp_path)
+    mask = torch.from_numpy(np.arange(mel.shape[-1])[None, :] < frames[:, None]).long()
+    inner = model.model
+    return _hooked(inner.audio_tower, lambda: inner.get_audio_features(torch.from_numpy(mel), mask).pooler_output)
+
+
+def _omni(tmp_path, mel, frames):
+    torch.manual_seed(0)
+    config = Qwen3OmniMoeAudioEncoderConfig(**AUDIO)
+    tower = _perturb(Qwen3OmniMoeAudioEncoder(config))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen3_omni_moe", "thinker_config": {
+        "model_type": "qwen3_omni_moe_thinker", "audio_config": config.to_dict()}}))  # fmt: skip
+    save_file({f"thinker.audio_tower.{k}": v.contiguous() for k, v in tower.state_dict().items()},
+              str(tmp_path / "model.safetensors"))  # fmt: skip
+    packed = np.concatenate([m[:, :f] for m, f in zip(mel, frames, strict=True)], axis=1)  # the thinker's [mask]
+    lens = torch.from_numpy(frames.astype(np.int64))
+    return _hooked(tower, lambda: tower(torch.from_numpy(packed), feature_lens=lens).last_hidden_state)
+
+
+def _close(ours, theirs, what):
+    scale = np.abs(theirs).max()
+    err = np.abs(ours - theirs).max() / scale
+    assert err <= RTOL, f"{what}: {err:.2e} of the peak"
+
+
+@pytest.mark.parametrize("kind", ["qwen3_asr", "qwen3_omni"])
+def test_every_layer_equals_transformers(kind, batch, tmp_path):
+    mel, frames = batch
+    want = (_asr if kind == "qwen3_asr" else _omni)(tmp_path, mel, frames)
+    ours = load_qwen3_audio(tmp_path)
+    assert ours.config.kind == kind and ours.config.window_frames == 104 and ours.config.chunk_frames == 13
+    got = ours.outputs(mel, frames)
+    n = ours.frames(frames)
+    np.testing.assert_array_equal(n, got["frames"])
+    assert n[0] > ours.config.window_frames  # the long clip spans two attention windows
+    edges = np.concatenate([[0], np.cumsum(n)])
+    assert len(want["layers"]) == ours.n_layers_out == len(got["layers"]) == 4
+    pairs = [(f"layer {i}", g, w) for i, (g, w) in enumerate(zip(got["layers"], want["layers"], strict=True))]
+    for name, g, w in [*pairs, ("projector", got["projector"], want["projector"])]:
+        assert w.shape[0] == edges[-1], f"{name}: transformers packs {w.shape[0]} frames, we count {edges[-1]}"
+        for b in range(len(mel)):
+            _close(g[b, : n[b]], w[edges[b] : edges[b + 1]], f"{kind} {name} clip {b}")
+    stored = np.asarray(ours.encode(mel, frames))
+    np.testing.assert_allclose(stored, got["layers"], rtol=0, atol=1e-5 * np.abs(got["layers"]).max())
+    assert frames_of(ours.config, 3000) == stored.shape[2] == 390
