@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -31,10 +32,11 @@ from engine.models.common.io import folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
-from engine.models.speechllm.qwen3_config import ASR, HUB_IDS, TOWER_TYPES, Qwen3AudioConfig, from_hf
+from engine.models.speechllm.qwen3_config import ASR, HUB_IDS, MODEL_TYPES, TOWER_TYPES, Qwen3AudioConfig, from_hf
 
 TOWER = "audio_tower."
 PROJECTOR = {"multi_modal_projector.linear_1.": "proj1.", "multi_modal_projector.linear_2.": "proj2."}
+HUB_NAMES = r"qwen3-asr|qwen3-omni"  # hub repositories of the Qwen3 audio tower, by name (lower case)
 PREFIXES = ("thinker.audio_tower.", TOWER, "model." + TOWER, *PROJECTOR, *("model." + p for p in PROJECTOR))
 
 
@@ -68,11 +70,20 @@ def state_shapes(c: Qwen3AudioConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def is_qwen3(source) -> bool:
+    """Whether a speech-LLM ``--model`` is a Qwen3 audio model: a folder whose ``config.json`` names one of
+    ``MODEL_TYPES``, or a hub id (not a local path) whose name says Qwen3-ASR or Qwen3-Omni."""
+    path = pathlib.Path(str(source)).expanduser()
+    if path.exists():
+        config = path / "config.json"
+        return config.is_file() and read_json(config).get("model_type") in MODEL_TYPES
+    return bool(re.search(HUB_NAMES, str(source).lower()))
+
+
 def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     """The hub repo's config and the shards holding the tower only."""
     kind = "qwen3-omni" if "omni" in repo_id.lower() else "qwen3-asr"
-    example = HUB_IDS[ASR][0] if kind == "qwen3-asr" else next(iter(HUB_IDS.values()))[0]
-    local = f"load('/path/to/{example.split('/')[1]}') with config.json and its safetensors; {random_model_hint(kind)}"
+    local = f"load('/path/to/{repo_id.split('/')[1]}') with config.json and its safetensors; {random_model_hint(kind)}"
     return download_prefixed(repo_id, revision, lambda config, where: PREFIXES, local)
 
 
