@@ -34,6 +34,7 @@ EXPECTED = {
     "owsm": ("owsm", 2), "powsm": ("owsm", 2), "owsm-ctc": ("owsm", 2), "qwen2-audio": ("speechllm", 1),
     "voxtral": ("speechllm", 2),
     "audio-flamingo3": ("speechllm", 1), "qwen3-asr": ("speechllm", 2), "qwen3-omni": ("speechllm", 2),
+    "qwen2.5-omni": ("speechllm", 1),
     "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1),
 }  # fmt: skip
 # Every kind with its defaults (2 blocks x 64, 4 heads) through the engine, then one through the command line, in a
@@ -177,6 +178,7 @@ def test_an_out_it_did_not_write_is_never_touched(tmp_path):
         ("mistralai/Voxtral-Mini-3B-2507", "/path/to/Voxtral-Mini-3B-2507", "voxtral"),
         ("Qwen/Qwen3-ASR-1.7B", "/path/to/Qwen3-ASR-1.7B", "qwen3-asr"),
         ("Qwen/Qwen3-Omni-30B-A3B-Instruct", "/path/to/Qwen3-Omni-30B-A3B-Instruct", "qwen3-omni"),
+        ("Qwen/Qwen2.5-Omni-7B", "/path/to/Qwen2.5-Omni-7B", "qwen2.5-omni"),
         ("nvidia/parakeet-ctc-0.6b", "/path/to/parakeet-ctc-0.6b", "parakeet"),
         ("nvidia/canary-1b-v2", "/path/to/canary-1b-v2", "canary"),
         ("facebook/seamless-m4t-v2-large", "/path/to/seamless-m4t-v2-large", "seamless"),

@@ -36,7 +36,9 @@ from engine.models.speechllm.qwen3_config import ASR, HUB_IDS, MODEL_TYPES, TOWE
 
 TOWER = "audio_tower."
 PROJECTOR = {"multi_modal_projector.linear_1.": "proj1.", "multi_modal_projector.linear_2.": "proj2."}
-HUB_NAMES = r"qwen3-asr|qwen3-omni"  # hub repositories of the Qwen3 audio tower, by name (lower case)
+HUB_NAMES = r"qwen3-asr|qwen3-omni|qwen2\.5-omni"  # hub repositories of these towers, by name (lower case)
+# Qwen2.5-Omni's tower holds the LLM's audio begin/end embeddings, which its thinker reads, not the tower
+_UNREAD = re.compile(r"audio_tower\.audio_bos_eos_token\.weight")
 PREFIXES = ("thinker.audio_tower.", TOWER, "model." + TOWER, *PROJECTOR, *("model." + p for p in PROJECTOR))
 
 
@@ -52,19 +54,28 @@ class Qwen3Checkpoint:
 def state_shapes(c: Qwen3AudioConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor the tower needs, by canonical name, with its PyTorch shape."""
     t, w, ch = TOWER, c.width, c.conv_channels
-    shapes = {f"{t}conv2d1.weight": (ch, 1, 3, 3), f"{t}conv2d1.bias": (ch,)}
-    for i in (2, 3):
-        shapes |= {f"{t}conv2d{i}.weight": (ch, ch, 3, 3), f"{t}conv2d{i}.bias": (ch,)}
-    shapes |= {f"{t}conv_out.weight": (w, ch * c.conv_mels), f"{t}ln_post.weight": (w,), f"{t}ln_post.bias": (w,)}
+    if ch:  # Qwen3's Conv2d downsampler
+        shapes = {f"{t}conv2d1.weight": (ch, 1, 3, 3), f"{t}conv2d1.bias": (ch,)}
+        for i in (2, 3):
+            shapes |= {f"{t}conv2d{i}.weight": (ch, ch, 3, 3), f"{t}conv2d{i}.bias": (ch,)}
+        shapes[f"{t}conv_out.weight"] = (w, ch * c.conv_mels)
+    else:  # Qwen2.5-Omni's Conv1d stem
+        shapes = {f"{t}conv1.weight": (w, c.n_mels, 3), f"{t}conv1.bias": (w,), f"{t}conv2.weight": (w, w, 3),
+                  f"{t}conv2.bias": (w,)}  # fmt: skip
+    shapes |= {f"{t}ln_post.weight": (w,), f"{t}ln_post.bias": (w,)}
     for i in range(c.layers):
         p = f"{t}layers.{i}."
         for proj in ("q", "k", "v", "out"):
-            shapes |= {f"{p}self_attn.{proj}_proj.weight": (w, w), f"{p}self_attn.{proj}_proj.bias": (w,)}
+            shapes[f"{p}self_attn.{proj}_proj.weight"] = (w, w)
+            if proj != "k" or c.key_bias:
+                shapes[f"{p}self_attn.{proj}_proj.bias"] = (w,)
         for ln in ("self_attn_layer_norm", "final_layer_norm"):
             shapes[f"{p}{ln}.weight"] = shapes[f"{p}{ln}.bias"] = (w,)
         shapes |= {f"{p}fc1.weight": (c.ffn, w), f"{p}fc1.bias": (c.ffn,), f"{p}fc2.weight": (w, c.ffn),
                    f"{p}fc2.bias": (w,)}  # fmt: skip
-    if c.has_projector:
+    if c.has_projector and c.pooled:  # Qwen2.5-Omni: one linear
+        shapes |= {f"{t}proj.weight": (c.output_dim, w), f"{t}proj.bias": (c.output_dim,)}
+    elif c.has_projector:
         shapes |= {f"{t}proj1.weight": (w, w), f"{t}proj1.bias": (w,), f"{t}proj2.weight": (c.output_dim, w),
                    f"{t}proj2.bias": (c.output_dim,)}  # fmt: skip
     return shapes
@@ -82,7 +93,8 @@ def is_qwen3(source) -> bool:
 
 def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     """The hub repo's config and the shards holding the tower only."""
-    kind = "qwen3-omni" if "omni" in repo_id.lower() else "qwen3-asr"
+    name = repo_id.lower()
+    kind = "qwen2.5-omni" if "qwen2.5-omni" in name else "qwen3-omni" if "omni" in name else "qwen3-asr"
     local = f"load('/path/to/{repo_id.split('/')[1]}') with config.json and its safetensors; {random_model_hint(kind)}"
     return download_prefixed(repo_id, revision, lambda config, where: PREFIXES, local)
 
@@ -99,7 +111,7 @@ def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Qwen3Checkpoint
     sd = _renamed(stored, alone)
     what = f"a {config.kind} audio tower of {config.layers} layers"
     check_layer_claim(sd, f"{TOWER}layers.", config.layers, "layer count", str(path))
-    sd = checked_state(sd, state_shapes(config), source=str(path), what=what)
+    sd = checked_state(sd, state_shapes(config), source=str(path), what=what, unread=_UNREAD)
     if dtype is not None:
         sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}
     return Qwen3Checkpoint(name=name, config=config, state_dict=sd, sha256=_digest(sd), path=path)

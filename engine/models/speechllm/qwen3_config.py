@@ -1,5 +1,5 @@
-"""The Qwen3 audio encoder (AuT) of Qwen3-ASR and Qwen3-Omni, as transformers 5 builds it (``Qwen3ASREncoder``,
-``Qwen3OmniMoeAudioEncoder``: one code; their modeling files were read for this port).
+"""The Qwen audio encoder: Qwen3's (AuT) of Qwen3-ASR and Qwen3-Omni, as transformers 5 builds it (``Qwen3ASREncoder``,
+``Qwen3OmniMoeAudioEncoder``: one code; their modeling files were read for this port), and Qwen2.5-Omni's (below).
 
 - **Downsampler**: the log-mel is cut into chunks of ``2 * n_window`` mel frames (100: 1 s); each chunk goes through
   three ``Conv2d(k3, s2, p1)`` with GELU (``conv2d1..3``, ``downsample_hidden_size`` channels, time and mel both
@@ -20,6 +20,13 @@ Padding of the last chunk, which its last frame reads through the strided convol
 silence), Qwen3-Omni's thinker passes only the valid mel frames and zero-pads the chunk (``chunk_and_pad_features``);
 ``tail`` records which. transformers pads Omni's chunks to the batch's longest chunk, 100 whenever the batch holds a
 clip of 1 s or more; babelgrid always pads to 100, so a window's states never depend on its batch mates.
+
+**Qwen2.5-Omni** (``Qwen2_5OmniAudioEncoder``) shares the chunking and the windowed attention, with other pieces:
+chunks of 200 mel frames (``n_window`` 100) through Whisper's stem (``conv1``, GELU, zeroed past the chunk's valid
+mel frames, ``conv2`` stride 2, GELU: 100 frames a chunk, 50/s), positions 0..99 restarting per chunk, attention
+within each chunk (2 s), an unbiased key (as Whisper's); after the blocks, frame pairs averaged
+(``get_pool_indices``: 25/s), ``ln_post`` and one linear ``proj``. Its ``ln_post`` output is therefore not a layer
+at the blocks' rate: the stored layers stop at L, as Qwen2-Audio's.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import dataclasses
 
 from engine.errors import CheckpointError
 
-ASR, OMNI = "qwen3_asr", "qwen3_omni"
+ASR, OMNI, OMNI25 = "qwen3_asr", "qwen3_omni", "qwen2_5_omni"
 # config.json model_type -> (kind, where the audio config is): a full model (``thinker_config.audio_config`` in the
 # released folders, ``audio_config`` in transformers' conversion of Qwen3-ASR) or a tower saved alone
 MODEL_TYPES = {
@@ -38,36 +45,46 @@ MODEL_TYPES = {
     "qwen3_omni_moe": OMNI,
     "qwen3_omni_moe_thinker": OMNI,
     "qwen3_omni_moe_audio_encoder": OMNI,
+    "qwen2_5_omni": OMNI25,
+    "qwen2_5_omni_thinker": OMNI25,
+    "qwen2_5_omni_audio_encoder": OMNI25,
 }
-TOWER_TYPES = ("qwen3_asr_encoder", "qwen3_asr_audio_encoder", "qwen3_omni_moe_audio_encoder")
+TOWER_TYPES = (
+    "qwen3_asr_encoder",
+    "qwen3_asr_audio_encoder",
+    "qwen3_omni_moe_audio_encoder",
+    "qwen2_5_omni_audio_encoder",
+)
+THINKER_TYPES = ("qwen3_omni_moe_thinker", "qwen2_5_omni_thinker")
 HUB_IDS = {
     ASR: ("Qwen/Qwen3-ASR-0.6B", "Qwen/Qwen3-ASR-1.7B"),
     OMNI: ("Qwen/Qwen3-Omni-30B-A3B-Instruct", "Qwen/Qwen3-Omni-30B-A3B-Thinking", "Qwen/Qwen3-Omni-30B-A3B-Captioner"),
+    OMNI25: ("Qwen/Qwen2.5-Omni-7B", "Qwen/Qwen2.5-Omni-3B"),
 }
-TAIL = {ASR: "features", OMNI: "zeros"}  # the module docstring's padding of a clip's last chunk
+TAIL = {ASR: "features", OMNI: "zeros", OMNI25: "zeros"}  # the module docstring's padding of a clip's last chunk
 LN_EPS = 1e-5  # nn.LayerNorm's default: the tower builds its norms without an eps
 STRIDES = 3  # Conv2d(k3, s2, p1) layers of the downsampler
 
 
-def conv_length(n: int) -> int:
-    """Length after the three stride-2 convolutions (``(n - 1) // 2 + 1`` three times; 0 stays 0)."""
-    for _ in range(STRIDES):
+def conv_length(n: int, strides: int = STRIDES) -> int:
+    """Length after ``strides`` stride-2 convolutions (``(n - 1) // 2 + 1`` each; 0 stays 0)."""
+    for _ in range(strides):
         n = (n - 1) // 2 + 1 if n > 0 else 0
     return n
 
 
 @dataclasses.dataclass(frozen=True)
 class Qwen3AudioConfig:
-    kind: str  # qwen3_asr | qwen3_omni
+    kind: str  # qwen3_asr | qwen3_omni | qwen2_5_omni
     n_mels: int
     width: int  # d_model
     heads: int
     layers: int
     ffn: int
-    conv_channels: int  # downsample_hidden_size
+    conv_channels: int  # downsample_hidden_size (0: Qwen2.5-Omni's Conv1d stem, d_model wide)
     n_window: int  # half a chunk, in mel frames
-    n_window_infer: int  # an attention window, in mel frames
-    output_dim: int  # proj2's width: what the LLM reads
+    n_window_infer: int  # an attention window, in mel frames (Qwen2.5-Omni: one chunk)
+    output_dim: int  # the projection's width: what the LLM reads
     has_projector: bool = True  # False: transformers' Qwen3-ASR tower saved alone (its projector is the model's)
 
     @property
@@ -76,9 +93,14 @@ class Qwen3AudioConfig:
         return 2 * self.n_window
 
     @property
+    def strides(self) -> int:
+        """Stride-2 convolutions before the blocks: Qwen3's three Conv2d, Qwen2.5-Omni's one Conv1d (conv2)."""
+        return 1 if self.kind == OMNI25 else STRIDES
+
+    @property
     def chunk_frames(self) -> int:
-        """Encoder frames per full chunk (13)."""
-        return conv_length(self.chunk)
+        """Encoder frames per full chunk (Qwen3: 13 of 100 mel frames; Qwen2.5-Omni: 100 of 200)."""
+        return conv_length(self.chunk, self.strides)
 
     @property
     def window_frames(self) -> int:
@@ -94,9 +116,18 @@ class Qwen3AudioConfig:
     def tail(self) -> str:
         return TAIL[self.kind]
 
+    @property
+    def key_bias(self) -> bool:
+        """Qwen3's attention has a biased key; Qwen2.5-Omni's key has none, as Whisper's."""
+        return self.kind != OMNI25
+
+    @property
+    def pooled(self) -> bool:
+        """Qwen2.5-Omni averages frame pairs after the blocks, before ``ln_post`` (25 frames/s)."""
+        return self.kind == OMNI25
+
     # the speech-LLM encoder's questions, answered for this tower
     masked = True
-    pooled = False
     group = 1
 
     @property
@@ -110,7 +141,13 @@ class Qwen3AudioConfig:
 def frames_of(config: Qwen3AudioConfig, mel_frames):
     """Encoder frames of ``mel_frames`` valid mel frames (an int or a NumPy integer array)."""
     full, rest = mel_frames // config.chunk, mel_frames % config.chunk
-    return full * config.chunk_frames + (rest + 7) // 8
+    step = 2**config.strides
+    return full * config.chunk_frames + (rest + step - 1) // step
+
+
+def pooled_frames(frames):
+    """Frames after pooling pairs (``get_pool_indices``: ``(n - 2) // 2 + 1``, none of 0 or 1 frame)."""
+    return (frames >= 2) * ((frames - 2) // 2 + 1)
 
 
 def _get(d: dict, *names):
@@ -129,11 +166,13 @@ def from_hf(config: dict) -> Qwen3AudioConfig:
     if model_type in TOWER_TYPES:
         audio = config
     else:
-        thinker = config.get("thinker_config") if model_type != "qwen3_omni_moe_thinker" else config
+        thinker = config.get("thinker_config") if model_type not in THINKER_TYPES else config
         audio = (thinker or config).get("audio_config")
         if not isinstance(audio, dict):
             raise CheckpointError(f"config.json ({model_type}) has no audio_config; restore the model's config.json")
-    n_window, infer = int(_get(audio, "n_window")), int(_get(audio, "n_window_infer"))
+    kind = MODEL_TYPES[model_type]
+    n_window = int(_get(audio, "n_window"))
+    infer = 2 * n_window if kind == OMNI25 else int(_get(audio, "n_window_infer"))  # 2.5: attention within a chunk
     if n_window <= 0 or infer <= 0 or infer % (2 * n_window):
         raise CheckpointError(f"n_window_infer {infer} is not a positive multiple of 2 * n_window ({2 * n_window})")
     width, heads = int(_get(audio, "d_model")), int(_get(audio, "encoder_attention_heads"))
@@ -143,8 +182,9 @@ def from_hf(config: dict) -> Qwen3AudioConfig:
         act = audio["activation_function"]
         raise CheckpointError(f"activation_function {act!r}: babelgrid reads the Qwen3 audio tower with gelu only")
     return Qwen3AudioConfig(
-        kind=MODEL_TYPES[model_type], n_mels=int(_get(audio, "num_mel_bins")), width=width, heads=heads,
+        kind=kind, n_mels=int(_get(audio, "num_mel_bins")), width=width, heads=heads,
         layers=int(_get(audio, "encoder_layers")), ffn=int(_get(audio, "encoder_ffn_dim")),
-        conv_channels=int(_get(audio, "downsample_hidden_size")), n_window=n_window, n_window_infer=infer,
+        conv_channels=0 if kind == OMNI25 else int(_get(audio, "downsample_hidden_size")), n_window=n_window,
+        n_window_infer=infer,
         output_dim=int(_get(audio, "output_dim")), has_projector=model_type != "qwen3_asr_encoder",
     )  # fmt: skip

@@ -8,7 +8,9 @@ into 1 s pieces and attends within 8 s windows (``attention_window_frames`` in `
 attention windows, so the audio past 24 s of a clip over 30 s is attended with the next 30 s window's frames in
 transformers' long-form call and not here (``--long_audio window`` cuts as every family does). Frames: 13 per 1 s
 chunk, the last chunk's ``ceil(mel frames / 8)``; ``frame_rate`` 13/s (each frame 1/13 s apart on average: within a
-chunk they are 80 ms apart). Every window costs a full 30 s one (``pads_windows``).
+chunk they are 80 ms apart). Every window costs a full 30 s one (``pads_windows``). Qwen2.5-Omni's tower
+(``qwen3_config``) stores its stem and blocks at 50/s (attention within 2 s chunks); its ``final`` and ``projector``
+outputs are pooled to 25/s.
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ from engine.models.common import logmel
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder, Signature
 from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder
-from engine.models.speechllm.qwen3_config import frames_of
+from engine.models.speechllm.qwen3_config import frames_of, pooled_frames
 from engine.models.speechllm.qwen3_loaded import LoadedQwen3Audio, load_qwen3_audio, mel_frames
 
 OUTPUTS = ("layers", "final", "projector")
 QWEN3_LAYERS = (
     "0 = the downsampler's output (3 stride-2 Conv2d over 1 s chunks, conv_out, positions), 1..L = block outputs "
     "(attention within 8 s windows), L+1 = ln_post output; 13 frames/s"
+)
+QWEN25_OMNI_LAYERS = (
+    "0 = conv stem + positions over 2 s chunks, 1..L = block outputs (attention within each 2 s chunk); 50 frames/s; "
+    "ln_post runs after pooling pairs (--tower_output final, 25 frames/s)"
 )
 _INPUTS = (("mel f32[batch, n_mels, 3000]", np.float32, 3), ("mel_frames i32[batch]", np.int32, 1))
 
@@ -82,11 +88,13 @@ class Qwen3AudioEncoder(LoadedEncoder):
 
     @property
     def layer_meaning(self) -> str:
+        c, rate = self.loaded.config, f"{self.frame_rate:g} frames/s"
         if self.output == "final":
-            return "0 = the tower's final output (ln_post), 13 frames/s"
+            return f"0 = the tower's final output ({'frame pairs pooled, ' if c.pooled else ''}ln_post), {rate}"
         if self.output == "projector":
-            return "0 = the output projection (proj1, GELU, proj2): the frames the LLM reads, 13 frames/s"
-        return QWEN3_LAYERS
+            how = "proj" if c.pooled else "proj1, GELU, proj2"
+            return f"0 = the output projection ({how}): the frames the LLM reads, {rate}"
+        return QWEN25_OMNI_LAYERS if c.pooled else QWEN3_LAYERS
 
     @property
     def store_dims(self) -> FamilyDims:
@@ -95,8 +103,14 @@ class Qwen3AudioEncoder(LoadedEncoder):
 
     @property
     def frame_rate(self) -> float:
-        c = self.loaded.config  # a chunk's frames over its seconds: 13 per 100 mel frames of 10 ms
-        return c.chunk_frames / (c.chunk * logmel.HOP_LENGTH / audio_lib.SAMPLE_RATE)
+        c = self.loaded.config  # a chunk's frames over its seconds: 13 per 100 mel frames of 10 ms (Qwen2.5: 100/200)
+        rate = c.chunk_frames / (c.chunk * logmel.HOP_LENGTH / audio_lib.SAMPLE_RATE)
+        return rate / 2 if c.pooled and self.output != "layers" else rate
+
+    def _frames(self, mel_frames_: np.ndarray) -> np.ndarray:
+        """This output's valid frames of windows of ``mel_frames_`` valid mel frames."""
+        frames = self.loaded.frames(mel_frames_)
+        return pooled_frames(frames) if self.loaded.config.pooled and self.output != "layers" else frames
 
     @property
     def n_layers_out(self) -> int:
@@ -116,7 +130,7 @@ class Qwen3AudioEncoder(LoadedEncoder):
     def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list, np.ndarray]:
         """``f32[samples]`` -> ((log-mel, valid mel frames) per window, valid encoder frames per window)."""
         mel, frames = self.loaded.features(samples, long_audio)
-        kept = self.loaded.frames(frames)
+        kept = self._frames(frames)
         if not kept.sum():
             raise AudioError(f"{len(samples)} samples give no frame of the Qwen3 audio tower")
         return [(m, int(f)) for m, f in zip(mel, frames, strict=True)], kept
@@ -125,7 +139,7 @@ class Qwen3AudioEncoder(LoadedEncoder):
         n = min(int(samples), audio_lib.N_SAMPLES) if long_audio == "truncate" else int(samples)
         full, rest = divmod(n, audio_lib.N_SAMPLES)
         per_window = [audio_lib.N_SAMPLES] * full + ([rest] if rest or not full else [])
-        return int(self.loaded.frames(mel_frames(per_window)).sum()), len(per_window)
+        return int(self._frames(mel_frames(per_window)).sum()), len(per_window)
 
     def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows -> ``(mel f32[batch_size, n_mels, 3000], mel_frames i32[batch_size])``; padding rows: silence, 0
@@ -152,19 +166,21 @@ class Qwen3AudioEncoder(LoadedEncoder):
         """One window's FLOPs (a full 30 s one whatever ``samples``: every chunk runs) and parameters."""
         if not 0 <= samples <= audio_lib.N_SAMPLES:
             raise ValueError(f"a window holds 0..{audio_lib.N_SAMPLES} samples, got {samples}")
-        c = self.loaded.config
-        chunks = logmel.N_FRAMES // c.chunk
-        m, t, ch, convs = c.n_mels, c.chunk, c.conv_channels, 0
-        for cin in (1, ch, ch):
-            m, t = conv_length_1(m), conv_length_1(t)
-            convs += 2 * 9 * cin * ch * m * t
-        frames = int(frames_of(c, logmel.N_FRAMES))
-        front = chunks * (convs + 2 * ch * c.conv_mels * c.width * c.chunk_frames)
-        w, f = c.width, c.ffn
+        c, w, f = self.loaded.config, self.loaded.config.width, self.loaded.config.ffn
+        chunks, frames = logmel.N_FRAMES // c.chunk, int(frames_of(c, logmel.N_FRAMES))
+        if c.conv_channels:  # Qwen3: three Conv2d and conv_out per chunk
+            m, t, ch, convs = c.n_mels, c.chunk, c.conv_channels, 0
+            for cin in (1, ch, ch):
+                m, t = conv_length_1(m), conv_length_1(t)
+                convs += 2 * 9 * cin * ch * m * t
+            front = chunks * (convs + 2 * ch * c.conv_mels * w * c.chunk_frames)
+            stem = 9 * ch * (1 + 2 * ch) + 3 * ch + ch * c.conv_mels * w
+        else:  # Qwen2.5-Omni: conv1 at the mel rate, conv2 at half of it
+            front = 2 * 3 * c.n_mels * w * logmel.N_FRAMES + 2 * 3 * w * w * frames
+            stem = 3 * w * (c.n_mels + w) + 2 * w
         layer = 2 * frames * (4 * w * w + 2 * w * f) + 2 * 2 * frames * c.window_frames * w
-        params = 9 * ch * (1 + 2 * ch) + 3 * ch + ch * c.conv_mels * w + 2 * w + c.layers * (
-            4 * w * w + 2 * w * f + 9 * w + f
-        ) + (w * w + w + c.output_dim * (w + 1) if c.has_projector else 0)  # fmt: skip
+        projection = (c.output_dim * (w + 1) + (0 if c.pooled else w * w + w)) if c.has_projector else 0
+        params = stem + 2 * w + c.layers * (4 * w * w + 2 * w * f + 8 * w + c.key_bias * w + f) + projection
         return EncoderCost(front=front, layer=layer, n_layers=c.layers, frames=frames, n_head=c.heads,
                            params=params, input_bytes=4 * c.n_mels * logmel.N_FRAMES)  # fmt: skip
 

@@ -24,8 +24,8 @@ from flax import nnx
 
 from engine.errors import ShapeError
 from engine.models.common.attention import check_head_mask, scale_heads, self_attention
-from engine.models.common.layers import FeedForward, linear, norm, param
-from engine.models.speechllm.qwen3_config import LN_EPS, Qwen3AudioConfig, frames_of
+from engine.models.common.layers import Conv1d, FeedForward, linear, norm, param
+from engine.models.speechllm.qwen3_config import LN_EPS, Qwen3AudioConfig, frames_of, pooled_frames
 
 TOWER = "audio_tower"
 
@@ -63,7 +63,8 @@ class Block(nnx.Module):
 
     def __init__(self, sd: Mapping[str, np.ndarray], prefix: str, config: Qwen3AudioConfig, dtype):
         a = f"{prefix}.self_attn"
-        self.q, self.k, self.v = (linear(sd, f"{a}.{p}_proj", dtype) for p in "qkv")
+        self.q, self.v = linear(sd, f"{a}.q_proj", dtype), linear(sd, f"{a}.v_proj", dtype)
+        self.k = linear(sd, f"{a}.k_proj", dtype, bias=config.key_bias)
         self.out = linear(sd, f"{a}.out_proj", dtype)
         self.attn_ln = norm(sd, f"{prefix}.self_attn_layer_norm", LN_EPS, dtype)
         self.mlp_ln = norm(sd, f"{prefix}.final_layer_norm", LN_EPS, dtype)
@@ -90,18 +91,24 @@ class Qwen3AudioTower(nnx.Module):
     def __init__(self, config: Qwen3AudioConfig, sd: Mapping[str, np.ndarray], dtype=jnp.float32):
         self.config = config
         t = TOWER
-        self.convs = nnx.List(
-            [Conv2d(sd[f"{t}.conv2d{i}.weight"], sd[f"{t}.conv2d{i}.bias"], dtype) for i in (1, 2, 3)]
-        )
-        self.conv_out = linear(sd, f"{t}.conv_out", dtype, bias=False)
+        if config.conv_channels:  # Qwen3: three Conv2d, then conv_out
+            self.convs = nnx.List(
+                [Conv2d(sd[f"{t}.conv2d{i}.weight"], sd[f"{t}.conv2d{i}.bias"], dtype) for i in (1, 2, 3)]
+            )
+            self.conv_out = linear(sd, f"{t}.conv_out", dtype, bias=False)
+        else:  # Qwen2.5-Omni: Whisper's stem, per chunk
+            self.conv1 = Conv1d(sd[f"{t}.conv1.weight"], sd[f"{t}.conv1.bias"], 1, dtype, padding=1)
+            self.conv2 = Conv1d(sd[f"{t}.conv2.weight"], sd[f"{t}.conv2.bias"], 2, dtype, padding=1)
         self.blocks = nnx.List([Block(sd, f"{t}.layers.{i}", config, dtype) for i in range(config.layers)])
         self.ln_post = norm(sd, f"{t}.ln_post", LN_EPS, dtype)
-        self.proj1 = linear(sd, f"{t}.proj1", dtype) if config.has_projector else None
-        self.proj2 = linear(sd, f"{t}.proj2", dtype) if config.has_projector else None
+        two = config.has_projector and not config.pooled
+        self.proj1 = linear(sd, f"{t}.proj1" if two else f"{t}.proj", dtype) if config.has_projector else None
+        self.proj2 = linear(sd, f"{t}.proj2", dtype) if two else None
 
     @property
     def n_layers_out(self) -> int:
-        return self.config.layers + 2
+        """0..L, and ``ln_post`` as L + 1 where it runs at the blocks' rate (not Qwen2.5-Omni's, after pooling)."""
+        return self.config.layers + 1 + (not self.config.pooled)
 
     def _check(self, mel, mel_frames):
         c = self.config
@@ -117,8 +124,10 @@ class Qwen3AudioTower(nnx.Module):
         c = self.config
         b, m, t = mel.shape
         n = t // c.chunk
-        if c.tail == "zeros":  # Qwen3-Omni's thinker passes the valid mel frames only: the last chunk is zero-padded
+        if c.tail == "zeros":  # the Omni thinkers pass the valid mel frames only: the last chunk is zero-padded
             mel = jnp.where(jnp.arange(t)[None, None, :] < mel_frames[:, None, None], mel, 0)
+        if not c.conv_channels:
+            return self._conv1d_stem(mel, mel_frames)
         x = mel.reshape(b, m, n, c.chunk).transpose(0, 2, 1, 3).reshape(b * n, m, c.chunk, 1)
         for conv in self.convs:
             x = gelu(conv(x))
@@ -126,6 +135,19 @@ class Qwen3AudioTower(nnx.Module):
         x = jnp.transpose(x, (0, 2, 3, 1)).reshape(b * n, frames, ch * f)  # channel-major, as transformers flattens
         x = self.conv_out(x) + jnp.asarray(sinusoids(frames, c.width), x.dtype)
         return x.reshape(b, n * frames, c.width)
+
+    def _conv1d_stem(self, mel, mel_frames):
+        """Qwen2.5-Omni's stem on each chunk: conv1, GELU, zero past the chunk's valid mel frames, conv2 (stride 2),
+        GELU, positions 0..99 restarting in every chunk."""
+        c = self.config
+        b, m, t = mel.shape
+        n = t // c.chunk
+        x = mel.reshape(b, m, n, c.chunk).transpose(0, 2, 3, 1).reshape(b * n, c.chunk, m)
+        valid = jnp.clip(mel_frames[:, None] - c.chunk * jnp.arange(n)[None, :], 0, c.chunk).reshape(b * n)
+        x = gelu(self.conv1(x)) * (jnp.arange(c.chunk)[None, :] < valid[:, None])[..., None].astype(x.dtype)
+        x = gelu(self.conv2(x))
+        x = x + jnp.asarray(sinusoids(x.shape[1], c.width), x.dtype)
+        return x.reshape(b, n * x.shape[1], c.width)
 
     def _windows(self, x, mel_frames):
         """``f[batch, frame, width]`` -> attention windows ``f[batch * windows, W, width]`` and their valid keys."""
@@ -163,7 +185,7 @@ class Qwen3AudioTower(nnx.Module):
             raise ValueError(f"layers {bad or '()'} out of range 0..{n_out - 1}")
         out_dtype = out_dtype or self.ln_post.scale.dtype
         states = self._run(mel, mel_frames, min(max(layers), self.config.layers), head_mask)
-        if self.config.layers + 1 in layers:
+        if self.config.layers + 1 in layers and not self.config.pooled:
             states.append(self.ln_post(states[-1]))
         return jnp.stack([states[i].astype(out_dtype) for i in layers])
 
@@ -173,12 +195,20 @@ class Qwen3AudioTower(nnx.Module):
         return out.astype(out_dtype or self.ln_post.scale.dtype)[None]
 
     def outputs(self, mel, mel_frames) -> dict:
-        """``layers`` f[L + 2, batch, frame, width] (downsampler, blocks, ``ln_post``), ``final`` (``ln_post``'s),
-        ``projector`` (proj1, GELU, proj2: f[batch, frame, output_dim]) and ``frames`` (valid frames, i32[batch])."""
+        """``layers`` f[n_layers_out, batch, frame, width] (downsampler, blocks, Qwen3's ``ln_post``), ``final`` (the
+        tower's last hidden state before the projection: ``ln_post``'s, Qwen2.5-Omni's after pooling frame pairs),
+        ``projector`` (Qwen3: proj1, GELU, proj2; Qwen2.5-Omni: proj; f[batch, frame', output_dim]) and the valid
+        frames (``frames``; ``final_frames``, ``projector_frames``: i32[batch])."""
         states = self._run(mel, mel_frames, self.config.layers)
-        final = self.ln_post(states[-1])
         frames = frames_of(self.config, jnp.asarray(mel_frames, jnp.int32))
-        out = {"layers": jnp.stack([*states, final]), "final": final, "frames": frames, "final_frames": frames}
+        x, final_frames = states[-1], frames
+        if self.config.pooled:  # (h[2i] + h[2i + 1]) / 2 over each clip's frames, then ln_post
+            b, t, d = x.shape
+            x, final_frames = (x[:, 0 : t - t % 2 : 2] + x[:, 1 : t - t % 2 : 2]) / 2, pooled_frames(frames)
+        final = self.ln_post(x)
+        layers = states if self.config.pooled else [*states, final]
+        out = {"layers": jnp.stack(layers), "final": final, "frames": frames, "final_frames": final_frames}
         if self.proj1 is not None:
-            out |= {"projector": self.proj2(gelu(self.proj1(final))), "projector_frames": frames}
+            projected = self.proj1(final) if self.proj2 is None else self.proj2(gelu(self.proj1(final)))
+            out |= {"projector": projected, "projector_frames": final_frames}
         return out

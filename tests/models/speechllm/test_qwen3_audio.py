@@ -27,6 +27,8 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import save_file
+from transformers.models.qwen2_5_omni.configuration_qwen2_5_omni import Qwen2_5OmniAudioEncoderConfig
+from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioEncoder
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
@@ -89,7 +91,6 @@ def _hooked(tower, run) -> dict:
         got["projector"] = run().numpy()
     for h in hooks:
         h.remove()
-    got["layers"].append(got["final"])
     return got
 
 
@@ -116,27 +117,57 @@ def _omni(tmp_path, mel, frames):
     return _hooked(tower, lambda: tower(torch.from_numpy(packed), feature_lens=lens).last_hidden_state)
 
 
+def _omni25(tmp_path, mel, frames):
+    torch.manual_seed(0)
+    keep = ("num_mel_bins", "d_model", "encoder_attention_heads", "encoder_ffn_dim", "encoder_layers", "output_dim")
+    config = Qwen2_5OmniAudioEncoderConfig(**{k: AUDIO[k] for k in keep}, n_window=100)
+    tower = _perturb(Qwen2_5OmniAudioEncoder(config))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni", "thinker_config": {
+        "model_type": "qwen2_5_omni_thinker", "audio_config": config.to_dict()}}))  # fmt: skip
+    save_file({f"thinker.audio_tower.{k}": v.contiguous() for k, v in tower.state_dict().items()},
+              str(tmp_path / "model.safetensors"))  # fmt: skip
+    packed = np.concatenate([m[:, :f] for m, f in zip(mel, frames, strict=True)], axis=1)  # the thinker's [mask]
+    lens = torch.from_numpy(frames.astype(np.int64))
+    return _hooked(tower, lambda: tower(torch.from_numpy(packed), feature_lens=lens).last_hidden_state)
+
+
 def _close(ours, theirs, what):
     scale = np.abs(theirs).max()
     err = np.abs(ours - theirs).max() / scale
     assert err <= RTOL, f"{what}: {err:.2e} of the peak"
 
 
-@pytest.mark.parametrize("kind", ["qwen3_asr", "qwen3_omni"])
+def _compare(name, got, want, n, kind):
+    """``got f[batch, frame, width]`` against transformers' frames packed over the batch, ``n`` valid per clip."""
+    edges = np.concatenate([[0], np.cumsum(n)])
+    assert want.shape[0] == edges[-1], f"{name}: transformers packs {want.shape[0]} frames, we count {edges[-1]}"
+    for b in range(len(n)):
+        _close(got[b, : n[b]], want[edges[b] : edges[b + 1]], f"{kind} {name} clip {b}")
+
+
+BUILD = {"qwen3_asr": _asr, "qwen3_omni": _omni, "qwen2_5_omni": _omni25}
+# kind -> (frames per chunk, per attention window, a 30 s window's frames)
+SHAPES = {"qwen3_asr": (13, 104, 390), "qwen3_omni": (13, 104, 390), "qwen2_5_omni": (100, 100, 1500)}
+
+
+@pytest.mark.parametrize("kind", list(BUILD))
 def test_every_layer_equals_transformers(kind, batch, tmp_path):
     mel, frames = batch
-    want = (_asr if kind == "qwen3_asr" else _omni)(tmp_path, mel, frames)
+    want = BUILD[kind](tmp_path, mel, frames)
     ours = load_qwen3_audio(tmp_path)
-    assert ours.config.kind == kind and ours.config.window_frames == 104 and ours.config.chunk_frames == 13
+    c = ours.config
+    assert c.kind == kind and (c.chunk_frames, c.window_frames) == SHAPES[kind][:2]
     got = ours.outputs(mel, frames)
     n = ours.frames(frames)
     np.testing.assert_array_equal(n, got["frames"])
-    assert n[0] > ours.config.window_frames  # the long clip spans two attention windows
-    edges = np.concatenate([[0], np.cumsum(n)])
-    assert len(want["layers"]) == ours.n_layers_out == len(got["layers"]) == 4
-    pairs = [(f"layer {i}", g, w) for i, (g, w) in enumerate(zip(got["layers"], want["layers"], strict=True))]
-    for name, g, w in [*pairs, ("projector", got["projector"], want["projector"])]:
-        assert w.shape[0] == edges[-1], f"{name}: transformers packs {w.shape[0]} frames, we count {edges[-1]}"
-        for b in range(len(mel)):
-            _close(g[b, : n[b]], w[edges[b] : edges[b + 1]], f"{kind} {name} clip {b}")
-    assert frames_of(ours.config, 3000) == got["layers"].shape[2] == 390  # what a 30 s window's store rows hold
+    assert n[0] > c.window_frames  # the long clip spans attention windows
+    if c.pooled:  # Qwen2.5-Omni: ln_post after pooling pairs, at 25 frames/s: not a stored layer
+        assert len(want["layers"]) == ours.n_layers_out == len(got["layers"]) == 3
+    else:
+        want["layers"].append(want["final"])
+        assert len(want["layers"]) == ours.n_layers_out == len(got["layers"]) == 4
+    for i, (g, w) in enumerate(zip(got["layers"], want["layers"], strict=True)):
+        _compare(f"layer {i}", g, w, n, kind)
+    _compare("final", got["final"], want["final"], got["final_frames"], kind)
+    _compare("projector", got["projector"], want["projector"], got["projector_frames"], kind)
+    assert frames_of(c, 3000) == got["layers"].shape[2] == SHAPES[kind][2]  # what a 30 s window's store rows hold
