@@ -93,7 +93,7 @@ class Qwen3AudioEncoder(LoadedEncoder):
             return f"0 = the tower's final output ({'frame pairs pooled, ' if c.pooled else ''}ln_post), {rate}"
         if self.output == "projector":
             how = "proj" if c.pooled else "proj1, GELU, proj2"
-            return f"0 = the output projection ({how}): the frames the LLM reads, {rate}"
+            return f"0 = the projector's output ({how}): the frames the LLM reads, {rate}"
         return QWEN25_OMNI_LAYERS if c.pooled else QWEN3_LAYERS
 
     @property

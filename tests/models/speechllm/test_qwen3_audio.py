@@ -33,7 +33,7 @@ from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
 from engine.models.common.logmel import log_mel_spectrogram, split_windows
-from engine.models.speechllm.qwen3_config import frames_of
+from engine.models.speechllm.qwen3_config import frames_of, pooled_frames
 from engine.models.speechllm.qwen3_loaded import load_qwen3_audio, mel_frames
 
 RTOL = 1e-5
@@ -171,3 +171,24 @@ def test_every_layer_equals_transformers(kind, batch, tmp_path):
     _compare("final", got["final"], want["final"], got["final_frames"], kind)
     _compare("projector", got["projector"], want["projector"], got["projector_frames"], kind)
     assert frames_of(c, 3000) == got["layers"].shape[2] == SHAPES[kind][2]  # what a 30 s window's store rows hold
+
+
+@pytest.mark.parametrize(("kind", "output", "rate", "embed"), [("qwen2.5-omni", "projector", 25.0, 128),
+                                                               ("qwen3-asr", "final", 13.0, 64)])  # fmt: skip
+def test_tower_outputs_declare_their_rate_and_frames(kind, output, rate, embed, tmp_path):
+    """``--tower_output``: the encoder of random-model's folder declares the output's frame rate, width and valid
+    frames (Qwen2.5-Omni's pooled to 25/s: ``pooled_frames``, as ``outputs`` counts them, checked against
+    transformers above), from the audio and from its length alone."""
+    from engine.models.family import load_encoder
+    from engine.models.random_folder import write_random_folder
+
+    write_random_folder(kind, tmp_path / "m")
+    encoder = load_encoder(tmp_path / "m", output=output)
+    assert (encoder.frame_rate, encoder.embed, encoder.n_layers_out) == (rate, embed, 1)
+    assert output in encoder.layer_meaning or "final output" in encoder.layer_meaning
+    audio = _clips()[0]  # 11.3 s
+    inputs, kept = encoder.windows(audio, "window")
+    frames = encoder.loaded.frames(np.array([f for _, f in inputs]))
+    want = pooled_frames(frames) if encoder.loaded.config.pooled else frames
+    assert kept.tolist() == want.tolist() == [encoder.expected_frames(len(audio), "window")[0]]
+    assert abs(kept[0] - 11.3 * rate) <= 1
