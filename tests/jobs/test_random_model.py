@@ -33,7 +33,9 @@ EXPECTED = {
     "mms": ("wav2vec2", 1), "omnilingual": ("wav2vec2", 1), "w2v-bert": ("w2vbert", 1), "seamless": ("w2vbert", 1),
     "owsm": ("owsm", 2), "powsm": ("owsm", 2), "owsm-ctc": ("owsm", 2), "qwen2-audio": ("speechllm", 1),
     "voxtral": ("speechllm", 2),
-    "audio-flamingo3": ("speechllm", 1), "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1),
+    "audio-flamingo3": ("speechllm", 1), "qwen3-asr": ("speechllm", 2), "qwen3-omni": ("speechllm", 2),
+    "qwen2.5-omni": ("speechllm", 1),
+    "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1),
 }  # fmt: skip
 # Every kind with its defaults (2 blocks x 64, 4 heads) through the engine, then one through the command line, in a
 # process that cannot import torch or transformers: the folders need neither.
@@ -174,6 +176,9 @@ def test_an_out_it_did_not_write_is_never_touched(tmp_path):
     [
         ("Qwen/Qwen2-Audio-7B-Instruct", "/path/to/Qwen2-Audio-7B-Instruct", "qwen2-audio"),
         ("mistralai/Voxtral-Mini-3B-2507", "/path/to/Voxtral-Mini-3B-2507", "voxtral"),
+        ("Qwen/Qwen3-ASR-1.7B", "/path/to/Qwen3-ASR-1.7B", "qwen3-asr"),
+        ("Qwen/Qwen3-Omni-30B-A3B-Instruct", "/path/to/Qwen3-Omni-30B-A3B-Instruct", "qwen3-omni"),
+        ("Qwen/Qwen2.5-Omni-7B", "/path/to/Qwen2.5-Omni-7B", "qwen2.5-omni"),
         ("nvidia/parakeet-ctc-0.6b", "/path/to/parakeet-ctc-0.6b", "parakeet"),
         ("nvidia/canary-1b-v2", "/path/to/canary-1b-v2", "canary"),
         ("facebook/seamless-m4t-v2-large", "/path/to/seamless-m4t-v2-large", "seamless"),
@@ -203,8 +208,9 @@ def test_a_hub_error_names_the_family_s_own_example(repo, example, kind, monkeyp
 
 
 # One kind per family and attention layout (the kinds of a family share its model code): Voxtral attends over the whole
-# window, Qwen2-Audio masks the keys past the valid frames.
-MASKED_KINDS = ("whisper", "wav2vec2", "w2v-bert", "owsm", "qwen2-audio", "voxtral", "parakeet")
+# window, Qwen2-Audio masks the keys past the valid frames, Qwen3-ASR attends within 8 s windows (a mask per row
+# repeated over each row's windows).
+MASKED_KINDS = ("whisper", "wav2vec2", "w2v-bert", "owsm", "qwen2-audio", "voxtral", "qwen3-asr", "parakeet")
 
 
 @pytest.mark.parametrize("kind", MASKED_KINDS)
