@@ -244,3 +244,15 @@ def encoder_frames(valid_samples):
     mel_frames = np.minimum(-(-samples // HOP_LENGTH), N_FRAMES)
     frames = np.minimum(-(-mel_frames // 2), N_ENCODER_FRAMES).astype(np.int32)
     return int(frames) if frames.ndim == 0 else frames
+
+
+def collate_windows(inputs, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mel windows ``[(mel f32[n_mels, frames], valid), ...]`` -> ``(mel f32[batch_size, n_mels, frames],
+    valid i32[batch_size])``, the rows past ``inputs`` silence (the first window's minimum) with 0 valid: the batch
+    every tower that takes Whisper's log-mel (``engine.models.speechllm``) encodes."""
+    first = inputs[0][0]
+    mel = np.full((batch_size, *first.shape), first.min(), np.float32)
+    valid = np.zeros(batch_size, np.int32)
+    for i, (m, v) in enumerate(inputs):
+        mel[i], valid[i] = m, v
+    return mel, valid

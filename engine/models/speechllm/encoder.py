@@ -154,12 +154,7 @@ class SpeechLLMEncoder(LoadedEncoder):
     def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         """Windows -> ``(mel f32[batch_size, n_mels, 3000], frames i32[batch_size])``; padding rows: silence, 0
         frames."""
-        first = inputs[0][0]
-        mel = np.full((batch_size, *first.shape), first.min(), np.float32)
-        frames = np.zeros(batch_size, np.int32)
-        for i, (m, f) in enumerate(inputs):
-            mel[i], frames[i] = m, f
-        return mel, frames
+        return logmel.collate_windows(inputs, batch_size)
 
     def head_masked(self, layers: Sequence[int]) -> HeadMasked:
         """The encoder with a head mask (``engine.models.common.heads``): ``(mel, frames)`` batches."""
