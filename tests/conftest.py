@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import pathlib
+import sys
 
 import jax
 import pytest
@@ -47,6 +48,34 @@ FILE_SECONDS = json.loads((REPO / "tests" / "file_seconds.json").read_text())
 
 def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: -FILE_SECONDS.get(item.nodeid.split("::")[0], 0.0))  # stable: a file stays together
+
+
+# Where the suite's time goes, test by test: with BABELGRID_TEST_TIMES=<file>, each test (setup, call and teardown, so a
+# module fixture is charged to the first test that builds it) appends one JSON line: its wall seconds, this process's
+# CPU seconds, and the CPU seconds of the child processes it waited for (the job subprocesses). A test whose wall time
+# is far above its CPU time waits (on leases, sleeps, other processes) and would not slow a run with more workers.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    record = os.environ.get("BABELGRID_TEST_TIMES")
+    if not record:
+        yield
+        return
+    import resource
+    import time
+
+    def now():
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        forked = sys.modules.get("tests.jobs.forkserver")  # jobs forked by tests/jobs/conftest.py's server
+        children = children.ru_utime + children.ru_stime + (forked.CHILD_CPU[0] if forked else 0.0)
+        return time.perf_counter(), own.ru_utime + own.ru_stime, children
+
+    before = now()
+    yield
+    after = now()
+    wall, cpu, children = (b - a for a, b in zip(before, after, strict=True))
+    line = {"test": item.nodeid, "wall": round(wall, 3), "cpu": round(cpu, 3), "children_cpu": round(children, 3)}
+    with open(record, "a") as out:
+        out.write(json.dumps(line) + "\n")
 
 
 # Job tests start a few hundred `python -m jobs.<job>` processes, most of them on the tiny model with the same shapes,

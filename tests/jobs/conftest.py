@@ -10,10 +10,16 @@ without a progress bar (retrieval, challenge) would refuse.
 from __future__ import annotations
 
 import importlib
+import json
+import locale
 import os
 import pathlib
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Mapping
 
 import pytest
@@ -28,6 +34,71 @@ def job_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment with the checkout importable and JAX on the CPU, then ``env`` over it."""
     path = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
     return {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu", **(env or {})}
+
+
+class _ForkServer:
+    """This test process's ``tests/jobs/forkserver.py``, started at the first job (see its docstring): a job runs as
+    a forked child of a process that has imported JAX and the other heavy libraries once, rather than as a fresh
+    ``python -m``, which saves each job the seconds of those imports. ``BABELGRID_TEST_FORK=0`` turns it off."""
+
+    def __init__(self):
+        self.server: subprocess.Popen | None = None
+        self.env: dict[str, str] = {}
+        self.pending = b""
+
+    def run(self, job: str, args: list[str], env: dict[str, str], timeout: float):
+        """The job's ``CompletedProcess`` (``None`` when it must run as a fresh process instead)."""
+        from tests.jobs import forkserver
+
+        if os.environ.get("BABELGRID_TEST_FORK", "1") == "0":
+            return None
+        if self.server is None or self.server.poll() is not None:
+            self.env, self.pending = job_env(), b""
+            self.server = subprocess.Popen(
+                [sys.executable, "-m", "tests.jobs.forkserver"], cwd=REPO, env=self.env, text=True,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )  # fmt: skip
+        if forkserver.differs_at_import(self.env, env):
+            return None
+        with tempfile.TemporaryDirectory(prefix="job-output-") as folder:
+            out, err = pathlib.Path(folder, "stdout"), pathlib.Path(folder, "stderr")
+            request = {"module": f"jobs.{job}", "args": args, "env": env, "cwd": str(REPO),
+                       "stdout": str(out), "stderr": str(err)}  # fmt: skip
+            self.server.stdin.write(json.dumps(request) + "\n")
+            self.server.stdin.flush()
+            pid = self._answer(60)["pid"]
+            try:
+                answer = self._answer(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(pid, signal.SIGKILL)
+                self._answer(60)
+                raise subprocess.TimeoutExpired([sys.executable, "-m", f"jobs.{job}", *args], timeout) from None
+            code = answer["returncode"]
+            forkserver.CHILD_CPU[0] += answer["cpu"]
+            encoding = locale.getpreferredencoding(False)
+            return subprocess.CompletedProcess(
+                [sys.executable, "-m", f"jobs.{job}", *args], code,
+                out.read_text(encoding, errors="replace"), err.read_text(encoding, errors="replace"),
+            )  # fmt: skip
+
+    def _answer(self, timeout: float) -> dict:
+        """The server's next line, read from its pipe unbuffered (a buffered reader could hold the second of two lines
+        that arrived together, and ``select`` would then wait for it in vain)."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            ready, _, _ = select.select([self.server.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise subprocess.TimeoutExpired("forkserver", timeout)
+            chunk = os.read(self.server.stdout.fileno(), 65536)
+            if not chunk:
+                code = self.server.wait()
+                raise RuntimeError(f"the test's fork server exited ({code}): rerun with BABELGRID_TEST_FORK=0")
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        return json.loads(line)
+
+
+_FORKS = _ForkServer()
 
 
 def _run_job(
@@ -54,9 +125,11 @@ def _run_job(
         finally:
             flags.FLAGS.unparse_flags()
     else:
-        proc = subprocess.run(
-            command, cwd=REPO, env=job_env(env), capture_output=True, text=True, timeout=patient(timeout)
-        )
+        proc = _FORKS.run(job, list(args), job_env(env), patient(timeout))
+        if proc is None:  # an environment the preloaded libraries would read otherwise: a fresh process
+            proc = subprocess.run(
+                command, cwd=REPO, env=job_env(env), capture_output=True, text=True, timeout=patient(timeout)
+            )
     if expect is not None:
         assert proc.returncode == expect, (
             f"jobs.{job} exited {proc.returncode}, expected {expect}\n{proc.stdout}\n{proc.stderr}"
