@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from engine.errors import BabelgridError
+from engine.pipelines.compare.measures import DEFAULT_FRAME_MEASURES, DEFAULT_MEASURES, MEASURES
 from engine.runtime.options import RunOptions, option, validate
 
-MEASURES = ("cka", "cka_unbiased", "svcca", "pwcca", "mknn", "cknna", "cycle_knn")
-# cknna and cycle_knn on request (--measures ...,cknna,cycle_knn): the outputs of a default run stay as they were
-DEFAULT_MEASURES = MEASURES[:5]
+__all__ = ["DEFAULT_FRAME_MEASURES", "DEFAULT_MEASURES", "LEVELS", "MEASURES", "CompareConfig", "CompareError"]
 LEVELS = ("utterance", "frame")
 
 
@@ -52,7 +51,7 @@ class CompareConfig:
         parse="list",
     )  # fmt: skip
     frame_measures: tuple[str, ...] = option(
-        ("cka", "cka_unbiased", "mknn"), "frame-level measures (CCA on frames: one SVD pair per layer pair)",
+        DEFAULT_FRAME_MEASURES, "frame-level measures (CCA on frames: one SVD pair per layer pair)",
         choices=MEASURES, parse="list",
     )  # fmt: skip
     levels: tuple[str, ...] = option(

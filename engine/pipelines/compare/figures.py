@@ -8,16 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.figures import Figure, _png, set_title  # the canvas, resolution and PNG writer of every babelgrid figure
+from engine.pipelines.compare.measures import TITLES as MEASURE_TITLES
 
-MEASURE_TITLES = {
-    "cka": "linear CKA",
-    "cka_unbiased": "linear CKA, unbiased",
-    "svcca": "SVCCA (99% variance)",
-    "pwcca": "PWCCA (weights: row model)",
-    "mknn": "mutual k-NN",
-    "cknna": "CKNNA",
-    "cycle_knn": "cycle k-NN (out: column, back: row)",
-}
 DEPTH_LABEL = "depth = layer / (L + 1): 0 = conv stem, 1 = ln_post"
 PAST_TOWER_LABEL = "\npast 1: a speech LLM's projector, one block past its tower"
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from engine.pipelines.compare.config import MEASURES
+from engine.pipelines.compare.measures import BY_NAME, MEASURES
 from kernels import cca, cka, cknna, knn
 from kernels import null as knull
 
@@ -121,7 +121,6 @@ def _cycle_grid(a: View, b: View, k: int, shared: dict) -> np.ndarray:
     return np.array([[float(knn.cycle(p, q)) for q in lists_b] for p in lists_a])
 
 
-# measure -> (fewest examples it needs, grid function): adding a measure is adding an entry here.
 def _cknna_grid(a: View, b: View, k: int, shared: dict) -> np.ndarray:
     views_a = [cknna.View(x, k) for x in a.states]
     views_b = views_a if b is a else [cknna.View(y, k) for y in b.states]
@@ -129,16 +128,16 @@ def _cknna_grid(a: View, b: View, k: int, shared: dict) -> np.ndarray:
     return np.array([[float(cknna.cknna_views(p, q)) for q in views_b] for p in views_a])
 
 
-# Each takes (a, b, options, shared): shared holds what the measures of one set and their nulls reuse (the Grams,
-# the lists, the CKNNA views).
+# Each measure's grid (compare.measures holds the rest of what is known of it). Each takes (a, b, options, shared):
+# shared holds what the measures of one set and their nulls reuse (the Grams, the lists, the CKNNA views).
 GRIDS = {
-    "cka": (2, lambda a, b, o, s: _cka_grid(a, b, False, s)),
-    "cka_unbiased": (4, lambda a, b, o, s: _cka_grid(a, b, True, s)),
-    "svcca": (2, lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.svcca(x, y, keep=o.svcca_keep), o.svcca_keep)),
-    "pwcca": (2, lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.pwcca(x, y, epsilon=o.cca_epsilon), 1.0)),
-    "mknn": (2, lambda a, b, o, s: _mknn_grid(a, b, min(o.knn_k, a.n - 1), s)),
-    "cknna": (4, lambda a, b, o, s: _cknna_grid(a, b, min(o.knn_k, a.n - 1), s)),
-    "cycle_knn": (2, lambda a, b, o, s: _cycle_grid(a, b, min(o.knn_k, a.n - 1), s)),
+    "cka": lambda a, b, o, s: _cka_grid(a, b, False, s),
+    "cka_unbiased": lambda a, b, o, s: _cka_grid(a, b, True, s),
+    "svcca": lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.svcca(x, y, keep=o.svcca_keep), o.svcca_keep),
+    "pwcca": lambda a, b, o, s: _cca_grid(a, b, lambda x, y: cca.pwcca(x, y, epsilon=o.cca_epsilon), 1.0),
+    "mknn": lambda a, b, o, s: _mknn_grid(a, b, min(o.knn_k, a.n - 1), s),
+    "cknna": lambda a, b, o, s: _cknna_grid(a, b, min(o.knn_k, a.n - 1), s),
+    "cycle_knn": lambda a, b, o, s: _cycle_grid(a, b, min(o.knn_k, a.n - 1), s),
 }
 assert tuple(GRIDS) == MEASURES
 
@@ -146,8 +145,8 @@ assert tuple(GRIDS) == MEASURES
 def measure_grid(measure: str, a: View, b: View, options: MeasureOptions, shared: dict | None = None) -> np.ndarray:
     """f64[La, Lb]: ``measure`` of every layer of a against every layer of b (NaN where it cannot be computed);
     ``shared``: one dict for every measure of the same (a, b), which then share their intermediate products."""
-    fewest, grid = GRIDS[measure]
-    if a.n < fewest:
+    grid = GRIDS[measure]
+    if a.n < BY_NAME[measure].fewest:
         return np.full((len(a.layers), len(b.layers)), np.nan)
     return grid(a, b, options, {} if shared is None else shared)
 

@@ -37,6 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.pipelines.compare.languages import languages_of
+from engine.pipelines.compare.measures import (
+    DEFAULT_FRAME_MEASURES,
+    DEFAULT_MEASURES,
+    in_stage,
+    needs_grams,
+    null_is_timed,
+)
 from engine.pipelines.compare.states import pair_utterances
 from engine.runtime.devices import Device
 from engine.runtime.plan import EFFICIENCY, READ_RATE, Plan, Stage, duration, size, timed
@@ -56,7 +63,7 @@ class ModelShape:
 
 def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max: int) -> dict[str, float]:
     flops = {}
-    cka_kinds = sum(m in measures for m in ("cka", "cka_unbiased"))
+    cka_kinds = in_stage(measures, "cka")
     if cka_kinds and n <= gram_max:
         grams = 2 * n * n * (a.layers * a.width + b.layers * b.width)
         flops["cka"] = grams + cka_kinds * 2 * a.layers * b.layers * n * n
@@ -70,7 +77,7 @@ def _set_flops(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
     if "cknna" in measures:  # the lists as mknn's, then per layer pair the neighbour cosines and list compares
         per_pair = 2 * n * k * (a.width + b.width) + 4 * n * k * k
         flops["cknna"] = 2 * n * n * (a.layers * a.width + b.layers * b.width) + a.layers * b.layers * per_pair
-    cca_kinds = sum(m in measures for m in ("svcca", "pwcca"))
+    cca_kinds = in_stage(measures, "cca")
     if cca_kinds:
         ra, rb = min(n, a.width), min(n, b.width)
         per_pair = 8 * n * (ra * ra + rb * rb) + 2 * n * ra * rb + 22 * min(ra, rb) ** 3
@@ -83,14 +90,14 @@ def _null_work(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
     permutation the gathered side's Gram cells and the layer pairs' products, timed), ``compares`` (mutual and cycle
     k-NN: per permutation and layer pair n k^2 list compares, timed), ``flops`` (CCA, CKNNA: at the matmul rate)."""
     work = {}
-    if any(m in measures for m in ("cka", "cka_unbiased")):
+    if in_stage(measures, "cka"):
         if n <= gram_max:
             work["cka"] = ("cells", p * n * n * (min(a.layers, b.layers) + a.layers * b.layers))
         else:  # recomputed per permutation: the feature route, both kinds
             per_pair = 2 * n * (a.width * b.width + a.width**2 + b.width**2)
             work["cka"] = (
                 "flops",
-                p * a.layers * b.layers * per_pair * sum(m in measures for m in ("cka", "cka_unbiased")),
+                p * a.layers * b.layers * per_pair * in_stage(measures, "cka"),
             )
     if "mknn" in measures:
         work["mknn"] = ("compares", p * a.layers * b.layers * n * k * k)
@@ -132,7 +139,7 @@ def set_seconds(
     ``mknn``, ``cknna``, ``cca`` and, with ``perms`` permutations, ``null cka`` ... (the plan's stages, less the
     level). The run's progress ticks these as each measure finishes."""
     seconds = {}
-    kinds = sum(m in measures for m in ("cka", "cka_unbiased"))
+    kinds = in_stage(measures, "cka")
     for stage, flops in _set_flops(a, b, n, measures, k, gram_max).items():
         streamed = kinds * (a.layers + b.layers) * n * n * rates.gram_cell if stage == "cka" and n <= gram_max else 0
         seconds[stage] = flops / rates.matmul + streamed
@@ -152,11 +159,11 @@ def null_memory(
     k^2 booleans; an upper bound, XLA fuses it into the sums); CCA's ``batch`` permuted bases (2 x n x r each);
     CKNNA's per-permutation lists (Lb x n x k)."""
     held = 0.0
-    if any(m in measures for m in ("cka", "cka_unbiased")):
+    if in_stage(measures, "cka"):
         held = max(held, chunk * b.layers * null.ROWS * n * FLOAT if n <= gram_max else b.layers * b.width * n * FLOAT)
     if "mknn" in measures or "cycle_knn" in measures:
         held = max(held, chunk * a.layers * b.layers * n * k * k)
-    if any(m in measures for m in ("svcca", "pwcca")):
+    if in_stage(measures, "cca"):
         held = max(held, batch * 2 * n * min(n, max(a.width, b.width)) * FLOAT)
     if "cknna" in measures:
         held = max(held, chunk * b.layers * n * k * FLOAT * 2)
@@ -181,8 +188,8 @@ def plan_compare(
     utterances: Mapping[str, int],
     frames: Mapping[str, int],
     *,
-    measures=("cka", "cka_unbiased", "svcca", "pwcca", "mknn"),
-    frame_measures=("cka", "cka_unbiased", "mknn"),
+    measures=DEFAULT_MEASURES,
+    frame_measures=DEFAULT_FRAME_MEASURES,
     levels=("utterance", "frame"),
     frame_sample: int = 2048,
     knn_k: int = 10,
@@ -202,8 +209,8 @@ def plan_compare(
     names = list(models)
     pairs = [(names[i], names[j]) for i in range(len(names)) for j in range(i, len(names))]
     asked_everywhere = set(measures) | set(frame_measures)
-    grams = any(m in asked_everywhere for m in ("cka", "cka_unbiased"))
-    null_timed = bool(null_permutations) and bool(asked_everywhere & {"cka", "cka_unbiased", "mknn", "cycle_knn"})
+    grams = needs_grams(asked_everywhere)
+    null_timed = bool(null_permutations) and null_is_timed(asked_everywhere)
     if rates is None:  # each rate timed here only when a stage needs it and no override gives it
         need_gram, need_null = grams and gram_cell_seconds is None, null_timed and null_seconds is None
         null_rates = _null_seconds() if need_null else (0.0, 0.0)

@@ -14,12 +14,10 @@ prints one status line every 30 s (``engine.runtime.progress``), naming the step
 from __future__ import annotations
 
 from engine.pipelines.compare.layers import GRAM_MAX
+from engine.pipelines.compare.measures import in_stage, needs_grams, null_is_timed, stage_of
 from engine.pipelines.compare.plan import Rates, measure_rates, model_shape, plan_compare_run, set_seconds
 from engine.runtime.plan import READ_RATE
 from engine.runtime.runs import progress_bar
-
-STAGE = {"cka": "cka", "cka_unbiased": "cka", "svcca": "cca", "pwcca": "cca", "mknn": "mknn", "cknna": "cknna",
-         "cycle_knn": "cycle_knn"}  # fmt: skip
 
 
 class Progress:
@@ -34,8 +32,8 @@ class Progress:
             self.rates, self.total, self.bar = Rates(1.0), 0.0, None
             return
         asked = set(config.measures) | set(config.frame_measures)
-        null = bool(config.null_permutations) and bool(asked & {"cka", "cka_unbiased", "mknn", "cycle_knn"})
-        self.rates = rates or measure_rates(grams=bool(asked & {"cka", "cka_unbiased"}), null_timed=null)
+        null = bool(config.null_permutations) and null_is_timed(asked)
+        self.rates = rates or measure_rates(grams=needs_grams(asked), null_timed=null)
         self.total = max(round(plan_compare_run(config, None, self.rates).seconds_here, 3), 0.001)
         self.bar = progress_bar(self.total, "compare", "planned s", config.run.progress)
 
@@ -70,9 +68,10 @@ class Progress:
         stages = set_seconds(model_shape(a), model_shape(b), n, asked, config.knn_k, GRAM_MAX, perms, self.rates)
         costs = {}
         for measure in asked:
-            share = sum(STAGE[m] == STAGE[measure] for m in asked)
-            costs[measure] = stages.get(STAGE[measure], 0.0) / share
-            costs[f"null {measure}"] = stages.get(f"null {STAGE[measure]}", 0.0) / share
+            stage = stage_of(measure)
+            share = in_stage(asked, stage)
+            costs[measure] = stages.get(stage, 0.0) / share
+            costs[f"null {measure}"] = stages.get(f"null {stage}", 0.0) / share
         return costs
 
     def for_set(self, a, b, n: int, level: str, at: str) -> SetTicks:
