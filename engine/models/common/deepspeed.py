@@ -54,7 +54,7 @@ class Unread:
 
 def read_model_states(path: pathlib.Path) -> dict[str, np.ndarray]:
     """The ``module`` state dict of a DeepSpeed ``mp_rank_00_model_states.pt``, as NumPy arrays (module docstring)."""
-    import torch
+    import torch  # lazy: only a training step needs it (io.torch_load says how to install it where it is missing)
 
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
