@@ -85,3 +85,19 @@ def test_decoder_and_ctc_logits_equal_espnet(owls):
         ctc = s2t.s2t_model.ctc.ctc_lo(torch.from_numpy(memory))
     _close(ours.decoder.logits(tokens, memory), theirs.numpy(), "decoder logits")
     _close(ours.ctc_logits(owls["states"], ours.config.n_layer + 1), ctc.numpy(), "CTC logits")
+
+
+def test_cost_equals_espnet_flops_and_parameters(owls):
+    """``encode --plan``'s FLOP model for a transformer encoder: torch's ``FlopCounterMode`` on ESPnet's encoder over
+    one full window (matmuls and convolutions, as ``cost`` counts) equals it exactly, and so do the parameters."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.models.owsm.cost import encoder_cost
+
+    enc = owls["s2t"].s2t_model.encoder
+    feats = torch.from_numpy(owls["features"][:1])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        enc(feats, torch.tensor([feats.shape[1]]))
+    cost = encoder_cost(owls["ours"].config)
+    assert cost.flops == counter.get_total_flops()
+    assert cost.params == sum(p.numel() for p in enc.parameters())
