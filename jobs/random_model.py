@@ -10,14 +10,14 @@ Kinds (the hub model whose files each copies): whisper (openai/whisper-base), wh
 v3 ids, a 4-block decoder), wav2vec2 (facebook/wav2vec2-base-960h, CTC), hubert (facebook/hubert-large-ll60k), mms
 (facebook/mms-1b-all, with --adapter files), omnilingual (aadel4/omniASR-CTC-300M-v2), w2v-bert
 (facebook/w2v-bert-2.0), seamless (facebook/seamless-m4t-v2-large's speech encoder), owsm (espnet/owsm_v3.1_ebf_base),
-powsm (espnet/powsm: phone tokens, a 20 s window), owsm-ctc (espnet/owsm_ctc_v4_1B: no decoder, interior CTC heads, a
-prompt encoder), qwen2-audio, voxtral, audio-flamingo3 (the speech LLMs' towers and projectors), qwen3-asr
-(Qwen/Qwen3-ASR-0.6B), qwen3-omni (Qwen/Qwen3-Omni-30B-A3B-Instruct's audio tower), qwen2.5-omni
-(Qwen/Qwen2.5-Omni-7B's audio tower), parakeet
-(nvidia/parakeet-ctc-0.6b), canary (nvidia/canary-1b-v2). Each folder holds config.json (OWSM: ESPnet's config.yaml and
-meta.yaml), the weights as safetensors, the feature extractor's and the tokenizer's files where the family reads them,
-and random_model.json (what it was written as). Random weights run every job end to end; they answer none of
-the questions a real model would (docs/models.md).
+powsm (espnet/powsm: phone tokens, a 20 s window), owls (espnet/owls_1B_180K: a transformer encoder), owsm-ctc
+(espnet/owsm_ctc_v4_1B: no decoder, interior CTC heads, a prompt encoder), qwen2-audio, voxtral, audio-flamingo3 (the
+speech LLMs' towers and projectors), qwen3-asr (Qwen/Qwen3-ASR-0.6B), qwen3-omni (Qwen/Qwen3-Omni-30B-A3B-Instruct's
+audio tower), qwen2.5-omni (Qwen/Qwen2.5-Omni-7B's audio tower), parakeet (nvidia/parakeet-ctc-0.6b), canary
+(nvidia/canary-1b-v2). Each folder holds config.json (OWSM: ESPnet's config.yaml and meta.yaml), the weights as
+safetensors, the feature extractor's and the tokenizer's files where the family reads them, and random_model.json
+(what it was written as). Random weights run every job end to end; they answer none of the questions a real model
+would (docs/models.md).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from jobs import common
 # engine.models.random_folder.kinds(), named here so that --help and a misspelt kind load no JAX (a test keeps the
 # two lists equal)
 KINDS = ("whisper", "whisper-turbo", "wav2vec2", "hubert", "mms", "omnilingual", "w2v-bert", "seamless", "owsm",
-         "powsm", "owsm-ctc", "qwen2-audio", "voxtral", "audio-flamingo3", "qwen3-asr", "qwen3-omni", "qwen2.5-omni",
-         "parakeet", "canary")  # fmt: skip
+         "powsm", "owls", "owsm-ctc", "qwen2-audio", "voxtral", "audio-flamingo3", "qwen3-asr", "qwen3-omni",
+         "qwen2.5-omni", "parakeet", "canary")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,6 +62,10 @@ WHISPER_LAYERS = "0 = conv stem + positions, 1..L = block outputs, L+1 = ln_post
 WAV2VEC2_LAYERS = "transformers' hidden_states: 0 = input to the first layer, k = output of layer k (1..L)"
 W2VBERT_LAYERS = "0 = projected features, k = output of conformer block k (1..L); the adapter output is not stored"
 OWSM_LAYERS = "0 = conv2d subsampling + positions, 1..L = E-Branchformer block outputs, L+1 = after_norm output"
+OWLS_LAYERS = (
+    "0 = conv2d subsampling + positions, 1..L = pre-norm transformer block outputs (the residual stream), "
+    "L+1 = after_norm output"
+)
 OWSM_CTC_LAYERS = (
     "0 = conv2d8 subsampling + positions (encoded after the prefix <nolang> <asr>, whose 2 positions are not stored), "
     "1..L = E-Branchformer block outputs, each before its interior CTC head's self-conditioning, "

@@ -31,7 +31,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 EXPECTED = {
     "whisper": ("whisper", 2), "whisper-turbo": ("whisper", 2), "wav2vec2": ("wav2vec2", 1), "hubert": ("wav2vec2", 1),
     "mms": ("wav2vec2", 1), "omnilingual": ("wav2vec2", 1), "w2v-bert": ("w2vbert", 1), "seamless": ("w2vbert", 1),
-    "owsm": ("owsm", 2), "powsm": ("owsm", 2), "owsm-ctc": ("owsm", 2), "qwen2-audio": ("speechllm", 1),
+    "owsm": ("owsm", 2), "powsm": ("owsm", 2), "owls": ("owsm", 2), "owsm-ctc": ("owsm", 2),
+    "qwen2-audio": ("speechllm", 1),
     "voxtral": ("speechllm", 2),
     "audio-flamingo3": ("speechllm", 1), "qwen3-asr": ("speechllm", 2), "qwen3-omni": ("speechllm", 2),
     "qwen2.5-omni": ("speechllm", 1),
@@ -186,6 +187,7 @@ def test_an_out_it_did_not_write_is_never_touched(tmp_path):
         ("espnet/owsm_v3.1_ebf_base", "/path/to/owsm_v3.1_ebf_base", "owsm"),
         ("espnet/powsm", "/path/to/powsm", "powsm"),
         ("espnet/owsm_ctc_v4_1B", "/path/to/owsm_ctc_v4_1B", "owsm-ctc"),
+        ("espnet/owls_1B_180K", "/path/to/owls_1B_180K", "owls"),
         ("openai/whisper-large-v3-turbo", "/path/to/whisper-large-v3-turbo", "whisper-turbo"),
         ("someone/my-model", "took 'someone/my-model' for a Whisper model", "whisper"),
     ],
@@ -210,7 +212,7 @@ def test_a_hub_error_names_the_family_s_own_example(repo, example, kind, monkeyp
 # One kind per family and attention layout (the kinds of a family share its model code): Voxtral attends over the whole
 # window, Qwen2-Audio masks the keys past the valid frames, Qwen3-ASR attends within 8 s windows (a mask per row
 # repeated over each row's windows).
-MASKED_KINDS = ("whisper", "wav2vec2", "w2v-bert", "owsm", "qwen2-audio", "voxtral", "qwen3-asr", "parakeet")
+MASKED_KINDS = ("whisper", "wav2vec2", "w2v-bert", "owsm", "owls", "qwen2-audio", "voxtral", "qwen3-asr", "parakeet")
 
 
 @pytest.mark.parametrize("kind", MASKED_KINDS)

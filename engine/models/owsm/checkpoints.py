@@ -16,6 +16,10 @@ one ``config.yaml`` with one ``.pth`` (or ``.safetensors``) beside it. A ``.safe
 every tensor ``encoder_shapes`` and ``decoder_shapes`` (OWSM-CTC: ``ctc_model.ctc_shapes``) name, with those shapes;
 the frontend's mel matrix and the normaliser's buffers are recognised and left unread (babelgrid computes both from
 ``feats_stats.npz`` and librosa, as ESPnet builds them); anything else fails naming it.
+
+OWLS (``espnet/owls_*``) has this layout too; its weights are bfloat16. One step of an OWLS training run
+(``espnet/owls_1B_180K_intermediates@step=12``) is read by ``intermediates``: DeepSpeed's file for the weights, the
+final model's repository for the rest.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import pathlib
 import re
 from collections.abc import Mapping
 
+import ml_dtypes
 import numpy as np
 import yaml
 
 from engine.errors import CheckpointError
+from engine.models.common.deepspeed import read_model_states
 from engine.models.common.io import file_sha256, folder_or_hub, read_torch_state_dict
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state, read_safetensors
@@ -37,13 +43,14 @@ from engine.models.owsm.config import OwsmConfig, config_from_espnet
 from engine.models.owsm.ctc_model import ctc_shapes
 from engine.models.owsm.decoder import decoder_shapes
 from engine.models.owsm.features import Stats, read_stats
+from engine.models.owsm.intermediates import config_root, model_states, training_step
 from engine.models.owsm.model import encoder_shapes
 
 _UNREAD = re.compile(r"frontend\..*|normalize\.(mean|std)|specaug\..*")
 # ESPnet 202611 names the subsampling's output projection ``embed.out`` (earlier: ``embed.out.0`` inside a Sequential
 # with the positional encoding) and loads either; the published OWSM checkpoints hold the older names.
 _NEW_SUBSAMPLING_OUT = re.compile(r"(encoder\.embed\.out)\.(weight|bias)")
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))  # OWLS's are bfloat16
 WEIGHT_SUFFIXES = (".pth", ".safetensors")  # ESPnet's torch.save file, or the same tensors as safetensors
 
 
@@ -55,27 +62,35 @@ class Checkpoint:
     config: OwsmConfig
     stats: Stats = dataclasses.field(repr=False, compare=False)
     state_dict: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)  # ESPnet names
-    sha256: str  # hex, of the .pth
-    path: pathlib.Path  # the repository root
+    sha256: str  # hex, of the .pth (a training step's: of its mp_rank_00_model_states.pt)
+    path: pathlib.Path  # the repository root (a training step's: the final model's, which holds its config)
     bpemodel: pathlib.Path | None  # the SentencePiece model, when config.yaml names one that exists
+    step: int | None = None  # the training step of an intermediates repository (``intermediates``); None: a model
 
 
 def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
-    """Read an ESPnet OWSM folder or a hub id ``org/name[@revision]``; ``dtype`` casts the weights (None keeps)."""
-    path, name = folder_or_hub(source, download, "espnet/owsm_v3.1_ebf_base")
-    config_path, weights = find_files(path)
+    """Read an ESPnet OWSM folder or a hub id ``org/name[@revision]``, or one training step of an intermediates
+    repository (``intermediates``: ``org/name_intermediates@step=N``); ``dtype`` casts the weights (None keeps)."""
+    step = training_step(source)
+    if step is not None:
+        path, name, read = config_root(step, _download_config), step.name, read_model_states
+        config_path, weights = config_file(path), model_states(step)
+    else:
+        path, name = folder_or_hub(source, download, "espnet/owsm_v3.1_ebf_base")
+        (config_path, weights), read = find_files(path), read_weights
     conf = _read_yaml(config_path)
     config = config_from_espnet(conf, _token_list(conf, path, config_path), str(config_path))
     stats_file = (conf.get("normalize_conf") or {}).get("stats_file")
     if not stats_file:
         raise CheckpointError(f"{config_path}: normalize_conf.stats_file is not set; OWSM normalises globally")
     stats = read_stats(_inside(path, stats_file, config_path, "normalize_conf.stats_file"), config.n_mels)
-    sd = _check(read_weights(weights), config, str(weights))
+    sd = _check(read(weights), config, str(weights))
     if dtype is not None:
         sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}
     bpe = conf.get("bpemodel")
     bpemodel = path / bpe if isinstance(bpe, str) and (path / bpe).is_file() else None
-    return Checkpoint(name, config, stats, sd, file_sha256([weights]), path, bpemodel)
+    sha256 = file_sha256([weights])
+    return Checkpoint(name, config, stats, sd, sha256, path, bpemodel, None if step is None else step.step)
 
 
 def read_weights(path: pathlib.Path) -> dict[str, np.ndarray]:
@@ -108,6 +123,23 @@ def find_files(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
             "exactly one, with one weights file, or a meta.yaml naming them"
         )
     return pairs[0][0], pairs[0][1][0]
+
+
+def config_file(root: pathlib.Path) -> pathlib.Path:
+    """The training ``config.yaml`` of a repo, whatever weights it holds or lacks: ``meta.yaml``'s, else its one
+    ``config.yaml``."""
+    meta = root / "meta.yaml"
+    if meta.is_file():
+        config = (_read_yaml(meta).get("yaml_files") or {}).get("s2t_train_config")
+        if not config:
+            raise CheckpointError(f"'{meta}' lacks yaml_files.s2t_train_config; is it an S2T (OWSM) model?")
+        return _inside(root, config, meta, "s2t_train_config")
+    configs = sorted(root.rglob("config.yaml"))
+    if len(configs) != 1:
+        raise CheckpointError(
+            f"'{root}' has no meta.yaml and {len(configs)} config.yaml files; it needs one, or a meta.yaml naming it"
+        )
+    return configs[0]
 
 
 def _inside(root: pathlib.Path, relative: str, named_in: pathlib.Path, key: str) -> pathlib.Path:
@@ -157,13 +189,15 @@ def _check(stored: Mapping[str, np.ndarray], config: OwsmConfig, source: str) ->
 # --- hub --------------------------------------------------------------------------------------------
 
 
-def download(repo_id: str, revision: str | None) -> pathlib.Path:
-    """Local copy of a hub repository (``snapshot_download``), from the cache or the hub; a clear error offline."""
+def download(repo_id: str, revision: str | None, *, weights: bool = True) -> pathlib.Path:
+    """Local copy of a hub repository (``snapshot_download``), from the cache or the hub; a clear error offline.
+    ``weights`` False: without its ``.pth`` and ``.safetensors`` (a training step's config repository)."""
     import huggingface_hub  # lazy: only hub ids need it, and it is slow to import
 
     source = repo_id + (f"@{revision}" if revision else "")
+    ignore = None if weights else [f"*{s}" for s in WEIGHT_SUFFIXES]
     try:
-        return pathlib.Path(huggingface_hub.snapshot_download(repo_id, revision=revision))
+        return pathlib.Path(huggingface_hub.snapshot_download(repo_id, revision=revision, ignore_patterns=ignore))
     except Exception as e:  # connection, not-found and validation errors come as several hub and httpx types
         kind = type(e).__name__
         if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "HFValidationError"):
@@ -175,7 +209,12 @@ def download(repo_id: str, revision: str | None) -> pathlib.Path:
         ) from None
 
 
+def _download_config(repo_id: str, revision: str | None) -> pathlib.Path:
+    return download(repo_id, revision, weights=False)
+
+
 def _random_kind(repo_id: str) -> str:
-    """The ``random-model`` kind whose layout a hub id's model has (POWSM, OWSM-CTC, else v3.1's)."""
+    """The ``random-model`` kind whose layout a hub id's model has (POWSM, OWSM-CTC, OWLS, else v3.1's)."""
     name = repo_id.lower()
-    return "powsm" if "powsm" in name else "owsm-ctc" if "owsm_ctc" in name else "owsm"
+    kinds = (("powsm", "powsm"), ("owsm_ctc", "owsm-ctc"), ("owls", "owls"))
+    return next((kind for part, kind in kinds if part in name), "owsm")

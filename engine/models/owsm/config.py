@@ -14,6 +14,12 @@ OWSM v3.1 (``espnet/owsm_v3.1_ebf_base``, ``_small``, ``owsm_v3.1_ebf``), OWSM v
   ``use_ffn`` and ``macaron_ffn`` (two half-step swish feed-forwards), a depthwise merge convolution;
 - ``decoder: transformer``: pre-norm blocks (self-attention, source attention, ReLU feed-forward), absolute positions.
 
+OWLS (``espnet/owls_025B_180K`` .. ``owls_18B_180K``, ``owls_1B_11k`` .. ``_90K``: ESPnet's Whisper-style suite, ICML
+2025) configures ``encoder: transformer`` (ESPnet's ``TransformerEncoder``) instead: the same ``conv2d`` subsampling
+and absolute positions, then pre-norm blocks (``norm1`` + self-attention, ``norm2`` + ReLU feed-forward, no norm of
+their own at the end), ``after_norm``; ``normalize_before: true``, ``concat_after: false``, a ``linear`` feed-forward
+(``OwsmConfig.encoder`` records which). The decoder is the same.
+
 Anything else that would change those layers (relative positions, another subsampling, a gate activation, a linear
 after the cgMLP convolution, a non-default frontend, an utterance MVN) is refused by name. Options that act only in
 training (dropout, layer drop, SpecAugment, label smoothing, the CTC weight) are accepted and ignored.
@@ -72,6 +78,21 @@ _ENCODER = {
 }
 # EBranchformerCTCEncoder's defaults differ from EBranchformerEncoder's in these (OWSM-CTC v4 sets them all).
 _ENCODER_CTC = _ENCODER | {"input_layer": "conv2d8", "use_cross_attention": True}
+# TransformerEncoder (OWLS): the constructor's defaults, for the fields babelgrid reads.
+_TRANSFORMER_ENCODER = {
+    "output_size": 256,
+    "attention_heads": 4,
+    "linear_units": 2048,
+    "num_blocks": 6,
+    "input_layer": "conv2d",
+    "pos_enc_layer_type": "abs_pos",
+    "normalize_before": True,
+    "concat_after": False,
+    "positionwise_layer_type": "linear",
+    "qk_norm": False,
+    "interctc_layer_idx": [],
+    "interctc_use_conditioning": False,
+}
 # TransformerEncoder (the prompt encoder): output_size has no default there (the task reads it).
 _PROMPT_ENCODER = {
     "output_size": None,
@@ -108,6 +129,14 @@ _REQUIRED_ENCODER = {
     "qk_norm": False,
     "interctc_use_conditioning": False,
 }
+_REQUIRED_TRANSFORMER_ENCODER = {
+    "pos_enc_layer_type": "abs_pos",
+    "normalize_before": True,
+    "concat_after": False,
+    "positionwise_layer_type": "linear",
+    "qk_norm": False,
+    "interctc_use_conditioning": False,
+}
 # OWSM-CTC: self-conditioned interior CTC heads (read at inference too), the rest as v3.1's encoder.
 _REQUIRED_ENCODER_CTC = _REQUIRED_ENCODER | {"interctc_use_conditioning": True}
 _REQUIRED_DECODER = {
@@ -118,6 +147,12 @@ _REQUIRED_DECODER = {
     "qk_norm": False,
 }
 _REQUIRED_FRONTEND = {"window": "hann", "center": True, "normalized": False, "onesided": True}
+# config.yaml's encoder -> (its constructor's defaults, what babelgrid implements).
+_ENCODERS = {
+    "e_branchformer": (_ENCODER, _REQUIRED_ENCODER),
+    "transformer": (_TRANSFORMER_ENCODER, _REQUIRED_TRANSFORMER_ENCODER),
+    "e_branchformer_ctc": (_ENCODER_CTC, _REQUIRED_ENCODER_CTC),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,16 +199,17 @@ class OwsmConfig:
     width: int  # encoder output_size = decoder attention dim (768 for base), the embed axis
     n_layer: int  # E-Branchformer blocks, called L (9 for base)
     n_head: int
-    ffn_width: int  # linear_units of the macaron feed-forwards
-    cgmlp_width: int  # cgmlp_linear_units (split in half by the gating unit)
-    cgmlp_kernel: int  # depthwise kernel of the gating unit
-    merge_kernel: int  # depthwise kernel of the merge
+    ffn_width: int  # linear_units of the macaron feed-forwards (a transformer encoder's one feed-forward)
+    cgmlp_width: int  # cgmlp_linear_units (split in half by the gating unit); 0 for a transformer encoder
+    cgmlp_kernel: int  # depthwise kernel of the gating unit; 0 for a transformer encoder
+    merge_kernel: int  # depthwise kernel of the merge; 0 for a transformer encoder
     n_dec_layer: int
     n_dec_head: int
     dec_ffn_width: int
     token_list: tuple[str, ...] = dataclasses.field(repr=False)
     subsampling: int = 4  # time subsampling of the input layer: 4 (conv2d) or 8 (conv2d8)
     ctc: CtcConfig | None = None  # OWSM-CTC's encoder additions; None: the attention encoder-decoder
+    encoder: str = "e_branchformer"  # config.yaml's encoder: e_branchformer (OWSM) or transformer (OWLS)
 
     @property
     def n_vocab(self) -> int:
@@ -266,17 +302,25 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
     ctc_only = conf.get("model") == "espnet_ctc"
     need("frontend", "default")
     need("normalize", "global_mvn")
-    need("encoder", "e_branchformer_ctc" if ctc_only else "e_branchformer")
+    if ctc_only:
+        need("encoder", "e_branchformer_ctc")
+    elif conf.get("encoder") not in ("e_branchformer", "transformer"):
+        raise CheckpointError(
+            f"{source}: encoder is {conf.get('encoder')!r}; babelgrid implements OWSM's e_branchformer and OWLS's "
+            "transformer"
+        )
     if not ctc_only:
         need("decoder", "transformer")
     if conf.get("preencoder") or conf.get("postencoder"):
         raise CheckpointError(f"{source}: a preencoder or postencoder is configured; OWSM has neither")
+    kind = "e_branchformer_ctc" if ctc_only else conf["encoder"]
+    defaults, required_encoder = _ENCODERS[kind]
     fe = _with_defaults(_FRONTEND, conf.get("frontend_conf"))
-    enc = _with_defaults(_ENCODER_CTC if ctc_only else _ENCODER, conf.get("encoder_conf"))
+    enc = _with_defaults(defaults, conf.get("encoder_conf"))
     dec = _with_defaults(_DECODER, conf.get("decoder_conf"))
     for part, values, required in (
         ("frontend_conf", fe, _REQUIRED_FRONTEND),
-        ("encoder_conf", enc, _REQUIRED_ENCODER_CTC if ctc_only else _REQUIRED_ENCODER),
+        ("encoder_conf", enc, required_encoder),
         *(() if ctc_only else (("decoder_conf", dec, _REQUIRED_DECODER),)),
     ):
         for key, want in required.items():
@@ -320,15 +364,16 @@ def config_from_espnet(conf: Mapping, token_list: Sequence[str], source: str) ->
         n_layer=int(enc["num_blocks"]),
         n_head=int(enc["attention_heads"]),
         ffn_width=int(enc["linear_units"]),
-        cgmlp_width=int(enc["cgmlp_linear_units"]),
-        cgmlp_kernel=int(enc["cgmlp_conv_kernel"]),
-        merge_kernel=int(enc["merge_conv_kernel"]),
+        cgmlp_width=int(enc.get("cgmlp_linear_units", 0)),  # a transformer encoder has no cgMLP and no merge
+        cgmlp_kernel=int(enc.get("cgmlp_conv_kernel", 0)),
+        merge_kernel=int(enc.get("merge_conv_kernel", 0)),
         n_dec_layer=0 if ctc_only else int(dec["num_blocks"]),  # OWSM-CTC has no attention decoder
         n_dec_head=int(dec["attention_heads"]),
         dec_ffn_width=int(dec["linear_units"]),
         token_list=tokens,
         subsampling=SUBSAMPLINGS[enc["input_layer"]],
         ctc=_ctc_config(conf, enc, source) if ctc_only else None,
+        encoder="e_branchformer" if ctc_only else kind,
     )
 
 

@@ -19,6 +19,9 @@ width I, cgMLP width G (split in halves by its gating unit), kernels K (gating) 
   projections ``2 * T * d * G + 2 * T * (G/2) * d`` and its gating unit's depthwise convolution ``2 * T * (G/2) * K``;
   the merge's depthwise convolution ``2 * T * 2d * M`` and projection ``2 * T * 2d * d``.
 
+OWLS's transformer blocks (``config.encoder == "transformer"``): self-attention as above and one ReLU feed-forward
+``2 * 2 * T * d * I``; no cgMLP, no merge.
+
 ``after_norm`` (layer L+1) is a norm: nothing counted.
 """
 
@@ -41,11 +44,14 @@ def encoder_cost(config: OwsmConfig) -> EncoderCost:
     (t1, n1), nk = sizes[0], config.subsampled_mels
     convs = 2 * t1 * n1 * d * CONV_TAPS + sum(2 * tk * n * d * d * CONV_TAPS for tk, n in sizes[1:])
     front = convs + 2 * t * d * nk * d
-    ffn = 2 * 4 * t * d * big
     attention = 8 * t * d * d + 4 * t * t * d
-    cgmlp = 2 * t * d * g + 2 * t * (g // 2) * d + 2 * t * (g // 2) * config.cgmlp_kernel
-    merge = 2 * t * 2 * d * config.merge_kernel + 2 * t * 2 * d * d
-    layer = ffn + attention + cgmlp + merge
+    if config.encoder == "transformer":  # OWLS: attention and one feed-forward
+        layer = attention + 2 * 2 * t * d * big
+    else:
+        ffn = 2 * 4 * t * d * big
+        cgmlp = 2 * t * d * g + 2 * t * (g // 2) * d + 2 * t * (g // 2) * config.cgmlp_kernel
+        merge = 2 * t * 2 * d * config.merge_kernel + 2 * t * 2 * d * d
+        layer = ffn + attention + cgmlp + merge
     return EncoderCost(float(front), float(layer), config.n_layer, t, config.n_head, encoder_params(config))
 
 

@@ -7,9 +7,10 @@ speech, ``features.valid_frames``): 25 per second. Audio over the window is cut 
 apart (``long_audio="window"``) or kept to the first (``"truncate"``), as for every family.
 
 Layers (``OWSM_LAYERS``): 0 = conv2d subsampling + positions, 1..L = E-Branchformer blocks, L+1 = ``after_norm``
-(what the decoder and the CTC head read). Heads: the attention decoder (``decode`` with OWSM's language and task
-tokens) and the CTC head; no cross-attention heads are chosen for alignment, so ``align`` refuses OWSM stores and
-points to Whisper's word times, which serve any store of the same audio.
+(what the decoder and the CTC head read); OWLS's (``OWLS_LAYERS``) are the same with pre-norm transformer blocks.
+Heads: the attention decoder (``decode`` with OWSM's language and task tokens) and the CTC head; no cross-attention
+heads are chosen for alignment, so ``align`` refuses OWSM stores and points to Whisper's word times, which serve any
+store of the same audio. A training checkpoint (``intermediates``) records its step in the store's config.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from engine.models.common.parallel import StoredLayers
 from engine.models.interface import (
     CTC,
     DECODER,
+    OWLS_LAYERS,
     OWSM_CTC_LAYERS,
     OWSM_LAYERS,
     EncoderCost,
@@ -40,7 +42,8 @@ from engine.models.owsm.cost import encoder_cost
 from engine.models.owsm.languages import owsm_language
 from engine.models.owsm.loaded import LoadedOwsm, load_owsm
 
-_V31 = {"subsampling": 4, "ctc": None}  # store_dims: the config fields v3.1 stores were written without
+# store_dims: the config fields v3.1 stores were written without, at v3.1's values
+_V31 = {"subsampling": 4, "ctc": None, "encoder": "e_branchformer"}
 
 
 def _masked(encoder, features, *, layers, head_mask):
@@ -70,6 +73,9 @@ class OwsmEncoder(LoadedEncoder):
             k: v for k, v in dataclasses.asdict(c).items() if k != "token_list" and (k not in _V31 or v != _V31[k])
         }
         config |= {"n_vocab": c.n_vocab}
+        step = self.loaded.checkpoint.step
+        if step is not None:  # a training checkpoint (owsm.intermediates): a resume from another step is refused
+            config |= {"training_step": step}
         return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": config})
 
     @property
@@ -150,4 +156,6 @@ def load(source, *, adapter=None, dtype=None) -> OwsmEncoder:
     loaded = load_owsm(source, dtype=jnp.float32 if dtype is None else dtype)
     if loaded.config.ctc is not None:  # OWSM-CTC: its own layer meaning; its decoder is its CTC heads (OwsmCtcDecoder)
         return OwsmEncoder(loaded, layer_meaning=OWSM_CTC_LAYERS)
+    if loaded.config.encoder == "transformer":  # OWLS: blocks without a norm of their own
+        return OwsmEncoder(loaded, layer_meaning=OWLS_LAYERS)
     return OwsmEncoder(loaded)

@@ -4,8 +4,9 @@ ESPnet's model repositories carry no ``config.json``; they carry a ``meta.yaml``
 s2t_train_config`` (what ``espnet_model_zoo`` uploads), or, in a recipe folder, a ``config.yaml`` of an S2T model
 (``encoder:`` and ``decoder:`` keys, ``preprocessor: s2t`` or an ``e_branchformer`` encoder; OWSM-CTC's ``model:
 espnet_ctc`` with an ``e_branchformer_ctc`` encoder). A hub id is looked up in the local hub cache; an id not cached
-there is taken for OWSM when it names an ``espnet/owsm`` or ``espnet/powsm`` repository (loading it then downloads it,
-or says how to).
+there is taken for OWSM when it names an ``espnet/owsm``, ``espnet/powsm`` or ``espnet/owls`` repository (loading it
+then downloads it, or says how to). A training step (``intermediates``: ``<repository>@step=N``, or a step's folder
+holding DeepSpeed's ``mp_rank_00_model_states.pt``) is ESPnet's too; its loader names what is wrong with it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ import pathlib
 
 import yaml
 
+from engine.errors import CheckpointError
+from engine.models.owsm.intermediates import training_step
+
 MAX_DEPTH = 4  # exp/s2t_train_.../config.yaml sits two folders down; a recipe root one more
 
 
 def is_espnet_s2t(source: str | os.PathLike) -> bool:
+    try:
+        if training_step(source) is not None:
+            return True
+    except CheckpointError:  # a misspelt step: the OWSM loader says what is wrong
+        return True
     path = pathlib.Path(source).expanduser()
     if path.is_dir():
         return _folder_is_s2t(path)
@@ -30,7 +39,7 @@ def is_espnet_s2t(source: str | os.PathLike) -> bool:
     meta = _cached(str(source), "meta.yaml")
     if meta is not None:
         return _meta_is_s2t(pathlib.Path(meta))
-    return repo_id.lower().startswith(("espnet/owsm", "espnet/powsm"))
+    return repo_id.lower().startswith(("espnet/owsm", "espnet/powsm", "espnet/owls"))
 
 
 def _folder_is_s2t(root: pathlib.Path) -> bool:

@@ -18,6 +18,11 @@ self-attention (``norm_mha``, no relative positions: OWSM v3.1 adds absolute one
 merge: ``x += merge_proj(c + dwconv(c))`` with ``c = [attn, cgmlp]``; ``x += 0.5 * ffn(norm(x))``; ``norm_final``.
 Feed-forwards use swish; every norm is ESPnet's ``LayerNorm`` (eps 1e-12).
 
+OWLS (``config.encoder == "transformer"``: ESPnet's ``TransformerEncoder``): the same layer 0 and ``after_norm``; a
+block (``EncoderLayer`` with ``normalize_before``) is ``x += attn(norm1(x))``, ``x += ffn(norm2(x))`` with a ReLU
+feed-forward, and has no norm of its own at the end, so layers ``1..L`` are its unnormalised residual stream (as
+Whisper's blocks are).
+
 No padding mask: ESPnet's S2T inference gives every clip a full 30 s window marked valid (see ``features``), so every
 frame attends to every frame and the convolutions read the padded silence, as they do in ESPnet.
 
@@ -212,6 +217,24 @@ class EBranchformerBlock(nnx.Module):
         return self.norm_final(self.body(x, head_scale))
 
 
+class TransformerBlock(nnx.Module):
+    """ESPnet's pre-norm ``EncoderLayer`` (OWLS): self-attention then a ReLU feed-forward, each on its own norm."""
+
+    def __init__(self, sd, prefix: str, config: OwsmConfig, dtype):
+        self.norm1 = norm(sd, f"{prefix}.norm1", dtype)
+        self.attn = Attention(sd, f"{prefix}.self_attn", config.n_head, dtype)
+        self.norm2 = norm(sd, f"{prefix}.norm2", dtype)
+        self.ff = FeedForward(sd, f"{prefix}.feed_forward", dtype, jax.nn.relu)
+
+    def __call__(self, x, head_scale=None):
+        x = x + self.attn(self.norm1(x), head_scale)
+        return x + self.ff(self.norm2(x))
+
+
+# config.encoder -> its block (OWSM-CTC's encoder builds its own: ``ctc_model``).
+BLOCKS = {"e_branchformer": EBranchformerBlock, "transformer": TransformerBlock}
+
+
 class OwsmEncoder(nnx.Module):
     """The encoder. Build with ``OwsmEncoder(config, state_dict, dtype)``; ``state_dict`` holds at least
     ``encoder_shapes(config)``."""
@@ -240,7 +263,7 @@ class OwsmEncoder(nnx.Module):
 
     @staticmethod
     def block(sd, i: int, config: OwsmConfig, dtype):
-        return EBranchformerBlock(sd, f"encoder.encoders.{i}", config, dtype)
+        return BLOCKS[config.encoder](sd, f"encoder.encoders.{i}", config, dtype)
 
     def embed(self, features):
         """f32[batch, feature_frame, n_mels] -> layer 0, f[batch, frame, width]."""
@@ -293,7 +316,7 @@ class OwsmEncoder(nnx.Module):
 
 def encoder_shapes(config: OwsmConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor the encoder reads, in ESPnet's names and PyTorch layouts."""
-    w, f, g = config.width, config.ffn_width, config.cgmlp_width
+    w = config.width
     shapes = {
         "encoder.embed.conv.0.weight": (w, 1, 3, 3),
         "encoder.embed.conv.0.bias": (w,),
@@ -306,21 +329,37 @@ def encoder_shapes(config: OwsmConfig) -> dict[str, tuple[int, ...]]:
         "encoder.after_norm.weight": (w,),
         "encoder.after_norm.bias": (w,),
     }
+    block = _transformer_block_shapes if config.encoder == "transformer" else _ebranchformer_block_shapes
     for i in range(config.n_layer):
-        p = f"encoder.encoders.{i}"
-        for n in ("norm_ff_macaron", "norm_mha", "norm_mlp", "norm_ff", "norm_final"):
-            shapes |= {f"{p}.{n}.weight": (w,), f"{p}.{n}.bias": (w,)}
-        for ff in ("feed_forward_macaron", "feed_forward"):
-            shapes |= {f"{p}.{ff}.w_1.weight": (f, w), f"{p}.{ff}.w_1.bias": (f,)}
-            shapes |= {f"{p}.{ff}.w_2.weight": (w, f), f"{p}.{ff}.w_2.bias": (w,)}
-        for n in ("q", "k", "v", "out"):
-            shapes |= {f"{p}.attn.linear_{n}.weight": (w, w), f"{p}.attn.linear_{n}.bias": (w,)}
-        c = f"{p}.cgmlp"
-        shapes |= {f"{c}.channel_proj1.0.weight": (g, w), f"{c}.channel_proj1.0.bias": (g,)}
-        shapes |= {f"{c}.csgu.norm.weight": (g // 2,), f"{c}.csgu.norm.bias": (g // 2,)}
-        shapes |= {f"{c}.csgu.conv.weight": (g // 2, 1, config.cgmlp_kernel), f"{c}.csgu.conv.bias": (g // 2,)}
-        shapes |= {f"{c}.channel_proj2.weight": (w, g // 2), f"{c}.channel_proj2.bias": (w,)}
-        shapes |= {f"{p}.depthwise_conv_fusion.weight": (2 * w, 1, config.merge_kernel)}
-        shapes |= {f"{p}.depthwise_conv_fusion.bias": (2 * w,)}
-        shapes |= {f"{p}.merge_proj.weight": (w, 2 * w), f"{p}.merge_proj.bias": (w,)}
+        shapes |= block(config, f"encoder.encoders.{i}")
+    return shapes
+
+
+def _transformer_block_shapes(config: OwsmConfig, p: str) -> dict[str, tuple[int, ...]]:
+    w, f = config.width, config.ffn_width
+    shapes = {f"{p}.{n}.{k}": (w,) for n in ("norm1", "norm2") for k in ("weight", "bias")}
+    for n in ("q", "k", "v", "out"):
+        shapes |= {f"{p}.self_attn.linear_{n}.weight": (w, w), f"{p}.self_attn.linear_{n}.bias": (w,)}
+    shapes |= {f"{p}.feed_forward.w_1.weight": (f, w), f"{p}.feed_forward.w_1.bias": (f,)}
+    return shapes | {f"{p}.feed_forward.w_2.weight": (w, f), f"{p}.feed_forward.w_2.bias": (w,)}
+
+
+def _ebranchformer_block_shapes(config: OwsmConfig, p: str) -> dict[str, tuple[int, ...]]:
+    w, f, g = config.width, config.ffn_width, config.cgmlp_width
+    shapes = {}
+    for n in ("norm_ff_macaron", "norm_mha", "norm_mlp", "norm_ff", "norm_final"):
+        shapes |= {f"{p}.{n}.weight": (w,), f"{p}.{n}.bias": (w,)}
+    for ff in ("feed_forward_macaron", "feed_forward"):
+        shapes |= {f"{p}.{ff}.w_1.weight": (f, w), f"{p}.{ff}.w_1.bias": (f,)}
+        shapes |= {f"{p}.{ff}.w_2.weight": (w, f), f"{p}.{ff}.w_2.bias": (w,)}
+    for n in ("q", "k", "v", "out"):
+        shapes |= {f"{p}.attn.linear_{n}.weight": (w, w), f"{p}.attn.linear_{n}.bias": (w,)}
+    c = f"{p}.cgmlp"
+    shapes |= {f"{c}.channel_proj1.0.weight": (g, w), f"{c}.channel_proj1.0.bias": (g,)}
+    shapes |= {f"{c}.csgu.norm.weight": (g // 2,), f"{c}.csgu.norm.bias": (g // 2,)}
+    shapes |= {f"{c}.csgu.conv.weight": (g // 2, 1, config.cgmlp_kernel), f"{c}.csgu.conv.bias": (g // 2,)}
+    shapes |= {f"{c}.channel_proj2.weight": (w, g // 2), f"{c}.channel_proj2.bias": (w,)}
+    shapes |= {f"{p}.depthwise_conv_fusion.weight": (2 * w, 1, config.merge_kernel)}
+    shapes |= {f"{p}.depthwise_conv_fusion.bias": (2 * w,)}
+    shapes |= {f"{p}.merge_proj.weight": (w, 2 * w), f"{p}.merge_proj.bias": (w,)}
     return shapes

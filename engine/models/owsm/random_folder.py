@@ -15,6 +15,8 @@ The kinds, each as its released config sets it (``config`` lists what babelgrid 
   ``<asr>`` and ``<st_xxx>``, a Transformer decoder of ``--layers`` blocks;
 - ``powsm`` (``espnet/powsm``): ``conv2d8`` (8x), 128 mels, a 20 s window with 40 ms timestamps, the tasks ``<asr>``,
   ``<pr>`` (phone recognition), ``<g2p>``, ``<p2g>``, and IPA phones as ``/p/`` tokens after the timestamps;
+- ``owls`` (``espnet/owls_1B_180K``): OWSM v3.1's files with ``encoder: transformer`` (ESPnet's
+  ``TransformerEncoder``, pre-norm, ReLU feed-forwards 4 x wide), ``conv2d``, 80 mels, a 30 s window;
 - ``owsm-ctc`` (``espnet/owsm_ctc_v4_1B``): ``model: espnet_ctc``, an ``e_branchformer_ctc`` encoder (``conv2d8``,
   128 mels, 30 s) with self-conditioned interior CTC heads after every block but the last (v4: 6, 12, 15, 21 of 27),
   cross-attention to the prompt in every second block (v4: every third), a prompt encoder of ``--layers`` blocks as
@@ -79,6 +81,11 @@ def _frontend(n_mels: int) -> dict:
             "specaug": None, "normalize": "global_mvn", "normalize_conf": {"stats_file": STATS}}  # fmt: skip
 
 
+def _transformer_encoder_conf(sizes: Sizes) -> dict:
+    return dict(output_size=sizes.width, attention_heads=sizes.heads, linear_units=4 * sizes.width,
+                num_blocks=sizes.layers, input_layer="conv2d", normalize_before=True)  # fmt: skip
+
+
 def _s2t_config(sizes: Sizes, input_layer: str, n_mels: int, seconds: float, resolution: float,
                 tokens: list[str]) -> dict:  # fmt: skip
     """An attention encoder-decoder's S2T config (OWSM v3.1, v4, POWSM)."""
@@ -104,6 +111,11 @@ def powsm_config(sizes: Sizes) -> dict:
     """The S2T training config of a random POWSM of ``sizes`` (the module docstring)."""
     tokens = token_list(POWSM_SECONDS, 0.04, POWSM_TASKS, PHONES)
     return _s2t_config(sizes, "conv2d8", 128, POWSM_SECONDS, 0.04, tokens)
+
+
+def owls_config(sizes: Sizes) -> dict:
+    """The S2T training config of a random OWLS of ``sizes``: v3.1's with a transformer encoder."""
+    return train_config(sizes) | {"encoder": "transformer", "encoder_conf": _transformer_encoder_conf(sizes)}
 
 
 def owsm_ctc_config(sizes: Sizes) -> dict:
@@ -147,6 +159,7 @@ KINDS = (
     RandomKind("owsm", "espnet/owsm_v3.1_ebf_base", Sizes(2, 64, 4), _writer(train_config), note=_SAFETENSORS),
     RandomKind("powsm", "espnet/powsm", Sizes(2, 64, 4), _writer(powsm_config),
                note=f"{_SAFETENSORS}; {len(PHONES)} IPA phones"),
+    RandomKind("owls", "espnet/owls_1B_180K", Sizes(2, 64, 4), _writer(owls_config), note=_SAFETENSORS),
     RandomKind("owsm-ctc", "espnet/owsm_ctc_v4_1B", Sizes(2, 64, 4), _writer(owsm_ctc_config),
                note=f"{_SAFETENSORS}; the prompt encoder as wide and deep as the encoder"),
 )  # fmt: skip

@@ -191,6 +191,11 @@ class OwsmTrainer(Checkpointed):
             import safetensors.numpy  # noqa: F401  (export writes the weights with it)
         except ImportError as e:
             return f"exporting the model needs the safetensors package ({e}): pip install safetensors"
+        if self.loaded.checkpoint.step is not None:  # its folder is the final model's, with the final weights
+            return (
+                f"'{self.loaded.checkpoint.name}' is a training step, whose folder is not a model repository to copy; "
+                "finetune it without exporting, or export a model's own folder"
+            )
         try:
             find_files(self.loaded.checkpoint.path)
         except CheckpointError as e:

@@ -6,7 +6,8 @@ Real OWSM v3.1 base widths (768 wide, 12 heads, 3072-wide feed-forwards and cgML
 list with OWSM's special tokens (languages, tasks, 1501 timestamps) around a small SentencePiece BPE trained on the
 FLEURS transcripts. ``VARIANTS`` names what OWSM v4 (``owsm_v4_base_102M``'s published config: ``input_layer:
 conv2d8``, 128 mel bins) and POWSM (``espnet/powsm``: a 20 s window, 40 ms timestamps, the tasks ``<pr>`` phone
-recognition, ``<g2p>``, ``<p2g>``, and IPA phones as ``/p/`` tokens) change on the same widths.
+recognition, ``<g2p>``, ``<p2g>``, and IPA phones as ``/p/`` tokens) change on the same widths; ``OWLS`` what OWLS
+(``espnet/owls_*``) changes: ESPnet's transformer encoder, at its own widths.
 
 The reference is ESPnet 202611 (``ESPNET``, the Makefile's pin), checked at import.
 
@@ -96,6 +97,14 @@ VARIANTS = {
     "powsm": dict(V31, seconds=20, resolution=0.04, tasks=("<asr>", "<pr>", "<g2p>", "<p2g>"),
                   phones=tuple(f"/{p}/" for p in ("a", "e", "i", "o", "u", "p", "pʰ", "t", "k", "s", "n", "m", "ɾ"))),
 }  # fmt: skip
+# OWLS (espnet/owls_*): ESPnet's TransformerEncoder (pre-norm, ReLU) and the same decoder, at OWSM v3's transformer
+# widths (1024 wide, 16 heads, 4096-wide feed-forwards: the 1B scale of OWLS's ladder), depth cut to 2 encoder blocks
+# and 1 decoder block, and a 4 s window (10 s of 1024-channel convolutions would be most of the test's CPU time; the
+# arithmetic is the same).
+OWLS = dict(V31, encoder="transformer", seconds=4)
+OWLS_ENCODER = dict(output_size=1024, attention_heads=16, linear_units=4096, num_blocks=2, input_layer="conv2d",
+                    normalize_before=True)  # fmt: skip
+OWLS_DECODER = dict(attention_heads=16, linear_units=4096, num_blocks=1)
 EXP = "exp/s2t_train_s2t_ebf_test_raw_bpe"
 STATS = "exp/s2t_stats_raw_bpe/train/feats_stats.npz"
 BPE = "data/token_list/bpe_unigram/bpe.model"
@@ -118,9 +127,9 @@ def token_list(pieces: list[str], variant: dict = V31) -> list[str]:
 def write_model(
     root: pathlib.Path, fleurs_dir: pathlib.Path, seed: int = 0, variant: str = "v3.1", narrow: bool = False
 ) -> pathlib.Path:
-    """Build a random OWSM (``VARIANTS[variant]``) with ``S2TTask.build_model`` and save it under ``root`` as ESPnet
-    publishes models. ``narrow``: ``NARROW``'s widths (the job tests'), not v3.1 base's."""
-    changes = VARIANTS[variant]
+    """Build a random OWSM (``VARIANTS[variant]``, or ``"owls"``: ``OWLS``) with ``S2TTask.build_model`` and save it
+    under ``root`` as ESPnet publishes models. ``narrow``: ``NARROW``'s widths (the job tests'), not v3.1 base's."""
+    changes = OWLS if variant == "owls" else VARIANTS[variant]
     tokens = token_list(train_bpe(root, fleurs_dir), changes)
     (root / BPE).with_name("tokens.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")
 
@@ -132,6 +141,8 @@ def write_model(
     encoder = dict(ENCODER, **NARROW) if narrow else ENCODER
     args.encoder, args.encoder_conf = "e_branchformer", dict(encoder, input_layer=changes["input_layer"])
     args.decoder, args.decoder_conf = "transformer", dict(DECODER, **NARROW_DECODER) if narrow else dict(DECODER)
+    if variant == "owls":
+        args.encoder, args.encoder_conf, args.decoder_conf = "transformer", dict(OWLS_ENCODER), dict(OWLS_DECODER)
     args.model_conf = {"ctc_weight": 0.3, "lsm_weight": 0.1, "length_normalized_loss": False, "sym_na": "<na>"}
     args.preprocessor_conf = {
         "fs": SAMPLE_RATE,
