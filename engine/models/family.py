@@ -57,6 +57,10 @@ from engine.models.speechllm.config import MODEL_TYPES as SPEECHLLM_TYPES
 from engine.models.speechllm.qwen3_checkpoints import HUB_NAMES as QWEN3_HUB_NAMES
 from engine.models.speechllm.qwen3_config import HUB_IDS as QWEN3_HUB_IDS
 from engine.models.speechllm.qwen3_config import MODEL_TYPES as QWEN3_TYPES
+from engine.models.speechllm.usm_config import HUB_IDS as USM_HUB_IDS
+from engine.models.speechllm.usm_config import HUB_NAMES as USM_HUB_NAMES
+from engine.models.speechllm.usm_config import MODEL_TYPES as USM_TYPES
+from engine.models.speechllm.usm_random import KINDS as USM_RANDOM
 from engine.models.w2vbert import encoder as w2vbert_encoder
 from engine.models.w2vbert import random_folder as w2vbert_random
 from engine.models.wav2vec2 import encoder as wav2vec2_encoder
@@ -164,11 +168,12 @@ FAMILIES: dict[str, Family] = {
             layout=is_espnet_s2t, random_kinds=OWSM_RANDOM, trainer=load_owsm_trainer,
         ),
         Family(
-            "speechllm", (*SPEECHLLM_TYPES, *QWEN3_TYPES), speechllm_encoder.load, SPEECHLLM_LAYERS,
-            hub_ids=(*SPEECHLLM_HUB_IDS.values(), *(i for ids in QWEN3_HUB_IDS.values() for i in ids)),
+            "speechllm", (*SPEECHLLM_TYPES, *QWEN3_TYPES, *USM_TYPES), speechllm_encoder.load, SPEECHLLM_LAYERS,
+            hub_ids=(*SPEECHLLM_HUB_IDS.values(), *(i for ids in (*QWEN3_HUB_IDS.values(), *USM_HUB_IDS.values())
+                                                     for i in ids)),
             outputs=speechllm_encoder.OUTPUTS, depth=speechllm_encoder.store_depth,
-            random_kinds=speechllm_random.KINDS + qwen3_random.KINDS,
-            hub_names=r"qwen2-audio|voxtral|audio-flamingo|" + QWEN3_HUB_NAMES,
+            random_kinds=speechllm_random.KINDS + qwen3_random.KINDS + USM_RANDOM,
+            hub_names=r"qwen2-audio|voxtral|audio-flamingo|" + QWEN3_HUB_NAMES + "|" + USM_HUB_NAMES,
         ),
         Family(
             "fastconformer", FASTCONFORMER_TYPES, fastconformer_encoder.load, FASTCONFORMER_LAYERS,

@@ -98,7 +98,9 @@ def _is_norm(module: str) -> bool:
 
 def save_weights(path: pathlib.Path, tensors: Mapping[str, np.ndarray]) -> None:
     """``tensors`` as a safetensors file, as ``save_pretrained`` writes one (``format: pt`` in its metadata)."""
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    # reshaped: ascontiguousarray makes a 0-d tensor (Gemma 4's clip bounds) 1-d
+    save_file({k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in tensors.items()}, str(path),
+              metadata={"format": "pt"})  # fmt: skip
 
 
 def write_json(path: pathlib.Path, value) -> None:

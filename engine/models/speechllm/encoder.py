@@ -20,9 +20,10 @@ from engine.models.common import logmel
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder, Signature
 from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims, LoadedEncoder
-from engine.models.speechllm import qwen3_encoder
+from engine.models.speechllm import qwen3_encoder, usm_encoder
 from engine.models.speechllm.loaded import LoadedSpeechLLM, load_speechllm
 from engine.models.speechllm.qwen3_checkpoints import is_qwen3
+from engine.models.speechllm.usm_checkpoints import is_usm
 
 OUTPUTS = ("layers", "final", "projector")  # what a store of the family holds (encode --tower_output)
 _INPUTS = (("mel f32[batch, n_mels, 3000]", np.float32, 3), ("frames i32[batch]", np.int32, 1))
@@ -187,8 +188,11 @@ class SpeechLLMEncoder(LoadedEncoder):
 
 
 def load(source, *, adapter=None, dtype=None, output: str = "layers") -> SpeechLLMEncoder:
-    """The tower of a speech LLM's folder or hub id; a Qwen3-ASR or Qwen3-Omni one is ``qwen3_encoder``'s."""
+    """The tower of a speech LLM's folder or hub id; a Qwen3-ASR or Qwen3-Omni one is ``qwen3_encoder``'s, a Gemma 3n
+    or Gemma 4 one ``usm_encoder``'s."""
     if is_qwen3(source):
         return qwen3_encoder.load(source, dtype=dtype, output=output)
+    if is_usm(source):
+        return usm_encoder.load(source, dtype=dtype, output=output)
     del adapter  # refused by engine.models.family.load_encoder
     return SpeechLLMEncoder(load_speechllm(source, dtype=jnp.float32 if dtype is None else dtype), output)

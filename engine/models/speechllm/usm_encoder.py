@@ -1,0 +1,175 @@
+"""The USM Conformer (Gemma 3n's and Gemma 4's audio tower) behind the family interface (``engine.models.interface``),
+in the speech-LLM family: the same ``--tower_output layers|final|projector`` as the other towers.
+
+Windows and padding, declared here and never probed by a job: audio is cut into babelgrid's 30 s windows (the
+feature extractor's own ``max_length``), each featurized alone by the model's extractor (``usm_features``: 3n's or
+4's settings, padded to a multiple of 128 samples), so a window's frames never depend on its batch mates; a batch
+zero-pads each window's log-mel to 3000 frames and masks the frames past it. The tower attends within chunks of 12
+frames (480 ms) over the 12 frames before each chunk (``features``' ``attention_chunk_frames``, ``attention_left``);
+it is causal, so a window's frames depend only on that window's audio up to them. Frames: 25/s (40 ms) for the
+layers and Gemma 4's output; 3n's output and projector keep every 4th (6.25/s). A window costs its 3000-frame batch
+row whatever its length (``pads_windows``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from engine.errors import AudioError, CheckpointError
+from engine.models.common.heads import HeadMasked
+from engine.models.common.parallel import ShardedEncoder, Signature
+from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder, window_frames
+from engine.models.speechllm.usm_features import MAX_SAMPLES
+from engine.models.speechllm.usm_loaded import WINDOW_MEL_FRAMES, LoadedUsm, collate, load_usm
+
+OUTPUTS = ("layers", "final", "projector")
+USM_LAYERS = (
+    "0 = the subsampler's output (two stride-2 Conv2d over time and mel, each normed and ReLU'd, input_proj_linear), "
+    "1..L = conformer block outputs (each after its block's final RMSNorm); 25 frames/s"
+)
+_INPUTS = (("mel f32[batch, 3000, n_mels]", np.float32, 3), ("valid i32[batch]", np.int32, 1))
+
+
+def _encode(model, mel, valid, *, layers, out_dtype):
+    return model(mel, valid, layers, out_dtype)
+
+
+def _output(name):
+    def call(model, mel, valid, *, layers, out_dtype):
+        del layers  # one layer
+        return model.output_states(mel, valid, name, out_dtype)
+
+    return call
+
+
+SIGNATURES = {"layers": Signature(_encode, _INPUTS), **{o: Signature(_output(o), _INPUTS) for o in OUTPUTS[1:]}}
+
+
+def _masked(model, mel, valid, *, layers, head_mask):
+    return model(mel, valid, layers, jnp.float32, head_mask)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class UsmEncoder(LoadedEncoder):
+    """A ``LoadedUsm`` as an ``engine.models.interface.Encoder``. A window is ``(log-mel f32[frames, n_mels], valid
+    mel frames)``."""
+
+    loaded: LoadedUsm
+    output: str = "layers"
+    family: str = "speechllm"
+    heads: frozenset = frozenset()
+    window_samples: int = MAX_SAMPLES
+    pads_windows: bool = True  # every window runs as a 3000-frame row (``cost``)
+    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
+    ffn_scaled_sums = None
+    attention_stats = None  # the heads job's attention statistics: not offered (chunked attention)
+    value_zeroing = None  # blocks re-run with value vectors zeroed: not offered
+
+    def __post_init__(self):
+        if self.output not in OUTPUTS:
+            raise CheckpointError(f"--tower_output {self.output!r} is not one of {OUTPUTS}")
+        if self.output == "projector" and not self.loaded.config.has_projector:
+            raise CheckpointError(
+                f"model {self.name!r} is a Gemma audio tower saved alone, without embed_audio; load the full model's "
+                "folder for --tower_output projector"
+            )
+
+    @property
+    def min_samples(self) -> int:
+        return self.loaded.min_samples
+
+    @property
+    def layer_meaning(self) -> str:
+        c, rate = self.loaded.config, f"{self.frame_rate:g} frames/s"
+        if self.output == "final":
+            how = "output_proj of block L" if c.has_output_proj else f"block L's every {c.reduction}th frame"
+            return f"0 = the tower's output ({how}), {rate}"
+        if self.output == "projector":
+            return f"0 = embed_audio's output (norm, projection to the text width): the frames the LLM reads, {rate}"
+        return USM_LAYERS
+
+    @property
+    def store_dims(self) -> FamilyDims:
+        config = {**self.loaded.config.to_dict(), "output": self.output}
+        return FamilyDims.from_dict({"n_layers_out": self.n_layers_out, "embed": self.embed, "config": config})
+
+    @property
+    def frame_rate(self) -> float:
+        rate = 1.0 / self.loaded.seconds_per_frame
+        return rate if self.output == "layers" else rate / self.loaded.config.reduction
+
+    @property
+    def n_layers_out(self) -> int:
+        return self.loaded.n_layers_out if self.output == "layers" else 1
+
+    @property
+    def embed(self) -> int:
+        c = self.loaded.config
+        return {"layers": c.width, "final": c.final_width, "projector": c.text_width}[self.output]
+
+    @property
+    def features(self) -> dict:
+        c = self.loaded.config
+        return {**self.loaded.feature_settings.to_dict(), "model": c.kind, "window_mel_frames": WINDOW_MEL_FRAMES,
+                "attention_chunk_frames": c.chunk, "attention_left": c.past,
+                "attention_distances": c.distances}  # fmt: skip
+
+    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list, np.ndarray]:
+        """``f32[samples]`` -> ((log-mel, valid mel frames) per window, this output's valid frames per window)."""
+        inputs = self.loaded.features(samples, long_audio)
+        kept = self.loaded.frames(np.asarray([v for _, v in inputs]), self.output)
+        if not kept.sum():
+            raise AudioError(f"{len(samples)} samples give no frame of the Gemma audio tower ({self.output})")
+        return inputs, kept
+
+    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
+        def frames(s: int) -> int:
+            return int(self.loaded.frames(self.loaded.valid_mel(s), self.output))
+
+        return window_frames(samples, long_audio, frames, self.min_samples, MAX_SAMPLES)
+
+    def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows -> ``(mel f32[batch_size, 3000, n_mels], valid i32[batch_size])``; padding rows: zeros, 0 valid."""
+        return collate(inputs, batch_size)
+
+    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
+        """The encoder with a head mask (``engine.models.common.heads``): ``(mel, valid)`` batches; a head's output
+        is scaled before the block's ``post`` projection."""
+        if self.output != "layers":
+            raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
+        c = self.loaded.config
+        return HeadMasked(self.loaded.model, _masked, c.layers, c.heads, tuple(layers))
+
+    def sharded(self, mesh, layers: Sequence[int], out_dtype):
+        signature = SIGNATURES[self.output]
+        return ShardedEncoder(self.loaded.model, signature, mesh, layers=tuple(layers), out_dtype=out_dtype)
+
+    def cost(self, samples: int) -> EncoderCost:
+        """One window's FLOPs (a full 3000-frame row whatever ``samples``) and parameters."""
+        if not 0 <= samples <= MAX_SAMPLES:
+            raise ValueError(f"a window holds 0..{MAX_SAMPLES} samples, got {samples}")
+        c, w = self.loaded.config, self.loaded.config.width
+        (c0, c1), t1, t = c.conv_channels, WINDOW_MEL_FRAMES // 2, WINDOW_MEL_FRAMES // 4
+        front = 2 * 9 * c0 * t1 * (c.n_mels // 2) + 2 * 9 * c0 * c1 * t * c.sub_mels + 2 * c1 * c.sub_mels * w * t
+        u = -(-t // c.chunk) * c.chunk
+        layer = 2 * t * (8 * w * w + 4 * w * w + 3 * w * w + 8 * w * w) + 2 * 3 * u * c.context * w
+        params = 9 * (c0 + c0 * c1) + c0 + c1 + c1 * c.sub_mels * w + c.layers * (
+            24 * w * w + 9 * w + c.head_dim + c.conv_kernel * w
+        )  # fmt: skip
+        params += c.output_dim * (w + 1) if c.has_output_proj else 0
+        return EncoderCost(front=front, layer=layer, n_layers=c.layers, frames=t, n_head=c.heads, params=params,
+                           input_bytes=4 * c.n_mels * WINDOW_MEL_FRAMES)  # fmt: skip
+
+    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
+        """None: the family has no decoder here (Gemma's text decoder is out of scope)."""
+        del langs
+        return []
+
+
+def load(source, *, adapter=None, dtype=None, output: str = "layers") -> UsmEncoder:
+    del adapter  # refused by engine.models.family.load_encoder
+    return UsmEncoder(load_usm(source, dtype=jnp.float32 if dtype is None else dtype), output)
