@@ -1,7 +1,10 @@
 """The align job end to end, through its flags, on a layer store of real FLEURS clips with the packaged whisper-base.
 
-The job runs in subprocesses (absl flags are process-global and other job modules define the same names). What it
-wrote is read back and compared with ``engine.models.whisper.timing.align_words`` run directly on the stored states.
+The job runs once through its flags in a subprocess (absl flags are process-global and other job modules define the
+same names), and as two ``jax.distributed`` processes; the resumes, the decoded transcripts and the refusals call its
+library entry point (``run_align``, what the flags reach) in this process, which loads whisper-base once per call
+instead of a job process each. What it wrote is read back and compared with ``engine.models.whisper.timing.align_words``
+run directly on the stored states.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.errors import BabelgridError
 from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.timing import align_words, fill_padding, silence_states
+from engine.pipelines.align.config import AlignConfig, AlignError
+from engine.pipelines.align.run import run_align
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.runtime.options import configure
@@ -63,6 +69,12 @@ def words_out(run_job, layer_store, tmp_path_factory) -> tuple[pathlib.Path, str
     return out, proc.stdout
 
 
+def align(store: pathlib.Path, out: pathlib.Path, **settings):
+    """The align job's run on ``store`` into ``out`` with ``settings`` as its flags give them; its summary
+    (``report()`` is what the job prints)."""
+    return run_align(configure(AlignConfig, store=str(store), out=str(out), progress=False, **settings))
+
+
 def read_words_pd(out: pathlib.Path, lang: str) -> pd.DataFrame:
     return pd.read_parquet(out / lang / "words.parquet")
 
@@ -104,7 +116,7 @@ def test_words_equal_the_library_on_the_stored_states(layer_store, words_out, wh
     assert long.end.max() > 30.0 and (np.diff(long.start) >= 0).all()  # words past the first window, in order
 
 
-def test_skips_are_listed_and_counted(run_job, words_out, layer_store, tmp_path):
+def test_skips_are_listed_and_counted(words_out, layer_store, tmp_path):
     out, stdout = words_out
     table, skipped_en = read_words(str(out), "en", skipped=True)
     pd.testing.assert_frame_equal(table.to_pandas(), read_words_pd(out, "en"))
@@ -113,24 +125,26 @@ def test_skips_are_listed_and_counted(run_job, words_out, layer_store, tmp_path)
     assert skipped["en"].to_dict("records") == [dict(utterance=1, id=NO_TEXT, reason="no_transcription")]
     assert skipped["es"].to_dict("records") == [dict(utterance=1, id=MISSING, reason="not_encoded")]
     assert "skipped 1 (no_transcription)" in stdout and "skipped 1 (not_encoded)" in stdout
-    run_job("align", "--store", str(layer_store), "--out", str(tmp_path / "w"), "--langs", "es", "--strict", expect=1)
+    from jobs.common import finish  # the exit status the job returns (defines no flags)
+
+    assert finish(align(layer_store, tmp_path / "w", langs=("es",)), strict=True) == 1  # --strict with a skip
 
 
-def test_resume_redoes_only_missing_parts(run_job, layer_store, words_out, tmp_path):
+def test_resume_redoes_only_missing_parts(layer_store, words_out, tmp_path):
     out, _ = words_out
-    again = run_job("align", "--store", str(layer_store), "--out", str(out), "--chunk", "2")
-    assert "aligned 0 utterances" in again.stdout and f"{len(CLIPS)} already done" in again.stdout
+    again = align(layer_store, out, chunk=2).report()
+    assert "aligned 0 utterances" in again and f"{len(CLIPS)} already done" in again, again
     before = read_words_pd(out, "de")
     (out / "de" / "parts" / "00000000.parquet").unlink()  # de-009 and de-000
     (out / "de" / "words.parquet").unlink()
-    redo = run_job("align", "--store", str(layer_store), "--out", str(out), "--chunk", "2")
-    assert "aligned 2 utterances" in redo.stdout, redo.stdout
+    redo = align(layer_store, out, chunk=2).report()
+    assert "aligned 2 utterances" in redo, redo
     pd.testing.assert_frame_equal(read_words_pd(out, "de"), before)
 
 
-def test_decoded_transcripts(run_job, layer_store, tmp_path):
+def test_decoded_transcripts(layer_store, tmp_path):
     out = tmp_path / "decoded"
-    run_job("align", "--store", str(layer_store), "--out", str(out), "--langs", "de", "--transcripts", "decode")
+    align(layer_store, out, langs=("de",), transcripts="decode")
     words = read_words_pd(out, "de")
     for uid in ("fleurs-de-000", "fleurs-de-009"):
         w = words[words.id == uid]
@@ -138,17 +152,15 @@ def test_decoded_transcripts(run_job, layer_store, tmp_path):
     assert words[words.id == "fleurs-de-009"].end.max() > 30.0
 
 
-def test_refusals(run_job, layer_store, words_out, whisper, tiny_model_dir, tmp_path):
+def test_refusals(layer_store, words_out, whisper, tiny_model_dir, tmp_path):
     out, _ = words_out
-    other = run_job("align", "--store", str(layer_store), "--out", str(out), "--median_filter_width", "5", expect=None)
-    assert other.returncode != 0 and "median_filter_width" in other.stderr
-    unknown = run_job("align", "--store", str(layer_store), "--out", str(tmp_path / "x"), "--langs", "xx", expect=None)
-    assert unknown.returncode != 0 and "not in the layer store" in unknown.stderr
+    with pytest.raises(BabelgridError, match="median_filter_width"):
+        align(layer_store, out, median_filter_width=5)
+    with pytest.raises(AlignError, match="not in the layer store"):
+        align(layer_store, tmp_path / "x", langs=("xx",))
     # A store written by another model.
-    wrong = run_job(
-        "align", "--store", str(layer_store), "--out", str(tmp_path / "z"), "--model", str(tiny_model_dir), expect=None
-    )
-    assert wrong.returncode != 0 and "pass the store's model with --model" in wrong.stderr
+    with pytest.raises(BabelgridError, match="pass the store's model with --model"):
+        align(layer_store, tmp_path / "z", model=str(tiny_model_dir))
     # A store without the final layer cannot feed the decoder.
     lower = tmp_path / "lower"
     clip = json.loads(io.StringIO((layer_store.parent / "clips.jsonl").read_text()).readline())
@@ -159,8 +171,8 @@ def test_refusals(run_job, layer_store, words_out, whisper, tiny_model_dir, tmp_
         ),
         encoder=WhisperEncoder(whisper),
     )
-    no_top = run_job("align", "--store", str(lower), "--out", str(tmp_path / "y"), expect=None)
-    assert no_top.returncode != 0 and "--layers all" in no_top.stderr
+    with pytest.raises(BabelgridError, match="--layers all"):
+        align(lower, tmp_path / "y")
 
 
 def test_two_processes_give_the_same_words(layer_store, words_out, tmp_path):

@@ -362,21 +362,19 @@ def test_translate_without_english_references_is_refused(odd_store, tiny_whisper
         decode_here(tiny_whisper, odd_store, tmp_path / "o", tasks=("translate",))
 
 
-def test_language_detect_and_decode_as_through_flags(
-    run_job, odd_store, fleurs_dir, tiny_model_dir, tiny_whisper, tmp_path
-):
+def test_language_detect_and_decode_as(odd_store, fleurs_dir, tiny_model_dir, tiny_whisper, tmp_path):
     """--language detect: each window's language is the library's detection, and the prompt carries it; references
     are still scored in the store language's (or --decode_as) normaliser."""
     from engine.data.audio import load_audio
     from engine.models.whisper.decoding import DecodingOptions
 
     out = tmp_path / "o"
-    args = ("--store", str(odd_store), "--out", str(out), "--model", str(tiny_model_dir), "--max_new_tokens", "5")
-    proc = run_job("decode", *args, "--language", "detect", "--decode_as", "ky=kk")
+    summary = decode_here(tiny_whisper, odd_store, out, model=str(tiny_model_dir), max_new_tokens=5,
+                          language="detect", decode_as=(("ky", "kk"),))  # fmt: skip
     manifest = json.loads((out / "decode.json").read_text())
     assert manifest["language"] == "detect" and manifest["decode_as"] == {"ky": "kk"}
     hyps = read_hypotheses(str(out)).to_pandas().set_index("id")
-    assert sorted(hyps.index) == ["fleurs-de-002", "fleurs-ky-001"], proc.stdout
+    assert sorted(hyps.index) == ["fleurs-de-002", "fleurs-ky-001"], summary.report()
     for uid, clip in (("fleurs-de-002", "de-002"), ("fleurs-ky-001", "de-001")):
         mel, _ = tiny_whisper.features(load_audio(fleurs_dir / f"fleurs-{clip}.ogg"))
         tokens, languages = library_decode(

