@@ -38,7 +38,13 @@ LAYERS = (0, 1, 2, 3)  # the tiny Whisper's stored layers
 
 
 @pytest.fixture(scope="module")
-def stores(fleurs_dir, run_job, tiny_model_dir, tmp_path_factory) -> dict[str, str]:
+def stores(fleurs_dir, tiny_whisper, tmp_path_factory) -> dict[str, str]:
+    """The two stores, encoded in this process (the encode job's library call, the session's loaded model): the
+    codes come from the folders, not the flags."""
+    from engine.models.whisper.encoder import WhisperEncoder
+    from engine.pipelines.encode.config import EncodeConfig
+    from engine.pipelines.encode.run import run_encode
+
     root = tmp_path_factory.mktemp("compare-codes")
     urls = {}
     for system, codes in CODES.items():
@@ -49,7 +55,8 @@ def stores(fleurs_dir, run_job, tiny_model_dir, tmp_path_factory) -> dict[str, s
                 for ext in ("ogg", "txt"):
                     (clips / code / f"{uid}.{ext}").symlink_to(fleurs_dir / f"fleurs-{prefix}-00{i}.{ext}")
         urls[system] = str(root / f"store-{system}")
-        run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", urls[system])
+        run_encode(configure(EncodeConfig, out=urls[system], dataset=f"folder:{clips}", progress=False),
+                   encoder=WhisperEncoder(tiny_whisper))  # fmt: skip
     return urls
 
 

@@ -29,9 +29,15 @@ import torch
 from transformers.models.parakeet.modeling_parakeet import ParakeetEncoderModelOutput
 
 from engine.data.audio import load_audio
+from engine.errors import BabelgridError
 from engine.models.family import load_encoder
 from engine.models.fastconformer.canary import load_canary
+from engine.pipelines.decode.config import DecodeConfig
+from engine.pipelines.decode.run import run_decode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.pipelines.stages.early_exit import cut_windows
+from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from tests.jobs.test_families import LANGS, PAIRS, family_clips
 from tests.models.fastconformer import canary_folder as cf
@@ -62,7 +68,8 @@ def canary_run(fleurs_dir, run_job, tmp_path_factory):
     references = root / "english.tsv"
     references.write_text("a\tThe first sentence in English.\nb\tAnd the second one.\n")
     store, out = root / "store", root / "decode"
-    run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", str(store))
+    # encode in this process (the encode job's library call; its flags on a Canary folder: test_fastconformer_jobs.py)
+    run_encode(configure(EncodeConfig, model=str(folder), dataset=f"folder:{clips}", out=str(store), progress=False))
     proc = run_job(
         "decode", "--store", str(store), "--model", str(folder), "--out", str(out), "--layers", "1,2",
         "--tasks", "transcribe,translate", "--references", str(references), "--max_new_tokens", str(MAX_NEW),
@@ -147,25 +154,24 @@ def _margin(model, ours, out, stored, generated, p: int, n: int) -> float:
     return float(((top2[:, 1] - top2[:, 0]) / np.abs(mine - theirs).max(-1)).min())
 
 
-def test_refusals(canary_run, run_job, tmp_path):
-    """One line each, before any part is written: --patience (transformers' beam search has none), a language Canary
-    has no token for, and translate from English (here French decoded as English, via --decode_as)."""
+def test_refusals(canary_run, tmp_path):
+    """One line each (a ``BabelgridError``: the job prints its message, no traceback), before any part is written:
+    --patience (transformers' beam search has none), a language Canary has no token for, and translate from English
+    (here French decoded as English, via --decode_as). Through the decode job's library call, in this process: the
+    refusals are the library's, and the flags these settings come from are the ones ``canary_run``'s job took."""
     _, _, root = canary_run
-    base = ("--store", str(root / "store"), "--model", str(root / "model"))
-    proc = run_job("decode", *base, "--out", str(tmp_path / "beam"), "--patience", "2", expect=None)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "--patience" in text and "has no such option" in text and "Traceback" not in text, (
-        text
-    )
-    proc = run_job("decode", *base, "--out", str(tmp_path / "ja"), "--decode_as", "fr=ja", expect=None)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "has no <|ja|> token" in text and "Traceback" not in text, text
-    assert not (tmp_path / "ja" / "parts").exists()
-    references = str(root / "english.tsv")
-    proc = run_job("decode", *base, "--out", str(tmp_path / "en"), "--decode_as", "fr=en", "--tasks", "translate",
-                   "--references", references, expect=None)  # fmt: skip
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "language 'fr'" in text and "is English" in text and "Traceback" not in text, text
+
+    def refused(out, match, **settings):
+        config = configure(DecodeConfig, store=str(root / "store"), model=str(root / "model"), out=str(out),
+                           progress=False, **settings)  # fmt: skip
+        with pytest.raises(BabelgridError, match=match):
+            run_decode(config)
+        assert not (out / "parts").exists()
+
+    refused(tmp_path / "beam", r"--patience.*has no such option|has no such option.*--patience", patience=2.0)
+    refused(tmp_path / "ja", r"has no <\|ja\|> token", decode_as=("fr=ja",))
+    refused(tmp_path / "en", r"language 'fr'.*is English", decode_as=("fr=en",), tasks=("translate",),
+            references=str(root / "english.tsv"))  # fmt: skip
 
 
 def test_long_audio_splits_into_the_encoders_windows(canary_run):

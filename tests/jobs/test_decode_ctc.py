@@ -17,6 +17,11 @@ import torch
 import transformers
 
 from engine.data.audio import load_audio
+from engine.pipelines.decode.config import DecodeConfig
+from engine.pipelines.decode.run import run_decode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.runtime.options import configure
 from tests.jobs.manifests import write_fleurs_manifest
 from tests.models.wav2vec2.w2v_reference import write_vocab
 
@@ -44,8 +49,9 @@ def ctc_run(request, fleurs_dir, run_job, tmp_path_factory):
     write_vocab(folder, VOCAB)
     manifest = write_fleurs_manifest(root / "clips.jsonl", fleurs_dir, CLIPS)
     store, out = root / "store", root / "decode"
-    run_job("encode", "--model", str(folder), "--dataset", f"manifest:{manifest}", "--out", str(store),
-            "--allow_unpaired")  # fmt: skip
+    # encode in this process (the encode job's library call): the decode job, through its flags, is what is tested
+    run_encode(configure(EncodeConfig, model=str(folder), dataset=f"manifest:{manifest}", out=str(store),
+                         allow_unpaired=True, progress=False))  # fmt: skip
     proc = run_job("decode", "--store", str(store), "--model", str(folder), "--out", str(out))
     return model, folder, out, proc.stdout
 
@@ -80,11 +86,13 @@ def test_the_last_layer_is_transformers_greedy_ctc(ctc_run, fleurs_dir):
     assert np.isfinite(table["avg_logprob"]).all() and (table["decoding"] == "ctc").all()
 
 
-def test_a_resume_keeps_every_part(ctc_run, run_job):
+def test_a_resume_keeps_every_part(ctc_run):
+    """The rerun through the decode job's library call, in this process (the resume is the library's)."""
     model, folder, out, _ = ctc_run
     store = out.parent / "store"
-    proc = run_job("decode", "--store", str(store), "--model", str(folder), "--out", str(out))
-    assert "decoded 0 utterance-parts" in proc.stdout and "6 parts kept" in proc.stdout, proc.stdout
+    report = run_decode(configure(DecodeConfig, store=str(store), model=str(folder), out=str(out), progress=False))
+    report = report.report()
+    assert "decoded 0 utterance-parts" in report and "6 parts kept" in report, report
 
 
 def test_a_beam_search_is_refused_for_a_ctc_head(ctc_run):

@@ -36,6 +36,9 @@ import transformers
 from engine.data.audio import load_audio
 from engine.errors import CheckpointError
 from engine.models.fastconformer.loaded import load_fastconformer
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from tests.jobs.test_families import LANGS, PAIRS, family_clips
 
@@ -89,7 +92,8 @@ def parakeet_run(fleurs_dir, run_job, tmp_path_factory):
     (root / "clips").mkdir()
     clips = family_clips(fleurs_dir, root / "clips")
     store, out = root / "store", root / "decode"
-    run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", str(store))
+    # encode in this process (the encode job's library call): the decode job, through its flags, is what is tested
+    run_encode(configure(EncodeConfig, model=str(folder), dataset=f"folder:{clips}", out=str(store), progress=False))
     proc = run_job("decode", "--store", str(store), "--model", str(folder), "--out", str(out))
     assert "decoded 12 utterance-parts" in proc.stdout, proc.stdout
     return model, processor, root

@@ -13,6 +13,11 @@ import pytest
 import torch
 import transformers
 
+from engine.pipelines.decode.config import DecodeConfig
+from engine.pipelines.decode.run import run_decode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.runtime.options import configure
 from tests.jobs.manifests import write_fleurs_manifest
 from tests.jobs.multiprocess import run_processes
 from tests.models.owsm import owsm_reference as ref
@@ -35,17 +40,20 @@ def _same_outputs(one, two) -> None:
     assert not differ, f"files that differ between 1 and 2 processes: {differ}"
 
 
-def _one_and_two(run_job, root, args: list[str]) -> None:
-    one = run_job("decode", *args, "--out", str(root / "one"))
+def _one_and_two(root, args: list[str], **settings) -> None:
+    """``args``, the decode job's flags, in two processes; the 1-process reference through the job's library call
+    with the same ``settings``, in this process (a job's start-up fewer; any difference between the two routes
+    fails the byte comparison too)."""
+    one = run_decode(configure(DecodeConfig, out=str(root / "one"), progress=False, **settings)).report()
     # Each part takes half a second at least, so that the second process still finds units to claim when it starts.
     outputs = run_processes("jobs.decode", [*args, "--out", str(root / "two"), "--progress=false"],
                             env_extra={"BABELGRID_FAULT_DELAY": "before_part:0.5"})  # fmt: skip
-    assert sum(_decoded(o) for o in outputs) == _decoded(one.stdout), outputs  # each part decoded once
+    assert sum(_decoded(o) for o in outputs) == _decoded(one), outputs  # each part decoded once
     assert all(_decoded(o) > 0 for o in outputs), outputs  # both processes took units
     _same_outputs(root / "one", root / "two")
 
 
-def test_ctc_decode_with_two_processes_equals_one(fleurs_dir, run_job, tmp_path):
+def test_ctc_decode_with_two_processes_equals_one(fleurs_dir, tmp_path):
     torch.manual_seed(0)
     config = transformers.Wav2Vec2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7,
@@ -58,13 +66,14 @@ def test_ctc_decode_with_two_processes_equals_one(fleurs_dir, run_job, tmp_path)
     write_vocab(tmp_path / "model", 40)
     manifest = write_fleurs_manifest(tmp_path / "clips.jsonl", fleurs_dir, CTC_CLIPS)
     store = tmp_path / "store"
-    run_job("encode", "--model", str(tmp_path / "model"), "--dataset", f"manifest:{manifest}", "--out", str(store),
-            "--allow_unpaired")  # fmt: skip
-    _one_and_two(run_job, tmp_path, ["--store", str(store), "--model", str(tmp_path / "model")])
+    run_encode(configure(EncodeConfig, model=str(tmp_path / "model"), dataset=f"manifest:{manifest}", out=str(store),
+                         allow_unpaired=True, progress=False))  # fmt: skip
+    _one_and_two(tmp_path, ["--store", str(store), "--model", str(tmp_path / "model")], store=str(store),
+                 model=str(tmp_path / "model"))  # fmt: skip
 
 
 @pytest.mark.slow
-def test_owsm_decode_with_two_processes_equals_one(fleurs_dir, run_job, tmp_path):
+def test_owsm_decode_with_two_processes_equals_one(fleurs_dir, tmp_path):
     model = ref.write_model(tmp_path / "model", fleurs_dir, narrow=True)
     clips = tmp_path / "clips"
     for uid, stems in OWSM_PAIRS.items():
@@ -73,7 +82,8 @@ def test_owsm_decode_with_two_processes_equals_one(fleurs_dir, run_job, tmp_path
             for ext in (".ogg", ".txt"):
                 (clips / lang / f"{uid}{ext}").symlink_to(fleurs_dir / f"{stem}{ext}")
     store = tmp_path / "store"
-    run_job("encode", "--model", str(model), "--dataset", f"folder:{clips}", "--out", str(store))
+    run_encode(configure(EncodeConfig, model=str(model), dataset=f"folder:{clips}", out=str(store), progress=False))
     args = ["--store", str(store), "--model", str(model), "--layers", "1,3", "--tasks", "transcribe",
             "--max_new_tokens", "6", "--batch_size", "3", "--decoding", "greedy,ctc"]  # fmt: skip
-    _one_and_two(run_job, tmp_path, args)
+    _one_and_two(tmp_path, args, store=str(store), model=str(model), layers=(1, 3), tasks=("transcribe",),
+                 max_new_tokens=6, batch_size=3, decodings=("greedy", "ctc"))  # fmt: skip

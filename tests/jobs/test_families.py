@@ -1,6 +1,7 @@
 """Every job on every family: random-weight wav2vec2, HuBERT, w2v-BERT 2.0 and SeamlessM4T v2 folders written by
-transformers' ``save_pretrained``, encoded from real FLEURS clips through ``python -m jobs.encode``, then seqsim and
-retrieval on the store; interp on the wav2vec2 store with words timed in seconds; the stored layers against
+transformers' ``save_pretrained``, encoded from real FLEURS clips (wav2vec2's through ``python -m jobs.encode``, the
+others through the library call the job makes, in this process: the flags are the same for every family), then seqsim
+and retrieval on the store; interp on the wav2vec2 store with words timed in seconds; the stored layers against
 transformers' ``hidden_states``; refusals of the decoder-side jobs.
 
 Tiny widths (32) and two layers keep CI time small: parity at real widths is tests/models/'s. The bound is the
@@ -23,6 +24,8 @@ from engine.data.audio import load_audio
 from engine.errors import CheckpointError
 from engine.models import family as fam
 from engine.models.interface import FAMILY_NAMES
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.pipelines.interp.config import InterpConfig
 from engine.pipelines.interp.run import run_interp
 from engine.pipelines.retrieval.config import RetrievalConfig
@@ -31,6 +34,7 @@ from engine.pipelines.seqsim.config import SimilarityConfig
 from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
+from engine.stores.utterances import StoreMismatchError
 from engine.stores.words import WORD_SCHEMA
 
 RTOL_PEAK = 1e-5
@@ -114,14 +118,19 @@ _ENCODED: dict[str, tuple] = {}
 
 
 def encoded(name, clips, run_job, tmp_path_factory) -> tuple:
-    """(torch model, its folder, the run's folder, the layer store) of family ``name``, encoded once per session
-    through the encode job's flags."""
+    """(torch model, its folder, the run's folder, the layer store) of family ``name``, encoded once per session:
+    wav2vec2's through the encode job's flags (a process), the others' through the library call the job makes, in
+    this process (an encode job's start-up each)."""
     if name not in _ENCODED:
         model, folder = _folder(name, tmp_path_factory)
         root = tmp_path_factory.mktemp(f"{name}-run")
         store = str(root / "store")
-        proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store)
-        assert "encoded 4 utterances" in proc.stdout, proc.stdout
+        if name == "wav2vec2":
+            report = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store).stdout
+        else:
+            config = configure(EncodeConfig, model=str(folder), dataset=f"folder:{clips}", out=store, progress=False)
+            report = run_encode(config).report()
+        assert "encoded 4 utterances" in report, report
         _ENCODED[name] = model, folder, root, store
     return _ENCODED[name]
 
@@ -153,8 +162,8 @@ def test_encode_seqsim_retrieval(name, clips, fleurs_dir, run_job, tmp_path_fact
 
     # A later run with another model on this store is refused, naming what differs.
     other = _folder("hubert" if name == "wav2vec2" else "wav2vec2", tmp_path_factory)[1]
-    bad = run_job("encode", "--model", str(other), "--dataset", f"folder:{clips}", "--out", store, expect=None)
-    assert bad.returncode != 0 and "checkpoint_sha256" in bad.stdout + bad.stderr
+    with pytest.raises(StoreMismatchError, match="checkpoint_sha256"):  # the encode job's library call
+        run_encode(configure(EncodeConfig, model=str(other), dataset=f"folder:{clips}", out=store, progress=False))
 
     sim = str(root / "sim")
     run_similarity(configure(SimilarityConfig, store=store, out=sim, measures=("seqsim",), progress=False))

@@ -2,10 +2,15 @@
 
 - ``encode --plan`` on a wav2vec2 and a w2v-BERT folder: its FLOP count equals torch's ``FlopCounterMode`` on the
   transformers model (eager attention) run on each clip, summed; at 1 s the family's ``cost`` equals it exactly;
-- challenge, probe and ``seqsim --plan`` on the wav2vec2 store, through the jobs' flags;
+- challenge, probe and seqsim's plan on the wav2vec2 store;
 - interp on the wav2vec2 store with ``--words`` from the align job run on a tiny random Whisper's store of the same
   clips (the cross-model use of issue 27; ``whisper_words`` of tests/jobs/conftest.py), its cosines recomputed from
   the wav2vec2 states at the frames the words' seconds map to.
+
+The jobs run in this process, through the library calls their ``main`` makes (the plan functions their ``--plan``
+calls, ``run_<job>(config)``): what varies with the family is the store or the model folder, which the library reads;
+each job's flags, ``--plan`` included, are run as processes in its own tests (test_plan.py, test_challenge.py,
+test_probe.py, test_interp.py). A process each was a job's start-up (imports, compiles): seven of them here.
 """
 
 from __future__ import annotations
@@ -24,7 +29,16 @@ from engine.models.w2vbert.config import config_from_hf
 from engine.models.w2vbert.cost import encoder_cost as w2vbert_cost
 from engine.models.wav2vec2.config import dims_from_hf_config
 from engine.models.wav2vec2.cost import encoder_cost as wav2vec2_cost
+from engine.pipelines.challenge.run import ChallengeConfig, run_challenge
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.plan import plan_encode_run
+from engine.pipelines.interp.config import InterpConfig
+from engine.pipelines.interp.run import run_interp
 from engine.pipelines.probe import run as probe
+from engine.pipelines.probe.config import ProbeConfig
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.plan import plan_seqsim_run
+from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from tests.jobs.test_families import LANGS, PAIRS, _folder, encoded, family_clips
 
@@ -55,7 +69,7 @@ def torch_flops(name: str, folder, audio: np.ndarray) -> int:
 
 
 @pytest.mark.parametrize("name", ["wav2vec2", "hubert", "w2v-bert"])
-def test_encode_plan_counts_the_family_flops(name, clips, fleurs_dir, run_job, tmp_path_factory, tmp_path):
+def test_encode_plan_counts_the_family_flops(name, clips, fleurs_dir, tmp_path_factory, tmp_path):
     _, folder = _folder(name, tmp_path_factory)
     config = json.loads((folder / "config.json").read_text())
     read_config, cost = COST[name]
@@ -65,9 +79,9 @@ def test_encode_plan_counts_the_family_flops(name, clips, fleurs_dir, run_job, t
         return  # its plan is wav2vec2's, checked next
 
     out = tmp_path / "never"
-    proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", str(out), "--plan")
+    text = plan_encode_run(configure(EncodeConfig, model=str(folder), dataset=f"folder:{clips}", out=str(out)), None)
+    text = text.render()
     assert not out.exists()
-    text = proc.stdout
     family = "w2vbert" if name == "w2v-bert" else "wav2vec2"
     assert f"({family}, L=2, d=32," in text and "utterances: 4" in text and "windows: 4 of at most 30 s" in text, text
     expected = sum(
@@ -82,7 +96,8 @@ def test_challenge_probe_and_seqsim_plan_on_a_wav2vec2_store(clips, fleurs_dir, 
     reader = open_store(store)
 
     out = tmp_path / "challenge"
-    run_job("challenge", "--store", store, "--out", str(out), "--pairs", "fr:pt", "--phone_threshold", "0.16")
+    run_challenge(configure(ChallengeConfig, store=store, out=str(out), pairs="fr:pt", phone_threshold=0.16,
+                            progress=False))  # fmt: skip
     with open(out / "fr__pt.csv", newline="") as f:
         assert {r["id"] for r in csv.DictReader(f)} == set(PAIRS)
 
@@ -95,15 +110,17 @@ def test_challenge_probe_and_seqsim_plan_on_a_wav2vec2_store(clips, fleurs_dir, 
     rows += [("fr", text["fr"]["b"], "pt", text["pt"]["a"], "unrelated")]
     relations.write_bytes(probe.relations_csv_bytes(rows))
     out = tmp_path / "probe"
-    run_job("probe", "--store", store, "--out", str(out), "--relations", str(relations), "--seeds", "2")
+    probe.run_probe(
+        configure(ProbeConfig, store=store, out=str(out), relations=str(relations), seeds=2, progress=False)
+    )
     scores = pd.read_csv(out / "probe.csv")
     assert set(scores["layer"]) == {0, 1, 2} and {*scores["lang_a"], *scores["lang_b"]} == set(LANGS), scores
 
     out = tmp_path / "sim"
-    proc = run_job("seqsim", "--store", store, "--out", str(out), "--plan")
+    text = plan_seqsim_run(configure(SimilarityConfig, store=store, out=str(out)), None).render()
     frames = sum(int(reader.lengths(lang).sum()) for lang in LANGS)
-    assert not out.exists() and "languages: 2, 1 pairs, 3 layers, d=32" in proc.stdout, proc.stdout
-    assert f"frames: {frames}\n" in proc.stdout, proc.stdout
+    assert not out.exists() and "languages: 2, 1 pairs, 3 layers, d=32" in text, text
+    assert f"frames: {frames}\n" in text, text
 
 
 @pytest.mark.parametrize("name", ["wav2vec2", "hubert"])
@@ -115,8 +132,8 @@ def test_interp_on_a_wav2vec2_store_with_words_aligned_by_whisper(
     _, _, _, store = encoded(name, clips, run_job, tmp_path_factory)
     words = whisper_words
     out = tmp_path / "interp"
-    run_job("interp", "--store", store, "--words", str(words), "--out", str(out), "--pooling", "centre",
-            "--layers", "1,2", "--pairs", "fr:pt")  # fmt: skip
+    run_interp(configure(InterpConfig, store=store, words=str(words), out=str(out), poolings=("centre",),
+                         layers=(1, 2), pairs="fr:pt", progress=False))  # fmt: skip
     pairs = pd.read_parquet(out / "fr__pt" / "pairs.parquet")
     assert len(pairs) and set(pairs["layer"]) <= {1, 2} and set(pairs["id_a"]) <= set(PAIRS)
 

@@ -117,7 +117,9 @@ def test_export_round_trip(run_out):
     np.testing.assert_allclose(np.asarray(ours.encode(mel, (3,)))[0], enc, atol=1e-4)
 
 
-def test_resume_after_sigkill_is_bitwise(store, tiny_model_dir, run_out, tmp_path):
+def test_resume_after_sigkill_is_bitwise(store, tiny_model_dir, tiny_whisper, run_out, tmp_path):
+    """A job process killed after its checkpoint at step 2; the rerun (the job's library call with the same settings,
+    in this process, whose training step ``run_out`` compiled) resumes and exports the uninterrupted run's model."""
     from safetensors.numpy import load_file
 
     out = tmp_path / "killed"
@@ -130,11 +132,9 @@ def test_resume_after_sigkill_is_bitwise(store, tiny_model_dir, run_out, tmp_pat
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    again = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=patient(600))
-    assert again.returncode == 0, again.stderr
-    resumed = int(again.stdout.split("resumed from ")[1].split(")")[0])
-    assert 0 < resumed < 6, again.stdout
-    assert "model" in wrote_paths(again.stdout, out)
+    again = run_finetune(config(store, out, tiny_model_dir), model=tiny_whisper)
+    assert 0 < again.resumed_from < 6 and f"(resumed from {again.resumed_from})" in again.report(), again.report()
+    assert "model" in wrote_paths(again.wrote(out), out)
     a = load_file(str(run_out[0] / "model" / "model.safetensors"))
     b = load_file(str(out / "model" / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from engine.models.family import FAMILIES
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.pipelines.finetune.config import FinetuneConfig
 from engine.pipelines.finetune.run import run_finetune
 from engine.runtime.options import configure
@@ -35,7 +37,7 @@ def _clips(fleurs_dir, root):
 def _owsm(fleurs_dir, root):
     from tests.models.owsm import owsm_reference as ref
 
-    return ref.write_model(root / "model", fleurs_dir, narrow=True), ("--long_audio", "truncate")  # its window is 10 s
+    return ref.write_model(root / "model", fleurs_dir, narrow=True), {"long_audio": "truncate"}  # its window is 10 s
 
 
 def _canary(fleurs_dir, root):
@@ -46,19 +48,22 @@ def _canary(fleurs_dir, root):
     folder.mkdir()
     cf.write_tokenizer(folder, fleurs_dir, PIECES)
     cf.canary(ENCODER, DECODER, PIECES).save_pretrained(folder)
-    return folder, ()
+    return folder, {}
 
 
 MODELS = {"owsm": _owsm, "fastconformer": _canary}
 
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
-def encoded(request, fleurs_dir, run_job, tmp_path_factory):
+def encoded(request, fleurs_dir, tmp_path_factory):
+    """(family, model folder, store): the clips encoded by the encode job's library call, in this process (the job's
+    flags on these families' folders: test_owsm.py, test_fastconformer_jobs.py)."""
     family = request.param
     root = tmp_path_factory.mktemp(f"finetune-{family}")
-    model, flags = MODELS[family](fleurs_dir, root)
+    model, settings = MODELS[family](fleurs_dir, root)
     clips, store = _clips(fleurs_dir, root / "clips"), root / "store"
-    run_job("encode", "--model", str(model), "--dataset", f"folder:{clips}", "--out", str(store), *flags)
+    run_encode(configure(EncodeConfig, model=str(model), dataset=f"folder:{clips}", out=str(store), progress=False,
+                         **settings))  # fmt: skip
     return family, model, store
 
 

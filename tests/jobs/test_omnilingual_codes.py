@@ -4,8 +4,9 @@ delimiter; width 32, 2 layers: parity at real widths is tests/models/wav2vec2/te
 
 A ``folder:`` dataset of real FLEURS clips in folders ``eng_Latn``, ``deu_Latn`` and ``spa_Latn``, the file ids shared
 across languages so that retrieval has partners (the clips are not translations: the scores are not the point, the
-codes are), goes through encode (``--langs`` naming them), seqsim, retrieval and decode (the CTC logit lens, its
-English text scored with Whisper's English normaliser: ``eng_Latn`` maps to ``en``); every output is read back. interp
+codes are), goes through encode (``--langs`` naming them, through the job's flags), seqsim, retrieval and decode (the
+CTC logit lens, its English text scored with Whisper's English normaliser: ``eng_Latn`` maps to ``en``; these three,
+and interp, through the library calls of their jobs, in this process); every output is read back. interp
 pairs a ``fra_Latn`` / ``por_Latn`` store with words aligned by Whisper on a store of the same clips coded ``fr`` /
 ``pt`` (``whisper_words`` of tests/jobs/conftest.py): the codes are matched through their Whisper codes.
 The stored layers are compared with transformers' ``hidden_states`` within 1e-5 of each layer's peak (the parity
@@ -24,6 +25,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.data.audio import load_audio
+from engine.pipelines.decode.config import DecodeConfig
+from engine.pipelines.decode.run import run_decode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.pipelines.interp.config import InterpConfig
+from engine.pipelines.interp.run import run_interp
+from engine.pipelines.retrieval.config import RetrievalConfig
+from engine.pipelines.retrieval.run import run_retrieval
+from engine.pipelines.seqsim.config import SimilarityConfig
+from engine.pipelines.seqsim.run import run_similarity
+from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
 from tests.jobs.test_families import PAIRS
@@ -59,10 +71,13 @@ def omni_run(fleurs_dir, run_job, tmp_path_factory):
     langs = ",".join(CODES)
     run_job("encode", "--model", str(root / "model"), "--dataset", f"folder:{clips}", "--langs", langs,
             "--out", str(out["store"]))  # fmt: skip
-    run_job("seqsim", "--store", str(out["store"]), "--out", str(out["sim"]), "--langs", langs,
-            "--measure", "seqsim,mean")  # fmt: skip
-    run_job("retrieval", "--similarity", str(out["sim"]), "--out", str(out["retrieval"]))
-    run_job("decode", "--store", str(out["store"]), "--model", str(root / "model"), "--out", str(out["decode"]))
+    # The jobs after encode through the library calls their ``main`` makes, in this process: the codes reach them
+    # from the store (a process each was three job start-ups; the flags are the same for any code)
+    run_similarity(configure(SimilarityConfig, store=str(out["store"]), out=str(out["sim"]), langs=tuple(CODES),
+                             measures=("seqsim", "mean"), progress=False))  # fmt: skip
+    run_retrieval(configure(RetrievalConfig, similarity=str(out["sim"]), out=str(out["retrieval"]), progress=False))
+    run_decode(configure(DecodeConfig, store=str(out["store"]), model=str(root / "model"), out=str(out["decode"]),
+                         progress=False))  # fmt: skip
     return model, root, out
 
 
@@ -124,7 +139,7 @@ def test_decode_reads_the_lens_of_every_layer_with_blank_zero(omni_run, fleurs_d
     assert 0 < blanks < frames, (blanks, frames)  # blanks among the picks, so their collapse is checked
 
 
-def test_interp_matches_iso_codes_to_whisper_aligned_words(omni_run, fleurs_dir, run_job, whisper_words, tmp_path):
+def test_interp_matches_iso_codes_to_whisper_aligned_words(omni_run, fleurs_dir, whisper_words, tmp_path):
     _, root, _ = omni_run
     clips = tmp_path / "clips"
     for uid, stems in PAIRS.items():  # the clips whisper_words aligned, under ISO 639-3 codes
@@ -133,10 +148,11 @@ def test_interp_matches_iso_codes_to_whisper_aligned_words(omni_run, fleurs_dir,
             for ext in ("ogg", "txt"):
                 (clips / code / f"{uid}.{ext}").symlink_to(fleurs_dir / f"{stem}.{ext}")
     store, out = tmp_path / "store", tmp_path / "interp"
-    run_job("encode", "--model", str(root / "model"), "--dataset", f"folder:{clips}", "--out", str(store))
+    run_encode(configure(EncodeConfig, model=str(root / "model"), dataset=f"folder:{clips}", out=str(store),
+                         progress=False))  # fmt: skip
     assert not (whisper_words / "fra_Latn").exists() and (whisper_words / "fr" / "words.parquet").is_file()
-    run_job("interp", "--store", str(store), "--words", str(whisper_words), "--out", str(out), "--pooling", "centre",
-            "--layers", "1,2", "--pairs", "fra_Latn:por_Latn")  # fmt: skip
+    run_interp(configure(InterpConfig, store=str(store), words=str(whisper_words), out=str(out), poolings=("centre",),
+                         layers=(1, 2), pairs="fra_Latn:por_Latn", progress=False))  # fmt: skip
     pairs = pd.read_parquet(out / "fra_Latn__por_Latn" / "pairs.parquet")
     assert len(pairs) and set(pairs["id_a"]) <= set(PAIRS) and set(pairs["layer"]) <= {1, 2}
     words_fr = pd.read_parquet(whisper_words / "fr" / "words.parquet")

@@ -1,5 +1,9 @@
-"""Bad input, concurrent runs and unwritable outputs, through the jobs' flags in subprocesses: no single bad input
-stops a batch, no resume mixes settings, no second writer, nothing created before a refusal.
+"""Bad input, concurrent runs and unwritable outputs: no single bad input stops a batch, no resume mixes settings, no
+second writer, nothing created before a refusal.
+
+What a job process says (its exit status, its one-line error, its summary) runs through the jobs' flags in
+subprocesses; runs whose outcome is the library's (a resume refused for its settings, a lease taken over, the align
+job's skips) run through the library calls the jobs make, in this process, which spares a job's start-up each.
 
 The kill-and-resume fault injection (SIGKILL at chosen commits, resume, bitwise equal) is in test_encode.py.
 """
@@ -20,9 +24,15 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
-from engine.runtime.lease import LEASE, WriterLease
+from engine.pipelines.align.config import AlignConfig
+from engine.pipelines.align.run import run_align
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
+from engine.runtime.lease import LEASE, StoreBusyError, WriterLease
+from engine.runtime.options import configure
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
+from engine.stores.utterances import StoreMismatchError
 from engine.stores.words import read_words
 from tests.waits import patient
 
@@ -77,11 +87,17 @@ def test_strict_makes_the_skip_an_exit_code(run_job, clips, tiny_model_dir, tmp_
     assert "--strict: 1 items were skipped" in proc.stderr
 
 
-def test_a_resume_with_another_compute_dtype_is_refused(run_job, clips, tiny_model_dir, tmp_path):
-    args = encode_flags(tmp_path / "s", tiny_model_dir, clips, "xx")
-    run_job("encode", *args)
-    proc = run_job("encode", *args, "--compute_dtype", "bfloat16", expect=1)
-    assert "compute_dtype: store has 'float32', this run 'bfloat16'" in proc.stderr
+def encode(out: pathlib.Path, model: pathlib.Path, clips: pathlib.Path, langs: str, **settings):
+    """The encode job's library call, in this process, as ``encode_flags`` describes the run."""
+    config = configure(EncodeConfig, out=str(out), model=str(model), dataset=f"folder:{clips}", langs=(langs,),
+                       progress=False, **settings)  # fmt: skip
+    return run_encode(config)
+
+
+def test_a_resume_with_another_compute_dtype_is_refused(clips, tiny_model_dir, tmp_path):
+    encode(tmp_path / "s", tiny_model_dir, clips, "xx")
+    with pytest.raises(StoreMismatchError, match="compute_dtype: store has 'float32', this run 'bfloat16'"):
+        encode(tmp_path / "s", tiny_model_dir, clips, "xx", compute_dtype="bfloat16")
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["compute_dtype"] == "float32"
 
 
@@ -103,7 +119,7 @@ def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(run_job, clips,
     stale = {"owner": "dead", "host": "h", "pid": 1, "job": "encode", "expires_unix": time.time() - 1}
     (out).mkdir(parents=True, exist_ok=True)
     (out / LEASE).write_text(json.dumps(stale))
-    run_job("encode", *args)
+    encode(out, tiny_model_dir, clips, "xx")  # the runs from here on in this process: the lease is the library's
     assert open_store(str(out)).done("xx").all() and not (out / LEASE).exists()
     # A run killed on this host leaves an unexpired lease whose pid no longer runs: taken over at once.
     gone = subprocess.run(
@@ -111,11 +127,14 @@ def test_a_second_writer_is_refused_and_a_stale_lease_taken_over(run_job, clips,
     )
     here = {**stale, "host": socket.gethostname(), "pid": int(gone.stdout), "expires_unix": time.time() + 600}
     (out / LEASE).write_text(json.dumps(here))
-    run_job("encode", *args)
+    encode(out, tiny_model_dir, clips, "xx")
+    assert not (out / LEASE).exists()
     # An unexpired lease of a run on another host, known to be dead: --break_lease.
     (out / LEASE).write_text(json.dumps({**stale, "expires_unix": time.time() + 600}))
-    run_job("encode", *args, expect=1)
-    run_job("encode", *args, "--break_lease")
+    with pytest.raises(StoreBusyError, match="is being written by another run: encode on host 'h', pid 1"):
+        encode(out, tiny_model_dir, clips, "xx")
+    encode(out, tiny_model_dir, clips, "xx", break_lease=True)
+    assert not (out / LEASE).exists()
 
 
 def test_bad_language_codes_are_listed_before_anything_is_created(run_job, tiny_model_dir, tmp_path):
@@ -135,18 +154,18 @@ def test_bad_language_codes_are_listed_before_anything_is_created(run_job, tiny_
     assert not out.exists() and not (tmp_path / "etc").exists()
 
 
-def test_align_skips_a_language_whisper_lacks(run_job, store, tiny_model_dir, tmp_path):
+def test_align_skips_a_language_whisper_lacks(store, tiny_model_dir, tmp_path):
     out = tmp_path / "words"
-    proc = run_job(
-        "align", "--store", str(store), "--out", str(out), "--model", str(tiny_model_dir), "--subtitles=srt,vtt"
-    )
-    assert "(no_language_token): xx/a" in proc.stdout, proc.stdout
+    config = configure(AlignConfig, store=str(store), out=str(out), model=str(tiny_model_dir), subtitles=("srt", "vtt"),
+                       progress=False)  # fmt: skip
+    report = run_align(config).report()
+    assert "(no_language_token): xx/a" in report, report
     skipped = (out / "xx" / "skipped.csv").read_text().splitlines()
     assert skipped == ["utterance,id,reason", "0,a,no_language_token"]
     # The folder's sidecar transcript reached the words; the clip without one is skipped with the way out named.
     words = read_words(str(out), "en").to_pylist()
     assert [w["word"] for w in words] == [" Hello", " there,", " world."] and {w["id"] for w in words} == {"a"}
-    assert "(no_transcription): en/c" in proc.stdout and "--transcripts decode" in proc.stdout
+    assert "(no_transcription): en/c" in report and "--transcripts decode" in report
     # The same words per utterance as faster-whisper's word dicts, and as subtitles.
     record = json.loads((out / "en" / "json" / "00000000.json").read_text())
     assert record["id"] == "a" and record["language"] == "en"

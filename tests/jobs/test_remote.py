@@ -167,9 +167,13 @@ def clips(tmp_path_factory) -> pathlib.Path:
     return root
 
 
+CHAIN = ("store", "similarity", "retrieval", "align", "decode")
+DECODE = dict(layers=(2,), tasks=("transcribe",), decodings=("greedy",), max_new_tokens=4)
+
+
 def run_chain(run_job, root: str, clips: pathlib.Path, model: pathlib.Path, env: dict | None = None, extra=()) -> dict:
     """encode -> seqsim -> retrieval -> align -> decode, every output under ``root``; the outputs' URLs by job."""
-    out = {job: f"{root}/{job}" for job in ("store", "similarity", "retrieval", "align", "decode")}
+    out = {job: f"{root}/{job}" for job in CHAIN}
     model_flag = ("--model", str(model))
     run_job("encode", "--out", out["store"], *model_flag, "--dataset", f"folder:{clips}", *extra, env=env)
     run_job("seqsim", "--store", out["store"], "--out", out["similarity"], *extra, env=env)
@@ -180,23 +184,49 @@ def run_chain(run_job, root: str, clips: pathlib.Path, model: pathlib.Path, env:
     return out
 
 
+def run_local_chain(root: str, clips: pathlib.Path, model: pathlib.Path) -> dict:
+    """``run_chain``'s jobs on a local folder through the library calls their ``main`` makes, in this process: the
+    reference the remote chains (each job a process, through its flags) are compared with byte for byte, so any
+    difference between the two routes fails the comparison too. Five job start-ups fewer."""
+    from engine.pipelines.align.config import AlignConfig
+    from engine.pipelines.align.run import run_align
+    from engine.pipelines.decode.config import DecodeConfig
+    from engine.pipelines.decode.run import run_decode
+    from engine.pipelines.encode.config import EncodeConfig
+    from engine.pipelines.encode.run import run_encode
+    from engine.pipelines.retrieval.config import RetrievalConfig
+    from engine.pipelines.retrieval.run import run_retrieval
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
+
+    out = {job: f"{root}/{job}" for job in CHAIN}
+    quiet = dict(progress=False)
+    run_encode(configure(EncodeConfig, out=out["store"], model=str(model), dataset=f"folder:{clips}", **quiet))
+    run_similarity(configure(SimilarityConfig, store=out["store"], out=out["similarity"], **quiet))
+    run_retrieval(configure(RetrievalConfig, similarity=out["similarity"], out=out["retrieval"], **quiet))
+    run_align(configure(AlignConfig, store=out["store"], out=out["align"], model=str(model), **quiet))
+    run_decode(configure(DecodeConfig, store=out["store"], out=out["decode"], model=str(model), **DECODE, **quiet))
+    return out
+
+
 @pytest.fixture(scope="module")
 def chains(run_job, s3, gcs, clips, tiny_model_dir, tmp_path_factory) -> dict:
-    """The chain on a local folder, on S3 and on GCS, run side by side (each job is a process that mostly imports
-    and compiles on one core): ``{"local" | "s3" | "gs": Future of run_chain's outputs}``."""
+    """The chain on a local folder (in this process), on S3 and on GCS (the jobs' processes), run side by side (each
+    job is a process that mostly imports and compiles on one core): ``{"local" | "s3" | "gs": Future of the
+    chain's outputs}``."""
     # The S3 jobs get the endpoint through --kvstore_spec (region and keys from the variables); this process reads
     # the outputs back through AWS_ENDPOINT_URL.
     spec = ("--kvstore_spec", f'{{"endpoint": "{s3["AWS_ENDPOINT_URL"]}"}}')
     runs = {
-        "local": (str(tmp_path_factory.mktemp("local")), {}, ()),
         "s3": (f"s3://{BUCKET}/run", dict(s3, AWS_ENDPOINT_URL=""), spec),
         "gs": (f"gs://{BUCKET}/run", gcs, ()),
     }
-    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(len(runs) + 1) as pool:
         futures = {
             name: pool.submit(run_chain, run_job, root, clips, tiny_model_dir, env=env, extra=extra)
             for name, (root, env, extra) in runs.items()
         }
+        futures["local"] = pool.submit(run_local_chain, str(tmp_path_factory.mktemp("local")), clips, tiny_model_dir)
         concurrent.futures.wait(futures.values())
     return futures
 

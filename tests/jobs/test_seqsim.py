@@ -433,17 +433,21 @@ def test_remove_language_is_refused_when_malformed(layer_store, tmp_path):
             configure(SimilarityConfig, store=str(layer_store), out=str(tmp_path / "x"), remove_language=bad)
 
 
-def test_retrieval_against_a_baseline_store(run_job, seqsim, layer_store, sim, tmp_path):
+def test_retrieval_against_a_baseline_store(seqsim, layer_store, sim, tmp_path):
     """retrieval --baseline: baseline_delta.csv holds, per measure and layer, this store's and the baseline's R@1
     (each equal to its own retrieval.csv's mean over directed pairs) and their difference; a store of another layer
-    store is refused as a baseline."""
+    store is refused as a baseline. retrieval through its library call, in this process (its flags:
+    test_retrieval.py; this process holds seqsim's)."""
     import csv
+
+    from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
+    from engine.pipelines.retrieval.run import run_retrieval
 
     out = tmp_path / "sim-mean"
     seqsim("--store", str(layer_store), "--out", str(out), "--measure", "mean", "--remove_language", "mean")
-    run_job("retrieval", "--similarity", str(out), "--out", str(tmp_path / "r"), "--baseline", str(sim), "--measure",
-            "mean")  # fmt: skip
-    run_job("retrieval", "--similarity", str(sim), "--out", str(tmp_path / "base"), "--measure", "mean")
+    run_retrieval(configure(RetrievalConfig, similarity=str(out), out=str(tmp_path / "r"), baseline=str(sim),
+                            measures=("mean",)))  # fmt: skip
+    run_retrieval(configure(RetrievalConfig, similarity=str(sim), out=str(tmp_path / "base"), measures=("mean",)))
 
     def pooled_r1(folder):
         rows = [r for r in csv.DictReader(open(folder / "retrieval.csv")) if r["metric"] == "R@1"]
@@ -463,9 +467,6 @@ def test_retrieval_against_a_baseline_store(run_job, seqsim, layer_store, sim, t
     shutil.copytree(layer_store, other)
     elsewhere = tmp_path / "sim-other"
     seqsim("--store", str(other), "--out", str(elsewhere), "--measure", "mean")
-    from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
-    from engine.pipelines.retrieval.run import run_retrieval
-
     with pytest.raises(RetrievalError, match="computed from another layer_store"):
         run_retrieval(configure(RetrievalConfig, similarity=str(out), out=str(tmp_path / "x"), baseline=str(elsewhere)))
 

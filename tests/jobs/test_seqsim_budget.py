@@ -118,11 +118,13 @@ def seqsim_args(store, out) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def one_process(split_store, tmp_path_factory, run_job):
-    """The split store scored by one process: the reference of the two tests below."""
+def one_process(split_store, tmp_path_factory):
+    """The split store scored by one process, this one (the seqsim job's library call, with ``seqsim_args``'
+    settings; the job prints the same report): the reference of the two tests below."""
     out = tmp_path_factory.mktemp("one") / "sim"
-    proc = run_job("seqsim", *seqsim_args(split_store, out), timeout=patient(600))
-    return out, proc.stdout
+    config = configure(SimilarityConfig, store=str(split_store), out=str(out), progress=False,
+                       measures=tuple(SPLIT_MEASURES.split(",")), unit_gflops=float(UNIT_GFLOPS))  # fmt: skip
+    return out, run_similarity(config).report()
 
 
 def blocks(output: str) -> int:

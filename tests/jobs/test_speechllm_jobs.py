@@ -14,8 +14,13 @@ import torch
 import transformers
 
 from engine.data.audio import load_audio
+from engine.errors import BabelgridError
 from engine.models import family as fam
 from engine.models.common.logmel import features_for_audio, split_windows
+from engine.pipelines.decode.config import DecodeConfig
+from engine.pipelines.decode.run import run_decode
+from engine.pipelines.encode.config import EncodeConfig
+from engine.pipelines.encode.run import run_encode
 from engine.pipelines.retrieval.config import RetrievalConfig
 from engine.pipelines.retrieval.run import run_retrieval
 from engine.pipelines.seqsim.config import SimilarityConfig
@@ -72,13 +77,21 @@ def _model(kind, tmp_path_factory):
 
 
 def encoded(kind, output, clips, run_job, tmp_path_factory):
-    """(torch model, folder, store) of ``kind`` encoded once through the encode job's flags with ``--tower_output``."""
+    """(torch model, folder, store) of ``kind`` encoded once with ``tower_output``: Qwen2-Audio's layers through the
+    encode job's flags (``--tower_output layers``, a process), the other stores through the library call the job makes,
+    in this process (each process was an encode job's start-up; the flag reaches the library, as that run and
+    test_tower_output_refused_for_other_families show)."""
     if (kind, output) not in _STORES:
         model, folder = _model(kind, tmp_path_factory)
         store = str(tmp_path_factory.mktemp(f"{kind}-{output}") / "store")
-        proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store,
-                       "--tower_output", output)  # fmt: skip
-        assert "encoded 4 utterances" in proc.stdout, proc.stdout
+        if (kind, output) == ("qwen2_audio", "layers"):
+            proc = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store,
+                           "--tower_output", output)  # fmt: skip
+            report = proc.stdout
+        else:
+            report = run_encode(configure(EncodeConfig, model=str(folder), dataset=f"folder:{clips}", out=store,
+                                          tower_output=output, progress=False)).report()  # fmt: skip
+        assert "encoded 4 utterances" in report, report
         _STORES[kind, output] = model, folder, store
     return _STORES[kind, output]
 
@@ -114,8 +127,11 @@ def test_encode_seqsim_retrieval_and_refusals(kind, clips, fleurs_dir, run_job, 
     rows = (tmp_path / "retrieval" / "retrieval.csv").read_text().splitlines()
     assert len(rows) > 1 and {r.split(",")[0] for r in rows[1:]} <= set(LANGS)
 
-    bad = run_job("decode", "--store", store, "--out", str(tmp_path / "decode"), expect=None)
-    assert bad.returncode != 0 and "speechllm" in bad.stdout + bad.stderr
+    # decode without --model (the store names its model) through the job's library call, in this process: the
+    # decoder jobs' refusals through their processes are test_decoder_jobs_refuse_a_speechllm_store_at_once's
+    with pytest.raises(BabelgridError, match="speechllm"):
+        run_decode(configure(DecodeConfig, store=store, out=str(tmp_path / "decode"), progress=False))
+    assert not (tmp_path / "decode").exists()
 
 
 OUTPUT_CASES = [("qwen2_audio", "projector", 25.0), ("voxtral", "projector", 12.5), ("qwen2_audio", "final", 25.0)]
@@ -147,8 +163,8 @@ def test_tower_outputs_at_their_own_rate(kind, output, rate, clips, fleurs_dir, 
     run_similarity(configure(SimilarityConfig, store=store, out=sim, measures=("seqsim",), progress=False))
     run_retrieval(configure(RetrievalConfig, similarity=sim, out=str(tmp_path / "retrieval")))
     assert len((tmp_path / "retrieval" / "retrieval.csv").read_text().splitlines()) > 1
-    bad = run_job("encode", "--model", str(folder), "--dataset", f"folder:{clips}", "--out", store, expect=None)
-    assert bad.returncode != 0 and "output" in bad.stdout + bad.stderr
+    with pytest.raises(BabelgridError, match="output"):  # the default, the tower's layers, into this store
+        run_encode(configure(EncodeConfig, model=str(folder), dataset=f"folder:{clips}", out=store, progress=False))
 
 
 def test_tower_output_refused_for_other_families(clips, run_job, tiny_model_dir, tmp_path):
@@ -164,7 +180,8 @@ def test_compare_puts_the_projector_past_the_tower(clips, run_job, tiny_model_di
     from engine.pipelines.compare.run import run_compare
 
     stores = {"whisper": str(tmp_path / "whisper")}
-    run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", stores["whisper"])
+    run_encode(configure(EncodeConfig, model=str(tiny_model_dir), dataset=f"folder:{clips}", out=stores["whisper"],
+                         progress=False))  # fmt: skip
     stores["tower"] = encoded("qwen2_audio", "layers", clips, run_job, tmp_path_factory)[2]
     stores["projector"] = encoded("qwen2_audio", "projector", clips, run_job, tmp_path_factory)[2]
     out = tmp_path / "compare"
@@ -191,7 +208,7 @@ def test_challenge_probe_probes_and_interp_read_the_projector(
     (samediff on Whisper-aligned words: the clips have 2 ids a language, too few for LID's folds) and interp, whose
     word cosines are recomputed from the stored states at the frames the words' seconds map to."""
     store = encoded("qwen2_audio", "projector", clips, run_job, tmp_path_factory)[2]
-    check_store_jobs(store, run_job, whisper_words, tmp_path)
+    check_store_jobs(store, whisper_words, tmp_path)
 
 
 @pytest.mark.parametrize("job", ["decode", "align", "finetune"])

@@ -8,12 +8,14 @@ its layer store's absolute path, and refuses another.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -50,13 +52,51 @@ after:
 """
 
 
-def babelgrid(*args: str, cwd: pathlib.Path = REPO) -> subprocess.CompletedProcess:
-    """``babelgrid run ARGS`` through the console script `pip install -e .` made (else ``python -m jobs.cli``)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="")
-    script = pathlib.Path(sys.executable).parent / "babelgrid"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "jobs.cli"]
-    return subprocess.run([*command, "run", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=patient(300))  # fmt: skip
+def babelgrid(*args: str, cwd: pathlib.Path = REPO, console: bool = False) -> subprocess.CompletedProcess:
+    """``babelgrid run ARGS`` in ``cwd``: what the runner and its stages' processes print, and its exit status.
+
+    In this process by default (``jobs.studies.run.run_study``, the console script's ``run``): each stage is still a
+    process of its own, as the runner starts it, and its output is captured at the file descriptors, in order with the
+    runner's (it flushes every line). The console script's own process and its child that lists the jobs' flags
+    (``jobs.studies.spec.job_flags``, cached in this process) were two of every call's processes. ``console``: through
+    the console script `pip install -e .` made (else ``python -m jobs.cli``), as a user types it; the module
+    fixtures' study runs go that way."""
+    env = dict(PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="")
+    if console:
+        script = pathlib.Path(sys.executable).parent / "babelgrid"
+        command = [str(script)] if script.exists() else [sys.executable, "-m", "jobs.cli"]
+        return subprocess.run([*command, "run", *args], cwd=cwd, env={**os.environ, **env}, capture_output=True,
+                              text=True, timeout=patient(300))  # fmt: skip
+    from jobs.studies.run import run_study
+
+    saved_env, saved_cwd = {k: os.environ.get(k) for k in env}, os.getcwd()
+    sys.stdout.flush(), sys.stderr.flush()
+    saved_fds = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        try:
+            os.environ.update(env)
+            os.chdir(cwd)
+            with open(1, "w", buffering=1, closefd=False) as stdout, open(2, "w", buffering=1, closefd=False) as stderr:
+                with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                    try:
+                        code = run_study(list(args))
+                    except SystemExit as e:
+                        code = e.code if isinstance(e.code, int) else 1
+        finally:
+            os.chdir(saved_cwd)
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            os.dup2(saved_fds[0], 1)
+            os.dup2(saved_fds[1], 2)
+            os.close(saved_fds[0]), os.close(saved_fds[1])
+        out.seek(0), err.seek(0)
+        said = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    return subprocess.CompletedProcess(["babelgrid", "run", *args], code, *said)
 
 
 def lines(proc: subprocess.CompletedProcess) -> dict[str, str]:
@@ -94,7 +134,7 @@ def done(tiny_model_dir, data, tmp_path_factory) -> tuple[pathlib.Path, list[str
     folder = tmp_path_factory.mktemp("study-done")
     (folder / "study.yaml").write_text(STUDY)
     settings = ["--set", f"model={tiny_model_dir}", "--set", f"data={data}"]
-    proc = babelgrid("study.yaml", *settings, cwd=folder)
+    proc = babelgrid("study.yaml", *settings, cwd=folder, console=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return folder, settings
 
@@ -235,7 +275,7 @@ def matrix(tiny_model_dir, data, tmp_path_factory) -> tuple[pathlib.Path, list[s
     (folder / "study.yaml").write_text(MATRIX.replace("one: unset", f"one: {tiny_model_dir}").replace(
         "two: unset", f"two: {two}"))  # fmt: skip
     settings = ["--set", f"data={data}"]
-    proc = babelgrid("study.yaml", "--set", f"out={folder / 'babelgrid'}", *settings, cwd=folder)
+    proc = babelgrid("study.yaml", "--set", f"out={folder / 'babelgrid'}", *settings, cwd=folder, console=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return folder, settings, proc
 
