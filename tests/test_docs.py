@@ -1,5 +1,12 @@
-"""The Python in the docs runs as written: docs/analysis.md's cells on small runs made here (the demo's study, and
-compare and neurons folders), the README's snippet on a real clip with the packaged model."""
+"""The Python in the docs runs as written: docs/analysis.md's cells on small runs made here (the demo study's stages,
+and compare, neurons, sae, typology, probes and outliers folders), the README's snippet on a real clip with the
+packaged model.
+
+The jobs are called through the library (``run_*``, as a notebook calls them) and the cells executed in this process,
+each in a namespace of its own, its variables read from the environment: a cell imports what it uses, so it runs
+here as in a fresh interpreter, without the interpreter's start, JAX's import and the compiles of a process per cell
+and per job (the study runner and the jobs' command lines have tests of their own, tests/jobs). The README's snippet
+runs in a process of its own, as a reader would start it."""
 
 from __future__ import annotations
 
@@ -19,14 +26,6 @@ from tests.jobs.test_typology import planted  # noqa: F401  (the fixture: a plan
 from tests.waits import patient
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-STUDY = """
-vars: {out: unset, model: unset, data: unset}
-stages:
-  - encode: {out: "{out}/store", model: "{model}", dataset: "folder:{data}", batch_size: 4, progress: false}
-  - seqsim: {store: "{out}/store", out: "{out}/similarity", measure: "seqsim", progress: false}
-  - retrieval: {similarity: "{out}/similarity"}
-  - align: {store: "{out}/store", out: "{out}/words", model: "{model}", progress: false}
-"""
 
 
 def python_blocks(path: pathlib.Path) -> list[str]:
@@ -57,6 +56,15 @@ def write_tones(data: pathlib.Path, langs, per_lang: int) -> None:
             (data / lang / f"s{i}.txt").write_text(f"sentence number {i}")
 
 
+def run_cells(code: str, monkeypatch, capsys, **env) -> str:
+    """``code`` (cells of docs/analysis.md) executed in a namespace of its own with ``env`` set; what it printed."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()  # what the jobs printed before
+    exec(compile(code, str(REPO / "docs" / "analysis.md"), "exec"), {"__name__": "__main__"})
+    return capsys.readouterr().out
+
+
 def run_python(code: str, **env) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
     return subprocess.run(
@@ -64,25 +72,36 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
     )
 
 
-def test_analysis_page_runs_on_a_run_of_its_own(tiny_model_dir, tmp_path):
+def test_analysis_page_runs_on_a_run_of_its_own(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """The demo study's stages (jobs/configs/demo.yaml: encode, seqsim, retrieval, align) on tones in two languages
+    with the tiny model, then the demo run's cell on their folders."""
+    from engine.pipelines.align.config import AlignConfig
+    from engine.pipelines.align.run import run_align
+    from engine.pipelines.encode.config import EncodeConfig
+    from engine.pipelines.encode.run import run_encode
+    from engine.pipelines.retrieval.config import RetrievalConfig
+    from engine.pipelines.retrieval.run import run_retrieval
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
+    from engine.runtime.options import configure
+
     data = tmp_path / "clips"
     write_tones(data, ("en", "de"), 5)
-    study = tmp_path / "study.yaml"
-    study.write_text(STUDY)
-    out = tmp_path / "run"
-    settings = [f"--set=out={out}", f"--set=model={tiny_model_dir}", f"--set=data={data}"]
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(study), *settings], cwd=REPO,
-                          capture_output=True, text=True, timeout=patient(900))  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out, model = tmp_path / "run", str(tiny_model_dir)
+    store, similarity = str(out / "store"), str(out / "similarity")
+    run_encode(configure(EncodeConfig, out=store, model=model, dataset=f"folder:{data}", batch_size=4, progress=False))
+    run_similarity(configure(SimilarityConfig, store=store, out=similarity, measures=("seqsim",), progress=False))
+    run_retrieval(configure(RetrievalConfig, similarity=similarity))
+    run_align(configure(AlignConfig, store=store, out=str(out / "words"), model=model, progress=False))
     cells = analysis_cells()
-    proc = run_python(cells["Loading with checks"] + cells["The demo run"], BABELGRID_OUT=str(out))
-    assert proc.returncode == 0, proc.stderr
-    assert "seqsim de x en at layer 3: 5 x 5" in proc.stdout and "n = 5 queries" in proc.stdout
-    assert "words in de; first utterance: sentence number 0" in proc.stdout
+    code = cells["Loading with checks"] + cells["The demo run"]
+    printed = run_cells(code, monkeypatch, capsys, BABELGRID_OUT=str(out))
+    assert "seqsim de x en at layer 3: 5 x 5" in printed and "n = 5 queries" in printed
+    assert "words in de; first utterance: sentence number 0" in printed
     assert (out / "rank_histogram.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_analysis_page_reads_compare_and_neurons_folders(tiny_model_dir, tmp_path, monkeypatch):
+def test_analysis_page_reads_compare_and_neurons_folders(tiny_model_dir, tmp_path, monkeypatch, capsys):
     """The compare and neurons cells on folders the jobs write here: compare on two planted stores with a challenge
     set (tests/jobs/test_compare.py's), neurons on the tiny model with an intervention; and ``checked`` refuses a
     file that no longer matches its digest."""
@@ -118,9 +137,7 @@ def test_analysis_page_reads_compare_and_neurons_folders(tiny_model_dir, tmp_pat
 
     cells = analysis_cells()
     code = cells["Loading with checks"] + cells["compare"] + cells["neurons"]
-    proc = run_python(code, BABELGRID_COMPARE=str(compare), BABELGRID_NEURONS=str(neurons))
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_cells(code, monkeypatch, capsys, BABELGRID_COMPARE=str(compare), BABELGRID_NEURONS=str(neurons))
     assert "CKA, model-a (rows) x model-b (columns):" in out and "less the null mean" in out
     assert "challenge" in out.split("less the null mean")[1]  # the challenge table was read
     assert "languages ['de', 'en', 'es']" in out and "rates agree with units.parquet: True" in out
@@ -137,7 +154,7 @@ def test_analysis_page_reads_compare_and_neurons_folders(tiny_model_dir, tmp_pat
         setup["checked"](str(compare), "by_depth.csv")
 
 
-def test_analysis_page_reads_sae_typology_and_probes_folders(request, tmp_path):
+def test_analysis_page_reads_sae_typology_and_probes_folders(request, tmp_path, monkeypatch, capsys):
     """The sae, typology and probes cells on folders the jobs write here: sae and probes (language ID) on a store of
     random states, typology on test_typology's planted similarity store; the typology cell's r, recomputed from the
     matrices, is typology.csv's."""
@@ -163,9 +180,8 @@ def test_analysis_page_reads_sae_typology_and_probes_folders(request, tmp_path):
 
     cells = analysis_cells()
     code = cells["Loading with checks"] + cells["sae"] + cells["typology"] + cells["probes"]
-    proc = run_python(code, BABELGRID_SAE=str(sae), BABELGRID_TYPOLOGY=str(typology), BABELGRID_PROBES=str(probes))
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    env = dict(BABELGRID_SAE=str(sae), BABELGRID_TYPOLOGY=str(typology), BABELGRID_PROBES=str(probes))
+    out = run_cells(code, monkeypatch, capsys, **env)
     assert "layer 0, one utterance: FVU" in out and "4.0 features active per frame" in out, out
     recomputed = re.search(r"r (-?[0-9.]+) \(typology.csv (-?[0-9.]+), pearson\)", out)
     assert recomputed and recomputed.group(1) == recomputed.group(2), out
@@ -182,7 +198,7 @@ def test_readme_snippet_runs_on_a_real_clip(fleurs_dir):
     assert all(w in proc.stdout.lower() for w in words), proc.stdout
 
 
-def test_analysis_page_reads_an_outliers_folder(request, tmp_path):
+def test_analysis_page_reads_an_outliers_folder(request, tmp_path, monkeypatch, capsys):
     """The outliers cell on the job's folder of tests/jobs/test_outliers.py's planted store (one massive dimension at
     layer 3): the top dimension's share, read back from dimensions.csv, is outliers.csv's."""
     from engine.pipelines.outliers.config import OutliersConfig
@@ -193,9 +209,7 @@ def test_analysis_page_reads_an_outliers_folder(request, tmp_path):
     out = tmp_path / "outliers"
     run_outliers(configure(OutliersConfig, store=str(store), out=str(out), frame_pairs=200, progress=False))
     cells = analysis_cells()
-    proc = run_python(cells["Loading with checks"] + cells["outliers"], BABELGRID_OUTLIERS=str(out))
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_cells(cells["Loading with checks"] + cells["outliers"], monkeypatch, capsys, BABELGRID_OUTLIERS=str(out))
     assert "k = 5: a dimension is an outlier" in out, out
     shares = re.search(r"layer 3 \w+: dimension 7 carries ([0-9.]+) of the squared norm \(outliers.csv ([0-9.]+)\)",
                        out)  # fmt: skip

@@ -29,6 +29,7 @@ which can no longer fail shows up as a failing test too):
 
 import ast
 import dataclasses
+import functools
 import importlib
 import pathlib
 import re
@@ -97,6 +98,26 @@ FACE = (
 )
 
 
+# Every rule walks the same few hundred modules: each of the tree's files is read and parsed once per test process
+# (3.5 s for a whole pass), not once per rule. A planted tree (under tmp_path) is parsed afresh each time.
+@functools.cache
+def _repo_source(path: pathlib.Path) -> tuple[str, ast.Module]:
+    text = path.read_text()
+    return text, ast.parse(text)
+
+
+def source_of(path: pathlib.Path) -> tuple[str, ast.Module]:
+    """``path``'s text and syntax tree; the tree is shared, read it only."""
+    if REPO in path.parents:
+        return _repo_source(path)
+    text = path.read_text()
+    return text, ast.parse(text)
+
+
+def parse(path: pathlib.Path) -> ast.Module:
+    return source_of(path)[1]
+
+
 @dataclasses.dataclass(frozen=True)
 class Import:
     """One project module imported by ``source`` (a path relative to the scanned root) at ``line``."""
@@ -122,7 +143,7 @@ def scan(root: pathlib.Path = REPO, packages: tuple[str, ...] = PROJECT) -> dict
     paths = {_module_name(p, root): p for package in packages for p in sorted((root / package).rglob("*.py"))}
     found = {}
     for name, path in paths.items():
-        text = path.read_text()
+        text, tree = source_of(path)
         lines = text.splitlines()
         source = str(path.relative_to(root))
         found[name] = []
@@ -148,7 +169,7 @@ def scan(root: pathlib.Path = REPO, packages: tuple[str, ...] = PROJECT) -> dict
                 inside = isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))
                 visit(child, lazy or inside)
 
-        visit(ast.parse(text), False)
+        visit(tree, False)
     return found
 
 
@@ -278,7 +299,7 @@ def job_room_violations(found: dict[str, list[Import]]) -> list[str]:
 def long_modules(root: pathlib.Path = REPO, limit: int = MAX_LINES) -> list[str]:
     """The modules of ``SIZED`` under ``root`` with more than ``limit`` lines."""
     paths = sorted(p for package in SIZED for p in (root / package).rglob("*.py"))
-    sizes = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in paths}
+    sizes = {str(p.relative_to(root)): len(source_of(p)[0].splitlines()) for p in paths}
     return [f"{path}: {n} lines" for path, n in sizes.items() if n > limit]
 
 
@@ -567,17 +588,17 @@ def family_facts(root: pathlib.Path = REPO) -> FamilyFacts:
         node.name
         for folder in folders
         for path in (models / folder).rglob("*.py")
-        for node in ast.parse(path.read_text()).body
+        for node in parse(path).body
         if isinstance(node, ast.FunctionDef) and node.name.startswith("load_")
     }
     names = set(folders)
-    for node in ast.parse((models / "interface.py").read_text()).body:
+    for node in parse(models / "interface.py").body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "FAMILY_NAMES" for t in node.targets):
             names |= set(ast.literal_eval(node.value))
     constants = set()
     for package in TIED:
         for path in (root / package).rglob("*.py"):
-            for node in ast.parse(path.read_text()).body:
+            for node in parse(path).body:
                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and node.value.value in names:
                     constants |= {t.id for t in node.targets if isinstance(t, ast.Name)}
     return FamilyFacts(frozenset(folders), frozenset(loaders), frozenset(names), frozenset(constants))
@@ -628,7 +649,7 @@ def family_ties(root: pathlib.Path = REPO) -> list[str]:
     for source, path in modules.items():
         if _is_family_home(pathlib.PurePath(source), facts):
             continue
-        tree = ast.parse(path.read_text())
+        tree = parse(path)
         bound = {}  # local name -> the engine.models module or loader it was imported as
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(MODELS):
@@ -744,7 +765,7 @@ def declared_members(root: pathlib.Path = REPO, protocol: str | None = None) -> 
     """The members the protocols of engine/models/interface.py declare (``Encoder``, ``Decoder``, ...; ``protocol``:
     that one only)."""
     members = set()
-    for node in ast.parse((root / "engine" / "models" / "interface.py").read_text()).body:
+    for node in parse(root / "engine" / "models" / "interface.py").body:
         if not isinstance(node, ast.ClassDef) or node.name != (protocol or node.name):
             continue
         if any(getattr(b, "id", "") == "Protocol" for b in node.bases):
@@ -762,7 +783,7 @@ def capability_probes(root: pathlib.Path = REPO) -> list[str]:
     members, bad = declared_members(root), []
     for folder in PROBE_FREE:
         for path in sorted((root / folder).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
+            for node in ast.walk(parse(path)):
                 if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("hasattr", "getattr")):
                     continue
                 probe = node.func.id == "hasattr" or len(node.args) + len(node.keywords) > 2
@@ -902,7 +923,7 @@ def string_imports(root: pathlib.Path = REPO) -> list[str]:
             source = path.relative_to(root)
             if source.as_posix() in STRING_IMPORTERS:
                 continue
-            for node in ast.walk(ast.parse(path.read_text())):
+            for node in ast.walk(parse(path)):
                 if isinstance(node, ast.Call):
                     func = node.func
                     name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
@@ -942,7 +963,7 @@ def test_string_import_rule_catches_planted_calls(tmp_path):
 
 
 def _imported_packages(path: pathlib.Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    tree = parse(path)
     found = {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     return found | {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
@@ -957,7 +978,7 @@ def face_gaps(root: pathlib.Path = REPO) -> list[str]:
     """What the package face (``_FACE`` of engine/__init__.py) lacks of the jobs': each ``run_*`` function of an
     ``engine/pipelines/<job>/run.py`` and the config class its first parameter takes, each from the module that
     defines it."""
-    face_tree = ast.parse((root / "engine" / "__init__.py").read_text())
+    face_tree = parse(root / "engine" / "__init__.py")
     face = next(
         ast.literal_eval(n.value)
         for n in face_tree.body
@@ -969,12 +990,12 @@ def face_gaps(root: pathlib.Path = REPO) -> list[str]:
         path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
         if not path.exists():
             return set()
-        body = ast.parse(path.read_text()).body
+        body = parse(path).body
         return {n.name for n in body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 
     gaps = []
     for run in sorted((root / "engine" / "pipelines").glob("*/run.py")):
-        for node in ast.parse(run.read_text()).body:
+        for node in parse(run).body:
             if not (isinstance(node, ast.FunctionDef) and node.name.startswith("run_")) or not node.args.args:
                 continue
             hint = node.args.args[0].annotation

@@ -263,13 +263,17 @@ def test_large_batch_backtracks_by_vmap():
         assert float(result.cost[b]) == total
 
 
-@pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0])
-def test_poisoned_padding_changes_nothing(poison):
+POISONS = (np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0)
+
+
+def test_poisoned_padding_changes_nothing():
+    """Each matrix's padding holds another of ``POISONS``: one batch checks them all."""
     rng = np.random.default_rng(5)
-    sizes = [(3, 30), (17, 2), (20, 40), (1, 1), (9, 33)]
+    sizes = [(3, 30), (17, 2), (1, 1), (9, 33), (20, 39), (19, 40), (20, 40)]  # the last one: no padding
     clean, n_tokens, n_frames, _ = ragged_batch(rng, sizes, 20, 40, "uniform", poison=0.5)
     poisoned = clean.copy()
-    for b, (n, m) in enumerate(sizes):
+    for b, poison in enumerate(POISONS):
+        n, m = sizes[b]
         poisoned[b, n:, :] = poison
         poisoned[b, :, m:] = poison
     want = jax.tree.map(np.asarray, dtw_batch(clean, n_tokens, n_frames))

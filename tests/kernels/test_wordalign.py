@@ -52,10 +52,10 @@ def host_in_chunks_of_two(*args, **kwargs):
 PATHS = {"host": wa.wordalign_pairs, "host_chunks": host_in_chunks_of_two, "xla": wa.wordalign_pairs_xla}
 
 
-@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("pooling", settings.POOLINGS)
 @pytest.mark.parametrize("poison", [np.nan, 1e30, -np.inf])
-def test_wordalign_vs_reference(pooling, poison, path):
+def test_wordalign_vs_reference(pooling, poison):
+    """Every path (``PATHS``) against the reference on the same block: the reference, computed once, serves all."""
     rng = np.random.default_rng(zlib.crc32(f"{pooling}{poison}".encode()))  # fixed per case, not per process
     (A, fa, sa, na), (B, fb, sb, nb) = ragged_pairs(rng, pairs=5, layers=3, frames=40, words=7, embed=16, poison=poison)
     block = wa.WordPair(wa.Words(A, fa, sa, na), wa.Words(B, fb, sb, nb))
@@ -66,13 +66,15 @@ def test_wordalign_vs_reference(pooling, poison, path):
     B[..., 3] = B[..., 3] * 8 + 30
     standardise = wa.layer_standardisation([*A, *B], [*fa, *fb])
     for threshold, std in ((-np.inf, None), (0.1, None), (-np.inf, standardise), (0.1, standardise)):
-        got = PATHS[path](block, np.float32(threshold), std, pooling=pooling)
-        assert got.cosine.shape == got.mutual.shape == (5, 3, 7, 7) and got.cosine.dtype == jnp.float32
-        for p in range(5):
-            c, m = wa.reference_wordalign(pair_of(block.a, block.b, p), threshold, std, pooling=pooling)
-            np.testing.assert_allclose(got.cosine[p], c, atol=1e-5, rtol=0)  # -inf on padding words, equal too
-            np.testing.assert_array_equal(got.mutual[p], m)
-            assert np.asarray(got.mutual[p]).sum(axis=-1).max() <= 1  # a word is in at most one pair
+        want = [wa.reference_wordalign(pair_of(block.a, block.b, p), threshold, std, pooling=pooling) for p in range(5)]
+        for path, run in PATHS.items():
+            got = run(block, np.float32(threshold), std, pooling=pooling)
+            assert got.cosine.shape == got.mutual.shape == (5, 3, 7, 7) and got.cosine.dtype == jnp.float32, path
+            for p, (c, m) in enumerate(want):
+                # -inf on padding words, equal too
+                np.testing.assert_allclose(got.cosine[p], c, atol=1e-5, rtol=0, err_msg=f"{path}, pair {p}")
+                np.testing.assert_array_equal(got.mutual[p], m, err_msg=f"{path}, pair {p}")
+                assert np.asarray(got.mutual[p]).sum(axis=-1).max() <= 1  # a word is in at most one pair
 
 
 def test_layer_standardisation_is_numpy_over_the_valid_frames():
@@ -161,7 +163,8 @@ def test_word_plan_vs_reference_and_pot(pooling, weights, standardised):
 
 def test_planted_one_to_many_word_splits_its_mass():
     # b says a's middle word twice: the plan splits that word's mass between the two copies, and plan_links keeps
-    # both links (a mutual-best match keeps one), every other word linked to its own copy only.
+    # both links (a mutual-best match keeps one), every other word linked to its own copy only. Every word is 4 frames
+    # long, so "duration" weights are the uniform ones (one plan; each weighting compiles a program of its own).
     rng = np.random.default_rng(5)
     vec = rng.standard_normal((3, 32)).astype(np.float32)
     a = np.repeat(vec, 4, axis=0)[None]
@@ -169,15 +172,15 @@ def test_planted_one_to_many_word_splits_its_mass():
     sa = np.array([[0, 4], [4, 8], [8, 12], [0, 0]], np.int32)  # 4th word: padding
     sb = np.array([[0, 4], [4, 8], [8, 12], [12, 16]], np.int32)
     pair = wa.WordPair(wa.Words(a, 12, sa, 3), wa.Words(b, 16, sb, 4))
-    for weights in settings.WORD_WEIGHTS:
-        got = wa.word_plan(pair, pooling="mean", weights=weights)
-        plan = np.asarray(got.plan[0])
-        np.testing.assert_allclose(plan[1, 1], plan[1, 2], rtol=0.05)  # split evenly between the copies
-        share, links = wa.plan_links(got.plan, got.weight_a, got.weight_b)
-        i, j = np.nonzero(links[0])
-        assert list(zip(i, j, strict=True)) == [(0, 0), (1, 1), (1, 2), (2, 3)], (weights, share[0].round(2))
-        mutual = wa.wordalign(pair, pooling="mean").mutual
-        assert int(np.asarray(mutual).sum()) == 3  # one of the copies only
+    got = wa.word_plan(pair, pooling="mean", weights="duration")
+    np.testing.assert_allclose(np.asarray(got.weight_a)[..., :3], 1 / 3, rtol=1e-6)  # durations all equal: uniform
+    plan = np.asarray(got.plan[0])
+    np.testing.assert_allclose(plan[1, 1], plan[1, 2], rtol=0.05)  # split evenly between the copies
+    share, links = wa.plan_links(got.plan, got.weight_a, got.weight_b)
+    i, j = np.nonzero(links[0])
+    assert list(zip(i, j, strict=True)) == [(0, 0), (1, 1), (1, 2), (2, 3)], share[0].round(2)
+    mutual = wa.wordalign(pair, pooling="mean").mutual
+    assert int(np.asarray(mutual).sum()) == 3  # one of the copies only
 
 
 def test_plan_links_refuses_a_bad_mass():

@@ -41,9 +41,17 @@ def _check(ours: np.ndarray, hidden: list[np.ndarray]) -> None:
         assert theirs.sum() > 0.2 * h.size  # a real share of the units is active: the check is not vacuous
 
 
-def test_whisper_counts_equal_transformers(fleurs_dir):
+# Each model is built once and serves both checks (the counts, and the units switched off): they read it, and every
+# hook a test adds is removed before it ends.
+WHISPER_WIDTH, WHISPER_LAYERS = 64, 2
+
+
+@pytest.fixture(scope="module")
+def whisper(fleurs_dir):
+    """(transformers' Whisper with its weights perturbed, ours with the same weights, log-mel of 3 clips, their valid
+    frames)."""
     torch.manual_seed(0)
-    width, layers = 64, 2
+    width, layers = WHISPER_WIDTH, WHISPER_LAYERS
     cfg = transformers.WhisperConfig(vocab_size=51865, num_mel_bins=80, encoder_layers=layers, decoder_layers=1,
                                      d_model=width, encoder_attention_heads=4, decoder_attention_heads=4,
                                      encoder_ffn_dim=4 * width, decoder_ffn_dim=4 * width,
@@ -56,7 +64,23 @@ def test_whisper_counts_equal_transformers(fleurs_dir):
     ours = Whisper(ModelDimensions(80, 1500, width, 4, layers, 51865, 448, width, 4, 1), sd)
     clips = ref.real_clips(fleurs_dir)[:3]
     mels, frames = zip(*(features_for_audio(clip, 80) for clip in clips), strict=True)
-    mel, frames = np.concatenate(mels), np.concatenate(frames)
+    return hf, ours, np.concatenate(mels), np.concatenate(frames)
+
+
+@pytest.fixture(scope="module", params=[ref.BASE, ref.LARGE], ids=["post-LN base", "pre-LN large"])
+def wav2vec2(request, fleurs_dir, tmp_path_factory):
+    """(transformers' Wav2Vec2Model at ``widths``, ours loaded from its folder, the 4 real clips, our padded batch of
+    them and its lengths)."""
+    folder = tmp_path_factory.mktemp("wav2vec2")
+    theirs = ref.build(transformers.Wav2Vec2Model, transformers.Wav2Vec2Config(**request.param), folder, 3)
+    loaded = load_wav2vec2(folder)
+    waves = ref.real_clips(fleurs_dir)
+    wave, lengths = loaded.features(waves)
+    return theirs, loaded, waves, wave, lengths
+
+
+def test_whisper_counts_equal_transformers(whisper):
+    hf, ours, mel, frames = whisper
     captured = []
     hooks = [layer.fc1.register_forward_hook(lambda m, i, o: captured.append(o)) for layer in hf.model.encoder.layers]
     try:
@@ -72,12 +96,8 @@ def test_whisper_counts_equal_transformers(fleurs_dir):
     _check(np.asarray(ours.encoder.ffn_active(jnp.asarray(mel), jnp.asarray(frames))), hidden)
 
 
-@pytest.mark.parametrize("widths", [ref.BASE, ref.LARGE], ids=["post-LN base", "pre-LN large"])
-def test_wav2vec2_counts_equal_transformers(fleurs_dir, tmp_path, widths):
-    theirs = ref.build(transformers.Wav2Vec2Model, transformers.Wav2Vec2Config(**widths), tmp_path, 3)
-    loaded = load_wav2vec2(tmp_path)
-    waves = ref.real_clips(fleurs_dir)
-    wave, lengths = loaded.features(waves)
+def test_wav2vec2_counts_equal_transformers(wav2vec2):
+    theirs, loaded, waves, wave, lengths = wav2vec2
     counts = np.asarray(loaded.model.ffn_active(jnp.asarray(wave), jnp.asarray(lengths)))
     hidden = [[] for _ in theirs.encoder.layers]
     captured: list = []
@@ -134,24 +154,11 @@ def _last_layer_output(layer, captured):
     return layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
 
 
-def test_whisper_switched_off_units_equal_transformers(fleurs_dir):
+def test_whisper_switched_off_units_equal_transformers(whisper):
     """``AudioEncoder.scaled_sums`` against WhisperEncoder with the same units zeroed by hooks: every layer (the stem,
     each block, ln_post) mean-pooled over the valid frames."""
-    torch.manual_seed(1)
-    width, layers = 64, 2
-    cfg = transformers.WhisperConfig(vocab_size=51865, num_mel_bins=80, encoder_layers=layers, decoder_layers=1,
-                                     d_model=width, encoder_attention_heads=4, decoder_attention_heads=4,
-                                     encoder_ffn_dim=4 * width, decoder_ffn_dim=4 * width,
-                                     attn_implementation="eager")  # fmt: skip
-    hf = transformers.WhisperForConditionalGeneration(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    sd = state_dict_from_hf({k: v.detach().numpy() for k, v in hf.state_dict().items()})
-    ours = Whisper(ModelDimensions(80, 1500, width, 4, layers, 51865, 448, width, 4, 1), sd)
-    clips = ref.real_clips(fleurs_dir)[:3]
-    mels, frames = zip(*(features_for_audio(clip, 80) for clip in clips), strict=True)
-    mel, frames = np.concatenate(mels), np.concatenate(frames)
+    hf, ours, mel, frames = whisper
+    width, layers = WHISPER_WIDTH, WHISPER_LAYERS
     scale = _scale(layers, 4 * width, seed=3)
     encoder = hf.model.encoder
     captured: list = []
@@ -176,12 +183,8 @@ def test_whisper_switched_off_units_equal_transformers(fleurs_dir):
     np.testing.assert_allclose(unscaled, plain, rtol=0, atol=POOLED_RTOL * np.abs(plain).max())
 
 
-@pytest.mark.parametrize("widths", [ref.BASE, ref.LARGE], ids=["post-LN base", "pre-LN large"])
-def test_wav2vec2_switched_off_units_equal_transformers(fleurs_dir, tmp_path, widths):
-    theirs = ref.build(transformers.Wav2Vec2Model, transformers.Wav2Vec2Config(**widths), tmp_path, 4)
-    loaded = load_wav2vec2(tmp_path)
-    waves = ref.real_clips(fleurs_dir)[:3]
-    wave, lengths = loaded.features(waves)
+def test_wav2vec2_switched_off_units_equal_transformers(wav2vec2):
+    theirs, loaded, waves, wave, lengths = wav2vec2
     n_layers, units = theirs.config.num_hidden_layers, theirs.config.intermediate_size
     scale = _scale(n_layers, units, seed=5)
     sums, frames = loaded.scaled_sums(wave, lengths, scale)

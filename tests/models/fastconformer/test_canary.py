@@ -18,6 +18,11 @@ What is compared, float32, greedy, ``max_new_tokens`` = 24:
 - beam search (``generate(num_beams=3)``) at layers 0 and 2;
 - a ragged batch of every clip's states (padding frames masked) against each clip alone.
 
+Ours reads every memory padded to ``FRAMES`` frames (the clips give 105 to 140; padding 50.0, masked by the valid
+counts) and teacher-forces token sequences padded to one length: one shape for every clip, layer and sequence, so that
+greedy, beam and the logits compile once each (each clip's frames and each sequence's length compiled programs of their
+own before), and every comparison also shows that the padding is not read.
+
 Bound: tokens equal exactly, and the lengths (eos where transformers stops). The logits are float32 sums in another
 order (our prompt goes through the KV cache one position at a time, transformers' in one call), so an exact token is
 only meaningful away from ties: at every generated position, eos's included, transformers' top-2 gap (teacher-forced
@@ -45,6 +50,14 @@ CLIPS = {"fr": "fleurs-fr-000", "de": "fleurs-de-001", "pt": "fleurs-pt-002"}
 MAX_NEW = 24
 GAP = 10
 BEAMS, BEAM_NEW, SCORE_TOL = 3, 12, 1e-5
+FRAMES = 160  # our memories' padded length: above the longest clip's 140 frames
+
+
+def _padded(memory: np.ndarray, fill: float = 50.0) -> np.ndarray:
+    """f32[batch, FRAMES, width]: ``memory`` f[batch, frame, width] and ``fill`` after it."""
+    out = np.full((memory.shape[0], FRAMES, memory.shape[2]), fill, np.float32)
+    out[:, : memory.shape[1]] = memory
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +82,8 @@ def _check(model, ours, prompt, memory, mask, reference, stats) -> np.ndarray:
     """Our greedy tokens on ``memory`` (torch f[1, frame, width], ``mask`` its valid frames) equal ``reference``
     (generate's output: prompt + tokens [+ eos]), with the module docstring's margin. Returns our tokens."""
     p, valid = len(prompt), [int(mask.sum())]
-    ids, n = ours.greedy(memory.numpy(), valid, prompt, MAX_NEW)
+    padded = _padded(memory.numpy())
+    ids, n = ours.greedy(padded, valid, prompt, MAX_NEW)
     theirs = reference[0, p:].tolist()
     stopped = cf.EOS in theirs
     want = theirs[: theirs.index(cf.EOS)] if stopped else theirs
@@ -80,7 +94,11 @@ def _check(model, ours, prompt, memory, mask, reference, stats) -> np.ndarray:
     with torch.no_grad():
         out = ParakeetEncoderModelOutput(last_hidden_state=memory, attention_mask=mask)
         logits = model(encoder_outputs=out, decoder_input_ids=seq).logits[0, p - 1 : -1].numpy()
-    mine = ours.logits(seq.numpy(), memory.numpy(), valid)[0, p - 1 : -1]
+    # Ours on the sequence padded to the longest a decode gives (eos after it): the decoder is causal, so a position's
+    # logits read only the tokens before it.
+    tokens = np.full((1, p + MAX_NEW + 1), cf.EOS, np.int64)
+    tokens[:, : seq.shape[1]] = seq.numpy()
+    mine = ours.logits(tokens, padded, valid)[0, p - 1 : seq.shape[1] - 1]
     top2 = np.sort(logits, -1)[:, -2:]
     err = np.abs(mine - logits).max(-1)
     margin = (top2[:, 1] - top2[:, 0]) / err
@@ -153,7 +171,7 @@ def test_beam_search_equals_generate(canary):
         with torch.no_grad():
             ref = model.generate(encoder_outputs=out, decoder_input_ids=x["decoder_input_ids"], num_beams=BEAMS,
                                  max_new_tokens=BEAM_NEW, output_scores=True, return_dict_in_generate=True)  # fmt: skip
-        ids, n, scores = ours.beam(states.numpy(), [states.shape[1]], ours.prompt("fr", "en"), BEAMS, BEAM_NEW)
+        ids, n, scores = ours.beam(_padded(states.numpy()), [states.shape[1]], ours.prompt("fr", "en"), BEAMS, BEAM_NEW)
         theirs = ref.sequences[0, p:].tolist()
         want = theirs[: theirs.index(cf.EOS)] if cf.EOS in theirs else theirs
         assert ids[0, : n[0]].tolist() == want, (layer, ids[0, : n[0]].tolist(), want)
@@ -170,14 +188,10 @@ def test_ragged_batch_equals_each_alone(canary):
     for lang, wave in audio.items():
         encoded = _encode(model, proc.apply_transcription_request(wave, source_language=lang))
         memories.append(encoded.hidden_states[1][0].numpy())
-    frames = max(len(m) for m in memories) + 7
-    batch = np.zeros((len(memories), frames, 1024), np.float32)
-    for i, m in enumerate(memories):
-        batch[i, : len(m)] = m
-        batch[i, len(m) :] = 50.0  # padding must not matter
+    batch = np.concatenate([_padded(m[None]) for m in memories])  # padding must not matter
     valid = [len(m) for m in memories]
     prompts = np.stack([ours.prompt(lang, lang) for lang in audio])
     ids, n = ours.greedy(batch, valid, prompts, MAX_NEW)
     for i, m in enumerate(memories):
-        alone, k = ours.greedy(m[None], [len(m)], prompts[i], MAX_NEW)
+        alone, k = ours.greedy(_padded(m[None], fill=-7.0), [len(m)], prompts[i], MAX_NEW)  # other padding
         assert ids[i, : n[i]].tolist() == alone[0, : k[0]].tolist() and n[i] == k[0]
