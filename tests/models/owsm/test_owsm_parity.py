@@ -1,9 +1,12 @@
 """OWSM v3.1, v4 and POWSM against ESPnet's own PyTorch modules and search, on real FLEURS clips and random models
 ESPnet builds.
 
-Every test that reads the model runs on v3.1 (``conv2d``, 80 mels), v4 (``conv2d8``, 128 mels) and POWSM (a 20 s
-window, phone recognition ``<pr>``): ``any_owsm``;
-the head ablation and its gradient, which read only the blocks both share, run on v3.1 (``owsm``).
+The frontend, encoder and logits tests run on v3.1 (``conv2d``, 80 mels), v4 (``conv2d8``, 128 mels) and POWSM (a 20 s
+window, phone recognition ``<pr>``): ``any_owsm``; the searches (greedy and beam) on v3.1 and POWSM
+(``decoding_owsm``): v4's decoder, token list and prompts are v3.1's, so its searches ran v3.1's programs on
+another encoder's output (until 2026-11-27, the same tokens as ESPnet's every time), and its encoder and the logits
+the searches read are checked by the tests before them; the head ablation and its gradient, which read only the blocks
+both share, run on v3.1 (``owsm``).
 
 The model (``owsm_reference``): real base widths, 2 encoder and 2 decoder blocks, a 10 s window, saved in ESPnet's
 published layout and loaded by both sides from those files (ours: ``load_owsm``; ESPnet's: ``Speech2Text``).
@@ -39,21 +42,26 @@ MAX_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, fleurs_dir):
-    """variant -> the model, ESPnet's Speech2Text on it, our features and states of the clips; each built once."""
+def built(request, tmp_path_factory, fleurs_dir):
+    """variant -> the model, ESPnet's Speech2Text on it, our features and states of the clips; each built once (v3.1:
+    the session's, ``owsm_v31_dir``)."""
     from engine.models.owsm.loaded import load_owsm
 
     cache = {}
 
     def build(variant):
         if variant not in cache:
-            root = ref.write_model(tmp_path_factory.mktemp(f"owsm-{variant}"), fleurs_dir, variant=variant)
+            if variant == "v3.1":
+                root = request.getfixturevalue("owsm_v31_dir")
+            else:
+                root = ref.write_model(tmp_path_factory.mktemp(f"owsm-{variant}"), fleurs_dir, variant=variant)
             clips = ref.real_clips(fleurs_dir)
             ours = load_owsm(root)
             features, valid = ours.features(clips)
-            s2t = ref.speech2text(root, MAX_TOKENS)
+            s2t, encoded = ref.speech2text(root, MAX_TOKENS), {}
+            ref.share_encoder_outputs(s2t.s2t_model, encoded)  # the searches encode each clip once
             cache[variant] = dict(root=root, clips=clips, s2t=s2t, ours=ours, features=features, valid=valid,
-                                  states=ours.encode(features), variant=variant)  # fmt: skip
+                                  states=ours.encode(features), variant=variant, encoded=encoded)  # fmt: skip
         return cache[variant]
 
     return build
@@ -61,6 +69,11 @@ def built(tmp_path_factory, fleurs_dir):
 
 @pytest.fixture(scope="module", params=list(ref.VARIANTS))
 def any_owsm(request, built):
+    return built(request.param)
+
+
+@pytest.fixture(scope="module", params=["v3.1", "powsm"])
+def decoding_owsm(request, built):
     return built(request.param)
 
 
@@ -156,8 +169,8 @@ def test_decoder_logits_and_ctc_equal_espnet(any_owsm):
     _close(ours.ctc_logits(owsm["states"], ours.config.n_layer + 1), ctc.numpy(), "CTC logits")
 
 
-def test_greedy_tokens_equal_espnet_search(any_owsm):
-    owsm = any_owsm
+def test_greedy_tokens_equal_espnet_search(decoding_owsm):
+    owsm = decoding_owsm
     s2t, ours = owsm["s2t"], owsm["ours"]
     memory = owsm["states"][-1]
     for i, (clip, (_, lang)) in enumerate(zip(owsm["clips"], ref.CLIPS, strict=True)):
@@ -181,14 +194,15 @@ def _espnet_tokens(hyp, eos: int) -> list[int]:
     return tokens[: tokens.index(eos)] if eos in tokens else tokens
 
 
-def test_beam_search_equals_espnet_beam_search(any_owsm):
+def test_beam_search_equals_espnet_beam_search(decoding_owsm):
     """ESPnet's BatchBeamSearch at beam 3: the same best hypothesis, token for token, and its score within 1e-5.
 
     v3.1's random decoder ends some hypotheses early and runs others to the length limit (asserted, so that both ways
     out of the search stay covered). ASR only: each ESPnet call costs about 2 s of CPU, and tests/jobs/test_owsm.py
     checks the beam's ASR and ST tokens through the decode job."""
-    owsm = any_owsm
+    owsm = decoding_owsm
     s2t, ours = ref.speech2text(owsm["root"], MAX_TOKENS, beam_size=BEAM), owsm["ours"]
+    ref.share_encoder_outputs(s2t.s2t_model, owsm["encoded"])  # the greedy test's encoder outputs, same weights
     memory, eos = owsm["states"][-1], ours.config.token_id("<eos>")
     languages = [lang for _, lang in ref.CLIPS]
     lengths = []
@@ -200,7 +214,7 @@ def test_beam_search_equals_espnet_beam_search(any_owsm):
             assert np.asarray(tokens)[i, : int(n[i])].tolist() == theirs, (i, task)
             _close(score[i], hyp.score.numpy(), f"clip {i} {task} beam score")
             lengths.append(len(theirs))
-    if owsm["variant"] == "v3.1":  # v4's random decoder runs every clip to the limit; the search code is the same
+    if owsm["variant"] == "v3.1":
         assert min(lengths) < MAX_TOKENS and max(lengths) == MAX_TOKENS, lengths
 
 
@@ -208,6 +222,7 @@ def test_language_probs_equal_espnet_speech2language(owsm):
     """ESPnet's Speech2Language: the softmax over the language tokens after ``<sos>``, every language's probability
     within 1e-5, and so the same detected language."""
     s2l, ours = ref.speech2language(owsm["root"]), owsm["ours"]
+    ref.share_encoder_outputs(s2l.s2t_model, owsm["encoded"])
     probs = np.asarray(ours.language_probs(owsm["states"][-1]))
     assert probs.shape == (len(owsm["clips"]), len(ref.LANGUAGES))
     detected = ours.detect_language(owsm["states"][-1])
