@@ -123,13 +123,8 @@ def test_every_encoder_layer_equals_espnet(any_owsm):
     assert ours.config.frontend.speech_seconds == variant["seconds"]
     assert owsm["features"].shape[-1] == ref.VARIANTS[owsm["variant"]]["n_mels"]
     for i in range(len(owsm["clips"])):
-        feats = torch.from_numpy(owsm["features"][i : i + 1])
-        lengths = torch.tensor([feats.shape[1]])
         with torch.no_grad():
-            masks = torch.ones(1, 1, feats.shape[1], dtype=torch.bool)
-            layer0, _ = enc.embed(feats, masks)
-            (out, hidden), _, _ = enc(feats, lengths, return_all_hs=True)
-        theirs = [layer0, *hidden, out]
+            theirs = espnet_layers(enc, owsm["features"][i : i + 1])
         assert len(theirs) == n_layer + 2
         for layer, t in enumerate(theirs):
             _close(states[layer, i], t[0].numpy(), f"clip {i} layer {layer}")
@@ -232,24 +227,29 @@ def test_language_probs_equal_espnet_speech2language(owsm):
         assert detected[i] == max(theirs, key=theirs.get), (i, detected[i], theirs)
 
 
-def espnet_layers(enc, features, mask: torch.Tensor) -> list:
-    n_head = enc.encoders[0].attn.h
-    dh = enc.encoders[0].attn.d_k
-    handles = [
-        block.attn.linear_out.register_forward_pre_hook(
-            lambda module, args, i=i: (args[0] * mask[i].repeat_interleave(dh),)
-        )
-        for i, block in enumerate(enc.encoders)
-    ]
-    assert mask.shape[1] == n_head
-    feats = torch.from_numpy(features)
+def espnet_layers(enc, features, mask: torch.Tensor | None = None) -> list:
+    """ESPnet's encoder on ``features`` f32[1, frame, mel]: layers 0 (``embed``'s output, by a forward hook: the stem
+    is most of the encoder's cost, so it runs once) to L+1; ``mask`` f[L, H]: each head's output scaled by a
+    pre-hook on its block's ``attn.linear_out``."""
+    layer0 = []
+    handles = [enc.embed.register_forward_hook(lambda module, args, out: layer0.append(out[0]))]
+    if mask is not None:
+        dh = enc.encoders[0].attn.d_k
+        assert mask.shape[1] == enc.encoders[0].attn.h
+        handles += [
+            block.attn.linear_out.register_forward_pre_hook(
+                lambda module, args, i=i: (args[0] * mask[i].repeat_interleave(dh),)
+            )
+            for i, block in enumerate(enc.encoders)
+        ]
+    feats = torch.from_numpy(np.ascontiguousarray(features))
     try:
-        layer0, _ = enc.embed(feats, torch.ones(1, 1, feats.shape[1], dtype=torch.bool))
         (out, hidden), _, _ = enc(feats, torch.tensor([feats.shape[1]]), return_all_hs=True)
     finally:
         for h in handles:
             h.remove()
-    return [layer0, *hidden, out]
+    assert len(layer0) == 1
+    return [layer0[0], *hidden, out]
 
 
 def test_one_head_ablated_equals_espnet_with_hooks(owsm):
