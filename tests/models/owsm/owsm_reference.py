@@ -245,3 +245,23 @@ def speech2language(root: pathlib.Path) -> Speech2Language:
             first_lang_sym=LANGUAGES[0],
             last_lang_sym=LANGUAGES[-1],
         )
+
+
+def share_encoder_outputs(s2t_model, outputs: dict) -> None:
+    """Memoise ``s2t_model.encode(speech, speech_lengths)`` (an ESPnet S2T model in eval mode: deterministic) in
+    ``outputs``, keyed by its input, so that ESPnet's searches and language identification on the same clip encode it
+    once: each call pads the clip and encodes it again, and the parity tests run several of them per clip (greedy ASR
+    and ST, beam search, language probabilities). Models loaded from the same files may share ``outputs``: they hold
+    the same weights. Each caller gets its own copy of the tensors."""
+    encode = s2t_model.encode
+
+    def memoised(speech, speech_lengths, **kwargs):
+        if kwargs:  # OWSM-CTC's prompt and prefix: not memoised
+            return encode(speech, speech_lengths, **kwargs)
+        key = (tuple(speech.shape), str(speech.dtype), speech.numpy().tobytes(), tuple(speech_lengths.tolist()))
+        if key not in outputs:
+            outputs[key] = encode(speech, speech_lengths)
+        enc, lengths = outputs[key]
+        return enc.clone(), lengths.clone()
+
+    s2t_model.encode = memoised

@@ -14,8 +14,8 @@ from tests.models.owsm import owsm_reference as ref
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, fleurs_dir):
-    return ref.write_model(tmp_path_factory.mktemp("owsm_ckpt"), fleurs_dir)
+def model_dir(owsm_v31_dir):
+    return owsm_v31_dir  # the session's (conftest.py); _edited copies it before changing a tensor
 
 
 def _edited(model_dir, tmp_path, edit):

@@ -24,8 +24,8 @@ CLIPS = {"fr": ("fleurs-fr-005", "fleurs-fr-000"), "pt": ("fleurs-pt-002", "fleu
 
 
 @pytest.fixture(scope="module")
-def model(fleurs_dir, tmp_path_factory):
-    return ref.write_model(tmp_path_factory.mktemp("owsm-cost") / "model", fleurs_dir)
+def model(owsm_v31_dir):
+    return owsm_v31_dir  # the session's (conftest.py)
 
 
 def espnet_window_flops(s2t) -> int:

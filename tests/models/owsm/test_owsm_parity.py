@@ -1,9 +1,12 @@
 """OWSM v3.1, v4 and POWSM against ESPnet's own PyTorch modules and search, on real FLEURS clips and random models
 ESPnet builds.
 
-Every test that reads the model runs on v3.1 (``conv2d``, 80 mels), v4 (``conv2d8``, 128 mels) and POWSM (a 20 s
-window, phone recognition ``<pr>``): ``any_owsm``;
-the head ablation and its gradient, which read only the blocks both share, run on v3.1 (``owsm``).
+The frontend, encoder and logits tests run on v3.1 (``conv2d``, 80 mels), v4 (``conv2d8``, 128 mels) and POWSM (a 20 s
+window, phone recognition ``<pr>``): ``any_owsm``; the searches (greedy and beam) on v3.1 and POWSM
+(``decoding_owsm``): v4's decoder, token list and prompts are v3.1's, so its searches ran v3.1's programs on
+another encoder's output (until 2026-11-27, the same tokens as ESPnet's every time), and its encoder and the logits
+the searches read are checked by the tests before them; the head ablation and its gradient, which read only the blocks
+both share, run on v3.1 (``owsm``).
 
 The model (``owsm_reference``): real base widths, 2 encoder and 2 decoder blocks, a 10 s window, saved in ESPnet's
 published layout and loaded by both sides from those files (ours: ``load_owsm``; ESPnet's: ``Speech2Text``).
@@ -39,21 +42,26 @@ MAX_TOKENS = 12
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, fleurs_dir):
-    """variant -> the model, ESPnet's Speech2Text on it, our features and states of the clips; each built once."""
+def built(request, tmp_path_factory, fleurs_dir):
+    """variant -> the model, ESPnet's Speech2Text on it, our features and states of the clips; each built once (v3.1:
+    the session's, ``owsm_v31_dir``)."""
     from engine.models.owsm.loaded import load_owsm
 
     cache = {}
 
     def build(variant):
         if variant not in cache:
-            root = ref.write_model(tmp_path_factory.mktemp(f"owsm-{variant}"), fleurs_dir, variant=variant)
+            if variant == "v3.1":
+                root = request.getfixturevalue("owsm_v31_dir")
+            else:
+                root = ref.write_model(tmp_path_factory.mktemp(f"owsm-{variant}"), fleurs_dir, variant=variant)
             clips = ref.real_clips(fleurs_dir)
             ours = load_owsm(root)
             features, valid = ours.features(clips)
-            s2t = ref.speech2text(root, MAX_TOKENS)
+            s2t, encoded = ref.speech2text(root, MAX_TOKENS), {}
+            ref.share_encoder_outputs(s2t.s2t_model, encoded)  # the searches encode each clip once
             cache[variant] = dict(root=root, clips=clips, s2t=s2t, ours=ours, features=features, valid=valid,
-                                  states=ours.encode(features), variant=variant)  # fmt: skip
+                                  states=ours.encode(features), variant=variant, encoded=encoded)  # fmt: skip
         return cache[variant]
 
     return build
@@ -61,6 +69,11 @@ def built(tmp_path_factory, fleurs_dir):
 
 @pytest.fixture(scope="module", params=list(ref.VARIANTS))
 def any_owsm(request, built):
+    return built(request.param)
+
+
+@pytest.fixture(scope="module", params=["v3.1", "powsm"])
+def decoding_owsm(request, built):
     return built(request.param)
 
 
@@ -110,13 +123,8 @@ def test_every_encoder_layer_equals_espnet(any_owsm):
     assert ours.config.frontend.speech_seconds == variant["seconds"]
     assert owsm["features"].shape[-1] == ref.VARIANTS[owsm["variant"]]["n_mels"]
     for i in range(len(owsm["clips"])):
-        feats = torch.from_numpy(owsm["features"][i : i + 1])
-        lengths = torch.tensor([feats.shape[1]])
         with torch.no_grad():
-            masks = torch.ones(1, 1, feats.shape[1], dtype=torch.bool)
-            layer0, _ = enc.embed(feats, masks)
-            (out, hidden), _, _ = enc(feats, lengths, return_all_hs=True)
-        theirs = [layer0, *hidden, out]
+            theirs = espnet_layers(enc, owsm["features"][i : i + 1])
         assert len(theirs) == n_layer + 2
         for layer, t in enumerate(theirs):
             _close(states[layer, i], t[0].numpy(), f"clip {i} layer {layer}")
@@ -156,8 +164,8 @@ def test_decoder_logits_and_ctc_equal_espnet(any_owsm):
     _close(ours.ctc_logits(owsm["states"], ours.config.n_layer + 1), ctc.numpy(), "CTC logits")
 
 
-def test_greedy_tokens_equal_espnet_search(any_owsm):
-    owsm = any_owsm
+def test_greedy_tokens_equal_espnet_search(decoding_owsm):
+    owsm = decoding_owsm
     s2t, ours = owsm["s2t"], owsm["ours"]
     memory = owsm["states"][-1]
     for i, (clip, (_, lang)) in enumerate(zip(owsm["clips"], ref.CLIPS, strict=True)):
@@ -181,14 +189,15 @@ def _espnet_tokens(hyp, eos: int) -> list[int]:
     return tokens[: tokens.index(eos)] if eos in tokens else tokens
 
 
-def test_beam_search_equals_espnet_beam_search(any_owsm):
+def test_beam_search_equals_espnet_beam_search(decoding_owsm):
     """ESPnet's BatchBeamSearch at beam 3: the same best hypothesis, token for token, and its score within 1e-5.
 
     v3.1's random decoder ends some hypotheses early and runs others to the length limit (asserted, so that both ways
     out of the search stay covered). ASR only: each ESPnet call costs about 2 s of CPU, and tests/jobs/test_owsm.py
     checks the beam's ASR and ST tokens through the decode job."""
-    owsm = any_owsm
+    owsm = decoding_owsm
     s2t, ours = ref.speech2text(owsm["root"], MAX_TOKENS, beam_size=BEAM), owsm["ours"]
+    ref.share_encoder_outputs(s2t.s2t_model, owsm["encoded"])  # the greedy test's encoder outputs, same weights
     memory, eos = owsm["states"][-1], ours.config.token_id("<eos>")
     languages = [lang for _, lang in ref.CLIPS]
     lengths = []
@@ -200,7 +209,7 @@ def test_beam_search_equals_espnet_beam_search(any_owsm):
             assert np.asarray(tokens)[i, : int(n[i])].tolist() == theirs, (i, task)
             _close(score[i], hyp.score.numpy(), f"clip {i} {task} beam score")
             lengths.append(len(theirs))
-    if owsm["variant"] == "v3.1":  # v4's random decoder runs every clip to the limit; the search code is the same
+    if owsm["variant"] == "v3.1":
         assert min(lengths) < MAX_TOKENS and max(lengths) == MAX_TOKENS, lengths
 
 
@@ -208,6 +217,7 @@ def test_language_probs_equal_espnet_speech2language(owsm):
     """ESPnet's Speech2Language: the softmax over the language tokens after ``<sos>``, every language's probability
     within 1e-5, and so the same detected language."""
     s2l, ours = ref.speech2language(owsm["root"]), owsm["ours"]
+    ref.share_encoder_outputs(s2l.s2t_model, owsm["encoded"])
     probs = np.asarray(ours.language_probs(owsm["states"][-1]))
     assert probs.shape == (len(owsm["clips"]), len(ref.LANGUAGES))
     detected = ours.detect_language(owsm["states"][-1])
@@ -217,24 +227,29 @@ def test_language_probs_equal_espnet_speech2language(owsm):
         assert detected[i] == max(theirs, key=theirs.get), (i, detected[i], theirs)
 
 
-def espnet_layers(enc, features, mask: torch.Tensor) -> list:
-    n_head = enc.encoders[0].attn.h
-    dh = enc.encoders[0].attn.d_k
-    handles = [
-        block.attn.linear_out.register_forward_pre_hook(
-            lambda module, args, i=i: (args[0] * mask[i].repeat_interleave(dh),)
-        )
-        for i, block in enumerate(enc.encoders)
-    ]
-    assert mask.shape[1] == n_head
-    feats = torch.from_numpy(features)
+def espnet_layers(enc, features, mask: torch.Tensor | None = None) -> list:
+    """ESPnet's encoder on ``features`` f32[1, frame, mel]: layers 0 (``embed``'s output, by a forward hook: the stem
+    is most of the encoder's cost, so it runs once) to L+1; ``mask`` f[L, H]: each head's output scaled by a
+    pre-hook on its block's ``attn.linear_out``."""
+    layer0 = []
+    handles = [enc.embed.register_forward_hook(lambda module, args, out: layer0.append(out[0]))]
+    if mask is not None:
+        dh = enc.encoders[0].attn.d_k
+        assert mask.shape[1] == enc.encoders[0].attn.h
+        handles += [
+            block.attn.linear_out.register_forward_pre_hook(
+                lambda module, args, i=i: (args[0] * mask[i].repeat_interleave(dh),)
+            )
+            for i, block in enumerate(enc.encoders)
+        ]
+    feats = torch.from_numpy(np.ascontiguousarray(features))
     try:
-        layer0, _ = enc.embed(feats, torch.ones(1, 1, feats.shape[1], dtype=torch.bool))
         (out, hidden), _, _ = enc(feats, torch.tensor([feats.shape[1]]), return_all_hs=True)
     finally:
         for h in handles:
             h.remove()
-    return [layer0, *hidden, out]
+    assert len(layer0) == 1
+    return [layer0[0], *hidden, out]
 
 
 def test_one_head_ablated_equals_espnet_with_hooks(owsm):

@@ -30,10 +30,10 @@ TEXTS = {"de": "der hund bellt laut", "fr": "le chien aboie", "en": "the dog bar
 
 
 @pytest.fixture(scope="module")
-def owsm(tmp_path_factory, fleurs_dir):
+def owsm(owsm_v31_dir):
     from engine.models.owsm.trainer import load_trainer
 
-    root = ref.write_model(tmp_path_factory.mktemp("owsm-train"), fleurs_dir)
+    root = owsm_v31_dir  # the session's (conftest.py)
     return dict(root=root, espnet=ref.speech2text(root, 8).s2t_model.eval(), trainer=load_trainer(root))
 
 

@@ -55,13 +55,16 @@ def hf_generate(hf, enc: torch.Tensor, prompt: np.ndarray, eot: int) -> list[lis
     return tokens
 
 
-def check_early_exit(whisper, hf, mel, layers, language, variants=None):
+def check_early_exit(whisper, hf, mel, layers, language, variants=None, hf_layers=None):
     """Greedy tokens from each of ``layers`` with and without ln_post (or the (layer, ln_post) pairs ``variants``)
-    equal transformers' ``generate`` handed the same layer of its own encoder."""
+    equal transformers' ``generate`` handed the same layer of its own encoder (``hf_layers``: ``hf_encoder_layers(hf,
+    mel)`` when the caller has it already)."""
     tok = whisper.tokenizer
     prompt = np.array([tok.sot_sequence(language, "transcribe")] * len(mel), np.int64)
     compared = 0
-    hf_layers = hf_encoder_layers(hf, mel)  # one HF encoder pass serves every (layer, ln_post)
+    if hf_layers is None:
+        hf_layers = hf_encoder_layers(hf, mel)  # one HF encoder pass serves every (layer, ln_post)
+    assert all(len(h) == len(mel) for h in hf_layers)
     variants = variants or [(layer, ln_post) for layer in layers for ln_post in (True, False)]
     for layer, ln_post in variants:
         options = DecodingOptions(

@@ -2,7 +2,7 @@
 
 The packaged whisper-base (OpenAI's weights, stored float16 in CTranslate2 format) runs in our
 Flax model at float32 and in CTranslate2 at ``compute_type="float32"``, on the same log-mel
-features of the real FLEURS parity clips (``PARITY_CLIPS`` in conftest.py: 16 of the 50, every 30 s window of
+features of the real FLEURS parity clips (``parity_clips`` in conftest.py: 11 of the 50, every 30 s window of
 the long one).
 
 - Encoder output (layer L+1): per window, max |ours - CTranslate2| / max |CTranslate2| < 2^-11
@@ -15,8 +15,9 @@ the long one).
   GELU at >= 7e-3 and float16 compute at >= 1.8e-2; a LayerNorm eps of 1e-6 instead of 1e-5 gives
   4.3e-4 to 6e-4, caught on most windows but not all.
 - Detected language: equal on every clip.
-- Greedy transcripts (beam 1, no timestamps, the checkpoint's suppression): identical on all but at most 2 clips
-  (48 of 50 when the set was all 50); near-tied logits may legitimately flip a token on a couple of clips.
+- Greedy transcripts (beam 1, no timestamps, the checkpoint's suppression): identical on all but at most 1 clip of
+  the 11 (48 of 50 when the set was all 50, 14 of 16 on 3 clips a language; all identical on every set so far);
+  near-tied logits may legitimately flip a token on a couple of clips in 50.
 """
 
 import ctranslate2  # noqa: F401  (a dependency of the test extra: missing is a failure, not a skip)
@@ -47,6 +48,7 @@ def whisper(base_whisper):
 # float32-order noise is 5-7x below it (docstring); the wrong-layer controls are >= 500x above it.
 ENCODER_REL_TOL = 2.0**-11
 CONTROL_MARGIN = 100  # each wrong-layer control must exceed the tolerance by this factor
+CONTROLS = 2  # windows the wrong-layer controls are computed on
 
 
 def peak_relative_error(ours, ref):
@@ -67,19 +69,20 @@ def test_encoder_output_matches_ctranslate2(base_encoded, fleurs_windows, whispe
     bad = [(names[owner[i]], float(f"{e:.2e}")) for i, e in enumerate(rel) if e >= ENCODER_REL_TOL]
     assert not bad, f"encoder output differs from CTranslate2 by >= {ENCODER_REL_TOL:.2e} of the peak on {bad}"
 
-    # Controls: the tolerance must reject the mistakes it is there for. Clip 0's first window is
-    # padded (its audio is < 30 s); zeroing the log-mel after the audio is faster-whisper's padding,
+    # Controls: the tolerance must reject the mistakes it is there for, on the first CONTROLS windows (8 until
+    # 2026-11-27; a margin is the model's, not a window's: on these 2, 611x, 45132x and 2193x the tolerance). Clip 0's
+    # first window is padded (its audio is < 30 s); zeroing the log-mel after the audio is faster-whisper's padding,
     # while both sides here were fed OpenAI's (audio padded with zeros, then the log-mel taken).
     top = whisper.dims.n_audio_layer + 1
     valid_frames = fleurs_windows.valid[0]
     assert owner[0] == 0 and valid_frames < 1500
     zero_padded = mel[0].copy()
     zero_padded[:, 2 * valid_frames :] = 0.0  # two mel frames per encoder frame
-    states = np.asarray(whisper.encode(np.concatenate([mel[:BATCH], zero_padded[None]]), (top - 2, top - 1, top)))
+    states = np.asarray(whisper.encode(np.concatenate([mel[:CONTROLS], zero_padded[None]]), (top - 2, top - 1, top)))
     controls = {
-        "one block short (ln_post of layer L-1)": np.asarray(whisper.model.encoder.ln_post(states[0, :BATCH])),
-        "ln_post skipped (layer L)": states[1, :BATCH],
-        "log-mel zero padding": states[2, BATCH:],
+        "one block short (ln_post of layer L-1)": np.asarray(whisper.model.encoder.ln_post(states[0, :CONTROLS])),
+        "ln_post skipped (layer L)": states[1, :CONTROLS],
+        "log-mel zero padding": states[2, CONTROLS:],
     }
     for name, wrong in controls.items():
         err = peak_relative_error(wrong, ref[: len(wrong)])
@@ -96,8 +99,8 @@ def decoded(whisper, ct2_base, ct2_generate, base_encoded, fleurs_windows):
     langs, texts, ct2_langs, ct2_texts = [], [], [], []
     for start in range(0, len(ours_xa), BATCH):
         stop = min(start + BATCH, len(ours_xa))
-        # The last batch (1 of the 17 windows) padded with copies of its first window to BATCH rows: one compiled
-        # detection and decoding program for every call instead of a second pair for 3 rows. Rows are independent.
+        # A last batch short of BATCH rows (none with the 12 windows in batches of 6) is padded with copies of its first
+        # window: one compiled detection and decoding program for every call. Rows are independent.
         rows = list(range(start, stop)) + [start] * (BATCH - (stop - start))
         res = whisper.transcribe(None, xa=ours_xa[rows])
         langs += res.languages[: stop - start]
@@ -129,7 +132,7 @@ def test_detected_language_matches_ctranslate2(decoded):
         assert ours == theirs, f"{name}: we detect {ours}, CTranslate2 {theirs}"
     # And both are right about the first window's language on every clip.
     wrong = [(name, ours[0]) for name, lang, _, ours, *_ in decoded if ours[0] != lang]
-    assert len(wrong) <= 2, wrong
+    assert len(wrong) <= 1, wrong  # 2 of 16 allowed on 3 clips a language
 
 
 def test_greedy_transcripts_match_ctranslate2(decoded):
@@ -142,47 +145,14 @@ def test_greedy_transcripts_match_ctranslate2(decoded):
             f"WER {lang}: ours {wer(refs, [r[5] for r in rows]):.3f}  CTranslate2 {wer(refs, [r[6] for r in rows]):.3f}"
         )
     print(f"identical transcripts: {same}/{len(decoded)}")
-    assert same >= len(decoded) - 2, diffs
+    assert same >= len(decoded) - 1, diffs
 
 
-def test_early_exit_and_translate_run(whisper, fleurs_windows):
-    """Early exit decodes from the layer asked for: the same as that layer's states taken from ``encode``, normalised
-    here with ln_post's weights (or not), and handed to the decoder as ``xa``; and not what layer L+1 gives."""
-    import jax.numpy as jnp
-
-    from engine.models.whisper.decoding import teacher_forced
-
+def test_translate_runs(whisper, fleurs_windows):
+    """``translate`` (``transcribe`` with the task set) gives English text. Translation parity with CTranslate2 on
+    every parity clip is test_parity_ct2_decode.py's. Early exit, which this test also checked by hand (a layer's
+    states normalised in NumPy and handed to the decoder) until 2026-11-27, is test_early_exit_hf.py's: the same
+    layer 4 of whisper-base, with ln_post and without, against transformers' ``generate``."""
     mel = fleurs_windows.mel[fleurs_windows.windows_of(0)[:1]]
-    top = whisper.dims.n_audio_layer + 1
-    layer = top - 3  # an intermediate block: ln_post of block L would be layer L+1 itself
-    n_tokens = 40  # enough to tell the layers apart, cheap on CPU
-    ln = whisper.model.encoder.ln_post
-    scale, bias = (np.asarray(p[...], np.float64) for p in (ln.scale, ln.bias))
-
-    def ln_post(x):  # float64, eps of torch.nn.LayerNorm as OpenAI's model uses it
-        x = np.asarray(x, np.float64)
-        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
-        return (x * scale + bias).astype(np.float32)
-
-    def logits(xa, tokens):
-        return np.asarray(teacher_forced(whisper.model, jnp.asarray(xa), tokens, whisper.alignment_heads())[0])
-
-    plain = DecodingOptions(language="de", max_new_tokens=n_tokens)
-    top_xa = np.asarray(whisper.encode(mel, (top,))[0])
-    from_top = whisper.transcribe(mel, plain)
-    states = np.asarray(whisper.encode(mel, (layer,))[0])
-    for apply_ln_post, by_hand in ((True, ln_post(states)), (False, states)):
-        options = DecodingOptions(
-            language="de", encoder_layer=layer, apply_ln_post=apply_ln_post, max_new_tokens=n_tokens
-        )
-        early = whisper.transcribe(mel, options)
-        assert early.languages == ["de"] and isinstance(early.texts[0], str)
-        assert early.tokens == whisper.transcribe(None, plain, xa=jnp.asarray(by_hand)).tokens, apply_ln_post
-        assert early.tokens != from_top.tokens, f"layer {layer} decodes like layer {top} (ln_post {apply_ln_post})"
-        # Teacher-forced on the early-exit tokens: the same logits as from the hand-made input, not those of L+1.
-        tokens = np.array([[*whisper.tokenizer.sot_sequence("de"), *early.tokens[0]]])
-        want = logits(by_hand, tokens)
-        np.testing.assert_allclose(logits(whisper.audio_features(mel, options), tokens), want, atol=1e-3)
-        assert np.abs(want - logits(top_xa, tokens)).max() > 1.0
     res = whisper.translate(mel, DecodingOptions(language="de"))
     assert res.texts[0].strip(), "translation to English produced no text"

@@ -77,6 +77,17 @@ def languages() -> list[str]:
     return [name.split("-")[0] for name in CLIPS]
 
 
+@pytest.fixture(scope="module")
+def encoded(turbo, hf_turbo, hf_mel) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Every encoder layer of the clips, ours (``f32[L + 2, clip, 1500, 1280]``) and transformers' (a list of L + 2
+    ``f32[clip, 1500, 1280]``), on the same log-mel: one pass of each encoder at turbo's width serves the encoder
+    comparison, our full-depth decoding (layer L + 1) and transformers' early-exit layers."""
+    ref = hf_encoder_layers(hf_turbo, hf_mel)
+    with jax.default_matmul_precision("highest"):
+        ours = np.asarray(turbo.encode(hf_mel))
+    return ours, ref
+
+
 def test_loads_as_turbo_from_the_folder(turbo, hf_turbo, fleurs_dir):
     """Dimensions, v3 ids, languages, alignment heads and suppressed tokens: each from the folder's files, each equal
     to OpenAI's (its tokenizer for 100 languages, its heads table for large-v3-turbo)."""
@@ -112,48 +123,51 @@ def test_loads_as_turbo_from_the_folder(turbo, hf_turbo, fleurs_dir):
     assert set(heads[:, 0]) == {2, 3}
 
 
-def test_every_encoder_layer_matches_hf(turbo, hf_turbo, hf_mel):
+def test_every_encoder_layer_matches_hf(encoded):
     """Layers 0 .. L+1 against transformers' ``hidden_states`` (the last block's raw output by a hook) on the same
     log-mel. Tolerance 1e-5 of the layer's peak in float32 (test_model_parity_hf.py's): summation orders differ (XLA
     against oneDNN); measured 1.3e-6 at most, while a wrong weight or norm is of order 1."""
-    ref = hf_encoder_layers(hf_turbo, hf_mel)
-    with jax.default_matmul_precision("highest"):
-        ours = np.asarray(turbo.encode(hf_mel))
+    ours, ref = encoded
     assert ours.shape == (TURBO_DIMS.n_audio_layer + 2, len(CLIPS), 1500, 1280) and len(ref) == len(ours)
     errors = [rel_err(ours[i], ref[i]) for i in range(len(ref))]
     print(f"\nturbo encoder, relative error per layer: {', '.join(f'{e:.1e}' for e in errors)}")
     assert max(errors) < RTOL, errors
 
 
-def test_greedy_at_full_depth_matches_hf_generate(turbo, hf_turbo, hf_mel):
+def test_greedy_at_full_depth_matches_hf_generate(turbo, hf_turbo, hf_mel, encoded):
     """Greedy tokens from layer L+1 equal transformers' Whisper ``generate`` with the same forced language and task:
     both take the prompt, the suppressed tokens and the blank suppression from the folder's generation config. One
     ``generate`` call (``force_unique_generate_call``): random weights sample timestamp tokens, after which
-    transformers would otherwise cut the window into segments and decode again from the last timestamp."""
+    transformers would otherwise cut the window into segments and decode again from the last timestamp. Ours decodes
+    from our layer L+1 of the same log-mel (``encoded``; the decoding from the log-mel itself is the early-exit
+    test's)."""
     with torch.no_grad():
         out = hf_turbo.generate(
             torch.from_numpy(hf_mel), language=languages(), task="transcribe", max_new_tokens=N_NEW,
             force_unique_generate_call=True,
         ).numpy()  # fmt: skip
     tok = turbo.tokenizer
-    for row, lang, mel in zip(out, languages(), hf_mel, strict=True):
+    top = encoded[0][-1]
+    for i, (row, lang) in enumerate(zip(out, languages(), strict=True)):
         prompt = tok.sot_sequence(lang)
         assert tuple(row[: len(prompt)]) == prompt
         ref = row[len(prompt) :].tolist()
         ref = ref[: ref.index(tok.eot)] if tok.eot in ref else ref
+        options = DecodingOptions(language=lang, max_new_tokens=N_NEW)
         with jax.default_matmul_precision("highest"):
-            ours = turbo.transcribe(mel[None], DecodingOptions(language=lang, max_new_tokens=N_NEW)).tokens[0]
+            ours = turbo.transcribe(None, options, xa=top[i : i + 1]).tokens[0]
         assert ours == ref, lang
         assert len(set(ref)) > 3, "degenerate reference: the comparison would prove little"
 
 
-def test_early_exit_matches_hf_generate(turbo, hf_turbo, hf_mel):
+def test_early_exit_matches_hf_generate(turbo, hf_turbo, hf_mel, encoded):
     """The decoder fed encoder layer 0 (the stem) without ln_post, 1 with it and 2 (= L, the last block's raw output)
     without: greedy tokens equal transformers' generic ``generate`` handed the same layer of its own encoder,
     suppression off on both sides (``check_early_exit``). Three of the six (layer, ln_post) pairs, each compiled at
     turbo's size: both settings at every layer are the tiny model's and whisper-base's tests (test_early_exit_hf)."""
     with jax.default_matmul_precision("highest"):
-        check_early_exit(turbo, hf_turbo, hf_mel[:2], (0, 1, 2), "de", variants=[(0, False), (1, True), (2, False)])
+        check_early_exit(turbo, hf_turbo, hf_mel[:2], (0, 1, 2), "de", variants=[(0, False), (1, True), (2, False)],
+                         hf_layers=[h[:2] for h in encoded[1]])  # fmt: skip
 
 
 @pytest.fixture(scope="module")

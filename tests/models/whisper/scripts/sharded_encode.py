@@ -1,7 +1,9 @@
 """Run in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=N set before JAX starts.
 
-Encodes random windows with a small random Whisper sharded over all devices and on one device,
-and prints the max abs difference per batch size as JSON.
+Encodes random windows with a small random Whisper sharded over meshes of 1, 2 and all N devices and on one device,
+and prints the max abs difference per (mesh size, layers, batch size) as JSON. The meshes of 1 and 2 take the first
+devices (``data_mesh(devices)``); the mesh of all N is the default (``data_mesh()``). ``ShardedEncoder`` reads only
+its mesh (its size sets the padding), so a mesh of 2 of N fake devices runs what a process with 2 devices runs.
 """
 
 import json
@@ -21,14 +23,19 @@ expected_devices = int(sys.argv[1])
 assert jax.device_count() == expected_devices, (jax.device_count(), expected_devices)
 dims = ModelDimensions(80, 32, 64, 4, 2, 51865, 16, 64, 4, 1)
 model = Whisper(dims, random_state_dict(dims, seed=1))
+single = jax.jit(lambda m, layers: model.encoder(m, layers), static_argnums=1)  # one program per layers and batch
 rng = np.random.default_rng(0)
 report = {}
-for layers in (None, (2, 0)):
-    enc = ShardedEncoder(model, SIGNATURE, data_mesh(), layers=layers)
-    for batch in (1, 3, expected_devices, expected_devices + 3):
-        mel = rng.standard_normal((batch, 80, 64)).astype(np.float32)
-        sharded = np.asarray(enc(mel))
-        single = np.asarray(jax.jit(lambda m, lay=layers: model.encoder(m, lay))(jnp.asarray(mel)))
-        assert sharded.shape == single.shape, (sharded.shape, single.shape)
-        report[f"{layers}-{batch}"] = float(np.abs(sharded - single).max())
+for n in sorted({1, 2, expected_devices}):
+    mesh = data_mesh() if n == expected_devices else data_mesh(jax.devices()[:n])
+    assert mesh.size == n
+    for layers in (None, (2, 0)):
+        enc = ShardedEncoder(model, SIGNATURE, mesh, layers=layers)
+        # Batches that are not a multiple of the mesh size are included (1, 3, n + 3).
+        for batch in sorted({1, 3, n, n + 3}):
+            mel = rng.standard_normal((batch, 80, 64)).astype(np.float32)
+            sharded = np.asarray(enc(mel))
+            ref = np.asarray(single(jnp.asarray(mel), layers))
+            assert sharded.shape == ref.shape, (sharded.shape, ref.shape)
+            report[f"{n}-{layers}-{batch}"] = float(np.abs(sharded - ref).max())
 print(json.dumps(report))
