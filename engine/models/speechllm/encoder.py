@@ -18,32 +18,18 @@ from engine.data import audio as audio_lib
 from engine.errors import AudioError, CheckpointError
 from engine.models.common import logmel
 from engine.models.common.heads import HeadMasked
-from engine.models.common.parallel import ShardedEncoder, Signature
+from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims, LoadedEncoder
 from engine.models.speechllm import qwen3_encoder, usm_encoder
+from engine.models.speechllm.calls import OUTPUTS, masked, signatures
 from engine.models.speechllm.loaded import LoadedSpeechLLM, load_speechllm
 from engine.models.speechllm.qwen3_checkpoints import is_qwen3
 from engine.models.speechllm.usm_checkpoints import is_usm
 
-OUTPUTS = ("layers", "final", "projector")  # what a store of the family holds (encode --tower_output)
 _INPUTS = (("mel f32[batch, n_mels, 3000]", np.float32, 3), ("frames i32[batch]", np.int32, 1))
 
 
-def _encode(model, mel, frames, *, layers, out_dtype):
-    return model(mel, frames, layers, out_dtype)
-
-
-def _final(model, mel, frames, *, layers, out_dtype):
-    del layers  # one layer
-    return model.output_states(mel, frames, "final", out_dtype)
-
-
-def _projector(model, mel, frames, *, layers, out_dtype):
-    del layers
-    return model.output_states(mel, frames, "projector", out_dtype)
-
-
-SIGNATURES = {name: Signature(fn, _INPUTS) for name, fn in zip(OUTPUTS, (_encode, _final, _projector), strict=True)}
+SIGNATURES = signatures(_INPUTS)
 
 
 def store_depth(dims) -> Callable[[int], float]:
@@ -59,10 +45,6 @@ def store_depth(dims) -> Callable[[int], float]:
         return lambda layer: layer / (blocks + 1)
     past = 1.0 / (int(config["layers"]) + 1) if output == "projector" else 0.0
     return lambda layer: 1.0 + past
-
-
-def _masked(model, mel, frames, *, layers, head_mask):
-    return model(mel, frames, layers, jnp.float32, head_mask)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -162,7 +144,7 @@ class SpeechLLMEncoder(LoadedEncoder):
         if self.output != "layers":
             raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
         c = self.loaded.config
-        return HeadMasked(self.loaded.model, _masked, c.layers, c.heads, tuple(layers))
+        return HeadMasked(self.loaded.model, masked, c.layers, c.heads, tuple(layers))
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         signature = SIGNATURES[self.output]

@@ -25,12 +25,12 @@ from engine.data import audio as audio_lib
 from engine.errors import AudioError, CheckpointError
 from engine.models.common import logmel
 from engine.models.common.heads import HeadMasked
-from engine.models.common.parallel import ShardedEncoder, Signature
+from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder
+from engine.models.speechllm.calls import OUTPUTS, masked, signatures
 from engine.models.speechllm.qwen3_config import frames_of, pooled_frames
 from engine.models.speechllm.qwen3_loaded import LoadedQwen3Audio, load_qwen3_audio, mel_frames
 
-OUTPUTS = ("layers", "final", "projector")
 QWEN3_LAYERS = (
     "0 = the downsampler's output (3 stride-2 Conv2d over 1 s chunks, conv_out, positions), 1..L = block outputs "
     "(attention within 8 s windows), L+1 = ln_post output; 13 frames/s"
@@ -42,23 +42,7 @@ QWEN25_OMNI_LAYERS = (
 _INPUTS = (("mel f32[batch, n_mels, 3000]", np.float32, 3), ("mel_frames i32[batch]", np.int32, 1))
 
 
-def _encode(model, mel, frames, *, layers, out_dtype):
-    return model(mel, frames, layers, out_dtype)
-
-
-def _output(name):
-    def call(model, mel, frames, *, layers, out_dtype):
-        del layers  # one layer
-        return model.output_states(mel, frames, name, out_dtype)
-
-    return call
-
-
-SIGNATURES = {"layers": Signature(_encode, _INPUTS), **{o: Signature(_output(o), _INPUTS) for o in OUTPUTS[1:]}}
-
-
-def _masked(model, mel, frames, *, layers, head_mask):
-    return model(mel, frames, layers, jnp.float32, head_mask)
+SIGNATURES = signatures(_INPUTS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -151,7 +135,7 @@ class Qwen3AudioEncoder(LoadedEncoder):
         if self.output != "layers":
             raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
         c = self.loaded.config
-        return HeadMasked(self.loaded.model, _masked, c.layers, c.heads, tuple(layers))
+        return HeadMasked(self.loaded.model, masked, c.layers, c.heads, tuple(layers))
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         signature = SIGNATURES[self.output]

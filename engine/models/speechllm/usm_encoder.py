@@ -21,12 +21,12 @@ import numpy as np
 
 from engine.errors import AudioError, CheckpointError
 from engine.models.common.heads import HeadMasked
-from engine.models.common.parallel import ShardedEncoder, Signature
+from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder, window_frames
+from engine.models.speechllm.calls import OUTPUTS, masked, signatures
 from engine.models.speechllm.usm_features import MAX_SAMPLES
 from engine.models.speechllm.usm_loaded import WINDOW_MEL_FRAMES, LoadedUsm, collate, load_usm
 
-OUTPUTS = ("layers", "final", "projector")
 USM_LAYERS = (
     "0 = the subsampler's output (two stride-2 Conv2d over time and mel, each normed and ReLU'd, input_proj_linear), "
     "1..L = conformer block outputs (each after its block's final RMSNorm); 25 frames/s"
@@ -34,23 +34,7 @@ USM_LAYERS = (
 _INPUTS = (("mel f32[batch, 3000, n_mels]", np.float32, 3), ("valid i32[batch]", np.int32, 1))
 
 
-def _encode(model, mel, valid, *, layers, out_dtype):
-    return model(mel, valid, layers, out_dtype)
-
-
-def _output(name):
-    def call(model, mel, valid, *, layers, out_dtype):
-        del layers  # one layer
-        return model.output_states(mel, valid, name, out_dtype)
-
-    return call
-
-
-SIGNATURES = {"layers": Signature(_encode, _INPUTS), **{o: Signature(_output(o), _INPUTS) for o in OUTPUTS[1:]}}
-
-
-def _masked(model, mel, valid, *, layers, head_mask):
-    return model(mel, valid, layers, jnp.float32, head_mask)
+SIGNATURES = signatures(_INPUTS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -142,7 +126,7 @@ class UsmEncoder(LoadedEncoder):
         if self.output != "layers":
             raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
         c = self.loaded.config
-        return HeadMasked(self.loaded.model, _masked, c.layers, c.heads, tuple(layers))
+        return HeadMasked(self.loaded.model, masked, c.layers, c.heads, tuple(layers))
 
     def sharded(self, mesh, layers: Sequence[int], out_dtype):
         signature = SIGNATURES[self.output]

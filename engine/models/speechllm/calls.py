@@ -1,0 +1,33 @@
+"""The calls every speech-LLM tower's encoder adapter makes of its model, the same for each tower (Qwen2-Audio,
+Voxtral, AF3, Qwen3, USM): a model takes ``(features, valid)`` and returns its layers, one ``--tower_output``, or its
+layers with heads masked."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from engine.models.common.parallel import Signature
+
+OUTPUTS = ("layers", "final", "projector")  # what a store of the family holds (encode --tower_output)
+
+
+def _encode(model, features, valid, *, layers, out_dtype):
+    return model(features, valid, layers, out_dtype)
+
+
+def _output(name):
+    def call(model, features, valid, *, layers, out_dtype):
+        del layers  # one layer
+        return model.output_states(features, valid, name, out_dtype)
+
+    return call
+
+
+def signatures(inputs: tuple) -> dict[str, Signature]:
+    """Each ``--tower_output``'s sharded call, on the tower's ``inputs`` (``Signature``'s name, dtype, rank)."""
+    return {"layers": Signature(_encode, inputs), **{o: Signature(_output(o), inputs) for o in OUTPUTS[1:]}}
+
+
+def masked(model, features, valid, *, layers, head_mask):
+    """``HeadMasked``'s call: every layer asked for, float32, with ``head_mask`` scaling each head."""
+    return model(features, valid, layers, jnp.float32, head_mask)
