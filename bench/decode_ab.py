@@ -4,8 +4,10 @@
 
 The base commit's ``engine/models/whisper/{model,decoding,stages}.py`` are copied into a temporary package and run on
 the same weights (the packaged whisper-base, float32) and the same encoder output as the working tree's code. Prints
-whether the tokens are identical, the largest difference of the mean log-probabilities, and old / new seconds per
-decoding with the per-round range of the ratio, and the load before / after.
+whether the tokens are identical, the largest difference of the mean log-probabilities, whether XLA compiled the two
+greedy programs (the prompt's start and the stage's loop) to the same executable, and old / new seconds per decoding
+with the per-round range of the ratio, and the load before / after. Where the executables are the same, a time
+difference is the machine's, not the code's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import statistics
 import subprocess
 import sys
@@ -41,6 +44,27 @@ def copy_base(base: str, into: pathlib.Path) -> None:
             src = src.replace(f"from engine.models.whisper.{other} import", f"from base_whisper.{other} import")
         src = src.replace("from engine.models.whisper import ", "from base_whisper import ")
         (package / f"{name}.py").write_text(src)
+
+
+def executable_text(lowered) -> str:
+    """XLA's optimised program without what names the source (file names, lines, op names): equal for two
+    commits whose code compiles to the same executable."""
+    text = re.sub(r", metadata=\{[^}]*\}", "", lowered.compile().as_text())
+    text = re.sub(r"%[\w.-]+", "%", text)
+    kept = [line for line in text.splitlines() if not re.match(r'^\s*\d+ (\{file_|\{file_location|")', line)]
+    return re.sub(r",? ?stack_frame_id=\d+", "", "\n".join(kept))
+
+
+def greedy_executables(module, model, xa, prompt, common, n_vocab) -> list[str]:
+    """The two programs of a greedy decode as compiled at ``module``'s commit (its start, then its stage)."""
+    suppress, begin = module._suppress_masks(n_vocab, common["suppress_tokens"], common["suppress_begin"])
+    graphdef, state = module._split(model)
+    emb_t = module.embedding_t(model)
+    eot, new = common["eot"], common["max_new_tokens"]
+    start = module._greedy_start.lower(graphdef, state, emb_t, xa, prompt, suppress, begin, eot, new, new)
+    kv, carry = module._greedy_start(graphdef, state, emb_t, xa, prompt, suppress, begin, eot, new, new)
+    stage = module._greedy_stage.lower(graphdef, state, emb_t, suppress, eot, prompt.shape[1], kv, carry, new, 0)
+    return [executable_text(start), executable_text(stage)]
 
 
 def main() -> None:
@@ -84,6 +108,16 @@ def main() -> None:
             return lambda: module.greedy_decode(model, xa, prompt, **common)
         return lambda: module.beam_decode(model, xa, prompt, beam_size=beam, **common)
 
+    vocab, prompt_j = whisper.dims.n_vocab, jax.numpy.asarray(prompt)
+    same = [
+        a == b
+        for a, b in zip(
+            greedy_executables(old_decoding, old, xa, prompt_j, common, vocab),
+            greedy_executables(new_decoding, whisper.model, xa, prompt_j, common, vocab),
+            strict=True,
+        )
+    ]
+    print(f"greedy executables (start, stage) the same at both commits: {same}")
     beams = [int(b) for b in args.beams.split(",")]
     contenders = {}
     for beam in beams:
