@@ -36,6 +36,7 @@ EXPECTED = {
     "voxtral": ("speechllm", 2),
     "audio-flamingo3": ("speechllm", 1), "qwen3-asr": ("speechllm", 2), "qwen3-omni": ("speechllm", 2),
     "qwen2.5-omni": ("speechllm", 1), "gemma3n": ("speechllm", 1), "gemma4": ("speechllm", 1),
+    "voxtral-realtime": ("speechllm", 2),
     "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1),
 }  # fmt: skip
 # Every kind with its defaults (2 blocks x 64, 4 heads) through the engine, then one through the command line, in a
@@ -182,6 +183,7 @@ def test_an_out_it_did_not_write_is_never_touched(tmp_path):
         ("Qwen/Qwen2.5-Omni-7B", "/path/to/Qwen2.5-Omni-7B", "qwen2.5-omni"),
         ("google/gemma-3n-E2B-it", "/path/to/gemma-3n-E2B-it", "gemma3n"),
         ("google/gemma-4-E4B-it", "/path/to/gemma-4-E4B-it", "gemma4"),
+        ("mistralai/Voxtral-Mini-4B-Realtime-2602", "/path/to/Voxtral-Mini-4B-Realtime-2602", "voxtral-realtime"),
         ("nvidia/parakeet-ctc-0.6b", "/path/to/parakeet-ctc-0.6b", "parakeet"),
         ("nvidia/canary-1b-v2", "/path/to/canary-1b-v2", "canary"),
         ("facebook/seamless-m4t-v2-large", "/path/to/seamless-m4t-v2-large", "seamless"),
