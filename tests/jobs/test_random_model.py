@@ -215,9 +215,10 @@ def test_a_hub_error_names_the_family_s_own_example(repo, example, kind, monkeyp
 
 # One kind per family and attention layout (the kinds of a family share its model code): Voxtral attends over the whole
 # window, Qwen2-Audio masks the keys past the valid frames, Qwen3-ASR attends within 8 s windows (a mask per row
-# repeated over each row's windows), Gemma 4 within chunks of 12 frames over the 12 before (USM's chunked attention).
+# repeated over each row's windows), Gemma 4 within chunks of 12 frames over the 12 before (USM's chunked attention),
+# Voxtral Realtime causally within a sliding window of 750 frames.
 MASKED_KINDS = ("whisper", "wav2vec2", "w2v-bert", "owsm", "owls", "qwen2-audio", "voxtral", "qwen3-asr", "gemma4",
-                "parakeet")  # fmt: skip
+                "voxtral-realtime", "parakeet")  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", MASKED_KINDS)

@@ -3,8 +3,8 @@
 frames/s, equal, window by window, to transformers' ``VoxtralRealtimeEncoder`` holding the folder's tensors on each
 window alone (a 30 s window is 1500 frames: twice the sliding window, at the released positions); seqsim and the heads
 job (every head of both blocks ablated, scored by SeqSim R@1 at the last block; its gradient importance is left out
-for the suite's time: the gradient goes through the same masked call the forward pass does, which
-tests/models/speechllm/test_voxtral_realtime.py checks against transformers) run on the store. The real width against
+for the suite's time: the mask's gradient is tests/jobs/test_random_model.py's, the masked pass against transformers
+tests/models/speechllm/test_voxtral_realtime.py's) run on the store. The real width against
 transformers is tests/models/speechllm/test_voxtral_realtime.py's.
 
 Clips: three languages (de, en, es: 2 FLEURS clips each, ids shared by position) cut to 2-3 s, and one of 31 s joined
