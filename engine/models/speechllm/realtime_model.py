@@ -59,10 +59,10 @@ def band(frames: int, window: int) -> np.ndarray:
     return (k <= q) & (k > q - window)
 
 
-def banded_attention(q, k, v, window: int):
+def banded_attention(q, k, v, window: int, batched: bool | None = None):
     """``q, k, v: f[b, t, h, dh]`` (q already scaled) -> ``f[b, t, h * dh]``, each query over its ``window`` keys. On
     CPU one head of one row at a time (``jax.lax.map``, as ``engine.models.common.attention``), so that each ``t x t``
-    block of logits stays in cache."""
+    block of logits stays in cache; elsewhere every head at once (``batched``: force either, for the tests)."""
     b, t, h, dh = q.shape
     allowed = jnp.asarray(band(t, window))
     low = jnp.finfo(jnp.float32).min
@@ -73,12 +73,26 @@ def banded_attention(q, k, v, window: int):
         weights = jax.nn.softmax(logits, axis=-1).astype(vi.dtype)
         return jnp.einsum("qk,kd->qd", weights, vi)
 
-    if jax.default_backend() == "cpu":
+    if not (jax.default_backend() != "cpu" if batched is None else batched):
         out = jax.lax.map(one, tuple(head_major(x).reshape(b * h, t, dh) for x in (q, k, v)))
         return head_major(out.reshape(b, h, t, dh)).reshape(b, t, h * dh)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     weights = jax.nn.softmax(jnp.where(allowed[None, None], logits, low), axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, h * dh)
+
+
+def reference_banded_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, window: int) -> np.ndarray:
+    """``banded_attention``'s NumPy twin, a query at a time in float64."""
+    b, t, h, dh = q.shape
+    out = np.zeros((b, t, h, dh))
+    for r in range(b):
+        for j in range(h):
+            for i in range(t):
+                keys = slice(max(0, i - window + 1), i + 1)
+                logits = k[r, keys, j].astype(np.float64) @ q[r, i, j].astype(np.float64)
+                w = np.exp(logits - logits.max())
+                out[r, i, j] = (w / w.sum()) @ v[r, keys, j]
+    return out.reshape(b, t, h * dh)
 
 
 class CausalConv(nnx.Module):

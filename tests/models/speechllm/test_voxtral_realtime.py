@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -39,6 +40,7 @@ from transformers.models.voxtral_realtime.feature_extraction_voxtral_realtime im
 from engine.models.speechllm.realtime_encoder import RealtimeEncoder
 from engine.models.speechllm.realtime_features import RealtimeFeatures, log_mel
 from engine.models.speechllm.realtime_loaded import collate, load_realtime
+from engine.models.speechllm.realtime_model import banded_attention, reference_banded_attention
 
 RTOL = 1e-5
 SECONDS = (0.8, 0.55)
@@ -95,6 +97,16 @@ def test_features_equal_the_extractor():
         got = log_mel(clip, settings)
         assert got.shape == want.shape == (128, len(clip) // 160)
         assert np.abs(got - want).max() <= FEATURES_RTOL * np.abs(want).max()
+
+
+def test_batched_banded_attention_equals_the_reference():
+    """The sliding-window attention of accelerators (every head at once) against its NumPy twin: on a CPU machine it
+    runs nowhere else in the tests (the CPU's form, a row and head at a time, is the layers' below)."""
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((2, 23, 3, 8)).astype(np.float32) for _ in range(3))
+    want = reference_banded_attention(q, k, v, 5)
+    got = np.asarray(jax.jit(banded_attention, static_argnums=(3, 4))(q, k, v, 5, True))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
 def _close(ours, theirs, what):
