@@ -53,9 +53,6 @@ class RealtimeConfig:
     group: int = 4  # downsample_factor: frames joined before the projector
     kind: str = KIND
 
-    # the speech-LLM encoder's questions, answered for this tower
-    masked = False  # causal: no key mask is needed, the keys past a clip come after its every frame
-
     @property
     def attention_width(self) -> int:
         return self.heads * self.head_dim
