@@ -57,6 +57,9 @@ from engine.models.speechllm.config import MODEL_TYPES as SPEECHLLM_TYPES
 from engine.models.speechllm.qwen3_checkpoints import HUB_NAMES as QWEN3_HUB_NAMES
 from engine.models.speechllm.qwen3_config import HUB_IDS as QWEN3_HUB_IDS
 from engine.models.speechllm.qwen3_config import MODEL_TYPES as QWEN3_TYPES
+from engine.models.speechllm.realtime_config import HUB_IDS as REALTIME_HUB_IDS
+from engine.models.speechllm.realtime_config import MODEL_TYPES as REALTIME_TYPES
+from engine.models.speechllm.realtime_random import KINDS as REALTIME_RANDOM
 from engine.models.speechllm.usm_config import HUB_IDS as USM_HUB_IDS
 from engine.models.speechllm.usm_config import HUB_NAMES as USM_HUB_NAMES
 from engine.models.speechllm.usm_config import MODEL_TYPES as USM_TYPES
@@ -168,11 +171,12 @@ FAMILIES: dict[str, Family] = {
             layout=is_espnet_s2t, random_kinds=OWSM_RANDOM, trainer=load_owsm_trainer,
         ),
         Family(
-            "speechllm", (*SPEECHLLM_TYPES, *QWEN3_TYPES, *USM_TYPES), speechllm_encoder.load, SPEECHLLM_LAYERS,
+            "speechllm", (*SPEECHLLM_TYPES, *QWEN3_TYPES, *USM_TYPES, *REALTIME_TYPES), speechllm_encoder.load,
+            SPEECHLLM_LAYERS,
             hub_ids=(*SPEECHLLM_HUB_IDS.values(), *(i for ids in (*QWEN3_HUB_IDS.values(), *USM_HUB_IDS.values())
-                                                     for i in ids)),
+                                                     for i in ids), *REALTIME_HUB_IDS),
             outputs=speechllm_encoder.OUTPUTS, depth=speechllm_encoder.store_depth,
-            random_kinds=speechllm_random.KINDS + qwen3_random.KINDS + USM_RANDOM,
+            random_kinds=speechllm_random.KINDS + qwen3_random.KINDS + USM_RANDOM + REALTIME_RANDOM,
             hub_names=r"qwen2-audio|voxtral|audio-flamingo|" + QWEN3_HUB_NAMES + "|" + USM_HUB_NAMES,
         ),
         Family(

@@ -36,6 +36,7 @@ EXPECTED = {
     "voxtral": ("speechllm", 2),
     "audio-flamingo3": ("speechllm", 1), "qwen3-asr": ("speechllm", 2), "qwen3-omni": ("speechllm", 2),
     "qwen2.5-omni": ("speechllm", 1), "gemma3n": ("speechllm", 1), "gemma4": ("speechllm", 1),
+    "voxtral-realtime": ("speechllm", 2),
     "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1),
 }  # fmt: skip
 # Every kind with its defaults (2 blocks x 64, 4 heads) through the engine, then one through the command line, in a
@@ -182,6 +183,7 @@ def test_an_out_it_did_not_write_is_never_touched(tmp_path):
         ("Qwen/Qwen2.5-Omni-7B", "/path/to/Qwen2.5-Omni-7B", "qwen2.5-omni"),
         ("google/gemma-3n-E2B-it", "/path/to/gemma-3n-E2B-it", "gemma3n"),
         ("google/gemma-4-E4B-it", "/path/to/gemma-4-E4B-it", "gemma4"),
+        ("mistralai/Voxtral-Mini-4B-Realtime-2602", "/path/to/Voxtral-Mini-4B-Realtime-2602", "voxtral-realtime"),
         ("nvidia/parakeet-ctc-0.6b", "/path/to/parakeet-ctc-0.6b", "parakeet"),
         ("nvidia/canary-1b-v2", "/path/to/canary-1b-v2", "canary"),
         ("facebook/seamless-m4t-v2-large", "/path/to/seamless-m4t-v2-large", "seamless"),
@@ -213,9 +215,10 @@ def test_a_hub_error_names_the_family_s_own_example(repo, example, kind, monkeyp
 
 # One kind per family and attention layout (the kinds of a family share its model code): Voxtral attends over the whole
 # window, Qwen2-Audio masks the keys past the valid frames, Qwen3-ASR attends within 8 s windows (a mask per row
-# repeated over each row's windows), Gemma 4 within chunks of 12 frames over the 12 before (USM's chunked attention).
+# repeated over each row's windows), Gemma 4 within chunks of 12 frames over the 12 before (USM's chunked attention),
+# Voxtral Realtime causally within a sliding window of 750 frames.
 MASKED_KINDS = ("whisper", "wav2vec2", "w2v-bert", "owsm", "owls", "qwen2-audio", "voxtral", "qwen3-asr", "gemma4",
-                "parakeet")  # fmt: skip
+                "voxtral-realtime", "parakeet")  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", MASKED_KINDS)

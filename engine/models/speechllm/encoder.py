@@ -20,10 +20,11 @@ from engine.models.common import logmel
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims, LoadedEncoder
-from engine.models.speechllm import qwen3_encoder, usm_encoder
+from engine.models.speechllm import qwen3_encoder, realtime_encoder, usm_encoder
 from engine.models.speechllm.calls import OUTPUTS, masked, signatures
 from engine.models.speechllm.loaded import LoadedSpeechLLM, load_speechllm
 from engine.models.speechllm.qwen3_checkpoints import is_qwen3
+from engine.models.speechllm.realtime_checkpoints import is_voxtral_realtime
 from engine.models.speechllm.usm_checkpoints import is_usm
 
 _INPUTS = (("mel f32[batch, n_mels, 3000]", np.float32, 3), ("frames i32[batch]", np.int32, 1))
@@ -171,7 +172,9 @@ class SpeechLLMEncoder(LoadedEncoder):
 
 def load(source, *, adapter=None, dtype=None, output: str = "layers") -> SpeechLLMEncoder:
     """The tower of a speech LLM's folder or hub id; a Qwen3-ASR or Qwen3-Omni one is ``qwen3_encoder``'s, a Gemma 3n
-    or Gemma 4 one ``usm_encoder``'s."""
+    or Gemma 4 one ``usm_encoder``'s, a Voxtral Realtime one ``realtime_encoder``'s."""
+    if is_voxtral_realtime(source):
+        return realtime_encoder.load(source, dtype=dtype, output=output)
     if is_qwen3(source):
         return qwen3_encoder.load(source, dtype=dtype, output=output)
     if is_usm(source):
