@@ -171,3 +171,32 @@ def test_every_table_has_its_columns_and_a_row_per_step_and_layer(series):
         score = [min(float(r["alignment"]), float(r["separability"])) for r in own]
         chosen = [r["layer"] for r in own if r["chosen"] == "True"]
         assert chosen == [own[int(np.argmax(score))]["layer"]] == [best[step]["meet_layer"]], own
+
+
+def test_a_model_of_another_depth_is_matched_by_depth_the_shallower_on_ties():
+    from engine.pipelines.series.read import Member, matched_layer
+
+    small = Member("small", 1, None, (0, 1, 2, 3), lambda layer: layer / 4)
+    big = Member("big", 2, None, tuple(range(8)), lambda layer: layer / 8)
+    assert [matched_layer(small, layer, big) for layer in small.layers] == [0, 2, 4, 6]
+    assert [matched_layer(big, layer, small) for layer in big.layers] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [matched_layer(big, layer, big) for layer in big.layers] == list(big.layers)
+
+
+def test_the_documented_series_studies_load(series, tmp_path):
+    """docs/dynamics.md's offline study and its OWLS steps study: every key a flag of its job, the final model's
+    encode once, the series stage after the matrix reading every step's store. (After the module's study run: the
+    jobs' flags are listed already in this process.)"""
+    from jobs.studies.graph import dependencies
+    from jobs.studies.spec import load_study
+
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "dynamics.md").read_text()
+    offline = text[text.index("<<'EOF'\n") + 8 : text.index("\nEOF\n")]
+    start = text.index("# owls-steps.yaml")
+    for name, body in (("offline", offline), ("owls", text[start : text.index("```", start)])):
+        (tmp_path / f"{name}.yaml").write_text(body)
+        study = load_study(str(tmp_path / f"{name}.yaml"))
+        assert [s.name for s in study.stages] == ["1", "1/2", "2/2", "3/2", "3"], name
+        last = study.stages[-1]
+        assert last.job == "series" and len(last.flags["stores"].split(",")) == 3, last
+        assert {a.name for _, a in dependencies(study.stages)[last.name]} == {"1", "1/2", "2/2", "3/2"}, name
