@@ -6,7 +6,8 @@ separability meet, one table per analysis with a row per step (or size) and laye
         --out /data/series                                                    # the steps from their stores' records
     python -m jobs.series --stores /data/025B,/data/1B,/data/4B --values 0.25,1,4 --axis "parameters (B)" \
         --out /data/sizes                                                     # a ladder of sizes, on the depth axis
-    python -m jobs.series --stores S1,S2 --retrieval R1,R2 --retrieval_measure seqsim --probes P1,P2 --out O
+    python -m jobs.series --stores S1,S2 --retrieval R1,R2 --retrieval_measure seqsim --centred D1,D2 \
+        --probes P1,P2 --out O                      # R@1, its delta and LID read from the retrieval and probes jobs
 
 Writes OUT/retrieval.csv, centred.csv, lid.csv, cka.csv, meet.csv, best.csv and OUT/figures/*.png; columns in
 docs/outputs.md, reading and the OWLS commands in docs/dynamics.md, library in engine/pipelines/series/.

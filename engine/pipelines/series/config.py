@@ -19,7 +19,8 @@ class SeriesConfig:
     stores: the series (its rows, in this order); reference: the store each layer's CKA is taken against (the final
     model; default: the last store); values: each store's place on the x axis (default: the training step its store
     records, else 0, 1, 2, ...); retrieval / probes: a retrieval or probes output folder per store to read instead of
-    computing from the store ('' for one = compute it).
+    computing from the store ('' for one = compute it); centred: a retrieval --baseline folder per store whose
+    baseline_delta.csv gives the language-mean-removed R@1 delta.
     """
 
     run: RunOptions = RunOptions()
@@ -41,7 +42,12 @@ class SeriesConfig:
         None, "a jobs.retrieval --out folder per store to read R@1 from ('' for one = cosine of mean-pooled states, "
         "computed)", parse="cells", reads=True,
     )  # fmt: skip
-    retrieval_measure: str = option("mean", "measure read from the --retrieval folders")
+    retrieval_measure: str = option("mean", "measure read from the --retrieval and --centred folders")
+    centred: tuple[str, ...] | None = option(
+        None, "a jobs.retrieval --baseline output per store (the language-mean-removed similarity against the raw one: "
+        "baseline_delta.csv) to read the R@1 delta from ('' for one = computed from mean-pooled states)",
+        parse="cells", reads=True,
+    )  # fmt: skip
     probes: tuple[str, ...] | None = option(
         None, "a jobs.probes --out folder per store to read lid.csv from ('' for one = the probe run here)",
         parse="cells", reads=True,
@@ -57,7 +63,7 @@ class SeriesConfig:
         if len(self.stores) < 2:
             raise SeriesError(f"a series needs 2 or more layer stores, got {len(self.stores)}")
         for what, given in (("names", self.names), ("values", self.values), ("retrieval", self.retrieval),
-                            ("probes", self.probes)):  # fmt: skip
+                            ("centred", self.centred), ("probes", self.probes)):  # fmt: skip
             if given is not None and len(given) != len(self.stores):
                 raise SeriesError(f"--{what} needs one entry per store ({len(self.stores)}), got {len(given)}")
         if self.names is not None and len(set(self.names)) != len(self.names):

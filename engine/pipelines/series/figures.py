@@ -21,7 +21,7 @@ PANELS = (  # (table, value column, title, colour map, centred at 0)
     ("cka.csv", "cka", "linear CKA with the final model's layer at the same depth", "magma", False),
 )
 COLUMN_OF = {  # the position of a value column in each table's rows (run.py's columns)
-    ("retrieval.csv", "r1"): 7, ("centred.csv", "delta"): 8, ("lid.csv", "accuracy"): 4, ("cka.csv", "cka"): 7,
+    ("retrieval.csv", "r1"): 7, ("centred.csv", "delta"): 9, ("lid.csv", "accuracy"): 4, ("cka.csv", "cka"): 7,
 }  # fmt: skip
 
 

@@ -101,6 +101,30 @@ def read_retrieval(folder: str, measure: str, langs) -> dict[int, list[Directed]
     return out
 
 
+def read_centred(folder: str, measure: str, langs) -> dict[int, list[tuple[str, str, float, float, int]]]:
+    """layer -> (lang_a, lang_b, raw R@1, centred R@1, queries) of the directed pairs of ``langs``, from a retrieval
+    ``--baseline`` folder's baseline_delta.csv: its store (``r1``) the language-mean-removed similarity, its baseline
+    (``baseline_r1``) the raw one."""
+    rows = _csv(folder, "baseline_delta.csv", "retrieval")
+    if rows is None:
+        raise SeriesError(f"{folder!r} has no baseline_delta.csv: give the --out folder of jobs.retrieval --baseline "
+                          "(the centred similarity store against the raw one), or '' for it")  # fmt: skip
+    rows = [r for r in rows if r["measure"] == measure]
+    if not rows:
+        raise SeriesError(f"{folder}/baseline_delta.csv has no measure {measure!r}: --retrieval_measure")
+    wrong = {r["transform"] for r in rows if not r["transform"].startswith("mean")}
+    if wrong or any(r["baseline_transform"] != "none" for r in rows):
+        raise SeriesError(f"{folder}/baseline_delta.csv compares {sorted({r['transform'] for r in rows})} against "
+                          f"{sorted({r['baseline_transform'] for r in rows})}; the series reads --remove_language mean "
+                          "against none")  # fmt: skip
+    out: dict[int, list] = {}
+    for r in rows:
+        if r["lang_a"] in langs and r["lang_b"] in langs:
+            row = (r["lang_a"], r["lang_b"], _number(r["baseline_r1"]), _number(r["r1"]), int(r["queries"]))
+            out.setdefault(int(r["layer"]), []).append(row)
+    return out
+
+
 def read_lid(folder: str, store: str) -> dict[int, tuple[float, float, float, int]]:
     """layer -> (accuracy, macro_f1, chance, n) of a probes folder's lid.csv; the folder must have probed ``store``."""
     _, kv = open_kvstore(folder)

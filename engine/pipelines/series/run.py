@@ -37,7 +37,7 @@ from engine.stores.records import csv_bytes as kv_csv_bytes
 ALL = "all"
 HEAD = ("model", "step", "layer", "depth")
 RETRIEVAL_COLUMNS = (*HEAD, "lang_a", "lang_b", "measure", "r1", "random", "queries")
-CENTRED_COLUMNS = (*HEAD, "lang_a", "lang_b", "r1", "centred_r1", "delta", "queries")
+CENTRED_COLUMNS = (*HEAD, "lang_a", "lang_b", "measure", "r1", "centred_r1", "delta", "queries")
 LID_COLUMNS = (*HEAD, "accuracy", "macro_f1", "chance", "n", "source")
 CKA_COLUMNS = (*HEAD, "reference", "reference_layer", "reference_depth", "cka", "n")
 SERIES_MEET_COLUMNS = (MEET_COLUMNS[0], "step", *MEET_COLUMNS[1:])  # typology's meet.csv with the step
@@ -74,11 +74,13 @@ def run_series(config: SeriesConfig) -> SeriesSummary:
     series, reference, langs = read.members(config)
     given_r1 = [read.read_retrieval(f, config.retrieval_measure, langs) if f else None
                 for f in (config.retrieval or [""] * len(series))]  # fmt: skip
+    given_centred = [read.read_centred(f, config.retrieval_measure, langs) if f else None
+                     for f in (config.centred or [""] * len(series))]  # fmt: skip
     given_lid = [read.read_lid(f, m.reader.url) if f else None
                  for f, m in zip(config.probes or [""] * len(series), series, strict=True)]  # fmt: skip
     with output_run(config, "series", SeriesError):
         summary = SeriesSummary(reference=reference.reader.url)
-        tables = _measure(config, series, reference, langs, given_r1, given_lid)
+        tables = _measure(config, series, reference, langs, given_r1, given_centred, given_lid)
         summary.tables = tables
         writes = {name: csv_bytes(COLUMNS[name], rows) for name, rows in tables.items()}
         n = sum(len(series[0].reader.arrays(lang).rows) for lang in langs)
@@ -97,7 +99,7 @@ def _stepped(series) -> bool:
     return all(m.reader.info.dims.to_dict().get("config", {}).get("training_step") is not None for m in series)
 
 
-def _measure(config, series, reference, langs, given_r1, given_lid) -> dict[str, list[tuple]]:
+def _measure(config, series, reference, langs, given_r1, given_centred, given_lid) -> dict[str, list[tuple]]:
     """Every table's rows. The reference's layers are read once each: the work is grouped by the reference layer a
     store's layer is matched to."""
     work: dict[int, list[tuple[int, int]]] = {}
@@ -119,7 +121,14 @@ def _measure(config, series, reference, langs, given_r1, given_lid) -> dict[str,
             r1, random, queries = read.mean_r1(pairs)
             tables["retrieval.csv"] += [(*head, p.lang_a, p.lang_b, measure, p.r1, p.random, p.queries) for p in pairs]
             tables["retrieval.csv"].append((*head, ALL, ALL, measure, r1, random, queries))
-            tables["centred.csv"] += _centred(head, computed, measures.retrieval(measures.centred(pooled)))
+            if given_centred[i] is None:
+                raw = [(p.lang_a, p.lang_b, p.r1, p.queries) for p in computed]
+                after = {(p.lang_a, p.lang_b): p.r1 for p in measures.retrieval(measures.centred(pooled))}
+                pairs_c = [(a, b, r, after[a, b], q) for a, b, r, q in raw if (a, b) in after]
+                tables["centred.csv"] += _centred(head, "mean", pairs_c)
+            else:
+                rows = [r for r in given_centred[i].get(layer, []) if r[0] != ALL]
+                tables["centred.csv"] += _centred(head, config.retrieval_measure, rows)
             if given_lid[i] is None:
                 score = measures.language_id(layer, pooled, config.folds, config.seed)
                 lid = (score.accuracy, score.macro_f1, score.chance, score.n, "store")
@@ -146,14 +155,12 @@ def _order(series, name) -> int:
     return next(i for i, m in enumerate(series) if m.name == name)
 
 
-def _centred(head, raw, centred) -> list[tuple]:
-    """Per directed pair measured both ways, and their mean (``all``): R@1, R@1 with the language means removed."""
-    after = {(p.lang_a, p.lang_b): p for p in centred}
-    rows = [(*head, p.lang_a, p.lang_b, p.r1, after[k].r1, after[k].r1 - p.r1, p.queries)
-            for p in raw if (k := (p.lang_a, p.lang_b)) in after]  # fmt: skip
+def _centred(head, measure: str, pairs) -> list[tuple]:
+    """Rows of (lang_a, lang_b, R@1, R@1 with the language means removed, queries), and their mean (``all``)."""
+    rows = [(*head, a, b, measure, r1, c1, c1 - r1, q) for a, b, r1, c1, q in pairs]
     if rows:
-        r1, c1 = float(np.mean([r[6] for r in rows])), float(np.mean([r[7] for r in rows]))
-        rows.append((*head, ALL, ALL, r1, c1, c1 - r1, sum(r[9] for r in rows)))
+        r1, c1 = float(np.mean([r[7] for r in rows])), float(np.mean([r[8] for r in rows]))
+        rows.append((*head, ALL, ALL, measure, r1, c1, c1 - r1, sum(r[10] for r in rows)))
     return rows
 
 
