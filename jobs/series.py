@@ -4,6 +4,7 @@ separability meet, one table per analysis with a row per step (or size) and laye
 
     python -m jobs.series --stores /data/s1/store,/data/s2/store,/data/s3/store --reference /data/final/store \
         --out /data/series                                                    # the steps from their stores' records
+    python -m jobs.series --stores /data/s1/store,/data/s2/store --out /tmp/x --plan   # its cost, before it runs
     python -m jobs.series --stores /data/025B,/data/1B,/data/4B --values 0.25,1,4 --axis "parameters (B)" \
         --out /data/sizes                                                     # a ladder of sizes, on the depth axis
     python -m jobs.series --stores S1,S2 --retrieval R1,R2 --retrieval_measure seqsim --centred D1,D2 \
@@ -18,12 +19,21 @@ from __future__ import annotations
 from engine.pipelines.series.config import SeriesConfig
 from jobs import common
 
+
+def plan(config, device):
+    """The run's --plan (``engine.pipelines.series.plan``), imported only when asked: --help loads no JAX."""
+    from engine.pipelines.series.plan import plan_series_run
+
+    return plan_series_run(config, device)
+
+
 common.define_config_flags(
     SeriesConfig,
     __name__,
     run=("out", "progress", "kvstore_spec", "store_timeout", "matmul_precision"),
     required=("stores", "out"),
     help={"out": "output folder: local path or TensorStore kvstore URL"},
+    plan=plan,
 )
 
 
