@@ -181,6 +181,9 @@ def test_a_model_of_another_depth_is_matched_by_depth_the_shallower_on_ties():
     assert [matched_layer(small, layer, big) for layer in small.layers] == [0, 2, 4, 6]
     assert [matched_layer(big, layer, small) for layer in big.layers] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [matched_layer(big, layer, big) for layer in big.layers] == list(big.layers)
+    # 1/4 - 1/6 and 1/3 - 1/4 are equal, but not in floats: still a tie
+    thirds = Member("thirds", 3, None, tuple(range(6)), lambda layer: layer / 6)
+    assert [matched_layer(small, layer, thirds) for layer in small.layers] == [0, 1, 3, 4]
 
 
 def test_the_documented_series_studies_load(series, tmp_path):

@@ -71,7 +71,8 @@ def matched_layer(member: Member, layer: int, reference: Member) -> int:
     """The reference's stored layer nearest in depth to ``member``'s ``layer`` (the shallower on ties): the same
     layer index when the two have the same depth, the common depth axis when they differ."""
     d = member.depth(layer)
-    return min(reference.layers, key=lambda r: (abs(reference.depth(r) - d), r))
+    # rounded: depths are fractions like 1/4 and 1/6, whose equal distances differ in the last bit
+    return min(reference.layers, key=lambda r: (round(abs(reference.depth(r) - d), 9), r))
 
 
 def _csv(folder: str, name: str, job: str) -> list[dict] | None:
