@@ -45,6 +45,7 @@ _FACE = {
     "run_outliers": "engine.pipelines.outliers.run",
     "open_sae": "engine.pipelines.sae.export",
     "run_mixing": "engine.pipelines.mixing.run",
+    "run_series": "engine.pipelines.series.run",
     # each run_<job>'s config, for configure(Config, ...): from the light config modules where a job has one
     "EncodeConfig": "engine.pipelines.encode.config",
     "SimilarityConfig": "engine.pipelines.seqsim.config",
@@ -64,6 +65,7 @@ _FACE = {
     "SaeConfig": "engine.pipelines.sae.config",
     "MixingConfig": "engine.pipelines.mixing.config",
     "OutliersConfig": "engine.pipelines.outliers.config",
+    "SeriesConfig": "engine.pipelines.series.config",
 }
 
 __all__ = sorted(_FACE)

@@ -6,6 +6,8 @@ r"""Write a small random-weight model folder of any family, in the layout the hu
 
 Then encode with it like any checkpoint: python -m jobs.encode --model /tmp/parakeet --out /tmp/parakeet-layers
 
+    python -m jobs.random_model --kind owls --out /tmp/owls_random --series 3    # + 3 training steps (docs/dynamics.md)
+
 Kinds (the hub model whose files each copies): whisper (openai/whisper-base), whisper-turbo (large-v3-turbo: 128 mels,
 v3 ids, a 4-block decoder), wav2vec2 (facebook/wav2vec2-base-960h, CTC), hubert (facebook/hubert-large-ll60k), mms
 (facebook/mms-1b-all, with --adapter files), omnilingual (aadel4/omniASR-CTC-300M-v2), w2v-bert
@@ -50,9 +52,14 @@ class RandomModelConfig:
     heads: int | None = option(None, "attention heads (must divide --width); default: the kind's (4)", positive=True)
     seed: int = option(0, "seed of the random weights: the same seed, kind and sizes give the same weights")
     force: bool = option(False, "replace --out if random-model wrote it before (never any other folder)")
+    series: int = option(0, "with --kind owls: also write this many training steps in DeepSpeed's layout beside --out "
+                         "(<out>_intermediates/<k>/), from a random start to --out's weights (docs/dynamics.md)",
+                         minimum=0)  # fmt: skip
 
     def __post_init__(self):
         validate(self)
+        if self.series and self.kind != "owls":
+            raise ConfigError(f"--series writes OWLS training steps: it needs --kind owls, not {self.kind}")
 
 
 common.define_config_flags(RandomModelConfig, __name__, required=("kind", "out"))
@@ -64,11 +71,15 @@ flags.DEFINE_boolean(
 
 def main() -> int:
     from engine.models.random_folder import write_random_folder  # loads JAX: after the flags, so --help stays quick
+    from engine.models.random_series import write_random_series  # lazy: as above
 
     config = common.config_from_flags(RandomModelConfig)
+    sizes = dict(layers=config.layers, width=config.width, heads=config.heads, seed=config.seed, force=config.force)
     try:
-        written = write_random_folder(config.kind, config.out, layers=config.layers, width=config.width,
-                                      heads=config.heads, seed=config.seed, force=config.force)  # fmt: skip
+        if config.series:
+            written = write_random_series(config.out, config.series, **sizes)
+        else:
+            written = write_random_folder(config.kind, config.out, **sizes)
     except BabelgridError:
         raise
     except (ValueError, OSError) as e:  # sizes the kind cannot be built with, an --out it may not write

@@ -21,6 +21,7 @@ from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.pipelines.sae import run as sae
 from engine.pipelines.seqsim.dimensions import FIELDS
+from engine.pipelines.series.run import COLUMNS as SERIES_COLUMNS
 from engine.pipelines.typology import meet as typology_meet
 from engine.pipelines.typology import run as typology
 from engine.stores import challenge
@@ -75,6 +76,7 @@ def test_every_written_column_is_documented():
         "mixing matrices/<lang>.npz": mixing_run.MATRIX_KEYS,
         "mixing mixing.parquet": mixing_summary.COLUMNS,
         "mixing interp.parquet": mixing_tiein.COLUMNS,
+        **{f"series {name}": columns for name, columns in SERIES_COLUMNS.items()},
     }
     missing = {what: sorted(set(columns) - named) for what, columns in written.items() if set(columns) - named}
     assert not missing, f"columns written but not described in docs/outputs.md: {missing}"

@@ -32,6 +32,7 @@ import sys
 JOBS = (
     "encode", "seqsim", "retrieval", "align", "decode", "interp", "challenge", "probe", "probes", "finetune", "compare",
     "neurons", "heads", "typology", "sae", "mixing", "outliers", "verify", "status", "random_model",
+    "series",
 )  # fmt: skip
 BUNDLED = {"demo": "demo.yaml", "demo-matrix": "demo_matrix.yaml"}
 FLAG_NAME = re.compile(r"[a-z_]+")  # every job's flag names; a study key must be one of its job's

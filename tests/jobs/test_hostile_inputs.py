@@ -172,6 +172,7 @@ CONFIGS = {  # every job config with a list of languages: its module, its class
     "retrieval": ("engine.pipelines.retrieval.config", "RetrievalConfig"),
     "sae": ("engine.pipelines.sae.config", "SaeConfig"),
     "seqsim": ("engine.pipelines.seqsim.config", "SimilarityConfig"),
+    "series": ("engine.pipelines.series.config", "SeriesConfig"),
     "typology": ("engine.pipelines.typology.config", "TypologyConfig"),
 }
 

@@ -1,5 +1,6 @@
 """The layer where cross-lingual alignment and language separability meet ("Multilingual Steering by Design",
-2605.23036, picks it a priori).
+2605.23036, picks it a priori): the typology job's sources of the two curves. The rule and its rows are
+``engine.pipelines.stages.meet``'s, which the series job applies too.
 
 Per model and layer, two curves on one scale, each its share of the way from chance to perfect:
 
@@ -18,54 +19,14 @@ a compare run (``--compare``: its ``by_depth.csv`` pooled R@1), each with the pr
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
 
-import numpy as np
-
+from engine.pipelines.stages.meet import MEET_COLUMNS, Curve, curve  # noqa: F401  (the rule, shared with series)
 from engine.pipelines.typology.config import TypologyError
 from engine.stores.integrity import read_output, repair_hint
 from engine.stores.kv import open_kvstore, read_value
-
-MEET_COLUMNS = ("model", "layer", "depth", "retrieval", "retrieval_random", "lid_accuracy", "lid_chance",
-                "alignment", "separability", "score", "chosen")  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True)
-class Curve:
-    """One model's two curves, by layer."""
-
-    model: str
-    layers: tuple[int, ...]
-    depth: tuple[float, ...]
-    retrieval: tuple[float, ...]  # mean R@1 over directed pairs (NaN: not measured)
-    retrieval_random: tuple[float, ...]
-    lid: tuple[float, ...]  # LID accuracy (NaN: not probed at this layer)
-    lid_chance: tuple[float, ...]
-
-    def shares(self) -> tuple[np.ndarray, np.ndarray]:
-        r, rr = np.asarray(self.retrieval), np.asarray(self.retrieval_random)
-        lid, lc = np.asarray(self.lid), np.asarray(self.lid_chance)
-        return (r - rr) / (1 - rr), (lid - lc) / (1 - lc)
-
-    def chosen(self) -> int | None:
-        """Index of the layer the rule picks (module docstring), None if no layer has both curves."""
-        alignment, separability = self.shares()
-        score = np.minimum(alignment, separability)
-        if np.isnan(score).all():
-            return None
-        return int(np.nanargmax(score))  # the first maximum: the shallower layer on ties
-
-    def rows(self) -> list[tuple]:
-        alignment, separability = self.shares()
-        pick = self.chosen()
-        return [
-            (self.model, layer, self.depth[i], self.retrieval[i], self.retrieval_random[i], self.lid[i],
-             self.lid_chance[i], alignment[i], separability[i], min(alignment[i], separability[i]), i == pick)
-            for i, layer in enumerate(self.layers)
-        ]  # fmt: skip
 
 
 def _read_csv(folder: str, name: str, job: str) -> list[dict]:
@@ -105,12 +66,6 @@ def probes_store(probes: str) -> str:
     if manifest.get("format") != "babelgrid-probes":
         raise TypologyError(f"{probes!r} is not a probes output folder (its format is {manifest.get('format')!r})")
     return manifest["store"]
-
-
-def curve(model: str, layers, depth, retrieval, random, lid: dict) -> Curve:
-    at = [lid.get(layer, (np.nan, np.nan)) for layer in layers]
-    return Curve(model, tuple(layers), tuple(depth), tuple(retrieval), tuple(random),
-                 tuple(a for a, _ in at), tuple(c for _, c in at))  # fmt: skip
 
 
 def compare_curves(compare: str, probes: list[str], measure: str | None) -> list[Curve]:

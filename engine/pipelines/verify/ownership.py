@@ -30,6 +30,7 @@ _CSV = (
     "retrieval|summary|skipped|asymmetry|baseline_delta|by_depth|cca|challenge_table|early_exit|intervention"
     "|intervention_test|languages|lid|meet|metrics|neurons_alignment|probe|relations|samediff|scores"
     "|selective_features|selective_heads|selective_units|split|subset_comparison|typology|outliers|dimensions"
+    "|centred|cka|best"  # the series job's (retrieval, lid and meet are named above)
 )
 _PARQUET = "utterances|words|hypotheses|pairs|heads|units|features|layer_similarity|early_exit|parts/[^/]+"
 OUTPUT_NAMES = re.compile(
