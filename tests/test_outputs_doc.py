@@ -7,6 +7,7 @@ from engine.pipelines.compare import depth as compare_depth
 from engine.pipelines.compare.layers import ROW_COLUMNS as COMPARE_ROW_COLUMNS
 from engine.pipelines.decode.hypotheses import HYPOTHESIS_SCHEMA, SCORE_COLUMNS
 from engine.pipelines.finetune.run import METRIC_FIELDS
+from engine.pipelines.heads import sinks as heads_sinks
 from engine.pipelines.heads import table as heads_table
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.mixing import run as mixing_run
@@ -63,6 +64,7 @@ def test_every_written_column_is_documented():
         "neurons units.parquet": UNIT_COLUMNS,
         "heads heads.parquet": heads_table.TABLE_COLUMNS,
         "heads selective_heads.csv": heads_table.SELECTIVE_COLUMNS,
+        "heads sinks.csv": heads_sinks.COLUMNS,
         "typology typology.csv": typology.TYPOLOGY_COLUMNS,
         "typology languages.csv": typology.LANGUAGE_COLUMNS,
         "typology meet.csv": typology_meet.MEET_COLUMNS,

@@ -139,6 +139,65 @@ def test_one_ablation_recomputed(job, clips, tiny_whisper):
                 assert value == pytest.approx(want.recall[1]), (la, lb)
 
 
+def test_attention_sinks_from_the_attention_part(job):
+    """sinks.csv and heads.parquet's attention_sink / attention_first rows, recomputed from the attention part's
+    per-window arrays by a loop twin (Counter, not np.unique); the arrays themselves are the model's sinks, checked
+    against transformers' attention weights in tests/models/whisper/test_head_mask.py."""
+    import collections
+
+    import pandas as pd
+
+    out, summary, table = job
+    part = _part(out, "attention")
+    k = HeadsConfig.sink_frames
+    blocks, heads = part["stats"].shape[1:3]
+    assert part["top_share"].shape == (summary.windows, blocks, heads + 1, k)
+    windows_of = [2 if (lang, i) == LONG else 1 for lang in LANGS for i in range(PER_LANG)]
+    lang_of_window = np.repeat(np.repeat(np.arange(len(LANGS)), PER_LANG), windows_of)
+    sinks = pd.read_csv(out / "sinks.csv", keep_default_na=False, na_values=["NA"])
+    assert len(sinks) == blocks * (heads + 1) * (len(LANGS) + 1)
+    for row in sinks.itertuples():
+        h = heads if pd.isna(row.head) else int(row.head)
+        on = np.ones(summary.windows, bool) if pd.isna(row.lang) else lang_of_window == LANGS.index(row.lang)
+        share, frame = part["top_share"][on, row.layer - 1, h], part["top_frame"][on, row.layer - 1, h]
+        counts = collections.Counter(int(f) for f in frame[:, 0])
+        mode = min(counts, key=lambda f: (-counts[f], f))
+        listed = collections.Counter(int(f) for f in frame.ravel())
+        common = ";".join(str(f) for f in sorted(listed) if listed[f] >= on.sum() / 2)
+        assert row.k == k and row.windows == on.sum() and row.keys == 1500, row  # Whisper: the whole padded window
+        assert row.top1_share == pytest.approx(share[:, 0].mean()) and row.top_share == pytest.approx(
+            share.sum(axis=1).mean()), row  # fmt: skip
+        assert row.uniform_share == pytest.approx(k / 1500) and row.top_frame == mode, row
+        assert row.first_share == pytest.approx(part["first_share"][on, row.layer - 1, h].mean()), row
+        assert row.top_frame_windows == pytest.approx(np.mean(frame[:, 0] == mode)), row
+        assert (row.common_frames if isinstance(row.common_frames, str) else "") == common, row
+    for metric, value in (("attention_sink", part["top_share"].sum(axis=-1)), ("attention_first", part["first_share"])):
+        rows = table[(table.metric == metric) & table.lang.isna()]
+        assert len(rows) == blocks * heads
+        for r in rows.itertuples():
+            assert r.value == pytest.approx(value[:, r.layer - 1, r.head].mean()), (metric, r)
+    assert sum(line.startswith("attention sinks: ") for line in summary.top) == 2, summary.top
+
+
+def test_a_family_without_attention_weights_is_said_in_one_line(tmp_path):
+    """A family whose encoder declares no attention weights (``Encoder.attention_stats`` None: w2v-BERT's) gets no
+    attention statistics or sinks, and the report says so in one line (the run's notes)."""
+    import types
+
+    from engine.models.w2vbert.encoder import W2vBertEncoder
+    from engine.pipelines.heads.run import models
+
+    assert W2vBertEncoder.attention_stats is None
+    encoder = types.SimpleNamespace(family="w2vbert", name="w2v-bert-tiny", n_layers_out=3, layer_meaning="",
+                                    attention_stats=W2vBertEncoder.attention_stats)  # fmt: skip
+    notes = []
+    config = configure(HeadsConfig, out=str(tmp_path / "o"), store=str(tmp_path / "s"), importance=("none",))
+    models(config, encoder, types.SimpleNamespace(family="w2vbert"), notes)
+    said = [n for n in notes if "sinks" in n]
+    assert said == ["attention statistics and sinks: not measured (w2v-bert-tiny: the w2vbert encoder does not "
+                    "offer its attention weights, Encoder.attention_stats)"], notes  # fmt: skip
+
+
 def test_unablated_decode_and_scores(job, store, tiny_model_dir, tmp_path):
     from engine.pipelines.decode.config import DecodeConfig
     from engine.pipelines.decode.run import run_decode
@@ -335,7 +394,8 @@ def test_wav2vec2_store(clips, tiny_model_dir, tmp_path):
     assert summary.skipped == {"audio_unreadable": [("es", "s3")]} and summary.utterances == len(LANGS) * PER_LANG - 1
     table = pq.read_table(tmp_path / "out" / "heads.parquet").to_pandas()
     assert set(table.metric) == {"r1", "language_id", "importance_contrastive", "importance_contrastive_signed",
-                                 "attention_distance", "attention_entropy", "attention_local"}  # fmt: skip
+                                 "attention_distance", "attention_entropy", "attention_local", "attention_sink",
+                                 "attention_first"}  # fmt: skip
     assert summary.windows == summary.utterances
     assert any("no text decoder" in n for n in summary.notes)
     assert (tmp_path / "out" / "figures" / "heads.png").stat().st_size > 10_000

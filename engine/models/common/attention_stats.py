@@ -14,6 +14,18 @@ stored layers 0..L-1, which are those inputs), and ``qk(model, block, x, keep)``
 ``f[batch, frame, heads, dh]`` and its key mask (``bool[batch, frame]``, or None where every key is attended, as in
 Whisper's padded windows). One head of one window is scored at a time (``jax.lax.map``), so that only one ``frame x
 frame`` block of weights is held.
+
+**Attention sinks** (``AttentionStats.measure``): the attention each key frame ``j`` receives, ``r_j = mean_i p[i,
+j]`` over the window's valid queries (the ``r_j`` sum to 1 over the attended keys), and of it
+
+- ``top_share``: the ``k`` largest ``r_j`` in descending order (their sum: the share of the window's attention that
+  its ``k`` most-attended frames receive; a uniform head gives ``k / keys``), and ``top_frame`` their frames (ties:
+  the earlier frame first);
+- ``first_share``: ``r_0 + ... + r_{k-1}``, the share the window's first ``k`` frames receive (equal to the top
+  ``k``'s sum where the first frames are the sinks).
+
+Each for every head, and for the block as a whole: the heads' ``r`` averaged (the frames the block's heads attend to
+together), at head index ``heads``.
 """
 
 from __future__ import annotations
@@ -30,12 +42,13 @@ from flax import nnx
 from engine.models.common.layers import head_major
 
 STATS = ("distance", "entropy", "local")
+SINKS = ("top_share", "top_frame", "first_share")
 
 
 def head_stats(q, k, query_valid, key_valid, local: int):
-    """``f32[batch, heads, 3]``: ``STATS`` of every head of every row over its valid queries (module docstring).
-    ``q, k: f[batch, frame, heads, dh]`` (q scaled), ``query_valid: bool[batch, frame]``, ``key_valid`` likewise or
-    None."""
+    """``(f32[batch, heads, 3], f32[batch, heads, key])``: ``STATS`` of every head of every row over its valid
+    queries, and the attention each key receives, averaged over them (module docstring). ``q, k: f[batch, frame,
+    heads, dh]`` (q scaled), ``query_valid: bool[batch, frame]``, ``key_valid`` likewise or None."""
     b, t, h, dh = q.shape
     tk = k.shape[1]
     offset = jnp.abs(jnp.arange(t)[:, None] - jnp.arange(tk)[None, :]).astype(jnp.float32)
@@ -53,15 +66,37 @@ def head_stats(q, k, query_valid, key_valid, local: int):
         per_query = jnp.stack(
             [jnp.sum(p * offset, -1), -jnp.sum(jnp.where(p > 0, p * logp, 0), -1), jnp.sum(p * near, -1)], -1
         )
-        return jnp.sum(per_query * qvalid[:, None], 0) / jnp.maximum(jnp.sum(qvalid), 1)
+        queries = jnp.maximum(jnp.sum(qvalid), 1)
+        return jnp.sum(per_query * qvalid[:, None], 0) / queries, jnp.sum(p * qvalid[:, None], 0) / queries
 
-    return jax.lax.map(one, (qs, ks, qv, kv)).reshape(b, h, len(STATS))
+    stats, received = jax.lax.map(one, (qs, ks, qv, kv))
+    return stats.reshape(b, h, len(STATS)), received.reshape(b, h, tk)
+
+
+def sinks(received, key_valid, k: int) -> dict:
+    """The sink arrays of ``received: f32[batch, heads, key]`` (``head_stats``'s; module docstring), the block's
+    heads averaged appended as head ``heads``: ``top_share f32[batch, heads + 1, k]``, ``top_frame i32[...]`` (-1: no
+    attended key left, a window of fewer than ``k`` keys), ``first_share f32[batch, heads + 1]``. ``key_valid:
+    bool[batch, key]`` or None (every key attended)."""
+    b, _, tk = received.shape
+    r = jnp.concatenate([received, jnp.mean(received, axis=1, keepdims=True)], axis=1)
+    kk = min(k, tk)
+    share, frame = jax.lax.top_k(r, kk)  # ties: the lower index first
+    attended = jnp.ones((b, tk), bool) if key_valid is None else key_valid
+    frame = jnp.where(jnp.take_along_axis(attended[:, None, :], frame, axis=2), frame, -1)
+    share = jnp.where(frame >= 0, share, 0.0)
+    pad = ((0, 0), (0, 0), (0, k - kk))
+    return {
+        "top_share": jnp.pad(share, pad),
+        "top_frame": jnp.pad(frame.astype(jnp.int32), pad, constant_values=-1),
+        "first_share": jnp.sum(r[..., :kk], axis=-1),
+    }
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class AttentionStats:
     """A family's attention statistics (module docstring): ``__call__(batch, frames, local) -> f32[batch, blocks,
-    heads, 3]``, ``frames``: each row's valid encoder frames."""
+    heads, 3]``, ``frames``: each row's valid encoder frames; ``measure(batch, frames, local, k)`` adds the sinks."""
 
     model: nnx.Module
     inputs: Callable  # (model, *batch) -> f[L, batch, frame, embed]: the input of every block
@@ -73,23 +108,36 @@ class AttentionStats:
     def _split(self):
         return nnx.split(self.model)
 
-    @functools.lru_cache(maxsize=4)  # noqa: B019 (one object per loaded model, a few values of local)
-    def _jitted(self, local: int):
+    @functools.lru_cache(maxsize=4)  # noqa: B019 (one object per loaded model, a few values of local and k)
+    def _jitted(self, local: int, k: int):
         graphdef = self._split[0]
 
         def run(params, frames, *batch):
             model = nnx.merge(graphdef, params)
             x = self.inputs(model, *batch)
             keep = jnp.arange(x.shape[2])[None, :] < frames[:, None]
-            out = []
+            stats, sink = [], []
             for block in range(1, self.blocks + 1):
-                q, k, key_valid = self.qk(model, block, x[block - 1], keep)
-                out.append(head_stats(q, k, keep, key_valid, local))
-            return jnp.stack(out, axis=1)
+                q, k_, key_valid = self.qk(model, block, x[block - 1], keep)
+                got, received = head_stats(q, k_, keep, key_valid, local)
+                stats.append(got)
+                sink.append(sinks(received, key_valid, k))
+            keys = jnp.full(frames.shape, k_.shape[1], jnp.int32) if key_valid is None else jnp.sum(key_valid, 1)
+            out = {name: jnp.stack([s[name] for s in sink], axis=1) for name in SINKS}
+            return out | {"stats": jnp.stack(stats, axis=1), "keys": keys.astype(jnp.int32)}
 
         return jax.jit(run)
 
-    def __call__(self, batch, frames: np.ndarray, local: int) -> np.ndarray:
+    def measure(self, batch, frames: np.ndarray, local: int, k: int) -> dict[str, np.ndarray]:
+        """Every row's statistics and sinks (module docstring): ``stats f32[batch, blocks, heads, 3]``; ``top_share
+        f32[batch, blocks, heads + 1, k]``, ``top_frame i32[...]``, ``first_share f32[batch, blocks, heads + 1]`` (head
+        ``heads``: the block's heads averaged); ``keys i32[batch]``, the keys each row attends. ``frames``: each row's
+        valid encoder frames."""
+        if k < 1:
+            raise ValueError(f"attention sinks: k (the top frames) must be at least 1, got {k}")
         frames = jnp.asarray(np.asarray(frames, np.int32))
-        out = self._jitted(int(local))(self._split[1], frames, *(jnp.asarray(x) for x in batch))
-        return np.asarray(out)
+        out = self._jitted(int(local), int(k))(self._split[1], frames, *(jnp.asarray(x) for x in batch))
+        return {name: np.asarray(value) for name, value in out.items()}
+
+    def __call__(self, batch, frames: np.ndarray, local: int) -> np.ndarray:
+        return self.measure(batch, frames, local, 1)["stats"]

@@ -48,6 +48,10 @@ class HeadsConfig:
     grad_batch: int = option(2, "rows per backward pass (memory: a backward pass keeps every block's activations)",
                              minimum=1)  # fmt: skip
     local_frames: int = option(5, "attention statistics: the window (+- frames) of the local share", minimum=0)
+    sink_frames: int = option(
+        3, "attention sinks: k, the most-attended frames of each window whose share of its attention is reported "
+        "(and the first k frames', to say whether the sinks are the first frames)", minimum=1,
+    )  # fmt: skip
     top: int = option(5, "heads listed per language and metric in selective_heads.csv", minimum=1)
     seed: int = option(0, "seed of the language-ID probe's folds")
 

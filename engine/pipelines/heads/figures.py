@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from engine.figures import Figure, _png, set_title
-from engine.pipelines.heads.table import ATTENTION, HIGHER_IS_BETTER
+from engine.pipelines.heads.table import ATTENTION, HIGHER_IS_BETTER, SINK
 
 FIGURE = "figures/heads.png"
 BY_LANGUAGE = "figures/heads_by_language.png"
@@ -17,6 +17,7 @@ TITLES = {
     "importance_contrastive": "importance: contrastive |grad|", "importance_ce": "importance: decoder CE |grad|",
     "attention_distance": "mean attention distance (frames)", "attention_entropy": "attention entropy (nats)",
     "attention_local": "attention share within the local window",
+    "attention_sink": "attention share of the top k frames", "attention_first": "attention share of the first k frames",
 }  # fmt: skip
 
 
@@ -32,7 +33,7 @@ def _grid(table_rows, blocks: int, heads: int, metric: str, scored, lang, change
 
 def _panels(table_rows) -> list[tuple[str, int | None]]:
     present = {(r[2], r[3]) for r in table_rows if r[4] is None and r[5] is None}
-    order = ["r1", "language_id", "wer", "cer", "importance_contrastive", "importance_ce", *ATTENTION]
+    order = ["r1", "language_id", "wer", "cer", "importance_contrastive", "importance_ce", *ATTENTION, *SINK]
     return [(m, s) for m in order for s in sorted({s for mm, s in present if mm == m}, key=lambda x: x or 0)]
 
 
@@ -67,17 +68,18 @@ def _panel_grid(n: int, most_cols: int, blocks: int, heads: int):
     return fig, axes
 
 
-def heads_png(table_rows, blocks: int, heads: int, subtitle: str = "") -> bytes:
+def heads_png(table_rows, blocks: int, heads: int, subtitle: str = "", sink_frames: int = 0) -> bytes:
     """One panel per metric (and scored layer): every head's value over all languages. Ablation metrics show the
     change from the unablated model (red: worse: R@1 or language ID falls, WER or CER rises; blank: a block above the
-    scored layer); importance and attention statistics their value."""
+    scored layer); importance and attention statistics their value; ``sink_frames``: the k of the sink panels."""
     panels = _panels(table_rows)
     fig, axes = _panel_grid(len(panels), 3, blocks, heads)
     for ax, (metric, scored) in zip(axes, panels, strict=False):
         change = metric in HIGHER_IS_BETTER
         grid = _grid(table_rows, blocks, heads, metric, scored, None, change)
-        title = TITLES[metric] + (f", layer {scored}" if scored is not None else "")
-        label = f"{TITLES[metric]} (ablated \u2212 unablated)" if change else TITLES[metric]
+        name = TITLES[metric].replace(" k ", f" {sink_frames} ") if metric in SINK else TITLES[metric]
+        title = name + (f", layer {scored}" if scored is not None else "")
+        label = f"{name} (ablated \u2212 unablated)" if change else name
         _draw(fig, ax, grid, title, change, HIGHER_IS_BETTER.get(metric, True), label=label)
     set_title(fig, "attention heads: each ablated alone (changes), gradient importance and attention statistics",
               subtitle)  # fmt: skip

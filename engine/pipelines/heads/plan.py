@@ -21,7 +21,7 @@ Work, as ``engine.pipelines.heads.run`` does it, every batch padded to ``--batch
 - **gradient importance** (``--importance``): one more unablated pass, then a forward and backward pass over every
   window (contrastive) and over the one-window transcribed utterances (ce), in batches of ``--grad_batch`` rows,
   counted as ``GRAD_OVER_FORWARD`` forwards;
-- **attention statistics**: one pass over every window, where the family offers them.
+- **attention statistics and sinks**: one pass over every window, where the family offers them.
 
 Calibration, a few seconds: the model's own head-masked pass (``HeadMasked``, the job's kernel) on a batch of
 ``CALIBRATION_ROWS`` rows of one window at the run's shape, to the pass's deepest layer, after a first call that
@@ -207,7 +207,8 @@ def plan_heads_run(config: HeadsConfig, device: Device | None) -> Plan:
         ("WER/CER", decode_line),
         ("importance", f"{', '.join(config.losses)}: forward and backward over every window ({n_win}) and the "
                        f"one-window transcribed utterances ({ce_rows})" if config.losses else "none (--importance)"),
-        ("attention statistics", "one pass" if encoder.attention_stats is not None else "not offered by the family"),
+        ("attention statistics and sinks", f"one pass (sinks: the top {config.sink_frames} frames)"
+         if encoder.attention_stats is not None else "not offered by the family"),
     ]  # fmt: skip
     counts += [("not scored", note) for note in notes]
     state_rows = heads * len(scored) * sum(utt_frames) * d * 4

@@ -9,12 +9,13 @@ digest as soon as it is done (a rerun reads them back; a kill loses at most the 
     OUT/parts/none.npz          the unablated model: pooled states, SeqSim R@1, WER/CER, hypotheses
     OUT/parts/block<l>.npz      the H single-head ablations of block l, one pass (the same arrays, one row a head)
     OUT/parts/importance.npz    gradient importance per utterance and loss (``engine.pipelines.heads.importance``)
-    OUT/parts/attention.npz     attention statistics per window (families that offer them)
+    OUT/parts/attention.npz     attention statistics and sinks per window (families that offer them)
 
 Then, from the parts (every worker that gets there writes the same bytes)::
 
     OUT/heads.parquet           long table (``engine.pipelines.heads.table``)
     OUT/selective_heads.csv     per language and metric, the heads whose ablation hurts it most against the others
+    OUT/sinks.csv               attention sinks per block, head and language (``engine.pipelines.heads.sinks``)
     OUT/figures/heads.png       layer x head heatmaps of every metric
     OUT/figures/heads_by_language.png   per language, R@1 change at the last scored layer
     OUT/manifest.json           the run's settings: a rerun with others is refused
@@ -32,7 +33,7 @@ from engine import captions
 from engine.faults import fault_point
 from engine.languages import whisper_code_or_none
 from engine.models.family import FAMILIES, load_encoder
-from engine.pipelines.heads import figures
+from engine.pipelines.heads import figures, sinks
 from engine.pipelines.heads import table as table_lib
 from engine.pipelines.heads.ablate import Decoding, Scores, ablation_pass, evaluation_set
 from engine.pipelines.heads.config import HeadsConfig, HeadsError
@@ -178,6 +179,9 @@ def models(config: HeadsConfig, encoder, info, notes: list) -> tuple[tuple[int, 
     trainable = decoder is not None and decoder.caps.training and family.trainer is not None  # OWSM-CTC: no
     trainer = family.trainer(config.model) if trainable and "ce" in config.losses else None
     decoder = decoder if config.decode else None
+    if encoder.attention_stats is None:
+        notes.append(f"attention statistics and sinks: not measured ({encoder.name}: the {encoder.family} encoder "
+                     "does not offer its attention weights, Encoder.attention_stats)")  # fmt: skip
     if "ce" in config.losses and trainer is None:
         notes.append(f"importance ce: not scored ({encoder.name} has no text decoder to train)")
     if config.decode and decoder is None:
@@ -225,18 +229,21 @@ def _compute(unit: str, setup: Setup, config: HeadsConfig, bar, summary: HeadsSu
 
 
 def _attention(setup: Setup, config: HeadsConfig, bar) -> dict:
-    """``stats f32[window, blocks, heads, 3]`` of the unablated model (``engine.models.common.attention_stats``)."""
+    """The unablated model's attention statistics and sinks per window (``AttentionStats.measure``): ``stats
+    f32[window, blocks, heads, 3]``, ``top_share f32[window, blocks, heads + 1, k]``, ``top_frame``, ``first_share``
+    and ``keys``, k = ``--sink_frames``."""
     evaluation, encoder = setup.evaluation, setup.encoder
+    measured = encoder.attention_stats  # once: a family's property builds a new object, and each compiles its own
     out = []
     size = config.batch_size
     for start in range(0, len(evaluation.inputs), size):
         inputs = evaluation.inputs[start : start + size]
         frames = np.zeros(size, np.int32)
         frames[: len(inputs)] = evaluation.frames[start : start + size]
-        stats = encoder.attention_stats(encoder.collate(list(inputs), size), frames, config.local_frames)
-        out.append(stats[: len(inputs)])
+        got = measured.measure(encoder.collate(list(inputs), size), frames, config.local_frames, config.sink_frames)
+        out.append({name: value[: len(inputs)] for name, value in got.items()})
         bar.update(len(inputs))
-    return {"stats": np.concatenate(out), "ids": np.array(evaluation.ids)}
+    return {name: np.concatenate([o[name] for o in out]) for name in out[0]} | {"ids": np.array(evaluation.ids)}
 
 
 def _read_part(kv, key: str, url: str, fix: str, evaluation) -> dict:
@@ -269,9 +276,15 @@ def _outputs(parts: dict, setup: Setup, config: HeadsConfig, summary: HeadsSumma
     n = "n = " + captions.count_range(per_language, "utterances per language")
     subtitle = captions.source_line(setup.encoder.name, setup.created, n)
     shape = (setup.masked.blocks, setup.masked.heads)
-    return {
+    writes = {
         table_lib.TABLE: table_lib.parquet(rows),
         table_lib.SELECTIVE: table_lib.selective_csv(selective),
-        figures.FIGURE: figures.heads_png(rows, *shape, subtitle),
+        figures.FIGURE: figures.heads_png(rows, *shape, subtitle, config.sink_frames),
         figures.BY_LANGUAGE: figures.by_language_png(rows, *shape, subtitle),
     }
+    if "attention" in parts:
+        ev = setup.evaluation
+        sink_rows = sinks.rows(parts["attention"], ev.langs, ev.label[ev.owner])
+        summary.top += sinks.report_lines(sink_rows)
+        writes[sinks.CSV] = sinks.sinks_csv(sink_rows)
+    return writes

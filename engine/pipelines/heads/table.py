@@ -7,7 +7,9 @@
 - ``metric``: ``r1`` (SeqSim R@1), ``language_id`` (probe accuracy), ``wer``, ``cer`` (the last layer's decode),
   ``importance_contrastive``, ``importance_ce`` (mean |gradient| over the language's utterances),
   ``importance_<loss>_signed`` (the mean gradient, every utterance), ``attention_distance`` (frames),
-  ``attention_entropy`` (nats), ``attention_local`` (share within ``--local_frames``);
+  ``attention_entropy`` (nats), ``attention_local`` (share within ``--local_frames``), ``attention_sink`` (the
+  share of a window's attention its ``--sink_frames`` most attended frames receive), ``attention_first`` (the share
+  its first ``--sink_frames`` frames receive; ``engine.pipelines.heads.sinks`` has where the sinks are);
 - ``scored_layer``: the stored layer an ``r1`` or ``language_id`` is measured at (else null);
 - ``lang``: the language (``r1``: the mean over the measured pairs it is on either side of), null: every language
   (``r1``: the mean over every measured pair; ``language_id``: every utterance; ``wer``/``cer``: the mean over the
@@ -41,6 +43,7 @@ SELECTIVE_COLUMNS = ("lang", "metric", "scored_layer", "layer", "head", "change"
 ABLATED = ("r1", "language_id", "wer", "cer")
 HIGHER_IS_BETTER = {"r1": True, "language_id": True, "wer": False, "cer": False}
 ATTENTION = ("attention_distance", "attention_entropy", "attention_local")
+SINK = ("attention_sink", "attention_first")  # the top --sink_frames frames' share; the first ones' (sinks.csv)
 
 
 def _mean(x) -> float:
@@ -118,6 +121,13 @@ def rows(setup, none, blocks: list, importance: dict | None, attention: dict | N
             for i, a in enumerate(langs):
                 add(b + 1, h, ATTENTION[k], None, a, None, _mean(stats[lang_of_window == i, b, h, k]), None)
             add(b + 1, h, ATTENTION[k], None, None, None, _mean(stats[:, b, h, k]), None)
+        if "top_share" in attention:
+            top, first = attention["top_share"].sum(axis=-1), attention["first_share"]
+            for b, h in np.ndindex(stats.shape[1:3]):  # the block's heads averaged (index H) is in sinks.csv only
+                for metric, value in (("attention_sink", top[:, b, h]), ("attention_first", first[:, b, h])):
+                    for i, a in enumerate(langs):
+                        add(b + 1, h, metric, None, a, None, _mean(value[lang_of_window == i]), None)
+                    add(b + 1, h, metric, None, None, None, _mean(value), None)
     return out
 
 

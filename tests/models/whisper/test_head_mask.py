@@ -19,9 +19,10 @@ from engine.models.whisper.checkpoints.hf import state_dict_from_hf
 from engine.models.whisper.dims import ModelDimensions
 from engine.models.whisper.model import Whisper
 from tests.models.whisper.hf_reference import hf_encoder_layers
-from tests.parity import attention_stats_twin, rel_err
+from tests.parity import attention_sinks_twin, attention_stats_twin, rel_err
 
 RTOL = 1e-5
+SINK_K = 3  # attention sinks: the top frames compared
 N_MELS, N_CTX, WIDTH, HEADS, LAYERS = 80, 50, 64, 4, 3
 
 
@@ -131,18 +132,31 @@ def test_bad_masks_are_refused(pair, mel):
 
 
 def test_attention_statistics_equal_transformers_attention_weights(pair, mel):
-    """Each head's mean attention distance, entropy and local share (``engine.models.common.attention_stats``) from
-    transformers' own attention weights (``output_attentions``, eager), through a NumPy twin; Whisper attends over
-    the whole window, padding included, and the statistics average the valid queries only."""
+    """Each head's mean attention distance, entropy and local share, and its attention sinks (and the block's heads'
+    together; ``engine.models.common.attention_stats``) from transformers' own attention weights
+    (``output_attentions``, eager), through NumPy twins; Whisper attends over the whole window, padding included, and
+    the statistics average the valid queries only."""
     from engine.models.common.attention_stats import AttentionStats
     from engine.models.whisper.encoder import _block_inputs, _qk
 
     hf, ours = pair
     frames = np.array([N_CTX, 31], np.int32)
-    stats = AttentionStats(ours.encoder, _block_inputs, _qk, LAYERS, HEADS)((jnp.asarray(mel),), frames, local=3)
+    measured = AttentionStats(ours.encoder, _block_inputs, _qk, LAYERS, HEADS)
+    got = measured.measure((jnp.asarray(mel),), frames, local=3, k=SINK_K)  # one program: __call__'s is wav2vec2's
+    stats = got["stats"]
+    np.testing.assert_array_equal(got["keys"], [N_CTX, N_CTX])  # Whisper attends to the whole window
     with torch.no_grad():
         attentions = hf.model.encoder(torch.from_numpy(mel), output_attentions=True).attentions
     for layer, weights in enumerate(attentions):
         for row, n in enumerate(frames):
             want = attention_stats_twin(weights[row].numpy(), int(n), 3)
             np.testing.assert_allclose(stats[row, layer], want, rtol=1e-4, atol=1e-5)
+            # Attention sinks: the shares received, to 1e-5 of the whole attention (1); the frames where the shares
+            # of consecutive ranks differ by more than that (random weights: near-ties may swap)
+            share, frame, first = attention_sinks_twin(weights[row].numpy(), int(n), SINK_K)
+            np.testing.assert_allclose(got["top_share"][row, layer], share, atol=1e-5)
+            np.testing.assert_allclose(got["first_share"][row, layer], first, atol=1e-5)
+            clear = np.diff(share, axis=1, append=0.0) < -1e-5
+            clear &= np.concatenate([np.ones((HEADS + 1, 1), bool), clear[:, :-1]], axis=1)
+            np.testing.assert_array_equal(got["top_frame"][row, layer][clear], frame[clear])
+            assert clear[:, 0].all()
