@@ -15,7 +15,8 @@ tgt``, translation ``src != tgt``. Ids come from the checkpoint's ``tokenizer.js
 tokenizer has no ``<|xx|>`` token for is refused naming the ones it has.
 
 Cohere ASR (``cohere_asr``, ``engine.models.fastconformer.cohere``) loads here too: the same decoder with its encoder
-projection and stored positions, its own prompt (a leading ``▁``, the language twice: transcription only), its
+projection and stored positions, its own prompt (``cohere.PROMPT``: transcription only, after the decoder start
+``generate`` adds), its
 tensors under ``save_pretrained``'s NeMo names (``model.transf_decoder.``, ``model.encoder_decoder_proj.``,
 ``log_softmax.``) or transformers' own.
 
@@ -115,8 +116,11 @@ class LoadedCanary:
                     f"language {code!r} has no <|{code}|> token in model {self.name!r}, which knows {some(known)}"
                 )
         fill = dict(source=f"<|{source}|>", target=f"<|{target}|>", pnc="<|pnc|>" if punctuation else "<|nopnc|>")
-        tokens = PROMPT if self.translates else cohere.PROMPT
-        return [self.token_id(t.format(**fill)) for t in tokens]
+        if self.translates:
+            return [self.token_id(t.format(**fill)) for t in PROMPT]
+        ids = [self.token_id(t.format(**fill)) for t in cohere.PROMPT]
+        # generate puts the decoder start before a prompt that does not begin with it (cohere.PROMPT)
+        return ids if ids[0] == self.config.start else [self.config.start, *ids]
 
     def greedy(self, memory, valid, prompt, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """memory f[batch, frame, width] (a layer's states, padding past ``valid`` i32[batch] frames masked), prompt

@@ -19,7 +19,10 @@ Names: ``save_pretrained`` writes Cohere ASR's tensors under the original NeMo n
 which the family's readers use; names already in that form pass unchanged, so both layouts load.
 
 Prompt (``PROMPT``): ``CohereAsrProcessor.get_decoder_prompt_ids(language, punctuation)``: a leading ``▁``, then
-Canary's control tokens with the language twice. The model only transcribes: there is no translation prompt.
+Canary's control tokens with the language twice; ``generate`` puts the decoder start token before it when it does not
+begin with it (``decoder_start_token_id``, else ``bos_token_id``: ``<|startoftranscript|>`` with
+``CohereAsrConfig``'s defaults), so babelgrid's prompt is what ``generate`` feeds. The model only transcribes: there
+is no translation prompt.
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ class DecoderConfig:
     tied: bool  # proj_out's weight is the token embedding (tie_word_embeddings)
     eos: tuple[int, ...]  # generation stops at any of these
     pad: int  # what transformers' generate writes after a row's eos
-    start: int | None  # decoder_start_token_id: <|startofcontext|>, Canary's prompt's first token (Cohere: none)
+    start: int  # decoder_start_token_id (Canary: <|startofcontext|>, its prompt's first token; Cohere: else bos)
     memory_width: int | None = None  # Cohere ASR: the encoder width its ``proj`` maps to ``width``; None: no proj
     stored_positions: bool = False  # Cohere ASR: positions are the stored pos_emb table, not NeMo's formula
 
@@ -95,6 +95,8 @@ def decoder_config(config: Mapping, generation: Mapping | None = None, source: s
     gen = {k: v for k, v in (generation or {}).items() if v is not None}
     eos = gen.get("eos_token_id", config.get("eos_token_id", 3))
     start = gen.get("decoder_start_token_id", config.get("decoder_start_token_id", None if is_cohere else 7))
+    if start is None:  # generate's fallback: the bos token (CohereAsrConfig sets no decoder start)
+        start = gen.get("bos_token_id", config.get("bos_token_id", cohere.IDS["bos_token_id"]))
     encoder = config.get("encoder_config") or {}
     try:
         return DecoderConfig(
@@ -105,7 +107,7 @@ def decoder_config(config: Mapping, generation: Mapping | None = None, source: s
             tied=bool(config.get("tie_word_embeddings", not is_cohere)),
             eos=tuple(int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])),
             pad=int(gen.get("pad_token_id", config.get("pad_token_id", 2))),
-            start=None if start is None else int(start),
+            start=int(start),
             memory_width=int(encoder.get("hidden_size", cohere.ENCODER_DEFAULTS["hidden_size"])) if is_cohere else None,
             stored_positions=is_cohere,
         )  # fmt: skip
