@@ -118,8 +118,9 @@ def test_heads_load_from_the_random_folders(folders):
     assert len(canary.prompt("de", "en")) == 9 and canary.config.n_layer == 3 and "en" in canary.languages()
     assert canary.text([canary.token_id("<|endoftext|>"), canary.token_id("\u2581a"), canary.token_id("b")]) == "ab"
     cohere = fam.FAMILIES["fastconformer"].decoder(folders / "cohere-asr").loaded
-    assert cohere.prompt("de", "de")[:2] == [cohere.token_id("\u2581"), cohere.token_id("<|startofcontext|>")]
-    assert len(cohere.prompt("de", "de")) == 10 and cohere.config.memory_width == 64 and "vi" in cohere.languages()
+    start = cohere.token_id("<|startoftranscript|>")  # generate's decoder start: the bos, before the processor's
+    assert cohere.prompt("de", "de")[:3] == [start, cohere.token_id("\u2581"), cohere.token_id("<|startofcontext|>")]
+    assert len(cohere.prompt("de", "de")) == 11 and cohere.config.memory_width == 64 and "vi" in cohere.languages()
     with pytest.raises(CheckpointError, match="only transcribes"):
         cohere.prompt("de", "en")
     assert fam.load_encoder(folders / "mms", adapter="deu").loaded.checkpoint.adapter == "deu"

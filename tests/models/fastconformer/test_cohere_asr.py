@@ -265,12 +265,18 @@ def _batch(trainer, seed=0):
     return batch
 
 
-def test_train_step_equals_transformers(root):
+@pytest.fixture(scope="module")
+def small(root):
+    """(transformers' model of the train step's sizes, its folder)."""
+    return _saved(root, TRAIN_ENCODER, TRAIN_DECODER)
+
+
+def test_train_step_equals_transformers(small):
     """The finetune loss and every gradient of the decoder (its ``proj``, position table and untied ``proj_out``
     included) against torch autograd through ``CohereAsrForConditionalGeneration`` given the encoder output."""
     from engine.models.fastconformer.trainer import hf_tensors, load_trainer
 
-    model, folder = _saved(root, TRAIN_ENCODER, TRAIN_DECODER)
+    model, folder = small
     trainer = load_trainer(folder)
     with pytest.raises(CheckpointError, match="only transcribes"):
         trainer.prompt("translate", "de")
@@ -310,3 +316,22 @@ def test_train_step_equals_transformers(root):
             continue
         err, top = np.abs(ours[name] - g).max(), np.abs(g).max()
         assert top > 0 and err <= 1e-5 * top, f"gradient of {name}: {err:.3g} > 1e-5 x {top:.3g}"
+
+
+def test_export_round_trip(small, tmp_path):
+    """finetune's export rewrites the tuned tensors under the names the folder holds them by (save_pretrained's NeMo
+    names): our loader reads the tuned values back, and transformers loads the folder with them."""
+    from engine.models.fastconformer.trainer import load_trainer
+
+    _, folder = small
+    trainer = load_trainer(folder)
+    _, params = trainer.split()
+    moved = {k: v + 0.01 for k, v in params.items() if k in ("positions", "memory_proj.kernel", "out_weight")}
+    assert len(moved) == 3 and trainer.export_problem() is None
+    trainer.tuned(moved).export(tmp_path / "model")
+    _, back = load_trainer(tmp_path / "model").split()
+    for k, v in back.items():
+        assert np.array_equal(np.asarray(v), np.asarray(moved.get(k, params[k]))), k
+    hf = transformers.CohereAsrForConditionalGeneration.from_pretrained(tmp_path / "model")
+    assert np.array_equal(hf.model.decoder.pos_emb.weight.detach().numpy(), np.asarray(moved["positions"]))
+    assert np.array_equal(hf.model.decoder.proj.weight.detach().numpy(), np.asarray(moved["memory_proj.kernel"]).T)
