@@ -26,6 +26,7 @@ import transformers
 from transformers.models.parakeet.modeling_parakeet import ParakeetEncoderModelOutput
 
 from engine.data.audio import load_audio
+from engine.errors import BabelgridError
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.canary import load_canary
 from engine.models.interface import FASTCONFORMER_LAYERS
@@ -167,3 +168,10 @@ def test_decode_reads_the_store(encoded, tmp_path):
         texts.add(expected)
     print(f"smallest top-2 gap / largest logit difference {worst:.0f}; texts {texts}")
     assert worst >= GAP and all(texts)
+    refused = tmp_path / "translate"  # the decoder declares transcribe its only task: one line, nothing written
+    english = tmp_path / "english.tsv"
+    english.write_text("s0\tThe first sentence.\n")
+    with pytest.raises(BabelgridError, match="has no prompt for it; it decodes transcribe"):
+        run_decode(configure(DecodeConfig, store=store, model=str(root / "model"), out=str(refused),
+                             tasks=("translate",), references=str(english), progress=False))  # fmt: skip
+    assert not (refused / "parts").exists()
