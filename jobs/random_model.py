@@ -18,7 +18,8 @@ speech LLMs' towers and projectors), qwen3-asr (Qwen/Qwen3-ASR-0.6B), qwen3-omni
 audio tower), qwen2.5-omni (Qwen/Qwen2.5-Omni-7B's audio tower), gemma3n (google/gemma-3n-E2B-it's audio tower, USM),
 gemma4 (google/gemma-4-E2B-it's audio tower, USM),
 voxtral-realtime (mistralai/Voxtral-Mini-4B-Realtime-2602's audio tower and projector), parakeet
-(nvidia/parakeet-ctc-0.6b), canary (nvidia/canary-1b-v2).
+(nvidia/parakeet-ctc-0.6b), canary (nvidia/canary-1b-v2), cohere-asr (CohereLabs/cohere-transcribe-03-2026:
+FastConformer encoder and its decoder).
 Each folder holds config.json (OWSM: ESPnet's config.yaml and meta.yaml), the weights as safetensors, the feature
 extractor's and the tokenizer's files where the family reads them, and random_model.json (what it was written as).
 Random weights run every job end to end; they answer none of the questions a real model would (docs/models.md).
@@ -38,7 +39,7 @@ from jobs import common
 # two lists equal)
 KINDS = ("whisper", "whisper-turbo", "wav2vec2", "hubert", "mms", "omnilingual", "w2v-bert", "seamless", "owsm",
          "powsm", "owls", "owsm-ctc", "qwen2-audio", "voxtral", "audio-flamingo3", "qwen3-asr", "qwen3-omni",
-         "qwen2.5-omni", "gemma3n", "gemma4", "voxtral-realtime", "parakeet", "canary")  # fmt: skip
+         "qwen2.5-omni", "gemma3n", "gemma4", "voxtral-realtime", "parakeet", "canary", "cohere-asr")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,6 +25,8 @@ from engine.errors import CheckpointError
 from engine.models.common.random_weights import RandomKind
 from engine.models.fastconformer import encoder as fastconformer_encoder
 from engine.models.fastconformer import random_folder as fastconformer_random
+from engine.models.fastconformer.cohere import HUB_NAMES as COHERE_HUB_NAMES
+from engine.models.fastconformer.config import DECODER_TYPES as FASTCONFORMER_DECODER_TYPES
 from engine.models.fastconformer.config import HUB_IDS as FASTCONFORMER_HUB_IDS
 from engine.models.fastconformer.config import MODEL_TYPES as FASTCONFORMER_TYPES
 from engine.models.fastconformer.loaded import load_fastconformer
@@ -88,7 +90,8 @@ class Family:
     layer_meaning: str
     # (source, dtype=) -> the model's text decoder (``engine.models.interface.Decoder``): tokens from a layer's states
     decoder: Callable | None = None
-    # the config.json model types whose checkpoints carry the decoder, where not all do (FastConformer: Canary's);
+    # the config.json model types whose checkpoints carry the decoder, where not all do (FastConformer: Canary's and
+    # Cohere ASR's);
     # None: every checkpoint of the family has it
     decoder_types: tuple[str, ...] | None = None
     # (source, adapter=, dtype=) -> the model with the CTC head, whose ``ctc_lens()`` is decode's logit lens;
@@ -181,8 +184,9 @@ FAMILIES: dict[str, Family] = {
         ),
         Family(
             "fastconformer", FASTCONFORMER_TYPES, fastconformer_encoder.load, FASTCONFORMER_LAYERS,
-            decoder=load_canary_decoder, decoder_types=("canary",), ctc=load_fastconformer, trainer=load_canary_trainer,
-            hub_ids=FASTCONFORMER_HUB_IDS, random_kinds=fastconformer_random.KINDS, hub_names=r"parakeet|canary",
+            decoder=load_canary_decoder, decoder_types=FASTCONFORMER_DECODER_TYPES, ctc=load_fastconformer,
+            trainer=load_canary_trainer, hub_ids=FASTCONFORMER_HUB_IDS, random_kinds=fastconformer_random.KINDS,
+            hub_names=r"parakeet|canary|" + COHERE_HUB_NAMES,
         ),
     )
 }  # fmt: skip

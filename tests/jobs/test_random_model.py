@@ -37,7 +37,7 @@ EXPECTED = {
     "audio-flamingo3": ("speechllm", 1), "qwen3-asr": ("speechllm", 2), "qwen3-omni": ("speechllm", 2),
     "qwen2.5-omni": ("speechllm", 1), "gemma3n": ("speechllm", 1), "gemma4": ("speechllm", 1),
     "voxtral-realtime": ("speechllm", 2),
-    "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1),
+    "parakeet": ("fastconformer", 1), "canary": ("fastconformer", 1), "cohere-asr": ("fastconformer", 1),
 }  # fmt: skip
 # Every kind with its defaults (2 blocks x 64, 4 heads) through the engine, then one through the command line, in a
 # process that cannot import torch or transformers: the folders need neither.
@@ -118,6 +118,12 @@ def test_heads_load_from_the_random_folders(folders):
     canary = fam.FAMILIES["fastconformer"].decoder(folders / "cli-canary").loaded
     assert len(canary.prompt("de", "en")) == 9 and canary.config.n_layer == 3 and "en" in canary.languages()
     assert canary.text([canary.token_id("<|endoftext|>"), canary.token_id("\u2581a"), canary.token_id("b")]) == "ab"
+    cohere = fam.FAMILIES["fastconformer"].decoder(folders / "cohere-asr").loaded
+    start = cohere.token_id("<|startoftranscript|>")  # generate's decoder start: the bos, before the processor's
+    assert cohere.prompt("de", "de")[:3] == [start, cohere.token_id("\u2581"), cohere.token_id("<|startofcontext|>")]
+    assert len(cohere.prompt("de", "de")) == 11 and cohere.config.memory_width == 64 and "vi" in cohere.languages()
+    with pytest.raises(CheckpointError, match="only transcribes"):
+        cohere.prompt("de", "en")
     assert fam.load_encoder(folders / "mms", adapter="deu").loaded.checkpoint.adapter == "deu"
     turbo = fam.FAMILIES["whisper"].decoder(folders / "whisper-turbo").loaded
     assert turbo.dims.n_text_layer == 4 and turbo.tokenizer.transcribe == 50360 and len(turbo.lang_ids) == 100
@@ -186,6 +192,7 @@ def test_an_out_it_did_not_write_is_never_touched(tmp_path):
         ("mistralai/Voxtral-Mini-4B-Realtime-2602", "/path/to/Voxtral-Mini-4B-Realtime-2602", "voxtral-realtime"),
         ("nvidia/parakeet-ctc-0.6b", "/path/to/parakeet-ctc-0.6b", "parakeet"),
         ("nvidia/canary-1b-v2", "/path/to/canary-1b-v2", "canary"),
+        ("CohereLabs/cohere-transcribe-03-2026", "/path/to/cohere-transcribe-03-2026", "cohere-asr"),
         ("facebook/seamless-m4t-v2-large", "/path/to/seamless-m4t-v2-large", "seamless"),
         ("facebook/mms-1b-all", "hf download facebook/mms-1b-all", "mms"),
         ("espnet/owsm_v3.1_ebf_base", "/path/to/owsm_v3.1_ebf_base", "owsm"),

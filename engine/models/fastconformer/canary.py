@@ -14,6 +14,12 @@ the hub's chat template (transformers' ``test_processing_canary``'s expected pro
 tgt``, translation ``src != tgt``. Ids come from the checkpoint's ``tokenizer.json`` (``tokenizer``); a language the
 tokenizer has no ``<|xx|>`` token for is refused naming the ones it has.
 
+Cohere ASR (``cohere_asr``, ``engine.models.fastconformer.cohere``) loads here too: the same decoder with its encoder
+projection and stored positions, its own prompt (``cohere.PROMPT``: transcription only, after the decoder start
+``generate`` adds), its
+tensors under ``save_pretrained``'s NeMo names (``model.transf_decoder.``, ``model.encoder_decoder_proj.``,
+``log_softmax.``) or transformers' own.
+
 Weights: the tensors under ``model.decoder.`` and ``proj_out.`` (``engine.models.common.prefixed``: of a sharded
 checkpoint only their shards); ``proj_out.weight`` is the token embedding when ``tie_word_embeddings`` (what
 ``save_pretrained`` then leaves out). ``sha256`` is that of the encoder's weight files, as ``load_fastconformer``
@@ -37,9 +43,10 @@ from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, folder_or_hub, read_json, some
 from engine.models.common.prefixed import download_prefixed, prefixed_files, read_prefixed
 from engine.models.common.random_weights import random_model_hint
+from engine.models.fastconformer import cohere
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.beam import beam_fn
-from engine.models.fastconformer.config import CANARY, FastConformerConfig, config_from_hf
+from engine.models.fastconformer.config import DECODER_TYPES, FastConformerConfig, config_from_hf
 from engine.models.fastconformer.decoder import (
     CanaryDecoder,
     DecoderConfig,
@@ -91,8 +98,17 @@ class LoadedCanary:
             raise CheckpointError(f"model {self.name!r}: its tokenizer.json has no {token} token")
         return int(i)
 
+    @property
+    def translates(self) -> bool:
+        """Whether the model has a translation prompt (Canary); Cohere ASR only transcribes."""
+        return self.encoder_config.model_type != cohere.COHERE
+
     def prompt(self, source: str, target: str, punctuation: bool = True) -> list[int]:
         """The prompt ids of speech in ``source`` written in ``target`` (the module docstring)."""
+        if source != target and not self.translates:
+            raise CheckpointError(
+                f"model {self.name!r} (Cohere ASR) only transcribes: it has no prompt for {source!r} -> {target!r}"
+            )
         known = self.languages()
         for code in (source, target):
             if code not in known:
@@ -100,7 +116,11 @@ class LoadedCanary:
                     f"language {code!r} has no <|{code}|> token in model {self.name!r}, which knows {some(known)}"
                 )
         fill = dict(source=f"<|{source}|>", target=f"<|{target}|>", pnc="<|pnc|>" if punctuation else "<|nopnc|>")
-        return [self.token_id(t.format(**fill)) for t in PROMPT]
+        if self.translates:
+            return [self.token_id(t.format(**fill)) for t in PROMPT]
+        ids = [self.token_id(t.format(**fill)) for t in cohere.PROMPT]
+        # generate puts the decoder start before a prompt that does not begin with it (cohere.PROMPT)
+        return ids if ids[0] == self.config.start else [self.config.start, *ids]
 
     def greedy(self, memory, valid, prompt, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """memory f[batch, frame, width] (a layer's states, padding past ``valid`` i32[batch] frames masked), prompt
@@ -151,22 +171,29 @@ def _logits(graphdef, state, tokens, memory, valid):
 
 
 def load_canary(source: str | os.PathLike, *, dtype=jnp.float32) -> LoadedCanary:
-    """Canary's decoder from a ``CanaryForConditionalGeneration`` folder or hub id, in ``dtype``."""
+    """Canary's decoder from a ``CanaryForConditionalGeneration`` folder or hub id (or Cohere ASR's from a
+    ``CohereAsrForConditionalGeneration`` one), in ``dtype``."""
     path, name = folder_or_hub(source, _download, "nvidia/canary-1b-v2")
     if not (path / "config.json").is_file():
         raise CheckpointError(f"checkpoint '{path}' has no config.json; pass the folder save_pretrained wrote")
     config = read_json(path / "config.json")
     encoder = config_from_hf(config, str(path / "config.json"))
-    if encoder.model_type != CANARY:
+    if encoder.model_type not in DECODER_TYPES:
         raise CheckpointError(
             f"model {name!r} is a {encoder.model_type} model, which has no text decoder; Canary "
-            "(CanaryForConditionalGeneration) has one"
+            "(CanaryForConditionalGeneration) and Cohere ASR (CohereAsrForConditionalGeneration) have one"
         )
+    is_cohere = encoder.model_type == cohere.COHERE
     generation = path / "generation_config.json"
     dec = decoder_config(config, read_json(generation) if generation.is_file() else None, str(path / "config.json"))
-    if dec.width != encoder.width:
-        raise CheckpointError(f"model {name!r}: decoder width {dec.width} is not the encoder's {encoder.width}")
-    _, stored = read_prefixed(path, PREFIXES)
+    if (dec.memory_width or dec.width) != encoder.width:
+        raise CheckpointError(
+            f"model {name!r}: the decoder reads memory {dec.memory_width or dec.width} wide, not the encoder's "
+            f"{encoder.width}"
+        )
+    _, stored = read_prefixed(path, cohere.DECODER_PREFIXES if is_cohere else PREFIXES)
+    if is_cohere:  # save_pretrained's NeMo names -> transformers'
+        stored = {cohere.hf_name(k): v for k, v in stored.items()}
     shapes = decoder_shapes(dec)
     missing = [k for k in shapes if k not in stored]
     wrong = [k for k in shapes if k in stored and tuple(stored[k].shape) != shapes[k]]
@@ -187,7 +214,8 @@ def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     """The hub folder with the encoder's and the decoder's shards (the encoder's decide the store's hash)."""
 
     def prefixes_of(config: dict, where: str) -> tuple[str, ...]:
-        return (config_from_hf(config, where).prefix, *PREFIXES)
+        encoder = config_from_hf(config, where)
+        return (encoder.prefix, *(cohere.DECODER_PREFIXES if encoder.model_type == cohere.COHERE else PREFIXES))
 
     local = f"load_canary('/path/to/canary-1b-v2'); {random_model_hint('canary')}"
     folder = download_prefixed(repo_id, revision, prefixes_of, local)

@@ -2,7 +2,8 @@
 ids, read with NumPy.
 
 Only the encoder's tensors are read, under the prefix of the layout (``config.PREFIX``: none for a bare
-``ParakeetEncoder``, ``encoder.`` for Parakeet's CTC, TDT and RNN-T models, ``model.encoder.`` for Canary), with
+``ParakeetEncoder``, ``encoder.`` for Parakeet's CTC, TDT and RNN-T models, ``model.encoder.`` for Canary and Cohere
+ASR, whose names ``save_pretrained`` writes in NeMo's form and ``cohere.hf_name`` maps back), with
 ``ParakeetForCTC``'s ``ctc_head.*`` beside them; of a sharded checkpoint only the shards that hold them
 (``engine.models.common.prefixed``), and from the hub only those are downloaded. BatchNorm's ``num_batches_tracked``
 (a training counter) is recognised and left unread; any other tensor under the prefix, a missing one or a wrong shape
@@ -24,6 +25,7 @@ from engine.models.common.io import file_sha256, folder_or_hub, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
+from engine.models.fastconformer import cohere
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CTC, FastConformerConfig, config_from_hf
 from engine.models.fastconformer.model import state_shapes
@@ -82,10 +84,16 @@ def check_preprocessor(folder: pathlib.Path, config: FastConformerConfig) -> Non
 
 
 def _check(stored: Mapping[str, np.ndarray], config: FastConformerConfig, source: str) -> dict[str, np.ndarray]:
+    renamed = config.model_type == cohere.COHERE  # NeMo's names, as save_pretrained writes them (or transformers')
+
     def local(name):
+        if renamed:
+            return cohere.hf_name(name).removeprefix(config.prefix)
         return name if name.startswith("ctc_head.") else name.removeprefix(config.prefix)
 
     def stored_name(k):
+        if renamed:
+            return cohere.stored_name(config.prefix + k)
         return k if k.startswith("ctc_head.") else config.prefix + k
 
     what = f"a {config.model_type} encoder of {config.n_layer} blocks"
@@ -100,6 +108,9 @@ def download(repo_id: str, revision: str | None) -> pathlib.Path:
     def prefixes_of(config: dict, where: str) -> tuple[str, ...]:
         return prefixes(config_from_hf(config, where))
 
-    kind, folder = ("canary", "canary-1b-v2") if "canary" in repo_id.lower() else ("parakeet", "parakeet-ctc-0.6b")
+    name = repo_id.lower()
+    kind, folder = (("canary", "canary-1b-v2") if "canary" in name else
+                    ("cohere-asr", "cohere-transcribe-03-2026") if re.search(cohere.HUB_NAMES, name) else
+                    ("parakeet", "parakeet-ctc-0.6b"))  # fmt: skip
     local = f"load('/path/to/{folder}') with config.json + model.safetensors; {random_model_hint(kind)}"
     return download_prefixed(repo_id, revision, prefixes_of, local)

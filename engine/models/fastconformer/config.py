@@ -7,7 +7,10 @@ One encoder, ``ParakeetEncoderConfig`` (``model_type`` "parakeet_encoder"), foun
 - ``parakeet_ctc`` (``ParakeetForCTC``: ``nvidia/parakeet-ctc-0.6b``, ``-1.1b``): ``encoder_config``, ``encoder.*``;
 - ``parakeet_tdt``, ``parakeet_rnnt`` (``ParakeetForTDT``: ``nvidia/parakeet-tdt-0.6b-v3``; ``ParakeetForRNNT``):
   ``encoder_config``, ``encoder.*``;
-- ``canary`` (``CanaryForConditionalGeneration``: ``nvidia/canary-1b-v2``): ``encoder_config``, ``model.encoder.*``.
+- ``canary`` (``CanaryForConditionalGeneration``: ``nvidia/canary-1b-v2``): ``encoder_config``, ``model.encoder.*``;
+- ``cohere_asr`` (``CohereAsrForConditionalGeneration``: ``CohereLabs/cohere-transcribe-03-2026``): ``encoder_config``
+  merged into Cohere's defaults (48 x 1280, feed-forward 5120, 128 mel bins, no input scale), ``model.encoder.*``
+  under ``save_pretrained``'s NeMo names (``engine.models.fastconformer.cohere``).
 
 Only the encoder is read (``engine.models.common.prefixed``); ``parakeet_ctc`` adds its CTC head (``ctc_head.*``, a
 1x1 convolution to ``vocab_size`` classes, the blank being ``pad_token_id``).
@@ -27,11 +30,14 @@ import math
 from collections.abc import Mapping
 
 from engine.errors import CheckpointError
+from engine.models.fastconformer import cohere
 
 ENCODER, CTC, TDT, RNNT, CANARY = "parakeet_encoder", "parakeet_ctc", "parakeet_tdt", "parakeet_rnnt", "canary"
-MODEL_TYPES = (ENCODER, CTC, TDT, RNNT, CANARY)
-PREFIX = {ENCODER: "", CTC: "encoder.", TDT: "encoder.", RNNT: "encoder.", CANARY: "model.encoder."}
-HUB_IDS = ("nvidia/parakeet-ctc-0.6b", "nvidia/parakeet-tdt-0.6b-v3", "nvidia/canary-1b-v2")
+MODEL_TYPES = (ENCODER, CTC, TDT, RNNT, CANARY, cohere.COHERE)
+PREFIX = {ENCODER: "", CTC: "encoder.", TDT: "encoder.", RNNT: "encoder.", CANARY: "model.encoder.",
+          cohere.COHERE: "model.encoder."}  # fmt: skip
+DECODER_TYPES = (CANARY, cohere.COHERE)  # the layouts with a text decoder beside the encoder
+HUB_IDS = ("nvidia/parakeet-ctc-0.6b", "nvidia/parakeet-tdt-0.6b-v3", "nvidia/canary-1b-v2", cohere.HUB_ID)
 ACTIVATIONS = ("silu", "swish")
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default: the blocks' norms pass none
 BN_EPS = 1e-5  # torch.nn.BatchNorm1d's default: the convolution module's norm
@@ -52,8 +58,8 @@ class FastConformerConfig:
     """The encoder's dimensions; layers are indexed ``0..n_layer`` (see ``model``)."""
 
     model_type: str  # one of MODEL_TYPES: the layout the weights come in
-    n_layer: int  # conformer blocks, L (24 Parakeet 0.6B, 32 Canary 1B, 42 Parakeet 1.1B)
-    width: int  # hidden_size (1024)
+    n_layer: int  # conformer blocks, L (24 Parakeet 0.6B, 32 Canary 1B, 42 Parakeet 1.1B, 48 Cohere ASR)
+    width: int  # hidden_size (1024; 1280 Cohere ASR)
     n_head: int  # attention heads (8)
     ffn_width: int  # intermediate_size (4096)
     conv_kernel: int  # the convolution module's depthwise taps (9)
@@ -128,7 +134,7 @@ def config_from_hf(config: Mapping, source: str = "config.json") -> FastConforme
     if model_type not in MODEL_TYPES:
         raise CheckpointError(
             f"'{source}' describes a {model_type!r} model; babelgrid's FastConformer family reads model_type "
-            f"{', '.join(map(repr, MODEL_TYPES))} (Parakeet, Canary)"
+            f"{', '.join(map(repr, MODEL_TYPES))} (Parakeet, Canary, Cohere ASR)"
         )
     encoder = config if model_type == ENCODER else config.get("encoder_config") or {}
     if not isinstance(encoder, Mapping):
@@ -136,7 +142,9 @@ def config_from_hf(config: Mapping, source: str = "config.json") -> FastConforme
     # As CanaryConfig: its encoder defaults apply when there is no encoder_config at all; a given one's missing
     # fields take ParakeetEncoderConfig's.
     canary = model_type == CANARY and not config.get("encoder_config")
-    defaults = {**_DEFAULTS, **(_CANARY_DEFAULTS if canary else {})}
+    # CohereAsrConfig merges a given encoder_config into its own defaults: they apply either way.
+    own = cohere.ENCODER_DEFAULTS if model_type == cohere.COHERE else _CANARY_DEFAULTS if canary else {}
+    defaults = {**_DEFAULTS, **own}
     cfg = {**defaults, **{k: v for k, v in encoder.items() if k in defaults}}
 
     def refuse(field: str, value, supported: str):

@@ -15,6 +15,12 @@ There is no projection between encoder and decoder in transformers' ``CanaryMode
 ``encoder_outputs.last_hidden_state`` (layer L, the encoder has no final norm) as it is, so early exit feeds layer k
 the same way (its width must be the decoder's).
 
+Cohere ASR's decoder (``CohereAsrDecoder``, ``engine.models.fastconformer.cohere``) is this one with its sizes at the
+top level of ``config.json``, positions read from the stored table ``model.decoder.pos_emb.weight`` (``positions``
+set to ``stored``), and a linear ``model.decoder.proj`` from the encoder's width (``memory_width``) to the decoder's,
+applied to the encoder states before every cross-attention's keys and values (``cross``); early exit reads layer k
+through it too.
+
 Greedy (``greedy``) equals ``CanaryForConditionalGeneration.generate(num_beams=1, do_sample=False)`` continuing the
 prompt: each step the argmax of the logits, rows stopping at an ``eos`` id. The prompt is fed one position at a time
 through the cache (transformers feeds it in one call: the same arithmetic, summed in another order, so logits agree
@@ -36,6 +42,7 @@ from flax import nnx
 
 from engine.errors import CheckpointError, ShapeError
 from engine.models.common.layers import linear, norm, param
+from engine.models.fastconformer import cohere
 
 LN_EPS = 1e-5  # nn.LayerNorm's default: CanaryDecoder passes none
 ACTIVATIONS = {"relu": jax.nn.relu, "gelu": functools.partial(jax.nn.gelu, approximate=False), "silu": jax.nn.silu}
@@ -61,7 +68,9 @@ class DecoderConfig:
     tied: bool  # proj_out's weight is the token embedding (tie_word_embeddings)
     eos: tuple[int, ...]  # generation stops at any of these
     pad: int  # what transformers' generate writes after a row's eos
-    start: int  # decoder_start_token_id: <|startofcontext|>, the prompt's first token
+    start: int  # decoder_start_token_id (Canary: <|startofcontext|>, its prompt's first token; Cohere: else bos)
+    memory_width: int | None = None  # Cohere ASR: the encoder width its ``proj`` maps to ``width``; None: no proj
+    stored_positions: bool = False  # Cohere ASR: positions are the stored pos_emb table, not NeMo's formula
 
     def __post_init__(self):
         if self.n_head % self.n_kv_head:
@@ -73,29 +82,38 @@ class DecoderConfig:
 
 
 def decoder_config(config: Mapping, generation: Mapping | None = None, source: str = "config.json") -> DecoderConfig:
-    """``DecoderConfig`` of a Canary ``config.json`` dict; ``generation``: its ``generation_config.json`` (eos and pad
-    ids there win, as ``generate`` reads them)."""
-    given = config.get("decoder_config") or {}
-    d = {**DEFAULTS, **{k: v for k, v in given.items() if k in DEFAULTS}}
+    """``DecoderConfig`` of a Canary or Cohere ASR ``config.json`` dict; ``generation``: its ``generation_config.json``
+    (eos and pad ids there win, as ``generate`` reads them)."""
+    is_cohere = config.get("model_type") == cohere.COHERE
+    given = config if is_cohere else config.get("decoder_config") or {}
+    defaults = cohere.DECODER_DEFAULTS if is_cohere else DEFAULTS
+    d = {**defaults, **{k: v for k, v in given.items() if k in defaults}}
     if d["head_dim"] is None:
         d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
     if d["num_key_value_heads"] is None:
         d["num_key_value_heads"] = d["num_attention_heads"]
     gen = {k: v for k, v in (generation or {}).items() if v is not None}
     eos = gen.get("eos_token_id", config.get("eos_token_id", 3))
+    start = gen.get("decoder_start_token_id", config.get("decoder_start_token_id", None if is_cohere else 7))
+    if start is None:  # generate's fallback: the bos token (CohereAsrConfig sets no decoder start)
+        start = gen.get("bos_token_id", config.get("bos_token_id", cohere.IDS["bos_token_id"]))
+    encoder = config.get("encoder_config") or {}
     try:
         return DecoderConfig(
             n_vocab=int(d["vocab_size"]), width=int(d["hidden_size"]), ffn_width=int(d["intermediate_size"]),
             n_layer=int(d["num_hidden_layers"]), n_head=int(d["num_attention_heads"]),
             n_kv_head=int(d["num_key_value_heads"]), head_width=int(d["head_dim"]), activation=str(d["hidden_act"]),
             max_positions=int(d["max_position_embeddings"]), attention_bias=bool(d["attention_bias"]),
-            tied=bool(config.get("tie_word_embeddings", True)),
+            tied=bool(config.get("tie_word_embeddings", not is_cohere)),
             eos=tuple(int(e) for e in (eos if isinstance(eos, list | tuple) else [eos])),
             pad=int(gen.get("pad_token_id", config.get("pad_token_id", 2))),
-            start=int(gen.get("decoder_start_token_id", config.get("decoder_start_token_id", 7))),
+            start=int(start),
+            memory_width=int(encoder.get("hidden_size", cohere.ENCODER_DEFAULTS["hidden_size"])) if is_cohere else None,
+            stored_positions=is_cohere,
         )  # fmt: skip
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"'{source}' has an unusable Canary decoder_config: {e}") from None
+        what = "Cohere ASR" if is_cohere else "Canary"
+        raise CheckpointError(f"'{source}' has an unusable {what} decoder: {e}") from None
 
 
 def decoder_shapes(c: DecoderConfig) -> dict[str, tuple[int, ...]]:
@@ -104,6 +122,10 @@ def decoder_shapes(c: DecoderConfig) -> dict[str, tuple[int, ...]]:
     shapes = {"model.decoder.embed_tokens.weight": (c.n_vocab, w), "proj_out.bias": (c.n_vocab,)}
     if not c.tied:
         shapes["proj_out.weight"] = (c.n_vocab, w)
+    if c.stored_positions:
+        shapes["model.decoder.pos_emb.weight"] = (c.max_positions, w)
+    if c.memory_width is not None:
+        shapes |= {"model.decoder.proj.weight": (w, c.memory_width), "model.decoder.proj.bias": (w,)}
     for name in ("norm", "embedding_layernorm"):
         shapes |= {f"model.decoder.{name}.weight": (w,), f"model.decoder.{name}.bias": (w,)}
     for i in range(c.n_layer):
@@ -178,7 +200,11 @@ class CanaryDecoder(nnx.Module):
         self.config = c = config
         sd, p = state_dict, "model.decoder"
         self.embedding = param(sd[f"{p}.embed_tokens.weight"], dtype)
-        self.positions = nnx.Variable(jnp.asarray(positions(c.max_positions, c.width)))
+        if c.stored_positions:  # Cohere ASR: an nn.Embedding, trained (a parameter here too)
+            self.positions = param(sd[f"{p}.pos_emb.weight"], dtype)
+        else:  # NeMo's fixed table: a constant
+            self.positions = nnx.Variable(jnp.asarray(positions(c.max_positions, c.width)))
+        self.memory_proj = None if c.memory_width is None else linear(sd, f"{p}.proj", dtype)
         self.embed_norm = norm(sd, f"{p}.embedding_layernorm", LN_EPS, dtype)
         self.blocks = nnx.List([Block(sd, f"{p}.layers.{i}", c, dtype) for i in range(c.n_layer)])
         self.final_norm = norm(sd, f"{p}.norm", LN_EPS, dtype)
@@ -198,10 +224,14 @@ class CanaryDecoder(nnx.Module):
         return (jnp.einsum("...d,vd->...v", x, w.astype(x.dtype)) + self.out_bias[...]).astype(jnp.float32)
 
     def cross(self, memory, valid):
-        """memory f[b, frame, width], valid i32[b] -> per block (keys, values), and the key mask bool[b, 1, 1, frame]
-        (the frames past ``valid`` masked)."""
-        if memory.ndim != 3 or memory.shape[-1] != self.config.width:
-            raise ShapeError(f"memory must be f[batch, frame, {self.config.width}], got {tuple(memory.shape)}")
+        """memory f[b, frame, memory width], valid i32[b] -> per block (keys, values), and the key mask bool[b, 1, 1,
+        frame] (the frames past ``valid`` masked). Cohere ASR's ``proj`` maps the memory to the decoder's width
+        first."""
+        width = self.config.memory_width or self.config.width
+        if memory.ndim != 3 or memory.shape[-1] != width:
+            raise ShapeError(f"memory must be f[batch, frame, {width}], got {tuple(memory.shape)}")
+        if self.memory_proj is not None:
+            memory = self.memory_proj(memory)
         mask = (jnp.arange(memory.shape[1])[None] < valid[:, None])[:, None, None, :]
         return [block.cross_attn.kv(memory) for block in self.blocks], mask
 

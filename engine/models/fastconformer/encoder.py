@@ -1,4 +1,4 @@
-"""The FastConformer (Parakeet, Canary) behind the family interface (``engine.models.interface``).
+"""The FastConformer (Parakeet, Canary, Cohere ASR) behind the family interface (``engine.models.interface``).
 
 Input: each window's normalised log-mel (``features.log_mel``: 10 ms frames, ``n_mels`` bins, normalised over that
 window as transformers' ``ParakeetFeatureExtractor`` does), its valid frames only. A batch is padded with zero frames
@@ -20,7 +20,7 @@ import numpy as np
 from engine.models.common.heads import HeadMasked, cut_layers
 from engine.models.common.parallel import StoredLayers, collate_rows
 from engine.models.fastconformer import features as feats
-from engine.models.fastconformer.config import CANARY
+from engine.models.fastconformer.config import DECODER_TYPES
 from engine.models.fastconformer.cost import encoder_cost
 from engine.models.fastconformer.loaded import LoadedFastConformer, load_fastconformer
 from engine.models.interface import (
@@ -58,9 +58,9 @@ class FastConformerEncoder(LoadedEncoder):
 
     @property
     def heads(self) -> frozenset:
-        """Parakeet-CTC: its CTC head; Canary: its decoder (``engine.models.fastconformer.canary``)."""
+        """Parakeet-CTC: its CTC head; Canary and Cohere ASR: their decoder (``engine.models.fastconformer.canary``)."""
         ctc = {CTC} if self.loaded.has_ctc_head else set()
-        return frozenset(ctc | ({DECODER} if self.loaded.config.model_type == CANARY else set()))
+        return frozenset(ctc | ({DECODER} if self.loaded.config.model_type in DECODER_TYPES else set()))
 
     @property
     def features(self) -> dict:

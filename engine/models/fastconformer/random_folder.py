@@ -8,7 +8,14 @@
   input scale), ``model.encoder.*``, ``model.decoder.*`` and ``proj_out.bias`` (the output weight tied to the
   embedding), ``generation_config.json`` and a ``tokenizer.json`` with Canary's control tokens in its order
   (``<|startofcontext|>`` 7 starts the prompt, ``<|endoftext|>`` 3 ends it) and the 25 languages' ``<|xx|>`` tokens,
-  so that decode runs on its stores. The decoder has ``--layers`` blocks of the encoder's width.
+  so that decode runs on its stores. The decoder has ``--layers`` blocks of the encoder's width;
+- ``cohere-asr`` (``CohereLabs/cohere-transcribe-03-2026``): ``config.json`` of a ``CohereAsrForConditionalGeneration``
+  (128 mel bins, no input scale; the decoder's sizes at the top level, ``proj_out`` untied), every tensor under the
+  NeMo names ``save_pretrained`` writes (``engine.models.fastconformer.cohere``), the decoder's position table a
+  fixed sinusoid (Canary's ``decoder.positions``; the released model stores NeMo's fixed sinusoids there, trained
+  as a parameter in transformers) rather than noise, and a ``tokenizer.json``
+  with Canary's control tokens and Cohere's 14 languages. The decoder has ``--layers`` blocks of the encoder's width
+  (the released one is 1024 wide against the encoder's 1280: ``model.decoder.proj`` maps between them either way).
 
 Both carry ``preprocessor_config.json`` (``ParakeetFeatureExtractor``) and ``tokenizer_config.json``. The tokenizers
 are BPE models over single letters and ``▁`` + letter pieces (the hub's are SentencePiece BPEs of 1024 and 16384
@@ -32,9 +39,10 @@ from engine.models.common.random_weights import (
     save_weights,
     write_json,
 )
+from engine.models.fastconformer import cohere
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CANARY, CTC, ENCODER, HUB_IDS, PREFIX, config_from_hf
-from engine.models.fastconformer.decoder import decoder_config, decoder_shapes
+from engine.models.fastconformer.decoder import decoder_config, decoder_shapes, positions
 from engine.models.fastconformer.model import state_shapes
 
 LETTERS = tuple("abcdefghijklmnopqrstuvwxyz'")
@@ -109,8 +117,33 @@ def _write_canary(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) 
                eos_token="<|endoftext|>", pad_token="<pad>")  # fmt: skip
 
 
+def _write_cohere(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) -> None:
+    languages = [f"<|{code}|>" for code in cohere.LANGUAGES]
+    tokens = ["<unk>", *CANARY_SPECIAL, *languages, "\u2581", *PIECES]
+    decoder = {"vocab_size": len(tokens), "hidden_size": sizes.width, "intermediate_size": 4 * sizes.width,
+               "num_hidden_layers": sizes.layers, "num_attention_heads": sizes.heads,
+               "num_key_value_heads": sizes.heads, "head_dim": sizes.width // sizes.heads, "hidden_act": "relu",
+               "max_position_embeddings": 1024, "attention_bias": True}  # fmt: skip
+    ids = {k: v for k, v in cohere.IDS.items() if k != "tie_word_embeddings"}
+    config = {"model_type": cohere.COHERE, "architectures": ["CohereAsrForConditionalGeneration"],
+              "encoder_config": _encoder(sizes, 128, False), **decoder, "is_encoder_decoder": True,
+              "tie_word_embeddings": False, **ids}  # fmt: skip
+    shapes = {PREFIX[cohere.COHERE] + k: v for k, v in state_shapes(config_from_hf(config)).items()}
+    shapes |= decoder_shapes(decoder_config(config))
+    tensors = random_tensors(shapes, rng)
+    tensors["model.decoder.pos_emb.weight"] = positions(decoder["max_position_embeddings"], sizes.width)
+    save_weights(folder / WEIGHTS_FILE, {cohere.stored_name(k): v for k, v in tensors.items()})
+    write_json(folder / "config.json", config)
+    write_json(folder / "generation_config.json", {**ids, "max_length": 1024})
+    _features(folder, 128)
+    _tokenizer(folder, tokens, ["<unk>", *CANARY_SPECIAL, *languages], bos_token="<|startoftranscript|>",
+               eos_token="<|endoftext|>", pad_token="<pad>")  # fmt: skip
+
+
 KINDS = (
     RandomKind("parakeet", HUB_IDS[0], Sizes(2, 64, 4), _write_parakeet),
     RandomKind("canary", HUB_IDS[2], Sizes(2, 64, 4), _write_canary,
                note="a decoder of --layers blocks; a letters tokenizer with Canary's control and language tokens"),
+    RandomKind("cohere-asr", cohere.HUB_ID, Sizes(2, 64, 4), _write_cohere,
+               note="a decoder of --layers blocks; a letters tokenizer with Cohere's control and 14 language tokens"),
 )  # fmt: skip

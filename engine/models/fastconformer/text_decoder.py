@@ -7,7 +7,8 @@ window's valid ones and the encoder masks a batch's padding, so the store's vali
 (``reads_padding`` off: nothing is recomputed from audio), layer L as ``CanaryModel`` reads it and any other layer
 the same way (no final norm: ``ln_post`` off). Search: greedy or transformers' beam search
 (``generate(num_beams=N, length_penalty=...)``; no patience); ``avg_logprob`` the mean log-probability of the tokens
-and the eos after them (teacher-forced).
+and the eos after them (teacher-forced). Cohere ASR (``engine.models.fastconformer.cohere``) decodes through the same
+class with its own prompt and declares ``transcribe`` its only task (``COHERE_CAPS``): it has no translation prompt.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from engine.models.interface import DecoderCaps, Search
 
 TARGET = "en"  # translate: X -> English
 CAPS = DecoderCaps(beam_options=("length_penalty",), reads_padding=False, ln_post=False, training=True)
+COHERE_CAPS = dataclasses.replace(CAPS, tasks=("transcribe",))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -99,4 +101,5 @@ class CanaryTextDecoder:
 
 
 def load_decoder(source, *, dtype=jnp.float32) -> CanaryTextDecoder:
-    return CanaryTextDecoder(load_canary(source, dtype=dtype))
+    loaded = load_canary(source, dtype=dtype)
+    return CanaryTextDecoder(loaded, caps=CAPS if loaded.translates else COHERE_CAPS)

@@ -1,8 +1,11 @@
-"""Canary's Transformer decoder behind ``engine.models.interface.Trainer``: what the finetune job trains.
+"""Canary's Transformer decoder (and Cohere ASR's) behind ``engine.models.interface.Trainer``: what the finetune job
+trains.
 
 Trained part (``TrainDecoder``): the token embedding (also ``proj_out``'s weight where tied), ``embedding_layernorm``,
 the blocks, the final norm and ``proj_out``, a view of ``decoder.CanaryDecoder`` with NeMo's fixed positions as
-constants. Flat names follow our tree (``blocks.0.cross_attn.q.kernel``, kernels ``[in, out]``); ``hf_name`` gives
+constants; Cohere ASR's also trains its stored position table (``positions``, in the ``embeddings`` group) and its
+encoder projection (``memory_proj``, in ``cross_attention``: it feeds only the cross-attentions), as transformers
+does. Flat names follow our tree (``blocks.0.cross_attn.q.kernel``, kernels ``[in, out]``); ``hf_name`` gives
 transformers' (``model.decoder.layers.0.encoder_attn.q_proj.weight``, ``[out, in]``).
 
 Teacher forcing is ``CanaryDecoder.logits``, transformers' ``CanaryForConditionalGeneration`` logits given the encoder
@@ -31,6 +34,7 @@ from flax import nnx
 from engine.errors import CheckpointError
 from engine.models.common.prefixed import read_prefixed
 from engine.models.common.trainable import fill_frames, merge_params, replace_params, split_params
+from engine.models.fastconformer import cohere
 from engine.models.fastconformer.canary import LoadedCanary, load_canary
 from engine.models.fastconformer.decoder import CanaryDecoder, positions
 from engine.models.interface import MASKED, FamilyDims
@@ -38,10 +42,10 @@ from engine.models.interface import MASKED, FamilyDims
 TARGET = "en"  # translate: X -> English
 GROUPS = {
     "decoder": r".*",
-    "cross_attention": r"blocks\.\d+\.(cross_attn|ln2)\..*",
+    "cross_attention": r"blocks\.\d+\.(cross_attn|ln2)\..*|memory_proj\..*",
     "self_attention": r"blocks\.\d+\.(self_attn|ln1)\..*",
     "mlp": r"blocks\.\d+\.(fc1|fc2|ln3)\..*",
-    "embeddings": r"embedding|embed_norm\..*",
+    "embeddings": r"embedding|positions|embed_norm\..*",
     "final_ln": r"final_norm\..*",
 }
 PADDING_NOTE = (
@@ -52,6 +56,8 @@ WEIGHT_FILES = re.compile(r"(model|pytorch_model).*\.(safetensors|bin)(\.index\.
 _HF = (
     (r"^embedding$", "model.decoder.embed_tokens.weight"),
     (r"^embed_norm\.", "model.decoder.embedding_layernorm."),
+    (r"^positions$", "model.decoder.pos_emb.weight"),
+    (r"^memory_proj\.", "model.decoder.proj."),
     (r"^final_norm\.", "model.decoder.norm."),
     (r"^out_weight$", "proj_out.weight"),
     (r"^out_bias$", "proj_out.bias"),
@@ -67,7 +73,8 @@ _HF = (
 
 
 class TrainDecoder(nnx.Module):
-    """The trained part of a ``CanaryDecoder`` (its own Variables, shared): positions as constants."""
+    """The trained part of a ``CanaryDecoder`` (its own Variables, shared): NeMo's computed positions as constants,
+    Cohere ASR's stored table and encoder projection as parameters."""
 
     logits = CanaryDecoder.logits  # teacher forcing, through ``embed`` below
     cross = CanaryDecoder.cross
@@ -76,6 +83,8 @@ class TrainDecoder(nnx.Module):
     def __init__(self, decoder: CanaryDecoder):
         self.config = decoder.config
         self.embedding = decoder.embedding
+        self.positions = decoder.positions if decoder.config.stored_positions else None
+        self.memory_proj = decoder.memory_proj
         self.embed_norm = decoder.embed_norm
         self.blocks = decoder.blocks
         self.final_norm = decoder.final_norm
@@ -83,12 +92,13 @@ class TrainDecoder(nnx.Module):
         self.out_bias = decoder.out_bias
 
     def embed(self, tokens, start):
-        """As ``CanaryDecoder.embed``, its positions computed from their formula rather than stored."""
+        """As ``CanaryDecoder.embed``; NeMo's positions computed from their formula, Cohere's read from the table."""
         n = start + tokens.shape[1]
         if n > self.config.max_positions:
             raise ValueError(f"{n} token positions exceed the decoder's {self.config.max_positions}")
         x = self.embedding[...][tokens]
-        return self.embed_norm(x + jnp.asarray(positions(n, self.config.width)[start:]).astype(x.dtype))
+        table = positions(n, self.config.width) if self.positions is None else self.positions[...][:n]
+        return self.embed_norm(x + jnp.asarray(table[start:]).astype(x.dtype))
 
 
 def hf_name(name: str) -> str:
@@ -194,7 +204,10 @@ class CanaryTrainer:
         shutil.copytree(root, folder, dirs_exist_ok=True, ignore=skip)
         state = {k: np.asarray(v) for k, v in state.items()}
         _, params = split_params(TrainDecoder(self.loaded.decoder))
-        for name, value in hf_tensors(params).items():
+        # each tensor under the name the folder holds it by (Cohere ASR's: save_pretrained's NeMo names)
+        held = {cohere.hf_name(k): k for k in state} if self.loaded.encoder_config.model_type == cohere.COHERE else {}
+        for hf, value in hf_tensors(params).items():
+            name = held.get(hf, hf)
             state[name] = value.astype(state[name].dtype) if name in state else value
         tensors = {k: np.array(v, order="C") for k, v in state.items()}  # 0-d stays 0-d
         save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
