@@ -105,7 +105,8 @@ def peer(args, mel, frames):
     del frames
     dims = load_whisper().dims
     torch.set_num_threads(args.threads)
-    # Speed does not depend on the weights' values (bench/encoder.py does the same): a random encoder of the shape.
+    # Speed does not depend on the weights' values (bench/whisper_encoder.py does the same): a random encoder of
+    # the shape.
     hf = transformers.WhisperModel(transformers.WhisperConfig(**hf_config(dims))).get_encoder().eval()
     L, H = dims.n_audio_layer, dims.n_audio_head
     dh = dims.n_audio_state // H

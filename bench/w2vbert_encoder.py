@@ -153,7 +153,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.record:
-        record(args.record, "w2vbert_encoder", text)
+        record(args.record, "w2v-BERT 2.0 / SeamlessM4T v2 speech encoder (bench/w2vbert_encoder.py)", text)
 
 
 if __name__ == "__main__":

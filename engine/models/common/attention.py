@@ -4,7 +4,7 @@
 None -> ``f[b, t, h * dh]``. On CPU it runs one head of one window at a time (``jax.lax.map``), so that each
 ``t x t`` block of logits stays in cache; the batched form writes all ``b * h`` blocks before the softmax reads them
 back and runs at memory speed (Whisper's ``MultiHeadAttention.attend_unmasked`` measured this first; see its
-docstring and ``bench/encoder.py --attention``). The softmax's division comes after the product with the values.
+docstring and ``bench/whisper_encoder.py --attention``). The softmax's division comes after the product with the values.
 Masked keys get float32's lowest value rather than -inf, so a window with no valid key (a padding row) gives finite
 uniform weights instead of NaN. Accelerators use the batched form; on a GPU, half-precision attention without a
 mask can go through ``jax.nn.dot_product_attention``'s cuDNN kernel instead (``fused_attention``, off by default:

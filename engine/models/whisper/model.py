@@ -110,7 +110,7 @@ class MultiHeadAttention(nnx.Module):
 
         On CPU the batched form writes all ``b*h`` logit matrices (576 MB for whisper-base at batch
         8) before the softmax reads them back, so it runs at memory speed; one head of one utterance
-        at a time keeps its 1500x1500 block in cache. ``bench/encoder.py --attention`` times both
+        at a time keeps its 1500x1500 block in cache. ``bench/whisper_encoder.py --attention`` times both
         forms in one run. The heads are made head-major once per layer, so that each head's two
         products are plain matrix products on contiguous rows (with the heads in the middle, XLA
         copied each head's strided rows first). The softmax's division comes after the product

@@ -5,7 +5,8 @@ Prints audio seconds per second, GFLOP/s and three ratios measured in the same r
   - babelgrid, every layer             vs  transformers PyTorch with ``output_hidden_states=True``
   - babelgrid GFLOP/s                  vs  this machine's own JAX float32 matmul GFLOP/s
 
-Usage:  python bench/encoder.py [--batch 8] [--repeats 5] [--isa native,avx2] [--attention] [--record bench/RESULTS.md]
+Usage:  python bench/whisper_encoder.py [--batch 8] [--repeats 5] [--isa native,avx2] [--attention]
+            [--record bench/RESULTS.md]
 
 Inputs are the first 30 s windows of the real FLEURS clips when ../shared/data/fleurs-sample
 exists (random log-mel otherwise: speed does not depend on content). Times are medians over
@@ -295,7 +296,7 @@ def main() -> None:
             worker.close()
     load_after = os.getloadavg()
 
-    command = f"python bench/encoder.py --batch {args.batch} --repeats {args.repeats} --isa {','.join(isas)}"
+    command = f"python bench/whisper_encoder.py --batch {args.batch} --repeats {args.repeats} --isa {','.join(isas)}"
     lines = [
         f"machine: {machine()}",
         f"date: {datetime.date.today().isoformat()}   command: {command}{' --attention' if args.attention else ''}",
@@ -308,7 +309,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.record:
-        record(args.record, "encoder", text)
+        record(args.record, "Whisper encoder (bench/whisper_encoder.py)", text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Uneven work over two processes: languages of 10 and 200 utterances, encode then seqsim, with work claims.
 
-    python bench/scaleout.py [--model PATH] [--small 10] [--big 200] [--record bench/RESULTS.md]
+    python bench/uneven_work.py [--model PATH] [--small 10] [--big 200] [--record bench/RESULTS.md]
 
 Two local ``jax.distributed`` processes (CPU) share the work through claim keys (``engine.runtime.claims``); each
 prints the seconds from the start of its work to the end of its last unit ("busy"). The table gives both and their
@@ -26,6 +26,10 @@ import numpy as np
 import soundfile as sf
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import record  # noqa: E402
+
 SAMPLE_RATE = 16000
 
 
@@ -78,7 +82,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--small", type=int, default=10)
     parser.add_argument("--big", type=int, default=200)
-    parser.add_argument("--record", default=None, help="append the table to this markdown file")
+    parser.add_argument("--record", default=None, help="record the table in this markdown file")
     args = parser.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="babelgrid-scaleout-"))
     try:
@@ -106,8 +110,7 @@ def main() -> None:
         )
         print(table)
         if args.record:
-            with open(args.record, "a") as f:
-                f.write("\n## uneven work over two processes (bench/scaleout.py)\n\n" + table + "\n")
+            record(pathlib.Path(args.record), "uneven work over two processes (bench/uneven_work.py)", table)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
