@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from tests.models.owsm import owsm_reference as ref
 
@@ -275,10 +276,12 @@ def test_head_gradient_importance_equals_torch_autograd(owsm):
     enc, ours, features = owsm["s2t"].s2t_model.encoder, owsm["ours"], np.asarray(owsm["features"][:1])
     shape = (ours.config.n_layer, ours.config.n_head)
 
-    def loss(mask):
-        return jnp.mean(ours.encoder(jnp.asarray(features), head_mask=mask)[-1] ** 2)
+    graphdef, state = nnx.split(ours.encoder)
 
-    got = np.asarray(jax.jit(jax.grad(loss))(jnp.ones(shape, jnp.float32)))
+    def loss(mask, state, x):  # weights and features as arguments: closed over, XLA would fold them as constants
+        return jnp.mean(nnx.merge(graphdef, state)(x, head_mask=mask)[-1] ** 2)
+
+    got = np.asarray(jax.jit(jax.grad(loss))(jnp.ones(shape, jnp.float32), state, jnp.asarray(features)))
     mask = torch.ones(shape, requires_grad=True)
     (espnet_layers(enc, features, mask)[-1] ** 2).mean().backward()
     want = mask.grad.numpy()
