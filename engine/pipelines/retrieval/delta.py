@@ -97,9 +97,7 @@ def delta_figure(rows, subtitle: str) -> bytes:
         own = sorted((r for r in pooled if r[0] == measure), key=lambda r: r[1])
         layers = [r[1] for r in own]
         top, bottom = axes[0, col], axes[1, col]
-        top.plot(
-            layers, [r[6] for r in own], "o-", color="tab:red", label=f"this store: --remove_language {own[0][4]}"
-        )
+        top.plot(layers, [r[6] for r in own], "o-", color="tab:red", label=f"this store: --remove_language {own[0][4]}")
         top.plot(layers, [r[7] for r in own], "o--", color="0.4", label=f"baseline: --remove_language {own[0][5]}")
         top.set_ylabel("R@1, mean over directed pairs")
         top.set_title(f"measure: {measure}", fontsize=9)
