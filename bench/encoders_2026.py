@@ -255,6 +255,7 @@ def bench(args) -> str:
     from engine.data.audio import load_audio
 
     transformers.logging.set_verbosity_error()  # its load report names BatchNorm's unread num_batches_tracked
+    transformers.logging.disable_progress_bar()
     torch.set_num_threads(os.cpu_count())
     sample = REPO.parent / "shared" / "data" / "fleurs-sample"
     audio = [load_audio(sample / f"{c}.ogg") for c in (CLIPS * args.batch)[: args.batch]]
