@@ -82,7 +82,6 @@ def readme_problems(readme: str, programs: list[str], results: str) -> list[str]
 NOT_YET_RECORDED = {
     "encode: compute or storage (bench/encode_writes.py)": "its rates are in BUILD.md's encode plan",
     "seqsim pallas": "not yet run on a device (issue 80)",
-    "Issue 83's encoders against transformers (bench/encoders_2026.py)": "not yet run on a quiet machine (issue 83)",
 }
 RECORDED = re.compile(r"""record\([^,()]*(?:\([^()]*\))?,\s*"([^"]+)"|^\w*SECTION = "([^"]+)"$""", re.MULTILINE)
 
