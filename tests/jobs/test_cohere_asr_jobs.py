@@ -39,6 +39,7 @@ from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
+from tests.jobs.clips import write_clips
 
 LANGS = ("de", "en")
 PER_LANG = 2
@@ -51,20 +52,7 @@ DECODED = "de"  # decode's language: its two short clips are one batch of window
 
 @pytest.fixture(scope="module")
 def clips(fleurs_dir, tmp_path_factory) -> pathlib.Path:
-    import soundfile
-
-    root = tmp_path_factory.mktemp("cohere-clips")
-    for lang in LANGS:
-        (root / lang).mkdir()
-        for i in range(PER_LANG):
-            if (lang, i) == LONG:
-                audio = np.concatenate([load_audio(fleurs_dir / f"fleurs-{lang}-{k:03d}.ogg") for k in range(3)])
-                audio = audio[: 16000 * 31]
-            else:
-                audio = load_audio(fleurs_dir / f"fleurs-{lang}-{i:03d}.ogg")[: 16000 * (2 + i)]
-            soundfile.write(root / lang / f"s{i}.wav", audio, 16000)
-            (root / lang / f"s{i}.txt").symlink_to(fleurs_dir / f"fleurs-{lang}-{i:03d}.txt")
-    return root
+    return write_clips(tmp_path_factory.mktemp("cohere-clips"), fleurs_dir, LANGS, PER_LANG, LONG)
 
 
 @pytest.fixture(scope="module")
