@@ -54,6 +54,7 @@ from engine.models.owsm.trainer import load_trainer as load_owsm_trainer
 from engine.models.speechllm import encoder as speechllm_encoder
 from engine.models.speechllm import qwen3_random
 from engine.models.speechllm import random_folder as speechllm_random
+from engine.models.speechllm.calls import OUTPUTS as SPEECHLLM_OUTPUTS
 from engine.models.speechllm.config import HUB_IDS as SPEECHLLM_HUB_IDS
 from engine.models.speechllm.config import MODEL_TYPES as SPEECHLLM_TYPES
 from engine.models.speechllm.qwen3_checkpoints import HUB_NAMES as QWEN3_HUB_NAMES
@@ -178,7 +179,7 @@ FAMILIES: dict[str, Family] = {
             SPEECHLLM_LAYERS,
             hub_ids=(*SPEECHLLM_HUB_IDS.values(), *(i for ids in (*QWEN3_HUB_IDS.values(), *USM_HUB_IDS.values())
                                                      for i in ids), *REALTIME_HUB_IDS),
-            outputs=speechllm_encoder.OUTPUTS, depth=speechllm_encoder.store_depth,
+            outputs=SPEECHLLM_OUTPUTS, depth=speechllm_encoder.store_depth,
             random_kinds=speechllm_random.KINDS + qwen3_random.KINDS + USM_RANDOM + REALTIME_RANDOM,
             hub_names=r"qwen2-audio|voxtral|audio-flamingo|" + QWEN3_HUB_NAMES + "|" + USM_HUB_NAMES,
         ),

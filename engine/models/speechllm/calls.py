@@ -6,9 +6,19 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from engine.errors import CheckpointError
 from engine.models.common.parallel import Signature
 
 OUTPUTS = ("layers", "final", "projector")  # what a store of the family holds (encode --tower_output)
+
+
+def check_output(output: str, has_projector: bool, alone: str) -> None:
+    """``--tower_output`` against the family's outputs; ``alone``: the refusal of ``projector`` for a tower saved
+    without its projector (each tower names what the full model's folder is)."""
+    if output not in OUTPUTS:
+        raise CheckpointError(f"--tower_output {output!r} is not one of {OUTPUTS}")
+    if output == "projector" and not has_projector:
+        raise CheckpointError(alone)
 
 
 def _encode(model, features, valid, *, layers, out_dtype):

@@ -21,7 +21,7 @@ from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims, LoadedEncoder
 from engine.models.speechllm import qwen3_encoder, realtime_encoder, usm_encoder
-from engine.models.speechllm.calls import OUTPUTS, masked, signatures
+from engine.models.speechllm.calls import check_output, masked, signatures
 from engine.models.speechllm.loaded import LoadedSpeechLLM, load_speechllm
 from engine.models.speechllm.qwen3_checkpoints import is_qwen3
 from engine.models.speechllm.realtime_checkpoints import is_voxtral_realtime
@@ -66,13 +66,12 @@ class SpeechLLMEncoder(LoadedEncoder):
     value_zeroing = None  # blocks re-run with value vectors zeroed: not offered yet (Whisper and wav2vec2 do)
 
     def __post_init__(self):
-        if self.output not in OUTPUTS:
-            raise CheckpointError(f"--tower_output {self.output!r} is not one of {OUTPUTS}")
-        if self.output == "projector" and not self.loaded.config.has_projector:
-            raise CheckpointError(
-                f"model {self.name!r} is an audio tower saved alone: it has no projector; load the full speech LLM's "
-                "folder for --tower_output projector"
-            )
+        check_output(
+            self.output,
+            self.loaded.config.has_projector,
+            f"model {self.name!r} is an audio tower saved alone: it has no projector; load the full speech LLM's "
+            "folder for --tower_output projector",
+        )
 
     @property
     def layer_meaning(self) -> str:

@@ -27,7 +27,7 @@ from engine.models.common import logmel
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder
-from engine.models.speechllm.calls import OUTPUTS, masked, signatures
+from engine.models.speechllm.calls import check_output, masked, signatures
 from engine.models.speechllm.qwen3_config import frames_of, pooled_frames
 from engine.models.speechllm.qwen3_loaded import LoadedQwen3Audio, load_qwen3_audio, mel_frames
 
@@ -62,13 +62,12 @@ class Qwen3AudioEncoder(LoadedEncoder):
     attention_stats = None  # the heads job's attention statistics: not offered yet
 
     def __post_init__(self):
-        if self.output not in OUTPUTS:
-            raise CheckpointError(f"--tower_output {self.output!r} is not one of {OUTPUTS}")
-        if self.output == "projector" and not self.loaded.config.has_projector:
-            raise CheckpointError(
-                f"model {self.name!r} is transformers' Qwen3-ASR tower saved alone, without its projector; load the "
-                "full model's folder for --tower_output projector"
-            )
+        check_output(
+            self.output,
+            self.loaded.config.has_projector,
+            f"model {self.name!r} is transformers' Qwen3-ASR tower saved alone, without its projector; load the "
+            "full model's folder for --tower_output projector",
+        )
 
     @property
     def layer_meaning(self) -> str:

@@ -24,7 +24,7 @@ from engine.errors import AudioError, CheckpointError
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder, window_frames
-from engine.models.speechllm.calls import OUTPUTS, masked, signatures
+from engine.models.speechllm.calls import check_output, masked, signatures
 from engine.models.speechllm.realtime_loaded import (
     MIN_SAMPLES,
     WINDOW_MEL_FRAMES,
@@ -63,13 +63,12 @@ class RealtimeEncoder(LoadedEncoder):
     value_zeroing = None  # blocks re-run with value vectors zeroed: not offered
 
     def __post_init__(self):
-        if self.output not in OUTPUTS:
-            raise CheckpointError(f"--tower_output {self.output!r} is not one of {OUTPUTS}")
-        if self.output == "projector" and not self.loaded.config.has_projector:
-            raise CheckpointError(
-                f"model {self.name!r} is Voxtral Realtime's tower saved alone, without its projector; load the full "
-                "model's folder for --tower_output projector"
-            )
+        check_output(
+            self.output,
+            self.loaded.config.has_projector,
+            f"model {self.name!r} is Voxtral Realtime's tower saved alone, without its projector; load the full "
+            "model's folder for --tower_output projector",
+        )
 
     @property
     def layer_meaning(self) -> str:

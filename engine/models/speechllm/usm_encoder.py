@@ -23,7 +23,7 @@ from engine.errors import AudioError, CheckpointError
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder, window_frames
-from engine.models.speechllm.calls import OUTPUTS, masked, signatures
+from engine.models.speechllm.calls import check_output, masked, signatures
 from engine.models.speechllm.usm_features import MAX_SAMPLES
 from engine.models.speechllm.usm_loaded import WINDOW_MEL_FRAMES, LoadedUsm, collate, load_usm
 
@@ -54,13 +54,12 @@ class UsmEncoder(LoadedEncoder):
     value_zeroing = None  # blocks re-run with value vectors zeroed: not offered
 
     def __post_init__(self):
-        if self.output not in OUTPUTS:
-            raise CheckpointError(f"--tower_output {self.output!r} is not one of {OUTPUTS}")
-        if self.output == "projector" and not self.loaded.config.has_projector:
-            raise CheckpointError(
-                f"model {self.name!r} is a Gemma audio tower saved alone, without embed_audio; load the full model's "
-                "folder for --tower_output projector"
-            )
+        check_output(
+            self.output,
+            self.loaded.config.has_projector,
+            f"model {self.name!r} is a Gemma audio tower saved alone, without embed_audio; load the full model's "
+            "folder for --tower_output projector",
+        )
 
     @property
     def min_samples(self) -> int:
