@@ -6,7 +6,8 @@
   (b) the store writes alone (the same states, written and committed),
   (c) the whole job (`engine.pipelines.encode.run.run_encode`: audio decoding, log-mel, encoder, writes).
 
-Goal: (c) within 1.1x of max(a, b) (issue 80; 1.15x before), i.e. decoding and writing hide behind the encoder. Prints
+Goal: (c) within 1.1x of max(min(a, p), b) (issue 80; 1.15x before), i.e. decoding and writing hide behind the
+encoder. Prints
 MB/s written and audio seconds per second. Inputs: the real FLEURS clips when
 ../shared/data/fleurs-sample exists (else the demo set), the packaged whisper-base, every layer.
 
@@ -220,7 +221,8 @@ def main() -> None:
         f"| (b) store writes alone | {wr:.2f} | | {nbytes / wr / 1e6:.0f} |",
         f"| (c) whole job | {job:.2f} | {audio_s / job:.1f} | {nbytes / job / 1e6:.0f} |",
         "",
-        f"- job / max(encoder, writes) = **{job / max(enc, wr):.2f}** (goal <= 1.1)",
+        f"- job / max(encoder, writes) = **{job / max(min(enc, pinned), wr):.2f}** (goal <= 1.1; the encoder by its "
+        "faster copy, (a) or (p))",
     ]
     text = "\n".join(lines)
     print(text)

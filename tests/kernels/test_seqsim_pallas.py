@@ -109,7 +109,8 @@ def test_tile_sizes_do_not_change_results():
     A, len_A = ragged(rng, 2, 70, 384)
     B, len_B = ragged(rng, 3, 45, 384, poison=np.inf)
     want = xla(A, len_A, B, len_B)
-    for blocks in (sp.PallasBlocks(16, 64, 16), sp.PallasBlocks(128, 16, 512)):
+    # (128 + 16) x 256 f32 tiles fit a Hopper SM's 227 KiB of shared memory; 512 columns did not (H100 lease, issue 86).
+    for blocks in (sp.PallasBlocks(16, 64, 16), sp.PallasBlocks(128, 16, 256)):
         check(pallas(A, len_A, B, len_B, blocks=blocks), want, F32_ATOL)
 
 
