@@ -71,19 +71,32 @@ class PallasBlocks:
 
 
 # The one table of block sizes, keyed by ``jax.Device.device_kind`` (a key also matches kinds it is a prefix of:
-# "NVIDIA H100" matches "NVIDIA H100 80GB HBM3"). Every GPU and TPU entry is an UNTUNED DEFAULT: no device has run
-# this kernel yet. bench/seqsim_pallas.py --sweep chooses them on a lent device; replace the entry with its best row
-# and cite the sweep's section of bench/RESULTS.md here.
+# "NVIDIA H100" matches "NVIDIA H100 80GB HBM3"). bench/seqsim_pallas.py --sweep chooses them on a lent device.
+# The H100's entry is the best of its sweep (bench/RESULTS.md, "GPU: NVIDIA H100 and H200, 2026-11-28": 10 tilings
+# at d 1280, 160 x 160 FLEURS-shaped utterances; 64 x 128 x 64 w4 s3 within 2%); the H200 has the same SM and
+# shared memory and takes it unswept. The TPU entry is an UNTUNED DEFAULT.
 BLOCKS: dict[str, PallasBlocks] = {
     # Interpret mode on CPU: small tiles, so that the tests' short utterances cross tile boundaries cheaply.
     "cpu-interpret": PallasBlocks(frames_a=32, frames_b=32, embed=128),
-    # Untuned: a 128 x 128 f32 accumulator over 8 warps, 64 bf16 columns a step, 3 pipelined stages.
+    # Swept: a 128 x 128 f32 accumulator over 8 warps, 64 bf16 columns a step, 3 pipelined stages.
     "NVIDIA H100": PallasBlocks(frames_a=128, frames_b=128, embed=64, num_warps=8, num_stages=3),
     "NVIDIA H200": PallasBlocks(frames_a=128, frames_b=128, embed=64, num_warps=8, num_stages=3),
     # Untuned, and the TPU lowering is unchecked (module docstring). device_kind of a v5e is "TPU v5 lite".
     "TPU v5 lite": PallasBlocks(frames_a=256, frames_b=256, embed=256),
 }
 DEFAULT_BLOCKS = PallasBlocks(frames_a=64, frames_b=64, embed=64, num_warps=4, num_stages=2)  # other kinds: untuned
+
+
+# The device kinds the fused kernel was timed on, where it beat the XLA paths (H100, 2026-11-28: 18.7x the padded
+# blocks and 3.0x the packed bins at d 1280 on FLEURS-shaped lengths, within 1.5e-8 of the blocks): the seqsim job's
+# ``--seqsim_kernel auto`` takes it there (``engine.pipelines.seqsim.measures.seqsim_path``).
+FASTEST_ON = ("NVIDIA H100", "NVIDIA H200")
+
+
+def fastest_on(device_kind: str) -> bool:
+    """Whether a device of ``device_kind`` (``jax.Device.device_kind``, or a plan's device name) is one the fused
+    kernel was measured fastest on (``FASTEST_ON``)."""
+    return device_kind.startswith(FASTEST_ON)
 
 
 def device_key(device: jax.Device | None = None) -> str:

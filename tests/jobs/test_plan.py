@@ -7,6 +7,7 @@ a measurement, not a test (BUILD.md has it).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -198,3 +199,22 @@ def test_sizes_times_and_flops_print_without_exponents():
     for x, seconds in zip(np.geomspace(1, 2**60, 4000), np.geomspace(1e-3, 1e9, 4000), strict=True):
         for text in (plan_lib.size(x), plan_lib.flops(x), plan_lib.duration(seconds)):
             assert "e" not in text.split()[0], text
+
+
+def test_auto_takes_the_fused_kernel_where_it_was_measured_fastest():
+    """--seqsim_kernel auto: the fused Pallas kernel on one H100 or H200 (measured 3.0x the packed bins there, issue
+    86), packed bins on any other single device, this CPU included, blocks over several; and a plan for a device
+    costs that device's path at the fraction of peak measured for it, the blocks' where that path was not timed."""
+    from engine.pipelines.seqsim.measures import seqsim_path
+    from engine.runtime.devices import DEVICES
+
+    auto = functools.partial(seqsim_path, "auto", several_devices=False)
+    assert auto(device="NVIDIA H100 80GB HBM3") == auto(device="NVIDIA H200") == "pallas"
+    assert auto(device="NVIDIA A100-SXM4-80GB") == auto(device="cpu") == auto() == "packed"
+    assert seqsim_path("auto", several_devices=True, device="NVIDIA H100") == "blocks"
+    assert auto(precision="fp8", device="NVIDIA H100") == "fp8"
+    assert seqsim_path("packed", several_devices=False, device="NVIDIA H100") == "packed"
+    h200, a100 = DEVICES["h200"], DEVICES["a100"]
+    assert h200.seqsim_efficiency_of("pallas") == 334 / 989 and h200.seqsim_efficiency_of("blocks") == 186 / 989
+    assert a100.seqsim_efficiency_of("pallas") == a100.seqsim_efficiency  # not timed there: the blocks' (assumed)
+    assert "34% (pallas)" in h200.describe() and "19.2 GB/s" in h200.describe()

@@ -7,8 +7,8 @@ back and runs at memory speed (Whisper's ``MultiHeadAttention.attend_unmasked`` 
 docstring and ``bench/whisper_encoder.py --attention``). The softmax's division comes after the product with the values.
 Masked keys get float32's lowest value rather than -inf, so a window with no valid key (a padding row) gives finite
 uniform weights instead of NaN. Accelerators use the batched form; on a GPU, half-precision attention without a
-mask can go through ``jax.nn.dot_product_attention``'s cuDNN kernel instead (``fused_attention``, off by default:
-slower where it was measured, ``bench/gpu.py``'s encoder section).
+mask goes through ``jax.nn.dot_product_attention``'s cuDNN kernel instead (``fused_attention``; float32 keeps the
+batched form, whose products the parity tests hold to float32 tolerances).
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ import jax.numpy as jnp
 from engine.errors import ShapeError
 from engine.models.common.layers import head_major
 
-# On a GPU, bf16/fp16 attention without a mask may go through cuDNN's fused kernel. Off: on an H200 (bench/gpu.py,
-# 2026-11-26) large-v3's encoder returning every layer took 193 ms for 16 windows with it against 163 ms without.
-GPU_FUSED_ATTENTION = False
+# On a GPU, bf16/fp16 attention without a mask goes through cuDNN's fused kernel: large-v3's encoder returning every
+# layer, 16 windows a call, took 87.5 ms with it against 184.2 ms with the batched einsum form on an H100, and 86.8
+# against 165.0 on an H200 (bench/gpu.py's encoder section, one run each, 2026-11-28; bench/RESULTS.md). The last
+# layer differs by 3.2e-2 of its peak between the two bf16 forms after 32 random blocks. The first lease's opposite
+# reading (193 against 163 ms, 2026-11-26) did not reproduce on either device. False turns it off.
+GPU_FUSED_ATTENTION = True
 
 
 def fused_attention(q, k, v, scale: float):

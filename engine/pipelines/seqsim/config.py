@@ -64,16 +64,17 @@ class SimilarityConfig:
     )
     dtype: str = option("float32", "dtype the states are compared in", choices=COMPUTE_DTYPES)
     seqsim_kernel: str = option(
-        "auto", "how SeqSim is computed: auto (packed bins of valid frames on one device, blocks sharded over "
-        "several), blocks (padded to each language's longest), packed, pallas (the fused kernel; opt-in, not "
-        "measured on a device yet; interpret mode on CPU, slow). Scores differ in the last bits only",
+        "auto", "how SeqSim is computed: auto (the fused Pallas kernel on one H100/H200, where it measured 3x "
+        "packed; packed bins of valid frames on any other single device; blocks sharded over several), blocks "
+        "(padded to each language's longest), packed, pallas (the fused kernel; interpret mode on CPU, slow). "
+        "Scores differ in the last bits only",
         choices=SEQSIM_KERNELS,
     )  # fmt: skip
     seqsim_precision: str = option(
         "dtype", "what SeqSim multiplies: dtype (the states in --dtype, the default) or fp8 (unit frames rounded to "
-        "float8 e4m3, float32 accumulation; opt-in: 2x the bf16 rate on H100/H200 tensor cores, emulated with no "
-        "speed-up elsewhere, CPU included; changes the top-1 of 12 of 1,600 queries against bf16 on real states, "
-        "bench/RESULTS.md). Recorded in the output: a resume must give the same",
+        "float8 e4m3, float32 accumulation; opt-in: on H100/H200 tensor cores 1.2x the bf16 packed bins as "
+        "measured, emulated with no speed-up elsewhere, CPU included; changes the top-1 of 12 of 1,600 queries "
+        "against bf16 on real states, bench/RESULTS.md). Recorded in the output: a resume must give the same",
         choices=SEQSIM_PRECISIONS,
     )  # fmt: skip
     seqsim_fp8_scale: str = option(

@@ -36,6 +36,7 @@ from kernels.seqsim import (
 )
 from kernels.seqsim_fp8 import SCALES as KERNEL_FP8_SCALES
 from kernels.seqsim_fp8 import seqsim_matrix_fp8
+from kernels.seqsim_pallas import fastest_on
 from kernels.settings import OtConfig
 
 
@@ -155,17 +156,22 @@ class Measure:
 # --- the kernel calls -----------------------------------------------------------------------------------------------
 
 
-def seqsim_path(choice: str, *, several_devices: bool, precision: str = "dtype") -> str:
+def seqsim_path(choice: str, *, several_devices: bool, precision: str = "dtype", device: str | None = None) -> str:
     """The key of ``SEQSIM_PATHS`` a run takes for ``choice`` (``SimilarityConfig.seqsim_kernel``): ``auto`` is
-    packed bins on one device, whatever its platform (``kernels.seqsim.packs_by_default``), and blocks sharded by
-    rows over several (the run's mesh); ``packed`` and ``pallas`` run on one device even where there are several.
+    the fused Pallas kernel on one GPU of a kind it was measured fastest on (``kernels.seqsim_pallas.fastest_on``),
+    else packed bins on one device, whatever its platform (``kernels.seqsim.packs_by_default``), and blocks sharded
+    by rows over several (the run's mesh); ``packed`` and ``pallas`` run on one device even where there are several.
     ``precision`` ``"fp8"`` (``SimilarityConfig.seqsim_precision``, which allows ``choice`` auto or packed only) is
-    the fp8 path, ``kernels.seqsim_fp8``'s packed bins on one device."""
+    the fp8 path, ``kernels.seqsim_fp8``'s packed bins on one device. ``device``: the device kind the run takes
+    (default: the first JAX device's; a plan names the device it plans for)."""
     if precision == "fp8":
         return "fp8"
     if choice != "auto":
         return choice
-    return "packed" if not several_devices and packs_by_default() else "blocks"
+    if several_devices:
+        return "blocks"
+    device = jax.devices()[0].device_kind if device is None else device
+    return "pallas" if fastest_on(device) else "packed" if packs_by_default() else "blocks"
 
 
 def _seqsim_packed(A: Side, B: Side, context: MeasureContext, directional: bool):

@@ -59,8 +59,8 @@ FP8_AGREEMENT = {"tensor": (12, 1600, 0.0034), "frame": (12, 1600, 0.0034), "non
 FP8_BF16_TOP1 = (1, 1600)  # bf16's own top-1 changes against float32 on the same queries
 FP8_WORST_R1 = 0.90  # the worst direction's R@1 against bf16 (10 queries: one top-1 lost)
 # The published dense e4m3 rate of the devices kernels.seqsim_fp8.FP8_DEVICE_KINDS names over their bf16 rate (H100
-# and H200: 1979 TFLOP/s against 989). fp8 SeqSim was not yet timed on a device: a plan assumes it reaches the
-# fraction of this peak that the bf16 kernel reached of its own (Device.seqsim_efficiency).
+# and H200: 1979 TFLOP/s against 989). fp8 SeqSim's fraction of that peak is the device's measured one
+# (Device.seqsim_efficiency_of("fp8"): on an H100, 2026-11-28), else the bf16 blocks' fraction of their own.
 FP8_OVER_BF16 = 2.0
 
 
@@ -83,10 +83,11 @@ def fp8_lines(d: int, scale: str, platform: str, here_kind: str, device: Device 
     if device is not None:
         if device.name.startswith(FP8_DEVICE_KINDS):
             peak = FP8_OVER_BF16 * device.flops_bf16
+            efficiency, timed = device.seqsim_efficiency_of("fp8"), "fp8" in device.seqsim_paths
             lines.append(
                 f"on {device.name}: fp8 at {FP8_OVER_BF16:.0f}x the bf16 peak ({peak / 1e12:.0f} TFLOP/s, published "
-                f"e4m3) times the {device.seqsim_efficiency:.0%} the bf16 seqsim kernel reached: "
-                f"{peak * device.seqsim_efficiency / 1e12:.0f} TFLOP/s, assumed (fp8 not yet timed on a device)"
+                f"e4m3) times {efficiency:.1%}: {peak * efficiency / 1e12:.0f} TFLOP/s"
+                + (f" ({device.measured})" if timed else ", assumed: the bf16 blocks' fraction (fp8 not timed there)")
             )
         else:
             lines.append(f"on {device.name}: no e4m3 tensor cores: fp8 emulated at the --dtype rate (no speed-up)")
@@ -172,7 +173,8 @@ def plan_seqsim(
     work = work_here  # the stage's FLOPs: the device's when planned for one
     if device is not None:
         device_platform = "tpu" if device.name.startswith("TPU") else "gpu"
-        path_device = seqsim_path(seqsim_kernel, several_devices=False, precision=seqsim_precision)
+        path_device = seqsim_path(seqsim_kernel, several_devices=False, precision=seqsim_precision,
+                                  device=device.name)  # fmt: skip
         work = computed_flops(path_device, sides, pairs, d, platform=device_platform, device_name=device.name)
         work *= n_layers
     # Per layer, each language of a pair is read once when the budget holds them all, padded to its longest (the
@@ -187,7 +189,8 @@ def plan_seqsim(
         peak = device.flops(dtype)
         if fp8 and device.name.startswith(FP8_DEVICE_KINDS):
             peak = FP8_OVER_BF16 * device.flops_bf16
-        dev = max(work / (peak * device.seqsim_efficiency), work / (2 * d) * 4 * 2 / device.bandwidth)
+        efficiency = device.seqsim_efficiency_of(path_device)
+        dev = max(work / (peak * efficiency), work / (2 * d) * 4 * 2 / device.bandwidth)
 
     def produced(kernel) -> list[str]:
         return [m.name for m in asked if m.kernel is kernel]
@@ -306,10 +309,15 @@ def plan_seqsim(
     assumptions = ["mean, centre and duration are negligible beside the others"]
     if fp8:
         assumptions += fp8_lines(d, seqsim_fp8_scale, platform, jax.devices()[0].device_kind, device)
-    if device is not None and path_device != "blocks":
+    if device is not None and path_device in device.seqsim_paths:
+        assumptions.append(
+            f"on {device.name} the {path_device} path at {device.seqsim_efficiency_of(path_device):.1%} of peak per "
+            f"FLOP as computed, as measured at d 1280 on FLEURS-shaped lengths ({device.measured})"
+        )
+    elif device is not None and path_device != "blocks":
         assumptions.append(
             f"on {device.name} the {path_device} path runs at the fraction of peak measured for the blocks, per FLOP "
-            "as computed (only the blocks were timed on a device; its bins are GEMMs of thousands of frames)"
+            "as computed (only the blocks were timed on this device)"
         )
     if cell_rates:
         assumptions.append(
