@@ -13,6 +13,11 @@ Whisper's code:
 ``language_key`` is the code two stores' languages are matched by when their datasets name languages in different
 systems (a FLEURS Whisper store's ``en_us`` and an Omnilingual store's ``eng_Latn`` are both ``en``); ``to_fleurs``
 names the FLEURS configuration of a language.
+
+Jobs and stores speak these store codes, and ask only the neutral questions: ``language_key``, ``is_english``,
+``text_code`` (the code text tools read a language by), ``iso639_3``, ``to_fleurs``. A model family turns a store code
+into its own tokens itself (``Decoder.language``, ``Trainer.language``); ``fleurs_to_whisper`` and
+``whisper_code_or_none`` are Whisper's mapping, for the families (``tests/engine/test_language_key_rule.py``).
 """
 
 from __future__ import annotations
@@ -287,6 +292,22 @@ def language_key(code: str) -> str:
         first = _first_part(code)
         first = _ISO639_3_UNSUPPORTED.get(first, first)
         return first if first in _FLEURS_UNSUPPORTED else code.strip().lower().replace("-", "_")
+
+
+def is_english(code: str) -> bool:
+    """Whether store code ``code`` names English (``en_us``, ``eng_Latn``, ``en``)."""
+    return language_key(code) == "en"
+
+
+def text_code(code: str) -> str:
+    """The code the text tools read ``code``'s language by (``engine.text``: Whisper's normalisers, sacrebleu's
+    tokenisers, espeak-ng's voices): its code in ``LANGUAGES`` (ISO 639-1 where there is one) where this module knows
+    the language (``en_us`` -> ``en``, ``cmn_hans_cn`` -> ``zh``, ``eng_Latn`` -> ``en``), else ``code`` as it is
+    (``zu_za``, whose region picks espeak-ng's voice)."""
+    try:
+        return fleurs_to_whisper(code)
+    except LanguageError:
+        return code
 
 
 def to_fleurs(code: str) -> str:

@@ -410,8 +410,9 @@ class Trainer(Protocol):
     Parameters travel as one flat ``{name: array}`` dict in the family's own names (``split``); ``groups`` maps each
     ``--trainable`` group to a regular expression that full-matches the names it selects. Memory: ``memory`` turns a
     store's top-layer states (valid frames only, ``n_frames`` of each) into the decoder's input, filling the frames
-    past each utterance as the family's decoder needs (``padding``). Languages are ISO 639-1 codes (what
-    ``engine.languages.fleurs_to_whisper`` gives); ``prompt(task, language)`` is the family's prompt with that
+    past each utterance as the family's decoder needs (``padding``). Languages: the jobs speak store codes
+    (``engine.languages``: ``en_us``, ``eng_Latn``), which ``language(code)`` maps to the family's own prompt
+    language (LanguageError where it has none); ``prompt(task, language)`` is the family's prompt with that
     language's token and the task's (``TASKS``), the tokens before the text.
     """
 

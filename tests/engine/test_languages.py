@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 
 from engine.errors import LanguageError
-from engine.languages import FLEURS_LANGUAGES, LANGUAGES, fleurs_to_whisper, language_key, to_fleurs
+from engine.languages import (
+    FLEURS_LANGUAGES,
+    LANGUAGES,
+    fleurs_to_whisper,
+    is_english,
+    language_key,
+    text_code,
+    to_fleurs,
+)
 from engine.stores.schema import check_language_code
 
 
@@ -64,6 +72,19 @@ def test_languages_whisper_lacks_are_refused_by_name_and_still_matched():
         fleurs_to_whisper("xyz_Latn")
     with pytest.raises(LanguageError, match=r"FLEURS has no language 'xyz_Latn'"):
         to_fleurs("xyz_Latn")
+
+
+def test_the_neutral_questions_answer_as_whisper_s_codes_did():
+    """What jobs ask instead of Whisper's codes gives what those gave: English is the code whose Whisper code is en,
+    and the text tools read a language by its Whisper code, or by the code itself where Whisper lacks it."""
+    for code in (*FLEURS_LANGUAGES, *LANGUAGES, "eng_Latn", "ENG", "en-US", "zul_Latn", "xyz_Latn", "EN_us"):
+        try:
+            whisper = fleurs_to_whisper(code)
+        except LanguageError:
+            whisper = None
+        assert is_english(code) == (whisper == "en"), code
+        assert text_code(code) == (code if whisper is None else whisper), code
+    assert [c for c in FLEURS_LANGUAGES if is_english(c)] == ["en_us"]
 
 
 def test_words_of_a_language_are_found_under_another_system_s_code(tmp_path):

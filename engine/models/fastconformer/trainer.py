@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import CheckpointError
+from engine.languages import fleurs_to_whisper
 from engine.models.common.prefixed import read_prefixed
 from engine.models.common.trainable import fill_frames, merge_params, replace_params, split_params
 from engine.models.fastconformer import cohere
@@ -156,6 +157,11 @@ class CanaryTrainer:
     def store_dims(self) -> dict:
         c = self.loaded.encoder_config
         return FamilyDims.from_dict({"n_layers_out": c.n_layers_out, "embed": c.width, "config": c.to_dict()}).to_dict()
+
+    def language(self, code: str) -> str:
+        """``prompt``'s language of store code ``code``: its ISO 639-1 code as Whisper's table writes it, Canary's
+        ``<|xx|>`` (``de_de`` -> ``de``); LanguageError for a language outside that table."""
+        return fleurs_to_whisper(code)
 
     def prompt(self, task: str, language: str) -> list[int]:
         return self.loaded.prompt(language, language if task == "transcribe" else TARGET)

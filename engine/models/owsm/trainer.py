@@ -34,6 +34,7 @@ import yaml
 from flax import nnx
 
 from engine.errors import CheckpointError
+from engine.languages import fleurs_to_whisper
 from engine.models.common.trainable import fill_frames, merge_params, replace_params, split_params
 from engine.models.interface import SILENCE_FILL, Checkpointed
 from engine.models.owsm import features as feats
@@ -128,6 +129,12 @@ class OwsmTrainer(Checkpointed):
     @property
     def store_dims(self) -> dict:
         return OwsmEncoder(self.loaded).store_dims.to_dict()
+
+    def language(self, code: str) -> str:
+        """``prompt``'s language of store code ``code``: its ISO 639-1 code as Whisper's table writes it, which
+        ``prompt`` takes to OWSM's ISO 639-3 token (``nb_no`` -> ``no`` -> ``<nor>``, where ``nb`` would try ``<nob>``
+        first); LanguageError for a language outside that table."""
+        return fleurs_to_whisper(code)
 
     def prompt(self, task: str, language: str) -> list[int]:
         """``<sos> <lang> <task> <notimestamps>``: the language's ISO 639-3 token, task ``<asr>`` or ``<st_eng>``."""

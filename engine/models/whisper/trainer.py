@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engine.languages import fleurs_to_whisper
 from engine.models.common.trainable import merge_params, replace_params, split_params
 from engine.models.interface import SILENCE_FILL, Checkpointed
 from engine.models.whisper.checkpoints.export import export_hf, generation_config
@@ -93,6 +94,11 @@ class WhisperTrainer(Checkpointed):
     @property
     def store_dims(self) -> dict:
         return self.loaded.dims.to_dict()
+
+    def language(self, code: str) -> str:
+        """``prompt``'s language of store code ``code``: its Whisper code (``en_us`` -> ``en``); LanguageError for a
+        language Whisper has no token for."""
+        return fleurs_to_whisper(code)
 
     def prompt(self, task: str, language: str) -> list[int]:
         """``<|startoftranscript|><|language|><|task|><|notimestamps|>``."""

@@ -28,12 +28,12 @@ import jax
 import numpy as np
 
 from engine.faults import fault_point
+from engine.languages import text_code
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
 from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.store import Units, check_store, decode_claimed
 from engine.pipelines.decode.unit import compression_ratio
-from engine.pipelines.stages.early_exit import text_language
 from engine.stores.kv import write_value
 
 DECODING = "ctc"
@@ -84,7 +84,7 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, prepared: tuple
         options = types.SimpleNamespace(
             tasks=(TASK,), decodings=(DECODING,), run=config.run, report_samples=config.report_samples
         )
-        codes = {lang: text_language(lang) for lang in langs}
+        codes = {lang: text_code(lang) for lang in langs}
         merge(kv, options, reader, langs, codes, [(layer, ln_post) for layer in layers], summary)
 
     summary.unit = "(language, layer)"

@@ -28,6 +28,7 @@ import numpy as np
 from engine.data.audio import load_audio
 from engine.errors import AudioError, LanguageError
 from engine.faults import fault_point
+from engine.languages import text_code
 from engine.models.interface import Search
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeConfig, DecodeError, parse_decoding
@@ -35,7 +36,7 @@ from engine.pipelines.decode.merge import merge
 from engine.pipelines.decode.references import english_language, english_references
 from engine.pipelines.decode.store import Units, check_store, decode_claimed, layer_variants
 from engine.pipelines.decode.unit import compression_ratio
-from engine.pipelines.stages.early_exit import cut_windows, score_language, search_windows, text_language
+from engine.pipelines.stages.early_exit import cut_windows, score_language, search_windows
 from engine.pipelines.stages.windows import audio_skip_reason
 from engine.stores.kv import write_value
 from engine.text import phones
@@ -143,7 +144,7 @@ def check_decoder(config: DecodeConfig, reader, decoder) -> tuple[list[str], lis
             "TSV file of id<TAB>English text"
         )
     if "phones" in config.tasks:
-        unvoiced = [lang for lang, token in languages.items() if token and not phones.covers(text_language(lang))]
+        unvoiced = [lang for lang, token in languages.items() if token and not phones.covers(text_code(lang))]
         if unvoiced:
             raise DecodeError(
                 "task phones is scored against espeak-ng's phones of the transcription, and espeak-ng has no voice "

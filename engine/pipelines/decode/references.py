@@ -1,22 +1,15 @@
-"""Whom the decode job's hypotheses are scored against, and in which language each store language is decoded: the
-English references of translate, and the Whisper language code of a store language (``--decode_as`` applied)."""
+"""Whom the decode job's translate hypotheses are scored against: English references, from ``--references`` or the
+store's English language."""
 
 from __future__ import annotations
 
-from engine.errors import LanguageError
-from engine.languages import fleurs_to_whisper
+from engine.languages import is_english
 from engine.pipelines.decode.config import DecodeConfig, DecodeError
 
 
 def english_language(reader) -> str | None:
-    """The store's English language (the first whose Whisper code is ``en``), or None."""
-    for lang in reader.languages():
-        try:
-            if fleurs_to_whisper(lang) == "en":
-                return lang
-        except LanguageError:
-            continue
-    return None
+    """The store's English language (the first that ``is_english``), or None."""
+    return next((lang for lang in reader.languages() if is_english(lang)), None)
 
 
 def english_references(config: DecodeConfig, reader) -> dict[str, str]:

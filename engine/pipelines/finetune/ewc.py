@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.languages import fleurs_to_whisper
 from engine.pipelines.finetune import step as S
 
 
@@ -33,7 +32,7 @@ def fisher_from_pairs(trainer, graph, trainable, frozen, pairs, en_texts, held_o
     fisher = {k: jnp.zeros_like(v, jnp.float32) for k, v in trainable.items()}
     count = 0
     for p in pairs:
-        prompt = trainer.prompt("translate", fleurs_to_whisper(p.lang))
+        prompt = trainer.prompt("translate", trainer.language(p.lang))
         picked = [i for i, u in enumerate(p.ids) if u in en_texts and u not in held_out][:n_examples]
         for i in picked:
             text = trainer.tokens(en_texts[p.ids[i]])[: trainer.n_text_ctx - len(prompt) - 1]

@@ -48,7 +48,7 @@ from engine import captions
 from engine.axes import DATA
 from engine.data.sources import dataset_translations
 from engine.dtypes import DTYPES
-from engine.languages import fleurs_to_whisper
+from engine.languages import is_english, language_key
 from engine.models.common.parallel import data_mesh
 from engine.models.family import FAMILIES, refuse_without_head
 from engine.models.interface import DECODER
@@ -126,17 +126,18 @@ def _targets(config, reader) -> dict[str, str]:
 def _dataset_targets(config) -> dict[str, str]:
     """The translations of ``--target_dataset`` by id, checked to be in ``--target_lang`` (CoVoST's zh-CN is zh)."""
     lang, targets = dataset_translations(config.target_dataset)
-    if fleurs_to_whisper(lang) != fleurs_to_whisper(config.target_lang):
-        raise D.FinetuneError(f"--target_dataset {config.target_dataset!r} translates into {lang!r} (Whisper "
-                              f"{fleurs_to_whisper(lang)!r}), not --target_lang {config.target_lang!r}: pass "
-                              f"--target_lang {fleurs_to_whisper(lang)}")  # fmt: skip
+    key = language_key(lang)
+    if key != language_key(config.target_lang):
+        raise D.FinetuneError(f"--target_dataset {config.target_dataset!r} translates into {lang!r} (language "
+                              f"{key!r}), not --target_lang {config.target_lang!r}: pass "
+                              f"--target_lang {key}")  # fmt: skip
     if not targets:
         raise D.FinetuneError(f"--target_dataset {config.target_dataset!r} has no translations")
     return targets
 
 
 def _english(reader) -> str | None:
-    return next((lang for lang in reader.languages() if fleurs_to_whisper(lang) == "en"), None)
+    return next((lang for lang in reader.languages() if is_english(lang)), None)
 
 
 def _read_metrics(out: pathlib.Path, upto: int) -> list[dict]:
@@ -158,8 +159,9 @@ def _write_metrics(out: pathlib.Path, rows: list[dict]) -> None:
 
 
 def evaluate(trainer, pairs: D.Pairs, refs: list[str], lang: str, task: str, batch_size: int) -> tuple[float, float]:
-    """(BLEU, chrF) of greedy decoding ``pairs.xa`` with the prompt of ``lang`` and ``task`` against ``refs``."""
-    prompt = trainer.prompt(task, lang)
+    """(BLEU, chrF) of greedy decoding ``pairs.xa`` with the prompt of ``lang`` (a ``language_key``) and ``task``
+    against ``refs``."""
+    prompt = trainer.prompt(task, trainer.language(lang))
     hyps = []
     for i in range(0, len(pairs.ids), batch_size):
         hyps += trainer.greedy(pairs.xa[i : i + batch_size], pairs.valid[i : i + batch_size], prompt, 128)
@@ -202,6 +204,7 @@ def _prepare(config: FinetuneConfig, model, reader):
                               "store's model with --model")  # fmt: skip
     if config.export and trainer.export_problem() is not None:
         raise D.FinetuneError(f"{trainer.export_problem()}, or pass --noexport to train without exporting")
+    trainer.language(config.target_lang)  # LanguageError for a target language the model has no prompt for
     targets = _targets(config, reader)
     usable = {u for lang in config.source_langs
               for ids, keep in [D.usable(reader, lang, targets, trainer.memory_frames, RunSummary())]
@@ -228,7 +231,7 @@ def _finetune(config: FinetuneConfig, reader, trainer, targets) -> FinetuneSumma
     summary.padding, summary.padding_note = trainer.padding, trainer.padding_note
     if config.export:
         check_export(trainer, out)  # under the lease, which made the folder it tries a file in
-    y = fleurs_to_whisper(config.target_lang)
+    y = language_key(config.target_lang)  # metrics.csv's target_lang, and how its texts are scored
     _check_resume(out, config, trainer.padding)
     english = _english(reader)
     en_texts = D.store_texts(reader, english) if english else {}
@@ -242,7 +245,7 @@ def _finetune(config: FinetuneConfig, reader, trainer, targets) -> FinetuneSumma
     xa = np.concatenate([p.xa for p in train])
     valid = np.concatenate([p.valid for p in train])
     ids = [u for p in train for u in p.ids]
-    prompt = trainer.prompt(config.task_token, y)
+    prompt = trainer.prompt(config.task_token, trainer.language(config.target_lang))
     max_text = trainer.n_text_ctx - len(prompt) - 1
     texts = []
     for p in train:

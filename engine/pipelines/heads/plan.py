@@ -38,10 +38,9 @@ import time
 import jax
 import numpy as np
 
-from engine.languages import whisper_code_or_none
 from engine.models.family import FAMILIES
 from engine.pipelines.heads.config import HeadsConfig, HeadsError
-from engine.pipelines.heads.run import checked, models
+from engine.pipelines.heads.run import checked, models, prompt_languages
 from engine.pipelines.stages.decode_plan import TOKENS_PER_SECOND
 from engine.pipelines.stages.encode_plan import calibrate_front_end, window_samples
 from engine.pipelines.stages.seqsim_rate import calibrate_seqsim
@@ -72,7 +71,7 @@ def plan_heads_run(config: HeadsConfig, device: Device | None) -> Plan:
     utt_frames: list[int] = []
     seconds = 0.0
     ce_rows = 0
-    prompts = {lang: whisper_code_or_none(lang) for lang in langs}
+    prompts = prompt_languages(trainer, langs)
     for lang in langs:
         table = reader.utterances_table(lang)
         picked = np.flatnonzero(reader.done(lang))[: config.utterances]

@@ -30,8 +30,8 @@ import time
 import numpy as np
 
 from engine import captions
+from engine.errors import LanguageError
 from engine.faults import fault_point
-from engine.languages import whisper_code_or_none
 from engine.models.family import FAMILIES, load_encoder
 from engine.pipelines.heads import figures, sinks
 from engine.pipelines.heads import table as table_lib
@@ -132,7 +132,7 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
     reader = open_store(config.store)
     langs, encoder = checked(config, reader)
     scored, layers, decoder, trainer = models(config, encoder, reader.info, summary.notes)
-    prompts = {lang: whisper_code_or_none(lang) for lang in langs}  # the trainer's prompt languages: ISO 639-1
+    prompts = prompt_languages(trainer, langs)
     top = encoder.n_layers_out - 1
     decoding = None
     if decoder is not None:
@@ -144,6 +144,20 @@ def _setup(config: HeadsConfig, summary: HeadsSummary) -> Setup:
         raise HeadsError(f"no utterance of {langs} could be read from the store's audio: nothing to ablate")
     created = reader.manifest.get("created") or {}
     return Setup(encoder, evaluation, scored, encoder.head_masked(layers), decoding, trainer, prompts, created)
+
+
+def prompt_languages(trainer, langs: list[str]) -> dict[str, str | None]:
+    """Each store language's prompt language in ``trainer`` (``Trainer.language``), None where the model has none (the
+    ce loss leaves its utterances out); empty without a trainer."""
+    if trainer is None:
+        return {}
+    out = {}
+    for lang in langs:
+        try:
+            out[lang] = trainer.language(lang)
+        except LanguageError:
+            out[lang] = None
+    return out
 
 
 def checked(config: HeadsConfig, reader) -> tuple[list[str], object]:

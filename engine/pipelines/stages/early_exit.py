@@ -6,15 +6,16 @@ same way (the decode job, the sae job's early exit, the heads job's WER/CER).
   decoder loader alone does not say;
 - ``cut_windows``, ``search_windows``: a layer's stored valid frames cut into the decoder's windows and decoded in
   batches of a fixed size, masked past each window's frames (a decoder that masks the padding: Canary's);
-- ``text_language``, ``score_language``, ``score_normalizer``: which language's normaliser scores a store language's
-  text (the prompt language's where the decoder's codes are Whisper's, else the store language's own).
+- ``score_language``, ``score_normalizer``: which language's normaliser scores a store language's text (the prompt
+  language's where the decoder says its codes are the normalisers', else the store language's own,
+  ``engine.languages.text_code``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from engine.languages import fleurs_to_whisper
+from engine.languages import text_code
 from engine.models.family import FAMILIES
 from engine.models.interface import DECODER, Search
 from engine.text import metrics
@@ -54,20 +55,12 @@ def search_windows(decoder, windows: list[np.ndarray], task: str, language: str,
     return tokens, logprobs, labels
 
 
-def text_language(lang: str) -> str:
-    """The Whisper code whose normaliser scores ``lang``'s text (English's for English, the basic one otherwise)."""
-    try:
-        return fleurs_to_whisper(lang)
-    except Exception:  # noqa: BLE001 - any code the mapping does not know is scored with the basic normaliser
-        return lang
-
-
 def score_language(decoder, lang: str, language: str | None) -> str | None:
-    """The ISO code whose normaliser scores ``lang``'s rows: the prompt language's where the decoder's codes are
-    such codes (Whisper's), else the store language's own."""
+    """The code whose normaliser scores ``lang``'s rows: the prompt language's where the decoder's codes are the
+    normalisers' (``Decoder.score_language``), else the store language's ``text_code``."""
     if language is None:
         return None
-    return decoder.score_language(language) or text_language(lang)
+    return decoder.score_language(language) or text_code(lang)
 
 
 def score_normalizer(decoder, lang: str, language: str | None):
