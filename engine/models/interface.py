@@ -310,15 +310,13 @@ class Decoder(Protocol):
     """A model's text decoder (tokens from an encoder layer's states), as decode, the sae job's early exit and the heads
     job's ablations use it. ``search`` reads ``memory f[batch, frame, embed]`` (``valid i32[batch]`` frames of each row)
     and gives ``(tokens, avg_logprob, language label)`` per row: a row's language None is detected
-    (``caps.detect_language``), the label is the hypotheses' ``language_token``.
-
-    The members a capability makes optional, each present exactly when the caps have it (``DecoderCaps.OPTIONAL``):
-    ``caps.reads_padding`` (its cross-attention reads a whole window, the padding included: Whisper's, OWSM's) gives the
-    memory recomputed from the audio: ``windows`` (an utterance's window inputs), ``collate`` (a batch of them) and
-    ``memories`` (the encoder run on a batch: ``((layer, ln_post), memory, valid)`` per variant); without it (Canary's)
-    decode reads the store's valid frames cut into windows of ``window_frames``. ``caps.ln_post``: ``final_norm``, the
-    norm ``memories`` applies for ``ln_post=True``. ``caps.ctc``: ``ctc``, the CTC head over a layer's stored states
-    (``lengths`` valid frames each) -> ``(tokens, avg_logprob)`` per row, through the final norm where ``ln_post``.
+    (``caps.detect_language``), the label is the hypotheses' ``language_token``. Optional members, each present exactly
+    when the caps have its capability (``DecoderCaps.OPTIONAL``): with ``caps.reads_padding`` (its cross-attention
+    reads a whole window, the padding included: Whisper's, OWSM's) the memory is recomputed from audio, ``windows`` (an
+    utterance's window inputs), ``collate`` (a batch of them) and ``memories`` (``((layer, ln_post), memory, valid)``
+    per variant, the encoder run once); without it (Canary's) decode reads the store's valid frames cut into windows of
+    ``window_frames``. ``caps.ln_post``: ``final_norm``, what ``memories`` applies for ``ln_post=True``. ``caps.ctc``:
+    ``ctc``, the CTC head over a layer's stored states -> ``(tokens, avg_logprob)`` per row.
     """
 
     name: str  # the checkpoint's name, as the store records it
