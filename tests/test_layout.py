@@ -9,7 +9,8 @@ which can no longer fail shows up as a failing test too):
   or jobs/ is tied to a family: imports from its folder, names its loader (a top-level ``load_*`` of its folder) or
   compares anything with its name (``FAMILY_NAMES``); the pipelines ask the interface and the registry instead;
 - what the interface's protocols declare is read, never probed (``hasattr``, ``getattr`` with a default) where the
-  models are used, and every family's encoder class declares the whole ``Encoder``;
+  models are used (that every family's objects declare the whole of each protocol is
+  tests/models/test_interface_conformance.py's);
 - no import cycle across engine/ and kernels/, function-level imports included;
 - no module of engine/, kernels/ or jobs/ is imported by a string (``importlib.import_module``, ``__import__``,
   ``runpy.run_module``) but in ``STRING_IMPORTERS`` (the package face, which loads its names on first use, and the
@@ -34,7 +35,6 @@ import importlib
 import pathlib
 import re
 import textwrap
-import typing
 
 import pytest
 
@@ -798,20 +798,6 @@ def test_no_capability_is_probed():
     bad = capability_probes()
     why = "capabilities the interface declares are read, not probed (declare a missing one as None or False):"
     assert not bad, "\n".join([why, *bad])
-
-
-def test_every_family_s_encoder_declares_the_whole_encoder_interface():
-    """What the pipelines read instead of probing: every member of ``Encoder`` on every family's encoder class (a
-    capability it lacks declared as None or False)."""
-    from engine.models.family import FAMILIES  # lazy: JAX and every family's model code, for this test only
-
-    members = declared_members(protocol="Encoder")
-    assert {"window_samples", "pads_windows", "min_samples", "ffn_counts", "cost", "heads"} <= members
-    missing = {}
-    for name, family in FAMILIES.items():
-        encoder = typing.get_type_hints(family.encoder)["return"]
-        missing |= {f"{name} ({encoder.__name__})": gaps for gaps in [sorted(members - set(dir(encoder)))] if gaps}
-    assert not missing, f"encoder classes lacking members of the Encoder interface: {missing}"
 
 
 def test_probe_rule_catches_planted_probes(tmp_path):

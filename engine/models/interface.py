@@ -15,8 +15,8 @@ An ``Encoder`` provides, on host arrays:
 - ``sharded(mesh, layers, out_dtype)``: a callable ``(*batch) -> states f[len(layers), batch, frame, embed]`` on every
   device of ``mesh``; each window's valid frames are the first ``windows(...)[1][w]`` of its row;
 - ``frame_rate`` (frames per second), ``layer_meaning``, ``n_layers_out``, ``embed``, ``store_dims`` (what the store
-  records and compares), ``features`` (the front end's settings), ``name`` and ``sha256`` of the checkpoint, and
-  ``heads``: the optional heads (``DECODER``, ``CROSS_ATTENTION``, ``CTC``);
+  records and compares), ``features`` (the front end's settings), ``name`` and ``sha256`` of the checkpoint (the
+  heads a model has beside its encoder are the registry's to say: ``Family.heads``, ``Family.store_heads``);
 - ``cost(samples)``: the ``EncoderCost`` of one window of ``samples`` samples, for ``encode --plan`` (each family
   counts its own matmuls in its ``cost.py``; Whisper's is ``engine.models.whisper.cost``'s 30 s window model);
 - ``window_samples``, ``pads_windows``, ``min_samples``: how ``windows`` cuts audio, for a plan and the memory bound
@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -88,7 +88,6 @@ class Encoder(Protocol):
     layer_meaning: str
     n_layers_out: int
     embed: int
-    heads: frozenset[str]
     features: dict
     window_samples: int  # samples of a full window (30 s; a test's small OWSM has its own)
     pads_windows: bool  # every window is padded to a full one before the encoder runs, so costs a full one
@@ -244,9 +243,9 @@ class LoadedEncoder(Checkpointed):
 
 
 # -- text decoders ---------------------------------------------------------------------------------------------------
-# The registry's ``Family.decoder`` loader returns a ``Decoder``: decode, decode's plan, align and finetune ask it (its
-# ``caps`` first) and never a family's name or loader. Whisper, OWSM and Canary implement it in their folders
-# (``text_decoder.py``).
+# The registry's ``Family.decoder`` loader returns a ``Decoder``: decode, the sae job's early exit and the heads job ask
+# it (its ``caps`` first) and never a family's name or loader. Whisper, OWSM and Canary implement it in their folders
+# (``text_decoder.py``); tests/models/test_interface_conformance.py checks each against this protocol.
 
 # The decode job's tasks: X -> X, X -> English, and speech -> IPA phones (a phone recogniser's: POWSM's <pr>).
 TASKS = ("transcribe", "translate", "phones")
@@ -256,6 +255,10 @@ TEXT_TASKS = ("transcribe", "translate")  # what a speech-to-text decoder offers
 @dataclasses.dataclass(frozen=True)
 class DecoderCaps:
     """What a text decoder can do, declared by its family."""
+
+    # capability -> the Decoder members a decoder has exactly when its caps have it (the others every decoder has)
+    OPTIONAL: ClassVar[dict] = {"reads_padding": ("windows", "collate", "memories"), "ln_post": ("final_norm",),
+                                "ctc": ("ctc",)}  # fmt: skip
 
     tasks: tuple[str, ...] = TEXT_TASKS  # the tasks it has a prompt for
     beam: bool = True  # decodings beam:N
@@ -267,7 +270,7 @@ class DecoderCaps:
     # decode recomputes its memory from the audio; else the store's valid frames are all it reads
     reads_padding: bool = True
     ln_post: bool = True  # a final encoder norm the decoder reads through, applied at early layers by --ln_post
-    ctc: bool = False  # --decoding ctc: a CTC head beside the decoder (``ctc_lens()``)
+    ctc: bool = False  # --decoding ctc: a CTC head beside the decoder, read from the store's states (``ctc``)
     alignment_heads: bool = False  # cross-attention heads that time words (align)
     training: bool = False  # finetune
     plan: bool = False  # decode --plan prices it (``decode_cost``)
@@ -304,12 +307,16 @@ class DecoderCost:
 
 
 class Decoder(Protocol):
-    """A model's text decoder (tokens from an encoder layer's states), as decode, align and finetune use it.
-
-    Memory: ``encode(inputs, layers)`` runs the encoder on a batch of windows (``windows``' inputs, collated by
-    ``collate``) and returns the states of ``layers``; ``memory(states, layer, ln_post)`` the decoder's input
-    ``f[batch, frame, embed]`` from them. A decoder that does not ``reads_padding`` reads the store's states instead
-    (``window_frames`` frames a full window holds), padded and masked past ``valid``.
+    """A model's text decoder (tokens from an encoder layer's states), as decode, the sae job's early exit and the heads
+    job's ablations use it. ``search`` reads ``memory f[batch, frame, embed]`` (``valid i32[batch]`` frames of each row)
+    and gives ``(tokens, avg_logprob, language label)`` per row: a row's language None is detected
+    (``caps.detect_language``), the label is the hypotheses' ``language_token``. Optional members, each present exactly
+    when the caps have its capability (``DecoderCaps.OPTIONAL``): with ``caps.reads_padding`` (its cross-attention
+    reads a whole window, the padding included: Whisper's, OWSM's) the memory is recomputed from audio, ``windows`` (an
+    utterance's window inputs), ``collate`` (a batch of them) and ``memories`` (``((layer, ln_post), memory, valid)``
+    per variant, the encoder run once); without it (Canary's) decode reads the store's valid frames cut into windows of
+    ``window_frames``. ``caps.ln_post``: ``final_norm``, what ``memories`` applies for ``ln_post=True``. ``caps.ctc``:
+    ``ctc``, the CTC head over a layer's stored states -> ``(tokens, avg_logprob)`` per row.
     """
 
     name: str  # the checkpoint's name, as the store records it
@@ -317,32 +324,29 @@ class Decoder(Protocol):
     caps: DecoderCaps
     n_layers_out: int  # stored layers 0..n_layers_out-1; the top one is the decoder's usual input
     window_frames: int  # encoder frames of a full window
+    manifest_extra: tuple  # ((field, value), ...): decode.json's fields past the job's own, which a resume must match
 
     def same_store(self, info) -> bool: ...  # a layer store's ``StoreInfo`` was written by this model's encoder
 
     def language(self, lang: str, decode_as: dict[str, str]) -> str | None: ...  # prompt language, None: none
 
+    def score_language(self, language: str) -> str | None: ...  # the ISO code scoring its text; None: the store's
+
     def prompt(self, task: str, language: str) -> list[int]: ...
-
-    def windows(self, audio: np.ndarray, long_audio: str) -> list: ...
-
-    def collate(self, inputs: Sequence) -> Any: ...
-
-    def encode(self, batch, layers: Sequence[int]) -> dict[int, Any]: ...
-
-    def memory(self, states: dict[int, Any], layer: int, ln_post: bool) -> tuple[Any, np.ndarray]: ...
-
-    def final_norm(self, states) -> Any: ...  # caps.ln_post: the norm ``memory(..., ln_post=True)`` applies
-
-    def detect(self, memory, valid) -> list[str]: ...  # caps.detect_language: the language of each row
 
     def search(self, memory, valid, task: str, languages: Sequence[str | None], search: Search) -> tuple: ...
 
     def text(self, ids: Sequence[int]) -> str: ...
 
-    def label(self, language: str) -> str: ...  # the hypotheses' language_token column of a prompt language
+    def windows(self, audio: np.ndarray, long_audio: str) -> list: ...  # caps.reads_padding
 
-    def ctc_lens(self) -> CTCLens: ...  # caps.ctc
+    def collate(self, inputs: Sequence) -> Any: ...  # caps.reads_padding
+
+    def memories(self, batch, variants: Sequence[tuple[int, bool]]) -> Iterator[tuple]: ...  # caps.reads_padding
+
+    def final_norm(self, states) -> Any: ...  # caps.ln_post
+
+    def ctc(self, states: np.ndarray, lengths: np.ndarray, layer: int, ln_post: bool) -> tuple: ...  # caps.ctc
 
 
 # -- aligners (align) ------------------------------------------------------------------------------------------------
@@ -417,7 +421,6 @@ class Trainer(Protocol):
     """
 
     name: str  # the checkpoint's name, as the store records it
-    sha256: str  # of its weight files, as the store records it
     padding: str  # how ``memory`` fills the frames past an utterance (``SILENCE_FILL``, ``MASKED``): config.json's
     padding_note: str  # the same in words, for the job's report
     eot: int  # the end-of-text token, the last label of every text

@@ -103,6 +103,15 @@ def save_weights(path: pathlib.Path, tensors: Mapping[str, np.ndarray]) -> None:
               metadata={"format": "pt"})  # fmt: skip
 
 
+def write_checkpoint(folder: pathlib.Path, tensors: Mapping[str, np.ndarray], config: dict, files=None) -> None:
+    """``tensors`` as ``WEIGHTS_FILE`` and ``config`` as ``config.json`` in ``folder``, as ``save_pretrained`` writes a
+    model, and each of ``files`` (file name -> its JSON value: a preprocessor's, a generation config) beside them."""
+    save_weights(folder / WEIGHTS_FILE, tensors)
+    write_json(folder / "config.json", config)
+    for name, value in (files or {}).items():
+        write_json(folder / name, value)
+
+
 def write_json(path: pathlib.Path, value) -> None:
     """``value`` as indented JSON, its non-ASCII characters kept (a vocabulary's letters)."""
     path.parent.mkdir(parents=True, exist_ok=True)

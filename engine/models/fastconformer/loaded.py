@@ -24,10 +24,10 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import CheckpointError, ShapeError
+from engine.models.common.loaded_config import LoadedConfig
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.checkpoints import Checkpoint, load_checkpoint
-from engine.models.fastconformer.config import FastConformerConfig
 from engine.models.fastconformer.model import FastConformer
 from engine.models.fastconformer.parallel import SIGNATURE
 from engine.models.fastconformer.tokenizer import Tokenizer
@@ -45,21 +45,9 @@ def _ctc_logits(graphdef, state, x):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedFastConformer:
+class LoadedFastConformer(LoadedConfig):
     model: FastConformer
     checkpoint: Checkpoint  # name, config, sha256, path (weights dropped: the model holds them)
-
-    @property
-    def config(self) -> FastConformerConfig:
-        return self.checkpoint.config
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.config.n_layers_out
-
-    @property
-    def seconds_per_frame(self) -> float:
-        return self.config.seconds_per_frame
 
     @property
     def has_ctc_head(self) -> bool:

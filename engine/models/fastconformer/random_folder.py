@@ -31,14 +31,7 @@ import pathlib
 import numpy as np
 import tokenizers
 
-from engine.models.common.random_weights import (
-    WEIGHTS_FILE,
-    RandomKind,
-    Sizes,
-    random_tensors,
-    save_weights,
-    write_json,
-)
+from engine.models.common.random_weights import RandomKind, Sizes, random_tensors, write_checkpoint, write_json
 from engine.models.fastconformer import cohere
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.config import CANARY, CTC, ENCODER, HUB_IDS, PREFIX, config_from_hf
@@ -91,8 +84,7 @@ def _write_parakeet(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator
               "vocab_size": len(tokens), "pad_token_id": len(tokens) - 1}  # fmt: skip
     shapes = state_shapes(config_from_hf(config))
     tensors = {k if k.startswith("ctc_head.") else PREFIX[CTC] + k: v for k, v in random_tensors(shapes, rng).items()}
-    save_weights(folder / WEIGHTS_FILE, tensors)
-    write_json(folder / "config.json", config)
+    write_checkpoint(folder, tensors, config)
     _features(folder, 80)
     _tokenizer(folder, tokens, ["<unk>", "<pad>"], pad_token="<pad>")
 
@@ -109,9 +101,8 @@ def _write_canary(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) 
               "encoder_config": _encoder(sizes, 128, False), "decoder_config": decoder, "vocab_size": len(tokens),
               "tie_word_embeddings": True, **ids}  # fmt: skip
     encoder = {PREFIX[CANARY] + k: v for k, v in random_tensors(state_shapes(config_from_hf(config)), rng).items()}
-    save_weights(folder / WEIGHTS_FILE, encoder | random_tensors(decoder_shapes(decoder_config(config)), rng))
-    write_json(folder / "config.json", config)
-    write_json(folder / "generation_config.json", {**ids, "max_length": 1024})
+    tensors = encoder | random_tensors(decoder_shapes(decoder_config(config)), rng)
+    write_checkpoint(folder, tensors, config, {"generation_config.json": {**ids, "max_length": 1024}})
     _features(folder, 128)
     _tokenizer(folder, tokens, ["<unk>", *CANARY_SPECIAL, *languages], bos_token="<|startoftranscript|>",
                eos_token="<|endoftext|>", pad_token="<pad>")  # fmt: skip
@@ -132,9 +123,8 @@ def _write_cohere(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) 
     shapes |= decoder_shapes(decoder_config(config))
     tensors = random_tensors(shapes, rng)
     tensors["model.decoder.pos_emb.weight"] = positions(decoder["max_position_embeddings"], sizes.width)
-    save_weights(folder / WEIGHTS_FILE, {cohere.stored_name(k): v for k, v in tensors.items()})
-    write_json(folder / "config.json", config)
-    write_json(folder / "generation_config.json", {**ids, "max_length": 1024})
+    tensors = {cohere.stored_name(k): v for k, v in tensors.items()}
+    write_checkpoint(folder, tensors, config, {"generation_config.json": {**ids, "max_length": 1024}})
     _features(folder, 128)
     _tokenizer(folder, tokens, ["<unk>", *CANARY_SPECIAL, *languages], bos_token="<|startoftranscript|>",
                eos_token="<|endoftext|>", pad_token="<pad>")  # fmt: skip

@@ -25,8 +25,6 @@ from engine.errors import AudioError, LanguageError
 from engine.models.common.heads import HeadMasked, cut_layers
 from engine.models.common.parallel import StoredLayers
 from engine.models.interface import (
-    CTC,
-    DECODER,
     OWLS_LAYERS,
     OWSM_CTC_LAYERS,
     OWSM_LAYERS,
@@ -57,7 +55,6 @@ class OwsmEncoder(LoadedEncoder):
     loaded: LoadedOwsm
     family: str = "owsm"
     layer_meaning: str = OWSM_LAYERS
-    heads: frozenset = frozenset({DECODER, CTC})
     pads_windows: bool = True  # every window costs the full window (``cost``); read by encode --plan
     ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
     ffn_scaled_sums = None

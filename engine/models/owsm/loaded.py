@@ -24,11 +24,11 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import CheckpointError, ShapeError
+from engine.models.common.loaded_config import LoadedConfig
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.owsm import features as feats
 from engine.models.owsm.beam import beam_fn
 from engine.models.owsm.checkpoints import Checkpoint, load_checkpoint
-from engine.models.owsm.config import OwsmConfig
 from engine.models.owsm.ctc_model import OwsmCtcEncoder
 from engine.models.owsm.decoder import OwsmDecoder, greedy_fn, language_probs_fn, prompt
 from engine.models.owsm.model import OwsmEncoder
@@ -46,22 +46,10 @@ def _ctc_forward(graphdef, state, features, prefix, prompt):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedOwsm:
+class LoadedOwsm(LoadedConfig):
     encoder: OwsmEncoder  # OwsmCtcEncoder for OWSM-CTC
     decoder: OwsmDecoder | None  # None: OWSM-CTC, which has no attention decoder
     checkpoint: Checkpoint  # name, config, stats, sha256, path (weights dropped: the models hold them)
-
-    @property
-    def config(self) -> OwsmConfig:
-        return self.checkpoint.config
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.config.n_layers_out
-
-    @property
-    def seconds_per_frame(self) -> float:
-        return self.config.seconds_per_frame
 
     def features(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """16 kHz clips -> ``(f32[batch, 3001, n_mels], valid i32[batch])`` (``features.batch_features``)."""

@@ -34,16 +34,13 @@ TASK_TOKENS = {"transcribe": "<asr>", "translate": "<st_eng>", "phones": "<pr>"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class OwsmDecoder(Checkpointed):
-    """``Decoder`` over a ``LoadedOwsm`` (``loaded``)."""
+class OwsmHeads(Checkpointed):
+    """What OWSM's attention decoder (``OwsmDecoder``) and OWSM-CTC's heads read with a task's prefix
+    (``OwsmCtcDecoder``) share behind ``Decoder``: the store check, the languages, the windows from audio, the CTC head
+    over the store's states (on each one's ``head_logits``) and the text. Each declares its own caps, prompt, memory and
+    search; only ``OwsmDecoder`` has a final norm to read early layers through (``caps.ln_post``)."""
 
     loaded: LoadedOwsm
-    manifest_extra: tuple = (("head", "decoder"),)
-
-    @functools.cached_property
-    def caps(self) -> DecoderCaps:
-        tasks = tuple(t for t in TASKS if TASK_TOKENS[t] in self.loaded.config.tasks())
-        return DecoderCaps(tasks=tasks, detect_language=True, ctc=True, training=True)
 
     @property
     def n_layers_out(self) -> int:
@@ -68,15 +65,48 @@ class OwsmDecoder(Checkpointed):
     def score_language(self, language: str) -> None:
         return None  # the store language's own code picks the normaliser
 
-    def prompt(self, task: str, language: str) -> list[int]:
-        return prompt(self.loaded.config, language, TASK_TOKENS[task])
-
     def windows(self, audio: np.ndarray, long_audio: str) -> list[np.ndarray]:
         inputs, _ = OwsmEncoder(self.loaded).windows(audio, long_audio)
         return inputs
 
     def collate(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
         return np.stack(inputs)
+
+    def ctc(self, states: np.ndarray, lengths: np.ndarray, layer: int, ln_post: bool):
+        """``(tokens per row, avg_logprob per row)`` of the CTC head over stored states ``f32[batch, frame, width]``
+        of layer ``layer`` (``lengths`` valid frames each), through ``after_norm`` where ``ln_post`` (layer L+1 is its
+        output already); each window's best path collapsed apart, as ESPnet decodes each window."""
+        owsm = self.loaded
+        blank, per_window = owsm.config.token_id("<blank>"), owsm.config.n_frames
+        logp = np.asarray(jax.nn.log_softmax(self.head_logits(jnp.asarray(states), layer, ln_post)))
+        tokens, avg = [], []
+        for i, n in enumerate(int(n) for n in lengths):
+            best = logp[i, :n].argmax(-1)
+            ids = []
+            for start in range(0, n, per_window):
+                w = best[start : start + per_window]
+                ids += collapse(w, blank)
+            tokens.append(ids)
+            avg.append(float(logp[i, np.arange(n), best].mean()))
+        return tokens, avg
+
+    def text(self, ids: Sequence[int]) -> str:
+        return self.loaded.text(ids)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OwsmDecoder(OwsmHeads):
+    """``Decoder`` over a ``LoadedOwsm`` (``loaded``)."""
+
+    manifest_extra: tuple = (("head", "decoder"),)
+
+    @functools.cached_property
+    def caps(self) -> DecoderCaps:
+        tasks = tuple(t for t in TASKS if TASK_TOKENS[t] in self.loaded.config.tasks())
+        return DecoderCaps(tasks=tasks, detect_language=True, ctc=True, training=True)
+
+    def prompt(self, task: str, language: str) -> list[int]:
+        return prompt(self.loaded.config, language, TASK_TOKENS[task])
 
     def memories(self, batch: np.ndarray, variants: Sequence[tuple[int, bool]]):
         """``((layer, ln_post), memory, valid)`` of every variant: the encoder run once on the batch."""
@@ -109,36 +139,15 @@ class OwsmDecoder(Checkpointed):
         tokens = [ids[i, : lengths[i]].tolist() for i in range(len(ids))]
         return tokens, avg.tolist(), [lang.strip("<>") for lang in languages]
 
-    def ctc(self, states: np.ndarray, lengths: np.ndarray, layer: int, ln_post: bool):
-        """``(tokens per row, avg_logprob per row)`` of the CTC head over stored states ``f32[batch, frame, width]``
-        of layer ``layer`` (``lengths`` valid frames each), through ``after_norm`` where ``ln_post`` (layer L+1 is its
-        output already); each window's best path collapsed apart, as ESPnet decodes each window."""
-        owsm = self.loaded
-        blank, per_window = owsm.config.token_id("<blank>"), owsm.config.n_frames
-        logp = np.asarray(jax.nn.log_softmax(self.head_logits(jnp.asarray(states), layer, ln_post)))
-        tokens, avg = [], []
-        for i, n in enumerate(int(n) for n in lengths):
-            best = logp[i, :n].argmax(-1)
-            ids = []
-            for start in range(0, n, per_window):
-                w = best[start : start + per_window]
-                ids += collapse(w, blank)
-            tokens.append(ids)
-            avg.append(float(logp[i, np.arange(n), best].mean()))
-        return tokens, avg
-
     def head_logits(self, x, layer: int, ln_post: bool):
         """The CTC head on layer ``layer``'s states ``x``, through ``after_norm`` where ``ln_post``."""
         if ln_post and layer < self.n_layers_out - 1:
             x = self.loaded.encoder.after_norm(x)
         return self.loaded.decoder.ctc_logits(x)
 
-    def text(self, ids: Sequence[int]) -> str:
-        return self.loaded.text(ids)
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class OwsmCtcDecoder(OwsmDecoder):
+class OwsmCtcDecoder(OwsmHeads):
     """OWSM-CTC behind ``Decoder``: its CTC heads read with the prefix a task selects.
 
     OWSM-CTC has no attention decoder; its encoder is told the language and the task (``<deu> <asr>``, ``<deu>
@@ -152,7 +161,6 @@ class OwsmCtcDecoder(OwsmDecoder):
     language detection and no fine-tuning. ``--decoding ctc`` reads the store's own states (``<nolang> <asr>``).
     """
 
-    loaded: LoadedOwsm
     manifest_extra: tuple = (("head", "ctc_prefix"),)
     last: list = dataclasses.field(default_factory=list, repr=False)  # [(batch, language, task, states)]: one entry
 

@@ -56,7 +56,6 @@ class SpeechLLMEncoder(LoadedEncoder):
     loaded: LoadedSpeechLLM
     output: str = "layers"  # OUTPUTS: every block at 50/s, or the tower's final output, or the projector's
     family: str = "speechllm"
-    heads: frozenset = frozenset()
     window_samples: int = audio_lib.N_SAMPLES
     pads_windows: bool = True  # every window is 30 s of log-mel, and costs a full one (``cost``)
     min_samples: int = 0  # every last window is kept, as Whisper's (``logmel.features_for_audio``)

@@ -53,13 +53,13 @@ class Qwen3AudioEncoder(LoadedEncoder):
     loaded: LoadedQwen3Audio
     output: str = "layers"
     family: str = "speechllm"
-    heads: frozenset = frozenset()
     window_samples: int = audio_lib.N_SAMPLES
     pads_windows: bool = True  # every window is 30 s of log-mel and runs all its chunks (``cost``)
     min_samples: int = 0  # every last window is kept: one of under 0.5 s is padded to 0.5 s, as the extractor does
     ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
     ffn_scaled_sums = None
     attention_stats = None  # the heads job's attention statistics: not offered yet
+    value_zeroing = None  # blocks re-run with value vectors zeroed: not offered yet (the mixing job refuses it)
 
     def __post_init__(self):
         check_output(

@@ -17,14 +17,7 @@ import pathlib
 
 import numpy as np
 
-from engine.models.common.random_weights import (
-    WEIGHTS_FILE,
-    RandomKind,
-    Sizes,
-    random_tensors,
-    save_weights,
-    write_json,
-)
+from engine.models.common.random_weights import RandomKind, Sizes, random_tensors, write_checkpoint
 from engine.models.speechllm.qwen3_checkpoints import TOWER, state_shapes
 from engine.models.speechllm.qwen3_config import ASR, HUB_IDS, OMNI, OMNI25, from_hf
 from engine.models.speechllm.random_folder import FEATURES
@@ -56,9 +49,8 @@ def _writer(kind: str):
         tensors = random_tensors(state_shapes(from_hf(raw)), rng)
         if kind == OMNI25:  # the thinker's audio begin/end embeddings, held in the tower
             tensors[f"{TOWER}audio_bos_eos_token.weight"] = rng.standard_normal((2, 2 * sizes.width)).astype(np.float32)
-        save_weights(folder / WEIGHTS_FILE, {"thinker." + k: v for k, v in tensors.items() if k.startswith(TOWER)})
-        write_json(folder / "config.json", raw)
-        write_json(folder / "preprocessor_config.json", FEATURES)
+        tower = {"thinker." + k: v for k, v in tensors.items() if k.startswith(TOWER)}
+        write_checkpoint(folder, tower, raw, {"preprocessor_config.json": FEATURES})
 
     return write
 

@@ -15,14 +15,7 @@ import pathlib
 
 import numpy as np
 
-from engine.models.common.random_weights import (
-    WEIGHTS_FILE,
-    RandomKind,
-    Sizes,
-    random_tensors,
-    save_weights,
-    write_json,
-)
+from engine.models.common.random_weights import RandomKind, Sizes, random_tensors, write_checkpoint
 from engine.models.speechllm.checkpoints import state_shapes
 from engine.models.speechllm.config import HUB_IDS, from_hf
 
@@ -58,9 +51,8 @@ def config(kind: str, sizes: Sizes) -> dict:
 def _writer(kind: str):
     def write(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) -> None:
         raw = config(kind, sizes)
-        save_weights(folder / WEIGHTS_FILE, random_tensors(state_shapes(from_hf(raw)), rng))
-        write_json(folder / "config.json", raw)
-        write_json(folder / "preprocessor_config.json", FEATURES)
+        tensors = random_tensors(state_shapes(from_hf(raw)), rng)
+        write_checkpoint(folder, tensors, raw, {"preprocessor_config.json": FEATURES})
 
     return write
 

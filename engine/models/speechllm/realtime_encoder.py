@@ -53,7 +53,6 @@ class RealtimeEncoder(LoadedEncoder):
     loaded: LoadedRealtime
     output: str = "layers"
     family: str = "speechllm"
-    heads: frozenset = frozenset()
     window_samples: int = WINDOW_SAMPLES
     pads_windows: bool = True  # every window runs as a 3000-frame row (``cost``)
     min_samples: int = MIN_SAMPLES  # a last window under 320 samples gives no frame and is dropped

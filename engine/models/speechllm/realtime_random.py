@@ -16,14 +16,7 @@ import pathlib
 
 import numpy as np
 
-from engine.models.common.random_weights import (
-    WEIGHTS_FILE,
-    RandomKind,
-    Sizes,
-    random_tensors,
-    save_weights,
-    write_json,
-)
+from engine.models.common.random_weights import RandomKind, Sizes, random_tensors, write_checkpoint
 from engine.models.speechllm.realtime_checkpoints import RANDOM_KIND, state_shapes
 from engine.models.speechllm.realtime_config import FULL_TYPE, HUB_IDS, TOWER_TYPE, from_hf
 
@@ -47,9 +40,8 @@ def config(sizes: Sizes) -> dict:
 
 def _write(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) -> None:
     raw = config(sizes)
-    save_weights(folder / WEIGHTS_FILE, random_tensors(state_shapes(from_hf(raw)), rng))
-    write_json(folder / "config.json", raw)
-    write_json(folder / "preprocessor_config.json", PREPROCESSOR)
+    tensors = random_tensors(state_shapes(from_hf(raw)), rng)
+    write_checkpoint(folder, tensors, raw, {"preprocessor_config.json": PREPROCESSOR})
 
 
 NOTE = "the audio tower and projector only (no language model); the projector's output 2 x --width wide"

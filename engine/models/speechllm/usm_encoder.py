@@ -45,7 +45,6 @@ class UsmEncoder(LoadedEncoder):
     loaded: LoadedUsm
     output: str = "layers"
     family: str = "speechllm"
-    heads: frozenset = frozenset()
     window_samples: int = MAX_SAMPLES
     pads_windows: bool = True  # every window runs as a 3000-frame row (``cost``)
     ffn_counts = None  # the neurons job's feed-forward counts: not offered yet

@@ -17,14 +17,7 @@ import pathlib
 
 import numpy as np
 
-from engine.models.common.random_weights import (
-    WEIGHTS_FILE,
-    RandomKind,
-    Sizes,
-    random_tensors,
-    save_weights,
-    write_json,
-)
+from engine.models.common.random_weights import RandomKind, Sizes, random_tensors, write_checkpoint
 from engine.models.speechllm.usm_checkpoints import CLIP_BOUNDS, EMBED, state_shapes
 from engine.models.speechllm.usm_config import GEMMA3N, GEMMA4, HUB_IDS, from_hf
 from engine.models.speechllm.usm_features import DEFAULTS
@@ -68,12 +61,10 @@ def _writer(kind: str):
         if kind == GEMMA3N:  # the hard-token path the LLM reads for its audio special tokens
             tensors[f"{EMBED}embedding.weight"] = rng.standard_normal((128, c.width)).astype(np.float32)
             tensors[f"{EMBED}hard_embedding_norm.weight"] = np.ones(c.width, np.float32)
-        save_weights(folder / WEIGHTS_FILE, {"model." + k: v for k, v in tensors.items()})
-        write_json(folder / "config.json", raw)
-        extractor = {k: v for k, v in DEFAULTS[kind].items()}
-        write_json(folder / "preprocessor_config.json", {
-            "feature_extractor_type": EXTRACTORS[kind], "sampling_rate": 16000, "padding_value": 0.0,
-            "padding_side": "right", "return_attention_mask": True, **extractor})  # fmt: skip
+        extractor = {"feature_extractor_type": EXTRACTORS[kind], "sampling_rate": 16000, "padding_value": 0.0,
+                     "padding_side": "right", "return_attention_mask": True, **DEFAULTS[kind]}  # fmt: skip
+        tensors = {"model." + k: v for k, v in tensors.items()}
+        write_checkpoint(folder, tensors, raw, {"preprocessor_config.json": extractor})
 
     return write
 

@@ -10,18 +10,15 @@ Layers: 0 = projected features, 1..L = conformer blocks; Seamless's 8x-subsampli
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from engine.models.common.heads import HeadMasked, cut_layers
-from engine.models.common.parallel import StoredLayers, collate_rows
+from engine.models.common.masked_encoder import MaskedEncoder
 from engine.models.interface import (
     W2VBERT_LAYERS,
     WINDOW_SECONDS,
     EncoderCost,
-    LoadedEncoder,
     split_windows,
     window_frames,
 )
@@ -29,28 +26,18 @@ from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.cost import encoder_cost
 from engine.models.w2vbert.loaded import LoadedW2vBert, load_w2vbert
 
-PAD_FRAMES = 50  # batches are padded to a multiple of this many frames (1 s)
-
-
-def _masked(model, features, valid, *, layers, head_mask):
-    return cut_layers(model(features, valid, jnp.float32, head_mask), layers)
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class W2vBertEncoder(LoadedEncoder):
+class W2vBertEncoder(MaskedEncoder):
     """A ``LoadedW2vBert`` as an ``engine.models.interface.Encoder``."""
 
     loaded: LoadedW2vBert
     family: str = "w2vbert"
     layer_meaning: str = W2VBERT_LAYERS
-    heads: frozenset = frozenset()
     window_samples: int = WINDOW_SECONDS * feats.SAMPLE_RATE
     pads_windows: bool = False  # a window costs its own length (``cost``); a batch pads to whole seconds, masked
     min_samples: int = feats.MIN_SAMPLES  # a shorter last window has no frame: dropped (``split_windows``)
-    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
-    ffn_scaled_sums = None
-    attention_stats = None  # the heads job's attention statistics: not offered yet (Whisper and wav2vec2 do)
-    value_zeroing = None  # blocks re-run with value vectors zeroed: not offered yet (Whisper and wav2vec2 do)
+    PAD_FRAMES = 50  # batches are padded to a multiple of this many frames (1 s)
 
     @property
     def features(self) -> dict:
@@ -76,26 +63,9 @@ class W2vBertEncoder(LoadedEncoder):
             samples, long_audio, lambda n: int(feats.frames_for_samples(n)), self.min_samples, self.window_samples
         )
 
-    def collate(self, inputs: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Windows -> ``(features f32[batch_size, frame, 160], valid i32[batch_size])``; padding rows: valid 0."""
-        return collate_rows(inputs, batch_size, PAD_FRAMES)
-
     def cost(self, samples: int) -> EncoderCost:
         """FLOPs and parameters of one window of ``samples`` samples (``engine.models.w2vbert.cost``)."""
         return encoder_cost(self.loaded.config, samples)
-
-    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
-        """The encoder with a head mask (``engine.models.common.heads``): ``(features, valid)`` batches."""
-        c = self.loaded.config
-        return HeadMasked(self.loaded.model, _masked, c.n_layer, c.n_head, tuple(layers))
-
-    def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        return StoredLayers(self.loaded.sharded(mesh, out_dtype), layers, self.n_layers_out)
-
-    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
-        """None: the family has no decoder."""
-        del langs
-        return []
 
 
 def load(source, *, adapter=None, dtype=None) -> W2vBertEncoder:

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from engine.models.common.loaded_config import LoadedConfig
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.checkpoints import Checkpoint, load_checkpoint
-from engine.models.w2vbert.config import EncoderConfig
 from engine.models.w2vbert.model import W2vBertEncoder
 from engine.models.w2vbert.parallel import SIGNATURE
 
@@ -35,22 +35,9 @@ def _encode(graphdef, state, features, valid, out_dtype):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedW2vBert:
+class LoadedW2vBert(LoadedConfig):
     model: W2vBertEncoder
     checkpoint: Checkpoint  # name, config, sha256, path (weights dropped: the model holds them)
-
-    @property
-    def config(self) -> EncoderConfig:
-        return self.checkpoint.config
-
-    @property
-    def n_layers_out(self) -> int:
-        """Stored layers: 0 (projected features) and 1..L."""
-        return self.config.n_layers_out
-
-    @property
-    def seconds_per_frame(self) -> float:
-        return self.config.seconds_per_frame
 
     @functools.cached_property
     def _split(self):

@@ -19,14 +19,7 @@ import pathlib
 
 import numpy as np
 
-from engine.models.common.random_weights import (
-    WEIGHTS_FILE,
-    RandomKind,
-    Sizes,
-    random_tensors,
-    save_weights,
-    write_json,
-)
+from engine.models.common.random_weights import RandomKind, Sizes, random_tensors, write_checkpoint
 from engine.models.w2vbert.config import SEAMLESS_M4T_V2, W2V_BERT, config_from_hf
 from engine.models.w2vbert.model import state_shapes
 
@@ -42,9 +35,8 @@ FEATURES = {
 
 def _write(folder: pathlib.Path, config: dict, prefix: str, rng: np.random.Generator) -> None:
     shapes = state_shapes(config_from_hf(config))
-    save_weights(folder / WEIGHTS_FILE, {prefix + k: v for k, v in random_tensors(shapes, rng).items()})
-    write_json(folder / "config.json", config)
-    write_json(folder / "preprocessor_config.json", FEATURES)
+    tensors = {prefix + k: v for k, v in random_tensors(shapes, rng).items()}
+    write_checkpoint(folder, tensors, config, {"preprocessor_config.json": FEATURES})
 
 
 def _write_w2v_bert(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) -> None:

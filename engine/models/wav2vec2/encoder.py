@@ -24,7 +24,6 @@ from engine.models.common.layers import layer_norm
 from engine.models.common.parallel import ShardedEncoder, collate_rows
 from engine.models.common.value_zeroing import ValueZeroing
 from engine.models.interface import (
-    CTC,
     WAV2VEC2_LAYERS,
     WINDOW_SECONDS,
     EncoderCost,
@@ -97,10 +96,6 @@ class Wav2Vec2Encoder:
     @property
     def sha256(self) -> str:
         return self.loaded.checkpoint.sha256  # of the weights, then the adapter file's
-
-    @property
-    def heads(self) -> frozenset:
-        return frozenset({CTC}) if self.loaded.has_ctc_head else frozenset()
 
     @property
     def store_dims(self) -> FamilyDims:

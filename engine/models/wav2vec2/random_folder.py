@@ -30,11 +30,11 @@ import pathlib
 import numpy as np
 
 from engine.models.common.random_weights import (
-    WEIGHTS_FILE,
     RandomKind,
     Sizes,
     random_tensors,
     save_weights,
+    write_checkpoint,
     write_json,
 )
 from engine.models.wav2vec2.checkpoints import adapter_shapes, expected_shapes
@@ -95,8 +95,7 @@ def _tokenizer(folder: pathlib.Path, vocab: dict, **config) -> None:
 def _write_wav2vec2(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) -> None:
     tokens = ["<pad>", "<s>", "</s>", "<unk>", "|", *(c.upper() for c in LATIN)]
     config = _config("wav2vec2", "Wav2Vec2ForCTC", sizes, large=False, vocab_size=len(tokens), pad_token_id=0)
-    save_weights(folder / WEIGHTS_FILE, _weights(config, len(tokens), rng, "wav2vec2."))
-    write_json(folder / "config.json", config)
+    write_checkpoint(folder, _weights(config, len(tokens), rng, "wav2vec2."), config)
     _features(folder, attention_mask=False)
     _tokenizer(folder, {t: i for i, t in enumerate(tokens)}, pad_token="<pad>", word_delimiter_token="|",
                do_lower_case=False)  # fmt: skip
@@ -104,8 +103,7 @@ def _write_wav2vec2(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator
 
 def _write_hubert(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) -> None:
     config = _config("hubert", "HubertModel", sizes, large=True, feat_proj_layer_norm=True)
-    save_weights(folder / WEIGHTS_FILE, _weights(config, None, rng, ""))
-    write_json(folder / "config.json", config)
+    write_checkpoint(folder, _weights(config, None, rng, ""), config)
     _features(folder, attention_mask=True)
 
 
@@ -119,13 +117,12 @@ def _write_mms(folder: pathlib.Path, sizes: Sizes, rng: np.random.Generator) -> 
     n_eng = len(vocabs["eng"])
     config = _config("wav2vec2", "Wav2Vec2ForCTC", sizes, large=True, adapter_attn_dim=ADAPTER_DIM,
                      vocab_size=n_eng, pad_token_id=0)  # fmt: skip
-    save_weights(folder / WEIGHTS_FILE, _weights(config, n_eng, rng, "wav2vec2."))
+    write_checkpoint(folder, _weights(config, n_eng, rng, "wav2vec2."), config)
     dims = dims_from_hf_config(config)
     for lang, vocab in vocabs.items():  # what load_adapter(lang) replaces: every layer's adapter and lm_head
         shapes = {f"wav2vec2.{k}": s for i in range(dims.num_hidden_layers) for k, s in adapter_shapes(dims, i).items()}
         shapes |= {"lm_head.weight": (len(vocab), dims.hidden_size), "lm_head.bias": (len(vocab),)}
         save_weights(folder / f"adapter.{lang}.safetensors", random_tensors(shapes, rng))
-    write_json(folder / "config.json", config)
     _features(folder, attention_mask=True)
     _tokenizer(folder, vocabs, pad_token="<pad>", word_delimiter_token="|", do_lower_case=False, target_lang="eng")
 
@@ -134,8 +131,7 @@ def _write_omnilingual(folder: pathlib.Path, sizes: Sizes, rng: np.random.Genera
     tokens = ["<s>", "<pad>", "</s>", "<unk>", "\u2581", *LATIN, *"-.,?!", *CYRILLIC]
     config = _config("wav2vec2", "Wav2Vec2ForCTC", sizes, large=True, vocab_size=len(tokens), pad_token_id=0,
                      bos_token_id=0, eos_token_id=2)  # fmt: skip
-    save_weights(folder / WEIGHTS_FILE, _weights(config, len(tokens), rng, "wav2vec2."))
-    write_json(folder / "config.json", config)
+    write_checkpoint(folder, _weights(config, len(tokens), rng, "wav2vec2."), config)
     _features(folder, attention_mask=False)
     _tokenizer(folder, {t: i for i, t in enumerate(tokens)}, pad_token="<s>", word_delimiter_token="\u2581",
                do_lower_case=False)  # fmt: skip

@@ -22,7 +22,7 @@ from engine.models.common.attention_stats import AttentionStats
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
 from engine.models.common.value_zeroing import ValueZeroing
-from engine.models.interface import CROSS_ATTENTION, DECODER, WHISPER_LAYERS, EncoderCost
+from engine.models.interface import WHISPER_LAYERS, EncoderCost
 from engine.models.whisper import features as whisper_features
 from engine.models.whisper.cost import encoder_cost
 from engine.models.whisper.dims import ModelDimensions
@@ -109,7 +109,6 @@ class WhisperEncoder:
     loaded: LoadedWhisper
     family: str = "whisper"
     layer_meaning: str = WHISPER_LAYERS
-    heads: frozenset = frozenset({DECODER, CROSS_ATTENTION})
     pads_windows: bool = WhisperShape.pads_windows
     window_samples: int = WhisperShape.window_samples
     min_samples: int = WhisperShape.min_samples
