@@ -431,6 +431,8 @@ class Trainer(Protocol):
     @property
     def store_dims(self) -> dict: ...  # the dims record a layer store of this model's encoder holds (compared whole)
 
+    def language(self, code: str) -> str: ...  # a store code's prompt language (LanguageError where there is none)
+
     def prompt(self, task: str, language: str) -> list[int]: ...
 
     def tokens(self, text: str) -> list[int]: ...  # a target text's tokens, as the decoder emits them after a prompt
