@@ -46,8 +46,8 @@ def main() -> None:
     from engine.pipelines.sae.run import run_sae
     from engine.pipelines.sae.train import FALLING, POOR_FVU, loss_drop
     from engine.runtime.options import configure
-    from engine.stores.kv import read_npz
     from engine.stores.reader import open_store
+    from engine.stores.records import read_npz
 
     store = open_store(args.store)
     langs = store.languages

@@ -53,7 +53,7 @@ _FACE = {
     "AlignConfig": "engine.pipelines.align.config",
     "DecodeConfig": "engine.pipelines.decode.config",
     "InterpConfig": "engine.pipelines.interp.config",
-    "ChallengeConfig": "engine.pipelines.challenge.run",
+    "ChallengeConfig": "engine.pipelines.challenge.config",
     "ProbeConfig": "engine.pipelines.probe.config",
     "FinetuneConfig": "engine.pipelines.finetune.config",
     "CompareConfig": "engine.pipelines.compare.config",

@@ -18,7 +18,7 @@ import dataclasses
 
 from absl import flags
 
-from engine.pipelines.challenge.run import ChallengeConfig, parse_threshold, run_challenge
+from engine.pipelines.challenge.config import ChallengeConfig, parse_threshold
 from engine.runtime.options import parse_list
 from engine.stores.challenge import ChallengeError
 from jobs import common
@@ -61,6 +61,8 @@ def parse_models(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def main() -> int:
+    from engine.pipelines.challenge.run import run_challenge  # loads JAX: after the flags, so that --help stays quick
+
     given = {"ner_models": parse_models(FLAGS.ner_models), "phone_threshold": parse_threshold(FLAGS.phone_threshold)}
     result = run_challenge(common.config_from_flags(ChallengeConfig, **given))
     print(result.report())

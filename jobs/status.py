@@ -40,8 +40,9 @@ common.define_config_flags(
 
 
 def main() -> int:
+    from engine.errors import StoreError
     from engine.runtime.status import store_status  # loads TensorStore: after the flags, so that --help stays quick
-    from engine.stores.kv import StoreError, open_kvstore
+    from engine.stores.kv import open_kvstore
 
     config = common.config_from_flags(StatusConfig)
     location = config.location

@@ -105,6 +105,7 @@ def test_analysis_page_reads_compare_and_neurons_folders(tiny_model_dir, tmp_pat
     """The compare and neurons cells on folders the jobs write here: compare on two planted stores with a challenge
     set (tests/jobs/test_compare.py's), neurons on the tiny model with an intervention; and ``checked`` refuses a
     file that no longer matches its digest."""
+    from engine.errors import DamageError
     from engine.pipelines.compare import progress
     from engine.pipelines.compare.config import CompareConfig
     from engine.pipelines.compare.plan import Rates
@@ -112,7 +113,6 @@ def test_analysis_page_reads_compare_and_neurons_folders(tiny_model_dir, tmp_pat
     from engine.pipelines.neurons.config import NeuronsConfig
     from engine.pipelines.neurons.run import run_neurons
     from engine.runtime.options import configure
-    from engine.stores.kv import DamageError
     from tests.jobs.conftest import seal
     from tests.jobs.test_compare import N, make_store
 

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import tensorstore as ts
 
+from engine.errors import StoreError
 from engine.runtime.options import DEFAULT_CLAIM_TTL
 from engine.runtime.status import (
     RUN_RECORD,
@@ -59,7 +60,7 @@ from engine.runtime.status import (
     task_label,
     worker_prefix,
 )
-from engine.stores.kv import StoreError, create_key, read_value, storage_error, write_value
+from engine.stores.kv import create_key, read_value, storage_error, write_value
 from engine.stores.records import iso_utc, parse_record
 
 CLAIMS_DIR = "claims/"

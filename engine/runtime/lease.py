@@ -57,9 +57,10 @@ import uuid
 
 import tensorstore as ts
 
+from engine.errors import StoreError
 from engine.runtime.status import LEASE, LEASE_FIELDS, dead_here, record_problem, run_status
-from engine.stores.kv import StoreError, manifest_diffs, read_value, storage_error, write_value
-from engine.stores.records import iso_utc, parse_record
+from engine.stores.kv import read_value, storage_error, write_value
+from engine.stores.records import iso_utc, manifest_diffs, parse_record
 
 DEFAULT_TTL = 120.0  # seconds; renewed every ttl / 3, so a run survives two missed renewals
 SETTLE = 1.0  # seconds between writing and reading back the lease on a store that ignores conditional writes

@@ -1,6 +1,7 @@
 """Run plumbing shared by every job's library side: one way to create or check a run's manifest, to let process 0
-create what every process then opens, to count what a run skipped, to show progress, to hold the output's writer
-lease; and the dtype table (``engine.dtypes``).
+create what every process then opens, to count what a run skipped, to show progress, to refuse inputs still being
+written (``inputs_settled``) and to hold the output's writer lease (``job_lease``, ``output_run``, ``writer_lease``,
+``output_lease``); and the dtype table (``engine.dtypes``).
 
 A job's library function (``run_encode``, ``run_similarity``, ``run_align``, ...) follows one pattern, with
 ``engine.stores.kv.create_or_compare`` for its manifest::
@@ -24,9 +25,8 @@ import jax
 from tqdm.auto import tqdm
 
 from engine.runtime.claims import WorkClaims
-from engine.runtime.inputs import inputs_settled
-from engine.runtime.lease import DEFAULT_TTL, SharedLease, WriterLease
-from engine.runtime.options import ConfigError, RunOptions, canonical_location
+from engine.runtime.lease import DEFAULT_TTL, WORKERS, SharedLease, StoreBusyError, WriterLease, live_writer
+from engine.runtime.options import ConfigError, RunOptions, canonical_location, read_locations
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.progress import StatusLines
 from engine.stores.kv import create_or_compare, open_kvstore
@@ -159,6 +159,39 @@ def writer_lease(url: str, job: str, break_lease: bool = False, ttl: float = DEF
         return
     _, kv = open_kvstore(url)
     with WriterLease(kv, url, job, ttl=ttl, break_lease=break_lease) as lease:
+        yield lease
+
+
+def inputs_settled(config, job: str) -> None:
+    """Refuses (``StoreBusyError``, one line) to start ``job`` while a store or folder it reads (a field an ``option``
+    marks ``reads``) is being written: its writer lease is live, so what the job would read is incomplete (a
+    retrieval of a similarity store still computing, a decode of a store still encoding). A job that scores a partly
+    written store on request (``allow_partial``) reads its store anyway."""
+    for field in dataclasses.fields(config):
+        reads, value = (field.metadata or {}).get("reads"), getattr(config, field.name)
+        if field.name == "store" and getattr(config, "allow_partial", False):
+            continue
+        for location in read_locations(reads, value):
+            holder = live_writer(open_kvstore(location)[1], location)
+            if holder is None:
+                continue
+            who = "workers of " if holder.get("mode") == WORKERS else ""
+            partial = ", or pass --allow_partial to read what is done" if hasattr(config, "allow_partial") else ""
+            raise StoreBusyError(
+                f"--{field.name} {location!r} is being written now by {who}{holder.get('job')} (host "
+                f"{holder.get('host')!r}, pid {holder.get('pid')}, lease valid until {holder.get('expires')}), so what "
+                f"{job} would read of it is incomplete. Wait until that run ends (`babelgrid status {location}` says "
+                f"where it stands), then rerun{partial}; nothing was written"
+            )
+
+
+@contextlib.contextmanager
+def output_lease(config, job: str):
+    """``job_lease`` for a job of one process that runs no JAX (challenge's): ``inputs_settled``, then the writer
+    lease of ``config.run.out``, taken without asking JAX which process this is (which would start its backend)."""
+    inputs_settled(config, job)
+    _, kv = open_kvstore(config.run.out)
+    with WriterLease(kv, config.run.out, job, break_lease=config.run.break_lease) as lease:
         yield lease
 
 

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 from engine.errors import BabelgridError
 from engine.stores.integrity import read_output, repair_hint
-from engine.stores.kv import manifest_diffs, open_kvstore, read_json
-from engine.stores.records import csv_bytes
+from engine.stores.kv import open_kvstore, read_json
+from engine.stores.records import csv_bytes, manifest_diffs
 
 PAIR_COLUMNS = ("id", "kept", "reason", "evidence")
 SUMMARY_COLUMNS = (

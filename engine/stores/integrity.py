@@ -29,9 +29,10 @@ from collections.abc import Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from engine.stores.kv import DamageError, read_value, write_all
+from engine.errors import DamageError
+from engine.stores.kv import read_value, write_all
 
-__all__ = ["DamageError"]  # defined beside StoreError (engine.stores.kv), whose JSON reader raises it too
+__all__ = ["DamageError"]  # defined beside StoreError (engine.errors); the readers of sealed JSON raise it too
 
 log = logging.getLogger(__name__)
 

@@ -10,21 +10,20 @@ Object stores: an ``s3://`` location takes its endpoint, region and credentials 
 is left to TensorStore, which honours ``TENSORSTORE_GCS_HTTP_URL`` and Google's application default credentials.
 Anything else (a request retry policy, a host header, another credentials source) goes into ``set_spec_overrides``,
 which the jobs' ``--kvstore_spec`` JSON sets.
+
+What the keys hold (sealed JSON, CSV, npz) and how a damaged value reads is ``engine.stores.records``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import zipfile
 from collections.abc import Callable, Iterable, Mapping
 
-import numpy as np
 import tensorstore as ts
 
-from engine.errors import BabelgridError
-from engine.stores.records import DIGEST, json_bytes, json_digest
+from engine.errors import BabelgridError, StoreError
+from engine.stores.records import UNSEALED_FIX, json_bytes, manifest_diffs, parse_json
 
 # One base context for every store this process opens, so that a `memory://` store outlives its handle (tests,
 # notebooks); stores are opened in a child of it that bounds the retries of object stores (``set_store_timeout``).
@@ -61,21 +60,6 @@ def set_store_timeout(seconds: float) -> None:
 def context() -> ts.Context:
     """The TensorStore context every store is opened in (``memory://`` stores live as long as the process)."""
     return _context
-
-
-class StoreError(BabelgridError, ValueError):
-    """A layer store cannot be opened, created or written as asked."""
-
-
-class DamageError(StoreError):
-    """Stored data failed its integrity check: a chunk or file is missing, truncated or does not match its checksum.
-    Nothing read from it was used. ``babelgrid verify <store> --repair`` marks what is damaged as not done, so that
-    rerunning the job that wrote it redoes exactly that. ``problem``: what is wrong, in a few words ("missing",
-    "checksum mismatch", ...), for verify's table. (``engine.stores.integrity`` describes what each file carries.)"""
-
-    def __init__(self, message: str, problem: str = "corrupt"):
-        super().__init__(message)
-        self.problem = problem
 
 
 REMOTE_DRIVERS = ("s3", "gcs")
@@ -180,25 +164,6 @@ def _endpoint_hint(spec: dict) -> str:
     return ""
 
 
-_UNSEALED_FIX = "Restore it from a copy, or write the output again into a new folder"
-
-
-def read_npz(data: bytes, key: str = "npz file", url: str = "", fix: str = _UNSEALED_FIX) -> dict:
-    """The arrays of an ``.npz`` file's bytes, never unpickled (``allow_pickle=False``): an object array, or bytes
-    that are not an npz, are a DamageError naming ``key``, the store and ``fix`` (a digest matches what it was given,
-    not what babelgrid writes: the file may have been replaced together with its digest)."""
-    try:
-        with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as f:
-            return {name: f[name] for name in f.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise DamageError(
-            f"{key} in {url!r} is not an npz of numeric arrays babelgrid writes ({reason}): it was replaced or is "
-            f"damaged, and is not read (never unpickled). {fix}",
-            "not numeric npz",
-        ) from None
-
-
 def storage_error(operation: str, key: str, url: str, error: Exception) -> StoreError:
     """A TensorStore I/O failure as a StoreError naming the operation, the key and the store, with the likely fix."""
     text = str(error)
@@ -238,37 +203,11 @@ def write_all(kv: ts.KvStore, values: dict[str, bytes], url: str) -> None:
             raise storage_error("write", key, url, e) from None
 
 
-def read_json(kv: ts.KvStore, key: str, url: str, *, sealed: bool = False, fix: str = _UNSEALED_FIX) -> dict | None:
+def read_json(kv: ts.KvStore, key: str, url: str, *, sealed: bool = False, fix: str = UNSEALED_FIX) -> dict | None:
     """The JSON object at ``key`` without its digest (None if the key is missing). Its digest is checked when it
     has one; ``sealed``: it must have one (a file of a format that seals every object). A truncated, foreign or
     altered object is a DamageError naming the key and ``fix``."""
     return parse_json(read_value(kv, key, url), key, url, sealed=sealed, fix=fix)
-
-
-def parse_json(result, key: str, url: str, *, sealed: bool = False, fix: str = _UNSEALED_FIX) -> dict | None:
-    """``read_json`` of a value already read (``kv.read(key).result()``)."""
-    if result.state == "missing":
-        return None
-    try:
-        value = json.loads(bytes(result.value))
-    except ValueError as e:
-        raise DamageError(
-            f"{key} in store {url!r} is not valid JSON ({e}): it is truncated or was not written by babelgrid. {fix}",
-            "not valid JSON (truncated?)",
-        ) from None
-    if not isinstance(value, dict):
-        raise DamageError(
-            f"{key} in store {url!r} holds a JSON {type(value).__name__}, not an object. {fix}", "not a JSON object"
-        )
-    digest = value.pop(DIGEST, None)
-    if digest is None and sealed:
-        raise DamageError(f"{key} in store {url!r} carries no {DIGEST!r}, as its format requires. {fix}", "no digest")
-    if digest is not None and digest != json_digest(value):
-        raise DamageError(
-            f"{key} in store {url!r} does not match its digest: its content was altered after it was written. {fix}",
-            "checksum mismatch",
-        )
-    return value
 
 
 def create_key(kv: ts.KvStore, key: str, value: bytes, url: str = "") -> bool:
@@ -344,24 +283,6 @@ def update_json(kv: ts.KvStore, key: str, url: str, change: Callable[[dict | Non
         new = change(parse_json(found, key, url, sealed=True, fix=fix))
         if new is None or replace_key(kv, key, json_bytes(new), found.stamp.generation, url):
             return
-
-
-def manifest_diffs(stored: Mapping, given: Mapping, fields: Iterable[str]) -> list[str]:
-    """``"field: store has X, this run Y"`` for each of ``fields`` that differs; dict fields compare key by key
-    (``dims.n_mels``), so that a message names the one setting that differs."""
-    diffs = []
-    for name in fields:
-        a, b = stored.get(name), given.get(name)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            diffs += [f"{name}.{d}" for d in manifest_diffs(a, b, sorted(set(a) | set(b), key=str))]
-        elif _plain(a) != _plain(b):
-            diffs.append(f"{name}: store has {a!r}, this run {b!r}")
-    return diffs
-
-
-def _plain(value):
-    """Tuples and lists compare equal after a JSON round trip."""
-    return list(value) if isinstance(value, tuple) else value
 
 
 def create_or_compare(

@@ -28,10 +28,10 @@ import numpy as np
 import tensorstore as ts
 
 from engine.axes import UTTERANCE
-from engine.errors import ShapeError
+from engine.errors import ShapeError, StoreError
 from engine.faults import fault_point
 from engine.stores.integrity import damage_error, is_damage, repair_hint
-from engine.stores.kv import StoreError, storage_error
+from engine.stores.kv import storage_error
 from engine.stores.schema import LENGTHS_CHUNK, is_done
 from engine.stores.utterances import UtteranceRow, rows_to_table
 

@@ -25,10 +25,9 @@ import numpy as np
 import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
+from engine.errors import DamageError, StoreError
 from engine.stores.integrity import CHECKED_READS, repair_hint
 from engine.stores.kv import (
-    DamageError,
-    StoreError,
     create_key,
     create_or_compare,
     create_or_open_array,

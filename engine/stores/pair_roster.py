@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import tensorstore as ts
 
-from engine.stores.kv import DamageError, read_json, update_json
+from engine.errors import DamageError
+from engine.stores.kv import read_json, update_json
 
 ROSTER = "pairs.json"
 

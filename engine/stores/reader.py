@@ -27,9 +27,10 @@ import numpy as np
 import pyarrow as pa
 import tensorstore as ts
 
+from engine.errors import StoreError
 from engine.listing import Listing
 from engine.stores.integrity import NON_FINITE, DamageError, chunk_key, damage_error, is_damage, repair_hint
-from engine.stores.kv import StoreError, storage_error
+from engine.stores.kv import storage_error
 from engine.stores.language import LanguageArrays
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo

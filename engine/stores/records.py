@@ -1,6 +1,7 @@
-"""What babelgrid writes into its stores, as bytes: sealed JSON objects (their digest inside), CSV tables at full
-precision, plain ``.npz`` arrays, and the records other processes read (leases, claims). The kvstore access that
-writes and reads them is ``engine.stores.kv``."""
+"""What babelgrid writes into its stores, as bytes, and how it reads them back: sealed JSON objects (their digest
+inside; one that is torn, foreign or altered is a ``DamageError``), CSV tables at full precision, plain ``.npz``
+arrays (never unpickled), the records other processes read (leases, claims), and settings records compared field by
+field (``manifest_diffs``). The kvstore access that writes and reads them is ``engine.stores.kv``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import datetime
 import hashlib
 import io
 import json
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from engine.errors import DamageError
 
 # Every JSON object babelgrid writes carries the digest of its content under this key (a sealed object): a flip that
 # leaves valid JSON (a done marker's row list, an id) is caught by its reader instead of used.
@@ -70,3 +74,67 @@ def parse_record(value: bytes) -> dict:
 def iso_utc(t: float) -> str:
     """Unix seconds as an ISO 8601 UTC timestamp, to the second (what leases and claims record for people)."""
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+UNSEALED_FIX = "Restore it from a copy, or write the output again into a new folder"  # a damaged file's way out
+
+
+def read_npz(data: bytes, key: str = "npz file", url: str = "", fix: str = UNSEALED_FIX) -> dict:
+    """The arrays of an ``.npz`` file's bytes, never unpickled (``allow_pickle=False``): an object array, or bytes
+    that are not an npz, are a DamageError naming ``key``, the store and ``fix`` (a digest matches what it was given,
+    not what babelgrid writes: the file may have been replaced together with its digest)."""
+    try:
+        with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as f:
+            return {name: f[name] for name in f.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise DamageError(
+            f"{key} in {url!r} is not an npz of numeric arrays babelgrid writes ({reason}): it was replaced or is "
+            f"damaged, and is not read (never unpickled). {fix}",
+            "not numeric npz",
+        ) from None
+
+
+def parse_json(result, key: str, url: str, *, sealed: bool = False, fix: str = UNSEALED_FIX) -> dict | None:
+    """The JSON object of a kvstore read's ``result`` (``kv.read(key).result()``) without its digest, None where
+    the key is missing: ``engine.stores.kv.read_json`` of a value already read."""
+    if result.state == "missing":
+        return None
+    try:
+        value = json.loads(bytes(result.value))
+    except ValueError as e:
+        raise DamageError(
+            f"{key} in store {url!r} is not valid JSON ({e}): it is truncated or was not written by babelgrid. {fix}",
+            "not valid JSON (truncated?)",
+        ) from None
+    if not isinstance(value, dict):
+        raise DamageError(
+            f"{key} in store {url!r} holds a JSON {type(value).__name__}, not an object. {fix}", "not a JSON object"
+        )
+    digest = value.pop(DIGEST, None)
+    if digest is None and sealed:
+        raise DamageError(f"{key} in store {url!r} carries no {DIGEST!r}, as its format requires. {fix}", "no digest")
+    if digest is not None and digest != json_digest(value):
+        raise DamageError(
+            f"{key} in store {url!r} does not match its digest: its content was altered after it was written. {fix}",
+            "checksum mismatch",
+        )
+    return value
+
+
+def manifest_diffs(stored: Mapping, given: Mapping, fields: Iterable[str]) -> list[str]:
+    """``"field: store has X, this run Y"`` for each of ``fields`` that differs; dict fields compare key by key
+    (``dims.n_mels``), so that a message names the one setting that differs."""
+    diffs = []
+    for name in fields:
+        a, b = stored.get(name), given.get(name)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += [f"{name}.{d}" for d in manifest_diffs(a, b, sorted(set(a) | set(b), key=str))]
+        elif _plain(a) != _plain(b):
+            diffs.append(f"{name}: store has {a!r}, this run {b!r}")
+    return diffs
+
+
+def _plain(value):
+    """Tuples and lists compare equal after a JSON round trip."""
+    return list(value) if isinstance(value, tuple) else value

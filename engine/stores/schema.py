@@ -32,8 +32,8 @@ import tensorstore as ts
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.data.audio import LONG_AUDIO_MODES
 from engine.dtypes import DTYPES as ALL_DTYPES
+from engine.errors import StoreError
 from engine.stores.integrity import CHECKED_READS, CRC32C, warn_unchecked
-from engine.stores.kv import StoreError
 
 # 2: crc32c on every chunk, page CRCs in utterances.parquet; 3: a digest in every JSON object (records.json_bytes) and
 # the language roster

@@ -32,10 +32,10 @@ import numpy as np
 import tensorstore as ts
 
 from engine.axes import LAYER, UTTERANCE
-from engine.errors import BabelgridError
+from engine.errors import BabelgridError, DamageError
 from engine.listing import Listing
 from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
-from engine.stores.kv import DamageError, context, create_or_compare, open_kvstore, read_json, write_value
+from engine.stores.kv import context, create_or_compare, open_kvstore, read_json, write_value
 from engine.stores.pair_roster import check_listed, enrol, read_roster
 from engine.stores.records import json_bytes
 from engine.stores.schema import LANG

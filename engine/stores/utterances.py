@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import tensorstore as ts
 
+from engine.errors import StoreError
 from engine.stores.integrity import parquet_bytes, read_parquet
-from engine.stores.kv import StoreError
 
 
 class StoreMismatchError(StoreError):

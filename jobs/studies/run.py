@@ -125,7 +125,8 @@ class Runner:
     def read(self, stage: Stage) -> dict | None:
         """The stage's last record; None when there is none, or it is damaged (said, and the stage runs again: its
         job resumes what its output holds)."""
-        from engine.stores.kv import DamageError, read_json  # lazy: as above
+        from engine.errors import DamageError
+        from engine.stores.kv import read_json  # lazy: as above
 
         if stage.name not in self.records:
             try:

@@ -18,6 +18,7 @@ def test_defaults_are_the_outputs_of_a_default_run():
     """Outputs of a default run stay as they were before cknna and cycle_knn joined, on request."""
     assert DEFAULT_MEASURES == ("cka", "cka_unbiased", "svcca", "pwcca", "mknn")
     assert DEFAULT_FRAME_MEASURES == ("cka", "cka_unbiased", "mknn")
+    assert all(m.about for m in REGISTRY if not m.default)  # --measures' help says what each on-request one is
 
 
 @pytest.mark.parametrize("measure", MEASURES)

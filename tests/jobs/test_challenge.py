@@ -14,6 +14,7 @@ import pytest
 
 from engine.pipelines.challenge import rules
 from engine.pipelines.challenge import run as challenge
+from engine.pipelines.challenge.config import parse_threshold
 from engine.pipelines.challenge.plan import plan_challenge_run
 from engine.pipelines.retrieval import subset as subset_lib
 from engine.pipelines.retrieval.config import RetrievalConfig
@@ -174,7 +175,7 @@ def test_auto_calibrates_each_pair_on_mismatched_pairs(run_job, tmp_path):
     assert (chosen["threshold_rule"], chosen["mismatched_pairs"]) == ("cap_too_few_mismatched", "10")
     assert "too few mismatched pairs" in few.report()
     with pytest.raises(files.ChallengeError, match="--phone_threshold must be 'auto' or a number"):
-        challenge.parse_threshold("high")
+        parse_threshold("high")
     with pytest.raises(files.ChallengeError, match="chance_flag_rate must be in"):
         configure(challenge.ChallengeConfig, store="s", out="o", chance_flag_rate=2.0)
 

@@ -18,10 +18,9 @@ import time
 
 import pytest
 
-from engine.errors import BabelgridError
+from engine.errors import BabelgridError, DamageError
 from engine.runtime.lease import StoreBusyError
 from engine.runtime.options import configure
-from engine.stores.kv import DamageError
 
 LIVE = 3600.0  # seconds a planted lease is valid: longer than any test
 
@@ -153,8 +152,8 @@ def test_a_transform_whose_digest_was_deleted_is_damage_not_read_unchecked(worke
 
 def test_compare_refuses_a_retrieval_csv_whose_digest_was_deleted(tmp_path):
     """A truncated retrieval.csv whose .sha256 was deleted: compare's reader names it, and reads nothing of it."""
+    from engine.errors import DamageError
     from engine.pipelines.compare.depth import _read_csv
-    from engine.stores.kv import DamageError
 
     (tmp_path / "retrieval.csv").write_text("lang_a,lang_b,layer\nde,en,")
     with pytest.raises(DamageError, match="retrieval.csv .* has no digest file"):

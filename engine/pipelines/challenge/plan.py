@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import time
 
+from engine.pipelines.challenge.config import ChallengeConfig
 from engine.pipelines.challenge.rules import texts_by_id, words
-from engine.pipelines.challenge.run import ChallengeConfig, request
+from engine.pipelines.challenge.run import request
 from engine.runtime.devices import Device
 from engine.runtime.plan import SAMPLE_WORDS, Plan, Stage, call_and_word, duration
 from engine.text import phones as ph

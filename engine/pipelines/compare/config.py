@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from engine.errors import BabelgridError
-from engine.pipelines.compare.measures import DEFAULT_FRAME_MEASURES, DEFAULT_MEASURES, MEASURES
+from engine.pipelines.compare.measures import DEFAULT_FRAME_MEASURES, DEFAULT_MEASURES, MEASURES, ON_REQUEST
 from engine.runtime.options import RunOptions, option, validate
 
 __all__ = ["DEFAULT_FRAME_MEASURES", "DEFAULT_MEASURES", "LEVELS", "MEASURES", "CompareConfig", "CompareError"]
@@ -46,9 +46,7 @@ class CompareConfig:
         "or 'all'", parse="list",
     )  # fmt: skip
     measures: tuple[str, ...] = option(
-        DEFAULT_MEASURES, "utterance-level measures (on request: cknna, platonic-rep's CKNNA; cycle_knn, "
-        "its directed cycle k-NN, out through model b's neighbours and back through model a's)", choices=MEASURES,
-        parse="list",
+        DEFAULT_MEASURES, f"utterance-level measures (on request: {ON_REQUEST})", choices=MEASURES, parse="list",
     )  # fmt: skip
     frame_measures: tuple[str, ...] = option(
         DEFAULT_FRAME_MEASURES, "frame-level measures (CCA on frames: one SVD pair per layer pair)",

@@ -43,6 +43,7 @@ from engine.pipelines.compare.measures import (
     in_stage,
     needs_grams,
     null_is_timed,
+    stage_of,
 )
 from engine.pipelines.compare.states import pair_utterances
 from engine.runtime.devices import Device
@@ -107,7 +108,7 @@ def _null_work(a: ModelShape, b: ModelShape, n: int, measures, k: int, gram_max:
         work["cknna"] = ("flops", p * a.layers * b.layers * (2 * n * k * (a.width + b.width) + 4 * n * k * k))
     # per permutation the cross product of the kept bases and its SVD, one SVD pair per layer pair; only where the raw
     # value was measured (``layers``: the views' kept directions must fit the n examples, else NaN and no null)
-    cca_kinds = sum(m in measures and _cca_measured(m, n, a.width, b.width) for m in ("svcca", "pwcca"))
+    cca_kinds = sum(_cca_measured(m, n, a.width, b.width) for m in set(measures) if stage_of(m) == "cca")
     if cca_kinds:
         ra, rb = min(n, a.width), min(n, b.width)
         work["cca"] = ("flops", cca_kinds * p * a.layers * b.layers * (2 * n * ra * rb + 22 * min(ra, rb) ** 3))

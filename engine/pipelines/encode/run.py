@@ -38,6 +38,7 @@ from engine.data.pairing import check_listing, pairing_lines
 from engine.data.revision import source_revision
 from engine.data.sources import get_source
 from engine.data.utterance import Source, Utterance
+from engine.errors import StoreError
 from engine.models.common.parallel import data_mesh
 from engine.models.family import load_encoder
 from engine.models.interface import Encoder
@@ -48,7 +49,6 @@ from engine.pipelines.stages.windows import Assembler, Task, batches, prefetched
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.runs import RunSummary, job_lease, process_zero_first, progress_bar, work_claims
 from engine.runtime.units import UnitLoop
-from engine.stores.kv import StoreError
 from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
 from engine.stores.schema import StoreInfo, check_language_code

@@ -47,9 +47,9 @@ from engine.pipelines.mixing.config import MixingConfig, MixingError
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import read_output, repair_hint, write_outputs
-from engine.stores.kv import open_kvstore, read_npz, read_value
+from engine.stores.kv import open_kvstore, read_value
 from engine.stores.reader import open_store
-from engine.stores.records import npz_bytes
+from engine.stores.records import npz_bytes, read_npz
 from engine.stores.words import read_words, words_language
 
 log = logging.getLogger(__name__)

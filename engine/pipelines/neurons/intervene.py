@@ -53,8 +53,8 @@ from engine.pipelines.stages.retrieval import r1_of_similarity
 from engine.pipelines.stages.windows import NoClaims, Task, batches, prefetched
 from engine.runtime.runs import RunSummary
 from engine.stores.integrity import read_output, write_outputs
-from engine.stores.kv import read_json, read_npz, read_value, write_value
-from engine.stores.records import csv_bytes, json_bytes, npz_bytes
+from engine.stores.kv import read_json, read_value, write_value
+from engine.stores.records import csv_bytes, json_bytes, npz_bytes, read_npz
 
 log = logging.getLogger(__name__)
 

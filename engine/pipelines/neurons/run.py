@@ -43,8 +43,8 @@ from engine.pipelines.stages.windows import NoClaims, Task, batches, prefetched
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
-from engine.stores.kv import open_kvstore, read_npz, read_value
-from engine.stores.records import csv_bytes, npz_bytes
+from engine.stores.kv import open_kvstore, read_value
+from engine.stores.records import csv_bytes, npz_bytes, read_npz
 
 log = logging.getLogger(__name__)
 

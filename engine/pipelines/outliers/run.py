@@ -33,9 +33,9 @@ from engine.pipelines.outliers.measure import Sampling, measure_layer, sampling
 from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claims
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import read_output, repair_hint, write_outputs
-from engine.stores.kv import open_kvstore, read_npz, read_value
+from engine.stores.kv import open_kvstore, read_value
 from engine.stores.reader import open_store
-from engine.stores.records import npz_bytes
+from engine.stores.records import npz_bytes, read_npz
 
 log = logging.getLogger(__name__)
 

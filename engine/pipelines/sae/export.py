@@ -29,7 +29,7 @@ import pathlib
 
 import numpy as np
 
-from engine.stores.kv import DamageError
+from engine.errors import DamageError
 from kernels import sae as sae_kernel
 
 WEIGHTS, CONFIG = "sae_weights.safetensors", "cfg.json"

@@ -29,9 +29,10 @@ import io
 
 import numpy as np
 
+from engine.errors import DamageError
 from engine.pipelines.seqsim.config import parse_dimensions
 from engine.pipelines.seqsim.transform import BLOCK_SHARE, blocks, stored_or_fitted
-from engine.stores.kv import DamageError, read_npz
+from engine.stores.records import read_npz
 from engine.stores.similarity import SimilarityMismatchError
 from kernels import outliers
 

@@ -26,10 +26,12 @@ import time
 
 import numpy as np
 
+from engine.errors import DamageError
 from engine.pipelines.seqsim.config import parse_kind
 from engine.runtime.runs import process_zero_first
 from engine.stores.integrity import read_output, repair_hint, write_outputs
-from engine.stores.kv import DamageError, open_kvstore, read_npz
+from engine.stores.kv import open_kvstore
+from engine.stores.records import read_npz
 from engine.stores.similarity import SimilarityMismatchError
 from kernels import subspace
 

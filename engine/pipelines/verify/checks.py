@@ -28,9 +28,9 @@ import numpy as np
 import tensorstore as ts
 
 from engine.axes import UTTERANCE
-from engine.errors import BabelgridError
+from engine.errors import BabelgridError, StoreError
 from engine.stores.integrity import NON_FINITE, DamageError, damage_kind, is_damage
-from engine.stores.kv import StoreError, read_json, storage_error
+from engine.stores.kv import read_json, storage_error
 from engine.stores.layers import LayerStore
 from engine.stores.pair_roster import ROSTER as PAIRS_ROSTER
 from engine.stores.records import json_bytes

@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import re
 
-from engine.errors import BabelgridError
+from engine.errors import BabelgridError, StoreError
 from engine.pipelines.verify.checks import NOT_REPAIRABLE, Damage, Findings, _delete, _nothing, _problem
 from engine.pipelines.verify.ownership import checkpoint_folder, coordination, documented
 from engine.runtime.status import LEASE_FIELDS, record_problem
 from engine.stores import checkpoint_manifest
 from engine.stores.integrity import COLUMNS_KEY, DIGEST_SUFFIX, DamageError, check_output, digest_line, read_parquet
-from engine.stores.kv import StoreError, parse_json, read_npz, read_value
-from engine.stores.records import DIGEST
+from engine.stores.kv import read_value
+from engine.stores.records import DIGEST, parse_json, read_npz
 
 DELETED = "deleted: rerun the job that wrote it (it redoes a part, and rebuilds a merged table or file)"
 LEFT = "left alone: not a name babelgrid writes (delete it yourself if it is one of its outputs)"

@@ -14,12 +14,13 @@ import time
 
 import tensorstore as ts
 
+from engine.errors import DamageError
 from engine.pipelines.verify import checks, files
 from engine.pipelines.verify.config import VerifyConfig, VerifyError
 from engine.runtime.lease import StoreBusyError, live_writer
 from engine.runtime.runs import RunSummary, progress_bar, writer_lease
 from engine.stores import kv as store_kv
-from engine.stores.kv import DamageError, open_kvstore, read_json
+from engine.stores.kv import open_kvstore, read_json
 from engine.stores.schema import FORMAT_NAME as LAYER_STORE
 from engine.stores.similarity import FORMAT_NAME as SIMILARITY_STORE
 
