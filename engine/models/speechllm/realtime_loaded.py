@@ -30,7 +30,7 @@ from engine.models.speechllm.realtime_checkpoints import RealtimeCheckpoint, loa
 from engine.models.speechllm.realtime_config import CONV_STRIDE, encoder_frames
 from engine.models.speechllm.realtime_features import RealtimeFeatures, from_preprocessor, log_mel
 from engine.models.speechllm.realtime_model import RealtimeTower
-from engine.models.speechllm.tower import LoadedTower
+from engine.models.speechllm.tower import LoadedTower, pad_windows
 
 WINDOW_SAMPLES = 480_000  # 30 s: babelgrid's window (the extractor has no maximum; the attention sees 15 s back)
 WINDOW_MEL_FRAMES = WINDOW_SAMPLES // HOP_LENGTH  # 3000 mel frames, 1500 frames, 375 projector frames
@@ -40,12 +40,7 @@ MIN_SAMPLES = CONV_STRIDE * HOP_LENGTH  # 320: two mel frames, one frame of the 
 def collate(inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows ``[(mel f32[n_mels, frames], valid), ...]`` -> ``(mel f32[batch_size, n_mels, 3000], valid
     i32[batch_size])``: zeros past each window's frames, and padding rows of zeros with 0 valid frames."""
-    n_mels = inputs[0][0].shape[0]
-    mel = np.zeros((batch_size, n_mels, WINDOW_MEL_FRAMES), np.float32)
-    valid = np.zeros(batch_size, np.int32)
-    for i, (m, v) in enumerate(inputs):
-        mel[i, :, : m.shape[1]], valid[i] = m, v
-    return mel, valid
+    return pad_windows(inputs, batch_size, WINDOW_MEL_FRAMES, time_axis=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -38,6 +38,19 @@ def _outputs(graphdef, state, features, valid):
     return nnx.merge(graphdef, state).outputs(features, valid)
 
 
+def pad_windows(inputs: Sequence, batch_size: int, frames: int, time_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ``[(mel f32[...], valid), ...]``, each window's mel with its frames on ``time_axis`` -> ``(mel
+    f32[batch_size, ...] with ``frames`` on that axis, valid i32[batch_size])``: zeros past each window's frames, and
+    padding rows of zeros with 0 valid frames."""
+    shape = list(inputs[0][0].shape)
+    shape[time_axis] = frames
+    mel = np.zeros((batch_size, *shape), np.float32)
+    valid = np.zeros(batch_size, np.int32)
+    for i, (m, v) in enumerate(inputs):
+        mel[(i, *[slice(None)] * time_axis, slice(m.shape[time_axis]))], valid[i] = m, v
+    return mel, valid
+
+
 class LoadedTower:
     """``config`` (``checkpoint.config``), ``n_layers_out`` (the model's), ``encode`` and ``outputs`` of a frozen
     dataclass with ``model`` and ``checkpoint`` fields."""

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from engine.models.interface import split_windows
-from engine.models.speechllm.tower import LoadedTower
+from engine.models.speechllm.tower import LoadedTower, pad_windows
 from engine.models.speechllm.usm_checkpoints import UsmCheckpoint, load_checkpoint
 from engine.models.speechllm.usm_config import final_frames, tower_frames
 from engine.models.speechllm.usm_features import MAX_SAMPLES, UsmFeatures, from_preprocessor, log_mel
@@ -37,12 +37,7 @@ WINDOW_MEL_FRAMES = 3000  # a batch's mel frames: 30 s (at most 2999 frames) rou
 def collate(inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows ``[(mel f32[frames, n_mels], valid), ...]`` -> ``(mel f32[batch_size, 3000, n_mels], valid
     i32[batch_size])``: zeros past each window's frames, and padding rows of zeros with 0 valid frames."""
-    n_mels = inputs[0][0].shape[1]
-    mel = np.zeros((batch_size, WINDOW_MEL_FRAMES, n_mels), np.float32)
-    valid = np.zeros(batch_size, np.int32)
-    for i, (m, v) in enumerate(inputs):
-        mel[i, : len(m)], valid[i] = m, v
-    return mel, valid
+    return pad_windows(inputs, batch_size, WINDOW_MEL_FRAMES, time_axis=0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
