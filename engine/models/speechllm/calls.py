@@ -21,6 +21,15 @@ def check_output(output: str, has_projector: bool, alone: str) -> None:
         raise CheckpointError(alone)
 
 
+def asked_layers(layers, n_out: int) -> tuple[int, ...]:
+    """A tower call's ``layers`` (None: every one of its ``n_out`` stored layers) as a tuple, each in 0..n_out-1."""
+    layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
+    bad = [i for i in layers if not 0 <= i < n_out]
+    if bad or not layers:
+        raise ValueError(f"layers {bad or '()'} out of range 0..{n_out - 1}")
+    return layers
+
+
 def _encode(model, features, valid, *, layers, out_dtype):
     return model(features, valid, layers, out_dtype)
 

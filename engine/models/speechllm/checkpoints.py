@@ -14,7 +14,6 @@ hold language-model weights that do not change what is stored.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
 import re
@@ -22,12 +21,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from engine.errors import CheckpointError
-from engine.models.common.io import folder_or_hub, read_json
+from engine.models.common.io import folder_or_hub
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.speechllm.config import HUB_IDS, TOWERS, SpeechLLMConfig, from_hf
+from engine.models.speechllm.tower_checkpoints import TowerCheckpoint, cast, digest, read_config
 
 TOWER, PROJECTOR = "audio_tower.", "multi_modal_projector."
 PREFIXES = (TOWER, PROJECTOR, "model." + TOWER, "model." + PROJECTOR)
@@ -35,12 +34,8 @@ _UNUSED = re.compile(r"audio_tower\.embed_positions\._float_tensor")  # none tod
 
 
 @dataclasses.dataclass(frozen=True)
-class Checkpoint:
-    name: str  # the hub id as given, or the folder's name
+class Checkpoint(TowerCheckpoint):
     config: SpeechLLMConfig
-    state_dict: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)  # audio_tower.* names
-    sha256: str
-    path: pathlib.Path
 
 
 def state_shapes(c: SpeechLLMConfig) -> dict[str, tuple[int, ...]]:
@@ -85,17 +80,13 @@ def _download(repo_id: str, revision: str | None) -> pathlib.Path:
 def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     """Read a speech LLM's (or an audio tower's) folder, or a hub id ``org/name[@revision]``; ``dtype``: cast to it."""
     path, name = folder_or_hub(source, _download, "Qwen/Qwen2-Audio-7B-Instruct")
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise CheckpointError(f"checkpoint '{path}' is not a folder with config.json; pass the folder save_pretrained "
-                              "wrote")  # fmt: skip
-    raw = read_json(path / "config.json")
+    raw = read_config(path, "pass the folder save_pretrained wrote")
     config = from_hf(raw)
     alone = raw.get("model_type") in TOWERS
     _, stored = read_prefixed(path, ("",) if alone else PREFIXES)
     sd = _check(_renamed(stored, alone), config, str(path))
-    if dtype is not None:
-        sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}
-    return Checkpoint(name=name, config=config, state_dict=sd, sha256=_digest(sd), path=path)
+    sd = sd if dtype is None else cast(sd, dtype)
+    return Checkpoint(name=name, config=config, state_dict=sd, sha256=digest(sd), path=path)
 
 
 def _renamed(stored: Mapping[str, np.ndarray], alone: bool) -> dict:
@@ -108,11 +99,3 @@ def _check(stored: Mapping[str, np.ndarray], config: SpeechLLMConfig, source: st
     what = f"a {config.kind} tower of {config.layers} layers"
     check_layer_claim(stored, f"{TOWER}layers.", config.layers, "layer count", source)
     return checked_state(stored, state_shapes(config), source=source, what=what, unread=_UNUSED)
-
-
-def _digest(sd: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode() + b"\0" + str(sd[k].dtype).encode() + b"\0")
-        h.update(np.ascontiguousarray(sd[k]).tobytes())
-    return h.hexdigest()

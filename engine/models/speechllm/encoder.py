@@ -9,22 +9,21 @@ costs a full 30 s one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
 
 from engine.data import audio as audio_lib
-from engine.errors import AudioError, CheckpointError
 from engine.models.common import logmel
-from engine.models.common.heads import HeadMasked
-from engine.models.common.parallel import ShardedEncoder
-from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost, FamilyDims, LoadedEncoder
+from engine.models.interface import SPEECHLLM_LAYERS, EncoderCost
 from engine.models.speechllm import qwen3_encoder, realtime_encoder, usm_encoder
-from engine.models.speechllm.calls import check_output, masked, signatures
+from engine.models.speechllm.calls import signatures
 from engine.models.speechllm.loaded import LoadedSpeechLLM, load_speechllm
 from engine.models.speechllm.qwen3_checkpoints import is_qwen3
 from engine.models.speechllm.realtime_checkpoints import is_voxtral_realtime
+from engine.models.speechllm.tower import WhisperWindowsEncoder
 from engine.models.speechllm.usm_checkpoints import is_usm
 
 _INPUTS = (("mel f32[batch, n_mels, 3000]", np.float32, 3), ("frames i32[batch]", np.int32, 1))
@@ -49,28 +48,20 @@ def store_depth(dims) -> Callable[[int], float]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class SpeechLLMEncoder(LoadedEncoder):
+class SpeechLLMEncoder(WhisperWindowsEncoder):
     """A ``LoadedSpeechLLM`` as an ``engine.models.interface.Encoder``. A window is ``(mel f32[n_mels, 3000], valid
     frames)``."""
 
+    SIGNATURES: ClassVar[dict] = SIGNATURES
+    ALONE: ClassVar[str] = (
+        "model {name!r} is an audio tower saved alone: it has no projector; load the full speech LLM's "
+        "folder for --tower_output projector"
+    )
+    NO_FRAME: ClassVar[str] = "the {output} output ({rate:g} frames/s)"
     loaded: LoadedSpeechLLM
-    output: str = "layers"  # OUTPUTS: every block at 50/s, or the tower's final output, or the projector's
-    family: str = "speechllm"
     window_samples: int = audio_lib.N_SAMPLES
     pads_windows: bool = True  # every window is 30 s of log-mel, and costs a full one (``cost``)
     min_samples: int = 0  # every last window is kept, as Whisper's (``logmel.features_for_audio``)
-    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
-    ffn_scaled_sums = None
-    attention_stats = None  # the heads job's attention statistics: not offered yet (Whisper and wav2vec2 do)
-    value_zeroing = None  # blocks re-run with value vectors zeroed: not offered yet (Whisper and wav2vec2 do)
-
-    def __post_init__(self):
-        check_output(
-            self.output,
-            self.loaded.config.has_projector,
-            f"model {self.name!r} is an audio tower saved alone: it has no projector; load the full speech LLM's "
-            "folder for --tower_output projector",
-        )
 
     @property
     def layer_meaning(self) -> str:
@@ -92,19 +83,10 @@ class SpeechLLMEncoder(LoadedEncoder):
         return f.astype(np.int32)
 
     @property
-    def store_dims(self) -> FamilyDims:
-        config = {**self.loaded.config.to_dict(), "output": self.output}
-        return FamilyDims.from_dict({"n_layers_out": self.n_layers_out, "embed": self.embed, "config": config})
-
-    @property
     def frame_rate(self) -> float:
         c = self.loaded.config
         rate = logmel.FRAME_RATE / (2 if self.output != "layers" and c.pooled else 1)
         return rate / (c.group if self.output == "projector" else 1)
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.loaded.n_layers_out if self.output == "layers" else 1
 
     @property
     def embed(self) -> int:
@@ -116,43 +98,15 @@ class SpeechLLMEncoder(LoadedEncoder):
         return {**logmel.FEATURES, "n_mels": self.loaded.config.n_mels, "model": self.loaded.config.kind,
                 "key_mask": "valid frames" if self.loaded.config.masked else "none"}  # fmt: skip
 
-    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list, np.ndarray]:
-        """``f32[samples]`` -> ((log-mel, the window's valid 50/s frames: the key mask) per window, this output's
-        valid frames per window)."""
-        mel, frames = logmel.features_for_audio(samples, self.loaded.config.n_mels, long_audio)
-        kept = self._frames(frames)
-        if not kept.sum():
-            raise AudioError(
-                f"{len(samples)} samples give no frame of the {self.output} output ({self.frame_rate:g} frames/s)"
-            )
-        return [(m, int(f)) for m, f in zip(mel, frames, strict=True)], kept
-
     def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
         n = min(int(samples), audio_lib.N_SAMPLES) if long_audio == "truncate" else int(samples)
         full, rest = divmod(n, audio_lib.N_SAMPLES)
         per_window = [logmel.N_ENCODER_FRAMES] * full + ([int(logmel.encoder_frames(rest))] if rest else [])
         return int(self._frames(np.asarray(per_window or [0])).sum()), max(1, len(per_window))
 
-    def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Windows -> ``(mel f32[batch_size, n_mels, 3000], frames i32[batch_size])``; padding rows: silence, 0
-        frames."""
-        return logmel.collate_windows(inputs, batch_size)
-
-    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
-        """The encoder with a head mask (``engine.models.common.heads``): ``(mel, frames)`` batches."""
-        if self.output != "layers":
-            raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
-        c = self.loaded.config
-        return HeadMasked(self.loaded.model, masked, c.layers, c.heads, tuple(layers))
-
-    def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        signature = SIGNATURES[self.output]
-        return ShardedEncoder(self.loaded.model, signature, mesh, layers=tuple(layers), out_dtype=out_dtype)
-
     def cost(self, samples: int) -> EncoderCost:
         """One window's FLOPs (a full 30 s one whatever ``samples``: the window is padded) and parameters."""
-        if not 0 <= samples <= audio_lib.N_SAMPLES:
-            raise ValueError(f"a window holds 0..{audio_lib.N_SAMPLES} samples, got {samples}")
+        self._check_window(samples)
         c, t = self.loaded.config, logmel.N_ENCODER_FRAMES
         front = 2 * 3 * c.n_mels * c.width * 2 * t + 2 * 3 * c.width * c.width * t
         layer = 2 * t * (4 * c.width * c.width + 2 * c.width * c.ffn) + 2 * 2 * t * t * c.width
@@ -161,11 +115,6 @@ class SpeechLLMEncoder(LoadedEncoder):
         )  # fmt: skip
         return EncoderCost(front=front, layer=layer, n_layers=c.layers, frames=t, n_head=c.heads, params=params,
                            input_bytes=4 * c.n_mels * 2 * t)  # fmt: skip
-
-    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
-        """None: the family has no decoder here (a speech LLM's text decoder is out of scope)."""
-        del langs
-        return []
 
 
 def load(source, *, adapter=None, dtype=None, output: str = "layers") -> SpeechLLMEncoder:

@@ -12,64 +12,26 @@ The entry point a notebook uses::
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from engine.models.common.logmel import features_for_audio
 from engine.models.speechllm.checkpoints import Checkpoint, load_checkpoint
-from engine.models.speechllm.config import SpeechLLMConfig
 from engine.models.speechllm.model import SpeechTower
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "out_dtype"))
-def _encode(graphdef, state, mel, frames, layers, out_dtype):
-    return nnx.merge(graphdef, state)(mel, frames, layers, out_dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _outputs(graphdef, state, mel, frames):
-    return nnx.merge(graphdef, state).outputs(mel, frames)
+from engine.models.speechllm.tower import LoadedTower
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedSpeechLLM:
+class LoadedSpeechLLM(LoadedTower):
     model: SpeechTower
     checkpoint: Checkpoint  # name, config, sha256, path (weights dropped: the model holds them)
-
-    @property
-    def config(self) -> SpeechLLMConfig:
-        return self.checkpoint.config
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.model.n_layers_out
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def features(self, audio: np.ndarray, long_audio: str = "window"):
         """16 kHz audio ``f32[samples]`` -> ``(mel f32[window, n_mels, 3000], valid frames i32[window])``: the
         WhisperFeatureExtractor's log-mel, each 30 s window padded with zeros (``engine.models.common.logmel``)."""
         return features_for_audio(audio, self.config.n_mels, long_audio=long_audio)
-
-    def encode(self, mel, frames, layers: Sequence[int] | None = None, out_dtype=None):
-        """``f[len(layers), batch, 1500, width]`` (default: every stored layer)."""
-        graphdef, state = self._split
-        layers = None if layers is None else tuple(int(i) for i in layers)
-        return _encode(graphdef, state, jnp.asarray(mel), jnp.asarray(frames, jnp.int32), layers, out_dtype)
-
-    def outputs(self, mel, frames) -> dict:
-        """``SpeechTower.outputs`` as NumPy arrays: every block, the tower's final output, the projector's."""
-        graphdef, state = self._split
-        out = _outputs(graphdef, state, jnp.asarray(mel), jnp.asarray(frames, jnp.int32))
-        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def load_speechllm(source: str | os.PathLike, *, dtype=None) -> LoadedSpeechLLM:

@@ -20,6 +20,7 @@ from flax import nnx
 from engine.errors import ShapeError
 from engine.models.common.attention import check_head_mask, scale_heads, self_attention
 from engine.models.common.layers import Conv1d, FeedForward, linear, norm, param
+from engine.models.speechllm.calls import asked_layers
 from engine.models.speechllm.config import LN_EPS, SpeechLLMConfig
 
 ACTIVATIONS = {"gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": jax.nn.relu}
@@ -120,11 +121,7 @@ class SpeechTower(nnx.Module):
         Qwen2-Audio and Audio Flamingo 3) -> ``f[len(layers), batch, 1500, width]`` (default every stored layer).
         Blocks past the deepest requested layer are not run. ``head_mask: f[L, heads]`` or ``f[batch, L, heads]``
         scales each head's attention output (0 ablates it)."""
-        n_out = self.n_layers_out
-        layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
-        bad = [i for i in layers if not 0 <= i < n_out]
-        if bad or not layers:
-            raise ValueError(f"layers {bad or '()'} out of range 0..{n_out - 1}")
+        layers = asked_layers(layers, self.n_layers_out)
         frames = jnp.asarray(frames, jnp.int32)
         self._check(mel, frames)
         out_dtype = out_dtype or self.positions.dtype

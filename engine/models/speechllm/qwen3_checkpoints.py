@@ -19,7 +19,6 @@ model (and Omni's talker and code2wav) never are. ``sha256`` is the digest of th
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
 import re
@@ -28,11 +27,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import folder_or_hub, read_json
+from engine.models.common.io import folder_or_hub
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.speechllm.qwen3_config import ASR, HUB_IDS, MODEL_TYPES, TOWER_TYPES, Qwen3AudioConfig, from_hf
+from engine.models.speechllm.tower_checkpoints import TowerCheckpoint, cast, digest, names_tower, read_config
 
 TOWER = "audio_tower."
 PROJECTOR = {"multi_modal_projector.linear_1.": "proj1.", "multi_modal_projector.linear_2.": "proj2."}
@@ -43,12 +43,8 @@ PREFIXES = ("thinker.audio_tower.", TOWER, "model." + TOWER, *PROJECTOR, *("mode
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen3Checkpoint:
-    name: str  # the hub id as given, or the folder's name
+class Qwen3Checkpoint(TowerCheckpoint):
     config: Qwen3AudioConfig
-    state_dict: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)  # audio_tower.* names
-    sha256: str
-    path: pathlib.Path
 
 
 def state_shapes(c: Qwen3AudioConfig) -> dict[str, tuple[int, ...]]:
@@ -84,11 +80,7 @@ def state_shapes(c: Qwen3AudioConfig) -> dict[str, tuple[int, ...]]:
 def is_qwen3(source) -> bool:
     """Whether a speech-LLM ``--model`` is a Qwen3 audio model: a folder whose ``config.json`` names one of
     ``MODEL_TYPES``, or a hub id (not a local path) whose name says Qwen3-ASR or Qwen3-Omni."""
-    path = pathlib.Path(str(source)).expanduser()
-    if path.exists():
-        config = path / "config.json"
-        return config.is_file() and read_json(config).get("model_type") in MODEL_TYPES
-    return bool(re.search(HUB_NAMES, str(source).lower()))
+    return names_tower(source, MODEL_TYPES, HUB_NAMES)
 
 
 def _download(repo_id: str, revision: str | None) -> pathlib.Path:
@@ -102,9 +94,7 @@ def _download(repo_id: str, revision: str | None) -> pathlib.Path:
 def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Qwen3Checkpoint:
     """Read a Qwen3-ASR or Qwen3-Omni folder (or a tower's own), or a hub id ``org/name[@revision]``."""
     path, name = folder_or_hub(source, _download, HUB_IDS[ASR][1])
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise CheckpointError(f"checkpoint '{path}' is not a folder with config.json; pass the model's folder")
-    raw = read_json(path / "config.json")
+    raw = read_config(path)
     config = from_hf(raw)
     alone = raw.get("model_type") in TOWER_TYPES
     _, stored = read_prefixed(path, ("",) if alone else PREFIXES)
@@ -112,9 +102,8 @@ def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Qwen3Checkpoint
     what = f"a {config.kind} audio tower of {config.layers} layers"
     check_layer_claim(sd, f"{TOWER}layers.", config.layers, "layer count", str(path))
     sd = checked_state(sd, state_shapes(config), source=str(path), what=what, unread=_UNREAD)
-    if dtype is not None:
-        sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}
-    return Qwen3Checkpoint(name=name, config=config, state_dict=sd, sha256=_digest(sd), path=path)
+    sd = sd if dtype is None else cast(sd, dtype)
+    return Qwen3Checkpoint(name=name, config=config, state_dict=sd, sha256=digest(sd), path=path)
 
 
 def _renamed(stored: Mapping[str, np.ndarray], alone: bool) -> dict:
@@ -131,11 +120,3 @@ def _renamed(stored: Mapping[str, np.ndarray], alone: bool) -> dict:
             raise CheckpointError(f"the checkpoint holds {k!r} twice (under two prefixes); keep one layout")
         out[k] = v
     return out
-
-
-def _digest(sd: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode() + b"\0" + str(sd[k].dtype).encode() + b"\0")
-        h.update(np.ascontiguousarray(sd[k]).tobytes())
-    return h.hexdigest()

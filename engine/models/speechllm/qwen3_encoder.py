@@ -16,20 +16,18 @@ outputs are pooled to 25/s.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
 
 from engine.data import audio as audio_lib
-from engine.errors import AudioError, CheckpointError
 from engine.models.common import logmel
-from engine.models.common.heads import HeadMasked
-from engine.models.common.parallel import ShardedEncoder
-from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder
-from engine.models.speechllm.calls import check_output, masked, signatures
+from engine.models.interface import EncoderCost
+from engine.models.speechllm.calls import signatures
 from engine.models.speechllm.qwen3_config import frames_of, pooled_frames
 from engine.models.speechllm.qwen3_loaded import LoadedQwen3Audio, load_qwen3_audio, mel_frames
+from engine.models.speechllm.tower import WhisperWindowsEncoder
 
 QWEN3_LAYERS = (
     "0 = the downsampler's output (3 stride-2 Conv2d over 1 s chunks, conv_out, positions), 1..L = block outputs "
@@ -46,28 +44,20 @@ SIGNATURES = signatures(_INPUTS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Qwen3AudioEncoder(LoadedEncoder):
+class Qwen3AudioEncoder(WhisperWindowsEncoder):
     """A ``LoadedQwen3Audio`` as an ``engine.models.interface.Encoder``. A window is ``(mel f32[n_mels, 3000], valid
     mel frames)``."""
 
+    SIGNATURES: ClassVar[dict] = SIGNATURES
+    ALONE: ClassVar[str] = (
+        "model {name!r} is transformers' Qwen3-ASR tower saved alone, without its projector; load the "
+        "full model's folder for --tower_output projector"
+    )
+    NO_FRAME: ClassVar[str] = "the Qwen3 audio tower"
     loaded: LoadedQwen3Audio
-    output: str = "layers"
-    family: str = "speechllm"
     window_samples: int = audio_lib.N_SAMPLES
     pads_windows: bool = True  # every window is 30 s of log-mel and runs all its chunks (``cost``)
     min_samples: int = 0  # every last window is kept: one of under 0.5 s is padded to 0.5 s, as the extractor does
-    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
-    ffn_scaled_sums = None
-    attention_stats = None  # the heads job's attention statistics: not offered yet
-    value_zeroing = None  # blocks re-run with value vectors zeroed: not offered yet (the mixing job refuses it)
-
-    def __post_init__(self):
-        check_output(
-            self.output,
-            self.loaded.config.has_projector,
-            f"model {self.name!r} is transformers' Qwen3-ASR tower saved alone, without its projector; load the "
-            "full model's folder for --tower_output projector",
-        )
 
     @property
     def layer_meaning(self) -> str:
@@ -78,11 +68,6 @@ class Qwen3AudioEncoder(LoadedEncoder):
             how = "proj" if c.pooled else "proj1, GELU, proj2"
             return f"0 = the projector's output ({how}): the frames the LLM reads, {rate}"
         return QWEN25_OMNI_LAYERS if c.pooled else QWEN3_LAYERS
-
-    @property
-    def store_dims(self) -> FamilyDims:
-        config = {**self.loaded.config.to_dict(), "output": self.output}
-        return FamilyDims.from_dict({"n_layers_out": self.n_layers_out, "embed": self.embed, "config": config})
 
     @property
     def frame_rate(self) -> float:
@@ -96,10 +81,6 @@ class Qwen3AudioEncoder(LoadedEncoder):
         return pooled_frames(frames) if self.loaded.config.pooled and self.output != "layers" else frames
 
     @property
-    def n_layers_out(self) -> int:
-        return self.loaded.n_layers_out if self.output == "layers" else 1
-
-    @property
     def embed(self) -> int:
         c = self.loaded.config
         return c.output_dim if self.output == "projector" else c.width
@@ -110,40 +91,15 @@ class Qwen3AudioEncoder(LoadedEncoder):
         return {**logmel.FEATURES, "n_mels": c.n_mels, "model": c.kind, "min_samples": 8000, "chunk_mel_frames":
                 c.chunk, "attention_window_frames": c.window_frames, "last_chunk_padding": c.tail}  # fmt: skip
 
-    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list, np.ndarray]:
-        """``f32[samples]`` -> ((log-mel, valid mel frames) per window, valid encoder frames per window)."""
-        mel, frames = self.loaded.features(samples, long_audio)
-        kept = self._frames(frames)
-        if not kept.sum():
-            raise AudioError(f"{len(samples)} samples give no frame of the Qwen3 audio tower")
-        return [(m, int(f)) for m, f in zip(mel, frames, strict=True)], kept
-
     def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
         n = min(int(samples), audio_lib.N_SAMPLES) if long_audio == "truncate" else int(samples)
         full, rest = divmod(n, audio_lib.N_SAMPLES)
         per_window = [audio_lib.N_SAMPLES] * full + ([rest] if rest or not full else [])
         return int(self._frames(mel_frames(per_window)).sum()), len(per_window)
 
-    def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Windows -> ``(mel f32[batch_size, n_mels, 3000], mel_frames i32[batch_size])``; padding rows: silence, 0
-        frames."""
-        return logmel.collate_windows(inputs, batch_size)
-
-    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
-        """The encoder with a head mask (``engine.models.common.heads``): ``(mel, mel_frames)`` batches."""
-        if self.output != "layers":
-            raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
-        c = self.loaded.config
-        return HeadMasked(self.loaded.model, masked, c.layers, c.heads, tuple(layers))
-
-    def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        signature = SIGNATURES[self.output]
-        return ShardedEncoder(self.loaded.model, signature, mesh, layers=tuple(layers), out_dtype=out_dtype)
-
     def cost(self, samples: int) -> EncoderCost:
         """One window's FLOPs (a full 30 s one whatever ``samples``: every chunk runs) and parameters."""
-        if not 0 <= samples <= audio_lib.N_SAMPLES:
-            raise ValueError(f"a window holds 0..{audio_lib.N_SAMPLES} samples, got {samples}")
+        self._check_window(samples)
         c, w, f = self.loaded.config, self.loaded.config.width, self.loaded.config.ffn
         chunks, frames = logmel.N_FRAMES // c.chunk, int(frames_of(c, logmel.N_FRAMES))
         if c.conv_channels:  # Qwen3: three Conv2d and conv_out per chunk
@@ -161,11 +117,6 @@ class Qwen3AudioEncoder(LoadedEncoder):
         params = stem + 2 * w + c.layers * (4 * w * w + 2 * w * f + 8 * w + c.key_bias * w + f) + projection
         return EncoderCost(front=front, layer=layer, n_layers=c.layers, frames=frames, n_head=c.heads,
                            params=params, input_bytes=4 * c.n_mels * logmel.N_FRAMES)  # fmt: skip
-
-    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
-        """None: the family has no decoder here (the LLM's text decoder is out of scope)."""
-        del langs
-        return []
 
 
 def conv_length_1(n: int) -> int:

@@ -16,20 +16,17 @@ since the feature extractor pads a clip under 0.5 s (``min_length`` 8000 samples
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
-from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from engine.data.audio import SAMPLE_RATE
 from engine.models.common.logmel import HOP_LENGTH, N_FRAMES, log_mel_spectrogram, split_windows
 from engine.models.speechllm.qwen3_checkpoints import Qwen3Checkpoint, load_checkpoint
-from engine.models.speechllm.qwen3_config import Qwen3AudioConfig, frames_of
+from engine.models.speechllm.qwen3_config import frames_of
 from engine.models.speechllm.qwen3_model import Qwen3AudioTower
+from engine.models.speechllm.tower import LoadedTower
 
 MIN_SAMPLES = SAMPLE_RATE // 2  # Qwen3ASRFeatureExtractor's min_length: a shorter clip is padded to 0.5 s
 
@@ -41,32 +38,10 @@ def mel_frames(valid_samples) -> np.ndarray:
     return np.minimum(-(-s // HOP_LENGTH), N_FRAMES).astype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "out_dtype"))
-def _encode(graphdef, state, mel, frames, layers, out_dtype):
-    return nnx.merge(graphdef, state)(mel, frames, layers, out_dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _outputs(graphdef, state, mel, frames):
-    return nnx.merge(graphdef, state).outputs(mel, frames)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedQwen3Audio:
+class LoadedQwen3Audio(LoadedTower):
     model: Qwen3AudioTower
     checkpoint: Qwen3Checkpoint  # name, config, sha256, path (weights dropped: the model holds them)
-
-    @property
-    def config(self) -> Qwen3AudioConfig:
-        return self.checkpoint.config
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.model.n_layers_out
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def features(self, audio: np.ndarray, long_audio: str = "window"):
         """16 kHz audio ``f32[samples]`` -> ``(mel f32[window, n_mels, 3000], valid mel frames i32[window])``."""
@@ -76,18 +51,6 @@ class LoadedQwen3Audio:
     def frames(self, mel_frames_: np.ndarray) -> np.ndarray:
         """Valid encoder frames of windows of ``mel_frames_`` valid mel frames."""
         return frames_of(self.config, np.asarray(mel_frames_, np.int64)).astype(np.int32)
-
-    def encode(self, mel, frames, layers: Sequence[int] | None = None, out_dtype=None):
-        """``f[len(layers), batch, 390, width]`` (default every stored layer)."""
-        graphdef, state = self._split
-        layers = None if layers is None else tuple(int(i) for i in layers)
-        return _encode(graphdef, state, jnp.asarray(mel), jnp.asarray(frames, jnp.int32), layers, out_dtype)
-
-    def outputs(self, mel, frames) -> dict:
-        """``Qwen3AudioTower.outputs`` as NumPy arrays."""
-        graphdef, state = self._split
-        out = _outputs(graphdef, state, jnp.asarray(mel), jnp.asarray(frames, jnp.int32))
-        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def load_qwen3_audio(source: str | os.PathLike, *, dtype=None) -> LoadedQwen3Audio:

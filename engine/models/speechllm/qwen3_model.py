@@ -23,8 +23,10 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
-from engine.models.common.attention import check_head_mask, scale_heads, self_attention
+from engine.models.common.attention import check_head_mask
 from engine.models.common.layers import Conv1d, FeedForward, linear, norm, param
+from engine.models.speechllm.calls import asked_layers
+from engine.models.speechllm.model import Block as SpeechBlock
 from engine.models.speechllm.qwen3_config import LN_EPS, Qwen3AudioConfig, frames_of, pooled_frames
 
 TOWER = "audio_tower"
@@ -72,8 +74,9 @@ class Conv2d(nnx.Module):
         return y
 
 
-class Block(nnx.Module):
-    """``Qwen3OmniMoeAudioEncoderLayer``: pre-LN attention (biased q, k, v, out) and feed-forward."""
+class Block(SpeechBlock):
+    """``Qwen3OmniMoeAudioEncoderLayer``: pre-LN attention (biased q, k, v, out) and feed-forward, called as the other
+    towers' ``model.Block`` (``x: f[windows, frame, width]``, ``key_valid: bool[windows, frame]``)."""
 
     def __init__(self, sd: Mapping[str, np.ndarray], prefix: str, config: Qwen3AudioConfig, dtype):
         a = f"{prefix}.self_attn"
@@ -84,19 +87,6 @@ class Block(nnx.Module):
         self.mlp_ln = norm(sd, f"{prefix}.final_layer_norm", LN_EPS, dtype)
         self.mlp = FeedForward(sd, prefix, dtype, gelu, names=("fc1", "fc2"))
         self.heads = config.heads
-
-    def __call__(self, x, key_valid, head_scale=None):
-        """``x: f[windows, frame, width]``, ``key_valid: bool[windows, frame]``, ``head_scale: f[heads]`` or
-        ``f[windows, heads]``."""
-        b, t, d = x.shape
-        dh = d // self.heads
-        h = self.attn_ln(x)
-        q = (self.q(h) * jnp.asarray(dh**-0.5, h.dtype)).reshape(b, t, self.heads, dh)
-        k = self.k(h).reshape(b, t, self.heads, dh)
-        v = self.v(h).reshape(b, t, self.heads, dh)
-        out = self_attention(q, k, v, key_valid)
-        x = x + self.out(out if head_scale is None else scale_heads(out, head_scale, self.heads))
-        return x + self.mlp(self.mlp_ln(x))
 
 
 class Qwen3AudioTower(nnx.Module):
@@ -192,11 +182,7 @@ class Qwen3AudioTower(nnx.Module):
     def __call__(self, mel, mel_frames, layers: Sequence[int] | None = None, out_dtype=None, head_mask=None):
         """``mel: f32[batch, n_mels, frames]``, ``mel_frames: i32[batch]`` -> ``f[len(layers), batch, frames / chunk
         * 13, width]`` (default every stored layer; blocks past the deepest requested are not run)."""
-        n_out = self.n_layers_out
-        layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
-        bad = [i for i in layers if not 0 <= i < n_out]
-        if bad or not layers:
-            raise ValueError(f"layers {bad or '()'} out of range 0..{n_out - 1}")
+        layers = asked_layers(layers, self.n_layers_out)
         out_dtype = out_dtype or self.ln_post.scale.dtype
         states = self._run(mel, mel_frames, min(max(layers), self.config.layers), head_mask)
         if self.config.layers + 1 in layers and not self.config.pooled:

@@ -11,20 +11,23 @@ own format (``consolidated.safetensors``, ``params.json``): not read.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
-import re
-from collections.abc import Mapping
-
-import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import folder_or_hub, read_json
-from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.common.io import folder_or_hub
+from engine.models.common.prefixed import read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.speechllm.realtime_config import HUB_IDS, HUB_NAMES, MODEL_TYPES, TOWER_TYPE, RealtimeConfig, from_hf
+from engine.models.speechllm.tower_checkpoints import (
+    TowerCheckpoint,
+    digest,
+    download_with_preprocessor,
+    names_tower,
+    read_config,
+    read_preprocessor,
+)
 
 TOWER, PROJECTOR = "audio_tower.", "multi_modal_projector."
 PREFIXES = (TOWER, PROJECTOR, "model." + TOWER, "model." + PROJECTOR)
@@ -32,12 +35,8 @@ RANDOM_KIND = "voxtral-realtime"
 
 
 @dataclasses.dataclass(frozen=True)
-class RealtimeCheckpoint:
-    name: str  # the hub id as given, or the folder's name
+class RealtimeCheckpoint(TowerCheckpoint):
     config: RealtimeConfig
-    state_dict: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)  # audio_tower.* names
-    sha256: str
-    path: pathlib.Path
     preprocessor: dict | None  # preprocessor_config.json, if the folder has one
 
 
@@ -65,33 +64,20 @@ def state_shapes(c: RealtimeConfig) -> dict[str, tuple[int, ...]]:
 def is_voxtral_realtime(source) -> bool:
     """Whether a speech-LLM ``--model`` is Voxtral Realtime: a folder whose ``config.json`` names one of
     ``MODEL_TYPES``, or a hub id (not a local path) whose name says Voxtral and Realtime."""
-    path = pathlib.Path(str(source)).expanduser()
-    if path.exists():
-        config = path / "config.json"
-        return config.is_file() and read_json(config).get("model_type") in MODEL_TYPES
-    return bool(re.search(HUB_NAMES, str(source).lower()))
+    return names_tower(source, MODEL_TYPES, HUB_NAMES)
 
 
 def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     """The hub repo's config, its feature extractor's settings and the shards holding the tower and projector."""
     local = (f"load('/path/to/{repo_id.split('/')[1]}') with config.json and its safetensors; "
              f"{random_model_hint(RANDOM_KIND)}")  # fmt: skip
-    folder = download_prefixed(repo_id, revision, lambda config, where: PREFIXES, local)
-    try:
-        import huggingface_hub  # lazy: only hub ids need it
-
-        huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=["preprocessor_config.json"])
-    except Exception:  # noqa: BLE001 - the extractor's settings default to transformers' for the model
-        pass
-    return folder
+    return download_with_preprocessor(repo_id, revision, PREFIXES, local)
 
 
 def load_checkpoint(source: str | os.PathLike) -> RealtimeCheckpoint:
     """Read a Voxtral Realtime folder (or its tower's own), or a hub id ``org/name[@revision]``."""
     path, name = folder_or_hub(source, _download, HUB_IDS[0])
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise CheckpointError(f"checkpoint '{path}' is not a folder with config.json; pass the model's folder")
-    raw = read_json(path / "config.json")
+    raw = read_config(path)
     config = from_hf(raw)
     alone = raw.get("model_type") == TOWER_TYPE
     _, stored = read_prefixed(path, ("",) if alone else PREFIXES)
@@ -104,13 +90,4 @@ def load_checkpoint(source: str | os.PathLike) -> RealtimeCheckpoint:
     what = f"a Voxtral Realtime audio tower of {config.layers} layers"
     check_layer_claim(sd, f"{TOWER}layers.", config.layers, "audio layer count", str(path))
     sd = checked_state(sd, state_shapes(config), source=str(path), what=what)
-    pre = path / "preprocessor_config.json"
-    return RealtimeCheckpoint(name, config, sd, _digest(sd), path, read_json(pre) if pre.is_file() else None)
-
-
-def _digest(sd: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode() + b"\0" + str(sd[k].dtype).encode() + b"\0")
-        h.update(np.ascontiguousarray(sd[k]).tobytes())
-    return h.hexdigest()
+    return RealtimeCheckpoint(name, config, sd, digest(sd), path, read_preprocessor(path))

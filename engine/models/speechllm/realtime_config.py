@@ -29,6 +29,7 @@ import dataclasses
 import numpy as np
 
 from engine.errors import CheckpointError
+from engine.models.speechllm.tower_checkpoints import audio_value as _get
 
 FULL_TYPE, TOWER_TYPE = "voxtral_realtime", "voxtral_realtime_encoder"
 MODEL_TYPES = (FULL_TYPE, TOWER_TYPE)
@@ -68,14 +69,6 @@ class RealtimeConfig:
 def encoder_frames(mel_frames):
     """Frames of the blocks (50/s) of ``mel_frames`` mel frames (``embedder.conv2``: causal, stride 2)."""
     return np.asarray(mel_frames, np.int64) // CONV_STRIDE
-
-
-def _get(d: dict, name: str, default=None):
-    if d.get(name) is not None:
-        return d[name]
-    if default is not None:
-        return default
-    raise CheckpointError(f"config.json's audio config lacks {name!r}; restore the model's config.json")
 
 
 def from_hf(config: dict) -> RealtimeConfig:

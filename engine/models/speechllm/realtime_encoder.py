@@ -15,24 +15,22 @@ projector's. A window costs its 3000-frame batch row whatever its length (``pads
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
 
-from engine.errors import AudioError, CheckpointError
-from engine.models.common.heads import HeadMasked
-from engine.models.common.parallel import ShardedEncoder
-from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder, window_frames
-from engine.models.speechllm.calls import check_output, masked, signatures
+from engine.errors import AudioError
+from engine.models.interface import EncoderCost
+from engine.models.speechllm.calls import signatures
 from engine.models.speechllm.realtime_loaded import (
     MIN_SAMPLES,
     WINDOW_MEL_FRAMES,
     WINDOW_SAMPLES,
     LoadedRealtime,
-    collate,
     load_realtime,
 )
+from engine.models.speechllm.tower import OwnFeaturesEncoder
 
 REALTIME_LAYERS = (
     "0 = the embedder's output (two causal Conv1d, the second stride 2, each with GELU), 1..L = block outputs "
@@ -46,28 +44,20 @@ SIGNATURES = signatures(_INPUTS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class RealtimeEncoder(LoadedEncoder):
+class RealtimeEncoder(OwnFeaturesEncoder):
     """A ``LoadedRealtime`` as an ``engine.models.interface.Encoder``. A window is ``(log-mel f32[n_mels, frames],
-    valid mel frames)``."""
+    valid mel frames)``; a head mask scales a head's output before the block's ``o_proj``."""
 
+    SIGNATURES: ClassVar[dict] = SIGNATURES
+    ALONE: ClassVar[str] = (
+        "model {name!r} is Voxtral Realtime's tower saved alone, without its projector; load the full "
+        "model's folder for --tower_output projector"
+    )
+    NO_FRAME: ClassVar[str] = "Voxtral Realtime's {output} output"
     loaded: LoadedRealtime
-    output: str = "layers"
-    family: str = "speechllm"
     window_samples: int = WINDOW_SAMPLES
     pads_windows: bool = True  # every window runs as a 3000-frame row (``cost``)
     min_samples: int = MIN_SAMPLES  # a last window under 320 samples gives no frame and is dropped
-    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
-    ffn_scaled_sums = None
-    attention_stats = None  # the heads job's attention statistics: not offered (sliding-window attention)
-    value_zeroing = None  # blocks re-run with value vectors zeroed: not offered
-
-    def __post_init__(self):
-        check_output(
-            self.output,
-            self.loaded.config.has_projector,
-            f"model {self.name!r} is Voxtral Realtime's tower saved alone, without its projector; load the full "
-            "model's folder for --tower_output projector",
-        )
 
     @property
     def layer_meaning(self) -> str:
@@ -79,18 +69,9 @@ class RealtimeEncoder(LoadedEncoder):
         return REALTIME_LAYERS
 
     @property
-    def store_dims(self) -> FamilyDims:
-        config = {**self.loaded.config.to_dict(), "output": self.output}
-        return FamilyDims.from_dict({"n_layers_out": self.n_layers_out, "embed": self.embed, "config": config})
-
-    @property
     def frame_rate(self) -> float:
         rate = 1.0 / self.loaded.seconds_per_frame
         return rate / self.loaded.config.group if self.output == "projector" else rate
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.loaded.n_layers_out if self.output == "layers" else 1
 
     @property
     def embed(self) -> int:
@@ -110,39 +91,11 @@ class RealtimeEncoder(LoadedEncoder):
             raise AudioError(
                 f"{len(samples)} samples give no frame of Voxtral Realtime's encoder (needs {MIN_SAMPLES})"
             )
-        inputs = self.loaded.features(samples, long_audio)
-        kept = self.loaded.frames(np.asarray([v for _, v in inputs]), self.output)
-        if not kept.sum():
-            raise AudioError(f"{len(samples)} samples give no frame of Voxtral Realtime's {self.output} output")
-        return inputs, kept
-
-    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
-        def frames(s: int) -> int:
-            return int(self.loaded.frames(self.loaded.feature_settings.mel_frames(s), self.output))
-
-        return window_frames(samples, long_audio, frames, self.min_samples, WINDOW_SAMPLES)
-
-    def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Windows -> ``(mel f32[batch_size, n_mels, 3000], mel_frames i32[batch_size])``; padding rows: zeros, 0
-        frames."""
-        return collate(inputs, batch_size)
-
-    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
-        """The encoder with a head mask (``engine.models.common.heads``): ``(mel, mel_frames)`` batches; a head's
-        output is scaled before the block's ``o_proj``."""
-        if self.output != "layers":
-            raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
-        c = self.loaded.config
-        return HeadMasked(self.loaded.model, masked, c.layers, c.heads, tuple(layers))
-
-    def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        signature = SIGNATURES[self.output]
-        return ShardedEncoder(self.loaded.model, signature, mesh, layers=tuple(layers), out_dtype=out_dtype)
+        return super().windows(samples, long_audio)
 
     def cost(self, samples: int) -> EncoderCost:
         """One window's FLOPs (a full 3000-frame row whatever ``samples``) and parameters."""
-        if not 0 <= samples <= WINDOW_SAMPLES:
-            raise ValueError(f"a window holds 0..{WINDOW_SAMPLES} samples, got {samples}")
+        self._check_window(samples)
         c = self.loaded.config
         w, a, f = c.width, c.attention_width, c.ffn
         m, t = WINDOW_MEL_FRAMES, WINDOW_MEL_FRAMES // 2
@@ -153,11 +106,6 @@ class RealtimeEncoder(LoadedEncoder):
         params = 3 * w * (c.n_mels + w) + 3 * w + c.layers * (4 * w * a + 2 * a + 3 * w * f + 4 * w) + projection
         return EncoderCost(front=front, layer=layer, n_layers=c.layers, frames=t, n_head=c.heads, params=params,
                            input_bytes=4 * c.n_mels * m)  # fmt: skip
-
-    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
-        """None: the family has no decoder here (the LLM's text decoder is out of scope)."""
-        del langs
-        return []
 
 
 def load(source, *, adapter=None, dtype=None, output: str = "layers") -> RealtimeEncoder:

@@ -21,68 +21,40 @@ import functools
 import os
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from engine.models.common.logmel import HOP_LENGTH
 from engine.models.interface import split_windows
 from engine.models.speechllm.realtime_checkpoints import RealtimeCheckpoint, load_checkpoint
-from engine.models.speechllm.realtime_config import CONV_STRIDE, RealtimeConfig, encoder_frames
+from engine.models.speechllm.realtime_config import CONV_STRIDE, encoder_frames
 from engine.models.speechllm.realtime_features import RealtimeFeatures, from_preprocessor, log_mel
 from engine.models.speechllm.realtime_model import RealtimeTower
+from engine.models.speechllm.tower import LoadedTower, pad_windows
 
 WINDOW_SAMPLES = 480_000  # 30 s: babelgrid's window (the extractor has no maximum; the attention sees 15 s back)
 WINDOW_MEL_FRAMES = WINDOW_SAMPLES // HOP_LENGTH  # 3000 mel frames, 1500 frames, 375 projector frames
 MIN_SAMPLES = CONV_STRIDE * HOP_LENGTH  # 320: two mel frames, one frame of the blocks
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "out_dtype"))
-def _encode(graphdef, state, mel, valid, layers, out_dtype):
-    return nnx.merge(graphdef, state)(mel, valid, layers, out_dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _outputs(graphdef, state, mel, valid):
-    return nnx.merge(graphdef, state).outputs(mel, valid)
-
-
 def collate(inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows ``[(mel f32[n_mels, frames], valid), ...]`` -> ``(mel f32[batch_size, n_mels, 3000], valid
     i32[batch_size])``: zeros past each window's frames, and padding rows of zeros with 0 valid frames."""
-    n_mels = inputs[0][0].shape[0]
-    mel = np.zeros((batch_size, n_mels, WINDOW_MEL_FRAMES), np.float32)
-    valid = np.zeros(batch_size, np.int32)
-    for i, (m, v) in enumerate(inputs):
-        mel[i, :, : m.shape[1]], valid[i] = m, v
-    return mel, valid
+    return pad_windows(inputs, batch_size, WINDOW_MEL_FRAMES, time_axis=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedRealtime:
+class LoadedRealtime(LoadedTower):
     model: RealtimeTower
     checkpoint: RealtimeCheckpoint  # name, config, sha256, path (weights dropped: the model holds them)
-
-    @property
-    def config(self) -> RealtimeConfig:
-        return self.checkpoint.config
 
     @functools.cached_property
     def feature_settings(self) -> RealtimeFeatures:
         return from_preprocessor(self.checkpoint.preprocessor)
 
     @property
-    def n_layers_out(self) -> int:
-        return self.model.n_layers_out
-
-    @property
     def seconds_per_frame(self) -> float:
         return CONV_STRIDE * HOP_LENGTH / 16000  # 20 ms
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def features(self, audio: np.ndarray, long_audio: str = "window") -> list[tuple[np.ndarray, int]]:
         """16 kHz audio ``f32[samples]`` -> (log-mel ``f32[n_mels, frames]``, valid mel frames) per 30 s window."""
@@ -91,22 +63,14 @@ class LoadedRealtime:
 
     collate = staticmethod(collate)
 
+    def valid_mel(self, samples) -> np.ndarray:
+        """Valid mel frames of windows of ``samples`` samples."""
+        return self.feature_settings.mel_frames(samples)
+
     def frames(self, mel_frames, output: str = "layers") -> np.ndarray:
         """Valid frames of the blocks and the tower's output (50/s), or of the projector (12.5/s)."""
         f = encoder_frames(mel_frames)
         return np.asarray(f // self.config.group if output == "projector" else f, np.int32)
-
-    def encode(self, mel, valid, layers: Sequence[int] | None = None, out_dtype=None):
-        """``f[len(layers), batch, frames / 2, width]`` (default every layer)."""
-        graphdef, state = self._split
-        layers = None if layers is None else tuple(int(i) for i in layers)
-        return _encode(graphdef, state, jnp.asarray(mel), jnp.asarray(valid, jnp.int32), layers, out_dtype)
-
-    def outputs(self, mel, valid) -> dict:
-        """``RealtimeTower.outputs`` as NumPy arrays."""
-        graphdef, state = self._split
-        out = _outputs(graphdef, state, jnp.asarray(mel), jnp.asarray(valid, jnp.int32))
-        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def load_realtime(source: str | os.PathLike, *, dtype=None) -> LoadedRealtime:

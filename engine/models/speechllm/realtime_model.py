@@ -24,6 +24,7 @@ from flax import nnx
 from engine.errors import ShapeError
 from engine.models.common.attention import check_head_mask, scale_heads
 from engine.models.common.layers import head_major, linear, param
+from engine.models.speechllm.calls import asked_layers
 from engine.models.speechllm.realtime_config import CONV_STRIDE, RealtimeConfig
 from engine.models.speechllm.usm_model import RMSNorm
 
@@ -188,11 +189,7 @@ class RealtimeTower(nnx.Module):
     def __call__(self, mel, mel_frames, layers: Sequence[int] | None = None, out_dtype=None, head_mask=None):
         """``mel: f32[batch, n_mels, frames]``, ``mel_frames: i32[batch]`` -> ``f[len(layers), batch, frames / 2,
         width]`` (default every layer; blocks past the deepest requested are not run)."""
-        n_out = self.n_layers_out
-        layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
-        bad = [i for i in layers if not 0 <= i < n_out]
-        if bad or not layers:
-            raise ValueError(f"layers {bad or '()'} out of range 0..{n_out - 1}")
+        layers = asked_layers(layers, self.n_layers_out)
         out_dtype = out_dtype or self.norm.scale.dtype
         states = self._run(mel, mel_frames, min(max(layers), self.config.layers), head_mask)
         if self.config.layers + 1 in layers:

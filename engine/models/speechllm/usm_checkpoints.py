@@ -12,19 +12,22 @@ not read. ``sha256`` is the digest of the tensors read, in name order.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
 import re
-from collections.abc import Mapping
 
-import numpy as np
-
-from engine.errors import CheckpointError
-from engine.models.common.io import folder_or_hub, read_json
-from engine.models.common.prefixed import download_prefixed, read_prefixed
+from engine.models.common.io import folder_or_hub
+from engine.models.common.prefixed import read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
+from engine.models.speechllm.tower_checkpoints import (
+    TowerCheckpoint,
+    digest,
+    download_with_preprocessor,
+    names_tower,
+    read_config,
+    read_preprocessor,
+)
 from engine.models.speechllm.usm_config import (
     GEMMA3N,
     HUB_IDS,
@@ -119,45 +122,28 @@ def state_shapes(c: UsmConfig) -> dict[str, tuple[int, ...]]:
 
 
 @dataclasses.dataclass(frozen=True)
-class UsmCheckpoint:
-    name: str  # the hub id as given, or the folder's name
+class UsmCheckpoint(TowerCheckpoint):
     config: UsmConfig
-    state_dict: Mapping[str, np.ndarray] = dataclasses.field(repr=False, compare=False)  # released names
-    sha256: str
-    path: pathlib.Path
     preprocessor: dict | None  # preprocessor_config.json, if the folder has one
 
 
 def is_usm(source) -> bool:
     """Whether a speech-LLM ``--model`` is a Gemma audio model: a folder whose ``config.json`` names one of
     ``MODEL_TYPES``, or a hub id (not a local path) whose name says Gemma 3n or Gemma 4 E2B/E4B."""
-    path = pathlib.Path(str(source)).expanduser()
-    if path.exists():
-        config = path / "config.json"
-        return config.is_file() and read_json(config).get("model_type") in MODEL_TYPES
-    return bool(re.search(HUB_NAMES, str(source).lower()))
+    return names_tower(source, MODEL_TYPES, HUB_NAMES)
 
 
 def _download(repo_id: str, revision: str | None) -> pathlib.Path:
     """The hub repo's config, its feature extractor's settings and the shards holding the tower only."""
     kind = "gemma4" if "gemma-4" in repo_id.lower() else "gemma3n"
     local = f"load('/path/to/{repo_id.split('/')[1]}') with config.json and its safetensors; {random_model_hint(kind)}"
-    folder = download_prefixed(repo_id, revision, lambda config, where: PREFIXES, local)
-    try:
-        import huggingface_hub  # lazy: only hub ids need it
-
-        huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=["preprocessor_config.json"])
-    except Exception:  # noqa: BLE001 - the extractor's settings default to transformers' for the model
-        pass
-    return folder
+    return download_with_preprocessor(repo_id, revision, PREFIXES, local)
 
 
 def load_checkpoint(source: str | os.PathLike) -> UsmCheckpoint:
     """Read a Gemma 3n or Gemma 4 folder (or a tower's own), or a hub id ``org/name[@revision]``."""
     path, name = folder_or_hub(source, _download, HUB_IDS[GEMMA3N][0])
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise CheckpointError(f"checkpoint '{path}' is not a folder with config.json; pass the model's folder")
-    raw = read_json(path / "config.json")
+    raw = read_config(path)
     config = from_hf(raw)
     alone = raw.get("model_type") in TOWER_TYPES
     _, stored = read_prefixed(path, ("",) if alone else PREFIXES)
@@ -166,14 +152,4 @@ def load_checkpoint(source: str | os.PathLike) -> UsmCheckpoint:
     block = "conformer." if config.kind == GEMMA3N else "layers."
     check_layer_claim(sd, f"{TOWER}{block}", config.layers, "audio layer count", str(path))
     sd = checked_state(sd, state_shapes(config), source=str(path), what=what, unread=_UNREAD)
-    pre = path / "preprocessor_config.json"
-    preprocessor = read_json(pre) if pre.is_file() else None
-    return UsmCheckpoint(name, config, sd, _digest(sd), path, preprocessor)
-
-
-def _digest(sd: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        h.update(k.encode() + b"\0" + str(sd[k].dtype).encode() + b"\0")
-        h.update(np.ascontiguousarray(sd[k]).tobytes())
-    return h.hexdigest()
+    return UsmCheckpoint(name, config, sd, digest(sd), path, read_preprocessor(path))

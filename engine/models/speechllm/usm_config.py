@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from engine.errors import CheckpointError
+from engine.models.speechllm.tower_checkpoints import audio_value as _get
 
 GEMMA3N, GEMMA4 = "gemma3n", "gemma4"
 # config.json model_type -> kind: the full model (its ``audio_config``) or the tower saved alone
@@ -142,14 +143,6 @@ def tower_frames(valid_mel):
 def final_frames(config: UsmConfig, valid_mel):
     """Valid frames of the tower's output (3n: every ``reduction``-th frame)."""
     return -(-tower_frames(valid_mel) // config.reduction)
-
-
-def _get(d: dict, name: str, default=None):
-    if d.get(name) is not None:
-        return d[name]
-    if default is not None:
-        return default
-    raise CheckpointError(f"config.json's audio config lacks {name!r}; restore the model's config.json")
 
 
 def from_hf(config: dict) -> UsmConfig:

@@ -14,18 +14,16 @@ row whatever its length (``pads_windows``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from typing import ClassVar
 
 import jax.numpy as jnp
 import numpy as np
 
-from engine.errors import AudioError, CheckpointError
-from engine.models.common.heads import HeadMasked
-from engine.models.common.parallel import ShardedEncoder
-from engine.models.interface import EncoderCost, FamilyDims, LoadedEncoder, window_frames
-from engine.models.speechllm.calls import check_output, masked, signatures
+from engine.models.interface import EncoderCost
+from engine.models.speechllm.calls import signatures
+from engine.models.speechllm.tower import OwnFeaturesEncoder
 from engine.models.speechllm.usm_features import MAX_SAMPLES
-from engine.models.speechllm.usm_loaded import WINDOW_MEL_FRAMES, LoadedUsm, collate, load_usm
+from engine.models.speechllm.usm_loaded import WINDOW_MEL_FRAMES, LoadedUsm, load_usm
 
 USM_LAYERS = (
     "0 = the subsampler's output (two stride-2 Conv2d over time and mel, each normed and ReLU'd, input_proj_linear), "
@@ -38,27 +36,19 @@ SIGNATURES = signatures(_INPUTS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class UsmEncoder(LoadedEncoder):
+class UsmEncoder(OwnFeaturesEncoder):
     """A ``LoadedUsm`` as an ``engine.models.interface.Encoder``. A window is ``(log-mel f32[frames, n_mels], valid
-    mel frames)``."""
+    mel frames)``; a head mask scales a head's output before the block's ``post`` projection."""
 
+    SIGNATURES: ClassVar[dict] = SIGNATURES
+    ALONE: ClassVar[str] = (
+        "model {name!r} is a Gemma audio tower saved alone, without embed_audio; load the full model's "
+        "folder for --tower_output projector"
+    )
+    NO_FRAME: ClassVar[str] = "the Gemma audio tower ({output})"
     loaded: LoadedUsm
-    output: str = "layers"
-    family: str = "speechllm"
     window_samples: int = MAX_SAMPLES
     pads_windows: bool = True  # every window runs as a 3000-frame row (``cost``)
-    ffn_counts = None  # the neurons job's feed-forward counts: not offered yet
-    ffn_scaled_sums = None
-    attention_stats = None  # the heads job's attention statistics: not offered (chunked attention)
-    value_zeroing = None  # blocks re-run with value vectors zeroed: not offered
-
-    def __post_init__(self):
-        check_output(
-            self.output,
-            self.loaded.config.has_projector,
-            f"model {self.name!r} is a Gemma audio tower saved alone, without embed_audio; load the full model's "
-            "folder for --tower_output projector",
-        )
 
     @property
     def min_samples(self) -> int:
@@ -75,18 +65,9 @@ class UsmEncoder(LoadedEncoder):
         return USM_LAYERS
 
     @property
-    def store_dims(self) -> FamilyDims:
-        config = {**self.loaded.config.to_dict(), "output": self.output}
-        return FamilyDims.from_dict({"n_layers_out": self.n_layers_out, "embed": self.embed, "config": config})
-
-    @property
     def frame_rate(self) -> float:
         rate = 1.0 / self.loaded.seconds_per_frame
         return rate if self.output == "layers" else rate / self.loaded.config.reduction
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.loaded.n_layers_out if self.output == "layers" else 1
 
     @property
     def embed(self) -> int:
@@ -100,40 +81,9 @@ class UsmEncoder(LoadedEncoder):
                 "attention_chunk_frames": c.chunk, "attention_left": c.past,
                 "attention_distances": c.distances}  # fmt: skip
 
-    def windows(self, samples: np.ndarray, long_audio: str) -> tuple[list, np.ndarray]:
-        """``f32[samples]`` -> ((log-mel, valid mel frames) per window, this output's valid frames per window)."""
-        inputs = self.loaded.features(samples, long_audio)
-        kept = self.loaded.frames(np.asarray([v for _, v in inputs]), self.output)
-        if not kept.sum():
-            raise AudioError(f"{len(samples)} samples give no frame of the Gemma audio tower ({self.output})")
-        return inputs, kept
-
-    def expected_frames(self, samples: int, long_audio: str) -> tuple[int, int]:
-        def frames(s: int) -> int:
-            return int(self.loaded.frames(self.loaded.valid_mel(s), self.output))
-
-        return window_frames(samples, long_audio, frames, self.min_samples, MAX_SAMPLES)
-
-    def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Windows -> ``(mel f32[batch_size, 3000, n_mels], valid i32[batch_size])``; padding rows: zeros, 0 valid."""
-        return collate(inputs, batch_size)
-
-    def head_masked(self, layers: Sequence[int]) -> HeadMasked:
-        """The encoder with a head mask (``engine.models.common.heads``): ``(mel, valid)`` batches; a head's output
-        is scaled before the block's ``post`` projection."""
-        if self.output != "layers":
-            raise CheckpointError(f"head masks score the tower's layers; this encoder outputs {self.output!r}")
-        c = self.loaded.config
-        return HeadMasked(self.loaded.model, masked, c.layers, c.heads, tuple(layers))
-
-    def sharded(self, mesh, layers: Sequence[int], out_dtype):
-        signature = SIGNATURES[self.output]
-        return ShardedEncoder(self.loaded.model, signature, mesh, layers=tuple(layers), out_dtype=out_dtype)
-
     def cost(self, samples: int) -> EncoderCost:
         """One window's FLOPs (a full 3000-frame row whatever ``samples``) and parameters."""
-        if not 0 <= samples <= MAX_SAMPLES:
-            raise ValueError(f"a window holds 0..{MAX_SAMPLES} samples, got {samples}")
+        self._check_window(samples)
         c, w = self.loaded.config, self.loaded.config.width
         (c0, c1), t1, t = c.conv_channels, WINDOW_MEL_FRAMES // 2, WINDOW_MEL_FRAMES // 4
         front = 2 * 9 * c0 * t1 * (c.n_mels // 2) + 2 * 9 * c0 * c1 * t * c.sub_mels + 2 * c1 * c.sub_mels * w * t
@@ -145,11 +95,6 @@ class UsmEncoder(LoadedEncoder):
         params += c.output_dim * (w + 1) if c.has_output_proj else 0
         return EncoderCost(front=front, layer=layer, n_layers=c.layers, frames=t, n_head=c.heads, params=params,
                            input_bytes=4 * c.n_mels * WINDOW_MEL_FRAMES)  # fmt: skip
-
-    def languages_without_token(self, langs: Sequence[str]) -> list[str]:
-        """None: the family has no decoder here (Gemma's text decoder is out of scope)."""
-        del langs
-        return []
 
 
 def load(source, *, adapter=None, dtype=None, output: str = "layers") -> UsmEncoder:

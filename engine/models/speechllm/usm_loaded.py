@@ -21,49 +21,29 @@ import functools
 import os
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from engine.models.interface import split_windows
+from engine.models.speechllm.tower import LoadedTower, pad_windows
 from engine.models.speechllm.usm_checkpoints import UsmCheckpoint, load_checkpoint
-from engine.models.speechllm.usm_config import UsmConfig, final_frames, tower_frames
+from engine.models.speechllm.usm_config import final_frames, tower_frames
 from engine.models.speechllm.usm_features import MAX_SAMPLES, UsmFeatures, from_preprocessor, log_mel
 from engine.models.speechllm.usm_model import UsmTower
 
 WINDOW_MEL_FRAMES = 3000  # a batch's mel frames: 30 s (at most 2999 frames) rounded up to a multiple of 4
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "layers", "out_dtype"))
-def _encode(graphdef, state, mel, valid, layers, out_dtype):
-    return nnx.merge(graphdef, state)(mel, valid, layers, out_dtype)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _outputs(graphdef, state, mel, valid):
-    return nnx.merge(graphdef, state).outputs(mel, valid)
-
-
 def collate(inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows ``[(mel f32[frames, n_mels], valid), ...]`` -> ``(mel f32[batch_size, 3000, n_mels], valid
     i32[batch_size])``: zeros past each window's frames, and padding rows of zeros with 0 valid frames."""
-    n_mels = inputs[0][0].shape[1]
-    mel = np.zeros((batch_size, WINDOW_MEL_FRAMES, n_mels), np.float32)
-    valid = np.zeros(batch_size, np.int32)
-    for i, (m, v) in enumerate(inputs):
-        mel[i, : len(m)], valid[i] = m, v
-    return mel, valid
+    return pad_windows(inputs, batch_size, WINDOW_MEL_FRAMES, time_axis=0)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedUsm:
+class LoadedUsm(LoadedTower):
     model: UsmTower
     checkpoint: UsmCheckpoint  # name, config, sha256, path (weights dropped: the model holds them)
-
-    @property
-    def config(self) -> UsmConfig:
-        return self.checkpoint.config
 
     @functools.cached_property
     def feature_settings(self) -> UsmFeatures:
@@ -76,21 +56,15 @@ class LoadedUsm:
         return int(s[self.feature_settings.mel_frames(s)[1] > 0][0])
 
     @property
-    def n_layers_out(self) -> int:
-        return self.model.n_layers_out
-
-    @property
     def seconds_per_frame(self) -> float:
         return 0.04  # 4 mel frames of 10 ms
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def features(self, audio: np.ndarray, long_audio: str = "window") -> list[tuple[np.ndarray, int]]:
         """16 kHz audio ``f32[samples]`` -> (log-mel ``f32[frames, n_mels]``, valid mel frames) per 30 s window."""
         parts = split_windows(np.asarray(audio, np.float32), long_audio, self.min_samples, MAX_SAMPLES)
         return [log_mel(p, self.feature_settings) for p in parts]
+
+    collate = staticmethod(collate)
 
     def valid_mel(self, samples) -> np.ndarray:
         """Valid mel frames of windows of ``samples`` samples."""
@@ -100,18 +74,6 @@ class LoadedUsm:
         """Valid frames of the blocks (``layers``) or of the tower's output and the projector's."""
         f = tower_frames(valid_mel) if output == "layers" else final_frames(self.config, valid_mel)
         return np.asarray(f, np.int32)
-
-    def encode(self, mel, valid, layers: Sequence[int] | None = None, out_dtype=None):
-        """``f[len(layers), batch, frames / 4, width]`` (default every layer)."""
-        graphdef, state = self._split
-        layers = None if layers is None else tuple(int(i) for i in layers)
-        return _encode(graphdef, state, jnp.asarray(mel), jnp.asarray(valid, jnp.int32), layers, out_dtype)
-
-    def outputs(self, mel, valid) -> dict:
-        """``UsmTower.outputs`` as NumPy arrays."""
-        graphdef, state = self._split
-        out = _outputs(graphdef, state, jnp.asarray(mel), jnp.asarray(valid, jnp.int32))
-        return {k: np.asarray(v) for k, v in out.items()}
 
 
 def load_usm(source: str | os.PathLike, *, dtype=None) -> LoadedUsm:

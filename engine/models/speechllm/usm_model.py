@@ -24,6 +24,7 @@ from flax import nnx
 from engine.errors import ShapeError
 from engine.models.common.attention import check_head_mask, scale_heads
 from engine.models.common.layers import depthwise_conv, linear, param
+from engine.models.speechllm.calls import asked_layers
 from engine.models.speechllm.usm_checkpoints import CLIP_BOUNDS, names
 from engine.models.speechllm.usm_config import GEMMA3N, SUBSAMPLING, UsmConfig, conv_length
 
@@ -289,11 +290,7 @@ class UsmTower(nnx.Module):
     def __call__(self, mel, valid, layers: Sequence[int] | None = None, out_dtype=None, head_mask=None):
         """``mel: f32[batch, frames, n_mels]``, ``valid: i32[batch]`` -> ``f[len(layers), batch, frames / 4, width]``
         (default every layer; blocks past the deepest requested are not run)."""
-        n_out = self.n_layers_out
-        layers = tuple(range(n_out)) if layers is None else tuple(int(i) for i in layers)
-        bad = [i for i in layers if not 0 <= i < n_out]
-        if bad or not layers:
-            raise ValueError(f"layers {bad or '()'} out of range 0..{n_out - 1}")
+        layers = asked_layers(layers, self.n_layers_out)
         out_dtype = out_dtype or self.subsampler.proj.kernel.dtype
         states, _ = self._run(mel, valid, max(layers), head_mask)
         return jnp.stack([states[i].astype(out_dtype) for i in layers])
