@@ -296,10 +296,21 @@ def _stop_again(signum, _frame) -> None:
         pass
 
 
+def _unraisable(args) -> None:
+    """``sys.unraisablehook``: a stop signal's ``Interrupted`` raised where Python cannot raise it (a gc callback,
+    a ``__del__``) is already noted (``_stop``) and ends the job with its one line; printing it as "Exception ignored
+    in ..." with a traceback would only add noise to that end (CI saw it). Everything else as Python prints it."""
+    if isinstance(args.exc_value, Interrupted):
+        return
+    sys.__unraisablehook__(args)
+
+
 def handle_stop_signals() -> None:
-    """``STOP_SIGNALS`` raise ``Interrupted`` (main thread only: Python runs handlers there)."""
+    """``STOP_SIGNALS`` raise ``Interrupted`` (main thread only: Python runs handlers there); one swallowed by a gc
+    callback is not printed (``_unraisable``)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop)
+    sys.unraisablehook = _unraisable
 
 
 def run(main) -> None:
