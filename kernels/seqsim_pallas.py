@@ -21,16 +21,18 @@ dtype exactly as ``kernels.frames.normalize_frames`` does for the XLA path, padd
 padded to a multiple of the tiles and ``embed`` with zero columns to a multiple of the ``embed`` step (zeros change
 no dot product: d = 384, 1280 work with a 128 or 256 step).
 
-Block sizes come from one table, ``BLOCKS``, keyed by ``jax.Device.device_kind``. The GPU entries are untuned
-defaults (usual Triton matmul tiles), not measurements: they are to be chosen by the block-size sweep of
-``bench/seqsim_pallas.py --sweep`` when a GPU is lent, and that sweep's table recorded in ``bench/RESULTS.md``.
-On CPU the kernel runs in Pallas interpret mode (automatically): correct, and slow; it is for tests, never the
-CPU default (``kernels.seqsim`` keeps the packed and block paths).
+Block sizes come from one table, ``BLOCKS``, keyed by ``jax.Device.device_kind``. The H100's entry is the best of
+``bench/seqsim_pallas.py --sweep`` on a lent H100 (``bench/RESULTS.md``, "GPU: NVIDIA H100 and H200, 2026-11-28":
+0.40 of that run's 8192-cube bf16 rate on valid frames, 18.7x the padded XLA blocks, 3.0x the packed bins, within
+1.5e-8 of the blocks); the H200 takes it unswept, the TPU entry is an untuned default. On CPU the kernel runs in
+Pallas interpret mode (automatically): correct, and slow; it is for tests, never the CPU default (``kernels.seqsim``
+keeps the packed and block paths).
 
 Lowering: the body uses only what both Pallas GPU (Triton) and TPU (Mosaic) lower in principle (loads of
-power-of-two tiles, ``fori_loop`` with dynamic bounds, 2-D dots, elementwise selects and reductions); it has been
-run in interpret mode only. TPU's Mosaic lays out VMEM blocks in (8, 128) tiles and may refuse the squeezed 0-d
-output blocks used here; nobody has compiled it for a TPU yet.
+power-of-two tiles, ``fori_loop`` with dynamic bounds, 2-D dots, elementwise selects and reductions). Triton
+compiled it on an H100 (its tests pass there: ``make test-gpu``); a tile's two f32 panels must fit the SM's shared
+memory (227 KiB on Hopper: 128 x 16 x 512 did not). TPU's Mosaic lays out VMEM blocks in (8, 128) tiles and may
+refuse the squeezed 0-d output blocks used here; nobody has compiled it for a TPU yet.
 
 Glossary: ``tile`` a ``frames_a x frames_b`` block of one pair's frame similarities; ``step`` the ``embed``
 columns one dot of the K loop takes; other axes as in ``kernels.seqsim``. The NumPy twin is
