@@ -125,5 +125,5 @@ def test_finetune_one_step_en_zh_from_covost(fleurs_dir, tiny_model_dir, tiny_wh
     with pytest.raises(ConfigError, match=r"targets and target_dataset both give target texts: pass one"):
         dataclasses.replace(config, targets=str(tmp_path / "targets.tsv"))
     wrong = dataclasses.replace(config, target_lang="de", run=dataclasses.replace(config.run, out=str(tmp_path / "x")))
-    with pytest.raises(FinetuneError, match=r"translates into 'zh-CN' \(Whisper 'zh'\), not --target_lang 'de'"):
+    with pytest.raises(FinetuneError, match=r"translates into 'zh-CN' \(language 'zh'\), not --target_lang 'de'"):
         run_finetune(wrong, model=tiny_whisper)
