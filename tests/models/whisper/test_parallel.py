@@ -30,10 +30,10 @@ def test_sharded_encoder_equals_single_device():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    # Per mesh of n devices, both layer choices, batches 1, 3, n and n + 3 (not all multiples of n). Different
+    # Per mesh of n devices, both layer choices, batches 1, n and n + 3 (not all multiples of n). Different
     # per-device batch sizes pick different GEMM blockings, so sums round differently: 1e-5 on
     # activations of order 1 is float32 rounding, not a logic error (a misplaced row is O(1)).
-    assert {key.split("-")[0] for key in report} == {"1", "2", str(N_DEVICES)} and len(report) == 22
+    assert {key.split("-")[0] for key in report} == {"1", "2", str(N_DEVICES)} and len(report) == 16
     for key, err in report.items():
         assert err < 1e-5, (key, err)
 

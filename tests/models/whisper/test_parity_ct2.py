@@ -21,6 +21,7 @@ the long one).
 """
 
 import ctranslate2  # noqa: F401  (a dependency of the test extra: missing is a failure, not a skip)
+import jax
 import numpy as np
 import pytest
 
@@ -90,21 +91,35 @@ def test_encoder_output_matches_ctranslate2(base_encoded, fleurs_windows, whispe
         assert err.min() > CONTROL_MARGIN * ENCODER_REL_TOL, f"{name} is within {CONTROL_MARGIN}x of the tolerance"
 
 
+# Our greedy calls: the shape and token cap of test_parity_ct2_decode.py's greedy translation (4 windows a call, 128 new
+# tokens, float32 matmul precision "highest"), so that the session compiles one set of greedy programs for both
+# modules, not one per batch size and cap (6 windows, the default 224 and precision until 2026-11-28; on a CPU "highest"
+# is what the default computes). The cap is asserted never to bind: CTranslate2 decodes up to 448.
+OUR_BATCH, MAX_NEW_TOKENS = 4, 128
+
+
 @pytest.fixture(scope="module")
 def decoded(whisper, ct2_base, ct2_generate, base_encoded, fleurs_windows):
     """Our and CTranslate2's language and greedy transcript per clip (windows concatenated). CTranslate2 decodes
     through the session's memoised ``ct2_generate``, which ``test_parity_ct2_decode.py`` reads back."""
     tok = whisper.tokenizer
     ours_xa, ct2_xa = base_encoded
-    langs, texts, ct2_langs, ct2_texts = [], [], [], []
-    for start in range(0, len(ours_xa), BATCH):
-        stop = min(start + BATCH, len(ours_xa))
-        # A last batch short of BATCH rows (none with the 12 windows in batches of 6) is padded with copies of its first
-        # window: one compiled detection and decoding program for every call. Rows are independent.
-        rows = list(range(start, stop)) + [start] * (BATCH - (stop - start))
-        res = whisper.transcribe(None, xa=ours_xa[rows])
+    langs, tokens, ct2_langs, ct2_texts = [], [], [], []
+    options = DecodingOptions(max_new_tokens=MAX_NEW_TOKENS)  # the language detected, as by default
+    for start in range(0, len(ours_xa), OUR_BATCH):
+        stop = min(start + OUR_BATCH, len(ours_xa))
+        # A last batch short of OUR_BATCH rows (none with the 12 windows in batches of 4) is padded with copies of its
+        # first window: one compiled detection and decoding program for every call. Rows are independent.
+        rows = list(range(start, stop)) + [start] * (OUR_BATCH - (stop - start))
+        with jax.default_matmul_precision("highest"):  # as base_encoded and that module: part of a program's key
+            res = whisper.transcribe(None, options, xa=ours_xa[rows])
         langs += res.languages[: stop - start]
-        texts += res.texts[: stop - start]
+        tokens += res.tokens[: stop - start]
+    longest = max(map(len, tokens))
+    assert longest < MAX_NEW_TOKENS, f"a window decoded {longest} tokens: raise MAX_NEW_TOKENS so that it never binds"
+    texts = [tok.decode(t) for t in tokens]
+    for start in range(0, len(ct2_xa), BATCH):
+        stop = min(start + BATCH, len(ct2_xa))
         detected = [r[0][0].strip("<|>") for r in ct2_base.detect_language(ct2_view(ct2_xa[start:stop]))]
         prompts = [tok.sot_sequence(code, "transcribe") for code in detected]
         ct2_langs += detected

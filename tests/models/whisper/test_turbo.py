@@ -41,7 +41,10 @@ from tests.parity import rel_err  # noqa: E402
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
-CLIPS = ("de-000", "fr-001", "en-002")  # one window each
+# One window each. Two clips, not three (en-002 until 2026-11-28): every check is per clip and the same code path on
+# each, and the early-exit check took the first two already; English stays in the tokenizer check below. A batch of
+# two also runs transformers' generate on distinct rows.
+CLIPS = ("de-000", "fr-001")
 N_NEW = 24  # tokens decoded per clip at full depth: random weights never say end-of-text
 RTOL = 1e-5
 
@@ -105,7 +108,7 @@ def test_loads_as_turbo_from_the_folder(turbo, hf_turbo, fleurs_dir):
     assert tok.n_vocab == ref.encoding.n_vocab == dims.n_vocab
     assert tok.language_token("yue") == V3_IDS["yue"] and tok.language_token("de") == 50261
     assert tok.language_tokens == tuple(sorted(ref.all_language_tokens)) == turbo.lang_ids
-    for lang in (*languages(), "yue"):
+    for lang in (*languages(), "en", "yue"):
         other = get_tokenizer(True, num_languages=100, language=lang, task="transcribe")
         assert tok.sot_sequence(lang) == other.sot_sequence_including_notimestamps
     for text in (p.read_text(encoding="utf-8").strip() for p in sorted(fleurs_dir.glob("fleurs-*.txt"))):
@@ -166,8 +169,8 @@ def test_early_exit_matches_hf_generate(turbo, hf_turbo, hf_mel, encoded):
     suppression off on both sides (``check_early_exit``). Three of the six (layer, ln_post) pairs, each compiled at
     turbo's size: both settings at every layer are the tiny model's and whisper-base's tests (test_early_exit_hf)."""
     with jax.default_matmul_precision("highest"):
-        check_early_exit(turbo, hf_turbo, hf_mel[:2], (0, 1, 2), "de", variants=[(0, False), (1, True), (2, False)],
-                         hf_layers=[h[:2] for h in encoded[1]])  # fmt: skip
+        check_early_exit(turbo, hf_turbo, hf_mel, (0, 1, 2), "de", variants=[(0, False), (1, True), (2, False)],
+                         hf_layers=encoded[1])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
