@@ -291,7 +291,9 @@ def test_cpu_split_changes_nothing(accumulator):
     sizes = [(int(rng.integers(1, 24)), int(rng.integers(1, 61))) for _ in range(10)] + [(23, 60)]
     cost, n_tokens, n_frames, mats = ragged_batch(rng, sizes, 23, 60, "ties")
     one = jax.tree.map(np.asarray, dtw_batch(cost, n_tokens, n_frames, accumulator=accumulator, workers=1))
-    for workers in (2, 3, 5, 11, 40):  # 40 is cut to the batch: one matrix a piece
+    # 3: uneven pieces (4, 4, 3); 11: even, one matrix a piece; 40 is cut to the batch (11). Each piece shape is a
+    # compile, so 2 and 5 (more uneven splits of the same code) were dropped.
+    for workers in (3, 11, 40):
         got = dtw_batch(cost, n_tokens, n_frames, accumulator=accumulator, workers=workers)
         for name, g, w in zip(one._fields, got, one, strict=True):
             np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"{name}, {workers} workers")
