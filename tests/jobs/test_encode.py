@@ -106,10 +106,11 @@ def test_window_result_independent_of_batch_neighbours(tiny_whisper):
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_round_trip_real_fleurs_layout(tmp_path, fleurs_dir, base_whisper):
-    """Real FLEURS clips through a local copy of FLEURS's original layout, packaged whisper-base, every layer: two
-    German clips and the 43 s one (two windows), two Portuguese clips, and one listed file missing per language."""
+    """Real FLEURS clips through a local copy of FLEURS's original layout, packaged whisper-base, every layer: a
+    German clip and the 43 s one (two windows), a Portuguese clip, and one listed file missing per language (a clip
+    fewer in each language than before: whisper-base encodes every window twice here, in the job and in the check)."""
     root = tmp_path / "fleurs"
-    picks = {"de": ("000", "001", "009"), "pt": ("000", "001")}
+    picks = {"de": ("000", "009"), "pt": ("000",)}
     for lang, fleurs_lang in (("de", "de_de"), ("pt", "pt_br")):
         audio_dir = root / fleurs_lang / "audio" / "test"
         audio_dir.mkdir(parents=True)
@@ -127,7 +128,7 @@ def test_round_trip_real_fleurs_layout(tmp_path, fleurs_dir, base_whisper):
     out = tmp_path / "store"
     config = configure(EncodeConfig, out=str(out), dataset=f"fleurs:{root}", batch_size=BATCH, progress=False)
     summary = run_encode(config, encoder=WhisperEncoder(whisper))
-    assert summary.done == 5 and summary.n_skipped == 2, summary.report()
+    assert summary.done == 3 and summary.n_skipped == 2, summary.report()
     # The missing files are reported, not stored as done.
     assert sum(len(v) for v in summary.skipped.values()) == 2
     store = open_store(str(out))
@@ -141,7 +142,7 @@ def test_round_trip_real_fleurs_layout(tmp_path, fleurs_dir, base_whisper):
         table = store.utterances_table(lang).to_pylist()
         done = [(int(u), table[u]) for u in np.flatnonzero(store.done(lang))]
         checked += check_utterances(store, whisper, lang, done)
-    assert checked == 5
+    assert checked == 3
     # fleurs-de-009 is 43 s: two windows, 1500 + 669 frames, concatenated.
     (long,) = [r for r in store.utterances_table("de_de").to_pylist() if "009" in r["path"]]
     assert long["n_windows"] == 2 and long["n_frames"] == 2169
