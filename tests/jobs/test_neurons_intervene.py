@@ -16,6 +16,7 @@ retrieval has partners to find). Each file the job writes is recomputed here ind
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 
@@ -53,11 +54,17 @@ def _config(out, model_dir, clips, **kw):
                      rate_quantile=0.9, lape_share=0.05, **kw)  # fmt: skip
 
 
+@functools.cache
+def _features(path, n_mels):
+    """(mel, valid) of one clip, computed once: every condition's recomputation reads the same clips."""
+    return features_for_audio(load_audio(path), n_mels)
+
+
 def _pooled_alone(tiny_whisper, clips, lang_ids, scale):
     """f32[layer, utterance, embed]: each utterance alone through ``scaled_sums``, its windows summed."""
     rows = []
     for lang, uid in lang_ids:
-        mel, valid = features_for_audio(load_audio(clips / lang / f"{uid}.ogg"), tiny_whisper.dims.n_mels)
+        mel, valid = _features(clips / lang / f"{uid}.ogg", tiny_whisper.dims.n_mels)
         sums = tiny_whisper.scaled_sums(mel, valid, scale).sum(axis=1)
         rows.append(sums / valid.sum())
     return np.stack(rows, axis=1)
