@@ -5,8 +5,13 @@ A job started as a fresh ``python -m jobs.<job>`` spends its first seconds impor
 the rest before it reads a flag; the job tests start several hundred of them. Here the child of a fork starts with
 those modules already imported, then runs the job exactly as ``-m`` does (``runpy.run_module(..., "__main__")``), in
 its own process: its flags, signal handlers, exit status, stdout and stderr are its own, and nothing it does reaches
-the server or the test process. Only third-party libraries are preloaded; babelgrid's own modules are imported by
-the child, so a setting they read at import (``BABELGRID_FAULT_*``) is read from the job's environment.
+the server or the test process.
+
+babelgrid's pipeline modules (``engine.pipelines.<job>.run`` and what they import: 0.3-0.9 s of a job's start after
+the libraries, measured 2026-11-28) are preloaded too, never the ``jobs`` scripts (importing one defines its absl
+flags). The one babelgrid module that reads the environment at import, ``engine.faults`` (``BABELGRID_FAULT_*``), is
+imported again in the child once the job's environment is in place (its functions read its module's globals, so
+every caller sees the job's settings). Importing them starts no JAX backend and no thread (``serve`` checks).
 
 What a child cannot change is what the preloaded libraries read from the environment at import (JAX's
 ``JAX_*`` configuration, XLA's flags, the hub's ``HF_*``): ``differs_at_import`` names those variables, and
@@ -47,6 +52,10 @@ PRELOAD = (
     "absl.flags",
     "absl.logging",
 )
+
+# babelgrid's own, under the libraries: every job's pipeline module (``run`` or the decoder), found at start.
+OWN = "engine.pipelines"
+REREAD = ("engine.faults",)  # read the environment at import: imported again in each child
 
 # Environment variables a preloaded library reads when it is imported: a job whose environment differs from the
 # server's in one of these must start as a fresh process.
@@ -100,6 +109,9 @@ def _child(request: dict) -> None:
         sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
         sys.path[0] = request["cwd"]  # as `python -m` puts the working folder first
+        for name in REREAD:
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])
         sys.argv = [request["module"], *request["args"]]
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
         code = 0
@@ -124,12 +136,36 @@ def _child(request: dict) -> None:
             os._exit(code & 0xFF)
 
 
+def _preload_own() -> None:
+    """The pipeline modules of every job, if they import here without starting JAX's backends or a thread (a fork
+    after either would hand the children a half-copied runtime); a module that fails to import is left to the job."""
+    import pkgutil
+    import threading
+
+    from jax._src import xla_bridge
+
+    try:
+        package = importlib.import_module(OWN)
+    except ImportError:
+        return
+    for info in pkgutil.walk_packages(package.__path__, OWN + "."):
+        if info.name.endswith((".run", ".decoder")):
+            try:
+                importlib.import_module(info.name)
+            except Exception:  # noqa: BLE001 (the job imports it again and reports its own error)
+                pass
+    if xla_bridge._backends or threading.active_count() > 1:
+        raise RuntimeError("a preloaded babelgrid module started JAX's backends or a thread: the fork server's "
+                           "children would inherit them")  # fmt: skip
+
+
 def serve() -> None:
     for module in PRELOAD:
         try:
             importlib.import_module(module)
         except ImportError:
             pass  # an optional library missing here is imported (and missing) in the job as it would be anyway
+    _preload_own()
     answers = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)
