@@ -1,11 +1,11 @@
-"""Cohere ASR through the jobs, on ``babelgrid random-model --kind cohere-asr``'s folder (NumPy-written, the NeMo
-names ``save_pretrained`` stores): encode writes every layer at 12.5 frames/s, equal, window by window, to
-transformers' ``CohereAsrForConditionalGeneration`` loaded from the same folder (its own reading of those names);
-seqsim runs on the store; decode's greedy transcripts from the last layer, through the family's one decoder
-interface, equal ``generate``'s on the stored states. The real widths against transformers are
+"""Cohere ASR through the jobs, on ``babelgrid random-model --kind cohere-asr``'s folder (NumPy-written, the NeMo names
+``save_pretrained`` stores): encode writes every layer at 12.5 frames/s, equal, window by window, to transformers'
+``CohereAsrForConditionalGeneration`` loaded from the same folder (its own reading of those names); seqsim, the probes
+job's language ID and the heads job run on the store; decode's greedy transcripts from the last layer, through the
+family's one decoder interface, equal ``generate``'s on the stored states. The real widths against transformers are
 tests/models/fastconformer/test_cohere_asr.py's.
 
-Clips: two languages (de, en; 2 FLEURS clips each, ids shared by position) cut to 2-3 s, and one of 31 s joined from
+Clips: two languages (de, en; 3 FLEURS clips each, ids shared by position) cut to 2-3 s, and one of 31 s joined from
 three clips, so that an utterance spans two 30 s windows. All in this process, through the jobs' library calls.
 
 Bounds: the store's layers against transformers' encoder on the same (our) features of each window within 1e-5 of
@@ -34,20 +34,18 @@ from engine.pipelines.decode.config import DecodeConfig
 from engine.pipelines.decode.run import run_decode
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
-from engine.pipelines.seqsim.config import SimilarityConfig
-from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
-from engine.stores.similarity import open_similarity
 from tests.jobs.clips import write_clips
+from tests.jobs.seqsim_probes_heads import heads_reads, lid_probe_reads, seqsim_reads
 
 LANGS = ("de", "en")
-PER_LANG = 2
+PER_LANG = 3
 LONG = ("en", 1)  # over 30 s: two windows
 WINDOW = 30 * 16000
 MAX_NEW = 8
 GAP = 10
-DECODED = "de"  # decode's language: its two short clips are one batch of windows (one compile)
+DECODED = "de"  # decode's language: its short clips are one batch of windows (one compile)
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +106,14 @@ def test_encode_every_layer_equals_transformers(encoded, clips):
             assert err <= 1e-5 * peak, f"{lang}/s{i} layer {layer}: {err / peak:.2e} of the peak"
 
 
-def test_seqsim_reads_the_store(encoded, tmp_path):
-    """seqsim's similarity store at the last block."""
-    root, model = encoded
-    store = str(root / "store")
-    sim = tmp_path / "sim"
-    run_similarity(configure(SimilarityConfig, store=store, out=str(sim), measures=("seqsim",), layers=(2,),
-                             progress=False))  # fmt: skip
-    similarity = open_similarity(str(sim))
-    (pair,) = similarity.pairs("seqsim")
-    assert similarity.done("seqsim", *pair) == [2]
-    scores, ids_a, ids_b = similarity.matrix("seqsim", *pair, 2)
-    assert scores.shape == (PER_LANG, PER_LANG) and np.isfinite(scores).all() and ids_a == ids_b
+def test_seqsim_probes_and_heads_read_the_store(encoded, tmp_path):
+    """seqsim's similarity store, the probes job's language ID (3 folds: 3 ids a language) and the heads job (every
+    head of both blocks ablated over each language's first utterance) at the last block
+    (tests/jobs/seqsim_probes_heads.py)."""
+    root, _ = encoded
+    seqsim_reads(root / "store", tmp_path / "sim", (2,), len(LANGS), PER_LANG)
+    lid_probe_reads(root / "store", tmp_path / "probes", (2,), folds=3)
+    heads_reads(root / "store", root / "model", tmp_path / "heads", 2)
 
 
 def test_decode_reads_the_store(encoded, tmp_path):

@@ -1,9 +1,8 @@
 """The Qwen3 audio tower through the jobs, on ``babelgrid random-model --kind qwen3-asr``'s folder (NumPy-written, the
 released layout): encode writes every layer at 13 frames/s, equal, utterance by utterance and window by window, to
-transformers' ``Qwen3ASREncoder`` holding the folder's tensors; seqsim and the probes job's language ID run on the
-store. The head masks the heads job uses (a mask per row, repeated over the row's attention windows, and its
-gradient) are checked in tests/jobs/test_random_model.py; the heads job itself is generic and runs on a random
-wav2vec2 store in tests/jobs/test_heads.py.
+transformers' ``Qwen3ASREncoder`` holding the folder's tensors; seqsim, the probes job's language ID and the heads
+job run on the store. The head masks the heads job uses (a mask per row, repeated over the row's attention windows,
+and its gradient) are checked in tests/jobs/test_random_model.py.
 
 Clips: tests/jobs/test_heads.py's three languages (de, en, es: 3 FLEURS clips each, ids shared by position) cut to
 2-4 s, and one of 34 s joined from three clips, so that an utterance spans two 30 s windows and its first window four
@@ -25,14 +24,10 @@ from engine.models.speechllm.qwen3_encoder import QWEN3_LAYERS
 from engine.models.speechllm.qwen3_loaded import load_qwen3_audio
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
-from engine.pipelines.probes.config import ProbesConfig
-from engine.pipelines.probes.run import run_probes
-from engine.pipelines.seqsim.config import SimilarityConfig
-from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
-from engine.stores.similarity import open_similarity
 from tests.jobs.clips import write_clips
+from tests.jobs.seqsim_probes_heads import heads_reads, lid_probe_reads, seqsim_reads
 
 LANGS = ("de", "en", "es")
 PER_LANG = 3
@@ -106,19 +101,11 @@ def test_encode_every_layer_equals_transformers(encoded, clips):
     assert len(ours.features(load_audio(clips / "en" / "s1.wav"))[0]) == 2
 
 
-def test_seqsim_and_probes_read_the_store(encoded, tmp_path):
-    """seqsim's similarity store and the probes job's language ID (3 folds: 3 ids a language), at the downsampler's
-    output and at ln_post's."""
-    _, store = encoded
-    sim = tmp_path / "sim"
-    run_similarity(configure(SimilarityConfig, store=str(store), out=str(sim), measures=("seqsim",), layers=(0, 3),
-                             progress=False))  # fmt: skip
-    similarity = open_similarity(str(sim))
-    pairs = similarity.pairs("seqsim")
-    assert len(pairs) == 3 and all(similarity.done("seqsim", a, b) == [0, 3] for a, b in pairs)
-    scores, ids_a, ids_b = similarity.matrix("seqsim", *pairs[0], 3)
-    assert scores.shape == (PER_LANG, PER_LANG) and np.isfinite(scores).all() and ids_a == ids_b
-    run_probes(configure(ProbesConfig, store=str(store), out=str(tmp_path / "probes"), probes=("lid",), folds=3,
-                         layers=(0, 3), progress=False))  # fmt: skip
-    table = (tmp_path / "probes" / "lid.csv").read_text().splitlines()
-    assert len(table) > 1 and {int(r.split(",")[0]) for r in table[1:]} == {0, 3}
+def test_seqsim_probes_and_heads_read_the_store(encoded, tmp_path):
+    """seqsim's similarity store and the probes job's language ID (3 folds: 3 ids a language) at the downsampler's
+    output and ln_post's, and the heads job (every head of both blocks ablated over each language's first utterance)
+    at the last stored layer (tests/jobs/seqsim_probes_heads.py)."""
+    folder, store = encoded
+    seqsim_reads(store, tmp_path / "sim", (0, 3), len(LANGS), PER_LANG)
+    lid_probe_reads(store, tmp_path / "probes", (0, 3), folds=3)
+    heads_reads(store, folder, tmp_path / "heads", 3)

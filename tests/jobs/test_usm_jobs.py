@@ -1,9 +1,9 @@
 """The USM Conformer (Gemma 3n's audio tower) through the jobs, on ``babelgrid random-model --kind gemma3n``'s folder
 (NumPy-written, the released layout): encode writes every layer at 25 frames/s, equal, utterance by utterance and
-window by window, to transformers' ``Gemma3nAudioEncoder`` holding the folder's tensors on each window alone; seqsim
-and the probes job's language ID run on the store. Gemma 4's folder is encoded, and its head masks (the heads job's
-forward pass and gradient) checked, in tests/jobs/test_random_model.py; the real widths against transformers in
-tests/models/speechllm/test_usm.py.
+window by window, to transformers' ``Gemma3nAudioEncoder`` holding the folder's tensors on each window alone; seqsim,
+the probes job's language ID and the heads job run on the store. Gemma 4's folder is encoded, and its head masks
+(the heads job's forward pass and gradient) checked, in tests/jobs/test_random_model.py; the real widths against
+transformers in tests/models/speechllm/test_usm.py.
 
 Clips: three languages (de, en, es: 3 FLEURS clips each, ids shared by position) cut to 2-4 s, and one of 31 s joined
 from three clips, so that an utterance spans two 30 s windows.
@@ -24,14 +24,10 @@ from engine.models.speechllm.usm_encoder import USM_LAYERS
 from engine.models.speechllm.usm_loaded import load_usm
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
-from engine.pipelines.probes.config import ProbesConfig
-from engine.pipelines.probes.run import run_probes
-from engine.pipelines.seqsim.config import SimilarityConfig
-from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
-from engine.stores.similarity import open_similarity
 from tests.jobs.clips import write_clips
+from tests.jobs.seqsim_probes_heads import heads_reads, lid_probe_reads, seqsim_reads
 
 LANGS = ("de", "en", "es")
 PER_LANG = 3
@@ -100,18 +96,11 @@ def test_encode_every_layer_equals_transformers(encoded, clips):
     assert len(ours.features(load_audio(clips / "en" / "s1.wav"))) == 2
 
 
-def test_seqsim_and_probes_read_the_store(encoded, tmp_path):
-    """seqsim's similarity store and the probes job's language ID (3 folds: 3 ids a language) at the last block."""
-    _, store = encoded
-    sim = tmp_path / "sim"
-    run_similarity(configure(SimilarityConfig, store=str(store), out=str(sim), measures=("seqsim",), layers=(2,),
-                             progress=False))  # fmt: skip
-    similarity = open_similarity(str(sim))
-    pairs = similarity.pairs("seqsim")
-    assert len(pairs) == 3 and all(similarity.done("seqsim", a, b) == [2] for a, b in pairs)
-    scores, ids_a, ids_b = similarity.matrix("seqsim", *pairs[0], 2)
-    assert scores.shape == (PER_LANG, PER_LANG) and np.isfinite(scores).all() and ids_a == ids_b
-    run_probes(configure(ProbesConfig, store=str(store), out=str(tmp_path / "probes"), probes=("lid",), folds=3,
-                         layers=(2,), progress=False))  # fmt: skip
-    table = (tmp_path / "probes" / "lid.csv").read_text().splitlines()
-    assert len(table) > 1 and {int(r.split(",")[0]) for r in table[1:]} == {2}
+def test_seqsim_probes_and_heads_read_the_store(encoded, tmp_path):
+    """seqsim's similarity store and the probes job's language ID (3 folds: 3 ids a language) at the last block, and the
+    heads job (every head of both blocks ablated over each language's first utterance) at the last stored layer
+    (tests/jobs/seqsim_probes_heads.py)."""
+    folder, store = encoded
+    seqsim_reads(store, tmp_path / "sim", (2,), len(LANGS), PER_LANG)
+    lid_probe_reads(store, tmp_path / "probes", (2,), folds=3)
+    heads_reads(store, folder, tmp_path / "heads", 2)

@@ -1,13 +1,13 @@
 """Voxtral Realtime's audio encoder through the jobs, on ``babelgrid random-model --kind voxtral-realtime``'s folder
-(NumPy-written, transformers' layout, the released 750-frame sliding window): encode writes every layer at 50
-frames/s, equal, window by window, to transformers' ``VoxtralRealtimeEncoder`` holding the folder's tensors on each
-window alone (a 30 s window is 1500 frames: twice the sliding window, at the released positions); seqsim and the heads
-job (every head of both blocks ablated, scored by SeqSim R@1 at the last block; its gradient importance is left out
-for the suite's time: the mask's gradient is tests/jobs/test_random_model.py's, the masked pass against transformers
-tests/models/speechllm/test_voxtral_realtime.py's) run on the store. The real width against
-transformers is tests/models/speechllm/test_voxtral_realtime.py's.
+(NumPy-written, transformers' layout, the released 750-frame sliding window): encode writes every layer at 50 frames/s,
+equal, window by window, to transformers' ``VoxtralRealtimeEncoder`` holding the folder's tensors on each window alone
+(a 30 s window is 1500 frames: twice the sliding window, at the released positions); seqsim, the probes job's language
+ID and the heads job (every head of both blocks ablated, scored by SeqSim R@1 at the last block; its gradient importance
+is left out for the suite's time: the mask's gradient is tests/jobs/test_random_model.py's, the masked pass against
+transformers tests/models/speechllm/test_voxtral_realtime.py's) run on the store. The real width against transformers is
+tests/models/speechllm/test_voxtral_realtime.py's.
 
-Clips: three languages (de, en, es: 2 FLEURS clips each, ids shared by position) cut to 2-3 s, and one of 31 s joined
+Clips: three languages (de, en, es: 3 FLEURS clips each, ids shared by position) cut to 2-3 s, and one of 31 s joined
 from three clips, so that an utterance spans two 30 s windows.
 """
 
@@ -17,7 +17,6 @@ import json
 import pathlib
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from safetensors.numpy import load_file
@@ -27,17 +26,13 @@ from engine.models.speechllm.realtime_encoder import REALTIME_LAYERS
 from engine.models.speechllm.realtime_loaded import load_realtime
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
-from engine.pipelines.heads.config import HeadsConfig
-from engine.pipelines.heads.run import run_heads
-from engine.pipelines.seqsim.config import SimilarityConfig
-from engine.pipelines.seqsim.run import run_similarity
 from engine.runtime.options import configure
 from engine.stores.reader import open_store
-from engine.stores.similarity import open_similarity
 from tests.jobs.clips import write_clips
+from tests.jobs.seqsim_probes_heads import heads_reads, lid_probe_reads, seqsim_reads
 
 LANGS = ("de", "en", "es")
-PER_LANG = 2
+PER_LANG = 3
 LONG = ("en", 1)  # over 30 s: two windows
 
 
@@ -105,30 +100,11 @@ def test_encode_every_layer_equals_transformers(encoded, clips):
         assert err <= 1e-5 * peak, f"en/s1 layer {layer}: {err / peak:.2e} of the peak"
 
 
-def test_seqsim_and_heads_read_the_store(encoded, tmp_path):
-    """seqsim's similarity store at the final norm, and the heads job: every head of both blocks ablated over the
-    first utterance of each language (one pass of 3 windows per ablation), scored at the last block."""
+def test_seqsim_probes_and_heads_read_the_store(encoded, tmp_path):
+    """seqsim's similarity store and the probes job's language ID (3 folds: 3 ids a language) at the final norm, and
+    the heads job: every head of both blocks ablated over the first utterance of each language (one pass of 3
+    windows per ablation), scored at the last block (tests/jobs/seqsim_probes_heads.py)."""
     folder, store = encoded
-    sim = tmp_path / "sim"
-    run_similarity(configure(SimilarityConfig, store=str(store), out=str(sim), measures=("seqsim",), layers=(3,),
-                             progress=False))  # fmt: skip
-    similarity = open_similarity(str(sim))
-    pairs = similarity.pairs("seqsim")
-    assert len(pairs) == 3 and all(similarity.done("seqsim", a, b) == [3] for a, b in pairs)
-    scores, ids_a, ids_b = similarity.matrix("seqsim", *pairs[0], 3)
-    assert scores.shape == (PER_LANG, PER_LANG) and np.isfinite(scores).all() and ids_a == ids_b
-    heads = configure(HeadsConfig, out=str(tmp_path / "heads"), store=str(store), model=str(folder), utterances=1,
-                      layers=(2,), batch_size=4, importance=("none",), progress=False)  # fmt: skip
-    summary = run_heads(heads)
-    assert summary.utterances == len(LANGS) and summary.passes == 3  # unablated, block 1's heads, block 2's
-    table = pd.read_parquet(tmp_path / "heads" / "heads.parquet")
-    assert set(table["layer"]) == {1, 2} and set(table["head"]) == {0, 1, 2, 3} and set(table["metric"]) == {"r1"}
-    with np.load(tmp_path / "heads" / "parts" / "none.npz") as part:  # unablated: the store's states, pooled
-        plain = part["pooled"][0, 0]
-    reader = open_store(str(store))
-    want = np.stack([reader.states(lang, "s0", 2).mean(axis=0) for lang in LANGS])
-    np.testing.assert_allclose(plain, want, rtol=0, atol=1e-5 * np.abs(want).max())
-    for block in (1, 2):  # every head, ablated, moves the last block's states
-        with np.load(tmp_path / "heads" / "parts" / f"block{block}.npz") as part:
-            moved = np.abs(part["pooled"][:, 0] - plain[None]).max(axis=(1, 2))
-        assert np.isfinite(moved).all() and (moved > 1e-6 * np.abs(plain).max()).all(), (block, moved)
+    seqsim_reads(store, tmp_path / "sim", (3,), len(LANGS), PER_LANG)
+    lid_probe_reads(store, tmp_path / "probes", (3,), folds=3)
+    heads_reads(store, folder, tmp_path / "heads", 2)
