@@ -55,8 +55,8 @@ def heads_reads(store: pathlib.Path, folder: pathlib.Path, out: pathlib.Path, la
     langs = reader.languages
     summary = run_heads(configure(HeadsConfig, out=str(out), store=str(store), model=str(folder), utterances=1,
                                   layers=(layer,), batch_size=4, importance=("none",), progress=False))  # fmt: skip
-    part = np.load(out / "parts" / "none.npz")
-    plain = part["pooled"][0, 0]
+    with np.load(out / "parts" / "none.npz") as unablated:
+        plain = unablated["pooled"][0, 0]
     blocks = summary.passes - 1  # the unablated pass, then one per block
     assert summary.utterances == len(langs) and blocks >= 1
     table = pd.read_parquet(out / "heads.parquet")
