@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 
@@ -98,7 +99,27 @@ class _ForkServer:
         return json.loads(line)
 
 
-_FORKS = _ForkServer()
+class _ForkServers:
+    """``_ForkServer``s for the threads of one test process: a server answers one job at a time on one pipe, so a job
+    takes a server no other thread is using, and starts one when every server is busy (tests/jobs/test_remote.py runs
+    its S3 and GCS chains side by side in threads). One shared server raced there: two threads started a server each
+    at once, or read each other's answers, and a chain waited forever on an answer another thread had taken."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.free: list[_ForkServer] = []
+
+    def run(self, job: str, args: list[str], env: dict[str, str], timeout: float):
+        with self.lock:
+            server = self.free.pop() if self.free else _ForkServer()
+        try:
+            return server.run(job, args, env, timeout)
+        finally:
+            with self.lock:
+                self.free.append(server)
+
+
+_FORKS = _ForkServers()
 
 
 def _run_job(
