@@ -25,6 +25,15 @@ espeak:
 # which compiles (and caches) a module at its first import; nothing else changes.
 PIP_INSTALL := $(VPY) -m pip install -q --no-compile
 
+# ... and Python caches a module's bytecode only where PYTHONDONTWRITEBYTECODE is empty. Where it is set (some CI and
+# container images set it), nothing installed --no-compile, and none of babelgrid's own modules, was ever cached:
+# every process compiled every module it imported from source, every time. The test suite starts some 300 job
+# processes, 2 test workers and their fork servers: 1.5-1.8 s of CPU a job process went to compiling source (cProfile
+# of an encode job). Six process-heavy test files (workers, studies, remote, scaleout, series, recipes; 2 AVX-512
+# cores, 2026-11-28, both from no cache): 466 s of CPU and 308 s of wall with it set, 278 s and 203 s without.
+# The recipes here (tests, demo) write the cache; it changes no result.
+export PYTHONDONTWRITEBYTECODE :=
+
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
