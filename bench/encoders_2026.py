@@ -18,7 +18,8 @@ class:
 Both sides get the same features: babelgrid's (each family's log-mel, checked against transformers' extractors in
 the parity tests) of the first 30 s window of ``--batch`` real FLEURS clips (``bench/speechllm.py``'s), zero-padded
 to the window (Cohere's to the longest clip, as its extractor pads), as float32 input, with each side's own padding
-mask. Timed: babelgrid's ``encode`` of every layer, float32, to the host, against transformers' forward with
+mask; babelgrid's batch as its encode job's ``collate`` gives it (Qwen3's cut to the attention windows its longest
+clip needs, ``qwen3_loaded.trimmed``: transformers packs the valid frames). Timed: babelgrid's ``encode`` of every layer, float32, to the host, against transformers' forward with
 ``output_hidden_states`` under ``torch.inference_mode`` (float32, its default attention, every core), in interleaved
 rounds; medians and their ratio. ``Gemma3nAudioEncoder`` records no hidden states, so forward hooks on its blocks read
 them (what ``output_hidden_states`` does inside the other classes). Once per encoder the outputs are compared over
@@ -130,12 +131,12 @@ def pair(kind: str, folder: pathlib.Path, audio: list[np.ndarray]):
     import jax
     import torch
 
-    hooked = None
+    hooked, ours_in = None, None
     if kind == "qwen3-asr":
         from transformers.models.qwen3_asr.configuration_qwen3_asr import Qwen3ASREncoderConfig
         from transformers.models.qwen3_asr.modeling_qwen3_asr import Qwen3ASREncoder
 
-        from engine.models.speechllm.qwen3_loaded import load_qwen3_audio
+        from engine.models.speechllm.qwen3_loaded import load_qwen3_audio, trimmed
 
         ours = load_qwen3_audio(folder)
         cfg = _audio_config(folder, "thinker_config", "audio_config")
@@ -151,6 +152,8 @@ def pair(kind: str, folder: pathlib.Path, audio: list[np.ndarray]):
         mask = torch.from_numpy(np.arange(mel.shape[-1])[None, :] < valid[:, None]).long()
         args, kwargs = (x, mask), {}
         packed = True  # transformers packs the valid frames of the batch
+        # babelgrid's side as its encode job's collate gives the batch: cut to the attention windows it needs
+        ours_in = trimmed(ours.config, mel, valid)
     elif kind in ("gemma3n", "gemma4"):
         from engine.models.speechllm.usm_loaded import collate, load_usm
 
@@ -208,8 +211,10 @@ def pair(kind: str, folder: pathlib.Path, audio: list[np.ndarray]):
     # block's output; untied, it gives every block's, the last hidden state still returned beside them
     tower.config.tie_last_hidden_states = False
 
+    mel_in, valid_in = ours_in or (mel, valid)
+
     def babelgrid():
-        return np.asarray(jax.block_until_ready(ours.encode(mel, valid)))
+        return np.asarray(jax.block_until_ready(ours.encode(mel_in, valid_in)))
 
     def theirs():
         with torch.inference_mode():
@@ -281,7 +286,9 @@ def bench(args) -> str:
         "",
         f"Command: `python bench/encoders_2026.py --only {','.join(args.only)} --layers {args.layers} "
         f"--batch {args.batch} --rounds {args.rounds}`; random weights at the released widths, {args.layers} blocks, "
-        f"the first 30 s window of {args.batch} real FLEURS clips as babelgrid's log-mel features on both sides, every "
+        f"the first 30 s window of {args.batch} real FLEURS clips as babelgrid's log-mel features on both sides (each "
+        "batch as the encode job's collate gives it: Qwen3's cut to the attention windows its longest clip needs, "
+        "as transformers packs the valid frames), every "
         f"layer to the host, float32; medians of {args.rounds} interleaved rounds after a warm-up call of each. "
         "Agreement: the largest `max |ours - theirs| / max |theirs|` over the layers transformers returns, valid "
         "frames.",

@@ -8,7 +8,8 @@ into 1 s pieces and attends within 8 s windows (``attention_window_frames`` in `
 attention windows, so the audio past 24 s of a clip over 30 s is attended with the next 30 s window's frames in
 transformers' long-form call and not here (``--long_audio window`` cuts as every family does). Frames: 13 per 1 s
 chunk, the last chunk's ``ceil(mel frames / 8)``; ``frame_rate`` 13/s (each frame 1/13 s apart on average: within a
-chunk they are 80 ms apart). Every window costs a full 30 s one (``pads_windows``). Qwen2.5-Omni's tower
+chunk they are 80 ms apart). A batch runs the attention windows its longest window needs (``collate``:
+``qwen3_loaded.trimmed``); a plan counts a full 30 s window, the bound (``pads_windows``). Qwen2.5-Omni's tower
 (``qwen3_config``) stores its stem and blocks at 50/s (attention within 2 s chunks); its ``final`` and ``projector``
 outputs are pooled to 25/s.
 """
@@ -16,6 +17,7 @@ outputs are pooled to 25/s.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import ClassVar
 
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ from engine.models.common import logmel
 from engine.models.interface import EncoderCost
 from engine.models.speechllm.calls import signatures
 from engine.models.speechllm.qwen3_config import frames_of, pooled_frames
-from engine.models.speechllm.qwen3_loaded import LoadedQwen3Audio, load_qwen3_audio, mel_frames
+from engine.models.speechllm.qwen3_loaded import LoadedQwen3Audio, load_qwen3_audio, mel_frames, trimmed
 from engine.models.speechllm.tower import WhisperWindowsEncoder
 
 QWEN3_LAYERS = (
@@ -56,8 +58,14 @@ class Qwen3AudioEncoder(WhisperWindowsEncoder):
     NO_FRAME: ClassVar[str] = "the Qwen3 audio tower"
     loaded: LoadedQwen3Audio
     window_samples: int = audio_lib.N_SAMPLES
-    pads_windows: bool = True  # every window is 30 s of log-mel and runs all its chunks (``cost``)
+    pads_windows: bool = True  # a window costs at most a 30 s one, all its chunks (``cost``): the plan's bound
     min_samples: int = 0  # every last window is kept: one of under 0.5 s is padded to 0.5 s, as the extractor does
+
+    def collate(self, inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows -> ``(mel f32[batch_size, n_mels, frames], valid mel frames i32[batch_size])``, cut to the
+        attention windows the batch's longest window needs (``qwen3_loaded.trimmed``): at most 3000 mel frames, so
+        at most 4 compiled shapes a job (800, 1600, 2400, 3000)."""
+        return trimmed(self.loaded.config, *super().collate(inputs, batch_size))
 
     @property
     def layer_meaning(self) -> str:

@@ -32,6 +32,7 @@ from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAu
 from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeAudioEncoderConfig
 from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeAudioEncoder
 
+from engine.models.common import logmel
 from engine.models.common.logmel import log_mel_spectrogram, split_windows
 from engine.models.speechllm.qwen3_config import frames_of, pooled_frames
 from engine.models.speechllm.qwen3_loaded import load_qwen3_audio, mel_frames
@@ -192,3 +193,31 @@ def test_tower_outputs_declare_their_rate_and_frames(kind, output, rate, embed, 
     want = pooled_frames(frames) if encoder.loaded.config.pooled else frames
     assert kept.tolist() == want.tolist() == [encoder.expected_frames(len(audio), "window")[0]]
     assert abs(kept[0] - 11.3 * rate) <= 1
+
+
+@pytest.mark.parametrize("kind", ["qwen3-asr", "qwen2.5-omni"])
+def test_a_batch_runs_the_attention_windows_its_longest_window_needs(kind, tmp_path):
+    """The encoder's ``collate`` cuts a batch's mel to whole attention windows of at least 8 s, as many as its longest
+    row needs (``qwen3_loaded.trimmed``): every row's valid frames are the full 30 s window's, and a batch of short
+    clips runs 800 mel frames, not 3000. Equal to 1e-6 of each layer's peak (float32 summation order of a smaller
+    batch of attention windows; measured 0.0 on CPU)."""
+    from engine.models.family import load_encoder
+    from engine.models.random_folder import write_random_folder
+    from engine.models.speechllm.qwen3_loaded import TRIM_STEP
+
+    write_random_folder(kind, tmp_path / "m")
+    encoder = load_encoder(tmp_path / "m")
+    long, short, shortest = _clips()  # 11.3 s, 4.57 s, 0.3 s
+    rows = [encoder.windows(a, "window")[0][0] for a in (short, shortest, long)]
+    for batch, width in ((rows[:2], TRIM_STEP), (rows, 2 * TRIM_STEP)):
+        mel, valid = encoder.collate(batch, 4)
+        full, _ = logmel.collate_windows(batch, 4)
+        assert mel.shape[-1] == width and full.shape[-1] == 3000
+        cut = np.asarray(encoder.loaded.encode(mel, valid))
+        whole = np.asarray(encoder.loaded.encode(full, valid))
+        frames = encoder.loaded.frames(valid)
+        assert cut.shape[2] == frames_of(encoder.loaded.config, width) < whole.shape[2]
+        for r, n in enumerate(frames[: len(batch)]):
+            for layer in range(len(cut)):
+                peak = np.abs(whole[layer, r, :n]).max()
+                assert np.abs(cut[layer, r, :n] - whole[layer, r, :n]).max() <= 1e-6 * peak, (kind, r, layer)
