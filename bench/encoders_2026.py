@@ -19,9 +19,10 @@ Both sides get the same features: babelgrid's (each family's log-mel, checked ag
 the parity tests) of the first 30 s window of ``--batch`` real FLEURS clips (``bench/speechllm.py``'s), zero-padded
 to the window (Cohere's to the longest clip, as its extractor pads), as float32 input, with each side's own padding
 mask; babelgrid's batch as its encode job's ``collate`` gives it (Qwen3's cut to the attention windows its longest
-clip needs, ``qwen3_loaded.trimmed``: transformers packs the valid frames). Timed: babelgrid's ``encode`` of every layer, float32, to the host, against transformers' forward with
-``output_hidden_states`` under ``torch.inference_mode`` (float32, its default attention, every core), in interleaved
-rounds; medians and their ratio. ``Gemma3nAudioEncoder`` records no hidden states, so forward hooks on its blocks read
+clip needs, ``qwen3_loaded.trimmed``: transformers packs the valid frames). Timed: babelgrid's ``encode`` of every
+layer, float32, to the host, against transformers' forward with ``output_hidden_states`` under
+``torch.inference_mode`` (float32, its default attention, every core), in interleaved rounds; medians and their
+ratio. ``Gemma3nAudioEncoder`` records no hidden states, so forward hooks on its blocks read
 them (what ``output_hidden_states`` does inside the other classes). Once per encoder the outputs are compared over
 the valid frames: every layer transformers returns (each block's input and output, and the final norm's where the
 encoder has one) against babelgrid's, as ``max |ours - theirs| / max |theirs|``.
