@@ -43,9 +43,11 @@ def trimmed(config, mel: np.ndarray, mel_frames: np.ndarray) -> tuple[np.ndarray
     """A batch ``(mel f32[batch, n_mels, 3000], valid mel frames i32[batch])`` cut to the attention windows its
     longest window needs: the tower attends within windows of ``n_window_infer`` mel frames (800: 8 s; Qwen2.5-Omni:
     each 200-frame chunk), and a chunk's frames read that chunk's mel only, so the windows past every row's valid mel
-    frames change no valid frame (the same numbers, measured on FLEURS clips: max difference 0.0). Their cost was
-    most of the batch's: a batch of 8-11 s clips ran 3.75 attention windows a row for the 2 it needs (5.0 s against
-    2.7 s a call, 4 blocks of Qwen3-ASR-1.7B's width, 2 AVX-512 cores). Outputs hold ``frames_of`` the cut mel's
+    frames reach no valid frame. Measured on CPU: Qwen3-ASR's valid frames came out the same (0.0 difference), and
+    Qwen2.5-Omni's within 4.1e-7 of a layer's peak (XLA compiles its fused steps per shape; the test in
+    tests/models/speechllm/test_qwen3_audio.py holds both to 1e-6). Their cost was most of the batch's: a batch of
+    8-11 s clips ran 3.75 attention windows a row for the 2 it needs (bench/RESULTS.md, issue 83's encoders: 4.82 s
+    against 2.52 s a call). Outputs hold ``frames_of`` the cut mel's
     frames (at most 390); the frames past a row's own are padding, as before. Cut in steps of 8 s (``TRIM_STEP``),
     whole attention windows, so that a job compiles at most 4 shapes. ``cost`` stays a full window's: the bound a
     batch with a window over 24 s reaches."""
