@@ -19,7 +19,10 @@ Both sides get the same features: babelgrid's (each family's log-mel, checked ag
 the parity tests) of the first 30 s window of ``--batch`` real FLEURS clips (``bench/speechllm.py``'s), zero-padded
 to the window (Cohere's to the longest clip, as its extractor pads), as float32 input, with each side's own padding
 mask; babelgrid's batch as its encode job's ``collate`` gives it (Qwen3's cut to the attention windows its longest
-clip needs, ``qwen3_loaded.trimmed``: transformers packs the valid frames). Timed: babelgrid's ``encode`` of every
+clip needs, ``qwen3_loaded.trimmed``: transformers packs the valid frames; Voxtral Realtime's to its longest clip
+rounded up to 4 s, ``realtime_loaded.trimmed_collate``, where transformers' own extractor pads to the longest clip,
+which it is given). ``--seconds 30`` joins the clips end to end into inputs of 30 s each, the windows of FLEURS's
+long utterances, where no cut applies. Timed: babelgrid's ``encode`` of every
 layer, float32, to the host, against transformers' forward with ``output_hidden_states`` under
 ``torch.inference_mode`` (float32, its default attention, every core), in interleaved rounds; medians and their
 ratio. ``Gemma3nAudioEncoder`` records no hidden states, so forward hooks on its blocks read
@@ -28,7 +31,7 @@ the valid frames: every layer transformers returns (each block's input and outpu
 encoder has one) against babelgrid's, as ``max |ours - theirs| / max |theirs|``.
 
     python bench/encoders_2026.py [--only qwen3-asr,gemma3n,...] [--layers 4] [--batch 4] [--rounds 5]
-                                  [--record bench/RESULTS.md]
+                                  [--seconds 30] [--record bench/RESULTS.md]
     python bench/encoders_2026.py --smoke      # 1 block, 1 window, 1 round each: checks that it runs
 
 Run it alone, on a quiet machine.
@@ -183,15 +186,18 @@ def pair(kind: str, folder: pathlib.Path, audio: list[np.ndarray]):
         from transformers.models.voxtral_realtime.configuration_voxtral_realtime import VoxtralRealtimeEncoderConfig
         from transformers.models.voxtral_realtime.modeling_voxtral_realtime import VoxtralRealtimeEncoder
 
-        from engine.models.speechllm.realtime_loaded import collate, load_realtime
+        from engine.models.speechllm.realtime_loaded import load_realtime, trimmed_collate
 
         ours = load_realtime(folder)
         cfg = {k: v for k, v in _audio_config(folder, "audio_config").items() if k != "model_type"}
         tower = VoxtralRealtimeEncoder(VoxtralRealtimeEncoderConfig(**cfg)).eval()
         tower.load_state_dict(_tower_state(folder, "audio_tower."), strict=True)
-        mel, valid = collate([ours.features(a)[0] for a in audio], len(audio))
+        # babelgrid's batch as its encode job's collate gives it (the longest clip's mel frames rounded up to 4 s),
+        # transformers' as its feature extractor pads a batch (padding="longest": the longest clip's mel frames)
+        mel, valid = trimmed_collate([ours.features(a)[0] for a in audio], len(audio))
         frames = ours.frames(valid)
-        args, kwargs = (), {"input_features": torch.from_numpy(mel)}  # causal: the padding after a clip is unseen
+        longest = int(valid.max())
+        args, kwargs = (), {"input_features": torch.from_numpy(mel[:, :, :longest].copy())}  # causal: padding unseen
         packed = False
     elif kind == "cohere-asr":
         import transformers
@@ -254,6 +260,20 @@ def agreement(got: np.ndarray, out, frames: np.ndarray, packed: bool) -> tuple[f
     return worst, len(want)
 
 
+def joined(audio: list[np.ndarray], seconds: float) -> list[np.ndarray]:
+    """As many inputs as ``audio``, each ``seconds`` long: the clips end to end from the input's own, round the
+    list."""
+    n = int(seconds * 16000)
+    out = []
+    for i in range(len(audio)):
+        parts, have = [], 0
+        while have < n:
+            parts.append(audio[(i + len(parts)) % len(audio)])
+            have += len(parts[-1])
+        out.append(np.concatenate(parts)[:n])
+    return out
+
+
 def bench(args) -> str:
     import torch
     import transformers
@@ -265,6 +285,8 @@ def bench(args) -> str:
     torch.set_num_threads(os.cpu_count())
     sample = REPO.parent / "shared" / "data" / "fleurs-sample"
     audio = [load_audio(sample / f"{c}.ogg") for c in (CLIPS * args.batch)[: args.batch]]
+    if args.seconds:
+        audio = joined(audio, args.seconds)
     tmp = pathlib.Path(args.tmp)
     run = Run()
     rows, ratios = [], {}
@@ -286,10 +308,14 @@ def bench(args) -> str:
         run.line(),
         "",
         f"Command: `python bench/encoders_2026.py --only {','.join(args.only)} --layers {args.layers} "
-        f"--batch {args.batch} --rounds {args.rounds}`; random weights at the released widths, {args.layers} blocks, "
-        f"the first 30 s window of {args.batch} real FLEURS clips as babelgrid's log-mel features on both sides (each "
+        f"--batch {args.batch} --rounds {args.rounds}{f' --seconds {args.seconds:g}' if args.seconds else ''}`; "
+        f"random weights at the released widths, {args.layers} blocks, "
+        f"the first 30 s window of {args.batch} real FLEURS clips"
+        f"{f' joined end to end into inputs of {args.seconds:g} s' if args.seconds else ''} as babelgrid's log-mel "
+        "features on both sides (each "
         "batch as the encode job's collate gives it: Qwen3's cut to the attention windows its longest clip needs, "
-        "as transformers packs the valid frames), every "
+        "as transformers packs the valid frames; Voxtral Realtime's to the longest clip rounded up to 4 s, "
+        "transformers' to the longest clip, as its feature extractor pads), every "
         f"layer to the host, float32; medians of {args.rounds} interleaved rounds after a warm-up call of each. "
         "Agreement: the largest `max |ours - theirs| / max |theirs|` over the layers transformers returns, valid "
         "frames.",
@@ -308,10 +334,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=0.0, help="join the clips into inputs of this length")
     parser.add_argument("--smoke", action="store_true", help="1 block, 1 window, 1 round: checks that it runs")
     parser.add_argument("--record", type=pathlib.Path, default=None)
     parser.add_argument("--tmp", default="/tmp/bench-encoders-2026")
     args = parser.parse_args()
+    if not 0 <= args.seconds <= 30:
+        parser.error(f"--seconds {args.seconds:g}: give 0 (the clips as they are) up to 30 (one window)")
     args.only = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in args.only if k not in ENCODERS]
     if unknown or not args.only:

@@ -3,13 +3,15 @@ the same ``--tower_output layers|final|projector`` as the other towers.
 
 Windows and padding, declared here and never probed by a job: audio is cut into babelgrid's 30 s windows, each
 featurized alone by the model's extractor (``realtime_features``: ``s // 160`` mel frames, no padding to 30 s) and
-zero-padded to 3000 mel frames in a batch. The encoder is causal: a frame reads the audio up to it only, so a window's
+zero-padded in a batch to its longest window's mel frames, rounded up to 4 s (at most 3000:
+``realtime_loaded.trimmed_collate``). The encoder is causal: a frame reads the audio up to it only, so a window's
 frames never depend on its batch mates or on the padding. Its attention is a sliding window of 750 frames (15 s;
 ``features``' ``attention_window_frames``): inside a 30 s window a frame past 15 s no longer sees the window's start.
 A window restarts the positions (RoPE) and the causal context at 0, so the audio past 30 s of a long clip is encoded
 without the 15 s before it, which transformers' whole-clip (or streaming) pass would give it (``--long_audio window``
 cuts as every family does). Frames: 50/s (20 ms) for the layers and the tower's output, 12.5/s (80 ms) for the
-projector's. A window costs its 3000-frame batch row whatever its length (``pads_windows``).
+projector's. A plan counts each window as a full 3000-frame batch row (``pads_windows``), the bound a batch with a
+window over 24 s reaches.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from engine.models.speechllm.realtime_loaded import (
     WINDOW_SAMPLES,
     LoadedRealtime,
     load_realtime,
+    trimmed_collate,
 )
 from engine.models.speechllm.tower import OwnFeaturesEncoder
 
@@ -56,7 +59,7 @@ class RealtimeEncoder(OwnFeaturesEncoder):
     NO_FRAME: ClassVar[str] = "Voxtral Realtime's {output} output"
     loaded: LoadedRealtime
     window_samples: int = WINDOW_SAMPLES
-    pads_windows: bool = True  # every window runs as a 3000-frame row (``cost``)
+    pads_windows: bool = True  # a window costs at most a 3000-frame row (``cost``): the plan's bound
     min_samples: int = MIN_SAMPLES  # a last window under 320 samples gives no frame and is dropped
 
     @property
@@ -93,6 +96,11 @@ class RealtimeEncoder(OwnFeaturesEncoder):
             )
         return super().windows(samples, long_audio)
 
+    def collate(self, inputs, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows -> ``(mel f32[batch_size, n_mels, frames], valid i32[batch_size])``, cut to the batch's longest
+        window in 4 s steps (``realtime_loaded.trimmed_collate``); padding rows: zeros, 0 valid."""
+        return trimmed_collate(inputs, batch_size)
+
     def cost(self, samples: int) -> EncoderCost:
         """One window's FLOPs (a full 3000-frame row whatever ``samples``) and parameters."""
         self._check_window(samples)
@@ -100,7 +108,7 @@ class RealtimeEncoder(OwnFeaturesEncoder):
         w, a, f = c.width, c.attention_width, c.ffn
         m, t = WINDOW_MEL_FRAMES, WINDOW_MEL_FRAMES // 2
         front = 2 * 3 * c.n_mels * w * m + 2 * 3 * w * w * t
-        keys = t * t  # the attention runs over the whole window, masked to the band
+        keys = t * t  # accelerators run the whole window masked to the band (CPU: 1000 keys a query, fewer)
         layer = 2 * t * (4 * w * a + 3 * w * f) + 2 * 2 * keys * a
         projection = (c.text_width * (w * c.group + c.text_width)) if c.has_projector else 0
         params = 3 * w * (c.n_mels + w) + 3 * w + c.layers * (4 * w * a + 2 * a + 3 * w * f + 4 * w) + projection

@@ -37,10 +37,24 @@ WINDOW_MEL_FRAMES = WINDOW_SAMPLES // HOP_LENGTH  # 3000 mel frames, 1500 frames
 MIN_SAMPLES = CONV_STRIDE * HOP_LENGTH  # 320: two mel frames, one frame of the blocks
 
 
+TRIM_STEP = 400  # mel frames (4 s): ``trimmed_collate`` cuts a batch in steps of this, so at most 8 shapes a job
+
+
 def collate(inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows ``[(mel f32[n_mels, frames], valid), ...]`` -> ``(mel f32[batch_size, n_mels, 3000], valid
     i32[batch_size])``: zeros past each window's frames, and padding rows of zeros with 0 valid frames."""
     return pad_windows(inputs, batch_size, WINDOW_MEL_FRAMES, time_axis=1)
+
+
+def trimmed_collate(inputs: Sequence, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``collate``, the batch cut to its longest window's mel frames rounded up to ``TRIM_STEP`` (400, 800, ..., 2800
+    or 3000 mel frames: at most 8 compiled shapes a job). The encoder is causal, so the frames cut reach no valid frame,
+    and on CPU its reductions run in blocks of fixed shapes (``realtime_model.rms_norm``, ``banded_attention``): a
+    window's states are the same bits whatever its batch mates (tests/models/speechllm/test_voxtral_realtime.py). A
+    batch of 8-11 s clips then runs 1,200 mel frames a row instead of 3,000 (bench/RESULTS.md, issue 83's encoders)."""
+    longest = max((m.shape[1] for m, _ in inputs), default=0)
+    frames = min(WINDOW_MEL_FRAMES, max(1, -(-longest // TRIM_STEP)) * TRIM_STEP)
+    return pad_windows(inputs, batch_size, frames, time_axis=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -39,8 +39,8 @@ from transformers.models.voxtral_realtime.feature_extraction_voxtral_realtime im
 
 from engine.models.speechllm.realtime_encoder import RealtimeEncoder
 from engine.models.speechllm.realtime_features import RealtimeFeatures, log_mel
-from engine.models.speechllm.realtime_loaded import collate, load_realtime
-from engine.models.speechllm.realtime_model import banded_attention, reference_banded_attention
+from engine.models.speechllm.realtime_loaded import TRIM_STEP, collate, load_realtime, trimmed_collate
+from engine.models.speechllm.realtime_model import banded_attention, reference_banded_attention, rms_norm
 
 RTOL = 1e-5
 SECONDS = (0.8, 0.55)
@@ -99,14 +99,41 @@ def test_features_equal_the_extractor():
         assert np.abs(got - want).max() <= FEATURES_RTOL * np.abs(want).max()
 
 
-def test_batched_banded_attention_equals_the_reference():
-    """The sliding-window attention of accelerators (every head at once) against its NumPy twin: on a CPU machine it
-    runs nowhere else in the tests (the CPU's form, a row and head at a time, is the layers' below)."""
+@pytest.mark.parametrize("batched", [True, False])
+def test_banded_attention_equals_the_reference(batched):
+    """The sliding-window attention against its NumPy twin: accelerators' form (every head at once; on a CPU machine
+    it runs nowhere else in the tests) and the CPU's (blocks of 2 queries against their 9 keys here, 23 frames
+    leaving a part block, the first blocks reaching before the clip's start)."""
     rng = np.random.default_rng(2)
     q, k, v = (rng.standard_normal((2, 23, 3, 8)).astype(np.float32) for _ in range(3))
-    want = reference_banded_attention(q, k, v, 5)
-    got = np.asarray(jax.jit(banded_attention, static_argnums=(3, 4))(q, k, v, 5, True))
+    want = reference_banded_attention(q, k, v, 7)
+    got = np.asarray(jax.jit(banded_attention, static_argnums=(3, 4))(q, k, v, 7, batched))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_rms_norm_of_a_row_does_not_change_with_the_batch_frames():
+    """``rms_norm`` on 600 frames of a batch equals it on the batch's 1,500, bit for bit. ``jnp.mean`` followed by
+    ``rsqrt`` in one jitted step differed here by 1e-6 on this CPU: XLA compiled that fusion per shape."""
+    x = np.random.default_rng(3).standard_normal((4, 1500, 1280)).astype(np.float32)
+    scale = np.ones(1280, np.float32)
+    norm = jax.jit(lambda x: rms_norm(x, scale, 1e-5))
+    np.testing.assert_array_equal(np.asarray(norm(x[:, :600])), np.asarray(norm(x))[:, :600])
+    want = x / np.sqrt(np.mean(x.astype(np.float64) ** 2, -1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(np.asarray(norm(x)), want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_batch_cut_to_its_longest_window_gives_the_same_bits(models):
+    """The encode job's batch (``trimmed_collate``: 800 mel frames for these clips) against the full 30 s one: every
+    layer's valid frames are equal, not close. On CPU every reduction of the tower runs in blocks of one shape
+    (``realtime_model.rms_norm``, ``banded_attention``), so a window's states do not depend on its batch mates."""
+    ours = models[2]
+    windows = [ours.features(clip)[0] for clip in _clips()]
+    mel, valid = trimmed_collate(windows, len(windows))
+    assert mel.shape[2] == TRIM_STEP
+    full = np.asarray(ours.encode(*collate(windows, len(windows))))
+    got = np.asarray(ours.encode(mel, valid))
+    for b, n in enumerate(ours.frames(valid)):
+        np.testing.assert_array_equal(got[:, b, :n], full[:, b, :n])
 
 
 def _close(ours, theirs, what):
