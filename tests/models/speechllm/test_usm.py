@@ -14,7 +14,8 @@ log-mel is checked against each model's own feature extractor first; babelgrid r
 log-mel zero-padded, the frames past each clip masked), transformers each clip alone (a batch of one: what babelgrid
 means by a window's states). Forward hooks read the first block's input (layer 0) and every block's output; the
 tower's output and ``embed_audio``'s are the modules' returns. Compared in float32 over each clip's valid frames as
-``max |ours - theirs| / max |theirs|`` per array: within 1e-5.
+``max |ours - theirs| / max |theirs|`` per array: within 1e-5. A head mask (the heads job's) is checked the same way
+against transformers with a pre-hook scaling a head's slice of each block's attention output projection's input.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from transformers.models.gemma4 import configuration_gemma4 as c4
 from transformers.models.gemma4 import feature_extraction_gemma4 as f4
 from transformers.models.gemma4 import modeling_gemma4 as m4
 
+from engine.models.speechllm.usm_encoder import UsmEncoder
 from engine.models.speechllm.usm_features import from_preprocessor, log_mel
 from engine.models.speechllm.usm_loaded import collate, load_usm
 
@@ -130,19 +132,28 @@ def _hooked(blocks, run, embed, mel: np.ndarray, valid: int):
     return states, final, projected
 
 
-@pytest.mark.parametrize("kind", list(BUILD))
-def test_every_layer_equals_transformers(kind, tmp_path):
+@pytest.fixture(scope="module", params=list(BUILD))
+def built(request, tmp_path_factory):
+    """(kind, transformers' tower, its embedder, its blocks, its call, babelgrid's loaded folder, the clips' windows,
+    babelgrid's short ragged batch ``(mel, valid)``)."""
+    kind = request.param
     audio, tower, embed, blocks, run = BUILD[kind]()
+    folder = tmp_path_factory.mktemp(kind)
     config = {"model_type": kind, "audio_config": audio.to_dict(), "text_config": {"hidden_size": TEXT}}
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (folder / "config.json").write_text(json.dumps(config))
     tensors = {f"model.audio_tower.{k}": v for k, v in tower.state_dict().items()}
     tensors |= {f"model.embed_audio.{k}": v for k, v in embed.state_dict().items()}
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp_path / "model.safetensors"))
-    ours = load_usm(tmp_path)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+    ours = load_usm(folder)
     assert ours.config.width == audio.hidden_size and ours.config.layers == LAYERS
     windows = [log_mel(clip, ours.feature_settings) for clip in _clips()]
     mel, valid = collate(windows, len(windows))
     mel = mel[:, : -(-max(len(m) for m, _ in windows) // 4) * 4]  # a short batch: the tower takes any 4k frames
+    return kind, tower, embed, blocks, run, ours, windows, (mel, valid)
+
+
+def test_every_layer_equals_transformers(built):
+    kind, tower, embed, blocks, run, ours, windows, (mel, valid) = built
     got = ours.outputs(mel, valid)
     n = ours.frames(valid)
     np.testing.assert_array_equal(n, got["frames"])
@@ -157,3 +168,32 @@ def test_every_layer_equals_transformers(kind, tmp_path):
         assert final.shape[1] - f in (0, 1)
         _close(got["final"][b, :f], final[0, :f].numpy(), f"{kind} final clip {b}")
         _close(got["projector"][b, :f], projected[:f], f"{kind} projector clip {b}")
+
+
+def test_a_head_mask_equals_transformers_with_the_head_zeroed(built):
+    """The heads job's call (``UsmEncoder.head_masked``: a mask per row, here head 3 of block 2 off on the first row
+    and head 6 of block 1 scaled by 0.5 on the second) against transformers with a pre-hook on each block's
+    attention output projection (3n's ``attention.post``, 4's clippable ``self_attn.post``) scaling that head's
+    slice: every layer within 1e-5 of its peak on each clip's valid frames; the rows without a mask equal the
+    unmasked pass, and the zeroed head moved the states."""
+    kind, tower, embed, blocks, run, ours, windows, (mel, valid) = built
+    c = ours.config
+    masks = np.ones((len(windows), LAYERS, c.heads), np.float32)
+    masks[0, 1, 3], masks[1, 0, 6] = 0.0, 0.5
+    got = UsmEncoder(ours).head_masked(range(LAYERS + 1))((mel, valid), masks)
+    plain = ours.outputs(mel, valid)["layers"]
+    n = ours.frames(valid)
+    for b, (m, v) in enumerate(windows):
+        scale = torch.from_numpy(masks[b]).repeat_interleave(c.head_dim, dim=-1)
+        posts = [blk.attention.post if kind == "gemma3n" else blk.self_attn.post for blk in blocks]
+        hooks = [post.register_forward_pre_hook(lambda mod, a, s=scale[i]: (a[0] * s,)) for i, post in enumerate(posts)]
+        try:
+            states, _, _ = _hooked(blocks, run, embed, m, v)
+        finally:
+            for h in hooks:
+                h.remove()
+        for i, want in enumerate(states):
+            _close(got[i, b, : n[b]], want[: n[b]], f"{kind} head-masked layer {i} clip {b}")
+        if b == 2:
+            np.testing.assert_array_equal(got[:, b, : n[b]], np.asarray(plain)[:, b, : n[b]])
+    assert np.abs(got[LAYERS, 0, : n[0]] - np.asarray(plain)[LAYERS, 0, : n[0]]).max() > 1e-3
