@@ -56,6 +56,9 @@ def rows(tmp: pathlib.Path) -> list[tuple[str, str, list[str]]]:
         ("heads", "`heads --store S --out X --utterances 6 --max_new_tokens 48` (docs/heads.md's demo: 49 passes "
          "over 48 utterances, decoded, both importance losses)",
          ["jobs.heads", "--store", str(s), "--out", x, "--utterances", "6", "--max_new_tokens", "48"]),
+        ("sae", "`sae --store S --out X --layers 2,4,7 --epochs 4 --batch_size 2048 --k 32` (docs/sae.md's demo)",
+         ["jobs.sae", "--store", str(s), "--out", x, "--layers", "2,4,7", "--epochs", "4", "--batch_size", "2048",
+          "--k", "32"]),
         ("typology", "`typology --similarity M --out X` (M: seqsim and mean of S; 8 languages x 8 layers, 9999 "
          "permutations)", ["jobs.typology", "--similarity", str(m), "--out", x]),
         ("interp", "`interp --store S --words W --out X --pairs es:it,en:de,en:ru` (docs/interp.md's demo: 3 pairs x "
