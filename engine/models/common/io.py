@@ -102,6 +102,16 @@ def some(names, n: int = 8) -> str:
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(@[\w./-]+)?")  # org/name[@revision]
 
 
+SAVE_PRETRAINED = "pass the folder save_pretrained wrote (config.json + model.safetensors)"
+
+
+def read_config(path: pathlib.Path, fix: str = "pass the model's folder") -> dict:
+    """``path``'s ``config.json``, refused with ``fix`` when ``path`` is not a folder holding one."""
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise CheckpointError(f"checkpoint '{path}' is not a folder with config.json; {fix}")
+    return read_json(path / "config.json")
+
+
 def folder_or_hub(source, download: Callable, example: str) -> tuple[pathlib.Path, str]:
     """``(local path, name)`` of a ``--model``: an existing path (named by its folder), else a hub id
     ``org/name[@revision]`` fetched by ``download(repo_id, revision)`` (named by the id); anything else is refused,

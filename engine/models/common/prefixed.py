@@ -64,6 +64,35 @@ def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def snapshot(repo_id: str, revision: str | None, local: str, **patterns) -> pathlib.Path:
+    """``huggingface_hub.snapshot_download(repo_id, revision=revision, **patterns)`` (``allow_patterns``, from the
+    cache or the hub), each failure a one-line ``CheckpointError``: a repo not found, gated or at an unknown revision,
+    an id that is not one, HF_HUB_OFFLINE with the files not cached, a hub out of reach. ``local``: how to pass a
+    downloaded folder instead, ending the last two."""
+    import huggingface_hub  # lazy: only hub ids need it, and it is slow to import
+
+    source = repo_id + (f"@{revision}" if revision else "")
+    try:
+        return pathlib.Path(huggingface_hub.snapshot_download(repo_id, revision=revision, **patterns))
+    except Exception as e:  # connection, not-found and validation errors come as several hub and httpx types
+        kind, first = type(e).__name__, (str(e).splitlines() or [""])[0]
+        if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError"):
+            raise CheckpointError(
+                f"Hugging Face repo '{source}' was not found or is gated ({kind}); check the name, or log in with "
+                "`hf auth login` for private and gated models"
+            ) from None
+        if kind == "HFValidationError":
+            raise CheckpointError(f"'{source}' is not a valid Hugging Face repo id: {first}") from None
+        if hub_offline():
+            raise CheckpointError(
+                f"HF_HUB_OFFLINE is set and '{source}' is not in the local Hugging Face cache; unset HF_HUB_OFFLINE, "
+                f"or {local}"
+            ) from None
+        raise CheckpointError(
+            f"the Hugging Face hub is unreachable and '{source}' is not in the local cache ({kind}: {first}); {local}"
+        ) from None
+
+
 def download_prefixed(
     repo_id: str, revision: str | None, prefixes_of: Callable[[dict, str], Sequence[str]], local: str
 ) -> pathlib.Path:
@@ -71,30 +100,11 @@ def download_prefixed(
     where)`` names, from the cache or the hub. The config and the shard indexes come first; with an index, only the
     shards holding those tensors follow; without one, ``model.safetensors``, and ``pytorch_model.bin`` only when there
     is no safetensors file. ``local``: how to pass a downloaded folder instead (for the error messages)."""
-    import huggingface_hub  # lazy: only hub ids need it, and it is slow to import
-
     source = repo_id + (f"@{revision}" if revision else "")
     local = f"download it where the hub is reachable (`hf download {repo_id}`) and pass the folder, e.g. {local}"
 
     def get(patterns: list[str]) -> pathlib.Path:
-        try:
-            return pathlib.Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-        except Exception as e:  # connection, not-found and validation errors come as several hub and httpx types
-            kind = type(e).__name__
-            if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "HFValidationError"):
-                raise CheckpointError(
-                    f"Hugging Face repo '{source}' cannot be used ({kind}); check the name, or log in with "
-                    "`hf auth login` for gated models"
-                ) from None
-            if hub_offline():
-                raise CheckpointError(
-                    f"HF_HUB_OFFLINE is set and '{source}' is not in the local Hugging Face cache; unset "
-                    f"HF_HUB_OFFLINE, or {local}"
-                ) from None
-            raise CheckpointError(
-                f"the Hugging Face hub is unreachable and '{source}' is not in the local cache "
-                f"({kind}: {str(e).splitlines()[0] if str(e) else ''}); {local}"
-            ) from None
+        return snapshot(repo_id, revision, local, allow_patterns=patterns)
 
     folder = get(["config.json", *(index for _, index, _ in WEIGHTS)])
     if not (folder / "config.json").is_file():

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, folder_or_hub, read_json
+from engine.models.common.io import SAVE_PRETRAINED, file_sha256, folder_or_hub, read_config, read_json
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
@@ -52,12 +52,7 @@ def prefixes(config: FastConformerConfig) -> tuple[str, ...]:
 def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     """Read a Parakeet or Canary folder, or a hub id ``org/name[@revision]``; ``dtype``: cast the weights to it."""
     path, name = folder_or_hub(source, download, "nvidia/parakeet-ctc-0.6b")
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise CheckpointError(
-            f"checkpoint '{path}' is not a folder with config.json; pass the folder save_pretrained wrote "
-            "(config.json + model.safetensors)"
-        )
-    config = config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+    config = config_from_hf(read_config(path, SAVE_PRETRAINED), str(path / "config.json"))
     check_preprocessor(path, config)
     files, stored = read_prefixed(path, prefixes(config))
     sd = _check(stored, config, str(path))

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from engine.models.common.io import folder_or_hub
+from engine.models.common.io import folder_or_hub, read_config
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.speechllm.config import HUB_IDS, TOWERS, SpeechLLMConfig, from_hf
-from engine.models.speechllm.tower_checkpoints import TowerCheckpoint, cast, digest, read_config
+from engine.models.speechllm.tower_checkpoints import TowerCheckpoint, cast, digest
 
 TOWER, PROJECTOR = "audio_tower.", "multi_modal_projector."
 PREFIXES = (TOWER, PROJECTOR, "model." + TOWER, "model." + PROJECTOR)

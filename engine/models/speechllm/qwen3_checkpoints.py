@@ -27,12 +27,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from engine.errors import CheckpointError
-from engine.models.common.io import folder_or_hub
+from engine.models.common.io import folder_or_hub, read_config
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
 from engine.models.speechllm.qwen3_config import ASR, HUB_IDS, MODEL_TYPES, TOWER_TYPES, Qwen3AudioConfig, from_hf
-from engine.models.speechllm.tower_checkpoints import TowerCheckpoint, cast, digest, names_tower, read_config
+from engine.models.speechllm.tower_checkpoints import TowerCheckpoint, cast, digest, names_tower
 
 TOWER = "audio_tower."
 PROJECTOR = {"multi_modal_projector.linear_1.": "proj1.", "multi_modal_projector.linear_2.": "proj2."}

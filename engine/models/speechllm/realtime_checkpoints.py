@@ -15,7 +15,7 @@ import os
 import pathlib
 
 from engine.errors import CheckpointError
-from engine.models.common.io import folder_or_hub
+from engine.models.common.io import folder_or_hub, read_config
 from engine.models.common.prefixed import read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
@@ -25,7 +25,6 @@ from engine.models.speechllm.tower_checkpoints import (
     digest,
     download_with_preprocessor,
     names_tower,
-    read_config,
     read_preprocessor,
 )
 

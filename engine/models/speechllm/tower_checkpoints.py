@@ -38,13 +38,6 @@ def audio_value(d: dict, name: str, default=None):
     raise CheckpointError(f"config.json's audio config lacks {name!r}; restore the model's config.json")
 
 
-def read_config(path: pathlib.Path, fix: str = "pass the model's folder") -> dict:
-    """``path``'s ``config.json``, refused with ``fix`` when ``path`` is not a folder holding one."""
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise CheckpointError(f"checkpoint '{path}' is not a folder with config.json; {fix}")
-    return read_json(path / "config.json")
-
-
 def read_preprocessor(path: pathlib.Path) -> dict | None:
     """``path``'s ``preprocessor_config.json``, or None if the folder has none."""
     pre = path / "preprocessor_config.json"

@@ -27,8 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from engine.errors import CheckpointError
-from engine.models.common.io import file_sha256, folder_or_hub, read_json
+from engine.models.common.io import SAVE_PRETRAINED, file_sha256, folder_or_hub, read_config
 from engine.models.common.prefixed import download_prefixed, read_prefixed
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import check_layer_claim, checked_state
@@ -61,12 +60,7 @@ def load_checkpoint(source: str | os.PathLike, *, dtype=None) -> Checkpoint:
     ``dtype``: cast the weights to it (e.g. ``np.float32``); ``None`` keeps the stored dtype.
     """
     path, name = folder_or_hub(source, download, "facebook/w2v-bert-2.0")
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise CheckpointError(
-            f"checkpoint '{path}' is not a folder with config.json; pass the folder save_pretrained wrote "
-            "(config.json + model.safetensors)"
-        )
-    config = config_from_hf(read_json(path / "config.json"), str(path / "config.json"))
+    config = config_from_hf(read_config(path, SAVE_PRETRAINED), str(path / "config.json"))
     files, sd = read_encoder_weights(path, config)
     if dtype is not None:
         sd = {k: v if v.dtype == np.dtype(dtype) else v.astype(dtype) for k, v in sd.items()}

@@ -36,6 +36,7 @@ import numpy as np
 
 from engine.errors import CheckpointError
 from engine.models.common.io import file_sha256, read_json, read_torch_state_dict, some
+from engine.models.common.prefixed import snapshot
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import WEIGHT_FILES, check_layer_claim, read_safetensors, read_weights
 from engine.models.wav2vec2.config import Wav2Vec2Dims, dims_from_hf_config
@@ -280,10 +281,6 @@ def read_adapter(folder: pathlib.Path, lang: str, dims: Wav2Vec2Dims) -> tuple[p
 
 def download(repo_id: str, revision: str | None, adapter: str | None = None) -> pathlib.Path:
     """Local folder of a hub repo's files (config, weights, vocabulary, the adapter asked for), cache or hub."""
-    import huggingface_hub  # lazy: a hub client only for hub ids, not for local folders
-    from huggingface_hub import errors
-
-    source = repo_id + (f"@{revision}" if revision else "")
     name = repo_id.lower()
     kind = next((k for k in ("mms", "hubert", "omni") if k in name), "wav2vec2").replace("omni", "omnilingual")
     local = (
@@ -293,26 +290,7 @@ def download(repo_id: str, revision: str | None, adapter: str | None = None) -> 
     extra = [] if adapter is None else [name.format(adapter) for name in ADAPTER_FILES]
 
     def get(patterns: list[str]) -> pathlib.Path:
-        try:
-            return pathlib.Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-        except (errors.RepositoryNotFoundError, errors.GatedRepoError, errors.RevisionNotFoundError) as e:
-            raise CheckpointError(
-                f"Hugging Face repo '{source}' was not found or is gated ({type(e).__name__}); check the name, or log "
-                "in with `hf auth login` for private and gated models"
-            ) from None
-        except errors.HFValidationError as e:
-            raise CheckpointError(f"'{source}' is not a valid Hugging Face repo id: {e}") from None
-        except Exception as e:  # connection errors come as httpx, OSError or hub error types
-            if huggingface_hub.constants.HF_HUB_OFFLINE:
-                raise CheckpointError(
-                    f"HF_HUB_OFFLINE is set and '{source}' is not in the local Hugging Face cache; unset "
-                    f"HF_HUB_OFFLINE, or {local}"
-                ) from None
-            first = str(e).splitlines()[0] if str(e) else ""
-            raise CheckpointError(
-                f"the Hugging Face hub is unreachable and '{source}' is not in the local cache "
-                f"({type(e).__name__}: {first}); {local}"
-            ) from None
+        return snapshot(repo_id, revision, local, allow_patterns=patterns)
 
     folder = get([*TEXT_FILES, "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors", *extra])
     # pytorch_model.bin only when there are no safetensors, so that a model is not downloaded twice

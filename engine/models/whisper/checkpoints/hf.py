@@ -9,7 +9,6 @@ optionally ``generation_config.json`` and ``tokenizer.json``. Tensors are rename
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import re
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ import numpy as np
 
 from engine.errors import CheckpointError
 from engine.models.common.io import int_tuple, read_json, some, to_numpy
+from engine.models.common.prefixed import snapshot
 from engine.models.common.random_weights import random_model_hint
 from engine.models.common.weights import WEIGHT_FILES, read_weights
 from engine.models.whisper.checkpoints import ct2
@@ -197,9 +197,6 @@ def _map_hf(hf: Mapping[str, object], source: str) -> tuple[dict[str, np.ndarray
 
 def download(repo_id: str, revision: str | None) -> pathlib.Path:
     """Local folder of a hub repo's Whisper files (CTranslate2 or Hugging Face), from the cache or the hub."""
-    import huggingface_hub
-    from huggingface_hub import errors
-
     source = repo_id + (f"@{revision}" if revision else "")
     turbo = "turbo" in repo_id.lower()
     example = "whisper-large-v3-turbo" if turbo else "whisper-base"
@@ -215,34 +212,10 @@ def download(repo_id: str, revision: str | None) -> pathlib.Path:
         )
 
     def get(patterns: list[str]) -> pathlib.Path:
-        try:
-            return pathlib.Path(huggingface_hub.snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
-        except (errors.RepositoryNotFoundError, errors.GatedRepoError, errors.RevisionNotFoundError) as e:
-            raise CheckpointError(
-                f"Hugging Face repo '{source}' was not found or is gated ({type(e).__name__}); check the name, "
-                "or log in with `hf auth login` for private and gated models"
-            ) from None
-        except errors.HFValidationError as e:
-            raise CheckpointError(f"'{source}' is not a valid Hugging Face repo id: {e}") from None
-        except Exception as e:  # connection errors come as httpx, OSError or hub error types
-            if _hub_offline():
-                raise CheckpointError(
-                    f"HF_HUB_OFFLINE is set and '{source}' is not in the local Hugging Face cache; unset "
-                    f"HF_HUB_OFFLINE, or {local}"
-                ) from None
-            raise CheckpointError(
-                f"the Hugging Face hub is unreachable and '{source}' is not in the local cache "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {local}"
-            ) from None
+        return snapshot(repo_id, revision, local, allow_patterns=patterns)
 
     folder = get(_HUB_FILES + _HUB_SAFETENSORS)
     # pytorch_model.bin is fetched only when there are no safetensors, to avoid downloading the model twice.
     if not ct2.model_bin_files(folder) and not any((folder / f).is_file() for f in WEIGHT_FILES[:2]):
         folder = get(_HUB_FILES + _HUB_TORCH)
     return folder
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
