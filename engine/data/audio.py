@@ -24,7 +24,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from engine.errors import AudioError
+from engine.errors import AudioError, ShapeError
 
 logger = logging.getLogger(__name__)
 
@@ -242,3 +242,21 @@ def _check_ogg_complete(name: str, data: bytes) -> None:
             f"audio {name!r} is a truncated Ogg stream (it stops at byte {len(data)} without an end-of-stream "
             "page); the download or copy was cut short: fetch the file again"
         )
+
+
+def check_waveform(waveform, name: str, min_samples: int, needs: str) -> np.ndarray:
+    """``waveform`` checked for a family's features: ShapeError unless a 1-D float array (mono, 16 kHz), AudioError
+    for fewer than ``min_samples`` samples (``needs``: what they are needed for, as "w2v-BERT features ... for one
+    20 ms frame") or a NaN or infinite sample; ``name`` names the array in the messages."""
+    x = np.asarray(waveform)
+    if x.ndim != 1 or x.dtype.kind != "f":
+        raise ShapeError(f"{name} must be a float array f32[samples] (mono, 16 kHz), got {x.dtype}{list(x.shape)}")
+    if len(x) < min_samples:
+        first, _, last = needs.partition(" ... ")
+        raise AudioError(
+            f"{name} has {len(x)} samples; {first} need at least {min_samples} "
+            f"({min_samples / SAMPLE_RATE * 1000:.0f} ms at 16 kHz) {last}"
+        )
+    if not np.all(np.isfinite(x)):
+        raise AudioError(f"{name} holds NaN or infinite samples")
+    return x

@@ -90,6 +90,15 @@ def scale_heads(out, scale, n_head: int):
     return (out.reshape(b, t, n_head, d // n_head) * s).reshape(b, t, d)
 
 
+def check_features(features, valid, width: int, made_by: str) -> None:
+    """ShapeError unless ``features`` is ``f32[batch, frame, width]`` (as ``made_by`` makes them) with ``valid``
+    ``i32[batch]`` beside it: a masked encoder's input."""
+    if features.ndim != 3 or features.shape[-1] != width:
+        raise ShapeError(f"features must be f32[batch, frame, {width}] ({made_by}), got {tuple(features.shape)}")
+    if valid.shape != features.shape[:1]:
+        raise ShapeError(f"valid must be i32[batch] = i32[{features.shape[0]}], got {tuple(valid.shape)}")
+
+
 def check_head_mask(head_mask, n_layers: int, n_head: int, batch: int | None = None):
     """``head_mask`` as an array once its shape fits an encoder of ``n_layers`` blocks of ``n_head`` heads: ``f[L, H]``,
     or ``f[batch, L, H]`` (a mask per row of a batch of ``batch``); ``ShapeError`` naming the shape otherwise."""

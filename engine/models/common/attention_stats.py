@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from engine.models.common.layers import head_major
+from engine.models.common.trainable import SplitModule
 
 STATS = ("distance", "entropy", "local")
 SINKS = ("top_share", "top_frame", "first_share")
@@ -94,7 +95,7 @@ def sinks(received, key_valid, k: int) -> dict:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class AttentionStats:
+class AttentionStats(SplitModule):
     """A family's attention statistics (module docstring): ``__call__(batch, frames, local) -> f32[batch, blocks,
     heads, 3]``, ``frames``: each row's valid encoder frames; ``measure(batch, frames, local, k)`` adds the sinks."""
 
@@ -103,10 +104,6 @@ class AttentionStats:
     qk: Callable  # (model, block 1..L, x, keep) -> (q, k, key_valid or None)
     blocks: int
     heads: int
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     @functools.lru_cache(maxsize=4)  # noqa: B019 (one object per loaded model, a few values of local and k)
     def _jitted(self, local: int, k: int):

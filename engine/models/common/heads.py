@@ -28,10 +28,11 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.trainable import SplitModule
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class HeadMasked:
+class HeadMasked(SplitModule):
     """A loaded encoder's forward pass with a head mask (module docstring)."""
 
     model: nnx.Module
@@ -41,10 +42,6 @@ class HeadMasked:
     layers: tuple[int, ...]  # the stored layers returned, in this order
     # (model, x, *batch, first=, layers=, head_mask=) -> f32[len(layers), batch, frame, embed], layers >= first
     resume: Callable | None = None
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     @property
     def params(self):

@@ -75,6 +75,19 @@ class RandomKind:
     note: str = ""  # what the folder leaves out or fixes, for the job's report
 
 
+def normal_state(
+    shapes: Mapping[str, tuple[int, ...]], seed: int, scale: float, near_one: Callable[[str], bool]
+) -> dict[str, np.ndarray]:
+    """A state dict of ``shapes`` for tests and benchmarks: each tensor N(0, ``scale``^2) in float32, drawn in the
+    order of ``shapes`` from ``seed``, and 1 + that where ``near_one(name)`` (norm scales, BatchNorm variances)."""
+    rng = np.random.default_rng(seed)
+    sd = {}
+    for name, shape in shapes.items():
+        w = (rng.standard_normal(shape) * scale).astype(np.float32)
+        sd[name] = (1 + w) if near_one(name) else w
+    return sd
+
+
 def random_tensors(shapes: Mapping[str, tuple[int, ...]], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A float32 tensor for every name of ``shapes``, initialised as the module docstring says."""
     return {name: _tensor(name, tuple(shape), rng) for name, shape in shapes.items()}

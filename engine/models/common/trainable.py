@@ -7,7 +7,9 @@ be a Param (a family splits a view of its decoder holding only what it trains).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,15 @@ def _key(path: tuple) -> str:
 
 def _path(key: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
+class SplitModule:
+    """``_split``: ``nnx.split(self.model)``, taken once, for the jitted calls of a frozen dataclass with a ``model``
+    field (a loaded model, or one of its encoders' wrappers)."""
+
+    @functools.cached_property
+    def _split(self):
+        return nnx.split(self.model)
 
 
 def split_params(module: nnx.Module) -> tuple[nnx.GraphDef, dict[str, jax.Array]]:
@@ -56,3 +67,20 @@ def fill_frames(states: np.ndarray, n_frames, frames: int, fill: np.ndarray | No
     for i, n in enumerate(n_frames):
         out[i, : int(n)] = states[i, : int(n)]
     return out
+
+
+def torch_layout(params: Mapping[str, jax.Array], name_of: Callable[[str], str]) -> dict[str, np.ndarray]:
+    """Flat parameters (or their gradients) under ``name_of``'s names in PyTorch layouts: a ``kernel`` transposed
+    to the reference's ``weight``."""
+    return {name_of(k): np.asarray(v).T if k.endswith(".kernel") else np.asarray(v) for k, v in params.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderGraph:
+    """``TrainGraph`` of a decoder module with ``logits(tokens, memory, valid)`` (hashable: the train step's static
+    argument); a family whose decoder reads every memory frame overrides ``logits``."""
+
+    graphdef: nnx.GraphDef
+
+    def logits(self, params, tokens, memory, valid):
+        return merge_params(self.graphdef, params).logits(tokens, memory, valid)

@@ -39,12 +39,13 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
+from engine.models.common.trainable import SplitModule
 
 AGGREGATES = ("mean", "max")  # the reference's DIM_AGGREGATOR: over a word's frames
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ValueZeroing:
+class ValueZeroing(SplitModule):
     """A family's encoder blocks run one at a time with value vectors zeroed (module docstring)."""
 
     model: nnx.Module
@@ -54,10 +55,6 @@ class ValueZeroing:
     # the blocks' weights are stacked (wav2vec2's scan): ``block`` takes a traced index, and one program serves every
     # block; else (Whisper's modules) each block is its own program
     stacked: bool = False
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     @functools.cached_property
     def _states(self):

@@ -22,7 +22,6 @@ from engine.models.fastconformer.cost import encoder_cost
 from engine.models.fastconformer.loaded import LoadedFastConformer, load_fastconformer
 from engine.models.interface import (
     FASTCONFORMER_LAYERS,
-    WINDOW_SECONDS,
     EncoderCost,
     split_windows,
     window_frames,
@@ -36,8 +35,6 @@ class FastConformerEncoder(MaskedEncoder):
     loaded: LoadedFastConformer
     family: str = "fastconformer"
     layer_meaning: str = FASTCONFORMER_LAYERS
-    window_samples: int = WINDOW_SECONDS * feats.SAMPLE_RATE
-    pads_windows: bool = False  # a window costs its own length (``cost``); a batch pads to whole seconds, masked
     min_samples: int = feats.MIN_SAMPLES  # a shorter last window has no frame: dropped (``split_windows``)
     PAD_FRAMES = 100  # batches are padded to a multiple of this many feature frames (1 s)
 

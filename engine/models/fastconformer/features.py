@@ -25,7 +25,7 @@ import functools
 
 import numpy as np
 
-from engine.errors import AudioError, ShapeError
+from engine.data.audio import check_waveform
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160  # 10 ms
@@ -118,14 +118,5 @@ def log_mel(waveform: np.ndarray, n_mels: int) -> tuple[np.ndarray, int]:
 
 
 def _check_waveform(waveform) -> np.ndarray:
-    x = np.asarray(waveform)
-    if x.ndim != 1 or x.dtype.kind != "f":
-        raise ShapeError(f"a waveform must be a float array f32[samples] (mono, 16 kHz), got {x.dtype}{list(x.shape)}")
-    if len(x) < MIN_SAMPLES:
-        raise AudioError(
-            f"a window of {len(x)} samples is too short for FastConformer features: they need at least {MIN_SAMPLES} "
-            f"({MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms at 16 kHz) for two valid frames"
-        )
-    if not np.all(np.isfinite(x)):
-        raise AudioError("the waveform holds NaN or infinite samples")
-    return x.astype(np.float32)
+    needs = "FastConformer features ... for two valid frames"
+    return check_waveform(waveform, "a window", MIN_SAMPLES, needs).astype(np.float32)

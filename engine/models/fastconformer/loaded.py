@@ -26,6 +26,7 @@ from flax import nnx
 from engine.errors import CheckpointError, ShapeError
 from engine.models.common.loaded_config import LoadedConfig
 from engine.models.common.parallel import ShardedEncoder
+from engine.models.common.trainable import SplitModule
 from engine.models.fastconformer import features as feats
 from engine.models.fastconformer.checkpoints import Checkpoint, load_checkpoint
 from engine.models.fastconformer.model import FastConformer
@@ -45,17 +46,13 @@ def _ctc_logits(graphdef, state, x):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedFastConformer(LoadedConfig):
+class LoadedFastConformer(LoadedConfig, SplitModule):
     model: FastConformer
     checkpoint: Checkpoint  # name, config, sha256, path (weights dropped: the model holds them)
 
     @property
     def has_ctc_head(self) -> bool:
         return self.model.ctc_head is not None
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def features(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """16 kHz waveforms -> ``(f32[batch, feature_frame, n_mels], valid i32[batch])``: each one's log-mel

@@ -41,8 +41,9 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import ShapeError
-from engine.models.common.attention import check_head_mask, scale_heads
+from engine.models.common.attention import check_features, check_head_mask, scale_heads
 from engine.models.common.layers import FeedForward, Linear, depthwise_conv, linear, norm, param
+from engine.models.common.random_weights import normal_state
 from engine.models.fastconformer.config import BN_EPS, LN_EPS, FastConformerConfig
 
 
@@ -233,12 +234,7 @@ class FastConformer(nnx.Module):
         """features: f32[batch, feature_frame, n_mels], valid: i32[batch] -> states f[L+1, batch, frame, embed].
         ``head_mask: f[L, heads]`` or ``f[batch, L, heads]`` scales each head's attention output (0 ablates it)."""
         config = self.config
-        if features.ndim != 3 or features.shape[-1] != config.n_mels:
-            raise ShapeError(
-                f"features must be f32[batch, frame, {config.n_mels}] (features.log_mel), got {tuple(features.shape)}"
-            )
-        if valid.shape != features.shape[:1]:
-            raise ShapeError(f"valid must be i32[batch] = i32[{features.shape[0]}], got {tuple(valid.shape)}")
+        check_features(features, valid, config.n_mels, "features.log_mel")
         out_dtype = out_dtype or self.subsampling.linear.kernel.dtype
         if head_mask is not None:
             head_mask = check_head_mask(head_mask, config.n_layer, config.n_head, len(features))
@@ -302,11 +298,8 @@ def state_shapes(config: FastConformerConfig) -> dict[str, tuple[int, ...]]:
 
 def random_state_dict(config: FastConformerConfig, seed: int = 0, scale: float = 0.05) -> dict[str, np.ndarray]:
     """Random weights of ``config`` (norm scales and BatchNorm variances near 1), for tests and benchmarks."""
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for name, shape in state_shapes(config).items():
-        w = (rng.standard_normal(shape) * scale).astype(np.float32)
-        sd[name] = (
-            (1 + w) if name.endswith(("norm.weight", "running_var")) or ".norm_" in name and "weight" in name else w
-        )
-    return sd
+
+    def near_one(name: str) -> bool:
+        return name.endswith(("norm.weight", "running_var")) or ".norm_" in name and "weight" in name
+
+    return normal_state(state_shapes(config), seed, scale, near_one)

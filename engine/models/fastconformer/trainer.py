@@ -34,7 +34,13 @@ from flax import nnx
 from engine.errors import CheckpointError
 from engine.languages import fleurs_to_whisper
 from engine.models.common.prefixed import read_prefixed
-from engine.models.common.trainable import fill_frames, merge_params, replace_params, split_params
+from engine.models.common.trainable import (
+    DecoderGraph,
+    fill_frames,
+    replace_params,
+    split_params,
+    torch_layout,
+)
 from engine.models.fastconformer import cohere
 from engine.models.fastconformer.canary import LoadedCanary, load_canary
 from engine.models.fastconformer.decoder import CanaryDecoder, positions
@@ -111,17 +117,7 @@ def hf_name(name: str) -> str:
 
 def hf_tensors(params: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
     """Flat parameters (or their gradients) in transformers' names and PyTorch layouts."""
-    return {hf_name(k): np.asarray(v).T if k.endswith(".kernel") else np.asarray(v) for k, v in params.items()}
-
-
-@dataclasses.dataclass(frozen=True)
-class DecoderGraph:
-    """``TrainGraph`` of Canary's decoder (hashable: the train step's static argument)."""
-
-    graphdef: nnx.GraphDef
-
-    def logits(self, params, tokens, memory, valid):
-        return merge_params(self.graphdef, params).logits(tokens, memory, valid)
+    return torch_layout(params, hf_name)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -35,7 +35,8 @@ from flax import nnx
 
 from engine.errors import CheckpointError
 from engine.languages import fleurs_to_whisper
-from engine.models.common.trainable import fill_frames, merge_params, replace_params, split_params
+from engine.models.common import trainable
+from engine.models.common.trainable import fill_frames, merge_params, replace_params, split_params, torch_layout
 from engine.models.interface import SILENCE_FILL, Checkpointed
 from engine.models.owsm import features as feats
 from engine.models.owsm.checkpoints import find_files, read_weights
@@ -94,14 +95,12 @@ def espnet_name(name: str) -> str:
 
 def espnet_tensors(params: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
     """Flat parameters (or their gradients) in ESPnet's names and PyTorch layouts."""
-    return {espnet_name(k): np.asarray(v).T if k.endswith(".kernel") else np.asarray(v) for k, v in params.items()}
+    return torch_layout(params, espnet_name)
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderGraph:
-    """``TrainGraph`` of OWSM's decoder (hashable: the train step's static argument)."""
-
-    graphdef: nnx.GraphDef
+class DecoderGraph(trainable.DecoderGraph):
+    """``TrainGraph`` of OWSM's decoder."""
 
     def logits(self, params, tokens, memory, valid):
         del valid  # the frames past each utterance are filled: every frame is read, as ESPnet's decoder reads them

@@ -24,6 +24,7 @@ from engine.errors import AudioError, CheckpointError
 from engine.models.common import logmel
 from engine.models.common.heads import HeadMasked
 from engine.models.common.parallel import ShardedEncoder
+from engine.models.common.trainable import SplitModule
 from engine.models.interface import FamilyDims, LoadedEncoder, window_frames
 from engine.models.speechllm.calls import check_output, masked
 
@@ -51,7 +52,7 @@ def pad_windows(inputs: Sequence, batch_size: int, frames: int, time_axis: int) 
     return mel, valid
 
 
-class LoadedTower:
+class LoadedTower(SplitModule):
     """``config`` (``checkpoint.config``), ``n_layers_out`` (the model's), ``encode`` and ``outputs`` of a frozen
     dataclass with ``model`` and ``checkpoint`` fields."""
 
@@ -65,10 +66,6 @@ class LoadedTower:
     @property
     def n_layers_out(self) -> int:
         return self.model.n_layers_out
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def encode(self, features, valid, layers: Sequence[int] | None = None, out_dtype=None):
         """``f[len(layers), batch, frame, width]`` (default every stored layer); the tower's module says its frames."""

@@ -17,7 +17,6 @@ import numpy as np
 from engine.models.common.masked_encoder import MaskedEncoder
 from engine.models.interface import (
     W2VBERT_LAYERS,
-    WINDOW_SECONDS,
     EncoderCost,
     split_windows,
     window_frames,
@@ -34,8 +33,6 @@ class W2vBertEncoder(MaskedEncoder):
     loaded: LoadedW2vBert
     family: str = "w2vbert"
     layer_meaning: str = W2VBERT_LAYERS
-    window_samples: int = WINDOW_SECONDS * feats.SAMPLE_RATE
-    pads_windows: bool = False  # a window costs its own length (``cost``); a batch pads to whole seconds, masked
     min_samples: int = feats.MIN_SAMPLES  # a shorter last window has no frame: dropped (``split_windows``)
     PAD_FRAMES = 50  # batches are padded to a multiple of this many frames (1 s)
 

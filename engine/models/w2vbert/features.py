@@ -28,7 +28,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from engine.errors import AudioError, ShapeError
+from engine.data.audio import check_waveform
+from engine.errors import ShapeError
 
 SAMPLE_RATE = 16000  # Hz, both models' training rate
 FRAME_LENGTH = 400  # samples per fbank frame (25 ms)
@@ -150,14 +151,4 @@ def frames_for_samples(samples) -> np.ndarray:
 
 
 def _check_waveform(waveform, name: str) -> np.ndarray:
-    x = np.asarray(waveform)
-    if x.ndim != 1 or x.dtype.kind != "f":
-        raise ShapeError(f"{name} must be a float array f32[samples] (mono, 16 kHz), got {x.dtype}{list(x.shape)}")
-    if len(x) < MIN_SAMPLES:
-        raise AudioError(
-            f"{name} has {len(x)} samples; w2v-BERT features need at least {MIN_SAMPLES} "
-            f"({MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms at 16 kHz) for one 20 ms frame"
-        )
-    if not np.all(np.isfinite(x)):
-        raise AudioError(f"{name} holds NaN or infinite samples")
-    return x
+    return check_waveform(waveform, name, MIN_SAMPLES, "w2v-BERT features ... for one 20 ms frame")

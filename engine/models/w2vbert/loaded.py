@@ -23,6 +23,7 @@ from flax import nnx
 
 from engine.models.common.loaded_config import LoadedConfig
 from engine.models.common.parallel import ShardedEncoder
+from engine.models.common.trainable import SplitModule
 from engine.models.w2vbert import features as feats
 from engine.models.w2vbert.checkpoints import Checkpoint, load_checkpoint
 from engine.models.w2vbert.model import W2vBertEncoder
@@ -35,13 +36,9 @@ def _encode(graphdef, state, features, valid, out_dtype):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedW2vBert(LoadedConfig):
+class LoadedW2vBert(LoadedConfig, SplitModule):
     model: W2vBertEncoder
     checkpoint: Checkpoint  # name, config, sha256, path (weights dropped: the model holds them)
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def features(self, waveforms: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """16 kHz waveforms -> ``(f32[batch, frame, 160], valid i32[batch])`` (``features.batch_features``)."""

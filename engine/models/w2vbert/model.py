@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from engine.errors import ShapeError
-from engine.models.common.attention import check_head_mask, scale_heads
+from engine.models.common.attention import check_features, check_head_mask, scale_heads
 from engine.models.common.layers import FeedForward, Linear, depthwise_conv, linear, norm, param
+from engine.models.common.random_weights import normal_state
 from engine.models.w2vbert.config import EncoderConfig
 
 
@@ -177,13 +177,7 @@ class W2vBertEncoder(nnx.Module):
         """features: f32[batch, frame, n_input], valid: i32[batch] -> states f[L+1, batch, frame, embed].
         ``head_mask: f[L, heads]`` or ``f[batch, L, heads]`` scales each head's attention output (0 ablates it)."""
         config = self.config
-        if features.ndim != 3 or features.shape[-1] != config.n_input:
-            raise ShapeError(
-                f"features must be f32[batch, frame, {config.n_input}] (features.batch_features), "
-                f"got {tuple(features.shape)}"
-            )
-        if valid.shape != features.shape[:1]:
-            raise ShapeError(f"valid must be i32[batch] = i32[{features.shape[0]}], got {tuple(valid.shape)}")
+        check_features(features, valid, config.n_input, "features.batch_features")
         out_dtype = out_dtype or self.projection.kernel.dtype
         if head_mask is not None:
             head_mask = check_head_mask(head_mask, config.n_layer, config.n_head, len(features))
@@ -227,9 +221,4 @@ def state_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
 
 def random_state_dict(config: EncoderConfig, seed: int = 0, scale: float = 0.05) -> dict[str, np.ndarray]:
     """Random weights of ``config`` in the encoder's names, for tests and benchmarks (norm scales near 1)."""
-    rng = np.random.default_rng(seed)
-    sd = {}
-    for name, shape in state_shapes(config).items():
-        w = (rng.standard_normal(shape) * scale).astype(np.float32)
-        sd[name] = (1 + w) if "norm.weight" in name else w
-    return sd
+    return normal_state(state_shapes(config), seed, scale, lambda name: "norm.weight" in name)

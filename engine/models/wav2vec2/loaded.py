@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import CheckpointError
+from engine.models.common.trainable import SplitModule
 from engine.models.interface import CTCLens
 from engine.models.wav2vec2.checkpoints import Wav2Vec2Checkpoint, load_checkpoint
 from engine.models.wav2vec2.ctc import VOCAB_FILE, CTCVocab
@@ -59,7 +60,7 @@ def _scaled_sums(graphdef, state, wave, lengths, scale):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedWav2Vec2:
+class LoadedWav2Vec2(SplitModule):
     model: Wav2Vec2
     checkpoint: Wav2Vec2Checkpoint  # dims, name, sha256, adapter, feature options (weights dropped)
     vocab: CTCVocab | None  # None without a CTC head or without vocab.json
@@ -81,10 +82,6 @@ class LoadedWav2Vec2:
     @property
     def has_ctc_head(self) -> bool:
         return self.model.lm_head is not None
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def features(self, waveforms: Sequence[np.ndarray], pad_multiple: int = PAD_MULTIPLE):
         """16 kHz utterances ``f32[samples_i]`` -> ``(wave f32[batch, samples], lengths i32[batch])``

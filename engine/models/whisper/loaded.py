@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import CheckpointError, LanguageError
+from engine.models.common.trainable import SplitModule
 from engine.models.whisper import decoding
 from engine.models.whisper.checkpoints.load import DEFAULT_PACKAGES, Checkpoint, load_checkpoint
 from engine.models.whisper.decoding import DecodingOptions, DecodingResult
@@ -49,7 +50,7 @@ def _scaled_sums(graphdef, state, mel, frames, scale):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedWhisper:
+class LoadedWhisper(SplitModule):
     model: Whisper
     tokenizer: WhisperTokenizer
     checkpoint: Checkpoint  # dims, name, sha256, alignment heads, suppress ids (weights dropped)
@@ -57,10 +58,6 @@ class LoadedWhisper:
     @property
     def dims(self):
         return self.checkpoint.dims
-
-    @functools.cached_property
-    def _split(self):
-        return nnx.split(self.model)
 
     def features(self, audio: np.ndarray, long_audio: str = "window"):
         """Host audio ``f32[samples]`` at 16 kHz -> ``(mel f32[window, n_mels, 3000], valid_frames i32[window])``."""
