@@ -244,18 +244,17 @@ def _check_ogg_complete(name: str, data: bytes) -> None:
         )
 
 
-def check_waveform(waveform, name: str, min_samples: int, needs: str) -> np.ndarray:
+def check_waveform(waveform, name: str, min_samples: int, what: str, needed_for: str) -> np.ndarray:
     """``waveform`` checked for a family's features: ShapeError unless a 1-D float array (mono, 16 kHz), AudioError
-    for fewer than ``min_samples`` samples (``needs``: what they are needed for, as "w2v-BERT features ... for one
-    20 ms frame") or a NaN or infinite sample; ``name`` names the array in the messages."""
+    for fewer than ``min_samples`` samples (``what`` needs them ``needed_for``: "w2v-BERT features", "one 20 ms
+    frame") or a NaN or infinite sample; ``name`` names the array in the messages."""
     x = np.asarray(waveform)
     if x.ndim != 1 or x.dtype.kind != "f":
         raise ShapeError(f"{name} must be a float array f32[samples] (mono, 16 kHz), got {x.dtype}{list(x.shape)}")
     if len(x) < min_samples:
-        first, _, last = needs.partition(" ... ")
         raise AudioError(
-            f"{name} has {len(x)} samples; {first} need at least {min_samples} "
-            f"({min_samples / SAMPLE_RATE * 1000:.0f} ms at 16 kHz) {last}"
+            f"{name} has {len(x)} samples; {what} need at least {min_samples} "
+            f"({min_samples / SAMPLE_RATE * 1000:.0f} ms at 16 kHz) for {needed_for}"
         )
     if not np.all(np.isfinite(x)):
         raise AudioError(f"{name} holds NaN or infinite samples")

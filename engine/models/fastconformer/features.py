@@ -100,7 +100,8 @@ def valid_frames(samples) -> np.ndarray:
 def log_mel(waveform: np.ndarray, n_mels: int) -> tuple[np.ndarray, int]:
     """One window's normalised log-mel: ``(f32[1 + samples // 160, n_mels], valid frames)``; frames past the valid
     ones are zero (the extractor's mask)."""
-    x = _check_waveform(waveform)
+    x = check_waveform(waveform, "a window", MIN_SAMPLES, "FastConformer features", "two valid frames")
+    x = x.astype(np.float32)
     x = np.concatenate([x[:1], x[1:] - np.float32(PREEMPHASIS) * x[:-1]]).astype(np.float32)
     padded = np.pad(x, (N_FFT // 2, N_FFT // 2))
     n_frames = 1 + len(x) // HOP_LENGTH
@@ -115,8 +116,3 @@ def log_mel(waveform: np.ndarray, n_mels: int) -> tuple[np.ndarray, int]:
     out = np.zeros_like(mel)
     out[:n] = (kept - mean) / (std + np.float32(NORM_EPS))
     return out, n
-
-
-def _check_waveform(waveform) -> np.ndarray:
-    needs = "FastConformer features ... for two valid frames"
-    return check_waveform(waveform, "a window", MIN_SAMPLES, needs).astype(np.float32)

@@ -151,4 +151,4 @@ def frames_for_samples(samples) -> np.ndarray:
 
 
 def _check_waveform(waveform, name: str) -> np.ndarray:
-    return check_waveform(waveform, name, MIN_SAMPLES, "w2v-BERT features ... for one 20 ms frame")
+    return check_waveform(waveform, name, MIN_SAMPLES, "w2v-BERT features", "one 20 ms frame")
