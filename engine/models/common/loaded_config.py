@@ -1,7 +1,7 @@
 """What a family's loaded model (its ``Loaded*`` frozen dataclass: the Flax modules and the checkpoint they came from)
-reads off its checkpoint's config the same way in every family whose config says it: w2v-BERT's, FastConformer's and
-OWSM's. (The speech LLMs' configs leave the stored layers to their towers and the frame to their front ends, and
-wav2vec2 and Whisper keep dimensions, not a config: they read their own.)"""
+reads off its checkpoint's config the same way in every family whose config says it: w2v-BERT's, FastConformer's,
+OWSM's and wav2vec2's (whose ``Wav2Vec2Dims`` is its config). (The speech LLMs' configs leave the stored layers to
+their towers and the frame to their front ends, and Whisper keeps OpenAI's dimensions: they read their own.)"""
 
 from __future__ import annotations
 

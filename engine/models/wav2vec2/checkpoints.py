@@ -64,6 +64,11 @@ class Wav2Vec2Checkpoint:
     ignored: tuple[str, ...]  # tensors read past, as named in the files
     path: pathlib.Path  # the folder
 
+    @property
+    def config(self) -> Wav2Vec2Dims:
+        """``dims``, under the name the other families' checkpoints give their config (``LoadedConfig`` reads it)."""
+        return self.dims
+
 
 def load_checkpoint(source: str | os.PathLike, *, adapter: str | None = None) -> Wav2Vec2Checkpoint:
     """Load a wav2vec2 / HuBERT checkpoint from a local folder or a hub id ``org/name[@revision]``.

@@ -103,7 +103,7 @@ class Wav2Vec2Dims:
         return math.prod(self.conv_stride)
 
     @property
-    def frame_rate(self) -> float:
+    def seconds_per_frame(self) -> float:
         """Seconds per encoder frame (0.02 for every released model: 320 samples at 16 kHz)."""
         return self.samples_per_frame / SAMPLE_RATE
 

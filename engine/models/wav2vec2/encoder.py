@@ -27,7 +27,7 @@ from engine.models.interface import (
     WAV2VEC2_LAYERS,
     WINDOW_SECONDS,
     EncoderCost,
-    FamilyDims,
+    LoadedEncoder,
     split_windows,
     window_frames,
 )
@@ -74,8 +74,9 @@ def _vz_block(model, layer, x, keep, value_scale):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Wav2Vec2Encoder:
-    """A ``LoadedWav2Vec2`` as an ``engine.models.interface.Encoder``."""
+class Wav2Vec2Encoder(LoadedEncoder):
+    """A ``LoadedWav2Vec2`` as an ``engine.models.interface.Encoder`` (its ``sha256``: of the weights, then the
+    adapter file's; ``embed``: the config's ``hidden_size``)."""
 
     loaded: LoadedWav2Vec2
     family: str = "wav2vec2"
@@ -92,25 +93,6 @@ class Wav2Vec2Encoder:
     def name(self) -> str:
         adapter = self.loaded.checkpoint.adapter
         return self.loaded.checkpoint.name + (f"+adapter.{adapter}" if adapter else "")
-
-    @property
-    def sha256(self) -> str:
-        return self.loaded.checkpoint.sha256  # of the weights, then the adapter file's
-
-    @property
-    def store_dims(self) -> FamilyDims:
-        dims = self.loaded.dims
-        return FamilyDims.from_dict(
-            {"n_layers_out": dims.n_layers_out, "embed": dims.hidden_size, "config": dims.to_dict()}
-        )
-
-    @property
-    def frame_rate(self) -> float:
-        return 1.0 / self.loaded.dims.frame_rate  # Wav2Vec2Dims.frame_rate is seconds per frame
-
-    @property
-    def n_layers_out(self) -> int:
-        return self.loaded.dims.n_layers_out
 
     @property
     def embed(self) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from engine.errors import CheckpointError
+from engine.models.common.loaded_config import LoadedConfig
 from engine.models.common.trainable import SplitModule
 from engine.models.interface import CTCLens
 from engine.models.wav2vec2.checkpoints import Wav2Vec2Checkpoint, load_checkpoint
@@ -60,24 +61,15 @@ def _scaled_sums(graphdef, state, wave, lengths, scale):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class LoadedWav2Vec2(SplitModule):
+class LoadedWav2Vec2(LoadedConfig, SplitModule):
+    """The model and its checkpoint; ``n_layers_out`` (``LoadedConfig``) is ``hidden_states``' ``L + 1`` (see
+    ``engine.models.wav2vec2.model``)."""
+
     model: Wav2Vec2
     checkpoint: Wav2Vec2Checkpoint  # dims, name, sha256, adapter, feature options (weights dropped)
     vocab: CTCVocab | None  # None without a CTC head or without vocab.json
 
-    @property
-    def dims(self):
-        return self.checkpoint.dims
-
-    @property
-    def frame_rate(self) -> float:
-        """Seconds per encoder frame (0.02)."""
-        return self.dims.frame_rate
-
-    @property
-    def n_layers_out(self) -> int:
-        """Layers ``encode`` returns: ``hidden_states``' ``L + 1`` (see ``engine.models.wav2vec2.model``)."""
-        return self.dims.n_layers_out
+    dims = LoadedConfig.config  # Wav2Vec2Dims: this family's name for its config
 
     @property
     def has_ctc_head(self) -> bool:

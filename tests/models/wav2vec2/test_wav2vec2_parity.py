@@ -156,4 +156,4 @@ def test_frames_follow_transformers_length_formula():
     samples = np.array([400, 401, 719, 720, 16000, 48123])
     theirs = model._get_feat_extract_output_lengths(torch.from_numpy(samples)).numpy()
     assert [dims.frames(n) for n in samples] == theirs.tolist()
-    assert dims.frames(399) == 0 and dims.receptive_field == 400 and dims.frame_rate == 0.02
+    assert dims.frames(399) == 0 and dims.receptive_field == 400 and dims.seconds_per_frame == 0.02
