@@ -21,7 +21,7 @@ obscure representational quality"; Kovaleva et al. 2021). For one layer and one 
   effective rank, taken of the covariance spectrum (the centred frames' squared singular values) rather than of
   the singular values themselves. 1 for one direction of variance, ``embed`` for isotropic frames.
 
-And the two dimension transforms of the seqsim job's ``--dimensions`` (``engine.pipelines.seqsim.dimensions``):
+And the two dimension transforms of the seqsim job's ``--dimensions`` (``engine.pipelines.seqsim.transform``):
 ``standardise`` (``(x - mean) / std`` per dimension) and ``zero_dimensions`` (the given dimensions set to 0, which
 leaves every cosine as if they were dropped).
 

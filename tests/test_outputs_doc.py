@@ -21,7 +21,7 @@ from engine.pipelines.probes import run as probes
 from engine.pipelines.retrieval import asymmetry, delta, subset
 from engine.pipelines.retrieval.output import CSV_COLUMNS
 from engine.pipelines.sae import run as sae
-from engine.pipelines.seqsim.dimensions import FIELDS
+from engine.pipelines.seqsim.transform import DIMENSION_FIELDS
 from engine.pipelines.series.run import COLUMNS as SERIES_COLUMNS
 from engine.pipelines.typology import meet as typology_meet
 from engine.pipelines.typology import run as typology
@@ -74,7 +74,7 @@ def test_every_written_column_is_documented():
         "outliers outliers.csv": outliers_table.OUTLIER_COLUMNS,
         "outliers dimensions.csv": outliers_table.DIMENSION_COLUMNS,
         "outliers parts/layer-<L>.npz": outliers.PART_FIELDS,
-        "seqsim dimension_transform/layer-<L>.npz": FIELDS,
+        "seqsim dimension_transform/layer-<L>.npz": DIMENSION_FIELDS,
         "mixing matrices/<lang>.npz": mixing_run.MATRIX_KEYS,
         "mixing mixing.parquet": mixing_summary.COLUMNS,
         "mixing interp.parquet": mixing_tiein.COLUMNS,

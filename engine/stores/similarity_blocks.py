@@ -9,14 +9,14 @@ could lose the other's part. Each block is staged as an object of its own instea
     OUT/staging/<measure>/<a>__<b>/<layer>/<R>x<C>-<digest>/<i>.<j>.npz    rows, cols: layer-store utterance indices;
                                                                              scores: f32[rows, cols]; extra: JSON
 
-``R x C`` is the pair's grid of blocks; ``digest`` hashes what the matrix is computed from and with (the done
-utterances, the compute dtype, the measure's settings), so that a block staged by a run with other settings or
-another grid is never taken for one of this run. Once every block of the grid is staged, one process reads them,
-writes the whole matrix (one chunk, ``SimilarityStore.write_layer``, then the done marker) and deletes the pair-layer's
-staging folder. Readers read a chunk only under its done marker, so they never see a partial matrix; a kill at any
-point leaves staged blocks (a resume computes only the missing ones) or a complete pair-layer. Two processes
-committing the same pair-layer write the same bytes. The zip container's CRC-32 is checked on every read: a damaged
-block is a DamageError naming it.
+``R x C`` is the pair's grid of blocks; ``digest`` is the job's hash of what the matrix is computed from and with (the
+done utterances, the compute dtype, the measure's settings), so that a block staged by a run with other settings or
+another grid is never taken for one of this run. Once every block of the grid is staged, one process reads them, writes
+the whole matrix (one chunk, ``SimilarityStore.write_layer``, then the done marker) and deletes the pair-layer's staging
+folder. Readers read a chunk only under its done marker, so they never see a partial matrix; a kill at any point leaves
+staged blocks (a resume computes only the missing ones) or a complete pair-layer. Two processes committing the same
+pair-layer write the same bytes. The zip container's CRC-32 is checked on every read: a damaged block is a DamageError
+naming it.
 
 The staging folder is not part of the format readers know (``engine.stores.similarity``); a store with no
 unfinished split pair has none, and readers ignore it.
@@ -24,7 +24,6 @@ unfinished split pair has none, and readers ignore it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -47,11 +46,6 @@ class StagedBlock(NamedTuple):
     cols: np.ndarray  # i64[c] of the second
     scores: np.ndarray  # f32[r, c], NaN where the measure could not measure
     extra: dict  # measure-specific done-marker fields of the block (nonconverged, fallback)
-
-
-def settings_digest(settings: dict) -> str:
-    """A short digest of what a pair-layer is computed from and with (JSON, keys sorted)."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class StagingSimilarityStore(SimilarityStore):

@@ -8,8 +8,15 @@ import itertools
 import numpy as np
 import pytest
 
-from engine.pipelines.seqsim.tiling.held import simulate
-from engine.pipelines.seqsim.tiling.tiles import BudgetError, Language, Sizing, blocked_order, check_budget, plan_units
+from engine.pipelines.seqsim.tiling.tiles import (
+    BudgetError,
+    Language,
+    Sizing,
+    blocked_order,
+    check_budget,
+    plan_units,
+    simulate,
+)
 
 SIZING = Sizing(embed=4, itemsize=4, states=True, packs=False)  # states only: bytes = utterances x longest x 16
 

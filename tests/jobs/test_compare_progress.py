@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 from engine.pipelines.compare.progress import Progress
-from engine.runtime.progress import StatusLines
+from engine.runtime.runs import StatusLines
 
 
 def _progress(total: float) -> tuple[Progress, io.StringIO]:

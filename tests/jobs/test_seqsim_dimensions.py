@@ -1,4 +1,4 @@
-"""seqsim --dimensions (``engine.pipelines.seqsim.dimensions``) on tests/jobs/test_outliers.py's planted store, whose
+"""seqsim --dimensions (``engine.pipelines.seqsim.transform``) on tests/jobs/test_outliers.py's planted store, whose
 layer 3 has one massive dimension: the stored statistics equal NumPy's over every frame of the run's languages, every
 matrix equals the reference measures on states transformed here in NumPy, the manifest records the setting and a
 resume with another is refused, and retrieval --baseline writes the R@1 change against the untransformed grid."""

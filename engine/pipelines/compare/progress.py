@@ -6,7 +6,7 @@ about a second), takes the plan's total as the bar's length, and after each read
 layer pair of CCA's null, the longest step) advances the bar by that step's planned seconds. So the bar moves at
 "planned seconds per second": 1.0 when the plan is right, less when the machine is slower than planned (a loaded
 machine), and its ETA is the plan's rest scaled by the rate seen so far. In a batch log (stderr not a terminal) it
-prints one status line every 30 s (``engine.runtime.progress``), naming the step it is at::
+prints one status line every 30 s (``engine.runtime.runs.StatusLines``), naming the step it is at::
 
     compare: 18.4/37.2 planned s (49.5%), 0.912 planned s/s, elapsed 20 s, ETA 21 s, at=whisper-base x q2b, all, ...
 """

@@ -1,7 +1,7 @@
 """``--baseline``: retrieval of a transformed similarity store against the same grid without the transform.
 
 A seqsim run with ``--remove_language mean`` or ``lda:K`` (``engine.pipelines.seqsim.transform``), or with
-``--dimensions standardise`` or ``drop:K`` (``engine.pipelines.seqsim.dimensions``), scores the same utterances as
+``--dimensions standardise`` or ``drop:K`` (the same module), scores the same utterances as
 one without it. With ``--baseline OTHER`` (the other similarity store of the same layer store), retrieval scores
 both and writes, per measure and layer, the R@1 of each, mean over the directed pairs both measured, and their
 difference::

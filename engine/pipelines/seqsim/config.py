@@ -103,6 +103,16 @@ class SimilarityConfig:
     ot: OtConfig = OtConfig()  # Sinkhorn options of the ``ot`` measure (epsilon in units of 1 - cos): --ot_* flags
     run: RunOptions = RunOptions()
 
+    @property
+    def removal(self) -> tuple[str, int]:
+        """``--remove_language`` as (kind, K), K 0 but for lda (``parse_kind``)."""
+        return parse_kind(self.remove_language)
+
+    @property
+    def dimension_kind(self) -> tuple[str, int]:
+        """``--dimensions`` as (kind, K), K 0 but for drop (``parse_dimensions``)."""
+        return parse_dimensions(self.dimensions)
+
     def __post_init__(self):
         validate(self)
         if not self.measures:

@@ -30,7 +30,6 @@ from engine.pipelines.seqsim.measures import (
     Side,
     seqsim_path,
 )
-from engine.pipelines.seqsim.tiling.held import simulate
 from engine.pipelines.seqsim.tiling.tiles import (
     MIN_UNIT_FLOPS,
     UNITS_PER_PROCESS,
@@ -40,6 +39,7 @@ from engine.pipelines.seqsim.tiling.tiles import (
     check_budget,
     pair_flops,
     plan_units,
+    simulate,
 )
 from engine.pipelines.stages.seqsim_rate import calibrate_seqsim
 from engine.runtime.budget import DEVICE_SHARE, Budget, resolve_budget

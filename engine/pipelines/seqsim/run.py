@@ -9,7 +9,7 @@ as a score.
 Memory is bounded by the run's budget (``engine.runtime.budget``, ``--memory_budget``): the pairs are walked layer by
 layer, blocked over the pair triangle in tiles of languages that fit it, large pairs in utterance blocks, small ones
 grouped into work units of about equal FLOPs (``tiling.tiles``); a process holds the languages it reads within the
-budget (``tiling.held``), and a budget too small for some pair is refused before anything is written. A split pair's
+budget (``HeldStates``), and a budget too small for some pair is refused before anything is written. A split pair's
 blocks are staged and the pair-layer committed whole once all are (``tiling.blocks``).
 
 Resume: a (measure, pair, layer) matrix is skipped when its done marker exists and was computed from as many done
@@ -31,8 +31,7 @@ import numpy as np
 
 from engine.faults import fault_point
 from engine.models.common.parallel import data_mesh
-from engine.pipelines.seqsim.config import SimilarityConfig, parse_dimensions, parse_kind
-from engine.pipelines.seqsim.dimensions import composed, layer_dimensions
+from engine.pipelines.seqsim.config import SimilarityConfig
 from engine.pipelines.seqsim.measures import (
     MEASURES,
     SEQSIM_MEASURES,
@@ -45,9 +44,16 @@ from engine.pipelines.seqsim.measures import (
 )
 from engine.pipelines.seqsim.summary import SimilaritySummary
 from engine.pipelines.seqsim.tiling import blocks
-from engine.pipelines.seqsim.tiling.held import HeldStates, load_piece
-from engine.pipelines.seqsim.tiling.tiles import Item, Language, Sizing, check_budget, plan_units
-from engine.pipelines.seqsim.transform import layer_transforms
+from engine.pipelines.seqsim.tiling.tiles import (
+    HeldStates,
+    Item,
+    Language,
+    Sizing,
+    check_budget,
+    load_piece,
+    plan_units,
+)
+from engine.pipelines.seqsim.transform import composed, layer_dimensions, layer_transforms
 from engine.runtime.budget import resolve_budget
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.runs import job_lease, process_zero_first, progress_bar, work_claims
@@ -308,13 +314,13 @@ def _check_transform(config: SimilarityConfig, request: Request, embed: int) -> 
     """``--remove_language lda:K`` separates the run's languages by at most one fewer directions than there are, and
     ``--dimensions drop:K`` leaves at least one of the store's dimensions: refused before the store records the
     setting (a corrected rerun into the same folder would be refused)."""
-    dims, n_dims = parse_dimensions(config.dimensions)
+    dims, n_dims = config.dimension_kind
     if dims == "drop" and n_dims >= embed:
         raise SimilarityError(
             f"dimensions drop:{n_dims} would leave none of the store's {embed} dimensions: pass drop:K with K < {embed}"
             "; nothing was written"
         )
-    kind, k = parse_kind(config.remove_language)
+    kind, k = config.removal
     n = len(request.in_play)
     if kind == "lda" and k > n - 1:
         raise SimilarityError(

@@ -21,7 +21,7 @@ class SimilaritySummary(RunSummary):
     ot_fallback: int = 0  # of those, pairs finished in the log domain after kernel mode left float32 range
     budget: int = 0  # bytes of states this process may hold (engine.runtime.budget)
     budget_source: str = ""
-    peak_held: int = 0  # the most bytes of states it held at once (its own count: engine.pipelines.seqsim.tiling.held)
+    peak_held: int = 0  # the most bytes of states it held at once (its own count: tiling.tiles.HeldStates)
     reads: dict[str, float] = dataclasses.field(default_factory=dict)  # language -> reads of its whole size
     transform: str = ""  # --remove_language and --dimensions, those not none (run.transform_label)
     precision: str = ""  # --seqsim_precision fp8: its scale, and whether the device multiplies e4m3 or emulates it

@@ -11,6 +11,8 @@ are the same.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -19,15 +21,17 @@ from engine.pipelines.seqsim.measures import MEASURES, Scores
 from engine.pipelines.seqsim.tiling.tiles import Item
 from engine.stores.integrity import DamageError
 from engine.stores.similarity import done_marker
-from engine.stores.similarity_blocks import StagedBlock, settings_digest
+from engine.stores.similarity_blocks import StagedBlock
 
 log = logging.getLogger(__name__)
 
 
 def digest(work, measure: str, a: str, b: str) -> str:
     """What a block of (measure, a, b) is computed from and with: the done utterances, the measure's settings and
-    the compute dtype (blocks computed in another dtype are never assembled with these)."""
-    return settings_digest({**work.wanted[measure, a, b], "dtype": work.context.dtype})
+    the compute dtype (blocks computed in another dtype are never assembled with these): 16 hex digits of the SHA-256
+    of their JSON, keys sorted. The store keys staged blocks by it without reading it."""
+    settings = {**work.wanted[measure, a, b], "dtype": work.context.dtype}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage(work, item: Item, rows: np.ndarray, cols: np.ndarray, scores: dict[str, Scores]) -> None:
