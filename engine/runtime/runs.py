@@ -118,17 +118,17 @@ class RunSummary:
 #
 # every ``interval`` seconds (``BABELGRID_STATUS_SECONDS``, default 30) while work advances, and once at the end.
 
-DEFAULT_INTERVAL = 30.0  # seconds between two status lines
-ENV = "BABELGRID_STATUS_SECONDS"
+STATUS_INTERVAL = 30.0  # seconds between two status lines
+STATUS_ENV = "BABELGRID_STATUS_SECONDS"
 
 
 def status_interval() -> float:
     """The interval in seconds: ``$BABELGRID_STATUS_SECONDS`` when set to a positive number, else 30."""
     try:
-        value = float(os.environ.get(ENV, DEFAULT_INTERVAL))
+        value = float(os.environ.get(STATUS_ENV, STATUS_INTERVAL))
     except ValueError:
-        return DEFAULT_INTERVAL
-    return value if value > 0 else DEFAULT_INTERVAL
+        return STATUS_INTERVAL
+    return value if value > 0 else STATUS_INTERVAL
 
 
 def _duration(seconds: float) -> str:

@@ -47,11 +47,11 @@ def test_status_lines_at_the_interval_with_rate_and_eta(monkeypatch):
 
 
 def test_interval_from_the_environment(monkeypatch):
-    monkeypatch.setenv(runs.ENV, "0.5")
+    monkeypatch.setenv(runs.STATUS_ENV, "0.5")
     assert runs.status_interval() == 0.5
     for bad in ("x", "0", "-3"):
-        monkeypatch.setenv(runs.ENV, bad)
-        assert runs.status_interval() == runs.DEFAULT_INTERVAL
+        monkeypatch.setenv(runs.STATUS_ENV, bad)
+        assert runs.status_interval() == runs.STATUS_INTERVAL
 
 
 def test_progress_bar_chooses_status_lines_only_for_auto_without_a_terminal(monkeypatch):
@@ -70,7 +70,7 @@ def test_a_job_writing_to_a_log_file_prints_status_lines(tmp_path, tiny_model_di
         tone = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * np.arange(16000) / 16000) + 0.01 * rng.standard_normal(16000)
         soundfile.write(clips / f"s{i}.wav", tone.astype(np.float32), 16000)
     log = tmp_path / "encode.log"
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", **{runs.ENV: "0.001"})
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", **{runs.STATUS_ENV: "0.001"})
     with open(log, "w") as f:  # stderr is a file: no terminal, as in a cluster job
         subprocess.run(
             [sys.executable, "-m", "jobs.encode", "--model", str(tiny_model_dir), "--dataset",

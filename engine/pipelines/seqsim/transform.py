@@ -41,6 +41,7 @@ import dataclasses
 import io
 import logging
 import time
+from typing import ClassVar
 
 import numpy as np
 
@@ -59,15 +60,53 @@ BLOCK_SHARE = 4  # a fit reads a language in blocks of at most a quarter of the 
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerTransform:
-    """One layer's fitted ``--remove_language`` transform (module docstring)."""
+class Fitted:
+    """What both transforms store (module docstring): their kind and K, the languages they were fitted over and the
+    frames of each, then the arrays a transform of its kind adds (``ARRAYS``, in the file's order; an array that is
+    None is not stored, and only ``OPTIONAL`` ones may be None)."""
 
     kind: str
     k: int
     languages: tuple[str, ...]
     counts: np.ndarray  # i64[languages]: frames fitted on
+
+    ARRAYS: ClassVar[tuple[str, ...]] = ()
+    OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    def to_bytes(self) -> bytes:
+        arrays = {"kind": np.array(self.kind), "k": np.array(self.k), "languages": np.array(self.languages),
+                  "counts": self.counts}  # fmt: skip
+        arrays |= {name: getattr(self, name) for name in self.ARRAYS if getattr(self, name) is not None}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: str = "transform", url: str = "", fix: str = ""):
+        """A stored transform; one that is not an npz of numeric arrays, or lacks one of them, is a DamageError."""
+        f = read_npz(data, key, url, fix)
+        missing = sorted(set(cls.fields()) - set(cls.OPTIONAL) - set(f))
+        if missing:
+            raise DamageError(f"{key} in {url!r} lacks {missing}: it is not a transform babelgrid wrote. {fix}",
+                              "not a transform")  # fmt: skip
+        return cls(str(f["kind"]), int(f["k"]), tuple(str(x) for x in f["languages"]), f["counts"],
+                   *(f.get(name) for name in cls.ARRAYS))  # fmt: skip
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        """The names of the stored arrays, in the file's order."""
+        return ("kind", "k", "languages", "counts", *cls.ARRAYS)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTransform(Fitted):
+    """One layer's fitted ``--remove_language`` transform (module docstring)."""
+
     means: np.ndarray  # f64[languages, d]
     basis: np.ndarray | None  # f64[d, k] for lda
+
+    ARRAYS: ClassVar[tuple[str, ...]] = ("means", "basis")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("basis",)
 
     def function(self, lang: str):
         """The transform of ``lang``'s host states ``f[..., d]`` (``kernels.subspace``: NumPy, in float32, returned in
@@ -76,24 +115,6 @@ class LayerTransform:
             mean = self.means[self.languages.index(lang)]
             return lambda states: subspace.remove_mean(states, mean)
         return lambda states: subspace.project_out(states, self.basis)
-
-    def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        arrays = {"kind": np.array(self.kind), "k": np.array(self.k), "languages": np.array(self.languages),
-                  "counts": self.counts, "means": self.means}  # fmt: skip
-        np.savez(buffer, **arrays, **({} if self.basis is None else {"basis": self.basis}))
-        return buffer.getvalue()
-
-    @classmethod
-    def from_bytes(cls, data: bytes, key: str = "transform", url: str = "", fix: str = "") -> LayerTransform:
-        """A stored transform; one that is not an npz of numeric arrays, or lacks one of them, is a DamageError."""
-        f = read_npz(data, key, url, fix)
-        missing = sorted({"kind", "k", "languages", "counts", "means"} - set(f))
-        if missing:
-            raise DamageError(f"{key} in {url!r} lacks {missing}: it is not a transform babelgrid wrote. {fix}",
-                              "not a transform")  # fmt: skip
-        return cls(str(f["kind"]), int(f["k"]), tuple(str(x) for x in f["languages"]), f["counts"], f["means"],
-                   f.get("basis"))  # fmt: skip
 
 
 def language_key(layer: int) -> str:
@@ -189,21 +210,18 @@ def stored_or_fitted(config, request, name: str, key, load, setting: str, *, ask
 # -- --dimensions ------------------------------------------------------------------------------------------------------
 
 DIMENSION_FOLDER = "dimension_transform/"
-DIMENSION_FIELDS = ("kind", "k", "languages", "counts", "mean", "scale", "magnitude", "dimensions")
 
 
 @dataclasses.dataclass(frozen=True)
-class DimensionTransform:
+class DimensionTransform(Fitted):
     """One layer's fitted ``--dimensions`` transform (module docstring)."""
 
-    kind: str
-    k: int
-    languages: tuple[str, ...]
-    counts: np.ndarray  # i64[languages]: frames fitted on
     mean: np.ndarray  # f64[d]
     scale: np.ndarray  # f64[d]: the standard deviation, 1 where it is 0
     magnitude: np.ndarray  # f64[d]: mean |x_i|
     dimensions: np.ndarray  # i64[K]: dropped (drop), empty (standardise)
+
+    ARRAYS: ClassVar[tuple[str, ...]] = ("mean", "scale", "magnitude", "dimensions")
 
     @property
     def label(self) -> str:
@@ -216,23 +234,8 @@ class DimensionTransform:
             return lambda states: outliers.standardise(states, self.mean, self.scale)
         return lambda states: outliers.zero_dimensions(states, self.dimensions)
 
-    def to_bytes(self) -> bytes:
-        buffer = io.BytesIO()
-        np.savez(buffer, kind=np.array(self.kind), k=np.array(self.k), languages=np.array(self.languages),
-                 counts=self.counts, mean=self.mean, scale=self.scale, magnitude=self.magnitude,
-                 dimensions=np.asarray(self.dimensions, np.int64))  # fmt: skip
-        return buffer.getvalue()
 
-    @classmethod
-    def from_bytes(cls, data: bytes, key: str = "transform", url: str = "", fix: str = "") -> DimensionTransform:
-        """A stored transform; one that is not an npz of numeric arrays, or lacks one of them, is a DamageError."""
-        f = read_npz(data, key, url, fix)
-        missing = sorted(set(DIMENSION_FIELDS) - set(f))
-        if missing:
-            raise DamageError(f"{key} in {url!r} lacks {missing}: it is not a transform babelgrid wrote. {fix}",
-                              "not a transform")  # fmt: skip
-        return cls(str(f["kind"]), int(f["k"]), tuple(str(x) for x in f["languages"]), f["counts"], f["mean"],
-                   f["scale"], f["magnitude"], f["dimensions"])  # fmt: skip
+DIMENSION_FIELDS = DimensionTransform.fields()
 
 
 def dimension_key(layer: int) -> str:
