@@ -55,7 +55,6 @@ from kernels import outliers, subspace
 
 log = logging.getLogger(__name__)
 
-LANGUAGE_FOLDER = "language_transform/"
 BLOCK_SHARE = 4  # a fit reads a language in blocks of at most a quarter of the memory budget
 
 
@@ -70,8 +69,23 @@ class Fitted:
     languages: tuple[str, ...]
     counts: np.ndarray  # i64[languages]: frames fitted on
 
+    FOLDER: ClassVar[str] = ""  # in the similarity store
     ARRAYS: ClassVar[tuple[str, ...]] = ()
     OPTIONAL: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def key(cls, layer: int) -> str:
+        return f"{cls.FOLDER}layer-{layer}.npz"
+
+    @property
+    def described(self) -> tuple:
+        """What a resume compares with what it asks: (kind, K, languages)."""
+        return self.kind, self.k, self.languages
+
+    @property
+    def label(self) -> str:
+        """How a refusal names it."""
+        return f"{self.kind}:{self.k}"
 
     def to_bytes(self) -> bytes:
         arrays = {"kind": np.array(self.kind), "k": np.array(self.k), "languages": np.array(self.languages),
@@ -105,6 +119,7 @@ class LayerTransform(Fitted):
     means: np.ndarray  # f64[languages, d]
     basis: np.ndarray | None  # f64[d, k] for lda
 
+    FOLDER: ClassVar[str] = "language_transform/"
     ARRAYS: ClassVar[tuple[str, ...]] = ("means", "basis")
     OPTIONAL: ClassVar[tuple[str, ...]] = ("basis",)
 
@@ -115,10 +130,6 @@ class LayerTransform(Fitted):
             mean = self.means[self.languages.index(lang)]
             return lambda states: subspace.remove_mean(states, mean)
         return lambda states: subspace.project_out(states, self.basis)
-
-
-def language_key(layer: int) -> str:
-    return f"{LANGUAGE_FOLDER}layer-{layer}.npz"
 
 
 def blocks(reader, lang: str, layer: int, index, block_bytes: int):
@@ -164,40 +175,40 @@ def layer_transforms(config, reader, request, budget_bytes: int) -> dict[int, La
         return None
     langs = tuple(sorted(request.in_play))
     return stored_or_fitted(
-        config, request, "transform", language_key, LayerTransform.from_bytes, config.remove_language,
-        asked=(kind, k, langs), described=lambda t: (t.kind, t.k, t.languages), label=lambda t: f"{t.kind}:{t.k}",
+        config, request, "transform", LayerTransform, config.remove_language, asked=(kind, k, langs),
         fit_layer=lambda layer: fit_language(reader, langs, request.done_index, layer, kind, k,
                                     max(budget_bytes // BLOCK_SHARE, 1)),
         said=lambda made: "",
     )  # fmt: skip
 
 
-def stored_or_fitted(config, request, name: str, key, load, setting: str, *, asked: tuple, described, label, fit_layer,
+def stored_or_fitted(config, request, name: str, transform: type[Fitted], setting: str, *, asked: tuple, fit_layer,
                      said) -> dict:  # fmt: skip
-    """Layer -> a per-layer transform of this run (``--remove_language``'s, ``--dimensions``': ``setting``, the
-    flag's value): read from the similarity store at ``key(layer)`` (``load(data, key, url, fix)``), or fitted
+    """Layer -> a per-layer transform of this run, a ``transform`` (``--remove_language``'s, ``--dimensions``':
+    ``setting``, the flag's value): read from the similarity store at ``transform.key(layer)``, or fitted
     (``fit_layer(layer)``) and written there by process 0 first, the others reading what it wrote. One stored as other
-    than ``asked`` (``described``: its (kind, k, languages)) is refused: the transform must be the same for every pair
-    of a store. ``label`` names a stored transform in that refusal, ``said`` adds to the log line of a fit."""
+    than ``asked`` (its ``described``: (kind, k, languages)) is refused: the transform must be the same for every pair
+    of a store. ``said`` adds to the log line of a fit."""
     url = config.run.out
     _, kv = open_kvstore(url)
     fix = repair_hint(url, "seqsim")
     wanted = f"{setting} over {list(asked[-1])}"
 
     def fitted(layer: int):
-        data = read_output(kv, key(layer), url, fix=fix)
+        key = transform.key(layer)
+        data = read_output(kv, key, url, fix=fix)
         if data is not None:
-            stored = load(data, key(layer), url, fix)
-            if described(stored) != asked:
+            stored = transform.from_bytes(data, key, url, fix)
+            if stored.described != asked:
                 raise SimilarityMismatchError(
-                    f"{key(layer)} in {url!r} was fitted as {label(stored)} over {list(stored.languages)}; this run "
+                    f"{key} in {url!r} was fitted as {stored.label} over {list(stored.languages)}; this run "
                     f"asks {wanted}. The transform must be the same for every pair of a store: compute into a new "
                     "output folder, or rerun with the stored --langs"
                 )
             return stored
         t = time.perf_counter()
         made = fit_layer(layer)
-        write_outputs(kv, {key(layer): made.to_bytes()}, url)
+        write_outputs(kv, {key: made.to_bytes()}, url)
         log.info("fitted %s at layer %d over %d languages in %.1f s%s", setting, layer, len(asked[-1]),
                  time.perf_counter() - t, said(made))  # fmt: skip
         return made
@@ -209,8 +220,6 @@ def stored_or_fitted(config, request, name: str, key, load, setting: str, *, ask
 
 # -- --dimensions ------------------------------------------------------------------------------------------------------
 
-DIMENSION_FOLDER = "dimension_transform/"
-
 
 @dataclasses.dataclass(frozen=True)
 class DimensionTransform(Fitted):
@@ -221,6 +230,7 @@ class DimensionTransform(Fitted):
     magnitude: np.ndarray  # f64[d]: mean |x_i|
     dimensions: np.ndarray  # i64[K]: dropped (drop), empty (standardise)
 
+    FOLDER: ClassVar[str] = "dimension_transform/"
     ARRAYS: ClassVar[tuple[str, ...]] = ("mean", "scale", "magnitude", "dimensions")
 
     @property
@@ -236,10 +246,6 @@ class DimensionTransform(Fitted):
 
 
 DIMENSION_FIELDS = DimensionTransform.fields()
-
-
-def dimension_key(layer: int) -> str:
-    return f"{DIMENSION_FOLDER}layer-{layer}.npz"
 
 
 def fit_dimensions(reader, langs, done_index, layer: int, kind: str, k: int, block_bytes: int,
@@ -282,8 +288,7 @@ def layer_dimensions(config, reader, request, budget_bytes: int,
                               before)  # fmt: skip
 
     return stored_or_fitted(
-        config, request, "dimensions", dimension_key, DimensionTransform.from_bytes, config.dimensions,
-        asked=(kind, k, langs), described=lambda t: (t.kind, t.k, t.languages), label=lambda t: t.label,
+        config, request, "dimensions", DimensionTransform, config.dimensions, asked=(kind, k, langs),
         fit_layer=fit_layer, said=lambda made: f", dropped {made.dimensions.tolist()}" if kind == "drop" else "",
     )  # fmt: skip
 
