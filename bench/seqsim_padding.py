@@ -6,7 +6,8 @@ No states: lengths only (``bench.scale.grid``, as ``bench/plan_fleurs.py``). The
 ``blocks`` pads every utterance to the language's longest (today's accelerator path before issue 80); ``sorted
 blocks of G`` sorts a language by length and pads each block of G utterances to its longest, rounded up to 16 frames
 (``FRAME_QUANTUM``), one compiled shape per pair of block lengths; ``packed`` is ``kernels.seqsim_packed.pack_side``
-with the CPU's and the accelerators' bins; ``pallas`` rounds each utterance up to the H200's frame tile. The ratios
+with the CPU's and the accelerators' bins; ``pallas`` rounds each utterance up to the H200's frame tile, or walks
+its last partial tile in smaller tail tiles (A's rows x B's columns; ``kernels.seqsim_pallas``). The ratios
 are what ``--plan`` prints as "as computed" over "on valid frames"; the compiled shapes column counts the distinct
 shapes one layer of the whole grid compiles (sorted blocks: an upper bound, every pair of block lengths).
 """
@@ -60,12 +61,17 @@ def main() -> None:
         shapes = len({(sa, sb) for a, b in pairs for sa in side[a] for sb in side[b]})
         rows[f"packed, bins of <= {bins}"] = ({k: float(p.frame.size) for k, p in packings.items()}, shapes)
     tile = pallas_blocks("NVIDIA H200").frames_a
-    rows[f"pallas, tiles of {tile}"] = ({k: s.rows("pallas", 0, tile) for k, s in sides.items()}, per_pair)
+    for tail_a, tail_b in ((tile, tile), (64, tile), (32, tile), (64, 64), (32, 32)):
+        name = f"pallas, tiles of {tile}" + (f", tails of {tail_a} x {tail_b}" if tail_a < tile else "")
+        area = {k: (s.rows("pallas", 0, tile, tail_a), s.rows("pallas", 0, tile, tail_b)) for k, s in sides.items()}
+        rows[name] = (area, per_pair)
     print(f"{len(langs)} languages, {len(pairs)} pairs, {sum(map(len, frames.values()))} utterances, "
           f"{int(sum(total.values()))} frames (FLEURS-shaped lengths)")  # fmt: skip
     print("| path | computed / valid FLOPs | compiled shapes |\n| --- | ---: | ---: |")
-    for name, (area, shapes) in rows.items():
-        ratio = sum(area[a] * area[b] for a, b in pairs) / valid
+    for name, (area, shapes) in rows.items():  # an area is one number a side, or (as side A, as side B)
+        a_side = {k: v[0] if isinstance(v, tuple) else v for k, v in area.items()}
+        b_side = {k: v[1] if isinstance(v, tuple) else v for k, v in area.items()}
+        ratio = sum(a_side[a] * b_side[b] for a, b in pairs) / valid
         print(f"| {name} | {ratio:.3f}x | {shapes} |")
 
 

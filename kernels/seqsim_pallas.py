@@ -5,14 +5,16 @@ of an utterance of A and one of B, ``a_to_b`` is the mean over A's valid frames 
 ``b_to_a`` the converse, ``score`` their mean. The XLA block path multiplies ``[Ba*m, d] @ [d, Bb*n]``, writes
 those similarities to HBM and reads them back for the max reductions; here each grid program owns one pair and:
 
-1. walks A's valid frames in tiles of ``frames_a`` (a loop bounded by ``cdiv(len_a, frames_a)``) and, inside,
-   B's valid frames in tiles of ``frames_b`` (bounded by ``len_b``): tiles wholly in padding are never computed;
-2. multiplies one ``[frames_a, embed] @ [embed, frames_b]`` tile on-chip, ``embed`` columns at a time (bf16 or f32
-   in, f32 accumulation; f32 at HIGHEST precision, as ``kernels.frames.matmul_f32``);
+1. walks A's valid frames in tiles of ``frames_a`` (a loop bounded by ``len_a // frames_a``), then the rest in
+   tail tiles of ``tail_a`` (``cdiv`` of what is left; ``tail_a == frames_a``: one padded tile) and, inside, B's
+   valid frames likewise in ``frames_b`` and ``tail_b``: tiles wholly in padding are never computed, and a tail
+   pads an utterance to a multiple of ``tail_a`` frames rather than of ``frames_a``;
+2. multiplies one ``[frames_a, embed] @ [embed, frames_b]`` tile (or a tail's) on-chip, ``embed`` columns at a
+   time (bf16 or f32 in, f32 accumulation; f32 at HIGHEST precision, as ``kernels.frames.matmul_f32``);
 3. masks the tile (padding rows and columns to -inf, from the lengths), then folds it into both reductions in the
    same pass: each row's running max over B's tiles, and each column's running max over A's tiles (carried as
-   ``f32[T, frames_b]``, T = B's tiles rounded up to a power of two, updated by a select on the tile index because
-   Triton has no dynamic update of a slice);
+   ``f32[T, frames_b]``, T = B's tiles rounded up to a power of two, and ``f32[frames_b / tail_b, tail_b]`` for the
+   tail tiles, updated by a select on the tile index because Triton has no dynamic update of a slice);
 4. leaves only two f32 numbers per pair: the sum over A's valid frames of their row maxima and the sum over B's
    valid frames of their column maxima. The division by the lengths happens outside, as in the XLA path.
 
@@ -57,19 +59,39 @@ MIN_TILE = 16  # smallest frame tile: Triton's dot needs M, N, K >= 16
 @dataclasses.dataclass(frozen=True)
 class PallasBlocks:
     """Tile sizes of one device kind: ``frames_a`` x ``frames_b`` frames per similarity tile, ``embed`` columns per
-    K step (powers of two, >= 16); ``num_warps`` and ``num_stages`` are Triton's (GPU only, None elsewhere)."""
+    K step (powers of two, >= 16); ``num_warps`` and ``num_stages`` are Triton's (GPU only, None elsewhere).
+    ``tail_a`` / ``tail_b``: the smaller tiles an utterance's last, partial ``frames_a`` / ``frames_b`` frames are
+    walked in (powers of two, >= 16, at most the tile; None: the tile itself, so the last tile is padded whole). A
+    tail of 64 under 128-frame tiles computes 1.10x the valid FLOPs on FLEURS-shaped lengths instead of 1.23x
+    (``engine.pipelines.seqsim.computed``)."""
 
     frames_a: int
     frames_b: int
     embed: int
     num_warps: int | None = None
     num_stages: int | None = None
+    tail_a: int | None = None
+    tail_b: int | None = None
 
     def __post_init__(self):
-        for name in ("frames_a", "frames_b", "embed"):
+        for name in ("frames_a", "frames_b", "embed", "tail_a", "tail_b"):
             v = getattr(self, name)
-            if v < MIN_TILE or v & (v - 1):
+            if v is not None and (v < MIN_TILE or v & (v - 1)):
                 raise ValueError(f"PallasBlocks.{name} must be a power of two >= {MIN_TILE}, got {v}")
+        for tail, tile in (("tail_a", "frames_a"), ("tail_b", "frames_b")):
+            if getattr(self, tail) is not None and getattr(self, tail) > getattr(self, tile):
+                raise ValueError(f"PallasBlocks.{tail} must be at most {tile} ({getattr(self, tile)}), got "
+                                 f"{getattr(self, tail)}")  # fmt: skip
+
+    @property
+    def rows_tail(self) -> int:
+        """A's tail tile: ``tail_a``, else ``frames_a``."""
+        return self.tail_a or self.frames_a
+
+    @property
+    def cols_tail(self) -> int:
+        """B's tail tile: ``tail_b``, else ``frames_b``."""
+        return self.tail_b or self.frames_b
 
 
 # The one table of block sizes, keyed by ``jax.Device.device_kind`` (a key also matches kinds it is a prefix of:
@@ -78,8 +100,8 @@ class PallasBlocks:
 # at d 1280, 160 x 160 FLEURS-shaped utterances; 64 x 128 x 64 w4 s3 within 2%); the H200 has the same SM and
 # shared memory and takes it unswept. The TPU entry is an UNTUNED DEFAULT.
 BLOCKS: dict[str, PallasBlocks] = {
-    # Interpret mode on CPU: small tiles, so that the tests' short utterances cross tile boundaries cheaply.
-    "cpu-interpret": PallasBlocks(frames_a=32, frames_b=32, embed=128),
+    # Interpret mode on CPU: small tiles and tails, so that the tests' short utterances cross both cheaply.
+    "cpu-interpret": PallasBlocks(frames_a=32, frames_b=32, embed=128, tail_a=16, tail_b=16),
     # Swept: a 128 x 128 f32 accumulator over 8 warps, 64 bf16 columns a step, 3 pipelined stages.
     "NVIDIA H100": PallasBlocks(frames_a=128, frames_b=128, embed=64, num_warps=8, num_stages=3),
     "NVIDIA H200": PallasBlocks(frames_a=128, frames_b=128, embed=64, num_warps=8, num_stages=3),
@@ -123,50 +145,73 @@ def _pow2(x: int) -> int:
     return 1 << max(int(x) - 1, 0).bit_length()
 
 
-def _pair_kernel(len_a_ref, len_b_ref, a_ref, b_ref, a_sum_ref, b_sum_ref, *, tm: int, tn: int, tk: int,
-                 col_tiles: int, steps: int):  # fmt: skip
+def _pair_kernel(len_a_ref, len_b_ref, a_ref, b_ref, a_sum_ref, b_sum_ref, *, tm: int, tn: int, ta: int, tb: int,
+                 tk: int, col_tiles: int, tail_tiles: int, steps: int):  # fmt: skip
     """One pair: a_ref f32|bf16[m_pad, d_pad], b_ref [n_pad, d_pad] unit frames (zero padding); len_*_ref i32[];
-    writes a_sum_ref f32[] (sum over A's valid frames of their best cosine in B) and b_sum_ref f32[] (converse)."""
+    writes a_sum_ref f32[] (sum over A's valid frames of their best cosine in B) and b_sum_ref f32[] (converse).
+
+    A's frames are walked in whole tiles of ``tm`` rows, then the rest in tail tiles of ``ta`` rows (``ta`` divides
+    ``tm``; ``ta == tm``: one last tile, padded); B's likewise in ``tn`` and ``tb`` columns. Each column panel (whole
+    tiles, tail tiles) carries its own running column maxima."""
     len_a, len_b = len_a_ref[...], len_b_ref[...]
     precision = jax.lax.Precision.HIGHEST if a_ref.dtype == jnp.float32 else None
-    tile_ids = jax.lax.broadcasted_iota(jnp.int32, (col_tiles, tn), 0)
+    whole_a, whole_b = len_a // tm, len_b // tn
+    # (columns per tile, first column, tiles) of B's two panels; their running maxima are f32[slots, columns].
+    panels = ((tn, 0, whole_b), (tb, whole_b * tn, pl.cdiv(len_b - whole_b * tn, tb)))
 
-    def tile(r0, c0):
-        """f32[tm, tn] similarities of A's frames r0.. against B's frames c0.., accumulated over K steps."""
+    def tile(r0, rows: int, c0, cols: int):
+        """f32[rows, cols] similarities of A's frames r0.. against B's frames c0.., accumulated over K steps."""
 
         def step(k, acc):
             k0 = pl.multiple_of(k * tk, tk)
-            a = a_ref[pl.ds(r0, tm), pl.ds(k0, tk)]
-            b = b_ref[pl.ds(c0, tn), pl.ds(k0, tk)]
+            a = a_ref[pl.ds(r0, rows), pl.ds(k0, tk)]
+            b = b_ref[pl.ds(c0, cols), pl.ds(k0, tk)]
             return acc + jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision,
                                              preferred_element_type=jnp.float32)  # fmt: skip
 
-        return jax.lax.fori_loop(0, steps, step, jnp.zeros((tm, tn), jnp.float32))
+        return jax.lax.fori_loop(0, steps, step, jnp.zeros((rows, cols), jnp.float32))
 
-    def row_tile(i, carry):
-        a_total, col_max = carry
-        r0 = pl.multiple_of(i * tm, tm)
-        row_ok = r0 + jax.lax.broadcasted_iota(jnp.int32, (tm,), 0) < len_a
+    def row_tile(r0, rows: int, col_max: tuple):
+        """A's rows r0.. against all of B: (the sum of their row maxima, both panels' column maxima updated)."""
+        row_ok = r0 + jax.lax.broadcasted_iota(jnp.int32, (rows,), 0) < len_a
+        row_max, updated = jnp.full((rows,), -jnp.inf, jnp.float32), []
+        for (cols, first, count), panel_max in zip(panels, col_max, strict=True):
+            slot = jax.lax.broadcasted_iota(jnp.int32, panel_max.shape, 0)
 
-        def col_tile(j, inner):
-            row_max, col_max = inner
-            c0 = pl.multiple_of(j * tn, tn)
-            col_ok = c0 + jax.lax.broadcasted_iota(jnp.int32, (tn,), 0) < len_b
-            # Both directions' maxima from the one masked tile; -inf never wins against a valid cosine.
-            s = jnp.where(row_ok[:, None] & col_ok[None, :], tile(r0, c0), -jnp.inf)
-            row_max = jnp.maximum(row_max, jnp.max(s, axis=1))
-            col_max = jnp.where(tile_ids == j, jnp.maximum(col_max, jnp.max(s, axis=0)[None, :]), col_max)
-            return row_max, col_max
+            def col_tile(j, inner, cols=cols, first=first, slot=slot):
+                row_max, panel_max = inner
+                c0 = pl.multiple_of(first + j * cols, cols)
+                col_ok = c0 + jax.lax.broadcasted_iota(jnp.int32, (cols,), 0) < len_b
+                # Both directions' maxima from the one masked tile; -inf never wins against a valid cosine.
+                s = jnp.where(row_ok[:, None] & col_ok[None, :], tile(r0, rows, c0, cols), -jnp.inf)
+                row_max = jnp.maximum(row_max, jnp.max(s, axis=1))
+                panel_max = jnp.where(slot == j, jnp.maximum(panel_max, jnp.max(s, axis=0)[None, :]), panel_max)
+                return row_max, panel_max
 
-        row_max = jnp.full((tm,), -jnp.inf, jnp.float32)
-        row_max, col_max = jax.lax.fori_loop(0, pl.cdiv(len_b, tn), col_tile, (row_max, col_max))
-        return a_total + jnp.sum(jnp.where(row_ok, row_max, 0.0)), col_max
+            row_max, panel_max = jax.lax.fori_loop(0, count, col_tile, (row_max, panel_max))
+            updated.append(panel_max)
+        return jnp.sum(jnp.where(row_ok, row_max, 0.0)), tuple(updated)
 
-    col_max = jnp.full((col_tiles, tn), -jnp.inf, jnp.float32)
-    a_total, col_max = jax.lax.fori_loop(0, pl.cdiv(len_a, tm), row_tile, (jnp.float32(0.0), col_max))
-    col_ok = tile_ids * tn + jax.lax.broadcasted_iota(jnp.int32, (col_tiles, tn), 1) < len_b
+    def whole_rows(i, carry):
+        total, col_max = carry
+        got, col_max = row_tile(pl.multiple_of(i * tm, tm), tm, col_max)
+        return total + got, col_max
+
+    def tail_rows(i, carry):
+        total, col_max = carry
+        got, col_max = row_tile(pl.multiple_of(whole_a * tm + i * ta, ta), ta, col_max)
+        return total + got, col_max
+
+    col_max = (jnp.full((col_tiles, tn), -jnp.inf, jnp.float32), jnp.full((tail_tiles, tb), -jnp.inf, jnp.float32))
+    carry = jax.lax.fori_loop(0, whole_a, whole_rows, (jnp.float32(0.0), col_max))
+    a_total, col_max = jax.lax.fori_loop(0, pl.cdiv(len_a - whole_a * tm, ta), tail_rows, carry)
+    b_total = jnp.float32(0.0)
+    for (cols, first, count), panel_max in zip(panels, col_max, strict=True):
+        slot = jax.lax.broadcasted_iota(jnp.int32, panel_max.shape, 0)
+        column = first + slot * cols + jax.lax.broadcasted_iota(jnp.int32, panel_max.shape, 1)
+        b_total += jnp.sum(jnp.where((slot < count) & (column < len_b), panel_max, 0.0))
     a_sum_ref[...] = a_total
-    b_sum_ref[...] = jnp.sum(jnp.where(col_ok, col_max, 0.0))
+    b_sum_ref[...] = b_total
 
 
 def _tiles(frames: int, most: int) -> int:
@@ -184,10 +229,12 @@ def _prepare(x: jax.Array, lengths: jax.Array, frames: int, embed: int) -> jax.A
 def _seqsim_pallas_jit(A, len_A, B, len_B, *, blocks: PallasBlocks, interpret: bool, platform: str, directional: bool):
     (n_a, m, d), (n_b, n, _) = A.shape, B.shape
     tm, tn = _tiles(m, blocks.frames_a), _tiles(n, blocks.frames_b)
+    ta, tb = min(blocks.rows_tail, tm), min(blocks.cols_tail, tn)
     tk = min(blocks.embed, _pow2(max(d, MIN_TILE)))
-    m_pad, n_pad, d_pad = pl.cdiv(m, tm) * tm, pl.cdiv(n, tn) * tn, pl.cdiv(d, tk) * tk
+    m_pad, n_pad, d_pad = pl.cdiv(m, tm) * tm, pl.cdiv(n, tn) * tn, pl.cdiv(d, tk) * tk  # tail tiles stay inside
     a, b = _prepare(A, len_A, m_pad, d_pad), _prepare(B, len_B, n_pad, d_pad)
-    kernel = functools.partial(_pair_kernel, tm=tm, tn=tn, tk=tk, col_tiles=_pow2(n_pad // tn), steps=d_pad // tk)
+    kernel = functools.partial(_pair_kernel, tm=tm, tn=tn, ta=ta, tb=tb, tk=tk, col_tiles=_pow2(n_pad // tn),
+                               tail_tiles=_pow2(tn // tb), steps=d_pad // tk)  # fmt: skip
     params = None
     if not interpret and platform == "gpu":
         # Triton, named: without its params JAX 0.10 lowers a GPU pallas_call with Mosaic GPU, which would stage

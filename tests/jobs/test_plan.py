@@ -218,3 +218,15 @@ def test_auto_takes_the_fused_kernel_where_it_was_measured_fastest():
     assert h200.seqsim_efficiency_of("pallas") == 334 / 989 and h200.seqsim_efficiency_of("blocks") == 186 / 989
     assert a100.seqsim_efficiency_of("pallas") == a100.seqsim_efficiency  # not timed there: the blocks' (assumed)
     assert "34% (pallas)" in h200.describe() and "19.2 GB/s" in h200.describe()
+
+
+def test_pallas_rows_count_whole_tiles_then_tails():
+    """The fused kernel's frames as computed (engine.pipelines.seqsim.computed): whole tiles, then the rest in tail
+    tiles (kernels.seqsim_pallas), counted by hand for lengths 1, 16, 17, 130 and 200 under 64-frame tiles."""
+    from engine.pipelines.seqsim.computed import SideRows
+
+    side = SideRows(np.array([1, 16, 17, 130, 200]))
+    assert side.rows("pallas", 0, 64) == 64 + 64 + 64 + 192 + 256  # no tail: each rounded up to its tile
+    assert side.rows("pallas", 0, 64, 16) == 16 + 16 + 32 + (128 + 16) + (192 + 16)
+    assert side.rows("pallas", 0, 64, 64) == side.rows("pallas", 0, 64)
+    assert SideRows(np.array([5, 9])).rows("pallas", 0, 64, 32) == 16 + 16  # the tile shrinks to the longest's

@@ -3,6 +3,8 @@ float64 NumPy reference: d of 384, 512 and 1280, ragged lengths that cross tile 
 utterances that are all padding but one frame, poisoned padding. Sizes are small: interpret mode runs every grid
 program as a loop on the CPU."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,7 +112,10 @@ def test_tile_sizes_do_not_change_results():
     B, len_B = ragged(rng, 3, 45, 384, poison=np.inf)
     want = xla(A, len_A, B, len_B)
     # (128 + 16) x 256 f32 tiles fit a Hopper SM's 227 KiB of shared memory; 512 columns did not (H100 lease, issue 86).
-    for blocks in (sp.PallasBlocks(16, 64, 16), sp.PallasBlocks(128, 16, 256)):
+    # Tails: 70 frames = 64 + a 16-row tail; 45 = 32 + one 16-column tail; 64 x 64 with 32 x 16 tails.
+    tiles = (sp.PallasBlocks(16, 64, 16), sp.PallasBlocks(128, 16, 256), sp.PallasBlocks(32, 32, 128),
+             sp.PallasBlocks(64, 64, 128, tail_a=16), sp.PallasBlocks(64, 64, 128, tail_a=32, tail_b=16))  # fmt: skip
+    for blocks in tiles:
         check(pallas(A, len_A, B, len_B, blocks=blocks), want, F32_ATOL)
 
 
@@ -147,23 +152,31 @@ def test_block_table():
     assert sp.blocks_for(Kind("NVIDIA A100-SXM4-40GB")) == sp.DEFAULT_BLOCKS
     with pytest.raises(ValueError, match="frames_a must be a power of two >= 16"):
         sp.PallasBlocks(48, 64, 64)
+    with pytest.raises(ValueError, match="tail_b must be a power of two >= 16"):
+        sp.PallasBlocks(64, 64, 64, tail_b=24)
+    with pytest.raises(ValueError, match=r"tail_a must be at most frames_a \(64\), got 128"):
+        sp.PallasBlocks(64, 64, 64, tail_a=128)
+    assert (sp.PallasBlocks(64, 32, 64, tail_a=16).rows_tail, sp.PallasBlocks(64, 32, 64).cols_tail) == (16, 32)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32], ids=["bf16", "f32"])
 def test_lowers_to_triton_for_cuda(dtype):
-    """The GPU kernel is lowered (not compiled: no GPU here) to Triton IR at d = 1280 with the H100 blocks: this
-    catches what Triton refuses before a device is lent (tiles of a size not a power of two, unsupported ops)."""
+    """The GPU kernel is lowered (not compiled: no GPU here) to Triton IR at d = 1280 with the H100 blocks, with and
+    without tail tiles: this catches what Triton refuses before a device is lent (tiles of a size not a power of two,
+    unsupported ops)."""
     A = jax.ShapeDtypeStruct((3, 500, 1280), dtype)
     B = jax.ShapeDtypeStruct((2, 450, 1280), dtype)
     lengths_a, lengths_b = jax.ShapeDtypeStruct((3,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32)
 
-    def run(A, len_A, B, len_B):
-        blocks = sp.BLOCKS["NVIDIA H100"]
-        return sp._seqsim_pallas_jit(A, len_A, B, len_B, blocks=blocks, interpret=False, platform="gpu",
-                                     directional=True)  # fmt: skip
+    table = sp.BLOCKS["NVIDIA H100"]
+    for blocks in (table, dataclasses.replace(table, tail_a=64, tail_b=32)):  # the table's, and tails of the sweep
 
-    text = jax.jit(run).trace(A, lengths_a, B, lengths_b).lower(lowering_platforms=("cuda",)).as_text()
-    assert "triton" in text.lower() and "seqsim_pallas" in text
+        def run(A, len_A, B, len_B, blocks=blocks):
+            return sp._seqsim_pallas_jit(A, len_A, B, len_B, blocks=blocks, interpret=False, platform="gpu",
+                                         directional=True)  # fmt: skip
+
+        text = jax.jit(run).trace(A, lengths_a, B, lengths_b).lower(lowering_platforms=("cuda",)).as_text()
+        assert "triton" in text.lower() and "seqsim_pallas" in text
 
 
 def test_seqsim_matrix_takes_pallas_on_request_only():

@@ -6,8 +6,9 @@ Per language pair and layer, ``2 * rows_a * rows_b * d`` where ``rows`` is the f
 - ``blocks``: every utterance padded to the side's longest, ``N * m`` (``kernels.seqsim``);
 - ``packed``: the side's bins, ``bins * bin_frames`` (``kernels.seqsim_packed.pack_side`` with the platform's bins);
 - ``fp8``: the same bins (``kernels.seqsim_fp8`` packs as ``packed`` does), each product in e4m3;
-- ``pallas``: each utterance's valid frames rounded up to the frame tile (tiles wholly in padding are skipped), so
-  the pair's products sum to ``(sum_i ceil(len_i / t_a) t_a) (sum_j ceil(len_j / t_b) t_b)``.
+- ``pallas``: each utterance's valid frames in whole frame tiles ``t``, the rest rounded up to the tail tile ``r``
+  (tiles wholly in padding are skipped): ``rows_i = floor(len_i / t) t + ceil((len_i mod t) / r) r`` per side, and
+  the pair's products sum to ``(sum_i rows_i) (sum_j rows_j)`` (``kernels.seqsim_pallas``; ``r = t`` without tails).
 
 The augmented mask columns (``d + 2``) are left out, as in ``Cost``.
 """
@@ -41,14 +42,15 @@ class SideRows:
         self.lengths = np.asarray(lengths, np.int64)
         self._rows: dict[tuple, int] = {}
 
-    def rows(self, path: str, bins: int, tile: int) -> int:
-        """``path``'s frames: ``bins`` is the most frames per packed bin, ``tile`` the fused kernel's frame tile."""
-        key = (path, bins, tile)
+    def rows(self, path: str, bins: int, tile: int, tail: int | None = None) -> int:
+        """``path``'s frames: ``bins`` is the most frames per packed bin, ``tile`` the fused kernel's frame tile and
+        ``tail`` its tail tile (None: ``tile``)."""
+        key = (path, bins, tile, tail)
         if key not in self._rows:
-            self._rows[key] = self._count(path, bins, tile)
+            self._rows[key] = self._count(path, bins, tile, tail or tile)
         return self._rows[key]
 
-    def _count(self, path: str, bins: int, tile: int) -> int:
+    def _count(self, path: str, bins: int, tile: int, tail: int) -> int:
         if len(self.lengths) == 0:
             return 0
         if path == "blocks":
@@ -58,7 +60,9 @@ class SideRows:
         if path == "pallas":
             # kernels.seqsim_pallas._tiles: the table's tile, or the power of two above a shorter frame axis.
             t = max(MIN_TILE, min(tile, 1 << max(int(self.lengths.max()) - 1, 0).bit_length()))
-            return int(np.sum(-(-self.lengths // t) * t))
+            r = min(tail, t)
+            whole = self.lengths // t
+            return int(np.sum(whole * t + -(-(self.lengths - whole * t) // r) * r))
         raise ValueError(f"no SeqSim path {path!r}: blocks, packed, pallas or fp8")
 
 
@@ -66,5 +70,6 @@ def computed_flops(path: str, sides: dict[str, SideRows], pairs, d: int, *, plat
     """FLOPs of one layer of ``pairs`` by ``path`` on ``platform`` (cpu | gpu | tpu) of a device named
     ``device_name`` (the fused kernel's tile table); ``sides``: each language's ``SideRows``."""
     bins, blocks = bin_frames(platform), pallas_blocks(device_name)
-    return sum(2.0 * sides[a].rows(path, bins, blocks.frames_a) * sides[b].rows(path, bins, blocks.frames_b) * d
+    a_rows, b_rows = (blocks.frames_a, blocks.rows_tail), (blocks.frames_b, blocks.cols_tail)
+    return sum(2.0 * sides[a].rows(path, bins, *a_rows) * sides[b].rows(path, bins, *b_rows) * d
                for a, b in pairs)  # fmt: skip
