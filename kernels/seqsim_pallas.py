@@ -151,13 +151,20 @@ def _pair_kernel(len_a_ref, len_b_ref, a_ref, b_ref, a_sum_ref, b_sum_ref, *, tm
     writes a_sum_ref f32[] (sum over A's valid frames of their best cosine in B) and b_sum_ref f32[] (converse).
 
     A's frames are walked in whole tiles of ``tm`` rows, then the rest in tail tiles of ``ta`` rows (``ta`` divides
-    ``tm``; ``ta == tm``: one last tile, padded); B's likewise in ``tn`` and ``tb`` columns. Each column panel (whole
-    tiles, tail tiles) carries its own running column maxima."""
+    ``tm``); B's likewise in ``tn`` and ``tb`` columns, and each column panel (whole tiles, tail tiles) carries its own
+    running column maxima. Without tails (``ta == tm``, ``tb == tn``) there is one loop and one panel, each last tile
+    padded: the tiles, loops and reductions the H100 sweep timed."""
     len_a, len_b = len_a_ref[...], len_b_ref[...]
     precision = jax.lax.Precision.HIGHEST if a_ref.dtype == jnp.float32 else None
-    whole_a, whole_b = len_a // tm, len_b // tn
-    # (columns per tile, first column, tiles) of B's two panels; their running maxima are f32[slots, columns].
-    panels = ((tn, 0, whole_b), (tb, whole_b * tn, pl.cdiv(len_b - whole_b * tn, tb)))
+
+    def spans(length, whole: int, tail: int) -> tuple:
+        """(frames per tile, first frame, tiles) of each loop over one side's valid frames."""
+        if tail == whole:
+            return ((whole, 0, pl.cdiv(length, whole)),)
+        full = length // whole
+        return (whole, 0, full), (tail, full * whole, pl.cdiv(length - full * whole, tail))
+
+    row_spans, panels = spans(len_a, tm, ta), spans(len_b, tn, tb)
 
     def tile(r0, rows: int, c0, cols: int):
         """f32[rows, cols] similarities of A's frames r0.. against B's frames c0.., accumulated over K steps."""
@@ -192,19 +199,18 @@ def _pair_kernel(len_a_ref, len_b_ref, a_ref, b_ref, a_sum_ref, b_sum_ref, *, tm
             updated.append(panel_max)
         return jnp.sum(jnp.where(row_ok, row_max, 0.0)), tuple(updated)
 
-    def whole_rows(i, carry):
-        total, col_max = carry
-        got, col_max = row_tile(pl.multiple_of(i * tm, tm), tm, col_max)
-        return total + got, col_max
+    slots = (col_tiles, tail_tiles)[: len(panels)]
+    col_max = tuple(jnp.full((n, cols), -jnp.inf, jnp.float32) for n, (cols, _, _) in zip(slots, panels, strict=True))
+    carry = (jnp.float32(0.0), col_max)
+    for rows, first, count in row_spans:
 
-    def tail_rows(i, carry):
-        total, col_max = carry
-        got, col_max = row_tile(pl.multiple_of(whole_a * tm + i * ta, ta), ta, col_max)
-        return total + got, col_max
+        def row_loop(i, carry, rows=rows, first=first):
+            total, col_max = carry
+            got, col_max = row_tile(pl.multiple_of(first + i * rows, rows), rows, col_max)
+            return total + got, col_max
 
-    col_max = (jnp.full((col_tiles, tn), -jnp.inf, jnp.float32), jnp.full((tail_tiles, tb), -jnp.inf, jnp.float32))
-    carry = jax.lax.fori_loop(0, whole_a, whole_rows, (jnp.float32(0.0), col_max))
-    a_total, col_max = jax.lax.fori_loop(0, pl.cdiv(len_a - whole_a * tm, ta), tail_rows, carry)
+        carry = jax.lax.fori_loop(0, count, row_loop, carry)
+    a_total, col_max = carry
     b_total = jnp.float32(0.0)
     for (cols, first, count), panel_max in zip(panels, col_max, strict=True):
         slot = jax.lax.broadcasted_iota(jnp.int32, panel_max.shape, 0)
