@@ -53,6 +53,12 @@ class _ForkServer:
 
         if os.environ.get("BABELGRID_TEST_FORK", "1") == "0":
             return None
+        if self.server is not None and forkserver.differs_at_import(self.env, job_env()):
+            # Started while an earlier test had changed the environment (a monkeypatch since undone): every later job
+            # would differ from it at import and run fresh, so it ends (at its stdin's close) and a new one starts.
+            self.server.stdin.close()
+            self.server.wait(60)
+            self.server = None
         if self.server is None or self.server.poll() is not None:
             self.env, self.pending = job_env(), b""
             self.server = subprocess.Popen(

@@ -28,3 +28,13 @@ def test_an_environment_read_at_import_starts_a_fresh_process():
     assert _FORKS.run("seqsim", ["--helpshort"], job_env({"JAX_ENABLE_X64": "1"}), 300) is None
     assert _FORKS.run("seqsim", ["--helpshort"], job_env({"BABELGRID_FAULT_DELAY": "x:1"}), 300) is not None
     assert forkserver.differs_at_import({"XLA_FLAGS": "a", "PATH": "x"}, {"PATH": "y"}) == ["XLA_FLAGS"]
+
+
+def test_a_server_started_under_another_environment_is_replaced(monkeypatch):
+    """A server started while a test had set an import-time variable (here a harmless TENSORSTORE_ one) is not kept
+    once the variable is gone: the next job with the test process's own environment is forked again, not run fresh
+    (CI, 2026-11-28: a server left from such a test made this file's first test find no fork server)."""
+    monkeypatch.setenv("TENSORSTORE_BABELGRID_TEST", "1")
+    assert _FORKS.run("seqsim", ["--helpshort"], job_env(), 300) is not None
+    monkeypatch.delenv("TENSORSTORE_BABELGRID_TEST")
+    assert _FORKS.run("seqsim", ["--helpshort"], job_env(), 300) is not None
