@@ -48,6 +48,9 @@ def blosc(cname: str, level: int, shuffle: str):
 CONTENDERS = {
     "none": lambda i: RAW,
     "zstd 1 (today)": lambda i: RAW + [{"name": "zstd", "configuration": {"level": 1}}],
+    "zstd -1": lambda i: RAW + [{"name": "zstd", "configuration": {"level": -1}}],  # zstd's fast levels
+    "zstd -3": lambda i: RAW + [{"name": "zstd", "configuration": {"level": -3}}],
+    "zstd -7": lambda i: RAW + [{"name": "zstd", "configuration": {"level": -7}}],
     "zstd 3": lambda i: RAW + [{"name": "zstd", "configuration": {"level": 3}}],
     "zstd 5": lambda i: RAW + [{"name": "zstd", "configuration": {"level": 5}}],
     "gzip 1": lambda i: RAW + [{"name": "gzip", "configuration": {"level": 1}}],
