@@ -61,7 +61,7 @@ def main() -> None:
         shapes = len({(sa, sb) for a, b in pairs for sa in side[a] for sb in side[b]})
         rows[f"packed, bins of <= {bins}"] = ({k: float(p.frame.size) for k, p in packings.items()}, shapes)
     tile = pallas_blocks("NVIDIA H200").frames_a
-    for tail_a, tail_b in ((tile, tile), (64, tile), (32, tile), (64, 64), (32, 32)):
+    for tail_a, tail_b in ((tile, tile), (64, tile), (32, tile), (16, tile), (64, 64), (32, 32)):
         name = f"pallas, tiles of {tile}" + (f", tails of {tail_a} x {tail_b}" if tail_a < tile else "")
         area = {k: (s.rows("pallas", 0, tile, tail_a), s.rows("pallas", 0, tile, tail_b)) for k, s in sides.items()}
         rows[name] = (area, per_pair)

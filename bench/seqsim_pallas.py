@@ -3,6 +3,7 @@ the same run's bf16 matmul rate, on FLEURS-shaped lengths (issues 80 and 86).
 
     python bench/seqsim_pallas.py                       # on a GPU: d 1280, FLEURS-shaped lengths, bf16
     python bench/seqsim_pallas.py --sweep               # also every block size of SWEEP (the BLOCKS table's source)
+    python bench/seqsim_pallas.py --sweep --paths pallas  # the kernel's candidates alone (bench/gpu.sh's first step)
     python bench/seqsim_pallas.py --smoke --sweep       # any machine (CPU: interpret mode), tiny shapes, ~1 min
 
 Two languages of ``--utterances`` utterances with FLEURS-shaped lengths (``bench.scale.grid``: FLEURS sample
@@ -24,8 +25,12 @@ A contender that fails to compile (a Triton tile past the device's shared memory
 left out; the others still run.
 
 Rates count FLOPs on valid frames (``2 * sum(len_a) * sum(len_b) * d``, the issue's goal: at least 0.6 of the
-8192-cube rate) and, for the XLA blocks, as computed (padded to the longest). Each kernel's largest difference from
-the XLA blocks is printed beside its time: on a device this checks the compiled kernel, which CPU tests cannot.
+8192-cube rate) and, for the XLA blocks and each Pallas tiling, also as computed: padded to the longest, or each
+utterance in whole tiles and then tail tiles, counted as ``--plan`` counts them (``engine.pipelines.seqsim.computed``),
+so that a row's "of the matmul, as computed" is the fraction the plan's device table takes and its "computed / valid"
+the ratio the plan prints (issue 80: at most 1.15x). Each kernel's largest difference from the XLA blocks is printed
+beside its time: on a device this checks the compiled kernel, which CPU tests cannot. Progress (each compile, then
+the medians after every round) goes to stdout as it happens, so a run cut short by a time limit keeps what it had.
 Nothing is written unless ``--write FILE`` is given (``bench/RESULTS.md``, section "seqsim pallas").
 """
 
@@ -36,6 +41,7 @@ import datetime
 import pathlib
 import statistics
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +52,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from bench.common import interleaved_times, load_average, machine, record  # noqa: E402
 from bench.scale import grid  # noqa: E402
 from bench.seqsim import tiled_matmul  # noqa: E402
+from engine.pipelines.seqsim.computed import SideRows  # noqa: E402
 from kernels import seqsim, seqsim_fp8, seqsim_pallas  # noqa: E402
 from kernels.seqsim_pallas import PallasBlocks  # noqa: E402
 
@@ -53,7 +60,7 @@ from kernels.seqsim_pallas import PallasBlocks  # noqa: E402
 # the table's entry. The best row goes into kernels.seqsim_pallas.BLOCKS for this device kind. The H100's sweep of
 # 2026-11-28 (bench/RESULTS.md) ran 64 x 64, 128 x 64, 128 x 128 x 32, 128 x 256, 256 x 128 and 128 x 128 x 128
 # at 0.20-0.35 of the matmul against the table's 0.40: they gave way to the tail tiles, which cut the FLOPs computed
-# on padding from 1.23x the valid ones to 1.10-1.16x on FLEURS-shaped lengths (bench/seqsim_padding.py).
+# on padding from 1.23x the valid ones to 1.05-1.16x on FLEURS-shaped lengths (bench/seqsim_padding.py).
 SWEEP = [
     PallasBlocks(64, 128, 64, 4, 3),
     PallasBlocks(128, 128, 64, 4, 3),
@@ -61,6 +68,7 @@ SWEEP = [
     PallasBlocks(128, 128, 64, 8, 4),
     PallasBlocks(128, 128, 64, 8, 3, tail_a=64),
     PallasBlocks(128, 128, 64, 8, 3, tail_a=32),
+    PallasBlocks(128, 128, 64, 8, 3, tail_a=16),  # 1.12x: rows' tails alone, the fast 128-column panel kept
     PallasBlocks(128, 128, 64, 8, 3, tail_a=64, tail_b=64),
     PallasBlocks(128, 128, 64, 8, 3, tail_a=32, tail_b=32),
 ]
@@ -86,6 +94,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sorted_block", type=int, default=32, help="utterances a block, sorted blocks")
     parser.add_argument("--sweep", action="store_true", help="also time every block size candidate (SWEEP)")
+    parser.add_argument("--paths", default="all", choices=["all", "pallas"],
+                        help="pallas: only the fused kernel's candidates, the XLA blocks (the reference of the "
+                        "differences) and the matmul: a lease's first, shortest step")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny shapes: check that the program runs (any machine)")
     parser.add_argument("--write", default="", help="results file to record the table in (default: print only)")
     args = parser.parse_args()
@@ -113,28 +124,43 @@ def main() -> None:
     def pallas(blocks):
         return lambda: jax.block_until_ready(seqsim_pallas.seqsim_matrix_pallas(A, len_A, B, len_B, blocks=blocks))
 
-    contenders = {
-        "xla blocks": xla,
-        f"xla sorted blocks of {args.sorted_block}": lambda: sorted_blocks(A, len_A, B, len_B, args.sorted_block),
-        "xla packed": lambda: jax.block_until_ready(seqsim.seqsim_matrix(A, len_A, B, len_B, packed=True)),
-        "matmul": lambda: jax.block_until_ready(matmul()),
-    }
-    if seqsim_fp8.has_fp8(device) or device.platform == "cpu":
-        contenders["fp8 packed"] = lambda: jax.block_until_ready(seqsim_fp8.seqsim_matrix_fp8(A, len_A, B, len_B))
+    contenders = {"xla blocks": xla}
+    if args.paths == "all":
+        contenders[f"xla sorted blocks of {args.sorted_block}"] = lambda: sorted_blocks(
+            A, len_A, B, len_B, args.sorted_block
+        )
+        contenders["xla packed"] = lambda: jax.block_until_ready(seqsim.seqsim_matrix(A, len_A, B, len_B, packed=True))
+        if seqsim_fp8.has_fp8(device) or device.platform == "cpu":
+            contenders["fp8 packed"] = lambda: jax.block_until_ready(seqsim_fp8.seqsim_matrix_fp8(A, len_A, B, len_B))
+    contenders["matmul"] = lambda: jax.block_until_ready(matmul())
     contenders |= {name: pallas(blocks) for name, blocks in candidates.items()}
+    computed = {name: _pallas_flops(blocks, len_A, len_B, args.embed) for name, blocks in candidates.items()}
+    computed["xla blocks"] = padded
+    begun = time.perf_counter()
     want = np.asarray(xla())
+    print(f"compiled xla blocks ({time.perf_counter() - begun:.1f} s)", flush=True)
     diffs, failed = {}, []
     for name in list(contenders):  # each compiled once before the rounds; a failure is reported, not fatal
+        begun = time.perf_counter()
         if name in ("xla blocks", "matmul"):
             contenders[name]()
             continue
         try:
             diffs[name] = float(np.max(np.abs(np.asarray(contenders[name]()) - want)))
+            print(f"compiled {name} ({time.perf_counter() - begun:.1f} s), max abs diff {diffs[name]:.1e}", flush=True)
         except Exception as e:  # noqa: BLE001 - e.g. a Triton tile too large for this device: named, left out
             failed.append(f"- {name}: failed, left out ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            print(failed[-1], flush=True)
             del contenders[name]
-    times = {k: statistics.median(v) for k, v in interleaved_times(contenders, args.rounds, warm_up=False).items()}
-    rate = matmul_flops / times["matmul"]
+    rounds: dict[str, list[float]] = {name: [] for name in contenders}
+    for r in range(args.rounds):  # the medians so far after each round: a step cut short by its limit keeps them
+        for name, t in interleaved_times(contenders, 1, warm_up=False).items():
+            rounds[name] += t
+        times = {k: statistics.median(v) for k, v in rounds.items()}
+        rate = matmul_flops / times["matmul"]
+        print(f"after round {r + 1} of {args.rounds}: " + "; ".join(
+            f"{k} {valid / t / rate:.3f}" for k, t in times.items() if k != "matmul"
+        ) + " of the matmul on valid frames", flush=True)  # fmt: skip
 
     lines = [
         f"Device: {device.device_kind} ({device.platform}{', interpret mode' if device.platform == 'cpu' else ''}); "
@@ -145,22 +171,28 @@ def main() -> None:
         f"{padded / 1e12:.3g} as the XLA blocks compute them ({padded / valid:.2f}x); medians of {args.rounds} "
         f"interleaved rounds. bf16 {args.side}-cube matmul: {rate / 1e12:.3g} TFLOP/s.",
         "",
-        "| contender | s | TFLOP/s, valid frames | of the matmul rate | max abs diff from xla blocks |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| contender | s | TFLOP/s, valid frames | of the matmul rate | computed / valid | of the matmul, as computed "
+        "| max abs diff from xla blocks |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, t in times.items():
         if name == "matmul":
             continue
         diff = f"{diffs[name]:.1e}" if name in diffs else "-"
-        lines.append(f"| {name} | {t:.4g} | {valid / t / 1e12:.3g} | {valid / t / rate:.3f} | {diff} |")
+        ratio, as_computed = ("-", "-") if name not in computed else (
+            f"{computed[name] / valid:.3f}x", f"{computed[name] / t / rate:.3f}")  # fmt: skip
+        lines.append(f"| {name} | {t:.4g} | {valid / t / 1e12:.3g} | {valid / t / rate:.3f} | {ratio} | {as_computed} "
+                     f"| {diff} |")  # fmt: skip
     lines += ["", *failed]
     pallas_times = [(t, name) for name, t in times.items() if "pallas" in name]
     if pallas_times:
         best = min(pallas_times)
+        packed = f", {times['xla packed'] / best[0]:.2f}x the packed kernel's" if "xla packed" in times else ""
         lines.append(
             f"- best Pallas ({best[1]}): {valid / best[0] / rate:.2f} of the {args.side}-cube bf16 rate on valid "
-            f"frames (issue 80's goal on an H100/H200: >= 0.6); {times['xla blocks'] / best[0]:.2f}x the XLA blocks' "
-            f"speed, {times['xla packed'] / best[0]:.2f}x the packed kernel's."
+            f"frames (issue 80's goal on an H100/H200: >= 0.6), computing {computed[best[1]] / valid:.3f}x the valid "
+            f"FLOPs (the plan's ratio; goal <= 1.15x); {times['xla blocks'] / best[0]:.2f}x the XLA blocks' "
+            f"speed{packed}."
         )
     if device.platform == "cpu":
         lines.append("- CPU: interpret mode, a smoke run of the program, not a measurement of the kernel.")
@@ -193,6 +225,14 @@ def sorted_blocks(A, len_A, B, len_B, size: int) -> np.ndarray:
         for (ib, _, _), score in zip(blocks_b, row, strict=True):
             out[np.ix_(ia, ib)] = np.asarray(score)
     return out
+
+
+def _pallas_flops(blocks: PallasBlocks, len_A, len_B, embed: int) -> float:
+    """FLOPs the fused kernel computes with ``blocks`` (every utterance in whole tiles, then tail tiles): the plan's
+    count (``engine.pipelines.seqsim.computed``), so that a lease's row gives the plan's fraction per FLOP computed."""
+    rows_a = SideRows(np.asarray(len_A)).rows("pallas", 0, blocks.frames_a, blocks.rows_tail)
+    rows_b = SideRows(np.asarray(len_B)).rows("pallas", 0, blocks.frames_b, blocks.cols_tail)
+    return 2.0 * rows_a * rows_b * embed
 
 
 def _name(b: PallasBlocks) -> str:

@@ -169,7 +169,8 @@ def test_lowers_to_triton_for_cuda(dtype):
     lengths_a, lengths_b = jax.ShapeDtypeStruct((3,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32)
 
     table = sp.BLOCKS["NVIDIA H100"]
-    for blocks in (table, dataclasses.replace(table, tail_a=64, tail_b=32)):  # the table's, and tails of the sweep
+    tails = (dataclasses.replace(table, tail_a=64, tail_b=32), dataclasses.replace(table, tail_a=16))  # the sweep's
+    for blocks in (table, *tails):  # 16-row tails: Triton's smallest dot under the table's 8 warps
 
         def run(A, len_A, B, len_B, blocks=blocks):
             return sp._seqsim_pallas_jit(A, len_A, B, len_B, blocks=blocks, interpret=False, platform="gpu",
