@@ -19,7 +19,7 @@ LANGS = ("de", "en", "es", "fr", "pt", "ja", "zh", "ar")
 
 def colour_bar_labels(fig) -> list[str]:
     bars = [ax._colorbar for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
-    return [bar.ax.get_ylabel() or bar.ax.get_xlabel() for bar in bars]
+    return [" ".join((bar.ax.get_ylabel() or bar.ax.get_xlabel()).split()) for bar in bars]  # wrapped: one line
 
 
 def legend_texts(ax) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import numpy as np
 
@@ -12,6 +13,7 @@ from engine.pipelines.heads.table import ATTENTION, HIGHER_IS_BETTER, SINK
 FIGURE = "figures/heads.png"
 BY_LANGUAGE = "figures/heads_by_language.png"
 SHOWN = 12  # languages drawn in heads_by_language.png (all are in heads.parquet)
+LABEL_CHARS = 28  # a colour bar label's line, in characters
 TITLES = {
     "r1": "SeqSim R@1 change", "language_id": "language-ID accuracy change", "wer": "WER change", "cer": "CER change",
     "importance_contrastive": "importance: contrastive |grad|", "importance_ce": "importance: decoder CE |grad|",
@@ -53,7 +55,11 @@ def _draw(fig, ax, grid: np.ndarray, title: str, diverging: bool, lower_is_worse
     ax.set_xlabel("head", fontsize=7)
     ax.set_ylabel("block", fontsize=7)
     ax.set_title(title, fontsize=8)
-    fig.colorbar(image, ax=ax, shrink=0.8, label=label or title)
+    # The bar's label in the ticks' small type, wrapped to the panel's height: at the default size a long label ran
+    # into the next panel and the figure's title.
+    bar = fig.colorbar(image, ax=ax, shrink=0.8)
+    bar.set_label(textwrap.fill(label or title, LABEL_CHARS, break_long_words=False), fontsize=7)
+    bar.ax.tick_params(labelsize=6)
 
 
 def _panel_grid(n: int, most_cols: int, blocks: int, heads: int):
