@@ -149,3 +149,23 @@ def test_every_jobs_figure_labels_its_axes_and_colour_bars(monkeypatch):
         for ax in fig.axes:
             if getattr(ax, "_colorbar", None) is None and ax.get_visible() and ax.axison and ax.has_data():
                 assert labelled_or_shared(ax, "x") and labelled_or_shared(ax, "y"), (title, ax.get_title())
+
+
+def test_series_colour_bars_say_what_they_measure(monkeypatch):
+    """The series job's layer x step heatmaps: one colour bar per panel, each naming its value (they had none)."""
+    from engine.pipelines.series import figures as series_figures
+
+    drawn: list[Figure] = []
+    save = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (drawn.append(self), save(self, *a, **k))[1])
+    tables = {name: [] for name, *_ in series_figures.PANELS}
+    for model, layer in itertools.product(("step1", "step2"), range(3)):
+        depth = layer / 3
+        tables["retrieval.csv"].append((model, None, None, depth, "all", None, None, 0.2 + 0.1 * layer))
+        tables["centred.csv"].append((model, None, None, depth, "all", None, None, None, None, 0.05 * layer - 0.05))
+        tables["lid.csv"].append((model, None, None, depth, 0.5 + 0.1 * layer))
+        tables["cka.csv"].append((model, None, None, depth, None, None, None, 0.3 * layer))
+    series_figures.heatmaps_png(tables, ["step1", "step2"], [1, 2], "step", "tiny")
+    (fig,) = drawn
+    assert colour_bar_labels(fig) == ["R@1", "R@1 change (centred \u2212 raw)", "accuracy", "linear CKA"]
+    assert_axes_labelled(fig)

@@ -14,12 +14,13 @@ import numpy as np
 from engine import figures
 
 DEPTH_LABEL = "depth, layer / (L + 1): 0 = stem"
-PANELS = (  # (table, value column, title, colour map, centred at 0)
-    ("retrieval.csv", "r1", "R@1, mean over directed pairs", "viridis", False),
-    ("centred.csv", "delta", "R@1 change with each language's mean removed", "RdBu_r", True),
-    ("lid.csv", "accuracy", "language-ID accuracy", "viridis", False),
-    ("cka.csv", "cka", "linear CKA with the final model's layer at the same depth", "magma", False),
-)
+PANELS = (  # (table, value column, title, colour map, centred at 0, what the colour bar counts)
+    ("retrieval.csv", "r1", "R@1, mean over directed pairs", "viridis", False, "R@1"),
+    ("centred.csv", "delta", "R@1 change with each language's mean removed", "RdBu_r", True,
+     "R@1 change (centred \u2212 raw)"),
+    ("lid.csv", "accuracy", "language-ID accuracy", "viridis", False, "accuracy"),
+    ("cka.csv", "cka", "linear CKA with the final model's layer at the same depth", "magma", False, "linear CKA"),
+)  # fmt: skip
 COLUMN_OF = {  # the position of a value column in each table's rows (run.py's columns)
     ("retrieval.csv", "r1"): 7, ("centred.csv", "delta"): 9, ("lid.csv", "accuracy"): 4, ("cka.csv", "cka"): 7,
 }  # fmt: skip
@@ -50,7 +51,7 @@ def _edges(depths: np.ndarray) -> np.ndarray:
 def heatmaps_png(tables: dict, models: Sequence[str], values: Sequence, axis: str, subtitle: str) -> bytes:
     fig = figures.Figure(figsize=(max(7.0, 0.5 * len(models) + 5.0), 7.6), layout="constrained")
     axes = fig.subplots(2, 2, squeeze=False).ravel()
-    for ax, (name, column, title, cmap, centred) in zip(axes, PANELS, strict=True):
+    for ax, (name, column, title, cmap, centred, counts) in zip(axes, PANELS, strict=True):
         cells = _cells(tables[name], name, COLUMN_OF[name, column])
         found = [v for m in models for _, v in cells.get(m, []) if np.isfinite(v)]
         if centred:
@@ -74,7 +75,7 @@ def heatmaps_png(tables: dict, models: Sequence[str], values: Sequence, axis: st
         ax.set_xlabel(axis, fontsize=8)
         ax.set_ylabel(DEPTH_LABEL, fontsize=8)
         if image is not None:
-            fig.colorbar(image, ax=ax, shrink=0.9)
+            fig.colorbar(image, ax=ax, shrink=0.9).set_label(counts, fontsize=8)
     figures.set_title(fig, "Layer x series: where alignment emerges", subtitle, fontsize=9)
     return figures._png(fig)
 
