@@ -11,10 +11,12 @@ those similarities to HBM and reads them back for the max reductions; here each 
    pads an utterance to a multiple of ``tail_a`` frames rather than of ``frames_a``;
 2. multiplies one ``[frames_a, embed] @ [embed, frames_b]`` tile (or a tail's) on-chip, ``embed`` columns at a
    time (bf16 or f32 in, f32 accumulation; f32 at HIGHEST precision, as ``kernels.frames.matmul_f32``);
-3. masks the tile (padding rows and columns to -inf, from the lengths), then folds it into both reductions in the
-   same pass: each row's running max over B's tiles, and each column's running max over A's tiles (carried as
-   ``f32[T, frames_b]``, T = B's tiles rounded up to a power of two, and ``f32[frames_b / tail_b, tail_b]`` for the
-   tail tiles, updated by a select on the tile index because Triton has no dynamic update of a slice);
+3. masks the tile where it may reach past the valid frames (padding rows and columns to -inf, from the lengths:
+   each last tile, or with tails only the tail tiles, as whole tiles then lie inside both utterances), then folds it
+   into both reductions in the same pass: each row's running max over B's tiles, and each column's running max over
+   A's tiles (carried as ``f32[T, frames_b]``, T = B's tiles rounded up to a power of two, and
+   ``f32[frames_b / tail_b, tail_b]`` for the tail tiles, updated by a select on the tile index because Triton has no
+   dynamic update of a slice);
 4. leaves only two f32 numbers per pair: the sum over A's valid frames of their row maxima and the sum over B's
    valid frames of their column maxima. The division by the lengths happens outside, as in the XLA path.
 
@@ -158,11 +160,13 @@ def _pair_kernel(len_a_ref, len_b_ref, a_ref, b_ref, a_sum_ref, b_sum_ref, *, tm
     precision = jax.lax.Precision.HIGHEST if a_ref.dtype == jnp.float32 else None
 
     def spans(length, whole: int, tail: int) -> tuple:
-        """(frames per tile, first frame, tiles) of each loop over one side's valid frames."""
+        """(frames per tile, first frame, tiles, whether a tile may reach past the valid frames) of each loop over
+        one side's valid frames. With tails, the whole tiles lie inside the valid frames: their products need no
+        mask, only the tail tiles' do."""
         if tail == whole:
-            return ((whole, 0, pl.cdiv(length, whole)),)
+            return ((whole, 0, pl.cdiv(length, whole), True),)
         full = length // whole
-        return (whole, 0, full), (tail, full * whole, pl.cdiv(length - full * whole, tail))
+        return (whole, 0, full, False), (tail, full * whole, pl.cdiv(length - full * whole, tail), True)
 
     row_spans, panels = spans(len_a, tm, ta), spans(len_b, tn, tb)
 
@@ -178,19 +182,22 @@ def _pair_kernel(len_a_ref, len_b_ref, a_ref, b_ref, a_sum_ref, b_sum_ref, *, tm
 
         return jax.lax.fori_loop(0, steps, step, jnp.zeros((rows, cols), jnp.float32))
 
-    def row_tile(r0, rows: int, col_max: tuple):
+    def row_tile(r0, rows: int, rows_partial: bool, col_max: tuple):
         """A's rows r0.. against all of B: (the sum of their row maxima, both panels' column maxima updated)."""
         row_ok = r0 + jax.lax.broadcasted_iota(jnp.int32, (rows,), 0) < len_a
         row_max, updated = jnp.full((rows,), -jnp.inf, jnp.float32), []
-        for (cols, first, count), panel_max in zip(panels, col_max, strict=True):
+        for (cols, first, count, cols_partial), panel_max in zip(panels, col_max, strict=True):
             slot = jax.lax.broadcasted_iota(jnp.int32, panel_max.shape, 0)
 
-            def col_tile(j, inner, cols=cols, first=first, slot=slot):
+            def col_tile(j, inner, cols=cols, first=first, slot=slot, masked=rows_partial or cols_partial):
                 row_max, panel_max = inner
                 c0 = pl.multiple_of(first + j * cols, cols)
                 col_ok = c0 + jax.lax.broadcasted_iota(jnp.int32, (cols,), 0) < len_b
-                # Both directions' maxima from the one masked tile; -inf never wins against a valid cosine.
-                s = jnp.where(row_ok[:, None] & col_ok[None, :], tile(r0, rows, c0, cols), -jnp.inf)
+                # Both directions' maxima from the one masked tile; -inf never wins against a valid cosine. A whole
+                # tile against a whole tile lies inside both utterances: nothing to mask.
+                s = tile(r0, rows, c0, cols)
+                if masked:
+                    s = jnp.where(row_ok[:, None] & col_ok[None, :], s, -jnp.inf)
                 row_max = jnp.maximum(row_max, jnp.max(s, axis=1))
                 panel_max = jnp.where(slot == j, jnp.maximum(panel_max, jnp.max(s, axis=0)[None, :]), panel_max)
                 return row_max, panel_max
@@ -200,19 +207,19 @@ def _pair_kernel(len_a_ref, len_b_ref, a_ref, b_ref, a_sum_ref, b_sum_ref, *, tm
         return jnp.sum(jnp.where(row_ok, row_max, 0.0)), tuple(updated)
 
     slots = (col_tiles, tail_tiles)[: len(panels)]
-    col_max = tuple(jnp.full((n, cols), -jnp.inf, jnp.float32) for n, (cols, _, _) in zip(slots, panels, strict=True))
+    col_max = tuple(jnp.full((n, span[0]), -jnp.inf, jnp.float32) for n, span in zip(slots, panels, strict=True))
     carry = (jnp.float32(0.0), col_max)
-    for rows, first, count in row_spans:
+    for rows, first, count, rows_partial in row_spans:
 
-        def row_loop(i, carry, rows=rows, first=first):
+        def row_loop(i, carry, rows=rows, first=first, rows_partial=rows_partial):
             total, col_max = carry
-            got, col_max = row_tile(pl.multiple_of(first + i * rows, rows), rows, col_max)
+            got, col_max = row_tile(pl.multiple_of(first + i * rows, rows), rows, rows_partial, col_max)
             return total + got, col_max
 
         carry = jax.lax.fori_loop(0, count, row_loop, carry)
     a_total, col_max = carry
     b_total = jnp.float32(0.0)
-    for (cols, first, count), panel_max in zip(panels, col_max, strict=True):
+    for (cols, first, count, _), panel_max in zip(panels, col_max, strict=True):
         slot = jax.lax.broadcasted_iota(jnp.int32, panel_max.shape, 0)
         column = first + slot * cols + jax.lax.broadcasted_iota(jnp.int32, panel_max.shape, 1)
         b_total += jnp.sum(jnp.where((slot < count) & (column < len_b), panel_max, 0.0))
