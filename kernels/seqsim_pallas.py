@@ -63,9 +63,9 @@ class PallasBlocks:
     """Tile sizes of one device kind: ``frames_a`` x ``frames_b`` frames per similarity tile, ``embed`` columns per
     K step (powers of two, >= 16); ``num_warps`` and ``num_stages`` are Triton's (GPU only, None elsewhere).
     ``tail_a`` / ``tail_b``: the smaller tiles an utterance's last, partial ``frames_a`` / ``frames_b`` frames are
-    walked in (powers of two, >= 16, at most the tile; None: the tile itself, so the last tile is padded whole). A
-    tail of 64 under 128-frame tiles computes 1.10x the valid FLOPs on FLEURS-shaped lengths instead of 1.23x
-    (``engine.pipelines.seqsim.computed``)."""
+    walked in (powers of two, >= 16, at most the tile; None: the tile itself, so the last tile is padded whole).
+    Under 128-frame tiles, tails of 64 on both sides compute 1.10x the valid FLOPs on FLEURS-shaped lengths instead
+    of 1.23x, 16-row tails alone 1.12x (``bench/seqsim_padding.py``, by ``engine.pipelines.seqsim.computed``)."""
 
     frames_a: int
     frames_b: int
@@ -192,11 +192,11 @@ def _pair_kernel(len_a_ref, len_b_ref, a_ref, b_ref, a_sum_ref, b_sum_ref, *, tm
             def col_tile(j, inner, cols=cols, first=first, slot=slot, masked=rows_partial or cols_partial):
                 row_max, panel_max = inner
                 c0 = pl.multiple_of(first + j * cols, cols)
-                col_ok = c0 + jax.lax.broadcasted_iota(jnp.int32, (cols,), 0) < len_b
                 # Both directions' maxima from the one masked tile; -inf never wins against a valid cosine. A whole
                 # tile against a whole tile lies inside both utterances: nothing to mask.
                 s = tile(r0, rows, c0, cols)
                 if masked:
+                    col_ok = c0 + jax.lax.broadcasted_iota(jnp.int32, (cols,), 0) < len_b
                     s = jnp.where(row_ok[:, None] & col_ok[None, :], s, -jnp.inf)
                 row_max = jnp.maximum(row_max, jnp.max(s, axis=1))
                 panel_max = jnp.where(slot == j, jnp.maximum(panel_max, jnp.max(s, axis=0)[None, :]), panel_max)
