@@ -168,7 +168,8 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, allow_sil
         peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
         raise SilentAudioError(
             f"audio {name!r} is digital silence (peak {peak_dbfs:.1f} dBFS, below {SILENCE_PEAK_DBFS} dBFS); "
-            "its encoder states carry no speech: drop the clip, or pass allow_silent=True to keep it"
+            "its encoder states carry no speech: drop the clip, or keep it with allow_silent=True (the encode job's "
+            "--allow_silent)"
         )
     if source_rate != sample_rate:
         audio = soxr.resample(audio, source_rate, sample_rate, quality="HQ")

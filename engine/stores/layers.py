@@ -46,6 +46,7 @@ from engine.stores.schema import (
     MANIFEST,
     ROSTER,
     SEALED_VERSION,
+    SKIPPED,
     STATES,
     UNRECORDED_FIELDS,
     UTTERANCES,
@@ -269,6 +270,36 @@ class LayerStore:
     def index(self, lang: str) -> dict | None:
         """``languages/<lang>.json`` (None if there is none); a damaged one is a DamageError."""
         return read_json(self._kv, f"{LANGUAGES_DIR}{lang}.json", self.url, sealed=self.sealed, fix=self._fix)
+
+    def skipped(self, lang: str) -> dict[int, dict]:
+        """What the encode job could not encode in ``lang`` and why (``<lang>/skipped.json``): {utterance index:
+        {"id", "reason", "message"}}, for the utterances that are still not done (an entry of one a later run encoded
+        is stale, and left out). Empty where nothing was skipped; a damaged record is a DamageError."""
+        record = read_json(self._kv, f"{lang}/{SKIPPED}", self.url, sealed=self.sealed, fix=self._fix)
+        if not record:
+            return {}
+        done = self.language(lang).done()
+        entries = {int(e["utterance"]): e for e in record.get("utterances", [])}
+        return {
+            u: {k: e[k] for k in ("id", "reason", "message")}
+            for u, e in sorted(entries.items())
+            if 0 <= u < len(done) and not done[u]
+        }
+
+    def record_skips(self, lang: str, attempted: Sequence[int], skips: dict[int, dict]) -> None:
+        """Rewrites ``<lang>/skipped.json`` after a work unit: the entries of the ``attempted`` utterances are
+        replaced by ``skips`` ({utterance: {"id", "reason", "message"}}: those of them it could not encode). A
+        read-modify-write (``update_json``): processes ending units of one language at once all keep theirs."""
+        attempted = {int(u) for u in attempted}
+
+        def change(record: dict | None) -> dict | None:
+            old = [] if record is None else list(record.get("utterances", []))
+            kept = [e for e in old if int(e["utterance"]) not in attempted]
+            new = [{"utterance": int(u), **{k: skips[u][k] for k in ("id", "reason", "message")}} for u in skips]
+            entries = sorted(kept + new, key=lambda e: e["utterance"])
+            return None if entries == old or (record is None and not entries) else {"utterances": entries}
+
+        update_json(self._kv, f"{lang}/{SKIPPED}", self.url, change, fix=self._fix)
 
     def _enrol(self, lang: str) -> None:
         """Adds ``lang`` to the roster (``update_json``: several processes may add theirs at once)."""

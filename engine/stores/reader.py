@@ -9,6 +9,7 @@
     x = s.states("de", 17, layer=4)               # f[frames, embed] of utterance 17, valid frames only
     x = s.states("de", "1234", layer=4)           # the same by id, when the id names one utterance
     X, n = s.language_layer("de", layer=4)        # f[utterance, max_frames, embed] zero-padded, i32[utterance]
+    s.skipped("de")                               # what the encode job could not encode, and why (a DataFrame)
 
 ``layer`` is babelgrid's encoder layer index (0 = conv stem + positions, 1..L = block outputs, L+1 = ``ln_post``
 output), not a position in the array; asking for a layer the store does not hold is an error that lists the ones it
@@ -98,6 +99,30 @@ class StoreReader:
         """``i32[utterance]``: valid frames per utterance, -1 where not done."""
         return self.arrays(lang).lengths()
 
+    def skipped_records(self, lang: str) -> dict[int, dict]:
+        """``skipped_table``'s rows as {utterance: {"id", "reason", "message"}}."""
+        return self._store.skipped(lang)
+
+    def skipped_table(self, lang: str) -> pa.Table:
+        """What the encode job could not encode in ``lang``, and why: one row per utterance it skipped that is still
+        not done (``utterance``, ``id``, ``reason``: the error's kind, e.g. ``SilentAudioError``, ``message``). Empty
+        where it skipped nothing; utterances it has not reached yet are not done but not listed."""
+        entries = self.skipped_records(lang)
+        return pa.table(
+            {
+                "utterance": pa.array(list(entries), pa.int64()),
+                **{k: pa.array([e[k] for e in entries.values()], pa.string()) for k in ("id", "reason", "message")},
+            }
+        )
+
+    def skipped(self, lang: str):
+        """``skipped_table`` as a pandas DataFrame indexed by utterance."""
+        try:
+            import pandas  # noqa: F401  (pyarrow's to_pandas needs it)
+        except ImportError:
+            raise StoreError("skipped() needs pandas: pip install pandas, or use skipped_table()") from None
+        return self.skipped_table(lang).to_pandas().set_index("utterance")
+
     def done(self, lang: str) -> np.ndarray:
         """``bool[utterance]``: utterances whose states are committed."""
         return self.arrays(lang).done()
@@ -136,10 +161,14 @@ class StoreReader:
         position = self.layer_position(layer)
         n_frames = int(arrays.lengths([u])[0])
         if n_frames < 0:
-            raise StoreError(
-                f"utterance {u} (id {arrays.rows[u].id!r}) of {lang!r} is not done: its states were never committed; "
-                "rerun the encode job on this store to finish it"
+            skip = self.skipped_records(lang).get(u)
+            why = (
+                f"the encode job skipped it ({skip['reason']}: {skip['message']}); a rerun on this store skips it "
+                "again (the dataset with its audio fixed is another revision of it, to encode into a new store)"
+                if skip
+                else "its states were never committed; rerun the encode job on this store to finish it"
             )
+            raise StoreError(f"utterance {u} (id {arrays.rows[u].id!r}) of {lang!r} is not done: {why}")
         out = _read(arrays.states_store[position, u, :n_frames], arrays, layer)
         _check_finite(out[None], np.asarray([u]), arrays, layer)
         return out if dtype is None else out.astype(dtype)

@@ -83,6 +83,10 @@ ROSTER = "languages.json"
 STATES = "states/"
 LENGTHS = "lengths/"
 UTTERANCES = "utterances.parquet"
+# What the encode job could not encode, and why (sealed JSON, per language): {"utterances": [{"utterance", "id",
+# "reason", "message"}]}. Rewritten as each work unit ends, so that it names what is skipped now; an entry whose
+# utterance is done (a later run encoded it) is stale and ignored by every reader.
+SKIPPED = "skipped.json"
 
 # Inner-chunk codecs of `states`: zstd level 1 writes 2.7x (float32) to 3.3x (bfloat16) fewer bytes than raw
 # chunks padded to max_frames (padding frames vanish, hidden states shrink a little), wrote fastest or tied, and read
@@ -353,6 +357,7 @@ def new_manifest(info: StoreInfo, creation: dict | None) -> dict:
             "languages": f"{LANGUAGES_DIR}<lang>.json",
             "roster": ROSTER,
             "utterances": f"<lang>/{UTTERANCES}",
+            "skipped": f"<lang>/{SKIPPED}",
             "states": f"<lang>/{STATES}",
             "lengths": f"<lang>/{LENGTHS}",
             "axes": {"states": [LAYER, UTTERANCE, FRAME, EMBED], "lengths": [UTTERANCE]},

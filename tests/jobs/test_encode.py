@@ -8,6 +8,7 @@ batch of the job's size must give exactly the stored values.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -343,6 +344,71 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny_whisper):
     assert row["n_windows"] == 2 and store.lengths("en")[u] == 1500 + 750  # windowed, not dropped or truncated
     assert store.lengths("en")[rows["stereo44k"][0]] == 150  # 3 s at 50 frames/s after resampling to 16 kHz mono
     assert check_utterances(store, tiny_whisper, "en", [rows[name] for name in ("good", "long45", "stereo44k")]) == 3
+
+
+def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, tiny_whisper):
+    """What the encode job skipped, and why, outlives its log: ``<lang>/skipped.json`` names it (the reader's
+    ``skipped``), reading its states says so, and seqsim's refusal of the partial store says that a rerun skips it
+    again. A rerun that encodes one of them (--allow_silent) names it no more; a damaged record is found by verify,
+    deleted by its repair and written again by the next encode run."""
+    import re
+
+    from engine.errors import StoreError
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
+    from engine.pipelines.verify.config import VerifyConfig
+    from engine.pipelines.verify.run import run_verify
+    from engine.stores.similarity import SimilarityError
+
+    d = tmp_path / "in"
+    d.mkdir()
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000)).astype(np.float32)
+    sf.write(d / "good.wav", tone, 16000)
+    sf.write(d / "silent.wav", np.zeros(16000, np.float32), 16000)
+    (d / "corrupt.wav").write_bytes(b"RIFF" + os.urandom(2000))
+    (d / "empty.wav").write_bytes(b"")
+    manifest = tmp_path / "m.jsonl"
+    rows = [("en", n) for n in ("good", "silent", "corrupt", "empty")] + [("de", "good")]
+    manifest.write_text("".join(json.dumps({"id": n, "lang": lang, "path": f"in/{n}.wav"}) + "\n" for lang, n in rows))
+    out = tmp_path / "store"
+    config = configure(EncodeConfig, out=str(out), dataset=f"manifest:{manifest}", batch_size=BATCH, progress=False)
+    summary = run_encode(config, encoder=WhisperEncoder(tiny_whisper))
+    assert summary.done == 2 and "en/skipped.json" in summary.report(), summary.report()
+
+    store = open_store(str(out))
+    want = {1: ("silent", "SilentAudioError"), 2: ("corrupt", "AudioDecodeError"), 3: ("empty", "EmptyAudioError")}
+    got = store.skipped("en")
+    assert {u: (r.id, r.reason) for u, r in got.iterrows()} == want
+    assert all(f"{row.id}.wav" in row.message for row in got.itertuples())  # the error's own text, naming the file
+    assert store.skipped("de").empty and not (out / "de" / "skipped.json").exists()
+    with pytest.raises(StoreError, match=r"not done: the encode job skipped it \(SilentAudioError: .*skips it again"):
+        store.states("en", "silent", 0)
+
+    similarity = configure(SimilarityConfig, store=str(out), out=str(tmp_path / "sim"), measures=("duration",),
+                           progress=False)  # fmt: skip
+    named = re.escape("en: 3 of 4; 3 of them skipped by the encode job for their audio or states: AudioDecodeError "
+                      "1, EmptyAudioError 1, SilentAudioError 1, named in en/skipped.json")  # fmt: skip
+    with pytest.raises(
+        SimilarityError, match=named + r"\); a rerun of the encode job skips them again.*--allow_partial"
+    ):
+        run_similarity(similarity)
+
+    again = run_encode(dataclasses.replace(config, allow_silent=True), encoder=WhisperEncoder(tiny_whisper))
+    assert again.done == 1 and store.done("en").tolist() == [True, True, False, False], again.report()
+    assert {u: (r.id, r.reason) for u, r in store.skipped("en").iterrows()} == {u: want[u] for u in (2, 3)}
+
+    record = out / "en" / "skipped.json"
+    record.write_text(record.read_text().replace('"corrupt"', '"c0rrupt"'))
+    report = run_verify(configure(VerifyConfig, location=str(out), progress=False))
+    assert [(x.what, x.key, x.problem) for x in report.damage] == [
+        ("en skip record", "en/skipped.json", "checksum mismatch")
+    ], report.report()
+    assert run_verify(configure(VerifyConfig, location=str(out), repair=True, progress=False)).exit_code == 0
+    assert not record.exists()
+    run_encode(config, encoder=WhisperEncoder(tiny_whisper))
+    assert {u: (r.id, r.reason) for u, r in open_store(str(out)).skipped("en").iterrows()} == {
+        u: want[u] for u in (2, 3)
+    }
 
 
 def test_store_from_another_model_is_refused(tmp_path, tiny_whisper):

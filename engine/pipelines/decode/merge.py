@@ -13,7 +13,7 @@ from engine.errors import AudioError
 from engine.pipelines.decode import hypotheses as hyp
 from engine.pipelines.decode.config import DecodeError
 from engine.pipelines.decode.report import figures, report_markdown, scores_table
-from engine.pipelines.stages.windows import audio_skip_reason
+from engine.pipelines.stages.windows import audio_skip_reason, recorded_skip_reason
 from engine.stores.integrity import write_outputs
 from engine.stores.parts import read_part, table_bytes
 from engine.stores.records import csv_bytes
@@ -22,10 +22,13 @@ from engine.text import metrics as text_metrics
 from engine.text import phones
 
 
-def _not_encoded_reason(path: str) -> str:
-    """Why the store has no states for an utterance: the encode job refuses audio that is missing, empty, silent or
-    unreadable and does not record why, so its audio is read again to name the reason; ``not_encoded`` when the audio
-    is fine (the encode job has not reached it, or refused its states)."""
+def _not_encoded_reason(path: str, recorded: dict | None) -> str:
+    """Why the store has no states for an utterance: from the encode job's skip record (``recorded``, its entry in
+    ``LayerStore.skipped``) where it has one; else, for a store written before the encode job recorded its skips, its
+    audio is read again to name the reason. ``not_encoded`` when the audio is fine (the encode job has not reached it,
+    or refused its states)."""
+    if recorded is not None:
+        return recorded_skip_reason(recorded["reason"])
     try:
         load_audio(path)
     except AudioError as e:
@@ -101,9 +104,10 @@ def merge(kv, config, reader, langs, codes, variants, summary) -> None:
                     skipped |= {tuple(s) for s in part[1]["skipped"]}
         done = is_done(reader.lengths(lang))
         named = {(s[0], s[1]) for s in skipped if s[2] == "*"}  # audio the decoder could not read: named already
+        recorded = reader.skipped_records(lang)
         for u, r in enumerate(reader.arrays(lang).rows):
             if not done[u] and (lang, r.id) not in named:
-                skipped.add((lang, r.id, "*", _not_encoded_reason(r.path)))
+                skipped.add((lang, r.id, "*", _not_encoded_reason(r.path, recorded.get(u))))
     for lang, uid, _, reason in sorted(skipped):
         summary.skip(reason, lang, uid)
     table = pa.concat_tables(tables) if tables else hyp.HYPOTHESIS_SCHEMA.empty_table()

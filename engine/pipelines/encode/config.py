@@ -67,6 +67,11 @@ class EncodeConfig:
     allow_unpaired: bool = option(
         False, "encode a multi-language dataset whose languages share no utterance id (nothing cross-lingual to pair)"
     )
+    allow_silent: bool = option(
+        False,
+        "encode clips of digital silence (peak below -90 dBFS) instead of skipping them: their states carry no "
+        "speech, but a study of silence or of the model's bias may want them",
+    )
     allow_empty: bool = option(False, "run on a dataset that lists no utterance (an empty store) instead of refusing")
 
     def __post_init__(self):

@@ -76,6 +76,13 @@ class EncodeSummary(RunSummary):
             self.work_line("utterance blocks"),
             *pairing_lines(self.shared_ids),
         ]
+        if self.skipped:
+            langs = sorted({lang for items in self.skipped.values() for lang, _ in items})
+            lines.append(
+                f"skipped utterances are named, with why, in the store ({', '.join(f'{x}/skipped.json' for x in langs)}"
+                "; reader.skipped(lang)); a rerun skips them again, so the jobs that read this store need "
+                "--allow_partial to score the rest"
+            )
         return "\n".join(lines + self.skip_lines())
 
 
@@ -174,6 +181,7 @@ def _encode(
     # Tables and arrays for every language first, then the work units: blocks of claim_utterances utterances.
     units: dict[str, tuple] = {}  # name -> (arrays, utts, rows, utterance indices)
     opened, blocks = [], 0
+    recorded: set[str] = set()  # languages whose skipped.json names utterances not done (_UnitTracker)
     for lang, utts in listing.items():
         if not utts:
             log.warning("no utterances for language %s in split %s", lang, config.split)
@@ -183,6 +191,8 @@ def _encode(
         rows = probe_rows(utts, config.long_audio, model)
         arrays = process_zero_first(f"babelgrid-lang-{lang}", lambda rows=rows, lang=lang: store.language(lang, rows))
         opened.append(arrays)
+        if store.skipped(lang):
+            recorded.add(lang)
         done = arrays.done()
         blocks += math.ceil(len(utts) / config.claim_utterances)
         for start in range(0, len(utts), config.claim_utterances):
@@ -200,7 +210,7 @@ def _encode(
 
     with UnitLoop(claims, lease, summary, progress) as loop:
         for claimed in loop.rounds(list(units), is_done, total=blocks):
-            tracker = _UnitTracker(loop, summary)
+            tracker = _UnitTracker(loop, summary, store, recorded)
             tasks = tracker.tasks(claimed, units)
             _run_pipeline(
                 config, model, encoder, tasks, local_batch, tracker, summary, progress, bytes_per_frame, lease
@@ -214,7 +224,8 @@ def _encode(
 def _run_pipeline(config, model, encoder, tasks, local_batch, tracker, summary, progress, bytes_per_frame, lease):
     """Encodes ``tasks`` (an iterator: claims are taken as the prefetching threads need more)."""
     with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
-        prepared = prefetched(pool, tasks, model, config.long_audio, config.prefetch * 4)
+        depth = config.prefetch * 4
+        prepared = prefetched(pool, tasks, model, config.long_audio, depth, allow_silent=config.allow_silent)
         assembler = Assembler()
         in_flight = None  # (device result, parts) of the batch dispatched last
         for batch, parts in batches(prepared, local_batch, summary, tracker, model.collate):
@@ -230,11 +241,15 @@ def _run_pipeline(config, model, encoder, tasks, local_batch, tracker, summary, 
 
 class _UnitTracker:
     """The claimed units of one round: which of their utterances are resolved (written or skipped), so that a unit's
-    claim is released as soon as its writes are committed, or finished with the utterances it had to skip."""
+    claim is released as soon as its writes are committed, or finished with the utterances it had to skip. What it
+    skipped, and why, goes into the language's ``skipped.json`` (``LayerStore.record_skips``) as the unit ends: read
+    where the store is read (``reader.skipped``, seqsim's refusal of a partial store), long after the log is gone.
+    ``recorded``: the languages whose record has entries (read once per run), whose unit ends rewrite it even when
+    they skipped nothing (a clip a rerun encodes, e.g. with --allow_silent, is named no more)."""
 
-    def __init__(self, loop: UnitLoop, summary: EncodeSummary):
-        self.loop, self.summary = loop, summary
-        self.open: dict[str, dict] = {}  # unit -> {"claim", "left", "handles", "skipped"}
+    def __init__(self, loop: UnitLoop, summary: EncodeSummary, store: LayerStore, recorded: set[str]):
+        self.loop, self.summary, self.store, self.recorded = loop, summary, store, recorded
+        self.open: dict[str, dict] = {}  # unit -> {"claim", "lang", "todo", "left", "handles", "skipped"}
 
     def tasks(self, claimed, units) -> Iterator[Task]:
         for claim in claimed:
@@ -242,7 +257,8 @@ class _UnitTracker:
             done = arrays.done()
             todo = [i for i in block if not done[i]]
             self.summary.already_done += len(block) - len(todo)
-            self.open[claim.unit] = {"claim": claim, "left": len(todo), "handles": [], "skipped": []}
+            self.open[claim.unit] = {"claim": claim, "lang": arrays.lang, "todo": list(todo), "left": len(todo),
+                                     "handles": [], "skipped": {}}  # fmt: skip
             # Few-window utterances together, many-window ones together: fewer utterances split over batches.
             todo.sort(key=lambda i: rows[i].n_windows)
             yield from (Task(arrays.lang, i, claim.unit, utts[i], rows[i], arrays) for i in todo)
@@ -252,10 +268,10 @@ class _UnitTracker:
         unit["left"] -= 1
         unit["handles"].append(handle)
 
-    def skipped(self, task: Task) -> None:
+    def skipped(self, task: Task, reason: str, message: str) -> None:
         unit = self.open[task.unit]
         unit["left"] -= 1
-        unit["skipped"].append(str(task.utt.id))
+        unit["skipped"][task.index] = {"id": str(task.utt.id), "reason": reason, "message": message}
 
     def release_finished(self) -> None:
         """Releases every unit whose utterances are all resolved and committed (it never waits)."""
@@ -272,7 +288,12 @@ class _UnitTracker:
         unit = self.open.pop(name)
         for handle in unit["handles"]:
             handle.result()  # a failed write raises here: the claim stays, and expires, for another try
-        self.loop.done(unit["claim"], progress=0, finished={"skipped": unit["skipped"]} if unit["skipped"] else None)
+        skipped, lang = unit["skipped"], unit["lang"]
+        if skipped or lang in self.recorded:
+            self.store.record_skips(lang, unit["todo"], skipped)
+            self.recorded.add(lang)
+        ids = [s["id"] for s in skipped.values()]
+        self.loop.done(unit["claim"], progress=0, finished={"skipped": ids} if ids else None)
 
 
 def _check_languages(langs: Sequence[str], model: Encoder) -> None:
@@ -309,15 +330,10 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
         t = p.task
         if utt_states.shape[1] != t.row.n_frames:
             # The audio decoded to another length than its header announced: the table would lie.
+            message = f"{utt_states.shape[1]} frames decoded, the header announced {t.row.n_frames}"
             summary.skip("FrameCountMismatch", t.lang, t.utt.id)
-            tracker.skipped(t)
-            log.warning(
-                "skipping %s/%s: %d frames decoded, the header announced %d",
-                t.lang,
-                t.utt.id,
-                utt_states.shape[1],
-                t.row.n_frames,
-            )
+            tracker.skipped(t, "FrameCountMismatch", message)
+            log.warning("skipping %s/%s: %s", t.lang, t.utt.id, message)
             continue
         try:
             # Lent: the batch's host buffer is read-only and held until every write of it has cast its shard.
@@ -325,7 +341,7 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
         except StatesRejectedError as e:
             # One utterance's states (NaN from a diverged encoder, or beyond float16): skip it, keep the batch going.
             summary.skip(type(e).__name__, t.lang, t.utt.id)
-            tracker.skipped(t)
+            tracker.skipped(t, type(e).__name__, str(e))
             log.warning("skipping %s/%s (%s): %s", t.lang, t.utt.id, t.utt.path, e)
             continue
         summary.done += 1

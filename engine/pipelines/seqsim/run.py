@@ -19,6 +19,7 @@ the same settings is kept, so only the missing blocks of a split pair are comput
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -152,7 +153,7 @@ def _request(config: SimilarityConfig, reader: StoreReader) -> Request:
     in_play = sorted({lang for pair in pairs for lang in pair})
     lengths = {lang: np.asarray(reader.lengths(lang)) for lang in in_play}
     done_index = {lang: np.flatnonzero(is_done(n)) for lang, n in lengths.items()}
-    _check_complete(reader.url, lengths, done_index, config.allow_partial)
+    _check_complete(reader, lengths, done_index, config.allow_partial)
     return Request(layers, pairs, in_play, lengths, done_index)
 
 
@@ -393,24 +394,44 @@ def _count_unmeasured(summary: SimilaritySummary, measure: str, scores: Scores) 
         log.warning("%s: %d of %d pairs did not converge (written as NaN)", measure, int(failed.sum()), failed.size)
 
 
-def _check_complete(url: str, lengths: dict, done_index: dict, allow_partial: bool) -> None:
-    """Refuses a layer store whose encoding is unfinished, unless ``allow_partial``; then says what is missing."""
+def _check_complete(reader: StoreReader, lengths: dict, done_index: dict, allow_partial: bool) -> None:
+    """Refuses a layer store whose encoding is unfinished, unless ``allow_partial``; then says what is missing. What
+    the encode job skipped for its audio (its ``skipped.json``) is named apart: rerunning the encode job will not
+    add it, so the refusal says what will."""
+    url = reader.url
     missing = {lang: len(lengths[lang]) - len(done_index[lang]) for lang in lengths}
     missing = {lang: n for lang, n in missing.items() if n}
     if not missing:
         return
     counts = ", ".join(f"{lang}: {n} of {len(lengths[lang])}" for lang, n in sorted(missing.items()))
+    skipped = {lang: reader.skipped_table(lang).column("reason").to_pylist() for lang in sorted(missing)}
+    n_skipped = sum(len(r) for r in skipped.values())
+    reasons = collections.Counter(r for rs in skipped.values() for r in rs)
+    named = (
+        f"; {n_skipped} of them skipped by the encode job for their audio or states: "
+        + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+        + ", named in "
+        + ", ".join(f"{lang}/skipped.json" for lang, r in skipped.items() if r)
+        if n_skipped
+        else ""
+    )
     if not allow_partial:
+        if n_skipped == sum(missing.values()):
+            fix = ("a rerun of the encode job skips them again (the dataset with their audio fixed is another "
+                   "revision of it, to encode into a new store): pass --allow_partial (SimilarityConfig.allow_partial) "
+                   "to score the done ones")  # fmt: skip
+        else:
+            fix = ("finish it by rerunning the encode job on it, or pass --allow_partial "
+                   "(SimilarityConfig.allow_partial) to score the done ones")  # fmt: skip
         raise SimilarityError(
-            f"layer store {url!r} is not completely encoded (utterances not done: {counts}); finish it by rerunning "
-            "the encode job on it, or pass --allow_partial (SimilarityConfig.allow_partial) to score the done ones"
+            f"layer store {url!r} is not completely encoded (utterances not done: {counts}{named}); {fix}"
         )
     empty = sorted(lang for lang in lengths if not len(done_index[lang]))
     if empty:  # refused here, not once its first pair is read (or its --remove_language fitted) under the lease
         raise SimilarityError(f"--allow_partial: {empty} have no done utterance in layer store {url!r}: nothing of "
                               "theirs to score; leave them out with --langs or --pairs, or encode them")  # fmt: skip
-    log.warning("scoring a partly encoded layer store (allow_partial): utterances not done: %s", counts)
-    print(f"allow_partial: utterances not done, left out of every matrix: {counts}", file=sys.stderr)
+    log.warning("scoring a partly encoded layer store (allow_partial): utterances not done: %s%s", counts, named)
+    print(f"allow_partial: utterances not done, left out of every matrix: {counts}{named}", file=sys.stderr)
 
 
 def _pair_ids(tables: dict, a: str, b: str) -> dict:

@@ -58,9 +58,9 @@ def resampled_samples(n_samples: int, sample_rate: int) -> int:
     return int(n_samples * audio_lib.SAMPLE_RATE / sample_rate + 0.5)
 
 
-def prepare(task: Task, encoder, long_audio: str) -> Prepared:
+def prepare(task: Task, encoder, long_audio: str, allow_silent: bool = False) -> Prepared:
     try:
-        samples = task.utt.load()
+        samples = task.utt.load(allow_silent=allow_silent)
         mel, frames = encoder.windows(samples, long_audio)
         return Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
     except AudioError as e:
@@ -107,7 +107,7 @@ class NoClaims:
     def __init__(self, progress):
         self.progress = progress
 
-    def skipped(self, task) -> None:
+    def skipped(self, task, reason: str, message: str) -> None:
         self.progress.update(1)
 
 
@@ -124,7 +124,7 @@ def batches(prepared: Iterator[Prepared], batch_size: int, summary, tracker, col
         if p.error is not None:
             t = p.task
             summary.skip(p.reason, t.lang, t.utt.id)
-            tracker.skipped(t)
+            tracker.skipped(t, p.reason, p.error)
             log.warning("skipping %s/%s (%s): %s: %s", t.lang, t.utt.id, t.utt.path, p.reason, p.error)
             continue
         start = 0
@@ -167,28 +167,46 @@ class Assembler:
                 yield p, pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
 
 
-def prefetched(pool, tasks: Iterable[Task], encoder, long_audio, depth) -> Iterator[Prepared]:
-    """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer."""
+def prefetched(pool, tasks: Iterable[Task], encoder, long_audio, depth, *, allow_silent: bool = False
+               ) -> Iterator[Prepared]:  # fmt: skip
+    """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer; ``allow_silent``: digital
+    silence is encoded, not skipped."""
     queue: collections.deque = collections.deque()
     it = iter(tasks)
     for task in it:
-        queue.append(pool.submit(prepare, task, encoder, long_audio))
+        queue.append(pool.submit(prepare, task, encoder, long_audio, allow_silent))
         if len(queue) >= depth:
             break
     while queue:
         yield queue.popleft().result()
         nxt = next(it, None)
         if nxt is not None:
-            queue.append(pool.submit(prepare, nxt, encoder, long_audio))
+            queue.append(pool.submit(prepare, nxt, encoder, long_audio, allow_silent))
 
 
 def audio_skip_reason(error: AudioError) -> str:
     """The skip reason of audio that cannot be decoded: ``audio_missing``, ``empty_audio`` (0 bytes or 0 samples),
     ``silent_audio`` (digital silence, which the encode job refuses) or ``audio_unreadable`` (anything else)."""
-    if isinstance(error, AudioNotFoundError):
+    return _reason_of(type(error))
+
+
+def recorded_skip_reason(name: str) -> str:
+    """``audio_skip_reason`` of the error a layer store's skip record names by its class (``LayerStore.skipped``);
+    ``not_encoded`` for states the store refused (``NonFiniteStatesError``, a frame count off its header)."""
+    pending = [AudioError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name:
+            return _reason_of(cls)
+        pending.extend(cls.__subclasses__())
+    return "not_encoded"
+
+
+def _reason_of(cls: type) -> str:
+    if issubclass(cls, AudioNotFoundError):
         return "audio_missing"
-    if isinstance(error, EmptyAudioError):
+    if issubclass(cls, EmptyAudioError):
         return "empty_audio"
-    if isinstance(error, SilentAudioError):
+    if issubclass(cls, SilentAudioError):
         return "silent_audio"
     return "audio_unreadable"

@@ -4,10 +4,10 @@
   shard index's and every inner chunk's crc32c); that every done utterance has a shard and the frame count its row says,
   and that its states hold no NaN or inf (the encode job never writes them); the utterance tables; that the arrays'
   shapes agree with the manifest and the table; every language's index key and the roster of languages (their digests,
-  and that every language found has its index). Repair: a damaged utterance's ``lengths`` entry becomes -1 (not done),
-  and a damaged ``lengths`` chunk is rebuilt from the shards that verify cleanly (a done utterance's length is its row's
-  ``n_frames``), so the encode job redoes exactly the damaged utterances; a damaged index or roster is deleted, which
-  the encode job writes again.
+  and that every language found has its index); each language's skip record (``skipped.json``, its digest). Repair: a
+  damaged utterance's ``lengths`` entry becomes -1 (not done), and a damaged ``lengths`` chunk is rebuilt from the
+  shards that verify cleanly (a done utterance's length is its row's ``n_frames``), so the encode job redoes exactly
+  the damaged utterances; a damaged index, roster or skip record is deleted, which the encode job writes again.
 - **Similarity store** (``engine.stores.similarity``): every pair's ``ids.json``, every done marker (digests), and the
   matrix chunk of every done layer of every pair, and that no scored cell is inf. Repair: the damaged pair-layers' done
   markers and damaged ``ids.json`` are deleted, so the seqsim job recomputes and rewrites them.
@@ -42,6 +42,7 @@ from engine.stores.schema import (
     NOT_DONE,
     RESERVED_LANGS,
     ROSTER,
+    SKIPPED,
     STATES,
     UTTERANCES,
 )
@@ -112,9 +113,25 @@ def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, b
             fix = _delete_prefix(store._kv, f"{lang}/", f"{LANGUAGES_DIR}{lang}.json")
             findings.damage.append(Damage(f"{lang} arrays", f"{lang}/", _short(e), repair, fix, "encode"))
             continue
+        _skip_record(store, lang, keys, findings)
         prefix = f"{lang}/{STATES}"
         shards = {int(m.group(1)) for k in keys if k.startswith(prefix) and (m := SHARD.fullmatch(k[len(prefix) :]))}
         _language(store._kv, arrays, lang, shards, findings, bar)
+
+
+def _skip_record(store: LayerStore, lang: str, keys: list[str], findings: Findings) -> None:
+    """``<lang>/skipped.json``, what the encode job skipped and why: a damaged one is deleted by the repair, and the
+    encode rerun, which tries the skipped utterances again (they are not done), writes it again."""
+    key = f"{lang}/{SKIPPED}"
+    if key not in keys:
+        return
+    findings.keys_done.add(key)
+    try:
+        store.skipped(lang)
+        findings.count("JSON files")
+    except (DamageError, StoreError) as e:
+        repair, fix = DELETED.format("encode"), _delete(store._kv, key)
+        findings.damage.append(Damage(f"{lang} skip record", key, _problem(e), repair, fix, "encode"))
 
 
 def _languages(store: LayerStore, keys: list[str], findings: Findings) -> list[str]:
