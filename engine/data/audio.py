@@ -43,6 +43,11 @@ SILENCE_PEAK = 10.0 ** (SILENCE_PEAK_DBFS / 20.0)  # linear amplitude, about 3.2
 MAX_PEAK_DBFS = 40.0
 MAX_PEAK = 10.0 ** (MAX_PEAK_DBFS / 20.0)  # linear amplitude, 100
 
+# Sample rates below this are refused: no speech recording has them (8 kHz telephony is the lowest in use), and a
+# header that declares one is wrong (samples written with the wrong rate): resampled, 1 s of 100 Hz audio would
+# become 160 s of "speech".
+MIN_SAMPLE_RATE = 4000  # Hz
+
 LONG_AUDIO_MODES = ("window", "truncate")
 
 # A path, the encoded bytes themselves (Hugging Face datasets hand audio over as bytes), or an open binary file.
@@ -55,6 +60,14 @@ class AudioNotFoundError(AudioError, FileNotFoundError):
 
 class AudioDecodeError(AudioError):
     """The bytes are not audio libsndfile can decode, or the stream is truncated."""
+
+
+class AudioReadError(AudioError):
+    """The audio file exists but cannot be read (no permission, an I/O error)."""
+
+
+class AudioRateError(AudioError):
+    """The audio's header declares a sample rate no speech recording has (below ``MIN_SAMPLE_RATE``)."""
 
 
 class EmptyAudioError(AudioError):
@@ -118,8 +131,8 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, allow_sil
     """Decodes ``source`` to mono float samples at ``sample_rate``.
 
     Args:
-      source: a path, the encoded bytes, or a binary file object; WAV, FLAC, Ogg Vorbis and Opus (anything the
-        installed libsndfile decodes).
+      source: a path, the encoded bytes, or a binary file object; WAV, FLAC, Ogg Vorbis, Opus and MP3 (anything
+        the installed libsndfile decodes).
       sample_rate: output rate in Hz; other rates are resampled with soxr's "HQ" filter.
       allow_silent: return digital silence instead of raising ``SilentAudioError``.
 
@@ -127,8 +140,8 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, allow_sil
       audio: f32[samples], channels averaged, full scale = 1.0.
 
     Raises:
-      AudioNotFoundError, AudioDecodeError, EmptyAudioError, SilentAudioError, NonFiniteAudioError,
-      AudioRangeError (all AudioError).
+      AudioNotFoundError, AudioReadError, AudioDecodeError (truncated WAV and Ogg included), AudioRateError,
+      EmptyAudioError, SilentAudioError, NonFiniteAudioError, AudioRangeError (all AudioError).
     """
     if not isinstance(sample_rate, int) or sample_rate <= 0:
         raise ValueError(f"sample_rate must be a positive int in Hz, got {sample_rate!r}")
@@ -144,6 +157,9 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, allow_sil
         # libsndfile decodes a truncated Ogg stream up to the cut without complaint; a shorter clip than the
         # dataset claims would go unnoticed, so check the page structure ourselves.
         _check_ogg_complete(name, data)
+    elif data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        _check_wav_complete(name, data)  # the same for WAV: libsndfile reads what is there
+    _check_rate(name, source_rate)
     if samples.shape[0] == 0:
         raise EmptyAudioError(f"audio {name!r} has a valid header but 0 samples; drop it from the dataset")
 
@@ -166,6 +182,13 @@ def load_audio(source: AudioSource, *, sample_rate: int = SAMPLE_RATE, allow_sil
         )
     if peak < SILENCE_PEAK and not allow_silent:
         peak_dbfs = 20.0 * math.log10(peak) if peak > 0 else -math.inf
+        loudest = float(np.max(np.abs(samples)))
+        if loudest >= SILENCE_PEAK:  # the channels are not silent: they cancel in the mono mix
+            raise SilentAudioError(
+                f"audio {name!r} is silent once its {samples.shape[1]} channels are averaged to mono (peak "
+                f"{peak_dbfs:.1f} dBFS), though they peak at {20.0 * math.log10(loudest):.1f} dBFS: they are in "
+                "opposite phase; keep one channel (e.g. `ffmpeg -i IN -af pan=mono|c0=c0 OUT.flac`)"
+            )
         raise SilentAudioError(
             f"audio {name!r} is digital silence (peak {peak_dbfs:.1f} dBFS, below {SILENCE_PEAK_DBFS} dBFS); "
             "its encoder states carry no speech: drop the clip, or keep it with allow_silent=True (the encode job's "
@@ -182,7 +205,10 @@ def _read_source(source: AudioSource) -> tuple[str, bytes]:
         name, data = "<bytes>", bytes(source)
     elif isinstance(source, (str, os.PathLike)):
         name = _checked_path(source)
-        data = pathlib.Path(name).read_bytes()
+        try:
+            data = pathlib.Path(name).read_bytes()
+        except OSError as e:
+            raise AudioReadError(f"audio file {name!r} cannot be read: {e.strerror or e}") from None
     elif hasattr(source, "read"):
         name = str(getattr(source, "name", "<file object>"))
         data = source.read()
@@ -204,17 +230,52 @@ def _checked_path(source: str | os.PathLike) -> str:
         raise AudioNotFoundError(f"audio file {name!r} does not exist; check the path (cwd is {os.getcwd()!r})")
     if not path.is_file():
         raise AudioNotFoundError(f"audio path {name!r} is not a file; pass one audio file per call")
+    try:
+        with open(name, "rb"):
+            pass
+    except OSError as e:
+        raise AudioReadError(f"audio file {name!r} cannot be read: {e.strerror or e}; check its permissions") from None
     return name
 
 
 def _decode_error(name: str, error: soundfile.SoundFileError) -> AudioDecodeError:
     # soundfile's own message names an anonymous BytesIO; keep only libsndfile's reason.
     reason = getattr(error, "error_string", None) or str(error)
+    formats = "WAV, FLAC, Ogg Vorbis, Opus" + (" and MP3" if "MP3" in soundfile.available_formats() else "")
     return AudioDecodeError(
-        f"cannot decode audio {name!r}: {reason.strip()} (libsndfile {soundfile.__libsndfile_version__} reads WAV, "
-        "FLAC, Ogg Vorbis and Opus); the file is corrupt or in another format: re-encode it, "
+        f"cannot decode audio {name!r}: {reason.strip()} (libsndfile {soundfile.__libsndfile_version__} reads "
+        f"{formats}); the file is corrupt or in another format: re-encode it, "
         "e.g. `ffmpeg -i IN -ac 1 -ar 16000 OUT.flac`"
     )
+
+
+def _check_rate(name: str, rate: int) -> None:
+    if rate < MIN_SAMPLE_RATE:
+        raise AudioRateError(
+            f"audio {name!r} declares a sample rate of {rate} Hz, below {MIN_SAMPLE_RATE} Hz, which no speech "
+            "recording has: its header is wrong (the samples were written with another rate); rewrite it with the "
+            "rate it was recorded at"
+        )
+
+
+_RIFF_CHUNK = struct.Struct("<4sI")  # chunk id, size in bytes
+
+
+def _check_wav_complete(name: str, data: bytes) -> None:
+    """Raises AudioDecodeError if the WAV's ``data`` chunk announces more bytes than the file holds (a copy cut
+    short). A size of 0 or 0xFFFFFFFF (a stream written without knowing its length) is not checked."""
+    offset = 12
+    while offset + _RIFF_CHUNK.size <= len(data):
+        chunk, size = _RIFF_CHUNK.unpack_from(data, offset)
+        if chunk == b"data":
+            held = len(data) - offset - _RIFF_CHUNK.size
+            if 0 < size < 0xFFFFFFFF and held < size:
+                raise AudioDecodeError(
+                    f"audio {name!r} is a truncated WAV file: its data chunk announces {size} bytes, the file holds "
+                    f"{held} ({len(data)} bytes in all); the download or copy was cut short: fetch the file again"
+                )
+            return
+        offset += _RIFF_CHUNK.size + size + (size & 1)  # chunks are padded to an even size
 
 
 _OGG_PAGE_HEADER = struct.Struct("<4sBBqIIIB")  # capture, version, flags, granule, serial, sequence, crc, segments

@@ -21,12 +21,20 @@ scripts read them: tab-separated, no quoting, backslash escapes.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import pathlib
 import re
 
 from engine.data.revision import files_revision
-from engine.data.utterance import DatasetError, Utterance, check_language, number_recordings, text_or_none
+from engine.data.utterance import (
+    DatasetError,
+    Utterance,
+    check_language,
+    number_recordings,
+    read_text,
+    text_or_none,
+)
 
 COVOST_SPLITS = ("train", "dev", "test")
 _SPLIT_NAMES = {"validation": "dev", "train_covost": "train"}  # CoVoST's extra train rows; the Hub's dev name
@@ -34,7 +42,7 @@ _TSV = re.compile(r"^covost_v2\.(?P<pair>[A-Za-z-]+_[A-Za-z-]+)(?:\.(?P<split>tr
 
 
 def _read_tsv(path: pathlib.Path, needed: tuple[str, ...]) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as f:
+    with io.StringIO(read_text(path, "CoVoST 2 table"), newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
         header = list(reader.fieldnames or [])
         missing = [c for c in needed if c not in header]

@@ -13,7 +13,14 @@ from typing import Any
 import pyarrow as pa
 
 from engine.data.tables import binary_views, struct_fields
-from engine.data.utterance import DatasetError, Utterance, check_language, number_recordings, text_or_none
+from engine.data.utterance import (
+    DatasetError,
+    Utterance,
+    check_language,
+    number_recordings,
+    read_text,
+    text_or_none,
+)
 from engine.languages import FLEURS_LANGUAGES
 
 FLEURS_SPLITS = ("train", "validation", "test")  # the Hub's split names; the original archives call validation "dev"
@@ -146,7 +153,7 @@ def _read_fleurs_tsv(lang_dir: pathlib.Path, lang: str, split: str) -> list[Utte
         raise DatasetError(f"FLEURS copy {str(lang_dir)!r} has {tsv.name} but no audio/{tsv.stem}/ folder; {fix}")
     rows = []
     # Not the csv module: transcriptions hold quotes that csv would treat as field quoting.
-    for line_no, line in enumerate(tsv.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(tsv, "FLEURS table").splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")

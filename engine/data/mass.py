@@ -21,7 +21,15 @@ import pathlib
 import re
 
 from engine.data.revision import files_revision
-from engine.data.utterance import DatasetError, Utterance, check_language, is_audio, number_recordings, text_or_none
+from engine.data.utterance import (
+    DatasetError,
+    Utterance,
+    check_language,
+    is_audio,
+    number_recordings,
+    read_text,
+    text_or_none,
+)
 
 LANGUAGE_CODES = {"basque": "eu", "english": "en", "finnish": "fi", "french": "fr", "hungarian": "hu",
                   "romanian": "ro", "russian": "ru", "spanish": "es"}  # fmt: skip
@@ -114,7 +122,7 @@ class MassSource:
                     lang=lang,
                     audio=str(clip),
                     path=str(clip),
-                    transcription=text_or_none(text.read_text(encoding="utf-8")) if text else None,
+                    transcription=text_or_none(read_text(text, "transcript")) if text else None,
                 )
             )
         if strays:

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
+import logging
 import os
 import pathlib
 from collections.abc import Callable
@@ -42,14 +44,18 @@ from engine.data.revision import files_revision
 from engine.data.synth.sentences import DemoSource
 from engine.data.synth.words import WordsDemoSource
 from engine.data.utterance import (
+    AUDIO_EXTENSIONS,
     DatasetError,
     Source,
     Utterance,
     check_language,
     is_audio,
     number_recordings,
+    read_text,
     text_or_none,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +220,7 @@ class ManifestSource:
 
     def _read_jsonl(self) -> list[tuple[str, dict]]:
         records = []
-        for line_no, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+        for line_no, line in enumerate(read_text(self.path, "manifest").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -229,7 +235,7 @@ class ManifestSource:
         return records
 
     def _read_csv(self, delimiter: str) -> list[tuple[str, dict]]:
-        with self.path.open(encoding="utf-8-sig", newline="") as f:
+        with io.StringIO(read_text(self.path, "manifest", encoding="utf-8-sig"), newline="") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             header = [c.strip() for c in reader.fieldnames or []]
             missing = [c for c in MANIFEST_REQUIRED if c not in header]
@@ -318,13 +324,26 @@ class FolderSource:
                     "subfolder's name is its language)"
                 )
             self._dirs = {name: self.root / name for name in subdirs}
-        elif lang is None:
+        elif lang is None and flat:
             raise DatasetError(
                 f"audio folder {str(self.root)!r} has no <lang>/ subfolders; give its language (--lang en; "
                 "lang='en' in Python), or sort the files into <lang>/ subfolders"
             )
+        elif lang is None:
+            bare = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise DatasetError(
+                f"audio folder {str(self.root)!r} has no audio, in it or in a subfolder"
+                + (f" (its subfolders {bare[:10]} hold no {', '.join(AUDIO_EXTENSIONS)} files)" if bare else "")
+                + f"; a dataset folder holds <lang>/<id>.<ext> clips ({', '.join(AUDIO_EXTENSIONS)})"
+            )
         else:
             self._dirs = {lang: self.root}
+        # Subfolders without audio are not languages; named when asked for (``utterances``), never silently absent.
+        self._bare = sorted(p.name for p in self.root.iterdir() if p.is_dir() and p.name not in self._dirs
+                            and not p.name.startswith("."))  # fmt: skip
+        if self._bare and subdirs:
+            log.warning("audio folder %s: subfolders %s hold no audio files, so they are not languages of it",
+                        self.root, self._bare[:10])  # fmt: skip
 
     def languages(self) -> list[str]:
         return list(self._dirs)
@@ -340,10 +359,15 @@ class FolderSource:
         return []
 
     def utterances(self, lang: str, split: str | None = None) -> list[Utterance]:
+        if lang in self._bare:
+            raise DatasetError(
+                f"audio folder {str(self.root)!r} has a subfolder {lang}/ but no audio in it (no "
+                f"{', '.join(AUDIO_EXTENSIONS)} files); add its clips, or leave {lang} out of --langs"
+            )
         check_language(lang, self.languages(), f"audio folder {str(self.root)!r}")
         rows = []
         for f in sorted(filter(is_audio, self._dirs[lang].iterdir()), key=lambda p: p.name):
             txt = f.with_suffix(".txt")
-            text = text_or_none(txt.read_text(encoding="utf-8")) if txt.is_file() else None
+            text = text_or_none(read_text(txt, "transcript")) if txt.is_file() else None
             rows.append(dict(id=f.stem, lang=lang, audio=str(f), path=str(f), transcription=text))
         return number_recordings(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import os
 import pathlib
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -140,6 +141,20 @@ def text_or_none(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def read_text(path: str | os.PathLike, what: str, *, encoding: str = "utf-8") -> str:
+    """The text of a dataset's file (a manifest, a transcript, a TSV); one that is not UTF-8 (Latin-1, UTF-16) is a
+    DatasetError naming the file, the line and the byte, never a traceback of the whole job."""
+    data = pathlib.Path(path).read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{what} {str(path)!r} is not UTF-8 text: byte 0x{data[e.start]:02x} on line {line} (byte {e.start}) "
+            "cannot be decoded; save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT` for Latin-1 text)"
+        ) from None
 
 
 def is_audio(path: pathlib.Path) -> bool:

@@ -83,6 +83,34 @@ def test_truncated_real_ogg(fleurs_clips, tmp_path, keep):
             A.load_audio(path)
 
 
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_truncated_wav_is_refused_not_read_short(tmp_path, keep):
+    """libsndfile reads a WAV cut short up to the cut without complaint: a clip shorter than its header says would be
+    stored as if whole, so the data chunk's size is checked against the bytes there."""
+    data = _wav_bytes(0.1 * np.sin(np.arange(32000, dtype=np.float32) / 10))
+    path = tmp_path / "cut.wav"
+    path.write_bytes(data[: int(len(data) * keep)])
+    assert soundfile.info(str(path)).frames > 0  # libsndfile alone opens it
+    with pytest.raises(A.AudioDecodeError, match=r"'.*cut\.wav' is a truncated WAV file: its data chunk announces "):
+        A.load_audio(path)
+    assert len(A.load_audio(data)) == 32000  # the whole file reads
+
+
+def test_opposite_phase_channels_and_impossible_rates_are_named(tmp_path):
+    x = 0.1 * np.sin(np.arange(16000, dtype=np.float32) / 10)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.stack([x, -x], axis=1), 16000, format="WAV", subtype="FLOAT")
+    with pytest.raises(A.SilentAudioError, match=r"silent once its 2 channels are averaged to mono .* opposite phase"):
+        A.load_audio(buffer.getvalue())
+    buffer = io.BytesIO()
+    soundfile.write(buffer, x, 100, format="WAV", subtype="FLOAT")
+    with pytest.raises(A.AudioRateError, match=r"sample rate of 100 Hz, below 4000 Hz"):
+        A.load_audio(buffer.getvalue())
+    buffer = io.BytesIO()
+    soundfile.write(buffer, x[:8000], 8000, format="WAV", subtype="FLOAT")  # telephony: resampled, not refused
+    assert len(A.load_audio(buffer.getvalue())) == 16000
+
+
 def test_empty_file_and_zero_frames(tmp_path):
     path = tmp_path / "empty.wav"
     path.write_bytes(b"")

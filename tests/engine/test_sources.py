@@ -358,6 +358,19 @@ def test_manifest_errors(tmp_path):
         S.ManifestSource(tmp_path / "nope.jsonl")
 
 
+def test_text_that_is_not_utf8_is_named(tmp_path):
+    """A Latin-1 manifest or transcript is one DatasetError naming the file, line and byte, not a traceback."""
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_bytes("id,lang,path,transcription\n1,fr,a.wav,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"manifest '.*m\.csv' is not UTF-8 text: byte 0xe9 on line 2 .*iconv"):
+        S.ManifestSource(csv_path)
+    (tmp_path / "fr").mkdir()
+    (tmp_path / "fr" / "s1.wav").write_bytes(b"RIFF")
+    (tmp_path / "fr" / "s1.txt").write_bytes("\u00e9t\u00e9\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"transcript '.*s1\.txt' is not UTF-8 text: byte 0xe9 on line 1 \(byte 0\)"):
+        S.get_source(f"folder:{tmp_path}").utterances("fr")
+
+
 # --- folders --------------------------------------------------------------------------------------------------------
 
 
@@ -381,6 +394,22 @@ def test_folder_with_language_subfolders(tmp_path, fleurs_dir):
     np.testing.assert_array_equal(pt[2].load(), load_audio(_clip(fleurs_dir, "pt", 7)))
     with pytest.raises(DatasetError, match=r"has language subfolders \['fr', 'pt'\]; drop --lang fr"):
         S.FolderSource(tmp_path, lang="fr")
+
+
+def test_folder_subfolders_without_audio_are_named(tmp_path, fleurs_dir, caplog):
+    """A language folder holding no audio is not a language: named when asked for, and in a warning."""
+    (tmp_path / "de").mkdir()
+    (tmp_path / "de" / "s1.ogg").write_bytes(_clip(fleurs_dir, "de", 0).read_bytes())
+    (tmp_path / "fr").mkdir()
+    (tmp_path / "fr" / "s1.txt").write_text("only a transcript", encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        src = S.get_source(f"folder:{tmp_path}")
+    assert src.languages() == ["de"] and "subfolders ['fr'] hold no audio files" in caplog.text
+    with pytest.raises(DatasetError, match=r"has a subfolder fr/ but no audio in it .*leave fr out of --langs"):
+        src.utterances("fr")
+    (tmp_path / "de" / "s1.ogg").unlink()
+    with pytest.raises(DatasetError, match=r"has no audio, in it or in a subfolder \(its subfolders \['de', 'fr'\]"):
+        S.get_source(f"folder:{tmp_path}")
 
 
 def test_folder_flat(tmp_path, fleurs_dir):

@@ -88,6 +88,26 @@ def test_encode_plan_lists_the_dataset(saved, tiny_model_dir, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_encode_plan_names_unreadable_clips_and_refuses_what_the_run_refuses(fleurs_dir, tiny_model_dir, tmp_path):
+    """The plan's counts leave out the clips whose headers cannot be read, as the run skips them: named, not silently
+    gone; a language code that cannot name a store folder is refused by the plan as by the run."""
+    from engine.errors import StoreError
+
+    for lang in ("de", "en"):
+        (tmp_path / "in" / lang).mkdir(parents=True)
+        (tmp_path / "in" / lang / "s0.ogg").write_bytes((fleurs_dir / f"fleurs-{lang}-000.ogg").read_bytes())
+    (tmp_path / "in" / "en" / "s1.wav").write_bytes(b"not audio")
+    config = configure(EncodeConfig, out=str(tmp_path / "never"), model=str(tiny_model_dir),
+                       dataset=f"folder:{tmp_path / 'in'}")  # fmt: skip
+    text = plan_encode_run(config, None).render()
+    assert "en: 2 utterances" in text and "utterances: 2\n" in text, text  # 3 listed, 2 counted
+    assert "unreadable: 1 clips left out of the counts, as the run skips them: en/s1 (AudioDecodeError)" in text, text
+    (tmp_path / "in" / "de").rename(tmp_path / "in" / "d e")
+    with pytest.raises(StoreError, match=r"language codes \['d e'\] cannot name store folders"):
+        plan_encode_run(config, None)
+    assert not (tmp_path / "never").exists()
+
+
 def test_encode_mass_and_refuse_a_resume_on_changed_verses(fleurs_dir, tiny_model_dir, tiny_whisper, tmp_path):
     root = write_mass(tmp_path / "mass", fleurs_dir)
     out, summary = encode(tmp_path, tiny_model_dir, tiny_whisper, f"mass:{root}")

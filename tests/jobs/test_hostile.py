@@ -399,6 +399,9 @@ def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_lang
     assert found.exit_code == 1 and "de arrays" in report, report
     assert "rerun the encode job (it writes the language again)" in report, report
     assert f"the encode rerun: babelgrid encode --out {store} --dataset folder:" in report, report
+    manifest = json.loads((store / "manifest.json").read_text())
+    settings = f"--layers {','.join(map(str, manifest['layers']))} --dtype {manifest['dtype']} --compute_dtype "
+    assert settings in found.rerun and f"--batch_size {manifest['batch_size']}" in found.rerun, found.rerun  # as run
     assert verify(store, repair=True).exit_code == 0
     encode_again(store, worker_clips, tiny_whisper)
     assert verify(store).exit_code == 0

@@ -12,7 +12,7 @@ from engine.data.pairing import pairing_lines, shared_ids
 from engine.data.revision import source_revision
 from engine.errors import AudioError
 from engine.models.family import load_encoder
-from engine.pipelines.encode.run import dataset_source
+from engine.pipelines.encode.run import check_languages, dataset_source
 from engine.pipelines.stages.encode_plan import plan_encode
 from engine.pipelines.stages.windows import resampled_samples
 from engine.runtime.devices import Device
@@ -29,15 +29,17 @@ def plan_encode_run(config, device: Device | None) -> Plan:
     load_seconds = time.perf_counter() - started
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
+    check_languages(langs, encoder)  # what the run refuses, the plan refuses
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
     shared = shared_ids(listing)
-    samples, seconds = {}, 0.0
+    samples, seconds, unreadable = {}, 0.0, []
     for lang in langs:
         samples[lang] = []
         for utt in listing[lang]:
             try:
                 info = utt.probe()
-            except AudioError:
+            except AudioError as e:
+                unreadable.append((lang, utt.id, type(e).__name__))
                 continue
             samples[lang].append(resampled_samples(info.frames, info.sample_rate))
             seconds += info.duration_s
@@ -59,6 +61,11 @@ def plan_encode_run(config, device: Device | None) -> Plan:
     for line in pairing_lines(shared):  # what the run would refuse (no id shared) is visible in the plan too
         name, _, value = line.partition(": ")
         plan.counts.append((name, value))
+    if unreadable:  # left out of the counts above: the run skips them too (and names them in the store)
+        shown = ", ".join(f"{lang}/{uid} ({why})" for lang, uid, why in unreadable[:5])
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        plan.counts.append(("unreadable", f"{len(unreadable)} clips left out of the counts, as the run skips them: "
+                                          f"{shown}{more}"))  # fmt: skip
     return plan
 
 

@@ -100,7 +100,7 @@ def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> Encod
         )
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
-    _check_languages(langs, encoder)  # before anything is created, the lease included
+    check_languages(langs, encoder)  # before anything is created, the lease included
     layers = tuple(range(encoder.n_layers_out)) if config.layers is None else tuple(config.layers)
     bad = [layer for layer in layers if not 0 <= layer < encoder.n_layers_out]
     if bad:  # refused here, not by the store's schema under the lease (which had made the output folder)
@@ -296,7 +296,7 @@ class _UnitTracker:
         self.loop.done(unit["claim"], progress=0, finished={"skipped": ids} if ids else None)
 
 
-def _check_languages(langs: Sequence[str], model: Encoder) -> None:
+def check_languages(langs: Sequence[str], model: Encoder) -> None:
     """Every language code must be able to name a store folder: all the bad ones in one error, before the store is
     touched. A well-formed code the model's decoder has no language token for is encoded (the encoder is
     language-agnostic) with a warning: the decoder-based jobs (align, decode) skip it unless told which token to use."""

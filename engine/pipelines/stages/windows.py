@@ -62,7 +62,12 @@ def prepare(task: Task, encoder, long_audio: str, allow_silent: bool = False) ->
     try:
         samples = task.utt.load(allow_silent=allow_silent)
         mel, frames = encoder.windows(samples, long_audio)
-        return Prepared(task, mel, frames, len(samples) / audio_lib.SAMPLE_RATE)
+        kept = len(samples)
+        if long_audio == "truncate" and kept > audio_lib.N_SAMPLES:  # every family's window is 30 s
+            kept = audio_lib.N_SAMPLES
+            log.warning("%s/%s (%s): long_audio='truncate' keeps the first %d s of its %.1f s", task.lang, task.utt.id,
+                        task.utt.path, audio_lib.CHUNK_LENGTH, len(samples) / audio_lib.SAMPLE_RATE)  # fmt: skip
+        return Prepared(task, mel, frames, kept / audio_lib.SAMPLE_RATE)
     except AudioError as e:
         return Prepared(task, None, None, error=str(e), reason=type(e).__name__)
     except Exception as e:  # noqa: BLE001 - one clip's unforeseen failure is that clip's skip, not the batch's end

@@ -81,7 +81,12 @@ def encode_command(url: str, manifest: dict) -> str:
         model_flag = f"--model {model}" if hub else f"--model <the folder of {model}>"
     parts = ["babelgrid encode", f"--out {url}", f"--dataset {created.get('dataset', '<its dataset>')}",
              f"--split {created.get('split', 'test')}", model_flag]  # fmt: skip
-    return " ".join(p for p in parts if p) + " (the store's own layers and dtype flags, if not the defaults)"
+    # The settings a resume compares with the store's (docs/store.md), as recorded: the command runs as printed.
+    if manifest.get("layers") is not None:
+        parts.append("--layers " + ",".join(str(layer) for layer in manifest["layers"]))
+    parts += [f"--{flag} {manifest[flag]}" for flag in ("dtype", "compute_dtype", "long_audio", "batch_size")
+              if manifest.get(flag) is not None]  # fmt: skip
+    return " ".join(p for p in parts if p)
 
 
 def table(damage: list[checks.Damage], repaired: bool) -> str:
