@@ -47,6 +47,10 @@ def test_one_process_reads_each_language_once_per_earlier_tile_within_the_budget
     assert sum(reads.values()) / len(reads) <= 2 * (1 + 1.5)
     everything = simulate(12 * 800, held, schedule.items())
     assert everything.reads_per_language() == dict.fromkeys(held, 2.0)  # both layers, each read once
+    # A layer's languages are dropped once the next layer's start: what one layer needs, not the whole budget (a
+    # run of 8 layers held 8 layers' states where its plan said one).
+    roomy = simulate(100 * 800, held, schedule.items())
+    assert roomy.peak == 12 * 800 and roomy.reads_per_language() == dict.fromkeys(held, 2.0)
 
 
 def test_units_group_small_pairs_and_split_a_pair_the_budget_cannot_hold():

@@ -30,7 +30,8 @@ within the memory budget (``HeldStates``), and counts what it holds: each held p
 upper bound of its arrays' bytes: states, packed bins) from the moment it is loaded until it is dropped; ``held`` is
 their sum, ``peak`` its highest value, ``read`` the bytes read per language. Before the pieces of an item are loaded,
 held pieces the item does not read are dropped, the one used again farthest ahead in the run's order first (Belady's
-rule on the order every process walks: a piece of an earlier layer is never used again), until the new ones fit.
+rule on the order every process walks), until the new ones fit; a piece never used again (an earlier layer's) is
+dropped then even when they fit, so that a run of many layers holds what one layer needs, not its whole budget.
 ``plan_units`` makes every item fit the budget, so ``held`` never exceeds it. The plan runs the same rule over the
 whole order (``simulate``) for the reads and the peak it prints.
 """
@@ -349,8 +350,8 @@ class HeldStates:
         missing = [p for p in dict.fromkeys(pieces) if p not in self.held]
         need = sum(self.size(p) for p in missing)
         others = sorted((p for p in self.held if p not in pieces), key=lambda p: -self._next_use(p, position))
-        for piece in others:
-            if self.bytes + need <= self.budget:
+        for piece in others:  # never used again first (an earlier layer's): dropped even when the new ones fit
+            if self.bytes + need <= self.budget and self._next_use(piece, position) != math.inf:
                 break
             self.drop(piece)
         for piece in missing:
