@@ -34,6 +34,7 @@ from engine.runtime import stops
 from engine.runtime.devices import DEVICES, get_device
 from engine.runtime.options import PARSERS, ConfigError, RunOptions, format_value
 from engine.runtime.stops import Interrupted  # the exception a stop signal raises (engine.runtime.stops)
+from engine.stores.records import where_instead
 from jobs import gang
 
 FLAGS = flags.FLAGS
@@ -242,7 +243,7 @@ def check_inputs() -> None:
             if name in STORE_FLAGS and os.path.isdir(path) and not os.path.exists(os.path.join(path, STORE_MANIFEST)):
                 raise ConfigError(
                     f"--{name} {location!r} is no babelgrid store: it has no {STORE_MANIFEST}; check the path "
-                    f"(--{name}: {help_text})"
+                    f"(--{name}: {help_text}){where_instead(path)}"
                 )
 
 

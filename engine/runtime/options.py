@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -208,7 +209,9 @@ class RunOptions:
         positive=True,
     )
     break_lease: bool = option(
-        False, "take over another run's unexpired writer lease on --out (only when that run is known to be dead)"
+        False,
+        "take over another run's unexpired writer lease on the output (--out; verify: the --location it "
+        "repairs), only when that run is known to be dead",
     )
     worker: bool = option(
         False,
@@ -364,6 +367,31 @@ def configure(cls, **values):
     """``cls(run=RunOptions(...), ...)`` from one flat set of keyword arguments: the ``RunOptions`` fields (``out``,
     ``progress``, ...) go to ``run``, the others to ``cls``. For notebooks and tests:
     ``run_encode(configure(EncodeConfig, out="/tmp/store", dataset="demo", progress=False))``."""
-    names = {f.name for f in dataclasses.fields(RunOptions)}
-    run = {k: values.pop(k) for k in list(values) if k in names}
-    return cls(run=RunOptions(**run), **values)
+    run = _as_fields(RunOptions, {k: values.pop(k) for k in list(values) if k in _names(RunOptions)})
+    return cls(run=RunOptions(**run), **_as_fields(cls, values))
+
+
+def _names(cls) -> dict[str, dataclasses.Field]:
+    """``cls``'s fields by name and by their flag's name (``measure`` for ``measures``)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return fields | {f.metadata["flag"]: f for f in fields.values() if f.metadata.get("flag")}
+
+
+def _as_fields(cls, values: dict) -> dict:
+    """``values`` keyed by ``cls``'s field names, a flag's name taken for its field's, and a string given to a field
+    whose flag parses its text (``layers="4-7"``, ``measures="seqsim,mean"``, ``memory_budget="2GiB"``) parsed as the
+    flag would; an unknown name is a ConfigError listing the fields."""
+    fields, out = _names(cls), {}
+    for key, value in values.items():
+        field = fields.get(key)
+        if field is None and key != "run":
+            close = difflib.get_close_matches(key, fields, n=1)
+            raise ConfigError(
+                f"{cls.__name__} has no field {key!r}{f' (did you mean {close[0]!r}?)' if close else ''}; its fields: "
+                + ", ".join(sorted(f.name for f in dataclasses.fields(cls) if f.name != "run"))
+                + ("" if cls is RunOptions else " (and the run options: out, progress, memory_budget, ...)")
+            )
+        name = key if field is None else field.name
+        parse = field.metadata.get("parse") if field is not None else None
+        out[name] = PARSERS[parse](value) if parse and isinstance(value, str) else value
+    return out

@@ -37,7 +37,7 @@ from engine.stores.kv import (
     update_json,
 )
 from engine.stores.language import MAX_IN_FLIGHT_BYTES, WRITE_THREADS, LanguageArrays
-from engine.stores.records import json_bytes
+from engine.stores.records import LAYER_STORE_FORMAT, json_bytes, where_instead
 from engine.stores.schema import (
     INFO_FIELDS,
     LANG,
@@ -119,7 +119,7 @@ class LayerStore:
         if manifest is None:
             raise StoreError(
                 f"no babelgrid store at {url!r}: it has no {MANIFEST}. Check the path (stores are written by the "
-                "encode job, or LayerStore.create_or_open)"
+                f"encode job, or LayerStore.create_or_open){where_instead(url, LAYER_STORE_FORMAT)}"
             )
         return cls(
             url=url, info=info_from_manifest(manifest, url), manifest=manifest, kvstore=kvstore, kv=kv, writable=False

@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import io
 import json
+import pathlib
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -138,3 +139,36 @@ def manifest_diffs(stored: Mapping, given: Mapping, fields: Iterable[str]) -> li
 def _plain(value):
     """Tuples and lists compare equal after a JSON round trip."""
     return list(value) if isinstance(value, tuple) else value
+
+
+LAYER_STORE_FORMAT = "babelgrid-layer-store"  # engine.stores.schema.FORMAT_NAME
+SIMILARITY_FORMAT = "babelgrid-similarity"  # engine.stores.similarity.FORMAT_NAME
+_KINDS = {LAYER_STORE_FORMAT: "a layer store (the encode job's)", SIMILARITY_FORMAT: "a similarity store (seqsim's)"}
+
+
+def where_instead(url: str, wanted: str | None = None, manifest: Mapping | None = None) -> str:
+    """A hint for an error about ``url``, which holds no store of format ``wanted`` (None: of any kind): what it holds
+    instead (from its ``manifest``: a layer store where a similarity store was asked for, and the reverse), and, for a
+    local folder, its subfolders that hold one (``babelgrid run demo`` writes ``out/demo/store`` and
+    ``out/demo/similarity``)."""
+    hints = []
+    found = (manifest or {}).get("format")
+    if found in _KINDS and found != wanted:
+        hints.append(f"it is {_KINDS[found]}")
+        if found == LAYER_STORE_FORMAT:
+            hints.append(f"compute its similarity store first: babelgrid seqsim --store {url} --out SIM, then pass SIM")
+        elif manifest.get("layer_store"):
+            hints.append(f"its layer store is {manifest['layer_store']}")
+    if "://" not in url or url.startswith("file://"):
+        folder = pathlib.Path(url.removeprefix("file://")).expanduser()
+        below = []
+        for key in sorted(folder.glob("*/manifest.json"))[:100] if folder.is_dir() else []:
+            try:
+                kind = json.loads(key.read_text(encoding="utf-8")).get("format")
+            except (OSError, ValueError):
+                continue
+            if kind in _KINDS and kind == (wanted or kind):
+                below.append(f"{key.parent} ({_KINDS[kind]})")
+        if below:
+            hints.append(f"below it: {', '.join(below[:4])}")
+    return "".join(f"; {h}" for h in hints)

@@ -34,6 +34,7 @@ from engine.data.audio import LONG_AUDIO_MODES
 from engine.dtypes import DTYPES as ALL_DTYPES
 from engine.errors import StoreError
 from engine.stores.integrity import CHECKED_READS, CRC32C, warn_unchecked
+from engine.stores.records import where_instead
 
 # 2: crc32c on every chunk, page CRCs in utterances.parquet; 3: a digest in every JSON object (records.json_bytes) and
 # the language roster
@@ -383,6 +384,7 @@ def info_from_manifest(manifest: dict, url: str) -> StoreInfo:
     if manifest.get("format") != FORMAT_NAME:
         raise StoreError(
             f"{MANIFEST} in {url!r} is not a babelgrid layer store manifest (format {manifest.get('format')!r})"
+            + where_instead(url, FORMAT_NAME, manifest)
         )
     version = manifest.get("format_version")
     if version not in READABLE_VERSIONS:

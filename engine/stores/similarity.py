@@ -37,7 +37,7 @@ from engine.listing import Listing
 from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
 from engine.stores.kv import context, create_or_compare, open_kvstore, read_json, write_value
 from engine.stores.pair_roster import check_listed, enrol, read_roster
-from engine.stores.records import json_bytes
+from engine.stores.records import json_bytes, where_instead
 from engine.stores.schema import LANG
 
 FORMAT_NAME = "babelgrid-similarity"
@@ -169,7 +169,8 @@ def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, l
 
 def _check_manifest(manifest: dict, url: str) -> dict:
     if manifest.get("format") != FORMAT_NAME:
-        raise SimilarityError(f"{MANIFEST} in {url!r} is not a babelgrid similarity store manifest")
+        raise SimilarityError(f"{MANIFEST} in {url!r} is not a babelgrid similarity store manifest (format "
+                              f"{manifest.get('format')!r}){where_instead(url, FORMAT_NAME, manifest)}")  # fmt: skip
     version = manifest.get("format_version")
     if version not in READABLE_VERSIONS:
         raise SimilarityError(
@@ -443,7 +444,6 @@ def open_similarity(url: str) -> SimilarityReader:
     kvstore, kv = _open(url)
     manifest = read_json(kv, MANIFEST, url)
     if manifest is None:
-        raise SimilarityError(
-            f"no similarity store at {url!r}: it has no {MANIFEST}. Check the path (the seqsim job writes them)"
-        )
+        raise SimilarityError(f"no similarity store at {url!r}: it has no {MANIFEST}. Check the path (the seqsim "
+                              f"job writes them){where_instead(url, FORMAT_NAME)}")  # fmt: skip
     return SimilarityReader(url, kvstore, kv, _check_manifest(manifest, url))

@@ -5,6 +5,7 @@ older call form ``store.languages()`` still runs, and returns a copy. The jobs' 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import engine
 from engine.listing import Listing
@@ -55,3 +56,38 @@ def test_the_jobs_configs_come_from_the_package_face():
         assert config in dir(engine) and isinstance(getattr(engine, config), type), config
     config = engine.configure(engine.RetrievalConfig, similarity="/tmp/sim", progress=False)
     assert isinstance(config, RetrievalConfig)
+
+
+def test_configure_takes_flag_names_and_flag_text_and_names_an_unknown_field():
+    """Notebook users write what they type on the command line: --measure seqsim,mean --layers 4-7."""
+    from engine.runtime.options import ConfigError
+
+    config = engine.configure(engine.SimilarityConfig, store="s", out="o", measure="seqsim,mean", layers="4-7",
+                              memory_budget="2GiB")  # fmt: skip
+    assert config.measures == ("seqsim", "mean") and config.layers == (4, 5, 6, 7)
+    assert config.run.memory_budget == 2 * 2**30
+    same = engine.configure(engine.SimilarityConfig, store="s", out="o", measures=("seqsim", "mean"),
+                            layers=(4, 5, 6, 7), memory_budget=2 * 2**30)  # fmt: skip
+    assert same == config
+    with pytest.raises(ConfigError, match=r"SimilarityConfig has no field 'layer' \(did you mean 'layers'\?\); its "):
+        engine.configure(engine.SimilarityConfig, store="s", out="o", layer=7)
+
+
+def test_a_store_of_the_other_kind_or_a_folder_above_one_is_named_in_the_refusal(tmp_path):
+    """retrieval given the layer store, seqsim given the run's folder: the error says what is there instead."""
+    import json
+
+    from engine.errors import StoreError
+    from engine.stores.similarity import SimilarityError
+
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text(json.dumps({"format": "babelgrid-layer-store"}))
+    (tmp_path / "similarity").mkdir()
+    sim = {"format": "babelgrid-similarity", "layer_store": str(tmp_path / "store")}
+    (tmp_path / "similarity" / "manifest.json").write_text(json.dumps(sim))
+    with pytest.raises(SimilarityError, match=r"it is a layer store .*babelgrid seqsim --store .*store --out SIM"):
+        open_similarity(str(tmp_path / "store"))
+    with pytest.raises(StoreError, match=r"it is a similarity store \(seqsim's\); its layer store is .*store"):
+        open_store(str(tmp_path / "similarity"))
+    with pytest.raises(StoreError, match=r"has no manifest\.json.*below it: .*store \(a layer store"):
+        open_store(str(tmp_path))

@@ -364,6 +364,7 @@ def test_repair_keeps_the_users_files_and_says_so(clean, damaged):
     assert all((sim / name).read_bytes() == data for name, data in USER_FILES.items())
     text = report.report()
     assert f"{len(USER_FILES)} files babelgrid did not write" in text and "not ours: left alone" in text, text
+    assert f" s; {len(USER_FILES)} files not ours, left alone\n" in text, text  # after what was read, not in it
     assert report.exit_code == 0 and _verify(sim).exit_code == 0
 
 

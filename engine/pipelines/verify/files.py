@@ -26,6 +26,7 @@ from engine.stores.records import DIGEST, parse_json, read_npz
 DELETED = "deleted: rerun the job that wrote it (it redoes a part, and rebuilds a merged table or file)"
 LEFT = "left alone: not a name babelgrid writes (delete it yourself if it is one of its outputs)"
 SHOWN = 5  # names of files left alone shown in the note
+FOREIGN = "not ours"  # the count of files left alone (``Findings.checked``), apart from what was read
 # The records runs coordinate through (engine.runtime.lease, claims, status): not the output; a damaged one is no
 # damage of it. Verify runs only while no run holds the lease, so such a record holds nothing and may be deleted.
 RUN_RECORDS = re.compile(r"^(?:(?P<lease>lease\.json)|(?:claims|workers)/.+\.json)$")
@@ -66,7 +67,7 @@ def files(url: str, keys: list[str], kv, findings: Findings, bar) -> None:
         shown = ", ".join(foreign[:SHOWN]) + (f" and {len(foreign) - SHOWN} more" if len(foreign) > SHOWN else "")
         findings.notes.append(f"{len(foreign)} files babelgrid did not write (no digest, seal or name of its "
                               f"outputs), not ours: left alone: {shown}")  # fmt: skip
-        findings.count("files not ours, left alone", len(foreign))
+        findings.count(FOREIGN, len(foreign))
 
 
 def _bytes(url: str, key: str, kv) -> bytes | None:

@@ -47,8 +47,11 @@ class VerifySummary(RunSummary):
         return 0 if self.repaired and all(d.fix is not None for d in self.damage) else 1
 
     def report(self) -> str:
-        counts = ", ".join(f"{n} {name}" for name, n in self.checked.items()) or "nothing"
-        lines = [f"verified {self.kind} {self.location}: {counts} read in {self.seconds:.1f} s"]
+        read = {name: n for name, n in self.checked.items() if name != files.FOREIGN}
+        counts = ", ".join(f"{n} {name}" for name, n in read.items()) or "nothing"
+        foreign = self.checked.get(files.FOREIGN)
+        left = f"; {foreign} {'file' if foreign == 1 else 'files'} not ours, left alone" if foreign else ""
+        lines = [f"verified {self.kind} {self.location}: {counts} read in {self.seconds:.1f} s{left}"]
         lines += [f"note: {n}" for n in self.notes]
         if not self.damage:
             lines.append("no damage found")
