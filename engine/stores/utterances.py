@@ -102,10 +102,12 @@ def check_same_rows(stored, given, lang: str, url: str) -> None:
         a = dataclasses.replace(a, **{n: getattr(b, n) for n in _ADDED_COLUMNS if getattr(a, n) is None})
         if a != b:
             name = next(n for n in ROW_FIELDS if getattr(a, n) != getattr(b, n))
+            # A clip unreadable when the table was made (0 frames: skipped) that reads now was replaced or fixed.
+            fixed = " (unreadable when the store was made, readable now: it was replaced)" if a.n_frames == 0 else ""
             raise StoreMismatchError(
-                f"utterance {u} of language {lang!r} in {url!r} differs from this run's: {name} is "
-                f"{getattr(a, name)!r} in the store, {getattr(b, name)!r} now. Never mix two utterance tables in one "
-                "language: restore the original list or use a new output folder"
+                f"utterance {u} (id {a.id!r}, {a.path}) of language {lang!r} in {url!r} differs from this run's: "
+                f"{name} is {getattr(a, name)!r} in the store, {getattr(b, name)!r} now{fixed}. Never mix two "
+                "utterance tables in one language: restore the original list or use a new output folder"
             )
 
 

@@ -497,6 +497,22 @@ def test_languages_are_listed_once_created(url):
     assert s.languages() == ["de", "fr"] == open_store(url).languages()
 
 
+def test_a_changed_utterance_row_is_named_with_its_id_and_file():
+    """A resume whose table differs names the utterance by id and file, and says when a clip the store holds as
+    unreadable (skipped) reads now: the dataset changed under the store."""
+    from engine.stores.utterances import check_same_rows
+
+    stored = UtteranceRow(id="s7", lang="en", path="/d/en/s7.wav", duration_s=0.0, n_frames=0, n_windows=0)
+    now = dataclasses.replace(stored, duration_s=8.76, n_frames=438, n_windows=1)
+    want = (
+        r"utterance 0 \(id 's7', /d/en/s7\.wav\) of language 'en' in 'S' differs from this run's: duration_s is "
+        r"0\.0 in the store, 8\.76 now \(unreadable when the store was made, readable now: it was replaced\)"
+    )
+    with pytest.raises(StoreMismatchError, match=want):
+        check_same_rows([stored], [now], "en", "S")
+    check_same_rows([now], [now], "en", "S")
+
+
 def test_store_info_validates():
     with pytest.raises(StoreError, match="layers"):
         StoreInfo("m", "x", DIMS, (0, 4), "float32")  # L = 2: layers 0..3
