@@ -393,6 +393,12 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     ):
         run_similarity(similarity)
 
+    # --layers in any order: the store keeps them increasing (7,3,0 was refused with the schema's own wording).
+    other = configure(EncodeConfig, out=str(tmp_path / "other"), dataset=f"manifest:{manifest}", batch_size=BATCH,
+                      layers="3,0", langs=("de",), progress=False)  # fmt: skip
+    run_encode(other, encoder=WhisperEncoder(tiny_whisper))
+    assert open_store(str(tmp_path / "other")).info.layers == (0, 3)
+
     again = run_encode(dataclasses.replace(config, allow_silent=True), encoder=WhisperEncoder(tiny_whisper))
     assert again.done == 1 and store.done("en").tolist() == [True, True, False, False], again.report()
     assert {u: (r.id, r.reason) for u, r in store.skipped("en").iterrows()} == {u: want[u] for u in (2, 3)}

@@ -47,7 +47,7 @@ def plan_encode_run(config, device: Device | None) -> Plan:
         encoder,
         samples,
         seconds,
-        layers=config.layers if config.layers is not None else tuple(range(encoder.n_layers_out)),
+        layers=tuple(sorted(config.layers)) if config.layers is not None else tuple(range(encoder.n_layers_out)),
         long_audio=config.long_audio,
         dtype=config.dtype,
         compute_dtype=config.compute_dtype,

@@ -101,7 +101,8 @@ def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> Encod
     source = dataset_source(config)
     langs = list(config.langs) if config.langs else source.languages()
     check_languages(langs, encoder)  # before anything is created, the lease included
-    layers = tuple(range(encoder.n_layers_out)) if config.layers is None else tuple(config.layers)
+    # The store keeps its layers in increasing order: --layers 7,3,0 asks for the same three as 0,3,7.
+    layers = tuple(range(encoder.n_layers_out)) if config.layers is None else tuple(sorted(config.layers))
     bad = [layer for layer in layers if not 0 <= layer < encoder.n_layers_out]
     if bad:  # refused here, not by the store's schema under the lease (which had made the output folder)
         raise StoreError(f"--layers {bad} are not layers of {encoder.name} (0..{encoder.n_layers_out - 1}: "
