@@ -259,17 +259,22 @@ def _check_rate(name: str, rate: int) -> None:
 
 
 _RIFF_CHUNK = struct.Struct("<4sI")  # chunk id, size in bytes
+# A writer that streams (espeak-ng and sox to a pipe) cannot seek back to write the sizes: it leaves a placeholder
+# near 2 GiB (espeak-ng: 0x7FFFF000), or 0 or 0xFFFFFFFF, and readers take the data to the end of the file.
+_STREAMED_SIZE = 0x7FFF0000
 
 
 def _check_wav_complete(name: str, data: bytes) -> None:
-    """Raises AudioDecodeError if the WAV's ``data`` chunk announces more bytes than the file holds (a copy cut
-    short). A size of 0 or 0xFFFFFFFF (a stream written without knowing its length) is not checked."""
+    """Raises AudioDecodeError if the WAV's ``data`` chunk, and the RIFF header with it, announce more bytes than the
+    file holds (a copy cut short). A streamed file's placeholder sizes (``_STREAMED_SIZE`` and up, or 0) are not
+    checked: its writer never knew its length."""
+    riff_size = _RIFF_CHUNK.unpack_from(data, 0)[1]
     offset = 12
     while offset + _RIFF_CHUNK.size <= len(data):
         chunk, size = _RIFF_CHUNK.unpack_from(data, offset)
         if chunk == b"data":
             held = len(data) - offset - _RIFF_CHUNK.size
-            if 0 < size < 0xFFFFFFFF and held < size:
+            if 0 < size < _STREAMED_SIZE and held < size and 8 + riff_size > len(data):
                 raise AudioDecodeError(
                     f"audio {name!r} is a truncated WAV file: its data chunk announces {size} bytes, the file holds "
                     f"{held} ({len(data)} bytes in all); the download or copy was cut short: fetch the file again"
