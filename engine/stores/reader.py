@@ -80,11 +80,7 @@ class StoreReader:
 
     def utterances(self, lang: str):
         """The utterance table of ``lang`` as a pandas DataFrame indexed by utterance."""
-        try:
-            import pandas  # noqa: F401  (pyarrow's to_pandas needs it)
-        except ImportError:
-            raise StoreError("utterances() needs pandas: pip install pandas, or use utterances_table()") from None
-        return self.utterances_table(lang).to_pandas().set_index("utterance")
+        return _by_utterance(self.utterances_table(lang), "utterances")
 
     def lookup(self, lang: str, id: str | int) -> list[int]:
         """Utterance indices of ``lang`` whose id is ``id`` (several when a sentence has several recordings)."""
@@ -117,11 +113,7 @@ class StoreReader:
 
     def skipped(self, lang: str):
         """``skipped_table`` as a pandas DataFrame indexed by utterance."""
-        try:
-            import pandas  # noqa: F401  (pyarrow's to_pandas needs it)
-        except ImportError:
-            raise StoreError("skipped() needs pandas: pip install pandas, or use skipped_table()") from None
-        return self.skipped_table(lang).to_pandas().set_index("utterance")
+        return _by_utterance(self.skipped_table(lang), "skipped")
 
     def done(self, lang: str) -> np.ndarray:
         """``bool[utterance]``: utterances whose states are committed."""
@@ -261,3 +253,12 @@ def _read(view: ts.TensorStore, arrays: LanguageArrays, layer: int) -> np.ndarra
             if 0 <= u < arrays.n_utterances:
                 what += f", utterance {u} (id {arrays.rows[u].id!r}, {arrays.rows[u].path!r})"
         raise damage_error(e, arrays.url, what, repair_hint(arrays.url, "encode")) from None
+
+
+def _by_utterance(table: pa.Table, method: str):
+    """``table`` as a pandas DataFrame indexed by its ``utterance`` column (pandas is not a babelgrid dependency)."""
+    try:
+        import pandas  # noqa: F401  (pyarrow's to_pandas needs it)
+    except ImportError:
+        raise StoreError(f"{method}() needs pandas: pip install pandas, or use {method}_table()") from None
+    return table.to_pandas().set_index("utterance")
