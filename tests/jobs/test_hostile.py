@@ -394,6 +394,9 @@ def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_lang
     store = tmp_path / "store"
     shutil.copytree(worker_store, store)
     (store / "de" / "states" / "zarr.json").unlink()
+    (store / "de" / "notes.txt").write_text("mine")  # a user's files in the language's folder outlive the repair
+    (store / "de" / "mine").mkdir()
+    (store / "de" / "mine" / "keep.bin").write_bytes(b"\x00\x01")
     found = verify(store)
     report = found.report()
     assert found.exit_code == 1 and "de arrays" in report, report
@@ -403,5 +406,7 @@ def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_lang
     settings = f"--layers {','.join(map(str, manifest['layers']))} --dtype {manifest['dtype']} --compute_dtype "
     assert settings in found.rerun and f"--batch_size {manifest['batch_size']}" in found.rerun, found.rerun  # as run
     assert verify(store, repair=True).exit_code == 0
+    assert (store / "de" / "notes.txt").read_text() == "mine" and (store / "de" / "mine" / "keep.bin").exists()
+    assert not (store / "de" / "utterances.parquet").exists() and not (store / "de" / "lengths" / "zarr.json").exists()
     encode_again(store, worker_clips, tiny_whisper)
     assert verify(store).exit_code == 0

@@ -109,8 +109,9 @@ def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, b
             continue
         except StoreError as e:
             # The arrays cannot be opened as the table says: the language is written again whole by the encode rerun
-            repair = "the language's folder and index deleted: rerun the encode job (it writes the language again)"
-            fix = _delete_prefix(store._kv, f"{lang}/", f"{LANGUAGES_DIR}{lang}.json")
+            repair = ("the language's arrays, table and index deleted (files of yours in its folder kept): rerun the "
+                      "encode job (it writes the language again)")  # fmt: skip
+            fix = _delete_language(store._kv, lang)
             findings.damage.append(Damage(f"{lang} arrays", f"{lang}/", _short(e), repair, fix, "encode"))
             continue
         _skip_record(store, lang, keys, findings)
@@ -350,6 +351,20 @@ def _delete_prefix(kv, prefix: str, *keys: str) -> Callable[[], None]:
         kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result()
         for key in keys:
             kv.write(key, None).result()
+
+    return fix
+
+
+def _delete_language(kv, lang: str) -> Callable[[], None]:
+    """A repair: what the encode job writes of ``lang`` deleted (its arrays, tables and index key), and nothing else
+    of its folder: a user's notes beside the arrays stay (verify's rule for files it did not write)."""
+    states = _delete_prefix(kv, f"{lang}/{STATES}")
+    index = f"{LANGUAGES_DIR}{lang}.json"
+    rest = _delete_prefix(kv, f"{lang}/{LENGTHS}", f"{lang}/{UTTERANCES}", f"{lang}/{SKIPPED}", index)
+
+    def fix():
+        states()
+        rest()
 
     return fix
 
