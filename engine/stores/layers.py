@@ -94,6 +94,7 @@ class LayerStore:
         dtype, frame rate or batch size (``INFO_FIELDS``), naming each differing field with both values.
         """
         kvstore, kv = open_kvstore(url)
+        _refuse_lost_manifest(kv, url)
         manifest = create_or_compare(
             kv,
             MANIFEST,
@@ -346,4 +347,21 @@ def _check_fits(arrays: LanguageArrays, max_frames: int) -> None:
         raise StoreMismatchError(
             f"language {arrays.lang!r} in {arrays.url!r} holds at most {arrays.max_frames} frames per utterance, "
             f"{max_frames} are needed; arrays are never resized: use a new output folder"
+        )
+
+
+def _refuse_lost_manifest(kv: ts.KvStore, url: str) -> None:
+    """A store whose manifest is gone but whose languages are there (its roster, a language index) is refused: a new
+    manifest would take this run's settings as the store's, and a resume would mix two settings in one store."""
+    if read_json(kv, MANIFEST, url) is not None:
+        return
+    key_range = ts.KvStore.KeyRange(LANGUAGES_DIR, LANGUAGES_DIR[:-1] + "0")
+    indexed = [k.decode()[len(LANGUAGES_DIR) :].removesuffix(".json") for k in kv.list(key_range).result()]
+    if indexed or read_json(kv, ROSTER, url) is not None:
+        held = ", ".join(sorted(indexed)[:5]) or ROSTER
+        raise DamageError(
+            f"layer store {url!r} has lost its {MANIFEST} but holds languages ({held}): the settings they were "
+            "written with are unknown, so nothing is written over them. Restore the manifest from a copy, or encode "
+            "into a new folder",
+            "missing",
         )

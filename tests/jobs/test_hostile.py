@@ -410,3 +410,17 @@ def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_lang
     assert not (store / "de" / "utterances.parquet").exists() and not (store / "de" / "lengths" / "zarr.json").exists()
     encode_again(store, worker_clips, tiny_whisper)
     assert verify(store).exit_code == 0
+
+
+def test_a_store_that_lost_its_manifest_is_not_resumed_under_new_settings(worker_store, worker_clips, tiny_whisper,
+                                                                            tmp_path):  # fmt: skip
+    """A deleted manifest.json let a resume write a new one with its own settings over the languages there: one
+    store held two settings. Refused now, naming the languages, and nothing is written."""
+    from engine.errors import DamageError
+
+    store = tmp_path / "store"
+    shutil.copytree(worker_store, store)
+    (store / "manifest.json").unlink()
+    with pytest.raises(DamageError, match=r"has lost its manifest\.json but holds languages \(de, en, es\)"):
+        encode_again(store, worker_clips, tiny_whisper)
+    assert not (store / "manifest.json").exists()
