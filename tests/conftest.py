@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 import jax
@@ -76,6 +77,59 @@ def pytest_runtest_protocol(item, nextitem):
     line = {"test": item.nodeid, "wall": round(wall, 3), "cpu": round(cpu, 3), "children_cpu": round(children, 3)}
     with open(record, "a") as out:
         out.write(json.dumps(line) + "\n")
+
+
+# Disk: the suite writes about 11 GB of models, stores and clips into pytest's temporary folder (a 2-worker run,
+# 2026-11-29), and pytest keeps all of it until the run ends, with the last 3 runs' too. CI shares its disk: one run
+# failed on a full disk (ENOSPC in 152 tests) where the machine had 4 GB free. So each test's ``tmp_path`` goes when the
+# test passes (``tmp_path_retention_policy = "failed"`` in pyproject.toml), and what a module made with
+# ``tmp_path_factory.mktemp`` (its module fixtures, and its tests' own calls) goes when its last test has run, unless a
+# test of it failed (kept to look at). Session fixtures' folders (the tiny and turbo models, CTranslate2's base) stay:
+# later modules read them. Which scope made a folder: the fixture being set up when ``mktemp`` ran.
+_SETTING_UP: list[str] = []  # scopes of the fixtures being set up, innermost last
+_MADE_BY_MODULE: list[pathlib.Path] = []  # what the running module made, to remove at its end
+_FAILED_FILES: set[pathlib.Path] = set()
+_mktemp = pytest.TempPathFactory.mktemp
+
+
+def _mktemp_recorded(self, basename: str, numbered: bool = True) -> pathlib.Path:
+    path = _mktemp(self, basename, numbered)
+    if not _SETTING_UP or _SETTING_UP[-1] != "session":
+        _MADE_BY_MODULE.append(path)
+    return path
+
+
+pytest.TempPathFactory.mktemp = _mktemp_recorded
+
+
+class _ModuleFoldersGo:
+    """The hooks, as a plugin of the whole run: a conftest's own hooks do not see session fixtures being set up."""
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_fixture_setup(self, fixturedef, request):
+        _SETTING_UP.append(fixturedef.scope)
+        yield
+        _SETTING_UP.pop()
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        if outcome.get_result().failed:
+            _FAILED_FILES.add(item.path)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(self, item, nextitem):
+        yield  # the module's fixtures are torn down here when ``nextitem`` is another file's
+        if nextitem is not None and nextitem.path == item.path:
+            return
+        made, _MADE_BY_MODULE[:] = list(_MADE_BY_MODULE), []
+        if item.path not in _FAILED_FILES:
+            for path in made:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_ModuleFoldersGo(), "babelgrid-module-folders")
 
 
 # Job tests start a few hundred `python -m jobs.<job>` processes, most of them on the tiny model with the same shapes,
