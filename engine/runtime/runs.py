@@ -268,19 +268,38 @@ def output_lease(config, job: str):
         yield lease
 
 
+@contextlib.contextmanager
 def job_lease(config, job: str, ignore: tuple[str, ...] = ()):
     """``writer_lease`` of a job, from its ``config``, once its inputs are settled (``inputs_settled``): with
     ``--worker`` the lease shared by the workers, whose settings (``output_settings`` but ``WORKER_FREE`` and
-    ``ignore``) must agree, and whose ``opening`` record (which the others wait on) lives ``--claim_ttl`` unrenewed,
-    as their claims do, at most ``DEFAULT_TTL``: a worker killed while it opens the run holds the others that long,
-    not 2 minutes whatever ``--claim_ttl`` said. Open, it lives ``DEFAULT_TTL``: a worker started after the last live
-    one died joins the run and takes its claims over."""
+    ``ignore``, and ``--matmul_precision``) must agree, and whose ``opening`` record (which the others wait on) lives
+    ``--claim_ttl`` unrenewed, as their claims do, at most ``DEFAULT_TTL``: a worker killed while it opens the run holds
+    the others that long, not 2 minutes whatever ``--claim_ttl`` said. Open, it lives ``DEFAULT_TTL``: a worker started
+    after the last live one died joins the run and takes its claims over. The run's float32 products run at
+    ``config.run.matmul_precision`` (``float32_products``), called from a job script or from Python alike."""
     inputs_settled(config, job)
     run: RunOptions = config.run
     if not run.worker:
-        return writer_lease(run.out, job, run.break_lease)
-    settings = output_settings(job, config, (*WORKER_FREE, *ignore))
-    return writer_lease(run.out, job, run.break_lease, worker=True, settings=settings, opening_ttl=run.claim_ttl)
+        lease = writer_lease(run.out, job, run.break_lease)
+    else:
+        settings = {**output_settings(job, config, (*WORKER_FREE, *ignore)), "matmul_precision": run.matmul_precision}
+        lease = writer_lease(run.out, job, run.break_lease, worker=True, settings=settings, opening_ttl=run.claim_ttl)
+    with lease as held, float32_products(run.matmul_precision):
+        yield held
+
+
+@contextlib.contextmanager
+def float32_products(precision: str):
+    """JAX's float32 products at ``precision`` (``--matmul_precision``) for the block, then as they were: process-wide,
+    as the job scripts set it, because ``jax.default_matmul_precision`` holds for the calling thread only and the jobs
+    compute in threads too. Stores record the value (``StoreInfo.matmul_precision``, the similarity manifest's), so
+    a run from Python computes what it records as a job does."""
+    before = jax.config.jax_default_matmul_precision
+    jax.config.update("jax_default_matmul_precision", precision)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_default_matmul_precision", before)
 
 
 def work_claims(run: RunOptions, job: str, kv=None) -> WorkClaims:

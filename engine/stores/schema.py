@@ -73,8 +73,9 @@ INFO_FIELDS = (
     "features",
     "layer_meaning",
     "batch_size",
+    "matmul_precision",
 )
-UNRECORDED_FIELDS = ("batch_size",)  # stores written before it was recorded, and by other writers, lack it
+UNRECORDED_FIELDS = ("batch_size", "matmul_precision")  # stores written before them, and other writers, lack them
 
 MANIFEST = "manifest.json"
 LANGUAGES_DIR = "languages/"
@@ -169,6 +170,9 @@ class StoreInfo:
     # The encode job's windows per encoder step: another batch shape compiles another kernel, whose sums may differ
     # in their last bits, so a store holds one. None: not recorded (stores before it, writers other than encode).
     batch_size: int | None = None
+    # The float32 products' precision (--matmul_precision: "highest" or "default", TF32 on NVIDIA GPUs, 1-3% away).
+    # None: not recorded, as batch_size.
+    matmul_precision: str | None = None
 
     def __post_init__(self):
         for name in ("model_name", "checkpoint_sha256"):
@@ -202,6 +206,8 @@ class StoreInfo:
         object.__setattr__(self, "frame_rate", float(self.frame_rate))
         if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise StoreError(f"StoreInfo.batch_size must be a positive int or None, got {self.batch_size!r}")
+        if self.matmul_precision is not None and not isinstance(self.matmul_precision, str):
+            raise StoreError(f"StoreInfo.matmul_precision must be a string or None, got {self.matmul_precision!r}")
 
     @property
     def numpy_dtype(self) -> np.dtype:
@@ -236,6 +242,7 @@ class StoreInfo:
             "family": self.family,
             "layer_meaning": self.layer_meaning,
             "batch_size": self.batch_size,
+            "matmul_precision": self.matmul_precision,
         }
 
     @classmethod
@@ -254,6 +261,7 @@ class StoreInfo:
             family=family,
             layer_meaning=d.get("layer_meaning", WHISPER_LAYERS),
             batch_size=d.get("batch_size"),
+            matmul_precision=d.get("matmul_precision"),
         )
 
 

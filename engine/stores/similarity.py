@@ -34,6 +34,7 @@ import tensorstore as ts
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError, DamageError
 from engine.listing import Listing
+from engine.stores import provenance
 from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
 from engine.stores.kv import context, create_or_compare, open_kvstore, read_json, write_value
 from engine.stores.pair_roster import check_listed, enrol, read_roster
@@ -54,11 +55,12 @@ COL_AXIS = f"{UTTERANCE}_b"
 AXES = (LAYER, ROW_AXIS, COL_AXIS)
 MANIFEST_FIELDS = ("layer_store", "model_name", "checkpoint_sha256", "layers")  # must agree between runs
 # And what changes a matrix's bytes: the transforms (absent before them: "none"), the compute dtype, the measures'
-# settings (``ot``: the Sinkhorn options but their iteration limit) and SeqSim's precision with its fp8 scale (absent
-# before the option: "dtype", None), compared on every resume and every worker join, live lease or not.
+# settings (``ot``: the Sinkhorn options but their iteration limit), SeqSim's precision with its fp8 scale (absent
+# before the option: "dtype", None), the layer store's identity (``provenance``: its path may hold a store encoded
+# again) and float32 products' precision: compared on every resume and every worker join, live lease or not.
 COMPARED_FIELDS = (*MANIFEST_FIELDS, "remove_language", "dimensions", "dtype", "ot", "seqsim_precision",
-                   "seqsim_fp8_scale")  # fmt: skip
-UNRECORDED_FIELDS = ("dtype", "ot")  # stores written before they were recorded lack them: not compared there
+                   "seqsim_fp8_scale", "layer_store_identity", "matmul_precision")  # fmt: skip
+UNRECORDED_FIELDS = ("dtype", "ot", "layer_store_identity", "matmul_precision")  # absent in older stores: not compared
 NAME = LANG  # language codes and measure names: the layer store's language-code rule
 # Symmetric measures: matrix(b, a) is matrix(a, b).T. Directional ones: the transpose of one direction is the other.
 MEASURES = ("seqsim", "seqsim_a2b", "seqsim_b2a", "mean", "centre", "duration", "dtw", "ot")
@@ -121,10 +123,7 @@ def matrix_spec(kvstore: dict, *, n_layers: int, n_rows: int, n_cols: int) -> di
             "data_type": "float32",
             "fill_value": "NaN",
             "dimension_names": list(AXES),
-            "chunk_grid": {
-                "name": "regular",
-                "configuration": {"chunk_shape": [1, max(n_rows, 1), max(n_cols, 1)]},
-            },
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1, max(n_rows, 1), max(n_cols, 1)]}},
             "chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}},
             "codecs": [dict(c) for c in MATRIX_CODECS],
         },
@@ -141,12 +140,15 @@ def done_marker(rows, cols) -> dict:
 
 def new_manifest(*, layer_store: str, model_name: str, checkpoint_sha256: str, layers, remove_language: str = "none",
                  dimensions: str = "none", dtype: str | None = None, ot: dict | None = None,
-                 seqsim_precision: str = "dtype", seqsim_fp8_scale: str | None = None) -> dict:  # fmt: skip
+                 seqsim_precision: str = "dtype", seqsim_fp8_scale: str | None = None,
+                 layer_store_identity: dict | None = None, matmul_precision: str | None = None) -> dict:  # fmt: skip
     """``dtype``: the states' compute dtype; ``ot``: the ``ot`` measure's Sinkhorn options that change its scores
     (``OtConfig`` as a dict), recorded whatever the run's measures, so that every matrix of a store shares them (None:
     not recorded); ``seqsim_precision``: ``"dtype"`` or ``"fp8"`` (``SimilarityConfig.seqsim_precision``), with
     ``seqsim_fp8_scale`` its scale (None unless fp8), recorded whatever the measures as well."""
     return {
+        "layer_store_identity": layer_store_identity,
+        "matmul_precision": matmul_precision,
         "remove_language": remove_language,
         "dimensions": dimensions,
         "dtype": dtype,
@@ -192,10 +194,7 @@ class _Store:
     """Shared by writer and reader: the kvstore, manifest and per-pair keys."""
 
     def __init__(self, url: str, kvstore: dict, kv: ts.KvStore, manifest: dict):
-        self.url = url
-        self.manifest = manifest
-        self._kvstore = kvstore
-        self._kv = kv
+        self.url, self.manifest, self._kvstore, self._kv = url, manifest, kvstore, kv
         self.sealed = manifest.get("format_version", 1) >= SEALED_VERSION  # ids and markers carry digests
         self.rostered = manifest.get("format_version", 1) >= ROSTERED_VERSION  # pairs.json lists every pair
         self._fix = repair_hint(url, "seqsim")
@@ -277,9 +276,10 @@ class SimilarityStore(_Store):
         field with both values.
         """
         kvstore, kv = _open(url)
+        check = lambda m: _check_manifest(provenance.same_layer_store(m, manifest, what="similarity store", url=url,
+                                                                      error=SimilarityMismatchError), url)  # fmt: skip
         stored = create_or_compare(kv, MANIFEST, manifest, url, fields=COMPARED_FIELDS, error=SimilarityMismatchError,
-                                   what="similarity store", check=lambda m: _check_manifest(m, url),
-                                   unrecorded=UNRECORDED_FIELDS)  # fmt: skip
+                                   what="similarity store", check=check, unrecorded=UNRECORDED_FIELDS)  # fmt: skip
         return cls(url, kvstore, kv, stored)
 
     def create_pair(self, measure: str, lang_a: str, lang_b: str, ids: dict) -> ts.TensorStore:

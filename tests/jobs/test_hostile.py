@@ -405,6 +405,7 @@ def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_lang
     manifest = json.loads((store / "manifest.json").read_text())
     settings = f"--layers {','.join(map(str, manifest['layers']))} --dtype {manifest['dtype']} --compute_dtype "
     assert settings in found.rerun and f"--batch_size {manifest['batch_size']}" in found.rerun, found.rerun  # as run
+    assert f"--matmul_precision {manifest['matmul_precision']}" in found.rerun, found.rerun
     assert verify(store, repair=True).exit_code == 0
     assert (store / "de" / "notes.txt").read_text() == "mine" and (store / "de" / "mine" / "keep.bin").exists()
     assert not (store / "de" / "utterances.parquet").exists() and not (store / "de" / "lengths" / "zarr.json").exists()

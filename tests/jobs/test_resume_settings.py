@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import pathlib
+import shutil
+import threading
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -130,6 +133,58 @@ def test_encode_resume_with_another_prefetch_goes_on(worker_clips, tiny_whisper,
     del manifest["batch_size"], manifest["digest"]
     (out / "manifest.json").write_bytes(json_bytes(manifest))
     encode(worker_clips, out, tiny_whisper, langs=("de", "en"), batch_size=4)
+
+
+def test_seqsim_resume_against_a_layer_store_encoded_again_at_its_path_is_refused(worker_clips, tiny_whisper,
+                                                                                   tmp_path):  # fmt: skip
+    """The layer store was deleted and encoded again at the same path in bfloat16: the seqsim resume compared the
+    path, model and layers, all equal, and added layer 2 of the new store to layer 1's matrices of the old one.
+    Refused now, naming what changed, and nothing is written; a retrieval baseline from the old store is refused."""
+    from engine.pipelines.retrieval.config import RetrievalError
+    from engine.pipelines.retrieval.delta import check_baseline
+
+    store, out = tmp_path / "store", tmp_path / "sim"
+    encode(worker_clips, store, tiny_whisper, langs=("de", "en"))
+    seqsim(store, out)
+    before, old = markers(out), json.loads((out / "manifest.json").read_text())
+    assert old["layer_store_identity"]["compute_dtype"] == "float32" and old["matmul_precision"] == "highest"
+    shutil.rmtree(store)
+    encode(worker_clips, store, tiny_whisper, langs=("de", "en"), compute_dtype="bfloat16")
+    with pytest.raises(SimilarityMismatchError, match=r"computed from another layer store than the one now at .*"
+                       r"compute_dtype \(then 'float32', now 'bfloat16'\).*new --out"):  # fmt: skip
+        seqsim(store, out, layers=(1, 2))
+    assert markers(out) == before
+    seqsim(store, tmp_path / "sim2")
+    new = json.loads((tmp_path / "sim2" / "manifest.json").read_text())
+    with pytest.raises(RetrievalError, match=r"--baseline .* another layer store"):
+        check_baseline(new, old, str(tmp_path / "sim2"), str(out))
+
+
+def test_a_resume_with_another_matmul_precision_is_refused(worker_clips, worker_store, tiny_whisper, tmp_path):
+    """TF32 products (``--matmul_precision default`` on a GPU) are 1-3% from float32: neither the layer store nor the
+    similarity store recorded the precision, so a resume could mix the two."""
+    out = tmp_path / "store"
+    encode(worker_clips, out, tiny_whisper, langs=("de",))
+    assert json.loads((out / "manifest.json").read_text())["matmul_precision"] == "highest"
+    with pytest.raises(StoreMismatchError, match=r"matmul_precision: store has 'highest', this run 'default'"):
+        encode(worker_clips, out, tiny_whisper, langs=("de", "en"), matmul_precision="default")
+    assert not (out / "languages" / "en.json").exists()
+    seqsim(worker_store, tmp_path / "sim")
+    with pytest.raises(SimilarityMismatchError, match=r"matmul_precision: store has 'highest', this run 'default'"):
+        seqsim(worker_store, tmp_path / "sim", layers=(1, 2), matmul_precision="default")
+
+
+def test_a_run_from_python_computes_at_the_precision_it_records():
+    """The job scripts set JAX's precision from the flag; a run called from Python got whatever JAX had while its
+    store recorded the config's. The run sets it process-wide (its threads compute too), and restores it after."""
+    from engine.runtime.runs import float32_products
+
+    seen = []
+    with float32_products("default"):
+        thread = threading.Thread(target=lambda: seen.append(jax.config.jax_default_matmul_precision))
+        thread.start()
+        thread.join()
+    assert seen == ["default"] and jax.config.jax_default_matmul_precision == "highest"
 
 
 class _Layer:

@@ -160,6 +160,7 @@ def _encode(
         family=model.family,
         layer_meaning=model.layer_meaning,
         batch_size=config.batch_size,  # changes bytes (schema.StoreInfo): compared on every resume and worker join
+        matmul_precision=config.run.matmul_precision,  # as does this, on accelerators (runs.job_lease applies it)
     )
     creation = {"dataset": config.dataset, "split": config.split, "dataset_revision": revision}
     claims = work_claims(config.run, "encode")

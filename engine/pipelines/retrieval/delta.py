@@ -20,6 +20,7 @@ import numpy as np
 from engine.figures import Figure, _png, set_title
 from engine.pipelines.retrieval.config import RetrievalError
 from engine.pipelines.stages.retrieval import DirectedScore
+from engine.stores import provenance
 from engine.stores.records import csv_bytes
 
 DELTA_CSV = "baseline_delta.csv"
@@ -49,6 +50,7 @@ def check_baseline(manifest: dict, baseline: dict, url: str, baseline_url: str) 
                 f"--baseline {baseline_url!r} was computed from another {field} ({baseline.get(field)!r}) than "
                 f"{url!r} ({manifest.get(field)!r}): a baseline is the same grid without the transform"
             )
+    provenance.same_layer_store(baseline, manifest, what="--baseline", url=baseline_url, error=RetrievalError)
     transform = any(manifest.get(f, "none") != baseline.get(f, "none") for f in ("remove_language", "dimensions"))
     precision = any(manifest.get(f) != baseline.get(f) for f in ("seqsim_precision", "seqsim_fp8_scale"))
     if transform and precision:

@@ -59,6 +59,7 @@ from engine.runtime.budget import resolve_budget
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.runtime.runs import job_lease, process_zero_first, progress_bar, work_claims
 from engine.runtime.units import UnitLoop
+from engine.stores import provenance
 from engine.stores.pairs import resolve_pairs
 from engine.stores.reader import StoreReader, open_store
 from engine.stores.schema import is_done
@@ -174,6 +175,8 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
         ot={k: v for k, v in dataclasses.asdict(config.ot).items() if k not in OT_TRIES},
         seqsim_precision=config.seqsim_precision,  # fp8 moves scores by up to 0.0035 (bench/RESULTS.md)
         seqsim_fp8_scale=config.seqsim_fp8_scale if config.seqsim_precision == "fp8" else None,
+        layer_store_identity=provenance.identity(reader.manifest),  # its path may hold a store encoded again
+        matmul_precision=config.run.matmul_precision,
     )
     url = config.run.out
 

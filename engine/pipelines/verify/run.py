@@ -87,8 +87,8 @@ def encode_command(url: str, manifest: dict) -> str:
     # The settings a resume compares with the store's (docs/store.md), as recorded: the command runs as printed.
     if manifest.get("layers") is not None:
         parts.append("--layers " + ",".join(str(layer) for layer in manifest["layers"]))
-    parts += [f"--{flag} {manifest[flag]}" for flag in ("dtype", "compute_dtype", "long_audio", "batch_size")
-              if manifest.get(flag) is not None]  # fmt: skip
+    recorded = ("dtype", "compute_dtype", "long_audio", "batch_size", "matmul_precision")
+    parts += [f"--{flag} {manifest[flag]}" for flag in recorded if manifest.get(flag) is not None]
     return " ".join(p for p in parts if p)
 
 

@@ -1,0 +1,42 @@
+"""Which layer store a derived store was computed from: the path alone does not say.
+
+A layer store deleted and encoded again at the same path (another compute dtype, batch size, dataset revision or
+float32 precision) is another store at one URL. A similarity store that recorded only the URL would go on adding the
+new store's matrices to the old one's on a resume. So it records the layer store's identity (``identity``), and a
+resume, a worker joining and a retrieval baseline compare it (``check_same``).
+"""
+
+from __future__ import annotations
+
+from engine.errors import BabelgridError
+
+# What tells two layer stores at one path apart: when and where the store was created, what it was encoded from, and
+# the settings that change its numbers. The creation time alone would do; the rest says what changed.
+IDENTITY_FIELDS = ("created", "host", "dataset_revision", "dtype", "compute_dtype", "batch_size", "matmul_precision")
+
+
+def identity(layer_manifest: dict) -> dict:
+    """The identity of the layer store whose ``manifest.json`` is ``layer_manifest`` (absent fields: None)."""
+    created = layer_manifest.get("created") or {}
+    return {
+        "created": created.get("time"),
+        "host": created.get("host"),
+        "dataset_revision": created.get("dataset_revision"),
+        **{name: layer_manifest.get(name) for name in IDENTITY_FIELDS[3:]},
+    }
+
+
+def same_layer_store(stored: dict, manifest: dict, *, what: str, url: str, error: type[BabelgridError]) -> dict:
+    """``stored``, the manifest of the ``what`` at ``url``, if the layer store identity it recorded
+    (``layer_store_identity``) is that of ``manifest``, the one a run would write now; else ``error``, naming what
+    changed. Outputs written before identities were recorded (None) are not compared: nothing can stand for one."""
+    then, now = stored.get("layer_store_identity"), manifest.get("layer_store_identity")
+    if then is None or now is None or then == now:
+        return stored
+    names = [name for name in IDENTITY_FIELDS if then.get(name) != now.get(name)]
+    differ = "; ".join(f"{name} (then {then.get(name)!r}, now {now.get(name)!r})" for name in names)
+    raise error(
+        f"{what} {url!r} was computed from another layer store than the one now at {manifest.get('layer_store')!r}: "
+        f"it was written again since ({differ}). Its results cannot be extended or compared with the new store's: "
+        f"compute into a new --out, or delete {url!r} and compute it again"
+    )
