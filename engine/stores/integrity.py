@@ -5,6 +5,9 @@ What each kind of file carries (format version 2 of the layer and similarity sto
 - zarr chunks: the ``crc32c`` codec after compression, on every inner chunk of the layer store's ``states`` shards
   (their shard index already had one), on ``lengths`` and on every similarity matrix chunk. TensorStore checks the
   digest on every read and fails with ``DATA_LOSS``.
+- the codec chain each array's ``zarr.json`` lists: compared with the format's on every open (``check_codecs``), as
+  TensorStore reads the chunks the way that file says. A ``zarr.json`` whose ``crc32c`` was taken out would have
+  every chunk read unchecked, and one whose byte order was flipped, read as other numbers.
 - a chunk that is missing: arrays that hold finished work are opened with ``fill_missing_data_reads: false``, so
   reading a deleted shard or matrix chunk fails with ``NOT_FOUND`` instead of returning the fill value; readers ask
   only for chunks their done markers say exist. Arrays are written with ``store_data_equal_to_fill_value: true``, so
@@ -228,3 +231,52 @@ def check_output(kv, key: str, data: bytes, url: str, *, fix: str = "") -> bool:
             "checksum mismatch",
         )
     return True
+
+
+CODECS_ALTERED = "codecs altered"  # the problem a DamageError of ``check_codecs`` names (verify's table)
+
+
+def codec_chain(codecs: list) -> tuple:
+    """What of a zarr3 codec list decides how stored bytes become numbers and whether they are checked: each codec's
+    name in order, the byte order, and a shard's inner and index chains with the index's place. Not chunk shapes, nor
+    zstd's level or checksum flag, which any reader decodes alike."""
+    chain = []
+    for codec in codecs:
+        name, conf = codec.get("name"), codec.get("configuration") or {}
+        if name == "sharding_indexed":
+            inner, index = codec_chain(conf.get("codecs", [])), codec_chain(conf.get("index_codecs", []))
+            chain.append((name, inner, index, conf.get("index_location", "end")))
+        else:
+            chain.append((name, conf.get("endian", "little")) if name == "bytes" else (name,))
+    return tuple(chain)
+
+
+def check_codecs(array, expected: list, what: str, fix: str):
+    """``array`` (an open TensorStore) if the codecs its ``zarr.json`` lists are ``expected``'s (``codec_chain``), else
+    a DamageError naming the array, both chains and ``fix``: its metadata was altered, so its chunks would be read
+    unchecked or as other numbers."""
+    stored = array.spec().to_json().get("metadata", {}).get("codecs", [])
+    if codec_chain(stored) == codec_chain(expected):
+        return array
+    unchecked = "crc32c" not in json.dumps(stored)
+    raise DamageError(
+        f"{what}: its zarr.json lists the codecs {_names(stored)}, not the format's {_names(expected)}. It was "
+        f"altered, and its chunks would be read {'without their checksums' if unchecked else 'as other bytes'}, so "
+        f"nothing was read from it. {fix}",
+        CODECS_ALTERED,
+    )
+
+
+def _names(codecs: list) -> str:
+    return _described(codec_chain(codecs))
+
+
+def _described(chain: tuple) -> str:
+    """``bytes(little) > zstd > crc32c``; a shard's chains in brackets."""
+    parts = []
+    for name, *rest in chain:
+        if name == "sharding_indexed":
+            parts.append(f"{name}[{_described(rest[0])}; index {_described(rest[1])} at the {rest[2]}]")
+        else:
+            parts.append(f"{name}({rest[0]})" if rest else name)
+    return " > ".join(parts) or "none"

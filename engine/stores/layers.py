@@ -26,7 +26,7 @@ import tensorstore as ts
 
 from engine.axes import EMBED, FRAME, LAYER, UTTERANCE
 from engine.errors import DamageError, StoreError
-from engine.stores.integrity import CHECKED_READS, repair_hint
+from engine.stores.integrity import CHECKED_READS, check_codecs, repair_hint
 from engine.stores.kv import (
     create_key,
     create_or_compare,
@@ -66,6 +66,12 @@ from engine.stores.utterances import (
     read_rows,
     rows_to_parquet,
 )
+
+# The codecs every array of a language is written with (schema's specs; chunk shapes aside): compared on every open.
+FORMAT_CODECS = {
+    STATES: states_spec({}, n_layers=1, n_utterances=1, max_frames=1, embed=1, dtype="float32")["metadata"]["codecs"],
+    LENGTHS: lengths_spec({}, n_utterances=1)["metadata"]["codecs"],
+}
 
 
 class LayerStore:
@@ -313,6 +319,9 @@ class LayerStore:
 
     def _arrays(self, lang, rows, states, lengths, max_in_flight_bytes, write_threads) -> LanguageArrays:
         info = self.info
+        if self.manifest.get("format_version", 1) >= 2:  # version 1 wrote no checksums (integrity.UNCHECKED)
+            for name, array in ((STATES, states), (LENGTHS, lengths)):
+                check_codecs(array, FORMAT_CODECS[name], f"{lang}/{name} of layer store {self.url!r}", self._fix)
         expected = [len(info.layers), len(rows), None, info.embed]
         shape = list(states.shape)
         if (

@@ -34,8 +34,8 @@ import tensorstore as ts
 from engine.axes import LAYER, UTTERANCE
 from engine.errors import BabelgridError, DamageError
 from engine.listing import Listing
-from engine.stores import provenance
-from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint, warn_unchecked
+from engine.stores import integrity, provenance
+from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint
 from engine.stores.kv import context, create_or_compare, open_kvstore, read_json, write_value
 from engine.stores.pair_roster import check_listed, enrol, read_roster
 from engine.stores.records import json_bytes, where_instead
@@ -181,7 +181,7 @@ def _check_manifest(manifest: dict, url: str) -> dict:
             "new folder"
         )
     if version < FORMAT_VERSION:
-        warn_unchecked(url, "similarity store", version)
+        integrity.warn_unchecked(url, "similarity store", version)
     missing = [f for f in MANIFEST_FIELDS if f not in manifest]
     if missing:
         raise SimilarityError(f"{MANIFEST} in {url!r} lacks {missing}: it is damaged; compute into a new folder")
@@ -218,12 +218,14 @@ class _Store:
         return read_json(self._kv, key + IDS, self.url, sealed=self.sealed, fix=self._fix)
 
     def _open_array(self, key: str, writable: bool) -> ts.TensorStore:
-        mode = {"read": True, "write": True} if writable else {"read": True}
         try:
             spec = {"driver": "zarr3", "kvstore": self._child(key), **CHECKED_READS}
-            return ts.open(spec, open=True, context=context(), **mode).result()
+            array = ts.open(spec, open=True, context=context(), read=True, write=writable).result()
         except ValueError as e:
             raise SimilarityError(f"cannot open the matrix {key!r} of similarity store {self.url!r}: {e}") from None
+        if self.manifest.get("format_version", 1) < 2:  # version 1 wrote no checksums (integrity.UNCHECKED)
+            return array
+        return integrity.check_codecs(array, list(MATRIX_CODECS), f"{key} of similarity store {self.url!r}", self._fix)
 
     def _done_markers(self, key: str) -> dict[int, dict]:
         """Layer -> marker of every ``done/<layer>.json`` of one pair."""
@@ -405,9 +407,8 @@ class SimilarityReader(_Store):
         ids = self._ids(key)
         if not transposed:
             return ids
-        swap = {"row_ids": "col_ids", "col_ids": "row_ids", "row_recording": "col_recording"}
-        swap["col_recording"] = "row_recording"
-        return {name: ids[source] for name, source in swap.items()}
+        swap = {f"row_{part}": f"col_{part}" for part in ("ids", "recording")}
+        return {name: ids[source] for name, source in {**swap, **{b: a for a, b in swap.items()}}.items()}
 
     def _ids(self, key: str) -> dict | None:
         if key not in self._ids_read:

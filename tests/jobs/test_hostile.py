@@ -425,3 +425,55 @@ def test_a_store_that_lost_its_manifest_is_not_resumed_under_new_settings(worker
     with pytest.raises(DamageError, match=r"has lost its manifest\.json but holds languages \(de, en, es\)"):
         encode_again(store, worker_clips, tiny_whisper)
     assert not (store / "manifest.json").exists()
+    found = verify(store)  # said "no damage found" of it, as of any output folder
+    assert found.exit_code == 1 and "manifest.json of a layer store (languages de, en, es)" in found.report()
+
+
+def test_verify_names_a_similarity_store_that_lost_its_manifest(similarity, tmp_path):
+    sim = tmp_path / "sim"
+    shutil.copytree(similarity, sim)
+    (sim / "manifest.json").unlink()
+    found = verify(sim)
+    assert found.exit_code == 1 and "manifest.json of a similarity store (pairs mean/de__en" in found.report()
+
+
+@pytest.mark.parametrize("alter", ["crc32c taken out", "byte order flipped"])
+def test_an_array_whose_zarr_json_lists_other_codecs_is_damage_to_readers_and_verify(
+    alter, worker_store, worker_clips, tiny_whisper, tmp_path
+):
+    """TensorStore decodes chunks as zarr.json says: with crc32c taken out of it, 51 of 60 flipped bytes read as other
+    numbers, unchecked; with the byte order flipped, every value does. Each array is now opened against the format's
+    codecs: the readers name it, verify names it, its repair and the jobs' reruns write the array again."""
+    from engine.stores.reader import open_store
+    from engine.stores.similarity import open_similarity
+
+    def altered(meta: pathlib.Path, codecs_of) -> None:
+        document = json.loads(meta.read_text())
+        codecs = codecs_of(document)
+        if alter == "crc32c taken out":
+            codecs.remove({"name": "crc32c"})
+        else:
+            codecs[0]["configuration"]["endian"] = "big"
+        meta.write_text(json.dumps(document))
+
+    store, sim = tmp_path / "store", tmp_path / "sim"
+    shutil.copytree(worker_store, store)
+    seqsim(store, sim, layers=(1,), measures=("mean",))
+    expected = open_similarity(sim).matrix("mean", "de", "en", 1)[0]
+    before = open_store(store).states("en", 0, 1)
+    altered(store / "de" / "states" / "zarr.json", lambda d: d["codecs"][0]["configuration"]["codecs"])
+    altered(sim / "mean" / "de__en" / "zarr.json", lambda d: d["codecs"])
+    with pytest.raises(DamageError, match=r"de/states/ of layer store .*: its zarr\.json lists the codecs .*not the "
+                       r"format's sharding_indexed\[bytes\(little\) > zstd > crc32c"):  # fmt: skip
+        open_store(store).states("de", 0, 1)
+    with pytest.raises(DamageError, match=r"mean/de__en/ of similarity store .*It was altered"):
+        open_similarity(sim).matrix("mean", "de", "en", 1)
+    for location, what in ((store, "de arrays"), (sim, "mean de__en matrix")):
+        found = verify(location)
+        assert found.exit_code == 1 and what in found.report() and "codecs altered" in found.report(), found.report()
+        assert verify(location, repair=True).exit_code == 0
+    encode_again(store, worker_clips, tiny_whisper)
+    seqsim(store, sim, layers=(1,), measures=("mean",))
+    assert verify(store).exit_code == 0 and verify(sim).exit_code == 0
+    assert (open_store(store).states("en", 0, 1) == before).all()
+    assert (open_similarity(sim).matrix("mean", "de", "en", 1)[0] == expected).all()

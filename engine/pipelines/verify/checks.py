@@ -29,7 +29,7 @@ import tensorstore as ts
 
 from engine.axes import UTTERANCE
 from engine.errors import BabelgridError, StoreError
-from engine.stores.integrity import NON_FINITE, DamageError, damage_kind, is_damage
+from engine.stores.integrity import CODECS_ALTERED, DAMAGE_CODES, NON_FINITE, DamageError, damage_kind, is_damage
 from engine.stores.kv import read_json, storage_error
 from engine.stores.layers import LayerStore
 from engine.stores.pair_roster import ROSTER as PAIRS_ROSTER
@@ -103,21 +103,28 @@ def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, b
         try:
             arrays = store.language(lang, indexed=False)
         except DamageError as e:
+            if e.problem == CODECS_ALTERED:  # an array's zarr.json: the language is written again whole, as below
+                _language_arrays(store, lang, e.problem, findings)
+                continue
             repair = "deleted: rerun the encode job with the same dataset (it writes the table again)"
             fix = _delete(store._kv, table_key)
             findings.damage.append(Damage(f"{lang} utterance table", table_key, _problem(e), repair, fix, "encode"))
             continue
         except StoreError as e:
             # The arrays cannot be opened as the table says: the language is written again whole by the encode rerun
-            repair = ("the language's arrays, table and index deleted (files of yours in its folder kept): rerun the "
-                      "encode job (it writes the language again)")  # fmt: skip
-            fix = _delete_language(store._kv, lang)
-            findings.damage.append(Damage(f"{lang} arrays", f"{lang}/", _short(e), repair, fix, "encode"))
+            _language_arrays(store, lang, _short(e), findings)
             continue
         _skip_record(store, lang, keys, findings)
         prefix = f"{lang}/{STATES}"
         shards = {int(m.group(1)) for k in keys if k.startswith(prefix) and (m := SHARD.fullmatch(k[len(prefix) :]))}
         _language(store._kv, arrays, lang, shards, findings, bar)
+
+
+def _language_arrays(store: LayerStore, lang: str, problem: str, findings: Findings) -> None:
+    repair = ("the language's arrays, table and index deleted (files of yours in its folder kept): rerun the encode "
+              "job (it writes the language again)")  # fmt: skip
+    fix = _delete_language(store._kv, lang)
+    findings.damage.append(Damage(f"{lang} arrays", f"{lang}/", problem, repair, fix, "encode"))
 
 
 def _skip_record(store: LayerStore, lang: str, keys: list[str], findings: Findings) -> None:
@@ -277,6 +284,9 @@ def similarity_store(url: str, keys: list[str], kv, findings: Findings, bar) -> 
             except DamageError as e:
                 repair, fix = DELETED.format("seqsim"), _delete(kv, key + IDS)
                 findings.damage.append(Damage(f"{measure} {folder} ids", key + IDS, _problem(e), repair, fix, "seqsim"))
+            if markers and not _pair_array(reader, kv, key, keys, f"{measure} {folder}", findings):
+                bar.update(len(markers))
+                continue
             for marker_key in markers:
                 _pair_layer(reader, kv, key, marker_key, findings)
                 bar.update(1)
@@ -310,6 +320,25 @@ def _pair_roster(reader, keys: list[str], kv, findings: Findings) -> None:
         for folder in sorted(set(folders) - set(present.get(measure, ()))):
             findings.damage.append(Damage(f"{measure} {folder} (the whole pair)", f"{measure}/{folder}/", "missing",
                                           RERUN.format("seqsim"), _nothing, "seqsim"))  # fmt: skip
+
+
+def _pair_array(reader, kv, key: str, keys: list[str], what: str, findings: Findings) -> bool:
+    """Whether a pair's matrix opens as the format writes it. One whose zarr.json is gone, or lists altered codecs
+    (``integrity.check_codecs``), is named, and the repair deletes the matrix and its done markers, keeping its ids:
+    the seqsim rerun creates the matrix again and computes every layer of it."""
+    try:
+        reader._open_array(key, writable=False)
+        return True
+    except (DamageError, SimilarityError) as e:
+        missing = f"{key}zarr.json" not in keys
+        if not (isinstance(e, DamageError) or missing or any(f"{code}:" in str(e) for code in DAMAGE_CODES)):
+            raise  # not damage (a network failure, a permission): nothing is deleted for it
+        doomed = [k for k in keys if k.startswith(key) and k != key + IDS]
+        repair = "the matrix and its done markers deleted: rerun the seqsim job (it computes the pair again)"
+        problem = e.problem if isinstance(e, DamageError) else "missing" if missing else _short(e)
+        findings.damage.append(Damage(f"{what} matrix", f"{key}zarr.json", problem, repair, _delete(kv, *doomed),
+                                      "seqsim"))  # fmt: skip
+        return False
 
 
 def _pair_layer(reader, kv, key: str, marker_key: str, findings: Findings) -> None:

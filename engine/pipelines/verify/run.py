@@ -21,8 +21,11 @@ from engine.runtime.lease import StoreBusyError, live_writer
 from engine.runtime.runs import RunSummary, progress_bar, writer_lease
 from engine.stores import kv as store_kv
 from engine.stores.kv import open_kvstore, read_json
+from engine.stores.pair_roster import ROSTER as PAIRS_ROSTER
 from engine.stores.schema import FORMAT_NAME as LAYER_STORE
+from engine.stores.schema import LANGUAGES_DIR, ROSTER
 from engine.stores.similarity import FORMAT_NAME as SIMILARITY_STORE
+from engine.stores.similarity import IDS, PAIR_SEPARATOR
 
 log = logging.getLogger(__name__)
 KINDS = {LAYER_STORE: "layer store", SIMILARITY_STORE: "similarity store"}
@@ -122,6 +125,10 @@ def _scrub(url: str, kv, keys: list[str], repair: bool, findings: checks.Finding
     except DamageError as e:  # what it describes cannot be known: its files are checked as any output's
         manifest = {}
         findings.damage.append(checks.Damage(MANIFEST, MANIFEST, checks.damage_kind(e), checks.NOT_REPAIRABLE))
+    else:
+        lost = _store_without_manifest(keys) if MANIFEST not in keys else None
+        if lost:  # its files are checked as any output's; what they hold cannot be read without the manifest
+            findings.damage.append(checks.Damage(f"{MANIFEST} of {lost}", MANIFEST, "missing", checks.NOT_REPAIRABLE))
     kind = KINDS.get(manifest.get("format"), "output folder")
     if kind == "layer store":
         checks.layer_store(url, keys, repair, findings, bar)
@@ -132,6 +139,22 @@ def _scrub(url: str, kv, keys: list[str], repair: bool, findings: checks.Finding
         checks.nested_stores(url, keys, kv, findings)
         files.files(url, keys, kv, findings, bar)
     return kind, manifest
+
+
+def _store_without_manifest(keys: list[str]) -> str | None:
+    """What the keys of a folder without a manifest show it to be, when they show a store: its roster, language index
+    or arrays (a layer store's), or pair ids (a similarity store's), at its root. An output folder's own files show
+    neither, and the stores inside it (``_inner_stores``) have their own manifests."""
+    top = [key for key in keys if "/" not in key.rstrip("/")]
+    languages = sorted({key.split("/")[0] for key in keys if key.endswith(("/states/zarr.json", "/lengths/zarr.json"))
+                        and key.count("/") == 2})  # fmt: skip
+    if ROSTER in top or languages or any(key.startswith(LANGUAGES_DIR) for key in keys):
+        return f"a layer store (languages {', '.join(languages) or 'listed in ' + ROSTER})"
+    pairs = sorted(key[: -len("/" + IDS)] for key in keys if key.endswith("/" + IDS) and key.count("/") == 2
+                   and PAIR_SEPARATOR in key)  # fmt: skip
+    if PAIRS_ROSTER in top or pairs:
+        return f"a similarity store (pairs {', '.join(pairs[:5]) or 'listed in ' + PAIRS_ROSTER})"
+    return None
 
 
 def _inner_stores(kv, url: str, keys: list[str]) -> list[tuple[str, list[str]]]:
