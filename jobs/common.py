@@ -18,6 +18,7 @@ plus the run options it takes; it builds its config from them and starts through
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import pathlib
@@ -394,5 +395,23 @@ def _without_traceback(start, argv):
     except BabelgridError as e:
         if os.environ.get("BABELGRID_TRACEBACK"):
             raise
-        print(f"{job_name()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        full = " (the disk is full: free space, or write to another --out, and rerun the same command)"
+        full = full if disk_full(e) and "disk is full" not in str(e) else ""  # said once, where it is not yet said
+        print(f"{job_name()}: {type(e).__name__}: {e}{full}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except (OSError, ValueError) as e:
+        if os.environ.get("BABELGRID_TRACEBACK") or not disk_full(e):
+            raise
+        print(f"{job_name()}: the disk is full: {str(e).splitlines()[0]}. What the job committed is kept, and nothing "
+              "half written is marked done: free space (or write to another --out) and rerun the same command to "
+              "resume", file=sys.stderr, flush=True)  # fmt: skip
+        sys.exit(1)
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether ``error`` is a write refused for want of space (ENOSPC or a quota), from Python (``OSError``) or from
+    TensorStore (a ``ValueError`` whose status carries the OS error code)."""
+    codes = {errno.ENOSPC, errno.EDQUOT}
+    if isinstance(error, OSError) and error.errno in codes:
+        return True
+    return any(f"[os_error_code='{code}']" in str(error) for code in codes)

@@ -4,6 +4,7 @@ required flags; no accelerator-plugin noise on a CPU run."""
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import pathlib
 import re
@@ -285,3 +286,29 @@ def test_a_jobs_log_lines_print_plainly():
     lines = proc.stderr.splitlines()
     assert "planned 3 units" in lines and "warning: 2 skipped" in lines and "absl says hello" in lines, lines
     assert not [line for line in lines if re.match(r"[IWEF]\d{4} \d\d:\d\d", line)], lines
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("RESOURCE_EXHAUSTED: Error writing local file \"/out/a.csv\": Failed to write 80 bytes to file 6: "
+                   "No space left on device [os_error_code='28']"),  # TensorStore's, as measured on a full tmpfs
+        OSError(errno.ENOSPC, "No space left on device"),  # Python's own writes
+    ],
+)  # fmt: skip
+def test_a_full_disk_ends_a_job_in_one_line_saying_how_to_resume(error, capsys, monkeypatch):
+    """A write refused for want of space that no babelgrid code wrapped ended the job in a traceback."""
+    from jobs.common import _without_traceback
+
+    monkeypatch.delenv("BABELGRID_TRACEBACK", raising=False)
+
+    def start(argv):
+        raise error
+
+    with pytest.raises(SystemExit) as ended:
+        _without_traceback(start, [])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert ended.value.code == 1 and len(lines) == 1 and "the disk is full" in lines[0], lines
+    assert "rerun the same command to resume" in lines[0]
+    with pytest.raises(ValueError):  # any other failure keeps its traceback
+        _without_traceback(lambda argv: int("x"), [])
