@@ -346,7 +346,7 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny_whisper):
     assert check_utterances(store, tiny_whisper, "en", [rows[name] for name in ("good", "long45", "stereo44k")]) == 3
 
 
-def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, tiny_whisper):
+def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, tiny_whisper, monkeypatch):
     """What the encode job skipped, and why, outlives its log: ``<lang>/skipped.json`` names it (the reader's
     ``skipped``), reading its states says so, and seqsim's refusal of the partial store says that a rerun skips it
     again. A rerun that encodes one of them (--allow_silent) names it no more; a damaged record is found by verify,
@@ -399,8 +399,16 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     run_encode(other, encoder=WhisperEncoder(tiny_whisper))
     assert open_store(str(tmp_path / "other")).info.layers == (0, 3)
 
+    from engine.pipelines.encode import run as encode_run
+
+    bar = {}  # the progress bar's total and count: a resume's bar reached only what it encoded (1 of 4 here)
+    start, update = encode_run._Progress.start, encode_run._Progress.update
+    monkeypatch.setattr(encode_run._Progress, "start", lambda self, n: (bar.update(total=n, n=0), start(self, n))[1])
+    monkeypatch.setattr(encode_run._Progress, "update",
+                        lambda self, n, s: (bar.update(n=bar["n"] + n), update(self, n, s))[1])  # fmt: skip
     again = run_encode(dataclasses.replace(config, allow_silent=True), encoder=WhisperEncoder(tiny_whisper))
     assert again.done == 1 and store.done("en").tolist() == [True, True, False, False], again.report()
+    assert bar == {"total": 4, "n": 4}, bar  # good (done before), silent (encoded), corrupt and empty (skipped)
     assert {u: (r.id, r.reason) for u, r in store.skipped("en").iterrows()} == {u: want[u] for u in (2, 3)}
 
     record = out / "en" / "skipped.json"

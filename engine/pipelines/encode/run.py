@@ -212,7 +212,7 @@ def _encode(
 
     with UnitLoop(claims, lease, summary, progress) as loop:
         for claimed in loop.rounds(list(units), is_done, total=blocks):
-            tracker = _UnitTracker(loop, summary, store, recorded)
+            tracker = _UnitTracker(loop, summary, store, recorded, progress)
             tasks = tracker.tasks(claimed, units)
             _run_pipeline(
                 config, model, encoder, tasks, local_batch, tracker, summary, progress, bytes_per_frame, lease
@@ -249,8 +249,9 @@ class _UnitTracker:
     ``recorded``: the languages whose record has entries (read once per run), whose unit ends rewrite it even when
     they skipped nothing (a clip a rerun encodes, e.g. with --allow_silent, is named no more)."""
 
-    def __init__(self, loop: UnitLoop, summary: EncodeSummary, store: LayerStore, recorded: set[str]):
+    def __init__(self, loop: UnitLoop, summary: EncodeSummary, store: LayerStore, recorded: set[str], progress):
         self.loop, self.summary, self.store, self.recorded = loop, summary, store, recorded
+        self.progress = progress  # counts every utterance of a claimed unit once resolved: done, written or skipped
         self.open: dict[str, dict] = {}  # unit -> {"claim", "lang", "todo", "left", "handles", "skipped"}
 
     def tasks(self, claimed, units) -> Iterator[Task]:
@@ -259,6 +260,7 @@ class _UnitTracker:
             done = arrays.done()
             todo = [i for i in block if not done[i]]
             self.summary.already_done += len(block) - len(todo)
+            self.progress.update(len(block) - len(todo), 0.0)
             self.open[claim.unit] = {"claim": claim, "lang": arrays.lang, "todo": list(todo), "left": len(todo),
                                      "handles": [], "skipped": {}}  # fmt: skip
             # Few-window utterances together, many-window ones together: fewer utterances split over batches.
@@ -274,6 +276,7 @@ class _UnitTracker:
         unit = self.open[task.unit]
         unit["left"] -= 1
         unit["skipped"][task.index] = {"id": str(task.utt.id), "reason": reason, "message": message}
+        self.progress.update(1, 0.0)  # a resume of a store whose clips were all skipped ended its bar at 0/15
 
     def release_finished(self) -> None:
         """Releases every unit whose utterances are all resolved and committed (it never waits)."""
