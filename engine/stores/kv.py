@@ -296,6 +296,7 @@ def create_or_compare(
     what: str,
     check: Callable[[dict], dict] | None = None,
     unrecorded: Iterable[str] = (),
+    before_create: Callable[[], None] | None = None,
 ) -> dict:
     """The manifest at ``key``, created from ``manifest`` if absent (a conditional write: of racing writers, one wins
     and the others read its manifest), else compared with it on ``fields``: by every process that opens the output,
@@ -305,10 +306,13 @@ def create_or_compare(
     defaults for fields older versions lacked). ``unrecorded``: fields of ``fields`` that outputs written before they
     were recorded lack, and writers other than the job may leave None: compared only where both sides hold a value
     (no default can stand for a setting nobody recorded). A difference raises ``error`` naming every differing field
-    with both values and the two ways out.
+    with both values and the two ways out. ``before_create`` runs when there is no manifest, before one is created: it
+    may refuse (raise) to create one.
     """
     stored = read_json(kv, key, url)
     if stored is None:
+        if before_create is not None:
+            before_create()
         if create_key(kv, key, json_bytes(manifest), url):
             stored = manifest
         else:

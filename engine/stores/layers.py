@@ -100,7 +100,6 @@ class LayerStore:
         dtype, frame rate or batch size (``INFO_FIELDS``), naming each differing field with both values.
         """
         kvstore, kv = open_kvstore(url)
-        _refuse_lost_manifest(kv, url)
         manifest = create_or_compare(
             kv,
             MANIFEST,
@@ -111,6 +110,7 @@ class LayerStore:
             what="layer store",
             check=lambda m: info_from_manifest(m, url).to_dict(),
             unrecorded=UNRECORDED_FIELDS,
+            before_create=lambda: _refuse_lost_manifest(kv, url),
         )
         stored = info_from_manifest(manifest, url)
         store = cls(url=url, info=stored, manifest=manifest, kvstore=kvstore, kv=kv, writable=True)
@@ -361,9 +361,8 @@ def _check_fits(arrays: LanguageArrays, max_frames: int) -> None:
 
 def _refuse_lost_manifest(kv: ts.KvStore, url: str) -> None:
     """A store whose manifest is gone but whose languages are there (its roster, a language index) is refused: a new
-    manifest would take this run's settings as the store's, and a resume would mix two settings in one store."""
-    if read_json(kv, MANIFEST, url) is not None:
-        return
+    manifest would take this run's settings as the store's, and a resume would mix two settings in one store. Called
+    where the manifest was found missing (``create_or_compare``'s ``before_create``)."""
     key_range = ts.KvStore.KeyRange(LANGUAGES_DIR, LANGUAGES_DIR[:-1] + "0")
     indexed = [k.decode()[len(LANGUAGES_DIR) :].removesuffix(".json") for k in kv.list(key_range).result()]
     if indexed or read_json(kv, ROSTER, url) is not None:
