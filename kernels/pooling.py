@@ -5,7 +5,9 @@
 - duration similarity: ``1 - |len_a - len_b| / max(len_a, len_b)``, which knows nothing but the lengths.
 
 Conventions as in ``kernels.frames``: padding frames (index >= length) may hold anything, NaN included, and are
-removed with ``where``; lengths are >= 1; cosines divide by ``max(|x|, COS_EPS)``; sums accumulate in float32.
+never read; lengths are >= 1; cosines divide by ``max(|x|, COS_EPS)``. ``mean_pool`` (the series and compare jobs'
+pooling, on the device) accumulates in float32; the two cosine matrices pool and multiply on the host in float64, so
+that any block of utterances gives the same bits as the whole (below).
 Shapes: A: f32|bf16[N, m, embed], len_A: i32[N]; B: [M, n, embed], len_B: i32[M]; results f32[N, M].
 """
 
@@ -34,22 +36,39 @@ def cosine_matrix(p: jax.Array, q: jax.Array) -> jax.Array:
     return jnp.matmul(unit_rows(p), unit_rows(q).T, precision=jax.lax.Precision.HIGHEST)
 
 
-# Each side is pooled by its own jitted call and the pooled vectors meet in a third: a grid of L languages, each with
-# its own frame count, then compiles L poolings and one product per utterance count, not one program per language
-# pair (the seqsim job's 28 pairs of the demo compiled 28 of each, ~5 s of its stage).
-_mean_pools = jax.jit(jax.vmap(mean_pool))
-_center_frames = jax.jit(jax.vmap(center_frame))
-_cosine_matrix = jax.jit(cosine_matrix)
+# The seqsim job scores a pair whole or, where --memory_budget splits it, in blocks of utterances: the blocks must give
+# the same bits, or two runs (two workers with two budgets) write other bytes into one store. XLA's float32 pooling
+# and product do not: a batch of 1 or 2 utterances pooled in another order than one of 40 (up to 279 of 384 values
+# differed), and the product of a 13-row block differed from the same rows of a 40-row product by up to 6.7e-8. So
+# the pooled baselines are computed on the host in float64: each utterance's valid frames summed alone
+# (``_host_pools``), each cosine one float64 dot product (``_host_cosines``), then rounded once to float32. Every
+# value then depends on its own utterances only: measured equal for every block (tests/kernels/test_pooling.py). The
+# cost is one pass over the frames, as XLA's was, on one core; negligible next to SeqSim's, which multiplies them.
 
 
-def mean_pooled_cosine_matrix(A, len_A, B, len_B) -> jax.Array:
+def _host_pools(x, lengths, centre: bool) -> np.ndarray:
+    """f64[N, embed]: the mean of each utterance's valid frames, or its centre frame (index ``length // 2``)."""
+    x, lengths = np.asarray(x), np.asarray(lengths)  # states on a CPU device: no copy
+    if centre:
+        return x[np.arange(len(x)), lengths // 2].astype(np.float64)
+    return np.stack([x[i, :n].astype(np.float64).sum(axis=0) / n for i, n in enumerate(lengths)])
+
+
+def _host_cosines(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """f32[N, M] cosines of the rows of p: f64[N, embed] and q: f64[M, embed] (see above)."""
+    p = p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), COS_EPS)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), COS_EPS)
+    return np.einsum("ik,jk->ij", p, q).astype(np.float32)  # no BLAS: its blocking changes with the block's shape
+
+
+def mean_pooled_cosine_matrix(A, len_A, B, len_B) -> np.ndarray:
     """f32[N, M]: cosine of mean-pooled valid frames for every pair (see module docstring for shapes)."""
-    return _cosine_matrix(_mean_pools(A, len_A), _mean_pools(B, len_B))
+    return _host_cosines(_host_pools(A, len_A, False), _host_pools(B, len_B, False))
 
 
-def center_frame_cosine_matrix(A, len_A, B, len_B) -> jax.Array:
+def center_frame_cosine_matrix(A, len_A, B, len_B) -> np.ndarray:
     """f32[N, M]: cosine of the centre frames (index ``length // 2``) for every pair."""
-    return _cosine_matrix(_center_frames(A, len_A), _center_frames(B, len_B))
+    return _host_cosines(_host_pools(A, len_A, True), _host_pools(B, len_B, True))
 
 
 def duration_similarity(len_a, len_b) -> jax.Array:
