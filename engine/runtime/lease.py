@@ -70,6 +70,17 @@ WORKERS, OPENING, OPEN = "workers", "opening", "open"
 log = logging.getLogger(__name__)
 
 
+def _refuse_unwritable(kv: ts.KvStore, url: str) -> None:
+    """After a conditional write of the lease failed: a StoreError when no lease is there at all, for the condition
+    then failed on nothing (S3 answers so for a bucket that does not exist), not on another run's lease. Without it,
+    jobs said that another run took the lease at the same moment, and workers retried for ever."""
+    if read_value(kv, LEASE, url).state == "missing":
+        raise StoreError(
+            f"store {url!r}: its writer lease ({LEASE}) could not be written, and no other run's is there: the "
+            "location refuses writes. Does the bucket exist, and may these credentials write to it?"
+        )
+
+
 class StoreBusyError(StoreError):
     """Another run holds the store's writer lease, or took it over from this one."""
 
@@ -171,6 +182,7 @@ class WriterLease(_Lease):
                 log.info("taking over the writer lease of %s on %r", said, self.url)
         stamp = self._write(found.stamp.generation)
         if not stamp:
+            _refuse_unwritable(self.kv, self.url)
             raise StoreBusyError(
                 f"store {self.url!r}: another run took the writer lease at the same moment; only one may write"
             )
@@ -294,6 +306,7 @@ class SharedLease(_Lease):
                 self.opener, self._state = True, OPENING
                 log.info("opening the run of %s on %r as its first worker", self.job, self.url)
                 break
+            _refuse_unwritable(self.kv, self.url)  # else another worker opened it first: join it
         self._start_renewing()
 
     def _refuse_unless_joinable(self, holder: dict) -> None:

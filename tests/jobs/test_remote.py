@@ -24,9 +24,10 @@ import pytest
 import soundfile as sf
 
 from engine.data.audio import SAMPLE_RATE
+from engine.errors import StoreError
 from engine.pipelines.verify.config import VerifyConfig
 from engine.pipelines.verify.run import run_verify
-from engine.runtime.lease import LEASE, StoreBusyError, WriterLease
+from engine.runtime.lease import LEASE, SharedLease, StoreBusyError, WriterLease
 from engine.runtime.options import configure
 from engine.stores.kv import create_key, open_kvstore
 from engine.stores.reader import open_store
@@ -327,6 +328,19 @@ def test_lease_and_write_once_keys(scheme, request):
     assert kv.read(LEASE).result().state == "missing"
     assert not create_key(kv, "once.json", b"2", url)
     assert bytes(kv.read("once.json").result().value) == b"1"
+
+
+def test_a_bucket_that_does_not_exist_is_named_not_taken_for_a_lease_race(s3):
+    """S3 answers a conditional write into a missing bucket as a failed condition: every job said "another run took
+    the writer lease at the same moment" (cluster-user probe)."""
+    url = f"s3://no-such-bucket-{time.time_ns()}/out"
+    _, kv = open_kvstore(url)
+    with pytest.raises(StoreError, match=r"writer lease \(lease\.json\) could not be written, and no other run's is "
+                       r"there: .*Does the bucket exist") as refused:  # fmt: skip
+        WriterLease(kv, url, "encode", ttl=30).take()
+    assert not isinstance(refused.value, StoreBusyError)
+    with pytest.raises(StoreError, match=r"could not be written, and no other run's is there"):  # retried for ever
+        SharedLease(kv, url, "encode", {"format": "babelgrid-encode"}, ttl=30).take()
 
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
