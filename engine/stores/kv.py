@@ -168,8 +168,14 @@ def storage_error(operation: str, key: str, url: str, error: Exception) -> Store
     """A TensorStore I/O failure as a StoreError naming the operation, the key and the store, with the likely fix."""
     text = str(error)
     hint = ""
-    if "PERMISSION_DENIED" in text or "Read-only" in text:
+    remote = url.startswith(("s3://", "gs://"))
+    if "PERMISSION_DENIED" in text and remote:  # an object store: the credentials, whether reading or writing
+        hint = (f": the object store refused these credentials to {operation} it; check them (AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or the GCS login) and the bucket's permissions")  # fmt: skip
+    elif ("PERMISSION_DENIED" in text or "Read-only" in text) and operation not in ("read", "list"):
         hint = ": the location is not writable by this user; choose another output folder or fix its permissions"
+    elif "PERMISSION_DENIED" in text:
+        hint = ": this user may not read it; fix its permissions"
     elif "RESOURCE_EXHAUSTED" in text or "No space left" in text:
         hint = ": the disk is full; free space or choose another output folder, then rerun to resume"
     elif "Not a directory" in text:

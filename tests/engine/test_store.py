@@ -638,3 +638,18 @@ def test_a_parquet_read_starts_no_thread_that_outlives_it():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=patient(300))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["0"], proc.stdout  # threads started by the read
+
+
+def test_a_refused_read_or_write_gets_the_advice_that_fits_it():
+    """A read refused for want of credentials (verify on an s3:// store with none) was told that the location is
+    not writable and to choose another output folder (cluster-user probe)."""
+    from engine.stores.kv import storage_error
+
+    denied = ValueError("PERMISSION_DENIED: HTTP response code: 403 with body: AccessDenied")
+    remote = str(storage_error("read", "manifest.json", "s3://bucket/store", denied))
+    assert "refused these credentials to read it" in remote and "AWS_ACCESS_KEY_ID" in remote, remote
+    assert "output folder" not in remote
+    local_read = str(storage_error("read", "manifest.json", "/data/store", denied))
+    assert "may not read it" in local_read and "output folder" not in local_read, local_read
+    local_write = str(storage_error("write", "lease.json", "/data/store", denied))
+    assert "not writable by this user; choose another output folder" in local_write, local_write
