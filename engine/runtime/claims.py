@@ -202,12 +202,13 @@ class WorkClaims:
         window = min(RATE_WINDOW, max(time.time() - self._started, 1.0))
         return len(self._finished_at) / window
 
-    def _write_record(self, state: str, if_equal: bytes | None = None) -> None:
+    def _write_record(self, state: str, if_equal: bytes | None = None) -> bool:
         """This process's worker record, conditional on the generation it wrote last (``if_equal``: the first
-        write's condition): once the run's end deleted the records (``tidy``), it is not written again."""
+        write's condition): once the run's end deleted the records (``tidy``), it is not written again. False: the
+        write failed (the store could not be reached within --store_timeout, say)."""
         condition = self._record_generation if if_equal is None else if_equal
         if condition is None:
-            return
+            return True
         now = time.time()
         record = {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(), "label": task_label(),
                   "job": self.job, "state": state, "started": iso_utc(self._started), "renewed": iso_utc(now),
@@ -220,9 +221,10 @@ class WorkClaims:
             stamp = self.kv.write(key, json.dumps(record, indent=1).encode(), if_equal=condition).result()
         except ValueError as e:
             log.warning("could not write the worker record %s (%s)", key, e)
-            return
+            return False
         self._record_generation = stamp.generation or None  # a failed condition: the run's end removed it
         self._recorded = now
+        return True
 
     def _record_key(self) -> str:
         return worker_prefix(self.job) + self.owner + ".json"
@@ -336,26 +338,33 @@ class WorkClaims:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        for claim in list(self._held.values()):
+        held = list(self._held.values())
+        for n, claim in enumerate(held):
             try:
                 self.release(claim)
             except StoreError as e:  # they expire instead
-                log.warning("could not release the work claim on %s: %s", claim.unit, e)
+                # Each write waits out --store_timeout before it fails: an unreachable store held a job that had
+                # already failed for minutes, one timeout per claim and one for the record (cluster-user probe).
+                log.warning("could not release the work claim on %s: %s; the %d other claims it holds expire "
+                            "after --claim_ttl, untried", claim.unit, e, len(held) - n - 1)  # fmt: skip
+                return
         with self._lock:
             self._write_record(EXITED)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl / 3):
             with self._lock:
-                self._write_record(WORKING)
+                if not self._write_record(WORKING):
+                    continue  # the store failed it: the claims are tried next round, not each for --store_timeout
                 for claim in [c for c in self._held.values() if not c.lost]:
                     try:
                         stamp = self.kv.write(
                             self.key(claim.unit), self._record(claim.unit), if_equal=claim.generation
                         ).result()
                     except ValueError as e:
-                        log.warning("could not renew the work claim on %s (%s); it may expire", claim.unit, e)
-                        continue
+                        log.warning("could not renew the work claim on %s (%s); it and the others are tried again "
+                                    "next round, and may expire", claim.unit, e)  # fmt: skip
+                        break
                     if stamp.generation:
                         claim.generation = stamp.generation
                     else:

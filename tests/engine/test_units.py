@@ -74,3 +74,27 @@ def test_the_loop_counts_the_kernels_compiled_during_the_work(tmp_path):
     count = summary.compiles
     fresh(jnp.ones((5, 11))).block_until_ready()  # a new shape after the loop
     assert loop.clock.compiles == count
+
+
+def test_an_unreachable_store_ends_the_claims_after_one_failed_release(tmp_path, monkeypatch):
+    """Each write to an unreachable object store waits out --store_timeout before it fails: a job that had already
+    failed spent one timeout per claim it held, then one for its worker record (cluster-user probe, an S3 server
+    killed mid-encode). The first failed release leaves the others to expire."""
+    from engine.errors import StoreError
+    from engine.runtime import claims as claims_module
+
+    url = str(tmp_path / "out")
+    _, kv = open_kvstore(url)
+    claims = WorkClaims(kv, url, "job", ttl=30)
+    held = [claims.claim(unit) for unit in ("u1", "u2", "u3")]
+    assert all(claim is not None for claim in held)
+    tried = []
+
+    def unreachable(*args, **kwargs):
+        tried.append(args[1])
+        raise StoreError("cannot write: ABORTED: All 6 retry attempts failed: Could not connect to server")
+
+    monkeypatch.setattr(claims_module, "write_value", unreachable)
+    monkeypatch.setattr(claims, "_write_record", lambda *a, **k: tried.append("record") or False)
+    claims.close()
+    assert tried == ["claims/job/u1.json"], tried
