@@ -3,7 +3,7 @@
 A layer store deleted and encoded again at the same path (another compute dtype, batch size, dataset revision or
 float32 precision) is another store at one URL. A similarity store that recorded only the URL would go on adding the
 new store's matrices to the old one's on a resume. So it records the layer store's identity (``identity``), and a
-resume, a worker joining and a retrieval baseline compare it (``check_same``).
+resume, a worker joining and a retrieval baseline compare it (``same_layer_store``).
 """
 
 from __future__ import annotations
