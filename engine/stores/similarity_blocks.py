@@ -19,15 +19,19 @@ pair-layer write the same bytes. The zip container's CRC-32 is checked on every 
 naming it.
 
 The staging folder is not part of the format readers know (``engine.stores.similarity``); a store with no
-unfinished split pair has none, and readers ignore it.
+unfinished split pair has none, and readers ignore it. Blocks staged for a pair-layer that another process committed
+meanwhile, with the same digest (a worker of another ``--memory_budget`` plans other blocks), are never read: the run
+that finds them after its commit, or at its end (``tidy_staging``), deletes them, and ``babelgrid verify`` names them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import pathlib
+import re
 import zipfile
 from typing import NamedTuple
 
@@ -39,6 +43,40 @@ from engine.stores.kv import read_json, read_value, storage_error, write_value
 from engine.stores.similarity import DONE_DIR, SimilarityStore, pair_key
 
 STAGING = "staging/"
+# A staged block's key: the pair-layer, its grid and digest, the block (the module docstring)
+STAGED_KEY = re.compile(
+    rf"{STAGING}(?P<measure>[^/]+)/(?P<pair>[^/]+)/(?P<layer>\d+)/(?P<grid>\d+x\d+)-(?P<digest>[0-9a-f]{{16}})/"
+    r"(?P<block>\d+\.\d+)\.npz"
+)
+NOT_SETTINGS = ("layer", "nonconverged", "fallback")  # done-marker fields that say what came out, not what went in
+
+
+def settings_digest(settings: dict) -> str:
+    """What staged blocks are computed from and with (the done utterances, the measure's settings, the compute
+    dtype): 16 hex digits of the SHA-256 of ``settings``' JSON, keys sorted. Staged blocks are keyed by it."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def marker_digest(marker: dict) -> str:
+    """The digest of the blocks a done marker's matrix was committed from: the marker's fields but those saying
+    what came out (``NOT_SETTINGS``) are the settings its blocks were staged with."""
+    return settings_digest({k: v for k, v in marker.items() if k not in NOT_SETTINGS})
+
+
+def parse_block(key: str, data: bytes, url: str) -> StagedBlock:
+    """A staged block from its bytes; a DamageError naming ``key`` when they do not read back whole (the zip
+    container's CRC-32 is checked as each array is read)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            staged = StagedBlock(z["rows"], z["cols"], z["scores"], json.loads(z["extra"].tobytes()))
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DamageError(
+            f"damaged data in {url!r}: the staged block {key} does not read back ({e}); it is deleted, "
+            "rerun the seqsim job to compute it again"
+        ) from None
+    if staged.scores.shape != (len(staged.rows), len(staged.cols)):
+        raise DamageError(f"damaged data in {url!r}: the staged block {key} has scores of another shape")
+    return staged
 
 
 class StagedBlock(NamedTuple):
@@ -91,33 +129,53 @@ class StagingSimilarityStore(SimilarityStore):
         found = read_value(self._kv, key, self.url)
         if found.state != "value":
             return None
+        return parse_block(key, bytes(found.value), self.url)
+
+    def committed_staging(self) -> list[str]:
+        """The staging folders (``.../<R>x<C>-<digest>/``) of pair-layers whose done marker was committed from blocks
+        of that digest: blocks nothing will read (staged by a process that lost the race to commit, or killed before
+        it deleted them). One listing of the staging folder and a marker read per staged pair-layer."""
         try:
-            with np.load(io.BytesIO(bytes(found.value)), allow_pickle=False) as z:
-                staged = StagedBlock(z["rows"], z["cols"], z["scores"], json.loads(z["extra"].tobytes()))
-        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
-            raise DamageError(
-                f"damaged data in {self.url!r}: the staged block {key} does not read back ({e}); it is deleted, "
-                "rerun the seqsim job to compute it again"
-            ) from None
-        if staged.scores.shape != (len(staged.rows), len(staged.cols)):
-            raise DamageError(f"damaged data in {self.url!r}: the staged block {key} has scores of another shape")
-        return staged
+            keys = [k.decode() for k in self._kv.list(ts.KvStore.KeyRange(STAGING, STAGING[:-1] + "0")).result()]
+        except ValueError as e:
+            raise storage_error("list the staged blocks", STAGING, self.url, e) from None
+        found = {m.group("measure", "pair", "layer", "grid", "digest") for k in keys if (m := STAGED_KEY.fullmatch(k))}
+        markers: dict[tuple, str | None] = {}
+        out = []
+        for measure, pair, layer, grid, digest in sorted(found):
+            if (measure, pair, layer) not in markers:
+                key = f"{measure}/{pair}/{DONE_DIR}{layer}.json"
+                try:
+                    marker = read_json(self._kv, key, self.url, sealed=self.sealed, fix=self._fix)
+                except DamageError:
+                    marker = None  # verify names it; its blocks may be needed again
+                markers[measure, pair, layer] = None if marker is None else marker_digest(marker)
+            if markers[measure, pair, layer] == digest:
+                out.append(f"{STAGING}{measure}/{pair}/{layer}/{grid}-{digest}/")
+        return out
 
     def drop_block(self, measure, a, b, layer, grid, digest, block: tuple[int, int]) -> None:
         key = f"{self._staging(measure, a, b, layer, grid, digest)}{block[0]}.{block[1]}.npz"
         write_value(self._kv, key, None, self.url)
 
-    def drop_staged(self, measure, a, b, layer) -> None:
-        """Deletes every staged block of one pair-layer (every grid and digest): after its matrix is committed."""
-        prefix = self._staging(measure, a, b, layer)
+    def drop_staged(self, measure, a, b, layer, grid: tuple[int, int] | None = None, digest="") -> None:
+        """Deletes every staged block of one pair-layer (every grid and digest: after its matrix is committed), or
+        those of one ``grid`` and ``digest``."""
+        prefix = self._staging(measure, a, b, layer, grid, digest)
         try:
             self._kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
         except ValueError as e:
             raise storage_error("delete the staged blocks", prefix, self.url, e) from None
 
     def tidy_staging(self) -> None:
-        """Removes the empty staging folders a local store keeps after its blocks were committed (object stores
-        have no folders); folders that still hold blocks (a pair-layer not committed) stay."""
+        """Deletes the blocks staged for pair-layers committed with their digest (``committed_staging``), then the
+        empty staging folders a local store keeps (object stores have no folders); blocks of a pair-layer not
+        committed, or being computed again with other settings, stay."""
+        for prefix in self.committed_staging():
+            try:
+                self._kv.delete_range(ts.KvStore.KeyRange(prefix, prefix[:-1] + "0")).result()
+            except ValueError as e:
+                raise storage_error("delete the staged blocks", prefix, self.url, e) from None
         if "://" in self.url and not self.url.startswith("file://"):
             return
         root = pathlib.Path(self.url.removeprefix("file://")) / STAGING

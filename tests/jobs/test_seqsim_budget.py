@@ -11,7 +11,9 @@ import dataclasses
 import json
 import pathlib
 import re
+import shutil
 import signal
+import types
 
 import numpy as np
 import pytest
@@ -20,12 +22,15 @@ from bench.grid import write_random_store
 from engine.pipelines.seqsim.config import SimilarityConfig
 from engine.pipelines.seqsim.measures import MeasureContext, Side
 from engine.pipelines.seqsim.run import held_languages, run_similarity
+from engine.pipelines.seqsim.tiling import blocks as tiling_blocks
 from engine.pipelines.seqsim.tiling.tiles import BudgetError, Language, Sizing
+from engine.pipelines.verify.config import VerifyConfig
+from engine.pipelines.verify.run import run_verify
 from engine.runtime.budget import host_memory
 from engine.runtime.options import ConfigError, configure
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
-from engine.stores.similarity_blocks import STAGING
+from engine.stores.similarity_blocks import STAGING, StagedBlock, StagingSimilarityStore, marker_digest
 from tests.jobs.multiprocess import run_processes, start_processes
 from tests.jobs.test_scaleout import assert_same_store
 from tests.waits import patient
@@ -127,6 +132,10 @@ def one_process(split_store, tmp_path_factory):
     return out, run_similarity(config).report()
 
 
+def verify(location, repair=False):
+    return run_verify(configure(VerifyConfig, location=str(location), repair=repair, progress=False))
+
+
 def blocks(output: str) -> int:
     found = re.search(r"(\d+) blocks of split pairs", output)
     return int(found.group(1)) if found else 0
@@ -155,16 +164,25 @@ def test_a_kill_mid_pair_resumes_only_the_missing_blocks(split_store, one_proces
                               env_per_process={0: {"BABELGRID_FAULT_KILL": "after_block:2"}})  # fmt: skip
     proc.communicate(timeout=patient(600))
     assert proc.returncode == -signal.SIGKILL
-    staged = sorted(p.relative_to(out / STAGING).parts for p in (out / STAGING).rglob("*.npz"))
+    files = sorted((out / STAGING).rglob("*.npz"))
+    staged = sorted(p.relative_to(out / STAGING).parts for p in files)
     assert staged, "the killed run staged blocks"
     for measure, pair, layer, *_ in staged:
         marker = out / measure / pair / "done" / f"{layer}.json"
         assert not marker.exists(), f"{measure} {pair} layer {layer} marked done with blocks still staged"
+    # verify reads the staged blocks as babelgrid's (not "files babelgrid did not write"), and names a damaged one
+    found = verify(out)
+    assert found.exit_code == 0 and found.checked["staged blocks"] == len(files), found.report()
+    assert f"{len(files)} staged blocks of " in found.report() and "not ours" not in found.report(), found.report()
+    files[0].write_bytes(files[0].read_bytes()[:-40])
+    found = verify(out, repair=True)
+    assert [d.key for d in found.damage] == [files[0].relative_to(out).as_posix()], found.report()
+    assert found.damage[0].problem == "corrupt" and not files[0].exists(), found.report()
     measures = tuple(SPLIT_MEASURES.split(","))
     config = configure(SimilarityConfig, store=str(split_store), out=str(out), progress=False, measures=measures,
                        unit_gflops=float(UNIT_GFLOPS))  # fmt: skip
     resumed = run_similarity(config)
-    assert resumed.blocks == blocks(output) - 2, resumed.report()
+    assert resumed.blocks == blocks(output) - 2 + 1, resumed.report()  # 2 staged (a file per measure), 1 damaged
     assert_same_store(out, one)
     done = json.loads((out / "seqsim" / "big0__big1" / "done" / "1.json").read_text())
     assert done["rows_done"] == 24 and done["cols_done"] == 24
@@ -191,3 +209,54 @@ def test_a_pair_scored_in_blocks_gives_the_bytes_of_the_pair_scored_whole(split_
                                      measures=measures, progress=False, memory_budget="256KiB"))  # fmt: skip
     assert blocks(split.report()) > 0 == blocks(whole.report()), (split.report(), whole.report())
     assert_same_matrices(tmp_path / "split", tmp_path / "whole")
+
+
+def _plant(out: pathlib.Path, digest: str) -> pathlib.Path:
+    """A block of seqsim big0:big1 layer 1 staged in ``out`` with ``digest``, as a seqsim process stages it."""
+    store = StagingSimilarityStore.create_or_open(str(out), open_similarity(str(out)).manifest)
+    block = StagedBlock(np.arange(2), np.arange(3), np.zeros((2, 3), np.float32), {})
+    store.stage_block("seqsim", "big0", "big1", 1, (2, 2), digest, (0, 1), block)
+    return out / STAGING / "seqsim" / "big0__big1" / "1" / f"2x2-{digest}" / "0.1.npz"
+
+
+def _committed_digest(out: pathlib.Path) -> str:
+    marker = json.loads((out / "seqsim" / "big0__big1" / "done" / "1.json").read_text())
+    return marker_digest({k: v for k, v in marker.items() if k != "digest"})
+
+
+def test_blocks_staged_for_a_committed_pair_layer_are_named_and_deleted(split_store, one_process, tmp_path):
+    """A worker that staged a block of a pair-layer another worker had committed (workers with other --memory_budget
+    plan other blocks) left it in staging/ for good, and verify called it a file babelgrid did not write. Now verify
+    names it as left over, --repair deletes it, and so does the end of the next seqsim run; a block of another
+    digest (the pair-layer being computed again) stays."""
+    out = tmp_path / "sim"
+    shutil.copytree(one_process[0], out)
+    leftover, pending = _plant(out, _committed_digest(out)), _plant(out, "0123456789abcdef")
+    found = verify(out)
+    assert found.exit_code == 0 and found.leftover == [leftover.relative_to(out).as_posix()], found.report()
+    assert "1 staged blocks of pair-layers already committed" in found.report(), found.report()
+    assert "1 staged blocks of 1 split pair-layers not committed yet" in found.report(), found.report()
+    assert "not ours" not in found.report(), found.report()
+    repaired = verify(out, repair=True)
+    assert repaired.repaired and not leftover.exists() and pending.exists(), repaired.report()
+    assert "which nothing reads (a seqsim process" in repaired.report() and ": deleted" in repaired.report()
+    leftover = _plant(out, _committed_digest(out))
+    config = configure(SimilarityConfig, store=str(split_store), out=str(out), progress=False,
+                       measures=tuple(SPLIT_MEASURES.split(",")), unit_gflops=float(UNIT_GFLOPS))  # fmt: skip
+    assert run_similarity(config).pair_layers == 0
+    assert not leftover.exists() and pending.exists()
+
+
+def test_a_block_staged_after_its_pair_layer_was_committed_is_deleted_by_its_stager(one_process, tmp_path):
+    """The race the leftovers came from: process A stages a block of a pair-layer that process B committed meanwhile
+    (deleting its staging first). A's commit, right after it staged, finds the pair-layer committed and deletes the
+    block; the end-of-run commit of a block staged before does not (it may be another process's, in progress)."""
+    out = tmp_path / "sim"
+    shutil.copytree(one_process[0], out)
+    store = StagingSimilarityStore.create_or_open(str(out), open_similarity(str(out)).manifest)
+    work = types.SimpleNamespace(out=store, context=types.SimpleNamespace(dtype="float32"), matches=lambda *_: True,
+                                 wanted={("seqsim", "big0", "big1"): {"rows_done": 24}})  # fmt: skip
+    staged = _plant(out, tiling_blocks.digest(work, "seqsim", "big0", "big1"))
+    assert not tiling_blocks.commit(work, 1, "big0", "big1", ("seqsim",), (2, 2), None) and staged.exists()
+    assert not tiling_blocks.commit(work, 1, "big0", "big1", ("seqsim",), (2, 2), None, staged_now=True)
+    assert not staged.exists()

@@ -349,7 +349,7 @@ def _item(work: Work, item: Item, sides: tuple[Side, Side], summary: SimilarityS
         blocks.stage(work, item, A.index, B.index, scores)
         summary.blocks += 1
         fault_point("after_block")  # test-only (engine.faults): staged, the unit's claim still held
-        if blocks.commit(work, item.layer, item.a, item.b, item.measures, item.grid, summary):
+        if blocks.commit(work, item.layer, item.a, item.b, item.measures, item.grid, summary, staged_now=True):
             summary.pair_layers += 1
         return
     request, context = work.request, work.context

@@ -82,6 +82,7 @@ class Findings:
     notes: list[str] = dataclasses.field(default_factory=list)
     checked: dict[str, int] = dataclasses.field(default_factory=dict)
     keys_done: set[str] = dataclasses.field(default_factory=set)  # keys a store check read already
+    leftover: list[str] = dataclasses.field(default_factory=list)  # keys nothing reads, which the repair deletes
 
     def count(self, name: str, n: int = 1) -> None:
         self.checked[name] = self.checked.get(name, 0) + n

@@ -15,7 +15,7 @@ import time
 import tensorstore as ts
 
 from engine.errors import DamageError
-from engine.pipelines.verify import checks, files
+from engine.pipelines.verify import checks, files, staged
 from engine.pipelines.verify.config import VerifyConfig, VerifyError
 from engine.runtime.lease import StoreBusyError, live_writer
 from engine.runtime.runs import RunSummary, progress_bar, writer_lease
@@ -39,6 +39,7 @@ class VerifySummary(RunSummary):
     damage: list[checks.Damage] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
     checked: dict[str, int] = dataclasses.field(default_factory=dict)
+    leftover: list[str] = dataclasses.field(default_factory=list)  # keys nothing reads (``checks.Findings``)
     repaired: bool = False
     rerun: str = ""  # the command that rewrites a layer store's damaged parts, from what its manifest records
 
@@ -56,6 +57,12 @@ class VerifySummary(RunSummary):
         left = f"; {foreign} {'file' if foreign == 1 else 'files'} not ours, left alone" if foreign else ""
         lines = [f"verified {self.kind} {self.location}: {counts} read in {self.seconds:.1f} s{left}"]
         lines += [f"note: {n}" for n in self.notes]
+        if self.leftover:
+            lines.append(
+                f"note: {len(self.leftover)} staged blocks of pair-layers already committed, which nothing reads (a "
+                "seqsim process lost the race to commit them, or was killed before deleting them): "
+                + ("deleted" if self.repaired else "`--repair` deletes them; the next seqsim run's end does too")
+            )
         if not self.damage:
             lines.append("no damage found")
             return "\n".join(lines)
@@ -134,6 +141,7 @@ def _scrub(url: str, kv, keys: list[str], repair: bool, findings: checks.Finding
         checks.layer_store(url, keys, repair, findings, bar)
     elif kind == "similarity store":
         checks.similarity_store(url, keys, kv, findings, bar)
+        staged.staged_blocks(url, keys, kv, findings, bar)
     findings.keys_done.add(MANIFEST)
     if kind in KINDS.values():
         checks.nested_stores(url, keys, kv, findings)
@@ -177,6 +185,7 @@ def _merge(findings: checks.Findings, inner: checks.Findings, prefix: str) -> No
     """What a store inside an output folder showed, named by its place in the folder."""
     findings.damage += [dataclasses.replace(d, what=f"{prefix}: {d.what}", key=prefix + d.key) for d in inner.damage]
     findings.notes += [f"{prefix}: {note}" for note in inner.notes]
+    findings.leftover += [prefix + key for key in inner.leftover]
     for name, n in inner.checked.items():
         findings.count(name, n)
 
@@ -200,7 +209,7 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
     bar = progress_bar(len(keys), "verify", "key", config.run.progress)
     try:
         kind, manifest = _scrub(url, kv, keys, config.repair, findings, bar)
-        inner: list[str] = []  # the stores in an output folder that hold damage
+        inner: list[str] = []  # the stores in an output folder that hold damage or leftovers
         if kind == "output folder":  # a run folder: the stores in it, each as itself (a study's out/<name>/)
             for prefix, sub_keys in _inner_stores(kv, url, keys):
                 sub_url = f"{url.rstrip('/')}/{prefix.rstrip('/')}"
@@ -208,7 +217,7 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
                 _refuse_live(sub_kv, sub_url, config.run.break_lease)
                 found = checks.Findings()
                 _scrub(sub_url, sub_kv, sub_keys, config.repair, found, bar)
-                if found.damage:
+                if found.damage or found.leftover:
                     inner.append(prefix.rstrip("/"))
                 _merge(findings, found, prefix)
                 findings.keys_done.update(prefix + k for k in sub_keys)
@@ -217,9 +226,10 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
         bar.close()
     summary = VerifySummary(location=url, kind=kind)
     summary.damage, summary.notes, summary.checked = findings.damage, findings.notes, findings.checked
+    summary.leftover = findings.leftover
     if kind == "layer store" and any(d.job == "encode" for d in summary.damage):
         summary.rerun = encode_command(url, manifest)
-    if config.repair and summary.damage:
+    if config.repair and (summary.damage or summary.leftover):
         with contextlib.ExitStack() as leases:
             for where in ["", *inner]:  # the folder's lease, and each damaged store's in it (its writers take that)
                 leases.enter_context(writer_lease(f"{url.rstrip('/')}/{where}".rstrip("/"), "verify",
@@ -228,6 +238,7 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
                 if damage.fix is not None:
                     damage.fix()
                     log.info("repaired %s (%s): %s", damage.what, damage.key, damage.repair)
+            checks._delete(kv, *summary.leftover)()
         summary.repaired = True
     summary.seconds = time.perf_counter() - start
     return summary

@@ -11,8 +11,6 @@ are the same.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 
 import numpy as np
@@ -21,7 +19,7 @@ from engine.pipelines.seqsim.measures import MEASURES, Scores
 from engine.pipelines.seqsim.tiling.tiles import Item
 from engine.stores.integrity import DamageError
 from engine.stores.similarity import done_marker
-from engine.stores.similarity_blocks import StagedBlock
+from engine.stores.similarity_blocks import StagedBlock, settings_digest
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +28,7 @@ def digest(work, measure: str, a: str, b: str) -> str:
     """What a block of (measure, a, b) is computed from and with: the done utterances, the measure's settings and
     the compute dtype (blocks computed in another dtype are never assembled with these): 16 hex digits of the SHA-256
     of their JSON, keys sorted. The store keys staged blocks by it without reading it."""
-    settings = {**work.wanted[measure, a, b], "dtype": work.context.dtype}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return settings_digest({**work.wanted[measure, a, b], "dtype": work.context.dtype})
 
 
 def stage(work, item: Item, rows: np.ndarray, cols: np.ndarray, scores: dict[str, Scores]) -> None:
@@ -60,12 +57,16 @@ def is_staged(work, item: Item) -> bool:
     return True
 
 
-def commit(work, layer: int, a: str, b: str, measures, grid: tuple[int, int], summary) -> bool:
+def commit(work, layer: int, a: str, b: str, measures, grid: tuple[int, int], summary, staged_now=False) -> bool:
     """Writes the matrix and done marker of each of ``measures`` of (layer, a, b) whose every block of ``grid`` is
-    staged, then deletes its staging; True when this process wrote any."""
+    staged, then deletes its staging; True when this process wrote any. ``staged_now``: this process has just staged
+    a block of it, which is deleted if another process committed the pair-layer meanwhile (its deletion of the
+    staging may have come first)."""
     wrote = False
     for m in measures:
         if work.matches(m, a, b, layer):
+            if staged_now:
+                work.out.drop_staged(m, a, b, layer, grid, digest(work, m, a, b))
             continue
         key = digest(work, m, a, b)
         if len(work.out.staged(m, a, b, layer, grid, key)) < grid[0] * grid[1]:
