@@ -10,7 +10,8 @@
   the damaged utterances; a damaged index, roster or skip record is deleted, which the encode job writes again.
 - **Similarity store** (``engine.stores.similarity``): every pair's ``ids.json``, every done marker (digests), and the
   matrix chunk of every done layer of every pair, and that no scored cell is inf. Repair: the damaged pair-layers' done
-  markers and damaged ``ids.json`` are deleted, so the seqsim job recomputes and rewrites them.
+  markers and damaged ``ids.json`` are deleted, so the seqsim job recomputes and rewrites them. Its staged blocks
+  (``engine.pipelines.verify.staged``): each read whole; a damaged one deleted, leftovers of committed pair-layers too.
 - **Every file babelgrid wrote** anywhere under the location (job outputs, parts, manifests, checkpoints), and only
   those (``engine.pipelines.verify.files``, ``ownership``): a user's own files are named "not ours" and left alone.
   Repair: a damaged part, merged table or output file is deleted (the job that wrote it redoes the part and rebuilds the
