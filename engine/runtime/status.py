@@ -307,7 +307,8 @@ def lease_state(kv: ts.KvStore, url: str) -> tuple[str | None, str]:
     """The writer lease in one line (None when there is none) and whether readers and writers take it as held:
     ``held``, ``free`` (none, expired, or its one holder found dead on this host) or ``damaged``. It agrees with what
     they decide (``engine.runtime.lease``): a live workers' lease whose last renewer is found dead on this host is
-    named so, with when and how it ends; a damaged one (``record_problem``) is named damaged, with the fix."""
+    named so, with the live workers that renew it or, when it has none, when and how it ends; a damaged one
+    (``record_problem``) is named damaged, with the fix."""
     found = read_value(kv, LEASE, url)
     if found.state != "value":
         return None, "free"
@@ -329,6 +330,9 @@ def lease_state(kv: ts.KvStore, url: str) -> tuple[str | None, str]:
     head += ", which no longer runs on this host"
     if not workers:
         return f"{head}: the next run takes it over at once", "free"
+    live = run_status(kv, url, lease["job"]).live
+    if live:  # another worker renews it within ttl / 3: nothing to do, and nothing to delete
+        return f"{head}; {len(live)} live worker(s) of the run renew it ({describe(live)})", "held"
     return (
         f"{head}; a worker elsewhere renews it if one still runs. Until it expires ({lease.get('expires')}, in "
         f"{duration(left)}) jobs reading {url!r} and runs without --worker are refused: start a worker of the same "

@@ -233,6 +233,14 @@ def test_status_names_a_workers_lease_whose_holder_died_here_as_the_readers_see_
     assert "no run in progress" not in text, text
     assert f"pid {pid}, which no longer runs on this host" in text, text
     assert "are refused" in text and iso_utc(now + 100) in text and f"delete {url}/{LEASE}" in text, text
+    # Another worker of the run lives (its record renewed, on this host or another): it renews the lease within
+    # ttl / 3, so status says so and does not invite deleting the lease of a live run (cluster-user probe).
+    worker = {"owner": "w2", "host": "node-7", "pid": 12, "job": "seqsim", "state": "working", "ttl": 60,
+              "renewed": iso_utc(now), "expires_unix": now + 60}  # fmt: skip
+    kv.write("workers/seqsim/w2.json", json.dumps(worker).encode()).result()
+    text = "\n".join(store_status(kv, url))
+    assert "1 live worker(s) of the run renew it (node-7 pid 12" in text and "delete" not in text, text
+    kv.write("workers/seqsim/w2.json", None).result()
     # The lease of one run (no --worker) whose holder died here: readers and the next run take it as free, and so
     # does status.
     kv.write(LEASE, json.dumps({k: v for k, v in lease.items() if k not in ("mode", "state")}).encode()).result()
