@@ -388,6 +388,7 @@ def rounds(
     units: Sequence[str],
     is_done: Callable[[str], bool],
     prefer: Callable[[str], float] | None = None,
+    elsewhere: Callable[[str], object] | None = None,
 ) -> Iterator[Iterator[Claim]]:
     """The work loop of one process over ``units`` (the same list, in the same order, on every process).
 
@@ -400,11 +401,12 @@ def rounds(
     ``prefer(unit)``: how much this process would rather take ``unit`` now (seqsim: the share of its languages it
     holds already). The next unit tried is then the most preferred of the next ``PREFER_WINDOW`` untried ones, ties
     to the first: claims stay in order but for that window, so every process still walks the same list.
+    ``elsewhere(unit)`` is called for each unit found done or finished by another process (a progress bar's count).
     """
     remaining = list(units)
     while remaining:
         state = {"held_by_others": [], "claimed": 0}
-        yield _round(claims, remaining, is_done, state, prefer)
+        yield _round(claims, remaining, is_done, state, prefer, elsewhere)
         if state["held_by_others"] and not state["claimed"]:
             log.info("waiting for %d work units held by other processes", len(state["held_by_others"]))
             time.sleep(claims.poll)
@@ -425,7 +427,7 @@ def _in_order(units: Sequence[str], prefer: Callable[[str], float] | None) -> It
         yield head[pick]
 
 
-def _round(claims: WorkClaims, units, is_done: Callable[[str], bool], state: dict, prefer=None) -> Iterator[Claim]:
+def _round(claims: WorkClaims, units, is_done, state: dict, prefer=None, elsewhere=None) -> Iterator[Claim]:
     for unit in _in_order(units, prefer):
         got = claims.claim(unit)
         if got is None:
@@ -433,6 +435,10 @@ def _round(claims: WorkClaims, units, is_done: Callable[[str], bool], state: dic
         elif isinstance(got, Claim):
             if is_done(unit):  # another process did it and released its claim meanwhile
                 claims.release(got)
+                if elsewhere is not None:
+                    elsewhere(unit)
                 continue
             state["claimed"] += 1
             yield got
+        elif elsewhere is not None:  # finished by another process in this run
+            elsewhere(unit)

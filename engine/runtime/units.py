@@ -62,17 +62,20 @@ class UnitLoop:
 
     def rounds(
         self, units: Sequence[str], is_done: Callable[[str], bool], prefer: Callable[[str], float] | None = None,
-        *, total: int | None = None,
+        *, total: int | None = None, weight: Callable[[str], float] | None = None,
     ) -> Iterator[Iterator[Claim]]:  # fmt: skip
         """``engine.runtime.claims.rounds`` over ``units`` (``prefer``: see there), with the writer lease checked
         before each claimed unit is handed out (another run that broke the lease stops this one before it writes
         more). ``units``: those not done when this process planned its work, of ``total`` in the run (default: as
-        many), which this process's worker record counts (``engine.runtime.status``)."""
+        many), which this process's worker record counts (``engine.runtime.status``). ``weight(unit)``: what the bar
+        counts for a unit another process did (as ``done``'s ``progress`` for this one's), so that every worker's bar
+        ends at the whole run, not at its own share."""
         total = len(units) if total is None else total
         self.claims.register(total, total - len(units), opener=self.lease.opener)
         if not units:
             log.info("nothing left to do: all %d work units of this run are done (by this process or others)", total)
-        for claimed in rounds(self.claims, units, is_done, prefer):
+        elsewhere = None if weight is None else (lambda unit: self.bar.update(weight(unit)))
+        for claimed in rounds(self.claims, units, is_done, prefer, elsewhere):
             yield self._checked(claimed)
 
     def _checked(self, claimed: Iterator[Claim]) -> Iterator[Claim]:

@@ -98,3 +98,30 @@ def test_an_unreachable_store_ends_the_claims_after_one_failed_release(tmp_path,
     monkeypatch.setattr(claims, "_write_record", lambda *a, **k: tried.append("record") or False)
     claims.close()
     assert tried == ["claims/job/u1.json"], tried
+
+
+class Bar:
+    n = 0
+
+    def update(self, n=1):
+        self.n += n
+
+    def close(self):
+        pass
+
+
+def test_the_bar_counts_the_units_other_processes_did(tmp_path):
+    """A --worker's bar ended at its own share of the run (1/2 with two workers) though the run was complete. Units
+    found done (b) or finished (d) by another process now count, by the job's weight."""
+    url = str(tmp_path / "out")
+    _, kv = open_kvstore(url)
+    other = WorkClaims(kv, url, "job", ttl=30)
+    other.finish(other.claim("d"), skipped=["x"])
+    done = {"b"}
+    bar = Bar()
+    with UnitLoop(WorkClaims(kv, url, "job", ttl=30), Lease(), RunSummary(), bar) as loop:
+        for claimed in loop.rounds(["a", "b", "c", "d"], lambda u: u in done, weight=lambda u: 2):
+            for claim in claimed:
+                done.add(claim.unit)
+                loop.done(claim, progress=2)
+    assert bar.n == 8 and done == {"a", "b", "c"}

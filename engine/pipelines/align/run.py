@@ -254,7 +254,8 @@ def _align(config: AlignConfig, lease, reader, aligner: Aligner, langs: list) ->
             bar.update(last - first)
     tables: dict[str, tuple] = {}
     with UnitLoop(claims, lease, summary, bar) as loop:
-        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None, total=len(units)):
+        weight = lambda unit: units[unit][2] - units[unit][1]  # noqa: E731
+        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None, total=len(units), weight=weight):
             for claim in claimed:
                 lang, first, last, done_now = units[claim.unit]
                 if lang not in tables:

@@ -97,7 +97,8 @@ def decode_claimed(config: DecodeConfig, reader, lease, summary, manifest: dict,
             summary.parts_kept += len(parts) - len(pending[unit])
             bar.update(len(parts) - len(pending[unit]))
     with UnitLoop(claims, lease, summary, bar) as loop:
-        for claimed in loop.rounds([u for u in units.units if pending[u]], unit_done, total=len(units.units)):
+        todo, weight = [u for u in units.units if pending[u]], lambda unit: len(pending[unit])
+        for claimed in loop.rounds(todo, unit_done, total=len(units.units), weight=weight):
             for claim in claimed:
                 work(kv, claim.unit, pending[claim.unit], done[units.units[claim.unit][0]])
                 loop.done(claim, progress=len(pending[claim.unit]))

@@ -211,7 +211,7 @@ def _encode(
         return bool(arrays.done()[block.start : block.stop].all())
 
     with UnitLoop(claims, lease, summary, progress) as loop:
-        for claimed in loop.rounds(list(units), is_done, total=blocks):
+        for claimed in loop.rounds(list(units), is_done, total=blocks, weight=lambda name: len(units[name][3])):
             tracker = _UnitTracker(loop, summary, store, recorded, progress)
             tasks = tracker.tasks(claimed, units)
             _run_pipeline(
@@ -366,7 +366,7 @@ class _Progress:
         self.bar = progress_bar(total, "encode", "utt", self.enabled)
         self.audio, self.t0 = 0.0, time.perf_counter()
 
-    def update(self, n: int, seconds: float):
+    def update(self, n: int, seconds: float = 0.0):  # seconds: of audio encoded here (none for others' units)
         self.audio += seconds
         self.bar.update(n)
         if not self.bar.disable:

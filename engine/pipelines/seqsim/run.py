@@ -263,7 +263,7 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     pending = [name for name, unit in units.items() if any((i.layer, i.a, i.b) in todo for i in unit.items)]
     progress = progress_bar(sum(len(units[name].items) for name in pending), "similarity", "item", config.run.progress)
     with UnitLoop(claims, lease, summary, progress) as loop:
-        for claimed in loop.rounds(pending, unit_done, prefer, total=len(units)):
+        for claimed in loop.rounds(pending, unit_done, prefer, total=len(units), weight=lambda n: len(units[n].items)):
             for claim in claimed:
                 unit = units[claim.unit]
                 for k, item in enumerate(unit.items):
