@@ -253,6 +253,7 @@ class _UnitTracker:
         self.loop, self.summary, self.store, self.recorded = loop, summary, store, recorded
         self.progress = progress  # counts every utterance of a claimed unit once resolved: done, written or skipped
         self.open: dict[str, dict] = {}  # unit -> {"claim", "lang", "todo", "left", "handles", "skipped"}
+        self.uncounted: list[tuple] = []  # (write, audio seconds) queued, not yet counted: the bar counts commits
 
     def tasks(self, claimed, units) -> Iterator[Task]:
         for claim in claimed:
@@ -267,10 +268,19 @@ class _UnitTracker:
             todo.sort(key=lambda i: rows[i].n_windows)
             yield from (Task(arrays.lang, i, claim.unit, utts[i], rows[i], arrays) for i in todo)
 
-    def written(self, task: Task, handle) -> None:
+    def written(self, task: Task, handle, seconds: float) -> None:
         unit = self.open[task.unit]
         unit["left"] -= 1
         unit["handles"].append(handle)
+        self.uncounted.append((handle, seconds))
+
+    def count_committed(self) -> None:
+        """Advances the bar by the queued writes that have committed since: a write that fails is never counted (a
+        bar at 60/60 before the error said the failed writes were done)."""
+        ok = [h.done() and h.future.exception() is None for h, _ in self.uncounted]
+        if any(ok):
+            self.progress.update(sum(ok), sum(s for (_, s), good in zip(self.uncounted, ok, strict=True) if good))
+            self.uncounted = [pair for pair, good in zip(self.uncounted, ok, strict=True) if not good]
 
     def skipped(self, task: Task, reason: str, message: str) -> None:
         unit = self.open[task.unit]
@@ -280,6 +290,7 @@ class _UnitTracker:
 
     def release_finished(self) -> None:
         """Releases every unit whose utterances are all resolved and committed (it never waits)."""
+        self.count_committed()
         for name, unit in list(self.open.items()):
             if unit["left"] == 0 and all(h.done() for h in unit["handles"]):
                 self._close(name)
@@ -291,6 +302,8 @@ class _UnitTracker:
 
     def _close(self, name: str) -> None:
         unit = self.open.pop(name)
+        concurrent.futures.wait([handle.future for handle in unit["handles"]])
+        self.count_committed()  # what did commit, before a failed write's error
         for handle in unit["handles"]:
             handle.result()  # a failed write raises here: the claim stays, and expires, for another try
         skipped, lang = unit["skipped"], unit["lang"]
@@ -342,7 +355,7 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
             continue
         try:
             # Lent: the batch's host buffer is read-only and held until every write of it has cast its shard.
-            tracker.written(t, t.arrays.write_utterance(t.index, utt_states, lent=True))
+            tracker.written(t, t.arrays.write_utterance(t.index, utt_states, lent=True), p.seconds)
         except StatesRejectedError as e:
             # One utterance's states (NaN from a diverged encoder, or beyond float16): skip it, keep the batch going.
             summary.skip(type(e).__name__, t.lang, t.utt.id)
@@ -352,7 +365,6 @@ def _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker):
         summary.done += 1
         summary.audio_seconds += p.seconds
         summary.bytes_written += utt_states.shape[1] * bytes_per_frame
-        progress.update(1, p.seconds)
 
 
 class _Progress:

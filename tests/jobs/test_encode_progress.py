@@ -1,0 +1,44 @@
+"""The encode job's progress bar counts what is committed: a write that fails is never counted as done."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+from engine.errors import StoreError
+from engine.models.whisper.encoder import WhisperEncoder
+from engine.pipelines.encode import run as encode_run
+from engine.pipelines.encode.config import EncodeConfig
+from engine.runtime.options import configure
+from engine.stores.language import LanguageArrays, WriteHandle
+from engine.stores.reader import open_store
+from tests.jobs.test_encode import BATCH, write_clips
+
+
+def test_the_bar_counts_committed_writes_not_queued_ones(tmp_path, tiny_whisper, monkeypatch):
+    """The bar counted each utterance as its write was queued, so a run whose writes then failed showed 60/60
+    before its error (cluster-user probe). Here the 4th of 6 writes fails: the bar ends at the 5 committed."""
+    clips = write_clips(tmp_path / "clips", langs=("en",), n=6)
+    write, calls = LanguageArrays.write_utterance, []
+
+    def failing(self, u, states, *, lent=False):
+        calls.append(u)
+        if len(calls) != 4:
+            return write(self, u, states, lent=lent)
+        refused = concurrent.futures.Future()
+        refused.set_exception(StoreError("cannot write: refused"))
+        return WriteHandle(u, len(states), refused)
+
+    bar = {}
+    start, update = encode_run._Progress.start, encode_run._Progress.update
+    monkeypatch.setattr(encode_run._Progress, "start", lambda self, n: (bar.update(total=n, n=0), start(self, n))[1])
+    monkeypatch.setattr(encode_run._Progress, "update",
+                        lambda self, n, s=0.0: (bar.update(n=bar["n"] + n), update(self, n, s))[1])  # fmt: skip
+    monkeypatch.setattr(LanguageArrays, "write_utterance", failing)
+    config = configure(EncodeConfig, out=str(tmp_path / "store"), dataset=f"folder:{clips}", batch_size=BATCH,
+                       progress=False)  # fmt: skip
+    with pytest.raises(StoreError, match="refused"):
+        encode_run.run_encode(config, encoder=WhisperEncoder(tiny_whisper))
+    assert bar == {"total": 6, "n": 5}, bar
+    assert int(open_store(str(tmp_path / "store")).done("en").sum()) == 5
