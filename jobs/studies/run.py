@@ -15,7 +15,7 @@ from jobs.studies import graph, records
 from jobs.studies.spec import Stage, Study, StudyError, job_flags, load_study
 
 RUN_USAGE = """usage: babelgrid run STUDY.yaml|demo [--set NAME=VALUE ...] [--dry-run] [--rerun changed|all|code]
-                     [--only STAGE[,STAGE]] [--until STAGE] [--verify] [--emit snakefile]
+                     [--only STAGE[,STAGE]] [--until STAGE] [--verify] [--emit snakefile|digests]
 
 Runs a study's stages in order, each as its own process. A stage reads the outputs of the stages its flags name
 (the graph). It is skipped when it completed before with the same flags, its output still holds what it recorded
@@ -36,6 +36,7 @@ recorded; a change is reported, and reruns it only with --rerun code.
   --verify           check the checksums of every output that would be skipped (babelgrid verify); a damaged one
                      is repaired (marked not done) and its stage rerun
   --emit snakefile   print the study as a Snakefile (a rule per stage, its output the stage's record): run nothing
+  --emit digests     print each stage's digest of its job and flags (JSON), which the Snakefile's rules compare
 
 The study file's format: BUILD.md#studies."""
 
@@ -79,8 +80,8 @@ def parse_run_args(args: Sequence[str]) -> RunArgs:
         elif name == "--until":
             parsed.until = value
         elif name == "--emit":
-            if value != "snakefile":
-                raise StudyError(f"--emit takes snakefile, got {value!r}")
+            if value not in ("snakefile", "digests"):
+                raise StudyError(f"--emit takes snakefile or digests, got {value!r}")
             parsed.emit = value
         elif not parsed.spec and not flag.startswith("-"):
             parsed.spec = flag
@@ -101,9 +102,9 @@ def run_study(args: Sequence[str]) -> int:
         study = load_study(parsed.spec, parsed.overrides)
         chosen = graph.select(study.stages, parsed.only, parsed.until)
         if parsed.emit:
-            from jobs.studies.snakefile import snakefile  # lazy: only --emit needs it
+            from jobs.studies.snakefile import digests, snakefile  # lazy: only --emit needs it
 
-            print(snakefile(study), end="")
+            print((snakefile if parsed.emit == "snakefile" else digests)(study), end="")
             return 0
         return Runner(study, parsed, chosen).run()
     except StudyError as e:

@@ -4,6 +4,12 @@ run record and whose inputs are the records of the stages it reads (``graph.depe
 (on a cluster, through its executor plugins) while babelgrid still decides, checks and records each one: the
 outputs are the same as ``babelgrid run``'s.
 
+Snakemake reruns a stage whose flags changed, and only it (and what reads its output): each rule's ``params`` holds a
+digest of its stage's job and flags, which the Snakefile asks of the study as Snakemake reads it (``babelgrid run STUDY
+--emit digests``), so that an edit of the study is seen without emitting the Snakefile again; Snakemake's default
+rerun triggers rerun a rule whose params changed. A study that no longer loads stops Snakemake with babelgrid's
+error.
+
 Snakemake deletes a rule's output before it runs the rule: the stage's record goes, the stage runs (its job resumes
 what it finds done) and writes it again. Snakemake runs a rule whose record is older than an input record; ``babelgrid
 run`` keeps a complete stage's record no older than those it reads (``Runner.keep_newer``), so that a finished run
@@ -13,6 +19,7 @@ each rule's command starts in the folder where the study's relative paths were r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -52,6 +59,15 @@ def snakefile(study: Study) -> str:
         "# one rule per stage; its output is the stage's record, its inputs the records of the stages it reads",
         _comment(f"# run: snakemake --snakefile THIS_FILE --cores 1 (the records are under {runs})"),
         "",
+        "import json as _json, subprocess as _subprocess, sys as _sys",
+        "",
+        "# each stage's flags as the study says now (a digest a stage): a rule whose flags changed runs again",
+        f"_said = _subprocess.run({json.dumps([*base, '--emit', 'digests'])}, cwd={_quote(os.getcwd())},",
+        "                        capture_output=True, text=True)",
+        "if _said.returncode:",
+        '    _sys.exit("babelgrid run --emit digests: the study does not load: " + _said.stderr)',
+        "FLAGS = _json.loads(_said.stdout)",
+        "",
         f"workdir: {_quote(runs)}  # Snakemake's own files (.snakemake/) go beside the records",
         "",
         "rule all:",
@@ -60,20 +76,31 @@ def snakefile(study: Study) -> str:
         "",
     ]
     for stage in study.stages:
-        upstream = graph.upstream(deps[stage.name])
+        inputs = [os.path.join(runs, a.record) for a in graph.upstream(deps[stage.name])]
         # Run where the study's relative paths were read.
         command = f"cd {shlex.quote(os.getcwd())} && " + " ".join(shlex.quote(a) for a in [*base, "--only", stage.name])
-        lines += [f"rule {rule_names[stage.name]}:"]
-        if upstream:
-            lines += ["    input:", *(f"        {_quote(os.path.join(runs, a.record))}," for a in upstream)]
+        flags = " ".join(f"--{k}={v}" for k, v in sorted(stage.flags.items()))
+        lines += [_comment(f"# {stage.job} {flags}"), f"rule {rule_names[stage.name]}:"]
+        if inputs:
+            lines += ["    input:", *(f"        {_quote(path)}," for path in inputs)]
         lines += [
             "    output:",
             f"        {_quote(os.path.join(runs, stage.record))},",
+            "    params:",
+            f"        flags=FLAGS.get({_quote(stage.name)}, 'not in the study now'),  # a change reruns the rule",
             "    shell:",
             f"        {_quote(_literal(command))}",
             "",
         ]
     return "\n".join(lines)
+
+
+def digests(study: Study) -> str:
+    """``--emit digests``: each stage's 16 hex digits of the SHA-256 of its job and flags, as JSON (stage name ->
+    digest), which the Snakefile's rules hold as ``params``: a hex digest, never braces Snakemake would read as
+    wildcards."""
+    return json.dumps({s.name: hashlib.sha256(json.dumps([s.job, s.flags], sort_keys=True).encode()).hexdigest()[:16]
+                       for s in study.stages}, indent=1) + "\n"  # fmt: skip
 
 
 def _rule_name(name: str, job: str) -> str:

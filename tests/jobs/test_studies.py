@@ -42,13 +42,14 @@ MATRIX = """
 vars:
   out: unset
   data: unset
+  permutations: 0
 matrix:
   model: {one: unset, two: unset}
 stages:
   - encode: {out: "{run}/store", model: "{model}", dataset: "folder:{data}", progress: false}
 after:
   - compare: {stores: {each: "{run}/store"}, names: {each: "{matrix}"}, out: "{out}/compare", measures: cka,
-              levels: utterance, null_permutations: 0}
+              levels: utterance, null_permutations: "{permutations}"}
 """
 
 
@@ -315,6 +316,19 @@ def test_the_emitted_snakefile_runs_to_the_same_outputs_under_snakemake(matrix):
                 np.testing.assert_array_equal(a.language_layer(lang, layer)[0], b.language_layer(lang, layer)[0])
     again = babelgrid("study.yaml", "--set", f"out={out}", *settings, "--dry-run", cwd=folder)
     assert again.stdout.count("output and inputs unchanged: skipped") == 3, again.stdout
+    # A flag of the study edited, the Snakefile not emitted again: Snakemake reruns that stage's rule, and only it.
+    # Its rules carried no flags, and it found nothing to do, even with the Snakefile emitted again (newcomer probe).
+    study = (folder / "study.yaml").read_text()
+    (folder / "study.yaml").write_text(study.replace("permutations: 0", "permutations: 2"))
+    dry = [str(snakemake), "-n", "--snakefile", "Snakefile", "--cores", "1"]
+    proc = subprocess.run(dry, cwd=folder, capture_output=True, text=True, timeout=patient(300))
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "rule stage_2_compare:" in said and "rule stage_one_1_encode" not in said, said
+    assert "params have changed" in said.lower(), said
+    (folder / "study.yaml").write_text(study.replace("permutations: 0", "permutations: [2"))  # no longer loads
+    proc = subprocess.run(dry, cwd=folder, capture_output=True, text=True, timeout=patient(300))
+    assert proc.returncode != 0 and "the study does not load" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    (folder / "study.yaml").write_text(study)
 
 
 def test_changed_data_reruns_encode_on_request(done, data):
