@@ -53,7 +53,7 @@ def job(worker_store, tiny_model_dir, tmp_path_factory):
 
 def _metrics(out) -> dict[int, dict]:
     rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
-    return {int(r["layer"]): {k: float(v) for k, v in r.items()} for r in rows}
+    return {int(r["layer"]): {k: float("nan" if v == "NA" else v) for k, v in r.items()} for r in rows}
 
 
 def _frames(store, layer):
@@ -223,6 +223,8 @@ def test_without_a_decoder_the_early_exit_is_named_not_scored(worker_store, tmp_
     summary = run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**SETTINGS, "layers": (3,)}))
     assert "early-exit WER/CER: not scored (give --model" in summary.report()
     assert np.isnan(_metrics(out)[3]["wer"]) and not (out / "early_exit.csv").exists()
+    row = next(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))  # NA, as outputs.md says: not `nan`
+    assert [row[c] for c in ("wer", "wer_reconstructed", "cer", "cer_reconstructed")] == ["NA"] * 4, row
 
 
 def test_model_given_later_scores_the_early_exit_without_training_again(job, worker_store, tiny_model_dir, tmp_path):

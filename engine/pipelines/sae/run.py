@@ -361,12 +361,18 @@ def _row(part: dict) -> dict:
     return row
 
 
+def _na(x):
+    """A CSV cell, ``NA`` for a float that is not finite (not measured)."""
+    return "NA" if isinstance(x, (float, np.floating)) and not np.isfinite(x) else x
+
+
 def _outputs(parts: dict, langs: list, config: SaeConfig, reader, units) -> dict[str, bytes]:
     rows = [_row(parts[layer]) for layer in parts]
-    writes = {"metrics.csv": csv_bytes(METRIC_COLUMNS, [[r[c] for c in METRIC_COLUMNS] for r in rows])}
+    # NA where nothing was measured (no --model: no word error rates), as in every other table; `nan` was written
+    writes = {"metrics.csv": csv_bytes(METRIC_COLUMNS, [[_na(r[c]) for c in METRIC_COLUMNS] for r in rows])}
     exit_rows = [row for layer in parts for row in _exit_rows(parts[layer])]
     if exit_rows:
-        writes["early_exit.csv"] = csv_bytes(EXIT_COLUMNS, exit_rows)
+        writes["early_exit.csv"] = csv_bytes(EXIT_COLUMNS, [[_na(x) for x in row] for row in exit_rows])
     table, selective_rows = {c: [] for c in FEATURE_COLUMNS}, []
     per_language = np.zeros((len(parts), len(langs)), np.int64)
     for li, (layer, part) in enumerate(parts.items()):
