@@ -10,9 +10,8 @@ Written by ``engine.pipelines.seqsim.run.run_similarity`` (the ``seqsim`` job), 
     OUT/<measure>/<a>__<b>/done/<layer>.json completion marker of one babelgrid layer, written after its chunk
 
 Every JSON object carries the digest of its content (version 3, ``engine.stores.records.json_bytes``): a marker or id
-list altered into other valid JSON is a DamageError, as a pair whose ids.json is gone while its markers remain.
-The roster (version 4) lists every pair a run created, so a pair folder deleted whole is a DamageError too, never a
-pair silently missing from retrieval's tables.
+list altered into other valid JSON is a DamageError, as a pair whose ids.json is gone while its markers remain. The
+roster (version 4) lists every pair a run created: a pair folder deleted whole is a DamageError, never a pair missing.
 
 Rows and columns are the layer store's utterance indices of languages ``a`` and ``b``; utterances not done in the
 layer store are NaN rows/columns. ``docs/similarity.md`` describes the format for analysts::
@@ -426,10 +425,11 @@ class SimilarityReader(_Store):
         reverse = pair_key(REVERSED_MEASURE.get(measure, measure), lang_b, lang_a)
         if self._ids(reverse) is not None:
             return reverse, True
-        stored = self.pairs(measure)
+        stored, fix = self.pairs(measure), f"--pairs {lang_a}:{lang_b}"  # or the measure, when it has no pair of it
+        fix = fix if stored else f"--measure {measure} (it has {list(self.measures())})"
         raise SimilarityError(
             f"similarity store {self.url!r} has no {measure!r} matrix for {lang_a}/{lang_b} in either order; it has "
-            f"{[f'{a}{PAIR_SEPARATOR}{b}' for a, b in stored][:20]}. Run the seqsim job with --pairs {lang_a}:{lang_b}"
+            f"{[f'{a}{PAIR_SEPARATOR}{b}' for a, b in stored][:20]}. Run the seqsim job with {fix}"
         )
 
 
