@@ -15,6 +15,8 @@ resumes: complete utterances are skipped. The store's layout: BUILD.md and docs/
 
 from __future__ import annotations
 
+import sys
+
 from engine.pipelines.encode.config import EncodeConfig
 from jobs import common
 
@@ -41,7 +43,22 @@ def main() -> int:
     from engine.pipelines.encode.run import run_encode  # loads JAX: after the flags, so that --help stays quick
 
     config = common.config_from_flags(EncodeConfig)
-    return common.finish(run_encode(config), [f"store: {config.run.out}"], strict=config.run.strict)
+    summary = run_encode(config)
+    code = common.finish(summary, [f"store: {config.run.out}"], strict=config.run.strict)
+    if summary.n_skipped and not summary.done and not _holds_any(config.run.out):
+        # Every clip skipped: rc 0 and a store of nothing read as success to a pipeline's next stage (newcomer probe)
+        print(f"encode: nothing was encoded: all {summary.n_skipped} utterances were skipped (named above, and in "
+              f"each language's skipped.json), and the store holds none", file=sys.stderr)  # fmt: skip
+        return 1
+    return code
+
+
+def _holds_any(url: str) -> bool:
+    """Whether the layer store at ``url`` holds a done utterance (other --worker processes may have encoded some)."""
+    from engine.stores.reader import open_store
+
+    reader = open_store(url)
+    return any(reader.done(lang).any() for lang in reader.languages())
 
 
 if __name__ == "__main__":

@@ -42,3 +42,15 @@ def test_the_bar_counts_committed_writes_not_queued_ones(tmp_path, tiny_whisper,
         encode_run.run_encode(config, encoder=WhisperEncoder(tiny_whisper))
     assert bar == {"total": 6, "n": 5}, bar
     assert int(open_store(str(tmp_path / "store")).done("en").sum()) == 5
+
+
+def test_a_run_that_encodes_nothing_exits_1(run_job, tiny_model_dir, tmp_path):
+    """Every clip skipped (an empty file here): the job said `store: X` and exited 0 with a store of nothing, which a
+    pipeline's next stage took for success (newcomer probe). It now exits 1, saying so; the skip is still recorded."""
+    (tmp_path / "clips" / "en").mkdir(parents=True)
+    (tmp_path / "clips" / "en" / "000.wav").write_bytes(b"")
+    out = tmp_path / "store"
+    proc = run_job("encode", "--model", str(tiny_model_dir), "--dataset", f"folder:{tmp_path / 'clips'}", "--out",
+                   str(out), "--progress=false", expect=1)  # fmt: skip
+    assert "nothing was encoded: all 1 utterances were skipped" in proc.stderr, proc.stderr
+    assert "EmptyAudioError" in (out / "en" / "skipped.json").read_text()
