@@ -411,6 +411,8 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     assert bar == {"total": 4, "n": 4}, bar  # good (done before), silent (encoded), corrupt and empty (skipped)
     assert {u: (r.id, r.reason) for u, r in store.skipped("en").iterrows()} == {u: want[u] for u in (2, 3)}
 
+    said = run_verify(configure(VerifyConfig, location=str(out), progress=False)).report()  # not done, not damaged
+    assert "en: 2 of 4 utterances not done" in said and "no damage found" in said, said
     record = out / "en" / "skipped.json"
     record.write_text(record.read_text().replace('"corrupt"', '"c0rrupt"'))
     report = run_verify(configure(VerifyConfig, location=str(out), progress=False))

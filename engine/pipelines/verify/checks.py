@@ -229,6 +229,11 @@ def _language(kv, arrays, lang: str, shards: set[int], findings: Findings, bar) 
             f"{lang}: {orphans} utterances have states but no done marker (an interrupted run): the encode job "
             "redoes them"
         )
+    in_bad = {int(u) for index, _ in bad_chunks for u in index}
+    waiting = sum(1 for u in np.flatnonzero(lengths < 0) if int(u) not in in_bad)
+    if waiting:  # not damage, but a store a reader would take for complete (newcomer probe)
+        findings.notes.append(f"{lang}: {waiting} of {n} utterances not done (an encode run stopped before them, or "
+                              f"skipped them, as {lang}/{SKIPPED} says): rerun the encode job to finish")  # fmt: skip
     prefix = f"{lang}/{STATES}"
     for u, problem in sorted(bad.items()):
         if u in unknown:
