@@ -353,11 +353,12 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     deleted by its repair and written again by the next encode run."""
     import re
 
+    from engine.captions import dataset_label
     from engine.errors import StoreError
     from engine.pipelines.seqsim.config import SimilarityConfig
     from engine.pipelines.seqsim.run import run_similarity
     from engine.pipelines.verify.config import VerifyConfig
-    from engine.pipelines.verify.run import run_verify
+    from engine.pipelines.verify.run import encode_command, run_verify
     from engine.stores.similarity import SimilarityError
 
     d = tmp_path / "in"
@@ -413,6 +414,10 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
 
     said = run_verify(configure(VerifyConfig, location=str(out), progress=False)).report()  # not done, not damaged
     assert "en: 2 of 4 utterances not done" in said and "no damage found" in said, said
+    # A manifest without a split column has no split: none recorded, captioned ("(test)" was) or put in a rerun
+    created = store.manifest["created"]
+    assert created["split"] is None and dataset_label(created) == "dataset manifest m.jsonl", created
+    assert "--split" not in encode_command(str(out), store.manifest)
     record = out / "en" / "skipped.json"
     record.write_text(record.read_text().replace('"corrupt"', '"c0rrupt"'))
     report = run_verify(configure(VerifyConfig, location=str(out), progress=False))

@@ -118,7 +118,8 @@ def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> Encod
             log.info("%s", line)
     revision = source_revision(source)
     with job_lease(config, "encode") as lease:
-        summary = _encode(config, encoder, layers, listing, lease, revision)
+        # A source without splits (a folder, a manifest without a split column) has no split to record or caption
+        summary = _encode(config, encoder, layers, listing, lease, revision, config.split if source.splits() else None)
     summary.shared_ids = shared
     summary.seconds = time.perf_counter() - t0
     return summary
@@ -145,7 +146,7 @@ def _check_revision(store: LayerStore, revision: str | None, url: str) -> None:
 
 def _encode(
     config: EncodeConfig, model: Encoder, layers: tuple[int, ...], listing: dict[str, list[Utterance]], lease,
-    revision: str | None,
+    revision: str | None, split: str | None,
 ) -> EncodeSummary:  # fmt: skip
     info = StoreInfo(
         model_name=model.name,
@@ -162,7 +163,7 @@ def _encode(
         batch_size=config.batch_size,  # changes bytes (schema.StoreInfo): compared on every resume and worker join
         matmul_precision=config.run.matmul_precision,  # as does this, on accelerators (runs.job_lease applies it)
     )
-    creation = {"dataset": config.dataset, "split": config.split, "dataset_revision": revision}
+    creation = {"dataset": config.dataset, "split": split, "dataset_revision": revision}
     claims = work_claims(config.run, "encode")
 
     def create() -> LayerStore:

@@ -93,7 +93,7 @@ def encode_command(url: str, manifest: dict) -> str:
     else:
         model_flag = f"--model {model}" if hub else f"--model <the folder of {model}>"
     parts = ["babelgrid encode", f"--out {url}", f"--dataset {created.get('dataset', '<its dataset>')}",
-             f"--split {created.get('split', 'test')}", model_flag]  # fmt: skip
+             f"--split {created['split']}" if created.get("split") else "", model_flag]  # fmt: skip
     # The settings a resume compares with the store's (docs/store.md), as recorded: the command runs as printed.
     if manifest.get("layers") is not None:
         parts.append("--layers " + ",".join(str(layer) for layer in manifest["layers"]))
