@@ -1,8 +1,10 @@
-"""The encode job's progress bar counts what is committed: a write that fails is never counted as done."""
+"""What the encode job says of its run: its bar counts what is committed (a write that fails is never counted as
+done), a run that encoded nothing exits 1, and a store holding languages the run was not asked for is named."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 
 import pytest
 
@@ -54,3 +56,17 @@ def test_a_run_that_encodes_nothing_exits_1(run_job, tiny_model_dir, tmp_path):
                    str(out), "--progress=false", expect=1)  # fmt: skip
     assert "nothing was encoded: all 1 utterances were skipped" in proc.stderr, proc.stderr
     assert "EmptyAudioError" in (out / "en" / "skipped.json").read_text()
+
+
+def test_languages_in_the_store_beyond_langs_are_named(tmp_path, tiny_whisper, caplog):
+    """A study narrowed encode's --langs from en,de to en: its seqsim and retrieval still scored de (the store holds
+    it, and they read every language), and nothing said so (newcomer probe). The encode run names it now."""
+    clips = write_clips(tmp_path / "clips", langs=("en", "de"), n=2)
+    out = tmp_path / "store"
+    for langs in (("en", "de"), ("en",)):
+        config = configure(EncodeConfig, out=str(out), dataset=f"folder:{clips}", batch_size=BATCH, langs=langs,
+                           progress=False)  # fmt: skip
+        with caplog.at_level(logging.WARNING, logger="engine.pipelines.encode.run"):
+            encode_run.run_encode(config, encoder=WhisperEncoder(tiny_whisper))
+    said = [r.getMessage() for r in caplog.records if "also holds" in r.getMessage()]
+    assert len(said) == 1 and "also holds ['de'], encoded by an earlier run" in said[0], said

@@ -174,6 +174,10 @@ def _encode(
         return store
 
     store = process_zero_first("babelgrid-store-created", create)
+    others = sorted(set(store.languages()) - set(listing))
+    if others and is_process_zero():  # a study whose --langs narrowed still scored them downstream (newcomer probe)
+        log.warning("the store %r also holds %s, encoded by an earlier run: the jobs that read it see every language "
+                    "it holds (give them --langs), or encode into a new --out", config.run.out, others)  # fmt: skip
 
     encoder = model.sharded(data_mesh(jax.local_devices()), layers, jnp.dtype(config.dtype))
     local_batch = math.ceil(config.batch_size / encoder.local_multiple) * encoder.local_multiple
