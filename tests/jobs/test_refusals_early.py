@@ -250,7 +250,8 @@ def test_retrieval_refuses_before_scoring_or_writing(planted, tmp_path, monkeypa
     config = configure(RetrievalConfig, similarity=sim, out=str(out), figure_layer=9)
     refused(RetrievalError, r"figure layer 9 is not scored", lambda: retrieval_run.run_retrieval(config), out)
     config = configure(RetrievalConfig, similarity=sim, out=str(out), langs=("de", "zz"), measures=("seqsim",))
-    refused(RetrievalError, "no stored pair within languages", lambda: retrieval_run.run_retrieval(config), out)
+    unknown = r"--langs: \['zz'\] not in the similarity store"
+    refused(RetrievalError, unknown, lambda: retrieval_run.run_retrieval(config), out)
     other = tmp_path / "other"
     SimilarityStore.create_or_open(str(other), new_manifest(layer_store=str(tmp_path / "elsewhere"),
                                    model_name="planted", checkpoint_sha256="0" * 64, layers=(0, 1, 2)))  # fmt: skip

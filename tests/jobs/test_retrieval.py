@@ -147,7 +147,17 @@ def read_csv(path) -> list[dict]:
 
 def test_csv_matches_reference_both_directions(sim_store, tmp_path):
     root, matrices = sim_store
-    result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), ks=KS))
+    # seqsim de:fr layer 3 is not done: a seqsim run that stopped. Scored as it was, the table's means and the figure
+    # layer rested on other pairs at each layer, and the CSV lacked its rows, without a word (analyst probe).
+    with pytest.raises(
+        RetrievalError,
+        match=r"^2 of \d+ \(measure, directed pair, layer\) of .* are not computed yet "
+        r"\(seqsim de->fr layer 3, seqsim fr->de layer 3\).*--allow_partial",
+    ):
+        run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), ks=KS))
+    assert not (tmp_path / "retrieval.csv").exists()
+    result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), ks=KS,
+                                     allow_partial=True))  # fmt: skip
     rows = read_csv(tmp_path / "retrieval.csv")
     done = [
         (measure, q, s, layer)
@@ -203,7 +213,8 @@ def test_excluded_and_dropped_counts(sim_store, tmp_path):
 
 def test_figures_are_pngs(sim_store, tmp_path):
     root, _ = sim_store
-    result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), figure_layer=1))
+    result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), figure_layer=1,
+                                     allow_partial=True))  # fmt: skip
     assert result.figure_layer == 1
     names = {BY_LAYER_NAME: " queries each", HEATMAP_NAME: " queries each",
              "retrieval_asymmetry.png": "n = 5-7 ids scored both ways per pair"}  # fmt: skip

@@ -41,6 +41,8 @@ class RetrievalConfig:
         None, "the same grid's similarity store without (or with another) --remove_language or --dimensions: writes "
         "the R@1 change per layer (baseline_delta.csv and a figure)", reads=True,
     )  # fmt: skip
+    allow_partial: bool = option(False, "score a similarity store whose seqsim run has not finished (what is not "
+                                 "computed is left out, and counted)")  # fmt: skip
     run: RunOptions = RunOptions()
 
     def __post_init__(self):

@@ -150,13 +150,35 @@ def resolve_out(similarity: str, out: str | None) -> str:
     )
 
 
-def _done(reader, measure: str, query: str, searched: str) -> set[int]:
-    """Layers whose (query, searched) matrix is complete; none when that direction is not stored at all (a directional
-    measure such as ``seqsim_a2b`` answers the reverse direction only if ``seqsim_b2a`` was computed too)."""
+def _done(reader, measure: str, query: str, searched: str) -> set[int] | None:
+    """Layers whose (query, searched) matrix is complete; None when that direction is not stored at all (a
+    directional measure such as ``seqsim_a2b`` answers the reverse direction only if ``seqsim_b2a`` was computed
+    too)."""
     try:
         return set(reader.done(measure, query, searched))
     except SimilarityError:
-        return set()
+        return None
+
+
+def _refuse_unfinished(planned, layers, config: RetrievalConfig, url: str) -> None:
+    """Refuses a store whose seqsim run has not finished (a layer done for some stored pairs of a measure and not for
+    others: a run that stopped), unless ``--allow_partial``: the table's means and the figure layer would rest on
+    other pairs at each layer, and the CSV would lack their rows. A layer no pair has is not asked of any (seqsim
+    --layers)."""
+    unfinished, total = [], 0
+    for measure, _, done in planned:
+        stored = [(d, have) for pair in done.values() for d, have in pair.items() if have is not None]
+        asked = set().union(*(have for _, have in stored)) & set(layers)
+        total += len(asked) * len(stored)
+        unfinished += [(measure, *d, layer) for d, have in stored for layer in sorted(asked - have)]
+    if unfinished and not config.allow_partial:
+        shown = ", ".join(f"{m} {a}->{b} layer {layer}" for m, a, b, layer in unfinished[:3])
+        raise RetrievalError(
+            f"{len(unfinished)} of {total} (measure, directed pair, layer) of {url!r} are not computed yet ({shown}"
+            f"{', ...' if len(unfinished) > 3 else ''}): its seqsim run stopped before them. Rerun seqsim with the "
+            "same flags to finish it, or pass --allow_partial to score what is there (the rest is named, not "
+            "scored). Nothing was written"
+        )
 
 
 def compute_scores(reader, config: RetrievalConfig, comparison: list | None = None):
@@ -170,7 +192,7 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
         kept_by_pair, draws = {}, {}
     measures = chosen("measure", config.measures, reader.measures(), RetrievalError, "the similarity store")
     layers = chosen("layer", config.layers, reader.layers, RetrievalError, "the similarity store")
-    scores, missing = [], []
+    scores, missing, planned = [], [], []
     for measure in measures:
         pairs = [
             (a, b)
@@ -193,9 +215,13 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
                 )
             if without:
                 log.info("--subset: %d pairs have no challenge file and are not scored: %s", len(without), without)
+        done = {(a, b): {d: _done(reader, measure, *d) for d in ((a, b), (b, a))} for a, b in pairs}
+        planned.append((measure, pairs, done))
+    _refuse_unfinished(planned, layers, config, reader.url)
+    for measure, pairs, done_by_pair in planned:
         for a, b in pairs:
             directions = ((a, b), (b, a))
-            done = {d: _done(reader, measure, *d) for d in directions}
+            done = {d: done_by_pair[a, b][d] or set() for d in directions}
             found = {d: [] for d in directions}
             # Both directions of a layer one after the other: where they share a stored matrix (symmetric measures),
             # the reader reads it once.
@@ -244,8 +270,8 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
     unmeasured = unmeasured_pairs(scores)
     if unmeasured:
         log.warning(
-            "%d directed pairs have no utterance id in common%s, so nothing was measured for them (NA in the CSV, "
-            "blank in the figures): %s",
+            "%d (measure, directed pair) have no utterance id in common%s, so nothing was measured for them (NA in "
+            "the CSV, blank in the figures): %s",
             len(unmeasured),
             "" if config.subset is None else " among the challenge set's kept ids",
             ", ".join(f"{m} {a}->{b}" for m, a, b in unmeasured),
@@ -315,6 +341,12 @@ def check_request(config: RetrievalConfig, reader):
     if config.figure_layer is not None and config.figure_layer not in layers:
         raise RetrievalError(f"figure layer {config.figure_layer} is not scored; choose one of {list(layers)}")
     shared = False
+    if config.langs is not None:  # a typo ("fr_fr") would otherwise drop a language without a word
+        stored = {lang for measure in measures for pair in reader.pairs(measure) for lang in pair}
+        unknown = sorted(set(config.langs) - stored)
+        if unknown:
+            raise RetrievalError(f"--langs: {unknown} not in the similarity store {config.similarity!r} (for the "
+                                 f"measures asked), which has {sorted(stored)}. Nothing was written")  # fmt: skip
     for measure in measures:
         pairs = [(a, b) for a, b in reader.pairs(measure) if config.langs is None or {a, b} <= set(config.langs)]
         if config.langs is not None and not pairs:
