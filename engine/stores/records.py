@@ -132,8 +132,15 @@ def manifest_diffs(stored: Mapping, given: Mapping, fields: Iterable[str]) -> li
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             diffs += [f"{name}.{d}" for d in manifest_diffs(a, b, sorted(set(a) | set(b), key=str))]
         elif _plain(a) != _plain(b):
-            diffs.append(f"{name}: store has {a!r}, this run {b!r}")
+            diffs.append(f"{name}: store has {_clip(a)}, this run {_clip(b)}")
     return diffs
+
+
+def _clip(value, most: int = 120) -> str:
+    """A value's repr, cut to ``most`` characters: a model's config dumped whole made a refusal 2,500 characters
+    long, which hid the field that differed (newcomer probe)."""
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 4] + " ..."
 
 
 def _plain(value):

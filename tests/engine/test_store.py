@@ -653,3 +653,15 @@ def test_a_refused_read_or_write_gets_the_advice_that_fits_it():
     assert "may not read it" in local_read and "output folder" not in local_read, local_read
     local_write = str(storage_error("write", "lease.json", "/data/store", denied))
     assert "not writable by this user; choose another output folder" in local_write, local_write
+
+
+def test_a_refusal_names_each_differing_setting_in_a_few_words():
+    """A store from another model was refused in one line of 2,500 characters: a whole config in each value hid the
+    field that differed (newcomer probe). Values are cut; nested ones compare key by key."""
+    from engine.stores.records import manifest_diffs
+
+    big = "x" * 2000
+    diffs = manifest_diffs({"model_name": big + "a", "dims": {"n_mels": 80}}, {"model_name": big + "b",
+                           "dims": {"n_mels": 128}}, ("model_name", "dims"))  # fmt: skip
+    assert diffs[1] == "dims.n_mels: store has 80, this run 128", diffs
+    assert diffs[0].startswith("model_name: store has 'xxx") and len(diffs[0]) < 300 and diffs[0].count(" ...") == 2
