@@ -136,7 +136,7 @@ def manifest_diffs(stored: Mapping, given: Mapping, fields: Iterable[str]) -> li
     return diffs
 
 
-def _clip(value, most: int = 120) -> str:
+def _clip(value, most: int = 300) -> str:
     """A value's repr, cut to ``most`` characters: a model's config dumped whole made a refusal 2,500 characters
     long, which hid the field that differed (newcomer probe)."""
     text = repr(value)
