@@ -112,11 +112,11 @@ def load_study(spec: str, overrides=()) -> Study:
         except OSError as e:
             raise StudyError(f"cannot read study {spec!r}: {e.strerror}") from None
     study = _parse_yaml(text, spec)
+    extra = sorted(set(study) - {"vars", "matrix", "stages", "after"}) if isinstance(study, dict) else []
+    if extra:  # first: a misspelt 'stagse:' said only that a 'stages' list was needed
+        raise StudyError(f"study {spec!r} has {', '.join(map(repr, extra))}: a study holds vars, matrix, stages, after")
     if not isinstance(study, dict) or not isinstance(study.get("stages"), list) or not study["stages"]:
         raise StudyError(f"study {spec!r} needs a 'stages' list, e.g. stages: [{{encode: {{out: out/store}}}}]")
-    extra = sorted(set(study) - {"vars", "matrix", "stages", "after"})
-    if extra:
-        raise StudyError(f"study {spec!r} has {', '.join(map(repr, extra))}: a study holds vars, matrix, stages, after")
     variables = {}
     for name, value in (study.get("vars") or {}).items():
         if not isinstance(name, str) or not name.isidentifier():

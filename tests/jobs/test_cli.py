@@ -131,7 +131,8 @@ def test_run_help_is_on_stdout_and_exits_0():
         ("matrix: {out: [a]}\nvars: {out: x}\nstages:\n  - encode: {out: o}\n", "axis 'out' must be a new name"),
         ("stages:\n  - encode: {out: o}\nafter:\n  - verify: {location: o}\n", "has 'after' stages but no 'matrix'"),
         ("stages:\n  - compare: {stores: {each: x}, out: o}\n", "{each: ...} is for the stages after a matrix"),
-        ("stage:\n  - encode: {out: o}\n", "needs a 'stages' list"),
+        ("stage:\n  - encode: {out: o}\n", "has 'stage': a study holds vars, matrix, stages"),  # the typo, named
+        ("vars: {a: b}\n", "needs a 'stages' list"),
         ("stages:\n  - encode: {out: o}\nmatrx: {m: [a]}\n", "has 'matrx': a study holds vars, matrix, stages"),
     ],
 )
