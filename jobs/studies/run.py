@@ -206,7 +206,7 @@ class Runner:
         code = subprocess.call(command)
         if code != 0:
             hint = (
-                "; its inputs changed since it completed: `babelgrid run ... --rerun changed` moves its old output "
+                f"; it completed before, and {decision.why}: `babelgrid run ... --rerun changed` moves its old output "
                 "aside and redoes it and the stages that read it"
                 if decision.kind == graph.CHANGE and self.args.rerun is None and done is not None
                 else "; fix it and run again to resume"

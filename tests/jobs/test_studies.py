@@ -345,6 +345,7 @@ def test_changed_data_reruns_encode_on_request(done, data):
     again = babelgrid("study.yaml", *settings, cwd=folder)
     assert again.returncode != 0 and "skipped" not in again.stdout, again.stdout
     assert "StoreMismatchError" in again.stderr and "--rerun changed" in again.stderr, again.stderr
+    assert "it completed before, and inputs changed since it completed: --dataset=folder:" in again.stderr
 
 
 def test_the_documented_studies_load(tmp_path):
