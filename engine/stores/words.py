@@ -162,10 +162,31 @@ def read_words(out: str, lang: str, *, skipped: bool = False):
     _, kv = open_kvstore(out)
     found = kv.read(f"{lang}/{WORDS}").result()
     if found.state != "value":
-        raise WordsError(f"no {lang}/{WORDS} under {out!r}: run jobs.align there (it writes it when a run completes)")
+        raise WordsError(f"no {lang}/{WORDS} under {out!r}: {_why_no_words(kv, out)}")
     table = read_table(found.value, f"{lang}/{WORDS}", out, "align")
     if not skipped:
         return table
     data = read_output(kv, f"{lang}/{SKIPPED}", out, fix=repair_hint(out, "align")) or b""
     rows = list(csv.reader(io.StringIO(data.decode())))[1:]
     return table, [(int(u), uid, reason) for u, uid, reason in rows]
+
+
+def _why_no_words(kv, out: str) -> str:
+    """What the folder holds instead, for ``read_words``' refusal: a wrong folder, another language, a run in
+    progress and a folder align never wrote all said the same before (analyst probe)."""
+    import tensorstore as ts
+
+    keys = [k.decode() for k in kv.list(ts.KvStore.KeyRange()).result()]
+    has = sorted({k.split("/")[0] for k in keys if k.endswith(f"/{WORDS}") and k.count("/") == 1})
+    manifest = kv.read("manifest.json").result()
+    try:
+        kind = str(json.loads(bytes(manifest.value)).get("format", "")) if manifest.state == "value" else ""
+    except (ValueError, AttributeError):
+        kind = ""  # damaged or foreign: not this message's business
+    if kind.startswith("babelgrid-") and kind != "babelgrid-words":
+        return f"it is a {kind} folder, not the align job's output: give read_words the align job's --out"
+    if has:
+        return f"it has words of {has} only: run jobs.align with this language"
+    if "lease.json" in keys:
+        return "a run writes it (its lease.json is there): the align job writes words.parquet when its run completes"
+    return "run jobs.align there (it writes it when a run completes)"

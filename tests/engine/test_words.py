@@ -1,8 +1,11 @@
 """The align job's per-utterance files: words grouped into subtitle cues, timestamps in SRT and WebVTT form."""
 
-import pyarrow as pa
+import json
 
-from engine.stores.words import CUE_MAX_CHARS, WORD_SCHEMA, _subtitles, per_utterance_files
+import pyarrow as pa
+import pytest
+
+from engine.stores.words import CUE_MAX_CHARS, WORD_SCHEMA, WordsError, _subtitles, per_utterance_files, read_words
 
 
 def test_cues_split_at_the_line_length_and_timestamps_have_each_formats_separator():
@@ -22,3 +25,19 @@ def test_files_are_named_by_utterance_index_never_by_id():
             "start": [0.0], "end": [0.5], "probability": [1.0]}  # fmt: skip
     files = per_utterance_files("en", pa.Table.from_pydict(rows, schema=WORD_SCHEMA), ("srt",))
     assert sorted(files) == ["en/json/00000007.json", "en/srt/00000007.srt"]
+
+
+def test_read_words_says_what_the_folder_holds_instead(tmp_path):
+    """A wrong folder, another language and a run in progress all said "run jobs.align there" (analyst probe)."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text(json.dumps({"format": "babelgrid-layer-store"}))
+    with pytest.raises(WordsError, match="it is a babelgrid-layer-store folder, not the align job's output"):
+        read_words(str(tmp_path / "store"), "de")
+    (tmp_path / "words" / "fr").mkdir(parents=True)
+    (tmp_path / "words" / "fr" / "words.parquet").write_bytes(b"")
+    with pytest.raises(WordsError, match=r"it has words of \['fr'\] only"):
+        read_words(str(tmp_path / "words"), "de")
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "lease.json").write_text("{}")
+    with pytest.raises(WordsError, match="a run writes it"):
+        read_words(str(tmp_path / "running"), "de")
