@@ -212,6 +212,8 @@ def test_typology_refuses_before_the_mantel_tests(planted, tmp_path, monkeypatch
 
     refused(TypologyError, r"URIEL has 2 of the store's languages; a Mantel test needs 3\. Left out: xx",
             lambda: typology_run.run_typology(config(langs=("de", "en", "xx"))), out)  # fmt: skip
+    refused(TypologyError, r"needs 3 or more languages; --langs leaves \['de', 'en'\]",  # not "the store has"
+            lambda: typology_run.run_typology(config(langs=("de", "en"))), out)  # fmt: skip
     refused(TypologyError, "give one, for the similarity store's model",
             lambda: typology_run.run_typology(config(probes=(str(probes), str(probes)))), out)  # fmt: skip
     refused(TypologyError, "is not a probes output folder",

@@ -121,7 +121,8 @@ def checked(config: TypologyConfig, reader) -> tuple[list[str], list[int], list[
     layers = chosen("layer", config.layers, reader.layers, TypologyError, "the similarity store")
     languages = _languages(reader, measures, config.langs)
     if len(languages) < 3:
-        raise TypologyError(f"a Mantel test needs 3 or more languages; the similarity store has {languages}")
+        where = "the similarity store has" if config.langs is None else "--langs leaves"
+        raise TypologyError(f"a Mantel test needs 3 or more languages; {where} {languages}")
     if config.dendrogram_layer is not None and config.dendrogram_layer not in layers:
         raise TypologyError(f"--dendrogram_layer {config.dendrogram_layer} is not among the layers {layers}")
     kept, _, missing = uriel.resolve(languages)
