@@ -34,6 +34,7 @@ from engine.stores.integrity import NON_FINITE, DamageError, chunk_key, damage_e
 from engine.stores.kv import storage_error
 from engine.stores.language import LanguageArrays
 from engine.stores.layers import LayerStore
+from engine.stores.records import parse_record
 from engine.stores.schema import StoreInfo
 
 
@@ -159,6 +160,7 @@ class StoreReader:
                 "again (the dataset with its audio fixed is another revision of it, to encode into a new store)"
                 if skip
                 else "its states were never committed; rerun the encode job on this store to finish it"
+                + _writing(self._store)
             )
             raise StoreError(f"utterance {u} (id {arrays.rows[u].id!r}) of {lang!r} is not done: {why}")
         out = _read(arrays.states_store[position, u, :n_frames], arrays, layer)
@@ -262,3 +264,17 @@ def _by_utterance(table: pa.Table, method: str):
     except ImportError:
         raise StoreError(f"{method}() needs pandas: pip install pandas, or use {method}_table()") from None
     return table.to_pandas().set_index("utterance")
+
+
+def _writing(store: LayerStore) -> str:
+    """``" (a run writes it now: ...)"`` when the store's writer lease is unexpired (``engine.runtime.lease``'s
+    record, read here without it), else "": an utterance not done yet is not one to rerun for (analyst probe)."""
+    import time
+
+    found = store._kv.read("lease.json").result()
+    if found.state != "value":
+        return ""
+    holder = parse_record(bytes(found.value))
+    if not isinstance(holder.get("expires_unix"), (int, float)) or holder["expires_unix"] <= time.time():
+        return ""
+    return f" (a run writes it now: {holder.get('job')} on host {holder.get('host')!r}, pid {holder.get('pid')})"

@@ -665,3 +665,18 @@ def test_a_refusal_names_each_differing_setting_in_a_few_words():
                            "dims": {"n_mels": 128}}, ("model_name", "dims"))  # fmt: skip
     assert diffs[1] == "dims.n_mels: store has 80, this run 128", diffs
     assert diffs[0].startswith("model_name: store has 'xxx") and len(diffs[0]) < 700 and diffs[0].count(" ...") == 2
+
+
+def test_an_utterance_not_done_while_a_run_writes_the_store_names_the_run(tmp_path):
+    """An utterance not done yet said "never committed; rerun the encode job" while the encode job was writing it
+    (analyst probe). With an unexpired writer lease there, the run is named; without one, the rerun is advised."""
+    url = str(tmp_path / "out")
+    s = LayerStore.create_or_open(url, INFO)
+    s.language("de", make_rows((5, 7), "de")).flush()
+    reader = open_store(url)
+    with pytest.raises(StoreError, match=r"never committed; rerun the encode job on this store to finish it$"):
+        reader.states("de", 0, INFO.layers[0])
+    lease = {"job": "encode", "host": "node-3", "pid": 77, "expires_unix": time.time() + 60}
+    (tmp_path / "out" / "lease.json").write_text(json.dumps(lease))
+    with pytest.raises(StoreError, match=r"finish it \(a run writes it now: encode on host 'node-3', pid 77\)"):
+        reader.states("de", 0, INFO.layers[0])
