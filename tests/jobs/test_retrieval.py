@@ -201,7 +201,10 @@ def test_csv_matches_reference_both_directions(sim_store, tmp_path):
 
 def test_excluded_and_dropped_counts(sim_store, tmp_path):
     root, _ = sim_store
-    run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), measures=("mean",), layers=(1,)))
+    result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), measures=("mean",),
+                                     layers=(1,)))  # fmt: skip
+    # 10 and 9 candidates are searched: R@10 is 1 by construction there, and the summary says so
+    assert "R@10: 2 scores searched no more candidates than k, so they are 1 by construction" in result.report()
     rows = {(r["lang_a"], r["metric"]): r for r in read_csv(tmp_path / "retrieval.csv")}
     de_en, en_de = rows["de", "R@1"], rows["en", "R@1"]
     # de -> en: 10 rows, de #3 (s2) not encoded; of the 9 left, s0 s0 s6 lost their partner (en #0 s0 and #7 s6

@@ -118,6 +118,11 @@ class RetrievalResult:
             lines.append(
                 f"{len(self.missing)} (measure, directed pair, layer) not in the similarity store yet, skipped"
             )
+        trivial = sorted({k for s in self.scores for k, r in s.metrics.random_recall.items() if r == 1.0})
+        if trivial:  # a pair with 3 candidates printed R@5 = R@10 = 1.000 on every layer (newcomer probe)
+            n = sum(any(s.metrics.random_recall.get(k) == 1.0 for k in trivial) for s in self.scores)
+            lines.append(f"R@{', R@'.join(map(str, trivial))}: {n} scores searched no more candidates than k, so they "
+                         "are 1 by construction, as is their random baseline: no information")  # fmt: skip
         tiny = tiny_scores(self.scores)
         if tiny:
             least = min(tiny, key=lambda s: s.metrics.queries)
