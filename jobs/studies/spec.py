@@ -160,6 +160,7 @@ def load_study(spec: str, overrides=()) -> Study:
         job, flags = _stage(i, item, spec, lambda v, where: _each(v, where, variables, combinations), after=True)
         stages.append(Stage(i + 1, job, flags, "", True))
     _check_outputs_apart(stages, spec)
+    _check_runs_apart(variables["runs"], stages, spec)
     return Study(spec, variables, stages, combinations, tuple(overrides))
 
 
@@ -271,6 +272,18 @@ def _check_outputs_apart(stages: list[Stage], spec: str) -> None:
                 "matrix: put {run} or {matrix} in it"
             )
         seen[out] = stage
+
+
+def _check_runs_apart(runs: str, stages: list[Stage], spec: str) -> None:
+    """The runs folder is never inside a stage's output: `runs: {out}/store` wrote the records into the layer store,
+    and --rerun changed moved them aside with it (newcomer probe)."""
+    where = runs.rstrip("/") + "/"
+    for stage in stages:
+        out = stage.flags.get("out")
+        if out and where.startswith(out.rstrip("/") + "/"):
+            raise StudyError(f"study {spec!r}: runs={runs} lies inside stage {stage.number} ({stage.job})'s "
+                             f"--out={out}, whose old output --rerun moves aside: put the records beside the outputs, "
+                             "e.g. runs: '{out}/runs'")  # fmt: skip
 
 
 def _parse_yaml(text: str, spec: str):

@@ -133,6 +133,10 @@ def test_run_help_is_on_stdout_and_exits_0():
         ("stages:\n  - compare: {stores: {each: x}, out: o}\n", "{each: ...} is for the stages after a matrix"),
         ("stage:\n  - encode: {out: o}\n", "has 'stage': a study holds vars, matrix, stages"),  # the typo, named
         ("vars: {a: b}\n", "needs a 'stages' list"),
+        (
+            "vars: {out: o, runs: o/store/runs}\nstages:\n  - encode: {out: '{out}/store'}\n",
+            "runs=o/store/runs lies inside stage 1 (encode)'s --out=o/store",
+        ),
         ("stages:\n  - encode: {out: o}\nmatrx: {m: [a]}\n", "has 'matrx': a study holds vars, matrix, stages"),
     ],
 )
