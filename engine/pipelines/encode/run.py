@@ -38,7 +38,7 @@ from engine.data.pairing import check_listing, pairing_lines
 from engine.data.revision import source_revision
 from engine.data.sources import get_source
 from engine.data.utterance import Source, Utterance
-from engine.errors import StoreError
+from engine.errors import DamageError, StoreError
 from engine.models.common.parallel import data_mesh
 from engine.models.family import load_encoder
 from engine.models.interface import Encoder
@@ -174,7 +174,10 @@ def _encode(
         return store
 
     store = process_zero_first("babelgrid-store-created", create)
-    others = sorted(set(store.languages()) - set(listing))
+    try:
+        others = sorted(set(store.languages()) - set(listing))
+    except DamageError:  # an index verify --repair deleted: this run writes it again, and names nothing here
+        others = []
     if others and is_process_zero():  # a study whose --langs narrowed still scored them downstream (newcomer probe)
         log.warning("the store %r also holds %s, encoded by an earlier run: the jobs that read it see every language "
                     "it holds (give them --langs), or encode into a new --out", config.run.out, others)  # fmt: skip
