@@ -55,6 +55,12 @@ def csv_cell(x):
     return float(x) if isinstance(x, np.floating) else x
 
 
+def na_cell(x):
+    """A CSV cell, ``NA`` where nothing was measured (None, or a float that is not finite), as docs/outputs.md says
+    of every table; other cells as they are."""
+    return "NA" if x is None or (isinstance(x, (float, np.floating)) and not np.isfinite(x)) else x
+
+
 def npz_bytes(arrays: Mapping[str, object]) -> bytes:
     """An uncompressed ``.npz`` file's bytes of plain arrays (read back by ``read_npz``, which never unpickles)."""
     buffer = io.BytesIO()

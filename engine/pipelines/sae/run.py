@@ -47,7 +47,7 @@ from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_value
 from engine.stores.reader import open_store
-from engine.stores.records import csv_bytes, npz_bytes, read_npz
+from engine.stores.records import csv_bytes, na_cell, npz_bytes, read_npz
 
 log = logging.getLogger(__name__)
 
@@ -361,18 +361,13 @@ def _row(part: dict) -> dict:
     return row
 
 
-def _na(x):
-    """A CSV cell, ``NA`` for a float that is not finite (not measured)."""
-    return "NA" if isinstance(x, (float, np.floating)) and not np.isfinite(x) else x
-
-
 def _outputs(parts: dict, langs: list, config: SaeConfig, reader, units) -> dict[str, bytes]:
     rows = [_row(parts[layer]) for layer in parts]
     # NA where nothing was measured (no --model: no word error rates), as in every other table; `nan` was written
-    writes = {"metrics.csv": csv_bytes(METRIC_COLUMNS, [[_na(r[c]) for c in METRIC_COLUMNS] for r in rows])}
+    writes = {"metrics.csv": csv_bytes(METRIC_COLUMNS, [[na_cell(r[c]) for c in METRIC_COLUMNS] for r in rows])}
     exit_rows = [row for layer in parts for row in _exit_rows(parts[layer])]
     if exit_rows:
-        writes["early_exit.csv"] = csv_bytes(EXIT_COLUMNS, [[_na(x) for x in row] for row in exit_rows])
+        writes["early_exit.csv"] = csv_bytes(EXIT_COLUMNS, [[na_cell(x) for x in row] for row in exit_rows])
     table, selective_rows = {c: [] for c in FEATURE_COLUMNS}, []
     per_language = np.zeros((len(parts), len(langs)), np.int64)
     for li, (layer, part) in enumerate(parts.items()):

@@ -33,6 +33,7 @@ from engine.runtime.runs import RunSummary, output_run, progress_bar
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import open_kvstore
 from engine.stores.records import csv_bytes as kv_csv_bytes
+from engine.stores.records import na_cell
 
 ALL = "all"
 HEAD = ("model", "step", "layer", "depth")
@@ -60,12 +61,8 @@ class SeriesSummary(RunSummary):
         return "\n".join([*lines, *(f"wrote {p}" for p in self.outputs)])
 
 
-def _na(x) -> object:
-    return "NA" if x is None or (isinstance(x, float) and not np.isfinite(x)) else x
-
-
 def csv_bytes(columns, rows) -> bytes:
-    return kv_csv_bytes(columns, [[_na(x) for x in row] for row in rows])
+    return kv_csv_bytes(columns, [[na_cell(x) for x in row] for row in rows])
 
 
 def run_series(config: SeriesConfig) -> SeriesSummary:

@@ -36,6 +36,7 @@ from engine.stores.integrity import write_outputs
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.records import csv_bytes as kv_csv_bytes
+from engine.stores.records import na_cell
 from engine.stores.similarity import open_similarity
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,10 @@ class TypologySummary(RunSummary):
         return "\n".join(lines)
 
 
-def _number(x) -> object:
-    return "NA" if isinstance(x, float) and not np.isfinite(x) else x
-
-
 def csv_bytes(columns, rows) -> bytes:
     """Rows (dicts by column, or tuples) as CSV, NaN written NA (a number not measured)."""
     cells = [[row[c] for c in columns] if isinstance(row, dict) else list(row) for row in rows]
-    return kv_csv_bytes(columns, [[_number(x) for x in row] for row in cells])
+    return kv_csv_bytes(columns, [[na_cell(x) for x in row] for row in cells])
 
 
 def square_csv(matrix: np.ndarray, languages) -> bytes:
