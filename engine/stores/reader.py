@@ -22,6 +22,7 @@ e.g. ``dtype=np.float32``. An utterance is readable once its encoding committed 
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -269,8 +270,6 @@ def _by_utterance(table: pa.Table, method: str):
 def _writing(store: LayerStore) -> str:
     """``" (a run writes it now: ...)"`` when the store's writer lease is unexpired (``engine.runtime.lease``'s
     record, read here without it), else "": an utterance not done yet is not one to rerun for (analyst probe)."""
-    import time
-
     found = store._kv.read("lease.json").result()
     if found.state != "value":
         return ""
