@@ -186,6 +186,11 @@ def test_a_kill_mid_pair_resumes_only_the_missing_blocks(split_store, one_proces
     assert_same_store(out, one)
     done = json.loads((out / "seqsim" / "big0__big1" / "done" / "1.json").read_text())
     assert done["rows_done"] == 24 and done["cols_done"] == 24
+    # The digest a committed marker stands for is the one its blocks were staged under: what verify and the end of a
+    # run compare to find blocks left over
+    for measure, pair, layer, grid, *_ in staged:
+        marker = json.loads((out / measure / pair / "done" / f"{layer}.json").read_text())
+        assert marker_digest({k: v for k, v in marker.items() if k != "digest"}) == grid.split("-")[1], marker
 
 
 def test_a_budget_beyond_the_machine_is_refused_before_the_output_is_made(grid_store, tmp_path):
