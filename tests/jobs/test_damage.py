@@ -243,6 +243,14 @@ def test_a_decode_part_with_a_damaged_footer_is_named_by_decode_and_verify_and_r
     assert _verify(out, repair=True).exit_code == 0 and not part.exists()
     run_decode(config, decoder=WhisperDecoder(tiny_whisper))
     assert {k: v for k, v in files(out).items() if k in clean_files} == clean_files
+    # Truncated, the footer's seal is gone: verify called the part (parts/<lang>/...) a user's file and left it, while
+    # decode refused it and sent the user to verify (kill-and-resume probe). It is named by its place now.
+    truncate(part)
+    found = _verify(out)
+    assert [d.key for d in found.damage] == [key] and "not ours" not in found.report(), found.report()
+    assert _verify(out, repair=True).exit_code == 0 and not part.exists()
+    run_decode(config, decoder=WhisperDecoder(tiny_whisper))
+    assert {k: v for k, v in files(out).items() if k in clean_files} == clean_files
 
 
 def test_a_damaged_csv_is_named_by_compare_and_verify_and_rewritten(clean, damaged, tmp_path):

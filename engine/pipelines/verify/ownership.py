@@ -32,7 +32,10 @@ _CSV = (
     "|selective_features|selective_heads|selective_units|split|subset_comparison|typology|outliers|dimensions"
     "|centred|cka|best"  # the series job's (retrieval, lid and meet are named above)
 )
-_PARQUET = "utterances|words|hypotheses|pairs|heads|units|features|layer_similarity|early_exit|parts/[^/]+"
+_PARQUET = (
+    "utterances|words|hypotheses|pairs|heads|units|features|layer_similarity|early_exit|parts/[^/]+"
+    r"|parts/[^/]+/(?:transcribe|translate)-[a-z0-9]+-L\d+-ln_(?:on|off)"  # decode's parts/<lang>/<task>-...
+)
 OUTPUT_NAMES = re.compile(
     rf"""(?x)^(?:.*/)?(?:
       (?:{_CSV})\.csv
