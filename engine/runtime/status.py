@@ -372,4 +372,15 @@ def dead_here(holder: dict) -> bool:
         return True
     except PermissionError:  # it exists, as another user's process
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and waits for its parent to reap it (Linux's state Z): a killed job whose
+    supervisor has not called wait() yet still answers signal 0, and held its lease for two minutes against an
+    immediate resume (kill-and-resume probe). False where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"  # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return False

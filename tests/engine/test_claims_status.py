@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 
 from engine.runtime.claims import WorkClaims
-from engine.runtime.status import run_status
+from engine.runtime.status import dead_here, run_status
 from engine.stores.kv import open_kvstore
 from engine.stores.records import iso_utc
 
@@ -106,3 +108,22 @@ def test_a_stalled_worker_that_renews_after_its_claim_was_taken_is_live_again(tm
         assert sorted(w["owner"] for w in status.live) == sorted(["stalled", survivor.owner]), status.line()
         assert not status.dead, status.line()
         survivor.release(claim)
+
+
+def test_a_killed_process_its_parent_has_not_reaped_is_dead_here():
+    """A job SIGKILLed under a supervisor that had not called wait() yet (a zombie) still answered signal 0, so its
+    lease held an immediate resume off for two minutes (kill-and-resume probe). Its state Z says it is gone."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = {"host": socket.gethostname(), "pid": child.pid}
+    try:
+        assert not dead_here(holder)  # running
+        os.kill(child.pid, signal.SIGKILL)
+        for _ in range(500):  # not reaped: no wait() or poll() until it is a zombie
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        assert dead_here(holder)
+    finally:
+        child.kill()
+        child.wait()
