@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 
 import tensorstore as ts
@@ -29,6 +30,7 @@ from engine.stores.similarity import IDS, PAIR_SEPARATOR
 
 log = logging.getLogger(__name__)
 KINDS = {LAYER_STORE: "layer store", SIMILARITY_STORE: "similarity store"}
+RUN_RECORDS = re.compile(r"^(.*?)(?:claims|workers)/([^/]+)/")  # (folder, job) of engine.runtime.status's records
 MANIFEST = "manifest.json"  # the layer and similarity stores' and the jobs' outputs' (its format names the kind)
 
 
@@ -190,6 +192,16 @@ def _merge(findings: checks.Findings, inner: checks.Findings, prefix: str) -> No
         findings.count(name, n)
 
 
+def _unfinished_runs(keys: list[str]) -> list[str]:
+    """A note per run that has not finished here: its claims or worker records remain (the run that finishes every
+    unit removes them, ``engine.runtime.status``). A killed decode's folder said only "no damage found"
+    (kill-and-resume probe)."""
+    runs = sorted({(m.group(1), m.group(2)) for k in keys if (m := RUN_RECORDS.match(k))})
+    return [f"{where.rstrip('/') + ': ' if where else ''}a {job} run has not finished here (its claims or worker "
+            "records remain): `babelgrid status` says where it stands; rerun the job with the same flags to finish it"
+            for where, job in runs]  # fmt: skip
+
+
 def run_verify(config: VerifyConfig) -> VerifySummary:
     start = time.perf_counter()
     if config.run.store_timeout:
@@ -225,6 +237,7 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
     finally:
         bar.close()
     summary = VerifySummary(location=url, kind=kind)
+    findings.notes += _unfinished_runs(keys)
     summary.damage, summary.notes, summary.checked = findings.damage, findings.notes, findings.checked
     summary.leftover = findings.leftover
     if kind == "layer store" and any(d.job == "encode" for d in summary.damage):
