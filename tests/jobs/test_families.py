@@ -114,14 +114,16 @@ def _reference(name: str, model, audio: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(h[0]) for h in out]
 
 
-_ENCODED: dict[str, tuple] = {}
+_ENCODED: dict[tuple[str, str], tuple] = {}
 
 
 def encoded(name, clips, run_job, tmp_path_factory) -> tuple:
-    """(torch model, its folder, the run's folder, the layer store) of family ``name``, encoded once per session:
-    wav2vec2's through the encode job's flags (a process), the others' through the library call the job makes, in
-    this process (an encode job's start-up each)."""
-    if name not in _ENCODED:
+    """(torch model, its folder, the run's folder, the layer store) of family ``name``, encoded once per module (its
+    ``clips``): wav2vec2's through the encode job's flags (a process), the others' through the library call the job
+    makes, in this process (an encode job's start-up each). Keyed by the module's clips, whose folders go with the
+    module (tests/conftest.py): a store cached for the session pointed at a folder another module had removed."""
+    key = name, str(clips)
+    if key not in _ENCODED:
         model, folder = _folder(name, tmp_path_factory)
         root = tmp_path_factory.mktemp(f"{name}-run")
         store = str(root / "store")
@@ -131,8 +133,8 @@ def encoded(name, clips, run_job, tmp_path_factory) -> tuple:
             config = configure(EncodeConfig, model=str(folder), dataset=f"folder:{clips}", out=store, progress=False)
             report = run_encode(config).report()
         assert "encoded 4 utterances" in report, report
-        _ENCODED[name] = model, folder, root, store
-    return _ENCODED[name]
+        _ENCODED[key] = model, folder, root, store
+    return _ENCODED[key]
 
 
 @pytest.mark.parametrize("name", ["wav2vec2", "hubert", "w2v-bert", "seamless"])
