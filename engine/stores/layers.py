@@ -366,6 +366,8 @@ def _refuse_lost_manifest(kv: ts.KvStore, url: str) -> None:
     key_range = ts.KvStore.KeyRange(LANGUAGES_DIR, LANGUAGES_DIR[:-1] + "0")
     indexed = [k.decode()[len(LANGUAGES_DIR) :].removesuffix(".json") for k in kv.list(key_range).result()]
     if indexed or read_json(kv, ROSTER, url) is not None:
+        if read_json(kv, MANIFEST, url) is not None:
+            return  # another process created the store since the manifest was found missing, then its languages
         held = ", ".join(sorted(indexed)[:5]) or ROSTER
         raise DamageError(
             f"layer store {url!r} has lost its {MANIFEST} but holds languages ({held}): the settings they were "
