@@ -174,13 +174,16 @@ class WorkClaims:
 
     # -- the worker record (engine.runtime.status) ----------------------------------------------------------------
 
-    def register(self, total: int, done_at_start: int, opener: bool) -> None:
+    def register(self, total: int, done_at_start: int, opener: bool, what: str | None = None) -> None:
         """Writes this process's worker record (``total`` units in the run, ``done_at_start`` done when it planned)
-        and starts renewing it; the opener of the run also writes the run record, once."""
+        and starts renewing it; the opener of the run also writes the run record, once, with ``what`` a unit is
+        (what ``status`` says beside the count, such as "blocks of up to 8 utterances of one language")."""
         self._total, self._done_at_start = int(total), int(done_at_start)
         if opener:
             run = {"job": self.job, "units": self._total, "done_at_open": self._done_at_start,
                    "opened": iso_utc(time.time()), "opened_unix": time.time()}  # fmt: skip
+            if what:
+                run["unit"] = what
             create_key(self.kv, worker_prefix(self.job) + RUN_RECORD, json.dumps(run, indent=1).encode(), self.url)
         missing = read_value(self.kv, self._record_key(), self.url).stamp.generation  # a new owner's key: absent
         with self._lock:

@@ -211,7 +211,8 @@ class RunStatus:
         elif done is None:
             parts.append(f"{self.job}: {units} units, done unknown until the run's first worker records it")
         else:
-            parts.append(f"{self.job}: {done} of {units} units done ({100 * done / max(units, 1):.0f}%)")
+            what = f" ({self.run['unit']})" if isinstance(self.run.get("unit"), str) else ""
+            parts.append(f"{self.job}: {done} of {units} units{what} done ({100 * done / max(units, 1):.0f}%)")
         workers = f"workers: {len(self.live)} live, {len(self.stopped)} stopped renewing, {len(self.exited)} exited"
         if self.dead:
             workers += f", {len(self.dead)} dead ({describe(self.dead)}: others took over its claims or it is gone)"

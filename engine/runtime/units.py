@@ -62,16 +62,16 @@ class UnitLoop:
 
     def rounds(
         self, units: Sequence[str], is_done: Callable[[str], bool], prefer: Callable[[str], float] | None = None,
-        *, total: int | None = None, weight: Callable[[str], float] | None = None,
+        *, total: int | None = None, weight: Callable[[str], float] | None = None, what: str | None = None,
     ) -> Iterator[Iterator[Claim]]:  # fmt: skip
         """``engine.runtime.claims.rounds`` over ``units`` (``prefer``: see there), with the writer lease checked
         before each claimed unit is handed out (another run that broke the lease stops this one before it writes
         more). ``units``: those not done when this process planned its work, of ``total`` in the run (default: as
         many), which this process's worker record counts (``engine.runtime.status``). ``weight(unit)``: what the bar
         counts for a unit another process did (as ``done``'s ``progress`` for this one's), so that every worker's bar
-        ends at the whole run, not at its own share."""
+        ends at the whole run, not at its own share. ``what``: what a unit is, in the plural, for ``status``."""
         total = len(units) if total is None else total
-        self.claims.register(total, total - len(units), opener=self.lease.opener)
+        self.claims.register(total, total - len(units), opener=self.lease.opener, what=what)
         if not units:
             log.info("nothing left to do: all %d work units of this run are done (by this process or others)", total)
         elsewhere = None if weight is None else (lambda unit: self.bar.update(weight(unit)))
@@ -99,13 +99,14 @@ class UnitLoop:
 
 
 def claimed_units(
-    claims: WorkClaims, lease, summary, bar, units: Sequence[str], is_done: Callable[[str], bool], total: int
-) -> Iterator[str]:
+    claims: WorkClaims, lease, summary, bar, units: Sequence[str], is_done: Callable[[str], bool], total: int,
+    what: str | None = None,
+) -> Iterator[str]:  # fmt: skip
     """The units of ``units`` this process claims, one at a time, through a ``UnitLoop``: a unit is counted done (its
     claim released) when the caller asks for the next one, so the caller commits its results before that. For jobs
-    whose units are whole files written at once (neurons' counts and intervention passes)."""
+    whose units are whole files written at once (neurons' counts and intervention passes). ``what``: see ``rounds``."""
     with UnitLoop(claims, lease, summary, bar) as loop:
-        for claimed in loop.rounds(units, is_done, total=total):
+        for claimed in loop.rounds(units, is_done, total=total, what=what):
             for claim in claimed:
                 yield claim.unit
                 loop.done(claim, progress=0)

@@ -71,6 +71,16 @@ def test_a_worker_killed_here_is_dead_once_its_claim_is_taken_and_the_claim_is_n
         survivor.release(claim)
 
 
+def test_status_says_what_a_unit_of_the_run_is(tmp_path):
+    """A probe read "0 of 2 units" in status while the job's bar counted 5/12 utterances: the run record names them."""
+    url = str(tmp_path / "out")
+    _, kv = open_kvstore(url)
+    with WorkClaims(kv, url, JOB, ttl=60) as opener:
+        opener.register(total=2, done_at_start=0, opener=True, what="blocks of up to 8 utterances of one language")
+        line = run_status(kv, url, JOB).line()
+        assert "0 of 2 units (blocks of up to 8 utterances of one language) done (0%)" in line, line
+
+
 def test_status_on_the_dead_workers_host_counts_it_dead_before_any_claim_is_taken(tmp_path):
     url = str(tmp_path / "out")
     _, kv = open_kvstore(url)

@@ -58,12 +58,13 @@ def assert_one_line_end(output: str, sig: int) -> None:
     assert "rerun the same command to resume" in ends[0], output
 
 
-def assert_released(out: pathlib.Path, job: str) -> None:
-    """No claim and no lease left, and the stopped worker's record says it exited."""
+def assert_released(out: pathlib.Path, job: str) -> str:
+    """No claim and no lease left, and the stopped worker's record says it exited; returns ``status``'s line."""
     assert not list((out / "claims" / job).glob("*.json")), sorted(p.name for p in (out / "claims" / job).iterdir())
     assert not (out / LEASE).exists()
     status = run_status(kv_of(out), str(out), job)
     assert not status.live and not status.stopped and len(status.exited) == 1, status.line()
+    return status.line()
 
 
 def dead_pid() -> int:
@@ -86,7 +87,9 @@ def test_sigterm_releases_the_workers_claims_record_and_lease_and_the_requeued_t
     output = stop(first, signal.SIGTERM)
     assert first.returncode == 128 + signal.SIGTERM, output
     assert_one_line_end(output, signal.SIGTERM)
-    assert_released(out, "seqsim")  # not held until --claim_ttl (60 s here)
+    line = assert_released(out, "seqsim")  # not held until --claim_ttl (60 s here)
+    # status says what a unit is: a helper's probe read "0 of 2 units" while the job's bar counted 5/12 utterances
+    assert "units (groups of (language pair, layer) items of one layer, " in line and " items in all) done" in line
     # The scheduler requeues the task: it takes no claim over (none was left) and finishes what one process writes.
     again = start_worker(command, task)
     output = again.communicate(timeout=patient(300))[0]

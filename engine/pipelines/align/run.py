@@ -255,7 +255,8 @@ def _align(config: AlignConfig, lease, reader, aligner: Aligner, langs: list) ->
     tables: dict[str, tuple] = {}
     with UnitLoop(claims, lease, summary, bar) as loop:
         weight = lambda unit: units[unit][2] - units[unit][1]  # noqa: E731
-        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None, total=len(units), weight=weight):
+        what = f"parts of up to {config.chunk} utterances of one language"
+        for claimed in loop.rounds(todo, lambda u: kept(u) is not None, total=len(units), weight=weight, what=what):
             for claim in claimed:
                 lang, first, last, done_now = units[claim.unit]
                 if lang not in tables:

@@ -98,7 +98,8 @@ def decode_claimed(config: DecodeConfig, reader, lease, summary, manifest: dict,
             bar.update(len(parts) - len(pending[unit]))
     with UnitLoop(claims, lease, summary, bar) as loop:
         todo, weight = [u for u in units.units if pending[u]], lambda unit: len(pending[unit])
-        for claimed in loop.rounds(todo, unit_done, total=len(units.units), weight=weight):
+        what = summary.unit if summary.unit == "languages" else f"{summary.unit} units"
+        for claimed in loop.rounds(todo, unit_done, total=len(units.units), weight=weight, what=what):
             for claim in claimed:
                 work(kv, claim.unit, pending[claim.unit], done[units.units[claim.unit][0]])
                 loop.done(claim, progress=len(pending[claim.unit]))

@@ -219,7 +219,8 @@ def _encode(
         return bool(arrays.done()[block.start : block.stop].all())
 
     with UnitLoop(claims, lease, summary, progress) as loop:
-        for claimed in loop.rounds(list(units), is_done, total=blocks, weight=lambda name: len(units[name][3])):
+        what = f"blocks of up to {config.claim_utterances} utterances of one language"
+        for claimed in loop.rounds(list(units), is_done, total=blocks, weight=lambda n: len(units[n][3]), what=what):
             tracker = _UnitTracker(loop, summary, store, recorded, progress)
             tasks = tracker.tasks(claimed, units)
             _run_pipeline(

@@ -112,7 +112,8 @@ def run_heads(config: HeadsConfig) -> HeadsSummary:
         per_unit = {"none": 1, "importance": len(config.losses), "attention": 1}
         total = sum(per_unit.get(u, masked.heads) for u in missing) * len(evaluation.inputs)
         bar = progress_bar(total, "heads", "window", config.run.progress)
-        for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(units)):
+        what = "passes (no ablation, one per block, importance, attention)"
+        for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(units), what):
             fault_point("before_part")  # test-only (engine.faults): the unit's claim is held
             arrays = _compute(unit, setup, config, bar, summary)
             write_outputs(kv, {key(unit): npz_bytes(arrays)}, url)

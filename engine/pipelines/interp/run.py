@@ -168,7 +168,8 @@ def _interp(config: InterpConfig, lease, reader, pairs, layers, sim) -> InterpSu
             bar.update()
     phone_cache: dict = {}
     with UnitLoop(claims, lease, summary, bar) as loop:
-        for claimed in loop.rounds(todo, lambda unit: kept(unit) is not None, total=len(units), weight=lambda _: 1):
+        what, weight = "(language pair, layer) parts", lambda _: 1
+        for claimed in loop.rounds(todo, lambda u: kept(u) is not None, total=len(units), weight=weight, what=what):
             for claim in claimed:
                 a, b, layer, upairs = units[claim.unit]
                 data, n_rows = unit_part(reader, language[a], language[b], layer, upairs, config, phone_cache,

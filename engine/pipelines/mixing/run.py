@@ -108,7 +108,7 @@ def run_mixing(config: MixingConfig) -> MixingSummary:
         missing = [lang for lang in langs if not stored(lang)]
         total = sum(len(picked[lang]) for lang in missing) * len(blocks)
         bar = progress_bar(total, "mixing", "block", config.run.progress)
-        for lang in claimed_units(claims, lease, summary, bar, missing, stored, len(langs)):
+        for lang in claimed_units(claims, lease, summary, bar, missing, stored, len(langs), "languages"):
             fault_point("before_part")  # test-only (engine.faults): the unit's claim is held
             arrays = _language(encoder, reader, lang, picked[lang], blocks, config, bar)
             write_outputs(kv, {f"{MATRICES}{lang}.npz": npz_bytes(arrays)}, url)

@@ -153,7 +153,8 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
             bar = functools.partial(progress_bar, enabled=config.run.progress)
 
             def claim(names, is_done, progress):
-                return claimed_units(passes, lease, RunSummary(), progress, names, is_done, len(names))
+                what = "intervention passes"
+                return claimed_units(passes, lease, RunSummary(), progress, names, is_done, len(names), what)
 
             done = intervene.run_intervention(config, encoder, source, langs, ranked, kv, url, fix, summary, bar,
                                               claim)  # fmt: skip
@@ -178,7 +179,7 @@ def _counts(config, encoder, source, langs, kv, fix, summary, claims, lease) -> 
     todo = [lang for lang in langs if not stored(lang)]
     listing = {lang: source.utterances(lang, config.split) for lang in todo}
     progress = progress_bar(sum(len(u) for u in listing.values()), "neurons", "utt", config.run.progress)
-    for lang in claimed_units(claims, lease, summary, progress, todo, stored, len(langs)):
+    for lang in claimed_units(claims, lease, summary, progress, todo, stored, len(langs), "languages"):
         fault_point("before_count")  # test-only (engine.faults): the language's claim is held
         counted = _count_language(encoder, listing[lang], lang, config, summary, progress)
         write_outputs(kv, {key(lang): npz_bytes(counted)}, url)

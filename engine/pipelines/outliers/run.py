@@ -113,7 +113,7 @@ def run_outliers(config: OutliersConfig) -> OutliersSummary:
     with output_run(config, "outliers", OutliersError, ignore=("block",), claims=(claims,)) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
         bar = progress_bar(len(missing) * 2 * len(langs), "outliers", "step", config.run.progress)
-        for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(layers)):
+        for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(layers), "layers"):
             fault_point("before_part")  # test-only (engine.faults): the layer's claim is held
             part = measure_layer(reader, int(unit), s, config.block, bar)
             write_outputs(kv, {key(int(unit)): npz_bytes(part)}, url)

@@ -153,7 +153,7 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,), check=as_steps) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
         quiet = progress_bar(0, "", "", enabled=False)  # each stage of each layer has its own bar (_train_and_write)
-        for unit in claimed_units(claims, lease, summary, quiet, missing, stored, len(layers)):
+        for unit in claimed_units(claims, lease, summary, quiet, missing, stored, len(layers), "layers"):
             layer = int(unit)
             name = f"sae layer {layer} ({summary.trained + 1}/{len(missing)})"
             _train_and_write(config, reader, frames[layer], ids_of, kv, url, name, decoder, langs)

@@ -263,7 +263,10 @@ def _similarity(config, reader, request: Request, lease, context, budget, langua
     pending = [name for name, unit in units.items() if any((i.layer, i.a, i.b) in todo for i in unit.items)]
     progress = progress_bar(sum(len(units[name].items) for name in pending), "similarity", "item", config.run.progress)
     with UnitLoop(claims, lease, summary, progress) as loop:
-        for claimed in loop.rounds(pending, unit_done, prefer, total=len(units), weight=lambda n: len(units[n].items)):
+        n_items = sum(len(u.items) for u in units.values())
+        what = f"groups of (language pair, layer) items of one layer, {n_items} items in all"
+        weight = lambda n: len(units[n].items)  # noqa: E731
+        for claimed in loop.rounds(pending, unit_done, prefer, total=len(units), weight=weight, what=what):
             for claim in claimed:
                 unit = units[claim.unit]
                 for k, item in enumerate(unit.items):
