@@ -8,6 +8,9 @@ resume, a worker joining and a retrieval baseline compare it (``same_layer_store
 
 from __future__ import annotations
 
+import json
+import pathlib
+
 from engine.errors import BabelgridError
 
 # What tells two layer stores at one path apart: when and where the store was created, what it was encoded from, and
@@ -40,3 +43,34 @@ def same_layer_store(stored: dict, manifest: dict, *, what: str, url: str, error
         f"it was written again since ({differ}). Its results cannot be extended or compared with the new store's: "
         f"compute into a new --out, or delete {url!r} and compute it again"
     )
+
+
+# What the finetune job writes beside the model it exports (``OUT/model/``): the checkpoint whose decoder it trained.
+FINETUNED_FROM = "babelgrid_finetuned_from.json"
+
+
+def not_the_stores_model(info, name: str, sha256: str, source=None) -> str:
+    """The refusal of a model (``name``, its weights' ``sha256``; ``source``: where it was loaded from) that did not
+    write the layer store whose ``StoreInfo`` is ``info``. A model the finetune job exported from the store's own
+    (``FINETUNED_FROM`` in its folder) is named as such: its decoder changed, so it is another checkpoint, but its
+    encoder is the store's, and a store encoded with it holds the same states."""
+    text = (f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
+            f"model given is {name!r} (sha256 {sha256[:12]})")  # fmt: skip
+    base = _finetuned_from(source)
+    if base is not None and base.get("checkpoint_sha256") == info.checkpoint_sha256:
+        return (f"{text}: a model the finetune job trained from the store's. Its decoder changed, so it is another "
+                f"checkpoint; its encoder did not. To use it, encode the data with it (`babelgrid encode --model "
+                f"{source}`): that store holds the same states, recorded as this model's")  # fmt: skip
+    return f"{text}; pass the store's model with --model"
+
+
+def _finetuned_from(source) -> dict | None:
+    """``FINETUNED_FROM``'s record in the local model folder ``source``, or None (no such folder or file, a hub id,
+    a model object, an unreadable record)."""
+    if not isinstance(source, (str, pathlib.Path)) or "://" in str(source):
+        return None
+    try:
+        record = json.loads((pathlib.Path(source) / FINETUNED_FROM).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import pathlib
 import shutil
 import signal
@@ -33,9 +34,10 @@ N = 10
 TEXTS = {"en": [f"the dog number {i} barks" for i in range(N)], "de": [f"der hund nummer {i} bellt" for i in range(N)]}
 
 
-def make_store(root: pathlib.Path, layers=(3,), langs=("en", "de")) -> str:
+def make_store(root: pathlib.Path, sha256: str, layers=(3,), langs=("en", "de")) -> str:
+    """A planted store, as the model whose weights' ``sha256`` it names would have written it."""
     url = f"file://{root}"
-    info = StoreInfo("tiny-random", "0" * 64, TINY_DIMS, layers, "float32")
+    info = StoreInfo("tiny-random", sha256, TINY_DIMS, layers, "float32")
     store = LayerStore.create_or_open(url, info, creation={"dataset": "planted-pairs"})
     rng = np.random.default_rng(0)
     for lang in langs:
@@ -50,8 +52,8 @@ def make_store(root: pathlib.Path, layers=(3,), langs=("en", "de")) -> str:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("ftstore") / "store")
+def store(tmp_path_factory, tiny_whisper):
+    return make_store(tmp_path_factory.mktemp("ftstore") / "store", tiny_whisper.checkpoint.sha256)
 
 
 def config(store, out, model, **kw):
@@ -155,7 +157,7 @@ def test_refusals(store, tiny_model_dir, tiny_whisper, run_out, tmp_path):
     empty.write_text("id\ttext\ns1\t \n")
     with pytest.raises(FinetuneError, match="no texts"):
         run_finetune(config(store, tmp_path / "c", tiny_model_dir, targets=str(empty)), model=tiny_whisper)
-    low = make_store(tmp_path / "low", layers=(0, 2))
+    low = make_store(tmp_path / "low", tiny_whisper.checkpoint.sha256, layers=(0, 2))
     with pytest.raises(FinetuneError, match="L\\+1"):
         run_finetune(config(low, tmp_path / "d", tiny_model_dir), model=tiny_whisper)
     # Too few ids is known from the store's tables: refused before the settings are recorded, so that the corrected
@@ -165,6 +167,34 @@ def test_refusals(store, tiny_model_dir, tiny_whisper, run_out, tmp_path):
     with pytest.raises(FinetuneError, match="need at least 2 ids"):
         run_finetune(config(store, tmp_path / "f", tiny_model_dir, targets=str(one)), model=tiny_whisper)
     assert not (tmp_path / "f" / "config.json").exists()
+
+
+def test_a_model_that_did_not_write_the_store_is_refused(tiny_model_dir, tiny_whisper, tmp_path):
+    """Weights of the same shape but not the store's (a probe's seed-1 random model) trained and exported silently:
+    the decoder learnt from states its own encoder does not make. Refused, before anything is written."""
+    alien = make_store(tmp_path / "alien", "1" * 64)
+    with pytest.raises(FinetuneError, match=r"written by model 'tiny-random' \(sha256 111111111111\).*store's model"):
+        run_finetune(config(alien, tmp_path / "out", tiny_model_dir), model=tiny_whisper)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_resume_names_the_store_and_model_by_place_and_decode_names_the_fine_tune(
+    store, tiny_model_dir, tiny_whisper, run_out, tmp_path, monkeypatch
+):
+    """A task requeued in another working folder gives the same store and model relative paths: resumed (it was
+    refused as "other hyperparameters"). The exported model is named as a fine-tune of the store's by decode."""
+    from engine.pipelines.decode.config import DecodeConfig, DecodeError
+    from engine.pipelines.decode.run import run_decode
+
+    out = finished_copy(run_out, tmp_path)
+    monkeypatch.chdir(pathlib.Path(store).parent)
+    model = os.path.relpath(tiny_model_dir)
+    again = run_finetune(config(pathlib.Path(store).name, out, model), model=tiny_whisper)
+    assert again.resumed_from == 6, again.report()
+    assert json.loads((out / "config.json").read_text())["layer_store_identity"]["created"]
+    decode = configure(DecodeConfig, store=store, model=str(out / "model"), out=str(tmp_path / "dec"))
+    with pytest.raises(DecodeError, match="a model the finetune job trained from the store's.*babelgrid encode"):
+        run_decode(decode)
 
 
 def wrote_paths(stdout: str, out: pathlib.Path) -> set[str]:

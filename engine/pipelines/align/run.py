@@ -41,6 +41,7 @@ from engine.runtime.runs import RunSummary, job_lease, open_claimed_run, progres
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore, write_value
 from engine.stores.parts import read_part
+from engine.stores.provenance import not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
@@ -101,14 +102,10 @@ def _manifest(config: AlignConfig, store_url: str, aligner: Aligner) -> dict:
     }
 
 
-def _check_store(reader, aligner: Aligner) -> None:
+def _check_store(reader, aligner: Aligner, source) -> None:
     info = reader.info
     if not aligner.same_store(info):
-        raise AlignError(
-            f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), "
-            f"but the model given is {aligner.name!r} (sha256 {aligner.sha256[:12]}); "
-            "pass the store's model with --model"
-        )
+        raise AlignError(not_the_stores_model(info, aligner.name, aligner.sha256, source))
     top = aligner.top
     if top not in info.layers:
         raise AlignError(
@@ -204,7 +201,7 @@ def run_align(config: AlignConfig) -> AlignSummary:
     )  # fmt: skip
     # The model against the store and the languages asked, before the lease: a request they refuse creates nothing.
     aligner: Aligner = FAMILIES[reader.info.family].cross_attention(config.model, dtype=DTYPES[config.compute_dtype])
-    _check_store(reader, aligner)
+    _check_store(reader, aligner, config.model)
     langs = list(config.langs) if config.langs else reader.languages()
     missing = sorted(set(langs) - set(reader.languages()))
     if missing:

@@ -18,6 +18,7 @@ from engine.runtime.runs import open_claimed_run, progress_bar, work_claims
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore
 from engine.stores.parts import read_part
+from engine.stores.provenance import not_the_stores_model
 from engine.stores.schema import is_done
 
 
@@ -36,10 +37,7 @@ def check_store(config: DecodeConfig, reader, name: str, sha256: str, same: bool
     ``sha256``; ``same``: a further check of the caller's, such as Whisper's dimensions) is not the store's."""
     info = reader.info
     if info.checkpoint_sha256 != sha256 or not same:
-        raise DecodeError(
-            f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
-            f"model given is {name!r} (sha256 {sha256[:12]}); pass the store's model with --model"
-        )
+        raise DecodeError(not_the_stores_model(info, name, sha256, config.model))
     langs = list(config.langs) if config.langs else reader.languages()
     missing = sorted(set(langs) - set(reader.languages()))
     if missing:

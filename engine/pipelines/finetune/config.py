@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 
@@ -113,4 +114,12 @@ class FinetuneConfig:
         (``padding``: ``engine.models.interface.SILENCE_FILL``, ``MASKED``)."""
         fields = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
                   if k in HYPERPARAMETERS}  # fmt: skip
-        return {**fields, "padding": padding}
+        return {**fields, "store": local_path(self.store), "model": local_path(self.model), "padding": padding}
+
+
+def local_path(name):
+    """``name`` as an absolute path where it names a local file or folder (a relative path read in another working
+    folder names the same one then); a URL, a hub id or None as it is."""
+    if isinstance(name, str) and "://" not in name and os.path.exists(name):
+        return os.path.abspath(name)
+    return name

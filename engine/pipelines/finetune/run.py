@@ -55,13 +55,14 @@ from engine.models.interface import DECODER
 from engine.pipelines.finetune import data as D
 from engine.pipelines.finetune import ewc as E
 from engine.pipelines.finetune import step as S
-from engine.pipelines.finetune.config import FinetuneConfig
+from engine.pipelines.finetune.config import FinetuneConfig, local_path
 from engine.pipelines.finetune.export import MODEL, check_export
 from engine.pipelines.finetune.report import before_after_table, write_figures
 from engine.pipelines.stages import checkpoints as C
 from engine.runtime.runs import RunSummary, job_lease
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore
+from engine.stores.provenance import FINETUNED_FROM, identity, not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.records import csv_bytes
 from engine.text import metrics as text_metrics
@@ -95,12 +96,14 @@ class FinetuneSummary(RunSummary):
         return f"wrote {out}/{', '.join(self.written)}"
 
 
-def _check_resume(out: pathlib.Path, config: FinetuneConfig, padding: str) -> None:
+def _check_resume(out: pathlib.Path, config: FinetuneConfig, padding: str, store: dict) -> None:
+    """Refuses a run into ``out`` whose ``config.json`` records other hyperparameters, or another layer store
+    (``store``: its ``provenance.identity``, so one encoded again at the same path is another)."""
     path = out / "config.json"
-    mine = config.hyperparameters(padding)
+    mine = {**config.hyperparameters(padding), "layer_store_identity": store}
     if path.is_file():
         stored = json.loads(path.read_text())
-        differ = sorted(k for k in set(stored) | set(mine) if stored.get(k) != mine.get(k))
+        differ = sorted(k for k in set(stored) | set(mine) if not _same(k, stored, mine))
         if differ:
             what = ", ".join(f"{k} (was {stored.get(k)!r}, now {mine.get(k)!r})" for k in differ)
             raise D.FinetuneError(f"'{out}' holds a run with other hyperparameters: {what}; use another --out "
@@ -108,6 +111,19 @@ def _check_resume(out: pathlib.Path, config: FinetuneConfig, padding: str) -> No
     else:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(mine, indent=2))
+
+
+def _same(key: str, stored: dict, mine: dict) -> bool:
+    """Whether a resume's ``mine[key]`` is the run's ``stored[key]``: paths by the places they name (a task requeued
+    in another working folder names the store otherwise); the model, whose weights ``_prepare`` found to be the
+    store's, by the store's identity, which a run recorded before it lacks (then: by path, as it was)."""
+    if key == "layer_store_identity" and key not in stored:
+        return True
+    if key == "model" and "layer_store_identity" in stored:
+        return True
+    if key in ("store", "model"):
+        return local_path(stored.get(key)) == local_path(mine.get(key))
+    return stored.get(key) == mine.get(key)
 
 
 def _targets(config, reader) -> dict[str, str]:
@@ -202,6 +218,8 @@ def _prepare(config: FinetuneConfig, model, reader):
         raise D.FinetuneError(f"--model has dims {trainer.store_dims}, the store's model "
                               f"{reader.info.dims.to_dict()}; pass the "
                               "store's model with --model")  # fmt: skip
+    if trainer.sha256 != reader.info.checkpoint_sha256:  # same shape, other weights: its states are not these
+        raise D.FinetuneError(not_the_stores_model(reader.info, trainer.name, trainer.sha256, config.model))
     if config.export and trainer.export_problem() is not None:
         raise D.FinetuneError(f"{trainer.export_problem()}, or pass --noexport to train without exporting")
     trainer.language(config.target_lang)  # LanguageError for a target language the model has no prompt for
@@ -232,7 +250,7 @@ def _finetune(config: FinetuneConfig, reader, trainer, targets) -> FinetuneSumma
     if config.export:
         check_export(trainer, out)  # under the lease, which made the folder it tries a file in
     y = language_key(config.target_lang)  # metrics.csv's target_lang, and how its texts are scored
-    _check_resume(out, config, trainer.padding)
+    _check_resume(out, config, trainer.padding, identity(reader.manifest))
     english = _english(reader)
     en_texts = D.store_texts(reader, english) if english else {}
 
@@ -341,6 +359,9 @@ def _finetune(config: FinetuneConfig, reader, trainer, targets) -> FinetuneSumma
     summary.written += ["config.json", "split.csv", "metrics.csv", "checkpoints/"]
     if config.export:
         tuned.export(out / MODEL)
+        base = {"model_name": trainer.name, "checkpoint_sha256": trainer.sha256, "trained": "the text decoder",
+                "layer_store": reader.url}  # fmt: skip
+        (out / MODEL / FINETUNED_FROM).write_text(json.dumps(base, indent=1))  # what the store checks name
         summary.written.append(f"{MODEL}/")
     summary.table = before_after_table(rows, config.steps)
     source = captions.source_line(trainer.name, reader.manifest.get("created"))

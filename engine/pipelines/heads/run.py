@@ -43,6 +43,7 @@ from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claim
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_value
+from engine.stores.provenance import not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.records import npz_bytes, read_npz
 
@@ -173,10 +174,7 @@ def checked(config: HeadsConfig, reader) -> tuple[list[str], object]:
         raise HeadsError(f"heads scores retrieval and language ID across languages: give at least two, got {langs}")
     encoder = load_encoder(config.model, adapter=config.adapter)
     if encoder.sha256 != info.checkpoint_sha256 or encoder.family != info.family:
-        raise HeadsError(
-            f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
-            f"model given is {encoder.name!r} (sha256 {encoder.sha256[:12]}); pass the store's model with --model"
-        )
+        raise HeadsError(not_the_stores_model(info, encoder.name, encoder.sha256, config.model))
     return langs, encoder
 
 

@@ -48,6 +48,7 @@ from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claim
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_value
+from engine.stores.provenance import not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.records import npz_bytes, read_npz
 from engine.stores.words import read_words, words_language
@@ -146,10 +147,7 @@ def checked(config: MixingConfig, reader) -> tuple[list[str], object, tuple[int,
         raise MixingError(f"languages {missing} are not in the layer store, which has {list(reader.languages)}")
     encoder = load_encoder(config.model, adapter=config.adapter)
     if encoder.sha256 != info.checkpoint_sha256 or encoder.family != info.family:
-        raise MixingError(
-            f"the layer store was written by model {info.model_name!r} (sha256 {info.checkpoint_sha256[:12]}), but the "
-            f"model given is {encoder.name!r} (sha256 {encoder.sha256[:12]}); pass the store's model with --model"
-        )
+        raise MixingError(not_the_stores_model(info, encoder.name, encoder.sha256, config.model))
     if encoder.value_zeroing is None:
         raise MixingError(f"{encoder.name} ({encoder.family}) cannot re-run one block from its input yet: value "
                           "zeroing is offered for Whisper and the wav2vec2 family")  # fmt: skip

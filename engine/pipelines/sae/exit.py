@@ -32,6 +32,7 @@ from engine.models.family import FAMILIES
 from engine.models.interface import Search
 from engine.pipelines.sae.config import SaeError
 from engine.pipelines.stages.early_exit import cut_windows, has_decoder, score_normalizer, search_windows
+from engine.stores.provenance import not_the_stores_model
 from engine.text import metrics
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,7 @@ def load_decoder(model: str | None, info):
         return None, f"early-exit WER/CER: not scored ({info.model_name}, a {info.family} model, has no text decoder)"
     decoder = FAMILIES[info.family].decoder(model)
     if decoder.sha256 != info.checkpoint_sha256:
-        raise SaeError(
-            f"--model {model!r} (sha256 {decoder.sha256[:12]}) is not the checkpoint that wrote the layer store "
-            f"({info.model_name!r}, sha256 {info.checkpoint_sha256[:12]}): pass the store's model with --model"
-        )
+        raise SaeError(f"--model {model!r}: {not_the_stores_model(info, decoder.name, decoder.sha256, model)}")
     return decoder, None
 
 
