@@ -73,10 +73,17 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
         except ValueError:
             raise CheckpointError(f"'{path}' is not a safetensors file (its header is not JSON)") from None
         data = np.memmap(f, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.empty(0, np.uint8)
+    if not isinstance(header, dict):
+        raise CheckpointError(f"'{path}' is not a safetensors file (its header is not a JSON object)")
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if not _is_entry(info):
+            raise CheckpointError(
+                f"safetensors file '{path}' is corrupt: its header's entry for tensor '{name}' is not a dtype, shape "
+                f"and data offsets ({str(info)[:200]}); download it again"
+            )
         dtype = SAFETENSORS_DTYPES.get(info["dtype"])
         if dtype is None:
             raise CheckpointError(
@@ -88,6 +95,17 @@ def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
             raise CheckpointError(f"safetensors file '{path}' is truncated or corrupt at tensor '{name}'")
         out[name] = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=start).reshape(shape)
     return out
+
+
+def _is_entry(info) -> bool:
+    """Whether a safetensors header entry has the fields its format gives every tensor, of their types."""
+    if not isinstance(info, dict) or not isinstance(info.get("dtype"), str):
+        return False
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        return False
+    return (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(n, int) for n in offsets)
+            and 0 <= offsets[0] <= offsets[1])  # fmt: skip
 
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))

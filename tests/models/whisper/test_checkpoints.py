@@ -170,6 +170,20 @@ def test_read_safetensors_matches_library(hf_dir):
     assert_same(ours, safetensors_numpy.load_file(hf_dir / "model.safetensors"))
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [{"shape": [2], "data_offsets": [0, 8]}, {"dtype": "F32", "shape": "2", "data_offsets": [0, 8]},
+     {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}, [1, 2]],
+)  # fmt: skip
+def test_read_safetensors_names_a_corrupt_header_entry(tmp_path, entry):
+    """A header entry without its dtype raised a bare KeyError (a probe's one-byte edit of a random checkpoint)."""
+    header = json.dumps({"__metadata__": {}, "w": entry}).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    with pytest.raises(CheckpointError, match="corrupt: its header's entry for tensor 'w' is not a dtype, shape"):
+        read_safetensors(path)
+
+
 def test_hf_sharded(hf_model, expected, tmp_path):
     hf_model.save_pretrained(tmp_path, max_shard_size="4MB")
     shards = sorted(tmp_path.glob("model-*.safetensors"))
