@@ -17,6 +17,7 @@ batch normalises over the padding too, which is the one place this module differ
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from collections.abc import Sequence
 
@@ -25,6 +26,8 @@ import numpy as np
 from engine.errors import CheckpointError, ShapeError
 from engine.models.common.io import read_json
 from engine.models.wav2vec2.config import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
 
 NORM_EPS = 1e-7  # added to the variance by Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm
 PREPROCESSOR_FILE = "preprocessor_config.json"
@@ -40,10 +43,18 @@ class FeatureOptions:
 
     @classmethod
     def from_folder(cls, folder: pathlib.Path) -> FeatureOptions:
-        """The options of ``folder/preprocessor_config.json``; transformers' defaults when it is absent."""
+        """The options of ``folder/preprocessor_config.json``; transformers' defaults when it is absent, with a
+        warning: a checkpoint trained on unnormalised audio (``do_normalize`` false) that lost the file would be fed
+        normalised audio, and its states differ with nothing else to say so (a probe measured up to 4.0 apart)."""
         path = folder / PREPROCESSOR_FILE
         if not path.is_file():
-            return cls()
+            defaults = cls()
+            log.warning(
+                "'%s' has no %s: using Wav2Vec2FeatureExtractor's defaults (do_normalize=%s, padding_value=%s). A "
+                "checkpoint trained on unnormalised audio needs the file (its do_normalize false): copy it from where "
+                "the checkpoint came from", folder, PREPROCESSOR_FILE, defaults.do_normalize, defaults.padding_value,
+            )  # fmt: skip
+            return defaults
         config = read_json(path)
         rate = config.get("sampling_rate", SAMPLE_RATE)
         if rate != SAMPLE_RATE or config.get("feature_size", 1) != 1:

@@ -148,6 +148,16 @@ def test_features_equal_wav2vec2_feature_extractor(fleurs_dir, do_normalize):
         np.testing.assert_array_equal(batch_waveforms([w], FeatureOptions(do_normalize=do_normalize))[0], alone)
 
 
+def test_a_folder_without_its_preprocessor_config_takes_the_defaults_with_a_warning(tmp_path, caplog):
+    """A probe's HuBERT that shipped do_normalize false and lost the file was fed normalised audio without a word."""
+    (tmp_path / "preprocessor_config.json").write_text('{"do_normalize": false}')
+    assert FeatureOptions.from_folder(tmp_path).do_normalize is False and not caplog.records
+    (tmp_path / "preprocessor_config.json").unlink()
+    assert FeatureOptions.from_folder(tmp_path) == FeatureOptions()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "has no preprocessor_config.json: using Wav2Vec2FeatureExtractor's defaults (do_normalize=True" in warning
+
+
 def test_frames_follow_transformers_length_formula():
     small = dict(hidden_size=32, num_attention_heads=2, intermediate_size=8, conv_dim=(8,) * 7)
     config = transformers.Wav2Vec2Config(**small, num_hidden_layers=1, num_conv_pos_embedding_groups=2)
