@@ -19,8 +19,10 @@ class EncodeConfig:
     run: RunOptions = RunOptions()
     model: str | None = option(
         None,
-        "hub id or folder of any family (BUILD.md#models: Whisper HF, CTranslate2 or OpenAI .pt; wav2vec2, HuBERT, "
-        "MMS; w2v-BERT 2.0, SeamlessM4T v2), default the packaged whisper-base",
+        "hub id or folder of any family (BUILD.md#models, docs/models.md): Whisper (HF, CTranslate2 or OpenAI .pt); "
+        "wav2vec2, XLS-R, HuBERT, MMS, Omnilingual; w2v-BERT 2.0, SeamlessM4T v2; OWSM, POWSM; the audio towers "
+        "of Qwen2-Audio, Qwen3-ASR, Qwen-Omni, Voxtral (Realtime), Audio Flamingo 3, Gemma (USM); Parakeet, "
+        "Canary, Cohere ASR. Default: the packaged whisper-base. `random-model --help`: random ones, offline",
     )
     adapter: str | None = option(
         None, "MMS language adapter to load beside a wav2vec2 model (its adapter.<lang>.safetensors)"
