@@ -185,6 +185,8 @@ def test_a_resume_names_the_store_and_model_by_place_and_decode_names_the_fine_t
     refused as "other hyperparameters"). The exported model is named as a fine-tune of the store's by decode."""
     from engine.pipelines.decode.config import DecodeConfig, DecodeError
     from engine.pipelines.decode.run import run_decode
+    from engine.pipelines.verify.config import VerifyConfig
+    from engine.pipelines.verify.run import run_verify
 
     out = finished_copy(run_out, tmp_path)
     monkeypatch.chdir(pathlib.Path(store).parent)
@@ -195,6 +197,8 @@ def test_a_resume_names_the_store_and_model_by_place_and_decode_names_the_fine_t
     decode = configure(DecodeConfig, store=store, model=str(out / "model"), out=str(tmp_path / "dec"))
     with pytest.raises(DecodeError, match="a model the finetune job trained from the store's.*babelgrid encode"):
         run_decode(decode)
+    report = run_verify(configure(VerifyConfig, location=str(out)))
+    assert report.exit_code == 0 and "babelgrid_finetuned_from" not in report.report(), report.report()
 
 
 def wrote_paths(stdout: str, out: pathlib.Path) -> set[str]:

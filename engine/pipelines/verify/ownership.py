@@ -62,7 +62,7 @@ RUN_NAMES = re.compile(
       lease\.json | zarr\.json | run\.json
     | (?:claims|workers|runs)/.+\.json
     | config\.json | generation_config\.json | tokenizer(?:_config)?\.json | preprocessor_config\.json
-    | special_tokens_map\.json | vocab\.json | cfg\.json
+    | special_tokens_map\.json | vocab\.json | cfg\.json | babelgrid_finetuned_from\.json
     )$"""
 )
 # A TensorStore chunk key (zarr v3's default encoding, "c/0/1" or "c.0.1"): read by the store checks, never here.
