@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import tensorstore as ts
 
-from engine.errors import BabelgridError, StoreError
+from engine.errors import BabelgridError, DamageError, StoreError
 from engine.stores.records import UNSEALED_FIX, json_bytes, manifest_diffs, parse_json
 
 # One base context for every store this process opens, so that a `memory://` store outlives its handle (tests,
@@ -43,18 +43,36 @@ def _retries(seconds: float) -> dict:
     return {"s3_request_retries": settings, "gcs_request_retries": settings}
 
 
+# TensorStore's libcurl settings for a transfer that stalls (a server that takes the connection and never answers: a
+# network partition). Retries cover failed requests only; without these, a stalled one waits for ever, and the job
+# with it (a probe's encode hung 3.5 minutes, SIGTERM unanswered). Read when the first remote request is made.
+STALL_SECONDS, STALL_BYTES = "TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", "TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES"
+_USERS_STALL_LIMIT = STALL_SECONDS in os.environ or STALL_BYTES in os.environ  # theirs are kept
+
+
+def _bound_stalls(seconds: float) -> None:
+    """A request that moves less than a byte a second for a quarter of ``seconds`` fails, and is retried as a failed
+    one, unless the user set these variables."""
+    if not _USERS_STALL_LIMIT:
+        os.environ[STALL_SECONDS], os.environ[STALL_BYTES] = str(max(1, round(seconds / 4))), "1"
+
+
 _store_timeout = DEFAULT_STORE_TIMEOUT
 _context = ts.Context(_retries(DEFAULT_STORE_TIMEOUT), _BASE_CONTEXT)
+_bound_stalls(DEFAULT_STORE_TIMEOUT)
 
 
 def set_store_timeout(seconds: float) -> None:
-    """Bounds how long an unreachable or failing ``s3://`` / ``gs://`` location is retried (``--store_timeout``):
-    stores opened from now on give up after about ``seconds`` with a ``StoreError`` naming the location."""
+    """Bounds how long an unreachable, failing or stalled ``s3://`` / ``gs://`` location is retried
+    (``--store_timeout``): stores opened from now on give up after about ``seconds`` (a stalled request after a
+    quarter of it, then retried) with a ``StoreError`` naming the location. The stall bound holds from the process's
+    first remote request on, so jobs set it before opening any store."""
     global _store_timeout, _context
     if not seconds > 0:
         raise StoreError(f"the object-store timeout must be positive seconds, got {seconds!r}")
     _store_timeout = float(seconds)
     _context = ts.Context(_retries(_store_timeout), _BASE_CONTEXT)
+    _bound_stalls(_store_timeout)
 
 
 def context() -> ts.Context:
@@ -334,3 +352,27 @@ def create_or_compare(
             "same flags), or write to another --out"
         )
     return stored
+
+
+def keys_under(kv: ts.KvStore, prefix: str, url: str) -> list[str]:
+    """Every key that starts with ``prefix`` (a folder's ``a/``, or a whole key name)."""
+    try:
+        found = kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result()
+    except ValueError as e:
+        raise storage_error("list", prefix, url, e) from None
+    return sorted(k.decode() for k in found)
+
+
+def refuse_lost_manifest(kv: ts.KvStore, key: str, url: str, held: list[str], *, what: str, fix: str) -> None:
+    """A ``before_create`` for ``create_or_compare``: an output whose manifest ``key`` is missing but which holds what
+    its runs write (``held``: their names, found when the manifest was found missing) is refused. A new manifest would
+    take this run's settings as those of results computed with others, and a resume would mix them in one output
+    (a similarity store re-adopted by another model's run). Read again first: another process may have created the
+    output and written into it since."""
+    if held and read_json(kv, key, url) is None:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise DamageError(
+            f"{what} {url!r} has lost its {key} but holds {shown}: the settings they were written with are unknown, "
+            f"so nothing is written over them. {fix}",
+            "missing",
+        )

@@ -31,9 +31,11 @@ from engine.stores.kv import (
     create_key,
     create_or_compare,
     create_or_open_array,
+    keys_under,
     open_array,
     open_kvstore,
     read_json,
+    refuse_lost_manifest,
     update_json,
 )
 from engine.stores.language import MAX_IN_FLIGHT_BYTES, WRITE_THREADS, LanguageArrays
@@ -360,18 +362,10 @@ def _check_fits(arrays: LanguageArrays, max_frames: int) -> None:
 
 
 def _refuse_lost_manifest(kv: ts.KvStore, url: str) -> None:
-    """A store whose manifest is gone but whose languages are there (its roster, a language index) is refused: a new
-    manifest would take this run's settings as the store's, and a resume would mix two settings in one store. Called
-    where the manifest was found missing (``create_or_compare``'s ``before_create``)."""
-    key_range = ts.KvStore.KeyRange(LANGUAGES_DIR, LANGUAGES_DIR[:-1] + "0")
-    indexed = [k.decode()[len(LANGUAGES_DIR) :].removesuffix(".json") for k in kv.list(key_range).result()]
-    if indexed or read_json(kv, ROSTER, url) is not None:
-        if read_json(kv, MANIFEST, url) is not None:
-            return  # another process created the store since the manifest was found missing, then its languages
-        held = ", ".join(sorted(indexed)[:5]) or ROSTER
-        raise DamageError(
-            f"layer store {url!r} has lost its {MANIFEST} but holds languages ({held}): the settings they were "
-            "written with are unknown, so nothing is written over them. Restore the manifest from a copy, or encode "
-            "into a new folder",
-            "missing",
-        )
+    """A store whose manifest is gone but whose languages are there (its roster, a language index) is refused
+    (``kv.refuse_lost_manifest``). Called where the manifest was found missing (``create_or_compare``'s
+    ``before_create``)."""
+    indexed = [k[len(LANGUAGES_DIR) :].removesuffix(".json") for k in keys_under(kv, LANGUAGES_DIR, url)]
+    held = [f"languages ({', '.join(indexed[:5])})"] if indexed else keys_under(kv, ROSTER, url)
+    fix = "Restore the manifest from a copy, or encode into a new folder"
+    refuse_lost_manifest(kv, MANIFEST, url, held, what="layer store", fix=fix)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import tensorstore as ts
 
 from engine.errors import DamageError
-from engine.stores.kv import read_json, update_json
+from engine.stores.kv import keys_under, read_json, refuse_lost_manifest, update_json
 
 ROSTER = "pairs.json"
 
@@ -47,3 +47,12 @@ def check_listed(kv: ts.KvStore, url: str, fix: str, measure: str, seen: set[str
             "the seqsim job into it: it computes them again",
             "missing",
         )
+
+
+def refuse_lost_pairs(kv: ts.KvStore, url: str, manifest: str, measures) -> None:
+    """A similarity store whose ``manifest`` is gone but which holds pairs (its roster, a folder of one of
+    ``measures``) is refused (``kv.refuse_lost_manifest``): a run of another model or dtype would adopt them."""
+    folders = {"/".join(k.split("/")[:2]) for m in measures for k in keys_under(kv, f"{m}/", url)}
+    held = sorted(folders) or keys_under(kv, ROSTER, url)
+    fix = "Restore the manifest from a copy, or compute into a new --out (or delete this one and compute it again)"
+    refuse_lost_manifest(kv, manifest, url, held, what="similarity store", fix=fix)

@@ -36,7 +36,7 @@ from engine.listing import Listing
 from engine.stores import integrity, provenance
 from engine.stores.integrity import CHECKED_READS, CRC32C, damage_error, is_damage, repair_hint
 from engine.stores.kv import context, create_or_compare, open_kvstore, read_json, write_value
-from engine.stores.pair_roster import check_listed, enrol, read_roster
+from engine.stores.pair_roster import check_listed, enrol, read_roster, refuse_lost_pairs
 from engine.stores.records import json_bytes, where_instead
 from engine.stores.schema import LANG
 
@@ -274,13 +274,13 @@ class SimilarityStore(_Store):
 
         Raises SimilarityMismatchError when the store was computed from another layer store, model, checkpoint,
         layer list, transform, dtype, OT options or SeqSim precision (``COMPARED_FIELDS``), naming each differing
-        field with both values.
-        """
+        field with both values; a DamageError when its manifest is gone but its pairs are there."""
         kvstore, kv = _open(url)
         check = lambda m: _check_manifest(provenance.same_layer_store(m, manifest, what="similarity store", url=url,
                                                                       error=SimilarityMismatchError), url)  # fmt: skip
         stored = create_or_compare(kv, MANIFEST, manifest, url, fields=COMPARED_FIELDS, error=SimilarityMismatchError,
-                                   what="similarity store", check=check, unrecorded=UNRECORDED_FIELDS)  # fmt: skip
+                                   what="similarity store", check=check, unrecorded=UNRECORDED_FIELDS,
+                                   before_create=lambda: refuse_lost_pairs(kv, url, MANIFEST, MEASURES))  # fmt: skip
         return cls(url, kvstore, kv, stored)
 
     def create_pair(self, measure: str, lang_a: str, lang_b: str, ids: dict) -> ts.TensorStore:

@@ -429,12 +429,26 @@ def test_a_store_that_lost_its_manifest_is_not_resumed_under_new_settings(worker
     assert found.exit_code == 1 and "manifest.json of a layer store (languages de, en, es)" in found.report()
 
 
-def test_verify_names_a_similarity_store_that_lost_its_manifest(similarity, tmp_path):
+def test_a_similarity_store_that_lost_its_manifest_is_named_and_not_adopted(similarity, worker_store, tmp_path):
+    """A probe deleted a similarity store's manifest.json and one done marker, then ran seqsim from another model's
+    layer store into it: exit 0, one matrix of the new model among the old one's, and verify said clean. Refused now,
+    naming the pairs, and nothing is written."""
+    from engine.errors import DamageError
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
+    from engine.runtime.options import configure
+
     sim = tmp_path / "sim"
     shutil.copytree(similarity, sim)
     (sim / "manifest.json").unlink()
     found = verify(sim)
     assert found.exit_code == 1 and "manifest.json of a similarity store (pairs mean/de__en" in found.report()
+    before = sorted(p.relative_to(sim) for p in sim.rglob("*"))
+    again = configure(SimilarityConfig, store=str(worker_store), out=str(sim), layers=(1,), measures=("mean",),
+                      dtype="bfloat16", progress=False)  # fmt: skip
+    with pytest.raises(DamageError, match=r"similarity store .* has lost its manifest\.json but holds mean/de__en, "):
+        run_similarity(again)
+    assert sorted(p.relative_to(sim) for p in sim.rglob("*")) == before
 
 
 @pytest.mark.parametrize("alter", ["crc32c taken out", "byte order flipped"])
