@@ -236,7 +236,8 @@ class RunOptions:
     store_timeout: float = option(
         DEFAULT_STORE_TIMEOUT,
         "seconds an unreachable or failing s3:// or gs:// location is retried before the job stops with an error "
-        "naming it (slow, flaky servers are retried within this bound)",
+        "naming it (slow, flaky servers are retried within this bound; a request that moves nothing for a quarter of "
+        "it, a network partition, fails and is retried)",
         positive=True,
     )
     strict: bool = option(False, "exit non-zero if anything was skipped")
