@@ -31,6 +31,7 @@ from engine.runtime.lease import DEFAULT_TTL, WORKERS, SharedLease, StoreBusyErr
 from engine.runtime.options import ConfigError, RunOptions, canonical_location, read_locations
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.stores.kv import create_or_compare, open_kvstore
+from engine.stores.records import manifest_diffs
 
 SETTINGS = "manifest.json"  # an output folder's record of the settings its files were made with (output_run)
 
@@ -332,7 +333,8 @@ def output_settings(job: str, config, ignore: tuple[str, ...] = ()) -> dict:
 
 @contextlib.contextmanager
 def output_run(config, job: str, error: type[Exception], ignore: tuple[str, ...] = (), claims: tuple = (),
-               prepare: Callable[[], None] | None = None, check: Callable[[dict], dict] | None = None):  # fmt: skip
+               prepare: Callable[[], None] | None = None, check: Callable[[dict], dict] | None = None,
+               inputs: dict | None = None):  # fmt: skip
     """The start of a run that writes its files at the end (compare, probes, neurons), as every job's: before any work,
     the output's writer lease (a second run is refused, and an output that cannot be written fails at once: the lease
     is the run's first write; with ``--worker`` the lease the workers share, ``job_lease``), then its settings
@@ -340,14 +342,24 @@ def output_run(config, job: str, error: type[Exception], ignore: tuple[str, ...]
     folder never mixes the files of two settings (``error`` names the difference). ``claims``: the ``WorkClaims`` of
     the run's claimed units, whose earlier run's claims the opener clears before workers join; ``prepare``: what else
     the opener does before they join (neurons: an intervention of other settings deleted); ``check``: a recorded
-    manifest as today's settings would say it (a folder of an older version, ``create_or_compare``). Yields the
-    lease."""
+    manifest as today's settings would say it (a folder of an older version, ``create_or_compare``); ``inputs``:
+    what the run reads, beyond its settings' paths (``provenance.store_inputs``: the layer store and its utterances
+    done; a words folder's digests, a dataset's listing), recorded beside them and compared the same way, so that a
+    rerun after they changed is refused instead of keeping or extending results of the old ones (a folder written
+    before inputs were recorded is not compared). Yields the lease."""
     url = config.run.out
-    settings = output_settings(job, config, ignore)
+    settings = output_settings(job, config, ignore) | ({} if inputs is None else {"inputs": inputs})
     with job_lease(config, job) as lease:  # workers share every setting, the ignored ones too
         _, kv = open_kvstore(url)
-        create_or_compare(kv, SETTINGS, settings, url, fields=list(settings), error=error, what=f"{job} output folder",
-                          check=check)  # fmt: skip
+        stored = create_or_compare(kv, SETTINGS, settings, url, fields=[f for f in settings if f != "inputs"],
+                                   error=error, what=f"{job} output folder", check=check)  # fmt: skip
+        then = stored.get("inputs")
+        diffs = [] if inputs is None or then is None else manifest_diffs(then, inputs, sorted({*then, *inputs}))
+        if diffs:
+            raise error(
+                f"{job} output folder {url!r} was computed from other inputs than this run's: {'; '.join(diffs)}. "
+                "Its results are not kept or extended with others: write to another --out (or delete it and run again)"
+            )
         if lease.opener:
             for held in claims:
                 held.clear(keep_live=lease.shared)

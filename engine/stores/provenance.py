@@ -8,8 +8,12 @@ resume, a worker joining and a retrieval baseline compare it (``same_layer_store
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pathlib
+
+import numpy as np
 
 from engine.errors import BabelgridError
 
@@ -74,3 +78,30 @@ def _finetuned_from(source) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def store_inputs(reader, langs) -> dict:
+    """What an output folder records of the layer store its job read (``runs.output_run``'s ``inputs``): the store's
+    ``identity`` and the utterances done in each language read. A rerun after encoding went on (a job run on a partial
+    store), or on a store encoded again at the path, is refused by name rather than keeping the old results."""
+    done = {lang: int(np.count_nonzero(np.asarray(reader.lengths(lang)) >= 0)) for lang in langs}
+    return {"layer_store": identity(reader.manifest), "utterances_done": done}
+
+
+def listing_digest(utterances) -> str:
+    """sha256 of a dataset listing (``Utterance`` objects): ids, recordings, paths and, for local files, their sizes
+    and modification times (for audio held as bytes, their length), so that audio replaced under the same names is
+    another listing."""
+    h = hashlib.sha256()
+    for u in sorted(utterances, key=lambda u: (u.lang, u.id, u.recording, u.path)):
+        h.update(json.dumps([u.lang, u.id, u.recording, u.path, _audio_stamp(u.audio)]).encode())
+    return h.hexdigest()
+
+
+def _audio_stamp(audio):
+    if isinstance(audio, (bytes, memoryview)):
+        return len(audio)
+    if isinstance(audio, str) and os.path.isfile(audio):
+        stat = os.stat(audio)
+        return [stat.st_size, stat.st_mtime_ns]
+    return None  # fetched on load: its name stands for it

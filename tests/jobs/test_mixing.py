@@ -13,6 +13,7 @@ punctuation-only word, one without times, one utterance with a single word: skip
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import types
@@ -218,6 +219,30 @@ def test_resume_and_refusals(job, inputs, tiny_model_dir, encoder, monkeypatch):
     monkeypatch.setattr(mixing_run, "load_encoder", lambda *a, **k: fake)
     with pytest.raises(MixingError, match="cannot re-run one block from its input"):
         mixing_run.run_mixing(_config(root, store, words, tiny_model_dir, out="other"))
+
+
+def test_words_aligned_again_or_from_another_store_are_refused(job, inputs, tiny_model_dir, encoder, monkeypatch,
+                                                                 tmp_path):  # fmt: skip
+    """A probe aligned the words again (other transcripts) into the --words folder and reran: "nothing left to do",
+    the old words kept. Words of another store's ids were skipped one by one as having too few words, exit 0."""
+    import shutil
+
+    root, store, words = inputs
+    monkeypatch.setattr(mixing_run, "load_encoder", lambda *a, **k: encoder)
+    moved = tmp_path / "words"
+    shutil.copytree(words, moved)
+    config = _config(root, store, moved, tiny_model_dir)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(tmp_path / "out")))
+    assert mixing_run.run_mixing(config).parts == 2
+    table = pq.read_table(moved / "de" / "words.parquet").to_pydict()
+    table["end"] = [e + 0.01 for e in table["end"]]  # aligned again: other times
+    pq.write_table(pa.Table.from_pydict(table, schema=WORD_SCHEMA), moved / "de" / "words.parquet")
+    with pytest.raises(MixingError, match=r"other inputs than this run's: utterances_and_words\.de: store has "):
+        mixing_run.run_mixing(config)
+    table["id"] = [f"x{i}" for i in range(len(table["id"]))]
+    pq.write_table(pa.Table.from_pydict(table, schema=WORD_SCHEMA), moved / "de" / "words.parquet")
+    with pytest.raises(MixingError, match=r"no utterance of de in the layer store has words in --words .*another"):
+        mixing_run.run_mixing(_config(root, store, moved, tiny_model_dir, out="fresh"))
 
 
 def test_plan_counts_what_the_run_does(job, inputs, tiny_model_dir, encoder, monkeypatch):

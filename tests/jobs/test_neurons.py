@@ -155,3 +155,9 @@ def test_a_corrupt_clip_is_skipped_counted_and_the_rest_counted(clips, tiny_mode
     assert summary.n_skipped == 1 and summary.utterances == 4
     with np.load(tmp_path / "out" / "counts" / f"{LANGS[0]}.npz", allow_pickle=False) as f:
         assert int(f["skipped"]) == 1 and int(f["utterances"]) == 2
+    # A probe replaced clips under the same dataset and reran: the old counts were read back, exit 0. The folder
+    # records the listing counted (names, sizes, times): another one is refused.
+    shutil.copy(next((copy / LANGS[1]).glob("*.ogg")), copy / LANGS[1] / "added.ogg")
+    with pytest.raises(NeuronsError, match=r"computed from other inputs than this run's: dataset: store has '"):
+        run_neurons(configure(NeuronsConfig, out=str(tmp_path / "out"), model=str(tiny_model_dir),
+                              dataset=f"folder:{copy}", batch_size=2))  # fmt: skip

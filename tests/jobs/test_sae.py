@@ -419,6 +419,29 @@ def test_a_folder_trained_before_steps_were_recorded_resumes_by_its_epochs(worke
         run_sae(configure(SaeConfig, store=str(worker_store), out=str(out), **{**settings, "epochs": 3}))
 
 
+def test_a_rerun_on_a_store_that_changed_is_refused_not_given_the_old_layers(job, worker_store, tmp_path):
+    """A probe ran sae on a store whose encode had been killed, resumed the encode, and ran sae again: exit 0 with
+    the partial store's numbers byte for byte. The folder records the store's utterances done; a folder written
+    before it recorded them is read as before."""
+    import json
+    import shutil
+
+    from engine.stores.records import json_bytes
+
+    out = tmp_path / "sae"
+    shutil.copytree(job[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    partial = {**manifest["inputs"]["utterances_done"], "de": manifest["inputs"]["utterances_done"]["de"] - 2}
+    (out / "manifest.json").write_bytes(json_bytes({**manifest, "inputs": {**manifest["inputs"],
+                                                                           "utterances_done": partial}}))  # fmt: skip
+    config = configure(SaeConfig, store=str(worker_store), out=str(out), **SETTINGS, **EXIT)
+    with pytest.raises(SaeError, match=r"computed from other inputs than this run's: utterances_done\.de: store has "):
+        run_sae(config)
+    del manifest["inputs"]
+    (out / "manifest.json").write_bytes(json_bytes(manifest))
+    assert run_sae(config).trained == 0
+
+
 def test_plan_prints_steps_frames_and_time_and_writes_nothing(worker_store, tmp_path, run_job):
     out = tmp_path / "planned"
     result = run_job("sae", "--store", str(worker_store), "--out", str(out), "--layers", "1,3", "--batch_size", "64",

@@ -28,6 +28,7 @@ run; each is written whole with its digest as soon as it is done (a rerun reads 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import re
@@ -48,7 +49,7 @@ from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claim
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_value
-from engine.stores.provenance import not_the_stores_model
+from engine.stores.provenance import identity, not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.records import npz_bytes, read_npz
 from engine.stores.words import read_words, words_language
@@ -105,7 +106,11 @@ def run_mixing(config: MixingConfig) -> MixingSummary:
     def stored(lang: str) -> bool:
         return read_value(kv, f"{MATRICES}{lang}.npz", url).state == "value"
 
-    with output_run(config, "mixing", MixingError, ignore=("chunk",), claims=(claims,)) as lease:
+    # What the parts are made from: the store, and each language's utterances and their words as chosen now (a
+    # --words folder aligned again, or encoding gone on, is another input: refused, not mixed with the old parts).
+    chosen_now = {lang: hashlib.sha256(repr(picked[lang]).encode()).hexdigest() for lang in langs}
+    inputs = {"layer_store": identity(reader.manifest), "utterances_and_words": chosen_now}
+    with output_run(config, "mixing", MixingError, ignore=("chunk",), claims=(claims,), inputs=inputs) as lease:
         missing = [lang for lang in langs if not stored(lang)]
         total = sum(len(picked[lang]) for lang in missing) * len(blocks)
         bar = progress_bar(total, "mixing", "block", config.run.progress)
@@ -172,6 +177,10 @@ def chosen(config: MixingConfig, reader, lang: str, summary: MixingSummary) -> l
         if _EDGES.sub("", str(word).strip()) and math.isfinite(s) and math.isfinite(e) and 0 <= s <= e:
             timed.setdefault(str(uid), []).append((int(wi), str(word).strip(), float(s), float(e)))
     rows = reader.arrays(lang).rows
+    if timed and not {str(row.id) for row in rows} & set(timed):
+        raise MixingError(f"no utterance of {lang} in the layer store has words in --words {config.words!r} (its ids "
+                          f"{sorted(timed)[:3]} ...): they were aligned on another store (its align.json names it); "
+                          "run jobs.align on this one")  # fmt: skip
     out = []
     for u in np.flatnonzero(reader.done(lang)):
         row = rows[int(u)]

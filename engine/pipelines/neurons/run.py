@@ -44,6 +44,7 @@ from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claim
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_value
+from engine.stores.provenance import listing_digest
 from engine.stores.records import csv_bytes, npz_bytes, read_npz
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,10 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     passes = work_claims(config.run, intervene.CLAIMS, kv)
     fix = repair_hint(url, "neurons")
     settle = functools.partial(intervene.settle, kv, url, config, fix) if config.intervene else None
+    # The listing counted: a rerun on audio changed under the same dataset is refused, not given the old counts.
+    inputs = {"dataset": listing_digest(u for lang in langs for u in source.utterances(lang, config.split))}
     with output_run(config, "neurons", NeuronsError, ignore=IGNORED, claims=(counting, passes),
-                    prepare=settle) as lease:  # fmt: skip
+                    prepare=settle, inputs=inputs) as lease:  # fmt: skip
         per_lang = _counts(config, encoder, source, langs, kv, fix, summary, counting, lease)
         counts = np.stack([per_lang[lang]["counts"] for lang in langs])
         frames = np.array([int(per_lang[lang]["frames"]) for lang in langs])

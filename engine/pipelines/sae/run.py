@@ -46,6 +46,7 @@ from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claim
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import parquet_bytes, read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_value
+from engine.stores.provenance import store_inputs
 from engine.stores.reader import open_store
 from engine.stores.records import csv_bytes, na_cell, npz_bytes, read_npz
 
@@ -150,7 +151,8 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     # neurons: read afresh at every run, from the finished layers; model: only scores the early exit, which a later
     # run adds to a folder trained without it (load_decoder has checked it is the store's checkpoint)
     ignore = ("block", "checkpoint_every", "neurons", "model")
-    with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,), check=as_steps) as lease:
+    inputs = store_inputs(reader, langs)  # a rerun after encoding went on is refused, not given the old layers
+    with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,), check=as_steps, inputs=inputs) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
         quiet = progress_bar(0, "", "", enabled=False)  # each stage of each layer has its own bar (_train_and_write)
         for unit in claimed_units(claims, lease, summary, quiet, missing, stored, len(layers), "layers"):
