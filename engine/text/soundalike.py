@@ -194,8 +194,13 @@ def mismatched_pairs(
     ids_a: Iterable[str], ids_b: Iterable[str], max_pairs: int, seed: int, lang_a: str, lang_b: str
 ) -> list[tuple[str, str]]:
     """Up to ``max_pairs`` (id_a, id_b) with ``id_a != id_b``, drawn without replacement, uniformly, reproducible from
-    ``seed`` and the language pair; all of them, in sorted order, when there are no more than ``max_pairs``."""
+    ``seed`` and the language pair; all of them, in sorted order, when there are no more than ``max_pairs``. One draw
+    per unordered pair: ``b, a`` gets ``a, b``'s pairs swapped, so that a pair's threshold and kept set do not depend
+    on the order ``--pairs`` names it in (a probe's de:en kept 15 where en:de kept 14)."""
     import numpy as np
+
+    if lang_b < lang_a:
+        return [(a, b) for b, a in mismatched_pairs(ids_b, ids_a, max_pairs, seed, lang_b, lang_a)]
 
     ids_a, ids_b = sorted(set(ids_a)), sorted(set(ids_b))
     shared = len(set(ids_a) & set(ids_b))

@@ -119,6 +119,9 @@ def test_mismatched_pairs_are_seeded_draws_of_different_ids():
     assert len(set(drawn)) == 30 and all(a != b and a in ids and b in ids for a, b in drawn)
     assert drawn == soundalike.mismatched_pairs(ids[::-1], ids, 30, 0, "en", "de")  # id order does not matter
     assert drawn != soundalike.mismatched_pairs(ids, ids, 30, 1, "en", "de")
+    others = [f"t{i}" for i in range(9)]  # one draw per unordered pair: de, en swapped is en, de
+    swapped = soundalike.mismatched_pairs(others, ids, 30, 0, "de", "en")
+    assert [(b, a) for a, b in swapped] == soundalike.mismatched_pairs(ids, others, 30, 0, "en", "de")
 
 
 class LettersBook:

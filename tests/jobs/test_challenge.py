@@ -138,6 +138,20 @@ MORE = {  # id -> (en, de): five more sentence pairs, some with cognates (garden
 }
 
 
+def test_a_store_without_transcriptions_or_pairs_is_refused(tmp_path):
+    """A probe's store of untranscribed clips "kept 0/0" of each pair, exit 0; an empty store wrote an empty summary."""
+    store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
+    store.language("en", rows("en", 0))
+    store.language("de", [dataclasses.replace(r, transcription=None, raw_transcription=None) for r in rows("de", 1)])
+    config = configure(challenge.ChallengeConfig, store=str(tmp_path / "store"), out=str(tmp_path / "out"))
+    with pytest.raises(challenge.ChallengeError, match=r"no transcription of \['de'\]: challenge sets are filtered"):
+        challenge.run_challenge(config)
+    LayerStore.create_or_open(f"file://{tmp_path}/empty", writer.INFO)
+    with pytest.raises(challenge.ChallengeError, match=r"no language pair to filter: the store has \[\]"):
+        challenge.run_challenge(dataclasses.replace(config, store=str(tmp_path / "empty")))
+    assert not (tmp_path / "out").exists()
+
+
 def test_auto_calibrates_each_pair_on_mismatched_pairs(run_job, tmp_path):
     store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
     texts = {**TEXTS, **MORE}

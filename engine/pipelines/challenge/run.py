@@ -160,7 +160,16 @@ def request(config: ChallengeConfig, store=None) -> tuple[object, list[tuple[str
         raise ChallengeError(f"the store has no language {unknown}; it has {available}")
     langs = [lang for lang in available if config.langs is None or lang in config.langs]
     pairs = resolve_pairs(config.pairs, langs, available)
-    require_voices(sorted({lang for pair in pairs for lang in pair}))
+    if not pairs:  # an empty or one-language store "succeeded" with an empty summary
+        raise ChallengeError(f"no language pair to filter: the store has {available}; a challenge set needs two")
+    involved = sorted({lang for pair in pairs for lang in pair})
+    untranscribed = [lang for lang in involved if not texts_by_id(store.utterances_table(lang))]
+    if untranscribed:  # every pair of theirs "kept 0/0", exit 0
+        raise ChallengeError(
+            f"the store has no transcription of {untranscribed}: challenge sets are filtered by the text (names, "
+            "numbers, words that sound alike); encode a dataset that carries them"
+        )
+    require_voices(involved)
     return store, pairs
 
 
