@@ -202,6 +202,12 @@ def test_a_family_without_attention_weights_is_said_in_one_line(tmp_path):
                     "offer its attention weights, Encoder.attention_stats)"], notes  # fmt: skip
 
 
+def test_an_empty_importance_flag_is_refused_in_one_line(tmp_path):
+    """`--importance=` raised a TypeError, even with --plan."""
+    with pytest.raises(HeadsError, match="got nothing: pass --importance none"):
+        configure(HeadsConfig, out=str(tmp_path / "o"), store=str(tmp_path / "s"), importance=())
+
+
 def test_unablated_decode_and_scores(job, store, tiny_model_dir, tmp_path):
     from engine.pipelines.decode.config import DecodeConfig
     from engine.pipelines.decode.run import run_decode

@@ -223,6 +223,12 @@ def test_refusals_before_anything_is_written(planted, tmp_path):
         outliers_run.run_outliers(configure(OutliersConfig, store=str(planted), out=str(out), layers=(5,)))
     with pytest.raises(OutliersError, match=r"the store has no language \['fr'\]"):
         outliers_run.run_outliers(configure(OutliersConfig, store=str(planted), out=str(out), langs=("fr",)))
+    from engine.stores.layers import LayerStore
+
+    empty = tmp_path / "empty"  # as `encode --allow_empty` leaves it: an IndexError deep in the measuring
+    LayerStore.create_or_open(str(empty), LayerStore.open(str(planted)).info)
+    with pytest.raises(OutliersError, match=r"holds no language: nothing to measure"):
+        outliers_run.run_outliers(configure(OutliersConfig, store=str(empty), out=str(out)))
     assert not out.exists()
 
 

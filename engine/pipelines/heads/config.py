@@ -59,6 +59,8 @@ class HeadsConfig:
         validate(self)
         if not self.run.out:
             raise HeadsError("heads needs an output folder: run.out (--out)")
+        if not self.importance:  # `--importance=` (a TypeError deep in the check below)
+            raise HeadsError(f"--importance takes {', '.join(LOSSES)} or none, got nothing: pass --importance none")
         bad = [x for x in self.importance if x not in (*LOSSES, "none")]
         if bad or ("none" in self.importance and len(self.importance) > 1):
             raise HeadsError(f"--importance takes {', '.join(LOSSES)} or none, got {list(self.importance)}")

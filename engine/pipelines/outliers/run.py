@@ -80,6 +80,8 @@ def checked(config: OutliersConfig, reader) -> tuple[list[str], list[int]]:
     """The run's languages and layers, refused (before anything is recorded) where the store cannot give them."""
     langs = chosen("language", config.langs, reader.languages, OutliersError, "the store")
     layers = chosen("layer", config.layers, reader.info.layers, OutliersError, "the store")
+    if not langs:  # an empty store (encode --allow_empty) failed with an IndexError deep in the measuring
+        raise OutliersError(f"the layer store {reader.url!r} holds no language: nothing to measure; encode into it")
     empty = [lang for lang in langs if not (np.asarray(reader.lengths(lang)) > 0).any()]
     if empty:
         raise OutliersError(f"{empty} have no done utterance in the layer store {reader.url!r}: nothing of theirs to "
