@@ -188,7 +188,7 @@ def storage_error(operation: str, key: str, url: str, error: Exception) -> Store
     hint = ""
     remote = url.startswith(("s3://", "gs://"))
     if "PERMISSION_DENIED" in text and remote:  # an object store: the credentials, whether reading or writing
-        hint = (f": the object store refused these credentials to {operation} it; check them (AWS_ACCESS_KEY_ID and "
+        hint = (f": the object store refused these credentials ({operation}); check them (AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or the GCS login) and the bucket's permissions")  # fmt: skip
     elif ("PERMISSION_DENIED" in text or "Read-only" in text) and operation not in ("read", "list"):
         hint = ": the location is not writable by this user; choose another output folder or fix its permissions"

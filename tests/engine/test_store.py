@@ -647,7 +647,7 @@ def test_a_refused_read_or_write_gets_the_advice_that_fits_it():
 
     denied = ValueError("PERMISSION_DENIED: HTTP response code: 403 with body: AccessDenied")
     remote = str(storage_error("read", "manifest.json", "s3://bucket/store", denied))
-    assert "refused these credentials to read it" in remote and "AWS_ACCESS_KEY_ID" in remote, remote
+    assert "refused these credentials (read)" in remote and "AWS_ACCESS_KEY_ID" in remote, remote
     assert "output folder" not in remote
     local_read = str(storage_error("read", "manifest.json", "/data/store", denied))
     assert "may not read it" in local_read and "output folder" not in local_read, local_read

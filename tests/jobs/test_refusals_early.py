@@ -120,8 +120,8 @@ def test_probes_refuses_folds_the_stores_ids_cannot_fill(two_lang_store, tmp_pat
     monkeypatch.setattr(probes_run, "read_blocks", not_run("a read of the store's states"))
     out = tmp_path / "out"
     config = configure(ProbesConfig, store=two_lang_store, out=str(out), folds=N + 1)
-    refused(ProbesError, rf"{N + 1} folds by utterance id.* {N} distinct ids", lambda: probes_run.run_probes(config),
-            out)  # fmt: skip
+    refused(ProbesError, rf"{N + 1} folds by utterance id.* {N} distinct ids .*: lower --folds to {N}, ",
+            lambda: probes_run.run_probes(config), out)  # fmt: skip
     config = configure(ProbesConfig, store=two_lang_store, out=str(out), langs=("de",))
     refused(ProbesError, "two or more languages", lambda: probes_run.run_probes(config), out)
 

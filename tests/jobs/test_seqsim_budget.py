@@ -174,7 +174,7 @@ def test_a_kill_mid_pair_resumes_only_the_missing_blocks(split_store, one_proces
     found = verify(out)
     assert found.exit_code == 0 and found.checked["staged blocks"] == len(files), found.report()
     assert f"{len(files)} staged blocks of " in found.report() and "not ours" not in found.report(), found.report()
-    assert "a seqsim run has not finished here (its claims or worker records remain)" in found.report()
+    assert "a run of seqsim has not finished here (its claims or worker records remain)" in found.report()
     files[0].write_bytes(files[0].read_bytes()[:-40])
     found = verify(out, repair=True)
     assert [d.key for d in found.damage] == [files[0].relative_to(out).as_posix()], found.report()

@@ -150,5 +150,5 @@ def _read_part(kv, key: str, url: str, fix: str, s: Sampling) -> dict:
         int(n) != len(s.done[lang]) for n, lang in zip(data["utterances"], s.langs, strict=True)
     ):
         raise OutliersError(f"{url}/{key} was measured on other utterances than the store now holds (encoding went "
-                            "on since): use a new --out")  # fmt: skip
+                            "on since, or the store was written again): use a new --out")  # fmt: skip
     return data

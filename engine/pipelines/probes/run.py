@@ -172,7 +172,9 @@ def _check_inputs(config: ProbesConfig, langs: list, inputs: _Inputs) -> None:
         if distinct < config.folds:
             raise ProbesError(
                 f"language ID splits the encoded utterances into {config.folds} folds by utterance id, and the store "
-                f"holds {distinct} distinct ids in {langs}: lower --folds (3 at least) or encode more utterances"
+                f"holds {distinct} distinct ids in {langs}: "
+                + (f"lower --folds to {distinct}, " if distinct >= 3 else "--folds is 3 at least, so ")
+                + "encode more utterances, or leave lid out with --probes"
             )
     if "samediff" in chosen and not any(len(inputs.tokens[lang]) >= 2 for lang in langs):
         counts = {lang: len(inputs.tokens[lang]) for lang in langs}

@@ -224,7 +224,7 @@ def _training_notes(parts: dict, config: SaeConfig) -> list[str]:
         if poor:
             why.append(f"its FVU {fvu:.3f} is above {POOR_FVU}")
         fix = f"give --steps {2 * steps}" + (
-            "" if falling else f", or more features per frame (--k {config.k}) or a larger --expansion"
+            "" if falling else f", or more features per frame (--k above {config.k}) or a larger --expansion"
         )
         notes.append(f"layer {layer}: undertrained: {' and '.join(why)}; {fix} (into a new --out: a folder keeps "
                      "the settings it was trained with)")  # fmt: skip

@@ -197,9 +197,9 @@ def _unfinished_runs(keys: list[str]) -> list[str]:
     unit removes them, ``engine.runtime.status``). A killed decode's folder said only "no damage found"
     (kill-and-resume probe)."""
     runs = sorted({(m.group(1), m.group(2)) for k in keys if (m := RUN_RECORDS.match(k))})
-    return [f"{where.rstrip('/') + ': ' if where else ''}a {job} run has not finished here (its claims or worker "
-            "records remain): `babelgrid status` says where it stands; rerun the job with the same flags to finish it"
-            for where, job in runs]  # fmt: skip
+    return [f"{where.rstrip('/') + ': ' if where else ''}a run of {job} has not finished here (its claims or "
+            "worker records remain): `babelgrid status` says where it stands; rerun the job with the same flags to "
+            "finish it" for where, job in runs]  # fmt: skip
 
 
 def run_verify(config: VerifyConfig) -> VerifySummary:
