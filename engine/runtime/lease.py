@@ -59,7 +59,7 @@ import tensorstore as ts
 
 from engine.errors import StoreError
 from engine.runtime.status import LEASE, LEASE_FIELDS, dead_here, record_problem, run_status
-from engine.stores.kv import read_value, storage_error, write_value
+from engine.stores.kv import UNCONDITIONAL_WORKERS, read_value, storage_error, warn_unconditional, write_value
 from engine.stores.records import iso_utc, manifest_diffs, parse_record
 
 DEFAULT_TTL = 120.0  # seconds; renewed every ttl / 3, so a run survives two missed renewals
@@ -189,12 +189,7 @@ class WriterLease(_Lease):
         # The generation just replaced is stale now: a server that honours conditions must refuse this write.
         if self._write(found.stamp.generation):
             self.conditional = False
-            log.warning(
-                "store %r ignores conditional writes (an emulator or an S3-compatible server without If-Match): "
-                "the writer lease falls back to write, settle %.1f s, read back",
-                self.url,
-                SETTLE,
-            )
+            warn_unconditional(self.url, f"the writer lease falls back to write, settle {SETTLE:.1f} s, read back")
             time.sleep(SETTLE)
             holder = self._read_holder()
             if holder.get("owner") != self.owner:
@@ -305,6 +300,8 @@ class SharedLease(_Lease):
             if self._write(self._record(OPENING), found.stamp.generation):
                 self.opener, self._state = True, OPENING
                 log.info("opening the run of %s on %r as its first worker", self.job, self.url)
+                if self._write(self._record(OPENING), found.stamp.generation):  # stale now: a server must refuse it
+                    warn_unconditional(self.url, UNCONDITIONAL_WORKERS)
                 break
             _refuse_unwritable(self.kv, self.url)  # else another worker opened it first: join it
         self._start_renewing()

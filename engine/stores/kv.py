@@ -17,6 +17,7 @@ What the keys hold (sealed JSON, CSV, npz) and how a damaged value reads is ``en
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 
@@ -24,6 +25,8 @@ import tensorstore as ts
 
 from engine.errors import BabelgridError, DamageError, StoreError
 from engine.stores.records import UNSEALED_FIX, json_bytes, manifest_diffs, parse_json
+
+log = logging.getLogger(__name__)
 
 # One base context for every store this process opens, so that a `memory://` store outlives its handle (tests,
 # notebooks); stores are opened in a child of it that bounds the retries of object stores (``set_store_timeout``).
@@ -232,6 +235,19 @@ def read_json(kv: ts.KvStore, key: str, url: str, *, sealed: bool = False, fix: 
     has one; ``sealed``: it must have one (a file of a format that seals every object). A truncated, foreign or
     altered object is a DamageError naming the key and ``fix``."""
     return parse_json(read_value(kv, key, url), key, url, sealed=sealed, fix=fix)
+
+
+UNCONDITIONAL_WORKERS = (
+    "two --worker processes may claim one unit (the same bytes written twice) and share the done markers of one "
+    "chunk, of which one may be lost and done again; give encode --claim_utterances 256 so that no two share a chunk"
+)
+
+
+def warn_unconditional(url: str, consequence: str) -> None:
+    """The warning that the store at ``url`` ignores conditional writes (a stale generation's write succeeded), with
+    what follows for the run (``consequence``): the writer lease's fallback, or ``UNCONDITIONAL_WORKERS``."""
+    log.warning("store %r ignores conditional writes (an emulator or an S3-compatible server without If-Match): %s",
+                url, consequence)  # fmt: skip
 
 
 def create_key(kv: ts.KvStore, key: str, value: bytes, url: str = "") -> bool:

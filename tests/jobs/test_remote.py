@@ -314,7 +314,7 @@ def test_verify_finds_and_repair_redoes_a_deleted_shard_on_an_object_store(schem
 
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
-def test_lease_and_write_once_keys(scheme, request):
+def test_lease_and_write_once_keys(scheme, request, caplog):
     request.getfixturevalue({"s3": "s3", "gs": "gcs"}[scheme])
     url = f"{scheme}://{BUCKET}/lease-{time.time_ns()}"
     _, kv = open_kvstore(url)
@@ -326,6 +326,11 @@ def test_lease_and_write_once_keys(scheme, request):
             WriterLease(kv, url, "second", ttl=30).take()
         assert kv.read(LEASE).result().state == "value"
     assert kv.read(LEASE).result().state == "missing"
+    # --worker runs are warned too (a probe's two GCS workers encoded 33 utterances of 30, without a word)
+    caplog.clear()
+    with SharedLease(kv, url, "encode", {"format": "babelgrid-encode"}, ttl=30):
+        warned = [r.getMessage() for r in caplog.records if "ignores conditional writes" in r.getMessage()]
+    assert len(warned) == (scheme == "gs") and all("--claim_utterances 256" in w for w in warned), warned
     assert not create_key(kv, "once.json", b"2", url)
     assert bytes(kv.read("once.json").result().value) == b"1"
 
