@@ -309,6 +309,9 @@ def test_damaged_similarity_metadata_is_named_and_redone(case, clean, damaged):
     report = _verify(sim)
     assert [d.key for d in report.damage] == [key] and report.exit_code == 1, report.report()
     assert _verify(sim, repair=True).exit_code == 0
+    if case.startswith("marker"):  # marked not done: verify said only "no damage found" (remote-store probe)
+        notes = " ".join(_verify(sim).notes)
+        assert f"1 of 8 (measure, pair, layer) not done (seqsim de__en layer {key[-6]}): rerun seqsim" in notes, notes
     _seqsim(clean / "run" / "store", sim)
     _retrieval(sim)
     assert files(sim) == files(clean / "run" / "sim")

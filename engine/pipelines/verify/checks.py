@@ -278,11 +278,13 @@ def similarity_store(url: str, keys: list[str], kv, findings: Findings, bar) -> 
     reader = open_similarity(url)
     fix_rerun = RERUN.format("seqsim")
     _pair_roster(reader, keys, kv, findings)
+    done = {}  # (measure, pair) -> its layers done; one not done that another has: a stopped run's or a repair's
     for measure in MEASURES:
         folders = sorted({k[len(measure) + 1 :].split("/", 1)[0] for k in keys if k.startswith(f"{measure}/")})
         for folder in (f for f in folders if f.count(PAIR_SEPARATOR) == 1):
             key = f"{measure}/{folder}/"
             markers = [k for k in keys if k.startswith(key + DONE_DIR) and k.endswith(".json")]
+            done[measure, folder] = {int(n) for m in markers if (n := m[len(key + DONE_DIR) : -len(".json")]).isdigit()}
             findings.keys_done.update([key + IDS, *markers])
             try:
                 if reader._ids(key) is None and markers:
@@ -297,6 +299,12 @@ def similarity_store(url: str, keys: list[str], kv, findings: Findings, bar) -> 
             for marker_key in markers:
                 _pair_layer(reader, kv, key, marker_key, findings)
                 bar.update(1)
+    asked = set().union(*done.values())  # every run into a store computes the same layers (its manifest's)
+    waiting = [f"{m} {f} layer {la}" for (m, f), have in done.items() for la in sorted(asked - have)]
+    if waiting:  # retrieval refuses such a store
+        shown = ", ".join(waiting[:3]) + (", ..." if len(waiting) > 3 else "")
+        findings.notes.append(f"{len(waiting)} of {len(asked) * len(done)} (measure, pair, layer) not done ({shown}): "
+                              "rerun seqsim with the same flags to finish")  # fmt: skip
 
 
 def _pair_roster(reader, keys: list[str], kv, findings: Findings) -> None:
