@@ -201,7 +201,21 @@ def storage_error(operation: str, key: str, url: str, error: Exception) -> Store
         hint = ": the disk is full; free space or choose another output folder, then rerun to resume"
     elif "Not a directory" in text:
         hint = ": a part of the path is a file, not a folder; choose another output folder"
+    if "NoSuchBucket" in text:  # the server's XML answer dumped whole said it in 600 characters
+        text = text.split(" [http_response_body", 1)[0]
+        hint = ": the bucket does not exist; check its name, or create it"
     return StoreError(f"cannot {operation} {key!r} in store {url!r} ({text}){hint}")
+
+
+def refuse_missing_bucket(kv: ts.KvStore, url: str) -> None:
+    """For a remote ``url`` where a key was found missing: a StoreError when its bucket does not exist (a read of a
+    key in a missing bucket answers "missing", and the job said that no store is at the path)."""
+    if url.startswith(("s3://", "gs://")):
+        try:
+            kv.list(ts.KvStore.KeyRange("manifest.json", "manifest.json\0")).result()
+        except ValueError as e:
+            if "NoSuchBucket" in str(e) or "NOT_FOUND" in str(e):
+                raise storage_error("read", "manifest.json", url, e) from None
 
 
 def read_value(kv: ts.KvStore, key: str, url: str):

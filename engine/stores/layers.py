@@ -36,6 +36,7 @@ from engine.stores.kv import (
     open_kvstore,
     read_json,
     refuse_lost_manifest,
+    refuse_missing_bucket,
     update_json,
 )
 from engine.stores.language import MAX_IN_FLIGHT_BYTES, WRITE_THREADS, LanguageArrays
@@ -126,6 +127,7 @@ class LayerStore:
         kvstore, kv = open_kvstore(url)
         manifest = read_json(kv, MANIFEST, url)
         if manifest is None:
+            refuse_missing_bucket(kv, url)
             raise StoreError(
                 f"no babelgrid store at {url!r}: it has no {MANIFEST}. Check the path (stores are written by the "
                 f"encode job, or LayerStore.create_or_open){where_instead(url, LAYER_STORE_FORMAT)}"

@@ -346,6 +346,13 @@ def test_a_bucket_that_does_not_exist_is_named_not_taken_for_a_lease_race(s3):
     assert not isinstance(refused.value, StoreBusyError)
     with pytest.raises(StoreError, match=r"could not be written, and no other run's is there"):  # retried for ever
         SharedLease(kv, url, "encode", {"format": "babelgrid-encode"}, ttl=30).take()
+    # A reader was told "no babelgrid store ... has no manifest.json. Check the path" (a read in a missing bucket
+    # answers "missing"), and status and verify dumped the server's XML answer
+    with pytest.raises(
+        StoreError, match=r"NoSuchBucket: The specified bucket does not exist\): the bucket does not ex"
+    ) as e:
+        open_store(url)
+    assert "http_response_body" not in str(e.value) and len(str(e.value)) < 300, str(e.value)
 
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
