@@ -430,3 +430,18 @@ def test_cka_null_beyond_the_gram_route_recomputes_the_same(monkeypatch):
         monkeypatch.setattr(null, "GRAM_MAX", layers.GRAM_MAX)
         assert "cka_null" not in shared  # the recomputing route, not the Grams
         np.testing.assert_allclose(recomputed, gram_route, atol=1e-5)
+
+
+def test_languages_that_share_no_id_are_named_not_left_out_silently(caplog):
+    """A probe's store of de and en clips under other names (--allow_unpaired) gave a header-only by_depth.csv and
+    no word. Retrieval by depth has nothing to measure there, and says so."""
+    rng = np.random.default_rng(0)
+    ids = {"de": ["a", "b"], "en": ["c", "d"], "fr": ["a", "b"]}
+
+    def pooled(lang, layer):
+        return rng.standard_normal((2, 4)).astype(np.float32), ids[lang]
+
+    rows, _ = depth.computed_rows("m", 3, [1], ["de", "en", "fr"], pooled)
+    assert {(r[3], r[4]) for r in rows} == {("de", "fr"), ("fr", "de")}
+    (said,) = [r.getMessage() for r in caplog.records if "no utterance id shared" in r.getMessage()]
+    assert said.startswith("m: no utterance id shared by de-en, en-fr: retrieval by depth"), said

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -31,6 +32,8 @@ from engine.stores.kv import open_kvstore
 from engine.stores.records import csv_cell
 from kernels.metrics import retrieval_metrics
 from kernels.pooling import cosine_matrix
+
+log = logging.getLogger(__name__)
 
 DEPTH_COLUMNS = (
     "model",
@@ -78,7 +81,7 @@ def computed_rows(
 ) -> tuple[list[tuple], list[tuple]]:
     """(DEPTH_COLUMNS rows, CHALLENGE_COLUMNS rows) from ``pooled(lang, layer) -> (f32[n, embed], ids)``.
     ``kept(a, b)``: the challenge set's kept ids of a pair (None: no challenge set for it)."""
-    depth_rows, challenge_rows = [], []
+    depth_rows, challenge_rows, unshared = [], [], set()
     for layer in layers:
         depth = depth_of(layer, n_audio_layer)
         states = {lang: pooled(lang, layer) for lang in langs}
@@ -90,6 +93,8 @@ def computed_rows(
                 full = retrieval_metrics(scores, states[a][1], states[b][1], ks=(1,))
                 if full.queries:
                     depth_rows += _metric_rows(model, layer, depth, a, b, "mean", full)
+                else:
+                    unshared.add(f"{a}-{b}" if a < b else f"{b}-{a}")
                 ids = kept(a, b) if kept is not None else None
                 if ids is None or not full.queries:
                     continue
@@ -97,6 +102,9 @@ def computed_rows(
                 for name, m in (("full", full), ("challenge", sub)):
                     value = m.recall[1] if m.queries else float("nan")
                     challenge_rows.append((model, layer, depth, a, b, name, value, m.random_recall[1], m.queries))
+    if unshared:  # by_depth.csv came out as its header alone, without a word
+        log.warning("%s: no utterance id shared by %s: retrieval by depth (a query's translation is the utterance of "
+                    "its id) has no rows for them", model, ", ".join(sorted(unshared)))  # fmt: skip
     return depth_rows, challenge_rows
 
 
