@@ -27,6 +27,7 @@ from engine.errors import BabelgridError, DamageError, StoreError
 from engine.stores.records import UNSEALED_FIX, json_bytes, manifest_diffs, parse_json
 
 log = logging.getLogger(__name__)
+METADATA_DAMAGED = "array metadata damaged"  # a DamageError's problem: a zarr.json truncated or altered
 
 # One base context for every store this process opens, so that a `memory://` store outlives its handle (tests,
 # notebooks); stores are opened in a child of it that bounds the retries of object stores (``set_store_timeout``).
@@ -309,6 +310,12 @@ def open_array(kvstore: dict, url: str, writable: bool, options: Mapping | None 
         if "NOT_FOUND" in str(e):
             raise StoreError(
                 f"store {url!r} has no array at {kvstore.get('path', '')!r}: encode the language again"
+            ) from None
+        if "DATA_LOSS" in str(e):  # its zarr.json truncated or altered: damage, as a chunk's is
+            raise DamageError(
+                f"the metadata of array {kvstore.get('path', '')!r} of store {url!r} is damaged ({e}): "
+                f"`babelgrid verify {url} --repair`, then rerun the job that wrote it",
+                METADATA_DAMAGED,
             ) from None
         raise StoreError(f"cannot open array {kvstore.get('path', '')!r} of store {url!r}: {e}") from None
 

@@ -453,3 +453,17 @@ def test_verify_on_a_run_folder_descends_into_its_stores(clean, damaged, tiny_wh
     assert _verify(damaged, repair=True).exit_code == 0
     assert _encode(damaged / "store", clean / "clips", tiny_whisper).done == 1
     assert files(damaged / "store") == files(clean / "run" / "store") and _verify(damaged).exit_code == 0
+
+
+def test_a_truncated_array_metadata_file_is_damage_to_readers_and_one_row_of_verify(clean, damaged, tiny_whisper):
+    """A remote-store probe truncated de/lengths/zarr.json: the reader raised a plain StoreError (DATA_LOSS is
+    damage), and verify listed it twice, once to delete and rerun, once to restore from a copy."""
+    store = damaged / "store"
+    truncate(store / "de" / "lengths" / "zarr.json")
+    with pytest.raises(DamageError, match=r"metadata of array .*de/lengths.* is damaged"):
+        open_store(str(store)).lengths("de")
+    report = _verify(store)
+    assert report.exit_code == 1 and len(report.damage) == 1, report.report()
+    assert _verify(store, repair=True).exit_code == 0
+    _encode(store, clean / "clips", tiny_whisper)
+    assert _verify(store).exit_code == 0

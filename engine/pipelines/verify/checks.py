@@ -31,7 +31,7 @@ import tensorstore as ts
 from engine.axes import UTTERANCE
 from engine.errors import BabelgridError, StoreError
 from engine.stores.integrity import CODECS_ALTERED, DAMAGE_CODES, NON_FINITE, DamageError, damage_kind, is_damage
-from engine.stores.kv import read_json, storage_error
+from engine.stores.kv import METADATA_DAMAGED, read_json, storage_error
 from engine.stores.layers import LayerStore
 from engine.stores.pair_roster import ROSTER as PAIRS_ROSTER
 from engine.stores.records import json_bytes
@@ -101,11 +101,12 @@ def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, b
         store = LayerStore.create_or_open(url, store.info)  # the same manifest: only to write lengths
     for lang in _languages(store, keys, findings):
         table_key = f"{lang}/{UTTERANCES}"
-        findings.keys_done.add(table_key)
+        metadata = [k for k in keys if k.startswith(f"{lang}/") and k.endswith("/zarr.json")]  # the arrays' own
+        findings.keys_done.update([table_key, *metadata])
         try:
             arrays = store.language(lang, indexed=False)
         except DamageError as e:
-            if e.problem == CODECS_ALTERED:  # an array's zarr.json: the language is written again whole, as below
+            if e.problem in (CODECS_ALTERED, METADATA_DAMAGED):  # an array's zarr.json: the language written again
                 _language_arrays(store, lang, e.problem, findings)
                 continue
             repair = "deleted: rerun the encode job with the same dataset (it writes the table again)"
