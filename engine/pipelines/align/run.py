@@ -4,7 +4,8 @@ The model is the registry's ``cross_attention`` loader of the store's family: an
 (``engine.models.interface``), whose decoder's cross-attention heads time words. The store's layer the decoder reads
 (the aligner's ``top``) is its input, so no audio is decoded or re-encoded. Transcripts come from the store's utterance
 table (``transcripts="store"``: the dataset's text) or are decoded greedily from the same states (``"decode"``: window
-by window). Each utterance's windows are aligned together, so the times run over the whole utterance.
+by window). An utterance of several windows is aligned window by window (engine/models/whisper/timing.py); its times run
+over the whole utterance.
 
 The store keeps valid frames only, but the decoder may also read frames past them (the padding of the last window);
 the aligner fills them (``Aligner.fill``). A store language the model has no language token for is skipped
@@ -48,7 +49,7 @@ from engine.stores.similarity import check_name
 from engine.stores.words import MANIFEST, WORD_SCHEMA, part_bytes, part_key, write_language
 
 FORMAT_NAME = "babelgrid-words"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: utterances over 30 s aligned window by window (a resume of a 1 would mix the two)
 log = logging.getLogger(__name__)
 # Manifest fields a resumed run must share (the layer store's URL may be spelled differently between runs).
 MANIFEST_FIELDS = (

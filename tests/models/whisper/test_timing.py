@@ -130,6 +130,32 @@ def test_batch_neighbours_change_nothing_and_filled_padding_hides_poison(tiny):
         fill_padding(xa[:, :700], n, silence, 1500)
 
 
+def test_two_windows_are_aligned_window_by_window(tiny):
+    """Each window's words are those words aligned against that window alone, shifted by the window's start."""
+    rng = np.random.default_rng(2)
+    xa = rng.standard_normal((2, 3000, 64)).astype(np.float32)
+    text = " one two three four five six seven eight nine ten"
+    tokens = tiny.tokenizer.encode(text)
+    words = align_words(tiny, xa, [2400, 1000], [tokens, tokens], ["en", "en"])
+    assert "".join(w.text for w in words[0]) == text
+    k = sum(w.start < 30.0 for w in words[0])  # window 1 ends at frame 1499 (29.98 s), window 2 starts at 30 s
+    assert 0 < k < len(words[0])  # the boundary falls inside the transcript: both windows have words
+    pieces = [words[0][:k], words[0][k:]]
+    alone = align_words(
+        tiny,
+        xa[0].reshape(2, 1500, 64),
+        [1500, 900],
+        [[x for w in ws for x in w.tokens] for ws in pieces],
+        ["en", "en"],
+    )
+    for shift, ws, ref in zip((0.0, 30.0), pieces, alone, strict=True):
+        assert [(w.text, w.start, w.end) for w in ws] == [(w.text, w.start + shift, w.end + shift) for w in ref]
+        np.testing.assert_allclose([w.probability for w in ws], [w.probability for w in ref], rtol=1e-5)
+    # One valid window in a two-window batch: its first window alone, as a single-window batch aligns it.
+    single = align_words(tiny, xa[1:2, :1500], [1000], [tokens], ["en"])[0]
+    assert [(w.text, w.start, w.end) for w in words[1]] == [(w.text, w.start, w.end) for w in single]
+
+
 def test_empty_transcript_gives_no_words(tiny):
     xa = np.zeros((2, 1500, 64), np.float32)
     words = align_words(tiny, xa, [100, 100], [[], tiny.tokenizer.encode(" hi")], ["en", "en"])
@@ -266,9 +292,9 @@ LONG_PAIR = ("de-000", "de-007")
 def test_long_utterance_over_concatenated_windows(fleurs_dir, whisper):
     """Two clips joined into one utterance over 30 s: the second clip's words land where they do alone, shifted.
 
-    The joined utterance spans two windows, so the second clip's words cross the window boundary and are placed by
-    one DTW over the concatenated windows. The known answer is the second clip aligned alone, shifted by the first
-    clip's duration (the transcripts are joined too). Measured: median 0.00 to 0.02 s, p95 0.1 s.
+    The joined utterance spans two windows, so the second clip's words cross the window boundary: each window's
+    words are aligned against that window alone (timing.py's two passes). The known answer is the second clip aligned
+    alone, shifted by the first clip's duration (the transcripts are joined too).
     """
     first, second = LONG_PAIR
     clips = [fleurs_dir / f"fleurs-{name}.ogg" for name in (first, second)]
@@ -289,5 +315,8 @@ def test_long_utterance_over_concatenated_windows(fleurs_dir, whisper):
     assert [w.text for w in tail] == [w.text for w in alone]
     offset = len(audio[0]) / SAMPLE_RATE
     d = np.abs([(w.start - v.start - offset, w.end - v.end - offset) for w, v in zip(tail, alone, strict=True)])
+    # Alone, the second clip's first word starts at 0 s (leading silence goes to the first word); joined, that
+    # silence is the end of the first window and its first word starts at the second window: not comparable.
+    d = d.reshape(-1)[1:]
     assert max(w.end for w in both) > 30.0
     assert np.median(d) <= 0.04 and np.mean(d <= 0.2) >= 0.9, d
