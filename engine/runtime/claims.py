@@ -53,14 +53,13 @@ from engine.runtime.options import DEFAULT_CLAIM_TTL
 from engine.runtime.status import (
     RUN_RECORD,
     dead_here,
-    list_keys,
     read_records,
     record_problem,
     run_status,
     task_label,
     worker_prefix,
 )
-from engine.stores.kv import create_key, read_value, storage_error, write_value
+from engine.stores.kv import create_key, keys_under, read_value, storage_error, write_value
 from engine.stores.records import iso_utc, parse_record
 
 CLAIMS_DIR = "claims/"
@@ -134,8 +133,8 @@ class WorkClaims:
             return
         now = time.time()
         damaged: dict[str, str] = {}
-        left = {**read_records(self.kv, list_keys(self.kv, self.prefix, self.url), self.url, damaged),
-                **read_records(self.kv, list_keys(self.kv, worker_prefix(self.job), self.url), self.url, damaged),
+        left = {**read_records(self.kv, keys_under(self.kv, self.prefix, self.url), self.url, damaged),
+                **read_records(self.kv, keys_under(self.kv, worker_prefix(self.job), self.url), self.url, damaged),
                 **{key: {} for key in damaged}}  # a damaged record holds nothing: it goes  # fmt: skip
         live = {key for key, r in left.items() if r.get("state") == WORKING and r.get("expires_unix", 0) > now
                 and not dead_here(r)}  # fmt: skip

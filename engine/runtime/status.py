@@ -26,7 +26,7 @@ import time
 
 import tensorstore as ts
 
-from engine.stores.kv import read_value, storage_error
+from engine.stores.kv import keys_under, read_value, storage_error
 from engine.stores.records import parse_record
 
 WORKERS_DIR = "workers/"
@@ -52,15 +52,6 @@ def task_label(environ=None) -> str:
 
 def worker_prefix(job: str) -> str:
     return f"{WORKERS_DIR}{job}/"
-
-
-def list_keys(kv: ts.KvStore, prefix: str, url: str) -> list[str]:
-    """The keys under ``prefix`` (relative to the store's root)."""
-    try:
-        keys = kv.list(ts.KvStore.KeyRange(prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))).result()
-    except ValueError as e:
-        raise storage_error("list", prefix, url, e) from None
-    return sorted(k.decode() for k in keys)
 
 
 # The fields of the lease, claim, worker and run records that their readers compute with, by the type they must have.
@@ -279,11 +270,11 @@ def duration(seconds: float) -> str:
 def run_status(kv: ts.KvStore, url: str, job: str) -> RunStatus:
     """The records of ``job``'s run in the store at ``url`` (module docstring)."""
     prefix = worker_prefix(job)
-    keys = list_keys(kv, prefix, url)
+    keys = keys_under(kv, prefix, url)
     damaged: dict[str, str] = {}
     records = read_records(kv, keys, url, damaged)
     run = records.pop(prefix + RUN_RECORD, {})
-    claim_keys = [k for k in list_keys(kv, f"{CLAIMS_PREFIX}{job}/", url) if k.endswith(".json")]
+    claim_keys = [k for k in keys_under(kv, f"{CLAIMS_PREFIX}{job}/", url) if k.endswith(".json")]
     claims = read_records(kv, claim_keys, url, damaged)
     return RunStatus(url, job, time.time(), run, list(records.values()), list(claims.values()), damaged)
 
@@ -292,7 +283,7 @@ def jobs_with_records(kv: ts.KvStore, url: str) -> list[str]:
     """The jobs that hold worker records or claims in the store at ``url``."""
     jobs = set()
     for prefix in (WORKERS_DIR, CLAIMS_PREFIX):
-        for key in list_keys(kv, prefix, url):
+        for key in keys_under(kv, prefix, url):
             parts = key[len(prefix) :].split("/", 1)
             if len(parts) == 2:
                 jobs.add(parts[0])
