@@ -89,9 +89,9 @@ def store_inputs(reader, langs) -> dict:
 
 
 def listing_digest(utterances) -> str:
-    """sha256 of a dataset listing (``Utterance`` objects): ids, recordings, paths and, for local files, their sizes
-    and modification times (for audio held as bytes, their length), so that audio replaced under the same names is
-    another listing."""
+    """sha256 of a dataset listing (``Utterance`` objects): ids, recordings, paths and the audio's size in bytes (a
+    file's, or the length of audio held as bytes), so that audio replaced under the same names is another listing.
+    Not the files' times: workers on several hosts may read copies staged to each one's local disk."""
     h = hashlib.sha256()
     for u in sorted(utterances, key=lambda u: (u.lang, u.id, u.recording, u.path)):
         h.update(json.dumps([u.lang, u.id, u.recording, u.path, _audio_stamp(u.audio)]).encode())
@@ -102,6 +102,5 @@ def _audio_stamp(audio):
     if isinstance(audio, (bytes, memoryview)):
         return len(audio)
     if isinstance(audio, str) and os.path.isfile(audio):
-        stat = os.stat(audio)
-        return [stat.st_size, stat.st_mtime_ns]
+        return os.path.getsize(audio)
     return None  # fetched on load: its name stands for it
