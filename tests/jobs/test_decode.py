@@ -167,6 +167,18 @@ def test_tiny_resume_keeps_parts(tiny_out):
     assert "decoded 0 utterance-parts" in again and "24 parts kept" in again, again
 
 
+def test_tiny_resume_with_another_matmul_precision_is_refused(tiny_out, tiny_store, tiny_model_dir, tiny_whisper):
+    """decode.json did not record --matmul_precision: a resume with `default` (TF32 on NVIDIA GPUs) was accepted and
+    would have put hypotheses of two precisions in one folder (a probe's)."""
+    from engine.pipelines.decode.config import DecodeError
+
+    out = tiny_out[0]
+    assert json.loads((out / "decode.json").read_text())["matmul_precision"] == "highest"
+    with pytest.raises(DecodeError, match=r"matmul_precision: store has 'highest', this run 'default'"):
+        decode_here(tiny_whisper, tiny_store, out, model=str(tiny_model_dir), max_new_tokens=5,
+                    matmul_precision="default", **TINY_SETTINGS)  # fmt: skip
+
+
 def test_tiny_scores_are_the_libraries(tiny_out):
     check_scores_are_the_libraries(tiny_out[0], TINY_CODES)
 

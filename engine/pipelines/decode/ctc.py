@@ -39,7 +39,9 @@ from engine.stores.kv import write_value
 DECODING = "ctc"
 TASK = "transcribe"
 BATCH = 16  # utterances per head call
-MANIFEST_FIELDS = ("format", "version", "head", "model_name", "checkpoint_sha256", "adapter", "store")
+MANIFEST_FIELDS = (
+    "format", "version", "head", "model_name", "checkpoint_sha256", "adapter", "store", "matmul_precision"
+)  # fmt: skip
 
 
 def prepare_ctc(config: DecodeConfig, reader, load) -> tuple:
@@ -66,6 +68,7 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, prepared: tuple
     manifest = {
         "format": "babelgrid-hypotheses", "version": 1, "head": "ctc", "model_name": lens.name,
         "checkpoint_sha256": lens.sha256, "adapter": lens.adapter, "store": reader.url,
+        "matmul_precision": config.run.matmul_precision,
     }  # fmt: skip
     units = {f"{lang}/L{layer:02d}": (lang, layer) for lang in langs for layer in layers}
 
@@ -89,7 +92,7 @@ def run_ctc_decode(config: DecodeConfig, reader, lease, summary, prepared: tuple
 
     summary.unit = "(language, layer)"
     decode_claimed(config, reader, lease, summary, manifest, Units(units, part_keys), work, finish, "decode (ctc)",
-                   fields=MANIFEST_FIELDS)  # fmt: skip
+                   fields=MANIFEST_FIELDS, unrecorded=("matmul_precision",))  # fmt: skip
 
 
 def _part_rows(lens, reader, lang: str, layer: int, ln_post: bool, done: np.ndarray, summary) -> dict:

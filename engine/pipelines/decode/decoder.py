@@ -47,7 +47,8 @@ FORMAT_VERSION = 1
 # Manifest fields a resumed run must share (the layer store's URL may be spelled differently between runs), and the
 # values of those a folder written before the one decoder path did not record (OWSM's, Canary's).
 MANIFEST_FIELDS = ("format", "version", "model_name", "checkpoint_sha256", "source", "language", "decode_as",
-                   "patience", "length_penalty", "max_new_tokens", "compute_dtype")  # fmt: skip
+                   "patience", "length_penalty", "max_new_tokens", "compute_dtype", "matmul_precision")  # fmt: skip
+UNRECORDED = ("matmul_precision",)  # folders written before it lack it: compared only where both have it
 EARLIER = {"source": "audio", "language": "forced", "patience": 1.0, "length_penalty": 1.0}
 BEAM_OPTIONS = ("patience", "length_penalty")
 NO_LANGUAGE = "no_language_token"  # the skip reason of a store language the model has no token for
@@ -75,7 +76,8 @@ def run_decoder(config: DecodeConfig, reader, lease, summary, decoder, prepared:
         "format": FORMAT_NAME, "version": FORMAT_VERSION, "store": reader.url, "model_name": decoder.name,
         "checkpoint_sha256": decoder.sha256, "source": config.source, "exact": True, "language": config.language,
         "decode_as": dict(config.decode_as), **{f: getattr(config, f) for f in BEAM_OPTIONS},
-        "max_new_tokens": config.max_new_tokens, "compute_dtype": config.compute_dtype, **dict(decoder.manifest_extra),
+        "max_new_tokens": config.max_new_tokens, "compute_dtype": config.compute_dtype,
+        "matmul_precision": config.run.matmul_precision, **dict(decoder.manifest_extra),
     }  # fmt: skip
     parts = [(task, d, layer, ln) for layer, ln in variants for task in config.tasks for d in config.decodings]
     units = Units({lang: (lang,) for lang in langs}, lambda lang: {p: hyp.part_key(lang, *p) for p in parts})
@@ -95,7 +97,7 @@ def run_decoder(config: DecodeConfig, reader, lease, summary, decoder, prepared:
     summary.unit = "languages"
     fields = MANIFEST_FIELDS + tuple(k for k, _ in decoder.manifest_extra)
     decode_claimed(config, reader, lease, summary, manifest, units, work, finish,
-                   fields=fields, check=lambda stored: {**EARLIER, **stored})  # fmt: skip
+                   fields=fields, check=lambda stored: {**EARLIER, **stored}, unrecorded=UNRECORDED)  # fmt: skip
 
 
 def check_decoder(config: DecodeConfig, reader, decoder) -> tuple[list[str], list[int], dict]:
