@@ -30,7 +30,7 @@ from __future__ import annotations
 from absl import flags
 
 from engine.pipelines.seqsim.config import DEFAULT_MEASURES, SimilarityConfig
-from engine.runtime.options import parse_list
+from engine.runtime.options import ConfigError, parse_list
 from jobs import common
 from kernels.settings import OtConfig
 
@@ -63,16 +63,13 @@ FLAGS = flags.FLAGS
 def main() -> int:
     from engine.pipelines.seqsim.run import run_similarity  # loads JAX: after the flags, so that --help stays quick
 
-    config = common.config_from_flags(
-        SimilarityConfig,
-        measures=parse_list(FLAGS.measure) or DEFAULT_MEASURES,  # '' and 'all' ask for the default measures
-        ot=OtConfig(
-            epsilon=FLAGS.ot_epsilon,
-            debiased=FLAGS.ot_debiased,
-            max_iterations=FLAGS.ot_iterations,
-            threshold=FLAGS.ot_threshold,
-        ),
-    )
+    try:  # a bad --ot_* is one line, as interp's (it was a traceback, even without --measure ot)
+        ot = OtConfig(epsilon=FLAGS.ot_epsilon, debiased=FLAGS.ot_debiased, max_iterations=FLAGS.ot_iterations,
+                      threshold=FLAGS.ot_threshold)  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    measures = parse_list(FLAGS.measure) or DEFAULT_MEASURES  # '' and 'all' ask for the default measures
+    config = common.config_from_flags(SimilarityConfig, measures=measures, ot=ot)
     return common.finish(run_similarity(config), [f"similarity store: {config.run.out}"], strict=config.run.strict)
 
 

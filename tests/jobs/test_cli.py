@@ -256,6 +256,16 @@ def test_a_data_error_in_a_plan_is_its_one_line_not_the_jobs_help(tmp_path):
     assert "flags:" not in proc.stderr and "python -m jobs.seqsim" not in proc.stderr + proc.stdout
 
 
+@pytest.mark.parametrize("flag", [["--ot_epsilon", "-1"], ["--ot_iterations", "0", "--measure", "ot"]])
+def test_a_bad_ot_option_is_one_line(tmp_path, flag):
+    """seqsim --ot_epsilon -1 gave a traceback from OtConfig, even without --measure ot (interp's was one line)."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "manifest.json").write_text("{}")
+    proc = run("-m", "jobs.seqsim", "--store", str(tmp_path / "store"), "--out", str(tmp_path / "out"), *flag)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("seqsim: ConfigError: OT "), proc.stderr
+
+
 def test_set_refuses_a_variable_the_study_does_not_have(tmp_path):
     """`--set otu=/data/x` was accepted, and the study ran into its default `out`: a name not among the study's vars
     (or `runs`) is refused with the names it has."""
