@@ -172,7 +172,7 @@ FAMILIES: dict[str, Family] = {
         Family(
             "owsm", (), owsm_encoder.load, OWSM_LAYERS, decoder=load_owsm_decoder, ctc=load_owsm, ctc_always=True,
             hub_ids=("espnet/owsm_v3.1_ebf_base", "espnet/owsm_v4_base_102M", "espnet/owsm_ctc_v4_1B", "espnet/powsm"),
-            layout=is_espnet_s2t, random_kinds=OWSM_RANDOM, trainer=load_owsm_trainer,
+            layout=is_espnet_s2t, random_kinds=OWSM_RANDOM, trainer=load_owsm_trainer, depth=owsm_encoder.store_depth,
         ),
         Family(
             "speechllm", (*SPEECHLLM_TYPES, *QWEN3_TYPES, *USM_TYPES, *REALTIME_TYPES), speechllm_encoder.load,

@@ -186,6 +186,22 @@ def test_a_model_of_another_depth_is_matched_by_depth_the_shallower_on_ties():
     assert [matched_layer(small, layer, thirds) for layer in small.layers] == [0, 1, 3, 4]
 
 
+def test_an_owsm_stores_after_norm_sits_at_depth_one():
+    """OWSM stores hold L blocks and after_norm (L + 1): the default depth took them for L + 1 blocks and put
+    after_norm at (L + 1) / (L + 2), so a ladder of OWLS sizes matched a 2-block model's after_norm to a 4-block
+    model's last block (a probe's series)."""
+    import types
+
+    from engine.models.family import FAMILIES
+    from engine.stores.schema import StoreDims
+
+    for blocks in (2, 4):
+        dims = StoreDims.from_dict({"n_layers_out": blocks + 2, "embed": 8, "config": {}})
+        depth = FAMILIES["owsm"].store_depth(types.SimpleNamespace(dims=dims, n_blocks=dims.n_blocks))
+        assert [depth(layer) for layer in range(blocks + 2)] == [layer / (blocks + 1) for layer in range(blocks + 2)]
+        assert depth(blocks + 1) == 1.0
+
+
 def test_the_documented_series_studies_load(series, tmp_path):
     """docs/dynamics.md's offline study and its OWLS steps study: every key a flag of its job, the final model's
     encode once, the series stage after the matrix reading every step's store. (After the module's study run: the
@@ -203,3 +219,13 @@ def test_the_documented_series_studies_load(series, tmp_path):
         last = study.stages[-1]
         assert last.job == "series" and len(last.flags["stores"].split(",")) == 3, last
         assert {a.name for _, a in dependencies(study.stages)[last.name]} == {"1", "1/2", "2/2", "3/2"}, name
+
+
+def test_meets_score_is_na_where_either_curve_is():
+    """A layer without LID (a probe's typology with another model's probes) had score min(alignment, NaN) = its
+    alignment in meet.csv; the documented rule: a layer missing either curve is not a candidate, and its score NA."""
+    from engine.pipelines.stages.meet import curve
+
+    c = curve("m", [1, 2], [0.5, 1.0], [0.6, 0.8], [0.25, 0.25], {1: (0.9, 0.5)})
+    rows = c.rows()
+    assert np.isfinite(rows[0][9]) and np.isnan(rows[1][9]) and rows[0][10] and not rows[1][10], rows

@@ -16,7 +16,7 @@ store of the same audio. A training checkpoint (``intermediates``) records its s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -156,3 +156,12 @@ def load(source, *, adapter=None, dtype=None) -> OwsmEncoder:
     if loaded.config.encoder == "transformer":  # OWLS: blocks without a norm of their own
         return OwsmEncoder(loaded, layer_meaning=OWLS_LAYERS)
     return OwsmEncoder(loaded)
+
+
+def store_depth(dims) -> Callable[[int], float]:
+    """Each layer's place on compare's depth axis in an OWSM store (``dims``: its ``StoreDims``): its L blocks and
+    ``after_norm`` (layer L + 1, the encoder's output) as Whisper's blocks and ``ln_post``, ``layer / (L + 1)``, so
+    that ``after_norm`` sits at 1. The default took the L + 2 stored layers for L + 1 blocks and put it at
+    (L + 1) / (L + 2): a ladder of OWLS sizes matched one model's ``after_norm`` to another's last block."""
+    blocks = dims.n_layers_out - 2
+    return lambda layer: layer / (blocks + 1)

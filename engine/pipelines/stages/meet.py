@@ -48,10 +48,11 @@ class Curve:
 
     def rows(self) -> list[tuple]:
         alignment, separability = self.shares()
+        score = np.minimum(alignment, separability)  # NaN where either curve is (Python's min kept the other one)
         pick = self.chosen()
         return [
             (self.model, layer, self.depth[i], self.retrieval[i], self.retrieval_random[i], self.lid[i],
-             self.lid_chance[i], alignment[i], separability[i], min(alignment[i], separability[i]), i == pick)
+             self.lid_chance[i], alignment[i], separability[i], float(score[i]), i == pick)
             for i, layer in enumerate(self.layers)
         ]  # fmt: skip
 
