@@ -12,6 +12,7 @@ Layout (``OUT`` a local path or a TensorStore kvstore URL; ``engine.pipelines.al
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Sequence
@@ -153,6 +154,14 @@ def words_language(out: str, lang: str) -> str:
             + f": it holds the words of {listed or 'no language'}; run jobs.align there on a store of {lang!r}"
         )  # fmt: skip
     return same[0]
+
+
+def words_digest(out: str, lang: str) -> str:
+    """sha256 of ``lang``'s words.parquet under ``out`` (found as ``words_language`` finds it): what a job that reads
+    them records, so that a resume on words aligned again is refused."""
+    _, kv = open_kvstore(out)
+    found = kv.read(f"{words_language(out, lang)}/{WORDS}").result()
+    return hashlib.sha256(bytes(found.value)).hexdigest()
 
 
 def read_words(out: str, lang: str, *, skipped: bool = False):

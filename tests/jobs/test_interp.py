@@ -29,7 +29,7 @@ from engine.models.whisper.encoder import WhisperEncoder
 from engine.models.whisper.features import encoder_frames
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
-from engine.pipelines.interp.config import InterpConfig
+from engine.pipelines.interp.config import InterpConfig, InterpError
 from engine.pipelines.interp.output import PAIR_COLUMNS, SUMMARY_COLUMNS
 from engine.pipelines.interp.plan import plan_interp_run
 from engine.pipelines.interp.reader import read_pairs, read_summary
@@ -177,6 +177,37 @@ def test_retrieved_candidates(tiny_inputs, tmp_path):
         assert set(g["id_b"]) == {ranked[0]}
     summary = pd.read_csv(out / "summary.csv")  # parallel pairs only
     assert summary["n_word_pairs"].iloc[0] == (pairs["rank"] == 0).sum()
+
+
+def test_words_aligned_again_or_another_stores_similarity_are_refused(tiny_inputs, tmp_path):
+    """A probe re-made the words folder at the same path and resumed with another layer: one layer's parts came from
+    the old words, the other's from the new. Another store's similarity store picked the candidates silently."""
+    import shutil
+
+    from engine.pipelines.seqsim.config import SimilarityConfig
+    from engine.pipelines.seqsim.run import run_similarity
+    from engine.stores.records import json_bytes
+
+    store, words = tiny_inputs
+    moved = tmp_path / "words"
+    shutil.copytree(words, moved)
+    out = tmp_path / "interp"
+    interp(store, moved, out, pairs="en:de", layers=(2,))
+    table = pq.read_table(moved / "de" / "words.parquet").to_pydict()
+    table["end"] = [e + 0.01 for e in table["end"]]  # aligned again: other times
+    pq.write_table(pa.Table.from_pydict(table, schema=WORD_SCHEMA), moved / "de" / "words.parquet")
+    with pytest.raises(InterpError, match=r"words_digest\.de: store has '"):
+        interp(store, moved, out, pairs="en:de", layers=(2, 3))
+    other = tmp_path / "other-store"  # the same states under another store's identity (created again)
+    shutil.copytree(store, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["created"]["time"] = "2000-01-01T00:00:00+00:00"
+    (other / "manifest.json").write_bytes(json_bytes({k: v for k, v in manifest.items() if k != "digest"}))
+    sim = tmp_path / "sim"
+    run_similarity(configure(SimilarityConfig, store=str(other), out=str(sim), pairs="en:de", layers=(2,),
+                             measures=("seqsim",), progress=False))  # fmt: skip
+    with pytest.raises(InterpError, match=r"--similarity .* was computed from another layer store than --store"):
+        interp(store, words, tmp_path / "retrieved", pairs="en:de", layers=(2,), retrieved=1, similarity=str(sim))
 
 
 def check_summary_against_scipy(summary: pd.DataFrame, pairs: pd.DataFrame) -> None:

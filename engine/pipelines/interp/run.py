@@ -73,9 +73,10 @@ from engine.stores.integrity import write_outputs
 from engine.stores.kv import create_or_compare, open_kvstore, write_value
 from engine.stores.pairs import resolve_pairs
 from engine.stores.parts import table_bytes
+from engine.stores.provenance import identity
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
-from engine.stores.words import words_language
+from engine.stores.words import words_digest, words_language
 from engine.text.encoders import load_text_encoder
 
 
@@ -102,6 +103,11 @@ def run_interp(config: InterpConfig) -> InterpSummary:
     layers, pairs, each language's words) is checked before the lease: a request they cannot meet creates nothing."""
     reader, pairs, layers = request(config)
     sim = open_similarity(config.similarity) if config.retrieved else None
+    then, now = (sim.manifest.get("layer_store_identity") if sim else None), identity(reader.manifest)
+    if then is not None and then != now:  # another store's rankings picked the candidates (a probe's)
+        raise InterpError(f"--similarity {config.similarity!r} was computed from another layer store than --store "
+                          f"{config.store!r} (it names {sim.manifest.get('layer_store')!r}): pass the similarity "
+                          "store of this layer store")  # fmt: skip
     with job_lease(config, "interp") as lease:
         return _interp(config, lease, reader, pairs, layers, sim)
 
@@ -131,9 +137,14 @@ def _interp(config: InterpConfig, lease, reader, pairs, layers, sim) -> InterpSu
     _, kv = open_kvstore(out)
     claims = work_claims(config.run, "interp", kv)
 
+    # The words read, by digest: a words folder aligned again at the same path is another input (a resume kept the
+    # parts of the old words beside the new ones' in a probe's run). Folders written before are not compared on it.
+    digests = {lang: words_digest(config.words, lang) for lang in sorted({x for p in pairs for x in p})}
+
     def create() -> None:
-        create_or_compare(kv, MANIFEST, manifest(config), out, fields=MANIFEST_FIELDS, error=InterpError,
-                          what="interp run")  # fmt: skip
+        create_or_compare(kv, MANIFEST, {**manifest(config), "words_digest": digests}, out,
+                          fields=(*MANIFEST_FIELDS, "words_digest"), error=InterpError, what="interp run",
+                          unrecorded=("words_digest",))  # fmt: skip
         if lease.opener:
             claims.clear(keep_live=lease.shared)  # under the writer lease, before any process claims
 
