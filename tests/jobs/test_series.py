@@ -229,3 +229,20 @@ def test_meets_score_is_na_where_either_curve_is():
     c = curve("m", [1, 2], [0.5, 1.0], [0.6, 0.8], [0.25, 0.25], {1: (0.9, 0.5)})
     rows = c.rows()
     assert np.isfinite(rows[0][9]) and np.isnan(rows[1][9]) and rows[0][10] and not rows[1][10], rows
+
+
+def test_probes_of_other_languages_than_the_series_are_refused(tmp_path):
+    """A probe's series --langs en,de read a probes folder of en, de, fr: meet.csv set a 3-language separability
+    against a 2-language alignment."""
+    import json
+    import types
+
+    from engine.pipelines.series.config import SeriesError
+    from engine.pipelines.series.read import read_lid
+
+    store = types.SimpleNamespace(url=str(tmp_path / "store"), languages=lambda: ["de", "en", "fr"])
+    (tmp_path / "store").mkdir()
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "manifest.json").write_text(json.dumps({"format": "babelgrid-probes", "store": store.url}))
+    with pytest.raises(SeriesError, match=r"probed languages \['de', 'en', 'fr'\], the series measures \['de', 'en'\]"):
+        read_lid(str(tmp_path / "probes"), store, ["en", "de"])

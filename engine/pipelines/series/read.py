@@ -126,8 +126,11 @@ def read_centred(folder: str, measure: str, langs) -> dict[int, list[tuple[str, 
     return out
 
 
-def read_lid(folder: str, store: str) -> dict[int, tuple[float, float, float, int]]:
-    """layer -> (accuracy, macro_f1, chance, n) of a probes folder's lid.csv; the folder must have probed ``store``."""
+def read_lid(folder: str, store, langs) -> dict[int, tuple[float, float, float, int]]:
+    """layer -> (accuracy, macro_f1, chance, n) of a probes folder's lid.csv; the folder must have probed ``store``
+    (its reader), on the series' languages ``langs``: a probe of more languages, beside retrieval on fewer, gave
+    meet.csv a separability and an alignment of two language sets (a probe's series with --langs)."""
+    store_languages, store = list(store.languages()), store.url
     _, kv = open_kvstore(folder)
     found = read_value(kv, "manifest.json", folder)
     manifest = json.loads(bytes(found.value)) if found.state == "value" else {}
@@ -135,6 +138,10 @@ def read_lid(folder: str, store: str) -> dict[int, tuple[float, float, float, in
         raise SeriesError(f"{folder!r} is not a probes output folder (format {manifest.get('format')!r})")
     if not _same_location(manifest.get("store", ""), store):
         raise SeriesError(f"probes folder {folder!r} was run on {manifest.get('store')!r}, not on {store!r}")
+    probed = sorted(manifest.get("langs") or store_languages)
+    if probed != sorted(langs):
+        raise SeriesError(f"probes folder {folder!r} probed languages {probed}, the series measures {sorted(langs)}: "
+                          "give a probes run on the same --langs, or '' to probe them here")  # fmt: skip
     rows = _csv(folder, "lid.csv", "probes")
     if rows is None:
         raise SeriesError(f"{folder!r} has no lid.csv: run jobs.probes --probes lid into it (or give '' for it)")

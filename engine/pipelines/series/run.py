@@ -73,7 +73,7 @@ def run_series(config: SeriesConfig) -> SeriesSummary:
                 for f in (config.retrieval or [""] * len(series))]  # fmt: skip
     given_centred = [read.read_centred(f, config.retrieval_measure, langs) if f else None
                      for f in (config.centred or [""] * len(series))]  # fmt: skip
-    given_lid = [read.read_lid(f, m.reader.url) if f else None
+    given_lid = [read.read_lid(f, m.reader, langs) if f else None
                  for f, m in zip(config.probes or [""] * len(series), series, strict=True)]  # fmt: skip
     with output_run(config, "series", SeriesError):
         summary = SeriesSummary(reference=reference.reader.url)
