@@ -269,6 +269,13 @@ def test_refusals(planted, tmp_path, job):
         _config(sim, tmp_path / "c", compare=str(tmp_path / "cmp"))
     with pytest.raises(TypologyError, match="one, for the similarity store's model"):
         run_typology(_config(sim, tmp_path / "p2", probes=(str(probes), str(probes))))
+    # Another model's probes: a probe's whisper-base retrieval was paired with a random OWLS's LID, without a word
+    other = tmp_path / "other-probes"
+    _, kv = open_kvstore(str(other))
+    write_outputs(kv, {"lid.csv": (probes / "lid.csv").read_bytes(), "manifest.json": json_bytes(
+        {"format": "babelgrid-probes", "store": str(tmp_path / "elsewhere")})}, str(other))  # fmt: skip
+    with pytest.raises(TypologyError, match=r"was run on .*elsewhere.*, but the similarity store was computed from"):
+        run_typology(_config(sim, tmp_path / "p3", probes=(str(other),)))
 
 
 def test_plan_counts_the_matrices_and_tests_and_writes_nothing(planted, tmp_path):

@@ -226,6 +226,10 @@ def _meeting(config, reader, measures):
             f"--probes gave {len(config.probes)} folders: without --compare give one, for the similarity store's model"
         )
     store = meet.probes_store(config.probes[0])
+    computed_from = reader.manifest.get("layer_store", "")
+    if computed_from and not meet.same_location(store, computed_from):  # another model's LID beside this retrieval
+        raise TypologyError(f"probes folder {config.probes[0]!r} was run on {store!r}, but the similarity store was "
+                            f"computed from {computed_from!r}: give the probes folder of that layer store")  # fmt: skip
     return meet.read_lid(config.probes[0]), store
 
 
