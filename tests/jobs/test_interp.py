@@ -456,3 +456,13 @@ def test_known_permutation_of_spoken_words(order_b, known_words, base_whisper):
     # can fail.
     i, j = pairs(0, "centre", standardised=False)
     assert list(j) == [0, 1, 2]
+
+
+def test_a_mutual_runs_ot_columns_are_na_not_zero():
+    """A probe read n_mutual 0 beside 31 mutual pairs, and `nan`, in a mutual run's summary.csv: not measured, NA."""
+    from engine.pipelines.interp.report import _NO_OT, summary_csv_bytes
+
+    row = {c: None for c in SUMMARY_COLUMNS} | {"lang_a": "en", "lang_b": "de", "alignment": "mutual", "t": np.nan}
+    text = summary_csv_bytes([row | _NO_OT]).decode().splitlines()[1].split(",")
+    cells = dict(zip(SUMMARY_COLUMNS, text, strict=True))
+    assert all(cells[c] == "NA" for c in (*_NO_OT, "t")), cells

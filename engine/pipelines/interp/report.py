@@ -10,7 +10,7 @@ import numpy as np
 from engine import captions, figures
 from engine.pipelines.interp.output import PAIR_SEPARATOR, SUMMARY_COLUMNS
 from engine.stores.integrity import write_outputs
-from engine.stores.records import csv_bytes
+from engine.stores.records import csv_bytes, na_cell
 
 
 def summarize(table, lang_a: str, lang_b: str, alignment: str = "mutual") -> list[dict]:
@@ -19,10 +19,11 @@ def summarize(table, lang_a: str, lang_b: str, alignment: str = "mutual") -> lis
     ``ot_link``). t and p: ``scipy.stats.ttest_rel(matched, random)`` over the rows where both are defined; the
     means are over those same rows, so that each mean difference is the one the t-test tests.
 
-    OT comparison (NaN / 0 for mutual): ``n_mutual`` mutual best pairs; ``n_one_to_many`` OT links that share a word
-    with another link of their utterance pair; ``n_ot_only`` / ``n_mutual_only`` links that are not mutual best /
-    mutual best pairs that are not links; ``text_sim_ot_only``, ``phone_dist_ot_only`` the means over OT-only links,
-    ``text_sim_mutual``, ``phone_dist_mutual`` over the mutual best pairs (each over its defined values)."""
+    OT comparison (None, NA in the CSV, for mutual: not measured): ``n_mutual`` mutual best pairs;
+    ``n_one_to_many`` OT links that share a word with another link of their utterance pair; ``n_ot_only`` /
+    ``n_mutual_only`` links that are not mutual best / mutual best pairs that are not links; ``text_sim_ot_only``,
+    ``phone_dist_ot_only`` the means over OT-only links, ``text_sim_mutual``, ``phone_dist_mutual`` over the mutual
+    best pairs (each over its defined values)."""
     from scipy.stats import ttest_rel
 
     df = table.to_pandas() if hasattr(table, "to_pandas") else table
@@ -56,7 +57,7 @@ def summarize(table, lang_a: str, lang_b: str, alignment: str = "mutual") -> lis
     return rows
 
 
-_NO_OT = dict(n_mutual=0, n_one_to_many=0, n_ot_only=0, n_mutual_only=0, text_sim_ot_only=math.nan,
+_NO_OT = dict(n_mutual=None, n_one_to_many=None, n_ot_only=None, n_mutual_only=None, text_sim_ot_only=math.nan,
               text_sim_mutual=math.nan, phone_dist_ot_only=math.nan, phone_dist_mutual=math.nan)  # fmt: skip
 
 
@@ -83,8 +84,9 @@ def _ot_comparison(g, ot_link, mutual) -> dict:
 
 
 def summary_csv_bytes(rows: list[dict]) -> bytes:
-    """``OUT/summary.csv``: SUMMARY_COLUMNS, floats at full precision (``records.csv_cell``)."""
-    return csv_bytes(SUMMARY_COLUMNS, ([row.get(c) for c in SUMMARY_COLUMNS] for row in rows))
+    """``OUT/summary.csv``: SUMMARY_COLUMNS, floats at full precision (``records.csv_cell``), ``NA`` where nothing
+    was measured (a probe read 0 mutual pairs, and ``nan``, in a mutual run's OT columns)."""
+    return csv_bytes(SUMMARY_COLUMNS, ([na_cell(row.get(c)) for c in SUMMARY_COLUMNS] for row in rows))
 
 
 FIGURES = {  # file stem: (matched column, random column, axis label)
