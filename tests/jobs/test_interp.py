@@ -198,6 +198,10 @@ def test_words_aligned_again_or_another_stores_similarity_are_refused(tiny_input
     pq.write_table(pa.Table.from_pydict(table, schema=WORD_SCHEMA), moved / "de" / "words.parquet")
     with pytest.raises(InterpError, match=r"words_digest\.de: store has '"):
         interp(store, moved, out, pairs="en:de", layers=(2, 3))
+    table["id"] = [f"x{i}" for i in range(len(table["id"]))]  # words of another store's ids: every word "skipped"
+    pq.write_table(pa.Table.from_pydict(table, schema=WORD_SCHEMA), moved / "de" / "words.parquet")
+    with pytest.raises(InterpError, match=r"no word of de in --words .* belongs to an utterance of the layer store"):
+        interp(store, moved, tmp_path / "fresh", pairs="en:de", layers=(2,))
     other = tmp_path / "other-store"  # the same states under another store's identity (created again)
     shutil.copytree(store, other)
     manifest = json.loads((other / "manifest.json").read_text())

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from engine.pipelines.interp.config import InterpConfig
+from engine.pipelines.interp.config import InterpConfig, InterpError
 from engine.runtime.runs import RunSummary
 from engine.stores.words import read_words, words_language
 from engine.text import phones as ph
@@ -64,6 +64,10 @@ def load_language(reader, words_url: str, lang: str, encoder, summary: RunSummar
     # Words aligned on a store whose codes are another system's (a FLEURS Whisper store's en_us for eng_Latn) are
     # this language's when they name the same language (engine.stores.words.words_language).
     rows = read_words(words_url, words_language(words_url, lang)).to_pydict()
+    if rows["id"] and not set(rows["id"]) & set(table["id"]):  # every word skipped, under a reason that was false
+        raise InterpError(f"no word of {lang} in --words {words_url!r} belongs to an utterance of the layer store "
+                          f"(its ids {sorted(set(rows['id']))[:3]} ...): they were aligned on another store; run "
+                          "jobs.align on this one")  # fmt: skip
     words: dict[str, list] = {}
     for uid, wi, word, start, end in zip(
         rows["id"], rows["word_index"], rows["word"], rows["start"], rows["end"], strict=True
