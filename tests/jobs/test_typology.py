@@ -93,6 +93,15 @@ def test_partial_mantel_equals_a_residual_loop():
     assert ours.p_value[0] == (1 + np.sum(np.abs(stats[1:]) >= np.abs(stats[0]) - 1e-12)) / (permutations + 1)
 
 
+def test_partial_mantel_of_three_languages_is_na():
+    """Three languages give three pairs: their residuals on z leave one degree of freedom, so r was +-1 whatever the
+    data (a probe's run reported 1.0000000000000009)."""
+    rng = np.random.default_rng(1)
+    x, y, z = (_random_distances(rng, 3) for _ in range(3))
+    result = mantel_module.partial_mantel(x, y, z, permutations=99, seed=0)
+    assert np.isnan(result.r).all() and np.isnan(result.p_value).all()
+
+
 def test_ties_count_as_extreme():
     """Spearman on 4 languages: 6 ranks, so permutations often tie the observed r in arithmetic. Every tie counts
     (an exact count over the 24 orderings, in integers: r is a function of the sum of squared rank differences)."""

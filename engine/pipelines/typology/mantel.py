@@ -134,9 +134,14 @@ def mantel(x, ys, *, permutations: int = 999, seed: int = 0, method: str = "pear
 
 def partial_mantel(x, ys, z, *, permutations: int = 999, seed: int = 0, method: str = "pearson") -> MantelResult:
     """Partial Mantel test of ``x`` against each of ``ys`` with ``z`` held fixed (module docstring); ``x`` permuted,
-    with the same permutations as ``mantel`` for the same seed. NaN where ``z`` explains x or y whole."""
+    with the same permutations as ``mantel`` for the same seed. NaN where ``z`` explains x or y whole, and for
+    three languages: the residuals of their three pairs on ``z`` leave one degree of freedom, so r is +-1 whatever
+    the data (a probe's typology of 3 languages reported +-1, and 1.0000000000000009)."""
     x, ys = _check(x, ys, method)
     z = _check(z, ys, method)[0]
+    if len(x) < 4:
+        nan = np.full(len(ys), np.nan)
+        return MantelResult(nan, nan.copy(), len(x), permutations)
     order = permutations_of(len(x), permutations, seed)
     prepared_z = _prepared(condensed(z), method)
     prepared_ys = _prepared(np.stack([condensed(y) for y in ys]), method)
@@ -145,5 +150,5 @@ def partial_mantel(x, ys, z, *, permutations: int = 999, seed: int = 0, method: 
     r_yz = (prepared_ys @ prepared_z.T)[:, 0]  # [k]
     with np.errstate(invalid="ignore", divide="ignore"):
         stats = (r_xy - r_xz * r_yz[None]) / np.sqrt((1 - r_xz**2) * (1 - r_yz[None] ** 2))
-    stats = np.where(np.isfinite(stats), stats, np.nan)
+    stats = np.clip(np.where(np.isfinite(stats), stats, np.nan), -1.0, 1.0)  # rounding past +-1
     return MantelResult(stats[0].copy(), _p_values(stats, permutations), len(x), permutations)
