@@ -246,3 +246,18 @@ def test_probes_of_other_languages_than_the_series_are_refused(tmp_path):
     (tmp_path / "probes" / "manifest.json").write_text(json.dumps({"format": "babelgrid-probes", "store": store.url}))
     with pytest.raises(SeriesError, match=r"probed languages \['de', 'en', 'fr'\], the series measures \['de', 'en'\]"):
         read_lid(str(tmp_path / "probes"), store, ["en", "de"])
+
+
+def test_retrieval_folders_given_out_of_order_are_refused(tmp_path):
+    """series --stores s1,s2 --retrieval ret_s2,ret_s1 put step 2's R@1 on step 1 without a word (a probe's):
+    a retrieval folder records the layer store it scored, and series checks it against the member's store."""
+    import json
+
+    from engine.pipelines.series.config import SeriesError
+    from engine.pipelines.series.read import read_retrieval
+
+    folder = tmp_path / "ret_s2"
+    folder.mkdir()
+    (folder / "retrieval.json").write_text(json.dumps({"format": "babelgrid-retrieval", "layer_store": "/x/s2"}))
+    with pytest.raises(SeriesError, match=r"scored the similarity of '/x/s2', not of '/x/s1'"):
+        read_retrieval(str(folder), "seqsim", ["de", "en"], "/x/s1")

@@ -61,9 +61,11 @@ from engine.stores.challenge import read_kept
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
+from engine.stores.records import json_bytes
 from engine.stores.similarity import SimilarityError, open_similarity
 
 log = logging.getLogger(__name__)
+SOURCE = "retrieval.json"  # in an --out of its own: the similarity store scored and its layer store
 
 NAN_REMEDY = (
     "rerun python -m jobs.seqsim into the same --out with a larger --ot_iterations or --ot_epsilon: it recomputes "
@@ -393,6 +395,9 @@ def _retrieval(config: RetrievalConfig, reader, out: str, baseline) -> Retrieval
     csv_path, figure_paths = write_results(out, scores, figure_layer, subtitle, max(reader.layers))
     asymmetry_rows = asymmetry.asymmetry_rows(scores)
     writes = asymmetry.asymmetry_writes(asymmetry_rows, subtitle)
+    if out.rstrip("/") != config.similarity.rstrip("/"):  # a folder of its own: what it scored (series checks it)
+        source = {k: reader.manifest.get(k) for k in ("layer_store", "layer_store_identity")}
+        writes[SOURCE] = json_bytes({"format": "babelgrid-retrieval", "similarity": config.similarity, **source})
     write_outputs(open_kvstore(out)[1], writes, out)
     figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes if k.endswith(".png"))]
     if config.subset is not None and comparison:

@@ -85,8 +85,11 @@ def _number(text: str) -> float:
     return float("nan") if text in ("", "NA") else float(text)
 
 
-def read_retrieval(folder: str, measure: str, langs) -> dict[int, list[Directed]]:
-    """layer -> the directed pairs of ``langs`` with queries, from a retrieval folder's R@1 rows of ``measure``."""
+def read_retrieval(folder: str, measure: str, langs, store: str | None = None) -> dict[int, list[Directed]]:
+    """layer -> the directed pairs of ``langs`` with queries, from a retrieval folder's R@1 rows of ``measure``; a
+    folder that records its layer store (the similarity store's manifest, or ``retrieval.json`` in an --out of its
+    own) must have scored ``store``'s: folders given out of order put one step's numbers on another's."""
+    _check_scored(folder, store)
     rows = _csv(folder, "retrieval.csv", "retrieval")
     if rows is None:
         raise SeriesError(f"{folder!r} has no retrieval.csv: give the --out folder of jobs.retrieval (or '' for it)")
@@ -124,6 +127,18 @@ def read_centred(folder: str, measure: str, langs) -> dict[int, list[tuple[str, 
             row = (r["lang_a"], r["lang_b"], _number(r["baseline_r1"]), _number(r["r1"]), int(r["queries"]))
             out.setdefault(int(r["layer"]), []).append(row)
     return out
+
+
+def _check_scored(folder: str, store: str | None) -> None:
+    _, kv = open_kvstore(folder)
+    for key in ("retrieval.json", "manifest.json"):
+        found = read_value(kv, key, folder)
+        recorded = json.loads(bytes(found.value)).get("layer_store") if found.state == "value" else None
+        if recorded and store and not _same_location(recorded, store):
+            raise SeriesError(f"retrieval folder {folder!r} scored the similarity of {recorded!r}, not of {store!r}: "
+                              "give each member's own, in the order of --stores")  # fmt: skip
+        if recorded:
+            return
 
 
 def read_lid(folder: str, store, langs) -> dict[int, tuple[float, float, float, int]]:

@@ -69,8 +69,8 @@ def run_series(config: SeriesConfig) -> SeriesSummary:
     """Writes the module docstring's files; a rerun with other settings into the same folder is refused."""
     started = time.monotonic()
     series, reference, langs = read.members(config)
-    given_r1 = [read.read_retrieval(f, config.retrieval_measure, langs) if f else None
-                for f in (config.retrieval or [""] * len(series))]  # fmt: skip
+    given_r1 = [read.read_retrieval(f, config.retrieval_measure, langs, m.reader.url) if f else None
+                for f, m in zip(config.retrieval or [""] * len(series), series, strict=True)]  # fmt: skip
     given_centred = [read.read_centred(f, config.retrieval_measure, langs) if f else None
                      for f in (config.centred or [""] * len(series))]  # fmt: skip
     given_lid = [read.read_lid(f, m.reader, langs) if f else None

@@ -50,7 +50,7 @@ OUTPUT_NAMES = re.compile(
     | (?:{_PARQUET})\.parquet
     | activations/layer-\d+/[^/]+\.safetensors
     | layer-\d+/sae_weights\.safetensors
-    | (?:json/[^/]+|challenge|decode|interp|align|neurons_alignment|pairs|ids|languages|manifest)\.json
+    | (?:json/[^/]+|challenge|decode|interp|align|neurons_alignment|pairs|ids|languages|manifest|retrieval)\.json
     | intervention/settings\.json
     | (?:languages|done)/[^/]+\.json
     )$"""
