@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from engine.runtime.options import ConfigError, RunOptions, option, validate
+from engine.runtime.options import ConfigError, RunOptions, canonical_location, option, validate
 
 TASK_TOKENS = ("transcribe", "translate")
 COMPUTE_DTYPES = ("float32", "bfloat16")  # parameters stay float32
@@ -118,8 +118,8 @@ class FinetuneConfig:
 
 
 def local_path(name):
-    """``name`` as an absolute path where it names a local file or folder (a relative path read in another working
-    folder names the same one then); a URL, a hub id or None as it is."""
+    """``name`` as ``canonical_location`` gives it where it names a local file or folder (a relative path read in
+    another working folder names the same one then); a URL, a hub id or None as it is."""
     if isinstance(name, str) and "://" not in name and os.path.exists(name):
-        return os.path.abspath(name)
+        return canonical_location(name)
     return name

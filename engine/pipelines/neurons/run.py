@@ -135,10 +135,11 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     fix = repair_hint(url, "neurons")
     settle = functools.partial(intervene.settle, kv, url, config, fix) if config.intervene else None
     # The listing counted: a rerun on audio changed under the same dataset is refused, not given the old counts.
-    inputs = {"dataset": listing_digest(u for lang in langs for u in source.utterances(lang, config.split))}
+    listing = {lang: source.utterances(lang, config.split) for lang in langs}  # listed once: counted from it too
+    inputs = {"dataset": listing_digest(u for utts in listing.values() for u in utts)}
     with output_run(config, "neurons", NeuronsError, ignore=IGNORED, claims=(counting, passes),
                     prepare=settle, inputs=inputs) as lease:  # fmt: skip
-        per_lang = _counts(config, encoder, source, langs, kv, fix, summary, counting, lease)
+        per_lang = _counts(config, encoder, listing, kv, fix, summary, counting, lease)
         counts = np.stack([per_lang[lang]["counts"] for lang in langs])
         frames = np.array([int(per_lang[lang]["frames"]) for lang in langs])
         summary.utterances = int(sum(int(per_lang[lang]["utterances"]) for lang in langs))
@@ -168,10 +169,11 @@ def run_neurons(config: NeuronsConfig) -> NeuronsSummary:
     return summary
 
 
-def _counts(config, encoder, source, langs, kv, fix, summary, claims, lease) -> dict[str, dict]:
+def _counts(config, encoder, listing, kv, fix, summary, claims, lease) -> dict[str, dict]:
     """Every language's counts: those a former run (or another worker) stored are read back, the others claimed one
-    language at a time (``engine.runtime.claims``), counted and stored with their digest."""
-    url = config.run.out
+    language at a time (``engine.runtime.claims``), counted and stored with their digest. ``listing``: language ->
+    its utterances, in the run's order of languages."""
+    url, langs = config.run.out, list(listing)
 
     def key(lang: str) -> str:
         return f"{COUNTS}{lang}.npz"
@@ -180,8 +182,7 @@ def _counts(config, encoder, source, langs, kv, fix, summary, claims, lease) -> 
         return read_value(kv, key(lang), url).state == "value"
 
     todo = [lang for lang in langs if not stored(lang)]
-    listing = {lang: source.utterances(lang, config.split) for lang in todo}
-    progress = progress_bar(sum(len(u) for u in listing.values()), "neurons", "utt", config.run.progress)
+    progress = progress_bar(sum(len(listing[lang]) for lang in todo), "neurons", "utt", config.run.progress)
     for lang in claimed_units(claims, lease, summary, progress, todo, stored, len(langs), "languages"):
         fault_point("before_count")  # test-only (engine.faults): the language's claim is held
         counted = _count_language(encoder, listing[lang], lang, config, summary, progress)

@@ -56,6 +56,7 @@ from engine.pipelines.stages.retrieval import (
     mean_over_pairs,
     score_matrix,
 )
+from engine.runtime.options import canonical_location
 from engine.runtime.runs import inputs_settled, writer_lease
 from engine.stores.challenge import read_kept
 from engine.stores.integrity import write_outputs
@@ -395,7 +396,7 @@ def _retrieval(config: RetrievalConfig, reader, out: str, baseline) -> Retrieval
     csv_path, figure_paths = write_results(out, scores, figure_layer, subtitle, max(reader.layers))
     asymmetry_rows = asymmetry.asymmetry_rows(scores)
     writes = asymmetry.asymmetry_writes(asymmetry_rows, subtitle)
-    if out.rstrip("/") != config.similarity.rstrip("/"):  # a folder of its own: what it scored (series checks it)
+    if canonical_location(out) != canonical_location(config.similarity):  # a folder of its own: what it scored
         source = {k: reader.manifest.get(k) for k in ("layer_store", "layer_store_identity")}
         writes[SOURCE] = json_bytes({"format": "babelgrid-retrieval", "similarity": config.similarity, **source})
     write_outputs(open_kvstore(out)[1], writes, out)
