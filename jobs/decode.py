@@ -23,9 +23,13 @@ from jobs import common
 
 
 def plan(config, device):
-    """The run's --plan (``engine.pipelines.stages.decode_plan``), imported only when asked: --help loads no JAX."""
+    """The run's --plan (``engine.pipelines.stages.decode_plan``), imported only when asked: --help loads no JAX. It
+    first refuses what the run would refuse (``check_decode``: the model, its head, decodings, tasks, languages and
+    layers), so that a plan is never printed of a run that cannot start."""
+    from engine.pipelines.decode.run import check_decode
     from engine.pipelines.stages.decode_plan import plan_decode_run
 
+    check_decode(config)
     return plan_decode_run(config, device)
 
 

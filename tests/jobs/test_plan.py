@@ -21,7 +21,8 @@ import soundfile as sf
 from engine.data.audio import SAMPLE_RATE
 from engine.models.whisper import cost as whisper_cost
 from engine.models.whisper.dims import ModelDimensions
-from engine.pipelines.decode.config import DecodeConfig
+from engine.pipelines.decode.config import DecodeConfig, DecodeError
+from engine.pipelines.decode.run import check_decode
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.run import run_encode
 from engine.pipelines.seqsim.config import SimilarityConfig
@@ -130,6 +131,26 @@ def test_seqsim_and_decode_plans_count_the_store(store, tmp_path, tiny_model_dir
     encoder = dec.stages[0]
     assert encoder.name == "encoder (from audio)" and encoder.seconds_here > 0
     assert encoder.flops == 2 * 8 * sum(stem + depth * block for depth in depths)
+    assert not (tmp_path / "d").exists()
+
+
+def test_decode_plan_refuses_what_the_run_refuses(store, tiny_model_dir, tmp_path):
+    """A plan is never printed of a decode that cannot start: --plan checks the model, decodings, tasks, languages
+    and layers as the run does (``check_decode``), through the flags too."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    args = ["--store", store, "--out", str(tmp_path / "d"), "--model", str(tiny_model_dir), "--layers", "99", "--plan"]
+    proc = subprocess.run([sys.executable, "-m", "jobs.decode", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=patient(300))  # fmt: skip
+    assert proc.returncode != 0 and "layers [99] are not in the layer store" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "total" not in proc.stdout, proc.stdout
+    given = dict(store=store, out=str(tmp_path / "d"), model=str(tiny_model_dir))
+    for settings, message in (
+        ({"tasks": ("phones",)}, "task phones: "),
+        ({"decodings": ("ctc",)}, "--decoding ctc reads a CTC head"),
+        ({"langs": ("sv",)}, "languages ['sv'] are not in the layer store"),
+    ):
+        with pytest.raises(DecodeError, match=re.escape(message)):
+            check_decode(configure(DecodeConfig, **given, **settings))
     assert not (tmp_path / "d").exists()
 
 

@@ -68,6 +68,20 @@ def run_decode(config: DecodeConfig, *, decoder=None) -> DecodeSummary:
     anything is written. ``decoder``: the store's model's ``Decoder`` already loaded in ``config.compute_dtype`` (a
     notebook or test that holds one); by default the family's decoder loader loads ``config.model``.
     """
+    path = check_decode(config, decoder=decoder)
+    with job_lease(config, "decode") as lease:
+        summary = DecodeSummary()
+        t0 = time.perf_counter()
+        path(config, open_store(config.store), lease, summary)
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+
+def check_decode(config: DecodeConfig, *, decoder=None):
+    """What the run refuses, refused before anything is written (``run_decode`` before its lease, ``--plan`` before
+    it prices the run): a model without the head, a decoding or task the head cannot do, languages and layers the
+    store lacks, a ``--batch_size`` that cannot fit. Loads the model (``decoder``: one already loaded) and returns the
+    run's path, ``path(config, reader, lease, summary)``."""
     info = open_store(config.store).info
     family = FAMILIES[info.family]
     hint = "decode needs a text decoder (Whisper, OWSM, Canary) or a CTC head (wav2vec2 *ForCTC, ParakeetForCTC models)"
@@ -109,13 +123,7 @@ def run_decode(config: DecodeConfig, *, decoder=None) -> DecodeSummary:
 
         def path(config, reader, lease, summary):
             run_ctc_decode(config, reader, lease, summary, prepared)
-
-    with job_lease(config, "decode") as lease:
-        summary = DecodeSummary()
-        t0 = time.perf_counter()
-        path(config, open_store(config.store), lease, summary)
-        summary.seconds = time.perf_counter() - t0
-        return summary
+    return path
 
 
 def check_decode_batch(info, config: DecodeConfig) -> None:
