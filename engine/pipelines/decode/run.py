@@ -123,6 +123,7 @@ def check_decode(config: DecodeConfig, *, decoder=None):
 
         def path(config, reader, lease, summary):
             run_ctc_decode(config, reader, lease, summary, prepared)
+
     return path
 
 
