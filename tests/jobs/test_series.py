@@ -261,3 +261,25 @@ def test_retrieval_folders_given_out_of_order_are_refused(tmp_path):
     (folder / "retrieval.json").write_text(json.dumps({"format": "babelgrid-retrieval", "layer_store": "/x/s2"}))
     with pytest.raises(SeriesError, match=r"scored the similarity of '/x/s2', not of '/x/s1'"):
         read_retrieval(str(folder), "seqsim", ["de", "en"], "/x/s1")
+
+
+def test_the_summary_says_when_langs_cut_the_shared_set_or_a_store_shares_no_audio():
+    """series said nothing when --langs left out languages every store holds, or when a store shared no audio with
+    the reference (its CKA NA): both are notes of the summary now."""
+    import types
+
+    from engine.pipelines.series.run import SeriesSummary, _notes
+
+    def member(name, langs):
+        return types.SimpleNamespace(name=name, reader=types.SimpleNamespace(languages=lambda: langs))
+
+    series = [member("a", ["de", "en", "fr"]), member("b", ["de", "en", "fr"])]
+    cka = {"cka.csv": [("a", 1, 0, 0.0, "b", 0, 0.0, 0.5, 12), ("b", 2, 0, 0.0, "b", 0, 0.0, float("nan"), 0)]}
+    notes = _notes(None, series, series[1], ["de", "en"], cka)
+    assert notes[0] == "--langs left out fr, which every store holds: the tables measure de, en only", notes
+    assert notes[1].startswith("b shares no utterance (language, id, recording) with the reference b"), notes
+    shared = {"cka.csv": [cka["cka.csv"][0], ("b", 2, 0, 0.0, "b", 0, 0.0, 1.0, 12)]}
+    assert _notes(None, series, series[1], ["de", "en", "fr"], shared) == []
+    best = [("a", 1, None, None, float("nan"), None, None, float("nan"))]
+    text = SeriesSummary(tables={"best.csv": best}, notes=notes).report()
+    assert "best R@1 NA (no pair with queries); meet: none" in text and "note: --langs left out fr" in text, text

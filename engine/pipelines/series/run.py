@@ -50,6 +50,7 @@ class SeriesSummary(RunSummary):
     tables: dict = dataclasses.field(default_factory=dict)  # file name -> rows (tuples of its columns)
     outputs: list = dataclasses.field(default_factory=list)
     reference: str = ""
+    notes: list = dataclasses.field(default_factory=list)  # what the tables do not say by themselves
 
     def report(self) -> str:
         lines = [f"series: {len({r[0] for r in self.tables.get('best.csv', [])})} models in {self.seconds:.1f} s; "
@@ -57,8 +58,9 @@ class SeriesSummary(RunSummary):
         for row in self.tables.get("best.csv", []):
             model, step, layer, depth, r1, meet_layer, meet_depth, _ = row
             meeting = "none" if meet_layer is None else f"layer {meet_layer} (depth {meet_depth:.2f})"
-            lines.append(f"  {model} ({step}): best R@1 {r1:.3f} at layer {layer} (depth {depth:.2f}); meet: {meeting}")
-        return "\n".join([*lines, *(f"wrote {p}" for p in self.outputs)])
+            best = "NA (no pair with queries)" if layer is None else f"{r1:.3f} at layer {layer} (depth {depth:.2f})"
+            lines.append(f"  {model} ({step}): best R@1 {best}; meet: {meeting}")
+        return "\n".join([*lines, *(f"note: {n}" for n in self.notes), *(f"wrote {p}" for p in self.outputs)])
 
 
 def csv_bytes(columns, rows) -> bytes:
@@ -79,6 +81,7 @@ def run_series(config: SeriesConfig) -> SeriesSummary:
         summary = SeriesSummary(reference=reference.reader.url)
         tables = _measure(config, series, reference, langs, given_r1, given_centred, given_lid)
         summary.tables = tables
+        summary.notes = _notes(config, series, reference, langs, tables)
         writes = {name: csv_bytes(COLUMNS[name], rows) for name, rows in tables.items()}
         n = sum(len(series[0].reader.arrays(lang).rows) for lang in langs)
         created = series[-1].reader.manifest.get("created", {})
@@ -90,6 +93,23 @@ def run_series(config: SeriesConfig) -> SeriesSummary:
         summary.outputs = [config.run.out.rstrip("/") + "/" + k for k in writes]
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _notes(config, series, reference, langs, tables) -> list[str]:
+    """What a reader of the tables would otherwise have to find out: languages every store holds that ``--langs``
+    left out, and stores that share no audio with the reference (their CKA is NA: it needs the same utterances)."""
+    notes = []
+    shared = set(reference.reader.languages()).intersection(*(m.reader.languages() for m in series))
+    left_out = sorted(shared - set(langs))
+    if left_out:
+        notes.append(f"--langs left out {', '.join(left_out)}, which every store holds: the tables measure "
+                     f"{', '.join(langs)} only")  # fmt: skip
+    matched = {row[0] for row in tables["cka.csv"] if row[-1]}
+    alone = [m.name for m in series if m.name not in matched]
+    if alone:
+        notes.append(f"{', '.join(alone)} shares no utterance (language, id, recording) with the reference "
+                     f"{reference.name}: its cka.csv rows are NA; a series compares stores of one audio")  # fmt: skip
+    return notes
 
 
 def _stepped(series) -> bool:
