@@ -110,8 +110,11 @@ def test_folds_keep_ids_together_and_balance():
         assert len({int(f) for f, h in zip(fold, groups, strict=True) if h == g}) == 1
     per_fold = [len({g for f, g in zip(fold, groups, strict=True) if f == k}) for k in range(5)]
     assert max(per_fold) - min(per_fold) <= 1
-    with pytest.raises(lid.LidError, match="distinct utterance ids"):
+    # two ids cannot be fixed by lowering --folds, whose least is 3 (a probe's series was told to)
+    with pytest.raises(lid.LidError, match=r"2 distinct utterance ids cannot fill 3 folds: add utterances"):
         lid.group_folds(["a", "b"], 3)
+    with pytest.raises(lid.LidError, match="cannot fill 5 folds: lower --folds or add data"):
+        lid.group_folds(["a", "b", "c"], 5)
 
 
 def test_lid_layer_finds_signal_and_not_noise():

@@ -64,7 +64,8 @@ def group_folds(groups: Sequence[str], folds: int, seed: int = 0) -> np.ndarray:
     round-robin in a seeded order, so folds differ in size by at most one group."""
     names = sorted(set(groups))
     if len(names) < folds:
-        raise LidError(f"{len(names)} distinct utterance ids cannot fill {folds} folds: lower folds or add data")
+        fix = "lower --folds or add data" if len(names) >= 3 else "add utterances (the probe needs 3 folds at least)"
+        raise LidError(f"{len(names)} distinct utterance ids cannot fill {folds} folds: {fix}")
     order = np.random.default_rng(seed).permutation(len(names))
     fold_of = {names[g]: i % folds for i, g in enumerate(order)}
     return np.array([fold_of[g] for g in groups], np.int32)
