@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -38,9 +40,41 @@ recorded; a change is reported, and reruns it only with --rerun code.
   --emit snakefile   print the study as a Snakefile (a rule per stage, its output the stage's record): run nothing
   --emit digests     print each stage's digest of its job and flags (JSON), which the Snakefile's rules compare
 
-The study file's format: BUILD.md#studies."""
+SIGTERM, Ctrl-C or SIGHUP stops the running stage (its job releases the output store) and the run; run again to
+resume. The study file's format: BUILD.md#studies."""
 
 RERUN_MODES = ("changed", "all", "code")
+
+
+# What a scheduler or a user sends to stop a run: SIGTERM (SLURM, Kubernetes), SIGINT (Ctrl-C), SIGHUP (a closed
+# terminal): jobs.common.STOP_SIGNALS, which every job handles by releasing its lease and claims.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def run_stage(command: list[str]) -> tuple[int, int | None]:
+    """(exit status, the stop signal that reached the runner or None) of one stage's job process, run to its end. A
+    stop signal sent to the runner is passed on to the stage, and the runner waits for it: the stage releases its
+    writer lease and work claims as a job stopped directly does. Without this the runner died at once and its stage
+    ran on, orphaned, holding the store: the next `babelgrid run` was refused as a second writer. (Ctrl-C in a
+    terminal reaches the stage twice, from the terminal and from here: jobs take the second as a note.)"""
+    proc = subprocess.Popen(command)
+    stopped: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        stopped.append(signum)
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:  # it had ended
+            pass
+
+    main = threading.current_thread() is threading.main_thread()  # Python sets handlers in the main thread only
+    saved = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS} if main else {}
+    try:
+        code = proc.wait()  # retried across the handled signals (PEP 475)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    return code, (stopped[0] if stopped else None)
 
 
 @dataclasses.dataclass
@@ -203,7 +237,11 @@ class Runner:
             except (StudyError, OSError) as e:
                 print(f"babelgrid run: stage {stage.name} ({stage.job}): {e}", file=sys.stderr)
                 return 2
-        code = subprocess.call(command)
+        code, stopped = run_stage(command)
+        if stopped is not None:
+            print(f"babelgrid run: {signal.Signals(stopped).name}: stage {stage.name} ({stage.job}) was stopped "
+                  f"(exit {code}); the stages after it were not run. Run again to resume", file=sys.stderr)  # fmt: skip
+            return 128 + stopped
         if code != 0:
             hint = (
                 f"; it completed before, and {decision.why}: `babelgrid run ... --rerun changed` moves its old output "

@@ -136,13 +136,55 @@ def test_a_full_disk_under_runs_ends_in_one_line(tmp_path, monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(run_module.subprocess, "call", lambda command: 0)
+    monkeypatch.setattr(run_module, "run_stage", lambda command: (0, None))
     monkeypatch.setattr(engine.stores.kv, "write_value", full)
     spec = _study(tmp_path, f"vars: {{out: {tmp_path / 'out'}}}\nstages:\n  - verify: {{location: '{{out}}/store'}}\n")
     assert run_module.run_study([spec]) == 1
     err = capsys.readouterr().err
     assert "completed, but its record could not be written" in err and "No space left on device" in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+# The stage the runner waits on: it says it is ready, and on SIGTERM releases (prints) and exits 3, as a job does.
+STAGE = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (print("stage released", flush=True), sys.exit(3)))
+open(sys.argv[1], "w").close()
+time.sleep(120)
+"""
+RUNNER = """
+import sys
+from jobs.studies.run import run_stage
+print("runner got", run_stage([sys.executable, "-c", sys.argv[1], sys.argv[2]]), flush=True)
+"""
+
+
+def test_a_stop_signal_to_the_study_runner_stops_its_stage_and_waits(tmp_path, monkeypatch, capsys):
+    """SIGTERM to `babelgrid run` killed the runner at once; its stage's job ran on, orphaned, holding the store,
+    and the next run was refused as a second writer (a probe's). The runner passes the signal on and waits."""
+    import signal
+    import time
+
+    import jobs.studies.run as run_module
+
+    ready = tmp_path / "ready"
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, STAGE, str(ready)], env=job_env(), stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    deadline = time.monotonic() + patient(60)
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the runner's handlers are set right after it started the stage
+    runner.send_signal(signal.SIGTERM)
+    out, _ = runner.communicate(timeout=patient(60))
+    assert runner.returncode == 0 and out.splitlines() == ["stage released", f"runner got (3, {int(signal.SIGTERM)})"]
+    # ... and the run ends there, the stages after it not run, with the signal's status
+    monkeypatch.setattr(run_module, "run_stage", lambda command: (3, signal.SIGTERM))
+    spec = _study(tmp_path, f"vars: {{out: {tmp_path / 'out'}}}\nstages:\n  - verify: {{location: '{{out}}/a'}}\n"
+                  "  - verify: {location: '{out}/b'}\n")  # fmt: skip
+    assert run_module.run_study([spec]) == 128 + signal.SIGTERM
+    said = capsys.readouterr()
+    assert "SIGTERM: stage 1 (verify) was stopped (exit 3); the stages after it were not run" in said.err, said
+    assert "[1/2] verify" in said.out and "[2/2]" not in said.out, said.out
 
 
 def test_a_compile_cache_that_is_a_file_is_refused_in_one_line(worker_store, tmp_path, run_job):

@@ -87,7 +87,7 @@ def series(tmp_path_factory, run_job) -> pathlib.Path:
         f"probes={root / 'probes'}",
     ]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runner.subprocess, "call", call)
+        patch.setattr(runner, "run_stage", lambda command: (call(command), None))
         proc = babelgrid("study.yaml", *(x for s in settings for x in ("--set", s)), cwd=root)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = lines(proc)
