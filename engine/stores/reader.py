@@ -209,7 +209,9 @@ class StoreReader:
         else:
             index = np.asarray(utterances, np.int64).reshape(-1)
             if index.size and (index.min() < 0 or index.max() >= arrays.n_utterances):
-                raise StoreError(f"utterances must be indices in 0..{arrays.n_utterances - 1} of {lang!r}")
+                bad = index[(index < 0) | (index >= arrays.n_utterances)]
+                raise StoreError(f"utterances must be indices in 0..{arrays.n_utterances - 1} of {lang!r} (it has "
+                                 f"{arrays.n_utterances}); got {bad.size} outside, e.g. {int(bad[0])}")  # fmt: skip
             lengths = arrays.lengths(index)
         done = lengths >= 0
         if done.all():  # one read of everything asked for: the common case

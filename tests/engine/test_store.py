@@ -244,6 +244,9 @@ def test_language_layer_equals_slicing_and_zeroes_padding(url):
         np.testing.assert_array_equal(sub_lengths, lengths[[3, 0]])
     with pytest.raises(StoreError, match=r"layer 1 is not in .* \[0, 2, 3\]"):
         reader.states("de", 0, 1)
+    # docs/store.md's block of range(0, 512) on a language of 30: the message says what was passed
+    with pytest.raises(StoreError, match=r"indices in 0..4 of 'de' \(it has 5\); got 507 outside, e.g. 5"):
+        reader.language_layer("de", 0, utterances=range(0, 512))
 
 
 def test_shard_killed_before_its_marker_is_not_done(url):
