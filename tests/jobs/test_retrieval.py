@@ -199,6 +199,24 @@ def test_csv_matches_reference_both_directions(sim_store, tmp_path):
     assert 0 in discordant and max(discordant) >= 3  # both the NA p-value and binomtest's are checked
 
 
+def test_layers_seqsim_was_not_asked_for_are_not_called_missing(tmp_path):
+    """seqsim --layers 2,3 leaves the arrays' other layers empty for good; retrieval warned that they were "not in the
+    similarity store yet" (a newcomer probe's). Only a layer some pair has done and another lacks is missing."""
+    manifest = new_manifest(layer_store=str(tmp_path / "layers"), model_name="tiny", checkpoint_sha256="0" * 64,
+                            layers=LAYERS)  # fmt: skip
+    store = SimilarityStore.create_or_open(str(tmp_path / "sim"), manifest)
+    ids = {"row_ids": IDS["de"], "col_ids": IDS["en"], "row_recording": list(range(len(IDS["de"]))),
+           "col_recording": list(range(len(IDS["en"])))}  # fmt: skip
+    array = store.create_pair("mean", "de", "en", ids)
+    marker = done_marker(*(np.setdiff1d(np.arange(len(IDS[x])), NOT_ENCODED[x]) for x in ("de", "en")))
+    for layer in (2, 3):
+        store.write_layer(array, "mean", "de", "en", layer, planted("mean", "de", "en", 0)[layer], marker)
+    result = run_retrieval(configure(RetrievalConfig, similarity=str(tmp_path / "sim"), out=str(tmp_path / "r"),
+                                     ks=KS))  # fmt: skip
+    assert result.missing == () or list(result.missing) == [], result.missing
+    assert {int(r["layer"]) for r in read_csv(tmp_path / "r" / "retrieval.csv")} == {2, 3}
+
+
 def test_excluded_and_dropped_counts(sim_store, tmp_path):
     root, _ = sim_store
     result = run_retrieval(configure(RetrievalConfig, similarity=str(root), out=str(tmp_path), measures=("mean",),

@@ -227,6 +227,8 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
         planned.append((measure, pairs, done))
     _refuse_unfinished(planned, layers, config, reader.url)
     for measure, pairs, done_by_pair in planned:
+        # A layer no pair of the measure has done was not asked of the seqsim run (its --layers): not "missing"
+        computed = set().union(*(have for pair in done_by_pair.values() for have in pair.values() if have))
         for a, b in pairs:
             directions = ((a, b), (b, a))
             done = {d: done_by_pair[a, b][d] or set() for d in directions}
@@ -236,7 +238,8 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
             for layer in layers:
                 for query, searched in directions:
                     if layer not in done[query, searched]:
-                        missing.append((measure, query, searched, layer))
+                        if layer in computed:
+                            missing.append((measure, query, searched, layer))
                         continue
                     matrix, row_ids, col_ids = reader.matrix(measure, query, searched, layer)
                     scored = reader.scored(measure, query, searched, layer)
@@ -271,7 +274,8 @@ def compute_scores(reader, config: RetrievalConfig, comparison: list | None = No
             for d in directions:
                 scores += found[d]
     if missing:
-        log.warning("%d (measure, directed pair, layer) are not in the similarity store yet; skipped", len(missing))
+        log.warning("%d (measure, directed pair, layer) are not in the similarity store %s yet; skipped", len(missing),
+                    reader.url)  # fmt: skip
     unranked = unranked_summary(scores)
     if unranked:
         log.warning("%s", unranked)
