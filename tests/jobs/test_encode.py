@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 
@@ -282,6 +283,12 @@ def test_sigkill_mid_commit_then_resume_equals_uninterrupted(run_job, tmp_path, 
         else:  # the n-th shard is on disk, its utterance is not done; at most the n - 1 before it were marked
             assert before <= after <= before + n - 1 and states_without_marker(out) >= 1, (point, n, before, after)
     assert done_count(out) < total
+    from engine.pipelines.verify.config import VerifyConfig
+    from engine.pipelines.verify.run import run_verify
+
+    said = run_verify(configure(VerifyConfig, location=str(out), progress=False)).report()
+    assert re.search(r"utterances not done: \d+ not reached \(an encode run stopped before them\); rerun", said), said
+    assert "skipped" not in said, said  # it skipped none: no skipped.json to point at (a newcomer probe's)
     report = encode_here(out).report()
     assert "already complete" in report, report
     stores_identical(ref, out)
@@ -413,7 +420,8 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     assert {u: (r.id, r.reason) for u, r in store.skipped("en").iterrows()} == {u: want[u] for u in (2, 3)}
 
     said = run_verify(configure(VerifyConfig, location=str(out), progress=False)).report()  # not done, not damaged
-    assert "en: 2 of 4 utterances not done" in said and "no damage found" in said, said
+    assert "en: 2 of 4 utterances not done: 2 skipped by the encode job (en/skipped.json says why)" in said, said
+    assert "not reached" not in said and "no damage found" in said, said
     # A manifest without a split column has no split: none recorded, captioned ("(test)" was) or put in a rerun
     created = store.manifest["created"]
     assert created["split"] is None and dataset_label(created) == "dataset manifest m.jsonl", created

@@ -117,10 +117,10 @@ def layer_store(url: str, keys: list[str], writable: bool, findings: Findings, b
             # The arrays cannot be opened as the table says: the language is written again whole by the encode rerun
             _language_arrays(store, lang, _short(e), findings)
             continue
-        _skip_record(store, lang, keys, findings)
+        skipped = _skip_record(store, lang, keys, findings)
         prefix = f"{lang}/{STATES}"
         shards = {int(m.group(1)) for k in keys if k.startswith(prefix) and (m := SHARD.fullmatch(k[len(prefix) :]))}
-        _language(store._kv, arrays, lang, shards, findings, bar)
+        _language(store._kv, arrays, lang, shards, skipped, findings, bar)
 
 
 def _language_arrays(store: LayerStore, lang: str, problem: str, findings: Findings) -> None:
@@ -130,19 +130,21 @@ def _language_arrays(store: LayerStore, lang: str, problem: str, findings: Findi
     findings.damage.append(Damage(f"{lang} arrays", f"{lang}/", problem, repair, fix, "encode"))
 
 
-def _skip_record(store: LayerStore, lang: str, keys: list[str], findings: Findings) -> None:
-    """``<lang>/skipped.json``, what the encode job skipped and why: a damaged one is deleted by the repair, and the
-    encode rerun, which tries the skipped utterances again (they are not done), writes it again."""
+def _skip_record(store: LayerStore, lang: str, keys: list[str], findings: Findings) -> set[int]:
+    """The utterances ``<lang>/skipped.json`` says the encode job skipped (and why): a damaged one is deleted by the
+    repair, and the encode rerun, which tries the skipped utterances again (they are not done), writes it again."""
     key = f"{lang}/{SKIPPED}"
     if key not in keys:
-        return
+        return set()
     findings.keys_done.add(key)
     try:
-        store.skipped(lang)
+        skipped = set(store.skipped(lang))
         findings.count("JSON files")
+        return skipped
     except (DamageError, StoreError) as e:
         repair, fix = DELETED.format("encode"), _delete(store._kv, key)
         findings.damage.append(Damage(f"{lang} skip record", key, _problem(e), repair, fix, "encode"))
+        return set()
 
 
 def _languages(store: LayerStore, keys: list[str], findings: Findings) -> list[str]:
@@ -188,7 +190,7 @@ def _nothing() -> None:
     """The repair of something missing that the rerun writes again: nothing to change."""
 
 
-def _language(kv, arrays, lang: str, shards: set[int], findings: Findings, bar) -> None:
+def _language(kv, arrays, lang: str, shards: set[int], skipped: set[int], findings: Findings, bar) -> None:
     n, rows = arrays.n_utterances, arrays.rows
     lengths = np.full(n, NOT_DONE, np.int32)
     bad_chunks = []
@@ -231,10 +233,14 @@ def _language(kv, arrays, lang: str, shards: set[int], findings: Findings, bar) 
             "redoes them"
         )
     in_bad = {int(u) for index, _ in bad_chunks for u in index}
-    waiting = sum(1 for u in np.flatnonzero(lengths < 0) if int(u) not in in_bad)
+    waiting = [int(u) for u in np.flatnonzero(lengths < 0) if int(u) not in in_bad]
     if waiting:  # not damage, but a store a reader would take for complete (newcomer probe)
-        findings.notes.append(f"{lang}: {waiting} of {n} utterances not done (an encode run stopped before them, or "
-                              f"skipped them, as {lang}/{SKIPPED} says): rerun the encode job to finish")  # fmt: skip
+        passed = sum(1 for u in waiting if u in skipped)
+        why = [f"{len(waiting) - passed} not reached (an encode run stopped before them)"] * (passed < len(waiting))
+        why += [f"{passed} skipped by the encode job ({lang}/{SKIPPED} says why)"] * (passed > 0)
+        again = " (it tries the skipped ones again)" if passed else ""
+        findings.notes.append(f"{lang}: {len(waiting)} of {n} utterances not done: {', '.join(why)}; rerun the "
+                              f"encode job to finish{again}")  # fmt: skip
     prefix = f"{lang}/{STATES}"
     for u, problem in sorted(bad.items()):
         if u in unknown:
