@@ -389,9 +389,9 @@ class _Progress:
 
     def update(self, n: int, seconds: float = 0.0):  # seconds: of audio encoded here (none for others' units)
         self.audio += seconds
-        self.bar.update(n)
-        if not self.bar.disable:
+        if not self.bar.disable:  # before update, which may print: the first status line said 0.0 (a probe's)
             self.bar.set_postfix(audio_s_per_s=f"{self.audio / max(time.perf_counter() - self.t0, 1e-9):.1f}")
+        self.bar.update(n)
 
     def close(self):
         self.bar.close()
