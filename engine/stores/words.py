@@ -23,8 +23,9 @@ from engine.errors import BabelgridError
 from engine.languages import language_key
 from engine.stores import parts
 from engine.stores.integrity import read_output, repair_hint, write_outputs
-from engine.stores.kv import open_kvstore
+from engine.stores.kv import open_kvstore, read_json
 from engine.stores.parts import read_table, table_bytes
+from engine.stores.provenance import identity
 from engine.stores.records import csv_bytes
 from engine.stores.similarity import check_name
 
@@ -136,6 +137,24 @@ def _subtitles(words: list[dict], fmt: str) -> str:
             lines.append(str(i))
         lines += [f"{_timestamp(start, separator)} --> {_timestamp(end, separator)}", text, ""]
     return "\n".join(lines)
+
+
+def check_words_store(out: str, reader, error: type[BabelgridError]) -> None:
+    """Refuses (``error``) the words at ``out`` when its ``align.json`` says they were aligned on another layer store
+    than ``reader``'s: one encoded from other audio under the same ids got another clip's words and times without a
+    word (mixing, a probe's). Compared by the store's identity (``provenance.identity``: its creation, not its path,
+    so a copied or moved store passes); an align output that recorded none (older) is not compared."""
+    _, kv = open_kvstore(out)
+    manifest = read_json(kv, MANIFEST, out) or {}
+    then = manifest.get("layer_store_identity")
+    now = identity(reader.manifest)
+    if then is None or then == now:
+        return
+    raise error(
+        f"the words at {out!r} were aligned on another layer store ({manifest.get('store')!r}, created "
+        f"{then.get('created')} on {then.get('host')}) than {reader.url!r} (created {now.get('created')} on "
+        f"{now.get('host')}): their times belong to that store's audio. Run jobs.align on this store"
+    )
 
 
 def words_language(out: str, lang: str) -> str:

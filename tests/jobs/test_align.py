@@ -140,6 +140,12 @@ def test_resume_redoes_only_missing_parts(layer_store, words_out, tmp_path):
     redo = align(layer_store, out, chunk=2).report()
     assert "aligned 2 utterances" in redo, redo
     pd.testing.assert_frame_equal(read_words_pd(out, "de"), before)
+    # align.json records which layer store (its identity, not only its path): the words' readers compare it
+    from engine.stores.provenance import identity
+    from engine.stores.reader import open_store
+
+    recorded = json.loads((out / "align.json").read_text())["layer_store_identity"]
+    assert recorded == identity(open_store(str(layer_store)).manifest) and recorded["created"], recorded
 
 
 def test_decoded_transcripts(layer_store, tmp_path):

@@ -243,6 +243,16 @@ def test_words_aligned_again_or_from_another_store_are_refused(job, inputs, tiny
     pq.write_table(pa.Table.from_pydict(table, schema=WORD_SCHEMA), moved / "de" / "words.parquet")
     with pytest.raises(MixingError, match=r"no utterance of de in the layer store has words in --words .*another"):
         mixing_run.run_mixing(_config(root, store, moved, tiny_model_dir, out="fresh"))
+    # Words aligned on another store of the same ids (other audio): a probe's mixing applied one clip's words and
+    # times to another clip. align.json records the store's identity, which mixing, interp and probes compare.
+    from engine.stores.provenance import identity
+    from engine.stores.reader import open_store
+
+    other = {**identity(open_store(str(store)).manifest), "created": "2020-01-01T00:00:00"}
+    (moved / "align.json").write_text(json.dumps({"store": "/elsewhere/store", "layer_store_identity": other}))
+    with pytest.raises(MixingError, match=r"were aligned on another layer store \('/elsewhere/store', created 2020"):
+        mixing_run.run_mixing(_config(root, store, moved, tiny_model_dir, out="fresh"))
+    assert not (root / "fresh").exists()
 
 
 def test_plan_counts_what_the_run_does(job, inputs, tiny_model_dir, encoder, monkeypatch):

@@ -42,7 +42,7 @@ from engine.runtime.runs import RunSummary, job_lease, open_claimed_run, progres
 from engine.runtime.units import UnitLoop
 from engine.stores.kv import open_kvstore, write_value
 from engine.stores.parts import read_part
-from engine.stores.provenance import not_the_stores_model
+from engine.stores.provenance import identity, not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
@@ -61,6 +61,7 @@ MANIFEST_FIELDS = (
     "median_filter_width",
     "chunk",
     "compute_dtype",
+    "layer_store_identity",
 )
 
 
@@ -89,11 +90,13 @@ class AlignSummary(RunSummary):
         return "\n".join(lines)
 
 
-def _manifest(config: AlignConfig, store_url: str, aligner: Aligner) -> dict:
+def _manifest(config: AlignConfig, reader, aligner: Aligner) -> dict:
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "store": store_url,
+        "store": reader.url,
+        # which layer store, not only its path (engine.stores.provenance): the readers of the words compare it
+        "layer_store_identity": identity(reader.manifest),
         "model_name": aligner.name,
         "checkpoint_sha256": aligner.sha256,
         "transcripts": config.transcripts,
@@ -221,8 +224,8 @@ def _align(config: AlignConfig, lease, reader, aligner: Aligner, langs: list) ->
     claims = work_claims(config.run, "align", kv)
 
     open_claimed_run(
-        "babelgrid-align-manifest", claims, lease, kv, MANIFEST, _manifest(config, reader.url, aligner), config.run.out,
-        fields=MANIFEST_FIELDS, error=AlignError, what="word timestamps folder",
+        "babelgrid-align-manifest", claims, lease, kv, MANIFEST, _manifest(config, reader, aligner), config.run.out,
+        fields=MANIFEST_FIELDS, error=AlignError, what="word timestamps folder", unrecorded=("layer_store_identity",),
     )  # fmt: skip
     # Work units (engine.runtime.claims): the parts, language by language. A snapshot of the utterances done in the
     # store: what each part is made from, and what a kept part must list.

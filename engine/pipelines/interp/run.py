@@ -76,7 +76,7 @@ from engine.stores.parts import table_bytes
 from engine.stores.provenance import identity
 from engine.stores.reader import open_store
 from engine.stores.similarity import open_similarity
-from engine.stores.words import words_digest, words_language
+from engine.stores.words import check_words_store, words_digest, words_language
 from engine.text.encoders import load_text_encoder
 
 
@@ -126,6 +126,7 @@ def request(config: InterpConfig):
     for layer in layers:
         if layer not in reader.info.layers:
             raise InterpError(f"layer {layer} is not in the layer store (it has {list(reader.info.layers)})")
+    check_words_store(config.words, reader, InterpError)
     for lang in sorted({lang for p in pairs for lang in p}):
         words_language(config.words, lang)
     return reader, pairs, layers

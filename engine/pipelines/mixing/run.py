@@ -52,7 +52,7 @@ from engine.stores.kv import open_kvstore, read_value
 from engine.stores.provenance import identity, not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.records import npz_bytes, read_npz
-from engine.stores.words import read_words, words_language
+from engine.stores.words import check_words_store, read_words, words_language
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ def run_mixing(config: MixingConfig) -> MixingSummary:
     reader = open_store(config.store)
     langs, encoder, blocks = checked(config, reader)
     summary.blocks = blocks
+    check_words_store(config.words, reader, MixingError)
     picked = {lang: chosen(config, reader, lang, summary) for lang in langs}
     interp = tiein.aligned(config.interp) if config.interp else None  # read (and refused) before any work
     url = config.run.out

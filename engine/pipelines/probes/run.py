@@ -35,7 +35,7 @@ from engine.stores.integrity import write_outputs
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.records import csv_cell
-from engine.stores.words import read_words
+from engine.stores.words import check_words_store, read_words
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def _pooling(blocks, lengths: np.ndarray, pooled: list):
 def word_tokens(config: ProbesConfig, store, lang: str, ids, lengths):
     """The word tokens of ``lang`` the word probes use (``samediff.select_tokens`` on the align job's words, the
     store's speakers and frame rate), and what was dropped: one selection for the run and its plan."""
+    check_words_store(config.words, store, ProbesError)
     speakers = store.utterances_table(lang).column("speaker").to_pylist()
     words = read_words(config.words, lang)
     return samediff.select_tokens(
