@@ -406,6 +406,10 @@ def test_verify_names_whole_problems_and_the_encode_command_that_restores_a_lang
     settings = f"--layers {','.join(map(str, manifest['layers']))} --dtype {manifest['dtype']} --compute_dtype "
     assert settings in found.rerun and f"--batch_size {manifest['batch_size']}" in found.rerun, found.rerun  # as run
     assert f"--matmul_precision {manifest['matmul_precision']}" in found.rerun, found.rerun
+    # the store's languages, the damaged one among them: as printed, the command encoded every language of the
+    # dataset into a store of some (a probe's)
+    langs = sorted(p.name for p in store.iterdir() if (p / "lengths").is_dir())
+    assert f"--langs {','.join(langs)}" in found.rerun and "de" in langs, found.rerun
     assert verify(store, repair=True).exit_code == 0
     assert (store / "de" / "notes.txt").read_text() == "mine" and (store / "de" / "mine" / "keep.bin").exists()
     assert not (store / "de" / "utterances.parquet").exists() and not (store / "de" / "lengths" / "zarr.json").exists()

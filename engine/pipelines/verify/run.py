@@ -24,7 +24,7 @@ from engine.stores import kv as store_kv
 from engine.stores.kv import open_kvstore, read_json
 from engine.stores.pair_roster import ROSTER as PAIRS_ROSTER
 from engine.stores.schema import FORMAT_NAME as LAYER_STORE
-from engine.stores.schema import LANGUAGES_DIR, ROSTER
+from engine.stores.schema import LANGUAGES_DIR, LENGTHS, ROSTER, UTTERANCES
 from engine.stores.similarity import FORMAT_NAME as SIMILARITY_STORE
 from engine.stores.similarity import IDS, PAIR_SEPARATOR
 
@@ -84,9 +84,11 @@ class VerifySummary(RunSummary):
         return "\n".join(lines)
 
 
-def encode_command(url: str, manifest: dict) -> str:
+def encode_command(url: str, manifest: dict, langs=()) -> str:
     """The encode command that writes a layer store's missing parts again: its dataset and split as the manifest
-    recorded them, and its model (a hub id as recorded; a local model is named, for the user to give its folder)."""
+    recorded them, its model (a hub id as recorded; a local model is named, for the user to give its folder) and
+    its languages ``langs`` (without them, the command run as printed encoded every language of the dataset into a
+    store of one, a probe's)."""
     created = manifest.get("created") or {}
     model = manifest.get("model_name", "")
     hub = "/" in model and not model.startswith("/")
@@ -95,7 +97,8 @@ def encode_command(url: str, manifest: dict) -> str:
     else:
         model_flag = f"--model {model}" if hub else f"--model <the folder of {model}>"
     parts = ["babelgrid encode", f"--out {url}", f"--dataset {created.get('dataset', '<its dataset>')}",
-             f"--split {created['split']}" if created.get("split") else "", model_flag]  # fmt: skip
+             f"--split {created['split']}" if created.get("split") else "", model_flag,
+             f"--langs {','.join(sorted(langs))}" if langs else ""]  # fmt: skip
     # The settings a resume compares with the store's (docs/store.md), as recorded: the command runs as printed.
     if manifest.get("layers") is not None:
         parts.append("--layers " + ",".join(str(layer) for layer in manifest["layers"]))
@@ -244,7 +247,8 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
     summary.damage, summary.notes, summary.checked = findings.damage, findings.notes, findings.checked
     summary.leftover = findings.leftover
     if kind == "layer store" and any(d.job == "encode" for d in summary.damage):
-        summary.rerun = encode_command(url, manifest)
+        langs = {k.split("/", 1)[0] for k in keys if k.endswith((f"/{UTTERANCES}", f"/{LENGTHS}zarr.json"))}
+        summary.rerun = encode_command(url, manifest, langs)
     if config.repair and (summary.damage or summary.leftover):
         with contextlib.ExitStack() as leases:
             for where in ["", *inner]:  # the folder's lease, and each damaged store's in it (its writers take that)
