@@ -247,6 +247,10 @@ def test_utterances_of_one_id_must_be_the_same_audio(run, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything was written
     pairing = states.pair_utterances(open_store(a), open_store(c), "de", allow_mismatch=True)
     assert len(pairing.keys) == N
+    # Two shared utterances wrote CKA 1.000 for every layer pair (a probe's): two centred points span one line
+    two = make_store(tmp_path / "two", "model-two", 50.0, [0, 1])
+    with pytest.raises(CompareError, match=r"share 2 done utterances of 'de' .*3 at least are needed \(the CKA of two"):
+        states.pair_utterances(open_store(a), open_store(two), "de", allow_mismatch=False)
 
 
 def test_job_plan_through_flags(run):

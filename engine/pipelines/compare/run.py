@@ -164,8 +164,9 @@ def _similarity(config, readers, names, langs: list[Language], cache: _Cache) ->
             for language in langs:
                 lang, code_a, code_b = language.name, language.codes[i], language.codes[j]
                 pairing = states.pair_utterances(a, b, (code_a, code_b), config.allow_mismatch)
-                if len(pairing.keys) < 2:
-                    log.warning("%s: fewer than 2 utterances done in both %s and %s; skipped", lang, names[i], names[j])
+                if len(pairing.keys) < states.MIN_SHARED:
+                    log.warning("%s: fewer than %d utterances done in both %s and %s; skipped", lang, states.MIN_SHARED,
+                                names[i], names[j])  # fmt: skip
                     continue
                 views = {}
                 if "utterance" in config.levels:

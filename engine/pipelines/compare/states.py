@@ -49,6 +49,10 @@ def _done_keys(reader: StoreReader, lang: str) -> dict[tuple[str, int], int]:
     return {(row.id, int(row.recording)): u for u, row in enumerate(reader.arrays(lang).rows) if done[u]}
 
 
+# Utterances two stores must share in a language: two centred points span one line, so CKA is 1 whatever they are
+MIN_SHARED = 3
+
+
 def pair_utterances(
     a: StoreReader, b: StoreReader, lang: str | tuple[str, str], allow_mismatch: bool = False
 ) -> Pairing:
@@ -62,10 +66,13 @@ def pair_utterances(
     named = repr(lang_a) if lang_a == lang_b else f"{lang_a!r} / {lang_b!r}"
     keys_a, keys_b = _done_keys(a, lang_a), _done_keys(b, lang_b)
     shared = sorted(set(keys_a) & set(keys_b))
-    if len(shared) < 2 and (keys_a or keys_b):
+    if len(shared) < MIN_SHARED and (keys_a or keys_b):
+        why = ("they must hold the same audio; encode the same dataset and split into both" if not shared else
+               f"{MIN_SHARED} at least are needed (the CKA of two centred points is 1 whatever they are); encode more "
+               "utterances into both")  # fmt: skip
         raise CompareError(
             f"stores {a.url!r} and {b.url!r} share {len(shared)} done utterances of {named} (by id and recording): "
-            "they must hold the same audio; encode the same dataset and split into both"
+            + why
         )
     rows_a, rows_b = a.arrays(lang_a).rows, b.arrays(lang_b).rows
     durations = [(k, rows_a[keys_a[k]].duration_s, rows_b[keys_b[k]].duration_s) for k in shared]
