@@ -215,6 +215,19 @@ def test_resume_reads_parts_back_and_refuses_other_settings(planted, job, tmp_pa
     (out / "parts" / "layer-2.npz.sha256").unlink()
     monkeypatch.setattr(outliers_run, "measure_layer", measure.measure_layer)
     assert outliers_run.run_outliers(config()).measured == 1 and (out / "outliers.csv").read_bytes() == before
+    # Encoding went on in the store: a rerun measured the missing layers, then refused the old ones (a probe's). The
+    # folder records the utterances done, and the rerun is refused before any layer is measured.
+    (out / "parts" / "layer-2.npz").unlink()
+    monkeypatch.setattr(outliers_run, "measure_layer", refused)
+    inputs = outliers_run.store_inputs
+
+    def grown(reader, langs):
+        found = inputs(reader, langs)
+        return {**found, "utterances_done": {**found["utterances_done"], "en": found["utterances_done"]["en"] + 1}}
+
+    monkeypatch.setattr(outliers_run, "store_inputs", grown)
+    with pytest.raises(OutliersError, match=r"other inputs than this run's: utterances_done\.en: store has 7, this"):
+        outliers_run.run_outliers(config())
 
 
 def test_refusals_before_anything_is_written(planted, tmp_path):
@@ -249,3 +262,14 @@ def test_verify_knows_every_file_of_the_folder(job):
 
     report = run_verify(configure(VerifyConfig, location=str(job), progress=False))
     assert report.exit_code == 0 and "not ours" not in " ".join(report.notes), report.report()
+
+
+def test_anisotropy_pairs_come_from_two_utterances_or_none():
+    """A language of one utterance drew its anisotropy pairs within that utterance (a probe's), a value of another
+    kind beside the other languages': no pairs (NA) now."""
+    i, j = measure.frame_pairs_of(np.array([40]), 50, 0, "en")
+    assert len(i) == len(j) == 0
+    lengths = np.array([0, 30, 20])
+    owner = np.repeat(np.arange(3), lengths)
+    i, j = measure.frame_pairs_of(lengths, 50, 0, "en")
+    assert len(i) == 50 and (owner[i] != owner[j]).all()

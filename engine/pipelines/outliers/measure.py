@@ -72,18 +72,19 @@ def sampling(reader, langs, translations: int, frame_pairs: int, seed: int) -> S
 
 def frame_pairs_of(lengths: np.ndarray, n: int, seed: int, lang: str) -> tuple[np.ndarray, np.ndarray]:
     """(i, j) i64[<= n]: flat indices into the valid frames of utterances of ``lengths`` (concatenated), each pair
-    from two different utterances where there are two (else two different frames); none where there are fewer than
-    two frames. Seeded by ``seed`` and ``lang``."""
+    from two different utterances; none where fewer than two utterances have frames (two frames of one utterance,
+    the fallback once, measured another thing beside the other languages' values: NA now). Seeded by ``seed`` and
+    ``lang``."""
     lengths = np.asarray(lengths, np.int64)
     total = int(lengths.sum())
-    if total < 2:
+    if (lengths > 0).sum() < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     rng = np.random.default_rng([seed, 1, zlib.crc32(lang.encode())])
     owner = np.repeat(np.arange(len(lengths)), lengths)
     i, j = rng.integers(0, total, n), rng.integers(0, total, n)
 
     def same(i, j):
-        return owner[i] == owner[j] if (lengths > 0).sum() >= 2 else i == j
+        return owner[i] == owner[j]
 
     bad = same(i, j)
     for _ in range(REDRAWS):

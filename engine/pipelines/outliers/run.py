@@ -34,6 +34,7 @@ from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claim
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_value
+from engine.stores.provenance import store_inputs
 from engine.stores.reader import open_store
 from engine.stores.records import npz_bytes, read_npz
 
@@ -64,13 +65,13 @@ class OutliersSummary(RunSummary):
             own = [r for r in self.table if r["layer"] == layer]
             counts = [r["outliers"] for r in own]
 
-            def mean(column, own=own):
+            def mean(column, width, digits, own=own):  # NA as the CSV writes it, not nan
                 values = [r[column] for r in own if np.isfinite(r[column])]
-                return np.mean(values) if values else float("nan")
+                return f"{np.mean(values):{width}.{digits}f}" if values else f"{'NA':>{width}}"
 
-            lines.append(f"  {layer:>5}  {min(counts):>3}-{max(counts):<4}  {mean('top_norm_share'):20.3f}  "
-                         f"{mean('outlier_seqsim_share'):22.3f}  {mean('anisotropy'):10.3f}  "
-                         f"{mean('effective_rank'):14.1f}")  # fmt: skip
+            lines.append(f"  {layer:>5}  {min(counts):>3}-{max(counts):<4}  {mean('top_norm_share', 20, 3)}  "
+                         f"{mean('outlier_seqsim_share', 22, 3)}  {mean('anisotropy', 10, 3)}  "
+                         f"{mean('effective_rank', 14, 1)}")  # fmt: skip
         lines += self.skip_lines()
         lines += [f"wrote {p}" for p in self.outputs]
         return "\n".join(lines)
@@ -112,7 +113,10 @@ def run_outliers(config: OutliersConfig) -> OutliersSummary:
     def stored(unit: str) -> bool:
         return read_value(kv, key(int(unit)), url).state == "value"
 
-    with output_run(config, "outliers", OutliersError, ignore=("block",), claims=(claims,)) as lease:
+    # the store's identity and utterances done: a rerun after encoding went on measured the missing layers, then
+    # refused the old ones (a probe's); it is refused before any work now
+    inputs = store_inputs(reader, langs)
+    with output_run(config, "outliers", OutliersError, ignore=("block",), claims=(claims,), inputs=inputs) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
         bar = progress_bar(len(missing) * 2 * len(langs), "outliers", "step", config.run.progress)
         for unit in claimed_units(claims, lease, summary, bar, missing, stored, len(layers), "layers"):
