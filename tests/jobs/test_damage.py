@@ -359,7 +359,8 @@ def test_a_damaged_manifest_is_named_and_not_rebuilt(clean, damaged):
 
 USER_FILES = {"notes.txt": b"my notes\n", "README.md": b"# mine\n", "mine.png": b"\x89PNG not really",
               "mine.csv": b"a,b\n1,2\n", "mine.json": b"[1, 2, 3]\n", "broken.json": b"{not json",
-              "de/transcripts.txt": b"hallo welt\n", "mine.parquet": b"not a parquet"}  # fmt: skip
+              "de/transcripts.txt": b"hallo welt\n", "mine.parquet": b"not a parquet",
+              "digested.json": b'{"a": 1, "digest": "sha256:00"}\n'}  # fmt: skip  # a field named as our seal
 
 
 def test_repair_keeps_the_users_files_and_says_so(clean, damaged):

@@ -495,3 +495,8 @@ def test_an_array_whose_zarr_json_lists_other_codecs_is_damage_to_readers_and_ve
     assert verify(store).exit_code == 0 and verify(sim).exit_code == 0
     assert (open_store(store).states("en", 0, 1) == before).all()
     assert (open_similarity(sim).matrix("mean", "de", "en", 1)[0] == expected).all()
+    # zero-filled, not JSON: listed once (it was also "not valid JSON ... restore it from a copy", not repairable)
+    (sim / "mean" / "de__en" / "zarr.json").write_bytes(b"\x00" * 40)
+    found = verify(sim)
+    assert [d.key for d in found.damage] == ["mean/de__en/zarr.json"], found.report()
+    assert verify(sim, repair=True).exit_code == 0

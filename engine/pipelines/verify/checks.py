@@ -348,6 +348,7 @@ def _pair_array(reader, kv, key: str, keys: list[str], what: str, findings: Find
     """Whether a pair's matrix opens as the format writes it. One whose zarr.json is gone, or lists altered codecs
     (``integrity.check_codecs``), is named, and the repair deletes the matrix and its done markers, keeping its ids:
     the seqsim rerun creates the matrix again and computes every layer of it."""
+    findings.keys_done.add(f"{key}zarr.json")  # checked here: the files' pass listed it again, "restore from a copy"
     try:
         reader._open_array(key, writable=False)
         return True
