@@ -23,7 +23,11 @@ class AlignConfig:
     store: str = option(help="layer store written by the encode job (must hold the final layer)", required=True,
                         reads=True)  # fmt: skip
     run: RunOptions = RunOptions()
-    model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
+    model: str | None = option(
+        None,
+        "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt "
+        "(default: the packaged whisper-base, the demo store's)",
+    )
     langs: tuple[str, ...] | None = option(
         None, "comma-separated language codes of the layer store, or 'all'", parse="list"
     )

@@ -38,7 +38,11 @@ class DecodeConfig:
         help="layer store written by the encode job; its utterance table points to the audio", required=True, reads=True
     )
     run: RunOptions = RunOptions()
-    model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
+    model: str | None = option(
+        None,
+        "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt "
+        "(default: the packaged whisper-base, the demo store's)",
+    )
     langs: tuple[str, ...] | None = option(
         None, "comma-separated language codes of the layer store, or 'all'", parse="list"
     )

@@ -54,7 +54,11 @@ class FinetuneConfig:
     store: str = option(help="layer store written by the encode job (must hold layer L+1)", required=True,
                         reads=True)  # fmt: skip
     run: RunOptions = RunOptions()
-    model: str | None = option(None, "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt")
+    model: str | None = option(
+        None,
+        "the store's model: hub id, HF folder, CTranslate2 folder or OpenAI .pt "
+        "(default: the packaged whisper-base, the demo store's)",
+    )
     source_langs: tuple[str, ...] = option(("en",), "store languages whose states are the inputs", parse="list")
     # A store language (its transcriptions are the targets) or an ISO 639-1 code with targets.
     target_lang: str = option("de", "target language: a store language (its transcriptions) or with --targets")
