@@ -346,6 +346,9 @@ def update_json(kv: ts.KvStore, key: str, url: str, change: Callable[[dict | Non
             return
 
 
+SHOWN_DIFFS = 6  # the differing settings a refusal names
+
+
 def create_or_compare(
     kv: ts.KvStore,
     key: str,
@@ -383,9 +386,10 @@ def create_or_compare(
         if compared.get(name) is None or manifest.get(name) is None:
             compared[name] = manifest.get(name)
     diffs = manifest_diffs(compared, manifest, fields)
-    if diffs:
+    if diffs:  # the first few, in the order of ``fields`` (a model of another family differed in 40, 2,000 characters)
+        shown = diffs[:SHOWN_DIFFS] + ([f"and {len(diffs) - SHOWN_DIFFS} more"] if len(diffs) > SHOWN_DIFFS else [])
         raise error(
-            f"{what} {url!r} was written with other settings: {'; '.join(diffs)}. Rerun with the stored values (the "
+            f"{what} {url!r} was written with other settings: {'; '.join(shown)}. Rerun with the stored values (the "
             "same flags), or write to another --out"
         )
     return stored

@@ -683,3 +683,17 @@ def test_an_utterance_not_done_while_a_run_writes_the_store_names_the_run(tmp_pa
     (tmp_path / "out" / "lease.json").write_text(json.dumps(lease))
     with pytest.raises(StoreError, match=r"finish it \(a run writes it now: encode on host 'node-3', pid 77\)"):
         reader.states("de", 0, INFO.layers[0])
+
+
+def test_a_refusal_names_the_first_settings_that_differ_not_forty(tmp_path):
+    """Encoding with a model of another family into a store named some 40 differing dims.* and features.* fields,
+    2,000 characters: the first six, in the order the fields are compared (family and model first), then a count."""
+    from engine.stores.kv import create_or_compare, open_kvstore
+
+    _, kv = open_kvstore(str(tmp_path / "out"))
+    first = {"family": "whisper", **{f"f{i:02d}": i for i in range(20)}}
+    create_or_compare(kv, "m.json", first, str(tmp_path), fields=list(first), error=StoreError, what="store")
+    other = {"family": "owsm", **{f"f{i:02d}": -i - 1 for i in range(20)}}
+    with pytest.raises(StoreError, match=r"other settings: family: store has 'whisper', this run 'owsm'; f00: .*; "
+                                         r"f04: store has 4, this run -5; and 15 more\. Rerun"):  # fmt: skip
+        create_or_compare(kv, "m.json", other, str(tmp_path), fields=list(other), error=StoreError, what="store")
