@@ -423,3 +423,18 @@ def test_the_analysis_page_reads_the_folder(job):
     proc = run_python(cells["Loading with checks"] + cells["heads"], BABELGRID_HEADS=str(out))
     assert proc.returncode == 0, proc.stderr
     assert "8 heads; metrics" in proc.stdout and "rank correlation" in proc.stdout
+
+
+def test_the_report_names_the_head_that_hurts_or_says_none_does():
+    """The line "block 1 head 1 off changes it most (+0.000)" named the least helpful head beside a +0.083; with
+    two languages the per-language lines compared each language with itself."""
+    from engine.pipelines.heads.table import report_lines
+
+    row = lambda b, h, value, delta: (b, h, "r1", 3, None, None, value, 0.25, delta)  # noqa: E731
+    lines = report_lines([row(1, 0, 0.333, 0.083), row(1, 1, 0.25, 0.0)], [])
+    assert lines == ["r1 at layer 3: 0.250 unablated; no head off lowers it; block 1 head 0 off moves it most, to "
+                     "0.333 (+0.083)"], lines  # fmt: skip
+    lines = report_lines([row(1, 0, 0.333, 0.083), row(2, 1, 0.125, -0.125), row(1, 1, 0.5, float("nan"))], [])
+    assert lines == ["r1 at layer 3: 0.250 unablated; block 2 head 1 off lowers it most, to 0.125 (-0.125)"], lines
+    two = [(lang, "r1", 3, 1, 0, 0.0, 0.0, 0.0, 1) for lang in ("de", "en")]
+    assert report_lines([], two) == [] and len(report_lines([], two + [("fr", *two[0][1:])])) == 3

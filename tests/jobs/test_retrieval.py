@@ -492,3 +492,15 @@ def test_nan_in_a_measure_that_cannot_fail_to_converge_is_a_damaged_store(ot_sto
     scores[0, 1] = np.nan
     kept, rows, unranked = drop_unranked(drop_not_encoded(scores, list("ab"), list("xyz"), measure="ot")[0], list("ab"))
     assert rows == ["b"] and unranked == 1 and kept.shape == (1, 3)
+
+
+def test_r1_over_one_candidate_is_not_a_measurement():
+    """The heads and neurons jobs' R@1 (``r1_of_similarity``): searching a language of one utterance finds it
+    whatever the similarity, so the heads job's --utterances 1 wrote R@1 1.0 for every head (a probe's). NaN now."""
+    from engine.pipelines.stages.retrieval import r1_of_similarity
+
+    sims = np.random.default_rng(0).standard_normal((5, 5))
+    label, ids = np.array([0, 0, 1, 1, 2]), np.array(["s0", "s1", "s0", "s1", "s0"])
+    out = r1_of_similarity(sims, label, ids, 3)
+    assert np.isnan(out[:, 2]).all() and np.isnan(np.diag(out)).all(), out  # language 2 has one utterance
+    assert np.isfinite(out[0, 1]) and np.isfinite(out[2, 0]) and np.isfinite(out[2, 1]), out

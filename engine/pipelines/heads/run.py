@@ -24,6 +24,8 @@ Then, from the parts (every worker that gets there writes the same bytes)::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import time
 
@@ -43,7 +45,7 @@ from engine.runtime.runs import RunSummary, output_run, progress_bar, work_claim
 from engine.runtime.units import claimed_units
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_value
-from engine.stores.provenance import not_the_stores_model
+from engine.stores.provenance import identity, not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.records import npz_bytes, read_npz
 
@@ -108,7 +110,12 @@ def run_heads(config: HeadsConfig) -> HeadsSummary:
     def stored(unit: str) -> bool:
         return read_value(kv, key(unit), url).state == "value"
 
-    with output_run(config, "heads", HeadsError, claims=(claims,)) as lease:
+    # what the parts were measured on: the layer store and the utterances chosen (a resume on a store encoded again,
+    # or with other utterances done first, keeps no part of the old ones)
+    chosen = json.dumps([evaluation.langs, np.asarray(evaluation.label).tolist(), evaluation.ids, evaluation.texts])
+    inputs = {"layer_store": identity(open_store(config.store).manifest),
+              "utterances": hashlib.sha256(chosen.encode()).hexdigest()}  # fmt: skip
+    with output_run(config, "heads", HeadsError, claims=(claims,), inputs=inputs) as lease:
         missing = [u for u in units if not stored(u)]
         per_unit = {"none": 1, "importance": len(config.losses), "attention": 1}
         total = sum(per_unit.get(u, masked.heads) for u in missing) * len(evaluation.inputs)

@@ -172,15 +172,23 @@ def report_lines(table_rows: list[tuple], selected: list[tuple]) -> list[str]:
     lines = []
     overall = {}
     for b, h, metric, scored, lang, pair, value, base, delta in table_rows:
-        if metric in ABLATED and lang is None and pair is None and delta is not None:
+        if metric in ABLATED and lang is None and pair is None and delta is not None and np.isfinite(delta):
             overall.setdefault((metric, scored), []).append((delta, b, h, value, base))
     for (metric, scored), items in sorted(overall.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         sign = -1.0 if HIGHER_IS_BETTER[metric] else 1.0
+        hurts = "lowers" if HIGHER_IS_BETTER[metric] else "raises"
         delta, b, h, value, base = max(items, key=lambda x: (sign * x[0], -x[1], -x[2]))
         at = f" at layer {scored}" if scored is not None else ""
-        lines.append(f"{metric}{at}: {base:.3f} unablated; block {b} head {h} off changes it most, to {value:.3f} "
-                     f"({delta:+.3f})")  # fmt: skip
+        if sign * delta > 0:
+            lines.append(f"{metric}{at}: {base:.3f} unablated; block {b} head {h} off {hurts} it most, to {value:.3f} "
+                         f"({delta:+.3f})")  # fmt: skip
+        else:  # "changes it most" named the least helpful head, +0.000, beside a +0.083 (a probe's)
+            delta, b, h, value, base = max(items, key=lambda x: (abs(x[0]), -x[1], -x[2]))
+            lines.append(f"{metric}{at}: {base:.3f} unablated; no head off {hurts} it; block {b} head {h} off moves "
+                         f"it most, to {value:.3f} ({delta:+.3f})")  # fmt: skip
     last = max((r[2] for r in selected if r[1] == "r1"), default=None)
+    if len({r[0] for r in selected if r[1] == "r1"}) < 3:  # with 2, each language's pairs are the other's too
+        return lines
     for lang, metric, scored, b, h, delta, rest, _, rank in selected:
         if metric == "r1" and scored == last and rank == 1:
             lines.append(f"  {lang}: block {b} head {h} off changes its R@1 at layer {scored} by {delta:+.3f}, the "

@@ -143,12 +143,13 @@ def r1_of_similarity(sims: np.ndarray, label: np.ndarray, ids, n_langs: int) -> 
     every other, ``sims: f[utterance, utterance]`` (the heads job's SeqSim, the neurons job's mean-pooled cosine,
     ``engine.pipelines.neurons.intervene.r1_by_pair``), higher is more similar: the share of a's utterances (``label``
     a) whose most similar utterance of b is its translation (the same id); queries with no translation in b are left
-    out, and a pair with none, and the diagonal, are NaN."""
+    out, and a pair with none, and the diagonal, are NaN; so is every pair searching a language of one utterance,
+    whose R@1 would be 1 whatever the similarity (the heads job's --utterances 1 wrote 1.0 for every head)."""
     ids = np.asarray(ids)
     out = np.full((n_langs, n_langs), np.nan)
     for b in range(n_langs):
         cols = np.flatnonzero(label == b)
-        if not len(cols):
+        if len(cols) < 2:
             continue
         hit = ids[cols[np.argmax(sims[:, cols], axis=1)]] == ids
         partner = np.isin(ids, ids[cols])
