@@ -41,7 +41,7 @@ common.define_config_flags(
 
 def main() -> int:
     from engine.errors import StoreError
-    from engine.runtime.status import store_status  # loads TensorStore: after the flags, so that --help stays quick
+    from engine.runtime.status import layer_store_done, store_status  # loads TensorStore: after the flags
     from engine.stores.kv import open_kvstore
 
     config = common.config_from_flags(StatusConfig)
@@ -51,8 +51,9 @@ def main() -> int:
     _, kv = open_kvstore(location)
     while True:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {location}")
-        for line in store_status(kv, location):
-            print(f"  {line}")
+        for line in [*store_status(kv, location), layer_store_done(location)]:
+            if line:
+                print(f"  {line}")
         sys.stdout.flush()
         if not config.watch:
             return 0

@@ -24,6 +24,7 @@ import os
 import socket
 import time
 
+import numpy as np
 import tensorstore as ts
 
 from engine.stores.kv import keys_under, read_value, storage_error
@@ -349,6 +350,22 @@ def store_status(kv: ts.KvStore, url: str) -> list[str]:
             "`babelgrid verify` checks what the store holds)"
         )
     return lines
+
+
+def layer_store_done(url: str) -> str | None:
+    """The utterances done per language when ``url`` is a layer store ("layer store: 58 of 60 utterances done: de
+    30/30, en 28/30"), else None: status said only "no run in progress" of a finished store (newcomer probe)."""
+    from engine.errors import BabelgridError
+    from engine.stores.reader import open_store  # lazy: status of other outputs opens no layer store
+
+    try:
+        reader = open_store(url)
+        done = {lang: np.asarray(reader.lengths(lang)) >= 0 for lang in reader.languages}
+    except BabelgridError:
+        return None
+    total, n = sum(int(d.sum()) for d in done.values()), sum(len(d) for d in done.values())
+    each = ", ".join(f"{lang} {int(d.sum())}/{len(d)}" for lang, d in done.items())
+    return f"layer store: {total} of {n} utterances done{': ' + each if each else ''}"
 
 
 def dead_here(holder: dict) -> bool:

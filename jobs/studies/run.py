@@ -154,6 +154,7 @@ class Runner:
         self.deps = graph.dependencies(study.stages)
         self.dirty: set[str] = set()  # stages that ran (or would, in a dry run) for a change
         self.verified: set[str] = set()
+        self.ended: dict[str, list[str]] = {"ran": [], "complete": []}  # outputs of stages run and found complete
         self.records: dict[str, dict | None] = {}  # stage name -> its record, read once (a request on GCS or S3)
         _, self.kv = open_kvstore(study.runs)
 
@@ -176,12 +177,19 @@ class Runner:
         if self.args.dry_run:
             print("graph (a stage -> the stages that read its output):")
             print("\n".join(graph.describe(stages, self.deps)))
+        started = time.monotonic()
         for stage in stages:
             if stage.name not in self.chosen:
                 continue
             code = self.stage(stage)
             if code:
                 return code
+        if not self.args.dry_run:  # the run's end in one line: what ran, what was complete, where the outputs are
+            ran, complete = self.ended["ran"], self.ended["complete"]
+            outputs = list(dict.fromkeys(o for o in ran + complete if o))
+            print(f"babelgrid run: {len(ran) + len(complete)} stages, {len(ran)} run and {len(complete)} complete "
+                  f"before, in {time.monotonic() - started:.0f} s; outputs: {', '.join(outputs) or 'none'}",
+                  flush=True)  # fmt: skip
         return 0
 
     def record(self, stage: Stage) -> dict:
@@ -222,6 +230,7 @@ class Runner:
             print(f"{head}: complete (since {done.get('finished')}), output and inputs unchanged: skipped", flush=True)
             if not self.args.dry_run:
                 self.keep_newer(stage)
+                self.ended["complete"].append(out)
             return 0
         if decision.kind == graph.CHANGE:
             self.dirty.add(stage.name)
@@ -258,6 +267,7 @@ class Runner:
                   f"under {self.study.runs}: {e}. Free the space (or fix the folder) and run again: the stage's job "
                   "finds its output complete", file=sys.stderr)  # fmt: skip
             return 1
+        self.ended["ran"].append(out)
         return 0
 
     def keep_newer(self, stage: Stage) -> None:

@@ -92,6 +92,9 @@ def series(tmp_path_factory, run_job) -> pathlib.Path:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = lines(proc)
     assert list(said) == ["1 encode", "1/2 encode", "2/2 encode", "3/2 encode", "3 series"], said
+    # the run's end in one line (a newcomer had to scroll back through the last stage's file list)
+    end = proc.stdout.strip().splitlines()[-1]
+    assert end.startswith("babelgrid run: 5 stages, 5 run and 0 complete before, in ") and "/series" in end, end
     from tests.jobs import forkserver
 
     print("CHILD CPU", forkserver.CHILD_CPU)

@@ -33,6 +33,7 @@ from engine.pipelines.seqsim.run import run_similarity
 from engine.pipelines.verify.config import VerifyConfig
 from engine.pipelines.verify.run import run_verify
 from engine.runtime.options import configure
+from engine.stores.reader import open_store
 from tests.jobs.test_scaleout import all_keys, assert_same_store
 from tests.jobs.workers import staggered_run, start_worker, taken_over, units_claimed
 from tests.waits import patient
@@ -143,7 +144,13 @@ def test_status_reads_a_run_from_its_store(worker_store, tmp_path, run_job):
     run_similarity(configure(SimilarityConfig, store=str(worker_store), out=str(out), layers=(1,), measures=("mean",),
                              progress=False))  # fmt: skip
     done = run_job("status", str(out))
-    assert "no run in progress" in done.stdout, done.stdout
+    assert "no run in progress" in done.stdout and "layer store:" not in done.stdout, done.stdout
+    # a finished layer store says how complete it is (it said only "no run in progress")
+    store = run_job("status", str(worker_store)).stdout
+    reader = open_store(str(worker_store))
+    counts = {lang: (int((reader.lengths(lang) >= 0).sum()), len(reader.lengths(lang))) for lang in reader.languages}
+    each = ", ".join(f"{lang} {d}/{n}" for lang, (d, n) in counts.items())
+    assert f"layer store: {sum(d for d, _ in counts.values())} of " in store and each in store, store
     missing = run_job("status", str(tmp_path / "nothing"), expect=1)
     assert "is not a folder" in missing.stderr
 
