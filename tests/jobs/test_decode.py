@@ -130,9 +130,10 @@ def tiny_out(run_job, tiny_store, tiny_model_dir, tiny_whisper, tmp_path_factory
     """The job through its flags, then the same settings again in this process (a resume: every part kept)."""
     out = tmp_path_factory.mktemp("decode-tiny-out") / "out"
     args = ("--store", str(tiny_store), "--out", str(out), "--model", str(tiny_model_dir), "--max_new_tokens", "5")
-    first = run_job("decode", *args, *TINY_FLAGS)
+    # a status line every window batch: the bar moves by whole languages, minutes apart on real data
+    first = run_job("decode", *args, *TINY_FLAGS, env={"BABELGRID_STATUS_SECONDS": "1e-9"})
     again = decode_here(tiny_whisper, tiny_store, out, model=str(tiny_model_dir), max_new_tokens=5, **TINY_SETTINGS)
-    return out, first.stdout, again.report()
+    return out, first.stdout + first.stderr, again.report()
 
 
 def test_tiny_outputs_through_flags(tiny_out):
@@ -153,6 +154,7 @@ def test_tiny_outputs_through_flags(tiny_out):
     skipped = skipped_rows(out)
     assert ("de", MISSING, "*", "audio_missing") in skipped and ("de", NO_TEXT, "transcribe", "no_reference") in skipped
     assert "skipped" in stdout and "(audio_missing)" in stdout and "(no_reference)" in stdout
+    assert re.search(r"decode de: \d+ of \d+ windows, each decoded for \d+ parts", stdout), stdout
     for name in ("report.md", "scores-greedy.png", "scores-beam2.png", "decode.json"):
         assert (out / name).is_file(), name
     title = png_title((out / "scores-beam2.png").read_bytes())  # model, dataset, n

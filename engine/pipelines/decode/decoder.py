@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from engine.pipelines.decode.store import Units, check_store, decode_claimed, la
 from engine.pipelines.decode.unit import compression_ratio
 from engine.pipelines.stages.early_exit import cut_windows, score_language, search_windows
 from engine.pipelines.stages.windows import audio_skip_reason
+from engine.runtime.runs import status_interval
 from engine.stores.kv import write_value
 from engine.text import phones
 
@@ -191,7 +193,11 @@ def _from_audio(decoder, reader, lang, language, done, parts, english, config, s
     variants = sorted({(layer, ln_post) for _, _, layer, ln_post in parts})
     size = config.batch_size
     forced = config.language == "forced"
+    said = time.monotonic()
     for start in range(0, len(inputs), size):
+        if time.monotonic() - said >= status_interval():  # the bar moves by whole languages: minutes apart
+            said = time.monotonic()
+            log.info("decode %s: %d of %d windows, each decoded for %d parts", lang, start, len(inputs), len(parts))
         chunk = inputs[start : start + size]
         n = len(chunk)
         chunk = chunk + [chunk[0]] * (size - n)  # one program for every batch: the last padded with its first
