@@ -321,6 +321,7 @@ def run(main) -> None:
     SIGHUP end the job with one line, its lease and claims released, and exit code 128 + the signal's number
     (``Interrupted``)."""
     handle_stop_signals()
+    gang.stop_with_runner()  # a study's stage stops when its runner dies
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     # JAX logs every accelerator plugin it looks for and does not find ("Unable to initialize backend 'tpu'") at
     # INFO: noise on every CPU run. Its warnings still show.

@@ -35,6 +35,8 @@ FLAGS = flags.FLAGS
 SUPERVISED = "BABELGRID_SUPERVISED"  # set in the child, so that it does not fork again
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
+# Set by `babelgrid run` (jobs.studies.run) in a stage's environment: the runner's pid (``stop_with_runner``)
+RUNNER_ENV = "BABELGRID_STUDY_RUNNER"
 
 
 def define_distributed_flags(module: str) -> None:
@@ -121,13 +123,26 @@ def supervise() -> None:
 
 def _die_with_parent() -> None:
     """Linux: the kernel kills this process when its parent dies (a scheduler's SIGKILL of the parent)."""
+    if _signal_at_parent_death(signal.SIGKILL) and os.getppid() == 1:  # the parent died before prctl
+        os._exit(1)
+
+
+def stop_with_runner() -> None:
+    """A study's stage (``RUNNER_ENV`` names the `babelgrid run` that started it): Linux sends it SIGTERM when the
+    runner dies, SIGKILL included, so that it stops as a stopped job does (its lease and claims released) instead
+    of running on orphaned, holding the store against the next run (a probe's). The variable is not passed on."""
+    runner = os.environ.pop(RUNNER_ENV, None)
+    if runner and _signal_at_parent_death(signal.SIGTERM) and str(os.getppid()) != runner:
+        os.kill(os.getpid(), signal.SIGTERM)  # the runner died before prctl
+
+
+def _signal_at_parent_death(sig: int) -> bool:
+    """Whether the kernel now sends ``sig`` to this process when its parent dies (Linux's prctl; False elsewhere)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        return libc.prctl(PR_SET_PDEATHSIG, sig) == 0
     except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl
-        os._exit(1)
+        return False
 
 
 def init_distributed() -> None:

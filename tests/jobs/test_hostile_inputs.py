@@ -177,6 +177,24 @@ def test_a_stop_signal_to_the_study_runner_stops_its_stage_and_waits(tmp_path, m
     runner.send_signal(signal.SIGTERM)
     out, _ = runner.communicate(timeout=patient(60))
     assert runner.returncode == 0 and out.splitlines() == ["stage released", f"runner got (3, {int(signal.SIGTERM)})"]
+    # SIGKILL to the runner, which no handler sees: the kernel sends the stage SIGTERM (jobs.gang.stop_with_runner,
+    # which every job's start calls), so it stops as a stopped job does instead of running on orphaned
+    ready.unlink()
+    released = tmp_path / "released"
+    stage = STAGE.replace('print("stage released", flush=True)', f"open({str(released)!r}, 'w').close()")
+    watch = "from jobs.gang import stop_with_runner\nstop_with_runner()\n"
+    stage = stage.replace("time.sleep(120)", watch + "time.sleep(120)")
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, stage, str(ready)], env=job_env())
+    deadline = time.monotonic() + patient(60)
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # the stage's prctl, after it said it was ready
+    runner.kill()
+    runner.wait(timeout=patient(60))
+    deadline = time.monotonic() + patient(60)
+    while not released.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert released.exists(), "the stage ran on after its runner was killed"
     # ... and the run ends there, the stages after it not run, with the signal's status
     monkeypatch.setattr(run_module, "run_stage", lambda command: (3, signal.SIGTERM))
     spec = _study(tmp_path, f"vars: {{out: {tmp_path / 'out'}}}\nstages:\n  - verify: {{location: '{{out}}/a'}}\n"
