@@ -82,6 +82,27 @@ def read_kept(out: str, lang_a: str, lang_b: str, *, missing_ok: bool = False) -
     )
 
 
+def check_built_on(out: str, similarity_manifest: dict, error: type[BabelgridError]) -> None:
+    """Refuses (``error``) a challenge folder built on another layer store than the one a similarity store (its
+    ``similarity_manifest``) was computed from: its kept ids were judged on other texts, and retrieval --subset scored
+    them without a word (a probe's). By the store's identity where both recorded it, else by its location; a folder
+    without ``challenge.json`` (hand-made, or older) is not compared."""
+    settings = read_json(open_kvstore(out)[1], SETTINGS_JSON, out)
+    if settings is None:
+        return
+    then, now = settings.get("layer_store_identity"), similarity_manifest.get("layer_store_identity")
+    layer_store = similarity_manifest.get("layer_store", "")
+    spec, _ = open_kvstore(layer_store)
+    where = {k: spec[k] for k in ("driver", "bucket", "path") if k in spec}
+    if (then == now) if then is not None and now is not None else settings.get("store") == where:
+        return
+    raise error(
+        f"challenge set {out!r} was built on another layer store ({settings.get('store')}) than the similarity "
+        f"store's, {layer_store!r}: its kept ids were judged on other texts. Build it on that store: python -m "
+        f"jobs.challenge --store {layer_store} --out NEW --pairs ..."
+    )
+
+
 def _is_challenge_output(key: str) -> bool:
     return key == SUMMARY_CSV or re.fullmatch(r"[^/]+__[^/]+\.csv", key) is not None
 

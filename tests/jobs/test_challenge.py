@@ -17,7 +17,7 @@ from engine.pipelines.challenge import run as challenge
 from engine.pipelines.challenge.config import parse_threshold
 from engine.pipelines.challenge.plan import plan_challenge_run
 from engine.pipelines.retrieval import subset as subset_lib
-from engine.pipelines.retrieval.config import RetrievalConfig
+from engine.pipelines.retrieval.config import RetrievalConfig, RetrievalError
 from engine.pipelines.retrieval.run import run_retrieval
 from engine.runtime.options import configure
 from engine.stores import challenge as files
@@ -311,3 +311,14 @@ def test_subset_retrieval_equals_the_restricted_matrices(sim_and_subset, tmp_pat
     other_run = dataclasses.replace(config.run, out=str(tmp_path / "c"))
     other = run_retrieval(dataclasses.replace(config, run=other_run, subset_seed=1))
     assert other.comparison != result.comparison
+    # A rerun without --subset into the folder left the subset's table and figure beside the new numbers (a probe's)
+    run_retrieval(dataclasses.replace(config, subset=None, run=other_run))
+    assert not (tmp_path / "c" / subset_lib.SUBSET_CSV).exists() and not (tmp_path / "c" / "figures" /
+                                                                           "subset_by_layer.png").exists()  # fmt: skip
+    # A challenge set built on another layer store (its challenge.json says which) was scored without a word
+    import json
+
+    (subset / "challenge.json").write_text(json.dumps({"store": {"driver": "file", "path": "/elsewhere/store/"}}))
+    with pytest.raises(RetrievalError, match=r"challenge set .* was built on another layer store .*/elsewhere/store"):
+        run_retrieval(dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(tmp_path / "d"))))
+    (subset / "challenge.json").unlink()

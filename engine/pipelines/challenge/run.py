@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from engine.errors import BabelgridError
 from engine.pipelines.challenge.config import ChallengeConfig
 from engine.pipelines.challenge.rules import (
     MIN_SHARED_LETTERS,
@@ -49,6 +50,7 @@ from engine.stores.challenge import (
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import create_or_compare, open_kvstore
 from engine.stores.pairs import resolve_pairs
+from engine.stores.provenance import identity
 from engine.stores.reader import open_store
 from engine.stores.records import json_bytes
 from engine.text.soundalike import (
@@ -103,7 +105,18 @@ def settings_manifest(config: ChallengeConfig) -> dict:
         "ner": f.ner,
         "ner_models": {lang: model for lang, model in f.ner_models},
         "min_shared_letters": MIN_SHARED_LETTERS,
+        # which layer store, not only where (engine.stores.provenance): retrieval --subset compares it
+        "layer_store_identity": _identity(config.store),
     }
+
+
+def _identity(store: str) -> dict | None:
+    """The layer store's identity; None where it cannot be opened (the run names that itself, after the folder's
+    settings are compared)."""
+    try:
+        return identity(open_store(store).manifest)
+    except BabelgridError:
+        return None
 
 
 def summary_rows(lang_a: str, lang_b: str, flags: dict, choice: ThresholdChoice) -> list[tuple]:

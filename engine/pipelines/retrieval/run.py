@@ -58,8 +58,8 @@ from engine.pipelines.stages.retrieval import (
 )
 from engine.runtime.options import canonical_location
 from engine.runtime.runs import inputs_settled, writer_lease
-from engine.stores.challenge import read_kept
-from engine.stores.integrity import write_outputs
+from engine.stores.challenge import check_built_on, read_kept
+from engine.stores.integrity import DIGEST_SUFFIX, write_outputs
 from engine.stores.kv import open_kvstore
 from engine.stores.reader import open_store
 from engine.stores.records import json_bytes
@@ -364,6 +364,7 @@ def check_request(config: RetrievalConfig, reader):
         if config.langs is not None and not pairs:
             raise RetrievalError(f"measure {measure!r} has no stored pair within languages {list(config.langs)}")
         if config.subset is not None:
+            check_built_on(config.subset, reader.manifest, RetrievalError)
             without = [f"{a}-{b}" for a, b in pairs if read_kept(config.subset, a, b, missing_ok=True) is None]
             if len(without) == len(pairs):
                 raise RetrievalError(
@@ -405,6 +406,12 @@ def _retrieval(config: RetrievalConfig, reader, out: str, baseline) -> Retrieval
         writes[SOURCE] = json_bytes({"format": "babelgrid-retrieval", "similarity": config.similarity, **source})
     write_outputs(open_kvstore(out)[1], writes, out)
     figure_paths = [*figure_paths, *(out.rstrip("/") + "/" + k for k in writes if k.endswith(".png"))]
+    # what an earlier run with --subset or --baseline wrote here, which this one does not: stale beside its numbers
+    stale = [*([] if config.subset else [subset.SUBSET_CSV, subset.SUBSET_FIGURE]),
+             *([] if baseline else [delta.DELTA_CSV, delta.DELTA_FIGURE])]  # fmt: skip
+    for name in stale:
+        for key in (name, name + DIGEST_SUFFIX):
+            open_kvstore(out)[1].write(key, None).result()  # None deletes; absent: nothing
     if config.subset is not None and comparison:
         _, kv = open_kvstore(out)
         metric = f"R@{config.ks[0]}"
