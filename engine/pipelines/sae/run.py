@@ -144,6 +144,9 @@ def run_sae(config: SaeConfig) -> SaeSummary:
         # A folder trained before --steps (64c0ec2) recorded --epochs and no steps: the steps it trained are its
         # epochs' batches, on the same store and --batch_size (which the comparison checks too). Without this, any
         # rerun of such a folder, even one adding --model, was refused for an "epochs" nothing sets any more.
+        found = stored.get("inputs")
+        if isinstance(found, dict) and "buffer_frames" not in found:  # recorded before the buffer was: not compared
+            stored = {**stored, "inputs": {**found, "buffer_frames": buffer_frames}}
         if "steps" in stored or stored.get("epochs") is None:
             return stored
         return {**stored, "epochs": None, "steps": stored["epochs"] * per_epoch}
@@ -152,6 +155,8 @@ def run_sae(config: SaeConfig) -> SaeSummary:
     # run adds to a folder trained without it (load_decoder has checked it is the store's checkpoint)
     ignore = ("block", "checkpoint_every", "neurons", "model")
     inputs = store_inputs(reader, langs)  # a rerun after encoding went on is refused, not given the old layers
+    # the shuffling buffer (--memory_budget) sets the batches: a resume with another trained other weights (a probe's)
+    inputs["buffer_frames"] = int(buffer_frames)
     with output_run(config, "sae", SaeError, ignore=ignore, claims=(claims,), check=as_steps, inputs=inputs) as lease:
         missing = [str(layer) for layer in layers if not stored(str(layer))]
         quiet = progress_bar(0, "", "", enabled=False)  # each stage of each layer has its own bar (_train_and_write)
