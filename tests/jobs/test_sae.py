@@ -458,3 +458,15 @@ def test_plan_prints_steps_frames_and_time_and_writes_nothing(worker_store, tmp_
     assert floor in text, text
     assert re.search(r"^  train .* s$", text, re.M) and re.search(r"^  evaluate ", text, re.M), text
     assert not out.exists()
+
+
+def test_r1_over_one_candidate_is_not_reported():
+    """A store of one utterance per language gave r1 = r1_reconstructed = 1.0 (one candidate is found whatever
+    the states): NaN, written NA."""
+    from engine.pipelines.sae.evaluate import _mean_r1
+
+    rng = np.random.default_rng(0)
+    one = {lang: [rng.standard_normal((5, 8)).astype(np.float32)] for lang in ("de", "en")}
+    assert np.isnan(_mean_r1(one, {"de": ["s0"], "en": ["s0"]}))
+    two = {lang: [rng.standard_normal((5, 8)).astype(np.float32) for _ in range(2)] for lang in ("de", "en")}
+    assert np.isfinite(_mean_r1(two, {"de": ["s0", "s1"], "en": ["s0", "s1"]}))

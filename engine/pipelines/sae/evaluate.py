@@ -89,14 +89,16 @@ def _pad(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _mean_r1(kept: dict, ids: dict) -> float:
-    """SeqSim R@1 of translations, the mean over directed language pairs with shared ids (NaN if none)."""
+    """SeqSim R@1 of translations, the mean over directed language pairs with shared ids and more than one
+    candidate (NaN if none)."""
     values = []
     padded = {lang: _pad(frames) for lang, frames in kept.items()}
     for a, b in itertools.combinations(kept, 2):
         scores = np.asarray(seqsim_matrix(*padded[a], *padded[b]))
         for s, rows, cols in ((scores, ids[a], ids[b]), (scores.T, ids[b], ids[a])):
             metrics = retrieval_metrics(s, rows, cols, ks=(1,))
-            if metrics.queries:
+            # one candidate is found whatever the states: R@1 1 by construction, not measured (a probe's 1.0/1.0)
+            if metrics.queries and metrics.random_recall[1] < 1:
                 values.append(metrics.recall[1])
     return float(np.mean(values)) if values else float("nan")
 
