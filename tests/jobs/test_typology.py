@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 
@@ -107,15 +108,21 @@ def test_ties_count_as_extreme():
     (an exact count over the 24 orderings, in integers: r is a function of the sum of squared rank differences)."""
     x = np.array([[0, 1, 2, 3], [1, 0, 4, 5], [2, 4, 0, 6], [3, 5, 6, 0]], float)
     y = np.array([[0, 2, 1, 3], [2, 0, 5, 4], [1, 5, 0, 6], [3, 4, 6, 0]], float)
-    ours = mantel_module.mantel(x, y, permutations=2000, seed=0, method="spearman")
+    ours = mantel_module.mantel(x, y, permutations=20, seed=0, method="spearman")  # 20 of the 24 orderings drawn
     iu = np.triu_indices(4, k=1)
     ranks_y = scipy.stats.rankdata(y[iu])
     observed = np.sum((scipy.stats.rankdata(x[iu]) - ranks_y) ** 2)
-    orders = mantel_module.permutations_of(4, 2000, 0)[1:]
-    d2 = [np.sum((scipy.stats.rankdata(x[np.ix_(o, o)][iu]) - ranks_y) ** 2) for o in orders]
     mean = 35.0  # 6 ranks: r = 1 - 6 d2 / (6 (36 - 1)), so |r| depends on |d2 - 35| alone
-    extreme = np.sum(np.abs(np.array(d2) - mean) >= abs(observed - mean))
-    assert ours.p_value[0] == (1 + extreme) / 2001
+
+    def extreme(orders):
+        d2 = [np.sum((scipy.stats.rankdata(x[np.ix_(o, o)][iu]) - ranks_y) ** 2) for o in orders]
+        return np.sum(np.abs(np.array(d2) - mean) >= abs(observed - mean))
+
+    assert ours.p_value[0] == (1 + extreme(mantel_module.permutations_of(4, 20, 0)[1:])) / 21
+    # 2000 asked of 24 orderings: each taken once, the exact test (drawn, p fell below 1/24, a probe's)
+    exact = mantel_module.mantel(x, y, permutations=2000, seed=0, method="spearman")
+    every = list(itertools.permutations(range(4)))
+    assert exact.permutations == 23 and exact.p_value[0] == extreme(every) / 24 >= 1 / 24
 
 
 def test_mantel_refuses_what_it_cannot_test():

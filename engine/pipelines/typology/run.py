@@ -153,11 +153,12 @@ def _correlate(config, geo, found, summary, bar) -> dict[str, bytes]:
             ys = distances[positions][:, keep][:, :, keep] if len(keep) >= 3 else None
             for distance in config.distances:
                 r = p = pr = pp = np.full(len(positions), np.nan)
+                taken = config.permutations
                 if ys is not None:
                     x = found.matrices[distance][np.ix_(at, at)]
                     options = dict(permutations=config.permutations, seed=config.seed, method=config.method)
                     result = mantel(x, ys, **options)
-                    r, p = result.r, result.p_value
+                    r, p, taken = result.r, result.p_value, result.permutations  # every ordering, where fewer
                     if distance != CONTROL and CONTROL in kinds:
                         partial = partial_mantel(x, ys, found.matrices[CONTROL][np.ix_(at, at)], **options)
                         pr, pp = partial.r, partial.p_value
@@ -166,7 +167,7 @@ def _correlate(config, geo, found, summary, bar) -> dict[str, bytes]:
                     summary.rows.append(dict(
                         layer=geo.layers[li], measure=name, distance=distance, r=float(r[k]), p_value=float(p[k]),
                         n_languages=len(keep), partial_r=float(pr[k]), partial_p_value=float(pp[k]),
-                        method=config.method, permutations=config.permutations,
+                        method=config.method, permutations=taken,
                     ))  # fmt: skip
     langs = list(found.languages)
     for distance, matrix in found.matrices.items():
