@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -137,6 +138,20 @@ def _subtitles(words: list[dict], fmt: str) -> str:
             lines.append(str(i))
         lines += [f"{_timestamp(start, separator)} --> {_timestamp(end, separator)}", text, ""]
     return "\n".join(lines)
+
+
+def frame_span(start: float, end: float, n_frames: int, frame_rate: float = 50.0) -> tuple[int, int] | None:
+    """Frame span [s, e) of a word timed start..end seconds, at least one frame, inside 0..n_frames, at
+    ``frame_rate`` frames per second (the store's); None for missing or reversed times. Every reader of the words
+    places them so (interp, the probes job's same-different and CCA tokens): probes floored 1.06 s, read back from
+    float32 as 52.99 frames, to frame 52, and put 112 of 170 words a frame off interp's (a probe's)."""
+    if not (math.isfinite(start) and math.isfinite(end)) or end < start or start < 0:
+        return None
+    # A small tolerance both ways: the align job's times lie on the 20 ms frame grid, and after float32 rounding
+    # 0.3 s may read 14.99999 or 15.00001 frames; without it neighbouring words would share a frame.
+    s = min(int(math.floor(start * frame_rate + 1e-3)), n_frames - 1)
+    e = min(max(s + 1, int(math.ceil(end * frame_rate - 1e-3))), n_frames)
+    return s, e
 
 
 def check_words_store(out: str, reader, error: type[BabelgridError]) -> None:

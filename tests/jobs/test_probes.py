@@ -152,10 +152,12 @@ def test_tokens_frames_filters_and_other_store():
         (1, "b", " house", 0.70, 0.85),  # frames 35..42, cut at the utterance's 40 frames: 35..39
         (1, "b", " cat", 0.795, 0.80),  # one frame: short span
         (2, "c", " dog", 0.0, 0.5),  # utterance not encoded
+        # the align job's float32 times: 1.06 s reads 52.99999 frames, frame 53 as interp places it (was 52)
+        (0, "a", " float", float(np.float32(1.06)), float(np.float32(1.2))),
     ]
     tokens, dropped = samediff.select_tokens("en", words_table(rows), ids, lengths, [None] * 3, 50.0, min_frames=2)
-    assert tokens.types == ("the", "house")
-    assert tokens.first.tolist() == [5, 35] and tokens.length.tolist() == [11, 5]
+    assert tokens.types == ("the", "float", "house")
+    assert tokens.first.tolist() == [5, 53, 35] and tokens.length.tolist() == [11, 7, 5]
     assert dropped == {"short_word": 1, "short_span": 1, "not_encoded": 1}
     with pytest.raises(samediff.SameDiffError, match="another store"):
         samediff.select_tokens("en", words_table([(1, "zz", "the", 0.0, 0.1)]), ids, lengths, [None] * 3, 50.0)
@@ -406,3 +408,11 @@ def test_plan_counts_dtw_cells_at_each_languages_longest_word(planted_store, mon
     stage = {s.name: s for s in plan.plan_probes_run(config).stages}["samediff dtw"]
     d, layers = writer.DIMS.n_audio_state, len(writer.INFO.layers)
     assert stage.flops == 2.0 * d * len(LANGS) * 3**2 * 12**2 * layers
+
+
+def test_cca_targets_left_out_are_said():
+    """The word target vanished from cca.csv without a row or a word where too few word types had tokens enough."""
+    empty = np.zeros(0, np.int64)
+    targets = cca.Targets(empty, empty.astype(np.int32), ("a", "b"), (), empty, empty.astype(np.int32),
+                          np.arange(4), np.zeros((4, 3), np.float32), (), {})  # fmt: skip
+    assert cca.unmeasured(targets) == ["word (fewer than 2 word types with enough tokens to hold some out)"]

@@ -11,14 +11,13 @@ the first window lands up to one frame early per window.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 
 import numpy as np
 
 from engine.pipelines.interp.config import InterpConfig, InterpError
 from engine.runtime.runs import RunSummary
-from engine.stores.words import read_words, words_language
+from engine.stores.words import frame_span, read_words, words_language
 from engine.text import phones as ph
 
 # Punctuation and symbols around a word (Whisper's words keep their leading space and trailing punctuation).
@@ -43,15 +42,8 @@ def clean_word(word: str) -> str:
 
 
 def word_frames(start: float, end: float, n_frames: int, frame_rate: float = 50.0) -> tuple[int, int] | None:
-    """Frame span [s, e) of a word timed start..end seconds, at least one frame, inside 0..n_frames, at
-    ``frame_rate`` frames per second (the store's); None for missing or reversed times."""
-    if not (math.isfinite(start) and math.isfinite(end)) or end < start or start < 0:
-        return None
-    # A small tolerance both ways: the align job's times lie on the 20 ms frame grid, and after float32 rounding
-    # 0.3 s may read 14.99999 or 15.00001 frames; without it neighbouring words would share a frame.
-    s = min(int(math.floor(start * frame_rate + 1e-3)), n_frames - 1)
-    e = min(max(s + 1, int(math.ceil(end * frame_rate - 1e-3))), n_frames)
-    return s, e
+    """``engine.stores.words.frame_span``: the frames of a word, as every reader of the words places them."""
+    return frame_span(start, end, n_frames, frame_rate)
 
 
 def load_language(reader, words_url: str, lang: str, encoder, summary: RunSummary) -> Language:

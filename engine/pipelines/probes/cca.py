@@ -179,3 +179,14 @@ def cca_layer(layer: int, targets: Targets, frames: np.ndarray, pooled: np.ndarr
         x = pooled[targets.semantic_tokens]
         scores.append(split_score(layer, "semantic", x, targets.semantic, list(groups[targets.semantic_tokens]), seed))
     return scores
+
+
+def unmeasured(targets: Targets) -> list[str]:
+    """The targets ``cca_layer`` leaves out, and why: cca.csv has no rows of them, which said nothing by itself (a
+    probe's word target vanished without a word)."""
+    out = [] if len(targets.phones) >= 2 else ["phone (fewer than 2 phones among the sampled frames)"]
+    if not (targets.word_labels.size and targets.word_labels.max() >= 1):
+        out.append("word (fewer than 2 word types with enough tokens to hold some out)")
+    if len(targets.semantic_tokens) < 4:
+        out.append("semantic (fewer than 4 tokens with a sentence embedding)")
+    return out

@@ -53,6 +53,7 @@ class ProbesSummary(RunSummary):
     cca: list = dataclasses.field(default_factory=list)  # cca.CcaScore
     outputs: list = dataclasses.field(default_factory=list)
     dropped: dict = dataclasses.field(default_factory=dict)  # samediff: lang -> {reason: tokens}
+    cca_unmeasured: list = dataclasses.field(default_factory=list)  # cca targets not measured, and why
 
     def report(self) -> str:
         lines = [f"probes: {self.seconds:.1f} s; skipped utterances: {self.n_skipped}", *self.skip_lines()]
@@ -77,6 +78,8 @@ class ProbesSummary(RunSummary):
                     f"  {s.target:>8} {s.layer:>3}  {s.pwcca:.3f}  chance {s.chance:.3f}  n {s.n_train}+{s.n_test}"
                     f"  dims {s.dims}"
                 )
+        if self.cca_unmeasured:
+            lines.append(f"cca: not measured: {'; '.join(self.cca_unmeasured)}")
         for lang, counts in sorted(self.dropped.items()):
             lines.append(f"  words left out of {lang}: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
         return "\n".join(lines)
@@ -200,6 +203,7 @@ def _probes(config, store, langs: list, layers: list, started: float, summary: P
 
         listed = [tokens[lang] for lang in langs]
         targets = cca.build_targets(listed, ids, phones.phonemize_words, encoders.load_text_encoder(), config.seed)
+        summary.cca_unmeasured = cca.unmeasured(targets)
     for layer in layers:
         pooled, word_frames, word_pooled = [], [], []
         for lang in langs:

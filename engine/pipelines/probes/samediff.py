@@ -30,6 +30,7 @@ import numpy as np
 
 from engine.errors import BabelgridError, ShapeError
 from engine.pipelines.probes.config import MAX_TOKENS, MIN_CHARS
+from engine.stores.words import frame_span
 from kernels.dtw import dtw_similarity_matrix
 from kernels.pooling import mean_pooled_cosine_matrix
 
@@ -97,8 +98,7 @@ def select_tokens(
                 f"word {word!r} of {lang!r} utterance {u} has times {start}..{end} s: need 0 <= start <= end"
             )
         kind = word_type(word)
-        first = int(math.floor(start * frame_rate))
-        last = min(int(math.ceil(end * frame_rate)), int(lengths[u]))
+        first, last = frame_span(start, end, int(lengths[u]), frame_rate) if lengths[u] > 0 else (0, 0)
         if len(kind) < min_chars:
             dropped["short_word"] += 1
         elif lengths[u] < 0:
