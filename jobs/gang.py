@@ -90,9 +90,10 @@ def _end_message(sig: int) -> str:
     if sig in (signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS):
         where = f" at {FLAGS.coordinator_address}" if FLAGS.coordinator_address else ""
         return (
-            f"{job}: {_which()} was ended by {name} from JAX's runtime: another process of the run died, and JAX's "
-            f"coordination service (process 0{where}) is gone or declared this process dead (--heartbeat_timeout "
-            f"{FLAGS.heartbeat_timeout} s); the lines above name it. {resume}"
+            f"{job}: {_which()} was ended by {name} from JAX's runtime: another process of the run died or never "
+            f"connected (JAX waits 5 minutes for every process at the start), or JAX's coordination service (process "
+            f"0{where}) is gone or declared this process dead (--heartbeat_timeout {FLAGS.heartbeat_timeout} s); the "
+            f"lines above name it. {resume}"
         )
     return f"{job}: {_which()} was killed ({name}). {resume}"
 
@@ -197,8 +198,16 @@ def leave_distributed() -> None:
     client = distributed.global_state.client
     others = list(range(1, jax.process_count()))
     deadline = time.monotonic() + FLAGS.heartbeat_timeout + 10
+    said = False
     while client is not None and time.monotonic() < deadline:
-        if not set(client.get_live_nodes([0, *others])) & set(others):
+        live = set(client.get_live_nodes([0, *others])) & set(others)
+        if not live:
             break
+        if not said:  # minutes of silence after the summary looked like a hang (a cluster probe's)
+            said = True
+            logging.getLogger(__name__).info(
+                "done; waiting up to %d s for process(es) %s to leave the run (this process runs JAX's coordination "
+                "service: its exit would abort them; one that died is declared dead after --heartbeat_timeout)",
+                FLAGS.heartbeat_timeout + 10, sorted(live))  # fmt: skip
         time.sleep(0.5)
     stop_heartbeat()  # before the interpreter's exit shuts the client down under it
