@@ -145,6 +145,8 @@ def manifest_diffs(stored: Mapping, given: Mapping, fields: Iterable[str]) -> li
 def _clip(value, most: int = 300) -> str:
     """A value's repr, cut to ``most`` characters: a model's config dumped whole made a refusal 2,500 characters
     long, which hid the field that differed (newcomer probe)."""
+    if value is None:  # a setting left unset: "layers: ... None, this run [1, 2, 3]" read as a bug (a probe's)
+        return "unset"
     text = repr(value)
     return text if len(text) <= most else text[: most - 4] + " ..."
 

@@ -697,3 +697,12 @@ def test_a_refusal_names_the_first_settings_that_differ_not_forty(tmp_path):
     with pytest.raises(StoreError, match=r"other settings: family: store has 'whisper', this run 'owsm'; f00: .*; "
                                          r"f04: store has 4, this run -5; and 15 more\. Rerun"):  # fmt: skip
         create_or_compare(kv, "m.json", other, str(tmp_path), fields=list(other), error=StoreError, what="store")
+
+
+def test_an_unset_setting_reads_unset_not_none():
+    """ "layers: the running workers have None, this run [1, 2, 3]" read as a bug (a cluster probe's)."""
+    from engine.stores.records import manifest_diffs
+
+    assert manifest_diffs({"layers": None}, {"layers": [1, 2, 3]}, ["layers"]) == [
+        "layers: store has unset, this run [1, 2, 3]"
+    ]
