@@ -12,8 +12,9 @@ decoding) part. Output layout: engine/pipelines/decode/hypotheses.py and BUILD.m
 engine/pipelines/decode/run.py.
 
 Several hosts: start one process per host with --distributed (or --coordinator_address, --num_processes,
---process_id); the processes claim (language, layer, ln_post) units one at a time through claim keys in --out; a dead
-process's claims expire after --claim_ttl seconds and the others take them. Process 0 merges the parts at the end.
+--process_id); the processes claim languages (a CTC head: (language, layer)) one at a time through claim keys in
+--out; a dead process's claims expire after --claim_ttl seconds and the others take them. Process 0 merges the parts
+at the end.
 """
 
 from __future__ import annotations
