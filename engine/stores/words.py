@@ -26,7 +26,6 @@ from engine.stores import parts
 from engine.stores.integrity import read_output, repair_hint, write_outputs
 from engine.stores.kv import open_kvstore, read_json
 from engine.stores.parts import read_table, table_bytes
-from engine.stores.provenance import identity
 from engine.stores.records import csv_bytes
 from engine.stores.similarity import check_name
 
@@ -154,22 +153,37 @@ def frame_span(start: float, end: float, n_frames: int, frame_rate: float = 50.0
     return s, e
 
 
-def check_words_store(out: str, reader, error: type[BabelgridError]) -> None:
-    """Refuses (``error``) the words at ``out`` when its ``align.json`` says they were aligned on another layer store
-    than ``reader``'s: one encoded from other audio under the same ids got another clip's words and times without a
-    word (mixing, a probe's). Compared by the store's identity (``provenance.identity``: its creation, not its path,
-    so a copied or moved store passes); an align output that recorded none (older) is not compared."""
+def audio_digest(reader, lang: str) -> str:
+    """sha256 of a language's utterances as audio: (id, recording, duration to the millisecond) of every row of the
+    layer store's table. Stores of other models over the same clips give the same digest (interp reads words aligned
+    through Whisper on an OWSM or wav2vec2 store of the same clips); other clips under the same ids do not."""
+    table = reader.utterances_table(lang)
+    rows = zip(table.column("id").to_pylist(), table.column("recording").to_pylist(),
+               table.column("duration_s").to_pylist(), strict=True)  # fmt: skip
+    listed = sorted((str(i), int(r), round(float(d), 3)) for i, r, d in rows)
+    return hashlib.sha256(json.dumps(listed).encode()).hexdigest()
+
+
+def check_words_store(out: str, reader, langs, error: type[BabelgridError]) -> None:
+    """Refuses (``error``) the words at ``out`` where ``align.json`` says they were aligned on other audio than the
+    layer store ``reader``'s, language by language (``audio_digest``): words of other clips under the same ids gave
+    one clip's words and times to another, without a word (mixing, a probe's). An align output that recorded no
+    audio (older) is not compared."""
     _, kv = open_kvstore(out)
-    manifest = read_json(kv, MANIFEST, out) or {}
-    then = manifest.get("layer_store_identity")
-    now = identity(reader.manifest)
-    if then is None or then == now:
+    audio = (read_json(kv, MANIFEST, out) or {}).get("audio")
+    if not isinstance(audio, dict):
         return
-    raise error(
-        f"the words at {out!r} were aligned on another layer store ({manifest.get('store')!r}, created "
-        f"{then.get('created')} on {then.get('host')}) than {reader.url!r} (created {now.get('created')} on "
-        f"{now.get('host')}): their times belong to that store's audio. Run jobs.align on this store"
-    )
+    for lang in langs:
+        try:
+            theirs = audio.get(words_language(out, lang))
+        except WordsError:  # no words of it: the job's own reading names that
+            continue
+        if theirs is not None and theirs != audio_digest(reader, lang):
+            raise error(
+                f"the words at {out!r} of {lang!r} were aligned on other audio than the layer store {reader.url!r} "
+                "holds under those ids (other clips, or clips of other lengths): their times belong to that audio. "
+                "Run jobs.align on this store"
+            )
 
 
 def words_language(out: str, lang: str) -> str:

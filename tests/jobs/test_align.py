@@ -140,12 +140,17 @@ def test_resume_redoes_only_missing_parts(layer_store, words_out, tmp_path):
     redo = align(layer_store, out, chunk=2).report()
     assert "aligned 2 utterances" in redo, redo
     pd.testing.assert_frame_equal(read_words_pd(out, "de"), before)
-    # align.json records which layer store (its identity, not only its path): the words' readers compare it
+    # align.json records which layer store (its identity, not only its path): an align resume compares it
     from engine.stores.provenance import identity
     from engine.stores.reader import open_store
+    from engine.stores.words import audio_digest
 
-    recorded = json.loads((out / "align.json").read_text())["layer_store_identity"]
-    assert recorded == identity(open_store(str(layer_store)).manifest) and recorded["created"], recorded
+    written = json.loads((out / "align.json").read_text())
+    reader = open_store(str(layer_store))
+    recorded = written["layer_store_identity"]
+    assert recorded == identity(reader.manifest) and recorded["created"], recorded
+    # and the audio per language, which the words' readers compare with their store's
+    assert written["audio"] == {lang: audio_digest(reader, lang) for lang in reader.languages}
 
 
 def test_decoded_transcripts(layer_store, tmp_path):

@@ -46,7 +46,7 @@ from engine.stores.provenance import identity, not_the_stores_model
 from engine.stores.reader import open_store
 from engine.stores.schema import is_done
 from engine.stores.similarity import check_name
-from engine.stores.words import MANIFEST, WORD_SCHEMA, part_bytes, part_key, write_language
+from engine.stores.words import MANIFEST, WORD_SCHEMA, audio_digest, part_bytes, part_key, write_language
 
 FORMAT_NAME = "babelgrid-words"
 FORMAT_VERSION = 2  # 2: utterances over 30 s aligned window by window (a resume of a 1 would mix the two)
@@ -95,8 +95,10 @@ def _manifest(config: AlignConfig, reader, aligner: Aligner) -> dict:
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "store": reader.url,
-        # which layer store, not only its path (engine.stores.provenance): the readers of the words compare it
+        # which layer store, not only its path (engine.stores.provenance): a resume on one encoded again is refused
         "layer_store_identity": identity(reader.manifest),
+        # the audio per language (id, recording, duration): the words' readers compare it with their store's
+        "audio": {lang: audio_digest(reader, lang) for lang in reader.languages},
         "model_name": aligner.name,
         "checkpoint_sha256": aligner.sha256,
         "transcripts": config.transcripts,

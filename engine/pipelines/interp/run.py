@@ -126,9 +126,9 @@ def request(config: InterpConfig):
     for layer in layers:
         if layer not in reader.info.layers:
             raise InterpError(f"layer {layer} is not in the layer store (it has {list(reader.info.layers)})")
-    check_words_store(config.words, reader, InterpError)
     for lang in sorted({lang for p in pairs for lang in p}):
         words_language(config.words, lang)
+    check_words_store(config.words, reader, sorted({lang for p in pairs for lang in p}), InterpError)
     return reader, pairs, layers
 
 

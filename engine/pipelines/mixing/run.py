@@ -96,7 +96,7 @@ def run_mixing(config: MixingConfig) -> MixingSummary:
     reader = open_store(config.store)
     langs, encoder, blocks = checked(config, reader)
     summary.blocks = blocks
-    check_words_store(config.words, reader, MixingError)
+    check_words_store(config.words, reader, langs, MixingError)
     picked = {lang: chosen(config, reader, lang, summary) for lang in langs}
     interp = tiein.aligned(config.interp) if config.interp else None  # read (and refused) before any work
     url = config.run.out

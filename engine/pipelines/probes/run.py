@@ -106,7 +106,7 @@ def _pooling(blocks, lengths: np.ndarray, pooled: list):
 def word_tokens(config: ProbesConfig, store, lang: str, ids, lengths):
     """The word tokens of ``lang`` the word probes use (``samediff.select_tokens`` on the align job's words, the
     store's speakers and frame rate), and what was dropped: one selection for the run and its plan."""
-    check_words_store(config.words, store, ProbesError)
+    check_words_store(config.words, store, [lang], ProbesError)
     speakers = store.utterances_table(lang).column("speaker").to_pylist()
     words = read_words(config.words, lang)
     return samediff.select_tokens(
