@@ -14,7 +14,9 @@ One folder, one filter: ``check_out`` refuses a folder whose CSVs were made with
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import re
 from collections.abc import Sequence
 
@@ -82,25 +84,37 @@ def read_kept(out: str, lang_a: str, lang_b: str, *, missing_ok: bool = False) -
     )
 
 
+def text_digest(reader, lang: str) -> str:
+    """sha256 of a language's (id, transcription) rows in a layer store: what a challenge set's kept ids were judged
+    on. Stores of other models over the same dataset give the same digest."""
+    table = reader.utterances_table(lang)
+    rows = zip(table.column("id").to_pylist(), table.column("transcription").to_pylist(), strict=True)
+    return hashlib.sha256(json.dumps(sorted((str(i), t or "") for i, t in rows)).encode()).hexdigest()
+
+
 def check_built_on(out: str, similarity_manifest: dict, error: type[BabelgridError]) -> None:
-    """Refuses (``error``) a challenge folder built on another layer store than the one a similarity store (its
-    ``similarity_manifest``) was computed from: its kept ids were judged on other texts, and retrieval --subset scored
-    them without a word (a probe's). By the store's identity where both recorded it, else by its location; a folder
-    without ``challenge.json`` (hand-made, or older) is not compared."""
-    settings = read_json(open_kvstore(out)[1], SETTINGS_JSON, out)
-    if settings is None:
+    """Refuses (``error``) a challenge folder built on other texts than those of the layer store a similarity store
+    (its ``similarity_manifest``) was computed from, language by language (``text_digest``): its kept ids were judged
+    on other sentences, and retrieval --subset scored them without a word (a probe's). A store of another model over
+    the same dataset passes. Not compared: a folder without recorded texts (hand-made, or older), or a layer store
+    that cannot be opened here."""
+    from engine.stores.reader import open_store  # lazy: the challenge job's own imports stay as they were
+
+    texts = (read_json(open_kvstore(out)[1], SETTINGS_JSON, out) or {}).get("texts")
+    if not isinstance(texts, dict):
         return
-    then, now = settings.get("layer_store_identity"), similarity_manifest.get("layer_store_identity")
-    layer_store = similarity_manifest.get("layer_store", "")
-    spec, _ = open_kvstore(layer_store)
-    where = {k: spec[k] for k in ("driver", "bucket", "path") if k in spec}
-    if (then == now) if then is not None and now is not None else settings.get("store") == where:
+    try:
+        reader = open_store(similarity_manifest.get("layer_store", ""))
+        langs = [lang for lang in reader.languages if lang in texts]
+        differ = [lang for lang in langs if texts[lang] != text_digest(reader, lang)]
+    except BabelgridError:
         return
-    raise error(
-        f"challenge set {out!r} was built on another layer store ({settings.get('store')}) than the similarity "
-        f"store's, {layer_store!r}: its kept ids were judged on other texts. Build it on that store: python -m "
-        f"jobs.challenge --store {layer_store} --out NEW --pairs ..."
-    )
+    if differ:
+        raise error(
+            f"challenge set {out!r} was built on other texts of {differ} than the layer store {reader.url!r} holds "
+            "under the same ids: its kept ids were judged on other sentences. Build it on that store: python -m "
+            f"jobs.challenge --store {reader.url} --out NEW --pairs ..."
+        )
 
 
 def _is_challenge_output(key: str) -> bool:

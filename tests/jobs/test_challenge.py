@@ -315,10 +315,24 @@ def test_subset_retrieval_equals_the_restricted_matrices(sim_and_subset, tmp_pat
     run_retrieval(dataclasses.replace(config, subset=None, run=other_run))
     assert not (tmp_path / "c" / subset_lib.SUBSET_CSV).exists() and not (tmp_path / "c" / "figures" /
                                                                            "subset_by_layer.png").exists()  # fmt: skip
-    # A challenge set built on another layer store (its challenge.json says which) was scored without a word
-    import json
 
-    (subset / "challenge.json").write_text(json.dumps({"store": {"driver": "file", "path": "/elsewhere/store/"}}))
-    with pytest.raises(RetrievalError, match=r"challenge set .* was built on another layer store .*/elsewhere/store"):
-        run_retrieval(dataclasses.replace(config, run=dataclasses.replace(config.run, out=str(tmp_path / "d"))))
-    (subset / "challenge.json").unlink()
+
+def test_a_challenge_set_of_other_texts_is_refused(tmp_path):
+    """retrieval --subset scored a challenge set built on a store whose ids name other sentences (a probe's): the
+    set records the texts per language, which retrieval compares with the similarity store's layer store. Another
+    model's store of the same dataset holds the same texts and passes."""
+    from engine.stores.challenge import check_built_on, text_digest
+    from engine.stores.reader import open_store
+
+    store = LayerStore.create_or_open(f"file://{tmp_path}/store", writer.INFO)
+    for lang, column in (("en", 0), ("de", 1)):
+        store.language(lang, rows(lang, column))
+    reader = open_store(str(tmp_path / "store"))
+    texts = {lang: text_digest(reader, lang) for lang in reader.languages}
+    (tmp_path / "ch").mkdir()
+    manifest = {"layer_store": str(tmp_path / "store")}
+    (tmp_path / "ch" / "challenge.json").write_text(json.dumps({"texts": texts}))
+    check_built_on(str(tmp_path / "ch"), manifest, RetrievalError)
+    (tmp_path / "ch" / "challenge.json").write_text(json.dumps({"texts": {**texts, "de": "0" * 64}}))
+    with pytest.raises(RetrievalError, match=r"challenge set .* was built on other texts of \['de'\] than the"):
+        check_built_on(str(tmp_path / "ch"), manifest, RetrievalError)

@@ -46,11 +46,11 @@ from engine.stores.challenge import (
     pair_csv_bytes,
     pair_csv_name,
     summary_csv_bytes,
+    text_digest,
 )
 from engine.stores.integrity import write_outputs
 from engine.stores.kv import create_or_compare, open_kvstore
 from engine.stores.pairs import resolve_pairs
-from engine.stores.provenance import identity
 from engine.stores.reader import open_store
 from engine.stores.records import json_bytes
 from engine.text.soundalike import (
@@ -105,16 +105,17 @@ def settings_manifest(config: ChallengeConfig) -> dict:
         "ner": f.ner,
         "ner_models": {lang: model for lang, model in f.ner_models},
         "min_shared_letters": MIN_SHARED_LETTERS,
-        # which layer store, not only where (engine.stores.provenance): retrieval --subset compares it
-        "layer_store_identity": _identity(config.store),
+        # the texts the kept ids are judged on, per language: retrieval --subset compares them with its store's
+        "texts": _texts(config.store),
     }
 
 
-def _identity(store: str) -> dict | None:
-    """The layer store's identity; None where it cannot be opened (the run names that itself, after the folder's
-    settings are compared)."""
+def _texts(store: str) -> dict | None:
+    """``text_digest`` of every language of the layer store; None where it cannot be opened (the run names that
+    itself, after the folder's settings are compared)."""
     try:
-        return identity(open_store(store).manifest)
+        reader = open_store(store)
+        return {lang: text_digest(reader, lang) for lang in reader.languages}
     except BabelgridError:
         return None
 
