@@ -27,7 +27,9 @@ import time
 import numpy as np
 import tensorstore as ts
 
+from engine.errors import BabelgridError
 from engine.stores.kv import keys_under, read_value, storage_error
+from engine.stores.reader import open_store
 from engine.stores.records import parse_record
 
 WORKERS_DIR = "workers/"
@@ -355,9 +357,6 @@ def store_status(kv: ts.KvStore, url: str) -> list[str]:
 def layer_store_done(url: str) -> str | None:
     """The utterances done per language when ``url`` is a layer store ("layer store: 58 of 60 utterances done: de
     30/30, en 28/30"), else None: status said only "no run in progress" of a finished store (newcomer probe)."""
-    from engine.errors import BabelgridError
-    from engine.stores.reader import open_store  # lazy: status of other outputs opens no layer store
-
     try:
         reader = open_store(url)
         done = {lang: np.asarray(reader.lengths(lang)) >= 0 for lang in reader.languages}

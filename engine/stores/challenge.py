@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from engine.errors import BabelgridError
 from engine.stores.integrity import read_output, repair_hint
 from engine.stores.kv import open_kvstore, read_json
+from engine.stores.reader import open_store
 from engine.stores.records import csv_bytes, manifest_diffs
 
 PAIR_COLUMNS = ("id", "kept", "reason", "evidence")
@@ -98,8 +99,6 @@ def check_built_on(out: str, similarity_manifest: dict, error: type[BabelgridErr
     on other sentences, and retrieval --subset scored them without a word (a probe's). A store of another model over
     the same dataset passes. Not compared: a folder without recorded texts (hand-made, or older), or a layer store
     that cannot be opened here."""
-    from engine.stores.reader import open_store  # lazy: the challenge job's own imports stay as they were
-
     texts = (read_json(open_kvstore(out)[1], SETTINGS_JSON, out) or {}).get("texts")
     if not isinstance(texts, dict):
         return

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from engine.errors import BabelgridError
+from jobs.gang import RUNNER_ENV
 from jobs.studies import graph, records
 from jobs.studies.spec import Stage, Study, StudyError, job_flags, load_study
 
@@ -57,8 +58,6 @@ def run_stage(command: list[str]) -> tuple[int, int | None]:
     writer lease and work claims as a job stopped directly does. Without this the runner died at once and its stage
     ran on, orphaned, holding the store: the next `babelgrid run` was refused as a second writer. (Ctrl-C in a
     terminal reaches the stage twice, from the terminal and from here: jobs take the second as a note.)"""
-    from jobs.gang import RUNNER_ENV  # lazy: `run --help` stays light
-
     # the stage's job stops when this process dies, even by SIGKILL, which no handler sees (jobs.gang)
     proc = subprocess.Popen(command, env={**os.environ, RUNNER_ENV: str(os.getpid())})
     stopped: list[int] = []
