@@ -247,10 +247,16 @@ def test_utterances_of_one_id_must_be_the_same_audio(run, tmp_path):
     assert not (tmp_path / "out").exists()  # refused before anything was written
     pairing = states.pair_utterances(open_store(a), open_store(c), "de", allow_mismatch=True)
     assert len(pairing.keys) == N
-    # Two shared utterances wrote CKA 1.000 for every layer pair (a probe's): two centred points span one line
+    # Two shared utterances wrote CKA 1.000 for every layer pair (a probe's): two mean-pooled points span one line.
+    # A language of two is measured pooled with the others (and at the frame level), not on its own.
     two = make_store(tmp_path / "two", "model-two", 50.0, [0, 1])
-    with pytest.raises(CompareError, match=r"share 2 done utterances of 'de' .*3 at least are needed \(the CKA of two"):
-        states.pair_utterances(open_store(a), open_store(two), "de", allow_mismatch=False)
+    run_compare(configure(CompareConfig, stores=(a, str(two)), out=str(tmp_path / "two-out"), levels=("utterance",)))
+    table = pq.read_table(tmp_path / "two-out" / "layer_similarity.parquet").to_pandas()
+    two_rows = table[(table["model_a"] == "model-two") | (table["model_b"] == "model-two")]
+    assert set(two_rows["language"]) == {"all"} and (two_rows["n"] == 2 * len(LANGS)).all(), two_rows
+    one = make_store(tmp_path / "one", "model-one", 50.0, [0])
+    with pytest.raises(CompareError, match=r"share 1 done utterances of 'de' .*: 2 at least are needed"):
+        states.pair_utterances(open_store(a), open_store(one), "de", allow_mismatch=False)
 
 
 def test_job_plan_through_flags(run):

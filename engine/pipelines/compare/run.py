@@ -168,6 +168,10 @@ def _similarity(config, readers, names, langs: list[Language], cache: _Cache) ->
                     log.warning("%s: fewer than %d utterances done in both %s and %s; skipped", lang, states.MIN_SHARED,
                                 names[i], names[j])  # fmt: skip
                     continue
+                if "utterance" in config.levels and len(pairing.keys) < states.MIN_POOLED:  # pooled with the rest
+                    log.warning("%s: %d utterances done in both %s and %s: too few for the utterance level on its own "
+                                "(two points make CKA 1 whatever they are); in the pooled set only", lang,
+                                len(pairing.keys), names[i], names[j])  # fmt: skip
                 views = {}
                 if "utterance" in config.levels:
                     va = View(
@@ -188,6 +192,9 @@ def _similarity(config, readers, names, langs: list[Language], cache: _Cache) ->
                 if "frame" in config.levels:
                     views["frame"] = _frame_views(a, b, names[i], names[j], lang, pairing, config, cache.progress)
                 for level, (va, vb) in views.items():
+                    if level == "utterance" and va.n < states.MIN_POOLED:
+                        pooled_views[level].append((va, vb))
+                        continue
                     measures = config.measures if level == "utterance" else config.frame_measures
                     ticks = cache.progress.for_set(a, b, va.n, level, f"{names[i]} x {names[j]}, {lang}, {level}")
                     rows += layers.similarity_rows(
@@ -202,6 +209,10 @@ def _similarity(config, readers, names, langs: list[Language], cache: _Cache) ->
                 share = math.ceil(config.frame_sample / len(per_lang)) if level == "frame" else None
                 va, vb = (_concat([v[side] for v in per_lang], share) for side in (0, 1))
                 vb = va if j == i else vb
+                if level == "utterance" and va.n < states.MIN_POOLED:
+                    log.warning("%s x %s: %d utterances pooled, too few for the utterance level", names[i], names[j],
+                                va.n)  # fmt: skip
+                    continue
                 ticks = cache.progress.for_set(a, b, va.n, level, f"{names[i]} x {names[j]}, {ALL}, {level}")
                 null_fn = _null(config, va, vb, ALL, level, ticks)
                 rows += layers.similarity_rows(va, vb, ALL, level, measures, options, null_fn, ticks)

@@ -49,8 +49,10 @@ def _done_keys(reader: StoreReader, lang: str) -> dict[tuple[str, int], int]:
     return {(row.id, int(row.recording)): u for u, row in enumerate(reader.arrays(lang).rows) if done[u]}
 
 
-# Utterances two stores must share in a language: two centred points span one line, so CKA is 1 whatever they are
-MIN_SHARED = 3
+# Utterances two stores must share in a language to pair their frames; the utterance level needs
+# ``MIN_POOLED`` (two mean-pooled points make CKA and k-NN overlaps 1 whatever they are)
+MIN_SHARED = 2
+MIN_POOLED = 3
 
 
 def pair_utterances(
@@ -68,8 +70,7 @@ def pair_utterances(
     shared = sorted(set(keys_a) & set(keys_b))
     if len(shared) < MIN_SHARED and (keys_a or keys_b):
         why = ("they must hold the same audio; encode the same dataset and split into both" if not shared else
-               f"{MIN_SHARED} at least are needed (the CKA of two centred points is 1 whatever they are); encode more "
-               "utterances into both")  # fmt: skip
+               f"{MIN_SHARED} at least are needed; encode more utterances into both")  # fmt: skip
         raise CompareError(
             f"stores {a.url!r} and {b.url!r} share {len(shared)} done utterances of {named} (by id and recording): "
             + why
