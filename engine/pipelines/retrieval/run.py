@@ -353,6 +353,8 @@ def check_request(config: RetrievalConfig, reader):
     if config.figure_layer is not None and config.figure_layer not in layers:
         raise RetrievalError(f"figure layer {config.figure_layer} is not scored; choose one of {list(layers)}")
     shared = False
+    if config.subset is not None:  # a set judged on other sentences under the same ids
+        check_built_on(config.subset, reader.manifest, RetrievalError)
     if config.langs is not None:  # a typo ("fr_fr") would otherwise drop a language without a word
         stored = {lang for measure in measures for pair in reader.pairs(measure) for lang in pair}
         unknown = sorted(set(config.langs) - stored)
@@ -364,7 +366,6 @@ def check_request(config: RetrievalConfig, reader):
         if config.langs is not None and not pairs:
             raise RetrievalError(f"measure {measure!r} has no stored pair within languages {list(config.langs)}")
         if config.subset is not None:
-            check_built_on(config.subset, reader.manifest, RetrievalError)
             without = [f"{a}-{b}" for a, b in pairs if read_kept(config.subset, a, b, missing_ok=True) is None]
             if len(without) == len(pairs):
                 raise RetrievalError(
@@ -409,9 +410,9 @@ def _retrieval(config: RetrievalConfig, reader, out: str, baseline) -> Retrieval
     # what an earlier run with --subset or --baseline wrote here, which this one does not: stale beside its numbers
     stale = [*([] if config.subset else [subset.SUBSET_CSV, subset.SUBSET_FIGURE]),
              *([] if baseline else [delta.DELTA_CSV, delta.DELTA_FIGURE])]  # fmt: skip
-    for name in stale:
-        for key in (name, name + DIGEST_SUFFIX):
-            open_kvstore(out)[1].write(key, None).result()  # None deletes; absent: nothing
+    kv = open_kvstore(out)[1]
+    for key in (k for name in stale for k in (name, name + DIGEST_SUFFIX)):
+        kv.write(key, None).result()  # None deletes; absent: nothing
     if config.subset is not None and comparison:
         _, kv = open_kvstore(out)
         metric = f"R@{config.ks[0]}"
