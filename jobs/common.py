@@ -275,9 +275,7 @@ class PlainFormatter(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
-# The signals that end a job early: SIGTERM (what SLURM and Kubernetes send on preemption or scancel), SIGINT (Ctrl-C)
-# and SIGHUP (a closed terminal or ssh session).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_SIGNALS = gang.STOP_SIGNALS  # the signals that end a job early (jobs.gang)
 
 
 def _stop(signum, _frame) -> None:

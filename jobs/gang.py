@@ -33,7 +33,10 @@ from engine.runtime.options import DEFAULT_HEARTBEAT_TIMEOUT
 
 FLAGS = flags.FLAGS
 SUPERVISED = "BABELGRID_SUPERVISED"  # set in the child, so that it does not fork again
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# The signals that end a job early: SIGTERM (what SLURM and Kubernetes send on preemption or scancel), SIGINT (Ctrl-C)
+# and SIGHUP (a closed terminal or ssh session). Every job handles them (jobs.common); `babelgrid run` passes them on.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+FORWARDED = (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
 # Set by `babelgrid run` (jobs.studies.run) in a stage's environment: the runner's pid (``stop_with_runner``)
 RUNNER_ENV = "BABELGRID_STUDY_RUNNER"

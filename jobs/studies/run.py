@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from engine.errors import BabelgridError
-from jobs.gang import RUNNER_ENV
+from jobs.gang import RUNNER_ENV, STOP_SIGNALS
 from jobs.studies import graph, records
 from jobs.studies.spec import Stage, Study, StudyError, job_flags, load_study
 
@@ -45,11 +45,6 @@ SIGTERM, Ctrl-C or SIGHUP stops the running stage (its job releases the output s
 resume. The study file's format: BUILD.md#studies."""
 
 RERUN_MODES = ("changed", "all", "code")
-
-
-# What a scheduler or a user sends to stop a run: SIGTERM (SLURM, Kubernetes), SIGINT (Ctrl-C), SIGHUP (a closed
-# terminal): jobs.common.STOP_SIGNALS, which every job handles by releasing its lease and claims.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def run_stage(command: list[str]) -> tuple[int, int | None]:

@@ -265,13 +265,14 @@ def test_challenge_probe_and_interp_on_an_owsm_store(owsm, whisper_words, tmp_pa
     """challenge, probe and interp read the OWSM store (their library entry points, in this process, as seqsim's):
     its four layers and 25 frames per second. interp takes the words the align job timed on a tiny Whisper's store of
     the same clips (``whisper_words``); its cosines are recomputed from the OWSM states at the centre frames the words'
-    seconds map to at 25/s (``word_frames``, a later word starting where an overlapping earlier one ends)."""
+    seconds map to at 25/s (``frame_span``, a later word starting where an overlapping earlier one ends)."""
     from engine.pipelines.challenge.run import ChallengeConfig, run_challenge
     from engine.pipelines.interp.config import InterpConfig
-    from engine.pipelines.interp.inputs import clean_word, word_frames
+    from engine.pipelines.interp.inputs import clean_word
     from engine.pipelines.interp.run import run_interp
     from engine.pipelines.probe import run as probe
     from engine.pipelines.probe.config import ProbeConfig
+    from engine.stores.words import frame_span as word_frames
 
     store, reader = str(owsm["store"]), open_store(str(owsm["store"]))
     run_challenge(configure(ChallengeConfig, store=store, out=str(tmp_path / "challenge"), pairs="fr:pt",

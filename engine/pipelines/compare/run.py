@@ -192,15 +192,14 @@ def _similarity(config, readers, names, langs: list[Language], cache: _Cache) ->
                 if "frame" in config.levels:
                     views["frame"] = _frame_views(a, b, names[i], names[j], lang, pairing, config, cache.progress)
                 for level, (va, vb) in views.items():
+                    pooled_views[level].append((va, vb))
                     if level == "utterance" and va.n < states.MIN_POOLED:
-                        pooled_views[level].append((va, vb))
-                        continue
+                        continue  # pooled with the other languages only (warned above)
                     measures = config.measures if level == "utterance" else config.frame_measures
                     ticks = cache.progress.for_set(a, b, va.n, level, f"{names[i]} x {names[j]}, {lang}, {level}")
                     rows += layers.similarity_rows(
                         va, vb, lang, level, measures, options, _null(config, va, vb, lang, level, ticks), ticks
                     )
-                    pooled_views[level].append((va, vb))
                 log.info("compared %s x %s on %s", names[i], names[j], lang)
             for level, per_lang in pooled_views.items():
                 if not per_lang:

@@ -41,11 +41,6 @@ def clean_word(word: str) -> str:
     return _EDGES.sub("", word.strip()).lower()
 
 
-def word_frames(start: float, end: float, n_frames: int, frame_rate: float = 50.0) -> tuple[int, int] | None:
-    """``engine.stores.words.frame_span``: the frames of a word, as every reader of the words places them."""
-    return frame_span(start, end, n_frames, frame_rate)
-
-
 def load_language(reader, words_url: str, lang: str, encoder, summary: RunSummary) -> Language:
     """The words of ``lang`` that have a frame span in an encoded utterance, their text embeddings (``encoder``, an
     ``engine.text.encoders`` encoder) and phones; what is left out is counted in ``summary``."""
@@ -69,7 +64,7 @@ def load_language(reader, words_url: str, lang: str, encoder, summary: RunSummar
         key = clean_word(word)
         if not key:
             continue  # punctuation on its own: not a word
-        span = word_frames(float(start), float(end), n_frames[uid], reader.info.frame_rate)
+        span = frame_span(float(start), float(end), n_frames[uid], reader.info.frame_rate)
         if span is None:
             summary.skip("missing_timestamps", lang, f"{uid}/{wi}")
             continue

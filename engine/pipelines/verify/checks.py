@@ -147,11 +147,16 @@ def _skip_record(store: LayerStore, lang: str, keys: list[str], findings: Findin
         return set()
 
 
+def language_folders(keys: list[str]) -> set[str]:
+    """The folders among a layer store's ``keys`` that hold a language: its utterance table or its lengths array."""
+    return {k.split("/", 1)[0] for k in keys if k.endswith((f"/{UTTERANCES}", f"/{LENGTHS}zarr.json"))}
+
+
 def _languages(store: LayerStore, keys: list[str], findings: Findings) -> list[str]:
     """The languages of the store, from its keys (index keys and language folders), each index key and the roster
     checked: a damaged one is deleted by the repair and a missing one left, for the encode job to write again."""
     indexed = {k[len(LANGUAGES_DIR) : -len(".json")] for k in keys if k.startswith(LANGUAGES_DIR)}
-    folders = {k.split("/", 1)[0] for k in keys if k.endswith((f"/{UTTERANCES}", f"/{LENGTHS}zarr.json"))}
+    folders = language_folders(keys)
     found = sorted(lang for lang in indexed | folders if LANG.fullmatch(lang) and lang not in RESERVED_LANGS)
     roster: list[str] = []
     if store.sealed:

@@ -24,7 +24,7 @@ from engine.stores import kv as store_kv
 from engine.stores.kv import open_kvstore, read_json
 from engine.stores.pair_roster import ROSTER as PAIRS_ROSTER
 from engine.stores.schema import FORMAT_NAME as LAYER_STORE
-from engine.stores.schema import LANGUAGES_DIR, LENGTHS, ROSTER, UTTERANCES
+from engine.stores.schema import LANGUAGES_DIR, ROSTER
 from engine.stores.similarity import FORMAT_NAME as SIMILARITY_STORE
 from engine.stores.similarity import IDS, PAIR_SEPARATOR
 
@@ -247,8 +247,7 @@ def run_verify(config: VerifyConfig) -> VerifySummary:
     summary.damage, summary.notes, summary.checked = findings.damage, findings.notes, findings.checked
     summary.leftover = findings.leftover
     if kind == "layer store" and any(d.job == "encode" for d in summary.damage):
-        langs = {k.split("/", 1)[0] for k in keys if k.endswith((f"/{UTTERANCES}", f"/{LENGTHS}zarr.json"))}
-        summary.rerun = encode_command(url, manifest, langs)
+        summary.rerun = encode_command(url, manifest, checks.language_folders(keys))
     if config.repair and (summary.damage or summary.leftover):
         with contextlib.ExitStack() as leases:
             for where in ["", *inner]:  # the folder's lease, and each damaged store's in it (its writers take that)
