@@ -21,6 +21,10 @@ N times in this process (``count`` adds several at once). The points a job offer
 ``BABELGRID_FAULT_DELAY="<point>:<seconds>"`` makes every pass of ``point`` sleep that long: the worker tests slow a
 job's units down so that workers started seconds apart overlap.
 
+``BABELGRID_FAULT_HOLD="<point>:<path>"`` makes every pass of ``point`` wait while the file ``path`` exists: a test
+that must look at a job while it holds a unit (its claim, its worker record) holds it there for as long as it takes,
+however slow the machine, and lets it go by removing the file.
+
 Read once, at import. Unset (every real run), a point costs one comparison. Never set it outside tests.
 """
 
@@ -36,6 +40,7 @@ _point, _, _after = os.environ.get(ENV, "").partition(":")
 _AFTER = int(_after or 0)
 _delay_point, _, _delay = os.environ.get("BABELGRID_FAULT_DELAY", "").partition(":")
 _DELAY = float(_delay or 0)
+_hold_point, _, _hold = os.environ.get("BABELGRID_FAULT_HOLD", "").partition(":")
 _count = 0
 _lock = threading.Lock()
 
@@ -45,6 +50,8 @@ def fault_point(point: str, count: int = 1) -> None:
     global _count
     if _DELAY and point == _delay_point:
         time.sleep(_DELAY)
+    while _hold and point == _hold_point and os.path.exists(_hold):
+        time.sleep(0.05)
     if not _AFTER or point != _point:
         return
     with _lock:

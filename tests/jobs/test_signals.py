@@ -188,10 +188,15 @@ def test_a_worker_record_of_the_wrong_types_is_named_and_skipped_by_workers_and_
     (records / "before.json").write_text(json.dumps(bad))  # found by the worker that opens the run
     command = ["-m", "jobs.seqsim", "--store", str(worker_store), "--out", str(out), "--layers", "1",
                "--unit_gflops", TINY_UNITS, "--worker", "--claim_ttl", "5", "--progress=false"]  # fmt: skip
-    proc = start_worker(command, {"BABELGRID_FAULT_DELAY": "after_matrix:0.5"})
+    hold = tmp_path / "hold"  # the worker waits after its first matrix until status has looked (engine.faults)
+    hold.touch()
+    proc = start_worker(command, {"BABELGRID_FAULT_HOLD": f"after_matrix:{hold}"})
     wait_for(lambda: working(out, "seqsim"), "the worker's first claim", procs=[proc])
     (records / "during.json").write_text(json.dumps({**bad, "expires_unix": time.time() + 600, "units_done": 1}))
-    status = run_job("status", str(out))
+    try:
+        status = run_job("status", str(out))
+    finally:
+        hold.unlink()
     assert "workers/seqsim/during.json (rate is 'fast', not a number)" in status.stdout, status.stdout
     assert "before.json" not in status.stdout, status.stdout  # the opener cleared it
     assert "damaged record" in status.stdout, status.stdout
