@@ -237,23 +237,24 @@ def test_empty_hypothesis_is_scored_not_dropped():
 
 # -- real clips, packaged whisper-base -------------------------------------------------------------------------------
 
-REAL_CLIPS = ("de-009", "en-000", "es-001")  # one per language; de-009 is 43 s: two windows
-REAL_CODES = {"de": "de", "en": "en", "es": "es"}
-# Windows per model call, in the jobs and here: de-009's two windows, the one-window clips padded with a copy. The
+REAL_CLIPS = ("de-009", "en-000")  # de-009 is 43 s: two windows; en-000 one, padded with a copy
+REAL_CODES = {"de": "de", "en": "en"}
+# Windows per model call, in the jobs and here: de-009's two windows, the one-window clip padded with a copy. The
 # job's default of 8 padded each language to 8 windows, so that whisper-base encoded and decoded (to 96 tokens) four
 # times the rows this test looks at: 64 s of the suite's slowest test, and not one more case covered.
 REAL_BATCH = 2
 # Tokens per window: layer 2's early-exit decode runs to the limit, so the limit sets most of this test's time (96
-# took 70 s of CI time; 48, 33 s alone). The store's and the audio's tokens are compared as far as the job decoded.
-REAL_TOKENS = 48
+# took 70 s of CI time; 48, 33 s alone; 32 with two clips, not three, 90 s of a slow CI machine's time down to a
+# third). The job's tokens and the audio's are compared as far as the job decoded.
+REAL_TOKENS = 32
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, base_whisper, tmp_path):
     """For k in {2, L+1}: the encoder recomputed from the audio gives the store's states on the valid frames, and
-    decoding the window with the store's states on the valid frames (the audio's on the padding) gives the job's
-    tokens, which are the library's; scores.csv is jiwer's and sacrebleu's on hypotheses.parquet.
+    the job, which decodes the store's states on the valid frames (the audio's on the padding), gives the library's
+    tokens of the audio; scores.csv is jiwer's and sacrebleu's on hypotheses.parquet.
 
     Every model call here has the job's shapes (batches of ``REAL_BATCH`` windows, one language per batch), so it
     reuses the job's compiled programs."""
@@ -286,21 +287,10 @@ def test_real_clips_audio_source_is_the_store_layer(fleurs_dir, base_whisper, tm
             # Equal up to float32 summation order (the encode job batched other windows with these): measured
             # 1e-4 of the peak at most; 2^-11 is one float16 rounding (test_parity_ct2.py's bar).
             assert np.abs(recomputed - stored).max() / np.abs(stored).max() < 2.0**-11, (name, layer)
-            # The store's states on the valid frames, the window's own padding frames after them.
-            from_store = np.array(raw[:n])
-            start = 0
-            for w in range(n):
-                from_store[w, : valid[w]] = stored[start : start + valid[w]]
-                start += valid[w]
-            if layer != top:
-                from_store = np.asarray(whisper.model.encoder.ln_post(jnp.asarray(from_store)))
-            # The job's decoder input (the audio's windows, then its padding copies) and the store's windows in its
-            # place: two calls of the job's batch; rows are decoded independently.
-            xa_audio = np.asarray(whisper.audio_features(batch, options))
+            # The library's decode of the audio's windows (the job's batch: the audio's, then its padding copies).
+            # The job decoded the store's states in their place: its tokens are these.
+            xa_audio = whisper.audio_features(batch, options)
             audio_tokens = whisper.transcribe(None, options, xa=jnp.asarray(xa_audio)).tokens[:n]
-            xa_store = np.concatenate([from_store, xa_audio[n:]])
-            store_tokens = whisper.transcribe(None, options, xa=jnp.asarray(xa_store)).tokens[:n]
-            assert store_tokens == audio_tokens, (name, layer)
             joined = sum(audio_tokens, [])
             row = hyps[(hyps["id"] == uid) & (hyps["layer"] == layer)]
             assert len(row) == 1 and row["hypothesis"].iloc[0] == tok.decode(joined).strip(), (name, layer)
