@@ -95,9 +95,6 @@ def series(tmp_path_factory, run_job) -> pathlib.Path:
     # the run's end in one line (a newcomer had to scroll back through the last stage's file list)
     end = proc.stdout.strip().splitlines()[-1]
     assert end.startswith("babelgrid run: 5 stages, 5 run and 0 complete before, in ") and "/series" in end, end
-    from tests.jobs import forkserver
-
-    print("CHILD CPU", forkserver.CHILD_CPU)
     return root / "out"
 
 
