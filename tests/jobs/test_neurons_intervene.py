@@ -92,6 +92,8 @@ def test_intervention_recomputed(three_langs, tiny_model_dir, tiny_whisper, tmp_
     want = _pooled_alone(tiny_whisper, three_langs, lang_ids, np.ones((n_layers, n_units), np.float32))
     np.testing.assert_allclose(none["pooled"], want, rtol=0, atol=POOLED_ATOL * np.abs(want).max())
     selected = units.selected.to_numpy(bool).reshape(n_layers, n_units)
+    # language ID before the change, per layer: the same for every target language, so fitted once (3 s of probes)
+    lids = [lid_layer(layer, none["pooled"][layer], label, ids, seed=0) for layer in range(none["pooled"].shape[0])]
     for lang in targets:
         owns = np.array([lang in s.split(",") for s in units.languages]).reshape(n_layers, n_units)
         off, control, other = stored(f"off-{lang}"), stored(f"random1-{lang}"), stored(f"random2-{lang}")
@@ -110,7 +112,7 @@ def test_intervention_recomputed(three_langs, tiny_model_dir, tiny_whisper, tmp_
             for which, pooled in (("r1_before", none["pooled"]), ("r1_after", off["pooled"])):
                 got = (float(self_rows["self"][which]), float(self_rows["others"][which]))
                 assert got == pytest.approx(_r1_groups(pooled[layer], label, ids, LANGS.index(lang)), abs=1e-12)
-            lid = lid_layer(layer, none["pooled"][layer], label, ids, seed=0)
+            lid = lids[layer]
             n_self = int(self_rows["self"]["utterances"])
             weighted = (n_self * float(self_rows["self"]["lid_before"])
                         + (len(ids) - n_self) * float(self_rows["others"]["lid_before"])) / len(ids)  # fmt: skip

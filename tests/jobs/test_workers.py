@@ -191,12 +191,15 @@ def test_heads_workers_share_the_passes_and_write_what_one_process_does(worker_s
     dies after writing its first, before releasing its claim; the others do the rest, take its claim over, and the
     folder's files equal a 1-process run's."""
     out = tmp_path / "workers"
+    # 4 utterances a language, a multiple of --batch_size 4: a pass's rows (a window under a mask) fill whole batches,
+    # where 5 made a fifth more rows and a part-padded batch at each language's end, in each of the 3 workers and the
+    # 1-process run.
     command = ["-m", "jobs.heads", "--store", str(worker_store), "--model", str(tiny_model_dir), "--out", str(out),
-               "--utterances", "5", "--batch_size", "4", "--nodecode", "--importance", "none", *WORKER]  # fmt: skip
+               "--utterances", "4", "--batch_size", "4", "--nodecode", "--importance", "none", *WORKER]  # fmt: skip
     outputs = staggered_run(command, out, "heads", kill="after_part:1", delay="before_part:1.5", joining=1)
     assert sum("wrote" in o and "heads.parquet" in o for o in outputs[1:]) >= 1, outputs
     one = tmp_path / "one"
-    run_heads(configure(HeadsConfig, out=str(one), store=str(worker_store), model=str(tiny_model_dir), utterances=5,
+    run_heads(configure(HeadsConfig, out=str(one), store=str(worker_store), model=str(tiny_model_dir), utterances=4,
                         batch_size=4, decode=False, importance=("none",), progress=False))  # fmt: skip
     assert_same_files(out, one)
     assert not (out / "claims").exists() and not (out / "workers").exists() and not (out / "lease.json").exists()
