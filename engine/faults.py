@@ -25,7 +25,7 @@ job's units down so that workers started seconds apart overlap.
 that must look at a job while it holds a unit (its claim, its worker record) holds it there for as long as it takes,
 however slow the machine, and lets it go by removing the file.
 
-Read once, at import. Unset (every real run), a point costs one comparison. Never set it outside tests.
+Read once, at import. Unset (every real run), a point costs three comparisons. Never set it outside tests.
 """
 
 from __future__ import annotations
