@@ -153,6 +153,20 @@ def test_uriel_distances_are_lang2vec_features_by_scipy():
         assert (np.diag(matrix) == 0).all()
 
 
+def test_lang2vec_reads_its_archives_once_and_finds_what_its_own_numpy_does():
+    """uriel hands lang2vec a numpy whose ``load`` reads an archive's arrays once (lang2vec re-reads a member per
+    index inside its loops: seconds a lookup): its features and its language list are those of plain numpy."""
+    l2v = uriel._lang2vec()
+    assert isinstance(l2v.np, uriel._NumpyReadingArchivesOnce)
+    codes = ["deu", "eng", "ita"]
+    ours = l2v.get_features(codes, "geo", header=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(l2v, "np", np)
+        theirs = l2v.get_features(codes, "geo", header=True)
+        assert l2v.available_uriel_languages() == l2v.URIEL_LANGUAGES  # what the import computed, archives read once
+    assert ours.keys() == theirs.keys() and all(list(ours[k]) == list(theirs[k]) for k in ours)
+
+
 def test_a_place_is_found_from_its_distances_to_the_anchors():
     rng = np.random.default_rng(1)
     anchors = np.stack([rng.uniform(-85, 85, 60), rng.uniform(-180, 180, 60)], axis=1)
