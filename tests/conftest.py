@@ -255,14 +255,37 @@ def tiny_model_dir(tmp_path_factory) -> pathlib.Path:
     return write_tiny_hf_folder(tmp_path_factory.mktemp("tiny-model") / "tiny-random")
 
 
+def written_once(tmp_path_factory, worker_id: str, name: str, write) -> pathlib.Path:
+    """A folder ``write(folder)`` fills (created empty first), written once per session for all xdist workers: the
+    first worker to ask writes it under a file lock in the session's shared temporary folder, the others find it
+    there. A worker killed mid-write leaves no ``.done`` beside it, so the next one writes it again. Read it, do not
+    change it."""
+    if worker_id == "master":
+        folder = tmp_path_factory.mktemp(name) / name
+        folder.mkdir()
+        write(folder)
+        return folder
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / name
+    done = folder.with_name(folder.name + ".done")
+    with FileLock(f"{folder}.lock"):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            write(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def turbo_model_dir(tmp_path_factory) -> pathlib.Path:
+def turbo_model_dir(tmp_path_factory, worker_id) -> pathlib.Path:
     """A random-weight Whisper large-v3-turbo as a Hugging Face folder: turbo's config, generation config (alignment
-    heads), v3 tokenizer, and 2 encoder blocks instead of 32 (``tests/models/whisper/turbo_model.py``); about 870
-    MB, written once."""
+    heads), v3 tokenizer, and 2 encoder blocks instead of 32 (``tests/models/whisper/turbo_model.py``); about 840
+    MB and 9 s, written once for all xdist workers (``written_once``)."""
     from tests.models.whisper.turbo_model import write_turbo_folder
 
-    return write_turbo_folder(tmp_path_factory.mktemp("turbo") / "turbo-random")
+    return written_once(tmp_path_factory, worker_id, "turbo-random", write_turbo_folder)
 
 
 @pytest.fixture(scope="session")

@@ -11,19 +11,10 @@ import pytest
 @pytest.fixture(scope="session")
 def owsm_v31_dir(fleurs_dir, tmp_path_factory, worker_id) -> pathlib.Path:
     """``ref.write_model(root, fleurs_dir)``, once per session: the first xdist worker to ask writes it under a file
-    lock in the session's shared temporary folder, the others find it there (the recipe of ``shared_by_workers`` in
-    tests/models/whisper/conftest.py). ESPnet builds the model, SentencePiece trains its BPE and ESPnet's frontend
-    takes the normalisation statistics: each module built its own copy of the same files before."""
+    lock in the session's shared temporary folder, the others find it there (``tests.conftest.written_once``). ESPnet
+    builds the model, SentencePiece trains its BPE and ESPnet's frontend takes the normalisation statistics: each
+    module built its own copy of the same files before."""
+    from tests.conftest import written_once
     from tests.models.owsm import owsm_reference as ref
 
-    if worker_id == "master":
-        return ref.write_model(tmp_path_factory.mktemp("owsm-v3.1"), fleurs_dir)
-    from filelock import FileLock
-
-    root = tmp_path_factory.getbasetemp().parent / "owsm-v3.1"
-    done = root.with_name(root.name + ".done")  # written after the model: a worker killed mid-write leaves none
-    with FileLock(f"{root}.lock"):
-        if not done.is_file():
-            ref.write_model(root, fleurs_dir)
-            done.touch()
-    return root
+    return written_once(tmp_path_factory, worker_id, "owsm-v3.1", lambda root: ref.write_model(root, fleurs_dir))
