@@ -29,7 +29,7 @@ import time
 
 from absl import flags
 
-from engine.runtime.options import DEFAULT_HEARTBEAT_TIMEOUT
+from engine.runtime.options import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_INIT_TIMEOUT
 
 FLAGS = flags.FLAGS
 SUPERVISED = "BABELGRID_SUPERVISED"  # set in the child, so that it does not fork again
@@ -60,6 +60,14 @@ def define_distributed_flags(module: str) -> None:
         "jax.distributed runs: seconds a process may be silent before it is declared dead; a process waiting at a "
         "barrier names such a peer within this plus 2.5 s (JAX's own default, 100 s, was too short on heavily loaded "
         "nodes)",
+        module_name=module,
+    )
+    flags.DEFINE_integer(
+        "init_timeout",
+        DEFAULT_INIT_TIMEOUT,
+        "jax.distributed runs: seconds every process waits at the start for all the others to connect before it "
+        "ends, naming this flag (JAX's own default; lower it where a peer that never started should fail fast)",
+        lower_bound=1,
         module_name=module,
     )
 
@@ -94,9 +102,9 @@ def _end_message(sig: int) -> str:
         where = f" at {FLAGS.coordinator_address}" if FLAGS.coordinator_address else ""
         return (
             f"{job}: {_which()} was ended by {name} from JAX's runtime: another process of the run died or never "
-            f"connected (JAX waits 5 minutes for every process at the start), or JAX's coordination service (process "
-            f"0{where}) is gone or declared this process dead (--heartbeat_timeout {FLAGS.heartbeat_timeout} s); the "
-            f"lines above name it. {resume}"
+            f"connected (every process waits --init_timeout {FLAGS.init_timeout} s for all the others at the start), "
+            f"or JAX's coordination service (process 0{where}) is gone or declared this process dead "
+            f"(--heartbeat_timeout {FLAGS.heartbeat_timeout} s); the lines above name it. {resume}"
         )
     return f"{job}: {_which()} was killed ({name}). {resume}"
 
@@ -171,10 +179,13 @@ def init_distributed() -> None:
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
+            initialization_timeout=FLAGS.init_timeout,
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
         )
     else:
-        jax.distributed.initialize(heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
+        jax.distributed.initialize(
+            initialization_timeout=FLAGS.init_timeout, heartbeat_timeout_seconds=FLAGS.heartbeat_timeout
+        )
     start_heartbeat(FLAGS.heartbeat_timeout, resume_command())
     if jax.process_count() > 1:
         logging.info(

@@ -19,9 +19,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_processes(module: str, args, *, n: int = 2, env_extra=None, env_per_process=None) -> list[subprocess.Popen]:
+def start_processes(
+    module: str, args, *, n: int = 2, env_extra=None, env_per_process=None, started=None
+) -> list[subprocess.Popen]:
     """``python -m module *args`` as ``n`` processes of one run on CPU (stdout and stderr together, as text);
-    ``env_per_process[i]``: variables for process i only."""
+    ``env_per_process[i]``: variables for process i only; ``started``: the process ids started (default: all)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
     env.update(env_extra or {})
     dist = [f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={n}"]
@@ -34,7 +36,7 @@ def start_processes(module: str, args, *, n: int = 2, env_extra=None, env_per_pr
             stderr=subprocess.STDOUT,
             text=True,
         )
-        for i in range(n)
+        for i in (range(n) if started is None else started)
     ]
 
 

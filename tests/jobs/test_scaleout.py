@@ -214,3 +214,20 @@ def test_a_process_killed_before_the_first_barrier_is_named_within_the_stated_bo
     assert "rerun the same command on every process to resume (python -m jobs.encode" in survivor, survivor
     assert waited < patient(40), f"process 0 ended {waited:.0f} s after process 1 died"
     assert "encode: process 1 of 2 was killed (SIGKILL)" in dead, dead  # the supervising parent's line
+
+
+def test_a_peer_that_never_starts_ends_the_run_at_init_timeout_naming_it(clips, tiny_model_dir, tmp_path):
+    """Process 1 of 2 is never started. Process 0 waits --init_timeout (3 s here, JAX's own 300 s by default) for it,
+    then ends with one line that names the flag and the command that resumes, having written nothing."""
+    args = ["--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", str(tmp_path / "store"), *CLAIM,
+            "--init_timeout", "3"]  # fmt: skip
+    (proc,) = start_processes("jobs.encode", args, started=[0])
+    output = proc.communicate(timeout=patient(120))[0]
+    assert proc.returncode == -signal.SIGABRT, output
+    assert "DEADLINE_EXCEEDED" in output, output  # JAX's own line: no process registered in time
+    assert (
+        "encode: process 0 of 2 was ended by SIGABRT from JAX's runtime: another process of the run died or never "
+        "connected (every process waits --init_timeout 3 s for all the others at the start)" in output
+    ), output
+    assert "rerun the same command on every process to resume (python -m jobs.encode" in output, output
+    assert not (tmp_path / "store").exists()
