@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import resource
 import signal
 import time
 
@@ -221,7 +222,12 @@ def test_a_peer_that_never_starts_ends_the_run_at_init_timeout_naming_it(clips, 
     then ends with one line that names the flag and the command that resumes, having written nothing."""
     args = ["--model", str(tiny_model_dir), "--dataset", f"folder:{clips}", "--out", str(tmp_path / "store"), *CLAIM,
             "--init_timeout", "3"]  # fmt: skip
-    (proc,) = start_processes("jobs.encode", args, started=[0])
+    core = resource.getrlimit(resource.RLIMIT_CORE)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, core[1]))  # the abort writes no core file where cores are on
+    try:
+        (proc,) = start_processes("jobs.encode", args, started=[0])
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, core)
     output = proc.communicate(timeout=patient(120))[0]
     assert proc.returncode == -signal.SIGABRT, output
     assert "DEADLINE_EXCEEDED" in output, output  # JAX's own line: no process registered in time
