@@ -29,7 +29,7 @@ import time
 
 from absl import flags
 
-from engine.runtime.options import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_INIT_TIMEOUT
+from engine.runtime.options import DEFAULT_HEARTBEAT_TIMEOUT
 
 FLAGS = flags.FLAGS
 SUPERVISED = "BABELGRID_SUPERVISED"  # set in the child, so that it does not fork again
@@ -40,6 +40,8 @@ FORWARDED = (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGUSR2)
 PR_SET_PDEATHSIG = 1
 # Set by `babelgrid run` (jobs.studies.run) in a stage's environment: the runner's pid (``stop_with_runner``)
 RUNNER_ENV = "BABELGRID_STUDY_RUNNER"
+# seconds each process waits at the start for all the others (--init_timeout): JAX's own default
+DEFAULT_INIT_TIMEOUT = 300
 
 
 def define_distributed_flags(module: str) -> None:

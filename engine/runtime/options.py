@@ -32,8 +32,6 @@ DEFAULT_CLAIM_TTL = 60.0  # seconds; renewed every ttl / 3, so a claim survives 
 # seconds a jax.distributed process may be silent before it is declared dead (--heartbeat_timeout): JAX's own default,
 # 100 s, ended two-process runs with DEADLINE_EXCEEDED on nodes loaded 22-47 deep
 DEFAULT_HEARTBEAT_TIMEOUT = 300
-# jax.distributed: seconds each process waits at the start for all the others (JAX's own default; --init_timeout)
-DEFAULT_INIT_TIMEOUT = 300
 MATMUL_PRECISIONS = ("highest", "default")
 # Layer indices run from 0 to MAX_LAYER: no model babelgrid loads has 200 layers, and a range is bounded before it is
 # expanded (``--layers 1-100000000`` held 12 GB, and its error line was 1 GB)

@@ -47,6 +47,8 @@ def whisper(base_whisper):
 def shared_base(whisper):
     """The in-process align runs' aligner gets the loaded whisper-base rather than a fresh load of the same files; any
     other model (the tiny one of ``test_refusals``) is loaded as the job loads it."""
+    import jax.numpy as jnp
+
     from engine.models.whisper import aligner
 
     load = aligner.load_whisper
@@ -54,7 +56,7 @@ def shared_base(whisper):
     def loaded(source=None, **kwargs):
         return (
             whisper
-            if source is None and np.dtype(kwargs.get("dtype", np.float32)) == np.float32
+            if source is None and jnp.dtype(kwargs.get("dtype", "float32")) == jnp.float32
             else load(source, **kwargs)
         )
 
