@@ -57,7 +57,16 @@ from kernels.dtw_wavefront import (
     choose_chunk,
     wavefront,
 )
-from kernels.frames import check_grid, check_lengths, even_split, normalize_frames, reference_unit_rows, traced
+from kernels.frames import (
+    check_grid,
+    check_lengths,
+    even_split,
+    leading,
+    normalize_frames,
+    reference_unit_rows,
+    take_rows,
+    traced,
+)
 
 BACKTRACE_BY_ITEM_MAX_BATCH = 128  # on CPU, dtw_batch backtracks up to this many matrices one by one
 MIN_CELLS_PER_WORKER = 2**18  # dtw_batch's CPU split gives each thread at least this many cells
@@ -307,7 +316,7 @@ def dtw_similarity_matrix(
     if not n_a or not n_b:
         return jnp.zeros((n_a, n_b), jnp.float32)
     len_A, len_B = np.asarray(len_A, np.int32), np.asarray(len_B, np.int32)
-    A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]
+    A, B = leading(A, (n_a, int(len_A.max()))), leading(B, (n_b, int(len_B.max())))
     workers = cpu_workers() if jax.default_backend() == "cpu" else 1
     # Pairs per tile: TILE_CELLS cosine cells, and at least one tile per worker where there are enough pairs.
     pairs = max(1, min(TILE_CELLS // (A.shape[1] * B.shape[1]), -(-n_a * n_b // workers)))
@@ -324,15 +333,14 @@ def dtw_similarity_matrix(
 
     def run(tile: tuple[int, int]) -> jax.Array:
         ra, cb = members(tile[0], r, n_a), members(tile[1], c, n_b)
-        return _dtw_similarity_tile(
-            A[ra], jnp.asarray(len_A[ra]), B[cb], jnp.asarray(len_B[cb]), accumulator=accumulator, chunk=chunk
-        )
+        ra_, la, cb_, lb = jax.device_put((ra, len_A[ra], cb, len_B[cb]))  # deliberate: the tile's indices, once
+        return _dtw_similarity_tile(take_rows(A, ra_), la, take_rows(B, cb_), lb, accumulator=accumulator, chunk=chunk)
 
     parts = on_cores(run, tiles, workers)  # on CPU one core a tile (see dtw_batch)
     grid = jnp.concatenate(
         [jnp.concatenate(parts[i * n_col_tiles : (i + 1) * n_col_tiles], axis=1) for i in range(n_row_tiles)]
     )
-    return grid[:n_a, :n_b]
+    return leading(grid, (n_a, n_b))
 
 
 # ----------------------------------------------------------------------------------------------------------------

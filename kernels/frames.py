@@ -16,6 +16,8 @@ Conventions every kernel follows:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +46,20 @@ def normalize_frames(x: jax.Array, length) -> jax.Array:
     valid = frame_mask(x.shape[0], length)[:, None]
     x32 = jnp.where(valid, x.astype(jnp.float32), 0.0)
     return unit_rows(x32).astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnames="shape")
+def leading(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``x[:shape[0], :shape[1], ...]``: its leading block (``shape`` covers the first axes), compiled with the bounds
+    as constants. An eager slice of a device array sends its start indices to the device (a copy per call, which
+    the seqsim job's transfer guard refuses); this one sends nothing."""
+    return x[tuple(slice(0, n) for n in shape)]
+
+
+@jax.jit
+def take_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """``x[index]`` along axis 0, ``index`` i32[k] on the device (put there by the caller, deliberately)."""
+    return jnp.take(x, index, axis=0)
 
 
 def matmul_f32(x: jax.Array, y: jax.Array) -> jax.Array:

@@ -97,7 +97,8 @@ def _packed_grid(X, len_X: np.ndarray, Y, len_Y: np.ndarray, ix: np.ndarray, iy:
     rows, cols = _packed_frames(len_X, X.shape[1], m, us), _packed_frames(len_Y, Y.shape[1], n, vs)
     if len(rows[0]) * len(cols[0]) > COST_CELLS:
         return None
-    return _packed_cosines(X, Y, rows[0], cols[0]), rows[1][ix], cols[1][iy]
+    at_x, at_y, offsets_x, offsets_y = jax.device_put((rows[0], cols[0], rows[1][ix], cols[1][iy]))
+    return _packed_cosines(X, Y, at_x, at_y), offsets_x, offsets_y
 
 
 def _packed_frames(
@@ -131,7 +132,7 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
 
         def pairs(chunk):
             full = _padded(chunk, size)
-            return _pair_costs(X, Y, ix[full], iy[full])[: len(chunk)]
+            return _pair_costs(X, Y, *jax.device_put((ix[full], iy[full])))[: len(chunk)]
 
         parts = on_cores(pairs, _chunks(np.arange(len(ix)), size), workers)
         return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -143,15 +144,18 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
 
     def tile(rc):
         r, c = rc
-        return _grid_costs(X, Y, us[_padded(np.arange(r, min(r + rr, len(us))), rr)],
-                           vs[_padded(np.arange(c, min(c + cc, len(vs))), cc)])  # fmt: skip
+        rows, cols = (
+            us[_padded(np.arange(r, min(r + rr, len(us))), rr)],
+            vs[_padded(np.arange(c, min(c + cc, len(vs))), cc)],
+        )
+        return _grid_costs(X, Y, *jax.device_put((rows, cols)))
 
     flat = jnp.concatenate(on_cores(tile, tiles, min(workers, len(tiles))))
     col_tiles = -(-len(vs) // cc)
     position = ((at_u // rr) * col_tiles + at_v // cc) * (rr * cc) + (at_u % rr) * cc + at_v % cc
     if len(position) == flat.shape[0] and np.array_equal(position, np.arange(len(position))):
         return flat  # the pairs are the grid in row-major order (ot_similarity_matrix), tiles without padding
-    return flat[position]
+    return flat[jax.device_put(position)]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "iterations", "kernel"))
@@ -276,8 +280,8 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
     packed = _packed_grid(X, len_X_np, Y, len_Y_np, ix, iy, m, n)
     if not packed:
         # Sinkhorn runs in float32 whatever the states' dtype: bf16 potentials would not reach the threshold.
-        X = _unit_frames(X, jnp.asarray(len_X_np), m)
-        Y = X if Y is X else _unit_frames(Y, jnp.asarray(len_Y_np), n)
+        X = _unit_frames(X, jax.device_put(len_X_np), m)
+        Y = X if Y is X else _unit_frames(Y, jax.device_put(len_Y_np), n)
     block = len(ix) if packed else max(most * workers, COST_CELLS // (m * n))
     for start in range(0, len(ix), block):
         pairs = np.arange(start, min(start + block, len(ix)))
@@ -305,7 +309,7 @@ def _solve_pairs(X, len_X, Y, len_Y, ix: np.ndarray, iy: np.ndarray, config: OtC
                 at = _padded(at, -(-len(at) // pad) * pad)
                 rows = todo[at]
                 return _round(
-                    costs, rows, len_x[rows], len_y[rows], f[at], g[at],
+                    costs, *jax.device_put((rows, len_x[rows], len_y[rows], f[at], g[at])),
                     config=config, iterations=iterations, kernel=mode,
                 )  # fmt: skip
 

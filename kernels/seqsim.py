@@ -30,8 +30,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from engine import axes
 from engine.errors import ShapeError
-from kernels.frames import COS_EPS, check_lengths, even_split, frame_mask, matmul_f32, normalize_frames, traced
-from kernels.seqsim_inputs import SeqSim, check_inputs, crop_frames
+from kernels.frames import (
+    COS_EPS,
+    check_lengths,
+    even_split,
+    frame_mask,
+    leading,
+    matmul_f32,
+    normalize_frames,
+    traced,
+)
+from kernels.seqsim_inputs import SeqSim, entering, host_result
 from kernels.seqsim_packed import (
     ACCELERATOR_BIN_FRAMES,
     CPU_BIN_FRAMES,
@@ -114,12 +123,19 @@ def _block_seqsim(a: jax.Array, len_a: jax.Array, b: jax.Array, len_b: jax.Array
     return a_to_b, b_to_a
 
 
-def _pad_rows(x: jax.Array, rows: int, fill=0) -> jax.Array:
-    """Pad axis 0 of x up to ``rows`` with ``fill``."""
-    extra = rows - x.shape[0]
-    if extra == 0:
+def _pad_rows(x: jax.Array | np.ndarray, rows: int, fill=0) -> jax.Array | np.ndarray:
+    """Pad axis 0 of x up to ``rows`` with ``fill``: host lengths on the host (until their ``device_put``), device
+    states on the device, by a compiled pad whose fill is a constant of the program (an eager one copies it there)."""
+    if rows == x.shape[0]:
         return x
-    return jnp.concatenate([x, jnp.full((extra, *x.shape[1:]), fill, x.dtype)])
+    if isinstance(x, np.ndarray):
+        return np.concatenate([x, np.full((rows - x.shape[0], *x.shape[1:]), fill, x.dtype)])
+    return _pad_rows_jit(x, rows=rows, fill=fill)
+
+
+@functools.partial(jax.jit, static_argnames=("rows", "fill"))
+def _pad_rows_jit(x: jax.Array, *, rows: int, fill) -> jax.Array:
+    return jnp.concatenate([x, jnp.full((rows - x.shape[0], *x.shape[1:]), fill, x.dtype)])
 
 
 def _seqsim_blocks(A, len_A, B, len_B, block_a: int, block_b: int) -> tuple[jax.Array, jax.Array]:
@@ -234,9 +250,7 @@ def seqsim_matrix(
     to HBM); opt-in only, never a default (not measured on a device yet; interpret mode on CPU, slow); ignores the
     block arguments, and ``packed=True`` with it is an error.
     """
-    A, B = jnp.asarray(A), jnp.asarray(B)
-    len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
-    check_inputs(A, len_A, B, len_B)
+    A, len_A, B, len_B = entering(A, len_A, B, len_B)
     if pallas:
         if packed:
             raise ValueError("seqsim_matrix: choose packed=True or pallas=True, not both")
@@ -247,9 +261,10 @@ def seqsim_matrix(
     if packed:
         if traced(len_A, len_B):
             raise ValueError("seqsim_matrix(packed=True) packs by concrete lengths: call it outside jit")
-        return _packed_result(*seqsim_matrix_packed(A, len_A, B, len_B, bin_frames=_bin_frames(device)), directional)
-    A, B = crop_frames(A, len_A), crop_frames(B, len_B)
+        terms = seqsim_matrix_packed(A, len_A, B, len_B, bin_frames=_bin_frames(device))
+        return jax.device_put(host_result(*terms, directional))  # this function's contract: device arrays
     block_a, block_b = _resolve_blocks(A.shape, B.shape, A.dtype, block_a, block_b, memory_bytes, device)
+    len_A, len_B = jax.device_put((len_A, len_B))
     return _seqsim_matrix_jit(A, len_A, B, len_B, block_a=block_a, block_b=block_b, directional=directional)
 
 
@@ -282,18 +297,14 @@ def side_packing(lengths, frames: int) -> Packing:
     return pack_side(np.asarray(lengths, np.int32), frames, _bin_frames(jax.devices()[0]))
 
 
-def seqsim_matrix_of_packed(A: PackedSide, B: PackedSide, *, directional: bool = False) -> jax.Array | SeqSim:
-    """``seqsim_matrix(..., packed=True)`` of two sides from ``pack_states``: the same results."""
-    return _packed_result(*seqsim_packed_sides(A, B), directional)
+def seqsim_matrix_of_packed(A: PackedSide, B: PackedSide, *, directional: bool = False) -> np.ndarray | SeqSim:
+    """``seqsim_matrix(..., packed=True)`` of two sides from ``pack_states``: the same results, on the host (where
+    the packed path computes them: the seqsim job writes them from there, with no copy to the device and back)."""
+    return host_result(*seqsim_packed_sides(A, B), directional)
 
 
 def _bin_frames(device: jax.Device) -> int:
     return CPU_BIN_FRAMES if device.platform == "cpu" else ACCELERATOR_BIN_FRAMES
-
-
-def _packed_result(a_to_b: np.ndarray, b_to_a: np.ndarray, directional: bool) -> jax.Array | SeqSim:
-    score = jnp.asarray(0.5 * (a_to_b + b_to_a))
-    return SeqSim(score, jnp.asarray(a_to_b), jnp.asarray(b_to_a)) if directional else score
 
 
 def _resolve_blocks(shape_a, shape_b, dtype, block_a, block_b, memory_bytes, device) -> tuple[int, int]:
@@ -350,10 +361,7 @@ def seqsim_matrix_sharded(
     """
     if mesh.axis_names != (axes.DATA,):
         raise ValueError(f"mesh must be 1-D with axis {axes.DATA!r}, got axes {mesh.axis_names}")
-    A, B = jnp.asarray(A), jnp.asarray(B)
-    len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
-    check_inputs(A, len_A, B, len_B)
-    A, B = crop_frames(A, len_A), crop_frames(B, len_B)
+    A, len_A, B, len_B = entering(A, len_A, B, len_B)
     n_dev = mesh.devices.size
     n_a = A.shape[0]
     rows = -(-n_a // n_dev) * n_dev
@@ -372,8 +380,8 @@ def seqsim_matrix_sharded(
 
     # N rows cannot be split evenly over the devices, so the result without its padding rows is replicated: a
     # gather of f32[N, M], small next to the [N, frames, embed] inputs that were already placed.
-    def drop_padding(x):
-        return x.at[:n_a].get(out_sharding=replicated)
+    def drop_padding(x):  # replicated first: an explicit mesh axis cannot slice rows it does not divide evenly
+        return leading(jax.device_put(x, replicated), (n_a,))
 
     return SeqSim(*map(drop_padding, out)) if directional else drop_padding(out)
 

@@ -47,7 +47,7 @@ import numpy as np
 
 from engine.errors import ShapeError
 from kernels.frames import frame_mask, traced, unit_rows
-from kernels.seqsim_inputs import SeqSim, check_inputs, crop_frames
+from kernels.seqsim_inputs import SeqSim, entering, host_result
 from kernels.seqsim_packed import ACCELERATOR_BIN_FRAMES, CHUNK, CPU_BIN_FRAMES, _by_slot, _gather_frames, pack_side
 
 FP8 = jnp.float8_e4m3fn
@@ -161,10 +161,13 @@ def _bin_pair_fp8(qa, inv_a, a_valid, a_chunks, a_len, qb, inv_b, b_valid, b_chu
 
 def _packed_bins(x: jax.Array, lengths: np.ndarray, bin_frames: int, scale: str):
     packing = pack_side(lengths, x.shape[1], bin_frames)
-    frames = _gather_frames(x, packing.frame, embed=x.shape[2])
+    frame, valid, chunks, slot_lengths = jax.device_put(  # deliberate: one put of the packing (kernels.seqsim_packed)
+        (packing.frame, list(packing.valid), list(packing.chunks), list(packing.lengths))
+    )
+    frames = _gather_frames(x, frame, embed=x.shape[2])
     bins = [
-        (*_quantize_bin(f, jnp.asarray(v), scale=scale), jnp.asarray(v), jnp.asarray(c), jnp.asarray(n))
-        for f, v, c, n in zip(frames, packing.valid, packing.chunks, packing.lengths, strict=True)
+        (*_quantize_bin(f, v, scale=scale), v, c, n)
+        for f, v, c, n in zip(frames, valid, chunks, slot_lengths, strict=True)
     ]
     return packing, bins
 
@@ -185,17 +188,30 @@ def seqsim_matrix_fp8(
     f32[N, M] scores, or with ``directional=True`` a SeqSim of three f32[N, M]. ``bin_frames``: the most frames per
     packed bin (default: ``kernels.seqsim_packed``'s for the first device's platform).
     """
+    return jax.device_put(seqsim_fp8_host(A, len_A, B, len_B, scale=scale, directional=directional,
+                                          bin_frames=bin_frames))  # fmt: skip
+
+
+def seqsim_fp8_host(
+    A: jax.Array,
+    len_A,
+    B: jax.Array,
+    len_B,
+    *,
+    scale: str = DEFAULT_SCALE,
+    directional: bool = False,
+    bin_frames: int | None = None,
+) -> np.ndarray | SeqSim:
+    """``seqsim_matrix_fp8``'s scores on the host, where its bins' results are gathered: the seqsim job writes them
+    from there, with no copy to the device and back."""
     check_scale(scale)
-    A, B = jnp.asarray(A), jnp.asarray(B)
-    len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
-    check_inputs(A, len_A, B, len_B)
     if traced(len_A, len_B):
         raise ValueError("seqsim_matrix_fp8 packs by concrete lengths: call it outside jit")
+    A, len_A, B, len_B = entering(A, len_A, B, len_B)
     if bin_frames is None:
         bin_frames = CPU_BIN_FRAMES if jax.devices()[0].platform == "cpu" else ACCELERATOR_BIN_FRAMES
-    A, B = crop_frames(A, len_A), crop_frames(B, len_B)
-    pa, bins_a = _packed_bins(A, np.asarray(len_A), bin_frames, scale)
-    pb, bins_b = _packed_bins(B, np.asarray(len_B), bin_frames, scale)
+    pa, bins_a = _packed_bins(A, len_A, bin_frames, scale)
+    pb, bins_b = _packed_bins(B, len_B, bin_frames, scale)
     calls = [[_bin_pair_fp8(*a, *b) for b in bins_b] for a in bins_a]  # all dispatched before any is read
     a_to_b = np.empty((A.shape[0], B.shape[0]), np.float32)
     b_to_a = np.empty_like(a_to_b)
@@ -204,8 +220,7 @@ def seqsim_matrix_fp8(
             keep, at = np.ix_(rows >= 0, cols >= 0), np.ix_(rows[rows >= 0], cols[cols >= 0])
             a_to_b[at] = np.asarray(ab)[keep]
             b_to_a[at] = np.asarray(ba)[keep]
-    score = jnp.asarray(0.5 * (a_to_b + b_to_a))
-    return SeqSim(score, jnp.asarray(a_to_b), jnp.asarray(b_to_a)) if directional else score
+    return host_result(a_to_b, b_to_a, directional)
 
 
 def bound(embed: int, scale: str = DEFAULT_SCALE) -> float:

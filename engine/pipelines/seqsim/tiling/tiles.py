@@ -45,7 +45,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 from engine.dtypes import DTYPES
@@ -404,4 +404,4 @@ def load_piece(reader, language: Language, done_index: np.ndarray, piece: Piece,
     )
     if transform is not None:
         states = transform(states)
-    return Side(index, lengths, jnp.asarray(states), packing)
+    return Side(index, lengths, jax.device_put(states), packing)
