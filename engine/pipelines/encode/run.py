@@ -241,7 +241,9 @@ def _run_pipeline(config, model, encoder, tasks, local_batch, tracker, summary, 
         in_flight = None  # (device result, parts) of the batch dispatched last
         for batch, parts in batches(prepared, local_batch, summary, tracker, model.collate):
             lease.check()  # another run broke the lease: stop before writing more
-            result = start_to_host(encoder(*batch))  # both dispatched asynchronously: compute, then the copy
+            # Implicit host-to-device copies refused (as in seqsim's Kernel.score): the encoder puts its batch.
+            with jax.transfer_guard_host_to_device("disallow"):
+                result = start_to_host(encoder(*batch))  # both dispatched asynchronously: compute, then the copy
             if in_flight is not None:
                 _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker)
                 tracker.release_finished()

@@ -35,7 +35,7 @@ from kernels.seqsim import (
     seqsim_matrix_sharded,
 )
 from kernels.seqsim_fp8 import SCALES as KERNEL_FP8_SCALES
-from kernels.seqsim_fp8 import seqsim_matrix_fp8
+from kernels.seqsim_fp8 import seqsim_fp8_host
 from kernels.seqsim_pallas import fastest_on
 from kernels.settings import OtConfig
 
@@ -141,6 +141,15 @@ class Kernel:
     cost: Cost
     exact_in_bins: bool = False  # packed sides restricted to some bins score bit for bit as the whole pair does
 
+    def score(self, A: Side, B: Side, context: MeasureContext, names: frozenset[str]) -> dict[str, Scores]:
+        """``call`` under a guard that refuses implicit host-to-device copies, as big_vision runs its loops: a
+        kernel moves what it needs with ``jax.device_put``, once per side where it can (the sides' states are on
+        the device already), so that an index or a length re-sent for every pair by accident is an error in every
+        test of the job rather than a stalled step on an accelerator. The scores' copies back to the host are the
+        result, and allowed."""
+        with jax.transfer_guard_host_to_device("disallow"):
+            return self.call(A, B, context, names)
+
 
 @dataclasses.dataclass(frozen=True)
 class Measure:
@@ -202,8 +211,8 @@ def _seqsim_pallas(A: Side, B: Side, context: MeasureContext, directional: bool)
 def _seqsim_fp8(A: Side, B: Side, context: MeasureContext, directional: bool):
     """--seqsim_precision fp8: frames rounded to e4m3, float32 accumulation; on the e4m3 tensor cores of the devices
     ``kernels.seqsim_fp8.has_fp8`` names, emulated (same numerics, no speed-up) elsewhere, CPU included."""
-    return seqsim_matrix_fp8(A.states, A.lengths, B.states, B.lengths, scale=context.seqsim_fp8_scale,
-                             directional=directional)  # fmt: skip
+    return seqsim_fp8_host(A.states, A.lengths, B.states, B.lengths, scale=context.seqsim_fp8_scale,
+                           directional=directional)  # fmt: skip
 
 
 # The SeqSim paths a run may take (SimilarityConfig.seqsim_kernel): the same scores up to the order of float32 sums,
@@ -241,7 +250,7 @@ def _pooled(attribute: str) -> Callable:
 
 
 def _duration(A: Side, B: Side, context: MeasureContext, names: frozenset[str]) -> dict[str, Scores]:
-    return {"duration": Scores(np.asarray(duration_similarity_matrix(A.lengths, B.lengths)))}
+    return {"duration": Scores(np.asarray(duration_similarity_matrix(*jax.device_put((A.lengths, B.lengths)))))}
 
 
 def _ot(A: Side, B: Side, context: MeasureContext, names: frozenset[str]) -> dict[str, Scores]:

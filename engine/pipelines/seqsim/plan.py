@@ -107,12 +107,12 @@ def calibrate_pair_measure(measure: str, sample, ot_config=None) -> tuple[float,
         raise ValueError(f"calibrate_pair_measure times {CELL_MEASURES}, not {measure!r}")
     A, len_A, B, len_B = sample
     A, B = A[:, : int(len_A.max())], B[:, : int(len_B.max())]
-    sides = [Side(np.arange(len(x)), n, x) for x, n in ((A, len_A), (B, len_B))]
+    sides = [Side(np.arange(len(x)), n, jax.device_put(x)) for x, n in ((A, len_A), (B, len_B))]  # as the job's
     context = MeasureContext(str(A.dtype), ot_config or OtConfig())
     kernel = MEASURES[measure].kernel
 
     def fn():
-        return kernel.call(*sides, context, frozenset({measure}))[measure].values
+        return kernel.score(*sides, context, frozenset({measure}))[measure].values
 
     t = time.perf_counter()
     jax.block_until_ready(fn())

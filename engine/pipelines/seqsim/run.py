@@ -376,7 +376,7 @@ def _score(A: Side, B: Side, measures, context: MeasureContext, summary: Similar
     scores = {}
     for kernel, names in kernel_calls(measures):
         t = time.perf_counter()
-        scores |= kernel.call(A, B, context, names)
+        scores |= kernel.score(A, B, context, names)
         if kernel.cost.kind == "matmul":
             summary.seqsim_seconds += time.perf_counter() - t
             summary.seqsim_flops += kernel.cost.useful_flops(A.lengths, B.lengths, A.states.shape[-1])
