@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from kernels.frames import normalize_frames
-from kernels.seqsim_inputs import SeqSim, check_inputs, crop_frames  # the XLA path's input checks and crop
+from kernels.seqsim_inputs import SeqSim, entering  # the XLA path's input checks and crop
 
 MIN_TILE = 16  # smallest frame tile: Triton's dot needs M, N, K >= 16
 
@@ -297,13 +297,11 @@ def seqsim_matrix_pallas(
     ``interpret``: Pallas interpret mode (default: on CPU only). Trailing frames beyond the longest utterance are
     cropped first when the lengths are concrete, as in the XLA path.
     """
-    A, B = jnp.asarray(A), jnp.asarray(B)
-    len_A, len_B = jnp.asarray(len_A, jnp.int32), jnp.asarray(len_B, jnp.int32)
-    check_inputs(A, len_A, B, len_B)
+    A, len_A, B, len_B = entering(A, len_A, B, len_B)
     device = jax.devices()[0]
     blocks = blocks_for(device) if blocks is None else blocks
     interpret = device.platform == "cpu" if interpret is None else interpret
-    A, B = crop_frames(A, len_A), crop_frames(B, len_B)
+    len_A, len_B = jax.device_put((len_A, len_B))
     return _seqsim_pallas_jit(
         A, len_A, B, len_B, blocks=blocks, interpret=interpret, platform=device.platform, directional=directional
     )
