@@ -181,29 +181,15 @@ def seqsim_matrix_fp8(
     scale: str = DEFAULT_SCALE,
     directional: bool = False,
     bin_frames: int | None = None,
-) -> jax.Array | SeqSim:
+) -> np.ndarray | SeqSim:
     """``kernels.seqsim.seqsim_matrix`` with e4m3 frames and float32 accumulation (module docstring).
 
     A: f32|bf16[N, m, embed], len_A: concrete i32[N] in 1..m; B: same dtype [M, n, embed], len_B: i32[M]. Returns
-    f32[N, M] scores, or with ``directional=True`` a SeqSim of three f32[N, M]. ``bin_frames``: the most frames per
-    packed bin (default: ``kernels.seqsim_packed``'s for the first device's platform).
+    f32[N, M] scores, or with ``directional=True`` a SeqSim of three f32[N, M], as NumPy arrays on the host, where
+    the bins' results are gathered (the seqsim job writes them from there: no copy to the device and back).
+    ``bin_frames``: the most frames per packed bin (default: ``kernels.seqsim_packed``'s for the first device's
+    platform).
     """
-    return jax.device_put(seqsim_fp8_host(A, len_A, B, len_B, scale=scale, directional=directional,
-                                          bin_frames=bin_frames))  # fmt: skip
-
-
-def seqsim_fp8_host(
-    A: jax.Array,
-    len_A,
-    B: jax.Array,
-    len_B,
-    *,
-    scale: str = DEFAULT_SCALE,
-    directional: bool = False,
-    bin_frames: int | None = None,
-) -> np.ndarray | SeqSim:
-    """``seqsim_matrix_fp8``'s scores on the host, where its bins' results are gathered: the seqsim job writes them
-    from there, with no copy to the device and back."""
     check_scale(scale)
     if traced(len_A, len_B):
         raise ValueError("seqsim_matrix_fp8 packs by concrete lengths: call it outside jit")

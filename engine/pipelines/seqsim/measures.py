@@ -35,7 +35,7 @@ from kernels.seqsim import (
     seqsim_matrix_sharded,
 )
 from kernels.seqsim_fp8 import SCALES as KERNEL_FP8_SCALES
-from kernels.seqsim_fp8 import seqsim_fp8_host
+from kernels.seqsim_fp8 import seqsim_matrix_fp8
 from kernels.seqsim_pallas import fastest_on
 from kernels.settings import OtConfig
 
@@ -211,8 +211,8 @@ def _seqsim_pallas(A: Side, B: Side, context: MeasureContext, directional: bool)
 def _seqsim_fp8(A: Side, B: Side, context: MeasureContext, directional: bool):
     """--seqsim_precision fp8: frames rounded to e4m3, float32 accumulation; on the e4m3 tensor cores of the devices
     ``kernels.seqsim_fp8.has_fp8`` names, emulated (same numerics, no speed-up) elsewhere, CPU included."""
-    return seqsim_fp8_host(A.states, A.lengths, B.states, B.lengths, scale=context.seqsim_fp8_scale,
-                           directional=directional)  # fmt: skip
+    return seqsim_matrix_fp8(A.states, A.lengths, B.states, B.lengths, scale=context.seqsim_fp8_scale,
+                             directional=directional)  # fmt: skip
 
 
 # The SeqSim paths a run may take (SimilarityConfig.seqsim_kernel): the same scores up to the order of float32 sums,
