@@ -38,7 +38,15 @@ def on_cores(run, items, workers: int) -> list:
     own thread, so on CPU the calls run on as many cores at once."""
     if workers <= 1:
         return [run(item) for item in items]
-    return list(_pool(workers).map(lambda item: jax.block_until_ready(run(item)), items))
+    # The caller's transfer guard is its thread's: the pool's threads take it on, so that a call refused inline (as
+    # on an accelerator, where one worker runs every item) is refused here too.
+    guard = jax.config.jax_transfer_guard_host_to_device
+
+    def one(item):
+        with jax.transfer_guard_host_to_device(guard) if guard else contextlib.nullcontext():
+            return jax.block_until_ready(run(item))
+
+    return list(_pool(workers).map(one, items))
 
 
 def one_lapack_thread() -> contextlib.AbstractContextManager:

@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 
 from kernels._cpu import cpu_workers, on_cores
-from kernels.frames import check_grid, frame_mask, matmul_f32, normalize_frames, unit_rows
+from kernels.frames import check_grid, frame_mask, leading, matmul_f32, normalize_frames, take_rows, unit_rows
 from kernels.ot import OVER_RELAXATION, OtResult, kernel_mode, reference_ot_cost, solve_cost
 from kernels.ot_scaling import scaling_sinkhorn
 
@@ -132,7 +132,7 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
 
         def pairs(chunk):
             full = _padded(chunk, size)
-            return _pair_costs(X, Y, *jax.device_put((ix[full], iy[full])))[: len(chunk)]
+            return leading(_pair_costs(X, Y, *jax.device_put((ix[full], iy[full]))), (len(chunk),))
 
         parts = on_cores(pairs, _chunks(np.arange(len(ix)), size), workers)
         return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
@@ -155,7 +155,7 @@ def _block_costs(X, Y, ix: np.ndarray, iy: np.ndarray, workers: int) -> jax.Arra
     position = ((at_u // rr) * col_tiles + at_v // cc) * (rr * cc) + (at_u % rr) * cc + at_v % cc
     if len(position) == flat.shape[0] and np.array_equal(position, np.arange(len(position))):
         return flat  # the pairs are the grid in row-major order (ot_similarity_matrix), tiles without padding
-    return flat[jax.device_put(position)]
+    return take_rows(flat, jax.device_put(position))  # compiled: an eager gather sends a scalar to the device
 
 
 @functools.partial(jax.jit, static_argnames=("config", "iterations", "kernel"))

@@ -118,3 +118,15 @@ def test_an_encoder_that_copies_implicitly_is_refused(tiny_whisper, tmp_path):
     with pytest.raises(jax.errors.JaxRuntimeError, match=REFUSED):
         run_encode(config(tmp_path / "careless"), encoder=Careless(tiny_whisper))
     assert (open_store(str(tmp_path / "careless")).lengths("de") < 0).all()  # nothing marked done
+
+
+def test_the_pool_threads_take_the_callers_guard():
+    """``kernels._cpu.on_cores`` runs a kernel's tiles (DTW's, OT's) on a thread pool on CPU and inline, one worker,
+    on an accelerator. The guard is the calling thread's: the pool's threads take it on, so that what an accelerator
+    would refuse inline is refused on CPU too."""
+    from kernels._cpu import on_cores
+
+    careless = jax.jit(lambda x: x + 1)
+    assert [int(y) for y in on_cores(lambda i: careless(np.int32(i)), [1, 2], 2)] == [2, 3]
+    with jax.transfer_guard_host_to_device("disallow"), pytest.raises(jax.errors.JaxRuntimeError, match=REFUSED):
+        on_cores(lambda i: careless(np.int32(i)), [1, 2], 2)
