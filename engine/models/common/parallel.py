@@ -27,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from engine.axes import DATA
 from engine.errors import ShapeError
+from kernels.frames import leading
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -140,8 +141,19 @@ class ShardedEncoder:
         outs, axes = ((out,), (axes,)) if single else (out, axes)
         if jax.process_count() > 1:
             outs = [local_rows(o, axis) for o, axis in zip(outs, axes, strict=True)]
-        outs = tuple(o[(slice(None),) * axis + (slice(0, n),)] for o, axis in zip(outs, axes, strict=True))
+        outs = tuple(_first_rows(o, axis, n) for o, axis in zip(outs, axes, strict=True))
         return outs[0] if single else outs
+
+
+def _first_rows(x: jax.Array | np.ndarray, axis: int, n: int) -> jax.Array | np.ndarray:
+    """The first ``n`` rows of ``x`` along ``axis`` (the batch's padding dropped): a host array sliced on the host, a
+    device array by a compiled slice (an eager one sends its start indices to the device, which the encode job's
+    transfer guard refuses)."""
+    if x.shape[axis] == n:
+        return x
+    if isinstance(x, np.ndarray):
+        return x[(slice(None),) * axis + (slice(0, n),)]
+    return leading(x, (*x.shape[:axis], n))
 
 
 @functools.lru_cache(maxsize=32)
