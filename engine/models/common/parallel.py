@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from engine.axes import DATA
 from engine.errors import ShapeError
-from kernels.frames import leading
+from kernels.frames import leading, take_rows
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -180,8 +180,13 @@ class StoredLayers:
     def __init__(self, sharded, layers: Sequence[int], n_layers_out: int):
         self.sharded, self.local_multiple = sharded, sharded.local_multiple
         layers = tuple(int(i) for i in layers)
-        self.index = None if layers == tuple(range(n_layers_out)) else jnp.asarray(layers)
+        self.index = None if layers == tuple(range(n_layers_out)) else np.asarray(layers, np.int32)
+        self._on_device = None if self.index is None else jax.device_put(self.index)  # put once, not per batch
 
     def __call__(self, *inputs):
         out = self.sharded(*inputs)
-        return out if self.index is None else out[self.index]
+        if self.index is None:
+            return out
+        # A process's rows under jax.distributed come back on the host (local_rows); device rows are gathered by a
+        # compiled take (an eager one sends a scalar to the device: the encode loop's transfer guard refuses it).
+        return out[self.index] if isinstance(out, np.ndarray) else take_rows(out, self._on_device)
