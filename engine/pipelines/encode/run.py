@@ -48,6 +48,7 @@ from engine.pipelines.stages.memory import check_batch_size
 from engine.pipelines.stages.windows import Assembler, Task, batches, prefetched, probe_rows
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.runs import RunSummary, job_lease, process_zero_first, progress_bar, work_claims
+from engine.runtime.transfers import guarded_loop
 from engine.runtime.units import UnitLoop
 from engine.stores.language import StatesRejectedError
 from engine.stores.layers import LayerStore
@@ -241,8 +242,7 @@ def _run_pipeline(config, model, encoder, tasks, local_batch, tracker, summary, 
         in_flight = None  # (device result, parts) of the batch dispatched last
         for batch, parts in batches(prepared, local_batch, summary, tracker, model.collate):
             lease.check()  # another run broke the lease: stop before writing more
-            # Implicit host-to-device copies refused (as in seqsim's Kernel.score): the encoder puts its batch.
-            with jax.transfer_guard_host_to_device("disallow"):
+            with guarded_loop("the encode job's batch"):  # implicit host-to-device copies refused: it puts its batch
                 result = start_to_host(encoder(*batch))  # both dispatched asynchronously: compute, then the copy
             if in_flight is not None:
                 _drain(in_flight, assembler, summary, progress, bytes_per_frame, tracker)

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from engine.pipelines.seqsim.config import FP8_SCALES
+from engine.runtime.transfers import guarded_loop
 from engine.stores import similarity as similarity_store
 from kernels.dtw import dtw_similarity_matrix
 from kernels.ot_matrix import ot_similarity_matrix
@@ -142,12 +143,12 @@ class Kernel:
     exact_in_bins: bool = False  # packed sides restricted to some bins score bit for bit as the whole pair does
 
     def score(self, A: Side, B: Side, context: MeasureContext, names: frozenset[str]) -> dict[str, Scores]:
-        """``call`` under a guard that refuses implicit host-to-device copies, as big_vision runs its loops: a
+        """``call`` under the guard that refuses implicit host-to-device copies (``engine.runtime.transfers``): a
         kernel moves what it needs with ``jax.device_put``, once per side where it can (the sides' states are on
         the device already), so that an index or a length re-sent for every pair by accident is an error in every
         test of the job rather than a stalled step on an accelerator. The scores' copies back to the host are the
         result, and allowed."""
-        with jax.transfer_guard_host_to_device("disallow"):
+        with guarded_loop(f"seqsim's {self.name} kernel"):
             return self.call(A, B, context, names)
 
 
