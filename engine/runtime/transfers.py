@@ -1,7 +1,7 @@
 """The guard the headline job's loops run under: the encode job's batches and the seqsim job's kernel calls refuse
 implicit host-to-device copies, as big_vision runs its loops (BUILD.md, "Data parallelism"). What they need on the
-device they put there with ``jax.device_put``; a copy made otherwise is a babelgrid bug, which on an accelerator
-would stall a step per pair or per batch.
+device they put there with ``jax.device_put``; a copy made otherwise is a babelgrid bug: an extra host-to-device
+copy per pair or per batch on an accelerator, whose cost no CPU run shows (none has been measured on one).
 
 ``BABELGRID_TRANSFER_GUARD`` (the environment) sets the level: ``disallow`` (the default: the copy stops the run with
 a ``TransferGuardError`` that says so), ``log`` (JAX logs each such copy, and the run goes on) or ``allow`` (off).

@@ -1,7 +1,7 @@
 """The two loops of the headline job run under a guard that refuses implicit host-to-device copies (as big_vision runs
 its loops): the seqsim job's kernel calls (``Kernel.score``) and the encode job's batches. What a kernel or an
 encoder needs on the device it puts there with ``jax.device_put``; an index, a length or a scalar sent implicitly,
-once per pair or per batch, is an error in every test of those jobs, not a stalled step on an accelerator.
+once per pair or per batch, is an error in every test of those jobs, not an unseen copy on an accelerator.
 
 Every seqsim job test runs its kernels under the guard already; here, each measure's kernel and each SeqSim path on
 a ragged pair (a one-frame utterance among them) gives under the guard exactly what it gives without, and both

@@ -146,8 +146,8 @@ class Kernel:
         """``call`` under the guard that refuses implicit host-to-device copies (``engine.runtime.transfers``): a
         kernel moves what it needs with ``jax.device_put``, once per side where it can (the sides' states are on
         the device already), so that an index or a length re-sent for every pair by accident is an error in every
-        test of the job rather than a stalled step on an accelerator. The scores' copies back to the host are the
-        result, and allowed."""
+        test of the job rather than an unseen copy per pair on an accelerator. The scores' copies back to the host
+        are the result, and allowed."""
         with guarded_loop(f"seqsim's {self.name} kernel"):
             return self.call(A, B, context, names)
 
