@@ -27,16 +27,28 @@ def shared_ids(listing: Mapping[str, Sequence[Utterance]]) -> dict[tuple[str, st
     return {(a, b): len(ids[a] & ids[b]) for a, b in itertools.combinations(sorted(ids), 2)}
 
 
-def pairing_lines(shared: Mapping[tuple[str, str], int]) -> list[str]:
-    """What a person reads about the pairs: each pair's count when there are few, else a summary and the unpaired."""
+def shared_after_skips(
+    listing: Mapping[str, Sequence[Utterance]], skipped: Mapping[str, Sequence[tuple[str, str]]]
+) -> dict[tuple[str, str], int]:
+    """``shared_ids`` of ``listing`` without the (lang, id) a run skipped (``RunSummary.skipped``, by reason): the
+    pairs a cross-lingual measure can score in what the run stored (a skipped clip leaves its pairs short)."""
+    gone = {(lang, str(uid)) for items in skipped.values() for lang, uid in items}
+    return shared_ids(
+        {lang: [u for u in utts if (lang, str(u.id)) not in gone] for lang, utts in listing.items() if utts}
+    )
+
+
+def pairing_lines(shared: Mapping[tuple[str, str], int], what: str = "shared ids") -> list[str]:
+    """What a person reads about the pairs: each pair's count when there are few, else a summary and the unpaired;
+    ``what`` names the counts (the listing's, or those left after a run's skips)."""
     if not shared:
         return []
     if len(shared) <= SHOWN:
-        return ["shared ids per language pair: " + ", ".join(f"{a}-{b} {n}" for (a, b), n in shared.items())]
+        return [f"{what} per language pair: " + ", ".join(f"{a}-{b} {n}" for (a, b), n in shared.items())]
     counts = list(shared.values())
     none = [f"{a}-{b}" for (a, b), n in shared.items() if n == 0]
     line = (
-        f"shared ids over {len(shared)} language pairs: min {min(counts)}, median {statistics.median(counts):g}, "
+        f"{what} over {len(shared)} language pairs: min {min(counts)}, median {statistics.median(counts):g}, "
         f"max {max(counts)}"
     )
     if none:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from engine.data.pairing import check_listing, pairing_lines
+from engine.data.pairing import check_listing, pairing_lines, shared_after_skips
 from engine.data.revision import source_revision
 from engine.data.sources import get_source
 from engine.data.utterance import Source, Utterance
@@ -66,6 +66,7 @@ class EncodeSummary(RunSummary):
     windows: int = 0
     bytes_written: int = 0
     shared_ids: dict = dataclasses.field(default_factory=dict)  # (a, b) -> ids the two languages share
+    shared_stored: dict = dataclasses.field(default_factory=dict)  # the same without what this run skipped
 
     def report(self) -> str:
         lines = [
@@ -77,6 +78,8 @@ class EncodeSummary(RunSummary):
             self.work_line("utterance blocks"),
             *pairing_lines(self.shared_ids),
         ]
+        if self.skipped and self.shared_stored != self.shared_ids:  # a skipped clip leaves its pairs without it
+            lines += pairing_lines(self.shared_stored, f"shared ids without the {self.n_skipped} skipped utterances")
         if self.skipped:
             langs = sorted({lang for items in self.skipped.values() for lang, _ in items})
             lines.append(
@@ -122,6 +125,7 @@ def run_encode(config: EncodeConfig, *, encoder: Encoder | None = None) -> Encod
         # A source without splits (a folder, a manifest without a split column) has no split to record or caption
         summary = _encode(config, encoder, layers, listing, lease, revision, config.split if source.splits() else None)
     summary.shared_ids = shared
+    summary.shared_stored = shared_after_skips(listing, summary.skipped)
     summary.seconds = time.perf_counter() - t0
     return summary
 
