@@ -362,9 +362,18 @@ def layer_store_done(url: str) -> str | None:
         done = {lang: np.asarray(reader.lengths(lang)) >= 0 for lang in reader.languages}
     except BabelgridError:
         return None
+    try:
+        n_skipped, skips = reader.skips_named([lang for lang, d in done.items() if not d.all()])
+        unread = ""
+    except BabelgridError as e:  # a damaged skipped.json: the counts still stand
+        n_skipped, unread = 0, f"; the encode job's records of what it skipped cannot be read: {e}"
     total, n = sum(int(d.sum()) for d in done.values()), sum(len(d) for d in done.values())
     each = ", ".join(f"{lang} {int(d.sum())}/{len(d)}" for lang, d in done.items())
-    return f"layer store: {total} of {n} utterances done{': ' + each if each else ''}"
+    line = f"layer store: {total} of {n} utterances done{': ' + each if each else ''}"
+    if n_skipped:  # not unfinished work: a rerun skips them again, and the jobs reading the store need --allow_partial
+        rest = "" if n_skipped == n - total else f"; the other {n - total - n_skipped} are not encoded yet"
+        line += f"; {n_skipped} skipped by the encode job for their audio or states ({skips}){rest}"
+    return line + unread
 
 
 def dead_here(holder: dict) -> bool:

@@ -21,6 +21,7 @@ e.g. ``dtype=np.float32``. An utterance is readable once its encoding committed 
 
 from __future__ import annotations
 
+import collections
 import operator
 import time
 from collections.abc import Sequence
@@ -116,6 +117,19 @@ class StoreReader:
     def skipped(self, lang: str):
         """``skipped_table`` as a pandas DataFrame indexed by utterance."""
         return _by_utterance(self.skipped_table(lang), "skipped")
+
+    def skips_named(self, langs: Sequence[str]) -> tuple[int, str]:
+        """How many utterances of ``langs`` the encode job skipped (still not done), and what a person reads of them:
+        "AudioDecodeError 1, SilentAudioError 2, named in de/skipped.json, en/skipped.json" ("" where none). The
+        utterances not done that it did not skip are unfinished work, which a rerun adds; these it skips again."""
+        reasons = {lang: [e["reason"] for e in self.skipped_records(lang).values()] for lang in sorted(langs)}
+        counts = collections.Counter(r for rs in reasons.values() for r in rs)
+        if not counts:
+            return 0, ""
+        files = ", ".join(f"{lang}/skipped.json" for lang, rs in reasons.items() if rs)
+        return counts.total(), ", ".join(
+            f"{reason} {n}" for reason, n in sorted(counts.items())
+        ) + f", named in {files}"
 
     def done(self, lang: str) -> np.ndarray:
         """``bool[utterance]``: utterances whose states are committed."""

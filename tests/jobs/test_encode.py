@@ -367,6 +367,7 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     from engine.pipelines.seqsim.run import run_similarity
     from engine.pipelines.verify.config import VerifyConfig
     from engine.pipelines.verify.run import encode_command, run_verify
+    from engine.runtime.status import layer_store_done
     from engine.stores.similarity import SimilarityError
 
     d = tmp_path / "in"
@@ -392,6 +393,10 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     assert store.skipped("de").empty and not (out / "de" / "skipped.json").exists()
     with pytest.raises(StoreError, match=r"not done: the encode job skipped it \(SilentAudioError: .*skips it again"):
         store.states("en", "silent", 0)
+    assert layer_store_done(str(out)) == (  # `babelgrid status`: skipped, not unfinished work
+        "layer store: 2 of 5 utterances done: de 1/1, en 1/4; 3 skipped by the encode job for their audio or states "
+        "(AudioDecodeError 1, EmptyAudioError 1, SilentAudioError 1, named in en/skipped.json)"
+    )
 
     similarity = configure(SimilarityConfig, store=str(out), out=str(tmp_path / "sim"), measures=("duration",),
                            progress=False)  # fmt: skip
@@ -433,6 +438,9 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     assert [(x.what, x.key, x.problem) for x in report.damage] == [
         ("en skip record", "en/skipped.json", "checksum mismatch")
     ], report.report()
+    said = layer_store_done(str(out))  # the counts stand, and the damaged record is named
+    assert said.startswith("layer store: 3 of 5 utterances done: de 1/1, en 2/4; the encode job's records of what it "
+                           "skipped cannot be read: ") and "en/skipped.json" in said, said  # fmt: skip
     assert run_verify(configure(VerifyConfig, location=str(out), repair=True, progress=False)).exit_code == 0
     assert not record.exists()
     run_encode(config, encoder=WhisperEncoder(tiny_whisper))

@@ -19,7 +19,6 @@ the same settings is kept, so only the missing blocks of a split pair are comput
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 import logging
@@ -410,17 +409,8 @@ def _check_complete(reader: StoreReader, lengths: dict, done_index: dict, allow_
     if not missing:
         return
     counts = ", ".join(f"{lang}: {n} of {len(lengths[lang])}" for lang, n in sorted(missing.items()))
-    skipped = {lang: reader.skipped_table(lang).column("reason").to_pylist() for lang in sorted(missing)}
-    n_skipped = sum(len(r) for r in skipped.values())
-    reasons = collections.Counter(r for rs in skipped.values() for r in rs)
-    named = (
-        f"; {n_skipped} of them skipped by the encode job for their audio or states: "
-        + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
-        + ", named in "
-        + ", ".join(f"{lang}/skipped.json" for lang, r in skipped.items() if r)
-        if n_skipped
-        else ""
-    )
+    n_skipped, skips = reader.skips_named(missing)
+    named = f"; {n_skipped} of them skipped by the encode job for their audio or states: {skips}" if n_skipped else ""
     if not allow_partial:
         if n_skipped == sum(missing.values()):
             fix = ("a rerun of the encode job skips them again (the dataset with their audio fixed is another "
