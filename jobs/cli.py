@@ -25,6 +25,7 @@ listed it. A matrix of models or settings, the graph, versions, --only/--until, 
 
 from __future__ import annotations
 
+import difflib
 import os
 import runpy
 import sys
@@ -49,8 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_study(rest)
     job = COMMANDS.get(command, command)
     if job not in JOBS:
-        print(f"babelgrid: unknown command {command!r}; use one of {', '.join((*_command_names(), 'run'))}",
-              file=sys.stderr)  # fmt: skip
+        names = (*_command_names(), "run")
+        guess = difflib.get_close_matches(command, names, n=1)
+        print(f"babelgrid: unknown command {command!r}{f' (did you mean {guess[0]!r}?)' if guess else ''}; use one of "
+              f"{', '.join(names)}", file=sys.stderr)  # fmt: skip
         return 2
     sys.argv = [f"babelgrid {command}", *rest]
     try:

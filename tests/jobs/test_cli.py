@@ -68,6 +68,17 @@ def test_the_console_script_knows_every_job():
     assert sorted(CLI_JOBS) == sorted(set(JOBS) - {"cli"})
 
 
+def test_an_unknown_command_names_the_close_one_and_the_rest(capsys):
+    from jobs.cli import main
+
+    assert main(["seqsym", "--store", "x"]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("babelgrid: unknown command 'seqsym' (did you mean 'seqsim'?); use one of encode, ") and (
+        "random-model, series, run" in said
+    ), said
+    assert main(["zzz"]) == 2 and "'zzz'; use one of" in capsys.readouterr().err  # nothing close: no guess
+
+
 def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
     """Nine levels of `&a [*a, ...]` in vars: 2.2 GB in 60 s before; refused now, before anything is expanded."""
     levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
