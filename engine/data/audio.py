@@ -82,6 +82,10 @@ class NonFiniteAudioError(AudioError):
     """The audio holds NaN or infinite samples."""
 
 
+class LongAudioError(AudioError):
+    """The audio is longer than a job's cap on one utterance (the encode job's ``--max_seconds``)."""
+
+
 class AudioRangeError(AudioError):
     """Float audio whose peak is far outside [-1, 1] (above ``MAX_PEAK_DBFS``): wrongly scaled samples."""
 

@@ -102,8 +102,17 @@ def check_same_rows(stored, given, lang: str, url: str) -> None:
         a = dataclasses.replace(a, **{n: getattr(b, n) for n in _ADDED_COLUMNS if getattr(a, n) is None})
         if a != b:
             name = next(n for n in ROW_FIELDS if getattr(a, n) != getattr(b, n))
-            # A clip unreadable when the table was made (0 frames: skipped) that reads now was replaced or fixed.
-            fixed = " (unreadable when the store was made, readable now: it was replaced)" if a.n_frames == 0 else ""
+            # A clip unreadable when the table was made (0 frames, no duration: skipped) that reads now was replaced
+            # or fixed; one of a known duration but no frames was over the encode job's --max_seconds then.
+            fixed = ""
+            if a.n_frames == 0 and a.duration_s > 0 and a.duration_s == b.duration_s:
+                fixed = (f" (its {a.duration_s:.0f} s were over the --max_seconds of the run that made the store, and "
+                         "not now: a store keeps the cap it was made with)")  # fmt: skip
+            elif a.n_frames == 0:
+                fixed = " (unreadable when the store was made, readable now: it was replaced)"
+            elif b.n_frames == 0 and b.duration_s > 0 and a.duration_s == b.duration_s:
+                fixed = (f" (its {b.duration_s:.0f} s are over this run's --max_seconds: give the cap the store was "
+                         "made with, above them)")  # fmt: skip
             raise StoreMismatchError(
                 f"utterance {u} (id {a.id!r}, {a.path}) of language {lang!r} in {url!r} differs from this run's: "
                 f"{name} is {getattr(a, name)!r} in the store, {getattr(b, name)!r} now{fixed}. Never mix two "

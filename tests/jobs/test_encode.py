@@ -354,6 +354,47 @@ def test_bad_inputs_are_reported_and_the_rest_stored(tmp_path, tiny_whisper):
     assert check_utterances(store, tiny_whisper, "en", [rows[name] for name in ("good", "long45", "stereo44k")]) == 3
 
 
+def test_a_recording_over_max_seconds_is_skipped_named_and_pads_nothing(tmp_path, tiny_whisper):
+    """A recording not cut into utterances (a 2-hour file held 23 GB of host memory, and padded every shard of its
+    language to its length): over --max_seconds it is skipped before decoding, named in the store with why and the
+    ways on, and left out of the shards' frame count; the plan says so; a rerun with another cap is refused, naming
+    it."""
+    from engine.pipelines.encode.plan import plan_encode_run
+    from engine.stores.utterances import StoreMismatchError
+
+    d = tmp_path / "in"
+    d.mkdir()
+    tone = lambda s: (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(s * 16000)) / 16000)).astype(np.float32)  # noqa: E731
+    for name, seconds in (("a", 2.0), ("b", 3.0), ("long", 45.0)):
+        sf.write(d / f"{name}.wav", tone(seconds), 16000)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(json.dumps({"id": n, "lang": "en", "path": f"in/{n}.wav"}) + "\n" for n in "a b long".split())
+    )
+    out = tmp_path / "store"
+    config = configure(EncodeConfig, out=str(out), dataset=f"manifest:{manifest}", batch_size=BATCH, max_seconds=40,
+                       progress=False)  # fmt: skip
+    summary = run_encode(config, encoder=WhisperEncoder(tiny_whisper))
+    assert summary.done == 2 and dict(summary.skipped) == {"LongAudioError": [("en", "long")]}, summary.report()
+    store = open_store(str(out))
+    (record,) = store.skipped("en").itertuples()
+    assert record.id == "long" and record.reason == "LongAudioError", record
+    assert "is 45 s long, over --max_seconds 40" in record.message and "--long_audio truncate" in record.message
+    assert store.arrays("en").max_frames == 150 and store.lengths("en").tolist() == [100, 150, -1]  # not 2250
+
+    plan = plan_encode_run(config, None)
+    (said,) = [value for name, value in plan.counts if name == "too long"]
+    assert said.startswith("1 recordings over --max_seconds 40 left out of the counts") and "en/long (45 s)" in said
+    with pytest.raises(
+        StoreMismatchError, match=r"its 45 s were over the --max_seconds of the run that made the store"
+    ):
+        run_encode(dataclasses.replace(config, max_seconds=60.0), encoder=WhisperEncoder(tiny_whisper))
+    # --long_audio truncate keeps 30 s of it: no cap applies
+    cut = configure(EncodeConfig, out=str(tmp_path / "cut"), dataset=f"manifest:{manifest}", batch_size=BATCH,
+                    max_seconds=40, long_audio="truncate", progress=False)  # fmt: skip
+    assert run_encode(cut, encoder=WhisperEncoder(tiny_whisper)).done == 3
+
+
 def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, tiny_whisper, monkeypatch):
     """What the encode job skipped, and why, outlives its log: ``<lang>/skipped.json`` names it (the reader's
     ``skipped``), reading its states says so, and seqsim's refusal of the partial store says that a rerun skips it

@@ -9,6 +9,11 @@ from engine.data.sources import dataset_locations
 from engine.dtypes import DTYPES
 from engine.runtime.options import ConfigError, RunOptions, option, validate
 
+# The longest recording encoded whole: 10 minutes, 14x FLEURS's longest clip (43 s). A longer one is a recording not
+# cut into utterances, which would pad its language's every shard to its length, and whose own shard is compressed and
+# written whole in host memory: a 2-hour file through whisper-base (8 layers, float32, 5.5 GiB of states) peaked at
+# 23 GB of host memory.
+MAX_SECONDS = 600.0
 STORAGE_DTYPES = tuple(DTYPES)  # as engine.stores.schema.DTYPES: every dtype babelgrid names
 
 
@@ -64,6 +69,13 @@ class EncodeConfig:
     compute_dtype: str = option("float32", "model dtype on the device", choices=DTYPES)
     batch_size: int = option(8, "windows (of at most 30 s) per encoder step over all local devices", minimum=1)
     long_audio: str = option("window", "audio over 30 s: consecutive windows, or cut", choices=LONG_AUDIO_MODES)
+    max_seconds: float = option(
+        MAX_SECONDS,
+        "longest recording, in seconds, encoded whole (--long_audio window); longer ones are skipped, named in the "
+        "store: a language's store pads every utterance to its longest, and an utterance's shard is written whole "
+        "from host memory (a 2-hour recording through whisper-base took 23 GB)",
+        minimum=1.0,
+    )
     prefetch: int = option(4, "host threads decoding audio and computing log-mel ahead of the device", minimum=1)
     claim_utterances: int = option(16, "utterances per work unit the processes of a multi-host run claim", minimum=1)
     allow_unpaired: bool = option(

@@ -4,6 +4,7 @@ by the encoder's plan (``engine.pipelines.stages.encode_plan.plan_encode``), wit
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Mapping, Sequence
 
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ from engine.errors import AudioError
 from engine.models.family import load_encoder
 from engine.pipelines.encode.run import check_languages, dataset_source
 from engine.pipelines.stages.encode_plan import plan_encode
-from engine.pipelines.stages.windows import resampled_samples
+from engine.pipelines.stages.windows import over_cap, padding_note, resampled_samples
 from engine.runtime.devices import Device
 from engine.runtime.plan import Plan
 
@@ -32,17 +33,22 @@ def plan_encode_run(config, device: Device | None) -> Plan:
     check_languages(langs, encoder)  # what the run refuses, the plan refuses
     listing = {lang: source.utterances(lang, config.split) for lang in langs}
     shared = shared_ids(listing)
-    samples, seconds, unreadable = {}, 0.0, []
+    samples, seconds, unreadable, long, framed = {}, 0.0, [], [], {}
     for lang in langs:
-        samples[lang] = []
+        samples[lang], framed[lang] = [], []
         for utt in listing[lang]:
             try:
                 info = utt.probe()
             except AudioError as e:
                 unreadable.append((lang, utt.id, type(e).__name__))
                 continue
+            if over_cap(info.duration_s, config.long_audio, config.max_seconds):
+                long.append((lang, utt.id, info.duration_s))
+                continue
             samples[lang].append(resampled_samples(info.frames, info.sample_rate))
             seconds += info.duration_s
+            n_frames = encoder.expected_frames(samples[lang][-1], config.long_audio)[0]  # as the run's table has it
+            framed[lang].append(types.SimpleNamespace(id=utt.id, duration_s=info.duration_s, n_frames=n_frames))
     plan = plan_encode(
         encoder,
         samples,
@@ -66,6 +72,15 @@ def plan_encode_run(config, device: Device | None) -> Plan:
         more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
         plan.counts.append(("unreadable", f"{len(unreadable)} clips left out of the counts, as the run skips them: "
                                           f"{shown}{more}"))  # fmt: skip
+    for lang in langs:
+        note = padding_note(lang, framed[lang])
+        if note:
+            plan.counts.append(("padding", note))
+    if long:  # as the run skips them (LongAudioError): their length would pad every shard of their language
+        shown = ", ".join(f"{lang}/{uid} ({s:.0f} s)" for lang, uid, s in long[:5])
+        more = f" and {len(long) - 5} more" if len(long) > 5 else ""
+        plan.counts.append(("too long", f"{len(long)} recordings over --max_seconds {config.max_seconds:g} left out of "
+                                        f"the counts, as the run skips them: {shown}{more}"))  # fmt: skip
     return plan
 
 

@@ -45,7 +45,7 @@ from engine.models.interface import Encoder
 from engine.pipelines.encode.config import EncodeConfig
 from engine.pipelines.encode.transfers import start_to_host
 from engine.pipelines.stages.memory import check_batch_size
-from engine.pipelines.stages.windows import Assembler, Task, batches, prefetched, probe_rows
+from engine.pipelines.stages.windows import Assembler, Task, batches, padding_note, prefetched, probe_rows
 from engine.runtime.parallel import is_process_zero
 from engine.runtime.runs import RunSummary, job_lease, process_zero_first, progress_bar, work_claims
 from engine.runtime.transfers import guarded_loop
@@ -203,7 +203,10 @@ def _encode(
             continue
         # Every process builds the same table from the same headers (deterministic), and only
         # process 0 creates the arrays; the others open them after the barrier.
-        rows = probe_rows(utts, config.long_audio, model)
+        rows = probe_rows(utts, config.long_audio, model, config.max_seconds)
+        note = padding_note(lang, rows)
+        if note and is_process_zero():
+            log.warning("%s", note)
         arrays = process_zero_first(f"babelgrid-lang-{lang}", lambda rows=rows, lang=lang: store.language(lang, rows))
         opened.append(arrays)
         if store.skipped(lang):
@@ -241,7 +244,15 @@ def _run_pipeline(config, model, encoder, tasks, local_batch, tracker, summary, 
     """Encodes ``tasks`` (an iterator: claims are taken as the prefetching threads need more)."""
     with concurrent.futures.ThreadPoolExecutor(max(1, config.prefetch)) as pool:
         depth = config.prefetch * 4
-        prepared = prefetched(pool, tasks, model, config.long_audio, depth, allow_silent=config.allow_silent)
+        prepared = prefetched(
+            pool,
+            tasks,
+            model,
+            config.long_audio,
+            depth,
+            allow_silent=config.allow_silent,
+            max_seconds=config.max_seconds,
+        )
         assembler = Assembler()
         in_flight = None  # (device result, parts) of the batch dispatched last
         for batch, parts in batches(prepared, local_batch, summary, tracker, model.collate):

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 
 from engine.data import audio as audio_lib
-from engine.data.audio import AudioNotFoundError, EmptyAudioError, SilentAudioError
+from engine.data.audio import AudioNotFoundError, EmptyAudioError, LongAudioError, SilentAudioError
 from engine.data.utterance import Utterance
 from engine.errors import AudioError
 from engine.stores.utterances import UtteranceRow
@@ -58,8 +58,32 @@ def resampled_samples(n_samples: int, sample_rate: int) -> int:
     return int(n_samples * audio_lib.SAMPLE_RATE / sample_rate + 0.5)
 
 
-def prepare(task: Task, encoder, long_audio: str, allow_silent: bool = False) -> Prepared:
+def over_cap(duration_s: float, long_audio: str, max_seconds: float | None) -> bool:
+    """Whether audio of ``duration_s`` is over the encode job's ``--max_seconds`` (None: no cap). Truncated audio is
+    never over: its first 30 s are kept."""
+    return max_seconds is not None and long_audio == "window" and duration_s > max_seconds
+
+
+def too_long(task: Task, max_seconds: float) -> LongAudioError:
+    """The skip of an utterance over ``--max_seconds``, with why and the ways on."""
+    seconds = task.row.duration_s
+    return LongAudioError(
+        f"audio {task.utt.path!r} is {seconds:.0f} s long, over --max_seconds {max_seconds:g}: a language's layer "
+        f"store pads every utterance's shard to its longest, so each utterance of {task.lang!r} would cost "
+        f"{seconds:.0f} s of frames to write and to read, and its own shard is compressed and written whole, in host "
+        "memory (a 2-hour recording through whisper-base took 23 GB). Split the recording into utterances, keep its "
+        "first 30 s with --long_audio truncate, or raise --max_seconds (a new store: the cap decides which utterances "
+        "the store's table holds)"
+    )
+
+
+def prepare(task: Task, encoder, long_audio: str, allow_silent: bool = False, max_seconds: float | None = None
+            ) -> Prepared:  # fmt: skip
+    """``task``'s audio decoded into ``encoder``'s input windows, or the reason it is skipped: audio that cannot be
+    decoded, digital silence (unless ``allow_silent``), or a recording over ``max_seconds`` (not decoded at all)."""
     try:
+        if max_seconds is not None and over_cap(task.row.duration_s, long_audio, max_seconds):  # neurons: no row
+            raise too_long(task, max_seconds)
         samples = task.utt.load(allow_silent=allow_silent)
         mel, frames = encoder.windows(samples, long_audio)
         kept = len(samples)
@@ -75,16 +99,21 @@ def prepare(task: Task, encoder, long_audio: str, allow_silent: bool = False) ->
         return Prepared(task, None, None, error=f"{type(e).__name__}: {e}", reason=type(e).__name__)
 
 
-def probe_rows(utts: Sequence[Utterance], long_audio: str, encoder) -> list[UtteranceRow]:
+def probe_rows(utts: Sequence[Utterance], long_audio: str, encoder, max_seconds: float | None = None
+               ) -> list[UtteranceRow]:  # fmt: skip
     """The store's utterance table, from headers only (no decoding): frames known before encoding, as ``encoder``
-    (an ``engine.models.interface.Encoder``) will cut the audio."""
+    (an ``engine.models.interface.Encoder``) will cut the audio. A recording over ``max_seconds`` gets no frames, as
+    unreadable audio does: it is skipped (``prepare``), and the language's shards are not padded to its length."""
     rows = []
     for utt in utts:
         n_frames, n_windows, duration = 0, 0, 0.0
         try:
             info = utt.probe()
             duration = info.duration_s
-            n_frames, n_windows = encoder.expected_frames(resampled_samples(info.frames, info.sample_rate), long_audio)
+            if not over_cap(duration, long_audio, max_seconds):
+                n_frames, n_windows = encoder.expected_frames(
+                    resampled_samples(info.frames, info.sample_rate), long_audio
+                )
         except AudioError:
             pass  # reported (and counted once) when the encoder stage tries to decode it
         rows.append(
@@ -103,6 +132,29 @@ def probe_rows(utts: Sequence[Utterance], long_audio: str, encoder) -> list[Utte
             )
         )
     return rows
+
+
+PADDING_WARNED = 8.0  # a language whose longest utterance has this many times its median's frames is warned of
+PADDING_FLOOR = 3000  # frames (60 s of Whisper's): below this, no padding is worth a warning
+
+
+def padding_note(lang: str, rows: Sequence[UtteranceRow]) -> str | None:
+    """What a person should know when one long utterance pads every shard of ``lang``'s store (its chunks hold the
+    language's longest utterance's frames): that utterance and the factor, or None where the padding is ordinary.
+    ``rows``: the store's table, or anything with its ``id``, ``duration_s`` and ``n_frames`` (the plan's)."""
+    framed = [(r.n_frames, r) for r in rows if r.n_frames > 0]
+    if not framed:
+        return None
+    longest, row = max(framed, key=lambda x: x[0])
+    median = float(np.median([n for n, _ in framed]))
+    if longest < PADDING_FLOOR or longest < PADDING_WARNED * median:
+        return None
+    return (
+        f"{lang}: its longest utterance ({row.id}, {row.duration_s:.0f} s) pads every shard of the language to "
+        f"{longest} frames, {longest / median:.0f}x its median utterance's {median:.0f}: writing and reading "
+        f"{lang} cost that much more than its states (zstd shrinks the zeros on disk, not the work); --max_seconds "
+        "skips recordings longer than it asks"
+    )
 
 
 class NoClaims:
@@ -172,26 +224,27 @@ class Assembler:
                 yield p, pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=1)
 
 
-def prefetched(pool, tasks: Iterable[Task], encoder, long_audio, depth, *, allow_silent: bool = False
-               ) -> Iterator[Prepared]:  # fmt: skip
+def prefetched(pool, tasks: Iterable[Task], encoder, long_audio, depth, *, allow_silent: bool = False,
+               max_seconds: float | None = None) -> Iterator[Prepared]:  # fmt: skip
     """Prepared utterances in ``tasks`` order, at most ``depth`` ahead of the consumer; ``allow_silent``: digital
-    silence is encoded, not skipped."""
+    silence is encoded, not skipped; ``max_seconds``: longer recordings are skipped (``prepare``)."""
     queue: collections.deque = collections.deque()
     it = iter(tasks)
     for task in it:
-        queue.append(pool.submit(prepare, task, encoder, long_audio, allow_silent))
+        queue.append(pool.submit(prepare, task, encoder, long_audio, allow_silent, max_seconds))
         if len(queue) >= depth:
             break
     while queue:
         yield queue.popleft().result()
         nxt = next(it, None)
         if nxt is not None:
-            queue.append(pool.submit(prepare, nxt, encoder, long_audio, allow_silent))
+            queue.append(pool.submit(prepare, nxt, encoder, long_audio, allow_silent, max_seconds))
 
 
 def audio_skip_reason(error: AudioError) -> str:
     """The skip reason of audio that cannot be decoded: ``audio_missing``, ``empty_audio`` (0 bytes or 0 samples),
-    ``silent_audio`` (digital silence, which the encode job refuses) or ``audio_unreadable`` (anything else)."""
+    ``silent_audio`` (digital silence, which the encode job refuses), ``audio_too_long`` (over the encode job's
+    ``--max_seconds``) or ``audio_unreadable`` (anything else)."""
     return _reason_of(type(error))
 
 
@@ -214,4 +267,6 @@ def _reason_of(cls: type) -> str:
         return "empty_audio"
     if issubclass(cls, SilentAudioError):
         return "silent_audio"
+    if issubclass(cls, LongAudioError):
+        return "audio_too_long"
     return "audio_unreadable"
