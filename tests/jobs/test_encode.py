@@ -360,6 +360,8 @@ def test_a_recording_over_max_seconds_is_skipped_named_and_pads_nothing(tmp_path
     ways on, and left out of the shards' frame count; the plan says so; a rerun with another cap is refused, naming
     it."""
     from engine.pipelines.encode.plan import plan_encode_run
+    from engine.pipelines.verify.config import VerifyConfig
+    from engine.pipelines.verify.run import run_verify
     from engine.stores.utterances import StoreMismatchError
 
     d = tmp_path / "in"
@@ -381,6 +383,8 @@ def test_a_recording_over_max_seconds_is_skipped_named_and_pads_nothing(tmp_path
     assert record.id == "long" and record.reason == "LongAudioError", record
     assert "is 45 s long, over --max_seconds 40" in record.message and "--long_audio truncate" in record.message
     assert store.arrays("en").max_frames == 150 and store.lengths("en").tolist() == [100, 150, -1]  # not 2250
+    said = run_verify(configure(VerifyConfig, location=str(out), progress=False)).report()
+    assert "it tries the skipped ones again, but for the 1 over the --max_seconds the store was made with" in said
 
     plan = plan_encode_run(config, None)
     (said,) = [value for name, value in plan.counts if name == "too long"]

@@ -130,21 +130,21 @@ def _language_arrays(store: LayerStore, lang: str, problem: str, findings: Findi
     findings.damage.append(Damage(f"{lang} arrays", f"{lang}/", problem, repair, fix, "encode"))
 
 
-def _skip_record(store: LayerStore, lang: str, keys: list[str], findings: Findings) -> set[int]:
-    """The utterances ``<lang>/skipped.json`` says the encode job skipped (and why): a damaged one is deleted by the
+def _skip_record(store: LayerStore, lang: str, keys: list[str], findings: Findings) -> dict[int, str]:
+    """The utterances ``<lang>/skipped.json`` says the encode job skipped, and why: a damaged one is deleted by the
     repair, and the encode rerun, which tries the skipped utterances again (they are not done), writes it again."""
     key = f"{lang}/{SKIPPED}"
     if key not in keys:
-        return set()
+        return {}
     findings.keys_done.add(key)
     try:
-        skipped = set(store.skipped(lang))
+        skipped = {u: entry["reason"] for u, entry in store.skipped(lang).items()}
         findings.count("JSON files")
         return skipped
     except (DamageError, StoreError) as e:
         repair, fix = DELETED.format("encode"), _delete(store._kv, key)
         findings.damage.append(Damage(f"{lang} skip record", key, _problem(e), repair, fix, "encode"))
-        return set()
+        return {}
 
 
 def language_folders(keys: list[str]) -> set[str]:
@@ -195,7 +195,7 @@ def _nothing() -> None:
     """The repair of something missing that the rerun writes again: nothing to change."""
 
 
-def _language(kv, arrays, lang: str, shards: set[int], skipped: set[int], findings: Findings, bar) -> None:
+def _language(kv, arrays, lang: str, shards: set[int], skipped: dict[int, str], findings: Findings, bar) -> None:
     n, rows = arrays.n_utterances, arrays.rows
     lengths = np.full(n, NOT_DONE, np.int32)
     bad_chunks = []
@@ -243,7 +243,9 @@ def _language(kv, arrays, lang: str, shards: set[int], skipped: set[int], findin
         passed = sum(1 for u in waiting if u in skipped)
         why = [f"{len(waiting) - passed} not reached (an encode run stopped before them)"] * (passed < len(waiting))
         why += [f"{passed} skipped by the encode job ({lang}/{SKIPPED} says why)"] * (passed > 0)
-        again = " (it tries the skipped ones again)" if passed else ""
+        capped = sum(1 for u in waiting if skipped.get(u) == "LongAudioError")  # over the store's cap: skipped again
+        again = f", but for the {capped} over the --max_seconds the store was made with" if capped else ""
+        again = f" (it tries the skipped ones again{again})" if passed else ""
         findings.notes.append(f"{lang}: {len(waiting)} of {n} utterances not done: {', '.join(why)}; rerun the "
                               f"encode job to finish{again}")  # fmt: skip
     prefix = f"{lang}/{STATES}"
