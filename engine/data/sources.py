@@ -302,7 +302,8 @@ class FolderSource:
     """A folder of audio files (``AUDIO_EXTENSIONS``): ``<root>/<lang>/*.ext``, or ``<root>/*.ext`` with ``lang``.
 
     The id is the file stem (so the same stem in two language folders is a parallel pair); a sibling ``<stem>.txt``
-    is the transcription. Files are listed in name order, non-recursively; hidden files are skipped.
+    is the transcription. Files are listed in name order, non-recursively; hidden files and folders (a copied
+    ``.ipynb_checkpoints``) are skipped.
     """
 
     def __init__(self, root: str | os.PathLike, *, lang: str | None = None):
@@ -310,7 +311,8 @@ class FolderSource:
         self.name = f"folder:{self.root}"
         if not self.root.is_dir():
             raise DatasetError(f"audio folder {str(self.root)!r} does not exist or is not a folder")
-        subdirs = sorted(p.name for p in self.root.iterdir() if p.is_dir() and any(map(is_audio, p.iterdir())))
+        subdirs = sorted(p.name for p in self.root.iterdir()
+                         if p.is_dir() and not p.name.startswith(".") and any(map(is_audio, p.iterdir())))  # fmt: skip
         flat = any(map(is_audio, self.root.iterdir()))
         if subdirs and flat:
             raise DatasetError(

@@ -385,6 +385,8 @@ def test_folder_with_language_subfolders(tmp_path, fleurs_dir):
     (tmp_path / "pt" / ".hidden.wav").write_bytes(b"partial")
     (tmp_path / "pt" / "notes.md").write_text("not audio", encoding="utf-8")
     (tmp_path / "empty").mkdir()
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # a hidden folder, even one holding audio, is not a language
+    (tmp_path / ".ipynb_checkpoints" / "a.ogg").write_bytes(_clip(fleurs_dir, "fr", 5).read_bytes())
     src = S.get_source(f"folder:{tmp_path}")
     assert src.languages() == ["fr", "pt"] and src.splits() == []
     pt = src.utterances("pt", "test")
