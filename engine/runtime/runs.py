@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -26,12 +27,16 @@ from typing import TypeVar
 import jax
 from tqdm.auto import tqdm
 
+from engine.errors import BabelgridError
 from engine.runtime.claims import WorkClaims
 from engine.runtime.lease import DEFAULT_TTL, WORKERS, SharedLease, StoreBusyError, WriterLease, live_writer
 from engine.runtime.options import ConfigError, RunOptions, canonical_location, read_locations
 from engine.runtime.parallel import barrier, is_process_zero
 from engine.stores.kv import create_or_compare, open_kvstore
+from engine.stores.reader import open_store
 from engine.stores.records import manifest_diffs
+
+log = logging.getLogger(__name__)
 
 SETTINGS = "manifest.json"  # an output folder's record of the settings its files were made with (output_run)
 
@@ -248,6 +253,8 @@ def inputs_settled(config, job: str) -> None:
         for location in read_locations(reads, value):
             holder = live_writer(open_kvstore(location)[1], location)
             if holder is None:
+                if not hasattr(config, "allow_partial"):  # seqsim and retrieval refuse a partial input unless told
+                    _say_if_partial(location, f"--{field.name}", job)
                 continue
             who = "workers of " if holder.get("mode") == WORKERS else ""
             partial = ", or pass --allow_partial to read what is done" if hasattr(config, "allow_partial") else ""
@@ -257,6 +264,25 @@ def inputs_settled(config, job: str) -> None:
                 f"{job} would read of it is incomplete. Wait until that run ends (`babelgrid status {location}` says "
                 f"where it stands), then rerun{partial}; nothing was written"
             )
+
+
+def _say_if_partial(location: str, flag: str, job: str) -> None:
+    """A warning where ``location`` is a layer store with utterances not done: the job reads the done ones, and a
+    person should know what was left out and why (the encode job's skips, or a run that stopped)."""
+    try:
+        reader = open_store(location)
+        lengths = {lang: reader.lengths(lang) for lang in reader.languages}
+        n_skipped, skips = reader.skips_named([lang for lang, n in lengths.items() if (n < 0).any()])
+    except BabelgridError:  # not a layer store (a similarity store, a folder), or one the job's own reads will name
+        return
+    n = sum(len(v) for v in lengths.values())
+    total = sum(int((v >= 0).sum()) for v in lengths.values())
+    if total == n:
+        return
+    why = [f"{n_skipped} skipped by the encode job ({skips})"] * bool(n_skipped)
+    why += [f"{n - total - n_skipped} not encoded yet"] * bool(n - total - n_skipped)
+    log.warning("%s %s is partly encoded: %d of %d utterances not done (%s); %s reads the %d done ones", flag,
+                location, n - total, n, "; ".join(why), job, total)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -370,7 +370,7 @@ def layer_store_done(url: str) -> str | None:
     total, n = sum(int(d.sum()) for d in done.values()), sum(len(d) for d in done.values())
     each = ", ".join(f"{lang} {int(d.sum())}/{len(d)}" for lang, d in done.items())
     line = f"layer store: {total} of {n} utterances done{': ' + each if each else ''}"
-    if n_skipped:  # not unfinished work: a rerun skips them again, and the jobs reading the store need --allow_partial
+    if n_skipped:  # not unfinished work: a rerun skips them again (seqsim needs --allow_partial)
         rest = "" if n_skipped == n - total else f"; the other {n - total - n_skipped} are not encoded yet"
         line += f"; {n_skipped} skipped by the encode job for their audio or states ({skips}){rest}"
     return line + unread

@@ -399,7 +399,7 @@ def test_a_recording_over_max_seconds_is_skipped_named_and_pads_nothing(tmp_path
     assert run_encode(cut, encoder=WhisperEncoder(tiny_whisper)).done == 3
 
 
-def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, tiny_whisper, monkeypatch):
+def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, tiny_whisper, monkeypatch, caplog):
     """What the encode job skipped, and why, outlives its log: ``<lang>/skipped.json`` names it (the reader's
     ``skipped``), reading its states says so, and seqsim's refusal of the partial store says that a rerun skips it
     again. A rerun that encodes one of them (--allow_silent) names it no more; a damaged record is found by verify,
@@ -442,6 +442,16 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
         "layer store: 2 of 5 utterances done: de 1/1, en 1/4; 3 skipped by the encode job for their audio or states "
         "(AudioDecodeError 1, EmptyAudioError 1, SilentAudioError 1, named in en/skipped.json)"
     )
+    # A job that reads the done utterances of a store (no --allow_partial of its own) says what it leaves out.
+    from engine.pipelines.outliers.config import OutliersConfig
+    from engine.runtime.runs import inputs_settled
+
+    with caplog.at_level("WARNING", logger="engine.runtime.runs"):
+        inputs_settled(configure(OutliersConfig, store=str(out), out=str(tmp_path / "o"), progress=False), "outliers")
+    said = (f"--store {out} is partly encoded: 3 of 5 utterances not done (3 skipped by the encode job "
+            "(AudioDecodeError 1, EmptyAudioError 1, SilentAudioError 1, named in en/skipped.json)); outliers reads "
+            "the 2 done ones")  # fmt: skip
+    assert said in caplog.text, caplog.text
 
     similarity = configure(SimilarityConfig, store=str(out), out=str(tmp_path / "sim"), measures=("duration",),
                            progress=False)  # fmt: skip

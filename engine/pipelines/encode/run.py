@@ -84,8 +84,8 @@ class EncodeSummary(RunSummary):
             langs = sorted({lang for items in self.skipped.values() for lang, _ in items})
             lines.append(
                 f"skipped utterances are named, with why, in the store ({', '.join(f'{x}/skipped.json' for x in langs)}"
-                "; reader.skipped(lang)); a rerun skips them again, so the jobs that read this store need "
-                "--allow_partial to score the rest"
+                "; reader.skipped(lang)); a rerun skips them again, so seqsim needs --allow_partial to score the rest "
+                "(the other jobs that read the store read its done utterances, and say so)"
             )
         return "\n".join(lines + self.skip_lines())
 
