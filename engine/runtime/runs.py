@@ -271,15 +271,17 @@ def _say_if_partial(location: str, flag: str, job: str) -> None:
     person should know what was left out and why (the encode job's skips, or a run that stopped)."""
     try:
         reader = open_store(location)
-        lengths = {lang: reader.lengths(lang) for lang in reader.languages}
-        n_skipped, skips = reader.skips_named([lang for lang, n in lengths.items() if (n < 0).any()])
+        done = {lang: reader.done(lang) for lang in reader.languages}
     except BabelgridError:  # not a layer store (a similarity store, a folder), or one the job's own reads will name
         return
-    n = sum(len(v) for v in lengths.values())
-    total = sum(int((v >= 0).sum()) for v in lengths.values())
+    n, total = sum(len(d) for d in done.values()), sum(int(d.sum()) for d in done.values())
     if total == n:
         return
-    why = [f"{n_skipped} skipped by the encode job ({skips})"] * bool(n_skipped)
+    try:
+        n_skipped, skips = reader.skips_named([lang for lang, d in done.items() if not d.all()])
+        why = [f"{n_skipped} skipped by the encode job ({skips})"] * bool(n_skipped)
+    except BabelgridError as e:  # a damaged skip record hides why (so no split into skipped and unfinished), not what
+        n_skipped, why = n - total, [f"the encode job's record of its skips cannot be read: {e}"]
     why += [f"{n - total - n_skipped} not encoded yet"] * bool(n - total - n_skipped)
     log.warning("%s %s is partly encoded: %d of %d utterances not done (%s); %s reads the %d done ones", flag,
                 location, n - total, n, "; ".join(why), job, total)  # fmt: skip

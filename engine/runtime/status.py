@@ -24,7 +24,6 @@ import os
 import socket
 import time
 
-import numpy as np
 import tensorstore as ts
 
 from engine.errors import BabelgridError
@@ -359,7 +358,7 @@ def layer_store_done(url: str) -> str | None:
     30/30, en 28/30"), else None: status said only "no run in progress" of a finished store (newcomer probe)."""
     try:
         reader = open_store(url)
-        done = {lang: np.asarray(reader.lengths(lang)) >= 0 for lang in reader.languages}
+        done = {lang: reader.done(lang) for lang in reader.languages}
     except BabelgridError:
         return None
     try:

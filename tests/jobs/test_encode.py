@@ -496,6 +496,13 @@ def test_skips_are_recorded_in_the_store_and_named_where_it_is_read(tmp_path, ti
     said = layer_store_done(str(out))  # the counts stand, and the damaged record is named
     assert said.startswith("layer store: 3 of 5 utterances done: de 1/1, en 2/4; the encode job's records of what it "
                            "skipped cannot be read: ") and "en/skipped.json" in said, said  # fmt: skip
+    caplog.clear()  # a job reading the store still says what it leaves out, and that the record is damaged
+    with caplog.at_level("WARNING", logger="engine.runtime.runs"):
+        inputs_settled(configure(OutliersConfig, store=str(out), out=str(tmp_path / "o"), progress=False), "outliers")
+    said = (
+        f"--store {out} is partly encoded: 2 of 5 utterances not done (the encode job's record of its skips cannot be"
+    )
+    assert said in caplog.text and "outliers reads the 3 done ones" in caplog.text, caplog.text
     assert run_verify(configure(VerifyConfig, location=str(out), repair=True, progress=False)).exit_code == 0
     assert not record.exists()
     run_encode(config, encoder=WhisperEncoder(tiny_whisper))
